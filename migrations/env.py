@@ -1,0 +1,57 @@
+"""Alembic environment: migrates the database named by DATABASE_URL (via the Settings class).
+
+``persistence.migrate.upgrade_database(url)`` passes its URL in ``config.attributes["url"]``;
+the ``alembic`` command line falls back to ``Settings().database_url``.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+
+from persistence.db import create_db_engine
+from persistence.models import Base
+from persistence.settings import Settings
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _database_url() -> str:
+    url = config.attributes.get("url")
+    return str(url) if url else Settings().database_url
+
+
+def run_migrations_offline() -> None:
+    """Emit SQL to stdout (``alembic upgrade head --sql``) without a connection."""
+    context.configure(
+        url=_database_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    """Connect and migrate; SQLite gets the same pragmas as the service's own engine."""
+    engine = create_db_engine(_database_url())
+    try:
+        with engine.connect() as connection:
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                # SQLite cannot ALTER most things; batch mode rebuilds tables in later revisions.
+                render_as_batch=connection.dialect.name == "sqlite",
+                compare_type=True,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,81 @@
+"""The database engine and session factory, built from the settings.
+
+SQLite (the embedded default) is shared by the API process and the worker processes, so every
+connection turns on WAL (readers do not block the writer), a busy timeout (a writer waits for the
+lock instead of failing at once) and foreign keys (off by default in SQLite). Transactions start
+with ``BEGIN IMMEDIATE``: a transaction that reads and then writes would otherwise hold a read
+snapshot that SQLite cannot upgrade once another process has written, and fail with "database is
+locked" instead of waiting. Postgres goes through psycopg 3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence.settings import Settings
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalise_database_url(url: str | URL) -> URL:
+    """Parse ``url``; a bare ``postgresql://`` or ``postgres://`` means psycopg 3."""
+    if isinstance(url, str) and url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def create_db_engine(url: str | URL, *, echo: bool = False) -> Engine:
+    """An engine for ``url`` (SQLite file or Postgres), set up for several processes at once."""
+    parsed = normalise_database_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        # pre_ping: a worker idle for hours must not fail its first query on a dropped connection.
+        return create_engine(parsed, echo=echo, pool_pre_ping=True)
+
+    database = parsed.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        parsed,
+        echo=echo,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+    )
+    event.listen(engine, "connect", _configure_sqlite_connection)
+    event.listen(engine, "begin", _begin_immediate)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite would otherwise start deferred
+    # transactions lazily and behind our back).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # NORMAL is durable in WAL mode except for the last transactions on power loss.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _begin_immediate(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to ``engine``; objects stay readable after commit (``expire_on_commit=False``)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def session_factory_from_settings(settings: Settings) -> sessionmaker[Session]:
+    """Engine + session factory for ``settings.database_url``."""
+    return create_session_factory(create_db_engine(settings.database_url, echo=settings.database_echo))

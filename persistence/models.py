@@ -1,0 +1,339 @@
+"""The service's tables as SQLAlchemy 2 typed models.
+
+The schema is created and changed only by Alembic migrations (``migrations/``); these classes
+describe it for queries. Ids are uuid4 hex strings; timestamps are timezone-aware UTC (SQLite stores
+them as naive UTC text, :class:`UTCDateTime` puts the zone back). Status columns are strings with
+CHECK constraints, so both SQLite and Postgres reject an unknown value.
+
+A job runs three stages in order (RIFT.md): ``mrc`` (module robust criticality of every module),
+``finetune`` (the least critical module on clean data) and ``interpolate`` (θ_α between the
+adversarially trained and the fine-tuned weights). Each stage has a row in ``job_stages`` with the
+lease of the worker running it; a stage's outputs are written in the transaction that marks it done.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class StageName(enum.StrEnum):
+    MRC = "mrc"
+    FINETUNE = "finetune"
+    INTERPOLATE = "interpolate"
+
+
+#: The order in which a job's stages run.
+STAGE_ORDER: tuple[StageName, ...] = (StageName.MRC, StageName.FINETUNE, StageName.INTERPOLATE)
+
+
+class StageStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class DatasetKind(enum.StrEnum):
+    NPZ = "npz"
+    IMAGEFOLDER = "imagefolder"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A new uuid4 as 32 hex digits."""
+    return uuid.uuid4().hex
+
+
+def _in(column: str, values: type[enum.StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend; naive datetimes are refused on the way in."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use timezone-aware UTC (persistence.models.utcnow)")
+        value = value.astimezone(UTC)
+        # SQLite keeps text: store naive UTC so that string comparison is time order.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+# Explicit constraint names, so migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType}
+
+
+class Checkpoint(Base):
+    """An uploaded checkpoint, validated before the row is written."""
+
+    __tablename__ = "checkpoints"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    filename: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)  # bytes
+    sha256: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(16))  # "safetensors" | "torch"
+    storage_key: Mapped[str] = mapped_column(String(1024))
+    num_tensors: Mapped[int] = mapped_column(Integer)
+    num_parameters: Mapped[int] = mapped_column(BigInteger)  # elements over all tensors
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (CheckConstraint("format IN ('safetensors', 'torch')", name="format"),)
+
+
+class Dataset(Base):
+    """An uploaded dataset archive (``.npz`` or a tar of an ImageFolder tree)."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    filename: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (CheckConstraint(_in("kind", DatasetKind), name="kind"),)
+
+
+class Job(Base):
+    """One RiFT run. ``spec`` is ``RiftConfig.model_dump(mode="json")``; ``stage`` is the stage
+    running or next to run (None before the first claim and after the end)."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+    stage: Mapped[str | None] = mapped_column(String(16))
+    stage_progress: Mapped[float] = mapped_column(Float, default=0.0)  # fraction in [0, 1]
+    progress_message: Mapped[str | None] = mapped_column(String(500))
+    spec: Mapped[dict[str, Any]]
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id", ondelete="RESTRICT"))
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    device: Mapped[str | None] = mapped_column(String(64))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # stage claims over all stages
+    selected_module: Mapped[str | None] = mapped_column(String(255))
+    chosen_alpha: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    checkpoint: Mapped[Checkpoint] = relationship(lazy="raise_on_sql")
+    dataset: Mapped[Dataset | None] = relationship(lazy="raise_on_sql")
+    labels: Mapped[list[JobLabel]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", lazy="selectin",
+        order_by="JobLabel.key",
+    )
+    stages: Mapped[list[JobStage]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", lazy="selectin",
+        order_by="JobStage.position",
+    )
+
+    __table_args__ = (
+        CheckConstraint(_in("status", JobStatus), name="status"),
+        CheckConstraint(f"stage IS NULL OR {_in('stage', StageName)}", name="stage"),
+        # Queue position and listing by status walk this index in creation order.
+        Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
+        # Cursor pagination over all jobs (newest first).
+        Index("ix_jobs_created_at_id", "created_at", "id"),
+    )
+
+    @property
+    def label_dict(self) -> dict[str, str]:
+        """The labels as a mapping."""
+        return {label.key: label.value for label in self.labels}
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class JobLabel(Base):
+    """A ``key=value`` label of a job: a table, so filtering is the same SQL on every backend."""
+
+    __tablename__ = "job_labels"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+    job: Mapped[Job] = relationship(back_populates="labels")
+
+    __table_args__ = (Index("ix_job_labels_key_value", "key", "value"),)
+
+
+class JobStage(Base):
+    """One stage of one job and the lease of the worker that runs it.
+
+    A worker may run the stage only while ``lease_owner`` is its id and ``lease_expires_at`` lies
+    in the future; ``attempts`` counts claims, so a stage that keeps crashing its worker ends.
+    """
+
+    __tablename__ = "job_stages"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)  # 0, 1, 2 in STAGE_ORDER
+    status: Mapped[str] = mapped_column(String(16), default=StageStatus.PENDING)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    job: Mapped[Job] = relationship(back_populates="stages")
+
+    __table_args__ = (
+        CheckConstraint(_in("stage", StageName), name="stage"),
+        CheckConstraint(_in("status", StageStatus), name="status"),
+        # Recovery looks for running stages whose lease has expired.
+        Index("ix_job_stages_status_lease_expires_at", "status", "lease_expires_at"),
+    )
+
+
+class MRCRow(Base):
+    """One module's robust criticality (RIFT.md, step 1); ``position`` keeps the table's order."""
+
+    __tablename__ = "mrc_rows"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    module: Mapped[str] = mapped_column(String(255))
+    parameters: Mapped[int] = mapped_column(BigInteger)
+    mrc: Mapped[float] = mapped_column(Float)  # robust-loss increase under the weight perturbation
+    worst_robust_loss: Mapped[float] = mapped_column(Float)
+    robust_accuracy_at_worst: Mapped[float | None] = mapped_column(Float)  # percent
+    robust_accuracy_drop: Mapped[float | None] = mapped_column(Float)  # percentage points
+    seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class EpochMetric(Base):
+    """One fine-tuning epoch (RIFT.md, step 2). Accuracies in percent."""
+
+    __tablename__ = "epoch_metrics"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based
+    lr: Mapped[float | None] = mapped_column(Float)
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    train_accuracy: Mapped[float | None] = mapped_column(Float)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)  # clean, on the validation split
+    seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class InterpolationPoint(Base):
+    """Accuracy of θ_α at one α (RIFT.md, step 3). Accuracies in percent."""
+
+    __tablename__ = "interpolation_points"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alpha: Mapped[float] = mapped_column(Float)
+    clean_accuracy: Mapped[float] = mapped_column(Float)
+    robust_accuracy: Mapped[float] = mapped_column(Float)
+
+
+class JobEvent(Base):
+    """The job's event log, in ``id`` order (stage started/finished, epoch, warning, ...)."""
+
+    __tablename__ = "job_events"
+
+    # BIGINT on Postgres; SQLite only auto-increments a column declared INTEGER PRIMARY KEY.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+
+
+class Artifact(Base):
+    """A file a job produced, stored in the object store under ``storage_key``."""
+
+    __tablename__ = "artifacts"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    storage_key: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,309 @@
+"""The S3 flavour of the object store (AWS S3, MinIO, or any S3-speaking server).
+
+Uploads stream through multipart upload: at most one part (``part_size`` bytes) is held in memory,
+and a failed or over-size upload is aborted so no part lingers and nothing appears under the key.
+Small uploads (below one part) use a single PUT, which S3 applies atomically.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+from urllib.parse import quote
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+
+from persistence.storage import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CONTENT_TYPE,
+    BaseObjectStore,
+    ByteSource,
+    InvalidRange,
+    ObjectNotFound,
+    SizeLimitedDigest,
+    StoreConfigError,
+    StoredObject,
+    StoreError,
+    StoreUnavailable,
+    iter_source,
+    resolve_range,
+    validate_key,
+)
+
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3 rejects non-final multipart parts smaller than 5 MiB
+DEFAULT_PART_SIZE = 8 * 1024 * 1024  # boto3's own default; 10 000 parts -> objects up to ~80 GB
+
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+_AUTH_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
+
+
+class S3ObjectStore(BaseObjectStore):
+    """Objects in one S3 bucket, under their key.
+
+    ``endpoint_url`` points at a non-AWS server (MinIO: ``http://minio:9000``) and switches to
+    path-style addressing; None means AWS. Credentials left None come from boto3's usual chain
+    (environment, instance role). ``public_endpoint_url`` is used only to sign presigned URLs, for
+    when clients reach the server under another address than the service does.
+    ``create_bucket=True`` creates the bucket at construction if it is missing (tests, demos);
+    deployments create it beforehand.
+
+    Timeouts are in seconds. :meth:`check` uses its own single-attempt client with a short connect
+    timeout so that a readiness probe against a dead endpoint fails in about ``probe_timeout_s``.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        endpoint_url: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        region: str = "us-east-1",
+        presign_expiry_s: int = 300,
+        create_bucket: bool = False,
+        *,
+        public_endpoint_url: str | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+        max_attempts: int = 3,
+        probe_timeout_s: float = 2.0,
+    ) -> None:
+        if not bucket:
+            raise StoreConfigError("s3_bucket is empty; name the bucket to store objects in")
+        if part_size < MIN_PART_SIZE:
+            raise StoreConfigError(f"part_size must be >= {MIN_PART_SIZE} bytes, got {part_size}")
+        if presign_expiry_s <= 0:
+            raise StoreConfigError(f"presign_expiry_s must be > 0, got {presign_expiry_s}")
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.presign_expiry_s = presign_expiry_s
+        self.part_size = part_size
+        # A private session: boto3's module-level default session is global state.
+        session = boto3.session.Session(
+            aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region
+        )
+
+        def make_client(url: str | None, timeout: float, read_timeout: float, attempts: int) -> Any:
+            config = Config(
+                signature_version="s3v4",
+                connect_timeout=timeout,
+                read_timeout=read_timeout,
+                retries={"max_attempts": attempts, "mode": "standard"},
+                # MinIO and most self-hosted servers do not resolve bucket subdomains.
+                s3={"addressing_style": "path" if url else "auto"},
+                # Newer botocore adds CRC checksums by default, which several S3-compatible
+                # servers reject; the SHA-256 we compute ourselves is what the service relies on.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            return session.client("s3", endpoint_url=url, region_name=region, config=config)
+
+        self._client = make_client(endpoint_url, connect_timeout_s, read_timeout_s, max_attempts)
+        self._probe = make_client(endpoint_url, probe_timeout_s, probe_timeout_s, 1)
+        self._presigner = (
+            make_client(public_endpoint_url, connect_timeout_s, read_timeout_s, 1)
+            if public_endpoint_url
+            else self._client
+        )
+        if create_bucket:
+            self._ensure_bucket()
+
+    def __repr__(self) -> str:
+        return f"S3ObjectStore(bucket={self.bucket!r}, endpoint_url={self.endpoint_url!r})"
+
+    # ---------------------------------------------------------------------------------------
+    @property
+    def _where(self) -> str:
+        return f"bucket {self.bucket!r} at {self.endpoint_url or 'AWS S3'}"
+
+    @contextmanager
+    def _errors(self, key: str | None = None) -> Iterator[None]:
+        """Translate boto errors into the store's typed errors, naming the key and bucket."""
+        try:
+            yield
+        except ClientError as exc:
+            code = _error_code(exc)
+            if key is not None and code in _NOT_FOUND_CODES:
+                raise ObjectNotFound(key) from exc
+            if code == "NoSuchBucket" or code in _NOT_FOUND_CODES:
+                raise StoreUnavailable(f"{self._where} does not exist; create it first") from exc
+            if code in _AUTH_CODES:
+                raise StoreUnavailable(
+                    f"access to {self._where} was denied ({code}); check S3_ACCESS_KEY and "
+                    "S3_SECRET_KEY"
+                ) from exc
+            message = exc.response.get("Error", {}).get("Message", "")
+            raise StoreError(f"S3 request on {self._where} failed: {code} {message}") from exc
+        except BotoCoreError as exc:  # unreachable endpoint, timeouts, missing credentials
+            raise StoreUnavailable(f"cannot use {self._where}: {exc}") from exc
+
+    def _ensure_bucket(self) -> None:
+        params: dict[str, Any] = {"Bucket": self.bucket}
+        if self.region != "us-east-1":  # us-east-1 is the one region S3 refuses to be told about
+            params["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        with self._errors():
+            try:
+                self._client.head_bucket(Bucket=self.bucket)
+                return
+            except ClientError as exc:
+                if _error_code(exc) not in _NOT_FOUND_CODES | {"NoSuchBucket"}:
+                    raise
+            self._client.create_bucket(**params)
+
+    # ---------------------------------------------------------------------------------------
+    def put_stream(
+        self,
+        key: str,
+        chunks: ByteSource,
+        *,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        max_bytes: int | None = None,
+    ) -> StoredObject:
+        validate_key(key)
+        digest = SizeLimitedDigest(max_bytes)
+        buffer = bytearray()
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+
+        def send_part(body: bytes) -> None:
+            nonlocal upload_id
+            with self._errors(key):
+                if upload_id is None:
+                    upload_id = self._client.create_multipart_upload(
+                        Bucket=self.bucket, Key=key, ContentType=content_type
+                    )["UploadId"]
+                number = len(parts) + 1
+                response = self._client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                )
+            parts.append({"ETag": response["ETag"], "PartNumber": number})
+
+        try:
+            for chunk in iter_source(chunks):
+                digest.update(chunk)
+                buffer += chunk
+                while len(buffer) >= self.part_size:
+                    send_part(bytes(buffer[: self.part_size]))
+                    del buffer[: self.part_size]
+            if upload_id is None:
+                with self._errors(key):
+                    self._client.put_object(
+                        Bucket=self.bucket, Key=key, Body=bytes(buffer), ContentType=content_type
+                    )
+            else:
+                if buffer:
+                    send_part(bytes(buffer))
+                with self._errors(key):
+                    self._client.complete_multipart_upload(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": parts},
+                    )
+        except BaseException:
+            if upload_id is not None:
+                self._abort(key, upload_id)
+            raise
+        return digest.stored(key, content_type)
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload to free its parts; best effort (the error in flight wins)."""
+        # If this fails too, a bucket lifecycle rule for incomplete uploads is the backstop.
+        with suppress(BotoCoreError, ClientError):
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+    def iter_range(
+        self, key: str, start: int = 0, end: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> Iterator[bytes]:
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+        validate_key(key)
+        with self._errors(key):
+            head = self._client.head_object(Bucket=self.bucket, Key=key)
+        first, stop = resolve_range(key, start, end, int(head["ContentLength"]))
+        if first == stop:
+            return iter(())
+        with self._errors(key):
+            try:
+                response = self._client.get_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Range=f"bytes={first}-{stop - 1}",  # HTTP ranges are inclusive
+                    # The version measured above, not one a writer put there meanwhile.
+                    IfMatch=head["ETag"],
+                )
+            except ClientError as exc:
+                code = _error_code(exc)
+                if code == "InvalidRange":
+                    raise InvalidRange(key, start, end, int(head["ContentLength"])) from exc
+                if code in {"PreconditionFailed", "412"}:
+                    raise StoreError(f"object {key!r} changed while being read; retry") from exc
+                raise
+        return self._iter_body(key, response["Body"], chunk_size)
+
+    def _iter_body(self, key: str, body: Any, chunk_size: int) -> Iterator[bytes]:
+        try:
+            with self._errors(key):
+                try:
+                    yield from body.iter_chunks(chunk_size)
+                except Urllib3HTTPError as exc:  # connection dropped mid-download
+                    raise StoreUnavailable(
+                        f"download of {key!r} from {self._where} broke: {exc}"
+                    ) from exc
+        finally:
+            body.close()
+
+    def size(self, key: str) -> int:
+        validate_key(key)
+        with self._errors(key):
+            return int(self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        validate_key(key)
+        with self._errors(key):
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def presigned_url(self, key: str, *, filename: str | None = None) -> str | None:
+        """A GET URL valid for ``presign_expiry_s`` seconds; signing needs no network round trip.
+
+        ``filename`` makes the server answer with ``Content-Disposition: attachment`` under that
+        name. The URL is made whether or not the object exists (the caller knows it does).
+        """
+        validate_key(key)
+        params: dict[str, str] = {"Bucket": self.bucket, "Key": key}
+        if filename:
+            params["ResponseContentDisposition"] = content_disposition(filename)
+        with self._errors(key):
+            url: str = self._presigner.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=self.presign_expiry_s
+            )
+        return url
+
+    def check(self) -> None:
+        """HEAD the bucket with a single, short-timeout attempt."""
+        with self._errors():
+            self._probe.head_bucket(Bucket=self.bucket)
+
+
+def _error_code(exc: ClientError) -> str:
+    """The S3 error code of ``exc`` (``NoSuchKey``, ``404``, ...)."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` header value for ``filename``: an ASCII fallback plus RFC 5987 UTF-8 form."""
+    fallback = re.sub(r"[^A-Za-z0-9._ -]", "_", filename) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -1,0 +1,147 @@
+"""The RiFT job configuration: one pydantic model, shared by the library, the CLI and the REST API.
+
+Defaults follow the reference protocol in ``shared/RIFT.md`` (attack PGD-10 L∞ 8/255 with step 2/255,
+MRC with a relative L2 ball of radius 0.1 and 10 ascent passes at lr 1, fine-tuning with SGD lr 1e-3
+for 10 epochs, interpolation over α in steps of 0.05 as in the seed's Algorithm 2).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Norm = Literal["linf", "l2"]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo in a job spec must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArchitectureSpec(_Strict):
+    """Which network to build. ``mean``/``std`` are applied inside the model, so inputs are [0, 1]."""
+
+    name: str = Field(description="Registry name, e.g. 'resnet18', 'wide_resnet34_10', "
+                      "'small_cnn' or 'torchvision:resnet50'.")
+    num_classes: int = Field(10, ge=2, le=100_000)
+    in_channels: int | None = Field(None, ge=1, le=16, description="Default: the dataset's.")
+    image_size: int | None = Field(None, ge=8, le=1024, description="Default: the dataset's.")
+    mean: list[float] | None = Field(None, description="Per-channel input mean; None: no shift.")
+    std: list[float] | None = Field(None, description="Per-channel input std; None: no scaling.")
+
+    @model_validator(mode="after")
+    def _check_normalisation(self) -> ArchitectureSpec:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both 'mean' and 'std', or neither")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("every 'std' entry must be > 0")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError("'mean' and 'std' must have the same length")
+        return self
+
+
+class DatasetSpec(_Strict):
+    """Where the images come from. Built-in names read from ``root``; ``npz``/``imagefolder`` from
+    ``path``; ``digits`` is scikit-learn's bundled handwritten digits (8×8, 10 classes)."""
+
+    name: Literal["cifar10", "cifar100", "svhn", "mnist", "digits", "npz", "imagefolder"]
+    root: str | None = Field(None, description="Data directory for cifar10/cifar100/svhn/mnist.")
+    path: str | None = Field(None, description="File (.npz) or folder (ImageFolder tree).")
+    download: bool = Field(False, description="Allow torchvision to download into 'root'.")
+    image_size: int | None = Field(None, ge=8, le=1024, description="Resize ImageFolder images.")
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    max_train_examples: int | None = Field(None, ge=1)
+    max_test_examples: int | None = Field(None, ge=1)
+    augment: Literal["auto", "none", "crop_flip", "crop"] = Field(
+        "auto", description="Training augmentation; 'auto': crop+flip for natural images, "
+        "crop only for digits/mnist/svhn.")
+
+    @model_validator(mode="after")
+    def _check_location(self) -> DatasetSpec:
+        if self.name in ("npz", "imagefolder") and not self.path:
+            raise ValueError(f"dataset '{self.name}' needs 'path'")
+        return self
+
+
+class AttackSpec(_Strict):
+    """PGD on images in [0, 1]. ``eps`` and ``step_size`` are in pixel units of [0, 1] images."""
+
+    norm: Norm = "linf"
+    eps: float = Field(8 / 255, ge=0.0, le=64.0)
+    step_size: float = Field(2 / 255, gt=0.0, le=64.0)
+    steps: int = Field(10, ge=0, le=1000)
+    random_start: bool = True
+
+
+class MRCSpec(_Strict):
+    """Module Robust Criticality (RIFT.md, step 1)."""
+
+    eps: float = Field(0.1, gt=0.0, le=10.0, description="Relative radius of the weight ball.")
+    p: Literal[2, "inf"] = Field(2, description="Norm of the weight ball: 2 (Frobenius) or 'inf'.")
+    steps: int = Field(10, ge=1, le=1000, description="Ascent passes over the adversarial set.")
+    lr: float = Field(1.0, gt=0.0, le=1e6, description="Gradient-ascent learning rate.")
+    batch_size: int = Field(512, ge=1, le=65536)
+    num_examples: int = Field(1024, ge=1, le=1_000_000,
+                              description="Adversarial examples drawn from the training split.")
+    include: list[str] = Field(default_factory=list,
+                               description="fnmatch patterns; if given, only matching modules.")
+    exclude: list[str] = Field(default_factory=list, description="fnmatch patterns to skip.")
+    modules: list[str] | None = Field(None, description="Exactly these modules (a subset).")
+    engine: Literal["auto", "cached", "full"] = Field(
+        "auto", description="'cached' recomputes only the network after the module (needs "
+        "torch.fx tracing); 'full' runs the whole network; 'auto' falls back when tracing fails.")
+
+
+class FinetuneSpec(_Strict):
+    """Fine-tune one module on clean data (RIFT.md, step 2)."""
+
+    module: str | None = Field(None, description="Module to tune; default: lowest MRC.")
+    epochs: int = Field(10, ge=1, le=1000)
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
+    batch_size: int = Field(128, ge=1, le=65536)
+    lr_milestones: list[int] = Field(default_factory=lambda: [5])
+    lr_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    bn_stats: Literal["update", "freeze"] = "update"
+
+    @field_validator("lr_milestones")
+    @classmethod
+    def _sorted_positive(cls, value: list[int]) -> list[int]:
+        if any(m < 1 for m in value) or value != sorted(value):
+            raise ValueError("milestones must be positive epoch numbers in increasing order")
+        return value
+
+
+class InterpolationSpec(_Strict):
+    """θ_α = (1 − α) θ_AT + α θ_FT over an α grid (RIFT.md, step 3)."""
+
+    alpha_step: float = Field(0.05, gt=0.0, le=1.0)
+    robust_tolerance: float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="Percentage points of robust accuracy the chosen α may lose vs θ_AT.")
+    selection_split: Literal["test", "validation"] = Field(
+        "test", description="Split the α curve is measured and chosen on. 'test' follows the "
+        "paper's Algorithm 2; 'validation' keeps the test numbers of the chosen α unseen.")
+
+
+class EvaluationSpec(_Strict):
+    batch_size: int = Field(256, ge=1, le=65536)
+    max_examples: int | None = Field(None, ge=1, description="Cap on test examples evaluated.")
+
+
+class RiftConfig(_Strict):
+    """Everything one RiFT run needs except the checkpoint itself."""
+
+    architecture: ArchitectureSpec
+    dataset: DatasetSpec
+    attack: AttackSpec = Field(default_factory=AttackSpec)
+    mrc: MRCSpec = Field(default_factory=MRCSpec)
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    interpolation: InterpolationSpec = Field(default_factory=InterpolationSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False

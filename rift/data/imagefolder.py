@@ -1,0 +1,162 @@
+"""Folders of image files, one sub-folder per class (torchvision's ImageFolder convention).
+
+Layouts read, in this order:
+1. ``path/train/<class>/...`` with a labelled held-out folder ``path/val`` or ``path/test``:
+   either ``<class>/...`` sub-folders, or Tiny-ImageNet's ``images/`` plus ``val_annotations.txt``
+   (file name, tab, class). A held-out folder whose sub-folders are all unknown classes (e.g.
+   Tiny-ImageNet's unlabelled ``test/images``) is skipped.
+2. ``path/train/<class>/...`` alone, or ``path/<class>/...``: the test split is held out
+   deterministically from it (see ``splits.py``).
+Files are found recursively inside a class folder (Tiny-ImageNet keeps them in ``<class>/images``);
+other files (e.g. ``*_boxes.txt``) are ignored. Classes are numbered in sorted name order.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from rift.config import DatasetSpec
+from rift.data.tensors import ImageTensors, SourceData
+from rift.errors import DatasetError
+
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
+TEST_FRACTION = 0.2  # held out as test when the tree has no labelled val/test folder
+HELD_OUT_FOLDERS = ("val", "test")
+ANNOTATIONS = "val_annotations.txt"
+
+Labelled = list[tuple[Path, int]]
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath, f) for f in filenames
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found)
+
+
+def _class_tree(folder: Path, classes: list[str]) -> Labelled:
+    files: Labelled = []
+    for index, name in enumerate(classes):
+        in_class = _image_files(folder / name)
+        if not in_class:
+            raise DatasetError(f"class folder {folder / name} holds no image files "
+                               f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+        files += [(path, index) for path in in_class]
+    return files
+
+
+def _annotated(folder: Path, classes: list[str]) -> Labelled:
+    """Tiny-ImageNet's val layout: ``images/<file>`` labelled by ``val_annotations.txt``."""
+    index = {name: i for i, name in enumerate(classes)}
+    files: Labelled = []
+    lines = (folder / ANNOTATIONS).read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        fields = line.split("\t")
+        if not line.strip():
+            continue
+        if len(fields) < 2 or fields[1] not in index:
+            raise DatasetError(f"{folder / ANNOTATIONS} line {number}: expected 'file<TAB>class' "
+                               f"with a class among the train folders; got {line!r}")
+        path = folder / "images" / fields[0]
+        if not path.is_file():
+            raise DatasetError(f"{folder / ANNOTATIONS} line {number}: {path} does not exist")
+        files.append((path, index[fields[1]]))
+    if not files:
+        raise DatasetError(f"{folder / ANNOTATIONS} lists no images")
+    return files
+
+
+def _held_out(root: Path, classes: list[str]) -> Labelled | None:
+    for name in HELD_OUT_FOLDERS:
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        if (folder / ANNOTATIONS).is_file():
+            return _annotated(folder, classes)
+        sub = [d.name for d in _visible_dirs(folder)]
+        known = [d for d in sub if d in classes]
+        if not known:
+            continue  # unlabelled (no class folders): not usable for testing
+        unknown = sorted(set(sub) - set(classes))
+        if unknown:
+            raise DatasetError(f"{folder} has class folder(s) {unknown} that 'train' lacks")
+        index = {c: i for i, c in enumerate(classes)}
+        return [(path, index[d]) for d in known for path in _image_files(folder / d)]
+    return None
+
+
+def _read_images(files: list[Path], size: tuple[int, int], resize: bool,
+                 reference: Path) -> np.ndarray:
+    """(N, H, W, 3) uint8 from ``files``, ``size`` = (W, H). With ``resize`` false every image
+    must already have that size (that of ``reference``); the first that does not is named."""
+    width, height = size
+    out = np.empty((len(files), height, width, 3), np.uint8)
+
+    def read(i: int) -> None:
+        try:
+            with Image.open(files[i]) as image:
+                rgb = image.convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DatasetError(f"cannot read image {files[i]}: {exc}") from exc
+        if resize:
+            rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+        elif rgb.size != size:
+            raise DatasetError(
+                f"image {files[i]} is {rgb.size[0]}×{rgb.size[1]} but {reference} is "
+                f"{width}×{height}; set 'image_size' to resize them all")
+        out[i] = np.asarray(rgb)
+
+    # Decoding releases the GIL, so threads help; map() re-raises the first failure in file order.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(read, range(len(files))):
+            pass
+    return out
+
+
+def _tensors(files: Labelled, size: tuple[int, int], resize: bool,
+             reference: Path) -> ImageTensors:
+    pixels = _read_images([path for path, _ in files], size, resize, reference)
+    images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+    return ImageTensors(images, torch.tensor([label for _, label in files], dtype=torch.int64))
+
+
+def load_imagefolder(spec: DatasetSpec) -> SourceData:
+    """RGB uint8 images from the tree at ``spec.path`` (see the module docstring)."""
+    root = Path(spec.path or "")
+    if not root.is_dir():
+        raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder")
+    train_root = root / "train" if (root / "train").is_dir() else root
+    classes = [d.name for d in _visible_dirs(train_root)]
+    if not classes:
+        raise DatasetError(f"dataset 'imagefolder': no class folders in {train_root}")
+    train_files = _class_tree(train_root, classes)
+    test_files = _held_out(root, classes) if train_root != root else None
+    if test_files is not None and not test_files:
+        raise DatasetError(f"dataset 'imagefolder': the held-out folder under {root} is empty")
+    reference = train_files[0][0]
+    if spec.image_size:
+        size, resize = (spec.image_size, spec.image_size), True
+    else:
+        # Without 'image_size' the first training image fixes the size for train and test alike.
+        try:
+            with Image.open(reference) as first:
+                size, resize = first.size, False
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DatasetError(f"cannot read image {reference}: {exc}") from exc
+    train = _tensors(train_files, size, resize, reference)
+    test = _tensors(test_files, size, resize, reference) if test_files is not None else None
+    return SourceData(train=train, test=test, num_classes=len(classes),
+                      test_fraction=TEST_FRACTION)

@@ -1,0 +1,71 @@
+"""Typed errors of the library. Each carries a stable ``code`` the service maps to HTTP statuses.
+
+The messages are written for the user who supplied the input: they name the field, key or limit
+at fault and what would fix it.
+"""
+
+from __future__ import annotations
+
+
+class RiftError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+    code: str = "rift_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(RiftError):
+    """A setting is out of range or names something that does not exist (e.g. a module name)."""
+
+    code = "invalid_config"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownArchitectureError(ConfigError):
+    code = "unknown_architecture"
+
+
+class CheckpointError(RiftError):
+    """The checkpoint file is unreadable, unsafe, or holds non-finite weights."""
+
+    code = "invalid_checkpoint"
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint's keys or shapes do not fit the architecture."""
+
+    code = "checkpoint_mismatch"
+
+    def __init__(
+        self,
+        message: str,
+        missing: list[str] | None = None,
+        unexpected: list[str] | None = None,
+        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.missing = missing or []
+        self.unexpected = unexpected or []
+        # (key, shape in checkpoint, shape the model expects)
+        self.mismatched = mismatched or []
+
+
+class DatasetError(RiftError):
+    """The dataset cannot be found, read, or does not have the expected layout."""
+
+    code = "invalid_dataset"
+
+
+class JobCancelled(RiftError):
+    """Raised at a batch boundary when the cancellation callback says so."""
+
+    code = "cancelled"
+
+    def __init__(self, message: str = "the job was cancelled") -> None:
+        super().__init__(message)

@@ -1,0 +1,224 @@
+"""Fine-tuning of the non-robust-critical module on clean data (RIFT.md, step 2; Algorithm 2, 6–14).
+
+Only the chosen module's own parameters learn; everything else is frozen. The model is in train
+mode, so BatchNorm running statistics follow the clean data unless ``bn_stats == "freeze"``. After
+every epoch the clean accuracy on the validation split is measured and the best epoch's weights are
+kept (the reference code picks it on the test set; a held-out split keeps test numbers honest).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rift.config import FinetuneSpec
+from rift.data import DatasetSplits, iterate_batches
+from rift.device import autocast
+from rift.errors import ConfigError, JobCancelled
+from rift.evaluation import evaluate_accuracy
+
+_BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
+_NAMES_SHOWN = 12
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One fine-tuning epoch. ``epoch`` counts from 1; accuracies are percent; ``lr`` is the
+    learning rate the epoch ran with; ``train_loss`` is the mean clean cross-entropy over the epoch;
+    ``seconds`` covers training and validation."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_accuracy: float
+    val_accuracy: float
+    seconds: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        """A JSON-ready dict with the fields above."""
+        return asdict(self)
+
+
+@dataclass
+class FinetuneResult:
+    """What fine-tuning returns: the module tuned, every epoch's metrics, the best epoch (1-based,
+    by validation clean accuracy; ties go to the earlier epoch) and a CPU copy of the whole model's
+    state dict at that epoch (θ_FT of the interpolation step)."""
+
+    module: str
+    epochs: list[EpochMetrics]
+    best_epoch: int
+    state_dict: dict[str, Tensor] = field(repr=False)
+
+    @property
+    def best_val_accuracy(self) -> float:
+        return self.epochs[self.best_epoch - 1].val_accuracy
+
+
+def trainable_module(model: nn.Module, module_name: str) -> nn.Module:
+    """The submodule called ``module_name`` (a ``named_modules`` name, e.g. ``layer2.1.conv2``).
+
+    Raises:
+        ConfigError (field ``finetune.module``): no such module, or it has no parameters of its own.
+    """
+    modules = dict(model.named_modules())
+    module = modules.get(module_name) if module_name else None
+    if module is None or not list(module.parameters(recurse=False)):
+        valid = [name for name, m in modules.items()
+                 if name and list(m.parameters(recurse=False))]
+        shown = ", ".join(valid[:_NAMES_SHOWN]) + (" …" if len(valid) > _NAMES_SHOWN else "")
+        reason = "is not a module of the model" if module is None else "has no parameters of its own"
+        raise ConfigError(
+            f"finetune.module {module_name!r} {reason}; modules with parameters: {shown}",
+            field="finetune.module",
+        )
+    return module
+
+
+def finetune_module(
+    model: nn.Module,
+    module_name: str,
+    splits: DatasetSplits,
+    spec: FinetuneSpec,
+    *,
+    device: torch.device,
+    seed: int,
+    precision: str = "fp32",
+    eval_batch_size: int = 256,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> FinetuneResult:
+    """Fine-tune the own parameters (weight, bias) of ``module_name`` on clean training images.
+
+    SGD with ``spec.momentum`` and ``spec.weight_decay`` over those parameters only; the learning
+    rate starts at ``spec.lr`` and is multiplied by ``spec.lr_gamma`` after each epoch listed in
+    ``spec.lr_milestones``. Training batches of ``spec.batch_size`` images (float in [0, 1], NCHW,
+    augmented as ``splits.augment`` says) are shuffled by a generator seeded with ``seed``, and the
+    global RNG (dropout) is seeded inside a forked RNG state, so the same seed on the same device
+    gives the same weights without touching the caller's random state.
+
+    The model is moved to ``device`` and trained in place; on return it holds the best epoch's
+    weights, its train/eval mode and every ``requires_grad`` flag are as they were on entry.
+    ``on_epoch`` is called after each epoch; ``should_cancel`` is polled before every batch and
+    makes this raise :class:`JobCancelled`. With ``precision="bf16"`` the forward pass runs under
+    autocast and the loss is computed in fp32.
+
+    Raises:
+        ConfigError: unknown module name (field ``finetune.module``).
+        JobCancelled: ``should_cancel()`` returned True.
+    """
+    module = trainable_module(model, module_name)
+    model.to(device)
+    parameters = list(module.parameters(recurse=False))
+    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    try:
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            epochs, best_epoch, best_state = _train(
+                model, parameters, splits, spec, device=device, seed=seed, precision=precision,
+                eval_batch_size=eval_batch_size, on_epoch=on_epoch, should_cancel=should_cancel,
+            )
+        model.load_state_dict(best_state)
+    finally:
+        for parameter, flag in grad_flags:
+            parameter.requires_grad_(flag)
+        model.train(was_training)
+    return FinetuneResult(module_name, epochs, best_epoch, best_state)
+
+
+def _train(
+    model: nn.Module,
+    parameters: list[nn.Parameter],
+    splits: DatasetSplits,
+    spec: FinetuneSpec,
+    *,
+    device: torch.device,
+    seed: int,
+    precision: str,
+    eval_batch_size: int,
+    on_epoch: Callable[[EpochMetrics], None] | None,
+    should_cancel: Callable[[], bool] | None,
+) -> tuple[list[EpochMetrics], int, dict[str, Tensor]]:
+    optimizer = torch.optim.SGD(
+        parameters, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+    )
+    # Milestones are epoch numbers: the scheduler steps once per epoch (reference: ×0.1 at epoch 5).
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(spec.lr_milestones), gamma=spec.lr_gamma
+    )
+    # A CPU generator: the batch order and crops are the same whichever device trains.
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    history: list[EpochMetrics] = []
+    best_epoch = 0
+    best_accuracy = -1.0
+    best_state: dict[str, Tensor] = {}
+    for epoch in range(1, spec.epochs + 1):
+        started = time.perf_counter()
+        lr = float(optimizer.param_groups[0]["lr"])
+        _set_train_mode(model, freeze_bn=spec.bn_stats == "freeze")
+        # Sums stay on the device (no per-batch sync); fp64 so long epochs do not lose precision.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        for images, labels in iterate_batches(
+            splits.train, spec.batch_size, device=device, shuffle=True, generator=generator,
+            augment=splits.augment,
+        ):
+            if should_cancel is not None and should_cancel():
+                raise JobCancelled()
+            with autocast(device, precision):
+                logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().double() * labels.numel()
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += labels.numel()
+        scheduler.step()
+        report = evaluate_accuracy(
+            model, splits.validation, attack=None, batch_size=eval_batch_size, device=device,
+            seed=seed, precision=precision, should_cancel=should_cancel,
+        )
+        metrics = EpochMetrics(
+            epoch=epoch,
+            lr=lr,
+            train_loss=float(loss_sum) / max(seen, 1),
+            train_accuracy=100.0 * int(correct) / max(seen, 1),
+            val_accuracy=report.clean_accuracy,
+            seconds=time.perf_counter() - started,
+        )
+        history.append(metrics)
+        # Strictly greater: on ties the earlier (less moved) epoch is kept.
+        if metrics.val_accuracy > best_accuracy:
+            best_accuracy = metrics.val_accuracy
+            best_epoch = epoch
+            best_state = _cpu_copy(model.state_dict())
+        if on_epoch is not None:
+            on_epoch(metrics)
+    return history, best_epoch, best_state
+
+
+def _set_train_mode(model: nn.Module, *, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        # Eval-mode BatchNorm normalises with its running statistics and leaves them untouched.
+        for submodule in model.modules():
+            if isinstance(submodule, _BATCHNORM_TYPES):
+                submodule.eval()
+
+
+def _cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    # ``.cpu()`` of a CPU tensor returns the same storage, which later steps would overwrite.
+    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}

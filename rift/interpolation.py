@@ -1,0 +1,167 @@
+"""Interpolation between θ_AT and θ_FT, and the choice of α (RIFT.md, step 3; seed Algorithm 2).
+
+    θ_α = (1 − α) θ_AT + α θ_FT        for α in [0, 1]
+
+over every entry of the state dict, BatchNorm running statistics included. The α chosen is the one
+with the best clean accuracy whose robust accuracy is not below θ_AT's (less an optional tolerance).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from rift.errors import ConfigError
+
+# A grid finer than this is a typo, not a plan: every point costs a full robust evaluation.
+MAX_GRID_POINTS = 10_001
+# Grid values are rounded to this many decimals so that 3 × 0.1 reads 0.3, not 0.30000000000000004.
+_GRID_DECIMALS = 10
+# Accuracies are percentages computed as 100·k/n; two evaluations of the same weights may differ in
+# the last bits only, which must not decide whether a point keeps the baseline's robustness.
+_ACCURACY_SLACK = 1e-9
+
+
+def interpolate_weights(
+    theta_at: Mapping[str, Tensor], theta_ft: Mapping[str, Tensor], alpha: float
+) -> dict[str, Tensor]:
+    """Return θ_α = (1 − α)·θ_AT + α·θ_FT for every entry of two state dicts of the same model.
+
+    Args:
+        theta_at: state dict of the adversarially trained model (the α = 0 end).
+        theta_ft: state dict after fine-tuning (the α = 1 end); same keys, shapes and dtypes.
+        alpha: interpolation weight in [0, 1].
+
+    Returns:
+        A new dict (fresh tensors, on θ_AT's devices) with the keys of ``theta_at`` in its order.
+
+    Rules:
+        * Floating entries (weights, biases, BatchNorm running mean/var) are interpolated.
+          α = 0 returns θ_AT's values and α = 1 θ_FT's values bit for bit: the end points are
+          copied rather than computed, because ``a + α(b − a)`` at α = 1 gives ``a + (b − a)``,
+          which is not always ``b`` in floating point. Inside (0, 1) the arithmetic is done in at
+          least fp32 and cast back, so fp16/bf16 checkpoints lose no precision on the way.
+        * Integer and boolean entries (BatchNorm's ``num_batches_tracked``) are counters, not
+          coordinates, and cannot be averaged: they keep θ_AT's value for every α < 1 and take
+          θ_FT's at α = 1, so both end points are still reproduced exactly.
+
+    Raises:
+        ConfigError: α outside [0, 1], or the two state dicts differ in keys, shapes or dtypes.
+    """
+    if not (0.0 <= alpha <= 1.0) or math.isnan(alpha):
+        raise ConfigError(f"alpha must lie in [0, 1], got {alpha!r}", field="interpolation.alpha")
+    _check_same_layout(theta_at, theta_ft)
+    result: dict[str, Tensor] = {}
+    for key, start in theta_at.items():
+        end = theta_ft[key].to(start.device)
+        if alpha == 0.0:
+            result[key] = start.detach().clone()
+        elif alpha == 1.0:
+            result[key] = end.detach().clone()
+        elif not start.is_floating_point():
+            result[key] = start.detach().clone()
+        else:
+            work_dtype = torch.promote_types(start.dtype, torch.float32)
+            mixed = torch.lerp(start.detach().to(work_dtype), end.detach().to(work_dtype), alpha)
+            result[key] = mixed.to(start.dtype)
+    return result
+
+
+def _check_same_layout(theta_at: Mapping[str, Tensor], theta_ft: Mapping[str, Tensor]) -> None:
+    missing = [k for k in theta_at if k not in theta_ft]
+    extra = [k for k in theta_ft if k not in theta_at]
+    if missing or extra:
+        raise ConfigError(
+            "the fine-tuned state dict does not have the keys of the adversarially trained one: "
+            f"missing {_preview(missing)}, unexpected {_preview(extra)}",
+            field="interpolation",
+        )
+    for key, start in theta_at.items():
+        end = theta_ft[key]
+        if start.shape != end.shape or start.dtype != end.dtype:
+            raise ConfigError(
+                f"state dict entry {key!r} differs: {tuple(start.shape)} {start.dtype} in θ_AT, "
+                f"{tuple(end.shape)} {end.dtype} in θ_FT",
+                field="interpolation",
+            )
+
+
+def _preview(keys: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"[{shown}{more}]"
+
+
+def alpha_grid(step: float) -> list[float]:
+    """α values 0, step, 2·step, … below 1, then exactly 1.0 (always last, never duplicated).
+
+    Values are rounded to 10 decimals (0.1 · 3 is 0.3). ``step`` must lie in (0, 1]; a grid of more
+    than ``MAX_GRID_POINTS`` points is refused.
+
+    Raises:
+        ConfigError: ``step`` outside (0, 1] or too small (field ``interpolation.alpha_step``).
+    """
+    if not (0.0 < step <= 1.0) or math.isnan(step):
+        raise ConfigError(f"alpha_step must lie in (0, 1], got {step!r}",
+                          field="interpolation.alpha_step")
+    if 1.0 / step + 1 > MAX_GRID_POINTS:
+        raise ConfigError(
+            f"alpha_step {step!r} gives more than {MAX_GRID_POINTS} interpolation points; "
+            "use a larger step", field="interpolation.alpha_step")
+    grid: list[float] = []
+    index = 0
+    while True:
+        value = round(index * step, _GRID_DECIMALS)
+        # A value that only misses 1 by rounding noise (e.g. 20 × 0.05) is the end point itself.
+        if value >= 1.0 - 10.0 ** -_GRID_DECIMALS:
+            break
+        grid.append(value)
+        index += 1
+    grid.append(1.0)
+    return grid
+
+
+@dataclass(frozen=True)
+class InterpolationPoint:
+    """One evaluated point of the interpolation curve (seed, Figure C.5). Accuracies in percent."""
+
+    alpha: float
+    clean_accuracy: float
+    robust_accuracy: float
+
+    def as_dict(self) -> dict[str, float]:
+        """A JSON-ready dict ``{alpha, clean_accuracy, robust_accuracy}``."""
+        return asdict(self)
+
+
+def select_alpha(
+    points: Sequence[InterpolationPoint],
+    *,
+    baseline_robust_accuracy: float,
+    tolerance: float = 0.0,
+) -> InterpolationPoint:
+    """Choose θ_α per Algorithm 2, line 18: best clean accuracy that keeps θ_AT's robustness.
+
+    A point qualifies when ``robust_accuracy ≥ baseline_robust_accuracy − tolerance`` (percentage
+    points). Among qualifying points the highest clean accuracy wins; ties go to the higher robust
+    accuracy, then to the smaller α (the weights closer to θ_AT). If nothing qualifies — which only
+    happens when α = 0 was not evaluated or the evaluation is noisy — the α = 0 point is returned
+    (or the smallest α present), i.e. the original model is kept.
+
+    Raises:
+        ConfigError: ``points`` is empty or ``tolerance`` is negative.
+    """
+    if not points:
+        raise ConfigError("no interpolation points to choose from", field="interpolation")
+    if tolerance < 0:
+        raise ConfigError(f"robust_tolerance must be ≥ 0, got {tolerance!r}",
+                          field="interpolation.robust_tolerance")
+    floor = baseline_robust_accuracy - tolerance - _ACCURACY_SLACK
+    qualifying = [p for p in points if p.robust_accuracy >= floor]
+    if not qualifying:
+        return min(points, key=lambda p: p.alpha)
+    return min(qualifying, key=lambda p: (-p.clean_accuracy, -p.robust_accuracy, p.alpha))

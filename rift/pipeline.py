@@ -1,0 +1,392 @@
+"""The whole RiFT run: MRC → fine-tune the least critical module → interpolate (RIFT.md).
+
+Each stage is a function that takes the previous stage's output explicitly, so a worker can run
+one stage per task and resume after a crash from what was saved. ``run_pipeline`` chains the three
+stages for the CLI and saves each stage's output in a folder, skipping stages already saved there.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rift import checkpoints
+from rift.attacks import PGD
+from rift.config import RiftConfig
+from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
+from rift.device import resolve_device
+from rift.errors import ConfigError, JobCancelled
+from rift.evaluation import evaluate_accuracy, seeded_generator
+from rift.finetune import EpochMetrics, finetune_module
+from rift.interpolation import InterpolationPoint, alpha_grid, interpolate_weights, select_alpha
+from rift.models import build_model
+from rift.mrc import ModuleCriticality, make_adversarial_set, module_robust_criticality
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("mrc", "finetune", "interpolate")
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class PipelineCallbacks:
+    """How a run reports back. All optional; exceptions raised by callbacks propagate."""
+
+    on_progress: Callable[[str, float, str], None] | None = None  # (stage, fraction, message)
+    on_event: Callable[[str, dict[str, Any]], None] | None = None  # (kind, JSON payload)
+    should_cancel: Callable[[], bool] | None = None  # polled at batch boundaries
+
+    def progress(self, stage: str, fraction: float, message: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(stage, min(max(fraction, 0.0), 1.0), message)
+
+    def event(self, kind: str, payload: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, payload)
+
+    def check_cancel(self) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise JobCancelled()
+
+
+@dataclass
+class PreparedRun:
+    """Everything the stages share: built model holding θ_AT, data, device, attack."""
+
+    config: RiftConfig
+    device: torch.device
+    splits: DatasetSplits
+    model: nn.Module
+    original_state: StateDict
+    attack: PGD
+
+    def reset_weights(self, state: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Load ``state`` (default θ_AT) into the model, in place."""
+        checkpoints.load_into(self.model, state if state is not None else self.original_state)
+
+
+def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor]
+                ) -> PreparedRun:
+    """Build the model, load and check the checkpoint, load the data, pick the device."""
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    splits = load_dataset(config.dataset, config.seed)
+    if splits.num_classes > config.architecture.num_classes:
+        raise ConfigError(
+            f"the dataset has {splits.num_classes} classes but architecture.num_classes is "
+            f"{config.architecture.num_classes}", field="architecture.num_classes")
+    channels, height, _ = splits.image_shape
+    model = build_model(config.architecture, in_channels=channels, image_size=height)
+    state = (checkpoints.load_state_dict(checkpoint) if isinstance(checkpoint, str | Path)
+             else dict(checkpoint))
+    checkpoints.check_compatible(model, state)
+    checkpoints.load_into(model, state)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    original = {key: value.detach().to("cpu", copy=True) for key, value in
+                model.state_dict().items()}
+    return PreparedRun(config, device, splits, model.eval(), original,
+                       PGD.from_spec(config.attack))
+
+
+# --------------------------------------------------------------------------- step 1: MRC
+
+
+@dataclass
+class MRCStageResult:
+    rows: list[dict[str, Any]]
+    baseline_robust_loss: float
+    baseline_robust_accuracy: float
+    selected_module: str
+    engine: str
+    examples: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MRCStageResult:
+        return cls(**dict(data))
+
+    @classmethod
+    def merge(cls, parts: list[MRCStageResult], module_order: list[str]) -> MRCStageResult:
+        """One table from parts computed for disjoint module subsets on the same adversarial set."""
+        if not parts:
+            raise ConfigError("nothing to merge", field="mrc")
+        order = {name: i for i, name in enumerate(module_order)}
+        rows = sorted((row for part in parts for row in part.rows),
+                      key=lambda row: order.get(row["name"], len(order)))
+        return cls(rows, parts[0].baseline_robust_loss, parts[0].baseline_robust_accuracy,
+                   _lowest(rows), parts[0].engine, parts[0].examples,
+                   sum(part.seconds for part in parts))
+
+
+def _lowest(rows: list[dict[str, Any]]) -> str:
+    return min(rows, key=lambda row: row["mrc"])["name"]
+
+
+def _subset(data: ImageTensors, count: int, seed: int) -> ImageTensors:
+    """A seeded random subset of ``count`` examples (all of them when fewer)."""
+    if count >= len(data):
+        return data
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(len(data), generator=generator)[:count]
+    return ImageTensors(data.images[index], data.labels[index])
+
+
+def _as_device_tensors(data: ImageTensors, device: torch.device) -> tuple[torch.Tensor, ...]:
+    images, labels = next(iterate_batches(data, len(data), device=device))
+    return images, labels
+
+
+def run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = None,
+                  modules: list[str] | None = None) -> MRCStageResult:
+    """Score modules (all selected by the config, or exactly ``modules``) on a fixed adversarial
+    set drawn from the training split and made once on θ_AT (RIFT.md, step 1)."""
+    callbacks = callbacks or PipelineCallbacks()
+    config, started = run.config, time.perf_counter()
+    spec = config.mrc if modules is None else config.mrc.model_copy(update={"modules": modules})
+    run.reset_weights()
+    callbacks.progress("mrc", 0.0, "making the adversarial set")
+    examples = _subset(run.splits.train, spec.num_examples, config.seed)
+    images, labels = _as_device_tensors(examples, run.device)
+    adversarial = make_adversarial_set(
+        run.model, images, labels, run.attack, batch_size=spec.batch_size,
+        generator=seeded_generator(run.device, config.seed), precision=config.precision)
+    callbacks.check_cancel()
+
+    def on_module(row: ModuleCriticality, index: int, total: int) -> None:
+        callbacks.event("module_scored", row.as_dict())
+        callbacks.progress("mrc", (index + 1) / total, f"scored {row.name}")
+
+    report = module_robust_criticality(
+        run.model, adversarial, labels, spec, precision=config.precision, on_module=on_module,
+        should_cancel=callbacks.should_cancel)
+    rows = [row.as_dict() for row in report.modules]
+    return MRCStageResult(rows, report.baseline_robust_loss, report.baseline_robust_accuracy,
+                          report.lowest().name, report.engine, len(labels),
+                          time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- step 2: fine-tune
+
+
+@dataclass
+class FinetuneStageResult:
+    module: str
+    epochs: list[dict[str, Any]]
+    best_epoch: int
+    seconds: float
+    state_dict: StateDict = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"module": self.module, "epochs": self.epochs, "best_epoch": self.best_epoch,
+                "seconds": self.seconds}
+
+
+def run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallbacks | None = None
+                       ) -> FinetuneStageResult:
+    """Fine-tune only ``module`` on clean data from θ_AT; keep the best validation epoch."""
+    callbacks = callbacks or PipelineCallbacks()
+    config, started = run.config, time.perf_counter()
+    run.reset_weights()
+    total = config.finetune.epochs
+
+    def on_epoch(metrics: EpochMetrics) -> None:
+        callbacks.event("epoch", metrics.as_dict())
+        callbacks.progress("finetune", metrics.epoch / total,
+                           f"epoch {metrics.epoch}/{total}: val {metrics.val_accuracy:.2f}%")
+
+    callbacks.progress("finetune", 0.0, f"fine-tuning {module}")
+    result = finetune_module(
+        run.model, module, run.splits, config.finetune, device=run.device, seed=config.seed,
+        precision=config.precision, eval_batch_size=config.evaluation.batch_size,
+        on_epoch=on_epoch, should_cancel=callbacks.should_cancel)
+    run.reset_weights()
+    return FinetuneStageResult(module, [e.as_dict() for e in result.epochs], result.best_epoch,
+                               time.perf_counter() - started, result.state_dict)
+
+
+# --------------------------------------------------------------------------- step 3: interpolate
+
+
+@dataclass
+class InterpolationStageResult:
+    points: list[dict[str, float]]
+    chosen_alpha: float
+    selection_split: str
+    before: dict[str, float | None]
+    after: dict[str, float | None]
+    seconds: float
+    state_dict: StateDict = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "state_dict"}
+
+
+def _evaluation_data(run: PreparedRun, split: str) -> ImageTensors:
+    data = run.splits.test if split == "test" else run.splits.validation
+    cap = run.config.evaluation.max_examples
+    return data.head(cap) if cap is not None and cap < len(data) else data
+
+
+def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTensors,
+              callbacks: PipelineCallbacks) -> dict[str, float | None]:
+    run.reset_weights(state)
+    report = evaluate_accuracy(
+        run.model, data, attack=run.attack, batch_size=run.config.evaluation.batch_size,
+        device=run.device, seed=run.config.seed, precision=run.config.precision,
+        should_cancel=callbacks.should_cancel)
+    return {"clean_accuracy": report.clean_accuracy, "robust_accuracy": report.robust_accuracy}
+
+
+def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
+                            callbacks: PipelineCallbacks | None = None
+                            ) -> InterpolationStageResult:
+    """Measure θ_α = (1 − α) θ_AT + α θ_FT over the α grid and keep the best clean accuracy whose
+    robust accuracy is not below θ_AT's (minus the tolerance). Accuracies in percent."""
+    callbacks = callbacks or PipelineCallbacks()
+    config, started = run.config, time.perf_counter()
+    spec = config.interpolation
+    selection_data = _evaluation_data(run, spec.selection_split)
+    grid = alpha_grid(spec.alpha_step)
+    points: list[InterpolationPoint] = []
+    for index, alpha in enumerate(grid):
+        metrics = _evaluate(run, interpolate_weights(run.original_state, finetuned_state, alpha),
+                            selection_data, callbacks)
+        point = InterpolationPoint(alpha, float(metrics["clean_accuracy"] or 0.0),
+                                   float(metrics["robust_accuracy"] or 0.0))
+        points.append(point)
+        callbacks.event("interpolation_point", point.as_dict())
+        callbacks.progress("interpolate", (index + 1) / len(grid), f"α = {alpha:g}")
+    baseline = points[0]  # α = 0 is θ_AT itself
+    chosen = select_alpha(points, baseline_robust_accuracy=baseline.robust_accuracy,
+                          tolerance=spec.robust_tolerance)
+    tuned = interpolate_weights(run.original_state, finetuned_state, chosen.alpha)
+    if spec.selection_split == "test":
+        before = {"clean_accuracy": baseline.clean_accuracy,
+                  "robust_accuracy": baseline.robust_accuracy}
+        after = {"clean_accuracy": chosen.clean_accuracy,
+                 "robust_accuracy": chosen.robust_accuracy}
+    else:
+        test = _evaluation_data(run, "test")
+        before = _evaluate(run, run.original_state, test, callbacks)
+        after = _evaluate(run, tuned, test, callbacks)
+    run.reset_weights()
+    return InterpolationStageResult([p.as_dict() for p in points], chosen.alpha,
+                                    spec.selection_split, before, after,
+                                    time.perf_counter() - started, tuned)
+
+
+# --------------------------------------------------------------------------- files
+
+
+MRC_CSV_COLUMNS = ("name", "parameters", "mrc", "worst_robust_loss", "robust_accuracy_at_worst",
+                   "robust_accuracy_drop", "seconds", "selected")
+
+
+def mrc_table_csv(rows: list[dict[str, Any]], selected_module: str | None = None) -> str:
+    """The MRC table as CSV text, one row per module, the selected one flagged."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MRC_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**{k: row[k] for k in MRC_CSV_COLUMNS[:-1]},
+                         "selected": row["name"] == selected_module})
+    return buffer.getvalue()
+
+
+def build_result(config: RiftConfig, mrc: MRCStageResult, finetune: FinetuneStageResult,
+                 interpolation: InterpolationStageResult, device: str) -> dict[str, Any]:
+    """The JSON document that describes a finished run (``result.json``)."""
+    return {
+        "config": config.model_dump(mode="json"),
+        "device": device,
+        "selected_module": finetune.module,
+        "mrc": mrc.to_json(),
+        "finetune": finetune.to_json(),
+        "interpolation": interpolation.to_json(),
+        "chosen_alpha": interpolation.chosen_alpha,
+        "before": interpolation.before,
+        "after": interpolation.after,
+        "torch_version": torch.__version__,
+    }
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2))
+    temporary.replace(path)  # a crash never leaves a half-written stage output
+
+
+def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor],
+                 output_dir: Path, callbacks: PipelineCallbacks | None = None) -> dict[str, Any]:
+    """Run all three stages, saving each one's output in ``output_dir``; a stage whose output is
+    already there (from an interrupted run with the same config) is loaded, not recomputed.
+
+    Writes ``mrc.json``, ``mrc.csv``, ``finetune.json``, ``finetuned.safetensors``,
+    ``tuned.safetensors`` and ``result.json``; returns the ``result.json`` document.
+    """
+    callbacks = callbacks or PipelineCallbacks()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_config(output_dir, config)
+    run = prepare_run(config, checkpoint)
+    metadata = {"config": config.model_dump_json()}
+
+    mrc_path = output_dir / "mrc.json"
+    if mrc_path.exists():
+        mrc = MRCStageResult.from_json(json.loads(mrc_path.read_text()))
+        callbacks.event("stage_skipped", {"stage": "mrc", "reason": "output already saved"})
+    else:
+        callbacks.event("stage_started", {"stage": "mrc"})
+        mrc = run_mrc_stage(run, callbacks)
+        (output_dir / "mrc.csv").write_text(mrc_table_csv(mrc.rows, mrc.selected_module))
+        _write_json(mrc_path, mrc.to_json())
+        callbacks.event("stage_finished", {"stage": "mrc", "seconds": mrc.seconds})
+
+    module = config.finetune.module or mrc.selected_module
+    finetune_json, finetuned_path = output_dir / "finetune.json", output_dir / "finetuned.safetensors"
+    if finetune_json.exists() and finetuned_path.exists():
+        saved = json.loads(finetune_json.read_text())
+        finetune = FinetuneStageResult(saved["module"], saved["epochs"], saved["best_epoch"],
+                                       saved["seconds"], checkpoints.load_state_dict(finetuned_path))
+        callbacks.event("stage_skipped", {"stage": "finetune", "reason": "output already saved"})
+    else:
+        callbacks.event("stage_started", {"stage": "finetune", "module": module})
+        finetune = run_finetune_stage(run, module, callbacks)
+        checkpoints.save_safetensors(finetuned_path, finetune.state_dict,
+                                     {**metadata, "kind": "finetuned", "module": module})
+        _write_json(finetune_json, finetune.to_json())
+        callbacks.event("stage_finished", {"stage": "finetune", "seconds": finetune.seconds})
+
+    callbacks.event("stage_started", {"stage": "interpolate"})
+    interpolation = run_interpolation_stage(run, finetune.state_dict, callbacks)
+    checkpoints.save_safetensors(
+        output_dir / "tuned.safetensors", interpolation.state_dict,
+        {**metadata, "kind": "tuned", "alpha": repr(interpolation.chosen_alpha), "module": module})
+    callbacks.event("stage_finished", {"stage": "interpolate", "seconds": interpolation.seconds})
+    result = build_result(config, mrc, finetune, interpolation, str(run.device))
+    _write_json(output_dir / "result.json", result)
+    return result
+
+
+def _check_same_config(output_dir: Path, config: RiftConfig) -> None:
+    """Refuse to resume from outputs of a different configuration."""
+    marker = output_dir / "config.json"
+    current = config.model_dump(mode="json")
+    if marker.exists() and json.loads(marker.read_text()) != current:
+        raise ConfigError(f"{output_dir} holds the outputs of a run with another configuration; "
+                          "use an empty folder", field="output_dir")
+    _write_json(marker, current)

@@ -1,0 +1,371 @@
+"""The object store: the same tests run against the local folder and a real S3 server on loopback.
+
+The S3 flavour talks HTTP to moto's standalone server (no boto3 mocking), so requests are signed,
+sent, parsed and answered as they would be by MinIO or AWS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from persistence.storage import (
+    InvalidKey,
+    InvalidRange,
+    LocalObjectStore,
+    ObjectNotFound,
+    ObjectStore,
+    ObjectTooLarge,
+    StoreConfigError,
+    StoreUnavailable,
+    build_object_store,
+)
+from persistence.storage_s3 import MIN_PART_SIZE, S3ObjectStore
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """URL of a moto S3 server on 127.0.0.1 with a port the OS picked."""
+    server_module = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def make_s3_store(endpoint: str, **kwargs: object) -> S3ObjectStore:
+    """A store on a fresh bucket, with the smallest part size S3 allows so tests stay small."""
+    options: dict[str, object] = {
+        "endpoint_url": endpoint,
+        "access_key": "testing",
+        "secret_key": "testing",
+        "create_bucket": True,
+        "part_size": MIN_PART_SIZE,
+    }
+    options.update(kwargs)
+    return S3ObjectStore(f"test-{uuid.uuid4().hex[:12]}", **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "local":
+        return LocalObjectStore(tmp_path / "store")
+    return make_s3_store(request.getfixturevalue("s3_endpoint"))
+
+
+def random_bytes(n: int, seed: int = 0) -> bytes:
+    # Deterministic and incompressible enough that an off-by-one in a range shows.
+    return hashlib.shake_256(seed.to_bytes(8, "little")).digest(n)
+
+
+def chunked(data: bytes, size: int) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+class CountingSource:
+    """An iterable of chunks that records how many bytes the store pulled from it."""
+
+    def __init__(self, data: bytes, chunk: int) -> None:
+        self.data, self.chunk, self.consumed = data, chunk, 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for piece in chunked(self.data, self.chunk):
+            self.consumed += len(piece)
+            yield piece
+
+
+def leftover_files(store: ObjectStore) -> list[Path]:
+    """Files a local store holds under its root (temp files included)."""
+    assert isinstance(store, LocalObjectStore)
+    return sorted(p for p in store.root.rglob("*") if p.is_file())
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared behaviour
+# ------------------------------------------------------------------------------------------------
+def test_round_trip_and_delete(store: ObjectStore) -> None:
+    data = random_bytes(1000)
+    stored = store.put_bytes("jobs/1/result.json", data, content_type="application/json")
+    assert stored.key == "jobs/1/result.json"
+    assert stored.size == len(data)
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert stored.content_type == "application/json"
+    assert store.exists("jobs/1/result.json")
+    assert store.size("jobs/1/result.json") == len(data)
+    assert store.get_bytes("jobs/1/result.json") == data
+
+    store.put_bytes("jobs/1/result.json", b"replaced")
+    assert store.get_bytes("jobs/1/result.json") == b"replaced"
+
+    store.delete("jobs/1/result.json")
+    assert not store.exists("jobs/1/result.json")
+    store.delete("jobs/1/result.json")  # deleting again is not an error
+
+
+def test_empty_object(store: ObjectStore) -> None:
+    stored = store.put_stream("empty.bin", iter([]))
+    assert (stored.size, stored.sha256) == (0, hashlib.sha256(b"").hexdigest())
+    assert store.exists("empty.bin")
+    assert store.get_bytes("empty.bin") == b""
+    assert list(store.iter_range("empty.bin")) == []
+
+
+def test_put_stream_from_file_object_and_put_file(store: ObjectStore, tmp_path: Path) -> None:
+    data = random_bytes(300_000, seed=1)
+    from_fileobj = store.put_stream("a.bin", io.BytesIO(data))
+    assert from_fileobj.sha256 == hashlib.sha256(data).hexdigest()
+
+    source = tmp_path / "weights.safetensors"
+    source.write_bytes(data)
+    from_path = store.put_file("b.bin", source, content_type="application/octet-stream")
+    assert (from_path.size, from_path.sha256) == (from_fileobj.size, from_fileobj.sha256)
+
+    target = store.download_to("b.bin", tmp_path / "out" / "copy.bin")
+    assert target.read_bytes() == data
+    assert [p.name for p in target.parent.iterdir()] == ["copy.bin"]  # no temp file left
+
+
+def test_large_stream_is_uploaded_in_parts(store: ObjectStore, tmp_path: Path) -> None:
+    # > 2 parts of 5 MiB with a short last part; odd chunk sizes so parts straddle chunks.
+    data = random_bytes(2 * MIN_PART_SIZE + 123_457, seed=2)
+    stored = store.put_stream("checkpoints/big.pt", chunked(data, 700_001))
+    assert stored.size == len(data)
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert store.size("checkpoints/big.pt") == len(data)
+    digest = hashlib.sha256()
+    for chunk in store.iter_range("checkpoints/big.pt", chunk_size=MiB):
+        assert len(chunk) <= MiB
+        digest.update(chunk)
+    assert digest.hexdigest() == stored.sha256
+    assert store.download_to("checkpoints/big.pt", tmp_path / "big.pt").read_bytes() == data
+
+
+@pytest.mark.parametrize("total", [11, 2 * MIN_PART_SIZE + 1])  # the single-PUT and multipart paths
+def test_over_limit_upload_raises_and_keeps_previous_object(store: ObjectStore, total: int) -> None:
+    store.put_bytes("up.bin", b"previous version")
+    limit = total - 1
+    source = CountingSource(random_bytes(total, seed=3), chunk=MiB // 4 if total > 100 else 3)
+    with pytest.raises(ObjectTooLarge) as info:
+        store.put_stream("up.bin", source, max_bytes=limit)
+    assert info.value.limit == limit
+    assert str(limit) in str(info.value)
+    assert store.get_bytes("up.bin") == b"previous version"
+
+    with pytest.raises(ObjectTooLarge):
+        store.put_stream(
+            "new.bin", CountingSource(random_bytes(total, seed=3), chunk=7), max_bytes=limit
+        )
+    assert not store.exists("new.bin")
+    if isinstance(store, LocalObjectStore):
+        assert [p.name for p in leftover_files(store)] == ["up.bin"]
+
+
+def test_upload_stops_reading_once_over_limit(store: ObjectStore) -> None:
+    source = CountingSource(random_bytes(4 * MiB, seed=4), chunk=64 * 1024)
+    with pytest.raises(ObjectTooLarge):
+        store.put_stream("x.bin", source, max_bytes=MiB)
+    # The store must not drain the client's whole upload before refusing it.
+    assert source.consumed <= MiB + 64 * 1024
+
+
+def test_exact_limit_is_accepted(store: ObjectStore) -> None:
+    stored = store.put_stream("exact.bin", [b"abc", b"de"], max_bytes=5)
+    assert stored.size == 5
+
+
+def test_failing_source_leaves_nothing(store: ObjectStore) -> None:
+    def broken() -> Iterator[bytes]:
+        yield random_bytes(MIN_PART_SIZE + 10)  # far enough for a multipart upload to start
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        store.put_stream("broken.bin", broken())
+    assert not store.exists("broken.bin")
+    if isinstance(store, LocalObjectStore):
+        assert leftover_files(store) == []
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        (0, None, slice(0, 1000)),
+        (0, 1, slice(0, 1)),
+        (10, 20, slice(10, 20)),
+        (999, None, slice(999, 1000)),
+        (500, 5000, slice(500, 1000)),  # end past the object is clamped, as HTTP does
+        (1000, None, slice(1000, 1000)),  # at the end: empty
+        (7, 7, slice(7, 7)),
+    ],
+)
+def test_ranges(store: ObjectStore, start: int, end: int | None, expected: slice) -> None:
+    data = random_bytes(1000, seed=5)
+    store.put_bytes("r.bin", data)
+    chunks = list(store.iter_range("r.bin", start, end, chunk_size=97))
+    assert all(0 < len(c) <= 97 for c in chunks)
+    assert b"".join(chunks) == data[expected]
+
+
+@pytest.mark.parametrize(("start", "end"), [(1001, None), (-1, None), (20, 10)])
+def test_invalid_ranges(store: ObjectStore, start: int, end: int | None) -> None:
+    store.put_bytes("r.bin", random_bytes(1000))
+    with pytest.raises(InvalidRange) as info:
+        store.iter_range("r.bin", start, end)
+    assert info.value.size == 1000
+
+
+def test_missing_key(store: ObjectStore, tmp_path: Path) -> None:
+    assert not store.exists("nope/missing.bin")
+    for call in (
+        lambda: store.get_bytes("nope/missing.bin"),
+        lambda: store.size("nope/missing.bin"),
+        lambda: store.iter_range("nope/missing.bin"),  # raises when called, not when iterated
+        lambda: store.download_to("nope/missing.bin", tmp_path / "out.bin"),
+    ):
+        with pytest.raises(ObjectNotFound) as info:
+            call()
+        assert info.value.key == "nope/missing.bin"
+    assert not (tmp_path / "out.bin").exists()
+    store.delete("nope/missing.bin")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "",
+        "../escape.bin",
+        "a/../../escape.bin",
+        "/etc/passwd",
+        "a//b",
+        "a/./b",
+        "a\\b",
+        ".hidden",
+        "a/.x.part",
+        "nul\x00byte",
+        "x" * 1025,
+    ],
+)
+def test_invalid_keys_are_rejected(store: ObjectStore, key: str) -> None:
+    with pytest.raises(InvalidKey):
+        store.put_bytes(key, b"data")
+    with pytest.raises(InvalidKey):
+        store.get_bytes(key)
+    with pytest.raises(InvalidKey):
+        store.exists(key)
+
+
+def test_presigned_url(store: ObjectStore) -> None:
+    data = random_bytes(5000, seed=6)
+    store.put_bytes("jobs/7/tuned.safetensors", data)
+    url = store.presigned_url("jobs/7/tuned.safetensors", filename="tuned ü.safetensors")
+    if isinstance(store, LocalObjectStore):
+        assert url is None
+        return
+    assert url is not None
+    response = httpx.get(url, timeout=10)
+    assert response.status_code == 200
+    assert response.content == data
+    disposition = response.headers["content-disposition"]
+    assert disposition.startswith("attachment;")
+    assert "filename*=UTF-8''tuned%20%C3%BC.safetensors" in disposition
+
+
+def test_check_passes_on_a_usable_store(store: ObjectStore) -> None:
+    store.check()
+
+
+# ------------------------------------------------------------------------------------------------
+# Flavour-specific behaviour
+# ------------------------------------------------------------------------------------------------
+def test_local_rejects_symlink_out_of_root(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"secret")
+    store = LocalObjectStore(tmp_path / "store")
+    store.root.mkdir()
+    os.symlink(outside, store.root / "link")
+    with pytest.raises(InvalidKey):
+        store.get_bytes("link/secret.txt")
+    with pytest.raises(InvalidKey):
+        store.put_bytes("link/new.txt", b"x")
+    assert not (outside / "new.txt").exists()
+
+
+def test_local_check_fails_when_root_is_not_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StoreUnavailable, match="not a writable folder"):
+        LocalObjectStore(tmp_path / "file" / "store").check()
+
+
+def test_s3_multipart_upload_is_used_and_content_type_kept(s3_endpoint: str) -> None:
+    store = make_s3_store(s3_endpoint)
+    data = random_bytes(2 * MIN_PART_SIZE + 1, seed=7)
+    store.put_stream("m.bin", chunked(data, MiB), content_type="application/x-test")
+    head = store._client.head_object(Bucket=store.bucket, Key="m.bin")
+    assert head["ETag"].strip('"').endswith("-3")  # a multipart ETag names its part count
+    assert head["ContentType"] == "application/x-test"
+
+
+def test_s3_aborted_uploads_leave_no_parts(s3_endpoint: str) -> None:
+    store = make_s3_store(s3_endpoint)
+    with pytest.raises(ObjectTooLarge):
+        store.put_stream(
+            "big.bin", chunked(random_bytes(3 * MIN_PART_SIZE), MiB), max_bytes=2 * MIN_PART_SIZE
+        )
+    uploads = store._client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+    assert uploads == []
+    assert store._client.list_objects_v2(Bucket=store.bucket).get("KeyCount") == 0
+
+
+def test_s3_check_on_unreachable_endpoint_fails_fast() -> None:
+    with socket.socket() as sock:  # a port nobody listens on: bound, never accepting
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        store = S3ObjectStore(
+            "bucket", endpoint_url=f"http://127.0.0.1:{port}", access_key="a", secret_key="b"
+        )
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable) as info:
+            store.check()
+    assert time.monotonic() - began < 5
+    assert f"127.0.0.1:{port}" in str(info.value)
+
+
+def test_s3_check_on_missing_bucket_names_it(s3_endpoint: str) -> None:
+    store = S3ObjectStore(
+        "no-such-bucket-here", endpoint_url=s3_endpoint, access_key="a", secret_key="b"
+    )
+    with pytest.raises(StoreUnavailable, match="no-such-bucket-here"):
+        store.check()
+
+
+def test_build_object_store(tmp_path: Path, s3_endpoint: str) -> None:
+    local = build_object_store("local", local_root=tmp_path)
+    assert isinstance(local, LocalObjectStore)
+    s3 = build_object_store(
+        "s3",
+        s3_bucket="built",
+        s3_endpoint_url=s3_endpoint,
+        s3_access_key="testing",
+        s3_secret_key="testing",
+        s3_region="us-east-1",
+        s3_create_bucket=True,
+    )
+    assert isinstance(s3, S3ObjectStore)
+    s3.check()
+    with pytest.raises(StoreConfigError, match="s3_bucket"):
+        build_object_store("s3", s3_bucket=None)
+    with pytest.raises(StoreConfigError, match="local_root"):
+        build_object_store("local")

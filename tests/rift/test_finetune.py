@@ -1,0 +1,144 @@
+"""Tests of rift/finetune.py: only the chosen module learns, BatchNorm statistics follow
+``bn_stats``, the best validation epoch is kept, cancellation and determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rift.config import ArchitectureSpec, FinetuneSpec
+from rift.data import DatasetSplits, ImageTensors
+from rift.errors import ConfigError, JobCancelled
+from rift.evaluation import evaluate_accuracy
+from rift.finetune import EpochMetrics, finetune_module
+from rift.models import build_model
+
+CPU = torch.device("cpu")
+
+
+def _synthetic(n: int, seed: int) -> ImageTensors:
+    """Ten classes of 8×8 images: a class-specific bright pixel block plus noise (learnable)."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.rand(n, 1, 8, 8, generator=gen) * 0.5
+    rows, cols = labels // 4, labels % 4
+    for i in range(n):
+        r, c = 2 * int(rows[i]), 2 * int(cols[i])
+        images[i, 0, r:r + 2, c:c + 2] += 0.5
+    return ImageTensors(images.clamp(0, 1), labels)
+
+
+@pytest.fixture(scope="module")
+def splits() -> DatasetSplits:
+    return DatasetSplits(
+        train=_synthetic(192, 1), validation=_synthetic(80, 2), test=_synthetic(80, 3),
+        num_classes=10, image_shape=(1, 8, 8), name="synthetic", augment="none",
+    )
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(ArchitectureSpec(name="small_cnn", num_classes=10), in_channels=1,
+                       image_size=8)
+
+
+def _spec(**overrides: object) -> FinetuneSpec:
+    values: dict[str, object] = {"epochs": 2, "lr": 0.05, "batch_size": 32, "lr_milestones": [1]}
+    values.update(overrides)
+    return FinetuneSpec(**values)
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_only_the_chosen_module_changes_and_bn_stats_update(splits: DatasetSplits) -> None:
+    model = _model()
+    model.fc.bias.requires_grad_(False)  # a flag that must survive fine-tuning
+    before = _snapshot(model)
+    seen: list[EpochMetrics] = []
+    result = finetune_module(model, "conv2", splits, _spec(), device=CPU, seed=0,
+                             on_epoch=seen.append)
+    after = model.state_dict()
+    assert result.module == "conv2"
+    assert not torch.equal(after["conv2.weight"], before["conv2.weight"])
+    for name, _ in model.named_parameters():
+        if name != "conv2.weight":
+            assert torch.equal(after[name], before[name]), name
+    for name in ("bn1.running_mean", "bn2.running_var", "bn3.num_batches_tracked"):
+        assert not torch.equal(after[name], before[name]), name
+    assert model.fc.bias.requires_grad is False
+    assert all(p.requires_grad for n, p in model.named_parameters() if n != "fc.bias")
+    assert model.training
+    assert [m.epoch for m in result.epochs] == [1, 2]
+    assert seen == result.epochs
+    assert [m.lr for m in result.epochs] == pytest.approx([0.05, 0.005])
+    assert set(result.epochs[0].as_dict()) == {
+        "epoch", "lr", "train_loss", "train_accuracy", "val_accuracy", "seconds"}
+
+
+def test_frozen_bn_statistics_stay_put(splits: DatasetSplits) -> None:
+    model = _model()
+    before = _snapshot(model)
+    finetune_module(model, "fc", splits, _spec(bn_stats="freeze"), device=CPU, seed=0)
+    after = model.state_dict()
+    assert not torch.equal(after["fc.weight"], before["fc.weight"])
+    assert not torch.equal(after["fc.bias"], before["fc.bias"])
+    for name, value in before.items():
+        if not name.startswith("fc."):
+            assert torch.equal(after[name], value), name
+
+
+def test_best_epoch_is_the_validation_argmax(splits: DatasetSplits) -> None:
+    model = _model(1)
+    result = finetune_module(model, "conv3", splits, _spec(epochs=4, lr=0.2, lr_milestones=[3]),
+                             device=CPU, seed=3)
+    accuracies = [m.val_accuracy for m in result.epochs]
+    assert result.best_epoch == accuracies.index(max(accuracies)) + 1
+    assert result.best_val_accuracy == max(accuracies)
+    # The returned weights (and the model's) are those of the best epoch.
+    for key, value in model.state_dict().items():
+        assert torch.equal(result.state_dict[key], value), key
+        assert result.state_dict[key].device.type == "cpu"
+    report = evaluate_accuracy(model, splits.validation, attack=None, batch_size=256,
+                               device=CPU, seed=3)
+    assert report.clean_accuracy == max(accuracies)
+
+
+def test_cancellation_raises_and_restores_flags(splits: DatasetSplits) -> None:
+    model = _model()
+    before = _snapshot(model)
+    calls = []
+
+    def should_cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(JobCancelled):
+        finetune_module(model, "conv1", splits, _spec(), device=CPU, seed=0,
+                        should_cancel=should_cancel)
+    assert len(calls) == 3
+    assert all(p.requires_grad for p in model.parameters())
+    assert torch.equal(model.state_dict()["conv3.weight"], before["conv3.weight"])
+
+
+def test_same_seed_same_weights(splits: DatasetSplits) -> None:
+    spec = _spec(epochs=1)
+    states = []
+    for seed in (5, 5, 6):
+        model = _model()
+        states.append(finetune_module(model, "conv2", splits, spec, device=CPU, seed=seed)
+                      .state_dict)
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not torch.equal(states[0]["conv2.weight"], states[2]["conv2.weight"])
+
+
+def test_unknown_or_parameterless_module(splits: DatasetSplits) -> None:
+    with pytest.raises(ConfigError) as info:
+        finetune_module(_model(), "layer9.conv", splits, _spec(), device=CPU, seed=0)
+    assert info.value.field == "finetune.module"
+    assert "conv1" in info.value.message and "fc" in info.value.message
+    relu_net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU())
+    with pytest.raises(ConfigError, match="no parameters"):
+        finetune_module(relu_net, "2", splits, _spec(), device=CPU, seed=0)

@@ -1,0 +1,234 @@
+"""MRC: the properties of RIFT.md (non-negativity, the ball, scale invariance) and the cached
+engine agreeing with a plain full-forward computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rift.config import MRCSpec
+from rift.errors import ConfigError, JobCancelled
+from rift.mrc import (
+    module_robust_criticality,
+    perturbable_modules,
+    project_onto_ball,
+    select_modules,
+)
+from rift.mrc_reference import plain_module_robust_criticality
+
+
+class TwoLayerReLU(nn.Module):
+    """f(x) = W2 φ(W1 x), no biases (Theorem A.4's network)."""
+
+    def __init__(self, w1: torch.Tensor, w2: torch.Tensor) -> None:
+        super().__init__()
+        self.first = nn.Linear(w1.shape[1], w1.shape[0], bias=False)
+        self.second = nn.Linear(w2.shape[1], w2.shape[0], bias=False)
+        with torch.no_grad():
+            self.first.weight.copy_(w1)
+            self.second.weight.copy_(w2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.relu(self.first(x.flatten(1))))
+
+
+class TinyResidualNet(nn.Module):
+    """Conv + BN + a residual block with a skip connection and a linear head."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        residual = F.relu(self.bn2(self.conv2(out)))
+        out = F.relu(out + self.bn3(self.conv3(residual)))
+        return self.head(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+class UntraceableNet(TinyResidualNet):
+    """Data-dependent control flow: torch.fx cannot trace it, so MRC must fall back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # data-dependent branch
+            x = x * 1.0
+        return super().forward(x)
+
+
+def _randomised_bn(model: nn.Module, seed: int) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return model.eval()
+
+
+@pytest.fixture
+def residual_setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = _randomised_bn(TinyResidualNet(), 1)
+    images = torch.rand(48, 3, 8, 8)
+    labels = torch.randint(0, 5, (48,))
+    return model, images, labels
+
+
+def _spec(**overrides: object) -> MRCSpec:
+    values: dict[str, object] = {"steps": 4, "batch_size": 16, "num_examples": 48}
+    values.update(overrides)
+    return MRCSpec(**values)
+
+
+def test_mrc_is_non_negative_and_weights_are_restored(residual_setup) -> None:
+    model, images, labels = residual_setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = module_robust_criticality(model, images, labels, _spec())
+    assert [row.name for row in report.modules] == perturbable_modules(model)
+    assert all(row.mrc >= 0 for row in report.modules)
+    assert any(row.mrc > 0 for row in report.modules)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert not model.training
+
+
+def test_cached_engine_equals_plain_full_forward(residual_setup) -> None:
+    model, images, labels = residual_setup
+    spec = _spec()
+    cached = module_robust_criticality(model, images, labels, spec.model_copy(
+        update={"engine": "cached"}))
+    full = module_robust_criticality(model, images, labels, spec.model_copy(
+        update={"engine": "full"}))
+    plain = plain_module_robust_criticality(model, images, labels, spec)
+    assert cached.engine == "cached" and full.engine == "full"
+    for cached_row, full_row in zip(cached.modules, full.modules, strict=True):
+        assert cached_row.mrc == pytest.approx(plain[cached_row.name], rel=1e-4, abs=1e-6)
+        assert cached_row.mrc == pytest.approx(full_row.mrc, rel=1e-4, abs=1e-6)
+        assert cached_row.robust_accuracy_at_worst == full_row.robust_accuracy_at_worst
+
+
+def test_untraceable_model_falls_back_to_full_forward_with_same_values(residual_setup) -> None:
+    _, images, labels = residual_setup
+    torch.manual_seed(0)
+    untraceable = _randomised_bn(UntraceableNet(), 1)
+    auto = module_robust_criticality(untraceable, images, labels, _spec(engine="auto"))
+    assert auto.engine == "full"
+    plain = plain_module_robust_criticality(untraceable, images, labels, _spec())
+    for row in auto.modules:
+        assert row.mrc == pytest.approx(plain[row.name], rel=1e-4, abs=1e-6)
+    with pytest.raises(ConfigError, match=r"mrc\.engine|traced"):
+        module_robust_criticality(untraceable, images, labels, _spec(engine="cached"))
+
+
+def test_perturbation_never_leaves_the_ball() -> None:
+    generator = torch.Generator().manual_seed(3)
+    for p in (2, "inf"):
+        for _ in range(20):
+            delta = torch.randn(6, 4, generator=generator) * 10
+            radius = float(torch.rand(1, generator=generator)) + 0.01
+            projected = project_onto_ball(delta, radius, p)
+            norm = projected.abs().max() if p == "inf" else projected.norm()
+            assert float(norm) <= radius * (1 + 1e-6)
+        inside = torch.full((3,), 1e-3)
+        assert torch.equal(project_onto_ball(inside, 1.0, p), inside)
+
+
+def test_ascent_iterates_stay_in_the_ball(residual_setup, monkeypatch) -> None:
+    """Record the weight after every projection made during MRC and check its distance."""
+    import rift.mrc as mrc_module
+
+    model, images, labels = residual_setup
+    spec = _spec(eps=0.05, lr=50.0, modules=["conv2"])
+    original = model.conv2.weight.detach().clone()
+    radius = 0.05 * float(original.norm())
+    distances: list[float] = []
+    real_measure = mrc_module._LossProbe.measure
+
+    def recording_measure(self):  # wraps the real measurement, adds an observation only
+        distances.append(float((model.conv2.weight.detach() - original).norm()))
+        return real_measure(self)
+
+    monkeypatch.setattr(mrc_module._LossProbe, "measure", recording_measure)
+    report = module_robust_criticality(model, images, labels, spec)
+    assert len(distances) == 1 + spec.steps  # baseline + one per pass
+    assert max(distances) <= radius * (1 + 1e-5)
+    assert max(distances) > 0.9 * radius  # a large step reaches the surface
+    assert report.modules[0].mrc > 0
+
+
+@pytest.mark.parametrize("beta", [0.1, 10.0])
+def test_scale_invariance_theorem_a4(beta: float) -> None:
+    """g(x) = (1/β) W2 φ(β W1 x) equals f and has the same MRC for the first layer."""
+    generator = torch.Generator().manual_seed(7)
+    w1 = torch.randn(16, 12, generator=generator) * 0.5
+    w2 = torch.randn(4, 16, generator=generator) * 0.5
+    f = TwoLayerReLU(w1, w2).eval()
+    g = TwoLayerReLU(beta * w1, w2 / beta).eval()
+    x = torch.randn(64, 12, generator=generator)
+    y = torch.randint(0, 4, (64,), generator=generator)
+    torch.testing.assert_close(f(x), g(x), rtol=1e-5, atol=1e-5)
+
+    # A step large enough to land on the ball's surface: the projected step is then scale
+    # equivariant (Δ_g = β Δ_f), so the same lr gives the same MRC.
+    surface = MRCSpec(steps=1, lr=1e6, batch_size=64, modules=["first"])
+    mrc_f = module_robust_criticality(f, x, y, surface).modules[0].mrc
+    mrc_g = module_robust_criticality(g, x, y, surface).modules[0].mrc
+    assert mrc_f > 0
+    assert mrc_g == pytest.approx(mrc_f, rel=1e-4)
+
+    # Many ascent steps: gradients scale by 1/β, so the matching learning rate scales by β²;
+    # the iterates of g are then β times those of f and the MRC values agree.
+    many = MRCSpec(steps=10, lr=0.5, batch_size=16, modules=["first"])
+    mrc_f = module_robust_criticality(f, x, y, many).modules[0].mrc
+    scaled = many.model_copy(update={"lr": 0.5 * beta**2})
+    mrc_g = module_robust_criticality(g, x, y, scaled).modules[0].mrc
+    assert mrc_f > 0
+    assert mrc_g == pytest.approx(mrc_f, rel=1e-3)
+
+
+def test_module_selection_patterns_and_subsets(residual_setup) -> None:
+    model = residual_setup[0]
+    assert select_modules(model, _spec(include=["conv*"])) == ["conv1", "conv2", "conv3"]
+    assert select_modules(model, _spec(exclude=["conv*"])) == ["head"]
+    assert select_modules(model, _spec(modules=["head", "conv2"])) == ["conv2", "head"]
+    with pytest.raises(ConfigError) as error:
+        select_modules(model, _spec(modules=["conv9"]))
+    assert error.value.field == "mrc.modules" and "conv9" in error.value.message
+    with pytest.raises(ConfigError):
+        select_modules(model, _spec(include=["nothing*"]))
+
+
+def test_subset_tables_merge_to_the_whole_table(residual_setup) -> None:
+    from rift.mrc import merge_reports
+
+    model, images, labels = residual_setup
+    whole = module_robust_criticality(model, images, labels, _spec())
+    part_a = module_robust_criticality(model, images, labels, _spec(modules=["conv1", "head"]))
+    part_b = module_robust_criticality(model, images, labels, _spec(modules=["conv2", "conv3"]))
+    merged = merge_reports([part_b, part_a], perturbable_modules(model))
+    assert [row.name for row in merged.modules] == [row.name for row in whole.modules]
+    for merged_row, row in zip(merged.modules, whole.modules, strict=True):
+        assert merged_row.mrc == pytest.approx(row.mrc, rel=1e-6, abs=1e-9)
+    assert merged.lowest().name == whole.lowest().name
+
+
+def test_cancellation_stops_at_a_batch_boundary(residual_setup) -> None:
+    model, images, labels = residual_setup
+    calls = {"n": 0}
+
+    def cancel_after_five() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 5
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(JobCancelled):
+        module_robust_criticality(model, images, labels, _spec(), should_cancel=cancel_after_five)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
