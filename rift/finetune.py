@@ -103,7 +103,8 @@ def finetune_module(
     gives the same weights without touching the caller's random state.
 
     The model is moved to ``device`` and trained in place; on return it holds the best epoch's
-    weights, its train/eval mode and every ``requires_grad`` flag are as they were on entry.
+    weights, its train/eval mode and every ``requires_grad`` flag are as they were on entry (after
+    an exception the flags and mode are restored too, but the weights are those reached so far).
     ``on_epoch`` is called after each epoch; ``should_cancel`` is polled before every batch and
     makes this raise :class:`JobCancelled`. With ``precision="bf16"`` the forward pass runs under
     autocast and the loss is computed in fp32.

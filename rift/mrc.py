@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from rift.config import MRCSpec
 from rift.device import autocast
@@ -114,6 +114,14 @@ def project_onto_ball(delta: torch.Tensor, radius: float, p: int | str) -> torch
         return delta.clamp(-radius, radius)
     norm = float(delta.norm(p=2))
     return delta * (radius / norm) if norm > radius else delta
+
+
+def module_weight(model: nn.Module, name: str) -> nn.Parameter:
+    """The ``weight`` parameter of the conv/linear module ``name``."""
+    weight = model.get_submodule(name).weight
+    if not isinstance(weight, nn.Parameter):
+        raise ConfigError(f"module {name!r} has no weight parameter", field="mrc.modules")
+    return weight
 
 
 def weight_norm(weight: torch.Tensor, p: int | str) -> float:
@@ -220,7 +228,7 @@ def module_robust_criticality(
             with torch.no_grad(), autocast(adversarial_images.device, precision):
                 cache = [tuple(segment.prefix(x)) for x in image_batches]
             probe = _LossProbe(segment, cache, label_batches, precision, should_cancel)
-            weight = model.get_submodule(name).weight
+            weight = module_weight(model, name)
             weight.requires_grad_(True)
             try:
                 worst_loss, accuracy = _criticality_of(weight, probe, spec, baseline)
@@ -246,7 +254,7 @@ def module_robust_criticality(
         model.train(was_training)
 
 
-def _trace_or_none(model: nn.Module, engine: str) -> object | None:
+def _trace_or_none(model: nn.Module, engine: str) -> fx.GraphModule | None:
     if engine == "full":
         return None
     try:

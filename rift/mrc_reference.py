@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rift.config import MRCSpec
-from rift.mrc import project_onto_ball, select_modules, weight_norm
+from rift.mrc import module_weight, project_onto_ball, select_modules, weight_norm
 
 
 @torch.no_grad()
@@ -35,7 +35,7 @@ def plain_module_robust_criticality(
                                                  spec.batch_size)
     values: dict[str, float] = {}
     for name in select_modules(model, spec):
-        weight = model.get_submodule(name).weight
+        weight = module_weight(model, name)
         original = weight.detach().clone()
         radius = spec.eps * weight_norm(original, spec.p)
         worst = baseline_loss
@@ -46,6 +46,7 @@ def plain_module_robust_criticality(
                 loss = F.cross_entropy(model(x).float(), y)
                 loss.backward()
                 with torch.no_grad():
+                    assert weight.grad is not None
                     weight.add_(weight.grad, alpha=spec.lr)
             with torch.no_grad():
                 weight.copy_(original + project_onto_ball(weight - original, radius, spec.p))

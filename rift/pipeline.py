@@ -275,6 +275,8 @@ def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torc
     chosen = select_alpha(points, baseline_robust_accuracy=baseline.robust_accuracy,
                           tolerance=spec.robust_tolerance)
     tuned = interpolate_weights(run.original_state, finetuned_state, chosen.alpha)
+    before: dict[str, float | None]
+    after: dict[str, float | None]
     if spec.selection_split == "test":
         before = {"clean_accuracy": baseline.clean_accuracy,
                   "robust_accuracy": baseline.robust_accuracy}

@@ -1,0 +1,31 @@
+# One image for both roles of the service:
+#   api:    uvicorn api.main:create_app --factory --host 0.0.0.0 --port 8000   (the default CMD)
+#   worker: celery -A worker.celery_app worker ...                              (see docker-compose.yml)
+# The torch wheel from PyPI bundles the CUDA runtime, so the worker only needs the NVIDIA driver and
+# container toolkit on the host; the api never touches the GPU.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies first, read from pyproject.toml alone: editing the code then reuses this layer
+# instead of reinstalling torch.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(deps))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# The source (alembic.ini and migrations/ included: the api runs `alembic upgrade head` from /app).
+COPY . .
+RUN pip install --no-deps . \
+    && useradd --create-home --uid 10001 rift \
+    && mkdir -p /app/var \
+    && chown rift:rift /app/var
+
+USER rift
+EXPOSE 8000
+CMD ["uvicorn", "api.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]

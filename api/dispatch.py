@@ -1,0 +1,78 @@
+"""Putting jobs on the Celery queue from the API, and checking that the broker answers.
+
+The API never imports the worker's tasks (nor torch): it sends the first stage's task by name
+(``rift.stage.mrc``) through a Celery app built from the settings by ``worker.factory``. Each
+worker, after finishing a stage, enqueues the next one itself.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from celery import Celery
+
+from persistence.models import StageName
+from persistence.settings import Settings
+from worker.factory import create_celery_app, enqueue_stage
+
+#: Seconds to wait for the broker when checking readiness.
+BROKER_CHECK_TIMEOUT_S = 3.0
+
+
+class DispatchError(Exception):
+    """The broker did not take the message (it is down or unreachable)."""
+
+
+class Dispatcher(Protocol):
+    """What the API needs from the queue; tests may inject their own."""
+
+    def enqueue_job(self, job_id: str) -> None:
+        """Queue the job's first stage; raises :class:`DispatchError` if the broker refuses."""
+        ...
+
+    def check(self) -> None:
+        """Raise :class:`DispatchError` unless the broker can be reached."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class CeleryDispatcher:
+    """Sends stage tasks through a Celery app built from ``settings`` (no tasks registered)."""
+
+    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        self.settings = settings
+        self.app = app or create_celery_app(settings)
+        # A publish to a dead broker should fail within seconds, not retry for minutes: the
+        # client is waiting for its answer, and the job row is removed again on failure.
+        self.app.conf.broker_connection_timeout = BROKER_CHECK_TIMEOUT_S
+        self.app.conf.task_publish_retry_policy = {
+            "max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0,
+        }
+
+    def enqueue_job(self, job_id: str) -> None:
+        try:
+            enqueue_stage(self.app, job_id, StageName.MRC)
+        except Exception as exc:  # kombu raises OperationalError and transport-specific errors
+            raise DispatchError(f"the broker did not accept the job: {_short(exc)}") from exc
+
+    def check(self) -> None:
+        try:
+            with self.app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, timeout=BROKER_CHECK_TIMEOUT_S)
+                # For the SQLAlchemy transport a connection is lazy; opening a channel touches
+                # the database.
+                channel = connection.default_channel
+                channel.close() if hasattr(channel, "close") else None
+        except Exception as exc:
+            raise DispatchError(f"the broker cannot be reached: {_short(exc)}") from exc
+
+    def close(self) -> None:
+        self.app.close()
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "…"

@@ -1,0 +1,289 @@
+"""Errors the API answers with, and the one place that maps every typed error to an HTTP status.
+
+Every error response has the body ``{"error": {"code", "message", "field"}}``: ``code`` is stable
+(clients branch on it), ``message`` says what is wrong and how to fix it, ``field`` names the
+request field at fault (dotted, e.g. ``config.attack.eps``) or is null. Request validation errors
+(422) additionally keep FastAPI's usual ``detail`` list, whose ``loc`` names each bad field.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from persistence.jobs import (
+    IdempotencyConflict,
+    InvalidCursor,
+    JobAlreadyFinished,
+    JobNotFound,
+    PersistenceError,
+)
+from persistence.storage import (
+    InvalidRange,
+    ObjectNotFound,
+    ObjectTooLarge,
+    StoreError,
+    StoreUnavailable,
+)
+from rift.errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    ConfigError,
+    DatasetError,
+    JobCancelled,
+    RiftError,
+    UnknownArchitectureError,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a stable code, a message and (optionally) the field at fault.
+
+    ``details`` is extra JSON put beside the three keys (e.g. the missing/mismatched keys of a
+    checkpoint); ``headers`` are added to the response.
+    """
+
+    status_code: int = 400
+    code: str = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    status_code = 400
+    code = "bad_request"
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class InvalidInput(ApiError):
+    """A well-formed request whose content is wrong (unknown id, bad file, invalid value)."""
+
+    status_code = 422
+    code = "invalid_input"
+
+
+class RangeNotSatisfiable(ApiError):
+    status_code = 416
+    code = "range_not_satisfiable"
+
+
+class ServiceUnavailable(ApiError):
+    status_code = 503
+    code = "service_unavailable"
+
+
+def error_body(
+    code: str, message: str, field: str | None = None, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON body of every error response."""
+    error: dict[str, Any] = {"code": code, "message": message, "field": field}
+    if details:
+        error.update(details)
+    return {"error": error}
+
+
+def from_rift_error(exc: RiftError, *, field: str | None = None) -> ApiError:
+    """The :class:`ApiError` for a library error; ``field`` says which request field it concerns.
+
+    Configuration and input-file errors are the client's (422); ``JobCancelled`` is a conflict.
+    """
+    if isinstance(exc, CheckpointMismatchError):
+        return InvalidInput(
+            exc.message,
+            field=field,
+            code=exc.code,
+            details={
+                "missing": exc.missing,
+                "unexpected": exc.unexpected,
+                "mismatched": [
+                    {"key": key, "checkpoint_shape": list(got), "model_shape": list(want)}
+                    for key, got, want in exc.mismatched
+                ],
+            },
+        )
+    if isinstance(exc, UnknownArchitectureError | ConfigError):
+        config_field = f"config.{exc.field}" if exc.field else field
+        return InvalidInput(exc.message, field=config_field, code=exc.code)
+    if isinstance(exc, CheckpointError | DatasetError):
+        return InvalidInput(exc.message, field=field, code=exc.code)
+    if isinstance(exc, JobCancelled):
+        return Conflict(exc.message, field=field, code=exc.code)
+    return BadRequest(exc.message, field=field, code=exc.code)
+
+
+def from_store_error(exc: StoreError, *, field: str | None = None) -> ApiError:
+    """The :class:`ApiError` for an object-store error."""
+    if isinstance(exc, ObjectTooLarge):
+        return PayloadTooLarge(
+            f"the upload is larger than the limit of {exc.limit} bytes",
+            field=field,
+            details={"limit_bytes": exc.limit},
+        )
+    if isinstance(exc, ObjectNotFound):
+        # The database names an object the store lost: not the client's fault, but not a crash.
+        return ServiceUnavailable(
+            "the stored file is missing from the object store", code="object_missing"
+        )
+    if isinstance(exc, InvalidRange):
+        return RangeNotSatisfiable(exc.message, headers={"Content-Range": f"bytes */{exc.size}"})
+    if isinstance(exc, StoreUnavailable):
+        return ServiceUnavailable(exc.message, code=exc.code)
+    return ServiceUnavailable(exc.message, code=exc.code)
+
+
+def from_persistence_error(exc: PersistenceError) -> ApiError:
+    """The :class:`ApiError` for an error of ``persistence.jobs``."""
+    if isinstance(exc, JobNotFound):
+        return NotFound(exc.message, field="job_id", code=exc.code)
+    if isinstance(exc, IdempotencyConflict):
+        return Conflict(exc.message, field="Idempotency-Key", code=exc.code,
+                        details={"job_id": exc.job_id})
+    if isinstance(exc, JobAlreadyFinished):
+        return Conflict(exc.message, code=exc.code, details={"status": exc.status})
+    if isinstance(exc, InvalidCursor):
+        return InvalidInput(exc.message, field="cursor", code=exc.code)
+    return Conflict(exc.message, code=exc.code)
+
+
+def dotted_field(loc: Sequence[Any]) -> str | None:
+    """``("body", "config", "attack", "eps")`` → ``"config.attack.eps"``; list indices kept."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
+        parts = parts[1:]
+    return ".".join(parts) or None
+
+
+def validation_error_body(errors: Sequence[Any]) -> dict[str, Any]:
+    """The 422 body: our error shape (first field and all messages) plus FastAPI's ``detail``."""
+    errors = jsonable_encoder(list(errors))
+    fields = [dotted_field(e.get("loc", ())) for e in errors]
+    messages = [
+        f"{f}: {e.get('msg')}" if f else str(e.get("msg"))
+        for f, e in zip(fields, errors, strict=True)
+    ]
+    body = error_body(
+        "validation_error",
+        "; ".join(messages) or "the request is invalid",
+        fields[0] if fields else None,
+        {"fields": [f for f in fields if f]},
+    )
+    body["detail"] = errors
+    return body
+
+
+async def _api_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(
+        error_body(exc.code, exc.message, exc.field, exc.details),
+        status_code=exc.status_code,
+        headers=exc.headers or None,
+    )
+
+
+async def _rift_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RiftError)
+    return await _api_error_handler(request, from_rift_error(exc))
+
+
+async def _store_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StoreError)
+    return await _api_error_handler(request, from_store_error(exc))
+
+
+async def _persistence_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PersistenceError)
+    return await _api_error_handler(request, from_persistence_error(exc))
+
+
+async def _validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(validation_error_body(exc.errors()), status_code=422)
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    416: "range_not_satisfiable",
+}
+
+
+async def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _STATUS_CODES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    return JSONResponse(
+        error_body(code, message), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    # A bug, not bad input: log it with the traceback; the client only learns that it happened.
+    logger.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        error_body("internal_error", "an unexpected error occurred; it has been logged"),
+        status_code=500,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that turn every error into the documented JSON shape."""
+    app.add_exception_handler(ApiError, _api_error_handler)
+    app.add_exception_handler(RiftError, _rift_error_handler)
+    app.add_exception_handler(StoreError, _store_error_handler)
+    app.add_exception_handler(PersistenceError, _persistence_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(Exception, _unexpected_error_handler)

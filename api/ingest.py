@@ -1,0 +1,95 @@
+"""From a received upload to a stored, recorded checkpoint or dataset.
+
+The order is what keeps rejected uploads from leaving anything behind: validate the scratch file
+(nothing stored yet), stream it to the object store, then write the database row; if the row
+cannot be written the object is deleted again. A row therefore always points at stored,
+validated bytes. These functions block (file checks, store, database): call them in a thread.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.checkpoint_validation import CheckpointInspection, inspect_checkpoint_file
+from api.dataset_validation import MAX_EXPANSION, DatasetInspection, inspect_dataset_file
+from api.errors import ServiceUnavailable, from_rift_error
+from api.uploads import UploadedFile
+from persistence.models import Checkpoint, Dataset, new_id
+from persistence.records import create_checkpoint, create_dataset
+from persistence.storage import ObjectStore
+from rift.errors import RiftError
+
+CHECKPOINT_SUFFIX = {"safetensors": "safetensors", "torch": "pt"}
+DATASET_SUFFIX = {"npz": "npz", "imagefolder": "tar"}
+
+
+def validate_checkpoint_upload(file: UploadedFile, field: str) -> CheckpointInspection:
+    """Check the uploaded checkpoint completely.
+
+    Raises:
+        InvalidInput: (422, ``field``) the reason the file is not an acceptable checkpoint.
+    """
+    try:
+        return inspect_checkpoint_file(file.path, file.filename)
+    except RiftError as exc:
+        raise from_rift_error(exc, field=field) from exc
+
+
+def _put(store: ObjectStore, key: str, file: UploadedFile, content_type: str) -> None:
+    with file.path.open("rb") as handle:
+        stored = store.put_stream(key, handle, content_type=content_type, max_bytes=file.size)
+    if stored.sha256 != file.sha256 or stored.size != file.size:
+        store.delete(key)
+        raise ServiceUnavailable(
+            "the object store did not keep the bytes that were sent (checksum differs); retry",
+            code="store_corrupted")
+
+
+def store_checkpoint(
+    session_factory: sessionmaker[Session],
+    store: ObjectStore,
+    file: UploadedFile,
+    inspection: CheckpointInspection,
+) -> Checkpoint:
+    """Store a validated checkpoint under ``checkpoints/<id>.<ext>`` and record it."""
+    checkpoint_id = new_id()
+    key = f"checkpoints/{checkpoint_id}.{CHECKPOINT_SUFFIX[inspection.format]}"
+    _put(store, key, file, "application/octet-stream")
+    try:
+        with session_factory() as session:
+            return create_checkpoint(
+                session, checkpoint_id=checkpoint_id, filename=file.filename, size=file.size,
+                sha256=file.sha256, format=inspection.format, storage_key=key,
+                num_tensors=inspection.num_tensors, num_parameters=inspection.num_parameters)
+    except BaseException:
+        store.delete(key)
+        raise
+
+
+def validate_dataset_upload(file: UploadedFile, field: str, max_bytes: int) -> DatasetInspection:
+    """Check the uploaded archive (npz keys and arrays, or safe tar members and an ImageFolder
+    layout). Raises InvalidInput (422, ``field``) with the reason."""
+    try:
+        return inspect_dataset_file(str(file.path), file.filename, max_bytes * MAX_EXPANSION)
+    except RiftError as exc:
+        raise from_rift_error(exc, field=field) from exc
+
+
+def store_dataset(
+    session_factory: sessionmaker[Session],
+    store: ObjectStore,
+    file: UploadedFile,
+    inspection: DatasetInspection,
+) -> Dataset:
+    """Store a validated archive under ``datasets/<id>.<npz|tar>`` and record it."""
+    dataset_id = new_id()
+    key = f"datasets/{dataset_id}.{DATASET_SUFFIX[inspection.kind]}"
+    _put(store, key, file, "application/octet-stream")
+    try:
+        with session_factory() as session:
+            return create_dataset(
+                session, dataset_id=dataset_id, filename=file.filename, kind=inspection.kind,
+                size=file.size, sha256=file.sha256, storage_key=key)
+    except BaseException:
+        store.delete(key)
+        raise

@@ -1,0 +1,223 @@
+"""Turning a ``POST /v1/jobs`` request into a validated job: strict JSON parsing, the dataset
+rules, and the checks that need the model (checkpoint fit, module names), all before anything is
+written, so every mistake is a 4xx naming its field.
+
+Uploaded datasets are referenced by ``dataset_id``; the job's stored config then carries the
+placeholder path ``dataset:<id>`` (RiftConfig requires a path for 'npz'/'imagefolder'), which the
+worker replaces with the folder it unpacks the archive into. The service never reads a path a
+client sends.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.orm import Session
+
+from api.checkpoint_validation import Shapes, check_checkpoint_fits, stored_checkpoint_shapes
+from api.dataset_validation import dataset_geometry, stored_dataset_geometry
+from api.errors import InvalidInput, from_rift_error
+from api.schemas import JobSpec
+from persistence.jobs import request_fingerprint
+from persistence.models import Checkpoint, Dataset
+from persistence.records import get_checkpoint, get_dataset
+from persistence.storage import ObjectStore
+from rift.config import RiftConfig
+from rift.errors import ConfigError, RiftError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+DATASET_PATH_PREFIX = "dataset:"
+UPLOADED_KINDS = ("npz", "imagefolder")
+# Classes of the built-in datasets: a model with fewer outputs cannot be trained on them.
+BUILTIN_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "mnist": 10, "digits": 10}
+_DEVICE_PREFIXES = ("cpu", "cuda", "mps", "xpu")
+
+
+def dataset_placeholder(dataset_id: str) -> str:
+    """The ``config.dataset.path`` stored for a job on the uploaded dataset ``dataset_id``."""
+    return f"{DATASET_PATH_PREFIX}{dataset_id}"
+
+
+def _invalid(loc: tuple[Any, ...], message: str, kind: str = "value_error") -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": loc, "msg": message, "input": None}])
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _check_strings(value: Any, loc: tuple[Any, ...]) -> None:
+    # NUL cannot be stored in Postgres text or JSONB; refuse it here with its location.
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise _invalid(loc, "text must not contain NUL characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key, loc)
+            _check_strings(item, (*loc, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_strings(item, (*loc, index))
+
+
+def parse_json(raw: bytes | str, loc: tuple[Any, ...]) -> Any:
+    """Parse ``raw`` as strict JSON (no NaN/Infinity, no NUL in strings).
+
+    Raises:
+        RequestValidationError: (422) located at ``loc``.
+    """
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _invalid(loc, f"JSON decode error: {exc}", "json_invalid") from None
+    _check_strings(value, loc)
+    return value
+
+
+def _prefill_dataset_path(body: Any) -> None:
+    # RiftConfig insists on a path for uploaded kinds; the client names the upload instead (a
+    # missing dataset_id is reported by resolve_dataset, with what to do about it).
+    if not isinstance(body, dict):
+        return
+    config = body.get("config")
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    if isinstance(dataset, dict) and dataset.get("name") in UPLOADED_KINDS and "path" not in dataset:
+        dataset_id = body.get("dataset_id")
+        dataset["path"] = dataset_placeholder(dataset_id if isinstance(dataset_id, str) else "")
+
+
+def validate_body(body: Any, model: type[ModelT], loc: tuple[Any, ...]) -> ModelT:
+    """Validate parsed JSON against ``model``; errors are 422s whose ``loc`` starts with ``loc``."""
+    _prefill_dataset_path(body)
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        errors = [
+            {**error, "loc": (*loc, *error["loc"])}
+            for error in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        raise RequestValidationError(errors) from None
+
+
+def fingerprint(spec: JobSpec, checkpoint_ref: str) -> str:
+    """Hash of what defines the job (defaults filled in), for Idempotency-Key comparisons;
+    ``checkpoint_ref`` is the checkpoint id, or ``sha256:<hex>`` of an uploaded file."""
+    return request_fingerprint({
+        "checkpoint": checkpoint_ref,
+        "dataset_id": spec.dataset_id,
+        "config": spec.config.model_dump(mode="json"),
+        "labels": spec.labels,
+    })
+
+
+@dataclass(frozen=True)
+class ResolvedDataset:
+    """The dataset a job will read: the uploaded row (if any) and the image geometry
+    (channels, height) its model is built for; None when it cannot be known in advance."""
+
+    row: Dataset | None
+    geometry: tuple[int, int] | None
+
+
+def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec) -> ResolvedDataset:
+    """Check the dataset rules and find the image geometry.
+
+    Raises:
+        InvalidInput: (422) unknown ``dataset_id``, a kind that does not match it, a client path,
+            or an uploaded kind without ``dataset_id``; each names its field.
+    """
+    dataset = spec.config.dataset
+    if spec.dataset_id is None:
+        if dataset.name in UPLOADED_KINDS:
+            raise InvalidInput(
+                f"dataset '{dataset.name}' is read from an upload: POST the archive to "
+                "/v1/datasets and pass its id as 'dataset_id'", field="config.dataset.name")
+        if dataset.path is not None:
+            raise InvalidInput(
+                "'path' is not accepted: the service reads no client paths; upload the dataset "
+                "(POST /v1/datasets) and pass 'dataset_id'", field="config.dataset.path")
+        classes = BUILTIN_CLASSES.get(dataset.name)
+        if classes is not None and spec.config.architecture.num_classes < classes:
+            raise InvalidInput(
+                f"dataset '{dataset.name}' has {classes} classes but architecture.num_classes "
+                f"is {spec.config.architecture.num_classes}",
+                field="config.architecture.num_classes")
+        return ResolvedDataset(None, dataset_geometry(dataset))
+
+    row = get_dataset(session, spec.dataset_id)
+    session.commit()
+    if row is None:
+        raise InvalidInput(f"no dataset with id '{spec.dataset_id}' (upload one with POST "
+                           "/v1/datasets, or use a built-in name in config.dataset.name)",
+                           field="dataset_id", code="unknown_dataset")
+    if dataset.name != row.kind:
+        raise InvalidInput(
+            f"dataset {row.id} is an '{row.kind}' upload: set config.dataset.name to "
+            f"'{row.kind}'", field="config.dataset.name")
+    if dataset.path != dataset_placeholder(row.id):
+        raise InvalidInput("leave out 'path': the service sets it from 'dataset_id'",
+                           field="config.dataset.path")
+    try:
+        geometry = stored_dataset_geometry(store, row.storage_key, row.kind, dataset)
+    except RiftError as exc:
+        raise from_rift_error(exc, field="dataset_id") from exc
+    return ResolvedDataset(row, geometry)
+
+
+def _check_device(config: RiftConfig) -> None:
+    device = config.device
+    kind, _, index = device.partition(":")
+    if device == "auto" or (kind in _DEVICE_PREFIXES and (not index or index.isdigit())):
+        return
+    raise InvalidInput(
+        f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'", field="config.device")
+
+
+def check_job_fits(config: RiftConfig, shapes: Shapes, geometry: tuple[int, int] | None,
+                   checkpoint_field: str) -> None:
+    """Build the job's model on the meta device and check the checkpoint and module names.
+
+    Raises:
+        ApiError: (422) checkpoint mismatch (field ``checkpoint_field``, with the missing,
+            unexpected and mismatched keys), unknown architecture or module names.
+    """
+    _check_device(config)
+    channels, size = geometry if geometry is not None else (3, 32)
+    try:
+        model = check_checkpoint_fits(config, shapes, channels, size)
+        _check_module_names(model, config)
+    except ConfigError as exc:
+        raise from_rift_error(exc) from exc
+    except RiftError as exc:
+        raise from_rift_error(exc, field=checkpoint_field) from exc
+
+
+def _check_module_names(model: Any, config: RiftConfig) -> None:
+    from rift.finetune import trainable_module
+    from rift.mrc import select_modules
+
+    select_modules(model, config.mrc)
+    if config.finetune.module is not None:
+        trainable_module(model, config.finetune.module)
+
+
+def checkpoint_shapes(
+    session: Session, store: ObjectStore, checkpoint_id: str, scratch_dir: Path
+) -> tuple[Checkpoint, Shapes]:
+    """The uploaded checkpoint ``checkpoint_id`` and its key → shape map.
+
+    Raises:
+        InvalidInput: (422, field ``checkpoint_id``) no such checkpoint.
+    """
+    row = get_checkpoint(session, checkpoint_id)
+    session.commit()
+    if row is None:
+        raise InvalidInput(f"no checkpoint with id '{checkpoint_id}' (upload one with POST "
+                           "/v1/checkpoints)", field="checkpoint_id", code="unknown_checkpoint")
+    return row, stored_checkpoint_shapes(store, row.storage_key, row.format, scratch_dir)

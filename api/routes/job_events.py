@@ -1,0 +1,110 @@
+"""``/v1/jobs/{id}/events``: the job's typed event log, as pages or as a live Server-Sent Events
+stream (``Accept: text/event-stream``) that ends when the job has finished."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from api.routes.jobs import load_job
+from api.schemas import EventOut, EventPageOut
+from persistence.jobs import list_events
+from persistence.models import TERMINAL_STATUSES, Job
+
+router = APIRouter(prefix="/jobs", tags=["events"])
+
+#: How often the stream looks for new events (s), and how often it sends a keep-alive comment.
+POLL_INTERVAL_S = 0.5
+HEARTBEAT_INTERVAL_S = 15.0
+MAX_EVENT_ID = 2**63 - 1  # BIGINT
+
+
+def event_out(event: object) -> EventOut:
+    return EventOut.model_validate(event, from_attributes=True)
+
+
+def _job_status(session: Session, job_id: str) -> str | None:
+    status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
+    return status
+
+
+def _poll(factory: sessionmaker[Session], job_id: str, after: int) -> tuple[list[EventOut], bool]:
+    """Events after ``after`` and whether the job had finished *before* they were read (a
+    finished job's last events are written with its final status, so none can follow)."""
+    with factory() as session:
+        status = _job_status(session, job_id)
+        events = [event_out(e) for e in list_events(session, job_id, after_id=after, limit=500)]
+        session.commit()
+    return events, status is None or status in TERMINAL_STATUSES
+
+
+def _sse(event: EventOut) -> str:
+    data = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
+
+
+async def _stream(factory: sessionmaker[Session], job_id: str, after: int) -> AsyncIterator[str]:
+    yield "retry: 2000\n\n"
+    last_sent = time.monotonic()
+    while True:
+        events, finished = await run_in_threadpool(_poll, factory, job_id, after)
+        for event in events:
+            after = event.id
+            yield _sse(event)
+        if events:
+            last_sent = time.monotonic()
+            continue
+        if finished:
+            with factory() as session:
+                status = _job_status(session, job_id)
+            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+            return
+        if time.monotonic() - last_sent > HEARTBEAT_INTERVAL_S:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
+        await anyio.sleep(POLL_INTERVAL_S)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=None,
+    summary="The job's event log",
+    description=(
+        "Events with id > after, oldest first (stage_started, stage_finished, epoch, warning, "
+        "job_succeeded, ...). With 'Accept: text/event-stream' the response is a Server-Sent "
+        "Events stream of the events after 'after' (or Last-Event-ID), live, ending with an "
+        "'end' event once the job has finished."
+    ),
+    responses={200: {"model": EventPageOut, "content": {"text/event-stream": {}}}},
+)
+def read_events(
+    job_id: str,
+    request: Request,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="Last event id seen")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventPageOut | StreamingResponse:
+    factory = request.app.state.session_factory
+    with factory() as session:
+        job = load_job(session, job_id)
+        session.commit()
+        if "text/event-stream" in request.headers.get("accept", ""):
+            if last_event_id is not None and last_event_id.isdigit():
+                after = min(max(after, int(last_event_id)), MAX_EVENT_ID)
+            return StreamingResponse(
+                _stream(factory, job.id, after), media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        status = job.status
+        finished = status in TERMINAL_STATUSES
+        events = [event_out(e) for e in list_events(session, job.id, after_id=after, limit=limit)]
+    return EventPageOut(items=events, next_after=events[-1].id if events else after,
+                        job_status=status, finished=finished and len(events) < limit)

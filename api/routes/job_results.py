@@ -1,0 +1,178 @@
+"""A job's results: the MRC table, the fine-tuning and interpolation curves, and the artifacts
+(tuned weights, fine-tuned end point, MRC CSV, result.json) with HTTP Range support, or a redirect
+to a short-lived presigned URL when the object store is S3."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from api.errors import NotFound, RangeNotSatisfiable
+from api.routes.jobs import job_link, load_job
+from api.schemas import (
+    ArtifactListOut,
+    ArtifactOut,
+    CurvesOut,
+    EpochOut,
+    InterpolationPointOut,
+    MRCRowOut,
+    MRCTableOut,
+)
+from persistence.jobs import (
+    get_artifact,
+    get_epoch_metrics,
+    get_interpolation_points,
+    get_mrc_rows,
+    list_artifacts,
+)
+from persistence.models import Artifact
+
+router = APIRouter(prefix="/jobs", tags=["results"])
+
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+
+@router.get("/{job_id}/mrc", response_model=MRCTableOut,
+            summary="Module robust criticality per module, the selected module flagged")
+def read_mrc(job_id: str, request: Request) -> MRCTableOut:
+    with request.app.state.session_factory() as session:
+        job = load_job(session, job_id)
+        rows = get_mrc_rows(session, job.id)
+    return MRCTableOut(
+        job_id=job.id, status=job.status, selected_module=job.selected_module,
+        rows=[MRCRowOut(position=r.position, module=r.module, parameters=r.parameters, mrc=r.mrc,
+                        worst_robust_loss=r.worst_robust_loss,
+                        robust_accuracy_at_worst=r.robust_accuracy_at_worst,
+                        robust_accuracy_drop=r.robust_accuracy_drop, seconds=r.seconds,
+                        selected=r.module == job.selected_module) for r in rows])
+
+
+@router.get("/{job_id}/curves", response_model=CurvesOut,
+            summary="Fine-tuning epochs and the interpolation curve with the chosen α")
+def read_curves(job_id: str, request: Request) -> CurvesOut:
+    with request.app.state.session_factory() as session:
+        job = load_job(session, job_id)
+        epochs = get_epoch_metrics(session, job.id)
+        points = get_interpolation_points(session, job.id)
+    chosen = job.chosen_alpha
+    return CurvesOut(
+        job_id=job.id, status=job.status, selected_module=job.selected_module,
+        epochs=[EpochOut.model_validate(e, from_attributes=True) for e in epochs],
+        interpolation=[
+            InterpolationPointOut(
+                alpha=p.alpha, clean_accuracy=p.clean_accuracy, robust_accuracy=p.robust_accuracy,
+                chosen=chosen is not None and math.isclose(p.alpha, chosen, abs_tol=1e-9))
+            for p in points],
+        chosen_alpha=chosen, metrics=job.metrics)
+
+
+def _artifact_out(job_id: str, artifact: Artifact) -> ArtifactOut:
+    return ArtifactOut(name=artifact.name, size=artifact.size, sha256=artifact.sha256,
+                       content_type=artifact.content_type, created_at=artifact.created_at,
+                       url=job_link(job_id, f"/artifacts/{artifact.name}"))
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactListOut,
+            summary="The files a job produced")
+def read_artifacts(job_id: str, request: Request) -> ArtifactListOut:
+    with request.app.state.session_factory() as session:
+        job = load_job(session, job_id)
+        artifacts = list_artifacts(session, job.id)
+    return ArtifactListOut(job_id=job.id, items=[_artifact_out(job.id, a) for a in artifacts])
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The byte range ``[start, end)`` a ``Range`` header asks of an object of ``size`` bytes.
+
+    None means "send everything": no header, or one this server ignores as RFC 9110 allows
+    (malformed, or several ranges).
+
+    Raises:
+        RangeNotSatisfiable: the range lies outside the object (HTTP 416).
+    """
+    if not header:
+        return None
+    match = _RANGE.match(header)
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # a suffix: the last N bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            raise _unsatisfiable(header, size)
+        return max(0, size - length), size
+    start = int(first)
+    end = size if not last else min(int(last) + 1, size)
+    if last and int(last) < start:
+        return None  # syntactically invalid: ignore
+    if start >= size:
+        raise _unsatisfiable(header, size)
+    return start, end
+
+
+def _unsatisfiable(header: str, size: int) -> RangeNotSatisfiable:
+    return RangeNotSatisfiable(f"the range '{header}' lies outside the {size}-byte file",
+                               field="Range", headers={"Content-Range": f"bytes */{size}"})
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    summary="Download an artifact",
+    description=(
+        "Streams the file; honours 'Range: bytes=a-b' (206, or 416 outside the file). With the "
+        "S3 store and ?redirect=true (default: S3_REDIRECT_DOWNLOADS), answers 307 to a "
+        "short-lived presigned URL instead."
+    ),
+    response_class=StreamingResponse,
+    response_model=None,
+    responses={200: {"content": {"application/octet-stream": {}}},
+               206: {"description": "Partial content"}, 307: {"description": "Presigned URL"},
+               416: {"description": "Range not satisfiable"}},
+)
+def download_artifact(
+    job_id: str,
+    name: str,
+    request: Request,
+    redirect: Annotated[bool | None, Query(description="Redirect to a presigned URL (S3)")] = None,
+) -> StreamingResponse | RedirectResponse:
+    state = request.app.state
+    with state.session_factory() as session:
+        job = load_job(session, job_id)
+        artifact = get_artifact(session, job.id, name) if len(name) <= 64 else None
+        if artifact is None:
+            available = [a.name for a in list_artifacts(session, job.id)]
+            raise NotFound(f"job {job.id} has no artifact '{name[:64]}' (available: "
+                           f"{', '.join(available) or 'none yet'})", field="name")
+    settings, store = state.settings, state.store
+    wants_redirect = (redirect if redirect is not None
+                      else settings.store_kind == "s3" and settings.s3_redirect_downloads)
+    if wants_redirect:
+        url = store.presigned_url(artifact.storage_key, filename=artifact.name)
+        if url is not None:
+            return RedirectResponse(url, status_code=307)
+
+    size = artifact.size
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{artifact.sha256}"',
+        "Content-Disposition": f'attachment; filename="{artifact.name}"',
+    }
+    if_range = request.headers.get("if-range")
+    byte_range = None
+    if if_range is None or if_range.strip() == headers["ETag"]:
+        byte_range = parse_range(request.headers.get("range"), size)
+    if byte_range is None:
+        headers["Content-Length"] = str(size)
+        return StreamingResponse(store.iter_range(artifact.storage_key), status_code=200,
+                                 media_type=artifact.content_type, headers=headers)
+    start, end = byte_range
+    headers["Content-Length"] = str(end - start)
+    headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return StreamingResponse(store.iter_range(artifact.storage_key, start, end), status_code=206,
+                             media_type=artifact.content_type, headers=headers)

@@ -1,0 +1,227 @@
+"""Request and response bodies of the API (Pydantic v2). The job spec is the library's own
+:class:`rift.config.RiftConfig`: what the API validates is exactly what the workers run."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from rift.config import RiftConfig
+
+#: Label keys: letters, digits and ``_ . - /``, starting with a letter or digit (64 at most, the
+#: column's width); values: printable text without control characters (255 at most).
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,63}$"
+LABEL_VALUE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+MAX_LABELS = 32
+
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, StringConstraints(max_length=255, pattern=LABEL_VALUE_PATTERN)]
+Labels = Annotated[
+    dict[LabelKey, LabelValue],
+    Field(max_length=MAX_LABELS, description=f"At most {MAX_LABELS} key → value labels."),
+]
+RESOURCE_ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
+ResourceId = Annotated[str, StringConstraints(pattern=RESOURCE_ID_PATTERN)]
+_RESOURCE_ID = re.compile(RESOURCE_ID_PATTERN)
+
+
+def is_resource_id(value: str) -> bool:
+    """Whether ``value`` can be an id of this service (checked before it reaches the database,
+    which may refuse odd bytes such as NUL with an error instead of 'not found')."""
+    return _RESOURCE_ID.fullmatch(value) is not None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------------- requests
+
+
+class JobSpec(_Strict):
+    """The job fields of a multipart ``POST /v1/jobs`` (the ``spec`` form field, JSON): the
+    checkpoint comes as the ``checkpoint`` file part."""
+
+    dataset_id: ResourceId | None = Field(
+        None, description="An uploaded dataset (POST /v1/datasets); config.dataset.name must then "
+        "be its kind ('npz' or 'imagefolder') and config.dataset.path is left out.")
+    config: RiftConfig
+    labels: Labels = Field(default_factory=dict)
+
+
+class JobCreate(JobSpec):
+    """A JSON ``POST /v1/jobs``: a job on an uploaded checkpoint."""
+
+    checkpoint_id: ResourceId = Field(description="An uploaded checkpoint (POST /v1/checkpoints).")
+
+
+# -------------------------------------------------------------------------------- responses
+
+
+class CheckpointOut(BaseModel):
+    id: str
+    filename: str
+    size: int = Field(description="Bytes.")
+    sha256: str
+    format: Literal["safetensors", "torch"]
+    num_tensors: int
+    num_parameters: int = Field(description="Elements over all tensors (buffers included).")
+    created_at: datetime
+
+
+class DatasetOut(BaseModel):
+    id: str = Field(description="The upload's id, or the name of a built-in dataset.")
+    kind: Literal["npz", "imagefolder", "builtin"]
+    filename: str | None = None
+    size: int | None = Field(None, description="Bytes; None for built-in datasets.")
+    sha256: str | None = None
+    image_shape: list[int] | None = Field(
+        None, description="(channels, height, width) when known.")
+    num_classes: int | None = None
+    num_examples: int | None = Field(None, description="Training images (known at upload).")
+    created_at: datetime | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class StageOut(BaseModel):
+    stage: Literal["mrc", "finetune", "interpolate"]
+    status: Literal["pending", "running", "done", "failed", "cancelled"]
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    mrc: str
+    curves: str
+    artifacts: str
+    cancel: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    stage: Literal["mrc", "finetune", "interpolate"] | None = Field(
+        description="The stage running (or next to run); None before the first starts.")
+    progress: float = Field(description="Fraction of the current stage done, in [0, 1].")
+    progress_message: str | None
+    queue_position: int | None = Field(
+        description="1 for the next queued job to start; None unless queued.")
+    cancel_requested: bool
+    checkpoint_id: str
+    dataset_id: str | None
+    labels: dict[str, str]
+    device: str | None = Field(description="Where the worker runs it, e.g. 'cpu' or 'cuda:0'.")
+    attempts: int
+    selected_module: str | None
+    chosen_alpha: float | None
+    metrics: dict[str, Any] | None
+    error: JobError | None
+    stages: list[StageOut]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    config: dict[str, Any] = Field(description="The job's RiftConfig, defaults filled in.")
+    links: JobLinks
+
+
+class JobPageOut(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
+
+
+class EventOut(BaseModel):
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+class EventPageOut(BaseModel):
+    items: list[EventOut]
+    next_after: int = Field(description="Pass as ?after= for the events that follow.")
+    job_status: str
+    finished: bool = Field(description="The job has ended: no events will follow these.")
+
+
+class MRCRowOut(BaseModel):
+    position: int
+    module: str
+    parameters: int
+    mrc: float = Field(description="Worst-case robust-loss increase (RIFT.md, step 1).")
+    worst_robust_loss: float
+    robust_accuracy_at_worst: float | None = Field(description="Percent.")
+    robust_accuracy_drop: float | None = Field(description="Percentage points.")
+    seconds: float | None
+    selected: bool = Field(description="The module chosen for fine-tuning (lowest MRC).")
+
+
+class MRCTableOut(BaseModel):
+    job_id: str
+    status: str
+    selected_module: str | None
+    rows: list[MRCRowOut]
+
+
+class EpochOut(BaseModel):
+    epoch: int
+    lr: float | None
+    train_loss: float | None
+    train_accuracy: float | None = Field(description="Percent.")
+    val_accuracy: float | None = Field(description="Clean accuracy on the validation split (%).")
+    seconds: float | None
+
+
+class InterpolationPointOut(BaseModel):
+    alpha: float
+    clean_accuracy: float = Field(description="Percent, on the test split.")
+    robust_accuracy: float = Field(description="Percent, under the job's attack.")
+    chosen: bool
+
+
+class CurvesOut(BaseModel):
+    job_id: str
+    status: str
+    selected_module: str | None
+    epochs: list[EpochOut]
+    interpolation: list[InterpolationPointOut]
+    chosen_alpha: float | None
+    metrics: dict[str, Any] | None = Field(description="Before/after accuracies and more.")
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    size: int = Field(description="Bytes.")
+    sha256: str
+    content_type: str
+    created_at: datetime
+    url: str
+
+
+class ArtifactListOut(BaseModel):
+    job_id: str
+    items: list[ArtifactOut]
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class CheckOut(BaseModel):
+    ok: bool
+    error: str | None = None
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, CheckOut]

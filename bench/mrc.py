@@ -1,0 +1,111 @@
+"""Time the library's MRC (fx-cached segments) against plain full-forward MRC, side by side.
+
+Both compute the same protocol (same adversarial set, same number of ascent passes and loss
+measurements) on ResNet-18 with CIFAR-shaped inputs; prints one JSON document with both times,
+their ratio, the Spearman correlation of the two module rankings and whether both pick the same
+lowest-MRC module. Random weights (with randomised BatchNorm statistics) stand in for a trained
+checkpoint: the cost does not depend on the values.
+
+    .venv/bin/python bench/mrc.py                       # CPU-sized protocol (a few minutes)
+    .venv/bin/python bench/mrc.py --examples 1024 --steps 10 --batch-size 512   # reference protocol
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+from scipy.stats import spearmanr
+
+from rift.attacks import PGD
+from rift.config import ArchitectureSpec, MRCSpec
+from rift.device import resolve_device
+from rift.models import build_model
+from rift.mrc import make_adversarial_set, module_robust_criticality
+from rift.mrc_reference import plain_module_robust_criticality
+
+
+def _randomise_batchnorm(model: torch.nn.Module, generator: torch.Generator) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+
+
+def _timed(function, device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    value = function()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return value, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    model = build_model(ArchitectureSpec(name=args.arch, num_classes=10), in_channels=3,
+                        image_size=args.image_size)
+    _randomise_batchnorm(model, generator)
+    model.to(device).eval()
+    images = torch.rand(args.examples, 3, args.image_size, args.image_size, generator=generator)
+    labels = torch.randint(0, 10, (args.examples,), generator=generator)
+    images, labels = images.to(device), labels.to(device)
+    attack = PGD(eps=8 / 255, step_size=2 / 255, steps=10)
+    adversarial = make_adversarial_set(model, images, labels, attack, batch_size=args.batch_size)
+    spec = MRCSpec(steps=args.steps, batch_size=args.batch_size, num_examples=args.examples)
+
+    cached, cached_seconds = _timed(
+        lambda: module_robust_criticality(model, adversarial, labels, spec), device)
+    plain, plain_seconds = _timed(
+        lambda: plain_module_robust_criticality(model, adversarial, labels, spec), device)
+    full, full_seconds = _timed(
+        lambda: module_robust_criticality(model, adversarial, labels,
+                                          spec.model_copy(update={"engine": "full"})), device)
+
+    names = [row.name for row in cached.modules]
+    cached_values = [row.mrc for row in cached.modules]
+    plain_values = [plain[name] for name in names]
+    rho = float(spearmanr(cached_values, plain_values).statistic)
+    print(json.dumps({
+        "benchmark": "mrc",
+        "arch": args.arch,
+        "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else platform.processor() or platform.machine()),
+        "threads": torch.get_num_threads(),
+        "modules": len(names),
+        "examples": args.examples,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "cached_seconds": round(cached_seconds, 3),
+        "plain_full_forward_seconds": round(plain_seconds, 3),
+        "library_full_engine_seconds": round(full_seconds, 3),
+        "ratio_plain_over_cached": round(plain_seconds / cached_seconds, 3),
+        "ratio_full_engine_over_cached": round(full_seconds / cached_seconds, 3),
+        "spearman_rank_correlation": round(rho, 6),
+        "max_abs_mrc_difference": max(abs(a - b) for a, b in zip(cached_values, plain_values,
+                                                                   strict=True)),
+        "lowest_cached": min(zip(cached_values, names))[1],
+        "lowest_plain": min(zip(plain_values, names))[1],
+        "same_lowest_module": min(zip(cached_values, names))[1] == min(zip(plain_values, names))[1],
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,774 @@
+"""Database operations on jobs, shared by the API and the workers.
+
+Every function that writes is one transaction: it commits before returning, or rolls back and
+raises. Readers leave the session's transaction to the caller (close the session when done: on
+SQLite an open transaction holds the database lock).
+
+Who may run a stage is decided here, by a lease in ``job_stages``: :func:`claim_stage` is a single
+conditional UPDATE (``status = 'pending'`` or an expired lease), so of two workers only one can win,
+on SQLite (one writer at a time) as on Postgres (the second UPDATE re-checks its WHERE clause once
+the first commits). :func:`finish_stage` writes a stage's outputs and marks it done in one
+transaction, and only while the caller still holds the lease, so outputs are written exactly once.
+Locks are always taken in the order jobs → job_stages, so transactions cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
+
+from persistence.models import (
+    STAGE_ORDER,
+    TERMINAL_STATUSES,
+    Artifact,
+    EpochMetric,
+    InterpolationPoint,
+    Job,
+    JobEvent,
+    JobLabel,
+    JobStage,
+    JobStatus,
+    MRCRow,
+    StageName,
+    StageStatus,
+    utcnow,
+)
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+class PersistenceError(Exception):
+    """Base class; ``code`` is stable and the API maps it to an HTTP status once."""
+
+    code = "persistence_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class JobNotFound(PersistenceError):
+    code = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class IdempotencyConflict(PersistenceError):
+    """The Idempotency-Key was used before with a different request (HTTP 409)."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used for job {job_id} with a different request "
+            "body; use a new key for a new job")
+        self.key = key
+        self.job_id = job_id
+
+
+class JobAlreadyFinished(PersistenceError):
+    """The job has ended, so it cannot be cancelled (HTTP 409)."""
+
+    code = "job_finished"
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id} has already finished with status '{status}'")
+        self.job_id = job_id
+        self.status = status
+
+
+class LeaseLost(PersistenceError):
+    """The worker no longer holds the stage's lease (or the job ended); it must stop, unwritten."""
+
+    code = "lease_lost"
+
+
+class InvalidCursor(PersistenceError):
+    code = "invalid_cursor"
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(f"the pagination cursor {cursor!r} is not one this service issued")
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+# --------------------------------------------------------------------------------------------
+class EventKind(enum.StrEnum):
+    """Kinds of :class:`JobEvent`; the pipeline adds its own (``epoch``, ``module_scored``, ...)."""
+
+    JOB_CREATED = "job_created"
+    STAGE_STARTED = "stage_started"
+    STAGE_FINISHED = "stage_finished"
+    STAGE_RETRY = "stage_retry"
+    STAGE_RECOVERED = "stage_recovered"
+    CANCEL_REQUESTED = "cancel_requested"
+    JOB_SUCCEEDED = "job_succeeded"
+    JOB_FAILED = "job_failed"
+    JOB_CANCELLED = "job_cancelled"
+    WARNING = "warning"
+
+
+class ClaimOutcome(enum.StrEnum):
+    CLAIMED = "claimed"  # the caller holds the lease and must run the stage
+    DONE = "done"  # the stage finished before; enqueue the next one
+    HELD = "held"  # another worker holds a live lease
+    NOT_READY = "not_ready"  # an earlier stage has not finished
+    INACTIVE = "inactive"  # the job ended (or was cancelled now)
+    EXHAUSTED = "exhausted"  # the stage used up its attempts; the job was failed now
+
+
+@dataclass(frozen=True)
+class StageClaim:
+    outcome: ClaimOutcome
+    job: Job
+    attempt: int = 0  # the attempt number (1-based) when CLAIMED
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """An object already written to the store, to be recorded as a job artifact."""
+
+    name: str
+    storage_key: str
+    size: int
+    sha256: str
+    content_type: str
+
+
+@dataclass
+class StageOutputs:
+    """What a finished stage records. Row dicts use the pipeline's keys (``name`` or ``module``
+    for MRC rows; ``epoch``, ``lr``, ``train_loss``, ... for epochs; ``alpha``,
+    ``clean_accuracy``, ``robust_accuracy`` for interpolation points)."""
+
+    mrc_rows: Sequence[Mapping[str, Any]] = ()
+    epochs: Sequence[Mapping[str, Any]] = ()
+    interpolation_points: Sequence[Mapping[str, Any]] = ()
+    artifacts: Sequence[ArtifactRecord] = ()
+    selected_module: str | None = None
+    chosen_alpha: float | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)  # merged into jobs.metrics
+    summary: Mapping[str, Any] = field(default_factory=dict)  # payload of stage_finished
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+@contextmanager
+def _transaction(session: Session) -> Iterator[None]:
+    try:
+        yield
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def _stage_index(stage: str) -> int:
+    try:
+        return STAGE_ORDER.index(StageName(stage))
+    except ValueError:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGE_ORDER)}") from None
+
+
+def next_stage(stage: str) -> StageName | None:
+    """The stage after ``stage``, or None after the last."""
+    index = _stage_index(stage) + 1
+    return STAGE_ORDER[index] if index < len(STAGE_ORDER) else None
+
+
+def _event(session: Session, job_id: str, kind: str, payload: Mapping[str, Any],
+           now: datetime) -> JobEvent:
+    event = JobEvent(job_id=job_id, kind=str(kind), payload=dict(payload), created_at=now)
+    session.add(event)
+    return event
+
+
+def _load_job(session: Session, job_id: str, *, for_update: bool = False) -> Job:
+    query = select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+    if for_update:
+        query = query.with_for_update()
+    job = session.execute(query).scalar_one_or_none()
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def _load_stage(session: Session, job_id: str, stage: str) -> JobStage:
+    query = (select(JobStage).where(JobStage.job_id == job_id, JobStage.stage == stage)
+             .execution_options(populate_existing=True))
+    return session.execute(query).scalar_one()
+
+
+def _touch(job: Job, now: datetime) -> None:
+    job.updated_at = now
+    # Even when the value is unchanged: otherwise the column's onupdate would put the wall clock.
+    flag_modified(job, "updated_at")
+
+
+def _lease_is_live(stage: JobStage, now: datetime) -> bool:
+    return (stage.status == StageStatus.RUNNING and stage.lease_expires_at is not None
+            and stage.lease_expires_at > now)
+
+
+# --------------------------------------------------------------------------------------------
+# Creating and reading jobs
+# --------------------------------------------------------------------------------------------
+def request_fingerprint(payload: Any) -> str:
+    """SHA-256 (hex) of ``payload`` as canonical JSON: equal requests give equal fingerprints."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                           default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def create_job(
+    session: Session,
+    *,
+    spec: Mapping[str, Any],
+    checkpoint_id: str,
+    dataset_id: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    now: datetime | None = None,
+) -> tuple[Job, bool]:
+    """Create a queued job with its labels and its three pending stages; returns (job, created).
+
+    With ``idempotency_key``: if a job with that key exists and its ``request_hash`` is the same,
+    that job is returned with ``created=False``; if the hash differs, :class:`IdempotencyConflict`.
+    Two concurrent requests with the same key create one job (the unique index decides).
+    ``spec`` is ``RiftConfig.model_dump(mode="json")``. The caller enqueues the first stage
+    (``mrc``) after this returns, so a worker never sees an uncommitted job.
+    """
+    now = now or utcnow()
+    if idempotency_key is not None:
+        existing = _job_by_idempotency_key(session, idempotency_key)
+        if existing is not None:
+            session.commit()
+            return _same_request(existing, idempotency_key, request_hash), False
+
+    job = Job(
+        status=JobStatus.QUEUED, stage=None, stage_progress=0.0, spec=dict(spec),
+        checkpoint_id=checkpoint_id, dataset_id=dataset_id, idempotency_key=idempotency_key,
+        request_hash=request_hash, cancel_requested=False, attempts=0, created_at=now,
+        updated_at=now,
+    )
+    job.labels = [JobLabel(key=k, value=v) for k, v in sorted((labels or {}).items())]
+    job.stages = [JobStage(stage=stage, position=i, status=StageStatus.PENDING, attempts=0)
+                  for i, stage in enumerate(STAGE_ORDER)]
+    try:
+        with _transaction(session):
+            session.add(job)
+            session.flush()
+            _event(session, job.id, EventKind.JOB_CREATED, {"labels": dict(labels or {})}, now)
+    except IntegrityError:
+        # Lost a race on the unique idempotency key: the other request's job is the answer.
+        if idempotency_key is None:
+            raise
+        existing = _job_by_idempotency_key(session, idempotency_key)
+        session.commit()
+        if existing is None:
+            raise
+        return _same_request(existing, idempotency_key, request_hash), False
+    return job, True
+
+
+def _job_by_idempotency_key(session: Session, key: str) -> Job | None:
+    query = (select(Job).where(Job.idempotency_key == key)
+             .execution_options(populate_existing=True))
+    return session.execute(query).scalar_one_or_none()
+
+
+def _same_request(job: Job, key: str, request_hash: str | None) -> Job:
+    if job.request_hash != request_hash:
+        raise IdempotencyConflict(key, job.id)
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    """The job (labels and stages loaded), fresh from the database; :class:`JobNotFound`."""
+    return _load_job(session, job_id)
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """1 for the next queued job to start, 2 for the one after, ...; None unless queued."""
+    if job.status != JobStatus.QUEUED:
+        return None
+    ahead = session.execute(
+        select(func.count()).select_from(Job).where(
+            Job.status == JobStatus.QUEUED,
+            or_(Job.created_at < job.created_at,
+                and_(Job.created_at == job.created_at, Job.id < job.id)),
+        )
+    ).scalar_one()
+    return int(ahead) + 1
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
+        created, job_id = raw.split("|", 1)
+        created_at = datetime.fromisoformat(created)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidCursor(cursor) from None
+    if created_at.tzinfo is None or not job_id:
+        raise InvalidCursor(cursor)
+    return created_at, job_id
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> JobPage:
+    """Jobs, newest first, ``limit`` per page; ``next_cursor`` fetches the next page (None at the
+    end). ``status`` filters by one status or several; ``labels`` keeps jobs carrying every given
+    ``key=value``. :class:`InvalidCursor` for a cursor this function did not issue."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    query = select(Job)
+    if status is not None:
+        statuses = [status] if isinstance(status, str) else list(status)
+        query = query.where(Job.status.in_(statuses))
+    for key, value in (labels or {}).items():
+        query = query.where(
+            select(JobLabel.job_id)
+            .where(JobLabel.job_id == Job.id, JobLabel.key == key, JobLabel.value == value)
+            .exists()
+        )
+    if cursor is not None:
+        created_at, job_id = _decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < created_at,
+                                and_(Job.created_at == created_at, Job.id < job_id)))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    jobs = list(session.execute(query.execution_options(populate_existing=True)).scalars())
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return JobPage(jobs, _encode_cursor(jobs[-1]) if more else None)
+
+
+def list_events(session: Session, job_id: str, *, after_id: int = 0,
+                limit: int = 100) -> list[JobEvent]:
+    """The job's events with ``id > after_id``, oldest first (``after_id`` is the cursor)."""
+    query = (select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+             .order_by(JobEvent.id).limit(limit))
+    return list(session.execute(query).scalars())
+
+
+def get_mrc_rows(session: Session, job_id: str) -> list[MRCRow]:
+    """The MRC table in the order the pipeline produced it."""
+    query = select(MRCRow).where(MRCRow.job_id == job_id).order_by(MRCRow.position)
+    return list(session.execute(query).scalars())
+
+
+def get_epoch_metrics(session: Session, job_id: str) -> list[EpochMetric]:
+    query = select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)
+    return list(session.execute(query).scalars())
+
+
+def get_interpolation_points(session: Session, job_id: str) -> list[InterpolationPoint]:
+    query = (select(InterpolationPoint).where(InterpolationPoint.job_id == job_id)
+             .order_by(InterpolationPoint.position))
+    return list(session.execute(query).scalars())
+
+
+def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
+    query = select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)
+    return list(session.execute(query).scalars())
+
+
+def get_artifact(session: Session, job_id: str, name: str) -> Artifact | None:
+    return session.get(Artifact, (job_id, name))
+
+
+# --------------------------------------------------------------------------------------------
+# Cancellation
+# --------------------------------------------------------------------------------------------
+def request_cancel(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
+    """Ask for the job to stop. A queued job, or a running one that no worker holds right now
+    (between stages), is cancelled at once; otherwise ``cancel_requested`` is set and the worker
+    stops at its next batch boundary. :class:`JobAlreadyFinished` if the job has ended."""
+    now = now or utcnow()
+    with _transaction(session):
+        job = _load_job(session, job_id, for_update=True)
+        if job.status in TERMINAL_STATUSES:
+            raise JobAlreadyFinished(job_id, job.status)
+        stages = _load_stages(session, job_id)
+        held = any(_lease_is_live(stage, now) for stage in stages)
+        job.cancel_requested = True
+        _touch(job, now)
+        if held:
+            _event(session, job_id, EventKind.CANCEL_REQUESTED, {"stage": job.stage}, now)
+        else:
+            _cancel(session, job, stages, now)
+    return job
+
+
+def _load_stages(session: Session, job_id: str) -> list[JobStage]:
+    query = (select(JobStage).where(JobStage.job_id == job_id).order_by(JobStage.position)
+             .execution_options(populate_existing=True))
+    return list(session.execute(query).scalars())
+
+
+def _cancel(session: Session, job: Job, stages: Sequence[JobStage], now: datetime) -> None:
+    job.status = JobStatus.CANCELLED
+    job.cancel_requested = True
+    job.finished_at = now
+    _touch(job, now)
+    for stage in stages:
+        if stage.status in (StageStatus.PENDING, StageStatus.RUNNING):
+            stage.status = StageStatus.CANCELLED
+            stage.lease_owner = None
+            stage.lease_expires_at = None
+            if stage.started_at is not None:
+                stage.finished_at = now
+    _event(session, job.id, EventKind.JOB_CANCELLED, {"stage": job.stage}, now)
+
+
+def mark_cancelled(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
+    """End the job as cancelled (the worker's answer to ``JobCancelled``); no-op if it ended."""
+    now = now or utcnow()
+    with _transaction(session):
+        job = _load_job(session, job_id, for_update=True)
+        if job.status not in TERMINAL_STATUSES:
+            _cancel(session, job, _load_stages(session, job_id), now)
+    return job
+
+
+def should_stop(session: Session, job_id: str) -> bool:
+    """True when the worker running the job must stop: cancel requested, or the job ended."""
+    row = session.execute(
+        select(Job.cancel_requested, Job.status).where(Job.id == job_id)
+    ).one_or_none()
+    session.commit()  # end the read transaction (SQLite holds its lock until then)
+    if row is None:
+        return True
+    cancel_requested, status = row
+    return bool(cancel_requested) or status in TERMINAL_STATUSES
+
+
+# --------------------------------------------------------------------------------------------
+# Stages and leases (the workers' side)
+# --------------------------------------------------------------------------------------------
+def claim_stage(
+    session: Session,
+    job_id: str,
+    stage: str,
+    *,
+    owner: str,
+    lease_seconds: float,
+    max_attempts: int,
+    now: datetime | None = None,
+) -> StageClaim:
+    """Try to take ``stage`` of the job for ``owner`` (a worker id) for ``lease_seconds``.
+
+    The lease is granted only if the stage is pending, or running under an expired lease (its
+    worker died), and has been claimed fewer than ``max_attempts`` times. On success the job is
+    running, ``jobs.stage`` is this stage, attempts are counted and a ``stage_started`` event is
+    logged. A stage out of attempts fails the job with ``stage_failed_repeatedly``; a job with a
+    pending cancellation and no live lease is cancelled. See :class:`ClaimOutcome`.
+    """
+    _stage_index(stage)
+    now = now or utcnow()
+    expires = now + timedelta(seconds=lease_seconds)
+    with _transaction(session):
+        job = _load_job(session, job_id, for_update=True)
+        if job.status in TERMINAL_STATUSES:
+            return StageClaim(ClaimOutcome.INACTIVE, job)
+        stages = {row.stage: row for row in _load_stages(session, job_id)}
+        row = stages[stage]
+        if job.cancel_requested and not any(_lease_is_live(s, now) for s in stages.values()):
+            _cancel(session, job, list(stages.values()), now)
+            return StageClaim(ClaimOutcome.INACTIVE, job)
+        if row.status == StageStatus.DONE:
+            return StageClaim(ClaimOutcome.DONE, job)
+        earlier = STAGE_ORDER[: _stage_index(stage)]
+        if any(stages[s].status != StageStatus.DONE for s in earlier):
+            return StageClaim(ClaimOutcome.NOT_READY, job)
+
+        claimed = session.execute(
+            update(JobStage)
+            .where(
+                JobStage.job_id == job_id,
+                JobStage.stage == stage,
+                JobStage.attempts < max_attempts,
+                or_(JobStage.status == StageStatus.PENDING,
+                    and_(JobStage.status == StageStatus.RUNNING,
+                         JobStage.lease_expires_at < now)),
+            )
+            .values(status=StageStatus.RUNNING, lease_owner=owner, lease_expires_at=expires,
+                    attempts=JobStage.attempts + 1)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        row = _load_stage(session, job_id, stage)
+        if claimed != 1:
+            if row.status == StageStatus.DONE:
+                return StageClaim(ClaimOutcome.DONE, job)
+            if _lease_is_live(row, now):
+                return StageClaim(ClaimOutcome.HELD, job)
+            if row.attempts >= max_attempts:
+                _fail(session, job, row, "stage_failed_repeatedly",
+                      f"stage '{stage}' was started {row.attempts} times (MAX_STAGE_ATTEMPTS="
+                      f"{max_attempts}) without finishing; its worker crashed or failed each "
+                      f"time. Last error: {row.last_error or 'the worker process died'}", now)
+                return StageClaim(ClaimOutcome.EXHAUSTED, job)
+            return StageClaim(ClaimOutcome.INACTIVE, job)
+
+        row.started_at = row.started_at or now
+        job.status = JobStatus.RUNNING
+        job.stage = stage
+        job.stage_progress = 0.0
+        job.progress_message = None
+        job.attempts = job.attempts + 1
+        job.started_at = job.started_at or now
+        _touch(job, now)
+        _event(session, job_id, EventKind.STAGE_STARTED,
+               {"stage": stage, "attempt": row.attempts, "worker": owner}, now)
+    return StageClaim(ClaimOutcome.CLAIMED, job, row.attempts)
+
+
+def renew_lease(session: Session, job_id: str, stage: str, *, owner: str, lease_seconds: float,
+                now: datetime | None = None) -> bool:
+    """Extend ``owner``'s lease on the stage; False if ``owner`` no longer holds it."""
+    now = now or utcnow()
+    with _transaction(session):
+        renewed = session.execute(
+            update(JobStage)
+            .where(JobStage.job_id == job_id, JobStage.stage == stage,
+                   JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    return renewed == 1
+
+
+def update_progress(session: Session, job_id: str, stage: str, fraction: float,
+                    message: str | None = None, *, now: datetime | None = None) -> None:
+    """Record progress within the running stage (``fraction`` in [0, 1])."""
+    now = now or utcnow()
+    with _transaction(session):
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.stage == stage)
+            .values(stage_progress=min(max(float(fraction), 0.0), 1.0),
+                    progress_message=message[:500] if message else None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def set_job_device(session: Session, job_id: str, device: str) -> None:
+    """Record the device (``cpu``, ``cuda:0``...) the worker runs the job on."""
+    with _transaction(session):
+        session.execute(update(Job).where(Job.id == job_id).values(device=device)
+                        .execution_options(synchronize_session=False))
+
+
+def append_event(session: Session, job_id: str, kind: str, payload: Mapping[str, Any],
+                 *, now: datetime | None = None) -> JobEvent:
+    """Add one event to the job's log (JSON ``payload``)."""
+    with _transaction(session):
+        event = _event(session, job_id, kind, payload, now or utcnow())
+    return event
+
+
+def finish_stage(session: Session, job_id: str, stage: str, *, owner: str,
+                 outputs: StageOutputs, now: datetime | None = None) -> Job:
+    """Write the stage's outputs and mark it done, in one transaction, if ``owner`` still holds
+    its lease and the job is running; else :class:`LeaseLost` and nothing is written. After the
+    last stage the job is ``succeeded``; otherwise ``jobs.stage`` moves to the next stage."""
+    now = now or utcnow()
+    with _transaction(session):
+        job = _load_job(session, job_id, for_update=True)
+        if job.status != JobStatus.RUNNING:
+            raise LeaseLost(f"job {job_id} is {job.status}; the outputs of stage '{stage}' "
+                            "were not recorded")
+        done = session.execute(
+            update(JobStage)
+            .where(JobStage.job_id == job_id, JobStage.stage == stage,
+                   JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
+            .values(status=StageStatus.DONE, lease_owner=None, lease_expires_at=None,
+                    finished_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if done != 1:
+            raise LeaseLost(f"worker {owner} no longer holds the lease on stage '{stage}' of "
+                            f"job {job_id}; its outputs were not recorded")
+        _insert_outputs(session, job_id, outputs, now)
+        if outputs.selected_module is not None:
+            job.selected_module = outputs.selected_module
+        if outputs.chosen_alpha is not None:
+            job.chosen_alpha = outputs.chosen_alpha
+        if outputs.metrics:
+            # A new dict, so the JSON column is seen as changed.
+            job.metrics = {**(job.metrics or {}), **outputs.metrics}
+        _event(session, job_id, EventKind.STAGE_FINISHED, {"stage": stage, **outputs.summary}, now)
+        following = next_stage(stage)
+        job.stage_progress = 0.0 if following else 1.0
+        job.progress_message = None
+        _touch(job, now)
+        if following is None:
+            job.status = JobStatus.SUCCEEDED
+            job.stage = None
+            job.finished_at = now
+            _event(session, job_id, EventKind.JOB_SUCCEEDED, dict(job.metrics or {}), now)
+        else:
+            job.stage = following
+    return job
+
+
+def _insert_outputs(session: Session, job_id: str, outputs: StageOutputs, now: datetime) -> None:
+    for position, row in enumerate(outputs.mrc_rows):
+        session.add(MRCRow(
+            job_id=job_id, position=position, module=row.get("name", row.get("module")),
+            parameters=int(row["parameters"]), mrc=float(row["mrc"]),
+            worst_robust_loss=float(row["worst_robust_loss"]),
+            robust_accuracy_at_worst=_float(row.get("robust_accuracy_at_worst")),
+            robust_accuracy_drop=_float(row.get("robust_accuracy_drop")),
+            seconds=_float(row.get("seconds")),
+        ))
+    for row in outputs.epochs:
+        session.add(EpochMetric(
+            job_id=job_id, epoch=int(row["epoch"]), lr=_float(row.get("lr")),
+            train_loss=_float(row.get("train_loss")),
+            train_accuracy=_float(row.get("train_accuracy")),
+            val_accuracy=_float(row.get("val_accuracy")), seconds=_float(row.get("seconds")),
+        ))
+    for position, row in enumerate(outputs.interpolation_points):
+        session.add(InterpolationPoint(
+            job_id=job_id, position=position, alpha=float(row["alpha"]),
+            clean_accuracy=float(row["clean_accuracy"]),
+            robust_accuracy=float(row["robust_accuracy"]),
+        ))
+    for artifact in outputs.artifacts:
+        # merge: an artifact re-recorded under the same name replaces the row, never duplicates.
+        session.merge(Artifact(
+            job_id=job_id, name=artifact.name, storage_key=artifact.storage_key,
+            size=artifact.size, sha256=artifact.sha256, content_type=artifact.content_type,
+            created_at=now,
+        ))
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def release_stage(session: Session, job_id: str, stage: str, *, owner: str, error: str,
+                  now: datetime | None = None) -> int:
+    """Give the stage back after an unexpected error so that it can be retried; returns the
+    number of attempts used so far and logs a ``stage_retry`` event. :class:`LeaseLost` if
+    ``owner`` does not hold the stage (another worker took it over: it decides, not this one)."""
+    now = now or utcnow()
+    with _transaction(session):
+        _load_job(session, job_id, for_update=True)  # lock order: jobs, then job_stages
+        released = session.execute(
+            update(JobStage)
+            .where(JobStage.job_id == job_id, JobStage.stage == stage,
+                   JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
+            .values(status=StageStatus.PENDING, lease_owner=None, lease_expires_at=None,
+                    last_error=error[:4000])
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if released != 1:
+            raise LeaseLost(f"worker {owner} does not hold stage '{stage}' of job {job_id}")
+        row = _load_stage(session, job_id, stage)
+        _event(session, job_id, EventKind.STAGE_RETRY,
+               {"stage": stage, "attempt": row.attempts, "error": error[:1000]}, now)
+    return row.attempts
+
+
+def fail_job(session: Session, job_id: str, code: str, message: str, *,
+             stage: str | None = None, owner: str | None = None,
+             now: datetime | None = None) -> Job:
+    """End the job as failed with an error ``code`` and a ``message`` for the user; the stage
+    (default: the job's current one) is marked failed. No-op if the job already ended. With
+    ``owner`` (a worker), only while that worker holds the stage, else :class:`LeaseLost`."""
+    now = now or utcnow()
+    with _transaction(session):
+        job = _load_job(session, job_id, for_update=True)
+        if job.status not in TERMINAL_STATUSES:
+            stage = stage or job.stage
+            row = _load_stage(session, job_id, stage) if stage else None
+            if owner is not None and (row is None or row.lease_owner != owner):
+                raise LeaseLost(f"worker {owner} does not hold stage '{stage}' of job {job_id}")
+            _fail(session, job, row, code, message, now)
+    return job
+
+
+def _fail(session: Session, job: Job, stage: JobStage | None, code: str, message: str,
+          now: datetime) -> None:
+    job.status = JobStatus.FAILED
+    job.error_code = code
+    job.error_message = message
+    job.finished_at = now
+    _touch(job, now)
+    if stage is not None:
+        job.stage = stage.stage
+        stage.status = StageStatus.FAILED
+        stage.lease_owner = None
+        stage.lease_expires_at = None
+        stage.finished_at = now
+        stage.last_error = message
+    _event(session, job.id, EventKind.JOB_FAILED,
+           {"stage": job.stage, "code": code, "message": message}, now)
+
+
+def stages_to_redispatch(session: Session, *, stale_after: float,
+                         now: datetime | None = None) -> list[tuple[str, str]]:
+    """(job id, stage) pairs whose message must be sent again, and marks them as re-sent.
+
+    Two cases: a running stage whose lease expired (its worker died), and a running job whose
+    next stage is pending but nobody took it (a worker died between recording a stage and
+    sending the next message). Only jobs untouched for ``stale_after`` seconds are returned, and
+    their ``updated_at`` is bumped, so a job waiting in a long queue is re-sent at most once per
+    ``stale_after``. Sending twice is harmless: claims decide who runs a stage.
+    """
+    now = now or utcnow()
+    quiet_since = now - timedelta(seconds=stale_after)
+    with _transaction(session):
+        rows = session.execute(
+            select(Job.id, JobStage.stage)
+            .join(JobStage, and_(JobStage.job_id == Job.id, JobStage.stage == Job.stage))
+            .where(
+                Job.status == JobStatus.RUNNING,
+                Job.updated_at < quiet_since,
+                or_(JobStage.status == StageStatus.PENDING,
+                    and_(JobStage.status == StageStatus.RUNNING,
+                         JobStage.lease_expires_at < now)),
+            )
+            .order_by(Job.created_at)
+        ).all()
+        found = [(job_id, stage) for job_id, stage in rows]
+        for job_id, stage in found:
+            session.execute(update(Job).where(Job.id == job_id).values(updated_at=now)
+                            .execution_options(synchronize_session=False))
+            _event(session, job_id, EventKind.STAGE_RECOVERED, {"stage": stage}, now)
+    return found

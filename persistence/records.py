@@ -1,0 +1,72 @@
+"""Database rows of uploaded checkpoints and datasets (the bytes live in the object store).
+
+The API writes the object first and the row second, so a row always points at stored bytes; if
+writing the row fails, the API deletes the object it stored.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from persistence.models import Checkpoint, Dataset, new_id, utcnow
+
+
+def create_checkpoint(
+    session: Session,
+    *,
+    filename: str,
+    size: int,
+    sha256: str,
+    format: str,
+    storage_key: str,
+    num_tensors: int,
+    num_parameters: int,
+    checkpoint_id: str | None = None,
+    now: datetime | None = None,
+) -> Checkpoint:
+    """Record a validated checkpoint (``format``: ``safetensors`` or ``torch``; size in bytes).
+
+    ``checkpoint_id`` lets the caller choose the id before storing the bytes under a key that
+    contains it. Commits.
+    """
+    checkpoint = Checkpoint(
+        id=checkpoint_id or new_id(), filename=filename, size=size, sha256=sha256, format=format,
+        storage_key=storage_key, num_tensors=num_tensors, num_parameters=num_parameters,
+        created_at=now or utcnow(),
+    )
+    session.add(checkpoint)
+    session.commit()
+    return checkpoint
+
+
+def get_checkpoint(session: Session, checkpoint_id: str) -> Checkpoint | None:
+    """The checkpoint row, or None."""
+    return session.get(Checkpoint, checkpoint_id)
+
+
+def create_dataset(
+    session: Session,
+    *,
+    filename: str,
+    kind: str,
+    size: int,
+    sha256: str,
+    storage_key: str,
+    dataset_id: str | None = None,
+    now: datetime | None = None,
+) -> Dataset:
+    """Record an uploaded dataset archive (``kind``: ``npz`` or ``imagefolder``). Commits."""
+    dataset = Dataset(
+        id=dataset_id or new_id(), filename=filename, kind=kind, size=size, sha256=sha256,
+        storage_key=storage_key, created_at=now or utcnow(),
+    )
+    session.add(dataset)
+    session.commit()
+    return dataset
+
+
+def get_dataset(session: Session, dataset_id: str) -> Dataset | None:
+    """The dataset row, or None."""
+    return session.get(Dataset, dataset_id)

@@ -1,0 +1,5 @@
+import sys
+
+from rift.cli import main
+
+sys.exit(main())

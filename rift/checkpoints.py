@@ -1,0 +1,484 @@
+"""Reading, checking and writing model checkpoints without ever executing code from the file.
+
+Two formats are read, recognised by their content rather than their name: safetensors (an 8-byte
+little-endian header length, a JSON header, then raw tensor bytes) and PyTorch files, which are
+always opened with ``torch.load(..., weights_only=True)``: its restricted unpickler refuses any
+object other than tensors and plain containers, so a ``__reduce__`` payload is never run. There is
+deliberately no fallback to a full unpickler.
+
+Checkpoints are normalised to a flat ``{key: CPU tensor}`` dict: common training-script containers
+are unwrapped and the prefixes added by ``nn.DataParallel`` (``module.``) and ``torch.compile``
+(``_orig_mod.``) are stripped, so a checkpoint's keys can be compared with ``model.state_dict()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from rift.errors import CheckpointError, CheckpointMismatchError
+
+CheckpointFormat = Literal["safetensors", "torch"]
+
+# Keys under which training scripts commonly nest the state dict, tried in this order.
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+# Prefixes added by nn.DataParallel / DistributedDataParallel and by torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Running-count buffers of BatchNorm: older checkpoints lack them and they do not affect outputs.
+OPTIONAL_KEY_SUFFIX = "num_batches_tracked"
+
+# The safetensors format caps its header at 100 MB; a larger claimed length means a corrupt file.
+_MAX_SAFETENSORS_HEADER = 100_000_000
+# Bits per element of every safetensors dtype (sub-byte float formats included).
+_SAFETENSORS_DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "C64": 64,
+    "I64": 64, "U64": 64, "F64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}
+_PREVIEW_ITEMS = 8
+_MAX_DETAIL_CHARS = 300
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """What :func:`validate_checkpoint_file` found. ``num_parameters`` counts tensor elements
+    (parameters and buffers alike); ``keys_sample`` holds the first few normalised keys."""
+
+    format: CheckpointFormat
+    num_tensors: int
+    num_parameters: int
+    keys_sample: list[str]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _TensorRecord:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+def _preview(items: list[str], limit: int = _PREVIEW_ITEMS) -> str:
+    shown = ", ".join(items[:limit])
+    if len(items) > limit:
+        shown += f", … and {len(items) - limit} more"
+    return shown
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= _MAX_DETAIL_CHARS else text[:_MAX_DETAIL_CHARS] + "…"
+
+
+# --------------------------------------------------------------------------------------------
+# Format detection and the safetensors header
+# --------------------------------------------------------------------------------------------
+
+
+def detect_checkpoint_format(path: str | Path) -> CheckpointFormat:
+    """Tell safetensors from PyTorch files by their first bytes (the extension is only a hint).
+
+    Raises:
+        CheckpointError: the file is missing, empty, or neither format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if not head:
+        raise CheckpointError(f"checkpoint file {path.name} is empty")
+    if head.startswith(b"PK\x03\x04"):  # torch.save's default zip container
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{":  # u64 header length, then a JSON object
+        return "safetensors"
+    if path.suffix == ".safetensors":
+        # Claimed by its name: let the header check say precisely what is wrong.
+        return "safetensors"
+    if head[:1] == b"\x80":  # pickle protocol marker of torch's legacy (non-zip) format
+        return "torch"
+    raise CheckpointError(
+        f"checkpoint file {path.name} is neither safetensors nor a PyTorch file "
+        f"(first bytes {head[:8].hex()})"
+    )
+
+
+def _read_safetensors_header(path: Path) -> tuple[list[_TensorRecord], dict[str, str]]:
+    """Parse and check the header: JSON well formed, dtypes known, every tensor's byte range
+    inside the data section, matching dtype×shape, and the ranges tiling it without overlap."""
+    size = path.stat().st_size
+    name = path.name
+    if size < 8:
+        raise CheckpointError(f"safetensors file {name} is truncated: {size} bytes, no header")
+    with path.open("rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        if header_length > _MAX_SAFETENSORS_HEADER or 8 + header_length > size:
+            raise CheckpointError(
+                f"safetensors file {name} is truncated or corrupt: its header claims "
+                f"{header_length} bytes but the file has {size} bytes"
+            )
+        raw_header = handle.read(header_length)
+    try:
+        header = json.loads(raw_header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"safetensors file {name} has a corrupt JSON header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"safetensors file {name}: header is not a JSON object")
+
+    data_size = size - 8 - header_length
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise CheckpointError(f"safetensors file {name}: '__metadata__' must map str to str")
+
+    records = [_tensor_record(name, key, info, data_size) for key, info in header.items()]
+    position = 0
+    for record in sorted(records, key=lambda r: (r.begin, r.end)):
+        if record.begin != position:
+            problem = "overlaps another tensor" if record.begin < position else "leaves a gap"
+            raise CheckpointError(
+                f"safetensors file {name}: tensor {record.name!r} at bytes "
+                f"[{record.begin}, {record.end}) {problem} in the data section"
+            )
+        position = record.end
+    if position != data_size:
+        raise CheckpointError(
+            f"safetensors file {name}: tensors cover {position} of {data_size} data bytes"
+        )
+    return records, metadata
+
+
+def _tensor_record(file_name: str, key: str, info: object, data_size: int) -> _TensorRecord:
+    where = f"safetensors file {file_name}, tensor {key!r}"
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise CheckpointError(f"{where}: entry needs 'dtype', 'shape' and 'data_offsets'")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in _SAFETENSORS_DTYPE_BITS:
+        raise CheckpointError(f"{where}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise CheckpointError(f"{where}: shape must be a list of non-negative ints, got {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+    ):
+        raise CheckpointError(f"{where}: data_offsets must be two ints, got {offsets!r}")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        raise CheckpointError(
+            f"{where}: data_offsets [{begin}, {end}] lie outside the {data_size}-byte data "
+            "section (truncated or corrupt file)"
+        )
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    if numel * _SAFETENSORS_DTYPE_BITS[dtype] != 8 * (end - begin):
+        raise CheckpointError(
+            f"{where}: {end - begin} bytes stored but dtype {dtype} × shape {shape} needs "
+            f"{numel * _SAFETENSORS_DTYPE_BITS[dtype] / 8:g}"
+        )
+    return _TensorRecord(key, dtype, tuple(shape), begin, end)
+
+
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` dict of a safetensors file (empty when absent); header checked."""
+    return _read_safetensors_header(Path(path))[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and normalising
+# --------------------------------------------------------------------------------------------
+
+
+def _load_raw(path: Path, fmt: CheckpointFormat) -> object:
+    if fmt == "safetensors":
+        _read_safetensors_header(path)
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # the Rust reader raises SafetensorError and others
+            raise CheckpointError(
+                f"cannot read safetensors file {path.name}: {_short(exc)}"
+            ) from exc
+    try:
+        # A file object, not the path: torch.load switches to safetensors on a ".safetensors"
+        # name, and we have already decided the format from the content.
+        with path.open("rb") as handle:
+            return torch.load(handle, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused to load {path.name}: it holds Python objects other than tensors and plain "
+            "containers, and only weights_only loading is allowed. Re-save just the state dict "
+            f"(torch.save(model.state_dict(), ...)) or use safetensors. Detail: "
+            f"{_unpickler_reason(exc)}"
+        ) from exc
+    except Exception as exc:  # damaged zip, truncated pickle, bad magic number, …
+        raise CheckpointError(
+            f"cannot read PyTorch checkpoint {path.name} (corrupt or truncated?): {_short(exc)}"
+        ) from exc
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    # torch's message is long and suggests weights_only=False, which we must not offer; keep
+    # only the sentence that names the refused object.
+    match = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\.\s|\n|$)", str(exc))
+    return match.group(1) if match else _short(exc)
+
+
+def _unwrap_containers(obj: object) -> object:
+    # The top level plus up to two nested containers, e.g. {"model": {"state_dict": {...}}}.
+    for _ in range(3):
+        if not isinstance(obj, Mapping) or all(isinstance(v, Tensor) for v in obj.values()):
+            return obj
+        inner = next(
+            (obj[k] for k in CONTAINER_KEYS if k in obj and isinstance(obj[k], Mapping)), None
+        )
+        if inner is None:
+            return obj
+        obj = inner
+    return obj
+
+
+def strip_wrapper_prefix(key: str) -> str:
+    """Remove leading ``module.`` / ``_orig_mod.`` prefixes, however many and in any order."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                stripped = True
+    return key
+
+
+def normalize_state_dict(obj: object, *, source: str = "checkpoint") -> dict[str, Tensor]:
+    """Turn a loaded checkpoint object into a flat ``{key: CPU tensor}`` state dict.
+
+    Unwraps ``state_dict``/``model_state_dict``/``model``/``net`` containers (nested up to twice),
+    strips wrapper prefixes and checks that every value is a dense tensor and that floating-point
+    tensors are finite. ``source`` names the checkpoint in error messages.
+
+    Raises:
+        CheckpointError: no state dict found, a non-tensor value, a key collision after prefix
+            stripping, or NaN/Inf values (the message names the keys).
+    """
+    obj = _unwrap_containers(obj)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{source} holds a {type(obj).__name__}, not a state dict (a mapping of tensors)"
+        )
+    if not obj:
+        raise CheckpointError(f"{source} holds no tensors")
+    result: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{source}: key {key!r} is a {type(key).__name__}, not a str")
+        if not isinstance(value, Tensor):
+            raise CheckpointError(
+                f"{source}: entry {key!r} is a {type(value).__name__} where a tensor is expected "
+                f"(recognised containers: {', '.join(CONTAINER_KEYS)}; top-level keys: "
+                f"{_preview([str(k) for k in obj])})"
+            )
+        if value.layout != torch.strided:
+            raise CheckpointError(f"{source}: tensor {key!r} has unsupported layout {value.layout}")
+        clean_key = strip_wrapper_prefix(key)
+        if clean_key in result:
+            raise CheckpointError(
+                f"{source}: key {key!r} collides with another key once prefixes are removed"
+            )
+        result[clean_key] = value.detach().cpu()
+    _check_finite(result, source)
+    return result
+
+
+def _check_finite(state_dict: Mapping[str, Tensor], source: str) -> None:
+    bad: list[str] = []
+    for key, tensor in state_dict.items():
+        if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
+            continue
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(tensor).sum())
+        inf = int((~finite).sum()) - nan
+        bad.append(f"{key} ({nan} NaN, {inf} Inf)")
+    if bad:
+        raise CheckpointError(f"{source} holds non-finite values in {_preview(bad)}")
+
+
+def load_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a safetensors or PyTorch checkpoint into a flat ``{key: CPU tensor}`` dict.
+
+    PyTorch files are read with ``weights_only=True`` only; see :func:`normalize_state_dict` for the
+    unwrapping and checks applied.
+
+    Raises:
+        CheckpointError: missing, unreadable, unsafe, corrupt, truncated or non-finite checkpoint.
+    """
+    path = Path(path)
+    fmt = detect_checkpoint_format(path)
+    return normalize_state_dict(_load_raw(path, fmt), source=f"checkpoint {path.name}")
+
+
+def validate_checkpoint_file(path: str | Path, *, sample_size: int = 10) -> CheckpointSummary:
+    """Check an uploaded checkpoint completely and summarise it.
+
+    For safetensors the header (JSON, dtypes, byte ranges against the file size) is checked before
+    any tensor is read; then the file is loaded as :func:`load_state_dict` does.
+
+    Raises:
+        CheckpointError: as :func:`load_state_dict`.
+    """
+    path = Path(path)
+    fmt = detect_checkpoint_format(path)
+    metadata = _read_safetensors_header(path)[1] if fmt == "safetensors" else {}
+    state_dict = normalize_state_dict(_load_raw(path, fmt), source=f"checkpoint {path.name}")
+    return CheckpointSummary(
+        format=fmt,
+        num_tensors=len(state_dict),
+        num_parameters=sum(t.numel() for t in state_dict.values()),
+        keys_sample=list(state_dict)[:sample_size],
+        metadata=metadata,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting a state dict to a model
+# --------------------------------------------------------------------------------------------
+
+
+def check_compatible(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Require the checkpoint's keys and shapes to equal ``model.state_dict()``'s exactly, except
+    that BatchNorm ``num_batches_tracked`` entries may be missing. Works on meta-device models.
+
+    Raises:
+        CheckpointMismatchError: with the complete ``missing``, ``unexpected`` and ``mismatched``
+            (key, checkpoint shape, model shape) lists; the message shows the first few of each.
+    """
+    expected = model.state_dict()
+    missing = [
+        k for k in expected if k not in state_dict and not k.endswith(OPTIONAL_KEY_SUFFIX)
+    ]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        (k, tuple(state_dict[k].shape), tuple(expected[k].shape))
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_preview(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_preview(unexpected)}")
+    if mismatched:
+        shapes = [f"{k} (checkpoint {list(got)} vs model {list(want)})" for k, got, want in mismatched]
+        parts.append(f"{len(mismatched)} shape mismatch(es): {_preview(shapes)}")
+    raise CheckpointMismatchError(
+        "the checkpoint does not fit the architecture (check 'architecture.name', "
+        "'num_classes' and 'in_channels'): " + "; ".join(parts),
+        missing=missing,
+        unexpected=unexpected,
+        mismatched=mismatched,
+    )
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
+    """Copy ``state_dict``'s values into ``model`` in place (any device; dtypes are cast to the
+    model's) after :func:`check_compatible`. Missing ``num_batches_tracked`` keep the model's
+    values. Returns ``model``.
+    """
+    check_compatible(model, state_dict)
+    with torch.no_grad():
+        # strict=False only so that the optional BatchNorm counters may be absent; everything
+        # else was just checked to match exactly.
+        model.load_state_dict(dict(state_dict), strict=False)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------
+
+
+def _cpu_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Detached, contiguous CPU tensors that share no storage (safetensors refuses shared ones)."""
+    result: dict[str, Tensor] = {}
+    seen_storages: set[int] = set()
+    for key, value in state_dict.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise CheckpointError(
+                f"cannot save entry {key!r}: keys must be str and values tensors, "
+                f"got {type(key).__name__} → {type(value).__name__}"
+            )
+        if value.is_meta:
+            raise CheckpointError(f"cannot save tensor {key!r}: it is on the meta device (no data)")
+        tensor = value.detach().to("cpu").contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        if tensor.numel() > 0 and pointer in seen_storages:
+            tensor = tensor.clone()
+        seen_storages.add(tensor.untyped_storage().data_ptr())
+        result[key] = tensor
+    return result
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    # Write beside the target and rename, so a reader never sees a half-written checkpoint.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_safetensors(
+    path: str | Path, state_dict: Mapping[str, Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """Write ``state_dict`` as safetensors (CPU, contiguous copies), with optional str→str
+    ``metadata`` stored in the header.
+
+    Raises:
+        CheckpointError: non-str metadata, non-tensor values or meta-device tensors.
+    """
+    if metadata is not None and not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise CheckpointError("safetensors metadata must map str to str")
+    tensors = _cpu_tensors(state_dict)
+    from safetensors.torch import save_file
+
+    _atomic_write(Path(path), lambda target: save_file(tensors, target, metadata=metadata))
+
+
+def save_torch(path: str | Path, state_dict: Mapping[str, Tensor]) -> None:
+    """Write ``state_dict`` with ``torch.save`` as a plain dict of CPU tensors (loadable with
+    ``weights_only=True``).
+
+    Raises:
+        CheckpointError: non-tensor values or meta-device tensors.
+    """
+    tensors = _cpu_tensors(state_dict)
+    _atomic_write(Path(path), lambda target: torch.save(tensors, target))

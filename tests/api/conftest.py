@@ -1,0 +1,126 @@
+"""Fixtures of the API tests: a real uvicorn server on loopback serving ``create_app`` against a
+real, migrated database (SQLite and Postgres), with a local object store in tmp_path.
+
+Tests that do not need a worker inject a :class:`RecordingDispatcher`, so jobs stay queued and the
+tests can look at them; the end-to-end tests use the real Celery dispatcher and worker processes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.main import create_app
+from persistence.db import session_factory_from_settings
+from persistence.settings import Settings
+from tests.api.helpers import MIB, Api, ApiServer, RecordingDispatcher, small_cnn_state
+from tests.service_fixtures import (
+    _admin_connection,
+    _database_url,
+    _drop_database,
+    settings_from_env,
+)
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url(_postgres_template: str) -> Iterator[str]:
+    """A migrated Postgres database for one test module (emptied before each test that uses it:
+    a TRUNCATE is much cheaper than a database per test)."""
+    name = f"rift_api_{uuid.uuid4().hex[:12]}"
+    with _admin_connection() as connection:
+        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{_postgres_template}"')
+    try:
+        yield _database_url(name)
+    finally:
+        _drop_database(name)
+
+
+def _empty_postgres(url: str) -> None:
+    import psycopg
+    from sqlalchemy import make_url
+
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        tables = [row[0] for row in connection.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename <> 'alembic_version'")]
+        if tables:
+            names = ", ".join(f'"{t}"' for t in tables)
+            connection.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """An empty migrated database: SQLite (the embedded default) and Postgres (production)."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    url = str(request.getfixturevalue("module_postgres_url"))
+    _empty_postgres(url)
+    return url
+
+
+@pytest.fixture
+def api_settings(database_url: str, tmp_path: Path) -> Settings:
+    """Settings with small upload limits, so that over-size uploads stay cheap to send."""
+    return settings_from_env({
+        "DATABASE_URL": database_url,
+        "BROKER_URL": "memory://",
+        "STORE_KIND": "local",
+        "STORE_ROOT": str(tmp_path / "objects"),
+        "WORK_DIR": str(tmp_path / "work"),
+        "MAX_CHECKPOINT_BYTES": str(2 * MIB),
+        "MAX_DATASET_BYTES": str(2 * MIB),
+    })
+
+
+@pytest.fixture
+def start_api() -> Iterator[Callable[..., Api]]:
+    """``start_api(settings, **create_app_kwargs) -> Api``: serve ``create_app`` over HTTP."""
+    running: list[tuple[ApiServer, httpx.Client, Any]] = []
+
+    def start(settings: Settings, **kwargs: Any) -> Api:
+        sessions = session_factory_from_settings(settings)
+        kwargs.setdefault("session_factory", sessions)
+        app = create_app(settings, **kwargs)
+        server = ApiServer(app).start()
+        client = httpx.Client(base_url=server.url, timeout=60)
+        running.append((server, client, sessions.kw["bind"]))
+        return Api(server.url, client, settings, sessions, app.state.dispatcher)
+
+    yield start
+    for server, client, engine in running:
+        client.close()
+        server.stop()
+        engine.dispose()
+
+
+@pytest.fixture
+def api(api_settings: Settings, start_api: Callable[..., Api]) -> Api:
+    """The API on a fresh database with a recording dispatcher (jobs stay queued)."""
+    return start_api(api_settings, dispatcher=RecordingDispatcher())
+
+
+@pytest.fixture(scope="session")
+def small_cnn_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid safetensors checkpoint of small_cnn for 1-channel digits (random weights)."""
+    from rift.checkpoints import save_safetensors
+
+    path = tmp_path_factory.mktemp("checkpoints") / "small_cnn.safetensors"
+    save_safetensors(path, small_cnn_state())
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_cnn_torch_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same weights saved with torch.save, wrapped as a training script would."""
+    import torch
+
+    path = tmp_path_factory.mktemp("checkpoints") / "small_cnn.pt"
+    state = {f"module.{k}": v for k, v in small_cnn_state().items()}
+    torch.save({"epoch": 3, "state_dict": state}, path)
+    return path

@@ -1,0 +1,153 @@
+"""Helpers of the API tests: a uvicorn server on loopback, a recording dispatcher, small
+checkpoints and request shortcuts. Fixtures built on them live in ``conftest.py``."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.dispatch import DispatchError
+from persistence.models import Checkpoint, Dataset, Job
+from persistence.settings import Settings
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class RecordingDispatcher:
+    """Remembers the jobs it was asked to queue instead of sending them; can play a dead broker."""
+
+    def __init__(self) -> None:
+        self.enqueued: list[str] = []
+        self.broker_down = False
+
+    def enqueue_job(self, job_id: str) -> None:
+        if self.broker_down:
+            raise DispatchError("the broker cannot be reached: connection refused (test)")
+        self.enqueued.append(job_id)
+
+    def check(self) -> None:
+        if self.broker_down:
+            raise DispatchError("the broker cannot be reached: connection refused (test)")
+
+    def close(self) -> None:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ApiServer:
+    """A uvicorn server running an app in a background thread, reachable over real HTTP."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ApiServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the API server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@dataclass
+class Api:
+    """A running API and what it runs on: its settings, database and dispatcher."""
+
+    url: str
+    client: httpx.Client
+    settings: Settings
+    sessions: sessionmaker[Session]
+    dispatcher: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def count(self, model: type) -> int:
+        """Rows in ``model``'s table."""
+        with self.sessions() as session:
+            return int(session.execute(select(func.count()).select_from(model)).scalar_one())
+
+    def stored_files(self) -> list[Path]:
+        """Every file in the local object store (dot-files included: a half-written upload
+        would show up here)."""
+        root = Path(self.settings.store_root)
+        return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+    def scratch_files(self) -> list[Path]:
+        """Files left in the API's upload scratch folder."""
+        root = Path(self.settings.work_dir) / "uploads"
+        return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+    def assert_nothing_stored(self) -> None:
+        """No checkpoint, dataset or job row, no object, no scratch file."""
+        assert self.count(Checkpoint) == 0
+        assert self.count(Dataset) == 0
+        assert self.count(Job) == 0
+        assert self.stored_files() == []
+        assert self.scratch_files() == []
+
+
+def small_cnn_state(num_classes: int = 10, in_channels: int = 1, seed: int = 0) -> dict[str, Any]:
+    """A freshly initialised small_cnn state dict (CPU tensors), for digits-shaped jobs."""
+    import torch
+
+    from rift.config import ArchitectureSpec
+    from rift.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(ArchitectureSpec(name="small_cnn", num_classes=num_classes),
+                        in_channels=in_channels, image_size=8)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def digits_config(**overrides: Any) -> dict[str, Any]:
+    """A small valid job config for small_cnn on digits (as JSON)."""
+    config: dict[str, Any] = {
+        "architecture": {"name": "small_cnn", "num_classes": 10},
+        "dataset": {"name": "digits"},
+        "attack": {"eps": 0.1, "step_size": 0.03, "steps": 2},
+        "mrc": {"steps": 1, "num_examples": 64},
+        "finetune": {"epochs": 1},
+        "interpolation": {"alpha_step": 0.5},
+        "device": "cpu",
+    }
+    config.update(overrides)
+    return config
+
+
+def upload_checkpoint(api: Api, path: Path) -> dict[str, Any]:
+    """POST a checkpoint file; returns the record (asserts 201)."""
+    with path.open("rb") as handle:
+        response = api.client.post("/v1/checkpoints", files={"file": (path.name, handle)})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    """The ``error`` object of an error response."""
+    body = response.json()
+    assert "error" in body, body
+    return dict(body["error"])

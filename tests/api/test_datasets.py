@@ -1,0 +1,170 @@
+"""``/v1/datasets`` over HTTP: npz and ImageFolder tar uploads are checked before they are kept;
+unsafe or malformed archives are 422 naming the problem and leave nothing behind."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from persistence.models import Dataset
+from tests.api.helpers import MIB, Api, error_of
+
+pytestmark = pytest.mark.service
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def png_bytes(width: int = 12, height: int = 10, value: int = 128) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (value, 0, 255 - value)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tar_bytes(members: dict[str, bytes], mode: str = "w:gz",
+              extra: list[tarfile.TarInfo] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for info in extra or []:
+            archive.addfile(info)
+    return buffer.getvalue()
+
+
+def upload(api: Api, name: str, content: bytes) -> object:
+    return api.client.post("/v1/datasets", files={"file": (name, content)})
+
+
+def test_npz_upload(api: Api) -> None:
+    rng = np.random.default_rng(0)
+    content = npz_bytes(x=rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8),
+                        y=rng.integers(0, 4, 40), x_test=rng.random((10, 3, 8, 8)) > 2,
+                        y_test=np.zeros(10, dtype=np.int64))
+    response = upload(api, "bad-test.npz", content)
+    # x_test is boolean, not uint8 or float: refused naming the key.
+    assert response.status_code == 422 and "x_test" in error_of(response)["message"]
+
+    content = npz_bytes(x=rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8),
+                        y=rng.integers(0, 4, 40))
+    response = upload(api, "mine.npz", content)
+    assert response.status_code == 201, response.text
+    record = response.json()
+    assert record["kind"] == "npz"
+    assert record["image_shape"] == [3, 8, 8]
+    assert record["num_examples"] == 40
+    assert record["size"] == len(content)
+    assert response.headers["location"] == f"/v1/datasets/{record['id']}"
+    again = api.client.get(f"/v1/datasets/{record['id']}")
+    assert again.status_code == 200 and again.json()["sha256"] == record["sha256"]
+    assert api.count(Dataset) == 1 and len(api.stored_files()) == 1
+
+
+def test_bad_npz_archives_are_refused(api: Api) -> None:
+    x = np.zeros((5, 8, 8), dtype=np.float32)
+    cases = {
+        "no y": (npz_bytes(x=x), "'y'"),
+        "objects": (npz_bytes(x=x, y=np.array([object()] * 5, dtype=object)), "objects"),
+        "counts": (npz_bytes(x=x, y=np.zeros(4, dtype=np.int64)), "4 labels"),
+        "only x_test": (npz_bytes(x=x, y=np.zeros(5, dtype=np.int64), x_test=x), "y_test"),
+        "negative": (npz_bytes(x=x, y=-np.ones(5, dtype=np.int64)), "negative"),
+        "float labels": (npz_bytes(x=x, y=np.zeros(5)), "integers"),
+        "truncated": (npz_bytes(x=x, y=np.zeros(5, dtype=np.int64))[:-40], "npz"),
+        "too many channels": (npz_bytes(x=np.zeros((5, 8, 8, 32), np.uint8),
+                                        y=np.zeros(5, dtype=np.int64)), "channels"),
+    }
+    for name, (content, reason) in cases.items():
+        response = upload(api, f"{name}.npz", content)
+        assert response.status_code == 422, (name, response.text)
+        error = error_of(response)
+        assert error["code"] == "invalid_dataset" and error["field"] == "file"
+        assert reason.lower() in error["message"].lower(), (name, error["message"])
+    api.assert_nothing_stored()
+
+
+def test_imagefolder_tar_upload(api: Api) -> None:
+    members = {f"mydata/train/{cls}/{i}.png": png_bytes(value=i * 20)
+               for cls in ("cat", "dog", "eel") for i in range(3)}
+    members["mydata/test/cat/9.png"] = png_bytes()
+    members["mydata/README.txt"] = b"hello"
+    response = upload(api, "mydata.tgz", tar_bytes(members))
+    assert response.status_code == 201, response.text
+    record = response.json()
+    assert record["kind"] == "imagefolder"
+    assert record["image_shape"] == [3, 10, 12]
+    assert record["num_classes"] == 3
+
+    flat = tar_bytes({f"{cls}/{i}.jpg": png_bytes() for cls in ("a", "b") for i in range(2)},
+                     mode="w")
+    response = upload(api, "flat.tar", flat)
+    assert response.status_code == 201, response.text
+    assert response.json()["num_classes"] == 2
+
+
+def _link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+def test_unsafe_or_empty_tars_are_refused(api: Api) -> None:
+    good = {"cat/1.png": png_bytes(), "dog/1.png": png_bytes()}
+    cases = {
+        "absolute": (tar_bytes({**good, "/etc/evil.png": png_bytes()}), "absolute"),
+        "dotdot": (tar_bytes({**good, "cat/../../evil.png": png_bytes()}), "'..'"),
+        "symlink": (tar_bytes(good, extra=[_link("cat/x.png", "/etc/passwd", tarfile.SYMTYPE)]),
+                    "link"),
+        "hardlink": (tar_bytes(good, extra=[_link("cat/y.png", "/etc/passwd", tarfile.LNKTYPE)]),
+                     "link"),
+        "device": (tar_bytes(good, extra=[_link("cat/dev", "", tarfile.CHRTYPE)]), "device"),
+        "no images": (tar_bytes({"cat/readme.txt": b"x"}), "no image"),
+        "images at top": (tar_bytes({"1.png": png_bytes()}), "class folders"),
+        "not an archive": (b"just some text that is no archive" * 20, "neither"),
+        "truncated gzip": (tar_bytes(good)[:60], "tar"),
+    }
+    for name, (content, reason) in cases.items():
+        response = upload(api, f"{name}.tar", content)
+        assert response.status_code == 422, (name, response.text)
+        error = error_of(response)
+        assert reason.lower() in error["message"].lower(), (name, error["message"])
+        assert error["field"] == "file"
+    api.assert_nothing_stored()
+
+
+def test_over_size_dataset_is_413(api: Api) -> None:
+    limit = api.settings.max_dataset_bytes
+    response = upload(api, "big.npz", os.urandom(limit + MIB))
+    assert response.status_code == 413
+    assert str(limit) in error_of(response)["message"]
+    api.assert_nothing_stored()
+
+
+def test_builtin_and_unknown_datasets(api: Api) -> None:
+    digits = api.client.get("/v1/datasets/digits")
+    assert digits.status_code == 200
+    assert digits.json()["kind"] == "builtin" and digits.json()["image_shape"] == [1, 8, 8]
+    for dataset_id in ["imagenet", "0" * 32, "%00"]:
+        missing = api.client.get(f"/v1/datasets/{dataset_id}")
+        assert missing.status_code == 404 and error_of(missing)["field"] == "dataset_id"
+
+
+def test_dataset_path_from_fixture(tmp_path: Path) -> None:
+    # The ImageFolder root rule matches the worker's: one wrapping folder is stepped into.
+    from api.dataset_validation import imagefolder_root
+
+    assert imagefolder_root([("d", "train", "cat", "1.png")]) == ("d",)
+    assert imagefolder_root([("cat", "1.png"), ("dog", "1.png")]) == ()
+    assert imagefolder_root([("cat", "1.png")]) == ()

@@ -1,0 +1,354 @@
+"""``/v1/jobs`` over HTTP: creating jobs (JSON and multipart) with every mistake answered by a 4xx
+naming its field and nothing half-stored, idempotent retries, listing with cursors and filters,
+and cancelling a queued job."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from persistence.models import Checkpoint, Job
+from tests.api.helpers import Api, digits_config, error_of, upload_checkpoint
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture
+def checkpoint_id(api: Api, small_cnn_file: Path) -> str:
+    return str(upload_checkpoint(api, small_cnn_file)["id"])
+
+
+def create(api: Api, body: Any, **headers: str) -> Any:
+    return api.client.post("/v1/jobs", json=body, headers=headers)
+
+
+def job_body(checkpoint_id: str, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"checkpoint_id": checkpoint_id, "config": digits_config(),
+                            "labels": {"team": "vision"}}
+    body.update(overrides)
+    return body
+
+
+def fields(response: Any) -> set[str]:
+    return set(error_of(response).get("fields") or [error_of(response)["field"]])
+
+
+def test_create_job(api: Api, checkpoint_id: str) -> None:
+    response = create(api, job_body(checkpoint_id))
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["stage"] is None
+    assert job["queue_position"] == 1
+    assert job["labels"] == {"team": "vision"}
+    assert job["checkpoint_id"] == checkpoint_id
+    assert [s["stage"] for s in job["stages"]] == ["mrc", "finetune", "interpolate"]
+    assert job["config"]["attack"]["eps"] == 0.1
+    assert job["config"]["mrc"]["eps"] == 0.1  # default filled in
+    assert api.dispatcher.enqueued == [job["id"]]
+    assert api.client.get(job["links"]["self"]).json()["id"] == job["id"]
+
+
+def test_invalid_spec_values_name_each_field(api: Api, checkpoint_id: str) -> None:
+    config = digits_config(attack={"eps": -1, "steps": 2}, finetune={"epochs": 0},
+                           mrc={"p": 3}, seed=2**40, unknown_key=True)
+    response = create(api, job_body(checkpoint_id, config=config))
+    assert response.status_code == 422
+    assert {"config.attack.eps", "config.finetune.epochs", "config.mrc.p", "config.seed",
+            "config.unknown_key"} <= fields(response)
+    locs = [tuple(d["loc"]) for d in response.json()["detail"]]
+    assert ("body", "config", "attack", "eps") in locs
+    assert api.count(Job) == 0 and api.dispatcher.enqueued == []
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"checkpoint_id": "0" * 32}, "checkpoint_id"),
+    ({"checkpoint_id": "../etc"}, "checkpoint_id"),
+    ({"dataset_id": "0" * 32, "config": digits_config(dataset={"name": "npz"})}, "dataset_id"),
+    ({"config": digits_config(dataset={"name": "imagenet"})}, "config.dataset.name"),
+    ({"config": digits_config(dataset={"name": "npz"})}, "config.dataset.name"),
+    ({"config": digits_config(dataset={"name": "digits", "path": "/etc"})}, "config.dataset.path"),
+    ({"config": digits_config(architecture={"name": "nonet"})}, "config.architecture.name"),
+    ({"config": digits_config(finetune={"module": "layer9"})}, "config.finetune.module"),
+    ({"config": digits_config(mrc={"modules": ["conv1", "nope"]})}, "config.mrc.modules"),
+    ({"config": digits_config(device="gpu")}, "config.device"),
+    ({"config": digits_config(dataset={"name": "cifar100"})}, "config.architecture.num_classes"),
+    ({"labels": {f"k{i}": "v" for i in range(40)}}, "labels"),
+    ({"labels": {"bad key": "v"}}, "labels.bad key.[key]"),
+    ({"labels": {"k": "v" * 300}}, "labels.k"),
+    ({"labels": {"k": "a\nb"}}, "labels.k"),
+    ({"labels": ["not", "a", "dict"]}, "labels"),
+    ({"config": None}, "config"),
+])
+def test_bad_references_and_values_are_422(
+    api: Api, checkpoint_id: str, change: dict[str, Any], field: str
+) -> None:
+    response = create(api, {**job_body(checkpoint_id), **change})
+    assert response.status_code == 422, response.text
+    assert field in fields(response), response.json()
+    assert api.count(Job) == 0
+
+
+def test_checkpoint_that_does_not_fit_lists_the_keys(api: Api, checkpoint_id: str) -> None:
+    other_arch = create(api, job_body(checkpoint_id, config=digits_config(
+        architecture={"name": "resnet18", "num_classes": 10})))
+    assert other_arch.status_code == 422
+    error = error_of(other_arch)
+    assert error["code"] == "checkpoint_mismatch" and error["field"] == "checkpoint_id"
+    assert "linear.weight" in error["missing"] and "fc.weight" in error["unexpected"]
+
+    classes = create(api, job_body(checkpoint_id, config=digits_config(
+        architecture={"name": "small_cnn", "num_classes": 12})))
+    assert classes.status_code == 422
+    mismatched = {m["key"]: m for m in error_of(classes)["mismatched"]}
+    assert mismatched["fc.weight"]["checkpoint_shape"] == [10, 64]
+    assert mismatched["fc.weight"]["model_shape"] == [12, 64]
+    assert error_of(classes)["missing"] == [] and error_of(classes)["unexpected"] == []
+
+    channels = create(api, job_body(checkpoint_id, config=digits_config(
+        architecture={"name": "small_cnn", "num_classes": 10, "in_channels": 3})))
+    assert channels.status_code == 422
+    assert "conv1.weight" in {m["key"] for m in error_of(channels)["mismatched"]}
+    assert api.count(Job) == 0
+
+
+@pytest.mark.parametrize(("content", "headers", "status"), [
+    (b"{not json", {"Content-Type": "application/json"}, 422),
+    (b'{"checkpoint_id": "x", "config": {"seed": NaN}}', {"Content-Type": "application/json"},
+     422),
+    (json.dumps({"checkpoint_id": "a\u0000b", "config": {}}).encode(),
+     {"Content-Type": "application/json"}, 422),
+    (b"[1, 2, 3]", {"Content-Type": "application/json"}, 422),
+    (b"", {"Content-Type": "application/json"}, 422),
+    (b"\xff\xfe\x00", {"Content-Type": "application/json"}, 422),
+    (b"[" * 100_000, {"Content-Type": "application/json"}, 422),
+    (b'{"a": "' + b"x" * (2 * 1024 * 1024) + b'"}', {"Content-Type": "application/json"}, 413),
+    (b"checkpoint_id=abc", {"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    (b"hello", {"Content-Type": "text/plain"}, 415),
+    (b"hello", {}, 415),
+])
+def test_malformed_bodies_are_4xx(api: Api, content: bytes, headers: dict[str, str],
+                                  status: int) -> None:
+    response = api.client.post("/v1/jobs", content=content, headers=headers)
+    assert response.status_code == status, response.text
+    assert error_of(response)["message"]
+    assert api.count(Job) == 0
+
+
+def test_idempotent_retry(api: Api, checkpoint_id: str) -> None:
+    body = job_body(checkpoint_id)
+    first = create(api, body, **{"Idempotency-Key": "retry-1"})
+    assert first.status_code == 201
+    # Same request, keys in another order and a default spelled out: the same job.
+    again_body = {"labels": body["labels"], "config": {**body["config"], "seed": 0},
+                  "checkpoint_id": checkpoint_id}
+    second = create(api, again_body, **{"Idempotency-Key": "retry-1"})
+    assert second.status_code == 200, second.text
+    assert second.json()["id"] == first.json()["id"]
+    assert second.headers["location"] == first.headers["location"]
+    assert api.count(Job) == 1 and api.dispatcher.enqueued == [first.json()["id"]]
+
+    other = create(api, job_body(checkpoint_id, labels={"team": "other"}),
+                   **{"Idempotency-Key": "retry-1"})
+    assert other.status_code == 409
+    assert error_of(other)["field"] == "Idempotency-Key"
+    assert error_of(other)["job_id"] == first.json()["id"]
+
+    fresh = create(api, body, **{"Idempotency-Key": "retry-2"})
+    assert fresh.status_code == 201 and fresh.json()["id"] != first.json()["id"]
+
+    bad_key = create(api, body, **{"Idempotency-Key": "has space"})
+    assert bad_key.status_code == 422
+    assert ["header", "Idempotency-Key"] == bad_key.json()["detail"][0]["loc"]
+    assert api.count(Job) == 2
+
+
+def test_uploaded_npz_dataset_job(api: Api, checkpoint_id: str) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((20, 8, 8), np.float32), y=np.arange(20) % 10)
+    dataset = api.client.post("/v1/datasets", files={"file": ("d.npz", buffer.getvalue())}).json()
+
+    wrong_kind = create(api, job_body(checkpoint_id, dataset_id=dataset["id"],
+                                      config=digits_config(dataset={"name": "imagefolder"})))
+    assert wrong_kind.status_code == 422
+    assert error_of(wrong_kind)["field"] == "config.dataset.name"
+
+    response = create(api, job_body(checkpoint_id, dataset_id=dataset["id"],
+                                    config=digits_config(dataset={"name": "npz"})))
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["dataset_id"] == dataset["id"]
+    assert job["config"]["dataset"]["path"] == f"dataset:{dataset['id']}"
+
+    # A 3-channel npz needs a 3-channel model: the 1-channel checkpoint does not fit.
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((20, 8, 8, 3), np.uint8), y=np.arange(20) % 10)
+    rgb = api.client.post("/v1/datasets", files={"file": ("rgb.npz", buffer.getvalue())}).json()
+    mismatch = create(api, job_body(checkpoint_id, dataset_id=rgb["id"],
+                                    config=digits_config(dataset={"name": "npz"})))
+    assert mismatch.status_code == 422
+    assert error_of(mismatch)["code"] == "checkpoint_mismatch"
+
+
+def multipart(api: Api, checkpoint: tuple[str, bytes] | None, spec: str | None,
+              **headers: str) -> Any:
+    files: dict[str, Any] = {}
+    if checkpoint is not None:
+        files["checkpoint"] = checkpoint
+    if spec is not None:
+        files["spec"] = (None, spec)
+    return api.client.post("/v1/jobs", files=files, headers=headers)
+
+
+def test_multipart_job_with_checkpoint(api: Api, small_cnn_file: Path) -> None:
+    content = small_cnn_file.read_bytes()
+    spec = json.dumps({"config": digits_config(), "labels": {"via": "multipart"}})
+    response = multipart(api, ("mine.safetensors", content), spec,
+                         **{"Idempotency-Key": "mp-1"})
+    assert response.status_code == 201, response.text
+    job = response.json()
+    checkpoint = api.client.get(f"/v1/checkpoints/{job['checkpoint_id']}").json()
+    assert checkpoint["filename"] == "mine.safetensors" and checkpoint["size"] == len(content)
+
+    retry = multipart(api, ("mine.safetensors", content), spec, **{"Idempotency-Key": "mp-1"})
+    assert retry.status_code == 200 and retry.json()["id"] == job["id"]
+    assert api.count(Checkpoint) == 1 and api.count(Job) == 1
+    assert len(api.stored_files()) == 1 and api.scratch_files() == []
+
+
+def test_bad_multipart_jobs_store_nothing(api: Api, small_cnn_file: Path, tmp_path: Path) -> None:
+    import torch
+
+    from tests.api.test_checkpoints import CodeRunningPickle
+
+    content = small_cnn_file.read_bytes()
+    good_spec = json.dumps({"config": digits_config()})
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": CodeRunningPickle(marker)}, evil)
+    cases = [
+        (("c.safetensors", content), "{not json", "spec"),
+        (("c.safetensors", content), json.dumps({"config": digits_config(attack={"eps": -1})}),
+         "spec.config.attack.eps"),
+        (("c.safetensors", content), json.dumps({"checkpoint_id": "x",
+                                                 "config": digits_config()}), "spec.checkpoint_id"),
+        (("c.safetensors", content), None, "spec"),
+        (None, good_spec, "checkpoint"),
+        (("c.safetensors", content), json.dumps({"config": digits_config(
+            architecture={"name": "resnet18"})}), "checkpoint"),
+        (("evil.pt", evil.read_bytes()), good_spec, "checkpoint"),
+        (("c.safetensors", b"garbage" * 100), good_spec, "checkpoint"),
+    ]
+    for checkpoint, spec, field in cases:
+        response = multipart(api, checkpoint, spec)
+        assert response.status_code == 422, (field, response.text)
+        assert field in fields(response), (field, response.json())
+    raw = api.client.post("/v1/jobs", content=content,
+                          headers={"Content-Type": "application/octet-stream"})
+    assert raw.status_code == 415
+    assert not marker.exists()
+    api.assert_nothing_stored()
+
+
+def test_broker_down_is_503_and_leaves_no_job(api: Api, checkpoint_id: str,
+                                              small_cnn_file: Path) -> None:
+    api.dispatcher.broker_down = True
+    response = create(api, job_body(checkpoint_id), **{"Idempotency-Key": "k"})
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "broker_unavailable"
+    spec = json.dumps({"config": digits_config()})
+    response = multipart(api, ("c.safetensors", small_cnn_file.read_bytes()), spec)
+    assert response.status_code == 503
+    assert api.count(Job) == 0 and api.count(Checkpoint) == 1  # the one uploaded before
+    api.dispatcher.broker_down = False
+    retry = create(api, job_body(checkpoint_id), **{"Idempotency-Key": "k"})
+    assert retry.status_code == 201
+
+
+def test_list_pagination_and_filters(api: Api, checkpoint_id: str) -> None:
+    ids = []
+    for i in range(5):
+        labels = {"team": "a" if i % 2 == 0 else "b", "run": str(i)}
+        response = create(api, job_body(checkpoint_id, labels=labels))
+        ids.append(response.json()["id"])
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = api.client.get("/v1/jobs", params=params).json()
+        seen += [job["id"] for job in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3 and seen == ids[::-1]  # newest first, each once
+
+    team_a = api.client.get("/v1/jobs", params={"label": "team:a"}).json()["items"]
+    assert [j["id"] for j in team_a] == [ids[4], ids[2], ids[0]]
+    both = api.client.get("/v1/jobs", params=[("label", "team:a"), ("label", "run:2")]).json()
+    assert [j["id"] for j in both["items"]] == [ids[2]]
+
+    assert api.client.post(f"/v1/jobs/{ids[1]}/cancel").status_code == 200
+    cancelled = api.client.get("/v1/jobs", params={"status": "cancelled"}).json()["items"]
+    assert [j["id"] for j in cancelled] == [ids[1]]
+    queued = api.client.get("/v1/jobs", params={"status": "queued,running"}).json()["items"]
+    assert len(queued) == 4
+    assert [j["queue_position"] for j in queued] == [4, 3, 2, 1]
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"status": "done"}, "status"),
+    ({"label": "nocolon"}, "label"),
+    ({"label": "bad key:v"}, "label"),
+    ({"label": "k:a\u0000b"}, "label"),
+    ({"limit": 0}, "limit"),
+    ({"limit": 1000}, "limit"),
+    ({"limit": "many"}, "limit"),
+    ({"cursor": "garbage!"}, "cursor"),
+    ({"cursor": base64.urlsafe_b64encode(b"2024-01-01T00:00:00+00:00|a\x00b").decode()},
+     "cursor"),
+    ({"cursor": base64.urlsafe_b64encode(b"not-a-date|abc").decode()}, "cursor"),
+    ({"cursor": "x" * 1000}, "cursor"),
+])
+def test_bad_list_parameters_are_422(api: Api, params: dict[str, Any], field: str) -> None:
+    response = api.client.get("/v1/jobs", params=params)
+    assert response.status_code == 422, response.text
+    assert error_of(response)["field"] == field
+
+
+def test_cancel_queued_job(api: Api, checkpoint_id: str) -> None:
+    first = create(api, job_body(checkpoint_id)).json()
+    second = create(api, job_body(checkpoint_id)).json()
+    assert second["queue_position"] == 2
+    response = api.client.post(f"/v1/jobs/{first['id']}/cancel")
+    assert response.status_code == 200
+    cancelled = response.json()
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
+    assert {s["status"] for s in cancelled["stages"]} == {"cancelled"}
+    assert api.client.get(f"/v1/jobs/{second['id']}").json()["queue_position"] == 1
+    again = api.client.post(f"/v1/jobs/{first['id']}/cancel")
+    assert again.status_code == 409 and error_of(again)["code"] == "job_finished"
+    with api.sessions() as session:
+        status = session.execute(select(Job.status).where(Job.id == first["id"])).scalar_one()
+    assert status == "cancelled"
+
+
+def test_unknown_jobs_are_404(api: Api) -> None:
+    for path in ["/v1/jobs/" + "0" * 32, "/v1/jobs/%00", "/v1/jobs/nope/cancel",
+                 "/v1/jobs/nope/events", "/v1/jobs/nope/mrc", "/v1/jobs/nope/curves",
+                 "/v1/jobs/nope/artifacts", "/v1/jobs/nope/artifacts/tuned.safetensors"]:
+        method = api.client.post if path.endswith("cancel") else api.client.get
+        response = method(path)
+        assert response.status_code == 404, path
+        assert error_of(response)["field"] == "job_id"

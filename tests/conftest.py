@@ -1,0 +1,65 @@
+"""Shared fixtures: a real adversarially trained checkpoint on the sklearn digits, and its job config.
+
+The checkpoint is made once per test session (about ten seconds on two cores) and cached on disk,
+keyed by the source of everything that shapes it, so a second local run reuses it. CI starts from a
+clean clone, so it always trains one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest_plugins = ["tests.service_fixtures"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_SOURCES_THAT_SHAPE_THE_CHECKPOINT = (
+    "rift/demo.py", "rift/adversarial_training.py", "rift/attacks.py", "rift/models/small_cnn.py",
+    "rift/data/digits.py", "rift/data/splits.py", "rift/data/batches.py", "rift/data/augment.py",
+)
+
+
+def _source_digest() -> str:
+    digest = hashlib.sha256()
+    for relative in _SOURCES_THAT_SHAPE_THE_CHECKPOINT:
+        path = PROJECT_ROOT / relative
+        digest.update(path.read_bytes() if path.exists() else b"")
+    return digest.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint_info() -> dict[str, Any]:
+    """Path and measured test accuracies of ``small_cnn`` adversarially trained on digits (CPU)."""
+    import json
+
+    from rift.demo import make_digits_checkpoint
+
+    cache = Path(os.environ.get("RIFT_TEST_CACHE", PROJECT_ROOT / ".cache" / "test-fixtures"))
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"digits-small-cnn-{_source_digest()}.safetensors"
+    info_path = path.with_suffix(".json")
+    if not (path.exists() and info_path.exists()):
+        info = make_digits_checkpoint(path, seed=0, device="cpu")
+        info.pop("history", None)
+        info_path.write_text(json.dumps(info))
+    return json.loads(info_path.read_text())
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint_path(digits_checkpoint_info: dict[str, Any]) -> Path:
+    return Path(digits_checkpoint_info["path"])
+
+
+@pytest.fixture
+def digits_job_config() -> dict[str, Any]:
+    """The demo's fast RiftConfig as a dict (a fresh copy per test), pinned to the CPU."""
+    from rift.demo import DIGITS_DEMO_CONFIG
+
+    config = copy.deepcopy(DIGITS_DEMO_CONFIG)
+    config["device"] = "cpu"
+    return config

@@ -1,0 +1,103 @@
+"""PGD and accuracy evaluation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rift.attacks import PGD
+from rift.data import ImageTensors
+from rift.evaluation import evaluate_accuracy, seeded_generator
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(16, 3, 8, 8, generator=generator), torch.randint(0, 4, (16,), generator=generator)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_stays_in_the_ball_and_the_image_range(norm: str, batch) -> None:
+    images, labels = batch
+    attack = PGD(eps=0.1 if norm == "linf" else 0.5, step_size=0.05, steps=5, norm=norm)
+    adversarial = attack.perturb(_model(), images, labels, generator=seeded_generator(
+        torch.device("cpu"), 0))
+    delta = (adversarial - images).flatten(1)
+    size = delta.abs().max(dim=1).values if norm == "linf" else delta.norm(dim=1)
+    assert float(size.max()) <= attack.eps + 1e-6
+    assert float(adversarial.min()) >= 0.0 and float(adversarial.max()) <= 1.0
+    assert adversarial.dtype == torch.float32
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_raises_the_loss(norm: str, batch) -> None:
+    images, labels = batch
+    model = _model().eval()
+    attack = PGD(eps=0.2 if norm == "linf" else 1.0, step_size=0.05, steps=10, norm=norm)
+    adversarial = attack.perturb(model, images, labels)
+    with torch.no_grad():
+        assert F.cross_entropy(model(adversarial), labels) > F.cross_entropy(model(images), labels)
+
+
+def test_pgd_restores_mode_and_leaves_parameters_alone(batch) -> None:
+    images, labels = batch
+    model = _model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    PGD(eps=0.1, step_size=0.02, steps=3).perturb(model, images, labels)
+    assert model.training
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # eval mode: BN statistics untouched
+
+
+def test_pgd_is_deterministic_for_a_seeded_generator(batch) -> None:
+    images, labels = batch
+    model, attack = _model().eval(), PGD(eps=0.1, step_size=0.02, steps=3)
+    cpu = torch.device("cpu")
+    first = attack.perturb(model, images, labels, generator=seeded_generator(cpu, 5))
+    second = attack.perturb(model, images, labels, generator=seeded_generator(cpu, 5))
+    other = attack.perturb(model, images, labels, generator=seeded_generator(cpu, 6))
+    assert torch.equal(first, second)
+    assert not torch.equal(first, other)
+
+
+def test_bf16_attack_keeps_fp32_arithmetic(batch) -> None:
+    images, labels = batch
+    attack = PGD(eps=2 / 255, step_size=0.5 / 255, steps=3)
+    adversarial = attack.perturb(_model().eval(), images, labels, precision="bf16")
+    assert adversarial.dtype == torch.float32
+    # bf16 has 8 bits of mantissa: a step of 0.5/255 on a pixel near 1 would be lost in bf16.
+    assert float((adversarial - images).abs().max()) <= 2 / 255 + 1e-6
+    assert float((adversarial - images).abs().max()) > 1 / 255
+
+
+def test_zero_steps_or_eps_returns_the_clean_images(batch) -> None:
+    images, labels = batch
+    assert torch.equal(PGD(0.0, 0.01, 5).perturb(_model(), images, labels), images)
+    assert torch.equal(PGD(0.1, 0.01, 0).perturb(_model(), images, labels), images)
+
+
+def test_evaluate_accuracy_matches_a_direct_count(batch) -> None:
+    images, labels = batch
+    model = _model().eval()
+    data = ImageTensors(images, labels)
+    cpu = torch.device("cpu")
+    attack = PGD(eps=0.1, step_size=0.02, steps=3)
+    report = evaluate_accuracy(model, data, attack=attack, batch_size=5, device=cpu, seed=3)
+    with torch.no_grad():
+        clean = float((model(images).argmax(1) == labels).float().mean()) * 100
+    assert report.clean_accuracy == pytest.approx(clean)
+    assert report.examples == 16
+    assert report.robust_accuracy is not None and report.robust_accuracy <= 100
+    again = evaluate_accuracy(model, data, attack=attack, batch_size=5, device=cpu, seed=3)
+    assert again == report  # a seeded random start: the same weights give the same numbers
+    no_attack = evaluate_accuracy(model, data, attack=None, batch_size=16, device=cpu)
+    assert no_attack.robust_accuracy is None and no_attack.clean_accuracy == report.clean_accuracy

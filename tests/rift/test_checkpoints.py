@@ -1,0 +1,415 @@
+"""Tests for rift.checkpoints: safe loading, container/prefix handling, header checks, fitting."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+from rift.checkpoints import (
+    check_compatible,
+    detect_checkpoint_format,
+    load_into,
+    load_state_dict,
+    normalize_state_dict,
+    read_safetensors_metadata,
+    save_safetensors,
+    save_torch,
+    validate_checkpoint_file,
+)
+from rift.config import ArchitectureSpec
+from rift.errors import CheckpointError, CheckpointMismatchError
+from rift.models import build_model
+
+
+def _model(num_classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(ArchitectureSpec(name="small_cnn", num_classes=num_classes))
+
+
+def _state(model: nn.Module | None = None) -> dict[str, Tensor]:
+    model = model if model is not None else _model()
+    # Non-default running statistics, so that a copy is distinguishable from a fresh model.
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for value in state.values():
+        if value.is_floating_point():
+            value.add_(torch.randn_like(value) * 0.1)
+    return state
+
+
+def _assert_same(actual: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+    # safetensors stores keys in its own order, so compare key sets.
+    assert sorted(actual) == sorted(expected)
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0)
+
+
+def _write_safetensors(path: Path, header: dict[str, object], data: bytes) -> Path:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+class _WritesAFile:
+    """Pickles to a call of ``open(target, "w")``: unpickling it would create ``target``."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = str(target)
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.target, "w"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trips and formats
+# ---------------------------------------------------------------------------------------------
+
+
+def test_safetensors_round_trip_keeps_values_and_metadata(tmp_path: Path) -> None:
+    state = _state()
+    path = tmp_path / "model.safetensors"
+    save_safetensors(path, state, {"architecture": "small_cnn", "alpha": "0.8"})
+    _assert_same(load_state_dict(path), state)
+    assert read_safetensors_metadata(path) == {"architecture": "small_cnn", "alpha": "0.8"}
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp file left
+
+
+def test_torch_round_trip(tmp_path: Path) -> None:
+    state = _state()
+    path = tmp_path / "model.pt"
+    save_torch(path, state)
+    _assert_same(load_state_dict(path), state)
+    assert detect_checkpoint_format(path) == "torch"
+
+
+def test_legacy_torch_format_loads(tmp_path: Path) -> None:
+    state = _state()
+    path = tmp_path / "legacy.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    _assert_same(load_state_dict(path), state)
+
+
+def test_format_is_detected_by_content_not_extension(tmp_path: Path) -> None:
+    state = _state()
+    safetensors_named_pt = tmp_path / "really_safetensors.pt"
+    save_safetensors(safetensors_named_pt, state)
+    torch_named_safetensors = tmp_path / "really_torch.safetensors"
+    save_torch(torch_named_safetensors, state)
+    assert detect_checkpoint_format(safetensors_named_pt) == "safetensors"
+    assert detect_checkpoint_format(torch_named_safetensors) == "torch"
+    _assert_same(load_state_dict(safetensors_named_pt), state)
+    _assert_same(load_state_dict(torch_named_safetensors), state)
+
+
+def test_saving_handles_non_contiguous_and_shared_tensors(tmp_path: Path) -> None:
+    base = torch.arange(6.0).reshape(2, 3)
+    state = {"transposed": base.t(), "tied_a": base, "tied_b": base}
+    save_safetensors(tmp_path / "s.safetensors", state)
+    loaded = load_state_dict(tmp_path / "s.safetensors")
+    assert loaded["transposed"].tolist() == base.t().tolist()
+    assert loaded["tied_b"].tolist() == base.tolist()
+
+
+def test_saving_rejects_bad_metadata_and_meta_tensors(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="metadata"):
+        save_safetensors(tmp_path / "a.safetensors", {"w": torch.ones(1)}, {"epoch": 3})  # type: ignore[dict-item]
+    with pytest.raises(CheckpointError, match="meta device"):
+        save_torch(tmp_path / "b.pt", {"w": torch.ones(1, device="meta")})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_checkpoint_file_summarises(tmp_path: Path) -> None:
+    state = _state()
+    path = tmp_path / "upload.safetensors"
+    save_safetensors(path, {"module." + k: v for k, v in state.items()}, {"source": "test"})
+    summary = validate_checkpoint_file(path, sample_size=3)
+    assert summary.format == "safetensors"
+    assert summary.num_tensors == len(state)
+    assert summary.num_parameters == sum(v.numel() for v in state.values())
+    assert len(summary.keys_sample) == 3
+    assert set(summary.keys_sample) <= set(state)  # normalised: the "module." prefix is gone
+    assert summary.metadata == {"source": "test"}
+    save_torch(tmp_path / "upload.pt", state)
+    assert validate_checkpoint_file(tmp_path / "upload.pt").format == "torch"
+
+
+# ---------------------------------------------------------------------------------------------
+# Containers and prefixes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("container", ["state_dict", "model_state_dict", "model", "net"])
+def test_containers_are_unwrapped(tmp_path: Path, container: str) -> None:
+    state = _state()
+    torch.save({container: state, "epoch": 7, "acc": 91.5, "optimizer": {"lr": 0.1}},
+               tmp_path / "c.pt")
+    _assert_same(load_state_dict(tmp_path / "c.pt"), state)
+
+
+def test_containers_nested_twice_are_unwrapped(tmp_path: Path) -> None:
+    state = _state()
+    torch.save({"model": {"state_dict": state, "ema": False}, "epoch": 1}, tmp_path / "n.pt")
+    _assert_same(load_state_dict(tmp_path / "n.pt"), state)
+
+
+@pytest.mark.parametrize(
+    "prefix", ["module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module.", "module.module."]
+)
+def test_wrapper_prefixes_are_stripped(tmp_path: Path, prefix: str) -> None:
+    state = _state()
+    torch.save({"state_dict": {prefix + k: v for k, v in state.items()}}, tmp_path / "p.pt")
+    _assert_same(load_state_dict(tmp_path / "p.pt"), state)
+    save_safetensors(tmp_path / "p.safetensors", {prefix + k: v for k, v in state.items()})
+    _assert_same(load_state_dict(tmp_path / "p.safetensors"), state)
+
+
+def test_prefix_collision_is_rejected() -> None:
+    with pytest.raises(CheckpointError, match="collides"):
+        normalize_state_dict({"w": torch.ones(1), "module.w": torch.ones(1)})
+
+
+@pytest.mark.parametrize("leaf", [3, "text", [1.0, 2.0], None])
+def test_non_tensor_leaf_is_rejected_naming_the_key(tmp_path: Path, leaf: object) -> None:
+    torch.save({"net": {"conv1.weight": torch.ones(2), "bad_entry": leaf}}, tmp_path / "l.pt")
+    with pytest.raises(CheckpointError, match="bad_entry"):
+        load_state_dict(tmp_path / "l.pt")
+
+
+@pytest.mark.parametrize("content", [torch.ones(3), [torch.ones(3)], {}])
+def test_non_state_dict_content_is_rejected(tmp_path: Path, content: object) -> None:
+    torch.save(content, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError):
+        load_state_dict(tmp_path / "x.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Safety: pickles are never executed
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("writer", ["zip", "legacy", "raw_pickle"])
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, writer: str) -> None:
+    target = tmp_path / "pwned.txt"
+    payload = {"state_dict": {"w": torch.ones(1)}, "hook": _WritesAFile(target)}
+    path = tmp_path / "evil.pt"
+    if writer == "zip":
+        torch.save(payload, path)
+    elif writer == "legacy":
+        torch.save(payload, path, _use_new_zipfile_serialization=False)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    assert not target.exists()
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict(path)
+    assert not target.exists()
+    assert "weights_only=False" not in info.value.message
+    with pytest.raises(CheckpointError):
+        validate_checkpoint_file(path)
+    assert not target.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Corrupt and truncated files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_missing_empty_and_unknown_files_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        load_state_dict(tmp_path / "absent.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_state_dict(tmp_path / "empty.pt")
+    (tmp_path / "notes.pt").write_bytes(b"just some text, not weights")
+    with pytest.raises(CheckpointError, match="neither safetensors nor"):
+        load_state_dict(tmp_path / "notes.pt")
+
+
+def test_corrupt_torch_zip_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    save_torch(path, _state())
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_state_dict(path)
+
+
+def test_truncated_safetensors_data_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_safetensors(path, _state())
+    path.write_bytes(path.read_bytes()[:-16])
+    with pytest.raises(CheckpointError, match="outside"):
+        load_state_dict(path)
+
+
+def test_safetensors_truncated_inside_header_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_safetensors(path, _state())
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="header claims"):
+        load_state_dict(path)
+    path.write_bytes(b"\x01\x02")
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_state_dict(path)
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "message"),
+    [
+        ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 400]}}, bytes(16), "outside"),
+        ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [-4, 12]}}, bytes(16), "outside"),
+        ({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 8]}}, bytes(8), "needs 16"),
+        ({"w": {"dtype": "Q7", "shape": [4], "data_offsets": [0, 16]}}, bytes(16), "dtype"),
+        ({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, bytes(4), "shape"),
+        ({"w": {"dtype": "F32", "shape": [4]}}, bytes(16), "data_offsets"),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]},
+            },
+            bytes(16),
+            "overlaps",
+        ),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(16), "cover"),
+        ({"__metadata__": {"epoch": 3}}, b"", "__metadata__"),
+    ],
+)
+def test_bad_safetensors_headers_are_rejected_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, header: dict, data: bytes, message: str
+) -> None:
+    def must_not_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tensor data was read before the header was validated")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", must_not_load)
+    path = _write_safetensors(tmp_path / "bad.safetensors", header, data)
+    with pytest.raises(CheckpointError, match=message):
+        validate_checkpoint_file(path)
+    with pytest.raises(CheckpointError, match=message):
+        load_state_dict(path)
+
+
+def test_corrupt_safetensors_json_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "bad.safetensors"
+    raw = b'{"w": {"dtype": "F32",'
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(CheckpointError, match="JSON"):
+        load_state_dict(path)
+
+
+def test_handcrafted_valid_safetensors_loads(tmp_path: Path) -> None:
+    # Guards the negative tests above: the same writer gives a loadable file when it is right.
+    values = torch.tensor([1.0, -2.0, 3.5, 0.25])
+    header = {"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
+    path = _write_safetensors(tmp_path / "ok.safetensors", header, values.numpy().tobytes())
+    assert load_state_dict(path)["w"].tolist() == [[1.0, -2.0], [3.5, 0.25]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite values
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("bad_value", "word"), [(float("nan"), "NaN"), (float("inf"), "Inf")])
+@pytest.mark.parametrize("save", [save_safetensors, save_torch])
+def test_non_finite_values_are_rejected_naming_the_key(
+    tmp_path: Path, bad_value: float, word: str, save: object
+) -> None:
+    state = _state()
+    state["conv2.weight"][0, 0, 0, 0] = bad_value
+    path = tmp_path / "nonfinite.bin"
+    save(path, state)  # type: ignore[operator]
+    with pytest.raises(CheckpointError, match=f"conv2.weight \\(.*{word}"):
+        load_state_dict(path)
+
+
+def test_integer_tensors_are_not_checked_for_finiteness() -> None:
+    state = normalize_state_dict({"bn.num_batches_tracked": torch.tensor(5), "w": torch.ones(2)})
+    assert int(state["bn.num_batches_tracked"]) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting a state dict to a model
+# ---------------------------------------------------------------------------------------------
+
+
+def test_check_compatible_accepts_a_matching_state_dict_even_on_a_meta_model() -> None:
+    state = _state()
+    with torch.device("meta"):
+        meta_model = build_model(ArchitectureSpec(name="small_cnn"))
+    check_compatible(meta_model, state)
+
+
+def test_check_compatible_lists_missing_unexpected_and_mismatched() -> None:
+    model = _model()
+    state = _state(_model(num_classes=3))
+    del state["conv1.weight"]
+    state["extra.weight"] = torch.ones(1)
+    with pytest.raises(CheckpointMismatchError) as info:
+        check_compatible(model, state)
+    error = info.value
+    assert error.missing == ["conv1.weight"]
+    assert error.unexpected == ["extra.weight"]
+    assert error.mismatched == [("fc.weight", (3, 64), (10, 64)), ("fc.bias", (3,), (10,))]
+    for text in ["conv1.weight", "extra.weight", "fc.weight (checkpoint [3, 64] vs model [10, 64])"]:
+        assert text in error.message
+
+
+def test_mismatch_message_is_truncated_but_lists_are_complete() -> None:
+    model = _model()
+    state = _state()
+    state.update({f"stray.{i}.weight": torch.ones(1) for i in range(50)})
+    with pytest.raises(CheckpointMismatchError) as info:
+        check_compatible(model, state)
+    assert len(info.value.unexpected) == 50
+    assert "and 42 more" in info.value.message
+    assert "stray.49.weight" not in info.value.message
+    assert len(info.value.message) < 1000
+
+
+def test_load_into_copies_values() -> None:
+    model = _model()
+    state = _state()
+    assert load_into(model, state) is model
+    _assert_same({k: v for k, v in model.state_dict().items()}, state)
+    state["fc.bias"].add_(1.0)  # the model holds copies, not views of the checkpoint
+    assert not torch.equal(model.state_dict()["fc.bias"], state["fc.bias"])
+
+
+def test_missing_num_batches_tracked_is_optional_and_filled_from_the_model() -> None:
+    model = _model()
+    model.bn1.num_batches_tracked.fill_(17)
+    state = {k: v for k, v in _state().items() if not k.endswith("num_batches_tracked")}
+    load_into(model, state)
+    assert int(model.bn1.num_batches_tracked) == 17
+    torch.testing.assert_close(model.bn1.running_mean, state["bn1.running_mean"])
+
+
+def test_load_into_rejects_mismatch_without_touching_the_model() -> None:
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = _state(_model(num_classes=3))
+    with pytest.raises(CheckpointMismatchError):
+        load_into(model, state)
+    _assert_same(model.state_dict(), before)
+
+
+def test_load_into_casts_to_the_model_dtype() -> None:
+    model = _model().double()
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in _state().items()}
+    load_into(model, state)
+    assert model.conv1.weight.dtype == torch.float64
+    torch.testing.assert_close(model.conv1.weight, state["conv1.weight"].double())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_load_into_a_model_on_the_gpu() -> None:
+    model = _model().to("cuda")
+    state = _state()
+    load_into(model, state)
+    assert model.conv1.weight.device.type == "cuda"
+    torch.testing.assert_close(model.conv1.weight.cpu(), state["conv1.weight"])

@@ -1,0 +1,240 @@
+"""Tests for rift.models: names, shapes, parameter counts, normalisation, meta builds, fx tracing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx
+import torchvision
+from torch import nn
+
+from rift.config import ArchitectureSpec
+from rift.errors import ConfigError, UnknownArchitectureError
+from rift.models import build_model, list_architectures
+
+NATIVE = [
+    "small_cnn",
+    "resnet18",
+    "resnet34",
+    "preact_resnet18",
+    "wide_resnet34_10",
+    "wide_resnet28_10",
+]
+CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
+CIFAR_STD = [0.2471, 0.2435, 0.2616]
+
+
+def _build(name: str, *, meta: bool = False, **spec: object) -> nn.Module:
+    arch = ArchitectureSpec(name=name, **spec)  # type: ignore[arg-type]
+    if meta:
+        with torch.device("meta"):
+            return build_model(arch)
+    return build_model(arch)
+
+
+def _num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_list_architectures_names_builtins_and_torchvision() -> None:
+    names = list_architectures()
+    assert names[: len(NATIVE)] == NATIVE
+    assert "torchvision:resnet50" in names
+    assert all(n in NATIVE or n.startswith("torchvision:") for n in names)
+
+
+@pytest.mark.parametrize("name", [*NATIVE, "torchvision:resnet50"])
+def test_builds_on_meta_device_without_allocating(name: str) -> None:
+    model = _build(name, meta=True)
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert tensors
+    assert all(t.is_meta for t in tensors)
+
+
+@pytest.mark.parametrize("name", NATIVE)
+@pytest.mark.parametrize("size", [32, 64])
+def test_output_shape_at_cifar_and_tiny_imagenet_sizes(name: str, size: int) -> None:
+    model = _build(name, meta=True, num_classes=7, image_size=size)
+    out = model(torch.zeros(3, 3, size, size, device="meta"))
+    assert out.shape == (3, 7)
+
+
+def test_real_forward_gives_finite_logits() -> None:
+    torch.manual_seed(0)
+    model = _build("small_cnn", num_classes=5).eval()
+    out = model(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 5)
+    assert torch.isfinite(out).all()
+
+
+def test_small_cnn_handles_8x8_digits_and_is_tiny() -> None:
+    torch.manual_seed(0)
+    model = build_model(ArchitectureSpec(name="small_cnn"), in_channels=1, image_size=8)
+    assert model.conv1.weight.shape[1] == 1
+    assert 1_000 <= _num_parameters(model) <= 100_000
+    out = model(torch.rand(4, 1, 8, 8))
+    assert out.shape == (4, 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "low", "high"),
+    [
+        ("resnet18", 11_173_962, 11_173_962),  # the well-known CIFAR ResNet-18 count
+        ("resnet34", 21_200_000, 21_400_000),
+        ("preact_resnet18", 11_100_000, 11_250_000),
+        ("wide_resnet34_10", 46_100_000, 46_200_000),
+        ("wide_resnet28_10", 36_400_000, 36_550_000),
+    ],
+)
+def test_parameter_counts(name: str, low: int, high: int) -> None:
+    assert low <= _num_parameters(_build(name, meta=True)) <= high
+
+
+def test_resnet18_key_names_match_public_checkpoints() -> None:
+    keys = _build("resnet18", meta=True).state_dict().keys()
+    for key in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer2.1.conv2.weight",
+        "layer2.0.shortcut.0.weight",
+        "layer2.0.shortcut.1.running_mean",
+        "layer4.1.bn2.weight",
+        "linear.weight",
+        "linear.bias",
+    ]:
+        assert key in keys
+    assert "layer1.0.shortcut.0.weight" not in keys
+
+
+def test_preact_resnet18_key_names_match_public_checkpoints() -> None:
+    keys = _build("preact_resnet18", meta=True).state_dict().keys()
+    for key in [
+        "conv1.weight",
+        "layer1.0.bn1.weight",
+        "layer1.0.conv1.weight",
+        "layer1.0.bn2.running_mean",
+        "layer2.0.shortcut.0.weight",
+        "bn.weight",
+        "linear.weight",
+    ]:
+        assert key in keys
+    assert "layer1.0.shortcut.0.weight" not in keys
+    assert "bn1.weight" not in keys
+
+
+def test_wide_resnet34_10_names_match_trades_checkpoints() -> None:
+    model = _build("wide_resnet34_10", meta=True)
+    modules = dict(model.named_modules())
+    assert isinstance(modules["block1.layer.3.conv2"], nn.Conv2d)
+    assert isinstance(modules["block1.layer.0.relu1"], nn.ReLU)
+    assert len(model.block1.layer) == 5
+    keys = model.state_dict().keys()
+    for key in [
+        "conv1.weight",
+        "block1.layer.0.convShortcut.weight",
+        "block2.layer.4.conv2.weight",
+        "block3.layer.0.bn1.running_mean",
+        "bn1.weight",
+        "fc.weight",
+        "fc.bias",
+    ]:
+        assert key in keys
+    assert "block1.layer.1.convShortcut.weight" not in keys
+    assert len(_build("wide_resnet28_10", meta=True).block1.layer) == 4
+
+
+@pytest.mark.parametrize("name", NATIVE)
+def test_normalisation_buffers_stay_out_of_the_state_dict(name: str) -> None:
+    model = _build(name, meta=True, mean=CIFAR_MEAN, std=CIFAR_STD)
+    assert not any("input_" in key for key in model.state_dict())
+    assert model.input_mean.shape == (1, 3, 1, 1)
+
+
+def test_normalisation_happens_inside_forward() -> None:
+    torch.manual_seed(0)
+    normalised = _build("small_cnn", mean=CIFAR_MEAN, std=CIFAR_STD).eval()
+    plain = _build("small_cnn").eval()
+    plain.load_state_dict(normalised.state_dict())
+    images = torch.rand(2, 3, 32, 32)
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    expected = plain((images - mean) / std)
+    torch.testing.assert_close(normalised(images), expected)
+    assert not torch.allclose(plain(images), expected)
+
+
+def test_single_value_statistics_broadcast_and_wrong_length_is_rejected() -> None:
+    model = build_model(ArchitectureSpec(name="small_cnn", mean=[0.5], std=[0.25]), in_channels=2)
+    assert model.input_std.flatten().tolist() == [0.25, 0.25]
+    with pytest.raises(ConfigError, match="mean"):
+        build_model(ArchitectureSpec(name="small_cnn", mean=[0.1, 0.2], std=[1.0, 1.0]))
+
+
+def test_spec_channels_and_size_win_over_keyword_defaults() -> None:
+    spec = ArchitectureSpec(name="small_cnn", in_channels=1, image_size=8)
+    model = build_model(spec, in_channels=3, image_size=32)
+    assert model.conv1.weight.shape[1] == 1
+
+
+def test_torchvision_model_keeps_its_names_and_normalises_with_imagenet_stats() -> None:
+    torch.manual_seed(0)
+    model = _build("torchvision:resnet18", num_classes=4).eval()
+    reference = torchvision.models.resnet18(weights=None, num_classes=4).eval()
+    assert isinstance(model, torchvision.models.ResNet)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    reference.load_state_dict(model.state_dict())
+    images = torch.rand(1, 3, 32, 32)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(model(images), reference((images - mean) / std))
+
+
+def test_torchvision_model_adapts_input_channels() -> None:
+    model = _build("torchvision:resnet18", meta=True, in_channels=1)
+    assert model.conv1.weight.shape == (64, 1, 7, 7)
+    assert model(torch.zeros(2, 1, 64, 64, device="meta")).shape == (2, 10)
+
+
+def test_torchvision_builder_that_reads_tensors_still_builds_on_meta() -> None:
+    # RegNet computes its widths with tensors, which meta tensors cannot give back.
+    model = _build("torchvision:regnet_y_400mf", meta=True)
+    assert all(p.is_meta for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", [*NATIVE, "torchvision:resnet50"])
+def test_every_architecture_is_fx_traceable(name: str) -> None:
+    model = _build(name, meta=True)
+    graph = torch.fx.symbolic_trace(model)
+    called = {node.target for node in graph.graph.nodes if node.op == "call_module"}
+    conv_names = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    # Every weight module the MRC engine may perturb is called as a module in the traced graph.
+    assert conv_names <= called
+
+
+def test_vision_transformer_is_fx_traceable() -> None:
+    model = _build("torchvision:vit_b_16", meta=True, image_size=64)
+    traced = torch.fx.symbolic_trace(model)
+    assert traced(torch.zeros(1, 3, 64, 64, device="meta")).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "torchvision:mobilenet_v3_small"])
+def test_traced_model_computes_the_same_function(name: str) -> None:
+    torch.manual_seed(0)
+    model = _build(name, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3]).eval()
+    traced = torch.fx.symbolic_trace(model)
+    images = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(traced(images), model(images))
+
+
+def test_unknown_architecture_lists_known_names() -> None:
+    with pytest.raises(UnknownArchitectureError) as info:
+        build_model(ArchitectureSpec(name="resnet19"))
+    for name in NATIVE:
+        assert name in info.value.message
+    assert "torchvision:" in info.value.message
+    assert info.value.field == "architecture.name"
+
+
+def test_unknown_torchvision_model_lists_torchvision_names() -> None:
+    with pytest.raises(UnknownArchitectureError, match="resnet50"):
+        build_model(ArchitectureSpec(name="torchvision:resnet51"))

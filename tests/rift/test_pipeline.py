@@ -1,0 +1,224 @@
+"""The whole pipeline on real data: a small CNN adversarially trained on scikit-learn's digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from rift import checkpoints
+from rift.attacks import PGD
+from rift.config import RiftConfig
+from rift.errors import CheckpointMismatchError, ConfigError, JobCancelled
+from rift.evaluation import evaluate_accuracy
+from rift.interpolation import interpolate_weights
+from rift.models import build_model
+from rift.pipeline import (
+    MRCStageResult,
+    PipelineCallbacks,
+    mrc_table_csv,
+    prepare_run,
+    run_finetune_stage,
+    run_interpolation_stage,
+    run_mrc_stage,
+    run_pipeline,
+)
+
+
+def _fast(config: dict[str, Any]) -> RiftConfig:
+    """The demo job with smaller budgets, for tests of plumbing rather than of accuracy."""
+    config["mrc"].update(steps=2, num_examples=128, batch_size=64)
+    config["finetune"].update(epochs=2, lr_milestones=[1])
+    config["interpolation"]["alpha_step"] = 0.5
+    config["evaluation"]["max_examples"] = 120
+    return RiftConfig.model_validate(config)
+
+
+@pytest.fixture(scope="module")
+def fidelity_run(digits_checkpoint_path: Path, tmp_path_factory: pytest.TempPathFactory
+                 ) -> tuple[dict[str, Any], Path, list[tuple[str, dict]]]:
+    from rift.demo import DIGITS_DEMO_CONFIG
+
+    config = RiftConfig.model_validate({**DIGITS_DEMO_CONFIG, "device": "cpu"})
+    output = tmp_path_factory.mktemp("fidelity")
+    events: list[tuple[str, dict]] = []
+    result = run_pipeline(config, digits_checkpoint_path, output,
+                          PipelineCallbacks(on_event=lambda kind, data: events.append((kind, data))))
+    return result, output, events
+
+
+def test_fidelity_on_real_digits(fidelity_run, digits_checkpoint_path: Path,
+                                 digits_checkpoint_info: dict[str, Any]) -> None:
+    """The returned weights are at least as accurate as θ_AT on clean test data and keep the
+    robustness the selection rule promises; both are checked by evaluating the saved file anew."""
+    result, output, _ = fidelity_run
+    config = RiftConfig.model_validate(result["config"])
+    tuned = checkpoints.load_state_dict(output / "tuned.safetensors")
+    model = build_model(config.architecture, in_channels=1, image_size=8)
+    checkpoints.load_into(model, tuned)
+    run = prepare_run(config, digits_checkpoint_path)
+    attack = PGD.from_spec(config.attack)
+    cpu = torch.device("cpu")
+    after = evaluate_accuracy(model, run.splits.test, attack=attack, batch_size=512, device=cpu,
+                              seed=config.seed)
+    before = evaluate_accuracy(run.model, run.splits.test, attack=attack, batch_size=512,
+                               device=cpu, seed=config.seed)
+
+    assert before.clean_accuracy == pytest.approx(digits_checkpoint_info["clean_accuracy"])
+    assert after.clean_accuracy == pytest.approx(result["after"]["clean_accuracy"])
+    assert after.robust_accuracy == pytest.approx(result["after"]["robust_accuracy"])
+    assert result["before"]["clean_accuracy"] == pytest.approx(before.clean_accuracy)
+    # α = 0 always qualifies, so "at least" holds by construction; on this seeded CPU run RiFT
+    # must also show a real gain (measured: 90.65 -> 92.20 clean, 66.82 -> 67.26 robust).
+    assert after.clean_accuracy > before.clean_accuracy
+    tolerance = config.interpolation.robust_tolerance
+    assert after.robust_accuracy >= before.robust_accuracy - tolerance - 1e-9
+    print(f"digits fidelity: clean {before.clean_accuracy:.2f} -> {after.clean_accuracy:.2f}, "
+          f"robust {before.robust_accuracy:.2f} -> {after.robust_accuracy:.2f}, "
+          f"alpha {result['chosen_alpha']}, module {result['selected_module']}")
+
+
+def test_tuned_weights_are_the_reported_interpolation(fidelity_run,
+                                                      digits_checkpoint_path: Path) -> None:
+    result, output, _ = fidelity_run
+    original = checkpoints.load_state_dict(digits_checkpoint_path)
+    finetuned = checkpoints.load_state_dict(output / "finetuned.safetensors")
+    tuned = checkpoints.load_state_dict(output / "tuned.safetensors")
+    expected = interpolate_weights(original, finetuned, result["chosen_alpha"])
+    assert tuned.keys() == expected.keys()
+    for key in tuned:
+        assert torch.equal(tuned[key], expected[key]), key
+    # Only the selected module's parameters (and BatchNorm statistics) differ from θ_AT.
+    module = result["selected_module"]
+    for key in original:
+        changed = not torch.equal(original[key], finetuned[key])
+        if changed:
+            assert key.startswith(module + ".") or "running_" in key or "num_batches" in key, key
+
+
+def test_result_files_and_tables(fidelity_run) -> None:
+    result, output, events = fidelity_run
+    for name in ("tuned.safetensors", "finetuned.safetensors", "mrc.csv", "result.json"):
+        assert (output / name).is_file(), name
+    assert json.loads((output / "result.json").read_text()) == json.loads(json.dumps(result))
+    rows = result["mrc"]["rows"]
+    assert result["selected_module"] == min(rows, key=lambda row: row["mrc"])["name"]
+    assert all(row["mrc"] >= 0 for row in rows)
+    csv_lines = (output / "mrc.csv").read_text().splitlines()
+    assert len(csv_lines) == len(rows) + 1
+    assert sum(line.endswith(",True") for line in csv_lines) == 1
+    alphas = [point["alpha"] for point in result["interpolation"]["points"]]
+    assert alphas[0] == 0.0 and alphas[-1] == 1.0
+    assert result["chosen_alpha"] in alphas
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("module_scored") == len(rows)
+    assert kinds.count("epoch") == result["finetune"]["epochs"][-1]["epoch"]
+    assert kinds.count("interpolation_point") == len(alphas)
+
+
+def test_interrupted_run_resumes_without_recomputing_mrc(
+        digits_checkpoint_path: Path, digits_job_config: dict, tmp_path: Path) -> None:
+    config = _fast(digits_job_config)
+    first = run_pipeline(config, digits_checkpoint_path, tmp_path)
+    (tmp_path / "finetune.json").unlink()  # as if the worker died during fine-tuning
+    (tmp_path / "result.json").unlink()
+    events: list[str] = []
+    second = run_pipeline(config, digits_checkpoint_path, tmp_path,
+                          PipelineCallbacks(on_event=lambda kind, data: events.append(
+                              f"{kind}:{data.get('stage', '')}")))
+    assert "stage_skipped:mrc" in events and "stage_started:mrc" not in events
+    assert "stage_started:finetune" in events
+    assert second["mrc"] == first["mrc"]
+    assert second["finetune"]["epochs"] == [
+        {**e, "seconds": pytest.approx(e["seconds"], abs=1e9)} for e in first["finetune"]["epochs"]]
+    other = config.model_copy(update={"seed": 1})
+    with pytest.raises(ConfigError, match="another configuration"):
+        run_pipeline(other, digits_checkpoint_path, tmp_path)
+
+
+def test_same_seed_same_results(digits_checkpoint_path: Path, digits_job_config: dict) -> None:
+    config = _fast(digits_job_config)
+    run = prepare_run(config, digits_checkpoint_path)
+    first, second = run_mrc_stage(run), run_mrc_stage(run)
+    assert [r["mrc"] for r in first.rows] == [r["mrc"] for r in second.rows]
+    tuned_a = run_finetune_stage(run, first.selected_module)
+    tuned_b = run_finetune_stage(run, first.selected_module)
+    for key in tuned_a.state_dict:
+        assert torch.equal(tuned_a.state_dict[key], tuned_b.state_dict[key]), key
+
+
+def test_mrc_parts_merge_to_the_whole_table(digits_checkpoint_path: Path,
+                                            digits_job_config: dict) -> None:
+    config = _fast(digits_job_config)
+    run = prepare_run(config, digits_checkpoint_path)
+    whole = run_mrc_stage(run)
+    names = [row["name"] for row in whole.rows]
+    parts = [run_mrc_stage(run, modules=names[:2]), run_mrc_stage(run, modules=names[2:])]
+    merged = MRCStageResult.merge(parts, names)
+    assert [r["name"] for r in merged.rows] == names
+    assert [r["mrc"] for r in merged.rows] == pytest.approx([r["mrc"] for r in whole.rows])
+    assert merged.selected_module == whole.selected_module
+    assert MRCStageResult.from_json(json.loads(json.dumps(whole.to_json()))) == whole
+    assert mrc_table_csv(whole.rows, whole.selected_module).count("\n") == len(names) + 1
+
+
+def test_interpolation_stage_endpoints(digits_checkpoint_path: Path,
+                                       digits_job_config: dict) -> None:
+    config = _fast(digits_job_config)
+    run = prepare_run(config, digits_checkpoint_path)
+    finetuned = run_finetune_stage(run, "fc")
+    result = run_interpolation_stage(run, finetuned.state_dict)
+    assert [p["alpha"] for p in result.points] == [0.0, 0.5, 1.0]
+    assert result.before == {"clean_accuracy": result.points[0]["clean_accuracy"],
+                             "robust_accuracy": result.points[0]["robust_accuracy"]}
+    chosen = next(p for p in result.points if p["alpha"] == result.chosen_alpha)
+    assert chosen["robust_accuracy"] >= result.points[0]["robust_accuracy"]
+    assert all(p["clean_accuracy"] <= chosen["clean_accuracy"] for p in result.points
+               if p["robust_accuracy"] >= result.points[0]["robust_accuracy"])
+
+
+def test_validation_selection_reports_test_numbers(digits_checkpoint_path: Path,
+                                                   digits_job_config: dict) -> None:
+    digits_job_config["interpolation"]["selection_split"] = "validation"
+    config = _fast(digits_job_config)
+    run = prepare_run(config, digits_checkpoint_path)
+    finetuned = run_finetune_stage(run, "fc")
+    result = run_interpolation_stage(run, finetuned.state_dict)
+    assert result.selection_split == "validation"
+    test_baseline = evaluate_accuracy(run.model, run.splits.test.head(120), attack=run.attack,
+                                      batch_size=512, device=run.device, seed=config.seed)
+    assert result.before["clean_accuracy"] == pytest.approx(test_baseline.clean_accuracy)
+
+
+def test_cancellation_raises_at_a_batch_boundary(digits_checkpoint_path: Path,
+                                                 digits_job_config: dict) -> None:
+    run = prepare_run(_fast(digits_job_config), digits_checkpoint_path)
+    polls = {"n": 0}
+
+    def cancel_soon() -> bool:
+        polls["n"] += 1
+        return polls["n"] > 3
+
+    with pytest.raises(JobCancelled):
+        run_finetune_stage(run, "fc", PipelineCallbacks(should_cancel=cancel_soon))
+    assert polls["n"] == 4
+
+
+def test_wrong_architecture_is_reported_with_the_keys(digits_checkpoint_path: Path,
+                                                      digits_job_config: dict) -> None:
+    digits_job_config["architecture"]["name"] = "resnet18"
+    with pytest.raises(CheckpointMismatchError) as error:
+        prepare_run(_fast(digits_job_config), digits_checkpoint_path)
+    assert "layer1.0.conv1.weight" in error.value.missing
+    assert error.value.unexpected
+
+
+def test_too_few_classes_is_a_config_error(digits_checkpoint_path: Path,
+                                           digits_job_config: dict) -> None:
+    digits_job_config["architecture"]["num_classes"] = 5
+    with pytest.raises(ConfigError) as error:
+        prepare_run(_fast(digits_job_config), digits_checkpoint_path)
+    assert error.value.field == "architecture.num_classes"

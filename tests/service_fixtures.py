@@ -1,0 +1,277 @@
+"""Pytest plugin with fixtures for the service: real Postgres, Redis and Celery worker processes.
+
+Registered in ``tests/conftest.py`` with ``pytest_plugins = ["tests.service_fixtures"]``.
+
+- ``postgres_url``: a fresh, migrated Postgres database for one test (cloned from a template that
+  the migrations built once per session; dropped afterwards). ``postgres_session_url``: one
+  migrated database shared by the whole session.
+- ``sqlite_url``: a fresh, migrated SQLite file for one test.
+- ``redis_broker_url``: Redis on a dedicated db number; ``celery_queue``: a queue name unique to
+  the test (its keys are deleted afterwards).
+- ``service_env`` / ``service_settings``: the environment (and the Settings built from it) for a
+  test's API and workers: Postgres, Redis, a local object store in tmp_path, short leases.
+- ``start_worker``: starts a real ``celery worker`` process with the test's environment (plus
+  overrides) and waits until it is ready; every worker it started is stopped at teardown.
+  ``celery_worker``: one such worker.
+
+Postgres at 127.0.0.1:5432 (user ``postgres``, trust auth) and Redis at 127.0.0.1:6379 are
+expected; ``RIFT_TEST_POSTGRES_ADMIN_URL`` and ``RIFT_TEST_REDIS_URL`` point elsewhere. Tests that
+need them are skipped with the reason when they cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from persistence.migrate import upgrade_database
+from persistence.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_ADMIN_URL = os.environ.get("RIFT_TEST_POSTGRES_ADMIN_URL",
+                                    "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("RIFT_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+#: Redis database number reserved for the tests' brokers (0 is left to whoever else uses Redis).
+REDIS_TEST_DB = int(os.environ.get("RIFT_TEST_REDIS_DB", "11"))
+WORKER_READY_TIMEOUT_S = 120.0
+
+
+# --------------------------------------------------------------------------------------------
+# Postgres and SQLite
+# --------------------------------------------------------------------------------------------
+def _admin_connection():  # type: ignore[no-untyped-def]
+    import psycopg
+
+    return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+
+
+def _database_url(name: str) -> str:
+    from sqlalchemy import make_url
+
+    url = make_url(POSTGRES_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
+    return url.render_as_string(hide_password=False)
+
+
+def _drop_database(name: str) -> None:
+    with _admin_connection() as connection:
+        # FORCE: a worker process killed mid-test may leave a connection behind.
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def _postgres_template() -> Iterator[str]:
+    """A database migrated once per session; never connected to afterwards, so it can be cloned."""
+    try:
+        with _admin_connection():
+            pass
+    except Exception as exc:  # psycopg.OperationalError and friends
+        pytest.skip(f"Postgres is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+    name = f"rift_test_{uuid.uuid4().hex[:12]}_template"
+    with _admin_connection() as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        upgrade_database(_database_url(name))
+        yield name
+    finally:
+        _drop_database(name)
+
+
+@pytest.fixture
+def postgres_url(_postgres_template: str) -> Iterator[str]:
+    """URL (``postgresql+psycopg://``) of a fresh migrated database, dropped after the test."""
+    name = f"rift_test_{uuid.uuid4().hex[:12]}"
+    with _admin_connection() as connection:
+        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{_postgres_template}"')
+    try:
+        yield _database_url(name)
+    finally:
+        _drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_session_url(_postgres_template: str) -> Iterator[str]:
+    """URL of one migrated database shared by every test of the session."""
+    name = f"rift_test_{uuid.uuid4().hex[:12]}_session"
+    with _admin_connection() as connection:
+        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{_postgres_template}"')
+    try:
+        yield _database_url(name)
+    finally:
+        _drop_database(name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """URL of a fresh migrated SQLite database file in the test's tmp_path."""
+    url = f"sqlite:///{tmp_path / 'rift.db'}"
+    upgrade_database(url)
+    return url
+
+
+# --------------------------------------------------------------------------------------------
+# Redis and queues
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def redis_broker_url() -> str:
+    """``redis://…/<REDIS_TEST_DB>``: the broker URL for the tests' Celery apps and workers."""
+    import redis
+
+    url = f"{REDIS_URL.rstrip('/')}/{REDIS_TEST_DB}"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=5).ping()
+    except Exception as exc:
+        pytest.skip(f"Redis is not reachable at {url}: {exc}")
+    return url
+
+
+@pytest.fixture
+def celery_queue(redis_broker_url: str) -> Iterator[str]:
+    """A queue name no other test uses; its Redis keys are removed after the test."""
+    import redis
+
+    name = f"rift-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_broker_url)
+    keys = list(client.scan_iter(match=f"*{name}*"))
+    if keys:
+        client.delete(*keys)
+    # Messages a killed worker never acknowledged wait in kombu's shared 'unacked' hash, to be
+    # restored after the visibility timeout; drop those of this queue.
+    for tag, entry in client.hgetall("unacked").items():
+        try:
+            routing_key = json.loads(entry)[2]
+        except (ValueError, IndexError, TypeError):
+            continue
+        if routing_key == name:
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)
+
+
+# --------------------------------------------------------------------------------------------
+# Environment, settings and workers
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def service_env(postgres_url: str, redis_broker_url: str, celery_queue: str,
+                tmp_path: Path) -> dict[str, str]:
+    """Environment variables of the test's service processes (Settings reads these names)."""
+    return {
+        "DATABASE_URL": postgres_url,
+        "BROKER_URL": redis_broker_url,
+        "CELERY_QUEUE": celery_queue,
+        "STORE_KIND": "local",
+        "STORE_ROOT": str(tmp_path / "objects"),
+        "WORK_DIR": str(tmp_path / "work"),
+        # Short leases so that a killed worker's stage is taken over within seconds.
+        "WORKER_LEASE_SECONDS": "4",
+        "WORKER_RECOVERY_INTERVAL_SECONDS": "1",
+        "PROGRESS_INTERVAL_SECONDS": "0.2",
+        "STAGE_RETRY_DELAY_SECONDS": "0.2",
+        "MAX_STAGE_ATTEMPTS": "3",
+        "WORKER_DEVICE": "cpu",
+    }
+
+
+def settings_from_env(env: Mapping[str, str]) -> Settings:
+    """Settings built from ``env`` alone (the test process's own environment is not read)."""
+    known = set(Settings.model_fields)
+    return Settings(**{k.lower(): v for k, v in env.items() if k.lower() in known})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def service_settings(service_env: dict[str, str]) -> Settings:
+    """The Settings of ``service_env``, for the test's own database, store and Celery app."""
+    return settings_from_env(service_env)
+
+
+class WorkerProcess:
+    """A ``celery worker`` subprocess; its output goes to ``log_path``."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path, name: str) -> None:
+        self.process = process
+        self.log_path = log_path
+        self.name = name
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float = WORKER_READY_TIMEOUT_S) -> None:
+        """Block until the worker logs that it is ready; fail with its log if it exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log():
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited with {self.process.returncode}:\n"
+                                   f"{self.log()[-4000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"worker {self.name} not ready after {timeout} s:\n{self.log()[-4000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` (default SIGKILL: no cleanup, no acknowledgement) and reap the process."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop politely (SIGTERM: warm shutdown), then forcefully."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _celery_command() -> list[str]:
+    celery = Path(sys.executable).with_name("celery")
+    return [str(celery)] if celery.exists() else [sys.executable, "-m", "celery"]
+
+
+@pytest.fixture
+def start_worker(service_env: dict[str, str], tmp_path: Path
+                 ) -> Iterator[Callable[..., WorkerProcess]]:
+    """``start_worker(**env_overrides) -> WorkerProcess``: a real Celery worker (solo pool, one
+    task at a time) consuming the test's queue, started and ready. All are stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(wait: bool = True, **overrides: str) -> WorkerProcess:
+        env = {**os.environ, **service_env, **overrides}
+        # Two cores are shared by the test and its workers: no thread oversubscription.
+        env.setdefault("OMP_NUM_THREADS", "1")
+        name = f"w{len(started) + 1}-{uuid.uuid4().hex[:6]}"
+        log_path = tmp_path / f"worker-{name}.log"
+        command = [*_celery_command(), "-A", "worker.celery_app", "worker", "--pool=solo",
+                   "--concurrency=1", "-Q", env["CELERY_QUEUE"], "--without-gossip",
+                   "--without-mingle", "--without-heartbeat", "--loglevel=INFO",
+                   "-n", f"{name}@%h"]
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        worker = WorkerProcess(process, log_path, name)
+        started.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def celery_worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    """One ready worker on the test's queue, database and store."""
+    return start_worker()

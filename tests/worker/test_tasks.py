@@ -1,0 +1,254 @@
+"""The Celery stage tasks, run by real worker processes on real Postgres and Redis.
+
+Jobs use the digits checkpoint with a small MRC budget so that each takes seconds; what is tested
+is the orchestration: leases, duplicates, crashes, cancellation and errors.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence import jobs
+from persistence.db import session_factory_from_settings
+from persistence.models import Job, JobStage
+from persistence.records import create_checkpoint
+from persistence.settings import Settings
+from persistence.storage import ObjectStore
+from rift import checkpoints
+from rift.interpolation import interpolate_weights
+from tests.service_fixtures import WorkerProcess
+from worker.factory import RiftCelery, create_celery_app, enqueue_stage
+from worker.stages import FINETUNED, TUNED, artifact_key
+
+pytestmark = [pytest.mark.service, pytest.mark.slow]
+
+JOB_TIMEOUT_S = 120.0
+
+
+@pytest.fixture
+def sessions(service_settings: Settings) -> Iterator[sessionmaker[Session]]:
+    factory = session_factory_from_settings(service_settings)
+    yield factory
+    bind = factory.kw["bind"]
+    bind.dispose()
+
+
+@pytest.fixture
+def store(service_settings: Settings) -> ObjectStore:
+    return service_settings.build_object_store()
+
+
+@pytest.fixture
+def sender(service_settings: Settings) -> Iterator[RiftCelery]:
+    """A Celery app that only sends messages (as the API does)."""
+    app = create_celery_app(service_settings)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def fast_config(digits_job_config: dict[str, Any]) -> dict[str, Any]:
+    """The digits job with a small MRC and evaluation budget (seconds on two CPU cores)."""
+    config = copy.deepcopy(digits_job_config)
+    config["attack"].update(steps=3, step_size=0.05)
+    config["mrc"].update(steps=2, num_examples=64, batch_size=64)
+    config["finetune"].update(epochs=3, lr_milestones=[2])
+    config["interpolation"].update(alpha_step=0.25)
+    config["evaluation"].update(max_examples=128)
+    config["device"] = "auto"
+    return config
+
+
+@pytest.fixture
+def submit(sessions: sessionmaker[Session], store: ObjectStore, sender: RiftCelery,
+           digits_checkpoint_path: Path) -> Callable[..., str]:
+    """``submit(spec) -> job id``: store the checkpoint, create the job, send its first stage."""
+
+    def submit_job(spec: dict[str, Any], *, send: bool = True) -> str:
+        stored = store.put_file(f"checkpoints/{uuid.uuid4().hex}.safetensors",
+                                digits_checkpoint_path)
+        state = checkpoints.load_state_dict(digits_checkpoint_path)
+        with sessions() as session:
+            checkpoint = create_checkpoint(
+                session, filename="digits.safetensors", size=stored.size, sha256=stored.sha256,
+                format="safetensors", storage_key=stored.key, num_tensors=len(state),
+                num_parameters=sum(t.numel() for t in state.values()))
+            job, _ = jobs.create_job(session, spec=spec, checkpoint_id=checkpoint.id)
+        if send:
+            enqueue_stage(sender, job.id, "mrc")
+        return job.id
+
+    return submit_job
+
+
+def wait_for(sessions: sessionmaker[Session], job_id: str, condition: Callable[[Job], bool],
+             what: str, timeout: float = JOB_TIMEOUT_S,
+             workers: tuple[WorkerProcess, ...] = ()) -> Job:
+    """Poll the job until ``condition`` holds; fail with the job's state and worker logs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sessions() as session:
+            job = jobs.get_job(session, job_id)
+        if condition(job):
+            return job
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {w.name}\n{w.log()[-3000:]}" for w in workers)
+            pytest.fail(f"job {job_id} never reached {what}: status={job.status} "
+                        f"stage={job.stage} error={job.error_code} {job.error_message}\n{logs}")
+        time.sleep(0.2)
+
+
+def stage_rows(sessions: sessionmaker[Session], job_id: str) -> dict[str, JobStage]:
+    with sessions() as session:
+        return {s.stage: s for s in jobs.get_job(session, job_id).stages}
+
+
+def events(sessions: sessionmaker[Session], job_id: str) -> list[tuple[str, dict[str, Any]]]:
+    with sessions() as session:
+        return [(e.kind, e.payload) for e in jobs.list_events(session, job_id, limit=10_000)]
+
+
+def test_a_message_delivered_twice_runs_each_stage_once(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sender: RiftCelery, sessions: sessionmaker[Session], store: ObjectStore,
+        fast_config: dict[str, Any], digits_checkpoint_path: Path, tmp_path: Path) -> None:
+    workers = (start_worker(wait=False), start_worker(wait=False))
+    for worker in workers:
+        worker.wait_ready()
+    job_id = submit(fast_config)
+    enqueue_stage(sender, job_id, "mrc")  # the same message again, for the other worker
+
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=workers)
+    assert job.status == "succeeded", job.error_message
+    assert {name: s.attempts for name, s in stage_rows(sessions, job_id).items()} == {
+        "mrc": 1, "finetune": 1, "interpolate": 1}
+    log = events(sessions, job_id)
+    assert [p["stage"] for kind, p in log if kind == "stage_started"] == [
+        "mrc", "finetune", "interpolate"]
+    assert job.device == "cpu"  # WORKER_DEVICE in service_env
+    with sessions() as session:
+        modules = [row.module for row in jobs.get_mrc_rows(session, job_id)]
+        assert len(modules) == len(set(modules)) > 0
+        assert len(jobs.get_epoch_metrics(session, job_id)) == fast_config["finetune"]["epochs"]
+        artifacts = {a.name: a for a in jobs.list_artifacts(session, job_id)}
+    assert set(artifacts) == {"mrc.csv", "finetuned.safetensors", "tuned.safetensors",
+                              "result.json"}
+    assert job.selected_module in modules
+    assert job.metrics is not None and job.metrics["chosen_alpha"] == job.chosen_alpha
+    assert set(job.metrics["before"]) == {"clean_accuracy", "robust_accuracy"}
+
+    # The tuned weights are θ_α between θ_AT and the fine-tuned end point at the chosen α.
+    tuned = checkpoints.load_state_dict(
+        store.download_to(artifact_key(job_id, TUNED), tmp_path / TUNED))
+    finetuned = checkpoints.load_state_dict(
+        store.download_to(artifact_key(job_id, FINETUNED), tmp_path / FINETUNED))
+    original = checkpoints.load_state_dict(digits_checkpoint_path)
+    assert job.chosen_alpha is not None
+    expected = interpolate_weights(original, finetuned, job.chosen_alpha)
+    assert tuned.keys() == expected.keys()
+    for key in tuned:
+        torch.testing.assert_close(tuned[key], expected[key])
+    assert artifacts["tuned.safetensors"].size == store.size(artifact_key(job_id, TUNED))
+
+
+def test_a_killed_worker_is_replaced_without_recomputing_mrc(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], fast_config: dict[str, Any]) -> None:
+    spec = copy.deepcopy(fast_config)
+    spec["finetune"].update(epochs=40, lr_milestones=[30])  # long enough to be killed mid-way
+    first = start_worker()
+    job_id = submit(spec)
+
+    def fine_tuning(job: Job) -> bool:
+        return job.stage == "finetune" and any(
+            kind == "epoch" for kind, _ in events(sessions, job_id))
+
+    wait_for(sessions, job_id, fine_tuning, "fine-tuning", workers=(first,))
+    first.kill()  # SIGKILL: no cleanup, no acknowledgement, the lease is left to expire
+    assert stage_rows(sessions, job_id)["finetune"].status == "running"
+
+    second = start_worker()
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(first, second))
+    assert job.status == "succeeded", job.error_message
+    stages = stage_rows(sessions, job_id)
+    assert (stages["mrc"].attempts, stages["finetune"].attempts,
+            stages["interpolate"].attempts) == (1, 2, 1)
+    log = events(sessions, job_id)
+    started = [p for kind, p in log if kind == "stage_started"]
+    assert [(p["stage"], p["attempt"]) for p in started] == [
+        ("mrc", 1), ("finetune", 1), ("finetune", 2), ("interpolate", 1)]
+    assert started[1]["worker"] != started[2]["worker"]
+    with sessions() as session:
+        mrc_rows = jobs.get_mrc_rows(session, job_id)
+        epochs = jobs.get_epoch_metrics(session, job_id)
+    # MRC ran once: one row and one 'module_scored' event per module.
+    assert len(mrc_rows) == sum(kind == "module_scored" for kind, _ in log) > 0
+    assert [e.epoch for e in epochs] == list(range(1, 41))
+    assert any(kind == "stage_recovered" for kind, _ in log)
+
+
+def test_cancellation_while_queued_and_while_running(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], fast_config: dict[str, Any]) -> None:
+    queued_id = submit(fast_config)  # no worker yet: the message waits in the queue
+    with sessions() as session:
+        assert jobs.request_cancel(session, queued_id).status == "cancelled"
+
+    spec = copy.deepcopy(fast_config)
+    spec["finetune"].update(epochs=400, lr_milestones=[300])
+    running_id = submit(spec)
+    worker = start_worker()
+    wait_for(sessions, running_id, lambda j: j.stage == "finetune" and j.stage_progress > 0,
+             "fine-tuning", workers=(worker,))
+    with sessions() as session:
+        assert jobs.request_cancel(session, running_id).cancel_requested
+    job = wait_for(sessions, running_id, lambda j: j.is_finished, "the end", timeout=30,
+                   workers=(worker,))
+    assert job.status == "cancelled"
+    assert stage_rows(sessions, running_id)["finetune"].status == "cancelled"
+    with sessions() as session:
+        assert len(jobs.get_epoch_metrics(session, running_id)) == 0
+        assert jobs.list_artifacts(session, running_id)[0].name == "mrc.csv"
+
+    # The cancelled queued job's message was consumed before the running one's: it never ran.
+    assert f"job {queued_id} stage mrc: inactive" in worker.log()
+    assert all(s.attempts == 0 for s in stage_rows(sessions, queued_id).values())
+    assert [kind for kind, _ in events(sessions, queued_id)] == ["job_created", "job_cancelled"]
+
+
+def test_errors_fail_the_job_with_a_code(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sender: RiftCelery, sessions: sessionmaker[Session], service_settings: Settings,
+        fast_config: dict[str, Any]) -> None:
+    worker = start_worker()
+    # An unexpected error: a folder sits where the worker downloads the checkpoint to, so every
+    # attempt fails with an OSError; the stage is retried, then the job fails.
+    broken_id = submit(fast_config, send=False)
+    with sessions() as session:
+        checkpoint_id = jobs.get_job(session, broken_id).checkpoint_id
+    (service_settings.work_dir / "inputs" / "checkpoints" / f"{checkpoint_id}.safetensors"
+     ).mkdir(parents=True)
+    enqueue_stage(sender, broken_id, "mrc")
+    # A library error (the checkpoint does not fit the architecture): failed at once.
+    mismatched = copy.deepcopy(fast_config)
+    mismatched["architecture"]["num_classes"] = 12
+    mismatch_id = submit(mismatched)
+
+    job = wait_for(sessions, broken_id, lambda j: j.is_finished, "the end", workers=(worker,))
+    assert (job.status, job.error_code, job.stage) == ("failed", "stage_failed_repeatedly", "mrc")
+    assert "3 times" in (job.error_message or "") and "Error" in (job.error_message or "")
+    assert stage_rows(sessions, broken_id)["mrc"].attempts == 3
+    assert sum(kind == "stage_retry" for kind, _ in events(sessions, broken_id)) == 3
+
+    job = wait_for(sessions, mismatch_id, lambda j: j.is_finished, "the end", workers=(worker,))
+    assert (job.status, job.error_code) == ("failed", "checkpoint_mismatch"), job.error_message
+    assert stage_rows(sessions, mismatch_id)["mrc"].attempts == 1

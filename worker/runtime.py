@@ -1,0 +1,153 @@
+"""What a worker process holds while it runs stages: its database and store handles, its id, and
+the reporter that keeps a stage's lease alive and turns pipeline callbacks into database writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence import jobs
+from persistence.db import session_factory_from_settings
+from persistence.settings import Settings
+from persistence.storage import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _ProcessHandles:
+    pid: int
+    worker_id: str
+    session_factory: sessionmaker[Session]
+    store: ObjectStore
+
+
+@dataclass
+class WorkerResources:
+    """Per-process handles built on first use from ``settings``.
+
+    Built lazily and per process id: a database connection pool must not cross a ``fork`` (the
+    prefork pool forks children after the app is imported).
+    """
+
+    settings: Settings
+    _handles: _ProcessHandles | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _get(self) -> _ProcessHandles:
+        with self._lock:
+            if self._handles is None or self._handles.pid != os.getpid():
+                self._handles = _ProcessHandles(
+                    pid=os.getpid(),
+                    # Unique per process and start, so a restarted worker never reuses a lease.
+                    worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+                    session_factory=session_factory_from_settings(self.settings),
+                    store=self.settings.build_object_store(),
+                )
+            return self._handles
+
+    @property
+    def worker_id(self) -> str:
+        return self._get().worker_id
+
+    @property
+    def store(self) -> ObjectStore:
+        return self._get().store
+
+    def session(self) -> Session:
+        """A new session; use it in a ``with`` block so it is closed promptly."""
+        return self._get().session_factory()
+
+
+class StageReporter:
+    """Keeps the lease of one claimed stage and reports the pipeline's callbacks to the database.
+
+    A heartbeat thread renews the lease every third of its length, also while the pipeline sits in
+    code that calls no callback (loading data, building the model). ``should_cancel`` reads the
+    job's cancellation flag at most once per ``progress_interval_seconds`` and raises
+    :class:`persistence.jobs.LeaseLost` once the heartbeat has found the lease taken over.
+    Progress writes are throttled the same way; events are all written.
+    """
+
+    def __init__(self, resources: WorkerResources, job_id: str, stage: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.resources = resources
+        self.job_id = job_id
+        self.stage = stage
+        self.owner = resources.worker_id
+        self._clock = clock
+        self._interval = resources.settings.progress_interval_seconds
+        self._lease_seconds = resources.settings.worker_lease_seconds
+        self._last_progress = float("-inf")
+        self._last_cancel_check = float("-inf")
+        self._cancel = False
+        self._lease_lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lease heartbeat ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self.job_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _heartbeat(self) -> None:
+        period = self._lease_seconds / 3
+        while not self._stop.wait(period):
+            try:
+                with self.resources.session() as session:
+                    held = jobs.renew_lease(session, self.job_id, self.stage, owner=self.owner,
+                                            lease_seconds=self._lease_seconds)
+            except Exception:
+                # The database may be briefly unreachable; the lease has slack for a retry.
+                logger.warning("could not renew the lease of job %s stage %s", self.job_id,
+                               self.stage, exc_info=True)
+                continue
+            if not held:
+                logger.warning("job %s stage %s: lease lost to another worker", self.job_id,
+                               self.stage)
+                self._lease_lost.set()
+                return
+
+    @property
+    def lease_lost(self) -> bool:
+        return self._lease_lost.is_set()
+
+    # -- pipeline callbacks ----------------------------------------------------------------
+    def on_progress(self, stage: str, fraction: float, message: str) -> None:
+        now = self._clock()
+        if fraction < 1.0 and now - self._last_progress < self._interval:
+            return
+        self._last_progress = now
+        with self.resources.session() as session:
+            jobs.update_progress(session, self.job_id, self.stage, fraction, message)
+
+    def on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        with self.resources.session() as session:
+            jobs.append_event(session, self.job_id, kind, payload)
+
+    def should_cancel(self) -> bool:
+        if self._lease_lost.is_set():
+            raise jobs.LeaseLost(f"worker {self.owner} lost the lease on stage '{self.stage}' "
+                                 f"of job {self.job_id}")
+        now = self._clock()
+        if not self._cancel and now - self._last_cancel_check >= self._interval:
+            self._last_cancel_check = now
+            with self.resources.session() as session:
+                self._cancel = jobs.should_stop(session, self.job_id)
+        return self._cancel
