@@ -140,7 +140,7 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
                      f"an input of the job is missing from the object store: {exc.message}")
     except Exception as exc:
         try:
-            return _retry_or_fail(app, resources, job_id, stage, exc)
+            return _retry_or_fail(app, resources, job_id, stage, claim.attempt, exc)
         except LeaseLost as lost:
             logger.warning("job %s stage %s: %s", job_id, stage, lost)
             return "lease_lost"
@@ -166,20 +166,22 @@ def _fail(resources: WorkerResources, job_id: str, stage: str, code: str, messag
 
 
 def _retry_or_fail(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
-                   exc: Exception) -> str:
+                   attempt: int, exc: Exception) -> str:
+    """After an unexpected error: give the stage back for another attempt, or, on the last
+    allowed attempt, fail the job (while still holding the lease, so no other worker is racing)."""
     settings = resources.settings
-    logger.exception("job %s stage %s: unexpected error", job_id, stage)
+    logger.exception("job %s stage %s: unexpected error on attempt %d", job_id, stage, attempt)
     error = f"{type(exc).__name__}: {exc}"
     with resources.session() as session:
-        attempts = jobs.release_stage(session, job_id, stage, owner=resources.worker_id,
-                                      error=error + "\n" + traceback.format_exc(limit=5))
-        if attempts >= settings.max_stage_attempts:
-            # The stage was given back just now; failing it is this worker's call to make.
+        if attempt >= settings.max_stage_attempts:
             jobs.fail_job(
                 session, job_id, "stage_failed_repeatedly",
-                f"stage '{stage}' failed {attempts} times (MAX_STAGE_ATTEMPTS="
-                f"{settings.max_stage_attempts}); last error: {error}", stage=stage)
+                f"stage '{stage}' failed {attempt} times (MAX_STAGE_ATTEMPTS="
+                f"{settings.max_stage_attempts}); last error: {error}",
+                stage=stage, owner=resources.worker_id)
             return "failed"
+        jobs.release_stage(session, job_id, stage, owner=resources.worker_id,
+                           error=error + "\n" + traceback.format_exc(limit=5))
     enqueue_stage(app, job_id, stage, countdown=settings.stage_retry_delay_seconds)
     return "retry"
 

@@ -232,3 +232,23 @@ def test_cancellation_stops_at_a_batch_boundary(residual_setup) -> None:
         module_robust_criticality(model, images, labels, _spec(), should_cancel=cancel_after_five)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "preact_resnet18"])
+def test_cached_equals_plain_on_registry_resnets(arch: str) -> None:
+    """Residual branches and shortcut convolutions split correctly on the real architectures."""
+    from rift.config import ArchitectureSpec
+    from rift.models import build_model
+
+    torch.manual_seed(0)
+    model = _randomised_bn(build_model(ArchitectureSpec(name=arch, num_classes=10)), 2)
+    images, labels = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    modules = ["conv1", "layer2.0.shortcut.0", "layer3.1.conv2", "linear"]
+    spec = MRCSpec(steps=2, batch_size=6, modules=modules, lr=10.0)
+    cached = module_robust_criticality(model, images, labels, spec)
+    plain = plain_module_robust_criticality(model, images, labels, spec)
+    assert cached.engine == "cached"
+    assert [row.name for row in cached.modules] == modules
+    for row in cached.modules:
+        assert row.mrc == pytest.approx(plain[row.name], rel=1e-4, abs=1e-6), row.name
+    assert any(row.mrc > 0 for row in cached.modules)

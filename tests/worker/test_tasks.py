@@ -247,7 +247,9 @@ def test_errors_fail_the_job_with_a_code(
     assert (job.status, job.error_code, job.stage) == ("failed", "stage_failed_repeatedly", "mrc")
     assert "3 times" in (job.error_message or "") and "Error" in (job.error_message or "")
     assert stage_rows(sessions, broken_id)["mrc"].attempts == 3
-    assert sum(kind == "stage_retry" for kind, _ in events(sessions, broken_id)) == 3
+    kinds = [kind for kind, _ in events(sessions, broken_id)]
+    assert (kinds.count("stage_started"), kinds.count("stage_retry")) == (3, 2)
+    assert kinds[-1] == "job_failed"
 
     job = wait_for(sessions, mismatch_id, lambda j: j.is_finished, "the end", workers=(worker,))
     assert (job.status, job.error_code) == ("failed", "checkpoint_mismatch"), job.error_message

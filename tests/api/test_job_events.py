@@ -1,0 +1,113 @@
+"""``/v1/jobs/{id}/events`` over HTTP: pages by ``after``, and the live Server-Sent Events stream
+that delivers new events as they are written and ends when the job has finished."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from persistence import jobs
+from tests.api.helpers import Api, digits_config, error_of, upload_checkpoint
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture
+def job_id(api: Api, small_cnn_file: Path) -> str:
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    response = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                                 "config": digits_config()})
+    return str(response.json()["id"])
+
+
+def append(api: Api, job_id: str, kind: str, payload: dict[str, Any]) -> int:
+    with api.sessions() as session:
+        return int(jobs.append_event(session, job_id, kind, payload).id)
+
+
+def parse_sse(text: str) -> list[dict[str, Any]]:
+    """The events of an SSE body as dicts with ``event``, ``id`` and parsed ``data``."""
+    events = []
+    for block in text.split("\n\n"):
+        fields: dict[str, Any] = {}
+        for line in block.splitlines():
+            if line.startswith(":") or ":" not in line:
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value.strip()
+        if "data" in fields:
+            fields["data"] = json.loads(fields["data"])
+            events.append(fields)
+    return events
+
+
+def test_event_pages(api: Api, job_id: str) -> None:
+    ids = [append(api, job_id, "epoch", {"epoch": i, "val_accuracy": 50.0 + i})
+           for i in range(1, 6)]
+    first = api.client.get(f"/v1/jobs/{job_id}/events", params={"limit": 3}).json()
+    assert [e["kind"] for e in first["items"]] == ["job_created", "epoch", "epoch"]
+    assert first["finished"] is False and first["job_status"] == "queued"
+    rest = api.client.get(f"/v1/jobs/{job_id}/events",
+                          params={"after": first["next_after"], "limit": 100}).json()
+    assert [e["id"] for e in rest["items"]] == ids[2:]
+    assert rest["items"][-1]["payload"] == {"epoch": 5, "val_accuracy": 55.0}
+    empty = api.client.get(f"/v1/jobs/{job_id}/events", params={"after": ids[-1]}).json()
+    assert empty["items"] == [] and empty["next_after"] == ids[-1]
+
+    for params in ({"after": -1}, {"after": 2**63}, {"limit": 0}, {"after": "x"}):
+        response = api.client.get(f"/v1/jobs/{job_id}/events", params=params)
+        assert response.status_code == 422, params
+        assert error_of(response)["field"] in ("after", "limit")
+
+
+def test_stream_of_a_finished_job_replays_and_ends(api: Api, job_id: str) -> None:
+    api.client.post(f"/v1/jobs/{job_id}/cancel")
+    response = api.client.get(f"/v1/jobs/{job_id}/events",
+                              headers={"Accept": "text/event-stream"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(response.text)
+    assert [e["event"] for e in events] == ["job_created", "job_cancelled", "end"]
+    assert events[-1]["data"] == {"status": "cancelled"}
+    assert int(events[1]["id"]) == events[1]["data"]["id"]
+
+    # Last-Event-ID resumes after the events the client already has.
+    resumed = api.client.get(f"/v1/jobs/{job_id}/events", headers={
+        "Accept": "text/event-stream", "Last-Event-ID": events[0]["id"]})
+    assert [e["event"] for e in parse_sse(resumed.text)] == ["job_cancelled", "end"]
+
+
+def test_stream_delivers_new_events_live(api: Api, job_id: str) -> None:
+    received: list[tuple[float, dict[str, Any]]] = []
+
+    def listen() -> None:
+        with api.client.stream("GET", f"/v1/jobs/{job_id}/events",
+                               headers={"Accept": "text/event-stream"}) as response:
+            buffer = ""
+            for chunk in response.iter_text():
+                buffer += chunk
+                while "\n\n" in buffer:
+                    block, buffer = buffer.split("\n\n", 1)
+                    for event in parse_sse(block + "\n\n"):
+                        received.append((time.monotonic(), event))
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    time.sleep(1.0)
+    written_at = time.monotonic()
+    append(api, job_id, "warning", {"message": "live"})
+    deadline = time.monotonic() + 10
+    while not any(e["event"] == "warning" for _, e in received) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    api.client.post(f"/v1/jobs/{job_id}/cancel")
+    listener.join(timeout=15)
+    assert not listener.is_alive(), "the stream did not end when the job finished"
+    kinds = [e["event"] for _, e in received]
+    assert kinds == ["job_created", "warning", "job_cancelled", "end"]
+    warning_at = next(t for t, e in received if e["event"] == "warning")
+    assert warning_at - written_at < 5  # delivered while the job was still queued

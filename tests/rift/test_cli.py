@@ -1,0 +1,70 @@
+"""``python -m rift``: config assembly, the run command and its error reporting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rift.cli import build_config, main, make_parser
+
+
+def test_flags_and_overrides_build_a_valid_config(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"architecture": {"name": "resnet18"}, "dataset": {"name": "cifar10"},
+                                "mrc": {"steps": 7}}))
+    args = make_parser().parse_args([
+        "run", "--checkpoint", "x.pt", "--config", str(spec), "--arch", "wide_resnet34_10",
+        "--num-classes", "100", "--dataset", "cifar100", "--data-root", "/data",
+        "--set", "mrc.include=[\"block3.*\"]", "--set", "finetune.bn_stats=freeze"])
+    config = build_config(args)
+    assert config.architecture.name == "wide_resnet34_10"
+    assert config.architecture.num_classes == 100
+    assert config.dataset.name == "cifar100" and config.dataset.root == "/data"
+    assert config.mrc.steps == 7 and config.mrc.include == ["block3.*"]
+    assert config.finetune.bn_stats == "freeze"
+
+
+def test_invalid_values_exit_2_naming_the_field(tmp_path: Path, capsys) -> None:
+    code = main(["run", "--checkpoint", "x.pt", "--arch", "resnet18", "--dataset", "cifar10",
+                 "--set", "mrc.eps=-1", "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "mrc.eps" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_file_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    code = main(["run", "--checkpoint", str(tmp_path / "nope.safetensors"), "--arch", "small_cnn",
+                 "--dataset", "digits", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_run_command_end_to_end(digits_checkpoint_path: Path, digits_job_config: dict,
+                                tmp_path: Path) -> None:
+    digits_job_config["mrc"].update(steps=2, num_examples=64)
+    digits_job_config["finetune"].update(epochs=1, lr_milestones=[])
+    digits_job_config["interpolation"]["alpha_step"] = 0.5
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(digits_job_config))
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [sys.executable, "-m", "rift", "run", "--checkpoint", str(digits_checkpoint_path),
+         "--config", str(spec), "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert (out / "tuned.safetensors").is_file()
+    assert f"{result['selected_module']}" in completed.stdout
+    assert "<- fine-tuned" in completed.stdout and "<- chosen" in completed.stdout
+    for row in result["mrc"]["rows"]:
+        assert row["name"] in completed.stdout
+
+
+@pytest.mark.parametrize("argv", [["architectures"]])
+def test_listing_commands(argv: list[str], capsys) -> None:
+    assert main(argv) == 0
+    names = capsys.readouterr().out.split()
+    assert {"resnet18", "wide_resnet34_10", "small_cnn", "torchvision:resnet50"} <= set(names)
