@@ -249,9 +249,10 @@ def imagefolder_root(entries: list[tuple[str, ...]]) -> tuple[str, ...]:
     (non-hidden) files: archives often wrap the tree in one top folder (``tar czf d.tgz d/``), so
     a single top-level folder that holds folders is stepped into, once, as the worker does."""
     tops = {entry[0] for entry in entries}
-    if len(tops) == 1 and all(len(entry) > 1 for entry in entries):
-        if any(len(entry) > 2 for entry in entries):  # the top folder holds folders
-            return (next(iter(tops)),)
+    # Stepped into only when everything sits in it and it holds folders, not images directly.
+    if (len(tops) == 1 and all(len(entry) > 1 for entry in entries)
+            and any(len(entry) > 2 for entry in entries)):
+        return (next(iter(tops)),)
     return ()
 
 

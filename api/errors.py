@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from persistence.jobs import (
@@ -269,6 +270,20 @@ async def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse
     )
 
 
+async def _database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, DataError):
+        # A value the database refused (a check the API should have made first): the input's
+        # fault, so a 422 rather than a 500, but logged so the missing check gets added.
+        logger.warning("database refused a value in %s %s: %s", request.method,
+                       request.url.path, exc)
+        return JSONResponse(error_body("invalid_value", "a value in the request cannot be "
+                                       "stored (unsupported characters or out of range)"),
+                            status_code=422)
+    logger.error("database unavailable in %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(error_body("database_unavailable", "the database cannot be reached; "
+                                   "retry later"), status_code=503)
+
+
 async def _unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
     # A bug, not bad input: log it with the traceback; the client only learns that it happened.
     logger.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
@@ -286,4 +301,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PersistenceError, _persistence_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    for database_error in (DataError, OperationalError, InterfaceError):
+        app.add_exception_handler(database_error, _database_error_handler)
     app.add_exception_handler(Exception, _unexpected_error_handler)

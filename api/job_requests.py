@@ -57,6 +57,10 @@ def _check_strings(value: Any, loc: tuple[Any, ...]) -> None:
     if isinstance(value, str):
         if "\x00" in value:
             raise _invalid(loc, "text must not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _invalid(loc, "text must be valid Unicode (no lone surrogates)") from None
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_strings(key, loc)

@@ -71,6 +71,12 @@ def _begin_immediate(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def check_database(engine: Engine) -> None:
+    """Readiness probe: returns if the database answers ``SELECT 1``, else raises."""
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SELECT 1")
+
+
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions bound to ``engine``; objects stay readable after commit (``expire_on_commit=False``)."""
     return sessionmaker(bind=engine, expire_on_commit=False)

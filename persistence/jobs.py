@@ -391,22 +391,26 @@ def get_mrc_rows(session: Session, job_id: str) -> list[MRCRow]:
 
 
 def get_epoch_metrics(session: Session, job_id: str) -> list[EpochMetric]:
+    """The fine-tuning epochs, first to last."""
     query = select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)
     return list(session.execute(query).scalars())
 
 
 def get_interpolation_points(session: Session, job_id: str) -> list[InterpolationPoint]:
+    """The interpolation curve in α order (as the pipeline measured it)."""
     query = (select(InterpolationPoint).where(InterpolationPoint.job_id == job_id)
              .order_by(InterpolationPoint.position))
     return list(session.execute(query).scalars())
 
 
 def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
+    """The job's artifacts by name."""
     query = select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)
     return list(session.execute(query).scalars())
 
 
 def get_artifact(session: Session, job_id: str, name: str) -> Artifact | None:
+    """One artifact by name, or None."""
     return session.get(Artifact, (job_id, name))
 
 
@@ -741,29 +745,29 @@ def _fail(session: Session, job: Job, stage: JobStage | None, code: str, message
            {"stage": job.stage, "code": code, "message": message}, now)
 
 
-def stages_to_redispatch(session: Session, *, stale_after: float,
+def stages_to_redispatch(session: Session, *, stale_after: float, pending_after: float,
                          now: datetime | None = None) -> list[tuple[str, str]]:
-    """(job id, stage) pairs whose message must be sent again, and marks them as re-sent.
+    """(job id, stage) pairs whose message must be sent again; marks them as re-sent.
 
-    Two cases: a running stage whose lease expired (its worker died), and a running job whose
-    next stage is pending but nobody took it (a worker died between recording a stage and
-    sending the next message). Only jobs untouched for ``stale_after`` seconds are returned, and
-    their ``updated_at`` is bumped, so a job waiting in a long queue is re-sent at most once per
-    ``stale_after``. Sending twice is harmless: claims decide who runs a stage.
+    Two cases. A running stage whose lease expired (its worker died), once the job has been quiet
+    for ``stale_after`` seconds. A stage waiting to start (a queued job's first stage, or a running
+    job's next stage) for ``pending_after`` seconds: its message may have been lost (a crash
+    between recording a stage and sending the next message) or may simply wait in a long queue,
+    so keep this long (an hour). Re-sent jobs get ``updated_at = now``, so each is re-sent at most
+    once per period. Sending twice is harmless: claims decide who runs a stage.
     """
     now = now or utcnow()
-    quiet_since = now - timedelta(seconds=stale_after)
+    expired = and_(JobStage.status == StageStatus.RUNNING, JobStage.lease_expires_at < now,
+                   Job.updated_at < now - timedelta(seconds=stale_after))
+    waiting = and_(JobStage.status == StageStatus.PENDING,
+                   Job.updated_at < now - timedelta(seconds=pending_after))
+    # A queued job has no current stage yet: its first stage is the one waiting.
+    current = func.coalesce(Job.stage, STAGE_ORDER[0].value)
     with _transaction(session):
         rows = session.execute(
             select(Job.id, JobStage.stage)
-            .join(JobStage, and_(JobStage.job_id == Job.id, JobStage.stage == Job.stage))
-            .where(
-                Job.status == JobStatus.RUNNING,
-                Job.updated_at < quiet_since,
-                or_(JobStage.status == StageStatus.PENDING,
-                    and_(JobStage.status == StageStatus.RUNNING,
-                         JobStage.lease_expires_at < now)),
-            )
+            .join(JobStage, and_(JobStage.job_id == Job.id, JobStage.stage == current))
+            .where(Job.status.in_(ACTIVE_STATUSES), or_(expired, waiting))
             .order_by(Job.created_at)
         ).all()
         found = [(job_id, stage) for job_id, stage in rows]

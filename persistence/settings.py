@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         "expired (the worker died) another worker may claim the stage.")
     worker_recovery_interval_seconds: float = Field(
         15.0, gt=0, description="How often a worker looks for stages whose lease expired.")
+    stage_redispatch_seconds: float = Field(
+        3600.0, gt=0,
+        description="A stage waiting this long for a worker is sent again (its message may have "
+        "been lost in a crash); duplicates are harmless but cost a little.")
     max_stage_attempts: int = Field(
         3, ge=1, description="Claims of one stage before the job fails instead of retrying.")
     stage_retry_delay_seconds: float = Field(

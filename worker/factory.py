@@ -84,3 +84,12 @@ def enqueue_stage(app: Celery, job_id: str, stage: str = StageName.MRC,
     queue = settings.celery_queue if settings is not None else None
     app.send_task(STAGE_TASK_NAMES[StageName(stage)], args=[job_id], queue=queue,
                   countdown=countdown)
+
+
+def check_broker(app: Celery, timeout: float = 3.0) -> None:
+    """Readiness probe: returns if the broker accepts a connection within ``timeout`` seconds,
+    else raises (``kombu.exceptions.OperationalError`` or the transport's error)."""
+    with app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=timeout)
+        # Virtual transports (SQLAlchemy) connect lazily: opening a channel proves the database.
+        connection.default_channel  # noqa: B018

@@ -13,7 +13,8 @@ transaction, then sends the next stage's message. Outcomes:
   ``stage_failed_repeatedly``.
 
 Recovery: a worker re-sends, on start and every ``WORKER_RECOVERY_INTERVAL_SECONDS``, the stages
-whose lease expired (the worker running them was killed) and the next stages nobody took.
+whose lease expired (the worker running them was killed) and, after
+``STAGE_REDISPATCH_SECONDS``, the stages nobody took (a message lost in a crash).
 """
 
 from __future__ import annotations
@@ -190,9 +191,11 @@ def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources) -> int:
     """Send again the stages whose worker died or whose next message was lost."""
     with resources.session() as session:
         stale = jobs.stages_to_redispatch(
-            session, stale_after=resources.settings.worker_lease_seconds)
+            session, stale_after=resources.settings.worker_lease_seconds,
+            pending_after=resources.settings.stage_redispatch_seconds)
     for job_id, stage in stale:
-        logger.warning("job %s: re-sending stage %s (its worker stopped)", job_id, stage)
+        logger.warning("job %s: re-sending stage %s (its lease expired or its message is late)",
+                       job_id, stage)
         enqueue_stage(app, job_id, stage)
     return len(stale)
 

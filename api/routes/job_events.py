@@ -37,14 +37,15 @@ def _job_status(session: Session, job_id: str) -> str | None:
     return status
 
 
-def _poll(factory: sessionmaker[Session], job_id: str, after: int) -> tuple[list[EventOut], bool]:
-    """Events after ``after`` and whether the job had finished *before* they were read (a
-    finished job's last events are written with its final status, so none can follow)."""
+def _poll(factory: sessionmaker[Session], job_id: str, after: int
+          ) -> tuple[list[EventOut], str | None]:
+    """Events after ``after``, and the job's status read *before* them: a finished job's last
+    events are written with its final status, so once that status is seen none can follow."""
     with factory() as session:
         status = _job_status(session, job_id)
         events = [event_out(e) for e in list_events(session, job_id, after_id=after, limit=500)]
         session.commit()
-    return events, status is None or status in TERMINAL_STATUSES
+    return events, status
 
 
 def _sse(event: EventOut) -> str:
@@ -56,16 +57,14 @@ async def _stream(factory: sessionmaker[Session], job_id: str, after: int) -> As
     yield "retry: 2000\n\n"
     last_sent = time.monotonic()
     while True:
-        events, finished = await run_in_threadpool(_poll, factory, job_id, after)
+        events, status = await run_in_threadpool(_poll, factory, job_id, after)
         for event in events:
             after = event.id
             yield _sse(event)
         if events:
             last_sent = time.monotonic()
             continue
-        if finished:
-            with factory() as session:
-                status = _job_status(session, job_id)
+        if status is None or status in TERMINAL_STATUSES:
             yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
             return
         if time.monotonic() - last_sent > HEARTBEAT_INTERVAL_S:

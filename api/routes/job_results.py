@@ -33,7 +33,9 @@ from persistence.models import Artifact
 
 router = APIRouter(prefix="/jobs", tags=["results"])
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+# At most 18 digits: larger positions exist in no object, and int() of huge strings is costly.
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d{0,18})\s*-\s*(\d{0,18})\s*$", re.IGNORECASE)
+_ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 
 
 @router.get("/{job_id}/mrc", response_model=MRCTableOut,
@@ -144,10 +146,10 @@ def download_artifact(
     state = request.app.state
     with state.session_factory() as session:
         job = load_job(session, job_id)
-        artifact = get_artifact(session, job.id, name) if len(name) <= 64 else None
+        artifact = get_artifact(session, job.id, name) if _ARTIFACT_NAME.fullmatch(name) else None
         if artifact is None:
             available = [a.name for a in list_artifacts(session, job.id)]
-            raise NotFound(f"job {job.id} has no artifact '{name[:64]}' (available: "
+            raise NotFound(f"job {job.id} has no artifact {name[:64]!r} (available: "
                            f"{', '.join(available) or 'none yet'})", field="name")
     settings, store = state.settings, state.store
     wants_redirect = (redirect if redirect is not None

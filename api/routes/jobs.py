@@ -12,10 +12,12 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from python_multipart.multipart import parse_options_header
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from api import crud
 from api.dispatch import DispatchError
 from api.errors import (
+    BadRequest,
     Conflict,
     InvalidInput,
     NotFound,
@@ -98,12 +100,15 @@ async def _read_json_body(request: Request) -> bytes:
         raise PayloadTooLarge(f"the JSON body is larger than the limit of {MAX_JSON_BYTES} bytes",
                               details={"limit_bytes": MAX_JSON_BYTES})
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BYTES:
-            raise PayloadTooLarge(
-                f"the JSON body is larger than the limit of {MAX_JSON_BYTES} bytes",
-                details={"limit_bytes": MAX_JSON_BYTES})
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_JSON_BYTES:
+                raise PayloadTooLarge(
+                    f"the JSON body is larger than the limit of {MAX_JSON_BYTES} bytes",
+                    details={"limit_bytes": MAX_JSON_BYTES})
+    except ClientDisconnect as exc:
+        raise BadRequest("the client closed the connection before the body ended") from exc
     return bytes(body)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,7 +160,7 @@ def test_builtin_and_unknown_datasets(api: Api) -> None:
         assert missing.status_code == 404 and error_of(missing)["field"] == "dataset_id"
 
 
-def test_dataset_path_from_fixture(tmp_path: Path) -> None:
+def test_imagefolder_root_rule() -> None:
     # The ImageFolder root rule matches the worker's: one wrapping folder is stepped into.
     from api.dataset_validation import imagefolder_root
 

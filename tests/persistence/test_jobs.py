@@ -495,21 +495,31 @@ def test_stale_stages_are_redispatched_once_per_period(
     dead = new_job()
     alive = new_job()
     between = new_job()
+    queued = new_job()
     claim(sessions, dead, owner="dead")
     claim(sessions, alive, owner="alive")
     claim(sessions, between, owner="w")
     finish(sessions, between, "mrc", owner="w",
            outputs=StageOutputs(mrc_rows=MRC_ROWS, selected_module="fc"))
     later = T0 + timedelta(seconds=LEASE + 1)
+    waiting = 600.0
+
+    def redispatch(now: datetime) -> list[tuple[str, str]]:
+        with sessions() as session:
+            return sorted(jobs.stages_to_redispatch(session, stale_after=LEASE,
+                                                    pending_after=waiting, now=now))
+
     with sessions() as session:
         assert jobs.renew_lease(session, alive, "mrc", owner="alive", lease_seconds=LEASE,
                                 now=later - timedelta(seconds=2))
-        found = jobs.stages_to_redispatch(session, stale_after=LEASE, now=later)
-        assert sorted(found) == sorted([(dead, "mrc"), (between, "finetune")])
-        assert jobs.stages_to_redispatch(session, stale_after=LEASE, now=later) == []
-        again = later + timedelta(seconds=LEASE + 1)
-        assert sorted(jobs.stages_to_redispatch(session, stale_after=LEASE, now=again)) == sorted(
-            [(dead, "mrc"), (between, "finetune"), (alive, "mrc")])
+    assert redispatch(later) == [(dead, "mrc")]
+    assert redispatch(later) == []  # re-sent once per period
+    again = later + timedelta(seconds=LEASE + 1)
+    assert redispatch(again) == sorted([(dead, "mrc"), (alive, "mrc")])
+    # Stages nobody took (a queued job's first, a running job's next) after the long wait.
+    assert redispatch(T0 + timedelta(seconds=waiting + 1)) == sorted(
+        [(dead, "mrc"), (alive, "mrc"), (between, "finetune"), (queued, "mrc")])
+    with sessions() as session:
         recovered = session.execute(
             select(JobEvent.job_id).where(JobEvent.kind == "stage_recovered")).scalars().all()
-    assert sorted(recovered) == sorted([dead, between, dead, between, alive])
+    assert sorted(recovered) == sorted([dead, dead, dead, alive, alive, between, queued])

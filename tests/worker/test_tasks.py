@@ -29,7 +29,7 @@ from tests.service_fixtures import WorkerProcess
 from worker.factory import RiftCelery, create_celery_app, enqueue_stage
 from worker.stages import FINETUNED, TUNED, artifact_key
 
-pytestmark = [pytest.mark.service, pytest.mark.slow]
+pytestmark = pytest.mark.service
 
 JOB_TIMEOUT_S = 120.0
 
