@@ -16,14 +16,13 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO, Any
 
 import numpy as np
 
-from persistence.storage import ObjectStore
+from persistence.storage import ObjectStore, StoreError
 from rift.config import DatasetSpec
 from rift.errors import DatasetError
 
@@ -40,6 +39,10 @@ MAX_CHANNELS = 16  # the largest ArchitectureSpec.in_channels
 #: How much larger than the archive its unpacked content may be (bounds zip/tar bombs).
 MAX_EXPANSION = 20
 MAX_TAR_MEMBERS = 5_000_000
+#: The first image is decoded to learn the image size; a larger "image" is not read.
+MAX_PROBE_IMAGE_BYTES = 64 * 1024 * 1024
+#: Stands for a file name in the path prefixes kept while scanning a tar (see _marked).
+FILE_MARK = "*"
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
 HELD_OUT_FOLDERS = ("val", "test")
@@ -80,16 +83,21 @@ def inspect_dataset_file(path: str, display_name: str, max_unpacked_bytes: int) 
     Raises:
         DatasetError: not an npz or tar, corrupt, unsafe member, missing key, or wrong layout.
     """
-    with open(path, "rb") as handle:
-        head = handle.read(512)
-    kind = sniff_kind(head)
-    if kind is None and tarfile.is_tarfile(path):
-        kind = "imagefolder"
-    if kind == "npz":
-        return _inspect_npz(path, display_name, max_unpacked_bytes)
-    if kind == "imagefolder":
+    try:
         with open(path, "rb") as handle:
-            return _inspect_tar(handle, display_name, max_unpacked_bytes, full=True)
+            head = handle.read(512)
+        kind = sniff_kind(head)
+        if kind is None and tarfile.is_tarfile(path):
+            kind = "imagefolder"
+        if kind == "npz":
+            return _inspect_npz(path, display_name, max_unpacked_bytes)
+        if kind == "imagefolder":
+            with open(path, "rb") as handle:
+                return _inspect_tar(handle, display_name, max_unpacked_bytes, full=True)
+    except DatasetError:
+        raise
+    except Exception as exc:  # zlib, lzma, encrypted or exotic members: the upload's fault
+        raise DatasetError(f"cannot read {display_name}: {type(exc).__name__}: {exc}") from exc
     raise DatasetError(
         f"{display_name} is neither an .npz file nor a tar archive of an ImageFolder tree"
     )
@@ -263,8 +271,11 @@ def _is_image(name: str) -> bool:
 def _inspect_tar(
     handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *, full: bool
 ) -> DatasetInspection:
-    files: list[tuple[str, ...]] = []
-    entries: list[tuple[str, ...]] = []
+    # Path prefixes, file names replaced by FILE_MARK: enough to find the root and the classes,
+    # and bounded by the number of folders, not of files (an archive may hold millions).
+    files: set[tuple[str, ...]] = set()
+    entries: set[tuple[str, ...]] = set()
+    num_images = 0
     unpacked = 0
     image_shape: tuple[int, int, int] | None = None
     try:
@@ -285,21 +296,28 @@ def _inspect_tar(
                 parts = _parts(member.name)
                 if not member.isfile() or not parts or any(p.startswith(".") for p in parts):
                     continue
-                entries.append(parts)
+                entries.add(_marked(parts)[:3])
                 if _is_image(parts[-1]):
-                    if image_shape is None:
+                    if image_shape is None and member.size <= MAX_PROBE_IMAGE_BYTES:
                         image_shape = _image_shape(archive.extractfile(member))
                         if not full:
                             return DatasetInspection("imagefolder", image_shape, 0, None)
-                    files.append(parts)
+                    files.add(_marked(parts)[:4])
+                    num_images += 1
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise DatasetError(f"{display_name} is not a readable tar archive: {exc}") from exc
-    return _imagefolder_layout(files, entries, display_name, image_shape)
+    return _imagefolder_layout(sorted(files), sorted(entries), num_images, display_name,
+                               image_shape)
+
+
+def _marked(parts: tuple[str, ...]) -> tuple[str, ...]:
+    return (*parts[:-1], FILE_MARK)
 
 
 def _imagefolder_layout(
     files: list[tuple[str, ...]],
     entries: list[tuple[str, ...]],
+    num_images: int,
     display_name: str,
     image_shape: tuple[int, int, int] | None,
 ) -> DatasetInspection:
@@ -318,19 +336,19 @@ def _imagefolder_layout(
         raise DatasetError(
             f"{display_name}: no class folders in {where}; expected <class>/<image> or "
             "train/<class>/<image>")
-    return DatasetInspection("imagefolder", image_shape, len(files), len(classes))
+    return DatasetInspection("imagefolder", image_shape, num_images, len(classes))
 
 
 def _image_shape(member: IO[bytes] | None) -> tuple[int, int, int] | None:
     # ImageFolder images are read as RGB by rift.data.imagefolder: 3 channels whatever the file.
     if member is None:
         return None
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(member.read())) as image:
             width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError):
+    except Exception:  # undecodable or a decompression bomb: the worker reports it precisely
         return None
     return (3, height, width)
 
@@ -376,33 +394,35 @@ class StoredObjectReader(io.RawIOBase):
         return filled
 
 
-def _chunks_reader(store: ObjectStore, key: str) -> Iterator[io.BufferedReader]:
-    raw = StoredObjectReader(store, key)
-    reader = io.BufferedReader(raw, buffer_size=256 * 1024)
-    try:
-        yield reader
-    finally:
-        reader.close()
-
-
 def stored_dataset_geometry(
     store: ObjectStore, storage_key: str, kind: str, spec: DatasetSpec
 ) -> tuple[int, int] | None:
     """(channels, height) of the images of an uploaded archive, read from the store with a few
     ranged reads; ``spec.image_size`` (ImageFolder resize) wins for the height. None when the
     first image cannot be sized."""
-    for reader in _chunks_reader(store, storage_key):
+    try:
+        return _stored_geometry(store, storage_key, kind, spec)
+    except (DatasetError, StoreError):
+        raise
+    except Exception as exc:  # validated on upload; a failure here means damage since
+        raise DatasetError(f"cannot read the stored dataset {storage_key}: {exc}") from exc
+
+
+def _stored_geometry(
+    store: ObjectStore, storage_key: str, kind: str, spec: DatasetSpec
+) -> tuple[int, int] | None:
+    if kind == "imagefolder" and spec.image_size:
+        return 3, spec.image_size  # resized on load: the archive need not be read
+    # Buffered, so the parsers' many small reads become a few ranged requests.
+    with io.BufferedReader(StoredObjectReader(store, storage_key), 256 * 1024) as reader:
         if kind == "npz":
             with _open_zip(reader, storage_key) as archive:
                 channels, height, _ = npz_image_shape(*_npy_header(archive, "x"), "x")
             return channels, height
         inspection = _inspect_tar(reader, storage_key, max_unpacked_bytes=2**62, full=False)
-        if spec.image_size:
-            return 3, spec.image_size
-        if inspection.image_shape is None:
-            return None
-        return inspection.image_shape[0], inspection.image_shape[1]
-    return None
+    if inspection.image_shape is None:
+        return None
+    return inspection.image_shape[0], inspection.image_shape[1]
 
 
 def dataset_geometry(spec: DatasetSpec) -> tuple[int, int] | None:

@@ -62,10 +62,11 @@ class CeleryDispatcher:
         try:
             with self.app.connection_for_write() as connection:
                 connection.ensure_connection(max_retries=1, timeout=BROKER_CHECK_TIMEOUT_S)
-                # For the SQLAlchemy transport a connection is lazy; opening a channel touches
-                # the database.
-                channel = connection.default_channel
-                channel.close() if hasattr(channel, "close") else None
+                # Virtual transports (SQLAlchemy, Redis) connect lazily and cache engines: ask
+                # the queue's length, a real round trip, to know the broker answers now.
+                size = getattr(connection.default_channel, "_size", None)
+                if callable(size):
+                    size(self.settings.celery_queue)
         except Exception as exc:
             raise DispatchError(f"the broker cannot be reached: {_short(exc)}") from exc
 

@@ -31,7 +31,6 @@ from persistence.storage import (
     ObjectNotFound,
     ObjectTooLarge,
     StoreError,
-    StoreUnavailable,
 )
 from rift.errors import (
     CheckpointError,
@@ -173,8 +172,7 @@ def from_store_error(exc: StoreError, *, field: str | None = None) -> ApiError:
         )
     if isinstance(exc, InvalidRange):
         return RangeNotSatisfiable(exc.message, headers={"Content-Range": f"bytes */{exc.size}"})
-    if isinstance(exc, StoreUnavailable):
-        return ServiceUnavailable(exc.message, code=exc.code)
+    # StoreUnavailable, and anything else the store could not do: not the client's fault.
     return ServiceUnavailable(exc.message, code=exc.code)
 
 

@@ -148,7 +148,6 @@ class _MultipartReader:
         self._part_filename: str | None = None
         self._part_type = ""
         self._text: bytearray | None = None
-        self._in_part = False
 
     def callbacks(self) -> dict[str, Callable[..., None]]:
         return {
@@ -170,7 +169,6 @@ class _MultipartReader:
         self._header_name = self._header_value = b""
         self._part_name = self._part_filename = None
         self._text = None
-        self._in_part = True
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
@@ -234,7 +232,6 @@ class _MultipartReader:
                 filename=safe_filename(self._part_filename),
                 content_type=self._part_type or "application/octet-stream",
             )
-        self._in_part = False
 
     def _end(self) -> None:
         self.finished = True

@@ -71,8 +71,21 @@ def test_npz_upload(api: Api) -> None:
     assert api.count(Dataset) == 1 and len(api.stored_files()) == 1
 
 
+def encrypted_flag(zip_bytes: bytes) -> bytes:
+    """The same zip with every member marked as encrypted (general-purpose flag bit 0)."""
+    data = bytearray(zip_bytes)
+    for signature, flag_offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = 0
+        while (found := data.find(signature, start)) != -1:
+            data[found + flag_offset] |= 1
+            start = found + 4
+    return bytes(data)
+
+
 def test_bad_npz_archives_are_refused(api: Api) -> None:
     x = np.zeros((5, 8, 8), dtype=np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=np.zeros(5, dtype=np.int64))
     cases = {
         "no y": (npz_bytes(x=x), "'y'"),
         "objects": (npz_bytes(x=x, y=np.array([object()] * 5, dtype=object)), "objects"),
@@ -81,6 +94,7 @@ def test_bad_npz_archives_are_refused(api: Api) -> None:
         "negative": (npz_bytes(x=x, y=-np.ones(5, dtype=np.int64)), "negative"),
         "float labels": (npz_bytes(x=x, y=np.zeros(5)), "integers"),
         "truncated": (npz_bytes(x=x, y=np.zeros(5, dtype=np.int64))[:-40], "npz"),
+        "encrypted": (encrypted_flag(buffer.getvalue()), "encrypted"),
         "too many channels": (npz_bytes(x=np.zeros((5, 8, 8, 32), np.uint8),
                                         y=np.zeros(5, dtype=np.int64)), "channels"),
     }

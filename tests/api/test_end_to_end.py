@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,8 +63,9 @@ def download(api: Api, url: str, *, expect_redirect: bool) -> bytes:
 
 
 def check_job_through_http(api: Api, checkpoint_path: Path, config: dict[str, Any],
-                           worker: WorkerProcess, *, expect_redirect: bool = False) -> None:
-    """Upload, create, follow, download and verify one job (see the module docstring)."""
+                           worker: WorkerProcess, *, expect_redirect: bool = False) -> str:
+    """Upload, create, follow, download and verify one job (see the module docstring); returns
+    the job's id."""
     import safetensors.torch
     import torch
 
@@ -147,6 +149,7 @@ def check_job_through_http(api: Api, checkpoint_path: Path, config: dict[str, An
     assert abs(report.clean_accuracy - after["clean_accuracy"]) < one_example / 2
     assert abs(report.robust_accuracy - after["robust_accuracy"]) < one_example / 2
     assert job["metrics"]["before"]["clean_accuracy"] is not None
+    return str(job_id)
 
 
 @pytest.fixture
@@ -189,11 +192,54 @@ def test_embedded_default(sqlite_url: str, tmp_path: Path, start_api: Callable[.
         "WORKER_DEVICE": "cpu",
         "PROGRESS_INTERVAL_SECONDS": "0.2",
     }
-    worker = workers(env)
     settings = settings_from_env(env)
     api = start_api(settings, dispatcher=CeleryDispatcher(settings))
     assert api.client.get("/readyz").status_code == 200
+
+    # Cancelled while queued (no worker yet): it must never start, even once its message is
+    # taken; the worker takes it before the next job's, so it has been handled by the end.
+    checkpoint = upload_checkpoint(api, digits_checkpoint_path)
+    body = {"checkpoint_id": checkpoint["id"], "config": digits_job_config}
+    queued = api.client.post("/v1/jobs", json=body).json()
+    assert api.client.post(f"/v1/jobs/{queued['id']}/cancel").json()["status"] == "cancelled"
+
+    worker = workers(env)
     check_job_through_http(api, digits_checkpoint_path, digits_job_config, worker)
+    never_started = api.client.get(f"/v1/jobs/{queued['id']}").json()
+    assert never_started["status"] == "cancelled" and never_started["started_at"] is None
+    assert all(s["status"] == "cancelled" and s["started_at"] is None
+               for s in never_started["stages"])
+    kinds = [e["kind"] for e in
+             api.client.get(f"/v1/jobs/{queued['id']}/events").json()["items"]]
+    assert kinds == ["job_created", "job_cancelled"]
+
+    # Cancelled while running: it stops at the next batch boundary and ends cancelled.
+    long_config = {**digits_job_config,
+                   "finetune": {**digits_job_config["finetune"], "epochs": 500}}
+    running = api.client.post("/v1/jobs", json={**body, "config": long_config}).json()
+    job = wait_for_job(api, running["id"], lambda j: j["stage"] == "finetune"
+                       and j["status"] == "running")
+    answer = api.client.post(f"/v1/jobs/{running['id']}/cancel")
+    assert answer.status_code == 200
+    assert answer.json()["cancel_requested"] is True
+    job = wait_for_job(api, running["id"], lambda j: j["status"] != "running")
+    assert job["status"] == "cancelled", worker.log()[-3000:]
+    stages = {s["stage"]: s["status"] for s in job["stages"]}
+    assert stages == {"mrc": "done", "finetune": "cancelled", "interpolate": "cancelled"}
+    assert len(api.client.get(f"/v1/jobs/{running['id']}/curves").json()["epochs"]) == 0
+    assert api.client.post(f"/v1/jobs/{running['id']}/cancel").status_code == 409
+
+
+def wait_for_job(api: Api, job_id: str, condition: Callable[[dict[str, Any]], bool],
+                 timeout_s: float = 120.0) -> dict[str, Any]:
+    """Poll GET /v1/jobs/{id} until ``condition`` holds; returns the job."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = dict(api.client.get(f"/v1/jobs/{job_id}").json())
+        if condition(job):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} stuck: {job['status']} {job['stage']}"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +272,13 @@ def test_s3_store_with_presigned_downloads(service_env: dict[str, str], s3_serve
     api = start_api(settings, dispatcher=CeleryDispatcher(settings))  # creates the bucket
     worker = workers(env)
     assert api.client.get("/readyz").status_code == 200
-    check_job_through_http(api, digits_checkpoint_path, digits_job_config, worker,
-                           expect_redirect=True)
+    job_id = check_job_through_http(api, digits_checkpoint_path, digits_job_config, worker,
+                                    expect_redirect=True)
     assert not os.path.exists(env["STORE_ROOT"])  # nothing went to a local folder
+    # Without the redirect the API streams from S3 itself, ranges included.
+    url = f"/v1/jobs/{job_id}/artifacts/tuned.safetensors"
+    whole = api.client.get(url, params={"redirect": "false"})
+    assert whole.status_code == 200
+    part = api.client.get(url, params={"redirect": "false"}, headers={"Range": "bytes=100-299"})
+    assert part.status_code == 206 and part.content == whole.content[100:300]
+    assert part.headers["content-range"] == f"bytes 100-299/{len(whole.content)}"

@@ -78,3 +78,20 @@ def test_real_broker_checks(api_settings: Settings, tmp_path: Path,
     assert response.status_code == 503
     assert response.json()["checks"]["broker"]["ok"] is False
     assert response.json()["error"]["field"] == "broker"
+
+
+def test_the_api_starts_without_torch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from api.main import create_app\n"
+        "from persistence.settings import Settings\n"
+        f"create_app(Settings(database_url='sqlite:///{tmp_path}/r.db', "
+        f"store_root='{tmp_path}/objects', broker_url='memory://'))\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -96,6 +96,11 @@ def test_artifact_list_and_full_download(api: Api, job_id: str) -> None:
     assert api.client.get(items[0]["url"], params={"redirect": "true"}).content == PAYLOAD
     other = api.client.get(f"/v1/jobs/{job_id}/artifacts/nope.bin")
     assert other.status_code == 404 and "tuned.safetensors" in error_of(other)["message"]
+    for name in ("%00", "x" * 100, "a%20b"):
+        odd = api.client.get(f"/v1/jobs/{job_id}/artifacts/{name}")
+        assert odd.status_code == 404 and error_of(odd)["field"] == "name"
+    traversal = api.client.get(f"/v1/jobs/{job_id}/artifacts/..%2F..%2Fetc%2Fpasswd")
+    assert traversal.status_code == 404
 
 
 @pytest.mark.parametrize(("header", "start", "end"), [
@@ -120,6 +125,7 @@ def test_range_downloads(api: Api, job_id: str, header: str, start: int, end: in
     ({"Range": "bytes=0-1,5-6"}, 200),  # several ranges: ignored, as RFC 9110 allows
     ({"Range": "lines=1-2"}, 200),
     ({"Range": "bytes=9-3"}, 200),
+    ({"Range": "bytes=" + "9" * 5000 + "-"}, 200),
     ({"Range": "bytes=0-9", "If-Range": '"not-the-etag"'}, 200),
 ])
 def test_unsatisfiable_or_ignored_ranges(api: Api, job_id: str, headers: dict[str, Any],

@@ -124,6 +124,7 @@ def test_checkpoint_that_does_not_fit_lists_the_keys(api: Api, checkpoint_id: st
      422),
     (json.dumps({"checkpoint_id": "a\u0000b", "config": {}}).encode(),
      {"Content-Type": "application/json"}, 422),
+    (b'{"checkpoint_id": "\\ud800", "config": {}}', {"Content-Type": "application/json"}, 422),
     (b"[1, 2, 3]", {"Content-Type": "application/json"}, 422),
     (b"", {"Content-Type": "application/json"}, 422),
     (b"\xff\xfe\x00", {"Content-Type": "application/json"}, 422),
@@ -169,7 +170,7 @@ def test_idempotent_retry(api: Api, checkpoint_id: str) -> None:
     assert api.count(Job) == 2
 
 
-def test_uploaded_npz_dataset_job(api: Api, checkpoint_id: str) -> None:
+def test_jobs_on_uploaded_datasets(api: Api, checkpoint_id: str) -> None:
     import io
 
     buffer = io.BytesIO()
@@ -196,6 +197,17 @@ def test_uploaded_npz_dataset_job(api: Api, checkpoint_id: str) -> None:
                                     config=digits_config(dataset={"name": "npz"})))
     assert mismatch.status_code == 422
     assert error_of(mismatch)["code"] == "checkpoint_mismatch"
+
+    # ImageFolder images are read as RGB: the geometry comes from the stored tar.
+    from tests.api.test_datasets import png_bytes, tar_bytes
+
+    tree = tar_bytes({f"d/{c}/{i}.png": png_bytes(8, 8) for c in ("a", "b") for i in range(2)})
+    folder = api.client.post("/v1/datasets", files={"file": ("d.tgz", tree)}).json()
+    rgb_only = create(api, job_body(checkpoint_id, dataset_id=folder["id"],
+                                    config=digits_config(dataset={"name": "imagefolder"})))
+    assert rgb_only.status_code == 422
+    conv1 = next(m for m in error_of(rgb_only)["mismatched"] if m["key"] == "conv1.weight")
+    assert conv1["checkpoint_shape"] == [16, 1, 3, 3] and conv1["model_shape"] == [16, 3, 3, 3]
 
 
 def multipart(api: Api, checkpoint: tuple[str, bytes] | None, spec: str | None,
