@@ -126,6 +126,7 @@ def main() -> None:
         "spearman_rank_correlation": round(rho, 6),
         "max_abs_mrc_difference": max(abs(a - b) for a, b in zip(cached_values, plain_values,
                                                                    strict=True)),
+        "mrc_min_max": [min(cached_values), max(cached_values)],
         "lowest_cached": lowest_cached,
         "lowest_plain": lowest_plain,
         "same_lowest_module": lowest_cached == lowest_plain,
