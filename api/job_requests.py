@@ -146,6 +146,16 @@ def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec) -> Reso
             raise InvalidInput(
                 "'path' is not accepted: the service reads no client paths; upload the dataset "
                 "(POST /v1/datasets) and pass 'dataset_id'", field="config.dataset.path")
+    if dataset.root is not None:
+        raise InvalidInput(
+            "'root' is not accepted: built-in datasets are read from the workers' DATA_ROOT",
+            field="config.dataset.root")
+    if dataset.download:
+        raise InvalidInput(
+            "'download' is not accepted: workers never download datasets; built-in datasets must "
+            "be placed in the workers' DATA_ROOT, others uploaded with POST /v1/datasets",
+            field="config.dataset.download")
+    if spec.dataset_id is None:
         classes = BUILTIN_CLASSES.get(dataset.name)
         if classes is not None and spec.config.architecture.num_classes < classes:
             raise InvalidInput(

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     s3_redirect_downloads: bool = Field(
         True, description="Answer artifact downloads with a redirect to a presigned URL.")
 
+    # --- data ---------------------------------------------------------------------------------
+    data_root: Path = Field(
+        Path("./var/data"),
+        description="Folder on the workers holding the built-in datasets (cifar10, cifar100, svhn, "
+        "mnist) in torchvision's layout. Jobs cannot name another folder, and nothing is downloaded.")
+
     # --- upload limits (bytes) ----------------------------------------------------------------
     max_checkpoint_bytes: int = Field(2 * GIB, ge=1)
     max_dataset_bytes: int = Field(8 * GIB, ge=1)

@@ -51,24 +51,30 @@ def stage_record_key(job_id: str, stage: str) -> str:
     return f"jobs/{job_id}/stages/{stage}.json"
 
 
-def job_config(job: Job, *, dataset_path: Path | None, device: str | None) -> RiftConfig:
-    """The job's config as the worker runs it: an uploaded dataset's local path filled in, and
-    the device overridden when the worker is told to use a particular one."""
+def job_config(job: Job, *, dataset_path: Path | None, device: str | None,
+               data_root: Path | None = None) -> RiftConfig:
+    """The job's config as the worker runs it: an uploaded dataset's local path filled in, built-in
+    datasets read from the worker's ``data_root`` (never a folder the client named, never a
+    download), and the device overridden when the worker is told to use a particular one."""
     config = RiftConfig.model_validate(job.spec)
     if dataset_path is not None:
         config = config.model_copy(update={
             "dataset": config.dataset.model_copy(update={"path": str(dataset_path)})})
+    elif data_root is not None:
+        config = config.model_copy(update={"dataset": config.dataset.model_copy(
+            update={"root": str(data_root), "download": False})})
     if device is not None:
         config = config.model_copy(update={"device": device})
     return config
 
 
 def prepare(job: Job, checkpoint: Checkpoint, dataset: Dataset | None, store: ObjectStore,
-            work_dir: Path, device: str | None) -> PreparedRun:
+            work_dir: Path, device: str | None, data_root: Path | None = None) -> PreparedRun:
     """Fetch the job's inputs and build the run (model with θ_AT, data, device)."""
     checkpoint_path = fetch_checkpoint(store, checkpoint, work_dir)
     dataset_path = fetch_dataset(store, dataset, work_dir) if dataset is not None else None
-    return prepare_run(job_config(job, dataset_path=dataset_path, device=device), checkpoint_path)
+    config = job_config(job, dataset_path=dataset_path, device=device, data_root=data_root)
+    return prepare_run(config, checkpoint_path)
 
 
 def run_stage(stage: str, job: Job, run: PreparedRun, store: ObjectStore, work_dir: Path,

@@ -116,7 +116,7 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
     reporter.start()
     try:
         run = prepare(claim.job, checkpoint, dataset, resources.store, settings.work_dir,
-                      settings.worker_device)
+                      settings.worker_device, settings.data_root)
         with resources.session() as session:
             jobs.set_job_device(session, job_id, describe_device(run.device))
         callbacks.check_cancel()

@@ -71,3 +71,20 @@ def test_npz_datasets_and_checkpoints_are_downloaded_to_the_work_folder(tmp_path
                             num_parameters=1)
     local = fetch_checkpoint(store, checkpoint, tmp_path / "work")
     assert local.name == "c1.pt" and local.read_bytes() == b"weights"
+
+
+def test_built_in_datasets_are_read_from_the_worker_data_root(tmp_path) -> None:
+    """A job cannot point a worker at a folder of its choosing, nor make it download."""
+    from types import SimpleNamespace
+
+    from rift.config import RiftConfig
+    from worker.stages import job_config
+
+    spec = RiftConfig.model_validate({
+        "architecture": {"name": "resnet18"},
+        "dataset": {"name": "cifar10", "root": "/somewhere/else", "download": True},
+    }).model_dump(mode="json")
+    job = SimpleNamespace(spec=spec)
+    config = job_config(job, dataset_path=None, device=None, data_root=tmp_path)  # type: ignore[arg-type]
+    assert config.dataset.root == str(tmp_path)
+    assert config.dataset.download is False
