@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import CursorResult, Executable, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
@@ -173,6 +173,13 @@ class StageOutputs:
 class JobPage:
     jobs: list[Job]
     next_cursor: str | None
+
+
+def _rows_affected(session: Session, statement: Executable) -> int:
+    """Run an UPDATE and return how many rows it changed (the test of a conditional claim)."""
+    result = session.execute(statement)
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount)
 
 
 @contextmanager
@@ -519,7 +526,7 @@ def claim_stage(
         if any(stages[s].status != StageStatus.DONE for s in earlier):
             return StageClaim(ClaimOutcome.NOT_READY, job)
 
-        claimed = session.execute(
+        claimed = _rows_affected(session,
             update(JobStage)
             .where(
                 JobStage.job_id == job_id,
@@ -532,7 +539,7 @@ def claim_stage(
             .values(status=StageStatus.RUNNING, lease_owner=owner, lease_expires_at=expires,
                     attempts=JobStage.attempts + 1)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        )
         row = _load_stage(session, job_id, stage)
         if claimed != 1:
             if row.status == StageStatus.DONE:
@@ -565,13 +572,13 @@ def renew_lease(session: Session, job_id: str, stage: str, *, owner: str, lease_
     """Extend ``owner``'s lease on the stage; False if ``owner`` no longer holds it."""
     now = now or utcnow()
     with _transaction(session):
-        renewed = session.execute(
+        renewed = _rows_affected(session,
             update(JobStage)
             .where(JobStage.job_id == job_id, JobStage.stage == stage,
                    JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
             .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
             .execution_options(synchronize_session=False)
-        ).rowcount
+        )
     return renewed == 1
 
 
@@ -615,14 +622,14 @@ def finish_stage(session: Session, job_id: str, stage: str, *, owner: str,
         if job.status != JobStatus.RUNNING:
             raise LeaseLost(f"job {job_id} is {job.status}; the outputs of stage '{stage}' "
                             "were not recorded")
-        done = session.execute(
+        done = _rows_affected(session,
             update(JobStage)
             .where(JobStage.job_id == job_id, JobStage.stage == stage,
                    JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
             .values(status=StageStatus.DONE, lease_owner=None, lease_expires_at=None,
                     finished_at=now)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        )
         if done != 1:
             raise LeaseLost(f"worker {owner} no longer holds the lease on stage '{stage}' of "
                             f"job {job_id}; its outputs were not recorded")
@@ -693,14 +700,14 @@ def release_stage(session: Session, job_id: str, stage: str, *, owner: str, erro
     now = now or utcnow()
     with _transaction(session):
         _load_job(session, job_id, for_update=True)  # lock order: jobs, then job_stages
-        released = session.execute(
+        released = _rows_affected(session,
             update(JobStage)
             .where(JobStage.job_id == job_id, JobStage.stage == stage,
                    JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
             .values(status=StageStatus.PENDING, lease_owner=None, lease_expires_at=None,
                     last_error=error[:4000])
             .execution_options(synchronize_session=False)
-        ).rowcount
+        )
         if released != 1:
             raise LeaseLost(f"worker {owner} does not hold stage '{stage}' of job {job_id}")
         row = _load_stage(session, job_id, stage)

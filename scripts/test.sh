@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Sets up .venv when needed and runs the whole test suite (library, persistence, worker, API).
+# Sets up .venv when needed, then runs ruff, mypy and the whole test suite (library, persistence,
+# worker, API).
 # Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (see .ci/run, which starts them).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/ensure_venv.sh
+# Lint and types first: seconds, and they catch what tests often miss.
+.venv/bin/ruff check --quiet .
+.venv/bin/mypy --no-error-summary rift persistence api worker
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -6,6 +6,7 @@ and only turned into float in [0, 1] batch by batch on the compute device (see `
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +83,17 @@ class DatasetSplits:
     @property
     def in_channels(self) -> int:
         return self.image_shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the images and labels of all three splits."""
+        return sum(part.images.nbytes + part.labels.nbytes
+                   for part in (self.train, self.validation, self.test))
+
+    def to(self, device: torch.device | str) -> DatasetSplits:
+        """The same splits with every tensor on ``device``."""
+        return dataclasses.replace(self, train=self.train.to(device),
+                                   validation=self.validation.to(device), test=self.test.to(device))
 
     @property
     def image_size(self) -> int:

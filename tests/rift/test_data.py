@@ -624,3 +624,15 @@ def test_iterate_batches_to_cuda_with_cpu_generator() -> None:
 
     from_cpu, from_cuda = run(data), run(data.to(device))
     assert all(torch.equal(a, b) for a, b in zip(from_cpu, from_cuda, strict=True))
+
+
+def test_splits_move_to_a_device_whole() -> None:
+    from rift.config import DatasetSpec
+    from rift.data import load_dataset
+
+    splits = load_dataset(DatasetSpec(name="digits"), seed=0)
+    moved = splits.to("meta")  # any device: the move must touch every split
+    assert all(part.images.device.type == "meta" and part.labels.device.type == "meta"
+               for part in (moved.train, moved.validation, moved.test))
+    assert moved.nbytes == splits.nbytes > 0
+    assert moved.num_classes == splits.num_classes and moved.augment == splits.augment
