@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--alpha-step", type=float, default=0.05)
+    parser.add_argument("--nondeterministic", action="store_true",
+                        help="allow non-deterministic GPU kernels (config.deterministic=false)")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -53,7 +55,7 @@ def main() -> None:
             "dataset": {"name": "npz", "path": str(root / "data.npz")},
             "interpolation": {"alpha_step": args.alpha_step},
             "device": args.device, "precision": args.precision,
-            "channels_last": args.channels_last,
+            "channels_last": args.channels_last, "deterministic": not args.nondeterministic,
         })
         started = time.perf_counter()
         result = run_pipeline(config, root / "model.safetensors", root / "out")
@@ -66,6 +68,7 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "precision": args.precision,
         "channels_last": args.channels_last,
+        "deterministic": config.deterministic,
         "examples": total,
         "train_examples_after_validation_split": args.train - round(args.train * 0.1),
         "mrc_examples": result["mrc"]["examples"],

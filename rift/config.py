@@ -145,3 +145,6 @@ class RiftConfig(_Strict):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
+    deterministic: bool = Field(
+        True, description="Deterministic GPU kernels: the same seed on the same device gives the "
+        "same result (slower on GPU; no effect on CPU).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -31,3 +32,29 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
             yield
     else:
         yield
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """Ask PyTorch for deterministic kernels while the block runs, then restore its settings.
+
+    On CPU this changes nothing. On CUDA, cuDNN's autotuner and some atomics-based kernels give
+    different low bits from run to run; MRC values differ by ~1e-6 and rankings of near-tied modules
+    can flip, so "same seed, same device, same result" needs this (at some speed cost). cuBLAS reads
+    ``CUBLAS_WORKSPACE_CONFIG`` when it first starts, so it is set here, before any CUDA work in a
+    fresh worker or CLI process; ops without a deterministic kernel warn instead of failing.
+    """
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2:]

@@ -24,7 +24,7 @@ from rift import checkpoints
 from rift.attacks import PGD
 from rift.config import RiftConfig
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
-from rift.device import resolve_device
+from rift.device import deterministic_kernels, resolve_device
 from rift.errors import ConfigError, JobCancelled
 from rift.evaluation import evaluate_accuracy, seeded_generator
 from rift.finetune import EpochMetrics, finetune_module
@@ -156,10 +156,8 @@ def _as_device_tensors(data: ImageTensors, device: torch.device) -> tuple[torch.
     return images, labels
 
 
-def run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = None,
-                  modules: list[str] | None = None) -> MRCStageResult:
-    """Score modules (all selected by the config, or exactly ``modules``) on a fixed adversarial
-    set drawn from the training split and made once on θ_AT (RIFT.md, step 1)."""
+def _run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None,
+                   modules: list[str] | None) -> MRCStageResult:
     callbacks = callbacks or PipelineCallbacks()
     config, started = run.config, time.perf_counter()
     spec = config.mrc if modules is None else config.mrc.model_copy(update={"modules": modules})
@@ -201,9 +199,8 @@ class FinetuneStageResult:
                 "seconds": self.seconds}
 
 
-def run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallbacks | None = None
-                       ) -> FinetuneStageResult:
-    """Fine-tune only ``module`` on clean data from θ_AT; keep the best validation epoch."""
+def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallbacks | None
+                        ) -> FinetuneStageResult:
     callbacks = callbacks or PipelineCallbacks()
     config, started = run.config, time.perf_counter()
     run.reset_weights()
@@ -257,11 +254,8 @@ def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTe
     return {"clean_accuracy": report.clean_accuracy, "robust_accuracy": report.robust_accuracy}
 
 
-def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
-                            callbacks: PipelineCallbacks | None = None
-                            ) -> InterpolationStageResult:
-    """Measure θ_α = (1 − α) θ_AT + α θ_FT over the α grid and keep the best clean accuracy whose
-    robust accuracy is not below θ_AT's (minus the tolerance). Accuracies in percent."""
+def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
+                             callbacks: PipelineCallbacks | None) -> InterpolationStageResult:
     callbacks = callbacks or PipelineCallbacks()
     config, started = run.config, time.perf_counter()
     spec = config.interpolation
@@ -295,6 +289,33 @@ def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torc
     return InterpolationStageResult([p.as_dict() for p in points], chosen.alpha,
                                     spec.selection_split, before, after,
                                     time.perf_counter() - started, tuned)
+
+
+# --------------------------------------------------------------------------- public stages
+
+
+def run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = None,
+                  modules: list[str] | None = None) -> MRCStageResult:
+    """Score modules (all selected by the config, or exactly ``modules``) on a fixed adversarial
+    set drawn from the training split and made once on θ_AT (RIFT.md, step 1)."""
+    with deterministic_kernels(run.config.deterministic):
+        return _run_mrc_stage(run, callbacks, modules)
+
+
+def run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallbacks | None = None
+                       ) -> FinetuneStageResult:
+    """Fine-tune only ``module`` on clean data from θ_AT; keep the best validation epoch."""
+    with deterministic_kernels(run.config.deterministic):
+        return _run_finetune_stage(run, module, callbacks)
+
+
+def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
+                            callbacks: PipelineCallbacks | None = None
+                            ) -> InterpolationStageResult:
+    """Measure θ_α = (1 − α) θ_AT + α θ_FT over the α grid and keep the best clean accuracy whose
+    robust accuracy is not below θ_AT's (minus the tolerance). Accuracies in percent."""
+    with deterministic_kernels(run.config.deterministic):
+        return _run_interpolation_stage(run, finetuned_state, callbacks)
 
 
 # --------------------------------------------------------------------------- files
