@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rift.models.normalization import normalize_input, register_input_normalization
+from rift.models.pooling import global_average_pool
 
 
 class PreActBlock(nn.Module):
@@ -72,9 +73,7 @@ class PreActResNet(nn.Module):
         out = self.conv1(normalize_input(self, x))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = F.relu(self.bn(out))
-        # Global average pooling as a mean: its backward is deterministic on CUDA, unlike
-        # adaptive_avg_pool2d's (atomic adds), so MRC gradients repeat exactly.
-        out = out.mean(dim=(2, 3))
+        out = global_average_pool(out)
         return self.linear(out)
 
 

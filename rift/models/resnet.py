@@ -3,7 +3,7 @@ CIFAR checkpoints: ``conv1``, ``bn1``, ``layer1``…``layer4`` of ``BasicBlock``
 (``conv1``/``bn1``/``conv2``/``bn2``/``shortcut.0``/``shortcut.1``) and the head ``linear``.
 
 The stem is a 3×3 stride-1 convolution (no max-pool), as is usual for 32×32 inputs; the head uses
-adaptive average pooling so that 64×64 (Tiny-ImageNet) or other sizes work unchanged.
+global average pooling so that 64×64 (Tiny-ImageNet) or other sizes work unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rift.models.normalization import normalize_input, register_input_normalization
+from rift.models.pooling import global_average_pool
 
 
 class BasicBlock(nn.Module):
@@ -75,9 +76,7 @@ class ResNet(nn.Module):
         out = normalize_input(self, x)
         out = F.relu(self.bn1(self.conv1(out)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        # Global average pooling as a mean: its backward is deterministic on CUDA, unlike
-        # adaptive_avg_pool2d's (atomic adds), so MRC gradients repeat exactly.
-        out = out.mean(dim=(2, 3))
+        out = global_average_pool(out)
         return self.linear(out)
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rift.models.normalization import normalize_input, register_input_normalization
+from rift.models.pooling import global_average_pool
 
 
 class SmallCNN(nn.Module):
@@ -42,9 +43,7 @@ class SmallCNN(nn.Module):
         out = F.relu(self.bn1(self.conv1(out)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = F.relu(self.bn3(self.conv3(out)))
-        # Global average pooling as a mean: its backward is deterministic on CUDA, unlike
-        # adaptive_avg_pool2d's (atomic adds), so MRC gradients repeat exactly.
-        out = out.mean(dim=(2, 3))
+        out = global_average_pool(out)
         return self.fc(out)
 
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from rift.errors import ConfigError
 from rift.models.normalization import normalize_input, register_input_normalization
+from rift.models.pooling import global_average_pool
 
 
 class WideBasicBlock(nn.Module):
@@ -113,9 +114,7 @@ class WideResNet(nn.Module):
         out = self.conv1(normalize_input(self, x))
         out = self.block3(self.block2(self.block1(out)))
         out = self.relu(self.bn1(out))
-        # Global average pooling as a mean: its backward is deterministic on CUDA, unlike
-        # adaptive_avg_pool2d's (atomic adds), so MRC gradients repeat exactly.
-        out = out.mean(dim=(2, 3))
+        out = global_average_pool(out)
         return self.fc(out)
 
 
