@@ -8,6 +8,9 @@ validated bytes. These functions block (file checks, store, database): call them
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.checkpoint_validation import CheckpointInspection, inspect_checkpoint_file
@@ -18,6 +21,8 @@ from persistence.models import Checkpoint, Dataset, new_id
 from persistence.records import create_checkpoint, create_dataset
 from persistence.storage import ObjectStore
 from rift.errors import RiftError
+
+Record = TypeVar("Record")
 
 CHECKPOINT_SUFFIX = {"safetensors": "safetensors", "torch": "pt"}
 DATASET_SUFFIX = {"npz": "npz", "imagefolder": "tar"}
@@ -45,6 +50,23 @@ def _put(store: ObjectStore, key: str, file: UploadedFile, content_type: str) ->
             code="store_corrupted")
 
 
+def _store_then_record(
+    session_factory: sessionmaker[Session],
+    store: ObjectStore,
+    key: str,
+    file: UploadedFile,
+    record: Callable[[Session], Record],
+) -> Record:
+    """Put ``file`` under ``key``, then write its row; the object is deleted if the row fails."""
+    _put(store, key, file, "application/octet-stream")
+    try:
+        with session_factory() as session:
+            return record(session)
+    except BaseException:
+        store.delete(key)
+        raise
+
+
 def store_checkpoint(
     session_factory: sessionmaker[Session],
     store: ObjectStore,
@@ -54,16 +76,10 @@ def store_checkpoint(
     """Store a validated checkpoint under ``checkpoints/<id>.<ext>`` and record it."""
     checkpoint_id = new_id()
     key = f"checkpoints/{checkpoint_id}.{CHECKPOINT_SUFFIX[inspection.format]}"
-    _put(store, key, file, "application/octet-stream")
-    try:
-        with session_factory() as session:
-            return create_checkpoint(
-                session, checkpoint_id=checkpoint_id, filename=file.filename, size=file.size,
-                sha256=file.sha256, format=inspection.format, storage_key=key,
-                num_tensors=inspection.num_tensors, num_parameters=inspection.num_parameters)
-    except BaseException:
-        store.delete(key)
-        raise
+    return _store_then_record(session_factory, store, key, file, lambda session: create_checkpoint(
+        session, checkpoint_id=checkpoint_id, filename=file.filename, size=file.size,
+        sha256=file.sha256, format=inspection.format, storage_key=key,
+        num_tensors=inspection.num_tensors, num_parameters=inspection.num_parameters))
 
 
 def validate_dataset_upload(file: UploadedFile, field: str, max_bytes: int) -> DatasetInspection:
@@ -84,12 +100,6 @@ def store_dataset(
     """Store a validated archive under ``datasets/<id>.<npz|tar>`` and record it."""
     dataset_id = new_id()
     key = f"datasets/{dataset_id}.{DATASET_SUFFIX[inspection.kind]}"
-    _put(store, key, file, "application/octet-stream")
-    try:
-        with session_factory() as session:
-            return create_dataset(
-                session, dataset_id=dataset_id, filename=file.filename, kind=inspection.kind,
-                size=file.size, sha256=file.sha256, storage_key=key)
-    except BaseException:
-        store.delete(key)
-        raise
+    return _store_then_record(session_factory, store, key, file, lambda session: create_dataset(
+        session, dataset_id=dataset_id, filename=file.filename, kind=inspection.kind,
+        size=file.size, sha256=file.sha256, storage_key=key))
