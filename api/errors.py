@@ -19,19 +19,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from persistence.jobs import (
-    IdempotencyConflict,
-    InvalidCursor,
-    JobAlreadyFinished,
-    JobNotFound,
-    PersistenceError,
-)
+from persistence.jobs import IdempotencyConflict, InvalidCursor, JobAlreadyFinished
 from persistence.storage import (
     InvalidRange,
     ObjectNotFound,
     ObjectTooLarge,
     StoreError,
 )
+from persistence.transactions import JobNotFound, PersistenceError
 from rift.errors import (
     CheckpointError,
     CheckpointMismatchError,
@@ -177,7 +172,7 @@ def from_store_error(exc: StoreError, *, field: str | None = None) -> ApiError:
 
 
 def from_persistence_error(exc: PersistenceError) -> ApiError:
-    """The :class:`ApiError` for an error of ``persistence.jobs``."""
+    """The :class:`ApiError` for an error of ``persistence.jobs`` or ``persistence.stages``."""
     if isinstance(exc, JobNotFound):
         return NotFound(exc.message, field="job_id", code=exc.code)
     if isinstance(exc, IdempotencyConflict):

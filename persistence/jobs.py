@@ -1,34 +1,26 @@
-"""Database operations on jobs, shared by the API and the workers.
+"""The job lifecycle, as the API sees it: creating a job (idempotently, by ``Idempotency-Key``),
+reading and listing jobs (cursor pages, label and status filters), queue position, the event log,
+the results tables and artifacts, and cancellation. The API's routes call these; the workers call
+only :func:`append_event` here, and run stages through :mod:`persistence.stages`.
 
-Every function that writes is one transaction: it commits before returning, or rolls back and
-raises. Readers leave the session's transaction to the caller (close the session when done: on
-SQLite an open transaction holds the database lock).
-
-Who may run a stage is decided here, by a lease in ``job_stages``: :func:`claim_stage` is a single
-conditional UPDATE (``status = 'pending'`` or an expired lease), so of two workers only one can win,
-on SQLite (one writer at a time) as on Postgres (the second UPDATE re-checks its WHERE clause once
-the first commits). :func:`finish_stage` writes a stage's outputs and marks it done in one
-transaction, and only while the caller still holds the lease, so outputs are written exactly once.
-Locks are always taken in the order jobs → job_stages, so transactions cannot deadlock.
+Every function that writes is one transaction (see :mod:`persistence.transactions`); readers
+leave the session's transaction to the caller.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, Executable, and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import flag_modified
 
 from persistence.models import (
     STAGE_ORDER,
@@ -42,35 +34,25 @@ from persistence.models import (
     JobStage,
     JobStatus,
     MRCRow,
-    StageName,
     StageStatus,
     utcnow,
 )
-
-ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+from persistence.transactions import (
+    EventKind,
+    PersistenceError,
+    cancel_job,
+    lease_is_live,
+    load_job,
+    load_stages,
+    log_event,
+    touch,
+    transaction,
+)
 
 
 # --------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------
-class PersistenceError(Exception):
-    """Base class; ``code`` is stable and the API maps it to an HTTP status once."""
-
-    code = "persistence_error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class JobNotFound(PersistenceError):
-    code = "job_not_found"
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job with id {job_id!r}")
-        self.job_id = job_id
-
-
 class IdempotencyConflict(PersistenceError):
     """The Idempotency-Key was used before with a different request (HTTP 409)."""
 
@@ -95,12 +77,6 @@ class JobAlreadyFinished(PersistenceError):
         self.status = status
 
 
-class LeaseLost(PersistenceError):
-    """The worker no longer holds the stage's lease (or the job ended); it must stop, unwritten."""
-
-    code = "lease_lost"
-
-
 class InvalidCursor(PersistenceError):
     code = "invalid_cursor"
 
@@ -111,132 +87,10 @@ class InvalidCursor(PersistenceError):
 # --------------------------------------------------------------------------------------------
 # Values
 # --------------------------------------------------------------------------------------------
-class EventKind(enum.StrEnum):
-    """Kinds of :class:`JobEvent`; the pipeline adds its own (``epoch``, ``module_scored``, ...)."""
-
-    JOB_CREATED = "job_created"
-    STAGE_STARTED = "stage_started"
-    STAGE_FINISHED = "stage_finished"
-    STAGE_RETRY = "stage_retry"
-    STAGE_RECOVERED = "stage_recovered"
-    CANCEL_REQUESTED = "cancel_requested"
-    JOB_SUCCEEDED = "job_succeeded"
-    JOB_FAILED = "job_failed"
-    JOB_CANCELLED = "job_cancelled"
-    WARNING = "warning"
-
-
-class ClaimOutcome(enum.StrEnum):
-    CLAIMED = "claimed"  # the caller holds the lease and must run the stage
-    DONE = "done"  # the stage finished before; enqueue the next one
-    HELD = "held"  # another worker holds a live lease
-    NOT_READY = "not_ready"  # an earlier stage has not finished
-    INACTIVE = "inactive"  # the job ended (or was cancelled now)
-    EXHAUSTED = "exhausted"  # the stage used up its attempts; the job was failed now
-
-
-@dataclass(frozen=True)
-class StageClaim:
-    outcome: ClaimOutcome
-    job: Job
-    attempt: int = 0  # the attempt number (1-based) when CLAIMED
-
-
-@dataclass(frozen=True)
-class ArtifactRecord:
-    """An object already written to the store, to be recorded as a job artifact."""
-
-    name: str
-    storage_key: str
-    size: int
-    sha256: str
-    content_type: str
-
-
-@dataclass
-class StageOutputs:
-    """What a finished stage records. Row dicts use the pipeline's keys (``name`` or ``module``
-    for MRC rows; ``epoch``, ``lr``, ``train_loss``, ... for epochs; ``alpha``,
-    ``clean_accuracy``, ``robust_accuracy`` for interpolation points)."""
-
-    mrc_rows: Sequence[Mapping[str, Any]] = ()
-    epochs: Sequence[Mapping[str, Any]] = ()
-    interpolation_points: Sequence[Mapping[str, Any]] = ()
-    artifacts: Sequence[ArtifactRecord] = ()
-    selected_module: str | None = None
-    chosen_alpha: float | None = None
-    metrics: Mapping[str, Any] = field(default_factory=dict)  # merged into jobs.metrics
-    summary: Mapping[str, Any] = field(default_factory=dict)  # payload of stage_finished
-
-
 @dataclass(frozen=True)
 class JobPage:
     jobs: list[Job]
     next_cursor: str | None
-
-
-def _rows_affected(session: Session, statement: Executable) -> int:
-    """Run an UPDATE and return how many rows it changed (the test of a conditional claim)."""
-    result = session.execute(statement)
-    assert isinstance(result, CursorResult)
-    return int(result.rowcount)
-
-
-@contextmanager
-def _transaction(session: Session) -> Iterator[None]:
-    try:
-        yield
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-
-
-def _stage_index(stage: str) -> int:
-    try:
-        return STAGE_ORDER.index(StageName(stage))
-    except ValueError:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {list(STAGE_ORDER)}") from None
-
-
-def next_stage(stage: str) -> StageName | None:
-    """The stage after ``stage``, or None after the last."""
-    index = _stage_index(stage) + 1
-    return STAGE_ORDER[index] if index < len(STAGE_ORDER) else None
-
-
-def _event(session: Session, job_id: str, kind: str, payload: Mapping[str, Any],
-           now: datetime) -> JobEvent:
-    event = JobEvent(job_id=job_id, kind=str(kind), payload=dict(payload), created_at=now)
-    session.add(event)
-    return event
-
-
-def _load_job(session: Session, job_id: str, *, for_update: bool = False) -> Job:
-    query = select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
-    if for_update:
-        query = query.with_for_update()
-    job = session.execute(query).scalar_one_or_none()
-    if job is None:
-        raise JobNotFound(job_id)
-    return job
-
-
-def _load_stage(session: Session, job_id: str, stage: str) -> JobStage:
-    query = (select(JobStage).where(JobStage.job_id == job_id, JobStage.stage == stage)
-             .execution_options(populate_existing=True))
-    return session.execute(query).scalar_one()
-
-
-def _touch(job: Job, now: datetime) -> None:
-    job.updated_at = now
-    # Even when the value is unchanged: otherwise the column's onupdate would put the wall clock.
-    flag_modified(job, "updated_at")
-
-
-def _lease_is_live(stage: JobStage, now: datetime) -> bool:
-    return (stage.status == StageStatus.RUNNING and stage.lease_expires_at is not None
-            and stage.lease_expires_at > now)
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,10 +139,10 @@ def create_job(
     job.stages = [JobStage(stage=stage, position=i, status=StageStatus.PENDING, attempts=0)
                   for i, stage in enumerate(STAGE_ORDER)]
     try:
-        with _transaction(session):
+        with transaction(session):
             session.add(job)
             session.flush()
-            _event(session, job.id, EventKind.JOB_CREATED, {"labels": dict(labels or {})}, now)
+            log_event(session, job.id, EventKind.JOB_CREATED, {"labels": dict(labels or {})}, now)
     except IntegrityError:
         # Lost a race on the unique idempotency key: the other request's job is the answer.
         if idempotency_key is None:
@@ -315,7 +169,7 @@ def _same_request(job: Job, key: str, request_hash: str | None) -> Job:
 
 def get_job(session: Session, job_id: str) -> Job:
     """The job (labels and stages loaded), fresh from the database; :class:`JobNotFound`."""
-    return _load_job(session, job_id)
+    return load_job(session, job_id)
 
 
 def queue_position(session: Session, job: Job) -> int | None:
@@ -383,6 +237,17 @@ def list_jobs(
     return JobPage(jobs, _encode_cursor(jobs[-1]) if more else None)
 
 
+# --------------------------------------------------------------------------------------------
+# Events and results
+# --------------------------------------------------------------------------------------------
+def append_event(session: Session, job_id: str, kind: str, payload: Mapping[str, Any],
+                 *, now: datetime | None = None) -> JobEvent:
+    """Add one event to the job's log (JSON ``payload``)."""
+    with transaction(session):
+        event = log_event(session, job_id, kind, payload, now or utcnow())
+    return event
+
+
 def list_events(session: Session, job_id: str, *, after_id: int = 0,
                 limit: int = 100) -> list[JobEvent]:
     """The job's events with ``id > after_id``, oldest first (``after_id`` is the cursor)."""
@@ -429,357 +294,16 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
     (between stages), is cancelled at once; otherwise ``cancel_requested`` is set and the worker
     stops at its next batch boundary. :class:`JobAlreadyFinished` if the job has ended."""
     now = now or utcnow()
-    with _transaction(session):
-        job = _load_job(session, job_id, for_update=True)
+    with transaction(session):
+        job = load_job(session, job_id, for_update=True)
         if job.status in TERMINAL_STATUSES:
             raise JobAlreadyFinished(job_id, job.status)
-        stages = _load_stages(session, job_id)
-        held = any(_lease_is_live(stage, now) for stage in stages)
+        stages = load_stages(session, job_id)
+        held = any(lease_is_live(stage, now) for stage in stages)
         job.cancel_requested = True
-        _touch(job, now)
+        touch(job, now)
         if held:
-            _event(session, job_id, EventKind.CANCEL_REQUESTED, {"stage": job.stage}, now)
+            log_event(session, job_id, EventKind.CANCEL_REQUESTED, {"stage": job.stage}, now)
         else:
-            _cancel(session, job, stages, now)
+            cancel_job(session, job, stages, now)
     return job
-
-
-def _load_stages(session: Session, job_id: str) -> list[JobStage]:
-    query = (select(JobStage).where(JobStage.job_id == job_id).order_by(JobStage.position)
-             .execution_options(populate_existing=True))
-    return list(session.execute(query).scalars())
-
-
-def _cancel(session: Session, job: Job, stages: Sequence[JobStage], now: datetime) -> None:
-    job.status = JobStatus.CANCELLED
-    job.cancel_requested = True
-    job.finished_at = now
-    _touch(job, now)
-    for stage in stages:
-        if stage.status in (StageStatus.PENDING, StageStatus.RUNNING):
-            stage.status = StageStatus.CANCELLED
-            stage.lease_owner = None
-            stage.lease_expires_at = None
-            if stage.started_at is not None:
-                stage.finished_at = now
-    _event(session, job.id, EventKind.JOB_CANCELLED, {"stage": job.stage}, now)
-
-
-def mark_cancelled(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
-    """End the job as cancelled (the worker's answer to ``JobCancelled``); no-op if it ended."""
-    now = now or utcnow()
-    with _transaction(session):
-        job = _load_job(session, job_id, for_update=True)
-        if job.status not in TERMINAL_STATUSES:
-            _cancel(session, job, _load_stages(session, job_id), now)
-    return job
-
-
-def should_stop(session: Session, job_id: str) -> bool:
-    """True when the worker running the job must stop: cancel requested, or the job ended."""
-    row = session.execute(
-        select(Job.cancel_requested, Job.status).where(Job.id == job_id)
-    ).one_or_none()
-    session.commit()  # end the read transaction (SQLite holds its lock until then)
-    if row is None:
-        return True
-    cancel_requested, status = row
-    return bool(cancel_requested) or status in TERMINAL_STATUSES
-
-
-# --------------------------------------------------------------------------------------------
-# Stages and leases (the workers' side)
-# --------------------------------------------------------------------------------------------
-def claim_stage(
-    session: Session,
-    job_id: str,
-    stage: str,
-    *,
-    owner: str,
-    lease_seconds: float,
-    max_attempts: int,
-    now: datetime | None = None,
-) -> StageClaim:
-    """Try to take ``stage`` of the job for ``owner`` (a worker id) for ``lease_seconds``.
-
-    The lease is granted only if the stage is pending, or running under an expired lease (its
-    worker died), and has been claimed fewer than ``max_attempts`` times. On success the job is
-    running, ``jobs.stage`` is this stage, attempts are counted and a ``stage_started`` event is
-    logged. A stage out of attempts fails the job with ``stage_failed_repeatedly``; a job with a
-    pending cancellation and no live lease is cancelled. See :class:`ClaimOutcome`.
-    """
-    _stage_index(stage)
-    now = now or utcnow()
-    expires = now + timedelta(seconds=lease_seconds)
-    with _transaction(session):
-        job = _load_job(session, job_id, for_update=True)
-        if job.status in TERMINAL_STATUSES:
-            return StageClaim(ClaimOutcome.INACTIVE, job)
-        stages = {row.stage: row for row in _load_stages(session, job_id)}
-        row = stages[stage]
-        if job.cancel_requested and not any(_lease_is_live(s, now) for s in stages.values()):
-            _cancel(session, job, list(stages.values()), now)
-            return StageClaim(ClaimOutcome.INACTIVE, job)
-        if row.status == StageStatus.DONE:
-            return StageClaim(ClaimOutcome.DONE, job)
-        earlier = STAGE_ORDER[: _stage_index(stage)]
-        if any(stages[s].status != StageStatus.DONE for s in earlier):
-            return StageClaim(ClaimOutcome.NOT_READY, job)
-
-        claimed = _rows_affected(session,
-            update(JobStage)
-            .where(
-                JobStage.job_id == job_id,
-                JobStage.stage == stage,
-                JobStage.attempts < max_attempts,
-                or_(JobStage.status == StageStatus.PENDING,
-                    and_(JobStage.status == StageStatus.RUNNING,
-                         JobStage.lease_expires_at < now)),
-            )
-            .values(status=StageStatus.RUNNING, lease_owner=owner, lease_expires_at=expires,
-                    attempts=JobStage.attempts + 1)
-            .execution_options(synchronize_session=False)
-        )
-        row = _load_stage(session, job_id, stage)
-        if claimed != 1:
-            if row.status == StageStatus.DONE:
-                return StageClaim(ClaimOutcome.DONE, job)
-            if _lease_is_live(row, now):
-                return StageClaim(ClaimOutcome.HELD, job)
-            if row.attempts >= max_attempts:
-                _fail(session, job, row, "stage_failed_repeatedly",
-                      f"stage '{stage}' was started {row.attempts} times (MAX_STAGE_ATTEMPTS="
-                      f"{max_attempts}) without finishing; its worker crashed or failed each "
-                      f"time. Last error: {row.last_error or 'the worker process died'}", now)
-                return StageClaim(ClaimOutcome.EXHAUSTED, job)
-            return StageClaim(ClaimOutcome.INACTIVE, job)
-
-        row.started_at = row.started_at or now
-        job.status = JobStatus.RUNNING
-        job.stage = stage
-        job.stage_progress = 0.0
-        job.progress_message = None
-        job.attempts = job.attempts + 1
-        job.started_at = job.started_at or now
-        _touch(job, now)
-        _event(session, job_id, EventKind.STAGE_STARTED,
-               {"stage": stage, "attempt": row.attempts, "worker": owner}, now)
-    return StageClaim(ClaimOutcome.CLAIMED, job, row.attempts)
-
-
-def renew_lease(session: Session, job_id: str, stage: str, *, owner: str, lease_seconds: float,
-                now: datetime | None = None) -> bool:
-    """Extend ``owner``'s lease on the stage; False if ``owner`` no longer holds it."""
-    now = now or utcnow()
-    with _transaction(session):
-        renewed = _rows_affected(session,
-            update(JobStage)
-            .where(JobStage.job_id == job_id, JobStage.stage == stage,
-                   JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-            .execution_options(synchronize_session=False)
-        )
-    return renewed == 1
-
-
-def update_progress(session: Session, job_id: str, stage: str, fraction: float,
-                    message: str | None = None, *, now: datetime | None = None) -> None:
-    """Record progress within the running stage (``fraction`` in [0, 1])."""
-    now = now or utcnow()
-    with _transaction(session):
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.stage == stage)
-            .values(stage_progress=min(max(float(fraction), 0.0), 1.0),
-                    progress_message=message[:500] if message else None, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-
-
-def set_job_device(session: Session, job_id: str, device: str) -> None:
-    """Record the device (``cpu``, ``cuda:0``...) the worker runs the job on."""
-    with _transaction(session):
-        session.execute(update(Job).where(Job.id == job_id).values(device=device)
-                        .execution_options(synchronize_session=False))
-
-
-def append_event(session: Session, job_id: str, kind: str, payload: Mapping[str, Any],
-                 *, now: datetime | None = None) -> JobEvent:
-    """Add one event to the job's log (JSON ``payload``)."""
-    with _transaction(session):
-        event = _event(session, job_id, kind, payload, now or utcnow())
-    return event
-
-
-def finish_stage(session: Session, job_id: str, stage: str, *, owner: str,
-                 outputs: StageOutputs, now: datetime | None = None) -> Job:
-    """Write the stage's outputs and mark it done, in one transaction, if ``owner`` still holds
-    its lease and the job is running; else :class:`LeaseLost` and nothing is written. After the
-    last stage the job is ``succeeded``; otherwise ``jobs.stage`` moves to the next stage."""
-    now = now or utcnow()
-    with _transaction(session):
-        job = _load_job(session, job_id, for_update=True)
-        if job.status != JobStatus.RUNNING:
-            raise LeaseLost(f"job {job_id} is {job.status}; the outputs of stage '{stage}' "
-                            "were not recorded")
-        done = _rows_affected(session,
-            update(JobStage)
-            .where(JobStage.job_id == job_id, JobStage.stage == stage,
-                   JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
-            .values(status=StageStatus.DONE, lease_owner=None, lease_expires_at=None,
-                    finished_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        if done != 1:
-            raise LeaseLost(f"worker {owner} no longer holds the lease on stage '{stage}' of "
-                            f"job {job_id}; its outputs were not recorded")
-        _insert_outputs(session, job_id, outputs, now)
-        if outputs.selected_module is not None:
-            job.selected_module = outputs.selected_module
-        if outputs.chosen_alpha is not None:
-            job.chosen_alpha = outputs.chosen_alpha
-        if outputs.metrics:
-            # A new dict, so the JSON column is seen as changed.
-            job.metrics = {**(job.metrics or {}), **outputs.metrics}
-        _event(session, job_id, EventKind.STAGE_FINISHED, {"stage": stage, **outputs.summary}, now)
-        following = next_stage(stage)
-        job.stage_progress = 0.0 if following else 1.0
-        job.progress_message = None
-        _touch(job, now)
-        if following is None:
-            job.status = JobStatus.SUCCEEDED
-            job.stage = None
-            job.finished_at = now
-            _event(session, job_id, EventKind.JOB_SUCCEEDED, dict(job.metrics or {}), now)
-        else:
-            job.stage = following
-    return job
-
-
-def _insert_outputs(session: Session, job_id: str, outputs: StageOutputs, now: datetime) -> None:
-    for position, row in enumerate(outputs.mrc_rows):
-        session.add(MRCRow(
-            job_id=job_id, position=position, module=row.get("name", row.get("module")),
-            parameters=int(row["parameters"]), mrc=float(row["mrc"]),
-            worst_robust_loss=float(row["worst_robust_loss"]),
-            robust_accuracy_at_worst=_float(row.get("robust_accuracy_at_worst")),
-            robust_accuracy_drop=_float(row.get("robust_accuracy_drop")),
-            seconds=_float(row.get("seconds")),
-        ))
-    for row in outputs.epochs:
-        session.add(EpochMetric(
-            job_id=job_id, epoch=int(row["epoch"]), lr=_float(row.get("lr")),
-            train_loss=_float(row.get("train_loss")),
-            train_accuracy=_float(row.get("train_accuracy")),
-            val_accuracy=_float(row.get("val_accuracy")), seconds=_float(row.get("seconds")),
-        ))
-    for position, row in enumerate(outputs.interpolation_points):
-        session.add(InterpolationPoint(
-            job_id=job_id, position=position, alpha=float(row["alpha"]),
-            clean_accuracy=float(row["clean_accuracy"]),
-            robust_accuracy=float(row["robust_accuracy"]),
-        ))
-    for artifact in outputs.artifacts:
-        # merge: an artifact re-recorded under the same name replaces the row, never duplicates.
-        session.merge(Artifact(
-            job_id=job_id, name=artifact.name, storage_key=artifact.storage_key,
-            size=artifact.size, sha256=artifact.sha256, content_type=artifact.content_type,
-            created_at=now,
-        ))
-
-
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def release_stage(session: Session, job_id: str, stage: str, *, owner: str, error: str,
-                  now: datetime | None = None) -> int:
-    """Give the stage back after an unexpected error so that it can be retried; returns the
-    number of attempts used so far and logs a ``stage_retry`` event. :class:`LeaseLost` if
-    ``owner`` does not hold the stage (another worker took it over: it decides, not this one)."""
-    now = now or utcnow()
-    with _transaction(session):
-        _load_job(session, job_id, for_update=True)  # lock order: jobs, then job_stages
-        released = _rows_affected(session,
-            update(JobStage)
-            .where(JobStage.job_id == job_id, JobStage.stage == stage,
-                   JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
-            .values(status=StageStatus.PENDING, lease_owner=None, lease_expires_at=None,
-                    last_error=error[:4000])
-            .execution_options(synchronize_session=False)
-        )
-        if released != 1:
-            raise LeaseLost(f"worker {owner} does not hold stage '{stage}' of job {job_id}")
-        row = _load_stage(session, job_id, stage)
-        _event(session, job_id, EventKind.STAGE_RETRY,
-               {"stage": stage, "attempt": row.attempts, "error": error[:1000]}, now)
-    return row.attempts
-
-
-def fail_job(session: Session, job_id: str, code: str, message: str, *,
-             stage: str | None = None, owner: str | None = None,
-             now: datetime | None = None) -> Job:
-    """End the job as failed with an error ``code`` and a ``message`` for the user; the stage
-    (default: the job's current one) is marked failed. No-op if the job already ended. With
-    ``owner`` (a worker), only while that worker holds the stage, else :class:`LeaseLost`."""
-    now = now or utcnow()
-    with _transaction(session):
-        job = _load_job(session, job_id, for_update=True)
-        if job.status not in TERMINAL_STATUSES:
-            stage = stage or job.stage
-            row = _load_stage(session, job_id, stage) if stage else None
-            if owner is not None and (row is None or row.lease_owner != owner):
-                raise LeaseLost(f"worker {owner} does not hold stage '{stage}' of job {job_id}")
-            _fail(session, job, row, code, message, now)
-    return job
-
-
-def _fail(session: Session, job: Job, stage: JobStage | None, code: str, message: str,
-          now: datetime) -> None:
-    job.status = JobStatus.FAILED
-    job.error_code = code
-    job.error_message = message
-    job.finished_at = now
-    _touch(job, now)
-    if stage is not None:
-        job.stage = stage.stage
-        stage.status = StageStatus.FAILED
-        stage.lease_owner = None
-        stage.lease_expires_at = None
-        stage.finished_at = now
-        stage.last_error = message
-    _event(session, job.id, EventKind.JOB_FAILED,
-           {"stage": job.stage, "code": code, "message": message}, now)
-
-
-def stages_to_redispatch(session: Session, *, stale_after: float, pending_after: float,
-                         now: datetime | None = None) -> list[tuple[str, str]]:
-    """(job id, stage) pairs whose message must be sent again; marks them as re-sent.
-
-    Two cases. A running stage whose lease expired (its worker died), once the job has been quiet
-    for ``stale_after`` seconds. A stage waiting to start (a queued job's first stage, or a running
-    job's next stage) for ``pending_after`` seconds: its message may have been lost (a crash
-    between recording a stage and sending the next message) or may simply wait in a long queue,
-    so keep this long (an hour). Re-sent jobs get ``updated_at = now``, so each is re-sent at most
-    once per period. Sending twice is harmless: claims decide who runs a stage.
-    """
-    now = now or utcnow()
-    expired = and_(JobStage.status == StageStatus.RUNNING, JobStage.lease_expires_at < now,
-                   Job.updated_at < now - timedelta(seconds=stale_after))
-    waiting = and_(JobStage.status == StageStatus.PENDING,
-                   Job.updated_at < now - timedelta(seconds=pending_after))
-    # A queued job has no current stage yet: its first stage is the one waiting.
-    current = func.coalesce(Job.stage, STAGE_ORDER[0].value)
-    with _transaction(session):
-        rows = session.execute(
-            select(Job.id, JobStage.stage)
-            .join(JobStage, and_(JobStage.job_id == Job.id, JobStage.stage == current))
-            .where(Job.status.in_(ACTIVE_STATUSES), or_(expired, waiting))
-            .order_by(Job.created_at)
-        ).all()
-        found = [(job_id, stage) for job_id, stage in rows]
-        for job_id, stage in found:
-            session.execute(update(Job).where(Job.id == job_id).values(updated_at=now)
-                            .execution_options(synchronize_session=False))
-            _event(session, job_id, EventKind.STAGE_RECOVERED, {"stage": stage}, now)
-    return found

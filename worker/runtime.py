@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import jobs
+from persistence import jobs, stages
 from persistence.db import session_factory_from_settings
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
@@ -75,7 +75,7 @@ class StageReporter:
     A heartbeat thread renews the lease every third of its length, also while the pipeline sits in
     code that calls no callback (loading data, building the model). ``should_cancel`` reads the
     job's cancellation flag at most once per ``progress_interval_seconds`` and raises
-    :class:`persistence.jobs.LeaseLost` once the heartbeat has found the lease taken over.
+    :class:`persistence.stages.LeaseLost` once the heartbeat has found the lease taken over.
     Progress writes are throttled the same way; events are all written.
     """
 
@@ -111,8 +111,8 @@ class StageReporter:
         while not self._stop.wait(period):
             try:
                 with self.resources.session() as session:
-                    held = jobs.renew_lease(session, self.job_id, self.stage, owner=self.owner,
-                                            lease_seconds=self._lease_seconds)
+                    held = stages.renew_lease(session, self.job_id, self.stage, owner=self.owner,
+                                              lease_seconds=self._lease_seconds)
             except Exception:
                 # The database may be briefly unreachable; the lease has slack for a retry.
                 logger.warning("could not renew the lease of job %s stage %s", self.job_id,
@@ -135,7 +135,7 @@ class StageReporter:
             return
         self._last_progress = now
         with self.resources.session() as session:
-            jobs.update_progress(session, self.job_id, self.stage, fraction, message)
+            stages.update_progress(session, self.job_id, self.stage, fraction, message)
 
     def on_event(self, kind: str, payload: dict[str, Any]) -> None:
         with self.resources.session() as session:
@@ -143,11 +143,11 @@ class StageReporter:
 
     def should_cancel(self) -> bool:
         if self._lease_lost.is_set():
-            raise jobs.LeaseLost(f"worker {self.owner} lost the lease on stage '{self.stage}' "
-                                 f"of job {self.job_id}")
+            raise stages.LeaseLost(f"worker {self.owner} lost the lease on stage '{self.stage}' "
+                                   f"of job {self.job_id}")
         now = self._clock()
         if not self._cancel and now - self._last_cancel_check >= self._interval:
             self._last_cancel_check = now
             with self.resources.session() as session:
-                self._cancel = jobs.should_stop(session, self.job_id)
+                self._cancel = stages.should_stop(session, self.job_id)
         return self._cancel

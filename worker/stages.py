@@ -2,7 +2,7 @@
 
 Weights and files go to the object store under deterministic keys (``jobs/<id>/...``) before the
 stage is marked done, so a stage re-run after a crash overwrites the same objects; the rows and the
-artifact records are written by :func:`persistence.jobs.finish_stage` in one transaction.
+artifact records are written by :func:`persistence.stages.finish_stage` in one transaction.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from persistence.jobs import ArtifactRecord, StageOutputs
 from persistence.models import Checkpoint, Dataset, Job, StageName
+from persistence.stages import ArtifactRecord, StageOutputs
 from persistence.storage import ObjectStore, StoredObject
 from rift import checkpoints
 from rift.config import RiftConfig

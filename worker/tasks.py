@@ -26,10 +26,11 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from persistence import jobs
-from persistence.jobs import ClaimOutcome, LeaseLost
+from persistence import stages
 from persistence.models import STAGE_ORDER, Checkpoint, Dataset, JobStatus
+from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.storage import ObjectNotFound
+from persistence.transactions import JobNotFound
 from rift.errors import JobCancelled, RiftError
 from rift.pipeline import PipelineCallbacks
 from worker.factory import STAGE_TASK_NAMES, RiftCelery, enqueue_stage
@@ -83,20 +84,20 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
     owner = resources.worker_id
     try:
         with resources.session() as session:
-            claim = jobs.claim_stage(
+            claim = stages.claim_stage(
                 session, job_id, stage, owner=owner, lease_seconds=settings.worker_lease_seconds,
                 max_attempts=settings.max_stage_attempts)
             checkpoint = session.get(Checkpoint, claim.job.checkpoint_id)
             dataset = (session.get(Dataset, claim.job.dataset_id)
                        if claim.job.dataset_id else None)
-    except jobs.JobNotFound:
+    except JobNotFound:
         logger.warning("stage %s of unknown job %s: message dropped", stage, job_id)
         return "missing"
 
     if claim.outcome == ClaimOutcome.DONE:
         # A duplicate message, or the worker died between recording the stage and sending the
         # next message: send it (again); the next claim sorts out duplicates.
-        following = jobs.next_stage(stage)
+        following = stages.next_stage(stage)
         if following is not None and claim.job.status == JobStatus.RUNNING:
             enqueue_stage(app, job_id, following)
         return str(claim.outcome)
@@ -105,8 +106,8 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
         return str(claim.outcome)
     if checkpoint is None:
         with resources.session() as session:
-            jobs.fail_job(session, job_id, "checkpoint_missing",
-                          f"the job's checkpoint {claim.job.checkpoint_id} no longer exists")
+            stages.fail_job(session, job_id, "checkpoint_missing",
+                            f"the job's checkpoint {claim.job.checkpoint_id} no longer exists")
         return "failed"
 
     logger.info("job %s stage %s: attempt %d on %s", job_id, stage, claim.attempt, owner)
@@ -118,16 +119,16 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
         run = prepare(claim.job, checkpoint, dataset, resources.store, settings.work_dir,
                       settings.worker_device, settings.data_root)
         with resources.session() as session:
-            jobs.set_job_device(session, job_id, describe_device(run.device))
+            stages.set_job_device(session, job_id, describe_device(run.device))
         callbacks.check_cancel()
         outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir, callbacks)
         if reporter.lease_lost:
             raise LeaseLost(f"lost the lease on stage '{stage}' of job {job_id}")
         with resources.session() as session:
-            jobs.finish_stage(session, job_id, stage, owner=owner, outputs=outputs)
+            stages.finish_stage(session, job_id, stage, owner=owner, outputs=outputs)
     except JobCancelled:
         with resources.session() as session:
-            jobs.mark_cancelled(session, job_id)
+            stages.mark_cancelled(session, job_id)
         logger.info("job %s cancelled during stage %s", job_id, stage)
         return "cancelled"
     except LeaseLost as exc:
@@ -148,7 +149,7 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
     finally:
         reporter.stop()
 
-    following = jobs.next_stage(stage)
+    following = stages.next_stage(stage)
     if following is not None:
         enqueue_stage(app, job_id, following)
     return "done"
@@ -157,8 +158,8 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
 def _fail(resources: WorkerResources, job_id: str, stage: str, code: str, message: str) -> str:
     try:
         with resources.session() as session:
-            jobs.fail_job(session, job_id, code, message, stage=stage,
-                          owner=resources.worker_id)
+            stages.fail_job(session, job_id, code, message, stage=stage,
+                            owner=resources.worker_id)
     except LeaseLost as exc:
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return "lease_lost"
@@ -175,14 +176,14 @@ def _retry_or_fail(app: RiftCelery, resources: WorkerResources, job_id: str, sta
     error = f"{type(exc).__name__}: {exc}"
     with resources.session() as session:
         if attempt >= settings.max_stage_attempts:
-            jobs.fail_job(
+            stages.fail_job(
                 session, job_id, "stage_failed_repeatedly",
                 f"stage '{stage}' failed {attempt} times (MAX_STAGE_ATTEMPTS="
                 f"{settings.max_stage_attempts}); last error: {error}",
                 stage=stage, owner=resources.worker_id)
             return "failed"
-        jobs.release_stage(session, job_id, stage, owner=resources.worker_id,
-                           error=error + "\n" + traceback.format_exc(limit=5))
+        stages.release_stage(session, job_id, stage, owner=resources.worker_id,
+                             error=error + "\n" + traceback.format_exc(limit=5))
     enqueue_stage(app, job_id, stage, countdown=settings.stage_retry_delay_seconds)
     return "retry"
 
@@ -190,7 +191,7 @@ def _retry_or_fail(app: RiftCelery, resources: WorkerResources, job_id: str, sta
 def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources) -> int:
     """Send again the stages whose worker died or whose next message was lost."""
     with resources.session() as session:
-        stale = jobs.stages_to_redispatch(
+        stale = stages.stages_to_redispatch(
             session, stale_after=resources.settings.worker_lease_seconds,
             pending_after=resources.settings.stage_redispatch_seconds)
     for job_id, stage in stale:

@@ -1,0 +1,133 @@
+"""What :mod:`persistence.jobs` (the job lifecycle, used by the API) and :mod:`persistence.stages`
+(the stage leases, used by the workers) both build their transactions from, and the errors they
+share. Nothing outside ``persistence/`` calls these helpers; the API and the workers import only
+the errors.
+
+Every function of those two modules that writes is one :func:`transaction`: it commits before
+returning, or rolls back and raises. Readers leave the session's transaction to the caller (close
+the session when done: on SQLite an open transaction holds the database lock). Locks are always
+taken in the order jobs → job_stages (:func:`load_job` with ``for_update``, then the stages), so
+transactions cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import flag_modified
+
+from persistence.models import Job, JobEvent, JobStage, JobStatus, StageStatus
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+class PersistenceError(Exception):
+    """Base class; ``code`` is stable and the API maps it to an HTTP status once."""
+
+    code = "persistence_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class JobNotFound(PersistenceError):
+    code = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+# --------------------------------------------------------------------------------------------
+class EventKind(enum.StrEnum):
+    """Kinds of :class:`JobEvent`; the pipeline adds its own (``epoch``, ``module_scored``, ...)."""
+
+    JOB_CREATED = "job_created"
+    STAGE_STARTED = "stage_started"
+    STAGE_FINISHED = "stage_finished"
+    STAGE_RETRY = "stage_retry"
+    STAGE_RECOVERED = "stage_recovered"
+    CANCEL_REQUESTED = "cancel_requested"
+    JOB_SUCCEEDED = "job_succeeded"
+    JOB_FAILED = "job_failed"
+    JOB_CANCELLED = "job_cancelled"
+    WARNING = "warning"
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks of a transaction
+# --------------------------------------------------------------------------------------------
+@contextmanager
+def transaction(session: Session) -> Iterator[None]:
+    """Commit when the block ends, roll back (and re-raise) when it raises."""
+    try:
+        yield
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def load_job(session: Session, job_id: str, *, for_update: bool = False) -> Job:
+    """The job, fresh from the database (row-locked with ``for_update``); :class:`JobNotFound`."""
+    query = select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+    if for_update:
+        query = query.with_for_update()
+    job = session.execute(query).scalar_one_or_none()
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def load_stages(session: Session, job_id: str) -> list[JobStage]:
+    """The job's stages in pipeline order, fresh from the database."""
+    query = (select(JobStage).where(JobStage.job_id == job_id).order_by(JobStage.position)
+             .execution_options(populate_existing=True))
+    return list(session.execute(query).scalars())
+
+
+def touch(job: Job, now: datetime) -> None:
+    """Set ``job.updated_at`` to ``now``."""
+    job.updated_at = now
+    # Even when the value is unchanged: otherwise the column's onupdate would put the wall clock.
+    flag_modified(job, "updated_at")
+
+
+def log_event(session: Session, job_id: str, kind: str, payload: Mapping[str, Any],
+              now: datetime) -> JobEvent:
+    """Add an event to the session (written when the caller's transaction commits)."""
+    event = JobEvent(job_id=job_id, kind=str(kind), payload=dict(payload), created_at=now)
+    session.add(event)
+    return event
+
+
+def lease_is_live(stage: JobStage, now: datetime) -> bool:
+    """True while a worker holds the stage under a lease that has not expired at ``now``."""
+    return (stage.status == StageStatus.RUNNING and stage.lease_expires_at is not None
+            and stage.lease_expires_at > now)
+
+
+def cancel_job(session: Session, job: Job, stages: Sequence[JobStage], now: datetime) -> None:
+    """End the job as cancelled: its unfinished stages are cancelled, their leases dropped."""
+    job.status = JobStatus.CANCELLED
+    job.cancel_requested = True
+    job.finished_at = now
+    touch(job, now)
+    for stage in stages:
+        if stage.status in (StageStatus.PENDING, StageStatus.RUNNING):
+            stage.status = StageStatus.CANCELLED
+            stage.lease_owner = None
+            stage.lease_expires_at = None
+            if stage.started_at is not None:
+                stage.finished_at = now
+    log_event(session, job.id, EventKind.JOB_CANCELLED, {"stage": job.stage}, now)

@@ -1,0 +1,48 @@
+"""Helpers of the persistence tests: fixed times and a job spec, and shortcuts that claim and
+finish stages in a session of their own. Fixtures built on them live in ``conftest.py``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence import jobs, stages
+from persistence.models import JobStage
+from persistence.stages import StageOutputs
+
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+LEASE = 30.0
+SPEC = {"architecture": {"name": "small_cnn"}, "dataset": {"name": "digits"}}
+
+
+def claim(sessions: sessionmaker[Session], job_id: str, stage: str = "mrc", owner: str = "w1",
+          now: datetime = T0, max_attempts: int = 3) -> stages.StageClaim:
+    with sessions() as session:
+        return stages.claim_stage(session, job_id, stage, owner=owner, lease_seconds=LEASE,
+                                  max_attempts=max_attempts, now=now)
+
+
+def finish(sessions: sessionmaker[Session], job_id: str, stage: str, owner: str = "w1",
+           outputs: StageOutputs | None = None, now: datetime = T0) -> None:
+    with sessions() as session:
+        stages.finish_stage(session, job_id, stage, owner=owner, outputs=outputs or StageOutputs(),
+                            now=now)
+
+
+def stage_row(sessions: sessionmaker[Session], job_id: str, stage: str) -> JobStage:
+    with sessions() as session:
+        return session.get_one(JobStage, (job_id, stage))
+
+
+def event_kinds(sessions: sessionmaker[Session], job_id: str) -> list[str]:
+    with sessions() as session:
+        return [event.kind for event in jobs.list_events(session, job_id)]
+
+
+MRC_ROWS = [
+    {"name": "conv1", "parameters": 100, "mrc": 0.5, "worst_robust_loss": 1.5,
+     "robust_accuracy_at_worst": 30.0, "robust_accuracy_drop": 10.0, "seconds": 0.1},
+    {"name": "fc", "parameters": 50, "mrc": 0.1, "worst_robust_loss": 1.1,
+     "robust_accuracy_at_worst": 38.0, "robust_accuracy_drop": 2.0, "seconds": 0.1},
+]
