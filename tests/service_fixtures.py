@@ -240,6 +240,22 @@ def _celery_command() -> list[str]:
     return [str(celery)] if celery.exists() else [sys.executable, "-m", "celery"]
 
 
+def launch_worker(env: Mapping[str, str], log_path: Path, name: str) -> WorkerProcess:
+    """Start a real ``celery worker`` (solo pool, one task at a time) consuming
+    ``env["CELERY_QUEUE"]``, with ``env`` over this process's environment; its output goes to
+    ``log_path``. Call ``wait_ready()`` on the result."""
+    full = {**os.environ, **env}
+    # Two cores are shared by the test and its workers: no thread oversubscription.
+    full.setdefault("OMP_NUM_THREADS", "1")
+    command = [*_celery_command(), "-A", "worker.celery_app", "worker", "--pool=solo",
+               "--concurrency=1", "-Q", full.get("CELERY_QUEUE", "rift"), "--without-gossip",
+               "--without-mingle", "--without-heartbeat", "--loglevel=INFO", "-n", f"{name}@%h"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=full, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    return WorkerProcess(process, log_path, name)
+
+
 @pytest.fixture
 def start_worker(service_env: dict[str, str], tmp_path: Path
                  ) -> Iterator[Callable[..., WorkerProcess]]:
@@ -248,19 +264,8 @@ def start_worker(service_env: dict[str, str], tmp_path: Path
     started: list[WorkerProcess] = []
 
     def start(wait: bool = True, **overrides: str) -> WorkerProcess:
-        env = {**os.environ, **service_env, **overrides}
-        # Two cores are shared by the test and its workers: no thread oversubscription.
-        env.setdefault("OMP_NUM_THREADS", "1")
         name = f"w{len(started) + 1}-{uuid.uuid4().hex[:6]}"
-        log_path = tmp_path / f"worker-{name}.log"
-        command = [*_celery_command(), "-A", "worker.celery_app", "worker", "--pool=solo",
-                   "--concurrency=1", "-Q", env["CELERY_QUEUE"], "--without-gossip",
-                   "--without-mingle", "--without-heartbeat", "--loglevel=INFO",
-                   "-n", f"{name}@%h"]
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-        worker = WorkerProcess(process, log_path, name)
+        worker = launch_worker({**service_env, **overrides}, tmp_path / f"worker-{name}.log", name)
         started.append(worker)
         if wait:
             worker.wait_ready()

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.dispatch import DispatchError
 from persistence.models import Checkpoint, Dataset, Job
 from persistence.settings import Settings
-from tests.service_fixtures import PROJECT_ROOT, WorkerProcess, _celery_command
+from tests.service_fixtures import WorkerProcess, launch_worker
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -155,19 +155,8 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 
 
 def spawn_worker(env: dict[str, str], log_path: Path) -> WorkerProcess:
-    """Start a real ``celery worker`` (solo pool) with exactly the service variables in ``env``
-    on top of this process's environment; call ``wait_ready()`` on the result."""
-    import os
-    import subprocess
+    """Start a real ``celery worker`` with exactly the service variables in ``env`` (not the
+    test's ``service_env``); call ``wait_ready()`` on the result."""
     import uuid
 
-    full = {**os.environ, **env}
-    full.setdefault("OMP_NUM_THREADS", "1")  # two cores shared by the test and its workers
-    name = f"api-{uuid.uuid4().hex[:6]}"
-    command = [*_celery_command(), "-A", "worker.celery_app", "worker", "--pool=solo",
-               "--concurrency=1", "-Q", full.get("CELERY_QUEUE", "rift"), "--without-gossip",
-               "--without-mingle", "--without-heartbeat", "--loglevel=INFO", "-n", f"{name}@%h"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=full, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    return WorkerProcess(process, log_path, name)
+    return launch_worker(env, log_path, f"api-{uuid.uuid4().hex[:6]}")
