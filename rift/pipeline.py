@@ -177,6 +177,10 @@ def _run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None,
     report = module_robust_criticality(
         run.model, adversarial, labels, spec, precision=config.precision, on_module=on_module,
         should_cancel=callbacks.should_cancel)
+    if report.engine == "full" and spec.engine == "auto":
+        callbacks.event("warning", {"stage": "mrc", "message": (
+            "the model could not be traced with torch.fx, so MRC ran full forward passes "
+            "(same values, slower)")})
     rows = [row.as_dict() for row in report.modules]
     return MRCStageResult(rows, report.baseline_robust_loss, report.baseline_robust_accuracy,
                           report.lowest().name, report.engine, len(labels),
@@ -273,6 +277,11 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
     baseline = points[0]  # α = 0 is θ_AT itself
     chosen = select_alpha(points, baseline_robust_accuracy=baseline.robust_accuracy,
                           tolerance=spec.robust_tolerance)
+    if chosen.alpha == 0.0:
+        callbacks.event("warning", {"stage": "interpolate", "message": (
+            "no α > 0 kept the robust accuracy of the original weights, so they are returned "
+            "unchanged; try a smaller finetune.lr, another finetune.module or a "
+            "robust_tolerance")})
     tuned = interpolate_weights(run.original_state, finetuned_state, chosen.alpha)
     before: dict[str, float | None]
     after: dict[str, float | None]

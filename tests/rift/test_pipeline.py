@@ -222,3 +222,22 @@ def test_too_few_classes_is_a_config_error(digits_checkpoint_path: Path,
     with pytest.raises(ConfigError) as error:
         prepare_run(_fast(digits_job_config), digits_checkpoint_path)
     assert error.value.field == "architecture.num_classes"
+
+
+def test_a_fine_tune_that_costs_robustness_returns_theta_at_with_a_warning(
+        digits_checkpoint_path: Path, digits_job_config: dict) -> None:
+    """An end point with the classifier's weights negated: θ_0.5 has a zero classifier and θ_1 a
+    reversed one, so no α > 0 keeps θ_AT's robustness; the rule returns θ_AT and says so."""
+    run = prepare_run(_fast(digits_job_config), digits_checkpoint_path)
+    wrecked = dict(run.original_state)
+    wrecked["fc.weight"] = -wrecked["fc.weight"]
+    events: list[tuple[str, dict]] = []
+    result = run_interpolation_stage(run, wrecked, PipelineCallbacks(
+        on_event=lambda kind, data: events.append((kind, data))))
+    assert result.chosen_alpha == 0.0
+    assert all(p["robust_accuracy"] < result.points[0]["robust_accuracy"]
+               for p in result.points[1:])
+    for key, value in run.original_state.items():
+        assert torch.equal(result.state_dict[key], value), key
+    warnings = [data for kind, data in events if kind == "warning"]
+    assert len(warnings) == 1 and "unchanged" in warnings[0]["message"]
