@@ -129,7 +129,13 @@ def weight_norm(weight: torch.Tensor, p: int | str) -> float:
 
 
 class _LossProbe:
-    """Runs the suffix over cached prefix outputs: ascent passes and loss measurements."""
+    """Runs the suffix over cached prefix outputs: ascent passes and loss measurements.
+
+    A measurement after pass k and the first batch of pass k + 1 see the same weights, so the
+    ascent pass takes that batch's loss from its own forward instead of running it twice; the
+    other batches are measured (without grad) before the pass moves the weights. The values are
+    those of a separate measurement; a one-batch set saves a whole forward pass per step.
+    """
 
     def __init__(self, segment: Segment, cache: list[tuple[torch.Tensor, ...]],
                  labels: list[torch.Tensor], precision: str,
@@ -142,46 +148,82 @@ class _LossProbe:
         if self.should_cancel is not None and self.should_cancel():
             raise JobCancelled()
 
-    def ascend(self, weight: nn.Parameter, lr: float) -> None:
-        """One pass of SGD *ascent* on the mean cross-entropy, a step per batch."""
-        for inputs, labels in zip(self.cache, self.labels, strict=True):
-            self._check_cancel()
-            with autocast(labels.device, self.precision):
-                logits = self.segment.suffix(*inputs)
-            loss = F.cross_entropy(logits.float(), labels)
-            (grad,) = torch.autograd.grad(loss, weight)
+    def _logits(self, index: int) -> torch.Tensor:
+        self._check_cancel()
+        with autocast(self.labels[index].device, self.precision):
+            return self.segment.suffix(*self.cache[index]).float()
+
+    def _new_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.labels[0].device
+        return (torch.zeros((), dtype=torch.float64, device=device),
+                torch.zeros((), dtype=torch.int64, device=device))
+
+    def _accumulate(self, sums: tuple[torch.Tensor, torch.Tensor], logits: torch.Tensor,
+                    index: int) -> torch.Tensor:
+        """Add a batch's summed loss and hits to ``sums``; returns the summed loss (with grad)."""
+        labels = self.labels[index]
+        loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+        sums[0].add_(loss_sum.detach().double())
+        sums[1].add_((logits.detach().argmax(1) == labels).sum())
+        return loss_sum
+
+    def _result(self, sums: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
+        return float(sums[0]) / self.examples, 100.0 * float(sums[1]) / self.examples
+
+    def ascend(self, weight: nn.Parameter, lr: float, *, measure_start: bool
+               ) -> tuple[float, float] | None:
+        """One pass of SGD *ascent* on the mean cross-entropy, a step per batch. With
+        ``measure_start``, also returns (mean robust loss, robust accuracy in percent) of the
+        weights the pass starts from."""
+        sums = self._new_sums()
+        if measure_start:
+            with torch.no_grad():
+                for index in range(1, len(self.cache)):
+                    self._accumulate(sums, self._logits(index), index)
+        for index in range(len(self.cache)):
+            logits = self._logits(index)
+            if measure_start and index == 0:
+                loss_sum = self._accumulate(sums, logits, index)
+            else:
+                loss_sum = F.cross_entropy(logits, self.labels[index], reduction="sum")
+            (grad,) = torch.autograd.grad(loss_sum / len(self.labels[index]), weight)
             with torch.no_grad():
                 weight.add_(grad.to(weight.dtype), alpha=lr)
+        return self._result(sums) if measure_start else None
 
     @torch.no_grad()
     def measure(self) -> tuple[float, float]:
         """(mean robust loss, robust accuracy in percent) over the whole adversarial set."""
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.labels[0].device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.labels[0].device)
-        for inputs, labels in zip(self.cache, self.labels, strict=True):
-            self._check_cancel()
-            with autocast(labels.device, self.precision):
-                logits = self.segment.suffix(*inputs).float()
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-            correct += (logits.argmax(1) == labels).sum()
-        return float(loss_sum) / self.examples, 100.0 * float(correct) / self.examples
+        sums = self._new_sums()
+        for index in range(len(self.cache)):
+            self._accumulate(sums, self._logits(index), index)
+        return self._result(sums)
 
 
 def _criticality_of(
     weight: nn.Parameter, probe: _LossProbe, spec: MRCSpec, baseline: tuple[float, float]
 ) -> tuple[float, float]:
-    """Worst (loss, accuracy) over the ascent, Δ = 0 included; the weight is restored after."""
+    """Worst (loss, accuracy) after each projected pass, Δ = 0 included; the weight is restored.
+
+    The point reached by pass k is measured while pass k + 1 starts (see ``_LossProbe``), the
+    last one after the loop: the same ``steps`` measurements as measuring after every pass.
+    """
     original = weight.detach().clone()
     radius = spec.eps * weight_norm(original, spec.p)
     worst_loss, accuracy_at_worst = baseline
+
+    def keep_worst(measured: tuple[float, float] | None) -> None:
+        nonlocal worst_loss, accuracy_at_worst
+        if measured is not None and measured[0] > worst_loss:
+            worst_loss, accuracy_at_worst = measured
+
     try:
-        for _ in range(spec.steps):
-            probe.ascend(weight, spec.lr)
+        for step in range(spec.steps):
+            # From the second pass on, the pass also measures where the previous one ended.
+            keep_worst(probe.ascend(weight, spec.lr, measure_start=step > 0))
             with torch.no_grad():
                 weight.copy_(original + project_onto_ball(weight - original, radius, spec.p))
-            loss, accuracy = probe.measure()
-            if loss > worst_loss:
-                worst_loss, accuracy_at_worst = loss, accuracy
+        keep_worst(probe.measure())  # where the last pass ended
     finally:
         with torch.no_grad():
             weight.copy_(original)

@@ -141,7 +141,7 @@ def test_perturbation_never_leaves_the_ball() -> None:
 
 
 def test_ascent_iterates_stay_in_the_ball(residual_setup, monkeypatch) -> None:
-    """Record the weight after every projection made during MRC and check its distance."""
+    """Record every projected point the ascent reaches and check its distance from θ."""
     import rift.mrc as mrc_module
 
     model, images, labels = residual_setup
@@ -149,18 +149,50 @@ def test_ascent_iterates_stay_in_the_ball(residual_setup, monkeypatch) -> None:
     original = model.conv2.weight.detach().clone()
     radius = 0.05 * float(original.norm())
     distances: list[float] = []
-    real_measure = mrc_module._LossProbe.measure
+    real_projection = mrc_module.project_onto_ball
 
-    def recording_measure(self):  # wraps the real measurement, adds an observation only
-        distances.append(float((model.conv2.weight.detach() - original).norm()))
-        return real_measure(self)
+    def recording_projection(delta, radius_, p):  # the real projection, observed
+        projected = real_projection(delta, radius_, p)
+        distances.append(float(projected.detach().norm()))
+        return projected
 
-    monkeypatch.setattr(mrc_module._LossProbe, "measure", recording_measure)
+    monkeypatch.setattr(mrc_module, "project_onto_ball", recording_projection)
     report = module_robust_criticality(model, images, labels, spec)
-    assert len(distances) == 1 + spec.steps  # baseline + one per pass
+    assert len(distances) == spec.steps  # one projection per pass
     assert max(distances) <= radius * (1 + 1e-5)
     assert max(distances) > 0.9 * radius  # a large step reaches the surface
     assert report.modules[0].mrc > 0
+    assert torch.equal(model.conv2.weight, original)
+
+
+def test_every_pass_end_point_is_measured(residual_setup, monkeypatch) -> None:
+    """The worst loss is the largest of the losses at the end of each pass (Δ = 0 included):
+    re-measure each projected point on its own and compare with what MRC reports."""
+    import rift.mrc as mrc_module
+
+    model, images, labels = residual_setup
+    spec = _spec(eps=0.2, lr=5.0, modules=["conv3"], steps=5)
+    points: list[torch.Tensor] = []
+    real_projection = mrc_module.project_onto_ball
+
+    def recording_projection(delta, radius_, p):
+        projected = real_projection(delta, radius_, p)
+        points.append(projected.detach().clone())
+        return projected
+
+    monkeypatch.setattr(mrc_module, "project_onto_ball", recording_projection)
+    row = module_robust_criticality(model, images, labels, spec).modules[0]
+    monkeypatch.undo()
+    original = model.conv3.weight.detach().clone()
+    losses = []
+    with torch.no_grad():
+        baseline = float(F.cross_entropy(model(images), labels))
+        for delta in points:
+            model.conv3.weight.copy_(original + delta)
+            losses.append(float(F.cross_entropy(model(images), labels)))
+        model.conv3.weight.copy_(original)
+    assert len(losses) == spec.steps
+    assert row.worst_robust_loss == pytest.approx(max([baseline, *losses]), rel=1e-5)
 
 
 @pytest.mark.parametrize("beta", [0.1, 10.0])
