@@ -132,21 +132,29 @@ def _npy_header(archive: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np
     return tuple(int(d) for d in shape), dtype
 
 
+# Mirrors rift.data.npz.MIN_IMAGE_SIDE (not imported: that module pulls in torch).
+MIN_IMAGE_SIDE = 8
+
+
 def npz_image_shape(shape: tuple[int, ...], dtype: np.dtype[Any], key: str) -> tuple[int, int, int]:
     """(C, H, W) of an npz image array, by the layout rules of ``rift.data.npz``: uint8 arrays are
     N×H×W×C, float arrays N×C×H×W, and N×H×W is one channel."""
+    if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
+        raise DatasetError(f"key '{key}' must be uint8 or float; got {dtype}")
     if len(shape) == 3:
-        return (1, shape[1], shape[2])
-    if len(shape) != 4:
+        channels, height, width = 1, shape[1], shape[2]
+    elif len(shape) != 4:
         raise DatasetError(
             f"key '{key}' must have 4 dimensions (uint8 N×H×W×C or float N×C×H×W); "
             f"got shape {list(shape)}")
-    if dtype == np.uint8:
+    elif dtype == np.uint8:
         channels, height, width = shape[3], shape[1], shape[2]
-    elif np.issubdtype(dtype, np.floating):
-        channels, height, width = shape[1], shape[2], shape[3]
     else:
-        raise DatasetError(f"key '{key}' must be uint8 or float; got {dtype}")
+        channels, height, width = shape[1], shape[2], shape[3]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise DatasetError(
+            f"key '{key}': shape {list(shape)} gives {height}×{width} images; each side must be "
+            f"at least {MIN_IMAGE_SIDE} pixels")
     if not 1 <= channels <= MAX_CHANNELS:
         raise DatasetError(
             f"key '{key}': shape {list(shape)} has {channels} channels; at most {MAX_CHANNELS} "

@@ -36,7 +36,6 @@ DATASET_PATH_PREFIX = "dataset:"
 UPLOADED_KINDS = ("npz", "imagefolder")
 # Classes of the built-in datasets: a model with fewer outputs cannot be trained on them.
 BUILTIN_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "mnist": 10, "digits": 10}
-_DEVICE_PREFIXES = ("cpu", "cuda", "mps", "xpu")
 
 
 def dataset_placeholder(dataset_id: str) -> str:
@@ -184,15 +183,6 @@ def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec) -> Reso
     return ResolvedDataset(row, geometry)
 
 
-def _check_device(config: RiftConfig) -> None:
-    device = config.device
-    kind, _, index = device.partition(":")
-    if device == "auto" or (kind in _DEVICE_PREFIXES and (not index or index.isdigit())):
-        return
-    raise InvalidInput(
-        f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'", field="config.device")
-
-
 def check_job_fits(config: RiftConfig, shapes: Shapes, geometry: tuple[int, int] | None,
                    checkpoint_field: str) -> None:
     """Build the job's model on the meta device and check the checkpoint and module names.
@@ -201,7 +191,6 @@ def check_job_fits(config: RiftConfig, shapes: Shapes, geometry: tuple[int, int]
         ApiError: (422) checkpoint mismatch (field ``checkpoint_field``, with the missing,
             unexpected and mismatched keys), unknown architecture or module names.
     """
-    _check_device(config)
     channels, size = geometry if geometry is not None else (3, 32)
     try:
         model = check_checkpoint_fits(config, shapes, channels, size)

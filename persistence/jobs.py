@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -196,10 +196,13 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
         created, job_id = raw.split("|", 1)
         created_at = datetime.fromisoformat(created)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        if created_at.tzinfo is None or not job_id:
+            raise ValueError("not a cursor this service issued")
+        # Normalise here: an offset that pushes the instant past year 1 or 9999 must be a
+        # cursor error, not an overflow when the database binds the value.
+        created_at = created_at.astimezone(UTC)
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
         raise InvalidCursor(cursor) from None
-    if created_at.tzinfo is None or not job_id:
-        raise InvalidCursor(cursor)
     return created_at, job_id
 
 

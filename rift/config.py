@@ -12,11 +12,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Norm = Literal["linf", "l2"]
+MIN_STD = 1e-4
+# 'auto', 'cpu', or an accelerator with an optional small index (ASCII digits only).
+DEVICE_PATTERN = r"^(auto|cpu|mps|(cuda|xpu)(:[0-9]{1,2})?)$"
 
 
 class _Strict(BaseModel):
     # Unknown keys are errors: a typo in a job spec must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid")
+    # NaN and ±inf are refused in every float: they would only surface later as NaN losses.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ArchitectureSpec(_Strict):
@@ -34,8 +38,8 @@ class ArchitectureSpec(_Strict):
     def _check_normalisation(self) -> ArchitectureSpec:
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both 'mean' and 'std', or neither")
-        if self.std is not None and any(s <= 0 for s in self.std):
-            raise ValueError("every 'std' entry must be > 0")
+        if self.std is not None and any(s < MIN_STD for s in self.std):
+            raise ValueError(f"every 'std' entry must be >= {MIN_STD} (inputs are divided by it)")
         if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
             raise ValueError("'mean' and 'std' must have the same length")
         return self
@@ -117,7 +121,8 @@ class FinetuneSpec(_Strict):
 class InterpolationSpec(_Strict):
     """θ_α = (1 − α) θ_AT + α θ_FT over an α grid (RIFT.md, step 3)."""
 
-    alpha_step: float = Field(0.05, gt=0.0, le=1.0)
+    alpha_step: float = Field(0.05, ge=1e-4, le=1.0,
+                              description="Grid step; at most 10,001 points (step >= 1e-4).")
     robust_tolerance: float = Field(
         0.0, ge=0.0, le=100.0,
         description="Percentage points of robust accuracy the chosen α may lose vs θ_AT.")
@@ -142,7 +147,8 @@ class RiftConfig(_Strict):
     interpolation: InterpolationSpec = Field(default_factory=InterpolationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    device: str = Field("auto", pattern=DEVICE_PATTERN,
+                        description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     deterministic: bool = Field(

@@ -62,6 +62,12 @@ class DatasetError(RiftError):
     code = "invalid_dataset"
 
 
+class NumericalError(RiftError):
+    """A loss or metric came out NaN or infinite (e.g. extreme normalisation or learning rate)."""
+
+    code = "non_finite_values"
+
+
 class JobCancelled(RiftError):
     """Raised at a batch boundary when the cancellation callback says so."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,7 @@ from torch import fx, nn
 
 from rift.config import MRCSpec
 from rift.device import autocast
-from rift.errors import ConfigError, JobCancelled
+from rift.errors import ConfigError, JobCancelled, NumericalError
 from rift.segments import Segment, full_model_segment, split_at_module, trace
 
 logger = logging.getLogger(__name__)
@@ -261,6 +262,10 @@ def module_robust_criticality(
         full = full_model_segment(model)
         baseline = _LossProbe(full, [(x,) for x in image_batches], label_batches, precision,
                               should_cancel).measure()
+        if not math.isfinite(baseline[0]):
+            raise NumericalError(
+                f"the robust loss of the original weights is {baseline[0]}: check the "
+                "checkpoint and architecture.mean/std")
         report = MRCReport(baseline_robust_loss=baseline[0], baseline_robust_accuracy=baseline[1],
                            engine=engine)
         for index, name in enumerate(names):
@@ -277,6 +282,10 @@ def module_robust_criticality(
             finally:
                 weight.requires_grad_(False)
             del cache, probe
+            if not math.isfinite(worst_loss):
+                raise NumericalError(
+                    f"the robust loss of module {name!r} diverged to {worst_loss} during the "
+                    "ascent; lower mrc.lr or mrc.eps")
             row = ModuleCriticality(
                 name=name,
                 parameters=weight.numel(),

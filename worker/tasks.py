@@ -173,7 +173,9 @@ def _retry_or_fail(app: RiftCelery, resources: WorkerResources, job_id: str, sta
     allowed attempt, fail the job (while still holding the lease, so no other worker is racing)."""
     settings = resources.settings
     logger.exception("job %s stage %s: unexpected error on attempt %d", job_id, stage, attempt)
-    error = f"{type(exc).__name__}: {exc}"
+    # The job's message gets the first line only: driver errors carry whole SQL statements after it.
+    first_line = (str(exc).splitlines() or [""])[0][:300]
+    error = f"{type(exc).__name__}: {first_line}"
     with resources.session() as session:
         if attempt >= settings.max_stage_attempts:
             stages.fail_job(
@@ -183,7 +185,7 @@ def _retry_or_fail(app: RiftCelery, resources: WorkerResources, job_id: str, sta
                 stage=stage, owner=resources.worker_id)
             return "failed"
         stages.release_stage(session, job_id, stage, owner=resources.worker_id,
-                             error=error + "\n" + traceback.format_exc(limit=5))
+                             error=traceback.format_exc(limit=5))
     enqueue_stage(app, job_id, stage, countdown=settings.stage_retry_delay_seconds)
     return "retry"
 

@@ -97,7 +97,7 @@ def read_events(
         job = load_job(session, job_id)
         session.commit()
         if "text/event-stream" in request.headers.get("accept", ""):
-            if last_event_id is not None and last_event_id.isdigit():
+            if last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit():
                 after = min(max(after, int(last_event_id)), MAX_EVENT_ID)
             return StreamingResponse(
                 _stream(factory, job.id, after), media_type="text/event-stream",

@@ -96,7 +96,7 @@ def load_job(session: Session, job_id: str) -> Job:
 
 async def _read_json_body(request: Request) -> bytes:
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_JSON_BYTES:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > MAX_JSON_BYTES:
         raise PayloadTooLarge(f"the JSON body is larger than the limit of {MAX_JSON_BYTES} bytes",
                               details={"limit_bytes": MAX_JSON_BYTES})
     body = bytearray()

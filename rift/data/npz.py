@@ -19,10 +19,20 @@ from rift.data.tensors import ImageTensors, SourceData
 from rift.errors import DatasetError
 
 MAX_CHANNELS = 16  # the largest in_channels an architecture accepts (ArchitectureSpec)
+MIN_IMAGE_SIDE = 8  # the smallest images the models take (sklearn's digits are 8×8)
 TEST_FRACTION = 0.2  # held out as test when the file has no x_test / y_test
 
 
 def _images(x: np.ndarray, key: str) -> torch.Tensor:
+    images = _images_nchw(x, key)
+    if min(images.shape[2:]) < MIN_IMAGE_SIDE:
+        raise DatasetError(
+            f"key '{key}': shape {x.shape} gives {images.shape[2]}×{images.shape[3]} images; each "
+            f"side must be at least {MIN_IMAGE_SIDE} pixels")
+    return images
+
+
+def _images_nchw(x: np.ndarray, key: str) -> torch.Tensor:
     if x.ndim == 3:
         x = x[:, None] if x.dtype != np.uint8 else x[..., None]
     if x.ndim != 4:

@@ -97,6 +97,10 @@ def test_bad_npz_archives_are_refused(api: Api) -> None:
         "encrypted": (encrypted_flag(buffer.getvalue()), "encrypted"),
         "too many channels": (npz_bytes(x=np.zeros((5, 8, 8, 32), np.uint8),
                                         y=np.zeros(5, dtype=np.int64)), "channels"),
+        "empty images": (npz_bytes(x=np.zeros((4, 0, 0, 1), np.uint8),
+                                   y=np.zeros(4, dtype=np.int64)), "at least 8 pixels"),
+        "int16 greyscale": (npz_bytes(x=np.zeros((5, 8, 8), np.int16),
+                                      y=np.zeros(5, dtype=np.int64)), "uint8 or float"),
     }
     for name, (content, reason) in cases.items():
         response = upload(api, f"{name}.npz", content)

@@ -81,6 +81,12 @@ def test_stream_of_a_finished_job_replays_and_ends(api: Api, job_id: str) -> Non
         "Accept": "text/event-stream", "Last-Event-ID": events[0]["id"]})
     assert [e["event"] for e in parse_sse(resumed.text)] == ["job_cancelled", "end"]
 
+    # A Last-Event-ID that is not a plain number (here "²", a digit int() refuses) is ignored.
+    odd = api.client.get(f"/v1/jobs/{job_id}/events", headers={
+        "Accept": "text/event-stream", "Last-Event-ID": "\u00b2".encode("latin-1")})
+    assert odd.status_code == 200
+    assert [e["event"] for e in parse_sse(odd.text)] == ["job_created", "job_cancelled", "end"]
+
 
 def test_stream_delivers_new_events_live(api: Api, job_id: str) -> None:
     received: list[tuple[float, dict[str, Any]]] = []

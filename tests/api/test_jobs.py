@@ -81,6 +81,12 @@ def test_invalid_spec_values_name_each_field(api: Api, checkpoint_id: str) -> No
     ({"config": digits_config(finetune={"module": "layer9"})}, "config.finetune.module"),
     ({"config": digits_config(mrc={"modules": ["conv1", "nope"]})}, "config.mrc.modules"),
     ({"config": digits_config(device="gpu")}, "config.device"),
+    ({"config": digits_config(device="cuda:\u00b2")}, "config.device"),
+    ({"config": digits_config(device="cuda:99999999999999999999")}, "config.device"),
+    ({"config": digits_config(interpolation={"alpha_step": 1e-5})},
+     "config.interpolation.alpha_step"),
+    ({"config": digits_config(architecture={"name": "small_cnn", "mean": [0.0],
+                                            "std": [1e-300]})}, "config.architecture"),
     ({"config": digits_config(dataset={"name": "cifar100"})}, "config.architecture.num_classes"),
     ({"labels": {f"k{i}": "v" for i in range(40)}}, "labels"),
     ({"labels": {"bad key": "v"}}, "labels.bad key.[key]"),
@@ -95,6 +101,18 @@ def test_bad_references_and_values_are_422(
     response = create(api, {**job_body(checkpoint_id), **change})
     assert response.status_code == 422, response.text
     assert field in fields(response), response.json()
+    assert api.count(Job) == 0
+
+
+def test_out_of_range_numbers_are_422_not_infinity(api: Api, checkpoint_id: str) -> None:
+    """1e400 is valid JSON that parses to inf; it must be refused, naming the field."""
+    body = json.dumps(job_body(checkpoint_id, config=digits_config(
+        architecture={"name": "small_cnn", "mean": [0.5], "std": [0.25]})))
+    body = body.replace("0.5", "1e400", 1)
+    response = api.client.post("/v1/jobs", content=body,
+                               headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "config.architecture.mean.0" in fields(response)
     assert api.count(Job) == 0
 
 
@@ -335,6 +353,9 @@ def test_list_pagination_and_filters(api: Api, checkpoint_id: str) -> None:
      "cursor"),
     ({"cursor": base64.urlsafe_b64encode(b"not-a-date|abc").decode()}, "cursor"),
     ({"cursor": "x" * 1000}, "cursor"),
+    # Valid dates whose offset pushes the instant outside datetime's range.
+    ({"cursor": base64.urlsafe_b64encode(b"0001-01-01T00:00:00+05:00|x").decode()}, "cursor"),
+    ({"cursor": base64.urlsafe_b64encode(b"9999-12-31T23:00:00-05:00|x").decode()}, "cursor"),
 ])
 def test_bad_list_parameters_are_422(api: Api, params: dict[str, Any], field: str) -> None:
     response = api.client.get("/v1/jobs", params=params)

@@ -284,3 +284,15 @@ def test_cached_equals_plain_on_registry_resnets(arch: str) -> None:
     for row in cached.modules:
         assert row.mrc == pytest.approx(plain[row.name], rel=1e-4, abs=1e-6), row.name
     assert any(row.mrc > 0 for row in cached.modules)
+
+
+def test_non_finite_losses_are_a_numerical_error(residual_setup) -> None:
+    """A NaN in the forward (here a bias; in practice extreme normalisation) makes the robust
+    loss NaN; MRC says so instead of returning a table of NaNs."""
+    from rift.errors import NumericalError
+
+    model, images, labels = residual_setup
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))
+    with pytest.raises(NumericalError, match="mean/std|diverged"):
+        module_robust_criticality(model, images, labels, _spec(modules=["conv1"]))

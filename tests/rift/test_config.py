@@ -1,0 +1,49 @@
+"""The job spec (RiftConfig): what it refuses, so bad values fail at once and not on a worker."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from rift.config import RiftConfig
+
+BASE = {"architecture": {"name": "resnet18"}, "dataset": {"name": "cifar10"}}
+
+
+def _errors(**changes: object) -> set[str]:
+    with pytest.raises(ValidationError) as error:
+        RiftConfig.model_validate({**BASE, **changes})
+    return {".".join(str(part) for part in e["loc"]) for e in error.value.errors()}
+
+
+def test_defaults_follow_the_reference_protocol() -> None:
+    config = RiftConfig.model_validate(BASE)
+    assert config.attack.eps == pytest.approx(8 / 255) and config.attack.steps == 10
+    assert config.mrc.eps == 0.1 and config.mrc.p == 2 and config.mrc.lr == 1.0
+    assert config.mrc.steps == 10 and config.mrc.batch_size == 512
+    assert config.finetune.lr == 1e-3 and config.finetune.epochs == 10
+    assert config.finetune.lr_milestones == [5] and config.finetune.batch_size == 128
+    assert config.interpolation.alpha_step == 0.05 and config.deterministic
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"attack": {"eps": float("inf")}}, "attack.eps"),
+    ({"mrc": {"lr": float("nan")}}, "mrc.lr"),
+    ({"architecture": {"name": "resnet18", "mean": [float("inf")] * 3, "std": [1.0] * 3}},
+     "architecture.mean.0"),
+    ({"architecture": {"name": "resnet18", "mean": [0.0], "std": [1e-300]}}, "architecture"),
+    ({"architecture": {"name": "resnet18", "mean": [0.0]}}, "architecture"),
+    ({"interpolation": {"alpha_step": 1e-5}}, "interpolation.alpha_step"),
+    ({"device": "cuda:\u00b2"}, "device"),
+    ({"device": "gpu"}, "device"),
+    ({"finetune": {"lr_milestones": [5, 3]}}, "finetune.lr_milestones"),
+    ({"mrc": {"stepz": 3}}, "mrc.stepz"),
+    ({"dataset": {"name": "npz"}}, "dataset"),
+])
+def test_bad_values_name_their_field(changes: dict, field: str) -> None:
+    assert field in _errors(**changes)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:7", "mps"])
+def test_device_names(device: str) -> None:
+    assert RiftConfig.model_validate({**BASE, "device": device}).device == device
