@@ -132,7 +132,8 @@ def _npy_header(archive: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np
     return tuple(int(d) for d in shape), dtype
 
 
-# Mirrors rift.data.npz.MIN_IMAGE_SIDE (not imported: that module pulls in torch).
+# The service takes images of at least ArchitectureSpec.image_size's lower bound (8 px, the size of
+# sklearn's digits); the library itself only refuses empty images.
 MIN_IMAGE_SIDE = 8
 
 

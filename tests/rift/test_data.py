@@ -636,3 +636,16 @@ def test_splits_move_to_a_device_whole() -> None:
                for part in (moved.train, moved.validation, moved.test))
     assert moved.nbytes == splits.nbytes > 0
     assert moved.num_classes == splits.num_classes and moved.augment == splits.augment
+
+
+def test_npz_with_empty_images_is_refused(tmp_path) -> None:
+    import numpy as np
+
+    from rift.config import DatasetSpec
+    from rift.data import load_dataset
+    from rift.errors import DatasetError
+
+    path = tmp_path / "empty.npz"
+    np.savez(path, x=np.zeros((4, 0, 0, 1), np.uint8), y=np.zeros(4, np.int64))
+    with pytest.raises(DatasetError, match="at least 1 pixel"):
+        load_dataset(DatasetSpec(name="npz", path=str(path)), seed=0)

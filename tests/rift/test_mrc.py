@@ -294,5 +294,5 @@ def test_non_finite_losses_are_a_numerical_error(residual_setup) -> None:
     model, images, labels = residual_setup
     with torch.no_grad():
         model.head.bias.fill_(float("nan"))
-    with pytest.raises(NumericalError, match="mean/std|diverged"):
+    with pytest.raises(NumericalError, match=r"mean/std|diverged"):
         module_robust_criticality(model, images, labels, _spec(modules=["conv1"]))
