@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +42,20 @@ MRC_CSV = "mrc.csv"
 RESULT_JSON = "result.json"
 
 
-def artifact_key(job_id: str, name: str) -> str:
-    """Object-store key of a job's artifact (``tuned.safetensors``, ``mrc.csv``, ...)."""
-    return f"jobs/{job_id}/artifacts/{name}"
+def stage_object_key(job_id: str, stage: str, attempt: int, name: str) -> str:
+    """Where attempt ``attempt`` of ``stage`` writes ``name`` in the object store.
+
+    Every attempt writes its own keys: a worker that stalled past its lease (another worker has
+    taken the stage over) can still finish writing, but only under its own attempt's keys, which
+    are never recorded, so it cannot overwrite the objects of the attempt that did finish. Later
+    stages read the finished attempt of an earlier stage, which is its last claim.
+    """
+    return f"jobs/{job_id}/{stage}/attempt-{attempt}/{name}"
 
 
-def stage_record_key(job_id: str, stage: str) -> str:
-    """Object-store key of a stage's JSON summary, read by the stages after it."""
-    return f"jobs/{job_id}/stages/{stage}.json"
+MRC_RECORD = "mrc.json"
+FINETUNE_RECORD = "finetune.json"
+ObjectKey = Callable[[str, str], str]  # (stage, file name) -> key in that stage's recorded attempt
 
 
 def job_config(job: Job, *, dataset_path: Path | None, device: str | None,
@@ -78,16 +85,23 @@ def prepare(job: Job, checkpoint: Checkpoint, dataset: Dataset | None, store: Ob
 
 
 def run_stage(stage: str, job: Job, run: PreparedRun, store: ObjectStore, work_dir: Path,
-              callbacks: PipelineCallbacks) -> StageOutputs:
-    """Run ``stage`` and store its files; returns what :func:`finish_stage` records."""
+              callbacks: PipelineCallbacks, attempts: Mapping[str, int]) -> StageOutputs:
+    """Run ``stage`` and store its files; returns what :func:`finish_stage` records.
+
+    ``attempts`` maps each stage to its latest claim: this stage's own attempt, and for the
+    stages already done, the attempt whose outputs were recorded."""
     scratch = Path(tempfile.mkdtemp(dir=_mkdir(work_dir / "scratch"), prefix=f"{job.id}-"))
+
+    def key(of_stage: str, name: str) -> str:
+        return stage_object_key(job.id, of_stage, attempts[of_stage], name)
+
     try:
         if stage == StageName.MRC:
-            return _mrc(job, run, store, callbacks)
+            return _mrc(job, run, store, callbacks, key)
         if stage == StageName.FINETUNE:
-            return _finetune(job, run, store, scratch, callbacks)
+            return _finetune(job, run, store, scratch, callbacks, key)
         if stage == StageName.INTERPOLATE:
-            return _interpolate(job, run, store, scratch, callbacks)
+            return _interpolate(job, run, store, scratch, callbacks, key)
         raise ValueError(f"unknown stage {stage!r}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -120,13 +134,13 @@ def _metadata(run: PreparedRun, **extra: str) -> dict[str, str]:
     return {"config": run.config.model_dump_json(), **extra}
 
 
-def _mrc(job: Job, run: PreparedRun, store: ObjectStore,
-         callbacks: PipelineCallbacks) -> StageOutputs:
+def _mrc(job: Job, run: PreparedRun, store: ObjectStore, callbacks: PipelineCallbacks,
+         key: ObjectKey) -> StageOutputs:
     result = run_mrc_stage(run, callbacks)
     # The module to tune: the one the user named, else the least critical (RIFT.md, step 1).
     module = run.config.finetune.module or result.selected_module
-    _put_json(store, stage_record_key(job.id, StageName.MRC), result.to_json())
-    csv_object = store.put_bytes(artifact_key(job.id, MRC_CSV),
+    _put_json(store, key(StageName.MRC, MRC_RECORD), result.to_json())
+    csv_object = store.put_bytes(key(StageName.MRC, MRC_CSV),
                                  mrc_table_csv(result.rows, module).encode("utf-8"),
                                  content_type="text/csv")
     return StageOutputs(
@@ -143,7 +157,7 @@ def _mrc(job: Job, run: PreparedRun, store: ObjectStore,
 
 
 def _finetune(job: Job, run: PreparedRun, store: ObjectStore, scratch: Path,
-              callbacks: PipelineCallbacks) -> StageOutputs:
+              callbacks: PipelineCallbacks, key: ObjectKey) -> StageOutputs:
     module = run.config.finetune.module or job.selected_module
     if module is None:
         raise RuntimeError(f"job {job.id} has no selected module although MRC is done")
@@ -151,8 +165,8 @@ def _finetune(job: Job, run: PreparedRun, store: ObjectStore, scratch: Path,
     path = scratch / FINETUNED
     checkpoints.save_safetensors(path, result.state_dict,
                                  _metadata(run, kind="finetuned", module=module))
-    weights = store.put_file(artifact_key(job.id, FINETUNED), path, content_type=SAFETENSORS)
-    _put_json(store, stage_record_key(job.id, StageName.FINETUNE), result.to_json())
+    weights = store.put_file(key(StageName.FINETUNE, FINETUNED), path, content_type=SAFETENSORS)
+    _put_json(store, key(StageName.FINETUNE, FINETUNE_RECORD), result.to_json())
     return StageOutputs(
         epochs=result.epochs,
         artifacts=[_record(FINETUNED, weights)],
@@ -164,24 +178,24 @@ def _finetune(job: Job, run: PreparedRun, store: ObjectStore, scratch: Path,
 
 
 def _interpolate(job: Job, run: PreparedRun, store: ObjectStore, scratch: Path,
-                 callbacks: PipelineCallbacks) -> StageOutputs:
-    finetuned_path = store.download_to(artifact_key(job.id, FINETUNED), scratch / FINETUNED)
+                 callbacks: PipelineCallbacks, key: ObjectKey) -> StageOutputs:
+    finetuned_path = store.download_to(key(StageName.FINETUNE, FINETUNED), scratch / FINETUNED)
     finetuned = checkpoints.load_state_dict(finetuned_path)
     result = run_interpolation_stage(run, finetuned, callbacks)
     module = job.selected_module or ""
     path = scratch / TUNED
     checkpoints.save_safetensors(path, result.state_dict, _metadata(
         run, kind="tuned", alpha=repr(result.chosen_alpha), module=module))
-    weights = store.put_file(artifact_key(job.id, TUNED), path, content_type=SAFETENSORS)
+    weights = store.put_file(key(StageName.INTERPOLATE, TUNED), path, content_type=SAFETENSORS)
 
     mrc = MRCStageResult.from_json(json.loads(
-        store.get_bytes(stage_record_key(job.id, StageName.MRC))))
-    saved = json.loads(store.get_bytes(stage_record_key(job.id, StageName.FINETUNE)))
+        store.get_bytes(key(StageName.MRC, MRC_RECORD))))
+    saved = json.loads(store.get_bytes(key(StageName.FINETUNE, FINETUNE_RECORD)))
     finetune = FinetuneStageResult(saved["module"], saved["epochs"], saved["best_epoch"],
                                    saved["seconds"], state_dict={})
     document = {"job_id": job.id,
                 **build_result(run.config, mrc, finetune, result, str(run.device))}
-    result_object = _put_json(store, artifact_key(job.id, RESULT_JSON), document)
+    result_object = _put_json(store, key(StageName.INTERPOLATE, RESULT_JSON), document)
     return StageOutputs(
         interpolation_points=result.points,
         artifacts=[_record(TUNED, weights), _record(RESULT_JSON, result_object)],

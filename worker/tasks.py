@@ -30,7 +30,7 @@ from persistence import stages
 from persistence.models import STAGE_ORDER, Checkpoint, Dataset, JobStatus
 from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.storage import ObjectNotFound
-from persistence.transactions import JobNotFound
+from persistence.transactions import JobNotFound, load_stages
 from rift.errors import JobCancelled, RiftError
 from rift.pipeline import PipelineCallbacks
 from worker.factory import STAGE_TASK_NAMES, RiftCelery, enqueue_stage
@@ -87,6 +87,8 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
             claim = stages.claim_stage(
                 session, job_id, stage, owner=owner, lease_seconds=settings.worker_lease_seconds,
                 max_attempts=settings.max_stage_attempts)
+            # Each stage's latest claim: this attempt, and the recorded one of stages done.
+            attempts = {str(row.stage): row.attempts for row in load_stages(session, job_id)}
             checkpoint = session.get(Checkpoint, claim.job.checkpoint_id)
             dataset = (session.get(Dataset, claim.job.dataset_id)
                        if claim.job.dataset_id else None)
@@ -121,7 +123,8 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
         with resources.session() as session:
             stages.set_job_device(session, job_id, describe_device(run.device))
         callbacks.check_cancel()
-        outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir, callbacks)
+        outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir, callbacks,
+                            attempts)
         if reporter.lease_lost:
             raise LeaseLost(f"lost the lease on stage '{stage}' of job {job_id}")
         with resources.session() as session:

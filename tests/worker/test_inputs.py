@@ -88,3 +88,13 @@ def test_built_in_datasets_are_read_from_the_worker_data_root(tmp_path) -> None:
     config = job_config(job, dataset_path=None, device=None, data_root=tmp_path)  # type: ignore[arg-type]
     assert config.dataset.root == str(tmp_path)
     assert config.dataset.download is False
+
+
+def test_each_attempt_of_a_stage_writes_its_own_keys() -> None:
+    """A worker that stalled past its lease must not overwrite the winning attempt's objects."""
+    from worker.stages import stage_object_key
+
+    first = stage_object_key("job1", "finetune", 1, "finetuned.safetensors")
+    second = stage_object_key("job1", "finetune", 2, "finetuned.safetensors")
+    assert first != second
+    assert first.startswith("jobs/job1/") and second.endswith("/finetuned.safetensors")

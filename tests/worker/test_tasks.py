@@ -27,7 +27,7 @@ from rift import checkpoints
 from rift.interpolation import interpolate_weights
 from tests.service_fixtures import WorkerProcess
 from worker.factory import RiftCelery, create_celery_app, enqueue_stage
-from worker.stages import FINETUNED, TUNED, artifact_key
+from worker.stages import FINETUNED, TUNED
 
 pytestmark = pytest.mark.service
 
@@ -148,16 +148,16 @@ def test_a_message_delivered_twice_runs_each_stage_once(
 
     # The tuned weights are θ_α between θ_AT and the fine-tuned end point at the chosen α.
     tuned = checkpoints.load_state_dict(
-        store.download_to(artifact_key(job_id, TUNED), tmp_path / TUNED))
+        store.download_to(artifacts[TUNED].storage_key, tmp_path / TUNED))
     finetuned = checkpoints.load_state_dict(
-        store.download_to(artifact_key(job_id, FINETUNED), tmp_path / FINETUNED))
+        store.download_to(artifacts[FINETUNED].storage_key, tmp_path / FINETUNED))
     original = checkpoints.load_state_dict(digits_checkpoint_path)
     assert job.chosen_alpha is not None
     expected = interpolate_weights(original, finetuned, job.chosen_alpha)
     assert tuned.keys() == expected.keys()
     for key in tuned:
         torch.testing.assert_close(tuned[key], expected[key])
-    assert artifacts["tuned.safetensors"].size == store.size(artifact_key(job_id, TUNED))
+    assert artifacts[TUNED].size == store.size(artifacts[TUNED].storage_key)
 
 
 def test_a_killed_worker_is_replaced_without_recomputing_mrc(
@@ -194,6 +194,11 @@ def test_a_killed_worker_is_replaced_without_recomputing_mrc(
     assert len(mrc_rows) == sum(kind == "module_scored" for kind, _ in log) > 0
     assert [e.epoch for e in epochs] == list(range(1, 41))
     assert any(kind == "stage_recovered" for kind, _ in log)
+    # The recorded weights are those of the attempt that finished, under its own keys.
+    with sessions() as session:
+        keys = {a.name: a.storage_key for a in jobs.list_artifacts(session, job_id)}
+    assert keys[FINETUNED] == f"jobs/{job_id}/finetune/attempt-2/{FINETUNED}"
+    assert keys["mrc.csv"] == f"jobs/{job_id}/mrc/attempt-1/mrc.csv"
 
 
 def test_cancellation_while_queued_and_while_running(
