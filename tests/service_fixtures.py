@@ -21,6 +21,7 @@ need them are skipped with the reason when they cannot be reached.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -85,28 +86,42 @@ def _postgres_template() -> Iterator[str]:
         _drop_database(name)
 
 
-@pytest.fixture
-def postgres_url(_postgres_template: str) -> Iterator[str]:
-    """URL (``postgresql+psycopg://``) of a fresh migrated database, dropped after the test."""
-    name = f"rift_test_{uuid.uuid4().hex[:12]}"
+@contextlib.contextmanager
+def migrated_database(template: str, prefix: str = "rift_test") -> Iterator[str]:
+    """A new database cloned from the migrated ``template``; yields its URL, drops it after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with _admin_connection() as connection:
-        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{_postgres_template}"')
+        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     try:
         yield _database_url(name)
     finally:
         _drop_database(name)
+
+
+@pytest.fixture
+def postgres_url(_postgres_template: str) -> Iterator[str]:
+    """URL (``postgresql+psycopg://``) of a fresh migrated database, dropped after the test."""
+    with migrated_database(_postgres_template) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def postgres_session_url(_postgres_template: str) -> Iterator[str]:
     """URL of one migrated database shared by every test of the session."""
-    name = f"rift_test_{uuid.uuid4().hex[:12]}_session"
-    with _admin_connection() as connection:
-        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{_postgres_template}"')
-    try:
-        yield _database_url(name)
-    finally:
-        _drop_database(name)
+    with migrated_database(_postgres_template, "rift_session") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def moto_s3_endpoint() -> Iterator[str]:
+    """URL of moto's standalone S3 server on 127.0.0.1 (a port the OS picked): a real HTTP
+    server that test processes and worker processes alike talk to."""
+    server_module = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ tests can look at them; the end-to-end tests use the real Celery dispatcher and 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,25 +18,15 @@ from api.main import create_app
 from persistence.db import session_factory_from_settings
 from persistence.settings import Settings
 from tests.api.helpers import MIB, Api, ApiServer, RecordingDispatcher, small_cnn_state
-from tests.service_fixtures import (
-    _admin_connection,
-    _database_url,
-    _drop_database,
-    settings_from_env,
-)
+from tests.service_fixtures import migrated_database, settings_from_env
 
 
 @pytest.fixture(scope="module")
 def module_postgres_url(_postgres_template: str) -> Iterator[str]:
     """A migrated Postgres database for one test module (emptied before each test that uses it:
     a TRUNCATE is much cheaper than a database per test)."""
-    name = f"rift_api_{uuid.uuid4().hex[:12]}"
-    with _admin_connection() as connection:
-        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{_postgres_template}"')
-    try:
-        yield _database_url(name)
-    finally:
-        _drop_database(name)
+    with migrated_database(_postgres_template, "rift_api") as url:
+        yield url
 
 
 def _empty_postgres(url: str) -> None:

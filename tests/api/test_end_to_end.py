@@ -242,15 +242,10 @@ def wait_for_job(api: Api, job_id: str, condition: Callable[[dict[str, Any]], bo
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 (a real HTTP server the worker process talks to as well)."""
-    server_module = pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+@pytest.fixture
+def s3_server(moto_s3_endpoint: str) -> str:
+    """The session's moto S3 server (a real HTTP server the worker process talks to as well)."""
+    return moto_s3_endpoint
 
 
 def test_s3_store_with_presigned_downloads(service_env: dict[str, str], s3_server: str,

@@ -35,14 +35,9 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """URL of a moto S3 server on 127.0.0.1 with a port the OS picked."""
-    server_module = pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+def s3_endpoint(moto_s3_endpoint: str) -> str:
+    """URL of the session's moto S3 server (tests/service_fixtures.py)."""
+    return moto_s3_endpoint
 
 
 def make_s3_store(endpoint: str, **kwargs: object) -> S3ObjectStore:
