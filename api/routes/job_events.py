@@ -15,6 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from api.deps import CallerDep, SessionFactoryDep, StreamSlotsDep
+from api.errors import TooManyRequests
+from api.limits import StreamSlots
 from api.routes.jobs import load_job
 from api.schemas import EventOut, EventPageOut
 from persistence.jobs import list_events
@@ -53,7 +56,17 @@ def _sse(event: EventOut) -> str:
     return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
-async def _stream(factory: sessionmaker[Session], job_id: str, after: int) -> AsyncIterator[str]:
+async def _stream(factory: sessionmaker[Session], job_id: str, after: int,
+                  slots: StreamSlots, key_id: str) -> AsyncIterator[str]:
+    try:
+        async for chunk in _stream_events(factory, job_id, after):
+            yield chunk
+    finally:
+        slots.release(key_id)
+
+
+async def _stream_events(factory: sessionmaker[Session], job_id: str,
+                         after: int) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     last_sent = time.monotonic()
     while True:
@@ -88,19 +101,29 @@ async def _stream(factory: sessionmaker[Session], job_id: str, after: int) -> As
 def read_events(
     job_id: str,
     request: Request,
+    factory: SessionFactoryDep,
+    caller: CallerDep,
+    slots: StreamSlotsDep,
     after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="Last event id seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventPageOut | StreamingResponse:
-    factory = request.app.state.session_factory
     with factory() as session:
-        job = load_job(session, job_id)
+        job = load_job(session, caller, job_id)
         session.commit()
         if "text/event-stream" in request.headers.get("accept", ""):
             if last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit():
                 after = min(max(after, int(last_event_id)), MAX_EVENT_ID)
+            limit_streams = caller.limits.max_streams_per_key
+            if not slots.acquire(caller.key_id, limit_streams):
+                raise TooManyRequests(
+                    f"this API key already has {limit_streams} open event streams "
+                    "(max_streams_per_key); close one first", field="max_streams_per_key",
+                    code="quota_exceeded", headers={"Retry-After": "5"},
+                    details={"quota": "max_streams_per_key", "limit": limit_streams})
             return StreamingResponse(
-                _stream(factory, job.id, after), media_type="text/event-stream",
+                _stream(factory, job.id, after, slots, caller.key_id),
+                media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         status = job.status
         finished = status in TERMINAL_STATUSES
