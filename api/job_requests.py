@@ -24,6 +24,7 @@ from api.dataset_validation import dataset_geometry, stored_dataset_geometry
 from api.errors import InvalidInput, from_rift_error
 from api.schemas import JobSpec
 from api.services.ownership import find_owned
+from api.spec_limits import check_service_bounds
 from persistence.jobs import request_fingerprint
 from persistence.models import Checkpoint, Dataset
 from persistence.storage import ObjectStore
@@ -96,10 +97,15 @@ def _prefill_dataset_path(body: Any) -> None:
 
 
 def validate_body(body: Any, model: type[ModelT], loc: tuple[Any, ...]) -> ModelT:
-    """Validate parsed JSON against ``model``; errors are 422s whose ``loc`` starts with ``loc``."""
+    """Validate parsed JSON against ``model`` in strict mode (``"epochs": "10"`` is refused, not
+    read as 10), then the service's bounds of a job config; errors are 422s whose ``loc``
+    starts with ``loc``."""
     _prefill_dataset_path(body)
+    if isinstance(body, dict) and isinstance(body.get("config"), dict):
+        check_service_bounds(body["config"], (*loc, "config"))
     try:
-        return model.model_validate(body)
+        # Strict in JSON mode: JSON strings still become enums and paths, arrays tuples.
+        return model.model_validate_json(json.dumps(body), strict=True)
     except ValidationError as exc:
         errors = [
             {**error, "loc": (*loc, *error["loc"])}

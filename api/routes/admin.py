@@ -56,9 +56,15 @@ class ProjectOut(BaseModel):
     max_streams_per_key: int | None
 
 
+ScopeName = Literal["read", "write", "admin"]
+
+
+def _default_scopes() -> list[ScopeName]:
+    return ["read", "write"]
+
+
 class KeyCreate(_Body):
-    scopes: list[Literal["read", "write", "admin"]] = Field(
-        default_factory=lambda: ["read", "write"], min_length=1, max_length=3)
+    scopes: list[ScopeName] = Field(default_factory=_default_scopes, min_length=1, max_length=3)
     name: str | None = Field(None, max_length=128)
 
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from api.auth import Caller
 from api.errors import Conflict
@@ -36,9 +36,10 @@ def _delete_objects(store: ObjectStore, keys: Iterable[str]) -> None:
                            type(exc).__name__)
 
 
-def _refuse_if_used(session: Session, column: object, resource_id: str, what: str) -> None:
+def _refuse_if_used(session: Session, column: InstrumentedAttribute[str | None],
+                    resource_id: str, what: str) -> None:
     rows = session.execute(
-        select(Job.id, Job.status).where(column == resource_id)  # type: ignore[operator]
+        select(Job.id, Job.status).where(column == resource_id)
         .order_by(Job.created_at).limit(1000)).all()
     active = [job_id for job_id, status in rows if status in ACTIVE]
     if active:
@@ -82,8 +83,8 @@ def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str
     keys = list(session.execute(
         select(Artifact.storage_key).where(Artifact.job_id == job.id)).scalars())
     # The status is re-checked in the DELETE itself, so a job that started meanwhile stays.
-    deleted = session.execute(
-        delete(Job).where(Job.id == job.id, Job.status.not_in(ACTIVE))).rowcount
+    result = session.execute(delete(Job).where(Job.id == job.id, Job.status.not_in(ACTIVE)))
+    deleted = getattr(result, "rowcount", 1)
     session.commit()
     if not deleted:
         raise Conflict(f"job {job.id} is running again: cancel it first", code="job_active")
