@@ -110,8 +110,8 @@ class Settings(BaseSettings):
     default_max_job_cost: int = Field(
         1_000_000_000, ge=1,
         description="Largest cost estimate of one job, in example-passes (persistence/cost.py). "
-        "A ResNet-18 RiFT run on CIFAR-10 with the paper's settings is about 2e7; the default "
-        "allows 50 times that and refuses specs that would hold a worker for days.")
+        "A ResNet-18 RiFT run on CIFAR-10 with the paper's settings is about 1e7; the default "
+        "allows 100 times that and refuses specs that would hold a worker for days.")
     default_max_requests_per_minute: int = Field(
         1200, ge=1, description="Requests per minute per project (429 with Retry-After beyond); "
         "counted in Redis when BROKER_URL is Redis, else in the API process.")

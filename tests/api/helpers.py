@@ -99,6 +99,9 @@ class Api:
         with self.sessions() as session:
             return int(session.execute(select(func.count()).select_from(model)).scalar_one())
 
+    def count_jobs(self) -> int:
+        return self.count(Job)
+
     def stored_files(self) -> list[Path]:
         """Every file in the local object store (dot-files included: a half-written upload
         would show up here)."""
