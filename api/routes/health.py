@@ -9,10 +9,11 @@ import logging
 from collections.abc import Callable
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api import crud
+from api.deps import DispatcherDep, SessionFactoryDep, StoreDep
 from api.errors import error_body
 from api.schemas import CheckOut, HealthOut, ReadyOut
 
@@ -49,11 +50,10 @@ async def _run_check(name: str, check: Callable[[], None]) -> CheckOut:
     responses={200: {"model": ReadyOut},
                503: {"description": "Something is down; the body names it"}},
 )
-async def readyz(request: Request) -> ReadyOut | JSONResponse:
-    state = request.app.state
-
+async def readyz(factory: SessionFactoryDep, dispatcher: DispatcherDep,
+                 store: StoreDep) -> ReadyOut | JSONResponse:
     def database() -> None:
-        with state.session_factory() as session:
+        with factory() as session:
             crud.ping(session)
 
     checks: dict[str, CheckOut] = {}
@@ -63,8 +63,8 @@ async def readyz(request: Request) -> ReadyOut | JSONResponse:
 
     async with anyio.create_task_group() as group:
         group.start_soon(run, "database", database)
-        group.start_soon(run, "broker", state.dispatcher.check)
-        group.start_soon(run, "object_store", state.store.check)
+        group.start_soon(run, "broker", dispatcher.check)
+        group.start_soon(run, "object_store", store.check)
     ordered = {name: checks[name] for name in ("database", "broker", "object_store")}
     down = [name for name, check in ordered.items() if not check.ok]
     if not down:
