@@ -81,7 +81,7 @@ class InvalidCursor(PersistenceError):
     code = "invalid_cursor"
 
     def __init__(self, cursor: str) -> None:
-        super().__init__(f"the pagination cursor {cursor!r} is not one this service issued")
+        super().__init__(f"the pagination cursor {cursor[:80]!r} is not one this service issued")
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,7 +198,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
         created, job_id = raw.split("|", 1)
         created_at = datetime.fromisoformat(created)
-        if created_at.tzinfo is None or not job_id:
+        # The id goes to the database: bytes it refuses with an error (NUL) must stop here.
+        if created_at.tzinfo is None or not job_id or len(job_id) > 64 \
+                or not job_id.isascii() or not job_id.isprintable():
             raise ValueError("not a cursor this service issued")
         # Normalise here: an offset that pushes the instant past year 1 or 9999 must be a
         # cursor error, not an overflow when the database binds the value.
