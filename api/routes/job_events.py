@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request
@@ -17,7 +18,6 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, SessionFactoryDep, StreamSlotsDep
 from api.errors import TooManyRequests
-from api.limits import StreamSlots
 from api.routes.jobs import load_job
 from api.schemas import EventOut, EventPageOut
 from persistence.jobs import list_events
@@ -56,17 +56,24 @@ def _sse(event: EventOut) -> str:
     return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
-async def _stream(factory: sessionmaker[Session], job_id: str, after: int,
-                  slots: StreamSlots, key_id: str) -> AsyncIterator[str]:
-    try:
-        async for chunk in _stream_events(factory, job_id, after):
-            yield chunk
-    finally:
-        slots.release(key_id)
+class _HeldStream(StreamingResponse):
+    """A stream that gives its slot back when it ends, however it ends (finished, client gone,
+    or never started because the client left first)."""
+
+    def __init__(self, body: AsyncIterator[str], release: Callable[[], None],
+                 **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
-async def _stream_events(factory: sessionmaker[Session], job_id: str,
-                         after: int) -> AsyncIterator[str]:
+async def _stream(factory: sessionmaker[Session], job_id: str,
+                  after: int) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     last_sent = time.monotonic()
     while True:
@@ -121,8 +128,8 @@ def read_events(
                     "(max_streams_per_key); close one first", field="max_streams_per_key",
                     code="quota_exceeded", headers={"Retry-After": "5"},
                     details={"quota": "max_streams_per_key", "limit": limit_streams})
-            return StreamingResponse(
-                _stream(factory, job.id, after, slots, caller.key_id),
+            return _HeldStream(
+                _stream(factory, job.id, after), partial(slots.release, caller.key_id),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         status = job.status
