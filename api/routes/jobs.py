@@ -1,5 +1,6 @@
 """``/v1/jobs``: create a job (JSON on an uploaded checkpoint, or multipart with the checkpoint
-file), list, read and cancel jobs."""
+file), list, read, cancel and delete jobs. The routes parse and shape; the rules live in
+:mod:`api.services`."""
 
 from __future__ import annotations
 
@@ -167,8 +168,8 @@ def _statuses(values: list[str]) -> list[str] | None:
     known = [s.value for s in JobStatus]
     for status in statuses:
         if status not in known:
-            raise InvalidInput(f"unknown status '{status}'; use one of {', '.join(known)}",
-                               field="status")
+            raise InvalidInput(f"unknown status {quote(status)}; use one of "
+                               f"{', '.join(known)}", field="status")
     return statuses or None
 
 
@@ -177,7 +178,7 @@ def _labels(values: list[str]) -> dict[str, str]:
     for value in values:
         key, sep, wanted = value.partition(":")
         if not sep or not _LABEL_KEY.fullmatch(key):
-            raise InvalidInput(f"label filter '{value}' must be key:value with a key of letters, "
+            raise InvalidInput(f"label filter {quote(value)} must be key:value with a key of letters, "
                                "digits and _ . - /", field="label")
         if len(wanted) > 255 or any(ord(c) < 32 or ord(c) == 127 for c in wanted):
             raise InvalidInput("a label value is at most 255 printable characters",
