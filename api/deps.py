@@ -1,6 +1,7 @@
-"""Dependencies shared by the routes: settings, a database session, the object store and the
-dispatcher. All of them live on ``app.state``, put there by :func:`api.main.create_app`; nothing is
-a module-level global, so each app (and each test) has its own."""
+"""Dependencies shared by the routes: settings, a database session, the object store, the
+dispatcher, the caller (``CallerDep``, see :mod:`api.auth`) and the limiters. All of them live on
+``app.state``, put there by :func:`api.main.create_app`; nothing is a module-level global, so
+each app (and each test) has its own."""
 
 from __future__ import annotations
 
@@ -10,9 +11,16 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.auth import AdminDep, Caller, CallerDep
 from api.dispatch import Dispatcher
+from api.limits import RateLimiter, StreamSlots
+from api.services.jobs import JobServices
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
+
+__all__ = ["AdminDep", "Caller", "CallerDep", "DispatcherDep", "JobServicesDep",
+           "RateLimiterDep", "SessionDep", "SessionFactoryDep", "SettingsDep", "StoreDep",
+           "StreamSlotsDep"]
 
 
 def get_settings(request: Request) -> Settings:
@@ -37,8 +45,27 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher  # type: ignore[no-any-return]
 
 
+def get_rate_limiter(request: Request) -> RateLimiter:
+    return request.app.state.rate_limiter  # type: ignore[no-any-return]
+
+
+def get_stream_slots(request: Request) -> StreamSlots:
+    return request.app.state.stream_slots  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
+StreamSlotsDep = Annotated[StreamSlots, Depends(get_stream_slots)]
+
+
+def get_job_services(settings: SettingsDep, store: StoreDep, factory: SessionFactoryDep,
+                     dispatcher: DispatcherDep) -> JobServices:
+    return JobServices(settings=settings, store=store, session_factory=factory,
+                       dispatcher=dispatcher)
+
+
+JobServicesDep = Annotated[JobServices, Depends(get_job_services)]

@@ -12,8 +12,8 @@ from typing import Protocol
 from celery import Celery
 
 from persistence.models import StageName
+from persistence.queue import create_celery_app, enqueue_stage
 from persistence.settings import Settings
-from worker.factory import create_celery_app, enqueue_stage
 
 #: Seconds to wait for the broker when checking readiness.
 BROKER_CHECK_TIMEOUT_S = 3.0

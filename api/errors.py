@@ -71,6 +71,30 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+class Unauthorized(ApiError):
+    """No key, or one that is unknown or revoked: 401 with the challenge RFC 6750 asks for."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="Authorization",
+                         headers={"WWW-Authenticate": 'Bearer realm="rift"'})
+
+
+class Forbidden(ApiError):
+    """The key is valid but lacks the scope the route needs (never used to hide resources:
+    another project's resource is a 404)."""
+
+    status_code = 403
+    code = "insufficient_scope"
+
+
+class TooManyRequests(ApiError):
+    status_code = 429
+    code = "rate_limited"
+
+
 class BadRequest(ApiError):
     status_code = 400
     code = "bad_request"
@@ -113,11 +137,39 @@ class ServiceUnavailable(ApiError):
     code = "service_unavailable"
 
 
+#: How many characters of a client's input an error may quote: enough to recognise it, and an
+#: error answer stays small whatever was sent.
+QUOTE_CHARS = 100
+#: Longest message of an error answer (a checkpoint mismatch lists many keys; input quoted in a
+#: message is cut further by :func:`quote`).
+MAX_MESSAGE_CHARS = 2000
+
+
+def shorten(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def quote(value: object) -> str:
+    """A client's value for an error message: at most :data:`QUOTE_CHARS` characters, quoted."""
+    return repr(shorten(str(value)))
+
+
+def _short_input(value: Any) -> Any:
+    # The ``input`` FastAPI puts in a validation error may be the whole request body.
+    if isinstance(value, str | bytes):
+        return shorten(value if isinstance(value, str) else value.decode("utf-8", "replace"))
+    if isinstance(value, dict | list | tuple):
+        return shorten(str(value))
+    return value
+
+
 def error_body(
     code: str, message: str, field: str | None = None, details: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The JSON body of every error response."""
-    error: dict[str, Any] = {"code": code, "message": message, "field": field}
+    """The JSON body of every error response (the message cut to :data:`MAX_MESSAGE_CHARS`)."""
+    error: dict[str, Any] = {"code": code, "message": shorten(message, MAX_MESSAGE_CHARS),
+                             "field": shorten(field, QUOTE_CHARS * 2) if field else field}
     if details:
         error.update(details)
     return {"error": error}
@@ -195,7 +247,12 @@ def dotted_field(loc: Sequence[Any]) -> str | None:
 
 def validation_error_body(errors: Sequence[Any]) -> dict[str, Any]:
     """The 422 body: our error shape (first field and all messages) plus FastAPI's ``detail``."""
-    errors = jsonable_encoder(list(errors))
+    errors = [
+        {**e, "input": _short_input(e["input"]),
+         "msg": shorten(str(e.get("msg", "")), QUOTE_CHARS * 3)} if "input" in e
+        else {**e, "msg": shorten(str(e.get("msg", "")), QUOTE_CHARS * 3)}
+        for e in jsonable_encoder([dict(e) for e in errors])
+    ][:50]
     fields = [dotted_field(e.get("loc", ())) for e in errors]
     messages = [
         f"{f}: {e.get('msg')}" if f else str(e.get("msg"))

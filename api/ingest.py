@@ -72,14 +72,17 @@ def store_checkpoint(
     store: ObjectStore,
     file: UploadedFile,
     inspection: CheckpointInspection,
+    project_id: str,
 ) -> Checkpoint:
-    """Store a validated checkpoint under ``checkpoints/<id>.<ext>`` and record it."""
+    """Store a validated checkpoint under ``checkpoints/<id>.<ext>`` and record it as
+    ``project_id``'s."""
     checkpoint_id = new_id()
     key = f"checkpoints/{checkpoint_id}.{CHECKPOINT_SUFFIX[inspection.format]}"
     return _store_then_record(session_factory, store, key, file, lambda session: create_checkpoint(
         session, checkpoint_id=checkpoint_id, filename=file.filename, size=file.size,
         sha256=file.sha256, format=inspection.format, storage_key=key,
-        num_tensors=inspection.num_tensors, num_parameters=inspection.num_parameters))
+        num_tensors=inspection.num_tensors, num_parameters=inspection.num_parameters,
+        project_id=project_id))
 
 
 def validate_dataset_upload(file: UploadedFile, field: str, max_bytes: int) -> DatasetInspection:
@@ -96,10 +99,13 @@ def store_dataset(
     store: ObjectStore,
     file: UploadedFile,
     inspection: DatasetInspection,
+    project_id: str,
 ) -> Dataset:
-    """Store a validated archive under ``datasets/<id>.<npz|tar>`` and record it."""
+    """Store a validated archive under ``datasets/<id>.<npz|tar>`` and record it as
+    ``project_id``'s."""
     dataset_id = new_id()
     key = f"datasets/{dataset_id}.{DATASET_SUFFIX[inspection.kind]}"
     return _store_then_record(session_factory, store, key, file, lambda session: create_dataset(
         session, dataset_id=dataset_id, filename=file.filename, kind=inspection.kind,
-        size=file.size, sha256=file.sha256, storage_key=key))
+        size=file.size, sha256=file.sha256, storage_key=key, project_id=project_id,
+        num_examples=inspection.num_examples))

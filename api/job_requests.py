@@ -23,9 +23,10 @@ from api.checkpoint_validation import Shapes, check_checkpoint_fits, stored_chec
 from api.dataset_validation import dataset_geometry, stored_dataset_geometry
 from api.errors import InvalidInput, from_rift_error
 from api.schemas import JobSpec
+from api.services.ownership import find_owned
+from api.spec_limits import check_service_bounds
 from persistence.jobs import request_fingerprint
 from persistence.models import Checkpoint, Dataset
-from persistence.records import get_checkpoint, get_dataset
 from persistence.storage import ObjectStore
 from rift.config import RiftConfig
 from rift.errors import ConfigError, RiftError
@@ -96,10 +97,15 @@ def _prefill_dataset_path(body: Any) -> None:
 
 
 def validate_body(body: Any, model: type[ModelT], loc: tuple[Any, ...]) -> ModelT:
-    """Validate parsed JSON against ``model``; errors are 422s whose ``loc`` starts with ``loc``."""
+    """Validate parsed JSON against ``model`` in strict mode (``"epochs": "10"`` is refused, not
+    read as 10), then the service's bounds of a job config; errors are 422s whose ``loc``
+    starts with ``loc``."""
     _prefill_dataset_path(body)
+    if isinstance(body, dict) and isinstance(body.get("config"), dict):
+        check_service_bounds(body["config"], (*loc, "config"))
     try:
-        return model.model_validate(body)
+        # Strict in JSON mode: JSON strings still become enums and paths, arrays tuples.
+        return model.model_validate_json(json.dumps(body), strict=True)
     except ValidationError as exc:
         errors = [
             {**error, "loc": (*loc, *error["loc"])}
@@ -128,8 +134,10 @@ class ResolvedDataset:
     geometry: tuple[int, int] | None
 
 
-def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec) -> ResolvedDataset:
-    """Check the dataset rules and find the image geometry.
+def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec,
+                    project_id: str) -> ResolvedDataset:
+    """Check the dataset rules and find the image geometry (an uploaded dataset must be
+    ``project_id``'s: another project's is unknown).
 
     Raises:
         InvalidInput: (422) unknown ``dataset_id``, a kind that does not match it, a client path,
@@ -163,7 +171,7 @@ def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec) -> Reso
                 field="config.architecture.num_classes")
         return ResolvedDataset(None, dataset_geometry(dataset))
 
-    row = get_dataset(session, spec.dataset_id)
+    row = find_owned(session, Dataset, project_id, spec.dataset_id)
     session.commit()
     if row is None:
         raise InvalidInput(f"no dataset with id '{spec.dataset_id}' (upload one with POST "
@@ -211,14 +219,14 @@ def _check_module_names(model: Any, config: RiftConfig) -> None:
 
 
 def checkpoint_shapes(
-    session: Session, store: ObjectStore, checkpoint_id: str, scratch_dir: Path
+    session: Session, store: ObjectStore, checkpoint_id: str, scratch_dir: Path, project_id: str
 ) -> tuple[Checkpoint, Shapes]:
-    """The uploaded checkpoint ``checkpoint_id`` and its key → shape map.
+    """The uploaded checkpoint ``checkpoint_id`` (``project_id``'s) and its key → shape map.
 
     Raises:
         InvalidInput: (422, field ``checkpoint_id``) no such checkpoint.
     """
-    row = get_checkpoint(session, checkpoint_id)
+    row = find_owned(session, Checkpoint, project_id, checkpoint_id)
     session.commit()
     if row is None:
         raise InvalidInput(f"no checkpoint with id '{checkpoint_id}' (upload one with POST "

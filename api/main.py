@@ -2,7 +2,12 @@
 
 ``uvicorn --factory api.main:create_app`` builds the app from the environment (one ``Settings``);
 tests call ``create_app(settings)`` and may inject their own session factory, object store or
-dispatcher. Everything a request needs hangs on ``app.state``; there are no module-level globals.
+dispatcher and rate limiter. Everything a request needs hangs on ``app.state``; there are no
+module-level globals.
+
+Every ``/v1`` route but the probes requires an API key (:mod:`api.auth`); the probes, ``/docs``
+and ``/openapi.json`` do not. CORS headers are sent only to the origins in
+``CORS_ALLOW_ORIGINS`` (none by default).
 """
 
 from __future__ import annotations
@@ -10,12 +15,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.auth import get_caller
 from api.dispatch import CeleryDispatcher, Dispatcher
 from api.errors import install_error_handlers
-from api.routes import checkpoints, datasets, health, job_events, job_results, jobs
+from api.limits import RateLimiter, StreamSlots, rate_limiter_for
+from api.routes import admin, checkpoints, datasets, health, job_events, job_results, jobs
 from persistence.db import session_factory_from_settings
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
@@ -29,17 +37,20 @@ def create_app(
     session_factory: sessionmaker[Session] | None = None,
     store: ObjectStore | None = None,
     dispatcher: Dispatcher | None = None,
+    rate_limiter: RateLimiter | None = None,
 ) -> FastAPI:
     """Build the API. Missing dependencies are built from ``settings`` (default: the
     environment). The database schema must already exist (``python -m persistence.migrate``)."""
     settings = settings or Settings()
     factory = session_factory or session_factory_from_settings(settings)
     queue = dispatcher or CeleryDispatcher(settings)
+    limiter = rate_limiter or rate_limiter_for(settings.broker_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         queue.close()
+        limiter.close()
         engine = factory.kw.get("bind")
         if engine is not None and session_factory is None:
             engine.dispose()
@@ -60,12 +71,25 @@ def create_app(
     app.state.session_factory = factory
     app.state.store = store or settings.build_object_store()
     app.state.dispatcher = queue
+    app.state.rate_limiter = limiter
+    app.state.stream_slots = StreamSlots()
     install_error_handlers(app)
+    if settings.cors_allow_origins:
+        # No credentials: keys travel in a header a page must set itself, never in cookies.
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_credentials=False,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID",
+                           "Range"],
+            expose_headers=["Location", "Retry-After", "Content-Range"])
 
-    v1 = APIRouter(prefix=API_PREFIX)
-    for module in (checkpoints, datasets, jobs, job_events, job_results, health):
+    # Every route of this router needs a key; the routes name CallerDep too, which FastAPI
+    # resolves once per request, so the router's dependency is a guard a new route cannot miss.
+    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(get_caller)])
+    for module in (checkpoints, datasets, jobs, job_events, job_results, admin):
         v1.include_router(module.router)
     app.include_router(v1)
+    app.include_router(health.router, prefix=API_PREFIX)
     # Probes at the root too, where orchestrators look for them.
     app.include_router(health.router, include_in_schema=False)
     return app

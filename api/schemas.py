@@ -132,6 +132,9 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     updated_at: datetime
     config: dict[str, Any] = Field(description="The job's RiftConfig, defaults filled in.")
+    cost_estimate: int | None = Field(
+        None, description="Estimated example-passes (forward and backward, all stages), "
+        "compared with the project's max_job_cost when the job was created.")
     links: JobLinks
 
 

@@ -81,7 +81,7 @@ class InvalidCursor(PersistenceError):
     code = "invalid_cursor"
 
     def __init__(self, cursor: str) -> None:
-        super().__init__(f"the pagination cursor {cursor!r} is not one this service issued")
+        super().__init__(f"the pagination cursor {cursor[:80]!r} is not one this service issued")
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,6 +113,8 @@ def create_job(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     now: datetime | None = None,
+    project_id: str | None = None,
+    cost_estimate: int | None = None,
 ) -> tuple[Job, bool]:
     """Create a queued job with its labels and its three pending stages; returns (job, created).
 
@@ -133,7 +135,7 @@ def create_job(
         status=JobStatus.QUEUED, stage=None, stage_progress=0.0, spec=dict(spec),
         checkpoint_id=checkpoint_id, dataset_id=dataset_id, idempotency_key=idempotency_key,
         request_hash=request_hash, cancel_requested=False, attempts=0, created_at=now,
-        updated_at=now,
+        updated_at=now, project_id=project_id, cost_estimate=cost_estimate,
     )
     job.labels = [JobLabel(key=k, value=v) for k, v in sorted((labels or {}).items())]
     job.stages = [JobStage(stage=stage, position=i, status=StageStatus.PENDING, attempts=0)
@@ -196,7 +198,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
         created, job_id = raw.split("|", 1)
         created_at = datetime.fromisoformat(created)
-        if created_at.tzinfo is None or not job_id:
+        # The id goes to the database: bytes it refuses with an error (NUL) must stop here.
+        if created_at.tzinfo is None or not job_id or len(job_id) > 64 \
+                or not job_id.isascii() or not job_id.isprintable():
             raise ValueError("not a cursor this service issued")
         # Normalise here: an offset that pushes the instant past year 1 or 9999 must be a
         # cursor error, not an overflow when the database binds the value.
@@ -213,13 +217,17 @@ def list_jobs(
     labels: Mapping[str, str] | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    project_id: str | None = None,
 ) -> JobPage:
     """Jobs, newest first, ``limit`` per page; ``next_cursor`` fetches the next page (None at the
     end). ``status`` filters by one status or several; ``labels`` keeps jobs carrying every given
-    ``key=value``. :class:`InvalidCursor` for a cursor this function did not issue."""
+    ``key=value``; ``project_id`` keeps one project's jobs. :class:`InvalidCursor` for a cursor
+    this function did not issue."""
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     query = select(Job)
+    if project_id is not None:
+        query = query.where(Job.project_id == project_id)
     if status is not None:
         statuses = [status] if isinstance(status, str) else list(status)
         query = query.where(Job.status.in_(statuses))

@@ -124,6 +124,41 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSONType}
 
 
+class Project(Base):
+    """A tenant: every checkpoint, dataset and job belongs to one. A limit column left NULL
+    means "the setting's default" (``persistence.settings``)."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer)  # queued + running
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    max_job_cost: Mapped[int | None] = mapped_column(BigInteger)  # example-passes
+    max_requests_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_streams_per_key: Mapped[int | None] = mapped_column(Integer)
+
+
+class ApiKey(Base):
+    """An API key of a project. The key ``rift_<prefix>_<secret>`` is shown once; only the
+    prefix (to find the row) and the SHA-256 of the secret are stored. ``scopes`` is a
+    space-separated subset of ``read write admin``."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
 class Checkpoint(Base):
     """An uploaded checkpoint, validated before the row is written."""
 
@@ -138,6 +173,8 @@ class Checkpoint(Base):
     num_tensors: Mapped[int] = mapped_column(Integer)
     num_parameters: Mapped[int] = mapped_column(BigInteger)  # elements over all tensors
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    project_id: Mapped[str | None] = mapped_column(
+        ForeignKey("projects.id", ondelete="RESTRICT"), index=True)
 
     __table_args__ = (CheckConstraint("format IN ('safetensors', 'torch')", name="format"),)
 
@@ -154,6 +191,9 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    project_id: Mapped[str | None] = mapped_column(
+        ForeignKey("projects.id", ondelete="RESTRICT"), index=True)
+    num_examples: Mapped[int | None] = mapped_column(BigInteger)  # training images, for cost
 
     __table_args__ = (CheckConstraint(_in("kind", DatasetKind), name="kind"),)
 
@@ -186,6 +226,9 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    project_id: Mapped[str | None] = mapped_column(
+        ForeignKey("projects.id", ondelete="RESTRICT"), index=True)
+    cost_estimate: Mapped[int | None] = mapped_column(BigInteger)  # example-passes
 
     checkpoint: Mapped[Checkpoint] = relationship(lazy="raise_on_sql")
     dataset: Mapped[Dataset | None] = relationship(lazy="raise_on_sql")
@@ -205,6 +248,8 @@ class Job(Base):
         Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
         # Cursor pagination over all jobs (newest first).
         Index("ix_jobs_created_at_id", "created_at", "id"),
+        # A project's jobs, newest first (lists are always per project).
+        Index("ix_jobs_project_id_created_at_id", "project_id", "created_at", "id"),
     )
 
     @property

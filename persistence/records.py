@@ -25,6 +25,7 @@ def create_checkpoint(
     num_parameters: int,
     checkpoint_id: str | None = None,
     now: datetime | None = None,
+    project_id: str | None = None,
 ) -> Checkpoint:
     """Record a validated checkpoint (``format``: ``safetensors`` or ``torch``; size in bytes).
 
@@ -34,7 +35,7 @@ def create_checkpoint(
     checkpoint = Checkpoint(
         id=checkpoint_id or new_id(), filename=filename, size=size, sha256=sha256, format=format,
         storage_key=storage_key, num_tensors=num_tensors, num_parameters=num_parameters,
-        created_at=now or utcnow(),
+        created_at=now or utcnow(), project_id=project_id,
     )
     session.add(checkpoint)
     session.commit()
@@ -56,11 +57,14 @@ def create_dataset(
     storage_key: str,
     dataset_id: str | None = None,
     now: datetime | None = None,
+    project_id: str | None = None,
+    num_examples: int | None = None,
 ) -> Dataset:
     """Record an uploaded dataset archive (``kind``: ``npz`` or ``imagefolder``). Commits."""
     dataset = Dataset(
         id=dataset_id or new_id(), filename=filename, kind=kind, size=size, sha256=sha256,
-        storage_key=storage_key, created_at=now or utcnow(),
+        storage_key=storage_key, created_at=now or utcnow(), project_id=project_id,
+        num_examples=num_examples,
     )
     session.add(dataset)
     session.commit()

@@ -97,6 +97,27 @@ class Settings(BaseSettings):
         None, description="Overrides the job's 'device' (e.g. 'cpu'); None: the job's, whose "
         "default 'auto' picks CUDA when present.")
 
+    # --- access and per-project limits (a project's own column, when set, wins) ----------------
+    cors_allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (e.g. 'https://console.example.org') whose browser pages may call "
+        "the API; empty: no CORS headers, so browsers refuse cross-origin calls. JSON list.")
+    default_max_active_jobs: int = Field(
+        20, ge=1, description="Queued + running jobs a project may have at once (429 beyond).")
+    default_max_stored_bytes: int = Field(
+        50 * GIB, ge=1, description="Bytes of checkpoints, datasets and artifacts a project may "
+        "keep in the object store (uploads beyond are refused with 413).")
+    default_max_job_cost: int = Field(
+        1_000_000_000, ge=1,
+        description="Largest cost estimate of one job, in example-passes (persistence/cost.py). "
+        "A ResNet-18 RiFT run on CIFAR-10 with the paper's settings is about 1e7; the default "
+        "allows 100 times that and refuses specs that would hold a worker for days.")
+    default_max_requests_per_minute: int = Field(
+        1200, ge=1, description="Requests per minute per project (429 with Retry-After beyond); "
+        "counted in Redis when BROKER_URL is Redis, else in the API process.")
+    default_max_streams_per_key: int = Field(
+        10, ge=1, description="Open event streams (SSE) per API key; each holds a connection.")
+
     def build_object_store(self) -> ObjectStore:
         """The object store these settings describe (one per process; it holds no global state)."""
         from persistence.storage import build_object_store

@@ -28,6 +28,11 @@ url="http://127.0.0.1:$port"
 echo "==> migrating the database ($DATABASE_URL)"
 "$py" -m persistence.migrate
 
+# Auth is on in every mode: the demo makes its own key (rift-admin prints it alone on stdout).
+echo "==> creating an API key for the project 'demo' (rift-admin keys create)"
+RIFT_API_KEY="$("$py" -m persistence.admin_cli keys create --project demo --name demo 2>/dev/null)"
+export RIFT_API_KEY
+
 pids=()
 cleanup() {
   status=$?

@@ -5,8 +5,12 @@ downloads the tuned weights (checking their SHA-256), and prints the MRC table, 
 epochs, the interpolation curve and the before/after accuracies. ``scripts/demo.sh`` starts the
 service and calls this; it works against any running instance:
 
+    RIFT_API_KEY=$(rift-admin keys create --project demo) \
     python scripts/demo_client.py --url http://127.0.0.1:8000 \
         --checkpoint model.safetensors --config config.json --out downloads/
+
+The API key (``--api-key``, default: the ``RIFT_API_KEY`` variable) goes in the
+``Authorization: Bearer`` header of every request.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 import uuid
@@ -153,7 +158,11 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with httpx.Client(base_url=args.url, timeout=120) as client:
+    if not args.api_key:
+        raise SystemExit("an API key is needed: --api-key or RIFT_API_KEY (create one with "
+                         "rift-admin keys create --project NAME)")
+    headers = {"Authorization": f"Bearer {args.api_key}"}
+    with httpx.Client(base_url=args.url, timeout=120, headers=headers) as client:
         wait_until_ready(client, args.ready_timeout)
         print(f"==> uploading {checkpoint.name} ({checkpoint.stat().st_size} bytes)")
         with checkpoint.open("rb") as handle:
@@ -204,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="The API's base URL.")
+    parser.add_argument("--api-key", default=os.environ.get("RIFT_API_KEY"),
+                        help="API key (default: $RIFT_API_KEY).")
     parser.add_argument("--checkpoint", required=True, help="Checkpoint file to upload.")
     parser.add_argument("--config", required=True, help="JSON file with the job's RiftConfig.")
     parser.add_argument("--out", default="downloads", help="Folder for the downloaded files.")

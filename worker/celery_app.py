@@ -5,8 +5,8 @@ The only place where the worker reads its settings (from the environment) and bu
 
 from __future__ import annotations
 
+from persistence.queue import create_celery_app
 from persistence.settings import Settings
-from worker.factory import create_celery_app
 from worker.tasks import register_tasks
 
 app = create_celery_app(Settings())

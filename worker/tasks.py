@@ -28,18 +28,16 @@ from celery.signals import worker_ready, worker_shutdown
 
 from persistence import stages
 from persistence.models import STAGE_ORDER, Checkpoint, Dataset, JobStatus
+from persistence.queue import RECOVER_TASK_NAME, STAGE_TASK_NAMES, RiftCelery, enqueue_stage
 from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.storage import ObjectNotFound
 from persistence.transactions import JobNotFound, load_stages
 from rift.errors import JobCancelled, RiftError
 from rift.pipeline import PipelineCallbacks
-from worker.factory import STAGE_TASK_NAMES, RiftCelery, enqueue_stage
 from worker.runtime import StageReporter, WorkerResources
 from worker.stages import describe_device, prepare, run_stage
 
 logger = logging.getLogger(__name__)
-
-RECOVER_TASK_NAME = "rift.recover_stale_jobs"
 
 
 def register_tasks(app: RiftCelery) -> WorkerResources:

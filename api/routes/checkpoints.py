@@ -1,17 +1,20 @@
-"""``/v1/checkpoints``: upload a checkpoint (validated before it is accepted) and read it back."""
+"""``/v1/checkpoints``: upload a checkpoint (validated before it is accepted), read it back,
+delete it."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, get_session_factory, get_settings, get_store
-from api.errors import InvalidInput, NotFound
+from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, StoreDep
+from api.errors import InvalidInput
 from api.ingest import store_checkpoint, validate_checkpoint_upload
-from api.schemas import CheckpointOut, is_resource_id
+from api.schemas import CheckpointOut
+from api.services import deletion
+from api.services.ownership import owned_checkpoint
+from api.services.uploads import check_upload_quota
 from api.uploads import receive_upload, scratch_dir, upload_request_body
 from persistence.models import Checkpoint
-from persistence.records import get_checkpoint
 
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
 
@@ -34,10 +37,13 @@ def checkpoint_out(row: Checkpoint) -> CheckpointOut:
         "SHA-256; over MAX_CHECKPOINT_BYTES is 413; an invalid file is 422 and nothing is kept."
     ),
     openapi_extra=upload_request_body(FILE_FIELD),
-    responses={413: {"description": "Larger than the limit"}, 422: {"description": "Invalid"}},
+    responses={413: {"description": "Larger than the limit, or over the project's "
+                     "max_stored_bytes quota"}, 422: {"description": "Invalid"}},
 )
-async def upload_checkpoint(request: Request, response: Response) -> CheckpointOut:
-    settings = get_settings(request)
+async def upload_checkpoint(request: Request, response: Response, caller: CallerDep,
+                            settings: SettingsDep, factory: SessionFactoryDep,
+                            store: StoreDep) -> CheckpointOut:
+    await run_in_threadpool(check_upload_quota, factory, caller, request)
     upload = await receive_upload(
         request, file_field=FILE_FIELD, max_file_bytes=settings.max_checkpoint_bytes,
         scratch_dir=scratch_dir(settings))
@@ -46,16 +52,25 @@ async def upload_checkpoint(request: Request, response: Response) -> CheckpointO
             raise InvalidInput(f"the form field '{FILE_FIELD}' (the checkpoint file) is missing",
                                field=FILE_FIELD)
         file = upload.file
+        await run_in_threadpool(check_upload_quota, factory, caller, None, file.size)
         inspection = await run_in_threadpool(validate_checkpoint_upload, file, FILE_FIELD)
         row = await run_in_threadpool(
-            store_checkpoint, get_session_factory(request), get_store(request), file, inspection)
+            store_checkpoint, factory, store, file, inspection, caller.project_id)
     response.headers["Location"] = f"/v1/checkpoints/{row.id}"
     return checkpoint_out(row)
 
 
 @router.get("/{checkpoint_id}", response_model=CheckpointOut, summary="A checkpoint's record")
-def read_checkpoint(checkpoint_id: str, session: SessionDep) -> CheckpointOut:
-    row = get_checkpoint(session, checkpoint_id) if is_resource_id(checkpoint_id) else None
-    if row is None:
-        raise NotFound(f"no checkpoint with id '{checkpoint_id}'", field="checkpoint_id")
-    return checkpoint_out(row)
+def read_checkpoint(checkpoint_id: str, session: SessionDep, caller: CallerDep) -> CheckpointOut:
+    return checkpoint_out(owned_checkpoint(session, caller.project_id, checkpoint_id))
+
+
+@router.delete(
+    "/{checkpoint_id}", status_code=204, response_class=Response, summary="Delete a checkpoint",
+    description="Removes the record and the stored file. 409 while a job uses it (queued or "
+    "running: in_use; finished jobs: referenced, delete them first).",
+    responses={409: {"description": "Used by a job"}})
+def delete_checkpoint(checkpoint_id: str, session: SessionDep, store: StoreDep,
+                      caller: CallerDep) -> Response:
+    deletion.delete_checkpoint(session, store, caller, checkpoint_id)
+    return Response(status_code=204)

@@ -10,13 +10,16 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.dataset_validation import BUILTIN_GEOMETRY
-from api.deps import SessionDep, get_session_factory, get_settings, get_store
+from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, StoreDep
 from api.errors import InvalidInput, NotFound
 from api.ingest import store_dataset, validate_dataset_upload
 from api.job_requests import BUILTIN_CLASSES
-from api.schemas import DatasetOut, is_resource_id
+from api.schemas import DatasetOut
+from api.services import deletion
+from api.services.ownership import find_owned
+from api.services.uploads import check_upload_quota
 from api.uploads import receive_upload, scratch_dir, upload_request_body
-from persistence.records import get_dataset
+from persistence.models import Dataset
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -35,10 +38,13 @@ FILE_FIELD = "file"
         "absolute paths, '..' or links are refused. Over MAX_DATASET_BYTES is 413."
     ),
     openapi_extra=upload_request_body(FILE_FIELD),
-    responses={413: {"description": "Larger than the limit"}, 422: {"description": "Invalid"}},
+    responses={413: {"description": "Larger than the limit, or over the project's "
+                     "max_stored_bytes quota"}, 422: {"description": "Invalid"}},
 )
-async def upload_dataset(request: Request, response: Response) -> DatasetOut:
-    settings = get_settings(request)
+async def upload_dataset(request: Request, response: Response, caller: CallerDep,
+                         settings: SettingsDep, factory: SessionFactoryDep,
+                         store: StoreDep) -> DatasetOut:
+    await run_in_threadpool(check_upload_quota, factory, caller, request)
     upload = await receive_upload(
         request, file_field=FILE_FIELD, max_file_bytes=settings.max_dataset_bytes,
         scratch_dir=scratch_dir(settings))
@@ -47,10 +53,11 @@ async def upload_dataset(request: Request, response: Response) -> DatasetOut:
             raise InvalidInput(f"the form field '{FILE_FIELD}' (the archive) is missing",
                                field=FILE_FIELD)
         file = upload.file
+        await run_in_threadpool(check_upload_quota, factory, caller, None, file.size)
         inspection = await run_in_threadpool(
             validate_dataset_upload, file, FILE_FIELD, settings.max_dataset_bytes)
         row = await run_in_threadpool(
-            store_dataset, get_session_factory(request), get_store(request), file, inspection)
+            store_dataset, factory, store, file, inspection, caller.project_id)
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return DatasetOut(
         id=row.id, kind=inspection.kind, filename=row.filename, size=row.size, sha256=row.sha256,
@@ -61,14 +68,25 @@ async def upload_dataset(request: Request, response: Response) -> DatasetOut:
 
 @router.get("/{dataset_id}", response_model=DatasetOut,
             summary="An uploaded dataset's record, or a built-in dataset")
-def read_dataset(dataset_id: str, session: SessionDep) -> DatasetOut:
+def read_dataset(dataset_id: str, session: SessionDep, caller: CallerDep) -> DatasetOut:
     if dataset_id in BUILTIN_GEOMETRY:
         channels, size = BUILTIN_GEOMETRY[dataset_id]
         return DatasetOut(id=dataset_id, kind="builtin", image_shape=[channels, size, size],
                           num_classes=BUILTIN_CLASSES[dataset_id])
-    row = get_dataset(session, dataset_id) if is_resource_id(dataset_id) else None
+    row = find_owned(session, Dataset, caller.project_id, dataset_id)
     if row is None:
-        raise NotFound(f"no dataset with id '{dataset_id}' (built-in: "
+        raise NotFound(f"no dataset with id '{dataset_id[:64]}' (built-in: "
                        f"{', '.join(BUILTIN_GEOMETRY)})", field="dataset_id")
     return DatasetOut(id=row.id, kind=row.kind, filename=row.filename, size=row.size,  # type: ignore[arg-type]
                       sha256=row.sha256, created_at=row.created_at)
+
+
+@router.delete(
+    "/{dataset_id}", status_code=204, response_class=Response, summary="Delete a dataset",
+    description="Removes the record and the stored archive. 409 while a job uses it (queued or "
+    "running: in_use; finished jobs: referenced, delete them first).",
+    responses={409: {"description": "Used by a job"}})
+def delete_dataset(dataset_id: str, session: SessionDep, store: StoreDep,
+                   caller: CallerDep) -> Response:
+    deletion.delete_dataset(session, store, caller, dataset_id)
+    return Response(status_code=204)

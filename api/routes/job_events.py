@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request
@@ -15,6 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from api.deps import CallerDep, SessionFactoryDep, StreamSlotsDep
+from api.errors import TooManyRequests
 from api.routes.jobs import load_job
 from api.schemas import EventOut, EventPageOut
 from persistence.jobs import list_events
@@ -53,7 +56,24 @@ def _sse(event: EventOut) -> str:
     return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
-async def _stream(factory: sessionmaker[Session], job_id: str, after: int) -> AsyncIterator[str]:
+class _HeldStream(StreamingResponse):
+    """A stream that gives its slot back when it ends, however it ends (finished, client gone,
+    or never started because the client left first)."""
+
+    def __init__(self, body: AsyncIterator[str], release: Callable[[], None],
+                 **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+async def _stream(factory: sessionmaker[Session], job_id: str,
+                  after: int) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     last_sent = time.monotonic()
     while True:
@@ -88,19 +108,29 @@ async def _stream(factory: sessionmaker[Session], job_id: str, after: int) -> As
 def read_events(
     job_id: str,
     request: Request,
+    factory: SessionFactoryDep,
+    caller: CallerDep,
+    slots: StreamSlotsDep,
     after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="Last event id seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventPageOut | StreamingResponse:
-    factory = request.app.state.session_factory
     with factory() as session:
-        job = load_job(session, job_id)
+        job = load_job(session, caller, job_id)
         session.commit()
         if "text/event-stream" in request.headers.get("accept", ""):
             if last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit():
                 after = min(max(after, int(last_event_id)), MAX_EVENT_ID)
-            return StreamingResponse(
-                _stream(factory, job.id, after), media_type="text/event-stream",
+            limit_streams = caller.limits.max_streams_per_key
+            if not slots.acquire(caller.key_id, limit_streams):
+                raise TooManyRequests(
+                    f"this API key already has {limit_streams} open event streams "
+                    "(max_streams_per_key); close one first", field="max_streams_per_key",
+                    code="quota_exceeded", headers={"Retry-After": "5"},
+                    details={"quota": "max_streams_per_key", "limit": limit_streams})
+            return _HeldStream(
+                _stream(factory, job.id, after), partial(slots.release, caller.key_id),
+                media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         status = job.status
         finished = status in TERMINAL_STATUSES

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, StreamingResponse
 
+from api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
 from api.errors import NotFound, RangeNotSatisfiable
 from api.routes.jobs import job_link, load_job
 from api.schemas import (
@@ -40,10 +41,9 @@ _ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 
 @router.get("/{job_id}/mrc", response_model=MRCTableOut,
             summary="Module robust criticality per module, the selected module flagged")
-def read_mrc(job_id: str, request: Request) -> MRCTableOut:
-    with request.app.state.session_factory() as session:
-        job = load_job(session, job_id)
-        rows = get_mrc_rows(session, job.id)
+def read_mrc(job_id: str, session: SessionDep, caller: CallerDep) -> MRCTableOut:
+    job = load_job(session, caller, job_id)
+    rows = get_mrc_rows(session, job.id)
     return MRCTableOut(
         job_id=job.id, status=job.status, selected_module=job.selected_module,
         rows=[MRCRowOut(position=r.position, module=r.module, parameters=r.parameters, mrc=r.mrc,
@@ -55,11 +55,10 @@ def read_mrc(job_id: str, request: Request) -> MRCTableOut:
 
 @router.get("/{job_id}/curves", response_model=CurvesOut,
             summary="Fine-tuning epochs and the interpolation curve with the chosen α")
-def read_curves(job_id: str, request: Request) -> CurvesOut:
-    with request.app.state.session_factory() as session:
-        job = load_job(session, job_id)
-        epochs = get_epoch_metrics(session, job.id)
-        points = get_interpolation_points(session, job.id)
+def read_curves(job_id: str, session: SessionDep, caller: CallerDep) -> CurvesOut:
+    job = load_job(session, caller, job_id)
+    epochs = get_epoch_metrics(session, job.id)
+    points = get_interpolation_points(session, job.id)
     chosen = job.chosen_alpha
     return CurvesOut(
         job_id=job.id, status=job.status, selected_module=job.selected_module,
@@ -80,10 +79,9 @@ def _artifact_out(job_id: str, artifact: Artifact) -> ArtifactOut:
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactListOut,
             summary="The files a job produced")
-def read_artifacts(job_id: str, request: Request) -> ArtifactListOut:
-    with request.app.state.session_factory() as session:
-        job = load_job(session, job_id)
-        artifacts = list_artifacts(session, job.id)
+def read_artifacts(job_id: str, session: SessionDep, caller: CallerDep) -> ArtifactListOut:
+    job = load_job(session, caller, job_id)
+    artifacts = list_artifacts(session, job.id)
     return ArtifactListOut(job_id=job.id, items=[_artifact_out(job.id, a) for a in artifacts])
 
 
@@ -141,17 +139,19 @@ def download_artifact(
     job_id: str,
     name: str,
     request: Request,
+    session: SessionDep,
+    caller: CallerDep,
+    settings: SettingsDep,
+    store: StoreDep,
     redirect: Annotated[bool | None, Query(description="Redirect to a presigned URL (S3)")] = None,
 ) -> StreamingResponse | RedirectResponse:
-    state = request.app.state
-    with state.session_factory() as session:
-        job = load_job(session, job_id)
-        artifact = get_artifact(session, job.id, name) if _ARTIFACT_NAME.fullmatch(name) else None
-        if artifact is None:
-            available = [a.name for a in list_artifacts(session, job.id)]
-            raise NotFound(f"job {job.id} has no artifact {name[:64]!r} (available: "
-                           f"{', '.join(available) or 'none yet'})", field="name")
-    settings, store = state.settings, state.store
+    job = load_job(session, caller, job_id)
+    artifact = get_artifact(session, job.id, name) if _ARTIFACT_NAME.fullmatch(name) else None
+    if artifact is None:
+        available = [a.name for a in list_artifacts(session, job.id)]
+        raise NotFound(f"job {job.id} has no artifact {name[:64]!r} (available: "
+                       f"{', '.join(available) or 'none yet'})", field="name")
+    session.commit()  # end the read transaction before streaming
     wants_redirect = (redirect if redirect is not None
                       else settings.store_kind == "s3" and settings.s3_redirect_downloads)
     if wants_redirect:

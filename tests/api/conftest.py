@@ -1,5 +1,6 @@
 """Fixtures of the API tests: a real uvicorn server on loopback serving ``create_app`` against a
-real, migrated database (SQLite and Postgres), with a local object store in tmp_path.
+real, migrated database (SQLite and Postgres), with a local object store in tmp_path. Each API
+gets a project and a read+write key, which its client sends by default.
 
 Tests that do not need a worker inject a :class:`RecordingDispatcher`, so jobs stay queued and the
 tests can look at them; the end-to-end tests use the real Celery dispatcher and worker processes.
@@ -13,11 +14,19 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from api.main import create_app
 from persistence.db import session_factory_from_settings
 from persistence.settings import Settings
-from tests.api.helpers import MIB, Api, ApiServer, RecordingDispatcher, small_cnn_state
+from tests.api.helpers import (
+    MIB,
+    Api,
+    ApiServer,
+    RecordingDispatcher,
+    make_key,
+    small_cnn_state,
+)
 from tests.service_fixtures import migrated_database, settings_from_env
 
 
@@ -77,9 +86,15 @@ def start_api() -> Iterator[Callable[..., Api]]:
         kwargs.setdefault("session_factory", sessions)
         app = create_app(settings, **kwargs)
         server = ApiServer(app).start()
-        client = httpx.Client(base_url=server.url, timeout=60)
+        try:
+            project_id, key = make_key(sessions, "tests")
+        except OperationalError:  # a test of a database that is down: no key to make
+            project_id, key = "", ""
+        client = httpx.Client(base_url=server.url, timeout=60,
+                              headers={"Authorization": f"Bearer {key}"} if key else {})
         running.append((server, client, sessions.kw["bind"]))
-        return Api(server.url, client, settings, sessions, app.state.dispatcher)
+        return Api(server.url, client, settings, sessions, app.state.dispatcher,
+                   project_id=project_id, key=key)
 
     yield start
     for server, client, engine in running:

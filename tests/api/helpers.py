@@ -84,12 +84,23 @@ class Api:
     settings: Settings
     sessions: sessionmaker[Session]
     dispatcher: Any
+    project_id: str = ""
+    key: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def client_for(self, key: str | None) -> httpx.Client:
+        """Another client of this API sending ``key`` (None: no Authorization header); the
+        caller closes it."""
+        headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+        return httpx.Client(base_url=self.url, timeout=60, headers=headers)
 
     def count(self, model: type) -> int:
         """Rows in ``model``'s table."""
         with self.sessions() as session:
             return int(session.execute(select(func.count()).select_from(model)).scalar_one())
+
+    def count_jobs(self) -> int:
+        return self.count(Job)
 
     def stored_files(self) -> list[Path]:
         """Every file in the local object store (dot-files included: a half-written upload
@@ -109,6 +120,16 @@ class Api:
         assert self.count(Job) == 0
         assert self.stored_files() == []
         assert self.scratch_files() == []
+
+
+def make_key(sessions: sessionmaker[Session], project: str,
+             scopes: tuple[str, ...] = ("read", "write")) -> tuple[str, str]:
+    """(project id, key): a new key of ``project`` (created if missing) in the API's database."""
+    from persistence.api_keys import create_key, create_project
+
+    with sessions() as session:
+        row = create_project(session, project, exist_ok=True)
+        return row.id, create_key(session, row, list(scopes)).key
 
 
 def small_cnn_state(num_classes: int = 10, in_channels: int = 1, seed: int = 0) -> dict[str, Any]:

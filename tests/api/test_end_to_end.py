@@ -215,7 +215,7 @@ def test_embedded_default(sqlite_url: str, tmp_path: Path, start_api: Callable[.
 
     # Cancelled while running: it stops at the next batch boundary and ends cancelled.
     long_config = {**digits_job_config,
-                   "finetune": {**digits_job_config["finetune"], "epochs": 500}}
+                   "finetune": {**digits_job_config["finetune"], "epochs": 200}}
     running = api.client.post("/v1/jobs", json={**body, "config": long_config}).json()
     job = wait_for_job(api, running["id"], lambda j: j["stage"] == "finetune"
                        and j["status"] == "running")

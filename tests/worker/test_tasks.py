@@ -20,13 +20,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from persistence import jobs
 from persistence.db import session_factory_from_settings
 from persistence.models import Job, JobStage
+from persistence.queue import RiftCelery, create_celery_app, enqueue_stage
 from persistence.records import create_checkpoint
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 from rift import checkpoints
 from rift.interpolation import interpolate_weights
 from tests.service_fixtures import WorkerProcess
-from worker.factory import RiftCelery, create_celery_app, enqueue_stage
 from worker.stages import FINETUNED, TUNED
 
 pytestmark = pytest.mark.service

@@ -1,0 +1,130 @@
+"""Who is calling: the API key in ``Authorization: Bearer <key>`` (never a cookie or a query
+parameter), its project, its scopes, and the project's request rate.
+
+Every ``/v1`` route except the probes depends on :func:`get_caller`; GET and HEAD need the
+``read`` scope, every other method ``write``, the admin routes ``admin`` (write implies read,
+admin implies both). A missing, malformed, unknown or revoked key is a 401 with
+``WWW-Authenticate: Bearer``; a key without the scope is a 403 naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from python_multipart.multipart import parse_options_header
+
+from api.errors import Forbidden, TooManyRequests, Unauthorized, UnsupportedMediaType, quote
+from api.limits import RateLimiter, retry_after_header
+from persistence.api_keys import Scope, authenticate, effective_scopes
+from persistence.models import Project
+from persistence.settings import Settings
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: rift_<prefix>_<secret>")
+
+
+@dataclass(frozen=True)
+class ProjectLimits:
+    """A project's limits: its own column where set, else the setting's default."""
+
+    max_active_jobs: int
+    max_stored_bytes: int
+    max_job_cost: int
+    max_requests_per_minute: int
+    max_streams_per_key: int
+
+    @classmethod
+    def of(cls, project: Project, settings: Settings) -> ProjectLimits:
+        def pick(own: int | None, default: int) -> int:
+            return own if own is not None else default
+
+        return cls(
+            max_active_jobs=pick(project.max_active_jobs, settings.default_max_active_jobs),
+            max_stored_bytes=pick(project.max_stored_bytes, settings.default_max_stored_bytes),
+            max_job_cost=pick(project.max_job_cost, settings.default_max_job_cost),
+            max_requests_per_minute=pick(project.max_requests_per_minute,
+                                         settings.default_max_requests_per_minute),
+            max_streams_per_key=pick(project.max_streams_per_key,
+                                     settings.default_max_streams_per_key))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated caller: a key of a project, with its scopes and the project's limits."""
+
+    project_id: str
+    project_name: str
+    key_id: str
+    scopes: frozenset[Scope]
+    limits: ProjectLimits
+
+    def require(self, scope: Scope) -> None:
+        """Raise :class:`Forbidden` (403) unless the key has ``scope``."""
+        if scope not in self.scopes:
+            raise Forbidden(f"this API key lacks the '{scope}' scope this request needs",
+                            field="Authorization", details={"required_scope": str(scope)})
+
+
+def _state_rate_limiter(request: Request) -> RateLimiter:
+    return request.app.state.rate_limiter  # type: ignore[no-any-return]
+
+
+def get_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    limiter: Annotated[RateLimiter, Depends(_state_rate_limiter)],
+) -> Caller:
+    """Authenticate the request's key, check the method's scope and count the request."""
+    if credentials is None:
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>' (create one with "
+                           "rift-admin keys create)")
+    state = request.app.state
+    settings: Settings = state.settings
+    with state.session_factory() as session:
+        found = authenticate(session, credentials.credentials)
+    if found is None:
+        raise Unauthorized("the API key is not valid (unknown, malformed or revoked)")
+    key, project = found
+    caller = Caller(project_id=project.id, project_name=project.name, key_id=key.id,
+                    scopes=effective_scopes(key.scopes), limits=ProjectLimits.of(project, settings))
+    caller.require(Scope.READ if request.method in READ_METHODS else Scope.WRITE)
+    limit = caller.limits.max_requests_per_minute
+    retry = limiter.hit(f"project:{project.id}", limit, 60)
+    if retry is not None:
+        raise TooManyRequests(
+            f"more than {limit} requests per minute for project '{project.name}' "
+            "(max_requests_per_minute); retry later", field="max_requests_per_minute",
+            headers={"Retry-After": retry_after_header(retry)},
+            details={"limit": limit})
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def require_admin(caller: CallerDep) -> Caller:
+    caller.require(Scope.ADMIN)
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(require_admin)]
+
+
+def require_json_or_no_body(request: Request) -> None:
+    """Refuse a body that is not JSON on a route that takes JSON or nothing (a browser form
+    POST, for one, is ``application/x-www-form-urlencoded`` or ``multipart/form-data``)."""
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return
+    media_type = parse_options_header(content_type)[0].decode("latin-1")
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"content type {quote(media_type)} is not accepted here: send application/json or "
+            "no body", field="Content-Type")
+
+
+JsonOrNoBody = Depends(require_json_or_no_body)

@@ -1,0 +1,157 @@
+"""``/v1/admin``: projects and their API keys, for keys with the ``admin`` scope (an operator's
+key, made with ``rift-admin keys create --scope admin``; it manages every project).
+
+A new key is shown once, in the answer that creates it; lists never show secrets.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from api.auth import JsonOrNoBody, require_admin
+from api.deps import SessionDep
+from api.errors import Conflict, InvalidInput, NotFound
+from persistence.api_keys import (
+    PROJECT_NAME_PATTERN,
+    AdminError,
+    create_key,
+    create_project,
+    list_keys,
+    list_projects,
+    project_by_name,
+    revoke_key,
+)
+from persistence.models import ApiKey, Project
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+ProjectName = Annotated[str, StringConstraints(pattern=PROJECT_NAME_PATTERN)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ProjectCreate(_Body):
+    name: ProjectName
+    max_active_jobs: int | None = Field(None, ge=1, le=100_000)
+    max_stored_bytes: int | None = Field(None, ge=1)
+    max_job_cost: int | None = Field(None, ge=1)
+    max_requests_per_minute: int | None = Field(None, ge=1, le=1_000_000)
+    max_streams_per_key: int | None = Field(None, ge=1, le=100_000)
+
+
+class ProjectOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    max_active_jobs: int | None
+    max_stored_bytes: int | None
+    max_job_cost: int | None
+    max_requests_per_minute: int | None
+    max_streams_per_key: int | None
+
+
+ScopeName = Literal["read", "write", "admin"]
+
+
+def _default_scopes() -> list[ScopeName]:
+    return ["read", "write"]
+
+
+class KeyCreate(_Body):
+    scopes: list[ScopeName] = Field(default_factory=_default_scopes, min_length=1, max_length=3)
+    name: str | None = Field(None, max_length=128)
+
+
+class KeyOut(BaseModel):
+    id: str
+    project: str
+    prefix: str = Field(description="The public part of the key, rift_<prefix>_…")
+    scopes: list[str]
+    name: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="The key itself: shown this once, store it now.")
+
+
+class ProjectListOut(BaseModel):
+    items: list[ProjectOut]
+
+
+class KeyListOut(BaseModel):
+    items: list[KeyOut]
+
+
+def _project_out(project: Project) -> ProjectOut:
+    return ProjectOut.model_validate(project, from_attributes=True)
+
+
+def _key_out(key: ApiKey, project: Project) -> KeyOut:
+    return KeyOut(id=key.id, project=project.name, prefix=key.prefix, scopes=key.scopes.split(),
+                  name=key.name, created_at=key.created_at, last_used_at=key.last_used_at,
+                  revoked_at=key.revoked_at)
+
+
+def _project(session: SessionDep, name: str) -> Project:
+    project = project_by_name(session, name)
+    if project is None:
+        raise NotFound(f"no project named '{name[:64]}'", field="name", code="project_not_found")
+    return project
+
+
+@router.get("/projects", response_model=ProjectListOut, summary="All projects")
+def read_projects(session: SessionDep) -> ProjectListOut:
+    return ProjectListOut(items=[_project_out(p) for p in list_projects(session)])
+
+
+@router.post("/projects", status_code=201, response_model=ProjectOut, summary="Create a project",
+             dependencies=[JsonOrNoBody], responses={409: {"description": "The name is taken"}})
+def create_project_route(body: ProjectCreate, session: SessionDep,
+                         response: Response) -> ProjectOut:
+    try:
+        project = create_project(session, body.name)
+    except AdminError as exc:
+        raise Conflict(str(exc), field="name", code="project_exists") from exc
+    for field in ProjectCreate.model_fields:
+        if field != "name":
+            setattr(project, field, getattr(body, field))
+    session.commit()
+    response.headers["Location"] = f"/v1/admin/projects/{project.name}"
+    return _project_out(project)
+
+
+@router.get("/projects/{name}/keys", response_model=KeyListOut, summary="A project's keys")
+def read_keys(name: str, session: SessionDep) -> KeyListOut:
+    project = _project(session, name)
+    return KeyListOut(items=[_key_out(k, project) for k in list_keys(session, project.id)])
+
+
+@router.post("/projects/{name}/keys", status_code=201, response_model=NewKeyOut,
+             summary="Create a key (shown once)", dependencies=[JsonOrNoBody])
+def create_key_route(name: str, body: KeyCreate, session: SessionDep) -> NewKeyOut:
+    project = _project(session, name)
+    try:
+        new = create_key(session, project, [str(s) for s in body.scopes], body.name)
+    except AdminError as exc:
+        raise InvalidInput(str(exc), field="scopes") from exc
+    return NewKeyOut(**_key_out(new.row, project).model_dump(), key=new.key)
+
+
+@router.delete("/projects/{name}/keys/{key_id}", response_model=KeyOut,
+               summary="Revoke a key (it answers 401 from now on)")
+def revoke_key_route(name: str, key_id: str, session: SessionDep) -> KeyOut:
+    project = _project(session, name)
+    row = revoke_key(session, key_id[:64], project.id)
+    if row is None:
+        raise NotFound(f"project '{project.name}' has no key '{key_id[:64]}'", field="key_id",
+                       code="key_not_found")
+    return _key_out(row, project)

@@ -1,0 +1,91 @@
+"""Deleting checkpoints, datasets and jobs: the rows first (one transaction), then the stored
+objects. An object whose delete fails after its row is gone is an orphan the janitor removes;
+the reverse order could leave a row pointing at nothing.
+
+A checkpoint or dataset that a queued or running job uses is 409 ``in_use``; one that finished
+jobs still reference is 409 ``referenced`` (delete those jobs first: a job's record names its
+inputs). A job that has not finished is 409 ``job_active``: cancel it first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from api.auth import Caller
+from api.errors import Conflict
+from api.services.ownership import owned_checkpoint, owned_dataset, owned_job
+from persistence.models import Artifact, Checkpoint, Dataset, Job, JobStatus
+from persistence.storage import ObjectStore
+
+logger = logging.getLogger(__name__)
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+#: How many referencing job ids a 409 lists.
+LISTED_JOBS = 20
+
+
+def _delete_objects(store: ObjectStore, keys: Iterable[str]) -> None:
+    for key in keys:
+        try:
+            store.delete(key)
+        except Exception as exc:  # StoreError and transport errors: the janitor retries
+            logger.warning("could not delete object %s after its row: %s", key,
+                           type(exc).__name__)
+
+
+def _refuse_if_used(session: Session, column: InstrumentedAttribute[str | None],
+                    resource_id: str, what: str) -> None:
+    rows = session.execute(
+        select(Job.id, Job.status).where(column == resource_id)
+        .order_by(Job.created_at).limit(1000)).all()
+    active = [job_id for job_id, status in rows if status in ACTIVE]
+    if active:
+        raise Conflict(
+            f"{what} {resource_id} is used by {len(active)} queued or running job(s); cancel "
+            "them or wait until they finish", code="in_use",
+            details={"job_ids": active[:LISTED_JOBS]})
+    if rows:
+        ids = [job_id for job_id, _ in rows]
+        raise Conflict(
+            f"{what} {resource_id} is referenced by {len(ids)} finished job(s); delete those "
+            "jobs first", code="referenced", details={"job_ids": ids[:LISTED_JOBS]})
+
+
+def delete_checkpoint(session: Session, store: ObjectStore, caller: Caller,
+                      checkpoint_id: str) -> None:
+    row = owned_checkpoint(session, caller.project_id, checkpoint_id)
+    _refuse_if_used(session, Job.checkpoint_id, row.id, "checkpoint")
+    key = row.storage_key
+    session.execute(delete(Checkpoint).where(Checkpoint.id == row.id))
+    session.commit()
+    _delete_objects(store, [key])
+
+
+def delete_dataset(session: Session, store: ObjectStore, caller: Caller, dataset_id: str) -> None:
+    row = owned_dataset(session, caller.project_id, dataset_id)
+    _refuse_if_used(session, Job.dataset_id, row.id, "dataset")
+    key = row.storage_key
+    session.execute(delete(Dataset).where(Dataset.id == row.id))
+    session.commit()
+    _delete_objects(store, [key])
+
+
+def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str) -> None:
+    """Delete a finished job with its records and artifacts (409 while it is queued/running)."""
+    job = owned_job(session, caller.project_id, job_id)
+    if job.status in ACTIVE:
+        raise Conflict(f"job {job.id} is {job.status}: cancel it first (POST "
+                       f"/v1/jobs/{job.id}/cancel), then delete it once it has stopped",
+                       code="job_active", details={"status": job.status})
+    keys = list(session.execute(
+        select(Artifact.storage_key).where(Artifact.job_id == job.id)).scalars())
+    # The status is re-checked in the DELETE itself, so a job that started meanwhile stays.
+    result = session.execute(delete(Job).where(Job.id == job.id, Job.status.not_in(ACTIVE)))
+    deleted = getattr(result, "rowcount", 1)
+    session.commit()
+    if not deleted:
+        raise Conflict(f"job {job.id} is running again: cancel it first", code="job_active")
+    _delete_objects(store, keys)

@@ -1,0 +1,188 @@
+"""Jobs as the API offers them: creating one (idempotency, dataset and checkpoint checks,
+ownership, quota and cost, storage, insert, enqueue, cleanup on failure), its API view, listing,
+cancelling and deleting.
+
+Creation validates everything before anything is written, so every mistake is a 4xx naming its
+field and leaves nothing behind; the checkpoint of a multipart request is stored only once the
+job is known to be valid, and removed again if the job is not created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import crud
+from api.auth import Caller
+from api.dispatch import Dispatcher, DispatchError
+from api.errors import Conflict, ServiceUnavailable
+from api.ingest import store_checkpoint, validate_checkpoint_upload
+from api.job_requests import (
+    check_job_fits,
+    checkpoint_shapes,
+    fingerprint,
+    resolve_dataset,
+)
+from api.schemas import JobError, JobLinks, JobOut, JobSpec, StageOut
+from api.services.ownership import owned_job
+from api.services.quotas import check_active_jobs, check_cost, check_storage
+from api.uploads import UploadedFile, scratch_dir
+from persistence.cost import estimate_cost
+from persistence.jobs import JobPage, create_job, list_jobs, queue_position, request_cancel
+from persistence.models import Checkpoint, Job
+from persistence.settings import Settings
+from persistence.storage import ObjectStore
+
+CHECKPOINT_FIELD = "checkpoint"
+
+
+def job_link(job_id: str, suffix: str = "") -> str:
+    return f"/v1/jobs/{job_id}{suffix}"
+
+
+def job_out(session: Session, job: Job) -> JobOut:
+    """The API view of a job (labels and stages loaded)."""
+    error = (JobError(code=job.error_code, message=job.error_message or job.error_code)
+             if job.error_code else None)
+    return JobOut(
+        id=job.id, status=job.status, stage=job.stage,  # type: ignore[arg-type]
+        progress=job.stage_progress, progress_message=job.progress_message,
+        queue_position=queue_position(session, job), cancel_requested=job.cancel_requested,
+        checkpoint_id=job.checkpoint_id, dataset_id=job.dataset_id, labels=job.label_dict,
+        device=job.device, attempts=job.attempts, selected_module=job.selected_module,
+        chosen_alpha=job.chosen_alpha, metrics=job.metrics, error=error,
+        stages=[StageOut.model_validate(s, from_attributes=True) for s in job.stages],
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        updated_at=job.updated_at, config=job.spec, cost_estimate=job.cost_estimate,
+        links=JobLinks(
+            self=job_link(job.id), events=job_link(job.id, "/events"),
+            mrc=job_link(job.id, "/mrc"), curves=job_link(job.id, "/curves"),
+            artifacts=job_link(job.id, "/artifacts"), cancel=job_link(job.id, "/cancel")),
+    )
+
+
+def scoped_idempotency_key(project_id: str, key: str) -> str:
+    """The stored form of a client's Idempotency-Key: keys are per project, so two projects
+    using the same key neither collide nor learn of each other's jobs."""
+    return hashlib.sha256(f"{project_id}\n{key}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class JobServices:
+    """What creating a job needs, taken by the route through ``Depends``."""
+
+    settings: Settings
+    store: ObjectStore
+    session_factory: sessionmaker[Session]
+    dispatcher: Dispatcher
+
+
+def create_job_for(
+    services: JobServices,
+    caller: Caller,
+    spec: JobSpec,
+    *,
+    checkpoint_id: str | None,
+    upload: UploadedFile | None,
+    idempotency_key: str | None,
+) -> tuple[JobOut, bool]:
+    """Validate, check quotas and cost, then record and queue the job; returns (view, created).
+
+    Blocks (database, store, file checks): call it in a worker thread.
+    """
+    settings, store, factory = services.settings, services.store, services.session_factory
+    checkpoint_field = "checkpoint_id" if upload is None else CHECKPOINT_FIELD
+    reference = checkpoint_id if upload is None else f"sha256:{upload.sha256}"
+    request_hash = fingerprint(spec, reference or "")
+    stored_key = (scoped_idempotency_key(caller.project_id, idempotency_key)
+                  if idempotency_key is not None else None)
+    with factory() as session:
+        if stored_key is not None:
+            existing = crud.job_by_idempotency_key(session, stored_key)
+            if existing is not None:
+                if existing.request_hash != request_hash:
+                    raise Conflict(
+                        f"Idempotency-Key '{idempotency_key}' was already used for job "
+                        f"{existing.id} with a different request; use a new key for a new job",
+                        field="Idempotency-Key", code="idempotency_conflict",
+                        details={"job_id": existing.id})
+                return job_out(session, existing), False
+
+        dataset = resolve_dataset(session, store, spec, caller.project_id)
+        inspection = None
+        if upload is None:
+            assert checkpoint_id is not None
+            row, shapes = checkpoint_shapes(session, store, checkpoint_id, scratch_dir(settings),
+                                            caller.project_id)
+            num_tensors = row.num_tensors
+        else:
+            inspection = validate_checkpoint_upload(upload, CHECKPOINT_FIELD)
+            shapes = inspection.shapes
+            num_tensors = inspection.num_tensors
+        check_job_fits(spec.config, shapes, dataset.geometry, checkpoint_field)
+
+        config_json = spec.config.model_dump(mode="json")
+        examples = None
+        if dataset.row is not None and dataset.row.num_examples is not None:
+            # The upload's test split is not recorded: its size bounds both splits.
+            examples = (dataset.row.num_examples, dataset.row.num_examples)
+        estimate = estimate_cost(config_json, num_modules=num_tensors, dataset_examples=examples)
+        check_cost(caller, estimate)
+        check_active_jobs(session, caller)
+        if upload is not None:
+            check_storage(session, caller, upload.size)
+        session.commit()
+
+        stored_checkpoint = None
+        if upload is not None and inspection is not None:
+            stored_checkpoint = store_checkpoint(factory, store, upload, inspection,
+                                                 caller.project_id)
+            checkpoint_id = stored_checkpoint.id
+        try:
+            job, created = create_job(
+                session, spec=config_json, checkpoint_id=checkpoint_id or "",
+                dataset_id=spec.dataset_id, labels=spec.labels, idempotency_key=stored_key,
+                request_hash=request_hash, project_id=caller.project_id,
+                cost_estimate=estimate.total)
+            if created:
+                try:
+                    services.dispatcher.enqueue_job(job.id)
+                except DispatchError as exc:
+                    crud.delete_job(session, job.id)
+                    raise ServiceUnavailable(
+                        f"{exc}; the job was not created, retry later",
+                        code="broker_unavailable") from exc
+        except BaseException:
+            _forget_checkpoint(session, store, stored_checkpoint)
+            raise
+        if not created:
+            # A concurrent request with the same key won the race; its job is the answer.
+            _forget_checkpoint(session, store, stored_checkpoint)
+        return job_out(session, job), created
+
+
+def _forget_checkpoint(session: Session, store: ObjectStore,
+                       checkpoint: Checkpoint | None) -> None:
+    # The checkpoint of a multipart request that made no job is not kept.
+    if checkpoint is None:
+        return
+    session.rollback()
+    crud.delete_checkpoint(session, checkpoint.id)
+    store.delete(checkpoint.storage_key)
+
+
+def list_jobs_for(session: Session, caller: Caller, *, statuses: list[str] | None,
+                  labels: dict[str, str], limit: int, cursor: str | None) -> tuple[JobPage, Any]:
+    """A page of the caller's jobs (never another project's), with their views."""
+    page = list_jobs(session, status=statuses, labels=labels, limit=limit, cursor=cursor,
+                     project_id=caller.project_id)
+    return page, [job_out(session, job) for job in page.jobs]
+
+
+def cancel_job_for(session: Session, caller: Caller, job_id: str) -> JobOut:
+    """Cancel the caller's job (409 once it has finished)."""
+    owned_job(session, caller.project_id, job_id)
+    return job_out(session, request_cancel(session, job_id))

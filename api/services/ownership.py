@@ -1,0 +1,56 @@
+"""Ownership, in one place: a resource is visible only to keys of the project that owns it.
+
+Another project's resource looks exactly like a missing one (a 404 with the same message), so a
+caller learns nothing about ids it does not own. Events and artifacts belong to their job.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+
+from api.errors import NotFound
+from api.schemas import is_resource_id
+from persistence.models import Checkpoint, Dataset, Job
+from persistence.transactions import JobNotFound, load_job
+
+Owned = TypeVar("Owned", Checkpoint, Dataset)
+
+
+def find_owned(session: Session, model: type[Owned], project_id: str,
+               resource_id: str) -> Owned | None:
+    """The ``model`` row ``resource_id`` if ``project_id`` owns it, else None."""
+    if not is_resource_id(resource_id):
+        return None
+    row = session.get(model, resource_id)
+    return row if row is not None and row.project_id == project_id else None
+
+
+def owned_checkpoint(session: Session, project_id: str, checkpoint_id: str) -> Checkpoint:
+    row = find_owned(session, Checkpoint, project_id, checkpoint_id)
+    if row is None:
+        raise NotFound(f"no checkpoint with id '{checkpoint_id[:64]}'", field="checkpoint_id",
+                       code="checkpoint_not_found")
+    return row
+
+
+def owned_dataset(session: Session, project_id: str, dataset_id: str) -> Dataset:
+    row = find_owned(session, Dataset, project_id, dataset_id)
+    if row is None:
+        raise NotFound(f"no dataset with id '{dataset_id[:64]}'", field="dataset_id",
+                       code="dataset_not_found")
+    return row
+
+
+def owned_job(session: Session, project_id: str, job_id: str) -> Job:
+    """The job (labels and stages loaded, fresh) if ``project_id`` owns it; else a 404."""
+    job = None
+    if is_resource_id(job_id):
+        try:
+            job = load_job(session, job_id)
+        except JobNotFound:
+            job = None
+    if job is None or job.project_id != project_id:
+        raise NotFound(f"no job with id '{job_id[:64]}'", field="job_id", code="job_not_found")
+    return job

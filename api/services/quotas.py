@@ -1,0 +1,80 @@
+"""Per-project quotas, checked where resources are made: active jobs, stored bytes, job cost.
+
+The checks read current usage and compare; two requests racing at the very edge of a quota may
+both pass (the quotas bound cost, they are not exact accounting).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.auth import Caller
+from api.errors import InvalidInput, PayloadTooLarge, TooManyRequests
+from persistence.cost import CostEstimate
+from persistence.models import Artifact, Checkpoint, Dataset, Job, JobStatus
+
+#: Retry-After of a 429 for too many active jobs: jobs take minutes, not seconds.
+ACTIVE_JOBS_RETRY_AFTER_S = 60
+
+
+def active_jobs(session: Session, project_id: str) -> int:
+    """The project's queued and running jobs."""
+    return int(session.execute(
+        select(func.count()).select_from(Job).where(
+            Job.project_id == project_id,
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))).scalar_one())
+
+
+def stored_bytes(session: Session, project_id: str) -> int:
+    """Bytes the project keeps in the object store: checkpoints, datasets and job artifacts."""
+    total = 0
+    for query in (
+        select(func.coalesce(func.sum(Checkpoint.size), 0)).where(
+            Checkpoint.project_id == project_id),
+        select(func.coalesce(func.sum(Dataset.size), 0)).where(Dataset.project_id == project_id),
+        select(func.coalesce(func.sum(Artifact.size), 0)).join(Job, Job.id == Artifact.job_id)
+        .where(Job.project_id == project_id),
+    ):
+        total += int(session.execute(query).scalar_one())
+    return total
+
+
+def check_active_jobs(session: Session, caller: Caller) -> None:
+    """Raise 429 ``quota_exceeded`` if the project already has its limit of active jobs."""
+    limit = caller.limits.max_active_jobs
+    count = active_jobs(session, caller.project_id)
+    if count >= limit:
+        raise TooManyRequests(
+            f"project '{caller.project_name}' has {count} queued or running jobs, its quota "
+            f"max_active_jobs is {limit}; wait for one to finish or cancel one",
+            field="max_active_jobs", code="quota_exceeded",
+            headers={"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER_S)},
+            details={"quota": "max_active_jobs", "limit": limit, "used": count})
+
+
+def check_storage(session: Session, caller: Caller, incoming: int) -> None:
+    """Raise 413 ``quota_exceeded`` if storing ``incoming`` more bytes passes the project's
+    quota."""
+    limit = caller.limits.max_stored_bytes
+    used = stored_bytes(session, caller.project_id)
+    if used + incoming > limit:
+        raise PayloadTooLarge(
+            f"storing {incoming} more bytes would take project '{caller.project_name}' to "
+            f"{used + incoming} bytes, over its quota max_stored_bytes of {limit}; delete "
+            "checkpoints, datasets or jobs first",
+            field="max_stored_bytes", code="quota_exceeded",
+            details={"quota": "max_stored_bytes", "limit": limit, "used": used,
+                     "incoming": incoming})
+
+
+def check_cost(caller: Caller, estimate: CostEstimate) -> None:
+    """Raise 422 ``cost_limit_exceeded`` if the job's estimate passes the project's limit."""
+    limit = caller.limits.max_job_cost
+    if estimate.total > limit:
+        raise InvalidInput(
+            f"the job's cost estimate is {estimate.total} example-passes, over the project's "
+            f"limit max_job_cost of {limit}; lower epochs, attack.steps, mrc.num_examples, "
+            "mrc.steps or raise interpolation.alpha_step",
+            field="max_job_cost", code="cost_limit_exceeded",
+            details={"limit": limit, "estimate": estimate.to_json()})

@@ -1,0 +1,112 @@
+"""``rift-admin``: manage projects and API keys from the command line (on a host that can reach
+the database; the settings come from the environment like every entry point's).
+
+    rift-admin projects create NAME
+    rift-admin projects list
+    rift-admin keys create --project NAME [--scope read|write|admin ...] [--name LABEL]
+    rift-admin keys list [--project NAME]
+    rift-admin keys revoke KEY_ID
+
+``keys create`` prints the new key alone on stdout (``KEY=$(rift-admin keys create ...)``); it is
+shown this once and creates the project if it does not exist. Nothing else ever prints a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from persistence.api_keys import (
+    AdminError,
+    Scope,
+    create_key,
+    create_project,
+    list_keys,
+    list_projects,
+    project_by_name,
+    revoke_key,
+)
+from persistence.db import session_factory_from_settings
+from persistence.models import Project
+from persistence.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rift-admin", description="Projects and API keys.")
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    projects = groups.add_parser("projects", help="projects").add_subparsers(
+        dest="command", required=True)
+    create = projects.add_parser("create", help="create a project")
+    create.add_argument("name")
+    projects.add_parser("list", help="list projects")
+
+    keys = groups.add_parser("keys", help="API keys").add_subparsers(dest="command",
+                                                                      required=True)
+    key_create = keys.add_parser("create", help="create a key; prints it alone on stdout")
+    key_create.add_argument("--project", required=True)
+    key_create.add_argument("--scope", action="append", choices=[s.value for s in Scope],
+                            help="repeat for several (default: read and write)")
+    key_create.add_argument("--name", help="a label for the key")
+    key_list = keys.add_parser("list", help="list keys (never their secrets)")
+    key_list.add_argument("--project")
+    revoke = keys.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
+    args = _parser().parse_args(argv)
+    factory = session_factory_from_settings(settings or Settings())
+    try:
+        with factory() as session:
+            if args.group == "projects" and args.command == "create":
+                project = create_project(session, args.name)
+                print(f"{project.id}\t{project.name}")
+            elif args.group == "projects":
+                for project in list_projects(session):
+                    print(f"{project.id}\t{project.name}\t{project.created_at.isoformat()}")
+            elif args.command == "create":
+                project = create_project(session, args.project, exist_ok=True)
+                new = create_key(session, project, args.scope or [], args.name)
+                print(new.key)
+                print(f"created key {new.row.id} ({new.row.scopes}) for project "
+                      f"'{project.name}'; it is shown only once", file=sys.stderr)
+            elif args.command == "list":
+                project_id = None
+                if args.project is not None:
+                    found = project_by_name(session, args.project)
+                    if found is None:
+                        raise AdminError(f"no project named '{args.project}'")
+                    project_id = found.id
+                names = {p.id: p.name for p in session.query(Project).all()}
+                print("id\tproject\tprefix\tscopes\tname\tcreated_at\tlast_used_at\trevoked_at")
+                for key in list_keys(session, project_id):
+                    print("\t".join([
+                        key.id, names.get(key.project_id, "?"), f"rift_{key.prefix}_…",
+                        key.scopes.replace(" ", ","), key.name or "",
+                        key.created_at.isoformat(),
+                        key.last_used_at.isoformat() if key.last_used_at else "",
+                        key.revoked_at.isoformat() if key.revoked_at else ""]))
+            else:
+                row = revoke_key(session, args.key_id)
+                if row is None:
+                    raise AdminError(f"no key with id '{args.key_id}'")
+                print(f"revoked key {row.id}", file=sys.stderr)
+    except AdminError as exc:
+        print(f"rift-admin: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine = factory.kw.get("bind")
+        if engine is not None:
+            engine.dispose()
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

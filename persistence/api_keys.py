@@ -1,0 +1,171 @@
+"""Projects and their API keys: creating, finding, revoking, and recording use.
+
+A key is ``rift_<prefix>_<secret>``: ``prefix`` (12 hex digits) finds the row, ``secret`` (32
+random bytes, URL-safe base64) proves possession. Only the SHA-256 of the secret is stored: a
+fast hash is enough because the secret is random and long (no dictionary to try), and it keeps
+each request's check cheap. The comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from persistence.models import ApiKey, Project, new_id, utcnow
+
+KEY_PREFIX = "rift_"
+_KEY = re.compile(r"^rift_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})$")
+PROJECT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.\-]{0,63}$"
+_PROJECT_NAME = re.compile(PROJECT_NAME_PATTERN)
+#: ``last_used_at`` is written at most this often per key: one UPDATE a minute, not per request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class Scope(enum.StrEnum):
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+#: What each scope grants: write implies read, admin implies everything.
+SCOPE_GRANTS: dict[Scope, frozenset[Scope]] = {
+    Scope.READ: frozenset({Scope.READ}),
+    Scope.WRITE: frozenset({Scope.READ, Scope.WRITE}),
+    Scope.ADMIN: frozenset({Scope.READ, Scope.WRITE, Scope.ADMIN}),
+}
+
+
+class AdminError(Exception):
+    """A key or project operation that cannot be done (unknown name, bad input)."""
+
+
+def effective_scopes(scopes: str) -> frozenset[Scope]:
+    """The scopes a key's stored ``scopes`` text grants (implied ones included)."""
+    granted: set[Scope] = set()
+    for name in scopes.split():
+        if name in Scope.__members__.values():
+            granted |= SCOPE_GRANTS[Scope(name)]
+    return frozenset(granted)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def parse_key(key: str) -> tuple[str, str] | None:
+    """(prefix, secret) of a well-formed key, else None."""
+    match = _KEY.fullmatch(key)
+    return (match.group(1), match.group(2)) if match else None
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key just created: ``key`` is the only copy of the secret (show it once)."""
+
+    row: ApiKey
+    key: str
+
+
+def check_project_name(name: str) -> str:
+    if not _PROJECT_NAME.fullmatch(name):
+        raise AdminError("a project name is 1 to 64 characters: lower-case letters, digits and "
+                         "_ . - (starting with a letter or digit)")
+    return name
+
+
+def project_by_name(session: Session, name: str) -> Project | None:
+    return session.execute(select(Project).where(Project.name == name)).scalar_one_or_none()
+
+
+def create_project(session: Session, name: str, *, exist_ok: bool = False) -> Project:
+    """Create the project ``name`` (or return it when ``exist_ok``). Commits."""
+    check_project_name(name)
+    existing = project_by_name(session, name)
+    if existing is not None:
+        if exist_ok:
+            return existing
+        raise AdminError(f"project '{name}' already exists")
+    project = Project(id=new_id(), name=name, created_at=utcnow())
+    session.add(project)
+    session.commit()
+    return project
+
+
+def list_projects(session: Session) -> list[Project]:
+    return list(session.execute(select(Project).order_by(Project.name)).scalars())
+
+
+def create_key(session: Session, project: Project, scopes: list[str],
+               name: str | None = None) -> NewKey:
+    """A new key of ``project`` with ``scopes`` (default ``read write``). Commits."""
+    chosen = sorted(set(scopes or [Scope.READ, Scope.WRITE]))
+    unknown = [s for s in chosen if s not in Scope.__members__.values()]
+    if unknown:
+        raise AdminError(f"unknown scope '{unknown[0][:32]}'; use read, write or admin")
+    if name is not None and len(name) > 128:
+        raise AdminError("a key name is at most 128 characters")
+    prefix = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    row = ApiKey(id=new_id(), project_id=project.id, prefix=prefix,
+                 secret_hash=hash_secret(secret), scopes=" ".join(chosen), name=name,
+                 created_at=utcnow())
+    session.add(row)
+    session.commit()
+    return NewKey(row=row, key=f"{KEY_PREFIX}{prefix}_{secret}")
+
+
+def list_keys(session: Session, project_id: str | None = None) -> list[ApiKey]:
+    query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if project_id is not None:
+        query = query.where(ApiKey.project_id == project_id)
+    return list(session.execute(query).scalars())
+
+
+def revoke_key(session: Session, key_id: str, project_id: str | None = None) -> ApiKey | None:
+    """Revoke the key (idempotent); None if there is no such key (in ``project_id``). Commits."""
+    row = session.get(ApiKey, key_id)
+    if row is None or (project_id is not None and row.project_id != project_id):
+        session.commit()
+        return None
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    session.commit()
+    return row
+
+
+def authenticate(session: Session, key: str, now: datetime | None = None
+                 ) -> tuple[ApiKey, Project] | None:
+    """The live key and its project for the presented ``key``, or None (unknown, wrong secret,
+    revoked). Records the use (at most once per :data:`LAST_USED_RESOLUTION`). Commits."""
+    parsed = parse_key(key)
+    if parsed is None:
+        return None
+    prefix, secret = parsed
+    found = session.execute(
+        select(ApiKey, Project).join(Project, Project.id == ApiKey.project_id)
+        .where(ApiKey.prefix == prefix)).one_or_none()
+    if found is None:
+        session.commit()
+        return None
+    row, project = found
+    if not hmac.compare_digest(row.secret_hash, hash_secret(secret)) or row.revoked_at is not None:
+        session.commit()
+        return None
+    now = now or utcnow()
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        # Conditional, so concurrent requests of one key write once.
+        stale = now - LAST_USED_RESOLUTION
+        session.execute(
+            update(ApiKey).where(ApiKey.id == row.id)
+            .where((ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at <= stale))
+            .values(last_used_at=now).execution_options(synchronize_session=False))
+    session.commit()
+    return row, project

@@ -1,0 +1,122 @@
+"""A job's cost estimate from its spec alone (no torch, no data): example-passes per stage.
+
+One example-pass is one example through the model once, forward or backward; a training step on a
+batch of ``b`` examples costs ``b`` forward plus ``b`` backward example-passes. The estimate
+counts what RIFT.md describes, as upper bounds where the spec leaves a choice open:
+
+- ``adversarial_set``: ``mrc.num_examples`` examples, each attacked with ``attack.steps`` PGD
+  steps (a forward and a backward each) plus one forward pass to take the clean loss.
+- ``mrc``: for each candidate module, ``mrc.steps`` ascent passes over the adversarial set
+  (forward and backward) plus one forward pass after each to measure the robust loss, and one
+  forward pass for the reference loss.
+- ``finetune``: ``finetune.epochs`` epochs over the training examples (forward and backward), and
+  a clean forward pass over the validation split after each epoch.
+- ``interpolation``: at each α, a clean forward pass over the test examples, and an attack
+  (``attack.steps`` forward+backward, plus a forward) on them.
+
+The number of candidate modules is an upper bound given by the caller (the checkpoint's tensor
+count: every module holds at least one tensor), unless ``mrc.modules`` lists them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Training / test examples of the built-in datasets (before ``max_*_examples`` caps). digits:
+#: scikit-learn's 1797 images, a fifth held out as test.
+BUILTIN_SIZES: dict[str, tuple[int, int]] = {
+    "cifar10": (50_000, 10_000),
+    "cifar100": (50_000, 10_000),
+    "svhn": (73_257, 26_032),
+    "mnist": (60_000, 10_000),
+    "digits": (1_438, 359),
+}
+
+
+@dataclass(frozen=True)
+class StageCost:
+    forward: int
+    backward: int
+
+    @property
+    def total(self) -> int:
+        return self.forward + self.backward
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Example-passes per stage; ``total`` is what limits are compared with."""
+
+    adversarial_set: StageCost
+    mrc: StageCost
+    finetune: StageCost
+    interpolation: StageCost
+
+    @property
+    def total(self) -> int:
+        return sum(s.total for s in (self.adversarial_set, self.mrc, self.finetune,
+                                     self.interpolation))
+
+    def to_json(self) -> dict[str, Any]:
+        stages = {name: {"forward": s.forward, "backward": s.backward, "total": s.total}
+                  for name, s in (("adversarial_set", self.adversarial_set), ("mrc", self.mrc),
+                                  ("finetune", self.finetune),
+                                  ("interpolation", self.interpolation))}
+        return {"unit": "example-passes", "total": self.total, "stages": stages}
+
+
+def _int(section: Mapping[str, Any], key: str, default: int) -> int:
+    value = section.get(key)
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+def _cap(count: int, cap: Any) -> int:
+    return min(count, int(cap)) if isinstance(cap, int) and not isinstance(cap, bool) else count
+
+
+def estimate_cost(config: Mapping[str, Any], *, num_modules: int,
+                  dataset_examples: tuple[int, int] | None = None) -> CostEstimate:
+    """The cost of the job whose ``RiftConfig`` JSON is ``config``.
+
+    Args:
+        config: ``RiftConfig.model_dump(mode="json")`` (defaults filled in).
+        num_modules: upper bound on the modules MRC measures (ignored when ``mrc.modules`` is set).
+        dataset_examples: (train, test) examples of an uploaded dataset; built-in datasets are
+            looked up in :data:`BUILTIN_SIZES`. Unknown sizes count as 0 for that stage.
+    """
+    attack = config.get("attack") or {}
+    mrc = config.get("mrc") or {}
+    finetune = config.get("finetune") or {}
+    interpolation = config.get("interpolation") or {}
+    evaluation = config.get("evaluation") or {}
+    dataset = config.get("dataset") or {}
+
+    train, test = dataset_examples or BUILTIN_SIZES.get(str(dataset.get("name")), (0, 0))
+    train = _cap(train, dataset.get("max_train_examples"))
+    test = _cap(_cap(test, dataset.get("max_test_examples")), evaluation.get("max_examples"))
+    validation_fraction = float(dataset.get("validation_fraction") or 0.1)
+    validation = math.ceil(train * validation_fraction)
+    train -= validation
+
+    steps = _int(attack, "steps", 10)
+    examples = _int(mrc, "num_examples", 1024)
+    adversarial = StageCost(forward=examples * (steps + 1), backward=examples * steps)
+
+    modules = mrc.get("modules")
+    count = len(modules) if isinstance(modules, list) else max(num_modules, 0)
+    ascent = _int(mrc, "steps", 10)
+    per_module = StageCost(forward=examples * 2 * ascent, backward=examples * ascent)
+    mrc_cost = StageCost(forward=examples + count * per_module.forward,
+                         backward=count * per_module.backward)
+
+    epochs = _int(finetune, "epochs", 10)
+    tune = StageCost(forward=epochs * (train + validation), backward=epochs * train)
+
+    alpha_step = interpolation.get("alpha_step") or 0.05
+    alphas = math.floor(1.0 / float(alpha_step) + 1e-9) + 1
+    interp = StageCost(forward=alphas * test * (1 + steps + 1), backward=alphas * test * steps)
+    return CostEstimate(adversarial_set=adversarial, mrc=mrc_cost, finetune=tune,
+                        interpolation=interp)

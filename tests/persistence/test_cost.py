@@ -1,0 +1,50 @@
+"""The cost estimate: each stage's count follows its formula, and more work costs more."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from persistence.cost import BUILTIN_SIZES, estimate_cost
+from rift.config import RiftConfig
+
+
+def _config(**sections: Any) -> dict[str, Any]:
+    body = {"architecture": {"name": "small_cnn"}, "dataset": {"name": "digits"}, **sections}
+    return RiftConfig.model_validate(body).model_dump(mode="json")
+
+
+def test_stage_formulas() -> None:
+    config = _config(attack={"steps": 3}, mrc={"steps": 2, "num_examples": 100},
+                     finetune={"epochs": 4}, interpolation={"alpha_step": 0.5},
+                     dataset={"name": "digits", "validation_fraction": 0.25})
+    cost = estimate_cost(config, num_modules=5)
+    assert (cost.adversarial_set.forward, cost.adversarial_set.backward) == (400, 300)
+    assert (cost.mrc.forward, cost.mrc.backward) == (100 + 5 * 400, 5 * 200)
+    train, test = BUILTIN_SIZES["digits"]
+    validation = -(-train // 4)
+    assert (cost.finetune.forward, cost.finetune.backward) == (4 * train, 4 * (train - validation))
+    assert (cost.interpolation.forward, cost.interpolation.backward) == (3 * test * 5,
+                                                                       3 * test * 3)
+    assert cost.total == sum(s["total"] for s in cost.to_json()["stages"].values())
+
+
+def test_listed_modules_and_caps() -> None:
+    listed = estimate_cost(_config(mrc={"modules": ["conv1", "fc"]}), num_modules=50)
+    assert listed.mrc == estimate_cost(_config(), num_modules=2).mrc
+    capped = estimate_cost(_config(dataset={"name": "digits", "max_train_examples": 10},
+                                   evaluation={"max_examples": 7}), num_modules=1)
+    assert capped.finetune.forward == 10 * 10 and capped.interpolation.forward == 21 * 7 * 12
+    uploaded = estimate_cost(_config(dataset={"name": "npz", "path": "dataset:x"}),
+                             num_modules=1, dataset_examples=(1000, 200))
+    assert uploaded.finetune.forward == 10 * 1000
+
+
+@pytest.mark.parametrize("change", [
+    {"attack": {"steps": 20}}, {"mrc": {"steps": 20}}, {"mrc": {"num_examples": 2048}},
+    {"finetune": {"epochs": 20}}, {"interpolation": {"alpha_step": 0.01}},
+])
+def test_more_work_costs_more(change: dict[str, Any]) -> None:
+    assert estimate_cost(_config(**change), num_modules=8).total > \
+        estimate_cost(_config(), num_modules=8).total

@@ -1,0 +1,85 @@
+"""``rift-admin`` end to end (a subprocess against the test's database) and the admin routes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.api.helpers import Api
+from tests.service_fixtures import PROJECT_ROOT
+
+pytestmark = [pytest.mark.service]
+
+KEY = re.compile(r"^rift_[0-9a-f]{12}_[A-Za-z0-9_\-]{43}$")
+
+
+def rift_admin(api: Api, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
+    env["DATABASE_URL"] = api.settings.database_url
+    return subprocess.run([sys.executable, "-m", "persistence.admin_cli", *args], env=env,
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_rift_admin_end_to_end(api: Api) -> None:
+    assert rift_admin(api, "projects", "create", "vision").returncode == 0
+    assert rift_admin(api, "projects", "create", "vision").returncode == 2  # exists
+    assert rift_admin(api, "projects", "create", "Bad Name!").returncode == 2
+    made = rift_admin(api, "keys", "create", "--project", "vision", "--scope", "read",
+                      "--name", "dashboard")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert made.stdout == key + "\n" and KEY.fullmatch(key)  # the key alone on stdout
+    # Creating a key for a new project creates the project.
+    other = rift_admin(api, "keys", "create", "--project", "audio").stdout.strip()
+    assert KEY.fullmatch(other)
+
+    client = api.client_for(key)
+    assert client.get("/v1/jobs").status_code == 200
+    assert client.post("/v1/jobs/" + "0" * 32 + "/cancel").status_code == 403  # read only
+
+    listed = rift_admin(api, "keys", "list", "--project", "vision")
+    assert listed.returncode == 0
+    secret = key.split("_", 2)[2]
+    assert secret not in listed.stdout and "dashboard" in listed.stdout
+    assert "audio" not in listed.stdout
+    assert secret not in rift_admin(api, "keys", "list").stdout
+    key_id = listed.stdout.splitlines()[1].split("\t")[0]
+    last_used = listed.stdout.splitlines()[1].split("\t")[6]
+    assert last_used  # it was used above
+
+    assert rift_admin(api, "keys", "revoke", key_id).returncode == 0
+    assert client.get("/v1/jobs").status_code == 401
+    assert rift_admin(api, "keys", "revoke", "nope").returncode == 2
+    client.close()
+
+
+def test_admin_routes(api: Api, clients: Callable[..., httpx.Client]) -> None:
+    admin = clients("ops", ("admin",))
+    created = admin.post("/v1/admin/projects", json={"name": "team-a", "max_active_jobs": 1})
+    assert created.status_code == 201, created.text
+    assert created.json()["max_active_jobs"] == 1
+    assert admin.post("/v1/admin/projects", json={"name": "team-a"}).status_code == 409
+    assert admin.post("/v1/admin/projects", json={"name": "team-b",
+                                                  "max_active_jobs": "1"}).status_code == 422
+    new = admin.post("/v1/admin/projects/team-a/keys", json={"scopes": ["read"], "name": "ci"})
+    assert new.status_code == 201
+    key = new.json()["key"]
+    assert KEY.fullmatch(key)
+    listed = admin.get("/v1/admin/projects/team-a/keys").json()["items"]
+    assert [k["id"] for k in listed] == [new.json()["id"]]
+    assert "key" not in listed[0] and key.split("_", 2)[2] not in str(listed)
+    team = api.client_for(key)
+    assert team.get("/v1/jobs").status_code == 200
+    revoked = admin.delete(f"/v1/admin/projects/team-a/keys/{new.json()['id']}")
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+    assert team.get("/v1/jobs").status_code == 401
+    assert admin.get("/v1/admin/projects/nope/keys").status_code == 404
+    assert admin.post("/v1/admin/projects/team-a/keys", content=b"scopes=admin", headers={
+        "Content-Type": "application/x-www-form-urlencoded"}).status_code == 415
+    team.close()
