@@ -3,7 +3,8 @@ are stalled or orphaned, the grace period, retention, and the dry run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from persistence.object_keys import stage_object_key
 from persistence.records import create_checkpoint
 from persistence.settings import Settings
 from persistence.storage import LocalObjectStore
-from tests.service_fixtures import settings_from_env
+from tests.service_fixtures import WorkerProcess, settings_from_env
 
 pytestmark = pytest.mark.service
 
@@ -155,3 +156,15 @@ def test_retention_removes_the_files_of_old_finished_jobs_only(
         assert jobs.get_job(session, old).status == "succeeded"  # the job row stays
         kinds = [e.kind for e in jobs.list_events(session, old)]
     assert ARTIFACTS_EXPIRED in kinds
+
+
+def test_the_workers_recovery_loop_runs_the_janitor(
+        service_settings: Settings, start_worker: Callable[..., WorkerProcess]) -> None:
+    store = service_settings.build_object_store()
+    store.put_bytes("checkpoints/left-by-a-crash.safetensors", b"x")
+    worker = start_worker(JANITOR_GRACE_SECONDS="0")
+    deadline = time.monotonic() + 30
+    while store.exists("checkpoints/left-by-a-crash.safetensors"):
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    assert "janitor: " in worker.log()

@@ -49,6 +49,7 @@ def test_cancel_while_the_adversarial_set_is_made_lands_within_seconds(
     job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", timeout=60,
                    workers=(celery_worker,))
     took = time.monotonic() - asked
+    print(f"cancel during the adversarial set took {took:.2f} s")  # quoted in HANDOFF.md
     assert job.status == "cancelled"
     assert took < PROMPT_S, f"the cancel took {took:.1f} s"
     assert "module_scored" not in event_kinds(sessions, job_id)
