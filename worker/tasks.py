@@ -6,7 +6,8 @@ message, or a stage another worker holds, returns at once; a stage already done 
 next message), runs the stage with the library, stores its outputs and marks it done in one
 transaction, then sends the next stage's message. Outcomes:
 
-- a library error (:class:`rift.errors.RiftError`): the job fails with the error's code and message;
+- a library error (:class:`rift.errors.RiftError`): the job fails with the error's code and message
+  (``timeout`` when the job passed ``JOB_TIME_LIMIT_SECONDS``, see :mod:`persistence.time_limits`);
 - cancellation (:class:`rift.errors.JobCancelled`): the job ends ``cancelled``;
 - any other exception: the stage is given back and retried, at most ``MAX_STAGE_ATTEMPTS`` claims
   (counted in the database, so crashes count too), then the job fails with
@@ -14,7 +15,9 @@ transaction, then sends the next stage's message. Outcomes:
 
 Recovery: a worker re-sends, on start and every ``WORKER_RECOVERY_INTERVAL_SECONDS``, the stages
 whose lease expired (the worker running them was killed) and, after
-``STAGE_REDISPATCH_SECONDS``, the stages nobody took (a message lost in a crash).
+``STAGE_REDISPATCH_SECONDS``, the stages nobody took (a message lost in a crash); it fails the jobs
+past their time limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the
+janitor (:mod:`persistence.janitor`).
 """
 
 from __future__ import annotations
