@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import pytest
 from sqlalchemy import func, select
 
 from persistence.db import session_factory_from_settings
+from persistence.janitor import run_janitor
 from persistence.models import Checkpoint
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
@@ -115,12 +117,21 @@ def _debris(settings: Settings, store: ObjectStore) -> dict[str, list[str]]:
     }
 
 
-def _janitor(env: dict[str, str], grace_s: float) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "persistence.janitor"], cwd=PROJECT_ROOT, capture_output=True,
-        env={**os.environ, **env, "JANITOR_GRACE_SECONDS": str(grace_s)}, timeout=120)
-    assert result.returncode == 0, result.stderr.decode()
-    return dict(json.loads(result.stdout))
+def _janitor(env: dict[str, str], grace_s: float, *, command: bool = False) -> dict[str, Any]:
+    """One janitor pass; with ``command``, as ``python -m persistence.janitor`` (its JSON)."""
+    if command:
+        result = subprocess.run(
+            [sys.executable, "-m", "persistence.janitor"], cwd=PROJECT_ROOT, capture_output=True,
+            env={**os.environ, **env, "JANITOR_GRACE_SECONDS": str(grace_s)}, timeout=120)
+        assert result.returncode == 0, result.stderr.decode()
+        return dict(json.loads(result.stdout))
+    settings = settings_from_env({**env, "JANITOR_GRACE_SECONDS": str(grace_s)})
+    factory = session_factory_from_settings(settings)
+    try:
+        with factory() as session:
+            return asdict(run_janitor(session, settings.build_object_store(), settings))
+    finally:
+        factory.kw["bind"].dispose()
 
 
 def _upload_in_background(api: ApiProcess, path: Path) -> tuple[threading.Thread, dict[str, Any]]:
@@ -149,8 +160,9 @@ def _until(condition: Callable[[], bool], what: str, api: ApiProcess) -> None:
         time.sleep(0.05)
 
 
-def _assert_clean_after_janitor(env: dict[str, str], store: ObjectStore) -> dict[str, Any]:
-    report = _janitor(env, grace_s=0)
+def _assert_clean_after_janitor(env: dict[str, str], store: ObjectStore, *,
+                                command: bool = False) -> dict[str, Any]:
+    report = _janitor(env, grace_s=0, command=command)
     settings = _settings(env)
     assert _debris(settings, store) == {"scratch": [], "objects": [], "partial": []}, report
     assert _checkpoint_rows(settings) == 0
@@ -186,7 +198,7 @@ def test_kill_while_streaming_to_scratch(local_env: dict[str, str],
     release.set()
     thread.join(timeout=WAIT_S)
     assert _debris(settings, store)["scratch"], "the kill left no scratch file"
-    report = _assert_clean_after_janitor(env, store)
+    report = _assert_clean_after_janitor(env, store, command=True)
     assert len(report["scratch_files"]) == 1
 
 
@@ -224,7 +236,7 @@ def test_kill_after_the_object_was_stored_before_its_row(
 
 def test_a_live_upload_is_left_alone_within_the_grace_period(
         env: dict[str, str], start_api: Callable[..., ApiProcess], big_checkpoint: Path) -> None:
-    api = start_api({**env, "TEST_UPLOAD_PAUSE": "record:4"})
+    api = start_api({**env, "TEST_UPLOAD_PAUSE": "record:3"})
     settings = _settings(env)
     store = settings.build_object_store()
     thread, outcome = _upload_in_background(api, big_checkpoint)
