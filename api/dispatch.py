@@ -15,6 +15,7 @@ from persistence.models import StageName
 from persistence.settings import Settings
 from worker.factory import create_celery_app, enqueue_stage
 
+
 class DispatchError(Exception):
     """The broker did not take the message (it is down or unreachable)."""
 
