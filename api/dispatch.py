@@ -15,9 +15,6 @@ from persistence.models import StageName
 from persistence.queue import create_celery_app, enqueue_stage
 from persistence.settings import Settings
 
-#: Seconds to wait for the broker when checking readiness.
-BROKER_CHECK_TIMEOUT_S = 3.0
-
 
 class DispatchError(Exception):
     """The broker did not take the message (it is down or unreachable)."""
@@ -47,7 +44,8 @@ class CeleryDispatcher:
         self.app = app or create_celery_app(settings)
         # A publish to a dead broker should fail within seconds, not retry for minutes: the
         # client is waiting for its answer, and the job row is removed again on failure.
-        self.app.conf.broker_connection_timeout = BROKER_CHECK_TIMEOUT_S
+        self.timeout = settings.broker_connect_timeout_seconds
+        self.app.conf.broker_connection_timeout = self.timeout
         self.app.conf.task_publish_retry_policy = {
             "max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0,
         }
@@ -61,7 +59,7 @@ class CeleryDispatcher:
     def check(self) -> None:
         try:
             with self.app.connection_for_write() as connection:
-                connection.ensure_connection(max_retries=1, timeout=BROKER_CHECK_TIMEOUT_S)
+                connection.ensure_connection(max_retries=1, timeout=self.timeout)
                 # Virtual transports (SQLAlchemy, Redis) connect lazily and cache engines: ask
                 # the queue's length, a real round trip, to know the broker answers now.
                 size = getattr(connection.default_channel, "_size", None)

@@ -397,8 +397,8 @@ async def _receive_multipart(
 
 
 def scratch_dir(settings: Settings) -> Path:
-    """Where uploads are spooled while they are checked."""
-    return settings.work_dir / "uploads"
+    """Where uploads are spooled while they are checked (swept by ``persistence.janitor``)."""
+    return settings.upload_scratch_dir
 
 
 def upload_request_body(file_field: str, text_fields: dict[str, str] | None = None,

@@ -117,12 +117,43 @@ class Settings(BaseSettings):
         "counted in Redis when BROKER_URL is Redis, else in the API process.")
     default_max_streams_per_key: int = Field(
         10, ge=1, description="Open event streams (SSE) per API key; each holds a connection.")
+    # --- limits, housekeeping ----------------------------------------------------------------
+    job_time_limit_seconds: float = Field(
+        6 * 3600.0, gt=0,
+        description="Wall-clock limit of one job in seconds, from its first stage's start: past it "
+        "the worker stops at its next batch and the job fails with code 'timeout' (the recovery "
+        "loop fails it too if its worker died). Six hours fit every reference run of RIFT.md on "
+        "one GPU with room to spare; a job that needs more is mis-specified or should be split.")
+    broker_connect_timeout_seconds: float = Field(
+        3.0, gt=0,
+        description="How long the API waits for the broker when it queues a job or probes "
+        "readiness (s). Short, because a client is waiting: with the broker down, POST /v1/jobs "
+        "answers 503 'broker_unavailable' within a few of these and records no job.")
+    janitor_interval_seconds: float = Field(
+        3600.0, gt=0,
+        description="How often a worker's recovery loop runs the janitor (s); it lists the whole "
+        "store, so hourly is plenty. 'python -m persistence.janitor' runs it once on demand.")
+    janitor_grace_seconds: float = Field(
+        24 * 3600.0, ge=0,
+        description="Age (s) below which the janitor never removes a scratch file, partial "
+        "object, unrecorded object or incomplete S3 multipart upload, so it cannot race an upload "
+        "or a stage still in progress. Must exceed the longest upload and the longest stage.")
+    artifact_retention_days: float = Field(
+        0.0, ge=0,
+        description="The janitor deletes the stored files (artifacts, intermediate records) of "
+        "jobs that finished more than this many days ago, and their artifact rows; the job row, "
+        "its tables and events stay. 0 keeps them for ever.")
+    test_upload_pause: str | None = Field(
+        None,
+        description="Test only, never set in a deployment: 'PHASE:SECONDS' makes every object "
+        "write sleep at PHASE, 'store' (three quarters of the bytes written) or 'record' (the "
+        "object stored, its row not yet written), so a test can kill the API exactly there.")
 
     def build_object_store(self) -> ObjectStore:
         """The object store these settings describe (one per process; it holds no global state)."""
         from persistence.storage import build_object_store
 
-        return build_object_store(
+        store = build_object_store(
             self.store_kind,
             local_root=self.store_root,
             s3_bucket=self.s3_bucket,
@@ -134,6 +165,16 @@ class Settings(BaseSettings):
             s3_presign_expiry_s=self.s3_presign_expiry_s,
             s3_create_bucket=self.s3_create_bucket,
         )
+        if self.test_upload_pause:
+            from persistence.fault_injection import PausingObjectStore
+
+            return PausingObjectStore.from_setting(store, self.test_upload_pause)
+        return store
+
+    @property
+    def upload_scratch_dir(self) -> Path:
+        """Where the API spools uploads while it checks them (the janitor sweeps it)."""
+        return self.work_dir / "uploads"
 
 
 def _secret(value: SecretStr | None) -> str | None:

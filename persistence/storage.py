@@ -18,6 +18,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
@@ -115,6 +116,25 @@ class StoredObject:
     content_type: str
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A stored object as a listing shows it: key, size in bytes, time of its last write (UTC)."""
+
+    key: str
+    size: int
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class PartialUpload:
+    """A write that never finished: a local ``.part`` file (``handle`` is its path) or an S3
+    multipart upload (``handle`` is its upload id), with the time it was started (UTC)."""
+
+    key: str
+    handle: str
+    started: datetime
+
+
 class ObjectStore(Protocol):
     """The operations the API and the workers use; both stores implement all of them."""
 
@@ -173,6 +193,18 @@ class ObjectStore(Protocol):
 
     def check(self) -> None:
         """Readiness probe: returns when the store is usable, else raises StoreUnavailable."""
+        ...
+
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every complete object whose key starts with ``prefix`` (housekeeping, not hot paths)."""
+        ...
+
+    def list_partial_uploads(self) -> Iterator[PartialUpload]:
+        """Writes that were started and never finished nor aborted (a process died mid-way)."""
+        ...
+
+    def abort_partial_upload(self, upload: PartialUpload) -> None:
+        """Free what ``upload`` holds; a missing one is not an error."""
         ...
 
 
@@ -456,6 +488,46 @@ class LocalObjectStore(BaseObjectStore):
             raise StoreUnavailable(
                 f"the local object store root {str(self.root)!r} is not a writable folder: {exc}"
             ) from exc
+
+
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Files under the root whose key starts with ``prefix``; names starting with '.'
+        (writes in progress, probes) are not objects and are skipped."""
+        if not self.root.is_dir():
+            return
+        for directory, folders, files in os.walk(self.root):
+            folders[:] = [name for name in folders if not name.startswith(".")]
+            base = Path(directory)
+            for name in files:
+                if name.startswith("."):
+                    continue
+                key = (base / name).relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    stat = (base / name).stat()
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                yield ObjectInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+
+    def list_partial_uploads(self) -> Iterator[PartialUpload]:
+        """The ``.<name>.<random>.part`` files :meth:`put_stream` and :meth:`download_to` write
+        before their rename; one outlives its write only if the process was killed."""
+        if not self.root.is_dir():
+            return
+        for path in self.root.rglob(".*.part"):
+            try:
+                modified = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            name = path.name[1:].rsplit(".", 2)[0]
+            key = path.parent.joinpath(name).relative_to(self.root).as_posix()
+            yield PartialUpload(key, str(path), datetime.fromtimestamp(modified, UTC))
+
+    def abort_partial_upload(self, upload: PartialUpload) -> None:
+        path = Path(upload.handle)
+        if path.resolve().is_relative_to(self.root.resolve()):
+            path.unlink(missing_ok=True)
 
 
 def _read_file_range(fh: BinaryIO, start: int, stop: int, chunk_size: int) -> Iterator[bytes]:

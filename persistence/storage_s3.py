@@ -24,7 +24,9 @@ from persistence.storage import (
     BaseObjectStore,
     ByteSource,
     InvalidRange,
+    ObjectInfo,
     ObjectNotFound,
+    PartialUpload,
     SizeLimitedDigest,
     StoreConfigError,
     StoredObject,
@@ -211,6 +213,33 @@ class S3ObjectStore(BaseObjectStore):
                 self._abort(key, upload_id)
             raise
         return digest.stored(key, content_type)
+
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """The bucket's objects under ``prefix``, a page of 1,000 keys per request."""
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix)
+        with self._errors():
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(item["Key"], int(item["Size"]), item["LastModified"])
+
+    def list_partial_uploads(self) -> Iterator[PartialUpload]:
+        """Multipart uploads never completed nor aborted (ListMultipartUploads): their parts
+        are billed storage that no key shows until they are aborted."""
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket)
+        with self._errors():
+            for page in pages:
+                for item in page.get("Uploads", []):
+                    yield PartialUpload(item["Key"], item["UploadId"], item["Initiated"])
+
+    def abort_partial_upload(self, upload: PartialUpload) -> None:
+        with self._errors(upload.key):
+            try:
+                self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=upload.key, UploadId=upload.handle)
+            except ClientError as exc:
+                if _error_code(exc) != "NoSuchUpload":
+                    raise
 
     def _abort(self, key: str, upload_id: str) -> None:
         """Abort a multipart upload to free its parts; best effort (the error in flight wins)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -16,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rift.attacks import PGD
+from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.data import DatasetSplits, iterate_batches
 from rift.device import autocast
-from rift.errors import ConfigError, JobCancelled
+from rift.errors import ConfigError
 
 Schedule = Literal["cosine", "step"]
 
@@ -37,7 +37,7 @@ def adversarially_train(
     momentum: float = 0.9,
     schedule: Schedule = "cosine",
     precision: str = "fp32",
-    should_cancel: Callable[[], bool] | None = None,
+    should_cancel: ShouldCancel | None = None,
 ) -> list[dict[str, float | int]]:
     """Train every parameter of ``model`` on PGD adversarial examples of the training split.
 
@@ -96,11 +96,10 @@ def adversarially_train(
                 splits.train, batch_size, device=device, shuffle=True,
                 generator=shuffle_generator, augment=splits.augment,
             ):
-                if should_cancel is not None and should_cancel():
-                    raise JobCancelled()
+                raise_if_cancelled(should_cancel)
                 adversarial = attack.perturb(
-                    model, images, labels, generator=attack_generator, precision=precision
-                )
+                    model, images, labels, generator=attack_generator, precision=precision,
+                    should_cancel=should_cancel)
                 model.train()
                 with autocast(device, precision):
                     logits = model(adversarial)

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import AttackSpec
 from rift.device import autocast
+from rift.model_state import frozen_except
 
 _TINY = 1e-12
 
@@ -47,23 +49,22 @@ class PGD:
         *,
         generator: torch.Generator | None = None,
         precision: str = "fp32",
+        should_cancel: ShouldCancel | None = None,
     ) -> torch.Tensor:
         """Return adversarial images (N, C, H, W) in [0, 1] within ``eps`` of ``images``.
 
         The model is put in eval mode for the attack (BatchNorm uses running statistics) and
-        restored afterwards; its parameters receive no gradient.
+        restored afterwards; its parameters receive no gradient. ``should_cancel`` is polled
+        before every step (:func:`rift.cancellation.raise_if_cancelled`): with 1,000 steps one
+        batch is minutes of work, so a check per batch alone would not stop it promptly.
         """
         images = images.detach().float()
         if self.eps == 0 or self.steps == 0:
             return images.clone()
-        was_training = model.training
-        model.eval()
-        grad_flags = [p.requires_grad for p in model.parameters()]
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        try:
+        with frozen_except(model):
             delta = self._initial_delta(images, generator)
             for _ in range(self.steps):
+                raise_if_cancelled(should_cancel)
                 delta.requires_grad_(True)
                 with autocast(images.device, precision):
                     logits = model(images + delta)
@@ -71,10 +72,6 @@ class PGD:
                 (grad,) = torch.autograd.grad(loss, delta)
                 delta = self._step(delta.detach(), grad, images)
             return (images + delta).detach()
-        finally:
-            for parameter, flag in zip(model.parameters(), grad_flags, strict=True):
-                parameter.requires_grad_(flag)
-            model.train(was_training)
 
     def _initial_delta(
         self, images: torch.Tensor, generator: torch.Generator | None

@@ -75,3 +75,10 @@ class JobCancelled(RiftError):
 
     def __init__(self, message: str = "the job was cancelled") -> None:
         super().__init__(message)
+
+
+class TimeLimitExceeded(RiftError):
+    """The run went past its wall-clock limit; raised by a cancellation callback (the service's
+    worker enforces ``JOB_TIME_LIMIT_SECONDS`` this way)."""
+
+    code = "timeout"

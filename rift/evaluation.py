@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -10,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rift.attacks import PGD
+from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.data import ImageTensors, iterate_batches
 from rift.device import autocast
-from rift.errors import JobCancelled
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ def evaluate_accuracy(
     device: torch.device,
     seed: int = 0,
     precision: str = "fp32",
-    should_cancel: Callable[[], bool] | None = None,
+    should_cancel: ShouldCancel | None = None,
 ) -> AccuracyReport:
     """Clean accuracy and, when ``attack`` is given, robust accuracy under it (model in eval mode)."""
     was_training = model.training
@@ -62,13 +61,12 @@ def evaluate_accuracy(
     total = 0
     try:
         for images, labels in iterate_batches(data, batch_size, device=device):
-            if should_cancel is not None and should_cancel():
-                raise JobCancelled()
+            raise_if_cancelled(should_cancel)
             clean_correct += int((_clean_logits(model, images, precision).argmax(1) == labels).sum())
             if attack is not None:
                 adversarial = attack.perturb(
-                    model, images, labels, generator=generator, precision=precision
-                )
+                    model, images, labels, generator=generator, precision=precision,
+                    should_cancel=should_cancel)
                 logits = _clean_logits(model, adversarial, precision)
                 robust_correct += int((logits.argmax(1) == labels).sum())
                 # fp64 accumulation: robust losses are compared across tiny weight changes.

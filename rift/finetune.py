@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import FinetuneSpec
 from rift.data import DatasetSplits, iterate_batches
 from rift.device import autocast
-from rift.errors import ConfigError, JobCancelled
+from rift.errors import ConfigError
 from rift.evaluation import evaluate_accuracy
+from rift.model_state import frozen_except
 
 _BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
 _NAMES_SHOWN = 12
@@ -91,7 +93,7 @@ def finetune_module(
     precision: str = "fp32",
     eval_batch_size: int = 256,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
+    should_cancel: ShouldCancel | None = None,
 ) -> FinetuneResult:
     """Fine-tune the own parameters (weight, bias) of ``module_name`` on clean training images.
 
@@ -116,13 +118,8 @@ def finetune_module(
     module = trainable_module(model, module_name)
     model.to(device)
     parameters = list(module.parameters(recurse=False))
-    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    try:
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        for parameter in parameters:
-            parameter.requires_grad_(True)
+    # The mode is set per epoch by _train; frozen_except puts the caller's back on exit.
+    with frozen_except(model, parameters, eval_mode=False):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             epochs, best_epoch, best_state = _train(
@@ -130,10 +127,6 @@ def finetune_module(
                 eval_batch_size=eval_batch_size, on_epoch=on_epoch, should_cancel=should_cancel,
             )
         model.load_state_dict(best_state)
-    finally:
-        for parameter, flag in grad_flags:
-            parameter.requires_grad_(flag)
-        model.train(was_training)
     return FinetuneResult(module_name, epochs, best_epoch, best_state)
 
 
@@ -148,7 +141,7 @@ def _train(
     precision: str,
     eval_batch_size: int,
     on_epoch: Callable[[EpochMetrics], None] | None,
-    should_cancel: Callable[[], bool] | None,
+    should_cancel: ShouldCancel | None,
 ) -> tuple[list[EpochMetrics], int, dict[str, Tensor]]:
     optimizer = torch.optim.SGD(
         parameters, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
@@ -176,8 +169,7 @@ def _train(
             splits.train, spec.batch_size, device=device, shuffle=True, generator=generator,
             augment=splits.augment,
         ):
-            if should_cancel is not None and should_cancel():
-                raise JobCancelled()
+            raise_if_cancelled(should_cancel)
             with autocast(device, precision):
                 logits = model(images)
             loss = F.cross_entropy(logits.float(), labels)

@@ -23,9 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from rift.attacks import PGD
+from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import MRCSpec
 from rift.device import autocast
-from rift.errors import ConfigError, JobCancelled, NumericalError
+from rift.errors import ConfigError, NumericalError
+from rift.model_state import frozen_except
 from rift.segments import Segment, full_model_segment, split_at_module, trace
 
 logger = logging.getLogger(__name__)
@@ -94,18 +97,23 @@ def make_adversarial_set(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    attack: object,
+    attack: PGD,
     *,
     batch_size: int,
     generator: torch.Generator | None = None,
     precision: str = "fp32",
+    should_cancel: ShouldCancel | None = None,
 ) -> torch.Tensor:
-    """Adversarial versions of ``images`` (on their device) made once on θ, in batches."""
+    """Adversarial versions of ``images`` (on their device) made once on θ, in batches.
+
+    ``should_cancel`` is polled before every batch and every attack step: with many examples and
+    steps this loop alone can run for minutes (a cancel once took 198 s to land here)."""
     parts = []
     for start in range(0, len(images), batch_size):
-        parts.append(attack.perturb(  # type: ignore[attr-defined]
+        raise_if_cancelled(should_cancel)
+        parts.append(attack.perturb(
             model, images[start:start + batch_size], labels[start:start + batch_size],
-            generator=generator, precision=precision))
+            generator=generator, precision=precision, should_cancel=should_cancel))
     return torch.cat(parts)
 
 
@@ -140,17 +148,13 @@ class _LossProbe:
 
     def __init__(self, segment: Segment, cache: list[tuple[torch.Tensor, ...]],
                  labels: list[torch.Tensor], precision: str,
-                 should_cancel: Callable[[], bool] | None) -> None:
+                 should_cancel: ShouldCancel | None) -> None:
         self.segment, self.cache, self.labels = segment, cache, labels
         self.precision, self.should_cancel = precision, should_cancel
         self.examples = sum(len(y) for y in labels)
 
-    def _check_cancel(self) -> None:
-        if self.should_cancel is not None and self.should_cancel():
-            raise JobCancelled()
-
     def _logits(self, index: int) -> torch.Tensor:
-        self._check_cancel()
+        raise_if_cancelled(self.should_cancel)
         with autocast(self.labels[index].device, self.precision):
             return self.segment.suffix(*self.cache[index]).float()
 
@@ -239,7 +243,7 @@ def module_robust_criticality(
     *,
     precision: str = "fp32",
     on_module: Callable[[ModuleCriticality, int, int], None] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
+    should_cancel: ShouldCancel | None = None,
 ) -> MRCReport:
     """Score every selected conv/linear module of ``model`` on a fixed adversarial set.
 
@@ -248,12 +252,7 @@ def module_robust_criticality(
     it was, and ``on_module(row, index, total)`` is called after each module.
     """
     names = select_modules(model, spec)
-    was_training = model.training
-    model.eval()
-    grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    try:
+    with frozen_except(model):
         traced = _trace_or_none(model, spec.engine)
         engine = "cached" if traced is not None else "full"
         image_batches = list(adversarial_images.split(spec.batch_size))
@@ -269,6 +268,7 @@ def module_robust_criticality(
         report = MRCReport(baseline_robust_loss=baseline[0], baseline_robust_accuracy=baseline[1],
                            engine=engine)
         for index, name in enumerate(names):
+            raise_if_cancelled(should_cancel)
             started = time.perf_counter()
             segment = split_at_module(traced, name) if traced is not None else None
             segment = segment or full
@@ -299,10 +299,6 @@ def module_robust_criticality(
             if on_module is not None:
                 on_module(row, index, len(names))
         return report
-    finally:
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(grad_flags[name])
-        model.train(was_training)
 
 
 def _trace_or_none(model: nn.Module, engine: str) -> fx.GraphModule | None:

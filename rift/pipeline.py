@@ -22,10 +22,11 @@ from torch import nn
 
 from rift import checkpoints
 from rift.attacks import PGD
+from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import RiftConfig
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from rift.device import deterministic_kernels, resolve_device
-from rift.errors import ConfigError, JobCancelled
+from rift.errors import ConfigError
 from rift.evaluation import evaluate_accuracy, seeded_generator
 from rift.finetune import EpochMetrics, finetune_module
 from rift.interpolation import InterpolationPoint, alpha_grid, interpolate_weights, select_alpha
@@ -47,7 +48,7 @@ class PipelineCallbacks:
 
     on_progress: Callable[[str, float, str], None] | None = None  # (stage, fraction, message)
     on_event: Callable[[str, dict[str, Any]], None] | None = None  # (kind, JSON payload)
-    should_cancel: Callable[[], bool] | None = None  # polled at batch boundaries
+    should_cancel: ShouldCancel | None = None  # polled at every batch and attack step
 
     def progress(self, stage: str, fraction: float, message: str) -> None:
         if self.on_progress is not None:
@@ -58,8 +59,8 @@ class PipelineCallbacks:
             self.on_event(kind, payload)
 
     def check_cancel(self) -> None:
-        if self.should_cancel is not None and self.should_cancel():
-            raise JobCancelled()
+        """Stop here if the run was cancelled (see :func:`rift.cancellation.raise_if_cancelled`)."""
+        raise_if_cancelled(self.should_cancel)
 
 
 @dataclass
@@ -167,8 +168,8 @@ def _run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None,
     images, labels = _as_device_tensors(examples, run.device)
     adversarial = make_adversarial_set(
         run.model, images, labels, run.attack, batch_size=spec.batch_size,
-        generator=seeded_generator(run.device, config.seed), precision=config.precision)
-    callbacks.check_cancel()
+        generator=seeded_generator(run.device, config.seed), precision=config.precision,
+        should_cancel=callbacks.should_cancel)
 
     def on_module(row: ModuleCriticality, index: int, total: int) -> None:
         callbacks.event("module_scored", row.as_dict())
@@ -267,6 +268,7 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
     grid = alpha_grid(spec.alpha_step)
     points: list[InterpolationPoint] = []
     for index, alpha in enumerate(grid):
+        callbacks.check_cancel()
         metrics = _evaluate(run, interpolate_weights(run.original_state, finetuned_state, alpha),
                             selection_data, callbacks)
         point = InterpolationPoint(alpha, float(metrics["clean_accuracy"] or 0.0),

@@ -20,6 +20,8 @@ from persistence import jobs, stages
 from persistence.db import session_factory_from_settings
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
+from persistence.time_limits import timeout_message
+from rift.errors import TimeLimitExceeded
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +75,19 @@ class StageReporter:
     """Keeps the lease of one claimed stage and reports the pipeline's callbacks to the database.
 
     A heartbeat thread renews the lease every third of its length, also while the pipeline sits in
-    code that calls no callback (loading data, building the model). ``should_cancel`` reads the
-    job's cancellation flag at most once per ``progress_interval_seconds`` and raises
-    :class:`persistence.stages.LeaseLost` once the heartbeat has found the lease taken over.
-    Progress writes are throttled the same way; events are all written.
+    code that calls no callback (loading data, building the model); when a renewal matches no row
+    (another worker took the stage over) it flags the lease as lost. ``should_cancel``, which the
+    library polls at every batch and attack step (:mod:`rift.cancellation`), then raises
+    :class:`persistence.stages.LeaseLost`; it raises :class:`rift.errors.TimeLimitExceeded` once
+    ``seconds_left`` (the job's remaining wall-clock time, ``JOB_TIME_LIMIT_SECONDS``) have
+    passed; and it reads the job's cancellation flag at most once per
+    ``progress_interval_seconds``. Progress writes are throttled the same way; events are all
+    written.
     """
 
     def __init__(self, resources: WorkerResources, job_id: str, stage: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 seconds_left: float | None = None) -> None:
         self.resources = resources
         self.job_id = job_id
         self.stage = stage
@@ -92,6 +99,8 @@ class StageReporter:
         self._last_cancel_check = float("-inf")
         self._cancel = False
         self._lease_lost = threading.Event()
+        self._limit_seconds = resources.settings.job_time_limit_seconds
+        self._deadline = clock() + seconds_left if seconds_left is not None else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -146,6 +155,8 @@ class StageReporter:
             raise stages.LeaseLost(f"worker {self.owner} lost the lease on stage '{self.stage}' "
                                    f"of job {self.job_id}")
         now = self._clock()
+        if self._deadline is not None and now >= self._deadline:
+            raise TimeLimitExceeded(timeout_message(self._limit_seconds))
         if not self._cancel and now - self._last_cancel_check >= self._interval:
             self._last_cancel_check = now
             with self.resources.session() as session:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from persistence.models import Checkpoint, Dataset, Job, StageName
+from persistence.object_keys import stage_object_key
 from persistence.stages import ArtifactRecord, StageOutputs
 from persistence.storage import ObjectStore, StoredObject
 from rift import checkpoints
@@ -40,17 +41,6 @@ TUNED = "tuned.safetensors"
 FINETUNED = "finetuned.safetensors"
 MRC_CSV = "mrc.csv"
 RESULT_JSON = "result.json"
-
-
-def stage_object_key(job_id: str, stage: str, attempt: int, name: str) -> str:
-    """Where attempt ``attempt`` of ``stage`` writes ``name`` in the object store.
-
-    Every attempt writes its own keys: a worker that stalled past its lease (another worker has
-    taken the stage over) can still finish writing, but only under its own attempt's keys, which
-    are never recorded, so it cannot overwrite the objects of the attempt that did finish. Later
-    stages read the finished attempt of an earlier stage, which is its last claim.
-    """
-    return f"jobs/{job_id}/{stage}/attempt-{attempt}/{name}"
 
 
 MRC_RECORD = "mrc.json"
@@ -137,6 +127,7 @@ def _metadata(run: PreparedRun, **extra: str) -> dict[str, str]:
 def _mrc(job: Job, run: PreparedRun, store: ObjectStore, callbacks: PipelineCallbacks,
          key: ObjectKey) -> StageOutputs:
     result = run_mrc_stage(run, callbacks)
+    callbacks.check_cancel()  # a worker that lost its lease meanwhile writes nothing
     # The module to tune: the one the user named, else the least critical (RIFT.md, step 1).
     module = run.config.finetune.module or result.selected_module
     _put_json(store, key(StageName.MRC, MRC_RECORD), result.to_json())
@@ -162,6 +153,7 @@ def _finetune(job: Job, run: PreparedRun, store: ObjectStore, scratch: Path,
     if module is None:
         raise RuntimeError(f"job {job.id} has no selected module although MRC is done")
     result = run_finetune_stage(run, module, callbacks)
+    callbacks.check_cancel()  # a worker that lost its lease meanwhile writes nothing
     path = scratch / FINETUNED
     checkpoints.save_safetensors(path, result.state_dict,
                                  _metadata(run, kind="finetuned", module=module))
@@ -182,6 +174,7 @@ def _interpolate(job: Job, run: PreparedRun, store: ObjectStore, scratch: Path,
     finetuned_path = store.download_to(key(StageName.FINETUNE, FINETUNED), scratch / FINETUNED)
     finetuned = checkpoints.load_state_dict(finetuned_path)
     result = run_interpolation_stage(run, finetuned, callbacks)
+    callbacks.check_cancel()  # a worker that lost its lease meanwhile writes nothing
     module = job.selected_module or ""
     path = scratch / TUNED
     checkpoints.save_safetensors(path, result.state_dict, _metadata(

@@ -6,7 +6,8 @@ message, or a stage another worker holds, returns at once; a stage already done 
 next message), runs the stage with the library, stores its outputs and marks it done in one
 transaction, then sends the next stage's message. Outcomes:
 
-- a library error (:class:`rift.errors.RiftError`): the job fails with the error's code and message;
+- a library error (:class:`rift.errors.RiftError`): the job fails with the error's code and message
+  (``timeout`` when the job passed ``JOB_TIME_LIMIT_SECONDS``, see :mod:`persistence.time_limits`);
 - cancellation (:class:`rift.errors.JobCancelled`): the job ends ``cancelled``;
 - any other exception: the stage is given back and retried, at most ``MAX_STAGE_ATTEMPTS`` claims
   (counted in the database, so crashes count too), then the job fails with
@@ -14,23 +15,28 @@ transaction, then sends the next stage's message. Outcomes:
 
 Recovery: a worker re-sends, on start and every ``WORKER_RECOVERY_INTERVAL_SECONDS``, the stages
 whose lease expired (the worker running them was killed) and, after
-``STAGE_REDISPATCH_SECONDS``, the stages nobody took (a message lost in a crash).
+``STAGE_REDISPATCH_SECONDS``, the stages nobody took (a message lost in a crash); it fails the jobs
+past their time limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the
+janitor (:mod:`persistence.janitor`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
 from persistence import stages
+from persistence.janitor import run_janitor
 from persistence.models import STAGE_ORDER, Checkpoint, Dataset, JobStatus
 from persistence.queue import RECOVER_TASK_NAME, STAGE_TASK_NAMES, RiftCelery, enqueue_stage
 from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.storage import ObjectNotFound
+from persistence.time_limits import fail_overdue_jobs, seconds_left
 from persistence.transactions import JobNotFound, load_stages
 from rift.errors import JobCancelled, RiftError
 from rift.pipeline import PipelineCallbacks
@@ -111,7 +117,8 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
         return "failed"
 
     logger.info("job %s stage %s: attempt %d on %s", job_id, stage, claim.attempt, owner)
-    reporter = StageReporter(resources, job_id, stage)
+    reporter = StageReporter(resources, job_id, stage, seconds_left=seconds_left(
+        claim.job.started_at, settings.job_time_limit_seconds))
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
                                   should_cancel=reporter.should_cancel)
     reporter.start()
@@ -204,9 +211,24 @@ def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources) -> int:
     return len(stale)
 
 
+def fail_overdue(resources: WorkerResources) -> list[str]:
+    """Fail with code ``timeout`` the jobs a lease length past ``JOB_TIME_LIMIT_SECONDS``
+    (those whose worker died or hung; a live worker fails its own job at the deadline)."""
+    settings = resources.settings
+    with resources.session() as session:
+        overdue = fail_overdue_jobs(session, limit_seconds=settings.job_time_limit_seconds,
+                                    grace_seconds=settings.worker_lease_seconds)
+    for job_id in overdue:
+        logger.warning("job %s failed: past its time limit of %g s", job_id,
+                       settings.job_time_limit_seconds)
+    return overdue
+
+
 class RecoveryLoop:
-    """A daemon thread of the worker process that runs :func:`redispatch_stale_stages` at start
-    and then periodically (no beat process needed)."""
+    """A daemon thread of the worker process that, at start and then every
+    ``WORKER_RECOVERY_INTERVAL_SECONDS`` (no beat process needed), fails the jobs past their time
+    limit (:func:`fail_overdue`), re-sends stale stages (:func:`redispatch_stale_stages`) and,
+    every ``JANITOR_INTERVAL_SECONDS``, runs the janitor (:mod:`persistence.janitor`)."""
 
     def __init__(self, app: RiftCelery, resources: WorkerResources) -> None:
         self.app = app
@@ -224,11 +246,23 @@ class RecoveryLoop:
         self._stop.set()
 
     def _run(self) -> None:
-        interval = self.resources.settings.worker_recovery_interval_seconds
+        settings = self.resources.settings
+        interval = settings.worker_recovery_interval_seconds
+        next_janitor = time.monotonic()
         while True:
             try:
+                fail_overdue(self.resources)
                 redispatch_stale_stages(self.app, self.resources)
             except Exception:
                 logger.warning("recovery pass failed; will retry", exc_info=True)
+            if time.monotonic() >= next_janitor:
+                next_janitor = time.monotonic() + settings.janitor_interval_seconds
+                try:
+                    with self.resources.session() as session:
+                        report = run_janitor(session, self.resources.store, settings)
+                    if report.removed:
+                        logger.info("janitor: %s", report.summary())
+                except Exception:
+                    logger.warning("janitor pass failed; will retry", exc_info=True)
             if self._stop.wait(interval):
                 return

@@ -1,0 +1,306 @@
+"""The janitor: removes what crashed or finished work left behind, never anything in use.
+
+What it removes, each only once older than ``JANITOR_GRACE_SECONDS`` (so it cannot race an upload
+or a stage still running):
+
+- scratch files: uploads the API spooled (``WORK_DIR/uploads``), the workers' stage scratch
+  folders (``WORK_DIR/scratch``) and half-downloaded inputs (``WORK_DIR/inputs/**/.*``) of
+  processes that were killed;
+- partial writes of the object store: local ``.part`` files and incomplete S3 multipart uploads
+  (``ListMultipartUploads`` then ``AbortMultipartUpload``);
+- objects without a row: ``checkpoints/`` and ``datasets/`` objects no row points at (the API died
+  between storing and recording, or a row was deleted), and ``jobs/<id>/`` objects of jobs that no
+  longer exist;
+- stalled attempts' objects: ``jobs/<id>/<stage>/attempt-<n>/`` objects that are neither an
+  artifact nor the recorded attempt of a done stage nor the current attempt of an active job (a
+  worker that lost its lease, a failed or cancelled stage);
+- with ``ARTIFACT_RETENTION_DAYS`` > 0, the artifact rows and every object of jobs that finished
+  longer ago (the job row, its tables and events stay).
+
+It runs in the workers' recovery loop every ``JANITOR_INTERVAL_SECONDS`` and on demand with
+``python -m persistence.janitor`` (``--dry-run`` lists without removing); on a host where the API
+runs apart from the workers, schedule the command there too, for the API's upload scratch folder.
+Running it twice at once is harmless: every removal tolerates a missing target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from persistence.models import (
+    TERMINAL_STATUSES,
+    Artifact,
+    Checkpoint,
+    Dataset,
+    Job,
+    JobStage,
+    StageStatus,
+    utcnow,
+)
+from persistence.object_keys import (
+    CHECKPOINTS_PREFIX,
+    DATASETS_PREFIX,
+    JOBS_PREFIX,
+    parse_stage_object_key,
+)
+from persistence.settings import Settings
+from persistence.storage import ObjectInfo, ObjectStore
+from persistence.transactions import log_event, transaction
+
+logger = logging.getLogger(__name__)
+
+#: Job ids per query when the janitor looks up the jobs found in the store.
+_BATCH = 500
+ARTIFACTS_EXPIRED = "artifacts_expired"
+
+
+@dataclass
+class JanitorReport:
+    """What one pass removed (or, in a dry run, would remove), by kind."""
+
+    scratch_files: list[str] = field(default_factory=list)
+    partial_uploads: list[str] = field(default_factory=list)
+    orphan_objects: list[str] = field(default_factory=list)
+    stalled_attempt_objects: list[str] = field(default_factory=list)
+    expired_objects: list[str] = field(default_factory=list)
+    expired_jobs: list[str] = field(default_factory=list)
+
+    @property
+    def removed(self) -> int:
+        return (len(self.scratch_files) + len(self.partial_uploads) + len(self.orphan_objects)
+                + len(self.stalled_attempt_objects) + len(self.expired_objects))
+
+    def summary(self) -> str:
+        return ", ".join(f"{name}={len(value)}" for name, value in asdict(self).items())
+
+
+def run_janitor(session: Session, store: ObjectStore, settings: Settings, *,
+                now: datetime | None = None, dry_run: bool = False) -> JanitorReport:
+    """One pass over the scratch folders, the store's partial writes and its objects."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=settings.janitor_grace_seconds)
+    report = JanitorReport()
+    report.scratch_files = sweep_scratch(_scratch_roots(settings), cutoff, dry_run=dry_run)
+    report.partial_uploads = abort_partial_uploads(store, cutoff, dry_run=dry_run)
+    retention_cutoff = (now - timedelta(days=settings.artifact_retention_days)
+                        if settings.artifact_retention_days > 0 else None)
+    if retention_cutoff is not None:
+        report.expired_jobs = expire_artifact_rows(session, retention_cutoff, now,
+                                                   dry_run=dry_run)
+    sweep_objects(session, store, cutoff, retention_cutoff, report, dry_run=dry_run)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Scratch folders and partial writes
+# --------------------------------------------------------------------------------------------
+def _scratch_roots(settings: Settings) -> list[tuple[Path, bool]]:
+    """(folder, hidden_only): every entry of the upload and stage scratch folders, and the
+    hidden (in-progress) entries of the input cache, whose visible entries are live inputs."""
+    return [(settings.upload_scratch_dir, False), (settings.work_dir / "scratch", False),
+            (settings.work_dir / "inputs" / "checkpoints", True),
+            (settings.work_dir / "inputs" / "datasets", True)]
+
+
+def _modified(path: Path) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(path.lstat().st_mtime, UTC)
+    except FileNotFoundError:
+        return None
+
+
+def sweep_scratch(roots: Iterable[tuple[Path, bool]], cutoff: datetime, *,
+                  dry_run: bool = False) -> list[str]:
+    """Remove the entries of each folder last modified before ``cutoff``; returns their paths.
+    A folder counts as modified when any file in it was (a stage still writing keeps it)."""
+    removed = []
+    for root, hidden_only in roots:
+        if not root.is_dir():
+            continue
+        for entry in root.iterdir():
+            if hidden_only and not entry.name.startswith("."):
+                continue
+            newest = _newest(entry)
+            if newest is None or newest >= cutoff:
+                continue
+            removed.append(str(entry))
+            if dry_run:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    return removed
+
+
+def _newest(entry: Path) -> datetime | None:
+    newest = _modified(entry)
+    if newest is not None and entry.is_dir() and not entry.is_symlink():
+        for child in entry.rglob("*"):
+            modified = _modified(child)
+            if modified is not None and modified > newest:
+                newest = modified
+    return newest
+
+
+def abort_partial_uploads(store: ObjectStore, cutoff: datetime, *,
+                          dry_run: bool = False) -> list[str]:
+    """Abort the store's writes started before ``cutoff`` and never finished."""
+    removed = []
+    for upload in store.list_partial_uploads():
+        if upload.started < cutoff:
+            removed.append(f"{upload.key} ({upload.handle})")
+            if not dry_run:
+                store.abort_partial_upload(upload)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------
+# Objects
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _JobView:
+    status: str
+    finished_at: datetime | None
+    stages: dict[str, tuple[str, int]]  # stage -> (status, attempts)
+
+
+def sweep_objects(session: Session, store: ObjectStore, cutoff: datetime,
+                  retention_cutoff: datetime | None, report: JanitorReport, *,
+                  dry_run: bool = False) -> None:
+    """Delete the objects of ``checkpoints/``, ``datasets/`` and ``jobs/`` that nothing records
+    (see the module docstring), each only if written before ``cutoff``. Keys under any other
+    prefix are left alone: the janitor removes only what it knows the layout of."""
+    for prefix, model in ((CHECKPOINTS_PREFIX, Checkpoint), (DATASETS_PREFIX, Dataset)):
+        old = [item for item in store.list_objects(prefix) if item.modified < cutoff]
+        recorded = _recorded_keys(session, model.storage_key, [item.key for item in old])
+        for item in old:
+            if item.key not in recorded:
+                _remove(store, item, report.orphan_objects, dry_run)
+
+    old_job_objects = [item for item in store.list_objects(JOBS_PREFIX) if item.modified < cutoff]
+    parsed = {item.key: parse_stage_object_key(item.key) for item in old_job_objects}
+    job_ids = sorted({part.job_id for part in parsed.values() if part is not None})
+    jobs = _job_views(session, job_ids)
+    artifacts = _recorded_keys(session, Artifact.storage_key, list(parsed))
+    for item in old_job_objects:
+        part = parsed[item.key]
+        if part is None or (item.key in artifacts and not _expired(jobs.get(part.job_id),
+                                                                   retention_cutoff)):
+            continue  # not a stage object (unknown layout), or a recorded artifact
+        job = jobs.get(part.job_id)
+        if job is None:
+            _remove(store, item, report.orphan_objects, dry_run)
+        elif _expired(job, retention_cutoff):
+            _remove(store, item, report.expired_objects, dry_run)
+        elif not _attempt_in_use(job, part.stage, part.attempt):
+            _remove(store, item, report.stalled_attempt_objects, dry_run)
+
+
+def _remove(store: ObjectStore, item: ObjectInfo, into: list[str], dry_run: bool) -> None:
+    into.append(item.key)
+    if not dry_run:
+        store.delete(item.key)
+
+
+def _recorded_keys(session: Session, column: InstrumentedAttribute[str], keys: list[str]
+                   ) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(keys), _BATCH):
+        batch = keys[start:start + _BATCH]
+        found.update(session.execute(select(column).where(column.in_(batch))).scalars())
+    session.commit()
+    return found
+
+
+def _job_views(session: Session, job_ids: list[str]) -> dict[str, _JobView]:
+    views: dict[str, _JobView] = {}
+    for start in range(0, len(job_ids), _BATCH):
+        batch = job_ids[start:start + _BATCH]
+        for job_id, status, finished_at in session.execute(
+                select(Job.id, Job.status, Job.finished_at).where(Job.id.in_(batch))):
+            views[job_id] = _JobView(status, finished_at, {})
+        for job_id, stage, status, attempts in session.execute(
+                select(JobStage.job_id, JobStage.stage, JobStage.status, JobStage.attempts)
+                .where(JobStage.job_id.in_(batch))):
+            views[job_id].stages[stage] = (status, attempts)
+    session.commit()
+    return views
+
+
+def _expired(job: _JobView | None, retention_cutoff: datetime | None) -> bool:
+    return (job is not None and retention_cutoff is not None and job.status in TERMINAL_STATUSES
+            and job.finished_at is not None and job.finished_at < retention_cutoff)
+
+
+def _attempt_in_use(job: _JobView, stage: str, attempt: int) -> bool:
+    """The recorded attempt of a done stage (later stages read its records), or the latest
+    attempt of a stage of an active job (it may be writing now)."""
+    status, latest = job.stages.get(stage, ("", -1))
+    if attempt != latest:
+        return False
+    return status == StageStatus.DONE or job.status not in TERMINAL_STATUSES
+
+
+def expire_artifact_rows(session: Session, retention_cutoff: datetime, now: datetime, *,
+                         dry_run: bool = False) -> list[str]:
+    """Delete the artifact rows of jobs that finished before ``retention_cutoff`` (logging an
+    ``artifacts_expired`` event on each); their objects go in the same pass. Rows first, so the
+    API never lists an artifact whose bytes are gone."""
+    with transaction(session):
+        expired = list(session.execute(
+            select(Job.id).where(Job.status.in_(TERMINAL_STATUSES),
+                                 Job.finished_at < retention_cutoff,
+                                 select(Artifact.job_id).where(Artifact.job_id == Job.id)
+                                 .exists())).scalars())
+        if not dry_run:
+            for job_id in expired:
+                session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+                log_event(session, job_id, ARTIFACTS_EXPIRED,
+                          {"retention_days_cutoff": retention_cutoff.isoformat()}, now)
+    return expired
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """``python -m persistence.janitor [--dry-run]``: one pass with the settings from the
+    environment; prints what was removed as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m persistence.janitor", description=(
+        "Remove scratch files, partial uploads, objects without a row and stalled attempts' "
+        "objects older than JANITOR_GRACE_SECONDS, and expired artifacts "
+        "(ARTIFACT_RETENTION_DAYS)."))
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list what would be removed, remove nothing")
+    args = parser.parse_args(argv)
+    from persistence.db import session_factory_from_settings
+
+    settings = Settings()
+    factory = session_factory_from_settings(settings)
+    try:
+        with factory() as session:
+            report = run_janitor(session, settings.build_object_store(), settings,
+                                 dry_run=args.dry_run)
+    finally:
+        bind = factory.kw.get("bind")
+        if bind is not None:
+            bind.dispose()
+    json.dump({"dry_run": args.dry_run, **asdict(report)}, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""Model mode and gradient flags, set for a computation and put back afterwards, in one place.
+
+Attacks and MRC run the model in eval mode (BatchNorm on its running statistics) with every
+parameter frozen, MRC then unfreezing one module's weight at a time; fine-tuning trains one
+module's parameters. Each needs the caller's train/eval mode and ``requires_grad`` flags back
+afterwards, also when it raises (a cancellation or a numerical error mid-way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from torch import nn
+
+
+@contextmanager
+def frozen_except(model: nn.Module, trainable: Iterable[nn.Parameter] = (), *,
+                  eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Freeze every parameter of ``model`` except ``trainable`` (those get ``requires_grad``),
+    in eval mode unless ``eval_mode=False``; on exit, the mode and every flag are restored."""
+    was_training = model.training
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+        if eval_mode:
+            model.eval()
+        yield model
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        model.train(was_training)

@@ -1,0 +1,170 @@
+"""The janitor's rules on real Postgres and a local store: which stage objects are in use, which
+are stalled or orphaned, the grace period, retention, and the dry run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence import jobs
+from persistence.db import session_factory_from_settings
+from persistence.janitor import ARTIFACTS_EXPIRED, run_janitor
+from persistence.models import Artifact, Job, JobStage, utcnow
+from persistence.object_keys import stage_object_key
+from persistence.records import create_checkpoint
+from persistence.settings import Settings
+from persistence.storage import LocalObjectStore
+from tests.service_fixtures import WorkerProcess, settings_from_env
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture
+def settings(postgres_url: str, tmp_path: Path) -> Settings:
+    return settings_from_env({"DATABASE_URL": postgres_url, "STORE_KIND": "local",
+                              "STORE_ROOT": str(tmp_path / "objects"),
+                              "WORK_DIR": str(tmp_path / "work"), "JANITOR_GRACE_SECONDS": "0"})
+
+
+@pytest.fixture
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    factory = session_factory_from_settings(settings)
+    yield factory
+    factory.kw["bind"].dispose()
+
+
+def _job(session: Session, checkpoint_id: str, status: str,
+         stages: dict[str, tuple[str, int]]) -> str:
+    job, _ = jobs.create_job(session, spec={}, checkpoint_id=checkpoint_id)
+    finished = utcnow() if status in ("succeeded", "failed", "cancelled") else None
+    session.execute(update(Job).where(Job.id == job.id)
+                    .values(status=status, started_at=utcnow(), finished_at=finished))
+    for stage, (stage_status, attempts) in stages.items():
+        session.execute(update(JobStage)
+                        .where(JobStage.job_id == job.id, JobStage.stage == stage)
+                        .values(status=stage_status, attempts=attempts))
+    session.commit()
+    return job.id
+
+
+def test_the_janitor_removes_exactly_what_nothing_uses(
+        settings: Settings, sessions: sessionmaker[Session]) -> None:
+    store = LocalObjectStore(settings.store_root)
+    kept, removed = set(), set()
+
+    def put(key: str, keep: bool) -> str:
+        store.put_bytes(key, b"x")
+        (kept if keep else removed).add(key)
+        return key
+
+    checkpoint_key = put("checkpoints/c1.safetensors", keep=True)
+    put("checkpoints/no-row.safetensors", keep=False)
+    put("datasets/no-row.npz", keep=False)
+    put("elsewhere/unknown-layout.bin", keep=True)
+    with sessions() as session:
+        checkpoint = create_checkpoint(session, filename="c.safetensors", size=1, sha256="0" * 64,
+                                       format="safetensors", storage_key=checkpoint_key,
+                                       num_tensors=1, num_parameters=1)
+        done = _job(session, checkpoint.id, "succeeded", {
+            "mrc": ("done", 2), "finetune": ("done", 1), "interpolate": ("done", 1)})
+        running = _job(session, checkpoint.id, "running", {
+            "mrc": ("done", 1), "finetune": ("running", 2)})
+        failed = _job(session, checkpoint.id, "failed", {"mrc": ("failed", 1)})
+        tuned = put(stage_object_key(done, "interpolate", 1, "tuned.safetensors"), keep=True)
+        session.add(Artifact(job_id=done, name="tuned.safetensors", storage_key=tuned, size=1,
+                             sha256="0" * 64, content_type="application/octet-stream"))
+        session.commit()
+    put(stage_object_key(done, "mrc", 1, "mrc.json"), keep=False)  # stalled attempt
+    put(stage_object_key(done, "mrc", 2, "mrc.json"), keep=True)  # recorded, read later
+    put(stage_object_key(running, "mrc", 1, "mrc.json"), keep=True)
+    put(stage_object_key(running, "finetune", 1, "finetuned.safetensors"), keep=False)
+    put(stage_object_key(running, "finetune", 2, "finetuned.safetensors"), keep=True)  # live
+    put(stage_object_key(failed, "mrc", 1, "mrc.json"), keep=False)
+    put(stage_object_key("0" * 32, "mrc", 1, "mrc.json"), keep=False)  # its job is gone
+    scratch = settings.upload_scratch_dir
+    scratch.mkdir(parents=True)
+    (scratch / "upload-1.part").write_bytes(b"x")
+    stage_scratch = settings.work_dir / "scratch" / "job-x"
+    stage_scratch.mkdir(parents=True)
+    (stage_scratch / "finetuned.safetensors").write_bytes(b"x")
+    half_written = store.root / "checkpoints" / ".c2.safetensors.abc123.part"
+    half_written.write_bytes(b"x")
+
+    def everything() -> set[str]:
+        return {o.key for o in store.list_objects()}
+
+    assert everything() == kept | removed
+    with sessions() as session:
+        young = run_janitor(session, store, settings.model_copy(
+            update={"janitor_grace_seconds": 3600.0}))
+        dry = run_janitor(session, store, settings, dry_run=True)
+    assert young.removed == 0
+    assert set(dry.orphan_objects) | set(dry.stalled_attempt_objects) == removed
+    assert everything() == kept | removed and half_written.exists()
+
+    with sessions() as session:
+        report = run_janitor(session, store, settings)
+    assert everything() == kept
+    assert set(report.orphan_objects) == {"checkpoints/no-row.safetensors", "datasets/no-row.npz",
+                                          stage_object_key("0" * 32, "mrc", 1, "mrc.json")}
+    assert len(report.stalled_attempt_objects) == 3
+    assert report.partial_uploads == [f"checkpoints/c2.safetensors ({half_written})"]
+    assert not half_written.exists()
+    assert sorted(report.scratch_files) == sorted([str(scratch / "upload-1.part"),
+                                                  str(stage_scratch)])
+    assert list(scratch.iterdir()) == [] and not stage_scratch.exists()
+
+
+def test_retention_removes_the_files_of_old_finished_jobs_only(
+        settings: Settings, sessions: sessionmaker[Session]) -> None:
+    store = LocalObjectStore(settings.store_root)
+    store.put_bytes("checkpoints/c1.safetensors", b"x")
+    with sessions() as session:
+        checkpoint = create_checkpoint(session, filename="c.safetensors", size=1, sha256="0" * 64,
+                                       format="safetensors",
+                                       storage_key="checkpoints/c1.safetensors",
+                                       num_tensors=1, num_parameters=1)
+        all_done = {"mrc": ("done", 1), "finetune": ("done", 1), "interpolate": ("done", 1)}
+        old = _job(session, checkpoint.id, "succeeded", all_done)
+        recent = _job(session, checkpoint.id, "succeeded", all_done)
+        session.execute(update(Job).where(Job.id == old)
+                        .values(finished_at=utcnow() - timedelta(days=10)))
+        for job_id in (old, recent):
+            key = stage_object_key(job_id, "interpolate", 1, "tuned.safetensors")
+            store.put_bytes(key, b"x")
+            store.put_bytes(stage_object_key(job_id, "mrc", 1, "mrc.json"), b"x")
+            session.add(Artifact(job_id=job_id, name="tuned.safetensors", storage_key=key,
+                                 size=1, sha256="0" * 64, content_type="application/x"))
+        session.commit()
+
+    with sessions() as session:
+        kept_forever = run_janitor(session, store, settings)  # ARTIFACT_RETENTION_DAYS=0
+        assert kept_forever.removed == 0
+        report = run_janitor(session, store, settings.model_copy(
+            update={"artifact_retention_days": 7.0}))
+    assert report.expired_jobs == [old]
+    assert {o.key for o in store.list_objects(f"jobs/{old}/")} == set()
+    assert len({o.key for o in store.list_objects(f"jobs/{recent}/")}) == 2
+    with sessions() as session:
+        assert session.execute(select(Artifact.job_id)).scalars().all() == [recent]
+        assert jobs.get_job(session, old).status == "succeeded"  # the job row stays
+        kinds = [e.kind for e in jobs.list_events(session, old)]
+    assert ARTIFACTS_EXPIRED in kinds
+
+
+def test_the_workers_recovery_loop_runs_the_janitor(
+        service_settings: Settings, start_worker: Callable[..., WorkerProcess]) -> None:
+    store = service_settings.build_object_store()
+    store.put_bytes("checkpoints/left-by-a-crash.safetensors", b"x")
+    worker = start_worker(JANITOR_GRACE_SECONDS="0")
+    deadline = time.monotonic() + 30
+    while store.exists("checkpoints/left-by-a-crash.safetensors"):
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    assert "janitor: " in worker.log()
