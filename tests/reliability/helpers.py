@@ -66,6 +66,8 @@ class ApiProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        #: ``Authorization`` header of a key made by :meth:`authorize` (empty until then).
+        self.headers: dict[str, str] = {}
         command = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
                    "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
         with open(log_path, "wb") as log:
@@ -88,6 +90,20 @@ class ApiProcess:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"the API did not start:\n{self.log()[-3000:]}")
+
+    def authorize(self, env: Mapping[str, str]) -> ApiProcess:
+        """Make a read/write key of project 'tests' in the API's database and send it from now on."""
+        from persistence.db import session_factory_from_settings
+        from tests.api.helpers import make_key
+        from tests.service_fixtures import settings_from_env
+
+        sessions = session_factory_from_settings(settings_from_env(env))
+        try:
+            _, key = make_key(sessions, "tests")
+        finally:
+            sessions.kw["bind"].dispose()
+        self.headers = {"Authorization": f"Bearer {key}"}
+        return self
 
     def kill(self) -> None:
         """SIGKILL: no cleanup handler, no finally block runs."""

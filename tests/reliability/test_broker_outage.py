@@ -17,7 +17,7 @@ import redis
 from api.main import create_app
 from persistence.db import session_factory_from_settings
 from persistence.models import Job
-from tests.api.helpers import Api, ApiServer, digits_config, error_of, upload_checkpoint
+from tests.api.helpers import Api, ApiServer, digits_config, error_of, make_key, upload_checkpoint
 from tests.reliability.helpers import RedisServer
 from tests.service_fixtures import settings_from_env
 
@@ -44,8 +44,9 @@ def test_a_job_submitted_while_the_broker_is_down_is_refused_promptly_and_lost_n
         "BROKER_CONNECT_TIMEOUT_SECONDS": str(timeout_s)})
     sessions = session_factory_from_settings(settings)
     server = ApiServer(create_app(settings, session_factory=sessions)).start()  # real Celery
-    client = httpx.Client(base_url=server.url, timeout=60)
-    api = Api(server.url, client, settings, sessions, None)
+    project_id, key = make_key(sessions, "tests")
+    client = httpx.Client(base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {key}"})
+    api = Api(server.url, client, settings, sessions, None, project_id=project_id, key=key)
     try:
         checkpoint = upload_checkpoint(api, digits_checkpoint_path)
         body = {"checkpoint_id": checkpoint["id"], "config": digits_config()}

@@ -88,7 +88,7 @@ def start_api(tmp_path: Path) -> Iterator[Callable[..., ApiProcess]]:
     def start(env: dict[str, str]) -> ApiProcess:
         api = ApiProcess(env, tmp_path / f"api-{len(started)}.log")
         started.append(api)
-        return api.wait_ready()
+        return api.wait_ready().authorize(env)
 
     yield start
     for api in started:
@@ -144,7 +144,7 @@ def _upload_in_background(api: ApiProcess, path: Path) -> tuple[threading.Thread
                 outcome["response"] = httpx.post(
                     f"{api.url}/v1/checkpoints", params={"filename": path.name},
                     content=handle.read(), timeout=WAIT_S,
-                    headers={"Content-Type": "application/octet-stream"})
+                    headers={**api.headers, "Content-Type": "application/octet-stream"})
         except httpx.HTTPError as exc:  # the API was killed under it
             outcome["error"] = exc
 
@@ -187,7 +187,7 @@ def test_kill_while_streaming_to_scratch(local_env: dict[str, str],
         with contextlib.suppress(httpx.HTTPError):
             httpx.post(f"{api.url}/v1/checkpoints", params={"filename": "big.safetensors"},
                        content=half_then_stall(), timeout=WAIT_S,
-                       headers={"Content-Type": "application/octet-stream"})
+                       headers={**api.headers, "Content-Type": "application/octet-stream"})
 
     thread = threading.Thread(target=send, daemon=True)
     thread.start()
