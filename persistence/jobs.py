@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased, defer, raiseload, selectinload
 
 from persistence.models import (
     STAGE_ORDER,
@@ -39,6 +39,7 @@ from persistence.models import (
 )
 from persistence.transactions import (
     EventKind,
+    JobNotFound,
     PersistenceError,
     cancel_job,
     lease_is_live,
@@ -89,8 +90,12 @@ class InvalidCursor(PersistenceError):
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class JobPage:
+    """One page of jobs; ``positions`` maps the id of each queued job on it to its queue
+    position (see :func:`queue_position`)."""
+
     jobs: list[Job]
     next_cursor: str | None
+    positions: dict[str, int]
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,18 +177,43 @@ def get_job(session: Session, job_id: str) -> Job:
     return load_job(session, job_id)
 
 
+def queue_position_column() -> ColumnElement[int | None]:
+    """A column for a query on ``jobs``: the row's queue position (1 for the next queued job to
+    start, 2 for the one after, ...), NULL unless queued. A correlated count over the
+    ``(status, created_at, id)`` index, so a page of jobs gets its positions in its own statement
+    instead of one query per job."""
+    ahead = aliased(Job)
+    count = (
+        select(func.count())
+        .select_from(ahead)
+        .where(ahead.status == JobStatus.QUEUED,
+               or_(ahead.created_at < Job.created_at,
+                   and_(ahead.created_at == Job.created_at, ahead.id < Job.id)))
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    return case((Job.status == JobStatus.QUEUED, count + 1), else_=None).label("queue_position")
+
+
 def queue_position(session: Session, job: Job) -> int | None:
     """1 for the next queued job to start, 2 for the one after, ...; None unless queued."""
     if job.status != JobStatus.QUEUED:
         return None
-    ahead = session.execute(
-        select(func.count()).select_from(Job).where(
-            Job.status == JobStatus.QUEUED,
-            or_(Job.created_at < job.created_at,
-                and_(Job.created_at == job.created_at, Job.id < job.id)),
-        )
-    ).scalar_one()
-    return int(ahead) + 1
+    position = session.execute(
+        select(queue_position_column()).where(Job.id == job.id)).scalar_one_or_none()
+    return int(position) if position is not None else None
+
+
+def get_job_with_position(session: Session, job_id: str) -> tuple[Job, int | None]:
+    """The job (labels and stages loaded, fresh) and its queue position, in one query for the job
+    and one per collection; :class:`JobNotFound`."""
+    query = (select(Job, queue_position_column()).where(Job.id == job_id)
+             .execution_options(populate_existing=True))
+    row = session.execute(query).one_or_none()
+    if row is None:
+        raise JobNotFound(job_id)
+    job, position = row
+    return job, int(position) if position is not None else None
 
 
 def _encode_cursor(job: Job) -> str:
@@ -213,13 +243,23 @@ def list_jobs(
     labels: Mapping[str, str] | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    with_spec: bool = True,
+    with_stages: bool = True,
 ) -> JobPage:
     """Jobs, newest first, ``limit`` per page; ``next_cursor`` fetches the next page (None at the
     end). ``status`` filters by one status or several; ``labels`` keeps jobs carrying every given
-    ``key=value``. :class:`InvalidCursor` for a cursor this function did not issue."""
+    ``key=value``. :class:`InvalidCursor` for a cursor this function did not issue.
+
+    A constant number of statements whatever ``limit`` is: one for the jobs and their queue
+    positions, one for the labels, and one for the stages when ``with_stages``. Without
+    ``with_spec`` the ``spec`` column (the full config, the bulk of a row) is not read and
+    ``with_stages=False`` leaves ``stages`` unloaded (touching it raises)."""
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    query = select(Job)
+    query = select(Job, queue_position_column()).options(selectinload(Job.labels))
+    if not with_spec:
+        query = query.options(defer(Job.spec, raiseload=True))
+    query = query.options(selectinload(Job.stages) if with_stages else raiseload(Job.stages))
     if status is not None:
         statuses = [status] if isinstance(status, str) else list(status)
         query = query.where(Job.status.in_(statuses))
@@ -234,10 +274,12 @@ def list_jobs(
         query = query.where(or_(Job.created_at < created_at,
                                 and_(Job.created_at == created_at, Job.id < job_id)))
     query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    jobs = list(session.execute(query.execution_options(populate_existing=True)).scalars())
-    more = len(jobs) > limit
-    jobs = jobs[:limit]
-    return JobPage(jobs, _encode_cursor(jobs[-1]) if more else None)
+    rows = list(session.execute(query.execution_options(populate_existing=True)).tuples())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    jobs = [job for job, _ in rows]
+    positions = {job.id: int(position) for job, position in rows if position is not None}
+    return JobPage(jobs, _encode_cursor(jobs[-1]) if more else None, positions)
 
 
 # --------------------------------------------------------------------------------------------

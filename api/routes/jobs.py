@@ -39,6 +39,7 @@ from api.schemas import (
     JobCreate,
     JobError,
     JobLinks,
+    JobListItemOut,
     JobOut,
     JobPageOut,
     JobSpec,
@@ -46,7 +47,14 @@ from api.schemas import (
     is_resource_id,
 )
 from api.uploads import MAX_FIELD_BYTES, UploadedFile, receive_upload, scratch_dir
-from persistence.jobs import create_job, get_job, list_jobs, queue_position, request_cancel
+from persistence.jobs import (
+    create_job,
+    get_job,
+    get_job_with_position,
+    list_jobs,
+    queue_position,
+    request_cancel,
+)
 from persistence.models import Job, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -63,25 +71,45 @@ def job_link(job_id: str, suffix: str = "") -> str:
     return f"/v1/jobs/{job_id}{suffix}"
 
 
-def job_out(session: Session, job: Job) -> JobOut:
-    """The API view of a job (labels and stages loaded)."""
+def _summary_fields(job: Job, position: int | None) -> dict[str, Any]:
     error = (JobError(code=job.error_code, message=job.error_message or job.error_code)
              if job.error_code else None)
-    return JobOut(
-        id=job.id, status=job.status, stage=job.stage,  # type: ignore[arg-type]
+    return dict(
+        id=job.id, status=job.status, stage=job.stage,
         progress=job.stage_progress, progress_message=job.progress_message,
-        queue_position=queue_position(session, job), cancel_requested=job.cancel_requested,
+        queue_position=position, cancel_requested=job.cancel_requested,
         checkpoint_id=job.checkpoint_id, dataset_id=job.dataset_id, labels=job.label_dict,
         device=job.device, attempts=job.attempts, selected_module=job.selected_module,
         chosen_alpha=job.chosen_alpha, metrics=job.metrics, error=error,
-        stages=[StageOut.model_validate(s, from_attributes=True) for s in job.stages],
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        updated_at=job.updated_at, config=job.spec,
+        updated_at=job.updated_at,
         links=JobLinks(
             self=job_link(job.id), events=job_link(job.id, "/events"),
             mrc=job_link(job.id, "/mrc"), curves=job_link(job.id, "/curves"),
             artifacts=job_link(job.id, "/artifacts"), cancel=job_link(job.id, "/cancel")),
     )
+
+
+def _stages(job: Job) -> list[StageOut]:
+    return [StageOut.model_validate(s, from_attributes=True) for s in job.stages]
+
+
+def full_job_out(job: Job, position: int | None) -> JobOut:
+    """The API view of a job (labels and stages loaded) at queue ``position``."""
+    return JobOut(**_summary_fields(job, position), stages=_stages(job), config=job.spec)
+
+
+def job_out(session: Session, job: Job) -> JobOut:
+    """The API view of a job (labels and stages loaded); reads its queue position."""
+    return full_job_out(job, queue_position(session, job))
+
+
+def list_item_out(job: Job, position: int | None, expand: frozenset[str]) -> JobListItemOut:
+    """A list item: the summary, plus the config and stages when ``expand`` names them."""
+    return JobListItemOut(
+        **_summary_fields(job, position),
+        config=job.spec if "config" in expand else None,
+        stages=_stages(job) if "stages" in expand else None)
 
 
 def load_job(session: Session, job_id: str) -> Job:
@@ -291,6 +319,19 @@ def _labels(values: list[str]) -> dict[str, str]:
     return labels
 
 
+#: What ``?expand=`` may add to list items.
+EXPANDABLE = ("config", "stages")
+
+
+def _expand(values: list[str]) -> frozenset[str]:
+    wanted = frozenset(v.strip() for value in values for v in value.split(",") if v.strip())
+    for name in sorted(wanted):
+        if name not in EXPANDABLE:
+            raise InvalidInput(f"cannot expand '{name[:40]}'; use {' or '.join(EXPANDABLE)}",
+                               field="expand")
+    return wanted
+
+
 def _check_cursor(cursor: str) -> None:
     # The database refuses some bytes (NUL) with an error; a forged cursor must be a 422 instead.
     try:
@@ -311,21 +352,27 @@ def list_jobs_route(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512,
                                         description="next_cursor of the previous page")] = None,
+    expand: Annotated[list[str], Query(description="config and/or stages: add them to each "
+                                       "item (comma-separate or repeat)")] = [],  # noqa: B006
 ) -> JobPageOut:
     statuses = _statuses(status)
     labels = _labels(label)
+    expanded = _expand(expand)
     if cursor is not None:
         _check_cursor(cursor)
     with request.app.state.session_factory() as session:
-        page = list_jobs(session, status=statuses, labels=labels, limit=limit, cursor=cursor)
-        items = [job_out(session, job) for job in page.jobs]
+        page = list_jobs(session, status=statuses, labels=labels, limit=limit, cursor=cursor,
+                         with_spec="config" in expanded, with_stages="stages" in expanded)
+        items = [list_item_out(job, page.positions.get(job.id), expanded) for job in page.jobs]
     return JobPageOut(items=items, next_cursor=page.next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job's status")
 def read_job(job_id: str, request: Request) -> JobOut:
+    if not is_resource_id(job_id):
+        raise NotFound(f"no job with id '{job_id}'", field="job_id", code="job_not_found")
     with request.app.state.session_factory() as session:
-        return job_out(session, load_job(session, job_id))
+        return full_job_out(*get_job_with_position(session, job_id))
 
 
 @router.post(
