@@ -15,8 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.dispatch import CeleryDispatcher, Dispatcher
 from api.errors import install_error_handlers
+from api.event_feed import EventFeed, LocalPublisher, build_event_feed
 from api.routes import checkpoints, datasets, health, job_events, job_results, jobs
 from persistence.db import session_factory_from_settings
+from persistence.event_notify import EventPublisher, build_publisher, install_publisher, notify_mode
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 
@@ -29,16 +31,29 @@ def create_app(
     session_factory: sessionmaker[Session] | None = None,
     store: ObjectStore | None = None,
     dispatcher: Dispatcher | None = None,
+    event_feed: EventFeed | None = None,
 ) -> FastAPI:
     """Build the API. Missing dependencies are built from ``settings`` (default: the
-    environment). The database schema must already exist (``python -m persistence.migrate``)."""
+    environment). The database schema must already exist (``python -m persistence.migrate``).
+    ``event_feed`` wakes the live event streams (default: the one ``EVENT_NOTIFY`` picks)."""
     settings = settings or Settings()
     factory = session_factory or session_factory_from_settings(settings)
     queue = dispatcher or CeleryDispatcher(settings)
+    feed = event_feed or build_event_feed(settings, factory)
+    # The events the API writes itself (job created, cancel requested) are announced like the
+    # workers' ones; Postgres' trigger needs nothing.
+    publisher: EventPublisher | None = (
+        LocalPublisher(feed) if notify_mode(settings) == "poll" else build_publisher(settings))
+    if publisher is not None:
+        install_publisher(factory, publisher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await feed.start()
         yield
+        await feed.stop()
+        if publisher is not None:
+            publisher.close()
         queue.close()
         engine = factory.kw.get("bind")
         if engine is not None and session_factory is None:
@@ -60,6 +75,7 @@ def create_app(
     app.state.session_factory = factory
     app.state.store = store or settings.build_object_store()
     app.state.dispatcher = queue
+    app.state.event_feed = feed
     install_error_handlers(app)
 
     v1 = APIRouter(prefix=API_PREFIX)

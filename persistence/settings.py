@@ -97,6 +97,29 @@ class Settings(BaseSettings):
         None, description="Overrides the job's 'device' (e.g. 'cpu'); None: the job's, whose "
         "default 'auto' picks CUDA when present.")
 
+    # --- live events and the API processes ------------------------------------------------
+    event_notify: Literal["auto", "postgres", "redis", "poll"] = Field(
+        "auto",
+        description="How an event stream learns that its job has new events. 'postgres': "
+        "LISTEN/NOTIFY (a trigger on job_events notifies at commit); 'redis': pub/sub on the "
+        "broker's Redis (writers publish after commit); 'poll': one query per API process every "
+        "EVENT_POLL_INTERVAL_SECONDS, whatever the number of streams. 'auto': postgres when the "
+        "database is Postgres, else redis when the broker is Redis, else poll.")
+    event_poll_interval_seconds: float = Field(
+        1.0, gt=0,
+        description="With EVENT_NOTIFY=poll: seconds between the API process's looks for new "
+        "events (one query for all its streams). Also the delay before a listener that lost its "
+        "Postgres or Redis connection tries again.")
+    event_stream_recheck_seconds: float = Field(
+        60.0, gt=0,
+        description="An idle event stream reads the database anyway after this many seconds, "
+        "a safety net for a notification lost while a listener was reconnecting (s).")
+    api_workers: int = Field(
+        2, ge=1,
+        description="uvicorn worker processes of the API in production (docker-compose and the "
+        "image's command read API_WORKERS): one process serves about 200 requests/s by id on "
+        "one core, so give it about one per core.")
+
     def build_object_store(self) -> ObjectStore:
         """The object store these settings describe (one per process; it holds no global state)."""
         from persistence.storage import build_object_store

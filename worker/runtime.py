@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages
 from persistence.db import session_factory_from_settings
+from persistence.event_notify import build_publisher, install_publisher
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 
@@ -47,11 +48,16 @@ class WorkerResources:
     def _get(self) -> _ProcessHandles:
         with self._lock:
             if self._handles is None or self._handles.pid != os.getpid():
+                factory = session_factory_from_settings(self.settings)
+                # The API's event streams hear of the events this process commits.
+                publisher = build_publisher(self.settings)
+                if publisher is not None:
+                    install_publisher(factory, publisher)
                 self._handles = _ProcessHandles(
                     pid=os.getpid(),
                     # Unique per process and start, so a restarted worker never reuses a lease.
                     worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
-                    session_factory=session_factory_from_settings(self.settings),
+                    session_factory=factory,
                     store=self.settings.build_object_store(),
                 )
             return self._handles

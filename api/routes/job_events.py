@@ -8,13 +8,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from api.event_feed import EventFeed
 from api.routes.jobs import load_job
 from api.schemas import EventOut, EventPageOut
 from persistence.jobs import list_events
@@ -22,9 +22,10 @@ from persistence.models import TERMINAL_STATUSES, Job
 
 router = APIRouter(prefix="/jobs", tags=["events"])
 
-#: How often the stream looks for new events (s), and how often it sends a keep-alive comment.
-POLL_INTERVAL_S = 0.5
+#: How often an idle stream sends a keep-alive comment (s), so proxies keep the connection open.
 HEARTBEAT_INTERVAL_S = 15.0
+#: Events read per database round trip of a stream.
+EVENTS_PER_READ = 500
 MAX_EVENT_ID = 2**63 - 1  # BIGINT
 
 
@@ -43,7 +44,8 @@ def _poll(factory: sessionmaker[Session], job_id: str, after: int
     events are written with its final status, so once that status is seen none can follow."""
     with factory() as session:
         status = _job_status(session, job_id)
-        events = [event_out(e) for e in list_events(session, job_id, after_id=after, limit=500)]
+        events = [event_out(e) for e in list_events(session, job_id, after_id=after,
+                                                     limit=EVENTS_PER_READ)]
         session.commit()
     return events, status
 
@@ -53,24 +55,29 @@ def _sse(event: EventOut) -> str:
     return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
-async def _stream(factory: sessionmaker[Session], job_id: str, after: int) -> AsyncIterator[str]:
+async def _stream(factory: sessionmaker[Session], feed: EventFeed, job_id: str, after: int,
+                  recheck_s: float) -> AsyncIterator[str]:
+    """Read the events after ``after`` once, then again only when the feed says the job has new
+    ones (or after ``recheck_s`` idle seconds, a safety net): an idle stream costs no query."""
     yield "retry: 2000\n\n"
-    last_sent = time.monotonic()
-    while True:
-        events, status = await run_in_threadpool(_poll, factory, job_id, after)
-        for event in events:
-            after = event.id
-            yield _sse(event)
-        if events:
-            last_sent = time.monotonic()
-            continue
-        if status is None or status in TERMINAL_STATUSES:
-            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
-            return
-        if time.monotonic() - last_sent > HEARTBEAT_INTERVAL_S:
-            yield ": keep-alive\n\n"
-            last_sent = time.monotonic()
-        await anyio.sleep(POLL_INTERVAL_S)
+    # Subscribed before the first read, so an event written during that read still wakes us.
+    with feed.subscribe(job_id) as subscription:
+        while True:
+            events, status = await run_in_threadpool(_poll, factory, job_id, after)
+            for event in events:
+                after = event.id
+                yield _sse(event)
+            if len(events) == EVENTS_PER_READ:
+                continue
+            # The status was read before the events: once it is final, none can follow them.
+            if status is None or status in TERMINAL_STATUSES:
+                yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+                return
+            idle_since = time.monotonic()
+            while not await subscription.wait(HEARTBEAT_INTERVAL_S):
+                yield ": keep-alive\n\n"
+                if time.monotonic() - idle_since >= recheck_s:
+                    break
 
 
 @router.get(
@@ -93,6 +100,7 @@ def read_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventPageOut | StreamingResponse:
     factory = request.app.state.session_factory
+    settings = request.app.state.settings
     with factory() as session:
         job = load_job(session, job_id)
         session.commit()
@@ -100,7 +108,9 @@ def read_events(
             if last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit():
                 after = min(max(after, int(last_event_id)), MAX_EVENT_ID)
             return StreamingResponse(
-                _stream(factory, job.id, after), media_type="text/event-stream",
+                _stream(factory, request.app.state.event_feed, job.id, after,
+                        settings.event_stream_recheck_seconds),
+                media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         status = job.status
         finished = status in TERMINAL_STATUSES
