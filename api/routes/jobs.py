@@ -48,6 +48,7 @@ from api.schemas import (
 )
 from api.uploads import MAX_FIELD_BYTES, UploadedFile, receive_upload, scratch_dir
 from persistence.jobs import (
+    JobSummary,
     create_job,
     get_job,
     get_job_with_position,
@@ -55,7 +56,7 @@ from persistence.jobs import (
     queue_position,
     request_cancel,
 )
-from persistence.models import Job, JobStatus
+from persistence.models import Job, JobStage, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -71,7 +72,7 @@ def job_link(job_id: str, suffix: str = "") -> str:
     return f"/v1/jobs/{job_id}{suffix}"
 
 
-def _summary_fields(job: Job, position: int | None) -> dict[str, Any]:
+def _summary_fields(job: Job | JobSummary, position: int | None) -> dict[str, Any]:
     error = (JobError(code=job.error_code, message=job.error_message or job.error_code)
              if job.error_code else None)
     return dict(
@@ -90,13 +91,13 @@ def _summary_fields(job: Job, position: int | None) -> dict[str, Any]:
     )
 
 
-def _stages(job: Job) -> list[StageOut]:
-    return [StageOut.model_validate(s, from_attributes=True) for s in job.stages]
+def _stages(stages: list[JobStage]) -> list[StageOut]:
+    return [StageOut.model_validate(s, from_attributes=True) for s in stages]
 
 
 def full_job_out(job: Job, position: int | None) -> JobOut:
     """The API view of a job (labels and stages loaded) at queue ``position``."""
-    return JobOut(**_summary_fields(job, position), stages=_stages(job), config=job.spec)
+    return JobOut(**_summary_fields(job, position), stages=_stages(job.stages), config=job.spec)
 
 
 def job_out(session: Session, job: Job) -> JobOut:
@@ -104,12 +105,11 @@ def job_out(session: Session, job: Job) -> JobOut:
     return full_job_out(job, queue_position(session, job))
 
 
-def list_item_out(job: Job, position: int | None, expand: frozenset[str]) -> JobListItemOut:
-    """A list item: the summary, plus the config and stages when ``expand`` names them."""
+def list_item_out(job: JobSummary) -> JobListItemOut:
+    """A list item: the summary, plus the config and stages when they were read."""
     return JobListItemOut(
-        **_summary_fields(job, position),
-        config=job.spec if "config" in expand else None,
-        stages=_stages(job) if "stages" in expand else None)
+        **_summary_fields(job, job.queue_position), config=job.spec,
+        stages=_stages(job.stages) if job.stages is not None else None)
 
 
 def load_job(session: Session, job_id: str) -> Job:
@@ -363,7 +363,7 @@ def list_jobs_route(
     with request.app.state.session_factory() as session:
         page = list_jobs(session, status=statuses, labels=labels, limit=limit, cursor=cursor,
                          with_spec="config" in expanded, with_stages="stages" in expanded)
-        items = [list_item_out(job, page.positions.get(job.id), expanded) for job in page.jobs]
+        items = [list_item_out(job) for job in page.jobs]
     return JobPageOut(items=items, next_cursor=page.next_cursor)
 
 
