@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.dispatch import Dispatcher
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
+from persistence.webhooks import DEFAULT_PROJECT_ID
 
 
 def get_settings(request: Request) -> Settings:
@@ -37,8 +38,15 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher  # type: ignore[no-any-return]
 
 
+def get_project_id() -> str:
+    """The caller's project. Until API keys exist every caller is in the default project; with
+    authentication this returns ``caller.project_id`` (the one place to change)."""
+    return DEFAULT_PROJECT_ID
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+ProjectIdDep = Annotated[str, Depends(get_project_id)]

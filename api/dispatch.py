@@ -13,7 +13,7 @@ from celery import Celery
 
 from persistence.models import StageName
 from persistence.settings import Settings
-from worker.factory import create_celery_app, enqueue_stage
+from worker.factory import create_celery_app, enqueue_stage, enqueue_webhook
 
 #: Seconds to wait for the broker when checking readiness.
 BROKER_CHECK_TIMEOUT_S = 3.0
@@ -28,6 +28,10 @@ class Dispatcher(Protocol):
 
     def enqueue_job(self, job_id: str) -> None:
         """Queue the job's first stage; raises :class:`DispatchError` if the broker refuses."""
+        ...
+
+    def enqueue_webhook(self, delivery_id: str) -> None:
+        """Queue the delivery of a webhook message; may raise (the workers' sweep re-sends)."""
         ...
 
     def check(self) -> None:
@@ -57,6 +61,9 @@ class CeleryDispatcher:
             enqueue_stage(self.app, job_id, StageName.MRC)
         except Exception as exc:  # kombu raises OperationalError and transport-specific errors
             raise DispatchError(f"the broker did not accept the job: {_short(exc)}") from exc
+
+    def enqueue_webhook(self, delivery_id: str) -> None:
+        enqueue_webhook(self.app, delivery_id)
 
     def check(self) -> None:
         try:

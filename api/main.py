@@ -16,11 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.dispatch import CeleryDispatcher, Dispatcher
 from api.errors import install_error_handlers
 from api.event_feed import EventFeed, LocalPublisher, build_event_feed
-from api.routes import checkpoints, datasets, health, job_events, job_results, jobs
+from api.routes import checkpoints, datasets, health, job_events, job_results, jobs, webhooks
 from persistence.db import session_factory_from_settings
 from persistence.event_notify import EventPublisher, build_publisher, install_publisher, notify_mode
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
+from persistence.webhooks import install_delivery_dispatch
 
 API_PREFIX = "/v1"
 
@@ -46,6 +47,8 @@ def create_app(
         LocalPublisher(feed) if notify_mode(settings) == "poll" else build_publisher(settings))
     if publisher is not None:
         install_publisher(factory, publisher)
+    # A cancel the API commits may owe webhook messages: their delivery task leaves after it.
+    install_delivery_dispatch(factory, queue.enqueue_webhook)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,7 +82,7 @@ def create_app(
     install_error_handlers(app)
 
     v1 = APIRouter(prefix=API_PREFIX)
-    for module in (checkpoints, datasets, jobs, job_events, job_results, health):
+    for module in (checkpoints, datasets, jobs, job_events, job_results, webhooks, health):
         v1.include_router(module.router)
     app.include_router(v1)
     # Probes at the root too, where orchestrators look for them.

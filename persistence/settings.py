@@ -120,6 +120,31 @@ class Settings(BaseSettings):
         "image's command read API_WORKERS): one process serves about 200 requests/s by id on "
         "one core, so give it about one per core.")
 
+    # --- webhooks -------------------------------------------------------------------------
+    webhook_queue: str = Field(
+        "rift-webhooks", min_length=1,
+        description="Celery queue of the webhook deliveries: kept apart from the stage tasks so "
+        "a long GPU stage never holds a notification back (run a worker with -Q on it).")
+    webhook_allow_list: str = Field(
+        "",
+        description="Comma-separated webhook targets allowed although they are not public "
+        "addresses: IP networks ('10.1.0.0/16', '127.0.0.1') matched against every address the "
+        "host resolves to, or host names matched exactly. Empty: only public addresses.")
+    webhook_max_attempts: int = Field(
+        6, ge=1, description="HTTP attempts of one webhook message before it is marked failed.")
+    webhook_retry_base_seconds: float = Field(
+        10.0, gt=0,
+        description="Delay before the second attempt; each further one doubles it (exponential "
+        "backoff), at most WEBHOOK_RETRY_MAX_SECONDS (s).")
+    webhook_retry_max_seconds: float = Field(
+        3600.0, gt=0, description="Longest delay between two attempts of one message (s).")
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0,
+        description="Connect and read timeout of one webhook request (s): a slow receiver must "
+        "not hold a delivery worker.")
+    webhook_max_endpoints: int = Field(
+        20, ge=1, description="Webhook endpoints one project may register.")
+
     def build_object_store(self) -> ObjectStore:
         """The object store these settings describe (one per process; it holds no global state)."""
         from persistence.storage import build_object_store

@@ -21,6 +21,7 @@ from persistence.db import session_factory_from_settings
 from persistence.event_notify import build_publisher, install_publisher
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
+from persistence.webhooks import install_delivery_dispatch
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ class WorkerResources:
     """
 
     settings: Settings
+    #: Sends a webhook message's task by id; set by ``register_tasks``. Sessions call it after
+    #: a commit that wrote messages (a job's end).
+    webhook_sender: Callable[[str], None] | None = None
     _handles: _ProcessHandles | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -53,6 +57,8 @@ class WorkerResources:
                 publisher = build_publisher(self.settings)
                 if publisher is not None:
                     install_publisher(factory, publisher)
+                if self.webhook_sender is not None:
+                    install_delivery_dispatch(factory, self.webhook_sender)
                 self._handles = _ProcessHandles(
                     pid=os.getpid(),
                     # Unique per process and start, so a restarted worker never reuses a lease.

@@ -31,9 +31,17 @@ from persistence.models import STAGE_ORDER, Checkpoint, Dataset, JobStatus
 from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.storage import ObjectNotFound
 from persistence.transactions import JobNotFound, load_stages
+from persistence.webhooks import deliveries_to_redispatch
 from rift.errors import JobCancelled, RiftError
 from rift.pipeline import PipelineCallbacks
-from worker.factory import STAGE_TASK_NAMES, RiftCelery, enqueue_stage
+from worker import webhooks as webhook_delivery
+from worker.factory import (
+    STAGE_TASK_NAMES,
+    WEBHOOK_TASK_NAME,
+    RiftCelery,
+    enqueue_stage,
+    enqueue_webhook,
+)
 from worker.runtime import StageReporter, WorkerResources
 from worker.stages import describe_device, prepare, run_stage
 
@@ -45,9 +53,17 @@ RECOVER_TASK_NAME = "rift.recover_stale_jobs"
 def register_tasks(app: RiftCelery) -> WorkerResources:
     """Register the stage tasks and the recovery loop on ``app``; returns the process handles."""
     resources = WorkerResources(app.settings)
+    resources.webhook_sender = lambda delivery_id: enqueue_webhook(app, delivery_id)
 
     for stage in STAGE_ORDER:
         _register_stage_task(app, resources, stage.value)
+
+    @app.task(name=WEBHOOK_TASK_NAME, ignore_result=True)
+    def deliver_webhook(delivery_id: str) -> str:
+        """Make the next attempt of a webhook message; a failed one re-sends itself later."""
+        return webhook_delivery.deliver(
+            resources, delivery_id,
+            schedule_retry=lambda message, delay: enqueue_webhook(app, message, countdown=delay))
 
     @app.task(name=RECOVER_TASK_NAME, ignore_result=True)
     def recover_stale_jobs() -> int:
@@ -206,6 +222,16 @@ def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources) -> int:
     return len(stale)
 
 
+def redispatch_late_webhooks(app: RiftCelery, resources: WorkerResources) -> int:
+    """Send again the webhook messages whose task is a lease length (WORKER_LEASE_SECONDS)
+    overdue: the broker was down when they were written, or a worker died holding them."""
+    with resources.session() as session:
+        late = deliveries_to_redispatch(session, late_after=resources.settings.worker_lease_seconds)
+    for delivery_id in late:
+        enqueue_webhook(app, delivery_id)
+    return len(late)
+
+
 class RecoveryLoop:
     """A daemon thread of the worker process that runs :func:`redispatch_stale_stages` at start
     and then periodically (no beat process needed)."""
@@ -230,6 +256,7 @@ class RecoveryLoop:
         while True:
             try:
                 redispatch_stale_stages(self.app, self.resources)
+                redispatch_late_webhooks(self.app, self.resources)
             except Exception:
                 logger.warning("recovery pass failed; will retry", exc_info=True)
             if self._stop.wait(interval):
