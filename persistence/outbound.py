@@ -91,10 +91,12 @@ def refusal_reason(address: IPAddress) -> str | None:
     """Why ``address`` is not a public address, or None if it is."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return refusal_reason(address.ipv4_mapped)
-    for reason, flag in (("loopback", address.is_loopback), ("private", address.is_private),
+    # Most specific first: Python counts loopback and link-local as private too.
+    for reason, flag in (("loopback", address.is_loopback),
                          ("link-local", address.is_link_local),
-                         ("multicast", address.is_multicast), ("reserved", address.is_reserved),
-                         ("unspecified", address.is_unspecified)):
+                         ("multicast", address.is_multicast),
+                         ("unspecified", address.is_unspecified),
+                         ("reserved", address.is_reserved), ("private", address.is_private)):
         if flag:
             return reason
     if not address.is_global:
