@@ -338,6 +338,7 @@ def main() -> None:
     args.list_rates = [float(r) for r in args.list_rates.split(",") if r]
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
 
+    load_before = os.getloadavg()
     with fresh_database(args.admin_url) as database_url, \
             tempfile.TemporaryDirectory(prefix="rift-bench-") as scratch:
         ids = seed(database_url, args.jobs)
@@ -348,6 +349,8 @@ def main() -> None:
     report = {
         "benchmark": "service_load",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_1_5_15_before": [round(v, 2) for v in load_before],
+                    "load_average_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
                     "note": "API, Postgres and the load generator share these CPUs with other "
                             "work; figures are noisy"},
         "setup": {"uvicorn_workers": args.workers, "jobs_in_database": args.jobs,
