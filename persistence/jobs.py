@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -90,6 +90,21 @@ class InvalidCursor(PersistenceError):
 # Values
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class StageSummary:
+    """A stage of a job as the API shows it."""
+
+    stage: str
+    status: str
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+_STAGE_NAMES = ("stage", "status", "attempts", "started_at", "finished_at")
+_STAGE_COLUMNS = (JobStage.job_id, *(getattr(JobStage, name) for name in _STAGE_NAMES))
+
+
+@dataclass(frozen=True)
 class JobSummary:
     """A job as a list shows it: the columns of :class:`Job` (``spec`` only when asked for), its
     labels, its queue position and, when asked for, its stages."""
@@ -116,7 +131,7 @@ class JobSummary:
     queue_position: int | None
     label_dict: dict[str, str]
     spec: dict[str, Any] | None
-    stages: list[JobStage] | None
+    stages: list[StageSummary] | None
 
 
 _SUMMARY_NAMES = (
@@ -241,18 +256,6 @@ def queue_position(session: Session, job: Job) -> int | None:
     return int(position) if position is not None else None
 
 
-def get_job_with_position(session: Session, job_id: str) -> tuple[Job, int | None]:
-    """The job (labels and stages loaded, fresh) and its queue position, in one query for the job
-    and one per collection; :class:`JobNotFound`."""
-    query = (select(Job, queue_position_column()).where(Job.id == job_id)
-             .execution_options(populate_existing=True))
-    row = session.execute(query).one_or_none()
-    if row is None:
-        raise JobNotFound(job_id)
-    job, position = row
-    return job, int(position) if position is not None else None
-
-
 def _encode_cursor(job: Job | JobSummary) -> str:
     raw = f"{job.created_at.isoformat()}|{job.id}".encode()
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
@@ -294,8 +297,7 @@ def list_jobs(
     50-job page's time when profiled."""
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    columns = [*_SUMMARY_COLUMNS, Job.spec] if with_spec else list(_SUMMARY_COLUMNS)
-    query = select(*columns, queue_position_column())
+    query = _summary_query(with_spec)
     if status is not None:
         statuses = [status] if isinstance(status, str) else list(status)
         query = query.where(Job.status.in_(statuses))
@@ -310,12 +312,35 @@ def list_jobs(
         query = query.where(or_(Job.created_at < created_at,
                                 and_(Job.created_at == created_at, Job.id < job_id)))
     query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    jobs = _read_summaries(session, query, with_spec=with_spec, with_stages=with_stages)
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return JobPage(jobs, _encode_cursor(jobs[-1]) if more else None)
+
+
+def get_job_summary(session: Session, job_id: str) -> JobSummary:
+    """The job by id with its spec, labels, stages and queue position, read as plain rows in
+    three statements; :class:`JobNotFound`."""
+    found = _read_summaries(session, _summary_query(True).where(Job.id == job_id),
+                            with_spec=True, with_stages=True)
+    if not found:
+        raise JobNotFound(job_id)
+    return found[0]
+
+
+def _summary_query(with_spec: bool) -> Select[Any]:
+    columns = [*_SUMMARY_COLUMNS, Job.spec] if with_spec else list(_SUMMARY_COLUMNS)
+    return select(*columns, queue_position_column())
+
+
+def _read_summaries(session: Session, query: Select[Any], *, with_spec: bool,
+                    with_stages: bool) -> list[JobSummary]:
+    """Run ``query`` (from :func:`_summary_query`) and read the labels (and stages) of the jobs
+    it returns: one statement each, whatever the number of jobs."""
     rows = list(session.execute(query).mappings())
-    more = len(rows) > limit
-    rows = rows[:limit]
     ids = [row["id"] for row in rows]
     labels_of: dict[str, dict[str, str]] = {job_id: {} for job_id in ids}
-    stages_of: dict[str, list[JobStage]] | None = None
+    stages_of: dict[str, list[StageSummary]] | None = None
     if ids:
         for job_id, key, value in session.execute(
                 select(JobLabel.job_id, JobLabel.key, JobLabel.value)
@@ -324,10 +349,11 @@ def list_jobs(
         if with_stages:
             stages_of = {job_id: [] for job_id in ids}
             for stage in session.execute(
-                    select(JobStage).where(JobStage.job_id.in_(ids))
-                    .order_by(JobStage.job_id, JobStage.position)).scalars():
-                stages_of[stage.job_id].append(stage)
-    jobs = [
+                    select(*_STAGE_COLUMNS).where(JobStage.job_id.in_(ids))
+                    .order_by(JobStage.job_id, JobStage.position)).mappings():
+                stages_of[stage["job_id"]].append(
+                    StageSummary(**{name: stage[name] for name in _STAGE_NAMES}))
+    return [
         JobSummary(**{name: row[name] for name in _SUMMARY_NAMES},
                    spec=row["spec"] if with_spec else None,
                    queue_position=(int(row["queue_position"])
@@ -336,7 +362,6 @@ def list_jobs(
                    stages=stages_of[row["id"]] if stages_of is not None else None)
         for row in rows
     ]
-    return JobPage(jobs, _encode_cursor(jobs[-1]) if more else None)
 
 
 # --------------------------------------------------------------------------------------------

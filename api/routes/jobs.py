@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -49,9 +50,10 @@ from api.schemas import (
 from api.uploads import MAX_FIELD_BYTES, UploadedFile, receive_upload, scratch_dir
 from persistence.jobs import (
     JobSummary,
+    StageSummary,
     create_job,
     get_job,
-    get_job_with_position,
+    get_job_summary,
     list_jobs,
     queue_position,
     request_cancel,
@@ -91,12 +93,13 @@ def _summary_fields(job: Job | JobSummary, position: int | None) -> dict[str, An
     )
 
 
-def _stages(stages: list[JobStage]) -> list[StageOut]:
+def _stages(stages: Sequence[JobStage | StageSummary]) -> list[StageOut]:
     return [StageOut.model_validate(s, from_attributes=True) for s in stages]
 
 
-def full_job_out(job: Job, position: int | None) -> JobOut:
+def full_job_out(job: Job | JobSummary, position: int | None) -> JobOut:
     """The API view of a job (labels and stages loaded) at queue ``position``."""
+    assert job.stages is not None and job.spec is not None
     return JobOut(**_summary_fields(job, position), stages=_stages(job.stages), config=job.spec)
 
 
@@ -372,7 +375,8 @@ def read_job(job_id: str, request: Request) -> JobOut:
     if not is_resource_id(job_id):
         raise NotFound(f"no job with id '{job_id}'", field="job_id", code="job_not_found")
     with request.app.state.session_factory() as session:
-        return full_job_out(*get_job_with_position(session, job_id))
+        job = get_job_summary(session, job_id)
+    return full_job_out(job, job.queue_position)
 
 
 @router.post(
