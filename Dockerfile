@@ -28,4 +28,6 @@ RUN pip install --no-deps . \
 
 USER rift
 EXPOSE 8000
-CMD ["uvicorn", "api.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]
+# API_WORKERS uvicorn processes (see persistence/settings.py); a shell expands the variable.
+ENV API_WORKERS=2
+CMD ["sh", "-c", "exec uvicorn api.main:create_app --factory --host 0.0.0.0 --port 8000 --workers \"${API_WORKERS}\""]

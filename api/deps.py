@@ -13,14 +13,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import AdminDep, Caller, CallerDep
 from api.dispatch import Dispatcher
+from api.event_feed import EventFeed
 from api.limits import RateLimiter, StreamSlots
 from api.services.jobs import JobServices
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 
-__all__ = ["AdminDep", "Caller", "CallerDep", "DispatcherDep", "JobServicesDep",
-           "RateLimiterDep", "SessionDep", "SessionFactoryDep", "SettingsDep", "StoreDep",
-           "StreamSlotsDep"]
+__all__ = ["AdminDep", "Caller", "CallerDep", "DispatcherDep", "EventFeedDep", "JobServicesDep",
+           "ProjectIdDep", "RateLimiterDep", "SessionDep", "SessionFactoryDep", "SettingsDep",
+           "StoreDep", "StreamSlotsDep"]
 
 
 def get_settings(request: Request) -> Settings:
@@ -45,12 +46,19 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher  # type: ignore[no-any-return]
 
 
+def get_event_feed(request: Request) -> EventFeed:
+    return request.app.state.event_feed  # type: ignore[no-any-return]
+
+
 def get_rate_limiter(request: Request) -> RateLimiter:
     return request.app.state.rate_limiter  # type: ignore[no-any-return]
 
 
 def get_stream_slots(request: Request) -> StreamSlots:
     return request.app.state.stream_slots  # type: ignore[no-any-return]
+def get_project_id(caller: CallerDep) -> str:
+    """The caller's project: what per-project resources (webhooks) are filed under."""
+    return caller.project_id
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -58,6 +66,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+EventFeedDep = Annotated[EventFeed, Depends(get_event_feed)]
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 StreamSlotsDep = Annotated[StreamSlots, Depends(get_stream_slots)]
 
@@ -69,3 +78,4 @@ def get_job_services(settings: SettingsDep, store: StoreDep, factory: SessionFac
 
 
 JobServicesDep = Annotated[JobServices, Depends(get_job_services)]
+ProjectIdDep = Annotated[str, Depends(get_project_id)]

@@ -12,7 +12,7 @@ from typing import Protocol
 from celery import Celery
 
 from persistence.models import StageName
-from persistence.queue import create_celery_app, enqueue_stage
+from persistence.queue import create_celery_app, enqueue_stage, enqueue_webhook
 from persistence.settings import Settings
 
 
@@ -25,6 +25,10 @@ class Dispatcher(Protocol):
 
     def enqueue_job(self, job_id: str) -> None:
         """Queue the job's first stage; raises :class:`DispatchError` if the broker refuses."""
+        ...
+
+    def enqueue_webhook(self, delivery_id: str) -> None:
+        """Queue the delivery of a webhook message; may raise (the workers' sweep re-sends)."""
         ...
 
     def check(self) -> None:
@@ -55,6 +59,9 @@ class CeleryDispatcher:
             enqueue_stage(self.app, job_id, StageName.MRC)
         except Exception as exc:  # kombu raises OperationalError and transport-specific errors
             raise DispatchError(f"the broker did not accept the job: {_short(exc)}") from exc
+
+    def enqueue_webhook(self, delivery_id: str) -> None:
+        enqueue_webhook(self.app, delivery_id)
 
     def check(self) -> None:
         try:

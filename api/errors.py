@@ -27,6 +27,7 @@ from persistence.storage import (
     StoreError,
 )
 from persistence.transactions import JobNotFound, PersistenceError
+from persistence.webhooks import WebhookLimitReached, WebhookNotFound
 from rift.errors import (
     CheckpointError,
     CheckpointMismatchError,
@@ -234,6 +235,10 @@ def from_persistence_error(exc: PersistenceError) -> ApiError:
         return Conflict(exc.message, code=exc.code, details={"status": exc.status})
     if isinstance(exc, InvalidCursor):
         return InvalidInput(exc.message, field="cursor", code=exc.code)
+    if isinstance(exc, WebhookNotFound):
+        return NotFound(exc.message, field="webhook_id", code=exc.code)
+    if isinstance(exc, WebhookLimitReached):
+        return Conflict(exc.message, code=exc.code, details={"limit": exc.limit})
     return Conflict(exc.message, code=exc.code)
 
 

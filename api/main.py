@@ -22,11 +22,23 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.auth import get_caller
 from api.dispatch import CeleryDispatcher, Dispatcher
 from api.errors import install_error_handlers
+from api.event_feed import EventFeed, LocalPublisher, build_event_feed
 from api.limits import RateLimiter, StreamSlots, rate_limiter_for
-from api.routes import admin, checkpoints, datasets, health, job_events, job_results, jobs
+from api.routes import (
+    admin,
+    checkpoints,
+    datasets,
+    health,
+    job_events,
+    job_results,
+    jobs,
+    webhooks,
+)
 from persistence.db import session_factory_from_settings
+from persistence.event_notify import EventPublisher, build_publisher, install_publisher, notify_mode
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
+from persistence.webhooks import install_delivery_dispatch
 
 API_PREFIX = "/v1"
 
@@ -38,17 +50,32 @@ def create_app(
     store: ObjectStore | None = None,
     dispatcher: Dispatcher | None = None,
     rate_limiter: RateLimiter | None = None,
+    event_feed: EventFeed | None = None,
 ) -> FastAPI:
     """Build the API. Missing dependencies are built from ``settings`` (default: the
-    environment). The database schema must already exist (``python -m persistence.migrate``)."""
+    environment). The database schema must already exist (``python -m persistence.migrate``).
+    ``event_feed`` wakes the live event streams (default: the one ``EVENT_NOTIFY`` picks)."""
     settings = settings or Settings()
     factory = session_factory or session_factory_from_settings(settings)
     queue = dispatcher or CeleryDispatcher(settings)
     limiter = rate_limiter or rate_limiter_for(settings.broker_url)
+    feed = event_feed or build_event_feed(settings, factory)
+    # The events the API writes itself (job created, cancel requested) are announced like the
+    # workers' ones; Postgres' trigger needs nothing.
+    publisher: EventPublisher | None = (
+        LocalPublisher(feed) if notify_mode(settings) == "poll" else build_publisher(settings))
+    if publisher is not None:
+        install_publisher(factory, publisher)
+    # A cancel the API commits may owe webhook messages: their delivery task leaves after it.
+    install_delivery_dispatch(factory, queue.enqueue_webhook)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await feed.start()
         yield
+        await feed.stop()
+        if publisher is not None:
+            publisher.close()
         queue.close()
         limiter.close()
         engine = factory.kw.get("bind")
@@ -73,6 +100,7 @@ def create_app(
     app.state.dispatcher = queue
     app.state.rate_limiter = limiter
     app.state.stream_slots = StreamSlots()
+    app.state.event_feed = feed
     install_error_handlers(app)
     if settings.cors_allow_origins:
         # No credentials: keys travel in a header a page must set itself, never in cookies.
@@ -86,7 +114,7 @@ def create_app(
     # Every route of this router needs a key; the routes name CallerDep too, which FastAPI
     # resolves once per request, so the router's dependency is a guard a new route cannot miss.
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(get_caller)])
-    for module in (checkpoints, datasets, jobs, job_events, job_results, admin):
+    for module in (checkpoints, datasets, jobs, job_events, job_results, webhooks, admin):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router, prefix=API_PREFIX)

@@ -107,7 +107,9 @@ class JobLinks(BaseModel):
     cancel: str
 
 
-class JobOut(BaseModel):
+class JobSummaryOut(BaseModel):
+    """A job as lists show it: everything but the config and the stages (see ``JobOut``)."""
+
     id: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     stage: Literal["mrc", "finetune", "interpolate"] | None = Field(
@@ -126,20 +128,33 @@ class JobOut(BaseModel):
     chosen_alpha: float | None
     metrics: dict[str, Any] | None
     error: JobError | None
-    stages: list[StageOut]
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
-    config: dict[str, Any] = Field(description="The job's RiftConfig, defaults filled in.")
     cost_estimate: int | None = Field(
         None, description="Estimated example-passes (forward and backward, all stages), "
         "compared with the project's max_job_cost when the job was created.")
     links: JobLinks
 
 
+class JobListItemOut(JobSummaryOut):
+    config: dict[str, Any] | None = Field(
+        None, description="Only with ?expand=config: the job's RiftConfig.")
+    stages: list[StageOut] | None = Field(
+        None, description="Only with ?expand=stages: the job's stages.")
+
+
+class JobOut(JobSummaryOut):
+    """A job in full: its stages and its config, defaults filled in."""
+
+    stages: list[StageOut]
+    config: dict[str, Any] = Field(description="The job's RiftConfig, defaults filled in.")
+
+
 class JobPageOut(BaseModel):
-    items: list[JobOut]
+    items: list[JobListItemOut] = Field(
+        description="Summaries, newest first; ?expand=config,stages adds those fields.")
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from persistence.models import (
     STAGE_ORDER,
@@ -39,6 +40,7 @@ from persistence.models import (
 )
 from persistence.transactions import (
     EventKind,
+    JobNotFound,
     PersistenceError,
     cancel_job,
     lease_is_live,
@@ -88,8 +90,63 @@ class InvalidCursor(PersistenceError):
 # Values
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class StageSummary:
+    """A stage of a job as the API shows it."""
+
+    stage: str
+    status: str
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+_STAGE_NAMES = ("stage", "status", "attempts", "started_at", "finished_at")
+_STAGE_COLUMNS = (JobStage.job_id, *(getattr(JobStage, name) for name in _STAGE_NAMES))
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """A job as a list shows it: the columns of :class:`Job` (``spec`` only when asked for), its
+    labels, its queue position and, when asked for, its stages."""
+
+    id: str
+    status: str
+    stage: str | None
+    stage_progress: float
+    progress_message: str | None
+    cancel_requested: bool
+    checkpoint_id: str
+    dataset_id: str | None
+    device: str | None
+    attempts: int
+    selected_module: str | None
+    chosen_alpha: float | None
+    metrics: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    project_id: str | None
+    cost_estimate: int | None
+    queue_position: int | None
+    label_dict: dict[str, str]
+    spec: dict[str, Any] | None
+    stages: list[StageSummary] | None
+
+
+_SUMMARY_NAMES = (
+    "id", "status", "stage", "stage_progress", "progress_message", "cancel_requested",
+    "checkpoint_id", "dataset_id", "device", "attempts", "selected_module", "chosen_alpha",
+    "metrics", "error_code", "error_message", "created_at", "started_at", "finished_at",
+    "updated_at", "project_id", "cost_estimate")
+_SUMMARY_COLUMNS = tuple(getattr(Job, name) for name in _SUMMARY_NAMES)
+
+
+@dataclass(frozen=True)
 class JobPage:
-    jobs: list[Job]
+    jobs: list[JobSummary]
     next_cursor: str | None
 
 
@@ -174,21 +231,36 @@ def get_job(session: Session, job_id: str) -> Job:
     return load_job(session, job_id)
 
 
+@functools.cache
+def queue_position_column() -> ColumnElement[int | None]:
+    """A column for a query on ``jobs``: the row's queue position (1 for the next queued job to
+    start, 2 for the one after, ...), NULL unless queued. A correlated count over the
+    ``(status, created_at, id)`` index, so a page of jobs gets its positions in its own statement
+    instead of one query per job. Built once (cached): an immutable expression, and building it
+    cost more than running it."""
+    ahead = aliased(Job)
+    count = (
+        select(func.count())
+        .select_from(ahead)
+        .where(ahead.status == JobStatus.QUEUED,
+               or_(ahead.created_at < Job.created_at,
+                   and_(ahead.created_at == Job.created_at, ahead.id < Job.id)))
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    return case((Job.status == JobStatus.QUEUED, count + 1), else_=None).label("queue_position")
+
+
 def queue_position(session: Session, job: Job) -> int | None:
     """1 for the next queued job to start, 2 for the one after, ...; None unless queued."""
     if job.status != JobStatus.QUEUED:
         return None
-    ahead = session.execute(
-        select(func.count()).select_from(Job).where(
-            Job.status == JobStatus.QUEUED,
-            or_(Job.created_at < job.created_at,
-                and_(Job.created_at == job.created_at, Job.id < job.id)),
-        )
-    ).scalar_one()
-    return int(ahead) + 1
+    position = session.execute(
+        select(queue_position_column()).where(Job.id == job.id)).scalar_one_or_none()
+    return int(position) if position is not None else None
 
 
-def _encode_cursor(job: Job) -> str:
+def _encode_cursor(job: Job | JobSummary) -> str:
     raw = f"{job.created_at.isoformat()}|{job.id}".encode()
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
@@ -218,14 +290,22 @@ def list_jobs(
     limit: int = 50,
     cursor: str | None = None,
     project_id: str | None = None,
+    with_spec: bool = True,
+    with_stages: bool = True,
 ) -> JobPage:
     """Jobs, newest first, ``limit`` per page; ``next_cursor`` fetches the next page (None at the
     end). ``status`` filters by one status or several; ``labels`` keeps jobs carrying every given
     ``key=value``; ``project_id`` keeps one project's jobs. :class:`InvalidCursor` for a cursor
-    this function did not issue."""
+    this function did not issue.
+
+    A constant number of statements whatever ``limit`` is: one for the jobs and their queue
+    positions, one for the labels, and one for the stages when ``with_stages``. Without
+    ``with_spec`` the ``spec`` column (the full config, the bulk of a row) is not read. The
+    jobs are :class:`JobSummary` values read as plain rows: building ORM objects took most of a
+    50-job page's time when profiled."""
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    query = select(Job)
+    query = _summary_query(with_spec)
     if project_id is not None:
         query = query.where(Job.project_id == project_id)
     if status is not None:
@@ -242,10 +322,56 @@ def list_jobs(
         query = query.where(or_(Job.created_at < created_at,
                                 and_(Job.created_at == created_at, Job.id < job_id)))
     query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    jobs = list(session.execute(query.execution_options(populate_existing=True)).scalars())
+    jobs = _read_summaries(session, query, with_spec=with_spec, with_stages=with_stages)
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return JobPage(jobs, _encode_cursor(jobs[-1]) if more else None)
+
+
+def get_job_summary(session: Session, job_id: str) -> JobSummary:
+    """The job by id with its spec, labels, stages and queue position, read as plain rows in
+    three statements; :class:`JobNotFound`."""
+    found = _read_summaries(session, _summary_query(True).where(Job.id == job_id),
+                            with_spec=True, with_stages=True)
+    if not found:
+        raise JobNotFound(job_id)
+    return found[0]
+
+
+def _summary_query(with_spec: bool) -> Select[Any]:
+    columns = [*_SUMMARY_COLUMNS, Job.spec] if with_spec else list(_SUMMARY_COLUMNS)
+    return select(*columns, queue_position_column())
+
+
+def _read_summaries(session: Session, query: Select[Any], *, with_spec: bool,
+                    with_stages: bool) -> list[JobSummary]:
+    """Run ``query`` (from :func:`_summary_query`) and read the labels (and stages) of the jobs
+    it returns: one statement each, whatever the number of jobs."""
+    rows = list(session.execute(query).mappings())
+    ids = [row["id"] for row in rows]
+    labels_of: dict[str, dict[str, str]] = {job_id: {} for job_id in ids}
+    stages_of: dict[str, list[StageSummary]] | None = None
+    if ids:
+        for job_id, key, value in session.execute(
+                select(JobLabel.job_id, JobLabel.key, JobLabel.value)
+                .where(JobLabel.job_id.in_(ids)).order_by(JobLabel.job_id, JobLabel.key)):
+            labels_of[job_id][key] = value
+        if with_stages:
+            stages_of = {job_id: [] for job_id in ids}
+            for stage in session.execute(
+                    select(*_STAGE_COLUMNS).where(JobStage.job_id.in_(ids))
+                    .order_by(JobStage.job_id, JobStage.position)).mappings():
+                stages_of[stage["job_id"]].append(
+                    StageSummary(**{name: stage[name] for name in _STAGE_NAMES}))
+    return [
+        JobSummary(**{name: row[name] for name in _SUMMARY_NAMES},
+                   spec=row["spec"] if with_spec else None,
+                   queue_position=(int(row["queue_position"])
+                                   if row["queue_position"] is not None else None),
+                   label_dict=labels_of[row["id"]],
+                   stages=stages_of[row["id"]] if stages_of is not None else None)
+        for row in rows
+    ]
 
 
 # --------------------------------------------------------------------------------------------

@@ -382,3 +382,76 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     content_type: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEndpoint(Base):
+    """A project's URL that receives signed ``job.*`` notifications (Standard Webhooks).
+
+    ``secret`` is ``whsec_<base64>``; it must be kept readable (the workers sign with it), and is
+    shown to the client only when the endpoint is created. ``project_id`` names the owning
+    project (a foreign key to the projects table once that exists)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(128))
+    event_types: Mapped[list[str]] = mapped_column(JSONType)
+    description: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_webhook_endpoints_project_id_created_at", "project_id",
+                            "created_at"),)
+
+
+class WebhookDeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class WebhookDelivery(Base):
+    """One message to one endpoint; ``id`` is the message's ``webhook-id`` (the same on every
+    attempt, so receivers can drop duplicates). ``body`` is the exact JSON that is signed."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(String(32))
+    event_type: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=WebhookDeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    next_attempt_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", WebhookDeliveryStatus), name="status"),
+        # A job ends once: one message per endpoint and event, whatever writes it twice.
+        Index("uq_webhook_deliveries_endpoint_job_event", "endpoint_id", "job_id", "event_type",
+              unique=True),
+        # The delivery log of an endpoint, newest first.
+        Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),
+        # The workers' sweep for messages whose task was lost.
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery: what the receiver answered, or why nothing was sent."""
+
+    __tablename__ = "webhook_attempts"
+
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1-based
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(500))
+    started_at: Mapped[datetime]
+    duration_ms: Mapped[float | None] = mapped_column(Float)

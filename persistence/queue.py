@@ -24,6 +24,8 @@ STAGE_TASK_NAMES: dict[str, str] = {stage.value: f"rift.stage.{stage.value}"
                                     for stage in STAGE_ORDER}
 #: Celery task name of the periodic recovery of stages whose lease expired.
 RECOVER_TASK_NAME = "rift.recover_stale_jobs"
+#: Celery task name of a webhook delivery (on its own queue, WEBHOOK_QUEUE).
+WEBHOOK_TASK_NAME = "rift.webhook.deliver"
 
 
 class RiftCelery(Celery):
@@ -52,8 +54,9 @@ def create_celery_app(settings: Settings) -> RiftCelery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.celery_queue,
-        task_routes={name: {"queue": settings.celery_queue}
-                     for name in STAGE_TASK_NAMES.values()},
+        task_routes={**{name: {"queue": settings.celery_queue}
+                        for name in STAGE_TASK_NAMES.values()},
+                     WEBHOOK_TASK_NAME: {"queue": settings.webhook_queue}},
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         enable_utc=True,
@@ -89,6 +92,14 @@ def enqueue_stage(app: Celery, job_id: str, stage: str = StageName.MRC,
     queue = settings.celery_queue if settings is not None else None
     app.send_task(STAGE_TASK_NAMES[StageName(stage)], args=[job_id], queue=queue,
                   countdown=countdown)
+
+
+def enqueue_webhook(app: Celery, delivery_id: str, countdown: float | None = None) -> None:
+    """Send the message that delivers the webhook message ``delivery_id`` (after ``countdown``
+    seconds). Call it after the transaction that wrote the message has committed."""
+    settings: Settings | None = getattr(app, "settings", None)
+    queue = settings.webhook_queue if settings is not None else None
+    app.send_task(WEBHOOK_TASK_NAME, args=[delivery_id], queue=queue, countdown=countdown)
 
 
 def check_broker(app: Celery, timeout: float = 3.0) -> None:

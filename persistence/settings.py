@@ -148,6 +148,53 @@ class Settings(BaseSettings):
         description="Test only, never set in a deployment: 'PHASE:SECONDS' makes every object "
         "write sleep at PHASE, 'store' (three quarters of the bytes written) or 'record' (the "
         "object stored, its row not yet written), so a test can kill the API exactly there.")
+    # --- live events and the API processes ------------------------------------------------
+    event_notify: Literal["auto", "postgres", "redis", "poll"] = Field(
+        "auto",
+        description="How an event stream learns that its job has new events. 'postgres': "
+        "LISTEN/NOTIFY (a trigger on job_events notifies at commit); 'redis': pub/sub on the "
+        "broker's Redis (writers publish after commit); 'poll': one query per API process every "
+        "EVENT_POLL_INTERVAL_SECONDS, whatever the number of streams. 'auto': postgres when the "
+        "database is Postgres, else redis when the broker is Redis, else poll.")
+    event_poll_interval_seconds: float = Field(
+        1.0, gt=0,
+        description="With EVENT_NOTIFY=poll: seconds between the API process's looks for new "
+        "events (one query for all its streams). Also the delay before a listener that lost its "
+        "Postgres or Redis connection tries again.")
+    event_stream_recheck_seconds: float = Field(
+        60.0, gt=0,
+        description="An idle event stream reads the database anyway after this many seconds, "
+        "a safety net for a notification lost while a listener was reconnecting (s).")
+    api_workers: int = Field(
+        2, ge=1,
+        description="uvicorn worker processes of the API in production (docker-compose and the "
+        "image's command read API_WORKERS): one process serves about 200 requests/s by id on "
+        "one core, so give it about one per core.")
+
+    # --- webhooks -------------------------------------------------------------------------
+    webhook_queue: str = Field(
+        "rift-webhooks", min_length=1,
+        description="Celery queue of the webhook deliveries: kept apart from the stage tasks so "
+        "a long GPU stage never holds a notification back (run a worker with -Q on it).")
+    webhook_allow_list: str = Field(
+        "",
+        description="Comma-separated webhook targets allowed although they are not public "
+        "addresses: IP networks ('10.1.0.0/16', '127.0.0.1') matched against every address the "
+        "host resolves to, or host names matched exactly. Empty: only public addresses.")
+    webhook_max_attempts: int = Field(
+        6, ge=1, description="HTTP attempts of one webhook message before it is marked failed.")
+    webhook_retry_base_seconds: float = Field(
+        10.0, gt=0,
+        description="Delay before the second attempt; each further one doubles it (exponential "
+        "backoff), at most WEBHOOK_RETRY_MAX_SECONDS (s).")
+    webhook_retry_max_seconds: float = Field(
+        3600.0, gt=0, description="Longest delay between two attempts of one message (s).")
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0,
+        description="Connect and read timeout of one webhook request (s): a slow receiver must "
+        "not hold a delivery worker.")
+    webhook_max_endpoints: int = Field(
+        20, ge=1, description="Webhook endpoints one project may register.")
 
     def build_object_store(self) -> ObjectStore:
         """The object store these settings describe (one per process; it holds no global state)."""

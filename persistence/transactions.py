@@ -108,6 +108,12 @@ def log_event(session: Session, job_id: str, kind: str, payload: Mapping[str, An
     """Add an event to the session (written when the caller's transaction commits)."""
     event = JobEvent(job_id=job_id, kind=str(kind), payload=dict(payload), created_at=now)
     session.add(event)
+    if kind in (EventKind.JOB_SUCCEEDED, EventKind.JOB_FAILED, EventKind.JOB_CANCELLED):
+        # The webhook messages of a job's end join this transaction (an outbox): they exist if
+        # and only if the end is committed. Imported here: persistence.webhooks imports this.
+        from persistence.webhooks import enqueue_job_notifications
+
+        enqueue_job_notifications(session, job_id, str(kind), now)
     return event
 
 

@@ -18,6 +18,8 @@ demo_dir="$(cd "$demo_dir" && pwd)"
 export DATABASE_URL="sqlite:///$demo_dir/rift.db"
 export BROKER_URL="sqla+sqlite:///$demo_dir/broker.db"
 export CELERY_QUEUE="rift-demo"
+# The demo worker also delivers webhooks (their own queue in production).
+export WEBHOOK_QUEUE="rift-demo-webhooks"
 export STORE_KIND="local"
 export STORE_ROOT="$demo_dir/objects"
 export WORK_DIR="$demo_dir/work"
@@ -57,7 +59,7 @@ pids+=("$!")
 
 echo "==> starting a Celery worker (log: $demo_dir/worker.log)"
 "$root/.venv/bin/celery" -A worker.celery_app worker --pool=solo --concurrency=1 \
-  -Q "$CELERY_QUEUE" --without-gossip --without-mingle --loglevel=INFO -n "demo@%h" \
+  -Q "$CELERY_QUEUE,$WEBHOOK_QUEUE" --without-gossip --without-mingle --loglevel=INFO -n "demo@%h" \
   >"$demo_dir/worker.log" 2>&1 &
 pids+=("$!")
 

@@ -105,6 +105,9 @@ def test_service_environment(services: dict[str, dict[str, Any]], name: str) -> 
 def test_commands_name_the_entry_points(services: dict[str, dict[str, Any]]) -> None:
     api = command_text(services["api"])
     assert re.search(r"alembic upgrade head && .*uvicorn api\.main:create_app --factory", api)
+    # Several API processes in production, as many as API_WORKERS says.
+    assert re.search(r'--workers "\$\$\{API_WORKERS:-\d+\}"', api)
+    assert "API_WORKERS" in services["api"]["environment"]
     assert "celery -A worker.celery_app worker" in command_text(services["worker"])
     assert services["api"]["image"] == services["worker"]["image"]  # one image, two roles
 
@@ -112,7 +115,9 @@ def test_commands_name_the_entry_points(services: dict[str, dict[str, Any]]) -> 
 def test_dockerfile_base_and_default_command() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
-    assert 'CMD ["uvicorn", "api.main:create_app", "--factory"' in text
+    assert re.search(r'^CMD \["sh", "-c", "exec uvicorn api\.main:create_app --factory .*'
+                     r'--workers \\"\$\{API_WORKERS\}\\""\]', text, re.MULTILINE)
+    assert re.search(r"^ENV API_WORKERS=\d+", text, re.MULTILINE)
 
 
 def test_dockerignore_keeps_what_the_image_needs() -> None:

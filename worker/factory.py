@@ -3,12 +3,14 @@ imports keep working."""
 
 from persistence.queue import (
     STAGE_TASK_NAMES,
+    WEBHOOK_TASK_NAME,
     RiftCelery,
     broker_transport_options,
     check_broker,
     create_celery_app,
     enqueue_stage,
+    enqueue_webhook,
 )
 
-__all__ = ["STAGE_TASK_NAMES", "RiftCelery", "broker_transport_options", "check_broker",
-           "create_celery_app", "enqueue_stage"]
+__all__ = ["STAGE_TASK_NAMES", "WEBHOOK_TASK_NAME", "RiftCelery", "broker_transport_options",
+           "check_broker", "create_celery_app", "enqueue_stage", "enqueue_webhook"]

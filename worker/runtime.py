@@ -18,9 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages
 from persistence.db import session_factory_from_settings
+from persistence.event_notify import build_publisher, install_publisher
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 from persistence.time_limits import timeout_message
+from persistence.webhooks import install_delivery_dispatch
 from rift.errors import TimeLimitExceeded
 
 logger = logging.getLogger(__name__)
@@ -43,17 +45,27 @@ class WorkerResources:
     """
 
     settings: Settings
+    #: Sends a webhook message's task by id; set by ``register_tasks``. Sessions call it after
+    #: a commit that wrote messages (a job's end).
+    webhook_sender: Callable[[str], None] | None = None
     _handles: _ProcessHandles | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _get(self) -> _ProcessHandles:
         with self._lock:
             if self._handles is None or self._handles.pid != os.getpid():
+                factory = session_factory_from_settings(self.settings)
+                # The API's event streams hear of the events this process commits.
+                publisher = build_publisher(self.settings)
+                if publisher is not None:
+                    install_publisher(factory, publisher)
+                if self.webhook_sender is not None:
+                    install_delivery_dispatch(factory, self.webhook_sender)
                 self._handles = _ProcessHandles(
                     pid=os.getpid(),
                     # Unique per process and start, so a restarted worker never reuses a lease.
                     worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
-                    session_factory=session_factory_from_settings(self.settings),
+                    session_factory=factory,
                     store=self.settings.build_object_store(),
                 )
             return self._handles

@@ -33,13 +33,22 @@ from celery.signals import worker_ready, worker_shutdown
 from persistence import stages
 from persistence.janitor import run_janitor
 from persistence.models import STAGE_ORDER, Checkpoint, Dataset, JobStatus
-from persistence.queue import RECOVER_TASK_NAME, STAGE_TASK_NAMES, RiftCelery, enqueue_stage
+from persistence.queue import (
+    RECOVER_TASK_NAME,
+    STAGE_TASK_NAMES,
+    WEBHOOK_TASK_NAME,
+    RiftCelery,
+    enqueue_stage,
+    enqueue_webhook,
+)
 from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.storage import ObjectNotFound
 from persistence.time_limits import fail_overdue_jobs, seconds_left
 from persistence.transactions import JobNotFound, load_stages
+from persistence.webhooks import deliveries_to_redispatch
 from rift.errors import JobCancelled, RiftError
 from rift.pipeline import PipelineCallbacks
+from worker import webhooks as webhook_delivery
 from worker.runtime import StageReporter, WorkerResources
 from worker.stages import describe_device, prepare, run_stage
 
@@ -49,9 +58,17 @@ logger = logging.getLogger(__name__)
 def register_tasks(app: RiftCelery) -> WorkerResources:
     """Register the stage tasks and the recovery loop on ``app``; returns the process handles."""
     resources = WorkerResources(app.settings)
+    resources.webhook_sender = lambda delivery_id: enqueue_webhook(app, delivery_id)
 
     for stage in STAGE_ORDER:
         _register_stage_task(app, resources, stage.value)
+
+    @app.task(name=WEBHOOK_TASK_NAME, ignore_result=True)
+    def deliver_webhook(delivery_id: str) -> str:
+        """Make the next attempt of a webhook message; a failed one re-sends itself later."""
+        return webhook_delivery.deliver(
+            resources, delivery_id,
+            schedule_retry=lambda message, delay: enqueue_webhook(app, message, countdown=delay))
 
     @app.task(name=RECOVER_TASK_NAME, ignore_result=True)
     def recover_stale_jobs() -> int:
@@ -222,6 +239,14 @@ def fail_overdue(resources: WorkerResources) -> list[str]:
         logger.warning("job %s failed: past its time limit of %g s", job_id,
                        settings.job_time_limit_seconds)
     return overdue
+def redispatch_late_webhooks(app: RiftCelery, resources: WorkerResources) -> int:
+    """Send again the webhook messages whose task is a lease length (WORKER_LEASE_SECONDS)
+    overdue: the broker was down when they were written, or a worker died holding them."""
+    with resources.session() as session:
+        late = deliveries_to_redispatch(session, late_after=resources.settings.worker_lease_seconds)
+    for delivery_id in late:
+        enqueue_webhook(app, delivery_id)
+    return len(late)
 
 
 class RecoveryLoop:
@@ -253,6 +278,7 @@ class RecoveryLoop:
             try:
                 fail_overdue(self.resources)
                 redispatch_stale_stages(self.app, self.resources)
+                redispatch_late_webhooks(self.app, self.resources)
             except Exception:
                 logger.warning("recovery pass failed; will retry", exc_info=True)
             if time.monotonic() >= next_janitor:

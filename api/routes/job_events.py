@@ -9,15 +9,15 @@ from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, SessionFactoryDep, StreamSlotsDep
+from api.deps import CallerDep, EventFeedDep, SessionFactoryDep, SettingsDep, StreamSlotsDep
 from api.errors import TooManyRequests
+from api.event_feed import EventFeed
 from api.routes.jobs import load_job
 from api.schemas import EventOut, EventPageOut
 from persistence.jobs import list_events
@@ -25,9 +25,10 @@ from persistence.models import TERMINAL_STATUSES, Job
 
 router = APIRouter(prefix="/jobs", tags=["events"])
 
-#: How often the stream looks for new events (s), and how often it sends a keep-alive comment.
-POLL_INTERVAL_S = 0.5
+#: How often an idle stream sends a keep-alive comment (s), so proxies keep the connection open.
 HEARTBEAT_INTERVAL_S = 15.0
+#: Events read per database round trip of a stream.
+EVENTS_PER_READ = 500
 MAX_EVENT_ID = 2**63 - 1  # BIGINT
 
 
@@ -46,7 +47,8 @@ def _poll(factory: sessionmaker[Session], job_id: str, after: int
     events are written with its final status, so once that status is seen none can follow."""
     with factory() as session:
         status = _job_status(session, job_id)
-        events = [event_out(e) for e in list_events(session, job_id, after_id=after, limit=500)]
+        events = [event_out(e) for e in list_events(session, job_id, after_id=after,
+                                                     limit=EVENTS_PER_READ)]
         session.commit()
     return events, status
 
@@ -72,25 +74,29 @@ class _HeldStream(StreamingResponse):
             self._release()
 
 
-async def _stream(factory: sessionmaker[Session], job_id: str,
-                  after: int) -> AsyncIterator[str]:
+async def _stream(factory: sessionmaker[Session], feed: EventFeed, job_id: str, after: int,
+                  recheck_s: float) -> AsyncIterator[str]:
+    """Read the events after ``after`` once, then again only when the feed says the job has new
+    ones (or after ``recheck_s`` idle seconds, a safety net): an idle stream costs no query."""
     yield "retry: 2000\n\n"
-    last_sent = time.monotonic()
-    while True:
-        events, status = await run_in_threadpool(_poll, factory, job_id, after)
-        for event in events:
-            after = event.id
-            yield _sse(event)
-        if events:
-            last_sent = time.monotonic()
-            continue
-        if status is None or status in TERMINAL_STATUSES:
-            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
-            return
-        if time.monotonic() - last_sent > HEARTBEAT_INTERVAL_S:
-            yield ": keep-alive\n\n"
-            last_sent = time.monotonic()
-        await anyio.sleep(POLL_INTERVAL_S)
+    # Subscribed before the first read, so an event written during that read still wakes us.
+    with feed.subscribe(job_id) as subscription:
+        while True:
+            events, status = await run_in_threadpool(_poll, factory, job_id, after)
+            for event in events:
+                after = event.id
+                yield _sse(event)
+            if len(events) == EVENTS_PER_READ:
+                continue
+            # The status was read before the events: once it is final, none can follow them.
+            if status is None or status in TERMINAL_STATUSES:
+                yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+                return
+            idle_since = time.monotonic()
+            while not await subscription.wait(HEARTBEAT_INTERVAL_S):
+                yield ": keep-alive\n\n"
+                if time.monotonic() - idle_since >= recheck_s:
+                    break
 
 
 @router.get(
@@ -111,6 +117,8 @@ def read_events(
     factory: SessionFactoryDep,
     caller: CallerDep,
     slots: StreamSlotsDep,
+    feed: EventFeedDep,
+    settings: SettingsDep,
     after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="Last event id seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -129,7 +137,8 @@ def read_events(
                     code="quota_exceeded", headers={"Retry-After": "5"},
                     details={"quota": "max_streams_per_key", "limit": limit_streams})
             return _HeldStream(
-                _stream(factory, job.id, after), partial(slots.release, caller.key_id),
+                _stream(factory, feed, job.id, after, settings.event_stream_recheck_seconds),
+                partial(slots.release, caller.key_id),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         status = job.status

@@ -31,8 +31,8 @@ from api.services.jobs import (
     cancel_job_for,
     create_job_for,
     job_link,
-    job_out,
     list_jobs_for,
+    read_job_for,
 )
 from api.services.ownership import owned_job
 from api.uploads import MAX_FIELD_BYTES, receive_upload, scratch_dir
@@ -187,6 +187,19 @@ def _labels(values: list[str]) -> dict[str, str]:
     return labels
 
 
+#: What ``?expand=`` may add to list items.
+EXPANDABLE = ("config", "stages")
+
+
+def _expand(values: list[str]) -> frozenset[str]:
+    wanted = frozenset(v.strip() for value in values for v in value.split(",") if v.strip())
+    for name in sorted(wanted):
+        if name not in EXPANDABLE:
+            raise InvalidInput(f"cannot expand '{name[:40]}'; use {' or '.join(EXPANDABLE)}",
+                               field="expand")
+    return wanted
+
+
 @router.get("", response_model=JobPageOut, summary="List jobs, newest first")
 def list_jobs_route(
     session: SessionDep,
@@ -197,17 +210,19 @@ def list_jobs_route(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=512,
                                         description="next_cursor of the previous page")] = None,
+    expand: Annotated[list[str], Query(description="config and/or stages: add them to each "
+                                       "item (comma-separate or repeat)")] = [],  # noqa: B006
 ) -> JobPageOut:
     statuses = _statuses(status)
     labels = _labels(label)
     page, items = list_jobs_for(session, caller, statuses=statuses, labels=labels, limit=limit,
-                                cursor=cursor)
+                                cursor=cursor, expand=_expand(expand))
     return JobPageOut(items=items, next_cursor=page.next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job's status")
 def read_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
-    return job_out(session, load_job(session, caller, job_id))
+    return read_job_for(session, caller, job_id)
 
 
 @router.post(

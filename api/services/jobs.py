@@ -10,6 +10,7 @@ job is known to be valid, and removed again if the job is not created.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +27,21 @@ from api.job_requests import (
     fingerprint,
     resolve_dataset,
 )
-from api.schemas import JobError, JobLinks, JobOut, JobSpec, StageOut
-from api.services.ownership import owned_job
+from api.schemas import JobError, JobLinks, JobListItemOut, JobOut, JobSpec, StageOut
+from api.services.ownership import owned_job, owned_job_summary
 from api.services.quotas import check_active_jobs, check_cost, check_storage
 from api.uploads import UploadedFile, scratch_dir
 from persistence.cost import estimate_cost
-from persistence.jobs import JobPage, create_job, list_jobs, queue_position, request_cancel
-from persistence.models import Checkpoint, Job
+from persistence.jobs import (
+    JobPage,
+    JobSummary,
+    StageSummary,
+    create_job,
+    list_jobs,
+    queue_position,
+    request_cancel,
+)
+from persistence.models import Checkpoint, Job, JobStage
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 
@@ -43,25 +52,51 @@ def job_link(job_id: str, suffix: str = "") -> str:
     return f"/v1/jobs/{job_id}{suffix}"
 
 
-def job_out(session: Session, job: Job) -> JobOut:
-    """The API view of a job (labels and stages loaded)."""
+def _summary_fields(job: Job | JobSummary, position: int | None) -> dict[str, Any]:
     error = (JobError(code=job.error_code, message=job.error_message or job.error_code)
              if job.error_code else None)
-    return JobOut(
-        id=job.id, status=job.status, stage=job.stage,  # type: ignore[arg-type]
+    return dict(
+        id=job.id, status=job.status, stage=job.stage,
         progress=job.stage_progress, progress_message=job.progress_message,
-        queue_position=queue_position(session, job), cancel_requested=job.cancel_requested,
+        queue_position=position, cancel_requested=job.cancel_requested,
         checkpoint_id=job.checkpoint_id, dataset_id=job.dataset_id, labels=job.label_dict,
         device=job.device, attempts=job.attempts, selected_module=job.selected_module,
         chosen_alpha=job.chosen_alpha, metrics=job.metrics, error=error,
-        stages=[StageOut.model_validate(s, from_attributes=True) for s in job.stages],
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        updated_at=job.updated_at, config=job.spec, cost_estimate=job.cost_estimate,
+        updated_at=job.updated_at, cost_estimate=job.cost_estimate,
         links=JobLinks(
             self=job_link(job.id), events=job_link(job.id, "/events"),
             mrc=job_link(job.id, "/mrc"), curves=job_link(job.id, "/curves"),
             artifacts=job_link(job.id, "/artifacts"), cancel=job_link(job.id, "/cancel")),
     )
+
+
+def _stages(stages: Sequence[JobStage | StageSummary]) -> list[StageOut]:
+    return [StageOut.model_validate(s, from_attributes=True) for s in stages]
+
+
+def full_job_out(job: Job | JobSummary, position: int | None) -> JobOut:
+    """The API view of a job (labels and stages loaded) at queue ``position``."""
+    assert job.stages is not None and job.spec is not None
+    return JobOut(**_summary_fields(job, position), stages=_stages(job.stages), config=job.spec)
+
+
+def job_out(session: Session, job: Job) -> JobOut:
+    """The API view of a job (labels and stages loaded); reads its queue position."""
+    return full_job_out(job, queue_position(session, job))
+
+
+def list_item_out(job: JobSummary) -> JobListItemOut:
+    """A list item: the summary, plus the config and stages when they were read."""
+    return JobListItemOut(
+        **_summary_fields(job, job.queue_position), config=job.spec,
+        stages=_stages(job.stages) if job.stages is not None else None)
+
+
+def read_job_for(session: Session, caller: Caller, job_id: str) -> JobOut:
+    """The caller's job by id, read as plain rows (three statements)."""
+    summary = owned_job_summary(session, caller.project_id, job_id)
+    return full_job_out(summary, summary.queue_position)
 
 
 def scoped_idempotency_key(project_id: str, key: str) -> str:
@@ -175,11 +210,14 @@ def _forget_checkpoint(session: Session, store: ObjectStore,
 
 
 def list_jobs_for(session: Session, caller: Caller, *, statuses: list[str] | None,
-                  labels: dict[str, str], limit: int, cursor: str | None) -> tuple[JobPage, Any]:
-    """A page of the caller's jobs (never another project's), with their views."""
+                  labels: dict[str, str], limit: int, cursor: str | None,
+                  expand: frozenset[str] = frozenset()) -> tuple[JobPage, list[JobListItemOut]]:
+    """A page of the caller's jobs (never another project's), with their list views; ``expand``
+    may add ``config`` and ``stages`` to each item. A constant number of statements."""
     page = list_jobs(session, status=statuses, labels=labels, limit=limit, cursor=cursor,
-                     project_id=caller.project_id)
-    return page, [job_out(session, job) for job in page.jobs]
+                     project_id=caller.project_id, with_spec="config" in expand,
+                     with_stages="stages" in expand)
+    return page, [list_item_out(job) for job in page.jobs]
 
 
 def cancel_job_for(session: Session, caller: Caller, job_id: str) -> JobOut:

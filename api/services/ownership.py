@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import NotFound
 from api.schemas import is_resource_id
+from persistence.jobs import JobSummary, get_job_summary
 from persistence.models import Checkpoint, Dataset, Job
 from persistence.transactions import JobNotFound, load_job
 
@@ -43,6 +44,10 @@ def owned_dataset(session: Session, project_id: str, dataset_id: str) -> Dataset
     return row
 
 
+def _job_not_found(job_id: str) -> NotFound:
+    return NotFound(f"no job with id '{job_id[:64]}'", field="job_id", code="job_not_found")
+
+
 def owned_job(session: Session, project_id: str, job_id: str) -> Job:
     """The job (labels and stages loaded, fresh) if ``project_id`` owns it; else a 404."""
     job = None
@@ -52,5 +57,18 @@ def owned_job(session: Session, project_id: str, job_id: str) -> Job:
         except JobNotFound:
             job = None
     if job is None or job.project_id != project_id:
-        raise NotFound(f"no job with id '{job_id[:64]}'", field="job_id", code="job_not_found")
+        raise _job_not_found(job_id)
     return job
+
+
+def owned_job_summary(session: Session, project_id: str, job_id: str) -> JobSummary:
+    """The job read as plain rows (the fast read path) if ``project_id`` owns it; else a 404."""
+    summary = None
+    if is_resource_id(job_id):
+        try:
+            summary = get_job_summary(session, job_id)
+        except JobNotFound:
+            summary = None
+    if summary is None or summary.project_id != project_id:
+        raise _job_not_found(job_id)
+    return summary

@@ -29,12 +29,18 @@ class RecordingDispatcher:
 
     def __init__(self) -> None:
         self.enqueued: list[str] = []
+        self.webhooks: list[str] = []
         self.broker_down = False
 
     def enqueue_job(self, job_id: str) -> None:
         if self.broker_down:
             raise DispatchError("the broker cannot be reached: connection refused (test)")
         self.enqueued.append(job_id)
+
+    def enqueue_webhook(self, delivery_id: str) -> None:
+        if self.broker_down:
+            raise DispatchError("the broker cannot be reached: connection refused (test)")
+        self.webhooks.append(delivery_id)
 
     def check(self) -> None:
         if self.broker_down:

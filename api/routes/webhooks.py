@@ -1,0 +1,103 @@
+"""``/v1/webhooks``: the project's signed webhook endpoints and their delivery log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ProjectIdDep, SessionDep, SettingsDep
+from api.errors import InvalidInput, NotFound
+from api.schemas import is_resource_id
+from api.webhook_schemas import (
+    WebhookAttemptOut,
+    WebhookCreate,
+    WebhookCreatedOut,
+    WebhookDeliveryListOut,
+    WebhookDeliveryOut,
+    WebhookListOut,
+    WebhookOut,
+)
+from persistence import webhooks
+from persistence.models import WebhookEndpoint
+from persistence.outbound import AllowList, TargetRefused, check_target
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+
+def webhook_out(endpoint: WebhookEndpoint) -> WebhookOut:
+    return WebhookOut(id=endpoint.id, url=endpoint.url, events=endpoint.event_types,
+                      description=endpoint.description, created_at=endpoint.created_at)
+
+
+def _checked_id(webhook_id: str) -> str:
+    if not is_resource_id(webhook_id):
+        raise NotFound(f"no webhook with id '{webhook_id[:40]}'", field="webhook_id",
+                       code="webhook_not_found")
+    return webhook_id
+
+
+@router.post(
+    "", status_code=201, response_model=WebhookCreatedOut, summary="Register a webhook",
+    description="Events job.succeeded, job.failed, job.cancelled are POSTed to the URL, signed "
+    "as the Standard Webhooks spec says (webhook-id, webhook-timestamp, webhook-signature "
+    "'v1,<base64 HMAC-SHA256 of \"{id}.{timestamp}.{body}\">'), with retries and backoff. The "
+    "secret is in this answer only. The URL must be http(s) and resolve to public addresses "
+    "only (422 naming 'url' otherwise).",
+    responses={409: {"description": "The project has WEBHOOK_MAX_ENDPOINTS webhooks"},
+               422: {"description": "Invalid or forbidden URL"}},
+)
+async def create_webhook(body: WebhookCreate, session: SessionDep, settings: SettingsDep,
+                         project_id: ProjectIdDep) -> WebhookCreatedOut:
+    allow = AllowList.parse(settings.webhook_allow_list)
+    try:
+        # Resolving the host blocks: off the event loop.
+        await run_in_threadpool(check_target, body.url, allow)
+    except TargetRefused as exc:
+        raise InvalidInput(exc.message, field="url", code="webhook_target_forbidden") from None
+    endpoint = await run_in_threadpool(
+        webhooks.create_endpoint, session, project_id=project_id, url=body.url,
+        event_types=body.events, description=body.description,
+        max_endpoints=settings.webhook_max_endpoints)
+    return WebhookCreatedOut(**webhook_out(endpoint).model_dump(), secret=endpoint.secret)
+
+
+@router.get("", response_model=WebhookListOut, summary="The project's webhooks")
+def list_webhooks(session: SessionDep, project_id: ProjectIdDep) -> WebhookListOut:
+    return WebhookListOut(items=[webhook_out(e)
+                                 for e in webhooks.list_endpoints(session, project_id)])
+
+
+@router.get("/{webhook_id}", response_model=WebhookOut, summary="A webhook")
+def read_webhook(webhook_id: str, session: SessionDep, project_id: ProjectIdDep) -> WebhookOut:
+    return webhook_out(webhooks.get_endpoint(session, project_id, _checked_id(webhook_id)))
+
+
+@router.delete("/{webhook_id}", status_code=204, response_class=Response,
+               summary="Delete a webhook (and its delivery log)")
+def delete_webhook(webhook_id: str, session: SessionDep, project_id: ProjectIdDep) -> Response:
+    webhooks.delete_endpoint(session, project_id, _checked_id(webhook_id))
+    return Response(status_code=204)
+
+
+@router.get("/{webhook_id}/deliveries", response_model=WebhookDeliveryListOut,
+            summary="The webhook's messages and each HTTP attempt, newest first")
+def list_deliveries(
+    webhook_id: str, session: SessionDep, project_id: ProjectIdDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> WebhookDeliveryListOut:
+    endpoint = webhooks.get_endpoint(session, project_id, _checked_id(webhook_id))
+    items = []
+    for delivery, attempts in webhooks.list_deliveries(session, endpoint.id, limit=limit):
+        items.append(WebhookDeliveryOut(
+            id=delivery.id, event_type=delivery.event_type, job_id=delivery.job_id,
+            status=delivery.status,  # type: ignore[arg-type]
+            attempts=delivery.attempts, last_status_code=delivery.last_status_code,
+            last_error=delivery.last_error, next_attempt_at=delivery.next_attempt_at,
+            created_at=delivery.created_at, updated_at=delivery.updated_at,
+            attempt_log=[WebhookAttemptOut.model_validate(a, from_attributes=True)
+                         for a in attempts]))
+    return WebhookDeliveryListOut(items=items)
+
+

@@ -1,0 +1,130 @@
+"""``/v1/webhooks`` over HTTP: register (secret shown once), list, read, delete, the delivery
+log; SSRF refusal at registration; and a job's end delivered, signed and retried, by a real
+Celery worker to a real receiver on 127.0.0.1 (allow-listed)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from persistence.settings import Settings
+from tests.api.helpers import Api, RecordingDispatcher, error_of
+from tests.api.test_job_list_queries import add_jobs
+from tests.service_fixtures import WorkerProcess, settings_from_env
+from tests.webhook_receiver import Receiver
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver(statuses=[]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def allowing_api(api_settings: Settings, start_api: Callable[..., Api]) -> Api:
+    settings = api_settings.model_copy(update={"webhook_allow_list": "127.0.0.1",
+                                               "webhook_max_endpoints": 2})
+    return start_api(settings, dispatcher=RecordingDispatcher())
+
+
+def test_register_list_read_delete(allowing_api: Api, receiver: Receiver) -> None:
+    api = allowing_api
+    created = api.client.post("/v1/webhooks", json={"url": receiver.url,
+                                                    "events": ["job.failed"]})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["secret"].startswith("whsec_") and len(body["secret"]) > 40
+    assert body["events"] == ["job.failed"] and body["url"] == receiver.url
+    hook_id = body["id"]
+
+    listed = api.client.get("/v1/webhooks").json()["items"]
+    assert [h["id"] for h in listed] == [hook_id]
+    assert "secret" not in listed[0]  # shown once
+    assert "secret" not in api.client.get(f"/v1/webhooks/{hook_id}").json()
+    assert api.client.get(f"/v1/webhooks/{hook_id}/deliveries").json() == {"items": []}
+
+    second = api.client.post("/v1/webhooks", json={"url": receiver.url})
+    assert second.status_code == 201
+    assert second.json()["events"] == ["job.cancelled", "job.failed", "job.succeeded"]
+    assert second.json()["secret"] != body["secret"]
+    third = api.client.post("/v1/webhooks", json={"url": receiver.url})
+    assert third.status_code == 409 and error_of(third)["code"] == "webhook_limit_reached"
+
+    assert api.client.delete(f"/v1/webhooks/{hook_id}").status_code == 204
+    for response in (api.client.get(f"/v1/webhooks/{hook_id}"),
+                     api.client.delete(f"/v1/webhooks/{hook_id}"),
+                     api.client.get(f"/v1/webhooks/{hook_id}/deliveries"),
+                     api.client.get("/v1/webhooks/not-an-id")):
+        assert response.status_code == 404
+        assert error_of(response)["field"] == "webhook_id"
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:9/hook", "http://10.0.0.8/hook", "http://169.254.169.254/latest/meta-data",
+    "http://[::1]:8080/", "http://localhost/", "http://[::ffff:10.0.0.1]/",
+    "ftp://example.com/", "http://user:secret@example.com/",
+])
+def test_ssrf_targets_are_refused_at_registration(api: Api, url: str) -> None:
+    response = api.client.post("/v1/webhooks", json={"url": url})
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["field"] == "url" and error["code"] == "webhook_target_forbidden"
+    assert api.client.get("/v1/webhooks").json()["items"] == []
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"url": "https://example.com/h", "events": ["job.started"]}, "events.0"),
+    ({"url": "https://example.com/h", "events": []}, "events"),
+    ({"url": "https://example.com/h", "extra": 1}, "extra"),
+    ({"url": "https://example.com/" + "a" * 3000}, "url"),
+    ({"url": 5}, "url"),
+    ({}, "url"),
+])
+def test_bad_bodies_name_the_field(api: Api, body: dict[str, Any], field: str) -> None:
+    response = api.client.post("/v1/webhooks", json=body)
+    assert response.status_code == 422
+    assert error_of(response)["field"] == field
+
+
+def test_a_cancelled_job_is_delivered_signed_and_retried_by_a_worker(
+        service_env: dict[str, str], start_api: Callable[..., Api],
+        start_worker: Callable[..., WorkerProcess], celery_queue: str,
+        receiver: Receiver) -> None:
+    webhook_env = {"WEBHOOK_QUEUE": celery_queue, "WEBHOOK_ALLOW_LIST": "127.0.0.1",
+                   "WEBHOOK_RETRY_BASE_SECONDS": "0.5"}
+    settings = settings_from_env({**service_env, **webhook_env})
+    start_worker(**webhook_env)
+    api = start_api(settings)  # the real Celery dispatcher
+    receiver.statuses = [500, 200]
+    hook = api.client.post("/v1/webhooks", json={"url": receiver.url}).json()
+    job_id = add_jobs(api, 1, labels={"team": "a"})[0]
+
+    assert api.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    deadline = time.monotonic() + 30
+    while True:
+        items = api.client.get(f"/v1/webhooks/{hook['id']}/deliveries").json()["items"]
+        if items and items[0]["status"] != "pending":
+            break
+        assert time.monotonic() < deadline, items
+        time.sleep(0.2)
+    [delivery] = items
+    assert delivery["status"] == "succeeded" and delivery["attempts"] == 2
+    assert delivery["event_type"] == "job.cancelled" and delivery["job_id"] == job_id
+    assert [a["status_code"] for a in delivery["attempt_log"]] == [500, 200]
+    first, second = (a["started_at"] for a in delivery["attempt_log"])
+    assert first < second
+
+    assert len(receiver.received) == 2
+    for item in receiver.received:
+        assert receiver.verify(item, hook["secret"])
+        assert item.headers["webhook-id"] == delivery["id"]
+    payload = json.loads(receiver.received[-1].body)
+    assert payload["type"] == "job.cancelled"
+    assert payload["data"]["job_id"] == job_id and payload["data"]["labels"]["team"] == "a"

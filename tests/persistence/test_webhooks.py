@@ -1,0 +1,85 @@
+"""The webhook outbox: a job's end writes one message per subscribed endpoint of its project in
+the same transaction, for each of job.succeeded, job.failed and job.cancelled; a transaction that
+rolls back writes none; the after-commit hook sends exactly the messages committed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence import jobs, stages, webhooks
+from persistence.db import create_session_factory
+from persistence.models import utcnow
+from persistence.stages import StageOutputs
+from persistence.transactions import EventKind, log_event, transaction
+from tests.persistence.helpers import claim, finish
+
+
+def endpoint(sessions: sessionmaker[Session], events: list[str], project: str = "default") -> str:
+    with sessions() as session:
+        return webhooks.create_endpoint(
+            session, project_id=project, url="https://hooks.example.com/x", event_types=events,
+            description=None, max_endpoints=10).id
+
+
+def messages(sessions: sessionmaker[Session], endpoint_id: str) -> list[dict[str, object]]:
+    with sessions() as session:
+        return [json.loads(d.body) for d, _ in
+                webhooks.list_deliveries(session, endpoint_id, limit=10)]
+
+
+def test_each_kind_of_end_writes_its_message(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    every = endpoint(sessions, list(webhooks.EVENT_TYPES))
+    only_failed = endpoint(sessions, ["job.failed"])
+    elsewhere = endpoint(sessions, list(webhooks.EVENT_TYPES), project="other-project")
+
+    succeeded = new_job(labels={"k": "v"})
+    for stage in ("mrc", "finetune", "interpolate"):
+        claim(sessions, succeeded, stage)
+        finish(sessions, succeeded, stage,
+               outputs=StageOutputs(metrics={"acc": 90.0}) if stage == "interpolate" else None)
+    failed = new_job()
+    claim(sessions, failed)
+    with sessions() as session:
+        stages.fail_job(session, failed, "invalid_config", "bad")
+    cancelled = new_job()
+    with sessions() as session:
+        jobs.request_cancel(session, cancelled)
+
+    got = {(m["type"], m["data"]["job_id"]) for m in messages(sessions, every)}  # type: ignore[index]
+    assert got == {("job.succeeded", succeeded), ("job.failed", failed),
+                   ("job.cancelled", cancelled)}
+    by_type = {m["type"]: m for m in messages(sessions, every)}
+    assert by_type["job.succeeded"]["data"]["metrics"] == {"acc": 90.0}  # type: ignore[index]
+    assert by_type["job.failed"]["data"]["error"] == {  # type: ignore[index]
+        "code": "invalid_config", "message": "bad"}
+    assert [m["type"] for m in messages(sessions, only_failed)] == ["job.failed"]
+    assert messages(sessions, elsewhere) == []
+
+
+def test_rolled_back_end_writes_no_message_and_commit_sends_each_once(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    hook = endpoint(sessions, list(webhooks.EVENT_TYPES))
+    sent: list[str] = []
+    factory = create_session_factory(sessions.kw["bind"])
+    webhooks.install_delivery_dispatch(factory, sent.append)
+    job_id = new_job()
+
+    with factory() as session, pytest.raises(RuntimeError), transaction(session):
+        jobs.get_job(session, job_id)
+        log_event(session, job_id, EventKind.JOB_FAILED, {}, utcnow())
+        raise RuntimeError("the transaction fails after the event")
+    assert messages(sessions, hook) == [] and sent == []
+
+    with factory() as session:
+        jobs.request_cancel(session, job_id)
+        # A second end of the same kind (a duplicate message, a retried transaction) adds none.
+        with transaction(session):
+            log_event(session, job_id, EventKind.JOB_CANCELLED, {}, utcnow())
+    with sessions() as session:
+        [(delivery, _)] = webhooks.list_deliveries(session, hook, limit=10)
+    assert sent == [delivery.id]

@@ -1,0 +1,163 @@
+"""Webhook delivery by the worker code against a real HTTP receiver on 127.0.0.1 (allow-listed):
+the signature checks out with an independent implementation, a 500 is retried with backoff and
+the next attempt succeeds, the log records each attempt, and a target that is not allowed at
+delivery time gets no request at all."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence import jobs, webhooks
+from persistence.db import create_db_engine, create_session_factory
+from persistence.records import create_checkpoint
+from persistence.settings import Settings
+from tests.service_fixtures import settings_from_env
+from tests.webhook_receiver import Receiver
+from worker.runtime import WorkerResources
+from worker.webhooks import deliver, retry_delay
+
+SPEC = {"architecture": {"name": "small_cnn"}, "dataset": {"name": "digits"}}
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver(statuses=[]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = create_db_engine(db_url)
+    yield create_session_factory(engine)
+    engine.dispose()
+
+
+def worker_settings(db_url: str, tmp_path: Path, **env: str) -> Settings:
+    return settings_from_env({
+        "DATABASE_URL": db_url, "BROKER_URL": "memory://", "STORE_ROOT": str(tmp_path / "o"),
+        "WEBHOOK_RETRY_BASE_SECONDS": "0.3", "WEBHOOK_MAX_ATTEMPTS": "3",
+        "WEBHOOK_TIMEOUT_SECONDS": "5", **env})
+
+
+def cancelled_job_message(sessions: sessionmaker[Session], url: str,
+                          events: tuple[str, ...] = webhooks.EVENT_TYPES) -> tuple[str, str, str]:
+    """A registered endpoint and a job cancelled with its labels: (endpoint id, secret, message
+    id of the job.cancelled message)."""
+    with sessions() as session:
+        endpoint = webhooks.create_endpoint(
+            session, project_id=webhooks.DEFAULT_PROJECT_ID, url=url, event_types=events,
+            description=None, max_endpoints=5)
+        checkpoint = create_checkpoint(
+            session, filename="m.safetensors", size=1, sha256="0" * 64, format="safetensors",
+            storage_key="checkpoints/m", num_tensors=1, num_parameters=1)
+        job, _ = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint.id,
+                                 labels={"team": "a"})
+        jobs.request_cancel(session, job.id)
+        [(delivery, _)] = webhooks.list_deliveries(session, endpoint.id, limit=10)
+        return endpoint.id, endpoint.secret, delivery.id
+
+
+def test_signed_delivery_retried_after_500_then_succeeds(
+        sessions: sessionmaker[Session], db_url: str, tmp_path: Path,
+        receiver: Receiver) -> None:
+    receiver.statuses = [500, 204]
+    endpoint_id, secret, message_id = cancelled_job_message(sessions, receiver.url)
+    resources = WorkerResources(worker_settings(db_url, tmp_path,
+                                                WEBHOOK_ALLOW_LIST="127.0.0.1"))
+    retries: list[tuple[str, float]] = []
+
+    def schedule(message: str, delay: float) -> None:
+        retries.append((message, delay))
+
+    assert deliver(resources, message_id, schedule_retry=schedule) == "retry"
+    assert retries == [(message_id, 0.3)]
+    # Not due yet: a duplicate of the task sends nothing.
+    assert deliver(resources, message_id, schedule_retry=schedule) == "not_due"
+    time.sleep(0.35)
+    assert deliver(resources, message_id, schedule_retry=schedule) == "delivered"
+    assert deliver(resources, message_id, schedule_retry=schedule) == "settled"
+
+    assert len(receiver.received) == 2
+    for item in receiver.received:
+        assert receiver.verify(item, secret), item.headers
+        assert item.headers["webhook-id"] == message_id  # the same message on every attempt
+        assert abs(int(item.headers["webhook-timestamp"]) - time.time()) < 60
+        assert item.headers["content-type"] == "application/json"
+        assert item.path == "/hooks/rift?x=1"
+    # A tampered body or another secret does not verify.
+    forged = receiver.received[1]
+    forged.body = forged.body.replace(b"cancelled", b"succeeded")
+    assert not receiver.verify(forged, secret)
+    assert not receiver.verify(receiver.received[0], webhooks.new_secret())
+
+    payload = json.loads(receiver.received[0].body)
+    assert payload["type"] == "job.cancelled"
+    assert payload["data"]["status"] == "cancelled"
+    assert payload["data"]["labels"] == {"team": "a"}
+
+    with sessions() as session:
+        [(delivery, attempts)] = webhooks.list_deliveries(session, endpoint_id, limit=10)
+    assert delivery.status == "succeeded" and delivery.attempts == 2
+    assert [(a.attempt, a.status_code) for a in attempts] == [(1, 500), (2, 204)]
+    assert attempts[0].error == "the receiver answered HTTP 500" and attempts[1].error is None
+
+
+def test_attempts_are_bounded(sessions: sessionmaker[Session], db_url: str, tmp_path: Path,
+                              receiver: Receiver) -> None:
+    receiver.statuses = [503, 503, 503, 200]
+    _, _, message_id = cancelled_job_message(sessions, receiver.url)
+    settings = worker_settings(db_url, tmp_path, WEBHOOK_ALLOW_LIST="127.0.0.1/32",
+                               WEBHOOK_RETRY_BASE_SECONDS="0.05", WEBHOOK_MAX_ATTEMPTS="3")
+    assert [retry_delay(settings, n) for n in (1, 2, 3)] == [0.05, 0.1, 0.2]
+    resources = WorkerResources(settings)
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(deliver(resources, message_id, schedule_retry=lambda *_: None))
+        time.sleep(0.25)
+    assert outcomes == ["retry", "retry", "failed"]
+    assert deliver(resources, message_id, schedule_retry=lambda *_: None) == "settled"
+    assert len(receiver.received) == 3
+
+
+def test_target_not_allowed_at_delivery_time_gets_no_request(
+        sessions: sessionmaker[Session], db_url: str, tmp_path: Path,
+        receiver: Receiver) -> None:
+    # Registered while allowed (or a DNS answer that has changed since): checked again now.
+    endpoint_id, _, message_id = cancelled_job_message(sessions, receiver.url)
+    resources = WorkerResources(worker_settings(db_url, tmp_path))  # empty allow-list
+    assert deliver(resources, message_id, schedule_retry=lambda *_: None) == "retry"
+    assert receiver.received == []
+    with sessions() as session:
+        [(delivery, attempts)] = webhooks.list_deliveries(session, endpoint_id, limit=10)
+    assert delivery.status == "pending" and delivery.last_status_code is None
+    assert attempts[0].status_code is None
+    assert attempts[0].error is not None and "127.0.0.1 (loopback)" in attempts[0].error
+
+
+def test_only_subscribed_events_and_one_message_per_job_end(
+        sessions: sessionmaker[Session], receiver: Receiver) -> None:
+    endpoint_id, _, _ = cancelled_job_message(sessions, receiver.url, events=("job.cancelled",))
+    other: Any
+    with sessions() as session:
+        other = webhooks.create_endpoint(
+            session, project_id=webhooks.DEFAULT_PROJECT_ID, url=receiver.url,
+            event_types=["job.succeeded"], description=None, max_endpoints=5)
+        assert webhooks.list_deliveries(session, other.id, limit=10) == []
+        assert len(webhooks.list_deliveries(session, endpoint_id, limit=10)) == 1
+        with pytest.raises(webhooks.WebhookLimitReached):
+            webhooks.create_endpoint(session, project_id=webhooks.DEFAULT_PROJECT_ID,
+                                     url=receiver.url, event_types=["job.failed"],
+                                     description=None, max_endpoints=2)

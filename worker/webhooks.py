@@ -1,0 +1,129 @@
+"""Delivering webhook messages: sign (Standard Webhooks), check the target, POST, record.
+
+Signature (https://www.standardwebhooks.com): the headers ``webhook-id`` (the message id, the
+same on every attempt), ``webhook-timestamp`` (Unix seconds of this attempt) and
+``webhook-signature: v1,<base64 of HMAC-SHA256(key, "{id}.{timestamp}.{body}")>``, where the key
+is the base64-decoded part of the endpoint's ``whsec_`` secret. A 2xx answer settles the message;
+anything else (another status, a timeout, a refused target) is retried after
+``WEBHOOK_RETRY_BASE_SECONDS · 2^(attempt-1)`` (at most ``WEBHOOK_RETRY_MAX_SECONDS``), up to
+``WEBHOOK_MAX_ATTEMPTS`` attempts, then the message is marked failed. The target is checked
+against SSRF before every attempt and the request goes to the checked address, without
+following redirects (:mod:`persistence.outbound`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import httpx
+
+from persistence import webhooks
+from persistence.models import utcnow
+from persistence.outbound import AllowList, Resolver, TargetRefused, check_target, resolve
+from persistence.settings import Settings
+from worker.runtime import WorkerResources
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "rift-webhooks/1"
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header value for one attempt."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(webhooks.secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def retry_delay(settings: Settings, attempt: int) -> float:
+    """Seconds before attempt ``attempt + 1``, after attempt ``attempt`` failed."""
+    return float(min(settings.webhook_retry_max_seconds,
+                     settings.webhook_retry_base_seconds * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    status_code: int | None
+    error: str | None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def post(url: str, allow: AllowList, *, headers: dict[str, str], body: bytes, timeout: float,
+         resolver: Resolver = resolve) -> AttemptResult:
+    """One checked POST of ``body`` to ``url``."""
+    try:
+        target = check_target(url, allow, resolver)
+    except TargetRefused as exc:
+        return AttemptResult(None, f"target refused: {exc.message}")
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    try:
+        # trust_env=False: a proxy from the environment would connect to the host again,
+        # bypassing the address just checked.
+        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            request = client.build_request(
+                "POST", target.pinned_url, content=body, extensions=extensions,
+                headers={**headers, "Host": target.host_header, "User-Agent": USER_AGENT,
+                         "Content-Type": "application/json"})
+            response = client.send(request)
+            response.close()
+    except httpx.HTTPError as exc:
+        return AttemptResult(None, f"{type(exc).__name__}: {str(exc)[:200]}")
+    if 200 <= response.status_code < 300:
+        return AttemptResult(response.status_code, None)
+    return AttemptResult(response.status_code, f"the receiver answered HTTP {response.status_code}")
+
+
+def deliver(resources: WorkerResources, delivery_id: str, *,
+            schedule_retry: Callable[[str, float], None],
+            now: Callable[[], datetime] = utcnow) -> str:
+    """Make the next attempt of one message; returns what happened (for logs and tests)."""
+    settings = resources.settings
+    with resources.session() as session:
+        loaded = webhooks.load_delivery(session, delivery_id)
+        if loaded is None:
+            return "missing"
+        delivery, endpoint = loaded
+        if delivery.status != webhooks.WebhookDeliveryStatus.PENDING:
+            return "settled"
+        seen, url, secret = delivery.attempts, endpoint.url, endpoint.secret
+        body = delivery.body.encode("utf-8")
+        started = now()
+        lease = started + timedelta(seconds=2 * settings.webhook_timeout_seconds + 5)
+        if not webhooks.claim_attempt(session, delivery_id, seen, started, lease):
+            return "not_due"
+    attempt = seen + 1
+    timestamp = int(time.time())
+    headers = {"webhook-id": delivery_id, "webhook-timestamp": str(timestamp),
+               "webhook-signature": sign(secret, delivery_id, timestamp, body)}
+    clock = time.monotonic()
+    result = post(url, AllowList.parse(settings.webhook_allow_list), headers=headers, body=body,
+                  timeout=settings.webhook_timeout_seconds)
+    duration_ms = (time.monotonic() - clock) * 1000
+    retry_at = None
+    delay = 0.0
+    if not result.succeeded and attempt < settings.webhook_max_attempts:
+        delay = retry_delay(settings, attempt)
+        retry_at = now() + timedelta(seconds=delay)
+    with resources.session() as session:
+        webhooks.record_attempt(
+            session, delivery_id, attempt, status_code=result.status_code, error=result.error,
+            started_at=started, duration_ms=round(duration_ms, 2), succeeded=result.succeeded,
+            retry_at=retry_at)
+    if result.succeeded:
+        return "delivered"
+    if retry_at is None:
+        logger.warning("webhook message %s failed after %d attempts: %s", delivery_id, attempt,
+                       result.error)
+        return "failed"
+    schedule_retry(delivery_id, delay)
+    return "retry"
