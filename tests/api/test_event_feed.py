@@ -32,8 +32,9 @@ class Streams:
     """``count`` SSE connections to one job's events, held open by an asyncio loop in a thread;
     ``received`` lists (monotonic time, event kind) as they arrive."""
 
-    def __init__(self, url: str, job_id: str, count: int) -> None:
+    def __init__(self, url: str, job_id: str, count: int, key: str) -> None:
         self.url, self.job_id, self.count = url, job_id, count
+        self.headers = {"Accept": "text/event-stream", "Authorization": f"Bearer {key}"}
         self.received: list[tuple[float, str]] = []
         self.open = 0
         self._stop = threading.Event()
@@ -41,7 +42,7 @@ class Streams:
 
     async def _one(self, client: httpx.AsyncClient) -> None:
         async with client.stream("GET", f"/v1/jobs/{self.job_id}/events",
-                                 headers={"Accept": "text/event-stream"}) as response:
+                                 headers=self.headers) as response:
             self.open += 1
             async for line in response.aiter_lines():
                 if line.startswith("event: "):
@@ -80,7 +81,10 @@ def feed_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     mode = request.param
     env = {"STORE_KIND": "local", "STORE_ROOT": str(tmp_path / "objects"),
            "WORK_DIR": str(tmp_path / "work"), "EVENT_NOTIFY": mode,
-           "EVENT_POLL_INTERVAL_SECONDS": "0.5", "BROKER_URL": "memory://"}
+           "EVENT_POLL_INTERVAL_SECONDS": "0.5", "BROKER_URL": "memory://",
+           # One key holds all the test's streams.
+           "DEFAULT_MAX_STREAMS_PER_KEY": str(STREAMS + 10),
+           "DEFAULT_MAX_REQUESTS_PER_MINUTE": "100000"}
     if mode == "poll":
         env["DATABASE_URL"] = request.getfixturevalue("sqlite_url")
     else:
@@ -115,7 +119,7 @@ def test_idle_streams_do_not_query_and_new_events_arrive_within_a_second(
     def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         statements.append(statement)
 
-    with Streams(api.url, job_id, STREAMS) as streams:
+    with Streams(api.url, job_id, STREAMS, api.key) as streams:
         streams.wait_until(lambda: len(streams.kinds("job_created")) == STREAMS, timeout=60)
         time.sleep(0.5)  # let the listener settle (Postgres LISTEN / first poll)
         event.listen(engine, "before_cursor_execute", record)
@@ -152,7 +156,7 @@ def test_stream_resumes_with_last_event_id_and_ends_on_a_pushed_finish(
 
     def listen() -> None:
         with httpx.stream("GET", f"{api.url}/v1/jobs/{job_id}/events", timeout=30,
-                          headers={"Accept": "text/event-stream",
+                          headers={"Authorization": f"Bearer {api.key}", "Accept": "text/event-stream",
                                    "Last-Event-ID": str(first)}) as response:
             lines.extend(line for line in response.iter_lines() if line.startswith("event: "))
 

@@ -53,6 +53,8 @@ def reliability_settings(module_postgres_url: str, tmp_path: Path) -> Settings: 
         "WORK_DIR": str(tmp_path / "work"),
         "MAX_CHECKPOINT_BYTES": str(2 * MIB),
         "MAX_DATASET_BYTES": str(2 * MIB),
+        # Webhook targets on this machine (never called: no job of these tests ends).
+        "WEBHOOK_ALLOW_LIST": "127.0.0.1",
     })
 
 

@@ -29,12 +29,16 @@ COLLECTION_ROUTES = {
     ("get", "/v1/jobs"): "test_lists_show_only_the_callers_jobs",
     ("get", "/v1/admin/projects"): "admin routes: test_admin_cli.py",
     ("post", "/v1/admin/projects"): "admin routes: test_admin_cli.py",
+    ("post", "/v1/webhooks"): "test_webhooks_belong_to_the_callers_project",
+    ("get", "/v1/webhooks"): "test_webhooks_belong_to_the_callers_project",
     ("get", "/v1/healthz"): "no key needed",
     ("get", "/v1/readyz"): "no key needed",
 }
 #: Routes whose ids are project names or key ids, for global admins (test_admin_cli.py).
 ADMIN_PREFIX = "/v1/admin/"
 MISSING_ID = "0" * 32
+#: A webhook target on this machine (allow-listed in the reliability settings; never called).
+HOOK_URL = "http://127.0.0.1:9/hook"
 
 
 def _routes(api: Api) -> list[tuple[str, str]]:
@@ -63,10 +67,13 @@ def test_every_route_hides_another_projects_resources(
     dataset = upload(owner, "/v1/datasets", "d.npz", tiny_npz())
     job = create_job(owner, checkpoint["id"])
     assert job.status_code == 201, job.text
+    hook = owner.post("/v1/webhooks", json={"url": HOOK_URL})
+    assert hook.status_code == 201, hook.text
     theirs = {"checkpoint_id": checkpoint["id"], "dataset_id": dataset["id"],
-              "job_id": job.json()["id"], "name": "tuned.safetensors"}
+              "job_id": job.json()["id"], "webhook_id": hook.json()["id"],
+              "name": "tuned.safetensors"}
     missing = {"checkpoint_id": MISSING_ID, "dataset_id": "1" * 32, "job_id": "2" * 32,
-               "name": "tuned.safetensors"}
+               "webhook_id": "3" * 32, "name": "tuned.safetensors"}
     stranger = clients("other-team")
 
     checked = []
@@ -89,6 +96,19 @@ def test_every_route_hides_another_projects_resources(
     assert owner.get(f"/v1/datasets/{dataset['id']}").status_code == 200
     mine = owner.get(f"/v1/jobs/{theirs['job_id']}").json()
     assert mine["status"] == "queued" and mine["cancel_requested"] is False
+    assert owner.get(f"/v1/webhooks/{theirs['webhook_id']}").status_code == 200
+
+
+def test_webhooks_belong_to_the_callers_project(
+        api: Api, clients: Callable[..., httpx.Client]) -> None:
+    stranger = clients("other-team")
+    mine = api.client.post("/v1/webhooks", json={"url": HOOK_URL})
+    theirs = stranger.post("/v1/webhooks", json={"url": HOOK_URL})
+    assert mine.status_code == theirs.status_code == 201
+    listed = api.client.get("/v1/webhooks").json()["items"]
+    assert [w["id"] for w in listed] == [mine.json()["id"]]
+    assert [w["id"] for w in stranger.get("/v1/webhooks").json()["items"]] == \
+        [theirs.json()["id"]]
 
 
 def test_jobs_cannot_use_another_projects_inputs(
