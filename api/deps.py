@@ -1,6 +1,7 @@
-"""Dependencies shared by the routes: settings, a database session, the object store and the
-dispatcher. All of them live on ``app.state``, put there by :func:`api.main.create_app`; nothing is
-a module-level global, so each app (and each test) has its own."""
+"""Dependencies shared by the routes: settings, a database session, the object store, the
+dispatcher and the upload validator. All of them live on ``app.state``, put there by
+:func:`api.main.create_app`; nothing is a module-level global, so each app (and each test) has
+its own."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.dispatch import Dispatcher
+from api.validation import Validator
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 
@@ -37,8 +39,13 @@ def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher  # type: ignore[no-any-return]
 
 
+def get_validator(request: Request) -> Validator:
+    return request.app.state.validator  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+ValidatorDep = Annotated[Validator, Depends(get_validator)]

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.dispatch import CeleryDispatcher, Dispatcher
 from api.errors import install_error_handlers
 from api.routes import checkpoints, datasets, health, job_events, job_results, jobs
+from api.validation import Validator
 from persistence.db import session_factory_from_settings
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
@@ -29,6 +30,7 @@ def create_app(
     session_factory: sessionmaker[Session] | None = None,
     store: ObjectStore | None = None,
     dispatcher: Dispatcher | None = None,
+    validator: Validator | None = None,
 ) -> FastAPI:
     """Build the API. Missing dependencies are built from ``settings`` (default: the
     environment). The database schema must already exist (``python -m persistence.migrate``)."""
@@ -60,6 +62,7 @@ def create_app(
     app.state.session_factory = factory
     app.state.store = store or settings.build_object_store()
     app.state.dispatcher = queue
+    app.state.validator = validator or Validator(settings)
     install_error_handlers(app)
 
     v1 = APIRouter(prefix=API_PREFIX)

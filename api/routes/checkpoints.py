@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, get_session_factory, get_settings, get_store
+from api.deps import SessionDep, get_session_factory, get_settings, get_store, get_validator
 from api.errors import InvalidInput, NotFound
 from api.ingest import store_checkpoint, validate_checkpoint_upload
 from api.schemas import CheckpointOut, is_resource_id
@@ -46,7 +46,8 @@ async def upload_checkpoint(request: Request, response: Response) -> CheckpointO
             raise InvalidInput(f"the form field '{FILE_FIELD}' (the checkpoint file) is missing",
                                field=FILE_FIELD)
         file = upload.file
-        inspection = await run_in_threadpool(validate_checkpoint_upload, file, FILE_FIELD)
+        inspection = await run_in_threadpool(
+            validate_checkpoint_upload, get_validator(request), file, FILE_FIELD)
         row = await run_in_threadpool(
             store_checkpoint, get_session_factory(request), get_store(request), file, inspection)
     response.headers["Location"] = f"/v1/checkpoints/{row.id}"

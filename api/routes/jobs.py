@@ -122,6 +122,7 @@ def _create(
     """Validate everything, then record and queue the job; runs in a worker thread."""
     state = request.app.state
     settings, store, factory = state.settings, state.store, state.session_factory
+    validator = state.validator
     checkpoint_field = "checkpoint_id" if upload is None else CHECKPOINT_FIELD
     reference = checkpoint_id if upload is None else f"sha256:{upload.sha256}"
     request_hash = fingerprint(spec, reference or "")
@@ -141,11 +142,12 @@ def _create(
         inspection = None
         if upload is None:
             assert checkpoint_id is not None
-            _, shapes = checkpoint_shapes(session, store, checkpoint_id, scratch_dir(settings))
+            _, shapes = checkpoint_shapes(session, store, checkpoint_id, scratch_dir(settings),
+                                          validator)
         else:
-            inspection = validate_checkpoint_upload(upload, CHECKPOINT_FIELD)
+            inspection = validate_checkpoint_upload(validator, upload, CHECKPOINT_FIELD)
             shapes = inspection.shapes
-        check_job_fits(spec.config, shapes, dataset.geometry, checkpoint_field)
+        check_job_fits(validator, spec.config, shapes, dataset.geometry, checkpoint_field)
 
         stored_checkpoint = None
         if upload is not None and inspection is not None:
