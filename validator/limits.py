@@ -8,19 +8,22 @@ import signal
 
 #: Open files: torch's import opens its libraries one at a time; checks open one or two files.
 MAX_OPEN_FILES = 256
+#: Largest file the child may write: a check writes nothing, but importing torch probes the temp
+#: folder with a small file (tempfile.gettempdir), which fails when no write is allowed at all.
+MAX_FILE_BYTES = 1024 * 1024
 
 
 def apply_limits(*, memory_bytes: int, cpu_seconds: int) -> None:
     """Cap this process: ``memory_bytes`` of data segment (RLIMIT_DATA: heap and private writable
     mappings, the memory a hostile file could make it allocate; read-only file mappings and the
     code of shared libraries do not count), ``cpu_seconds`` of CPU time (SIGXCPU, then SIGKILL a
-    second later), no core dumps, no file written (reads only; a write fails with EFBIG instead
-    of killing the process), and a bounded number of open files."""
+    second later), no core dumps, no file larger than :data:`MAX_FILE_BYTES` (a longer write fails
+    with EFBIG instead of killing the process), and a bounded number of open files."""
     resource.setrlimit(resource.RLIMIT_DATA, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
     resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
 
 
