@@ -96,9 +96,10 @@ class Validator:
                    "in_channels": in_channels, "image_size": image_size,
                    "num_features": num_features})
 
-    def probe(self) -> dict[str, Any]:
-        """What a validator process sees: its environment variable names and its limits."""
-        return self._run({"op": "probe"})
+    def probe(self, sleep_seconds: float = 0.0) -> dict[str, Any]:
+        """What a validator process sees: its environment variable names, its limits, and when
+        it started and finished (``time.monotonic``) after sleeping ``sleep_seconds``."""
+        return self._run({"op": "probe", "sleep_seconds": sleep_seconds})
 
     # ----------------------------------------------------------------------------- running
 

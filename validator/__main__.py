@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,12 @@ def _handle(request: dict[str, Any]) -> dict[str, Any]:
                               num_features=request.get("num_features"))
         return {}
     if op == "probe":
+        # started/finished: CLOCK_MONOTONIC, shared by the processes of a machine.
+        started = time.monotonic()
+        time.sleep(float(request.get("sleep_seconds", 0)))
         return {"environment": sorted(os.environ), "limits": current_limits(),
-                "torch_imported": "torch" in sys.modules}
+                "torch_imported": "torch" in sys.modules, "started": started,
+                "finished": time.monotonic()}
     raise ValueError(f"unknown operation {op!r}")
 
 

@@ -39,7 +39,7 @@ def test_layouts() -> None:
                                                                                 None)
     with pytest.raises(DatasetError, match="at least 8 pixels"):
         npz_layout((5, 4, 4), np.dtype(np.uint8), "x", min_image_side=8)
-    with pytest.raises(DatasetError, match="'x_test'.*uint8 or float"):
+    with pytest.raises(DatasetError, match=r"'x_test'.*uint8 or float"):
         npz_layout((5, 8, 8), np.dtype(np.int32), "x_test")
     with pytest.raises(DatasetError, match="integers or floats"):
         npz_layout((5, 3), np.dtype(np.complex64), "x")

@@ -116,7 +116,7 @@ def test_pickled_code_is_refused_by_name(tmp_path: Path) -> None:
     import torch
 
     torch.save({"w": torch.ones(2), "x": _Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match="evil.pt"):
+    with pytest.raises(CheckpointError, match=r"evil\.pt"):
         inspect_checkpoint_file(tmp_path / "evil.pt", "evil.pt")
     (tmp_path / "legacy.pkl").write_bytes(pickle.dumps({"a": 1}, protocol=2))
     with pytest.raises(CheckpointError):
