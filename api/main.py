@@ -38,10 +38,14 @@ def create_app(
     factory = session_factory or session_factory_from_settings(settings)
     queue = dispatcher or CeleryDispatcher(settings)
 
+    checks = validator or Validator(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         queue.close()
+        if validator is None:
+            checks.close()
         engine = factory.kw.get("bind")
         if engine is not None and session_factory is None:
             engine.dispose()
@@ -62,7 +66,7 @@ def create_app(
     app.state.session_factory = factory
     app.state.store = store or settings.build_object_store()
     app.state.dispatcher = queue
-    app.state.validator = validator or Validator(settings)
+    app.state.validator = checks
     install_error_handlers(app)
 
     v1 = APIRouter(prefix=API_PREFIX)

@@ -1,12 +1,13 @@
-"""Running checks in the sandboxed validator process (the ``validator`` package), one process per
-check, so that the API process never imports torch nor holds an upload's tensors.
+"""Running checks in sandboxed validator processes (the ``validator`` package), so that the API
+process never imports torch nor holds an upload's tensors.
 
-Each check is a fresh ``python -m validator`` child: its environment is an allow-list (no
-database URL, broker URL, S3 keys or any other credential), it caps its own memory and CPU time
-before reading anything (``validator/limits.py``), and it is killed after
-``validation_timeout_seconds``. At most ``validation_max_concurrency`` children run at once per
-API process (a semaphore); the others wait up to ``validation_queue_timeout_seconds``. The child's
-memory high-water mark is logged with every check. Calls block: run them in a thread.
+The API starts one validator server (``python -m validator``) on first use, with an environment
+reduced to an allow-list (no database URL, broker URL, S3 keys or any other credential); it
+imports torch once and serves each check in a forked child that caps its own memory, CPU time and
+wall-clock time before reading anything (``validator/limits.py``), so a check costs a fork, not a
+torch import. At most ``validation_max_concurrency`` checks run at once per API process (a
+semaphore); the others wait up to ``validation_queue_timeout_seconds``. Each child's memory
+high-water mark is logged with its check. Calls block: run them in a thread.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from api.errors import InvalidInput, ServiceUnavailable
 from persistence.settings import Settings
@@ -38,7 +41,9 @@ INHERITED_VARIABLES = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 #: One thread for torch and the BLAS libraries: a check is I/O bound and must not take the cores.
 CHILD_VARIABLES = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                    "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
-_STDERR_TAIL = 2000
+#: Seconds the client waits beyond the child's own wall-clock alarm before giving up on it.
+_GRACE_SECONDS = 5.0
+_READ_BYTES = 1024 * 1024
 
 
 def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
@@ -55,6 +60,14 @@ class Validator:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._slots = threading.BoundedSemaphore(settings.validation_max_concurrency)
+        self._lock = threading.Lock()
+        self._server: subprocess.Popen[bytes] | None = None
+        self._folder: Path | None = None
+
+    def close(self) -> None:
+        """Stop the validator server (a later check starts a new one)."""
+        with self._lock:
+            self._stop_server()
 
     # -------------------------------------------------------------------------- operations
 
@@ -111,77 +124,97 @@ class Validator:
                 f"{settings.validation_queue_timeout_seconds:g} s; retry later",
                 code="validation_busy")
         try:
-            return self._run_child(request, settings.validation_memory_bytes + extra_memory)
+            limits = {"memory_bytes": settings.validation_memory_bytes + extra_memory,
+                      "cpu_seconds": settings.validation_cpu_seconds,
+                      "wall_seconds": settings.validation_timeout_seconds}
+            started = time.monotonic()
+            reply = self._exchange({**request, "limits": limits})
         finally:
             self._slots.release()
-
-    def _run_child(self, request: dict[str, Any], memory_bytes: int) -> dict[str, Any]:
-        settings = self._settings
-        command = [sys.executable, "-m", "validator", "--memory-bytes", str(memory_bytes),
-                   "--cpu-seconds", str(settings.validation_cpu_seconds)]
-        started = time.monotonic()
-        child = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=child_environment(os.environ), cwd=PROJECT_ROOT, start_new_session=True)
-        try:
-            out, err = child.communicate(json.dumps(request).encode(),
-                                         timeout=settings.validation_timeout_seconds)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()
-            raise InvalidInput(
-                f"validation took longer than the limit of "
-                f"{settings.validation_timeout_seconds:g} s (VALIDATION_TIMEOUT_SECONDS)",
-                code="validation_limit",
-                details={"limit_seconds": settings.validation_timeout_seconds}) from None
-        except BaseException:
-            child.kill()
-            child.communicate()
-            raise
-        seconds = time.monotonic() - started
-        reply = self._parse(out)
-        if reply is None:
-            self._raise_for_exit(child.returncode, err, memory_bytes)
         peak = reply.get("peak_rss_kb", {})
-        logger.info("validation %s: peak RSS %s kB (at start %s kB), %.2f s",
-                    request["op"], peak.get("end"), peak.get("start"), seconds)
+        logger.info("validation %s: peak RSS %s kB (at start %s kB), %.2f s", request["op"],
+                    peak.get("end"), peak.get("start"), time.monotonic() - started)
         if reply.get("ok"):
             result: dict[str, Any] = reply["result"]
             return result
         if "error" in reply:
             raise decode_error(reply["error"])
         if reply.get("memory"):
-            raise self._memory_error(memory_bytes)
+            raise InvalidInput(
+                f"checking the file needed more memory than the validation limit of "
+                f"{limits['memory_bytes']} bytes (VALIDATION_MEMORY_BYTES)",
+                code="validation_limit", details={"limit_bytes": limits["memory_bytes"]})
         logger.error("validation %s failed inside the validator: %s", request["op"],
                      reply.get("internal"))
         raise ServiceUnavailable("the validator failed unexpectedly; retry later",
                                  code="validation_failed")
 
-    @staticmethod
-    def _parse(out: bytes) -> dict[str, Any] | None:
-        try:
-            reply = json.loads(out)
-        except ValueError:
-            return None
-        return reply if isinstance(reply, dict) else None
-
-    def _memory_error(self, memory_bytes: int) -> InvalidInput:
-        return InvalidInput(
-            f"checking the file needed more memory than the validation limit of {memory_bytes} "
-            "bytes (VALIDATION_MEMORY_BYTES)", code="validation_limit",
-            details={"limit_bytes": memory_bytes})
-
-    def _raise_for_exit(self, returncode: int, err: bytes, memory_bytes: int) -> NoReturn:
+    def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send ``request`` to a forked child of the server and read its reply."""
         settings = self._settings
-        if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        path = self._server_socket()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(settings.validation_timeout_seconds + _GRACE_SECONDS)
+            parts = []
+            try:
+                connection.connect(str(path))
+                connection.sendall(json.dumps(request).encode())
+                connection.shutdown(socket.SHUT_WR)
+                while chunk := connection.recv(_READ_BYTES):
+                    parts.append(chunk)
+            except TimeoutError:
+                parts = []
+            except OSError as exc:
+                logger.error("cannot reach the validator server: %s", exc)
+                raise ServiceUnavailable("the validator is not available; retry later",
+                                         code="validation_failed") from exc
+        try:
+            reply = json.loads(b"".join(parts)) if parts else None
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            # The child ended without a reply: its CPU or wall-clock limit killed it.
             raise InvalidInput(
-                f"checking the file used more than the limit of {settings.validation_cpu_seconds} "
-                "CPU seconds (VALIDATION_CPU_SECONDS)", code="validation_limit",
-                details={"limit_cpu_seconds": settings.validation_cpu_seconds})
-        tail = err.decode("utf-8", "replace")[-_STDERR_TAIL:]
-        if "MemoryError" in tail or "std::bad_alloc" in tail or returncode == -signal.SIGSEGV:
-            raise self._memory_error(memory_bytes)
-        logger.error("the validator exited with %s and no reply: %s", returncode, tail)
-        raise ServiceUnavailable("the validator failed unexpectedly; retry later",
-                                 code="validation_failed")
+                "checking the file ran past the validation limits "
+                f"({settings.validation_cpu_seconds} CPU seconds, "
+                f"{settings.validation_timeout_seconds:g} s; VALIDATION_CPU_SECONDS, "
+                "VALIDATION_TIMEOUT_SECONDS)", code="validation_limit",
+                details={"limit_cpu_seconds": settings.validation_cpu_seconds,
+                         "limit_seconds": settings.validation_timeout_seconds})
+        return reply
 
+    def _server_socket(self) -> Path:
+        """The socket of a running validator server, started (or restarted) when needed."""
+        with self._lock:
+            if self._server is not None and self._server.poll() is None and self._folder:
+                return self._folder / "socket"
+            self._stop_server()
+            folder = Path(tempfile.mkdtemp(prefix="rift-validator-"))  # mode 0700
+            server = subprocess.Popen(
+                [sys.executable, "-m", "validator", "--socket", str(folder / "socket")],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                env=child_environment(os.environ), cwd=PROJECT_ROOT, start_new_session=True)
+            assert server.stdout is not None
+            if server.stdout.readline().strip() != b"ready":
+                server.kill()
+                server.wait()
+                shutil.rmtree(folder, ignore_errors=True)
+                raise ServiceUnavailable("the validator did not start; retry later",
+                                         code="validation_failed")
+            self._server, self._folder = server, folder
+            return folder / "socket"
+
+    def _stop_server(self) -> None:
+        if self._server is not None:
+            self._server.terminate()
+            try:
+                self._server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+                self._server.wait()
+            if self._server.stdout is not None:
+                self._server.stdout.close()
+            self._server = None
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None

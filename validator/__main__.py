@@ -1,72 +1,105 @@
-"""Entry point of the validator process (see the package docstring): limits first, then one
-request from stdin, one reply to stdout."""
+"""The validator server: ``python -m validator --socket PATH``.
+
+Started by the API (``api/validation.py``) with an environment free of credentials, it imports
+torch and the check modules once, prints ``ready``, then accepts connections on the Unix socket
+``PATH``; each connection is one check, served by a forked child that applies its limits (memory,
+CPU time, wall-clock alarm: ``limits`` in the request) before it reads anything, so a check costs
+a fork instead of a torch import, and a hostile file can only exhaust its own child. The server
+exits when the process that started it is gone.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import signal
+import socket
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
-from validator.limits import apply_limits, current_limits, peak_rss_kb
+from validator.limits import apply_limits
+
+#: How often the server looks whether the API that started it is still alive (seconds).
+PARENT_POLL_SECONDS = 1.0
+_READ_BYTES = 1024 * 1024
 
 
-def _handle(request: dict[str, Any]) -> dict[str, Any]:
-    op = request.get("op")
-    if op == "checkpoint":
-        from validator.checkpoint import inspect_checkpoint_file
+def _preload() -> None:
+    # Imported once here, shared copy-on-write by every forked check.
+    import numpy  # noqa: F401
+    import torch
 
-        return inspect_checkpoint_file(Path(request["path"]), request["display_name"]).to_json()
-    if op == "dataset":
-        from validator.dataset import inspect_dataset_file
+    import rift.checkpoints
+    import rift.finetune
+    import rift.models
+    import rift.mrc  # noqa: F401
+    import validator.checkpoint
+    import validator.dataset
+    import validator.fit
+    import validator.service  # noqa: F401
 
-        return inspect_dataset_file(request["path"], request["display_name"],
-                                    int(request["max_unpacked_bytes"])).to_json()
-    if op == "fit":
-        from rift.config import RiftConfig
-        from validator.fit import check_checkpoint_fits
+    torch.set_num_threads(1)
 
-        config = RiftConfig.model_validate(request["config"])
-        shapes = {key: tuple(shape) for key, shape in request["shapes"].items()}
-        check_checkpoint_fits(config, shapes, in_channels=request.get("in_channels"),
-                              image_size=request.get("image_size"),
-                              num_features=request.get("num_features"))
-        return {}
-    if op == "probe":
-        # started/finished: CLOCK_MONOTONIC, shared by the processes of a machine.
-        started = time.monotonic()
-        time.sleep(float(request.get("sleep_seconds", 0)))
-        return {"environment": sorted(os.environ), "limits": current_limits(),
-                "torch_imported": "torch" in sys.modules, "started": started,
-                "finished": time.monotonic()}
-    raise ValueError(f"unknown operation {op!r}")
+
+def _read_request(connection: socket.socket) -> dict[str, Any]:
+    parts = []
+    while chunk := connection.recv(_READ_BYTES):
+        parts.append(chunk)
+    request: dict[str, Any] = json.loads(b"".join(parts))
+    return request
+
+
+def _serve_one(connection: socket.socket) -> None:
+    from validator.service import answer
+
+    request = _read_request(connection)
+    limits = request.pop("limits")
+    apply_limits(memory_bytes=int(limits["memory_bytes"]), cpu_seconds=int(limits["cpu_seconds"]))
+    # SIGALRM's default action ends the process: the API then sees a closed connection.
+    signal.alarm(max(1, math.ceil(float(limits["wall_seconds"]))))
+    reply = answer(request)
+    connection.sendall(json.dumps(reply).encode())
+    connection.shutdown(socket.SHUT_WR)
+
+
+def serve(path: str) -> None:
+    """Accept checks on the Unix socket ``path`` until the parent process is gone."""
+    parent = os.getppid()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    listener.settimeout(PARENT_POLL_SECONDS)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    print("ready", flush=True)
+    while os.getppid() == parent:
+        try:
+            connection, _ = listener.accept()
+        except TimeoutError:
+            continue
+        pid = os.fork()
+        if pid == 0:
+            listener.close()
+            status = 1
+            try:
+                connection.settimeout(None)
+                _serve_one(connection)
+                status = 0
+            finally:
+                os._exit(status)
+        connection.close()
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m validator")
-    parser.add_argument("--memory-bytes", type=int, required=True)
-    parser.add_argument("--cpu-seconds", type=int, required=True)
+    parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
     args = parser.parse_args(argv)
-    apply_limits(memory_bytes=args.memory_bytes, cpu_seconds=args.cpu_seconds)
-    start = peak_rss_kb()
-    from rift.errors import RiftError
-    from validator.protocol import encode_error
-
-    reply: dict[str, Any]
-    try:
-        reply = {"ok": True, "result": _handle(json.load(sys.stdin))}
-    except RiftError as exc:
-        reply = {"ok": False, "error": encode_error(exc)}
-    except MemoryError:
-        reply = {"ok": False, "memory": True}
-    except Exception as exc:  # reported to the API, which answers 503 and logs it
-        reply = {"ok": False, "internal": f"{type(exc).__name__}: {exc}"[:2000]}
-    reply["peak_rss_kb"] = {"start": start, "end": peak_rss_kb()}
-    json.dump(reply, sys.stdout)
-    sys.stdout.flush()
+    _preload()
+    serve(args.socket)
     return 0
 
 
