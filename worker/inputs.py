@@ -60,7 +60,8 @@ def _member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
     # The upload's member policy (checked on upload too), then tarfile's own "data" filter.
     problem = tar_member_problem(member)
     if problem is not None:
-        raise DatasetError(f"the dataset archive's member {member.name!r} {problem}")
+        raise DatasetError(
+            f"the dataset archive cannot be extracted: member {member.name!r} {problem}")
     return tarfile.data_filter(member, path)
 
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from api.main import create_app
+from api.validation import Validator
 from persistence.db import session_factory_from_settings
 from persistence.settings import Settings
 from tests.api.helpers import MIB, Api, ApiServer, RecordingDispatcher, small_cnn_state
@@ -67,14 +68,24 @@ def api_settings(database_url: str, tmp_path: Path) -> Settings:
     })
 
 
+@pytest.fixture(scope="session")
+def shared_validator() -> Iterator[Validator]:
+    """One validator server for the session's API apps: each would otherwise start its own and
+    pay torch's import (seconds). Checks still run one forked child each, with default limits."""
+    validator = Validator(Settings())
+    yield validator
+    validator.close()
+
+
 @pytest.fixture
-def start_api() -> Iterator[Callable[..., Api]]:
+def start_api(shared_validator: Validator) -> Iterator[Callable[..., Api]]:
     """``start_api(settings, **create_app_kwargs) -> Api``: serve ``create_app`` over HTTP."""
     running: list[tuple[ApiServer, httpx.Client, Any]] = []
 
     def start(settings: Settings, **kwargs: Any) -> Api:
         sessions = session_factory_from_settings(settings)
         kwargs.setdefault("session_factory", sessions)
+        kwargs.setdefault("validator", shared_validator)
         app = create_app(settings, **kwargs)
         server = ApiServer(app).start()
         client = httpx.Client(base_url=server.url, timeout=60)
