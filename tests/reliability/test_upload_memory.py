@@ -1,9 +1,10 @@
 """A 1 GiB checkpoint upload through real HTTP grows no process by more than 100 MB.
 
 The API runs as a uvicorn subprocess (Postgres, local object store); its memory high-water mark
-(VmHWM in /proc/<pid>/status) is read after a small warm-up upload and again after the big one.
-The checkpoint is checked in a validator process, which reports its own VmHWM (at its start and
-at its end) in the API's log line for the check; both growths are bounded.
+(VmHWM in /proc/<pid>/status) and that of its validator server are read after a small warm-up
+upload and again after the big one. The checkpoint is checked in a child forked by the validator
+server, which reports its own VmHWM (at its start and at its end) in the API's log line for the
+check. All three growths are bounded.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ def peak_rss_bytes(pid: int) -> int:
     raise AssertionError("no VmHWM in /proc status")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid``'s threads started (the validator server, once a check has run)."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
 def file_chunks(path: Path, size: int = 1024**2) -> Iterator[bytes]:
     with path.open("rb") as handle:
         while chunk := handle.read(size):
@@ -115,6 +122,9 @@ def test_one_gib_checkpoint_upload_grows_no_process_by_more_than_100_mb(
                               headers={"content-type": "application/octet-stream"})
         assert warm_up.status_code == 201, warm_up.text
         api_baseline = peak_rss_bytes(process.pid)
+        servers = child_pids(process.pid)
+        assert len(servers) == 1, servers  # the validator server
+        server_baseline = peak_rss_bytes(servers[0])
 
         big = tmp_path / "big.safetensors"
         count = sparse_safetensors(big, CHECKPOINT_BYTES)
@@ -126,12 +136,16 @@ def test_one_gib_checkpoint_upload_grows_no_process_by_more_than_100_mb(
     assert answer.json()["num_parameters"] == count
 
     api_growth = peak_rss_bytes(process.pid) - api_baseline
+    server_growth = peak_rss_bytes(servers[0]) - server_baseline
     checks = [(int(end), int(start)) for end, start in _LOG_LINE.findall(log.read_text())]
     assert len(checks) == 2, log.read_text()[-3000:]
     validator_end, validator_start = (kb * 1024 for kb in checks[-1])
     validator_growth = validator_end - validator_start
     print(json.dumps({"api_baseline_mb": api_baseline / 2**20, "api_growth_mb": api_growth / 2**20,
+                      "server_baseline_mb": server_baseline / 2**20,
+                      "server_growth_mb": server_growth / 2**20,
                       "validator_start_mb": validator_start / 2**20,
                       "validator_growth_mb": validator_growth / 2**20}))
     assert api_growth <= MAX_GROWTH_BYTES, api_growth
+    assert server_growth <= MAX_GROWTH_BYTES, server_growth
     assert validator_growth <= MAX_GROWTH_BYTES, validator_growth
