@@ -74,6 +74,9 @@ def serve(path: str) -> None:
     listener.settimeout(PARENT_POLL_SECONDS)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     print("ready", flush=True)
+    # The API reads nothing more from this pipe: nothing written later may fill it and block.
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), sys.stdout.fileno())
     while os.getppid() == parent:
         try:
             connection, _ = listener.accept()

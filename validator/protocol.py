@@ -1,7 +1,8 @@
-"""The validator's request and reply, as JSON over the child's stdin and stdout, and the library
-errors carried across the process boundary. Imports no torch: the API uses it too.
+"""The validator's request and reply, JSON sent over one Unix-socket connection per check, and the
+library errors carried across the process boundary. Imports no torch: the API uses it too.
 
-A request is ``{"op": OP, ...arguments}`` with OP one of :data:`OPERATIONS`. A reply is
+A request is ``{"op": OP, "limits": {memory_bytes, cpu_seconds, wall_seconds}, ...arguments}``
+with OP one of :data:`OPERATIONS`. A reply is
 ``{"ok": true, "result": {...}}``, or ``{"ok": false, "error": {...}}`` for a library error (the
 upload's fault: encoded by :func:`encode_error`), or ``{"ok": false, "internal": "..."}`` for
 anything else; every reply also carries ``"peak_rss_kb": {"start": kB, "end": kB}``, the child's
