@@ -1,7 +1,7 @@
 """Dependencies shared by the routes: settings, a database session, the object store, the
-dispatcher, the caller (``CallerDep``, see :mod:`api.auth`) and the limiters. All of them live on
-``app.state``, put there by :func:`api.main.create_app`; nothing is a module-level global, so
-each app (and each test) has its own."""
+dispatcher, the upload validator, the caller (``CallerDep``, see :mod:`api.auth`) and the limiters.
+All of them live on ``app.state``, put there by :func:`api.main.create_app`; nothing is a
+module-level global, so each app (and each test) has its own."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from api.dispatch import Dispatcher
 from api.event_feed import EventFeed
 from api.limits import RateLimiter, StreamSlots
 from api.services.jobs import JobServices
+from api.validation import Validator
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 
 __all__ = ["AdminDep", "Caller", "CallerDep", "DispatcherDep", "EventFeedDep", "JobServicesDep",
            "ProjectIdDep", "RateLimiterDep", "SessionDep", "SessionFactoryDep", "SettingsDep",
-           "StoreDep", "StreamSlotsDep"]
+           "StoreDep", "StreamSlotsDep", "ValidatorDep"]
 
 
 def get_settings(request: Request) -> Settings:
@@ -56,9 +57,15 @@ def get_rate_limiter(request: Request) -> RateLimiter:
 
 def get_stream_slots(request: Request) -> StreamSlots:
     return request.app.state.stream_slots  # type: ignore[no-any-return]
+
+
 def get_project_id(caller: CallerDep) -> str:
     """The caller's project: what per-project resources (webhooks) are filed under."""
     return caller.project_id
+
+
+def get_validator(request: Request) -> Validator:
+    return request.app.state.validator  # type: ignore[no-any-return]
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -69,12 +76,13 @@ DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 EventFeedDep = Annotated[EventFeed, Depends(get_event_feed)]
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 StreamSlotsDep = Annotated[StreamSlots, Depends(get_stream_slots)]
+ValidatorDep = Annotated[Validator, Depends(get_validator)]
 
 
 def get_job_services(settings: SettingsDep, store: StoreDep, factory: SessionFactoryDep,
-                     dispatcher: DispatcherDep) -> JobServices:
+                     dispatcher: DispatcherDep, validator: ValidatorDep) -> JobServices:
     return JobServices(settings=settings, store=store, session_factory=factory,
-                       dispatcher=dispatcher)
+                       dispatcher=dispatcher, validator=validator)
 
 
 JobServicesDep = Annotated[JobServices, Depends(get_job_services)]

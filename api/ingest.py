@@ -13,14 +13,16 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.checkpoint_validation import CheckpointInspection, inspect_checkpoint_file
-from api.dataset_validation import MAX_EXPANSION, DatasetInspection, inspect_dataset_file
+from api.dataset_validation import MAX_EXPANSION
 from api.errors import ServiceUnavailable, from_rift_error
 from api.uploads import UploadedFile
+from api.validation import Validator
 from persistence.models import Checkpoint, Dataset, new_id
 from persistence.records import create_checkpoint, create_dataset
 from persistence.storage import ObjectStore
 from rift.errors import RiftError
+from validator.checkpoint import CheckpointInspection
+from validator.dataset import DatasetInspection
 
 Record = TypeVar("Record")
 
@@ -28,14 +30,17 @@ CHECKPOINT_SUFFIX = {"safetensors": "safetensors", "torch": "pt"}
 DATASET_SUFFIX = {"npz": "npz", "imagefolder": "tar"}
 
 
-def validate_checkpoint_upload(file: UploadedFile, field: str) -> CheckpointInspection:
-    """Check the uploaded checkpoint completely.
+def validate_checkpoint_upload(validator: Validator, file: UploadedFile,
+                               field: str) -> CheckpointInspection:
+    """Check the uploaded checkpoint completely, in the sandboxed validator.
 
     Raises:
-        InvalidInput: (422, ``field``) the reason the file is not an acceptable checkpoint.
+        InvalidInput: (422, ``field``) the reason the file is not an acceptable checkpoint, or
+            the validation limit it ran past.
+        ServiceUnavailable: (503) no validation slot, or the validator failed.
     """
     try:
-        return inspect_checkpoint_file(file.path, file.filename)
+        return validator.inspect_checkpoint(file.path, file.filename)
     except RiftError as exc:
         raise from_rift_error(exc, field=field) from exc
 
@@ -85,11 +90,13 @@ def store_checkpoint(
         project_id=project_id))
 
 
-def validate_dataset_upload(file: UploadedFile, field: str, max_bytes: int) -> DatasetInspection:
-    """Check the uploaded archive (npz keys and arrays, or safe tar members and an ImageFolder
-    layout). Raises InvalidInput (422, ``field``) with the reason."""
+def validate_dataset_upload(validator: Validator, file: UploadedFile, field: str,
+                            max_bytes: int) -> DatasetInspection:
+    """Check the uploaded archive in the sandboxed validator (npz keys, arrays and every value,
+    or safe tar members and an ImageFolder layout). Raises InvalidInput (422, ``field``) with
+    the reason, ServiceUnavailable (503) when no validation could run."""
     try:
-        return inspect_dataset_file(str(file.path), file.filename, max_bytes * MAX_EXPANSION)
+        return validator.inspect_dataset(file.path, file.filename, max_bytes * MAX_EXPANSION)
     except RiftError as exc:
         raise from_rift_error(exc, field=field) from exc
 
@@ -108,4 +115,7 @@ def store_dataset(
     return _store_then_record(session_factory, store, key, file, lambda session: create_dataset(
         session, dataset_id=dataset_id, filename=file.filename, kind=inspection.kind,
         size=file.size, sha256=file.sha256, storage_key=key, project_id=project_id,
-        num_examples=inspection.num_examples))
+        content=inspection.content,
+        image_shape=inspection.image_shape, num_features=inspection.num_features,
+        num_examples=inspection.num_examples, num_classes=inspection.num_classes,
+        label_min=inspection.label_min, label_max=inspection.label_max))

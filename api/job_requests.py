@@ -19,12 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from api.checkpoint_validation import Shapes, check_checkpoint_fits, stored_checkpoint_shapes
-from api.dataset_validation import dataset_geometry, stored_dataset_geometry
+from api.checkpoint_validation import Shapes, stored_checkpoint_shapes
+from api.dataset_validation import Geometry, dataset_geometry, uploaded_dataset_geometry
 from api.errors import InvalidInput, from_rift_error
 from api.schemas import JobSpec
 from api.services.ownership import find_owned
 from api.spec_limits import check_service_bounds
+from api.validation import Validator
 from persistence.jobs import request_fingerprint
 from persistence.models import Checkpoint, Dataset
 from persistence.storage import ObjectStore
@@ -127,11 +128,11 @@ def fingerprint(spec: JobSpec, checkpoint_ref: str) -> str:
 
 @dataclass(frozen=True)
 class ResolvedDataset:
-    """The dataset a job will read: the uploaded row (if any) and the image geometry
-    (channels, height) its model is built for; None when it cannot be known in advance."""
+    """The dataset a job will read: the uploaded row (if any) and the geometry its model is
+    built for (sizes None when they cannot be known in advance)."""
 
     row: Dataset | None
-    geometry: tuple[int, int] | None
+    geometry: Geometry
 
 
 def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec,
@@ -141,7 +142,8 @@ def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec,
 
     Raises:
         InvalidInput: (422) unknown ``dataset_id``, a kind that does not match it, a client path,
-            or an uploaded kind without ``dataset_id``; each names its field.
+            an uploaded kind without ``dataset_id``, or more classes in the dataset than
+            ``architecture.num_classes``; each names its field.
     """
     dataset = spec.config.dataset
     if spec.dataset_id is None:
@@ -184,51 +186,62 @@ def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec,
     if dataset.path != dataset_placeholder(row.id):
         raise InvalidInput("leave out 'path': the service sets it from 'dataset_id'",
                            field="config.dataset.path")
+    _check_classes(row, spec.config.architecture.num_classes)
     try:
-        geometry = stored_dataset_geometry(store, row.storage_key, row.kind, dataset)
+        geometry = uploaded_dataset_geometry(store, row, dataset)
     except RiftError as exc:
         raise from_rift_error(exc, field="dataset_id") from exc
     return ResolvedDataset(row, geometry)
 
 
-def check_job_fits(config: RiftConfig, shapes: Shapes, geometry: tuple[int, int] | None,
+def _check_classes(row: Dataset, num_classes: int) -> None:
+    # Labels are class indices: a label >= num_classes would fail on the worker, mid-job.
+    if row.num_classes is not None and row.num_classes > num_classes:
+        raise InvalidInput(
+            f"dataset {row.id} has {row.num_classes} classes (labels {row.label_min} to "
+            f"{row.label_max}) but architecture.num_classes is {num_classes}",
+            field="config.architecture.num_classes", code="too_few_classes",
+            details={"dataset_num_classes": row.num_classes,
+                     "architecture_num_classes": num_classes})
+
+
+def check_job_fits(validator: Validator, config: RiftConfig, shapes: Shapes, geometry: Geometry,
                    checkpoint_field: str) -> None:
-    """Build the job's model on the meta device and check the checkpoint and module names.
+    """Check in the validator process that the checkpoint fits the job's model (built on the
+    meta device for ``geometry``) and that the spec's module names exist.
 
     Raises:
         ApiError: (422) checkpoint mismatch (field ``checkpoint_field``, with the missing,
-            unexpected and mismatched keys), unknown architecture or module names.
+            unexpected and mismatched keys), unknown architecture or module names; (503) the
+            validator could not run.
     """
-    channels, size = geometry if geometry is not None else (3, 32)
     try:
-        model = check_checkpoint_fits(config, shapes, channels, size)
-        _check_module_names(model, config)
+        validator.check_fit(config, shapes, in_channels=geometry.channels,
+                            image_size=geometry.image_size, num_features=geometry.num_features)
     except ConfigError as exc:
         raise from_rift_error(exc) from exc
     except RiftError as exc:
         raise from_rift_error(exc, field=checkpoint_field) from exc
 
 
-def _check_module_names(model: Any, config: RiftConfig) -> None:
-    from rift.finetune import trainable_module
-    from rift.mrc import select_modules
-
-    select_modules(model, config.mrc)
-    if config.finetune.module is not None:
-        trainable_module(model, config.finetune.module)
-
-
 def checkpoint_shapes(
-    session: Session, store: ObjectStore, checkpoint_id: str, scratch_dir: Path, project_id: str
+    session: Session, store: ObjectStore, checkpoint_id: str, scratch_dir: Path,
+    validator: Validator, project_id: str,
 ) -> tuple[Checkpoint, Shapes]:
     """The uploaded checkpoint ``checkpoint_id`` (``project_id``'s) and its key → shape map.
 
     Raises:
-        InvalidInput: (422, field ``checkpoint_id``) no such checkpoint.
+        InvalidInput: (422, field ``checkpoint_id``) no such checkpoint, or a stored PyTorch file
+            the validator refuses.
     """
     row = find_owned(session, Checkpoint, project_id, checkpoint_id)
     session.commit()
     if row is None:
         raise InvalidInput(f"no checkpoint with id '{checkpoint_id}' (upload one with POST "
                            "/v1/checkpoints)", field="checkpoint_id", code="unknown_checkpoint")
-    return row, stored_checkpoint_shapes(store, row.storage_key, row.format, scratch_dir)
+    try:
+        shapes = stored_checkpoint_shapes(store, row.storage_key, row.format, scratch_dir,
+                                          validator)
+    except RiftError as exc:
+        raise from_rift_error(exc, field="checkpoint_id") from exc
+    return row, shapes

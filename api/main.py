@@ -34,6 +34,7 @@ from api.routes import (
     jobs,
     webhooks,
 )
+from api.validation import Validator
 from persistence.db import session_factory_from_settings
 from persistence.event_notify import EventPublisher, build_publisher, install_publisher, notify_mode
 from persistence.settings import Settings
@@ -51,6 +52,7 @@ def create_app(
     dispatcher: Dispatcher | None = None,
     rate_limiter: RateLimiter | None = None,
     event_feed: EventFeed | None = None,
+    validator: Validator | None = None,
 ) -> FastAPI:
     """Build the API. Missing dependencies are built from ``settings`` (default: the
     environment). The database schema must already exist (``python -m persistence.migrate``).
@@ -69,6 +71,8 @@ def create_app(
     # A cancel the API commits may owe webhook messages: their delivery task leaves after it.
     install_delivery_dispatch(factory, queue.enqueue_webhook)
 
+    checks = validator or Validator(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await feed.start()
@@ -78,6 +82,8 @@ def create_app(
             publisher.close()
         queue.close()
         limiter.close()
+        if validator is None:
+            checks.close()
         engine = factory.kw.get("bind")
         if engine is not None and session_factory is None:
             engine.dispose()
@@ -101,6 +107,7 @@ def create_app(
     app.state.rate_limiter = limiter
     app.state.stream_slots = StreamSlots()
     app.state.event_feed = feed
+    app.state.validator = checks
     install_error_handlers(app)
     if settings.cors_allow_origins:
         # No credentials: keys travel in a header a page must set itself, never in cookies.

@@ -78,10 +78,18 @@ class DatasetOut(BaseModel):
     filename: str | None = None
     size: int | None = Field(None, description="Bytes; None for built-in datasets.")
     sha256: str | None = None
+    content: Literal["images", "features"] | None = Field(
+        None, description="Images, or feature vectors (an npz 'x' of shape N×F); None for "
+        "uploads recorded before it was stored.")
     image_shape: list[int] | None = Field(
         None, description="(channels, height, width) when known.")
-    num_classes: int | None = None
-    num_examples: int | None = Field(None, description="Training images (known at upload).")
+    num_features: int | None = Field(None, description="Values per feature vector (features).")
+    num_classes: int | None = Field(
+        None, description="Largest label + 1 (npz), class folders (ImageFolder); a job's "
+        "architecture.num_classes must be at least this.")
+    num_examples: int | None = Field(None, description="Training examples (known at upload).")
+    label_min: int | None = Field(None, description="Smallest label (train and test).")
+    label_max: int | None = Field(None, description="Largest label (train and test).")
     created_at: datetime | None = None
 
 

@@ -193,9 +193,28 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     project_id: Mapped[str | None] = mapped_column(
         ForeignKey("projects.id", ondelete="RESTRICT"), index=True)
-    num_examples: Mapped[int | None] = mapped_column(BigInteger)  # training images, for cost
+    # What the validator found on upload (None on rows recorded before it was stored):
+    content: Mapped[str | None] = mapped_column(String(16))  # "images" | "features"
+    image_channels: Mapped[int | None] = mapped_column(Integer)
+    image_height: Mapped[int | None] = mapped_column(Integer)
+    image_width: Mapped[int | None] = mapped_column(Integer)
+    num_features: Mapped[int | None] = mapped_column(Integer)  # feature vectors only
+    num_examples: Mapped[int | None] = mapped_column(BigInteger)  # training examples
+    num_classes: Mapped[int | None] = mapped_column(Integer)  # label_max + 1 (npz), folders
+    label_min: Mapped[int | None] = mapped_column(BigInteger)
+    label_max: Mapped[int | None] = mapped_column(BigInteger)
 
-    __table_args__ = (CheckConstraint(_in("kind", DatasetKind), name="kind"),)
+    __table_args__ = (
+        CheckConstraint(_in("kind", DatasetKind), name="kind"),
+        CheckConstraint("content IN ('images', 'features')", name="content"),
+    )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of the images, when known."""
+        if self.image_channels is None or self.image_height is None or self.image_width is None:
+            return None
+        return (self.image_channels, self.image_height, self.image_width)
 
 
 class Job(Base):

@@ -58,13 +58,25 @@ def create_dataset(
     dataset_id: str | None = None,
     now: datetime | None = None,
     project_id: str | None = None,
+    content: str | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+    num_features: int | None = None,
     num_examples: int | None = None,
+    num_classes: int | None = None,
+    label_min: int | None = None,
+    label_max: int | None = None,
 ) -> Dataset:
-    """Record an uploaded dataset archive (``kind``: ``npz`` or ``imagefolder``). Commits."""
+    """Record an uploaded dataset archive (``kind``: ``npz`` or ``imagefolder``) with what its
+    validation found (``content``: ``images`` or ``features``; ``image_shape`` (C, H, W)).
+    Commits."""
+    channels, height, width = image_shape if image_shape is not None else (None, None, None)
     dataset = Dataset(
         id=dataset_id or new_id(), filename=filename, kind=kind, size=size, sha256=sha256,
         storage_key=storage_key, created_at=now or utcnow(), project_id=project_id,
-        num_examples=num_examples,
+        content=content,
+        image_channels=channels, image_height=height, image_width=width,
+        num_features=num_features, num_examples=num_examples, num_classes=num_classes,
+        label_min=label_min, label_max=label_max,
     )
     session.add(dataset)
     session.commit()

@@ -75,6 +75,28 @@ class Settings(BaseSettings):
     max_checkpoint_bytes: int = Field(2 * GIB, ge=1)
     max_dataset_bytes: int = Field(8 * GIB, ge=1)
 
+    # --- upload validation (the sandboxed ``python -m validator`` process) -----------------------
+    validation_max_concurrency: int = Field(
+        2, ge=1,
+        description="Validation processes one API process runs at once (each may take up to "
+        "VALIDATION_MEMORY_BYTES); further uploads wait for a slot.")
+    validation_queue_timeout_seconds: float = Field(
+        120.0, gt=0,
+        description="How long an upload waits for a free validation slot before it is answered "
+        "503 (seconds).")
+    validation_timeout_seconds: float = Field(
+        600.0, gt=0,
+        description="Wall-clock limit of one validation (seconds); reading 2 GiB at disk speed "
+        "takes seconds, so a file that takes longer is refused (422).")
+    validation_cpu_seconds: int = Field(
+        300, ge=1,
+        description="CPU-time limit of one validation process (RLIMIT_CPU, seconds).")
+    validation_memory_bytes: int = Field(
+        2 * GIB, ge=64 * 1024**2,
+        description="Memory limit of one validation process (RLIMIT_DATA, bytes): importing torch "
+        "takes about 0.8 GB of it; a PyTorch file's private memory map counts too, so its size is "
+        "added for checkpoint checks.")
+
     # --- workers --------------------------------------------------------------------------------
     worker_lease_seconds: float = Field(
         60.0, gt=0,

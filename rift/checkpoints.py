@@ -13,7 +13,6 @@ are unwrapped and the prefixes added by ``nn.DataParallel`` (``module.``) and ``
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -21,32 +20,27 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from rift.checkpoint_format import (
+    WRAPPER_PREFIXES,
+    CheckpointFormat,
+    detect_checkpoint_format,
+    read_safetensors_header,
+    strip_wrapper_prefix,
+)
 from rift.errors import CheckpointError, CheckpointMismatchError
 
-CheckpointFormat = Literal["safetensors", "torch"]
+__all__ = ["WRAPPER_PREFIXES", "CheckpointFormat", "detect_checkpoint_format",
+           "strip_wrapper_prefix"]
 
 # Keys under which training scripts commonly nest the state dict, tried in this order.
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net")
-# Prefixes added by nn.DataParallel / DistributedDataParallel and by torch.compile.
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Running-count buffers of BatchNorm: older checkpoints lack them and they do not affect outputs.
 OPTIONAL_KEY_SUFFIX = "num_batches_tracked"
 
-# The safetensors format caps its header at 100 MB; a larger claimed length means a corrupt file.
-_MAX_SAFETENSORS_HEADER = 100_000_000
-# Bits per element of every safetensors dtype (sub-byte float formats included).
-_SAFETENSORS_DTYPE_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
-    "I32": 32, "U32": 32, "F32": 32, "C64": 64,
-    "I64": 64, "U64": 64, "F64": 64,
-    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
-}
 _PREVIEW_ITEMS = 8
 _MAX_DETAIL_CHARS = 300
 
@@ -63,15 +57,6 @@ class CheckpointSummary:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _TensorRecord:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int
-    end: int
-
-
 def _preview(items: list[str], limit: int = _PREVIEW_ITEMS) -> str:
     shown = ", ".join(items[:limit])
     if len(items) > limit:
@@ -84,122 +69,9 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= _MAX_DETAIL_CHARS else text[:_MAX_DETAIL_CHARS] + "…"
 
 
-# --------------------------------------------------------------------------------------------
-# Format detection and the safetensors header
-# --------------------------------------------------------------------------------------------
-
-
-def detect_checkpoint_format(path: str | Path) -> CheckpointFormat:
-    """Tell safetensors from PyTorch files by their first bytes (the extension is only a hint).
-
-    Raises:
-        CheckpointError: the file is missing, empty, or neither format.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    with path.open("rb") as handle:
-        head = handle.read(9)
-    if not head:
-        raise CheckpointError(f"checkpoint file {path.name} is empty")
-    if head.startswith(b"PK\x03\x04"):  # torch.save's default zip container
-        return "torch"
-    if len(head) == 9 and head[8:9] == b"{":  # u64 header length, then a JSON object
-        return "safetensors"
-    if path.suffix == ".safetensors":
-        # Claimed by its name: let the header check say precisely what is wrong.
-        return "safetensors"
-    if head[:1] == b"\x80":  # pickle protocol marker of torch's legacy (non-zip) format
-        return "torch"
-    raise CheckpointError(
-        f"checkpoint file {path.name} is neither safetensors nor a PyTorch file "
-        f"(first bytes {head[:8].hex()})"
-    )
-
-
-def _read_safetensors_header(path: Path) -> tuple[list[_TensorRecord], dict[str, str]]:
-    """Parse and check the header: JSON well formed, dtypes known, every tensor's byte range
-    inside the data section, matching dtype×shape, and the ranges tiling it without overlap."""
-    size = path.stat().st_size
-    name = path.name
-    if size < 8:
-        raise CheckpointError(f"safetensors file {name} is truncated: {size} bytes, no header")
-    with path.open("rb") as handle:
-        header_length = int.from_bytes(handle.read(8), "little")
-        if header_length > _MAX_SAFETENSORS_HEADER or 8 + header_length > size:
-            raise CheckpointError(
-                f"safetensors file {name} is truncated or corrupt: its header claims "
-                f"{header_length} bytes but the file has {size} bytes"
-            )
-        raw_header = handle.read(header_length)
-    try:
-        header = json.loads(raw_header.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"safetensors file {name} has a corrupt JSON header: {exc}") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"safetensors file {name}: header is not a JSON object")
-
-    data_size = size - 8 - header_length
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
-        raise CheckpointError(f"safetensors file {name}: '__metadata__' must map str to str")
-
-    records = [_tensor_record(name, key, info, data_size) for key, info in header.items()]
-    position = 0
-    for record in sorted(records, key=lambda r: (r.begin, r.end)):
-        if record.begin != position:
-            problem = "overlaps another tensor" if record.begin < position else "leaves a gap"
-            raise CheckpointError(
-                f"safetensors file {name}: tensor {record.name!r} at bytes "
-                f"[{record.begin}, {record.end}) {problem} in the data section"
-            )
-        position = record.end
-    if position != data_size:
-        raise CheckpointError(
-            f"safetensors file {name}: tensors cover {position} of {data_size} data bytes"
-        )
-    return records, metadata
-
-
-def _tensor_record(file_name: str, key: str, info: object, data_size: int) -> _TensorRecord:
-    where = f"safetensors file {file_name}, tensor {key!r}"
-    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-        raise CheckpointError(f"{where}: entry needs 'dtype', 'shape' and 'data_offsets'")
-    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype not in _SAFETENSORS_DTYPE_BITS:
-        raise CheckpointError(f"{where}: unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise CheckpointError(f"{where}: shape must be a list of non-negative ints, got {shape!r}")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-    ):
-        raise CheckpointError(f"{where}: data_offsets must be two ints, got {offsets!r}")
-    begin, end = offsets
-    if not 0 <= begin <= end <= data_size:
-        raise CheckpointError(
-            f"{where}: data_offsets [{begin}, {end}] lie outside the {data_size}-byte data "
-            "section (truncated or corrupt file)"
-        )
-    numel = 1
-    for dim in shape:
-        numel *= dim
-    if numel * _SAFETENSORS_DTYPE_BITS[dtype] != 8 * (end - begin):
-        raise CheckpointError(
-            f"{where}: {end - begin} bytes stored but dtype {dtype} × shape {shape} needs "
-            f"{numel * _SAFETENSORS_DTYPE_BITS[dtype] / 8:g}"
-        )
-    return _TensorRecord(key, dtype, tuple(shape), begin, end)
-
-
 def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
     """The ``__metadata__`` dict of a safetensors file (empty when absent); header checked."""
-    return _read_safetensors_header(Path(path))[1]
+    return read_safetensors_header(Path(path))[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,9 +79,9 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _load_raw(path: Path, fmt: CheckpointFormat) -> object:
+def _load_raw(path: Path, fmt: CheckpointFormat, mmap: bool = False) -> object:
     if fmt == "safetensors":
-        _read_safetensors_header(path)
+        read_safetensors_header(path)
         from safetensors.torch import load_file
 
         try:
@@ -219,6 +91,9 @@ def _load_raw(path: Path, fmt: CheckpointFormat) -> object:
                 f"cannot read safetensors file {path.name}: {_short(exc)}"
             ) from exc
     try:
+        if mmap:
+            # Tensors stay in the file (a private memory map) until read; zip files only.
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         # A file object, not the path: torch.load switches to safetensors on a ".safetensors"
         # name, and we have already decided the format from the content.
         with path.open("rb") as handle:
@@ -257,24 +132,14 @@ def _unwrap_containers(obj: object) -> object:
     return obj
 
 
-def strip_wrapper_prefix(key: str) -> str:
-    """Remove leading ``module.`` / ``_orig_mod.`` prefixes, however many and in any order."""
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-                stripped = True
-    return key
-
-
-def normalize_state_dict(obj: object, *, source: str = "checkpoint") -> dict[str, Tensor]:
+def normalize_state_dict(obj: object, *, source: str = "checkpoint",
+                         check_finite: bool = True) -> dict[str, Tensor]:
     """Turn a loaded checkpoint object into a flat ``{key: CPU tensor}`` state dict.
 
     Unwraps ``state_dict``/``model_state_dict``/``model``/``net`` containers (nested up to twice),
-    strips wrapper prefixes and checks that every value is a dense tensor and that floating-point
-    tensors are finite. ``source`` names the checkpoint in error messages.
+    strips wrapper prefixes and checks that every value is a dense tensor and (with
+    ``check_finite``) that floating-point tensors are finite. ``source`` names the checkpoint in
+    error messages.
 
     Raises:
         CheckpointError: no state dict found, a non-tensor value, a key collision after prefix
@@ -305,7 +170,8 @@ def normalize_state_dict(obj: object, *, source: str = "checkpoint") -> dict[str
                 f"{source}: key {key!r} collides with another key once prefixes are removed"
             )
         result[clean_key] = value.detach().cpu()
-    _check_finite(result, source)
+    if check_finite:
+        _check_finite(result, source)
     return result
 
 
@@ -324,18 +190,22 @@ def _check_finite(state_dict: Mapping[str, Tensor], source: str) -> None:
         raise CheckpointError(f"{source} holds non-finite values in {_preview(bad)}")
 
 
-def load_state_dict(path: str | Path) -> dict[str, Tensor]:
+def load_state_dict(path: str | Path, *, mmap: bool = False,
+                    check_finite: bool = True) -> dict[str, Tensor]:
     """Read a safetensors or PyTorch checkpoint into a flat ``{key: CPU tensor}`` dict.
 
     PyTorch files are read with ``weights_only=True`` only; see :func:`normalize_state_dict` for the
-    unwrapping and checks applied.
+    unwrapping and checks applied. With ``mmap`` a PyTorch zip file's tensors are memory-mapped
+    from the file instead of read (the caller may then check them piece by piece, with
+    ``check_finite`` false).
 
     Raises:
         CheckpointError: missing, unreadable, unsafe, corrupt, truncated or non-finite checkpoint.
     """
     path = Path(path)
     fmt = detect_checkpoint_format(path)
-    return normalize_state_dict(_load_raw(path, fmt), source=f"checkpoint {path.name}")
+    return normalize_state_dict(_load_raw(path, fmt, mmap), source=f"checkpoint {path.name}",
+                                check_finite=check_finite)
 
 
 def validate_checkpoint_file(path: str | Path, *, sample_size: int = 10) -> CheckpointSummary:
@@ -349,7 +219,7 @@ def validate_checkpoint_file(path: str | Path, *, sample_size: int = 10) -> Chec
     """
     path = Path(path)
     fmt = detect_checkpoint_format(path)
-    metadata = _read_safetensors_header(path)[1] if fmt == "safetensors" else {}
+    metadata = read_safetensors_header(path)[1] if fmt == "safetensors" else {}
     state_dict = normalize_state_dict(_load_raw(path, fmt), source=f"checkpoint {path.name}")
     return CheckpointSummary(
         format=fmt,

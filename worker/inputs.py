@@ -16,6 +16,7 @@ from pathlib import Path
 
 from persistence.models import Checkpoint, Dataset, DatasetKind
 from persistence.storage import ObjectStore
+from rift.dataset_formats import imagefolder_root, is_hidden, tar_member_problem
 from rift.errors import DatasetError
 
 
@@ -55,21 +56,34 @@ def fetch_dataset(store: ObjectStore, dataset: Dataset, work_dir: Path) -> Path:
     return _imagefolder_root(folder)
 
 
+def _member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+    # The upload's member policy (checked on upload too), then tarfile's own "data" filter.
+    problem = tar_member_problem(member)
+    if problem is not None:
+        raise DatasetError(
+            f"the dataset archive cannot be extracted: member {member.name!r} {problem}")
+    return tarfile.data_filter(member, path)
+
+
 def _extract_tar(archive: Path, destination: Path) -> None:
     destination.mkdir(parents=True)
     try:
         with tarfile.open(archive) as tar:
-            # The "data" filter refuses absolute paths, '..', links out of the tree and devices.
-            tar.extractall(destination, filter="data")
+            tar.extractall(destination, filter=_member_filter)
     except (tarfile.TarError, OSError) as exc:
         raise DatasetError(f"the dataset archive cannot be extracted as a tar file: {exc}") from exc
 
 
+# The tree's root depends on the first three path parts of its visible files (imagefolder_root).
+_ROOT_DEPTH = 3
+
+
 def _imagefolder_root(folder: Path) -> Path:
-    """Archives often wrap the class folders in one top folder; step into it."""
-    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    if len(entries) == 1 and entries[0].is_dir():
-        inner = [p for p in entries[0].iterdir() if p.is_dir()]
-        if inner:  # a single class folder of images would have no sub-folders
-            return entries[0]
-    return folder
+    """The folder holding the tree, by the rule uploads were validated with."""
+    files: set[tuple[str, ...]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not is_hidden(d)]
+        if any(not is_hidden(f) for f in filenames):
+            parts = Path(dirpath).relative_to(folder).parts
+            files.add((*parts, "*")[:_ROOT_DEPTH])
+    return folder.joinpath(*imagefolder_root(files))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, StoreDep
+from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, StoreDep, ValidatorDep
 from api.errors import InvalidInput
 from api.ingest import store_checkpoint, validate_checkpoint_upload
 from api.schemas import CheckpointOut
@@ -42,7 +42,7 @@ def checkpoint_out(row: Checkpoint) -> CheckpointOut:
 )
 async def upload_checkpoint(request: Request, response: Response, caller: CallerDep,
                             settings: SettingsDep, factory: SessionFactoryDep,
-                            store: StoreDep) -> CheckpointOut:
+                            store: StoreDep, validator: ValidatorDep) -> CheckpointOut:
     await run_in_threadpool(check_upload_quota, factory, caller, request)
     upload = await receive_upload(
         request, file_field=FILE_FIELD, max_file_bytes=settings.max_checkpoint_bytes,
@@ -53,7 +53,8 @@ async def upload_checkpoint(request: Request, response: Response, caller: Caller
                                field=FILE_FIELD)
         file = upload.file
         await run_in_threadpool(check_upload_quota, factory, caller, None, file.size)
-        inspection = await run_in_threadpool(validate_checkpoint_upload, file, FILE_FIELD)
+        inspection = await run_in_threadpool(
+            validate_checkpoint_upload, validator, file, FILE_FIELD)
         row = await run_in_threadpool(
             store_checkpoint, factory, store, file, inspection, caller.project_id)
     response.headers["Location"] = f"/v1/checkpoints/{row.id}"

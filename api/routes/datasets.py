@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.dataset_validation import BUILTIN_GEOMETRY
-from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, StoreDep
+from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, StoreDep, ValidatorDep
 from api.errors import InvalidInput, NotFound
 from api.ingest import store_dataset, validate_dataset_upload
 from api.job_requests import BUILTIN_CLASSES
@@ -32,10 +32,12 @@ FILE_FIELD = "file"
     response_model=DatasetOut,
     summary="Upload a dataset archive",
     description=(
-        "An .npz file (keys 'x', 'y', optionally 'x_test', 'y_test') or a tar (optionally "
-        "compressed) of an ImageFolder tree (<class>/<image> or train/<class>/<image> with an "
-        "optional val/ or test/), as the multipart field 'file' or the raw body. Members with "
-        "absolute paths, '..' or links are refused. Over MAX_DATASET_BYTES is 413."
+        "An .npz file (keys 'x', 'y', optionally 'x_test', 'y_test'; 'x' holds images, uint8 "
+        "N×H×W×C or float N×C×H×W in [0, 1], or feature vectors N×F of any finite values; labels "
+        "are integers >= 0) or a tar (optionally compressed) of an ImageFolder tree "
+        "(<class>/<image> or train/<class>/<image> with an optional val/ or test/), as the "
+        "multipart field 'file' or the raw body. Every value is checked (NaN/Inf refused); "
+        "members with absolute paths, '..' or links are refused. Over MAX_DATASET_BYTES is 413."
     ),
     openapi_extra=upload_request_body(FILE_FIELD),
     responses={413: {"description": "Larger than the limit, or over the project's "
@@ -43,7 +45,7 @@ FILE_FIELD = "file"
 )
 async def upload_dataset(request: Request, response: Response, caller: CallerDep,
                          settings: SettingsDep, factory: SessionFactoryDep,
-                         store: StoreDep) -> DatasetOut:
+                         store: StoreDep, validator: ValidatorDep) -> DatasetOut:
     await run_in_threadpool(check_upload_quota, factory, caller, request)
     upload = await receive_upload(
         request, file_field=FILE_FIELD, max_file_bytes=settings.max_dataset_bytes,
@@ -55,15 +57,23 @@ async def upload_dataset(request: Request, response: Response, caller: CallerDep
         file = upload.file
         await run_in_threadpool(check_upload_quota, factory, caller, None, file.size)
         inspection = await run_in_threadpool(
-            validate_dataset_upload, file, FILE_FIELD, settings.max_dataset_bytes)
+            validate_dataset_upload, validator, file, FILE_FIELD,
+            settings.max_dataset_bytes)
         row = await run_in_threadpool(
             store_dataset, factory, store, file, inspection, caller.project_id)
     response.headers["Location"] = f"/v1/datasets/{row.id}"
+    return dataset_out(row)
+
+
+def dataset_out(row: Dataset) -> DatasetOut:
+    """The API view of an uploaded dataset's row."""
+    shape = row.image_shape
     return DatasetOut(
-        id=row.id, kind=inspection.kind, filename=row.filename, size=row.size, sha256=row.sha256,
-        image_shape=list(inspection.image_shape) if inspection.image_shape else None,
-        num_classes=inspection.num_classes, num_examples=inspection.num_examples,
-        created_at=row.created_at)
+        id=row.id, kind=row.kind, filename=row.filename, size=row.size,  # type: ignore[arg-type]
+        sha256=row.sha256, content=row.content,  # type: ignore[arg-type]
+        image_shape=list(shape) if shape else None, num_features=row.num_features,
+        num_classes=row.num_classes, num_examples=row.num_examples, label_min=row.label_min,
+        label_max=row.label_max, created_at=row.created_at)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut,
@@ -71,14 +81,14 @@ async def upload_dataset(request: Request, response: Response, caller: CallerDep
 def read_dataset(dataset_id: str, session: SessionDep, caller: CallerDep) -> DatasetOut:
     if dataset_id in BUILTIN_GEOMETRY:
         channels, size = BUILTIN_GEOMETRY[dataset_id]
-        return DatasetOut(id=dataset_id, kind="builtin", image_shape=[channels, size, size],
+        return DatasetOut(id=dataset_id, kind="builtin", content="images",
+                          image_shape=[channels, size, size],
                           num_classes=BUILTIN_CLASSES[dataset_id])
     row = find_owned(session, Dataset, caller.project_id, dataset_id)
     if row is None:
         raise NotFound(f"no dataset with id '{dataset_id[:64]}' (built-in: "
                        f"{', '.join(BUILTIN_GEOMETRY)})", field="dataset_id")
-    return DatasetOut(id=row.id, kind=row.kind, filename=row.filename, size=row.size,  # type: ignore[arg-type]
-                      sha256=row.sha256, created_at=row.created_at)
+    return dataset_out(row)
 
 
 @router.delete(

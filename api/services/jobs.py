@@ -31,6 +31,7 @@ from api.schemas import JobError, JobLinks, JobListItemOut, JobOut, JobSpec, Sta
 from api.services.ownership import owned_job, owned_job_summary
 from api.services.quotas import check_active_jobs, check_cost, check_storage
 from api.uploads import UploadedFile, scratch_dir
+from api.validation import Validator
 from persistence.cost import estimate_cost
 from persistence.jobs import (
     JobPage,
@@ -113,6 +114,7 @@ class JobServices:
     store: ObjectStore
     session_factory: sessionmaker[Session]
     dispatcher: Dispatcher
+    validator: Validator
 
 
 def create_job_for(
@@ -151,13 +153,14 @@ def create_job_for(
         if upload is None:
             assert checkpoint_id is not None
             row, shapes = checkpoint_shapes(session, store, checkpoint_id, scratch_dir(settings),
-                                            caller.project_id)
+                                            services.validator, caller.project_id)
             num_tensors = row.num_tensors
         else:
-            inspection = validate_checkpoint_upload(upload, CHECKPOINT_FIELD)
+            inspection = validate_checkpoint_upload(services.validator, upload, CHECKPOINT_FIELD)
             shapes = inspection.shapes
             num_tensors = inspection.num_tensors
-        check_job_fits(spec.config, shapes, dataset.geometry, checkpoint_field)
+        check_job_fits(services.validator, spec.config, shapes, dataset.geometry,
+                       checkpoint_field)
 
         config_json = spec.config.model_dump(mode="json")
         examples = None

@@ -23,27 +23,30 @@ from PIL import Image, UnidentifiedImageError
 
 from rift.config import DatasetSpec
 from rift.data.tensors import ImageTensors, SourceData
+from rift.dataset_formats import (
+    HELD_OUT_FOLDERS,
+    IMAGE_SUFFIXES,
+    TRAIN_FOLDER,
+    is_hidden,
+    is_image_file,
+)
 from rift.errors import DatasetError
 
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
 TEST_FRACTION = 0.2  # held out as test when the tree has no labelled val/test folder
-HELD_OUT_FOLDERS = ("val", "test")
 ANNOTATIONS = "val_annotations.txt"
 
 Labelled = list[tuple[Path, int]]
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
 def _image_files(folder: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(dirpath, f) for f in filenames
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        dirnames[:] = [d for d in dirnames if not is_hidden(d)]
+        found += [Path(dirpath, f) for f in filenames if is_image_file(f)]
     return sorted(found)
 
 
@@ -138,7 +141,7 @@ def load_imagefolder(spec: DatasetSpec) -> SourceData:
     root = Path(spec.path or "")
     if not root.is_dir():
         raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder")
-    train_root = root / "train" if (root / "train").is_dir() else root
+    train_root = root / TRAIN_FOLDER if (root / TRAIN_FOLDER).is_dir() else root
     classes = [d.name for d in _visible_dirs(train_root)]
     if not classes:
         raise DatasetError(f"dataset 'imagefolder': no class folders in {train_root}")

@@ -19,7 +19,8 @@ from rift.errors import DatasetError
 class ImageTensors:
     """Labelled images.
 
-    ``images``: (N, C, H, W), uint8 in [0, 255] or float32 in [0, 1].
+    ``images``: (N, C, H, W), uint8 in [0, 255] or float32 in [0, 1]; or (N, F) float feature
+    vectors (npz feature datasets).
     ``labels``: (N,) int64 class indices.
     """
 
@@ -27,9 +28,10 @@ class ImageTensors:
     labels: Tensor
 
     def __post_init__(self) -> None:
-        if self.images.dim() != 4:
+        if self.images.dim() not in (2, 4):
             raise DatasetError(
-                f"images must be (N, C, H, W); got shape {tuple(self.images.shape)}")
+                f"images must be (N, C, H, W) (or (N, F) feature vectors); got shape "
+                f"{tuple(self.images.shape)}")
         if self.images.dtype != torch.uint8 and not self.images.dtype.is_floating_point:
             raise DatasetError(f"images must be uint8 or float; got {self.images.dtype}")
         if self.labels.dim() != 1 or self.labels.dtype != torch.int64:

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from api.main import create_app
+from api.validation import Validator
 from persistence.db import session_factory_from_settings
 from persistence.settings import Settings
 from tests.api.helpers import (
@@ -76,14 +77,24 @@ def api_settings(database_url: str, tmp_path: Path) -> Settings:
     })
 
 
+@pytest.fixture(scope="session")
+def shared_validator() -> Iterator[Validator]:
+    """One validator server for the session's API apps: each would otherwise start its own and
+    pay torch's import (seconds). Checks still run one forked child each, with default limits."""
+    validator = Validator(Settings())
+    yield validator
+    validator.close()
+
+
 @pytest.fixture
-def start_api() -> Iterator[Callable[..., Api]]:
+def start_api(shared_validator: Validator) -> Iterator[Callable[..., Api]]:
     """``start_api(settings, **create_app_kwargs) -> Api``: serve ``create_app`` over HTTP."""
     running: list[tuple[ApiServer, httpx.Client, Any]] = []
 
     def start(settings: Settings, **kwargs: Any) -> Api:
         sessions = session_factory_from_settings(settings)
         kwargs.setdefault("session_factory", sessions)
+        kwargs.setdefault("validator", shared_validator)
         app = create_app(settings, **kwargs)
         server = ApiServer(app).start()
         try:

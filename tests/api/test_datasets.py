@@ -66,9 +66,52 @@ def test_npz_upload(api: Api) -> None:
     assert record["num_examples"] == 40
     assert record["size"] == len(content)
     assert response.headers["location"] == f"/v1/datasets/{record['id']}"
+    assert record["content"] == "images" and record["num_features"] is None
+    labels = [int(v) for v in np.load(io.BytesIO(content))["y"]]
+    assert (record["label_min"], record["label_max"]) == (min(labels), max(labels))
+    assert record["num_classes"] == max(labels) + 1
     again = api.client.get(f"/v1/datasets/{record['id']}")
-    assert again.status_code == 200 and again.json()["sha256"] == record["sha256"]
+    # The record read back describes the data as the upload's answer did.
+    assert again.status_code == 200 and again.json() == record
     assert api.count(Dataset) == 1 and len(api.stored_files()) == 1
+
+
+def test_feature_vectors_upload(api: Api) -> None:
+    rng = np.random.default_rng(1)
+    content = npz_bytes(x=rng.normal(0, 300, (30, 7)), y=rng.permutation(np.arange(30) % 3),
+                        x_test=rng.normal(0, 1, (6, 7)), y_test=np.array([0, 1, 2, 3, 0, 1]))
+    response = upload(api, "tabular.npz", content)
+    assert response.status_code == 201, response.text
+    record = response.json()
+    assert (record["kind"], record["content"]) == ("npz", "features")
+    assert record["num_features"] == 7 and record["image_shape"] is None
+    assert (record["num_classes"], record["label_min"], record["label_max"]) == (4, 0, 3)
+    assert api.client.get(f"/v1/datasets/{record['id']}").json() == record
+
+
+def test_bad_values_are_refused_at_upload(api: Api) -> None:
+    images = np.full((12, 1, 8, 8), 0.5, np.float32)
+    nan_late = images.copy()
+    nan_late[-1, 0, 7, 7] = np.nan  # the very last value: every value is read
+    cases = {
+        "nan": (npz_bytes(x=nan_late, y=np.zeros(12, np.int64)), "NaN"),
+        "inf test": (npz_bytes(x=images, y=np.zeros(12, np.int64),
+                               x_test=np.full((2, 1, 8, 8), np.inf, np.float32),
+                               y_test=np.zeros(2, np.int64)), "x_test"),
+        "0-255 floats": (npz_bytes(x=images * 255, y=np.zeros(12, np.int64)), "[0, 1]"),
+        "negative pixels": (npz_bytes(x=images - 1, y=np.zeros(12, np.int64)), "[0, 1]"),
+        "nan features": (npz_bytes(x=np.array([[1.0, np.nan]] * 4), y=np.zeros(4, np.int64)),
+                         "NaN"),
+        "negative test label": (npz_bytes(x=images, y=np.zeros(12, np.int64), x_test=images[:2],
+                                          y_test=np.array([0, -3])), "y_test"),
+    }
+    for name, (content, reason) in cases.items():
+        response = upload(api, f"{name}.npz", content)
+        assert response.status_code == 422, (name, response.text)
+        error = error_of(response)
+        assert error["field"] == "file"
+        assert reason.lower() in error["message"].lower(), (name, error["message"])
+    api.assert_nothing_stored()
 
 
 def encrypted_flag(zip_bytes: bytes) -> bytes:
@@ -176,12 +219,3 @@ def test_builtin_and_unknown_datasets(api: Api) -> None:
     for dataset_id in ["imagenet", "0" * 32, "%00"]:
         missing = api.client.get(f"/v1/datasets/{dataset_id}")
         assert missing.status_code == 404 and error_of(missing)["field"] == "dataset_id"
-
-
-def test_imagefolder_root_rule() -> None:
-    # The ImageFolder root rule matches the worker's: one wrapping folder is stepped into.
-    from api.dataset_validation import imagefolder_root
-
-    assert imagefolder_root([("d", "train", "cat", "1.png")]) == ("d",)
-    assert imagefolder_root([("cat", "1.png"), ("dog", "1.png")]) == ()
-    assert imagefolder_root([("cat", "1.png")]) == ()

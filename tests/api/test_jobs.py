@@ -231,6 +231,26 @@ def test_jobs_on_uploaded_datasets(api: Api, checkpoint_id: str) -> None:
     assert conv1["checkpoint_shape"] == [16, 1, 3, 3] and conv1["model_shape"] == [16, 3, 3, 3]
 
 
+def test_more_classes_than_the_architecture_is_422_naming_both(api: Api,
+                                                                checkpoint_id: str) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    # Labels 0..11 (12 classes, the largest in the test split) for a 10-class small_cnn.
+    np.savez(buffer, x=np.zeros((20, 8, 8), np.float32), y=np.arange(20) % 10,
+             x_test=np.zeros((2, 8, 8), np.float32), y_test=np.array([3, 11]))
+    dataset = api.client.post("/v1/datasets", files={"file": ("d.npz", buffer.getvalue())}).json()
+    assert (dataset["num_classes"], dataset["label_max"]) == (12, 11)
+    response = create(api, job_body(checkpoint_id, dataset_id=dataset["id"],
+                                    config=digits_config(dataset={"name": "npz"})))
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["field"] == "config.architecture.num_classes"
+    assert "12 classes" in error["message"] and "num_classes is 10" in error["message"]
+    assert (error["dataset_num_classes"], error["architecture_num_classes"]) == (12, 10)
+    assert api.count(Job) == 0
+
+
 def multipart(api: Api, checkpoint: tuple[str, bytes] | None, spec: str | None,
               **headers: str) -> Any:
     files: dict[str, Any] = {}

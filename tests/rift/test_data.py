@@ -244,7 +244,9 @@ _GOOD_Y = np.arange(6) % 2
     ({"x": _GOOD_X}, "'y'"),
     ({"x": _GOOD_X, "y": _GOOD_Y, "x_test": _GOOD_X}, "'y_test'"),
     ({"x": _GOOD_X, "y": _GOOD_Y, "y_test": _GOOD_Y}, "'x_test'"),
-    ({"x": np.zeros((6, 48), np.uint8), "y": _GOOD_Y}, "'x'"),
+    ({"x": np.full((6, 48), np.inf), "y": _GOOD_Y}, "'x'"),  # features must be finite
+    ({"x": np.zeros((6, 48), np.bool_), "y": _GOOD_Y}, "'x'"),
+    ({"x": np.zeros((6, 0)), "y": _GOOD_Y}, "'x'"),
     ({"x": np.zeros((6, 1, 4, 4, 3), np.uint8), "y": _GOOD_Y}, "'x'"),
     ({"x": np.zeros((6, 3, 32, 32), np.uint8), "y": _GOOD_Y}, "'x'"),  # uint8 NCHW
     ({"x": np.full((6, 3, 4, 4), 1.5), "y": _GOOD_Y}, "'x'"),
@@ -264,6 +266,20 @@ def test_npz_errors_name_the_key(tmp_path: Path, arrays: dict, key: str) -> None
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DatasetError, match=key):
         load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "bad.npz")), seed=0)
+
+
+def test_npz_feature_vectors_load_as_float_rows(tmp_path: Path) -> None:
+    from rift.data.npz import load_npz
+
+    features = np.arange(30, dtype=np.int64).reshape(6, 5) * 1000 - 7000  # any finite range
+    np.savez(tmp_path / "f.npz", x=features, y=np.array([0, 1, 2, 0, 1, 2]),
+             x_test=features[:2].astype(np.int64), y_test=np.array([[2], [0]]))
+    source = load_npz(DatasetSpec(name="npz", path=str(tmp_path / "f.npz")))
+    assert source.train.images.dtype == torch.float32
+    assert torch.equal(source.train.images, torch.from_numpy(features).float())
+    assert source.test is not None and source.test.images.shape == (2, 5)
+    assert source.test.labels.tolist() == [2, 0]
+    assert source.num_classes == 3
 
 
 def test_npz_file_problems(tmp_path: Path) -> None:

@@ -1,0 +1,220 @@
+"""Running checks in sandboxed validator processes (the ``validator`` package), so that the API
+process never imports torch nor holds an upload's tensors.
+
+The API starts one validator server (``python -m validator``) on first use, with an environment
+reduced to an allow-list (no database URL, broker URL, S3 keys or any other credential); it
+imports torch once and serves each check in a forked child that caps its own memory, CPU time and
+wall-clock time before reading anything (``validator/limits.py``), so a check costs a fork, not a
+torch import. At most ``validation_max_concurrency`` checks run at once per API process (a
+semaphore); the others wait up to ``validation_queue_timeout_seconds``. Each child's memory
+high-water mark is logged with its check. Calls block: run them in a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from api.errors import InvalidInput, ServiceUnavailable
+from persistence.settings import Settings
+from rift.config import RiftConfig
+from validator.checkpoint import CheckpointInspection
+from validator.dataset import DatasetInspection
+from validator.protocol import decode_error
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: The only variables the child inherits: locale and search paths, nothing that holds a secret.
+INHERITED_VARIABLES = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+#: One thread for torch and the BLAS libraries: a check is I/O bound and must not take the cores.
+CHILD_VARIABLES = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                   "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
+#: Seconds the client waits beyond the child's own wall-clock alarm before giving up on it.
+_GRACE_SECONDS = 5.0
+_READ_BYTES = 1024 * 1024
+
+
+def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """The validator's environment: the allow-listed variables of ``parent`` and fixed ones."""
+    env = {name: parent[name] for name in INHERITED_VARIABLES if name in parent}
+    env.update(CHILD_VARIABLES)
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    return env
+
+
+class Validator:
+    """Runs checks in validator processes, within the limits of ``settings``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._slots = threading.BoundedSemaphore(settings.validation_max_concurrency)
+        self._lock = threading.Lock()
+        self._server: subprocess.Popen[bytes] | None = None
+        self._folder: Path | None = None
+
+    def close(self) -> None:
+        """Stop the validator server (a later check starts a new one)."""
+        with self._lock:
+            self._stop_server()
+
+    # -------------------------------------------------------------------------- operations
+
+    def inspect_checkpoint(self, path: Path, display_name: str) -> CheckpointInspection:
+        """Validate a checkpoint file completely.
+
+        Raises:
+            RiftError: (CheckpointError) the file is not an acceptable checkpoint.
+            ApiError: the check ran past a limit (422) or could not run (503).
+        """
+        result = self._run({"op": "checkpoint", "path": str(path), "display_name": display_name},
+                           extra_memory=path.stat().st_size)
+        return CheckpointInspection.from_json(result)
+
+    def inspect_dataset(self, path: Path, display_name: str,
+                        max_unpacked_bytes: int) -> DatasetInspection:
+        """Validate a dataset archive completely (layout and every value).
+
+        Raises:
+            RiftError: (DatasetError) the archive is not an acceptable dataset.
+            ApiError: the check ran past a limit (422) or could not run (503).
+        """
+        result = self._run({"op": "dataset", "path": str(path), "display_name": display_name,
+                            "max_unpacked_bytes": max_unpacked_bytes})
+        return DatasetInspection.from_json(result)
+
+    def check_fit(self, config: RiftConfig, shapes: Mapping[str, tuple[int, ...]], *,
+                  in_channels: int | None, image_size: int | None,
+                  num_features: int | None) -> None:
+        """Require the checkpoint of ``shapes`` to fit ``config``'s architecture built for the
+        dataset's geometry, and the spec's module names to exist in it.
+
+        Raises:
+            RiftError: CheckpointMismatchError, ConfigError or UnknownArchitectureError.
+            ApiError: the check ran past a limit (422) or could not run (503).
+        """
+        self._run({"op": "fit", "config": config.model_dump(mode="json"),
+                   "shapes": {key: list(shape) for key, shape in shapes.items()},
+                   "in_channels": in_channels, "image_size": image_size,
+                   "num_features": num_features})
+
+    def probe(self, sleep_seconds: float = 0.0) -> dict[str, Any]:
+        """What a validator process sees: its environment variable names, its limits, and when
+        it started and finished (``time.monotonic``) after sleeping ``sleep_seconds``."""
+        return self._run({"op": "probe", "sleep_seconds": sleep_seconds})
+
+    # ----------------------------------------------------------------------------- running
+
+    def _run(self, request: dict[str, Any], *, extra_memory: int = 0) -> dict[str, Any]:
+        settings = self._settings
+        if not self._slots.acquire(timeout=settings.validation_queue_timeout_seconds):
+            raise ServiceUnavailable(
+                f"all {settings.validation_max_concurrency} validation slots stayed busy for "
+                f"{settings.validation_queue_timeout_seconds:g} s; retry later",
+                code="validation_busy")
+        try:
+            limits = {"memory_bytes": settings.validation_memory_bytes + extra_memory,
+                      "cpu_seconds": settings.validation_cpu_seconds,
+                      "wall_seconds": settings.validation_timeout_seconds}
+            started = time.monotonic()
+            reply = self._exchange({**request, "limits": limits})
+        finally:
+            self._slots.release()
+        peak = reply.get("peak_rss_kb", {})
+        logger.info("validation %s: peak RSS %s kB (at start %s kB), %.2f s", request["op"],
+                    peak.get("end"), peak.get("start"), time.monotonic() - started)
+        if reply.get("ok"):
+            result: dict[str, Any] = reply["result"]
+            return result
+        if "error" in reply:
+            raise decode_error(reply["error"])
+        if reply.get("memory"):
+            raise InvalidInput(
+                f"checking the file needed more memory than the validation limit of "
+                f"{limits['memory_bytes']} bytes (VALIDATION_MEMORY_BYTES)",
+                code="validation_limit", details={"limit_bytes": limits["memory_bytes"]})
+        logger.error("validation %s failed inside the validator: %s", request["op"],
+                     reply.get("internal"))
+        raise ServiceUnavailable("the validator failed unexpectedly; retry later",
+                                 code="validation_failed")
+
+    def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send ``request`` to a forked child of the server and read its reply."""
+        settings = self._settings
+        path = self._server_socket()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(settings.validation_timeout_seconds + _GRACE_SECONDS)
+            parts = []
+            try:
+                connection.connect(str(path))
+                connection.sendall(json.dumps(request).encode())
+                connection.shutdown(socket.SHUT_WR)
+                while chunk := connection.recv(_READ_BYTES):
+                    parts.append(chunk)
+            except TimeoutError:
+                parts = []
+            except OSError as exc:
+                logger.error("cannot reach the validator server: %s", exc)
+                raise ServiceUnavailable("the validator is not available; retry later",
+                                         code="validation_failed") from exc
+        try:
+            reply = json.loads(b"".join(parts)) if parts else None
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            # The child ended without a reply: its CPU or wall-clock limit killed it.
+            raise InvalidInput(
+                "checking the file ran past the validation limits "
+                f"({settings.validation_cpu_seconds} CPU seconds, "
+                f"{settings.validation_timeout_seconds:g} s; VALIDATION_CPU_SECONDS, "
+                "VALIDATION_TIMEOUT_SECONDS)", code="validation_limit",
+                details={"limit_cpu_seconds": settings.validation_cpu_seconds,
+                         "limit_seconds": settings.validation_timeout_seconds})
+        return reply
+
+    def _server_socket(self) -> Path:
+        """The socket of a running validator server, started (or restarted) when needed."""
+        with self._lock:
+            if self._server is not None and self._server.poll() is None and self._folder:
+                return self._folder / "socket"
+            self._stop_server()
+            folder = Path(tempfile.mkdtemp(prefix="rift-validator-"))  # mode 0700
+            server = subprocess.Popen(
+                [sys.executable, "-m", "validator", "--socket", str(folder / "socket")],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                env=child_environment(os.environ), cwd=PROJECT_ROOT, start_new_session=True)
+            assert server.stdout is not None
+            if server.stdout.readline().strip() != b"ready":
+                server.kill()
+                server.wait()
+                shutil.rmtree(folder, ignore_errors=True)
+                raise ServiceUnavailable("the validator did not start; retry later",
+                                         code="validation_failed")
+            self._server, self._folder = server, folder
+            return folder / "socket"
+
+    def _stop_server(self) -> None:
+        if self._server is not None:
+            self._server.terminate()
+            try:
+                self._server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+                self._server.wait()
+            if self._server.stdout is not None:
+                self._server.stdout.close()
+            self._server = None
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None

@@ -1,0 +1,165 @@
+"""What a checkpoint file is, from its bytes alone: safetensors or PyTorch, and the safetensors
+header (every tensor's name, dtype, shape and byte range, checked against the file's size).
+
+Imports no torch, so the API can read a stored checkpoint's shapes from its header and the
+sandboxed validator can check a safetensors file without importing torch; ``rift.checkpoints``
+builds on it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rift.errors import CheckpointError
+
+CheckpointFormat = Literal["safetensors", "torch"]
+
+# Prefixes added by nn.DataParallel / DistributedDataParallel and by torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# The safetensors format caps its header at 100 MB; a larger claimed length means a corrupt file.
+_MAX_SAFETENSORS_HEADER = 100_000_000
+# Bits per element of every safetensors dtype (sub-byte float formats included).
+SAFETENSORS_DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "C64": 64,
+    "I64": 64, "U64": 64, "F64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """One tensor of a safetensors header: its byte range [begin, end) in the data section."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+
+
+
+def detect_checkpoint_format(path: str | Path) -> CheckpointFormat:
+    """Tell safetensors from PyTorch files by their first bytes (the extension is only a hint).
+
+    Raises:
+        CheckpointError: the file is missing, empty, or neither format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if not head:
+        raise CheckpointError(f"checkpoint file {path.name} is empty")
+    if head.startswith(b"PK\x03\x04"):  # torch.save's default zip container
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{":  # u64 header length, then a JSON object
+        return "safetensors"
+    if path.suffix == ".safetensors":
+        # Claimed by its name: let the header check say precisely what is wrong.
+        return "safetensors"
+    if head[:1] == b"\x80":  # pickle protocol marker of torch's legacy (non-zip) format
+        return "torch"
+    raise CheckpointError(
+        f"checkpoint file {path.name} is neither safetensors nor a PyTorch file "
+        f"(first bytes {head[:8].hex()})"
+    )
+
+
+def read_safetensors_header(path: Path) -> tuple[list[TensorRecord], dict[str, str]]:
+    """Parse and check the header: JSON well formed, dtypes known, every tensor's byte range
+    inside the data section, matching dtype×shape, and the ranges tiling it without overlap."""
+    size = path.stat().st_size
+    name = path.name
+    if size < 8:
+        raise CheckpointError(f"safetensors file {name} is truncated: {size} bytes, no header")
+    with path.open("rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        if header_length > _MAX_SAFETENSORS_HEADER or 8 + header_length > size:
+            raise CheckpointError(
+                f"safetensors file {name} is truncated or corrupt: its header claims "
+                f"{header_length} bytes but the file has {size} bytes"
+            )
+        raw_header = handle.read(header_length)
+    try:
+        header = json.loads(raw_header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"safetensors file {name} has a corrupt JSON header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"safetensors file {name}: header is not a JSON object")
+
+    data_size = size - 8 - header_length
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise CheckpointError(f"safetensors file {name}: '__metadata__' must map str to str")
+
+    records = [_tensor_record(name, key, info, data_size) for key, info in header.items()]
+    position = 0
+    for record in sorted(records, key=lambda r: (r.begin, r.end)):
+        if record.begin != position:
+            problem = "overlaps another tensor" if record.begin < position else "leaves a gap"
+            raise CheckpointError(
+                f"safetensors file {name}: tensor {record.name!r} at bytes "
+                f"[{record.begin}, {record.end}) {problem} in the data section"
+            )
+        position = record.end
+    if position != data_size:
+        raise CheckpointError(
+            f"safetensors file {name}: tensors cover {position} of {data_size} data bytes"
+        )
+    return records, metadata
+
+
+def _tensor_record(file_name: str, key: str, info: object, data_size: int) -> TensorRecord:
+    where = f"safetensors file {file_name}, tensor {key!r}"
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise CheckpointError(f"{where}: entry needs 'dtype', 'shape' and 'data_offsets'")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in SAFETENSORS_DTYPE_BITS:
+        raise CheckpointError(f"{where}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise CheckpointError(f"{where}: shape must be a list of non-negative ints, got {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+    ):
+        raise CheckpointError(f"{where}: data_offsets must be two ints, got {offsets!r}")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        raise CheckpointError(
+            f"{where}: data_offsets [{begin}, {end}] lie outside the {data_size}-byte data "
+            "section (truncated or corrupt file)"
+        )
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    if numel * SAFETENSORS_DTYPE_BITS[dtype] != 8 * (end - begin):
+        raise CheckpointError(
+            f"{where}: {end - begin} bytes stored but dtype {dtype} × shape {shape} needs "
+            f"{numel * SAFETENSORS_DTYPE_BITS[dtype] / 8:g}"
+        )
+    return TensorRecord(key, dtype, tuple(shape), begin, end)
+
+
+
+def strip_wrapper_prefix(key: str) -> str:
+    """Remove leading ``module.`` / ``_orig_mod.`` prefixes, however many and in any order."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                stripped = True
+    return key

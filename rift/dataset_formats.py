@@ -1,0 +1,260 @@
+"""The dataset format rules, in one place: what an ``.npz`` dataset and an ImageFolder tree may
+hold, which files count as images, which folder of an archive is the tree's root, and which tar
+members are refused.
+
+Imports no torch (numpy and the standard library only), so the API's upload validation, the
+sandboxed validator, the workers and the library's loaders all read the same rules from here.
+
+npz layout (keys ``x``, ``y``, optionally both ``x_test`` and ``y_test``):
+
+- images: uint8 (N, H, W, C), the layout numpy image code produces; float (N, C, H, W), the
+  layout of PyTorch tensors saved with ``.numpy()``, with values in [0, 1]; (N, H, W) is one
+  channel. Values must be finite.
+- features: any real (integer or float) array of shape (N, F), one feature vector per row; values
+  must be finite and may take any range.
+- labels: integers >= 0, shape (N,) or (N, 1); ``num_classes`` is the largest label + 1.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+
+from rift.errors import DatasetError
+
+NPZ_KEYS = ("x", "y", "x_test", "y_test")
+#: The largest number of image channels an architecture accepts (``ArchitectureSpec.in_channels``).
+MAX_CHANNELS = 16
+#: The library refuses only empty images, which would fail inside the first convolution.
+LIBRARY_MIN_IMAGE_SIDE = 1
+#: The service takes images of at least ``ArchitectureSpec.image_size``'s lower bound (8 px, the
+#: size of sklearn's digits).
+SERVICE_MIN_IMAGE_SIDE = 8
+#: Float images are pixel intensities in this closed interval (the attack's clamping domain).
+FLOAT_PIXEL_RANGE = (0.0, 1.0)
+
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
+#: Labelled held-out folders next to ``train/``, tried in this order.
+HELD_OUT_FOLDERS = ("val", "test")
+TRAIN_FOLDER = "train"
+
+Content = Literal["images", "features"]
+
+
+# ------------------------------------------------------------------------------------ npz
+
+
+def check_npz_keys(keys: Iterable[str], display_name: str) -> None:
+    """Require ``x`` and ``y``, and ``x_test`` and ``y_test`` together or not at all.
+
+    Raises:
+        DatasetError: naming the missing key.
+    """
+    present = set(keys)
+    for key in ("x", "y"):
+        if key not in present:
+            raise DatasetError(
+                f"{display_name} has no key '{key}' (keys: {sorted(present)}); an npz dataset "
+                "needs 'x' (images or feature vectors) and 'y' (labels), optionally 'x_test' and "
+                "'y_test'")
+    if ("x_test" in present) != ("y_test" in present):
+        missing = "y_test" if "x_test" in present else "x_test"
+        raise DatasetError(f"{display_name} has no key '{missing}': give both 'x_test' and "
+                           "'y_test' or neither")
+
+
+@dataclass(frozen=True)
+class NpzLayout:
+    """How an npz ``x`` array is read.
+
+    ``content`` is ``"images"`` or ``"features"``. For images, ``shape`` is (C, H, W) and
+    ``channels_last`` tells that the array is N×H×W×C (uint8) rather than N×C×H×W; for features,
+    ``shape`` is (F,).
+    """
+
+    content: Content
+    shape: tuple[int, ...]
+    channels_last: bool = False
+
+    @property
+    def num_features(self) -> int | None:
+        return self.shape[0] if self.content == "features" else None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        if self.content != "images":
+            return None
+        channels, height, width = self.shape
+        return channels, height, width
+
+
+def _is_real(dtype: np.dtype[Any]) -> bool:
+    return bool(np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
+
+
+def npz_layout(shape: tuple[int, ...], dtype: np.dtype[Any], key: str,
+               min_image_side: int = LIBRARY_MIN_IMAGE_SIDE) -> NpzLayout:
+    """The layout of an ``x`` array from its shape and dtype alone (no values read).
+
+    Raises:
+        DatasetError: wrong number of dimensions, dtype, channels or image size; names ``key``.
+    """
+    if len(shape) == 2:
+        if not _is_real(dtype) or dtype == np.bool_:
+            raise DatasetError(f"key '{key}': feature vectors (N×F) must be integers or floats; "
+                               f"got {dtype}")
+        if shape[1] < 1:
+            raise DatasetError(f"key '{key}': shape {list(shape)} has no features")
+        return NpzLayout("features", (int(shape[1]),))
+    if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
+        raise DatasetError(f"key '{key}': images must be uint8 or float; got {dtype}")
+    if len(shape) == 3:
+        channels, height, width, last = 1, shape[1], shape[2], False
+    elif len(shape) != 4:
+        raise DatasetError(
+            f"key '{key}' must have 4 dimensions (uint8 N×H×W×C or float N×C×H×W), 3 (N×H×W, "
+            f"one channel) or 2 (N×F feature vectors); got shape {list(shape)}")
+    elif dtype == np.uint8:
+        channels, height, width, last = shape[3], shape[1], shape[2], True
+    else:
+        channels, height, width, last = shape[1], shape[2], shape[3], False
+    if min(height, width) < min_image_side:
+        raise DatasetError(
+            f"key '{key}': shape {list(shape)} gives {height}×{width} images; each side must be "
+            f"at least {min_image_side} pixels")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise DatasetError(
+            f"key '{key}': shape {list(shape)} has {channels} channels; at most {MAX_CHANNELS} "
+            "(uint8 images are N×H×W×C, float images N×C×H×W)")
+    return NpzLayout("images", (int(channels), int(height), int(width)), last)
+
+
+def label_count(shape: tuple[int, ...], dtype: np.dtype[Any], key: str) -> int:
+    """The number of labels in a ``y`` array of this shape and dtype ((N,) or (N, 1) integers).
+
+    Raises:
+        DatasetError: not 1-D (or N×1), or not integers; names ``key``.
+    """
+    if len(shape) == 2 and shape[1] == 1:
+        shape = shape[:1]
+    if len(shape) != 1:
+        raise DatasetError(f"key '{key}' must be 1-D (one label per example); got shape "
+                           f"{list(shape)}")
+    if not np.issubdtype(dtype, np.integer):
+        raise DatasetError(f"key '{key}' must hold integers (class indices); got {dtype}")
+    return int(shape[0])
+
+
+class ValueScan:
+    """Checks an array's values chunk by chunk, in bounded memory, and keeps their range.
+
+    ``kind`` is ``"images"``, ``"features"`` or ``"labels"``. Feed chunks (any shape) with
+    :meth:`update`; each raises as soon as a chunk breaks the rule, and :meth:`finish` raises for
+    a rule on the whole array. The rules: every value finite; float images in
+    :data:`FLOAT_PIXEL_RANGE`; labels >= 0.
+    """
+
+    def __init__(self, kind: Literal["images", "features", "labels"], key: str) -> None:
+        self.kind = kind
+        self.key = key
+        self.minimum: float | None = None
+        self.maximum: float | None = None
+
+    def update(self, chunk: np.ndarray) -> None:
+        """Check one chunk of the array's values.
+
+        Raises:
+            DatasetError: NaN or infinite values, float images outside [0, 1], negative labels.
+        """
+        if chunk.size == 0:
+            return
+        if np.issubdtype(chunk.dtype, np.floating):
+            finite = np.isfinite(chunk)
+            if not finite.all():
+                nan = int(np.isnan(chunk).sum())
+                raise DatasetError(
+                    f"key '{self.key}' holds NaN or infinite values ({nan} NaN, "
+                    f"{int(chunk.size - finite.sum()) - nan} infinite in one chunk)")
+        low, high = chunk.min(), chunk.max()
+        self.minimum = float(low) if self.minimum is None else min(self.minimum, float(low))
+        self.maximum = float(high) if self.maximum is None else max(self.maximum, float(high))
+        if self.kind == "labels" and low < 0:
+            raise DatasetError(f"key '{self.key}' holds negative labels (smallest {int(low)}); "
+                               "labels are class indices >= 0")
+        if self.kind == "images" and np.issubdtype(chunk.dtype, np.floating):
+            lowest, highest = FLOAT_PIXEL_RANGE
+            if low < lowest or high > highest:
+                raise DatasetError(
+                    f"key '{self.key}': float images must lie in [{lowest:g}, {highest:g}]; found "
+                    f"values in [{float(low):.4g}, {float(high):.4g}] (store 8-bit pixels as "
+                    "uint8, or divide by 255)")
+
+
+def num_classes_from_labels(largest_label: int) -> int:
+    """Classes a model needs for labels up to ``largest_label``: labels are class indices."""
+    return largest_label + 1
+
+
+# ------------------------------------------------------------------------- ImageFolder trees
+
+
+def is_hidden(name: str) -> bool:
+    """Files and folders whose name starts with a dot are ignored (``.DS_Store``, ``._x.png``)."""
+    return name.startswith(".")
+
+
+def is_image_file(name: str) -> bool:
+    """Whether a file of this name is read as an image (by suffix, case-insensitive)."""
+    return not is_hidden(name) and PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def path_parts(name: str) -> tuple[str, ...]:
+    """The parts of a relative POSIX path, without empty and ``.`` parts."""
+    return tuple(p for p in PurePosixPath(name).parts if p not in ("", "."))
+
+
+def imagefolder_root(files: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
+    """The folder of an archive that holds the ImageFolder tree, from the path parts of its
+    visible files (only the first three parts matter).
+
+    Archives often wrap the tree in one top folder (``tar czf d.tgz d/``): a single top-level
+    folder that holds every file and holds folders (not only images) is stepped into, once.
+    """
+    entries = list(files)
+    tops = {entry[0] for entry in entries}
+    if (len(tops) == 1 and all(len(entry) > 1 for entry in entries)
+            and any(len(entry) > 2 for entry in entries)):
+        return (next(iter(tops)),)
+    return ()
+
+
+def tar_member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why a tar member is refused, or None: absolute paths, backslashes, ``..``, links and
+    anything but plain files and folders are refused, so extraction cannot write outside its
+    folder nor create devices."""
+    name = member.name
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "is an absolute path"
+    if "\\" in name:
+        return "contains a backslash"
+    if ".." in PurePosixPath(name).parts:
+        return "contains '..'"
+    if member.issym() or member.islnk():
+        return "is a link"
+    if not (member.isfile() or member.isdir()):
+        return "is not a regular file or folder (device, fifo, ...)"
+    return None
+
+
+def check_tar_member(member: tarfile.TarInfo, display_name: str) -> None:
+    """Raise DatasetError naming ``member`` when :func:`tar_member_problem` refuses it."""
+    problem = tar_member_problem(member)
+    if problem is not None:
+        raise DatasetError(f"{display_name}: member {member.name!r} {problem}; only plain files "
+                           "and folders with relative paths are accepted")

@@ -1,0 +1,122 @@
+"""The validator client (``api/validation.py``): credentials never reach the checks, their limits
+are applied, at most ``validation_max_concurrency`` checks run at once, a check past its time
+limit is a 422 naming the limit, and a validator server that died is replaced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from api.errors import InvalidInput, ServiceUnavailable
+from api.validation import CHILD_VARIABLES, INHERITED_VARIABLES, Validator, child_environment
+from persistence.settings import Settings
+from rift.errors import DatasetError
+
+MakeValidator = Callable[..., Validator]
+
+
+@pytest.fixture
+def make_validator() -> Iterator[MakeValidator]:
+    """``make_validator(**settings)``: a Validator whose server is stopped after the test."""
+    made: list[Validator] = []
+
+    def make(**overrides: object) -> Validator:
+        made.append(Validator(Settings(**overrides)))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for validator in made:
+        validator.close()
+
+
+def test_checks_see_no_credentials_and_have_their_limits(
+    make_validator: MakeValidator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = {"DATABASE_URL": "postgresql://u:pw@db/rift", "BROKER_URL": "redis://:pw@r/0",
+               "S3_ACCESS_KEY": "AKIA", "S3_SECRET_KEY": "s3cr3t", "AWS_SECRET_ACCESS_KEY": "x",
+               "RIFT_API_KEY": "rift_abc"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    validator = make_validator(validation_memory_bytes=3 * 1024**3, validation_cpu_seconds=7)
+    probe = validator.probe()
+    # The server gets nothing of the API's environment but the allow-list (its own imports may
+    # add variables, e.g. torch's cache folder, so the check's list is not compared whole).
+    assert set(child_environment(os.environ)) <= {*INHERITED_VARIABLES, *CHILD_VARIABLES,
+                                                  "PYTHONPATH"}
+    assert not set(secrets) & set(probe["environment"])
+    assert probe["limits"]["data"] == 3 * 1024**3
+    assert probe["limits"]["cpu"] == 7
+    assert probe["limits"]["core"] == 0
+    # The server's initial environment (which /proc/<pid>/environ shows, of the server and of
+    # every check it forks) holds none of them either.
+    assert validator._server is not None
+    environ = Path(f"/proc/{validator._server.pid}/environ")
+    if environ.exists():
+        names = {item.split(b"=", 1)[0].decode() for item in environ.read_bytes().split(b"\0")
+                 if item}
+        assert not set(secrets) & names
+
+
+def test_at_most_the_configured_number_of_checks_run_at_once(
+    make_validator: MakeValidator,
+) -> None:
+    validator = make_validator(validation_max_concurrency=2)
+    spans: list[tuple[float, float]] = []
+
+    def run() -> None:
+        probe = validator.probe(sleep_seconds=0.3)
+        spans.append((probe["started"], probe["finished"]))
+
+    threads = [threading.Thread(target=run) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(spans) == 5
+    # The largest number of checks alive at one instant, from their own clocks.
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    alive = peak = 0
+    for _, change in events:
+        alive += change
+        peak = max(peak, alive)
+    assert peak == 2
+
+
+def test_busy_slots_and_time_limit_are_answered_with_the_limit(
+    make_validator: MakeValidator,
+) -> None:
+    validator = make_validator(validation_max_concurrency=1,
+                               validation_queue_timeout_seconds=0.2)
+    validator.probe()  # the server is up
+    holder = threading.Thread(target=validator.probe, kwargs={"sleep_seconds": 2.0})
+    holder.start()
+    try:
+        threading.Event().wait(0.5)
+        with pytest.raises(ServiceUnavailable, match="validation slots"):
+            validator.probe()
+    finally:
+        holder.join()
+    slow = make_validator(validation_timeout_seconds=0.5)
+    with pytest.raises(InvalidInput, match=r"0\.5 s") as caught:
+        slow.probe(sleep_seconds=5)
+    assert caught.value.code == "validation_limit"
+
+
+def test_library_errors_come_back_and_a_dead_server_is_replaced(
+    make_validator: MakeValidator, tmp_path: Path
+) -> None:
+    validator = make_validator()
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"neither zip nor tar" * 40)
+    with pytest.raises(DatasetError, match=r"mine\.npz is neither"):
+        validator.inspect_dataset(junk, "mine.npz", 10**6)
+    server = validator._server
+    assert server is not None
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait()
+    assert validator.probe()["limits"]["cpu"] > 0

@@ -1,0 +1,90 @@
+"""The dataset format rules (``rift.dataset_formats``): layouts, value rules checked chunk by
+chunk, the ImageFolder root rule and the tar member policy; and that the module imports no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+from rift.dataset_formats import (
+    NpzLayout,
+    ValueScan,
+    check_npz_keys,
+    imagefolder_root,
+    is_image_file,
+    label_count,
+    npz_layout,
+    tar_member_problem,
+)
+from rift.errors import DatasetError
+
+
+def test_imports_no_torch() -> None:
+    code = "import sys, rift.dataset_formats, rift.checkpoint_format; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_layouts() -> None:
+    assert npz_layout((5, 8, 9, 3), np.dtype(np.uint8), "x") == NpzLayout("images", (3, 8, 9), True)
+    assert npz_layout((5, 2, 8, 9), np.dtype(np.float32), "x") == NpzLayout("images", (2, 8, 9))
+    assert npz_layout((5, 8, 9), np.dtype(np.float64), "x").image_shape == (1, 8, 9)
+    features = npz_layout((5, 13), np.dtype(np.int16), "x")
+    assert (features.content, features.num_features, features.image_shape) == ("features", 13,
+                                                                                None)
+    with pytest.raises(DatasetError, match="at least 8 pixels"):
+        npz_layout((5, 4, 4), np.dtype(np.uint8), "x", min_image_side=8)
+    with pytest.raises(DatasetError, match=r"'x_test'.*uint8 or float"):
+        npz_layout((5, 8, 8), np.dtype(np.int32), "x_test")
+    with pytest.raises(DatasetError, match="integers or floats"):
+        npz_layout((5, 3), np.dtype(np.complex64), "x")
+    assert label_count((7, 1), np.dtype(np.int8), "y") == 7
+    with pytest.raises(DatasetError, match="integers"):
+        label_count((7,), np.dtype(np.float32), "y")
+    with pytest.raises(DatasetError, match="'y_test'"):
+        check_npz_keys({"x", "y", "x_test"}, "d.npz")
+
+
+def test_value_scan_over_chunks_keeps_the_range_and_names_the_rule() -> None:
+    labels = ValueScan("labels", "y")
+    for chunk in np.array_split(np.array([3, 0, 9, 2, 5]), 3):
+        labels.update(chunk)
+    assert (labels.minimum, labels.maximum) == (0, 9)
+    with pytest.raises(DatasetError, match="negative labels"):
+        ValueScan("labels", "y").update(np.array([1, -1]))
+    images = ValueScan("images", "x")
+    images.update(np.array([0.0, 1.0], np.float32))
+    with pytest.raises(DatasetError, match=r"\[0, 1\]"):
+        images.update(np.array([0.5, 255.0], np.float32))
+    with pytest.raises(DatasetError, match="1 NaN, 1 infinite"):
+        ValueScan("features", "x").update(np.array([np.nan, np.inf, 1e30]))
+    ValueScan("features", "x").update(np.array([-1e30, 1e30]))  # any finite range
+    ValueScan("images", "x").update(np.array([0, 255], np.uint8))  # uint8 pixels
+
+
+def test_imagefolder_root_rule() -> None:
+    # One wrapping folder that holds folders is stepped into; a flat class tree is not.
+    assert imagefolder_root([("d", "train", "cat")]) == ("d",)
+    assert imagefolder_root([("cat", "*"), ("dog", "*")]) == ()
+    assert imagefolder_root([("cat", "*")]) == ()
+    assert imagefolder_root([("d", "cat", "*"), ("*",)]) == ()
+
+
+def test_tar_member_policy_and_image_names() -> None:
+    def member(name: str, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        return info
+
+    assert tar_member_problem(member("cat/1.png")) is None
+    assert tar_member_problem(member("/etc/x")) == "is an absolute path"
+    assert tar_member_problem(member("a/../../x")) == "contains '..'"
+    assert tar_member_problem(member("a\\x")) == "contains a backslash"
+    assert tar_member_problem(member("cat/l", tarfile.SYMTYPE)) == "is a link"
+    assert "device" in (tar_member_problem(member("cat/d", tarfile.CHRTYPE)) or "")
+    assert is_image_file("A.JPEG") and not is_image_file(".x.png") and not is_image_file("a.txt")

@@ -1,0 +1,123 @@
+"""The validator's checkpoint checks (``validator/checkpoint.py``): every value read, in chunks,
+for every float format, without torch for safetensors; PyTorch files through the restricted,
+memory-mapped loader."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rift.errors import CheckpointError
+from validator import checkpoint as checker
+from validator.checkpoint import inspect_checkpoint_file
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int], bytes]]) -> Path:
+    """A safetensors file written by hand (name → (dtype, shape, raw little-endian bytes))."""
+    header: dict[str, object] = {}
+    offset = 0
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        offset += len(raw)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with path.open("wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)) + encoded)
+        for _, _, raw in tensors.values():
+            handle.write(raw)
+    return path
+
+
+def test_clean_safetensors_is_summarised_without_torch(tmp_path: Path) -> None:
+    path = write_safetensors(tmp_path / "ok.safetensors", {
+        "module.fc.weight": ("F32", [3, 4], np.ones(12, "<f4").tobytes()),
+        "fc.bias_int": ("I64", [3], np.array([1, 2, 3], "<i8").tobytes()),
+    })
+    code = ("import sys; from pathlib import Path; from validator.checkpoint import "
+            f"inspect_checkpoint_file as f; r = f(Path({str(path)!r}), 'ok'); "
+            "print(r.num_tensors, r.num_parameters, sorted(r.shapes), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2", "15", "['fc.bias_int',", "'fc.weight']", "False"]
+
+
+def _float_bits(dtype: str, values: list[float]) -> bytes:
+    if dtype == "BF16":  # the high half of float32
+        return (np.array(values, "<f4").view("<u4") >> 16).astype("<u2").tobytes()
+    return np.array(values, {"F16": "<f2", "F32": "<f4", "F64": "<f8"}[dtype]).tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F32", "F64"])
+def test_non_finite_values_are_counted_in_every_float_format(tmp_path: Path, dtype: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # A chunk of 16 bytes: the tensor is read in several chunks, the bad values in the last.
+    monkeypatch.setattr(checker, "CHUNK_BYTES", 16)
+    values = [0.5] * 37 + [float("nan"), float("inf"), float("-inf")]
+    path = write_safetensors(tmp_path / "bad.safetensors", {
+        "ok": ("F32", [2], _float_bits("F32", [1.0, -2.0])),
+        "w": (dtype, [len(values)], _float_bits(dtype, values)),
+    })
+    with pytest.raises(CheckpointError, match=r"upload\.st holds non-finite values in w "
+                                              r"\(1 NaN, 2 Inf\)"):
+        inspect_checkpoint_file(path, "upload.st")
+
+
+def test_eight_bit_float_nan_patterns(tmp_path: Path) -> None:
+    path = write_safetensors(tmp_path / "f8.safetensors", {
+        "e4m3": ("F8_E4M3", [4], bytes([0x00, 0x7E, 0xFF, 0x7F])),  # 0x7F/0xFF: NaN; 0x7E: 448
+        "e5m2": ("F8_E5M2", [3], bytes([0x7C, 0x7D, 0x3C])),  # Inf, NaN, 1.0
+    })
+    with pytest.raises(CheckpointError, match=r"e4m3 \(2 NaN, 0 Inf\).*e5m2 \(1 NaN, 1 Inf\)"):
+        inspect_checkpoint_file(path, "f8")
+
+
+def test_empty_and_colliding_safetensors_are_refused(tmp_path: Path) -> None:
+    empty = write_safetensors(tmp_path / "e.safetensors", {})
+    with pytest.raises(CheckpointError, match="no tensors"):
+        inspect_checkpoint_file(empty, "e")
+    raw = np.zeros(2, "<f4").tobytes()
+    twice = write_safetensors(tmp_path / "t.safetensors", {"module.a": ("F32", [2], raw),
+                                                           "a": ("F32", [2], raw)})
+    with pytest.raises(CheckpointError, match="collides"):
+        inspect_checkpoint_file(twice, "t")
+
+
+def test_pytorch_files_are_checked_piece_by_piece(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(checker, "CHUNK_BYTES", 64)
+    weight = torch.zeros(40, 30)
+    weight[39, 29] = float("nan")
+    strided = torch.ones(30, 40).t()  # not contiguous: split by rows
+    strided[5, 7] = float("inf")
+    torch.save({"state_dict": {"module.w": weight, "s": strided, "n": torch.arange(5)}},
+               tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=r"w \(1 NaN, 0 Inf\), s \(0 NaN, 1 Inf\)"):
+        inspect_checkpoint_file(tmp_path / "c.pt", "c.pt")
+    torch.save({"w": torch.ones(40, 30), "s": torch.ones(30, 40).t()}, tmp_path / "ok.pt")
+    summary = inspect_checkpoint_file(tmp_path / "ok.pt", "ok.pt")
+    assert summary.format == "torch" and summary.shapes == {"w": (40, 30), "s": (40, 30)}
+    assert summary.num_parameters == 2400
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("pwned",))
+
+
+def test_pickled_code_is_refused_by_name(tmp_path: Path) -> None:
+    import torch
+
+    torch.save({"w": torch.ones(2), "x": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"evil\.pt"):
+        inspect_checkpoint_file(tmp_path / "evil.pt", "evil.pt")
+    (tmp_path / "legacy.pkl").write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    with pytest.raises(CheckpointError):
+        inspect_checkpoint_file(tmp_path / "legacy.pkl", "legacy.pkl")

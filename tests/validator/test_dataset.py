@@ -1,0 +1,90 @@
+"""The validator's dataset checks (``validator/dataset.py``): every value of every array is read,
+in chunks, whatever the compression and memory order; labels give the class count and range."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rift.errors import DatasetError
+from validator import dataset as checker
+from validator.dataset import inspect_dataset_file
+
+
+@pytest.fixture(autouse=True)
+def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 64-byte chunks: every array below spans many of them.
+    monkeypatch.setattr(checker, "CHUNK_BYTES", 64)
+
+
+def write(path: Path, compressed: bool = True, **arrays: np.ndarray) -> str:
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_a_bad_value_anywhere_is_found(tmp_path: Path, compressed: bool) -> None:
+    images = np.asfortranarray(np.full((30, 1, 8, 8), 0.25, np.float32))
+    images[29, 0, 7, 7] = np.nan  # the last value of a Fortran-ordered array
+    path = write(tmp_path / "d.npz", compressed, x=images, y=np.arange(30) % 3)
+    with pytest.raises(DatasetError, match="'x' holds NaN"):
+        inspect_dataset_file(path, "d.npz", 10**9)
+    images[29, 0, 7, 7] = 1.001
+    path = write(tmp_path / "e.npz", compressed, x=images, y=np.arange(30) % 3)
+    with pytest.raises(DatasetError, match=r"\[0, 1\]"):
+        inspect_dataset_file(path, "e.npz", 10**9)
+
+
+def test_labels_give_classes_and_range(tmp_path: Path) -> None:
+    labels = np.arange(40, dtype=np.int16) % 5 + 2  # 2..6
+    path = write(tmp_path / "d.npz", x=np.zeros((40, 8, 8, 3), np.uint8), y=labels,
+                 x_test=np.zeros((3, 8, 8, 3), np.uint8), y_test=np.array([[9], [2], [3]]))
+    found = inspect_dataset_file(path, "d.npz", 10**9)
+    assert (found.content, found.image_shape, found.num_examples) == ("images", (3, 8, 8), 40)
+    assert (found.label_min, found.label_max, found.num_classes) == (2, 9, 10)
+    assert type(found).from_json(found.to_json()) == found
+
+
+def test_feature_vectors_any_finite_range(tmp_path: Path) -> None:
+    features = np.linspace(-1e6, 1e6, 35 * 4).reshape(35, 4)
+    path = write(tmp_path / "f.npz", x=features, y=np.arange(35) % 7)
+    found = inspect_dataset_file(path, "f.npz", 10**9)
+    assert (found.content, found.num_features, found.image_shape) == ("features", 4, None)
+    features[34, 3] = -np.inf
+    path = write(tmp_path / "g.npz", x=features, y=np.arange(35) % 7)
+    with pytest.raises(DatasetError, match="infinite"):
+        inspect_dataset_file(path, "g.npz", 10**9)
+
+
+def test_a_corrupt_extra_member_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    write(path, compressed=False, x=np.zeros((10, 8, 8), np.uint8), y=np.zeros(10, np.int64))
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("notes.txt", b"hello world" * 20)
+    data = bytearray(path.read_bytes())
+    where = data.find(b"hello world")
+    data[where] ^= 0xFF  # the extra member no longer matches its CRC
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"(?i)crc|corrupt"):
+        inspect_dataset_file(str(path), "d.npz", 10**9)
+
+
+def test_memory_stays_flat_for_a_large_array(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 64 MB of float32 pixels, checked in 8 MiB chunks: the checker allocates chunks, not arrays.
+    import tracemalloc
+
+    monkeypatch.setattr(checker, "CHUNK_BYTES", 8 * 1024 * 1024)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((250, 1, 256, 256), np.float32), y=np.zeros(250, np.int64))
+    path = tmp_path / "big.npz"
+    path.write_bytes(buffer.getvalue())
+    del buffer
+    tracemalloc.start()
+    inspect_dataset_file(str(path), "big.npz", 10**10)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 40 * 1024 * 1024, peak

@@ -1,0 +1,346 @@
+"""Checking an uploaded dataset archive completely, in bounded memory.
+
+Two archive kinds are accepted, recognised by content: ``.npz`` (the layout of
+``rift.dataset_formats``: images or feature vectors) and a tar (optionally gzip, bzip2 or xz
+compressed) of an ImageFolder tree. Nothing is extracted: npz arrays are read member by member in
+chunks of :data:`CHUNK_BYTES` (their headers first: object arrays, which would unpickle code, are
+refused), so every value is checked (finite; float images in [0, 1]; labels integers >= 0) while
+memory stays flat whatever the archive's size; tar members are checked from their headers (the
+member policy of ``rift.dataset_formats``).
+
+Imports no torch. Runs inside the sandboxed validator process; the API imports it only for
+:func:`read_npz_header` and :func:`scan_tar`, to read the geometry of archives stored before
+their geometry was recorded.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+import numpy as np
+
+from rift.dataset_formats import (
+    IMAGE_SUFFIXES,
+    NPZ_KEYS,
+    SERVICE_MIN_IMAGE_SIDE,
+    TRAIN_FOLDER,
+    ValueScan,
+    check_npz_keys,
+    check_tar_member,
+    imagefolder_root,
+    is_hidden,
+    is_image_file,
+    label_count,
+    npz_layout,
+    num_classes_from_labels,
+    path_parts,
+)
+from rift.errors import DatasetError
+
+#: Bytes of array data read (and checked) at a time: bounds the checker's memory.
+CHUNK_BYTES = 8 * 1024 * 1024
+MAX_TAR_MEMBERS = 5_000_000
+#: The first image is decoded to learn the image size; a larger "image" is not read.
+MAX_PROBE_IMAGE_BYTES = 64 * 1024 * 1024
+#: Stands for a file name in the path prefixes kept while scanning a tar (see _marked).
+FILE_MARK = "*"
+
+
+@dataclass(frozen=True)
+class DatasetInspection:
+    """A valid archive.
+
+    ``kind``: ``"npz"`` or ``"imagefolder"``; ``content``: ``"images"`` or ``"features"``.
+    ``image_shape`` (C, H, W) is None for feature vectors, and for an ImageFolder tar whose first
+    image could not be sized (the worker then reports the problem precisely); ``num_features`` is
+    set for feature vectors only. ``num_examples`` counts training examples (npz ``x``) or image
+    files (tar). ``label_min``/``label_max`` span every label (train and test); ``num_classes``
+    is ``label_max + 1`` for npz (labels are class indices), the class folders for ImageFolder.
+    """
+
+    kind: str
+    content: str
+    image_shape: tuple[int, int, int] | None
+    num_features: int | None
+    num_examples: int
+    num_classes: int
+    label_min: int
+    label_max: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DatasetInspection:
+        shape = data.get("image_shape")
+        return cls(**{**data, "image_shape": tuple(shape) if shape is not None else None})
+
+
+def sniff_kind(head: bytes) -> str | None:
+    """``"npz"`` for a zip, ``"imagefolder"`` for a (possibly compressed) tar, else None."""
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "npz"
+    compressed = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+    if any(head.startswith(m) for m in compressed):
+        return "imagefolder"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "imagefolder"
+    return None
+
+
+def inspect_dataset_file(path: str, display_name: str, max_unpacked_bytes: int) -> DatasetInspection:
+    """Validate the archive at ``path`` (named ``display_name`` in messages).
+
+    ``max_unpacked_bytes`` bounds the total size of the archive's content once unpacked.
+
+    Raises:
+        DatasetError: not an npz or tar, corrupt, unsafe member, missing key, wrong layout, or a
+            value breaking the rules (NaN/Inf, float pixels outside [0, 1], negative labels).
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+        kind = sniff_kind(head)
+        if kind is None and tarfile.is_tarfile(path):
+            kind = "imagefolder"
+        if kind == "npz":
+            return _inspect_npz(path, display_name, max_unpacked_bytes)
+        if kind == "imagefolder":
+            with open(path, "rb") as handle:
+                scan = scan_tar(handle, display_name, max_unpacked_bytes, full=True)
+            return _imagefolder_layout(scan, display_name)
+    except DatasetError:
+        raise
+    except Exception as exc:  # zlib, lzma, encrypted or exotic members: the upload's fault
+        raise DatasetError(f"cannot read {display_name}: {type(exc).__name__}: {exc}") from exc
+    raise DatasetError(
+        f"{display_name} is neither an .npz file nor a tar archive of an ImageFolder tree"
+    )
+
+
+# --------------------------------------------------------------------------------------- npz
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+
+def _read_header(member: IO[bytes], key: str) -> NpyHeader:
+    try:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+    except ValueError as exc:
+        raise DatasetError(f"key '{key}' is not a valid .npy array: {exc}") from exc
+    if dtype.hasobject:
+        raise DatasetError(
+            f"key '{key}' holds Python objects (dtype {dtype}); only numeric arrays are read, "
+            "because object arrays would be unpickled")
+    return NpyHeader(tuple(int(d) for d in shape), dtype)
+
+
+def read_npz_header(archive: zipfile.ZipFile, key: str) -> NpyHeader:
+    """Shape and dtype of ``key`` from its ``.npy`` header, with its size checked against them.
+
+    Raises:
+        DatasetError: not an array, object dtype, or a member whose size does not match.
+    """
+    info = archive.getinfo(f"{key}.npy")
+    with archive.open(info) as member:
+        header = _read_header(member, key)
+        header_end = member.tell()
+    expected = header_end + int(np.prod(header.shape, dtype=np.int64)) * header.dtype.itemsize
+    if info.file_size != expected:
+        raise DatasetError(
+            f"key '{key}' is truncated or corrupt: shape {list(header.shape)} of {header.dtype} "
+            f"needs {expected} bytes, the member has {info.file_size}")
+    return header
+
+
+def open_zip(source: str | IO[bytes], display_name: str) -> zipfile.ZipFile:
+    """The npz archive as a ZipFile. Raises DatasetError when it is not a readable zip."""
+    try:
+        return zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise DatasetError(f"{display_name} is not a readable .npz (zip) file: {exc}") from exc
+
+
+def _scan_values(archive: zipfile.ZipFile, key: str, scan: ValueScan) -> None:
+    """Read ``key``'s data in chunks and feed each to ``scan``; reading a member to its end
+    also checks its CRC."""
+    with archive.open(f"{key}.npy") as member:
+        header = _read_header(member, key)
+        itemsize = header.dtype.itemsize
+        step = max(itemsize, CHUNK_BYTES - CHUNK_BYTES % itemsize)
+        buffer = bytearray(step)
+        # A zip member's read returns the bytes asked for unless the member ends, so every
+        # chunk but the last is whole elements, and the sizes were checked against the header.
+        while filled := member.readinto(buffer):  # type: ignore[attr-defined]
+            if filled % itemsize:
+                raise DatasetError(f"key '{key}' is truncated")
+            scan.update(np.frombuffer(memoryview(buffer)[:filled], dtype=header.dtype))
+
+
+def _read_through(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    # Members that are not read as arrays are still read once: a bad CRC refuses the upload now.
+    with archive.open(info) as member:
+        while member.read(CHUNK_BYTES):
+            pass
+
+
+def _inspect_npz(path: str, display_name: str, max_unpacked_bytes: int) -> DatasetInspection:
+    try:
+        return _inspect_npz_archive(path, display_name, max_unpacked_bytes)
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
+        raise DatasetError(f"{display_name} is corrupt: {exc}") from exc
+
+
+def _inspect_npz_archive(path: str, display_name: str,
+                         max_unpacked_bytes: int) -> DatasetInspection:
+    with open_zip(path, display_name) as archive:
+        infos = archive.infolist()
+        unpacked = sum(i.file_size for i in infos)
+        if unpacked > max_unpacked_bytes:
+            raise DatasetError(
+                f"{display_name} unpacks to {unpacked} bytes, more than the limit of "
+                f"{max_unpacked_bytes} bytes")
+        keys = {i.filename[: -len(".npy")] for i in infos if i.filename.endswith(".npy")}
+        check_npz_keys(keys, display_name)
+        headers = {key: read_npz_header(archive, key) for key in NPZ_KEYS if key in keys}
+        x = headers["x"]
+        layout = npz_layout(x.shape, x.dtype, "x", SERVICE_MIN_IMAGE_SIDE)
+        count = x.shape[0]
+        if count == 0:
+            raise DatasetError(f"key 'x' in {display_name} holds no examples")
+        if label_count(headers["y"].shape, headers["y"].dtype, "y") != count:
+            raise DatasetError(f"key 'y' has {headers['y'].shape[0]} labels but 'x' has "
+                               f"{count} examples")
+        if "x_test" in headers:
+            x_test = headers["x_test"]
+            test_layout = npz_layout(x_test.shape, x_test.dtype, "x_test", SERVICE_MIN_IMAGE_SIDE)
+            if test_layout != layout or x_test.dtype != x.dtype:
+                raise DatasetError(
+                    f"key 'x_test' must match 'x' in layout and dtype: {x_test.dtype} "
+                    f"{list(x_test.shape[1:])} vs {x.dtype} {list(x.shape[1:])}")
+            test_count = x_test.shape[0]
+            if label_count(headers["y_test"].shape, headers["y_test"].dtype, "y_test") != test_count:
+                raise DatasetError(f"key 'y_test' has {headers['y_test'].shape[0]} labels but "
+                                   f"'x_test' has {test_count} examples")
+        labels = ValueScan("labels", "y")
+        for key in headers:
+            if key.startswith("y"):
+                labels.key = key
+                _scan_values(archive, key, labels)
+            else:
+                _scan_values(archive, key, ValueScan(layout.content, key))
+        for info in infos:
+            if info.filename[: -len(".npy")] not in headers:
+                _read_through(archive, info)
+    assert labels.minimum is not None and labels.maximum is not None  # count > 0
+    return DatasetInspection(
+        kind="npz", content=layout.content, image_shape=layout.image_shape,
+        num_features=layout.num_features, num_examples=count,
+        num_classes=num_classes_from_labels(int(labels.maximum)),
+        label_min=int(labels.minimum), label_max=int(labels.maximum))
+
+
+# --------------------------------------------------------------------------------------- tar
+
+
+@dataclass(frozen=True)
+class TarScan:
+    """What a pass over a tar's member headers found (see :func:`scan_tar`)."""
+
+    files: list[tuple[str, ...]]
+    entries: list[tuple[str, ...]]
+    num_images: int
+    image_shape: tuple[int, int, int] | None
+
+
+def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
+             full: bool) -> TarScan:
+    """Check every member of the tar read from ``handle`` against the member policy and the size
+    bound; with ``full`` false, stop at the first image (enough to learn the image size).
+
+    Raises:
+        DatasetError: an unsafe member, too many members or bytes, or not a readable tar.
+    """
+    # Path prefixes, file names replaced by FILE_MARK: enough to find the root and the classes,
+    # and bounded by the number of folders, not of files (an archive may hold millions).
+    files: set[tuple[str, ...]] = set()
+    entries: set[tuple[str, ...]] = set()
+    num_images = 0
+    unpacked = 0
+    image_shape: tuple[int, int, int] | None = None
+    try:
+        with tarfile.open(fileobj=handle, mode="r|*") as archive:
+            for count, member in enumerate(archive, start=1):
+                check_tar_member(member, display_name)
+                if count > MAX_TAR_MEMBERS:
+                    raise DatasetError(f"{display_name} has more than {MAX_TAR_MEMBERS} members")
+                unpacked += member.size
+                if unpacked > max_unpacked_bytes:
+                    raise DatasetError(
+                        f"{display_name} unpacks to more than the limit of {max_unpacked_bytes} "
+                        "bytes")
+                parts = path_parts(member.name)
+                if not member.isfile() or not parts or any(is_hidden(p) for p in parts):
+                    continue
+                entries.add(_marked(parts)[:3])
+                if is_image_file(parts[-1]):
+                    if image_shape is None and member.size <= MAX_PROBE_IMAGE_BYTES:
+                        image_shape = _image_shape(archive.extractfile(member))
+                        if not full:
+                            return TarScan([], [], 0, image_shape)
+                    files.add(_marked(parts)[:4])
+                    num_images += 1
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        raise DatasetError(f"{display_name} is not a readable tar archive: {exc}") from exc
+    return TarScan(sorted(files), sorted(entries), num_images, image_shape)
+
+
+def _marked(parts: tuple[str, ...]) -> tuple[str, ...]:
+    return (*parts[:-1], FILE_MARK)
+
+
+def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
+    if not scan.files:
+        raise DatasetError(
+            f"{display_name} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    root = imagefolder_root(scan.entries)
+    inside = [f[len(root):] for f in scan.files if f[: len(root)] == root]
+    has_train = any(len(f) > 2 and f[0] == TRAIN_FOLDER for f in inside)
+    # The library reads train/ (plus val/ or test/) when there is a train/ folder.
+    train = [f[1:] for f in inside if f[0] == TRAIN_FOLDER] if has_train else inside
+    classes = sorted({f[0] for f in train if len(f) > 1})
+    if not classes:
+        where = "/".join((*root, TRAIN_FOLDER)) if has_train else ("/".join(root) or "the top level")
+        raise DatasetError(
+            f"{display_name}: no class folders in {where}; expected <class>/<image> or "
+            "train/<class>/<image>")
+    return DatasetInspection(
+        kind="imagefolder", content="images", image_shape=scan.image_shape, num_features=None,
+        num_examples=scan.num_images, num_classes=len(classes), label_min=0,
+        label_max=len(classes) - 1)
+
+
+def _image_shape(member: IO[bytes] | None) -> tuple[int, int, int] | None:
+    # ImageFolder images are read as RGB by the library: 3 channels whatever the file.
+    if member is None:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(member.read())) as image:
+            width, height = image.size
+    except Exception:  # undecodable or a decompression bomb: the worker reports it precisely
+        return None
+    return (3, height, width)

@@ -1,0 +1,63 @@
+"""Whether a checkpoint fits a job's architecture: the job's model is built on PyTorch's ``meta``
+device (shapes only, no memory, no weights) and compared with the checkpoint's keys and shapes;
+the module names the spec selects must exist in it. Imports torch; runs in the validator process.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+
+from rift.config import RiftConfig
+from rift.errors import ConfigError, RiftError
+
+#: The image geometry assumed when the dataset's cannot be known before the job runs.
+DEFAULT_CHANNELS, DEFAULT_IMAGE_SIZE = 3, 32
+
+
+def check_checkpoint_fits(
+    config: RiftConfig,
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    in_channels: int | None,
+    image_size: int | None,
+    num_features: int | None = None,
+) -> None:
+    """Build ``config.architecture`` on the meta device for the dataset's geometry (images of
+    ``in_channels`` × ``image_size``², or feature vectors of ``num_features`` values, passed to
+    ``build_model`` when it takes them) and require the checkpoint's keys and shapes to match it
+    and the spec's module names to exist.
+
+    Raises:
+        CheckpointMismatchError: with the missing, unexpected and mismatched keys.
+        UnknownArchitectureError / ConfigError: the architecture cannot be built as specified,
+            or a module name is unknown.
+    """
+    import torch
+
+    from rift.checkpoints import check_compatible
+    from rift.finetune import trainable_module
+    from rift.models import build_model
+    from rift.mrc import select_modules
+
+    channels = in_channels or DEFAULT_CHANNELS
+    size = image_size or DEFAULT_IMAGE_SIZE
+    options: dict[str, int] = {"in_channels": channels, "image_size": size}
+    if num_features is not None and "num_features" in inspect.signature(build_model).parameters:
+        options["num_features"] = num_features
+    try:
+        with torch.device("meta"):
+            model = build_model(config.architecture, **options)
+    except RiftError:
+        raise
+    except Exception as exc:  # e.g. a torchvision model that cannot take these options
+        shape = (f"{num_features} features" if num_features is not None
+                 else f"{channels}-channel {size}×{size} images")
+        raise ConfigError(
+            f"cannot build architecture {config.architecture.name!r} for {shape}: "
+            f"{type(exc).__name__}: {exc}", field="architecture") from exc
+    meta_state = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    check_compatible(model, meta_state)
+    select_modules(model, config.mrc)
+    if config.finetune.module is not None:
+        trainable_module(model, config.finetune.module)
