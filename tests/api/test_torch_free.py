@@ -36,11 +36,19 @@ settings = Settings(database_url=url, broker_url="memory://", store_kind="local"
 class Dispatcher:
     def enqueue_job(self, job_id): pass
     def check(self): pass
+    def enqueue_webhook(self, delivery_id, countdown=None): pass
     def close(self): pass
 
 
+from persistence.api_keys import create_key, create_project
+from persistence.db import session_factory_from_settings
+
+with session_factory_from_settings(settings)() as session:
+    key = create_key(session, create_project(session, "tests"), ["read", "write"]).key
+
 statuses = {}
-with TestClient(create_app(settings, dispatcher=Dispatcher())) as client:
+with TestClient(create_app(settings, dispatcher=Dispatcher()),
+                headers={"Authorization": f"Bearer {key}"}) as client:
     with open(folder / "model.safetensors", "rb") as handle:
         answer = client.post("/v1/checkpoints", files={"file": ("model.safetensors", handle)})
     statuses["checkpoint"] = answer.status_code
