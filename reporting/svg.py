@@ -154,7 +154,7 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
     width = width or max(360, 90 + len(categories) * (10 + 12 * max(len(series), 1)))
     frame = _Frame(width, height, bottom=110)
     _open(frame, chart, title)
-    values = [v for s in series for v in s.values if _finite(v)]
+    values = [float(v) for s in series for v in s.values if v is not None and math.isfinite(v)]
     ticks = nice_ticks(min([0.0, *values]), max([0.0, *values]) if values else 1.0)
     low, high = ticks[0], ticks[-1]
     _y_axis(frame, ticks, y_label)
