@@ -15,8 +15,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.dispatch import CeleryDispatcher, Dispatcher
 from api.errors import install_error_handlers
-from api.routes import checkpoints, datasets, health, job_events, job_results, jobs
+from api.observability import ApiMetrics, ObservabilityMiddleware
+from api.routes import (
+    checkpoints,
+    datasets,
+    health,
+    job_events,
+    job_report,
+    job_results,
+    jobs,
+    materialize,
+    metrics,
+)
 from persistence.db import session_factory_from_settings
+from persistence.logs import configure_logging
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 
@@ -33,6 +45,7 @@ def create_app(
     """Build the API. Missing dependencies are built from ``settings`` (default: the
     environment). The database schema must already exist (``python -m persistence.migrate``)."""
     settings = settings or Settings()
+    configure_logging(settings.log_format, settings.log_level)
     factory = session_factory or session_factory_from_settings(settings)
     queue = dispatcher or CeleryDispatcher(settings)
 
@@ -60,12 +73,16 @@ def create_app(
     app.state.session_factory = factory
     app.state.store = store or settings.build_object_store()
     app.state.dispatcher = queue
+    app.state.metrics = ApiMetrics()
     install_error_handlers(app)
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
 
     v1 = APIRouter(prefix=API_PREFIX)
-    for module in (checkpoints, datasets, jobs, job_events, job_results, health):
+    for module in (checkpoints, datasets, jobs, job_events, job_results, health, job_report,
+                   materialize):
         v1.include_router(module.router)
     app.include_router(v1)
     # Probes at the root too, where orchestrators look for them.
     app.include_router(health.router, include_in_schema=False)
+    app.include_router(metrics.router)
     return app

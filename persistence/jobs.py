@@ -113,6 +113,7 @@ def create_job(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     now: datetime | None = None,
+    request_id: str | None = None,
 ) -> tuple[Job, bool]:
     """Create a queued job with its labels and its three pending stages; returns (job, created).
 
@@ -133,7 +134,7 @@ def create_job(
         status=JobStatus.QUEUED, stage=None, stage_progress=0.0, spec=dict(spec),
         checkpoint_id=checkpoint_id, dataset_id=dataset_id, idempotency_key=idempotency_key,
         request_hash=request_hash, cancel_requested=False, attempts=0, created_at=now,
-        updated_at=now,
+        updated_at=now, request_id=request_id,
     )
     job.labels = [JobLabel(key=k, value=v) for k, v in sorted((labels or {}).items())]
     job.stages = [JobStage(stage=stage, position=i, status=StageStatus.PENDING, attempts=0)

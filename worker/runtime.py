@@ -41,6 +41,9 @@ class WorkerResources:
     """
 
     settings: Settings
+    #: The process's Prometheus collectors (:class:`worker.metrics.WorkerMetrics`), set by
+    #: :func:`worker.tasks.register_tasks`.
+    metrics: Any = field(default=None, repr=False)
     _handles: _ProcessHandles | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -47,6 +47,7 @@ from api.schemas import (
 )
 from api.uploads import MAX_FIELD_BYTES, UploadedFile, receive_upload, scratch_dir
 from persistence.jobs import create_job, get_job, list_jobs, queue_position, request_cancel
+from persistence.logs import current_request_id
 from persistence.models import Job, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -155,7 +156,8 @@ def _create(
             job, created = create_job(
                 session, spec=spec.config.model_dump(mode="json"),
                 checkpoint_id=checkpoint_id or "", dataset_id=spec.dataset_id,
-                labels=spec.labels, idempotency_key=idempotency_key, request_hash=request_hash)
+                labels=spec.labels, idempotency_key=idempotency_key, request_hash=request_hash,
+                request_id=current_request_id())
             if created:
                 try:
                     state.dispatcher.enqueue_job(job.id)
