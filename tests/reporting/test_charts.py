@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -80,7 +81,7 @@ def test_job_charts_leave_out_what_has_no_data() -> None:
 def test_nice_ticks_cover_the_range_with_round_steps() -> None:
     ticks = nice_ticks(0.03, 12.9)
     assert ticks[0] <= 0.03 and ticks[-1] >= 12.9
-    steps = {round(b - a, 9) for a, b in zip(ticks, ticks[1:], strict=False)}
+    steps = {round(b - a, 9) for a, b in itertools.pairwise(ticks)}
     assert len(steps) == 1 and re.fullmatch(r"[125](\.0)?|[125]0*(\.0)?|0\.0*[125]", str(steps.pop()))
     assert nice_ticks(5.0, 5.0)[0] <= 5.0 <= nice_ticks(5.0, 5.0)[-1]
 
