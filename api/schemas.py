@@ -131,6 +131,9 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    estimated_finish: datetime | None = Field(
+        None, description="When a running job should end, at the pace its earlier stages and "
+        "the running stage's progress measured; None when queued, ended or not yet measurable.")
     config: dict[str, Any] = Field(description="The job's RiftConfig, defaults filled in.")
     links: JobLinks
 

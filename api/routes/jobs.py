@@ -46,9 +46,10 @@ from api.schemas import (
     is_resource_id,
 )
 from api.uploads import MAX_FIELD_BYTES, UploadedFile, receive_upload, scratch_dir
+from persistence.eta import estimate_finish
 from persistence.jobs import create_job, get_job, list_jobs, queue_position, request_cancel
 from persistence.logs import current_request_id
-from persistence.models import Job, JobStatus
+from persistence.models import Job, JobStatus, utcnow
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -78,6 +79,7 @@ def job_out(session: Session, job: Job) -> JobOut:
         stages=[StageOut.model_validate(s, from_attributes=True) for s in job.stages],
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         updated_at=job.updated_at, config=job.spec,
+        estimated_finish=estimate_finish(job, job.stages, utcnow()),
         links=JobLinks(
             self=job_link(job.id), events=job_link(job.id, "/events"),
             mrc=job_link(job.id, "/mrc"), curves=job_link(job.id, "/curves"),
