@@ -54,9 +54,14 @@ class ApiMetrics:
 
 
 def _route_template(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "<unmatched>"
+    """The matched route's template: the path with each path parameter's segment put back as
+    ``{name}``. (Built from the path because FastAPI keeps included routers nested, so the
+    matched route's own ``path`` lacks the prefixes.) ``<unmatched>`` when no route matched."""
+    if scope.get("route") is None:
+        return "<unmatched>"
+    by_value = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
+    segments = str(scope.get("path", "")).split("/")
+    return "/".join(f"{{{by_value[s]}}}" if s in by_value else s for s in segments)
 
 
 def _is_multipart(scope: Scope) -> bool:

@@ -126,9 +126,15 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
 
 
 def _queue_size(app: RiftCelery, queue: str) -> int:
-    """Messages waiting in ``queue`` (a passive declare: the queue is not created)."""
+    """Messages waiting in ``queue``. kombu's virtual transports (Redis, SQLAlchemy) count a
+    queue's messages directly, an empty Redis queue being no key at all (a passive declare would
+    call it missing); other brokers answer a passive declare (the queue is not created)."""
     with app.connection_for_write() as connection:
-        return int(connection.default_channel.queue_declare(queue, passive=True).message_count)
+        channel = connection.default_channel
+        size = getattr(channel, "_size", None)
+        if callable(size):
+            return int(size(queue))
+        return int(channel.queue_declare(queue, passive=True).message_count)
 
 
 def _request_id_of(task: Task) -> str | None:
