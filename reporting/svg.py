@@ -269,7 +269,10 @@ def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label:
         frame.parts.append(
             f'<circle class="mark" data-label={quoteattr(mark.label)} cx="{px:.1f}" cy="{py:.1f}" '
             f'r="7" fill="none" stroke="{HIGHLIGHT}" stroke-width="2.5"/>')
-        frame.parts.append(f'<text x="{px + 9:.1f}" y="{py - 9:.1f}" fill="{HIGHLIGHT}" '
-                           f'style="font-weight:bold">{escape(mark.label)}</text>')
+        # Labels of marks near the right edge go to their left, so they stay inside the chart.
+        near_right = px > frame.left + 0.75 * frame.plot_width
+        text_x, anchor = (px - 9, "end") if near_right else (px + 9, "start")
+        frame.parts.append(f'<text x="{text_x:.1f}" y="{py - 9:.1f}" text-anchor="{anchor}" '
+                           f'fill="{HIGHLIGHT}" style="font-weight:bold">{escape(mark.label)}</text>')
     _legend(frame, [s.name for s in series], colours)
     return _close(frame)
