@@ -105,6 +105,9 @@ class JobLinks(BaseModel):
     curves: str
     artifacts: str
     cancel: str
+    report: str | None = Field(None, description="The job's HTML report page.")
+    materializations: str | None = Field(
+        None, description="Weights made at other α (POST .../materialize to ask for one).")
 
 
 class JobOut(BaseModel):

@@ -83,7 +83,9 @@ def job_out(session: Session, job: Job) -> JobOut:
         links=JobLinks(
             self=job_link(job.id), events=job_link(job.id, "/events"),
             mrc=job_link(job.id, "/mrc"), curves=job_link(job.id, "/curves"),
-            artifacts=job_link(job.id, "/artifacts"), cancel=job_link(job.id, "/cancel")),
+            artifacts=job_link(job.id, "/artifacts"), cancel=job_link(job.id, "/cancel"),
+            report=job_link(job.id, "/report"),
+            materializations=job_link(job.id, "/materializations")),
     )
 
 

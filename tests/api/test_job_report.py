@@ -80,6 +80,7 @@ def test_report_page_in_headless_chromium(report_api: Api, small_cnn_file: Path,
     api = report_api
     job_id = finished_job(api, small_cnn_file)
     url = f"{api.url}/v1/jobs/{job_id}/report"
+    assert api.client.get(f"/v1/jobs/{job_id}").json()["links"]["report"] == f"/v1/jobs/{job_id}/report"
     direct = api.client.get(url)
     assert direct.status_code == 200
     assert direct.headers["content-type"].startswith("text/html")
