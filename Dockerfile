@@ -26,6 +26,11 @@ RUN pip install --no-deps . \
     && mkdir -p /app/var \
     && chown rift:rift /app/var
 
+# The commit written into every job's manifest.json (.git is not in the image):
+#   docker build --build-arg BUILD_COMMIT=$(git rev-parse HEAD) .
+ARG BUILD_COMMIT=""
+ENV BUILD_COMMIT=${BUILD_COMMIT}
+
 USER rift
 EXPOSE 8000
 # API_WORKERS uvicorn processes (see persistence/settings.py); a shell expands the variable.

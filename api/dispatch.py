@@ -11,8 +11,14 @@ from typing import Protocol
 
 from celery import Celery
 
+from persistence.logs import current_request_id
 from persistence.models import StageName
-from persistence.queue import create_celery_app, enqueue_stage, enqueue_webhook
+from persistence.queue import (
+    create_celery_app,
+    enqueue_materialization,
+    enqueue_stage,
+    enqueue_webhook,
+)
 from persistence.settings import Settings
 
 
@@ -33,6 +39,10 @@ class Dispatcher(Protocol):
 
     def check(self) -> None:
         """Raise :class:`DispatchError` unless the broker can be reached."""
+        ...
+
+    def enqueue_materialization(self, materialization_id: str) -> None:
+        """Queue the making of θ_α for a materialization request; :class:`DispatchError`."""
         ...
 
     def close(self) -> None:
@@ -56,12 +66,18 @@ class CeleryDispatcher:
 
     def enqueue_job(self, job_id: str) -> None:
         try:
-            enqueue_stage(self.app, job_id, StageName.MRC)
+            # The request being served (bound by the API's middleware) travels to the worker.
+            enqueue_stage(self.app, job_id, StageName.MRC, request_id=current_request_id())
         except Exception as exc:  # kombu raises OperationalError and transport-specific errors
             raise DispatchError(f"the broker did not accept the job: {_short(exc)}") from exc
 
     def enqueue_webhook(self, delivery_id: str) -> None:
         enqueue_webhook(self.app, delivery_id)
+    def enqueue_materialization(self, materialization_id: str) -> None:
+        try:
+            enqueue_materialization(self.app, materialization_id, request_id=current_request_id())
+        except Exception as exc:
+            raise DispatchError(f"the broker did not accept the request: {_short(exc)}") from exc
 
     def check(self) -> None:
         try:

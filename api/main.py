@@ -24,19 +24,24 @@ from api.dispatch import CeleryDispatcher, Dispatcher
 from api.errors import install_error_handlers
 from api.event_feed import EventFeed, LocalPublisher, build_event_feed
 from api.limits import RateLimiter, StreamSlots, rate_limiter_for
+from api.observability import ApiMetrics, ObservabilityMiddleware
 from api.routes import (
     admin,
     checkpoints,
     datasets,
     health,
     job_events,
+    job_report,
     job_results,
     jobs,
+    materialize,
+    metrics,
     webhooks,
 )
 from api.validation import Validator
 from persistence.db import session_factory_from_settings
 from persistence.event_notify import EventPublisher, build_publisher, install_publisher, notify_mode
+from persistence.logs import configure_logging
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 from persistence.webhooks import install_delivery_dispatch
@@ -58,6 +63,7 @@ def create_app(
     environment). The database schema must already exist (``python -m persistence.migrate``).
     ``event_feed`` wakes the live event streams (default: the one ``EVENT_NOTIFY`` picks)."""
     settings = settings or Settings()
+    configure_logging(settings.log_format, settings.log_level)
     factory = session_factory or session_factory_from_settings(settings)
     queue = dispatcher or CeleryDispatcher(settings)
     limiter = rate_limiter or rate_limiter_for(settings.broker_url)
@@ -108,7 +114,9 @@ def create_app(
     app.state.stream_slots = StreamSlots()
     app.state.event_feed = feed
     app.state.validator = checks
+    app.state.metrics = ApiMetrics()
     install_error_handlers(app)
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
     if settings.cors_allow_origins:
         # No credentials: keys travel in a header a page must set itself, never in cookies.
         app.add_middleware(
@@ -121,10 +129,12 @@ def create_app(
     # Every route of this router needs a key; the routes name CallerDep too, which FastAPI
     # resolves once per request, so the router's dependency is a guard a new route cannot miss.
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(get_caller)])
-    for module in (checkpoints, datasets, jobs, job_events, job_results, webhooks, admin):
+    for module in (checkpoints, datasets, jobs, job_events, job_results, job_report, materialize,
+                   webhooks, admin):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router, prefix=API_PREFIX)
     # Probes at the root too, where orchestrators look for them.
     app.include_router(health.router, include_in_schema=False)
+    app.include_router(metrics.router)
     return app

@@ -113,6 +113,9 @@ class JobLinks(BaseModel):
     curves: str
     artifacts: str
     cancel: str
+    report: str | None = Field(None, description="The job's HTML report page.")
+    materializations: str | None = Field(
+        None, description="Weights made at other α (POST .../materialize to ask for one).")
 
 
 class JobSummaryOut(BaseModel):
@@ -143,6 +146,10 @@ class JobSummaryOut(BaseModel):
     cost_estimate: int | None = Field(
         None, description="Estimated example-passes (forward and backward, all stages), "
         "compared with the project's max_job_cost when the job was created.")
+    estimated_finish: datetime | None = Field(
+        None, description="When a running job should end, at the pace its earlier stages and "
+        "the running stage's progress measured; None when queued, ended or not yet measurable; "
+        "shown by GET /v1/jobs/{id}.")
     links: JobLinks
 
 

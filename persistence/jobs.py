@@ -172,6 +172,7 @@ def create_job(
     now: datetime | None = None,
     project_id: str | None = None,
     cost_estimate: int | None = None,
+    request_id: str | None = None,
 ) -> tuple[Job, bool]:
     """Create a queued job with its labels and its three pending stages; returns (job, created).
 
@@ -193,6 +194,7 @@ def create_job(
         checkpoint_id=checkpoint_id, dataset_id=dataset_id, idempotency_key=idempotency_key,
         request_hash=request_hash, cancel_requested=False, attempts=0, created_at=now,
         updated_at=now, project_id=project_id, cost_estimate=cost_estimate,
+        request_id=request_id,
     )
     job.labels = [JobLabel(key=k, value=v) for k, v in sorted((labels or {}).items())]
     job.stages = [JobStage(stage=stage, position=i, status=StageStatus.PENDING, attempts=0)

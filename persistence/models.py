@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -241,6 +242,8 @@ class Job(Base):
     selected_module: Mapped[str | None] = mapped_column(String(255))
     chosen_alpha: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any] | None]
+    # The X-Request-ID of the request that created the job; workers log it with the job id.
+    request_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -474,3 +477,36 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(String(500))
     started_at: Mapped[datetime]
     duration_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class MaterializationStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Materialization(Base):
+    """Weights θ_α at an α the user asked for after the job (``tuned@<α>.safetensors``), made by
+    a worker from the stored θ_AT and θ_FT; accuracies (percent) when evaluation was asked."""
+
+    __tablename__ = "materializations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    alpha: Mapped[float] = mapped_column(Float)
+    evaluate: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default=MaterializationStatus.QUEUED)
+    artifact_name: Mapped[str] = mapped_column(String(64))
+    clean_accuracy: Mapped[float | None] = mapped_column(Float)
+    robust_accuracy: Mapped[float | None] = mapped_column(Float)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # One materialization per α of a job: asking again returns the one already made.
+        UniqueConstraint("job_id", "artifact_name", name="uq_materializations_job_id"),
+        CheckConstraint(_in("status", MaterializationStatus), name="status"),
+    )

@@ -24,6 +24,10 @@ STAGE_TASK_NAMES: dict[str, str] = {stage.value: f"rift.stage.{stage.value}"
                                     for stage in STAGE_ORDER}
 #: Celery task name of the periodic recovery of stages whose lease expired.
 RECOVER_TASK_NAME = "rift.recover_stale_jobs"
+#: Celery task name of "make θ_α of a finished job" (``POST /v1/jobs/{id}/materialize``).
+MATERIALIZE_TASK_NAME = "rift.materialize"
+#: Message header carrying the request id of the API request behind a task (for the logs).
+REQUEST_ID_HEADER = "rift_request_id"
 #: Celery task name of a webhook delivery (on its own queue, WEBHOOK_QUEUE).
 WEBHOOK_TASK_NAME = "rift.webhook.deliver"
 
@@ -55,7 +59,7 @@ def create_celery_app(settings: Settings) -> RiftCelery:
         worker_prefetch_multiplier=1,
         task_default_queue=settings.celery_queue,
         task_routes={**{name: {"queue": settings.celery_queue}
-                        for name in STAGE_TASK_NAMES.values()},
+                        for name in [*STAGE_TASK_NAMES.values(), MATERIALIZE_TASK_NAME]},
                      WEBHOOK_TASK_NAME: {"queue": settings.webhook_queue}},
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
@@ -83,15 +87,29 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 
 
 def enqueue_stage(app: Celery, job_id: str, stage: str = StageName.MRC,
-                  countdown: float | None = None) -> None:
-    """Send the message that runs ``stage`` of the job (after ``countdown`` seconds).
+                  countdown: float | None = None, request_id: str | None = None) -> None:
+    """Send the message that runs ``stage`` of the job (after ``countdown`` seconds); the
+    ``request_id`` of the API request behind it travels in a message header, for the logs.
 
     Call it after the transaction that made the stage runnable has committed.
     """
     settings: Settings | None = getattr(app, "settings", None)
     queue = settings.celery_queue if settings is not None else None
     app.send_task(STAGE_TASK_NAMES[StageName(stage)], args=[job_id], queue=queue,
-                  countdown=countdown)
+                  countdown=countdown, headers=_request_headers(request_id))
+
+
+def enqueue_materialization(app: Celery, materialization_id: str,
+                            request_id: str | None = None) -> None:
+    """Send the message that makes the weights of one materialization request."""
+    settings: Settings | None = getattr(app, "settings", None)
+    queue = settings.celery_queue if settings is not None else None
+    app.send_task(MATERIALIZE_TASK_NAME, args=[materialization_id], queue=queue,
+                  headers=_request_headers(request_id))
+
+
+def _request_headers(request_id: str | None) -> dict[str, str] | None:
+    return {REQUEST_ID_HEADER: request_id} if request_id else None
 
 
 def enqueue_webhook(app: Celery, delivery_id: str, countdown: float | None = None) -> None:

@@ -217,6 +217,35 @@ class Settings(BaseSettings):
         "not hold a delivery worker.")
     webhook_max_endpoints: int = Field(
         20, ge=1, description="Webhook endpoints one project may register.")
+    # --- observability (metrics, logs) ---------------------------------------------------------
+    metrics_token: SecretStr | None = Field(
+        None, description="When set, GET /metrics on the API requires 'Authorization: Bearer "
+        "<token>'; unset, /metrics is open (scrapers usually sit on a private network).")
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535,
+        description="TCP port on which each worker process serves Prometheus metrics; 0: off. "
+        "With the prefork pool the port is opened by the pool's child (run one child per worker, "
+        "--concurrency=1, as the deployment does).")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="'json': one JSON object per line carrying job_id and request_id "
+        "(for log shippers); 'text': plain lines for a terminal.")
+    log_level: str = Field("INFO", description="Level of the service's loggers (DEBUG, INFO...).")
+    build_commit: str | None = Field(
+        None, description="Git commit of the deployed code, written into each job's manifest.json "
+        "(set by the image build); unset, the manifest asks git when the code is a checkout.")
+
+    # --- model registry export (optional, needs the 'mlflow' extra) ---------------------------
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking (and registry) URI, e.g. 'http://mlflow:5000' or "
+        "'sqlite:///mlflow.db'; unset: finished jobs are not exported.")
+    mlflow_experiment: str = Field("rift", min_length=1,
+                                   description="MLflow experiment the job runs are logged under.")
+    mlflow_model_name: str = Field(
+        "rift-tuned", min_length=1,
+        description="Registered model that each job's tuned weights become a new version of.")
+    mlflow_artifact_location: str | None = Field(
+        None, description="Artifact root for a new experiment (e.g. an s3:// or file:// URI); "
+        "unset: the tracking server's default.")
 
     def build_object_store(self) -> ObjectStore:
         """The object store these settings describe (one per process; it holds no global state)."""

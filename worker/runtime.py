@@ -48,6 +48,9 @@ class WorkerResources:
     #: Sends a webhook message's task by id; set by ``register_tasks``. Sessions call it after
     #: a commit that wrote messages (a job's end).
     webhook_sender: Callable[[str], None] | None = None
+    #: The process's Prometheus collectors (:class:`worker.metrics.WorkerMetrics`), set by
+    #: :func:`worker.tasks.register_tasks`.
+    metrics: Any = field(default=None, repr=False)
     _handles: _ProcessHandles | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -20,8 +20,10 @@ from persistence.models import Checkpoint, Dataset, Job, StageName
 from persistence.object_keys import stage_object_key
 from persistence.stages import ArtifactRecord, StageOutputs
 from persistence.storage import ObjectStore, StoredObject
+from reporting.charts import CHART_ARTIFACTS, Curve, job_charts
 from rift import checkpoints
 from rift.config import RiftConfig
+from rift.manifest import build_manifest
 from rift.pipeline import (
     FinetuneStageResult,
     MRCStageResult,
@@ -41,6 +43,8 @@ TUNED = "tuned.safetensors"
 FINETUNED = "finetuned.safetensors"
 MRC_CSV = "mrc.csv"
 RESULT_JSON = "result.json"
+MANIFEST_JSON = "manifest.json"
+SVG = "image/svg+xml"
 
 
 MRC_RECORD = "mrc.json"
@@ -75,11 +79,13 @@ def prepare(job: Job, checkpoint: Checkpoint, dataset: Dataset | None, store: Ob
 
 
 def run_stage(stage: str, job: Job, run: PreparedRun, store: ObjectStore, work_dir: Path,
-              callbacks: PipelineCallbacks, attempts: Mapping[str, int]) -> StageOutputs:
+              callbacks: PipelineCallbacks, attempts: Mapping[str, int],
+              manifest: Mapping[str, Any] | None = None) -> StageOutputs:
     """Run ``stage`` and store its files; returns what :func:`finish_stage` records.
 
     ``attempts`` maps each stage to its latest claim: this stage's own attempt, and for the
-    stages already done, the attempt whose outputs were recorded."""
+    stages already done, the attempt whose outputs were recorded. ``manifest`` (see
+    :func:`job_manifest`) is stored with the first stage's outputs."""
     scratch = Path(tempfile.mkdtemp(dir=_mkdir(work_dir / "scratch"), prefix=f"{job.id}-"))
 
     def key(of_stage: str, name: str) -> str:
@@ -87,7 +93,11 @@ def run_stage(stage: str, job: Job, run: PreparedRun, store: ObjectStore, work_d
 
     try:
         if stage == StageName.MRC:
-            return _mrc(job, run, store, callbacks, key)
+            outputs = _mrc(job, run, store, callbacks, key)
+            if manifest is not None:
+                stored = _put_json(store, key(StageName.MRC, MANIFEST_JSON), dict(manifest))
+                outputs.artifacts = [*outputs.artifacts, _record(MANIFEST_JSON, stored)]
+            return outputs
         if stage == StageName.FINETUNE:
             return _finetune(job, run, store, scratch, callbacks, key)
         if stage == StageName.INTERPOLATE:
@@ -103,6 +113,19 @@ def describe_device(device: torch.device) -> str:
         return str(device)
     index = device.index if device.index is not None else torch.cuda.current_device()
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"[:64]
+
+
+def job_manifest(job: Job, checkpoint: Checkpoint, dataset: Dataset | None, run: PreparedRun,
+                 commit: str | None) -> dict[str, Any]:
+    """The job's ``manifest.json`` (:func:`rift.manifest.build_manifest`) with the job's ids; the
+    config is the job's spec as submitted (the worker's own data folder and device override are
+    not part of it), the device the one this worker resolved."""
+    return build_manifest(
+        RiftConfig.model_validate(job.spec), checkpoint_sha256=checkpoint.sha256,
+        dataset_sha256=dataset.sha256 if dataset is not None else None,
+        device=describe_device(run.device), commit=commit,
+        extra={"job_id": job.id, "checkpoint_id": checkpoint.id,
+               "dataset_id": dataset.id if dataset is not None else None})
 
 
 def _mkdir(path: Path) -> Path:
@@ -189,9 +212,17 @@ def _interpolate(job: Job, run: PreparedRun, store: ObjectStore, scratch: Path,
     document = {"job_id": job.id,
                 **build_result(run.config, mrc, finetune, result, str(run.device))}
     result_object = _put_json(store, key(StageName.INTERPOLATE, RESULT_JSON), document)
+    # The report page's charts as files too (drawn by the same torch-free module as the page).
+    charts = job_charts([{**row, "module": row["name"]} for row in mrc.rows], module,
+                        saved["epochs"], [Curve(module, result.points, result.chosen_alpha)])
+    chart_records = [
+        _record(CHART_ARTIFACTS[name], store.put_bytes(
+            key(StageName.INTERPOLATE, CHART_ARTIFACTS[name]), svg.encode("utf-8"),
+            content_type=SVG))
+        for name, svg in charts.items()]
     return StageOutputs(
         interpolation_points=result.points,
-        artifacts=[_record(TUNED, weights), _record(RESULT_JSON, result_object)],
+        artifacts=[_record(TUNED, weights), _record(RESULT_JSON, result_object), *chart_records],
         chosen_alpha=result.chosen_alpha,
         metrics={"before": result.before, "after": result.after,
                  "chosen_alpha": result.chosen_alpha, "selected_module": module,

@@ -18,6 +18,12 @@ whose lease expired (the worker running them was killed) and, after
 ``STAGE_REDISPATCH_SECONDS``, the stages nobody took (a message lost in a crash); it fails the jobs
 past their time limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the
 janitor (:mod:`persistence.janitor`).
+
+Around a stage: logs carry the job id and the request id of the API request that created the job
+(from the message header, else the job row); the first stage stores the job's ``manifest.json``;
+stage times, attempts and GPU seconds go to :mod:`worker.metrics`; after the last stage, the job
+is exported to MLflow when ``MLFLOW_TRACKING_URI`` is set (a failure is a ``warning`` event only).
+Also here: ``rift.materialize``, which makes θ_α of a succeeded job at another α.
 """
 
 from __future__ import annotations
@@ -28,13 +34,28 @@ import time
 import traceback
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery import Task
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
-from persistence import stages
+from persistence import jobs, stages
 from persistence.janitor import run_janitor
-from persistence.models import STAGE_ORDER, Checkpoint, Dataset, JobStatus
+from persistence.logs import log_context, use_json
+from persistence.materializations import (
+    fail_materialization,
+    finish_materialization,
+    start_materialization,
+)
+from persistence.models import STAGE_ORDER, Artifact, Checkpoint, Dataset, Job, JobStatus, StageName
 from persistence.queue import (
+    MATERIALIZE_TASK_NAME,
     RECOVER_TASK_NAME,
+    REQUEST_ID_HEADER,
     STAGE_TASK_NAMES,
     WEBHOOK_TASK_NAME,
     RiftCelery,
@@ -49,8 +70,10 @@ from persistence.webhooks import deliveries_to_redispatch
 from rift.errors import JobCancelled, RiftError
 from rift.pipeline import PipelineCallbacks
 from worker import webhooks as webhook_delivery
+from worker.metrics import WorkerMetrics
+from worker.mlflow_export import MlflowTarget, export_job
 from worker.runtime import StageReporter, WorkerResources
-from worker.stages import describe_device, prepare, run_stage
+from worker.stages import FINETUNED, describe_device, job_manifest, prepare, run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +82,7 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     """Register the stage tasks and the recovery loop on ``app``; returns the process handles."""
     resources = WorkerResources(app.settings)
     resources.webhook_sender = lambda delivery_id: enqueue_webhook(app, delivery_id)
+    resources.metrics = WorkerMetrics(resources, lambda queue: _queue_size(app, queue))
 
     for stage in STAGE_ORDER:
         _register_stage_task(app, resources, stage.value)
@@ -69,6 +93,10 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
         return webhook_delivery.deliver(
             resources, delivery_id,
             schedule_retry=lambda message, delay: enqueue_webhook(app, message, countdown=delay))
+    @app.task(name=MATERIALIZE_TASK_NAME, ignore_result=True, bind=True)
+    def materialize(task: Task, materialization_id: str) -> str:
+        """Make the weights of one materialization request; returns the outcome."""
+        return execute_materialization(resources, materialization_id, _request_id_of(task))
 
     @app.task(name=RECOVER_TASK_NAME, ignore_result=True)
     def recover_stale_jobs() -> int:
@@ -84,23 +112,79 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     def stop_recovery(sender: Any = None, **_: Any) -> None:
         loop.stop()
 
+    port = app.settings.worker_metrics_port
+
+    def serve_metrics_in_child(**_: Any) -> None:
+        # Prefork: tasks run in the pool's child process, so its collectors are the ones to serve.
+        resources.metrics.serve(port)
+
+    def serve_metrics_in_main(sender: Any = None, **_: Any) -> None:
+        pool = getattr(getattr(sender, "controller", None), "pool_cls", None)
+        if "prefork" not in getattr(pool, "__module__", ""):
+            resources.metrics.serve(port)
+
+    def json_logs(logger: logging.Logger, **_: Any) -> None:
+        if app.settings.log_format == "json":
+            for handler in logger.handlers:
+                use_json(handler)
+        logging.getLogger("worker").setLevel(app.settings.log_level.upper())
+
     # weak=False: the handlers are closures that would otherwise be garbage-collected.
     worker_ready.connect(start_recovery, weak=False)
     worker_shutdown.connect(stop_recovery, weak=False)
+    if port:
+        worker_process_init.connect(serve_metrics_in_child, weak=False)
+        worker_ready.connect(serve_metrics_in_main, weak=False)
+    after_setup_logger.connect(json_logs, weak=False)
+    after_setup_task_logger.connect(json_logs, weak=False)
     return resources
 
 
+def _queue_size(app: RiftCelery, queue: str) -> int:
+    """Messages waiting in ``queue``. kombu's virtual transports (Redis, SQLAlchemy) count a
+    queue's messages directly, an empty Redis queue being no key at all (a passive declare would
+    call it missing); other brokers answer a passive declare (the queue is not created)."""
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        size = getattr(channel, "_size", None)
+        if callable(size):
+            return int(size(queue))
+        return int(channel.queue_declare(queue, passive=True).message_count)
+
+
+def _request_id_of(task: Task) -> str | None:
+    """The request id the sender put in the message header, if any."""
+    value = getattr(task.request, REQUEST_ID_HEADER, None)
+    if value is None:
+        value = (getattr(task.request, "headers", None) or {}).get(REQUEST_ID_HEADER)
+    return str(value) if value else None
+
+
 def _register_stage_task(app: RiftCelery, resources: WorkerResources, stage: str) -> None:
-    def run(job_id: str) -> str:
-        return execute_stage(app, resources, job_id, stage)
+    def run(task: Task, job_id: str) -> str:
+        return execute_stage(app, resources, job_id, stage, _request_id_of(task))
 
     run.__name__ = f"run_{stage}_stage"
     run.__doc__ = f"Run the '{stage}' stage of the job ``job_id``; returns the outcome."
-    app.task(name=STAGE_TASK_NAMES[stage], ignore_result=True)(run)
+    app.task(name=STAGE_TASK_NAMES[stage], ignore_result=True, bind=True)(run)
 
 
-def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str) -> str:
-    """Claim and run one stage of a job; returns what happened (for logs and tests)."""
+def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
+                  request_id: str | None = None) -> str:
+    """Claim and run one stage of a job, its logs tagged with the job and request ids; returns
+    what happened (for logs and tests)."""
+    with log_context(job_id=job_id, request_id=request_id):
+        started = time.monotonic()
+        outcome, device = _execute_stage(app, resources, job_id, stage, request_id)
+        if outcome in ("done", "failed", "retry", "cancelled", "lease_lost"):
+            resources.metrics.observe_stage(stage, outcome, time.monotonic() - started, device)
+        if outcome == "done" and stages.next_stage(stage) is None:
+            export_if_configured(resources, job_id)
+        return outcome
+
+
+def _execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
+                   request_id: str | None) -> tuple[str, str | None]:
     settings = resources.settings
     owner = resources.worker_id
     try:
@@ -115,23 +199,37 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
                        if claim.job.dataset_id else None)
     except JobNotFound:
         logger.warning("stage %s of unknown job %s: message dropped", stage, job_id)
-        return "missing"
+        return "missing", None
 
     if claim.outcome == ClaimOutcome.DONE:
         # A duplicate message, or the worker died between recording the stage and sending the
         # next message: send it (again); the next claim sorts out duplicates.
         following = stages.next_stage(stage)
         if following is not None and claim.job.status == JobStatus.RUNNING:
-            enqueue_stage(app, job_id, following)
-        return str(claim.outcome)
+            enqueue_stage(app, job_id, following, request_id=request_id or claim.job.request_id)
+        return "already_done", None
     if claim.outcome != ClaimOutcome.CLAIMED:
         logger.info("job %s stage %s: %s", job_id, stage, claim.outcome)
-        return str(claim.outcome)
+        return str(claim.outcome), None
     if checkpoint is None:
         with resources.session() as session:
             stages.fail_job(session, job_id, "checkpoint_missing",
                             f"the job's checkpoint {claim.job.checkpoint_id} no longer exists")
-        return "failed"
+        return "failed", None
+    # A message sent without the header (recovery, an older sender): the job row has the id.
+    request_id = request_id or claim.job.request_id
+    with log_context(request_id=request_id):
+        return _run_claimed(app, resources, job_id, stage, claim, checkpoint, dataset, attempts,
+                            request_id)
+
+
+def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
+                 claim: stages.StageClaim, checkpoint: Checkpoint, dataset: Dataset | None,
+                 attempts: dict[str, int], request_id: str | None) -> tuple[str, str | None]:
+    settings = resources.settings
+    owner = resources.worker_id
+    resources.metrics.attempts.labels(stage).inc()
+    device: str | None = None
 
     logger.info("job %s stage %s: attempt %d on %s", job_id, stage, claim.attempt, owner)
     reporter = StageReporter(resources, job_id, stage, seconds_left=seconds_left(
@@ -142,11 +240,14 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
     try:
         run = prepare(claim.job, checkpoint, dataset, resources.store, settings.work_dir,
                       settings.worker_device, settings.data_root)
+        device = describe_device(run.device)
         with resources.session() as session:
-            stages.set_job_device(session, job_id, describe_device(run.device))
+            stages.set_job_device(session, job_id, device)
         callbacks.check_cancel()
+        manifest = (job_manifest(claim.job, checkpoint, dataset, run, settings.build_commit)
+                    if stage == StageName.MRC else None)
         outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir, callbacks,
-                            attempts)
+                            attempts, manifest)
         if reporter.lease_lost:
             raise LeaseLost(f"lost the lease on stage '{stage}' of job {job_id}")
         with resources.session() as session:
@@ -155,29 +256,31 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
         with resources.session() as session:
             stages.mark_cancelled(session, job_id)
         logger.info("job %s cancelled during stage %s", job_id, stage)
-        return "cancelled"
+        return "cancelled", device
     except LeaseLost as exc:
         # Another worker took the stage over (this one stalled past its lease): it owns it now.
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
-        return "lease_lost"
+        return "lease_lost", device
     except RiftError as exc:
-        return _fail(resources, job_id, stage, exc.code, exc.message)
+        return _fail(resources, job_id, stage, exc.code, exc.message), device
     except ObjectNotFound as exc:
         return _fail(resources, job_id, stage, "missing_object",
-                     f"an input of the job is missing from the object store: {exc.message}")
+                     f"an input of the job is missing from the object store: {exc.message}"), device
     except Exception as exc:
         try:
-            return _retry_or_fail(app, resources, job_id, stage, claim.attempt, exc)
+            return _retry_or_fail(app, resources, job_id, stage, claim.attempt, exc,
+                                  request_id), device
         except LeaseLost as lost:
             logger.warning("job %s stage %s: %s", job_id, stage, lost)
-            return "lease_lost"
+            return "lease_lost", device
     finally:
         reporter.stop()
 
     following = stages.next_stage(stage)
     if following is not None:
-        enqueue_stage(app, job_id, following)
-    return "done"
+        enqueue_stage(app, job_id, following, request_id=request_id)
+    logger.info("job %s stage %s done", job_id, stage)
+    return "done", device
 
 
 def _fail(resources: WorkerResources, job_id: str, stage: str, code: str, message: str) -> str:
@@ -193,7 +296,7 @@ def _fail(resources: WorkerResources, job_id: str, stage: str, code: str, messag
 
 
 def _retry_or_fail(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
-                   attempt: int, exc: Exception) -> str:
+                   attempt: int, exc: Exception, request_id: str | None = None) -> str:
     """After an unexpected error: give the stage back for another attempt, or, on the last
     allowed attempt, fail the job (while still holding the lease, so no other worker is racing)."""
     settings = resources.settings
@@ -211,8 +314,74 @@ def _retry_or_fail(app: RiftCelery, resources: WorkerResources, job_id: str, sta
             return "failed"
         stages.release_stage(session, job_id, stage, owner=resources.worker_id,
                              error=traceback.format_exc(limit=5))
-    enqueue_stage(app, job_id, stage, countdown=settings.stage_retry_delay_seconds)
+    enqueue_stage(app, job_id, stage, countdown=settings.stage_retry_delay_seconds,
+                  request_id=request_id)
     return "retry"
+
+
+def export_if_configured(resources: WorkerResources, job_id: str) -> None:
+    """Export the succeeded job to MLflow when ``MLFLOW_TRACKING_URI`` is set. Never raises: the
+    job has succeeded whatever happens here; a failure is logged and becomes a warning event."""
+    settings = resources.settings
+    if not settings.mlflow_tracking_uri:
+        return
+    target = MlflowTarget(settings.mlflow_tracking_uri, settings.mlflow_experiment,
+                          settings.mlflow_model_name, settings.mlflow_artifact_location)
+    try:
+        result = export_job(target, resources.session, resources.store, job_id, settings.work_dir)
+        kind, payload = "mlflow_exported", {"run_id": result.run_id, "model": result.model_name,
+                                            "version": result.model_version}
+        logger.info("job %s exported to MLflow: model %s version %s", job_id, result.model_name,
+                    result.model_version)
+    except Exception as exc:
+        logger.warning("job %s: MLflow export failed", job_id, exc_info=True)
+        first_line = (str(exc).splitlines() or [""])[0][:300]
+        kind, payload = "warning", {"stage": "export", "message": (
+            f"the job succeeded but its export to MLflow failed: {type(exc).__name__}: "
+            f"{first_line}")}
+    try:
+        with resources.session() as session:
+            jobs.append_event(session, job_id, kind, payload)
+    except Exception:
+        logger.warning("job %s: could not record the export event", job_id, exc_info=True)
+
+
+def execute_materialization(resources: WorkerResources, materialization_id: str,
+                            request_id: str | None = None) -> str:
+    """Make, store and record the weights of one materialization request; returns the outcome."""
+    from worker.materialize import materialize_weights  # torch: only where it runs
+
+    settings = resources.settings
+    with resources.session() as session:
+        row = start_materialization(session, materialization_id)
+        if row is None:
+            return "skipped"
+        job = session.get(Job, row.job_id)
+        assert job is not None  # the row's foreign key
+        checkpoint = session.get(Checkpoint, job.checkpoint_id)
+        dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+        finetuned = session.get(Artifact, (job.id, FINETUNED))
+    with log_context(job_id=job.id, request_id=request_id or row.request_id):
+        try:
+            if checkpoint is None or finetuned is None:
+                raise ObjectNotFound("the job's checkpoint or fine-tuned weights are gone")
+            made = materialize_weights(row, job, checkpoint, dataset, finetuned, resources.store,
+                                       settings.work_dir, settings.worker_device,
+                                       settings.data_root)
+        except Exception as exc:
+            logger.warning("materialization %s failed", materialization_id, exc_info=True)
+            with resources.session() as session:
+                fail_materialization(session, materialization_id,
+                                     f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+            resources.metrics.materializations.labels("failed").inc()
+            return "failed"
+        with resources.session() as session:
+            finish_materialization(session, materialization_id, made.artifact,
+                                   clean_accuracy=made.clean_accuracy,
+                                   robust_accuracy=made.robust_accuracy)
+        resources.metrics.materializations.labels("succeeded").inc()
+        logger.info("materialized %s (alpha %s)", row.artifact_name, row.alpha)
+        return "succeeded"
 
 
 def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources) -> int:

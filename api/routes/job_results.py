@@ -36,7 +36,7 @@ router = APIRouter(prefix="/jobs", tags=["results"])
 
 # At most 18 digits: larger positions exist in no object, and int() of huge strings is costly.
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d{0,18})\s*-\s*(\d{0,18})\s*$", re.IGNORECASE)
-_ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
+_ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@\-]{0,63}")  # @: tuned@<α>.safetensors
 
 
 @router.get("/{job_id}/mrc", response_model=MRCTableOut,

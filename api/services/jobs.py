@@ -33,6 +33,7 @@ from api.services.quotas import check_active_jobs, check_cost, check_storage
 from api.uploads import UploadedFile, scratch_dir
 from api.validation import Validator
 from persistence.cost import estimate_cost
+from persistence.eta import estimate_finish
 from persistence.jobs import (
     JobPage,
     JobSummary,
@@ -42,7 +43,8 @@ from persistence.jobs import (
     queue_position,
     request_cancel,
 )
-from persistence.models import Checkpoint, Job, JobStage
+from persistence.logs import current_request_id
+from persistence.models import Checkpoint, Job, JobStage, utcnow
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 
@@ -68,7 +70,9 @@ def _summary_fields(job: Job | JobSummary, position: int | None) -> dict[str, An
         links=JobLinks(
             self=job_link(job.id), events=job_link(job.id, "/events"),
             mrc=job_link(job.id, "/mrc"), curves=job_link(job.id, "/curves"),
-            artifacts=job_link(job.id, "/artifacts"), cancel=job_link(job.id, "/cancel")),
+            artifacts=job_link(job.id, "/artifacts"), cancel=job_link(job.id, "/cancel"),
+            report=job_link(job.id, "/report"),
+            materializations=job_link(job.id, "/materializations")),
     )
 
 
@@ -79,7 +83,8 @@ def _stages(stages: Sequence[JobStage | StageSummary]) -> list[StageOut]:
 def full_job_out(job: Job | JobSummary, position: int | None) -> JobOut:
     """The API view of a job (labels and stages loaded) at queue ``position``."""
     assert job.stages is not None and job.spec is not None
-    return JobOut(**_summary_fields(job, position), stages=_stages(job.stages), config=job.spec)
+    return JobOut(**_summary_fields(job, position), stages=_stages(job.stages), config=job.spec,
+                  estimated_finish=estimate_finish(job, job.stages, utcnow()))
 
 
 def job_out(session: Session, job: Job) -> JobOut:
@@ -184,7 +189,7 @@ def create_job_for(
                 session, spec=config_json, checkpoint_id=checkpoint_id or "",
                 dataset_id=spec.dataset_id, labels=spec.labels, idempotency_key=stored_key,
                 request_hash=request_hash, project_id=caller.project_id,
-                cost_estimate=estimate.total)
+                cost_estimate=estimate.total, request_id=current_request_id())
             if created:
                 try:
                     services.dispatcher.enqueue_job(job.id)

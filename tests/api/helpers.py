@@ -46,6 +46,11 @@ class RecordingDispatcher:
         if self.broker_down:
             raise DispatchError("the broker cannot be reached: connection refused (test)")
 
+    def enqueue_materialization(self, materialization_id: str) -> None:
+        if self.broker_down:
+            raise DispatchError("the broker cannot be reached: connection refused (test)")
+        self.enqueued.append(materialization_id)
+
     def close(self) -> None:
         pass
 

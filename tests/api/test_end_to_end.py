@@ -33,7 +33,9 @@ from tests.service_fixtures import WorkerProcess, settings_from_env
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 JOB_TIMEOUT_S = 300.0
-ARTIFACTS = {"tuned.safetensors", "finetuned.safetensors", "mrc.csv", "result.json"}
+ARTIFACTS = {"tuned.safetensors", "finetuned.safetensors", "mrc.csv", "result.json",
+             "manifest.json", "mrc.svg", "finetune.svg", "interpolation.svg",
+             "interpolation_alpha.svg"}
 
 
 def follow_events(api: Api, job_id: str) -> list[dict[str, Any]]:

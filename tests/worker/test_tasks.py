@@ -141,7 +141,8 @@ def test_a_message_delivered_twice_runs_each_stage_once(
         assert len(jobs.get_epoch_metrics(session, job_id)) == fast_config["finetune"]["epochs"]
         artifacts = {a.name: a for a in jobs.list_artifacts(session, job_id)}
     assert set(artifacts) == {"mrc.csv", "finetuned.safetensors", "tuned.safetensors",
-                              "result.json"}
+                              "result.json", "manifest.json", "mrc.svg", "finetune.svg",
+                              "interpolation.svg", "interpolation_alpha.svg"}
     assert job.selected_module in modules
     assert job.metrics is not None and job.metrics["chosen_alpha"] == job.chosen_alpha
     assert set(job.metrics["before"]) == {"clean_accuracy", "robust_accuracy"}
@@ -222,7 +223,8 @@ def test_cancellation_while_queued_and_while_running(
     assert stage_rows(sessions, running_id)["finetune"].status == "cancelled"
     with sessions() as session:
         assert len(jobs.get_epoch_metrics(session, running_id)) == 0
-        assert jobs.list_artifacts(session, running_id)[0].name == "mrc.csv"
+        assert {a.name for a in jobs.list_artifacts(session, running_id)} == {
+            "mrc.csv", "manifest.json"}
 
     # The cancelled queued job's message was consumed before the running one's: it never ran.
     assert f"job {queued_id} stage mrc: inactive" in worker.log()

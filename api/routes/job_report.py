@@ -1,0 +1,85 @@
+"""``GET /v1/jobs/{id}/report``: the job's results as one self-contained HTML page (inline SVG
+charts, no script, nothing fetched from elsewhere), drawn by :mod:`reporting` from the database
+rows and the job's ``manifest.json``. It works for a running job too (what exists so far)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+
+from api.deps import CallerDep, SessionDep, StoreDep
+from api.routes.jobs import load_job
+from persistence.jobs import get_artifact, get_epoch_metrics, get_interpolation_points, get_mrc_rows
+from persistence.storage import StoreError
+from reporting.charts import Curve
+from reporting.page import CONTENT_SECURITY_POLICY, ReportData, render_report
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/jobs", tags=["results"])
+
+MANIFEST = "manifest.json"
+
+
+def candidate_curves(metrics: Mapping[str, Any] | None) -> list[Curve]:
+    """Curves of further candidate modules a sweep recorded in ``metrics["candidates"]``: a list
+    of ``{"module" (or "name"), "interpolation" (or "points"): [{alpha, clean_accuracy,
+    robust_accuracy}], "chosen_alpha"?}``; entries of another shape are skipped."""
+    found = (metrics or {}).get("candidates")
+    curves: list[Curve] = []
+    if not isinstance(found, list):
+        return curves
+    for entry in found:
+        if not isinstance(entry, Mapping):
+            continue
+        points = entry.get("interpolation", entry.get("points"))
+        name = entry.get("module", entry.get("name"))
+        if not isinstance(points, list) or not isinstance(name, str):
+            continue
+        usable = [p for p in points if isinstance(p, Mapping)
+                  and all(isinstance(p.get(k), int | float)
+                          for k in ("alpha", "clean_accuracy", "robust_accuracy"))]
+        chosen = entry.get("chosen_alpha")
+        curves.append(Curve(name, usable, float(chosen) if isinstance(chosen, int | float) else None))
+    return curves
+
+
+def _with_main_first(main: Curve | None, others: Sequence[Curve]) -> list[Curve]:
+    rest = [c for c in others if main is None or c.name != main.name]
+    return ([main] if main is not None else []) + rest
+
+
+@router.get("/{job_id}/report", response_class=HTMLResponse,
+            summary="The job's report page (HTML with inline SVG charts, works offline)")
+def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: StoreDep) -> HTMLResponse:
+    job = load_job(session, caller, job_id)
+    mrc_rows = [{"module": r.module, "parameters": r.parameters, "mrc": r.mrc,
+                 "worst_robust_loss": r.worst_robust_loss,
+                 "robust_accuracy_at_worst": r.robust_accuracy_at_worst,
+                 "robust_accuracy_drop": r.robust_accuracy_drop}
+                for r in get_mrc_rows(session, job.id)]
+    epochs = [{"epoch": e.epoch, "train_accuracy": e.train_accuracy, "val_accuracy": e.val_accuracy,
+               "train_loss": e.train_loss} for e in get_epoch_metrics(session, job.id)]
+    points = [{"alpha": p.alpha, "clean_accuracy": p.clean_accuracy,
+               "robust_accuracy": p.robust_accuracy}
+              for p in get_interpolation_points(session, job.id)]
+    main = Curve(job.selected_module or "fine-tuned module", points, job.chosen_alpha) if points else None
+    manifest_row = get_artifact(session, job.id, MANIFEST)
+    manifest: dict[str, Any] | None = None
+    if manifest_row is not None:
+        try:
+            manifest = json.loads(store.get_bytes(manifest_row.storage_key))
+        except (StoreError, ValueError):
+            logger.warning("job %s: manifest.json could not be read", job.id, exc_info=True)
+    data = ReportData(
+        job_id=job.id, status=job.status, selected_module=job.selected_module,
+        chosen_alpha=job.chosen_alpha, metrics=job.metrics or {}, mrc_rows=mrc_rows, epochs=epochs,
+        curves=_with_main_first(main, candidate_curves(job.metrics)), manifest=manifest,
+        error=f"{job.error_code}: {job.error_message}" if job.error_code else None)
+    return HTMLResponse(render_report(data),
+                        headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})

@@ -1,0 +1,111 @@
+"""``POST /v1/jobs/{id}/materialize``: θ_α = (1 − α) θ_AT + α θ_FT of a succeeded job at any α,
+without retraining, as the artifact ``tuned@<α>.safetensors``, with its clean and robust accuracy
+on the test split when ``evaluate`` is true. A worker makes it (the API has no torch); the answer
+is the request's record (202 while queued), to poll at its ``url``. α = 0 and α = 1 give θ_AT and
+θ_FT bit for bit (:func:`rift.interpolation.interpolate_weights` copies the end points)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import CallerDep, DispatcherDep, SessionDep
+from api.dispatch import DispatchError
+from api.errors import Conflict, NotFound, ServiceUnavailable
+from api.routes.jobs import job_link, load_job
+from persistence.logs import current_request_id
+from persistence.materializations import (
+    JobNotSucceeded,
+    MaterializationNotFound,
+    fail_materialization,
+    get_materialization,
+    list_materializations,
+    request_materialization,
+)
+from persistence.models import Materialization
+
+router = APIRouter(prefix="/jobs", tags=["results"])
+
+
+class MaterializeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(ge=0.0, le=1.0, description="Interpolation weight: 0 is θ_AT, 1 is θ_FT.")
+    evaluate: bool = Field(False, description="Also measure clean and robust accuracy (test split, "
+                           "the job's attack and evaluation settings).")
+
+
+class MaterializationOut(BaseModel):
+    id: str
+    job_id: str
+    alpha: float
+    evaluate: bool
+    status: str = Field(description="queued, running, succeeded or failed.")
+    artifact: str = Field(description="Name of the weights artifact once succeeded.")
+    artifact_url: str | None = Field(description="Download link once succeeded.")
+    clean_accuracy: float | None = Field(description="Percent, when evaluated.")
+    robust_accuracy: float | None = Field(description="Percent, when evaluated.")
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    url: str
+
+
+class MaterializationListOut(BaseModel):
+    job_id: str
+    items: list[MaterializationOut]
+
+
+def materialization_out(row: Materialization) -> MaterializationOut:
+    done = row.status == "succeeded"
+    return MaterializationOut(
+        id=row.id, job_id=row.job_id, alpha=row.alpha, evaluate=row.evaluate, status=row.status,
+        artifact=row.artifact_name,
+        artifact_url=job_link(row.job_id, f"/artifacts/{row.artifact_name}") if done else None,
+        clean_accuracy=row.clean_accuracy, robust_accuracy=row.robust_accuracy,
+        error=row.error_message, created_at=row.created_at, finished_at=row.finished_at,
+        url=job_link(row.job_id, f"/materializations/{row.id}"))
+
+
+@router.post("/{job_id}/materialize", response_model=MaterializationOut, status_code=202,
+             summary="Make the weights at another α (and evaluate them) from θ_AT and θ_FT",
+             responses={200: {"description": "This α was made (or is being made) already"},
+                        409: {"description": "The job has not succeeded"}})
+def materialize(job_id: str, body: MaterializeIn, response: Response, session: SessionDep, caller: CallerDep,
+                dispatcher: DispatcherDep) -> MaterializationOut:
+    job = load_job(session, caller, job_id)
+    try:
+        requested = request_materialization(session, job.id, body.alpha, evaluate=body.evaluate,
+                                            request_id=current_request_id())
+    except JobNotSucceeded as exc:
+        raise Conflict(str(exc), field="job_id", code=exc.code) from exc
+    if requested.must_dispatch:
+        try:
+            dispatcher.enqueue_materialization(requested.row.id)
+        except DispatchError as exc:
+            fail_materialization(session, requested.row.id, str(exc))
+            raise ServiceUnavailable(f"{exc}; retry later", code="broker_unavailable") from exc
+    else:
+        response.status_code = 200
+    return materialization_out(requested.row)
+
+
+@router.get("/{job_id}/materializations", response_model=MaterializationListOut,
+            summary="The weights made at other α, in α order")
+def read_materializations(job_id: str, session: SessionDep, caller: CallerDep) -> MaterializationListOut:
+    job = load_job(session, caller, job_id)
+    return MaterializationListOut(
+        job_id=job.id, items=[materialization_out(r) for r in list_materializations(session, job.id)])
+
+
+@router.get("/{job_id}/materializations/{materialization_id}", response_model=MaterializationOut,
+            summary="One materialization request")
+def read_materialization(job_id: str, materialization_id: str, session: SessionDep, caller: CallerDep
+                         ) -> MaterializationOut:
+    job = load_job(session, caller, job_id)
+    try:
+        return materialization_out(get_materialization(session, job.id, materialization_id[:64]))
+    except MaterializationNotFound as exc:
+        raise NotFound(str(exc), field="materialization_id", code=exc.code) from exc

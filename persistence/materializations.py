@@ -1,0 +1,151 @@
+"""Weights at any α after a job, without retraining: the rows of ``materializations``.
+
+The API records a request (:func:`request_materialization`) and queues the worker task, which
+takes it (:func:`start_materialization`), writes ``tuned@<α>.safetensors`` and records it as a job
+artifact together with the accuracies in one transaction (:func:`finish_materialization`), or
+records the error (:func:`fail_materialization`). One row per α of a job: asking again for an α
+already made (or being made) returns that row instead of doing the work twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from persistence.models import (
+    Artifact,
+    JobStatus,
+    Materialization,
+    MaterializationStatus,
+    utcnow,
+)
+from persistence.stages import ArtifactRecord
+from persistence.transactions import PersistenceError, load_job, transaction
+
+
+class JobNotSucceeded(PersistenceError):
+    """Only a succeeded job has the stored θ_FT that materializing needs (HTTP 409)."""
+
+    code = "job_not_succeeded"
+
+
+class MaterializationNotFound(PersistenceError):
+    code = "materialization_not_found"
+
+
+def artifact_name(alpha: float) -> str:
+    """``tuned@<α>.safetensors`` with α in its shortest form (``tuned@0.35.safetensors``)."""
+    return f"tuned@{alpha:.6g}.safetensors"
+
+
+@dataclass(frozen=True)
+class MaterializationRequest:
+    row: Materialization
+    must_dispatch: bool  # True: the caller queues the worker task (after this committed)
+
+
+def request_materialization(session: Session, job_id: str, alpha: float, *, evaluate: bool,
+                            request_id: str | None = None, now: datetime | None = None
+                            ) -> MaterializationRequest:
+    """Record a request for θ_α of a succeeded job. An α already done (with evaluation, when it
+    is asked now) or in progress is returned as it is; a failed one, or one done without the
+    evaluation asked now, is queued again."""
+    now = now or utcnow()
+    name = artifact_name(alpha)
+    with transaction(session):
+        job = load_job(session, job_id)
+        if job.status != JobStatus.SUCCEEDED:
+            raise JobNotSucceeded(f"job {job_id} is {job.status}; weights at another α can be made "
+                                  "once it has succeeded")
+        row = _by_name(session, job_id, name)
+        if row is not None:
+            enough = row.evaluate or not evaluate
+            if row.status != MaterializationStatus.FAILED and enough:
+                return MaterializationRequest(row, False)
+            row.status = MaterializationStatus.QUEUED
+            row.evaluate = row.evaluate or evaluate
+            row.error_message = None
+            row.finished_at = None
+            row.request_id = request_id
+            return MaterializationRequest(row, True)
+        row = Materialization(job_id=job_id, alpha=alpha, evaluate=evaluate, artifact_name=name,
+                              status=MaterializationStatus.QUEUED, request_id=request_id,
+                              created_at=now)
+        session.add(row)
+        try:
+            session.flush()
+        except IntegrityError:
+            # A concurrent request for the same α won: answer with its row.
+            session.rollback()
+            existing = _by_name(session, job_id, name)
+            if existing is None:
+                raise
+            return MaterializationRequest(existing, False)
+    return MaterializationRequest(row, True)
+
+
+def _by_name(session: Session, job_id: str, name: str) -> Materialization | None:
+    query = (select(Materialization)
+             .where(Materialization.job_id == job_id, Materialization.artifact_name == name)
+             .execution_options(populate_existing=True))
+    return session.execute(query).scalar_one_or_none()
+
+
+def get_materialization(session: Session, job_id: str, materialization_id: str) -> Materialization:
+    row = session.get(Materialization, materialization_id, populate_existing=True)
+    if row is None or row.job_id != job_id:
+        raise MaterializationNotFound(f"job {job_id} has no materialization '{materialization_id}'")
+    return row
+
+
+def list_materializations(session: Session, job_id: str) -> list[Materialization]:
+    query = (select(Materialization).where(Materialization.job_id == job_id)
+             .order_by(Materialization.alpha))
+    return list(session.execute(query).scalars())
+
+
+def start_materialization(session: Session, materialization_id: str) -> Materialization | None:
+    """Mark a queued request running; None if it is not queued (done already, or unknown)."""
+    with transaction(session):
+        row = session.get(Materialization, materialization_id, with_for_update=True,
+                          populate_existing=True)
+        if row is None or row.status != MaterializationStatus.QUEUED:
+            return None
+        row.status = MaterializationStatus.RUNNING
+    return row
+
+
+def finish_materialization(session: Session, materialization_id: str, artifact: ArtifactRecord,
+                           *, clean_accuracy: float | None, robust_accuracy: float | None,
+                           now: datetime | None = None) -> Materialization:
+    """Record the weights as a job artifact and the request as succeeded, in one transaction."""
+    now = now or utcnow()
+    with transaction(session):
+        row = session.get(Materialization, materialization_id, with_for_update=True,
+                          populate_existing=True)
+        if row is None:
+            raise MaterializationNotFound(f"no materialization '{materialization_id}'")
+        session.merge(Artifact(job_id=row.job_id, name=artifact.name,
+                               storage_key=artifact.storage_key, size=artifact.size,
+                               sha256=artifact.sha256, content_type=artifact.content_type,
+                               created_at=now))
+        row.status = MaterializationStatus.SUCCEEDED
+        row.clean_accuracy = clean_accuracy
+        row.robust_accuracy = robust_accuracy
+        row.finished_at = now
+    return row
+
+
+def fail_materialization(session: Session, materialization_id: str, message: str, *,
+                         now: datetime | None = None) -> None:
+    with transaction(session):
+        row = session.get(Materialization, materialization_id, with_for_update=True,
+                          populate_existing=True)
+        if row is not None:
+            row.status = MaterializationStatus.FAILED
+            row.error_message = message[:4000]
+            row.finished_at = now or utcnow()

@@ -1,0 +1,152 @@
+"""The figures of a RiFT job (RIFT.md, "Figures a user expects") as SVG text.
+
+- :func:`mrc_chart`: MRC per module and the robust-accuracy drop at the worst perturbation, two
+  bar panels over the same modules (the paper's Figs C.1–C.4), the selected module highlighted;
+- :func:`finetune_chart`: training and validation accuracy per fine-tuning epoch, best epoch marked;
+- :func:`alpha_chart`: clean and robust accuracy against α, with θ_AT's robust accuracy as a line
+  and the chosen α marked;
+- :func:`tradeoff_chart`: clean against robust accuracy, one curve per fine-tuned candidate module
+  (one point per α), θ_AT's robust accuracy as a vertical line, each chosen α marked (Fig C.5).
+
+Inputs are plain rows as the API and the worker hold them (dicts with the pipeline's keys), so both
+sides draw the same pictures. Accuracies are percentages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reporting.svg import BarSeries, LineSeries, Mark, Reference, bar_chart, line_chart
+
+#: File names under which the worker stores the charts as job artifacts.
+CHART_ARTIFACTS = {"mrc": "mrc.svg", "finetune": "finetune.svg", "alpha": "interpolation_alpha.svg",
+                   "tradeoff": "interpolation.svg"}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One interpolation curve: ``points`` have ``alpha``, ``clean_accuracy``, ``robust_accuracy``;
+    ``name`` says what was fine-tuned (the module); ``chosen_alpha`` is None when none was chosen."""
+
+    name: str
+    points: Sequence[Mapping[str, Any]]
+    chosen_alpha: float | None = None
+
+    def chosen_point(self) -> Mapping[str, Any] | None:
+        if self.chosen_alpha is None:
+            return None
+        return next((p for p in self.points
+                     if math.isclose(float(p["alpha"]), self.chosen_alpha, abs_tol=1e-9)), None)
+
+    def baseline_robust_accuracy(self) -> float | None:
+        """θ_AT's robust accuracy: the curve's α = 0 point, which is θ_AT itself."""
+        start = next((p for p in self.points if float(p["alpha"]) == 0.0), None)
+        return None if start is None else float(start["robust_accuracy"])
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def mrc_chart(rows: Sequence[Mapping[str, Any]], selected: str | None) -> str:
+    """Two panels over the modules in table order: MRC, and robust-accuracy drop (points)."""
+    modules = [str(row.get("module", row.get("name", ""))) for row in rows]
+    top = bar_chart("mrc", "Module robust criticality (MRC)", modules,
+                    [BarSeries("MRC", [_number(r.get("mrc")) for r in rows])],
+                    y_label="MRC (robust loss increase)", highlight=selected)
+    bottom = bar_chart("robust-drop", "Robust accuracy drop at the worst perturbation", modules,
+                       [BarSeries("robust accuracy drop",
+                                  [_number(r.get("robust_accuracy_drop")) for r in rows])],
+                       y_label="drop (percentage points)", highlight=selected)
+    width = max(_width_of(top), _width_of(bottom))
+    height = _height_of(top) + _height_of(bottom)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart-figure" data-figure="mrc" '
+            f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">\n{top}\n'
+            f'<g transform="translate(0,{_height_of(top)})">\n{bottom}\n</g>\n</svg>')
+
+
+def _width_of(svg: str) -> int:
+    return int(svg.split('width="', 1)[1].split('"', 1)[0])
+
+
+def _height_of(svg: str) -> int:
+    return int(svg.split('height="', 1)[1].split('"', 1)[0])
+
+
+def finetune_chart(epochs: Sequence[Mapping[str, Any]]) -> str:
+    """Training and validation accuracy per epoch; the best validation epoch is marked."""
+    def series(name: str, key: str) -> LineSeries:
+        return LineSeries(name, [(float(e["epoch"]), v) for e in epochs
+                                 if (v := _number(e.get(key))) is not None])
+
+    marks = []
+    scored = [e for e in epochs if _number(e.get("val_accuracy")) is not None]
+    if scored:
+        best = max(scored, key=lambda e: float(e["val_accuracy"]))
+        marks.append(Mark(float(best["epoch"]), float(best["val_accuracy"]),
+                          f"best epoch {best['epoch']}"))
+    return line_chart("finetune", "Fine-tuning", [series("train accuracy", "train_accuracy"),
+                                                  series("validation accuracy", "val_accuracy")],
+                      x_label="epoch", y_label="accuracy (%)", marks=marks)
+
+
+def alpha_chart(curve: Curve) -> str:
+    """Clean and robust accuracy against α, θ_AT's robust accuracy as a line, chosen α marked."""
+    points = sorted(curve.points, key=lambda p: float(p["alpha"]))
+    clean = LineSeries("clean accuracy", [(float(p["alpha"]), float(p["clean_accuracy"]))
+                                          for p in points])
+    robust = LineSeries("robust accuracy", [(float(p["alpha"]), float(p["robust_accuracy"]))
+                                            for p in points])
+    references = []
+    baseline = curve.baseline_robust_accuracy()
+    if baseline is not None:
+        references.append(Reference("y", baseline, "θ_AT robust accuracy"))
+    marks = []
+    chosen = curve.chosen_point()
+    if chosen is not None:
+        references.append(Reference("x", float(chosen["alpha"]), f"α = {float(chosen['alpha']):g}"))
+        marks.append(Mark(float(chosen["alpha"]), float(chosen["clean_accuracy"]), "chosen"))
+        marks.append(Mark(float(chosen["alpha"]), float(chosen["robust_accuracy"]), ""))
+    return line_chart("alpha", f"Interpolation θ_α = (1 − α) θ_AT + α θ_FT ({curve.name})",
+                      [clean, robust], x_label="α", y_label="accuracy (%)",
+                      references=references, marks=marks)
+
+
+def tradeoff_chart(curves: Sequence[Curve]) -> str:
+    """Clean against robust accuracy, one curve per candidate module (Fig C.5)."""
+    series = []
+    marks = []
+    for curve in curves:
+        points = sorted(curve.points, key=lambda p: float(p["alpha"]))
+        series.append(LineSeries(
+            curve.name, [(float(p["robust_accuracy"]), float(p["clean_accuracy"])) for p in points],
+            labels=[f"α = {float(p['alpha']):g}" for p in points]))
+        chosen = curve.chosen_point()
+        if chosen is not None:
+            marks.append(Mark(float(chosen["robust_accuracy"]), float(chosen["clean_accuracy"]),
+                              f"α = {float(chosen['alpha']):g}"))
+    baseline = next((b for c in curves if (b := c.baseline_robust_accuracy()) is not None), None)
+    references = [] if baseline is None else [Reference("x", baseline, "θ_AT robustness")]
+    return line_chart("tradeoff", "Clean vs robust accuracy along α", series,
+                      x_label="robust accuracy (%)", y_label="clean accuracy (%)",
+                      references=references, marks=marks)
+
+
+def job_charts(mrc_rows: Sequence[Mapping[str, Any]], selected: str | None,
+               epochs: Sequence[Mapping[str, Any]], curves: Sequence[Curve]) -> dict[str, str]:
+    """Every chart of a job, keyed as :data:`CHART_ARTIFACTS`; charts without data are left out."""
+    charts: dict[str, str] = {}
+    if mrc_rows:
+        charts["mrc"] = mrc_chart(mrc_rows, selected)
+    if epochs:
+        charts["finetune"] = finetune_chart(epochs)
+    if curves and curves[0].points:
+        charts["alpha"] = alpha_chart(curves[0])
+        charts["tradeoff"] = tradeoff_chart([c for c in curves if c.points])
+    return charts

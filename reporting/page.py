@@ -1,0 +1,120 @@
+"""The job report as one self-contained HTML page: inline CSS and inline SVG charts, no script and
+no external resource (it opens offline, and its Content-Security-Policy can forbid everything else).
+
+Sections: summary (status, module, α, before/after), the charts of :mod:`reporting.charts`, the
+MRC table, the interpolation points of each curve side by side, and the job's manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+
+from reporting.charts import Curve, job_charts
+
+#: The page loads nothing: styles are inline, images are inline SVG.
+CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+_STYLE = """
+body{font-family:sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:20px}h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+th{background:#f4f4f4}td.name,th.name{text-align:left}tr.selected td{background:#fff1e6;font-weight:bold}
+.charts{display:flex;flex-wrap:wrap;gap:16px}.curves{display:flex;flex-wrap:wrap;gap:24px}
+pre{background:#f7f7f7;padding:8px;font-size:11px;overflow:auto;max-height:480px}
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13px}dt{font-weight:bold}
+"""
+
+
+@dataclass
+class ReportData:
+    """What the page shows. Row dicts use the API's keys (``module``, ``mrc``, ...)."""
+
+    job_id: str
+    status: str
+    selected_module: str | None = None
+    chosen_alpha: float | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    mrc_rows: Sequence[Mapping[str, Any]] = ()
+    epochs: Sequence[Mapping[str, Any]] = ()
+    curves: Sequence[Curve] = ()
+    manifest: Mapping[str, Any] | None = None
+    error: str | None = None
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return escape(f"{value:.{digits}g}") if math.isfinite(value) else escape(str(value))
+    return escape(str(value))
+
+
+def _summary(data: ReportData) -> str:
+    before = data.metrics.get("before") or {}
+    after = data.metrics.get("after") or {}
+    items = [("job", data.job_id), ("status", data.status),
+             ("fine-tuned module", data.selected_module or "–"),
+             ("chosen α", _cell(data.chosen_alpha)),
+             ("θ_AT clean / robust (%)",
+              f"{_cell(before.get('clean_accuracy'))} / {_cell(before.get('robust_accuracy'))}"),
+             ("RiFT clean / robust (%)",
+              f"{_cell(after.get('clean_accuracy'))} / {_cell(after.get('robust_accuracy'))}")]
+    if data.error:
+        items.append(("error", data.error))
+    return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items) + "</dl>"
+
+
+def _mrc_table(data: ReportData) -> str:
+    if not data.mrc_rows:
+        return "<p>No MRC table yet.</p>"
+    head = ("<tr><th class='name'>module</th><th>parameters</th><th>MRC</th>"
+            "<th>worst robust loss</th><th>robust acc. at worst (%)</th><th>drop (points)</th></tr>")
+    rows = []
+    for row in data.mrc_rows:
+        module = str(row.get("module", row.get("name", "")))
+        selected = " class='selected'" if module == data.selected_module else ""
+        rows.append(f"<tr{selected}><td class='name'>{escape(module)}</td>"
+                    f"<td>{_cell(row.get('parameters'))}</td><td>{_cell(row.get('mrc'))}</td>"
+                    f"<td>{_cell(row.get('worst_robust_loss'))}</td>"
+                    f"<td>{_cell(row.get('robust_accuracy_at_worst'))}</td>"
+                    f"<td>{_cell(row.get('robust_accuracy_drop'))}</td></tr>")
+    return f"<table class='mrc-table'>{head}{''.join(rows)}</table>"
+
+
+def _curve_tables(curves: Sequence[Curve]) -> str:
+    blocks = []
+    for curve in curves:
+        rows = []
+        for point in sorted(curve.points, key=lambda p: float(p["alpha"])):
+            chosen = (curve.chosen_alpha is not None
+                      and math.isclose(float(point["alpha"]), curve.chosen_alpha, abs_tol=1e-9))
+            rows.append(f"<tr{' class=selected' if chosen else ''}><td>{_cell(point['alpha'])}</td>"
+                        f"<td>{_cell(point['clean_accuracy'])}</td>"
+                        f"<td>{_cell(point['robust_accuracy'])}</td></tr>")
+        blocks.append(f"<div class='curve' data-curve='{escape(curve.name, quote=True)}'>"
+                      f"<h3>{escape(curve.name)}</h3><table><tr><th>α</th><th>clean (%)</th>"
+                      f"<th>robust (%)</th></tr>{''.join(rows)}</table></div>")
+    return f"<div class='curves'>{''.join(blocks)}</div>" if blocks else "<p>No curve yet.</p>"
+
+
+def render_report(data: ReportData) -> str:
+    """The whole HTML document."""
+    charts = job_charts(data.mrc_rows, data.selected_module, data.epochs, data.curves)
+    chart_html = "".join(f"<figure class='figure' data-figure='{name}'>{svg}</figure>"
+                         for name, svg in charts.items()) or "<p>No results yet.</p>"
+    manifest = ("<p>No manifest recorded.</p>" if data.manifest is None else
+                f"<pre class='manifest'>{escape(json.dumps(data.manifest, indent=2))}</pre>")
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{CONTENT_SECURITY_POLICY}\">"
+        f"<title>RiFT job {escape(data.job_id)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>RiFT job {escape(data.job_id)}</h1>{_summary(data)}"
+        f"<h2>Charts</h2><div class='charts'>{chart_html}</div>"
+        f"<h2>Module robust criticality</h2>{_mrc_table(data)}"
+        f"<h2>Interpolation</h2>{_curve_tables(data.curves)}"
+        f"<h2>Manifest</h2>{manifest}</body></html>")

@@ -1,0 +1,278 @@
+"""Two chart kinds as standalone SVG text, drawn without any plotting library: grouped bars over
+named categories, and lines/points over a numeric x axis.
+
+No torch and no third-party import, so the API (which renders the report page) and the workers
+(which store the same charts as artifacts) share this module. Every element a reader or a test
+looks for carries a class: ``svg.chart`` with ``data-chart``, ``rect.bar`` with ``data-category``
+and ``data-series``, ``path.series`` / ``circle.point`` with ``data-series``, ``line.reference``
+with ``data-label``, ``g.legend``. Text is XML-escaped; numbers are finite or the value is left out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from xml.sax.saxutils import escape, quoteattr
+
+#: Colours of successive series (colour-blind friendly, Okabe–Ito).
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+HIGHLIGHT = "#D55E00"
+FONT = "font-family:sans-serif;font-size:11px"
+
+
+@dataclass(frozen=True)
+class BarSeries:
+    """One value per category (None: no bar)."""
+
+    name: str
+    values: Sequence[float | None]
+
+
+@dataclass(frozen=True)
+class LineSeries:
+    """Points ``(x, y)`` joined in order; ``labels`` (one per point, optional) become tooltips."""
+
+    name: str
+    points: Sequence[tuple[float, float]]
+    labels: Sequence[str] = ()
+    dashed: bool = False
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A horizontal (``axis='y'``) or vertical (``axis='x'``) line at ``value``, labelled."""
+
+    axis: str
+    value: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A highlighted point (e.g. the chosen α), drawn over the series."""
+
+    x: float
+    y: float
+    label: str
+
+
+@dataclass
+class _Frame:
+    width: int
+    height: int
+    left: int = 64
+    right: int = 16
+    top: int = 30
+    bottom: int = 70
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def plot_width(self) -> float:
+        return self.width - self.left - self.right
+
+    @property
+    def plot_height(self) -> float:
+        return self.height - self.top - self.bottom
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:.3g}"
+
+
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About ``count`` round tick values covering ``[low, high]`` (steps of 1, 2 or 5 × 10^k)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return [0.0, 1.0]
+    if high <= low:
+        high = low + (abs(low) or 1.0)
+    raw = (high - low) / max(count, 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    start = math.floor(low / step) * step
+    ticks = []
+    value = start
+    while value <= high + step * 1e-9:
+        ticks.append(round(value, 12))
+        value += step
+    if ticks[-1] < high:
+        ticks.append(round(ticks[-1] + step, 12))
+    return ticks
+
+
+def _open(frame: _Frame, chart: str, title: str) -> None:
+    frame.parts.append(
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-chart={quoteattr(chart)} '
+        f'width="{frame.width}" height="{frame.height}" viewBox="0 0 {frame.width} {frame.height}" '
+        f'role="img" aria-label={quoteattr(title)} style="{FONT}">')
+    frame.parts.append(f"<title>{escape(title)}</title>")
+    frame.parts.append(f'<rect width="{frame.width}" height="{frame.height}" fill="#fff"/>')
+    frame.parts.append(f'<text class="title" x="{frame.width / 2:.1f}" y="18" text-anchor="middle" '
+                       f'style="font-size:13px;font-weight:bold">{escape(title)}</text>')
+
+
+def _y_axis(frame: _Frame, ticks: list[float], label: str) -> None:
+    low, high = ticks[0], ticks[-1]
+    for tick in ticks:
+        y = frame.top + frame.plot_height * (1 - (tick - low) / (high - low))
+        frame.parts.append(f'<line class="grid" x1="{frame.left}" x2="{frame.width - frame.right}" '
+                           f'y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e5e5"/>')
+        frame.parts.append(f'<text x="{frame.left - 6}" y="{y + 4:.1f}" text-anchor="end">'
+                           f"{_fmt(tick)}</text>")
+    mid = frame.top + frame.plot_height / 2
+    frame.parts.append(f'<text class="axis-label" transform="translate(14,{mid:.1f}) rotate(-90)" '
+                       f'text-anchor="middle">{escape(label)}</text>')
+    frame.parts.append(f'<line class="axis" x1="{frame.left}" x2="{frame.left}" y1="{frame.top}" '
+                       f'y2="{frame.top + frame.plot_height}" stroke="#333"/>')
+
+
+def _legend(frame: _Frame, names: Sequence[str], colours: Sequence[str]) -> None:
+    frame.parts.append('<g class="legend">')
+    x = float(frame.left)
+    y = frame.height - 12
+    for name, colour in zip(names, colours, strict=True):
+        frame.parts.append(f'<rect x="{x:.1f}" y="{y - 9}" width="10" height="10" fill="{colour}"/>')
+        frame.parts.append(f'<text x="{x + 14:.1f}" y="{y}">{escape(name)}</text>')
+        x += 24 + 6.5 * len(name)
+    frame.parts.append("</g>")
+
+
+def _close(frame: _Frame) -> str:
+    frame.parts.append("</svg>")
+    return "\n".join(frame.parts)
+
+
+def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequence[BarSeries], *,
+              y_label: str, highlight: str | None = None, width: int | None = None,
+              height: int = 320) -> str:
+    """Grouped bars: one group per category, one bar per series; the ``highlight`` category's
+    label is drawn bold in the highlight colour (e.g. the module selected for fine-tuning)."""
+    width = width or max(360, 90 + len(categories) * (10 + 12 * max(len(series), 1)))
+    frame = _Frame(width, height, bottom=110)
+    _open(frame, chart, title)
+    values = [float(v) for s in series for v in s.values if v is not None and math.isfinite(v)]
+    ticks = nice_ticks(min([0.0, *values]), max([0.0, *values]) if values else 1.0)
+    low, high = ticks[0], ticks[-1]
+    _y_axis(frame, ticks, y_label)
+
+    def y_of(value: float) -> float:
+        return frame.top + frame.plot_height * (1 - (value - low) / (high - low))
+
+    group = frame.plot_width / max(len(categories), 1)
+    bar = min(24.0, group * 0.8 / max(len(series), 1))
+    zero = y_of(0.0)
+    for index, category in enumerate(categories):
+        x0 = frame.left + group * index + (group - bar * len(series)) / 2
+        for number, item in enumerate(series):
+            value = item.values[index] if index < len(item.values) else None
+            if not _finite(value):
+                continue
+            assert value is not None
+            top, bottom = sorted((y_of(value), zero))
+            colour = PALETTE[number % len(PALETTE)]
+            frame.parts.append(
+                f'<rect class="bar" data-category={quoteattr(category)} '
+                f'data-series={quoteattr(item.name)} data-value="{value:.6g}" '
+                f'x="{x0 + bar * number:.1f}" y="{top:.1f}" width="{bar:.1f}" '
+                f'height="{max(bottom - top, 0.5):.1f}" fill="{colour}">'
+                f"<title>{escape(category)}: {escape(item.name)} = {value:.4g}</title></rect>")
+        label_x = frame.left + group * (index + 0.5)
+        label_y = frame.top + frame.plot_height + 8
+        style = f' style="font-weight:bold;fill:{HIGHLIGHT}"' if category == highlight else ""
+        frame.parts.append(
+            f'<text class="category" x="{label_x:.1f}" y="{label_y:.1f}" text-anchor="end" '
+            f'transform="rotate(-45 {label_x:.1f} {label_y:.1f})"{style}>{escape(category)}</text>')
+    frame.parts.append(f'<line class="axis" x1="{frame.left}" x2="{frame.width - frame.right}" '
+                       f'y1="{zero:.1f}" y2="{zero:.1f}" stroke="#333"/>')
+    _legend(frame, [s.name for s in series], [PALETTE[i % len(PALETTE)] for i in range(len(series))])
+    return _close(frame)
+
+
+def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label: str,
+               y_label: str, references: Sequence[Reference] = (), marks: Sequence[Mark] = (),
+               width: int = 560, height: int = 340) -> str:
+    """Lines with a point per value, optional reference lines and highlighted marks."""
+    frame = _Frame(width, height)
+    _open(frame, chart, title)
+    xs = [x for s in series for x, y in s.points if _finite(x) and _finite(y)]
+    ys = [y for s in series for x, y in s.points if _finite(x) and _finite(y)]
+    xs += [r.value for r in references if r.axis == "x" and _finite(r.value)]
+    ys += [r.value for r in references if r.axis == "y" and _finite(r.value)]
+    x_ticks = nice_ticks(min(xs, default=0.0), max(xs, default=1.0))
+    y_ticks = nice_ticks(min(ys, default=0.0), max(ys, default=1.0))
+    _y_axis(frame, y_ticks, y_label)
+    x_low, x_high, y_low, y_high = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (frame.left + frame.plot_width * (x - x_low) / (x_high - x_low),
+                frame.top + frame.plot_height * (1 - (y - y_low) / (y_high - y_low)))
+
+    base = frame.top + frame.plot_height
+    for tick in x_ticks:
+        x, _ = at(tick, y_low)
+        frame.parts.append(f'<text x="{x:.1f}" y="{base + 16:.1f}" text-anchor="middle">'
+                           f"{_fmt(tick)}</text>")
+    frame.parts.append(f'<line class="axis" x1="{frame.left}" x2="{frame.width - frame.right}" '
+                       f'y1="{base}" y2="{base}" stroke="#333"/>')
+    frame.parts.append(f'<text class="axis-label" x="{frame.left + frame.plot_width / 2:.1f}" '
+                       f'y="{base + 34:.1f}" text-anchor="middle">{escape(x_label)}</text>')
+
+    for reference in references:
+        if not _finite(reference.value):
+            continue
+        if reference.axis == "y":
+            (x1, y1), (x2, y2) = at(x_low, reference.value), at(x_high, reference.value)
+            text_x, text_y, anchor = x2 - 4, y1 - 4, "end"
+        else:
+            (x1, y1), (x2, y2) = at(reference.value, y_low), at(reference.value, y_high)
+            # Labels of lines in the right half go to their left, so they stay inside the chart.
+            right_half = x1 > frame.left + frame.plot_width / 2
+            text_x, text_y = (x1 - 4, y2 + 12) if right_half else (x1 + 4, y2 + 12)
+            anchor = "end" if right_half else "start"
+        frame.parts.append(
+            f'<line class="reference" data-label={quoteattr(reference.label)} x1="{x1:.1f}" '
+            f'y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="#555" stroke-dasharray="5 4"/>')
+        frame.parts.append(f'<text x="{text_x:.1f}" y="{text_y:.1f}" text-anchor="{anchor}" '
+                           f'fill="#555">{escape(reference.label)}</text>')
+
+    colours = []
+    for number, item in enumerate(series):
+        colour = PALETTE[number % len(PALETTE)]
+        colours.append(colour)
+        points = [(x, y) for x, y in item.points if _finite(x) and _finite(y)]
+        if not points:
+            continue
+        path = " ".join(f"{'M' if i == 0 else 'L'}{px:.1f},{py:.1f}"
+                        for i, (px, py) in enumerate(at(x, y) for x, y in points))
+        dash = ' stroke-dasharray="6 3"' if item.dashed else ""
+        frame.parts.append(f'<path class="series" data-series={quoteattr(item.name)} d="{path}" '
+                           f'fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+        labels = list(item.labels) if len(item.labels) == len(item.points) else []
+        for index, (x, y) in enumerate(item.points):
+            if not (_finite(x) and _finite(y)):
+                continue
+            px, py = at(x, y)
+            tip = f"{labels[index]}: " if labels else ""
+            frame.parts.append(
+                f'<circle class="point" data-series={quoteattr(item.name)} cx="{px:.1f}" '
+                f'cy="{py:.1f}" r="3" fill="{colour}"><title>{escape(item.name)} {escape(tip)}'
+                f"({x:.4g}, {y:.4g})</title></circle>")
+
+    for mark in marks:
+        if not (_finite(mark.x) and _finite(mark.y)):
+            continue
+        px, py = at(mark.x, mark.y)
+        frame.parts.append(
+            f'<circle class="mark" data-label={quoteattr(mark.label)} cx="{px:.1f}" cy="{py:.1f}" '
+            f'r="7" fill="none" stroke="{HIGHLIGHT}" stroke-width="2.5"/>')
+        # Labels of marks near the right edge go to their left, so they stay inside the chart.
+        near_right = px > frame.left + 0.75 * frame.plot_width
+        text_x, anchor = (px - 9, "end") if near_right else (px + 9, "start")
+        frame.parts.append(f'<text x="{text_x:.1f}" y="{py - 9:.1f}" text-anchor="{anchor}" '
+                           f'fill="{HIGHLIGHT}" style="font-weight:bold">{escape(mark.label)}</text>')
+    _legend(frame, [s.name for s in series], colours)
+    return _close(frame)

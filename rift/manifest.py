@@ -1,0 +1,96 @@
+"""The reproducibility manifest of a run (``manifest.json``): what went in and what ran it.
+
+It records the SHA-256 of the checkpoint and of the dataset (an uploaded file's, or None for a
+built-in dataset, named in the config), the full config (defaults filled in), the seed and the
+deterministic flag, the device, and the versions of this package, Python, torch, torchvision,
+CUDA and cuDNN, plus the git commit of the code when known. :func:`config_from_manifest` gives
+the config back, so a run can be repeated from its manifest: on the CPU the same inputs and
+config give bit-identical weights (``tests/rift/test_manifest.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rift.config import RiftConfig
+
+MANIFEST_VERSION = 1
+PACKAGE = "rift-service"
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 (hex) of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(directory: Path | None = None) -> str | None:
+    """The commit checked out at ``directory`` (default: this package's folder), or None when
+    it is not a git checkout or git is missing (e.g. inside an image: set the commit there)."""
+    where = directory or Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
+                                text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and len(commit) == 40 else None
+
+
+def software_versions() -> dict[str, Any]:
+    """Versions of what computes the result."""
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        PACKAGE: _version(PACKAGE),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "cuda": torch.version.cuda,
+        "cudnn": cudnn,
+        "platform": platform.platform(),
+    }
+
+
+def build_manifest(config: RiftConfig, *, checkpoint_sha256: str, device: str,
+                   dataset_sha256: str | None = None, commit: str | None = None,
+                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest document. ``device`` as the run resolved it (``cpu``, ``cuda:0 (H100)``);
+    ``commit`` defaults to :func:`git_commit`; ``extra`` adds keys (e.g. the job id)."""
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **dict(extra or {}),
+        "checkpoint_sha256": checkpoint_sha256,
+        "dataset": {"name": config.dataset.name, "sha256": dataset_sha256},
+        "config": config.model_dump(mode="json"),
+        "seed": config.seed,
+        "deterministic": config.deterministic,
+        "device": device,
+        "versions": software_versions(),
+        "git_commit": commit or git_commit(),
+    }
+
+
+def config_from_manifest(manifest: Mapping[str, Any]) -> RiftConfig:
+    """The config a manifest recorded, validated again."""
+    return RiftConfig.model_validate(manifest["config"])

@@ -1,0 +1,88 @@
+"""Headless Chromium for the page tests: load a URL, and get back its DOM after load, a
+screenshot, the console messages and every request the page made (from Chromium's NetLog).
+
+Chromium is Debian's ``chromium`` package (``.ci/run`` installs it when missing); tests that need
+it are skipped, with the reason, where it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+#: Flags that keep the browser's own background traffic (updates, sync, accounts) down and make
+#: every host name but loopback unresolvable, so nothing leaves the machine.
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-default-apps", "--disable-extensions", "--no-first-run",
+         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000")
+_CONSOLE = re.compile(r":CONSOLE[:(]")
+
+
+def chromium_binary() -> str:
+    for name in CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("headless Chromium is not installed (Debian: apt-get install -y chromium; "
+                ".ci/run does it)")
+
+
+@dataclass
+class PageLoad:
+    dom: str
+    console: list[str]  # console messages (errors, CSP violations, logs)
+    requests: list[str]  # URLs the page itself requested (not the browser's own traffic)
+
+    def external_requests(self, allowed_host: str = "127.0.0.1") -> list[str]:
+        return [url for url in self.requests
+                if urlsplit(url).scheme in ("http", "https", "ws", "wss")
+                and urlsplit(url).hostname != allowed_host]
+
+
+def _page_requests(netlog: Path, page_url: str) -> list[str]:
+    """URLs requested on behalf of the page: their network isolation key names the page's site
+    (scheme and host, without the port)."""
+    site = "{0.scheme}://{0.hostname}".format(urlsplit(page_url))
+    document = json.loads(netlog.read_text())
+    start_job = document["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    urls = []
+    for event in document["events"]:
+        params = event.get("params") or {}
+        if (event["type"] == start_job and "url" in params
+                and site in str(params.get("network_isolation_key", ""))):
+            urls.append(str(params["url"]))
+    return urls
+
+
+def load_page(url: str, *, screenshot: Path | None = None, window: str = "1200,1800",
+              timeout: float = 90.0) -> PageLoad:
+    """Load ``url`` once for its DOM, console and requests; once more for a screenshot if asked."""
+    binary = chromium_binary()
+    with tempfile.TemporaryDirectory(prefix="rift-chromium-") as scratch:
+        netlog = Path(scratch) / "netlog.json"
+        profile = Path(scratch) / "profile"
+        result = subprocess.run(
+            [binary, *FLAGS, f"--user-data-dir={profile}", f"--log-net-log={netlog}",
+             f"--window-size={window}", "--dump-dom", url],
+            capture_output=True, text=True, timeout=timeout, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        console = [line for line in result.stderr.splitlines() if _CONSOLE.search(line)]
+        requests = _page_requests(netlog, url)
+        if screenshot is not None:
+            shot = subprocess.run(
+                [binary, *FLAGS, f"--user-data-dir={profile}-shot", f"--window-size={window}",
+                 "--hide-scrollbars", f"--screenshot={screenshot}", url],
+                capture_output=True, text=True, timeout=timeout, check=False)
+            assert shot.returncode == 0 and screenshot.exists(), shot.stderr[-3000:]
+    return PageLoad(result.stdout, console, requests)

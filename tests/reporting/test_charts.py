@@ -1,0 +1,102 @@
+"""The torch-free charts: elements per data point, escaping, non-finite values, axis ticks."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import sys
+import xml.etree.ElementTree as ElementTree
+
+from reporting.charts import Curve, alpha_chart, finetune_chart, job_charts, mrc_chart, tradeoff_chart
+from reporting.page import ReportData, render_report
+from reporting.svg import nice_ticks
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _parse(svg: str) -> ElementTree.Element:
+    return ElementTree.fromstring(svg)  # well-formed XML, or this raises
+
+
+def _curve(name: str = "fc", chosen: float | None = 0.5) -> Curve:
+    points = [{"alpha": a / 4, "clean_accuracy": 90 + a, "robust_accuracy": 60 - a}
+              for a in range(5)]
+    return Curve(name, points, chosen)
+
+
+def test_mrc_chart_has_one_bar_per_module_and_panel() -> None:
+    rows = [{"module": f"layer{i}", "mrc": 0.1 * i, "robust_accuracy_drop": float(i)}
+            for i in range(6)]
+    root = _parse(mrc_chart(rows, "layer2"))
+    bars = [e for e in root.iter(f"{SVG}rect") if e.get("class") == "bar"]
+    assert len(bars) == 12
+    assert {b.get("data-category") for b in bars} == {f"layer{i}" for i in range(6)}
+    highlighted = [e for e in root.iter(f"{SVG}text")
+                   if e.get("class") == "category" and "bold" in (e.get("style") or "")]
+    assert {e.text for e in highlighted} == {"layer2"}
+    # Bars are proportional: the tallest MRC bar belongs to the largest MRC.
+    mrc_bars = [b for b in bars if b.get("data-series") == "MRC"]
+    tallest = max(mrc_bars, key=lambda b: float(b.get("height", 0)))
+    assert tallest.get("data-category") == "layer5"
+
+
+def test_names_are_escaped_and_non_finite_values_left_out() -> None:
+    rows = [{"module": "<script>alert(1)</script>", "mrc": float("nan"),
+             "robust_accuracy_drop": None}, {"module": "a&b", "mrc": 1.0,
+                                             "robust_accuracy_drop": 2.0}]
+    svg = mrc_chart(rows, None)
+    root = _parse(svg)
+    assert "<script>" not in svg
+    bars = [e for e in root.iter(f"{SVG}rect") if e.get("class") == "bar"]
+    assert [b.get("data-category") for b in bars] == ["a&b", "a&b"]
+
+
+def test_interpolation_charts_mark_the_chosen_alpha_and_the_baseline() -> None:
+    root = _parse(alpha_chart(_curve()))
+    references = {e.get("data-label") for e in root.iter(f"{SVG}line")
+                  if e.get("class") == "reference"}
+    assert references == {"θ_AT robust accuracy", "α = 0.5"}
+    assert len([e for e in root.iter(f"{SVG}path") if e.get("class") == "series"]) == 2
+    both = _parse(tradeoff_chart([_curve("fc", 0.5), _curve("conv1", None)]))
+    series = [e.get("data-series") for e in both.iter(f"{SVG}path") if e.get("class") == "series"]
+    assert series == ["fc", "conv1"]
+    marks = [e.get("data-label") for e in both.iter(f"{SVG}circle") if e.get("class") == "mark"]
+    assert marks == ["α = 0.5"]
+
+
+def test_finetune_chart_marks_the_best_validation_epoch() -> None:
+    epochs = [{"epoch": 1, "train_accuracy": 80.0, "val_accuracy": 70.0},
+              {"epoch": 2, "train_accuracy": 85.0, "val_accuracy": 75.0},
+              {"epoch": 3, "train_accuracy": 90.0, "val_accuracy": 72.0}]
+    root = _parse(finetune_chart(epochs))
+    marks = [e.get("data-label") for e in root.iter(f"{SVG}circle") if e.get("class") == "mark"]
+    assert marks == ["best epoch 2"]
+
+
+def test_job_charts_leave_out_what_has_no_data() -> None:
+    assert job_charts([], None, [], []) == {}
+    assert set(job_charts([], None, [], [_curve()])) == {"alpha", "tradeoff"}
+
+
+def test_nice_ticks_cover_the_range_with_round_steps() -> None:
+    ticks = nice_ticks(0.03, 12.9)
+    assert ticks[0] <= 0.03 and ticks[-1] >= 12.9
+    steps = {round(b - a, 9) for a, b in itertools.pairwise(ticks)}
+    assert len(steps) == 1 and re.fullmatch(r"[125](\.0)?|[125]0*(\.0)?|0\.0*[125]", str(steps.pop()))
+    assert nice_ticks(5.0, 5.0)[0] <= 5.0 <= nice_ticks(5.0, 5.0)[-1]
+
+
+def test_report_page_is_self_contained_html() -> None:
+    html = render_report(ReportData("job1", "succeeded", "fc", 0.5, {}, [], [], [_curve()],
+                                    {"seed": 0}))
+    assert "<script" not in html and "http://" not in html.replace(
+        'xmlns="http://www.w3.org/2000/svg"', "")
+    assert "data-figure='tradeoff'" in html and "&quot;seed&quot;: 0" in html
+
+
+def test_reporting_imports_no_torch() -> None:
+    import subprocess
+
+    code = "import reporting.charts, reporting.page, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

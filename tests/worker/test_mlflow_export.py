@@ -1,0 +1,77 @@
+"""Export of a job to a real MLflow tracking store (SQLite with the model registry, artifacts in
+a local folder), read back through MlflowClient."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from worker.mlflow_export import JobExport, MlflowTarget, export_to_mlflow, flatten
+
+pytest.importorskip("mlflow", reason="the optional 'mlflow' extra is not installed")
+
+
+def _export(tmp_path: Path, job_id: str) -> JobExport:
+    folder = tmp_path / job_id  # as gather_job downloads them: under their artifact names
+    folder.mkdir()
+    weights = folder / "tuned.safetensors"
+    weights.write_bytes(b"weights of " + job_id.encode())
+    csv = folder / "mrc.csv"
+    csv.write_text("name,mrc\nfc,0.1\n")
+    return JobExport(
+        job_id=job_id, checkpoint_sha256=hashlib.sha256(b"theta_at").hexdigest(),
+        config={"finetune": {"lr": 0.01, "lr_milestones": [3]}, "seed": 0},
+        selected_module="fc", chosen_alpha=0.5,
+        metrics={"before": {"clean_accuracy": 90.0, "robust_accuracy": 60.0},
+                 "after": {"clean_accuracy": 92.0, "robust_accuracy": 60.5}},
+        mrc_rows=[{"module": "conv1", "mrc": 2.0, "robust_accuracy_drop": 10.0},
+                  {"module": "fc", "mrc": 0.1, "robust_accuracy_drop": 1.0}],
+        epochs=[{"epoch": 1, "train_loss": 1.0, "train_accuracy": 80.0, "val_accuracy": 79.0},
+                {"epoch": 2, "train_loss": 0.5, "train_accuracy": 85.0, "val_accuracy": 81.0}],
+        points=[{"alpha": 0.0, "clean_accuracy": 90.0, "robust_accuracy": 60.0},
+                {"alpha": 0.5, "clean_accuracy": 92.0, "robust_accuracy": 60.5}],
+        files={"tuned.safetensors": weights, "mrc.csv": csv})
+
+
+def test_export_logs_the_run_and_registers_a_model_version(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    target = MlflowTarget(uri, "rift-test", "rift-tuned", (tmp_path / "artifacts").as_uri())
+    first = export_to_mlflow(target, _export(tmp_path, "job1"))
+    second = export_to_mlflow(target, _export(tmp_path, "job2"))
+    assert (first.model_version, second.model_version) == ("1", "2")
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["finetune.lr"] == "0.01"
+    assert run.data.params["finetune.lr_milestones"] == "[3]"
+    assert run.data.params["chosen_alpha"] == "0.5"
+    assert run.data.metrics["after.clean_accuracy"] == 92.0
+    assert run.data.metrics["mrc.fc"] == 0.1
+    assert run.data.tags["rift.job_id"] == "job1"
+    history = client.get_metric_history(first.run_id, "interpolation.clean_accuracy")
+    assert sorted((m.step, m.value) for m in history) == [(0, 90.0), (500, 92.0)]
+    assert [m.value for m in sorted(client.get_metric_history(first.run_id, "finetune.val_accuracy"),
+                                    key=lambda m: m.step)] == [79.0, 81.0]
+    logged = {f.path for f in client.list_artifacts(first.run_id)}
+    assert {"mrc.csv", "mrc_table.json", "curves.json", "weights"} <= logged
+    assert [f.path for f in client.list_artifacts(first.run_id, "weights")] == [
+        "weights/tuned.safetensors"]
+
+    version = client.get_model_version("rift-tuned", "1")
+    assert version.run_id == first.run_id
+    assert version.tags["job_id"] == "job1"
+    assert version.tags["checkpoint_sha256"] == hashlib.sha256(b"theta_at").hexdigest()
+    assert version.source.endswith("/weights")
+    # The registered source holds the exact bytes of the tuned weights.
+    local = Path(client.download_artifacts(first.run_id, "weights/tuned.safetensors", str(tmp_path)))
+    assert local.read_bytes() == b"weights of job1"
+
+
+def test_flatten_names_nested_keys_with_dots() -> None:
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {
+        "a.b": "1", "a.c.d": "[1, 2]", "e": "None"}

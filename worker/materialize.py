@@ -1,0 +1,83 @@
+"""Make θ_α of a succeeded job at the α a user asked for (``POST /v1/jobs/{id}/materialize``).
+
+θ_AT is the job's uploaded checkpoint, θ_FT its recorded ``finetuned.safetensors``; the weights
+are :func:`rift.interpolation.interpolate_weights` of the two (α = 0 and 1 copy the end points bit
+for bit) saved as ``tuned@<α>.safetensors`` and, when asked, evaluated on the test split with the
+job's attack and evaluation settings, as the interpolation stage measures its points.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from persistence.models import Artifact, Checkpoint, Dataset, Job, Materialization
+from persistence.stages import ArtifactRecord
+from persistence.storage import ObjectStore
+from rift import checkpoints
+from rift.device import deterministic_kernels
+from rift.evaluation import evaluate_accuracy
+from rift.interpolation import interpolate_weights
+from worker.inputs import fetch_checkpoint
+from worker.stages import FINETUNED, SAFETENSORS, prepare
+
+
+@dataclass(frozen=True)
+class MaterializedWeights:
+    artifact: ArtifactRecord
+    clean_accuracy: float | None
+    robust_accuracy: float | None
+
+
+def materialization_key(job_id: str, name: str) -> str:
+    """Where the weights of a materialization go in the object store."""
+    return f"jobs/{job_id}/materialized/{name}"
+
+
+def materialize_weights(row: Materialization, job: Job, checkpoint: Checkpoint,
+                        dataset: Dataset | None, finetuned: Artifact, store: ObjectStore,
+                        work_dir: Path, device: str | None, data_root: Path | None
+                        ) -> MaterializedWeights:
+    """Interpolate, store and (if asked) evaluate; returns the artifact to record."""
+    (work_dir / "scratch").mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=work_dir / "scratch", prefix=f"{job.id}-alpha-"))
+    try:
+        theta_at = checkpoints.load_state_dict(fetch_checkpoint(store, checkpoint, work_dir))
+        theta_ft = checkpoints.load_state_dict(
+            store.download_to(finetuned.storage_key, scratch / FINETUNED))
+        weights = interpolate_weights(theta_at, theta_ft, row.alpha)
+        path = scratch / row.artifact_name
+        checkpoints.save_safetensors(path, weights, {
+            "kind": "tuned", "alpha": repr(row.alpha), "job_id": job.id,
+            "module": job.selected_module or ""})
+        stored = store.put_file(materialization_key(job.id, row.artifact_name), path,
+                                content_type=SAFETENSORS)
+        clean = robust = None
+        if row.evaluate:
+            clean, robust = _evaluate(job, checkpoint, dataset, weights, store, work_dir, device,
+                                      data_root)
+        record = ArtifactRecord(name=row.artifact_name, storage_key=stored.key, size=stored.size,
+                                sha256=stored.sha256, content_type=stored.content_type)
+        return MaterializedWeights(record, clean, robust)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _evaluate(job: Job, checkpoint: Checkpoint, dataset: Dataset | None,
+              weights: dict[str, torch.Tensor], store: ObjectStore, work_dir: Path,
+              device: str | None, data_root: Path | None) -> tuple[float | None, float | None]:
+    run = prepare(job, checkpoint, dataset, store, work_dir, device, data_root)
+    run.reset_weights(weights)
+    test = run.splits.test
+    cap = run.config.evaluation.max_examples
+    if cap is not None and cap < len(test):
+        test = test.head(cap)
+    with deterministic_kernels(run.config.deterministic):  # as the interpolation stage measures
+        report = evaluate_accuracy(run.model, test, attack=run.attack,
+                                   batch_size=run.config.evaluation.batch_size, device=run.device,
+                                   seed=run.config.seed, precision=run.config.precision)
+    return report.clean_accuracy, report.robust_accuracy

@@ -1,0 +1,115 @@
+"""Prometheus metrics of a worker process, served on ``WORKER_METRICS_PORT`` (0: off).
+
+Recorded by this process as it runs tasks:
+
+- ``rift_stage_duration_seconds{stage, outcome}``: histogram of stage run times (claim to end);
+- ``rift_stage_attempts_total{stage}``: stage claims this process won;
+- ``rift_gpu_seconds_total{stage}``: stage seconds run on a CUDA device;
+- ``rift_materializations_total{outcome}``.
+
+Read from the database and the broker at scrape time (the same for every worker; aggregate with
+``max``): ``rift_jobs{status}`` (jobs by state) and ``rift_queue_depth{queue}`` (messages waiting
+in the broker queue), plus ``rift_stages_waiting`` (stages ready to run that no worker has taken).
+
+Each process has its own registry (no process-global collectors). Celery's prefork pool runs
+tasks in a child process, so the server is started where tasks run: in the pool child
+(``worker_process_init``) for prefork, in the main process for the solo and thread pools.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from persistence.models import Job, JobStage, JobStatus, StageStatus
+
+logger = logging.getLogger(__name__)
+
+#: Stage durations (s): seconds on a GPU for small models, hours for big ones on a CPU.
+STAGE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
+
+
+class _StateCollector(Collector):
+    """Jobs by state, stages waiting and the broker's queue depth, read when scraped."""
+
+    def __init__(self, resources: Any, queue_size: Any) -> None:
+        self.resources = resources
+        self.queue_size = queue_size
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily("rift_jobs", "Jobs in the database by status.", labels=["status"])
+        waiting = GaugeMetricFamily("rift_stages_waiting",
+                                    "Stages ready to run (pending, job active) not yet claimed.")
+        try:
+            with self.resources.session() as session:
+                counts = dict(session.execute(
+                    select(Job.status, func.count()).group_by(Job.status)).all())
+                pending = session.execute(
+                    select(func.count()).select_from(JobStage).join(Job, Job.id == JobStage.job_id)
+                    .where(JobStage.status == StageStatus.PENDING,
+                           func.coalesce(Job.stage, "mrc") == JobStage.stage,
+                           Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))).scalar_one()
+            for status in JobStatus:
+                jobs.add_metric([status.value], float(counts.get(status.value, 0)))
+            waiting.add_metric([], float(pending))
+            yield jobs
+            yield waiting
+        except Exception:
+            logger.warning("metrics: the database could not be read", exc_info=True)
+        depth = GaugeMetricFamily("rift_queue_depth", "Messages waiting in the broker queue.",
+                                  labels=["queue"])
+        queue = self.resources.settings.celery_queue
+        try:
+            depth.add_metric([queue], float(self.queue_size(queue)))
+            yield depth
+        except Exception:
+            logger.warning("metrics: the broker queue could not be measured", exc_info=True)
+
+
+class WorkerMetrics:
+    """The collectors of one worker process and its HTTP server."""
+
+    def __init__(self, resources: Any, queue_size: Any) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.stage_seconds = Histogram("rift_stage_duration_seconds",
+                                       "Run time of a stage attempt in this worker.",
+                                       ["stage", "outcome"], buckets=STAGE_BUCKETS,
+                                       registry=self.registry)
+        self.attempts = Counter("rift_stage_attempts", "Stage claims won by this worker.",
+                                ["stage"], registry=self.registry)
+        self.gpu_seconds = Counter("rift_gpu_seconds", "Stage seconds run on a CUDA device.",
+                                   ["stage"], registry=self.registry)
+        self.materializations = Counter("rift_materializations",
+                                        "Materialization requests handled, by outcome.",
+                                        ["outcome"], registry=self.registry)
+        self.registry.register(_StateCollector(resources, queue_size))
+        self._server_pid: int | None = None
+        self._lock = threading.Lock()
+
+    def observe_stage(self, stage: str, outcome: str, seconds: float, device: str | None) -> None:
+        self.stage_seconds.labels(stage, outcome).observe(seconds)
+        if device is not None and device.startswith("cuda"):
+            self.gpu_seconds.labels(stage).inc(seconds)
+
+    def serve(self, port: int) -> bool:
+        """Start the HTTP server on ``port`` (once per process); False if the port is taken."""
+        with self._lock:
+            if port == 0 or self._server_pid == os.getpid():
+                return False
+            try:
+                start_http_server(port, registry=self.registry)
+            except OSError as exc:
+                logger.warning("worker metrics: port %d is not free (%s); not serving metrics "
+                               "from process %d", port, exc, os.getpid())
+                return False
+            self._server_pid = os.getpid()
+        logger.info("worker metrics served on port %d", port)
+        return True

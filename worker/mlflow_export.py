@@ -1,0 +1,194 @@
+"""Optional export of a finished job to MLflow (``MLFLOW_TRACKING_URI`` set; the ``mlflow``
+extra installed): one run per job in ``MLFLOW_EXPERIMENT`` with
+
+- params: the job's config flattened (``finetune.lr``...), the selected module, the chosen α;
+- metrics: before/after accuracies, MRC per module (``mrc.<module>``), the fine-tuning curve
+  (step = epoch) and the interpolation curve (step = α × 1000, as MLflow steps are integers);
+- artifacts: the job's files (MRC CSV, result, manifest, charts) and the tuned weights;
+- a new version of the registered model ``MLFLOW_MODEL_NAME`` whose source is the logged weights,
+  tagged with ``job_id``, ``checkpoint_sha256`` and ``chosen_alpha``.
+
+No model flavour (mlflow.pytorch) is needed: the weights are a safetensors file. The worker calls
+:func:`export_job` after the job has succeeded; a failure only adds a ``warning`` event.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from persistence.jobs import get_epoch_metrics, get_interpolation_points, get_mrc_rows, list_artifacts
+from persistence.models import Checkpoint, Job
+from persistence.storage import ObjectStore
+
+TUNED = "tuned.safetensors"
+WEIGHTS_DIR = "weights"
+#: MLflow refuses params longer than this (characters); longer values are cut.
+MAX_PARAM_CHARS = 6000
+
+
+@dataclass(frozen=True)
+class MlflowTarget:
+    tracking_uri: str
+    experiment: str
+    model_name: str
+    artifact_location: str | None = None
+
+
+@dataclass
+class JobExport:
+    """Everything exported for one job (files already on local disk)."""
+
+    job_id: str
+    checkpoint_sha256: str
+    config: Mapping[str, Any]
+    selected_module: str | None
+    chosen_alpha: float | None
+    metrics: Mapping[str, Any]
+    mrc_rows: Sequence[Mapping[str, Any]]
+    epochs: Sequence[Mapping[str, Any]]
+    points: Sequence[Mapping[str, Any]]
+    files: dict[str, Path] = field(default_factory=dict)  # artifact name -> local path
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    run_id: str
+    model_name: str
+    model_version: str
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": "1"}`` (lists as JSON)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            text = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+            flat[name] = text[:MAX_PARAM_CHARS]
+    return flat
+
+
+def gather_job(session: Session, store: ObjectStore, job_id: str, directory: Path) -> JobExport:
+    """Read a finished job's rows and download its artifacts into ``directory``."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise LookupError(f"no job {job_id}")
+    checkpoint = session.get(Checkpoint, job.checkpoint_id)
+    files: dict[str, Path] = {}
+    for artifact in list_artifacts(session, job_id):
+        if artifact.name == "finetuned.safetensors" or "@" in artifact.name:
+            continue  # the fine-tuned end point and other α stay in the service
+        files[artifact.name] = store.download_to(artifact.storage_key, directory / artifact.name)
+    return JobExport(
+        job_id=job.id, checkpoint_sha256=checkpoint.sha256 if checkpoint else "",
+        config=job.spec, selected_module=job.selected_module, chosen_alpha=job.chosen_alpha,
+        metrics=job.metrics or {},
+        mrc_rows=[{"module": r.module, "mrc": r.mrc, "robust_accuracy_drop": r.robust_accuracy_drop}
+                  for r in get_mrc_rows(session, job_id)],
+        epochs=[{"epoch": e.epoch, "train_loss": e.train_loss, "train_accuracy": e.train_accuracy,
+                 "val_accuracy": e.val_accuracy} for e in get_epoch_metrics(session, job_id)],
+        points=[{"alpha": p.alpha, "clean_accuracy": p.clean_accuracy,
+                 "robust_accuracy": p.robust_accuracy}
+                for p in get_interpolation_points(session, job_id)],
+        files=files)
+
+
+def export_to_mlflow(target: MlflowTarget, export: JobExport) -> ExportResult:
+    """Log one job as an MLflow run and register its tuned weights as a new model version."""
+    from mlflow.entities import Param, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
+    experiment = client.get_experiment_by_name(target.experiment)
+    experiment_id = (experiment.experiment_id if experiment is not None else
+                     client.create_experiment(target.experiment,
+                                              artifact_location=target.artifact_location))
+    run = client.create_run(experiment_id, run_name=f"rift-{export.job_id}",
+                            tags={"rift.job_id": export.job_id,
+                                  "rift.checkpoint_sha256": export.checkpoint_sha256})
+    run_id = run.info.run_id
+    try:
+        params = flatten(export.config)
+        params["selected_module"] = str(export.selected_module)
+        params["chosen_alpha"] = str(export.chosen_alpha)
+        metrics = _metrics(export)
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
+                         tags=[RunTag("rift.selected_module", str(export.selected_module))])
+        for start in range(0, len(metrics), 900):  # MLflow takes at most 1000 per batch
+            client.log_batch(run_id, metrics=metrics[start:start + 900])
+        client.log_text(run_id, json.dumps(list(export.mrc_rows), indent=2), "mrc_table.json")
+        client.log_text(run_id, json.dumps({"epochs": list(export.epochs),
+                                            "interpolation": list(export.points)}, indent=2),
+                        "curves.json")
+        for name, path in export.files.items():
+            client.log_artifact(run_id, str(path),
+                                WEIGHTS_DIR if name == TUNED else None)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+
+    try:
+        client.create_registered_model(target.model_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{run.info.artifact_uri.rstrip('/')}/{WEIGHTS_DIR}"
+    version = client.create_model_version(
+        target.model_name, source=source, run_id=run_id,
+        tags={"job_id": export.job_id, "checkpoint_sha256": export.checkpoint_sha256,
+              "chosen_alpha": str(export.chosen_alpha),
+              "selected_module": str(export.selected_module)},
+        description=f"RiFT job {export.job_id}: tuned weights ({TUNED})")
+    return ExportResult(run_id, target.model_name, str(version.version))
+
+
+def _metrics(export: JobExport) -> list[Any]:
+    from mlflow.entities import Metric
+
+    timestamp = 0
+    found: list[Metric] = []
+
+    def add(key: str, value: Any, step: int = 0) -> None:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            found.append(Metric(key, float(value), timestamp, step))
+
+    for when in ("before", "after"):
+        for key, value in (export.metrics.get(when) or {}).items():
+            add(f"{when}.{key}", value)
+    for row in export.mrc_rows:
+        safe = "".join(c if c.isalnum() or c in "._-/ " else "_" for c in str(row["module"]))
+        add(f"mrc.{safe}", row["mrc"])
+        add(f"robust_accuracy_drop.{safe}", row["robust_accuracy_drop"])
+    for epoch in export.epochs:
+        for key in ("train_loss", "train_accuracy", "val_accuracy"):
+            add(f"finetune.{key}", epoch[key], int(epoch["epoch"]))
+    for point in export.points:
+        step = round(float(point["alpha"]) * 1000)
+        add("interpolation.clean_accuracy", point["clean_accuracy"], step)
+        add("interpolation.robust_accuracy", point["robust_accuracy"], step)
+    return found
+
+
+def export_job(target: MlflowTarget, session_factory: Any, store: ObjectStore, job_id: str,
+               work_dir: Path) -> ExportResult:
+    """Gather a job from the database and store, and export it (files in a scratch folder)."""
+    (work_dir / "scratch").mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(dir=work_dir / "scratch", prefix=f"{job_id}-mlflow-"))
+    try:
+        with session_factory() as session:
+            export = gather_job(session, store, job_id, directory)
+        return export_to_mlflow(target, export)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
