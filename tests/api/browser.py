@@ -86,3 +86,39 @@ def load_page(url: str, *, screenshot: Path | None = None, window: str = "1200,1
                 capture_output=True, text=True, timeout=timeout, check=False)
             assert shot.returncode == 0 and screenshot.exists(), shot.stderr[-3000:]
     return PageLoad(result.stdout, console, requests)
+
+
+class StaticPage:
+    """Serves one page's bytes (with its response headers) on a loopback port, so a browser can
+    load a page the API only hands to callers with a key: keys travel in a header, which a
+    browser's address bar cannot send (``riftctl jobs report`` saves the page the same way)."""
+
+    def __init__(self, body: bytes, headers: dict[str, str]) -> None:
+        import http.server
+        import threading
+
+        page_body, page_headers = body, headers
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                self.send_response(200)
+                for name, value in page_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(page_body)))
+                self.end_headers()
+                self.wfile.write(page_body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/report"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> StaticPage:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

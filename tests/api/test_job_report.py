@@ -15,7 +15,7 @@ import pytest
 
 from persistence.models import Artifact, EpochMetric, InterpolationPoint, Job, MRCRow
 from persistence.settings import Settings
-from tests.api.browser import load_page
+from tests.api.browser import StaticPage, load_page
 from tests.api.helpers import Api, RecordingDispatcher, digits_config, upload_checkpoint
 from tests.service_fixtures import settings_from_env
 
@@ -87,7 +87,10 @@ def test_report_page_in_headless_chromium(report_api: Api, small_cnn_file: Path,
     assert "default-src 'none'" in direct.headers["content-security-policy"]
 
     screenshot = tmp_path / "report.png"
-    page = load_page(url, screenshot=screenshot)
+    headers = {name: direct.headers[name] for name in ("content-type", "content-security-policy")}
+    with StaticPage(direct.content, headers) as served:
+        page = load_page(served.url, screenshot=screenshot)
+    url = served.url
     dom = page.dom
     # Figures C.1–C.4: one MRC bar and one drop bar per module, the selected module highlighted.
     for chart in ("mrc", "robust-drop", "finetune", "alpha", "tradeoff"):

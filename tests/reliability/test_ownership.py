@@ -31,8 +31,13 @@ COLLECTION_ROUTES = {
     ("post", "/v1/admin/projects"): "admin routes: test_admin_cli.py",
     ("post", "/v1/webhooks"): "test_webhooks_belong_to_the_callers_project",
     ("get", "/v1/webhooks"): "test_webhooks_belong_to_the_callers_project",
+    ("get", "/metrics"): "operators' Prometheus metrics, no resource ids (METRICS_TOKEN guards it)",
     ("get", "/v1/healthz"): "no key needed",
     ("get", "/v1/readyz"): "no key needed",
+}
+#: Valid bodies for the routes that need one, so the answer is about the ids, not the body.
+BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/v1/jobs/{job_id}/materialize"): {"alpha": 0.5},
 }
 #: Routes whose ids are project names or key ids, for global admins (test_admin_cli.py).
 ADMIN_PREFIX = "/v1/admin/"
@@ -71,9 +76,10 @@ def test_every_route_hides_another_projects_resources(
     assert hook.status_code == 201, hook.text
     theirs = {"checkpoint_id": checkpoint["id"], "dataset_id": dataset["id"],
               "job_id": job.json()["id"], "webhook_id": hook.json()["id"],
-              "name": "tuned.safetensors"}
+              "materialization_id": "4" * 32, "name": "tuned.safetensors"}
     missing = {"checkpoint_id": MISSING_ID, "dataset_id": "1" * 32, "job_id": "2" * 32,
-               "webhook_id": "3" * 32, "name": "tuned.safetensors"}
+               "webhook_id": "3" * 32, "materialization_id": "4" * 32,
+               "name": "tuned.safetensors"}
     stranger = clients("other-team")
 
     checked = []
@@ -84,8 +90,9 @@ def test_every_route_hides_another_projects_resources(
             continue
         if path.startswith(ADMIN_PREFIX):
             continue
-        answer = stranger.request(method.upper(), _fill(path, theirs))
-        baseline = stranger.request(method.upper(), _fill(path, missing))
+        body = BODIES.get((method, path))
+        answer = stranger.request(method.upper(), _fill(path, theirs), json=body)
+        baseline = stranger.request(method.upper(), _fill(path, missing), json=body)
         assert answer.status_code == 404, (method, path, answer.text)
         assert _shape(answer, theirs) == _shape(baseline, missing), (method, path)
         checked.append((method, path))
