@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.dispatch import CeleryDispatcher, Dispatcher
+from api.docs import install_offline_docs
 from api.errors import install_error_handlers
 from api.routes import checkpoints, datasets, health, job_events, job_results, jobs
 from persistence.db import session_factory_from_settings
@@ -53,7 +54,9 @@ def create_app(
             "fine-tuning and interpolation curves)."
         ),
         lifespan=lifespan,
-        docs_url="/docs",
+        # The documentation pages are installed below, with their assets served locally.
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.state.settings = settings
@@ -61,6 +64,7 @@ def create_app(
     app.state.store = store or settings.build_object_store()
     app.state.dispatcher = queue
     install_error_handlers(app)
+    install_offline_docs(app)
 
     v1 = APIRouter(prefix=API_PREFIX)
     for module in (checkpoints, datasets, jobs, job_events, job_results, health):
