@@ -445,9 +445,11 @@ class RiftClient:
         try:
             with partial.open("wb") as out:
                 while True:
-                    headers = {}
+                    # identity: the bytes on the wire are the file's, so a Range can resume it.
+                    headers = {"Accept-Encoding": "identity"}
                     if received:
-                        headers = {"Range": f"bytes={received}-", "If-Range": f'"{artifact.sha256}"'}
+                        headers["Range"] = f"bytes={received}-"
+                        headers["If-Range"] = f'"{artifact.sha256}"'
                     try:
                         with self._stream(artifact.url, headers=headers,
                                           follow_redirects=True) as response:
@@ -456,7 +458,9 @@ class RiftClient:
                                 out.seek(0)
                                 out.truncate()
                                 digest, received = hashlib.sha256(), 0
-                            for chunk in response.iter_bytes(CHUNK_BYTES):
+                            # Chunks as they arrive (not re-chunked), so that what was
+                            # received before a dropped connection is kept.
+                            for chunk in response.iter_bytes():
                                 out.write(chunk)
                                 digest.update(chunk)
                                 received += len(chunk)
