@@ -2,8 +2,8 @@
 
 - ``queued_api``: the API on a fresh SQLite database with a recording dispatcher (jobs stay
   queued: uploads, errors, listing, cancelling, waiting with a timeout).
-- ``live_service``: the API, Postgres, Redis and a real Celery worker process, once per module;
-  ``finished_job`` is one job run to the end on it through the client.
+- ``live_service``: the API, Postgres, Redis and a real Celery worker process, started once for
+  the tests of this folder; ``finished_job`` is one job run to the end on it through the client.
 - ``api_key`` / ``live_api_key``: the key the client and ``riftctl`` send to ``queued_api`` /
   ``live_service`` (None while the service has no API keys).
 """
@@ -83,10 +83,10 @@ def rift(queued_api: RunningApi, api_key: str | None) -> Iterator[RiftClient]:
         yield client
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def live_service(_postgres_template: str, redis_broker_url: str,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApi]:
-    """The whole service for one test module: Postgres, Redis, a Celery worker process, the API
+    """The whole service for the tests of this folder: Postgres, Redis, a Celery worker process, the API
     over HTTP, a local object store."""
     root = tmp_path_factory.mktemp("live-service")
     queue = f"rift-client-test-{uuid.uuid4().hex[:12]}"
@@ -105,7 +105,7 @@ def live_service(_postgres_template: str, redis_broker_url: str,
             forget_queue(redis_broker_url, queue)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def live_api_key(live_service: RunningApi) -> str | None:
     """The key sent to ``live_service``. None while the service has no API keys; with keys, one
     with every scope, of a project created in ``live_service``'s database."""
@@ -121,7 +121,7 @@ class FinishedJob:
     streamed: list[Event]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def finished_job(live_service: RunningApi, live_api_key: str | None,
                  digits_checkpoint_path: Path) -> FinishedJob:
     """One small job on the adversarially trained digits checkpoint, created, followed live
