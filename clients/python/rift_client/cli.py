@@ -398,7 +398,14 @@ def jobs_list(
     if state.json:
         state.emit(jobs)
         return
-    table = Table("id", "status", "stage", "progress", "created", "labels")
+    table = Table()
+    # Ids, statuses and times whole (never wrapped nor cut): ids are copied into other commands.
+    table.add_column("id", no_wrap=True, min_width=max((len(j.id) for j in jobs), default=2))
+    table.add_column("status", no_wrap=True, min_width=9)
+    table.add_column("stage")
+    table.add_column("progress")
+    table.add_column("created", no_wrap=True, min_width=19)
+    table.add_column("labels")
     for job in jobs:
         table.add_row(job.id, job.status, job.stage or "-",
                       f"{job.progress * 100:.0f}%" if not job.finished else "-",
