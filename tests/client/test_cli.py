@@ -173,3 +173,26 @@ def test_checkpoint_delete(cli: Cli, queued_api: RunningApi, checkpoint_file: Pa
     assert deleted.exit_code == 0 and deleted.json() == {"deleted": record["id"]}
     gone = cli("-o", "json", "checkpoints", "get", record["id"])
     assert gone.exit_code == 3 and gone.error()["status"] == 404
+
+
+def test_dataset_upload_get_delete(cli: Cli, tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+
+    path = tmp_path / "tiny.npz"
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((20, 8, 8), np.float32), y=np.arange(20) % 10)
+    path.write_bytes(buffer.getvalue())
+    uploaded = cli("-o", "json", "datasets", "upload", str(path))
+    assert uploaded.exit_code == 0, uploaded.stderr
+    record = uploaded.json()
+    assert record["kind"] == "npz" and record["num_examples"] == 20
+    shown = cli("datasets", "get", record["id"])
+    assert shown.exit_code == 0 and record["sha256"] in shown.stdout
+    deleted = cli("-o", "json", "datasets", "delete", record["id"])
+    if ("delete", "/v1/datasets/{dataset_id}") not in cli.api_routes():
+        assert deleted.exit_code == 3 and deleted.error()["status"] == 405
+        pytest.skip("DELETE /v1/datasets/{id} is not served by this version of the API")
+    assert deleted.exit_code == 0 and deleted.json() == {"deleted": record["id"]}
+    assert cli("datasets", "get", record["id"]).exit_code == 3

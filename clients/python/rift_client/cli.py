@@ -102,7 +102,7 @@ app = typer.Typer(help="Command line of the RiFT service (Robust Critical Fine-T
                   "api_key, timeout).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 checkpoints_app = typer.Typer(help="Upload, show and delete checkpoints.", no_args_is_help=True)
-datasets_app = typer.Typer(help="Upload and show datasets.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Upload, show and delete datasets.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Create, follow and collect RiFT jobs.", no_args_is_help=True)
 app.add_typer(checkpoints_app, name="checkpoints")
 app.add_typer(datasets_app, name="datasets")
@@ -270,6 +270,18 @@ def datasets_get(ctx: typer.Context, dataset_id: str) -> None:
     with _client(state) as client:
         record = client.get_dataset(dataset_id)
     _show_record(state, record, f"dataset {dataset_id}")
+
+
+@datasets_app.command("delete")
+def datasets_delete(ctx: typer.Context, dataset_id: str) -> None:
+    """Delete an uploaded dataset."""
+    state = _state(ctx)
+    with _client(state) as client:
+        client.delete_dataset(dataset_id)
+    if state.json:
+        state.emit({"deleted": dataset_id})
+    else:
+        state.say(f"deleted dataset {dataset_id}")
 
 
 # -------------------------------------------------------------------------------------- jobs
