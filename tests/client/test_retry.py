@@ -5,14 +5,17 @@ of idempotent calls only when it is safe."""
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
+from pathlib import Path
 
 import pytest
 
 from rift_client import (
+    ChecksumMismatchError,
     RateLimitError,
     RetryPolicy,
     RiftClient,
@@ -159,3 +162,22 @@ def test_a_connection_lost_after_sending_is_retried_only_when_idempotent() -> No
         stop.set()
         thread.join(timeout=5)
         listener.close()
+
+
+def test_an_upload_whose_stored_hash_differs_is_refused(scripted: list[ScriptedServer],
+                                                        tmp_path: Path) -> None:
+    # A server (or a proxy on the way) that stored other bytes than those sent.
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"weights" * 1000)
+    record = {"id": "ck_1", "filename": path.name, "size": 7000, "sha256": "0" * 64,
+              "format": "safetensors", "num_tensors": 1, "num_parameters": 1,
+              "created_at": "2026-01-01T00:00:00Z"}
+    server = _serve(scripted, ScriptedReply(201, record))
+    with RiftClient(server.url) as client, pytest.raises(ChecksumMismatchError) as mismatch:
+        client.upload_checkpoint(path)
+    assert mismatch.value.expected == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert mismatch.value.actual == "0" * 64
+    seen = server.seen[0]
+    assert seen.path == "/v1/checkpoints?filename=model.safetensors"
+    assert seen.headers["content-type"] == "application/octet-stream"
+    assert seen.headers["content-length"] == "7000"
