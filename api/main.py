@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import get_caller
 from api.dispatch import CeleryDispatcher, Dispatcher
+from api.docs import install_offline_docs
 from api.errors import install_error_handlers
 from api.event_feed import EventFeed, LocalPublisher, build_event_feed
 from api.limits import RateLimiter, StreamSlots, rate_limiter_for
@@ -103,7 +104,9 @@ def create_app(
             "fine-tuning and interpolation curves)."
         ),
         lifespan=lifespan,
-        docs_url="/docs",
+        # The documentation pages are installed below, with their assets served locally.
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.state.settings = settings
@@ -125,6 +128,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID",
                            "Range"],
             expose_headers=["Location", "Retry-After", "Content-Range"])
+    install_offline_docs(app)
 
     # Every route of this router needs a key; the routes name CallerDep too, which FastAPI
     # resolves once per request, so the router's dependency is a guard a new route cannot miss.

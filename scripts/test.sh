@@ -8,5 +8,5 @@ cd "$root"
 bash scripts/ensure_venv.sh
 # Lint and types first: seconds, and they catch what tests often miss.
 .venv/bin/ruff check --quiet .
-.venv/bin/mypy --no-error-summary rift persistence api worker reporting
+.venv/bin/mypy --no-error-summary rift persistence api worker validator reporting clients/python/rift_client
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

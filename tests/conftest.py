@@ -10,10 +10,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from api.validation import Validator
 
 pytest_plugins = ["tests.service_fixtures"]
 
@@ -63,3 +67,15 @@ def digits_job_config() -> dict[str, Any]:
     config = copy.deepcopy(DIGITS_DEMO_CONFIG)
     config["device"] = "cpu"
     return config
+
+
+@pytest.fixture(scope="session")
+def shared_validator() -> Iterator[Validator]:
+    """One validator server for the session's API apps: each would otherwise start its own and
+    pay torch's import (seconds). Checks still run one forked child each, with default limits."""
+    from api.validation import Validator
+    from persistence.settings import Settings
+
+    validator = Validator(Settings())
+    yield validator
+    validator.close()

@@ -151,10 +151,16 @@ def redis_broker_url() -> str:
 @pytest.fixture
 def celery_queue(redis_broker_url: str) -> Iterator[str]:
     """A queue name no other test uses; its Redis keys are removed after the test."""
-    import redis
-
     name = f"rift-test-{uuid.uuid4().hex[:12]}"
     yield name
+    forget_queue(redis_broker_url, name)
+
+
+def forget_queue(redis_broker_url: str, name: str) -> None:
+    """Remove the Redis keys of queue ``name``, and its messages that a killed worker left
+    unacknowledged."""
+    import redis
+
     client = redis.Redis.from_url(redis_broker_url)
     keys = list(client.scan_iter(match=f"*{name}*"))
     if keys:
@@ -178,13 +184,20 @@ def celery_queue(redis_broker_url: str) -> Iterator[str]:
 def service_env(postgres_url: str, redis_broker_url: str, celery_queue: str,
                 tmp_path: Path) -> dict[str, str]:
     """Environment variables of the test's service processes (Settings reads these names)."""
+    return service_environment(postgres_url, redis_broker_url, celery_queue, tmp_path)
+
+
+def service_environment(database_url: str, broker_url: str, queue: str, root: Path
+                        ) -> dict[str, str]:
+    """The service's environment for a test: this database, broker and queue, the object store
+    and work folders under ``root``, and short leases and intervals."""
     return {
-        "DATABASE_URL": postgres_url,
-        "BROKER_URL": redis_broker_url,
-        "CELERY_QUEUE": celery_queue,
+        "DATABASE_URL": database_url,
+        "BROKER_URL": broker_url,
+        "CELERY_QUEUE": queue,
         "STORE_KIND": "local",
-        "STORE_ROOT": str(tmp_path / "objects"),
-        "WORK_DIR": str(tmp_path / "work"),
+        "STORE_ROOT": str(root / "objects"),
+        "WORK_DIR": str(root / "work"),
         # Short leases so that a killed worker's stage is taken over within seconds.
         "WORKER_LEASE_SECONDS": "4",
         "WORKER_RECOVERY_INTERVAL_SECONDS": "1",

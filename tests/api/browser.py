@@ -100,7 +100,7 @@ class StaticPage:
         page_body, page_headers = body, headers
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            def do_GET(self) -> None:
                 self.send_response(200)
                 for name, value in page_headers.items():
                     self.send_header(name, value)

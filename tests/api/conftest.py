@@ -77,15 +77,6 @@ def api_settings(database_url: str, tmp_path: Path) -> Settings:
     })
 
 
-@pytest.fixture(scope="session")
-def shared_validator() -> Iterator[Validator]:
-    """One validator server for the session's API apps: each would otherwise start its own and
-    pay torch's import (seconds). Checks still run one forked child each, with default limits."""
-    validator = Validator(Settings())
-    yield validator
-    validator.close()
-
-
 @pytest.fixture
 def start_api(shared_validator: Validator) -> Iterator[Callable[..., Api]]:
     """``start_api(settings, **create_app_kwargs) -> Api``: serve ``create_app`` over HTTP."""

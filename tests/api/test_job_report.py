@@ -117,11 +117,7 @@ def test_report_page_in_headless_chromium(report_api: Api, small_cnn_file: Path,
 
     # /docs in the same browser setup: it must not reach any host but the service itself.
     docs = load_page(f"{api.url}/docs")
-    external = docs.external_requests()
-    if external:
-        pytest.xfail("/docs still loads Swagger UI from a CDN on this branch "
-                     f"({external[0]}); the client helper's offline /docs fixes it at merge")
-    assert external == []
+    assert docs.external_requests() == []
     assert "swagger" in docs.dom.lower()
 
 

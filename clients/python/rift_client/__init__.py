@@ -1,0 +1,71 @@
+"""Python client of the RiFT service's REST API, and the ``riftctl`` command line.
+
+See :class:`rift_client.client.RiftClient`; the models are in :mod:`rift_client.models`, the
+exceptions in :mod:`rift_client.errors`. This package needs no torch: only httpx and pydantic
+(typer and rich for the command line).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from rift_client.client import RiftClient
+from rift_client.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ChecksumMismatchError,
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    RiftAPIError,
+    RiftClientError,
+    RiftConnectionError,
+    ServerError,
+    ServiceUnavailableError,
+    UnprocessableEntityError,
+    WaitTimeoutError,
+)
+from rift_client.models import (
+    TERMINAL_STATUSES,
+    Artifact,
+    Checkpoint,
+    Curves,
+    Dataset,
+    Event,
+    Job,
+    JobSpec,
+    MRCTable,
+)
+from rift_client.retry import RetryPolicy
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "Artifact",
+    "AuthenticationError",
+    "BadRequestError",
+    "Checkpoint",
+    "ChecksumMismatchError",
+    "ConflictError",
+    "Curves",
+    "Dataset",
+    "Event",
+    "Job",
+    "JobSpec",
+    "MRCTable",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RetryPolicy",
+    "RiftAPIError",
+    "RiftClient",
+    "RiftClientError",
+    "RiftConnectionError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "UnprocessableEntityError",
+    "WaitTimeoutError",
+    "__version__",
+]

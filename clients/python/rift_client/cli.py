@@ -1,0 +1,584 @@
+"""``riftctl``: the RiFT service from the command line.
+
+    riftctl checkpoints upload model.safetensors
+    riftctl jobs create --checkpoint ck_123 --config config.json --label team=vision --wait
+    riftctl jobs events JOB_ID
+    riftctl jobs download JOB_ID --out weights/
+    riftctl --output json jobs list --status running
+
+Exit codes (for CI jobs and scripts):
+
+    0  success (for wait/events/create --wait: the job succeeded)
+    1  the job failed or was cancelled
+    2  usage error (bad option, missing file, invalid config file or JSON)
+    3  API error (an error answer, the service unreachable, a checksum mismatch)
+    4  ``wait`` gave up: the job was still running when --timeout passed
+
+Progress bars and messages go to stderr, results to stdout; ``--output json`` prints results as
+JSON (``jobs events``: one JSON object per line) so that scripts can parse them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from rift_client.client import RiftClient
+from rift_client.config import ConfigError, resolve_config
+from rift_client.errors import (
+    ChecksumMismatchError,
+    RiftAPIError,
+    RiftConnectionError,
+    WaitTimeoutError,
+)
+from rift_client.models import SUCCEEDED, Event, Job
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_API_ERROR, EXIT_WAIT_TIMEOUT = 0, 1, 2, 3, 4
+STAGES = ("mrc", "finetune", "interpolate")
+
+
+class OutputFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+@dataclass
+class State:
+    """What every command needs: how to build the client, how to print, and where."""
+
+    make_client: Callable[[], RiftClient]
+    output: OutputFormat
+    quiet: bool
+    out: Console
+    err: Console
+
+    @property
+    def json(self) -> bool:
+        return self.output is OutputFormat.json
+
+    @property
+    def progress_shown(self) -> bool:
+        return not self.quiet and self.err.is_terminal
+
+    def emit(self, value: Any) -> None:
+        """Print a result as JSON (one line) on stdout."""
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        elif isinstance(value, list):
+            value = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+        print(json.dumps(value), flush=True)
+
+    def say(self, message: str) -> None:
+        """A human-readable line on stdout (text output only)."""
+        if not self.json:
+            self.out.print(message, highlight=False, soft_wrap=True)
+
+
+app = typer.Typer(help="Command line of the RiFT service (Robust Critical Fine-Tuning).",
+                  epilog="Exit codes: 0 success, 1 job failed or cancelled, 2 usage error, "
+                  "3 API error (or service unreachable, checksum mismatch), 4 wait timed out. "
+                  "Config file: RIFTCTL_CONFIG or ~/.config/riftctl/config.toml (api_url, "
+                  "api_key, timeout).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+checkpoints_app = typer.Typer(help="Upload, show and delete checkpoints.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Upload, show and delete datasets.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Create, follow and collect RiFT jobs.", no_args_is_help=True)
+app.add_typer(checkpoints_app, name="checkpoints")
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(jobs_app, name="jobs")
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(
+        "--url", help="The service's base URL (else RIFT_API_URL, the config file's api_url, "
+        "http://127.0.0.1:8000).")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", help="API key (else RIFT_API_KEY, the config file's api_key). Prefer those: a "
+        "flag shows in the process list.")] = None,
+    output: Annotated[OutputFormat, typer.Option(
+        "--output", "-o", help="Result format on stdout.")] = OutputFormat.text,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout-http", min=0.1, help="Seconds to connect and between reads (default 60).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Command line of the RiFT service. Exit codes: 0 success, 1 job failed or cancelled,
+    2 usage error, 3 API error, 4 wait timed out."""
+    try:
+        config = resolve_config(url=url, api_key=api_key, timeout=timeout)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="config file") from exc
+    ctx.obj = State(
+        make_client=lambda: RiftClient(config.api_url, api_key=config.api_key or "",
+                                       timeout=config.timeout),
+        output=output, quiet=quiet, out=Console(), err=Console(stderr=True))
+
+
+def _state(ctx: typer.Context) -> State:
+    state = ctx.find_root().obj
+    assert isinstance(state, State)
+    return state
+
+
+@contextlib.contextmanager
+def _client(state: State) -> Iterator[RiftClient]:
+    """The client, with every error turned into its message on stderr and its exit code."""
+    try:
+        with state.make_client() as client:
+            yield client
+    except RiftAPIError as exc:
+        _fail(state, EXIT_API_ERROR, str(exc), {
+            "status": exc.status_code, "code": exc.code, "message": exc.message,
+            "field": exc.field, **exc.details})
+    except (RiftConnectionError, ChecksumMismatchError) as exc:
+        code = "checksum_mismatch" if isinstance(exc, ChecksumMismatchError) else "connection_error"
+        _fail(state, EXIT_API_ERROR, str(exc), {"code": code, "message": str(exc)})
+    except WaitTimeoutError as exc:
+        _fail(state, EXIT_WAIT_TIMEOUT, str(exc), {
+            "code": "wait_timeout", "message": str(exc), "job_id": exc.job_id,
+            "status": exc.last_status})
+
+
+def _fail(state: State, exit_code: int, message: str, error: dict[str, Any]) -> None:
+    if state.json:
+        print(json.dumps({"error": error}), file=sys.stderr, flush=True)
+    else:
+        state.err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exit_code)
+
+
+def _transfer_progress(state: State) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=state.err,
+                    disable=not state.progress_shown, transient=True)
+
+
+def _show_record(state: State, record: BaseModel, title: str) -> None:
+    if state.json:
+        state.emit(record)
+        return
+    table = Table(title=title, show_header=False, title_justify="left")
+    for key, value in record.model_dump(mode="json").items():
+        if value is None or value == {} or value == []:
+            continue
+        text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+        table.add_row(key, text)
+    state.out.print(table)
+
+
+def _existing_file(path: Path) -> Path:
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} is not a file")
+    return path
+
+
+# ------------------------------------------------------------------------------- checkpoints
+
+
+def _upload(state: State, path: Path,
+            send: Callable[[Path, Callable[[int, int], None]], BaseModel]) -> BaseModel:
+    """``send(path, progress)`` with a progress bar on stderr."""
+    with _transfer_progress(state) as progress:
+        task = progress.add_task(f"uploading {path.name}", total=path.stat().st_size)
+        return send(path, lambda done, total: progress.update(task, completed=done, total=total))
+
+
+@checkpoints_app.command("upload")
+def checkpoints_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
+        help="A .safetensors or PyTorch checkpoint file.")]) -> None:
+    """Upload a checkpoint (its SHA-256 checked against the service's)."""
+    state = _state(ctx)
+    _existing_file(path)
+    with _client(state) as client:
+        record = _upload(state, path, lambda p, cb: client.upload_checkpoint(p, progress=cb))
+    if state.json:
+        state.emit(record)
+    else:
+        data = record.model_dump()
+        state.say(f"checkpoint {data['id']}: {data['filename']}, {data['format']}, "
+                  f"{data['num_tensors']} tensors, {data['num_parameters']} parameters, "
+                  f"sha256 {data['sha256']} (verified)")
+
+
+@checkpoints_app.command("get")
+def checkpoints_get(ctx: typer.Context, checkpoint_id: str) -> None:
+    """Show a checkpoint's record."""
+    state = _state(ctx)
+    with _client(state) as client:
+        record = client.get_checkpoint(checkpoint_id)
+    _show_record(state, record, f"checkpoint {checkpoint_id}")
+
+
+@checkpoints_app.command("delete")
+def checkpoints_delete(ctx: typer.Context, checkpoint_id: str) -> None:
+    """Delete a checkpoint."""
+    state = _state(ctx)
+    with _client(state) as client:
+        client.delete_checkpoint(checkpoint_id)
+    if state.json:
+        state.emit({"deleted": checkpoint_id})
+    else:
+        state.say(f"deleted checkpoint {checkpoint_id}")
+
+
+# ---------------------------------------------------------------------------------- datasets
+
+
+@datasets_app.command("upload")
+def datasets_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
+        help="An .npz file or a tar of an ImageFolder tree.")]) -> None:
+    """Upload a dataset (its SHA-256 checked against the service's)."""
+    state = _state(ctx)
+    _existing_file(path)
+    with _client(state) as client:
+        record = _upload(state, path, lambda p, cb: client.upload_dataset(p, progress=cb))
+    if state.json:
+        state.emit(record)
+    else:
+        data = record.model_dump()
+        state.say(f"dataset {data['id']}: {data['filename']}, {data['kind']}, "
+                  f"{data['num_examples']} examples, {data['num_classes']} classes, "
+                  f"sha256 {data['sha256']} (verified)")
+
+
+@datasets_app.command("get")
+def datasets_get(ctx: typer.Context, dataset_id: str) -> None:
+    """Show an uploaded dataset, or a built-in one by name."""
+    state = _state(ctx)
+    with _client(state) as client:
+        record = client.get_dataset(dataset_id)
+    _show_record(state, record, f"dataset {dataset_id}")
+
+
+@datasets_app.command("delete")
+def datasets_delete(ctx: typer.Context, dataset_id: str) -> None:
+    """Delete an uploaded dataset."""
+    state = _state(ctx)
+    with _client(state) as client:
+        client.delete_dataset(dataset_id)
+    if state.json:
+        state.emit({"deleted": dataset_id})
+    else:
+        state.say(f"deleted dataset {dataset_id}")
+
+
+# -------------------------------------------------------------------------------------- jobs
+
+
+def _labels(values: list[str]) -> dict[str, str]:
+    labels = {}
+    for value in values:
+        key, sep, label = value.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"'{value}' is not KEY=VALUE", param_hint="--label")
+        labels[key] = label
+    return labels
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    _existing_file(path)
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"{path} is not valid JSON: {exc}", param_hint="--config") from exc
+    if not isinstance(config, dict):
+        raise typer.BadParameter(f"{path} must hold a JSON object (the job's RiftConfig)",
+                                 param_hint="--config")
+    return config
+
+
+def _describe(job: Job) -> str:
+    text = job.status
+    if job.stage and not job.finished:
+        text += f", stage {job.stage} {job.progress * 100:.0f}%"
+    if job.queue_position:
+        text += f", queue position {job.queue_position}"
+    if job.progress_message and not job.finished:
+        text += f": {job.progress_message}"
+    return text
+
+
+def _finish(state: State, job: Job) -> None:
+    """Print the final job and exit 1 unless it succeeded."""
+    if state.json:
+        state.emit(job)
+    else:
+        state.say(f"job {job.id} {job.status}" + (
+            f": {job.error.code}: {job.error.message}" if job.error else "") + (
+            f" (module {job.selected_module}, α = {job.chosen_alpha:g})"
+            if job.status == SUCCEEDED and job.chosen_alpha is not None else ""))
+    if job.status != SUCCEEDED:
+        raise typer.Exit(EXIT_JOB_FAILED)
+
+
+def _wait(state: State, client: RiftClient, job_id: str, timeout: float | None,
+          poll_interval: float) -> Job:
+    """Wait for the job with a progress bar over its three stages."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                  console=state.err, disable=not state.progress_shown, transient=True) as bar:
+        task = bar.add_task(f"job {job_id}", total=len(STAGES))
+
+        def update(job: Job) -> None:
+            done = STAGES.index(job.stage) + job.progress if job.stage in STAGES else 0.0
+            bar.update(task, completed=len(STAGES) if job.finished else done,
+                       description=f"job {job_id}: {_describe(job)}")
+
+        return client.wait(job_id, timeout, poll_interval=poll_interval, on_update=update)
+
+
+@jobs_app.command("create")
+def jobs_create(
+    ctx: typer.Context,
+    checkpoint: Annotated[str, typer.Option(
+        "--checkpoint", "-c", help="A checkpoint id, or a checkpoint file to upload first.")],
+    config: Annotated[Path, typer.Option("--config", help="JSON file with the job's RiftConfig.")],
+    dataset: Annotated[str | None, typer.Option("--dataset", help="An uploaded dataset's id.")] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", "-l", help="KEY=VALUE; repeat for several.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(
+        "--idempotency-key", help="Makes re-running this command return the same job "
+        "(default: a random key).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the job; exit 1 unless it "
+                                       "succeeds.")] = False,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", min=0, help="With --wait: seconds before giving up (exit 4).")] = None,
+) -> None:
+    """Create a job on a checkpoint."""
+    state = _state(ctx)
+    spec = {"config": _read_config(config), "labels": _labels(label or []),
+            "dataset_id": dataset}
+    checkpoint_file = Path(checkpoint)
+    with _client(state) as client:
+        checkpoint_id = checkpoint
+        if checkpoint_file.is_file():
+            record = _upload(state, checkpoint_file,
+                             lambda p, cb: client.upload_checkpoint(p, progress=cb))
+            checkpoint_id = record.model_dump()["id"]
+            if not state.json:
+                state.err.print(f"uploaded {checkpoint_file.name} as checkpoint {checkpoint_id}",
+                                highlight=False)
+        job = client.create_job(spec, checkpoint_id=checkpoint_id, idempotency_key=idempotency_key)
+        if not wait:
+            if state.json:
+                state.emit(job)
+            else:
+                state.say(f"job {job.id} {job.status}")
+            return
+        if not state.json:
+            state.err.print(f"job {job.id} {job.status}; waiting", highlight=False)
+        job = _wait(state, client, job.id, timeout, 1.0)
+    _finish(state, job)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    ctx: typer.Context,
+    status: Annotated[list[str] | None, typer.Option(
+        "--status", "-s", help="queued, running, succeeded, failed, cancelled; repeatable.")] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", "-l", help="KEY=VALUE the jobs must have; repeatable.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Jobs to show.")] = 20,
+) -> None:
+    """List jobs, newest first (following the pages as needed)."""
+    state = _state(ctx)
+    labels = _labels(label or [])
+    with _client(state) as client:
+        jobs = list(client.list_jobs(status=status or None, labels=labels or None,
+                                     page_size=min(limit, 100), limit=limit))
+    if state.json:
+        state.emit(jobs)
+        return
+    table = Table()
+    # Ids, statuses and times whole (never wrapped nor cut): ids are copied into other commands.
+    table.add_column("id", no_wrap=True, min_width=max((len(j.id) for j in jobs), default=2))
+    table.add_column("status", no_wrap=True, min_width=9)
+    table.add_column("stage")
+    table.add_column("progress")
+    table.add_column("created", no_wrap=True, min_width=19)
+    table.add_column("labels")
+    for job in jobs:
+        table.add_row(job.id, job.status, job.stage or "-",
+                      f"{job.progress * 100:.0f}%" if not job.finished else "-",
+                      job.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      ", ".join(f"{k}={v}" for k, v in job.labels.items()))
+    state.out.print(table)
+
+
+@jobs_app.command("get")
+def jobs_get(ctx: typer.Context, job_id: str) -> None:
+    """Show a job."""
+    state = _state(ctx)
+    with _client(state) as client:
+        job = client.get_job(job_id)
+    if state.json:
+        state.emit(job)
+        return
+    state.say(f"job {job.id}: {_describe(job)}")
+    fields = {"checkpoint": job.checkpoint_id, "dataset": job.dataset_id, "device": job.device,
+              "selected module": job.selected_module, "chosen α": job.chosen_alpha,
+              "labels": ", ".join(f"{k}={v}" for k, v in job.labels.items()) or None,
+              "error": f"{job.error.code}: {job.error.message}" if job.error else None,
+              "created": job.created_at, "finished": job.finished_at}
+    for key, value in fields.items():
+        if value is not None:
+            state.say(f"  {key}: {value}")
+    for stage in job.stages:
+        state.say(f"  stage {stage.stage}: {stage.status} (attempts {stage.attempts})")
+    metrics = job.metrics or {}
+    for moment in ("before", "after"):
+        values = metrics.get(moment)
+        if isinstance(values, dict):
+            state.say(f"  {moment}: clean {values.get('clean_accuracy')}%, robust "
+                      f"{values.get('robust_accuracy')}%")
+
+
+@jobs_app.command("wait")
+def jobs_wait(
+    ctx: typer.Context,
+    job_id: str,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", min=0, help="Seconds before giving up (exit 4; default: no limit).")] = None,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", min=0.1,
+                                                 help="Seconds between two looks.")] = 2.0,
+) -> None:
+    """Wait for a job to finish; exit 0 if it succeeded, 1 if it failed or was cancelled."""
+    state = _state(ctx)
+    with _client(state) as client:
+        job = _wait(state, client, job_id, timeout, poll_interval)
+    _finish(state, job)
+
+
+def _event_line(event: Event) -> str:
+    payload = json.dumps(event.payload, separators=(", ", ": "))
+    return f"{event.created_at:%H:%M:%S} #{event.id} {event.kind} {payload}"
+
+
+@jobs_app.command("events")
+def jobs_events(
+    ctx: typer.Context,
+    job_id: str,
+    after: Annotated[int, typer.Option("--after", min=0, help="Start after this event id.")] = 0,
+    follow: Annotated[bool, typer.Option(
+        "--follow/--no-follow", help="Stream live until the job ends (SSE), or print the events "
+        "so far.")] = True,
+) -> None:
+    """Print the job's events (JSON lines with --output json). Following, exit 0 if the job
+    succeeded, 1 otherwise."""
+    state = _state(ctx)
+    with _client(state) as client:
+        if follow:
+            events: Iterator[Event] = client.stream_events(job_id, after=after)
+        else:
+            events = _events_so_far(client, job_id, after)
+        for event in events:
+            if state.json:
+                state.emit(event)
+            else:
+                state.say(_event_line(event))
+        job = client.get_job(job_id) if follow else None
+    if job is not None and job.status != SUCCEEDED:
+        raise typer.Exit(EXIT_JOB_FAILED)
+
+
+def _events_so_far(client: RiftClient, job_id: str, after: int) -> Iterator[Event]:
+    while True:
+        page = client.list_events(job_id, after=after, limit=1000)
+        yield from page.items
+        if not page.items:
+            return
+        after = page.next_after
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
+    """Cancel a job (a running one stops at its next batch)."""
+    state = _state(ctx)
+    with _client(state) as client:
+        job = client.cancel(job_id)
+    if state.json:
+        state.emit(job)
+    else:
+        requested = " (cancel requested)" if job.cancel_requested and not job.finished else ""
+        state.say(f"job {job.id} {job.status}{requested}")
+
+
+@jobs_app.command("download")
+def jobs_download(
+    ctx: typer.Context,
+    job_id: str,
+    names: Annotated[list[str] | None, typer.Argument(
+        help="Artifacts to download (default: all).", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-d", help="Folder to save them in.")] = Path("."),
+) -> None:
+    """Download a job's artifacts (tuned weights, MRC table, ...), checking each SHA-256."""
+    state = _state(ctx)
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} is not a folder", param_hint="--out")
+    out.mkdir(parents=True, exist_ok=True)
+    saved = []
+    with _client(state) as client:
+        artifacts = client.list_artifacts(job_id)
+        by_name = {a.name: a for a in artifacts}
+        with _transfer_progress(state) as progress:
+            for name in names or list(by_name):
+                artifact = by_name.get(name) or client.get_artifact(job_id, name)
+                task = progress.add_task(f"downloading {name}", total=artifact.size)
+
+                def advance(done: int, size: int, task: TaskID = task) -> None:
+                    progress.update(task, completed=done, total=size)
+
+                path = client.download(job_id, name, out, progress=advance)
+                saved.append({"name": name, "path": str(path), "size": artifact.size,
+                              "sha256": artifact.sha256})
+                if not state.json:
+                    state.say(f"{path} ({artifact.size} bytes, sha256 verified)")
+    if state.json:
+        state.emit(saved)
+
+
+@jobs_app.command("report")
+def jobs_report(
+    ctx: typer.Context,
+    job_id: str,
+    out: Annotated[Path, typer.Option(
+        "--out", "-d", help="File, or folder to save <job id>.html in.")] = Path("."),
+) -> None:
+    """Save the job's HTML report page (MRC table, curves, manifest)."""
+    state = _state(ctx)
+    with _client(state) as client:
+        path = client.download_report(job_id, out)
+    if state.json:
+        state.emit({"path": str(path)})
+    else:
+        state.say(f"saved {path}")
+
+
+def main() -> None:
+    """The ``riftctl`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

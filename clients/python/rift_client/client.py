@@ -1,0 +1,500 @@
+"""``RiftClient``: the RiFT service's REST API as Python calls.
+
+    from rift_client import RiftClient
+
+    with RiftClient("http://127.0.0.1:8000", api_key="rift_...") as rift:
+        checkpoint = rift.upload_checkpoint("model.safetensors")
+        job = rift.create_job({"config": config}, checkpoint_id=checkpoint.id)
+        for event in rift.stream_events(job.id):
+            print(event.kind, event.payload)
+        job = rift.wait(job.id, timeout=3600)
+        rift.download(job.id, "tuned.safetensors", "out/")
+
+The base URL defaults to ``RIFT_API_URL`` and the key to ``RIFT_API_KEY``; the key is sent as
+``Authorization: Bearer <key>`` on every request (and dropped by httpx when a download is
+redirected to another host, such as a presigned S3 URL). Error answers raise
+:class:`~rift_client.errors.RiftAPIError` subclasses; 429 and 503 are retried first (see
+:mod:`rift_client.retry`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from rift_client import __version__
+from rift_client.errors import (
+    ChecksumMismatchError,
+    NotFoundError,
+    RiftConnectionError,
+    WaitTimeoutError,
+    api_error_from_response,
+)
+from rift_client.models import (
+    Artifact,
+    Checkpoint,
+    Curves,
+    Dataset,
+    Event,
+    EventPage,
+    Job,
+    JobPage,
+    JobSpec,
+    MRCTable,
+)
+from rift_client.retry import RetryPolicy, sent_nothing
+from rift_client.sse import SSEDecoder
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+#: Bytes read from a file (or the network) at a time: large enough for throughput, small enough
+#: for progress bars that move.
+CHUNK_BYTES = 1 << 20
+#: The service sends an SSE keep-alive every 15 s, so a stream silent for this long is dead.
+STREAM_READ_TIMEOUT_S = 60.0
+#: Wait before reconnecting an event stream when the server did not say (its 'retry:' field).
+DEFAULT_RECONNECT_DELAY_S = 2.0
+
+#: ``progress(done_bytes, total_bytes)`` called as an upload or a download advances.
+ProgressCallback = Callable[[int, int], None]
+
+
+def _segment(value: str) -> str:
+    """A path segment, escaped so that an id cannot reach another route."""
+    return quote(value, safe="")
+
+
+class _HashingFileBody:
+    """A file as a request body read in chunks: hashes what it sends and reports progress. Each
+    iteration starts from the beginning (a retried request sends the file again) and sends at most
+    the ``size`` bytes announced in Content-Length."""
+
+    def __init__(self, path: Path, size: int, progress: ProgressCallback | None) -> None:
+        self.path = path
+        self.size = size
+        self.progress = progress
+        self.sha256 = hashlib.sha256()
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.sha256 = hashlib.sha256()
+        sent = 0
+        with self.path.open("rb") as handle:
+            while sent < self.size:
+                chunk = handle.read(min(CHUNK_BYTES, self.size - sent))
+                if not chunk:
+                    raise RiftConnectionError(f"{self.path} shrank while it was being uploaded")
+                self.sha256.update(chunk)
+                sent += len(chunk)
+                yield chunk
+                if self.progress is not None:
+                    self.progress(sent, self.size)
+
+
+class RiftClient:
+    """A client of one RiFT service.
+
+    Args:
+        base_url: The service's URL (default: ``RIFT_API_URL``, else ``http://127.0.0.1:8000``).
+        api_key: The API key (default: ``RIFT_API_KEY``); sent as a Bearer token when set.
+        timeout: Seconds allowed to connect, and between two reads or writes of a request.
+        retry: When and how long to retry (default :class:`RetryPolicy()`: 4 retries).
+        transport: An httpx transport (for tests or custom TLS); default: httpx's own.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("RIFT_API_URL") or DEFAULT_BASE_URL).rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("RIFT_API_KEY")
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        headers = {"User-Agent": f"rift-client/{__version__}", "Accept": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
+                                  transport=transport)
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RiftClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------ plumbing
+
+    def _request(self, method: str, path: str, *, idempotent: bool,
+                 **kwargs: Any) -> httpx.Response:
+        """Send a request, retrying as :mod:`rift_client.retry` says; an error answer raises."""
+        retry = 0
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if (idempotent or sent_nothing(exc)) and retry < self.retry.max_retries:
+                    time.sleep(self.retry.backoff(retry))
+                    retry += 1
+                    continue
+                raise RiftConnectionError(f"{method} {self.base_url}{path}: {exc!r}") from exc
+            if response.status_code < 400:
+                return response
+            delay = self.retry.delay_for(response, retry)
+            if delay is None:
+                raise api_error_from_response(response)
+            time.sleep(delay)
+            retry += 1
+
+    @contextlib.contextmanager
+    def _stream(self, path: str, *, headers: Mapping[str, str] | None = None,
+                params: Mapping[str, Any] | None = None, follow_redirects: bool = False,
+                read_timeout: float | None = None) -> Iterator[httpx.Response]:
+        """A streamed GET (retried like :meth:`_request` until the answer's headers arrive);
+        the body is left to the caller, the response closed afterwards."""
+        timeout = httpx.Timeout(self.timeout, read=read_timeout or self.timeout)
+        retry = 0
+        while True:
+            request = self._http.build_request("GET", path, headers=headers, params=params,
+                                               timeout=timeout)
+            try:
+                response = self._http.send(request, stream=True, follow_redirects=follow_redirects)
+            except httpx.TransportError as exc:
+                if retry < self.retry.max_retries:
+                    time.sleep(self.retry.backoff(retry))
+                    retry += 1
+                    continue
+                raise RiftConnectionError(f"GET {self.base_url}{path}: {exc!r}") from exc
+            if response.status_code >= 400:
+                response.read()
+                response.close()
+                delay = self.retry.delay_for(response, retry)
+                if delay is None:
+                    raise api_error_from_response(response)
+                time.sleep(delay)
+                retry += 1
+                continue
+            try:
+                yield response
+            finally:
+                response.close()
+            return
+
+    def _get_json(self, path: str, **params: Any) -> Any:
+        return self._request("GET", path, idempotent=True, params=params or None).json()
+
+    # ------------------------------------------------------------------------------- service
+
+    def ready(self) -> bool:
+        """Whether the service answers ``/readyz`` with 200 (database, broker and store up)."""
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def wait_until_ready(self, timeout: float = 60.0, *, poll_interval: float = 0.5) -> None:
+        """Block until :meth:`ready`; raises :class:`RiftConnectionError` after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() >= deadline:
+                raise RiftConnectionError(f"{self.base_url} was not ready within {timeout:g} s")
+            time.sleep(poll_interval)
+
+    # --------------------------------------------------------------------------------- files
+
+    def _upload(self, route: str, path: str | os.PathLike[str], filename: str | None,
+                progress: ProgressCallback | None) -> dict[str, Any]:
+        file = Path(path)
+        size = file.stat().st_size
+        body = _HashingFileBody(file, size, progress)
+        response = self._request(
+            "POST", route, idempotent=False, content=body,
+            params={"filename": filename or file.name},
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
+        record: dict[str, Any] = response.json()
+        local = body.sha256.hexdigest()
+        if record.get("sha256") != local:
+            raise ChecksumMismatchError(
+                f"the service stored {file.name} with SHA-256 {record.get('sha256')}, but the file "
+                f"sent has {local}", expected=local, actual=str(record.get("sha256")))
+        return record
+
+    def upload_checkpoint(self, path: str | os.PathLike[str], *, filename: str | None = None,
+                          progress: ProgressCallback | None = None) -> Checkpoint:
+        """Upload a safetensors or PyTorch checkpoint, streamed from disk. The SHA-256 computed
+        while sending is compared with the service's (:class:`ChecksumMismatchError` if they
+        differ). ``progress(sent_bytes, total_bytes)`` is called after each chunk."""
+        return Checkpoint.model_validate(self._upload("/v1/checkpoints", path, filename, progress))
+
+    def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
+        return Checkpoint.model_validate(self._get_json(f"/v1/checkpoints/{_segment(checkpoint_id)}"))
+
+    def delete_checkpoint(self, checkpoint_id: str) -> None:
+        self._request("DELETE", f"/v1/checkpoints/{_segment(checkpoint_id)}", idempotent=True)
+
+    def upload_dataset(self, path: str | os.PathLike[str], *, filename: str | None = None,
+                       progress: ProgressCallback | None = None) -> Dataset:
+        """Upload an .npz or an ImageFolder tar, like :meth:`upload_checkpoint`."""
+        return Dataset.model_validate(self._upload("/v1/datasets", path, filename, progress))
+
+    def get_dataset(self, dataset_id: str) -> Dataset:
+        """An uploaded dataset, or a built-in one by name (``cifar10``, ``digits``, ...)."""
+        return Dataset.model_validate(self._get_json(f"/v1/datasets/{_segment(dataset_id)}"))
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._request("DELETE", f"/v1/datasets/{_segment(dataset_id)}", idempotent=True)
+
+    # ---------------------------------------------------------------------------------- jobs
+
+    def create_job(self, spec: JobSpec | Mapping[str, Any], *, checkpoint_id: str,
+                   idempotency_key: str | None = None) -> Job:
+        """Start a job on an uploaded checkpoint. ``spec`` is a :class:`JobSpec` or its dict
+        (``{"config": {...}, "dataset_id": ..., "labels": {...}}``).
+
+        The request always carries an Idempotency-Key (a random one unless given), so that a
+        retry after a lost answer returns the job created the first time instead of a second
+        job; pass your own key to make a whole script safely re-runnable.
+        """
+        job_spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+        body: dict[str, Any] = {"checkpoint_id": checkpoint_id, "config": job_spec.config,
+                                "labels": job_spec.labels}
+        if job_spec.dataset_id is not None:
+            body["dataset_id"] = job_spec.dataset_id
+        key = idempotency_key or f"rift-client-{uuid.uuid4().hex}"
+        response = self._request("POST", "/v1/jobs", idempotent=True, json=body,
+                                 headers={"Idempotency-Key": key})
+        return Job.model_validate(response.json())
+
+    def get_job(self, job_id: str) -> Job:
+        return Job.model_validate(self._get_json(f"/v1/jobs/{_segment(job_id)}"))
+
+    def list_jobs_page(self, *, status: str | Sequence[str] | None = None,
+                       labels: Mapping[str, str] | None = None, page_size: int = 20,
+                       cursor: str | None = None) -> JobPage:
+        """One page of jobs, newest first; pass its ``next_cursor`` as ``cursor`` for the next."""
+        params: dict[str, Any] = {"limit": page_size}
+        if status:
+            params["status"] = [status] if isinstance(status, str) else list(status)
+        if labels:
+            params["label"] = [f"{k}:{v}" for k, v in labels.items()]
+        if cursor:
+            params["cursor"] = cursor
+        return JobPage.model_validate(self._get_json("/v1/jobs", **params))
+
+    def list_jobs(self, *, status: str | Sequence[str] | None = None,
+                  labels: Mapping[str, str] | None = None, page_size: int = 20,
+                  limit: int | None = None) -> Iterator[Job]:
+        """All jobs matching the filters, newest first, fetched page by page as iterated
+        (at most ``limit`` of them when given)."""
+        cursor: str | None = None
+        count = 0
+        while True:
+            page = self.list_jobs_page(status=status, labels=labels, page_size=page_size,
+                                       cursor=cursor)
+            for job in page.items:
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                yield job
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job: a queued one at once, a running one at its next batch; a finished one
+        raises :class:`ConflictError`."""
+        response = self._request("POST", f"/v1/jobs/{_segment(job_id)}/cancel", idempotent=False)
+        return Job.model_validate(response.json())
+
+    def wait(self, job_id: str, timeout: float | None = None, *, poll_interval: float = 1.0,
+             on_update: Callable[[Job], None] | None = None) -> Job:
+        """Poll the job until it has finished and return it (whatever its final status).
+
+        ``on_update(job)`` sees every state read. Raises :class:`WaitTimeoutError` when
+        ``timeout`` seconds pass first (None: wait as long as it takes).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job.finished:
+                return job
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeoutError(
+                        f"job {job_id} was still {job.status} after {timeout:g} s",
+                        job_id=job_id, last_status=job.status)
+                time.sleep(min(poll_interval, left))
+            else:
+                time.sleep(poll_interval)
+
+    # -------------------------------------------------------------------------------- events
+
+    def list_events(self, job_id: str, *, after: int = 0, limit: int = 100) -> EventPage:
+        """One page of the job's events with id > ``after``, oldest first."""
+        return EventPage.model_validate(
+            self._get_json(f"/v1/jobs/{_segment(job_id)}/events", after=after, limit=limit))
+
+    def stream_events(self, job_id: str, *, after: int = 0, max_reconnects: int = 5,
+                      read_timeout: float = STREAM_READ_TIMEOUT_S) -> Iterator[Event]:
+        """The job's events as they happen (Server-Sent Events), from the first with id >
+        ``after``, until the job has finished.
+
+        A dropped connection (or one silent for ``read_timeout`` s) is reopened with
+        ``Last-Event-ID`` set to the last event received, so no event is lost or repeated;
+        after ``max_reconnects`` reopenings in a row that brought no new event,
+        :class:`RiftConnectionError` is raised.
+        """
+        last = after
+        failures = 0
+        delay = DEFAULT_RECONNECT_DELAY_S
+        path = f"/v1/jobs/{_segment(job_id)}/events"
+        while True:
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+            if last:
+                headers["Last-Event-ID"] = str(last)
+            problem = "the stream ended before the job did"
+            try:
+                with self._stream(path, headers=headers, params={"after": last},
+                                  read_timeout=read_timeout) as response:
+                    decoder = SSEDecoder()
+                    for line in response.iter_lines():
+                        message = decoder.feed(line)
+                        if decoder.retry_ms is not None:
+                            delay = decoder.retry_ms / 1000
+                        if message is None:
+                            continue
+                        if message.event == "end":
+                            return
+                        event = Event.model_validate_json(message.data)
+                        if event.id <= last:
+                            continue
+                        last, failures = event.id, 0
+                        yield event
+            except httpx.TransportError as exc:
+                problem = repr(exc)
+            failures += 1
+            if failures > max_reconnects:
+                raise RiftConnectionError(
+                    f"the event stream of job {job_id} dropped {failures} times in a row without "
+                    f"a new event (last: {problem}); last event id {last}")
+            time.sleep(delay)
+
+    # ------------------------------------------------------------------------------- results
+
+    def get_mrc(self, job_id: str) -> MRCTable:
+        return MRCTable.model_validate(self._get_json(f"/v1/jobs/{_segment(job_id)}/mrc"))
+
+    def get_curves(self, job_id: str) -> Curves:
+        return Curves.model_validate(self._get_json(f"/v1/jobs/{_segment(job_id)}/curves"))
+
+    def list_artifacts(self, job_id: str) -> list[Artifact]:
+        body = self._get_json(f"/v1/jobs/{_segment(job_id)}/artifacts")
+        return [Artifact.model_validate(item) for item in body["items"]]
+
+    def get_artifact(self, job_id: str, name: str) -> Artifact:
+        """The record (size, SHA-256, URL) of one artifact; :class:`NotFoundError` if absent."""
+        artifacts = self.list_artifacts(job_id)
+        for artifact in artifacts:
+            if artifact.name == name:
+                return artifact
+        raise NotFoundError(
+            f"job {job_id} has no artifact {name!r} (available: "
+            f"{', '.join(a.name for a in artifacts) or 'none yet'})",
+            status_code=404, code="not_found", field="name", method="GET",
+            path=f"/v1/jobs/{job_id}/artifacts")
+
+    def download(self, job_id: str, name: str, path: str | os.PathLike[str], *,
+                 progress: ProgressCallback | None = None, resume_attempts: int = 3) -> Path:
+        """Download artifact ``name`` of the job to ``path`` (a file, or an existing folder to
+        put it in); returns the file's path.
+
+        The file is written as ``<path>.part`` and renamed only once its size and SHA-256 match
+        the service's record (:class:`ChecksumMismatchError` otherwise, the partial file
+        removed). A connection lost mid-way is resumed with a Range request, at most
+        ``resume_attempts`` times. Presigned-URL redirects (S3) are followed.
+        """
+        artifact = self.get_artifact(job_id, name)
+        target = Path(path)
+        if target.is_dir():
+            target = target / name
+        partial = target.with_name(target.name + ".part")
+        digest = hashlib.sha256()
+        received = 0
+        failures = 0
+        try:
+            with partial.open("wb") as out:
+                while True:
+                    # identity: the bytes on the wire are the file's, so a Range can resume it.
+                    headers = {"Accept-Encoding": "identity"}
+                    if received:
+                        headers["Range"] = f"bytes={received}-"
+                        headers["If-Range"] = f'"{artifact.sha256}"'
+                    try:
+                        with self._stream(artifact.url, headers=headers,
+                                          follow_redirects=True) as response:
+                            if received and response.status_code != 206:
+                                # The range was not honoured: the whole file comes again.
+                                out.seek(0)
+                                out.truncate()
+                                digest, received = hashlib.sha256(), 0
+                            # Chunks as they arrive (not re-chunked), so that what was
+                            # received before a dropped connection is kept.
+                            for chunk in response.iter_bytes():
+                                out.write(chunk)
+                                digest.update(chunk)
+                                received += len(chunk)
+                                if progress is not None:
+                                    progress(received, artifact.size)
+                        break
+                    except httpx.TransportError as exc:
+                        if received >= artifact.size:
+                            break  # everything arrived; the checks below decide
+                        failures += 1
+                        if failures > resume_attempts:
+                            raise RiftConnectionError(
+                                f"downloading {name} of job {job_id} failed {failures} times "
+                                f"(last: {exc!r}) after {received} bytes") from exc
+                        time.sleep(self.retry.backoff(failures - 1))
+            actual = digest.hexdigest()
+            if received != artifact.size or actual != artifact.sha256:
+                raise ChecksumMismatchError(
+                    f"{name}: received {received} bytes with SHA-256 {actual}; the service "
+                    f"reported {artifact.size} bytes with {artifact.sha256}",
+                    expected=artifact.sha256, actual=actual)
+            partial.replace(target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return target
+
+    def download_report(self, job_id: str, path: str | os.PathLike[str]) -> Path:
+        """Save the job's HTML report page (``GET /v1/jobs/{id}/report``) to ``path`` (a file, or
+        an existing folder to put ``<job id>.html`` in); returns the file's path."""
+        target = Path(path)
+        if target.is_dir():
+            target = target / f"{job_id}.html"
+        response = self._request("GET", f"/v1/jobs/{_segment(job_id)}/report", idempotent=True,
+                                 headers={"Accept": "text/html"})
+        target.write_bytes(response.content)
+        return target

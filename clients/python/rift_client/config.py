@@ -1,0 +1,90 @@
+"""Where ``riftctl`` finds the service's URL and the API key.
+
+Each comes from, first found: the command-line flag (``--url``, ``--api-key``), the environment
+(``RIFT_API_URL``, ``RIFT_API_KEY``), the config file, the default (``http://127.0.0.1:8000``; no
+key). The config file is ``RIFTCTL_CONFIG`` when set (it must then exist), else
+``$XDG_CONFIG_HOME/riftctl/config.toml`` (``~/.config/riftctl/config.toml``) when it exists::
+
+    api_url = "https://rift.example.internal"
+    api_key = "rift_..."
+
+Keep it readable by you alone (``chmod 600``): it holds a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from rift_client.client import DEFAULT_BASE_URL
+
+CONFIG_ENV = "RIFTCTL_CONFIG"
+KNOWN_KEYS = frozenset({"api_url", "api_key", "timeout"})
+
+
+class ConfigError(Exception):
+    """The config file is missing (when named explicitly), unreadable or invalid."""
+
+
+@dataclass(frozen=True)
+class CliConfig:
+    api_url: str
+    api_key: str | None
+    timeout: float
+    source: Path | None
+
+
+def config_path(env: Mapping[str, str]) -> tuple[Path | None, bool]:
+    """The config file to read and whether it was named explicitly (so must exist)."""
+    named = env.get(CONFIG_ENV)
+    if named:
+        return Path(named).expanduser(), True
+    base = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else Path.home() / ".config"
+    return base / "riftctl" / "config.toml", False
+
+
+def read_config_file(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {path}; known: "
+                          f"{', '.join(sorted(KNOWN_KEYS))}")
+    for key in ("api_url", "api_key"):
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(f"'{key}' in {path} must be a string")
+    if "timeout" in data and (isinstance(data["timeout"], bool)
+                              or not isinstance(data["timeout"], int | float)
+                              or data["timeout"] <= 0):
+        raise ConfigError(f"'timeout' in {path} must be a positive number of seconds")
+    return data
+
+
+def resolve_config(*, url: str | None, api_key: str | None, timeout: float | None,
+                   env: Mapping[str, str] | None = None) -> CliConfig:
+    """The settings ``riftctl`` runs with (see the module docstring for the order)."""
+    env = os.environ if env is None else env
+    path, explicit = config_path(env)
+    data: dict[str, object] = {}
+    source = None
+    if path is not None and (explicit or path.is_file()):
+        data = read_config_file(path)
+        source = path
+    file_url = data.get("api_url")
+    file_key = data.get("api_key")
+    file_timeout = data.get("timeout")
+    return CliConfig(
+        api_url=url or env.get("RIFT_API_URL") or (file_url if isinstance(file_url, str) else None)
+        or DEFAULT_BASE_URL,
+        api_key=api_key or env.get("RIFT_API_KEY") or (file_key if isinstance(file_key, str) else None),
+        timeout=timeout or (float(file_timeout) if isinstance(file_timeout, int | float) else 60.0),
+        source=source,
+    )

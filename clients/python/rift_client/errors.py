@@ -1,0 +1,155 @@
+"""The client's exceptions. Every error answer of the API becomes a :class:`RiftAPIError` subclass
+chosen by its HTTP status, carrying the API's ``code``, ``message`` and ``field`` (the request field
+at fault) and any extra keys of the error body in ``details``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class RiftClientError(Exception):
+    """Base class of everything this package raises."""
+
+
+class RiftConnectionError(RiftClientError):
+    """The service could not be reached (after the retries allowed)."""
+
+
+class ChecksumMismatchError(RiftClientError):
+    """A file's SHA-256 (or size) differs from the one the service reported."""
+
+    def __init__(self, message: str, *, expected: str, actual: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class WaitTimeoutError(RiftClientError):
+    """A job did not finish within the time given to :meth:`RiftClient.wait`."""
+
+    def __init__(self, message: str, *, job_id: str, last_status: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.last_status = last_status
+
+
+class RiftAPIError(RiftClientError):
+    """An error answer of the API: ``status_code``, the stable ``code`` clients branch on, the
+    ``message``, the ``field`` at fault (dotted, e.g. ``config.attack.eps``, or None) and the
+    other keys of the error body in ``details`` (e.g. ``missing``/``mismatched`` keys)."""
+
+    status_code: int = 0
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        code: str,
+        field: str | None = None,
+        details: dict[str, Any] | None = None,
+        headers: httpx.Headers | None = None,
+        method: str = "",
+        path: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.code = code
+        self.field = field
+        self.details = details or {}
+        self.headers = headers or httpx.Headers()
+        self.method = method
+        self.path = path
+
+    def __str__(self) -> str:
+        where = f"{self.method} {self.path} " if self.method else ""
+        field = f" (field: {self.field})" if self.field else ""
+        return f"{where}{self.status_code} {self.code}: {self.message}{field}"
+
+
+class BadRequestError(RiftAPIError):
+    """400."""
+
+
+class AuthenticationError(RiftAPIError):
+    """401: no API key, or one the service does not know."""
+
+
+class PermissionDeniedError(RiftAPIError):
+    """403: the key lacks the scope the route needs."""
+
+
+class NotFoundError(RiftAPIError):
+    """404 (another project's resource answers 404 too)."""
+
+
+class ConflictError(RiftAPIError):
+    """409: e.g. an Idempotency-Key reused with another request, or a finished job cancelled."""
+
+
+class PayloadTooLargeError(RiftAPIError):
+    """413: the upload is over the service's limit (``details['limit_bytes']``)."""
+
+
+class UnprocessableEntityError(RiftAPIError):
+    """422: a well-formed request with invalid content; ``field`` names it."""
+
+
+class RateLimitError(RiftAPIError):
+    """429: too many requests or over a quota (raised once the retries are spent)."""
+
+
+class ServerError(RiftAPIError):
+    """5xx other than 503."""
+
+
+class ServiceUnavailableError(ServerError):
+    """503: the database, broker or store is down (raised once the retries are spent)."""
+
+
+_BY_STATUS: dict[int, type[RiftAPIError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+    503: ServiceUnavailableError,
+}
+
+
+def error_class(status_code: int) -> type[RiftAPIError]:
+    """The exception class for an HTTP error status."""
+    if status_code in _BY_STATUS:
+        return _BY_STATUS[status_code]
+    return ServerError if status_code >= 500 else RiftAPIError
+
+
+def api_error_from_response(response: httpx.Response) -> RiftAPIError:
+    """The exception for an error response (its body already read). A body in the API's envelope
+    ``{"error": {"code", "message", "field", ...}}`` gives the code, message and field; any other
+    body (a proxy's HTML page, say) gives ``http_<status>`` and the start of the text."""
+    body: Any = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("code"), str):
+        code = error["code"]
+        message = str(error.get("message") or code)
+        field = error.get("field") if isinstance(error.get("field"), str) else None
+        details = {k: v for k, v in error.items() if k not in ("code", "message", "field")}
+    else:
+        code = f"http_{response.status_code}"
+        message = response.text.strip()[:500] or response.reason_phrase or code
+        field, details = None, {}
+    request = response.request
+    return error_class(response.status_code)(
+        message, status_code=response.status_code, code=code, field=field, details=details,
+        headers=response.headers, method=request.method, path=request.url.path)

@@ -1,0 +1,172 @@
+"""Typed views of the API's resources, mirroring the service's response bodies (``api/schemas.py``).
+
+Fields the service adds later are ignored rather than refused, so an older client keeps working
+against a newer service. Statuses are plain strings (the known values are listed in the constants
+below) for the same reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Job statuses; a job in one of TERMINAL_STATUSES changes no more.
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+class _Resource(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Checkpoint(_Resource):
+    id: str
+    filename: str
+    size: int = Field(description="Bytes.")
+    sha256: str
+    format: str = Field(description="'safetensors' or 'torch'.")
+    num_tensors: int
+    num_parameters: int
+    created_at: datetime
+
+
+class Dataset(_Resource):
+    id: str
+    kind: str = Field(description="'npz', 'imagefolder' or 'builtin'.")
+    filename: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    image_shape: list[int] | None = None
+    num_classes: int | None = None
+    num_examples: int | None = None
+    created_at: datetime | None = None
+
+
+class JobError(_Resource):
+    code: str
+    message: str
+
+
+class Stage(_Resource):
+    stage: str
+    status: str
+    attempts: int
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Job(_Resource):
+    id: str
+    status: str
+    stage: str | None = None
+    progress: float = Field(0.0, description="Fraction of the current stage done, in [0, 1].")
+    progress_message: str | None = None
+    queue_position: int | None = None
+    cancel_requested: bool = False
+    checkpoint_id: str
+    dataset_id: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    device: str | None = None
+    attempts: int = 0
+    selected_module: str | None = None
+    chosen_alpha: float | None = None
+    metrics: dict[str, Any] | None = None
+    error: JobError | None = None
+    stages: list[Stage] = Field(default_factory=list)
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+    config: dict[str, Any] = Field(default_factory=dict)
+    links: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job has ended (succeeded, failed or cancelled)."""
+        return self.status in TERMINAL_STATUSES
+
+
+class JobPage(_Resource):
+    items: list[Job]
+    next_cursor: str | None = None
+
+
+class Event(_Resource):
+    id: int
+    kind: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class EventPage(_Resource):
+    items: list[Event]
+    next_after: int
+    job_status: str
+    finished: bool
+
+
+class MRCRow(_Resource):
+    position: int
+    module: str
+    parameters: int
+    mrc: float
+    worst_robust_loss: float
+    robust_accuracy_at_worst: float | None = None
+    robust_accuracy_drop: float | None = None
+    seconds: float | None = None
+    selected: bool = False
+
+
+class MRCTable(_Resource):
+    job_id: str
+    status: str
+    selected_module: str | None = None
+    rows: list[MRCRow]
+
+
+class Epoch(_Resource):
+    epoch: int
+    lr: float | None = None
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    val_accuracy: float | None = None
+    seconds: float | None = None
+
+
+class InterpolationPoint(_Resource):
+    alpha: float
+    clean_accuracy: float
+    robust_accuracy: float
+    chosen: bool = False
+
+
+class Curves(_Resource):
+    job_id: str
+    status: str
+    selected_module: str | None = None
+    epochs: list[Epoch]
+    interpolation: list[InterpolationPoint]
+    chosen_alpha: float | None = None
+    metrics: dict[str, Any] | None = None
+
+
+class Artifact(_Resource):
+    name: str
+    size: int = Field(description="Bytes.")
+    sha256: str
+    content_type: str
+    created_at: datetime
+    url: str
+
+
+class JobSpec(BaseModel):
+    """What a job runs: the RiftConfig (as the service documents it), an optional uploaded
+    dataset and labels. The checkpoint is named separately (``RiftClient.create_job``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any]
+    dataset_id: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,69 @@
+"""When and how long to wait before sending a request again.
+
+Retried: answers 429 (rate limited, over a quota) and 503 (the database, broker or store is
+down: the service did nothing), for every method; a connection that could not be opened (the
+request never left), for every method; a connection lost after the request was sent, only for
+idempotent requests (the service may have acted on it). The delay is the answer's
+``Retry-After`` when it has one (seconds or an HTTP date), else exponential backoff with jitter.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+RETRY_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``max_retries``: retries after the first attempt (0 turns retrying off).
+    ``backoff_s``: the first delay without Retry-After, doubled per retry up to ``max_backoff_s``
+    (seconds), each drawn uniformly from its upper half so that many clients spread out.
+    ``max_retry_after_s``: the longest Retry-After honoured; a longer one is not waited for
+    (the error is raised, carrying the header), since a caller would rather know."""
+
+    max_retries: int = 4
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    max_retry_after_s: float = 300.0
+
+    def backoff(self, retry: int) -> float:
+        """The delay before retry number ``retry`` (0-based) when the server named none."""
+        ceiling = min(self.max_backoff_s, self.backoff_s * (2 ** retry))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def delay_for(self, response: httpx.Response, retry: int) -> float | None:
+        """Seconds to wait before retrying after ``response``, or None not to retry it."""
+        if response.status_code not in RETRY_STATUSES or retry >= self.max_retries:
+            return None
+        after = retry_after_seconds(response.headers.get("retry-after"))
+        if after is None:
+            return self.backoff(retry)
+        return after if after <= self.max_retry_after_s else None
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """A ``Retry-After`` header in seconds (never negative), or None when absent or unreadable.
+    It is either a number of seconds or an HTTP date (RFC 9110, section 10.2.3)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(int(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def sent_nothing(exc: httpx.TransportError) -> bool:
+    """Whether the request certainly never reached the server (safe to retry for any method)."""
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)

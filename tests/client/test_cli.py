@@ -1,0 +1,184 @@
+"""``riftctl`` end to end (the console script in a subprocess) against the real API with jobs left
+queued: uploads, records, job creation, lists, cancelling, the config file, ``--output json`` and
+the documented exit codes (0 success, 1 job failed or cancelled, 2 usage error, 3 API error,
+4 wait timed out)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.api.helpers import digits_config
+from tests.client.conftest import RunningApi
+from tests.client.helpers import CliResult, run_riftctl
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture
+def checkpoint_file(tmp_path: Path) -> Path:
+    from rift.checkpoints import save_safetensors
+    from tests.api.helpers import small_cnn_state
+
+    path = tmp_path / "model.safetensors"
+    save_safetensors(path, small_cnn_state())
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(digits_config()))
+    return path
+
+
+class Cli:
+    def __init__(self, api: RunningApi, api_key: str | None, home: Path) -> None:
+        self.api, self.api_key, self.home = api, api_key, home
+
+    def __call__(self, *args: str, **env: str) -> CliResult:
+        return run_riftctl(args, url=self.api.url, api_key=self.api_key, home=self.home, env=env)
+
+
+@pytest.fixture
+def cli(queued_api: RunningApi, api_key: str | None, tmp_path: Path) -> Cli:
+    home = tmp_path / "home"
+    home.mkdir()
+    return Cli(queued_api, api_key, home)
+
+
+def test_checkpoint_upload_get_and_job_lifecycle(cli: Cli, checkpoint_file: Path,
+                                                 config_file: Path) -> None:
+    uploaded = cli("--output", "json", "checkpoints", "upload", str(checkpoint_file))
+    assert uploaded.exit_code == 0, uploaded.stderr
+    record = uploaded.json()
+    assert record["sha256"] == hashlib.sha256(checkpoint_file.read_bytes()).hexdigest()
+
+    shown = cli("checkpoints", "get", record["id"])
+    assert shown.exit_code == 0 and record["sha256"] in shown.stdout
+
+    created = cli("-o", "json", "jobs", "create", "--checkpoint", record["id"], "--config",
+                  str(config_file), "--label", "team=vision", "--idempotency-key", "ci-7")
+    assert created.exit_code == 0, created.stderr
+    job = created.json()
+    assert job["status"] == "queued" and job["labels"] == {"team": "vision"}
+    again = cli("-o", "json", "jobs", "create", "--checkpoint", record["id"], "--config",
+                str(config_file), "--label", "team=vision", "--idempotency-key", "ci-7")
+    assert again.json()["id"] == job["id"]
+
+    # A file given as --checkpoint is uploaded first.
+    from_file = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file),
+                    "--config", str(config_file))
+    assert from_file.exit_code == 0, from_file.stderr
+    assert from_file.json()["id"] != job["id"]
+
+    listed = cli("-o", "json", "jobs", "list", "--label", "team=vision")
+    assert listed.exit_code == 0 and [j["id"] for j in listed.json()] == [job["id"]]
+    table = cli("jobs", "list", "--limit", "1")
+    assert table.exit_code == 0 and from_file.json()["id"] in table.stdout
+    assert cli("jobs", "get", job["id"]).stdout.startswith(f"job {job['id']}: queued")
+
+    # Waiting on a job that stays queued gives up: exit 4.
+    waited = cli("-o", "json", "jobs", "wait", job["id"], "--timeout", "0.5",
+                 "--poll-interval", "0.2")
+    assert waited.exit_code == 4 and waited.error()["code"] == "wait_timeout"
+    # Cancelled: cancel exits 0, waiting on it then exits 1 (the job did not succeed).
+    cancelled = cli("-o", "json", "jobs", "cancel", job["id"])
+    assert cancelled.exit_code == 0 and cancelled.json()["status"] == "cancelled"
+    after = cli("jobs", "wait", job["id"])
+    assert after.exit_code == 1 and "cancelled" in after.stdout
+    events = cli("-o", "json", "jobs", "events", job["id"])
+    assert events.exit_code == 1
+    kinds = [json.loads(line)["kind"] for line in events.stdout.splitlines()]
+    assert kinds and kinds[-1] == "job_cancelled"
+    no_follow = cli("jobs", "events", "--no-follow", job["id"])
+    assert no_follow.exit_code == 0 and "job_cancelled" in no_follow.stdout
+
+
+def test_api_errors_exit_3_with_the_error(cli: Cli, config_file: Path) -> None:
+    missing = cli("-o", "json", "jobs", "get", "no-such-job")
+    assert missing.exit_code == 3 and missing.stdout == ""
+    error = missing.error()
+    assert error["status"] == 404 and error["code"] == "job_not_found" and error["field"] == "job_id"
+    text = cli("jobs", "get", "no-such-job")
+    assert text.exit_code == 3 and "job_not_found" in text.stderr and "job_id" in text.stderr
+    invalid = cli("-o", "json", "jobs", "create", "--checkpoint", "ck_nothing", "--config",
+                  str(config_file))
+    assert invalid.exit_code == 3 and invalid.error()["field"] == "checkpoint_id"
+    unreachable = run_riftctl(["jobs", "list"], url="http://127.0.0.1:9", api_key=None,
+                              home=cli.home)
+    assert unreachable.exit_code == 3 and "127.0.0.1:9" in unreachable.stderr
+
+
+def test_usage_errors_exit_2(cli: Cli, tmp_path: Path, config_file: Path) -> None:
+    assert cli().exit_code == 2  # no command
+    assert cli("jobs", "wait").exit_code == 2  # missing argument
+    assert cli("jobs", "frobnicate").exit_code == 2
+    assert cli("--output", "yaml", "jobs", "list").exit_code == 2
+    assert cli("checkpoints", "upload", str(tmp_path / "absent.safetensors")).exit_code == 2
+    assert cli("jobs", "create", "--checkpoint", "ck", "--config",
+               str(tmp_path / "absent.json")).exit_code == 2
+    not_json = tmp_path / "config.txt"
+    not_json.write_text("epochs: 3")
+    bad = cli("jobs", "create", "--checkpoint", "ck", "--config", str(not_json))
+    assert bad.exit_code == 2 and "not valid JSON" in bad.stderr
+    label = cli("jobs", "create", "--checkpoint", "ck", "--config", str(config_file), "--label",
+                "novalue")
+    assert label.exit_code == 2 and "KEY=VALUE" in label.stderr
+    assert cli("--help").exit_code == 0 and "Exit codes" in cli("--help").stdout
+
+
+def test_config_file_gives_url_and_key(queued_api: RunningApi, api_key: str | None,
+                                       tmp_path: Path) -> None:
+    config = tmp_path / "riftctl.toml"
+    key_line = f'api_key = "{api_key}"\n' if api_key else ""
+    config.write_text(f'api_url = "{queued_api.url}"\n{key_line}')
+    # No RIFT_API_URL: the URL comes from the file named by RIFTCTL_CONFIG.
+    result = run_riftctl(["-o", "json", "jobs", "list"], url=None, api_key=None, home=tmp_path,
+                         env={"RIFTCTL_CONFIG": str(config)})
+    assert result.exit_code == 0, result.stderr
+    assert result.json() == []
+    # The default place: ~/.config/riftctl/config.toml.
+    default = tmp_path / ".config" / "riftctl" / "config.toml"
+    default.parent.mkdir(parents=True)
+    default.write_text(config.read_text())
+    assert run_riftctl(["jobs", "list"], url=None, api_key=None, home=tmp_path).exit_code == 0
+    broken = tmp_path / "broken.toml"
+    broken.write_text("api_url = \n")
+    result = run_riftctl(["jobs", "list"], url=None, api_key=None, home=tmp_path,
+                         env={"RIFTCTL_CONFIG": str(broken)})
+    assert result.exit_code == 2 and "not valid TOML" in result.stderr
+    absent = run_riftctl(["jobs", "list"], url=None, api_key=None, home=tmp_path,
+                         env={"RIFTCTL_CONFIG": str(tmp_path / "nothing.toml")})
+    assert absent.exit_code == 2
+
+
+def test_checkpoint_delete(cli: Cli, queued_api: RunningApi, checkpoint_file: Path) -> None:
+    record = cli("-o", "json", "checkpoints", "upload", str(checkpoint_file)).json()
+    deleted = cli("-o", "json", "checkpoints", "delete", record["id"])
+    assert deleted.exit_code == 0 and deleted.json() == {"deleted": record["id"]}
+    gone = cli("-o", "json", "checkpoints", "get", record["id"])
+    assert gone.exit_code == 3 and gone.error()["status"] == 404
+
+
+def test_dataset_upload_get_delete(cli: Cli, tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+
+    path = tmp_path / "tiny.npz"
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((20, 8, 8), np.float32), y=np.arange(20) % 10)
+    path.write_bytes(buffer.getvalue())
+    uploaded = cli("-o", "json", "datasets", "upload", str(path))
+    assert uploaded.exit_code == 0, uploaded.stderr
+    record = uploaded.json()
+    assert record["kind"] == "npz" and record["num_examples"] == 20
+    shown = cli("datasets", "get", record["id"])
+    assert shown.exit_code == 0 and record["sha256"] in shown.stdout
+    deleted = cli("-o", "json", "datasets", "delete", record["id"])
+    assert deleted.exit_code == 0 and deleted.json() == {"deleted": record["id"]}
+    assert cli("datasets", "get", record["id"]).exit_code == 3

@@ -1,0 +1,168 @@
+"""``RiftClient`` against the real API (SQLite, local store, jobs left queued): uploads with
+progress and SHA-256, records, job creation with idempotency keys, pages of jobs, cancelling,
+waiting with a timeout, and the API's errors as typed exceptions."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rift_client import (
+    Checkpoint,
+    ConflictError,
+    JobSpec,
+    NotFoundError,
+    PayloadTooLargeError,
+    RiftAPIError,
+    RiftClient,
+    UnprocessableEntityError,
+    WaitTimeoutError,
+)
+from tests.api.helpers import digits_config
+from tests.client.conftest import MAX_UPLOAD_BYTES, RunningApi
+
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture(scope="module")
+def checkpoint_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid small_cnn safetensors file for 1-channel digits (random weights)."""
+    from rift.checkpoints import save_safetensors
+    from tests.api.helpers import small_cnn_state
+
+    path = tmp_path_factory.mktemp("client-checkpoints") / "small cnn.safetensors"
+    save_safetensors(path, small_cnn_state())
+    return path
+
+
+def _upload(rift: RiftClient, path: Path) -> Checkpoint:
+    return rift.upload_checkpoint(path)
+
+
+def test_upload_checkpoint_reports_progress_and_checks_the_hash(
+        rift: RiftClient, checkpoint_file: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    record = rift.upload_checkpoint(checkpoint_file, progress=lambda done, total:
+                                    calls.append((done, total)))
+    size = checkpoint_file.stat().st_size
+    assert record.sha256 == hashlib.sha256(checkpoint_file.read_bytes()).hexdigest()
+    assert record.size == size and record.filename == "small cnn.safetensors"
+    assert record.format == "safetensors" and record.num_tensors > 0
+    assert calls and calls[-1] == (size, size)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert rift.get_checkpoint(record.id) == record
+
+
+def test_upload_dataset_and_builtin_dataset(rift: RiftClient, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.npz"
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    np.savez(buffer, x=rng.random((40, 8, 8), dtype=np.float32), y=np.arange(40) % 10)
+    path.write_bytes(buffer.getvalue())
+    record = rift.upload_dataset(path)
+    assert record.kind == "npz" and record.num_classes == 10 and record.num_examples == 40
+    assert record.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert rift.get_dataset(record.id).sha256 == record.sha256
+    builtin = rift.get_dataset("digits")
+    assert builtin.kind == "builtin" and builtin.image_shape == [1, 8, 8]
+
+
+def test_create_job_is_idempotent_with_a_key(rift: RiftClient, queued_api: RunningApi,
+                                             checkpoint_file: Path) -> None:
+    checkpoint = _upload(rift, checkpoint_file)
+    spec = JobSpec(config=digits_config(), labels={"team": "vision"})
+    job = rift.create_job(spec, checkpoint_id=checkpoint.id, idempotency_key="build-42")
+    assert job.status == "queued" and job.checkpoint_id == checkpoint.id
+    assert job.labels == {"team": "vision"} and job.config["architecture"]["name"] == "small_cnn"
+    again = rift.create_job(spec, checkpoint_id=checkpoint.id, idempotency_key="build-42")
+    assert again.id == job.id
+    assert queued_api.dispatcher is not None and queued_api.dispatcher.enqueued == [job.id]
+    # Without a key of its own, each call is a new job (the client's random key differs).
+    other = rift.create_job(spec.model_dump(), checkpoint_id=checkpoint.id)
+    assert other.id != job.id
+    with pytest.raises(ConflictError) as conflict:
+        rift.create_job(JobSpec(config=digits_config(seed=7)), checkpoint_id=checkpoint.id,
+                        idempotency_key="build-42")
+    assert conflict.value.code == "idempotency_conflict"
+    assert conflict.value.field == "Idempotency-Key"
+    assert conflict.value.details["job_id"] == job.id
+
+
+def test_list_jobs_follows_the_cursor_pages(rift: RiftClient, checkpoint_file: Path) -> None:
+    checkpoint = _upload(rift, checkpoint_file)
+    created = [rift.create_job({"config": digits_config(), "labels": {"batch": str(i % 2)}},
+                               checkpoint_id=checkpoint.id).id for i in range(5)]
+    listed = [job.id for job in rift.list_jobs(page_size=2)]
+    assert listed == created[::-1]
+    first_page = rift.list_jobs_page(page_size=2)
+    assert len(first_page.items) == 2 and first_page.next_cursor
+    assert [job.id for job in rift.list_jobs(page_size=2, limit=3)] == created[::-1][:3]
+    evens = [job.id for job in rift.list_jobs(labels={"batch": "0"}, page_size=1)]
+    assert evens == [created[4], created[2], created[0]]
+    assert list(rift.list_jobs(status="running")) == []
+
+
+def test_cancel_and_wait(rift: RiftClient, checkpoint_file: Path) -> None:
+    checkpoint = _upload(rift, checkpoint_file)
+    job = rift.create_job({"config": digits_config()}, checkpoint_id=checkpoint.id)
+    seen: list[str] = []
+    with pytest.raises(WaitTimeoutError) as timeout:
+        rift.wait(job.id, timeout=0.3, poll_interval=0.1, on_update=lambda j: seen.append(j.status))
+    assert timeout.value.last_status == "queued" and seen and set(seen) == {"queued"}
+    cancelled = rift.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    assert rift.wait(job.id, timeout=5).status == "cancelled"
+    with pytest.raises(ConflictError) as finished:
+        rift.cancel(job.id)
+    assert finished.value.status_code == 409
+
+
+def test_api_errors_carry_code_message_and_field(rift: RiftClient, checkpoint_file: Path,
+                                                 tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError) as missing:
+        rift.get_job("no-such-job")
+    assert missing.value.code == "job_not_found" and missing.value.field == "job_id"
+    assert "no-such-job" in missing.value.message and missing.value.status_code == 404
+
+    checkpoint = _upload(rift, checkpoint_file)
+    bad = digits_config()
+    bad["attack"]["eps"] = -1
+    with pytest.raises(UnprocessableEntityError) as invalid:
+        rift.create_job({"config": bad}, checkpoint_id=checkpoint.id)
+    assert invalid.value.field == "config.attack.eps" and invalid.value.code == "validation_error"
+
+    with pytest.raises(UnprocessableEntityError) as unknown:
+        rift.create_job({"config": digits_config()}, checkpoint_id="ck_nothing")
+    assert unknown.value.field == "checkpoint_id"
+
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a checkpoint at all" * 10)
+    with pytest.raises(UnprocessableEntityError) as refused:
+        rift.upload_checkpoint(garbage)
+    assert refused.value.field == "file" and refused.value.code
+
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(b"\0" * (MAX_UPLOAD_BYTES + 1))
+    with pytest.raises(PayloadTooLargeError) as too_large:
+        rift.upload_checkpoint(big)
+    assert too_large.value.details["limit_bytes"] == MAX_UPLOAD_BYTES
+
+    with pytest.raises(NotFoundError) as no_artifact:
+        rift.download(rift.create_job({"config": digits_config()}, checkpoint_id=checkpoint.id).id,
+                      "tuned.safetensors", tmp_path)
+    assert no_artifact.value.field == "name"
+    assert not list(tmp_path.glob("*.part"))
+    # Every error of the API is a RiftAPIError, whose text names the call, the code and the field.
+    assert isinstance(missing.value, RiftAPIError)
+    assert str(missing.value).startswith("GET /v1/jobs/no-such-job 404 job_not_found")
+
+
+def test_ids_cannot_reach_another_route(rift: RiftClient) -> None:
+    # "../jobs" is sent as one escaped segment ("..%2Fjobs"): a 404, not the list at /v1/jobs.
+    with pytest.raises(NotFoundError) as missing:
+        rift.get_checkpoint("../jobs")
+    assert missing.value.path == "/v1/checkpoints/../jobs" and missing.value.code == "not_found"

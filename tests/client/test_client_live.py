@@ -1,0 +1,143 @@
+"""``RiftClient`` against the whole service (Postgres, Redis, a real Celery worker): a job created,
+followed live and waited for; its event stream resumed after a dropped connection with nothing
+lost or repeated; its artifacts downloaded with their SHA-256 checked, resumed after a dropped
+connection, and refused when the stored bytes are corrupted."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from persistence.db import session_factory_from_settings
+from persistence.jobs import get_artifact
+from rift_client import ChecksumMismatchError, Event, RiftClient
+from tests.client.conftest import FAST_RETRY, FinishedJob, RunningApi
+from tests.client.helpers import CuttingProxy
+
+pytestmark = [pytest.mark.service, pytest.mark.slow]
+
+
+def _all_events(client: RiftClient, job_id: str) -> list[Event]:
+    events: list[Event] = []
+    after = 0
+    while True:
+        page = client.list_events(job_id, after=after, limit=7)
+        events += page.items
+        if page.finished:
+            return events
+        after = page.next_after
+
+
+@pytest.fixture
+def live(live_service: RunningApi, live_api_key: str | None) -> Iterator[RiftClient]:
+    with RiftClient(live_service.url, api_key=live_api_key, retry=FAST_RETRY) as client:
+        yield client
+
+
+@pytest.fixture
+def proxies() -> Iterator[list[CuttingProxy]]:
+    started: list[CuttingProxy] = []
+    yield started
+    for proxy in started:
+        proxy.stop()
+
+
+def test_job_streamed_live_and_finished(finished_job: FinishedJob, live: RiftClient) -> None:
+    job = finished_job.job
+    assert job.finished and job.selected_module and job.chosen_alpha is not None
+    assert [s.status for s in job.stages] == ["done", "done", "done"]
+    logged = _all_events(live, job.id)
+    # The live stream saw exactly the event log, in order.
+    assert [e.id for e in finished_job.streamed] == [e.id for e in logged]
+    assert finished_job.streamed == logged
+    kinds = [e.kind for e in logged]
+    assert kinds[-1] == "job_succeeded" and "stage_started" in kinds and "epoch" in kinds
+    mrc = live.get_mrc(job.id)
+    assert sum(row.selected for row in mrc.rows) == 1
+    assert mrc.selected_module == job.selected_module
+    curves = live.get_curves(job.id)
+    assert [p.chosen for p in curves.interpolation].count(True) == 1
+    assert any(j.id == job.id for j in live.list_jobs(labels={"suite": "client"}))
+
+
+def test_event_stream_resumes_after_a_dropped_connection(
+        finished_job: FinishedJob, live_service: RunningApi, live_api_key: str | None,
+        proxies: list[CuttingProxy]) -> None:
+    job_id = finished_job.job.id
+    expected = finished_job.streamed
+    assert len(expected) >= 6
+    # Cut the first two streams a few hundred bytes in: mid-event, after some whole events.
+    proxy = CuttingProxy(live_service.url, marker=b"/events", cut_after=900, times=2)
+    proxies.append(proxy)
+    with RiftClient(proxy.url, api_key=live_api_key, retry=FAST_RETRY) as client:
+        received = list(client.stream_events(job_id, max_reconnects=3))
+    assert proxy.cuts_done == 2
+    assert received == expected  # nothing lost, nothing repeated
+    requests = proxy.requests_text()
+    assert len(requests) == 3
+    assert "last-event-id" not in requests[0].lower()
+    resumed_from = [int(line.split(":", 1)[1]) for text in requests[1:]
+                    for line in text.splitlines() if line.lower().startswith("last-event-id:")]
+    assert len(resumed_from) == 2 and 0 < resumed_from[0] < resumed_from[1] < expected[-1].id
+    # A client that starts after a known id gets only what follows it.
+    with RiftClient(live_service.url, api_key=live_api_key) as client:
+        tail = list(client.stream_events(job_id, after=expected[2].id))
+    assert tail == expected[3:]
+
+
+def test_download_verifies_and_resumes(finished_job: FinishedJob, live_service: RunningApi,
+                                       live_api_key: str | None, live: RiftClient,
+                                       proxies: list[CuttingProxy], tmp_path: Path) -> None:
+    job_id = finished_job.job.id
+    artifacts = {a.name: a for a in live.list_artifacts(job_id)}
+    assert {"tuned.safetensors", "finetuned.safetensors", "mrc.csv", "result.json"} <= set(artifacts)
+    tuned = artifacts["tuned.safetensors"]
+    calls: list[tuple[int, int]] = []
+    path = live.download(job_id, "tuned.safetensors", tmp_path,
+                         progress=lambda done, total: calls.append((done, total)))
+    assert path == tmp_path / "tuned.safetensors"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == tuned.sha256
+    assert calls[-1] == (tuned.size, tuned.size)
+
+    # A connection dropped mid-file is resumed with a Range request, not restarted.
+    assert tuned.size > 4096
+    proxy = CuttingProxy(live_service.url, marker=b"/artifacts/tuned.safetensors",
+                         cut_after=tuned.size // 2)
+    proxies.append(proxy)
+    target = tmp_path / "resumed.safetensors"
+    with RiftClient(proxy.url, api_key=live_api_key, retry=FAST_RETRY) as client:
+        assert client.download(job_id, "tuned.safetensors", target) == target
+    assert proxy.cuts_done == 1
+    assert target.read_bytes() == path.read_bytes()
+    ranges = [line for text in proxy.requests_text() for line in text.splitlines()
+              if line.lower().startswith("range:")]
+    assert len(ranges) == 1 and ranges[0].split("=")[1].endswith("-")
+    assert int(ranges[0].split("=")[1].rstrip("-")) > 0
+
+
+def test_download_refuses_corrupted_bytes(finished_job: FinishedJob, live_service: RunningApi,
+                                          live: RiftClient, tmp_path: Path) -> None:
+    job_id = finished_job.job.id
+    sessions = session_factory_from_settings(live_service.settings)
+    try:
+        with sessions() as session:
+            artifact = get_artifact(session, job_id, "mrc.csv")
+            assert artifact is not None
+            key = artifact.storage_key
+    finally:
+        sessions.kw["bind"].dispose()
+    stored = Path(live_service.settings.store_root) / key
+    original = stored.read_bytes()
+    # The same size, one byte different: only the SHA-256 can tell.
+    stored.write_bytes(original[:-1] + bytes([original[-1] ^ 0x01]))
+    try:
+        with pytest.raises(ChecksumMismatchError) as mismatch:
+            live.download(job_id, "mrc.csv", tmp_path)
+    finally:
+        stored.write_bytes(original)
+    assert mismatch.value.expected != mismatch.value.actual
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its .part is left
+    assert live.download(job_id, "mrc.csv", tmp_path).read_bytes() == original
