@@ -444,7 +444,7 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
     for key, value in fields.items():
         if value is not None:
             state.say(f"  {key}: {value}")
-    for stage in job.stages:
+    for stage in job.stages or []:
         state.say(f"  stage {stage.stage}: {stage.status} (attempts {stage.attempts})")
     metrics = job.metrics or {}
     for moment in ("before", "after"):

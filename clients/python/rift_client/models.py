@@ -74,13 +74,19 @@ class Job(_Resource):
     chosen_alpha: float | None = None
     metrics: dict[str, Any] | None = None
     error: JobError | None = None
-    stages: list[Stage] = Field(default_factory=list)
+    stages: list[Stage] | None = Field(
+        None, description="The job's stages; list items carry them only when listed with "
+        "expand=stages.")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime
-    config: dict[str, Any] = Field(default_factory=dict)
-    links: dict[str, str] = Field(default_factory=dict)
+    cost_estimate: int | None = Field(None, description="Estimated example-passes, all stages.")
+    estimated_finish: datetime | None = Field(
+        None, description="When a running job should end (GET by id only).")
+    config: dict[str, Any] | None = Field(
+        None, description="The job's RiftConfig; list items carry it only with expand=config.")
+    links: dict[str, str | None] = Field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
