@@ -32,7 +32,6 @@ from persistence.storage import ObjectStore
 from tests.api.conftest import (  # noqa: F401  (fixtures)
     _empty_postgres,
     module_postgres_url,
-    shared_validator,
     small_cnn_file,
     start_api,
 )
