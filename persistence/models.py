@@ -305,7 +305,8 @@ class InterpolationPoint(Base):
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     alpha: Mapped[float] = mapped_column(Float)
     clean_accuracy: Mapped[float] = mapped_column(Float)
-    robust_accuracy: Mapped[float] = mapped_column(Float)
+    # NULL: not attacked because it could not change the choice (interpolation.curve 'selection').
+    robust_accuracy: Mapped[float | None] = mapped_column(Float)
 
 
 class JobEvent(Base):

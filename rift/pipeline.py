@@ -28,7 +28,13 @@ from rift.device import deterministic_kernels, resolve_device
 from rift.errors import ConfigError, JobCancelled
 from rift.evaluation import evaluate_accuracy, seeded_generator
 from rift.finetune import EpochMetrics, finetune_module
-from rift.interpolation import InterpolationPoint, alpha_grid, interpolate_weights, select_alpha
+from rift.interpolation import (
+    InterpolationPoint,
+    alpha_grid,
+    interpolate_weights,
+    select_alpha,
+    select_alpha_lazily,
+)
 from rift.models import build_model
 from rift.mrc import ModuleCriticality, make_adversarial_set, module_robust_criticality
 
@@ -230,13 +236,15 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
 
 @dataclass
 class InterpolationStageResult:
-    points: list[dict[str, float]]
+    points: list[dict[str, float | None]]  # robust_accuracy None where it was not measured
     chosen_alpha: float
     selection_split: str
     before: dict[str, float | None]
     after: dict[str, float | None]
     seconds: float
     state_dict: StateDict = field(repr=False)
+    curve: str = "full"
+    robust_evaluations: int = 0  # attacked evaluations of the α curve
 
     def to_json(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "state_dict"}
@@ -249,13 +257,55 @@ def _evaluation_data(run: PreparedRun, split: str) -> ImageTensors:
 
 
 def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTensors,
-              callbacks: PipelineCallbacks) -> dict[str, float | None]:
+              callbacks: PipelineCallbacks, *, attacked: bool = True) -> dict[str, float | None]:
     run.reset_weights(state)
     report = evaluate_accuracy(
-        run.model, data, attack=run.attack, batch_size=run.config.evaluation.batch_size,
-        device=run.device, seed=run.config.seed, precision=run.config.precision,
-        should_cancel=callbacks.should_cancel)
+        run.model, data, attack=run.attack if attacked else None,
+        batch_size=run.config.evaluation.batch_size, device=run.device, seed=run.config.seed,
+        precision=run.config.precision, should_cancel=callbacks.should_cancel)
     return {"clean_accuracy": report.clean_accuracy, "robust_accuracy": report.robust_accuracy}
+
+
+def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
+                   data: ImageTensors, callbacks: PipelineCallbacks
+                   ) -> tuple[list[dict[str, float | None]], InterpolationPoint, float, int]:
+    """Clean accuracy at every α, robust accuracy where ``interpolation.curve`` asks for it;
+    returns (points, chosen point, θ_AT's robust accuracy, attacked evaluations)."""
+    spec = run.config.interpolation
+    grid = alpha_grid(spec.alpha_step)
+    # Progress in units of one clean evaluation; an attacked one costs about steps + 1 times more.
+    attack_cost = run.attack.steps + 1
+    budget = len(grid) * (1 + (attack_cost if spec.curve == "full" else 2))
+    spent = 0
+
+    def accuracy(alpha: float, *, attacked: bool) -> float:
+        nonlocal spent
+        metrics = _evaluate(run, interpolate_weights(run.original_state, finetuned_state, alpha),
+                            data, callbacks, attacked=attacked)
+        spent += attack_cost if attacked else 1
+        kind = "robust" if attacked else "clean"
+        callbacks.progress("interpolate", min(spent / budget, 0.99), f"{kind} α = {alpha:g}")
+        return float(metrics["robust_accuracy" if attacked else "clean_accuracy"] or 0.0)
+
+    def clean(alpha: float) -> float:
+        return accuracy(alpha, attacked=False)
+
+    def robust(alpha: float) -> float:
+        return accuracy(alpha, attacked=True)
+
+    if spec.curve == "full":
+        points = [InterpolationPoint(alpha, clean(alpha), robust(alpha)) for alpha in grid]
+        chosen = select_alpha(points, baseline_robust_accuracy=points[0].robust_accuracy,
+                              tolerance=spec.robust_tolerance)
+        curve: list[dict[str, float | None]] = [dict(p.as_dict()) for p in points]
+        baseline, evaluations = points[0].robust_accuracy, len(points)
+    else:
+        lazy = select_alpha_lazily(grid, clean, robust, tolerance=spec.robust_tolerance)
+        chosen, curve = lazy.chosen, lazy.curve()
+        baseline, evaluations = lazy.robust[grid[0]], lazy.robust_evaluations
+    for point in curve:
+        callbacks.event("interpolation_point", point)
+    return curve, chosen, baseline, evaluations
 
 
 def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
@@ -264,19 +314,8 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
     config, started = run.config, time.perf_counter()
     spec = config.interpolation
     selection_data = _evaluation_data(run, spec.selection_split)
-    grid = alpha_grid(spec.alpha_step)
-    points: list[InterpolationPoint] = []
-    for index, alpha in enumerate(grid):
-        metrics = _evaluate(run, interpolate_weights(run.original_state, finetuned_state, alpha),
-                            selection_data, callbacks)
-        point = InterpolationPoint(alpha, float(metrics["clean_accuracy"] or 0.0),
-                                   float(metrics["robust_accuracy"] or 0.0))
-        points.append(point)
-        callbacks.event("interpolation_point", point.as_dict())
-        callbacks.progress("interpolate", (index + 1) / len(grid), f"α = {alpha:g}")
-    baseline = points[0]  # α = 0 is θ_AT itself
-    chosen = select_alpha(points, baseline_robust_accuracy=baseline.robust_accuracy,
-                          tolerance=spec.robust_tolerance)
+    points, chosen, baseline_robust, evaluations = _measure_curve(
+        run, finetuned_state, selection_data, callbacks)
     if chosen.alpha == 0.0:
         callbacks.event("warning", {"stage": "interpolate", "message": (
             "no α > 0 kept the robust accuracy of the original weights, so they are returned "
@@ -286,8 +325,8 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
     before: dict[str, float | None]
     after: dict[str, float | None]
     if spec.selection_split == "test":
-        before = {"clean_accuracy": baseline.clean_accuracy,
-                  "robust_accuracy": baseline.robust_accuracy}
+        before = {"clean_accuracy": points[0]["clean_accuracy"],
+                  "robust_accuracy": baseline_robust}
         after = {"clean_accuracy": chosen.clean_accuracy,
                  "robust_accuracy": chosen.robust_accuracy}
     else:
@@ -295,9 +334,8 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
         before = _evaluate(run, run.original_state, test, callbacks)
         after = _evaluate(run, tuned, test, callbacks)
     run.reset_weights()
-    return InterpolationStageResult([p.as_dict() for p in points], chosen.alpha,
-                                    spec.selection_split, before, after,
-                                    time.perf_counter() - started, tuned)
+    return InterpolationStageResult(points, chosen.alpha, spec.selection_split, before, after,
+                                    time.perf_counter() - started, tuned, spec.curve, evaluations)
 
 
 # --------------------------------------------------------------------------- public stages
