@@ -95,6 +95,9 @@ class MRCSpec(_Strict):
     engine: Literal["auto", "cached", "full"] = Field(
         "auto", description="'cached' recomputes only the network after the module (needs "
         "torch.fx tracing); 'full' runs the whole network; 'auto' falls back when tracing fails.")
+    shards: int = Field(
+        1, ge=1, le=256, description="Split the modules into this many shards, each scored by "
+        "its own worker task on the same stored adversarial set (1: one task scores them all).")
 
 
 class FinetuneSpec(_Strict):
@@ -129,6 +132,10 @@ class InterpolationSpec(_Strict):
     selection_split: Literal["test", "validation"] = Field(
         "test", description="Split the α curve is measured and chosen on. 'test' follows the "
         "paper's Algorithm 2; 'validation' keeps the test numbers of the chosen α unseen.")
+    curve: Literal["full", "selection"] = Field(
+        "selection", description="'selection' attacks only the α points that can change the "
+        "choice (the same α as the full grid, far fewer PGD evaluations; the other points get no "
+        "robust accuracy); 'full' measures robust accuracy at every α, for the whole curve.")
 
 
 class EvaluationSpec(_Strict):

@@ -162,35 +162,64 @@ def _as_device_tensors(data: ImageTensors, device: torch.device) -> tuple[torch.
     return images, labels
 
 
-def _run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None,
-                   modules: list[str] | None) -> MRCStageResult:
+@dataclass
+class MRCInputs:
+    """The fixed adversarial set MRC scores every module on (made once on θ_AT), on the device."""
+
+    adversarial: torch.Tensor
+    labels: torch.Tensor
+
+
+def make_mrc_inputs(run: PreparedRun, callbacks: PipelineCallbacks | None = None) -> MRCInputs:
+    """Draw ``mrc.num_examples`` training examples (seeded) and attack them once on θ_AT."""
+    callbacks = callbacks or PipelineCallbacks()
+    config, spec = run.config, run.config.mrc
+    with deterministic_kernels(config.deterministic):
+        run.reset_weights()
+        callbacks.progress("mrc", 0.0, "making the adversarial set")
+        examples = _subset(run.splits.train, spec.num_examples, config.seed)
+        images, labels = _as_device_tensors(examples, run.device)
+        adversarial = make_adversarial_set(
+            run.model, images, labels, run.attack, batch_size=spec.batch_size,
+            generator=seeded_generator(run.device, config.seed), precision=config.precision)
+    callbacks.check_cancel()
+    return MRCInputs(adversarial, labels)
+
+
+def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None = None,
+                  callbacks: PipelineCallbacks | None = None) -> MRCStageResult:
+    """Score modules (all selected by the config, or exactly ``modules``) on ``inputs``; one shard
+    of a sharded MRC stage, or the whole stage. ``seconds`` excludes making the inputs."""
     callbacks = callbacks or PipelineCallbacks()
     config, started = run.config, time.perf_counter()
     spec = config.mrc if modules is None else config.mrc.model_copy(update={"modules": modules})
     run.reset_weights()
-    callbacks.progress("mrc", 0.0, "making the adversarial set")
-    examples = _subset(run.splits.train, spec.num_examples, config.seed)
-    images, labels = _as_device_tensors(examples, run.device)
-    adversarial = make_adversarial_set(
-        run.model, images, labels, run.attack, batch_size=spec.batch_size,
-        generator=seeded_generator(run.device, config.seed), precision=config.precision)
-    callbacks.check_cancel()
 
     def on_module(row: ModuleCriticality, index: int, total: int) -> None:
         callbacks.event("module_scored", row.as_dict())
         callbacks.progress("mrc", (index + 1) / total, f"scored {row.name}")
 
-    report = module_robust_criticality(
-        run.model, adversarial, labels, spec, precision=config.precision, on_module=on_module,
-        should_cancel=callbacks.should_cancel)
+    with deterministic_kernels(config.deterministic):
+        report = module_robust_criticality(
+            run.model, inputs.adversarial, inputs.labels, spec, precision=config.precision,
+            on_module=on_module, should_cancel=callbacks.should_cancel)
     if report.engine == "full" and spec.engine == "auto":
         callbacks.event("warning", {"stage": "mrc", "message": (
             "the model could not be traced with torch.fx, so MRC ran full forward passes "
             "(same values, slower)")})
     rows = [row.as_dict() for row in report.modules]
     return MRCStageResult(rows, report.baseline_robust_loss, report.baseline_robust_accuracy,
-                          report.lowest().name, report.engine, len(labels),
+                          report.lowest().name, report.engine, len(inputs.labels),
                           time.perf_counter() - started)
+
+
+def _run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None,
+                   modules: list[str] | None) -> MRCStageResult:
+    started = time.perf_counter()
+    inputs = make_mrc_inputs(run, callbacks)
+    result = score_modules(run, inputs, modules, callbacks)
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 # --------------------------------------------------------------------------- step 2: fine-tune
