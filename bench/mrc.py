@@ -23,6 +23,7 @@ import platform
 import time
 
 import torch
+from reference_cost import reference_cost_mrc  # bench/ is on sys.path when run as a script
 from scipy.stats import spearmanr
 
 from rift.attacks import PGD
@@ -31,8 +32,6 @@ from rift.device import resolve_device
 from rift.models import build_model
 from rift.mrc import make_adversarial_set, module_robust_criticality
 from rift.mrc_reference import plain_module_robust_criticality
-
-from reference_cost import reference_cost_mrc  # bench/ is on sys.path when run as a script
 
 
 def _randomise_batchnorm(model: torch.nn.Module, generator: torch.Generator) -> None:

@@ -10,6 +10,8 @@ the same stored adversarial set with all other weights at θ_AT (``rift.pipeline
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -44,11 +46,14 @@ def estimate_module_costs(model: nn.Module, example: torch.Tensor, names: list[s
     return {name: max(costs.get(name, 1.0), 1.0) for name in names}
 
 
-def _recorder(name: str, module: nn.Module, order: list[tuple[str, float]]):  # type: ignore[no-untyped-def]
+def _recorder(name: str, module: nn.Module, order: list[tuple[str, float]]
+              ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    # Each output element is a dot product over one filter: weight.numel() / out_channels.
+    per_output = weight.numel() / int(weight.shape[0])
+
     def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        weight = module.weight
-        # Each output element is a dot product over one filter: weight.numel() / out_channels.
-        per_output = weight.numel() / weight.shape[0]
         order.append((name, float(output.numel()) * per_output))
     return hook
 

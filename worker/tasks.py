@@ -27,7 +27,7 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown
 
 from persistence import stages
-from persistence.models import STAGE_ORDER, Checkpoint, Dataset, JobStatus
+from persistence.models import STAGE_ORDER, Checkpoint, Dataset, JobStatus, StageName
 from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.storage import ObjectNotFound
 from persistence.transactions import JobNotFound, load_stages
@@ -35,6 +35,7 @@ from rift.errors import JobCancelled, RiftError
 from rift.pipeline import PipelineCallbacks
 from worker.factory import STAGE_TASK_NAMES, RiftCelery, enqueue_stage
 from worker.runtime import StageReporter, WorkerResources
+from worker.shards import SHARD_TASK_NAME, execute_shard, redispatch_stale_shards, start_mrc_shards
 from worker.stages import describe_device, prepare, run_stage
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
 
     for stage in STAGE_ORDER:
         _register_stage_task(app, resources, stage.value)
+
+    @app.task(name=SHARD_TASK_NAME, ignore_result=True)
+    def run_mrc_shard(job_id: str, shard: int) -> str:
+        """Score one shard of the job's MRC modules; returns the outcome."""
+        return execute_shard(app, resources, job_id, shard)
 
     @app.task(name=RECOVER_TASK_NAME, ignore_result=True)
     def recover_stale_jobs() -> int:
@@ -123,6 +129,10 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
         with resources.session() as session:
             stages.set_job_device(session, job_id, describe_device(run.device))
         callbacks.check_cancel()
+        if stage == StageName.MRC and run.config.mrc.shards > 1:
+            # The shards hold the work from here; the last one finishes the stage.
+            start_mrc_shards(app, resources, claim.job, run, callbacks, claim.attempt)
+            return "sharded"
         outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir, callbacks,
                             attempts)
         if reporter.lease_lost:
@@ -203,7 +213,7 @@ def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources) -> int:
         logger.warning("job %s: re-sending stage %s (its lease expired or its message is late)",
                        job_id, stage)
         enqueue_stage(app, job_id, stage)
-    return len(stale)
+    return len(stale) + redispatch_stale_shards(app, resources)
 
 
 class RecoveryLoop:
