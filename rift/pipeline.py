@@ -26,7 +26,8 @@ from rift.config import RiftConfig
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from rift.device import deterministic_kernels, resolve_device
 from rift.errors import ConfigError, JobCancelled
-from rift.evaluation import evaluate_accuracy, seeded_generator
+from rift.batch_backoff import with_batch_backoff
+from rift.evaluation import AccuracyReport, evaluate_accuracy, seeded_generator
 from rift.finetune import EpochMetrics, finetune_module
 from rift.interpolation import (
     InterpolationPoint,
@@ -288,10 +289,19 @@ def _evaluation_data(run: PreparedRun, split: str) -> ImageTensors:
 def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTensors,
               callbacks: PipelineCallbacks, *, attacked: bool = True) -> dict[str, float | None]:
     run.reset_weights(state)
-    report = evaluate_accuracy(
-        run.model, data, attack=run.attack if attacked else None,
-        batch_size=run.config.evaluation.batch_size, device=run.device, seed=run.config.seed,
-        precision=run.config.precision, should_cancel=callbacks.should_cancel)
+
+    def evaluate(batch_size: int) -> AccuracyReport:
+        return evaluate_accuracy(
+            run.model, data, attack=run.attack if attacked else None, batch_size=batch_size,
+            device=run.device, seed=run.config.seed, precision=run.config.precision,
+            should_cancel=callbacks.should_cancel)
+
+    def warn(failed: int, smaller: int) -> None:
+        callbacks.event("warning", {"stage": "interpolate", "message": (
+            f"out of memory at evaluation.batch_size {failed}; continuing with {smaller}")})
+
+    # Evaluation results do not depend on the batch size, so it may shrink to fit the device.
+    report = with_batch_backoff(evaluate, run.config.evaluation.batch_size, on_backoff=warn)
     return {"clean_accuracy": report.clean_accuracy, "robust_accuracy": report.robust_accuracy}
 
 
