@@ -22,11 +22,11 @@ from torch import nn
 
 from rift import checkpoints
 from rift.attacks import PGD
+from rift.batch_backoff import with_batch_backoff
 from rift.config import RiftConfig
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from rift.device import deterministic_kernels, resolve_device
 from rift.errors import ConfigError, JobCancelled
-from rift.batch_backoff import with_batch_backoff
 from rift.evaluation import AccuracyReport, evaluate_accuracy, seeded_generator
 from rift.finetune import EpochMetrics, finetune_module
 from rift.interpolation import (
