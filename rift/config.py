@@ -112,6 +112,19 @@ class FinetuneSpec(_Strict):
     lr_milestones: list[int] = Field(default_factory=lambda: [5])
     lr_gamma: float = Field(0.1, gt=0.0, le=1.0)
     bn_stats: Literal["update", "freeze"] = "update"
+    candidates: int = Field(
+        1, ge=1, le=64, description="Fine-tune the k lowest-MRC modules, each with its own "
+        "interpolation curve; the α rule then picks across all of them (seed, Fig. C.5).")
+    lr_grid: list[float] | None = Field(
+        None, min_length=1, max_length=16, description="Learning rates to try for every "
+        "candidate module (seed, C.3); None: just 'lr'.")
+
+    @field_validator("lr_grid")
+    @classmethod
+    def _positive_rates(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(not (0.0 < lr <= 10.0) for lr in value):
+            raise ValueError("every learning rate must lie in (0, 10]")
+        return value
 
     @field_validator("lr_milestones")
     @classmethod

@@ -38,6 +38,7 @@ from rift.interpolation import (
 )
 from rift.models import build_model
 from rift.mrc import ModuleCriticality, make_adversarial_set, module_robust_criticality
+from rift.sweep import Candidate, CandidateOutcome, candidates_from_mrc, choose_across
 
 logger = logging.getLogger(__name__)
 
@@ -470,6 +471,8 @@ def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
         _write_json(mrc_path, mrc.to_json())
         callbacks.event("stage_finished", {"stage": "mrc", "seconds": mrc.seconds})
 
+    if is_sweep(config):
+        return _run_sweep(run, mrc, output_dir, metadata, callbacks)
     module = config.finetune.module or mrc.selected_module
     finetune_json, finetuned_path = output_dir / "finetune.json", output_dir / "finetuned.safetensors"
     if finetune_json.exists() and finetuned_path.exists():
@@ -492,6 +495,61 @@ def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
         {**metadata, "kind": "tuned", "alpha": repr(interpolation.chosen_alpha), "module": module})
     callbacks.event("stage_finished", {"stage": "interpolate", "seconds": interpolation.seconds})
     result = build_result(config, mrc, finetune, interpolation, str(run.device))
+    _write_json(output_dir / "result.json", result)
+    return result
+
+
+def is_sweep(config: RiftConfig) -> bool:
+    """Whether the job fine-tunes more than one (module, lr) candidate (``rift.sweep``)."""
+    return config.finetune.candidates > 1 or config.finetune.lr_grid is not None
+
+
+def run_candidate(run: PreparedRun, candidate: Candidate,
+                  callbacks: PipelineCallbacks | None = None
+                  ) -> tuple[FinetuneStageResult, InterpolationStageResult]:
+    """Fine-tune ``candidate.module`` at ``candidate.lr`` and measure its interpolation curve."""
+    config = run.config
+    run.config = config.model_copy(update={"finetune": config.finetune.model_copy(
+        update={"lr": candidate.lr})})
+    try:
+        finetune = run_finetune_stage(run, candidate.module, callbacks)
+        return finetune, run_interpolation_stage(run, finetune.state_dict, callbacks)
+    finally:
+        run.config = config
+
+
+def _run_sweep(run: PreparedRun, mrc: MRCStageResult, output_dir: Path,
+               metadata: dict[str, str], callbacks: PipelineCallbacks) -> dict[str, Any]:
+    """Every candidate in turn; the α rule picks across all curves; writes ``curves.json``."""
+    config = run.config
+    candidates = candidates_from_mrc(
+        mrc.rows, k=config.finetune.candidates, module=config.finetune.module,
+        lrs=config.finetune.lr_grid or [config.finetune.lr])
+    outcomes: list[CandidateOutcome] = []
+    best: tuple[FinetuneStageResult, InterpolationStageResult] | None = None
+    for candidate in candidates:
+        callbacks.event("stage_started", {"stage": "candidate", "module": candidate.module,
+                                          "lr": candidate.lr})
+        finetune, interpolation = run_candidate(run, candidate, callbacks)
+        chosen = next(p for p in interpolation.points if p["alpha"] == interpolation.chosen_alpha)
+        outcomes.append(CandidateOutcome(
+            candidate, interpolation.chosen_alpha, float(chosen["clean_accuracy"] or 0.0),
+            float(chosen["robust_accuracy"] or 0.0), interpolation.points, finetune.best_epoch))
+        if choose_across(outcomes) == len(outcomes) - 1:
+            best = (finetune, interpolation)  # keep only the winner's weights in memory
+    assert best is not None
+    finetune, interpolation = best
+    winner = choose_across(outcomes)
+    checkpoints.save_safetensors(output_dir / "finetuned.safetensors", finetune.state_dict,
+                                 {**metadata, "kind": "finetuned", "module": finetune.module})
+    checkpoints.save_safetensors(
+        output_dir / "tuned.safetensors", interpolation.state_dict,
+        {**metadata, "kind": "tuned", "alpha": repr(interpolation.chosen_alpha),
+         "module": finetune.module, "lr": repr(candidates[winner].lr)})
+    curves = {"chosen": winner, "candidates": [o.to_json() for o in outcomes]}
+    _write_json(output_dir / "curves.json", curves)
+    result = {**build_result(config, mrc, finetune, interpolation, str(run.device)),
+              "sweep": curves}
     _write_json(output_dir / "result.json", result)
     return result
 
