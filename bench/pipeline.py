@@ -6,6 +6,14 @@ accuracies are meaningless here, only the time is measured. On a GPU:
 
     .venv/bin/python bench/pipeline.py --train 10000 --test 2000
     .venv/bin/python bench/pipeline.py --train 10000 --test 2000 --precision bf16 --channels-last
+
+``--reference-cost`` also runs the job the way the reference code costs, on the same data and
+config, and prints both: MRC with ``bench/reference_cost.py`` (a model copy per module, full
+forwards, reshuffled batches, a separate measuring pass), the same fine-tuning, and the full α
+curve (robust accuracy at every α). A CPU-sized comparison (a few minutes on two cores):
+
+    PYTHONPATH=. .venv/bin/python bench/pipeline.py --reference-cost --device cpu --train 1000 \
+        --test 64 --mrc-examples 128 --mrc-batch-size 64 --mrc-steps 10 --epochs 2
 """
 
 from __future__ import annotations
@@ -18,11 +26,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from reference_cost import reference_cost_mrc  # bench/ is on sys.path when run as a script
 
 from rift.checkpoints import save_safetensors
 from rift.config import ArchitectureSpec, RiftConfig
 from rift.models import build_model
-from rift.pipeline import run_pipeline
+from rift.pipeline import (
+    make_mrc_inputs,
+    prepare_run,
+    run_finetune_stage,
+    run_interpolation_stage,
+    run_pipeline,
+)
+
+
+def _reference_flow(config: RiftConfig, checkpoint: Path) -> dict[str, float]:
+    """The job at the reference code's cost: seconds per stage."""
+    run = prepare_run(config, checkpoint)
+    started = time.perf_counter()
+    inputs = make_mrc_inputs(run)
+    values = reference_cost_mrc(run.model, inputs.adversarial, inputs.labels, config.mrc,
+                                seed=config.seed)
+    module = min(values, key=values.__getitem__)
+    mrc_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    finetuned = run_finetune_stage(run, module).state_dict
+    finetune_seconds = time.perf_counter() - started
+    run.config = config.model_copy(update={"interpolation": config.interpolation.model_copy(
+        update={"curve": "full"})})
+    interpolation = run_interpolation_stage(run, finetuned)
+    return {"mrc_seconds": round(mrc_seconds, 2), "finetune_seconds": round(finetune_seconds, 2),
+            "interpolation_seconds": round(interpolation.seconds, 2),
+            "total_seconds": round(mrc_seconds + finetune_seconds + interpolation.seconds, 2),
+            "robust_evaluations": interpolation.robust_evaluations,
+            "selected_module": module, "chosen_alpha": interpolation.chosen_alpha}
 
 
 def main() -> None:
@@ -34,6 +71,12 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--alpha-step", type=float, default=0.05)
+    parser.add_argument("--reference-cost", action="store_true",
+                        help="also run the job at the reference code's cost and compare")
+    parser.add_argument("--mrc-examples", type=int, default=1024)
+    parser.add_argument("--mrc-batch-size", type=int, default=512)
+    parser.add_argument("--mrc-steps", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--nondeterministic", action="store_true",
                         help="allow non-deterministic GPU kernels (config.deterministic=false)")
     args = parser.parse_args()
@@ -54,12 +97,18 @@ def main() -> None:
             "architecture": {"name": args.arch, "num_classes": 10},
             "dataset": {"name": "npz", "path": str(root / "data.npz")},
             "interpolation": {"alpha_step": args.alpha_step},
+            "mrc": {"num_examples": args.mrc_examples, "batch_size": args.mrc_batch_size,
+                    "steps": args.mrc_steps},
+            "finetune": {"epochs": args.epochs,
+                         "lr_milestones": [max(1, args.epochs // 2)] if args.epochs > 1 else []},
             "device": args.device, "precision": args.precision,
             "channels_last": args.channels_last, "deterministic": not args.nondeterministic,
         })
         started = time.perf_counter()
         result = run_pipeline(config, root / "model.safetensors", root / "out")
         seconds = time.perf_counter() - started
+        reference = (_reference_flow(config, root / "model.safetensors")
+                     if args.reference_cost else None)
     device = result["device"]
     print(json.dumps({
         "benchmark": "pipeline",
@@ -80,6 +129,16 @@ def main() -> None:
         "interpolation_seconds": round(result["interpolation"]["seconds"], 2),
         "total_seconds": round(seconds, 2),
         "selected_module": result["selected_module"],
+        "robust_evaluations": result["interpolation"]["robust_evaluations"],
+        "chosen_alpha": result["chosen_alpha"],
+        **({} if reference is None else {
+            "reference_cost": reference,
+            "ratio_reference_over_library": {
+                key: round(reference[f"{key}_seconds"] / max(value, 1e-9), 3)
+                for key, value in (("mrc", result["mrc"]["seconds"]),
+                                   ("finetune", result["finetune"]["seconds"]),
+                                   ("interpolation", result["interpolation"]["seconds"]),
+                                   ("total", seconds))}}),
     }, indent=2))
 
 
