@@ -135,6 +135,7 @@ def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec) -> Reso
         InvalidInput: (422) unknown ``dataset_id``, a kind that does not match it, a client path,
             or an uploaded kind without ``dataset_id``; each names its field.
     """
+    _refuse_sweeps(spec.config)
     dataset = spec.config.dataset
     if spec.dataset_id is None:
         if dataset.name in UPLOADED_KINDS:
@@ -181,6 +182,17 @@ def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec) -> Reso
     except RiftError as exc:
         raise from_rift_error(exc, field="dataset_id") from exc
     return ResolvedDataset(row, geometry)
+
+
+def _refuse_sweeps(config: RiftConfig) -> None:
+    """The workers run one fine-tune per job: a sweep is refused rather than run in part."""
+    finetune = config.finetune
+    if finetune.candidates > 1:
+        raise InvalidInput("finetune.candidates > 1 (a sweep) runs with the library and the CLI "
+                           "only, not yet in the service", field="config.finetune.candidates")
+    if finetune.lr_grid is not None:
+        raise InvalidInput("finetune.lr_grid (a sweep) runs with the library and the CLI only, "
+                           "not yet in the service", field="config.finetune.lr_grid")
 
 
 def check_job_fits(config: RiftConfig, shapes: Shapes, geometry: tuple[int, int] | None,
