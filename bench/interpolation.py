@@ -94,7 +94,8 @@ def _digits(seed: int, device: str, alpha_step: float) -> dict[str, Any]:
                         f"digits seed {seed}", None)
 
 
-def _resnet(device: str, alpha_step: float, train: int, test: int) -> dict[str, Any]:
+def _resnet(device: str, alpha_step: float, train: int, test: int, attack_steps: int
+            ) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     templates = rng.integers(0, 256, (10, 32, 32, 3))
 
@@ -114,6 +115,7 @@ def _resnet(device: str, alpha_step: float, train: int, test: int) -> dict[str, 
             "dataset": {"name": "npz", "path": str(root / "data.npz")},
             "finetune": {"epochs": 2, "lr": 0.01, "lr_milestones": [1]},
             "interpolation": {"alpha_step": alpha_step},
+            "attack": {"steps": attack_steps},
             "evaluation": {"batch_size": 128},
             "device": device,
         })
@@ -129,10 +131,16 @@ def main() -> None:
     parser.add_argument("--skip-resnet", action="store_true")
     parser.add_argument("--resnet-train", type=int, default=512)
     parser.add_argument("--resnet-test", type=int, default=64)
+    parser.add_argument("--resnet-attack-steps", type=int, default=10,
+                        help="PGD steps of the ResNet run (fewer on a loaded CPU: the count of "
+                        "attacked evaluations does not depend on it)")
+    parser.add_argument("--skip-digits", action="store_true")
     args = parser.parse_args()
-    runs = [_digits(seed, args.device, args.alpha_step) for seed in args.seeds]
+    runs = [] if args.skip_digits else [_digits(s, args.device, args.alpha_step)
+                                        for s in args.seeds]
     if not args.skip_resnet:
-        runs.append(_resnet(args.device, args.alpha_step, args.resnet_train, args.resnet_test))
+        runs.append(_resnet(args.device, args.alpha_step, args.resnet_train, args.resnet_test,
+                            args.resnet_attack_steps))
     full = sum(r["pgd_evaluations_full"] for r in runs)
     selection = sum(r["pgd_evaluations_selection"] for r in runs)
     print(json.dumps({
@@ -145,6 +153,9 @@ def main() -> None:
         "ratio": round(selection / full, 4),
         "max_run_ratio": max(r["ratio"] for r in runs),
         "same_alpha": all(r["same_alpha"] for r in runs),
+        "resnet": None if args.skip_resnet else {
+            "train": args.resnet_train, "test": args.resnet_test,
+            "attack_steps": args.resnet_attack_steps},
         "runs": runs,
     }, indent=2))
 

@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--mrc-batch-size", type=int, default=512)
     parser.add_argument("--mrc-steps", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--attack-steps", type=int, default=10,
+                        help="PGD steps (adversarial set and robust evaluations)")
     parser.add_argument("--nondeterministic", action="store_true",
                         help="allow non-deterministic GPU kernels (config.deterministic=false)")
     args = parser.parse_args()
@@ -97,6 +99,7 @@ def main() -> None:
             "architecture": {"name": args.arch, "num_classes": 10},
             "dataset": {"name": "npz", "path": str(root / "data.npz")},
             "interpolation": {"alpha_step": args.alpha_step},
+            "attack": {"steps": args.attack_steps},
             "mrc": {"num_examples": args.mrc_examples, "batch_size": args.mrc_batch_size,
                     "steps": args.mrc_steps},
             "finetune": {"epochs": args.epochs,
@@ -122,6 +125,7 @@ def main() -> None:
         "train_examples_after_validation_split": args.train - round(args.train * 0.1),
         "mrc_examples": result["mrc"]["examples"],
         "mrc_steps": config.mrc.steps,
+        "attack_steps": config.attack.steps,
         "finetune_epochs": config.finetune.epochs,
         "alpha_points": len(result["interpolation"]["points"]),
         "mrc_seconds": round(result["mrc"]["seconds"], 2),
