@@ -35,7 +35,7 @@ from persistence.models import (
     utcnow,
 )
 from persistence.stages import ClaimOutcome, LeaseLost, _fail
-from persistence.transactions import load_job, log_event, transaction
+from persistence.transactions import cancel_job, load_job, load_stages, log_event, transaction
 
 #: ``job_stages.lease_owner`` of an MRC stage whose work was handed to its shards.
 SHARDED_OWNER = "shards"
@@ -96,7 +96,14 @@ def claim_shard(session: Session, job_id: str, shard: int, *, owner: str, lease_
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
         row = _load_shard(session, job_id, shard)
-        if job.status in TERMINAL_STATUSES or job.cancel_requested:
+        if job.status in TERMINAL_STATUSES:
+            return ShardClaim(ClaimOutcome.INACTIVE, job, row.modules, row.inputs_key)
+        if job.cancel_requested:
+            # Nobody runs the job any more once no shard holds a live lease: end it now.
+            shards = session.execute(select(MRCShard).where(MRCShard.job_id == job_id)).scalars()
+            if not any(s.status == StageStatus.RUNNING and s.lease_expires_at is not None
+                       and s.lease_expires_at > now for s in shards):
+                cancel_job(session, job, load_stages(session, job_id), now)
             return ShardClaim(ClaimOutcome.INACTIVE, job, row.modules, row.inputs_key)
         if row.status == StageStatus.DONE:
             return ShardClaim(ClaimOutcome.DONE, job, row.modules, row.inputs_key)

@@ -104,3 +104,13 @@ def test_only_the_stage_holder_can_hand_it_to_shards(
     claim(sessions, job_id, owner="w1")
     with sessions() as session, pytest.raises(LeaseLost):
         stage_shards.start_shards(session, job_id, owner="w2", groups=[["fc"]], inputs_key="k")
+
+
+def test_a_cancel_request_ends_a_sharded_job_and_its_shards_do_not_run(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    job_id = _sharded_job(sessions, new_job)
+    with sessions() as session:
+        jobs.request_cancel(session, job_id)
+    assert _claim_shard(sessions, job_id, 0, "w2").outcome == ClaimOutcome.INACTIVE
+    with sessions() as session:
+        assert jobs.get_job(session, job_id).status == "cancelled"
