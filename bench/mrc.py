@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 
@@ -120,6 +121,9 @@ def main() -> None:
     rho = float(spearmanr(cached_values, plain_values).statistic)
     lowest_cached = names[min(range(len(names)), key=cached_values.__getitem__)]
     lowest_plain = names[min(range(len(names)), key=plain_values.__getitem__)]
+    def number(value: float) -> float | None:
+        return None if math.isnan(value) else round(value, 3)  # skipped: null in strict JSON
+
     print(json.dumps({
         "benchmark": "mrc",
         "arch": args.arch,
@@ -137,12 +141,12 @@ def main() -> None:
         "(bench/reference_cost.py: scored weight only requires grad, deep copy per module, "
         "reshuffled batches, separate measuring pass)",
         "cached_seconds": round(cached_seconds, 3),
-        "reference_cost_seconds": round(reference_seconds, 3),
-        "ratio_reference_over_cached": round(reference_seconds / cached_seconds, 3),
-        "library_full_engine_seconds": round(full_seconds, 3),
-        "ratio_full_engine_over_cached": round(full_seconds / cached_seconds, 3),
-        "plain_all_gradients_seconds": round(plain_seconds, 3),
-        "ratio_plain_over_cached": round(plain_seconds / cached_seconds, 3),
+        "reference_cost_seconds": number(reference_seconds),
+        "ratio_reference_over_cached": number(reference_seconds / cached_seconds),
+        "library_full_engine_seconds": number(full_seconds),
+        "ratio_full_engine_over_cached": number(full_seconds / cached_seconds),
+        "plain_all_gradients_seconds": number(plain_seconds),
+        "ratio_plain_over_cached": number(plain_seconds / cached_seconds),
         "spearman_rank_correlation": round(rho, 6),
         "max_abs_mrc_difference": max(abs(a - b) for a, b in zip(cached_values, plain_values,
                                                                    strict=True)),
