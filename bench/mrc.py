@@ -42,13 +42,18 @@ def _randomise_batchnorm(model: torch.nn.Module, generator: torch.Generator) -> 
             module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
 
 
-def _timed(function, device: torch.device):
+CPU_SECONDS: dict[str, float] = {}  # process CPU time of each timed run (the CPU figure to
+# compare on a shared machine: other processes' load stretches wall time, not CPU time)
+
+
+def _timed(function, device: torch.device, name: str = ""):
     if device.type == "cuda":
         torch.cuda.synchronize()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     value = function()
     if device.type == "cuda":
         torch.cuda.synchronize()
+    CPU_SECONDS[name] = time.process_time() - cpu
     return value, time.perf_counter() - started
 
 
@@ -97,7 +102,7 @@ def main() -> None:
                               spec.model_copy(update={"steps": 1, "modules": ["linear"]}))
     cached, cached_seconds = _timed(
         lambda: module_robust_criticality(model, adversarial, labels, spec,
-                                          precision=args.precision), device)
+                                          precision=args.precision), device, "cached")
     if args.skip_full:
         full_seconds = float("nan")
     else:
@@ -109,7 +114,8 @@ def main() -> None:
         reference, reference_seconds = {r.name: r.mrc for r in cached.modules}, float("nan")
     else:
         reference, reference_seconds = _timed(
-            lambda: reference_cost_mrc(model, adversarial, labels, spec, seed=args.seed), device)
+            lambda: reference_cost_mrc(model, adversarial, labels, spec, seed=args.seed), device,
+            "reference_cost")
     plain_seconds = float("nan")
     if args.plain:
         _, plain_seconds = _timed(
@@ -143,6 +149,10 @@ def main() -> None:
         "cached_seconds": round(cached_seconds, 3),
         "reference_cost_seconds": number(reference_seconds),
         "ratio_reference_over_cached": number(reference_seconds / cached_seconds),
+        "cpu_seconds": {k: round(v, 3) for k, v in CPU_SECONDS.items()},
+        "cpu_ratio_reference_over_cached": round(
+            CPU_SECONDS["reference_cost"] / CPU_SECONDS["cached"], 3)
+        if "reference_cost" in CPU_SECONDS else None,
         "library_full_engine_seconds": number(full_seconds),
         "ratio_full_engine_over_cached": number(full_seconds / cached_seconds),
         "plain_all_gradients_seconds": number(plain_seconds),
