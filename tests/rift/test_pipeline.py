@@ -263,7 +263,11 @@ def test_a_fine_tune_that_costs_robustness_returns_theta_at_with_a_warning(
     result = run_interpolation_stage(run, wrecked, PipelineCallbacks(
         on_event=lambda kind, data: events.append((kind, data))))
     assert result.chosen_alpha == 0.0
-    assert all(p["robust_accuracy"] < result.points[0]["robust_accuracy"]
+    baseline = result.points[0]
+    # Attacked points lost robustness; the others (not attacked) could not beat θ_AT's clean.
+    assert all(p["robust_accuracy"] < baseline["robust_accuracy"]
+               if p["robust_accuracy"] is not None
+               else p["clean_accuracy"] < baseline["clean_accuracy"]
                for p in result.points[1:])
     for key, value in run.original_state.items():
         assert torch.equal(result.state_dict[key], value), key
