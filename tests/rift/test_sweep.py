@@ -42,7 +42,7 @@ def test_the_sweep_chooses_by_the_rule_over_all_curves(
         digits_checkpoint_path: Path, digits_job_config: dict[str, Any], tmp_path: Path) -> None:
     digits_job_config["mrc"].update(steps=1, num_examples=64, batch_size=64)
     digits_job_config["finetune"].update(epochs=1, lr_milestones=[], candidates=2,
-                                         lr_grid=[0.01, 0.05])
+                                         lr_grid=[0.05])
     digits_job_config["interpolation"]["alpha_step"] = 0.5
     digits_job_config["evaluation"]["max_examples"] = 120
     result = run_pipeline(RiftConfig.model_validate(digits_job_config), digits_checkpoint_path,
@@ -51,7 +51,7 @@ def test_the_sweep_chooses_by_the_rule_over_all_curves(
     assert [(c["module"], c["lr"]) for c in sweep["candidates"]] == [
         (m, lr) for m in [r["name"] for r in sorted(result["mrc"]["rows"],
                                                     key=lambda r: r["mrc"])[:2]]
-        for lr in (0.01, 0.05)]
+        for lr in (0.05,)]
     # The rule over the union of every measured point of every curve, written out here.
     bar = sweep["candidates"][0]["points"][0]["robust_accuracy"]
     points = [(-p["clean_accuracy"], -p["robust_accuracy"], p["alpha"], index)
