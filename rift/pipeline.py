@@ -3,6 +3,8 @@
 Each stage is a function that takes the previous stage's output explicitly, so a worker can run
 one stage per task and resume after a crash from what was saved. ``run_pipeline`` chains the three
 stages for the CLI and saves each stage's output in a folder, skipping stages already saved there.
+With ``finetune.candidates`` > 1 or a ``finetune.lr_grid``, the fine-tune and interpolation run once
+per candidate and the α rule picks across them (``rift.sweep``); such a sweep is not resumed.
 """
 
 from __future__ import annotations
@@ -400,7 +402,9 @@ def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torc
                             callbacks: PipelineCallbacks | None = None
                             ) -> InterpolationStageResult:
     """Measure θ_α = (1 − α) θ_AT + α θ_FT over the α grid and keep the best clean accuracy whose
-    robust accuracy is not below θ_AT's (minus the tolerance). Accuracies in percent."""
+    robust accuracy is not below θ_AT's (minus the tolerance). Accuracies in percent. With
+    ``interpolation.curve == "selection"`` only the points that can change the choice are
+    attacked (``rift.interpolation.select_alpha_lazily``); the others have no robust accuracy."""
     with deterministic_kernels(run.config.deterministic):
         return _run_interpolation_stage(run, finetuned_state, callbacks)
 
