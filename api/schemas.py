@@ -218,7 +218,9 @@ class EpochOut(BaseModel):
 class InterpolationPointOut(BaseModel):
     alpha: float
     clean_accuracy: float = Field(description="Percent, on the test split.")
-    robust_accuracy: float = Field(description="Percent, under the job's attack.")
+    robust_accuracy: float | None = Field(
+        description="Percent, under the job's attack; null where it was not measured because it "
+        "could not change the choice (interpolation.curve 'selection').")
     chosen: bool
 
 

@@ -6,23 +6,127 @@ accuracies are meaningless here, only the time is measured. On a GPU:
 
     .venv/bin/python bench/pipeline.py --train 10000 --test 2000
     .venv/bin/python bench/pipeline.py --train 10000 --test 2000 --precision bf16 --channels-last
+
+``--reference-cost`` instead runs the job twice on the same data and config, stage by stage, and
+prints the wall and CPU seconds of both: the library's flow (cached MRC, exact α selection) and the
+job at the reference code's cost (MRC with ``bench/reference_cost.py``: a model copy per module,
+full forwards, reshuffled batches, a separate measuring pass; the same fine-tuning; the full α
+curve). CPU time is the figure to compare on a shared machine. CPU-sized comparisons:
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/pipeline.py --reference-cost --digits
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/pipeline.py --reference-cost \\
+        --device cpu --train 256 --test 32 --alpha-step 0.1 --mrc-examples 32 \\
+        --mrc-batch-size 16 --mrc-steps 3 --epochs 1 --attack-steps 3
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from reference_cost import reference_cost_mrc  # bench/ is on sys.path when run as a script
 
 from rift.checkpoints import save_safetensors
 from rift.config import ArchitectureSpec, RiftConfig
+from rift.demo import DIGITS_DEMO_CONFIG, make_digits_checkpoint
 from rift.models import build_model
-from rift.pipeline import run_pipeline
+from rift.pipeline import (
+    make_mrc_inputs,
+    prepare_run,
+    run_finetune_stage,
+    run_interpolation_stage,
+    run_mrc_stage,
+    run_pipeline,
+)
+
+T = TypeVar("T")
+
+
+class _Clock:
+    """Wall and CPU seconds of named steps. CPU time (``time.process_time``, one thread) is the
+    figure to compare on a shared machine: other processes' load stretches wall time, not it."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def time(self, name: str, step: Callable[[], T]) -> T:
+        wall, cpu = time.perf_counter(), time.process_time()
+        value = step()
+        self.wall[name] = time.perf_counter() - wall
+        self.cpu[name] = time.process_time() - cpu
+        return value
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {"wall_seconds": {k: round(v, 2) for k, v in self.wall.items()}
+                | {"total": round(sum(self.wall.values()), 2)},
+                "cpu_seconds": {k: round(v, 2) for k, v in self.cpu.items()}
+                | {"total": round(sum(self.cpu.values()), 2)}}
+
+
+def _library_flow(config: RiftConfig, checkpoint: Path) -> dict[str, Any]:
+    """The job as the library runs it (cached MRC, exact α selection), stage by stage."""
+    run, clock = prepare_run(config, checkpoint), _Clock()
+    mrc = clock.time("mrc", lambda: run_mrc_stage(run))
+    finetuned = clock.time("finetune",
+                           lambda: run_finetune_stage(run, mrc.selected_module).state_dict)
+    interpolation = clock.time("interpolation", lambda: run_interpolation_stage(run, finetuned))
+    return {**clock.summary(), "robust_evaluations": interpolation.robust_evaluations,
+            "selected_module": mrc.selected_module, "chosen_alpha": interpolation.chosen_alpha}
+
+
+def _reference_flow(config: RiftConfig, checkpoint: Path) -> dict[str, Any]:
+    """The job at the reference code's cost: reference-cost MRC, the same fine-tuning, the full
+    α curve."""
+    run, clock = prepare_run(config, checkpoint), _Clock()
+
+    def mrc() -> str:
+        inputs = make_mrc_inputs(run)
+        values = reference_cost_mrc(run.model, inputs.adversarial, inputs.labels, config.mrc,
+                                    seed=config.seed)
+        return min(values, key=values.__getitem__)
+
+    module = clock.time("mrc", mrc)
+    finetuned = clock.time("finetune", lambda: run_finetune_stage(run, module).state_dict)
+    run.config = config.model_copy(update={"interpolation": config.interpolation.model_copy(
+        update={"curve": "full"})})
+    interpolation = clock.time("interpolation", lambda: run_interpolation_stage(run, finetuned))
+    return {**clock.summary(), "robust_evaluations": interpolation.robust_evaluations,
+            "selected_module": module, "chosen_alpha": interpolation.chosen_alpha}
+
+
+def _compare(config: RiftConfig, checkpoint: Path, job: str) -> None:
+    library = _library_flow(config, checkpoint)
+    reference = _reference_flow(config, checkpoint)
+
+    def ratios(kind: str) -> dict[str, float]:
+        return {k: round(reference[kind][k] / max(v, 1e-9), 3) for k, v in library[kind].items()}
+
+    print(json.dumps({
+        "benchmark": "pipeline_reference_cost", "job": job, "threads": torch.get_num_threads(),
+        "config": config.model_dump(mode="json", exclude={"dataset"}),
+        "library": library, "reference_cost": reference,
+        "cpu_ratio_reference_over_library": ratios("cpu_seconds"),
+        "wall_ratio_reference_over_library": ratios("wall_seconds"),
+    }, indent=2))
+
+
+def _digits_comparison(alpha_step: float) -> None:
+    spec = copy.deepcopy(DIGITS_DEMO_CONFIG)
+    spec["device"] = "cpu"
+    spec["interpolation"]["alpha_step"] = alpha_step
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = Path(folder) / "digits.safetensors"
+        make_digits_checkpoint(checkpoint, seed=0, device="cpu")
+        _compare(RiftConfig.model_validate(spec), checkpoint, "digits demo job, seed 0")
 
 
 def main() -> None:
@@ -34,9 +138,23 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--alpha-step", type=float, default=0.05)
+    parser.add_argument("--reference-cost", action="store_true",
+                        help="compare the library's flow with the reference code's cost")
+    parser.add_argument("--mrc-examples", type=int, default=1024)
+    parser.add_argument("--mrc-batch-size", type=int, default=512)
+    parser.add_argument("--mrc-steps", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--attack-steps", type=int, default=10,
+                        help="PGD steps (adversarial set and robust evaluations)")
+    parser.add_argument("--digits", action="store_true",
+                        help="with --reference-cost: the digits demo job (real data, an "
+                        "adversarially trained small_cnn) instead of synthetic CIFAR-shaped data")
     parser.add_argument("--nondeterministic", action="store_true",
                         help="allow non-deterministic GPU kernels (config.deterministic=false)")
     args = parser.parse_args()
+    if args.reference_cost and args.digits:
+        _digits_comparison(args.alpha_step)
+        return
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder:
@@ -54,9 +172,17 @@ def main() -> None:
             "architecture": {"name": args.arch, "num_classes": 10},
             "dataset": {"name": "npz", "path": str(root / "data.npz")},
             "interpolation": {"alpha_step": args.alpha_step},
+            "attack": {"steps": args.attack_steps},
+            "mrc": {"num_examples": args.mrc_examples, "batch_size": args.mrc_batch_size,
+                    "steps": args.mrc_steps},
+            "finetune": {"epochs": args.epochs,
+                         "lr_milestones": [max(1, args.epochs // 2)] if args.epochs > 1 else []},
             "device": args.device, "precision": args.precision,
             "channels_last": args.channels_last, "deterministic": not args.nondeterministic,
         })
+        if args.reference_cost:
+            _compare(config, root / "model.safetensors", "resnet CIFAR-shaped synthetic")
+            return
         started = time.perf_counter()
         result = run_pipeline(config, root / "model.safetensors", root / "out")
         seconds = time.perf_counter() - started
@@ -73,6 +199,7 @@ def main() -> None:
         "train_examples_after_validation_split": args.train - round(args.train * 0.1),
         "mrc_examples": result["mrc"]["examples"],
         "mrc_steps": config.mrc.steps,
+        "attack_steps": config.attack.steps,
         "finetune_epochs": config.finetune.epochs,
         "alpha_points": len(result["interpolation"]["points"]),
         "mrc_seconds": round(result["mrc"]["seconds"], 2),
@@ -80,6 +207,8 @@ def main() -> None:
         "interpolation_seconds": round(result["interpolation"]["seconds"], 2),
         "total_seconds": round(seconds, 2),
         "selected_module": result["selected_module"],
+        "robust_evaluations": result["interpolation"]["robust_evaluations"],
+        "chosen_alpha": result["chosen_alpha"],
     }, indent=2))
 
 

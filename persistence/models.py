@@ -362,6 +362,36 @@ class EpochMetric(Base):
     seconds: Mapped[float | None] = mapped_column(Float)
 
 
+class MRCShard(Base):
+    """One shard of a sharded MRC stage (``mrc.shards`` > 1): a group of modules scored by one
+    worker task under its own lease, like a stage (see ``persistence/stage_shards.py``).
+
+    ``result`` holds the shard's part of the MRC table (``MRCStageResult.to_json``) once done;
+    ``inputs_key`` is the object-store key of the adversarial set every shard scores on.
+    """
+
+    __tablename__ = "mrc_shards"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    modules: Mapped[list[str]] = mapped_column(JSONType)
+    inputs_key: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16), default=StageStatus.PENDING)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(_in("status", StageStatus), name="status"),
+        Index("ix_mrc_shards_status_lease_expires_at", "status", "lease_expires_at"),
+    )
+
+
 class InterpolationPoint(Base):
     """Accuracy of θ_α at one α (RIFT.md, step 3). Accuracies in percent."""
 
@@ -372,7 +402,8 @@ class InterpolationPoint(Base):
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     alpha: Mapped[float] = mapped_column(Float)
     clean_accuracy: Mapped[float] = mapped_column(Float)
-    robust_accuracy: Mapped[float] = mapped_column(Float)
+    # NULL: not attacked because it could not change the choice (interpolation.curve 'selection').
+    robust_accuracy: Mapped[float | None] = mapped_column(Float)
 
 
 class JobEvent(Base):

@@ -329,7 +329,7 @@ def _insert_outputs(session: Session, job_id: str, outputs: StageOutputs, now: d
         session.add(InterpolationPoint(
             job_id=job_id, position=position, alpha=float(row["alpha"]),
             clean_accuracy=float(row["clean_accuracy"]),
-            robust_accuracy=float(row["robust_accuracy"]),
+            robust_accuracy=_float(row.get("robust_accuracy")),
         ))
     for artifact in outputs.artifacts:
         # merge: an artifact re-recorded under the same name replaces the row, never duplicates.

@@ -90,12 +90,14 @@ def format_mrc_table(rows: list[dict[str, Any]], selected: str) -> str:
     return "\n".join(lines)
 
 
-def format_interpolation_table(points: list[dict[str, float]], chosen: float) -> str:
+def format_interpolation_table(points: list[dict[str, float | None]], chosen: float) -> str:
     lines = [f"{'alpha':>6}{'clean':>9}{'robust':>9}"]
     for point in points:
         flag = "  <- chosen" if point["alpha"] == chosen else ""
-        lines.append(f"{point['alpha']:>6.2f}{point['clean_accuracy']:>8.2f}%"
-                     f"{point['robust_accuracy']:>8.2f}%{flag}")
+        robust = point["robust_accuracy"]
+        # None: not attacked, it could not change the choice (interpolation.curve "selection").
+        shown = f"{robust:>8.2f}%" if robust is not None else f"{'-':>9}"
+        lines.append(f"{point['alpha']:>6.2f}{point['clean_accuracy']:>8.2f}%{shown}{flag}")
     return "\n".join(lines)
 
 

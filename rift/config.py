@@ -95,6 +95,9 @@ class MRCSpec(_Strict):
     engine: Literal["auto", "cached", "full"] = Field(
         "auto", description="'cached' recomputes only the network after the module (needs "
         "torch.fx tracing); 'full' runs the whole network; 'auto' falls back when tracing fails.")
+    shards: int = Field(
+        1, ge=1, le=256, description="Split the modules into this many shards, each scored by "
+        "its own worker task on the same stored adversarial set (1: one task scores them all).")
 
 
 class FinetuneSpec(_Strict):
@@ -109,6 +112,19 @@ class FinetuneSpec(_Strict):
     lr_milestones: list[int] = Field(default_factory=lambda: [5])
     lr_gamma: float = Field(0.1, gt=0.0, le=1.0)
     bn_stats: Literal["update", "freeze"] = "update"
+    candidates: int = Field(
+        1, ge=1, le=64, description="Fine-tune the k lowest-MRC modules, each with its own "
+        "interpolation curve; the α rule then picks across all of them (seed, Fig. C.5).")
+    lr_grid: list[float] | None = Field(
+        None, min_length=1, max_length=16, description="Learning rates to try for every "
+        "candidate module (seed, C.3); None: just 'lr'.")
+
+    @field_validator("lr_grid")
+    @classmethod
+    def _positive_rates(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(not (0.0 < lr <= 10.0) for lr in value):
+            raise ValueError("every learning rate must lie in (0, 10]")
+        return value
 
     @field_validator("lr_milestones")
     @classmethod
@@ -129,6 +145,10 @@ class InterpolationSpec(_Strict):
     selection_split: Literal["test", "validation"] = Field(
         "test", description="Split the α curve is measured and chosen on. 'test' follows the "
         "paper's Algorithm 2; 'validation' keeps the test numbers of the chosen α unseen.")
+    curve: Literal["full", "selection"] = Field(
+        "selection", description="'selection' attacks only the α points that can change the "
+        "choice (the same α as the full grid, far fewer PGD evaluations; the other points get no "
+        "robust accuracy); 'full' measures robust accuracy at every α, for the whole curve.")
 
 
 class EvaluationSpec(_Strict):

@@ -9,7 +9,7 @@ with the best clean accuracy whose robust accuracy is not below θ_AT's (less an
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -165,3 +165,72 @@ def select_alpha(
     if not qualifying:
         return min(points, key=lambda p: p.alpha)
     return min(qualifying, key=lambda p: (-p.clean_accuracy, -p.robust_accuracy, p.alpha))
+
+
+@dataclass(frozen=True)
+class LazySelection:
+    """What :func:`select_alpha_lazily` measured and chose. Accuracies in percent.
+
+    ``robust`` holds only the α values whose robust accuracy was measured (α = 0 always);
+    ``robust_evaluations`` is their number, the count of attacked evaluations."""
+
+    chosen: InterpolationPoint
+    clean: dict[float, float]
+    robust: dict[float, float]
+
+    @property
+    def robust_evaluations(self) -> int:
+        return len(self.robust)
+
+    def curve(self) -> list[dict[str, float | None]]:
+        """One dict per α in grid order; ``robust_accuracy`` is None where it was not measured."""
+        return [{"alpha": alpha, "clean_accuracy": clean,
+                 "robust_accuracy": self.robust.get(alpha)} for alpha, clean in self.clean.items()]
+
+
+def select_alpha_lazily(
+    alphas: Sequence[float],
+    clean_accuracy: Callable[[float], float],
+    robust_accuracy: Callable[[float], float],
+    *,
+    tolerance: float = 0.0,
+) -> LazySelection:
+    """The α :func:`select_alpha` would choose on the full curve, attacking only where it matters.
+
+    ``alphas[0]`` is the baseline (α = 0 in a grid from :func:`alpha_grid`): its robust accuracy
+    is the bar. Clean accuracy is measured for every α (one forward each), then robust accuracy
+    (an attack each) in descending clean order, a whole group of equal clean accuracy at a time:
+    the first group holding a point that keeps the bar contains the answer, because every point
+    with higher clean accuracy was measured and failed it, and the tie-breaks (higher robust, then
+    smaller α) only compare points inside that group. The baseline always keeps its own bar, so
+    the walk ends at its group at the latest. Any exact rule must measure the same points: a point
+    of higher clean accuracy left unmeasured could qualify and win.
+
+    ``robust_accuracy`` must be a deterministic function of α (the evaluation seeds its attack per
+    call, see :func:`rift.evaluation.evaluate_accuracy`), so the values equal the full curve's.
+
+    Raises:
+        ConfigError: ``alphas`` is empty or has duplicates, or ``tolerance`` is negative.
+    """
+    if not alphas:
+        raise ConfigError("no interpolation points to choose from", field="interpolation")
+    if len(set(alphas)) != len(alphas):
+        raise ConfigError("the α grid has duplicate values", field="interpolation.alpha_step")
+    if tolerance < 0:
+        raise ConfigError(f"robust_tolerance must be ≥ 0, got {tolerance!r}",
+                          field="interpolation.robust_tolerance")
+    clean = {alpha: clean_accuracy(alpha) for alpha in alphas}
+    robust = {alphas[0]: robust_accuracy(alphas[0])}
+    floor = robust[alphas[0]] - tolerance - _ACCURACY_SLACK
+    by_clean: dict[float, list[float]] = {}
+    for alpha in sorted(alphas, key=lambda a: (-clean[a], a)):
+        by_clean.setdefault(clean[alpha], []).append(alpha)
+    for group in by_clean.values():  # insertion order: descending clean accuracy
+        for alpha in group:
+            if alpha not in robust:
+                robust[alpha] = robust_accuracy(alpha)
+        qualifying = [alpha for alpha in group if robust[alpha] >= floor]
+        if qualifying:
+            best = min(qualifying, key=lambda a: (-robust[a], a))
+            return LazySelection(InterpolationPoint(best, clean[best], robust[best]), clean, robust)
+    raise AssertionError("unreachable: the baseline point always keeps its own robust accuracy")

@@ -3,6 +3,11 @@
 keeps ``requires_grad`` so backward computes gradients that are then thrown away.
 
 Not used by the pipeline. Same arithmetic order as ``rift.mrc`` so results agree to float tolerance.
+
+This is not the speed baseline: computing every parameter's gradient makes it slower than the
+reference code. ``bench/mrc.py`` times ``rift.mrc`` against ``bench/reference_cost.py``, which
+reproduces the reference code's cost: only the scored weight requires grad, a deep copy of the model
+per module, batches reshuffled every pass, and a separate measuring pass after each ascent pass.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Each stage is a function that takes the previous stage's output explicitly, so a worker can run
 one stage per task and resume after a crash from what was saved. ``run_pipeline`` chains the three
 stages for the CLI and saves each stage's output in a folder, skipping stages already saved there.
+With ``finetune.candidates`` > 1 or a ``finetune.lr_grid``, the fine-tune and interpolation run once
+per candidate and the α rule picks across them (``rift.sweep``); such a sweep is not resumed.
 """
 
 from __future__ import annotations
@@ -22,16 +24,24 @@ from torch import nn
 
 from rift import checkpoints
 from rift.attacks import PGD
+from rift.batch_backoff import with_batch_backoff
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import RiftConfig
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from rift.device import deterministic_kernels, resolve_device
 from rift.errors import ConfigError
-from rift.evaluation import evaluate_accuracy, seeded_generator
+from rift.evaluation import AccuracyReport, evaluate_accuracy, seeded_generator
 from rift.finetune import EpochMetrics, finetune_module
-from rift.interpolation import InterpolationPoint, alpha_grid, interpolate_weights, select_alpha
+from rift.interpolation import (
+    InterpolationPoint,
+    alpha_grid,
+    interpolate_weights,
+    select_alpha,
+    select_alpha_lazily,
+)
 from rift.models import build_model
 from rift.mrc import ModuleCriticality, make_adversarial_set, module_robust_criticality
+from rift.sweep import Candidate, CandidateOutcome, candidates_from_mrc, choose_across
 
 logger = logging.getLogger(__name__)
 
@@ -157,35 +167,65 @@ def _as_device_tensors(data: ImageTensors, device: torch.device) -> tuple[torch.
     return images, labels
 
 
-def _run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None,
-                   modules: list[str] | None) -> MRCStageResult:
+@dataclass
+class MRCInputs:
+    """The fixed adversarial set MRC scores every module on (made once on θ_AT), on the device."""
+
+    adversarial: torch.Tensor
+    labels: torch.Tensor
+
+
+def make_mrc_inputs(run: PreparedRun, callbacks: PipelineCallbacks | None = None) -> MRCInputs:
+    """Draw ``mrc.num_examples`` training examples (seeded) and attack them once on θ_AT."""
+    callbacks = callbacks or PipelineCallbacks()
+    config, spec = run.config, run.config.mrc
+    with deterministic_kernels(config.deterministic):
+        run.reset_weights()
+        callbacks.progress("mrc", 0.0, "making the adversarial set")
+        examples = _subset(run.splits.train, spec.num_examples, config.seed)
+        images, labels = _as_device_tensors(examples, run.device)
+        adversarial = make_adversarial_set(
+            run.model, images, labels, run.attack, batch_size=spec.batch_size,
+            generator=seeded_generator(run.device, config.seed), precision=config.precision,
+            should_cancel=callbacks.should_cancel)
+    callbacks.check_cancel()
+    return MRCInputs(adversarial, labels)
+
+
+def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None = None,
+                  callbacks: PipelineCallbacks | None = None) -> MRCStageResult:
+    """Score modules (all selected by the config, or exactly ``modules``) on ``inputs``; one shard
+    of a sharded MRC stage, or the whole stage. ``seconds`` excludes making the inputs."""
     callbacks = callbacks or PipelineCallbacks()
     config, started = run.config, time.perf_counter()
     spec = config.mrc if modules is None else config.mrc.model_copy(update={"modules": modules})
     run.reset_weights()
-    callbacks.progress("mrc", 0.0, "making the adversarial set")
-    examples = _subset(run.splits.train, spec.num_examples, config.seed)
-    images, labels = _as_device_tensors(examples, run.device)
-    adversarial = make_adversarial_set(
-        run.model, images, labels, run.attack, batch_size=spec.batch_size,
-        generator=seeded_generator(run.device, config.seed), precision=config.precision,
-        should_cancel=callbacks.should_cancel)
 
     def on_module(row: ModuleCriticality, index: int, total: int) -> None:
         callbacks.event("module_scored", row.as_dict())
         callbacks.progress("mrc", (index + 1) / total, f"scored {row.name}")
 
-    report = module_robust_criticality(
-        run.model, adversarial, labels, spec, precision=config.precision, on_module=on_module,
-        should_cancel=callbacks.should_cancel)
+    with deterministic_kernels(config.deterministic):
+        report = module_robust_criticality(
+            run.model, inputs.adversarial, inputs.labels, spec, precision=config.precision,
+            on_module=on_module, should_cancel=callbacks.should_cancel)
     if report.engine == "full" and spec.engine == "auto":
         callbacks.event("warning", {"stage": "mrc", "message": (
             "the model could not be traced with torch.fx, so MRC ran full forward passes "
             "(same values, slower)")})
     rows = [row.as_dict() for row in report.modules]
     return MRCStageResult(rows, report.baseline_robust_loss, report.baseline_robust_accuracy,
-                          report.lowest().name, report.engine, len(labels),
+                          report.lowest().name, report.engine, len(inputs.labels),
                           time.perf_counter() - started)
+
+
+def _run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None,
+                   modules: list[str] | None) -> MRCStageResult:
+    started = time.perf_counter()
+    inputs = make_mrc_inputs(run, callbacks)
+    result = score_modules(run, inputs, modules, callbacks)
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 # --------------------------------------------------------------------------- step 2: fine-tune
@@ -231,13 +271,15 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
 
 @dataclass
 class InterpolationStageResult:
-    points: list[dict[str, float]]
+    points: list[dict[str, float | None]]  # robust_accuracy None where it was not measured
     chosen_alpha: float
     selection_split: str
     before: dict[str, float | None]
     after: dict[str, float | None]
     seconds: float
     state_dict: StateDict = field(repr=False)
+    curve: str = "full"
+    robust_evaluations: int = 0  # attacked evaluations of the α curve
 
     def to_json(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "state_dict"}
@@ -250,13 +292,65 @@ def _evaluation_data(run: PreparedRun, split: str) -> ImageTensors:
 
 
 def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTensors,
-              callbacks: PipelineCallbacks) -> dict[str, float | None]:
+              callbacks: PipelineCallbacks, *, attacked: bool = True) -> dict[str, float | None]:
     run.reset_weights(state)
-    report = evaluate_accuracy(
-        run.model, data, attack=run.attack, batch_size=run.config.evaluation.batch_size,
-        device=run.device, seed=run.config.seed, precision=run.config.precision,
-        should_cancel=callbacks.should_cancel)
+
+    def evaluate(batch_size: int) -> AccuracyReport:
+        return evaluate_accuracy(
+            run.model, data, attack=run.attack if attacked else None, batch_size=batch_size,
+            device=run.device, seed=run.config.seed, precision=run.config.precision,
+            should_cancel=callbacks.should_cancel)
+
+    def warn(failed: int, smaller: int) -> None:
+        callbacks.event("warning", {"stage": "interpolate", "message": (
+            f"out of memory at evaluation.batch_size {failed}; continuing with {smaller}")})
+
+    # Evaluation results do not depend on the batch size, so it may shrink to fit the device.
+    report = with_batch_backoff(evaluate, run.config.evaluation.batch_size, on_backoff=warn)
     return {"clean_accuracy": report.clean_accuracy, "robust_accuracy": report.robust_accuracy}
+
+
+def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
+                   data: ImageTensors, callbacks: PipelineCallbacks
+                   ) -> tuple[list[dict[str, float | None]], InterpolationPoint, float, int]:
+    """Clean accuracy at every α, robust accuracy where ``interpolation.curve`` asks for it;
+    returns (points, chosen point, θ_AT's robust accuracy, attacked evaluations)."""
+    spec = run.config.interpolation
+    grid = alpha_grid(spec.alpha_step)
+    # Progress in units of one clean evaluation; an attacked one costs about steps + 1 times more.
+    attack_cost = run.attack.steps + 1
+    budget = len(grid) * (1 + (attack_cost if spec.curve == "full" else 2))
+    spent = 0
+
+    def accuracy(alpha: float, *, attacked: bool) -> float:
+        nonlocal spent
+        callbacks.check_cancel()
+        metrics = _evaluate(run, interpolate_weights(run.original_state, finetuned_state, alpha),
+                            data, callbacks, attacked=attacked)
+        spent += attack_cost if attacked else 1
+        kind = "robust" if attacked else "clean"
+        callbacks.progress("interpolate", min(spent / budget, 0.99), f"{kind} α = {alpha:g}")
+        return float(metrics["robust_accuracy" if attacked else "clean_accuracy"] or 0.0)
+
+    def clean(alpha: float) -> float:
+        return accuracy(alpha, attacked=False)
+
+    def robust(alpha: float) -> float:
+        return accuracy(alpha, attacked=True)
+
+    if spec.curve == "full":
+        points = [InterpolationPoint(alpha, clean(alpha), robust(alpha)) for alpha in grid]
+        chosen = select_alpha(points, baseline_robust_accuracy=points[0].robust_accuracy,
+                              tolerance=spec.robust_tolerance)
+        curve: list[dict[str, float | None]] = [dict(p.as_dict()) for p in points]
+        baseline, evaluations = points[0].robust_accuracy, len(points)
+    else:
+        lazy = select_alpha_lazily(grid, clean, robust, tolerance=spec.robust_tolerance)
+        chosen, curve = lazy.chosen, lazy.curve()
+        baseline, evaluations = lazy.robust[grid[0]], lazy.robust_evaluations
+    for point in curve:
+        callbacks.event("interpolation_point", point)
+    return curve, chosen, baseline, evaluations
 
 
 def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
@@ -265,20 +359,8 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
     config, started = run.config, time.perf_counter()
     spec = config.interpolation
     selection_data = _evaluation_data(run, spec.selection_split)
-    grid = alpha_grid(spec.alpha_step)
-    points: list[InterpolationPoint] = []
-    for index, alpha in enumerate(grid):
-        callbacks.check_cancel()
-        metrics = _evaluate(run, interpolate_weights(run.original_state, finetuned_state, alpha),
-                            selection_data, callbacks)
-        point = InterpolationPoint(alpha, float(metrics["clean_accuracy"] or 0.0),
-                                   float(metrics["robust_accuracy"] or 0.0))
-        points.append(point)
-        callbacks.event("interpolation_point", point.as_dict())
-        callbacks.progress("interpolate", (index + 1) / len(grid), f"α = {alpha:g}")
-    baseline = points[0]  # α = 0 is θ_AT itself
-    chosen = select_alpha(points, baseline_robust_accuracy=baseline.robust_accuracy,
-                          tolerance=spec.robust_tolerance)
+    points, chosen, baseline_robust, evaluations = _measure_curve(
+        run, finetuned_state, selection_data, callbacks)
     if chosen.alpha == 0.0:
         callbacks.event("warning", {"stage": "interpolate", "message": (
             "no α > 0 kept the robust accuracy of the original weights, so they are returned "
@@ -288,8 +370,8 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
     before: dict[str, float | None]
     after: dict[str, float | None]
     if spec.selection_split == "test":
-        before = {"clean_accuracy": baseline.clean_accuracy,
-                  "robust_accuracy": baseline.robust_accuracy}
+        before = {"clean_accuracy": points[0]["clean_accuracy"],
+                  "robust_accuracy": baseline_robust}
         after = {"clean_accuracy": chosen.clean_accuracy,
                  "robust_accuracy": chosen.robust_accuracy}
     else:
@@ -297,9 +379,8 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
         before = _evaluate(run, run.original_state, test, callbacks)
         after = _evaluate(run, tuned, test, callbacks)
     run.reset_weights()
-    return InterpolationStageResult([p.as_dict() for p in points], chosen.alpha,
-                                    spec.selection_split, before, after,
-                                    time.perf_counter() - started, tuned)
+    return InterpolationStageResult(points, chosen.alpha, spec.selection_split, before, after,
+                                    time.perf_counter() - started, tuned, spec.curve, evaluations)
 
 
 # --------------------------------------------------------------------------- public stages
@@ -324,7 +405,9 @@ def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torc
                             callbacks: PipelineCallbacks | None = None
                             ) -> InterpolationStageResult:
     """Measure θ_α = (1 − α) θ_AT + α θ_FT over the α grid and keep the best clean accuracy whose
-    robust accuracy is not below θ_AT's (minus the tolerance). Accuracies in percent."""
+    robust accuracy is not below θ_AT's (minus the tolerance). Accuracies in percent. With
+    ``interpolation.curve == "selection"`` only the points that can change the choice are
+    attacked (``rift.interpolation.select_alpha_lazily``); the others have no robust accuracy."""
     with deterministic_kernels(run.config.deterministic):
         return _run_interpolation_stage(run, finetuned_state, callbacks)
 
@@ -395,6 +478,8 @@ def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
         _write_json(mrc_path, mrc.to_json())
         callbacks.event("stage_finished", {"stage": "mrc", "seconds": mrc.seconds})
 
+    if is_sweep(config):
+        return _run_sweep(run, mrc, output_dir, metadata, callbacks)
     module = config.finetune.module or mrc.selected_module
     finetune_json, finetuned_path = output_dir / "finetune.json", output_dir / "finetuned.safetensors"
     if finetune_json.exists() and finetuned_path.exists():
@@ -417,6 +502,61 @@ def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
         {**metadata, "kind": "tuned", "alpha": repr(interpolation.chosen_alpha), "module": module})
     callbacks.event("stage_finished", {"stage": "interpolate", "seconds": interpolation.seconds})
     result = build_result(config, mrc, finetune, interpolation, str(run.device))
+    _write_json(output_dir / "result.json", result)
+    return result
+
+
+def is_sweep(config: RiftConfig) -> bool:
+    """Whether the job fine-tunes more than one (module, lr) candidate (``rift.sweep``)."""
+    return config.finetune.candidates > 1 or config.finetune.lr_grid is not None
+
+
+def run_candidate(run: PreparedRun, candidate: Candidate,
+                  callbacks: PipelineCallbacks | None = None
+                  ) -> tuple[FinetuneStageResult, InterpolationStageResult]:
+    """Fine-tune ``candidate.module`` at ``candidate.lr`` and measure its interpolation curve."""
+    config = run.config
+    run.config = config.model_copy(update={"finetune": config.finetune.model_copy(
+        update={"lr": candidate.lr})})
+    try:
+        finetune = run_finetune_stage(run, candidate.module, callbacks)
+        return finetune, run_interpolation_stage(run, finetune.state_dict, callbacks)
+    finally:
+        run.config = config
+
+
+def _run_sweep(run: PreparedRun, mrc: MRCStageResult, output_dir: Path,
+               metadata: dict[str, str], callbacks: PipelineCallbacks) -> dict[str, Any]:
+    """Every candidate in turn; the α rule picks across all curves; writes ``curves.json``."""
+    config = run.config
+    candidates = candidates_from_mrc(
+        mrc.rows, k=config.finetune.candidates, module=config.finetune.module,
+        lrs=config.finetune.lr_grid or [config.finetune.lr])
+    outcomes: list[CandidateOutcome] = []
+    best: tuple[FinetuneStageResult, InterpolationStageResult] | None = None
+    for candidate in candidates:
+        callbacks.event("stage_started", {"stage": "candidate", "module": candidate.module,
+                                          "lr": candidate.lr})
+        finetune, interpolation = run_candidate(run, candidate, callbacks)
+        chosen = next(p for p in interpolation.points if p["alpha"] == interpolation.chosen_alpha)
+        outcomes.append(CandidateOutcome(
+            candidate, interpolation.chosen_alpha, float(chosen["clean_accuracy"] or 0.0),
+            float(chosen["robust_accuracy"] or 0.0), interpolation.points, finetune.best_epoch))
+        if choose_across(outcomes) == len(outcomes) - 1:
+            best = (finetune, interpolation)  # keep only the winner's weights in memory
+    assert best is not None
+    finetune, interpolation = best
+    winner = choose_across(outcomes)
+    checkpoints.save_safetensors(output_dir / "finetuned.safetensors", finetune.state_dict,
+                                 {**metadata, "kind": "finetuned", "module": finetune.module})
+    checkpoints.save_safetensors(
+        output_dir / "tuned.safetensors", interpolation.state_dict,
+        {**metadata, "kind": "tuned", "alpha": repr(interpolation.chosen_alpha),
+         "module": finetune.module, "lr": repr(candidates[winner].lr)})
+    curves = {"chosen": winner, "candidates": [o.to_json() for o in outcomes]}
+    _write_json(output_dir / "curves.json", curves)
+    result = {**build_result(config, mrc, finetune, interpolation, str(run.device)),
+              "sweep": curves}
     _write_json(output_dir / "result.json", result)
     return result
 

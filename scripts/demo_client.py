@@ -81,8 +81,9 @@ def print_curves(curves: Curves) -> None:
     print("Interpolation θ_α = (1 − α) θ_AT + α θ_FT:")
     for point in curves.interpolation:
         marker = "  <- chosen" if point.chosen else ""
-        print(f"  α = {point.alpha:.2f}: clean {point.clean_accuracy:6.2f}%, "
-              f"robust {point.robust_accuracy:6.2f}%{marker}")
+        robust = point.robust_accuracy  # None: not attacked, it could not change the choice
+        shown = f"{robust:6.2f}%" if robust is not None else "  not measured"
+        print(f"  α = {point.alpha:.2f}: clean {point.clean_accuracy:6.2f}%, robust {shown}{marker}")
 
 
 def run(args: argparse.Namespace) -> int:

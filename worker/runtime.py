@@ -134,9 +134,7 @@ class StageReporter:
         period = self._lease_seconds / 3
         while not self._stop.wait(period):
             try:
-                with self.resources.session() as session:
-                    held = stages.renew_lease(session, self.job_id, self.stage, owner=self.owner,
-                                              lease_seconds=self._lease_seconds)
+                held = self.renew()
             except Exception:
                 # The database may be briefly unreachable; the lease has slack for a retry.
                 logger.warning("could not renew the lease of job %s stage %s", self.job_id,
@@ -147,6 +145,12 @@ class StageReporter:
                                self.stage)
                 self._lease_lost.set()
                 return
+
+    def renew(self) -> bool:
+        """Extend the lease; False once another worker holds it."""
+        with self.resources.session() as session:
+            return stages.renew_lease(session, self.job_id, self.stage, owner=self.owner,
+                                      lease_seconds=self._lease_seconds)
 
     @property
     def lease_lost(self) -> bool:

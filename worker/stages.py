@@ -151,8 +151,15 @@ def _mrc(job: Job, run: PreparedRun, store: ObjectStore, callbacks: PipelineCall
          key: ObjectKey) -> StageOutputs:
     result = run_mrc_stage(run, callbacks)
     callbacks.check_cancel()  # a worker that lost its lease meanwhile writes nothing
+    return record_mrc(run.config, result, store, key)
+
+
+def record_mrc(config: RiftConfig, result: MRCStageResult, store: ObjectStore, key: ObjectKey
+               ) -> StageOutputs:
+    """Store the MRC table (``mrc.json``, ``mrc.csv``) and say what the stage records; used for
+    a one-task stage and for the merged table of a sharded one."""
     # The module to tune: the one the user named, else the least critical (RIFT.md, step 1).
-    module = run.config.finetune.module or result.selected_module
+    module = config.finetune.module or result.selected_module
     _put_json(store, key(StageName.MRC, MRC_RECORD), result.to_json())
     csv_object = store.put_bytes(key(StageName.MRC, MRC_CSV),
                                  mrc_table_csv(result.rows, module).encode("utf-8"),

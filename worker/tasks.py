@@ -73,6 +73,7 @@ from worker import webhooks as webhook_delivery
 from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_job
 from worker.runtime import StageReporter, WorkerResources
+from worker.shards import SHARD_TASK_NAME, execute_shard, redispatch_stale_shards, start_mrc_shards
 from worker.stages import FINETUNED, describe_device, job_manifest, prepare, run_stage
 
 logger = logging.getLogger(__name__)
@@ -93,10 +94,16 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
         return webhook_delivery.deliver(
             resources, delivery_id,
             schedule_retry=lambda message, delay: enqueue_webhook(app, message, countdown=delay))
+
     @app.task(name=MATERIALIZE_TASK_NAME, ignore_result=True, bind=True)
     def materialize(task: Task, materialization_id: str) -> str:
         """Make the weights of one materialization request; returns the outcome."""
         return execute_materialization(resources, materialization_id, _request_id_of(task))
+
+    @app.task(name=SHARD_TASK_NAME, ignore_result=True)
+    def run_mrc_shard(job_id: str, shard: int) -> str:
+        """Score one shard of the job's MRC modules; returns the outcome."""
+        return execute_shard(app, resources, job_id, shard)
 
     @app.task(name=RECOVER_TASK_NAME, ignore_result=True)
     def recover_stale_jobs() -> int:
@@ -246,6 +253,10 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
         callbacks.check_cancel()
         manifest = (job_manifest(claim.job, checkpoint, dataset, run, settings.build_commit)
                     if stage == StageName.MRC else None)
+        if stage == StageName.MRC and run.config.mrc.shards > 1:
+            # The shards hold the work from here; the last one finishes the stage.
+            start_mrc_shards(app, resources, claim.job, run, callbacks, claim.attempt)
+            return "sharded", device
         outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir, callbacks,
                             attempts, manifest)
         if reporter.lease_lost:
@@ -394,7 +405,7 @@ def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources) -> int:
         logger.warning("job %s: re-sending stage %s (its lease expired or its message is late)",
                        job_id, stage)
         enqueue_stage(app, job_id, stage)
-    return len(stale)
+    return len(stale) + redispatch_stale_shards(app, resources)
 
 
 def fail_overdue(resources: WorkerResources) -> list[str]:

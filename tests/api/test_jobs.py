@@ -408,3 +408,15 @@ def test_unknown_jobs_are_404(api: Api) -> None:
         response = method(path)
         assert response.status_code == 404, path
         assert error_of(response)["field"] == "job_id"
+
+
+@pytest.mark.parametrize(("finetune", "field"), [
+    ({"candidates": 2}, "config.finetune.candidates"),
+    ({"lr_grid": [0.001, 0.01]}, "config.finetune.lr_grid"),
+])
+def test_a_sweep_is_refused_by_the_service_naming_the_field(
+        api: Api, checkpoint_id: str, finetune: dict[str, Any], field: str) -> None:
+    response = create(api, job_body(checkpoint_id, config=digits_config(finetune=finetune)))
+    assert response.status_code == 422, response.text
+    assert error_of(response)["field"] == field
+    assert api.count(Job) == 0

@@ -167,17 +167,45 @@ def test_mrc_parts_merge_to_the_whole_table(digits_checkpoint_path: Path,
 
 def test_interpolation_stage_endpoints(digits_checkpoint_path: Path,
                                        digits_job_config: dict) -> None:
+    digits_job_config["interpolation"]["curve"] = "full"
     config = _fast(digits_job_config)
     run = prepare_run(config, digits_checkpoint_path)
     finetuned = run_finetune_stage(run, "fc")
     result = run_interpolation_stage(run, finetuned.state_dict)
     assert [p["alpha"] for p in result.points] == [0.0, 0.5, 1.0]
+    assert result.robust_evaluations == 3
     assert result.before == {"clean_accuracy": result.points[0]["clean_accuracy"],
                              "robust_accuracy": result.points[0]["robust_accuracy"]}
     chosen = next(p for p in result.points if p["alpha"] == result.chosen_alpha)
     assert chosen["robust_accuracy"] >= result.points[0]["robust_accuracy"]
     assert all(p["clean_accuracy"] <= chosen["clean_accuracy"] for p in result.points
                if p["robust_accuracy"] >= result.points[0]["robust_accuracy"])
+
+
+def test_selection_curve_chooses_the_full_curves_alpha_with_fewer_attacks(
+        digits_checkpoint_path: Path, digits_job_config: dict) -> None:
+    config = _fast(digits_job_config)
+    config = config.model_copy(update={"interpolation": config.interpolation.model_copy(
+        update={"alpha_step": 0.25})})
+    run = prepare_run(config, digits_checkpoint_path)
+    finetuned = run_finetune_stage(run, "fc").state_dict
+    lazy = run_interpolation_stage(run, finetuned)
+    run.config = config.model_copy(update={"interpolation": config.interpolation.model_copy(
+        update={"curve": "full"})})
+    full = run_interpolation_stage(run, finetuned)
+    assert (lazy.curve, full.curve) == ("selection", "full")
+    assert lazy.chosen_alpha == full.chosen_alpha
+    assert full.robust_evaluations == 5 and lazy.robust_evaluations <= 5
+    measured = [p for p in lazy.points if p["robust_accuracy"] is not None]
+    assert len(measured) == lazy.robust_evaluations
+    chosen_clean = next(p["clean_accuracy"] for p in lazy.points
+                        if p["alpha"] == lazy.chosen_alpha)
+    # Unmeasured points are exactly those that cannot beat the chosen one.
+    assert all(p["clean_accuracy"] < chosen_clean for p in lazy.points
+               if p["robust_accuracy"] is None)
+    assert all(a == b for a, b in zip(lazy.points, full.points, strict=True)
+               if a["robust_accuracy"] is not None)
+    assert lazy.after == full.after
 
 
 def test_validation_selection_reports_test_numbers(digits_checkpoint_path: Path,
@@ -235,7 +263,11 @@ def test_a_fine_tune_that_costs_robustness_returns_theta_at_with_a_warning(
     result = run_interpolation_stage(run, wrecked, PipelineCallbacks(
         on_event=lambda kind, data: events.append((kind, data))))
     assert result.chosen_alpha == 0.0
-    assert all(p["robust_accuracy"] < result.points[0]["robust_accuracy"]
+    baseline = result.points[0]
+    # Attacked points lost robustness; the others (not attacked) could not beat θ_AT's clean.
+    assert all(p["robust_accuracy"] < baseline["robust_accuracy"]
+               if p["robust_accuracy"] is not None
+               else p["clean_accuracy"] < baseline["clean_accuracy"]
                for p in result.points[1:])
     for key, value in run.original_state.items():
         assert torch.equal(result.state_dict[key], value), key

@@ -261,3 +261,28 @@ def test_errors_fail_the_job_with_a_code(
     job = wait_for(sessions, mismatch_id, lambda j: j.is_finished, "the end", workers=(worker,))
     assert (job.status, job.error_code) == ("failed", "checkpoint_mismatch"), job.error_message
     assert stage_rows(sessions, mismatch_id)["mrc"].attempts == 1
+
+
+def test_a_sharded_mrc_stage_runs_on_several_workers_and_merges_once(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], fast_config: dict[str, Any]) -> None:
+    from persistence.stage_shards import list_shards
+    workers = (start_worker(wait=False), start_worker(wait=False))
+    for worker in workers:
+        worker.wait_ready()
+    fast_config["mrc"]["shards"] = 3
+    job_id = submit(fast_config)
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=workers)
+    assert job.status == "succeeded", job.error_message
+    with sessions() as session:
+        rows = jobs.get_mrc_rows(session, job_id)
+        shards = list_shards(session, job_id)
+    assert [s.status for s in shards] == ["done"] * 3
+    shard_modules = [name for s in shards for name in s.modules]
+    assert sorted(row.module for row in rows) == sorted(shard_modules)  # each module once
+    assert job.selected_module == min(rows, key=lambda row: row.mrc).module
+    log = events(sessions, job_id)
+    kinds = [kind for kind, _ in log]
+    assert kinds.count("mrc_sharded") == 1 and kinds.count("shard_finished") == 3
+    assert [p["stage"] for kind, p in log if kind == "stage_finished"] == [
+        "mrc", "finetune", "interpolate"]

@@ -144,7 +144,9 @@ class Epoch(_Resource):
 class InterpolationPoint(_Resource):
     alpha: float
     clean_accuracy: float
-    robust_accuracy: float
+    robust_accuracy: float | None = Field(
+        None, description="None where interpolation.curve is 'selection' and this α could not "
+        "change the choice, so it was not attacked.")
     chosen: bool = False
 
 

@@ -1,0 +1,82 @@
+"""Split the MRC stage into shards of modules that several workers can score at once.
+
+Scoring a module costs about ``2·steps`` passes over the part of the network after it (see
+``rift.segments``), so a module early in the network costs more than one near the output. The
+estimate here is the multiply-accumulates of every conv/linear module run at or after the module
+(measured once with forward hooks on one example), and :func:`partition_modules` balances the
+shards by it. MRC values do not depend on which shard scores a module: every module is scored on
+the same stored adversarial set with all other weights at θ_AT (``rift.pipeline.MRCStageResult.merge``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from rift.errors import ConfigError
+from rift.mrc import PERTURBABLE_TYPES
+
+
+@torch.no_grad()
+def estimate_module_costs(model: nn.Module, example: torch.Tensor, names: list[str]
+                          ) -> dict[str, float]:
+    """Estimated cost of scoring each module of ``names``: the multiply-accumulates, per example,
+    of the conv/linear modules that run at or after it in one forward pass of ``example``
+    (a batch of one, on the model's device). Modules the pass never reaches cost 1."""
+    order: list[tuple[str, float]] = []
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, PERTURBABLE_TYPES):
+            handles.append(module.register_forward_hook(_recorder(name, module, order)))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example[:1])
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    costs: dict[str, float] = {}
+    remaining = sum(macs for _, macs in order)
+    for name, macs in order:
+        costs.setdefault(name, remaining)  # first call: everything from here on is recomputed
+        remaining -= macs
+    return {name: max(costs.get(name, 1.0), 1.0) for name in names}
+
+
+def _recorder(name: str, module: nn.Module, order: list[tuple[str, float]]
+              ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    # Each output element is a dot product over one filter: weight.numel() / out_channels.
+    per_output = weight.numel() / int(weight.shape[0])
+
+    def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        order.append((name, float(output.numel()) * per_output))
+    return hook
+
+
+def partition_modules(costs: dict[str, float], shards: int) -> list[list[str]]:
+    """Split the modules into at most ``shards`` non-empty groups of nearly equal total cost
+    (longest-processing-time-first: the costliest module goes to the least loaded shard). Each
+    group keeps the modules in the order of ``costs``; groups are ordered by their first module.
+
+    Raises:
+        ConfigError: ``shards`` < 1 or no modules.
+    """
+    if shards < 1:
+        raise ConfigError(f"mrc.shards must be ≥ 1, got {shards}", field="mrc.shards")
+    if not costs:
+        raise ConfigError("no module to score", field="mrc.modules")
+    count = min(shards, len(costs))
+    loads = [0.0] * count
+    members: list[list[str]] = [[] for _ in range(count)]
+    for name in sorted(costs, key=lambda n: -costs[n]):
+        target = min(range(count), key=lambda i: (loads[i], i))
+        loads[target] += costs[name]
+        members[target].append(name)
+    position = {name: i for i, name in enumerate(costs)}
+    groups = [sorted(group, key=position.__getitem__) for group in members]
+    return sorted(groups, key=lambda group: position[group[0]])

@@ -1,0 +1,69 @@
+"""The paper's sweeps: fine-tune several candidate modules and learning rates, one interpolation
+curve each, and let the α rule pick across all of them (seed C.3 and Figure C.5).
+
+``finetune.candidates = k`` takes the k lowest-MRC modules (or the module the user named), and
+``finetune.lr_grid`` the learning rates; every (module, lr) pair is one *candidate*: a fine-tune
+from θ_AT and its interpolation curve. α = 0 is θ_AT for every candidate, so all curves share the
+same robust bar, and the rule over the union of the curves is the rule applied to each curve's
+own choice: best clean accuracy, then higher robust accuracy, then smaller α, then the earlier
+candidate (lower MRC, then the order of ``lr_grid``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rift.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Candidate:
+    module: str
+    lr: float
+
+
+@dataclass
+class CandidateOutcome:
+    """One fine-tune + interpolation: the curve and the point its own curve chose."""
+
+    candidate: Candidate
+    chosen_alpha: float
+    clean_accuracy: float
+    robust_accuracy: float
+    points: list[dict[str, float | None]]
+    best_epoch: int
+    state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"module": self.candidate.module, "lr": self.candidate.lr,
+                "chosen_alpha": self.chosen_alpha, "clean_accuracy": self.clean_accuracy,
+                "robust_accuracy": self.robust_accuracy, "best_epoch": self.best_epoch,
+                "points": self.points}
+
+
+def candidates_from_mrc(rows: Sequence[Mapping[str, Any]], *, k: int, module: str | None,
+                        lrs: Sequence[float]) -> list[Candidate]:
+    """The (module, lr) pairs to try: ``module`` if named, else the ``k`` lowest-MRC modules
+    (ties in table order), each with every rate of ``lrs``."""
+    if not lrs:
+        raise ConfigError("no learning rate to try", field="finetune.lr_grid")
+    if module is not None:
+        modules = [module]
+    else:
+        if not rows:
+            raise ConfigError("the MRC table is empty", field="mrc")
+        order = sorted(range(len(rows)), key=lambda i: (float(rows[i]["mrc"]), i))
+        modules = [str(rows[i]["name"]) for i in order[:k]]
+    return [Candidate(name, float(lr)) for name in modules for lr in lrs]
+
+
+def choose_across(outcomes: Sequence[CandidateOutcome]) -> int:
+    """Index of the winning candidate under the α rule over all curves (see module docstring)."""
+    if not outcomes:
+        raise ConfigError("no candidate was fine-tuned", field="finetune.candidates")
+    return min(range(len(outcomes)), key=lambda i: (
+        -outcomes[i].clean_accuracy, -outcomes[i].robust_accuracy, outcomes[i].chosen_alpha, i))

@@ -1,0 +1,66 @@
+"""Tests of rift/mrc_shards.py and of a sharded MRC table: the merged shards equal one task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from rift import checkpoints
+from rift.config import RiftConfig
+from rift.errors import ConfigError
+from rift.mrc import select_modules
+from rift.mrc_shards import estimate_module_costs, partition_modules
+from rift.pipeline import MRCInputs, MRCStageResult, make_mrc_inputs, prepare_run, score_modules
+
+
+def test_partition_balances_cost_and_keeps_every_module_once() -> None:
+    costs = {"a": 100.0, "b": 60.0, "c": 50.0, "d": 40.0, "e": 10.0}
+    groups = partition_modules(costs, 2)
+    assert sorted(name for group in groups for name in group) == sorted(costs)
+    loads = sorted(sum(costs[n] for n in group) for group in groups)
+    # Longest-processing-time-first stays within 4/3 of the best split (here 130 / 130).
+    assert loads[-1] <= 4 / 3 * 130.0 and loads == [120.0, 140.0]
+    assert partition_modules(costs, 9) == [[n] for n in costs]  # never an empty shard
+    with pytest.raises(ConfigError):
+        partition_modules(costs, 0)
+
+
+def test_cost_estimate_falls_with_depth() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    costs = estimate_module_costs(model, torch.rand(2, 3, 4, 4), ["0", "2", "4"])
+    assert costs["0"] > costs["2"] > costs["4"] > 0
+    assert costs["4"] == 8 * 4 * 4 * 10  # the last module: only its own multiply-adds
+
+
+def test_merged_shards_equal_the_single_task_table(digits_checkpoint_path: Path,
+                                                    digits_job_config: dict[str, Any],
+                                                    tmp_path: Path) -> None:
+    digits_job_config["mrc"].update(steps=2, num_examples=96, batch_size=32)
+    config = RiftConfig.model_validate(digits_job_config)
+    run = prepare_run(config, digits_checkpoint_path)
+    inputs = make_mrc_inputs(run)
+    whole = score_modules(run, inputs)
+
+    # The shards read the set back from a file, as the workers do through the object store.
+    checkpoints.save_safetensors(tmp_path / "inputs.safetensors",
+                                 {"adversarial": inputs.adversarial, "labels": inputs.labels})
+    stored = checkpoints.load_state_dict(tmp_path / "inputs.safetensors")
+    shared = MRCInputs(stored["adversarial"], stored["labels"])
+    names = select_modules(run.model, config.mrc)
+    groups = partition_modules(estimate_module_costs(run.model, shared.adversarial, names), 2)
+    assert len(groups) == 2
+    parts = [MRCStageResult.from_json(score_modules(run, shared, group).to_json())
+             for group in reversed(groups)]  # finishing order must not matter
+    merged = MRCStageResult.merge(parts, names)
+
+    def without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert without_time(merged.rows) == without_time(whole.rows)
+    assert merged.selected_module == whole.selected_module
+    assert merged.baseline_robust_loss == whole.baseline_robust_loss

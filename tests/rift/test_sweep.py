@@ -1,0 +1,63 @@
+"""Tests of rift/sweep.py and the sweep in run_pipeline: candidates from the MRC table, and the
+α rule applied across all candidates' curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rift.config import RiftConfig
+from rift.errors import ConfigError
+from rift.pipeline import run_pipeline
+from rift.sweep import Candidate, CandidateOutcome, candidates_from_mrc, choose_across
+
+ROWS = [{"name": "a", "mrc": 0.3}, {"name": "b", "mrc": 0.1}, {"name": "c", "mrc": 0.1},
+        {"name": "d", "mrc": 0.05}]
+
+
+def test_candidates_are_the_lowest_mrc_modules_times_the_rates() -> None:
+    assert candidates_from_mrc(ROWS, k=3, module=None, lrs=[1e-3, 1e-2]) == [
+        Candidate("d", 1e-3), Candidate("d", 1e-2), Candidate("b", 1e-3), Candidate("b", 1e-2),
+        Candidate("c", 1e-3), Candidate("c", 1e-2)]
+    assert candidates_from_mrc(ROWS, k=3, module="a", lrs=[0.1]) == [Candidate("a", 0.1)]
+    with pytest.raises(ConfigError):
+        candidates_from_mrc(ROWS, k=1, module=None, lrs=[])
+
+
+def _outcome(module: str, alpha: float, clean: float, robust: float) -> CandidateOutcome:
+    return CandidateOutcome(Candidate(module, 1e-3), alpha, clean, robust, [], 1)
+
+
+def test_choose_across_follows_the_rule_and_its_tie_breaks() -> None:
+    assert choose_across([_outcome("a", 0.5, 80, 50), _outcome("b", 0.9, 81, 49)]) == 1
+    assert choose_across([_outcome("a", 0.5, 81, 49), _outcome("b", 0.9, 81, 50)]) == 1
+    assert choose_across([_outcome("a", 0.9, 81, 50), _outcome("b", 0.5, 81, 50)]) == 1
+    assert choose_across([_outcome("a", 0.5, 81, 50), _outcome("b", 0.5, 81, 50)]) == 0
+
+
+def test_the_sweep_chooses_by_the_rule_over_all_curves(
+        digits_checkpoint_path: Path, digits_job_config: dict[str, Any], tmp_path: Path) -> None:
+    digits_job_config["mrc"].update(steps=1, num_examples=64, batch_size=64)
+    digits_job_config["finetune"].update(epochs=1, lr_milestones=[], candidates=2,
+                                         lr_grid=[0.05])
+    digits_job_config["interpolation"]["alpha_step"] = 0.5
+    digits_job_config["evaluation"]["max_examples"] = 120
+    result = run_pipeline(RiftConfig.model_validate(digits_job_config), digits_checkpoint_path,
+                          tmp_path / "out")
+    sweep = result["sweep"]
+    assert [(c["module"], c["lr"]) for c in sweep["candidates"]] == [
+        (m, lr) for m in [r["name"] for r in sorted(result["mrc"]["rows"],
+                                                    key=lambda r: r["mrc"])[:2]]
+        for lr in (0.05,)]
+    # The rule over the union of every measured point of every curve, written out here.
+    bar = sweep["candidates"][0]["points"][0]["robust_accuracy"]
+    points = [(-p["clean_accuracy"], -p["robust_accuracy"], p["alpha"], index)
+              for index, c in enumerate(sweep["candidates"]) for p in c["points"]
+              if p["robust_accuracy"] is not None and p["robust_accuracy"] >= bar - 1e-9]
+    _, _, alpha, index = min(points)
+    assert (sweep["chosen"], result["chosen_alpha"]) == (index, alpha)
+    assert result["selected_module"] == sweep["candidates"][index]["module"]
+    assert json.loads((tmp_path / "out" / "curves.json").read_text()) == sweep

@@ -1,0 +1,220 @@
+"""The MRC stage across workers (``mrc.shards`` > 1): the "prepare" step run by the MRC stage
+task, the shard task ``rift.stage.mrc_shard``, and the merge (see :mod:`persistence.stage_shards`
+for the lease protocol).
+
+Prepare: make the adversarial set once, store it (safetensors) under the stage attempt's keys,
+split the modules into shards balanced by estimated cost (:mod:`rift.mrc_shards`), record the
+shards and send one message per shard. Shard: claim it, score its modules on the stored set,
+record its part. The task that records the last part (or, after a crash, a re-sent shard task that
+finds its shard done) merges the parts into one table, finishes the stage and sends the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from persistence import stage_shards, stages
+from persistence.models import Checkpoint, Dataset, Job, StageName
+from persistence.stage_shards import SHARDED_OWNER
+from persistence.stages import ClaimOutcome, LeaseLost
+from persistence.storage import ObjectNotFound
+from persistence.transactions import JobNotFound, load_stages
+from rift import checkpoints
+from rift.config import RiftConfig
+from rift.errors import JobCancelled, RiftError
+from rift.mrc import select_modules
+from rift.mrc_shards import estimate_module_costs, partition_modules
+from rift.pipeline import (
+    MRCInputs,
+    MRCStageResult,
+    PipelineCallbacks,
+    PreparedRun,
+    make_mrc_inputs,
+    score_modules,
+)
+from worker.factory import enqueue_stage
+from worker.runtime import StageReporter, WorkerResources
+from worker.stages import SAFETENSORS, prepare, record_mrc, stage_object_key
+
+logger = logging.getLogger(__name__)
+
+SHARD_TASK_NAME = "rift.stage.mrc_shard"
+MRC_INPUTS = "adversarial.safetensors"
+
+
+def enqueue_shard(app: Celery, job_id: str, shard: int, countdown: float | None = None) -> None:
+    """Send the message that runs MRC shard ``shard`` of the job."""
+    settings = getattr(app, "settings", None)
+    app.send_task(SHARD_TASK_NAME, args=[job_id, shard], countdown=countdown,
+                  queue=settings.celery_queue if settings is not None else None)
+
+
+def start_mrc_shards(app: Celery, resources: WorkerResources, job: Job, run: PreparedRun,
+                     callbacks: PipelineCallbacks, attempt: int) -> int:
+    """The prepare step: adversarial set stored once, shards recorded and sent; returns their
+    number. The caller holds the MRC stage's lease; afterwards the shards hold the work."""
+    inputs = make_mrc_inputs(run, callbacks)
+    names = select_modules(run.model, run.config.mrc)
+    costs = estimate_module_costs(run.model, inputs.adversarial[:1], names)
+    groups = partition_modules(costs, run.config.mrc.shards)
+    key = stage_object_key(job.id, StageName.MRC, attempt, MRC_INPUTS)
+    scratch = Path(tempfile.mkdtemp(dir=_mkdir(resources.settings.work_dir / "scratch")))
+    try:
+        path = scratch / MRC_INPUTS
+        checkpoints.save_safetensors(path, {"adversarial": inputs.adversarial,
+                                            "labels": inputs.labels})
+        resources.store.put_file(key, path, content_type=SAFETENSORS)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    with resources.session() as session:
+        stage_shards.start_shards(session, job.id, owner=resources.worker_id, groups=groups,
+                                  inputs_key=key)
+    for index in range(len(groups)):
+        enqueue_shard(app, job.id, index)
+    return len(groups)
+
+
+class ShardReporter(StageReporter):
+    """A :class:`StageReporter` whose heartbeat renews one shard's lease."""
+
+    def __init__(self, resources: WorkerResources, job_id: str, shard: int) -> None:
+        super().__init__(resources, job_id, StageName.MRC)
+        self.shard = shard
+
+    def renew(self) -> bool:
+        with self.resources.session() as session:
+            return stage_shards.renew_shard_lease(session, self.job_id, self.shard,
+                                                  owner=self.owner,
+                                                  lease_seconds=self._lease_seconds)
+
+    def on_progress(self, stage: str, fraction: float, message: str) -> None:
+        """Shards do not write the job's progress: they run side by side."""
+
+
+def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: int) -> str:
+    """Claim and score one MRC shard; merge if it was the last. Returns what happened."""
+    settings = resources.settings
+    try:
+        with resources.session() as session:
+            claim = stage_shards.claim_shard(
+                session, job_id, shard, owner=resources.worker_id,
+                lease_seconds=settings.worker_lease_seconds,
+                max_attempts=settings.max_stage_attempts)
+            checkpoint = session.get(Checkpoint, claim.job.checkpoint_id)
+            dataset = (session.get(Dataset, claim.job.dataset_id)
+                       if claim.job.dataset_id else None)
+    except JobNotFound:
+        return "missing"
+    if claim.outcome == ClaimOutcome.DONE:
+        return merge_if_complete(app, resources, job_id)
+    if claim.outcome != ClaimOutcome.CLAIMED or checkpoint is None:
+        return str(claim.outcome)
+
+    reporter = ShardReporter(resources, job_id, shard)
+    callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
+                                  should_cancel=reporter.should_cancel)
+    reporter.start()
+    try:
+        run = prepare(claim.job, checkpoint, dataset, resources.store, settings.work_dir,
+                      settings.worker_device, settings.data_root)
+        inputs = _load_inputs(resources, claim.inputs_key, run)
+        result = score_modules(run, inputs, claim.modules, callbacks)
+        part: dict[str, Any] = {**result.to_json(),
+                                "module_order": select_modules(run.model, run.config.mrc)}
+        if reporter.lease_lost:
+            raise LeaseLost(f"lost the lease on MRC shard {shard} of job {job_id}")
+        with resources.session() as session:
+            stage_shards.finish_shard(session, job_id, shard, owner=resources.worker_id,
+                                      result=part)
+    except JobCancelled:
+        with resources.session() as session:
+            stages.mark_cancelled(session, job_id)
+        return "cancelled"
+    except LeaseLost as exc:
+        logger.warning("job %s MRC shard %d: %s", job_id, shard, exc)
+        return "lease_lost"
+    except (RiftError, ObjectNotFound) as exc:
+        code = exc.code if isinstance(exc, RiftError) else "missing_object"
+        with resources.session() as session:
+            stages.fail_job(session, job_id, code, exc.message, stage=StageName.MRC)
+        return "failed"
+    except Exception as exc:
+        logger.exception("job %s MRC shard %d: unexpected error", job_id, shard)
+        with resources.session() as session:
+            if claim.attempt >= settings.max_stage_attempts:
+                stages.fail_job(session, job_id, "stage_failed_repeatedly",
+                                f"MRC shard {shard} failed {claim.attempt} times; last error: "
+                                f"{type(exc).__name__}: {str(exc)[:300]}", stage=StageName.MRC)
+                return "failed"
+            stage_shards.release_shard(session, job_id, shard, owner=resources.worker_id,
+                                       error=traceback.format_exc(limit=5))
+        enqueue_shard(app, job_id, shard, countdown=settings.stage_retry_delay_seconds)
+        return "retry"
+    finally:
+        reporter.stop()
+    return merge_if_complete(app, resources, job_id)
+
+
+def _load_inputs(resources: WorkerResources, key: str, run: PreparedRun) -> MRCInputs:
+    scratch = Path(tempfile.mkdtemp(dir=_mkdir(resources.settings.work_dir / "scratch")))
+    try:
+        path = resources.store.download_to(key, scratch / MRC_INPUTS)
+        tensors = checkpoints.load_state_dict(path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return MRCInputs(tensors["adversarial"].to(run.device), tensors["labels"].to(run.device))
+
+
+def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> str:
+    """If every shard is done and the stage still waits: one table, the stage finished, the next
+    stage sent. Returns "merged", or "done" when there was nothing (more) to do."""
+    with resources.session() as session:
+        parts = stage_shards.completed_parts(session, job_id)
+        if parts is None:
+            return "done"
+        job = session.get(Job, job_id)
+        attempts = {str(row.stage): row.attempts for row in load_stages(session, job_id)}
+    assert job is not None
+    order = list(parts[0]["module_order"])
+    merged = MRCStageResult.merge(
+        [MRCStageResult.from_json({k: v for k, v in part.items() if k != "module_order"})
+         for part in parts], order)
+
+    def key(stage: str, name: str) -> str:
+        return stage_object_key(job_id, stage, attempts[stage], name)
+
+    outputs = record_mrc(RiftConfig.model_validate(job.spec), merged, resources.store, key)
+    try:
+        with resources.session() as session:
+            stages.finish_stage(session, job_id, StageName.MRC, owner=SHARDED_OWNER,
+                                outputs=outputs)
+    except LeaseLost:
+        return "done"  # another task recorded the merge first
+    following = stages.next_stage(StageName.MRC)
+    if following is not None:
+        enqueue_stage(app, job_id, following)
+    return "merged"
+
+
+def redispatch_stale_shards(app: Celery, resources: WorkerResources) -> int:
+    """Send again the shards whose worker died, and the merge nobody recorded."""
+    with resources.session() as session:
+        stale = stage_shards.shards_to_redispatch(
+            session, stale_after=resources.settings.worker_lease_seconds,
+            pending_after=resources.settings.stage_redispatch_seconds)
+    for job_id, shard in stale:
+        logger.warning("job %s: re-sending MRC shard %d", job_id, shard)
+        enqueue_shard(app, job_id, shard)
+    return len(stale)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
