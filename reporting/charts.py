@@ -101,8 +101,9 @@ def alpha_chart(curve: Curve) -> str:
     points = sorted(curve.points, key=lambda p: float(p["alpha"]))
     clean = LineSeries("clean accuracy", [(float(p["alpha"]), float(p["clean_accuracy"]))
                                           for p in points])
+    # In 'selection' curves the points that could not change the choice were never attacked.
     robust = LineSeries("robust accuracy", [(float(p["alpha"]), float(p["robust_accuracy"]))
-                                            for p in points])
+                                            for p in points if p["robust_accuracy"] is not None])
     references = []
     baseline = curve.baseline_robust_accuracy()
     if baseline is not None:
@@ -123,7 +124,8 @@ def tradeoff_chart(curves: Sequence[Curve]) -> str:
     series = []
     marks = []
     for curve in curves:
-        points = sorted(curve.points, key=lambda p: float(p["alpha"]))
+        points = sorted((p for p in curve.points if p["robust_accuracy"] is not None),
+                        key=lambda p: float(p["alpha"]))
         series.append(LineSeries(
             curve.name, [(float(p["robust_accuracy"]), float(p["clean_accuracy"])) for p in points],
             labels=[f"α = {float(p['alpha']):g}" for p in points]))

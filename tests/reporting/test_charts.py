@@ -100,3 +100,19 @@ def test_reporting_imports_no_torch() -> None:
     code = "import reporting.charts, reporting.page, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_points_not_attacked_are_left_out_of_the_robust_series() -> None:
+    # interpolation.curve = "selection": α = 0.25 and 0.75 could not change the choice.
+    curve = _curve()
+    for point in curve.points:
+        if point["alpha"] in (0.25, 0.75):
+            point["robust_accuracy"] = None
+    alpha = _parse(alpha_chart(curve))
+    robust_points = [e for e in alpha.iter(f"{SVG}circle")
+                     if e.get("class") == "point" and e.get("data-series") == "robust accuracy"]
+    clean_points = [e for e in alpha.iter(f"{SVG}circle")
+                    if e.get("class") == "point" and e.get("data-series") == "clean accuracy"]
+    assert (len(robust_points), len(clean_points)) == (3, 5)
+    tradeoff = _parse(tradeoff_chart([curve]))
+    assert len([e for e in tradeoff.iter(f"{SVG}circle") if e.get("class") == "point"]) == 3
