@@ -95,6 +95,18 @@ class MRCSpec(_Strict):
     engine: Literal["auto", "cached", "full"] = Field(
         "auto", description="'cached' recomputes only the network after the module (needs "
         "torch.fx tracing); 'full' runs the whole network; 'auto' falls back when tracing fails.")
+    ascent: Literal["sgd", "normalized"] = Field(
+        "sgd", description="Ascent step per batch. 'sgd': lr · g (the reference code's rule; "
+        "not scale invariant). 'normalized': lr · radius · g/||g||_2 for p = 2, lr · radius · "
+        "sign(g) for p = 'inf' (a step in units of the ball, so MRC is invariant to Theorem "
+        "A.4's rescaling). See docs/algorithm.md.")
+    allow_negative: bool = Field(
+        False, description="MRC = largest loss the ascent reached minus the baseline, without "
+        "counting Δ = 0 (the reference code's value, can be negative). Default: Δ = 0 counts, "
+        "so MRC >= 0.")
+    reshuffle: bool = Field(
+        False, description="Draw a new batch order of the adversarial set for every ascent "
+        "pass (the reference code does); default: the same batches every pass.")
 
 
 class FinetuneSpec(_Strict):

@@ -30,7 +30,12 @@ from rift.evaluation import evaluate_accuracy, seeded_generator
 from rift.finetune import EpochMetrics, finetune_module
 from rift.interpolation import InterpolationPoint, alpha_grid, interpolate_weights, select_alpha
 from rift.models import build_model
-from rift.mrc import ModuleCriticality, make_adversarial_set, module_robust_criticality
+from rift.mrc import (
+    ModuleCriticality,
+    make_adversarial_set,
+    module_robust_criticality,
+    selection_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +144,8 @@ class MRCStageResult:
 
 
 def _lowest(rows: list[dict[str, Any]]) -> str:
-    return min(rows, key=lambda row: row["mrc"])["name"]
+    """The selection rule of ``MRCReport.lowest`` on table rows (docs/algorithm.md, "Selection")."""
+    return min(rows, key=lambda row: selection_key(row["mrc"], row.get("max_ascent_loss")))["name"]
 
 
 def _subset(data: ImageTensors, count: int, seed: int) -> ImageTensors:
@@ -176,7 +182,7 @@ def _run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None,
 
     report = module_robust_criticality(
         run.model, adversarial, labels, spec, precision=config.precision, on_module=on_module,
-        should_cancel=callbacks.should_cancel)
+        should_cancel=callbacks.should_cancel, seed=config.seed)
     if report.engine == "full" and spec.engine == "auto":
         callbacks.event("warning", {"stage": "mrc", "message": (
             "the model could not be traced with torch.fx, so MRC ran full forward passes "
