@@ -23,19 +23,48 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+# Dataset-typical input statistics of [0, 1] images (per channel), offered by name so that a
+# checkpoint trained with them is not silently scored on unnormalised inputs.
+NAMED_NORMALIZATIONS: dict[str, tuple[list[float], list[float]]] = {
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]),
+    "cifar100": ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
+    "svhn": ([0.4377, 0.4438, 0.4728], [0.1980, 0.2010, 0.1970]),
+    "mnist": ([0.1307], [0.3081]),
+    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+}
+
+
 class ArchitectureSpec(_Strict):
     """Which network to build. ``mean``/``std`` are applied inside the model, so inputs are [0, 1]."""
 
     name: str = Field(description="Registry name, e.g. 'resnet18', 'wide_resnet34_10', "
-                      "'small_cnn' or 'torchvision:resnet50'.")
+                      "'small_cnn', 'mlp', 'torchvision:resnet50', or an installed "
+                      "'rift.architectures' entry point (see `rift architectures`).")
     num_classes: int = Field(10, ge=2, le=100_000)
     in_channels: int | None = Field(None, ge=1, le=16, description="Default: the dataset's.")
     image_size: int | None = Field(None, ge=8, le=1024, description="Default: the dataset's.")
     mean: list[float] | None = Field(None, description="Per-channel input mean; None: no shift.")
     std: list[float] | None = Field(None, description="Per-channel input std; None: no scaling.")
+    normalization: Literal["cifar10", "cifar100", "svhn", "mnist", "imagenet"] | None = Field(
+        None, description="Dataset-typical mean/std by name; fills 'mean'/'std'.")
+    input_features: int | None = Field(
+        None, ge=1, le=1_000_000, description="'mlp' only: input size; default: the dataset's "
+        "features (C·H·W).")
+    hidden: list[int] | None = Field(
+        None, min_length=0, max_length=16, description="'mlp' only: hidden layer widths "
+        "(default [64, 64]).")
 
     @model_validator(mode="after")
     def _check_normalisation(self) -> ArchitectureSpec:
+        if self.normalization is not None:
+            mean, std = NAMED_NORMALIZATIONS[self.normalization]
+            if self.mean is None and self.std is None:
+                self.mean, self.std = list(mean), list(std)
+            elif self.mean != mean or self.std != std:
+                raise ValueError(f"'normalization' {self.normalization!r} sets mean/std; give "
+                                 "it or 'mean'/'std', not both")
+        if self.hidden is not None and any(not 1 <= width <= 65536 for width in self.hidden):
+            raise ValueError("every 'hidden' width must be between 1 and 65536")
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both 'mean' and 'std', or neither")
         if self.std is not None and any(s < MIN_STD for s in self.std):
@@ -68,9 +97,29 @@ class DatasetSpec(_Strict):
         return self
 
 
-class AttackSpec(_Strict):
-    """PGD on images in [0, 1]. ``eps`` and ``step_size`` are in pixel units of [0, 1] images."""
+class DomainBounds(_Strict):
+    """Per-feature (or per-channel) bounds of valid inputs; one value applies to all."""
 
+    lower: list[float] = Field(min_length=1, max_length=1_000_000)
+    upper: list[float] = Field(min_length=1, max_length=1_000_000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DomainBounds:
+        if len(self.lower) != len(self.upper):
+            raise ValueError("'lower' and 'upper' must have the same length")
+        if any(lo > hi for lo, hi in zip(self.lower, self.upper, strict=True)):
+            raise ValueError("every 'lower' bound must be <= its 'upper' bound")
+        return self
+
+
+class AttackSpec(_Strict):
+    """PGD. ``eps`` and ``step_size`` are in input units (for [0, 1] images, 8/255 is 8 grey
+    levels). ``domain`` is the set adversarial inputs are kept in."""
+
+    domain: Literal["auto", "unit", "none"] | DomainBounds = Field(
+        "auto", description="'unit': clamp to [0, 1] (images); 'none': no bounds (feature "
+        "vectors); {'lower', 'upper'}: per-feature bounds; 'auto': 'unit' for images, 'none' "
+        "for feature vectors (npz of shape (N, F)).")
     norm: Norm = "linf"
     eps: float = Field(8 / 255, ge=0.0, le=64.0)
     step_size: float = Field(2 / 255, gt=0.0, le=64.0)

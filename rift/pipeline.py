@@ -107,7 +107,12 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     original = {key: value.detach().to("cpu", copy=True) for key, value in
                 model.state_dict().items()}
     return PreparedRun(config, device, splits, model.eval(), original,
-                       PGD.from_spec(config.attack))
+                       PGD.from_spec(config.attack, feature_vectors=is_feature_vectors(splits)))
+
+
+def is_feature_vectors(splits: DatasetSplits) -> bool:
+    """Feature vectors travel as (N, F, 1, 1): one-pixel 'images' (rift.data.npz)."""
+    return splits.image_shape[1:] == (1, 1)
 
 
 # --------------------------------------------------------------------------- step 1: MRC

@@ -4,6 +4,9 @@ Keys: ``x`` images and ``y`` labels, optionally ``x_test`` / ``y_test``. Images 
 (N, H, W, C) — the layout numpy image code produces — or float (N, C, H, W) with values in [0, 1]
 — the layout of PyTorch tensors saved with ``.numpy()``. (N, H, W) is read as one channel.
 Labels are non-negative integers; ``num_classes`` is the largest label + 1.
+
+Feature vectors: a float ``x`` of shape (N, F) is read as (N, F, 1, 1), F features as channels of a
+one-pixel image, with any finite values (their valid range is ``attack.domain``, not [0, 1]).
 """
 
 from __future__ import annotations
@@ -23,7 +26,20 @@ MIN_IMAGE_SIDE = 1  # empty images would only fail later, inside the first convo
 TEST_FRACTION = 0.2  # held out as test when the file has no x_test / y_test
 
 
+# --- feature vectors (N, F); kept apart from the image rules above and below so that the shared
+# format-rules module (issue 7, item 6) can absorb it in one piece.
+def _features(x: np.ndarray, key: str) -> torch.Tensor:
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DatasetError(f"key '{key}': feature vectors (N, F) must be float; got {x.dtype}")
+    if x.size and not np.isfinite(x).all():
+        raise DatasetError(f"key '{key}' holds NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, :, None, None]
+# --- end of feature vectors
+
+
 def _images(x: np.ndarray, key: str) -> torch.Tensor:
+    if x.ndim == 2:
+        return _features(x, key)
     images = _images_nchw(x, key)
     if min(images.shape[2:]) < MIN_IMAGE_SIDE:
         raise DatasetError(
