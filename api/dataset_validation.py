@@ -142,6 +142,10 @@ def npz_image_shape(shape: tuple[int, ...], dtype: np.dtype[Any], key: str) -> t
     N×H×W×C, float arrays N×C×H×W, and N×H×W is one channel."""
     if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
         raise DatasetError(f"key '{key}' must be uint8 or float; got {dtype}")
+    # Feature vectors (N, F), read by rift.data.npz as (N, F, 1, 1); issue 7 (beyond). The
+    # validation helper's shared format-rules module supersedes this branch at merge.
+    if len(shape) == 2 and np.issubdtype(dtype, np.floating) and shape[1] >= 1:
+        return (shape[1], 1, 1)
     if len(shape) == 3:
         channels, height, width = 1, shape[1], shape[2]
     elif len(shape) != 4:

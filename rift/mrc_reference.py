@@ -76,12 +76,18 @@ def _step(grad: torch.Tensor, spec: MRCSpec, radius: float) -> torch.Tensor:
     return (spec.lr * radius / size) * grad
 
 
+def _forward(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    output = model(inputs)
+    assert isinstance(output, torch.Tensor)
+    return output.float()
+
+
 @torch.no_grad()
 def _loss_and_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                        batch_size: int) -> tuple[float, float]:
     total, hits = 0.0, 0
     for start in range(0, len(labels), batch_size):
-        logits = model(images[start:start + batch_size]).float()
+        logits = _forward(model, images[start:start + batch_size])
         y = labels[start:start + batch_size]
         # Cross-entropy written out: -log softmax of the true class, summed in float64.
         log_probs = logits.double() - torch.logsumexp(logits.double(), dim=1, keepdim=True)
@@ -106,6 +112,7 @@ def plain_mrc_table(
     table: dict[str, PlainRow] = {}
     for name in _scored_module_names(model, spec):
         weight = model.get_submodule(name).weight
+        assert isinstance(weight, torch.Tensor)
         original = weight.detach().clone()
         radius = spec.eps * _size(original, spec.p)
         images, targets = adversarial_images, labels
@@ -117,7 +124,7 @@ def plain_mrc_table(
                 images, targets = images[order], targets[order]
             for start in range(0, len(targets), spec.batch_size):
                 model.zero_grad(set_to_none=True)
-                logits = model(images[start:start + spec.batch_size]).float()
+                logits = _forward(model, images[start:start + spec.batch_size])
                 F.cross_entropy(logits, targets[start:start + spec.batch_size]).backward()
                 with torch.no_grad():
                     assert weight.grad is not None

@@ -7,6 +7,7 @@ and evaluation treat them like one-pixel images with F channels; the MLP flatten
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 from torch import Tensor, nn
 
@@ -29,7 +30,7 @@ class MLP(nn.Module):
         super().__init__()
         register_input_normalization(self, mean, std, in_channels)
         widths = [input_features, *hidden]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(widths))
         self.head = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from sklearn.datasets import load_breast_cancer
 from torch import nn
 
 from rift.config import MRCSpec
-from rift.mrc import MRCReport, ModuleCriticality, module_robust_criticality
+from rift.mrc import ModuleCriticality, MRCReport, module_robust_criticality
 from rift.mrc_reference import plain_mrc_table
 from rift.pipeline import MRCStageResult
 
