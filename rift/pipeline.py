@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rift import checkpoints
+from rift import checkpoints, stage_outputs
 from rift.attacks import PGD
 from rift.config import RiftConfig
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
@@ -35,6 +34,17 @@ from rift.mrc import (
     make_adversarial_set,
     module_robust_criticality,
     selection_key,
+)
+from rift.stage_outputs import (
+    FINETUNE_JSON,
+    FINETUNED,
+    MRC_CSV,
+    MRC_JSON,
+    RESULT_JSON,
+    TUNED,
+    FolderStorage,
+    RunIdentity,
+    StageStorage,
 )
 
 logger = logging.getLogger(__name__)
@@ -373,68 +383,119 @@ def build_result(config: RiftConfig, mrc: MRCStageResult, finetune: FinetuneStag
     }
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2))
-    temporary.replace(path)  # a crash never leaves a half-written stage output
+# --------------------------------------------------------------------------- stage files
+# One writer and one reader per stage output, over any ``StageStorage`` (a folder for the CLI,
+# the object store for workers), so the two cannot diverge. Names: ``rift.stage_outputs``.
+
+
+def save_mrc(storage: StageStorage, mrc: MRCStageResult, selected_module: str) -> None:
+    """``mrc.csv`` (``selected_module`` flagged) and ``mrc.json``."""
+    stage_outputs.write_text(storage, MRC_CSV, mrc_table_csv(mrc.rows, selected_module))
+    stage_outputs.write_json(storage, MRC_JSON, mrc.to_json())
+
+
+def load_mrc(storage: StageStorage) -> MRCStageResult | None:
+    saved = stage_outputs.read_json(storage, MRC_JSON)
+    return None if saved is None else MRCStageResult.from_json(saved)
+
+
+def save_finetune(storage: StageStorage, finetune: FinetuneStageResult,
+                  metadata: Mapping[str, str]) -> None:
+    """θ_FT first, then ``finetune.json``: the record exists only when the weights do."""
+    stage_outputs.write_weights(storage, FINETUNED, finetune.state_dict,
+                                {**metadata, "kind": "finetuned", "module": finetune.module})
+    stage_outputs.write_json(storage, FINETUNE_JSON, finetune.to_json())
+
+
+def load_finetune(storage: StageStorage, *, with_weights: bool = True
+                  ) -> FinetuneStageResult | None:
+    saved = stage_outputs.read_json(storage, FINETUNE_JSON)
+    if saved is None:
+        return None
+    state: StateDict = {}
+    if with_weights:
+        weights = stage_outputs.read_weights(storage, FINETUNED)
+        if weights is None:
+            return None
+        state = weights
+    return FinetuneStageResult(saved["module"], saved["epochs"], saved["best_epoch"],
+                               saved["seconds"], state)
+
+
+def load_finetuned_weights(storage: StageStorage) -> StateDict:
+    weights = stage_outputs.read_weights(storage, FINETUNED)
+    if weights is None:
+        raise ConfigError(f"{FINETUNED} is missing although fine-tuning is recorded as done",
+                          field="finetune")
+    return weights
+
+
+def save_interpolation(storage: StageStorage, interpolation: InterpolationStageResult,
+                       metadata: Mapping[str, str], module: str, result: Mapping[str, Any]
+                       ) -> None:
+    """θ_α* as ``tuned.safetensors`` and the run's ``result.json``."""
+    stage_outputs.write_weights(storage, TUNED, interpolation.state_dict, {
+        **metadata, "kind": "tuned", "alpha": repr(interpolation.chosen_alpha),
+        "module": module})
+    stage_outputs.write_json(storage, RESULT_JSON, result)
+
+
+def run_identity(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor],
+                 run: PreparedRun) -> RunIdentity:
+    """The checkpoint's SHA-256 (of the file, or of the tensors when given a state dict), a
+    fingerprint of the loaded splits (every image and label, so another file with the same name
+    or another split seed differs) and the config."""
+    checkpoint_sha = (stage_outputs.file_sha256(Path(checkpoint))
+                      if isinstance(checkpoint, str | Path)
+                      else stage_outputs.tensors_fingerprint(checkpoint))
+    splits = run.splits
+    dataset = stage_outputs.tensors_fingerprint({
+        f"{name}.{part}": getattr(getattr(splits, name), part)
+        for name in ("train", "validation", "test") for part in ("images", "labels")})
+    return RunIdentity(checkpoint_sha, dataset, config.model_dump(mode="json"))
 
 
 def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor],
-                 output_dir: Path, callbacks: PipelineCallbacks | None = None) -> dict[str, Any]:
+                 output_dir: Path, callbacks: PipelineCallbacks | None = None, *,
+                 fresh: bool = False) -> dict[str, Any]:
     """Run all three stages, saving each one's output in ``output_dir``; a stage whose output is
-    already there (from an interrupted run with the same config) is loaded, not recomputed.
+    already there is loaded, not recomputed, but only when the folder's ``run.json`` records the
+    same checkpoint (SHA-256), dataset (fingerprint of the loaded splits) and config; otherwise
+    ConfigError. ``fresh`` deletes earlier stage outputs first.
 
     Writes ``mrc.json``, ``mrc.csv``, ``finetune.json``, ``finetuned.safetensors``,
-    ``tuned.safetensors`` and ``result.json``; returns the ``result.json`` document.
+    ``tuned.safetensors``, ``result.json`` and ``run.json``; returns the ``result.json`` document.
     """
     callbacks = callbacks or PipelineCallbacks()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_config(output_dir, config)
+    storage = FolderStorage(output_dir)
+    if fresh:
+        storage.remove_outputs()
     run = prepare_run(config, checkpoint)
+    stage_outputs.check_run_identity(storage, run_identity(config, checkpoint, run))
     metadata = {"config": config.model_dump_json()}
 
-    mrc_path = output_dir / "mrc.json"
-    if mrc_path.exists():
-        mrc = MRCStageResult.from_json(json.loads(mrc_path.read_text()))
+    mrc = load_mrc(storage)
+    if mrc is not None:
         callbacks.event("stage_skipped", {"stage": "mrc", "reason": "output already saved"})
     else:
         callbacks.event("stage_started", {"stage": "mrc"})
         mrc = run_mrc_stage(run, callbacks)
-        (output_dir / "mrc.csv").write_text(mrc_table_csv(mrc.rows, mrc.selected_module))
-        _write_json(mrc_path, mrc.to_json())
+        save_mrc(storage, mrc, mrc.selected_module)
         callbacks.event("stage_finished", {"stage": "mrc", "seconds": mrc.seconds})
 
     module = config.finetune.module or mrc.selected_module
-    finetune_json, finetuned_path = output_dir / "finetune.json", output_dir / "finetuned.safetensors"
-    if finetune_json.exists() and finetuned_path.exists():
-        saved = json.loads(finetune_json.read_text())
-        finetune = FinetuneStageResult(saved["module"], saved["epochs"], saved["best_epoch"],
-                                       saved["seconds"], checkpoints.load_state_dict(finetuned_path))
+    finetune = load_finetune(storage)
+    if finetune is not None:
         callbacks.event("stage_skipped", {"stage": "finetune", "reason": "output already saved"})
     else:
         callbacks.event("stage_started", {"stage": "finetune", "module": module})
         finetune = run_finetune_stage(run, module, callbacks)
-        checkpoints.save_safetensors(finetuned_path, finetune.state_dict,
-                                     {**metadata, "kind": "finetuned", "module": module})
-        _write_json(finetune_json, finetune.to_json())
+        save_finetune(storage, finetune, metadata)
         callbacks.event("stage_finished", {"stage": "finetune", "seconds": finetune.seconds})
 
     callbacks.event("stage_started", {"stage": "interpolate"})
     interpolation = run_interpolation_stage(run, finetune.state_dict, callbacks)
-    checkpoints.save_safetensors(
-        output_dir / "tuned.safetensors", interpolation.state_dict,
-        {**metadata, "kind": "tuned", "alpha": repr(interpolation.chosen_alpha), "module": module})
-    callbacks.event("stage_finished", {"stage": "interpolate", "seconds": interpolation.seconds})
     result = build_result(config, mrc, finetune, interpolation, str(run.device))
-    _write_json(output_dir / "result.json", result)
+    save_interpolation(storage, interpolation, metadata, module, result)
+    callbacks.event("stage_finished", {"stage": "interpolate", "seconds": interpolation.seconds})
     return result
-
-
-def _check_same_config(output_dir: Path, config: RiftConfig) -> None:
-    """Refuse to resume from outputs of a different configuration."""
-    marker = output_dir / "config.json"
-    current = config.model_dump(mode="json")
-    if marker.exists() and json.loads(marker.read_text()) != current:
-        raise ConfigError(f"{output_dir} holds the outputs of a run with another configuration; "
-                          "use an empty folder", field="output_dir")
-    _write_json(marker, current)

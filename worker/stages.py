@@ -7,39 +7,34 @@ artifact records are written by :func:`persistence.stages.finish_stage` in one t
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from persistence.models import Checkpoint, Dataset, Job, StageName
 from persistence.stages import ArtifactRecord, StageOutputs
 from persistence.storage import ObjectStore, StoredObject
-from rift import checkpoints
 from rift.config import RiftConfig
 from rift.pipeline import (
-    FinetuneStageResult,
-    MRCStageResult,
     PipelineCallbacks,
     PreparedRun,
     build_result,
-    mrc_table_csv,
+    load_finetune,
+    load_finetuned_weights,
+    load_mrc,
     prepare_run,
     run_finetune_stage,
     run_interpolation_stage,
     run_mrc_stage,
+    save_finetune,
+    save_interpolation,
+    save_mrc,
 )
+from rift.stage_outputs import FINETUNED, MRC_CSV, RESULT_JSON, STAGE_OF_FILE, TUNED
 from worker.inputs import fetch_checkpoint, fetch_dataset
-
-SAFETENSORS = "application/octet-stream"
-TUNED = "tuned.safetensors"
-FINETUNED = "finetuned.safetensors"
-MRC_CSV = "mrc.csv"
-RESULT_JSON = "result.json"
 
 
 def stage_object_key(job_id: str, stage: str, attempt: int, name: str) -> str:
@@ -53,9 +48,27 @@ def stage_object_key(job_id: str, stage: str, attempt: int, name: str) -> str:
     return f"jobs/{job_id}/{stage}/attempt-{attempt}/{name}"
 
 
-MRC_RECORD = "mrc.json"
-FINETUNE_RECORD = "finetune.json"
 ObjectKey = Callable[[str, str], str]  # (stage, file name) -> key in that stage's recorded attempt
+
+
+class ObjectStageStorage:
+    """The library's stage files (``rift.stage_outputs``) in the object store: each file under its
+    stage's attempt key. Remembers what it wrote, for the artifact records."""
+
+    def __init__(self, store: ObjectStore, key: ObjectKey) -> None:
+        self.store, self.key = store, key
+        self.written: dict[str, StoredObject] = {}
+
+    def _key(self, name: str) -> str:
+        return self.key(STAGE_OF_FILE[name], name)
+
+    def read_bytes(self, name: str) -> bytes | None:
+        key = self._key(name)
+        return self.store.get_bytes(key) if self.store.exists(key) else None
+
+    def write_bytes(self, name: str, data: bytes, content_type: str) -> None:
+        self.written[name] = self.store.put_bytes(self._key(name), data,
+                                                  content_type=content_type)
 
 
 def job_config(job: Job, *, dataset_path: Path | None, device: str | None,
@@ -95,13 +108,14 @@ def run_stage(stage: str, job: Job, run: PreparedRun, store: ObjectStore, work_d
     def key(of_stage: str, name: str) -> str:
         return stage_object_key(job.id, of_stage, attempts[of_stage], name)
 
+    storage = ObjectStageStorage(store, key)
     try:
         if stage == StageName.MRC:
-            return _mrc(job, run, store, callbacks, key)
+            return _mrc(job, run, storage, callbacks)
         if stage == StageName.FINETUNE:
-            return _finetune(job, run, store, scratch, callbacks, key)
+            return _finetune(job, run, storage, callbacks)
         if stage == StageName.INTERPOLATE:
-            return _interpolate(job, run, store, scratch, callbacks, key)
+            return _interpolate(job, run, storage, callbacks)
         raise ValueError(f"unknown stage {stage!r}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -125,27 +139,19 @@ def _record(name: str, stored: StoredObject) -> ArtifactRecord:
                           sha256=stored.sha256, content_type=stored.content_type)
 
 
-def _put_json(store: ObjectStore, key: str, document: dict[str, Any]) -> StoredObject:
-    return store.put_bytes(key, json.dumps(document, indent=2).encode("utf-8"),
-                           content_type="application/json")
+def _metadata(run: PreparedRun) -> dict[str, str]:
+    return {"config": run.config.model_dump_json()}
 
 
-def _metadata(run: PreparedRun, **extra: str) -> dict[str, str]:
-    return {"config": run.config.model_dump_json(), **extra}
-
-
-def _mrc(job: Job, run: PreparedRun, store: ObjectStore, callbacks: PipelineCallbacks,
-         key: ObjectKey) -> StageOutputs:
+def _mrc(job: Job, run: PreparedRun, storage: ObjectStageStorage,
+         callbacks: PipelineCallbacks) -> StageOutputs:
     result = run_mrc_stage(run, callbacks)
-    # The module to tune: the one the user named, else the least critical (RIFT.md, step 1).
+    # The module to tune: the one the user named, else the least critical (docs/algorithm.md).
     module = run.config.finetune.module or result.selected_module
-    _put_json(store, key(StageName.MRC, MRC_RECORD), result.to_json())
-    csv_object = store.put_bytes(key(StageName.MRC, MRC_CSV),
-                                 mrc_table_csv(result.rows, module).encode("utf-8"),
-                                 content_type="text/csv")
+    save_mrc(storage, result, module)
     return StageOutputs(
         mrc_rows=result.rows,
-        artifacts=[_record(MRC_CSV, csv_object)],
+        artifacts=[_record(MRC_CSV, storage.written[MRC_CSV])],
         selected_module=module,
         metrics={"baseline_robust_loss": result.baseline_robust_loss,
                  "baseline_robust_accuracy": result.baseline_robust_accuracy,
@@ -156,20 +162,16 @@ def _mrc(job: Job, run: PreparedRun, store: ObjectStore, callbacks: PipelineCall
     )
 
 
-def _finetune(job: Job, run: PreparedRun, store: ObjectStore, scratch: Path,
-              callbacks: PipelineCallbacks, key: ObjectKey) -> StageOutputs:
+def _finetune(job: Job, run: PreparedRun, storage: ObjectStageStorage,
+              callbacks: PipelineCallbacks) -> StageOutputs:
     module = run.config.finetune.module or job.selected_module
     if module is None:
         raise RuntimeError(f"job {job.id} has no selected module although MRC is done")
     result = run_finetune_stage(run, module, callbacks)
-    path = scratch / FINETUNED
-    checkpoints.save_safetensors(path, result.state_dict,
-                                 _metadata(run, kind="finetuned", module=module))
-    weights = store.put_file(key(StageName.FINETUNE, FINETUNED), path, content_type=SAFETENSORS)
-    _put_json(store, key(StageName.FINETUNE, FINETUNE_RECORD), result.to_json())
+    save_finetune(storage, result, _metadata(run))
     return StageOutputs(
         epochs=result.epochs,
-        artifacts=[_record(FINETUNED, weights)],
+        artifacts=[_record(FINETUNED, storage.written[FINETUNED])],
         selected_module=module,
         metrics={"best_epoch": result.best_epoch, "finetune_seconds": result.seconds},
         summary={"module": module, "epochs": len(result.epochs), "best_epoch": result.best_epoch,
@@ -177,28 +179,22 @@ def _finetune(job: Job, run: PreparedRun, store: ObjectStore, scratch: Path,
     )
 
 
-def _interpolate(job: Job, run: PreparedRun, store: ObjectStore, scratch: Path,
-                 callbacks: PipelineCallbacks, key: ObjectKey) -> StageOutputs:
-    finetuned_path = store.download_to(key(StageName.FINETUNE, FINETUNED), scratch / FINETUNED)
-    finetuned = checkpoints.load_state_dict(finetuned_path)
-    result = run_interpolation_stage(run, finetuned, callbacks)
+def _interpolate(job: Job, run: PreparedRun, storage: ObjectStageStorage,
+                 callbacks: PipelineCallbacks) -> StageOutputs:
+    result = run_interpolation_stage(run, load_finetuned_weights(storage), callbacks)
     module = job.selected_module or ""
-    path = scratch / TUNED
-    checkpoints.save_safetensors(path, result.state_dict, _metadata(
-        run, kind="tuned", alpha=repr(result.chosen_alpha), module=module))
-    weights = store.put_file(key(StageName.INTERPOLATE, TUNED), path, content_type=SAFETENSORS)
-
-    mrc = MRCStageResult.from_json(json.loads(
-        store.get_bytes(key(StageName.MRC, MRC_RECORD))))
-    saved = json.loads(store.get_bytes(key(StageName.FINETUNE, FINETUNE_RECORD)))
-    finetune = FinetuneStageResult(saved["module"], saved["epochs"], saved["best_epoch"],
-                                   saved["seconds"], state_dict={})
+    mrc = load_mrc(storage)
+    finetune = load_finetune(storage, with_weights=False)
+    if mrc is None or finetune is None:
+        raise RuntimeError(f"job {job.id}: the MRC or fine-tune record is missing although both "
+                           "stages are done")
     document = {"job_id": job.id,
                 **build_result(run.config, mrc, finetune, result, str(run.device))}
-    result_object = _put_json(store, key(StageName.INTERPOLATE, RESULT_JSON), document)
+    save_interpolation(storage, result, _metadata(run), module, document)
     return StageOutputs(
         interpolation_points=result.points,
-        artifacts=[_record(TUNED, weights), _record(RESULT_JSON, result_object)],
+        artifacts=[_record(TUNED, storage.written[TUNED]),
+                   _record(RESULT_JSON, storage.written[RESULT_JSON])],
         chosen_alpha=result.chosen_alpha,
         metrics={"before": result.before, "after": result.after,
                  "chosen_alpha": result.chosen_alpha, "selected_module": module,
