@@ -192,6 +192,16 @@ class InterpolationSpec(_Strict):
         "paper's Algorithm 2; 'validation' keeps the test numbers of the chosen α unseen.")
 
 
+class PreflightSpec(_Strict):
+    """θ_AT's accuracy on a sample of the test split before any stage (docs/algorithm.md)."""
+
+    examples: int = Field(256, ge=0, le=100_000,
+                          description="Test examples measured; 0 skips the check.")
+    margin: float = Field(10.0, ge=0.0, le=100.0,
+                          description="Percentage points above chance the clean accuracy must "
+                          "reach, else the run fails at once.")
+
+
 class EvaluationSpec(_Strict):
     batch_size: int = Field(256, ge=1, le=65536)
     max_examples: int | None = Field(None, ge=1, description="Cap on test examples evaluated.")
@@ -207,6 +217,7 @@ class RiftConfig(_Strict):
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     interpolation: InterpolationSpec = Field(default_factory=InterpolationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    preflight: PreflightSpec = Field(default_factory=PreflightSpec)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: str = Field("auto", pattern=DEVICE_PATTERN,
                         description="'auto', 'cpu', 'cuda' or 'cuda:N'.")

@@ -35,6 +35,7 @@ from rift.mrc import (
     module_robust_criticality,
     selection_key,
 )
+from rift.preflight import PreflightReport, preflight_check
 from rift.stage_outputs import (
     FINETUNE_JSON,
     FINETUNED,
@@ -123,6 +124,32 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
 def is_feature_vectors(splits: DatasetSplits) -> bool:
     """Feature vectors travel as (N, F, 1, 1): one-pixel 'images' (rift.data.npz)."""
     return splits.image_shape[1:] == (1, 1)
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = None
+                        ) -> PreflightReport | None:
+    """θ_AT's clean and robust accuracy on a sample of the test split, first thing in a run;
+    raises PreflightError when clean accuracy is near chance. None when disabled
+    (``preflight.examples = 0``). Emits a ``preflight`` event with the figures."""
+    callbacks = callbacks or PipelineCallbacks()
+    config = run.config
+    if config.preflight.examples == 0:
+        return None
+    run.reset_weights()
+    callbacks.progress("preflight", 0.0, "checking the checkpoint on the job's data")
+    with deterministic_kernels(config.deterministic):
+        report = preflight_check(
+            run.model, run.splits.test, run.attack, config.preflight,
+            num_classes=config.architecture.num_classes,
+            batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
+            precision=config.precision, normalization_given=config.architecture.mean is not None,
+            should_cancel=callbacks.should_cancel)
+    callbacks.event("preflight", report.as_dict())
+    callbacks.progress("preflight", 1.0, f"clean {report.clean_accuracy:.1f}%")
+    return report
 
 
 # --------------------------------------------------------------------------- step 1: MRC
@@ -367,9 +394,11 @@ def mrc_table_csv(rows: list[dict[str, Any]], selected_module: str | None = None
 
 
 def build_result(config: RiftConfig, mrc: MRCStageResult, finetune: FinetuneStageResult,
-                 interpolation: InterpolationStageResult, device: str) -> dict[str, Any]:
+                 interpolation: InterpolationStageResult, device: str,
+                 preflight: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON document that describes a finished run (``result.json``)."""
     return {
+        "preflight": dict(preflight) if preflight is not None else None,
         "config": config.model_dump(mode="json"),
         "device": device,
         "selected_module": finetune.module,
@@ -471,6 +500,7 @@ def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
     if fresh:
         storage.remove_outputs()
     run = prepare_run(config, checkpoint)
+    preflight = run_preflight_stage(run, callbacks)
     stage_outputs.check_run_identity(storage, run_identity(config, checkpoint, run))
     metadata = {"config": config.model_dump_json()}
 
@@ -495,7 +525,8 @@ def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
 
     callbacks.event("stage_started", {"stage": "interpolate"})
     interpolation = run_interpolation_stage(run, finetune.state_dict, callbacks)
-    result = build_result(config, mrc, finetune, interpolation, str(run.device))
+    result = build_result(config, mrc, finetune, interpolation, str(run.device),
+                          preflight.as_dict() if preflight is not None else None)
     save_interpolation(storage, interpolation, metadata, module, result)
     callbacks.event("stage_finished", {"stage": "interpolate", "seconds": interpolation.seconds})
     return result

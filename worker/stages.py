@@ -29,6 +29,7 @@ from rift.pipeline import (
     run_finetune_stage,
     run_interpolation_stage,
     run_mrc_stage,
+    run_preflight_stage,
     save_finetune,
     save_interpolation,
     save_mrc,
@@ -145,6 +146,8 @@ def _metadata(run: PreparedRun) -> dict[str, str]:
 
 def _mrc(job: Job, run: PreparedRun, storage: ObjectStageStorage,
          callbacks: PipelineCallbacks) -> StageOutputs:
+    # First thing in the job: a checkpoint near chance on the job's data fails it here.
+    preflight = run_preflight_stage(run, callbacks)
     result = run_mrc_stage(run, callbacks)
     # The module to tune: the one the user named, else the least critical (docs/algorithm.md).
     module = run.config.finetune.module or result.selected_module
@@ -156,7 +159,8 @@ def _mrc(job: Job, run: PreparedRun, storage: ObjectStageStorage,
         metrics={"baseline_robust_loss": result.baseline_robust_loss,
                  "baseline_robust_accuracy": result.baseline_robust_accuracy,
                  "lowest_mrc_module": result.selected_module, "mrc_engine": result.engine,
-                 "mrc_examples": result.examples, "mrc_seconds": result.seconds},
+                 "mrc_examples": result.examples, "mrc_seconds": result.seconds,
+                 "preflight": preflight.as_dict() if preflight is not None else None},
         summary={"modules": len(result.rows), "selected_module": module,
                  "seconds": result.seconds},
     )
@@ -188,8 +192,9 @@ def _interpolate(job: Job, run: PreparedRun, storage: ObjectStageStorage,
     if mrc is None or finetune is None:
         raise RuntimeError(f"job {job.id}: the MRC or fine-tune record is missing although both "
                            "stages are done")
-    document = {"job_id": job.id,
-                **build_result(run.config, mrc, finetune, result, str(run.device))}
+    preflight = (job.metrics or {}).get("preflight")
+    document = {"job_id": job.id, **build_result(run.config, mrc, finetune, result,
+                                                 str(run.device), preflight)}
     save_interpolation(storage, result, _metadata(run), module, document)
     return StageOutputs(
         interpolation_points=result.points,
