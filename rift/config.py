@@ -153,6 +153,9 @@ class MRCSpec(_Strict):
         False, description="MRC = largest loss the ascent reached minus the baseline, without "
         "counting Δ = 0 (the reference code's value, can be negative). Default: Δ = 0 counts, "
         "so MRC >= 0.")
+    split: Literal["train", "test"] = Field(
+        "train", description="Split the adversarial MRC set is drawn from; the reference code "
+        "uses the test split.")
     reshuffle: bool = Field(
         False, description="Draw a new batch order of the adversarial set for every ascent "
         "pass (the reference code does); default: the same batches every pass.")
@@ -170,6 +173,10 @@ class FinetuneSpec(_Strict):
     lr_milestones: list[int] = Field(default_factory=lambda: [5])
     lr_gamma: float = Field(0.1, gt=0.0, le=1.0)
     bn_stats: Literal["update", "freeze"] = "update"
+    selection_split: Literal["validation", "test"] = Field(
+        "validation", description="'validation': train on the training split less the "
+        "validation split and keep the best validation epoch; 'test' (the reference code): "
+        "train on all training data and keep the best test epoch.")
 
     @field_validator("lr_milestones")
     @classmethod
@@ -207,8 +214,24 @@ class EvaluationSpec(_Strict):
     max_examples: int | None = Field(None, ge=1, description="Cap on test examples evaluated.")
 
 
+# What ``protocol: "reference"`` sets: the public reference code's choices (docs/algorithm.md,
+# "Reference protocol"), section → field → value.
+REFERENCE_PROTOCOL: dict[str, dict[str, object]] = {
+    "mrc": {"ascent": "sgd", "lr": 1.0, "eps": 0.1, "p": 2, "steps": 10, "split": "test",
+            "allow_negative": True, "reshuffle": True},
+    "finetune": {"selection_split": "test"},
+    "interpolation": {"alpha_step": 0.1, "selection_split": "test", "robust_tolerance": 0.1},
+}
+
+
 class RiftConfig(_Strict):
     """Everything one RiFT run needs except the checkpoint itself."""
+
+    protocol: Literal["default", "reference"] = Field(
+        "default", description="'reference': reproduce the reference code's choices (MRC set "
+        "from the test split, negative MRC, batches reshuffled each pass, α step 0.1 with 0.1 "
+        "points of robust tolerance, fine-tuning on all training data with the best epoch "
+        "picked on test); the fields it sets are listed in docs/algorithm.md.")
 
     architecture: ArchitectureSpec
     dataset: DatasetSpec
@@ -223,6 +246,14 @@ class RiftConfig(_Strict):
                         description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
+    @model_validator(mode="after")
+    def _apply_protocol(self) -> RiftConfig:
+        if self.protocol == "reference":
+            for section, values in REFERENCE_PROTOCOL.items():
+                spec = getattr(self, section)
+                object.__setattr__(self, section, spec.model_copy(update=values))
+        return self
+
     deterministic: bool = Field(
         True, description="Deterministic GPU kernels: the same seed on the same device gives the "
         "same result (slower on GPU; no effect on CPU).")

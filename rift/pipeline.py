@@ -8,6 +8,7 @@ stages for the CLI and saves each stage's output in a folder, skipping stages al
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import time
@@ -211,7 +212,8 @@ def _run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None,
     spec = config.mrc if modules is None else config.mrc.model_copy(update={"modules": modules})
     run.reset_weights()
     callbacks.progress("mrc", 0.0, "making the adversarial set")
-    examples = _subset(run.splits.train, spec.num_examples, config.seed)
+    source = run.splits.test if spec.split == "test" else run.splits.train
+    examples = _subset(source, spec.num_examples, config.seed)
     images, labels = _as_device_tensors(examples, run.device)
     adversarial = make_adversarial_set(
         run.model, images, labels, run.attack, batch_size=spec.batch_size,
@@ -251,6 +253,16 @@ class FinetuneStageResult:
                 "seconds": self.seconds}
 
 
+def finetune_splits(splits: DatasetSplits, selection_split: str) -> DatasetSplits:
+    """The splits fine-tuning sees. 'test' (the reference protocol): train on the training and
+    validation examples together and pick the epoch on the test split."""
+    if selection_split != "test":
+        return splits
+    everything = ImageTensors(torch.cat([splits.train.images, splits.validation.images]),
+                              torch.cat([splits.train.labels, splits.validation.labels]))
+    return dataclasses.replace(splits, train=everything, validation=splits.test)
+
+
 def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallbacks | None
                         ) -> FinetuneStageResult:
     callbacks = callbacks or PipelineCallbacks()
@@ -265,7 +277,8 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
 
     callbacks.progress("finetune", 0.0, f"fine-tuning {module}")
     result = finetune_module(
-        run.model, module, run.splits, config.finetune, device=run.device, seed=config.seed,
+        run.model, module, finetune_splits(run.splits, config.finetune.selection_split),
+        config.finetune, device=run.device, seed=config.seed,
         precision=config.precision, eval_batch_size=config.evaluation.batch_size,
         on_epoch=on_epoch, should_cancel=callbacks.should_cancel)
     run.reset_weights()
