@@ -158,7 +158,7 @@ class MRCRowOut(BaseModel):
     position: int
     module: str
     parameters: int
-    mrc: float = Field(description="Worst-case robust-loss increase (RIFT.md, step 1).")
+    mrc: float = Field(description="Worst-case robust-loss increase (docs/algorithm.md, step 1).")
     worst_robust_loss: float
     robust_accuracy_at_worst: float | None = Field(description="Percent.")
     robust_accuracy_drop: float | None = Field(description="Percentage points.")

@@ -1,8 +1,8 @@
 """The RiFT job configuration: one pydantic model, shared by the library, the CLI and the REST API.
 
-Defaults follow the reference protocol in ``shared/RIFT.md`` (attack PGD-10 L∞ 8/255 with step 2/255,
+Defaults follow the reference protocol in docs/algorithm.md (attack PGD-10 L∞ 8/255 with step 2/255,
 MRC with a relative L2 ball of radius 0.1 and 10 ascent passes at lr 1, fine-tuning with SGD lr 1e-3
-for 10 epochs, interpolation over α in steps of 0.05 as in the seed's Algorithm 2).
+for 10 epochs, interpolation over α in steps of 0.05 as in the paper's Algorithm 2).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class AttackSpec(_Strict):
 
 
 class MRCSpec(_Strict):
-    """Module Robust Criticality (RIFT.md, step 1)."""
+    """Module Robust Criticality (docs/algorithm.md, step 1)."""
 
     eps: float = Field(0.1, gt=0.0, le=10.0, description="Relative radius of the weight ball.")
     p: Literal[2, "inf"] = Field(2, description="Norm of the weight ball: 2 (Frobenius) or 'inf'.")
@@ -162,7 +162,7 @@ class MRCSpec(_Strict):
 
 
 class FinetuneSpec(_Strict):
-    """Fine-tune one module on clean data (RIFT.md, step 2)."""
+    """Fine-tune one module on clean data (docs/algorithm.md, step 2)."""
 
     module: str | None = Field(None, description="Module to tune; default: lowest MRC.")
     epochs: int = Field(10, ge=1, le=1000)
@@ -187,7 +187,7 @@ class FinetuneSpec(_Strict):
 
 
 class InterpolationSpec(_Strict):
-    """θ_α = (1 − α) θ_AT + α θ_FT over an α grid (RIFT.md, step 3)."""
+    """θ_α = (1 − α) θ_AT + α θ_FT over an α grid (docs/algorithm.md, step 3)."""
 
     alpha_step: float = Field(0.05, ge=1e-4, le=1.0,
                               description="Grid step; at most 10,001 points (step >= 1e-4).")

@@ -1,4 +1,4 @@
-"""The whole RiFT run: MRC → fine-tune the least critical module → interpolate (RIFT.md).
+"""The whole RiFT run: MRC → fine-tune the least critical module → interpolate (docs/algorithm.md).
 
 Each stage is a function that takes the previous stage's output explicitly, so a worker can run
 one stage per task and resume after a crash from what was saved. ``run_pipeline`` chains the three
@@ -367,7 +367,7 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
 def run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = None,
                   modules: list[str] | None = None) -> MRCStageResult:
     """Score modules (all selected by the config, or exactly ``modules``) on a fixed adversarial
-    set drawn from the training split and made once on θ_AT (RIFT.md, step 1)."""
+    set drawn from the training split and made once on θ_AT (docs/algorithm.md, step 1)."""
     with deterministic_kernels(run.config.deterministic):
         return _run_mrc_stage(run, callbacks, modules)
 

@@ -1,4 +1,4 @@
-"""MRC: the properties of RIFT.md (non-negativity, the ball, scale invariance) and the cached
+"""MRC: the properties of docs/algorithm.md (non-negativity, the ball, scale invariance) and the cached
 engine agreeing with a plain full-forward computation."""
 
 from __future__ import annotations
