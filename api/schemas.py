@@ -163,6 +163,9 @@ class MRCRowOut(BaseModel):
     robust_accuracy_at_worst: float | None = Field(description="Percent.")
     robust_accuracy_drop: float | None = Field(description="Percentage points.")
     seconds: float | None
+    max_ascent_loss: float | None = Field(
+        None, description="Largest robust loss after an ascent pass, Δ = 0 not counted (may be "
+        "below the baseline); orders modules that tie on MRC (docs/algorithm.md, Selection).")
     selected: bool = Field(description="The module chosen for fine-tuning (lowest MRC).")
 
 

@@ -279,6 +279,8 @@ class MRCRow(Base):
     robust_accuracy_at_worst: Mapped[float | None] = mapped_column(Float)  # percent
     robust_accuracy_drop: Mapped[float | None] = mapped_column(Float)  # percentage points
     seconds: Mapped[float | None] = mapped_column(Float)
+    # Largest loss after an ascent pass, Δ = 0 not counted; breaks MRC ties (docs/algorithm.md).
+    max_ascent_loss: Mapped[float | None] = mapped_column(Float)
 
 
 class EpochMetric(Base):
