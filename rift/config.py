@@ -1,8 +1,9 @@
 """The RiFT job configuration: one pydantic model, shared by the library, the CLI and the REST API.
 
-Defaults follow the reference protocol in docs/algorithm.md (attack PGD-10 L∞ 8/255 with step 2/255,
-MRC with a relative L2 ball of radius 0.1 and 10 ascent passes at lr 1, fine-tuning with SGD lr 1e-3
-for 10 epochs, interpolation over α in steps of 0.05 as in the paper's Algorithm 2).
+Defaults follow the protocol in docs/algorithm.md (attack PGD-10 L∞ 8/255 with step 2/255, MRC
+with a relative L2 ball of radius 0.1 and 10 normalized ascent passes at lr 1, fine-tuning with SGD
+lr 1e-3 for 10 epochs, interpolation over α in steps of 0.05 as in the paper's Algorithm 2);
+``protocol: "reference"`` switches to the reference code's choices.
 """
 
 from __future__ import annotations
@@ -145,10 +146,10 @@ class MRCSpec(_Strict):
         "auto", description="'cached' recomputes only the network after the module (needs "
         "torch.fx tracing); 'full' runs the whole network; 'auto' falls back when tracing fails.")
     ascent: Literal["sgd", "normalized"] = Field(
-        "sgd", description="Ascent step per batch. 'sgd': lr · g (the reference code's rule; "
+        "normalized", description="Ascent step per batch. 'sgd': lr · g (the reference code's rule; "
         "not scale invariant). 'normalized': lr · radius · g/||g||_2 for p = 2, lr · radius · "
         "sign(g) for p = 'inf' (a step in units of the ball, so MRC is invariant to Theorem "
-        "A.4's rescaling). See docs/algorithm.md.")
+        "A.4's rescaling; the default, chosen from bench/ascent.py). See docs/algorithm.md.")
     allow_negative: bool = Field(
         False, description="MRC = largest loss the ascent reached minus the baseline, without "
         "counting Δ = 0 (the reference code's value, can be negative). Default: Δ = 0 counts, "
