@@ -7,8 +7,6 @@ artifact records are written by :func:`persistence.stages.finish_stage` in one t
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -103,23 +101,21 @@ def run_stage(stage: str, job: Job, run: PreparedRun, store: ObjectStore, work_d
     """Run ``stage`` and store its files; returns what :func:`finish_stage` records.
 
     ``attempts`` maps each stage to its latest claim: this stage's own attempt, and for the
-    stages already done, the attempt whose outputs were recorded."""
-    scratch = Path(tempfile.mkdtemp(dir=_mkdir(work_dir / "scratch"), prefix=f"{job.id}-"))
+    stages already done, the attempt whose outputs were recorded. Stage files go through the
+    library's codec (``rift.stage_outputs``) straight to the store, so ``work_dir`` holds nothing
+    of this stage."""
 
     def key(of_stage: str, name: str) -> str:
         return stage_object_key(job.id, of_stage, attempts[of_stage], name)
 
     storage = ObjectStageStorage(store, key)
-    try:
-        if stage == StageName.MRC:
-            return _mrc(job, run, storage, callbacks)
-        if stage == StageName.FINETUNE:
-            return _finetune(job, run, storage, callbacks)
-        if stage == StageName.INTERPOLATE:
-            return _interpolate(job, run, storage, callbacks)
-        raise ValueError(f"unknown stage {stage!r}")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    if stage == StageName.MRC:
+        return _mrc(job, run, storage, callbacks)
+    if stage == StageName.FINETUNE:
+        return _finetune(job, run, storage, callbacks)
+    if stage == StageName.INTERPOLATE:
+        return _interpolate(job, run, storage, callbacks)
+    raise ValueError(f"unknown stage {stage!r}")
 
 
 def describe_device(device: torch.device) -> str:
@@ -128,11 +124,6 @@ def describe_device(device: torch.device) -> str:
         return str(device)
     index = device.index if device.index is not None else torch.cuda.current_device()
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"[:64]
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _record(name: str, stored: StoredObject) -> ArtifactRecord:
