@@ -33,6 +33,7 @@ from rift.segments import Segment, full_model_segment, split_at_module, trace
 logger = logging.getLogger(__name__)
 
 PERTURBABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+_TINY_NORM = 1e-30  # below any gradient norm that carries a direction in fp32
 
 
 @dataclass(frozen=True)
@@ -236,9 +237,9 @@ def ascent_step(spec: MRCSpec, radius: float) -> Callable[[torch.Tensor], torch.
         return lambda grad: grad.sign() * (spec.lr * radius)
 
     def normalized(grad: torch.Tensor) -> torch.Tensor:
-        norm = grad.norm(p=2)
-        # A zero gradient (e.g. a dead ReLU layer) gives no direction: no step.
-        return grad * (spec.lr * radius / norm) if float(norm) > 0 else torch.zeros_like(grad)
+        # A zero gradient (e.g. a dead ReLU layer) stays zero: no step. The clamp avoids 0/0
+        # without reading the norm back to the host (no device synchronisation per batch).
+        return grad * (spec.lr * radius / grad.norm(p=2).clamp_min(_TINY_NORM))
 
     return normalized
 
