@@ -149,3 +149,30 @@ def test_tabular_run_end_to_end(tmp_path: Path) -> None:
     assert result["after"]["robust_accuracy"] >= result["before"]["robust_accuracy"]
     assert made["clean_accuracy"] > 80.0
     assert (tmp_path / "out" / "tuned.safetensors").exists()
+
+
+def test_tabular_run_through_the_cli(tmp_path: Path) -> None:
+    import json
+
+    from rift.demo_tabular import (
+        make_tabular_checkpoint,
+        tabular_demo_config,
+        write_breast_cancer_npz,
+    )
+
+    npz = write_breast_cancer_npz(tmp_path / "bc.npz")
+    make_tabular_checkpoint(tmp_path / "ck.safetensors", npz, epochs=3)
+    config = tabular_demo_config(npz)
+    config["mrc"].update(steps=2, num_examples=64)
+    config["finetune"].update(epochs=1, lr_milestones=[])
+    config["interpolation"]["alpha_step"] = 0.5
+    (tmp_path / "tabular.json").write_text(json.dumps(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "rift", "run", "--checkpoint", str(tmp_path / "ck.safetensors"),
+         "--config", str(tmp_path / "tabular.json"), "--out", str(tmp_path / "out"), "--quiet"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["config"]["architecture"]["name"] == "mlp"
+    assert result["selected_module"] in done.stdout
