@@ -392,7 +392,7 @@ def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torc
 
 
 MRC_CSV_COLUMNS = ("name", "parameters", "mrc", "worst_robust_loss", "robust_accuracy_at_worst",
-                   "robust_accuracy_drop", "seconds", "selected")
+                   "robust_accuracy_drop", "seconds", "max_ascent_loss", "selected")
 
 
 def mrc_table_csv(rows: list[dict[str, Any]], selected_module: str | None = None) -> str:
@@ -401,7 +401,7 @@ def mrc_table_csv(rows: list[dict[str, Any]], selected_module: str | None = None
     writer = csv.DictWriter(buffer, fieldnames=MRC_CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**{k: row[k] for k in MRC_CSV_COLUMNS[:-1]},
+        writer.writerow({**{k: row.get(k) for k in MRC_CSV_COLUMNS[:-1]},
                          "selected": row["name"] == selected_module})
     return buffer.getvalue()
 
