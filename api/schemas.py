@@ -191,11 +191,14 @@ class MRCRowOut(BaseModel):
     position: int
     module: str
     parameters: int
-    mrc: float = Field(description="Worst-case robust-loss increase (RIFT.md, step 1).")
+    mrc: float = Field(description="Worst-case robust-loss increase (docs/algorithm.md, step 1).")
     worst_robust_loss: float
     robust_accuracy_at_worst: float | None = Field(description="Percent.")
     robust_accuracy_drop: float | None = Field(description="Percentage points.")
     seconds: float | None
+    max_ascent_loss: float | None = Field(
+        None, description="Largest robust loss after an ascent pass, Δ = 0 not counted (may be "
+        "below the baseline); orders modules that tie on MRC (docs/algorithm.md, Selection).")
     selected: bool = Field(description="The module chosen for fine-tuning (lowest MRC).")
 
 

@@ -5,8 +5,8 @@ describe it for queries. Ids are uuid4 hex strings; timestamps are timezone-awar
 them as naive UTC text, :class:`UTCDateTime` puts the zone back). Status columns are strings with
 CHECK constraints, so both SQLite and Postgres reject an unknown value.
 
-A job runs three stages in order (RIFT.md): ``mrc`` (module robust criticality of every module),
-``finetune`` (the least critical module on clean data) and ``interpolate`` (θ_α between the
+A job runs three stages in order (docs/algorithm.md): ``mrc`` (module robust criticality of every
+module), ``finetune`` (the least critical module on clean data) and ``interpolate`` (θ_α between the
 adversarially trained and the fine-tuned weights). Each stage has a row in ``job_stages`` with the
 lease of the worker running it; a stage's outputs are written in the transaction that marks it done.
 """
@@ -331,7 +331,8 @@ class JobStage(Base):
 
 
 class MRCRow(Base):
-    """One module's robust criticality (RIFT.md, step 1); ``position`` keeps the table's order."""
+    """One module's robust criticality (docs/algorithm.md, step 1); ``position`` keeps the
+    table's order."""
 
     __tablename__ = "mrc_rows"
 
@@ -345,10 +346,12 @@ class MRCRow(Base):
     robust_accuracy_at_worst: Mapped[float | None] = mapped_column(Float)  # percent
     robust_accuracy_drop: Mapped[float | None] = mapped_column(Float)  # percentage points
     seconds: Mapped[float | None] = mapped_column(Float)
+    # Largest loss after an ascent pass, Δ = 0 not counted; breaks MRC ties (docs/algorithm.md).
+    max_ascent_loss: Mapped[float | None] = mapped_column(Float)
 
 
 class EpochMetric(Base):
-    """One fine-tuning epoch (RIFT.md, step 2). Accuracies in percent."""
+    """One fine-tuning epoch (docs/algorithm.md, step 2). Accuracies in percent."""
 
     __tablename__ = "epoch_metrics"
 
@@ -393,7 +396,7 @@ class MRCShard(Base):
 
 
 class InterpolationPoint(Base):
-    """Accuracy of θ_α at one α (RIFT.md, step 3). Accuracies in percent."""
+    """Accuracy of θ_α at one α (docs/algorithm.md, step 3). Accuracies in percent."""
 
     __tablename__ = "interpolation_points"
 

@@ -317,6 +317,7 @@ def _insert_outputs(session: Session, job_id: str, outputs: StageOutputs, now: d
             robust_accuracy_at_worst=_float(row.get("robust_accuracy_at_worst")),
             robust_accuracy_drop=_float(row.get("robust_accuracy_drop")),
             seconds=_float(row.get("seconds")),
+            max_ascent_loss=_float(row.get("max_ascent_loss")),
         ))
     for row in outputs.epochs:
         session.add(EpochMetric(

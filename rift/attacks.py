@@ -1,4 +1,5 @@
-"""Projected gradient descent (Madry et al., 2018) in L∞ and L2 on images in [0, 1].
+"""Projected gradient descent (Madry et al., 2018) in L∞ and L2, inside an input domain: [0, 1]
+for images, per-feature bounds or no bounds for feature vectors (``AttackSpec.domain``).
 
 The attack's arithmetic (the perturbation, its gradient and the projection) stays in fp32 even when
 the model runs under bf16 autocast: a bf16 step of 2/255 on a pixel near 1.0 would round away.
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rift.cancellation import ShouldCancel, raise_if_cancelled
-from rift.config import AttackSpec
+from rift.config import AttackSpec, DomainBounds
 from rift.device import autocast
 from rift.model_state import frozen_except
 
@@ -32,14 +33,29 @@ class PGD:
     steps: int
     norm: str = "linf"
     random_start: bool = True
+    # (lower, upper) per channel/feature (one value: all), or None for no bounds.
+    bounds: tuple[tuple[float, ...], tuple[float, ...]] | None = ((0.0,), (1.0,))
 
     def __post_init__(self) -> None:
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
 
     @classmethod
-    def from_spec(cls, spec: AttackSpec) -> PGD:
-        return cls(spec.eps, spec.step_size, spec.steps, spec.norm, spec.random_start)
+    def from_spec(cls, spec: AttackSpec, *, feature_vectors: bool = False) -> PGD:
+        """``feature_vectors``: the inputs are (N, F, 1, 1) features, for which ``"auto"`` means
+        no bounds; for images it means [0, 1]."""
+        return cls(spec.eps, spec.step_size, spec.steps, spec.norm, spec.random_start,
+                   resolve_domain(spec.domain, feature_vectors=feature_vectors))
+
+    def _clamp(self, images: torch.Tensor) -> torch.Tensor:
+        if self.bounds is None:
+            return images
+        lower, upper = (torch.tensor(side, dtype=images.dtype, device=images.device)
+                        .view(1, -1, *([1] * (images.dim() - 2))) for side in self.bounds)
+        if lower.shape[1] not in (1, images.shape[1]):
+            raise ValueError(f"the attack domain has {lower.shape[1]} bounds but the inputs "
+                             f"have {images.shape[1]} channels/features")
+        return torch.maximum(torch.minimum(images, upper), lower)
 
     def perturb(
         self,
@@ -87,7 +103,7 @@ class PGD:
             direction = noise * 2 - 1
             direction = direction / _per_example_l2(direction).clamp_min(_TINY)
             delta = direction * self.eps * 0.5
-        return (images + delta).clamp(0, 1) - images
+        return self._clamp(images + delta) - images
 
     def _step(
         self, delta: torch.Tensor, grad: torch.Tensor, images: torch.Tensor
@@ -98,10 +114,20 @@ class PGD:
             delta = delta + self.step_size * grad / _per_example_l2(grad).clamp_min(_TINY)
             scale = (self.eps / _per_example_l2(delta).clamp_min(_TINY)).clamp(max=1.0)
             delta = delta * scale
-        # Keep x + δ a valid image.
-        return (images + delta).clamp(0, 1) - images
+        # Keep x + δ a valid input.
+        return self._clamp(images + delta) - images
 
 
 def _per_example_l2(tensor: torch.Tensor) -> torch.Tensor:
     """L2 norm of each example, shaped (N, 1, 1, 1) for broadcasting."""
     return tensor.flatten(1).norm(dim=1).view(-1, *([1] * (tensor.dim() - 1)))
+
+
+def resolve_domain(domain: str | DomainBounds, *, feature_vectors: bool
+                   ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``AttackSpec.domain`` as (lower, upper) bounds, or None for none."""
+    if isinstance(domain, DomainBounds):
+        return tuple(domain.lower), tuple(domain.upper)
+    if domain == "none" or (domain == "auto" and feature_vectors):
+        return None
+    return (0.0,), (1.0,)

@@ -102,7 +102,7 @@ def _load_raw(path: Path, fmt: CheckpointFormat, mmap: bool = False) -> object:
         raise CheckpointError(
             f"refused to load {path.name}: it holds Python objects other than tensors and plain "
             "containers, and only weights_only loading is allowed. Re-save just the state dict "
-            f"(torch.save(model.state_dict(), ...)) or use safetensors. Detail: "
+            f"(torch.save(model.state_dict(), ...)) or use safetensors; "
             f"{_unpickler_reason(exc)}"
         ) from exc
     except Exception as exc:  # damaged zip, truncated pickle, bad magic number, …
@@ -112,10 +112,18 @@ def _load_raw(path: Path, fmt: CheckpointFormat, mmap: bool = False) -> object:
 
 
 def _unpickler_reason(exc: BaseException) -> str:
-    # torch's message is long and suggests weights_only=False, which we must not offer; keep
-    # only the sentence that names the refused object.
-    match = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\.\s|\n|$)", str(exc))
-    return match.group(1) if match else _short(exc)
+    """Which object the weights-only unpickler refused, in our words. torch's own message
+    advises retrying with ``weights_only=False`` (code execution), which we never offer, so no
+    part of it is passed on except the refused global's full dotted name."""
+    text = str(exc)
+    for pattern in (r"GLOBAL\s+([\w.]+)", r"<class '([\w.]+)'>", r"whose module ([\w.]+)"):
+        match = re.search(pattern, text)
+        if match:
+            return f"the refused Python global is {match.group(1)}"
+    opcode = re.search(r"Unsupported operand (\d+)", text)
+    if opcode:
+        return f"the file uses pickle opcode {opcode.group(1)}, which weights-only loading refuses"
+    return "the file holds a pickled object that weights-only loading refuses"
 
 
 def _unwrap_containers(obj: object) -> object:

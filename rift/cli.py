@@ -36,9 +36,28 @@ def _parse_override(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+class CliInputError(Exception):
+    """A file named on the command line cannot be used; the message is one line for the user."""
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        tree = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CliInputError(f"--config {path}: no such file") from None
+    except OSError as exc:
+        raise CliInputError(f"--config {path}: cannot read it ({exc.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CliInputError(f"--config {path}: not valid JSON ({exc})") from None
+    if not isinstance(tree, dict):
+        raise CliInputError(f"--config {path}: expected a JSON object, got "
+                            f"{type(tree).__name__}")
+    return tree
+
+
 def build_config(args: argparse.Namespace) -> RiftConfig:
     """Merge the spec file, the shortcut flags and ``--set`` overrides, then validate."""
-    tree: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
+    tree: dict[str, Any] = _read_config_file(Path(args.config)) if args.config else {}
     shortcuts = {
         "architecture.name": args.arch, "architecture.num_classes": args.num_classes,
         "dataset.name": args.dataset, "dataset.root": args.data_root,
@@ -105,10 +124,13 @@ def _command_run(args: argparse.Namespace) -> int:
     from rift.pipeline import PipelineCallbacks, run_pipeline
 
     config = build_config(args)
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise CliInputError(f"--checkpoint {checkpoint}: no such file")
     bars = _ProgressBars(enabled=not args.quiet)
     try:
-        result = run_pipeline(config, args.checkpoint, Path(args.out),
-                              PipelineCallbacks(on_progress=bars))
+        result = run_pipeline(config, checkpoint, Path(args.out),
+                              PipelineCallbacks(on_progress=bars), fresh=args.fresh)
     finally:
         bars.close()
     print("\nModule robust criticality (lowest = least critical):")
@@ -155,7 +177,11 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int)
     run.add_argument("--set", action="append", type=_parse_override, metavar="KEY=VALUE",
                      help="override any config field, e.g. --set mrc.steps=5")
-    run.add_argument("--out", default="rift-output", help="output folder (resumes if present)")
+    run.add_argument("--out", default="rift-output",
+                     help="output folder; a run with the same checkpoint, dataset and config "
+                     "resumes from the stages saved there, any other run is refused")
+    run.add_argument("--fresh", action="store_true",
+                     help="delete the stage outputs already in --out and start over")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=_command_run)
 
@@ -179,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RiftError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return 2
+    except CliInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. --out not writable; one line, no traceback
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
         return 2
 
 

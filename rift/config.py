@@ -1,8 +1,9 @@
 """The RiFT job configuration: one pydantic model, shared by the library, the CLI and the REST API.
 
-Defaults follow the reference protocol in ``shared/RIFT.md`` (attack PGD-10 L∞ 8/255 with step 2/255,
-MRC with a relative L2 ball of radius 0.1 and 10 ascent passes at lr 1, fine-tuning with SGD lr 1e-3
-for 10 epochs, interpolation over α in steps of 0.05 as in the seed's Algorithm 2).
+Defaults follow the protocol in docs/algorithm.md (attack PGD-10 L∞ 8/255 with step 2/255, MRC
+with a relative L2 ball of radius 0.1 and 10 normalized ascent passes at lr 1, fine-tuning with SGD
+lr 1e-3 for 10 epochs, interpolation over α in steps of 0.05 as in the paper's Algorithm 2);
+``protocol: "reference"`` switches to the reference code's choices.
 """
 
 from __future__ import annotations
@@ -23,19 +24,48 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+# Dataset-typical input statistics of [0, 1] images (per channel), offered by name so that a
+# checkpoint trained with them is not silently scored on unnormalised inputs.
+NAMED_NORMALIZATIONS: dict[str, tuple[list[float], list[float]]] = {
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]),
+    "cifar100": ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
+    "svhn": ([0.4377, 0.4438, 0.4728], [0.1980, 0.2010, 0.1970]),
+    "mnist": ([0.1307], [0.3081]),
+    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+}
+
+
 class ArchitectureSpec(_Strict):
     """Which network to build. ``mean``/``std`` are applied inside the model, so inputs are [0, 1]."""
 
     name: str = Field(description="Registry name, e.g. 'resnet18', 'wide_resnet34_10', "
-                      "'small_cnn' or 'torchvision:resnet50'.")
+                      "'small_cnn', 'mlp', 'torchvision:resnet50', or an installed "
+                      "'rift.architectures' entry point (see `rift architectures`).")
     num_classes: int = Field(10, ge=2, le=100_000)
     in_channels: int | None = Field(None, ge=1, le=16, description="Default: the dataset's.")
     image_size: int | None = Field(None, ge=8, le=1024, description="Default: the dataset's.")
     mean: list[float] | None = Field(None, description="Per-channel input mean; None: no shift.")
     std: list[float] | None = Field(None, description="Per-channel input std; None: no scaling.")
+    normalization: Literal["cifar10", "cifar100", "svhn", "mnist", "imagenet"] | None = Field(
+        None, description="Dataset-typical mean/std by name; fills 'mean'/'std'.")
+    input_features: int | None = Field(
+        None, ge=1, le=1_000_000, description="'mlp' only: input size; default: the dataset's "
+        "features (C·H·W).")
+    hidden: list[int] | None = Field(
+        None, min_length=0, max_length=16, description="'mlp' only: hidden layer widths "
+        "(default [64, 64]).")
 
     @model_validator(mode="after")
     def _check_normalisation(self) -> ArchitectureSpec:
+        if self.normalization is not None:
+            mean, std = NAMED_NORMALIZATIONS[self.normalization]
+            if self.mean is None and self.std is None:
+                self.mean, self.std = list(mean), list(std)
+            elif self.mean != mean or self.std != std:
+                raise ValueError(f"'normalization' {self.normalization!r} sets mean/std; give "
+                                 "it or 'mean'/'std', not both")
+        if self.hidden is not None and any(not 1 <= width <= 65536 for width in self.hidden):
+            raise ValueError("every 'hidden' width must be between 1 and 65536")
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both 'mean' and 'std', or neither")
         if self.std is not None and any(s < MIN_STD for s in self.std):
@@ -68,9 +98,29 @@ class DatasetSpec(_Strict):
         return self
 
 
-class AttackSpec(_Strict):
-    """PGD on images in [0, 1]. ``eps`` and ``step_size`` are in pixel units of [0, 1] images."""
+class DomainBounds(_Strict):
+    """Per-feature (or per-channel) bounds of valid inputs; one value applies to all."""
 
+    lower: list[float] = Field(min_length=1, max_length=1_000_000)
+    upper: list[float] = Field(min_length=1, max_length=1_000_000)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DomainBounds:
+        if len(self.lower) != len(self.upper):
+            raise ValueError("'lower' and 'upper' must have the same length")
+        if any(lo > hi for lo, hi in zip(self.lower, self.upper, strict=True)):
+            raise ValueError("every 'lower' bound must be <= its 'upper' bound")
+        return self
+
+
+class AttackSpec(_Strict):
+    """PGD. ``eps`` and ``step_size`` are in input units (for [0, 1] images, 8/255 is 8 grey
+    levels). ``domain`` is the set adversarial inputs are kept in."""
+
+    domain: Literal["auto", "unit", "none"] | DomainBounds = Field(
+        "auto", description="'unit': clamp to [0, 1] (images); 'none': no bounds (feature "
+        "vectors); {'lower', 'upper'}: per-feature bounds; 'auto': 'unit' for images, 'none' "
+        "for feature vectors (npz of shape (N, F)).")
     norm: Norm = "linf"
     eps: float = Field(8 / 255, ge=0.0, le=64.0)
     step_size: float = Field(2 / 255, gt=0.0, le=64.0)
@@ -79,7 +129,7 @@ class AttackSpec(_Strict):
 
 
 class MRCSpec(_Strict):
-    """Module Robust Criticality (RIFT.md, step 1)."""
+    """Module Robust Criticality (docs/algorithm.md, step 1)."""
 
     eps: float = Field(0.1, gt=0.0, le=10.0, description="Relative radius of the weight ball.")
     p: Literal[2, "inf"] = Field(2, description="Norm of the weight ball: 2 (Frobenius) or 'inf'.")
@@ -98,10 +148,25 @@ class MRCSpec(_Strict):
     shards: int = Field(
         1, ge=1, le=256, description="Split the modules into this many shards, each scored by "
         "its own worker task on the same stored adversarial set (1: one task scores them all).")
+    ascent: Literal["sgd", "normalized"] = Field(
+        "normalized", description="Ascent step per batch. 'sgd': lr · g (the reference code's rule; "
+        "not scale invariant). 'normalized': lr · radius · g/||g||_2 for p = 2, lr · radius · "
+        "sign(g) for p = 'inf' (a step in units of the ball, so MRC is invariant to Theorem "
+        "A.4's rescaling; the default, chosen from bench/ascent.py). See docs/algorithm.md.")
+    allow_negative: bool = Field(
+        False, description="MRC = largest loss the ascent reached minus the baseline, without "
+        "counting Δ = 0 (the reference code's value, can be negative). Default: Δ = 0 counts, "
+        "so MRC >= 0.")
+    split: Literal["train", "test"] = Field(
+        "train", description="Split the adversarial MRC set is drawn from; the reference code "
+        "uses the test split.")
+    reshuffle: bool = Field(
+        False, description="Draw a new batch order of the adversarial set for every ascent "
+        "pass (the reference code does); default: the same batches every pass.")
 
 
 class FinetuneSpec(_Strict):
-    """Fine-tune one module on clean data (RIFT.md, step 2)."""
+    """Fine-tune one module on clean data (docs/algorithm.md, step 2)."""
 
     module: str | None = Field(None, description="Module to tune; default: lowest MRC.")
     epochs: int = Field(10, ge=1, le=1000)
@@ -125,6 +190,10 @@ class FinetuneSpec(_Strict):
         if value is not None and any(not (0.0 < lr <= 10.0) for lr in value):
             raise ValueError("every learning rate must lie in (0, 10]")
         return value
+    selection_split: Literal["validation", "test"] = Field(
+        "validation", description="'validation': train on the training split less the "
+        "validation split and keep the best validation epoch; 'test' (the reference code): "
+        "train on all training data and keep the best test epoch.")
 
     @field_validator("lr_milestones")
     @classmethod
@@ -135,7 +204,7 @@ class FinetuneSpec(_Strict):
 
 
 class InterpolationSpec(_Strict):
-    """θ_α = (1 − α) θ_AT + α θ_FT over an α grid (RIFT.md, step 3)."""
+    """θ_α = (1 − α) θ_AT + α θ_FT over an α grid (docs/algorithm.md, step 3)."""
 
     alpha_step: float = Field(0.05, ge=1e-4, le=1.0,
                               description="Grid step; at most 10,001 points (step >= 1e-4).")
@@ -151,13 +220,39 @@ class InterpolationSpec(_Strict):
         "robust accuracy); 'full' measures robust accuracy at every α, for the whole curve.")
 
 
+class PreflightSpec(_Strict):
+    """θ_AT's accuracy on a sample of the test split before any stage (docs/algorithm.md)."""
+
+    examples: int = Field(256, ge=0, le=100_000,
+                          description="Test examples measured; 0 skips the check.")
+    margin: float = Field(10.0, ge=0.0, le=100.0,
+                          description="Percentage points above chance the clean accuracy must "
+                          "reach, else the run fails at once.")
+
+
 class EvaluationSpec(_Strict):
     batch_size: int = Field(256, ge=1, le=65536)
     max_examples: int | None = Field(None, ge=1, description="Cap on test examples evaluated.")
 
 
+# What ``protocol: "reference"`` sets: the public reference code's choices (docs/algorithm.md,
+# "Reference protocol"), section → field → value.
+REFERENCE_PROTOCOL: dict[str, dict[str, object]] = {
+    "mrc": {"ascent": "sgd", "lr": 1.0, "eps": 0.1, "p": 2, "steps": 10, "split": "test",
+            "allow_negative": True, "reshuffle": True},
+    "finetune": {"selection_split": "test"},
+    "interpolation": {"alpha_step": 0.1, "selection_split": "test", "robust_tolerance": 0.1},
+}
+
+
 class RiftConfig(_Strict):
     """Everything one RiFT run needs except the checkpoint itself."""
+
+    protocol: Literal["default", "reference"] = Field(
+        "default", description="'reference': reproduce the reference code's choices (MRC set "
+        "from the test split, negative MRC, batches reshuffled each pass, α step 0.1 with 0.1 "
+        "points of robust tolerance, fine-tuning on all training data with the best epoch "
+        "picked on test); the fields it sets are listed in docs/algorithm.md.")
 
     architecture: ArchitectureSpec
     dataset: DatasetSpec
@@ -166,11 +261,20 @@ class RiftConfig(_Strict):
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     interpolation: InterpolationSpec = Field(default_factory=InterpolationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    preflight: PreflightSpec = Field(default_factory=PreflightSpec)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     device: str = Field("auto", pattern=DEVICE_PATTERN,
                         description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
+    @model_validator(mode="after")
+    def _apply_protocol(self) -> RiftConfig:
+        if self.protocol == "reference":
+            for section, values in REFERENCE_PROTOCOL.items():
+                spec = getattr(self, section)
+                object.__setattr__(self, section, spec.model_copy(update=values))
+        return self
+
     deterministic: bool = Field(
         True, description="Deterministic GPU kernels: the same seed on the same device gives the "
         "same result (slower on GPU; no effect on CPU).")

@@ -1,4 +1,5 @@
-"""Fine-tuning of the non-robust-critical module on clean data (RIFT.md, step 2; Algorithm 2, 6–14).
+"""Fine-tuning of the non-robust-critical module on clean data (docs/algorithm.md, step 2; the
+paper's Algorithm 2, lines 6–14).
 
 Only the chosen module's own parameters learn; everything else is frozen. The model is in train
 mode, so BatchNorm running statistics follow the clean data unless ``bn_stats == "freeze"``. After

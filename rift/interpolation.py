@@ -1,4 +1,5 @@
-"""Interpolation between θ_AT and θ_FT, and the choice of α (RIFT.md, step 3; seed Algorithm 2).
+"""Interpolation between θ_AT and θ_FT, and the choice of α (docs/algorithm.md, step 3; the paper's
+Algorithm 2).
 
     θ_α = (1 − α) θ_AT + α θ_FT        for α in [0, 1]
 

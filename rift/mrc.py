@@ -1,10 +1,12 @@
-"""Module Robust Criticality (RIFT.md step 1, the paper's Algorithm 1).
+"""Module Robust Criticality (docs/algorithm.md, "MRC"; the paper's Algorithm 1).
 
     MRC(i) = max_{Δ ∈ C_i} R(f(θ + Δ), D) − R(f(θ), D),   C_i = {Δ : ||Δ^(i)||_p ≤ ε ||θ^(i)||_p}
 
 R is the mean cross-entropy on a fixed set of adversarial examples made once on θ. The maximum is
-approached by gradient ascent on module i's weight (plain SGD, lr 1 by default), one pass over the
-adversarial set per step, projecting Δ back onto the ball after each pass and measuring R after it.
+approached by gradient ascent on module i's weight, one pass over the adversarial set per step,
+projecting Δ back onto the ball after each pass and measuring R after it. The step per batch is
+``mrc.ascent``: "sgd" (lr · g, the reference code's rule) or "normalized" (lr · radius · g/||g||,
+which makes the computed MRC invariant to rescaling a ReLU layer; docs/algorithm.md, "Ascent").
 
 The weight is perturbed in place and restored afterwards (no copy of the model). With
 ``engine="cached"`` only the network after the module is recomputed: see ``rift.segments``.
@@ -34,6 +36,7 @@ from rift.segments import Segment, full_model_segment, split_at_module, trace
 logger = logging.getLogger(__name__)
 
 PERTURBABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+_TINY_NORM = 1e-30  # below any gradient norm that carries a direction in fp32
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class ModuleCriticality:
     robust_accuracy_at_worst: float
     robust_accuracy_drop: float
     seconds: float
+    # Largest loss measured after an ascent pass, Δ = 0 not counted (may be below the baseline).
+    # Orders modules that tie on ``mrc`` (e.g. several at 0), docs/algorithm.md "Selection".
+    max_ascent_loss: float = math.nan
 
     def as_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -60,10 +66,19 @@ class MRCReport:
     engine: str = "cached"
 
     def lowest(self) -> ModuleCriticality:
-        """The non-robust-critical module: the one with the smallest MRC (first on ties)."""
+        """The non-robust-critical module: the smallest MRC; ties go to the smaller
+        ``max_ascent_loss``, then to the first in definition order."""
         if not self.modules:
             raise ConfigError("no module was scored, so none can be selected", field="mrc")
-        return min(self.modules, key=lambda row: row.mrc)
+        return min(self.modules, key=lambda row: selection_key(row.mrc, row.max_ascent_loss))
+
+
+def selection_key(mrc: float, max_ascent_loss: float | None) -> tuple[float, float]:
+    """Sort key of the selection rule: MRC first, the ascent's own maximum breaks ties (a
+    missing value, from a table recorded before it existed, sorts last among equals)."""
+    tie = max_ascent_loss if max_ascent_loss is not None and not math.isnan(max_ascent_loss) \
+        else math.inf
+    return (mrc, tie)
 
 
 def perturbable_modules(model: nn.Module) -> list[str]:
@@ -175,11 +190,19 @@ class _LossProbe:
     def _result(self, sums: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
         return float(sums[0]) / self.examples, 100.0 * float(sums[1]) / self.examples
 
-    def ascend(self, weight: nn.Parameter, lr: float, *, measure_start: bool
-               ) -> tuple[float, float] | None:
-        """One pass of SGD *ascent* on the mean cross-entropy, a step per batch. With
-        ``measure_start``, also returns (mean robust loss, robust accuracy in percent) of the
-        weights the pass starts from."""
+    def reshuffle(self, generator: torch.Generator) -> None:
+        """Redraw which examples form each batch (same batch sizes), from ``generator``."""
+        order = torch.randperm(self.examples, generator=generator).to(self.labels[0].device)
+        sizes = [len(y) for y in self.labels]
+        columns = [torch.cat(parts)[order].split(sizes) for parts in zip(*self.cache, strict=True)]
+        self.cache = list(zip(*columns, strict=True))
+        self.labels = list(torch.cat(self.labels)[order].split(sizes))
+
+    def ascend(self, weight: nn.Parameter, step: Callable[[torch.Tensor], torch.Tensor], *,
+               measure_start: bool) -> tuple[float, float] | None:
+        """One pass of gradient *ascent* on the mean cross-entropy, ``weight += step(grad)`` per
+        batch. With ``measure_start``, also returns (mean robust loss, robust accuracy in
+        percent) of the weights the pass starts from."""
         sums = self._new_sums()
         if measure_start:
             with torch.no_grad():
@@ -193,7 +216,7 @@ class _LossProbe:
                 loss_sum = F.cross_entropy(logits, self.labels[index], reduction="sum")
             (grad,) = torch.autograd.grad(loss_sum / len(self.labels[index]), weight)
             with torch.no_grad():
-                weight.add_(grad.to(weight.dtype), alpha=lr)
+                weight.add_(step(grad).to(weight.dtype))
         return self._result(sums) if measure_start else None
 
     @torch.no_grad()
@@ -205,34 +228,72 @@ class _LossProbe:
         return self._result(sums)
 
 
+def ascent_step(spec: MRCSpec, radius: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-batch ascent step of ``spec.ascent`` (docs/algorithm.md, "Ascent").
+
+    "sgd": lr · g. "normalized": lr · radius · g/||g||_2 for p = 2, lr · radius · sign(g) for
+    p = 'inf' (the steepest-ascent direction of each ball). Rescaling the layer by β scales the
+    radius by β and leaves g's direction unchanged, so the normalized path scales by β exactly.
+    """
+    if spec.ascent == "sgd":
+        return lambda grad: grad * spec.lr
+    if spec.p == "inf":
+        return lambda grad: grad.sign() * (spec.lr * radius)
+
+    def normalized(grad: torch.Tensor) -> torch.Tensor:
+        # A zero gradient (e.g. a dead ReLU layer) stays zero: no step. The clamp avoids 0/0
+        # without reading the norm back to the host (no device synchronisation per batch).
+        return grad * (spec.lr * radius / grad.norm(p=2).clamp_min(_TINY_NORM))
+
+    return normalized
+
+
 def _criticality_of(
-    weight: nn.Parameter, probe: _LossProbe, spec: MRCSpec, baseline: tuple[float, float]
-) -> tuple[float, float]:
-    """Worst (loss, accuracy) after each projected pass, Δ = 0 included; the weight is restored.
+    weight: nn.Parameter, probe: _LossProbe, spec: MRCSpec, baseline: tuple[float, float],
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(worst loss, accuracy at it, largest loss after a pass): the first two count Δ = 0 (the
+    baseline), the last does not. The weight is restored.
 
     The point reached by pass k is measured while pass k + 1 starts (see ``_LossProbe``), the
     last one after the loop: the same ``steps`` measurements as measuring after every pass.
     """
     original = weight.detach().clone()
     radius = spec.eps * weight_norm(original, spec.p)
+    step_of = ascent_step(spec, radius)
+    generator = torch.Generator().manual_seed(seed) if spec.reshuffle else None
     worst_loss, accuracy_at_worst = baseline
+    reached, accuracy_at_reached = -math.inf, baseline[1]
 
     def keep_worst(measured: tuple[float, float] | None) -> None:
-        nonlocal worst_loss, accuracy_at_worst
-        if measured is not None and measured[0] > worst_loss:
+        nonlocal worst_loss, accuracy_at_worst, reached, accuracy_at_reached
+        if measured is None:
+            return
+        if measured[0] > reached:
+            reached, accuracy_at_reached = measured
+        if measured[0] > worst_loss:
             worst_loss, accuracy_at_worst = measured
 
     try:
         for step in range(spec.steps):
-            # From the second pass on, the pass also measures where the previous one ended.
-            keep_worst(probe.ascend(weight, spec.lr, measure_start=step > 0))
+            if generator is not None:
+                # A new order changes the batches, so the start is measured separately.
+                if step > 0:
+                    keep_worst(probe.measure())
+                probe.reshuffle(generator)
+                probe.ascend(weight, step_of, measure_start=False)
+            else:
+                # From the second pass on, the pass also measures where the previous one ended.
+                keep_worst(probe.ascend(weight, step_of, measure_start=step > 0))
             with torch.no_grad():
                 weight.copy_(original + project_onto_ball(weight - original, radius, spec.p))
         keep_worst(probe.measure())  # where the last pass ended
     finally:
         with torch.no_grad():
             weight.copy_(original)
-    return worst_loss, accuracy_at_worst
+    if spec.allow_negative:
+        return reached, accuracy_at_reached, reached
+    return worst_loss, accuracy_at_worst, reached
 
 
 def module_robust_criticality(
@@ -244,12 +305,14 @@ def module_robust_criticality(
     precision: str = "fp32",
     on_module: Callable[[ModuleCriticality, int, int], None] | None = None,
     should_cancel: ShouldCancel | None = None,
+    seed: int = 0,
 ) -> MRCReport:
     """Score every selected conv/linear module of ``model`` on a fixed adversarial set.
 
     ``adversarial_images`` (N, C, H, W) in [0, 1] and ``labels`` (N,) live on the model's device.
     The model is kept in eval mode (BatchNorm running statistics), every weight is left exactly as
-    it was, and ``on_module(row, index, total)`` is called after each module.
+    it was, and ``on_module(row, index, total)`` is called after each module. ``seed`` draws the
+    batch orders when ``spec.reshuffle`` is set (the same for every module).
     """
     names = select_modules(model, spec)
     with frozen_except(model):
@@ -278,7 +341,8 @@ def module_robust_criticality(
             weight = module_weight(model, name)
             weight.requires_grad_(True)
             try:
-                worst_loss, accuracy = _criticality_of(weight, probe, spec, baseline)
+                worst_loss, accuracy, reached = _criticality_of(weight, probe, spec, baseline,
+                                                                seed)
             finally:
                 weight.requires_grad_(False)
             del cache, probe
@@ -294,6 +358,7 @@ def module_robust_criticality(
                 robust_accuracy_at_worst=accuracy,
                 robust_accuracy_drop=baseline[1] - accuracy,
                 seconds=time.perf_counter() - started,
+                max_ascent_loss=reached,
             )
             report.modules.append(row)
             if on_module is not None:

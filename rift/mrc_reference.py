@@ -1,8 +1,11 @@
-"""A direct, unoptimised transcription of the MRC protocol, kept to check and benchmark
-``rift.mrc``: every pass runs the whole network, and, as in the reference code, every parameter
-keeps ``requires_grad`` so backward computes gradients that are then thrown away.
+"""A direct, unoptimised transcription of the MRC protocol (docs/algorithm.md, "MRC"), kept as an
+independent oracle for ``rift.mrc`` and as a benchmark baseline.
 
-Not used by the pipeline. Same arithmetic order as ``rift.mrc`` so results agree to float tolerance.
+Every pass runs the whole network and, as in the reference code's README, every parameter keeps
+``requires_grad`` so backward computes gradients that are then thrown away. Nothing is imported
+from ``rift.mrc``: module selection, the weight norm, the ascent step, the projection and the loss
+are written again here, so a bug in one of the engine's helpers cannot pass its own test. Not used
+by the pipeline.
 
 This is not the speed baseline: computing every parameter's gradient makes it slower than the
 reference code. ``bench/mrc.py`` times ``rift.mrc`` against ``bench/reference_cost.py``, which
@@ -12,54 +15,146 @@ per module, batches reshuffled every pass, and a separate measuring pass after e
 
 from __future__ import annotations
 
+import fnmatch
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rift.config import MRCSpec
-from rift.mrc import module_weight, project_onto_ball, select_modules, weight_norm
+
+
+@dataclass(frozen=True)
+class PlainRow:
+    """One module's result: MRC as the spec defines it, the loss and robust accuracy at the point
+    that defines it, and the largest loss reached after a pass (Δ = 0 not counted)."""
+
+    mrc: float
+    worst_robust_loss: float
+    robust_accuracy_at_worst: float
+    max_ascent_loss: float
+
+
+def _scored_module_names(model: nn.Module, spec: MRCSpec) -> list[str]:
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Conv2d | nn.Linear):
+            continue
+        if spec.modules is not None and name not in spec.modules:
+            continue
+        if spec.include and not any(fnmatch.fnmatchcase(name, pattern) for pattern in spec.include):
+            continue
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in spec.exclude):
+            continue
+        names.append(name)
+    return names
+
+
+def _size(tensor: torch.Tensor, p: int | str) -> float:
+    """||tensor||_p of the flattened tensor, computed elementwise in float64."""
+    flat = tensor.detach().double().reshape(-1)
+    if p == "inf":
+        return max(abs(float(value)) for value in flat) if flat.numel() else 0.0
+    return math.sqrt(float((flat * flat).sum()))
+
+
+def _into_ball(delta: torch.Tensor, radius: float, p: int | str) -> torch.Tensor:
+    if p == "inf":
+        return torch.minimum(torch.maximum(delta, torch.full_like(delta, -radius)),
+                             torch.full_like(delta, radius))
+    size = _size(delta, 2)
+    if size <= radius:
+        return delta
+    return delta * (radius / size)
+
+
+def _step(grad: torch.Tensor, spec: MRCSpec, radius: float) -> torch.Tensor:
+    if spec.ascent == "sgd":
+        return spec.lr * grad
+    if spec.p == "inf":
+        return spec.lr * radius * torch.sign(grad)
+    size = _size(grad, 2)
+    if size == 0.0:
+        return torch.zeros_like(grad)
+    return (spec.lr * radius / size) * grad
+
+
+def _forward(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    output = model(inputs)
+    assert isinstance(output, torch.Tensor)
+    return output.float()
 
 
 @torch.no_grad()
-def _robust_loss_and_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                              batch_size: int) -> tuple[float, float]:
-    loss_sum, correct = 0.0, 0
-    for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
-        logits = model(x).float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum").double())
-        correct += int((logits.argmax(1) == y).sum())
-    return loss_sum / len(labels), 100.0 * correct / len(labels)
+def _loss_and_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                       batch_size: int) -> tuple[float, float]:
+    total, hits = 0.0, 0
+    for start in range(0, len(labels), batch_size):
+        logits = _forward(model, images[start:start + batch_size])
+        y = labels[start:start + batch_size]
+        # Cross-entropy written out: -log softmax of the true class, summed in float64.
+        log_probs = logits.double() - torch.logsumexp(logits.double(), dim=1, keepdim=True)
+        total -= float(log_probs.gather(1, y.view(-1, 1)).sum())
+        hits += int((logits.argmax(dim=1) == y).sum())
+    return total / len(labels), 100.0 * hits / len(labels)
 
 
-def plain_module_robust_criticality(
-    model: nn.Module, adversarial_images: torch.Tensor, labels: torch.Tensor, spec: MRCSpec
-) -> dict[str, float]:
-    """MRC per module name, computed with full forward and backward passes."""
+def plain_mrc_table(
+    model: nn.Module, adversarial_images: torch.Tensor, labels: torch.Tensor, spec: MRCSpec,
+    *, seed: int = 0,
+) -> dict[str, PlainRow]:
+    """Every selected module's row, computed with full forward and backward passes.
+
+    With ``spec.reshuffle`` the examples are permuted before each pass by
+    ``torch.randperm(N, generator)`` (a generator seeded with ``seed`` per module), as the engine
+    documents; the permutations compose from pass to pass.
+    """
     model.eval()
-    baseline_loss, _ = _robust_loss_and_accuracy(model, adversarial_images, labels,
-                                                 spec.batch_size)
-    values: dict[str, float] = {}
-    for name in select_modules(model, spec):
-        weight = module_weight(model, name)
+    baseline_loss, baseline_accuracy = _loss_and_accuracy(model, adversarial_images, labels,
+                                                          spec.batch_size)
+    table: dict[str, PlainRow] = {}
+    for name in _scored_module_names(model, spec):
+        weight = model.get_submodule(name).weight
+        assert isinstance(weight, torch.Tensor)
         original = weight.detach().clone()
-        radius = spec.eps * weight_norm(original, spec.p)
-        worst = baseline_loss
+        radius = spec.eps * _size(original, spec.p)
+        images, targets = adversarial_images, labels
+        generator = torch.Generator().manual_seed(seed)
+        measured: list[tuple[float, float]] = []
         for _ in range(spec.steps):
-            for x, y in zip(adversarial_images.split(spec.batch_size),
-                            labels.split(spec.batch_size), strict=True):
+            if spec.reshuffle:
+                order = torch.randperm(len(targets), generator=generator).to(targets.device)
+                images, targets = images[order], targets[order]
+            for start in range(0, len(targets), spec.batch_size):
                 model.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x).float(), y)
-                loss.backward()
+                logits = _forward(model, images[start:start + spec.batch_size])
+                F.cross_entropy(logits, targets[start:start + spec.batch_size]).backward()
                 with torch.no_grad():
                     assert weight.grad is not None
-                    weight.add_(weight.grad, alpha=spec.lr)
+                    weight.add_(_step(weight.grad, spec, radius))
             with torch.no_grad():
-                weight.copy_(original + project_onto_ball(weight - original, radius, spec.p))
-            loss_value, _ = _robust_loss_and_accuracy(model, adversarial_images, labels,
-                                                      spec.batch_size)
-            worst = max(worst, loss_value)
+                weight.copy_(original + _into_ball(weight - original, radius, spec.p))
+            measured.append(_loss_and_accuracy(model, adversarial_images, labels,
+                                               spec.batch_size))
         with torch.no_grad():
             weight.copy_(original)
         model.zero_grad(set_to_none=True)
-        values[name] = worst - baseline_loss
-    return values
+        reached = max(measured, key=lambda point: point[0])
+        if spec.allow_negative or reached[0] > baseline_loss:
+            worst = reached
+        else:
+            worst = (baseline_loss, baseline_accuracy)
+        table[name] = PlainRow(mrc=worst[0] - baseline_loss, worst_robust_loss=worst[0],
+                               robust_accuracy_at_worst=worst[1], max_ascent_loss=reached[0])
+    return table
+
+
+def plain_module_robust_criticality(
+    model: nn.Module, adversarial_images: torch.Tensor, labels: torch.Tensor, spec: MRCSpec,
+    *, seed: int = 0,
+) -> dict[str, float]:
+    """MRC per module name, computed with full forward and backward passes."""
+    table = plain_mrc_table(model, adversarial_images, labels, spec, seed=seed)
+    return {name: row.mrc for name, row in table.items()}

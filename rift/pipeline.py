@@ -1,4 +1,4 @@
-"""The whole RiFT run: MRC → fine-tune the least critical module → interpolate (RIFT.md).
+"""The whole RiFT run: MRC → fine-tune the least critical module → interpolate (docs/algorithm.md).
 
 Each stage is a function that takes the previous stage's output explicitly, so a worker can run
 one stage per task and resume after a crash from what was saved. ``run_pipeline`` chains the three
@@ -10,8 +10,8 @@ per candidate and the α rule picks across them (``rift.sweep``); such a sweep i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rift import checkpoints
+from rift import checkpoints, stage_outputs
 from rift.attacks import PGD
 from rift.batch_backoff import with_batch_backoff
 from rift.cancellation import ShouldCancel, raise_if_cancelled
@@ -40,7 +40,25 @@ from rift.interpolation import (
     select_alpha_lazily,
 )
 from rift.models import build_model
-from rift.mrc import ModuleCriticality, make_adversarial_set, module_robust_criticality
+from rift.mrc import (
+    ModuleCriticality,
+    make_adversarial_set,
+    module_robust_criticality,
+    selection_key,
+)
+from rift.preflight import PreflightReport, preflight_check
+from rift.stage_outputs import (
+    CURVES_JSON,
+    FINETUNE_JSON,
+    FINETUNED,
+    MRC_CSV,
+    MRC_JSON,
+    RESULT_JSON,
+    TUNED,
+    FolderStorage,
+    RunIdentity,
+    StageStorage,
+)
 from rift.sweep import Candidate, CandidateOutcome, candidates_from_mrc, choose_across
 
 logger = logging.getLogger(__name__)
@@ -113,7 +131,38 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     original = {key: value.detach().to("cpu", copy=True) for key, value in
                 model.state_dict().items()}
     return PreparedRun(config, device, splits, model.eval(), original,
-                       PGD.from_spec(config.attack))
+                       PGD.from_spec(config.attack, feature_vectors=is_feature_vectors(splits)))
+
+
+def is_feature_vectors(splits: DatasetSplits) -> bool:
+    """Feature vectors travel as (N, F, 1, 1): one-pixel 'images' (rift.data.npz)."""
+    return splits.image_shape[1:] == (1, 1)
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = None
+                        ) -> PreflightReport | None:
+    """θ_AT's clean and robust accuracy on a sample of the test split, first thing in a run;
+    raises PreflightError when clean accuracy is near chance. None when disabled
+    (``preflight.examples = 0``). Emits a ``preflight`` event with the figures."""
+    callbacks = callbacks or PipelineCallbacks()
+    config = run.config
+    if config.preflight.examples == 0:
+        return None
+    run.reset_weights()
+    callbacks.progress("preflight", 0.0, "checking the checkpoint on the job's data")
+    with deterministic_kernels(config.deterministic):
+        report = preflight_check(
+            run.model, run.splits.test, run.attack, config.preflight,
+            num_classes=config.architecture.num_classes,
+            batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
+            precision=config.precision, normalization_given=config.architecture.mean is not None,
+            should_cancel=callbacks.should_cancel)
+    callbacks.event("preflight", report.as_dict())
+    callbacks.progress("preflight", 1.0, f"clean {report.clean_accuracy:.1f}%")
+    return report
 
 
 # --------------------------------------------------------------------------- step 1: MRC
@@ -150,7 +199,8 @@ class MRCStageResult:
 
 
 def _lowest(rows: list[dict[str, Any]]) -> str:
-    return min(rows, key=lambda row: row["mrc"])["name"]
+    """The selection rule of ``MRCReport.lowest`` on table rows (docs/algorithm.md, "Selection")."""
+    return min(rows, key=lambda row: selection_key(row["mrc"], row.get("max_ascent_loss")))["name"]
 
 
 def _subset(data: ImageTensors, count: int, seed: int) -> ImageTensors:
@@ -182,7 +232,8 @@ def make_mrc_inputs(run: PreparedRun, callbacks: PipelineCallbacks | None = None
     with deterministic_kernels(config.deterministic):
         run.reset_weights()
         callbacks.progress("mrc", 0.0, "making the adversarial set")
-        examples = _subset(run.splits.train, spec.num_examples, config.seed)
+        source = run.splits.test if spec.split == "test" else run.splits.train
+        examples = _subset(source, spec.num_examples, config.seed)
         images, labels = _as_device_tensors(examples, run.device)
         adversarial = make_adversarial_set(
             run.model, images, labels, run.attack, batch_size=spec.batch_size,
@@ -208,7 +259,7 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
     with deterministic_kernels(config.deterministic):
         report = module_robust_criticality(
             run.model, inputs.adversarial, inputs.labels, spec, precision=config.precision,
-            on_module=on_module, should_cancel=callbacks.should_cancel)
+            on_module=on_module, should_cancel=callbacks.should_cancel, seed=config.seed)
     if report.engine == "full" and spec.engine == "auto":
         callbacks.event("warning", {"stage": "mrc", "message": (
             "the model could not be traced with torch.fx, so MRC ran full forward passes "
@@ -244,6 +295,16 @@ class FinetuneStageResult:
                 "seconds": self.seconds}
 
 
+def finetune_splits(splits: DatasetSplits, selection_split: str) -> DatasetSplits:
+    """The splits fine-tuning sees. 'test' (the reference protocol): train on the training and
+    validation examples together and pick the epoch on the test split."""
+    if selection_split != "test":
+        return splits
+    everything = ImageTensors(torch.cat([splits.train.images, splits.validation.images]),
+                              torch.cat([splits.train.labels, splits.validation.labels]))
+    return dataclasses.replace(splits, train=everything, validation=splits.test)
+
+
 def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallbacks | None
                         ) -> FinetuneStageResult:
     callbacks = callbacks or PipelineCallbacks()
@@ -258,7 +319,8 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
 
     callbacks.progress("finetune", 0.0, f"fine-tuning {module}")
     result = finetune_module(
-        run.model, module, run.splits, config.finetune, device=run.device, seed=config.seed,
+        run.model, module, finetune_splits(run.splits, config.finetune.selection_split),
+        config.finetune, device=run.device, seed=config.seed,
         precision=config.precision, eval_batch_size=config.evaluation.batch_size,
         on_epoch=on_epoch, should_cancel=callbacks.should_cancel)
     run.reset_weights()
@@ -389,7 +451,7 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
 def run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = None,
                   modules: list[str] | None = None) -> MRCStageResult:
     """Score modules (all selected by the config, or exactly ``modules``) on a fixed adversarial
-    set drawn from the training split and made once on θ_AT (RIFT.md, step 1)."""
+    set drawn from the training split and made once on θ_AT (docs/algorithm.md, step 1)."""
     with deterministic_kernels(run.config.deterministic):
         return _run_mrc_stage(run, callbacks, modules)
 
@@ -416,7 +478,7 @@ def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torc
 
 
 MRC_CSV_COLUMNS = ("name", "parameters", "mrc", "worst_robust_loss", "robust_accuracy_at_worst",
-                   "robust_accuracy_drop", "seconds", "selected")
+                   "robust_accuracy_drop", "seconds", "max_ascent_loss", "selected")
 
 
 def mrc_table_csv(rows: list[dict[str, Any]], selected_module: str | None = None) -> str:
@@ -425,15 +487,17 @@ def mrc_table_csv(rows: list[dict[str, Any]], selected_module: str | None = None
     writer = csv.DictWriter(buffer, fieldnames=MRC_CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**{k: row[k] for k in MRC_CSV_COLUMNS[:-1]},
+        writer.writerow({**{k: row.get(k) for k in MRC_CSV_COLUMNS[:-1]},
                          "selected": row["name"] == selected_module})
     return buffer.getvalue()
 
 
 def build_result(config: RiftConfig, mrc: MRCStageResult, finetune: FinetuneStageResult,
-                 interpolation: InterpolationStageResult, device: str) -> dict[str, Any]:
+                 interpolation: InterpolationStageResult, device: str,
+                 preflight: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON document that describes a finished run (``result.json``)."""
     return {
+        "preflight": dict(preflight) if preflight is not None else None,
         "config": config.model_dump(mode="json"),
         "device": device,
         "selected_module": finetune.module,
@@ -447,62 +511,126 @@ def build_result(config: RiftConfig, mrc: MRCStageResult, finetune: FinetuneStag
     }
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2))
-    temporary.replace(path)  # a crash never leaves a half-written stage output
+# --------------------------------------------------------------------------- stage files
+# One writer and one reader per stage output, over any ``StageStorage`` (a folder for the CLI,
+# the object store for workers), so the two cannot diverge. Names: ``rift.stage_outputs``.
+
+
+def save_mrc(storage: StageStorage, mrc: MRCStageResult, selected_module: str) -> None:
+    """``mrc.csv`` (``selected_module`` flagged) and ``mrc.json``."""
+    stage_outputs.write_text(storage, MRC_CSV, mrc_table_csv(mrc.rows, selected_module))
+    stage_outputs.write_json(storage, MRC_JSON, mrc.to_json())
+
+
+def load_mrc(storage: StageStorage) -> MRCStageResult | None:
+    saved = stage_outputs.read_json(storage, MRC_JSON)
+    return None if saved is None else MRCStageResult.from_json(saved)
+
+
+def save_finetune(storage: StageStorage, finetune: FinetuneStageResult,
+                  metadata: Mapping[str, str]) -> None:
+    """θ_FT first, then ``finetune.json``: the record exists only when the weights do."""
+    stage_outputs.write_weights(storage, FINETUNED, finetune.state_dict,
+                                {**metadata, "kind": "finetuned", "module": finetune.module})
+    stage_outputs.write_json(storage, FINETUNE_JSON, finetune.to_json())
+
+
+def load_finetune(storage: StageStorage, *, with_weights: bool = True
+                  ) -> FinetuneStageResult | None:
+    saved = stage_outputs.read_json(storage, FINETUNE_JSON)
+    if saved is None:
+        return None
+    state: StateDict = {}
+    if with_weights:
+        weights = stage_outputs.read_weights(storage, FINETUNED)
+        if weights is None:
+            return None
+        state = weights
+    return FinetuneStageResult(saved["module"], saved["epochs"], saved["best_epoch"],
+                               saved["seconds"], state)
+
+
+def load_finetuned_weights(storage: StageStorage) -> StateDict:
+    weights = stage_outputs.read_weights(storage, FINETUNED)
+    if weights is None:
+        raise ConfigError(f"{FINETUNED} is missing although fine-tuning is recorded as done",
+                          field="finetune")
+    return weights
+
+
+def save_interpolation(storage: StageStorage, interpolation: InterpolationStageResult,
+                       metadata: Mapping[str, str], module: str, result: Mapping[str, Any]
+                       ) -> None:
+    """θ_α* as ``tuned.safetensors`` and the run's ``result.json``."""
+    stage_outputs.write_weights(storage, TUNED, interpolation.state_dict, {
+        **metadata, "kind": "tuned", "alpha": repr(interpolation.chosen_alpha),
+        "module": module})
+    stage_outputs.write_json(storage, RESULT_JSON, result)
+
+
+def run_identity(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor],
+                 run: PreparedRun) -> RunIdentity:
+    """The checkpoint's SHA-256 (of the file, or of the tensors when given a state dict), a
+    fingerprint of the loaded splits (every image and label, so another file with the same name
+    or another split seed differs) and the config."""
+    checkpoint_sha = (stage_outputs.file_sha256(Path(checkpoint))
+                      if isinstance(checkpoint, str | Path)
+                      else stage_outputs.tensors_fingerprint(checkpoint))
+    splits = run.splits
+    dataset = stage_outputs.tensors_fingerprint({
+        f"{name}.{part}": getattr(getattr(splits, name), part)
+        for name in ("train", "validation", "test") for part in ("images", "labels")})
+    return RunIdentity(checkpoint_sha, dataset, config.model_dump(mode="json"))
 
 
 def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor],
-                 output_dir: Path, callbacks: PipelineCallbacks | None = None) -> dict[str, Any]:
+                 output_dir: Path, callbacks: PipelineCallbacks | None = None, *,
+                 fresh: bool = False) -> dict[str, Any]:
     """Run all three stages, saving each one's output in ``output_dir``; a stage whose output is
-    already there (from an interrupted run with the same config) is loaded, not recomputed.
+    already there is loaded, not recomputed, but only when the folder's ``run.json`` records the
+    same checkpoint (SHA-256), dataset (fingerprint of the loaded splits) and config; otherwise
+    ConfigError. ``fresh`` deletes earlier stage outputs first.
 
     Writes ``mrc.json``, ``mrc.csv``, ``finetune.json``, ``finetuned.safetensors``,
-    ``tuned.safetensors`` and ``result.json``; returns the ``result.json`` document.
+    ``tuned.safetensors``, ``result.json`` and ``run.json``; returns the ``result.json`` document.
     """
     callbacks = callbacks or PipelineCallbacks()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_config(output_dir, config)
+    storage = FolderStorage(output_dir)
+    if fresh:
+        storage.remove_outputs()
     run = prepare_run(config, checkpoint)
+    preflight = run_preflight_stage(run, callbacks)
+    stage_outputs.check_run_identity(storage, run_identity(config, checkpoint, run))
     metadata = {"config": config.model_dump_json()}
 
-    mrc_path = output_dir / "mrc.json"
-    if mrc_path.exists():
-        mrc = MRCStageResult.from_json(json.loads(mrc_path.read_text()))
+    mrc = load_mrc(storage)
+    if mrc is not None:
         callbacks.event("stage_skipped", {"stage": "mrc", "reason": "output already saved"})
     else:
         callbacks.event("stage_started", {"stage": "mrc"})
         mrc = run_mrc_stage(run, callbacks)
-        (output_dir / "mrc.csv").write_text(mrc_table_csv(mrc.rows, mrc.selected_module))
-        _write_json(mrc_path, mrc.to_json())
+        save_mrc(storage, mrc, mrc.selected_module)
         callbacks.event("stage_finished", {"stage": "mrc", "seconds": mrc.seconds})
 
     if is_sweep(config):
-        return _run_sweep(run, mrc, output_dir, metadata, callbacks)
+        return _run_sweep(run, mrc, storage, metadata, callbacks,
+                          preflight.as_dict() if preflight is not None else None)
     module = config.finetune.module or mrc.selected_module
-    finetune_json, finetuned_path = output_dir / "finetune.json", output_dir / "finetuned.safetensors"
-    if finetune_json.exists() and finetuned_path.exists():
-        saved = json.loads(finetune_json.read_text())
-        finetune = FinetuneStageResult(saved["module"], saved["epochs"], saved["best_epoch"],
-                                       saved["seconds"], checkpoints.load_state_dict(finetuned_path))
+    finetune = load_finetune(storage)
+    if finetune is not None:
         callbacks.event("stage_skipped", {"stage": "finetune", "reason": "output already saved"})
     else:
         callbacks.event("stage_started", {"stage": "finetune", "module": module})
         finetune = run_finetune_stage(run, module, callbacks)
-        checkpoints.save_safetensors(finetuned_path, finetune.state_dict,
-                                     {**metadata, "kind": "finetuned", "module": module})
-        _write_json(finetune_json, finetune.to_json())
+        save_finetune(storage, finetune, metadata)
         callbacks.event("stage_finished", {"stage": "finetune", "seconds": finetune.seconds})
 
     callbacks.event("stage_started", {"stage": "interpolate"})
     interpolation = run_interpolation_stage(run, finetune.state_dict, callbacks)
-    checkpoints.save_safetensors(
-        output_dir / "tuned.safetensors", interpolation.state_dict,
-        {**metadata, "kind": "tuned", "alpha": repr(interpolation.chosen_alpha), "module": module})
+    result = build_result(config, mrc, finetune, interpolation, str(run.device),
+                          preflight.as_dict() if preflight is not None else None)
+    save_interpolation(storage, interpolation, metadata, module, result)
     callbacks.event("stage_finished", {"stage": "interpolate", "seconds": interpolation.seconds})
-    result = build_result(config, mrc, finetune, interpolation, str(run.device))
-    _write_json(output_dir / "result.json", result)
     return result
 
 
@@ -525,8 +653,9 @@ def run_candidate(run: PreparedRun, candidate: Candidate,
         run.config = config
 
 
-def _run_sweep(run: PreparedRun, mrc: MRCStageResult, output_dir: Path,
-               metadata: dict[str, str], callbacks: PipelineCallbacks) -> dict[str, Any]:
+def _run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: StageStorage,
+               metadata: dict[str, str], callbacks: PipelineCallbacks,
+               preflight: Mapping[str, Any] | None) -> dict[str, Any]:
     """Every candidate in turn; the α rule picks across all curves; writes ``curves.json``."""
     config = run.config
     candidates = candidates_from_mrc(
@@ -547,25 +676,12 @@ def _run_sweep(run: PreparedRun, mrc: MRCStageResult, output_dir: Path,
     assert best is not None
     finetune, interpolation = best
     winner = choose_across(outcomes)
-    checkpoints.save_safetensors(output_dir / "finetuned.safetensors", finetune.state_dict,
-                                 {**metadata, "kind": "finetuned", "module": finetune.module})
-    checkpoints.save_safetensors(
-        output_dir / "tuned.safetensors", interpolation.state_dict,
-        {**metadata, "kind": "tuned", "alpha": repr(interpolation.chosen_alpha),
-         "module": finetune.module, "lr": repr(candidates[winner].lr)})
     curves = {"chosen": winner, "candidates": [o.to_json() for o in outcomes]}
-    _write_json(output_dir / "curves.json", curves)
-    result = {**build_result(config, mrc, finetune, interpolation, str(run.device)),
+    stage_outputs.write_weights(storage, FINETUNED, finetune.state_dict,
+                                {**metadata, "kind": "finetuned", "module": finetune.module})
+    stage_outputs.write_json(storage, CURVES_JSON, curves)
+    result = {**build_result(config, mrc, finetune, interpolation, str(run.device), preflight),
               "sweep": curves}
-    _write_json(output_dir / "result.json", result)
+    save_interpolation(storage, interpolation, {**metadata, "lr": repr(candidates[winner].lr)},
+                       finetune.module, result)
     return result
-
-
-def _check_same_config(output_dir: Path, config: RiftConfig) -> None:
-    """Refuse to resume from outputs of a different configuration."""
-    marker = output_dir / "config.json"
-    current = config.model_dump(mode="json")
-    if marker.exists() and json.loads(marker.read_text()) != current:
-        raise ConfigError(f"{output_dir} holds the outputs of a run with another configuration; "
-                          "use an empty folder", field="output_dir")
-    _write_json(marker, current)

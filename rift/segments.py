@@ -4,7 +4,8 @@ During MRC the model is in eval mode and the adversarial set is fixed, so every 
 not depend on the perturbed module is a constant. ``split_at_module`` traces the network with
 torch.fx and returns a *prefix* (input -> the activations the module and everything downstream of it
 read) and a *suffix* (those activations -> logits). Caching the prefix outputs once per module turns
-each of the 2·steps passes into a pass over the suffix only (seed, section D: ~n/2 layers on average).
+each of the 2·steps passes into a pass over the suffix only (docs/algorithm.md, "Cost": ~n/2 layers
+on average).
 """
 
 from __future__ import annotations

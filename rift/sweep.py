@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from rift.errors import ConfigError
+from rift.mrc import selection_key
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class CandidateOutcome:
 def candidates_from_mrc(rows: Sequence[Mapping[str, Any]], *, k: int, module: str | None,
                         lrs: Sequence[float]) -> list[Candidate]:
     """The (module, lr) pairs to try: ``module`` if named, else the ``k`` lowest-MRC modules
-    (ties in table order), each with every rate of ``lrs``."""
+    (ordered as the selection rule orders them, remaining ties in table order), each with every
+    rate of ``lrs``."""
     if not lrs:
         raise ConfigError("no learning rate to try", field="finetune.lr_grid")
     if module is not None:
@@ -56,7 +58,9 @@ def candidates_from_mrc(rows: Sequence[Mapping[str, Any]], *, k: int, module: st
     else:
         if not rows:
             raise ConfigError("the MRC table is empty", field="mrc")
-        order = sorted(range(len(rows)), key=lambda i: (float(rows[i]["mrc"]), i))
+        # The selection rule's order (MRC, then the ascent's own maximum), then table order.
+        order = sorted(range(len(rows)), key=lambda i: (
+            *selection_key(float(rows[i]["mrc"]), rows[i].get("max_ascent_loss")), i))
         modules = [str(rows[i]["name"]) for i in order[:k]]
     return [Candidate(name, float(lr)) for name in modules for lr in lrs]
 

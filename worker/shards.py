@@ -41,7 +41,7 @@ from rift.pipeline import (
 )
 from worker.factory import enqueue_stage
 from worker.runtime import StageReporter, WorkerResources
-from worker.stages import SAFETENSORS, prepare, record_mrc, stage_object_key
+from worker.stages import SAFETENSORS, ObjectStageStorage, prepare, record_mrc, stage_object_key
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,8 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
     def key(stage: str, name: str) -> str:
         return stage_object_key(job_id, stage, attempts[stage], name)
 
-    outputs = record_mrc(RiftConfig.model_validate(job.spec), merged, resources.store, key)
+    outputs = record_mrc(RiftConfig.model_validate(job.spec), merged,
+                         ObjectStageStorage(resources.store, key))
     try:
         with resources.session() as session:
             stages.finish_stage(session, job_id, StageName.MRC, owner=SHARDED_OWNER,

@@ -8,8 +8,6 @@ artifact records are written by :func:`persistence.stages.finish_stage` in one t
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,35 +19,60 @@ from persistence.object_keys import stage_object_key
 from persistence.stages import ArtifactRecord, StageOutputs
 from persistence.storage import ObjectStore, StoredObject
 from reporting.charts import CHART_ARTIFACTS, Curve, job_charts
-from rift import checkpoints
 from rift.config import RiftConfig
 from rift.manifest import build_manifest
 from rift.pipeline import (
-    FinetuneStageResult,
     MRCStageResult,
     PipelineCallbacks,
     PreparedRun,
     build_result,
-    mrc_table_csv,
+    load_finetune,
+    load_finetuned_weights,
+    load_mrc,
     prepare_run,
     run_finetune_stage,
     run_interpolation_stage,
     run_mrc_stage,
+    run_preflight_stage,
+    save_finetune,
+    save_interpolation,
+    save_mrc,
 )
+from rift.stage_outputs import FINETUNED, MRC_CSV, RESULT_JSON, STAGE_OF_FILE, TUNED
 from worker.inputs import fetch_checkpoint, fetch_dataset
 
+__all__ = ["FINETUNED", "SAFETENSORS", "ObjectStageStorage", "describe_device", "job_manifest",
+           "prepare", "record_mrc", "run_stage", "stage_object_key"]
+
 SAFETENSORS = "application/octet-stream"
-TUNED = "tuned.safetensors"
-FINETUNED = "finetuned.safetensors"
-MRC_CSV = "mrc.csv"
-RESULT_JSON = "result.json"
 MANIFEST_JSON = "manifest.json"
 SVG = "image/svg+xml"
 
-
-MRC_RECORD = "mrc.json"
-FINETUNE_RECORD = "finetune.json"
 ObjectKey = Callable[[str, str], str]  # (stage, file name) -> key in that stage's recorded attempt
+
+
+class ObjectStageStorage:
+    """The library's stage files (``rift.stage_outputs``) in the object store: each file under its
+    stage's attempt key. Remembers what it wrote, for the artifact records."""
+
+    def __init__(self, store: ObjectStore, key: ObjectKey) -> None:
+        self.store, self.key = store, key
+        self.written: dict[str, StoredObject] = {}
+
+    def _key(self, name: str) -> str:
+        return self.key(STAGE_OF_FILE[name], name)
+
+    def read_bytes(self, name: str) -> bytes | None:
+        key = self._key(name)
+        return self.store.get_bytes(key) if self.store.exists(key) else None
+
+    def write_bytes(self, name: str, data: bytes, content_type: str) -> None:
+        self.written[name] = self.store.put_bytes(self._key(name), data,
+                                                  content_type=content_type)
+
+    def write_extra(self, stage: str, name: str, data: bytes, content_type: str) -> StoredObject:
+        """A file beside the library's stage files (manifest, charts), under ``stage``'s key."""
+        return self.store.put_bytes(self.key(stage, name), data, content_type=content_type)
 
 
 def job_config(job: Job, *, dataset_path: Path | None, device: str | None,
@@ -84,27 +107,27 @@ def run_stage(stage: str, job: Job, run: PreparedRun, store: ObjectStore, work_d
     """Run ``stage`` and store its files; returns what :func:`finish_stage` records.
 
     ``attempts`` maps each stage to its latest claim: this stage's own attempt, and for the
-    stages already done, the attempt whose outputs were recorded. ``manifest`` (see
-    :func:`job_manifest`) is stored with the first stage's outputs."""
-    scratch = Path(tempfile.mkdtemp(dir=_mkdir(work_dir / "scratch"), prefix=f"{job.id}-"))
+    stages already done, the attempt whose outputs were recorded. Stage files go through the
+    library's codec (``rift.stage_outputs``) straight to the store, so ``work_dir`` holds nothing
+    of this stage. ``manifest`` (see :func:`job_manifest`) is stored with the first stage's
+    outputs."""
 
     def key(of_stage: str, name: str) -> str:
         return stage_object_key(job.id, of_stage, attempts[of_stage], name)
 
-    try:
-        if stage == StageName.MRC:
-            outputs = _mrc(job, run, store, callbacks, key)
-            if manifest is not None:
-                stored = _put_json(store, key(StageName.MRC, MANIFEST_JSON), dict(manifest))
-                outputs.artifacts = [*outputs.artifacts, _record(MANIFEST_JSON, stored)]
-            return outputs
-        if stage == StageName.FINETUNE:
-            return _finetune(job, run, store, scratch, callbacks, key)
-        if stage == StageName.INTERPOLATE:
-            return _interpolate(job, run, store, scratch, callbacks, key)
-        raise ValueError(f"unknown stage {stage!r}")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    storage = ObjectStageStorage(store, key)
+    if stage == StageName.MRC:
+        outputs = _mrc(job, run, storage, callbacks)
+        if manifest is not None:
+            stored = storage.write_extra(StageName.MRC, MANIFEST_JSON, _json(manifest),
+                                         "application/json")
+            outputs.artifacts = [*outputs.artifacts, _record(MANIFEST_JSON, stored)]
+        return outputs
+    if stage == StageName.FINETUNE:
+        return _finetune(job, run, storage, callbacks)
+    if stage == StageName.INTERPOLATE:
+        return _interpolate(job, run, storage, callbacks)
+    raise ValueError(f"unknown stage {stage!r}")
 
 
 def describe_device(device: torch.device) -> str:
@@ -128,9 +151,8 @@ def job_manifest(job: Job, checkpoint: Checkpoint, dataset: Dataset | None, run:
                "dataset_id": dataset.id if dataset is not None else None})
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _json(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(dict(document), indent=2).encode("utf-8")
 
 
 def _record(name: str, stored: StoredObject) -> ArtifactRecord:
@@ -138,60 +160,52 @@ def _record(name: str, stored: StoredObject) -> ArtifactRecord:
                           sha256=stored.sha256, content_type=stored.content_type)
 
 
-def _put_json(store: ObjectStore, key: str, document: dict[str, Any]) -> StoredObject:
-    return store.put_bytes(key, json.dumps(document, indent=2).encode("utf-8"),
-                           content_type="application/json")
+def _metadata(run: PreparedRun) -> dict[str, str]:
+    return {"config": run.config.model_dump_json()}
 
 
-def _metadata(run: PreparedRun, **extra: str) -> dict[str, str]:
-    return {"config": run.config.model_dump_json(), **extra}
-
-
-def _mrc(job: Job, run: PreparedRun, store: ObjectStore, callbacks: PipelineCallbacks,
-         key: ObjectKey) -> StageOutputs:
+def _mrc(job: Job, run: PreparedRun, storage: ObjectStageStorage,
+         callbacks: PipelineCallbacks) -> StageOutputs:
+    # First thing in the job: a checkpoint near chance on the job's data fails it here.
+    preflight = run_preflight_stage(run, callbacks)
     result = run_mrc_stage(run, callbacks)
     callbacks.check_cancel()  # a worker that lost its lease meanwhile writes nothing
-    return record_mrc(run.config, result, store, key)
+    return record_mrc(run.config, result, storage,
+                      preflight.as_dict() if preflight is not None else None)
 
 
-def record_mrc(config: RiftConfig, result: MRCStageResult, store: ObjectStore, key: ObjectKey
-               ) -> StageOutputs:
+def record_mrc(config: RiftConfig, result: MRCStageResult, storage: ObjectStageStorage,
+               preflight: Mapping[str, Any] | None = None) -> StageOutputs:
     """Store the MRC table (``mrc.json``, ``mrc.csv``) and say what the stage records; used for
     a one-task stage and for the merged table of a sharded one."""
-    # The module to tune: the one the user named, else the least critical (RIFT.md, step 1).
+    # The module to tune: the one the user named, else the least critical (docs/algorithm.md).
     module = config.finetune.module or result.selected_module
-    _put_json(store, key(StageName.MRC, MRC_RECORD), result.to_json())
-    csv_object = store.put_bytes(key(StageName.MRC, MRC_CSV),
-                                 mrc_table_csv(result.rows, module).encode("utf-8"),
-                                 content_type="text/csv")
+    save_mrc(storage, result, module)
     return StageOutputs(
         mrc_rows=result.rows,
-        artifacts=[_record(MRC_CSV, csv_object)],
+        artifacts=[_record(MRC_CSV, storage.written[MRC_CSV])],
         selected_module=module,
         metrics={"baseline_robust_loss": result.baseline_robust_loss,
                  "baseline_robust_accuracy": result.baseline_robust_accuracy,
                  "lowest_mrc_module": result.selected_module, "mrc_engine": result.engine,
-                 "mrc_examples": result.examples, "mrc_seconds": result.seconds},
+                 "mrc_examples": result.examples, "mrc_seconds": result.seconds,
+                 "preflight": dict(preflight) if preflight is not None else None},
         summary={"modules": len(result.rows), "selected_module": module,
                  "seconds": result.seconds},
     )
 
 
-def _finetune(job: Job, run: PreparedRun, store: ObjectStore, scratch: Path,
-              callbacks: PipelineCallbacks, key: ObjectKey) -> StageOutputs:
+def _finetune(job: Job, run: PreparedRun, storage: ObjectStageStorage,
+              callbacks: PipelineCallbacks) -> StageOutputs:
     module = run.config.finetune.module or job.selected_module
     if module is None:
         raise RuntimeError(f"job {job.id} has no selected module although MRC is done")
     result = run_finetune_stage(run, module, callbacks)
     callbacks.check_cancel()  # a worker that lost its lease meanwhile writes nothing
-    path = scratch / FINETUNED
-    checkpoints.save_safetensors(path, result.state_dict,
-                                 _metadata(run, kind="finetuned", module=module))
-    weights = store.put_file(key(StageName.FINETUNE, FINETUNED), path, content_type=SAFETENSORS)
-    _put_json(store, key(StageName.FINETUNE, FINETUNE_RECORD), result.to_json())
+    save_finetune(storage, result, _metadata(run))
     return StageOutputs(
         epochs=result.epochs,
-        artifacts=[_record(FINETUNED, weights)],
+        artifacts=[_record(FINETUNED, storage.written[FINETUNED])],
         selected_module=module,
         metrics={"best_epoch": result.best_epoch, "finetune_seconds": result.seconds},
         summary={"module": module, "epochs": len(result.epochs), "best_epoch": result.best_epoch,
@@ -199,37 +213,31 @@ def _finetune(job: Job, run: PreparedRun, store: ObjectStore, scratch: Path,
     )
 
 
-def _interpolate(job: Job, run: PreparedRun, store: ObjectStore, scratch: Path,
-                 callbacks: PipelineCallbacks, key: ObjectKey) -> StageOutputs:
-    finetuned_path = store.download_to(key(StageName.FINETUNE, FINETUNED), scratch / FINETUNED)
-    finetuned = checkpoints.load_state_dict(finetuned_path)
-    result = run_interpolation_stage(run, finetuned, callbacks)
+def _interpolate(job: Job, run: PreparedRun, storage: ObjectStageStorage,
+                 callbacks: PipelineCallbacks) -> StageOutputs:
+    result = run_interpolation_stage(run, load_finetuned_weights(storage), callbacks)
     callbacks.check_cancel()  # a worker that lost its lease meanwhile writes nothing
     module = job.selected_module or ""
-    path = scratch / TUNED
-    checkpoints.save_safetensors(path, result.state_dict, _metadata(
-        run, kind="tuned", alpha=repr(result.chosen_alpha), module=module))
-    weights = store.put_file(key(StageName.INTERPOLATE, TUNED), path, content_type=SAFETENSORS)
-
-    mrc = MRCStageResult.from_json(json.loads(
-        store.get_bytes(key(StageName.MRC, MRC_RECORD))))
-    saved = json.loads(store.get_bytes(key(StageName.FINETUNE, FINETUNE_RECORD)))
-    finetune = FinetuneStageResult(saved["module"], saved["epochs"], saved["best_epoch"],
-                                   saved["seconds"], state_dict={})
-    document = {"job_id": job.id,
-                **build_result(run.config, mrc, finetune, result, str(run.device))}
-    result_object = _put_json(store, key(StageName.INTERPOLATE, RESULT_JSON), document)
+    mrc = load_mrc(storage)
+    finetune = load_finetune(storage, with_weights=False)
+    if mrc is None or finetune is None:
+        raise RuntimeError(f"job {job.id}: the MRC or fine-tune record is missing although both "
+                           "stages are done")
+    preflight = (job.metrics or {}).get("preflight")
+    document = {"job_id": job.id, **build_result(run.config, mrc, finetune, result,
+                                                 str(run.device), preflight)}
+    save_interpolation(storage, result, _metadata(run), module, document)
     # The report page's charts as files too (drawn by the same torch-free module as the page).
     charts = job_charts([{**row, "module": row["name"]} for row in mrc.rows], module,
-                        saved["epochs"], [Curve(module, result.points, result.chosen_alpha)])
+                        finetune.epochs, [Curve(module, result.points, result.chosen_alpha)])
     chart_records = [
-        _record(CHART_ARTIFACTS[name], store.put_bytes(
-            key(StageName.INTERPOLATE, CHART_ARTIFACTS[name]), svg.encode("utf-8"),
-            content_type=SVG))
+        _record(CHART_ARTIFACTS[name], storage.write_extra(
+            StageName.INTERPOLATE, CHART_ARTIFACTS[name], svg.encode("utf-8"), SVG))
         for name, svg in charts.items()]
     return StageOutputs(
         interpolation_points=result.points,
-        artifacts=[_record(TUNED, weights), _record(RESULT_JSON, result_object), *chart_records],
+        artifacts=[_record(TUNED, storage.written[TUNED]),
+                   _record(RESULT_JSON, storage.written[RESULT_JSON]), *chart_records],
         chosen_alpha=result.chosen_alpha,
         metrics={"before": result.before, "after": result.after,
                  "chosen_alpha": result.chosen_alpha, "selected_module": module,

@@ -68,7 +68,7 @@ from persistence.time_limits import fail_overdue_jobs, seconds_left
 from persistence.transactions import JobNotFound, load_stages
 from persistence.webhooks import deliveries_to_redispatch
 from rift.errors import JobCancelled, RiftError
-from rift.pipeline import PipelineCallbacks
+from rift.pipeline import PipelineCallbacks, run_preflight_stage
 from worker import webhooks as webhook_delivery
 from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_job
@@ -254,6 +254,8 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
         manifest = (job_manifest(claim.job, checkpoint, dataset, run, settings.build_commit)
                     if stage == StageName.MRC else None)
         if stage == StageName.MRC and run.config.mrc.shards > 1:
+            # A checkpoint near chance on the job's data fails here, before any shard is sent.
+            run_preflight_stage(run, callbacks)
             # The shards hold the work from here; the last one finishes the stage.
             start_mrc_shards(app, resources, claim.job, run, callbacks, claim.attempt)
             return "sharded", device

@@ -1,7 +1,8 @@
 """Training augmentation done on whole batches with tensor ops, on the batch's device.
 
 Random crop with reflect padding, then (for ``crop_flip``) a random horizontal flip: the standard
-CIFAR recipe of the reference RiFT protocol (RIFT.md, step 2). One gather per axis replaces the
+CIFAR recipe of the reference RiFT protocol (docs/algorithm.md, step 2). One gather per axis replaces
+the
 per-image Python loop of torchvision transforms, so augmentation costs a few kernel launches per
 batch (as in airbench).
 """

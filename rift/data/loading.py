@@ -35,11 +35,13 @@ SOURCES: dict[str, Callable[[DatasetSpec], SourceData]] = {
 _NO_FLIP = frozenset({"digits", "mnist", "svhn"})
 
 
-def resolve_augment(spec: DatasetSpec, channels: int) -> str:
+def resolve_augment(spec: DatasetSpec, channels: int, image_side: int = 32) -> str:
     """``spec.augment`` with ``"auto"`` resolved: ``"crop"`` for digit datasets and for
     single-channel data, ``"crop_flip"`` for natural colour images (CIFAR, ImageFolder, npz)."""
     if spec.augment != "auto":
         return spec.augment
+    if image_side == 1:  # feature vectors (N, F, 1, 1): nothing to crop or flip
+        return "none"
     if spec.name in _NO_FLIP or channels == 1:
         return "crop"
     return "crop_flip"
@@ -71,4 +73,4 @@ def load_dataset(spec: DatasetSpec, seed: int) -> DatasetSplits:
     return DatasetSplits(
         train=train, validation=validation, test=test, num_classes=source.num_classes,
         image_shape=train.image_shape, name=spec.name,
-        augment=resolve_augment(spec, train.image_shape[0]))
+        augment=resolve_augment(spec, train.image_shape[0], train.image_shape[1]))

@@ -2,8 +2,10 @@
 ``rift.dataset_formats`` (keys ``x``, ``y``, optionally ``x_test`` / ``y_test``).
 
 Images come back as (N, C, H, W) tensors (uint8 kept as uint8, floats as float32 in [0, 1]);
-feature vectors, an ``x`` of shape (N, F), as (N, F) float32 tensors. Labels are non-negative
-integers; ``num_classes`` is the largest label + 1.
+feature vectors, an ``x`` of shape (N, F), as (N, F, 1, 1) float32 tensors: F features as the
+channels of a one-pixel image, with any finite values (their valid range is ``attack.domain``, not
+[0, 1]), so every image code path (batches, attacks, models) takes them unchanged. Labels are
+non-negative integers; ``num_classes`` is the largest label + 1.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _inputs(x: np.ndarray, key: str) -> tuple[torch.Tensor, NpzLayout]:
     layout = npz_layout(x.shape, x.dtype, key)
     ValueScan(layout.content, key).update(x)
     if layout.content == "features":
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), layout
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, :, None, None], layout
     if x.ndim == 3:
         x = x[:, None]  # (N, H, W): one channel
     elif layout.channels_last:

@@ -1,14 +1,25 @@
-"""Name → architecture. The one entry point is :func:`build_model`."""
+"""Name → architecture. The one entry point is :func:`build_model`.
+
+Operators add architectures by installing a package that declares an entry point in the group
+``rift.architectures``: ``name = package.module:builder``, where ``builder`` takes the keyword
+arguments ``num_classes``, ``in_channels``, ``mean``, ``std`` like the built-in builders and
+returns an ``nn.Module`` mapping (N, C, H, W) inputs to (N, num_classes) logits. The library, the
+CLI and the workers all resolve names here, so an installed architecture is usable everywhere;
+uploads never carry code.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import entry_points
 from types import MappingProxyType
 
 from torch import nn
 
 from rift.config import ArchitectureSpec
-from rift.errors import UnknownArchitectureError
+from rift.errors import ConfigError, UnknownArchitectureError
+from rift.models.mlp import mlp
 from rift.models.preact_resnet import preact_resnet18
 from rift.models.resnet import resnet18, resnet34
 from rift.models.small_cnn import small_cnn
@@ -19,8 +30,12 @@ from rift.models.torchvision_models import (
 )
 from rift.models.wide_resnet import wide_resnet28_10, wide_resnet34_10
 
+logger = logging.getLogger(__name__)
+
 # Each builder takes keyword arguments num_classes, in_channels, mean, std.
 ModelBuilder = Callable[..., nn.Module]
+ENTRY_POINT_GROUP = "rift.architectures"
+MLP = "mlp"
 
 _BUILDERS: Mapping[str, ModelBuilder] = MappingProxyType(
     {
@@ -34,10 +49,36 @@ _BUILDERS: Mapping[str, ModelBuilder] = MappingProxyType(
 )
 
 
+def installed_architectures() -> dict[str, str]:
+    """Entry points of the group ``rift.architectures``: name → ``module:attribute`` (not yet
+    imported). Names of built-in architectures are not overridden."""
+    found = {}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name in _BUILDERS or point.name == MLP or point.name.startswith(PREFIX):
+            logger.warning("ignoring installed architecture %r: a built-in has that name",
+                           point.name)
+            continue
+        found[point.name] = point.value
+    return found
+
+
+def _installed_builder(name: str) -> ModelBuilder | None:
+    for point in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        builder = point.load()
+        if not callable(builder):
+            raise UnknownArchitectureError(
+                f"installed architecture {name!r} ({point.value}) is not callable",
+                field="architecture.name")
+        return builder  # type: ignore[no-any-return]
+    return None
+
+
 def list_architectures() -> list[str]:
-    """Every name :func:`build_model` accepts: the built-in networks, then ``torchvision:<name>``
-    for each torchvision image classifier."""
-    return list(_BUILDERS) + [PREFIX + name for name in torchvision_classifier_names()]
+    """Every name :func:`build_model` accepts: the built-in networks, ``mlp``, the installed
+    ``rift.architectures`` entry points, then ``torchvision:<name>`` for each torchvision image
+    classifier."""
+    return ([*_BUILDERS, MLP, *installed_architectures()]
+            + [PREFIX + name for name in torchvision_classifier_names()])
 
 
 def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int = 32) -> nn.Module:
@@ -66,11 +107,23 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
             mean=mean,
             std=std,
         )
-    builder = _BUILDERS.get(spec.name)
+    if spec.name == MLP:
+        features = spec.input_features if spec.input_features is not None \
+            else channels * size * size
+        return mlp(num_classes=spec.num_classes, in_channels=channels, input_features=features,
+                   hidden=spec.hidden, mean=mean, std=std)
+    if spec.input_features is not None or spec.hidden is not None:
+        raise ConfigError("'input_features' and 'hidden' apply to the 'mlp' architecture only",
+                          field="architecture.hidden")
+    builder = _BUILDERS.get(spec.name) or _installed_builder(spec.name)
     if builder is None:
+        installed = list(installed_architectures())
         raise UnknownArchitectureError(
-            f"unknown architecture {spec.name!r}; known: {', '.join(_BUILDERS)}, "
-            f"or '{PREFIX}<name>' for a torchvision image classifier (e.g. '{PREFIX}resnet50')",
+            f"unknown architecture {spec.name!r}; known: {', '.join([*_BUILDERS, MLP])}"
+            + (f", installed: {', '.join(installed)}" if installed else "")
+            + f", or '{PREFIX}<name>' for a torchvision image classifier (e.g. "
+            f"'{PREFIX}resnet50'); operators add architectures through the "
+            f"'{ENTRY_POINT_GROUP}' entry-point group",
             field="architecture.name",
         )
     return builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std)

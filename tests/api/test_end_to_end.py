@@ -120,7 +120,7 @@ def check_job_through_http(api: Api, checkpoint_path: Path, config: dict[str, An
         files[name] = content
     assert json.loads(files["result.json"])["chosen_alpha"] == alpha
 
-    # The tuned weights are θ_α of the uploaded θ_AT and the downloaded θ_FT (RIFT.md, step 3).
+    # The tuned weights are θ_α of the uploaded θ_AT and the downloaded θ_FT (docs/algorithm.md, step 3).
     tuned = safetensors.torch.load(files["tuned.safetensors"])
     finetuned = safetensors.torch.load(files["finetuned.safetensors"])
     original = load_state_dict(checkpoint_path)

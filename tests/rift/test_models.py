@@ -40,7 +40,7 @@ def test_list_architectures_names_builtins_and_torchvision() -> None:
     names = list_architectures()
     assert names[: len(NATIVE)] == NATIVE
     assert "torchvision:resnet50" in names
-    assert all(n in NATIVE or n.startswith("torchvision:") for n in names)
+    assert all(n in NATIVE or n == "mlp" or n.startswith("torchvision:") for n in names)
 
 
 @pytest.mark.parametrize("name", [*NATIVE, "torchvision:resnet50"])

@@ -1,4 +1,4 @@
-"""MRC: the properties of RIFT.md (non-negativity, the ball, scale invariance) and the cached
+"""MRC: the properties of docs/algorithm.md (non-negativity, the ball, scale invariance) and the cached
 engine agreeing with a plain full-forward computation."""
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def test_scale_invariance_theorem_a4(beta: float) -> None:
 
     # A step large enough to land on the ball's surface: the projected step is then scale
     # equivariant (Δ_g = β Δ_f), so the same lr gives the same MRC.
-    surface = MRCSpec(steps=1, lr=1e6, batch_size=64, modules=["first"])
+    surface = MRCSpec(steps=1, lr=1e6, batch_size=64, modules=["first"], ascent="sgd")
     mrc_f = module_robust_criticality(f, x, y, surface).modules[0].mrc
     mrc_g = module_robust_criticality(g, x, y, surface).modules[0].mrc
     assert mrc_f > 0
@@ -217,7 +217,7 @@ def test_scale_invariance_theorem_a4(beta: float) -> None:
 
     # Many ascent steps: gradients scale by 1/β, so the matching learning rate scales by β²;
     # the iterates of g are then β times those of f and the MRC values agree.
-    many = MRCSpec(steps=10, lr=0.5, batch_size=16, modules=["first"])
+    many = MRCSpec(steps=10, lr=0.5, batch_size=16, modules=["first"], ascent="sgd")
     mrc_f = module_robust_criticality(f, x, y, many).modules[0].mrc
     scaled = many.model_copy(update={"lr": 0.5 * beta**2})
     mrc_g = module_robust_criticality(g, x, y, scaled).modules[0].mrc

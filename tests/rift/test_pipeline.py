@@ -135,7 +135,7 @@ def test_interrupted_run_resumes_without_recomputing_mrc(
     assert second["finetune"]["epochs"] == [
         {**e, "seconds": pytest.approx(e["seconds"], abs=1e9)} for e in first["finetune"]["epochs"]]
     other = config.model_copy(update={"seed": 1})
-    with pytest.raises(ConfigError, match="another configuration"):
+    with pytest.raises(ConfigError, match=r"another .*config"):
         run_pipeline(other, digits_checkpoint_path, tmp_path)
 
 

@@ -1,0 +1,186 @@
+"""One format for what each stage leaves behind, whoever runs it (the CLI into a folder, a worker
+into the object store): one writer and one reader per file, over a storage that only reads and
+writes bytes by name.
+
+Files (names are the same everywhere):
+    mrc.json, mrc.csv                      MRC stage: the table and its CSV view
+    finetune.json, finetuned.safetensors   fine-tune stage: epochs and θ_FT
+    tuned.safetensors, result.json         interpolation stage: θ_α* and the run's result document
+    run.json                               folder runs only: what the outputs belong to (see
+                                           ``RunIdentity``)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from rift.errors import ConfigError
+
+MRC_JSON = "mrc.json"
+MRC_CSV = "mrc.csv"
+FINETUNE_JSON = "finetune.json"
+FINETUNED = "finetuned.safetensors"
+TUNED = "tuned.safetensors"
+RESULT_JSON = "result.json"
+CURVES_JSON = "curves.json"  # a sweep's candidates side by side (rift.sweep)
+RUN_JSON = "run.json"
+# The stage that writes each file (a worker stores each stage's files under that stage's keys).
+STAGE_OF_FILE = {MRC_JSON: "mrc", MRC_CSV: "mrc", FINETUNE_JSON: "finetune",
+                 FINETUNED: "finetune", TUNED: "interpolate", RESULT_JSON: "interpolate",
+                 CURVES_JSON: "interpolate"}
+CONTENT_TYPES = {".json": "application/json", ".csv": "text/csv",
+                 ".safetensors": "application/octet-stream"}
+StateDict = dict[str, torch.Tensor]
+
+
+class StageStorage(Protocol):
+    """Where stage files live. ``read_bytes`` returns None for a file that is not there."""
+
+    def read_bytes(self, name: str) -> bytes | None: ...
+
+    def write_bytes(self, name: str, data: bytes, content_type: str) -> None: ...
+
+
+class FolderStorage:
+    """Stage files in a folder; each write is atomic (a crash never leaves half a file)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def read_bytes(self, name: str) -> bytes | None:
+        path = self.folder / name
+        return path.read_bytes() if path.is_file() else None
+
+    def write_bytes(self, name: str, data: bytes, content_type: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as output:
+                output.write(data)
+            os.replace(temporary, self.folder / name)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def remove_outputs(self) -> None:
+        """Delete every stage file and ``run.json`` (``--fresh``); other files stay."""
+        for name in (*STAGE_OF_FILE, RUN_JSON):
+            (self.folder / name).unlink(missing_ok=True)
+
+    def has_outputs(self) -> bool:
+        return any((self.folder / name).is_file() for name in STAGE_OF_FILE)
+
+
+def content_type(name: str) -> str:
+    return CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")
+
+
+def write_json(storage: StageStorage, name: str, document: Mapping[str, Any]) -> None:
+    storage.write_bytes(name, json.dumps(document, indent=2).encode("utf-8"), content_type(name))
+
+
+def read_json(storage: StageStorage, name: str) -> dict[str, Any] | None:
+    data = storage.read_bytes(name)
+    return None if data is None else dict(json.loads(data))
+
+
+def write_text(storage: StageStorage, name: str, text: str) -> None:
+    storage.write_bytes(name, text.encode("utf-8"), content_type(name))
+
+
+def write_weights(storage: StageStorage, name: str, state_dict: Mapping[str, torch.Tensor],
+                  metadata: Mapping[str, str]) -> None:
+    """``state_dict`` as safetensors bytes (CPU, contiguous, no shared storage)."""
+    from safetensors.torch import save
+
+    tensors = {key: value.detach().to("cpu").contiguous().clone()
+               for key, value in state_dict.items()}
+    storage.write_bytes(name, save(tensors, metadata=dict(metadata)), content_type(name))
+
+
+def read_weights(storage: StageStorage, name: str) -> StateDict | None:
+    data = storage.read_bytes(name)
+    if data is None:
+        return None
+    from safetensors.torch import load
+
+    return dict(load(data))
+
+
+# --------------------------------------------------------------------------- run identity
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a folder's stage outputs were computed from: reuse them only if all three match."""
+
+    checkpoint_sha256: str
+    dataset_fingerprint: str
+    config: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checkpoint_sha256": self.checkpoint_sha256,
+                "dataset_fingerprint": self.dataset_fingerprint, "config": self.config}
+
+    def differences(self, other: RunIdentity) -> list[str]:
+        """The parts that differ, named for a message: 'checkpoint', 'dataset', 'config'."""
+        names = []
+        if self.checkpoint_sha256 != other.checkpoint_sha256:
+            names.append("checkpoint")
+        if self.dataset_fingerprint != other.dataset_fingerprint:
+            names.append("dataset")
+        if self.config != other.config:
+            names.append("config")
+        return names
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tensors_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes, in key order."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def check_run_identity(folder: FolderStorage, identity: RunIdentity) -> None:
+    """Refuse a folder whose stage outputs belong to another run; otherwise record ``identity``.
+
+    A folder without stage outputs (new, or left by a run that failed before its first stage
+    finished) is taken over whatever its ``run.json`` says, so a failed run never blocks a
+    corrected one.
+    """
+    saved = read_json(folder, RUN_JSON)
+    if folder.has_outputs():
+        if saved is None:
+            raise ConfigError(
+                f"{folder.folder} holds stage outputs but no {RUN_JSON} saying what they were "
+                "computed from; use --fresh to start over or another folder", field="output_dir")
+        recorded = RunIdentity(saved.get("checkpoint_sha256", ""),
+                               saved.get("dataset_fingerprint", ""), saved.get("config", {}))
+        different = identity.differences(recorded)
+        if different:
+            raise ConfigError(
+                f"{folder.folder} holds the outputs of a run with another "
+                f"{' and '.join(different)}; reusing them would mix two runs. Use --fresh to "
+                "start over (deletes those outputs) or another folder", field="output_dir")
+        return
+    write_json(folder, RUN_JSON, identity.to_json())

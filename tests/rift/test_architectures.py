@@ -1,0 +1,178 @@
+"""Architectures beyond the registry: installed entry points (library, CLI, worker), the built-in
+``mlp``, feature-vector npz data, the attack domain and named normalisation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rift.attacks import PGD
+from rift.config import ArchitectureSpec, AttackSpec, DatasetSpec, RiftConfig
+from rift.data import load_dataset
+from rift.errors import UnknownArchitectureError
+from rift.models import build_model, list_architectures
+from tests.entry_point_dist import ARCHITECTURE, write_entry_point_dist
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = write_entry_point_dist(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(folder))
+    return folder
+
+
+def _subprocess_env(plugin: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), str(PROJECT_ROOT)])}
+
+
+def test_installed_architecture_is_listed_and_built(plugin_path: Path) -> None:
+    assert ARCHITECTURE in list_architectures()
+    model = build_model(ArchitectureSpec(name=ARCHITECTURE, num_classes=3), in_channels=5,
+                        image_size=1)
+    assert model(torch.zeros(4, 5, 1, 1)).shape == (4, 3)
+
+
+def test_unknown_architecture_names_the_entry_point_group() -> None:
+    with pytest.raises(UnknownArchitectureError, match=r"rift\.architectures"):
+        build_model(ArchitectureSpec(name="no_such_net"))
+
+
+def test_cli_lists_an_installed_architecture(tmp_path: Path) -> None:
+    plugin = write_entry_point_dist(tmp_path / "site")
+    listed = subprocess.run([sys.executable, "-m", "rift", "architectures"], capture_output=True,
+                            text=True, env=_subprocess_env(plugin), cwd=tmp_path, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert ARCHITECTURE in listed.stdout.splitlines()
+    assert "mlp" in listed.stdout.splitlines()
+
+
+def test_worker_builds_a_job_on_an_installed_architecture(tmp_path: Path) -> None:
+    """The worker's own path from a job row to a prepared run (``worker.stages.prepare``'s
+    config and model building), in a fresh interpreter that only has the plugin on PYTHONPATH."""
+    plugin = write_entry_point_dist(tmp_path / "site")
+    np.savez(tmp_path / "f.npz", x=np.random.default_rng(0).normal(size=(40, 5)).astype("f4"),
+             y=np.arange(40) % 3)
+    script = f"""
+import torch
+from persistence.models import Job
+from worker.stages import job_config
+from rift.pipeline import prepare_run
+from rift.models import build_model
+spec = {{"architecture": {{"name": "{ARCHITECTURE}", "num_classes": 3}},
+        "dataset": {{"name": "npz", "path": "ignored"}}, "device": "cpu"}}
+config = job_config(Job(spec=spec), dataset_path=__import__("pathlib").Path(r"{tmp_path}/f.npz"),
+                    device="cpu")
+state = build_model(config.architecture, in_channels=5, image_size=1).state_dict()
+run = prepare_run(config, state)
+print(type(run.model).__name__, run.attack.bounds)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=_subprocess_env(plugin), cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["TinyTabularNet", "None"]
+
+
+def test_mlp_on_feature_vectors(tmp_path: Path) -> None:
+    features = np.random.default_rng(1).normal(scale=50.0, size=(60, 7)).astype(np.float32)
+    np.savez(tmp_path / "t.npz", x=features, y=np.arange(60) % 2)
+    splits = load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "t.npz")), seed=0)
+    assert splits.image_shape == (7, 1, 1) and splits.augment == "none"
+    # Values outside [0, 1] are kept as they are.
+    assert float(splits.train.images.abs().max()) > 1.0
+    model = build_model(ArchitectureSpec(name="mlp", num_classes=2, hidden=[5, 4]),
+                        in_channels=7, image_size=1)
+    assert [name for name, _ in model.named_children()] == ["layers", "head"]
+    assert [layer.out_features for layer in model.layers] == [5, 4]
+    assert model(splits.train.images[:3]).shape == (3, 2)
+
+
+def test_feature_npz_refuses_non_finite_values(tmp_path: Path) -> None:
+    from rift.errors import DatasetError
+
+    features = np.ones((10, 3), dtype=np.float32)
+    features[2, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", x=features, y=np.zeros(10, dtype=np.int64))
+    with pytest.raises(DatasetError, match="NaN"):
+        load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "nan.npz")), seed=0)
+
+
+def test_attack_domain_bounds() -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2))
+    x = torch.tensor([[5.0, -5.0, 0.5]]).view(1, 3, 1, 1)
+    y = torch.tensor([0])
+    for domain, feature_vectors in (("none", False), ("auto", True)):
+        attack = PGD.from_spec(AttackSpec(eps=1.0, step_size=0.5, domain=domain),
+                               feature_vectors=feature_vectors)
+        assert attack.bounds is None
+        assert float((attack.perturb(model, x, y) - x).abs().max()) <= 1.0 + 1e-6
+    unit = PGD.from_spec(AttackSpec(eps=1.0, step_size=0.5))
+    adversarial = unit.perturb(model, x, y)
+    assert float(adversarial.min()) >= 0.0 and float(adversarial.max()) <= 1.0
+    spec = AttackSpec.model_validate({"eps": 1.0, "step_size": 0.5,
+                                      "domain": {"lower": [4.5, -6, 0], "upper": [5.5, -4, 1]}})
+    bounded = PGD.from_spec(spec, feature_vectors=True).perturb(model, x, y).flatten()
+    assert 4.5 <= float(bounded[0]) <= 5.5 and -6 <= float(bounded[1]) <= -4
+
+
+def test_named_normalization_fills_mean_and_std() -> None:
+    spec = ArchitectureSpec(name="resnet18", normalization="cifar10")
+    assert spec.mean == [0.4914, 0.4822, 0.4465] and spec.std is not None
+    # The dumped config validates again (resume and job records round-trip it).
+    assert ArchitectureSpec.model_validate(spec.model_dump()) == spec
+    with pytest.raises(ValueError, match="normalization"):
+        ArchitectureSpec(name="resnet18", normalization="cifar10", mean=[0.5], std=[0.5])
+
+
+def test_tabular_run_end_to_end(tmp_path: Path) -> None:
+    from rift.demo_tabular import (
+        make_tabular_checkpoint,
+        tabular_demo_config,
+        write_breast_cancer_npz,
+    )
+    from rift.pipeline import run_pipeline
+
+    npz = write_breast_cancer_npz(tmp_path / "bc.npz")
+    made = make_tabular_checkpoint(tmp_path / "ck.safetensors", npz, epochs=4)
+    config = RiftConfig.model_validate(tabular_demo_config(npz))
+    config = config.model_copy(update={"mrc": config.mrc.model_copy(update={"steps": 3})})
+    result = run_pipeline(config, tmp_path / "ck.safetensors", tmp_path / "out")
+    assert [row["name"] for row in result["mrc"]["rows"]] == ["layers.0", "layers.1", "head"]
+    assert result["before"]["clean_accuracy"] > 80.0
+    assert result["after"]["robust_accuracy"] >= result["before"]["robust_accuracy"]
+    assert made["clean_accuracy"] > 80.0
+    assert (tmp_path / "out" / "tuned.safetensors").exists()
+
+
+def test_tabular_run_through_the_cli(tmp_path: Path) -> None:
+    import json
+
+    from rift.demo_tabular import (
+        make_tabular_checkpoint,
+        tabular_demo_config,
+        write_breast_cancer_npz,
+    )
+
+    npz = write_breast_cancer_npz(tmp_path / "bc.npz")
+    make_tabular_checkpoint(tmp_path / "ck.safetensors", npz, epochs=3)
+    config = tabular_demo_config(npz)
+    config["mrc"].update(steps=2, num_examples=64)
+    config["finetune"].update(epochs=1, lr_milestones=[])
+    config["interpolation"]["alpha_step"] = 0.5
+    (tmp_path / "tabular.json").write_text(json.dumps(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "rift", "run", "--checkpoint", str(tmp_path / "ck.safetensors"),
+         "--config", str(tmp_path / "tabular.json"), "--out", str(tmp_path / "out"), "--quiet"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["config"]["architecture"]["name"] == "mlp"
+    assert result["selected_module"] in done.stdout

@@ -1,0 +1,93 @@
+"""Resuming a run folder: stage outputs are reused only for the same checkpoint, dataset and
+config; anything else is refused, ``fresh`` starts over, and a failed run blocks nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rift.config import RiftConfig
+from rift.demo_tabular import make_tabular_checkpoint, tabular_demo_config, write_breast_cancer_npz
+from rift.errors import CheckpointMismatchError, ConfigError
+from rift.pipeline import PipelineCallbacks, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("tabular")
+    npz = write_breast_cancer_npz(folder / "bc.npz")
+    make_tabular_checkpoint(folder / "a.safetensors", npz, seed=0, epochs=2)
+    make_tabular_checkpoint(folder / "b.safetensors", npz, seed=1, epochs=2)
+    return {"npz": npz, "a": folder / "a.safetensors", "b": folder / "b.safetensors"}
+
+
+def _config(npz: Path, **mrc: Any) -> RiftConfig:
+    raw = tabular_demo_config(npz)
+    raw["mrc"].update(steps=2, num_examples=64, **mrc)
+    raw["finetune"].update(epochs=1, lr_milestones=[])
+    raw["interpolation"]["alpha_step"] = 0.5
+    return RiftConfig.model_validate(raw)
+
+
+def _events(into: list[str]) -> PipelineCallbacks:
+    return PipelineCallbacks(on_event=lambda kind, data: into.append(
+        f"{kind}:{data.get('stage', '')}"))
+
+
+def test_same_run_resumes_and_every_other_run_is_refused(tabular: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = _config(tabular["npz"])
+    first = run_pipeline(config, tabular["a"], out)
+    (out / "result.json").unlink()
+    events: list[str] = []
+    again = run_pipeline(config, tabular["a"], out, _events(events))
+    assert "stage_skipped:mrc" in events and "stage_skipped:finetune" in events
+    assert again["mrc"] == first["mrc"]
+
+    with pytest.raises(ConfigError, match="another checkpoint") as refused:
+        run_pipeline(config, tabular["b"], out)
+    assert refused.value.field == "output_dir" and "--fresh" in refused.value.message
+
+    other_data = tmp_path / "other.npz"
+    with np.load(tabular["npz"]) as archive:
+        x, y = archive["x"].copy(), archive["y"]
+    x[0, 0] += 1.0  # one feature of one example
+    np.savez(other_data, x=x, y=y)
+    moved = config.model_copy(update={"dataset": config.dataset.model_copy(
+        update={"path": str(tabular["npz"])})})
+    renamed = RiftConfig.model_validate({**moved.model_dump(mode="json"), "dataset": {
+        **moved.dataset.model_dump(mode="json"), "path": str(other_data)}})
+    with pytest.raises(ConfigError, match="another dataset and config"):
+        run_pipeline(renamed, tabular["a"], out)
+    # The same file content under another name is the same dataset: only the config differs.
+    copy = tmp_path / "copy.npz"
+    copy.write_bytes(tabular["npz"].read_bytes())
+    same_data = RiftConfig.model_validate({**config.model_dump(mode="json"), "dataset": {
+        **config.dataset.model_dump(mode="json"), "path": str(copy)}})
+    with pytest.raises(ConfigError, match=r"another config;"):
+        run_pipeline(same_data, tabular["a"], out)
+
+    with pytest.raises(ConfigError, match="another config"):
+        run_pipeline(_config(tabular["npz"], ascent="sgd"), tabular["a"], out)
+
+    # --fresh starts over with the other checkpoint.
+    events.clear()
+    fresh = run_pipeline(config, tabular["b"], out, _events(events), fresh=True)
+    assert "stage_started:mrc" in events and "stage_skipped:mrc" not in events
+    assert fresh["mrc"]["rows"] != first["mrc"]["rows"]
+
+
+def test_a_failed_run_does_not_block_a_corrected_one(tabular: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    broken = _config(tabular["npz"]).model_dump(mode="json")
+    broken["architecture"]["hidden"] = [32, 31]  # does not fit the checkpoint
+    with pytest.raises(CheckpointMismatchError):
+        run_pipeline(RiftConfig.model_validate(broken), tabular["a"], out)
+    result = run_pipeline(_config(tabular["npz"]), tabular["a"], out)
+    assert result["selected_module"]
+    assert (out / "run.json").is_file()
