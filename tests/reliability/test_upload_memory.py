@@ -23,7 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.helpers import free_port
+from persistence.db import session_factory_from_settings
+from tests.api.helpers import free_port, make_key
+from tests.service_fixtures import settings_from_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
 
@@ -34,9 +36,9 @@ CHECKPOINT_BYTES = 1024**3
 MAX_GROWTH_BYTES = 100 * 1024**2
 _LOG_LINE = re.compile(r"validation checkpoint: peak RSS (\d+) kB \(at start (\d+) kB\)")
 
+# The app logs each check's memory itself (JSON lines, LOG_LEVEL INFO by default).
 _SERVER = (
-    "import logging, sys, uvicorn\n"
-    "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+    "import sys, uvicorn\n"
     "uvicorn.run('api.main:create_app', factory=True, host='127.0.0.1', port=int(sys.argv[1]),"
     " log_level='warning')\n"
 )
@@ -111,10 +113,16 @@ def api_process(postgres_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.
 
 
 def test_one_gib_checkpoint_upload_grows_no_process_by_more_than_100_mb(
-    api_process: tuple[subprocess.Popen[bytes], str, Path], tmp_path: Path
+    api_process: tuple[subprocess.Popen[bytes], str, Path], postgres_url: str, tmp_path: Path
 ) -> None:
+    sessions = session_factory_from_settings(settings_from_env({"DATABASE_URL": postgres_url}))
+    try:
+        _, api_key = make_key(sessions, "tests")
+    finally:
+        sessions.kw["bind"].dispose()
     process, url, log = api_process
-    with httpx.Client(base_url=url, timeout=300) as client:
+    with httpx.Client(base_url=url, timeout=300,
+                      headers={"Authorization": f"Bearer {api_key}"}) as client:
         small = tmp_path / "small.safetensors"
         sparse_safetensors(small, 1024**2)
         warm_up = client.post("/v1/checkpoints", params={"filename": "small.safetensors"},
