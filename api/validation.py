@@ -50,7 +50,10 @@ def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
     """The validator's environment: the allow-listed variables of ``parent`` and fixed ones."""
     env = {name: parent[name] for name in INHERITED_VARIABLES if name in parent}
     env.update(CHILD_VARIABLES)
-    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    # The project first, then the operator's own path: architectures added through the
+    # 'rift.architectures' entry points must be found here as they are on the workers.
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(PROJECT_ROOT), *([parent["PYTHONPATH"]] if parent.get("PYTHONPATH") else [])])
     return env
 
 

@@ -15,8 +15,9 @@ Prints one JSON document (and writes it with ``--output``):
 
 The client is a small asyncio HTTP/1.1 keep-alive client (a pool of ``--connections``
 connections), cheaper per request than a general-purpose client, so that the measuring side takes
-as little as possible of a small machine's CPU. ``--api-key`` (or ``RIFT_API_KEY``) is sent as
-``Authorization: Bearer``.
+as little as possible of a small machine's CPU. The seeded jobs belong to a project 'bench' whose
+read key the client sends as ``Authorization: Bearer``; the API's request limit is raised so the
+bench measures latency, not the limiter.
 """
 
 from __future__ import annotations
@@ -185,9 +186,11 @@ def fresh_database(admin_url: str) -> Iterator[str]:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def seed(database_url: str, jobs_count: int) -> list[str]:
-    """``jobs_count`` jobs with a realistic config, a third cancelled, the rest queued."""
+def seed(database_url: str, jobs_count: int) -> tuple[list[str], str]:
+    """``jobs_count`` jobs of a project 'bench' with a realistic config, a third cancelled, the
+    rest queued; returns their ids and a read key of that project."""
     from persistence import jobs
+    from persistence.api_keys import create_key, create_project
     from persistence.db import session_factory_from_settings
     from persistence.models import utcnow
     from persistence.records import create_checkpoint
@@ -202,21 +205,24 @@ def seed(database_url: str, jobs_count: int) -> list[str]:
     start = utcnow()
     ids = []
     with factory() as session:
+        project = create_project(session, "bench")
+        key = create_key(session, project, ["read"], name="bench").key
         checkpoint = create_checkpoint(
             session, filename="m.safetensors", size=1, sha256="0" * 64, format="safetensors",
-            storage_key="checkpoints/m", num_tensors=1, num_parameters=1)
+            storage_key="checkpoints/m", num_tensors=1, num_parameters=1, project_id=project.id)
         for i in range(jobs_count):
             job, _ = jobs.create_job(session, spec=spec, checkpoint_id=checkpoint.id,
                                      labels={"team": f"t{i % 4}", "run": str(i)},
-                                     now=start + timedelta(milliseconds=i))
+                                     now=start + timedelta(milliseconds=i),
+                                     project_id=project.id)
             ids.append(job.id)
         for job_id in ids[::3]:
             jobs.request_cancel(session, job_id)
     factory.kw["bind"].dispose()
-    return ids
+    return ids, key
 
 
-def list_statements(database_url: str, api_key: str | None) -> int:
+def list_statements(database_url: str, api_key: str) -> int:
     """SQL statements (transaction control left out) of one GET /v1/jobs?limit=50, in-process."""
     from fastapi.testclient import TestClient
     from sqlalchemy import event
@@ -233,7 +239,7 @@ def list_statements(database_url: str, api_key: str | None) -> int:
         if statement.strip().upper() not in ("BEGIN", "COMMIT", "ROLLBACK"):
             seen.append(statement)
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {"Authorization": f"Bearer {api_key}"}
     with TestClient(create_app(settings, session_factory=factory)) as client:
         client.get("/v1/jobs?limit=50", headers=headers)  # warm caches
         event.listen(factory.kw["bind"], "before_cursor_execute", record)
@@ -249,7 +255,9 @@ def list_statements(database_url: str, api_key: str | None) -> int:
 def api_server(database_url: str, workers: int, port: int, log: Path) -> Iterator[str]:
     env = {**os.environ, "DATABASE_URL": database_url, "BROKER_URL": "memory://",
            "STORE_KIND": "local", "STORE_ROOT": str(log.parent / "objects"),
-           "WORK_DIR": str(log.parent / "work")}
+           "WORK_DIR": str(log.parent / "work"),
+           # The bench measures latency, not the per-project request limit (1,200/min by default).
+           "DEFAULT_MAX_REQUESTS_PER_MINUTE": "100000000"}
     command = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                "--no-access-log", "--log-level", "warning"]
@@ -330,19 +338,17 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout (s)")
     parser.add_argument("--jobs", type=int, default=1000, help="jobs seeded in the database")
     parser.add_argument("--unloaded-requests", type=int, default=200)
-    parser.add_argument("--api-key", default=os.environ.get("RIFT_API_KEY"),
-                        help="sent as 'Authorization: Bearer' (default: $RIFT_API_KEY)")
     parser.add_argument("--output", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rates.split(",") if r]
     args.list_rates = [float(r) for r in args.list_rates.split(",") if r]
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
 
     load_before = os.getloadavg()
     with fresh_database(args.admin_url) as database_url, \
             tempfile.TemporaryDirectory(prefix="rift-bench-") as scratch:
-        ids = seed(database_url, args.jobs)
-        statements = list_statements(database_url, args.api_key)
+        ids, api_key = seed(database_url, args.jobs)
+        headers = {"Authorization": f"Bearer {api_key}"}
+        statements = list_statements(database_url, api_key)
         with api_server(database_url, args.workers, free_port(), Path(scratch) / "api.log") as url:
             results = asyncio.run(measure(url, ids, args, headers))
 

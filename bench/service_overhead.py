@@ -12,7 +12,7 @@ the database writes and the polling; the checkpoint upload is timed separately. 
 with ``OMP_NUM_THREADS=1``. The job is the digits demo job on its demo checkpoint (CPU).
 
 Needs PostgreSQL on 127.0.0.1:5432 (user postgres; a scratch database is created and dropped) and
-Redis on 127.0.0.1:6379. With ``RIFT_API_KEY`` set, requests carry ``Authorization: Bearer``.
+Redis on 127.0.0.1:6379. Requests carry a key the bench makes in its fresh database.
 
     PYTHONPATH=. .venv/bin/python bench/service_overhead.py --repeats 2
 """
@@ -103,6 +103,20 @@ def _service_job(client: httpx.Client, checkpoint_id: str, config: dict[str, Any
     return seconds
 
 
+def _make_key(database_url: str) -> str:
+    """A read/write key of a project 'bench' in the fresh database."""
+    from persistence.api_keys import create_key, create_project
+    from persistence.db import session_factory_from_settings
+    from persistence.settings import Settings
+
+    factory = session_factory_from_settings(Settings(database_url=database_url))
+    try:
+        with factory() as session:
+            return create_key(session, create_project(session, "bench"), ["read", "write"]).key
+    finally:
+        factory.kw["bind"].dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
@@ -139,8 +153,7 @@ def main() -> None:
                      "--concurrency=1", "-Q", env["CELERY_QUEUE"], "--without-gossip",
                      "--without-mingle", "--loglevel=INFO", "-n", "bench@%h"], cwd=ROOT,
                     env=env, stdout=log, stderr=subprocess.STDOUT))
-            key = os.environ.get("RIFT_API_KEY")
-            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            headers = {"Authorization": f"Bearer {_make_key(url)}"}
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers,
                               timeout=60.0) as client:
                 _wait_http(client, "/healthz")

@@ -5,7 +5,6 @@ the module names the spec selects must exist in it. Imports torch; runs in the v
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 
 from rift.config import RiftConfig
@@ -24,9 +23,9 @@ def check_checkpoint_fits(
     num_features: int | None = None,
 ) -> None:
     """Build ``config.architecture`` on the meta device for the dataset's geometry (images of
-    ``in_channels`` × ``image_size``², or feature vectors of ``num_features`` values, passed to
-    ``build_model`` when it takes them) and require the checkpoint's keys and shapes to match it
-    and the spec's module names to exist.
+    ``in_channels`` × ``image_size``², or feature vectors of ``num_features`` values, which the
+    library reads as ``num_features``-channel 1×1 images) and require the checkpoint's keys and
+    shapes to match it and the spec's module names to exist.
 
     Raises:
         CheckpointMismatchError: with the missing, unexpected and mismatched keys.
@@ -40,14 +39,13 @@ def check_checkpoint_fits(
     from rift.models import build_model
     from rift.mrc import select_modules
 
-    channels = in_channels or DEFAULT_CHANNELS
-    size = image_size or DEFAULT_IMAGE_SIZE
-    options: dict[str, int] = {"in_channels": channels, "image_size": size}
-    if num_features is not None and "num_features" in inspect.signature(build_model).parameters:
-        options["num_features"] = num_features
+    if num_features is not None:  # (N, F) arrays load as (N, F, 1, 1): see rift.data.npz
+        channels, size = num_features, 1
+    else:
+        channels, size = in_channels or DEFAULT_CHANNELS, image_size or DEFAULT_IMAGE_SIZE
     try:
         with torch.device("meta"):
-            model = build_model(config.architecture, **options)
+            model = build_model(config.architecture, in_channels=channels, image_size=size)
     except RiftError:
         raise
     except Exception as exc:  # e.g. a torchvision model that cannot take these options

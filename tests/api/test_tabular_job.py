@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from api.dispatch import CeleryDispatcher
+from api.validation import Validator
 from persistence.settings import Settings
 from tests.api.helpers import Api, upload_checkpoint
 from tests.entry_point_dist import ARCHITECTURE, write_entry_point_dist
@@ -48,7 +49,7 @@ def _fast_config(architecture: dict[str, Any]) -> dict[str, Any]:
 def test_tabular_jobs_with_builtin_mlp_and_an_installed_architecture(
         service_settings: Settings, start_api: Callable[..., Api],
         start_worker: Callable[..., WorkerProcess], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     import torch
 
     from rift import checkpoints
@@ -57,9 +58,15 @@ def test_tabular_jobs_with_builtin_mlp_and_an_installed_architecture(
     from rift.models import build_model
 
     plugin = write_entry_point_dist(tmp_path / "site")
-    monkeypatch.syspath_prepend(str(plugin))  # the API builds the model to check the checkpoint
+    monkeypatch.syspath_prepend(str(plugin))  # this test builds the plugin's model itself too
     worker = start_worker(PYTHONPATH=f"{plugin}:{PROJECT_ROOT}")
-    api = start_api(service_settings, dispatcher=CeleryDispatcher(service_settings))
+    # The API's validator builds the model to check the checkpoint: it must see the plugin too,
+    # as an installed package would be seen (its server inherits PYTHONPATH, nothing secret).
+    monkeypatch.setenv("PYTHONPATH", f"{plugin}:{PROJECT_ROOT}")
+    validator = Validator(service_settings)
+    request.addfinalizer(validator.close)
+    api = start_api(service_settings, dispatcher=CeleryDispatcher(service_settings),
+                    validator=validator)
 
     npz = write_breast_cancer_npz(tmp_path / "bc.npz")
     make_tabular_checkpoint(tmp_path / "mlp.safetensors", npz, epochs=3)

@@ -268,7 +268,7 @@ def test_npz_errors_name_the_key(tmp_path: Path, arrays: dict, key: str) -> None
         load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "bad.npz")), seed=0)
 
 
-def test_npz_feature_vectors_load_as_float_rows(tmp_path: Path) -> None:
+def test_npz_feature_vectors_load_as_one_pixel_float_images(tmp_path: Path) -> None:
     from rift.data.npz import load_npz
 
     features = np.arange(30, dtype=np.int64).reshape(6, 5) * 1000 - 7000  # any finite range
@@ -276,8 +276,9 @@ def test_npz_feature_vectors_load_as_float_rows(tmp_path: Path) -> None:
              x_test=features[:2].astype(np.int64), y_test=np.array([[2], [0]]))
     source = load_npz(DatasetSpec(name="npz", path=str(tmp_path / "f.npz")))
     assert source.train.images.dtype == torch.float32
-    assert torch.equal(source.train.images, torch.from_numpy(features).float())
-    assert source.test is not None and source.test.images.shape == (2, 5)
+    # (N, F) → (N, F, 1, 1): F channels of a 1×1 image, so every image code path takes them.
+    assert torch.equal(source.train.images, torch.from_numpy(features).float()[:, :, None, None])
+    assert source.test is not None and source.test.images.shape == (2, 5, 1, 1)
     assert source.test.labels.tolist() == [2, 0]
     assert source.num_classes == 3
 

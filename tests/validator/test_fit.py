@@ -1,5 +1,5 @@
 """The fit check (``validator/fit.py``): the model is built on the meta device for the dataset's
-geometry, and a feature dataset's width reaches architectures that take it."""
+geometry; a feature dataset's width is the channel count of 1×1 images."""
 
 from __future__ import annotations
 
@@ -31,17 +31,16 @@ def test_image_geometry_decides_the_first_layer() -> None:
         check_checkpoint_fits(_config(), _shapes(one_channel), in_channels=3, image_size=8)
 
 
-def test_feature_count_is_passed_to_architectures_that_take_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    seen: dict[str, int] = {}
-
-    def build_model(spec: object, *, in_channels: int = 3, image_size: int = 32,
-                    num_features: int | None = None) -> nn.Module:
-        seen.update(in_channels=in_channels, image_size=image_size, num_features=num_features or 0)
-        return nn.Sequential(nn.Linear(num_features or 1, 10))
-
-    monkeypatch.setattr(rift.models, "build_model", build_model)
-    check_checkpoint_fits(_config(), {"0.weight": (10, 6), "0.bias": (10,)},
-                          in_channels=None, image_size=None, num_features=6)
-    assert seen["num_features"] == 6
+def test_a_feature_dataset_is_built_as_one_pixel_images_of_its_width() -> None:
+    # (N, F) arrays load as (N, F, 1, 1), so an mlp without 'input_features' takes F inputs.
+    config = RiftConfig.model_validate({
+        "architecture": {"name": "mlp", "num_classes": 2, "hidden": [16]},
+        "dataset": {"name": "npz", "path": "features.npz"}})
+    with torch.device("meta"):
+        thirty = rift.models.build_model(config.architecture, in_channels=30, image_size=1)
+    assert _shapes(thirty)["layers.0.weight"] == (16, 30)
+    check_checkpoint_fits(config, _shapes(thirty), in_channels=None, image_size=None,
+                          num_features=30)
+    with pytest.raises(CheckpointMismatchError, match=r"layers\.0\.weight"):
+        check_checkpoint_fits(config, _shapes(thirty), in_channels=None, image_size=None,
+                              num_features=29)
