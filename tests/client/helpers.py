@@ -18,6 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 CLI_TIMEOUT_S = 300.0
+#: The rift_client sources of this checkout.
+CLIENT_SOURCE = Path(__file__).resolve().parents[2] / "clients" / "python"
 
 
 class CuttingProxy:
@@ -216,6 +218,9 @@ def run_riftctl(args: Sequence[str], *, url: str | None, api_key: str | None, ho
     full = {k: v for k, v in os.environ.items()
             if k not in ("RIFT_API_URL", "RIFT_API_KEY", "RIFTCTL_CONFIG", "XDG_CONFIG_HOME")}
     full.update({"HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"})
+    # This checkout's rift_client first (as the tests import it: pyproject's pytest pythonpath).
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CLIENT_SOURCE),
+                                                       os.environ.get("PYTHONPATH")]))
     if url is not None:
         full["RIFT_API_URL"] = url
     if api_key is not None:

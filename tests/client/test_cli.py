@@ -13,7 +13,7 @@ import pytest
 
 from tests.api.helpers import digits_config
 from tests.client.conftest import RunningApi
-from tests.client.helpers import CliResult, run_riftctl
+from tests.client.helpers import CliResult, ScriptedReply, ScriptedServer, run_riftctl
 
 pytestmark = pytest.mark.service
 
@@ -182,3 +182,39 @@ def test_dataset_upload_get_delete(cli: Cli, tmp_path: Path) -> None:
     deleted = cli("-o", "json", "datasets", "delete", record["id"])
     assert deleted.exit_code == 0 and deleted.json() == {"deleted": record["id"]}
     assert cli("datasets", "get", record["id"]).exit_code == 3
+
+
+def test_materialize_errors_and_wait_timeout(cli: Cli, config_file: Path,
+                                             checkpoint_file: Path, tmp_path: Path) -> None:
+    job = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file), "--config",
+              str(config_file)).json()
+    # The job is still queued: 409, exit 3, with the API's code and field.
+    refused = cli("-o", "json", "jobs", "materialize", job["id"], "--alpha", "0.5", "--wait")
+    assert refused.exit_code == 3 and refused.stdout == ""
+    error = refused.error()
+    assert error["status"] == 409 and error["code"] == "job_not_succeeded"
+    assert error["field"] == "job_id"
+    text = cli("jobs", "materialize", job["id"], "--alpha", "0.5")
+    assert text.exit_code == 3 and "job_not_succeeded" in text.stderr
+    # α outside [0, 1] is refused before any request: a usage error.
+    assert cli("jobs", "materialize", job["id"], "--alpha", "2").exit_code == 2
+    assert cli("jobs", "materialize", job["id"]).exit_code == 2  # --alpha is required
+
+    # A materialization that stays running: --wait gives up after --timeout, exit 4.
+    running = {"id": "mat_1", "job_id": "job_1", "alpha": 0.25, "evaluate": False,
+               "status": "running", "artifact": "tuned@0.25.safetensors", "artifact_url": None,
+               "clean_accuracy": None, "robust_accuracy": None, "error": None,
+               "created_at": "2026-01-01T00:00:00Z", "finished_at": None,
+               "url": "/v1/jobs/job_1/materializations/mat_1"}
+    server = ScriptedServer([ScriptedReply(202, running), ScriptedReply(200, running)])
+    try:
+        waited = run_riftctl(["-o", "json", "jobs", "materialize", "job_1", "--alpha", "0.25",
+                              "--wait", "--timeout", "0.5", "--poll-interval", "0.2"],
+                             url=server.url, api_key="rift_test", home=cli.home)
+    finally:
+        server.stop()
+    assert waited.exit_code == 4, waited.stderr
+    timeout = waited.error()
+    assert timeout["code"] == "wait_timeout" and timeout["materialization_id"] == "mat_1"
+    assert timeout["status"] == "running"
+    assert [r.method for r in server.seen][:2] == ["POST", "GET"]

@@ -1,6 +1,7 @@
 """``riftctl`` end to end against the whole service (Postgres, Redis, a real Celery worker): a job
 created from a checkpoint file and waited for (exit 0), a cancelled one (exit 1), the events of a
-finished job, its artifacts downloaded with their SHA-256 checked, and its report page."""
+finished job, its artifacts downloaded with their SHA-256 checked, its report page, and its weights
+materialized at another α, evaluated and downloaded."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import safetensors.numpy
 
 from tests.client.conftest import FinishedJob, RunningApi
 from tests.client.helpers import run_riftctl
@@ -98,3 +101,39 @@ def test_report_of_a_finished_job(live_service: RunningApi, live_api_key: str | 
     report = Path(json.loads(out)["path"])
     assert report == tmp_path / f"{job_id}.html"
     assert "<html" in report.read_text().lower()
+
+
+def test_materialize_wait_download(live_service: RunningApi, live_api_key: str | None,
+                                   finished_job: FinishedJob, digits_checkpoint_path: Path,
+                                   tmp_path: Path) -> None:
+    job_id = finished_job.job.id
+    alpha = 0.5
+    result = run_riftctl(["-o", "json", "jobs", "materialize", job_id, "--alpha", str(alpha),
+                          "--evaluate", "--wait", "--timeout", "240", "--download",
+                          str(tmp_path / "weights")],
+                         url=live_service.url, api_key=live_api_key, home=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    record = result.json()
+    assert record["status"] == "succeeded" and record["alpha"] == alpha and record["evaluate"]
+    assert 0 <= record["robust_accuracy"] <= record["clean_accuracy"] <= 100
+    saved = Path(record["downloaded"]["path"])
+    assert saved == tmp_path / "weights" / "tuned@0.5.safetensors"
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == record["downloaded"]["sha256"]
+    # The file holds (1 − α) θ_AT + α θ_FT.
+    theta_at = safetensors.numpy.load_file(str(digits_checkpoint_path))
+    finetuned = run_riftctl(["jobs", "download", job_id, "finetuned.safetensors", "--out",
+                             str(tmp_path / "ft")], url=live_service.url, api_key=live_api_key,
+                            home=tmp_path)
+    assert finetuned.exit_code == 0, finetuned.stderr
+    theta_ft = safetensors.numpy.load_file(str(tmp_path / "ft" / "finetuned.safetensors"))
+    tuned = safetensors.numpy.load_file(str(saved))
+    assert tuned.keys() == theta_at.keys()
+    for key, value in tuned.items():
+        if np.issubdtype(value.dtype, np.floating):
+            np.testing.assert_allclose(value, (1 - alpha) * theta_at[key] + alpha * theta_ft[key],
+                                       rtol=1e-6, atol=1e-6)
+    # Text output of the same α: the record made above, not a new one.
+    again = run_riftctl(["jobs", "materialize", job_id, "--alpha", str(alpha)],
+                        url=live_service.url, api_key=live_api_key, home=tmp_path)
+    assert again.exit_code == 0, again.stderr
+    assert f"materialization {record['id']} of job {job_id}: α = 0.5 succeeded" in again.stdout

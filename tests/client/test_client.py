@@ -1,6 +1,7 @@
 """``RiftClient`` against the real API (SQLite, local store, jobs left queued): uploads with
 progress and SHA-256, records, job creation with idempotency keys, pages of jobs, cancelling,
-waiting with a timeout, and the API's errors as typed exceptions."""
+waiting with a timeout, the API's errors as typed exceptions (materializing a job that has not
+succeeded among them), and a materialization wait that times out."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from rift_client import (
 )
 from tests.api.helpers import digits_config
 from tests.client.conftest import MAX_UPLOAD_BYTES, RunningApi
+from tests.client.helpers import ScriptedReply, ScriptedServer
 
 pytestmark = pytest.mark.service
 
@@ -166,3 +168,43 @@ def test_ids_cannot_reach_another_route(rift: RiftClient) -> None:
     with pytest.raises(NotFoundError) as missing:
         rift.get_checkpoint("../jobs")
     assert missing.value.path == "/v1/checkpoints/../jobs" and missing.value.code == "not_found"
+
+
+def test_materialize_a_job_that_has_not_succeeded_is_a_conflict(
+        rift: RiftClient, checkpoint_file: Path) -> None:
+    checkpoint = _upload(rift, checkpoint_file)
+    job = rift.create_job({"config": digits_config()}, checkpoint_id=checkpoint.id)
+    with pytest.raises(ConflictError) as queued:
+        rift.materialize(job.id, 0.5)
+    assert queued.value.status_code == 409 and queued.value.code == "job_not_succeeded"
+    assert queued.value.field == "job_id" and job.id in queued.value.message
+    assert rift.list_materializations(job.id) == []
+    with pytest.raises(NotFoundError) as unknown:
+        rift.get_materialization(job.id, "no-such-materialization")
+    assert unknown.value.field == "materialization_id"
+    with pytest.raises(UnprocessableEntityError) as out_of_range:
+        rift.materialize(job.id, 1.5)
+    assert out_of_range.value.field is not None and "alpha" in out_of_range.value.field
+
+
+def _materialization_body(status: str) -> dict[str, object]:
+    return {"id": "mat_1", "job_id": "job_1", "alpha": 0.25, "evaluate": False, "status": status,
+            "artifact": "tuned@0.25.safetensors", "artifact_url": None, "clean_accuracy": None,
+            "robust_accuracy": None, "error": None, "created_at": "2026-01-01T00:00:00Z",
+            "finished_at": None, "url": "/v1/jobs/job_1/materializations/mat_1"}
+
+
+def test_wait_materialization_gives_up_after_the_timeout() -> None:
+    # A service whose materialization stays running: the wait ends with WaitTimeoutError.
+    server = ScriptedServer([ScriptedReply(200, _materialization_body("running"))])
+    try:
+        seen: list[str] = []
+        with RiftClient(server.url, api_key="rift_test") as client, \
+                pytest.raises(WaitTimeoutError) as timeout:
+            client.wait_materialization("job_1", "mat_1", timeout=0.3, poll_interval=0.1,
+                                        on_update=lambda m: seen.append(m.status))
+    finally:
+        server.stop()
+    assert timeout.value.materialization_id == "mat_1" and timeout.value.job_id == "job_1"
+    assert timeout.value.last_status == "running" and len(seen) >= 2
+    assert {r.path for r in server.seen} == {"/v1/jobs/job_1/materializations/mat_1"}

@@ -1,7 +1,8 @@
 """``RiftClient`` against the whole service (Postgres, Redis, a real Celery worker): a job created,
 followed live and waited for; its event stream resumed after a dropped connection with nothing
 lost or repeated; its artifacts downloaded with their SHA-256 checked, resumed after a dropped
-connection, and refused when the stored bytes are corrupted."""
+connection, and refused when the stored bytes are corrupted; its weights materialized at α = 0
+and α = 1, equal to θ_AT and θ_FT bit for bit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import safetensors.numpy
 
 from persistence.db import session_factory_from_settings
 from persistence.jobs import get_artifact
@@ -141,3 +144,45 @@ def test_download_refuses_corrupted_bytes(finished_job: FinishedJob, live_servic
     assert mismatch.value.expected != mismatch.value.actual
     assert list(tmp_path.iterdir()) == []  # neither the file nor its .part is left
     assert live.download(job_id, "mrc.csv", tmp_path).read_bytes() == original
+
+
+def _tensors(path: Path) -> dict[str, np.ndarray]:
+    return dict(safetensors.numpy.load_file(str(path)))
+
+
+def _bit_for_bit(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes()
+        for k in a)
+
+
+def test_materialize_end_points_are_theta_at_and_theta_ft(
+        finished_job: FinishedJob, live: RiftClient, digits_checkpoint_path: Path,
+        tmp_path: Path) -> None:
+    job_id = finished_job.job.id
+    theta_at = _tensors(digits_checkpoint_path)  # the checkpoint the job was created on
+    theta_ft = _tensors(live.download(job_id, "finetuned.safetensors", tmp_path))
+    # θ_AT and θ_FT differ (fine-tuning moved the selected module), so each check below can fail.
+    assert theta_at.keys() == theta_ft.keys() and not _bit_for_bit(theta_at, theta_ft)
+
+    made = {}
+    seen: list[str] = []
+    for alpha in (0.0, 1.0):
+        record = live.materialize(job_id, alpha)
+        assert record.job_id == job_id and record.alpha == alpha and not record.evaluate
+        assert record.artifact == f"tuned@{alpha:g}.safetensors"
+        seen.clear()
+        done = live.wait_materialization(job_id, record.id, timeout=120, poll_interval=0.2,
+                                         on_update=lambda m: seen.append(m.status))
+        assert done.status == "succeeded", done.error
+        assert done.finished_at is not None and done.artifact_url and seen[-1] == "succeeded"
+        assert done.clean_accuracy is None and done.robust_accuracy is None
+        assert live.get_materialization(job_id, record.id) == done
+        # Asking again for a made α returns that record, without a second request to the worker.
+        assert live.materialize(job_id, alpha) == done
+        made[alpha] = live.download(job_id, done.artifact, tmp_path)
+    assert _bit_for_bit(_tensors(made[0.0]), theta_at)
+    assert _bit_for_bit(_tensors(made[1.0]), theta_ft)
+    listed = live.list_materializations(job_id)
+    assert [m.alpha for m in listed] == sorted(m.alpha for m in listed)
+    assert {0.0, 1.0} <= {m.alpha for m in listed}

@@ -36,6 +36,7 @@ from rift_client.models import (
     Event,
     Job,
     JobSpec,
+    Materialization,
     MRCTable,
 )
 from rift_client.retry import RetryPolicy
@@ -54,6 +55,7 @@ __all__ = [
     "Job",
     "JobSpec",
     "MRCTable",
+    "Materialization",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",

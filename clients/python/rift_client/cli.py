@@ -4,12 +4,14 @@
     riftctl jobs create --checkpoint ck_123 --config config.json --label team=vision --wait
     riftctl jobs events JOB_ID
     riftctl jobs download JOB_ID --out weights/
+    riftctl jobs materialize JOB_ID --alpha 0.35 --evaluate --download weights/
     riftctl --output json jobs list --status running
 
 Exit codes (for CI jobs and scripts):
 
-    0  success (for wait/events/create --wait: the job succeeded)
-    1  the job failed or was cancelled
+    0  success (for wait/events/create --wait: the job succeeded; for materialize --wait:
+       the weights were made)
+    1  the job failed or was cancelled (materialize --wait: the materialization failed)
     2  usage error (bad option, missing file, invalid config file or JSON)
     3  API error (an error answer, the service unreachable, a checksum mismatch)
     4  ``wait`` gave up: the job was still running when --timeout passed
@@ -52,7 +54,7 @@ from rift_client.errors import (
     RiftConnectionError,
     WaitTimeoutError,
 )
-from rift_client.models import SUCCEEDED, Event, Job
+from rift_client.models import SUCCEEDED, Event, Job, Materialization
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_API_ERROR, EXIT_WAIT_TIMEOUT = 0, 1, 2, 3, 4
 STAGES = ("mrc", "finetune", "interpolate")
@@ -158,7 +160,8 @@ def _client(state: State) -> Iterator[RiftClient]:
     except WaitTimeoutError as exc:
         _fail(state, EXIT_WAIT_TIMEOUT, str(exc), {
             "code": "wait_timeout", "message": str(exc), "job_id": exc.job_id,
-            "status": exc.last_status})
+            "status": exc.last_status,
+            **({"materialization_id": exc.materialization_id} if exc.materialization_id else {})})
 
 
 def _fail(state: State, exit_code: int, message: str, error: dict[str, Any]) -> None:
@@ -556,6 +559,73 @@ def jobs_download(
                     state.say(f"{path} ({artifact.size} bytes, sha256 verified)")
     if state.json:
         state.emit(saved)
+
+
+def _describe_materialization(record: Materialization) -> str:
+    text = (f"materialization {record.id} of job {record.job_id}: α = {record.alpha:g} "
+            f"{record.status}, {record.artifact}")
+    if record.clean_accuracy is not None:
+        text += f", clean {record.clean_accuracy:g}%"
+    if record.robust_accuracy is not None:
+        text += f", robust {record.robust_accuracy:g}%"
+    if record.error:
+        text += f": {record.error}"
+    return text
+
+
+@jobs_app.command("materialize")
+def jobs_materialize(
+    ctx: typer.Context,
+    job_id: str,
+    alpha: Annotated[float, typer.Option(
+        "--alpha", "-a", min=0.0, max=1.0, help="Interpolation weight: 0 is θ_AT (the uploaded "
+        "checkpoint), 1 is θ_FT (the fine-tuned weights).")],
+    evaluate: Annotated[bool, typer.Option(
+        "--evaluate", help="Also measure clean and robust accuracy on the test split.")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait until the weights are made; exit 1 if that failed.")] = False,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", min=0, help="With --wait or --download: seconds before giving up "
+        "(exit 4).")] = None,
+    download: Annotated[Path | None, typer.Option(
+        "--download", "-d", help="Folder to save tuned@<α>.safetensors in once made, its "
+        "SHA-256 checked (implies --wait).")] = None,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", min=0.1,
+                                                 help="Seconds between two looks.")] = 1.0,
+) -> None:
+    """Make the weights at another α of a succeeded job, without retraining (the artifact
+    tuned@<α>.safetensors); asking again for an α returns the record made the first time."""
+    state = _state(ctx)
+    if download is not None:
+        if download.exists() and not download.is_dir():
+            raise typer.BadParameter(f"{download} is not a folder", param_hint="--download")
+        wait = True
+    saved: dict[str, Any] | None = None
+    with _client(state) as client:
+        record = client.materialize(job_id, alpha, evaluate=evaluate)
+        if wait and not record.finished:
+            if not state.json:
+                state.err.print(f"materialization {record.id} {record.status}; waiting",
+                                highlight=False)
+            record = client.wait_materialization(job_id, record.id, timeout,
+                                                 poll_interval=poll_interval)
+        if download is not None and record.status == SUCCEEDED:
+            download.mkdir(parents=True, exist_ok=True)
+            artifact = client.get_artifact(job_id, record.artifact)
+            with _transfer_progress(state) as progress:
+                task = progress.add_task(f"downloading {record.artifact}", total=artifact.size)
+                path = client.download(job_id, record.artifact, download, progress=lambda d, t:
+                                       progress.update(task, completed=d, total=t))
+            saved = {"path": str(path), "size": artifact.size, "sha256": artifact.sha256}
+    if state.json:
+        state.emit({**record.model_dump(mode="json"),
+                    **({"downloaded": saved} if saved is not None else {})})
+    else:
+        state.say(_describe_materialization(record))
+        if saved is not None:
+            state.say(f"{saved['path']} ({saved['size']} bytes, sha256 verified)")
+    if wait and record.status != SUCCEEDED:
+        raise typer.Exit(EXIT_JOB_FAILED)
 
 
 @jobs_app.command("report")

@@ -50,6 +50,7 @@ from rift_client.models import (
     Job,
     JobPage,
     JobSpec,
+    Materialization,
     MRCTable,
 )
 from rift_client.retry import RetryPolicy, sent_nothing
@@ -423,6 +424,57 @@ class RiftClient:
             f"{', '.join(a.name for a in artifacts) or 'none yet'})",
             status_code=404, code="not_found", field="name", method="GET",
             path=f"/v1/jobs/{job_id}/artifacts")
+
+    # ----------------------------------------------------------------------- materializations
+
+    def materialize(self, job_id: str, alpha: float, *, evaluate: bool = False) -> Materialization:
+        """Ask for the weights θ_α = (1 − α) θ_AT + α θ_FT of a succeeded job (α in [0, 1]; 0 is
+        θ_AT, 1 is θ_FT, bit for bit), made by a worker as the artifact ``tuned@<α>.safetensors``;
+        with ``evaluate``, also their clean and robust accuracy on the test split.
+
+        Returns the request's record at once (``queued`` when new; the existing record when that
+        α was asked for before): follow it with :meth:`wait_materialization`, then
+        :meth:`download` its ``artifact``. A job that has not succeeded raises
+        :class:`ConflictError` (code ``job_not_succeeded``). Asking twice for one α makes it
+        once, so the request is retried like a read.
+        """
+        response = self._request("POST", f"/v1/jobs/{_segment(job_id)}/materialize",
+                                 idempotent=True, json={"alpha": alpha, "evaluate": evaluate})
+        return Materialization.model_validate(response.json())
+
+    def get_materialization(self, job_id: str, materialization_id: str) -> Materialization:
+        return Materialization.model_validate(self._get_json(
+            f"/v1/jobs/{_segment(job_id)}/materializations/{_segment(materialization_id)}"))
+
+    def list_materializations(self, job_id: str) -> list[Materialization]:
+        """The job's materializations, in α order."""
+        body = self._get_json(f"/v1/jobs/{_segment(job_id)}/materializations")
+        return [Materialization.model_validate(item) for item in body["items"]]
+
+    def wait_materialization(self, job_id: str, materialization_id: str,
+                             timeout: float | None = None, *, poll_interval: float = 1.0,
+                             on_update: Callable[[Materialization], None] | None = None
+                             ) -> Materialization:
+        """Poll a materialization until it has succeeded or failed and return it (whatever its
+        final status). Raises :class:`WaitTimeoutError` (with ``materialization_id`` set) when
+        ``timeout`` seconds pass first (None: wait as long as it takes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = self.get_materialization(job_id, materialization_id)
+            if on_update is not None:
+                on_update(record)
+            if record.finished:
+                return record
+            if deadline is None:
+                time.sleep(poll_interval)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeoutError(
+                    f"materialization {materialization_id} (α = {record.alpha:g}) of job {job_id} "
+                    f"was still {record.status} after {timeout:g} s", job_id=job_id,
+                    last_status=record.status, materialization_id=materialization_id)
+            time.sleep(min(poll_interval, left))
 
     def download(self, job_id: str, name: str, path: str | os.PathLike[str], *,
                  progress: ProgressCallback | None = None, resume_attempts: int = 3) -> Path:

@@ -27,12 +27,16 @@ class ChecksumMismatchError(RiftClientError):
 
 
 class WaitTimeoutError(RiftClientError):
-    """A job did not finish within the time given to :meth:`RiftClient.wait`."""
+    """A job did not finish within the time given to :meth:`RiftClient.wait` (or a
+    materialization within that given to :meth:`RiftClient.wait_materialization`: then
+    ``materialization_id`` names it)."""
 
-    def __init__(self, message: str, *, job_id: str, last_status: str) -> None:
+    def __init__(self, message: str, *, job_id: str, last_status: str,
+                 materialization_id: str | None = None) -> None:
         super().__init__(message)
         self.job_id = job_id
         self.last_status = last_status
+        self.materialization_id = materialization_id
 
 
 class RiftAPIError(RiftClientError):

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 #: Job statuses; a job in one of TERMINAL_STATUSES changes no more.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+#: Materialization statuses are queued, running, succeeded or failed; these two are final.
+MATERIALIZATION_TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED})
 
 
 class _Resource(BaseModel):
@@ -167,6 +169,31 @@ class Artifact(_Resource):
     content_type: str
     created_at: datetime
     url: str
+
+
+class Materialization(_Resource):
+    """The weights θ_α = (1 − α) θ_AT + α θ_FT of a succeeded job at an α asked for after it
+    (``POST /v1/jobs/{id}/materialize``), made by a worker as the job artifact ``artifact``."""
+
+    id: str
+    job_id: str
+    alpha: float
+    evaluate: bool
+    status: str = Field(description="queued, running, succeeded or failed.")
+    artifact: str = Field(description="The weights' artifact name (tuned@<α>.safetensors); "
+                          "downloadable once succeeded.")
+    artifact_url: str | None = None
+    clean_accuracy: float | None = Field(None, description="Percent, when evaluated.")
+    robust_accuracy: float | None = Field(None, description="Percent, when evaluated.")
+    error: str | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+    url: str
+
+    @property
+    def finished(self) -> bool:
+        """Whether the worker is done with it (succeeded or failed)."""
+        return self.status in MATERIALIZATION_TERMINAL_STATUSES
 
 
 class JobSpec(BaseModel):
