@@ -43,8 +43,10 @@ def describe_event(event: Event) -> str | None:
         return (f"  epoch {payload.get('epoch')}: train loss {payload.get('train_loss', 0):.3f}, "
                 f"validation accuracy {payload.get('val_accuracy', 0):.2f}%")
     if kind == "interpolation_point":
+        robust = payload.get("robust_accuracy")  # None: not attacked, it could not change the choice
+        shown = f"{robust:.2f}%" if robust is not None else "not measured"
         return (f"  α = {payload.get('alpha'):.2f}: clean {payload.get('clean_accuracy', 0):.2f}%"
-                f", robust {payload.get('robust_accuracy', 0):.2f}%")
+                f", robust {shown}")
     if kind in ("warning", "job_failed", "job_cancelled", "stage_retry"):
         return f"{kind}: {json.dumps(payload)}"
     return None
