@@ -152,6 +152,25 @@ async def open_loop(pool: HttpPool, path_of: Callable[[int], str], rate: float,
     }
 
 
+async def drain(pool: HttpPool, path: str, quiet_ms: float = 50.0, limit_s: float = 180.0) -> float:
+    """Wait until ``GET path`` answers within ``quiet_ms`` again: after an overloaded phase the
+    server still works through requests whose clients gave up (nothing sheds them), and the next
+    phase must not be measured behind that backlog. Returns the seconds waited."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while loop.time() - started < limit_s:
+        begin = loop.time()
+        try:
+            await asyncio.wait_for(pool.get(path), limit_s)
+        except Exception:
+            await asyncio.sleep(0.5)
+            continue
+        if (loop.time() - begin) * 1000 < quiet_ms:
+            break
+        await asyncio.sleep(0.5)
+    return round(loop.time() - started, 2)
+
+
 async def sequential(pool: HttpPool, path: str, count: int) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     latencies = []
@@ -309,16 +328,17 @@ async def measure(url: str, ids: list[str], args: argparse.Namespace,
             "by_id": await sequential(pool, f"/v1/jobs/{ids[1]}", args.unloaded_requests),
             "list_50": await sequential(pool, "/v1/jobs?limit=50", args.unloaded_requests),
         }
+        probe = f"/v1/jobs/{ids[0]}"
         by_id = []
         for rate in args.rates:
             by_id.append(await open_loop(pool, lambda i: f"/v1/jobs/{ids[i % len(ids)]}", rate,
                                          args.duration, args.max_requests, args.timeout))
-            await asyncio.sleep(1.0)
+            by_id[-1]["drain_seconds_after"] = await drain(pool, probe)
         listing = []
         for rate in args.list_rates:
             listing.append(await open_loop(pool, lambda i: "/v1/jobs?limit=50", rate,
                                            args.duration, args.max_requests, args.timeout))
-            await asyncio.sleep(1.0)
+            listing[-1]["drain_seconds_after"] = await drain(pool, probe)
     finally:
         await pool.close()
     return {"unloaded": unloaded, "by_id": by_id, "list_50": listing}
