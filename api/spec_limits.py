@@ -8,7 +8,7 @@ the fields. The numbers, and why:
 
 - ``finetune.epochs`` <= 200: the paper fine-tunes for 10; 200 leaves room for long schedules.
 - ``attack.steps``, ``mrc.steps`` <= 200: PGD-10/PGD-20 are the usual; 200 is a strong attack.
-- ``mrc.num_examples`` <= 100,000: the paper uses 1,024 (RIFT.md).
+- ``mrc.num_examples`` <= 100,000: the paper uses 1,024 (docs/algorithm.md).
 - batch sizes (``mrc``, ``finetune``, ``evaluation``) from 8 to 8,192: below 8 the per-step
   overhead, which the estimate does not count, dominates; above 8,192 no GPU we run holds it.
 - ``interpolation.alpha_step`` >= 0.01: at most 101 points on the curve.

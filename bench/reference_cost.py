@@ -1,7 +1,7 @@
 """MRC with the reference code's cost model, as a baseline to time ``rift.mrc`` against.
 
-What the public reference implementation does per module, reproduced here for its cost (RIFT.md,
-"Details of the reference code"): it deep-copies the whole model, freezes every parameter except
+What the public reference implementation does per module, reproduced here for its cost (docs/algorithm.md,
+"The reference protocol and where we differ"): it deep-copies the whole model, freezes every parameter except
 the scored weight (so backward computes only that weight's gradient, down to the module), runs SGD
 ascent with full forward passes over the adversarial set in batches reshuffled every pass, projects
 Δ onto the ball after each pass, then runs a separate full measuring pass over the set. The running

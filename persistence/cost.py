@@ -2,7 +2,7 @@
 
 One example-pass is one example through the model once, forward or backward; a training step on a
 batch of ``b`` examples costs ``b`` forward plus ``b`` backward example-passes. The estimate
-counts what RIFT.md describes, as upper bounds where the spec leaves a choice open:
+counts what docs/algorithm.md describes, as upper bounds where the spec leaves a choice open:
 
 - ``adversarial_set``: ``mrc.num_examples`` examples, each attacked with ``attack.steps`` PGD
   steps (a forward and a backward each) plus one forward pass to take the clean loss.

@@ -144,7 +144,7 @@ class Settings(BaseSettings):
         6 * 3600.0, gt=0,
         description="Wall-clock limit of one job in seconds, from its first stage's start: past it "
         "the worker stops at its next batch and the job fails with code 'timeout' (the recovery "
-        "loop fails it too if its worker died). Six hours fit every reference run of RIFT.md on "
+        "loop fails it too if its worker died). Six hours fit every reference run (docs/algorithm.md) on "
         "one GPU with room to spare; a job that needs more is mis-specified or should be split.")
     broker_connect_timeout_seconds: float = Field(
         3.0, gt=0,

@@ -1,4 +1,4 @@
-"""The figures of a RiFT job (RIFT.md, "Figures a user expects") as SVG text.
+"""The figures of a RiFT job (the paper's appendix C figures, docs/algorithm.md) as SVG text.
 
 - :func:`mrc_chart`: MRC per module and the robust-accuracy drop at the worst perturbation, two
   bar panels over the same modules (the paper's Figs C.1–C.4), the selected module highlighted;
