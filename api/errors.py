@@ -9,6 +9,8 @@ request field at fault (dotted, e.g. ``config.attack.eps``) or is null. Request 
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -156,6 +158,18 @@ def quote(value: object) -> str:
     return repr(shorten(str(value)))
 
 
+def _json_safe(value: Any) -> Any:
+    # JSON has no inf or NaN: an input such as 1e400 (parsed as inf) is quoted as text, else
+    # rendering the 422 would itself fail.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def _short_input(value: Any) -> Any:
     # The ``input`` FastAPI puts in a validation error may be the whole request body.
     if isinstance(value, str | bytes):
@@ -242,12 +256,24 @@ def from_persistence_error(exc: PersistenceError) -> ApiError:
     return Conflict(exc.message, code=exc.code)
 
 
+#: A union member's tag in a pydantic ``loc``: a lower-case type name with brackets.
+_UNION_TAG = re.compile(r"^[a-z][a-z0-9-]*\[.*\]$", re.DOTALL)
+
+
 def dotted_field(loc: Sequence[Any]) -> str | None:
-    """``("body", "config", "attack", "eps")`` → ``"config.attack.eps"``; list indices kept."""
+    """``("body", "config", "attack", "eps")`` → ``"config.attack.eps"``; list indices kept.
+
+    An error about the whole body (missing, not JSON, not an object: ``loc`` is ``("body",)``)
+    names ``"body"``, so no 422 leaves its field null. Pydantic puts the member of a union it
+    tried into ``loc`` (``literal['auto','unit','none']``, ``function-after[_ordered(),
+    DomainBounds]``); those tags are no request field and are left out.
+    """
     parts = [str(p) for p in loc]
+    if parts == ["body"]:
+        return "body"
     if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
         parts = parts[1:]
-    return ".".join(parts) or None
+    return ".".join(p for p in parts if not _UNION_TAG.match(p)) or None
 
 
 def validation_error_body(errors: Sequence[Any]) -> dict[str, Any]:
@@ -256,7 +282,7 @@ def validation_error_body(errors: Sequence[Any]) -> dict[str, Any]:
         {**e, "input": _short_input(e["input"]),
          "msg": shorten(str(e.get("msg", "")), QUOTE_CHARS * 3)} if "input" in e
         else {**e, "msg": shorten(str(e.get("msg", "")), QUOTE_CHARS * 3)}
-        for e in jsonable_encoder([dict(e) for e in errors])
+        for e in _json_safe(jsonable_encoder([dict(e) for e in errors]))
     ][:50]
     fields = [dotted_field(e.get("loc", ())) for e in errors]
     messages = [
@@ -267,7 +293,7 @@ def validation_error_body(errors: Sequence[Any]) -> dict[str, Any]:
         "validation_error",
         "; ".join(messages) or "the request is invalid",
         fields[0] if fields else None,
-        {"fields": [f for f in fields if f]},
+        {"fields": list(dict.fromkeys(f for f in fields if f))},
     )
     body["detail"] = errors
     return body
@@ -316,12 +342,19 @@ _STATUS_CODES = {
 }
 
 
-async def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+_ROUTING_FIELDS = {404: "path", 405: "method"}
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    # Starlette raises these for a URL no route matches (404) or a method the route lacks (405).
+    field = _ROUTING_FIELDS.get(exc.status_code)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route {quote(request.url.path)}: see /docs for the API's paths"
     return JSONResponse(
-        error_body(code, message), status_code=exc.status_code, headers=exc.headers
+        error_body(code, message, field), status_code=exc.status_code, headers=exc.headers
     )
 
 

@@ -29,7 +29,7 @@ from api.validation import Validator
 from persistence.jobs import request_fingerprint
 from persistence.models import Checkpoint, Dataset
 from persistence.storage import ObjectStore
-from rift.config import RiftConfig
+from rift.config import DomainBounds, RiftConfig
 from rift.errors import ConfigError, RiftError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -217,16 +217,30 @@ def _refuse_sweeps(config: RiftConfig) -> None:
                            "not yet in the service", field="config.finetune.lr_grid")
 
 
+def _check_domain_size(config: RiftConfig, geometry: Geometry) -> None:
+    # Bounds are per channel (images) or per feature (vectors), or one for all; another count
+    # would only fail on the worker, at the first attack.
+    domain = config.attack.domain
+    size = geometry.num_features if geometry.num_features is not None else geometry.channels
+    if isinstance(domain, DomainBounds) and size is not None and len(domain.lower) not in (1, size):
+        raise InvalidInput(
+            f"attack.domain has {len(domain.lower)} bounds but the inputs have {size} "
+            f"{'features' if geometry.num_features is not None else 'channels'}; give 1 or "
+            f"{size}", field="config.attack.domain.lower", code="domain_size_mismatch")
+
+
 def check_job_fits(validator: Validator, config: RiftConfig, shapes: Shapes, geometry: Geometry,
                    checkpoint_field: str) -> None:
     """Check in the validator process that the checkpoint fits the job's model (built on the
     meta device for ``geometry``) and that the spec's module names exist.
 
     Raises:
-        ApiError: (422) checkpoint mismatch (field ``checkpoint_field``, with the missing,
+        ApiError: (422) attack.domain bounds that do not match the inputs; checkpoint mismatch
+            (field ``checkpoint_field``, with the missing,
             unexpected and mismatched keys), unknown architecture or module names; (503) the
             validator could not run.
     """
+    _check_domain_size(config, geometry)
     try:
         validator.check_fit(config, shapes, in_channels=geometry.channels,
                             image_size=geometry.image_size, num_features=geometry.num_features)

@@ -183,7 +183,8 @@ class _MultipartReader:
     def _headers_finished(self) -> None:
         disposition, options = parse_options_header(self._headers.get(b"content-disposition"))
         if disposition != b"form-data" or b"name" not in options:
-            raise BadRequest("a multipart part lacks 'Content-Disposition: form-data; name=...'")
+            raise BadRequest("a multipart part lacks 'Content-Disposition: form-data; name=...'",
+                             field="body")
         name = options[b"name"].decode("utf-8", "replace")
         self._part_name = name
         self._part_type = self._headers.get(b"content-type", b"").decode("latin-1")
@@ -261,7 +262,8 @@ def _content_length(request: Request) -> int | None:
     try:
         length = int(value)
     except ValueError as exc:
-        raise BadRequest("the Content-Length header is not a number") from exc
+        raise BadRequest("the Content-Length header is not a number",
+                         field="Content-Length") from exc
     return length if length >= 0 else None
 
 
@@ -292,7 +294,8 @@ async def receive_upload(
     if media_type == b"multipart/form-data":
         boundary = options.get(b"boundary")
         if not boundary:
-            raise BadRequest("the multipart Content-Type header has no boundary")
+            raise BadRequest("the multipart Content-Type header has no boundary",
+                             field="Content-Type")
         budget = max_file_bytes + max_field_bytes * len(text_fields) + _MULTIPART_OVERHEAD
         if length is not None and length > budget:
             raise PayloadTooLarge(
@@ -375,7 +378,7 @@ async def _receive_multipart(
     try:
         parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
     except (FormParserError, ValueError) as exc:
-        raise BadRequest(f"malformed multipart boundary: {exc}") from exc
+        raise BadRequest(f"malformed multipart boundary: {exc}", field="Content-Type") from exc
     try:
         try:
             async for chunk in request.stream():
@@ -385,11 +388,12 @@ async def _receive_multipart(
             await _drain(request)
             raise
         except FormParserError as exc:
-            raise BadRequest(f"malformed multipart body: {exc}") from exc
+            raise BadRequest(f"malformed multipart body: {exc}", field="body") from exc
         except ClientDisconnect as exc:
             raise BadRequest("the client closed the connection before the upload ended") from exc
         if not reader.finished:
-            raise BadRequest("the multipart body ended before its closing boundary")
+            raise BadRequest("the multipart body ended before its closing boundary",
+                             field="body")
     except BaseException:
         reader.discard()
         raise

@@ -59,7 +59,7 @@ async def _read_json_body(request: Request) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isascii() and length.isdigit() and int(length) > MAX_JSON_BYTES:
         raise PayloadTooLarge(f"the JSON body is larger than the limit of {MAX_JSON_BYTES} bytes",
-                              details={"limit_bytes": MAX_JSON_BYTES})
+                              field="body", details={"limit_bytes": MAX_JSON_BYTES})
     body = bytearray()
     try:
         async for chunk in request.stream():
@@ -67,7 +67,7 @@ async def _read_json_body(request: Request) -> bytes:
             if len(body) > MAX_JSON_BYTES:
                 raise PayloadTooLarge(
                     f"the JSON body is larger than the limit of {MAX_JSON_BYTES} bytes",
-                    details={"limit_bytes": MAX_JSON_BYTES})
+                    field="body", details={"limit_bytes": MAX_JSON_BYTES})
     except ClientDisconnect as exc:
         raise BadRequest("the client closed the connection before the body ended") from exc
     return bytes(body)

@@ -160,7 +160,51 @@ def test_malformed_bodies_are_4xx(api: Api, content: bytes, headers: dict[str, s
     response = api.client.post("/v1/jobs", content=content, headers=headers)
     assert response.status_code == status, response.text
     assert error_of(response)["message"]
+    # A body that is not a JSON object at all still names what is at fault.
+    assert error_of(response)["field"], response.text
     assert api.count(Job) == 0
+
+
+def test_multipart_without_boundary_names_the_header(api: Api) -> None:
+    response = api.client.post("/v1/jobs", content=b"x",
+                               headers={"Content-Type": "multipart/form-data"})
+    assert response.status_code == 400, response.text
+    assert error_of(response)["field"] == "Content-Type"
+    assert api.count(Job) == 0
+
+
+@pytest.mark.parametrize(("domain", "field", "code"), [
+    # Both union members fail: the field is the request's, not pydantic's member tag.
+    ({"lower": [1.0], "upper": [0.0]}, "config.attack.domain", "validation_error"),
+    ({"lower": ["a"], "upper": [1.0]}, "config.attack.domain", "validation_error"),
+    # Digits have one channel: three bounds would only fail on the worker.
+    ({"lower": [0.0] * 3, "upper": [1.0] * 3}, "config.attack.domain.lower",
+     "domain_size_mismatch"),
+])
+def test_attack_domain_errors_name_the_field(api: Api, checkpoint_id: str, domain: Any,
+                                             field: str, code: str) -> None:
+    config = digits_config(attack={"eps": 0.1, "step_size": 0.03, "steps": 2, "domain": domain})
+    response = create(api, job_body(checkpoint_id, config=config))
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["field"] == field and error["code"] == code
+    assert not any("[" in name for name in error.get("fields", [])), error
+    assert api.count(Job) == 0
+
+
+def test_infinite_number_in_a_plain_body_is_422_not_500(api: Api) -> None:
+    """1e400 parses to inf, which the 422 quotes: it must not break rendering the answer."""
+    response = api.client.post(f"/v1/jobs/{'0' * 32}/materialize", content=b'{"alpha": 1e400}',
+                               headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert error_of(response)["field"] == "alpha"
+
+
+def test_unknown_routes_and_methods_name_what_is_wrong(api: Api) -> None:
+    missing = api.client.get("/v1/nothing-here")
+    assert missing.status_code == 404 and error_of(missing)["field"] == "path"
+    wrong_method = api.client.put("/v1/jobs")
+    assert wrong_method.status_code == 405 and error_of(wrong_method)["field"] == "method"
 
 
 def test_idempotent_retry(api: Api, checkpoint_id: str) -> None:

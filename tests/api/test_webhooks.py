@@ -86,8 +86,10 @@ def test_ssrf_targets_are_refused_at_registration(api: Api, url: str) -> None:
     ({"url": "https://example.com/" + "a" * 3000}, "url"),
     ({"url": 5}, "url"),
     ({}, "url"),
+    (None, "body"),
+    ([], "body"),
 ])
-def test_bad_bodies_name_the_field(api: Api, body: dict[str, Any], field: str) -> None:
+def test_bad_bodies_name_the_field(api: Api, body: dict[str, Any] | None, field: str) -> None:
     response = api.client.post("/v1/webhooks", json=body)
     assert response.status_code == 422
     assert error_of(response)["field"] == field
