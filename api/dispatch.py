@@ -1,7 +1,7 @@
 """Putting jobs on the Celery queue from the API, and checking that the broker answers.
 
 The API never imports the worker's tasks (nor torch): it sends the first stage's task by name
-(``rift.stage.mrc``) through a Celery app built from the settings by ``worker.factory``. Each
+(``rift.stage.mrc``) through a Celery app built from the settings by ``persistence.queue``. Each
 worker, after finishing a stage, enqueues the next one itself.
 """
 

@@ -22,6 +22,7 @@ from celery import Celery
 
 from persistence import stage_shards, stages
 from persistence.models import Checkpoint, Dataset, Job, StageName
+from persistence.queue import enqueue_stage
 from persistence.stage_shards import SHARDED_OWNER
 from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.storage import ObjectNotFound
@@ -39,7 +40,6 @@ from rift.pipeline import (
     make_mrc_inputs,
     score_modules,
 )
-from worker.factory import enqueue_stage
 from worker.runtime import StageReporter, WorkerResources
 from worker.stages import SAFETENSORS, ObjectStageStorage, prepare, record_mrc, stage_object_key
 
