@@ -22,8 +22,9 @@ from persistence import jobs
 from persistence.models import EpochMetric, JobStage, utcnow
 from persistence.object_keys import job_prefix
 from persistence.storage import ObjectStore
-from tests.reliability.conftest import event_kinds, wait_for
+from tests.reliability.conftest import event_kinds
 from tests.service_fixtures import WorkerProcess
+from tests.worker_jobs import wait_for
 
 pytestmark = pytest.mark.service
 

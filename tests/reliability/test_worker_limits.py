@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages
 from persistence.models import JobStage, utcnow
-from tests.reliability.conftest import event_kinds, wait_for
+from tests.reliability.conftest import event_kinds
 from tests.service_fixtures import WorkerProcess
+from tests.worker_jobs import wait_for
 
 pytestmark = pytest.mark.service
 

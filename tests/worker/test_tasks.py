@@ -7,9 +7,7 @@ is the orchestration: leases, duplicates, crashes, cancellation and errors.
 from __future__ import annotations
 
 import copy
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,93 +16,24 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs
-from persistence.db import session_factory_from_settings
 from persistence.models import Job, JobStage
-from persistence.queue import RiftCelery, create_celery_app, enqueue_stage
-from persistence.records import create_checkpoint
+from persistence.queue import RiftCelery, enqueue_stage
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 from rift import checkpoints
 from rift.interpolation import interpolate_weights
 from tests.service_fixtures import WorkerProcess
+from tests.worker_jobs import wait_for
 from worker.stages import FINETUNED, TUNED
 
 pytestmark = pytest.mark.service
 
-JOB_TIMEOUT_S = 120.0
 
 
 @pytest.fixture
-def sessions(service_settings: Settings) -> Iterator[sessionmaker[Session]]:
-    factory = session_factory_from_settings(service_settings)
-    yield factory
-    bind = factory.kw["bind"]
-    bind.dispose()
-
-
-@pytest.fixture
-def store(service_settings: Settings) -> ObjectStore:
-    return service_settings.build_object_store()
-
-
-@pytest.fixture
-def sender(service_settings: Settings) -> Iterator[RiftCelery]:
-    """A Celery app that only sends messages (as the API does)."""
-    app = create_celery_app(service_settings)
-    yield app
-    app.close()
-
-
-@pytest.fixture
-def fast_config(digits_job_config: dict[str, Any]) -> dict[str, Any]:
-    """The digits job with a small MRC and evaluation budget (seconds on two CPU cores)."""
-    config = copy.deepcopy(digits_job_config)
-    config["attack"].update(steps=3, step_size=0.05)
-    config["mrc"].update(steps=2, num_examples=64, batch_size=64)
-    config["finetune"].update(epochs=3, lr_milestones=[2])
-    config["interpolation"].update(alpha_step=0.25)
-    config["evaluation"].update(max_examples=128)
-    config["device"] = "auto"
-    return config
-
-
-@pytest.fixture
-def submit(sessions: sessionmaker[Session], store: ObjectStore, sender: RiftCelery,
-           digits_checkpoint_path: Path) -> Callable[..., str]:
-    """``submit(spec) -> job id``: store the checkpoint, create the job, send its first stage."""
-
-    def submit_job(spec: dict[str, Any], *, send: bool = True) -> str:
-        stored = store.put_file(f"checkpoints/{uuid.uuid4().hex}.safetensors",
-                                digits_checkpoint_path)
-        state = checkpoints.load_state_dict(digits_checkpoint_path)
-        with sessions() as session:
-            checkpoint = create_checkpoint(
-                session, filename="digits.safetensors", size=stored.size, sha256=stored.sha256,
-                format="safetensors", storage_key=stored.key, num_tensors=len(state),
-                num_parameters=sum(t.numel() for t in state.values()))
-            job, _ = jobs.create_job(session, spec=spec, checkpoint_id=checkpoint.id)
-        if send:
-            enqueue_stage(sender, job.id, "mrc")
-        return job.id
-
-    return submit_job
-
-
-def wait_for(sessions: sessionmaker[Session], job_id: str, condition: Callable[[Job], bool],
-             what: str, timeout: float = JOB_TIMEOUT_S,
-             workers: tuple[WorkerProcess, ...] = ()) -> Job:
-    """Poll the job until ``condition`` holds; fail with the job's state and worker logs."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with sessions() as session:
-            job = jobs.get_job(session, job_id)
-        if condition(job):
-            return job
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {w.name}\n{w.log()[-3000:]}" for w in workers)
-            pytest.fail(f"job {job_id} never reached {what}: status={job.status} "
-                        f"stage={job.stage} error={job.error_code} {job.error_message}\n{logs}")
-        time.sleep(0.2)
+def fast_config(quick_config: dict[str, Any]) -> dict[str, Any]:
+    """The small digits job, on the worker's best device."""
+    return {**quick_config, "device": "auto"}
 
 
 def stage_rows(sessions: sessionmaker[Session], job_id: str) -> dict[str, JobStage]:

@@ -1,0 +1,102 @@
+"""Fixtures and helpers for tests that run jobs on real Celery workers without the API: the test's
+database and object store, a Celery app that only sends (as the API does), a small digits job, a
+submitter and a poller. A pytest plugin (``tests/conftest.py``); a folder's own fixture of the same
+name (``sessions``, ``store``) takes precedence there."""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence import jobs
+from persistence.db import session_factory_from_settings
+from persistence.models import Job
+from persistence.queue import RiftCelery, create_celery_app, enqueue_stage
+from persistence.records import create_checkpoint
+from persistence.settings import Settings
+from persistence.storage import ObjectStore
+from tests.service_fixtures import WorkerProcess
+
+JOB_TIMEOUT_S = 120.0
+
+
+@pytest.fixture
+def sessions(service_settings: Settings) -> Iterator[sessionmaker[Session]]:
+    factory = session_factory_from_settings(service_settings)
+    yield factory
+    factory.kw["bind"].dispose()
+
+
+@pytest.fixture
+def store(service_settings: Settings) -> ObjectStore:
+    return service_settings.build_object_store()
+
+
+@pytest.fixture
+def sender(service_settings: Settings) -> Iterator[RiftCelery]:
+    """A Celery app that only sends messages (as the API does)."""
+    app = create_celery_app(service_settings)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def quick_config(digits_job_config: dict[str, Any]) -> dict[str, Any]:
+    """The digits job with a small budget per stage (seconds on two CPU cores); tests stretch the
+    stage they need long."""
+    config = copy.deepcopy(digits_job_config)
+    config["attack"].update(steps=3, step_size=0.05)
+    config["mrc"].update(steps=2, num_examples=64, batch_size=64)
+    config["finetune"].update(epochs=3, lr_milestones=[2])
+    config["interpolation"].update(alpha_step=0.25)
+    config["evaluation"].update(max_examples=128)
+    return config
+
+
+@pytest.fixture
+def submit(sessions: sessionmaker[Session], store: ObjectStore, sender: RiftCelery,
+           digits_checkpoint_path: Path) -> Callable[..., str]:
+    """``submit(spec, send=True) -> job id``: store the checkpoint, record it and the job, send
+    the first stage's message."""
+    from rift import checkpoints
+
+    state = checkpoints.load_state_dict(digits_checkpoint_path)
+
+    def submit_job(spec: dict[str, Any], *, send: bool = True) -> str:
+        stored = store.put_file(f"checkpoints/{uuid.uuid4().hex}.safetensors",
+                                digits_checkpoint_path)
+        with sessions() as session:
+            checkpoint = create_checkpoint(
+                session, filename="digits.safetensors", size=stored.size, sha256=stored.sha256,
+                format="safetensors", storage_key=stored.key, num_tensors=len(state),
+                num_parameters=sum(t.numel() for t in state.values()))
+            job, _ = jobs.create_job(session, spec=spec, checkpoint_id=checkpoint.id)
+        if send:
+            enqueue_stage(sender, job.id, "mrc")
+        return job.id
+
+    return submit_job
+
+
+def wait_for(sessions: sessionmaker[Session], job_id: str, condition: Callable[[Job], bool],
+             what: str, timeout: float = JOB_TIMEOUT_S,
+             workers: tuple[WorkerProcess, ...] = ()) -> Job:
+    """Poll the job until ``condition`` holds; fail with its state and the workers' logs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sessions() as session:
+            job = jobs.get_job(session, job_id)
+        if condition(job):
+            return job
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {w.name}\n{w.log()[-3000:]}" for w in workers)
+            pytest.fail(f"job {job_id} never reached {what}: status={job.status} "
+                        f"stage={job.stage} error={job.error_code} {job.error_message}\n{logs}")
+        time.sleep(0.1)
