@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU figures of the README's "Measured on one GPU" section, in one run on a lent H100/H200:
+# a whole ResNet-18 job at CIFAR-10 size (50,000 train, 10,000 test, the reference protocol's
+# defaults), a WRN-34-10 job at reduced size (per-stage images/s), and the tests that need CUDA.
+#
+#     OUT=/some/folder bash bench/gpu_suite.sh
+#
+# The GPU image has PyTorch but not pydantic: wheels for it may sit in .gpuwheels/ (git-ignored;
+# `pip download pydantic==<ours> --python-version 3.12 --only-binary=:all: -d .gpuwheels`).
+set -u
+py="${PYTHON:-python3}"
+out="${OUT:?set OUT to the folder for the reports}"
+mkdir -p "$out"
+if ! "$py" -c "import pydantic" 2>/dev/null; then
+  "$py" -m pip install --quiet --no-deps --no-index --target /tmp/gpu-extra .gpuwheels/*.whl
+  export PYTHONPATH="/tmp/gpu-extra"
+fi
+export PYTHONPATH="$PWD:$PWD/bench:${PYTHONPATH:-}"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  "$py" -c "import torch; print('torch', torch.__version__, torch.version.cuda)"; } >"$out/gpu.txt" 2>&1
+
+timeout 300 "$py" bench/pipeline.py --train 50000 --test 10000 --precision bf16 --channels-last \
+  --nondeterministic --output "$out/pipeline_resnet18_cifar_size_bf16.json" >"$out/resnet18.log" 2>&1
+echo "resnet18 rc=$?" >>"$out/gpu.txt"
+timeout 170 "$py" bench/pipeline.py --arch wide_resnet34_10 --train 10000 --test 1000 --epochs 1 \
+  --alpha-step 0.5 --precision bf16 --channels-last --nondeterministic \
+  --output "$out/pipeline_wrn34_10_reduced_bf16.json" >"$out/wrn34_10.log" 2>&1
+echo "wrn34_10 rc=$?" >>"$out/gpu.txt"
+timeout 90 "$py" -m pytest -q -p no:cacheprovider --noconftest tests/rift/test_checkpoints.py \
+  tests/rift/test_data.py tests/rift/test_batch_backoff.py tests/rift/test_device.py \
+  tests/rift/test_attacks.py >"$out/cuda_tests.txt" 2>&1
+echo "tests rc=$?" >>"$out/gpu.txt"
