@@ -43,9 +43,17 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
     can flip, so "same seed, same device, same result" needs this (at some speed cost). cuBLAS reads
     ``CUBLAS_WORKSPACE_CONFIG`` when it first starts, so it is set here, before any CUDA work in a
     fresh worker or CLI process; ops without a deterministic kernel warn instead of failing.
+
+    With ``enabled`` false the block gets the fastest kernels instead: cuDNN's autotuner is on
+    (it times the convolution algorithms once per input shape and keeps the quickest).
     """
     if not enabled:
-        yield
+        autotune = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = autotune
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     previous = (torch.are_deterministic_algorithms_enabled(),

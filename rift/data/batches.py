@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from rift.data.augment import AUGMENTATIONS, augment_batch
+from rift.data.augment import AUGMENTATIONS, AugmentDraws, apply_augmentation, draw_augmentation
 from rift.data.tensors import ImageTensors
 from rift.errors import ConfigError
 
@@ -50,7 +50,10 @@ def _batches(data: ImageTensors, batch_size: int, device: torch.device, shuffle:
         draw_on = generator.device if generator is not None else torch.device("cpu")
         order = torch.randperm(n, generator=generator, device=draw_on).to(home)
     stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
+    starts = range(0, stop, batch_size)
+    draws = _epoch_draws(data, [min(batch_size, stop - start) for start in starts], device,
+                         generator, augment)
+    for start, batch_draws in zip(starts, draws, strict=True):
         if order is None:
             images = data.images[start:start + batch_size]
             labels = data.labels[start:start + batch_size]
@@ -58,6 +61,38 @@ def _batches(data: ImageTensors, batch_size: int, device: torch.device, shuffle:
             index = order[start:start + batch_size]
             images, labels = data.images[index], data.labels[index]
         images = to_float_images(images.to(device, non_blocking=True))
-        if augment != "none":
-            images = augment_batch(images, augment, generator)
+        if batch_draws is not None:
+            images = apply_augmentation(images, batch_draws)
         yield images, labels.to(device, non_blocking=True)
+
+
+def _epoch_draws(data: ImageTensors, sizes: list[int], device: torch.device,
+                 generator: torch.Generator | None, augment: str) -> list[AugmentDraws | None]:
+    """Every batch's augmentation numbers, drawn up front in the order batch-by-batch drawing
+    would use (so the batches are the same), then moved to ``device`` in one copy: a small copy
+    per batch from pageable CPU memory would stall the host until the GPU caught up, twice per
+    batch, and leave the GPU idle while Python queues the next step."""
+    if augment == "none":
+        return [None] * len(sizes)
+    _, height, width = data.images.shape[1:]
+    draws = [draw_augmentation(augment, size, height, width, generator, device)
+             for size in sizes]
+    if not draws or device.type == "cpu":
+        return list(draws)
+    offsets = [d.offsets for d in draws if d.offsets is not None]
+    flips = [d.flips for d in draws if d.flips is not None]
+    moved_offsets = iter(_to_device(torch.cat(offsets, 1), device).split(
+        [t.shape[1] for t in offsets], 1) if offsets else [])
+    moved_flips = iter(_to_device(torch.cat(flips), device).split(
+        [t.shape[0] for t in flips]) if flips else [])
+    return [AugmentDraws(d.padding,
+                         next(moved_offsets) if d.offsets is not None else None,
+                         next(moved_flips) if d.flips is not None else None) for d in draws]
+
+
+def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        tensor = tensor.pin_memory()  # pinned: the copy is queued, not waited for
+    return tensor.to(device, non_blocking=True)

@@ -620,6 +620,21 @@ def test_iterate_batches_augments_images_not_labels() -> None:
             assert any(torch.equal(image, w) or torch.equal(image, w.flip(2)) for w in windows)
 
 
+def test_iterate_batches_draws_an_epoch_as_batch_by_batch_augmentation_would() -> None:
+    # The epoch's augmentation numbers are drawn up front (one copy to a GPU); the batches must be
+    # those of shuffling, then augmenting each batch in turn from the same generator.
+    data = ImageTensors(_numbered_images(n=23, c=3, h=8, w=8).div(23 * 192), torch.arange(23))
+    for kind in ("crop", "crop_flip"):
+        got = list(iterate_batches(data, 5, device=CPU, shuffle=True, augment=kind,
+                                   generator=torch.Generator().manual_seed(4)))
+        generator = torch.Generator().manual_seed(4)
+        order = torch.randperm(23, generator=generator)
+        expected = [augment_batch(data.images[order[s:s + 5]], kind, generator)
+                    for s in range(0, 23, 5)]
+        assert [len(x) for x, _ in got] == [5, 5, 5, 5, 3]
+        assert all(torch.equal(x, e) for (x, _), e in zip(got, expected, strict=True))
+
+
 def test_iterate_batches_validates_arguments() -> None:
     with pytest.raises(ConfigError, match="batch_size") as info:
         iterate_batches(_uint8_data(), 0, device=CPU)
