@@ -35,3 +35,5 @@ def test_deterministic_kernels_are_scoped() -> None:
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
     with deterministic_kernels(False):
         assert torch.are_deterministic_algorithms_enabled() == before[0]
+        assert torch.backends.cudnn.benchmark  # the fastest kernels: the autotuner is on
+    assert torch.backends.cudnn.benchmark == before[1]
