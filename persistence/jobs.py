@@ -35,6 +35,7 @@ from persistence.models import (
     JobStage,
     JobStatus,
     MRCRow,
+    Project,
     StageStatus,
     utcnow,
 )
@@ -77,6 +78,17 @@ class JobAlreadyFinished(PersistenceError):
         super().__init__(f"job {job_id} has already finished with status '{status}'")
         self.job_id = job_id
         self.status = status
+
+
+class ActiveJobLimitReached(PersistenceError):
+    """The project already has its limit of queued and running jobs (HTTP 429)."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, active: int, limit: int) -> None:
+        super().__init__(f"the project has {active} queued or running jobs; its limit is {limit}")
+        self.active = active
+        self.limit = limit
 
 
 class InvalidCursor(PersistenceError):
@@ -173,8 +185,14 @@ def create_job(
     project_id: str | None = None,
     cost_estimate: int | None = None,
     request_id: str | None = None,
+    max_active_jobs: int | None = None,
 ) -> tuple[Job, bool]:
     """Create a queued job with its labels and its three pending stages; returns (job, created).
+
+    With ``max_active_jobs`` (and ``project_id``), the project's queued and running jobs are
+    counted in the transaction that inserts the job, under a lock on the project's row, so
+    concurrent requests cannot together pass the limit; :class:`ActiveJobLimitReached` if the
+    project is at it.
 
     With ``idempotency_key``: if a job with that key exists and its ``request_hash`` is the same,
     that job is returned with ``created=False``; if the hash differs, :class:`IdempotencyConflict`.
@@ -201,6 +219,8 @@ def create_job(
                   for i, stage in enumerate(STAGE_ORDER)]
     try:
         with transaction(session):
+            if max_active_jobs is not None and project_id is not None:
+                _hold_active_job_slot(session, project_id, max_active_jobs)
             session.add(job)
             session.flush()
             log_event(session, job.id, EventKind.JOB_CREATED, {"labels": dict(labels or {})}, now)
@@ -214,6 +234,24 @@ def create_job(
             raise
         return _same_request(existing, idempotency_key, request_hash), False
     return job, True
+
+
+def count_active_jobs(session: Session, project_id: str) -> int:
+    """The project's queued and running jobs."""
+    return int(session.execute(
+        select(func.count()).select_from(Job).where(
+            Job.project_id == project_id,
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))).scalar_one())
+
+
+def _hold_active_job_slot(session: Session, project_id: str, limit: int) -> None:
+    # The row lock (Postgres) queues concurrent creators of one project until this transaction
+    # ends; each then counts the jobs committed before it. SQLite transactions start with BEGIN
+    # IMMEDIATE (persistence.db), which serialises writers the same way.
+    session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+    active = count_active_jobs(session, project_id)
+    if active >= limit:
+        raise ActiveJobLimitReached(active, limit)
 
 
 def _job_by_idempotency_key(session: Session, key: str) -> Job | None:

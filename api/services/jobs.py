@@ -29,12 +29,18 @@ from api.job_requests import (
 )
 from api.schemas import JobError, JobLinks, JobListItemOut, JobOut, JobSpec, StageOut
 from api.services.ownership import owned_job, owned_job_summary
-from api.services.quotas import check_active_jobs, check_cost, check_storage
+from api.services.quotas import (
+    active_jobs_exceeded,
+    check_active_jobs,
+    check_cost,
+    check_storage,
+)
 from api.uploads import UploadedFile, scratch_dir
 from api.validation import Validator
 from persistence.cost import estimate_cost
 from persistence.eta import estimate_finish
 from persistence.jobs import (
+    ActiveJobLimitReached,
     JobPage,
     JobSummary,
     StageSummary,
@@ -189,7 +195,8 @@ def create_job_for(
                 session, spec=config_json, checkpoint_id=checkpoint_id or "",
                 dataset_id=spec.dataset_id, labels=spec.labels, idempotency_key=stored_key,
                 request_hash=request_hash, project_id=caller.project_id,
-                cost_estimate=estimate.total, request_id=current_request_id())
+                cost_estimate=estimate.total, request_id=current_request_id(),
+                max_active_jobs=caller.limits.max_active_jobs)
             if created:
                 try:
                     services.dispatcher.enqueue_job(job.id)
@@ -198,6 +205,10 @@ def create_job_for(
                     raise ServiceUnavailable(
                         f"{exc}; the job was not created, retry later",
                         code="broker_unavailable") from exc
+        except ActiveJobLimitReached as exc:
+            # Another request of the project took the last slot since the early check.
+            _forget_checkpoint(session, store, stored_checkpoint)
+            raise active_jobs_exceeded(caller, exc.active, exc.limit) from exc
         except BaseException:
             _forget_checkpoint(session, store, stored_checkpoint)
             raise

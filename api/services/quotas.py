@@ -1,7 +1,9 @@
 """Per-project quotas, checked where resources are made: active jobs, stored bytes, job cost.
 
-The checks read current usage and compare; two requests racing at the very edge of a quota may
-both pass (the quotas bound cost, they are not exact accounting).
+Active jobs are counted again when the job is inserted, under a lock on the project's row
+(``persistence.jobs.create_job``), so concurrent submissions cannot pass the limit together; the
+check here fails early, before a checkpoint is stored. Stored bytes are read and compared: two
+uploads racing at the very edge of the quota may both pass.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from sqlalchemy.orm import Session
 from api.auth import Caller
 from api.errors import InvalidInput, PayloadTooLarge, TooManyRequests
 from persistence.cost import CostEstimate
-from persistence.models import Artifact, Checkpoint, Dataset, Job, JobStatus
+from persistence.jobs import count_active_jobs
+from persistence.models import Artifact, Checkpoint, Dataset, Job
 
 #: Retry-After of a 429 for too many active jobs: jobs take minutes, not seconds.
 ACTIVE_JOBS_RETRY_AFTER_S = 60
@@ -20,10 +23,7 @@ ACTIVE_JOBS_RETRY_AFTER_S = 60
 
 def active_jobs(session: Session, project_id: str) -> int:
     """The project's queued and running jobs."""
-    return int(session.execute(
-        select(func.count()).select_from(Job).where(
-            Job.project_id == project_id,
-            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))).scalar_one())
+    return count_active_jobs(session, project_id)
 
 
 def stored_bytes(session: Session, project_id: str) -> int:
@@ -45,12 +45,17 @@ def check_active_jobs(session: Session, caller: Caller) -> None:
     limit = caller.limits.max_active_jobs
     count = active_jobs(session, caller.project_id)
     if count >= limit:
-        raise TooManyRequests(
-            f"project '{caller.project_name}' has {count} queued or running jobs, its quota "
-            f"max_active_jobs is {limit}; wait for one to finish or cancel one",
-            field="max_active_jobs", code="quota_exceeded",
-            headers={"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER_S)},
-            details={"quota": "max_active_jobs", "limit": limit, "used": count})
+        raise active_jobs_exceeded(caller, count, limit)
+
+
+def active_jobs_exceeded(caller: Caller, count: int, limit: int) -> TooManyRequests:
+    """The 429 for a project at its limit of active jobs."""
+    return TooManyRequests(
+        f"project '{caller.project_name}' has {count} queued or running jobs, its quota "
+        f"max_active_jobs is {limit}; wait for one to finish or cancel one",
+        field="max_active_jobs", code="quota_exceeded",
+        headers={"Retry-After": str(ACTIVE_JOBS_RETRY_AFTER_S)},
+        details={"quota": "max_active_jobs", "limit": limit, "used": count})
 
 
 def check_storage(session: Session, caller: Caller, incoming: int) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from persistence import jobs, stages
 from persistence.db import create_db_engine
 from persistence.migrate import downgrade_database, upgrade_database
-from persistence.models import Base, JobStatus, StageStatus
+from persistence.models import Base, JobStatus, Project, StageStatus
 from persistence.stages import ClaimOutcome, StageOutputs
 from tests.persistence.helpers import (
     LEASE,
@@ -107,6 +107,47 @@ def test_concurrent_requests_with_one_idempotency_key_create_one_job(
     assert errors == []
     assert len({job_id for job_id, _ in results}) == 1
     assert sum(created for _, created in results) == 1
+
+
+def test_concurrent_creators_never_pass_the_active_job_limit(
+        sessions: sessionmaker[Session], checkpoint_id: str) -> None:
+    with sessions() as session:
+        project = Project(name="busy")
+        session.add(project)
+        session.commit()
+        project_id = project.id
+    barrier = threading.Barrier(8)
+    created: list[str] = []
+    refused: list[jobs.ActiveJobLimitReached] = []
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            with sessions() as session:
+                # Each request has read the count before any of them inserts (the API's early
+                # check); only the count under the project's lock may decide.
+                early = jobs.count_active_jobs(session, project_id)
+                session.commit()
+                barrier.wait()
+                assert early == 0
+                job, _ = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint_id,
+                                         project_id=project_id, max_active_jobs=3)
+                created.append(job.id)
+        except jobs.ActiveJobLimitReached as exc:
+            refused.append(exc)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(created) == 3 and len(refused) == 5
+    assert all(exc.limit == 3 and exc.active == 3 for exc in refused)
+    with sessions() as session:
+        assert jobs.count_active_jobs(session, project_id) == 3
 
 
 # --------------------------------------------------------------------------------------------
