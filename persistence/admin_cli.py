@@ -3,6 +3,7 @@ the database; the settings come from the environment like every entry point's).
 
     rift-admin projects create NAME
     rift-admin projects list
+    rift-admin projects adopt NAME     # give NAME the rows made before projects existed
     rift-admin keys create --project NAME [--scope read|write|admin ...] [--name LABEL]
     rift-admin keys list [--project NAME]
     rift-admin keys revoke KEY_ID
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from persistence.api_keys import (
     AdminError,
     Scope,
+    adopt_unowned,
     create_key,
     create_project,
     list_keys,
@@ -41,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     create = projects.add_parser("create", help="create a project")
     create.add_argument("name")
     projects.add_parser("list", help="list projects")
+    adopt = projects.add_parser(
+        "adopt", help="give a project the checkpoints, datasets and jobs that have none (made "
+        "before projects existed; no key can see them until then)")
+    adopt.add_argument("name")
 
     keys = groups.add_parser("keys", help="API keys").add_subparsers(dest="command",
                                                                       required=True)
@@ -64,6 +70,13 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
             if args.group == "projects" and args.command == "create":
                 project = create_project(session, args.name)
                 print(f"{project.id}\t{project.name}")
+            elif args.group == "projects" and args.command == "adopt":
+                found = project_by_name(session, args.name)
+                if found is None:
+                    raise AdminError(f"no project named '{args.name}'")
+                counts = adopt_unowned(session, found)
+                print(", ".join(f"{n} {what}" for what, n in counts.items())
+                      + f" now belong to project '{found.name}'")
             elif args.group == "projects":
                 for project in list_projects(session):
                     print(f"{project.id}\t{project.name}\t{project.created_at.isoformat()}")

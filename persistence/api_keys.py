@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from persistence.models import ApiKey, Project, new_id, utcnow
+from persistence.models import ApiKey, Checkpoint, Dataset, Job, Project, new_id, utcnow
 
 KEY_PREFIX = "rift_"
 _KEY = re.compile(r"^rift_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})$")
@@ -97,6 +97,18 @@ def create_project(session: Session, name: str, *, exist_ok: bool = False) -> Pr
     session.add(project)
     session.commit()
     return project
+
+
+def adopt_unowned(session: Session, project: Project) -> dict[str, int]:
+    """Give ``project`` every checkpoint, dataset and job that has no project (rows made before
+    projects existed, which no key can see); returns how many of each. Commits."""
+    counts: dict[str, int] = {}
+    for name, model in (("checkpoints", Checkpoint), ("datasets", Dataset), ("jobs", Job)):
+        result = session.execute(update(model).where(model.project_id.is_(None))
+                                 .values(project_id=project.id))
+        counts[name] = int(getattr(result, "rowcount", 0) or 0)
+    session.commit()
+    return counts
 
 
 def list_projects(session: Session) -> list[Project]:

@@ -83,3 +83,35 @@ def test_admin_routes(api: Api, clients: Callable[..., httpx.Client]) -> None:
     assert admin.post("/v1/admin/projects/team-a/keys", content=b"scopes=admin", headers={
         "Content-Type": "application/x-www-form-urlencoded"}).status_code == 415
     team.close()
+
+
+def test_rift_admin_adopt_gives_unowned_rows_to_a_project(api: Api) -> None:
+    from persistence import jobs
+    from persistence.models import Checkpoint, Job
+    from persistence.records import create_checkpoint
+
+    # Rows made before projects existed have no project: no key sees them.
+    with api.sessions() as session:
+        checkpoint = create_checkpoint(
+            session, filename="old.safetensors", size=10, sha256="1" * 64,
+            format="safetensors", storage_key="checkpoints/old.safetensors", num_tensors=2,
+            num_parameters=20)
+        job, _ = jobs.create_job(session, spec={"seed": 0}, checkpoint_id=checkpoint.id)
+        checkpoint_id, job_id = checkpoint.id, job.id
+    key = rift_admin(api, "keys", "create", "--project", "legacy").stdout.strip()
+    client = api.client_for(key)
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 404
+
+    assert rift_admin(api, "projects", "adopt", "nobody").returncode == 2
+    adopted = rift_admin(api, "projects", "adopt", "legacy")
+    assert adopted.returncode == 0, adopted.stderr
+    assert "1 checkpoints" in adopted.stdout and "1 jobs" in adopted.stdout
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 200
+    assert client.get(f"/v1/checkpoints/{checkpoint_id}").status_code == 200
+    with api.sessions() as session:
+        assert session.get(Job, job_id).project_id == session.get(
+            Checkpoint, checkpoint_id).project_id is not None
+    # A second run finds nothing left to adopt.
+    assert "0 checkpoints, 0 datasets, 0 jobs" in rift_admin(api, "projects", "adopt",
+                                                             "legacy").stdout
+    client.close()
