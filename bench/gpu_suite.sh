@@ -3,7 +3,7 @@
 # a whole ResNet-18 job at CIFAR-10 size (50,000 train, 10,000 test, the reference protocol's
 # defaults), a WRN-34-10 job at reduced size (per-stage images/s), and the tests that need CUDA.
 #
-#     OUT=/some/folder bash bench/gpu_suite.sh
+#     OUT=/some/folder bash bench/gpu_suite.sh [resnet18] [wrn] [mrc] [tests]   # default: all
 #
 # The GPU image has PyTorch but not pydantic: wheels for it may sit in .gpuwheels/ (git-ignored;
 # `pip download pydantic==<ours> --python-version 3.12 --only-binary=:all: -d .gpuwheels`).
@@ -19,14 +19,24 @@ export PYTHONPATH="$PWD:$PWD/bench:${PYTHONPATH:-}"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   "$py" -c "import torch; print('torch', torch.__version__, torch.version.cuda)"; } >"$out/gpu.txt" 2>&1
 
-timeout 300 "$py" bench/pipeline.py --train 50000 --test 10000 --precision bf16 --channels-last \
+parts="${*:-resnet18 wrn mrc tests}"
+want() { [[ " $parts " == *" $1 "* ]]; }
+
+want resnet18 && { timeout 300 "$py" bench/pipeline.py --train 50000 --test 10000 --precision bf16 --channels-last \
   --nondeterministic --output "$out/pipeline_resnet18_cifar_size_bf16.json" >"$out/resnet18.log" 2>&1
-echo "resnet18 rc=$?" >>"$out/gpu.txt"
-timeout 170 "$py" bench/pipeline.py --arch wide_resnet34_10 --train 10000 --test 1000 --epochs 1 \
+  echo "resnet18 rc=$?" >>"$out/gpu.txt"; }
+want wrn && { timeout 170 "$py" bench/pipeline.py --arch wide_resnet34_10 --train 10000 --test 1000 --epochs 1 \
   --alpha-step 0.5 --precision bf16 --channels-last --nondeterministic \
   --output "$out/pipeline_wrn34_10_reduced_bf16.json" >"$out/wrn34_10.log" 2>&1
-echo "wrn34_10 rc=$?" >>"$out/gpu.txt"
-timeout 90 "$py" -m pytest -q -p no:cacheprovider --noconftest tests/rift/test_checkpoints.py \
+  echo "wrn34_10 rc=$?" >>"$out/gpu.txt"; }
+# MRC against the reference code's cost at the reference protocol (1,024 examples, 10 passes).
+want mrc && for mode in fp32 bf16; do
+  extra=(); [ "$mode" = bf16 ] && extra=(--precision bf16 --channels-last)
+  timeout 150 "$py" bench/mrc.py --examples 1024 --steps 10 --batch-size 512 --skip-full \
+    "${extra[@]}" >"$out/mrc_reference_cost_resnet18_$mode.json" 2>>"$out/mrc.log"
+  echo "mrc $mode rc=$?" >>"$out/gpu.txt"
+done
+want tests && { timeout 90 "$py" -m pytest -q -p no:cacheprovider --noconftest tests/rift/test_checkpoints.py \
   tests/rift/test_data.py tests/rift/test_batch_backoff.py tests/rift/test_device.py \
   tests/rift/test_attacks.py >"$out/cuda_tests.txt" 2>&1
-echo "tests rc=$?" >>"$out/gpu.txt"
+  echo "tests rc=$?" >>"$out/gpu.txt"; }
