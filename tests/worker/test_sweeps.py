@@ -9,6 +9,7 @@ sequential sweep are in tests/api/test_sweep_jobs.py.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,3 +71,30 @@ def test_a_lost_candidate_is_re_run_alone(
     assert job.metrics is not None and job.metrics["sweep"]["candidates"] == 2
     winner = candidates[job.metrics["sweep"]["chosen"]]
     assert job.selected_module == winner.module
+
+
+def test_cancelling_a_sweep_stops_its_candidates(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], quick_config: dict[str, Any]) -> None:
+    spec = copy.deepcopy(quick_config)
+    spec["finetune"].update(epochs=400, lr_milestones=[300], candidates=2)
+    worker = start_worker()
+    job_id = submit(spec)
+    wait_for(sessions, job_id, lambda j: any(kind == "epoch" for kind, _ in
+                                             events(sessions, job_id)),
+             "a candidate's fine-tuning", workers=(worker,))
+    with sessions() as session:
+        # No stage holds a live lease (the candidates do): the job ends at once.
+        assert jobs.request_cancel(session, job_id).status == "cancelled"
+    # The running candidate stops at its next batch; the waiting one is claimed and dropped.
+    deadline = time.monotonic() + 60
+    while not ("'cancelled'" in worker.log() and "'inactive'" in worker.log()):
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    with sessions() as session:
+        candidates = list_candidates(session, job_id)
+        job = jobs.get_job(session, job_id)
+    assert job.status == "cancelled"
+    assert all(c.status != "done" and c.result is None for c in candidates)
+    assert [c.attempts for c in candidates] == [1, 0]
+    assert not any(kind == "candidate_finished" for kind, _ in events(sessions, job_id))
