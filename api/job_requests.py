@@ -145,7 +145,6 @@ def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec,
             an uploaded kind without ``dataset_id``, or more classes in the dataset than
             ``architecture.num_classes``; each names its field.
     """
-    _refuse_sweeps(spec.config)
     dataset = spec.config.dataset
     if spec.dataset_id is None:
         if dataset.name in UPLOADED_KINDS:
@@ -204,17 +203,6 @@ def _check_classes(row: Dataset, num_classes: int) -> None:
             field="config.architecture.num_classes", code="too_few_classes",
             details={"dataset_num_classes": row.num_classes,
                      "architecture_num_classes": num_classes})
-
-
-def _refuse_sweeps(config: RiftConfig) -> None:
-    """The workers run one fine-tune per job: a sweep is refused rather than run in part."""
-    finetune = config.finetune
-    if finetune.candidates > 1:
-        raise InvalidInput("finetune.candidates > 1 (a sweep) runs with the library and the CLI "
-                           "only, not yet in the service", field="config.finetune.candidates")
-    if finetune.lr_grid is not None:
-        raise InvalidInput("finetune.lr_grid (a sweep) runs with the library and the CLI only, "
-                           "not yet in the service", field="config.finetune.lr_grid")
 
 
 def _check_domain_size(config: RiftConfig, geometry: Geometry) -> None:

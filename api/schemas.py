@@ -227,6 +227,24 @@ class InterpolationPointOut(BaseModel):
     chosen: bool
 
 
+class CandidateCurveOut(BaseModel):
+    """One (module, lr) candidate of a sweep: its fine-tune's outcome and its own curve."""
+
+    index: int = Field(description="Position in the sweep (lowest MRC first, then lr_grid order).")
+    module: str
+    lr: float
+    status: Literal["pending", "running", "done", "failed", "cancelled"]
+    attempts: int
+    chosen: bool = Field(description="The candidate the α rule picked across all curves.")
+    chosen_alpha: float | None = Field(description="The α this candidate's own curve chose.")
+    clean_accuracy: float | None = Field(description="Percent, at chosen_alpha, on the split "
+                                         "the α is chosen on (interpolation.selection_split).")
+    robust_accuracy: float | None = Field(description="Percent, at chosen_alpha.")
+    best_epoch: int | None
+    points: list[InterpolationPointOut] = Field(
+        description="The candidate's curve; 'chosen' marks its own α.")
+
+
 class CurvesOut(BaseModel):
     job_id: str
     status: str
@@ -235,6 +253,11 @@ class CurvesOut(BaseModel):
     interpolation: list[InterpolationPointOut]
     chosen_alpha: float | None
     metrics: dict[str, Any] | None = Field(description="Before/after accuracies and more.")
+    candidates: list[CandidateCurveOut] = Field(
+        default_factory=list, description="A sweep's candidates side by side (empty for a "
+        "one-candidate job); 'epochs' and 'interpolation' above are the chosen one's.")
+    chosen_candidate: int | None = Field(
+        None, description="Index of the candidate the rule picked, once the sweep is done.")
 
 
 class ArtifactOut(BaseModel):

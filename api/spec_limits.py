@@ -12,6 +12,9 @@ the fields. The numbers, and why:
 - batch sizes (``mrc``, ``finetune``, ``evaluation``) from 8 to 8,192: below 8 the per-step
   overhead, which the estimate does not count, dominates; above 8,192 no GPU we run holds it.
 - ``interpolation.alpha_step`` >= 0.01: at most 101 points on the curve.
+- a sweep: at most 16 (module, lr) candidates (``finetune.candidates`` modules, 1 when
+  ``finetune.module`` is named, times the rates of ``finetune.lr_grid``): each is a fine-tune
+  and a whole interpolation curve, and the paper's Fig. C.5 compares a handful.
 - every list (``mrc.include``, ``exclude``, ``modules``, ``lr_milestones``, ``mean``, ``std``):
   at most 256 items; every string in the config: at most 200 characters (``dataset.path`` and
   ``root`` are refused anyway). Labels: at most 32, keys <= 64, values <= 255 (schemas.py).
@@ -24,8 +27,11 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
+from persistence.cost import sweep_size
+
 MAX_LIST_ITEMS = 256
 MAX_STRING_CHARS = 200
+MAX_SWEEP_CANDIDATES = 16
 
 #: (path inside the config, lowest allowed, highest allowed); None: no bound on that side.
 FIELD_BOUNDS: tuple[tuple[tuple[str, ...], float | None, float | None], ...] = (
@@ -37,6 +43,7 @@ FIELD_BOUNDS: tuple[tuple[tuple[str, ...], float | None, float | None], ...] = (
     (("finetune", "batch_size"), 8, 8192),
     (("evaluation", "batch_size"), 8, 8192),
     (("interpolation", "alpha_step"), 0.01, None),
+    (("finetune", "candidates"), None, MAX_SWEEP_CANDIDATES),
 )
 
 
@@ -61,6 +68,19 @@ def _lookup(config: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+def _sweep_errors(config: dict[str, Any], loc: tuple[Any, ...]) -> list[dict[str, Any]]:
+    finetune = config.get("finetune")
+    if not isinstance(finetune, dict) or not isinstance(finetune.get("lr_grid"), list):
+        return []  # without a grid, the bound on finetune.candidates says it all
+    size = sweep_size(config)
+    if size <= MAX_SWEEP_CANDIDATES:
+        return []
+    return [{"type": "less_than_equal", "loc": (*loc, "finetune", "lr_grid"),
+             "msg": f"this service runs at most {MAX_SWEEP_CANDIDATES} (module, lr) candidates "
+                    f"per sweep; finetune.candidates × len(lr_grid) is {size}",
+             "input": None}]
+
+
 def check_service_bounds(config: dict[str, Any], loc: tuple[Any, ...]) -> None:
     """Refuse a validated config (as JSON) that passes the service's bounds.
 
@@ -78,6 +98,7 @@ def check_service_bounds(config: dict[str, Any], loc: tuple[Any, ...]) -> None:
         if low is not None and value < low:
             errors.append({"type": "greater_than_equal", "loc": (*loc, *path),
                            "msg": f"this service requires at least {low:g}", "input": value})
+    errors.extend(_sweep_errors(config, loc))
     for where, what in _walk(config, loc):
         errors.append({"type": "too_long", "loc": where, "msg": f"this service allows {what}",
                        "input": None})

@@ -13,6 +13,8 @@ counts what docs/algorithm.md describes, as upper bounds where the spec leaves a
   a clean forward pass over the validation split after each epoch.
 - ``interpolation``: at each α, a clean forward pass over the test examples, and an attack
   (``attack.steps`` forward+backward, plus a forward) on them.
+- a sweep (``finetune.candidates`` > 1 or ``finetune.lr_grid``) fine-tunes and interpolates once
+  per (module, lr) candidate: ``finetune`` and ``interpolation`` count :func:`sweep_size` times.
 
 The number of candidate modules is an upper bound given by the caller (the checkpoint's tensor
 count: every module holds at least one tensor), unless ``mrc.modules`` lists them.
@@ -77,6 +79,20 @@ def _cap(count: int, cap: Any) -> int:
     return min(count, int(cap)) if isinstance(cap, int) and not isinstance(cap, bool) else count
 
 
+def sweep_size(config: Mapping[str, Any], num_modules: int | None = None) -> int:
+    """The (module, lr) candidates a job fine-tunes (1 without a sweep): ``finetune.candidates``
+    modules (1 when ``finetune.module`` is named; at most ``num_modules`` when given), times the
+    rates of ``finetune.lr_grid``; counted as ``rift.sweep.sweep_candidates`` lists them."""
+    finetune = config.get("finetune")
+    if not isinstance(finetune, Mapping):
+        return 1
+    modules = 1 if finetune.get("module") is not None else max(_int(finetune, "candidates", 1), 1)
+    if num_modules is not None:
+        modules = min(modules, max(num_modules, 1))
+    grid = finetune.get("lr_grid")
+    return modules * (len(grid) if isinstance(grid, list) and grid else 1)
+
+
 def estimate_cost(config: Mapping[str, Any], *, num_modules: int,
                   dataset_examples: tuple[int, int] | None = None) -> CostEstimate:
     """The cost of the job whose ``RiftConfig`` JSON is ``config``.
@@ -112,11 +128,13 @@ def estimate_cost(config: Mapping[str, Any], *, num_modules: int,
     mrc_cost = StageCost(forward=examples + count * per_module.forward,
                          backward=count * per_module.backward)
 
+    runs = sweep_size(config, count)
     epochs = _int(finetune, "epochs", 10)
-    tune = StageCost(forward=epochs * (train + validation), backward=epochs * train)
+    tune = StageCost(forward=runs * epochs * (train + validation), backward=runs * epochs * train)
 
     alpha_step = interpolation.get("alpha_step") or 0.05
     alphas = math.floor(1.0 / float(alpha_step) + 1e-9) + 1
-    interp = StageCost(forward=alphas * test * (1 + steps + 1), backward=alphas * test * steps)
+    interp = StageCost(forward=runs * alphas * test * (1 + steps + 1),
+                       backward=runs * alphas * test * steps)
     return CostEstimate(adversarial_set=adversarial, mrc=mrc_cost, finetune=tune,
                         interpolation=interp)

@@ -37,6 +37,7 @@ from persistence.models import (
     MRCRow,
     Project,
     StageStatus,
+    SweepCandidate,
     utcnow,
 )
 from persistence.transactions import (
@@ -449,6 +450,13 @@ def get_interpolation_points(session: Session, job_id: str) -> list[Interpolatio
     """The interpolation curve in α order (as the pipeline measured it)."""
     query = (select(InterpolationPoint).where(InterpolationPoint.job_id == job_id)
              .order_by(InterpolationPoint.position))
+    return list(session.execute(query).scalars())
+
+
+def get_sweep_candidates(session: Session, job_id: str) -> list[SweepCandidate]:
+    """A sweep's (module, lr) candidates in the sweep's order (none for a one-candidate job)."""
+    query = (select(SweepCandidate).where(SweepCandidate.job_id == job_id)
+             .order_by(SweepCandidate.candidate))
     return list(session.execute(query).scalars())
 
 

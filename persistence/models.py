@@ -365,21 +365,13 @@ class EpochMetric(Base):
     seconds: Mapped[float | None] = mapped_column(Float)
 
 
-class MRCShard(Base):
-    """One shard of a sharded MRC stage (``mrc.shards`` > 1): a group of modules scored by one
-    worker task under its own lease, like a stage (see ``persistence/stage_shards.py``).
-
-    ``result`` holds the shard's part of the MRC table (``MRCStageResult.to_json``) once done;
-    ``inputs_key`` is the object-store key of the adversarial set every shard scores on.
-    """
-
-    __tablename__ = "mrc_shards"
+class LeasedPart:
+    """The columns of one part of a stage split across worker tasks, each part under its own
+    lease like a stage (see ``persistence/stage_shards.py``): MRC shards and sweep candidates.
+    ``result`` holds what the part recorded once done."""
 
     job_id: Mapped[str] = mapped_column(
         ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
-    modules: Mapped[list[str]] = mapped_column(JSONType)
-    inputs_key: Mapped[str] = mapped_column(String(1024))
     status: Mapped[str] = mapped_column(String(16), default=StageStatus.PENDING)
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None]
@@ -389,9 +381,40 @@ class MRCShard(Base):
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
 
+
+class MRCShard(LeasedPart, Base):
+    """One shard of a sharded MRC stage (``mrc.shards`` > 1): a group of modules scored by one
+    worker task. ``result`` is the shard's part of the MRC table (``MRCStageResult.to_json``);
+    ``inputs_key`` is the object-store key of the adversarial set every shard scores on.
+    """
+
+    __tablename__ = "mrc_shards"
+
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    modules: Mapped[list[str]] = mapped_column(JSONType)
+    inputs_key: Mapped[str] = mapped_column(String(1024))
+
     __table_args__ = (
         CheckConstraint(_in("status", StageStatus), name="status"),
         Index("ix_mrc_shards_status_lease_expires_at", "status", "lease_expires_at"),
+    )
+
+
+class SweepCandidate(LeasedPart, Base):
+    """One (module, lr) candidate of a sweep (``finetune.candidates`` > 1 or ``lr_grid``): a
+    fine-tune from θ_AT and its interpolation curve, run by one worker task (``rift.sweep``).
+    ``candidate`` is its index in the sweep's order (``rift.sweep.candidates_from_mrc``);
+    ``result`` holds its outcome, stage records and the object keys of its weights."""
+
+    __tablename__ = "sweep_candidates"
+
+    candidate: Mapped[int] = mapped_column(Integer, primary_key=True)
+    module: Mapped[str] = mapped_column(String(255))
+    lr: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", StageStatus), name="status"),
+        Index("ix_sweep_candidates_status_lease_expires_at", "status", "lease_expires_at"),
     )
 
 

@@ -1,17 +1,23 @@
-"""The MRC stage split into shards that any free worker runs, each under its own lease: an
-extension of the stage-lease protocol in :mod:`persistence.stages`.
+"""A stage split into parts that any free worker runs, each part under its own lease: an extension
+of the stage-lease protocol in :mod:`persistence.stages`. Two kinds of part use it
+(:class:`PartKind`): the shards of the MRC stage (``mrc.shards`` > 1, ``worker/shards.py``) and
+the candidates of a sweep in the fine-tune stage (``finetune.candidates`` > 1 or ``lr_grid``,
+``worker/candidates.py``).
 
-Flow (``worker/shards.py``): the worker holding the MRC stage's lease makes the adversarial set,
-stores it, and calls :func:`start_shards`, which writes one ``mrc_shards`` row per group of
-modules and hands the stage to the marker owner :data:`SHARDED_OWNER` with no expiry (the shards'
-own leases now say whether work is alive). Each shard task claims its row with
-:func:`claim_shard` (one conditional UPDATE, as :func:`persistence.stages.claim_stage`), renews it
-with :func:`renew_shard_lease`, and records its part of the table with :func:`finish_shard`.
-The task that finds every shard done merges the parts and finishes the stage through
-:func:`persistence.stages.finish_stage` with ``owner=SHARDED_OWNER``: a conditional UPDATE, so
-only one merge is recorded even if two tasks try. A shard whose worker died is found by
-:func:`shards_to_redispatch` when its lease expires and is re-run alone; the others stay done.
-Locks are taken in the order jobs → job_stages → mrc_shards.
+Flow: the worker holding the stage's lease prepares the parts and calls :func:`start_shards` or
+:func:`start_candidates`, which writes one row per part and hands the stage to the marker owner
+:data:`SHARDED_OWNER` with no expiry (the parts' own leases now say whether work is alive). Each
+part's task claims its row with :func:`claim_part` (one conditional UPDATE, as
+:func:`persistence.stages.claim_stage`), renews it with :func:`renew_part_lease`, and records its
+result with :func:`finish_part`, which also moves the job's progress to "parts done / parts".
+The task that finds every part done (:func:`completed_results`) merges the results and finishes
+the stage through :func:`persistence.stages.finish_stage` with ``owner=SHARDED_OWNER``: a
+conditional UPDATE, so only one merge is recorded even if two tasks try. A part whose worker died
+is found by :func:`parts_to_redispatch` when its lease expires and is re-run alone; the others
+stay done. Locks are taken in the order jobs → job_stages → the parts' table.
+
+The MRC-shard functions (``claim_shard``, ``finish_shard``...) are the generic ones with
+:data:`MRC_SHARDS` filled in.
 """
 
 from __future__ import annotations
@@ -19,10 +25,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import CursorResult, Executable, and_, delete, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import CursorResult, Executable, Select, and_, delete, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from persistence.models import (
     TERMINAL_STATUSES,
@@ -32,14 +38,51 @@ from persistence.models import (
     MRCShard,
     StageName,
     StageStatus,
+    SweepCandidate,
     utcnow,
 )
 from persistence.stages import ClaimOutcome, LeaseLost, _fail
-from persistence.transactions import cancel_job, load_job, load_stages, log_event, transaction
+from persistence.transactions import (
+    cancel_job,
+    load_job,
+    load_stages,
+    log_event,
+    touch,
+    transaction,
+)
 
-#: ``job_stages.lease_owner`` of an MRC stage whose work was handed to its shards.
+#: ``job_stages.lease_owner`` of a stage whose work was handed to its parts.
 SHARDED_OWNER = "shards"
 SHARD_EVENT = "shard_finished"
+CANDIDATE_EVENT = "candidate_finished"
+
+Part = MRCShard | SweepCandidate
+
+
+@dataclass(frozen=True)
+class PartKind:
+    """One way of splitting a stage: the table of its parts, the column numbering them, the stage
+    they belong to, and the words used in events and messages."""
+
+    model: type[MRCShard] | type[SweepCandidate]
+    index: InstrumentedAttribute[int]
+    stage: StageName
+    event: str  # events: '<event>_started', '<event>_finished'; payload key of the index
+    noun: str  # in messages: "MRC shard 2 ...", "candidate 2 ..."
+    plural: str  # in the job's progress message: "3 of 4 candidates done"
+
+
+MRC_SHARDS = PartKind(MRCShard, MRCShard.shard, StageName.MRC, "shard", "MRC shard", "shards")
+CANDIDATES = PartKind(SweepCandidate, SweepCandidate.candidate, StageName.FINETUNE, "candidate",
+                      "candidate", "candidates")
+
+
+@dataclass(frozen=True)
+class PartClaim:
+    outcome: ClaimOutcome
+    job: Job
+    part: Part
+    attempt: int = 0  # the attempt number (1-based) when CLAIMED
 
 
 @dataclass(frozen=True)
@@ -57,10 +100,45 @@ def _rows_affected(session: Session, statement: Executable) -> int:
     return int(result.rowcount)
 
 
-def _load_shard(session: Session, job_id: str, shard: int) -> MRCShard:
-    query = (select(MRCShard).where(MRCShard.job_id == job_id, MRCShard.shard == shard)
-             .execution_options(populate_existing=True))
-    return session.execute(query).scalar_one()
+def _of(kind: PartKind, job_id: str, index: int | None = None) -> list[Any]:
+    """WHERE clauses selecting the job's parts of ``kind`` (one part when ``index`` is given)."""
+    clauses: list[Any] = [kind.model.job_id == job_id]
+    if index is not None:
+        clauses.append(kind.index == index)
+    return clauses
+
+
+def _select_parts(kind: PartKind, job_id: str, index: int | None = None) -> Select[Part]:
+    """The job's parts of ``kind`` (or one), re-read from the database (never the session's
+    cached rows: other workers change them)."""
+    query = select(kind.model).where(*_of(kind, job_id, index))
+    return cast("Select[Part]", query.execution_options(populate_existing=True))
+
+
+def _load_part(session: Session, kind: PartKind, job_id: str, index: int) -> Part:
+    return session.execute(_select_parts(kind, job_id, index)).scalar_one()
+
+
+def _hand_over(session: Session, kind: PartKind, job_id: str, owner: str, parts: Sequence[Part],
+               event: str, payload: dict[str, Any], now: datetime) -> None:
+    """Hand ``kind.stage`` from ``owner`` to its ``parts`` (earlier parts replaced), if ``owner``
+    holds the stage's lease and the job runs; else :class:`LeaseLost`."""
+    with transaction(session):
+        job = load_job(session, job_id, for_update=True)
+        handed = _rows_affected(session,
+            update(JobStage)
+            .where(JobStage.job_id == job_id, JobStage.stage == kind.stage,
+                   JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
+            .values(lease_owner=SHARDED_OWNER, lease_expires_at=None)
+            .execution_options(synchronize_session=False))
+        if handed != 1 or job.status != JobStatus.RUNNING:
+            raise LeaseLost(f"worker {owner} does not hold the {kind.stage} stage of job {job_id}")
+        session.execute(delete(kind.model).where(*_of(kind, job_id)))
+        session.add_all(parts)
+        job.stage_progress = 0.0
+        job.progress_message = f"0 of {len(parts)} {kind.plural} done"
+        touch(job, now)
+        log_event(session, job_id, event, payload, now)
 
 
 def start_shards(session: Session, job_id: str, *, owner: str, groups: Sequence[Sequence[str]],
@@ -68,189 +146,252 @@ def start_shards(session: Session, job_id: str, *, owner: str, groups: Sequence[
     """Record one pending shard per module group and hand the MRC stage over to them, if ``owner``
     holds the stage's lease (else :class:`LeaseLost`). Shards of an earlier attempt are replaced."""
     now = now or utcnow()
+    shards = [MRCShard(job_id=job_id, shard=index, modules=list(modules), inputs_key=inputs_key,
+                       status=StageStatus.PENDING, attempts=0, created_at=now)
+              for index, modules in enumerate(groups)]
+    _hand_over(session, MRC_SHARDS, job_id, owner, shards, "mrc_sharded",
+               {"shards": len(groups), "modules": sum(len(g) for g in groups)}, now)
+
+
+def start_candidates(session: Session, job_id: str, *, owner: str,
+                     candidates: Sequence[tuple[str, float]], now: datetime | None = None) -> None:
+    """Record one pending row per (module, lr) candidate, in the sweep's order, and hand the
+    fine-tune stage over to them, if ``owner`` holds its lease (else :class:`LeaseLost`)."""
+    now = now or utcnow()
+    rows = [SweepCandidate(job_id=job_id, candidate=index, module=module, lr=float(lr),
+                           status=StageStatus.PENDING, attempts=0, created_at=now)
+            for index, (module, lr) in enumerate(candidates)]
+    _hand_over(session, CANDIDATES, job_id, owner, rows, "sweep_started",
+               {"candidates": [{"module": m, "lr": lr} for m, lr in candidates]}, now)
+
+
+def claim_part(session: Session, kind: PartKind, job_id: str, index: int, *, owner: str,
+               lease_seconds: float, max_attempts: int, now: datetime | None = None) -> PartClaim:
+    """Take part ``index`` for ``owner``: granted if it is pending or its lease expired, and it
+    was claimed fewer than ``max_attempts`` times. DONE: the part finished before (the caller
+    may try the merge). EXHAUSTED fails the job with ``stage_failed_repeatedly``. A job whose
+    cancellation was asked and whose parts hold no live lease is cancelled now (INACTIVE)."""
+    now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
-        handed = _rows_affected(session,
-            update(JobStage)
-            .where(JobStage.job_id == job_id, JobStage.stage == StageName.MRC,
-                   JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
-            .values(lease_owner=SHARDED_OWNER, lease_expires_at=None)
+        row = _load_part(session, kind, job_id, index)
+        if job.status in TERMINAL_STATUSES:
+            return PartClaim(ClaimOutcome.INACTIVE, job, row)
+        if job.cancel_requested:
+            # Nobody runs the job any more once no part holds a live lease: end it now.
+            parts = session.execute(_select_parts(kind, job_id)).scalars()
+            if not any(p.status == StageStatus.RUNNING and p.lease_expires_at is not None
+                       and p.lease_expires_at > now for p in parts):
+                cancel_job(session, job, load_stages(session, job_id), now)
+            return PartClaim(ClaimOutcome.INACTIVE, job, row)
+        if row.status == StageStatus.DONE:
+            return PartClaim(ClaimOutcome.DONE, job, row)
+        model = kind.model
+        claimed = _rows_affected(session,
+            update(model)
+            .where(*_of(kind, job_id, index), model.attempts < max_attempts,
+                   or_(model.status == StageStatus.PENDING,
+                       and_(model.status == StageStatus.RUNNING, model.lease_expires_at < now)))
+            .values(status=StageStatus.RUNNING, lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    attempts=model.attempts + 1)
             .execution_options(synchronize_session=False))
-        if handed != 1 or job.status != JobStatus.RUNNING:
-            raise LeaseLost(f"worker {owner} does not hold the MRC stage of job {job_id}")
-        session.execute(delete(MRCShard).where(MRCShard.job_id == job_id))
-        for index, modules in enumerate(groups):
-            session.add(MRCShard(job_id=job_id, shard=index, modules=list(modules),
-                                 inputs_key=inputs_key, status=StageStatus.PENDING, attempts=0,
-                                 created_at=now))
-        log_event(session, job_id, "mrc_sharded",
-                  {"shards": len(groups), "modules": sum(len(g) for g in groups)}, now)
+        row = _load_part(session, kind, job_id, index)
+        if claimed == 1:
+            log_event(session, job_id, f"{kind.event}_started",
+                      {"stage": kind.stage.value, kind.event: index, "attempt": row.attempts,
+                       "worker": owner}, now)
+            return PartClaim(ClaimOutcome.CLAIMED, job, row, row.attempts)
+        if row.status == StageStatus.RUNNING and row.lease_expires_at is not None \
+                and row.lease_expires_at > now:
+            return PartClaim(ClaimOutcome.HELD, job, row)
+        if row.attempts >= max_attempts:
+            stage = session.execute(select(JobStage).where(
+                JobStage.job_id == job_id, JobStage.stage == kind.stage)).scalar_one()
+            _fail(session, job, stage, "stage_failed_repeatedly",
+                  f"{kind.noun} {index} was started {row.attempts} times (MAX_STAGE_ATTEMPTS="
+                  f"{max_attempts}) without finishing. Last error: "
+                  f"{row.last_error or 'the worker process died'}", now)
+            return PartClaim(ClaimOutcome.EXHAUSTED, job, row)
+        return PartClaim(ClaimOutcome.INACTIVE, job, row)
 
 
 def claim_shard(session: Session, job_id: str, shard: int, *, owner: str, lease_seconds: float,
                 max_attempts: int, now: datetime | None = None) -> ShardClaim:
-    """Take shard ``shard`` for ``owner``: granted if it is pending or its lease expired, and it
-    was claimed fewer than ``max_attempts`` times. DONE: the shard finished before (the caller
-    may try the merge). EXHAUSTED fails the job with ``stage_failed_repeatedly``."""
-    now = now or utcnow()
-    with transaction(session):
-        job = load_job(session, job_id, for_update=True)
-        row = _load_shard(session, job_id, shard)
-        if job.status in TERMINAL_STATUSES:
-            return ShardClaim(ClaimOutcome.INACTIVE, job, row.modules, row.inputs_key)
-        if job.cancel_requested:
-            # Nobody runs the job any more once no shard holds a live lease: end it now.
-            shards = session.execute(select(MRCShard).where(MRCShard.job_id == job_id)).scalars()
-            if not any(s.status == StageStatus.RUNNING and s.lease_expires_at is not None
-                       and s.lease_expires_at > now for s in shards):
-                cancel_job(session, job, load_stages(session, job_id), now)
-            return ShardClaim(ClaimOutcome.INACTIVE, job, row.modules, row.inputs_key)
-        if row.status == StageStatus.DONE:
-            return ShardClaim(ClaimOutcome.DONE, job, row.modules, row.inputs_key)
-        claimed = _rows_affected(session,
-            update(MRCShard)
-            .where(MRCShard.job_id == job_id, MRCShard.shard == shard,
-                   MRCShard.attempts < max_attempts,
-                   or_(MRCShard.status == StageStatus.PENDING,
-                       and_(MRCShard.status == StageStatus.RUNNING,
-                            MRCShard.lease_expires_at < now)))
-            .values(status=StageStatus.RUNNING, lease_owner=owner,
-                    lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    attempts=MRCShard.attempts + 1)
-            .execution_options(synchronize_session=False))
-        row = _load_shard(session, job_id, shard)
-        if claimed == 1:
-            log_event(session, job_id, "shard_started",
-                      {"stage": "mrc", "shard": shard, "attempt": row.attempts, "worker": owner},
-                      now)
-            return ShardClaim(ClaimOutcome.CLAIMED, job, row.modules, row.inputs_key,
-                              row.attempts)
-        if row.status == StageStatus.RUNNING and row.lease_expires_at is not None \
-                and row.lease_expires_at > now:
-            return ShardClaim(ClaimOutcome.HELD, job, row.modules, row.inputs_key)
-        if row.attempts >= max_attempts:
-            stage = session.execute(select(JobStage).where(
-                JobStage.job_id == job_id, JobStage.stage == StageName.MRC)).scalar_one()
-            _fail(session, job, stage, "stage_failed_repeatedly",
-                  f"MRC shard {shard} was started {row.attempts} times (MAX_STAGE_ATTEMPTS="
-                  f"{max_attempts}) without finishing. Last error: "
-                  f"{row.last_error or 'the worker process died'}", now)
-            return ShardClaim(ClaimOutcome.EXHAUSTED, job, row.modules, row.inputs_key)
-        return ShardClaim(ClaimOutcome.INACTIVE, job, row.modules, row.inputs_key)
+    """:func:`claim_part` of an MRC shard, with the shard's modules and inputs."""
+    claim = claim_part(session, MRC_SHARDS, job_id, shard, owner=owner,
+                       lease_seconds=lease_seconds, max_attempts=max_attempts, now=now)
+    assert isinstance(claim.part, MRCShard)
+    return ShardClaim(claim.outcome, claim.job, claim.part.modules, claim.part.inputs_key,
+                      claim.attempt)
 
 
-def renew_shard_lease(session: Session, job_id: str, shard: int, *, owner: str,
-                      lease_seconds: float, now: datetime | None = None) -> bool:
-    """Extend ``owner``'s lease on the shard; False if ``owner`` no longer holds it."""
+def renew_part_lease(session: Session, kind: PartKind, job_id: str, index: int, *, owner: str,
+                     lease_seconds: float, now: datetime | None = None) -> bool:
+    """Extend ``owner``'s lease on the part; False if ``owner`` no longer holds it."""
     now = now or utcnow()
+    model = kind.model
     with transaction(session):
         renewed = _rows_affected(session,
-            update(MRCShard)
-            .where(MRCShard.job_id == job_id, MRCShard.shard == shard,
-                   MRCShard.lease_owner == owner, MRCShard.status == StageStatus.RUNNING)
+            update(model)
+            .where(*_of(kind, job_id, index), model.lease_owner == owner,
+                   model.status == StageStatus.RUNNING)
             .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
             .execution_options(synchronize_session=False))
     return renewed == 1
 
 
-def finish_shard(session: Session, job_id: str, shard: int, *, owner: str,
-                 result: dict[str, Any], now: datetime | None = None) -> None:
-    """Record the shard's part of the MRC table and mark it done, only while ``owner`` holds its
-    lease and the job runs (else :class:`LeaseLost`, nothing written)."""
+def renew_shard_lease(session: Session, job_id: str, shard: int, *, owner: str,
+                      lease_seconds: float, now: datetime | None = None) -> bool:
+    return renew_part_lease(session, MRC_SHARDS, job_id, shard, owner=owner,
+                            lease_seconds=lease_seconds, now=now)
+
+
+def finish_part(session: Session, kind: PartKind, job_id: str, index: int, *, owner: str,
+                result: dict[str, Any], summary: dict[str, Any] | None = None,
+                now: datetime | None = None) -> None:
+    """Record the part's result and mark it done, only while ``owner`` holds its lease and the
+    job runs (else :class:`LeaseLost`, nothing written); the job's progress becomes the share of
+    parts done. ``summary`` goes into the ``<event>_finished`` event."""
     now = now or utcnow()
+    model = kind.model
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
         if job.status != JobStatus.RUNNING:
-            raise LeaseLost(f"job {job_id} is {job.status}; shard {shard} was not recorded")
+            raise LeaseLost(f"job {job_id} is {job.status}; {kind.noun} {index} was not recorded")
         done = _rows_affected(session,
-            update(MRCShard)
-            .where(MRCShard.job_id == job_id, MRCShard.shard == shard,
-                   MRCShard.lease_owner == owner, MRCShard.status == StageStatus.RUNNING)
+            update(model)
+            .where(*_of(kind, job_id, index), model.lease_owner == owner,
+                   model.status == StageStatus.RUNNING)
             .values(status=StageStatus.DONE, lease_owner=None, lease_expires_at=None,
                     result=result, finished_at=now)
             .execution_options(synchronize_session=False))
         if done != 1:
-            raise LeaseLost(f"worker {owner} no longer holds MRC shard {shard} of job {job_id}")
-        log_event(session, job_id, SHARD_EVENT,
-                  {"stage": "mrc", "shard": shard, "seconds": result.get("seconds")}, now)
+            raise LeaseLost(f"worker {owner} no longer holds {kind.noun} {index} of job {job_id}")
+        statuses = list(session.execute(select(model.status).where(*_of(kind, job_id)))
+                        .scalars())
+        finished = sum(status == StageStatus.DONE for status in statuses)
+        if job.stage == kind.stage:
+            job.stage_progress = finished / len(statuses)
+            job.progress_message = f"{finished} of {len(statuses)} {kind.plural} done"
+            touch(job, now)
+        log_event(session, job_id, f"{kind.event}_finished",
+                  {"stage": kind.stage.value, kind.event: index, "done": finished,
+                   "total": len(statuses), **(summary or {})}, now)
 
 
-def release_shard(session: Session, job_id: str, shard: int, *, owner: str, error: str) -> None:
-    """Give the shard back after an unexpected error so that it can be retried."""
+def finish_shard(session: Session, job_id: str, shard: int, *, owner: str,
+                 result: dict[str, Any], now: datetime | None = None) -> None:
+    """:func:`finish_part` of an MRC shard: ``result`` is its part of the MRC table."""
+    finish_part(session, MRC_SHARDS, job_id, shard, owner=owner, result=result,
+                summary={"seconds": result.get("seconds")}, now=now)
+
+
+def release_part(session: Session, kind: PartKind, job_id: str, index: int, *, owner: str,
+                 error: str) -> None:
+    """Give the part back after an unexpected error so that it can be retried."""
+    model = kind.model
     with transaction(session):
         load_job(session, job_id, for_update=True)
         released = _rows_affected(session,
-            update(MRCShard)
-            .where(MRCShard.job_id == job_id, MRCShard.shard == shard,
-                   MRCShard.lease_owner == owner, MRCShard.status == StageStatus.RUNNING)
+            update(model)
+            .where(*_of(kind, job_id, index), model.lease_owner == owner,
+                   model.status == StageStatus.RUNNING)
             .values(status=StageStatus.PENDING, lease_owner=None, lease_expires_at=None,
                     last_error=error[:4000])
             .execution_options(synchronize_session=False))
         if released != 1:
-            raise LeaseLost(f"worker {owner} does not hold MRC shard {shard} of job {job_id}")
+            raise LeaseLost(f"worker {owner} does not hold {kind.noun} {index} of job {job_id}")
 
 
-def completed_parts(session: Session, job_id: str) -> list[dict[str, Any]] | None:
-    """Every shard's recorded part in shard order, once all are done and the MRC stage still
-    waits for them; None otherwise (a shard still runs, or the merge was recorded already)."""
+def release_shard(session: Session, job_id: str, shard: int, *, owner: str, error: str) -> None:
+    release_part(session, MRC_SHARDS, job_id, shard, owner=owner, error=error)
+
+
+def completed_results(session: Session, kind: PartKind, job_id: str
+                      ) -> list[dict[str, Any]] | None:
+    """Every part's recorded result in index order, once all are done and the stage still waits
+    for them; None otherwise (a part still runs, or the merge was recorded already)."""
     with transaction(session):
         stage = session.execute(select(JobStage).where(
-            JobStage.job_id == job_id, JobStage.stage == StageName.MRC)
+            JobStage.job_id == job_id, JobStage.stage == kind.stage)
             .execution_options(populate_existing=True)).scalar_one()
         if stage.status != StageStatus.RUNNING or stage.lease_owner != SHARDED_OWNER:
             return None
-        rows = session.execute(select(MRCShard).where(MRCShard.job_id == job_id)
-                               .order_by(MRCShard.shard)
-                               .execution_options(populate_existing=True)).scalars().all()
+        rows = list_parts(session, kind, job_id)
         if not rows or any(row.status != StageStatus.DONE or row.result is None for row in rows):
             return None
         return [dict(row.result) for row in rows if row.result is not None]
 
 
+def completed_parts(session: Session, job_id: str) -> list[dict[str, Any]] | None:
+    """:func:`completed_results` of the MRC shards: their parts of the table."""
+    return completed_results(session, MRC_SHARDS, job_id)
+
+
+def list_parts(session: Session, kind: PartKind, job_id: str) -> list[Part]:
+    """The job's parts of ``kind`` in index order."""
+    with transaction(session):
+        return list(session.execute(_select_parts(kind, job_id).order_by(kind.index)).scalars())
+
+
 def list_shards(session: Session, job_id: str) -> list[MRCShard]:
     """The job's shard rows in shard order."""
-    with transaction(session):
-        return list(session.execute(select(MRCShard).where(MRCShard.job_id == job_id)
-                                    .order_by(MRCShard.shard)
-                                    .execution_options(populate_existing=True)).scalars())
+    return [row for row in list_parts(session, MRC_SHARDS, job_id) if isinstance(row, MRCShard)]
 
 
-def shards_to_redispatch(session: Session, *, stale_after: float, pending_after: float,
-                         now: datetime | None = None) -> list[tuple[str, int]]:
-    """(job id, shard) pairs whose message must be sent again: a running shard whose lease
-    expired (its worker died), or a pending shard nobody took for ``pending_after`` seconds; and
-    shard 0 of a job whose shards are all done but whose merge was never recorded (the worker died
-    in between: a shard task that finds its shard done tries the merge). Jobs quiet for less than
+def list_candidates(session: Session, job_id: str) -> list[SweepCandidate]:
+    """The job's sweep candidates in the sweep's order."""
+    return [row for row in list_parts(session, CANDIDATES, job_id)
+            if isinstance(row, SweepCandidate)]
+
+
+def parts_to_redispatch(session: Session, kind: PartKind, *, stale_after: float,
+                        pending_after: float, now: datetime | None = None
+                        ) -> list[tuple[str, int]]:
+    """(job id, index) pairs whose message must be sent again: a running part whose lease
+    expired (its worker died), or a pending part nobody took for ``pending_after`` seconds; and
+    part 0 of a job whose parts are all done but whose merge was never recorded (the worker died
+    in between: a part task that finds its part done tries the merge). Jobs quiet for less than
     ``stale_after`` seconds are left alone; re-sent jobs get ``updated_at = now``."""
     now = now or utcnow()
-    expired = and_(MRCShard.status == StageStatus.RUNNING, MRCShard.lease_expires_at < now)
-    waiting = and_(MRCShard.status == StageStatus.PENDING,
-                   MRCShard.created_at < now - timedelta(seconds=pending_after))
+    model = kind.model
+    expired = and_(model.status == StageStatus.RUNNING, model.lease_expires_at < now)
+    waiting = and_(model.status == StageStatus.PENDING,
+                   model.created_at < now - timedelta(seconds=pending_after))
     with transaction(session):
-        waiting_stage = and_(JobStage.job_id == Job.id, JobStage.stage == StageName.MRC,
+        waiting_stage = and_(JobStage.job_id == Job.id, JobStage.stage == kind.stage,
                              JobStage.status == StageStatus.RUNNING,
                              JobStage.lease_owner == SHARDED_OWNER)
         quiet = and_(Job.status == JobStatus.RUNNING,
                      Job.updated_at < now - timedelta(seconds=stale_after))
         rows = session.execute(
-            select(MRCShard.job_id, MRCShard.shard, MRCShard.status)
-            .join(Job, Job.id == MRCShard.job_id).join(JobStage, waiting_stage)
-            .where(quiet).order_by(MRCShard.job_id, MRCShard.shard)).all()
+            select(model.job_id, kind.index, model.status)
+            .join(Job, Job.id == model.job_id).join(JobStage, waiting_stage)
+            .where(quiet).order_by(model.job_id, kind.index)).all()
         found: list[tuple[str, int]] = []
         by_job: dict[str, list[tuple[int, str]]] = {}
-        for job_id, shard, status in rows:
-            by_job.setdefault(job_id, []).append((shard, status))
-        for job_id, shards in by_job.items():
-            if all(status == StageStatus.DONE for _, status in shards):
-                found.append((job_id, shards[0][0]))
+        for job_id, index, status in rows:
+            by_job.setdefault(job_id, []).append((index, status))
+        for job_id, parts in by_job.items():
+            if all(status == StageStatus.DONE for _, status in parts):
+                found.append((job_id, parts[0][0]))
         stale = session.execute(
-            select(MRCShard.job_id, MRCShard.shard)
-            .join(Job, Job.id == MRCShard.job_id).join(JobStage, waiting_stage)
+            select(model.job_id, kind.index)
+            .join(Job, Job.id == model.job_id).join(JobStage, waiting_stage)
             .where(quiet, or_(expired, waiting))).all()
-        found.extend((job_id, shard) for job_id, shard in stale)
+        found.extend((job_id, index) for job_id, index in stale)
         for job_id in {job_id for job_id, _ in found}:
             session.execute(update(Job).where(Job.id == job_id).values(updated_at=now)
                             .execution_options(synchronize_session=False))
-        for job_id, shard in found:
-            log_event(session, job_id, "shard_recovered", {"stage": "mrc", "shard": shard}, now)
+        for job_id, index in found:
+            log_event(session, job_id, f"{kind.event}_recovered",
+                      {"stage": kind.stage.value, kind.event: index}, now)
     return found
+
+
+def shards_to_redispatch(session: Session, *, stale_after: float, pending_after: float,
+                         now: datetime | None = None) -> list[tuple[str, int]]:
+    """:func:`parts_to_redispatch` of the MRC shards."""
+    return parts_to_redispatch(session, MRC_SHARDS, stale_after=stale_after,
+                               pending_after=pending_after, now=now)

@@ -59,7 +59,14 @@ from rift.stage_outputs import (
     RunIdentity,
     StageStorage,
 )
-from rift.sweep import Candidate, CandidateOutcome, candidates_from_mrc, choose_across
+from rift.sweep import (
+    Candidate,
+    CandidateOutcome,
+    choose_across,
+    curves_document,
+    is_sweep,
+    sweep_candidates,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -613,8 +620,8 @@ def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
         callbacks.event("stage_finished", {"stage": "mrc", "seconds": mrc.seconds})
 
     if is_sweep(config):
-        return _run_sweep(run, mrc, storage, metadata, callbacks,
-                          preflight.as_dict() if preflight is not None else None)
+        return run_sweep(run, mrc, storage, metadata, callbacks,
+                         preflight.as_dict() if preflight is not None else None)
     module = config.finetune.module or mrc.selected_module
     finetune = load_finetune(storage)
     if finetune is not None:
@@ -634,11 +641,6 @@ def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
     return result
 
 
-def is_sweep(config: RiftConfig) -> bool:
-    """Whether the job fine-tunes more than one (module, lr) candidate (``rift.sweep``)."""
-    return config.finetune.candidates > 1 or config.finetune.lr_grid is not None
-
-
 def run_candidate(run: PreparedRun, candidate: Candidate,
                   callbacks: PipelineCallbacks | None = None
                   ) -> tuple[FinetuneStageResult, InterpolationStageResult]:
@@ -653,30 +655,37 @@ def run_candidate(run: PreparedRun, candidate: Candidate,
         run.config = config
 
 
-def _run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: StageStorage,
-               metadata: dict[str, str], callbacks: PipelineCallbacks,
-               preflight: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Every candidate in turn; the α rule picks across all curves; writes ``curves.json``."""
+def candidate_outcome(candidate: Candidate, finetune: FinetuneStageResult,
+                      interpolation: InterpolationStageResult) -> CandidateOutcome:
+    """What the rule across candidates compares: the accuracies (selection split) at the α the
+    candidate's own curve chose. The same for a sequential sweep and a worker's candidate task."""
+    chosen = next(p for p in interpolation.points if p["alpha"] == interpolation.chosen_alpha)
+    return CandidateOutcome(
+        candidate, interpolation.chosen_alpha, float(chosen["clean_accuracy"] or 0.0),
+        float(chosen["robust_accuracy"] or 0.0), interpolation.points, finetune.best_epoch)
+
+
+def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: StageStorage,
+              metadata: dict[str, str], callbacks: PipelineCallbacks | None = None,
+              preflight: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every candidate in turn; the α rule picks across all curves; writes ``curves.json``,
+    the winner's θ_FT and θ_α* and ``result.json`` (with ``"sweep"``); returns the latter."""
     config = run.config
-    candidates = candidates_from_mrc(
-        mrc.rows, k=config.finetune.candidates, module=config.finetune.module,
-        lrs=config.finetune.lr_grid or [config.finetune.lr])
+    candidates = sweep_candidates(config, mrc.rows)
     outcomes: list[CandidateOutcome] = []
     best: tuple[FinetuneStageResult, InterpolationStageResult] | None = None
     for candidate in candidates:
-        callbacks.event("stage_started", {"stage": "candidate", "module": candidate.module,
-                                          "lr": candidate.lr})
+        if callbacks is not None:
+            callbacks.event("stage_started", {"stage": "candidate", "module": candidate.module,
+                                              "lr": candidate.lr})
         finetune, interpolation = run_candidate(run, candidate, callbacks)
-        chosen = next(p for p in interpolation.points if p["alpha"] == interpolation.chosen_alpha)
-        outcomes.append(CandidateOutcome(
-            candidate, interpolation.chosen_alpha, float(chosen["clean_accuracy"] or 0.0),
-            float(chosen["robust_accuracy"] or 0.0), interpolation.points, finetune.best_epoch))
+        outcomes.append(candidate_outcome(candidate, finetune, interpolation))
         if choose_across(outcomes) == len(outcomes) - 1:
             best = (finetune, interpolation)  # keep only the winner's weights in memory
     assert best is not None
     finetune, interpolation = best
-    winner = choose_across(outcomes)
-    curves = {"chosen": winner, "candidates": [o.to_json() for o in outcomes]}
+    curves = curves_document(outcomes)
+    winner = curves["chosen"]
     stage_outputs.write_weights(storage, FINETUNED, finetune.state_dict,
                                 {**metadata, "kind": "finetuned", "module": finetune.module})
     stage_outputs.write_json(storage, CURVES_JSON, curves)

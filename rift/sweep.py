@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from rift.config import RiftConfig
 from rift.errors import ConfigError
 from rift.mrc import selection_key
 
@@ -45,6 +46,13 @@ class CandidateOutcome:
                 "robust_accuracy": self.robust_accuracy, "best_epoch": self.best_epoch,
                 "points": self.points}
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CandidateOutcome:
+        """The outcome :meth:`to_json` wrote (without weights)."""
+        return cls(Candidate(str(data["module"]), float(data["lr"])),
+                   float(data["chosen_alpha"]), float(data["clean_accuracy"]),
+                   float(data["robust_accuracy"]), list(data["points"]), int(data["best_epoch"]))
+
 
 def candidates_from_mrc(rows: Sequence[Mapping[str, Any]], *, k: int, module: str | None,
                         lrs: Sequence[float]) -> list[Candidate]:
@@ -63,6 +71,25 @@ def candidates_from_mrc(rows: Sequence[Mapping[str, Any]], *, k: int, module: st
             *selection_key(float(rows[i]["mrc"]), rows[i].get("max_ascent_loss")), i))
         modules = [str(rows[i]["name"]) for i in order[:k]]
     return [Candidate(name, float(lr)) for name in modules for lr in lrs]
+
+
+def sweep_candidates(config: RiftConfig, rows: Sequence[Mapping[str, Any]]) -> list[Candidate]:
+    """The job's candidates: :func:`candidates_from_mrc` with the config's ``finetune``
+    settings (``lr_grid``, else the one ``lr``)."""
+    finetune = config.finetune
+    return candidates_from_mrc(rows, k=finetune.candidates, module=finetune.module,
+                               lrs=finetune.lr_grid or [finetune.lr])
+
+
+def is_sweep(config: RiftConfig) -> bool:
+    """Whether the job fine-tunes more than one (module, lr) candidate."""
+    return config.finetune.candidates > 1 or config.finetune.lr_grid is not None
+
+
+def curves_document(outcomes: Sequence[CandidateOutcome]) -> dict[str, Any]:
+    """``curves.json`` and ``result.json["sweep"]``: every candidate's curve side by side and
+    the index :func:`choose_across` picks."""
+    return {"chosen": choose_across(outcomes), "candidates": [o.to_json() for o in outcomes]}
 
 
 def choose_across(outcomes: Sequence[CandidateOutcome]) -> int:

@@ -88,6 +88,8 @@ def gather_job(session: Session, store: ObjectStore, job_id: str, directory: Pat
     for artifact in list_artifacts(session, job_id):
         if artifact.name == "finetuned.safetensors" or "@" in artifact.name:
             continue  # the fine-tuned end point and other α stay in the service
+        if artifact.name == "curves.json":
+            continue  # a sweep's curves: in result.json["sweep"]; the name is the run's own file
         files[artifact.name] = store.download_to(artifact.storage_key, directory / artifact.name)
     return JobExport(
         job_id=job.id, checkpoint_sha256=checkpoint.sha256 if checkpoint else "",

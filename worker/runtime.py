@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import jobs, stages
+from persistence import jobs, stage_shards, stages
 from persistence.db import session_factory_from_settings
 from persistence.event_notify import build_publisher, install_publisher
 from persistence.settings import Settings
@@ -181,3 +181,23 @@ class StageReporter:
             with self.resources.session() as session:
                 self._cancel = stages.should_stop(session, self.job_id)
         return self._cancel
+
+
+class PartReporter(StageReporter):
+    """A :class:`StageReporter` whose heartbeat renews the lease of one part of a split stage (an
+    MRC shard, a sweep candidate: :mod:`persistence.stage_shards`). Parts run side by side, so
+    they do not write the job's progress: finishing a part does (parts done / parts)."""
+
+    def __init__(self, resources: WorkerResources, job_id: str, kind: stage_shards.PartKind,
+                 index: int, *, seconds_left: float | None = None) -> None:
+        super().__init__(resources, job_id, kind.stage, seconds_left=seconds_left)
+        self.kind, self.index = kind, index
+
+    def renew(self) -> bool:
+        with self.resources.session() as session:
+            return stage_shards.renew_part_lease(session, self.kind, self.job_id, self.index,
+                                                 owner=self.owner,
+                                                 lease_seconds=self._lease_seconds)
+
+    def on_progress(self, stage: str, fraction: float, message: str) -> None:
+        """Progress within a part is not recorded (see the class docstring)."""

@@ -40,7 +40,7 @@ from rift.pipeline import (
     make_mrc_inputs,
     score_modules,
 )
-from worker.runtime import StageReporter, WorkerResources
+from worker.runtime import PartReporter, WorkerResources
 from worker.stages import SAFETENSORS, ObjectStageStorage, prepare, record_mrc, stage_object_key
 
 logger = logging.getLogger(__name__)
@@ -81,23 +81,6 @@ def start_mrc_shards(app: Celery, resources: WorkerResources, job: Job, run: Pre
     return len(groups)
 
 
-class ShardReporter(StageReporter):
-    """A :class:`StageReporter` whose heartbeat renews one shard's lease."""
-
-    def __init__(self, resources: WorkerResources, job_id: str, shard: int) -> None:
-        super().__init__(resources, job_id, StageName.MRC)
-        self.shard = shard
-
-    def renew(self) -> bool:
-        with self.resources.session() as session:
-            return stage_shards.renew_shard_lease(session, self.job_id, self.shard,
-                                                  owner=self.owner,
-                                                  lease_seconds=self._lease_seconds)
-
-    def on_progress(self, stage: str, fraction: float, message: str) -> None:
-        """Shards do not write the job's progress: they run side by side."""
-
-
 def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: int) -> str:
     """Claim and score one MRC shard; merge if it was the last. Returns what happened."""
     settings = resources.settings
@@ -117,7 +100,7 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
     if claim.outcome != ClaimOutcome.CLAIMED or checkpoint is None:
         return str(claim.outcome)
 
-    reporter = ShardReporter(resources, job_id, shard)
+    reporter = PartReporter(resources, job_id, stage_shards.MRC_SHARDS, shard)
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
                                   should_cancel=reporter.should_cancel)
     reporter.start()

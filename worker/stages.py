@@ -8,7 +8,7 @@ artifact records are written by :func:`persistence.stages.finish_stage` in one t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from reporting.charts import CHART_ARTIFACTS, Curve, job_charts
 from rift.config import RiftConfig
 from rift.manifest import build_manifest
 from rift.pipeline import (
+    InterpolationStageResult,
     MRCStageResult,
     PipelineCallbacks,
     PreparedRun,
@@ -38,11 +39,19 @@ from rift.pipeline import (
     save_interpolation,
     save_mrc,
 )
-from rift.stage_outputs import FINETUNED, MRC_CSV, RESULT_JSON, STAGE_OF_FILE, TUNED
+from rift.stage_outputs import (
+    CURVES_JSON,
+    FINETUNED,
+    MRC_CSV,
+    RESULT_JSON,
+    STAGE_OF_FILE,
+    TUNED,
+    write_json,
+)
 from worker.inputs import fetch_checkpoint, fetch_dataset
 
 __all__ = ["FINETUNED", "SAFETENSORS", "ObjectStageStorage", "describe_device", "job_manifest",
-           "prepare", "record_mrc", "run_stage", "stage_object_key"]
+           "prepare", "record_interpolation", "record_mrc", "run_stage", "stage_object_key"]
 
 SAFETENSORS = "application/octet-stream"
 MANIFEST_JSON = "manifest.json"
@@ -218,6 +227,18 @@ def _interpolate(job: Job, run: PreparedRun, storage: ObjectStageStorage,
     result = run_interpolation_stage(run, load_finetuned_weights(storage), callbacks)
     callbacks.check_cancel()  # a worker that lost its lease meanwhile writes nothing
     module = job.selected_module or ""
+    return record_interpolation(job, run, storage, result,
+                                [Curve(module, result.points, result.chosen_alpha)])
+
+
+def record_interpolation(job: Job, run: PreparedRun, storage: ObjectStageStorage,
+                         result: InterpolationStageResult, curves: Sequence[Curve],
+                         sweep: Mapping[str, Any] | None = None,
+                         metadata: Mapping[str, str] | None = None) -> StageOutputs:
+    """Store θ_α*, ``result.json`` and the charts (``curves`` drawn side by side, the chosen one
+    first), and say what the interpolate stage records. ``sweep``: the ``curves.json`` document
+    of a sweep (``rift.sweep.curves_document``), stored and added to ``result.json``."""
+    module = job.selected_module or ""
     mrc = load_mrc(storage)
     finetune = load_finetune(storage, with_weights=False)
     if mrc is None or finetune is None:
@@ -226,10 +247,15 @@ def _interpolate(job: Job, run: PreparedRun, storage: ObjectStageStorage,
     preflight = (job.metrics or {}).get("preflight")
     document = {"job_id": job.id, **build_result(run.config, mrc, finetune, result,
                                                  str(run.device), preflight)}
-    save_interpolation(storage, result, _metadata(run), module, document)
+    extra: list[ArtifactRecord] = []
+    if sweep is not None:
+        document["sweep"] = dict(sweep)
+        write_json(storage, CURVES_JSON, dict(sweep))
+        extra.append(_record(CURVES_JSON, storage.written[CURVES_JSON]))
+    save_interpolation(storage, result, {**_metadata(run), **(metadata or {})}, module, document)
     # The report page's charts as files too (drawn by the same torch-free module as the page).
     charts = job_charts([{**row, "module": row["name"]} for row in mrc.rows], module,
-                        finetune.epochs, [Curve(module, result.points, result.chosen_alpha)])
+                        finetune.epochs, curves)
     chart_records = [
         _record(CHART_ARTIFACTS[name], storage.write_extra(
             StageName.INTERPOLATE, CHART_ARTIFACTS[name], svg.encode("utf-8"), SVG))
@@ -237,7 +263,7 @@ def _interpolate(job: Job, run: PreparedRun, storage: ObjectStageStorage,
     return StageOutputs(
         interpolation_points=result.points,
         artifacts=[_record(TUNED, storage.written[TUNED]),
-                   _record(RESULT_JSON, storage.written[RESULT_JSON]), *chart_records],
+                   _record(RESULT_JSON, storage.written[RESULT_JSON]), *extra, *chart_records],
         chosen_alpha=result.chosen_alpha,
         metrics={"before": result.before, "after": result.after,
                  "chosen_alpha": result.chosen_alpha, "selected_module": module,

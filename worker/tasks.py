@@ -13,6 +13,11 @@ transaction, then sends the next stage's message. Outcomes:
   (counted in the database, so crashes count too), then the job fails with
   ``stage_failed_repeatedly``.
 
+A split stage hands its work to parts that any free worker runs under their own leases: the MRC
+shards (``rift.stage.mrc_shard``, :mod:`worker.shards`) and the candidates of a sweep
+(``rift.stage.finetune_candidate``, :mod:`worker.candidates`); the interpolate stage of a sweep
+records the winner's curve instead of measuring one.
+
 Recovery: a worker re-sends, on start and every ``WORKER_RECOVERY_INTERVAL_SECONDS``, the stages
 whose lease expired (the worker running them was killed) and, after
 ``STAGE_REDISPATCH_SECONDS``, the stages nobody took (a message lost in a crash); it fails the jobs
@@ -69,7 +74,15 @@ from persistence.transactions import JobNotFound, load_stages
 from persistence.webhooks import deliveries_to_redispatch
 from rift.errors import JobCancelled, RiftError
 from rift.pipeline import PipelineCallbacks, run_preflight_stage
+from rift.sweep import is_sweep
 from worker import webhooks as webhook_delivery
+from worker.candidates import (
+    CANDIDATE_TASK_NAME,
+    execute_candidate,
+    record_sweep_interpolation,
+    redispatch_stale_candidates,
+    start_sweep,
+)
 from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_job
 from worker.runtime import StageReporter, WorkerResources
@@ -104,6 +117,11 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     def run_mrc_shard(job_id: str, shard: int) -> str:
         """Score one shard of the job's MRC modules; returns the outcome."""
         return execute_shard(app, resources, job_id, shard)
+
+    @app.task(name=CANDIDATE_TASK_NAME, ignore_result=True)
+    def run_sweep_candidate(job_id: str, candidate: int) -> str:
+        """Fine-tune and measure one candidate of the job's sweep; returns the outcome."""
+        return execute_candidate(app, resources, job_id, candidate)
 
     @app.task(name=RECOVER_TASK_NAME, ignore_result=True)
     def recover_stale_jobs() -> int:
@@ -259,8 +277,15 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
             # The shards hold the work from here; the last one finishes the stage.
             start_mrc_shards(app, resources, claim.job, run, callbacks, claim.attempt)
             return "sharded", device
-        outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir, callbacks,
-                            attempts, manifest)
+        if stage == StageName.FINETUNE and is_sweep(run.config):
+            # One task per candidate from here; the last one finishes the stage.
+            start_sweep(app, resources, claim.job, run, attempts)
+            return "sharded", device
+        if stage == StageName.INTERPOLATE and is_sweep(run.config):
+            outputs = record_sweep_interpolation(resources, claim.job, run, attempts)
+        else:
+            outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir,
+                                callbacks, attempts, manifest)
         if reporter.lease_lost:
             raise LeaseLost(f"lost the lease on stage '{stage}' of job {job_id}")
         with resources.session() as session:
@@ -407,7 +432,8 @@ def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources) -> int:
         logger.warning("job %s: re-sending stage %s (its lease expired or its message is late)",
                        job_id, stage)
         enqueue_stage(app, job_id, stage)
-    return len(stale) + redispatch_stale_shards(app, resources)
+    return (len(stale) + redispatch_stale_shards(app, resources)
+            + redispatch_stale_candidates(app, resources))
 
 
 def fail_overdue(resources: WorkerResources) -> list[str]:

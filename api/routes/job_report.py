@@ -1,6 +1,7 @@
 """``GET /v1/jobs/{id}/report``: the job's results as one self-contained HTML page (inline SVG
 charts, no script, nothing fetched from elsewhere), drawn by :mod:`reporting` from the database
-rows and the job's ``manifest.json``. It works for a running job too (what exists so far)."""
+rows and the job's ``manifest.json``; a sweep's candidate curves are drawn side by side. It works
+for a running job too (what exists so far)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,20 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
+from sqlalchemy.orm import Session
 
 from api.deps import CallerDep, SessionDep, StoreDep
 from api.routes.jobs import load_job
-from persistence.jobs import get_artifact, get_epoch_metrics, get_interpolation_points, get_mrc_rows
+from persistence.jobs import (
+    get_artifact,
+    get_epoch_metrics,
+    get_interpolation_points,
+    get_mrc_rows,
+    get_sweep_candidates,
+)
+from persistence.models import Job
 from persistence.storage import StoreError
-from reporting.charts import Curve
+from reporting.charts import Curve, sweep_curves
 from reporting.page import CONTENT_SECURITY_POLICY, ReportData, render_report
 
 logger = logging.getLogger(__name__)
@@ -49,6 +58,16 @@ def candidate_curves(metrics: Mapping[str, Any] | None) -> list[Curve]:
     return curves
 
 
+def _sweep(session: Session, job: Job) -> list[Curve]:
+    """A sweep's candidate curves, the chosen one first (none for a one-candidate job)."""
+    rows = get_sweep_candidates(session, job.id)
+    outcomes = [{"module": row.module, "lr": row.lr,
+                 **((row.result or {}).get("outcome") or {"points": []})} for row in rows]
+    sweep = (job.metrics or {}).get("sweep")
+    chosen = sweep.get("chosen") if isinstance(sweep, dict) else None
+    return sweep_curves(outcomes, chosen if isinstance(chosen, int) else None)
+
+
 def _with_main_first(main: Curve | None, others: Sequence[Curve]) -> list[Curve]:
     rest = [c for c in others if main is None or c.name != main.name]
     return ([main] if main is not None else []) + rest
@@ -79,7 +98,8 @@ def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: Stor
     data = ReportData(
         job_id=job.id, status=job.status, selected_module=job.selected_module,
         chosen_alpha=job.chosen_alpha, metrics=job.metrics or {}, mrc_rows=mrc_rows, epochs=epochs,
-        curves=_with_main_first(main, candidate_curves(job.metrics)), manifest=manifest,
+        curves=_sweep(session, job) or _with_main_first(main, candidate_curves(job.metrics)),
+        manifest=manifest,
         error=f"{job.error_code}: {job.error_message}" if job.error_code else None)
     return HTMLResponse(render_report(data),
                         headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})

@@ -17,6 +17,7 @@ from api.routes.jobs import job_link, load_job
 from api.schemas import (
     ArtifactListOut,
     ArtifactOut,
+    CandidateCurveOut,
     CurvesOut,
     EpochOut,
     InterpolationPointOut,
@@ -28,9 +29,10 @@ from persistence.jobs import (
     get_epoch_metrics,
     get_interpolation_points,
     get_mrc_rows,
+    get_sweep_candidates,
     list_artifacts,
 )
-from persistence.models import Artifact
+from persistence.models import Artifact, SweepCandidate
 
 router = APIRouter(prefix="/jobs", tags=["results"])
 
@@ -55,21 +57,43 @@ def read_mrc(job_id: str, session: SessionDep, caller: CallerDep) -> MRCTableOut
 
 
 @router.get("/{job_id}/curves", response_model=CurvesOut,
-            summary="Fine-tuning epochs and the interpolation curve with the chosen α")
+            summary="Fine-tuning epochs and the interpolation curve with the chosen α; a "
+                    "sweep's candidate curves side by side")
 def read_curves(job_id: str, session: SessionDep, caller: CallerDep) -> CurvesOut:
     job = load_job(session, caller, job_id)
     epochs = get_epoch_metrics(session, job.id)
     points = get_interpolation_points(session, job.id)
     chosen = job.chosen_alpha
+    sweep = (job.metrics or {}).get("sweep")
+    winner = sweep.get("chosen") if isinstance(sweep, dict) else None
     return CurvesOut(
         job_id=job.id, status=job.status, selected_module=job.selected_module,
         epochs=[EpochOut.model_validate(e, from_attributes=True) for e in epochs],
-        interpolation=[
-            InterpolationPointOut(
-                alpha=p.alpha, clean_accuracy=p.clean_accuracy, robust_accuracy=p.robust_accuracy,
-                chosen=chosen is not None and math.isclose(p.alpha, chosen, abs_tol=1e-9))
-            for p in points],
-        chosen_alpha=chosen, metrics=job.metrics)
+        interpolation=[_point(p.alpha, p.clean_accuracy, p.robust_accuracy, chosen)
+                       for p in points],
+        chosen_alpha=chosen, metrics=job.metrics,
+        candidates=[_candidate(c, winner) for c in get_sweep_candidates(session, job.id)],
+        chosen_candidate=winner if isinstance(winner, int) else None)
+
+
+def _point(alpha: float, clean: float, robust: float | None, chosen: float | None
+           ) -> InterpolationPointOut:
+    return InterpolationPointOut(
+        alpha=alpha, clean_accuracy=clean, robust_accuracy=robust,
+        chosen=chosen is not None and math.isclose(alpha, chosen, abs_tol=1e-9))
+
+
+def _candidate(row: SweepCandidate, winner: object) -> CandidateCurveOut:
+    # Rows of candidates still running have no result yet: their outcome fields stay null.
+    outcome = (row.result or {}).get("outcome") or {}
+    alpha = outcome.get("chosen_alpha")
+    return CandidateCurveOut(
+        index=row.candidate, module=row.module, lr=row.lr, status=row.status,
+        attempts=row.attempts, chosen=winner == row.candidate, chosen_alpha=alpha,
+        clean_accuracy=outcome.get("clean_accuracy"),
+        robust_accuracy=outcome.get("robust_accuracy"), best_epoch=outcome.get("best_epoch"),
+        points=[_point(p["alpha"], p["clean_accuracy"], p.get("robust_accuracy"), alpha)
+                for p in outcome.get("points", [])])
 
 
 def _artifact_out(job_id: str, artifact: Artifact) -> ArtifactOut:

@@ -454,11 +454,28 @@ def test_unknown_jobs_are_404(api: Api) -> None:
         assert error_of(response)["field"] == "job_id"
 
 
+def test_a_sweep_is_accepted_and_costs_one_fine_tune_and_curve_per_candidate(
+        api: Api, checkpoint_id: str) -> None:
+    single = create(api, job_body(checkpoint_id))
+    sweep = create(api, job_body(checkpoint_id, config=digits_config(
+        finetune={"epochs": 1, "candidates": 2, "lr_grid": [0.001, 0.01]})))
+    assert (single.status_code, sweep.status_code) == (201, 201), sweep.text
+    assert sweep.json()["config"]["finetune"]["candidates"] == 2
+    # MRC and the adversarial set are shared; each of the 4 candidates adds its own fine-tune
+    # and interpolation curve.
+    costs = [single.json()["cost_estimate"], sweep.json()["cost_estimate"]]
+    assert costs[1] > costs[0]
+    from persistence.cost import estimate_cost
+    one = estimate_cost(single.json()["config"], num_modules=4)
+    assert costs[1] - costs[0] == 3 * (one.finetune.total + one.interpolation.total)
+
+
 @pytest.mark.parametrize(("finetune", "field"), [
-    ({"candidates": 2}, "config.finetune.candidates"),
-    ({"lr_grid": [0.001, 0.01]}, "config.finetune.lr_grid"),
+    ({"candidates": 17}, "config.finetune.candidates"),
+    ({"candidates": 4, "lr_grid": [0.001, 0.002, 0.005, 0.01, 0.02]}, "config.finetune.lr_grid"),
+    ({"module": "fc", "lr_grid": [0.001] * 17}, "config.finetune.lr_grid"),
 ])
-def test_a_sweep_is_refused_by_the_service_naming_the_field(
+def test_a_sweep_of_more_than_16_candidates_is_refused_naming_the_field(
         api: Api, checkpoint_id: str, finetune: dict[str, Any], field: str) -> None:
     response = create(api, job_body(checkpoint_id, config=digits_config(finetune=finetune)))
     assert response.status_code == 422, response.text

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from persistence.cost import BUILTIN_SIZES, estimate_cost
+from persistence.cost import BUILTIN_SIZES, estimate_cost, sweep_size
 from rift.config import RiftConfig
 
 
@@ -48,3 +48,15 @@ def test_listed_modules_and_caps() -> None:
 def test_more_work_costs_more(change: dict[str, Any]) -> None:
     assert estimate_cost(_config(**change), num_modules=8).total > \
         estimate_cost(_config(), num_modules=8).total
+
+
+def test_a_sweep_counts_a_fine_tune_and_a_curve_per_candidate() -> None:
+    one = estimate_cost(_config(), num_modules=5)
+    sweep = _config(finetune={"candidates": 3, "lr_grid": [0.001, 0.01]})
+    assert sweep_size(sweep) == 6
+    assert sweep_size(sweep, num_modules=2) == 4  # no more modules than the model has
+    assert sweep_size(_config(finetune={"module": "fc", "candidates": 3, "lr_grid": [0.1]})) == 1
+    cost = estimate_cost(sweep, num_modules=5)
+    assert (cost.adversarial_set, cost.mrc) == (one.adversarial_set, one.mrc)
+    assert (cost.finetune.total, cost.interpolation.total) == (
+        6 * one.finetune.total, 6 * one.interpolation.total)

@@ -1,5 +1,5 @@
-"""The shard extension of the stage-lease protocol (persistence/stage_shards.py) on SQLite and
-Postgres schemas built by the migrations."""
+"""The split-stage extension of the stage-lease protocol (persistence/stage_shards.py): MRC shards
+and sweep candidates, on SQLite and Postgres schemas built by the migrations."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stage_shards, stages
-from persistence.stage_shards import SHARDED_OWNER
+from persistence.stage_shards import CANDIDATES, SHARDED_OWNER
 from persistence.stages import ClaimOutcome, LeaseLost, StageOutputs
-from tests.persistence.helpers import LEASE, MRC_ROWS, T0, claim, stage_row
+from tests.persistence.helpers import LEASE, MRC_ROWS, T0, claim, finish, stage_row
 
 pytestmark = pytest.mark.service
 
@@ -114,3 +114,88 @@ def test_a_cancel_request_ends_a_sharded_job_and_its_shards_do_not_run(
     assert _claim_shard(sessions, job_id, 0, "w2").outcome == ClaimOutcome.INACTIVE
     with sessions() as session:
         assert jobs.get_job(session, job_id).status == "cancelled"
+
+
+# ------------------------------------------------------------------- sweep candidates
+
+
+def _claim_candidate(sessions: sessionmaker[Session], job_id: str, index: int, owner: str,
+                     now=T0, max_attempts: int = 3) -> stage_shards.PartClaim:
+    with sessions() as session:
+        return stage_shards.claim_part(session, CANDIDATES, job_id, index, owner=owner,
+                                       lease_seconds=LEASE, max_attempts=max_attempts, now=now)
+
+
+def _swept_job(sessions: sessionmaker[Session], new_job: Callable[..., str]) -> str:
+    """A job whose MRC is done and whose fine-tune stage w1 handed to two candidates."""
+    job_id = new_job()
+    claim(sessions, job_id, owner="w1")
+    finish(sessions, job_id, "mrc", outputs=StageOutputs(mrc_rows=MRC_ROWS))
+    assert claim(sessions, job_id, "finetune", owner="w1").outcome == ClaimOutcome.CLAIMED
+    with sessions() as session:
+        stage_shards.start_candidates(session, job_id, owner="w1",
+                                      candidates=[("fc", 0.01), ("fc", 0.1)], now=T0)
+    return job_id
+
+
+def test_a_lost_candidate_is_re_run_alone_and_progress_counts_candidates(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    job_id = _swept_job(sessions, new_job)
+    row = stage_row(sessions, job_id, "finetune")
+    assert (row.status, row.lease_owner) == ("running", SHARDED_OWNER)
+    first = _claim_candidate(sessions, job_id, 0, "w1")
+    second = _claim_candidate(sessions, job_id, 1, "w2")
+    assert (first.outcome, second.outcome) == (ClaimOutcome.CLAIMED, ClaimOutcome.CLAIMED)
+    assert (first.part.module, first.part.lr, second.part.lr) == ("fc", 0.01, 0.1)
+    with sessions() as session:
+        stage_shards.finish_part(session, CANDIDATES, job_id, 0, owner="w1",
+                                 result={"outcome": 0}, now=T0 + timedelta(seconds=5))
+        job = jobs.get_job(session, job_id)
+        assert (job.stage_progress, job.progress_message) == (0.5, "1 of 2 candidates done")
+        assert stage_shards.completed_results(session, CANDIDATES, job_id) is None
+
+    # w2 dies: only candidate 1 is re-sent, not the stage, and not the MRC shards' machinery.
+    later = T0 + timedelta(seconds=LEASE * 3)
+    with sessions() as session:
+        assert stage_shards.parts_to_redispatch(session, CANDIDATES, stale_after=LEASE,
+                                                pending_after=3600, now=later) == [(job_id, 1)]
+        assert stages.stages_to_redispatch(session, stale_after=LEASE, pending_after=3600,
+                                           now=later) == []
+        assert stage_shards.shards_to_redispatch(session, stale_after=LEASE, pending_after=3600,
+                                                 now=later) == []
+    assert _claim_candidate(sessions, job_id, 0, "w3", later).outcome == ClaimOutcome.DONE
+    retaken = _claim_candidate(sessions, job_id, 1, "w3", later)
+    assert (retaken.outcome, retaken.attempt) == (ClaimOutcome.CLAIMED, 2)
+    with sessions() as session:
+        with pytest.raises(LeaseLost):  # the dead worker's late result is refused
+            stage_shards.finish_part(session, CANDIDATES, job_id, 1, owner="w2",
+                                     result={"outcome": "late"})
+        stage_shards.finish_part(session, CANDIDATES, job_id, 1, owner="w3",
+                                 result={"outcome": 1})
+        assert stage_shards.completed_results(session, CANDIDATES, job_id) == [
+            {"outcome": 0}, {"outcome": 1}]
+        assert [(c.attempts, c.status) for c in stage_shards.list_candidates(session, job_id)] \
+            == [(1, "done"), (2, "done")]
+        stages.finish_stage(session, job_id, "finetune", owner=SHARDED_OWNER,
+                            outputs=StageOutputs(selected_module="fc"))
+        assert stage_shards.completed_results(session, CANDIDATES, job_id) is None
+        assert jobs.get_job(session, job_id).stage == "interpolate"
+
+
+def test_a_candidate_that_keeps_failing_fails_the_job_in_the_finetune_stage(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    job_id = _swept_job(sessions, new_job)
+    for attempt in range(2):
+        assert _claim_candidate(sessions, job_id, 1, f"w{attempt}", max_attempts=2).outcome \
+            == ClaimOutcome.CLAIMED
+        with sessions() as session:
+            stage_shards.release_part(session, CANDIDATES, job_id, 1, owner=f"w{attempt}",
+                                      error="RuntimeError: boom")
+    assert _claim_candidate(sessions, job_id, 1, "w9", max_attempts=2).outcome \
+        == ClaimOutcome.EXHAUSTED
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+    assert (job.status, job.error_code, job.stage) == ("failed", "stage_failed_repeatedly",
+                                                       "finetune")
+    assert "candidate 1" in (job.error_message or "") and "boom" in (job.error_message or "")
+    assert _claim_candidate(sessions, job_id, 0, "w1").outcome == ClaimOutcome.INACTIVE

@@ -30,6 +30,7 @@ from rift_client.errors import (
 from rift_client.models import (
     TERMINAL_STATUSES,
     Artifact,
+    CandidateCurve,
     Checkpoint,
     Curves,
     Dataset,
@@ -46,6 +47,7 @@ __all__ = [
     "Artifact",
     "AuthenticationError",
     "BadRequestError",
+    "CandidateCurve",
     "Checkpoint",
     "ChecksumMismatchError",
     "ConflictError",

@@ -152,6 +152,22 @@ class InterpolationPoint(_Resource):
     chosen: bool = False
 
 
+class CandidateCurve(_Resource):
+    """One (module, lr) candidate of a sweep and its own interpolation curve."""
+
+    index: int
+    module: str
+    lr: float
+    status: str
+    attempts: int = 0
+    chosen: bool = Field(False, description="The candidate the α rule picked across all curves.")
+    chosen_alpha: float | None = None
+    clean_accuracy: float | None = None
+    robust_accuracy: float | None = None
+    best_epoch: int | None = None
+    points: list[InterpolationPoint] = Field(default_factory=list)
+
+
 class Curves(_Resource):
     job_id: str
     status: str
@@ -160,6 +176,9 @@ class Curves(_Resource):
     interpolation: list[InterpolationPoint]
     chosen_alpha: float | None = None
     metrics: dict[str, Any] | None = None
+    candidates: list[CandidateCurve] = Field(
+        default_factory=list, description="A sweep's candidates side by side; empty otherwise.")
+    chosen_candidate: int | None = None
 
 
 class Artifact(_Resource):

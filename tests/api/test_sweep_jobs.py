@@ -1,0 +1,115 @@
+"""A sweep through HTTP on two real Celery workers (Postgres, Redis): every (module, lr) candidate
+is its own task, any free worker runs any of them, the α rule picks across all curves, and the
+answer is the library's: the same candidates, curves and winner as ``rift.pipeline.run_sweep``
+running them one after another on the same inputs and seed."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.dispatch import CeleryDispatcher
+from tests.api.helpers import Api, upload_checkpoint
+from tests.service_fixtures import WorkerProcess, settings_from_env
+
+pytestmark = [pytest.mark.service, pytest.mark.slow]
+
+JOB_TIMEOUT_S = 300.0
+
+
+def wait_for_end(api: Api, job_id: str, workers: tuple[WorkerProcess, ...]) -> dict[str, Any]:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:
+        job = dict(api.client.get(f"/v1/jobs/{job_id}").json())
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, [w.log()[-3000:] for w in workers]
+        time.sleep(0.2)
+
+
+def library_sweep(config: dict[str, Any], checkpoint: Path, mrc: dict[str, Any],
+                  folder: Path) -> dict[str, Any]:
+    """The library's sequential sweep on the service's MRC table, one thread like the workers."""
+    import torch
+
+    from rift.config import RiftConfig
+    from rift.pipeline import MRCStageResult, prepare_run, run_sweep
+    from rift.stage_outputs import FolderStorage
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = prepare_run(RiftConfig.model_validate({**config, "device": "cpu"}), checkpoint)
+        return run_sweep(run, MRCStageResult.from_json(mrc), FolderStorage(folder), {})
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_sweep_runs_its_candidates_on_two_workers_and_picks_as_the_library_does(
+        service_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
+        start_api: Callable[..., Api], digits_checkpoint_path: Path,
+        quick_config: dict[str, Any], tmp_path: Path) -> None:
+    from rift.sweep import CandidateOutcome, choose_across
+
+    workers = (start_worker(wait=False), start_worker(wait=False))
+    for worker in workers:
+        worker.wait_ready()
+    settings = settings_from_env(service_env)
+    api = start_api(settings, dispatcher=CeleryDispatcher(settings))
+    config = copy.deepcopy(quick_config)
+    config["finetune"].update(candidates=2, lr_grid=[0.01, 0.05])
+    checkpoint = upload_checkpoint(api, digits_checkpoint_path)
+    created = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                                "config": config})
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+
+    job = wait_for_end(api, job_id, workers)
+    assert job["status"] == "succeeded", (job["error"], [w.log()[-3000:] for w in workers])
+    events = api.client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["items"]
+    started = [e["payload"] for e in events if e["kind"] == "candidate_started"]
+    finished = [e["payload"] for e in events if e["kind"] == "candidate_finished"]
+    # Four candidates, each run once, by both workers; progress counted candidates done.
+    assert sorted(p["candidate"] for p in started) == [0, 1, 2, 3]
+    assert len({p["worker"] for p in started}) == 2
+    assert [(p["done"], p["total"]) for p in finished] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+    curves = api.client.get(f"/v1/jobs/{job_id}/curves").json()
+    candidates = curves["candidates"]
+    mrc_rows = sorted(api.client.get(f"/v1/jobs/{job_id}/mrc").json()["rows"],
+                      key=lambda r: (r["mrc"], r["max_ascent_loss"], r["position"]))
+    assert [(c["module"], c["lr"]) for c in candidates] == [
+        (row["module"], lr) for row in mrc_rows[:2] for lr in (0.01, 0.05)]
+    assert all(c["status"] == "done" and c["attempts"] == 1 and c["points"] for c in candidates)
+    # The winner is the rule over the recorded outcomes...
+    outcomes = [CandidateOutcome.from_json(
+        {**c, "points": [{k: p[k] for k in ("alpha", "clean_accuracy", "robust_accuracy")}
+                         for p in c["points"]]}) for c in candidates]
+    winner = choose_across(outcomes)
+    assert curves["chosen_candidate"] == winner
+    assert [c["chosen"] for c in candidates] == [i == winner for i in range(4)]
+    # ... recorded as the job's result, as a one-candidate job records it.
+    chosen = candidates[winner]
+    assert (job["selected_module"], job["chosen_alpha"]) == (chosen["module"],
+                                                            chosen["chosen_alpha"])
+    assert curves["interpolation"] == chosen["points"]
+    assert len(curves["epochs"]) == config["finetune"]["epochs"]
+
+    listing = {a["name"]: a for a in
+               api.client.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]}
+    assert {"curves.json", "tuned.safetensors", "finetuned.safetensors"} <= set(listing)
+    document = json.loads(api.client.get(listing["curves.json"]["url"]).content)
+    result = json.loads(api.client.get(listing["result.json"]["url"]).content)
+    assert result["sweep"] == document and document["chosen"] == winner
+    assert result["finetune"]["module"] == chosen["module"]
+
+    # ... and it is the library's: the same curves and winner from the sequential sweep.
+    library = library_sweep(config, digits_checkpoint_path, result["mrc"], tmp_path / "library")
+    assert library["sweep"] == document
+    assert library["chosen_alpha"] == job["chosen_alpha"]

@@ -1,0 +1,100 @@
+"""A sweep (``finetune.candidates`` > 1, ``finetune.lr_grid``) run by real worker processes: one
+task per (module, lr) candidate under its own lease (worker/candidates.py), the pick across all
+curves, and a lost candidate re-run alone.
+
+The HTTP view of a sweep (``/curves``, ``curves.json``) and the comparison with the library's
+sequential sweep are in tests/api/test_sweep_jobs.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence import jobs
+from persistence.models import Job
+from persistence.stage_shards import list_candidates
+from tests.service_fixtures import WorkerProcess
+from tests.worker_jobs import wait_for
+
+pytestmark = pytest.mark.service
+
+
+def events(sessions: sessionmaker[Session], job_id: str) -> list[tuple[str, dict[str, Any]]]:
+    with sessions() as session:
+        return [(e.kind, e.payload) for e in jobs.list_events(session, job_id, limit=10_000)]
+
+
+def test_a_lost_candidate_is_re_run_alone(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], quick_config: dict[str, Any]) -> None:
+    spec = copy.deepcopy(quick_config)
+    # Long enough to be killed mid-way; one worker first, so candidate 1 waits in the queue.
+    spec["finetune"].update(epochs=30, lr_milestones=[20], candidates=2)
+    first = start_worker()
+    job_id = submit(spec)
+
+    def tuning_candidate(job: Job) -> bool:
+        log = events(sessions, job_id)
+        return any(kind == "candidate_started" for kind, _ in log) and any(
+            kind == "epoch" for kind, _ in log)
+
+    wait_for(sessions, job_id, tuning_candidate, "a candidate's fine-tuning", workers=(first,))
+    first.kill()  # SIGKILL: its candidate's lease is left to expire
+    with sessions() as session:
+        running = [c.candidate for c in list_candidates(session, job_id) if c.status == "running"]
+    assert len(running) == 1
+    lost = running[0]
+
+    second = start_worker()
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(first, second))
+    assert job.status == "succeeded", job.error_message
+    with sessions() as session:
+        candidates = list_candidates(session, job_id)
+        stages = {s.stage: s.attempts for s in jobs.get_job(session, job_id).stages}
+    assert [c.status for c in candidates] == ["done", "done"]
+    # Only the lost candidate ran again; the stages themselves were claimed once each.
+    assert {c.candidate: c.attempts for c in candidates} == {lost: 2, 1 - lost: 1}
+    assert stages == {"mrc": 1, "finetune": 1, "interpolate": 1}
+    log = events(sessions, job_id)
+    # Re-sent (maybe more than once while the second worker was busy: claims drop duplicates).
+    assert {p["candidate"] for kind, p in log if kind == "candidate_recovered"} == {lost}
+    started = [(p["candidate"], p["worker"]) for kind, p in log if kind == "candidate_started"]
+    assert sorted(c for c, _ in started) == sorted([0, 1, lost])
+    assert [p["done"] for kind, p in log if kind == "candidate_finished"] == [1, 2]
+    # The job's result is the pick over both candidates.
+    assert job.metrics is not None and job.metrics["sweep"]["candidates"] == 2
+    winner = candidates[job.metrics["sweep"]["chosen"]]
+    assert job.selected_module == winner.module
+
+
+def test_cancelling_a_sweep_stops_its_candidates(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], quick_config: dict[str, Any]) -> None:
+    spec = copy.deepcopy(quick_config)
+    spec["finetune"].update(epochs=400, lr_milestones=[300], candidates=2)
+    worker = start_worker()
+    job_id = submit(spec)
+    wait_for(sessions, job_id, lambda j: any(kind == "epoch" for kind, _ in
+                                             events(sessions, job_id)),
+             "a candidate's fine-tuning", workers=(worker,))
+    with sessions() as session:
+        # No stage holds a live lease (the candidates do): the job ends at once.
+        assert jobs.request_cancel(session, job_id).status == "cancelled"
+    # The running candidate stops at its next batch; the waiting one is claimed and dropped.
+    deadline = time.monotonic() + 60
+    while not ("'cancelled'" in worker.log() and "'inactive'" in worker.log()):
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    with sessions() as session:
+        candidates = list_candidates(session, job_id)
+        job = jobs.get_job(session, job_id)
+    assert job.status == "cancelled"
+    assert all(c.status != "done" and c.result is None for c in candidates)
+    assert [c.attempts for c in candidates] == [1, 0]
+    assert not any(kind == "candidate_finished" for kind, _ in events(sessions, job_id))

@@ -1,0 +1,299 @@
+"""A sweep across workers (``finetune.candidates`` > 1 or ``finetune.lr_grid``, ``rift.sweep``):
+the fan-out run by the fine-tune stage task, the candidate task ``rift.stage.finetune_candidate``,
+the pick, and what the interpolate stage records (see :mod:`persistence.stage_shards` for the
+lease protocol, shared with the MRC shards of ``worker/shards.py``).
+
+Fan-out: read the MRC table, list the (module, lr) candidates in the library's order
+(:func:`rift.sweep.sweep_candidates`), record them and send one message per candidate. Candidate:
+claim it, fine-tune its module at its rate from θ_AT and measure its interpolation curve
+(:func:`rift.pipeline.run_candidate`), store its θ_FT under its own key (its attempt's, so a worker
+that lost its lease never overwrites the recorded one) and record its outcome and stage records.
+Pick: the task that records the last candidate (or, after a crash, a re-sent candidate task that
+finds its candidate done) applies :func:`rift.sweep.choose_across` to all outcomes and finishes
+the fine-tune stage with the winner's records, as a one-candidate job would; the interpolate
+stage then records the winner's curve, θ_α* (made again from θ_AT and the winner's θ_FT: the same
+tensors the candidate measured), ``result.json`` with ``"sweep"``, and ``curves.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery
+
+from persistence import stage_shards, stages
+from persistence.models import Checkpoint, Dataset, Job, StageName, SweepCandidate
+from persistence.object_keys import stage_object_key
+from persistence.queue import enqueue_stage
+from persistence.stage_shards import CANDIDATES, SHARDED_OWNER
+from persistence.stages import ArtifactRecord, ClaimOutcome, LeaseLost, StageOutputs
+from persistence.storage import ObjectNotFound, ObjectStore, StoredObject
+from persistence.time_limits import seconds_left
+from persistence.transactions import JobNotFound, load_stages
+from reporting.charts import sweep_curves
+from rift import stage_outputs
+from rift.errors import JobCancelled, RiftError
+from rift.interpolation import interpolate_weights
+from rift.pipeline import (
+    InterpolationStageResult,
+    PipelineCallbacks,
+    PreparedRun,
+    candidate_outcome,
+    load_mrc,
+    run_candidate,
+)
+from rift.stage_outputs import FINETUNE_JSON, FINETUNED
+from rift.sweep import Candidate, CandidateOutcome, curves_document, sweep_candidates
+from worker.runtime import PartReporter, WorkerResources
+from worker.stages import ObjectStageStorage, prepare, record_interpolation
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_TASK_NAME = "rift.stage.finetune_candidate"
+
+Attempts = Mapping[str, int]  # stage -> its latest claim (see worker.stages.run_stage)
+
+
+def enqueue_candidate(app: Celery, job_id: str, candidate: int,
+                      countdown: float | None = None) -> None:
+    """Send the message that runs sweep candidate ``candidate`` of the job."""
+    settings = getattr(app, "settings", None)
+    app.send_task(CANDIDATE_TASK_NAME, args=[job_id, candidate], countdown=countdown,
+                  queue=settings.celery_queue if settings is not None else None)
+
+
+def _stage_storage(store: ObjectStore, job_id: str, attempts: Attempts) -> ObjectStageStorage:
+    return ObjectStageStorage(store, lambda stage, name: stage_object_key(
+        job_id, stage, attempts[stage], name))
+
+
+class CandidateStorage:
+    """One candidate attempt's files (``rift.stage_outputs`` names), under the fine-tune stage's
+    attempt as ``candidate-<i>.attempt-<n>.<name>``; remembers what it wrote."""
+
+    def __init__(self, store: ObjectStore, job_id: str, stage_attempt: int, candidate: int,
+                 attempt: int) -> None:
+        self.store = store
+        self.prefix = stage_object_key(job_id, StageName.FINETUNE, stage_attempt,
+                                       f"candidate-{candidate}.attempt-{attempt}.")
+        self.written: dict[str, StoredObject] = {}
+
+    def read_bytes(self, name: str) -> bytes | None:
+        key = self.prefix + name
+        return self.store.get_bytes(key) if self.store.exists(key) else None
+
+    def write_bytes(self, name: str, data: bytes, content_type: str) -> None:
+        self.written[name] = self.store.put_bytes(self.prefix + name, data,
+                                                  content_type=content_type)
+
+
+# --------------------------------------------------------------------------------------------
+# Fan-out (run by the fine-tune stage task, which holds the stage's lease)
+# --------------------------------------------------------------------------------------------
+def start_sweep(app: Celery, resources: WorkerResources, job: Job, run: PreparedRun,
+                attempts: Attempts) -> int:
+    """Record the job's candidates and send one message each; returns their number. Afterwards
+    the candidates hold the fine-tune stage's work."""
+    mrc = load_mrc(_stage_storage(resources.store, job.id, attempts))
+    if mrc is None:
+        raise RuntimeError(f"job {job.id}: mrc.json is missing although the MRC stage is done")
+    candidates = sweep_candidates(run.config, mrc.rows)
+    with resources.session() as session:
+        stage_shards.start_candidates(session, job.id, owner=resources.worker_id,
+                                      candidates=[(c.module, c.lr) for c in candidates])
+    for index in range(len(candidates)):
+        enqueue_candidate(app, job.id, index)
+    return len(candidates)
+
+
+# --------------------------------------------------------------------------------------------
+# One candidate
+# --------------------------------------------------------------------------------------------
+def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, index: int) -> str:
+    """Claim and run one candidate; pick the winner if it was the last. Returns what happened."""
+    settings = resources.settings
+    try:
+        with resources.session() as session:
+            claim = stage_shards.claim_part(
+                session, CANDIDATES, job_id, index, owner=resources.worker_id,
+                lease_seconds=settings.worker_lease_seconds,
+                max_attempts=settings.max_stage_attempts)
+            attempts = {str(row.stage): row.attempts for row in load_stages(session, job_id)}
+            checkpoint = session.get(Checkpoint, claim.job.checkpoint_id)
+            dataset = (session.get(Dataset, claim.job.dataset_id)
+                       if claim.job.dataset_id else None)
+    except JobNotFound:
+        return "missing"
+    if claim.outcome == ClaimOutcome.DONE:
+        return pick_if_complete(app, resources, job_id)
+    if claim.outcome != ClaimOutcome.CLAIMED or checkpoint is None:
+        return str(claim.outcome)
+    part = claim.part
+    assert isinstance(part, SweepCandidate)
+
+    reporter = PartReporter(resources, job_id, CANDIDATES, index, seconds_left=seconds_left(
+        claim.job.started_at, settings.job_time_limit_seconds))
+    callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
+                                  should_cancel=reporter.should_cancel)
+    reporter.start()
+    try:
+        run = prepare(claim.job, checkpoint, dataset, resources.store, settings.work_dir,
+                      settings.worker_device, settings.data_root)
+        candidate = Candidate(part.module, part.lr)
+        finetune, interpolation = run_candidate(run, candidate, callbacks)
+        callbacks.check_cancel()  # a worker that lost its lease meanwhile writes nothing
+        storage = CandidateStorage(resources.store, job_id, attempts[StageName.FINETUNE], index,
+                                   claim.attempt)
+        stage_outputs.write_weights(storage, FINETUNED, finetune.state_dict, {
+            "config": run.config.model_dump_json(), "kind": "finetuned",
+            "module": candidate.module, "lr": repr(candidate.lr)})
+        weights = storage.written[FINETUNED]
+        outcome = candidate_outcome(candidate, finetune, interpolation)
+        result = {"outcome": outcome.to_json(), "finetune": finetune.to_json(),
+                  "interpolation": interpolation.to_json(), "worker": resources.worker_id,
+                  "finetuned": {"key": weights.key, "size": weights.size,
+                                "sha256": weights.sha256, "content_type": weights.content_type}}
+        if reporter.lease_lost:
+            raise LeaseLost(f"lost the lease on candidate {index} of job {job_id}")
+        with resources.session() as session:
+            stage_shards.finish_part(
+                session, CANDIDATES, job_id, index, owner=resources.worker_id, result=result,
+                summary={"module": candidate.module, "lr": candidate.lr,
+                         "chosen_alpha": outcome.chosen_alpha,
+                         "clean_accuracy": outcome.clean_accuracy,
+                         "robust_accuracy": outcome.robust_accuracy})
+    except JobCancelled:
+        with resources.session() as session:
+            stages.mark_cancelled(session, job_id)
+        return "cancelled"
+    except LeaseLost as exc:
+        logger.warning("job %s candidate %d: %s", job_id, index, exc)
+        return "lease_lost"
+    except (RiftError, ObjectNotFound) as exc:
+        # Errors of the library (the time limit included) end the job: another attempt would
+        # meet the same error, and a sweep with a candidate missing cannot apply its rule.
+        code = exc.code if isinstance(exc, RiftError) else "missing_object"
+        with resources.session() as session:
+            stages.fail_job(session, job_id, code, exc.message, stage=StageName.FINETUNE)
+        return "failed"
+    except Exception as exc:
+        logger.exception("job %s candidate %d: unexpected error", job_id, index)
+        with resources.session() as session:
+            if claim.attempt >= settings.max_stage_attempts:
+                stages.fail_job(session, job_id, "stage_failed_repeatedly",
+                                f"candidate {index} failed {claim.attempt} times; last error: "
+                                f"{type(exc).__name__}: {str(exc)[:300]}",
+                                stage=StageName.FINETUNE)
+                return "failed"
+            stage_shards.release_part(session, CANDIDATES, job_id, index,
+                                      owner=resources.worker_id,
+                                      error=traceback.format_exc(limit=5))
+        enqueue_candidate(app, job_id, index, countdown=settings.stage_retry_delay_seconds)
+        return "retry"
+    finally:
+        reporter.stop()
+    return pick_if_complete(app, resources, job_id)
+
+
+# --------------------------------------------------------------------------------------------
+# The pick (finishes the fine-tune stage) and the interpolate stage of a sweep
+# --------------------------------------------------------------------------------------------
+def outcomes_of(results: list[dict[str, Any]]) -> list[CandidateOutcome]:
+    """The recorded candidates' outcomes, in the sweep's order."""
+    return [CandidateOutcome.from_json(result["outcome"]) for result in results]
+
+
+def pick_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> str:
+    """If every candidate is done and the fine-tune stage still waits: the rule picks across
+    all, the stage is finished with the winner's records, the interpolate stage sent. Returns
+    "picked", or "done" when there was nothing (more) to do."""
+    with resources.session() as session:
+        results = stage_shards.completed_results(session, CANDIDATES, job_id)
+        if results is None:
+            return "done"
+        attempts = {str(row.stage): row.attempts for row in load_stages(session, job_id)}
+    curves = curves_document(outcomes_of(results))
+    winner = results[curves["chosen"]]
+    outcome = curves["candidates"][curves["chosen"]]
+    finetune = winner["finetune"]
+    # finetune.json as a one-candidate job leaves it: the interpolate stage reads it.
+    storage = _stage_storage(resources.store, job_id, attempts)
+    stage_outputs.write_json(storage, FINETUNE_JSON, finetune)
+    weights = winner["finetuned"]
+    outputs = StageOutputs(
+        epochs=finetune["epochs"],
+        artifacts=[ArtifactRecord(name=FINETUNED, storage_key=weights["key"],
+                                  size=int(weights["size"]), sha256=weights["sha256"],
+                                  content_type=weights["content_type"])],
+        selected_module=finetune["module"],
+        metrics={"best_epoch": finetune["best_epoch"], "finetune_seconds": finetune["seconds"],
+                 "sweep": {"chosen": curves["chosen"], "candidates": len(results),
+                           "module": outcome["module"], "lr": outcome["lr"]}},
+        summary={"module": finetune["module"], "lr": outcome["lr"],
+                 "epochs": len(finetune["epochs"]), "best_epoch": finetune["best_epoch"],
+                 "seconds": sum(r["finetune"]["seconds"] for r in results),
+                 "candidates": len(results), "chosen": curves["chosen"]})
+    try:
+        with resources.session() as session:
+            stages.finish_stage(session, job_id, StageName.FINETUNE, owner=SHARDED_OWNER,
+                                outputs=outputs)
+    except LeaseLost:
+        return "done"  # another task recorded the pick first
+    following = stages.next_stage(StageName.FINETUNE)
+    if following is not None:
+        enqueue_stage(app, job_id, following)
+    return "picked"
+
+
+def record_sweep_interpolation(resources: WorkerResources, job: Job, run: PreparedRun,
+                               attempts: Attempts) -> StageOutputs:
+    """The interpolate stage of a sweep: the winner's curve was measured by its candidate task,
+    so this records it (θ_α* made again from θ_AT and the winner's θ_FT), with every curve."""
+    with resources.session() as session:
+        rows = stage_shards.list_candidates(session, job.id)
+    results = [dict(row.result) for row in rows if row.result is not None]
+    if not rows or len(results) != len(rows):
+        raise RuntimeError(f"job {job.id}: a candidate has no result although the fine-tune "
+                           "stage is done")
+    curves = curves_document(outcomes_of(results))
+    winner = results[curves["chosen"]]
+    weights = stage_outputs.read_weights(_KeyStorage(resources.store, winner["finetuned"]["key"]),
+                                         FINETUNED)
+    if weights is None:
+        raise ObjectNotFound(f"the chosen candidate's weights {winner['finetuned']['key']}")
+    recorded = dict(winner["interpolation"])
+    interpolation = InterpolationStageResult(
+        **recorded, state_dict=interpolate_weights(run.original_state, weights,
+                                                   float(recorded["chosen_alpha"])))
+    return record_interpolation(
+        job, run, _stage_storage(resources.store, job.id, attempts), interpolation,
+        sweep_curves(curves["candidates"], curves["chosen"]), sweep=curves,
+        metadata={"lr": repr(float(curves["candidates"][curves["chosen"]]["lr"]))})
+
+
+class _KeyStorage:
+    """Read-only :class:`rift.stage_outputs.StageStorage` whose one file is the object ``key``."""
+
+    def __init__(self, store: ObjectStore, key: str) -> None:
+        self.store, self.key = store, key
+
+    def read_bytes(self, name: str) -> bytes | None:
+        return self.store.get_bytes(self.key) if self.store.exists(self.key) else None
+
+    def write_bytes(self, name: str, data: bytes, content_type: str) -> None:
+        raise RuntimeError("read-only")
+
+
+def redispatch_stale_candidates(app: Celery, resources: WorkerResources) -> int:
+    """Send again the candidates whose worker died, and the pick nobody recorded."""
+    with resources.session() as session:
+        stale = stage_shards.parts_to_redispatch(
+            session, CANDIDATES, stale_after=resources.settings.worker_lease_seconds,
+            pending_after=resources.settings.stage_redispatch_seconds)
+    for job_id, index in stale:
+        logger.warning("job %s: re-sending sweep candidate %d", job_id, index)
+        enqueue_candidate(app, job_id, index)
+    return len(stale)
