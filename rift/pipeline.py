@@ -48,7 +48,7 @@ from rift.mrc import (
 )
 from rift.preflight import PreflightReport, preflight_check
 from rift.robust_tally import RobustTally, percent
-from rift.sequential_attack import attack_until, clean_correct, likely_failures_first, stop_chunk
+from rift.sequential_attack import attack_until, clean_margins, likely_failures_first, stop_chunk
 from rift.stage_outputs import (
     CURVES_JSON,
     FINETUNE_JSON,
@@ -393,7 +393,7 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
     attack_cost = run.attack.steps + 1
     budget = len(grid) * (1 + (attack_cost if spec.curve == "full" else 2))
     spent = 0.0
-    clean_outcomes: dict[float, torch.Tensor] = {}
+    clean_outcomes: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}  # (correct, margin)
     baseline_robust: list[torch.Tensor] = []
 
     def warn(failed: int, smaller: int) -> None:
@@ -408,18 +408,19 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
     def clean(alpha: float) -> float:
         callbacks.check_cancel()
         run.reset_weights(interpolate_weights(run.original_state, finetuned_state, alpha))
-        outcomes = with_batch_backoff(lambda batch_size: clean_correct(
+        correct, margin = with_batch_backoff(lambda batch_size: clean_margins(
             run.model, data, batch_size=batch_size, device=run.device,
             precision=config.precision, should_cancel=callbacks.should_cancel),
             config.evaluation.batch_size, on_backoff=warn)
-        clean_outcomes[alpha] = outcomes
+        clean_outcomes[alpha] = correct, margin
         advance(1, f"clean α = {alpha:g}")
-        return percent(int(outcomes.sum()), total) if total else 0.0
+        return percent(int(correct.sum()), total) if total else 0.0
 
     def robust(alpha: float, at_least: int) -> RobustTally:
         callbacks.check_cancel()
         run.reset_weights(interpolate_weights(run.original_state, finetuned_state, alpha))
-        order = (likely_failures_first(clean_outcomes[alpha], baseline_robust[0])
+        clean_at_alpha, margin = clean_outcomes[alpha]
+        order = (likely_failures_first(clean_at_alpha, baseline_robust[0], margin)
                  if baseline_robust else None)
         # Per-example random starts: the count does not depend on the chunk, only the stopping
         # granularity does, so the chunk may shrink with the batch size on out-of-memory.

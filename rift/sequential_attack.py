@@ -40,25 +40,36 @@ def stop_chunk(total: int, batch_size: int) -> int:
 
 
 @torch.no_grad()
-def clean_correct(model: nn.Module, data: ImageTensors, *, batch_size: int, device: torch.device,
-                  precision: str = "fp32", should_cancel: ShouldCancel | None = None) -> Tensor:
-    """Whether each example is classified correctly: a (N,) bool tensor on the CPU."""
-    outcomes = []
+def clean_margins(model: nn.Module, data: ImageTensors, *, batch_size: int, device: torch.device,
+                  precision: str = "fp32", should_cancel: ShouldCancel | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """Per example, on the CPU: whether it is classified correctly (N,) bool, and its margin (N,)
+    float, the true class's logit less the best other one (negative: misclassified)."""
+    correct, margins = [], []
     with frozen_except(model):
         for images, labels in iterate_batches(data, batch_size, device=device):
             raise_if_cancelled(should_cancel)
             with autocast(images.device, precision):
                 logits = model(images).float()
-            outcomes.append((logits.argmax(1) == labels).cpu())
-    return torch.cat(outcomes) if outcomes else torch.zeros(0, dtype=torch.bool)
+            true = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+            others = logits.scatter(1, labels.view(-1, 1), float("-inf")).amax(1)
+            correct.append((logits.argmax(1) == labels).cpu())
+            margins.append((true - others).cpu())
+    if not correct:
+        return torch.zeros(0, dtype=torch.bool), torch.zeros(0)
+    return torch.cat(correct), torch.cat(margins)
 
 
-def likely_failures_first(clean: Tensor, baseline_robust: Tensor) -> Tensor:
+def likely_failures_first(clean: Tensor, baseline_robust: Tensor, margin: Tensor | None = None
+                          ) -> Tensor:
     """An example order for attacking θ_α: misclassified clean first (their attack almost always
-    fails), then those the baseline's attack broke, then the rest, each in data order. A point
+    fails), then those the baseline's attack broke, then the rest; inside each part by ascending
+    clean margin at α when given (a thin margin breaks more easily), else in data order. A point
     below the bar is then shown to miss it after little more than its failures are attacked."""
+    order = (torch.argsort(margin, stable=True) if margin is not None
+             else torch.arange(len(clean)))
     likely_robust = clean.to(torch.int64) * 2 + baseline_robust.to(torch.int64)
-    return torch.argsort(likely_robust, stable=True)
+    return order[torch.argsort(likely_robust[order], stable=True)]
 
 
 def attack_until(

@@ -9,7 +9,7 @@ from torch import nn
 from rift.attacks import PGD
 from rift.data import ImageTensors
 from rift.evaluation import evaluate_accuracy, example_noise
-from rift.sequential_attack import attack_until, likely_failures_first, stop_chunk
+from rift.sequential_attack import attack_until, clean_margins, likely_failures_first, stop_chunk
 
 CPU = torch.device("cpu")
 ATTACK = PGD(eps=0.1, step_size=0.05, steps=3)
@@ -53,10 +53,19 @@ def test_an_example_starts_from_the_same_point_in_any_batch() -> None:
     assert not torch.equal(example_noise(torch.arange(10), (3, 4, 4), seed=2), whole)
 
 
-def test_likely_failures_come_first_in_data_order() -> None:
+def test_likely_failures_come_first_then_thin_margins() -> None:
     clean = torch.tensor([True, False, True, True, False])
     baseline = torch.tensor([True, True, False, True, False])
     assert likely_failures_first(clean, baseline).tolist() == [4, 1, 2, 0, 3]
+    margin = torch.tensor([2.0, -1.0, 0.5, 0.1, -3.0])
+    assert likely_failures_first(clean, baseline, margin).tolist() == [4, 1, 2, 3, 0]
+
+
+def test_clean_margins_agree_with_the_argmax() -> None:
+    model, data = _model(), _data()
+    correct, margin = clean_margins(model, data, batch_size=16, device=CPU)
+    assert correct.shape == margin.shape == (len(data),)
+    assert torch.equal(correct, margin > 0)
 
 
 def test_a_stop_chunk_keeps_a_bounded_overshoot() -> None:
