@@ -48,7 +48,13 @@ from rift.mrc import (
 )
 from rift.preflight import PreflightReport, preflight_check
 from rift.robust_tally import RobustTally, percent
-from rift.sequential_attack import attack_until, clean_margins, likely_failures_first, stop_chunk
+from rift.sequential_attack import (
+    Attacked,
+    attack_until,
+    clean_correct,
+    likely_failures_first,
+    stop_chunk,
+)
 from rift.stage_outputs import (
     CURVES_JSON,
     FINETUNE_JSON,
@@ -385,7 +391,7 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
 
     Both modes attack θ_α's examples in the same order and chunks (``rift.sequential_attack``):
     θ_AT's in data order, then each α > 0 with its likely failures first, decided from the clean
-    pass and θ_AT's robust outcomes. A count that runs to the end is thus the same in both."""
+    pass and θ_AT's robust outcomes and margins. A count that runs to the end is thus the same in both."""
     spec, config = run.config.interpolation, run.config
     grid = alpha_grid(spec.alpha_step)
     total = len(data)
@@ -393,8 +399,8 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
     attack_cost = run.attack.steps + 1
     budget = len(grid) * (1 + (attack_cost if spec.curve == "full" else 2))
     spent = 0.0
-    clean_outcomes: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}  # (correct, margin)
-    baseline_robust: list[torch.Tensor] = []
+    clean_outcomes: dict[float, torch.Tensor] = {}
+    baseline: list[Attacked] = []
 
     def warn(failed: int, smaller: int) -> None:
         callbacks.event("warning", {"stage": "interpolate", "message": (
@@ -408,31 +414,29 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
     def clean(alpha: float) -> float:
         callbacks.check_cancel()
         run.reset_weights(interpolate_weights(run.original_state, finetuned_state, alpha))
-        correct, margin = with_batch_backoff(lambda batch_size: clean_margins(
+        correct = with_batch_backoff(lambda batch_size: clean_correct(
             run.model, data, batch_size=batch_size, device=run.device,
             precision=config.precision, should_cancel=callbacks.should_cancel),
             config.evaluation.batch_size, on_backoff=warn)
-        clean_outcomes[alpha] = correct, margin
+        clean_outcomes[alpha] = correct
         advance(1, f"clean α = {alpha:g}")
         return percent(int(correct.sum()), total) if total else 0.0
 
     def robust(alpha: float, at_least: int) -> RobustTally:
         callbacks.check_cancel()
         run.reset_weights(interpolate_weights(run.original_state, finetuned_state, alpha))
-        clean_at_alpha, margin = clean_outcomes[alpha]
-        order = (likely_failures_first(clean_at_alpha, baseline_robust[0], margin)
-                 if baseline_robust else None)
+        order = likely_failures_first(clean_outcomes[alpha], baseline[0]) if baseline else None
         # Per-example random starts: the count does not depend on the chunk, only the stopping
         # granularity does, so the chunk may shrink with the batch size on out-of-memory.
-        tally, outcomes = with_batch_backoff(lambda batch_size: attack_until(
+        attacked = with_batch_backoff(lambda batch_size: attack_until(
             run.model, data, run.attack, at_least=at_least,
             chunk=stop_chunk(total, batch_size), device=run.device, seed=config.seed,
             order=order, precision=config.precision, should_cancel=callbacks.should_cancel),
             config.evaluation.batch_size, on_backoff=warn)
-        if not baseline_robust:  # the first attacked point is θ_AT (α = 0), in full
-            baseline_robust.append(outcomes)
-        advance(attack_cost * tally.attacked / max(total, 1), f"robust α = {alpha:g}")
-        return tally
+        if not baseline:  # the first attacked point is θ_AT (α = 0), in full
+            baseline.append(attacked)
+        advance(attack_cost * attacked.tally.attacked / max(total, 1), f"robust α = {alpha:g}")
+        return attacked.tally
 
     measure = measure_full_curve if spec.curve == "full" else select_alpha_lazily
     measured = measure(grid, clean, robust, tolerance=spec.robust_tolerance)

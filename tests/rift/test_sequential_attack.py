@@ -9,7 +9,14 @@ from torch import nn
 from rift.attacks import PGD
 from rift.data import ImageTensors
 from rift.evaluation import evaluate_accuracy, example_noise
-from rift.sequential_attack import attack_until, clean_margins, likely_failures_first, stop_chunk
+from rift.robust_tally import RobustTally
+from rift.sequential_attack import (
+    Attacked,
+    attack_until,
+    clean_correct,
+    likely_failures_first,
+    stop_chunk,
+)
 
 CPU = torch.device("cpu")
 ATTACK = PGD(eps=0.1, step_size=0.05, steps=3)
@@ -31,19 +38,22 @@ def _data(n: int = 64) -> ImageTensors:
 
 def test_a_full_count_equals_evaluate_accuracy_and_a_stopped_one_is_its_prefix() -> None:
     model, data = _model(), _data()
-    full, outcomes = attack_until(model, data, ATTACK, at_least=0, chunk=8, device=CPU, seed=5)
+    whole = attack_until(model, data, ATTACK, at_least=0, chunk=8, device=CPU, seed=5)
+    full = whole.tally
     report = evaluate_accuracy(model, data, attack=ATTACK, batch_size=8, device=CPU, seed=5)
     assert full.complete and full.accuracy == report.robust_accuracy
     assert full.gradient_steps == len(data) * ATTACK.steps
     assert 0 < full.correct < len(data)  # the attack neither always fails nor always wins
     # Asking for more than the full count stops once that is certain, well before the end.
     bar = full.correct + 20
-    stopped, partial = attack_until(model, data, ATTACK, at_least=bar, chunk=8, device=CPU,
-                                    seed=5)
+    cut = attack_until(model, data, ATTACK, at_least=bar, chunk=8, device=CPU, seed=5)
+    stopped = cut.tally
     assert not stopped.complete and stopped.cannot_reach(bar)
     assert stopped.attacked % 8 == 0 and stopped.at_most >= full.correct
-    assert torch.equal(partial[:stopped.attacked], outcomes[:stopped.attacked])
-    assert not partial[stopped.attacked:].any()
+    assert torch.equal(cut.robust[:stopped.attacked], whole.robust[:stopped.attacked])
+    assert torch.equal(cut.margin[:stopped.attacked], whole.margin[:stopped.attacked])
+    assert not cut.robust[stopped.attacked:].any() and cut.margin[stopped.attacked:].isnan().all()
+    assert torch.equal(whole.robust, whole.margin > 0)
 
 
 def test_an_example_starts_from_the_same_point_in_any_batch() -> None:
@@ -53,19 +63,20 @@ def test_an_example_starts_from_the_same_point_in_any_batch() -> None:
     assert not torch.equal(example_noise(torch.arange(10), (3, 4, 4), seed=2), whole)
 
 
-def test_likely_failures_come_first_then_thin_margins() -> None:
+def test_likely_failures_come_first_then_thin_baseline_margins() -> None:
     clean = torch.tensor([True, False, True, True, False])
-    baseline = torch.tensor([True, True, False, True, False])
-    assert likely_failures_first(clean, baseline).tolist() == [4, 1, 2, 0, 3]
-    margin = torch.tensor([2.0, -1.0, 0.5, 0.1, -3.0])
-    assert likely_failures_first(clean, baseline, margin).tolist() == [4, 1, 2, 3, 0]
+    margin = torch.tensor([2.0, 0.5, -0.5, 0.1, -3.0])
+    baseline = Attacked(RobustTally(3, 5, 5), margin > 0, margin)
+    # Misclassified clean (4, 1), then broken at θ_AT (2), then the rest, thinnest margin first.
+    assert likely_failures_first(clean, baseline).tolist() == [4, 1, 2, 3, 0]
 
 
-def test_clean_margins_agree_with_the_argmax() -> None:
+def test_clean_correct_is_the_argmax() -> None:
     model, data = _model(), _data()
-    correct, margin = clean_margins(model, data, batch_size=16, device=CPU)
-    assert correct.shape == margin.shape == (len(data),)
-    assert torch.equal(correct, margin > 0)
+    correct = clean_correct(model, data, batch_size=16, device=CPU)
+    with torch.no_grad():
+        expected = model.eval()(data.images).argmax(1) == data.labels
+    assert torch.equal(correct, expected)
 
 
 def test_a_stop_chunk_keeps_a_bounded_overshoot() -> None:
