@@ -391,7 +391,8 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
 
     Both modes attack θ_α's examples in the same order and chunks (``rift.sequential_attack``):
     θ_AT's in data order, then each α > 0 with its likely failures first, decided from the clean
-    pass and θ_AT's robust outcomes and margins. A count that runs to the end is thus the same in both."""
+    pass and θ_AT's robust outcomes and margins. A count that runs to the end is thus the same in
+    both."""
     spec, config = run.config.interpolation, run.config
     grid = alpha_grid(spec.alpha_step)
     total = len(data)
@@ -426,8 +427,9 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
         callbacks.check_cancel()
         run.reset_weights(interpolate_weights(run.original_state, finetuned_state, alpha))
         order = likely_failures_first(clean_outcomes[alpha], baseline[0]) if baseline else None
-        # Per-example random starts: the count does not depend on the chunk, only the stopping
-        # granularity does, so the chunk may shrink with the batch size on out-of-memory.
+        # Per-example random starts: the chunk changes a count only through float rounding, so it
+        # may shrink with the batch size on out-of-memory (both curve modes see the same sizes
+        # unless memory differs between their runs).
         attacked = with_batch_backoff(lambda batch_size: attack_until(
             run.model, data, run.attack, at_least=at_least,
             chunk=stop_chunk(total, batch_size), device=run.device, seed=config.seed,
