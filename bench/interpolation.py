@@ -1,6 +1,8 @@
-"""Count the attacked (PGD) evaluations of the interpolation stage: the full α grid against the
-exact selection (``interpolation.curve: "selection"``), on real runs, and check both choose the
-same α. Prints one JSON document.
+"""Count the attacks of the interpolation stage: the full α grid against the exact selection
+(``interpolation.curve: "selection"``, which also stops each attack once its verdict against the
+bar is certain), on real runs, and check both choose the same α. Costs are counted in α points
+attacked at all (``pgd_evaluations_*``), in attacked examples (``pgd_examples_*``, the cost early
+stopping cuts) and in PGD gradient steps (examples × steps). Prints one JSON document.
 
 Runs: ``small_cnn`` adversarially trained on scikit-learn's digits (demo config, one run per
 seed), and a ResNet-18 on CIFAR-shaped synthetic data (random weights standing in for θ_AT, a
@@ -24,8 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from rift.adversarial_training import adversarially_train
+from rift.attacks import PGD
 from rift.checkpoints import save_safetensors
 from rift.config import ArchitectureSpec, RiftConfig
+from rift.data import load_dataset
 from rift.demo import DIGITS_DEMO_CONFIG, make_digits_checkpoint
 from rift.evaluation import evaluate_accuracy
 from rift.models import build_model
@@ -60,6 +65,10 @@ def _compare(config: RiftConfig, checkpoint: Path, name: str, module: str | None
     clean_seconds = (time.perf_counter() - started) * len(full.points)
     measured = {p["alpha"]: p["robust_accuracy"] for p in selection.points
                 if p["robust_accuracy"] is not None}
+    bounds = {p["alpha"]: p["robust_accuracy_at_most"] for p in selection.points
+              if p["robust_accuracy_at_most"] is not None}
+    chosen = next(p for p in selection.points if p["alpha"] == selection.chosen_alpha)
+    chosen_full = next(p for p in full.points if p["alpha"] == full.chosen_alpha)
     return {
         "run": name,
         "module": module,
@@ -68,13 +77,23 @@ def _compare(config: RiftConfig, checkpoint: Path, name: str, module: str | None
         "pgd_evaluations_full": full.robust_evaluations,
         "pgd_evaluations_selection": selection.robust_evaluations,
         "ratio": round(selection.robust_evaluations / full.robust_evaluations, 4),
+        "pgd_examples_full": full.attacked_examples,
+        "pgd_examples_selection": selection.attacked_examples,
+        "example_ratio": round(selection.attacked_examples / full.attacked_examples, 4),
+        "gradient_steps_full": full.gradient_steps,
+        "gradient_steps_selection": selection.gradient_steps,
+        "points_stopped_early": len(bounds),
         "alpha_full": full.chosen_alpha,
         "alpha_selection": selection.chosen_alpha,
         "same_alpha": full.chosen_alpha == selection.chosen_alpha,
-        # The selection's robust values are the full curve's (same seed per evaluation).
+        "same_chosen_robust_accuracy": chosen["robust_accuracy"] == chosen_full["robust_accuracy"],
+        # Values measured in full are the full curve's (same order, chunks and random starts)...
         "same_robust_values": all(
             p["robust_accuracy"] == measured[p["alpha"]] for p in full.points
             if p["alpha"] in measured),
+        # ...and every bound of a point cut short lies above its full value.
+        "bounds_hold": all(p["robust_accuracy"] <= bounds[p["alpha"]] for p in full.points
+                           if p["alpha"] in bounds),
         "seconds_full": round(full_seconds, 2),
         "seconds_selection": round(selection_seconds, 2),
         "time_ratio": round(selection_seconds / full_seconds, 4),
@@ -94,8 +113,8 @@ def _digits(seed: int, device: str, alpha_step: float) -> dict[str, Any]:
                         f"digits seed {seed}", None)
 
 
-def _resnet(device: str, alpha_step: float, train: int, test: int, attack_steps: int
-            ) -> dict[str, Any]:
+def _resnet(device: str, alpha_step: float, train: int, test: int, attack_steps: int,
+            tuned_module: str, at_epochs: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     templates = rng.integers(0, 256, (10, 32, 32, 3))
 
@@ -118,7 +137,6 @@ def _resnet(device: str, alpha_step: float, train: int, test: int, attack_steps:
                                           * 0.1)
                 module.running_var.copy_(torch.rand(module.num_features, generator=generator)
                                          + 0.5)
-        save_safetensors(root / "model.safetensors", model.state_dict())
         config = RiftConfig.model_validate({
             "architecture": {"name": "resnet18", "num_classes": 10},
             "dataset": {"name": "npz", "path": str(root / "data.npz")},
@@ -128,8 +146,15 @@ def _resnet(device: str, alpha_step: float, train: int, test: int, attack_steps:
             "evaluation": {"batch_size": 128},
             "device": device,
         })
-        return _compare(config, root / "model.safetensors",
-                        "resnet18 CIFAR-shaped synthetic", "linear")
+        if at_epochs:  # a robust θ_AT, so that the curve is not flat (one class everywhere)
+            adversarially_train(model, load_dataset(config.dataset, config.seed),
+                                PGD.from_spec(config.attack), epochs=at_epochs, lr=0.05,
+                                batch_size=128, device=torch.device(device), seed=0)
+            model.cpu()
+        save_safetensors(root / "model.safetensors", model.state_dict())
+        name = "resnet18 CIFAR-shaped synthetic" + (f", AT {at_epochs} epochs" if at_epochs
+                                                     else ", untrained")
+        return _compare(config, root / "model.safetensors", name, tuned_module)
 
 
 def main() -> None:
@@ -143,15 +168,23 @@ def main() -> None:
     parser.add_argument("--resnet-attack-steps", type=int, default=10,
                         help="PGD steps of the ResNet run (fewer on a loaded CPU: the count of "
                         "attacked evaluations does not depend on it)")
+    parser.add_argument("--resnet-module", default="linear",
+                        help="module the ResNet run fine-tunes (the MRC stage is skipped)")
+    parser.add_argument("--resnet-at-epochs", type=int, default=0,
+                        help="adversarially train the ResNet this many epochs first (0: random "
+                        "weights, a flat curve: one class at every α)")
     parser.add_argument("--skip-digits", action="store_true")
     args = parser.parse_args()
     runs = [] if args.skip_digits else [_digits(s, args.device, args.alpha_step)
                                         for s in args.seeds]
     if not args.skip_resnet:
         runs.append(_resnet(args.device, args.alpha_step, args.resnet_train, args.resnet_test,
-                            args.resnet_attack_steps))
+                            args.resnet_attack_steps, args.resnet_module,
+                            args.resnet_at_epochs))
     full = sum(r["pgd_evaluations_full"] for r in runs)
     selection = sum(r["pgd_evaluations_selection"] for r in runs)
+    examples_full = sum(r["pgd_examples_full"] for r in runs)
+    examples_selection = sum(r["pgd_examples_selection"] for r in runs)
     print(json.dumps({
         "benchmark": "interpolation_selection",
         "device": args.device,
@@ -161,10 +194,16 @@ def main() -> None:
         "pgd_evaluations_selection": selection,
         "ratio": round(selection / full, 4),
         "max_run_ratio": max(r["ratio"] for r in runs),
+        "pgd_examples_full": examples_full,
+        "pgd_examples_selection": examples_selection,
+        "example_ratio": round(examples_selection / examples_full, 4),
+        "max_run_example_ratio": max(r["example_ratio"] for r in runs),
         "same_alpha": all(r["same_alpha"] for r in runs),
+        "same_chosen_robust_accuracy": all(r["same_chosen_robust_accuracy"] for r in runs),
         "resnet": None if args.skip_resnet else {
             "train": args.resnet_train, "test": args.resnet_test,
-            "attack_steps": args.resnet_attack_steps},
+            "attack_steps": args.resnet_attack_steps, "module": args.resnet_module,
+            "at_epochs": args.resnet_at_epochs},
         "runs": runs,
     }, indent=2))
 

@@ -86,6 +86,15 @@ def _mrc_table(data: ReportData) -> str:
     return f"<table class='mrc-table'>{head}{''.join(rows)}</table>"
 
 
+def _robust_cell(point: Mapping[str, Any]) -> str:
+    """The robust accuracy, or "≤ bound" for a point whose attack stopped once it could no longer
+    change the choice (``robust_accuracy_at_most``), or "–" for a point never attacked."""
+    bound = point.get("robust_accuracy_at_most")
+    if point.get("robust_accuracy") is None and bound is not None:
+        return f"≤ {_cell(bound)}"
+    return _cell(point.get("robust_accuracy"))
+
+
 def _curve_tables(curves: Sequence[Curve]) -> str:
     blocks = []
     for curve in curves:
@@ -95,7 +104,7 @@ def _curve_tables(curves: Sequence[Curve]) -> str:
                       and math.isclose(float(point["alpha"]), curve.chosen_alpha, abs_tol=1e-9))
             rows.append(f"<tr{' class=selected' if chosen else ''}><td>{_cell(point['alpha'])}</td>"
                         f"<td>{_cell(point['clean_accuracy'])}</td>"
-                        f"<td>{_cell(point['robust_accuracy'])}</td></tr>")
+                        f"<td>{_robust_cell(point)}</td></tr>")
         blocks.append(f"<div class='curve' data-curve='{escape(curve.name, quote=True)}'>"
                       f"<h3>{escape(curve.name)}</h3><table><tr><th>α</th><th>clean (%)</th>"
                       f"<th>robust (%)</th></tr>{''.join(rows)}</table></div>")

@@ -66,8 +66,13 @@ class PGD:
         generator: torch.Generator | None = None,
         precision: str = "fp32",
         should_cancel: ShouldCancel | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return adversarial images (N, C, H, W) in [0, 1] within ``eps`` of ``images``.
+
+        The random start draws uniform [0, 1) values of the images' shape from ``generator``,
+        unless ``noise`` gives them (e.g. drawn per example, so that an example's start does not
+        depend on the batch it is attacked in: ``rift.sequential_attack``).
 
         The model is put in eval mode for the attack (BatchNorm uses running statistics) and
         restored afterwards; its parameters receive no gradient. ``should_cancel`` is polled
@@ -78,7 +83,7 @@ class PGD:
         if self.eps == 0 or self.steps == 0:
             return images.clone()
         with frozen_except(model):
-            delta = self._initial_delta(images, generator)
+            delta = self._initial_delta(images, generator, noise)
             for _ in range(self.steps):
                 raise_if_cancelled(should_cancel)
                 delta.requires_grad_(True)
@@ -90,12 +95,18 @@ class PGD:
             return (images + delta).detach()
 
     def _initial_delta(
-        self, images: torch.Tensor, generator: torch.Generator | None
+        self, images: torch.Tensor, generator: torch.Generator | None,
+        noise: torch.Tensor | None,
     ) -> torch.Tensor:
         if not self.random_start:
             return torch.zeros_like(images)
-        noise = torch.rand(images.shape, generator=generator, device=generator.device
-                           if generator is not None else images.device).to(images.device)
+        if noise is None:
+            noise = torch.rand(images.shape, generator=generator, device=generator.device
+                               if generator is not None else images.device)
+        elif noise.shape != images.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, the images "
+                             f"{tuple(images.shape)}")
+        noise = noise.to(device=images.device, dtype=images.dtype)
         if self.norm == "linf":
             delta = (noise * 2 - 1) * self.eps
         else:

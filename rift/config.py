@@ -216,8 +216,9 @@ class InterpolationSpec(_Strict):
         "paper's Algorithm 2; 'validation' keeps the test numbers of the chosen α unseen.")
     curve: Literal["full", "selection"] = Field(
         "selection", description="'selection' attacks only the α points that can change the "
-        "choice (the same α as the full grid, far fewer PGD evaluations; the other points get no "
-        "robust accuracy); 'full' measures robust accuracy at every α, for the whole curve.")
+        "choice, each only until its verdict is certain (the same α and chosen robust accuracy "
+        "as the full grid, far fewer attacked examples; the other points get no robust accuracy, "
+        "or only robust_accuracy_at_most); 'full' measures robust accuracy at every α.")
 
 
 class PreflightSpec(_Strict):

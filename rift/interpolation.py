@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from rift.errors import ConfigError
+from rift.robust_tally import RobustTally, needed_count
 
 # A grid finer than this is a typo, not a plan: every point costs a full robust evaluation.
 MAX_GRID_POINTS = 10_001
@@ -170,49 +171,59 @@ def select_alpha(
 
 @dataclass(frozen=True)
 class LazySelection:
-    """What :func:`select_alpha_lazily` measured and chose. Accuracies in percent.
+    """What :func:`select_alpha_lazily` (or a full curve, :func:`measure_full_curve`) measured
+    and chose. Accuracies in percent.
 
-    ``robust`` holds only the α values whose robust accuracy was measured (α = 0 always);
-    ``robust_evaluations`` is their number, the count of attacked evaluations."""
+    ``tallies`` holds the α values that were attacked at all (α = 0 always), each with its
+    robust-correct count; a count that stopped early bounds the robust accuracy from above.
+    """
 
     chosen: InterpolationPoint
     clean: dict[float, float]
-    robust: dict[float, float]
+    tallies: dict[float, RobustTally]
+
+    @property
+    def robust(self) -> dict[float, float]:
+        """Robust accuracy of the α values evaluated in full (never of an early-stopped one)."""
+        return {alpha: value for alpha, tally in self.tallies.items()
+                if (value := tally.accuracy) is not None}
 
     @property
     def robust_evaluations(self) -> int:
-        return len(self.robust)
+        """Points attacked at all (fully or stopped early)."""
+        return len(self.tallies)
+
+    @property
+    def attacked_examples(self) -> int:
+        """Examples attacked over the whole curve, the cost that early stopping cuts."""
+        return sum(tally.attacked for tally in self.tallies.values())
+
+    @property
+    def gradient_steps(self) -> int:
+        """PGD forward-backward passes per example, summed over every attacked example."""
+        return sum(tally.gradient_steps for tally in self.tallies.values())
 
     def curve(self) -> list[dict[str, float | None]]:
-        """One dict per α in grid order; ``robust_accuracy`` is None where it was not measured."""
-        return [{"alpha": alpha, "clean_accuracy": clean,
-                 "robust_accuracy": self.robust.get(alpha)} for alpha, clean in self.clean.items()]
+        """One dict per α in grid order: ``robust_accuracy`` is None unless the point was
+        evaluated in full; ``robust_accuracy_at_most`` is the bound of a point whose attack
+        stopped once it could no longer change the choice (None otherwise)."""
+        points: list[dict[str, float | None]] = []
+        for alpha, clean in self.clean.items():
+            tally = self.tallies.get(alpha)
+            points.append({
+                "alpha": alpha, "clean_accuracy": clean,
+                "robust_accuracy": tally.accuracy if tally is not None else None,
+                "robust_accuracy_at_most": tally.accuracy_at_most if tally is not None else None,
+            })
+        return points
 
 
-def select_alpha_lazily(
-    alphas: Sequence[float],
-    clean_accuracy: Callable[[float], float],
-    robust_accuracy: Callable[[float], float],
-    *,
-    tolerance: float = 0.0,
-) -> LazySelection:
-    """The α :func:`select_alpha` would choose on the full curve, attacking only where it matters.
+#: ``robust_tally(alpha, at_least)``: attack θ_α's examples in a fixed order, and stop early only
+#: once the count certainly stays below ``at_least`` (0: evaluate every example).
+RobustTallyFn = Callable[[float, int], RobustTally]
 
-    ``alphas[0]`` is the baseline (α = 0 in a grid from :func:`alpha_grid`): its robust accuracy
-    is the bar. Clean accuracy is measured for every α (one forward each), then robust accuracy
-    (an attack each) in descending clean order, a whole group of equal clean accuracy at a time:
-    the first group holding a point that keeps the bar contains the answer, because every point
-    with higher clean accuracy was measured and failed it, and the tie-breaks (higher robust, then
-    smaller α) only compare points inside that group. The baseline always keeps its own bar, so
-    the walk ends at its group at the latest. Any exact rule must measure the same points: a point
-    of higher clean accuracy left unmeasured could qualify and win.
 
-    ``robust_accuracy`` must be a deterministic function of α (the evaluation seeds its attack per
-    call, see :func:`rift.evaluation.evaluate_accuracy`), so the values equal the full curve's.
-
-    Raises:
-        ConfigError: ``alphas`` is empty or has duplicates, or ``tolerance`` is negative.
-    """
+def _check_grid(alphas: Sequence[float], tolerance: float) -> None:
     if not alphas:
         raise ConfigError("no interpolation points to choose from", field="interpolation")
     if len(set(alphas)) != len(alphas):
@@ -220,18 +231,89 @@ def select_alpha_lazily(
     if tolerance < 0:
         raise ConfigError(f"robust_tolerance must be ≥ 0, got {tolerance!r}",
                           field="interpolation.robust_tolerance")
+
+
+def measure_full_curve(
+    alphas: Sequence[float],
+    clean_accuracy: Callable[[float], float],
+    robust_tally: RobustTallyFn,
+    *,
+    tolerance: float = 0.0,
+) -> LazySelection:
+    """Every α attacked in full (``interpolation.curve: "full"``), then :func:`select_alpha`."""
+    _check_grid(alphas, tolerance)
     clean = {alpha: clean_accuracy(alpha) for alpha in alphas}
-    robust = {alphas[0]: robust_accuracy(alphas[0])}
-    floor = robust[alphas[0]] - tolerance - _ACCURACY_SLACK
+    tallies = {alpha: robust_tally(alpha, 0) for alpha in alphas}
+    points = [InterpolationPoint(alpha, clean[alpha], _exact(tallies[alpha]))
+              for alpha in alphas]
+    chosen = select_alpha(points, baseline_robust_accuracy=points[0].robust_accuracy,
+                          tolerance=tolerance)
+    return LazySelection(chosen, clean, tallies)
+
+
+def _exact(tally: RobustTally) -> float:
+    value = tally.accuracy
+    if value is None:
+        raise AssertionError(f"a full evaluation stopped early: {tally!r}")
+    return value
+
+
+def select_alpha_lazily(
+    alphas: Sequence[float],
+    clean_accuracy: Callable[[float], float],
+    robust_tally: RobustTallyFn,
+    *,
+    tolerance: float = 0.0,
+) -> LazySelection:
+    """The α :func:`select_alpha` would choose on the full curve, attacking only what matters.
+
+    ``alphas[0]`` is the baseline (α = 0 in a grid from :func:`alpha_grid`): it is attacked in
+    full and its robust count sets the bar, ``needed``: the smallest count whose percentage is
+    not below θ_AT's less the tolerance (the same float comparison :func:`select_alpha` makes).
+    Clean accuracy is measured for every α (one forward each), then points are attacked in
+    descending clean order, a whole group of equal clean accuracy at a time: the first group
+    holding a point that keeps the bar contains the answer, because every point of higher clean
+    accuracy was shown to miss it, and the tie-breaks (higher robust, then smaller α) only compare
+    points inside that group. The baseline keeps its own bar, so the walk ends at its group at
+    the latest.
+
+    Inside a group the points are attacked in ascending α with early stopping: a point must reach
+    ``needed`` to qualify and, once a smaller α of the group qualified with count ``best``, at
+    least ``best + 1`` to win the tie-break (equal counts go to the smaller α). A point whose
+    count can no longer reach that stops and is left with an upper bound only; a point that can
+    is attacked in full, so every count that decides the answer, and the chosen point's robust
+    accuracy, are exact. Any exact rule must attack each point of higher clean accuracy until it
+    is shown to miss the bar.
+
+    ``robust_tally`` must count the same examples in the same fixed order with the same per-example
+    attack whether or not it stops early (``rift.sequential_attack.attack_until``), so a count that
+    runs to the end equals the full curve's.
+
+    Raises:
+        ConfigError: ``alphas`` is empty or has duplicates, or ``tolerance`` is negative.
+    """
+    _check_grid(alphas, tolerance)
+    clean = {alpha: clean_accuracy(alpha) for alpha in alphas}
+    baseline = robust_tally(alphas[0], 0)
+    tallies = {alphas[0]: baseline}
+    floor = _exact(baseline) - tolerance - _ACCURACY_SLACK
+    needed = needed_count(floor, baseline.total)
     by_clean: dict[float, list[float]] = {}
     for alpha in sorted(alphas, key=lambda a: (-clean[a], a)):
         by_clean.setdefault(clean[alpha], []).append(alpha)
-    for group in by_clean.values():  # insertion order: descending clean accuracy
+    for group in by_clean.values():  # insertion order: descending clean accuracy, then α
+        best: float | None = None
         for alpha in group:
-            if alpha not in robust:
-                robust[alpha] = robust_accuracy(alpha)
-        qualifying = [alpha for alpha in group if robust[alpha] >= floor]
-        if qualifying:
-            best = min(qualifying, key=lambda a: (-robust[a], a))
-            return LazySelection(InterpolationPoint(best, clean[best], robust[best]), clean, robust)
+            to_win = needed if best is None else max(needed, tallies[best].correct + 1)
+            if alpha not in tallies:
+                tallies[alpha] = robust_tally(alpha, to_win)
+            tally = tallies[alpha]
+            if not (tally.complete or tally.cannot_reach(to_win)):
+                raise AssertionError(f"α = {alpha} stopped before its verdict was certain")
+            # Strictly more than the best so far: equal counts keep the smaller α.
+            if tally.complete and tally.correct >= to_win:
+                best = alpha
+        if best is not None:
+            chosen = InterpolationPoint(best, clean[best], _exact(tallies[best]))
+            return LazySelection(chosen, clean, tallies)
     raise AssertionError("unreachable: the baseline point always keeps its own robust accuracy")

@@ -33,10 +33,10 @@ from rift.errors import ConfigError
 from rift.evaluation import AccuracyReport, evaluate_accuracy, seeded_generator
 from rift.finetune import EpochMetrics, finetune_module
 from rift.interpolation import (
-    InterpolationPoint,
+    LazySelection,
     alpha_grid,
     interpolate_weights,
-    select_alpha,
+    measure_full_curve,
     select_alpha_lazily,
 )
 from rift.models import build_model
@@ -47,6 +47,14 @@ from rift.mrc import (
     selection_key,
 )
 from rift.preflight import PreflightReport, preflight_check
+from rift.robust_tally import RobustTally, percent
+from rift.sequential_attack import (
+    Attacked,
+    attack_until,
+    clean_correct,
+    likely_failures_first,
+    stop_chunk,
+)
 from rift.stage_outputs import (
     CURVES_JSON,
     FINETUNE_JSON,
@@ -340,7 +348,9 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
 
 @dataclass
 class InterpolationStageResult:
-    points: list[dict[str, float | None]]  # robust_accuracy None where it was not measured
+    # robust_accuracy None where it was not measured in full; robust_accuracy_at_most bounds a
+    # point whose attack stopped once it could no longer change the choice.
+    points: list[dict[str, float | None]]
     chosen_alpha: float
     selection_split: str
     before: dict[str, float | None]
@@ -348,7 +358,9 @@ class InterpolationStageResult:
     seconds: float
     state_dict: StateDict = field(repr=False)
     curve: str = "full"
-    robust_evaluations: int = 0  # attacked evaluations of the α curve
+    robust_evaluations: int = 0  # α points attacked at all (fully or stopped early)
+    attacked_examples: int = 0  # examples attacked over the whole curve
+    gradient_steps: int = 0  # attacked examples × PGD steps
 
     def to_json(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "state_dict"}
@@ -380,46 +392,66 @@ def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTe
 
 
 def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
-                   data: ImageTensors, callbacks: PipelineCallbacks
-                   ) -> tuple[list[dict[str, float | None]], InterpolationPoint, float, int]:
-    """Clean accuracy at every α, robust accuracy where ``interpolation.curve`` asks for it;
-    returns (points, chosen point, θ_AT's robust accuracy, attacked evaluations)."""
-    spec = run.config.interpolation
+                   data: ImageTensors, callbacks: PipelineCallbacks) -> LazySelection:
+    """Clean accuracy at every α; robust accuracy in full at every α (``curve: "full"``) or only
+    as far as the choice needs (``"selection"``, see ``select_alpha_lazily``).
+
+    Both modes attack θ_α's examples in the same order and chunks (``rift.sequential_attack``):
+    θ_AT's in data order, then each α > 0 with its likely failures first, decided from the clean
+    pass and θ_AT's robust outcomes and margins. A count that runs to the end is thus the same in
+    both."""
+    spec, config = run.config.interpolation, run.config
     grid = alpha_grid(spec.alpha_step)
-    # Progress in units of one clean evaluation; an attacked one costs about steps + 1 times more.
+    total = len(data)
+    # Progress in units of one clean evaluation; attacking all examples costs about steps + 1.
     attack_cost = run.attack.steps + 1
     budget = len(grid) * (1 + (attack_cost if spec.curve == "full" else 2))
-    spent = 0
+    spent = 0.0
+    clean_outcomes: dict[float, torch.Tensor] = {}
+    baseline: list[Attacked] = []
 
-    def accuracy(alpha: float, *, attacked: bool) -> float:
+    def warn(failed: int, smaller: int) -> None:
+        callbacks.event("warning", {"stage": "interpolate", "message": (
+            f"out of memory at evaluation.batch_size {failed}; continuing with {smaller}")})
+
+    def advance(cost: float, message: str) -> None:
         nonlocal spent
-        callbacks.check_cancel()
-        metrics = _evaluate(run, interpolate_weights(run.original_state, finetuned_state, alpha),
-                            data, callbacks, attacked=attacked)
-        spent += attack_cost if attacked else 1
-        kind = "robust" if attacked else "clean"
-        callbacks.progress("interpolate", min(spent / budget, 0.99), f"{kind} α = {alpha:g}")
-        return float(metrics["robust_accuracy" if attacked else "clean_accuracy"] or 0.0)
+        spent += cost
+        callbacks.progress("interpolate", min(spent / budget, 0.99), message)
 
     def clean(alpha: float) -> float:
-        return accuracy(alpha, attacked=False)
+        callbacks.check_cancel()
+        run.reset_weights(interpolate_weights(run.original_state, finetuned_state, alpha))
+        correct = with_batch_backoff(lambda batch_size: clean_correct(
+            run.model, data, batch_size=batch_size, device=run.device,
+            precision=config.precision, should_cancel=callbacks.should_cancel),
+            config.evaluation.batch_size, on_backoff=warn)
+        clean_outcomes[alpha] = correct
+        advance(1, f"clean α = {alpha:g}")
+        return percent(int(correct.sum()), total) if total else 0.0
 
-    def robust(alpha: float) -> float:
-        return accuracy(alpha, attacked=True)
+    def robust(alpha: float, at_least: int) -> RobustTally:
+        callbacks.check_cancel()
+        run.reset_weights(interpolate_weights(run.original_state, finetuned_state, alpha))
+        order = likely_failures_first(clean_outcomes[alpha], baseline[0]) if baseline else None
+        # Per-example random starts: the chunk changes a count only through float rounding, so it
+        # may shrink with the batch size on out-of-memory (both curve modes see the same sizes
+        # unless memory differs between their runs).
+        attacked = with_batch_backoff(lambda batch_size: attack_until(
+            run.model, data, run.attack, at_least=at_least,
+            chunk=stop_chunk(total, batch_size), device=run.device, seed=config.seed,
+            order=order, precision=config.precision, should_cancel=callbacks.should_cancel),
+            config.evaluation.batch_size, on_backoff=warn)
+        if not baseline:  # the first attacked point is θ_AT (α = 0), in full
+            baseline.append(attacked)
+        advance(attack_cost * attacked.tally.attacked / max(total, 1), f"robust α = {alpha:g}")
+        return attacked.tally
 
-    if spec.curve == "full":
-        points = [InterpolationPoint(alpha, clean(alpha), robust(alpha)) for alpha in grid]
-        chosen = select_alpha(points, baseline_robust_accuracy=points[0].robust_accuracy,
-                              tolerance=spec.robust_tolerance)
-        curve: list[dict[str, float | None]] = [dict(p.as_dict()) for p in points]
-        baseline, evaluations = points[0].robust_accuracy, len(points)
-    else:
-        lazy = select_alpha_lazily(grid, clean, robust, tolerance=spec.robust_tolerance)
-        chosen, curve = lazy.chosen, lazy.curve()
-        baseline, evaluations = lazy.robust[grid[0]], lazy.robust_evaluations
-    for point in curve:
+    measure = measure_full_curve if spec.curve == "full" else select_alpha_lazily
+    measured = measure(grid, clean, robust, tolerance=spec.robust_tolerance)
+    for point in measured.curve():
         callbacks.event("interpolation_point", point)
-    return curve, chosen, baseline, evaluations
+    return measured
 
 
 def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
@@ -428,8 +460,9 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
     config, started = run.config, time.perf_counter()
     spec = config.interpolation
     selection_data = _evaluation_data(run, spec.selection_split)
-    points, chosen, baseline_robust, evaluations = _measure_curve(
-        run, finetuned_state, selection_data, callbacks)
+    measured = _measure_curve(run, finetuned_state, selection_data, callbacks)
+    points, chosen = measured.curve(), measured.chosen
+    baseline_robust = measured.robust[0.0]
     if chosen.alpha == 0.0:
         callbacks.event("warning", {"stage": "interpolate", "message": (
             "no α > 0 kept the robust accuracy of the original weights, so they are returned "
@@ -448,8 +481,10 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
         before = _evaluate(run, run.original_state, test, callbacks)
         after = _evaluate(run, tuned, test, callbacks)
     run.reset_weights()
-    return InterpolationStageResult(points, chosen.alpha, spec.selection_split, before, after,
-                                    time.perf_counter() - started, tuned, spec.curve, evaluations)
+    return InterpolationStageResult(
+        points, chosen.alpha, spec.selection_split, before, after, time.perf_counter() - started,
+        tuned, spec.curve, measured.robust_evaluations, measured.attacked_examples,
+        measured.gradient_steps)
 
 
 # --------------------------------------------------------------------------- public stages
@@ -476,7 +511,8 @@ def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torc
     """Measure θ_α = (1 − α) θ_AT + α θ_FT over the α grid and keep the best clean accuracy whose
     robust accuracy is not below θ_AT's (minus the tolerance). Accuracies in percent. With
     ``interpolation.curve == "selection"`` only the points that can change the choice are
-    attacked (``rift.interpolation.select_alpha_lazily``); the others have no robust accuracy."""
+    attacked, each only until its verdict is certain (``rift.interpolation.select_alpha_lazily``);
+    the others have no robust accuracy, or only an upper bound (``robust_accuracy_at_most``)."""
     with deterministic_kernels(run.config.deterministic):
         return _run_interpolation_stage(run, finetuned_state, callbacks)
 

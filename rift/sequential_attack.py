@@ -1,0 +1,127 @@
+"""Robust accuracy counted chunk by chunk in a fixed example order, stopping once a bar is out of
+reach (``rift.robust_tally``); the evaluation behind the α curve (``rift.interpolation``).
+
+Two properties make an early-stopped count a prefix of the full one, so that stopping never
+changes a verdict:
+
+* The order and the chunks are fixed before the attack starts: they depend on the data, the chunk
+  size and, for α > 0, on per-example facts both curve modes know (:func:`likely_failures_first`),
+  never on whether the caller will stop.
+* Each example's random start is drawn from its own generator, seeded by the evaluation seed and
+  the example's index in the data (:func:`rift.evaluation.example_noise`), so an example starts
+  from the same point whatever chunk, order or batch size it is attacked in. Two points of the
+  curve therefore attack every example from the same start, a paired comparison with the bar, and
+  a full count equals :func:`rift.evaluation.evaluate_accuracy`'s up to float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from rift.attacks import PGD
+from rift.cancellation import ShouldCancel, raise_if_cancelled
+from rift.data import ImageTensors, iterate_batches
+from rift.device import autocast
+from rift.evaluation import example_noise
+from rift.model_state import frozen_except
+from rift.robust_tally import RobustTally
+
+# At most this many chunks per evaluation: an early stop overshoots its verdict by at most one
+# chunk, 1/32 of the examples, while chunks stay as large as the batch size allows otherwise.
+STOP_CHECKS = 32
+
+
+def stop_chunk(total: int, batch_size: int) -> int:
+    """Examples attacked between two checks of the verdict: ≤ ``batch_size``, ≥ 1."""
+    return max(1, min(batch_size, math.ceil(total / STOP_CHECKS)))
+
+
+def _margins(logits: Tensor, labels: Tensor) -> Tensor:
+    """The true class's logit less the best other one (negative: misclassified)."""
+    true = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+    return true - logits.scatter(1, labels.view(-1, 1), float("-inf")).amax(1)
+
+
+@torch.no_grad()
+def clean_correct(model: nn.Module, data: ImageTensors, *, batch_size: int, device: torch.device,
+                  precision: str = "fp32", should_cancel: ShouldCancel | None = None) -> Tensor:
+    """Whether each example is classified correctly: a (N,) bool tensor on the CPU."""
+    outcomes = []
+    with frozen_except(model):
+        for images, labels in iterate_batches(data, batch_size, device=device):
+            raise_if_cancelled(should_cancel)
+            with autocast(images.device, precision):
+                logits = model(images).float()
+            outcomes.append((logits.argmax(1) == labels).cpu())
+    return torch.cat(outcomes) if outcomes else torch.zeros(0, dtype=torch.bool)
+
+
+@dataclass(frozen=True, eq=False)
+class Attacked:
+    """What :func:`attack_until` found. ``robust``: (N,) bool on the CPU, True where an attacked
+    example stayed correct; ``margin``: (N,) float, the adversarial logit margin of each attacked
+    example (NaN for those never attacked)."""
+
+    tally: RobustTally
+    robust: Tensor
+    margin: Tensor
+
+
+def likely_failures_first(clean: Tensor, baseline: Attacked) -> Tensor:
+    """An example order for attacking θ_α: misclassified clean at α first (their attack almost
+    always fails), then those θ_AT's attack broke, then the rest; inside each part by θ_AT's
+    adversarial margin, thinnest first. A point below the bar is then shown to miss it after little
+    more than its failures are attacked: on three digits curves this order attacked 3–12 % more
+    examples than an oracle knowing every outcome would, data order 54–112 % more."""
+    order = torch.argsort(baseline.margin, stable=True)
+    likely_robust = clean.to(torch.int64) * 2 + baseline.robust.to(torch.int64)
+    return order[torch.argsort(likely_robust[order], stable=True)]
+
+
+def attack_until(
+    model: nn.Module,
+    data: ImageTensors,
+    attack: PGD,
+    *,
+    at_least: int,
+    chunk: int,
+    device: torch.device,
+    seed: int,
+    order: Tensor | None = None,
+    precision: str = "fp32",
+    should_cancel: ShouldCancel | None = None,
+) -> Attacked:
+    """Attack ``data`` in ``order`` (data order when None), ``chunk`` examples at a time, and stop
+    after the first chunk that leaves the count certainly below ``at_least`` (0: attack all).
+
+    The model is in eval mode throughout and gets back its mode and gradient flags.
+    """
+    total = len(data)
+    order = torch.arange(total) if order is None else order.cpu()
+    robust = torch.zeros(total, dtype=torch.bool)
+    margin = torch.full((total,), math.nan)
+    correct = attacked = 0
+    steps = attack.steps if attack.eps and attack.steps else 0
+    with frozen_except(model):
+        for start in range(0, total, chunk):
+            if RobustTally(correct, attacked, total).cannot_reach(at_least):
+                break
+            raise_if_cancelled(should_cancel)
+            index = order[start:start + chunk]
+            images, labels = next(iterate_batches(data.select(index), len(index), device=device))
+            noise = (example_noise(index, tuple(images.shape[1:]), seed)
+                     if attack.random_start else None)
+            adversarial = attack.perturb(model, images, labels, precision=precision,
+                                         should_cancel=should_cancel, noise=noise)
+            with torch.no_grad(), autocast(adversarial.device, precision):
+                logits = model(adversarial).float()
+            kept = (logits.argmax(1) == labels).cpu()
+            robust[index] = kept
+            margin[index] = _margins(logits, labels).cpu()
+            correct += int(kept.sum())
+            attacked += len(index)
+    return Attacked(RobustTally(correct, attacked, total, attacked * steps), robust, margin)

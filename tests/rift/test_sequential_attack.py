@@ -1,0 +1,84 @@
+"""Tests of rift.sequential_attack on a small real model: a stopped count is a prefix of the full
+one, the full count is evaluate_accuracy's, and random starts belong to examples, not batches."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rift.attacks import PGD
+from rift.data import ImageTensors
+from rift.evaluation import evaluate_accuracy, example_noise
+from rift.robust_tally import RobustTally
+from rift.sequential_attack import (
+    Attacked,
+    attack_until,
+    clean_correct,
+    likely_failures_first,
+    stop_chunk,
+)
+
+CPU = torch.device("cpu")
+ATTACK = PGD(eps=0.1, step_size=0.05, steps=3)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+
+
+def _data(n: int = 64) -> ImageTensors:
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 2, (n,), generator=generator)
+    # A class-dependent brightness the model can pick up, so that some examples stay correct.
+    images = (torch.rand(n, 3, 8, 8, generator=generator) * 0.5 + 0.4 * labels.view(-1, 1, 1, 1))
+    return ImageTensors(images, labels)
+
+
+def test_a_full_count_equals_evaluate_accuracy_and_a_stopped_one_is_its_prefix() -> None:
+    model, data = _model(), _data()
+    whole = attack_until(model, data, ATTACK, at_least=0, chunk=8, device=CPU, seed=5)
+    full = whole.tally
+    report = evaluate_accuracy(model, data, attack=ATTACK, batch_size=8, device=CPU, seed=5)
+    assert full.complete and full.accuracy == report.robust_accuracy
+    assert full.gradient_steps == len(data) * ATTACK.steps
+    assert 0 < full.correct < len(data)  # the attack neither always fails nor always wins
+    # Asking for more than the full count stops once that is certain, well before the end.
+    bar = full.correct + 20
+    cut = attack_until(model, data, ATTACK, at_least=bar, chunk=8, device=CPU, seed=5)
+    stopped = cut.tally
+    assert not stopped.complete and stopped.cannot_reach(bar)
+    assert stopped.attacked % 8 == 0 and stopped.at_most >= full.correct
+    assert torch.equal(cut.robust[:stopped.attacked], whole.robust[:stopped.attacked])
+    assert torch.equal(cut.margin[:stopped.attacked], whole.margin[:stopped.attacked])
+    assert not cut.robust[stopped.attacked:].any() and cut.margin[stopped.attacked:].isnan().all()
+    assert torch.equal(whole.robust, whole.margin > 0)
+
+
+def test_an_example_starts_from_the_same_point_in_any_batch() -> None:
+    whole = example_noise(torch.arange(10), (3, 4, 4), seed=1)
+    alone = example_noise(torch.tensor([7, 2]), (3, 4, 4), seed=1)
+    assert torch.equal(alone, whole[[7, 2]])
+    assert not torch.equal(example_noise(torch.arange(10), (3, 4, 4), seed=2), whole)
+
+
+def test_likely_failures_come_first_then_thin_baseline_margins() -> None:
+    clean = torch.tensor([True, False, True, True, False])
+    margin = torch.tensor([2.0, 0.5, -0.5, 0.1, -3.0])
+    baseline = Attacked(RobustTally(3, 5, 5), margin > 0, margin)
+    # Misclassified clean (4, 1), then broken at θ_AT (2), then the rest, thinnest margin first.
+    assert likely_failures_first(clean, baseline).tolist() == [4, 1, 2, 3, 0]
+
+
+def test_clean_correct_is_the_argmax() -> None:
+    model, data = _model(), _data()
+    correct = clean_correct(model, data, batch_size=16, device=CPU)
+    with torch.no_grad():
+        expected = model.eval()(data.images).argmax(1) == data.labels
+    assert torch.equal(correct, expected)
+
+
+def test_a_stop_chunk_keeps_a_bounded_overshoot() -> None:
+    assert stop_chunk(449, 512) == 15 and stop_chunk(10_000, 256) == 256
+    assert stop_chunk(5, 512) == 1
