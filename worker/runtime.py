@@ -1,5 +1,6 @@
-"""What a worker process holds while it runs stages: its database and store handles, its id, and
-the reporter that keeps a stage's lease alive and turns pipeline callbacks into database writes.
+"""What a worker process holds while it runs stages: its database and store handles, its id, its
+cache of prepared runs (:mod:`worker.prepared_runs`), and the reporter that keeps a stage's lease
+alive and turns pipeline callbacks into database writes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from persistence.storage import ObjectStore
 from persistence.time_limits import timeout_message
 from persistence.webhooks import install_delivery_dispatch
 from rift.errors import TimeLimitExceeded
+from worker.prepared_runs import PreparedRunCache
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class _ProcessHandles:
     worker_id: str
     session_factory: sessionmaker[Session]
     store: ObjectStore
+    prepared_runs: PreparedRunCache
 
 
 @dataclass
@@ -70,6 +73,8 @@ class WorkerResources:
                     worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
                     session_factory=factory,
                     store=self.settings.build_object_store(),
+                    # Per process: a forked child starts with none of its parent's runs.
+                    prepared_runs=PreparedRunCache(self.settings.worker_prepared_run_cache_bytes),
                 )
             return self._handles
 
@@ -80,6 +85,10 @@ class WorkerResources:
     @property
     def store(self) -> ObjectStore:
         return self._get().store
+
+    @property
+    def prepared_runs(self) -> PreparedRunCache:
+        return self._get().prepared_runs
 
     def session(self) -> Session:
         """A new session; use it in a ``with`` block so it is closed promptly."""
