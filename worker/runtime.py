@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,9 +21,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from persistence import jobs, stages
 from persistence.db import session_factory_from_settings
 from persistence.event_notify import build_publisher, install_publisher
+from persistence.models import utcnow
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 from persistence.time_limits import timeout_message
+from persistence.transactions import EventKind
 from persistence.webhooks import install_delivery_dispatch
 from rift.errors import TimeLimitExceeded
 from worker.prepared_runs import PreparedRunCache
@@ -105,8 +108,15 @@ class StageReporter:
     :class:`persistence.stages.LeaseLost`; it raises :class:`rift.errors.TimeLimitExceeded` once
     ``seconds_left`` (the job's remaining wall-clock time, ``JOB_TIME_LIMIT_SECONDS``) have
     passed; and it reads the job's cancellation flag at most once per
-    ``progress_interval_seconds``. Progress writes are throttled the same way; events are all
-    written.
+    ``progress_interval_seconds``. Progress writes are throttled the same way.
+
+    Events are all written, in order, but in batches: one transaction per
+    ``progress_interval_seconds`` at most instead of one per event (each costs milliseconds, and
+    a fine-tuning run sends one per epoch). The first event, every ``warning``, and whatever is
+    waiting when the job is found cancelled or past its time limit are written at once; the stage
+    writes the rest before recording its outputs (:meth:`flush_events`). Events still waiting when
+    a stage fails or loses its lease are dropped (at most one interval's worth), so none is
+    written after the job's end.
     """
 
     def __init__(self, resources: WorkerResources, job_id: str, stage: str,
@@ -127,6 +137,8 @@ class StageReporter:
         self._deadline = clock() + seconds_left if seconds_left is not None else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._events: list[tuple[str, dict[str, Any], datetime]] = []
+        self._last_events_write = float("-inf")
 
     # -- lease heartbeat ----------------------------------------------------------------------
     def start(self) -> None:
@@ -175,8 +187,18 @@ class StageReporter:
             stages.update_progress(session, self.job_id, self.stage, fraction, message)
 
     def on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        self._events.append((kind, payload, utcnow()))
+        if kind == EventKind.WARNING or self._clock() - self._last_events_write >= self._interval:
+            self.flush_events()
+
+    def flush_events(self) -> None:
+        """Write the events waiting, in one transaction."""
+        if not self._events:
+            return
+        events, self._events = self._events, []
+        self._last_events_write = self._clock()
         with self.resources.session() as session:
-            jobs.append_event(session, self.job_id, kind, payload)
+            jobs.append_events(session, self.job_id, events)
 
     def should_cancel(self) -> bool:
         if self._lease_lost.is_set():
@@ -184,9 +206,12 @@ class StageReporter:
                                    f"of job {self.job_id}")
         now = self._clock()
         if self._deadline is not None and now >= self._deadline:
+            self.flush_events()
             raise TimeLimitExceeded(timeout_message(self._limit_seconds))
         if not self._cancel and now - self._last_cancel_check >= self._interval:
             self._last_cancel_check = now
             with self.resources.session() as session:
                 self._cancel = stages.should_stop(session, self.job_id)
+        if self._events and (self._cancel or now - self._last_events_write >= self._interval):
+            self.flush_events()
         return self._cancel
