@@ -1,20 +1,26 @@
 """The same RiFT job run directly (``run_pipeline``) and through the service (HTTP API + Redis
 queue + Celery worker + Postgres + object store), on the same machine; prints JSON with the wall
-times and their relative difference.
+times, their relative difference, and where the service's time went.
 
-Direct: a fresh Python process runs ``run_pipeline`` once to warm up (first-use costs: loading the
-data set, kernel set-up), then again, timed; the worker is warm in the same way after its first
-job, so the first service job is a warm-up too and is reported but not compared.
+Direct: a fresh Python process runs ``run_pipeline`` on the demo job once to warm up (first-use
+costs: loading the data set, kernel set-up), then the bench's job, timed; then it times building
+the run and the preflight check again on their own (its part outside the stages' compute). The
+worker is warm in the same way after a first demo job, which is not compared.
 Service: ``uvicorn`` and one ``celery worker`` (solo pool) are started first and left idle; the
-time runs from ``POST /v1/jobs`` until ``GET /v1/jobs/{id}`` reports ``succeeded`` (polled every
-0.1 s), so it includes the queue, every stage's fetch of the checkpoint and data from the store,
-the database writes and the polling; the checkpoint upload is timed separately. Both sides run
-with ``OMP_NUM_THREADS=1``. The job is the digits demo job on its demo checkpoint (CPU).
+time runs from ``POST /v1/jobs`` until the job's ``job_succeeded`` event arrives on its event
+stream (``Accept: text/event-stream``, woken by Postgres NOTIFY: no polling interval), so it
+includes the queue, the stages' preparation of their run, the database writes and the stream.
+The job's event timestamps break it down (``service_breakdown_median``, see :func:`_breakdown`);
+``fixed_overhead_seconds_median`` is the service's time outside the library's stage compute less
+the direct run's, the figure the machine's load disturbs least. The checkpoint upload is timed
+separately. Both sides run with ``OMP_NUM_THREADS=1`` on the CPU. Jobs (``--job``): the digits
+demo job, or ``digits-long`` (see :func:`job_config`).
 
 Needs PostgreSQL on 127.0.0.1:5432 (user postgres; a scratch database is created and dropped) and
 Redis on 127.0.0.1:6379. Requests carry a key the bench makes in its fresh database.
 
-    PYTHONPATH=. .venv/bin/python bench/service_overhead.py --repeats 2
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/service_overhead.py --repeats 5
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/service_overhead.py --job digits-long
 """
 
 from __future__ import annotations
@@ -47,13 +53,13 @@ TERMINAL_EVENTS = ("job_succeeded", "job_failed", "job_cancelled")
 
 def job_config(job: str) -> dict[str, Any]:
     """The bench's jobs: ``digits`` is the demo job (under a second of compute); ``digits-long``
-    the same checkpoint and data with 200 fine-tuning epochs and a 0.01 α grid (101 points, each
-    attacked), tens of seconds of compute, the share of the fixed cost in a realistic job."""
+    the same checkpoint and data with 100 fine-tuning epochs and a 0.02 α grid (51 points), tens
+    of seconds of compute: the share of the fixed cost in a realistic job."""
     config = copy.deepcopy(DIGITS_DEMO_CONFIG)
     config["device"] = "cpu"
     if job == "digits-long":
-        config["finetune"].update(epochs=200, lr_milestones=[150])
-        config["interpolation"].update(alpha_step=0.01)
+        config["finetune"].update(epochs=100, lr_milestones=[75])
+        config["interpolation"].update(alpha_step=0.02)
     return config
 
 
@@ -64,24 +70,31 @@ def _free_port() -> int:
 
 
 def _direct(config: dict[str, Any], warm_up: dict[str, Any], checkpoint: Path, out: Path,
-            env: dict[str, str]) -> float:
+            env: dict[str, str]) -> tuple[float, float, float]:
     """``run_pipeline`` in a fresh process: ``warm_up`` once (first-use costs), then ``config``,
-    timed."""
+    timed; returns its seconds, the library's own compute seconds of its three stages (as the
+    service's breakdown counts them), and those of its part outside them (building the run and
+    the preflight check, timed again on their own)."""
     script = (
         "import json, sys, time\n"
         "from pathlib import Path\n"
         "from rift.config import RiftConfig\n"
-        "from rift.pipeline import run_pipeline\n"
+        "from rift.pipeline import prepare_run, run_pipeline, run_preflight_stage\n"
         "config = RiftConfig.model_validate(json.loads(sys.argv[1]))\n"
         "warm_up = RiftConfig.model_validate(json.loads(sys.argv[2]))\n"
         "run_pipeline(warm_up, sys.argv[3], Path(sys.argv[4]) / 'warm-up')\n"
         "started = time.perf_counter()\n"
-        "run_pipeline(config, sys.argv[3], Path(sys.argv[4]) / 'timed')\n"
-        "print(time.perf_counter() - started)\n")
+        "result = run_pipeline(config, sys.argv[3], Path(sys.argv[4]) / 'timed')\n"
+        "total = time.perf_counter() - started\n"
+        "compute = sum(result[s]['seconds'] for s in ('mrc', 'finetune', 'interpolation'))\n"
+        "started = time.perf_counter()\n"
+        "run_preflight_stage(prepare_run(config, sys.argv[3]))\n"
+        "print(total, compute, time.perf_counter() - started)\n")
     done = subprocess.run([sys.executable, "-c", script, json.dumps(config), json.dumps(warm_up),
                            str(checkpoint), str(out)], env=env, cwd=ROOT, check=True,
                           capture_output=True, text=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    total, compute, fixed = done.stdout.strip().splitlines()[-1].split()
+    return float(total), float(compute), float(fixed)
 
 
 def _wait_http(client: httpx.Client, path: str, timeout: float = 60.0) -> None:
@@ -181,6 +194,16 @@ def _service_job(client: httpx.Client, checkpoint_id: str, config: dict[str, Any
     return seconds, _breakdown(events, submitted, detected)
 
 
+def _outside_compute(breakdown: dict[str, Any]) -> float:
+    """Seconds of one service job spent outside the library's stage compute."""
+    return (breakdown["api"] + sum(breakdown["queue_hops"]) + breakdown["detect"]
+            + sum(stage["prepare"] + stage["other"] for stage in breakdown["stages"].values()))
+
+
+def _compute(breakdown: dict[str, Any]) -> float:
+    return float(sum(stage["compute"] for stage in breakdown["stages"].values()))
+
+
 def _rounded(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 3)
@@ -272,12 +295,17 @@ def main() -> None:
                 uploaded.raise_for_status()
                 upload_seconds = time.perf_counter() - started
                 direct: list[float] = []
+                direct_fixed: list[float] = []
+                direct_compute: list[float] = []
                 service: list[float] = []
                 parts: list[dict[str, Any]] = []
                 warm_up, _ = _service_job(client, uploaded.json()["id"], warm_up_config)
                 for index in range(args.repeats):  # alternate, so drifts in load hit both
-                    direct.append(_direct(config, warm_up_config, checkpoint,
-                                          folder / f"direct-{index}", env))
+                    seconds, compute, fixed = _direct(config, warm_up_config, checkpoint,
+                                                      folder / f"direct-{index}", env)
+                    direct.append(seconds)
+                    direct_compute.append(compute)
+                    direct_fixed.append(fixed)
                     seconds, breakdown = _service_job(client, uploaded.json()["id"], config)
                     service.append(seconds)
                     parts.append(breakdown)
@@ -293,6 +321,7 @@ def main() -> None:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         admin.dispose()
     best_direct, best_service = min(direct), min(service)
+    fixed_parts = [_outside_compute(part) for part in parts]
     print(json.dumps({
         "benchmark": "service_overhead", "job": args.job,
         "config": {key: config[key] for key in ("finetune", "interpolation")},
@@ -307,6 +336,19 @@ def main() -> None:
                                           / statistics.median(direct) - 1, 4),
         "overhead_seconds_best": round(best_service - best_direct, 2),
         "overhead_fraction_best": round(best_service / best_direct - 1, 4),
+        # Robust to the machine's load, which mostly stretches compute: everything the service
+        # spends outside the library's stage compute, less what run_pipeline itself spends there.
+        "fixed_overhead_seconds_median": round(statistics.median(fixed_parts)
+                                               - statistics.median(direct_fixed), 3),
+        "fixed_overhead_fraction_of_direct_median": round(
+            (statistics.median(fixed_parts) - statistics.median(direct_fixed))
+            / statistics.median(direct), 4),
+        "service_outside_compute_seconds": [round(f, 3) for f in fixed_parts],
+        # The stages' compute on both sides (the library's own seconds): under load the gap
+        # between the end-to-end medians is mostly a difference here, not outside it.
+        "service_compute_seconds": [round(_compute(part), 2) for part in parts],
+        "direct_compute_seconds": [round(c, 2) for c in direct_compute],
+        "direct_prepare_and_preflight_seconds": [round(f, 3) for f in direct_fixed],
         "service_breakdown_median": _median_breakdown(parts),
         "service_breakdowns": [_rounded(part) for part in parts],
         "note": "shared 2-core machine under load from other processes: noisy; the best of the "
