@@ -387,14 +387,6 @@ def append_event(session: Session, job_id: str, kind: str, payload: Mapping[str,
     return event
 
 
-def append_events(session: Session, job_id: str,
-                  events: Sequence[tuple[str, Mapping[str, Any], datetime]]) -> None:
-    """Add events ``(kind, payload, when)`` to the job's log, in order, in one transaction."""
-    with transaction(session):
-        for kind, payload, when in events:
-            log_event(session, job_id, kind, payload, when)
-
-
 def list_events(session: Session, job_id: str, *, after_id: int = 0,
                 limit: int = 100) -> list[JobEvent]:
     """The job's events with ``id > after_id``, oldest first (``after_id`` is the cursor)."""

@@ -267,7 +267,7 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
         if stage == StageName.MRC and run.config.mrc.shards > 1:
             # A checkpoint near chance on the job's data fails here, before any shard is sent.
             run_preflight_stage(run, callbacks)
-            reporter.flush_events()
+            reporter.flush()
             # The shards hold the work from here; the last one finishes the stage.
             start_mrc_shards(app, resources, claim.job, run, callbacks, claim.attempt)
             return "sharded", device
@@ -278,7 +278,7 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
                            "prepared_run": "cached" if taken.cached else "built"}
         if reporter.lease_lost:
             raise LeaseLost(f"lost the lease on stage '{stage}' of job {job_id}")
-        reporter.flush_events()  # the stage's events come before its stage_finished
+        reporter.flush()  # the stage's events come before its stage_finished
         with resources.session() as session:
             stages.finish_stage(session, job_id, stage, owner=owner, outputs=outputs)
     except JobCancelled:
