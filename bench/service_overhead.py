@@ -1,20 +1,26 @@
 """The same RiFT job run directly (``run_pipeline``) and through the service (HTTP API + Redis
 queue + Celery worker + Postgres + object store), on the same machine; prints JSON with the wall
-times and their relative difference.
+times, their relative difference, and where the service's time went.
 
-Direct: a fresh Python process runs ``run_pipeline`` once to warm up (first-use costs: loading the
-data set, kernel set-up), then again, timed; the worker is warm in the same way after its first
-job, so the first service job is a warm-up too and is reported but not compared.
+Direct: a fresh Python process runs ``run_pipeline`` on the demo job once to warm up (first-use
+costs: loading the data set, kernel set-up), then the bench's job, timed; then it times building
+the run and the preflight check again on their own (its part outside the stages' compute). The
+worker is warm in the same way after a first demo job, which is not compared.
 Service: ``uvicorn`` and one ``celery worker`` (solo pool) are started first and left idle; the
-time runs from ``POST /v1/jobs`` until ``GET /v1/jobs/{id}`` reports ``succeeded`` (polled every
-0.1 s), so it includes the queue, every stage's fetch of the checkpoint and data from the store,
-the database writes and the polling; the checkpoint upload is timed separately. Both sides run
-with ``OMP_NUM_THREADS=1``. The job is the digits demo job on its demo checkpoint (CPU).
+time runs from ``POST /v1/jobs`` until the job's ``job_succeeded`` event arrives on its event
+stream (``Accept: text/event-stream``, woken by Postgres NOTIFY: no polling interval), so it
+includes the queue, the stages' preparation of their run, the database writes and the stream.
+The job's event timestamps break it down (``service_breakdown_median``, see :func:`_breakdown`);
+``fixed_overhead_seconds_median`` is the service's time outside the library's stage compute less
+the direct run's, the figure the machine's load disturbs least. The checkpoint upload is timed
+separately. Both sides run with ``OMP_NUM_THREADS=1`` on the CPU. Jobs (``--job``): the digits
+demo job, or ``digits-long`` (see :func:`job_config`).
 
 Needs PostgreSQL on 127.0.0.1:5432 (user postgres; a scratch database is created and dropped) and
 Redis on 127.0.0.1:6379. Requests carry a key the bench makes in its fresh database.
 
-    PYTHONPATH=. .venv/bin/python bench/service_overhead.py --repeats 2
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/service_overhead.py --repeats 5
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/service_overhead.py --job digits-long
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,19 @@ from rift.demo import DIGITS_DEMO_CONFIG, make_digits_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+TERMINAL_EVENTS = ("job_succeeded", "job_failed", "job_cancelled")
+
+
+def job_config(job: str) -> dict[str, Any]:
+    """The bench's jobs: ``digits`` is the demo job (under a second of compute); ``digits-long``
+    the same checkpoint and data with 100 fine-tuning epochs and a 0.02 α grid (51 points), tens
+    of seconds of compute: the share of the fixed cost in a realistic job."""
+    config = copy.deepcopy(DIGITS_DEMO_CONFIG)
+    config["device"] = "cpu"
+    if job == "digits-long":
+        config["finetune"].update(epochs=100, lr_milestones=[75])
+        config["interpolation"].update(alpha_step=0.02)
+    return config
 
 
 def _free_port() -> int:
@@ -49,21 +69,32 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _direct(config: dict[str, Any], checkpoint: Path, out: Path, env: dict[str, str]) -> float:
+def _direct(config: dict[str, Any], warm_up: dict[str, Any], checkpoint: Path, out: Path,
+            env: dict[str, str]) -> tuple[float, float, float]:
+    """``run_pipeline`` in a fresh process: ``warm_up`` once (first-use costs), then ``config``,
+    timed; returns its seconds, the library's own compute seconds of its three stages (as the
+    service's breakdown counts them), and those of its part outside them (building the run and
+    the preflight check, timed again on their own)."""
     script = (
         "import json, sys, time\n"
         "from pathlib import Path\n"
         "from rift.config import RiftConfig\n"
-        "from rift.pipeline import run_pipeline\n"
+        "from rift.pipeline import prepare_run, run_pipeline, run_preflight_stage\n"
         "config = RiftConfig.model_validate(json.loads(sys.argv[1]))\n"
-        "run_pipeline(config, sys.argv[2], Path(sys.argv[3]) / 'warm-up')\n"
+        "warm_up = RiftConfig.model_validate(json.loads(sys.argv[2]))\n"
+        "run_pipeline(warm_up, sys.argv[3], Path(sys.argv[4]) / 'warm-up')\n"
         "started = time.perf_counter()\n"
-        "run_pipeline(config, sys.argv[2], Path(sys.argv[3]) / 'timed')\n"
-        "print(time.perf_counter() - started)\n")
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(config), str(checkpoint),
-                           str(out)], env=env, cwd=ROOT, check=True, capture_output=True,
-                          text=True)
-    return float(done.stdout.strip().splitlines()[-1])
+        "result = run_pipeline(config, sys.argv[3], Path(sys.argv[4]) / 'timed')\n"
+        "total = time.perf_counter() - started\n"
+        "compute = sum(result[s]['seconds'] for s in ('mrc', 'finetune', 'interpolation'))\n"
+        "started = time.perf_counter()\n"
+        "run_preflight_stage(prepare_run(config, sys.argv[3]))\n"
+        "print(total, compute, time.perf_counter() - started)\n")
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(config), json.dumps(warm_up),
+                           str(checkpoint), str(out)], env=env, cwd=ROOT, check=True,
+                          capture_output=True, text=True)
+    total, compute, fixed = done.stdout.strip().splitlines()[-1].split()
+    return float(total), float(compute), float(fixed)
 
 
 def _wait_http(client: httpx.Client, path: str, timeout: float = 60.0) -> None:
@@ -87,20 +118,119 @@ def _wait_log(path: Path, marker: str, timeout: float = 120.0) -> None:
     raise TimeoutError(f"{marker!r} not in {path} after {timeout} s")
 
 
-def _service_job(client: httpx.Client, checkpoint_id: str, config: dict[str, Any]) -> float:
-    started = time.perf_counter()
+def _stream_events(client: httpx.Client, job_id: str) -> tuple[list[dict[str, Any]], float]:
+    """The job's events from its Server-Sent Events stream, read until the job's terminal event;
+    returns them and the wall-clock time (``time.time()``) that event arrived. The stream is
+    woken by the service's notifications (Postgres LISTEN), so there is no polling interval."""
+    events: list[dict[str, Any]] = []
+    kind = ""
+    with client.stream("GET", f"/v1/jobs/{job_id}/events",
+                       headers={"Accept": "text/event-stream"}) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line[len("event: "):]
+            elif line.startswith("data: ") and kind != "end":
+                event = json.loads(line[len("data: "):])
+                events.append(event)
+                if event["kind"] in TERMINAL_EVENTS:
+                    return events, time.time()
+            elif line.startswith("data: "):
+                break
+    raise RuntimeError(f"the event stream of job {job_id} ended without a terminal event")
+
+
+def _at(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["created_at"]).timestamp()
+
+
+def _breakdown(events: list[dict[str, Any]], submitted: float, detected: float
+               ) -> dict[str, Any]:
+    """Where the service's time went, from the job's event timestamps (written by the API and the
+    worker on this machine's clock) and the client's own clock:
+
+    - ``api``: ``POST /v1/jobs`` sent until the job row was written (``job_created``);
+    - ``queue_hops``: from the job's creation, or a stage's ``stage_finished``, until the next
+      stage's ``stage_started`` (commit, sending the message, the worker taking it, the claim);
+    - per stage: ``prepare`` (fetching the inputs and building the run, or taking it from the
+      worker's cache), ``compute`` (the library's own seconds for the stage), ``other`` (the rest
+      of claim → finish: the preflight check in ``mrc``, storing files, events, progress);
+    - ``detect``: the terminal event's commit until the client had it from the stream.
+    """
+    created = next(_at(e) for e in events if e["kind"] == "job_created")
+    last, started = created, created
+    hops: list[float] = []
+    stages: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if event["kind"] == "stage_started":
+            started = _at(event)
+            hops.append(started - last)
+        elif event["kind"] == "stage_finished":
+            payload, last = event["payload"], _at(event)
+            total = last - started
+            prepare = float(payload.get("prepare_seconds", 0.0))
+            compute = float(payload.get("seconds", 0.0))
+            stages[payload["stage"]] = {
+                "total": total, "prepare": prepare, "compute": compute,
+                "other": total - prepare - compute,
+                "prepared_run": payload.get("prepared_run", "not recorded")}
+    end = _at(events[-1])
+    return {"api": created - submitted, "queue_hops": hops, "stages": stages,
+            "detect": detected - end}
+
+
+def _service_job(client: httpx.Client, checkpoint_id: str, config: dict[str, Any]
+                 ) -> tuple[float, dict[str, Any]]:
+    """One job through the service, timed from ``POST /v1/jobs`` to the client seeing its
+    ``job_succeeded`` event on the stream; returns the seconds and their breakdown."""
+    submitted, started = time.time(), time.perf_counter()
     created = client.post("/v1/jobs", json={"checkpoint_id": checkpoint_id, "config": config})
     created.raise_for_status()
     job_id = created.json()["id"]
-    while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(0.1)
+    events, detected = _stream_events(client, job_id)
     seconds = time.perf_counter() - started
-    if job["status"] != "succeeded":
-        raise RuntimeError(f"job {job_id} ended {job['status']}: {job}")
-    return seconds
+    if events[-1]["kind"] != "job_succeeded":
+        raise RuntimeError(f"job {job_id} ended with {events[-1]}")
+    return seconds, _breakdown(events, submitted, detected)
+
+
+def _outside_compute(breakdown: dict[str, Any]) -> float:
+    """Seconds of one service job spent outside the library's stage compute."""
+    return (breakdown["api"] + sum(breakdown["queue_hops"]) + breakdown["detect"]
+            + sum(stage["prepare"] + stage["other"] for stage in breakdown["stages"].values()))
+
+
+def _compute(breakdown: dict[str, Any]) -> float:
+    return float(sum(stage["compute"] for stage in breakdown["stages"].values()))
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rounded(item) for item in value]
+    return value
+
+
+def _median_breakdown(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each part over the repeats (seconds, 3 decimals)."""
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 3)
+
+    stages = parts[0]["stages"]
+    return {
+        "api": median([p["api"] for p in parts]),
+        "queue_hops": [median([p["queue_hops"][i] for p in parts])
+                       for i in range(len(parts[0]["queue_hops"]))],
+        "stages": {name: {key: median([p["stages"][name][key] for p in parts])
+                          for key in ("total", "prepare", "compute", "other")}
+                   | {"prepared_run": "/".join(sorted({p["stages"][name]["prepared_run"]
+                                                     for p in parts}))}
+                   for name in stages},
+        "detect": median([p["detect"] for p in parts]),
+    }
 
 
 def _make_key(database_url: str) -> str:
@@ -119,10 +249,10 @@ def _make_key(database_url: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--job", choices=("digits", "digits-long"), default="digits")
     args = parser.parse_args()
-    config = copy.deepcopy(DIGITS_DEMO_CONFIG)
-    config["device"] = "cpu"
+    config, warm_up_config = job_config(args.job), job_config("digits")
     database = f"rift_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -164,11 +294,21 @@ def main() -> None:
                                            files={"file": (checkpoint.name, handle)})
                 uploaded.raise_for_status()
                 upload_seconds = time.perf_counter() - started
-                direct, service = [], []
-                warm_up = _service_job(client, uploaded.json()["id"], config)
+                direct: list[float] = []
+                direct_fixed: list[float] = []
+                direct_compute: list[float] = []
+                service: list[float] = []
+                parts: list[dict[str, Any]] = []
+                warm_up, _ = _service_job(client, uploaded.json()["id"], warm_up_config)
                 for index in range(args.repeats):  # alternate, so drifts in load hit both
-                    direct.append(_direct(config, checkpoint, folder / f"direct-{index}", env))
-                    service.append(_service_job(client, uploaded.json()["id"], config))
+                    seconds, compute, fixed = _direct(config, warm_up_config, checkpoint,
+                                                      folder / f"direct-{index}", env)
+                    direct.append(seconds)
+                    direct_compute.append(compute)
+                    direct_fixed.append(fixed)
+                    seconds, breakdown = _service_job(client, uploaded.json()["id"], config)
+                    service.append(seconds)
+                    parts.append(breakdown)
     finally:
         for process in processes:
             process.terminate()
@@ -181,8 +321,10 @@ def main() -> None:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         admin.dispose()
     best_direct, best_service = min(direct), min(service)
+    fixed_parts = [_outside_compute(part) for part in parts]
     print(json.dumps({
-        "benchmark": "service_overhead", "job": "digits demo (DIGITS_DEMO_CONFIG, cpu)",
+        "benchmark": "service_overhead", "job": args.job,
+        "config": {key: config[key] for key in ("finetune", "interpolation")},
         "threads": 1, "repeats": args.repeats,
         "direct_seconds": [round(s, 2) for s in direct],
         "service_seconds": [round(s, 2) for s in service],
@@ -194,6 +336,21 @@ def main() -> None:
                                           / statistics.median(direct) - 1, 4),
         "overhead_seconds_best": round(best_service - best_direct, 2),
         "overhead_fraction_best": round(best_service / best_direct - 1, 4),
+        # Robust to the machine's load, which mostly stretches compute: everything the service
+        # spends outside the library's stage compute, less what run_pipeline itself spends there.
+        "fixed_overhead_seconds_median": round(statistics.median(fixed_parts)
+                                               - statistics.median(direct_fixed), 3),
+        "fixed_overhead_fraction_of_direct_median": round(
+            (statistics.median(fixed_parts) - statistics.median(direct_fixed))
+            / statistics.median(direct), 4),
+        "service_outside_compute_seconds": [round(f, 3) for f in fixed_parts],
+        # The stages' compute on both sides (the library's own seconds): under load the gap
+        # between the end-to-end medians is mostly a difference here, not outside it.
+        "service_compute_seconds": [round(_compute(part), 2) for part in parts],
+        "direct_compute_seconds": [round(c, 2) for c in direct_compute],
+        "direct_prepare_and_preflight_seconds": [round(f, 3) for f in direct_fixed],
+        "service_breakdown_median": _median_breakdown(parts),
+        "service_breakdowns": [_rounded(part) for part in parts],
         "note": "shared 2-core machine under load from other processes: noisy; the best of the "
                 "repeats is compared",
     }, indent=2))

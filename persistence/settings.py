@@ -114,6 +114,12 @@ class Settings(BaseSettings):
         2.0, ge=0, description="Delay before re-running a stage that raised an unexpected error.")
     progress_interval_seconds: float = Field(
         1.0, ge=0, description="Throttle of progress writes and cancellation checks (s).")
+    worker_prepared_run_cache_bytes: int = Field(
+        GIB, ge=0,
+        description="Bytes of prepared runs (data splits, model, θ_AT) a worker process keeps so "
+        "that the next stage of a job on it skips fetching and building them (worker/"
+        "prepared_runs.py); per process, so a prefork worker holds up to concurrency × this. "
+        "0: nothing is kept.")
     work_dir: Path = Field(Path("./var/work"), description="Scratch space of the workers.")
     worker_device: str | None = Field(
         None, description="Overrides the job's 'device' (e.g. 'cpu'); None: the job's, whose "

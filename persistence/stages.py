@@ -232,13 +232,18 @@ def update_progress(session: Session, job_id: str, stage: str, fraction: float,
     """Record progress within the running stage (``fraction`` in [0, 1])."""
     now = now or utcnow()
     with transaction(session):
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.stage == stage)
-            .values(stage_progress=min(max(float(fraction), 0.0), 1.0),
-                    progress_message=message[:500] if message else None, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
+        _write_progress(session, job_id, stage, fraction, message, now)
+
+
+def _write_progress(session: Session, job_id: str, stage: str, fraction: float,
+                    message: str | None, now: datetime) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.stage == stage)
+        .values(stage_progress=min(max(float(fraction), 0.0), 1.0),
+                progress_message=message[:500] if message else None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def set_job_device(session: Session, job_id: str, device: str) -> None:
@@ -250,14 +255,35 @@ def set_job_device(session: Session, job_id: str, device: str) -> None:
 
 def should_stop(session: Session, job_id: str) -> bool:
     """True when the worker running the job must stop: cancel requested, or the job ended."""
+    stop = _must_stop(session, job_id)
+    session.commit()  # end the read transaction (SQLite holds its lock until then)
+    return stop
+
+
+def _must_stop(session: Session, job_id: str) -> bool:
     row = session.execute(
         select(Job.cancel_requested, Job.status).where(Job.id == job_id)
     ).one_or_none()
-    session.commit()  # end the read transaction (SQLite holds its lock until then)
     if row is None:
         return True
     cancel_requested, status = row
     return bool(cancel_requested) or status in TERMINAL_STATUSES
+
+
+def report_activity(session: Session, job_id: str, stage: str, *,
+                    events: Sequence[tuple[str, Mapping[str, Any], datetime]] = (),
+                    progress: tuple[float, str | None] | None = None,
+                    now: datetime | None = None) -> bool:
+    """What a running stage reports, in one transaction: its events ``(kind, payload, when)`` in
+    order, its latest progress ``(fraction, message)``; returns :func:`should_stop` read after
+    them. One round trip and commit instead of one per event, progress write and check."""
+    now = now or utcnow()
+    with transaction(session):
+        for kind, payload, when in events:
+            log_event(session, job_id, kind, payload, when)
+        if progress is not None:
+            _write_progress(session, job_id, stage, progress[0], progress[1], now)
+        return _must_stop(session, job_id)
 
 
 # --------------------------------------------------------------------------------------------

@@ -158,6 +158,7 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
                                 "sha256": weights.sha256, "content_type": weights.content_type}}
         if reporter.lease_lost:
             raise LeaseLost(f"lost the lease on candidate {index} of job {job_id}")
+        reporter.flush()  # the candidate's events come before its part is recorded
         with resources.session() as session:
             stage_shards.finish_part(
                 session, CANDIDATES, job_id, index, owner=resources.worker_id, result=result,

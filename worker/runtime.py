@@ -1,5 +1,6 @@
-"""What a worker process holds while it runs stages: its database and store handles, its id, and
-the reporter that keeps a stage's lease alive and turns pipeline callbacks into database writes.
+"""What a worker process holds while it runs stages: its database and store handles, its id, its
+cache of prepared runs (:mod:`worker.prepared_runs`), and the reporter that keeps a stage's lease
+alive and turns pipeline callbacks into database writes.
 """
 
 from __future__ import annotations
@@ -12,18 +13,22 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import jobs, stage_shards, stages
+from persistence import stage_shards, stages
 from persistence.db import session_factory_from_settings
 from persistence.event_notify import build_publisher, install_publisher
+from persistence.models import utcnow
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 from persistence.time_limits import timeout_message
+from persistence.transactions import EventKind
 from persistence.webhooks import install_delivery_dispatch
 from rift.errors import TimeLimitExceeded
+from worker.prepared_runs import PreparedRunCache
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +39,7 @@ class _ProcessHandles:
     worker_id: str
     session_factory: sessionmaker[Session]
     store: ObjectStore
+    prepared_runs: PreparedRunCache
 
 
 @dataclass
@@ -70,6 +76,8 @@ class WorkerResources:
                     worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
                     session_factory=factory,
                     store=self.settings.build_object_store(),
+                    # Per process: a forked child starts with none of its parent's runs.
+                    prepared_runs=PreparedRunCache(self.settings.worker_prepared_run_cache_bytes),
                 )
             return self._handles
 
@@ -80,6 +88,10 @@ class WorkerResources:
     @property
     def store(self) -> ObjectStore:
         return self._get().store
+
+    @property
+    def prepared_runs(self) -> PreparedRunCache:
+        return self._get().prepared_runs
 
     def session(self) -> Session:
         """A new session; use it in a ``with`` block so it is closed promptly."""
@@ -95,9 +107,16 @@ class StageReporter:
     library polls at every batch and attack step (:mod:`rift.cancellation`), then raises
     :class:`persistence.stages.LeaseLost`; it raises :class:`rift.errors.TimeLimitExceeded` once
     ``seconds_left`` (the job's remaining wall-clock time, ``JOB_TIME_LIMIT_SECONDS``) have
-    passed; and it reads the job's cancellation flag at most once per
-    ``progress_interval_seconds``. Progress writes are throttled the same way; events are all
-    written.
+    passed.
+
+    Events (all, in order) and progress (the latest) are written, and the job's cancellation flag
+    read, together in one transaction (:meth:`flush`) at most once per
+    ``progress_interval_seconds``, instead of a transaction per event, progress write and check:
+    each costs milliseconds of the stage's own thread, and fine-tuning sends an event per epoch
+    (measured: 4–10 % of a fast fine-tuning run before). The first report, every ``warning`` and
+    a finished progress (1.0) are written at once, and what waits when the time limit passes; the
+    stage writes the rest before recording its outputs. Events still waiting when a stage fails
+    or loses its lease are dropped (at most one interval's worth), so none follows the job's end.
     """
 
     def __init__(self, resources: WorkerResources, job_id: str, stage: str,
@@ -110,14 +129,15 @@ class StageReporter:
         self._clock = clock
         self._interval = resources.settings.progress_interval_seconds
         self._lease_seconds = resources.settings.worker_lease_seconds
-        self._last_progress = float("-inf")
-        self._last_cancel_check = float("-inf")
+        self._last_flush = float("-inf")  # the first report is written at once
         self._cancel = False
         self._lease_lost = threading.Event()
         self._limit_seconds = resources.settings.job_time_limit_seconds
         self._deadline = clock() + seconds_left if seconds_left is not None else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._events: list[tuple[str, dict[str, Any], datetime]] = []
+        self._progress: tuple[float, str | None] | None = None
 
     # -- lease heartbeat ----------------------------------------------------------------------
     def start(self) -> None:
@@ -158,29 +178,39 @@ class StageReporter:
 
     # -- pipeline callbacks ----------------------------------------------------------------
     def on_progress(self, stage: str, fraction: float, message: str) -> None:
-        now = self._clock()
-        if fraction < 1.0 and now - self._last_progress < self._interval:
-            return
-        self._last_progress = now
-        with self.resources.session() as session:
-            stages.update_progress(session, self.job_id, self.stage, fraction, message)
+        self._progress = (fraction, message)
+        if fraction >= 1.0 or self._due():
+            self.flush()
 
     def on_event(self, kind: str, payload: dict[str, Any]) -> None:
-        with self.resources.session() as session:
-            jobs.append_event(session, self.job_id, kind, payload)
+        self._events.append((kind, payload, utcnow()))
+        if kind == EventKind.WARNING or self._due():
+            self.flush()
 
     def should_cancel(self) -> bool:
         if self._lease_lost.is_set():
             raise stages.LeaseLost(f"worker {self.owner} lost the lease on stage '{self.stage}' "
                                    f"of job {self.job_id}")
-        now = self._clock()
-        if self._deadline is not None and now >= self._deadline:
+        if self._deadline is not None and self._clock() >= self._deadline:
+            self.flush()
             raise TimeLimitExceeded(timeout_message(self._limit_seconds))
-        if not self._cancel and now - self._last_cancel_check >= self._interval:
-            self._last_cancel_check = now
-            with self.resources.session() as session:
-                self._cancel = stages.should_stop(session, self.job_id)
+        if not self._cancel and self._due():
+            self.flush()
         return self._cancel
+
+    def flush(self) -> None:
+        """Write the waiting events and the latest progress, and read the cancellation flag, in
+        one transaction."""
+        events, self._events = self._events, []
+        progress, self._progress = self._progress, None
+        self._last_flush = self._clock()
+        with self.resources.session() as session:
+            stop = stages.report_activity(session, self.job_id, self.stage, events=events,
+                                          progress=progress)
+        self._cancel = self._cancel or stop
+
+    def _due(self) -> bool:
+        return self._clock() - self._last_flush >= self._interval
 
 
 class PartReporter(StageReporter):

@@ -113,6 +113,7 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
                                 "module_order": select_modules(run.model, run.config.mrc)}
         if reporter.lease_lost:
             raise LeaseLost(f"lost the lease on MRC shard {shard} of job {job_id}")
+        reporter.flush()
         with resources.session() as session:
             stage_shards.finish_shard(session, job_id, shard, owner=resources.worker_id,
                                       result=part)

@@ -4,7 +4,8 @@ the recovery of stages whose worker died.
 A stage task gets only the job id. It claims the stage's lease in the database (a duplicate
 message, or a stage another worker holds, returns at once; a stage already done only sends the
 next message), runs the stage with the library, stores its outputs and marks it done in one
-transaction, then sends the next stage's message. Outcomes:
+transaction, then sends the next stage's message. The run (model with θ_AT, data) comes from the
+process's cache when the job's previous stage ran here (:mod:`worker.prepared_runs`). Outcomes:
 
 - a library error (:class:`rift.errors.RiftError`): the job fails with the error's code and message
   (``timeout`` when the job passed ``JOB_TIME_LIMIT_SECONDS``, see :mod:`persistence.time_limits`);
@@ -85,6 +86,7 @@ from worker.candidates import (
 )
 from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_job
+from worker.prepared_runs import RunKey
 from worker.runtime import StageReporter, WorkerResources
 from worker.shards import SHARD_TASK_NAME, execute_shard, redispatch_stale_shards, start_mrc_shards
 from worker.stages import FINETUNED, describe_device, job_manifest, prepare, run_stage
@@ -224,6 +226,7 @@ def _execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, sta
                        if claim.job.dataset_id else None)
     except JobNotFound:
         logger.warning("stage %s of unknown job %s: message dropped", stage, job_id)
+        resources.prepared_runs.discard_job(job_id)  # deleted
         return "missing", None
 
     if claim.outcome == ClaimOutcome.DONE:
@@ -235,6 +238,8 @@ def _execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, sta
         return "already_done", None
     if claim.outcome != ClaimOutcome.CLAIMED:
         logger.info("job %s stage %s: %s", job_id, stage, claim.outcome)
+        if claim.outcome in (ClaimOutcome.INACTIVE, ClaimOutcome.EXHAUSTED):
+            resources.prepared_runs.discard_job(job_id)  # the job has ended
         return str(claim.outcome), None
     if checkpoint is None:
         with resources.session() as session:
@@ -263,8 +268,14 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
                                   should_cancel=reporter.should_cancel)
     reporter.start()
     try:
-        run = prepare(claim.job, checkpoint, dataset, resources.store, settings.work_dir,
-                      settings.worker_device, settings.data_root)
+        preparing = time.perf_counter()
+        # The job's run as the previous stage on this process left it, else built from the store.
+        taken = resources.prepared_runs.take(
+            RunKey.of(claim.job, checkpoint, dataset),
+            lambda: prepare(claim.job, checkpoint, dataset, resources.store, settings.work_dir,
+                            settings.worker_device, settings.data_root))
+        run = taken.run
+        prepare_seconds = time.perf_counter() - preparing
         device = describe_device(run.device)
         with resources.session() as session:
             stages.set_job_device(session, job_id, device)
@@ -274,10 +285,12 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
         if stage == StageName.MRC and run.config.mrc.shards > 1:
             # A checkpoint near chance on the job's data fails here, before any shard is sent.
             run_preflight_stage(run, callbacks)
+            reporter.flush()
             # The shards hold the work from here; the last one finishes the stage.
             start_mrc_shards(app, resources, claim.job, run, callbacks, claim.attempt)
             return "sharded", device
         if stage == StageName.FINETUNE and is_sweep(run.config):
+            reporter.flush()
             # One task per candidate from here; the last one finishes the stage.
             start_sweep(app, resources, claim.job, run, attempts)
             return "sharded", device
@@ -286,8 +299,12 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
         else:
             outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir,
                                 callbacks, attempts, manifest)
+        # In the stage_finished event: where a stage's time went besides the library's own.
+        outputs.summary = {**outputs.summary, "prepare_seconds": round(prepare_seconds, 4),
+                           "prepared_run": "cached" if taken.cached else "built"}
         if reporter.lease_lost:
             raise LeaseLost(f"lost the lease on stage '{stage}' of job {job_id}")
+        reporter.flush()  # the stage's events come before its stage_finished
         with resources.session() as session:
             stages.finish_stage(session, job_id, stage, owner=owner, outputs=outputs)
     except JobCancelled:
@@ -316,6 +333,8 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
 
     following = stages.next_stage(stage)
     if following is not None:
+        # Kept before the next message goes out, so that a task taking it at once finds the run.
+        resources.prepared_runs.keep(taken)
         enqueue_stage(app, job_id, following, request_id=request_id)
     logger.info("job %s stage %s done", job_id, stage)
     return "done", device

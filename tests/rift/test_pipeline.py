@@ -25,6 +25,7 @@ from rift.pipeline import (
     run_interpolation_stage,
     run_mrc_stage,
     run_pipeline,
+    run_preflight_stage,
 )
 
 
@@ -148,6 +149,33 @@ def test_same_seed_same_results(digits_checkpoint_path: Path, digits_job_config:
     tuned_b = run_finetune_stage(run, first.selected_module)
     for key in tuned_a.state_dict:
         assert torch.equal(tuned_a.state_dict[key], tuned_b.state_dict[key]), key
+
+
+def test_stages_leave_theta_at_and_the_data_as_prepared(digits_checkpoint_path: Path,
+                                                       digits_job_config: dict) -> None:
+    """What a worker's cache of prepared runs relies on (worker/prepared_runs.py): after every
+    stage, the run's θ_AT copy and data splits are bit for bit those of a fresh preparation."""
+    config = _fast(digits_job_config)
+    run, fresh = prepare_run(config, digits_checkpoint_path), prepare_run(config,
+                                                                         digits_checkpoint_path)
+    run_preflight_stage(run)
+    mrc = run_mrc_stage(run)
+    finetuned = run_finetune_stage(run, mrc.selected_module)
+    run_interpolation_stage(run, finetuned.state_dict)
+    assert run.original_state.keys() == fresh.original_state.keys()
+    for key, value in fresh.original_state.items():
+        assert torch.equal(run.original_state[key], value), key
+    for split in ("train", "validation", "test"):
+        for part in ("images", "labels"):
+            assert torch.equal(getattr(getattr(run.splits, split), part),
+                               getattr(getattr(fresh.splits, split), part)), (split, part)
+    assert run.config == fresh.config
+    # The model ends holding θ_AT again, with the mode and flags it was prepared with.
+    run_state, fresh_state = run.model.state_dict(), fresh.model.state_dict()
+    assert all(torch.equal(run_state[key], fresh_state[key]) for key in fresh_state)
+    assert run.model.training == fresh.model.training
+    assert ([p.requires_grad for p in run.model.parameters()]
+            == [p.requires_grad for p in fresh.model.parameters()])
 
 
 def test_mrc_parts_merge_to_the_whole_table(digits_checkpoint_path: Path,

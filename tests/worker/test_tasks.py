@@ -7,6 +7,7 @@ is the orchestration: leases, duplicates, crashes, cancellation and errors.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from persistence.queue import RiftCelery, enqueue_stage
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 from rift import checkpoints
+from rift.config import RiftConfig
 from rift.interpolation import interpolate_weights
+from rift.pipeline import run_pipeline
 from tests.service_fixtures import WorkerProcess
 from tests.worker_jobs import wait_for
 from worker.stages import FINETUNED, TUNED
@@ -90,6 +93,63 @@ def test_a_message_delivered_twice_runs_each_stage_once(
     assert artifacts[TUNED].size == store.size(artifacts[TUNED].storage_key)
 
 
+def prepared_runs(sessions: sessionmaker[Session], job_id: str) -> dict[str, str]:
+    """Where each stage's run came from: 'cached' (the worker's cache) or 'built'."""
+    return {p["stage"]: p["prepared_run"] for kind, p in events(sessions, job_id)
+            if kind == "stage_finished"}
+
+
+def job_weights(sessions: sessionmaker[Session], store: ObjectStore, job_id: str,
+                folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    with sessions() as session:
+        keys = {a.name: a.storage_key for a in jobs.list_artifacts(session, job_id)}
+    return {name: checkpoints.load_state_dict(store.download_to(keys[name], folder / name))
+            for name in (FINETUNED, TUNED)}
+
+
+def test_later_stages_reuse_the_prepared_run_and_give_a_direct_runs_results(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], store: ObjectStore, service_env: dict[str, str],
+        fast_config: dict[str, Any], digits_checkpoint_path: Path, tmp_path: Path) -> None:
+    finished: dict[str, Job] = {}
+    for cache, overrides in (("on", {}), ("off", {"WORKER_PREPARED_RUN_CACHE_BYTES": "0"})):
+        worker = start_worker(**overrides)
+        job_id = submit(fast_config)
+        finished[cache] = wait_for(sessions, job_id, lambda j: j.is_finished, "the end",
+                                   workers=(worker,))
+        assert finished[cache].status == "succeeded", finished[cache].error_message
+        worker.stop()  # the next job's stages go to the next worker only
+    assert prepared_runs(sessions, finished["on"].id) == {
+        "mrc": "built", "finetune": "cached", "interpolate": "cached"}
+    assert prepared_runs(sessions, finished["off"].id) == {
+        "mrc": "built", "finetune": "built", "interpolate": "built"}
+
+    # run_pipeline in this process, with the workers' thread count (launch_worker's default).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        direct = run_pipeline(RiftConfig.model_validate({**fast_config, "device": "cpu"}),
+                              digits_checkpoint_path, tmp_path / "direct")
+    finally:
+        torch.set_num_threads(threads)
+    expected = {name: checkpoints.load_state_dict(tmp_path / "direct" / name)
+                for name in (FINETUNED, TUNED)}
+    for cache, job in finished.items():
+        assert (job.selected_module, job.chosen_alpha) == (direct["selected_module"],
+                                                           direct["chosen_alpha"]), cache
+        assert job.metrics is not None
+        assert (job.metrics["before"], job.metrics["after"]) == (direct["before"],
+                                                                 direct["after"]), cache
+        with sessions() as session:
+            mrc = {row.module: row.mrc for row in jobs.get_mrc_rows(session, job.id)}
+        assert mrc == {row["name"]: row["mrc"] for row in direct["mrc"]["rows"]}, cache
+        weights = job_weights(sessions, store, job.id, tmp_path / cache)
+        for name, tensors in expected.items():
+            assert weights[name].keys() == tensors.keys()
+            for key, value in tensors.items():
+                assert torch.equal(weights[name][key], value), (cache, name, key)
+
+
 def test_a_killed_worker_is_replaced_without_recomputing_mrc(
         start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
         sessions: sessionmaker[Session], fast_config: dict[str, Any]) -> None:
@@ -117,6 +177,9 @@ def test_a_killed_worker_is_replaced_without_recomputing_mrc(
     assert [(p["stage"], p["attempt"]) for p in started] == [
         ("mrc", 1), ("finetune", 1), ("finetune", 2), ("interpolate", 1)]
     assert started[1]["worker"] != started[2]["worker"]
+    # The second worker had no run of the job: it built one for fine-tuning, then reused it.
+    assert prepared_runs(sessions, job_id) == {
+        "mrc": "built", "finetune": "built", "interpolate": "cached"}
     with sessions() as session:
         mrc_rows = jobs.get_mrc_rows(session, job_id)
         epochs = jobs.get_epoch_metrics(session, job_id)
