@@ -18,7 +18,6 @@ tensors the candidate measured), ``result.json`` with ``"sweep"``, and ``curves.
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +34,6 @@ from persistence.time_limits import seconds_left
 from persistence.transactions import JobNotFound, load_stages
 from reporting.charts import sweep_curves
 from rift import stage_outputs
-from rift.errors import JobCancelled, RiftError
 from rift.interpolation import interpolate_weights
 from rift.pipeline import (
     InterpolationStageResult,
@@ -47,7 +45,7 @@ from rift.pipeline import (
 )
 from rift.stage_outputs import FINETUNE_JSON, FINETUNED
 from rift.sweep import Candidate, CandidateOutcome, curves_document, sweep_candidates
-from worker.runtime import PartReporter, WorkerResources
+from worker.runtime import PartReporter, WorkerResources, settle_part_error
 from worker.stages import ObjectStageStorage, prepare, record_interpolation
 
 logger = logging.getLogger(__name__)
@@ -166,34 +164,11 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
                          "chosen_alpha": outcome.chosen_alpha,
                          "clean_accuracy": outcome.clean_accuracy,
                          "robust_accuracy": outcome.robust_accuracy})
-    except JobCancelled:
-        with resources.session() as session:
-            stages.mark_cancelled(session, job_id)
-        return "cancelled"
-    except LeaseLost as exc:
-        logger.warning("job %s candidate %d: %s", job_id, index, exc)
-        return "lease_lost"
-    except (RiftError, ObjectNotFound) as exc:
-        # Errors of the library (the time limit included) end the job: another attempt would
-        # meet the same error, and a sweep with a candidate missing cannot apply its rule.
-        code = exc.code if isinstance(exc, RiftError) else "missing_object"
-        with resources.session() as session:
-            stages.fail_job(session, job_id, code, exc.message, stage=StageName.FINETUNE)
-        return "failed"
     except Exception as exc:
-        logger.exception("job %s candidate %d: unexpected error", job_id, index)
-        with resources.session() as session:
-            if claim.attempt >= settings.max_stage_attempts:
-                stages.fail_job(session, job_id, "stage_failed_repeatedly",
-                                f"candidate {index} failed {claim.attempt} times; last error: "
-                                f"{type(exc).__name__}: {str(exc)[:300]}",
-                                stage=StageName.FINETUNE)
-                return "failed"
-            stage_shards.release_part(session, CANDIDATES, job_id, index,
-                                      owner=resources.worker_id,
-                                      error=traceback.format_exc(limit=5))
-        enqueue_candidate(app, job_id, index, countdown=settings.stage_retry_delay_seconds)
-        return "retry"
+        ended = settle_part_error(resources, CANDIDATES, job_id, index, claim.attempt, exc)
+        if ended == "retry":
+            enqueue_candidate(app, job_id, index, countdown=settings.stage_retry_delay_seconds)
+        return ended
     finally:
         reporter.stop()
     return pick_if_complete(app, resources, job_id)

@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,11 +24,12 @@ from persistence.db import session_factory_from_settings
 from persistence.event_notify import build_publisher, install_publisher
 from persistence.models import utcnow
 from persistence.settings import Settings
-from persistence.storage import ObjectStore
+from persistence.stages import LeaseLost
+from persistence.storage import ObjectNotFound, ObjectStore
 from persistence.time_limits import timeout_message
 from persistence.transactions import EventKind
 from persistence.webhooks import install_delivery_dispatch
-from rift.errors import TimeLimitExceeded
+from rift.errors import JobCancelled, RiftError, TimeLimitExceeded
 from worker.prepared_runs import PreparedRunCache
 
 logger = logging.getLogger(__name__)
@@ -231,3 +233,36 @@ class PartReporter(StageReporter):
 
     def on_progress(self, stage: str, fraction: float, message: str) -> None:
         """Progress within a part is not recorded (see the class docstring)."""
+
+
+def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, job_id: str,
+                      index: int, attempt: int, exc: Exception) -> str:
+    """End a part of a split stage (MRC shard, sweep candidate) that raised ``exc``; call it from
+    the ``except`` block. Returns the task's outcome: "cancelled", "lease_lost", "failed", or
+    "retry" (the part is released and the caller sends it again).
+
+    Errors of the library (the time limit included) and missing inputs fail the job: another
+    attempt would meet the same error, and a split stage with a part missing cannot finish.
+    Anything else is retried until the part has had ``max_stage_attempts``."""
+    if isinstance(exc, JobCancelled):
+        with resources.session() as session:
+            stages.mark_cancelled(session, job_id)
+        return "cancelled"
+    if isinstance(exc, LeaseLost):
+        logger.warning("job %s %s %d: %s", job_id, kind.noun, index, exc)
+        return "lease_lost"
+    if isinstance(exc, RiftError | ObjectNotFound):
+        code = exc.code if isinstance(exc, RiftError) else "missing_object"
+        with resources.session() as session:
+            stages.fail_job(session, job_id, code, exc.message, stage=kind.stage)
+        return "failed"
+    logger.exception("job %s %s %d: unexpected error", job_id, kind.noun, index)
+    with resources.session() as session:
+        if attempt >= resources.settings.max_stage_attempts:
+            stages.fail_job(session, job_id, "stage_failed_repeatedly",
+                            f"{kind.noun} {index} failed {attempt} times; last error: "
+                            f"{type(exc).__name__}: {str(exc)[:300]}", stage=kind.stage)
+            return "failed"
+        stage_shards.release_part(session, kind, job_id, index, owner=resources.worker_id,
+                                  error=traceback.format_exc(limit=5))
+    return "retry"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,9 @@ from persistence.models import Checkpoint, Dataset, Job, StageName
 from persistence.queue import enqueue_stage
 from persistence.stage_shards import SHARDED_OWNER
 from persistence.stages import ClaimOutcome, LeaseLost
-from persistence.storage import ObjectNotFound
 from persistence.transactions import JobNotFound, load_stages
 from rift import checkpoints
 from rift.config import RiftConfig
-from rift.errors import JobCancelled, RiftError
 from rift.mrc import select_modules
 from rift.mrc_shards import estimate_module_costs, partition_modules
 from rift.pipeline import (
@@ -40,7 +37,7 @@ from rift.pipeline import (
     make_mrc_inputs,
     score_modules,
 )
-from worker.runtime import PartReporter, WorkerResources
+from worker.runtime import PartReporter, WorkerResources, settle_part_error
 from worker.stages import SAFETENSORS, ObjectStageStorage, prepare, record_mrc, stage_object_key
 
 logger = logging.getLogger(__name__)
@@ -117,30 +114,11 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
         with resources.session() as session:
             stage_shards.finish_shard(session, job_id, shard, owner=resources.worker_id,
                                       result=part)
-    except JobCancelled:
-        with resources.session() as session:
-            stages.mark_cancelled(session, job_id)
-        return "cancelled"
-    except LeaseLost as exc:
-        logger.warning("job %s MRC shard %d: %s", job_id, shard, exc)
-        return "lease_lost"
-    except (RiftError, ObjectNotFound) as exc:
-        code = exc.code if isinstance(exc, RiftError) else "missing_object"
-        with resources.session() as session:
-            stages.fail_job(session, job_id, code, exc.message, stage=StageName.MRC)
-        return "failed"
     except Exception as exc:
-        logger.exception("job %s MRC shard %d: unexpected error", job_id, shard)
-        with resources.session() as session:
-            if claim.attempt >= settings.max_stage_attempts:
-                stages.fail_job(session, job_id, "stage_failed_repeatedly",
-                                f"MRC shard {shard} failed {claim.attempt} times; last error: "
-                                f"{type(exc).__name__}: {str(exc)[:300]}", stage=StageName.MRC)
-                return "failed"
-            stage_shards.release_shard(session, job_id, shard, owner=resources.worker_id,
-                                       error=traceback.format_exc(limit=5))
-        enqueue_shard(app, job_id, shard, countdown=settings.stage_retry_delay_seconds)
-        return "retry"
+        ended = settle_part_error(resources, stage_shards.MRC_SHARDS, job_id, shard, claim.attempt, exc)
+        if ended == "retry":
+            enqueue_shard(app, job_id, shard, countdown=settings.stage_retry_delay_seconds)
+        return ended
     finally:
         reporter.stop()
     return merge_if_complete(app, resources, job_id)
