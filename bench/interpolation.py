@@ -23,17 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from synthetic import write_template_dataset, write_theta_at  # bench/ is on sys.path
 
-from rift.adversarial_training import adversarially_train
-from rift.attacks import PGD
-from rift.checkpoints import save_safetensors
-from rift.config import ArchitectureSpec, RiftConfig
-from rift.data import load_dataset
+from rift.config import RiftConfig
 from rift.demo import DIGITS_DEMO_CONFIG, make_digits_checkpoint
 from rift.evaluation import evaluate_accuracy
-from rift.models import build_model
 from rift.pipeline import (
     _evaluation_data,
     prepare_run,
@@ -115,43 +110,21 @@ def _digits(seed: int, device: str, alpha_step: float) -> dict[str, Any]:
 
 def _resnet(device: str, alpha_step: float, train: int, test: int, attack_steps: int,
             tuned_module: str, at_epochs: int) -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    templates = rng.integers(0, 256, (10, 32, 32, 3))
-
-    def images(labels: np.ndarray) -> np.ndarray:
-        noise = rng.integers(0, 256, (len(labels), 32, 32, 3))
-        return ((templates[labels] + noise) // 2).astype(np.uint8)
-
-    y, y_test = rng.integers(0, 10, train), rng.integers(0, 10, test)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        np.savez(root / "data.npz", x=images(y), y=y, x_test=images(y_test), y_test=y_test)
-        torch.manual_seed(0)
-        model = build_model(ArchitectureSpec(name="resnet18", num_classes=10))
-        # Random BatchNorm statistics: with the initial ones (mean 0, var 1) an untrained
-        # ResNet in eval mode predicts one class for every image and every α ties.
-        generator = torch.Generator().manual_seed(0)
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.copy_(torch.randn(module.num_features, generator=generator)
-                                          * 0.1)
-                module.running_var.copy_(torch.rand(module.num_features, generator=generator)
-                                         + 0.5)
+        dataset = write_template_dataset(root / "data.npz", train, test)
         config = RiftConfig.model_validate({
             "architecture": {"name": "resnet18", "num_classes": 10},
-            "dataset": {"name": "npz", "path": str(root / "data.npz")},
+            "dataset": dataset.model_dump(),
             "finetune": {"epochs": 2, "lr": 0.05, "lr_milestones": [1], "bn_stats": "freeze"},
             "interpolation": {"alpha_step": alpha_step},
             "attack": {"steps": attack_steps},
             "evaluation": {"batch_size": 128},
             "device": device,
         })
-        if at_epochs:  # a robust θ_AT, so that the curve is not flat (one class everywhere)
-            adversarially_train(model, load_dataset(config.dataset, config.seed),
-                                PGD.from_spec(config.attack), epochs=at_epochs, lr=0.05,
-                                batch_size=128, device=torch.device(device), seed=0)
-            model.cpu()
-        save_safetensors(root / "model.safetensors", model.state_dict())
+        # A robust θ_AT, so that the curve is not flat (0: random weights, one class at every α).
+        write_theta_at(root / "model.safetensors", "resnet18", config.dataset, config.attack,
+                       at_epochs=at_epochs, device=device)
         name = "resnet18 CIFAR-shaped synthetic" + (f", AT {at_epochs} epochs" if at_epochs
                                                      else ", untrained")
         return _compare(config, root / "model.safetensors", name, tuned_module)

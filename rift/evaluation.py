@@ -10,6 +10,7 @@ models compared on the same data (θ_AT and θ_α) are attacked from the same st
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -55,6 +56,41 @@ def example_noise(indices: torch.Tensor, shape: tuple[int, ...], seed: int) -> t
             (index * _INDEX_MULTIPLIER + seed_hash) % _SEED_BITS)
         rows.append(torch.rand(shape, generator=generator))
     return torch.stack(rows) if rows else torch.empty((0, *shape))
+
+
+#: Largest table of random starts :class:`RandomStarts` keeps (CPU memory): 10,000 CIFAR-size
+#: examples take 123 MB; beyond the budget every draw is made again.
+RANDOM_START_CACHE_MAX_BYTES = 1 << 30
+
+
+class RandomStarts:
+    """The :func:`example_noise` draws of one evaluation seed over a set of ``total`` examples,
+    each made once and kept (on the CPU) for every later attack of the same examples.
+
+    The interpolation stage attacks the same examples at up to one α per grid point, from the
+    same starts: drawing them costs tens of µs per example on the CPU, which on a GPU is more than
+    the attack itself. A table over ``max_bytes`` is not kept (each draw is made again)."""
+
+    def __init__(self, seed: int, total: int, *,
+                 max_bytes: int = RANDOM_START_CACHE_MAX_BYTES) -> None:
+        self.seed, self.total, self.max_bytes = seed, total, max_bytes
+        self._table: torch.Tensor | None = None
+        self._drawn = torch.zeros(total, dtype=torch.bool)
+
+    def draw(self, indices: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Random starts of the examples at ``indices`` (in [0, total)), (len, *shape) on the CPU:
+        the values :func:`example_noise` gives."""
+        indices = indices.cpu()
+        if self.total * math.prod(shape) * 4 > self.max_bytes:
+            return example_noise(indices, shape, self.seed)
+        if self._table is None or tuple(self._table.shape[1:]) != shape:
+            self._table = torch.empty((self.total, *shape))
+            self._drawn.fill_(False)
+        missing = indices[~self._drawn[indices]]
+        if len(missing):
+            self._table[missing] = example_noise(missing, shape, self.seed)
+            self._drawn[missing] = True
+        return self._table[indices]
 
 
 def seeded_generator(device: torch.device, seed: int) -> torch.Generator:

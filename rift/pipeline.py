@@ -30,7 +30,7 @@ from rift.config import RiftConfig
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from rift.device import deterministic_kernels, resolve_device
 from rift.errors import ConfigError
-from rift.evaluation import AccuracyReport, evaluate_accuracy, seeded_generator
+from rift.evaluation import AccuracyReport, RandomStarts, evaluate_accuracy, seeded_generator
 from rift.finetune import EpochMetrics, finetune_module
 from rift.interpolation import (
     LazySelection,
@@ -409,6 +409,8 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
     spent = 0.0
     clean_outcomes: dict[float, torch.Tensor] = {}
     baseline: list[Attacked] = []
+    # Every α is attacked from the same per-example starts: draw each once.
+    starts = RandomStarts(config.seed, total)
 
     def warn(failed: int, smaller: int) -> None:
         callbacks.event("warning", {"stage": "interpolate", "message": (
@@ -440,8 +442,8 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
         attacked = with_batch_backoff(lambda batch_size: attack_until(
             run.model, data, run.attack, at_least=at_least,
             chunk=stop_chunk(total, batch_size), device=run.device, seed=config.seed,
-            order=order, precision=config.precision, should_cancel=callbacks.should_cancel),
-            config.evaluation.batch_size, on_backoff=warn)
+            order=order, precision=config.precision, should_cancel=callbacks.should_cancel,
+            random_starts=starts), config.evaluation.batch_size, on_backoff=warn)
         if not baseline:  # the first attacked point is θ_AT (α = 0), in full
             baseline.append(attacked)
         advance(attack_cost * attacked.tally.attacked / max(total, 1), f"robust α = {alpha:g}")

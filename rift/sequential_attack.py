@@ -26,7 +26,7 @@ from rift.attacks import PGD
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.data import ImageTensors, iterate_batches
 from rift.device import autocast
-from rift.evaluation import example_noise
+from rift.evaluation import RandomStarts, example_noise
 from rift.model_state import frozen_except
 from rift.robust_tally import RobustTally
 
@@ -94,9 +94,13 @@ def attack_until(
     order: Tensor | None = None,
     precision: str = "fp32",
     should_cancel: ShouldCancel | None = None,
+    random_starts: RandomStarts | None = None,
 ) -> Attacked:
     """Attack ``data`` in ``order`` (data order when None), ``chunk`` examples at a time, and stop
     after the first chunk that leaves the count certainly below ``at_least`` (0: attack all).
+
+    ``random_starts`` (made with ``seed`` over ``data``) keeps the random starts for the next
+    call on the same data; without it they are drawn again.
 
     The model is in eval mode throughout and gets back its mode and gradient flags.
     """
@@ -113,8 +117,11 @@ def attack_until(
             raise_if_cancelled(should_cancel)
             index = order[start:start + chunk]
             images, labels = next(iterate_batches(data.select(index), len(index), device=device))
-            noise = (example_noise(index, tuple(images.shape[1:]), seed)
-                     if attack.random_start else None)
+            noise = None
+            if attack.random_start:
+                shape = tuple(images.shape[1:])
+                noise = (random_starts.draw(index, shape) if random_starts is not None
+                         else example_noise(index, shape, seed))
             adversarial = attack.perturb(model, images, labels, precision=precision,
                                          should_cancel=should_cancel, noise=noise)
             with torch.no_grad(), autocast(adversarial.device, precision):

@@ -34,6 +34,18 @@ def test_work_grows_with_the_budget() -> None:
     assert set(small) == {"mrc", "finetune", "interpolate"}
 
 
+def test_work_is_the_cost_estimate_with_sweeps_and_uploads_counted() -> None:
+    single = stage_work_estimate(SPEC, num_modules=4)
+    sweep = stage_work_estimate({**SPEC, "finetune": {"epochs": 1, "candidates": 2,
+                                                      "lr_grid": [0.01, 0.001]}}, num_modules=4)
+    # Four (module, lr) candidates: four fine-tunes and four curves, one MRC stage.
+    assert sweep["finetune"] == 4 * single["finetune"]
+    assert sweep["interpolate"] == 4 * single["interpolate"]
+    assert sweep["mrc"] == single["mrc"]
+    uploaded = stage_work_estimate({**SPEC, "dataset": {"name": "npz", "path": "x.npz"}})
+    assert all(units > 0 for units in uploaded.values())
+
+
 def test_finish_is_the_remaining_work_at_the_measured_pace() -> None:
     work = stage_work_estimate(SPEC)
     # MRC took 100 s; fine-tuning is half done after 30 s.

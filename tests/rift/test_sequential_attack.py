@@ -8,7 +8,7 @@ from torch import nn
 
 from rift.attacks import PGD
 from rift.data import ImageTensors
-from rift.evaluation import evaluate_accuracy, example_noise
+from rift.evaluation import RandomStarts, evaluate_accuracy, example_noise
 from rift.robust_tally import RobustTally
 from rift.sequential_attack import (
     Attacked,
@@ -61,6 +61,42 @@ def test_an_example_starts_from_the_same_point_in_any_batch() -> None:
     alone = example_noise(torch.tensor([7, 2]), (3, 4, 4), seed=1)
     assert torch.equal(alone, whole[[7, 2]])
     assert not torch.equal(example_noise(torch.arange(10), (3, 4, 4), seed=2), whole)
+
+
+def test_kept_random_starts_are_the_draws_of_example_noise(monkeypatch) -> None:
+    import rift.evaluation
+
+    drawn: list[int] = []
+    original = rift.evaluation.example_noise
+
+    def counting(indices: torch.Tensor, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+        drawn.extend(indices.tolist())
+        return original(indices, shape, seed)
+
+    monkeypatch.setattr(rift.evaluation, "example_noise", counting)
+    starts = RandomStarts(seed=4, total=20)
+    expected = original(torch.arange(20), (3, 4, 4), seed=4)
+    for indices in (torch.tensor([3, 9, 1]), torch.tensor([9, 0, 3, 19]), torch.arange(20)):
+        assert torch.equal(starts.draw(indices, (3, 4, 4)), expected[indices])
+    assert sorted(drawn) == list(range(20))  # each example drawn once over the three calls
+    # Over the byte budget nothing is kept, and the values are the same.
+    small = RandomStarts(seed=4, total=20, max_bytes=100)
+    drawn.clear()
+    for _ in range(2):
+        assert torch.equal(small.draw(torch.tensor([5, 2]), (3, 4, 4)), expected[[5, 2]])
+    assert drawn == [5, 2, 5, 2]
+
+
+def test_a_count_with_kept_starts_equals_one_drawn_afresh() -> None:
+    model, data = _model(), _data()
+    fresh = attack_until(model, data, ATTACK, at_least=0, chunk=8, device=CPU, seed=5)
+    starts = RandomStarts(seed=5, total=len(data))
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    attack_until(model, data, ATTACK, at_least=0, chunk=8, device=CPU, seed=5, order=order,
+                 random_starts=starts)  # fills the table in another order
+    kept = attack_until(model, data, ATTACK, at_least=0, chunk=8, device=CPU, seed=5,
+                        random_starts=starts)
+    assert torch.equal(kept.robust, fresh.robust) and torch.equal(kept.margin, fresh.margin)
 
 
 def test_likely_failures_come_first_then_thin_baseline_margins() -> None:
