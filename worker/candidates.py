@@ -32,7 +32,6 @@ from persistence.models import Checkpoint, Dataset, Job, StageName, SweepCandida
 from persistence.object_keys import (
     candidate_object_key,
     candidate_objects_prefix,
-    stage_object_key,
 )
 from persistence.queue import enqueue_stage
 from persistence.stage_shards import CANDIDATES, SHARDED_OWNER
@@ -54,7 +53,7 @@ from rift.pipeline import (
 from rift.stage_outputs import FINETUNE_JSON, FINETUNED
 from rift.sweep import Candidate, CandidateOutcome, curves_document, sweep_candidates
 from worker.runtime import PartReporter, WorkerResources, settle_part_error
-from worker.stages import ObjectStageStorage, prepare, record_interpolation
+from worker.stages import job_stage_storage, prepare, record_interpolation
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +68,6 @@ def enqueue_candidate(app: Celery, job_id: str, candidate: int,
     settings = getattr(app, "settings", None)
     app.send_task(CANDIDATE_TASK_NAME, args=[job_id, candidate], countdown=countdown,
                   queue=settings.celery_queue if settings is not None else None)
-
-
-def _stage_storage(store: ObjectStore, job_id: str, attempts: Attempts) -> ObjectStageStorage:
-    return ObjectStageStorage(store, lambda stage, name: stage_object_key(
-        job_id, stage, attempts[stage], name))
 
 
 class CandidateStorage:
@@ -103,7 +97,7 @@ def start_sweep(app: Celery, resources: WorkerResources, job: Job, run: Prepared
                 attempts: Attempts) -> int:
     """Record the job's candidates and send one message each; returns their number. Afterwards
     the candidates hold the fine-tune stage's work."""
-    mrc = load_mrc(_stage_storage(resources.store, job.id, attempts))
+    mrc = load_mrc(job_stage_storage(resources.store, job.id, attempts))
     if mrc is None:
         raise RuntimeError(f"job {job.id}: mrc.json is missing although the MRC stage is done")
     candidates = sweep_candidates(run.config, mrc.rows)
@@ -204,7 +198,7 @@ def pick_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> st
     outcome = curves["candidates"][curves["chosen"]]
     finetune = winner["finetune"]
     # finetune.json as a one-candidate job leaves it: the interpolate stage reads it.
-    storage = _stage_storage(resources.store, job_id, attempts)
+    storage = job_stage_storage(resources.store, job_id, attempts)
     stage_outputs.write_json(storage, FINETUNE_JSON, finetune)
     weights = winner["finetuned"]
     outputs = StageOutputs(
@@ -305,7 +299,7 @@ def record_sweep_interpolation(resources: WorkerResources, job: Job, run: Prepar
         **recorded, state_dict=interpolate_weights(run.original_state, weights,
                                                    float(recorded["chosen_alpha"])))
     return record_interpolation(
-        job, run, _stage_storage(resources.store, job.id, attempts), interpolation,
+        job, run, job_stage_storage(resources.store, job.id, attempts), interpolation,
         sweep_curves(curves["candidates"], curves["chosen"]), sweep=curves,
         metadata={"lr": repr(float(curves["candidates"][curves["chosen"]]["lr"]))})
 

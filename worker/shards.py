@@ -43,7 +43,7 @@ from rift.pipeline import (
 from worker.runtime import PartReporter, WorkerResources, settle_part_error
 from worker.stages import (
     SAFETENSORS,
-    ObjectStageStorage,
+    job_stage_storage,
     prepare,
     record_mrc,
     stage_object_key,
@@ -73,7 +73,8 @@ def start_mrc_shards(app: Celery, resources: WorkerResources, job: Job, run: Pre
     resolved, as a one-task stage makes it) is stored among the stage attempt's files; the merge
     records it."""
     if manifest is not None:
-        store_manifest(_stage_storage(resources, job.id, {StageName.MRC: attempt}), manifest)
+        store_manifest(job_stage_storage(resources.store, job.id, {StageName.MRC: attempt}),
+                       manifest)
     inputs = make_mrc_inputs(run, callbacks)
     names = select_modules(run.model, run.config.mrc)
     costs = estimate_module_costs(run.model, inputs.adversarial[:1], names)
@@ -166,7 +167,7 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
         [MRCStageResult.from_json({k: v for k, v in part.items() if k != "module_order"})
          for part in parts], order)
 
-    storage = _stage_storage(resources, job_id, attempts)
+    storage = job_stage_storage(resources.store, job_id, attempts)
     outputs = record_mrc(RiftConfig.model_validate(job.spec), merged, storage)
     manifest = stored_manifest(storage)
     if manifest is not None:
@@ -181,13 +182,6 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
     if following is not None:
         enqueue_stage(app, job_id, following)
     return "merged"
-
-
-def _stage_storage(resources: WorkerResources, job_id: str, attempts: Mapping[str, int]
-                   ) -> ObjectStageStorage:
-    """The job's stage files under each stage's attempt in ``attempts``."""
-    return ObjectStageStorage(resources.store, lambda stage, name: stage_object_key(
-        job_id, stage, attempts[stage], name))
 
 
 def redispatch_stale_shards(app: Celery, resources: WorkerResources) -> int:

@@ -52,8 +52,8 @@ from rift.stage_outputs import (
 from worker.inputs import fetch_checkpoint, fetch_dataset
 
 __all__ = ["FINETUNED", "SAFETENSORS", "ObjectStageStorage", "describe_device", "job_manifest",
-           "prepare", "record_interpolation", "record_mrc", "run_stage", "stage_object_key",
-           "store_manifest", "stored_manifest"]
+           "job_stage_storage", "prepare", "record_interpolation", "record_mrc", "run_stage",
+           "stage_object_key", "store_manifest", "stored_manifest"]
 
 SAFETENSORS = "application/octet-stream"
 MANIFEST_JSON = "manifest.json"
@@ -85,6 +85,13 @@ class ObjectStageStorage:
     def write_extra(self, stage: str, name: str, data: bytes, content_type: str) -> StoredObject:
         """A file beside the library's stage files (manifest, charts), under ``stage``'s key."""
         return self.store.put_bytes(self.key(stage, name), data, content_type=content_type)
+
+
+def job_stage_storage(store: ObjectStore, job_id: str, attempts: Mapping[str, int]
+                      ) -> ObjectStageStorage:
+    """The job's stage files, each stage's under its attempt in ``attempts`` (stage -> claim)."""
+    return ObjectStageStorage(store, lambda stage, name: stage_object_key(
+        job_id, stage, attempts[stage], name))
 
 
 def job_config(job: Job, *, dataset_path: Path | None, device: str | None,
@@ -124,10 +131,7 @@ def run_stage(stage: str, job: Job, run: PreparedRun, store: ObjectStore, work_d
     of this stage. ``manifest`` (see :func:`job_manifest`) is stored with the first stage's
     outputs."""
 
-    def key(of_stage: str, name: str) -> str:
-        return stage_object_key(job.id, of_stage, attempts[of_stage], name)
-
-    storage = ObjectStageStorage(store, key)
+    storage = job_stage_storage(store, job.id, attempts)
     if stage == StageName.MRC:
         outputs = _mrc(job, run, storage, callbacks)
         if manifest is not None:
