@@ -222,8 +222,12 @@ class InterpolationPointOut(BaseModel):
     alpha: float
     clean_accuracy: float = Field(description="Percent, on the test split.")
     robust_accuracy: float | None = Field(
-        description="Percent, under the job's attack; null where it was not measured because it "
-        "could not change the choice (interpolation.curve 'selection').")
+        description="Percent, under the job's attack; null where it was not measured in full "
+        "because it could not change the choice (interpolation.curve 'selection').")
+    robust_accuracy_at_most: float | None = Field(
+        None, description="Percent, an upper bound: the attack on this α stopped once its count "
+        "could no longer change the choice, so robust_accuracy is null. Null for a point "
+        "measured in full or never attacked.")
     chosen: bool
 
 

@@ -14,6 +14,10 @@ or a stage still running):
 - stalled attempts' objects: ``jobs/<id>/<stage>/attempt-<n>/`` objects that are neither an
   artifact nor the recorded attempt of a done stage nor the current attempt of an active job (a
   worker that lost its lease, a failed or cancelled stage);
+- a sweep's other candidates' objects: ``candidate-<i>.attempt-<n>.*`` objects in the recorded
+  attempt of a done fine-tune stage that are not an artifact (the winner's θ_FT is the stage's
+  ``finetuned.safetensors``). The pick deletes them at once; this catches what a crash right
+  after the pick, a failed delete or a candidate worker that lost its lease left;
 - with ``ARTIFACT_RETENTION_DAYS`` > 0, the artifact rows and every object of jobs that finished
   longer ago (the job row, its tables and events stay).
 
@@ -52,6 +56,7 @@ from persistence.object_keys import (
     CHECKPOINTS_PREFIX,
     DATASETS_PREFIX,
     JOBS_PREFIX,
+    is_candidate_object_key,
     parse_stage_object_key,
 )
 from persistence.settings import Settings
@@ -73,13 +78,15 @@ class JanitorReport:
     partial_uploads: list[str] = field(default_factory=list)
     orphan_objects: list[str] = field(default_factory=list)
     stalled_attempt_objects: list[str] = field(default_factory=list)
+    other_candidate_objects: list[str] = field(default_factory=list)
     expired_objects: list[str] = field(default_factory=list)
     expired_jobs: list[str] = field(default_factory=list)
 
     @property
     def removed(self) -> int:
         return (len(self.scratch_files) + len(self.partial_uploads) + len(self.orphan_objects)
-                + len(self.stalled_attempt_objects) + len(self.expired_objects))
+                + len(self.stalled_attempt_objects) + len(self.other_candidate_objects)
+                + len(self.expired_objects))
 
     def summary(self) -> str:
         return ", ".join(f"{name}={len(value)}" for name, value in asdict(self).items())
@@ -206,6 +213,9 @@ def sweep_objects(session: Session, store: ObjectStore, cutoff: datetime,
             _remove(store, item, report.expired_objects, dry_run)
         elif not _attempt_in_use(job, part.stage, part.attempt):
             _remove(store, item, report.stalled_attempt_objects, dry_run)
+        elif is_candidate_object_key(item.key) and _stage_done(job, part.stage):
+            # Not the winner's θ_FT (an artifact, kept above): nothing reads it again.
+            _remove(store, item, report.other_candidate_objects, dry_run)
 
 
 def _remove(store: ObjectStore, item: ObjectInfo, into: list[str], dry_run: bool) -> None:
@@ -253,6 +263,10 @@ def _attempt_in_use(job: _JobView, stage: str, attempt: int) -> bool:
     return status == StageStatus.DONE or job.status not in TERMINAL_STATUSES
 
 
+def _stage_done(job: _JobView, stage: str) -> bool:
+    return job.stages.get(stage, ("", -1))[0] == StageStatus.DONE
+
+
 def expire_artifact_rows(session: Session, retention_cutoff: datetime, now: datetime, *,
                          dry_run: bool = False) -> list[str]:
     """Delete the artifact rows of jobs that finished before ``retention_cutoff`` (logging an
@@ -279,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m persistence.janitor [--dry-run]``: one pass with the settings from the
     environment; prints what was removed as JSON."""
     parser = argparse.ArgumentParser(prog="python -m persistence.janitor", description=(
-        "Remove scratch files, partial uploads, objects without a row and stalled attempts' "
-        "objects older than JANITOR_GRACE_SECONDS, and expired artifacts "
+        "Remove scratch files, partial uploads, objects without a row, stalled attempts' "
+        "objects and a finished sweep's other candidates' objects older than "
+        "JANITOR_GRACE_SECONDS, and expired artifacts "
         "(ARTIFACT_RETENTION_DAYS)."))
     parser.add_argument("--dry-run", action="store_true",
                         help="list what would be removed, remove nothing")

@@ -428,8 +428,12 @@ class InterpolationPoint(Base):
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     alpha: Mapped[float] = mapped_column(Float)
     clean_accuracy: Mapped[float] = mapped_column(Float)
-    # NULL: not attacked because it could not change the choice (interpolation.curve 'selection').
+    # NULL: not measured in full because it could not change the choice (interpolation.curve
+    # 'selection').
     robust_accuracy: Mapped[float | None] = mapped_column(Float)
+    # An upper bound where the attack stopped early (robust_accuracy is NULL there); NULL for a
+    # point measured in full or never attacked (migration 0010).
+    robust_accuracy_at_most: Mapped[float | None] = mapped_column(Float)
 
 
 class JobEvent(Base):

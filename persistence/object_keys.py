@@ -6,6 +6,10 @@ ingest, the workers' stages) and for the janitor that decides what is left over.
   attempt writes its own keys, so a worker that stalled past its lease can only write under its
   own attempt's keys, which are never recorded; later stages read the recorded attempt of an
   earlier stage, which is its last claim (``job_stages.attempts``).
+- ``jobs/<job id>/finetune/attempt-<k>/candidate-<i>.attempt-<n>.<name>``: what attempt ``n`` of
+  candidate ``i`` of a sweep wrote (``worker/candidates.py``), under the fine-tune stage's attempt
+  that started the sweep. Once the stage is done only the winner's θ_FT (the stage's recorded
+  ``finetuned.safetensors``) is read again; the others are deleted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ DATASETS_PREFIX = "datasets/"
 JOBS_PREFIX = "jobs/"
 
 _STAGE_KEY = re.compile(r"^jobs/(?P<job>[^/]+)/(?P<stage>[^/]+)/attempt-(?P<attempt>\d+)/[^/]+$")
+#: The stage a sweep's candidates belong to (persistence.models.StageName.FINETUNE).
+CANDIDATES_STAGE = "finetune"
+_CANDIDATE_NAME = "candidate-"
+_CANDIDATE_KEY = re.compile(rf"^{JOBS_PREFIX}[^/]+/{CANDIDATES_STAGE}/attempt-\d+/"
+                            rf"{_CANDIDATE_NAME}\d+\.attempt-\d+\.[^/]+$")
 
 
 @dataclass(frozen=True)
@@ -45,3 +54,22 @@ def parse_stage_object_key(key: str) -> StageObjectKey | None:
     if match is None:
         return None
     return StageObjectKey(match["job"], match["stage"], int(match["attempt"]))
+
+
+def candidate_object_key(job_id: str, stage_attempt: int, candidate: int, attempt: int,
+                         name: str) -> str:
+    """Where attempt ``attempt`` of sweep candidate ``candidate`` writes ``name``, under attempt
+    ``stage_attempt`` of the fine-tune stage."""
+    return stage_object_key(job_id, CANDIDATES_STAGE, stage_attempt,
+                            f"{_CANDIDATE_NAME}{candidate}.attempt-{attempt}.{name}")
+
+
+def candidate_objects_prefix(job_id: str, stage_attempt: int) -> str:
+    """The prefix of every object the candidates of a sweep started by fine-tune stage attempt
+    ``stage_attempt`` wrote, all candidates and attempts."""
+    return stage_object_key(job_id, CANDIDATES_STAGE, stage_attempt, _CANDIDATE_NAME)
+
+
+def is_candidate_object_key(key: str) -> bool:
+    """A key made by :func:`candidate_object_key`."""
+    return _CANDIDATE_KEY.match(key) is not None

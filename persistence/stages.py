@@ -94,7 +94,8 @@ class ArtifactRecord:
 class StageOutputs:
     """What a finished stage records. Row dicts use the pipeline's keys (``name`` or ``module``
     for MRC rows; ``epoch``, ``lr``, ``train_loss``, ... for epochs; ``alpha``,
-    ``clean_accuracy``, ``robust_accuracy`` for interpolation points)."""
+    ``clean_accuracy``, ``robust_accuracy``, ``robust_accuracy_at_most`` for interpolation
+    points)."""
 
     mrc_rows: Sequence[Mapping[str, Any]] = ()
     epochs: Sequence[Mapping[str, Any]] = ()
@@ -357,6 +358,7 @@ def _insert_outputs(session: Session, job_id: str, outputs: StageOutputs, now: d
             job_id=job_id, position=position, alpha=float(row["alpha"]),
             clean_accuracy=float(row["clean_accuracy"]),
             robust_accuracy=_float(row.get("robust_accuracy")),
+            robust_accuracy_at_most=_float(row.get("robust_accuracy_at_most")),
         ))
     for artifact in outputs.artifacts:
         # merge: an artifact re-recorded under the same name replaces the row, never duplicates.

@@ -9,8 +9,10 @@ claim it, fine-tune its module at its rate from θ_AT and measure its interpolat
 (:func:`rift.pipeline.run_candidate`), store its θ_FT under its own key (its attempt's, so a worker
 that lost its lease never overwrites the recorded one) and record its outcome and stage records.
 Pick: the task that records the last candidate (or, after a crash, a re-sent candidate task that
-finds its candidate done) applies :func:`rift.sweep.choose_across` to all outcomes and finishes
-the fine-tune stage with the winner's records, as a one-candidate job would; the interpolate
+finds its candidate done) applies :func:`rift.sweep.choose_across` to all outcomes, finishes
+the fine-tune stage with the winner's records, as a one-candidate job would, and deletes the
+other candidates' θ_FT and superseded attempts (best effort: a failure is a warning event, and
+the janitor removes what is left once the stage is done); the interpolate
 stage then records the winner's curve, θ_α* (made again from θ_AT and the winner's θ_FT: the same
 tensors the candidate measured), ``result.json`` with ``"sweep"``, and ``curves.json``.
 """
@@ -18,20 +20,25 @@ tensors the candidate measured), ``result.json`` with ``"sweep"``, and ``curves.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from celery import Celery
+from sqlalchemy.orm import Session
 
-from persistence import stage_shards, stages
+from persistence import jobs, stage_shards, stages
 from persistence.models import Checkpoint, Dataset, Job, StageName, SweepCandidate
-from persistence.object_keys import stage_object_key
+from persistence.object_keys import (
+    candidate_object_key,
+    candidate_objects_prefix,
+)
 from persistence.queue import enqueue_stage
 from persistence.stage_shards import CANDIDATES, SHARDED_OWNER
 from persistence.stages import ArtifactRecord, ClaimOutcome, LeaseLost, StageOutputs
 from persistence.storage import ObjectNotFound, ObjectStore, StoredObject
 from persistence.time_limits import seconds_left
-from persistence.transactions import JobNotFound, load_stages
+from persistence.transactions import EventKind, JobNotFound, load_stages
 from reporting.charts import sweep_curves
 from rift import stage_outputs
 from rift.interpolation import interpolate_weights
@@ -46,7 +53,7 @@ from rift.pipeline import (
 from rift.stage_outputs import FINETUNE_JSON, FINETUNED
 from rift.sweep import Candidate, CandidateOutcome, curves_document, sweep_candidates
 from worker.runtime import PartReporter, WorkerResources, settle_part_error
-from worker.stages import ObjectStageStorage, prepare, record_interpolation
+from worker.stages import job_stage_storage, prepare, record_interpolation
 
 logger = logging.getLogger(__name__)
 
@@ -63,28 +70,23 @@ def enqueue_candidate(app: Celery, job_id: str, candidate: int,
                   queue=settings.celery_queue if settings is not None else None)
 
 
-def _stage_storage(store: ObjectStore, job_id: str, attempts: Attempts) -> ObjectStageStorage:
-    return ObjectStageStorage(store, lambda stage, name: stage_object_key(
-        job_id, stage, attempts[stage], name))
-
-
 class CandidateStorage:
     """One candidate attempt's files (``rift.stage_outputs`` names), under the fine-tune stage's
-    attempt as ``candidate-<i>.attempt-<n>.<name>``; remembers what it wrote."""
+    attempt as ``candidate-<i>.attempt-<n>.<name>`` (:func:`persistence.object_keys.
+    candidate_object_key`); remembers what it wrote."""
 
     def __init__(self, store: ObjectStore, job_id: str, stage_attempt: int, candidate: int,
                  attempt: int) -> None:
         self.store = store
-        self.prefix = stage_object_key(job_id, StageName.FINETUNE, stage_attempt,
-                                       f"candidate-{candidate}.attempt-{attempt}.")
+        self.key = partial(candidate_object_key, job_id, stage_attempt, candidate, attempt)
         self.written: dict[str, StoredObject] = {}
 
     def read_bytes(self, name: str) -> bytes | None:
-        key = self.prefix + name
+        key = self.key(name)
         return self.store.get_bytes(key) if self.store.exists(key) else None
 
     def write_bytes(self, name: str, data: bytes, content_type: str) -> None:
-        self.written[name] = self.store.put_bytes(self.prefix + name, data,
+        self.written[name] = self.store.put_bytes(self.key(name), data,
                                                   content_type=content_type)
 
 
@@ -95,7 +97,7 @@ def start_sweep(app: Celery, resources: WorkerResources, job: Job, run: Prepared
                 attempts: Attempts) -> int:
     """Record the job's candidates and send one message each; returns their number. Afterwards
     the candidates hold the fine-tune stage's work."""
-    mrc = load_mrc(_stage_storage(resources.store, job.id, attempts))
+    mrc = load_mrc(job_stage_storage(resources.store, job.id, attempts))
     if mrc is None:
         raise RuntimeError(f"job {job.id}: mrc.json is missing although the MRC stage is done")
     candidates = sweep_candidates(run.config, mrc.rows)
@@ -196,7 +198,7 @@ def pick_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> st
     outcome = curves["candidates"][curves["chosen"]]
     finetune = winner["finetune"]
     # finetune.json as a one-candidate job leaves it: the interpolate stage reads it.
-    storage = _stage_storage(resources.store, job_id, attempts)
+    storage = job_stage_storage(resources.store, job_id, attempts)
     stage_outputs.write_json(storage, FINETUNE_JSON, finetune)
     weights = winner["finetuned"]
     outputs = StageOutputs(
@@ -218,10 +220,62 @@ def pick_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> st
                                 outputs=outputs)
     except LeaseLost:
         return "done"  # another task recorded the pick first
+    # Before the next stage is sent, so that a finished job has nothing left over: a few deletes
+    # (at most 16 candidates, each with its attempts).
+    discard_other_candidates(resources.store, resources.session, job_id,
+                             attempts[StageName.FINETUNE], keep=weights["key"])
     following = stages.next_stage(StageName.FINETUNE)
     if following is not None:
         enqueue_stage(app, job_id, following)
     return "picked"
+
+
+def discard_other_candidates(store: ObjectStore, sessions: Callable[[], Session], job_id: str,
+                             stage_attempt: int, *, keep: str) -> None:
+    """Delete the sweep's candidate files except ``keep``, the winner's θ_FT, once the pick is
+    recorded with ``keep`` as the fine-tune stage's ``finetuned.safetensors``. Never raises: the
+    job goes on whatever happens here; a failure is logged and becomes a warning event (the
+    janitor removes what is left, :mod:`persistence.janitor`)."""
+    try:
+        failed = delete_candidate_objects(store, job_id, stage_attempt, keep=keep)
+        message = (None if not failed else
+                   f"{len(failed)} files of the sweep's other candidates could not be deleted "
+                   f"(the janitor retries): {', '.join(failed[:3])}"
+                   f"{' ...' if len(failed) > 3 else ''}")
+    except Exception as exc:
+        logger.warning("job %s: could not list the sweep's candidate files", job_id,
+                       exc_info=True)
+        first_line = (str(exc).splitlines() or [""])[0][:300]
+        message = (f"the sweep's other candidates' files could not be deleted (the janitor "
+                   f"retries): {type(exc).__name__}: {first_line}")
+    if message is None:
+        return
+    try:
+        with sessions() as session:
+            jobs.append_event(session, job_id, EventKind.WARNING,
+                              {"stage": StageName.FINETUNE.value, "message": message})
+    except Exception:
+        logger.warning("job %s: could not record the warning event", job_id, exc_info=True)
+
+
+def delete_candidate_objects(store: ObjectStore, job_id: str, stage_attempt: int, *,
+                             keep: str) -> list[str]:
+    """Delete every object the candidates of the sweep started by fine-tune stage attempt
+    ``stage_attempt`` wrote, except ``keep``: the losing candidates' θ_FT and every superseded
+    attempt (a lost candidate's earlier one, the winner's included). Nothing reads them again:
+    the interpolate stage (and its re-runs) and materializations read the winner's file alone,
+    and the candidates' recorded results keep their figures (their keys then name deleted
+    objects). Returns the keys whose delete failed (each logged); a failed listing raises."""
+    failed = []
+    for item in list(store.list_objects(candidate_objects_prefix(job_id, stage_attempt))):
+        if item.key == keep:
+            continue
+        try:
+            store.delete(item.key)
+        except Exception:
+            logger.warning("job %s: could not delete %s", job_id, item.key, exc_info=True)
+            failed.append(item.key)
+    return failed
 
 
 def record_sweep_interpolation(resources: WorkerResources, job: Job, run: PreparedRun,
@@ -245,7 +299,7 @@ def record_sweep_interpolation(resources: WorkerResources, job: Job, run: Prepar
         **recorded, state_dict=interpolate_weights(run.original_state, weights,
                                                    float(recorded["chosen_alpha"])))
     return record_interpolation(
-        job, run, _stage_storage(resources.store, job.id, attempts), interpolation,
+        job, run, job_stage_storage(resources.store, job.id, attempts), interpolation,
         sweep_curves(curves["candidates"], curves["chosen"]), sweep=curves,
         metadata={"lr": repr(float(curves["candidates"][curves["chosen"]]["lr"]))})
 

@@ -2,11 +2,13 @@
 task, the shard task ``rift.stage.mrc_shard``, and the merge (see :mod:`persistence.stage_shards`
 for the lease protocol).
 
-Prepare: make the adversarial set once, store it (safetensors) under the stage attempt's keys,
-split the modules into shards balanced by estimated cost (:mod:`rift.mrc_shards`), record the
-shards and send one message per shard. Shard: claim it, score its modules on the stored set,
-record its part. The task that records the last part (or, after a crash, a re-sent shard task that
-finds its shard done) merges the parts into one table, finishes the stage and sends the next one.
+Prepare: store the job's ``manifest.json`` and make the adversarial set once, both under the
+stage attempt's keys (the set as safetensors), split the modules into shards balanced by
+estimated cost (:mod:`rift.mrc_shards`), record the shards and send one message per shard. Shard:
+claim it, score its modules on the stored set, record its part. The task that records the last
+part (or, after a crash, a re-sent shard task that finds its shard done) merges the parts into one
+table, finishes the stage (with the manifest among its artifacts, as a one-task stage records it)
+and sends the next one.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,15 @@ from rift.pipeline import (
     score_modules,
 )
 from worker.runtime import PartReporter, WorkerResources, settle_part_error
-from worker.stages import SAFETENSORS, ObjectStageStorage, prepare, record_mrc, stage_object_key
+from worker.stages import (
+    SAFETENSORS,
+    job_stage_storage,
+    prepare,
+    record_mrc,
+    stage_object_key,
+    store_manifest,
+    stored_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +65,16 @@ def enqueue_shard(app: Celery, job_id: str, shard: int, countdown: float | None 
 
 
 def start_mrc_shards(app: Celery, resources: WorkerResources, job: Job, run: PreparedRun,
-                     callbacks: PipelineCallbacks, attempt: int) -> int:
+                     callbacks: PipelineCallbacks, attempt: int,
+                     manifest: Mapping[str, Any] | None = None) -> int:
     """The prepare step: adversarial set stored once, shards recorded and sent; returns their
-    number. The caller holds the MRC stage's lease; afterwards the shards hold the work."""
+    number. The caller holds the MRC stage's lease; afterwards the shards hold the work.
+    ``manifest`` (:func:`worker.stages.job_manifest`, made here where the job's device was
+    resolved, as a one-task stage makes it) is stored among the stage attempt's files; the merge
+    records it."""
+    if manifest is not None:
+        store_manifest(job_stage_storage(resources.store, job.id, {StageName.MRC: attempt}),
+                       manifest)
     inputs = make_mrc_inputs(run, callbacks)
     names = select_modules(run.model, run.config.mrc)
     costs = estimate_module_costs(run.model, inputs.adversarial[:1], names)
@@ -149,11 +167,11 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
         [MRCStageResult.from_json({k: v for k, v in part.items() if k != "module_order"})
          for part in parts], order)
 
-    def key(stage: str, name: str) -> str:
-        return stage_object_key(job_id, stage, attempts[stage], name)
-
-    outputs = record_mrc(RiftConfig.model_validate(job.spec), merged,
-                         ObjectStageStorage(resources.store, key))
+    storage = job_stage_storage(resources.store, job_id, attempts)
+    outputs = record_mrc(RiftConfig.model_validate(job.spec), merged, storage)
+    manifest = stored_manifest(storage)
+    if manifest is not None:
+        outputs.artifacts = [*outputs.artifacts, manifest]
     try:
         with resources.session() as session:
             stages.finish_stage(session, job_id, StageName.MRC, owner=SHARDED_OWNER,

@@ -7,6 +7,7 @@ artifact records are written by :func:`persistence.stages.finish_stage` in one t
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -51,10 +52,12 @@ from rift.stage_outputs import (
 from worker.inputs import fetch_checkpoint, fetch_dataset
 
 __all__ = ["FINETUNED", "SAFETENSORS", "ObjectStageStorage", "describe_device", "job_manifest",
-           "prepare", "record_interpolation", "record_mrc", "run_stage", "stage_object_key"]
+           "job_stage_storage", "prepare", "record_interpolation", "record_mrc", "run_stage",
+           "stage_object_key", "store_manifest", "stored_manifest"]
 
 SAFETENSORS = "application/octet-stream"
 MANIFEST_JSON = "manifest.json"
+JSON = "application/json"
 SVG = "image/svg+xml"
 
 ObjectKey = Callable[[str, str], str]  # (stage, file name) -> key in that stage's recorded attempt
@@ -82,6 +85,13 @@ class ObjectStageStorage:
     def write_extra(self, stage: str, name: str, data: bytes, content_type: str) -> StoredObject:
         """A file beside the library's stage files (manifest, charts), under ``stage``'s key."""
         return self.store.put_bytes(self.key(stage, name), data, content_type=content_type)
+
+
+def job_stage_storage(store: ObjectStore, job_id: str, attempts: Mapping[str, int]
+                      ) -> ObjectStageStorage:
+    """The job's stage files, each stage's under its attempt in ``attempts`` (stage -> claim)."""
+    return ObjectStageStorage(store, lambda stage, name: stage_object_key(
+        job_id, stage, attempts[stage], name))
 
 
 def job_config(job: Job, *, dataset_path: Path | None, device: str | None,
@@ -121,16 +131,11 @@ def run_stage(stage: str, job: Job, run: PreparedRun, store: ObjectStore, work_d
     of this stage. ``manifest`` (see :func:`job_manifest`) is stored with the first stage's
     outputs."""
 
-    def key(of_stage: str, name: str) -> str:
-        return stage_object_key(job.id, of_stage, attempts[of_stage], name)
-
-    storage = ObjectStageStorage(store, key)
+    storage = job_stage_storage(store, job.id, attempts)
     if stage == StageName.MRC:
         outputs = _mrc(job, run, storage, callbacks)
         if manifest is not None:
-            stored = storage.write_extra(StageName.MRC, MANIFEST_JSON, _json(manifest),
-                                         "application/json")
-            outputs.artifacts = [*outputs.artifacts, _record(MANIFEST_JSON, stored)]
+            outputs.artifacts = [*outputs.artifacts, store_manifest(storage, manifest)]
         return outputs
     if stage == StageName.FINETUNE:
         return _finetune(job, run, storage, callbacks)
@@ -158,6 +163,24 @@ def job_manifest(job: Job, checkpoint: Checkpoint, dataset: Dataset | None, run:
         device=describe_device(run.device), commit=commit,
         extra={"job_id": job.id, "checkpoint_id": checkpoint.id,
                "dataset_id": dataset.id if dataset is not None else None})
+
+
+def store_manifest(storage: ObjectStageStorage, manifest: Mapping[str, Any]) -> ArtifactRecord:
+    """Store the job's ``manifest.json`` among the MRC stage's files; returns its record."""
+    return _record(MANIFEST_JSON, storage.write_extra(StageName.MRC, MANIFEST_JSON,
+                                                      _json(manifest), JSON))
+
+
+def stored_manifest(storage: ObjectStageStorage) -> ArtifactRecord | None:
+    """The record of the ``manifest.json`` stored earlier among the MRC stage's files (by the
+    prepare step of a sharded MRC stage, for the merge to record), read back for its size and
+    digest; None when there is none (shards sent by a worker that did not store it)."""
+    key = storage.key(StageName.MRC, MANIFEST_JSON)
+    if not storage.store.exists(key):
+        return None
+    data = storage.store.get_bytes(key)
+    return ArtifactRecord(name=MANIFEST_JSON, storage_key=key, size=len(data),
+                          sha256=hashlib.sha256(data).hexdigest(), content_type=JSON)
 
 
 def _json(document: Mapping[str, Any]) -> bytes:

@@ -287,7 +287,8 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
             run_preflight_stage(run, callbacks)
             reporter.flush()
             # The shards hold the work from here; the last one finishes the stage.
-            start_mrc_shards(app, resources, claim.job, run, callbacks, claim.attempt)
+            start_mrc_shards(app, resources, claim.job, run, callbacks, claim.attempt,
+                             manifest)
             return "sharded", device
         if stage == StageName.FINETUNE and is_sweep(run.config):
             reporter.flush()

@@ -85,7 +85,8 @@ def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: Stor
     epochs = [{"epoch": e.epoch, "train_accuracy": e.train_accuracy, "val_accuracy": e.val_accuracy,
                "train_loss": e.train_loss} for e in get_epoch_metrics(session, job.id)]
     points = [{"alpha": p.alpha, "clean_accuracy": p.clean_accuracy,
-               "robust_accuracy": p.robust_accuracy}
+               "robust_accuracy": p.robust_accuracy,
+               "robust_accuracy_at_most": p.robust_accuracy_at_most}
               for p in get_interpolation_points(session, job.id)]
     main = Curve(job.selected_module or "fine-tuned module", points, job.chosen_alpha) if points else None
     manifest_row = get_artifact(session, job.id, MANIFEST)

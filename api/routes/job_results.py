@@ -69,17 +69,18 @@ def read_curves(job_id: str, session: SessionDep, caller: CallerDep) -> CurvesOu
     return CurvesOut(
         job_id=job.id, status=job.status, selected_module=job.selected_module,
         epochs=[EpochOut.model_validate(e, from_attributes=True) for e in epochs],
-        interpolation=[_point(p.alpha, p.clean_accuracy, p.robust_accuracy, chosen)
-                       for p in points],
+        interpolation=[_point(p.alpha, p.clean_accuracy, p.robust_accuracy,
+                              p.robust_accuracy_at_most, chosen) for p in points],
         chosen_alpha=chosen, metrics=job.metrics,
         candidates=[_candidate(c, winner) for c in get_sweep_candidates(session, job.id)],
         chosen_candidate=winner if isinstance(winner, int) else None)
 
 
-def _point(alpha: float, clean: float, robust: float | None, chosen: float | None
-           ) -> InterpolationPointOut:
+def _point(alpha: float, clean: float, robust: float | None, robust_at_most: float | None,
+           chosen: float | None) -> InterpolationPointOut:
     return InterpolationPointOut(
         alpha=alpha, clean_accuracy=clean, robust_accuracy=robust,
+        robust_accuracy_at_most=robust_at_most,
         chosen=chosen is not None and math.isclose(alpha, chosen, abs_tol=1e-9))
 
 
@@ -92,7 +93,8 @@ def _candidate(row: SweepCandidate, winner: object) -> CandidateCurveOut:
         attempts=row.attempts, chosen=winner == row.candidate, chosen_alpha=alpha,
         clean_accuracy=outcome.get("clean_accuracy"),
         robust_accuracy=outcome.get("robust_accuracy"), best_epoch=outcome.get("best_epoch"),
-        points=[_point(p["alpha"], p["clean_accuracy"], p.get("robust_accuracy"), alpha)
+        points=[_point(p["alpha"], p["clean_accuracy"], p.get("robust_accuracy"),
+                       p.get("robust_accuracy_at_most"), alpha)
                 for p in outcome.get("points", [])])
 
 

@@ -113,3 +113,62 @@ def test_a_sweep_runs_its_candidates_on_two_workers_and_picks_as_the_library_doe
     library = library_sweep(config, digits_checkpoint_path, result["mrc"], tmp_path / "library")
     assert library["sweep"] == document
     assert library["chosen_alpha"] == job["chosen_alpha"]
+
+
+def test_a_finished_sweep_keeps_only_the_winners_weights(
+        service_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
+        start_api: Callable[..., Api], digits_checkpoint_path: Path,
+        quick_config: dict[str, Any]) -> None:
+    import safetensors.torch
+    import torch
+
+    from persistence.storage import LocalObjectStore
+
+    worker = start_worker()
+    settings = settings_from_env(service_env)
+    api = start_api(settings, dispatcher=CeleryDispatcher(settings))
+    config = copy.deepcopy(quick_config)
+    config["finetune"].update(candidates=2)
+    checkpoint = upload_checkpoint(api, digits_checkpoint_path)
+    created = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                                "config": config})
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    job = wait_for_end(api, job_id, (worker,))
+    assert job["status"] == "succeeded", (job["error"], worker.log()[-3000:])
+    curves = api.client.get(f"/v1/jobs/{job_id}/curves").json()
+    winner = curves["chosen_candidate"]
+    assert len(curves["candidates"]) == 2 and winner in (0, 1)
+
+    # Of the candidates' θ_FT only the winner's is left: the fine-tune stage's recorded file.
+    store = LocalObjectStore(settings.store_root)
+    weights = [item.key for item in store.list_objects(f"jobs/{job_id}/finetune/")
+               if item.key.endswith(".safetensors")]
+    assert len(weights) == 1 and f"/candidate-{winner}.attempt-1." in weights[0], weights
+    listing = {a["name"]: a for a in
+               api.client.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]}
+    finetuned = api.client.get(listing["finetuned.safetensors"]["url"])
+    assert finetuned.status_code == 200
+    assert store.get_bytes(weights[0]) == finetuned.content
+    assert not any(e["kind"] == "warning" for e in api.client.get(
+        f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["items"])
+
+    # The results read as before: curves (each candidate's points as curves.json has them,
+    # bounds of cut-short points included), result.json, θ_α*, and weights at another α.
+    document = json.loads(api.client.get(listing["curves.json"]["url"]).content)
+    assert [c["points"] for c in curves["candidates"]] == [
+        [{**p, "chosen": p["alpha"] == c["chosen_alpha"]} for p in c["points"]]
+        for c in document["candidates"]]
+    assert api.client.get(listing["tuned.safetensors"]["url"]).status_code == 200
+    made = api.client.post(f"/v1/jobs/{job_id}/materialize", json={"alpha": 1.0})
+    assert made.status_code == 202, made.text
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while (row := api.client.get(made.json()["url"]).json())["status"] not in ("succeeded",
+                                                                              "failed"):
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    assert row["status"] == "succeeded", (row["error"], worker.log()[-3000:])
+    theta_ft = safetensors.torch.load(finetuned.content)
+    tensors = safetensors.torch.load(api.client.get(row["artifact_url"]).content)
+    assert tensors.keys() == theta_ft.keys()
+    assert all(torch.equal(tensors[k], theta_ft[k]) for k in theta_ft)  # α = 1 is θ_FT

@@ -10,13 +10,13 @@ from datetime import timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages
 from persistence.db import create_db_engine
 from persistence.migrate import downgrade_database, upgrade_database
-from persistence.models import Base, JobStatus, Project, StageStatus
+from persistence.models import Base, InterpolationPoint, JobStatus, Project, StageStatus
 from persistence.stages import ClaimOutcome, StageOutputs
 from tests.persistence.helpers import (
     LEASE,
@@ -45,6 +45,33 @@ def test_migrations_build_exactly_the_models_schema_and_downgrade_cleanly(db_url
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         upgrade_database(db_url)
         assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_migration_0010_adds_the_robust_bound_of_interpolation_points(
+        db_url: str, sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    job_id = new_job()
+    with sessions() as session:
+        session.add(InterpolationPoint(job_id=job_id, position=0, alpha=0.5, clean_accuracy=90.0,
+                                       robust_accuracy=None, robust_accuracy_at_most=61.5))
+        session.commit()
+    engine = create_db_engine(db_url)
+    try:
+        def columns() -> set[str]:
+            return {c["name"] for c in inspect(engine).get_columns("interpolation_points")}
+
+        def rows() -> list[tuple[object, ...]]:
+            with engine.connect() as connection:
+                return [tuple(row) for row in connection.execute(text(
+                    "SELECT * FROM interpolation_points ORDER BY position"))]
+
+        downgrade_database(db_url, "0009")
+        assert "robust_accuracy_at_most" not in columns()
+        assert rows() == [(job_id, 0, 0.5, 90.0, None)]  # the point stays, its bound goes
+        upgrade_database(db_url)
+        assert "robust_accuracy_at_most" in columns()
+        assert rows() == [(job_id, 0, 0.5, 90.0, None, None)]  # never stored: NULL
     finally:
         engine.dispose()
 

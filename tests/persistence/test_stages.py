@@ -189,8 +189,9 @@ def test_a_job_runs_through_all_stages_to_success(
     finish(sessions, job_id, "finetune", outputs=StageOutputs(epochs=epochs,
                                                               metrics={"best_epoch": 2}))
     claim(sessions, job_id, "interpolate")
-    points = [{"alpha": a, "clean_accuracy": 80 + a, "robust_accuracy": 40 - a}
-              for a in (0.0, 0.5, 1.0)]
+    # α = 1 cut short (interpolation.curve 'selection'): no robust accuracy, only its bound.
+    points = [{"alpha": a, "clean_accuracy": 80 + a, "robust_accuracy": 40 - a if a < 1 else None,
+               "robust_accuracy_at_most": None if a < 1 else 39.5} for a in (0.0, 0.5, 1.0)]
     tuned = ArtifactRecord("tuned.safetensors", f"jobs/{job_id}/artifacts/tuned.safetensors",
                            1000, "d" * 64, "application/octet-stream")
     finish(sessions, job_id, "interpolate", now=T0 + timedelta(minutes=5), outputs=StageOutputs(
@@ -208,7 +209,9 @@ def test_a_job_runs_through_all_stages_to_success(
         assert [s.status for s in job.stages] == ["done", "done", "done"]
         assert [(m.epoch, m.val_accuracy) for m in jobs.get_epoch_metrics(session, job_id)] == [
             (1, 71.0), (2, 72.0)]
-        assert [p.alpha for p in jobs.get_interpolation_points(session, job_id)] == [0, 0.5, 1]
+        assert [(p.alpha, p.robust_accuracy, p.robust_accuracy_at_most)
+                for p in jobs.get_interpolation_points(session, job_id)] == [
+            (0, 40.0, None), (0.5, 39.5, None), (1, None, 39.5)]
         assert [a.name for a in jobs.list_artifacts(session, job_id)] == [
             "mrc.csv", "tuned.safetensors"]
         assert jobs.get_artifact(session, job_id, "mrc.csv") is not None

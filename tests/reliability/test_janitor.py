@@ -16,7 +16,7 @@ from persistence import jobs
 from persistence.db import session_factory_from_settings
 from persistence.janitor import ARTIFACTS_EXPIRED, run_janitor
 from persistence.models import Artifact, Job, JobStage, utcnow
-from persistence.object_keys import stage_object_key
+from persistence.object_keys import candidate_object_key, stage_object_key
 from persistence.records import create_checkpoint
 from persistence.settings import Settings
 from persistence.storage import LocalObjectStore
@@ -119,6 +119,40 @@ def test_the_janitor_removes_exactly_what_nothing_uses(
     assert sorted(report.scratch_files) == sorted([str(scratch / "upload-1.part"),
                                                   str(stage_scratch)])
     assert list(scratch.iterdir()) == [] and not stage_scratch.exists()
+
+
+def test_the_janitor_removes_a_finished_sweeps_other_candidates_only(
+        settings: Settings, sessions: sessionmaker[Session]) -> None:
+    store = LocalObjectStore(settings.store_root)
+    store.put_bytes("checkpoints/c1.safetensors", b"x")
+    with sessions() as session:
+        checkpoint = create_checkpoint(session, filename="c.safetensors", size=1, sha256="0" * 64,
+                                       format="safetensors",
+                                       storage_key="checkpoints/c1.safetensors",
+                                       num_tensors=1, num_parameters=1)
+        picked = _job(session, checkpoint.id, "running", {
+            "mrc": ("done", 1), "finetune": ("done", 1), "interpolate": ("running", 1)})
+        sweeping = _job(session, checkpoint.id, "running", {
+            "mrc": ("done", 1), "finetune": ("running", 1)})
+        winner = candidate_object_key(picked, 1, 1, 2, "finetuned.safetensors")
+        session.add(Artifact(job_id=picked, name="finetuned.safetensors", storage_key=winner,
+                             size=1, sha256="0" * 64, content_type="application/octet-stream"))
+        session.commit()
+    # Left by a crash right after the pick, or written by a candidate worker past its lease.
+    others = {candidate_object_key(picked, 1, 0, 1, "finetuned.safetensors"),
+              candidate_object_key(picked, 1, 1, 1, "finetuned.safetensors")}
+    kept = {winner, stage_object_key(picked, "finetune", 1, "finetune.json"),
+            # A sweep still running: every candidate's file may still be picked.
+            candidate_object_key(sweeping, 1, 0, 1, "finetuned.safetensors"),
+            candidate_object_key(sweeping, 1, 1, 1, "finetuned.safetensors")}
+    for key in others | kept:
+        store.put_bytes(key, b"x")
+
+    with sessions() as session:
+        report = run_janitor(session, store, settings)
+    assert set(report.other_candidate_objects) == others
+    assert report.removed == len(others)
+    assert {o.key for o in store.list_objects("jobs/")} == kept
 
 
 def test_retention_removes_the_files_of_old_finished_jobs_only(

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs
 from persistence.models import Job
+from persistence.object_keys import candidate_object_key, stage_object_key
 from persistence.stage_shards import list_candidates
+from persistence.storage import LocalObjectStore, ObjectInfo, StoreUnavailable
 from tests.service_fixtures import WorkerProcess
 from tests.worker_jobs import wait_for
+from worker.candidates import discard_other_candidates
+from worker.stages import FINETUNED
 
 pytestmark = pytest.mark.service
 
@@ -28,6 +33,58 @@ pytestmark = pytest.mark.service
 def events(sessions: sessionmaker[Session], job_id: str) -> list[tuple[str, dict[str, Any]]]:
     with sessions() as session:
         return [(e.kind, e.payload) for e in jobs.list_events(session, job_id, limit=10_000)]
+
+
+class _StoreFailingOn(LocalObjectStore):
+    """A local store whose deletes of ``failing`` keys (or, with ``listing``, whose listings)
+    fail as an unreachable store's would."""
+
+    def __init__(self, root: Path, failing: Collection[str] = (), listing: bool = False) -> None:
+        super().__init__(root)
+        self.failing, self.listing = failing, listing
+
+    def delete(self, key: str) -> None:
+        if key in self.failing:
+            raise StoreUnavailable(f"cannot delete {key}")
+        super().delete(key)
+
+    def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if self.listing:
+            raise StoreUnavailable("cannot list")
+        return super().list_objects(prefix)
+
+
+def test_the_pick_deletes_every_candidate_file_but_the_winners_and_failures_only_warn(
+        sessions: sessionmaker[Session], submit: Callable[..., str],
+        quick_config: dict[str, Any], tmp_path: Path) -> None:
+    job_id = submit(quick_config, send=False)
+    winner = candidate_object_key(job_id, 2, 1, 2, FINETUNED)  # candidate 1's second attempt
+    others = {candidate_object_key(job_id, 2, 0, 1, FINETUNED),  # the loser
+              candidate_object_key(job_id, 2, 1, 1, FINETUNED)}  # the winner's lost attempt
+    untouched = {stage_object_key(job_id, "finetune", 2, "finetune.json"),
+                 # An earlier stage attempt's: the janitor's (a stalled attempt).
+                 candidate_object_key(job_id, 1, 0, 1, FINETUNED)}
+    store = _StoreFailingOn(tmp_path / "objects", failing={min(others)})
+    for key in {winner} | others | untouched:
+        store.put_bytes(key, b"x")
+
+    def stored() -> set[str]:
+        return {item.key for item in store.list_objects(f"jobs/{job_id}/")}
+
+    def warnings() -> list[str]:
+        return [p["message"] for kind, p in events(sessions, job_id) if kind == "warning"]
+
+    # A delete that fails is a warning event naming the file; the others are deleted.
+    discard_other_candidates(store, sessions, job_id, 2, keep=winner)
+    assert stored() == {winner, min(others)} | untouched
+    assert len(warnings()) == 1 and min(others) in warnings()[0]
+    # A store that cannot even list: a warning too, nothing raised.
+    discard_other_candidates(_StoreFailingOn(store.root, listing=True), sessions, job_id, 2,
+                             keep=winner)
+    assert len(warnings()) == 2 and "StoreUnavailable" in warnings()[1]
+    # Once the store answers again, only the winner's θ_FT is left of the candidates.
+    discard_other_candidates(LocalObjectStore(store.root), sessions, job_id, 2, keep=winner)
+    assert stored() == {winner} | untouched and len(warnings()) == 2
 
 
 def test_a_lost_candidate_is_re_run_alone(

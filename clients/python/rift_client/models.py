@@ -148,7 +148,10 @@ class InterpolationPoint(_Resource):
     clean_accuracy: float
     robust_accuracy: float | None = Field(
         None, description="None where interpolation.curve is 'selection' and this α could not "
-        "change the choice, so it was not attacked.")
+        "change the choice, so it was not measured in full.")
+    robust_accuracy_at_most: float | None = Field(
+        None, description="An upper bound (percent) where the attack on this α stopped early; "
+        "None for a point measured in full or never attacked.")
     chosen: bool = False
 
 

@@ -1,0 +1,66 @@
+"""A job whose MRC stage runs as shards (``mrc.shards`` > 1) through HTTP on a real Celery worker
+(Postgres, Redis): it records what a one-task MRC stage records, ``manifest.json`` included, so
+the artifact route and the report page find it."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.dispatch import CeleryDispatcher
+from rift.config import RiftConfig
+from rift.manifest import config_from_manifest
+from tests.api.helpers import Api, upload_checkpoint
+from tests.service_fixtures import WorkerProcess, settings_from_env
+
+pytestmark = [pytest.mark.service, pytest.mark.slow]
+
+JOB_TIMEOUT_S = 300.0
+
+
+def test_a_sharded_job_stores_its_manifest(
+        service_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
+        start_api: Callable[..., Api], digits_checkpoint_path: Path,
+        quick_config: dict[str, Any]) -> None:
+    worker = start_worker()
+    settings = settings_from_env(service_env)
+    api = start_api(settings, dispatcher=CeleryDispatcher(settings))
+    config = copy.deepcopy(quick_config)
+    config["mrc"]["shards"] = 2
+    checkpoint = upload_checkpoint(api, digits_checkpoint_path)
+    created = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                                "config": config})
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while (job := api.client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    assert job["status"] == "succeeded", (job["error"], worker.log()[-3000:])
+    events = api.client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["items"]
+    assert [e["payload"]["shards"] for e in events if e["kind"] == "mrc_sharded"] == [2]
+
+    listing = {a["name"]: a for a in
+               api.client.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]}
+    assert "manifest.json" in listing
+    download = api.client.get(listing["manifest.json"]["url"])
+    assert download.status_code == 200
+    assert hashlib.sha256(download.content).hexdigest() == listing["manifest.json"]["sha256"]
+    assert len(download.content) == listing["manifest.json"]["size"]
+    # The manifest a one-task MRC stage stores: the job's ids, inputs and config (shards too).
+    manifest = download.json()
+    assert (manifest["job_id"], manifest["checkpoint_id"]) == (job_id, checkpoint["id"])
+    assert manifest["checkpoint_sha256"] == checkpoint["sha256"]
+    assert manifest["config"] == job["config"] and manifest["config"]["mrc"]["shards"] == 2
+    assert config_from_manifest(manifest) == RiftConfig.model_validate(job["config"])
+    assert manifest["device"] == job["device"] == "cpu"
+
+    report = api.client.get(f"/v1/jobs/{job_id}/report")
+    assert report.status_code == 200 and "No manifest recorded" not in report.text
+    assert checkpoint["sha256"] in report.text  # the manifest is on the page
