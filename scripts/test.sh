@@ -9,4 +9,6 @@ bash scripts/ensure_venv.sh
 # Lint and types first: seconds, and they catch what tests often miss.
 .venv/bin/ruff check --quiet .
 .venv/bin/mypy --no-error-summary rift persistence api worker validator reporting clients/python/rift_client
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# One pytest process per core (RIFT_TEST_PROCESSES overrides): much of the suite waits on
+# worker and API processes, and each test has its own database, queue and folders.
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${RIFT_TEST_PROCESSES:-auto}" "$@"

@@ -36,6 +36,15 @@ def _source_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist several test processes share the cores: one math thread each (and for
+    the worker and API processes they start, which inherit the environment), instead of every
+    process spinning a thread per core against the others."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
 @pytest.fixture(scope="session")
 def digits_checkpoint_info() -> dict[str, Any]:
     """Path and measured test accuracies of ``small_cnn`` adversarially trained on digits (CPU)."""

@@ -116,5 +116,7 @@ def test_clean_correct_is_the_argmax() -> None:
 
 
 def test_a_stop_chunk_keeps_a_bounded_overshoot() -> None:
-    assert stop_chunk(449, 512) == 15 and stop_chunk(10_000, 256) == 256
-    assert stop_chunk(5, 512) == 1
+    assert stop_chunk(4_000, 512) == 125 and stop_chunk(10_000, 256) == 256
+    # A floor on small sets (a call has a fixed cost), still within the set and the batch size.
+    assert stop_chunk(449, 512) == 64 and stop_chunk(449, 16) == 16
+    assert stop_chunk(5, 512) == 5 and stop_chunk(0, 512) == 1
