@@ -189,6 +189,10 @@ class FinetuneSpec(_Strict):
     def _positive_rates(cls, value: list[float] | None) -> list[float] | None:
         if value is not None and any(not (0.0 < lr <= 10.0) for lr in value):
             raise ValueError("every learning rate must lie in (0, 10]")
+        if value is not None and len(set(value)) < len(value):
+            repeated = sorted({lr for lr in value if value.count(lr) > 1})
+            # The same (module, lr) twice would fine-tune and attack the same candidate twice.
+            raise ValueError(f"each learning rate may appear once; repeated: {repeated}")
         return value
     selection_split: Literal["validation", "test"] = Field(
         "validation", description="'validation': train on the training split less the "

@@ -61,3 +61,14 @@ def test_the_sweep_chooses_by_the_rule_over_all_curves(
     assert (sweep["chosen"], result["chosen_alpha"]) == (index, alpha)
     assert result["selected_module"] == sweep["candidates"][index]["module"]
     assert json.loads((tmp_path / "out" / "curves.json").read_text()) == sweep
+
+
+def test_a_rate_listed_twice_is_refused_naming_it() -> None:
+    from pydantic import ValidationError
+
+    from rift.config import FinetuneSpec
+
+    with pytest.raises(ValidationError, match=r"repeated: \[0\.01\]") as raised:
+        FinetuneSpec(lr_grid=[0.01, 0.001, 0.01])
+    assert raised.value.errors()[0]["loc"] == ("lr_grid",)
+    assert FinetuneSpec(lr_grid=[0.01, 0.001]).lr_grid == [0.01, 0.001]
