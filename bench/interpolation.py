@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from synthetic import write_template_dataset, write_theta_at  # bench/ is on sys.path
 
+from rift import sequential_attack
 from rift.config import RiftConfig
 from rift.demo import DIGITS_DEMO_CONFIG, make_digits_checkpoint
 from rift.evaluation import evaluate_accuracy
@@ -147,7 +148,14 @@ def main() -> None:
                         help="adversarially train the ResNet this many epochs first (0: random "
                         "weights, a flat curve: one class at every α)")
     parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="also write the JSON report to this file")
+    parser.add_argument("--min-stop-chunk", type=int, default=None,
+                        help="override rift.sequential_attack.MIN_STOP_CHUNK (1: chunks of "
+                        "1/32 of the set, the rule before the floor)")
     args = parser.parse_args()
+    if args.min_stop_chunk is not None:
+        sequential_attack.MIN_STOP_CHUNK = args.min_stop_chunk
     runs = [] if args.skip_digits else [_digits(s, args.device, args.alpha_step)
                                         for s in args.seeds]
     if not args.skip_resnet:
@@ -158,11 +166,12 @@ def main() -> None:
     selection = sum(r["pgd_evaluations_selection"] for r in runs)
     examples_full = sum(r["pgd_examples_full"] for r in runs)
     examples_selection = sum(r["pgd_examples_selection"] for r in runs)
-    print(json.dumps({
+    text = json.dumps({
         "benchmark": "interpolation_selection",
         "device": args.device,
         "threads": torch.get_num_threads(),
         "alpha_step": args.alpha_step,
+        "min_stop_chunk": sequential_attack.MIN_STOP_CHUNK,
         "pgd_evaluations_full": full,
         "pgd_evaluations_selection": selection,
         "ratio": round(selection / full, 4),
@@ -178,7 +187,10 @@ def main() -> None:
             "attack_steps": args.resnet_attack_steps, "module": args.resnet_module,
             "at_epochs": args.resnet_at_epochs},
         "runs": runs,
-    }, indent=2))
+    }, indent=2)
+    print(text)
+    if args.output is not None:
+        args.output.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -146,13 +146,13 @@ def _digits_comparison(alpha_step: float, output: Path | None) -> None:
         _compare(RiftConfig.model_validate(spec), checkpoint, "digits demo job, seed 0", output)
 
 
-def _write_random_job(root: Path, arch: str, train: int, test: int) -> DatasetSpec:
+def _write_random_job(root: Path, arch: str, train: int, test: int, size: int) -> DatasetSpec:
     """Random uint8 images with random labels and randomly initialised weights (timing only)."""
     rng = np.random.default_rng(0)
     np.savez(root / "data.npz",
-             x=rng.integers(0, 256, (train, 32, 32, 3), dtype=np.uint8),
+             x=rng.integers(0, 256, (train, size, size, 3), dtype=np.uint8),
              y=rng.integers(0, 10, train),
-             x_test=rng.integers(0, 256, (test, 32, 32, 3), dtype=np.uint8),
+             x_test=rng.integers(0, 256, (test, size, size, 3), dtype=np.uint8),
              y_test=rng.integers(0, 10, test))
     torch.manual_seed(0)
     model = build_model(ArchitectureSpec(name=arch, num_classes=10))
@@ -175,6 +175,8 @@ def main() -> None:
     parser.add_argument("--mrc-batch-size", type=int, default=512)
     parser.add_argument("--mrc-steps", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--image-size", type=int, default=32,
+                        help="side of the synthetic images (the ResNets pool adaptively)")
     parser.add_argument("--at-epochs", type=int, default=0,
                         help="PGD-train θ_AT this many epochs on learnable synthetic data first "
                         "(0: random weights on random data, a flat α curve)")
@@ -198,12 +200,13 @@ def main() -> None:
         if args.at_epochs:
             # A learnable class pattern and a PGD-trained θ_AT: curves that are not flat, so the
             # α selection can stop early as on a real job.
-            dataset = write_template_dataset(root / "data.npz", args.train, args.test)
+            dataset = write_template_dataset(root / "data.npz", args.train, args.test,
+                                             image_size=args.image_size)
             write_theta_at(root / "model.safetensors", args.arch, dataset,
                            AttackSpec(steps=args.attack_steps), at_epochs=args.at_epochs,
                            device=args.device)
         else:
-            dataset = _write_random_job(root, args.arch, args.train, args.test)
+            dataset = _write_random_job(root, args.arch, args.train, args.test, args.image_size)
         config = RiftConfig.model_validate({
             "architecture": {"name": args.arch, "num_classes": 10},
             "dataset": dataset.model_dump(),

@@ -24,14 +24,15 @@ from rift.device import resolve_device
 from rift.models import build_model
 
 
-def write_template_dataset(path: Path, train: int, test: int, seed: int = 0) -> DatasetSpec:
-    """Write an npz of ``train`` + ``test`` template-plus-noise images (uint8, NHWC) and random
-    labels; returns the dataset spec that reads it."""
+def write_template_dataset(path: Path, train: int, test: int, seed: int = 0,
+                           image_size: int = 32) -> DatasetSpec:
+    """Write an npz of ``train`` + ``test`` template-plus-noise images (uint8, NHWC, square of
+    ``image_size``) and random labels; returns the dataset spec that reads it."""
     rng = np.random.default_rng(seed)
-    templates = rng.integers(0, 256, (10, 32, 32, 3))
+    templates = rng.integers(0, 256, (10, image_size, image_size, 3))
 
     def images(labels: np.ndarray) -> np.ndarray:
-        noise = rng.integers(0, 256, (len(labels), 32, 32, 3))
+        noise = rng.integers(0, 256, (len(labels), image_size, image_size, 3))
         return ((templates[labels] + noise) // 2).astype(np.uint8)
 
     y, y_test = rng.integers(0, 10, train), rng.integers(0, 10, test)

@@ -57,9 +57,17 @@ def digits_checkpoint_info() -> dict[str, Any]:
     path = cache / f"digits-small-cnn-{_source_digest()}.safetensors"
     info_path = path.with_suffix(".json")
     if not (path.exists() and info_path.exists()):
-        info = make_digits_checkpoint(path, seed=0, device="cpu")
+        # Several test processes (pytest-xdist) may make it at once: each writes its own files
+        # and renames them into place, the checkpoint before the info that marks it complete.
+        def own(final: Path) -> Path:
+            return final.with_name(f".{os.getpid()}-{final.name}")
+
+        info = make_digits_checkpoint(own(path), seed=0, device="cpu")
         info.pop("history", None)
-        info_path.write_text(json.dumps(info))
+        info["path"] = str(path)
+        own(info_path).write_text(json.dumps(info))
+        os.replace(own(path), path)
+        os.replace(own(info_path), info_path)
     return json.loads(info_path.read_text())
 
 

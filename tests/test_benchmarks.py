@@ -1,0 +1,55 @@
+"""The benchmarks in bench/ still run and print the JSON the README quotes (tiny sizes: what is
+checked is that they work and what their answers must satisfy, never their timings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_bench(script: str, *args: str, tmp_path: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
+    output = tmp_path / "report.json"
+    completed = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / script), *args, "--output", str(output)],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    printed = json.loads(completed.stdout)
+    assert json.loads(output.read_text()) == printed
+    return printed
+
+
+@pytest.mark.slow
+def test_the_whole_job_comparison_runs_on_a_trained_synthetic_resnet(tmp_path: Path) -> None:
+    report = _run_bench(
+        "pipeline.py", "--reference-cost", "--device", "cpu", "--train", "64", "--test", "16",
+        "--alpha-step", "0.5", "--mrc-examples", "8", "--mrc-batch-size", "8", "--mrc-steps",
+        "1", "--epochs", "1", "--attack-steps", "1", "--at-epochs", "1", "--image-size", "8",
+        tmp_path=tmp_path)
+    assert report["benchmark"] == "pipeline_reference_cost"
+    assert "PGD-trained 1 epochs" in report["job"]
+    library, reference = report["library"], report["reference_cost"]
+    # The reference flow attacks every α of the grid (0, 0.5, 1); the library at most that.
+    assert reference["robust_evaluations"] == 3
+    assert 1 <= library["robust_evaluations"] <= 3
+    for flow in (library, reference):
+        assert set(flow["cpu_seconds"]) == {"mrc", "finetune", "interpolation", "total"}
+    assert set(report["cpu_ratio_reference_over_library"]) == set(library["cpu_seconds"])
+
+
+@pytest.mark.slow
+def test_the_alpha_selection_count_chooses_the_full_grids_alpha(tmp_path: Path) -> None:
+    report = _run_bench("interpolation.py", "--skip-resnet", "--seeds", "0", "--alpha-step",
+                        "0.25", tmp_path=tmp_path)
+    for key in ("pgd_evaluations_full", "pgd_evaluations_selection", "ratio", "same_alpha"):
+        assert key in report
+    assert report["same_alpha"] is True and report["same_chosen_robust_accuracy"] is True
+    assert report["pgd_examples_selection"] <= report["pgd_examples_full"]
