@@ -33,6 +33,7 @@ from rift.device import resolve_device
 from rift.models import build_model
 from rift.mrc import make_adversarial_set, module_robust_criticality
 from rift.mrc_reference import plain_module_robust_criticality
+from rift.mrc_shards import estimate_module_costs
 
 
 def _randomise_batchnorm(model: torch.nn.Module, generator: torch.Generator) -> None:
@@ -164,7 +165,25 @@ def main() -> None:
         "lowest_cached": lowest_cached,
         "lowest_reference": lowest_plain,
         "same_lowest_module": lowest_cached == lowest_plain,
+        "flop_model_ratio": round(_flop_model_ratio(model, adversarial, names, spec), 3),
     }, indent=2))
+
+
+def _flop_model_ratio(model: torch.nn.Module, adversarial: torch.Tensor, names: list[str],
+                      spec: MRCSpec) -> float:
+    """The reference cost over the cached engine's, counted in multiply-accumulates with a
+    backward pass costing one forward of the part it runs through: the ceiling of the measured
+    ratio where arithmetic dominates (a CPU). Per module, with s its suffix's share of the
+    network and b batches per pass: the reference runs b × (full forward + backward down to the
+    module) + b × full measuring forward = b(2 + s); the cached engine runs b × (suffix forward +
+    backward) + (b − 1) × suffix measuring forward (one batch's measurement is its ascent
+    forward) = s(3b − 1)."""
+    costs = estimate_module_costs(model, adversarial[:1], names)
+    whole = max(costs.values())
+    batches = math.ceil(spec.num_examples / spec.batch_size)
+    shares = [costs[name] / whole for name in names]
+    return (sum(batches * (2 + s) for s in shares)
+            / sum(s * (3 * batches - 1) for s in shares))
 
 
 if __name__ == "__main__":
