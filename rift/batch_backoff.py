@@ -9,7 +9,9 @@ tries again with half the batch, down to ``min_batch_size``.
 Use it only where the batch size does not change the result beyond float rounding: evaluation and
 making adversarial examples (every example is attacked independently). The MRC ascent and
 fine-tuning take one optimisation step per batch, so their batch size is part of the protocol and
-is never changed behind the user's back.
+is never changed behind the user's back: the MRC ascent instead computes a batch that does not
+fit in parts and sums their gradients, the same step (``rift.mrc._LossProbe``); fine-tuning
+(BatchNorm in train mode normalises by the whole batch) has no such exact way out.
 """
 
 from __future__ import annotations

@@ -159,36 +159,90 @@ class _LossProbe:
     ascent pass takes that batch's loss from its own forward instead of running it twice; the
     other batches are measured (without grad) before the pass moves the weights. The values are
     those of a separate measurement; a one-batch set saves a whole forward pass per step.
+
+    On out-of-memory a batch is computed again in parts of half the size (``micro``), their
+    gradients summed: still one ascent step per batch of ``mrc.batch_size``, the same step up to
+    float rounding (BatchNorm is in eval mode, so a part's outputs do not depend on the others).
     """
 
     def __init__(self, segment: Segment, cache: list[tuple[torch.Tensor, ...]],
                  labels: list[torch.Tensor], precision: str,
-                 should_cancel: ShouldCancel | None) -> None:
+                 should_cancel: ShouldCancel | None, *, micro: int | None = None,
+                 on_backoff: Callable[[int, int], None] | None = None) -> None:
         self.segment, self.cache, self.labels = segment, cache, labels
         self.precision, self.should_cancel = precision, should_cancel
         self.examples = sum(len(y) for y in labels)
-
-    def _logits(self, index: int) -> torch.Tensor:
-        raise_if_cancelled(self.should_cancel)
-        with autocast(self.labels[index].device, self.precision):
-            return self.segment.suffix(*self.cache[index]).float()
+        self.micro, self.on_backoff = micro, on_backoff  # examples per part; None: whole batch
 
     def _new_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.labels[0].device
         return (torch.zeros((), dtype=torch.float64, device=device),
                 torch.zeros((), dtype=torch.int64, device=device))
 
-    def _accumulate(self, sums: tuple[torch.Tensor, torch.Tensor], logits: torch.Tensor,
-                    index: int) -> torch.Tensor:
-        """Add a batch's summed loss and hits to ``sums``; returns the summed loss (with grad)."""
-        labels = self.labels[index]
-        loss_sum = F.cross_entropy(logits, labels, reduction="sum")
-        sums[0].add_(loss_sum.detach().double())
-        sums[1].add_((logits.detach().argmax(1) == labels).sum())
-        return loss_sum
-
     def _result(self, sums: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
         return float(sums[0]) / self.examples, 100.0 * float(sums[1]) / self.examples
+
+    def _parts(self, index: int) -> list[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        inputs, labels = self.cache[index], self.labels[index]
+        size = self.micro
+        if size is None or size >= len(labels):
+            return [(inputs, labels)]
+        return [(tuple(x[start:start + size] for x in inputs), labels[start:start + size])
+                for start in range(0, len(labels), size)]
+
+    def _batch(self, index: int, weight: nn.Parameter | None,
+               sums: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | None:
+        """The gradient of batch ``index``'s mean loss w.r.t. ``weight`` (None: no gradient),
+        adding the batch's summed loss and hits to ``sums`` when given."""
+        while True:
+            try:
+                grad, batch_sums = self._batch_once(index, weight)
+                break
+            except torch.OutOfMemoryError:
+                if not self._can_split(index):
+                    raise
+                self._halve_parts(index)
+        if sums is not None:
+            sums[0].add_(batch_sums[0])
+            sums[1].add_(batch_sums[1])
+        return grad
+
+    def _batch_once(self, index: int, weight: nn.Parameter | None
+                    ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
+        batch_sums, grad = self._new_sums(), None
+        size = len(self.labels[index])
+        for inputs, labels in self._parts(index):
+            raise_if_cancelled(self.should_cancel)
+            with torch.set_grad_enabled(weight is not None):
+                with autocast(labels.device, self.precision):
+                    logits = self.segment.suffix(*inputs).float()
+                loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+            batch_sums[0].add_(loss_sum.detach().double())
+            batch_sums[1].add_((logits.detach().argmax(1) == labels).sum())
+            if weight is not None:
+                (part,) = torch.autograd.grad(loss_sum / size, weight)
+                grad = part if grad is None else grad.add_(part)
+        return grad, batch_sums
+
+    def _can_split(self, index: int) -> bool:
+        """Whether the batch can be cut in smaller parts: more than one example per part, and
+        every cached prefix output indexed by example (a traced prefix may also hand over, e.g.,
+        a size that a slice would make wrong)."""
+        size = len(self.labels[index])
+        return (self.micro or size) > 1 and all(
+            isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == size
+            for x in self.cache[index])
+
+    def _halve_parts(self, index: int) -> None:
+        current = self.micro or len(self.labels[index])
+        smaller = max(1, current // 2)
+        logger.warning("out of memory in the MRC ascent at %d examples per pass part; "
+                       "continuing with %d (same steps, summed gradients)", current, smaller)
+        if self.on_backoff is not None:
+            self.on_backoff(current, smaller)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give the failed attempt's cached blocks back
+        self.micro = smaller
 
     def reshuffle(self, generator: torch.Generator) -> None:
         """Redraw which examples form each batch (same batch sizes), from ``generator``."""
@@ -205,26 +259,20 @@ class _LossProbe:
         percent) of the weights the pass starts from."""
         sums = self._new_sums()
         if measure_start:
-            with torch.no_grad():
-                for index in range(1, len(self.cache)):
-                    self._accumulate(sums, self._logits(index), index)
+            for index in range(1, len(self.cache)):
+                self._batch(index, None, sums)
         for index in range(len(self.cache)):
-            logits = self._logits(index)
-            if measure_start and index == 0:
-                loss_sum = self._accumulate(sums, logits, index)
-            else:
-                loss_sum = F.cross_entropy(logits, self.labels[index], reduction="sum")
-            (grad,) = torch.autograd.grad(loss_sum / len(self.labels[index]), weight)
+            grad = self._batch(index, weight, sums if measure_start and index == 0 else None)
+            assert grad is not None
             with torch.no_grad():
                 weight.add_(step(grad).to(weight.dtype))
         return self._result(sums) if measure_start else None
 
-    @torch.no_grad()
     def measure(self) -> tuple[float, float]:
         """(mean robust loss, robust accuracy in percent) over the whole adversarial set."""
         sums = self._new_sums()
         for index in range(len(self.cache)):
-            self._accumulate(sums, self._logits(index), index)
+            self._batch(index, None, sums)
         return self._result(sums)
 
 
@@ -306,13 +354,16 @@ def module_robust_criticality(
     on_module: Callable[[ModuleCriticality, int, int], None] | None = None,
     should_cancel: ShouldCancel | None = None,
     seed: int = 0,
+    on_backoff: Callable[[int, int], None] | None = None,
 ) -> MRCReport:
     """Score every selected conv/linear module of ``model`` on a fixed adversarial set.
 
     ``adversarial_images`` (N, C, H, W) in [0, 1] and ``labels`` (N,) live on the model's device.
     The model is kept in eval mode (BatchNorm running statistics), every weight is left exactly as
     it was, and ``on_module(row, index, total)`` is called after each module. ``seed`` draws the
-    batch orders when ``spec.reshuffle`` is set (the same for every module).
+    batch orders when ``spec.reshuffle`` is set (the same for every module). On out-of-memory a
+    batch is computed in smaller parts (see ``_LossProbe``), ``on_backoff(failed, next)`` is
+    called, and later modules keep the smaller parts.
     """
     names = select_modules(model, spec)
     with frozen_except(model):
@@ -322,8 +373,9 @@ def module_robust_criticality(
         label_batches = list(labels.split(spec.batch_size))
 
         full = full_model_segment(model)
-        baseline = _LossProbe(full, [(x,) for x in image_batches], label_batches, precision,
-                              should_cancel).measure()
+        probe = _LossProbe(full, [(x,) for x in image_batches], label_batches, precision,
+                           should_cancel, on_backoff=on_backoff)
+        baseline, micro = probe.measure(), probe.micro
         if not math.isfinite(baseline[0]):
             raise NumericalError(
                 f"the robust loss of the original weights is {baseline[0]}: check the "
@@ -337,7 +389,8 @@ def module_robust_criticality(
             segment = segment or full
             with torch.no_grad(), autocast(adversarial_images.device, precision):
                 cache = [tuple(segment.prefix(x)) for x in image_batches]
-            probe = _LossProbe(segment, cache, label_batches, precision, should_cancel)
+            probe = _LossProbe(segment, cache, label_batches, precision, should_cancel,
+                               micro=micro, on_backoff=on_backoff)
             weight = module_weight(model, name)
             weight.requires_grad_(True)
             try:
@@ -345,6 +398,7 @@ def module_robust_criticality(
                                                                 seed)
             finally:
                 weight.requires_grad_(False)
+            micro = probe.micro
             del cache, probe
             if not math.isfinite(worst_loss):
                 raise NumericalError(

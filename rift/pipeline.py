@@ -271,10 +271,17 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
         callbacks.event("module_scored", row.as_dict())
         callbacks.progress("mrc", (index + 1) / total, f"scored {row.name}")
 
+    def on_backoff(failed: int, smaller: int) -> None:
+        callbacks.event("warning", {"stage": "mrc", "message": (
+            f"out of memory in the MRC ascent at {failed} examples per part of a batch; "
+            f"continuing with {smaller} (the same steps of mrc.batch_size {spec.batch_size}, "
+            "gradients summed over the parts)")})
+
     with deterministic_kernels(config.deterministic):
         report = module_robust_criticality(
             run.model, inputs.adversarial, inputs.labels, spec, precision=config.precision,
-            on_module=on_module, should_cancel=callbacks.should_cancel, seed=config.seed)
+            on_module=on_module, should_cancel=callbacks.should_cancel, seed=config.seed,
+            on_backoff=on_backoff)
     if report.engine == "full" and spec.engine == "auto":
         callbacks.event("warning", {"stage": "mrc", "message": (
             "the model could not be traced with torch.fx, so MRC ran full forward passes "

@@ -297,3 +297,49 @@ def test_non_finite_losses_are_a_numerical_error(residual_setup) -> None:
         model.head.bias.fill_(float("nan"))
     with pytest.raises(NumericalError, match=r"mean/std|diverged"):
         module_robust_criticality(model, images, labels, _spec(modules=["conv1"]))
+
+
+def _out_of_memory_above(module: nn.Module, examples: int) -> torch.utils.hooks.RemovableHandle:
+    """Make ``module`` fail as a device out of memory would when it sees more than ``examples``
+    examples at once."""
+    def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if inputs[0].shape[0] > examples:
+            raise torch.OutOfMemoryError(f"simulated: {inputs[0].shape[0]} > {examples}")
+    return module.register_forward_pre_hook(hook)
+
+
+@pytest.mark.parametrize("engine", ["cached", "full"])
+def test_out_of_memory_computes_each_batch_in_parts_with_the_same_steps(
+        residual_setup, engine: str) -> None:
+    model, images, labels = residual_setup
+    spec = _spec(batch_size=24, engine=engine)
+    whole = module_robust_criticality(model, images, labels, spec)
+    backoffs: list[tuple[int, int]] = []
+    handle = _out_of_memory_above(model.head, 10)
+    try:
+        parts = module_robust_criticality(model, images, labels, spec,
+                                          on_backoff=lambda a, b: backoffs.append((a, b)))
+    finally:
+        handle.remove()
+    # 24 → 12 → 6 once, on the first measurement; every later module keeps parts of 6.
+    assert backoffs == [(24, 12), (12, 6)]
+    assert parts.baseline_robust_loss == pytest.approx(whole.baseline_robust_loss, rel=1e-6)
+    for a, b in zip(parts.modules, whole.modules, strict=True):
+        assert a.name == b.name
+        assert a.mrc == pytest.approx(b.mrc, rel=1e-4, abs=1e-7), a.name
+        assert a.robust_accuracy_at_worst == b.robust_accuracy_at_worst
+    assert parts.lowest().name == whole.lowest().name
+
+
+def test_out_of_memory_at_one_example_is_raised_with_the_weights_restored(
+        residual_setup) -> None:
+    model, images, labels = residual_setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    handle = _out_of_memory_above(model.head, 0)
+    try:
+        with pytest.raises(torch.OutOfMemoryError):
+            module_robust_criticality(model, images, labels, _spec(modules=["conv1"]))
+    finally:
+        handle.remove()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
