@@ -121,14 +121,22 @@ def make_adversarial_set(
 ) -> torch.Tensor:
     """Adversarial versions of ``images`` (on their device) made once on θ, in batches.
 
+    Every random start is drawn up front (from ``generator``, in example order), so the set does
+    not depend on ``batch_size`` beyond float rounding and the batch may shrink on
+    out-of-memory; on the CPU the draws equal those of drawing batch by batch.
     ``should_cancel`` is polled before every batch and every attack step: with many examples and
     steps this loop alone can run for minutes (a cancel once took 198 s to land here)."""
+    noise = None
+    if attack.random_start and attack.eps and attack.steps:
+        device = generator.device if generator is not None else images.device
+        noise = torch.rand(images.shape, generator=generator, device=device)
     parts = []
     for start in range(0, len(images), batch_size):
         raise_if_cancelled(should_cancel)
         parts.append(attack.perturb(
             model, images[start:start + batch_size], labels[start:start + batch_size],
-            generator=generator, precision=precision, should_cancel=should_cancel))
+            precision=precision, should_cancel=should_cancel,
+            noise=noise[start:start + batch_size] if noise is not None else None))
     return torch.cat(parts)
 
 

@@ -250,10 +250,21 @@ def make_mrc_inputs(run: PreparedRun, callbacks: PipelineCallbacks | None = None
         source = run.splits.test if spec.split == "test" else run.splits.train
         examples = _subset(source, spec.num_examples, config.seed)
         images, labels = _as_device_tensors(examples, run.device)
-        adversarial = make_adversarial_set(
-            run.model, images, labels, run.attack, batch_size=spec.batch_size,
-            generator=seeded_generator(run.device, config.seed), precision=config.precision,
-            should_cancel=callbacks.should_cancel)
+
+        def attack_all(batch_size: int) -> torch.Tensor:
+            # A fresh generator per try: the random starts are drawn up front, so a smaller
+            # batch after out-of-memory makes the same set (up to float rounding).
+            return make_adversarial_set(
+                run.model, images, labels, run.attack, batch_size=batch_size,
+                generator=seeded_generator(run.device, config.seed), precision=config.precision,
+                should_cancel=callbacks.should_cancel)
+
+        def warn(failed: int, smaller: int) -> None:
+            callbacks.event("warning", {"stage": "mrc", "message": (
+                f"out of memory making the adversarial set at mrc.batch_size {failed}; "
+                f"continuing with {smaller}")})
+
+        adversarial = with_batch_backoff(attack_all, spec.batch_size, on_backoff=warn)
     callbacks.check_cancel()
     return MRCInputs(adversarial, labels)
 

@@ -343,3 +343,43 @@ def test_out_of_memory_at_one_example_is_raised_with_the_weights_restored(
         handle.remove()
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_the_adversarial_set_does_not_depend_on_the_batch_size(residual_setup) -> None:
+    from rift.attacks import PGD
+    from rift.mrc import make_adversarial_set
+
+    model, images, labels = residual_setup
+    attack = PGD(eps=0.1, step_size=0.03, steps=3)
+    sets = [make_adversarial_set(model, images, labels, attack, batch_size=size,
+                                 generator=torch.Generator().manual_seed(7))
+            for size in (48, 16, 5)]
+    assert torch.allclose(sets[0], sets[1], atol=1e-6) and torch.allclose(sets[0], sets[2],
+                                                                          atol=1e-6)
+    # On the CPU the starts equal those drawn batch by batch from the same generator.
+    generator = torch.Generator().manual_seed(7)
+    batch_by_batch = torch.cat([
+        attack.perturb(model, images[i:i + 16], labels[i:i + 16], generator=generator)
+        for i in range(0, len(images), 16)])
+    assert torch.equal(sets[1], batch_by_batch)
+
+
+def test_making_the_mrc_set_backs_off_on_out_of_memory(digits_checkpoint_path,
+                                                       digits_job_config) -> None:
+    from rift.config import RiftConfig
+    from rift.pipeline import PipelineCallbacks, make_mrc_inputs, prepare_run
+
+    digits_job_config["mrc"].update(num_examples=64, batch_size=64)
+    run = prepare_run(RiftConfig.model_validate(digits_job_config), digits_checkpoint_path)
+    expected = make_mrc_inputs(run)
+    events: list[tuple[str, dict]] = []
+    handle = _out_of_memory_above(run.model, 20)
+    try:
+        made = make_mrc_inputs(run, PipelineCallbacks(
+            on_event=lambda kind, data: events.append((kind, data))))
+    finally:
+        handle.remove()
+    assert torch.allclose(made.adversarial, expected.adversarial, atol=1e-6)
+    assert torch.equal(made.labels, expected.labels)
+    warnings = [data["message"] for kind, data in events if kind == "warning"]
+    assert len(warnings) == 2 and "mrc.batch_size 64; continuing with 32" in warnings[0]
