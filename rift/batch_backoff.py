@@ -16,11 +16,14 @@ fit in parts and sums their gradients, the same step (``rift.mrc._LossProbe``); 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
+
+from rift.errors import DeviceMemoryError
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +60,18 @@ def with_batch_backoff(run: Callable[[int], T], batch_size: int, *, min_batch_si
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # give the failed attempt's cached blocks back
             size = smaller
+
+
+@contextlib.contextmanager
+def out_of_memory_names(stage: str, field: str, value: int) -> Iterator[None]:
+    """Turn an out-of-memory error that escaped every back-off inside the block into a
+    :class:`DeviceMemoryError` naming ``field`` (the batch size the stage ran with), so a job
+    fails at once with a message the user can act on instead of being retried as it is."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise DeviceMemoryError(
+            f"the device ran out of memory in the {stage} stage with {field} = {value}: lower "
+            f"{field}, use precision \"bf16\", or run on a device with more free memory "
+            f"({str(exc).splitlines()[0][:200] if str(exc) else 'out of memory'})",
+            field=field) from exc

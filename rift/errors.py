@@ -68,6 +68,17 @@ class NumericalError(RiftError):
     code = "non_finite_values"
 
 
+class DeviceMemoryError(RiftError):
+    """The device ran out of memory where no smaller batch gives the same result (or even the
+    smallest did not fit). Not worth retrying as is: ``field`` names the setting to lower."""
+
+    code = "out_of_device_memory"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class JobCancelled(RiftError):
     """Raised at a batch boundary when the cancellation callback says so."""
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from rift import checkpoints, stage_outputs
 from rift.attacks import PGD
-from rift.batch_backoff import with_batch_backoff
+from rift.batch_backoff import out_of_memory_names, with_batch_backoff
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import RiftConfig
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
@@ -168,7 +168,8 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
         return None
     run.reset_weights()
     callbacks.progress("preflight", 0.0, "checking the checkpoint on the job's data")
-    with deterministic_kernels(config.deterministic):
+    with deterministic_kernels(config.deterministic), out_of_memory_names(
+            "preflight", "evaluation.batch_size", config.evaluation.batch_size):
         report = preflight_check(
             run.model, run.splits.test, run.attack, config.preflight,
             num_classes=config.architecture.num_classes,
@@ -244,7 +245,8 @@ def make_mrc_inputs(run: PreparedRun, callbacks: PipelineCallbacks | None = None
     """Draw ``mrc.num_examples`` training examples (seeded) and attack them once on θ_AT."""
     callbacks = callbacks or PipelineCallbacks()
     config, spec = run.config, run.config.mrc
-    with deterministic_kernels(config.deterministic):
+    with deterministic_kernels(config.deterministic), out_of_memory_names(
+            "mrc", "mrc.batch_size", spec.batch_size):
         run.reset_weights()
         callbacks.progress("mrc", 0.0, "making the adversarial set")
         source = run.splits.test if spec.split == "test" else run.splits.train
@@ -288,7 +290,8 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
             f"continuing with {smaller} (the same steps of mrc.batch_size {spec.batch_size}, "
             "gradients summed over the parts)")})
 
-    with deterministic_kernels(config.deterministic):
+    with deterministic_kernels(config.deterministic), out_of_memory_names(
+            "mrc", "mrc.batch_size", spec.batch_size):
         report = module_robust_criticality(
             run.model, inputs.adversarial, inputs.labels, spec, precision=config.precision,
             on_module=on_module, should_cancel=callbacks.should_cancel, seed=config.seed,
@@ -521,7 +524,8 @@ def run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = None,
 def run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallbacks | None = None
                        ) -> FinetuneStageResult:
     """Fine-tune only ``module`` on clean data from θ_AT; keep the best validation epoch."""
-    with deterministic_kernels(run.config.deterministic):
+    with deterministic_kernels(run.config.deterministic), out_of_memory_names(
+            "finetune", "finetune.batch_size", run.config.finetune.batch_size):
         return _run_finetune_stage(run, module, callbacks)
 
 
@@ -533,7 +537,8 @@ def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torc
     ``interpolation.curve == "selection"`` only the points that can change the choice are
     attacked, each only until its verdict is certain (``rift.interpolation.select_alpha_lazily``);
     the others have no robust accuracy, or only an upper bound (``robust_accuracy_at_most``)."""
-    with deterministic_kernels(run.config.deterministic):
+    with deterministic_kernels(run.config.deterministic), out_of_memory_names(
+            "interpolate", "evaluation.batch_size", run.config.evaluation.batch_size):
         return _run_interpolation_stage(run, finetuned_state, callbacks)
 
 

@@ -383,3 +383,36 @@ def test_making_the_mrc_set_backs_off_on_out_of_memory(digits_checkpoint_path,
     assert torch.equal(made.labels, expected.labels)
     warnings = [data["message"] for kind, data in events if kind == "warning"]
     assert len(warnings) == 2 and "mrc.batch_size 64; continuing with 32" in warnings[0]
+
+
+@pytest.mark.parametrize(("stage", "field"), [("finetune", "finetune.batch_size"),
+                                              ("interpolate", "evaluation.batch_size"),
+                                              ("mrc", "mrc.batch_size")])
+def test_out_of_memory_no_back_off_can_absorb_fails_naming_the_batch_size(
+        digits_checkpoint_path, digits_job_config, stage: str, field: str) -> None:
+    from rift.config import RiftConfig
+    from rift.errors import DeviceMemoryError
+    from rift.pipeline import (
+        prepare_run,
+        run_finetune_stage,
+        run_interpolation_stage,
+        run_mrc_stage,
+    )
+
+    digits_job_config["mrc"].update(num_examples=32, batch_size=32, steps=1)
+    digits_job_config["finetune"].update(epochs=1, lr_milestones=[])
+    run = prepare_run(RiftConfig.model_validate(digits_job_config), digits_checkpoint_path)
+    handle = _out_of_memory_above(run.model, 0)  # not even one example fits
+    try:
+        with pytest.raises(DeviceMemoryError) as raised:
+            if stage == "finetune":
+                run_finetune_stage(run, "fc")
+            elif stage == "interpolate":
+                run_interpolation_stage(run, run.original_state)
+            else:
+                run_mrc_stage(run)
+    finally:
+        handle.remove()
+    assert raised.value.field == field and raised.value.code == "out_of_device_memory"
+    assert f"{field} = " in raised.value.message and "simulated" in raised.value.message
+    assert isinstance(raised.value.__cause__, torch.OutOfMemoryError)
