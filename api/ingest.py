@@ -13,12 +13,14 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.auth import Caller
 from api.dataset_validation import MAX_EXPANSION
 from api.errors import ServiceUnavailable, from_rift_error
+from api.services.quotas import storage_exceeded
 from api.uploads import UploadedFile
 from api.validation import Validator
 from persistence.models import Checkpoint, Dataset, new_id
-from persistence.records import create_checkpoint, create_dataset
+from persistence.records import StorageQuotaReached, create_checkpoint, create_dataset
 from persistence.storage import ObjectStore
 from rift.errors import RiftError
 from validator.checkpoint import CheckpointInspection
@@ -60,13 +62,19 @@ def _store_then_record(
     store: ObjectStore,
     key: str,
     file: UploadedFile,
+    caller: Caller,
     record: Callable[[Session], Record],
 ) -> Record:
-    """Put ``file`` under ``key``, then write its row; the object is deleted if the row fails."""
+    """Put ``file`` under ``key``, then write its row; the object is deleted if the row fails,
+    over the project's stored-bytes quota (counted again with the row, under the project's
+    lock: 413) included."""
     _put(store, key, file, "application/octet-stream")
     try:
         with session_factory() as session:
             return record(session)
+    except StorageQuotaReached as exc:
+        store.delete(key)
+        raise storage_exceeded(caller, exc.used, exc.incoming, exc.limit) from exc
     except BaseException:
         store.delete(key)
         raise
@@ -77,17 +85,18 @@ def store_checkpoint(
     store: ObjectStore,
     file: UploadedFile,
     inspection: CheckpointInspection,
-    project_id: str,
+    caller: Caller,
 ) -> Checkpoint:
-    """Store a validated checkpoint under ``checkpoints/<id>.<ext>`` and record it as
-    ``project_id``'s."""
+    """Store a validated checkpoint under ``checkpoints/<id>.<ext>`` and record it as the
+    caller's project's."""
     checkpoint_id = new_id()
     key = f"checkpoints/{checkpoint_id}.{CHECKPOINT_SUFFIX[inspection.format]}"
-    return _store_then_record(session_factory, store, key, file, lambda session: create_checkpoint(
-        session, checkpoint_id=checkpoint_id, filename=file.filename, size=file.size,
-        sha256=file.sha256, format=inspection.format, storage_key=key,
-        num_tensors=inspection.num_tensors, num_parameters=inspection.num_parameters,
-        project_id=project_id))
+    return _store_then_record(session_factory, store, key, file, caller, lambda session: (
+        create_checkpoint(
+            session, checkpoint_id=checkpoint_id, filename=file.filename, size=file.size,
+            sha256=file.sha256, format=inspection.format, storage_key=key,
+            num_tensors=inspection.num_tensors, num_parameters=inspection.num_parameters,
+            project_id=caller.project_id, max_stored_bytes=caller.limits.max_stored_bytes)))
 
 
 def validate_dataset_upload(validator: Validator, file: UploadedFile, field: str,
@@ -106,16 +115,16 @@ def store_dataset(
     store: ObjectStore,
     file: UploadedFile,
     inspection: DatasetInspection,
-    project_id: str,
+    caller: Caller,
 ) -> Dataset:
-    """Store a validated archive under ``datasets/<id>.<npz|tar>`` and record it as
-    ``project_id``'s."""
+    """Store a validated archive under ``datasets/<id>.<npz|tar>`` and record it as the
+    caller's project's."""
     dataset_id = new_id()
     key = f"datasets/{dataset_id}.{DATASET_SUFFIX[inspection.kind]}"
-    return _store_then_record(session_factory, store, key, file, lambda session: create_dataset(
+    return _store_then_record(session_factory, store, key, file, caller, lambda session: create_dataset(
         session, dataset_id=dataset_id, filename=file.filename, kind=inspection.kind,
-        size=file.size, sha256=file.sha256, storage_key=key, project_id=project_id,
-        content=inspection.content,
+        size=file.size, sha256=file.sha256, storage_key=key, project_id=caller.project_id,
+        max_stored_bytes=caller.limits.max_stored_bytes, content=inspection.content,
         image_shape=inspection.image_shape, num_features=inspection.num_features,
         num_examples=inspection.num_examples, num_classes=inspection.num_classes,
         label_min=inspection.label_min, label_max=inspection.label_max))

@@ -1,16 +1,60 @@
 """Database rows of uploaded checkpoints and datasets (the bytes live in the object store).
 
 The API writes the object first and the row second, so a row always points at stored bytes; if
-writing the row fails, the API deletes the object it stored.
+writing the row fails (the stored-bytes quota included), the API deletes the object it stored.
+
+With ``max_stored_bytes`` the row is inserted only if the project's stored bytes plus this
+upload stay within it, counted under a lock on the project's row in the inserting transaction:
+concurrent uploads of one project queue there, so together they cannot pass the quota.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from persistence.models import Checkpoint, Dataset, new_id, utcnow
+from persistence.models import Artifact, Checkpoint, Dataset, Job, Project, new_id, utcnow
+from persistence.transactions import PersistenceError
+
+
+class StorageQuotaReached(PersistenceError):
+    """Storing the upload would take the project past its ``max_stored_bytes`` (HTTP 413)."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, used: int, incoming: int, limit: int) -> None:
+        super().__init__(f"the project stores {used} bytes; {incoming} more would pass its "
+                         f"limit of {limit}")
+        self.used, self.incoming, self.limit = used, incoming, limit
+
+
+def stored_bytes(session: Session, project_id: str) -> int:
+    """Bytes the project keeps in the object store: checkpoints, datasets and job artifacts."""
+    total = 0
+    for query in (
+        select(func.coalesce(func.sum(Checkpoint.size), 0)).where(
+            Checkpoint.project_id == project_id),
+        select(func.coalesce(func.sum(Dataset.size), 0)).where(Dataset.project_id == project_id),
+        select(func.coalesce(func.sum(Artifact.size), 0)).join(Job, Job.id == Artifact.job_id)
+        .where(Job.project_id == project_id),
+    ):
+        total += int(session.execute(query).scalar_one())
+    return total
+
+
+def _hold_stored_bytes(session: Session, project_id: str | None, incoming: int,
+                       limit: int | None) -> None:
+    if limit is None or project_id is None:
+        return
+    # The row lock (Postgres) queues concurrent uploaders of one project until this transaction
+    # commits; SQLite transactions start with BEGIN IMMEDIATE (persistence.db), which serialises
+    # writers the same way.
+    session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+    used = stored_bytes(session, project_id)
+    if used + incoming > limit:
+        raise StorageQuotaReached(used, incoming, limit)
 
 
 def create_checkpoint(
@@ -26,12 +70,15 @@ def create_checkpoint(
     checkpoint_id: str | None = None,
     now: datetime | None = None,
     project_id: str | None = None,
+    max_stored_bytes: int | None = None,
 ) -> Checkpoint:
     """Record a validated checkpoint (``format``: ``safetensors`` or ``torch``; size in bytes).
 
     ``checkpoint_id`` lets the caller choose the id before storing the bytes under a key that
-    contains it. Commits.
+    contains it. Commits. Raises :class:`StorageQuotaReached` (nothing recorded) when
+    ``max_stored_bytes`` is given and the project would pass it.
     """
+    _hold_stored_bytes(session, project_id, size, max_stored_bytes)
     checkpoint = Checkpoint(
         id=checkpoint_id or new_id(), filename=filename, size=size, sha256=sha256, format=format,
         storage_key=storage_key, num_tensors=num_tensors, num_parameters=num_parameters,
@@ -65,10 +112,12 @@ def create_dataset(
     num_classes: int | None = None,
     label_min: int | None = None,
     label_max: int | None = None,
+    max_stored_bytes: int | None = None,
 ) -> Dataset:
     """Record an uploaded dataset archive (``kind``: ``npz`` or ``imagefolder``) with what its
     validation found (``content``: ``images`` or ``features``; ``image_shape`` (C, H, W)).
-    Commits."""
+    Commits. Raises :class:`StorageQuotaReached` as :func:`create_checkpoint` does."""
+    _hold_stored_bytes(session, project_id, size, max_stored_bytes)
     channels, height, width = image_shape if image_shape is not None else (None, None, None)
     dataset = Dataset(
         id=dataset_id or new_id(), filename=filename, kind=kind, size=size, sha256=sha256,

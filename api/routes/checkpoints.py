@@ -56,7 +56,7 @@ async def upload_checkpoint(request: Request, response: Response, caller: Caller
         inspection = await run_in_threadpool(
             validate_checkpoint_upload, validator, file, FILE_FIELD)
         row = await run_in_threadpool(
-            store_checkpoint, factory, store, file, inspection, caller.project_id)
+            store_checkpoint, factory, store, file, inspection, caller)
     response.headers["Location"] = f"/v1/checkpoints/{row.id}"
     return checkpoint_out(row)
 

@@ -60,7 +60,7 @@ async def upload_dataset(request: Request, response: Response, caller: CallerDep
             validate_dataset_upload, validator, file, FILE_FIELD,
             settings.max_dataset_bytes)
         row = await run_in_threadpool(
-            store_dataset, factory, store, file, inspection, caller.project_id)
+            store_dataset, factory, store, file, inspection, caller)
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return dataset_out(row)
 

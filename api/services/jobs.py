@@ -187,8 +187,7 @@ def create_job_for(
 
         stored_checkpoint = None
         if upload is not None and inspection is not None:
-            stored_checkpoint = store_checkpoint(factory, store, upload, inspection,
-                                                 caller.project_id)
+            stored_checkpoint = store_checkpoint(factory, store, upload, inspection, caller)
             checkpoint_id = stored_checkpoint.id
         try:
             job, created = create_job(

@@ -1,21 +1,19 @@
 """Per-project quotas, checked where resources are made: active jobs, stored bytes, job cost.
 
-Active jobs are counted again when the job is inserted, under a lock on the project's row
-(``persistence.jobs.create_job``), so concurrent submissions cannot pass the limit together; the
-check here fails early, before a checkpoint is stored. Stored bytes are read and compared: two
-uploads racing at the very edge of the quota may both pass.
+Active jobs and stored bytes are counted again where the row is inserted, under a lock on the
+project's row (``persistence.jobs.create_job``, ``persistence.records``), so concurrent requests
+cannot pass a quota together; the checks here fail early, before a body is read or stored.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.auth import Caller
 from api.errors import InvalidInput, PayloadTooLarge, TooManyRequests
 from persistence.cost import CostEstimate
 from persistence.jobs import count_active_jobs
-from persistence.models import Artifact, Checkpoint, Dataset, Job
+from persistence.records import stored_bytes
 
 #: Retry-After of a 429 for too many active jobs: jobs take minutes, not seconds.
 ACTIVE_JOBS_RETRY_AFTER_S = 60
@@ -24,20 +22,6 @@ ACTIVE_JOBS_RETRY_AFTER_S = 60
 def active_jobs(session: Session, project_id: str) -> int:
     """The project's queued and running jobs."""
     return count_active_jobs(session, project_id)
-
-
-def stored_bytes(session: Session, project_id: str) -> int:
-    """Bytes the project keeps in the object store: checkpoints, datasets and job artifacts."""
-    total = 0
-    for query in (
-        select(func.coalesce(func.sum(Checkpoint.size), 0)).where(
-            Checkpoint.project_id == project_id),
-        select(func.coalesce(func.sum(Dataset.size), 0)).where(Dataset.project_id == project_id),
-        select(func.coalesce(func.sum(Artifact.size), 0)).join(Job, Job.id == Artifact.job_id)
-        .where(Job.project_id == project_id),
-    ):
-        total += int(session.execute(query).scalar_one())
-    return total
 
 
 def check_active_jobs(session: Session, caller: Caller) -> None:
@@ -64,13 +48,18 @@ def check_storage(session: Session, caller: Caller, incoming: int) -> None:
     limit = caller.limits.max_stored_bytes
     used = stored_bytes(session, caller.project_id)
     if used + incoming > limit:
-        raise PayloadTooLarge(
-            f"storing {incoming} more bytes would take project '{caller.project_name}' to "
-            f"{used + incoming} bytes, over its quota max_stored_bytes of {limit}; delete "
-            "checkpoints, datasets or jobs first",
-            field="max_stored_bytes", code="quota_exceeded",
-            details={"quota": "max_stored_bytes", "limit": limit, "used": used,
-                     "incoming": incoming})
+        raise storage_exceeded(caller, used, incoming, limit)
+
+
+def storage_exceeded(caller: Caller, used: int, incoming: int, limit: int) -> PayloadTooLarge:
+    """The 413 for an upload that would take the project past its stored-bytes quota."""
+    return PayloadTooLarge(
+        f"storing {incoming} more bytes would take project '{caller.project_name}' to "
+        f"{used + incoming} bytes, over its quota max_stored_bytes of {limit}; delete "
+        "checkpoints, datasets or jobs first",
+        field="max_stored_bytes", code="quota_exceeded",
+        details={"quota": "max_stored_bytes", "limit": limit, "used": used,
+                 "incoming": incoming})
 
 
 def check_cost(caller: Caller, estimate: CostEstimate) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from api.services.quotas import stored_bytes
 from persistence.models import Artifact, Checkpoint, Dataset, Job, JobEvent, JobStage
+from persistence.records import stored_bytes
 from persistence.storage import build_object_store
 from tests.api.helpers import Api
 from tests.reliability.conftest import create_job, tiny_npz, upload

@@ -1,0 +1,80 @@
+"""Upload rows and the stored-bytes quota: counted with the insert, under the project's lock, so
+concurrent uploads of one project cannot pass it together (SQLite and Postgres)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence.models import Project
+from persistence.records import (
+    StorageQuotaReached,
+    create_checkpoint,
+    create_dataset,
+    stored_bytes,
+)
+
+
+def _project(sessions: sessionmaker[Session], name: str) -> str:
+    with sessions() as session:
+        project = Project(name=name)
+        session.add(project)
+        session.commit()
+        return project.id
+
+
+def _checkpoint(session: Session, project_id: str, size: int, limit: int | None) -> str:
+    return create_checkpoint(
+        session, filename="m.safetensors", size=size, sha256="0" * 64, format="safetensors",
+        storage_key="checkpoints/m.safetensors", num_tensors=1, num_parameters=1,
+        project_id=project_id, max_stored_bytes=limit).id
+
+
+def test_an_upload_over_the_quota_is_not_recorded(sessions: sessionmaker[Session]) -> None:
+    project_id = _project(sessions, "small")
+    with sessions() as session:
+        _checkpoint(session, project_id, 600, limit=1000)
+    with sessions() as session, pytest.raises(StorageQuotaReached) as raised:
+        create_dataset(session, filename="d.npz", kind="npz", size=401, sha256="1" * 64,
+                       storage_key="datasets/d.npz", project_id=project_id,
+                       max_stored_bytes=1000)
+    assert (raised.value.used, raised.value.incoming, raised.value.limit) == (600, 401, 1000)
+    with sessions() as session:
+        _checkpoint(session, project_id, 400, limit=1000)  # exactly at the quota is allowed
+        assert stored_bytes(session, project_id) == 1000
+
+
+def test_concurrent_uploads_never_pass_the_stored_bytes_quota(
+        sessions: sessionmaker[Session]) -> None:
+    project_id = _project(sessions, "racing")
+    barrier = threading.Barrier(8)
+    created: list[str] = []
+    refused: list[StorageQuotaReached] = []
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            with sessions() as session:
+                # Every request has passed the API's early check (nothing stored yet); only the
+                # count under the project's lock may decide.
+                assert stored_bytes(session, project_id) == 0
+                session.commit()
+                barrier.wait()
+                created.append(_checkpoint(session, project_id, 100, limit=350))
+        except StorageQuotaReached as exc:
+            refused.append(exc)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(created) == 3 and len(refused) == 5
+    assert all(exc.used == 300 and exc.limit == 350 for exc in refused)
+    with sessions() as session:
+        assert stored_bytes(session, project_id) == 300
