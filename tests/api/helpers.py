@@ -179,6 +179,34 @@ def upload_checkpoint(api: Api, path: Path) -> dict[str, Any]:
     return dict(response.json())
 
 
+#: How long a digits job through the API and a real worker may take on a loaded CI machine.
+JOB_TIMEOUT_S = 300.0
+
+
+def wait_for_end(api: Api, job_id: str, workers: tuple[WorkerProcess, ...],
+                 timeout: float = JOB_TIMEOUT_S) -> dict[str, Any]:
+    """Poll the job until it succeeded, failed or was cancelled; returns it (fails the test with
+    the workers' logs after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = dict(api.client.get(f"/v1/jobs/{job_id}").json())
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, [w.log()[-3000:] for w in workers]
+        time.sleep(0.2)
+
+
+def run_job(api: Api, checkpoint_id: str, config: dict[str, Any],
+            workers: tuple[WorkerProcess, ...]) -> dict[str, Any]:
+    """Create a job and wait for it; returns it (asserts it was created and succeeded)."""
+    created = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint_id,
+                                                "config": config})
+    assert created.status_code == 201, created.text
+    job = wait_for_end(api, created.json()["id"], workers)
+    assert job["status"] == "succeeded", (job["error"], [w.log()[-3000:] for w in workers])
+    return job
+
+
 def error_of(response: httpx.Response) -> dict[str, Any]:
     """The ``error`` object of an error response."""
     body = response.json()

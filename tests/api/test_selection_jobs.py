@@ -7,7 +7,6 @@ database, ``GET /curves``, the Python client and the report page; a full curve's
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,26 +15,10 @@ import pytest
 
 from api.dispatch import CeleryDispatcher
 from rift_client import RiftClient
-from tests.api.helpers import Api, upload_checkpoint
+from tests.api.helpers import Api, run_job, upload_checkpoint
 from tests.service_fixtures import WorkerProcess, settings_from_env
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
-
-JOB_TIMEOUT_S = 300.0
-
-
-def run_job(api: Api, checkpoint_id: str, config: dict[str, Any], worker: WorkerProcess
-            ) -> dict[str, Any]:
-    created = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint_id,
-                                                "config": config})
-    assert created.status_code == 201, created.text
-    job_id = created.json()["id"]
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (job := api.client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, worker.log()[-3000:]
-        time.sleep(0.2)
-    assert job["status"] == "succeeded", (job["error"], worker.log()[-3000:])
-    return dict(job)
 
 
 def test_cut_short_points_keep_their_upper_bound(
@@ -50,9 +33,9 @@ def test_cut_short_points_keep_their_upper_bound(
     # α are attacked only until they cannot beat it (tests/rift/test_pipeline.py).
     config = copy.deepcopy(quick_config)
     config["finetune"].update(module="fc", lr=0.1)
-    selection = run_job(api, checkpoint["id"], config, worker)
+    selection = run_job(api, checkpoint["id"], config, (worker,))
     full = run_job(api, checkpoint["id"], {
-        **config, "interpolation": {**config["interpolation"], "curve": "full"}}, worker)
+        **config, "interpolation": {**config["interpolation"], "curve": "full"}}, (worker,))
 
     points = api.client.get(f"/v1/jobs/{selection['id']}/curves").json()["interpolation"]
     cut_short = [p for p in points if p["robust_accuracy_at_most"] is not None]

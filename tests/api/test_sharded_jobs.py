@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,10 @@ import pytest
 from api.dispatch import CeleryDispatcher
 from rift.config import RiftConfig
 from rift.manifest import config_from_manifest
-from tests.api.helpers import Api, upload_checkpoint
+from tests.api.helpers import Api, run_job, upload_checkpoint
 from tests.service_fixtures import WorkerProcess, settings_from_env
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
-
-JOB_TIMEOUT_S = 300.0
-
 
 def test_a_sharded_job_stores_its_manifest(
         service_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
@@ -34,15 +30,8 @@ def test_a_sharded_job_stores_its_manifest(
     config = copy.deepcopy(quick_config)
     config["mrc"]["shards"] = 2
     checkpoint = upload_checkpoint(api, digits_checkpoint_path)
-    created = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
-                                                "config": config})
-    assert created.status_code == 201, created.text
-    job_id = created.json()["id"]
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (job := api.client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, worker.log()[-3000:]
-        time.sleep(0.2)
-    assert job["status"] == "succeeded", (job["error"], worker.log()[-3000:])
+    job = run_job(api, checkpoint["id"], config, (worker,))
+    job_id = job["id"]
     events = api.client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["items"]
     assert [e["payload"]["shards"] for e in events if e["kind"] == "mrc_sharded"] == [2]
 

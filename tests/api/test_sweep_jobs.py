@@ -15,23 +15,10 @@ from typing import Any
 import pytest
 
 from api.dispatch import CeleryDispatcher
-from tests.api.helpers import Api, upload_checkpoint
+from tests.api.helpers import JOB_TIMEOUT_S, Api, run_job, upload_checkpoint, wait_for_end
 from tests.service_fixtures import WorkerProcess, settings_from_env
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
-
-JOB_TIMEOUT_S = 300.0
-
-
-def wait_for_end(api: Api, job_id: str, workers: tuple[WorkerProcess, ...]) -> dict[str, Any]:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while True:
-        job = dict(api.client.get(f"/v1/jobs/{job_id}").json())
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        assert time.monotonic() < deadline, [w.log()[-3000:] for w in workers]
-        time.sleep(0.2)
-
 
 def library_sweep(config: dict[str, Any], checkpoint: Path, mrc: dict[str, Any],
                   folder: Path) -> dict[str, Any]:
@@ -130,12 +117,8 @@ def test_a_finished_sweep_keeps_only_the_winners_weights(
     config = copy.deepcopy(quick_config)
     config["finetune"].update(candidates=2)
     checkpoint = upload_checkpoint(api, digits_checkpoint_path)
-    created = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
-                                                "config": config})
-    assert created.status_code == 201, created.text
-    job_id = created.json()["id"]
-    job = wait_for_end(api, job_id, (worker,))
-    assert job["status"] == "succeeded", (job["error"], worker.log()[-3000:])
+    job = run_job(api, checkpoint["id"], config, (worker,))
+    job_id = job["id"]
     curves = api.client.get(f"/v1/jobs/{job_id}/curves").json()
     winner = curves["chosen_candidate"]
     assert len(curves["candidates"]) == 2 and winner in (0, 1)

@@ -3,7 +3,11 @@ finish stages in a session of their own. Fixtures built on them live in ``confte
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,3 +50,34 @@ MRC_ROWS = [
     {"name": "fc", "parameters": 50, "mrc": 0.1, "worst_robust_loss": 1.1,
      "robust_accuracy_at_worst": 38.0, "robust_accuracy_drop": 2.0, "seconds": 0.1},
 ]
+
+
+@dataclass
+class Race:
+    """What :func:`race` saw: the values returned, the ``refused`` errors, anything else."""
+
+    values: list[Any] = field(default_factory=list)
+    refused: list[Exception] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+
+
+def race(count: int, attempt: Callable[[Callable[[], None]], Any],
+         refusal: type[Exception]) -> Race:
+    """Run ``attempt(start)`` in ``count`` threads at once; each calls ``start()`` (a barrier)
+    right before the step under test, after whatever it reads first."""
+    barrier, seen = threading.Barrier(count), Race()
+
+    def one() -> None:
+        try:
+            seen.values.append(attempt(barrier.wait))
+        except refusal as exc:
+            seen.refused.append(exc)
+        except BaseException as exc:
+            seen.errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return seen

@@ -3,7 +3,6 @@ built by the Alembic migrations."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -26,6 +25,7 @@ from tests.persistence.helpers import (
     claim,
     event_kinds,
     finish,
+    race,
     stage_row,
 )
 
@@ -112,26 +112,16 @@ def test_idempotency_key_returns_the_same_job_or_conflicts(
 
 def test_concurrent_requests_with_one_idempotency_key_create_one_job(
         sessions: sessionmaker[Session], checkpoint_id: str) -> None:
-    barrier = threading.Barrier(4)
-    results: list[tuple[str, bool]] = []
-    errors: list[BaseException] = []
+    def create(start: Callable[[], None]) -> tuple[str, bool]:
+        with sessions() as session:
+            start()
+            job, created = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint_id,
+                                           idempotency_key="same", request_hash="h")
+            return job.id, created
 
-    def create() -> None:
-        try:
-            with sessions() as session:
-                barrier.wait()
-                job, created = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint_id,
-                                               idempotency_key="same", request_hash="h")
-                results.append((job.id, created))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=create) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    seen = race(4, create, jobs.IdempotencyConflict)
+    assert seen.errors == [] and seen.refused == []
+    results = seen.values
     assert len({job_id for job_id, _ in results}) == 1
     assert sum(created for _, created in results) == 1
 
@@ -143,36 +133,24 @@ def test_concurrent_creators_never_pass_the_active_job_limit(
         session.add(project)
         session.commit()
         project_id = project.id
-    barrier = threading.Barrier(8)
-    created: list[str] = []
-    refused: list[jobs.ActiveJobLimitReached] = []
-    errors: list[BaseException] = []
 
-    def create() -> None:
-        try:
-            with sessions() as session:
-                # Each request has read the count before any of them inserts (the API's early
-                # check); only the count under the project's lock may decide.
-                early = jobs.count_active_jobs(session, project_id)
-                session.commit()
-                barrier.wait()
-                assert early == 0
-                job, _ = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint_id,
-                                         project_id=project_id, max_active_jobs=3)
-                created.append(job.id)
-        except jobs.ActiveJobLimitReached as exc:
-            refused.append(exc)
-        except BaseException as exc:
-            errors.append(exc)
+    def create(start: Callable[[], None]) -> str:
+        with sessions() as session:
+            # Each request has read the count before any of them inserts (the API's early
+            # check); only the count under the project's lock may decide.
+            early = jobs.count_active_jobs(session, project_id)
+            session.commit()
+            start()
+            assert early == 0
+            job, _ = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint_id,
+                                     project_id=project_id, max_active_jobs=3)
+            return job.id
 
-    threads = [threading.Thread(target=create) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    assert len(created) == 3 and len(refused) == 5
-    assert all(exc.limit == 3 and exc.active == 3 for exc in refused)
+    seen = race(8, create, jobs.ActiveJobLimitReached)
+    assert seen.errors == []
+    assert len(seen.values) == 3 and len(seen.refused) == 5
+    refused = [exc for exc in seen.refused if isinstance(exc, jobs.ActiveJobLimitReached)]
+    assert len(refused) == 5 and all(exc.limit == 3 and exc.active == 3 for exc in refused)
     with sessions() as session:
         assert jobs.count_active_jobs(session, project_id) == 3
 

@@ -3,7 +3,7 @@ concurrent uploads of one project cannot pass it together (SQLite and Postgres).
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +15,7 @@ from persistence.records import (
     create_dataset,
     stored_bytes,
 )
+from tests.persistence.helpers import race
 
 
 def _project(sessions: sessionmaker[Session], name: str) -> str:
@@ -49,32 +50,20 @@ def test_an_upload_over_the_quota_is_not_recorded(sessions: sessionmaker[Session
 def test_concurrent_uploads_never_pass_the_stored_bytes_quota(
         sessions: sessionmaker[Session]) -> None:
     project_id = _project(sessions, "racing")
-    barrier = threading.Barrier(8)
-    created: list[str] = []
-    refused: list[StorageQuotaReached] = []
-    errors: list[BaseException] = []
 
-    def upload() -> None:
-        try:
-            with sessions() as session:
-                # Every request has passed the API's early check (nothing stored yet); only the
-                # count under the project's lock may decide.
-                assert stored_bytes(session, project_id) == 0
-                session.commit()
-                barrier.wait()
-                created.append(_checkpoint(session, project_id, 100, limit=350))
-        except StorageQuotaReached as exc:
-            refused.append(exc)
-        except BaseException as exc:
-            errors.append(exc)
+    def upload(start: Callable[[], None]) -> str:
+        with sessions() as session:
+            # Every request has passed the API's early check (nothing stored yet); only the
+            # count under the project's lock may decide.
+            assert stored_bytes(session, project_id) == 0
+            session.commit()
+            start()
+            return _checkpoint(session, project_id, 100, limit=350)
 
-    threads = [threading.Thread(target=upload) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    assert len(created) == 3 and len(refused) == 5
-    assert all(exc.used == 300 and exc.limit == 350 for exc in refused)
+    seen = race(8, upload, StorageQuotaReached)
+    assert seen.errors == []
+    assert len(seen.values) == 3 and len(seen.refused) == 5
+    assert all(isinstance(exc, StorageQuotaReached) and exc.used == 300 and exc.limit == 350
+               for exc in seen.refused)
     with sessions() as session:
         assert stored_bytes(session, project_id) == 300

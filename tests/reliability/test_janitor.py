@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from persistence import jobs
 from persistence.db import session_factory_from_settings
 from persistence.janitor import ARTIFACTS_EXPIRED, run_janitor
-from persistence.models import Artifact, Job, JobStage, utcnow
+from persistence.models import Artifact, Checkpoint, Job, JobStage, utcnow
 from persistence.object_keys import candidate_object_key, stage_object_key
 from persistence.records import create_checkpoint
 from persistence.settings import Settings
@@ -121,15 +121,19 @@ def test_the_janitor_removes_exactly_what_nothing_uses(
     assert list(scratch.iterdir()) == [] and not stage_scratch.exists()
 
 
+def _stored_checkpoint(session: Session, store: LocalObjectStore) -> Checkpoint:
+    """A one-byte checkpoint in the store and its row (what the jobs below point at)."""
+    store.put_bytes("checkpoints/c1.safetensors", b"x")
+    return create_checkpoint(session, filename="c.safetensors", size=1, sha256="0" * 64,
+                             format="safetensors", storage_key="checkpoints/c1.safetensors",
+                             num_tensors=1, num_parameters=1)
+
+
 def test_the_janitor_removes_a_finished_sweeps_other_candidates_only(
         settings: Settings, sessions: sessionmaker[Session]) -> None:
     store = LocalObjectStore(settings.store_root)
-    store.put_bytes("checkpoints/c1.safetensors", b"x")
     with sessions() as session:
-        checkpoint = create_checkpoint(session, filename="c.safetensors", size=1, sha256="0" * 64,
-                                       format="safetensors",
-                                       storage_key="checkpoints/c1.safetensors",
-                                       num_tensors=1, num_parameters=1)
+        checkpoint = _stored_checkpoint(session, store)
         picked = _job(session, checkpoint.id, "running", {
             "mrc": ("done", 1), "finetune": ("done", 1), "interpolate": ("running", 1)})
         sweeping = _job(session, checkpoint.id, "running", {
@@ -158,12 +162,8 @@ def test_the_janitor_removes_a_finished_sweeps_other_candidates_only(
 def test_retention_removes_the_files_of_old_finished_jobs_only(
         settings: Settings, sessions: sessionmaker[Session]) -> None:
     store = LocalObjectStore(settings.store_root)
-    store.put_bytes("checkpoints/c1.safetensors", b"x")
     with sessions() as session:
-        checkpoint = create_checkpoint(session, filename="c.safetensors", size=1, sha256="0" * 64,
-                                       format="safetensors",
-                                       storage_key="checkpoints/c1.safetensors",
-                                       num_tensors=1, num_parameters=1)
+        checkpoint = _stored_checkpoint(session, store)
         all_done = {"mrc": ("done", 1), "finetune": ("done", 1), "interpolate": ("done", 1)}
         old = _job(session, checkpoint.id, "succeeded", all_done)
         recent = _job(session, checkpoint.id, "succeeded", all_done)
