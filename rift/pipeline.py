@@ -219,6 +219,21 @@ def _lowest(rows: list[dict[str, Any]]) -> str:
     return min(rows, key=lambda row: selection_key(row["mrc"], row.get("max_ascent_loss")))["name"]
 
 
+#: The warning of an evaluation whose batch shrank after running out of memory.
+EVALUATION_BACKOFF = ("out of memory at evaluation.batch_size {failed}; continuing with "
+                      "{smaller}")
+
+
+def _backoff_warning(callbacks: PipelineCallbacks, stage: str, message: str
+                     ) -> Callable[[int, int], None]:
+    """An ``on_backoff(failed, smaller)`` that emits a ``warning`` event of ``stage``:
+    ``message`` with ``{failed}`` and ``{smaller}`` filled in."""
+    def warn(failed: int, smaller: int) -> None:
+        callbacks.event("warning", {"stage": stage,
+                                    "message": message.format(failed=failed, smaller=smaller)})
+    return warn
+
+
 def _subset(data: ImageTensors, count: int, seed: int) -> ImageTensors:
     """A seeded random subset of ``count`` examples (all of them when fewer)."""
     if count >= len(data):
@@ -261,11 +276,8 @@ def make_mrc_inputs(run: PreparedRun, callbacks: PipelineCallbacks | None = None
                 generator=seeded_generator(run.device, config.seed), precision=config.precision,
                 should_cancel=callbacks.should_cancel)
 
-        def warn(failed: int, smaller: int) -> None:
-            callbacks.event("warning", {"stage": "mrc", "message": (
-                f"out of memory making the adversarial set at mrc.batch_size {failed}; "
-                f"continuing with {smaller}")})
-
+        warn = _backoff_warning(callbacks, "mrc", "out of memory making the adversarial set at "
+                                "mrc.batch_size {failed}; continuing with {smaller}")
         adversarial = with_batch_backoff(attack_all, spec.batch_size, on_backoff=warn)
     callbacks.check_cancel()
     return MRCInputs(adversarial, labels)
@@ -284,11 +296,10 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
         callbacks.event("module_scored", row.as_dict())
         callbacks.progress("mrc", (index + 1) / total, f"scored {row.name}")
 
-    def on_backoff(failed: int, smaller: int) -> None:
-        callbacks.event("warning", {"stage": "mrc", "message": (
-            f"out of memory in the MRC ascent at {failed} examples per part of a batch; "
-            f"continuing with {smaller} (the same steps of mrc.batch_size {spec.batch_size}, "
-            "gradients summed over the parts)")})
+    on_backoff = _backoff_warning(callbacks, "mrc", (
+        f"out of memory in the MRC ascent at {{failed}} examples per part of a batch; continuing "
+        f"with {{smaller}} (the same steps of mrc.batch_size {spec.batch_size}, gradients summed "
+        "over the parts)"))
 
     with deterministic_kernels(config.deterministic), out_of_memory_names(
             "mrc", "mrc.batch_size", spec.batch_size):
@@ -403,9 +414,7 @@ def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTe
             device=run.device, seed=run.config.seed, precision=run.config.precision,
             should_cancel=callbacks.should_cancel)
 
-    def warn(failed: int, smaller: int) -> None:
-        callbacks.event("warning", {"stage": "interpolate", "message": (
-            f"out of memory at evaluation.batch_size {failed}; continuing with {smaller}")})
+    warn = _backoff_warning(callbacks, "interpolate", EVALUATION_BACKOFF)
 
     # Evaluation results do not depend on the batch size, so it may shrink to fit the device.
     report = with_batch_backoff(evaluate, run.config.evaluation.batch_size, on_backoff=warn)
@@ -433,9 +442,7 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
     # Every α is attacked from the same per-example starts: draw each once.
     starts = RandomStarts(config.seed, total)
 
-    def warn(failed: int, smaller: int) -> None:
-        callbacks.event("warning", {"stage": "interpolate", "message": (
-            f"out of memory at evaluation.batch_size {failed}; continuing with {smaller}")})
+    warn = _backoff_warning(callbacks, "interpolate", EVALUATION_BACKOFF)
 
     def advance(cost: float, message: str) -> None:
         nonlocal spent

@@ -26,7 +26,7 @@ from rift.attacks import PGD
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.data import ImageTensors, iterate_batches
 from rift.device import autocast
-from rift.evaluation import RandomStarts, example_noise
+from rift.evaluation import RandomStarts
 from rift.model_state import frozen_except
 from rift.robust_tally import RobustTally
 
@@ -111,6 +111,8 @@ def attack_until(
     """
     total = len(data)
     order = torch.arange(total) if order is None else order.cpu()
+    # Without a kept table, every start is drawn afresh (a budget of 0 keeps nothing).
+    starts = random_starts if random_starts is not None else RandomStarts(seed, total, max_bytes=0)
     robust = torch.zeros(total, dtype=torch.bool)
     margin = torch.full((total,), math.nan)
     correct = attacked = 0
@@ -122,11 +124,7 @@ def attack_until(
             raise_if_cancelled(should_cancel)
             index = order[start:start + chunk]
             images, labels = next(iterate_batches(data.select(index), len(index), device=device))
-            noise = None
-            if attack.random_start:
-                shape = tuple(images.shape[1:])
-                noise = (random_starts.draw(index, shape) if random_starts is not None
-                         else example_noise(index, shape, seed))
+            noise = starts.draw(index, tuple(images.shape[1:])) if attack.random_start else None
             adversarial = attack.perturb(model, images, labels, precision=precision,
                                          should_cancel=should_cancel, noise=noise)
             with torch.no_grad(), autocast(adversarial.device, precision):
