@@ -111,6 +111,16 @@ def api(api_settings: Settings, start_api: Callable[..., Api]) -> Api:
     return start_api(api_settings, dispatcher=RecordingDispatcher())
 
 
+@pytest.fixture
+def celery_api(service_env: dict[str, str], start_api: Callable[..., Api]) -> Api:
+    """The API on the service environment's database, sending jobs to its Celery queue (start
+    a worker with ``start_worker``)."""
+    from api.dispatch import CeleryDispatcher
+
+    settings = settings_from_env(service_env)
+    return start_api(settings, dispatcher=CeleryDispatcher(settings))
+
+
 @pytest.fixture(scope="session")
 def small_cnn_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A valid safetensors checkpoint of small_cnn for 1-channel digits (random weights)."""

@@ -13,21 +13,17 @@ from typing import Any
 
 import pytest
 
-from api.dispatch import CeleryDispatcher
 from rift_client import RiftClient
 from tests.api.helpers import Api, run_job, upload_checkpoint
-from tests.service_fixtures import WorkerProcess, settings_from_env
+from tests.service_fixtures import WorkerProcess
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 
 def test_cut_short_points_keep_their_upper_bound(
-        service_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
-        start_api: Callable[..., Api], digits_checkpoint_path: Path,
-        quick_config: dict[str, Any]) -> None:
-    worker = start_worker()
-    settings = settings_from_env(service_env)
-    api = start_api(settings, dispatcher=CeleryDispatcher(settings))
+        start_worker: Callable[..., WorkerProcess], celery_api: Api,
+        digits_checkpoint_path: Path, quick_config: dict[str, Any]) -> None:
+    worker, api = start_worker(), celery_api
     checkpoint = upload_checkpoint(api, digits_checkpoint_path)
     # lr 0.1 on fc: clean accuracy ties at the top of the curve, so the points above the chosen
     # α are attacked only until they cannot beat it (tests/rift/test_pipeline.py).

@@ -12,21 +12,17 @@ from typing import Any
 
 import pytest
 
-from api.dispatch import CeleryDispatcher
 from rift.config import RiftConfig
 from rift.manifest import config_from_manifest
 from tests.api.helpers import Api, run_job, upload_checkpoint
-from tests.service_fixtures import WorkerProcess, settings_from_env
+from tests.service_fixtures import WorkerProcess
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 def test_a_sharded_job_stores_its_manifest(
-        service_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
-        start_api: Callable[..., Api], digits_checkpoint_path: Path,
-        quick_config: dict[str, Any]) -> None:
-    worker = start_worker()
-    settings = settings_from_env(service_env)
-    api = start_api(settings, dispatcher=CeleryDispatcher(settings))
+        start_worker: Callable[..., WorkerProcess], celery_api: Api,
+        digits_checkpoint_path: Path, quick_config: dict[str, Any]) -> None:
+    worker, api = start_worker(), celery_api
     config = copy.deepcopy(quick_config)
     config["mrc"]["shards"] = 2
     checkpoint = upload_checkpoint(api, digits_checkpoint_path)

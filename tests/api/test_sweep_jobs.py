@@ -103,17 +103,14 @@ def test_a_sweep_runs_its_candidates_on_two_workers_and_picks_as_the_library_doe
 
 
 def test_a_finished_sweep_keeps_only_the_winners_weights(
-        service_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
-        start_api: Callable[..., Api], digits_checkpoint_path: Path,
-        quick_config: dict[str, Any]) -> None:
+        start_worker: Callable[..., WorkerProcess], celery_api: Api,
+        digits_checkpoint_path: Path, quick_config: dict[str, Any]) -> None:
     import safetensors.torch
     import torch
 
     from persistence.storage import LocalObjectStore
 
-    worker = start_worker()
-    settings = settings_from_env(service_env)
-    api = start_api(settings, dispatcher=CeleryDispatcher(settings))
+    worker, api = start_worker(), celery_api
     config = copy.deepcopy(quick_config)
     config["finetune"].update(candidates=2)
     checkpoint = upload_checkpoint(api, digits_checkpoint_path)
@@ -124,7 +121,7 @@ def test_a_finished_sweep_keeps_only_the_winners_weights(
     assert len(curves["candidates"]) == 2 and winner in (0, 1)
 
     # Of the candidates' θ_FT only the winner's is left: the fine-tune stage's recorded file.
-    store = LocalObjectStore(settings.store_root)
+    store = LocalObjectStore(api.settings.store_root)
     weights = [item.key for item in store.list_objects(f"jobs/{job_id}/finetune/")
                if item.key.endswith(".safetensors")]
     assert len(weights) == 1 and f"/candidate-{winner}.attempt-1." in weights[0], weights
