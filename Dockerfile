@@ -35,4 +35,7 @@ USER rift
 EXPOSE 8000
 # API_WORKERS uvicorn processes (see persistence/settings.py); a shell expands the variable.
 ENV API_WORKERS=2
+# One validator server (one torch import, one VALIDATION_MAX_CONCURRENCY bound) for all of them,
+# in a folder only the rift user can reach.
+ENV VALIDATION_SOCKET=/app/var/validator/validator.sock
 CMD ["sh", "-c", "exec uvicorn api.main:create_app --factory --host 0.0.0.0 --port 8000 --workers \"${API_WORKERS}\""]

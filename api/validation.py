@@ -1,13 +1,18 @@
 """Running checks in sandboxed validator processes (the ``validator`` package), so that the API
 process never imports torch nor holds an upload's tensors.
 
-The API starts one validator server (``python -m validator``) on first use, with an environment
-reduced to an allow-list (no database URL, broker URL, S3 keys or any other credential); it
-imports torch once and serves each check in a forked child that caps its own memory, CPU time and
-wall-clock time before reading anything (``validator/limits.py``), so a check costs a fork, not a
-torch import. At most ``validation_max_concurrency`` checks run at once per API process (a
-semaphore); the others wait up to ``validation_queue_timeout_seconds``. Each child's memory
-high-water mark is logged with its check. Calls block: run them in a thread.
+A validator server (``python -m validator``) runs with an environment reduced to an allow-list
+(no database URL, broker URL, S3 keys or any other credential); it imports torch once and serves
+each check in a forked child that caps its own memory, CPU time and wall-clock time before
+reading anything (``validator/limits.py``), so a check costs a fork, not a torch import. The
+server runs at most ``validation_max_concurrency`` checks at once; the others wait up to
+``validation_queue_timeout_seconds``, then are answered 503. Each child's memory high-water mark
+is logged with its check. Calls block: run them in a thread.
+
+By default each API process starts a private server on first use. With ``validation_socket``
+set, the API processes of a host share one server at that path, started by the first that needs
+it (one at a time, under a file lock): one torch import and one concurrency bound for the host,
+however many ``uvicorn`` workers there are.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from rift.config import RiftConfig
 from validator.checkpoint import CheckpointInspection
 from validator.dataset import DatasetInspection
 from validator.protocol import decode_error
+from validator.server_lock import server_alive, starting_server
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +49,10 @@ CHILD_VARIABLES = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM
                    "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
 #: Seconds the client waits beyond the child's own wall-clock alarm before giving up on it.
 _GRACE_SECONDS = 5.0
+#: Tries at reaching a shared server, which may be stopping (idle) just as a check arrives.
+_SHARED_CONNECT_TRIES = 3
+#: sockaddr_un's sun_path on Linux, its terminating zero included.
+_MAX_SOCKET_PATH_BYTES = 108
 _READ_BYTES = 1024 * 1024
 
 
@@ -58,17 +68,25 @@ def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
 
 
 class Validator:
-    """Runs checks in validator processes, within the limits of ``settings``."""
+    """Runs checks in validator processes, within the limits of ``settings``.
+
+    Raises:
+        ValueError: ``validation_socket`` is too long for a Unix socket, or its folder is open
+            to other users.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._slots = threading.BoundedSemaphore(settings.validation_max_concurrency)
         self._lock = threading.Lock()
         self._server: subprocess.Popen[bytes] | None = None
         self._folder: Path | None = None
+        self._shared_socket = Path(settings.validation_socket) if settings.validation_socket else None
+        if self._shared_socket is not None:
+            _require_socket_path(self._shared_socket)
 
     def close(self) -> None:
-        """Stop the validator server (a later check starts a new one)."""
+        """Stop this process's private validator server (a later check starts a new one); a
+        shared server serves other processes too and stops when idle."""
         with self._lock:
             self._stop_server()
 
@@ -113,27 +131,20 @@ class Validator:
                    "num_features": num_features})
 
     def probe(self, sleep_seconds: float = 0.0) -> dict[str, Any]:
-        """What a validator process sees: its environment variable names, its limits, and when
-        it started and finished (``time.monotonic``) after sleeping ``sleep_seconds``."""
+        """What a validator process sees: its environment variable names, its limits, its pid and
+        its server's, and when it started and finished (``time.monotonic``) after sleeping
+        ``sleep_seconds``."""
         return self._run({"op": "probe", "sleep_seconds": sleep_seconds})
 
     # ----------------------------------------------------------------------------- running
 
     def _run(self, request: dict[str, Any], *, extra_memory: int = 0) -> dict[str, Any]:
         settings = self._settings
-        if not self._slots.acquire(timeout=settings.validation_queue_timeout_seconds):
-            raise ServiceUnavailable(
-                f"all {settings.validation_max_concurrency} validation slots stayed busy for "
-                f"{settings.validation_queue_timeout_seconds:g} s; retry later",
-                code="validation_busy")
-        try:
-            limits = {"memory_bytes": settings.validation_memory_bytes + extra_memory,
-                      "cpu_seconds": settings.validation_cpu_seconds,
-                      "wall_seconds": settings.validation_timeout_seconds}
-            started = time.monotonic()
-            reply = self._exchange({**request, "limits": limits})
-        finally:
-            self._slots.release()
+        limits = {"memory_bytes": settings.validation_memory_bytes + extra_memory,
+                  "cpu_seconds": settings.validation_cpu_seconds,
+                  "wall_seconds": settings.validation_timeout_seconds}
+        started = time.monotonic()
+        reply = self._exchange({**request, "limits": limits})
         peak = reply.get("peak_rss_kb", {})
         logger.info("validation %s: peak RSS %s kB (at start %s kB), %.2f s", request["op"],
                     peak.get("end"), peak.get("start"), time.monotonic() - started)
@@ -142,6 +153,12 @@ class Validator:
             return result
         if "error" in reply:
             raise decode_error(reply["error"])
+        if isinstance(reply.get("busy"), dict):
+            busy = reply["busy"]
+            raise ServiceUnavailable(
+                f"all {busy.get('max_checks')} validation slots (VALIDATION_MAX_CONCURRENCY) "
+                f"stayed busy for {float(busy.get('waited_seconds', 0)):g} s; retry later",
+                code="validation_busy")
         if reply.get("memory"):
             raise InvalidInput(
                 f"checking the file needed more memory than the validation limit of "
@@ -155,12 +172,13 @@ class Validator:
     def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
         """Send ``request`` to a forked child of the server and read its reply."""
         settings = self._settings
-        path = self._server_socket()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.settimeout(settings.validation_timeout_seconds + _GRACE_SECONDS)
+        # A check may wait for a slot, then run until its own alarm.
+        wait = (settings.validation_queue_timeout_seconds + settings.validation_timeout_seconds
+                + _GRACE_SECONDS)
+        with self._connect() as connection:
+            connection.settimeout(wait)
             parts = []
             try:
-                connection.connect(str(path))
                 connection.sendall(json.dumps(request).encode())
                 connection.shutdown(socket.SHUT_WR)
                 while chunk := connection.recv(_READ_BYTES):
@@ -168,7 +186,7 @@ class Validator:
             except TimeoutError:
                 parts = []
             except OSError as exc:
-                logger.error("cannot reach the validator server: %s", exc)
+                logger.error("the validator connection failed: %s", exc)
                 raise ServiceUnavailable("the validator is not available; retry later",
                                          code="validation_failed") from exc
         try:
@@ -186,26 +204,75 @@ class Validator:
                          "limit_seconds": settings.validation_timeout_seconds})
         return reply
 
-    def _server_socket(self) -> Path:
-        """The socket of a running validator server, started (or restarted) when needed."""
+    def _connect(self) -> socket.socket:
+        """A connection to a running validator server, started (or restarted) when needed."""
+        tries = _SHARED_CONNECT_TRIES if self._shared_socket is not None else 1
+        for attempt in range(1, tries + 1):
+            path = (self._private_server_socket() if self._shared_socket is None
+                    else self._shared_server_socket())
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                connection.connect(str(path))
+                return connection
+            except OSError as exc:
+                connection.close()
+                # A shared server that went idle removes its socket just before it stops
+                # serving: the next try finds it gone and starts another.
+                if attempt == tries or not isinstance(
+                        exc, FileNotFoundError | ConnectionRefusedError):
+                    logger.error("cannot reach the validator server at %s: %s", path, exc)
+                    raise ServiceUnavailable("the validator is not available; retry later",
+                                             code="validation_failed") from exc
+        raise AssertionError("unreachable")
+
+    def _private_server_socket(self) -> Path:
+        """The socket of this process's running server, started (or restarted) when needed."""
         with self._lock:
             if self._server is not None and self._server.poll() is None and self._folder:
                 return self._folder / "socket"
             self._stop_server()
             folder = Path(tempfile.mkdtemp(prefix="rift-validator-"))  # mode 0700
-            server = subprocess.Popen(
-                [sys.executable, "-m", "validator", "--socket", str(folder / "socket")],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                env=child_environment(os.environ), cwd=PROJECT_ROOT, start_new_session=True)
-            assert server.stdout is not None
-            if server.stdout.readline().strip() != b"ready":
-                server.kill()
-                server.wait()
-                shutil.rmtree(folder, ignore_errors=True)
-                raise ServiceUnavailable("the validator did not start; retry later",
-                                         code="validation_failed")
+            server = self._launch(folder / "socket")
             self._server, self._folder = server, folder
             return folder / "socket"
+
+    def _shared_server_socket(self) -> Path:
+        """The host's shared socket, with a server behind it (started here when none runs)."""
+        path = self._shared_socket
+        assert path is not None
+        if server_alive(path) and path.exists():
+            return path
+        with starting_server(path):
+            if not server_alive(path):
+                # This process only starts it: the server detaches and outlives it.
+                self._launch(path, "--shared", "--idle-exit",
+                             str(self._settings.validation_idle_exit_seconds)).wait()
+        return path
+
+    def _launch(self, path: Path, *options: str) -> subprocess.Popen[bytes]:
+        """Start ``python -m validator`` on ``path`` and wait until it serves.
+
+        Raises:
+            ApiError: (503) it did not start.
+        """
+        settings = self._settings
+        server = subprocess.Popen(
+            [sys.executable, "-m", "validator", "--socket", str(path),
+             "--max-checks", str(settings.validation_max_concurrency),
+             "--queue-timeout", str(settings.validation_queue_timeout_seconds), *options],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            env=child_environment(os.environ), cwd=PROJECT_ROOT, start_new_session=True)
+        assert server.stdout is not None
+        with server.stdout:
+            announced = server.stdout.readline().strip()
+        if announced not in (b"ready", b"running"):
+            server.kill()
+            server.wait()
+            if self._shared_socket is None:
+                shutil.rmtree(path.parent, ignore_errors=True)
+            raise ServiceUnavailable("the validator did not start; retry later",
+                                     code="validation_failed")
+        return server
 
     def _stop_server(self) -> None:
         if self._server is not None:
@@ -215,9 +282,32 @@ class Validator:
             except subprocess.TimeoutExpired:
                 self._server.kill()
                 self._server.wait()
-            if self._server.stdout is not None:
-                self._server.stdout.close()
             self._server = None
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+
+
+def _require_socket_path(path: Path) -> None:
+    """Check a shared socket path; create its folder (mode 0700) when missing. A folder others
+    could write to is refused: they could put a socket of their own in the validator's place.
+
+    Raises:
+        ValueError: the path is too long for a Unix socket, or its folder belongs to another
+            user or others may write to it.
+    """
+    if len(os.fsencode(path)) >= _MAX_SOCKET_PATH_BYTES:
+        raise ValueError(f"VALIDATION_SOCKET: {path} is longer than a Unix socket path may be "
+                         f"({_MAX_SOCKET_PATH_BYTES - 1} bytes)")
+    folder = path.parent
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        status = folder.stat()
+    except OSError as exc:
+        raise ValueError(f"VALIDATION_SOCKET: cannot make the folder {folder}: "
+                         f"{exc.strerror or exc}") from exc
+    if status.st_uid != os.getuid() or status.st_mode & 0o022:
+        raise ValueError(
+            f"VALIDATION_SOCKET: the folder {folder} must belong to this user (uid "
+            f"{os.getuid()}) and be writable by no one else (it is uid {status.st_uid}, mode "
+            f"{status.st_mode & 0o777:o})")

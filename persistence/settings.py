@@ -78,8 +78,20 @@ class Settings(BaseSettings):
     # --- upload validation (the sandboxed ``python -m validator`` process) -----------------------
     validation_max_concurrency: int = Field(
         2, ge=1,
-        description="Validation processes one API process runs at once (each may take up to "
-        "VALIDATION_MEMORY_BYTES); further uploads wait for a slot.")
+        description="Validation processes run at once (each may take up to "
+        "VALIDATION_MEMORY_BYTES) by one API process, or by the whole host when VALIDATION_SOCKET "
+        "is set; further uploads wait for a slot.")
+    validation_socket: str = Field(
+        "",
+        description="Unix socket path of one validator server shared by every API process of the "
+        "host (e.g. /run/rift/validator.sock, with `uvicorn --workers N`): one torch import and "
+        "one VALIDATION_MAX_CONCURRENCY bound for the host instead of one per process. Its "
+        "folder is created when missing and must belong to the API's user, writable by no one "
+        "else. Empty: each API process starts a private server of its own.")
+    validation_idle_exit_seconds: float = Field(
+        600.0, gt=0,
+        description="A shared validator server (VALIDATION_SOCKET) exits after this long without "
+        "a check; the next upload starts another (seconds).")
     validation_queue_timeout_seconds: float = Field(
         120.0, gt=0,
         description="How long an upload waits for a free validation slot before it is answered "

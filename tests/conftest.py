@@ -19,7 +19,7 @@ import pytest
 if TYPE_CHECKING:
     from api.validation import Validator
 
-pytest_plugins = ["tests.service_fixtures", "tests.worker_jobs"]
+pytest_plugins = ["tests.service_fixtures", "tests.worker_jobs", "tests.shared_validator"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _SOURCES_THAT_SHAPE_THE_CHECKPOINT = (

@@ -118,6 +118,10 @@ def test_dockerfile_base_and_default_command() -> None:
     assert re.search(r'^CMD \["sh", "-c", "exec uvicorn api\.main:create_app --factory .*'
                      r'--workers \\"\$\{API_WORKERS\}\\""\]', text, re.MULTILINE)
     assert re.search(r"^ENV API_WORKERS=\d+", text, re.MULTILINE)
+    # The uvicorn workers share one validator server, in a folder the rift user owns (/app/var).
+    socket = re.search(r"^ENV VALIDATION_SOCKET=(\S+)$", text, re.MULTILINE)
+    assert socket is not None and socket.group(1).startswith("/app/var/")
+    assert "chown rift:rift /app/var" in text
 
 
 def test_dockerignore_keeps_what_the_image_needs() -> None:

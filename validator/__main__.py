@@ -4,8 +4,16 @@ Started by the API (``api/validation.py``) with an environment free of credentia
 torch and the check modules once, prints ``ready``, then accepts connections on the Unix socket
 ``PATH``; each connection is one check, served by a forked child that applies its limits (memory,
 CPU time, wall-clock alarm: ``limits`` in the request) before it reads anything, so a check costs
-a fork instead of a torch import, and a hostile file can only exhaust its own child. The server
-exits when the process that started it is gone.
+a fork instead of a torch import, and a hostile file can only exhaust its own child. At most
+``--max-checks`` children run at once (``check_pool.py``).
+
+Two lifetimes. A private server (the default) belongs to the API process that started it and
+exits when that process is gone. A shared server (``--shared``, the API's ``VALIDATION_SOCKET``)
+serves every API process of the host: it detaches from the process that started it, holds the
+socket's server lock while it takes checks (``server_lock.py``), and exits after
+``--idle-exit`` seconds without a check, or on SIGTERM; either way it first removes its socket
+and lets the lock go, so that a new server can start while it answers the connections already
+made.
 """
 
 from __future__ import annotations
@@ -15,15 +23,24 @@ import contextlib
 import json
 import math
 import os
+import select
 import signal
 import socket
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from validator.check_pool import CheckPool
 from validator.limits import apply_limits
+from validator.server_lock import ServerLock
 
-#: How often the server looks whether the API that started it is still alive (seconds).
-PARENT_POLL_SECONDS = 1.0
+#: How often an idle server looks whether it should stop (seconds); SIGCHLD and SIGTERM wake it
+#: at once.
+IDLE_POLL_SECONDS = 1.0
+#: How often it looks again while connections wait for a free check slot (seconds).
+WAITING_POLL_SECONDS = 0.05
 _READ_BYTES = 1024 * 1024
 
 
@@ -65,44 +82,143 @@ def _serve_one(connection: socket.socket) -> None:
     connection.shutdown(socket.SHUT_WR)
 
 
-def serve(path: str) -> None:
-    """Accept checks on the Unix socket ``path`` until the parent process is gone."""
-    parent = os.getppid()
+class _Server:
+    """The accept loop of one server: admits connections into its pool until ``keep_serving``
+    says no, then (after ``on_stop``, which makes sure no new connection can arrive) serves the
+    connections already queued and returns."""
+
+    def __init__(self, listener: socket.socket, max_checks: int, queue_timeout: float,
+                 keep_serving: Callable[[CheckPool], bool], on_stop: Callable[[], None],
+                 child_cleanup: Callable[[], None]) -> None:
+        self._listener = listener
+        self._keep_serving = keep_serving
+        self._on_stop = on_stop
+        self._child_cleanup = child_cleanup
+        self._pool = CheckPool(max_checks, queue_timeout, self._run_check)
+        self.stop_requested = False
+        # SIGCHLD (a check ended: a slot is free) and SIGTERM wake the loop through this pipe.
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def _run_check(self, connection: socket.socket) -> None:
+        # In the forked child: nothing of the server's may outlive it or answer its signals.
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self._listener.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+        self._child_cleanup()
+        connection.settimeout(None)
+        _serve_one(connection)
+
+    def run(self) -> None:
+        signal.set_wakeup_fd(self._wake_write)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, self._request_stop)
+        pool = self._pool
+        while not self.stop_requested and self._keep_serving(pool):
+            pool.step()
+            timeout = WAITING_POLL_SECONDS if pool.has_waiting else IDLE_POLL_SECONDS
+            listening = self._listener.fileno()
+            readable, _, _ = select.select([listening, self._wake_read], [], [], timeout)
+            if self._wake_read in readable:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_read, 512):
+                        pass
+            if listening in readable:
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    pool.admit(self._listener.accept()[0])
+        self._on_stop()
+        # Connections made before the socket went away are still queued: serve them too.
+        self._listener.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                pool.admit(self._listener.accept()[0])
+        while pool.has_waiting:
+            select.select([self._wake_read], [], [], WAITING_POLL_SECONDS)
+            pool.step()
+        self._listener.close()
+
+    def _request_stop(self, *_: Any) -> None:
+        self.stop_requested = True
+
+
+def _listen(path: str) -> tuple[socket.socket, int]:
+    """A listening socket at ``path`` that only this user can reach, and its inode."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
+    os.chmod(path, 0o600)
     listener.listen(64)
-    listener.settimeout(PARENT_POLL_SECONDS)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    return listener, os.stat(path).st_ino
+
+
+def _remove_socket(path: str, inode: int) -> None:
+    """Remove the socket file, unless it is already another server's."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+
+
+def _announce_ready() -> None:
     print("ready", flush=True)
     # The API reads nothing more from this pipe: nothing written later may fill it and block.
     with open(os.devnull, "wb") as devnull:
         os.dup2(devnull.fileno(), sys.stdout.fileno())
-    while os.getppid() == parent:
-        try:
-            connection, _ = listener.accept()
-        except TimeoutError:
-            continue
-        pid = os.fork()
-        if pid == 0:
-            listener.close()
-            status = 1
-            try:
-                connection.settimeout(None)
-                _serve_one(connection)
-                status = 0
-            finally:
-                os._exit(status)
-        connection.close()
-    with contextlib.suppress(OSError):
+
+
+def serve_private(path: str, max_checks: int, queue_timeout: float) -> None:
+    """Accept checks on the Unix socket ``path`` until the parent process is gone."""
+    parent = os.getppid()
+    listener, inode = _listen(path)
+    _announce_ready()
+    _Server(listener, max_checks, queue_timeout,
+            keep_serving=lambda _: os.getppid() == parent,
+            on_stop=lambda: _remove_socket(path, inode), child_cleanup=lambda: None).run()
+
+
+def serve_shared(path: str, max_checks: int, queue_timeout: float, idle_exit: float) -> None:
+    """Serve the host's checks on ``path`` until idle for ``idle_exit`` seconds or SIGTERM."""
+    lock = ServerLock.acquire(Path(path))
+    if lock is None:  # another server took the socket first: it serves the checks
+        print("running", flush=True)
+        return
+    _preload()
+    # A file left at the path can only be a dead server's socket: the live one holds the lock.
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+    listener, inode = _listen(path)
+    _announce_ready()
+
+    def stop() -> None:
+        _remove_socket(path, inode)
+        lock.release()
+
+    _Server(listener, max_checks, queue_timeout,
+            keep_serving=lambda pool: not pool.idle or time.monotonic() - pool.last_activity < idle_exit,
+            on_stop=stop, child_cleanup=lock.release).run()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m validator")
     parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    parser.add_argument("--max-checks", type=int, default=2,
+                        help="checks run at once; further connections wait")
+    parser.add_argument("--queue-timeout", type=float, default=120.0,
+                        help="seconds a connection waits for a slot before it is answered busy")
+    parser.add_argument("--shared", action="store_true",
+                        help="serve every API process of the host: detach, and exit when idle")
+    parser.add_argument("--idle-exit", type=float, default=600.0,
+                        help="with --shared: seconds without a check after which the server exits")
     args = parser.parse_args(argv)
-    _preload()
-    serve(args.socket)
+    if args.shared and os.fork() != 0:
+        # The starting API waits for this process only; the server lives on without it and
+        # prints "ready" on the inherited pipe.
+        os._exit(0)
+    if args.shared:
+        serve_shared(args.socket, args.max_checks, args.queue_timeout, args.idle_exit)
+    else:
+        _preload()
+        serve_private(args.socket, args.max_checks, args.queue_timeout)
     return 0
 
 

@@ -46,7 +46,8 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
         time.sleep(float(request.get("sleep_seconds", 0)))
         return {"environment": sorted(os.environ), "limits": current_limits(),
-                "pid": os.getpid(), "started": started, "finished": time.monotonic()}
+                "pid": os.getpid(), "server_pid": os.getppid(), "started": started,
+                "finished": time.monotonic()}
     raise ValueError(f"unknown operation {op!r}")
 
 

@@ -62,14 +62,15 @@ class ApiProcess:
     """``uvicorn --factory api.main:create_app`` in its own process, with ``env`` over this
     process's environment; output in ``log_path``."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log_path: Path, *, workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         #: ``Authorization`` header of a key made by :meth:`authorize` (empty until then).
         self.headers: dict[str, str] = {}
         command = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
-                   "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+                   "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+                   "--workers", str(workers)]
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command, cwd=PROJECT_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
@@ -106,7 +107,8 @@ class ApiProcess:
         return self
 
     def kill(self) -> None:
-        """SIGKILL: no cleanup handler, no finally block runs."""
+        """SIGKILL to its process group (uvicorn and its worker processes): no cleanup handler,
+        no finally block runs."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)

@@ -1,0 +1,150 @@
+"""One validator server for every API process of a host (``VALIDATION_SOCKET``): processes that
+start at once find or start the same server, the concurrency bound holds for the host, the
+server outlives the process that started it, stops when idle or on SIGTERM without dropping a
+check, and a dead one is replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from api.errors import ServiceUnavailable
+from api.validation import Validator
+from persistence.settings import Settings
+from tests.shared_validator import wait_until
+from validator.server_lock import server_alive, server_pid
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MakeShared = Callable[..., Validator]
+
+
+@pytest.fixture
+def make_shared(socket_path: Path) -> MakeShared:
+    """``make_shared(**settings)``: a Validator of the test's shared socket."""
+    def make(**overrides: object) -> Validator:
+        return Validator(Settings(validation_socket=str(socket_path), **overrides))  # type: ignore[arg-type]
+
+    return make
+
+
+def _overlapping(spans: list[tuple[float, float]]) -> int:
+    """The largest number of spans alive at one instant."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    alive = peak = 0
+    for _, change in events:
+        alive += change
+        peak = max(peak, alive)
+    return peak
+
+
+_PROBE_IN_ANOTHER_PROCESS = """
+import json, sys
+from api.validation import Validator
+from persistence.settings import Settings
+validator = Validator(Settings(validation_socket=sys.argv[1], validation_max_concurrency=1))
+print(json.dumps(validator.probe(sleep_seconds=0.4)))
+"""
+
+
+def test_api_processes_started_at_once_share_one_server_and_its_bound(socket_path: Path,
+                                                                      tmp_path: Path) -> None:
+    # Three processes standing for three uvicorn workers, each with its first upload at once.
+    # Output to files: the server the first of them starts keeps their stderr (that is where
+    # its own messages go), so pipes would stay open after the processes exit.
+    processes = []
+    for index in range(3):
+        with open(tmp_path / f"out-{index}", "wb") as out, open(tmp_path / f"err-{index}",
+                                                                 "wb") as err:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-c", _PROBE_IN_ANOTHER_PROCESS, str(socket_path)],
+                cwd=PROJECT_ROOT, stdout=out, stderr=err,
+                env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}))
+    probes = []
+    for index, process in enumerate(processes):
+        assert process.wait(timeout=120) == 0, (tmp_path / f"err-{index}").read_text()
+        probes.append(json.loads((tmp_path / f"out-{index}").read_text()))
+    servers = {probe["server_pid"] for probe in probes}
+    assert servers == {server_pid(socket_path)}
+    # VALIDATION_MAX_CONCURRENCY=1 held across the processes: the checks ran one at a time.
+    assert _overlapping([(probe["started"], probe["finished"]) for probe in probes]) == 1
+    # The server outlived every process that used it, the one that started it included.
+    assert server_alive(socket_path)
+
+
+def test_a_full_host_answers_busy_naming_the_limit(make_shared: MakeShared) -> None:
+    first = make_shared(validation_max_concurrency=1, validation_queue_timeout_seconds=0.3)
+    second = make_shared(validation_max_concurrency=1, validation_queue_timeout_seconds=0.3)
+    first.probe()
+    holder = threading.Thread(target=first.probe, kwargs={"sleep_seconds": 2.0})
+    holder.start()
+    try:
+        time.sleep(0.5)
+        with pytest.raises(ServiceUnavailable, match="VALIDATION_MAX_CONCURRENCY") as caught:
+            second.probe()
+        assert caught.value.code == "validation_busy"
+        assert "all 1 validation slots" in caught.value.message
+    finally:
+        holder.join()
+
+
+def test_the_server_outlives_its_starter_and_stops_when_idle(
+    make_shared: MakeShared, socket_path: Path
+) -> None:
+    starter = make_shared(validation_idle_exit_seconds=1.5)
+    server = starter.probe()["server_pid"]
+    starter.close()  # the API process that started it is shutting down
+    assert make_shared().probe()["server_pid"] == server
+    # Idle for 1.5 s: it removes its socket and lets its lock go.
+    wait_until(lambda: not server_alive(socket_path), "the idle server to stop")
+    assert not socket_path.exists()
+    replacement = make_shared().probe()["server_pid"]
+    assert replacement != server
+
+
+def test_sigterm_serves_the_checks_already_waiting(make_shared: MakeShared,
+                                                  socket_path: Path) -> None:
+    validator = make_shared(validation_max_concurrency=1)
+    server = validator.probe()["server_pid"]
+    results: list[dict[str, object]] = []
+    threads = [threading.Thread(target=lambda: results.append(validator.probe(sleep_seconds=0.5)))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)  # one check runs, two wait for the slot
+    os.kill(server, signal.SIGTERM)
+    for thread in threads:
+        thread.join()
+    assert len(results) == 3
+    assert {result["server_pid"] for result in results} == {server}
+    wait_until(lambda: not server_alive(socket_path), "the stopped server to let its lock go")
+
+
+def test_a_killed_server_is_replaced(make_shared: MakeShared, socket_path: Path) -> None:
+    validator = make_shared()
+    server = validator.probe()["server_pid"]
+    os.kill(server, signal.SIGKILL)
+    wait_until(lambda: not server_alive(socket_path), "the killed server's lock to go")
+    assert socket_path.exists()  # it had no chance to remove its socket
+    assert validator.probe()["server_pid"] not in (server, None)
+
+
+def test_a_socket_folder_others_may_write_to_or_a_long_path_is_refused(tmp_path: Path) -> None:
+    open_folder = tmp_path / "open"
+    open_folder.mkdir()
+    open_folder.chmod(0o777)
+    with pytest.raises(ValueError, match=r"VALIDATION_SOCKET.*writable by no one else"):
+        Validator(Settings(validation_socket=str(open_folder / "validator.sock")))
+    with pytest.raises(ValueError, match=r"VALIDATION_SOCKET.*longer than"):
+        Validator(Settings(validation_socket="/tmp/" + "x" * 120 + "/validator.sock"))
+    created = tmp_path / "run" / "rift"
+    Validator(Settings(validation_socket=str(created / "validator.sock")))
+    assert created.stat().st_mode & 0o777 == 0o700
