@@ -271,8 +271,10 @@ def list_statements(database_url: str, api_key: str) -> int:
 
 
 @contextmanager
-def api_server(database_url: str, workers: int, port: int, log: Path) -> Iterator[str]:
-    env = {**os.environ, "DATABASE_URL": database_url, "BROKER_URL": "memory://",
+def api_server(database_url: str, workers: int, port: int, log: Path,
+               extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    env = {**os.environ, **(extra_env or {}), "DATABASE_URL": database_url,
+           "BROKER_URL": "memory://",
            "STORE_KIND": "local", "STORE_ROOT": str(log.parent / "objects"),
            "WORK_DIR": str(log.parent / "work"),
            # The bench measures latency, not the per-project request limit (1,200/min by default).

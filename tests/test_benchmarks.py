@@ -53,3 +53,16 @@ def test_the_alpha_selection_count_chooses_the_full_grids_alpha(tmp_path: Path) 
         assert key in report
     assert report["same_alpha"] is True and report["same_chosen_robust_accuracy"] is True
     assert report["pgd_examples_selection"] <= report["pgd_examples_full"]
+
+
+@pytest.mark.service
+def test_the_validator_memory_comparison_finds_one_server_per_host_when_shared(
+    tmp_path: Path,
+) -> None:
+    report = _run_bench("validator_memory.py", "--workers", "2", "--uploads", "4",
+                        "--concurrency", "4", tmp_path=tmp_path)
+    private, shared = report["private"], report["shared"]
+    assert private["accepted"] == shared["accepted"] == 4
+    assert shared["validator_servers"] == 1
+    assert 1 <= private["validator_servers"] <= 2  # a worker that took no upload starts none
+    assert shared["pss_mb"] > 0
