@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from sqlalchemy import create_engine, text
 
 from rift_client import (
     Checkpoint,
@@ -24,7 +27,7 @@ from rift_client import (
     WaitTimeoutError,
 )
 from tests.api.helpers import digits_config
-from tests.client.conftest import MAX_UPLOAD_BYTES, RunningApi
+from tests.client.conftest import FAST_RETRY, MAX_UPLOAD_BYTES, RunningApi
 from tests.client.helpers import ScriptedReply, ScriptedServer
 
 pytestmark = pytest.mark.service
@@ -121,6 +124,57 @@ def test_cancel_and_wait(rift: RiftClient, checkpoint_file: Path) -> None:
     with pytest.raises(ConflictError) as finished:
         rift.cancel(job.id)
     assert finished.value.status_code == 409
+
+
+def _cancel_later(queued_api: RunningApi, api_key: str | None, job_id: str,
+                  delay_s: float) -> threading.Timer:
+    """Cancel the job from another client after ``delay_s`` seconds."""
+    def cancel() -> None:
+        with RiftClient(queued_api.url, api_key=api_key, retry=FAST_RETRY) as other:
+            other.cancel(job_id)
+
+    timer = threading.Timer(delay_s, cancel)
+    timer.start()
+    return timer
+
+
+def test_wait_sees_the_end_through_the_event_stream_not_a_poll(
+        rift: RiftClient, queued_api: RunningApi, api_key: str | None,
+        checkpoint_file: Path) -> None:
+    job = rift.create_job({"config": digits_config()},
+                          checkpoint_id=_upload(rift, checkpoint_file).id)
+    timer = _cancel_later(queued_api, api_key, job.id, 1.0)
+    seen: list[str] = []
+    # Polling once an hour could not see the end within the 60 s allowed: the stream did.
+    done = rift.wait(job.id, timeout=60, poll_interval=3600,
+                     on_update=lambda j: seen.append(j.status))
+    timer.join()
+    assert done.status == "cancelled"
+    assert seen == ["queued", "cancelled"]  # read at the start and at the stream's end only
+
+
+def test_wait_polls_when_the_key_may_open_no_more_streams(
+        rift: RiftClient, queued_api: RunningApi, api_key: str | None,
+        checkpoint_file: Path) -> None:
+    job = rift.create_job({"config": digits_config()},
+                          checkpoint_id=_upload(rift, checkpoint_file).id)
+    engine = create_engine(queued_api.settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE projects SET max_streams_per_key = 1"))
+    engine.dispose()
+    headers = {"Authorization": f"Bearer {api_key}", "Accept": "text/event-stream"}
+    # Another stream of the same key holds the only slot (its headers arrived: it is open).
+    with httpx.stream("GET", f"{queued_api.url}/v1/jobs/{job.id}/events", headers=headers,
+                      timeout=30) as held:
+        assert held.status_code == 200
+        timer = _cancel_later(queued_api, api_key, job.id, 1.0)
+        seen: list[str] = []
+        done = rift.wait(job.id, timeout=30, poll_interval=0.2,
+                         on_update=lambda j: seen.append(j.status))
+        timer.join()
+    assert done.status == "cancelled"
+    # Refused a stream (429), it polled: a followed stream reads the job only at its end.
+    assert seen.count("queued") >= 3
 
 
 def test_api_errors_carry_code_message_and_field(rift: RiftClient, checkpoint_file: Path,

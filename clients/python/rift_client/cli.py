@@ -463,8 +463,9 @@ def jobs_wait(
     job_id: str,
     timeout: Annotated[float | None, typer.Option(
         "--timeout", min=0, help="Seconds before giving up (exit 4; default: no limit).")] = None,
-    poll_interval: Annotated[float, typer.Option("--poll-interval", min=0.1,
-                                                 help="Seconds between two looks.")] = 2.0,
+    poll_interval: Annotated[float, typer.Option(
+        "--poll-interval", min=0.1,
+        help="Seconds between two looks when the event stream cannot be followed.")] = 2.0,
 ) -> None:
     """Wait for a job to finish; exit 0 if it succeeded, 1 if it failed or was cancelled."""
     state = _state(ctx)

@@ -36,7 +36,9 @@ from rift_client import __version__
 from rift_client.errors import (
     ChecksumMismatchError,
     NotFoundError,
+    RateLimitError,
     RiftConnectionError,
+    ServiceUnavailableError,
     WaitTimeoutError,
     api_error_from_response,
 )
@@ -64,6 +66,11 @@ CHUNK_BYTES = 1 << 20
 STREAM_READ_TIMEOUT_S = 60.0
 #: Wait before reconnecting an event stream when the server did not say (its 'retry:' field).
 DEFAULT_RECONNECT_DELAY_S = 2.0
+#: :meth:`RiftClient.wait` gives up on a stream silent this long (past one 15 s keep-alive: a
+#: proxy holds it back) and polls instead.
+WAIT_STREAM_READ_TIMEOUT_S = 20.0
+#: Events per page when looking for a job's latest event.
+EVENTS_PAGE_LIMIT = 500
 
 #: ``progress(done_bytes, total_bytes)`` called as an upload or a download advances.
 ProgressCallback = Callable[[int, int], None]
@@ -168,8 +175,10 @@ class RiftClient:
     @contextlib.contextmanager
     def _stream(self, path: str, *, headers: Mapping[str, str] | None = None,
                 params: Mapping[str, Any] | None = None, follow_redirects: bool = False,
-                read_timeout: float | None = None) -> Iterator[httpx.Response]:
-        """A streamed GET (retried like :meth:`_request` until the answer's headers arrive);
+                read_timeout: float | None = None,
+                retry_answers: bool = True) -> Iterator[httpx.Response]:
+        """A streamed GET (retried like :meth:`_request` until the answer's headers arrive;
+        with ``retry_answers=False`` a 429 or 503 is raised at once instead of waited out);
         the body is left to the caller, the response closed afterwards."""
         timeout = httpx.Timeout(self.timeout, read=read_timeout or self.timeout)
         retry = 0
@@ -187,7 +196,7 @@ class RiftClient:
             if response.status_code >= 400:
                 response.read()
                 response.close()
-                delay = self.retry.delay_for(response, retry)
+                delay = self.retry.delay_for(response, retry) if retry_answers else None
                 if delay is None:
                     raise api_error_from_response(response)
                 time.sleep(delay)
@@ -326,19 +335,50 @@ class RiftClient:
         return Job.model_validate(response.json())
 
     def wait(self, job_id: str, timeout: float | None = None, *, poll_interval: float = 1.0,
-             on_update: Callable[[Job], None] | None = None) -> Job:
-        """Poll the job until it has finished and return it (whatever its final status).
+             on_update: Callable[[Job], None] | None = None, follow_events: bool = True) -> Job:
+        """Wait until the job has finished and return it (whatever its final status).
 
-        ``on_update(job)`` sees every state read. Raises :class:`WaitTimeoutError` when
-        ``timeout`` seconds pass first (None: wait as long as it takes).
+        With ``follow_events`` (the default) it follows the job's event stream, so the end is
+        seen as it happens instead of up to ``poll_interval`` s later, and reads the job again
+        at the end and, while events arrive, at most every ``poll_interval`` s; a stream that
+        cannot be followed (dropped, or held back by a buffering proxy for
+        ``WAIT_STREAM_READ_TIMEOUT_S``) hands over to polling every ``poll_interval`` s, which is
+        all ``follow_events=False`` does. ``on_update(job)`` sees every state read. Raises
+        :class:`WaitTimeoutError` when ``timeout`` seconds pass first (None: wait as long as it
+        takes).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+
+        def read() -> Job:
             job = self.get_job(job_id)
             if on_update is not None:
                 on_update(job)
-            if job.finished:
-                return job
+            return job
+
+        job = read()
+        if job.finished:
+            return job
+        if follow_events:
+            last_read = time.monotonic()
+            # Only new events matter here: start after the latest one instead of replaying all.
+            # A stream that drops, or that is refused (the key's stream limit, a busy
+            # service): poll instead.
+            with contextlib.suppress(RiftConnectionError, RateLimitError,
+                                     ServiceUnavailableError):
+                for _ in self._events(job_id, after=self._latest_event_id(job_id),
+                                      max_reconnects=0, read_timeout=WAIT_STREAM_READ_TIMEOUT_S,
+                                      timeout=None if deadline is None
+                                      else max(deadline - time.monotonic(), 0.0),
+                                      retry_answers=False):
+                    if time.monotonic() - last_read >= poll_interval:
+                        job, last_read = read(), time.monotonic()
+                        if job.finished:
+                            return job
+                # The stream ended: the job has finished, or the time is up.
+                job = read()
+                if job.finished:
+                    return job
+        while True:
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -348,6 +388,20 @@ class RiftClient:
                 time.sleep(min(poll_interval, left))
             else:
                 time.sleep(poll_interval)
+            job = read()
+            if job.finished:
+                return job
+
+    def _latest_event_id(self, job_id: str) -> int:
+        """The id of the job's latest event so far (0 when it has none), paging through them."""
+        latest = 0
+        while True:
+            page = self.list_events(job_id, after=latest, limit=EVENTS_PAGE_LIMIT)
+            if not page.items:
+                return latest
+            latest = page.items[-1].id
+            if len(page.items) < EVENTS_PAGE_LIMIT:
+                return latest
 
     # -------------------------------------------------------------------------------- events
 
@@ -357,32 +411,47 @@ class RiftClient:
             self._get_json(f"/v1/jobs/{_segment(job_id)}/events", after=after, limit=limit))
 
     def stream_events(self, job_id: str, *, after: int = 0, max_reconnects: int = 5,
-                      read_timeout: float = STREAM_READ_TIMEOUT_S) -> Iterator[Event]:
+                      read_timeout: float = STREAM_READ_TIMEOUT_S,
+                      timeout: float | None = None) -> Iterator[Event]:
         """The job's events as they happen (Server-Sent Events), from the first with id >
-        ``after``, until the job has finished.
+        ``after``, until the job has finished, or until ``timeout`` seconds have passed (None:
+        no limit; the iteration then simply ends).
 
         A dropped connection (or one silent for ``read_timeout`` s) is reopened with
         ``Last-Event-ID`` set to the last event received, so no event is lost or repeated;
         after ``max_reconnects`` reopenings in a row that brought no new event,
         :class:`RiftConnectionError` is raised.
         """
+        return self._events(job_id, after=after, max_reconnects=max_reconnects,
+                            read_timeout=read_timeout, timeout=timeout, retry_answers=True)
+
+    def _events(self, job_id: str, *, after: int, max_reconnects: int, read_timeout: float,
+                timeout: float | None, retry_answers: bool) -> Iterator[Event]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def time_left() -> float:
+            return float("inf") if deadline is None else deadline - time.monotonic()
+
         last = after
         failures = 0
         delay = DEFAULT_RECONNECT_DELAY_S
         path = f"/v1/jobs/{_segment(job_id)}/events"
-        while True:
+        while time_left() > 0:
             headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
             if last:
                 headers["Last-Event-ID"] = str(last)
             problem = "the stream ended before the job did"
             try:
                 with self._stream(path, headers=headers, params={"after": last},
-                                  read_timeout=read_timeout) as response:
+                                  read_timeout=min(read_timeout, time_left()),
+                                  retry_answers=retry_answers) as response:
                     decoder = SSEDecoder()
                     for line in response.iter_lines():
                         message = decoder.feed(line)
                         if decoder.retry_ms is not None:
                             delay = decoder.retry_ms / 1000
+                        if time_left() <= 0:
+                            return
                         if message is None:
                             continue
                         if message.event == "end":
@@ -393,13 +462,15 @@ class RiftClient:
                         last, failures = event.id, 0
                         yield event
             except httpx.TransportError as exc:
+                if time_left() <= 0:
+                    return
                 problem = repr(exc)
             failures += 1
             if failures > max_reconnects:
                 raise RiftConnectionError(
                     f"the event stream of job {job_id} dropped {failures} times in a row without "
                     f"a new event (last: {problem}); last event id {last}")
-            time.sleep(delay)
+            time.sleep(min(delay, max(time_left(), 0.0)))
 
     # ------------------------------------------------------------------------------- results
 
