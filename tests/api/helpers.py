@@ -214,6 +214,21 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     return dict(body["error"])
 
 
+def embedded_environment(sqlite_url: str, folder: Path) -> dict[str, str]:
+    """The service variables of the embedded default: SQLite, kombu's SQLAlchemy broker on a
+    SQLite file and a local object store, all under ``folder``."""
+    return {
+        "DATABASE_URL": sqlite_url,
+        "BROKER_URL": f"sqla+sqlite:///{folder / 'broker.db'}",
+        "CELERY_QUEUE": "rift",
+        "STORE_KIND": "local",
+        "STORE_ROOT": str(folder / "objects"),
+        "WORK_DIR": str(folder / "work"),
+        "WORKER_DEVICE": "cpu",
+        "PROGRESS_INTERVAL_SECONDS": "0.2",
+    }
+
+
 def spawn_worker(env: dict[str, str], log_path: Path) -> WorkerProcess:
     """Start a real ``celery worker`` with exactly the service variables in ``env`` (not the
     test's ``service_env``); call ``wait_ready()`` on the result."""

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from api.dispatch import CeleryDispatcher
-from tests.api.helpers import Api, spawn_worker, upload_checkpoint
+from tests.api.helpers import Api, embedded_environment, spawn_worker, upload_checkpoint
 from tests.api.test_end_to_end import follow_events
 from tests.service_fixtures import WorkerProcess, settings_from_env
 
@@ -43,16 +43,7 @@ def test_sharded_mrc_and_a_sweep_on_the_embedded_default(
     embedded_workers: StartWorkers,
     digits_checkpoint_path: Path, digits_job_config: dict[str, Any],
 ) -> None:
-    env = {
-        "DATABASE_URL": sqlite_url,
-        "BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.db'}",
-        "CELERY_QUEUE": "rift",
-        "STORE_KIND": "local",
-        "STORE_ROOT": str(tmp_path / "objects"),
-        "WORK_DIR": str(tmp_path / "work"),
-        "WORKER_DEVICE": "cpu",
-        "PROGRESS_INTERVAL_SECONDS": "0.2",
-    }
+    env = embedded_environment(sqlite_url, tmp_path)
     settings = settings_from_env(env)
     api = start_api(settings, dispatcher=CeleryDispatcher(settings))
     workers = embedded_workers(env, 2)

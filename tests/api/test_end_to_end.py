@@ -26,7 +26,7 @@ import pytest
 
 from api.dispatch import CeleryDispatcher
 from persistence.settings import Settings
-from tests.api.helpers import Api, spawn_worker, upload_checkpoint
+from tests.api.helpers import Api, embedded_environment, spawn_worker, upload_checkpoint
 from tests.api.test_job_events import parse_sse
 from tests.service_fixtures import WorkerProcess, settings_from_env
 
@@ -184,16 +184,7 @@ def test_embedded_default(sqlite_url: str, tmp_path: Path, start_api: Callable[.
                           workers: Callable[[dict[str, str]], WorkerProcess],
                           digits_checkpoint_path: Path,
                           digits_job_config: dict[str, Any]) -> None:
-    env = {
-        "DATABASE_URL": sqlite_url,
-        "BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.db'}",
-        "CELERY_QUEUE": "rift",
-        "STORE_KIND": "local",
-        "STORE_ROOT": str(tmp_path / "objects"),
-        "WORK_DIR": str(tmp_path / "work"),
-        "WORKER_DEVICE": "cpu",
-        "PROGRESS_INTERVAL_SECONDS": "0.2",
-    }
+    env = embedded_environment(sqlite_url, tmp_path)
     settings = settings_from_env(env)
     api = start_api(settings, dispatcher=CeleryDispatcher(settings))
     assert api.client.get("/readyz").status_code == 200

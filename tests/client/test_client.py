@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 from rift_client import (
     Checkpoint,
     ConflictError,
+    Job,
     JobSpec,
     NotFoundError,
     PayloadTooLargeError,
@@ -126,16 +127,23 @@ def test_cancel_and_wait(rift: RiftClient, checkpoint_file: Path) -> None:
     assert finished.value.status_code == 409
 
 
-def _cancel_later(queued_api: RunningApi, api_key: str | None, job_id: str,
-                  delay_s: float) -> threading.Timer:
-    """Cancel the job from another client after ``delay_s`` seconds."""
+def _wait_for_a_cancel(rift: RiftClient, queued_api: RunningApi, api_key: str | None,
+                       job_id: str, poll_interval: float, timeout: float) -> tuple[Job, list[str]]:
+    """``rift.wait`` for the queued job, cancelled from another client after one second; the
+    finished job and every status ``wait`` read."""
     def cancel() -> None:
         with RiftClient(queued_api.url, api_key=api_key, retry=FAST_RETRY) as other:
             other.cancel(job_id)
 
-    timer = threading.Timer(delay_s, cancel)
+    timer = threading.Timer(1.0, cancel)
     timer.start()
-    return timer
+    seen: list[str] = []
+    try:
+        done = rift.wait(job_id, timeout=timeout, poll_interval=poll_interval,
+                         on_update=lambda j: seen.append(j.status))
+    finally:
+        timer.join()
+    return done, seen
 
 
 def test_wait_sees_the_end_through_the_event_stream_not_a_poll(
@@ -143,12 +151,9 @@ def test_wait_sees_the_end_through_the_event_stream_not_a_poll(
         checkpoint_file: Path) -> None:
     job = rift.create_job({"config": digits_config()},
                           checkpoint_id=_upload(rift, checkpoint_file).id)
-    timer = _cancel_later(queued_api, api_key, job.id, 1.0)
-    seen: list[str] = []
     # Polling once an hour could not see the end within the 60 s allowed: the stream did.
-    done = rift.wait(job.id, timeout=60, poll_interval=3600,
-                     on_update=lambda j: seen.append(j.status))
-    timer.join()
+    done, seen = _wait_for_a_cancel(rift, queued_api, api_key, job.id, poll_interval=3600,
+                                    timeout=60)
     assert done.status == "cancelled"
     assert seen == ["queued", "cancelled"]  # read at the start and at the stream's end only
 
@@ -167,11 +172,8 @@ def test_wait_polls_when_the_key_may_open_no_more_streams(
     with httpx.stream("GET", f"{queued_api.url}/v1/jobs/{job.id}/events", headers=headers,
                       timeout=30) as held:
         assert held.status_code == 200
-        timer = _cancel_later(queued_api, api_key, job.id, 1.0)
-        seen: list[str] = []
-        done = rift.wait(job.id, timeout=30, poll_interval=0.2,
-                         on_update=lambda j: seen.append(j.status))
-        timer.join()
+        done, seen = _wait_for_a_cancel(rift, queued_api, api_key, job.id, poll_interval=0.2,
+                                        timeout=30)
     assert done.status == "cancelled"
     # Refused a stream (429), it polled: a followed stream reads the job only at its end.
     assert seen.count("queued") >= 3
