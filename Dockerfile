@@ -12,12 +12,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# Optional extras of pyproject.toml to install as well, comma-separated, e.g. MLflow export:
+#   docker build --build-arg EXTRAS=mlflow .
+ARG EXTRAS=""
 # Dependencies first, read from pyproject.toml alone: editing the code then reuses this layer
 # instead of reinstalling torch.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(deps))" > /tmp/requirements.txt \
+COPY pyproject.toml scripts/image_requirements.py ./
+RUN python image_requirements.py "${EXTRAS}" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+    && rm /tmp/requirements.txt image_requirements.py
 
 # The source (alembic.ini and migrations/ included: the api runs `alembic upgrade head` from /app).
 COPY . .

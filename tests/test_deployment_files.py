@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,27 @@ def test_entry_points_exist_once_written() -> None:
             if isinstance(t, ast.Name)
         }
         assert name in defined, f"{path.relative_to(ROOT)} defines no {name!r}"
+
+
+def test_image_requirements_add_the_extras_named_and_refuse_unknown_ones() -> None:
+    script = ROOT / "scripts" / "image_requirements.py"
+
+    def run(extras: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(script), extras], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = run("")
+    assert base.returncode == 0 and base.stdout.split() == project["dependencies"]
+    with_mlflow = run(" mlflow ")
+    assert with_mlflow.stdout.split() == [*project["dependencies"],
+                                          *project["optional-dependencies"]["mlflow"]]
+    unknown = run("mlflow,gpu-extra")
+    assert unknown.returncode == 2 and "gpu-extra is not an extra" in unknown.stderr
+    assert unknown.stdout == ""
+    # The image's dependency layer is made by the script from the build argument.
+    text = DOCKERFILE.read_text()
+    assert re.search(r'^ARG EXTRAS=""$', text, re.MULTILINE)
+    assert 'python image_requirements.py "${EXTRAS}" > /tmp/requirements.txt' in text
