@@ -4,7 +4,8 @@ Each stage is a function that takes the previous stage's output explicitly, so a
 one stage per task and resume after a crash from what was saved. ``run_pipeline`` chains the three
 stages for the CLI and saves each stage's output in a folder, skipping stages already saved there.
 With ``finetune.candidates`` > 1 or a ``finetune.lr_grid``, the fine-tune and interpolation run once
-per candidate and the α rule picks across them (``rift.sweep``); such a sweep is not resumed.
+per candidate and the α rule picks across them (``rift.sweep``); each candidate's outputs are saved
+as it finishes, so a sweep resumed in the same folder runs only the candidates not yet done.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from rift.sequential_attack import (
     stop_chunk,
 )
 from rift.stage_outputs import (
+    CANDIDATE_JSON,
     CURVES_JSON,
     FINETUNE_JSON,
     FINETUNED,
@@ -64,13 +66,14 @@ from rift.stage_outputs import (
     RESULT_JSON,
     TUNED,
     FolderStorage,
+    PrefixedStorage,
     RunIdentity,
     StageStorage,
+    candidate_prefix,
 )
 from rift.sweep import (
     Candidate,
     CandidateOutcome,
-    choose_across,
     curves_document,
     is_sweep,
     sweep_candidates,
@@ -733,32 +736,70 @@ def candidate_outcome(candidate: Candidate, finetune: FinetuneStageResult,
         float(chosen["robust_accuracy"] or 0.0), interpolation.points, finetune.best_epoch)
 
 
-def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: StageStorage,
+def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
               metadata: dict[str, str], callbacks: PipelineCallbacks | None = None,
               preflight: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every candidate in turn; the α rule picks across all curves; writes ``curves.json``,
-    the winner's θ_FT and θ_α* and ``result.json`` (with ``"sweep"``); returns the latter."""
+    the winner's θ_FT and θ_α* and ``result.json`` (with ``"sweep"``); returns the latter.
+
+    Each candidate's outcome, fine-tune record and θ_FT are saved under its prefix
+    (``candidate-NN.``) as it finishes, and a candidate saved there (same module and rate) is not
+    run again: a sweep cut short resumes where it stopped. Once the winner's outputs are
+    written, the other candidates' θ_FT are deleted (their records stay).
+    """
+    callbacks = callbacks or PipelineCallbacks()
     config = run.config
     candidates = sweep_candidates(config, mrc.rows)
     outcomes: list[CandidateOutcome] = []
-    best: tuple[FinetuneStageResult, InterpolationStageResult] | None = None
-    for candidate in candidates:
-        if callbacks is not None:
+    curves_of: list[dict[str, Any]] = []
+    for index, candidate in enumerate(candidates):
+        saved_in = PrefixedStorage(storage, candidate_prefix(index))
+        saved = _load_candidate(saved_in, candidate)
+        if saved is not None:
+            callbacks.event("stage_skipped", {"stage": "candidate", "module": candidate.module,
+                                              "lr": candidate.lr,
+                                              "reason": "output already saved"})
+        else:
             callbacks.event("stage_started", {"stage": "candidate", "module": candidate.module,
                                               "lr": candidate.lr})
-        finetune, interpolation = run_candidate(run, candidate, callbacks)
-        outcomes.append(candidate_outcome(candidate, finetune, interpolation))
-        if choose_across(outcomes) == len(outcomes) - 1:
-            best = (finetune, interpolation)  # keep only the winner's weights in memory
-    assert best is not None
-    finetune, interpolation = best
+            finetune, interpolation = run_candidate(run, candidate, callbacks)
+            saved = {"outcome": candidate_outcome(candidate, finetune, interpolation).to_json(),
+                     "interpolation": interpolation.to_json()}
+            # θ_FT and its record first: candidate.json marks a candidate whose files are whole.
+            save_finetune(saved_in, finetune, {**metadata, "lr": repr(candidate.lr)})
+            stage_outputs.write_json(saved_in, CANDIDATE_JSON, saved)
+        outcomes.append(CandidateOutcome.from_json(saved["outcome"]))
+        curves_of.append(saved["interpolation"])
     curves = curves_document(outcomes)
     winner = curves["chosen"]
-    stage_outputs.write_weights(storage, FINETUNED, finetune.state_dict,
-                                {**metadata, "kind": "finetuned", "module": finetune.module})
+    winner_storage = PrefixedStorage(storage, candidate_prefix(winner))
+    chosen = load_finetune(winner_storage)
+    if chosen is None:
+        raise ConfigError(f"the chosen candidate's {FINETUNED} is missing from {storage.folder}; "
+                          "use --fresh to run the sweep again", field="output_dir")
+    # θ_α* made again from θ_AT and the winner's θ_FT: the tensors its curve measured.
+    interpolation = InterpolationStageResult(
+        **curves_of[winner], state_dict=interpolate_weights(
+            run.original_state, chosen.state_dict, float(curves_of[winner]["chosen_alpha"])))
+    stage_outputs.write_weights(storage, FINETUNED, chosen.state_dict,
+                                {**metadata, "kind": "finetuned", "module": chosen.module})
     stage_outputs.write_json(storage, CURVES_JSON, curves)
-    result = {**build_result(config, mrc, finetune, interpolation, str(run.device), preflight),
+    result = {**build_result(config, mrc, chosen, interpolation, str(run.device), preflight),
               "sweep": curves}
     save_interpolation(storage, interpolation, {**metadata, "lr": repr(candidates[winner].lr)},
-                       finetune.module, result)
+                       chosen.module, result)
+    for index in range(len(candidates)):
+        if index != winner:
+            PrefixedStorage(storage, candidate_prefix(index)).remove(FINETUNED)
     return result
+
+
+def _load_candidate(storage: PrefixedStorage, candidate: Candidate) -> dict[str, Any] | None:
+    """A candidate's saved outcome and curve, when saved for this module and rate."""
+    saved = stage_outputs.read_json(storage, CANDIDATE_JSON)
+    if saved is None:
+        return None
+    recorded = saved["outcome"]
+    if recorded.get("module") != candidate.module or recorded.get("lr") != candidate.lr:
+        return None
+    return saved

@@ -8,6 +8,9 @@ Files (names are the same everywhere):
     tuned.safetensors, result.json         interpolation stage: θ_α* and the run's result document
     run.json                               folder runs only: what the outputs belong to (see
                                            ``RunIdentity``)
+    candidate-NN.candidate.json,           a sequential sweep's candidate NN (folder runs):
+    candidate-NN.finetune.json,            its outcome and curve, its fine-tune record and θ_FT
+    candidate-NN.finetuned.safetensors     (the losers' θ_FT deleted once the sweep is done)
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ TUNED = "tuned.safetensors"
 RESULT_JSON = "result.json"
 CURVES_JSON = "curves.json"  # a sweep's candidates side by side (rift.sweep)
 RUN_JSON = "run.json"
+CANDIDATE_JSON = "candidate.json"  # under a candidate's prefix (candidate_prefix)
+_CANDIDATE_GLOB = "candidate-*"
 # The stage that writes each file (a worker stores each stage's files under that stage's keys).
 STAGE_OF_FILE = {MRC_JSON: "mrc", MRC_CSV: "mrc", FINETUNE_JSON: "finetune",
                  FINETUNED: "finetune", TUNED: "interpolate", RESULT_JSON: "interpolate",
@@ -71,13 +76,41 @@ class FolderStorage:
             Path(temporary).unlink(missing_ok=True)
             raise
 
+    def remove(self, name: str) -> None:
+        (self.folder / name).unlink(missing_ok=True)
+
     def remove_outputs(self) -> None:
-        """Delete every stage file and ``run.json`` (``--fresh``); other files stay."""
+        """Delete every stage file, a sweep's candidate files and ``run.json`` (``--fresh``);
+        other files stay."""
         for name in (*STAGE_OF_FILE, RUN_JSON):
-            (self.folder / name).unlink(missing_ok=True)
+            self.remove(name)
+        for path in self.folder.glob(_CANDIDATE_GLOB):
+            path.unlink(missing_ok=True)
 
     def has_outputs(self) -> bool:
         return any((self.folder / name).is_file() for name in STAGE_OF_FILE)
+
+
+def candidate_prefix(index: int) -> str:
+    """The prefix of sequential-sweep candidate ``index``'s files in a run folder."""
+    return f"candidate-{index:02d}."
+
+
+class PrefixedStorage:
+    """The files of ``inner`` whose names start with ``prefix``, by their names without it: one
+    candidate's stage files written and read with the usual names."""
+
+    def __init__(self, inner: FolderStorage, prefix: str) -> None:
+        self.inner, self.prefix = inner, prefix
+
+    def read_bytes(self, name: str) -> bytes | None:
+        return self.inner.read_bytes(self.prefix + name)
+
+    def write_bytes(self, name: str, data: bytes, content_type: str) -> None:
+        self.inner.write_bytes(self.prefix + name, data, content_type)
+
+    def remove(self, name: str) -> None:
+        self.inner.remove(self.prefix + name)
 
 
 def content_type(name: str) -> str:

@@ -72,3 +72,56 @@ def test_a_rate_listed_twice_is_refused_naming_it() -> None:
         FinetuneSpec(lr_grid=[0.01, 0.001, 0.01])
     assert raised.value.errors()[0]["loc"] == ("lr_grid",)
     assert FinetuneSpec(lr_grid=[0.01, 0.001]).lr_grid == [0.01, 0.001]
+
+
+def test_a_sweep_cut_short_resumes_with_the_candidates_not_yet_done(
+        digits_checkpoint_path: Path, digits_job_config: dict[str, Any], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from rift.errors import JobCancelled
+    from rift.pipeline import PipelineCallbacks
+
+    digits_job_config["mrc"].update(steps=1, num_examples=64, batch_size=64)
+    digits_job_config["finetune"].update(epochs=1, lr_milestones=[], candidates=2,
+                                         lr_grid=[0.05, 0.01])
+    digits_job_config["interpolation"]["alpha_step"] = 0.5
+    digits_job_config["evaluation"]["max_examples"] = 120
+    config = RiftConfig.model_validate(digits_job_config)
+    whole = run_pipeline(config, digits_checkpoint_path, tmp_path / "whole")
+
+    # Cut short as the third of the four candidates starts (Ctrl-C, a lost machine...).
+    started: list[str] = []
+
+    def record(kind: str, payload: dict[str, Any]) -> None:
+        if payload.get("stage") == "candidate":
+            started.append(kind)
+
+    def third_started() -> bool:
+        return started.count("stage_started") >= 3
+
+    folder = tmp_path / "resumed"
+    with pytest.raises(JobCancelled):
+        run_pipeline(config, digits_checkpoint_path, folder,
+                     PipelineCallbacks(on_event=record, should_cancel=third_started))
+    assert sorted(p.name for p in folder.glob("candidate-*.candidate.json")) == [
+        "candidate-00.candidate.json", "candidate-01.candidate.json"]
+    started.clear()
+    resumed = run_pipeline(config, digits_checkpoint_path, folder,
+                           PipelineCallbacks(on_event=record))
+    assert started == ["stage_skipped", "stage_skipped", "stage_started", "stage_started"]
+    # The same answer and files as the sweep that ran straight through.
+    assert resumed["sweep"] == whole["sweep"]
+    assert resumed["chosen_alpha"] == whole["chosen_alpha"]
+    for name in ("tuned.safetensors", "finetuned.safetensors"):
+        ours, theirs = load_file(folder / name), load_file(tmp_path / "whole" / name)
+        assert ours.keys() == theirs.keys()
+        assert all(ours[key].equal(theirs[key]) for key in ours), name
+    # Only the winner's candidate θ_FT is kept; every candidate's record stays.
+    kept = sorted(p.name for p in folder.glob("candidate-*.finetuned.safetensors"))
+    assert kept == [f"candidate-{whole['sweep']['chosen']:02d}.finetuned.safetensors"]
+    assert len(list(folder.glob("candidate-*.candidate.json"))) == 4
+    # --fresh clears the candidates too.
+    from rift.stage_outputs import FolderStorage
+
+    FolderStorage(folder).remove_outputs()
+    assert not list(folder.glob("candidate-*"))
