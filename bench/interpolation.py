@@ -151,11 +151,13 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None,
                         help="also write the JSON report to this file")
     parser.add_argument("--min-stop-chunk", type=int, default=None,
-                        help="override rift.sequential_attack.MIN_STOP_CHUNK (1: chunks of "
-                        "1/32 of the set, the rule before the floor)")
+                        help="override the floor of the stop chunks, rift.sequential_attack."
+                        "MIN_STOP_CHUNK on a CPU, ACCELERATOR_MIN_STOP_CHUNK (default: the batch "
+                        "size) on a GPU (1: chunks of 1/32 of the set, the rule before the floor)")
     args = parser.parse_args()
     if args.min_stop_chunk is not None:
         sequential_attack.MIN_STOP_CHUNK = args.min_stop_chunk
+        sequential_attack.ACCELERATOR_MIN_STOP_CHUNK = args.min_stop_chunk
     runs = [] if args.skip_digits else [_digits(s, args.device, args.alpha_step)
                                         for s in args.seeds]
     if not args.skip_resnet:
@@ -172,6 +174,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "alpha_step": args.alpha_step,
         "min_stop_chunk": sequential_attack.MIN_STOP_CHUNK,
+        "accelerator_min_stop_chunk": sequential_attack.ACCELERATOR_MIN_STOP_CHUNK,
         "pgd_evaluations_full": full,
         "pgd_evaluations_selection": selection,
         "ratio": round(selection / full, 4),

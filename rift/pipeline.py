@@ -472,7 +472,7 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
         # unless memory differs between their runs).
         attacked = with_batch_backoff(lambda batch_size: attack_until(
             run.model, data, run.attack, at_least=at_least,
-            chunk=stop_chunk(total, batch_size), device=run.device, seed=config.seed,
+            chunk=stop_chunk(total, batch_size, run.device), device=run.device, seed=config.seed,
             order=order, precision=config.precision, should_cancel=callbacks.should_cancel,
             random_starts=starts), config.evaluation.batch_size, on_backoff=warn)
         if not baseline:  # the first attacked point is θ_AT (α = 0), in full

@@ -120,3 +120,9 @@ def test_a_stop_chunk_keeps_a_bounded_overshoot() -> None:
     # A floor on small sets (a call has a fixed cost), still within the set and the batch size.
     assert stop_chunk(449, 512) == 64 and stop_chunk(449, 16) == 16
     assert stop_chunk(5, 512) == 5 and stop_chunk(0, 512) == 1
+    # On an accelerator a call costs about the same for a few examples as for a batch: whole
+    # batches (still within the set).
+    gpu = torch.device("cuda", 0)
+    assert stop_chunk(2_000, 512, gpu) == 512 and stop_chunk(449, 256, gpu) == 256
+    assert stop_chunk(100, 512, gpu) == 100
+    assert stop_chunk(2_000, 512, CPU) == stop_chunk(2_000, 512) == 64
