@@ -118,12 +118,15 @@ def validate_body(body: Any, model: type[ModelT], loc: tuple[Any, ...]) -> Model
 def fingerprint(spec: JobSpec, checkpoint_ref: str) -> str:
     """Hash of what defines the job (defaults filled in), for Idempotency-Key comparisons;
     ``checkpoint_ref`` is the checkpoint id, or ``sha256:<hex>`` of an uploaded file."""
-    return request_fingerprint({
+    defining: dict[str, Any] = {
         "checkpoint": checkpoint_ref,
         "dataset_id": spec.dataset_id,
         "config": spec.config.model_dump(mode="json"),
         "labels": spec.labels,
-    })
+    }
+    if spec.time_limit_seconds is not None:  # absent otherwise: earlier jobs keep their hash
+        defining["time_limit_seconds"] = spec.time_limit_seconds
+    return request_fingerprint(defining)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,11 @@ class JobSpec(_Strict):
         "be its kind ('npz' or 'imagefolder') and config.dataset.path is left out.")
     config: RiftConfig
     labels: Labels = Field(default_factory=dict)
+    time_limit_seconds: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="This job's wall-clock limit in seconds, from its first stage's start, at "
+        "most the service's JOB_TIME_LIMIT_SECONDS; past it the job fails with code 'timeout'. "
+        "None: the service's limit.")
 
 
 class JobCreate(JobSpec):
@@ -146,6 +151,9 @@ class JobSummaryOut(BaseModel):
     cost_estimate: int | None = Field(
         None, description="Estimated example-passes (forward and backward, all stages), "
         "compared with the project's max_job_cost when the job was created.")
+    time_limit_seconds: float | None = Field(
+        None, description="The job's own wall-clock limit (seconds); None: the service's "
+        "JOB_TIME_LIMIT_SECONDS.")
     estimated_finish: datetime | None = Field(
         None, description="When a running job should end, at the pace its earlier stages and "
         "the running stage's progress measured; None when queued, ended or not yet measurable; "

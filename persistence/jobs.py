@@ -143,6 +143,7 @@ class JobSummary:
     updated_at: datetime
     project_id: str | None
     cost_estimate: int | None
+    time_limit_seconds: float | None
     queue_position: int | None
     label_dict: dict[str, str]
     spec: dict[str, Any] | None
@@ -153,7 +154,7 @@ _SUMMARY_NAMES = (
     "id", "status", "stage", "stage_progress", "progress_message", "cancel_requested",
     "checkpoint_id", "dataset_id", "device", "attempts", "selected_module", "chosen_alpha",
     "metrics", "error_code", "error_message", "created_at", "started_at", "finished_at",
-    "updated_at", "project_id", "cost_estimate")
+    "updated_at", "project_id", "cost_estimate", "time_limit_seconds")
 _SUMMARY_COLUMNS = tuple(getattr(Job, name) for name in _SUMMARY_NAMES)
 
 
@@ -187,6 +188,7 @@ def create_job(
     cost_estimate: int | None = None,
     request_id: str | None = None,
     max_active_jobs: int | None = None,
+    time_limit_seconds: float | None = None,
 ) -> tuple[Job, bool]:
     """Create a queued job with its labels and its three pending stages; returns (job, created).
 
@@ -213,7 +215,7 @@ def create_job(
         checkpoint_id=checkpoint_id, dataset_id=dataset_id, idempotency_key=idempotency_key,
         request_hash=request_hash, cancel_requested=False, attempts=0, created_at=now,
         updated_at=now, project_id=project_id, cost_estimate=cost_estimate,
-        request_id=request_id,
+        request_id=request_id, time_limit_seconds=time_limit_seconds,
     )
     job.labels = [JobLabel(key=k, value=v) for k, v in sorted((labels or {}).items())]
     job.stages = [JobStage(stage=stage, position=i, status=StageStatus.PENDING, attempts=0)

@@ -251,6 +251,8 @@ class Job(Base):
     project_id: Mapped[str | None] = mapped_column(
         ForeignKey("projects.id", ondelete="RESTRICT"), index=True)
     cost_estimate: Mapped[int | None] = mapped_column(BigInteger)  # example-passes
+    # The job's own wall-clock limit (seconds); NULL: the service's JOB_TIME_LIMIT_SECONDS.
+    time_limit_seconds: Mapped[float | None] = mapped_column(Float)
 
     checkpoint: Mapped[Checkpoint] = relationship(lazy="raise_on_sql")
     dataset: Mapped[Dataset | None] = relationship(lazy="raise_on_sql")

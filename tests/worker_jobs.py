@@ -63,13 +63,14 @@ def quick_config(digits_job_config: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def submit(sessions: sessionmaker[Session], store: ObjectStore, sender: RiftCelery,
            digits_checkpoint_path: Path) -> Callable[..., str]:
-    """``submit(spec, send=True) -> job id``: store the checkpoint, record it and the job, send
-    the first stage's message."""
+    """``submit(spec, send=True, time_limit_seconds=None) -> job id``: store the checkpoint,
+    record it and the job, send the first stage's message."""
     from rift import checkpoints
 
     state = checkpoints.load_state_dict(digits_checkpoint_path)
 
-    def submit_job(spec: dict[str, Any], *, send: bool = True) -> str:
+    def submit_job(spec: dict[str, Any], *, send: bool = True,
+                   time_limit_seconds: float | None = None) -> str:
         stored = store.put_file(f"checkpoints/{uuid.uuid4().hex}.safetensors",
                                 digits_checkpoint_path)
         with sessions() as session:
@@ -77,7 +78,8 @@ def submit(sessions: sessionmaker[Session], store: ObjectStore, sender: RiftCele
                 session, filename="digits.safetensors", size=stored.size, sha256=stored.sha256,
                 format="safetensors", storage_key=stored.key, num_tensors=len(state),
                 num_parameters=sum(t.numel() for t in state.values()))
-            job, _ = jobs.create_job(session, spec=spec, checkpoint_id=checkpoint.id)
+            job, _ = jobs.create_job(session, spec=spec, checkpoint_id=checkpoint.id,
+                                     time_limit_seconds=time_limit_seconds)
         if send:
             enqueue_stage(sender, job.id, "mrc")
         return job.id

@@ -37,7 +37,7 @@ from persistence.queue import enqueue_stage
 from persistence.stage_shards import CANDIDATES, SHARDED_OWNER
 from persistence.stages import ArtifactRecord, ClaimOutcome, LeaseLost, StageOutputs
 from persistence.storage import ObjectNotFound, ObjectStore, StoredObject
-from persistence.time_limits import seconds_left
+from persistence.time_limits import job_time_limit
 from persistence.transactions import EventKind, JobNotFound, load_stages
 from reporting.charts import sweep_curves
 from rift import stage_outputs
@@ -134,8 +134,9 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
     part = claim.part
     assert isinstance(part, SweepCandidate)
 
-    reporter = PartReporter(resources, job_id, CANDIDATES, index, seconds_left=seconds_left(
-        claim.job.started_at, settings.job_time_limit_seconds))
+    reporter = PartReporter(
+        resources, job_id, CANDIDATES, index, started_at=claim.job.started_at,
+        time_limit=job_time_limit(claim.job, settings.job_time_limit_seconds))
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
                                   should_cancel=reporter.should_cancel)
     reporter.start()

@@ -26,7 +26,7 @@ from persistence.models import utcnow
 from persistence.settings import Settings
 from persistence.stages import LeaseLost
 from persistence.storage import ObjectNotFound, ObjectStore
-from persistence.time_limits import timeout_message
+from persistence.time_limits import TimeLimit
 from persistence.transactions import EventKind
 from persistence.webhooks import install_delivery_dispatch
 from rift.errors import JobCancelled, RiftError, TimeLimitExceeded
@@ -108,8 +108,8 @@ class StageReporter:
     (another worker took the stage over) it flags the lease as lost. ``should_cancel``, which the
     library polls at every batch and attack step (:mod:`rift.cancellation`), then raises
     :class:`persistence.stages.LeaseLost`; it raises :class:`rift.errors.TimeLimitExceeded` once
-    ``seconds_left`` (the job's remaining wall-clock time, ``JOB_TIME_LIMIT_SECONDS``) have
-    passed.
+    the job first claimed at ``started_at`` is past ``time_limit`` (its own
+    ``time_limit_seconds``, else ``JOB_TIME_LIMIT_SECONDS``).
 
     Events (all, in order) and progress (the latest) are written, and the job's cancellation flag
     read, together in one transaction (:meth:`flush`) at most once per
@@ -123,7 +123,8 @@ class StageReporter:
 
     def __init__(self, resources: WorkerResources, job_id: str, stage: str,
                  clock: Callable[[], float] = time.monotonic, *,
-                 seconds_left: float | None = None) -> None:
+                 time_limit: TimeLimit | None = None, started_at: datetime | None = None
+                 ) -> None:
         self.resources = resources
         self.job_id = job_id
         self.stage = stage
@@ -134,8 +135,10 @@ class StageReporter:
         self._last_flush = float("-inf")  # the first report is written at once
         self._cancel = False
         self._lease_lost = threading.Event()
-        self._limit_seconds = resources.settings.job_time_limit_seconds
-        self._deadline = clock() + seconds_left if seconds_left is not None else None
+        # The job's deadline on this process's clock (None: not enforced here).
+        self._time_limit = time_limit
+        self._deadline = (clock() + time_limit.seconds_left(started_at)
+                          if time_limit is not None else None)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._events: list[tuple[str, dict[str, Any], datetime]] = []
@@ -195,7 +198,8 @@ class StageReporter:
                                    f"of job {self.job_id}")
         if self._deadline is not None and self._clock() >= self._deadline:
             self.flush()
-            raise TimeLimitExceeded(timeout_message(self._limit_seconds))
+            assert self._time_limit is not None
+            raise TimeLimitExceeded(self._time_limit.message())
         if not self._cancel and self._due():
             self.flush()
         return self._cancel
@@ -221,8 +225,10 @@ class PartReporter(StageReporter):
     they do not write the job's progress: finishing a part does (parts done / parts)."""
 
     def __init__(self, resources: WorkerResources, job_id: str, kind: stage_shards.PartKind,
-                 index: int, *, seconds_left: float | None = None) -> None:
-        super().__init__(resources, job_id, kind.stage, seconds_left=seconds_left)
+                 index: int, *, time_limit: TimeLimit | None = None,
+                 started_at: datetime | None = None) -> None:
+        super().__init__(resources, job_id, kind.stage, time_limit=time_limit,
+                         started_at=started_at)
         self.kind, self.index = kind, index
 
     def renew(self) -> bool:

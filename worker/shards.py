@@ -27,6 +27,7 @@ from persistence.models import Checkpoint, Dataset, Job, StageName
 from persistence.queue import enqueue_stage
 from persistence.stage_shards import SHARDED_OWNER
 from persistence.stages import ClaimOutcome, LeaseLost
+from persistence.time_limits import job_time_limit
 from persistence.transactions import JobNotFound, load_stages
 from rift import checkpoints
 from rift.config import RiftConfig
@@ -115,7 +116,10 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
     if claim.outcome != ClaimOutcome.CLAIMED or checkpoint is None:
         return str(claim.outcome)
 
-    reporter = PartReporter(resources, job_id, stage_shards.MRC_SHARDS, shard)
+    # A shard keeps to the job's deadline too: the stage's time is the shards' time.
+    reporter = PartReporter(
+        resources, job_id, stage_shards.MRC_SHARDS, shard, started_at=claim.job.started_at,
+        time_limit=job_time_limit(claim.job, settings.job_time_limit_seconds))
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
                                   should_cancel=reporter.should_cancel)
     reporter.start()

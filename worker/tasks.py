@@ -70,7 +70,7 @@ from persistence.queue import (
 )
 from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.storage import ObjectNotFound
-from persistence.time_limits import fail_overdue_jobs, seconds_left
+from persistence.time_limits import fail_overdue_jobs, job_time_limit
 from persistence.transactions import JobNotFound, load_stages
 from persistence.webhooks import deliveries_to_redispatch
 from rift.errors import JobCancelled, RiftError
@@ -262,8 +262,9 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
     device: str | None = None
 
     logger.info("job %s stage %s: attempt %d on %s", job_id, stage, claim.attempt, owner)
-    reporter = StageReporter(resources, job_id, stage, seconds_left=seconds_left(
-        claim.job.started_at, settings.job_time_limit_seconds))
+    reporter = StageReporter(
+        resources, job_id, stage, started_at=claim.job.started_at,
+        time_limit=job_time_limit(claim.job, settings.job_time_limit_seconds))
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
                                   should_cancel=reporter.should_cancel)
     reporter.start()
@@ -457,15 +458,15 @@ def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources) -> int:
 
 
 def fail_overdue(resources: WorkerResources) -> list[str]:
-    """Fail with code ``timeout`` the jobs a lease length past ``JOB_TIME_LIMIT_SECONDS``
-    (those whose worker died or hung; a live worker fails its own job at the deadline)."""
+    """Fail with code ``timeout`` the jobs a lease length past their time limit (their own, else
+    ``JOB_TIME_LIMIT_SECONDS``: those whose worker died or hung; a live worker fails its own job
+    at the deadline)."""
     settings = resources.settings
     with resources.session() as session:
         overdue = fail_overdue_jobs(session, limit_seconds=settings.job_time_limit_seconds,
                                     grace_seconds=settings.worker_lease_seconds)
     for job_id in overdue:
-        logger.warning("job %s failed: past its time limit of %g s", job_id,
-                       settings.job_time_limit_seconds)
+        logger.warning("job %s failed: past its time limit", job_id)
     return overdue
 def redispatch_late_webhooks(app: RiftCelery, resources: WorkerResources) -> int:
     """Send again the webhook messages whose task is a lease length (WORKER_LEASE_SECONDS)

@@ -34,6 +34,7 @@ from api.services.quotas import (
     check_active_jobs,
     check_cost,
     check_storage,
+    check_time_limit,
 )
 from api.uploads import UploadedFile, scratch_dir
 from api.validation import Validator
@@ -73,6 +74,7 @@ def _summary_fields(job: Job | JobSummary, position: int | None) -> dict[str, An
         chosen_alpha=job.chosen_alpha, metrics=job.metrics, error=error,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
         updated_at=job.updated_at, cost_estimate=job.cost_estimate,
+        time_limit_seconds=job.time_limit_seconds,
         links=JobLinks(
             self=job_link(job.id), events=job_link(job.id, "/events"),
             mrc=job_link(job.id, "/mrc"), curves=job_link(job.id, "/curves"),
@@ -180,6 +182,7 @@ def create_job_for(
             examples = (dataset.row.num_examples, dataset.row.num_examples)
         estimate = estimate_cost(config_json, num_modules=num_tensors, dataset_examples=examples)
         check_cost(caller, estimate)
+        check_time_limit(spec.time_limit_seconds, settings.job_time_limit_seconds)
         check_active_jobs(session, caller)
         if upload is not None:
             check_storage(session, caller, upload.size)
@@ -195,7 +198,8 @@ def create_job_for(
                 dataset_id=spec.dataset_id, labels=spec.labels, idempotency_key=stored_key,
                 request_hash=request_hash, project_id=caller.project_id,
                 cost_estimate=estimate.total, request_id=current_request_id(),
-                max_active_jobs=caller.limits.max_active_jobs)
+                max_active_jobs=caller.limits.max_active_jobs,
+                time_limit_seconds=spec.time_limit_seconds)
             if created:
                 try:
                     services.dispatcher.enqueue_job(job.id)

@@ -72,3 +72,14 @@ def check_cost(caller: Caller, estimate: CostEstimate) -> None:
             "mrc.steps or raise interpolation.alpha_step",
             field="max_job_cost", code="cost_limit_exceeded",
             details={"limit": limit, "estimate": estimate.to_json()})
+
+
+def check_time_limit(requested_seconds: float | None, service_seconds: float) -> None:
+    """Raise 422 if a job asks for a longer wall-clock limit than the service allows."""
+    if requested_seconds is not None and requested_seconds > service_seconds:
+        raise InvalidInput(
+            f"time_limit_seconds is {requested_seconds:g}, over the service's limit of "
+            f"{service_seconds:g} s (JOB_TIME_LIMIT_SECONDS); ask for {service_seconds:g} or "
+            "less, or leave it out for the service's limit",
+            field="time_limit_seconds", code="time_limit_exceeded",
+            details={"limit": service_seconds, "requested": requested_seconds})

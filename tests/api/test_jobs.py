@@ -481,3 +481,34 @@ def test_a_sweep_of_more_than_16_candidates_is_refused_naming_the_field(
     assert response.status_code == 422, response.text
     assert error_of(response)["field"] == field
     assert api.count(Job) == 0
+
+
+def test_a_job_may_ask_for_a_shorter_time_limit_than_the_service(api: Api,
+                                                                  checkpoint_id: str) -> None:
+    service_limit = 6 * 3600  # JOB_TIME_LIMIT_SECONDS's default
+    shorter = create(api, {**job_body(checkpoint_id), "time_limit_seconds": 90})
+    assert shorter.status_code == 201, shorter.text
+    assert shorter.json()["time_limit_seconds"] == 90
+    assert api.client.get(f"/v1/jobs/{shorter.json()['id']}").json()["time_limit_seconds"] == 90
+    default = create(api, job_body(checkpoint_id)).json()
+    assert default["time_limit_seconds"] is None  # the service's
+
+    longer = create(api, {**job_body(checkpoint_id), "time_limit_seconds": service_limit + 1})
+    assert longer.status_code == 422
+    error = error_of(longer)
+    assert (error["code"], error["field"]) == ("time_limit_exceeded", "time_limit_seconds")
+    assert error["limit"] == service_limit and "JOB_TIME_LIMIT_SECONDS" in error["message"]
+    for value in (0, -5, "soon"):
+        refused = create(api, {**job_body(checkpoint_id), "time_limit_seconds": value})
+        assert refused.status_code == 422, value
+        assert refused.json()["detail"][0]["loc"] == ["body", "time_limit_seconds"]
+    assert api.count(Job) == 2  # nothing recorded for the refused requests
+
+    # The limit is part of the request an Idempotency-Key stands for.
+    first = create(api, {**job_body(checkpoint_id), "time_limit_seconds": 60},
+                   **{"Idempotency-Key": "limit-1"})
+    again = create(api, {**job_body(checkpoint_id), "time_limit_seconds": 60},
+                   **{"Idempotency-Key": "limit-1"})
+    other = create(api, {**job_body(checkpoint_id), "time_limit_seconds": 120},
+                   **{"Idempotency-Key": "limit-1"})
+    assert (first.status_code, again.status_code, other.status_code) == (201, 200, 409)

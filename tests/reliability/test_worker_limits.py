@@ -59,16 +59,24 @@ def test_cancel_while_the_adversarial_set_is_made_lands_within_seconds(
     assert "module_scored" not in event_kinds(sessions, job_id)
 
 
+@pytest.mark.parametrize("whose", ["service", "job"])
 def test_a_job_past_its_time_limit_fails_with_code_timeout(
-        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        whose: str, start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
         sessions: sessionmaker[Session], quick_config: dict[str, Any]) -> None:
     limit = 3.0
-    worker = start_worker(JOB_TIME_LIMIT_SECONDS=str(limit))
-    job_id = submit(_endless_adversarial_set(quick_config))
+    # The service's JOB_TIME_LIMIT_SECONDS, or the job's own time_limit_seconds under the
+    # service's default of hours.
+    if whose == "service":
+        worker = start_worker(JOB_TIME_LIMIT_SECONDS=str(limit))
+        job_id = submit(_endless_adversarial_set(quick_config))
+    else:
+        worker = start_worker()
+        job_id = submit(_endless_adversarial_set(quick_config), time_limit_seconds=limit)
     job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", timeout=60,
                    workers=(worker,))
     assert (job.status, job.error_code) == ("failed", "timeout"), job.error_message
-    assert "JOB_TIME_LIMIT_SECONDS" in (job.error_message or "")
+    knob = "JOB_TIME_LIMIT_SECONDS" if whose == "service" else "the job's time_limit_seconds"
+    assert f"limit of 3 s ({knob})" in (job.error_message or "")
     assert job.started_at is not None and job.finished_at is not None
     ran = (job.finished_at - job.started_at).total_seconds()
     assert limit <= ran < limit + PROMPT_S
@@ -76,12 +84,14 @@ def test_a_job_past_its_time_limit_fails_with_code_timeout(
     assert "failed in stage mrc: timeout" in worker.log()  # the worker itself stopped it
 
 
+@pytest.mark.parametrize("whose", ["service", "job"])
 def test_the_recovery_loop_fails_a_job_whose_worker_hung_past_the_limit(
-        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        whose: str, start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
         sessions: sessionmaker[Session], quick_config: dict[str, Any]) -> None:
     # A worker that claimed the stage and then hung: its lease is renewed for an hour, so
     # nothing but the time limit can end the job.
-    job_id = submit(quick_config, send=False)
+    job_id = submit(quick_config, send=False,
+                    time_limit_seconds=1.0 if whose == "job" else None)
     with sessions() as session:
         claim = stages.claim_stage(session, job_id, "mrc", owner="hung-worker",
                                    lease_seconds=3600, max_attempts=3)
@@ -89,8 +99,11 @@ def test_the_recovery_loop_fails_a_job_whose_worker_hung_past_the_limit(
         session.execute(update(JobStage).where(JobStage.job_id == job_id)
                         .values(lease_expires_at=utcnow() + timedelta(hours=1)))
         session.commit()
-    worker = start_worker(JOB_TIME_LIMIT_SECONDS="1")  # grace: WORKER_LEASE_SECONDS=4
+    # Grace: WORKER_LEASE_SECONDS=4. The job's own limit of 1 s, or the service's.
+    worker = (start_worker(JOB_TIME_LIMIT_SECONDS="1") if whose == "service"
+              else start_worker())
     job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", timeout=30,
                    workers=(worker,))
     assert (job.status, job.error_code) == ("failed", "timeout")
+    assert "limit of 1 s" in (job.error_message or "")
     assert "past its time limit" in worker.log()

@@ -360,6 +360,9 @@ def jobs_create(
     dataset: Annotated[str | None, typer.Option("--dataset", help="An uploaded dataset's id.")] = None,
     label: Annotated[list[str] | None, typer.Option(
         "--label", "-l", help="KEY=VALUE; repeat for several.")] = None,
+    time_limit: Annotated[float | None, typer.Option(
+        "--time-limit", min=0.001, help="The job's wall-clock limit in seconds (at most the "
+        "service's JOB_TIME_LIMIT_SECONDS; default: that).")] = None,
     idempotency_key: Annotated[str | None, typer.Option(
         "--idempotency-key", help="Makes re-running this command return the same job "
         "(default: a random key).")] = None,
@@ -371,7 +374,7 @@ def jobs_create(
     """Create a job on a checkpoint."""
     state = _state(ctx)
     spec = {"config": _read_config(config), "labels": _labels(label or []),
-            "dataset_id": dataset}
+            "dataset_id": dataset, "time_limit_seconds": time_limit}
     checkpoint_file = Path(checkpoint)
     with _client(state) as client:
         checkpoint_id = checkpoint

@@ -277,7 +277,7 @@ class RiftClient:
     def create_job(self, spec: JobSpec | Mapping[str, Any], *, checkpoint_id: str,
                    idempotency_key: str | None = None) -> Job:
         """Start a job on an uploaded checkpoint. ``spec`` is a :class:`JobSpec` or its dict
-        (``{"config": {...}, "dataset_id": ..., "labels": {...}}``).
+        (``{"config": {...}, "dataset_id": ..., "labels": {...}, "time_limit_seconds": ...}``).
 
         The request always carries an Idempotency-Key (a random one unless given), so that a
         retry after a lost answer returns the job created the first time instead of a second
@@ -288,6 +288,8 @@ class RiftClient:
                                 "labels": job_spec.labels}
         if job_spec.dataset_id is not None:
             body["dataset_id"] = job_spec.dataset_id
+        if job_spec.time_limit_seconds is not None:
+            body["time_limit_seconds"] = job_spec.time_limit_seconds
         key = idempotency_key or f"rift-client-{uuid.uuid4().hex}"
         response = self._request("POST", "/v1/jobs", idempotent=True, json=body,
                                  headers={"Idempotency-Key": key})

@@ -84,6 +84,8 @@ class Job(_Resource):
     finished_at: datetime | None = None
     updated_at: datetime
     cost_estimate: int | None = Field(None, description="Estimated example-passes, all stages.")
+    time_limit_seconds: float | None = Field(
+        None, description="The job's own wall-clock limit; None: the service's.")
     estimated_finish: datetime | None = Field(
         None, description="When a running job should end (GET by id only).")
     config: dict[str, Any] | None = Field(
@@ -227,3 +229,6 @@ class JobSpec(BaseModel):
     config: dict[str, Any]
     dataset_id: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    time_limit_seconds: float | None = Field(
+        None, gt=0, description="This job's wall-clock limit in seconds, at most the service's "
+        "JOB_TIME_LIMIT_SECONDS; None: the service's.")
