@@ -127,6 +127,18 @@ def test_cancel_and_wait(rift: RiftClient, checkpoint_file: Path) -> None:
     assert finished.value.status_code == 409
 
 
+def test_a_job_carries_its_own_time_limit(rift: RiftClient, checkpoint_file: Path) -> None:
+    checkpoint = _upload(rift, checkpoint_file)
+    job = rift.create_job(JobSpec(config=digits_config(), time_limit_seconds=120),
+                          checkpoint_id=checkpoint.id)
+    assert job.time_limit_seconds == 120
+    assert rift.get_job(job.id).time_limit_seconds == 120
+    with pytest.raises(UnprocessableEntityError) as refused:
+        rift.create_job({"config": digits_config(), "time_limit_seconds": 10**9},
+                        checkpoint_id=checkpoint.id)
+    assert refused.value.field == "time_limit_seconds"
+
+
 def _wait_for_a_cancel(rift: RiftClient, queued_api: RunningApi, api_key: str | None,
                        job_id: str, poll_interval: float, timeout: float) -> tuple[Job, list[str]]:
     """``rift.wait`` for the queued job, cancelled from another client after one second; the
