@@ -3,7 +3,7 @@
 # a whole ResNet-18 job at CIFAR-10 size (50,000 train, 10,000 test, the reference protocol's
 # defaults), a WRN-34-10 job at reduced size (per-stage images/s), and the tests that need CUDA.
 #
-#     OUT=/some/folder bash bench/gpu_suite.sh [resnet18] [wrn] [mrc] [tests]   # default: all
+#     OUT=/some/folder bash bench/gpu_suite.sh [resnet18] [wrn] [mrc] [chunks] [tests]   # default: all
 #
 # The GPU image has PyTorch but not pydantic: wheels for it may sit in .gpuwheels/ (git-ignored;
 # `pip download pydantic==<ours> --python-version 3.12 --only-binary=:all: -d .gpuwheels`).
@@ -19,7 +19,7 @@ export PYTHONPATH="$PWD:$PWD/bench:${PYTHONPATH:-}"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   "$py" -c "import torch; print('torch', torch.__version__, torch.version.cuda)"; } >"$out/gpu.txt" 2>&1
 
-parts="${*:-resnet18 wrn mrc tests}"
+parts="${*:-resnet18 wrn mrc chunks tests}"
 want() { [[ " $parts " == *" $1 "* ]]; }
 
 want resnet18 && { timeout 300 "$py" bench/pipeline.py --train 50000 --test 10000 --precision bf16 --channels-last \
@@ -35,6 +35,15 @@ want mrc && for mode in fp32 bf16; do
   timeout 150 "$py" bench/mrc.py --examples 1024 --steps 10 --batch-size 512 --skip-full \
     "${extra[@]}" >"$out/mrc_reference_cost_resnet18_$mode.json" 2>>"$out/mrc.log"
   echo "mrc $mode rc=$?" >>"$out/gpu.txt"
+done
+# The α selection's stop chunks on a GPU: whole batches (the default there) against the CPU's
+# 64-example floor, on a PGD-trained ResNet-18 (512 test images, PGD-10, 21 points).
+want chunks && for floor in 0 64; do
+  extra=(); [ "$floor" = 64 ] && extra=(--min-stop-chunk 64)
+  timeout 240 "$py" bench/interpolation.py --device cuda --skip-digits --resnet-train 2048 \
+    --resnet-test 512 --resnet-attack-steps 10 --resnet-at-epochs 5 "${extra[@]}" \
+    >"$out/interpolation_selection_resnet18_chunks_$floor.json" 2>>"$out/chunks.log"
+  echo "chunks $floor rc=$?" >>"$out/gpu.txt"
 done
 want tests && { timeout 90 "$py" -m pytest -q -p no:cacheprovider --noconftest tests/rift/test_checkpoints.py \
   tests/rift/test_data.py tests/rift/test_batch_backoff.py tests/rift/test_device.py \
