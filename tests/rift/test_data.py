@@ -256,6 +256,8 @@ _GOOD_Y = np.arange(6) % 2
     ({"x": _GOOD_X, "y": np.arange(5)}, "'y'"),
     ({"x": _GOOD_X, "y": np.array([0, 1, -1, 0, 1, 0])}, "'y'"),
     ({"x": _GOOD_X, "y": _GOOD_Y.astype(np.float32)}, "'y'"),
+    ({"x": np.full((6, 48), 1e300), "y": _GOOD_Y}, "'x'"),  # inf once read as float32
+    ({"x": _GOOD_X, "y": np.array([0, 1, 2**64 - 1, 0, 1, 0], np.uint64)}, "'y'"),  # wraps
     ({"x": _GOOD_X, "y": _GOOD_Y, "x_test": np.zeros((2, 5, 4, 3), np.uint8),
       "y_test": np.array([0, 1])}, "'x_test'"),
     ({"x": _GOOD_X, "y": _GOOD_Y, "x_test": _GOOD_X[:2], "y_test": np.array([0, 1, 1])},
