@@ -145,8 +145,10 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
         model.to(memory_format=torch.channels_last)
     original = {key: value.detach().to("cpu", copy=True) for key, value in
                 model.state_dict().items()}
-    return PreparedRun(config, device, splits, model.eval(), original,
-                       PGD.from_spec(config.attack, feature_vectors=is_feature_vectors(splits)))
+    attack = PGD.from_spec(config.attack, feature_vectors=is_feature_vectors(splits))
+    for name in ("train", "validation", "test"):
+        attack.check_inputs(getattr(splits, name).images, f"{name} inputs")
+    return PreparedRun(config, device, splits, model.eval(), original, attack)
 
 
 def is_feature_vectors(splits: DatasetSplits) -> bool:

@@ -291,6 +291,18 @@ def test_too_few_classes_is_a_config_error(digits_checkpoint_path: Path,
     assert error.value.field == "architecture.num_classes"
 
 
+@pytest.mark.parametrize("domain", [{"lower": [0.2], "upper": [0.3]},
+                                    {"lower": [0.0, 0.0], "upper": [1.0, 1.0]}])
+def test_an_attack_domain_that_does_not_fit_the_data_is_a_config_error(
+        digits_checkpoint_path: Path, digits_job_config: dict, domain: dict) -> None:
+    # Before: bounds narrower than the pixels clamped clean inputs far outside the eps ball (a
+    # silent, wrong robust accuracy); a bound per channel of the wrong count raised ValueError.
+    digits_job_config["attack"]["domain"] = domain
+    with pytest.raises(ConfigError) as error:
+        prepare_run(_fast(digits_job_config), digits_checkpoint_path)
+    assert error.value.field == "attack.domain"
+
+
 def test_a_fine_tune_that_costs_robustness_returns_theta_at_with_a_warning(
         digits_checkpoint_path: Path, digits_job_config: dict) -> None:
     """An end point with the classifier's weights negated: θ_0.5 has a zero classifier and θ_1 a
