@@ -39,7 +39,7 @@ from rift.interpolation import (
     measure_full_curve,
     select_alpha_lazily,
 )
-from rift.models import build_model
+from rift.models import build_model, check_model_accepts
 from rift.mrc import (
     ModuleCriticality,
     make_adversarial_set,
@@ -143,6 +143,7 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    check_model_accepts(model, config.architecture, splits.image_shape, device=device)
     original = {key: value.detach().to("cpu", copy=True) for key, value in
                 model.state_dict().items()}
     attack = PGD.from_spec(config.attack, feature_vectors=is_feature_vectors(splits))

@@ -291,6 +291,18 @@ def test_too_few_classes_is_a_config_error(digits_checkpoint_path: Path,
     assert error.value.field == "architecture.num_classes"
 
 
+def test_an_architecture_that_cannot_take_the_data_is_a_config_error(
+        digits_job_config: dict) -> None:
+    # A 3-channel network (and its weights) on 1-channel digits: before, a RuntimeError from
+    # the first convolution, deep inside the first stage.
+    digits_job_config["architecture"]["in_channels"] = 3
+    config = _fast(digits_job_config)
+    weights = build_model(config.architecture).state_dict()
+    with pytest.raises(ConfigError, match=r"'small_cnn' cannot take the dataset's 1×8×8") as error:
+        prepare_run(config, weights)
+    assert error.value.field == "architecture"
+
+
 @pytest.mark.parametrize("domain", [{"lower": [0.2], "upper": [0.3]},
                                     {"lower": [0.0, 0.0], "upper": [1.0, 1.0]}])
 def test_an_attack_domain_that_does_not_fit_the_data_is_a_config_error(
