@@ -280,12 +280,50 @@ def check_compatible(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None
     )
 
 
+def _dtype_kind(tensor: Tensor) -> str:
+    if tensor.is_complex():
+        return "complex"
+    if tensor.is_floating_point():
+        return "floating-point"
+    return "bool" if tensor.dtype == torch.bool else "integer"
+
+
+def check_dtypes(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Require every checkpoint tensor to survive the cast to the model's dtype: the same kind
+    (floating-point, integer, complex, bool) and, for floats, finite once cast (a float64 of
+    1e300 is inf in float32). Precision may change (fp16, bf16, fp64 → the model's float type).
+    BatchNorm ``num_batches_tracked`` counters are exempt: they do not affect outputs. Checks
+    only the keys both hold; pair with :func:`check_compatible`.
+
+    Raises:
+        CheckpointMismatchError: naming the keys, their dtypes and the model's.
+    """
+    problems: list[str] = []
+    for key, want in model.state_dict().items():
+        got = state_dict.get(key)
+        if got is None or got.dtype == want.dtype or key.endswith(OPTIONAL_KEY_SUFFIX):
+            continue
+        if _dtype_kind(got) != _dtype_kind(want):
+            # load_state_dict would cast silently: integer weights of a float model are not
+            # weights (quantised?), and complex → real drops the imaginary part.
+            problems.append(f"{key} ({_dtype_kind(got)} {got.dtype}; the model's is {want.dtype})")
+        elif (want.is_floating_point() and not got.is_meta
+              and not bool(torch.isfinite(got.to(want.dtype)).all())):
+            problems.append(f"{key} ({got.dtype} values beyond the range of the model's "
+                            f"{want.dtype})")
+    if problems:
+        raise CheckpointMismatchError(
+            f"{len(problems)} checkpoint tensor(s) cannot be cast to the model's dtype: "
+            f"{_preview(problems)}")
+
+
 def load_into(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
     """Copy ``state_dict``'s values into ``model`` in place (any device; dtypes are cast to the
-    model's) after :func:`check_compatible`. Missing ``num_batches_tracked`` keep the model's
-    values. Returns ``model``.
+    model's) after :func:`check_compatible` and :func:`check_dtypes`. Missing
+    ``num_batches_tracked`` keep the model's values. Returns ``model``.
     """
     check_compatible(model, state_dict)
+    check_dtypes(model, state_dict)
     with torch.no_grad():
         # strict=False only so that the optional BatchNorm counters may be absent; everything
         # else was just checked to match exactly.

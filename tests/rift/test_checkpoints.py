@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -404,6 +405,31 @@ def test_load_into_casts_to_the_model_dtype() -> None:
     load_into(model, state)
     assert model.conv1.weight.dtype == torch.float64
     torch.testing.assert_close(model.conv1.weight, state["conv1.weight"].double())
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda v: v.round().to(torch.int64), "conv1.weight (integer torch.int64"),
+    (lambda v: v.to(torch.complex64), "conv1.weight (complex torch.complex64"),
+    (lambda v: (v.double() * 1e300), "conv1.weight (torch.float64 values beyond"),
+])
+def test_load_into_refuses_tensors_the_cast_would_change(change, words: str) -> None:
+    # load_state_dict casts silently: integer weights ran as garbage, complex lost its
+    # imaginary part and a float64 1e300 became inf, all without an error.
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = _state()
+    state["conv1.weight"] = change(state["conv1.weight"])
+    with pytest.raises(CheckpointMismatchError, match=r"cannot be cast.*" + re.escape(words)):
+        load_into(model, state)
+    _assert_same(model.state_dict(), before)
+
+
+def test_load_into_lets_batchnorm_counters_be_any_dtype() -> None:
+    # e.g. a checkpoint converted with {k: v.half() for k, v in ...}: the counters do not
+    # affect outputs.
+    model = _model()
+    load_into(model, {k: v.half() for k, v in _state().items()})
+    assert model.bn1.num_batches_tracked.dtype == torch.int64
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
