@@ -18,10 +18,25 @@ from rift.config import RiftConfig
 from rift.errors import RiftError
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+class CliInputError(Exception):
+    """A file or flag named on the command line cannot be used; the message is one line for the
+    user."""
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, flag: str) -> None:
+    """Set ``tree[a][b][c] = value`` for ``dotted`` "a.b.c", creating sections on the way.
+
+    Raises:
+        CliInputError: a section on the way already holds a value, not settings (``--set mrc=5``
+            then ``--set mrc.steps=3``); names ``flag`` and the section.
+    """
     keys = dotted.split(".")
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1]):
         tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            section = ".".join(keys[:depth + 1])
+            raise CliInputError(f"{flag}: cannot set {dotted!r} because {section!r} is already "
+                                f"{json.dumps(tree)}, not a section of settings")
     tree[keys[-1]] = value
 
 
@@ -30,14 +45,14 @@ def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
+    if not all(part.strip() for part in key.split(".")):
+        # "=1", ".x=1", "a..b=1" would otherwise reach the config as keys named "".
+        raise argparse.ArgumentTypeError(
+            f"--set {text!r}: the key must be dotted setting names, e.g. mrc.steps=5")
     try:
         return key, json.loads(raw)
     except json.JSONDecodeError:
         return key, raw
-
-
-class CliInputError(Exception):
-    """A file named on the command line cannot be used; the message is one line for the user."""
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -59,16 +74,17 @@ def build_config(args: argparse.Namespace) -> RiftConfig:
     """Merge the spec file, the shortcut flags and ``--set`` overrides, then validate."""
     tree: dict[str, Any] = _read_config_file(Path(args.config)) if args.config else {}
     shortcuts = {
-        "architecture.name": args.arch, "architecture.num_classes": args.num_classes,
-        "dataset.name": args.dataset, "dataset.root": args.data_root,
-        "dataset.path": args.data_path, "device": args.device, "seed": args.seed,
-        "precision": args.precision,
+        "--arch": ("architecture.name", args.arch),
+        "--num-classes": ("architecture.num_classes", args.num_classes),
+        "--dataset": ("dataset.name", args.dataset), "--data-root": ("dataset.root", args.data_root),
+        "--data-path": ("dataset.path", args.data_path), "--device": ("device", args.device),
+        "--seed": ("seed", args.seed), "--precision": ("precision", args.precision),
     }
-    for dotted, value in shortcuts.items():
+    for flag, (dotted, value) in shortcuts.items():
         if value is not None:
-            _set_path(tree, dotted, value)
+            _set_path(tree, dotted, value, flag)
     for dotted, value in args.set or []:
-        _set_path(tree, dotted, value)
+        _set_path(tree, dotted, value, f"--set {dotted}")
     return RiftConfig.model_validate(tree)
 
 

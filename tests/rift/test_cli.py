@@ -35,6 +35,32 @@ def test_invalid_values_exit_2_naming_the_field(tmp_path: Path, capsys) -> None:
     assert "mrc.eps" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "words"), [
+    # Before: TypeError "'int' object does not support item assignment", with a traceback.
+    (["--set", "mrc=5", "--set", "mrc.steps=3"],
+     "--set mrc.steps: cannot set 'mrc.steps' because 'mrc' is already 5"),
+    (["--config", "{config}", "--arch", "small_cnn"],
+     "--arch: cannot set 'architecture.name' because 'architecture' is already \"small_cnn\""),
+])
+def test_setting_inside_a_value_that_is_not_a_section_exits_2(
+        tmp_path: Path, capsys, argv: list[str], words: str) -> None:
+    config = tmp_path / "spec.json"
+    config.write_text(json.dumps({"architecture": "small_cnn", "dataset": {"name": "digits"}}))
+    code = main(["run", "--checkpoint", "x.pt", "--arch", "resnet18", "--dataset", "cifar10",
+                 "--out", str(tmp_path / "out"), *[a.format(config=config) for a in argv]])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"error: {words}, not a section of settings"
+
+
+@pytest.mark.parametrize("override", ["=1", ".x=1", "mrc..steps=1", "mrc. =1"])
+def test_set_with_an_empty_key_part_is_a_usage_error(override: str, capsys) -> None:
+    # Before: pydantic's "Extra inputs are not permitted" for a key named "".
+    with pytest.raises(SystemExit) as exit_info:
+        make_parser().parse_args(["run", "--checkpoint", "x.pt", "--set", override])
+    assert exit_info.value.code == 2
+    assert "the key must be dotted setting names" in capsys.readouterr().err
+
+
 def test_missing_checkpoint_file_is_a_clear_error(tmp_path: Path, capsys) -> None:
     code = main(["run", "--checkpoint", str(tmp_path / "nope.safetensors"), "--arch", "small_cnn",
                  "--dataset", "digits", "--device", "cpu", "--out", str(tmp_path / "out")])
