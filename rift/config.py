@@ -184,6 +184,16 @@ class FinetuneSpec(_Strict):
         None, min_length=1, max_length=16, description="Learning rates to try for every "
         "candidate module (seed, C.3); None: just 'lr'.")
 
+    @field_validator("module")
+    @classmethod
+    def _names_a_module(cls, value: str | None) -> str | None:
+        # "" is falsy: the single-module run took it as "not given" (the lowest-MRC module), a
+        # sweep as a module name. Either reading would surprise someone; ask for one.
+        if value is not None and not value.strip():
+            raise ValueError("'module' must name a module, e.g. 'layer4.1.conv2'; leave it out "
+                             "(or null) to tune the lowest-MRC module")
+        return value
+
     @field_validator("lr_grid")
     @classmethod
     def _positive_rates(cls, value: list[float] | None) -> list[float] | None:
