@@ -390,6 +390,29 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
         load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "c")), seed=0)
 
 
+def test_imagefolder_scales_16_bit_images_and_refuses_float_ones(tmp_path: Path) -> None:
+    # convert("RGB") clips instead of scaling: a 16-bit grey of 32896 (= 128 · 257) came out
+    # as 255, a float TIFF in [0, 1] as 0 or 1, both silently.
+    _tree(tmp_path, per_class=5)
+    Image.fromarray(np.full((5, 6), 128 * 257, np.uint16)).save(tmp_path / "dog" / "deep.png")
+    splits = load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path)), seed=0)
+    every = torch.cat([splits.train.images, splits.validation.images, splits.test.images])
+    greys = [image for image in every if image.unique().tolist() == [128]]
+    assert len(greys) == 1 and greys[0].shape == (3, 5, 6)
+    Image.fromarray(np.full((5, 6), 0.5, np.float32)).save(tmp_path / "cat" / "float.tiff")
+    with pytest.raises(DatasetError, match=r"float\.tiff.*floating-point pixels.*'F'"):
+        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path)), seed=0)
+
+
+def test_imagefolder_names_an_image_over_pillows_pixel_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: PIL.Image.DecompressionBombError (not an OSError) escaped as a traceback.
+    _tree(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4)  # 6×5 images are over twice the limit
+    with pytest.raises(DatasetError, match=r"cannot read image .*\.png"):
+        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path), image_size=8), seed=0)
+
+
 # --- torchvision formats ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("bytes_keys", [False, True])
