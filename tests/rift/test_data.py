@@ -454,6 +454,16 @@ def test_mnist_reads_idx_files(tmp_path: Path) -> None:
     assert torch.equal(splits.test.images[:, 0], torch.from_numpy(written["t10k"]))
 
 
+def test_labels_outside_the_sources_classes_are_refused(tmp_path: Path) -> None:
+    # Before: an MNIST idx label of 12 loaded fine and failed inside the loss (IndexError).
+    _write_mnist(tmp_path)
+    labels = np.arange(5) % 10
+    labels[3] = 12
+    _write_idx(tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", labels)
+    with pytest.raises(DatasetError, match=r"'mnist': the test labels .*\[0, 10\).*to 12"):
+        load_dataset(DatasetSpec(name="mnist", root=str(tmp_path)), seed=0)
+
+
 @pytest.mark.parametrize(("name", "looked_for"), [
     ("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"),
     ("svhn", "train_32x32.mat"), ("mnist", "MNIST"),
