@@ -601,8 +601,14 @@ def save_mrc(storage: StageStorage, mrc: MRCStageResult, selected_module: str) -
 
 
 def load_mrc(storage: StageStorage) -> MRCStageResult | None:
+    """The saved MRC stage, or None. Raises StageOutputError for a file that does not hold one."""
     saved = stage_outputs.read_json(storage, MRC_JSON)
-    return None if saved is None else MRCStageResult.from_json(saved)
+    if saved is None:
+        return None
+    try:
+        return MRCStageResult.from_json(saved)
+    except TypeError as exc:  # missing or unknown fields
+        raise stage_outputs.unreadable(MRC_JSON, str(exc)) from exc
 
 
 def save_finetune(storage: StageStorage, finetune: FinetuneStageResult,
@@ -624,8 +630,11 @@ def load_finetune(storage: StageStorage, *, with_weights: bool = True
         if weights is None:
             return None
         state = weights
-    return FinetuneStageResult(saved["module"], saved["epochs"], saved["best_epoch"],
-                               saved["seconds"], state)
+    try:
+        return FinetuneStageResult(saved["module"], saved["epochs"], saved["best_epoch"],
+                                   saved["seconds"], state)
+    except KeyError as exc:
+        raise stage_outputs.unreadable(FINETUNE_JSON, f"no field {exc}") from exc
 
 
 def load_finetuned_weights(storage: StageStorage) -> StateDict:
