@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,10 +325,24 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
     """
     check_compatible(model, state_dict)
     check_dtypes(model, state_dict)
-    with torch.no_grad():
-        # strict=False only so that the optional BatchNorm counters may be absent; everything
-        # else was just checked to match exactly.
-        model.load_state_dict(dict(state_dict), strict=False)
+    source = OrderedDict(state_dict)
+    # Safetensors files and normalised dicts carry no per-module format versions (torch's
+    # ``_metadata``), and some modules refuse to load without one (torchvision's MNASNet raises
+    # ValueError). The keys and shapes were just checked against this very model, so its own
+    # versions describe them.
+    versions = getattr(state_dict, "_metadata", None) or getattr(model.state_dict(), "_metadata",
+                                                                  None)
+    if versions is not None:
+        setattr(source, "_metadata", versions)  # noqa: B010 (the attribute torch reads)
+    try:
+        with torch.no_grad():
+            # strict=False only so that the optional BatchNorm counters may be absent;
+            # everything else was just checked to match exactly.
+            model.load_state_dict(source, strict=False)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        # A module's own loading code (_load_from_state_dict) refused the values.
+        raise CheckpointMismatchError(
+            f"the architecture refused the checkpoint while loading it: {_short(exc)}") from exc
     return model
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rift.cancellation import ShouldCancel, raise_if_cancelled
+from rift.checkpoints import load_into
 from rift.config import FinetuneSpec
 from rift.data import DatasetSplits, iterate_batches
 from rift.device import autocast
@@ -132,7 +133,7 @@ def finetune_module(
                 model, parameters, splits, spec, device=device, seed=seed, precision=precision,
                 eval_batch_size=eval_batch_size, on_epoch=on_epoch, should_cancel=should_cancel,
             )
-        model.load_state_dict(best_state)
+        load_into(model, best_state)  # with the model's module versions (see load_into)
     return FinetuneResult(module_name, epochs, best_epoch, best_state)
 
 

@@ -27,6 +27,7 @@ from rift.checkpoints import (
 from rift.config import ArchitectureSpec
 from rift.errors import CheckpointError, CheckpointMismatchError
 from rift.models import build_model
+from tests.module_factories import VersionedLinear
 
 
 def _model(num_classes: int = 10) -> nn.Module:
@@ -430,6 +431,28 @@ def test_load_into_lets_batchnorm_counters_be_any_dtype() -> None:
     model = _model()
     load_into(model, {k: v.half() for k, v in _state().items()})
     assert model.bn1.num_batches_tracked.dtype == torch.int64
+
+
+def test_load_into_gives_modules_their_format_version(tmp_path: Path) -> None:
+    # Before: torchvision:mnasnet* failed with ValueError on every checkpoint read from a file.
+    torch.manual_seed(0)
+    source = nn.Sequential(VersionedLinear(3, 2))
+    save_safetensors(tmp_path / "v.safetensors", source.state_dict())
+    target = nn.Sequential(VersionedLinear(3, 2))
+    load_into(target, load_state_dict(tmp_path / "v.safetensors"))
+    torch.testing.assert_close(target[0].weight, source[0].weight)
+    mnasnet = build_model(ArchitectureSpec(name="torchvision:mnasnet0_5"))
+    load_into(mnasnet, {k: v.clone() for k, v in mnasnet.state_dict().items()})
+
+
+def test_a_module_that_refuses_its_values_is_a_mismatch_error() -> None:
+    class Refusing(nn.Linear):
+        def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise RuntimeError("this layer wants another layout")
+
+    model = nn.Sequential(Refusing(3, 2))
+    with pytest.raises(CheckpointMismatchError, match=r"refused the checkpoint.*another layout"):
+        load_into(model, {k: v.clone() for k, v in model.state_dict().items()})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

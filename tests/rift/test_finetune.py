@@ -13,6 +13,7 @@ from rift.errors import ConfigError, JobCancelled
 from rift.evaluation import evaluate_accuracy
 from rift.finetune import EpochMetrics, finetune_module
 from rift.models import build_model
+from tests.module_factories import VersionedLinear
 
 CPU = torch.device("cpu")
 
@@ -175,3 +176,13 @@ def test_batches_of_one_for_such_batchnorm_are_a_config_error(splits: DatasetSpl
                           name="synthetic", augment="none")
     finetune_module(_one_by_one_bn_model(), "4", small,
                     _spec(batch_size=1, epochs=1, bn_stats="freeze"), device=CPU, seed=0)
+
+
+def test_the_best_epoch_is_loaded_back_with_the_modules_format_versions(
+        splits: DatasetSplits) -> None:
+    # Before: the best epoch's weights went back through a plain dict, so a module that needs
+    # its format version to load (torchvision's MNASNet) raised ValueError after training.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), VersionedLinear(64, 10))
+    result = finetune_module(model, "1", splits, _spec(epochs=1), device=CPU, seed=0)
+    torch.testing.assert_close(model[1].weight, result.state_dict["1.weight"])
