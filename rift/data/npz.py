@@ -61,7 +61,14 @@ def load_npz(spec: DatasetSpec) -> SourceData:
         raise DatasetError(f"dataset 'npz': 'path' {path} is not a file")
     try:
         # allow_pickle=False: object arrays would unpickle code from a user-supplied file.
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            # np.load reads a .npy file as one bare array, with no keys to find x and y under.
+            raise DatasetError(
+                f"'path' {path} holds a single {loaded.dtype} array of shape "
+                f"{list(loaded.shape)} (a .npy file), not an .npz archive; save the arrays with "
+                "np.savez(path, x=..., y=...)")
+        with loaded as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"cannot read 'path' {path} as .npz: {exc}") from exc

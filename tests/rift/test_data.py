@@ -291,6 +291,10 @@ def test_npz_file_problems(tmp_path: Path) -> None:
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(DatasetError, match="'path'"):
         load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "junk.npz")), seed=0)
+    # A .npy file is one bare array (before: TypeError, ndarray is no context manager).
+    np.save(tmp_path / "one.npy", np.zeros((4, 3)))
+    with pytest.raises(DatasetError, match=r"single float64 array of shape \[4, 3\].*\.npy"):
+        load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "one.npy")), seed=0)
     # Object arrays are pickles: refused rather than unpickled.
     np.savez(tmp_path / "obj.npz", x=np.array([object()], dtype=object), y=np.array([0]))
     with pytest.raises(DatasetError, match="'path'"):
