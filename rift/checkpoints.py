@@ -184,17 +184,26 @@ def normalize_state_dict(obj: object, *, source: str = "checkpoint",
     return result
 
 
+def count_non_finite(tensor: Tensor) -> tuple[int, int]:
+    """(NaN count, ±Inf count) of a floating-point or complex tensor, of any float type."""
+    if tensor.is_floating_point() and tensor.element_size() == 1:
+        # torch has no isfinite/isnan for the 8-bit float types; float32 holds them exactly.
+        tensor = tensor.float()
+    finite = torch.isfinite(tensor)
+    if bool(finite.all()):
+        return 0, 0
+    nan = int(torch.isnan(tensor).sum())
+    return nan, int((~finite).sum()) - nan
+
+
 def _check_finite(state_dict: Mapping[str, Tensor], source: str) -> None:
     bad: list[str] = []
     for key, tensor in state_dict.items():
         if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
             continue
-        finite = torch.isfinite(tensor)
-        if bool(finite.all()):
-            continue
-        nan = int(torch.isnan(tensor).sum())
-        inf = int((~finite).sum()) - nan
-        bad.append(f"{key} ({nan} NaN, {inf} Inf)")
+        nan, inf = count_non_finite(tensor)
+        if nan or inf:
+            bad.append(f"{key} ({nan} NaN, {inf} Inf)")
     if bad:
         raise CheckpointError(f"{source} holds non-finite values in {_preview(bad)}")
 

@@ -329,6 +329,19 @@ def test_non_finite_values_are_rejected_naming_the_key(
         load_state_dict(path)
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_checkpoints_are_checked_and_load(tmp_path: Path, dtype: torch.dtype) -> None:
+    # Before: NotImplementedError ("isfinite" not implemented for 'Float8_e4m3fn').
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in _state().items()}
+    save_safetensors(tmp_path / "fp8.safetensors", state)
+    model = _model()
+    load_into(model, load_state_dict(tmp_path / "fp8.safetensors"))
+    torch.testing.assert_close(model.conv1.weight, state["conv1.weight"].float())
+    state["conv2.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"conv2\.weight \(1 NaN"):
+        normalize_state_dict(state)
+
+
 def test_integer_tensors_are_not_checked_for_finiteness() -> None:
     state = normalize_state_dict({"bn.num_batches_tracked": torch.tensor(5), "w": torch.ones(2)})
     assert int(state["bn.num_batches_tracked"]) == 5

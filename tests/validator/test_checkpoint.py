@@ -107,6 +107,19 @@ def test_pytorch_files_are_checked_piece_by_piece(tmp_path: Path,
     assert summary.num_parameters == 2400
 
 
+def test_pytorch_fp8_files_are_checked(tmp_path: Path) -> None:
+    # Before: NotImplementedError ("isfinite" not implemented for 'Float8_e4m3fn').
+    import torch
+
+    weight = torch.zeros(4, 3).to(torch.float8_e4m3fn)
+    torch.save({"w": weight}, tmp_path / "f8.pt")
+    assert inspect_checkpoint_file(tmp_path / "f8.pt", "f8.pt").shapes == {"w": (4, 3)}
+    weight[1, 2] = float("nan")
+    torch.save({"w": weight}, tmp_path / "f8nan.pt")
+    with pytest.raises(CheckpointError, match=r"w \(1 NaN, 0 Inf\)"):
+        inspect_checkpoint_file(tmp_path / "f8nan.pt", "f8nan.pt")
+
+
 class _Payload:
     def __reduce__(self) -> tuple[object, tuple[str]]:
         return (print, ("pwned",))
