@@ -383,6 +383,10 @@ def _cpu_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     # Write beside the target and rename, so a reader never sees a half-written checkpoint.
+    if path.is_dir():
+        # Else the rename fails naming the temporary file, which the user never chose.
+        raise CheckpointError(f"cannot write the checkpoint to {path}: it is a folder; give a "
+                              f"file name, e.g. {path / 'model.safetensors'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)

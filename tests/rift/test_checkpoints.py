@@ -118,6 +118,14 @@ def test_saving_handles_non_contiguous_and_shared_tensors(tmp_path: Path) -> Non
     assert loaded["tied_b"].tolist() == base.tolist()
 
 
+@pytest.mark.parametrize("save", [save_safetensors, save_torch])
+def test_saving_to_a_folder_names_the_folder(tmp_path: Path, save: object) -> None:
+    # Before: IsADirectoryError naming a hidden temporary file beside the folder.
+    with pytest.raises(CheckpointError, match=f"{tmp_path}: it is a folder"):
+        save(tmp_path, _state())  # type: ignore[operator]
+    assert [p.name for p in tmp_path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
 def test_saving_rejects_bad_metadata_and_meta_tensors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="metadata"):
         save_safetensors(tmp_path / "a.safetensors", {"w": torch.ones(1)}, {"epoch": 3})  # type: ignore[dict-item]
