@@ -281,6 +281,11 @@ def check_compatible(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None
     if mismatched:
         shapes = [f"{k} (checkpoint {list(got)} vs model {list(want)})" for k, got, want in mismatched]
         parts.append(f"{len(mismatched)} shape mismatch(es): {_preview(shapes)}")
+    prefix = _extra_prefix(unexpected, set(expected)) if missing else None
+    if prefix is not None:
+        parts.append(f"every unexpected key is a model key with the extra prefix {prefix!r} "
+                     "(e.g. a PyTorch Lightning checkpoint, which names the network by its "
+                     "attribute); re-save the state dict with that prefix removed")
     raise CheckpointMismatchError(
         "the checkpoint does not fit the architecture (check 'architecture.name', "
         "'num_classes' and 'in_channels'): " + "; ".join(parts),
@@ -325,6 +330,22 @@ def check_dtypes(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
         raise CheckpointMismatchError(
             f"{len(problems)} checkpoint tensor(s) cannot be cast to the model's dtype: "
             f"{_preview(problems)}")
+
+
+def _extra_prefix(unexpected: list[str], model_keys: set[str]) -> str | None:
+    """The prefix ``p`` such that every unexpected key is ``p + k`` for a key ``k`` of the model,
+    or None. Only ``module.`` and ``_orig_mod.`` are stripped on loading: another prefix is a
+    wrapper attribute (Lightning's ``model.``, ``net.``) that cannot be told from a real module
+    name in general, so it is pointed out rather than removed."""
+    if not unexpected:
+        return None
+    first = unexpected[0]
+    for key in model_keys:
+        if first.endswith("." + key):
+            prefix = first[: len(first) - len(key)]
+            if all(k.startswith(prefix) and k[len(prefix):] in model_keys for k in unexpected):
+                return prefix
+    return None
 
 
 def load_into(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:

@@ -382,6 +382,18 @@ def test_check_compatible_lists_missing_unexpected_and_mismatched() -> None:
         assert text in error.message
 
 
+def test_mismatch_points_out_a_wrapper_prefix() -> None:
+    # A Lightning checkpoint names the network by its attribute: "model.conv1.weight". Before,
+    # the message listed 17 missing and 17 unexpected keys without saying why.
+    state = {f"model.{k}": v for k, v in _state().items()}
+    with pytest.raises(CheckpointMismatchError, match=r"extra prefix 'model\.'"):
+        check_compatible(_model(), state)
+    state["model.stray"] = torch.zeros(1)  # not every key fits: no hint
+    with pytest.raises(CheckpointMismatchError) as error:
+        check_compatible(_model(), state)
+    assert "prefix" not in error.value.message
+
+
 def test_mismatch_message_is_truncated_but_lists_are_complete() -> None:
     model = _model()
     state = _state()
