@@ -229,6 +229,27 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, writer: str)
 # ---------------------------------------------------------------------------------------------
 
 
+def _save_program(path: Path, kind: str) -> None:
+    model = nn.Sequential(nn.Linear(3, 2)).eval()
+    if kind == "torchscript":
+        torch.jit.save(torch.jit.script(model), str(path))
+    else:
+        torch.export.save(torch.export.export(model, (torch.zeros(2, 3),)), str(path))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
+@pytest.mark.parametrize(("kind", "words"), [("torchscript", "a TorchScript module"),
+                                             ("export", "a torch.export program")])
+def test_program_archives_are_refused_by_kind(tmp_path: Path, kind: str, words: str) -> None:
+    # Before: a TorchScript file failed as "corrupt or truncated?" passing on torch's advice to
+    # retry with weights_only=False; a .pt2 failed as "corrupt" (data.pkl not found).
+    path = tmp_path / "program.pt"
+    _save_program(path, kind)
+    with pytest.raises(CheckpointError, match=f"program.pt is {words}.*state_dict") as error:
+        load_state_dict(path)
+    assert "weights_only=False" not in error.value.message
+
+
 def test_missing_empty_and_unknown_files_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         load_state_dict(tmp_path / "absent.pt")
