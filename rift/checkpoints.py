@@ -107,8 +107,11 @@ def _load_raw(path: Path, fmt: CheckpointFormat, mmap: bool = False) -> object:
             f"{_unpickler_reason(exc)}"
         ) from exc
     except Exception as exc:  # damaged zip, truncated pickle, bad magic number, …
+        # torch's messages may advise retrying with weights_only=False (code execution), which
+        # we never pass on (see _unpickler_reason): then only the error's type is shown.
+        detail = _short(exc) if "weights_only" not in str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"cannot read PyTorch checkpoint {path.name} (corrupt or truncated?): {_short(exc)}"
+            f"cannot read PyTorch checkpoint {path.name} (corrupt or truncated?): {detail}"
         ) from exc
 
 

@@ -250,6 +250,19 @@ def test_program_archives_are_refused_by_kind(tmp_path: Path, kind: str, words: 
     assert "weights_only=False" not in error.value.message
 
 
+def test_torchs_advice_to_load_unsafely_is_never_passed_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_load(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Cannot use weights_only=True here. Re-running `torch.load` with "
+                           "`weights_only` set to `False` will likely succeed")
+
+    save_torch(tmp_path / "c.pt", _state())
+    monkeypatch.setattr(torch, "load", failing_load)
+    with pytest.raises(CheckpointError, match=r"c\.pt \(corrupt or truncated\?\): "
+                                              r"RuntimeError$"):
+        load_state_dict(tmp_path / "c.pt")
+
+
 def test_missing_empty_and_unknown_files_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         load_state_dict(tmp_path / "absent.pt")
