@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Norm = Literal["linf", "l2"]
 MIN_STD = 1e-4
@@ -96,6 +103,16 @@ class DatasetSpec(_Strict):
         if self.name in ("npz", "imagefolder") and not self.path:
             raise ValueError(f"dataset '{self.name}' needs 'path'")
         return self
+
+    @field_validator("image_size")
+    @classmethod
+    def _resizes_imagefolder_only(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # Other sources ignored it: an npz "resized" to 32 px ran at its stored size.
+        name = info.data.get("name")
+        if value is not None and name not in (None, "imagefolder"):
+            raise ValueError(f"'image_size' resizes 'imagefolder' images only; '{name}' images "
+                             "are used at their stored size")
+        return value
 
 
 class DomainBounds(_Strict):
