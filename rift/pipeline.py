@@ -133,7 +133,8 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     if splits.num_classes > config.architecture.num_classes:
         raise ConfigError(
             f"the dataset has {splits.num_classes} classes but architecture.num_classes is "
-            f"{config.architecture.num_classes}", field="architecture.num_classes")
+            f"{config.architecture.num_classes}{_sparse_labels_hint(splits)}",
+            field="architecture.num_classes")
     channels, height, _ = splits.image_shape
     model = build_model(config.architecture, in_channels=channels, image_size=height)
     state = (checkpoints.load_state_dict(checkpoint) if isinstance(checkpoint, str | Path)
@@ -150,6 +151,18 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     for name in ("train", "validation", "test"):
         attack.check_inputs(getattr(splits, name).images, f"{name} inputs")
     return PreparedRun(config, device, splits, model.eval(), original, attack)
+
+
+def _sparse_labels_hint(splits: DatasetSplits) -> str:
+    """For labels that skip numbers (a two-class set labelled 3 and 7 counts 8 classes): say
+    so, since the fix is to renumber them, not to widen the network."""
+    used = torch.cat([part.labels for part in (splits.train, splits.validation, splits.test)]
+                     ).unique()
+    if len(used) == splits.num_classes:
+        return ""
+    shown = ", ".join(str(int(label)) for label in used[:8]) + (", …" if len(used) > 8 else "")
+    return (f"; the labels are class indices and only {len(used)} distinct ones are used "
+            f"({shown}): renumber them 0 to {len(used) - 1}")
 
 
 def is_feature_vectors(splits: DatasetSplits) -> bool:

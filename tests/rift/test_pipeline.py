@@ -315,6 +315,24 @@ def test_an_attack_domain_that_does_not_fit_the_data_is_a_config_error(
     assert error.value.field == "attack.domain"
 
 
+def test_labels_that_skip_numbers_are_explained(tmp_path: Path) -> None:
+    # Two classes labelled 3 and 7 count as 8: before, only "the dataset has 8 classes but
+    # architecture.num_classes is 2", which invites widening the network instead of renumbering.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((20, 1, 8, 8), dtype=np.float32),
+             y=np.where(np.arange(20) % 2 == 0, 3, 7))
+    config = RiftConfig.model_validate({"architecture": {"name": "small_cnn", "num_classes": 2},
+                                        "dataset": {"name": "npz", "path": str(tmp_path / "d.npz")},
+                                        "device": "cpu"})
+    weights = build_model(config.architecture, in_channels=1, image_size=8).state_dict()
+    with pytest.raises(ConfigError, match=r"8 classes.*only 2 distinct ones are used \(3, 7\): "
+                                          r"renumber them 0 to 1") as error:
+        prepare_run(config, weights)
+    assert error.value.field == "architecture.num_classes"
+
+
 def test_a_fine_tune_that_costs_robustness_returns_theta_at_with_a_warning(
         digits_checkpoint_path: Path, digits_job_config: dict) -> None:
     """An end point with the classifier's weights negated: θ_0.5 has a zero classifier and θ_1 a
