@@ -115,6 +115,19 @@ class _ProgressBars:
             bar.close()
 
 
+def print_warnings(kind: str, payload: dict[str, Any]) -> None:
+    """The pipeline's ``warning`` events, one line each on stderr (also with ``--quiet``): the
+    run goes on, but the user should know (a batch shrank after running out of memory, MRC fell
+    back to full forward passes, no α > 0 kept the robustness, with what to try instead)."""
+    if kind != "warning":
+        return
+    from tqdm import tqdm
+
+    # tqdm.write keeps an open progress bar intact below the line.
+    tqdm.write(f"warning ({payload.get('stage', 'run')}): {payload.get('message', '')}",
+               file=sys.stderr)
+
+
 def format_mrc_table(rows: list[dict[str, Any]], selected: str) -> str:
     lines = [f"{'module':<32}{'params':>10}{'MRC':>12}{'rob.acc@worst':>15}{'drop':>8}"]
     for row in rows:
@@ -146,7 +159,8 @@ def _command_run(args: argparse.Namespace) -> int:
     bars = _ProgressBars(enabled=not args.quiet)
     try:
         result = run_pipeline(config, checkpoint, Path(args.out),
-                              PipelineCallbacks(on_progress=bars), fresh=args.fresh)
+                              PipelineCallbacks(on_progress=bars, on_event=print_warnings),
+                              fresh=args.fresh)
     finally:
         bars.close()
     print("\nModule robust criticality (lowest = least critical):")

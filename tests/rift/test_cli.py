@@ -89,6 +89,16 @@ def test_run_command_end_to_end(digits_checkpoint_path: Path, digits_job_config:
         assert row["name"] in completed.stdout
 
 
+def test_warning_events_are_printed_one_line_each(capsys) -> None:
+    # Before: the CLI passed no event callback, so every warning (out-of-memory back-off, the
+    # fx fallback, "no α > 0 kept the robustness ... try a smaller finetune.lr") was dropped.
+    from rift.cli import print_warnings
+
+    print_warnings("warning", {"stage": "interpolate", "message": "no α > 0 kept it"})
+    print_warnings("stage_started", {"stage": "mrc"})
+    assert capsys.readouterr().err == "warning (interpolate): no α > 0 kept it\n"
+
+
 @pytest.mark.parametrize("argv", [["architectures"]])
 def test_listing_commands(argv: list[str], capsys) -> None:
     assert main(argv) == 0
