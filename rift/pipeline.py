@@ -72,6 +72,7 @@ from rift.sweep import (
     CandidateOutcome,
     choose_across,
     curves_document,
+    fewer_modules_than_asked,
     is_sweep,
     sweep_candidates,
 )
@@ -765,6 +766,9 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: StageStorage,
     the winner's θ_FT and θ_α* and ``result.json`` (with ``"sweep"``); returns the latter."""
     config = run.config
     candidates = sweep_candidates(config, mrc.rows)
+    fewer = fewer_modules_than_asked(config, candidates, mrc.rows)
+    if fewer is not None and callbacks is not None:
+        callbacks.event("warning", {"stage": "finetune", "message": fewer})
     outcomes: list[CandidateOutcome] = []
     best: tuple[FinetuneStageResult, InterpolationStageResult] | None = None
     for candidate in candidates:
