@@ -40,8 +40,9 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any, flag: str) -> None:
     tree[keys[-1]] = value
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    """``mrc.steps=5`` → ("mrc.steps", 5); values are JSON when they parse, else strings."""
+def _parse_override(text: str) -> tuple[str, Any, str]:
+    """``mrc.steps=5`` → ("mrc.steps", 5, "5"): the key, the value (JSON when it parses, else
+    the text) and the text as typed."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
@@ -50,9 +51,9 @@ def _parse_override(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(
             f"--set {text!r}: the key must be dotted setting names, e.g. mrc.steps=5")
     try:
-        return key, json.loads(raw)
+        return key, json.loads(raw), raw
     except json.JSONDecodeError:
-        return key, raw
+        return key, raw, raw
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -83,9 +84,22 @@ def build_config(args: argparse.Namespace) -> RiftConfig:
     for flag, (dotted, value) in shortcuts.items():
         if value is not None:
             _set_path(tree, dotted, value, flag)
-    for dotted, value in args.set or []:
+    for dotted, value, _ in args.set or []:
         _set_path(tree, dotted, value, f"--set {dotted}")
-    return RiftConfig.model_validate(tree)
+    try:
+        return RiftConfig.model_validate(tree)
+    except ValidationError as exc:
+        # "--set finetune.module=4" parses as the number 4 (a module of an nn.Sequential is
+        # named "4"): where a setting takes text, the text typed is what was meant.
+        typed = {dotted: raw for dotted, value, raw in args.set or []
+                 if not isinstance(value, str)}
+        wanted = {".".join(str(part) for part in error["loc"]) for error in exc.errors()
+                  if error["type"] == "string_type"}
+        if not wanted or not wanted <= typed.keys():
+            raise
+        for dotted in wanted:
+            _set_path(tree, dotted, typed[dotted], f"--set {dotted}")
+        return RiftConfig.model_validate(tree)
 
 
 class _ProgressBars:

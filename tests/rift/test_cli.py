@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from rift.cli import build_config, main, make_parser
 
@@ -26,6 +27,21 @@ def test_flags_and_overrides_build_a_valid_config(tmp_path: Path) -> None:
     assert config.dataset.name == "cifar100" and config.dataset.root == "/data"
     assert config.mrc.steps == 7 and config.mrc.include == ["block3.*"]
     assert config.finetune.bn_stats == "freeze"
+
+
+def test_set_gives_text_settings_the_text_typed() -> None:
+    # Before: "Input should be a valid string" for the number 4 (nn.Sequential names its
+    # children "0", "1", ...).
+    args = make_parser().parse_args([
+        "run", "--checkpoint", "x.pt", "--arch", "small_cnn", "--dataset", "digits",
+        "--set", "finetune.module=4", "--set", "mrc.steps=3"])
+    config = build_config(args)
+    assert config.finetune.module == "4" and config.mrc.steps == 3
+    args = make_parser().parse_args([
+        "run", "--checkpoint", "x.pt", "--arch", "small_cnn", "--dataset", "digits",
+        "--set", "finetune.module=4", "--set", "mrc.steps=x"])
+    with pytest.raises(ValidationError):  # another error stays an error
+        build_config(args)
 
 
 def test_invalid_values_exit_2_naming_the_field(tmp_path: Path, capsys) -> None:
