@@ -19,8 +19,12 @@ from pydantic import (
     model_validator,
 )
 
+from rift.errors import ConfigError
+
 Norm = Literal["linf", "l2"]
 MIN_STD = 1e-4
+#: The largest run seed: every seed derived from it (data streams, batches) stays in int64.
+MAX_SEED = 2**31 - 1
 # 'auto', 'cpu', or an accelerator with an optional small index (ASCII digits only).
 DEVICE_PATTERN = r"^(auto|cpu|mps|(cuda|xpu)(:[0-9]{1,2})?)$"
 
@@ -277,6 +281,16 @@ REFERENCE_PROTOCOL: dict[str, dict[str, object]] = {
 }
 
 
+def check_seed(seed: int) -> None:
+    """The rule of ``RiftConfig.seed`` for functions that take a seed directly.
+
+    Raises:
+        ConfigError: (field ``seed``) outside [0, MAX_SEED].
+    """
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be between 0 and {MAX_SEED}; got {seed}", field="seed")
+
+
 class RiftConfig(_Strict):
     """Everything one RiFT run needs except the checkpoint itself."""
 
@@ -294,7 +308,7 @@ class RiftConfig(_Strict):
     interpolation: InterpolationSpec = Field(default_factory=InterpolationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     preflight: PreflightSpec = Field(default_factory=PreflightSpec)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=DEVICE_PATTERN,
                         description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     precision: Literal["fp32", "bf16"] = "fp32"
