@@ -405,12 +405,22 @@ def _cpu_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return result
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    # Write beside the target and rename, so a reader never sees a half-written checkpoint.
+def check_save_target(path: str | Path) -> None:
+    """Refuse a target the save would fail on, so that callers may check it before long work.
+
+    Raises:
+        CheckpointError: ``path`` is a folder (else the final rename fails naming the temporary
+            file, which the user never chose).
+    """
+    path = Path(path)
     if path.is_dir():
-        # Else the rename fails naming the temporary file, which the user never chose.
         raise CheckpointError(f"cannot write the checkpoint to {path}: it is a folder; give a "
                               f"file name, e.g. {path / 'model.safetensors'}")
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    # Write beside the target and rename, so a reader never sees a half-written checkpoint.
+    check_save_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)

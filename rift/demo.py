@@ -69,7 +69,9 @@ def make_digits_checkpoint(
         "robust_accuracy", "history"}``: test accuracies in percent under the demo config's
         attack, and the per-epoch training metrics.
     """
-    check_seed(seed)  # before minutes of training; torch overflows past int64
+    # Before the training, which takes seconds to minutes.
+    check_seed(seed)  # torch overflows past int64
+    checkpoints.check_save_target(path)
     config = RiftConfig.model_validate(DIGITS_DEMO_CONFIG)
     resolved = resolve_device("auto") if device is None else torch.device(device)
     splits = load_dataset(config.dataset, config.seed)

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from rift import checkpoints
 from rift.config import ArchitectureSpec, AttackSpec, RiftConfig
 from rift.demo import DIGITS_DEMO_CONFIG, make_digits_checkpoint
-from rift.errors import ConfigError
+from rift.errors import CheckpointError, ConfigError
 from rift.models import build_model
 
 
@@ -52,3 +52,15 @@ def test_a_seed_out_of_range_is_refused_before_training(tmp_path: Path, seed: in
     with pytest.raises(ConfigError):
         make_tabular_checkpoint(tmp_path / "t.safetensors", tmp_path / "none.npz", seed=seed)
     assert not (tmp_path / "ck.safetensors").exists()
+
+
+def test_a_folder_as_output_is_refused_before_training(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import rift.demo
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained before checking the output path")
+
+    monkeypatch.setattr(rift.demo, "adversarially_train", no_training)
+    with pytest.raises(CheckpointError, match="it is a folder"):
+        make_digits_checkpoint(tmp_path, seed=0)
