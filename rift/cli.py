@@ -169,7 +169,12 @@ def _command_run(args: argparse.Namespace) -> int:
     config = build_config(args)
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
-        raise CliInputError(f"--checkpoint {checkpoint}: no such file")
+        raise CliInputError(f"--checkpoint {checkpoint}: "
+                            f"{'a folder, not a file' if checkpoint.is_dir() else 'no such file'}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        # Else "File exists" or "Not a directory: OUT/mrc.json", at the first write.
+        raise CliInputError(f"--out {out}: a file, not a folder")
     bars = _ProgressBars(enabled=not args.quiet)
     try:
         result = run_pipeline(config, checkpoint, Path(args.out),

@@ -84,6 +84,17 @@ def test_missing_checkpoint_file_is_a_clear_error(tmp_path: Path, capsys) -> Non
     assert "nope.safetensors" in capsys.readouterr().err
 
 
+def test_checkpoint_folder_and_out_file_are_clear_errors(tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    code = main(["run", "--checkpoint", str(tmp_path), "--arch", "small_cnn", "--dataset",
+                 "digits", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert code == 2 and "a folder, not a file" in capsys.readouterr().err
+    code = main(["run", "--checkpoint", str(tmp_path / "file"), "--arch", "small_cnn",
+                 "--dataset", "digits", "--device", "cpu", "--out", str(tmp_path / "file")])
+    # Before: "error: File exists: ..." (or "Not a directory: .../mrc.json" with --fresh).
+    assert code == 2 and f"--out {tmp_path / 'file'}: a file, not a folder" in capsys.readouterr().err
+
+
 def test_run_command_end_to_end(digits_checkpoint_path: Path, digits_job_config: dict,
                                 tmp_path: Path) -> None:
     digits_job_config["mrc"].update(steps=2, num_examples=64)
