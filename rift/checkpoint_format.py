@@ -1,5 +1,6 @@
-"""What a checkpoint file is, from its bytes alone: safetensors or PyTorch, and the safetensors
-header (every tensor's name, dtype, shape and byte range, checked against the file's size).
+"""What a checkpoint file is, from its bytes alone: safetensors or PyTorch (TorchScript and
+``torch.export`` archives, programs rather than weights, are refused), and the safetensors header
+(every tensor's name, dtype, shape and byte range, checked against the file's size).
 
 Imports no torch, so the API can read a stored checkpoint's shapes from its header and the
 sandboxed validator can check a safetensors file without importing torch; ``rift.checkpoints``

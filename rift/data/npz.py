@@ -3,8 +3,9 @@
 
 Images come back as (N, C, H, W) tensors (uint8 kept as uint8, floats as float32 in [0, 1]);
 feature vectors, an ``x`` of shape (N, F), as (N, F, 1, 1) float32 tensors: F features as the
-channels of a one-pixel image, with any finite values (their valid range is ``attack.domain``, not
-[0, 1]), so every image code path (batches, attacks, models) takes them unchanged. Labels are
+channels of a one-pixel image, with any values finite in float32 (their valid range is
+``attack.domain``, not [0, 1]), so every image code path (batches, attacks, models) takes them
+unchanged. Labels are
 non-negative integers; ``num_classes`` is the largest label + 1.
 """
 
