@@ -16,6 +16,7 @@ from torch import nn
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import AttackSpec, DomainBounds
 from rift.device import autocast
+from rift.errors import ConfigError
 from rift.model_state import frozen_except
 
 _TINY = 1e-12
@@ -46,6 +47,42 @@ class PGD:
         no bounds; for images it means [0, 1]."""
         return cls(spec.eps, spec.step_size, spec.steps, spec.norm, spec.random_start,
                    resolve_domain(spec.domain, feature_vectors=feature_vectors))
+
+    def check_inputs(self, images: torch.Tensor, what: str) -> None:
+        """Require clean ``images`` (N, C, H, W; uint8 read as value / 255) to lie inside the
+        attack's bounds, with one bound or one per channel/feature. ``what`` names the data in
+        the message.
+
+        Every step clamps x + δ into the bounds, so a clean input outside them would be moved
+        there by more than ``eps`` and the "adversarial" example would not be near it.
+
+        Raises:
+            ConfigError: (field ``attack.domain``) the number of bounds does not fit the
+                channels, or a value lies outside its bound.
+        """
+        if self.bounds is None or images.numel() == 0:
+            return
+        channels = images.shape[1]
+        if len(self.bounds[0]) not in (1, channels):
+            raise ConfigError(
+                f"attack.domain has {len(self.bounds[0])} bounds but the {what} have {channels} "
+                f"channels/features; give 1 bound or {channels}", field="attack.domain")
+        dims = [0, *range(2, images.dim())]
+        low, high = images.amin(dim=dims).float(), images.amax(dim=dims).float()
+        if images.dtype == torch.uint8:
+            low, high = low / 255, high / 255
+        # float32 bounds, as _clamp uses: a float32 0.1 must fit an upper bound written as 0.1.
+        lower, upper = (torch.tensor(side, dtype=torch.float32, device=low.device)
+                        .expand(channels) for side in self.bounds)
+        outside = ((low < lower) | (high > upper)).nonzero().flatten().tolist()
+        if outside:
+            shown = ", ".join(f"channel/feature {c}: [{low[c]:.4g}, {high[c]:.4g}] vs "
+                              f"[{lower[c]:.4g}, {upper[c]:.4g}]" for c in outside[:4])
+            raise ConfigError(
+                f"the {what} lie outside attack.domain ({shown}"
+                f"{', …' if len(outside) > 4 else ''}); every attack step clamps into the "
+                "domain, which would move clean inputs by more than eps. Widen the bounds or "
+                "use 'none'", field="attack.domain")
 
     def _clamp(self, images: torch.Tensor) -> torch.Tensor:
         if self.bounds is None:

@@ -1,5 +1,6 @@
-"""What a checkpoint file is, from its bytes alone: safetensors or PyTorch, and the safetensors
-header (every tensor's name, dtype, shape and byte range, checked against the file's size).
+"""What a checkpoint file is, from its bytes alone: safetensors or PyTorch (TorchScript and
+``torch.export`` archives, programs rather than weights, are refused), and the safetensors header
+(every tensor's name, dtype, shape and byte range, checked against the file's size).
 
 Imports no torch, so the API can read a stored checkpoint's shapes from its header and the
 sandboxed validator can check a safetensors file without importing torch; ``rift.checkpoints``
@@ -9,6 +10,7 @@ builds on it.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -48,7 +50,8 @@ def detect_checkpoint_format(path: str | Path) -> CheckpointFormat:
     """Tell safetensors from PyTorch files by their first bytes (the extension is only a hint).
 
     Raises:
-        CheckpointError: the file is missing, empty, or neither format.
+        CheckpointError: the file is missing, empty, neither format, or a TorchScript or
+            ``torch.export`` archive (a program, not weights).
     """
     path = Path(path)
     if not path.is_file():
@@ -58,6 +61,7 @@ def detect_checkpoint_format(path: str | Path) -> CheckpointFormat:
     if not head:
         raise CheckpointError(f"checkpoint file {path.name} is empty")
     if head.startswith(b"PK\x03\x04"):  # torch.save's default zip container
+        _refuse_program_archive(path)
         return "torch"
     if len(head) == 9 and head[8:9] == b"{":  # u64 header length, then a JSON object
         return "safetensors"
@@ -70,6 +74,37 @@ def detect_checkpoint_format(path: str | Path) -> CheckpointFormat:
         f"checkpoint file {path.name} is neither safetensors nor a PyTorch file "
         f"(first bytes {head[:8].hex()})"
     )
+
+
+def _refuse_program_archive(path: Path) -> None:
+    """Refuse zip archives that hold a program rather than ``torch.save``'s state dict: a
+    TorchScript module (``torch.jit.save``: ``constants.pkl`` and ``code/``) or a
+    ``torch.export`` program (``.pt2``: ``archive_format``). Loading either can run code
+    (docs/algorithm.md); left to ``torch.load``, the first failed with torch's advice to retry
+    with ``weights_only=False`` and the second as a "corrupt" file.
+
+    Raises:
+        CheckpointError: naming the kind of archive and what to save instead.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return  # not a readable zip: torch.load's own error says so
+    # Every member sits in one top folder named by the archive: "<name>/constants.pkl".
+    inner = {name.split("/", 1)[1] for name in names if "/" in name}
+    if "data.pkl" in inner and "constants.pkl" not in inner:
+        return
+    if "constants.pkl" in inner or any(name.startswith("code/") for name in inner):
+        kind = "a TorchScript module (torch.jit.save)"
+    elif "archive_format" in inner:
+        kind = "a torch.export program (.pt2)"
+    else:
+        return
+    raise CheckpointError(
+        f"checkpoint file {path.name} is {kind}, not a state dict: programs are refused because "
+        "loading them can run code. Save the weights instead: torch.save(model.state_dict(), "
+        "...) or safetensors")
 
 
 def read_safetensors_header(path: Path) -> tuple[list[TensorRecord], dict[str, str]]:

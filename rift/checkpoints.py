@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,8 +107,11 @@ def _load_raw(path: Path, fmt: CheckpointFormat, mmap: bool = False) -> object:
             f"{_unpickler_reason(exc)}"
         ) from exc
     except Exception as exc:  # damaged zip, truncated pickle, bad magic number, …
+        # torch's messages may advise retrying with weights_only=False (code execution), which
+        # we never pass on (see _unpickler_reason): then only the error's type is shown.
+        detail = _short(exc) if "weights_only" not in str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"cannot read PyTorch checkpoint {path.name} (corrupt or truncated?): {_short(exc)}"
+            f"cannot read PyTorch checkpoint {path.name} (corrupt or truncated?): {detail}"
         ) from exc
 
 
@@ -183,17 +187,26 @@ def normalize_state_dict(obj: object, *, source: str = "checkpoint",
     return result
 
 
+def count_non_finite(tensor: Tensor) -> tuple[int, int]:
+    """(NaN count, ±Inf count) of a floating-point or complex tensor, of any float type."""
+    if tensor.is_floating_point() and tensor.element_size() == 1:
+        # torch has no isfinite/isnan for the 8-bit float types; float32 holds them exactly.
+        tensor = tensor.float()
+    finite = torch.isfinite(tensor)
+    if bool(finite.all()):
+        return 0, 0
+    nan = int(torch.isnan(tensor).sum())
+    return nan, int((~finite).sum()) - nan
+
+
 def _check_finite(state_dict: Mapping[str, Tensor], source: str) -> None:
     bad: list[str] = []
     for key, tensor in state_dict.items():
         if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
             continue
-        finite = torch.isfinite(tensor)
-        if bool(finite.all()):
-            continue
-        nan = int(torch.isnan(tensor).sum())
-        inf = int((~finite).sum()) - nan
-        bad.append(f"{key} ({nan} NaN, {inf} Inf)")
+        nan, inf = count_non_finite(tensor)
+        if nan or inf:
+            bad.append(f"{key} ({nan} NaN, {inf} Inf)")
     if bad:
         raise CheckpointError(f"{source} holds non-finite values in {_preview(bad)}")
 
@@ -271,6 +284,11 @@ def check_compatible(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None
     if mismatched:
         shapes = [f"{k} (checkpoint {list(got)} vs model {list(want)})" for k, got, want in mismatched]
         parts.append(f"{len(mismatched)} shape mismatch(es): {_preview(shapes)}")
+    prefix = _extra_prefix(unexpected, set(expected)) if missing else None
+    if prefix is not None:
+        parts.append(f"every unexpected key is a model key with the extra prefix {prefix!r} "
+                     "(e.g. a PyTorch Lightning checkpoint, which names the network by its "
+                     "attribute); re-save the state dict with that prefix removed")
     raise CheckpointMismatchError(
         "the checkpoint does not fit the architecture (check 'architecture.name', "
         "'num_classes' and 'in_channels'): " + "; ".join(parts),
@@ -280,16 +298,84 @@ def check_compatible(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None
     )
 
 
+def _dtype_kind(tensor: Tensor) -> str:
+    if tensor.is_complex():
+        return "complex"
+    if tensor.is_floating_point():
+        return "floating-point"
+    return "bool" if tensor.dtype == torch.bool else "integer"
+
+
+def check_dtypes(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Require every checkpoint tensor to survive the cast to the model's dtype: the same kind
+    (floating-point, integer, complex, bool) and, for floats, finite once cast (a float64 of
+    1e300 is inf in float32). Precision may change (fp16, bf16, fp64 → the model's float type).
+    BatchNorm ``num_batches_tracked`` counters are exempt: they do not affect outputs. Checks
+    only the keys both hold; pair with :func:`check_compatible`.
+
+    Raises:
+        CheckpointMismatchError: naming the keys, their dtypes and the model's.
+    """
+    problems: list[str] = []
+    for key, want in model.state_dict().items():
+        got = state_dict.get(key)
+        if got is None or got.dtype == want.dtype or key.endswith(OPTIONAL_KEY_SUFFIX):
+            continue
+        if _dtype_kind(got) != _dtype_kind(want):
+            # load_state_dict would cast silently: integer weights of a float model are not
+            # weights (quantised?), and complex → real drops the imaginary part.
+            problems.append(f"{key} ({_dtype_kind(got)} {got.dtype}; the model's is {want.dtype})")
+        elif (want.is_floating_point() and not got.is_meta
+              and not bool(torch.isfinite(got.to(want.dtype)).all())):
+            problems.append(f"{key} ({got.dtype} values beyond the range of the model's "
+                            f"{want.dtype})")
+    if problems:
+        raise CheckpointMismatchError(
+            f"{len(problems)} checkpoint tensor(s) cannot be cast to the model's dtype: "
+            f"{_preview(problems)}")
+
+
+def _extra_prefix(unexpected: list[str], model_keys: set[str]) -> str | None:
+    """The prefix ``p`` such that every unexpected key is ``p + k`` for a key ``k`` of the model,
+    or None. Only ``module.`` and ``_orig_mod.`` are stripped on loading: another prefix is a
+    wrapper attribute (Lightning's ``model.``, ``net.``) that cannot be told from a real module
+    name in general, so it is pointed out rather than removed."""
+    if not unexpected:
+        return None
+    first = unexpected[0]
+    for key in model_keys:
+        if first.endswith("." + key):
+            prefix = first[: len(first) - len(key)]
+            if all(k.startswith(prefix) and k[len(prefix):] in model_keys for k in unexpected):
+                return prefix
+    return None
+
+
 def load_into(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
     """Copy ``state_dict``'s values into ``model`` in place (any device; dtypes are cast to the
-    model's) after :func:`check_compatible`. Missing ``num_batches_tracked`` keep the model's
-    values. Returns ``model``.
+    model's) after :func:`check_compatible` and :func:`check_dtypes`. Missing
+    ``num_batches_tracked`` keep the model's values. Returns ``model``.
     """
     check_compatible(model, state_dict)
-    with torch.no_grad():
-        # strict=False only so that the optional BatchNorm counters may be absent; everything
-        # else was just checked to match exactly.
-        model.load_state_dict(dict(state_dict), strict=False)
+    check_dtypes(model, state_dict)
+    source = OrderedDict(state_dict)
+    # Safetensors files and normalised dicts carry no per-module format versions (torch's
+    # ``_metadata``), and some modules refuse to load without one (torchvision's MNASNet raises
+    # ValueError). The keys and shapes were just checked against this very model, so its own
+    # versions describe them.
+    versions = getattr(state_dict, "_metadata", None) or getattr(model.state_dict(), "_metadata",
+                                                                  None)
+    if versions is not None:
+        setattr(source, "_metadata", versions)  # noqa: B010 (the attribute torch reads)
+    try:
+        with torch.no_grad():
+            # strict=False only so that the optional BatchNorm counters may be absent;
+            # everything else was just checked to match exactly.
+            model.load_state_dict(source, strict=False)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        # A module's own loading code (_load_from_state_dict) refused the values.
+        raise CheckpointMismatchError(
+            f"the architecture refused the checkpoint while loading it: {_short(exc)}") from exc
     return model
 
 
@@ -319,8 +405,22 @@ def _cpu_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return result
 
 
+def check_save_target(path: str | Path) -> None:
+    """Refuse a target the save would fail on, so that callers may check it before long work.
+
+    Raises:
+        CheckpointError: ``path`` is a folder (else the final rename fails naming the temporary
+            file, which the user never chose).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"cannot write the checkpoint to {path}: it is a folder; give a "
+                              f"file name, e.g. {path / 'model.safetensors'}")
+
+
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     # Write beside the target and rename, so a reader never sees a half-written checkpoint.
+    check_save_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)

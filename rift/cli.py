@@ -18,26 +18,42 @@ from rift.config import RiftConfig
 from rift.errors import RiftError
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+class CliInputError(Exception):
+    """A file or flag named on the command line cannot be used; the message is one line for the
+    user."""
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, flag: str) -> None:
+    """Set ``tree[a][b][c] = value`` for ``dotted`` "a.b.c", creating sections on the way.
+
+    Raises:
+        CliInputError: a section on the way already holds a value, not settings (``--set mrc=5``
+            then ``--set mrc.steps=3``); names ``flag`` and the section.
+    """
     keys = dotted.split(".")
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1]):
         tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            section = ".".join(keys[:depth + 1])
+            raise CliInputError(f"{flag}: cannot set {dotted!r} because {section!r} is already "
+                                f"{json.dumps(tree)}, not a section of settings")
     tree[keys[-1]] = value
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    """``mrc.steps=5`` → ("mrc.steps", 5); values are JSON when they parse, else strings."""
+def _parse_override(text: str) -> tuple[str, Any, str]:
+    """``mrc.steps=5`` → ("mrc.steps", 5, "5"): the key, the value (JSON when it parses, else
+    the text) and the text as typed."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
+    if not all(part.strip() for part in key.split(".")):
+        # "=1", ".x=1", "a..b=1" would otherwise reach the config as keys named "".
+        raise argparse.ArgumentTypeError(
+            f"--set {text!r}: the key must be dotted setting names, e.g. mrc.steps=5")
     try:
-        return key, json.loads(raw)
+        return key, json.loads(raw), raw
     except json.JSONDecodeError:
-        return key, raw
-
-
-class CliInputError(Exception):
-    """A file named on the command line cannot be used; the message is one line for the user."""
+        return key, raw, raw
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -59,17 +75,31 @@ def build_config(args: argparse.Namespace) -> RiftConfig:
     """Merge the spec file, the shortcut flags and ``--set`` overrides, then validate."""
     tree: dict[str, Any] = _read_config_file(Path(args.config)) if args.config else {}
     shortcuts = {
-        "architecture.name": args.arch, "architecture.num_classes": args.num_classes,
-        "dataset.name": args.dataset, "dataset.root": args.data_root,
-        "dataset.path": args.data_path, "device": args.device, "seed": args.seed,
-        "precision": args.precision,
+        "--arch": ("architecture.name", args.arch),
+        "--num-classes": ("architecture.num_classes", args.num_classes),
+        "--dataset": ("dataset.name", args.dataset), "--data-root": ("dataset.root", args.data_root),
+        "--data-path": ("dataset.path", args.data_path), "--device": ("device", args.device),
+        "--seed": ("seed", args.seed), "--precision": ("precision", args.precision),
     }
-    for dotted, value in shortcuts.items():
+    for flag, (dotted, value) in shortcuts.items():
         if value is not None:
-            _set_path(tree, dotted, value)
-    for dotted, value in args.set or []:
-        _set_path(tree, dotted, value)
-    return RiftConfig.model_validate(tree)
+            _set_path(tree, dotted, value, flag)
+    for dotted, value, _ in args.set or []:
+        _set_path(tree, dotted, value, f"--set {dotted}")
+    try:
+        return RiftConfig.model_validate(tree)
+    except ValidationError as exc:
+        # "--set finetune.module=4" parses as the number 4 (a module of an nn.Sequential is
+        # named "4"): where a setting takes text, the text typed is what was meant.
+        typed = {dotted: raw for dotted, value, raw in args.set or []
+                 if not isinstance(value, str)}
+        wanted = {".".join(str(part) for part in error["loc"]) for error in exc.errors()
+                  if error["type"] == "string_type"}
+        if not wanted or not wanted <= typed.keys():
+            raise
+        for dotted in wanted:
+            _set_path(tree, dotted, typed[dotted], f"--set {dotted}")
+        return RiftConfig.model_validate(tree)
 
 
 class _ProgressBars:
@@ -99,6 +129,19 @@ class _ProgressBars:
             bar.close()
 
 
+def print_warnings(kind: str, payload: dict[str, Any]) -> None:
+    """The pipeline's ``warning`` events, one line each on stderr (also with ``--quiet``): the
+    run goes on, but the user should know (a batch shrank after running out of memory, MRC fell
+    back to full forward passes, no α > 0 kept the robustness, with what to try instead)."""
+    if kind != "warning":
+        return
+    from tqdm import tqdm
+
+    # tqdm.write keeps an open progress bar intact below the line.
+    tqdm.write(f"warning ({payload.get('stage', 'run')}): {payload.get('message', '')}",
+               file=sys.stderr)
+
+
 def format_mrc_table(rows: list[dict[str, Any]], selected: str) -> str:
     lines = [f"{'module':<32}{'params':>10}{'MRC':>12}{'rob.acc@worst':>15}{'drop':>8}"]
     for row in rows:
@@ -126,11 +169,17 @@ def _command_run(args: argparse.Namespace) -> int:
     config = build_config(args)
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
-        raise CliInputError(f"--checkpoint {checkpoint}: no such file")
+        raise CliInputError(f"--checkpoint {checkpoint}: "
+                            f"{'a folder, not a file' if checkpoint.is_dir() else 'no such file'}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        # Else "File exists" or "Not a directory: OUT/mrc.json", at the first write.
+        raise CliInputError(f"--out {out}: a file, not a folder")
     bars = _ProgressBars(enabled=not args.quiet)
     try:
         result = run_pipeline(config, checkpoint, Path(args.out),
-                              PipelineCallbacks(on_progress=bars), fresh=args.fresh)
+                              PipelineCallbacks(on_progress=bars, on_event=print_warnings),
+                              fresh=args.fresh)
     finally:
         bars.close()
     print("\nModule robust criticality (lowest = least critical):")

@@ -10,10 +10,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from rift.errors import ConfigError
 
 Norm = Literal["linf", "l2"]
 MIN_STD = 1e-4
+#: The largest run seed: every seed derived from it (data streams, batches) stays in int64.
+MAX_SEED = 2**31 - 1
 # 'auto', 'cpu', or an accelerator with an optional small index (ASCII digits only).
 DEVICE_PATTERN = r"^(auto|cpu|mps|(cuda|xpu)(:[0-9]{1,2})?)$"
 
@@ -96,6 +107,16 @@ class DatasetSpec(_Strict):
         if self.name in ("npz", "imagefolder") and not self.path:
             raise ValueError(f"dataset '{self.name}' needs 'path'")
         return self
+
+    @field_validator("image_size")
+    @classmethod
+    def _resizes_imagefolder_only(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # Other sources ignored it: an npz "resized" to 32 px ran at its stored size.
+        name = info.data.get("name")
+        if value is not None and name not in (None, "imagefolder"):
+            raise ValueError(f"'image_size' resizes 'imagefolder' images only; '{name}' images "
+                             "are used at their stored size")
+        return value
 
 
 class DomainBounds(_Strict):
@@ -184,6 +205,16 @@ class FinetuneSpec(_Strict):
         None, min_length=1, max_length=16, description="Learning rates to try for every "
         "candidate module (seed, C.3); None: just 'lr'.")
 
+    @field_validator("module")
+    @classmethod
+    def _names_a_module(cls, value: str | None) -> str | None:
+        # "" is falsy: the single-module run took it as "not given" (the lowest-MRC module), a
+        # sweep as a module name. Either reading would surprise someone; ask for one.
+        if value is not None and not value.strip():
+            raise ValueError("'module' must name a module, e.g. 'layer4.1.conv2'; leave it out "
+                             "(or null) to tune the lowest-MRC module")
+        return value
+
     @field_validator("lr_grid")
     @classmethod
     def _positive_rates(cls, value: list[float] | None) -> list[float] | None:
@@ -250,6 +281,16 @@ REFERENCE_PROTOCOL: dict[str, dict[str, object]] = {
 }
 
 
+def check_seed(seed: int) -> None:
+    """The rule of ``RiftConfig.seed`` for functions that take a seed directly.
+
+    Raises:
+        ConfigError: (field ``seed``) outside [0, MAX_SEED].
+    """
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be between 0 and {MAX_SEED}; got {seed}", field="seed")
+
+
 class RiftConfig(_Strict):
     """Everything one RiFT run needs except the checkpoint itself."""
 
@@ -267,7 +308,7 @@ class RiftConfig(_Strict):
     interpolation: InterpolationSpec = Field(default_factory=InterpolationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     preflight: PreflightSpec = Field(default_factory=PreflightSpec)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = Field("auto", pattern=DEVICE_PATTERN,
                         description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     precision: Literal["fp32", "bf16"] = "fp32"

@@ -11,8 +11,9 @@ npz layout (keys ``x``, ``y``, optionally both ``x_test`` and ``y_test``):
   layout of PyTorch tensors saved with ``.numpy()``, with values in [0, 1]; (N, H, W) is one
   channel. Values must be finite.
 - features: any real (integer or float) array of shape (N, F), one feature vector per row; values
-  must be finite and may take any range.
-- labels: integers >= 0, shape (N,) or (N, 1); ``num_classes`` is the largest label + 1.
+  must be finite in float32 (the library computes in it) and may take any range within it.
+- labels: integers from 0 to 2**63 - 1 (int64, the library's label type), shape (N,) or (N, 1);
+  ``num_classes`` is the largest label + 1.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ LIBRARY_MIN_IMAGE_SIDE = 1
 SERVICE_MIN_IMAGE_SIDE = 8
 #: Float images are pixel intensities in this closed interval (the attack's clamping domain).
 FLOAT_PIXEL_RANGE = (0.0, 1.0)
+#: Inputs are read as float32 and labels as int64; a value beyond these would change on reading
+#: (a float64 of 1e300 becomes inf, a uint64 label of 2**64 - 1 wraps to -1).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+INT64_MAX = int(np.iinfo(np.int64).max)
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
@@ -156,8 +161,8 @@ class ValueScan:
 
     ``kind`` is ``"images"``, ``"features"`` or ``"labels"``. Feed chunks (any shape) with
     :meth:`update`; each raises as soon as a chunk breaks the rule, and :meth:`finish` raises for
-    a rule on the whole array. The rules: every value finite; float images in
-    :data:`FLOAT_PIXEL_RANGE`; labels >= 0.
+    a rule on the whole array. The rules: every value finite, also once read as float32
+    (features) or int64 (labels); float images in :data:`FLOAT_PIXEL_RANGE`; labels >= 0.
     """
 
     def __init__(self, kind: Literal["images", "features", "labels"], key: str) -> None:
@@ -170,7 +175,8 @@ class ValueScan:
         """Check one chunk of the array's values.
 
         Raises:
-            DatasetError: NaN or infinite values, float images outside [0, 1], negative labels.
+            DatasetError: NaN or infinite values, features beyond float32's range, float images
+                outside [0, 1], negative labels or labels beyond int64.
         """
         if chunk.size == 0:
             return
@@ -187,6 +193,15 @@ class ValueScan:
         if self.kind == "labels" and low < 0:
             raise DatasetError(f"key '{self.key}' holds negative labels (smallest {int(low)}); "
                                "labels are class indices >= 0")
+        if self.kind == "labels" and int(high) > INT64_MAX:
+            raise DatasetError(f"key '{self.key}' holds a label of {int(high)}, beyond int64 "
+                               f"({INT64_MAX}); labels are class indices")
+        # Float images are held to [0, 1] below; feature vectors have no range of their own.
+        if self.kind == "features" and max(-float(low), float(high)) > FLOAT32_MAX:
+            raise DatasetError(
+                f"key '{self.key}' holds values up to {max(-float(low), float(high)):.4g} in "
+                f"magnitude, beyond float32's range ({FLOAT32_MAX:.4g}), which inputs are read "
+                "as; rescale the features")
         if self.kind == "images" and np.issubdtype(chunk.dtype, np.floating):
             lowest, highest = FLOAT_PIXEL_RANGE
             if low < lowest or high > highest:

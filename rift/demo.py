@@ -15,7 +15,7 @@ import torch
 from rift import checkpoints
 from rift.adversarial_training import adversarially_train
 from rift.attacks import PGD
-from rift.config import ArchitectureSpec, AttackSpec, DatasetSpec, RiftConfig
+from rift.config import ArchitectureSpec, AttackSpec, DatasetSpec, RiftConfig, check_seed
 from rift.data import load_dataset
 from rift.device import deterministic_kernels, resolve_device
 from rift.evaluation import evaluate_accuracy
@@ -69,6 +69,9 @@ def make_digits_checkpoint(
         "robust_accuracy", "history"}``: test accuracies in percent under the demo config's
         attack, and the per-epoch training metrics.
     """
+    # Before the training, which takes seconds to minutes.
+    check_seed(seed)  # torch overflows past int64
+    checkpoints.check_save_target(path)
     config = RiftConfig.model_validate(DIGITS_DEMO_CONFIG)
     resolved = resolve_device("auto") if device is None else torch.device(device)
     splits = load_dataset(config.dataset, config.seed)

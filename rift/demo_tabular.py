@@ -16,7 +16,7 @@ import torch
 from rift import checkpoints
 from rift.adversarial_training import adversarially_train
 from rift.attacks import PGD
-from rift.config import RiftConfig
+from rift.config import RiftConfig, check_seed
 from rift.data import load_dataset
 from rift.evaluation import evaluate_accuracy
 from rift.models import build_model
@@ -57,6 +57,7 @@ def make_tabular_checkpoint(checkpoint_path: str | Path, npz_path: str | Path, *
                             epochs: int = 8) -> dict[str, float]:
     """Adversarially train the demo config's ``mlp`` on the npz's training split and save it.
     Returns the test clean and robust accuracy in percent."""
+    check_seed(seed)
     config = RiftConfig.model_validate(tabular_demo_config(npz_path))
     splits = load_dataset(config.dataset, config.seed)
     attack = PGD.from_spec(config.attack, feature_vectors=True)

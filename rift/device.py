@@ -11,16 +11,45 @@ import torch
 from rift.errors import ConfigError
 
 
+def visible_devices(kind: str) -> int:
+    """How many devices of type ``kind`` (``cpu``, ``cuda``, ``mps``, ``xpu``) this process can
+    use; 0 when the build or the machine has none."""
+    if kind == "cpu":
+        return 1
+    if kind == "cuda":
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind == "mps":
+        return 1 if torch.backends.mps.is_available() else 0
+    if kind == "xpu":
+        xpu = getattr(torch, "xpu", None)
+        return int(xpu.device_count()) if xpu is not None and xpu.is_available() else 0
+    return 0
+
+
 def resolve_device(requested: str = "auto") -> torch.device:
-    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a device; ``auto`` prefers CUDA."""
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"xpu"`` or ``"xpu:N"``
+    into a device; ``auto`` prefers CUDA.
+
+    Raises:
+        ConfigError: (field ``device``) an unknown name, or a device this process cannot use
+            (no such accelerator, or an index past the visible ones), which would otherwise fail
+            at the first tensor moved there.
+    """
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(requested)
     except RuntimeError as exc:
         raise ConfigError(f"unknown device {requested!r}: {exc}", field="device") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {requested!r} was asked for but CUDA is not available", "device")
+    count = visible_devices(device.type)
+    if count == 0:
+        name = "CUDA" if device.type == "cuda" else device.type.upper()
+        raise ConfigError(f"device {requested!r} was asked for but {name} is not available",
+                          field="device")
+    if device.index is not None and device.index >= count:
+        raise ConfigError(
+            f"device {requested!r} was asked for but only {count} {device.type} device(s) are "
+            f"visible ({device.type}:0 to {device.type}:{count - 1})", field="device")
     return device
 
 

@@ -56,6 +56,13 @@ class CheckpointMismatchError(CheckpointError):
         self.mismatched = mismatched or []
 
 
+class StageOutputError(RiftError):
+    """A saved stage output (``mrc.json``, ``finetuned.safetensors``, ...) that a resumed run
+    would reuse cannot be read: damaged, edited, or written by another version."""
+
+    code = "invalid_stage_output"
+
+
 class DatasetError(RiftError):
     """The dataset cannot be found, read, or does not have the expected layout."""
 

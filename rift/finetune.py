@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rift.cancellation import ShouldCancel, raise_if_cancelled
+from rift.checkpoints import load_into
 from rift.config import FinetuneSpec
 from rift.data import DatasetSplits, iterate_batches
 from rift.device import autocast
@@ -112,8 +113,13 @@ def finetune_module(
     makes this raise :class:`JobCancelled`. With ``precision="bf16"`` the forward pass runs under
     autocast and the loss is computed in fp32.
 
+    A BatchNorm layer that sees one value per channel from a single example (its input is 1×1,
+    e.g. a ResNet's last stage on 8×8 images) cannot train on a batch of one: with ``bn_stats ==
+    "update"`` a final batch of one example is then left out of each (shuffled) epoch.
+
     Raises:
-        ConfigError: unknown module name (field ``finetune.module``).
+        ConfigError: unknown module name (field ``finetune.module``); every batch would hold one
+            example for such a BatchNorm layer (field ``finetune.batch_size``).
         JobCancelled: ``should_cancel()`` returned True.
     """
     module = trainable_module(model, module_name)
@@ -127,7 +133,7 @@ def finetune_module(
                 model, parameters, splits, spec, device=device, seed=seed, precision=precision,
                 eval_batch_size=eval_batch_size, on_epoch=on_epoch, should_cancel=should_cancel,
             )
-        model.load_state_dict(best_state)
+        load_into(model, best_state)  # with the model's module versions (see load_into)
     return FinetuneResult(module_name, epochs, best_epoch, best_state)
 
 
@@ -154,6 +160,19 @@ def _train(
     # A CPU generator: the batch order and crops are the same whichever device trains.
     generator = torch.Generator()
     generator.manual_seed(seed)
+    drop_single = False
+    if spec.bn_stats == "update":
+        # Training-mode BatchNorm raises on one value per channel. Only a final batch of one is
+        # left out, and only where it would raise: a config that ran before runs the same batches.
+        needs_two = _batchnorm_needing_two_examples(model, splits.image_shape, device)
+        if needs_two is not None and (spec.batch_size == 1 or len(splits.train) == 1):
+            raise ConfigError(
+                f"BatchNorm layer {needs_two!r} gets one value per channel from a single example "
+                f"of this data, so it cannot train on batches of one (finetune.batch_size is "
+                f"{spec.batch_size}, the training split has {len(splits.train)} example(s)); use "
+                "finetune.batch_size >= 2 with more data, or finetune.bn_stats 'freeze'",
+                field="finetune.batch_size")
+        drop_single = needs_two is not None and len(splits.train) % spec.batch_size == 1
     history: list[EpochMetrics] = []
     best_epoch = 0
     best_accuracy = -1.0
@@ -168,7 +187,7 @@ def _train(
         seen = 0
         for images, labels in iterate_batches(
             splits.train, spec.batch_size, device=device, shuffle=True, generator=generator,
-            augment=splits.augment,
+            augment=splits.augment, drop_last=drop_single,
         ):
             raise_if_cancelled(should_cancel)
             with autocast(device, precision):
@@ -202,6 +221,29 @@ def _train(
         if on_epoch is not None:
             on_epoch(metrics)
     return history, best_epoch, best_state
+
+
+def _batchnorm_needing_two_examples(model: nn.Module, image_shape: tuple[int, int, int],
+                                    device: torch.device) -> str | None:
+    """The name of the first BatchNorm layer whose input, for one example of ``image_shape``,
+    holds one value per channel (training mode refuses such a batch), or None. One eval-mode
+    forward pass without gradients: running statistics are untouched."""
+    names: dict[nn.Module, str] = {module: name for name, module in model.named_modules()
+                                   if isinstance(module, _BATCHNORM_TYPES)}
+    found: list[str] = []
+
+    def record(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        if inputs[0].numel() == inputs[0].shape[1]:  # batch 1 × 1 value per channel
+            found.append(names[module])
+
+    hooks = [module.register_forward_pre_hook(record) for module in names]
+    try:
+        with frozen_except(model), torch.no_grad():
+            model(torch.zeros(1, *image_shape, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found[0] if found else None
 
 
 def _set_train_mode(model: nn.Module, *, freeze_bn: bool) -> None:

@@ -89,6 +89,7 @@ def perturbable_modules(model: nn.Module) -> list[str]:
 def select_modules(model: nn.Module, spec: MRCSpec) -> list[str]:
     """Apply ``spec.modules`` (an explicit subset) and the include/exclude fnmatch patterns."""
     candidates = perturbable_modules(model)
+    emptied_by = "mrc"  # the model itself has no conv or linear module
     if spec.modules is not None:
         unknown = [name for name in spec.modules if name not in candidates]
         if unknown:
@@ -96,15 +97,20 @@ def select_modules(model: nn.Module, spec: MRCSpec) -> list[str]:
                 f"unknown module(s) {unknown}; conv/linear modules of this model are e.g. "
                 f"{candidates[:8]}", field="mrc.modules")
         wanted = set(spec.modules)
+        if candidates:
+            emptied_by = "mrc.modules"
         candidates = [name for name in candidates if name in wanted]
-    if spec.include:
+    if spec.include and candidates:
+        emptied_by = "mrc.include"
         candidates = [n for n in candidates if any(fnmatch.fnmatchcase(n, p) for p in spec.include)]
-    if spec.exclude:
+    if spec.exclude and candidates:
+        emptied_by = "mrc.exclude"
         candidates = [n for n in candidates
                       if not any(fnmatch.fnmatchcase(n, p) for p in spec.exclude)]
     if not candidates:
+        # The field named is the one that removed the last module ('mrc': there were none).
         raise ConfigError("the module selection (modules/include/exclude) matches no conv or "
-                          "linear module", field="mrc.include")
+                          f"linear module ({emptied_by} left none)", field=emptied_by)
     return candidates
 
 

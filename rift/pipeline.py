@@ -40,7 +40,7 @@ from rift.interpolation import (
     measure_full_curve,
     select_alpha_lazily,
 )
-from rift.models import build_model
+from rift.models import build_model, check_model_accepts
 from rift.mrc import (
     ModuleCriticality,
     make_adversarial_set,
@@ -75,6 +75,7 @@ from rift.sweep import (
     Candidate,
     CandidateOutcome,
     curves_document,
+    fewer_modules_than_asked,
     is_sweep,
     sweep_candidates,
 )
@@ -136,7 +137,8 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     if splits.num_classes > config.architecture.num_classes:
         raise ConfigError(
             f"the dataset has {splits.num_classes} classes but architecture.num_classes is "
-            f"{config.architecture.num_classes}", field="architecture.num_classes")
+            f"{config.architecture.num_classes}{_sparse_labels_hint(splits)}",
+            field="architecture.num_classes")
     channels, height, _ = splits.image_shape
     model = build_model(config.architecture, in_channels=channels, image_size=height)
     state = (checkpoints.load_state_dict(checkpoint) if isinstance(checkpoint, str | Path)
@@ -146,10 +148,25 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    check_model_accepts(model, config.architecture, splits.image_shape, device=device)
     original = {key: value.detach().to("cpu", copy=True) for key, value in
                 model.state_dict().items()}
-    return PreparedRun(config, device, splits, model.eval(), original,
-                       PGD.from_spec(config.attack, feature_vectors=is_feature_vectors(splits)))
+    attack = PGD.from_spec(config.attack, feature_vectors=is_feature_vectors(splits))
+    for name in ("train", "validation", "test"):
+        attack.check_inputs(getattr(splits, name).images, f"{name} inputs")
+    return PreparedRun(config, device, splits, model.eval(), original, attack)
+
+
+def _sparse_labels_hint(splits: DatasetSplits) -> str:
+    """For labels that skip numbers (a two-class set labelled 3 and 7 counts 8 classes): say
+    so, since the fix is to renumber them, not to widen the network."""
+    used = torch.cat([part.labels for part in (splits.train, splits.validation, splits.test)]
+                     ).unique()
+    if len(used) == splits.num_classes:
+        return ""
+    shown = ", ".join(str(int(label)) for label in used[:8]) + (", …" if len(used) > 8 else "")
+    return (f"; the labels are class indices and only {len(used)} distinct ones are used "
+            f"({shown}): renumber them 0 to {len(used) - 1}")
 
 
 def is_feature_vectors(splits: DatasetSplits) -> bool:
@@ -601,8 +618,14 @@ def save_mrc(storage: StageStorage, mrc: MRCStageResult, selected_module: str) -
 
 
 def load_mrc(storage: StageStorage) -> MRCStageResult | None:
+    """The saved MRC stage, or None. Raises StageOutputError for a file that does not hold one."""
     saved = stage_outputs.read_json(storage, MRC_JSON)
-    return None if saved is None else MRCStageResult.from_json(saved)
+    if saved is None:
+        return None
+    try:
+        return MRCStageResult.from_json(saved)
+    except TypeError as exc:  # missing or unknown fields
+        raise stage_outputs.unreadable(MRC_JSON, str(exc)) from exc
 
 
 def save_finetune(storage: StageStorage, finetune: FinetuneStageResult,
@@ -624,8 +647,11 @@ def load_finetune(storage: StageStorage, *, with_weights: bool = True
         if weights is None:
             return None
         state = weights
-    return FinetuneStageResult(saved["module"], saved["epochs"], saved["best_epoch"],
-                               saved["seconds"], state)
+    try:
+        return FinetuneStageResult(saved["module"], saved["epochs"], saved["best_epoch"],
+                                   saved["seconds"], state)
+    except KeyError as exc:
+        raise stage_outputs.unreadable(FINETUNE_JSON, f"no field {exc}") from exc
 
 
 def load_finetuned_weights(storage: StageStorage) -> StateDict:
@@ -750,6 +776,9 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
     callbacks = callbacks or PipelineCallbacks()
     config = run.config
     candidates = sweep_candidates(config, mrc.rows)
+    fewer = fewer_modules_than_asked(config, candidates, mrc.rows)
+    if fewer is not None and callbacks is not None:
+        callbacks.event("warning", {"stage": "finetune", "message": fewer})
     outcomes: list[CandidateOutcome] = []
     curves_of: list[dict[str, Any]] = []
     for index, candidate in enumerate(candidates):

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import torch
 
-from rift.errors import ConfigError
+from rift.errors import ConfigError, StageOutputError
 
 MRC_JSON = "mrc.json"
 MRC_CSV = "mrc.csv"
@@ -121,9 +121,29 @@ def write_json(storage: StageStorage, name: str, document: Mapping[str, Any]) ->
     storage.write_bytes(name, json.dumps(document, indent=2).encode("utf-8"), content_type(name))
 
 
+def unreadable(name: str, detail: str) -> StageOutputError:
+    """The error for a saved stage file that cannot be used, naming it and the way out."""
+    return StageOutputError(
+        f"the saved stage output {name} cannot be read ({detail}); it is damaged or was written "
+        "by another version. Start the run over to recompute it (the CLI's --fresh)")
+
+
 def read_json(storage: StageStorage, name: str) -> dict[str, Any] | None:
+    """The JSON object saved as ``name``, or None when there is none.
+
+    Raises:
+        StageOutputError: the file is not a JSON object.
+    """
     data = storage.read_bytes(name)
-    return None if data is None else dict(json.loads(data))
+    if data is None:
+        return None
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise unreadable(name, f"not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise unreadable(name, f"a JSON {type(document).__name__}, not an object")
+    return document
 
 
 def write_text(storage: StageStorage, name: str, text: str) -> None:
@@ -141,12 +161,20 @@ def write_weights(storage: StageStorage, name: str, state_dict: Mapping[str, tor
 
 
 def read_weights(storage: StageStorage, name: str) -> StateDict | None:
+    """The tensors saved as ``name``, or None when there is none.
+
+    Raises:
+        StageOutputError: the file is not a readable safetensors file.
+    """
     data = storage.read_bytes(name)
     if data is None:
         return None
     from safetensors.torch import load
 
-    return dict(load(data))
+    try:
+        return dict(load(data))
+    except Exception as exc:  # the Rust reader raises SafetensorError and others
+        raise unreadable(name, f"not a readable safetensors file: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- run identity
@@ -201,8 +229,8 @@ def check_run_identity(folder: FolderStorage, identity: RunIdentity) -> None:
     finished) is taken over whatever its ``run.json`` says, so a failed run never blocks a
     corrected one.
     """
-    saved = read_json(folder, RUN_JSON)
     if folder.has_outputs():
+        saved = read_json(folder, RUN_JSON)
         if saved is None:
             raise ConfigError(
                 f"{folder.folder} holds stage outputs but no {RUN_JSON} saying what they were "

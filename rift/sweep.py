@@ -81,6 +81,20 @@ def sweep_candidates(config: RiftConfig, rows: Sequence[Mapping[str, Any]]) -> l
                                lrs=finetune.lr_grid or [finetune.lr])
 
 
+def fewer_modules_than_asked(config: RiftConfig, candidates: Sequence[Candidate],
+                             rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why fewer modules are tried than ``finetune.candidates`` asks for, or None: the run goes
+    on with them, but the user asked for more and should be told."""
+    wanted = config.finetune.candidates
+    tried = len({candidate.module for candidate in candidates})
+    if tried >= wanted:
+        return None
+    reason = (f"finetune.module names {config.finetune.module!r}, which is tuned alone"
+              if config.finetune.module is not None
+              else f"the MRC table has only {len(rows)} module(s)")
+    return f"finetune.candidates is {wanted} but {tried} module(s) are tried: {reason}"
+
+
 def is_sweep(config: RiftConfig) -> bool:
     """Whether the job fine-tunes more than one (module, lr) candidate."""
     return config.finetune.candidates > 1 or config.finetune.lr_grid is not None

@@ -186,9 +186,7 @@ def _scan_record(handle: Any, start: int, record: TensorRecord,
 
 
 def _inspect_torch(path: Path, display_name: str) -> CheckpointInspection:
-    import torch
-
-    from rift.checkpoints import load_state_dict
+    from rift.checkpoints import count_non_finite, load_state_dict
 
     source = f"checkpoint {display_name}"
     with path.open("rb") as handle:
@@ -202,11 +200,9 @@ def _inspect_torch(path: Path, display_name: str) -> CheckpointInspection:
             continue
         nan = inf = 0
         for piece in _pieces(tensor, CHUNK_BYTES // max(1, tensor.element_size())):
-            finite = torch.isfinite(piece)
-            if not bool(finite.all()):
-                piece_nan = int(torch.isnan(piece).sum())
-                nan += piece_nan
-                inf += int((~finite).sum()) - piece_nan
+            piece_nan, piece_inf = count_non_finite(piece)  # fp8 included
+            nan += piece_nan
+            inf += piece_inf
             if mapped:
                 _release(piece)
         if nan or inf:

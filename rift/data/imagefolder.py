@@ -101,6 +101,21 @@ def _held_out(root: Path, classes: list[str]) -> Labelled | None:
     return None
 
 
+def _as_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """``image`` as 8-bit RGB. ``convert("RGB")`` clips wider pixel values to 255 instead of
+    scaling them (a 16-bit PNG comes out nearly all white, a float TIFF in [0, 1] all black), so
+    16-bit images are scaled to 8 bits here, and 32-bit integer or float images, whose range no
+    file states, are refused."""
+    if image.mode.startswith("I;16"):
+        wide = np.asarray(image).astype(np.uint32)
+        return Image.fromarray(((wide + 128) // 257).astype(np.uint8), mode="L").convert("RGB")
+    if image.mode in ("I", "F"):
+        raise DatasetError(
+            f"image {path} has {'32-bit integer' if image.mode == 'I' else 'floating-point'} "
+            f"pixels (mode {image.mode!r}) with no fixed range; save it with 8- or 16-bit pixels")
+    return image.convert("RGB")
+
+
 def _read_images(files: list[Path], size: tuple[int, int], resize: bool,
                  reference: Path) -> np.ndarray:
     """(N, H, W, 3) uint8 from ``files``, ``size`` = (W, H). With ``resize`` false every image
@@ -111,8 +126,9 @@ def _read_images(files: list[Path], size: tuple[int, int], resize: bool,
     def read(i: int) -> None:
         try:
             with Image.open(files[i]) as image:
-                rgb = image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
+                rgb = _as_rgb(image, files[i])
+        # DecompressionBombError: more pixels than Pillow's limit (an Exception, not an OSError).
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DatasetError(f"cannot read image {files[i]}: {exc}") from exc
         if resize:
             rgb = rgb.resize(size, Image.Resampling.BILINEAR)
@@ -137,7 +153,8 @@ def _tensors(files: Labelled, size: tuple[int, int], resize: bool,
 
 
 def load_imagefolder(spec: DatasetSpec) -> SourceData:
-    """RGB uint8 images from the tree at ``spec.path`` (see the module docstring)."""
+    """RGB uint8 images from the tree at ``spec.path`` (see the module docstring); 16-bit images
+    are scaled to 8 bits, 32-bit integer and float images refused."""
     root = Path(spec.path or "")
     if not root.is_dir():
         raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder")
@@ -157,7 +174,7 @@ def load_imagefolder(spec: DatasetSpec) -> SourceData:
         try:
             with Image.open(reference) as first:
                 size, resize = first.size, False
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DatasetError(f"cannot read image {reference}: {exc}") from exc
     train = _tensors(train_files, size, resize, reference)
     test = _tensors(test_files, size, resize, reference) if test_files is not None else None

@@ -17,7 +17,7 @@ from rift.data.splits import (
     hold_out,
     seeded_generator,
 )
-from rift.data.tensors import DatasetSplits, SourceData
+from rift.data.tensors import DatasetSplits, ImageTensors, SourceData
 from rift.data.torchvision_sources import load_cifar10, load_cifar100, load_mnist, load_svhn
 from rift.errors import DatasetError
 
@@ -47,6 +47,17 @@ def resolve_augment(spec: DatasetSpec, channels: int, image_side: int = 32) -> s
     return "crop_flip"
 
 
+def _check_labels(name: str, part: str, data: ImageTensors, num_classes: int) -> None:
+    # Every source promises labels in [0, num_classes); a damaged file (an MNIST idx label of
+    # 12) would otherwise fail only inside the loss, as an IndexError, or not at all.
+    if len(data) == 0:
+        return
+    low, high = int(data.labels.min()), int(data.labels.max())
+    if low < 0 or high >= num_classes:
+        raise DatasetError(f"dataset '{name}': the {part} labels must be class indices in "
+                           f"[0, {num_classes}); found labels from {low} to {high}")
+
+
 def load_dataset(spec: DatasetSpec, seed: int) -> DatasetSplits:
     """Load the dataset ``spec`` describes, as in-memory tensors (images uint8 or float [0, 1]).
 
@@ -59,6 +70,9 @@ def load_dataset(spec: DatasetSpec, seed: int) -> DatasetSplits:
     The same ``spec`` and ``seed`` always give the same splits. Raises DatasetError.
     """
     source = SOURCES[spec.name](spec)
+    for part, data in (("training", source.train), ("test", source.test)):
+        if data is not None:
+            _check_labels(spec.name, part, data, source.num_classes)
     train, test = source.train, source.test
     if test is None:
         train, test = hold_out(train, source.test_fraction,

@@ -3,8 +3,9 @@
 
 Images come back as (N, C, H, W) tensors (uint8 kept as uint8, floats as float32 in [0, 1]);
 feature vectors, an ``x`` of shape (N, F), as (N, F, 1, 1) float32 tensors: F features as the
-channels of a one-pixel image, with any finite values (their valid range is ``attack.domain``, not
-[0, 1]), so every image code path (batches, attacks, models) takes them unchanged. Labels are
+channels of a one-pixel image, with any values finite in float32 (their valid range is
+``attack.domain``, not [0, 1]), so every image code path (batches, attacks, models) takes them
+unchanged. Labels are
 non-negative integers; ``num_classes`` is the largest label + 1.
 """
 
@@ -61,7 +62,14 @@ def load_npz(spec: DatasetSpec) -> SourceData:
         raise DatasetError(f"dataset 'npz': 'path' {path} is not a file")
     try:
         # allow_pickle=False: object arrays would unpickle code from a user-supplied file.
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            # np.load reads a .npy file as one bare array, with no keys to find x and y under.
+            raise DatasetError(
+                f"'path' {path} holds a single {loaded.dtype} array of shape "
+                f"{list(loaded.shape)} (a .npy file), not an .npz archive; save the arrays with "
+                "np.savez(path, x=..., y=...)")
+        with loaded as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"cannot read 'path' {path} as .npz: {exc}") from exc

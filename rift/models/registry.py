@@ -15,10 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from types import MappingProxyType
 
+import torch
 from torch import nn
 
 from rift.config import ArchitectureSpec
-from rift.errors import ConfigError, UnknownArchitectureError
+from rift.errors import ConfigError, RiftError, UnknownArchitectureError
+from rift.model_state import frozen_except
 from rift.models.mlp import mlp
 from rift.models.preact_resnet import preact_resnet18
 from rift.models.resnet import resnet18, resnet34
@@ -92,10 +94,25 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
 
     Raises:
         UnknownArchitectureError: the name is not known; the message lists the known names.
-        ConfigError: mean/std do not fit the number of input channels.
+        ConfigError: mean/std do not fit the number of input channels, or the builder refused
+            the options (e.g. a vision transformer for images smaller than its patches).
     """
     channels = spec.in_channels if spec.in_channels is not None else in_channels
     size = spec.image_size if spec.image_size is not None else image_size
+    try:
+        return _build(spec, channels, size)
+    except RiftError:
+        raise
+    except Exception as exc:
+        # Third-party builders (torchvision, installed entry points) check their options with
+        # assert, ValueError, TypeError...: one typed error naming the spec instead.
+        raise ConfigError(
+            f"cannot build architecture {spec.name!r} with in_channels={channels}, "
+            f"image_size={size}, num_classes={spec.num_classes}: {type(exc).__name__}: "
+            f"{_one_line(exc)}", field="architecture") from exc
+
+
+def _build(spec: ArchitectureSpec, channels: int, size: int) -> nn.Module:
     mean: Sequence[float] | None = spec.mean
     std: Sequence[float] | None = spec.std
     if spec.name.startswith(PREFIX):
@@ -127,3 +144,42 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
             field="architecture.name",
         )
     return builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
+                        image_shape: tuple[int, int, int], *, device: torch.device) -> None:
+    """Run one all-zero input of ``image_shape`` (C, H, W) through ``model`` (eval mode, no
+    gradients, mode and flags restored) and require (1, ``spec.num_classes``) logits.
+
+    A network that cannot take the data's shape (an Inception for 8×8 images, a transformer for
+    non-square ones, ``in_channels`` unlike the data's) otherwise fails deep inside the first
+    stage with a framework error; here it is one error naming the architecture and the shape.
+
+    Raises:
+        ConfigError: (field ``architecture``) the forward pass fails or its output has another
+            shape.
+    """
+    channels, height, width = image_shape
+    shape = f"{channels}×{height}×{width} (C×H×W) inputs"
+    probe = torch.zeros(1, channels, height, width, device=device)
+    try:
+        with frozen_except(model), torch.no_grad():
+            logits = model(probe)
+    except RiftError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"architecture {spec.name!r} cannot take the dataset's {shape}: "
+            f"{type(exc).__name__}: {_one_line(exc)}", field="architecture") from exc
+    expected = (1, spec.num_classes)
+    got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+    if got != expected:
+        raise ConfigError(
+            f"architecture {spec.name!r} returns {got} for one of the dataset's {shape}; RiFT "
+            f"needs logits of shape {expected} (batch, architecture.num_classes)",
+            field="architecture")

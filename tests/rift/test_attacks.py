@@ -9,6 +9,7 @@ from torch import nn
 
 from rift.attacks import PGD
 from rift.data import ImageTensors
+from rift.errors import ConfigError
 from rift.evaluation import evaluate_accuracy, seeded_generator
 
 
@@ -101,3 +102,21 @@ def test_evaluate_accuracy_matches_a_direct_count(batch) -> None:
     assert again == report  # a seeded random start: the same weights give the same numbers
     no_attack = evaluate_accuracy(model, data, attack=None, batch_size=16, device=cpu)
     assert no_attack.robust_accuracy is None and no_attack.clean_accuracy == report.clean_accuracy
+
+
+def test_check_inputs_refuses_data_the_domain_would_move() -> None:
+    """Every step clamps into the domain, so clean inputs outside it (or bounds that do not fit
+    the channels) would give 'adversarial' examples far outside the eps ball: refused up front."""
+    features = torch.tensor([[0.1, -3.0], [0.3, 2.5]]).view(2, 2, 1, 1)
+    PGD(0.1, 0.05, 2, bounds=((0.1, -3.0), (0.3, 2.5))).check_inputs(features, "train inputs")
+    PGD(0.1, 0.05, 2, bounds=None).check_inputs(features, "train inputs")
+    with pytest.raises(ConfigError, match=r"train inputs lie outside.*feature 1") as error:
+        PGD(0.1, 0.05, 2).check_inputs(features, "train inputs")  # [0, 1] default
+    assert error.value.field == "attack.domain"
+    with pytest.raises(ConfigError, match="3 bounds but the test inputs have 2") as error:
+        PGD(0.1, 0.05, 2, bounds=((0.0,) * 3, (1.0,) * 3)).check_inputs(features, "test inputs")
+    assert error.value.field == "attack.domain"
+    pixels = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1)
+    PGD(0.1, 0.05, 2).check_inputs(pixels, "test inputs")  # uint8 read as value / 255
+    with pytest.raises(ConfigError, match="outside"):
+        PGD(0.1, 0.05, 2, bounds=((0.0,), (0.5,))).check_inputs(pixels, "test inputs")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from rift.checkpoints import (
 from rift.config import ArchitectureSpec
 from rift.errors import CheckpointError, CheckpointMismatchError
 from rift.models import build_model
+from tests.module_factories import VersionedLinear
 
 
 def _model(num_classes: int = 10) -> nn.Module:
@@ -114,6 +116,14 @@ def test_saving_handles_non_contiguous_and_shared_tensors(tmp_path: Path) -> Non
     loaded = load_state_dict(tmp_path / "s.safetensors")
     assert loaded["transposed"].tolist() == base.t().tolist()
     assert loaded["tied_b"].tolist() == base.tolist()
+
+
+@pytest.mark.parametrize("save", [save_safetensors, save_torch])
+def test_saving_to_a_folder_names_the_folder(tmp_path: Path, save: object) -> None:
+    # Before: IsADirectoryError naming a hidden temporary file beside the folder.
+    with pytest.raises(CheckpointError, match=f"{tmp_path}: it is a folder"):
+        save(tmp_path, _state())  # type: ignore[operator]
+    assert [p.name for p in tmp_path.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_saving_rejects_bad_metadata_and_meta_tensors(tmp_path: Path) -> None:
@@ -217,6 +227,40 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, writer: str)
 # ---------------------------------------------------------------------------------------------
 # Corrupt and truncated files
 # ---------------------------------------------------------------------------------------------
+
+
+def _save_program(path: Path, kind: str) -> None:
+    model = nn.Sequential(nn.Linear(3, 2)).eval()
+    if kind == "torchscript":
+        torch.jit.save(torch.jit.script(model), str(path))
+    else:
+        torch.export.save(torch.export.export(model, (torch.zeros(2, 3),)), str(path))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
+@pytest.mark.parametrize(("kind", "words"), [("torchscript", "a TorchScript module"),
+                                             ("export", "a torch.export program")])
+def test_program_archives_are_refused_by_kind(tmp_path: Path, kind: str, words: str) -> None:
+    # Before: a TorchScript file failed as "corrupt or truncated?" passing on torch's advice to
+    # retry with weights_only=False; a .pt2 failed as "corrupt" (data.pkl not found).
+    path = tmp_path / "program.pt"
+    _save_program(path, kind)
+    with pytest.raises(CheckpointError, match=f"program.pt is {words}.*state_dict") as error:
+        load_state_dict(path)
+    assert "weights_only=False" not in error.value.message
+
+
+def test_torchs_advice_to_load_unsafely_is_never_passed_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_load(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Cannot use weights_only=True here. Re-running `torch.load` with "
+                           "`weights_only` set to `False` will likely succeed")
+
+    save_torch(tmp_path / "c.pt", _state())
+    monkeypatch.setattr(torch, "load", failing_load)
+    with pytest.raises(CheckpointError, match=r"c\.pt \(corrupt or truncated\?\): "
+                                              r"RuntimeError$"):
+        load_state_dict(tmp_path / "c.pt")
 
 
 def test_missing_empty_and_unknown_files_are_rejected(tmp_path: Path) -> None:
@@ -327,6 +371,19 @@ def test_non_finite_values_are_rejected_naming_the_key(
         load_state_dict(path)
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_checkpoints_are_checked_and_load(tmp_path: Path, dtype: torch.dtype) -> None:
+    # Before: NotImplementedError ("isfinite" not implemented for 'Float8_e4m3fn').
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in _state().items()}
+    save_safetensors(tmp_path / "fp8.safetensors", state)
+    model = _model()
+    load_into(model, load_state_dict(tmp_path / "fp8.safetensors"))
+    torch.testing.assert_close(model.conv1.weight, state["conv1.weight"].float())
+    state["conv2.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"conv2\.weight \(1 NaN"):
+        normalize_state_dict(state)
+
+
 def test_integer_tensors_are_not_checked_for_finiteness() -> None:
     state = normalize_state_dict({"bn.num_batches_tracked": torch.tensor(5), "w": torch.ones(2)})
     assert int(state["bn.num_batches_tracked"]) == 5
@@ -357,6 +414,18 @@ def test_check_compatible_lists_missing_unexpected_and_mismatched() -> None:
     assert error.mismatched == [("fc.weight", (3, 64), (10, 64)), ("fc.bias", (3,), (10,))]
     for text in ["conv1.weight", "extra.weight", "fc.weight (checkpoint [3, 64] vs model [10, 64])"]:
         assert text in error.message
+
+
+def test_mismatch_points_out_a_wrapper_prefix() -> None:
+    # A Lightning checkpoint names the network by its attribute: "model.conv1.weight". Before,
+    # the message listed 17 missing and 17 unexpected keys without saying why.
+    state = {f"model.{k}": v for k, v in _state().items()}
+    with pytest.raises(CheckpointMismatchError, match=r"extra prefix 'model\.'"):
+        check_compatible(_model(), state)
+    state["model.stray"] = torch.zeros(1)  # not every key fits: no hint
+    with pytest.raises(CheckpointMismatchError) as error:
+        check_compatible(_model(), state)
+    assert "prefix" not in error.value.message
 
 
 def test_mismatch_message_is_truncated_but_lists_are_complete() -> None:
@@ -404,6 +473,53 @@ def test_load_into_casts_to_the_model_dtype() -> None:
     load_into(model, state)
     assert model.conv1.weight.dtype == torch.float64
     torch.testing.assert_close(model.conv1.weight, state["conv1.weight"].double())
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda v: v.round().to(torch.int64), "conv1.weight (integer torch.int64"),
+    (lambda v: v.to(torch.complex64), "conv1.weight (complex torch.complex64"),
+    (lambda v: (v.double() * 1e300), "conv1.weight (torch.float64 values beyond"),
+])
+def test_load_into_refuses_tensors_the_cast_would_change(change, words: str) -> None:
+    # load_state_dict casts silently: integer weights ran as garbage, complex lost its
+    # imaginary part and a float64 1e300 became inf, all without an error.
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = _state()
+    state["conv1.weight"] = change(state["conv1.weight"])
+    with pytest.raises(CheckpointMismatchError, match=r"cannot be cast.*" + re.escape(words)):
+        load_into(model, state)
+    _assert_same(model.state_dict(), before)
+
+
+def test_load_into_lets_batchnorm_counters_be_any_dtype() -> None:
+    # e.g. a checkpoint converted with {k: v.half() for k, v in ...}: the counters do not
+    # affect outputs.
+    model = _model()
+    load_into(model, {k: v.half() for k, v in _state().items()})
+    assert model.bn1.num_batches_tracked.dtype == torch.int64
+
+
+def test_load_into_gives_modules_their_format_version(tmp_path: Path) -> None:
+    # Before: torchvision:mnasnet* failed with ValueError on every checkpoint read from a file.
+    torch.manual_seed(0)
+    source = nn.Sequential(VersionedLinear(3, 2))
+    save_safetensors(tmp_path / "v.safetensors", source.state_dict())
+    target = nn.Sequential(VersionedLinear(3, 2))
+    load_into(target, load_state_dict(tmp_path / "v.safetensors"))
+    torch.testing.assert_close(target[0].weight, source[0].weight)
+    mnasnet = build_model(ArchitectureSpec(name="torchvision:mnasnet0_5"))
+    load_into(mnasnet, {k: v.clone() for k, v in mnasnet.state_dict().items()})
+
+
+def test_a_module_that_refuses_its_values_is_a_mismatch_error() -> None:
+    class Refusing(nn.Linear):
+        def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise RuntimeError("this layer wants another layout")
+
+    model = nn.Sequential(Refusing(3, 2))
+    with pytest.raises(CheckpointMismatchError, match=r"refused the checkpoint.*another layout"):
+        load_into(model, {k: v.clone() for k, v in model.state_dict().items()})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

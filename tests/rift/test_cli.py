@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from rift.cli import build_config, main, make_parser
 
@@ -28,6 +29,21 @@ def test_flags_and_overrides_build_a_valid_config(tmp_path: Path) -> None:
     assert config.finetune.bn_stats == "freeze"
 
 
+def test_set_gives_text_settings_the_text_typed() -> None:
+    # Before: "Input should be a valid string" for the number 4 (nn.Sequential names its
+    # children "0", "1", ...).
+    args = make_parser().parse_args([
+        "run", "--checkpoint", "x.pt", "--arch", "small_cnn", "--dataset", "digits",
+        "--set", "finetune.module=4", "--set", "mrc.steps=3"])
+    config = build_config(args)
+    assert config.finetune.module == "4" and config.mrc.steps == 3
+    args = make_parser().parse_args([
+        "run", "--checkpoint", "x.pt", "--arch", "small_cnn", "--dataset", "digits",
+        "--set", "finetune.module=4", "--set", "mrc.steps=x"])
+    with pytest.raises(ValidationError):  # another error stays an error
+        build_config(args)
+
+
 def test_invalid_values_exit_2_naming_the_field(tmp_path: Path, capsys) -> None:
     code = main(["run", "--checkpoint", "x.pt", "--arch", "resnet18", "--dataset", "cifar10",
                  "--set", "mrc.eps=-1", "--out", str(tmp_path / "out")])
@@ -35,11 +51,48 @@ def test_invalid_values_exit_2_naming_the_field(tmp_path: Path, capsys) -> None:
     assert "mrc.eps" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "words"), [
+    # Before: TypeError "'int' object does not support item assignment", with a traceback.
+    (["--set", "mrc=5", "--set", "mrc.steps=3"],
+     "--set mrc.steps: cannot set 'mrc.steps' because 'mrc' is already 5"),
+    (["--config", "{config}", "--arch", "small_cnn"],
+     "--arch: cannot set 'architecture.name' because 'architecture' is already \"small_cnn\""),
+])
+def test_setting_inside_a_value_that_is_not_a_section_exits_2(
+        tmp_path: Path, capsys, argv: list[str], words: str) -> None:
+    config = tmp_path / "spec.json"
+    config.write_text(json.dumps({"architecture": "small_cnn", "dataset": {"name": "digits"}}))
+    code = main(["run", "--checkpoint", "x.pt", "--arch", "resnet18", "--dataset", "cifar10",
+                 "--out", str(tmp_path / "out"), *[a.format(config=config) for a in argv]])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"error: {words}, not a section of settings"
+
+
+@pytest.mark.parametrize("override", ["=1", ".x=1", "mrc..steps=1", "mrc. =1"])
+def test_set_with_an_empty_key_part_is_a_usage_error(override: str, capsys) -> None:
+    # Before: pydantic's "Extra inputs are not permitted" for a key named "".
+    with pytest.raises(SystemExit) as exit_info:
+        make_parser().parse_args(["run", "--checkpoint", "x.pt", "--set", override])
+    assert exit_info.value.code == 2
+    assert "the key must be dotted setting names" in capsys.readouterr().err
+
+
 def test_missing_checkpoint_file_is_a_clear_error(tmp_path: Path, capsys) -> None:
     code = main(["run", "--checkpoint", str(tmp_path / "nope.safetensors"), "--arch", "small_cnn",
                  "--dataset", "digits", "--device", "cpu", "--out", str(tmp_path / "out")])
     assert code == 2
     assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_checkpoint_folder_and_out_file_are_clear_errors(tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    code = main(["run", "--checkpoint", str(tmp_path), "--arch", "small_cnn", "--dataset",
+                 "digits", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert code == 2 and "a folder, not a file" in capsys.readouterr().err
+    code = main(["run", "--checkpoint", str(tmp_path / "file"), "--arch", "small_cnn",
+                 "--dataset", "digits", "--device", "cpu", "--out", str(tmp_path / "file")])
+    # Before: "error: File exists: ..." (or "Not a directory: .../mrc.json" with --fresh).
+    assert code == 2 and f"--out {tmp_path / 'file'}: a file, not a folder" in capsys.readouterr().err
 
 
 def test_run_command_end_to_end(digits_checkpoint_path: Path, digits_job_config: dict,
@@ -61,6 +114,16 @@ def test_run_command_end_to_end(digits_checkpoint_path: Path, digits_job_config:
     assert "<- fine-tuned" in completed.stdout and "<- chosen" in completed.stdout
     for row in result["mrc"]["rows"]:
         assert row["name"] in completed.stdout
+
+
+def test_warning_events_are_printed_one_line_each(capsys) -> None:
+    # Before: the CLI passed no event callback, so every warning (out-of-memory back-off, the
+    # fx fallback, "no α > 0 kept the robustness ... try a smaller finetune.lr") was dropped.
+    from rift.cli import print_warnings
+
+    print_warnings("warning", {"stage": "interpolate", "message": "no α > 0 kept it"})
+    print_warnings("stage_started", {"stage": "mrc"})
+    assert capsys.readouterr().err == "warning (interpolate): no α > 0 kept it\n"
 
 
 @pytest.mark.parametrize("argv", [["architectures"]])

@@ -39,6 +39,12 @@ def test_defaults_follow_the_reference_protocol() -> None:
     ({"finetune": {"lr_milestones": [5, 3]}}, "finetune.lr_milestones"),
     ({"mrc": {"stepz": 3}}, "mrc.stepz"),
     ({"dataset": {"name": "npz"}}, "dataset"),
+    # "" ran as "not given" (the lowest-MRC module) in a single run, as a name in a sweep.
+    ({"finetune": {"module": ""}}, "finetune.module"),
+    ({"finetune": {"module": "  "}}, "finetune.module"),
+    # Options the source would ignore: an npz "resized" to 32 px ran at its stored size.
+    ({"dataset": {"name": "npz", "path": "d.npz", "image_size": 32}}, "dataset.image_size"),
+    ({"dataset": {"name": "cifar10", "image_size": 32}}, "dataset.image_size"),
 ])
 def test_bad_values_name_their_field(changes: dict, field: str) -> None:
     assert field in _errors(**changes)

@@ -256,6 +256,8 @@ _GOOD_Y = np.arange(6) % 2
     ({"x": _GOOD_X, "y": np.arange(5)}, "'y'"),
     ({"x": _GOOD_X, "y": np.array([0, 1, -1, 0, 1, 0])}, "'y'"),
     ({"x": _GOOD_X, "y": _GOOD_Y.astype(np.float32)}, "'y'"),
+    ({"x": np.full((6, 48), 1e300), "y": _GOOD_Y}, "'x'"),  # inf once read as float32
+    ({"x": _GOOD_X, "y": np.array([0, 1, 2**64 - 1, 0, 1, 0], np.uint64)}, "'y'"),  # wraps
     ({"x": _GOOD_X, "y": _GOOD_Y, "x_test": np.zeros((2, 5, 4, 3), np.uint8),
       "y_test": np.array([0, 1])}, "'x_test'"),
     ({"x": _GOOD_X, "y": _GOOD_Y, "x_test": _GOOD_X[:2], "y_test": np.array([0, 1, 1])},
@@ -289,6 +291,10 @@ def test_npz_file_problems(tmp_path: Path) -> None:
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(DatasetError, match="'path'"):
         load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "junk.npz")), seed=0)
+    # A .npy file is one bare array (before: TypeError, ndarray is no context manager).
+    np.save(tmp_path / "one.npy", np.zeros((4, 3)))
+    with pytest.raises(DatasetError, match=r"single float64 array of shape \[4, 3\].*\.npy"):
+        load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "one.npy")), seed=0)
     # Object arrays are pickles: refused rather than unpickled.
     np.savez(tmp_path / "obj.npz", x=np.array([object()], dtype=object), y=np.array([0]))
     with pytest.raises(DatasetError, match="'path'"):
@@ -388,6 +394,29 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
         load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "c")), seed=0)
 
 
+def test_imagefolder_scales_16_bit_images_and_refuses_float_ones(tmp_path: Path) -> None:
+    # convert("RGB") clips instead of scaling: a 16-bit grey of 32896 (= 128 · 257) came out
+    # as 255, a float TIFF in [0, 1] as 0 or 1, both silently.
+    _tree(tmp_path, per_class=5)
+    Image.fromarray(np.full((5, 6), 128 * 257, np.uint16)).save(tmp_path / "dog" / "deep.png")
+    splits = load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path)), seed=0)
+    every = torch.cat([splits.train.images, splits.validation.images, splits.test.images])
+    greys = [image for image in every if image.unique().tolist() == [128]]
+    assert len(greys) == 1 and greys[0].shape == (3, 5, 6)
+    Image.fromarray(np.full((5, 6), 0.5, np.float32)).save(tmp_path / "cat" / "float.tiff")
+    with pytest.raises(DatasetError, match=r"float\.tiff.*floating-point pixels.*'F'"):
+        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path)), seed=0)
+
+
+def test_imagefolder_names_an_image_over_pillows_pixel_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: PIL.Image.DecompressionBombError (not an OSError) escaped as a traceback.
+    _tree(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4)  # 6×5 images are over twice the limit
+    with pytest.raises(DatasetError, match=r"cannot read image .*\.png"):
+        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path), image_size=8), seed=0)
+
+
 # --- torchvision formats ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("bytes_keys", [False, True])
@@ -427,6 +456,16 @@ def test_mnist_reads_idx_files(tmp_path: Path) -> None:
     splits = load_dataset(DatasetSpec(name="mnist", root=str(tmp_path)), seed=0)
     assert splits.image_shape == (1, 28, 28) and splits.augment == "crop"
     assert torch.equal(splits.test.images[:, 0], torch.from_numpy(written["t10k"]))
+
+
+def test_labels_outside_the_sources_classes_are_refused(tmp_path: Path) -> None:
+    # Before: an MNIST idx label of 12 loaded fine and failed inside the loss (IndexError).
+    _write_mnist(tmp_path)
+    labels = np.arange(5) % 10
+    labels[3] = 12
+    _write_idx(tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", labels)
+    with pytest.raises(DatasetError, match=r"'mnist': the test labels .*\[0, 10\).*to 12"):
+        load_dataset(DatasetSpec(name="mnist", root=str(tmp_path)), seed=0)
 
 
 @pytest.mark.parametrize(("name", "looked_for"), [

@@ -67,6 +67,17 @@ def test_value_scan_over_chunks_keeps_the_range_and_names_the_rule() -> None:
     ValueScan("images", "x").update(np.array([0, 255], np.uint8))  # uint8 pixels
 
 
+def test_value_scan_refuses_values_that_change_when_read() -> None:
+    # Inputs are read as float32 and labels as int64: 1e300 would become inf and 2**64 - 1
+    # would wrap to -1, so both are refused here rather than failing (or not) later.
+    with pytest.raises(DatasetError, match=r"'x'.*beyond float32"):
+        ValueScan("features", "x").update(np.array([0.0, -1e300]))
+    with pytest.raises(DatasetError, match=r"'y'.*beyond int64"):
+        ValueScan("labels", "y").update(np.array([1, 2**64 - 1], np.uint64))
+    ValueScan("features", "x").update(np.array([2**63], np.uint64))  # large but representable
+    ValueScan("labels", "y").update(np.array([0, 2**63 - 1], np.uint64))
+
+
 def test_imagefolder_root_rule() -> None:
     # One wrapping folder that holds folders is stepped into; a flat class tree is not.
     assert imagefolder_root([("d", "train", "cat")]) == ("d",)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 
 from rift import checkpoints
 from rift.config import ArchitectureSpec, AttackSpec, RiftConfig
 from rift.demo import DIGITS_DEMO_CONFIG, make_digits_checkpoint
+from rift.errors import CheckpointError, ConfigError
 from rift.models import build_model
 
 
@@ -36,3 +38,29 @@ def test_make_digits_checkpoint_writes_a_loadable_file(tmp_path: Path) -> None:
     checkpoints.check_compatible(model, state)
     assert any(not torch.equal(v, model.state_dict()[k]) for k, v in state.items()
                if v.is_floating_point())
+
+
+@pytest.mark.parametrize("seed", [-1, 2**31, 10**23])
+def test_a_seed_out_of_range_is_refused_before_training(tmp_path: Path, seed: int) -> None:
+    # Before: 10**23 trained for seconds, then failed with "ValueError: Overflow when unpacking
+    # long long"; run's seed was held to [0, 2**31 - 1], demo-checkpoint's to nothing.
+    from rift.demo_tabular import make_tabular_checkpoint
+
+    with pytest.raises(ConfigError, match="seed must be between 0 and 2147483647") as error:
+        make_digits_checkpoint(tmp_path / "ck.safetensors", seed=seed)
+    assert error.value.field == "seed"
+    with pytest.raises(ConfigError):
+        make_tabular_checkpoint(tmp_path / "t.safetensors", tmp_path / "none.npz", seed=seed)
+    assert not (tmp_path / "ck.safetensors").exists()
+
+
+def test_a_folder_as_output_is_refused_before_training(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import rift.demo
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained before checking the output path")
+
+    monkeypatch.setattr(rift.demo, "adversarially_train", no_training)
+    with pytest.raises(CheckpointError, match="it is a folder"):
+        make_digits_checkpoint(tmp_path, seed=0)

@@ -22,6 +22,29 @@ def test_cuda_without_cuda_is_a_config_error() -> None:
     assert error.value.field == "device"
 
 
+@pytest.mark.parametrize("device", ["mps", "xpu", "xpu:1"])
+def test_an_accelerator_this_build_lacks_is_a_config_error(device: str) -> None:
+    # Before: a RuntimeError ("PyTorch is not linked with support for mps devices") at the first
+    # tensor moved there, after the data had been loaded.
+    if torch.device(device).type == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    if torch.device(device).type == "xpu" and hasattr(torch, "xpu") and torch.xpu.is_available():
+        pytest.skip("this machine has an XPU")
+    with pytest.raises(ConfigError, match="is not available") as error:
+        resolve_device(device)
+    assert error.value.field == "device"
+
+
+def test_a_cuda_index_past_the_visible_devices_is_a_config_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match=r"only 2 cuda device\(s\).*cuda:0 to cuda:1") as error:
+        resolve_device("cuda:2")
+    assert error.value.field == "device"
+
+
 def test_unknown_device_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="gpu0"):
         resolve_device("gpu0")

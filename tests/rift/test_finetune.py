@@ -13,6 +13,7 @@ from rift.errors import ConfigError, JobCancelled
 from rift.evaluation import evaluate_accuracy
 from rift.finetune import EpochMetrics, finetune_module
 from rift.models import build_model
+from tests.module_factories import VersionedLinear
 
 CPU = torch.device("cpu")
 
@@ -144,3 +145,44 @@ def test_unknown_or_parameterless_module(splits: DatasetSplits) -> None:
     relu_net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU())
     with pytest.raises(ConfigError, match="no parameters"):
         finetune_module(relu_net, "2", splits, _spec(), device=CPU, seed=0)
+
+
+def _one_by_one_bn_model() -> nn.Module:
+    """BatchNorm after an 8×8 convolution: one value per channel for each example."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 8), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4, 10))
+
+
+def test_a_final_batch_of_one_is_left_out_where_batchnorm_cannot_train_on_it(
+        splits: DatasetSplits) -> None:
+    # 193 examples in batches of 32 leave one: before, BatchNorm raised ValueError ("Expected
+    # more than 1 value per channel when training") at the end of the first epoch.
+    odd = DatasetSplits(train=_synthetic(193, 1), validation=splits.validation,
+                        test=splits.test, num_classes=10, image_shape=(1, 8, 8),
+                        name="synthetic", augment="none")
+    result = finetune_module(_one_by_one_bn_model(), "4", odd, _spec(), device=CPU, seed=0)
+    assert len(result.epochs) == 2
+
+
+def test_batches_of_one_for_such_batchnorm_are_a_config_error(splits: DatasetSplits) -> None:
+    with pytest.raises(ConfigError, match=r"BatchNorm layer '1'.*batches of one") as error:
+        finetune_module(_one_by_one_bn_model(), "4", splits, _spec(batch_size=1, epochs=1),
+                        device=CPU, seed=0)
+    assert error.value.field == "finetune.batch_size"
+    # Frozen statistics: BatchNorm runs in eval mode and takes a batch of one.
+    small = DatasetSplits(train=_synthetic(12, 1), validation=splits.validation,
+                          test=splits.test, num_classes=10, image_shape=(1, 8, 8),
+                          name="synthetic", augment="none")
+    finetune_module(_one_by_one_bn_model(), "4", small,
+                    _spec(batch_size=1, epochs=1, bn_stats="freeze"), device=CPU, seed=0)
+
+
+def test_the_best_epoch_is_loaded_back_with_the_modules_format_versions(
+        splits: DatasetSplits) -> None:
+    # Before: the best epoch's weights went back through a plain dict, so a module that needs
+    # its format version to load (torchvision's MNASNet) raised ValueError after training.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), VersionedLinear(64, 10))
+    result = finetune_module(model, "1", splits, _spec(epochs=1), device=CPU, seed=0)
+    torch.testing.assert_close(model[1].weight, result.state_dict["1.weight"])

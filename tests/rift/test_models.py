@@ -10,7 +10,7 @@ from torch import nn
 
 from rift.config import ArchitectureSpec
 from rift.errors import ConfigError, UnknownArchitectureError
-from rift.models import build_model, list_architectures
+from rift.models import build_model, check_model_accepts, list_architectures
 
 NATIVE = [
     "small_cnn",
@@ -238,3 +238,35 @@ def test_unknown_architecture_lists_known_names() -> None:
 def test_unknown_torchvision_model_lists_torchvision_names() -> None:
     with pytest.raises(UnknownArchitectureError, match="resnet50"):
         build_model(ArchitectureSpec(name="torchvision:resnet51"))
+
+
+def test_a_builder_that_refuses_its_options_is_a_config_error() -> None:
+    # torchvision checks a vision transformer's image size with a bare assert.
+    with pytest.raises(ConfigError, match=r"vit_b_32.*image_size=8.*AssertionError") as error:
+        _build("torchvision:vit_b_32", in_channels=1, image_size=8)
+    assert error.value.field == "architecture"
+
+
+@pytest.mark.parametrize(("name", "spec", "image_shape", "words"), [
+    ("torchvision:squeezenet1_1", {}, (3, 8, 8), "3×8×8"),  # pools away an 8×8 image
+    ("small_cnn", {"in_channels": 3}, (1, 8, 8), "1×8×8"),  # in_channels unlike the data's
+    ("torchvision:vit_b_16", {"image_size": 16}, (3, 16, 32), "3×16×32"),  # not square
+])
+def test_check_model_accepts_names_the_architecture_and_the_input_shape(
+        name: str, spec: dict, image_shape: tuple[int, int, int], words: str) -> None:
+    arch = ArchitectureSpec(name=name, **spec)
+    model = build_model(arch, in_channels=image_shape[0], image_size=image_shape[1])
+    with pytest.raises(ConfigError, match=f"{name}.*{words}") as error:
+        check_model_accepts(model, arch, image_shape, device=torch.device("cpu"))
+    assert error.value.field == "architecture"
+
+
+def test_check_model_accepts_wants_num_classes_logits_and_restores_the_mode() -> None:
+    arch = ArchitectureSpec(name="small_cnn", num_classes=4)
+    model = build_model(arch, in_channels=1, image_size=8).train()
+    check_model_accepts(model, arch, (1, 8, 8), device=torch.device("cpu"))
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert int(model.bn1.num_batches_tracked) == 0  # eval mode: BatchNorm statistics untouched
+    with pytest.raises(ConfigError, match=r"returns \(1, 4\).*\(1, 7\)"):
+        check_model_accepts(model, ArchitectureSpec(name="small_cnn", num_classes=7), (1, 8, 8),
+                            device=torch.device("cpu"))

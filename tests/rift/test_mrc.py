@@ -233,8 +233,17 @@ def test_module_selection_patterns_and_subsets(residual_setup) -> None:
     with pytest.raises(ConfigError) as error:
         select_modules(model, _spec(modules=["conv9"]))
     assert error.value.field == "mrc.modules" and "conv9" in error.value.message
-    with pytest.raises(ConfigError):
-        select_modules(model, _spec(include=["nothing*"]))
+    # An empty selection names the field that removed the last module (before: always
+    # 'mrc.include', also for modules=[] or an exclude that matched everything).
+    for spec, field in ((_spec(include=["nothing*"]), "mrc.include"),
+                        (_spec(modules=[]), "mrc.modules"),
+                        (_spec(include=["conv*"], exclude=["conv*"]), "mrc.exclude")):
+        with pytest.raises(ConfigError, match=f"{field} left none") as error:
+            select_modules(model, spec)
+        assert error.value.field == field
+    with pytest.raises(ConfigError) as error:
+        select_modules(nn.Sequential(nn.ReLU()), _spec())
+    assert error.value.field == "mrc"
 
 
 def test_subset_tables_merge_to_the_whole_table(residual_setup) -> None:

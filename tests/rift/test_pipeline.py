@@ -291,6 +291,48 @@ def test_too_few_classes_is_a_config_error(digits_checkpoint_path: Path,
     assert error.value.field == "architecture.num_classes"
 
 
+def test_an_architecture_that_cannot_take_the_data_is_a_config_error(
+        digits_job_config: dict) -> None:
+    # A 3-channel network (and its weights) on 1-channel digits: before, a RuntimeError from
+    # the first convolution, deep inside the first stage.
+    digits_job_config["architecture"]["in_channels"] = 3
+    config = _fast(digits_job_config)
+    weights = build_model(config.architecture).state_dict()
+    with pytest.raises(ConfigError, match=r"'small_cnn' cannot take the dataset's 1×8×8") as error:
+        prepare_run(config, weights)
+    assert error.value.field == "architecture"
+
+
+@pytest.mark.parametrize("domain", [{"lower": [0.2], "upper": [0.3]},
+                                    {"lower": [0.0, 0.0], "upper": [1.0, 1.0]}])
+def test_an_attack_domain_that_does_not_fit_the_data_is_a_config_error(
+        digits_checkpoint_path: Path, digits_job_config: dict, domain: dict) -> None:
+    # Before: bounds narrower than the pixels clamped clean inputs far outside the eps ball (a
+    # silent, wrong robust accuracy); a bound per channel of the wrong count raised ValueError.
+    digits_job_config["attack"]["domain"] = domain
+    with pytest.raises(ConfigError) as error:
+        prepare_run(_fast(digits_job_config), digits_checkpoint_path)
+    assert error.value.field == "attack.domain"
+
+
+def test_labels_that_skip_numbers_are_explained(tmp_path: Path) -> None:
+    # Two classes labelled 3 and 7 count as 8: before, only "the dataset has 8 classes but
+    # architecture.num_classes is 2", which invites widening the network instead of renumbering.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((20, 1, 8, 8), dtype=np.float32),
+             y=np.where(np.arange(20) % 2 == 0, 3, 7))
+    config = RiftConfig.model_validate({"architecture": {"name": "small_cnn", "num_classes": 2},
+                                        "dataset": {"name": "npz", "path": str(tmp_path / "d.npz")},
+                                        "device": "cpu"})
+    weights = build_model(config.architecture, in_channels=1, image_size=8).state_dict()
+    with pytest.raises(ConfigError, match=r"8 classes.*only 2 distinct ones are used \(3, 7\): "
+                                          r"renumber them 0 to 1") as error:
+        prepare_run(config, weights)
+    assert error.value.field == "architecture.num_classes"
+
+
 def test_a_fine_tune_that_costs_robustness_returns_theta_at_with_a_warning(
         digits_checkpoint_path: Path, digits_job_config: dict) -> None:
     """An end point with the classifier's weights negated: θ_0.5 has a zero classifier and θ_1 a

@@ -11,7 +11,7 @@ import pytest
 
 from rift.config import RiftConfig
 from rift.demo_tabular import make_tabular_checkpoint, tabular_demo_config, write_breast_cancer_npz
-from rift.errors import CheckpointMismatchError, ConfigError
+from rift.errors import CheckpointMismatchError, ConfigError, StageOutputError
 from rift.pipeline import PipelineCallbacks, run_pipeline
 
 
@@ -91,3 +91,15 @@ def test_a_failed_run_does_not_block_a_corrected_one(tabular: dict[str, Path],
     result = run_pipeline(_config(tabular["npz"]), tabular["a"], out)
     assert result["selected_module"]
     assert (out / "run.json").is_file()
+
+
+def test_a_damaged_stage_output_is_named_and_fresh_recovers(tabular: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    # Before: json.decoder.JSONDecodeError with a traceback from the resumed run.
+    out = tmp_path / "run"
+    config = _config(tabular["npz"])
+    run_pipeline(config, tabular["a"], out)
+    (out / "mrc.json").write_text('{"rows": ')
+    with pytest.raises(StageOutputError, match=r"mrc\.json cannot be read"):
+        run_pipeline(config, tabular["a"], out)
+    assert run_pipeline(config, tabular["a"], out, fresh=True)["selected_module"]

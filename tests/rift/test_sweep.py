@@ -12,7 +12,13 @@ import pytest
 from rift.config import RiftConfig
 from rift.errors import ConfigError
 from rift.pipeline import run_pipeline
-from rift.sweep import Candidate, CandidateOutcome, candidates_from_mrc, choose_across
+from rift.sweep import (
+    Candidate,
+    CandidateOutcome,
+    candidates_from_mrc,
+    choose_across,
+    fewer_modules_than_asked,
+)
 
 ROWS = [{"name": "a", "mrc": 0.3}, {"name": "b", "mrc": 0.1}, {"name": "c", "mrc": 0.1},
         {"name": "d", "mrc": 0.05}]
@@ -25,6 +31,23 @@ def test_candidates_are_the_lowest_mrc_modules_times_the_rates() -> None:
     assert candidates_from_mrc(ROWS, k=3, module="a", lrs=[0.1]) == [Candidate("a", 0.1)]
     with pytest.raises(ConfigError):
         candidates_from_mrc(ROWS, k=1, module=None, lrs=[])
+
+
+def test_fewer_modules_than_asked_is_explained() -> None:
+    # Before: candidates: 64 on a 4-module table, or with finetune.module named, quietly tried
+    # 4 (or 1) modules.
+    base = {"architecture": {"name": "small_cnn"}, "dataset": {"name": "digits"}}
+    many = RiftConfig.model_validate({**base, "finetune": {"candidates": 64}})
+    found = candidates_from_mrc(ROWS, k=64, module=None, lrs=[0.1])
+    assert fewer_modules_than_asked(many, found, ROWS) == (
+        "finetune.candidates is 64 but 4 module(s) are tried: the MRC table has only 4 module(s)")
+    named = RiftConfig.model_validate({**base, "finetune": {"candidates": 3, "module": "a"}})
+    message = fewer_modules_than_asked(
+        named, candidates_from_mrc(ROWS, k=3, module="a", lrs=[0.1]), ROWS)
+    assert message is not None and "finetune.module names 'a'" in message
+    three = RiftConfig.model_validate({**base, "finetune": {"candidates": 3}})
+    assert fewer_modules_than_asked(
+        three, candidates_from_mrc(ROWS, k=3, module=None, lrs=[0.1]), ROWS) is None
 
 
 def _outcome(module: str, alpha: float, clean: float, robust: float) -> CandidateOutcome:

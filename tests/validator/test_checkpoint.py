@@ -107,6 +107,28 @@ def test_pytorch_files_are_checked_piece_by_piece(tmp_path: Path,
     assert summary.num_parameters == 2400
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
+def test_torchscript_uploads_are_refused_as_programs(tmp_path: Path) -> None:
+    import torch
+
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(tmp_path / "s.pt"))
+    with pytest.raises(CheckpointError, match="TorchScript module"):
+        inspect_checkpoint_file(tmp_path / "s.pt", "s.pt")
+
+
+def test_pytorch_fp8_files_are_checked(tmp_path: Path) -> None:
+    # Before: NotImplementedError ("isfinite" not implemented for 'Float8_e4m3fn').
+    import torch
+
+    weight = torch.zeros(4, 3).to(torch.float8_e4m3fn)
+    torch.save({"w": weight}, tmp_path / "f8.pt")
+    assert inspect_checkpoint_file(tmp_path / "f8.pt", "f8.pt").shapes == {"w": (4, 3)}
+    weight[1, 2] = float("nan")
+    torch.save({"w": weight}, tmp_path / "f8nan.pt")
+    with pytest.raises(CheckpointError, match=r"w \(1 NaN, 0 Inf\)"):
+        inspect_checkpoint_file(tmp_path / "f8nan.pt", "f8nan.pt")
+
+
 class _Payload:
     def __reduce__(self) -> tuple[object, tuple[str]]:
         return (print, ("pwned",))
