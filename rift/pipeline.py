@@ -777,7 +777,7 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
     config = run.config
     candidates = sweep_candidates(config, mrc.rows)
     fewer = fewer_modules_than_asked(config, candidates, mrc.rows)
-    if fewer is not None and callbacks is not None:
+    if fewer is not None:
         callbacks.event("warning", {"stage": "finetune", "message": fewer})
     outcomes: list[CandidateOutcome] = []
     curves_of: list[dict[str, Any]] = []

@@ -51,7 +51,13 @@ from rift.pipeline import (
     run_candidate,
 )
 from rift.stage_outputs import FINETUNE_JSON, FINETUNED
-from rift.sweep import Candidate, CandidateOutcome, curves_document, sweep_candidates
+from rift.sweep import (
+    Candidate,
+    CandidateOutcome,
+    curves_document,
+    fewer_modules_than_asked,
+    sweep_candidates,
+)
 from worker.runtime import PartReporter, WorkerResources, settle_part_error
 from worker.stages import job_stage_storage, prepare, record_interpolation
 
@@ -94,13 +100,17 @@ class CandidateStorage:
 # Fan-out (run by the fine-tune stage task, which holds the stage's lease)
 # --------------------------------------------------------------------------------------------
 def start_sweep(app: Celery, resources: WorkerResources, job: Job, run: PreparedRun,
-                attempts: Attempts) -> int:
+                attempts: Attempts, callbacks: PipelineCallbacks) -> int:
     """Record the job's candidates and send one message each; returns their number. Afterwards
-    the candidates hold the fine-tune stage's work."""
+    the candidates hold the fine-tune stage's work. Fewer modules than ``finetune.candidates``
+    asks for is a ``warning`` event, as in the library's sweep."""
     mrc = load_mrc(job_stage_storage(resources.store, job.id, attempts))
     if mrc is None:
         raise RuntimeError(f"job {job.id}: mrc.json is missing although the MRC stage is done")
     candidates = sweep_candidates(run.config, mrc.rows)
+    fewer = fewer_modules_than_asked(run.config, candidates, mrc.rows)
+    if fewer is not None:
+        callbacks.event("warning", {"stage": StageName.FINETUNE.value, "message": fewer})
     with resources.session() as session:
         stage_shards.start_candidates(session, job.id, owner=resources.worker_id,
                                       candidates=[(c.module, c.lr) for c in candidates])

@@ -294,7 +294,7 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
         if stage == StageName.FINETUNE and is_sweep(run.config):
             reporter.flush()
             # One task per candidate from here; the last one finishes the stage.
-            start_sweep(app, resources, claim.job, run, attempts)
+            start_sweep(app, resources, claim.job, run, attempts, callbacks)
             return "sharded", device
         if stage == StageName.INTERPOLATE and is_sweep(run.config):
             outputs = record_sweep_interpolation(resources, claim.job, run, attempts)

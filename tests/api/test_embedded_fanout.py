@@ -1,6 +1,7 @@
 """The embedded default (SQLite, a local folder, kombu's SQLAlchemy broker) runs the fan-out
-stages too: MRC in shards and a candidate sweep, on two worker processes writing one SQLite
-database at once."""
+stages too: MRC in shards and a candidate sweep (one module at two rates, although two modules
+were asked for: a warning says so), on two worker processes writing one SQLite database at
+once."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def test_sharded_mrc_and_a_sweep_on_the_embedded_default(
     checkpoint = upload_checkpoint(api, digits_checkpoint_path)
     config = {**digits_job_config,
               "mrc": {**digits_job_config.get("mrc", {}), "shards": 2},
-              "finetune": {**digits_job_config["finetune"], "candidates": 2}}
+              "finetune": {**digits_job_config["finetune"], "candidates": 2, "module": "fc",
+                           "lr_grid": [0.01, 0.05]}}
     created = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
                                                 "config": config})
     assert created.status_code == 201, created.text
@@ -62,6 +64,10 @@ def test_sharded_mrc_and_a_sweep_on_the_embedded_default(
     job = api.client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded"
     curves = api.client.get(f"/v1/jobs/{job_id}/curves").json()
-    assert len(curves["candidates"]) == 2, curves.keys()
+    assert [(c["module"], c["lr"]) for c in curves["candidates"]] == [("fc", 0.01), ("fc", 0.05)]
+    warnings = [e["payload"]["message"] for e in
+                api.client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["items"]
+                if e["kind"] == "warning"]
+    assert any("finetune.candidates is 2 but 1 module(s) are tried" in w for w in warnings), warnings
     mrc = api.client.get(f"/v1/jobs/{job_id}/mrc").json()
     assert [r["module"] for r in mrc["rows"] if r["selected"]] == [job["selected_module"]]
