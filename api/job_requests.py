@@ -45,46 +45,6 @@ def dataset_placeholder(dataset_id: str) -> str:
     return f"{DATASET_PATH_PREFIX}{dataset_id}"
 
 
-def _invalid(loc: tuple[Any, ...], message: str, kind: str = "value_error") -> RequestValidationError:
-    return RequestValidationError([{"type": kind, "loc": loc, "msg": message, "input": None}])
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in JSON")
-
-
-def _check_strings(value: Any, loc: tuple[Any, ...]) -> None:
-    # NUL cannot be stored in Postgres text or JSONB; refuse it here with its location.
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise _invalid(loc, "text must not contain NUL characters")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _invalid(loc, "text must be valid Unicode (no lone surrogates)") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_strings(key, loc)
-            _check_strings(item, (*loc, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_strings(item, (*loc, index))
-
-
-def parse_json(raw: bytes | str, loc: tuple[Any, ...]) -> Any:
-    """Parse ``raw`` as strict JSON (no NaN/Infinity, no NUL in strings).
-
-    Raises:
-        RequestValidationError: (422) located at ``loc``.
-    """
-    try:
-        value = json.loads(raw, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _invalid(loc, f"JSON decode error: {exc}", "json_invalid") from None
-    _check_strings(value, loc)
-    return value
-
-
 def _prefill_dataset_path(body: Any) -> None:
     # RiftConfig insists on a path for uploaded kinds; the client names the upload instead (a
     # missing dataset_id is reported by resolve_dataset, with what to do about it).

@@ -26,6 +26,7 @@ from api.errors import install_error_handlers
 from api.event_feed import EventFeed, LocalPublisher, build_event_feed
 from api.limits import RateLimiter, StreamSlots, rate_limiter_for
 from api.observability import ApiMetrics, ObservabilityMiddleware
+from api.request_input import check_request_input
 from api.routes import (
     admin,
     checkpoints,
@@ -132,7 +133,9 @@ def create_app(
 
     # Every route of this router needs a key; the routes name CallerDep too, which FastAPI
     # resolves once per request, so the router's dependency is a guard a new route cannot miss.
-    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(get_caller)])
+    # The input rules (JSON bodies, path parameters) are such a guard too.
+    v1 = APIRouter(prefix=API_PREFIX,
+                   dependencies=[Depends(get_caller), Depends(check_request_input)])
     for module in (checkpoints, datasets, jobs, job_events, job_results, job_report, materialize,
                    webhooks, admin):
         v1.include_router(module.router)

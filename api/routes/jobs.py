@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from api.auth import JsonOrNoBody
 from api.deps import Caller, CallerDep, JobServicesDep, SessionDep, StoreDep
 from api.errors import (
     BadRequest,
@@ -23,7 +22,8 @@ from api.errors import (
     UnsupportedMediaType,
     quote,
 )
-from api.job_requests import parse_json, validate_body
+from api.job_requests import validate_body
+from api.request_input import JsonOrNoBody, parse_json
 from api.schemas import LABEL_KEY_PATTERN, JobCreate, JobOut, JobPageOut, JobSpec
 from api.services import deletion
 from api.services.jobs import (

@@ -30,7 +30,8 @@ router = APIRouter(prefix="/jobs", tags=["results"])
 
 
 class MaterializeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict like every request body: "alpha": "0.5" or true, "evaluate": "yes" are 422s.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     alpha: float = Field(ge=0.0, le=1.0, description="Interpolation weight: 0 is θ_AT, 1 is θ_FT.")
     evaluate: bool = Field(False, description="Also measure clean and robust accuracy (test split, "
