@@ -6,6 +6,9 @@
   itself and calls :func:`parse_json` directly; every other route with a JSON body gets these
   rules from :func:`check_request_input`, a dependency of the whole ``/v1`` router, so a new
   route cannot miss them.
+- **Query parameters** must be ones the route declares (a typo such as ``?stauts=failed`` would
+  otherwise list every job as if unfiltered), and one that takes a single value may be given
+  once (``?limit=1&limit=50`` would otherwise silently use the last).
 - **Path parameters** holding NUL cannot name any stored resource: a 404 naming the parameter,
   answered before the value reaches the database (which would refuse it with an error that can
   name no field).
@@ -14,14 +17,17 @@
 from __future__ import annotations
 
 import json
+import types
+import typing
 from typing import Any
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from python_multipart.multipart import parse_options_header
 
-from api.errors import NotFound, UnsupportedMediaType, quote
+from api.errors import InvalidInput, NotFound, UnsupportedMediaType, quote
 
 
 def _invalid(loc: tuple[Any, ...], message: str, kind: str = "value_error") -> RequestValidationError:
@@ -99,11 +105,50 @@ def _check_path_params(path_params: dict[str, Any]) -> None:
             raise NotFound(f"no resource with {name} {quote(value)}", field=name, code=code)
 
 
+def _takes_several(annotation: Any) -> bool:
+    # list[str], list[str] | None, ...: a parameter the client may repeat.
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_takes_several(arg) for arg in typing.get_args(annotation))
+    return typing.get_origin(annotation) in (list, tuple, set, frozenset)
+
+
+def _query_params_of(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
+    """(names the route accepts, names it accepts more than once), over its dependencies too
+    (a walk of a few dependants per request; routes are not hashable, so nothing is cached)."""
+    names: set[str] = set()
+    repeatable: set[str] = set()
+    pending: list[Dependant] = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        for field in dependant.query_params:
+            names.add(field.alias)
+            if _takes_several(field.field_info.annotation):
+                repeatable.add(field.alias)
+        pending.extend(dependant.dependencies)
+    return frozenset(names), frozenset(repeatable)
+
+
+def _check_query_params(request: Request, route: APIRoute) -> None:
+    accepted, repeatable = _query_params_of(route)
+    for name in dict.fromkeys(request.query_params.keys()):
+        if name not in accepted:
+            raise InvalidInput(
+                f"unknown query parameter {quote(name)}; this route accepts "
+                f"{', '.join(sorted(accepted)) or 'none'}", field=name, code="unknown_parameter")
+        count = len(request.query_params.getlist(name))
+        if count > 1 and name not in repeatable:
+            raise InvalidInput(f"the query parameter {quote(name)} is given {count} times; it "
+                               "takes one value", field=name, code="repeated_parameter")
+
+
 async def check_request_input(request: Request) -> None:
     """The rules of the module docstring, for the route the request was matched to."""
     _check_path_params(request.path_params)
     route = request.scope.get("route")
-    if not isinstance(route, APIRoute) or route.body_field is None:
+    if not isinstance(route, APIRoute):
+        return
+    _check_query_params(request, route)
+    if route.body_field is None:
         return
     body = await request.body()  # FastAPI has read it already: this is its cached copy
     content_type = request.headers.get("content-type")

@@ -19,8 +19,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
+from fastapi import Query
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
@@ -403,6 +404,13 @@ async def _receive_multipart(
 def scratch_dir(settings: Settings) -> Path:
     """Where uploads are spooled while they are checked (swept by ``persistence.janitor``)."""
     return settings.upload_scratch_dir
+
+
+#: The ``?filename=`` of a raw-body upload, declared by the upload routes so that it is
+#: documented and accepted by the query check of :mod:`api.request_input`;
+#: :func:`receive_upload` reads it from the request itself.
+RawFilename = Annotated[str | None, Query(
+    description="The file's name for a raw-body upload (else Content-Disposition's filename).")]
 
 
 def upload_request_body(file_field: str, text_fields: dict[str, str] | None = None,

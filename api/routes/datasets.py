@@ -18,7 +18,7 @@ from api.schemas import DatasetOut
 from api.services import deletion
 from api.services.ownership import find_owned
 from api.services.uploads import check_upload_quota
-from api.uploads import receive_upload, scratch_dir, upload_request_body
+from api.uploads import RawFilename, receive_upload, scratch_dir, upload_request_body
 from persistence.models import Dataset
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -45,7 +45,8 @@ FILE_FIELD = "file"
 )
 async def upload_dataset(request: Request, response: Response, caller: CallerDep,
                          settings: SettingsDep, factory: SessionFactoryDep,
-                         store: StoreDep, validator: ValidatorDep) -> DatasetOut:
+                         store: StoreDep, validator: ValidatorDep,
+                         filename: RawFilename = None) -> DatasetOut:
     await run_in_threadpool(check_upload_quota, factory, caller, request)
     upload = await receive_upload(
         request, file_field=FILE_FIELD, max_file_bytes=settings.max_dataset_bytes,

@@ -183,6 +183,12 @@ def _labels(values: list[str]) -> dict[str, str]:
         if len(wanted) > 255 or any(ord(c) < 32 or ord(c) == 127 for c in wanted):
             raise InvalidInput("a label value is at most 255 printable characters",
                                field="label")
+        if labels.get(key, wanted) != wanted:
+            # A job has one value per key: two values can never both match, and keeping only
+            # the last (as before) silently dropped a condition.
+            raise InvalidInput(f"label filter {quote(value)}: the key '{key}' is already "
+                               f"required to be {quote(labels[key])}; a job has one value per "
+                               "key", field="label")
         labels[key] = wanted
     return labels
 

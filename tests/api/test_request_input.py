@@ -163,3 +163,37 @@ def test_project_limits_beyond_the_database_column_name_the_field(api: Api) -> N
         assert largest.json()["max_stored_bytes"] == 2**63 - 1
     finally:
         admin.close()
+
+
+def test_query_parameters_must_be_known_and_single_valued(api: Api, small_cnn_file: Path) -> None:
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    for team in ("a", "b"):
+        created = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                                    "config": digits_config(),
+                                                    "labels": {"team": team}})
+        assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    # Before: each was a 200 that ignored the parameter (every job listed for the typo), kept
+    # only the last limit, or only the last label condition (team:b's jobs for a:AND:b).
+    for path, field, code in [
+        ("/v1/jobs?stauts=failed", "stauts", "unknown_parameter"),
+        (f"/v1/jobs/{job_id}?expand=config", "expand", "unknown_parameter"),
+        ("/v1/jobs?limit=1&limit=50", "limit", "repeated_parameter"),
+        ("/v1/jobs?label=team:a&label=team:b", "label", "invalid_input"),
+    ]:
+        response = api.client.get(path)
+        assert response.status_code == 422, (path, response.text)
+        error = error_of(response)
+        assert (error["field"], error["code"]) == (field, code), (path, response.text)
+        assert field in error["message"]
+    # Parameters that take several values still may repeat, and a repeated label condition is
+    # just the same condition.
+    listed = api.client.get("/v1/jobs", params=[("status", "queued"), ("status", "failed"),
+                                                ("label", "team:a"), ("label", "team:a")])
+    assert listed.status_code == 200, listed.text
+    assert [job["labels"] for job in listed.json()["items"]] == [{"team": "a"}]
+    # The raw upload's ?filename= is declared, so it is still accepted.
+    raw = api.client.post("/v1/checkpoints", params={"filename": "mine.safetensors"},
+                          content=small_cnn_file.read_bytes(),
+                          headers={"Content-Type": "application/octet-stream"})
+    assert raw.status_code == 201 and raw.json()["filename"] == "mine.safetensors", raw.text
