@@ -24,6 +24,7 @@ from api.dispatch import CeleryDispatcher, Dispatcher
 from api.docs import install_offline_docs
 from api.errors import install_error_handlers
 from api.event_feed import EventFeed, LocalPublisher, build_event_feed
+from api.head_requests import HeadAsGet
 from api.limits import RateLimiter, StreamSlots, rate_limiter_for
 from api.observability import ApiMetrics, ObservabilityMiddleware
 from api.request_input import check_request_input
@@ -120,6 +121,8 @@ def create_app(
     app.state.validator = checks
     app.state.metrics = ApiMetrics()
     install_error_handlers(app)
+    # Inside the observability middleware, so that logs and metrics still say HEAD.
+    app.add_middleware(HeadAsGet)
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
     if settings.cors_allow_origins:
         # No credentials: keys travel in a header a page must set itself, never in cookies.
