@@ -88,7 +88,8 @@ def read_dataset(dataset_id: str, session: SessionDep, caller: CallerDep) -> Dat
     row = find_owned(session, Dataset, caller.project_id, dataset_id)
     if row is None:
         raise NotFound(f"no dataset with id '{dataset_id[:64]}' (built-in: "
-                       f"{', '.join(BUILTIN_GEOMETRY)})", field="dataset_id")
+                       f"{', '.join(BUILTIN_GEOMETRY)})", field="dataset_id",
+                       code="dataset_not_found")
     return dataset_out(row)
 
 
