@@ -140,9 +140,14 @@ def read_keys(name: str, session: SessionDep) -> KeyListOut:
     return KeyListOut(items=[_key_out(k, project) for k in list_keys(session, project.id)])
 
 
+#: Every field of KeyCreate has a default, so the body may be left out (read and write, no name).
+_DEFAULT_KEY = KeyCreate()
+
+
 @router.post("/projects/{name}/keys", status_code=201, response_model=NewKeyOut,
-             summary="Create a key (shown once)")
-def create_key_route(name: str, body: KeyCreate, session: SessionDep) -> NewKeyOut:
+             summary="Create a key (shown once)",
+             description="The body may be left out: a read and write key without a name.")
+def create_key_route(name: str, session: SessionDep, body: KeyCreate = _DEFAULT_KEY) -> NewKeyOut:
     project = _project(session, name)
     try:
         new = create_key(session, project, [str(s) for s in body.scopes], body.name)

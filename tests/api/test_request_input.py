@@ -197,3 +197,14 @@ def test_query_parameters_must_be_known_and_single_valued(api: Api, small_cnn_fi
                           content=small_cnn_file.read_bytes(),
                           headers={"Content-Type": "application/octet-stream"})
     assert raw.status_code == 201 and raw.json()["filename"] == "mine.safetensors", raw.text
+
+
+def test_a_key_can_be_made_without_a_body(api: Api) -> None:
+    # Before: 422 "body: Field required", although every field of the body has a default.
+    _, admin_key = make_key(api.sessions, "ops", ("admin",))
+    with api.client_for(admin_key) as admin:
+        created = admin.post("/v1/admin/projects/tests/keys")
+        assert created.status_code == 201, created.text
+        assert created.json()["scopes"] == ["read", "write"]
+        named = admin.post("/v1/admin/projects/tests/keys", json={"name": "ci"})
+        assert named.status_code == 201 and named.json()["name"] == "ci", named.text
