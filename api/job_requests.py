@@ -40,6 +40,19 @@ UPLOADED_KINDS = ("npz", "imagefolder")
 BUILTIN_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "mnist": 10, "digits": 10}
 
 
+def unknown_checkpoint(checkpoint_id: str) -> InvalidInput:
+    """The 422 for a job naming a checkpoint the caller's project does not have."""
+    return InvalidInput(f"no checkpoint with id '{checkpoint_id}' (upload one with POST "
+                        "/v1/checkpoints)", field="checkpoint_id", code="unknown_checkpoint")
+
+
+def unknown_dataset(dataset_id: str) -> InvalidInput:
+    """The 422 for a job naming a dataset the caller's project does not have."""
+    return InvalidInput(f"no dataset with id '{dataset_id}' (upload one with POST "
+                        "/v1/datasets, or use a built-in name in config.dataset.name)",
+                        field="dataset_id", code="unknown_dataset")
+
+
 def dataset_placeholder(dataset_id: str) -> str:
     """The ``config.dataset.path`` stored for a job on the uploaded dataset ``dataset_id``."""
     return f"{DATASET_PATH_PREFIX}{dataset_id}"
@@ -136,9 +149,7 @@ def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec,
     row = find_owned(session, Dataset, project_id, spec.dataset_id)
     session.commit()
     if row is None:
-        raise InvalidInput(f"no dataset with id '{spec.dataset_id}' (upload one with POST "
-                           "/v1/datasets, or use a built-in name in config.dataset.name)",
-                           field="dataset_id", code="unknown_dataset")
+        raise unknown_dataset(spec.dataset_id)
     if dataset.name != row.kind:
         raise InvalidInput(
             f"dataset {row.id} is an '{row.kind}' upload: set config.dataset.name to "
@@ -211,8 +222,7 @@ def checkpoint_shapes(
     row = find_owned(session, Checkpoint, project_id, checkpoint_id)
     session.commit()
     if row is None:
-        raise InvalidInput(f"no checkpoint with id '{checkpoint_id}' (upload one with POST "
-                           "/v1/checkpoints)", field="checkpoint_id", code="unknown_checkpoint")
+        raise unknown_checkpoint(checkpoint_id)
     try:
         shapes = stored_checkpoint_shapes(store, row.storage_key, row.format, scratch_dir,
                                           validator)
