@@ -312,8 +312,15 @@ async def receive_upload(
     if not allow_raw:
         raise UnsupportedMediaType(
             "send multipart/form-data with the fields "
-            + ", ".join(repr(n) for n in [file_field, *text_fields])
+            + ", ".join(repr(n) for n in [file_field, *text_fields]), field="Content-Type"
         )
+    if media_type == b"application/x-www-form-urlencoded":
+        # What `curl -d @file` sends: curl strips the file's line breaks, so the bytes are not
+        # the file's; a form body is never a raw upload.
+        raise UnsupportedMediaType(
+            "a form-encoded body is not a file (curl -d alters its bytes): send the file as "
+            f"multipart (-F {file_field}=@PATH) or as the raw body (--data-binary @PATH with "
+            "Content-Type: application/octet-stream)", field="Content-Type")
     if length is not None and length > max_file_bytes:
         raise PayloadTooLarge(
             f"the file is {length} bytes, larger than the limit of {max_file_bytes} bytes",

@@ -66,6 +66,19 @@ def test_upload_raw_body_and_torch_format(api: Api, small_cnn_torch_file: Path) 
     assert record["num_tensors"] == len(small_cnn_state())
 
 
+@pytest.mark.parametrize("route", ["/v1/checkpoints", "/v1/datasets"])
+def test_a_form_encoded_body_is_not_taken_for_the_file(api: Api, small_cnn_file: Path,
+                                                       route: str) -> None:
+    # `curl -d @file` sends this (with the file's line breaks stripped). Before: the form body
+    # was read as the raw file, so the answer blamed the file's bytes (422), or kept them.
+    response = api.client.post(route, content=small_cnn_file.read_bytes(),
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 415, response.text
+    error = error_of(response)
+    assert error["field"] == "Content-Type" and "--data-binary" in error["message"]
+    api.assert_nothing_stored()
+
+
 @pytest.mark.parametrize("container", ["zip", "raw_pickle"])
 def test_pickle_with_code_is_refused_without_running_it(
     api: Api, tmp_path: Path, container: str
