@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Annotated, Any, BinaryIO
+from urllib.parse import unquote
 
 from fastapi import Query
 from python_multipart.exceptions import FormParserError
@@ -74,6 +75,26 @@ class ReceivedUpload:
         tb: TracebackType | None,
     ) -> None:
         self.discard()
+
+
+#: RFC 6266's ``filename*=charset'lang'percent-encoded`` (RFC 8187), which python-multipart's
+#: header parser drops: a client naming a non-ASCII file this way lost the name.
+_EXTENDED_FILENAME = re.compile(rb"""filename\*\s*=\s*([A-Za-z0-9!#$&+\-^_`{}~]+)'[^']*'([^;\s]+)""",
+                                re.IGNORECASE)
+
+
+def disposition_filename(header: bytes | None, options: dict[bytes, bytes]) -> str | None:
+    """The file name of a ``Content-Disposition`` header whose parameters are ``options``:
+    ``filename*`` when given (RFC 6266 prefers it), else ``filename``; None without either."""
+    match = _EXTENDED_FILENAME.search(header or b"")
+    if match is not None:
+        charset = match.group(1).decode("ascii")
+        try:
+            return unquote(match.group(2).decode("ascii"), encoding=charset, errors="replace")
+        except LookupError:  # an unknown charset: fall back to the plain parameter
+            pass
+    raw = options.get(b"filename")
+    return raw.decode("utf-8", "replace") if raw else None
 
 
 def safe_filename(name: str | None, default: str = "upload") -> str:
@@ -182,7 +203,8 @@ class _MultipartReader:
         self._header_name = self._header_value = b""
 
     def _headers_finished(self) -> None:
-        disposition, options = parse_options_header(self._headers.get(b"content-disposition"))
+        header = self._headers.get(b"content-disposition")
+        disposition, options = parse_options_header(header)
         if disposition != b"form-data" or b"name" not in options:
             raise BadRequest("a multipart part lacks 'Content-Disposition: form-data; name=...'",
                              field="body")
@@ -192,8 +214,7 @@ class _MultipartReader:
         if name == self.file_field:
             if self.scratch is not None or self.file is not None:
                 raise InvalidInput(f"the form field '{name}' is given twice", field=name)
-            raw_filename = options.get(b"filename")
-            self._part_filename = raw_filename.decode("utf-8", "replace") if raw_filename else None
+            self._part_filename = disposition_filename(header, options)
             self.scratch = _ScratchFile(self.scratch_dir, self.max_file_bytes, name)
         elif name in self.text_fields:
             if name in self.fields:
@@ -333,9 +354,10 @@ async def receive_upload(
 def _raw_filename(request: Request) -> str:
     name = request.query_params.get("filename")
     if not name:
-        _, options = parse_options_header(request.headers.get("content-disposition"))
-        raw = options.get(b"filename")
-        name = raw.decode("utf-8", "replace") if raw else None
+        header = request.headers.get("content-disposition")
+        raw_header = header.encode("latin-1") if header else None
+        _, options = parse_options_header(raw_header)
+        name = disposition_filename(raw_header, options)
     return safe_filename(name)
 
 
