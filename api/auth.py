@@ -14,9 +14,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from python_multipart.multipart import parse_options_header
 
-from api.errors import Forbidden, TooManyRequests, Unauthorized, UnsupportedMediaType, quote
+from api.errors import Forbidden, TooManyRequests, Unauthorized
 from api.limits import RateLimiter, retry_after_header
 from persistence.api_keys import Scope, authenticate, effective_scopes
 from persistence.models import Project
@@ -113,18 +112,3 @@ def require_admin(caller: CallerDep) -> Caller:
 
 AdminDep = Annotated[Caller, Depends(require_admin)]
 
-
-def require_json_or_no_body(request: Request) -> None:
-    """Refuse a body that is not JSON on a route that takes JSON or nothing (a browser form
-    POST, for one, is ``application/x-www-form-urlencoded`` or ``multipart/form-data``)."""
-    content_type = request.headers.get("content-type")
-    if content_type is None:
-        return
-    media_type = parse_options_header(content_type)[0].decode("latin-1")
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"content type {quote(media_type)} is not accepted here: send application/json or "
-            "no body", field="Content-Type")
-
-
-JsonOrNoBody = Depends(require_json_or_no_body)

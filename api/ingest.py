@@ -11,17 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+import annotated_types
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import Caller
 from api.dataset_validation import MAX_EXPANSION
-from api.errors import ServiceUnavailable, from_rift_error
+from api.errors import InvalidInput, ServiceUnavailable, from_rift_error
 from api.services.quotas import storage_exceeded
 from api.uploads import UploadedFile
 from api.validation import Validator
 from persistence.models import Checkpoint, Dataset, new_id
 from persistence.records import StorageQuotaReached, create_checkpoint, create_dataset
 from persistence.storage import ObjectStore
+from rift.config import ArchitectureSpec
 from rift.errors import RiftError
 from validator.checkpoint import CheckpointInspection
 from validator.dataset import DatasetInspection
@@ -105,9 +107,31 @@ def validate_dataset_upload(validator: Validator, file: UploadedFile, field: str
     or safe tar members and an ImageFolder layout). Raises InvalidInput (422, ``field``) with
     the reason, ServiceUnavailable (503) when no validation could run."""
     try:
-        return validator.inspect_dataset(file.path, file.filename, max_bytes * MAX_EXPANSION)
+        inspection = validator.inspect_dataset(file.path, file.filename, max_bytes * MAX_EXPANSION)
     except RiftError as exc:
         raise from_rift_error(exc, field=field) from exc
+    _check_class_count(inspection, field)
+    return inspection
+
+
+def _max_classes() -> int:
+    """The most classes an architecture may have (``ArchitectureSpec.num_classes``' bound)."""
+    bounds = [int(m.le) for m in ArchitectureSpec.model_fields["num_classes"].metadata  # type: ignore[call-overload]
+              if isinstance(m, annotated_types.Le)]
+    return bounds[0]
+
+
+def _check_class_count(inspection: DatasetInspection, field: str) -> None:
+    # Labels are class indices: a label past the bound needs more outputs than any model may
+    # have, so no job could use the dataset, and its class count (label_max + 1) could overflow
+    # the integer column it is recorded in (a 422 naming no field, before this check).
+    limit = _max_classes()
+    if inspection.num_classes > limit:
+        raise InvalidInput(
+            f"the labels need {inspection.num_classes} classes (largest label "
+            f"{inspection.label_max}); an architecture has at most {limit}: labels are class "
+            "indices 0..num_classes-1", field=field, code="invalid_dataset",
+            details={"num_classes": inspection.num_classes, "max_classes": limit})
 
 
 def store_dataset(

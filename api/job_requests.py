@@ -40,49 +40,22 @@ UPLOADED_KINDS = ("npz", "imagefolder")
 BUILTIN_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "mnist": 10, "digits": 10}
 
 
+def unknown_checkpoint(checkpoint_id: str) -> InvalidInput:
+    """The 422 for a job naming a checkpoint the caller's project does not have."""
+    return InvalidInput(f"no checkpoint with id '{checkpoint_id}' (upload one with POST "
+                        "/v1/checkpoints)", field="checkpoint_id", code="unknown_checkpoint")
+
+
+def unknown_dataset(dataset_id: str) -> InvalidInput:
+    """The 422 for a job naming a dataset the caller's project does not have."""
+    return InvalidInput(f"no dataset with id '{dataset_id}' (upload one with POST "
+                        "/v1/datasets, or use a built-in name in config.dataset.name)",
+                        field="dataset_id", code="unknown_dataset")
+
+
 def dataset_placeholder(dataset_id: str) -> str:
     """The ``config.dataset.path`` stored for a job on the uploaded dataset ``dataset_id``."""
     return f"{DATASET_PATH_PREFIX}{dataset_id}"
-
-
-def _invalid(loc: tuple[Any, ...], message: str, kind: str = "value_error") -> RequestValidationError:
-    return RequestValidationError([{"type": kind, "loc": loc, "msg": message, "input": None}])
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in JSON")
-
-
-def _check_strings(value: Any, loc: tuple[Any, ...]) -> None:
-    # NUL cannot be stored in Postgres text or JSONB; refuse it here with its location.
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise _invalid(loc, "text must not contain NUL characters")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _invalid(loc, "text must be valid Unicode (no lone surrogates)") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_strings(key, loc)
-            _check_strings(item, (*loc, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_strings(item, (*loc, index))
-
-
-def parse_json(raw: bytes | str, loc: tuple[Any, ...]) -> Any:
-    """Parse ``raw`` as strict JSON (no NaN/Infinity, no NUL in strings).
-
-    Raises:
-        RequestValidationError: (422) located at ``loc``.
-    """
-    try:
-        value = json.loads(raw, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _invalid(loc, f"JSON decode error: {exc}", "json_invalid") from None
-    _check_strings(value, loc)
-    return value
 
 
 def _prefill_dataset_path(body: Any) -> None:
@@ -179,9 +152,7 @@ def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec,
     row = find_owned(session, Dataset, project_id, spec.dataset_id)
     session.commit()
     if row is None:
-        raise InvalidInput(f"no dataset with id '{spec.dataset_id}' (upload one with POST "
-                           "/v1/datasets, or use a built-in name in config.dataset.name)",
-                           field="dataset_id", code="unknown_dataset")
+        raise unknown_dataset(spec.dataset_id)
     if dataset.name != row.kind:
         raise InvalidInput(
             f"dataset {row.id} is an '{row.kind}' upload: set config.dataset.name to "
@@ -254,8 +225,7 @@ def checkpoint_shapes(
     row = find_owned(session, Checkpoint, project_id, checkpoint_id)
     session.commit()
     if row is None:
-        raise InvalidInput(f"no checkpoint with id '{checkpoint_id}' (upload one with POST "
-                           "/v1/checkpoints)", field="checkpoint_id", code="unknown_checkpoint")
+        raise unknown_checkpoint(checkpoint_id)
     try:
         shapes = stored_checkpoint_shapes(store, row.storage_key, row.format, scratch_dir,
                                           validator)

@@ -24,8 +24,10 @@ from api.dispatch import CeleryDispatcher, Dispatcher
 from api.docs import install_offline_docs
 from api.errors import install_error_handlers
 from api.event_feed import EventFeed, LocalPublisher, build_event_feed
+from api.head_requests import HeadAsGet
 from api.limits import RateLimiter, StreamSlots, rate_limiter_for
 from api.observability import ApiMetrics, ObservabilityMiddleware
+from api.request_input import check_request_input
 from api.routes import (
     admin,
     checkpoints,
@@ -119,6 +121,8 @@ def create_app(
     app.state.validator = checks
     app.state.metrics = ApiMetrics()
     install_error_handlers(app)
+    # Inside the observability middleware, so that logs and metrics still say HEAD.
+    app.add_middleware(HeadAsGet)
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
     if settings.cors_allow_origins:
         # No credentials: keys travel in a header a page must set itself, never in cookies.
@@ -132,7 +136,9 @@ def create_app(
 
     # Every route of this router needs a key; the routes name CallerDep too, which FastAPI
     # resolves once per request, so the router's dependency is a guard a new route cannot miss.
-    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(get_caller)])
+    # The input rules (JSON bodies, path parameters) are such a guard too.
+    v1 = APIRouter(prefix=API_PREFIX,
+                   dependencies=[Depends(get_caller), Depends(check_request_input)])
     for module in (checkpoints, datasets, jobs, job_events, job_results, job_report, materialize,
                    webhooks, admin):
         v1.include_router(module.router)

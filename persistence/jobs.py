@@ -35,7 +35,6 @@ from persistence.models import (
     JobStage,
     JobStatus,
     MRCRow,
-    Project,
     StageStatus,
     SweepCandidate,
     utcnow,
@@ -48,6 +47,7 @@ from persistence.transactions import (
     lease_is_live,
     load_job,
     load_stages,
+    lock_project,
     log_event,
     touch,
     transaction,
@@ -248,10 +248,7 @@ def count_active_jobs(session: Session, project_id: str) -> int:
 
 
 def _hold_active_job_slot(session: Session, project_id: str, limit: int) -> None:
-    # The row lock (Postgres) queues concurrent creators of one project until this transaction
-    # ends; each then counts the jobs committed before it. SQLite transactions start with BEGIN
-    # IMMEDIATE (persistence.db), which serialises writers the same way.
-    session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+    lock_project(session, project_id)
     active = count_active_jobs(session, project_id)
     if active >= limit:
         raise ActiveJobLimitReached(active, limit)

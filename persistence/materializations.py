@@ -37,9 +37,23 @@ class MaterializationNotFound(PersistenceError):
     code = "materialization_not_found"
 
 
+#: Significant digits of a materialized α: the artifact is named by them, so two requests
+#: that agree to this many digits are one materialization.
+ALPHA_DIGITS = 6
+
+
+def canonical_alpha(alpha: float) -> float:
+    """α rounded to :data:`ALPHA_DIGITS` significant digits: the α the weights are made at.
+
+    Without it the row kept the α of whichever request came first, and a later request that
+    named the same artifact (0.3 after 0.3000001) got weights made at an α it did not ask for,
+    with no sign of it."""
+    return float(f"{alpha:.{ALPHA_DIGITS}g}")
+
+
 def artifact_name(alpha: float) -> str:
     """``tuned@<α>.safetensors`` with α in its shortest form (``tuned@0.35.safetensors``)."""
-    return f"tuned@{alpha:.6g}.safetensors"
+    return f"tuned@{alpha:.{ALPHA_DIGITS}g}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,7 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
     is asked now) or in progress is returned as it is; a failed one, or one done without the
     evaluation asked now, is queued again."""
     now = now or utcnow()
+    alpha = canonical_alpha(alpha)
     name = artifact_name(alpha)
     with transaction(session):
         job = load_job(session, job_id)

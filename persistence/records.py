@@ -15,8 +15,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from persistence.models import Artifact, Checkpoint, Dataset, Job, Project, new_id, utcnow
-from persistence.transactions import PersistenceError
+from persistence.models import Artifact, Checkpoint, Dataset, Job, new_id, utcnow
+from persistence.transactions import PersistenceError, lock_project
 
 
 class StorageQuotaReached(PersistenceError):
@@ -48,10 +48,7 @@ def _hold_stored_bytes(session: Session, project_id: str | None, incoming: int,
                        limit: int | None) -> None:
     if limit is None or project_id is None:
         return
-    # The row lock (Postgres) queues concurrent uploaders of one project until this transaction
-    # commits; SQLite transactions start with BEGIN IMMEDIATE (persistence.db), which serialises
-    # writers the same way.
-    session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+    lock_project(session, project_id)
     used = stored_bytes(session, project_id)
     if used + incoming > limit:
         raise StorageQuotaReached(used, incoming, limit)

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
-from persistence.models import Job, JobEvent, JobStage, JobStatus, StageStatus
+from persistence.models import Job, JobEvent, JobStage, JobStatus, Project, StageStatus
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,6 +76,15 @@ def transaction(session: Session) -> Iterator[None]:
     except BaseException:
         session.rollback()
         raise
+
+
+def lock_project(session: Session, project_id: str) -> None:
+    """Hold the project's row until the transaction ends, before counting what a per-project
+    limit bounds (active jobs, stored bytes, webhooks) and inserting one more: concurrent
+    requests of one project then count one after the other, so they cannot pass the limit
+    together. The row lock does it on Postgres; SQLite transactions start with BEGIN IMMEDIATE
+    (persistence.db), which serialises writers the same way."""
+    session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
 
 
 def load_job(session: Session, job_id: str, *, for_update: bool = False) -> Job:

@@ -31,7 +31,7 @@ from persistence.models import (
     new_id,
     utcnow,
 )
-from persistence.transactions import EventKind, PersistenceError, transaction
+from persistence.transactions import EventKind, PersistenceError, lock_project, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,9 @@ def create_endpoint(session: Session, *, project_id: str, url: str, event_types:
                     description: str | None, max_endpoints: int) -> WebhookEndpoint:
     """Register an endpoint with a new secret; :class:`WebhookLimitReached` past the limit."""
     with transaction(session):
+        # Counted under the project's lock: concurrent registrations could otherwise all see
+        # room for one more and together pass the limit.
+        lock_project(session, project_id)
         count = len(list_endpoints(session, project_id))
         if count >= max_endpoints:
             raise WebhookLimitReached(max_endpoints)

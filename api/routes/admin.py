@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from api.auth import JsonOrNoBody, require_admin
+from api.auth import require_admin
 from api.deps import SessionDep
 from api.errors import Conflict, InvalidInput, NotFound
 from persistence.api_keys import (
@@ -36,11 +36,16 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+#: The largest value of the BIGINT columns these limits are stored in: a larger one would be
+#: refused by the database with an error that cannot name the field.
+BIGINT_MAX = 2**63 - 1
+
+
 class ProjectCreate(_Body):
     name: ProjectName
     max_active_jobs: int | None = Field(None, ge=1, le=100_000)
-    max_stored_bytes: int | None = Field(None, ge=1)
-    max_job_cost: int | None = Field(None, ge=1)
+    max_stored_bytes: int | None = Field(None, ge=1, le=BIGINT_MAX)
+    max_job_cost: int | None = Field(None, ge=1, le=BIGINT_MAX)
     max_requests_per_minute: int | None = Field(None, ge=1, le=1_000_000)
     max_streams_per_key: int | None = Field(None, ge=1, le=100_000)
 
@@ -114,7 +119,7 @@ def read_projects(session: SessionDep) -> ProjectListOut:
 
 
 @router.post("/projects", status_code=201, response_model=ProjectOut, summary="Create a project",
-             dependencies=[JsonOrNoBody], responses={409: {"description": "The name is taken"}})
+             responses={409: {"description": "The name is taken"}})
 def create_project_route(body: ProjectCreate, session: SessionDep,
                          response: Response) -> ProjectOut:
     try:
@@ -135,9 +140,14 @@ def read_keys(name: str, session: SessionDep) -> KeyListOut:
     return KeyListOut(items=[_key_out(k, project) for k in list_keys(session, project.id)])
 
 
+#: Every field of KeyCreate has a default, so the body may be left out (read and write, no name).
+_DEFAULT_KEY = KeyCreate()
+
+
 @router.post("/projects/{name}/keys", status_code=201, response_model=NewKeyOut,
-             summary="Create a key (shown once)", dependencies=[JsonOrNoBody])
-def create_key_route(name: str, body: KeyCreate, session: SessionDep) -> NewKeyOut:
+             summary="Create a key (shown once)",
+             description="The body may be left out: a read and write key without a name.")
+def create_key_route(name: str, session: SessionDep, body: KeyCreate = _DEFAULT_KEY) -> NewKeyOut:
     project = _project(session, name)
     try:
         new = create_key(session, project, [str(s) for s in body.scopes], body.name)

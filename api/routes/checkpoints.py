@@ -13,7 +13,7 @@ from api.schemas import CheckpointOut
 from api.services import deletion
 from api.services.ownership import owned_checkpoint
 from api.services.uploads import check_upload_quota
-from api.uploads import receive_upload, scratch_dir, upload_request_body
+from api.uploads import RawFilename, receive_upload, scratch_dir, upload_request_body
 from persistence.models import Checkpoint
 
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
@@ -42,7 +42,8 @@ def checkpoint_out(row: Checkpoint) -> CheckpointOut:
 )
 async def upload_checkpoint(request: Request, response: Response, caller: CallerDep,
                             settings: SettingsDep, factory: SessionFactoryDep,
-                            store: StoreDep, validator: ValidatorDep) -> CheckpointOut:
+                            store: StoreDep, validator: ValidatorDep,
+                            filename: RawFilename = None) -> CheckpointOut:
     await run_in_threadpool(check_upload_quota, factory, caller, request)
     upload = await receive_upload(
         request, file_field=FILE_FIELD, max_file_bytes=settings.max_checkpoint_bytes,

@@ -18,7 +18,7 @@ from api.schemas import DatasetOut
 from api.services import deletion
 from api.services.ownership import find_owned
 from api.services.uploads import check_upload_quota
-from api.uploads import receive_upload, scratch_dir, upload_request_body
+from api.uploads import RawFilename, receive_upload, scratch_dir, upload_request_body
 from persistence.models import Dataset
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -45,7 +45,8 @@ FILE_FIELD = "file"
 )
 async def upload_dataset(request: Request, response: Response, caller: CallerDep,
                          settings: SettingsDep, factory: SessionFactoryDep,
-                         store: StoreDep, validator: ValidatorDep) -> DatasetOut:
+                         store: StoreDep, validator: ValidatorDep,
+                         filename: RawFilename = None) -> DatasetOut:
     await run_in_threadpool(check_upload_quota, factory, caller, request)
     upload = await receive_upload(
         request, file_field=FILE_FIELD, max_file_bytes=settings.max_dataset_bytes,
@@ -87,7 +88,8 @@ def read_dataset(dataset_id: str, session: SessionDep, caller: CallerDep) -> Dat
     row = find_owned(session, Dataset, caller.project_id, dataset_id)
     if row is None:
         raise NotFound(f"no dataset with id '{dataset_id[:64]}' (built-in: "
-                       f"{', '.join(BUILTIN_GEOMETRY)})", field="dataset_id")
+                       f"{', '.join(BUILTIN_GEOMETRY)})", field="dataset_id",
+                       code="dataset_not_found")
     return dataset_out(row)
 
 

@@ -36,6 +36,39 @@ def event_out(event: object) -> EventOut:
     return EventOut.model_validate(event, from_attributes=True)
 
 
+#: The media types the JSON page answers (a client accepting any of them may get JSON).
+_JSON_RANGES = ("application/json", "application/*", "*/*")
+
+
+def _quality(params: list[str]) -> float:
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
+def wants_event_stream(accept: str | None) -> bool:
+    """Whether an ``Accept`` header asks for the live stream: ``text/event-stream`` listed with
+    a quality above 0 and at least that of any range the JSON page matches. A substring test
+    (as before) also streamed to ``text/event-stream;q=0, application/json``, which refuses the
+    stream."""
+    if not accept:
+        return False
+    stream, json_page = 0.0, 0.0
+    for media_range in accept.split(","):
+        media_type, *params = media_range.split(";")
+        media_type = media_type.strip().lower()
+        if media_type == "text/event-stream":
+            stream = max(stream, _quality(params))
+        elif media_type in _JSON_RANGES:
+            json_page = max(json_page, _quality(params))
+    return stream > 0 and stream >= json_page
+
+
 def _job_status(session: Session, job_id: str) -> str | None:
     status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
     return status
@@ -126,7 +159,7 @@ def read_events(
     with factory() as session:
         job = load_job(session, caller, job_id)
         session.commit()
-        if "text/event-stream" in request.headers.get("accept", ""):
+        if wants_event_stream(request.headers.get("accept")):
             if last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit():
                 after = min(max(after, int(last_event_id)), MAX_EVENT_ID)
             limit_streams = caller.limits.max_streams_per_key

@@ -177,7 +177,8 @@ def download_artifact(
     if artifact is None:
         available = [a.name for a in list_artifacts(session, job.id)]
         raise NotFound(f"job {job.id} has no artifact {name[:64]!r} (available: "
-                       f"{', '.join(available) or 'none yet'})", field="name")
+                       f"{', '.join(available) or 'none yet'})", field="name",
+                       code="artifact_not_found")
     session.commit()  # end the read transaction before streaming
     wants_redirect = (redirect if redirect is not None
                       else settings.store_kind == "s3" and settings.s3_redirect_downloads)

@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from api.auth import JsonOrNoBody
 from api.deps import Caller, CallerDep, JobServicesDep, SessionDep, StoreDep
 from api.errors import (
     BadRequest,
@@ -23,7 +22,8 @@ from api.errors import (
     UnsupportedMediaType,
     quote,
 )
-from api.job_requests import parse_json, validate_body
+from api.job_requests import validate_body
+from api.request_input import JsonOrNoBody, parse_json
 from api.schemas import LABEL_KEY_PATTERN, JobCreate, JobOut, JobPageOut, JobSpec
 from api.services import deletion
 from api.services.jobs import (
@@ -183,6 +183,12 @@ def _labels(values: list[str]) -> dict[str, str]:
         if len(wanted) > 255 or any(ord(c) < 32 or ord(c) == 127 for c in wanted):
             raise InvalidInput("a label value is at most 255 printable characters",
                                field="label")
+        if labels.get(key, wanted) != wanted:
+            # A job has one value per key: two values can never both match, and keeping only
+            # the last (as before) silently dropped a condition.
+            raise InvalidInput(f"label filter {quote(value)}: the key '{key}' is already "
+                               f"required to be {quote(labels[key])}; a job has one value per "
+                               "key", field="label")
         labels[key] = wanted
     return labels
 

@@ -30,9 +30,11 @@ router = APIRouter(prefix="/jobs", tags=["results"])
 
 
 class MaterializeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict like every request body: "alpha": "0.5" or true, "evaluate": "yes" are 422s.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    alpha: float = Field(ge=0.0, le=1.0, description="Interpolation weight: 0 is θ_AT, 1 is θ_FT.")
+    alpha: float = Field(ge=0.0, le=1.0, description="Interpolation weight: 0 is θ_AT, 1 is θ_FT; "
+                         "rounded to 6 significant digits (the answer's alpha is the one used).")
     evaluate: bool = Field(False, description="Also measure clean and robust accuracy (test split, "
                            "the job's attack and evaluation settings).")
 

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterable
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from api.auth import Caller
@@ -54,13 +55,27 @@ def _refuse_if_used(session: Session, column: InstrumentedAttribute[str | None],
             "jobs first", code="referenced", details={"job_ids": ids[:LISTED_JOBS]})
 
 
+def _delete_unused_row(session: Session, model: type[Checkpoint | Dataset],
+                       column: InstrumentedAttribute[str | None], resource_id: str,
+                       what: str) -> None:
+    """Delete the row that :func:`_refuse_if_used` found unused. A job naming it may have been
+    committed since (a concurrent POST /v1/jobs): the foreign key then refuses the delete, and
+    the answer is the 409 the check gives now, not a 500."""
+    try:
+        session.execute(delete(model).where(model.id == resource_id))
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        _refuse_if_used(session, column, resource_id, what)
+        raise
+
+
 def delete_checkpoint(session: Session, store: ObjectStore, caller: Caller,
                       checkpoint_id: str) -> None:
     row = owned_checkpoint(session, caller.project_id, checkpoint_id)
     _refuse_if_used(session, Job.checkpoint_id, row.id, "checkpoint")
     key = row.storage_key
-    session.execute(delete(Checkpoint).where(Checkpoint.id == row.id))
-    session.commit()
+    _delete_unused_row(session, Checkpoint, Job.checkpoint_id, row.id, "checkpoint")
     _delete_objects(store, [key])
 
 
@@ -68,8 +83,7 @@ def delete_dataset(session: Session, store: ObjectStore, caller: Caller, dataset
     row = owned_dataset(session, caller.project_id, dataset_id)
     _refuse_if_used(session, Job.dataset_id, row.id, "dataset")
     key = row.storage_key
-    session.execute(delete(Dataset).where(Dataset.id == row.id))
-    session.commit()
+    _delete_unused_row(session, Dataset, Job.dataset_id, row.id, "dataset")
     _delete_objects(store, [key])
 
 

@@ -14,18 +14,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import crud
 from api.auth import Caller
 from api.dispatch import Dispatcher, DispatchError
-from api.errors import Conflict, ServiceUnavailable
+from api.errors import ApiError, Conflict, ServiceUnavailable
 from api.ingest import store_checkpoint, validate_checkpoint_upload
 from api.job_requests import (
     check_job_fits,
     checkpoint_shapes,
     fingerprint,
     resolve_dataset,
+    unknown_checkpoint,
+    unknown_dataset,
 )
 from api.schemas import JobError, JobLinks, JobListItemOut, JobOut, JobSpec, StageOut
 from api.services.ownership import owned_job, owned_job_summary
@@ -51,7 +54,7 @@ from persistence.jobs import (
     request_cancel,
 )
 from persistence.logs import current_request_id
-from persistence.models import Checkpoint, Job, JobStage, utcnow
+from persistence.models import Checkpoint, Dataset, Job, JobStage, utcnow
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 
@@ -212,6 +215,13 @@ def create_job_for(
             # Another request of the project took the last slot since the early check.
             _forget_checkpoint(session, store, stored_checkpoint)
             raise active_jobs_exceeded(caller, exc.active, exc.limit) from exc
+        except IntegrityError as exc:
+            session.rollback()
+            _forget_checkpoint(session, store, stored_checkpoint)
+            vanished = _vanished_input(session, checkpoint_id, spec.dataset_id)
+            if vanished is None:
+                raise
+            raise vanished from exc
         except BaseException:
             _forget_checkpoint(session, store, stored_checkpoint)
             raise
@@ -219,6 +229,18 @@ def create_job_for(
             # A concurrent request with the same key won the race; its job is the answer.
             _forget_checkpoint(session, store, stored_checkpoint)
         return job_out(session, job), created
+
+
+def _vanished_input(session: Session, checkpoint_id: str | None,
+                    dataset_id: str | None) -> ApiError | None:
+    """The 422 for a checkpoint or dataset that was found when the job was checked but deleted
+    by a concurrent request before the job's insert (whose foreign key then refused it), as if
+    the request had come after the delete; None if both still exist (another conflict)."""
+    if checkpoint_id and session.get(Checkpoint, checkpoint_id) is None:
+        return unknown_checkpoint(checkpoint_id)
+    if dataset_id and session.get(Dataset, dataset_id) is None:
+        return unknown_dataset(dataset_id)
+    return None
 
 
 def _forget_checkpoint(session: Session, store: ObjectStore,

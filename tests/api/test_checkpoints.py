@@ -66,6 +66,36 @@ def test_upload_raw_body_and_torch_format(api: Api, small_cnn_torch_file: Path) 
     assert record["num_tensors"] == len(small_cnn_state())
 
 
+def test_rfc6266_extended_file_names_are_kept(api: Api, small_cnn_file: Path) -> None:
+    # Before: filename*= was dropped by the header parser, and the upload was named "upload".
+    content = small_cnn_file.read_bytes()
+    raw = api.client.post("/v1/checkpoints", content=content, headers={
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": "attachment; filename=\"fallback.safetensors\"; "
+                               "filename*=UTF-8''%C3%A9t%C3%A9.safetensors"})
+    assert raw.status_code == 201, raw.text
+    assert raw.json()["filename"] == "\u00e9t\u00e9.safetensors"
+    body = (b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; "
+            b"filename*=utf-8''%E2%82%AC.safetensors\r\n\r\n" + content + b"\r\n--b0undary--\r\n")
+    part = api.client.post("/v1/checkpoints", content=body, headers={
+        "Content-Type": "multipart/form-data; boundary=b0undary"})
+    assert part.status_code == 201, part.text
+    assert part.json()["filename"] == "\u20ac.safetensors"
+
+
+@pytest.mark.parametrize("route", ["/v1/checkpoints", "/v1/datasets"])
+def test_a_form_encoded_body_is_not_taken_for_the_file(api: Api, small_cnn_file: Path,
+                                                       route: str) -> None:
+    # `curl -d @file` sends this (with the file's line breaks stripped). Before: the form body
+    # was read as the raw file, so the answer blamed the file's bytes (422), or kept them.
+    response = api.client.post(route, content=small_cnn_file.read_bytes(),
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 415, response.text
+    error = error_of(response)
+    assert error["field"] == "Content-Type" and "--data-binary" in error["message"]
+    api.assert_nothing_stored()
+
+
 @pytest.mark.parametrize("container", ["zip", "raw_pickle"])
 def test_pickle_with_code_is_refused_without_running_it(
     api: Api, tmp_path: Path, container: str

@@ -114,6 +114,23 @@ def test_bad_values_are_refused_at_upload(api: Api) -> None:
     api.assert_nothing_stored()
 
 
+def test_labels_needing_more_classes_than_any_model_are_refused(api: Api) -> None:
+    # Before: a label of 2**40 was a 422 invalid_value with field null (its class count
+    # overflowed the database column); no architecture has more than 100,000 classes.
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    for largest in (2**40, 100_000, np.iinfo(np.uint64).max):
+        labels = np.array([0, 1, 2, largest], np.uint64 if largest > 2**62 else np.int64)
+        response = upload(api, "wide.npz", npz_bytes(x=images, y=labels))
+        assert response.status_code == 422, (largest, response.text)
+        error = error_of(response)
+        assert (error["code"], error["field"]) == ("invalid_dataset", "file")
+        assert error["max_classes"] == 100_000 and "largest label" in error["message"]
+    api.assert_nothing_stored()
+    widest = upload(api, "widest.npz", npz_bytes(x=images, y=np.array([0, 1, 2, 99_999])))
+    assert widest.status_code == 201, widest.text
+    assert widest.json()["num_classes"] == 100_000
+
+
 def encrypted_flag(zip_bytes: bytes) -> bytes:
     """The same zip with every member marked as encrypted (general-purpose flag bit 0)."""
     data = bytearray(zip_bytes)

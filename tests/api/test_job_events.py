@@ -117,3 +117,22 @@ def test_stream_delivers_new_events_live(api: Api, job_id: str) -> None:
     assert kinds == ["job_created", "warning", "job_cancelled", "end"]
     warning_at = next(t for t, e in received if e["event"] == "warning")
     assert warning_at - written_at < 5  # delivered while the job was still queued
+
+
+@pytest.mark.parametrize(("accept", "streams"), [
+    ("text/event-stream", True),
+    ("text/event-stream, */*;q=0.1", True),
+    ("application/json, text/event-stream", True),
+    # Before: each of these streamed, since the header merely contained the type.
+    ("text/event-stream;q=0, application/json", False),
+    ("application/json;q=1, text/event-stream;q=0.5", False),
+    ("text/event-stream;q=x", False),
+    ("*/*", False),
+])
+def test_the_stream_is_sent_only_where_accept_prefers_it(api: Api, job_id: str, accept: str,
+                                                         streams: bool) -> None:
+    api.client.post(f"/v1/jobs/{job_id}/cancel")  # a finished job's stream ends by itself
+    response = api.client.get(f"/v1/jobs/{job_id}/events", headers={"Accept": accept})
+    assert response.status_code == 200
+    content_type = response.headers["content-type"]
+    assert content_type.startswith("text/event-stream" if streams else "application/json")

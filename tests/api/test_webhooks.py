@@ -5,8 +5,10 @@ Celery worker to a real receiver on 127.0.0.1 (allow-listed)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -64,6 +66,24 @@ def test_register_list_read_delete(allowing_api: Api, receiver: Receiver) -> Non
                      api.client.get("/v1/webhooks/not-an-id")):
         assert response.status_code == 404
         assert error_of(response)["field"] == "webhook_id"
+
+
+def test_concurrent_registrations_cannot_pass_the_limit(allowing_api: Api,
+                                                        receiver: Receiver) -> None:
+    # Before: each request counted the endpoints, then inserted, so 30 at once against a limit
+    # of 20 left 26 registered. Now they count under the project's row lock.
+    api = allowing_api
+    start = threading.Barrier(8)
+
+    def register() -> int:
+        with api.client_for(api.key) as client:
+            start.wait()
+            return client.post("/v1/webhooks", json={"url": receiver.url}).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = sorted(pool.map(lambda _: register(), range(8)))
+    assert statuses == [201, 201] + [409] * 6
+    assert len(api.client.get("/v1/webhooks").json()["items"]) == 2
 
 
 @pytest.mark.parametrize("url", [

@@ -1,0 +1,159 @@
+"""What every ``/v1`` request's input must satisfy before a route sees it, in one place.
+
+- **JSON bodies** are parsed strictly (no NaN/Infinity, no NUL or lone surrogates in strings, which
+  Postgres cannot store and the database driver cannot even encode), and a route that takes a JSON
+  body refuses any other content type with a 415 naming it. ``POST /v1/jobs`` reads its body
+  itself and calls :func:`parse_json` directly; every other route with a JSON body gets these
+  rules from :func:`check_request_input`, a dependency of the whole ``/v1`` router, so a new
+  route cannot miss them.
+- **Query parameters** must be ones the route declares (a typo such as ``?stauts=failed`` would
+  otherwise list every job as if unfiltered), and one that takes a single value may be given
+  once (``?limit=1&limit=50`` would otherwise silently use the last).
+- **Path parameters** holding NUL cannot name any stored resource: a 404 naming the parameter,
+  answered before the value reaches the database (which would refuse it with an error that can
+  name no field).
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from typing import Any
+
+from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from python_multipart.multipart import parse_options_header
+
+from api.errors import InvalidInput, NotFound, UnsupportedMediaType, quote
+
+
+def _invalid(loc: tuple[Any, ...], message: str, kind: str = "value_error") -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": loc, "msg": message, "input": None}])
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _check_strings(value: Any, loc: tuple[Any, ...]) -> None:
+    # NUL cannot be stored in Postgres text or JSONB; refuse it here with its location.
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise _invalid(loc, "text must not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _invalid(loc, "text must be valid Unicode (no lone surrogates)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key, loc)
+            _check_strings(item, (*loc, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_strings(item, (*loc, index))
+
+
+def parse_json(raw: bytes | str, loc: tuple[Any, ...]) -> Any:
+    """Parse ``raw`` as strict JSON (no NaN/Infinity, no NUL or lone surrogates in strings).
+
+    Raises:
+        RequestValidationError: (422) located at ``loc``.
+    """
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _invalid(loc, f"JSON decode error: {exc}", "json_invalid") from None
+    _check_strings(value, loc)
+    return value
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a ``Content-Type`` header names JSON (``application/json`` or ``*/*+json``)."""
+    if content_type is None:
+        return False
+    media_type = parse_options_header(content_type)[0].decode("latin-1")
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _not_json(content_type: str | None) -> UnsupportedMediaType:
+    media_type = parse_options_header(content_type)[0].decode("latin-1") if content_type else ""
+    named = quote(media_type) if media_type else "none"
+    return UnsupportedMediaType(
+        f"content type {named} is not accepted here: send application/json or no body",
+        field="Content-Type")
+
+
+def require_json_or_no_body(request: Request) -> None:
+    """Refuse a body that is declared as something other than JSON on a route that takes JSON
+    or nothing (a browser form POST, for one, is ``application/x-www-form-urlencoded`` or
+    ``multipart/form-data``)."""
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not is_json_media_type(content_type):
+        raise _not_json(content_type)
+
+
+JsonOrNoBody = Depends(require_json_or_no_body)
+
+
+def _check_path_params(path_params: dict[str, Any]) -> None:
+    for name, value in path_params.items():
+        if isinstance(value, str) and "\x00" in value:
+            code = f"{name.removesuffix('_id')}_not_found" if name.endswith("_id") else "not_found"
+            raise NotFound(f"no resource with {name} {quote(value)}", field=name, code=code)
+
+
+def _takes_several(annotation: Any) -> bool:
+    # list[str], list[str] | None, ...: a parameter the client may repeat.
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_takes_several(arg) for arg in typing.get_args(annotation))
+    return typing.get_origin(annotation) in (list, tuple, set, frozenset)
+
+
+def _query_params_of(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
+    """(names the route accepts, names it accepts more than once), over its dependencies too
+    (a walk of a few dependants per request; routes are not hashable, so nothing is cached)."""
+    names: set[str] = set()
+    repeatable: set[str] = set()
+    pending: list[Dependant] = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        for field in dependant.query_params:
+            names.add(field.alias)
+            if _takes_several(field.field_info.annotation):
+                repeatable.add(field.alias)
+        pending.extend(dependant.dependencies)
+    return frozenset(names), frozenset(repeatable)
+
+
+def _check_query_params(request: Request, route: APIRoute) -> None:
+    accepted, repeatable = _query_params_of(route)
+    for name in dict.fromkeys(request.query_params.keys()):
+        if name not in accepted:
+            raise InvalidInput(
+                f"unknown query parameter {quote(name)}; this route accepts "
+                f"{', '.join(sorted(accepted)) or 'none'}", field=name, code="unknown_parameter")
+        count = len(request.query_params.getlist(name))
+        if count > 1 and name not in repeatable:
+            raise InvalidInput(f"the query parameter {quote(name)} is given {count} times; it "
+                               "takes one value", field=name, code="repeated_parameter")
+
+
+async def check_request_input(request: Request) -> None:
+    """The rules of the module docstring, for the route the request was matched to."""
+    _check_path_params(request.path_params)
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    _check_query_params(request, route)
+    if route.body_field is None:
+        return
+    body = await request.body()  # FastAPI has read it already: this is its cached copy
+    content_type = request.headers.get("content-type")
+    # A body without a Content-Type is not known to be JSON either.
+    if (content_type is not None or body) and not is_json_media_type(content_type):
+        raise _not_json(content_type)
+    if body:
+        parse_json(body, ("body",))
