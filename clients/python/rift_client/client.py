@@ -495,7 +495,7 @@ class RiftClient:
         raise NotFoundError(
             f"job {job_id} has no artifact {name!r} (available: "
             f"{', '.join(a.name for a in artifacts) or 'none yet'})",
-            status_code=404, code="not_found", field="name", method="GET",
+            status_code=404, code="artifact_not_found", field="name", method="GET",
             path=f"/v1/jobs/{job_id}/artifacts")
 
     # ----------------------------------------------------------------------- materializations
