@@ -12,12 +12,14 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import annotated_types
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import Caller
 from api.dataset_validation import MAX_EXPANSION
 from api.errors import InvalidInput, ServiceUnavailable, from_rift_error
 from api.services.quotas import storage_exceeded
+from api.services.upload_replay import Upload, UploadKey, replayed_upload
 from api.uploads import UploadedFile
 from api.validation import Validator
 from persistence.models import Checkpoint, Dataset, new_id
@@ -82,23 +84,42 @@ def _store_then_record(
         raise
 
 
+def _unless_raced(session_factory: sessionmaker[Session], model: type[Upload], kind: str,
+                  upload_key: UploadKey | None, record: Callable[[], Upload]
+                  ) -> tuple[Upload, bool]:
+    """``record()``'s new row and True; or, when a concurrent upload with the same
+    Idempotency-Key recorded first (its unique constraint refused this row, whose object
+    ``_store_then_record`` has deleted), that upload's row and False."""
+    try:
+        return record(), True
+    except IntegrityError:
+        winner = replayed_upload(session_factory, model, kind, upload_key)
+        if winner is None:
+            raise
+        return winner, False
+
+
 def store_checkpoint(
     session_factory: sessionmaker[Session],
     store: ObjectStore,
     file: UploadedFile,
     inspection: CheckpointInspection,
     caller: Caller,
-) -> Checkpoint:
+    upload_key: UploadKey | None = None,
+) -> tuple[Checkpoint, bool]:
     """Store a validated checkpoint under ``checkpoints/<id>.<ext>`` and record it as the
-    caller's project's."""
+    caller's project's; returns it and whether this call created it (see ``_unless_raced``)."""
     checkpoint_id = new_id()
     key = f"checkpoints/{checkpoint_id}.{CHECKPOINT_SUFFIX[inspection.format]}"
-    return _store_then_record(session_factory, store, key, file, caller, lambda session: (
-        create_checkpoint(
-            session, checkpoint_id=checkpoint_id, filename=file.filename, size=file.size,
-            sha256=file.sha256, format=inspection.format, storage_key=key,
-            num_tensors=inspection.num_tensors, num_parameters=inspection.num_parameters,
-            project_id=caller.project_id, max_stored_bytes=caller.limits.max_stored_bytes)))
+    return _unless_raced(session_factory, Checkpoint, "checkpoint", upload_key, lambda: (
+        _store_then_record(session_factory, store, key, file, caller, lambda session: (
+            create_checkpoint(
+                session, checkpoint_id=checkpoint_id, filename=file.filename, size=file.size,
+                sha256=file.sha256, format=inspection.format, storage_key=key,
+                num_tensors=inspection.num_tensors, num_parameters=inspection.num_parameters,
+                project_id=caller.project_id, max_stored_bytes=caller.limits.max_stored_bytes,
+                idempotency_key=upload_key.stored if upload_key else None,
+                request_hash=upload_key.request_hash if upload_key else None)))))
 
 
 def validate_dataset_upload(validator: Validator, file: UploadedFile, field: str,
@@ -140,15 +161,21 @@ def store_dataset(
     file: UploadedFile,
     inspection: DatasetInspection,
     caller: Caller,
-) -> Dataset:
+    upload_key: UploadKey | None = None,
+) -> tuple[Dataset, bool]:
     """Store a validated archive under ``datasets/<id>.<npz|tar>`` and record it as the
-    caller's project's."""
+    caller's project's; returns it and whether this call created it (see ``_unless_raced``)."""
     dataset_id = new_id()
     key = f"datasets/{dataset_id}.{DATASET_SUFFIX[inspection.kind]}"
-    return _store_then_record(session_factory, store, key, file, caller, lambda session: create_dataset(
-        session, dataset_id=dataset_id, filename=file.filename, kind=inspection.kind,
-        size=file.size, sha256=file.sha256, storage_key=key, project_id=caller.project_id,
-        max_stored_bytes=caller.limits.max_stored_bytes, content=inspection.content,
-        image_shape=inspection.image_shape, num_features=inspection.num_features,
-        num_examples=inspection.num_examples, num_classes=inspection.num_classes,
-        label_min=inspection.label_min, label_max=inspection.label_max))
+    return _unless_raced(session_factory, Dataset, "dataset", upload_key, lambda: (
+        _store_then_record(session_factory, store, key, file, caller, lambda session: (
+            create_dataset(
+                session, dataset_id=dataset_id, filename=file.filename, kind=inspection.kind,
+                size=file.size, sha256=file.sha256, storage_key=key,
+                project_id=caller.project_id, max_stored_bytes=caller.limits.max_stored_bytes,
+                content=inspection.content, image_shape=inspection.image_shape,
+                num_features=inspection.num_features, num_examples=inspection.num_examples,
+                num_classes=inspection.num_classes, label_min=inspection.label_min,
+                label_max=inspection.label_max,
+                idempotency_key=upload_key.stored if upload_key else None,
+                request_hash=upload_key.request_hash if upload_key else None)))))

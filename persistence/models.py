@@ -176,6 +176,9 @@ class Checkpoint(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     project_id: Mapped[str | None] = mapped_column(
         ForeignKey("projects.id", ondelete="RESTRICT"), index=True)
+    # The upload's Idempotency-Key (scoped to the project, hashed) and what it stood for.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (CheckConstraint("format IN ('safetensors', 'torch')", name="format"),)
 
@@ -194,6 +197,9 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     project_id: Mapped[str | None] = mapped_column(
         ForeignKey("projects.id", ondelete="RESTRICT"), index=True)
+    # The upload's Idempotency-Key (scoped to the project, hashed) and what it stood for.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     # What the validator found on upload (None on rows recorded before it was stored):
     content: Mapped[str | None] = mapped_column(String(16))  # "images" | "features"
     image_channels: Mapped[int | None] = mapped_column(Integer)

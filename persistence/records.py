@@ -68,6 +68,8 @@ def create_checkpoint(
     now: datetime | None = None,
     project_id: str | None = None,
     max_stored_bytes: int | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
 ) -> Checkpoint:
     """Record a validated checkpoint (``format``: ``safetensors`` or ``torch``; size in bytes).
 
@@ -79,7 +81,8 @@ def create_checkpoint(
     checkpoint = Checkpoint(
         id=checkpoint_id or new_id(), filename=filename, size=size, sha256=sha256, format=format,
         storage_key=storage_key, num_tensors=num_tensors, num_parameters=num_parameters,
-        created_at=now or utcnow(), project_id=project_id,
+        created_at=now or utcnow(), project_id=project_id, idempotency_key=idempotency_key,
+        request_hash=request_hash,
     )
     session.add(checkpoint)
     session.commit()
@@ -110,6 +113,8 @@ def create_dataset(
     label_min: int | None = None,
     label_max: int | None = None,
     max_stored_bytes: int | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
 ) -> Dataset:
     """Record an uploaded dataset archive (``kind``: ``npz`` or ``imagefolder``) with what its
     validation found (``content``: ``images`` or ``features``; ``image_shape`` (C, H, W)).
@@ -122,7 +127,8 @@ def create_dataset(
         content=content,
         image_channels=channels, image_height=height, image_width=width,
         num_features=num_features, num_examples=num_examples, num_classes=num_classes,
-        label_min=label_min, label_max=label_max,
+        label_min=label_min, label_max=label_max, idempotency_key=idempotency_key,
+        request_hash=request_hash,
     )
     session.add(dataset)
     session.commit()

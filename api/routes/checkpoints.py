@@ -8,10 +8,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, StoreDep, ValidatorDep
 from api.errors import InvalidInput
+from api.idempotency import IdempotencyKey
 from api.ingest import store_checkpoint, validate_checkpoint_upload
 from api.schemas import CheckpointOut
 from api.services import deletion
 from api.services.ownership import owned_checkpoint
+from api.services.upload_replay import UploadKey, replayed_upload
 from api.services.uploads import check_upload_quota
 from api.uploads import RawFilename, receive_upload, scratch_dir, upload_request_body
 from persistence.models import Checkpoint
@@ -34,16 +36,22 @@ def checkpoint_out(row: Checkpoint) -> CheckpointOut:
         "A safetensors file or a PyTorch file (read with weights_only=True; pickled code is "
         "refused), as the multipart field 'file' or as the raw body "
         "(application/octet-stream, name in ?filename=). Streamed to the object store with its "
-        "SHA-256; over MAX_CHECKPOINT_BYTES is 413; an invalid file is 422 and nothing is kept."
+        "SHA-256; over MAX_CHECKPOINT_BYTES is 413; an invalid file is 422 and nothing is kept. "
+        "With an Idempotency-Key, the same file sent again answers 200 with the checkpoint "
+        "stored the first time (nothing stored twice); the key with another file is 409."
     ),
     openapi_extra=upload_request_body(FILE_FIELD),
-    responses={413: {"description": "Larger than the limit, or over the project's "
+    responses={200: {"description": "Idempotent replay: the checkpoint stored before",
+                     "model": CheckpointOut},
+               409: {"description": "Idempotency-Key reused with another file"},
+               413: {"description": "Larger than the limit, or over the project's "
                      "max_stored_bytes quota"}, 422: {"description": "Invalid"}},
 )
 async def upload_checkpoint(request: Request, response: Response, caller: CallerDep,
                             settings: SettingsDep, factory: SessionFactoryDep,
                             store: StoreDep, validator: ValidatorDep,
-                            filename: RawFilename = None) -> CheckpointOut:
+                            filename: RawFilename = None,
+                            idempotency_key: IdempotencyKey = None) -> CheckpointOut:
     await run_in_threadpool(check_upload_quota, factory, caller, request)
     upload = await receive_upload(
         request, file_field=FILE_FIELD, max_file_bytes=settings.max_checkpoint_bytes,
@@ -53,11 +61,18 @@ async def upload_checkpoint(request: Request, response: Response, caller: Caller
             raise InvalidInput(f"the form field '{FILE_FIELD}' (the checkpoint file) is missing",
                                field=FILE_FIELD)
         file = upload.file
-        await run_in_threadpool(check_upload_quota, factory, caller, None, file.size)
-        inspection = await run_in_threadpool(
-            validate_checkpoint_upload, validator, file, FILE_FIELD)
-        row = await run_in_threadpool(
-            store_checkpoint, factory, store, file, inspection, caller)
+        upload_key = UploadKey.of(caller, idempotency_key, file)
+        replay = await run_in_threadpool(
+            replayed_upload, factory, Checkpoint, "checkpoint", upload_key)
+        if replay is not None:
+            row, created = replay, False
+        else:
+            await run_in_threadpool(check_upload_quota, factory, caller, None, file.size)
+            inspection = await run_in_threadpool(
+                validate_checkpoint_upload, validator, file, FILE_FIELD)
+            row, created = await run_in_threadpool(
+                store_checkpoint, factory, store, file, inspection, caller, upload_key)
+    response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/checkpoints/{row.id}"
     return checkpoint_out(row)
 

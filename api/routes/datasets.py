@@ -12,11 +12,13 @@ from starlette.concurrency import run_in_threadpool
 from api.dataset_validation import BUILTIN_GEOMETRY
 from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, StoreDep, ValidatorDep
 from api.errors import InvalidInput, NotFound
+from api.idempotency import IdempotencyKey
 from api.ingest import store_dataset, validate_dataset_upload
 from api.job_requests import BUILTIN_CLASSES
 from api.schemas import DatasetOut
 from api.services import deletion
 from api.services.ownership import find_owned
+from api.services.upload_replay import UploadKey, replayed_upload
 from api.services.uploads import check_upload_quota
 from api.uploads import RawFilename, receive_upload, scratch_dir, upload_request_body
 from persistence.models import Dataset
@@ -37,16 +39,22 @@ FILE_FIELD = "file"
         "are integers >= 0) or a tar (optionally compressed) of an ImageFolder tree "
         "(<class>/<image> or train/<class>/<image> with an optional val/ or test/), as the "
         "multipart field 'file' or the raw body. Every value is checked (NaN/Inf refused); "
-        "members with absolute paths, '..' or links are refused. Over MAX_DATASET_BYTES is 413."
+        "members with absolute paths, '..' or links are refused. Over MAX_DATASET_BYTES is 413. "
+        "With an Idempotency-Key, the same file sent again answers 200 with the dataset stored "
+        "the first time (nothing stored twice); the key with another file is 409."
     ),
     openapi_extra=upload_request_body(FILE_FIELD),
-    responses={413: {"description": "Larger than the limit, or over the project's "
+    responses={200: {"description": "Idempotent replay: the dataset stored before",
+                     "model": DatasetOut},
+               409: {"description": "Idempotency-Key reused with another file"},
+               413: {"description": "Larger than the limit, or over the project's "
                      "max_stored_bytes quota"}, 422: {"description": "Invalid"}},
 )
 async def upload_dataset(request: Request, response: Response, caller: CallerDep,
                          settings: SettingsDep, factory: SessionFactoryDep,
                          store: StoreDep, validator: ValidatorDep,
-                         filename: RawFilename = None) -> DatasetOut:
+                         filename: RawFilename = None,
+                         idempotency_key: IdempotencyKey = None) -> DatasetOut:
     await run_in_threadpool(check_upload_quota, factory, caller, request)
     upload = await receive_upload(
         request, file_field=FILE_FIELD, max_file_bytes=settings.max_dataset_bytes,
@@ -56,12 +64,18 @@ async def upload_dataset(request: Request, response: Response, caller: CallerDep
             raise InvalidInput(f"the form field '{FILE_FIELD}' (the archive) is missing",
                                field=FILE_FIELD)
         file = upload.file
-        await run_in_threadpool(check_upload_quota, factory, caller, None, file.size)
-        inspection = await run_in_threadpool(
-            validate_dataset_upload, validator, file, FILE_FIELD,
-            settings.max_dataset_bytes)
-        row = await run_in_threadpool(
-            store_dataset, factory, store, file, inspection, caller)
+        upload_key = UploadKey.of(caller, idempotency_key, file)
+        replay = await run_in_threadpool(replayed_upload, factory, Dataset, "dataset", upload_key)
+        if replay is not None:
+            row, created = replay, False
+        else:
+            await run_in_threadpool(check_upload_quota, factory, caller, None, file.size)
+            inspection = await run_in_threadpool(
+                validate_dataset_upload, validator, file, FILE_FIELD,
+                settings.max_dataset_bytes)
+            row, created = await run_in_threadpool(
+                store_dataset, factory, store, file, inspection, caller, upload_key)
+    response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return dataset_out(row)
 

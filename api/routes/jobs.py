@@ -8,7 +8,7 @@ import re
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from python_multipart.multipart import parse_options_header
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +22,7 @@ from api.errors import (
     UnsupportedMediaType,
     quote,
 )
+from api.idempotency import IdempotencyKey
 from api.job_requests import validate_body
 from api.request_input import JsonOrNoBody, parse_json
 from api.schemas import LABEL_KEY_PATTERN, JobCreate, JobOut, JobPageOut, JobSpec
@@ -43,7 +44,6 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 #: A JSON job request is a config and labels: a megabyte is far more than any real one needs.
 MAX_JSON_BYTES = MAX_FIELD_BYTES
 SPEC_FIELD = "spec"
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 _LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
 
 
@@ -121,10 +121,7 @@ async def create_job_route(
     response: Response,
     caller: CallerDep,
     services: JobServicesDep,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN,
-                           description="Printable ASCII, at most 255 characters.")
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     settings = services.settings
     media_type, _ = parse_options_header(request.headers.get("content-type"))

@@ -9,7 +9,6 @@ job is known to be valid, and removed again if the job is not created.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import crud
 from api.auth import Caller
 from api.dispatch import Dispatcher, DispatchError
-from api.errors import ApiError, Conflict, ServiceUnavailable
+from api.errors import ApiError, ServiceUnavailable
+from api.idempotency import idempotency_conflict, scoped_idempotency_key
 from api.ingest import store_checkpoint, validate_checkpoint_upload
 from api.job_requests import (
     check_job_fits,
@@ -116,12 +116,6 @@ def read_job_for(session: Session, caller: Caller, job_id: str) -> JobOut:
     return full_job_out(summary, summary.queue_position)
 
 
-def scoped_idempotency_key(project_id: str, key: str) -> str:
-    """The stored form of a client's Idempotency-Key: keys are per project, so two projects
-    using the same key neither collide nor learn of each other's jobs."""
-    return hashlib.sha256(f"{project_id}\n{key}".encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class JobServices:
     """What creating a job needs, taken by the route through ``Depends``."""
@@ -153,15 +147,11 @@ def create_job_for(
     stored_key = (scoped_idempotency_key(caller.project_id, idempotency_key)
                   if idempotency_key is not None else None)
     with factory() as session:
-        if stored_key is not None:
+        if stored_key is not None and idempotency_key is not None:
             existing = crud.job_by_idempotency_key(session, stored_key)
             if existing is not None:
                 if existing.request_hash != request_hash:
-                    raise Conflict(
-                        f"Idempotency-Key '{idempotency_key}' was already used for job "
-                        f"{existing.id} with a different request; use a new key for a new job",
-                        field="Idempotency-Key", code="idempotency_conflict",
-                        details={"job_id": existing.id})
+                    raise idempotency_conflict(idempotency_key, "job", existing.id)
                 return job_out(session, existing), False
 
         dataset = resolve_dataset(session, store, spec, caller.project_id)
@@ -193,7 +183,7 @@ def create_job_for(
 
         stored_checkpoint = None
         if upload is not None and inspection is not None:
-            stored_checkpoint = store_checkpoint(factory, store, upload, inspection, caller)
+            stored_checkpoint, _ = store_checkpoint(factory, store, upload, inspection, caller)
             checkpoint_id = stored_checkpoint.id
         try:
             job, created = create_job(

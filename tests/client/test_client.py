@@ -127,6 +127,13 @@ def test_cancel_and_wait(rift: RiftClient, checkpoint_file: Path) -> None:
     assert finished.value.status_code == 409
 
 
+def test_an_upload_under_a_key_is_stored_once(rift: RiftClient, checkpoint_file: Path) -> None:
+    first = rift.upload_checkpoint(checkpoint_file, idempotency_key="nightly-ck")
+    again = rift.upload_checkpoint(checkpoint_file, idempotency_key="nightly-ck")
+    assert again.id == first.id
+    assert rift.upload_checkpoint(checkpoint_file).id != first.id  # a fresh random key
+
+
 def test_a_job_carries_its_own_time_limit(rift: RiftClient, checkpoint_file: Path) -> None:
     checkpoint = _upload(rift, checkpoint_file)
     job = rift.create_job(JobSpec(config=digits_config(), time_limit_seconds=120),

@@ -181,3 +181,18 @@ def test_an_upload_whose_stored_hash_differs_is_refused(scripted: list[ScriptedS
     assert seen.path == "/v1/checkpoints?filename=model.safetensors"
     assert seen.headers["content-type"] == "application/octet-stream"
     assert seen.headers["content-length"] == "7000"
+
+
+def test_an_upload_is_retried_whole_under_the_same_idempotency_key(
+        scripted: list[ScriptedServer], tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"weights" * 1000)
+    record = {"id": "ck_1", "filename": path.name, "size": 7000,
+              "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "format": "safetensors",
+              "num_tensors": 1, "num_parameters": 1, "created_at": "2026-01-01T00:00:00Z"}
+    server = _serve(scripted, ScriptedReply(503, None, {"Retry-After": "0"}),
+                    ScriptedReply(201, record))
+    with RiftClient(server.url) as client:
+        assert client.upload_checkpoint(path, idempotency_key="ck-upload-7").id == "ck_1"
+    assert [r.headers["idempotency-key"] for r in server.seen] == ["ck-upload-7"] * 2
+    assert [r.headers["content-length"] for r in server.seen] == ["7000"] * 2

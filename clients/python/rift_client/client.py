@@ -231,14 +231,18 @@ class RiftClient:
     # --------------------------------------------------------------------------------- files
 
     def _upload(self, route: str, path: str | os.PathLike[str], filename: str | None,
-                progress: ProgressCallback | None) -> dict[str, Any]:
+                progress: ProgressCallback | None, idempotency_key: str | None) -> dict[str, Any]:
         file = Path(path)
         size = file.stat().st_size
         body = _HashingFileBody(file, size, progress)
+        # Under a key a retry after a lost answer returns the stored file instead of storing it
+        # twice, so the upload is retried like a read (the body is sent again from the start).
+        key = idempotency_key or f"rift-client-{uuid.uuid4().hex}"
         response = self._request(
-            "POST", route, idempotent=False, content=body,
+            "POST", route, idempotent=True, content=body,
             params={"filename": filename or file.name},
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size),
+                     "Idempotency-Key": key})
         record: dict[str, Any] = response.json()
         local = body.sha256.hexdigest()
         if record.get("sha256") != local:
@@ -248,11 +252,17 @@ class RiftClient:
         return record
 
     def upload_checkpoint(self, path: str | os.PathLike[str], *, filename: str | None = None,
-                          progress: ProgressCallback | None = None) -> Checkpoint:
+                          progress: ProgressCallback | None = None,
+                          idempotency_key: str | None = None) -> Checkpoint:
         """Upload a safetensors or PyTorch checkpoint, streamed from disk. The SHA-256 computed
         while sending is compared with the service's (:class:`ChecksumMismatchError` if they
-        differ). ``progress(sent_bytes, total_bytes)`` is called after each chunk."""
-        return Checkpoint.model_validate(self._upload("/v1/checkpoints", path, filename, progress))
+        differ). ``progress(sent_bytes, total_bytes)`` is called after each chunk.
+
+        The request carries an Idempotency-Key (a random one unless given), so a retry after a
+        lost answer returns the checkpoint stored the first time; pass your own key to make a
+        script's upload safely re-runnable (the same file again: the same checkpoint)."""
+        return Checkpoint.model_validate(
+            self._upload("/v1/checkpoints", path, filename, progress, idempotency_key))
 
     def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
         return Checkpoint.model_validate(self._get_json(f"/v1/checkpoints/{_segment(checkpoint_id)}"))
@@ -261,9 +271,11 @@ class RiftClient:
         self._request("DELETE", f"/v1/checkpoints/{_segment(checkpoint_id)}", idempotent=True)
 
     def upload_dataset(self, path: str | os.PathLike[str], *, filename: str | None = None,
-                       progress: ProgressCallback | None = None) -> Dataset:
+                       progress: ProgressCallback | None = None,
+                       idempotency_key: str | None = None) -> Dataset:
         """Upload an .npz or an ImageFolder tar, like :meth:`upload_checkpoint`."""
-        return Dataset.model_validate(self._upload("/v1/datasets", path, filename, progress))
+        return Dataset.model_validate(
+            self._upload("/v1/datasets", path, filename, progress, idempotency_key))
 
     def get_dataset(self, dataset_id: str) -> Dataset:
         """An uploaded dataset, or a built-in one by name (``cifar10``, ``digits``, ...)."""
