@@ -177,7 +177,7 @@ class Checkpoint(Base):
     project_id: Mapped[str | None] = mapped_column(
         ForeignKey("projects.id", ondelete="RESTRICT"), index=True)
     # The upload's Idempotency-Key (scoped to the project, hashed) and what it stood for.
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True, index=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (CheckConstraint("format IN ('safetensors', 'torch')", name="format"),)
@@ -198,7 +198,7 @@ class Dataset(Base):
     project_id: Mapped[str | None] = mapped_column(
         ForeignKey("projects.id", ondelete="RESTRICT"), index=True)
     # The upload's Idempotency-Key (scoped to the project, hashed) and what it stood for.
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True, index=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
     # What the validator found on upload (None on rows recorded before it was stored):
     content: Mapped[str | None] = mapped_column(String(16))  # "images" | "features"
@@ -491,6 +491,9 @@ class WebhookEndpoint(Base):
     event_types: Mapped[list[str]] = mapped_column(JSONType)
     description: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The registration's Idempotency-Key (scoped to the project, hashed) and what it stood for.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True, index=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (Index("ix_webhook_endpoints_project_id_created_at", "project_id",
                             "created_at"),)

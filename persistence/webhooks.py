@@ -70,6 +70,11 @@ class WebhookLimitReached(PersistenceError):
         self.limit = limit
 
 
+class IdempotencyKeyTaken(Exception):
+    """An endpoint was registered under this Idempotency-Key while the request waited for the
+    project's lock: the caller answers with that one."""
+
+
 def new_secret() -> str:
     """``whsec_`` and the base64 of fresh random bytes (the HMAC key is the decoded bytes)."""
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode("ascii")
@@ -89,19 +94,37 @@ def project_of_job(job: Job) -> str:
 # Endpoints
 # --------------------------------------------------------------------------------------------
 def create_endpoint(session: Session, *, project_id: str, url: str, event_types: Sequence[str],
-                    description: str | None, max_endpoints: int) -> WebhookEndpoint:
-    """Register an endpoint with a new secret; :class:`WebhookLimitReached` past the limit."""
+                    description: str | None, max_endpoints: int,
+                    idempotency_key: str | None = None,
+                    request_hash: str | None = None) -> WebhookEndpoint:
+    """Register an endpoint with a new secret; :class:`WebhookLimitReached` past the limit;
+    :class:`IdempotencyKeyTaken` when another registration recorded ``idempotency_key`` first
+    (looked for before the limit: a retried registration is not a new one)."""
     with transaction(session):
         # Counted under the project's lock: concurrent registrations could otherwise all see
         # room for one more and together pass the limit.
         lock_project(session, project_id)
+        if idempotency_key is not None and session.execute(
+                select(WebhookEndpoint.id).where(
+                    WebhookEndpoint.idempotency_key == idempotency_key)).first() is not None:
+            raise IdempotencyKeyTaken(idempotency_key)
         count = len(list_endpoints(session, project_id))
         if count >= max_endpoints:
             raise WebhookLimitReached(max_endpoints)
         endpoint = WebhookEndpoint(
             id=new_id(), project_id=project_id, url=url, secret=new_secret(),
-            event_types=sorted(set(event_types)), description=description, created_at=utcnow())
+            event_types=sorted(set(event_types)), description=description, created_at=utcnow(),
+            idempotency_key=idempotency_key, request_hash=request_hash)
         session.add(endpoint)
+    return endpoint
+
+
+def endpoint_by_idempotency_key(session: Session, key: str) -> WebhookEndpoint | None:
+    """The endpoint registered under the stored form of an Idempotency-Key, if any."""
+    endpoint = session.execute(
+        select(WebhookEndpoint).where(WebhookEndpoint.idempotency_key == key)
+    ).scalar_one_or_none()
+    session.commit()
     return endpoint
 
 

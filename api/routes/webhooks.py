@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ProjectIdDep, SessionDep, SettingsDep
 from api.errors import InvalidInput, NotFound
+from api.idempotency import IdempotencyKey, idempotency_conflict, scoped_idempotency_key
 from api.schemas import is_resource_id
 from api.webhook_schemas import (
     WebhookAttemptOut,
@@ -43,23 +49,80 @@ def _checked_id(webhook_id: str) -> str:
     description="Events job.succeeded, job.failed, job.cancelled are POSTed to the URL, signed "
     "as the Standard Webhooks spec says (webhook-id, webhook-timestamp, webhook-signature "
     "'v1,<base64 HMAC-SHA256 of \"{id}.{timestamp}.{body}\">'), with retries and backoff. The "
-    "secret is in this answer only. The URL must be http(s) and resolve to public addresses "
-    "only (422 naming 'url' otherwise).",
-    responses={409: {"description": "The project has WEBHOOK_MAX_ENDPOINTS webhooks"},
+    "secret is in this answer only (and in an idempotent replay's: the same Idempotency-Key "
+    "with the same registration answers 200 with the endpoint registered first, so a retry "
+    "after a lost answer still learns its secret; another registration under the key is 409). "
+    "The URL must be http(s) and resolve to public addresses only (422 naming 'url' otherwise).",
+    responses={200: {"description": "Idempotent replay: the endpoint registered before",
+                     "model": WebhookCreatedOut},
+               409: {"description": "The project has WEBHOOK_MAX_ENDPOINTS webhooks, or the "
+                     "Idempotency-Key was used for another registration"},
                422: {"description": "Invalid or forbidden URL"}},
 )
-async def create_webhook(body: WebhookCreate, session: SessionDep, settings: SettingsDep,
-                         project_id: ProjectIdDep) -> WebhookCreatedOut:
+async def create_webhook(body: WebhookCreate, response: Response, session: SessionDep,
+                         settings: SettingsDep, project_id: ProjectIdDep,
+                         idempotency_key: IdempotencyKey = None) -> WebhookCreatedOut:
+    key = _RegistrationKey.of(project_id, idempotency_key, body)
+    replay = await run_in_threadpool(_replayed, session, key)
+    if replay is not None:
+        response.status_code = 200
+        return _created_out(replay)
     allow = AllowList.parse(settings.webhook_allow_list)
     try:
         # Resolving the host blocks: off the event loop.
         await run_in_threadpool(check_target, body.url, allow)
     except TargetRefused as exc:
         raise InvalidInput(exc.message, field="url", code="webhook_target_forbidden") from None
-    endpoint = await run_in_threadpool(
-        webhooks.create_endpoint, session, project_id=project_id, url=body.url,
-        event_types=body.events, description=body.description,
-        max_endpoints=settings.webhook_max_endpoints)
+    try:
+        endpoint = await run_in_threadpool(
+            webhooks.create_endpoint, session, project_id=project_id, url=body.url,
+            event_types=body.events, description=body.description,
+            max_endpoints=settings.webhook_max_endpoints,
+            idempotency_key=key.stored if key else None,
+            request_hash=key.request_hash if key else None)
+    except (webhooks.IdempotencyKeyTaken, IntegrityError):
+        # A concurrent registration under the same key recorded first: answer with it.
+        session.rollback()
+        replay = await run_in_threadpool(_replayed, session, key)
+        if replay is None:
+            raise
+        response.status_code = 200
+        return _created_out(replay)
+    return _created_out(endpoint)
+
+
+@dataclass(frozen=True)
+class _RegistrationKey:
+    """A registration's Idempotency-Key as sent and as stored, and the request it stands for
+    (URL, events in any order, description)."""
+
+    client_key: str
+    stored: str
+    request_hash: str
+
+    @classmethod
+    def of(cls, project_id: str, key: str | None, body: WebhookCreate
+           ) -> _RegistrationKey | None:
+        if key is None:
+            return None
+        request = json.dumps({"url": body.url, "events": sorted(set(body.events)),
+                              "description": body.description}, sort_keys=True)
+        return cls(key, scoped_idempotency_key(project_id, key),
+                   hashlib.sha256(request.encode()).hexdigest())
+
+
+def _replayed(session: Session, key: _RegistrationKey | None) -> WebhookEndpoint | None:
+    """The endpoint an earlier registration under ``key`` made, or None; 409 if the key was
+    used for another registration."""
+    if key is None:
+        return None
+    endpoint = webhooks.endpoint_by_idempotency_key(session, key.stored)
+    if endpoint is not None and endpoint.request_hash != key.request_hash:
+        raise idempotency_conflict(key.client_key, "webhook", endpoint.id)
+    return endpoint
+
+
+def _created_out(endpoint: WebhookEndpoint) -> WebhookCreatedOut:
     return WebhookCreatedOut(**webhook_out(endpoint).model_dump(), secret=endpoint.secret)
 
 

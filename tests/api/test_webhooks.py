@@ -86,6 +86,41 @@ def test_concurrent_registrations_cannot_pass_the_limit(allowing_api: Api,
     assert len(api.client.get("/v1/webhooks").json()["items"]) == 2
 
 
+def test_a_registration_sent_again_under_its_key_returns_the_first_with_its_secret(
+        allowing_api: Api, receiver: Receiver) -> None:
+    api = allowing_api
+    body = {"url": receiver.url, "events": ["job.failed", "job.succeeded"]}
+    first = api.client.post("/v1/webhooks", json=body, headers={"Idempotency-Key": "hook-1"})
+    assert first.status_code == 201, first.text
+    # A retry after a lost answer (events in another order: the same registration) learns the
+    # secret it would otherwise have lost; nothing is registered twice.
+    again = api.client.post("/v1/webhooks", json={**body, "events": body["events"][::-1]},
+                            headers={"Idempotency-Key": "hook-1"})
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json() and again.json()["secret"].startswith("whsec_")
+    other = api.client.post("/v1/webhooks", json={"url": receiver.url, "events": ["job.failed"]},
+                            headers={"Idempotency-Key": "hook-1"})
+    assert other.status_code == 409
+    error = error_of(other)
+    assert (error["code"], error["field"]) == ("idempotency_conflict", "Idempotency-Key")
+    assert error["webhook_id"] == first.json()["id"]
+    assert len(api.client.get("/v1/webhooks").json()["items"]) == 1
+
+    start = threading.Barrier(4)
+
+    def register() -> tuple[int, str]:
+        with api.client_for(api.key) as client:
+            start.wait()
+            answer = client.post("/v1/webhooks", json=body, headers={"Idempotency-Key": "hook-2"})
+            return answer.status_code, answer.json()["id"]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda _: register(), range(4)))
+    assert sorted(status for status, _ in answers) == [200, 200, 200, 201]
+    assert len({endpoint for _, endpoint in answers}) == 1
+    assert len(api.client.get("/v1/webhooks").json()["items"]) == 2
+
+
 @pytest.mark.parametrize("url", [
     "http://127.0.0.1:9/hook", "http://10.0.0.8/hook", "http://169.254.169.254/latest/meta-data",
     "http://[::1]:8080/", "http://localhost/", "http://[::ffff:10.0.0.1]/",
