@@ -19,17 +19,17 @@ from tests.api.test_datasets import npz_bytes
 ROUTES = {"checkpoints": (Checkpoint, "checkpoint"), "datasets": (Dataset, "dataset")}
 
 
-def _files(route: str, small_cnn_file: Path) -> tuple[bytes, bytes]:
-    """Two different acceptable files for ``route``."""
+def _files(route: str, small_cnn_file: Path) -> tuple[str, bytes, bytes]:
+    """A file name and two different acceptable files for ``route``."""
     if route == "checkpoints":
         from rift.checkpoints import save_safetensors
         from tests.api.helpers import small_cnn_state
 
         other = small_cnn_file.with_name("other.safetensors")
         save_safetensors(other, small_cnn_state(seed=1))
-        return small_cnn_file.read_bytes(), other.read_bytes()
+        return "m.safetensors", small_cnn_file.read_bytes(), other.read_bytes()
     images = np.zeros((8, 8, 8, 1), np.uint8)
-    return (npz_bytes(x=images, y=np.arange(8) % 2),
+    return ("d.npz", npz_bytes(x=images, y=np.arange(8) % 2),
             npz_bytes(x=images + 1, y=np.arange(8) % 2))
 
 
@@ -43,8 +43,7 @@ def _post(client: httpx.Client, route: str, name: str, content: bytes,
 def test_an_upload_sent_again_under_its_key_is_stored_once(api: Api, route: str,
                                                            small_cnn_file: Path) -> None:
     model, kind = ROUTES[route]
-    content, other = _files(route, small_cnn_file)
-    name = "m.safetensors" if route == "checkpoints" else "d.npz"
+    name, content, other = _files(route, small_cnn_file)
     first = _post(api.client, route, name, content, "upload-1")
     assert first.status_code == 201, first.text
     again = _post(api.client, route, name, content, "upload-1")
@@ -74,8 +73,7 @@ def test_an_upload_sent_again_under_its_key_is_stored_once(api: Api, route: str,
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_keys_are_per_project(api: Api, route: str, small_cnn_file: Path) -> None:
-    content, _ = _files(route, small_cnn_file)
-    name = "m.safetensors" if route == "checkpoints" else "d.npz"
+    name, content, _ = _files(route, small_cnn_file)
     _, other_key = make_key(api.sessions, "other-team")
     mine = _post(api.client, route, name, content, "shared-key")
     with httpx.Client(base_url=api.url,
@@ -89,8 +87,7 @@ def test_keys_are_per_project(api: Api, route: str, small_cnn_file: Path) -> Non
 def test_uploads_racing_with_one_key_store_one_resource(api: Api, route: str,
                                                         small_cnn_file: Path) -> None:
     model, _ = ROUTES[route]
-    content, _ = _files(route, small_cnn_file)
-    name = "m.safetensors" if route == "checkpoints" else "d.npz"
+    name, content, _ = _files(route, small_cnn_file)
     start = threading.Barrier(4)
     answers: list[Any] = []
 
