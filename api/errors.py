@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from persistence.jobs import IdempotencyConflict, InvalidCursor, JobAlreadyFinished
 from persistence.storage import (
@@ -351,11 +352,35 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     # Starlette raises these for a URL no route matches (404) or a method the route lacks (405).
     field = _ROUTING_FIELDS.get(exc.status_code)
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and message == "Not Found":
         message = f"no route {quote(request.url.path)}: see /docs for the API's paths"
-    return JSONResponse(
-        error_body(code, message, field), status_code=exc.status_code, headers=exc.headers
-    )
+    if exc.status_code == 405 and message == "Method Not Allowed":
+        allowed = allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        message = (f"{request.method} is not allowed on {quote(request.url.path)}; allowed: "
+                   f"{', '.join(allowed)}")
+    return JSONResponse(error_body(code, message, field), status_code=exc.status_code,
+                        headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path. Starlette's own ``Allow`` names
+    only the first route that matched the path, while each method is a route of its own here
+    (``PUT /v1/jobs/{id}`` said ``Allow: GET`` although DELETE exists); HEAD goes with GET
+    (``api/head_requests.py``)."""
+    methods: set[str] = set()
+    for method in _METHODS:
+        # Routing's own matcher, asked once per method, so nested routers count too.
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            methods.add(method)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 async def _database_error_handler(request: Request, exc: Exception) -> JSONResponse:
