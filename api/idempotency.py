@@ -7,7 +7,8 @@ with the same request answers 200 with the earlier resource, with another reques
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Header
 
@@ -34,3 +35,40 @@ def idempotency_conflict(key: str, kind: str, resource_id: str) -> Conflict:
         f"Idempotency-Key '{key}' was already used for {kind} {resource_id} with a different "
         f"request; use a new key for a new {kind}", field="Idempotency-Key",
         code="idempotency_conflict", details={f"{kind}_id": resource_id})
+
+
+class _Replayable(Protocol):
+    id: str
+    request_hash: str | None
+
+
+Replayable = TypeVar("Replayable", bound=_Replayable)
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """A request's Idempotency-Key as the client sent it, as stored (per project), and the hash
+    of what the request asked for."""
+
+    client_key: str
+    stored: str
+    request_hash: str
+
+    @classmethod
+    def of(cls, project_id: str, key: str | None, request: str) -> RequestKey | None:
+        """The key of a request described by ``request`` (what makes two requests the same);
+        None without a key."""
+        if key is None:
+            return None
+        return cls(key, scoped_idempotency_key(project_id, key),
+                   hashlib.sha256(request.encode()).hexdigest())
+
+    def replay(self, earlier: Replayable | None, kind: str) -> Replayable | None:
+        """``earlier``, the ``kind`` recorded under this key (None: the key is new).
+
+        Raises:
+            Conflict: (409 ``idempotency_conflict``) it was recorded for another request.
+        """
+        if earlier is not None and earlier.request_hash != self.request_hash:
+            raise idempotency_conflict(self.client_key, kind, earlier.id)
+        return earlier

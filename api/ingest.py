@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.auth import Caller
 from api.dataset_validation import MAX_EXPANSION
 from api.errors import InvalidInput, ServiceUnavailable, from_rift_error
+from api.idempotency import RequestKey
 from api.services.quotas import storage_exceeded
-from api.services.upload_replay import Upload, UploadKey, replayed_upload
+from api.services.upload_replay import Upload, replayed_upload
 from api.uploads import UploadedFile
 from api.validation import Validator
 from persistence.models import Checkpoint, Dataset, new_id
@@ -85,7 +86,7 @@ def _store_then_record(
 
 
 def _unless_raced(session_factory: sessionmaker[Session], model: type[Upload], kind: str,
-                  upload_key: UploadKey | None, record: Callable[[], Upload]
+                  upload_key: RequestKey | None, record: Callable[[], Upload]
                   ) -> tuple[Upload, bool]:
     """``record()``'s new row and True; or, when a concurrent upload with the same
     Idempotency-Key recorded first (its unique constraint refused this row, whose object
@@ -105,7 +106,7 @@ def store_checkpoint(
     file: UploadedFile,
     inspection: CheckpointInspection,
     caller: Caller,
-    upload_key: UploadKey | None = None,
+    upload_key: RequestKey | None = None,
 ) -> tuple[Checkpoint, bool]:
     """Store a validated checkpoint under ``checkpoints/<id>.<ext>`` and record it as the
     caller's project's; returns it and whether this call created it (see ``_unless_raced``)."""
@@ -161,7 +162,7 @@ def store_dataset(
     file: UploadedFile,
     inspection: DatasetInspection,
     caller: Caller,
-    upload_key: UploadKey | None = None,
+    upload_key: RequestKey | None = None,
 ) -> tuple[Dataset, bool]:
     """Store a validated archive under ``datasets/<id>.<npz|tar>`` and record it as the
     caller's project's; returns it and whether this call created it (see ``_unless_raced``)."""

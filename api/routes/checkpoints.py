@@ -13,7 +13,7 @@ from api.ingest import store_checkpoint, validate_checkpoint_upload
 from api.schemas import CheckpointOut
 from api.services import deletion
 from api.services.ownership import owned_checkpoint
-from api.services.upload_replay import UploadKey, replayed_upload
+from api.services.upload_replay import replayed_upload, upload_key
 from api.services.uploads import check_upload_quota
 from api.uploads import RawFilename, receive_upload, scratch_dir, upload_request_body
 from persistence.models import Checkpoint
@@ -61,9 +61,9 @@ async def upload_checkpoint(request: Request, response: Response, caller: Caller
             raise InvalidInput(f"the form field '{FILE_FIELD}' (the checkpoint file) is missing",
                                field=FILE_FIELD)
         file = upload.file
-        upload_key = UploadKey.of(caller, idempotency_key, file)
+        key = upload_key(caller, idempotency_key, file)
         replay = await run_in_threadpool(
-            replayed_upload, factory, Checkpoint, "checkpoint", upload_key)
+            replayed_upload, factory, Checkpoint, "checkpoint", key)
         if replay is not None:
             row, created = replay, False
         else:
@@ -71,7 +71,7 @@ async def upload_checkpoint(request: Request, response: Response, caller: Caller
             inspection = await run_in_threadpool(
                 validate_checkpoint_upload, validator, file, FILE_FIELD)
             row, created = await run_in_threadpool(
-                store_checkpoint, factory, store, file, inspection, caller, upload_key)
+                store_checkpoint, factory, store, file, inspection, caller, key)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/checkpoints/{row.id}"
     return checkpoint_out(row)

@@ -18,7 +18,7 @@ from api.job_requests import BUILTIN_CLASSES
 from api.schemas import DatasetOut
 from api.services import deletion
 from api.services.ownership import find_owned
-from api.services.upload_replay import UploadKey, replayed_upload
+from api.services.upload_replay import replayed_upload, upload_key
 from api.services.uploads import check_upload_quota
 from api.uploads import RawFilename, receive_upload, scratch_dir, upload_request_body
 from persistence.models import Dataset
@@ -64,8 +64,8 @@ async def upload_dataset(request: Request, response: Response, caller: CallerDep
             raise InvalidInput(f"the form field '{FILE_FIELD}' (the archive) is missing",
                                field=FILE_FIELD)
         file = upload.file
-        upload_key = UploadKey.of(caller, idempotency_key, file)
-        replay = await run_in_threadpool(replayed_upload, factory, Dataset, "dataset", upload_key)
+        key = upload_key(caller, idempotency_key, file)
+        replay = await run_in_threadpool(replayed_upload, factory, Dataset, "dataset", key)
         if replay is not None:
             row, created = replay, False
         else:
@@ -74,7 +74,7 @@ async def upload_dataset(request: Request, response: Response, caller: CallerDep
                 validate_dataset_upload, validator, file, FILE_FIELD,
                 settings.max_dataset_bytes)
             row, created = await run_in_threadpool(
-                store_dataset, factory, store, file, inspection, caller, upload_key)
+                store_dataset, factory, store, file, inspection, caller, key)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return dataset_out(row)

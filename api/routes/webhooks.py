@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
@@ -14,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ProjectIdDep, SessionDep, SettingsDep
 from api.errors import InvalidInput, NotFound
-from api.idempotency import IdempotencyKey, idempotency_conflict, scoped_idempotency_key
+from api.idempotency import IdempotencyKey, RequestKey
 from api.schemas import is_resource_id
 from api.webhook_schemas import (
     WebhookAttemptOut,
@@ -62,7 +60,7 @@ def _checked_id(webhook_id: str) -> str:
 async def create_webhook(body: WebhookCreate, response: Response, session: SessionDep,
                          settings: SettingsDep, project_id: ProjectIdDep,
                          idempotency_key: IdempotencyKey = None) -> WebhookCreatedOut:
-    key = _RegistrationKey.of(project_id, idempotency_key, body)
+    key = _registration_key(project_id, idempotency_key, body)
     replay = await run_in_threadpool(_replayed, session, key)
     if replay is not None:
         response.status_code = 200
@@ -91,35 +89,21 @@ async def create_webhook(body: WebhookCreate, response: Response, session: Sessi
     return _created_out(endpoint)
 
 
-@dataclass(frozen=True)
-class _RegistrationKey:
-    """A registration's Idempotency-Key as sent and as stored, and the request it stands for
-    (URL, events in any order, description)."""
-
-    client_key: str
-    stored: str
-    request_hash: str
-
-    @classmethod
-    def of(cls, project_id: str, key: str | None, body: WebhookCreate
-           ) -> _RegistrationKey | None:
-        if key is None:
-            return None
-        request = json.dumps({"url": body.url, "events": sorted(set(body.events)),
-                              "description": body.description}, sort_keys=True)
-        return cls(key, scoped_idempotency_key(project_id, key),
-                   hashlib.sha256(request.encode()).hexdigest())
+def _registration_key(project_id: str, key: str | None,
+                      body: WebhookCreate) -> RequestKey | None:
+    """A registration's key: the request it stands for is the URL, the events in any order and
+    the description."""
+    return RequestKey.of(project_id, key, json.dumps(
+        {"url": body.url, "events": sorted(set(body.events)), "description": body.description},
+        sort_keys=True))
 
 
-def _replayed(session: Session, key: _RegistrationKey | None) -> WebhookEndpoint | None:
+def _replayed(session: Session, key: RequestKey | None) -> WebhookEndpoint | None:
     """The endpoint an earlier registration under ``key`` made, or None; 409 if the key was
     used for another registration."""
     if key is None:
         return None
-    endpoint = webhooks.endpoint_by_idempotency_key(session, key.stored)
-    if endpoint is not None and endpoint.request_hash != key.request_hash:
-        raise idempotency_conflict(key.client_key, "webhook", endpoint.id)
-    return endpoint
+    return key.replay(webhooks.endpoint_by_idempotency_key(session, key.stored), "webhook")
 
 
 def _created_out(endpoint: WebhookEndpoint) -> WebhookCreatedOut:

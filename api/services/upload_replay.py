@@ -6,40 +6,26 @@ constraint, its object is deleted, and it answers with the winner's."""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import Caller
-from api.idempotency import idempotency_conflict, scoped_idempotency_key
+from api.idempotency import RequestKey
 from api.uploads import UploadedFile
 from persistence.models import Checkpoint, Dataset
 
 Upload = TypeVar("Upload", Checkpoint, Dataset)
 
 
-@dataclass(frozen=True)
-class UploadKey:
-    """An upload's key as the client sent it, as stored (per project), and the request it
-    stands for (the file's name and SHA-256)."""
-
-    client_key: str
-    stored: str
-    request_hash: str
-
-    @classmethod
-    def of(cls, caller: Caller, key: str | None, file: UploadedFile) -> UploadKey | None:
-        if key is None:
-            return None
-        request = hashlib.sha256(f"{file.filename}\n{file.sha256}".encode()).hexdigest()
-        return cls(key, scoped_idempotency_key(caller.project_id, key), request)
+def upload_key(caller: Caller, key: str | None, file: UploadedFile) -> RequestKey | None:
+    """An upload's key: the request it stands for is the file's name and SHA-256."""
+    return RequestKey.of(caller.project_id, key, f"{file.filename}\n{file.sha256}")
 
 
 def replayed_upload(factory: sessionmaker[Session], model: type[Upload], kind: str,
-                    key: UploadKey | None) -> Upload | None:
+                    key: RequestKey | None) -> Upload | None:
     """The resource an earlier upload with ``key`` made, or None (no key, or a new one).
 
     Raises:
@@ -51,6 +37,4 @@ def replayed_upload(factory: sessionmaker[Session], model: type[Upload], kind: s
         row = session.execute(
             select(model).where(model.idempotency_key == key.stored)).scalar_one_or_none()
         session.commit()
-    if row is not None and row.request_hash != key.request_hash:
-        raise idempotency_conflict(key.client_key, kind, row.id)
-    return row
+    return key.replay(row, kind)
