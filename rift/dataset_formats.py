@@ -7,9 +7,9 @@ sandboxed validator, the workers and the library's loaders all read the same rul
 
 npz layout (keys ``x``, ``y``, optionally both ``x_test`` and ``y_test``):
 
-- images: uint8 (N, H, W, C), the layout numpy image code produces; float (N, C, H, W), the
-  layout of PyTorch tensors saved with ``.numpy()``, with values in [0, 1]; (N, H, W) is one
-  channel. Values must be finite.
+- images: uint8 (values 0–255) or float (values in [0, 1]), N×H×W×C (numpy/PIL image code) or
+  N×C×H×W (PyTorch tensors saved with ``.numpy()``), told apart by the shape (see
+  :func:`npz_layout`); (N, H, W) is one channel. Values must be finite.
 - features: any real (integer or float) array of shape (N, F), one feature vector per row; values
   must be finite in float32 (the library computes in it) and may take any range within it.
 - labels: integers from 0 to 2**63 - 1 (int64, the library's label type), shape (N,) or (N, 1);
@@ -79,7 +79,7 @@ class NpzLayout:
     """How an npz ``x`` array is read.
 
     ``content`` is ``"images"`` or ``"features"``. For images, ``shape`` is (C, H, W) and
-    ``channels_last`` tells that the array is N×H×W×C (uint8) rather than N×C×H×W; for features,
+    ``channels_last`` tells that the array is N×H×W×C rather than N×C×H×W; for features,
     ``shape`` is (F,).
     """
 
@@ -123,21 +123,44 @@ def npz_layout(shape: tuple[int, ...], dtype: np.dtype[Any], key: str,
         channels, height, width, last = 1, shape[1], shape[2], False
     elif len(shape) != 4:
         raise DatasetError(
-            f"key '{key}' must have 4 dimensions (uint8 N×H×W×C or float N×C×H×W), 3 (N×H×W, "
-            f"one channel) or 2 (N×F feature vectors); got shape {list(shape)}")
-    elif dtype == np.uint8:
-        channels, height, width, last = shape[3], shape[1], shape[2], True
+            f"key '{key}' must have 4 dimensions (N×H×W×C or N×C×H×W), 3 (N×H×W, one channel) "
+            f"or 2 (N×F feature vectors); got shape {list(shape)}")
     else:
-        channels, height, width, last = shape[1], shape[2], shape[3], False
+        last = _channels_last(shape, dtype, key)
+        channels, height, width = ((shape[3], shape[1], shape[2]) if last
+                                   else (shape[1], shape[2], shape[3]))
     if min(height, width) < min_image_side:
         raise DatasetError(
             f"key '{key}': shape {list(shape)} gives {height}×{width} images; each side must be "
             f"at least {min_image_side} pixels")
-    if not 1 <= channels <= MAX_CHANNELS:
-        raise DatasetError(
-            f"key '{key}': shape {list(shape)} has {channels} channels; at most {MAX_CHANNELS} "
-            "(uint8 images are N×H×W×C, float images N×C×H×W)")
     return NpzLayout("images", (int(channels), int(height), int(width)), last)
+
+
+def _channels_last(shape: tuple[int, ...], dtype: np.dtype[Any], key: str) -> bool:
+    """Whether a 4-D image array (N, a, b, c) is N×H×W×C rather than N×C×H×W.
+
+    Decided by the shape wherever it can be. A reading that gives square images wins (the usual
+    case: (N, 32, 32, 3) and (N, 3, 32, 32), whatever the dtype), and must then have at most
+    :data:`MAX_CHANNELS` channels; with no square reading, the one with fewer channels (at most
+    :data:`MAX_CHANNELS`). Only a shape that reads both ways alike (e.g. (N, 8, 8, 8)) falls back
+    on the dtype's usual layout: uint8 N×H×W×C (numpy/PIL image code), float N×C×H×W (PyTorch
+    tensors saved with ``.numpy()``).
+    """
+    first, middle, end = shape[1], shape[2], shape[3]
+    square_first, square_last = middle == end, first == middle
+    if square_first and square_last:
+        last = bool(dtype == np.uint8)
+    elif square_first or square_last:
+        last = square_last
+    else:
+        last = end < first or (end == first and dtype == np.uint8)
+    channels = end if last else first
+    if not 1 <= channels <= MAX_CHANNELS:
+        height, width = (first, middle) if last else (middle, end)
+        raise DatasetError(
+            f"key '{key}': shape {list(shape)} reads as {height}×{width} images with {channels} "
+            f"channels ({'N×H×W×C' if last else 'N×C×H×W'}); at most {MAX_CHANNELS} channels")
+    return last
 
 
 def label_count(shape: tuple[int, ...], dtype: np.dtype[Any], key: str) -> int:

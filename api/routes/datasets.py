@@ -34,8 +34,9 @@ FILE_FIELD = "file"
     response_model=DatasetOut,
     summary="Upload a dataset archive",
     description=(
-        "An .npz file (keys 'x', 'y', optionally 'x_test', 'y_test'; 'x' holds images, uint8 "
-        "N×H×W×C or float N×C×H×W in [0, 1], or feature vectors N×F of any finite values; labels "
+        "An .npz file (keys 'x', 'y', optionally 'x_test', 'y_test'; 'x' holds images, uint8 or "
+        "float in [0, 1], N×H×W×C or N×C×H×W (the channel axis is read from the shape), or "
+        "feature vectors N×F of any finite values; labels "
         "are integers >= 0) or a tar (optionally compressed) of an ImageFolder tree "
         "(<class>/<image> or train/<class>/<image> with an optional val/ or test/), as the "
         "multipart field 'file' or the raw body. Every value is checked (NaN/Inf refused); "

@@ -25,6 +25,7 @@ from rift.data import (
     random_flip,
     resolve_augment,
 )
+from rift.data.npz import load_npz
 from rift.data.splits import cap, hold_out, seeded_generator, stratified_pick
 from rift.errors import ConfigError, DatasetError
 
@@ -235,6 +236,22 @@ def test_npz_float_nchw_and_grayscale(tmp_path: Path) -> None:
     assert grey.image_shape == (1, 6, 6)
 
 
+def test_npz_channel_axis_follows_the_shape_not_the_dtype(tmp_path: Path) -> None:
+    # The same RGB images saved four ways load as the same tensors: users save float images
+    # straight from PIL/numpy (N×H×W×C) and uint8 ones from PyTorch tensors (N×C×H×W).
+    nhwc = _rng().integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    nchw = nhwc.transpose(0, 3, 1, 2)
+    expected = torch.from_numpy(np.ascontiguousarray(nchw)).float() / 255
+    for name, x in {"u8_nhwc": nhwc, "u8_nchw": nchw, "f_nhwc": nhwc / np.float32(255),
+                    "f_nchw": nchw / np.float32(255)}.items():
+        np.savez(tmp_path / f"{name}.npz", x=x, y=np.arange(12) % 2)
+        source = load_npz(DatasetSpec(name="npz", path=str(tmp_path / f"{name}.npz")))
+        images = source.train.images
+        assert source.train.image_shape == (3, 8, 8), name
+        loaded = images.float() / 255 if images.dtype == torch.uint8 else images
+        torch.testing.assert_close(loaded, expected, msg=name)
+
+
 _GOOD_X = np.zeros((6, 4, 4, 3), np.uint8)
 _GOOD_Y = np.arange(6) % 2
 
@@ -248,7 +265,7 @@ _GOOD_Y = np.arange(6) % 2
     ({"x": np.zeros((6, 48), np.bool_), "y": _GOOD_Y}, "'x'"),
     ({"x": np.zeros((6, 0)), "y": _GOOD_Y}, "'x'"),
     ({"x": np.zeros((6, 1, 4, 4, 3), np.uint8), "y": _GOOD_Y}, "'x'"),
-    ({"x": np.zeros((6, 3, 32, 32), np.uint8), "y": _GOOD_Y}, "'x'"),  # uint8 NCHW
+    ({"x": np.zeros((6, 32, 32, 20), np.uint8), "y": _GOOD_Y}, "'x'"),  # 20 channels
     ({"x": np.full((6, 3, 4, 4), 1.5), "y": _GOOD_Y}, "'x'"),
     ({"x": np.full((6, 3, 4, 4), -0.1), "y": _GOOD_Y}, "'x'"),
     ({"x": np.full((6, 3, 4, 4), np.nan), "y": _GOOD_Y}, "'x'"),

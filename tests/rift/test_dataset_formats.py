@@ -50,6 +50,38 @@ def test_layouts() -> None:
         check_npz_keys({"x", "y", "x_test"}, "d.npz")
 
 
+@pytest.mark.parametrize(("shape", "dtype", "expected"), [
+    # Square images tell the channel axis whatever the dtype's usual layout.
+    ((4, 32, 32, 3), np.float32, ((3, 32, 32), True)),
+    ((4, 3, 32, 32), np.uint8, ((3, 32, 32), False)),
+    ((4, 28, 28, 1), np.float64, ((1, 28, 28), True)),
+    ((4, 1, 28, 28), np.uint8, ((1, 28, 28), False)),
+    ((4, 8, 8, 3), np.float32, ((3, 8, 8), True)),  # 8 would be a valid channel count too
+    ((4, 16, 16, 16), np.uint8, ((16, 16, 16), True)),  # reads alike: the dtype's layout
+    ((4, 16, 16, 16), np.float32, ((16, 16, 16), False)),
+    # No square reading: the one with fewer channels; a channel count that cannot be, never.
+    ((4, 3, 10, 12), np.uint8, ((3, 10, 12), False)),
+    ((4, 10, 12, 3), np.float32, ((3, 10, 12), True)),
+    ((4, 40, 30, 2), np.float32, ((2, 40, 30), True)),
+    ((4, 2, 40, 30), np.uint8, ((2, 40, 30), False)),
+])
+def test_the_channel_axis_is_read_from_the_shape(
+        shape: tuple[int, ...], dtype: type, expected: tuple[tuple[int, ...], bool]) -> None:
+    layout = npz_layout(shape, np.dtype(dtype), "x")
+    assert (layout.image_shape, layout.channels_last) == expected
+
+
+@pytest.mark.parametrize(("shape", "message"), [
+    ((4, 8, 8, 32), r"8×8 images with 32 channels \(N×H×W×C\); at most 16"),
+    ((4, 32, 8, 8), r"8×8 images with 32 channels \(N×C×H×W\); at most 16"),
+    ((4, 20, 30, 40), "20 channels"),
+])
+def test_a_shape_without_a_possible_channel_axis_is_refused(shape: tuple[int, ...],
+                                                            message: str) -> None:
+    with pytest.raises(DatasetError, match=r"key 'x': shape .*" + message):
+        npz_layout(shape, np.dtype(np.float32), "x")
+
+
 def test_value_scan_over_chunks_keeps_the_range_and_names_the_rule() -> None:
     labels = ValueScan("labels", "y")
     for chunk in np.array_split(np.array([3, 0, 9, 2, 5]), 3):

@@ -49,6 +49,13 @@ def test_labels_give_classes_and_range(tmp_path: Path) -> None:
     assert type(found).from_json(found.to_json()) == found
 
 
+def test_float_channels_last_images_record_their_channels(tmp_path: Path) -> None:
+    # What the worker's loader will read (rift.data.npz), the upload records: 3 channels, 12×12.
+    path = write(tmp_path / "d.npz", x=np.full((10, 12, 12, 3), 0.5, np.float32),
+                 y=np.arange(10) % 2)
+    assert inspect_dataset_file(path, "d.npz", 10**9).image_shape == (3, 12, 12)
+
+
 def test_feature_vectors_any_finite_range(tmp_path: Path) -> None:
     features = np.linspace(-1e6, 1e6, 35 * 4).reshape(35, 4)
     path = write(tmp_path / "f.npz", x=features, y=np.arange(35) % 7)
