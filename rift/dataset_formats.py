@@ -171,11 +171,17 @@ def label_count(shape: tuple[int, ...], dtype: np.dtype[Any], key: str) -> int:
     """
     if len(shape) == 2 and shape[1] == 1:
         shape = shape[:1]
+    if len(shape) == 2 and shape[1] > 1:
+        raise DatasetError(
+            f"key '{key}' must be 1-D (one class index per example); got shape {list(shape)}, "
+            f"one row of {shape[1]} values per example (one-hot or scores?): save "
+            f"{key}.argmax(axis=1) instead")
     if len(shape) != 1:
         raise DatasetError(f"key '{key}' must be 1-D (one label per example); got shape "
                            f"{list(shape)}")
     if not np.issubdtype(dtype, np.integer):
-        raise DatasetError(f"key '{key}' must hold integers (class indices); got {dtype}")
+        raise DatasetError(f"key '{key}' must hold integers (class indices); got {dtype} (save "
+                           f"{key}.astype(np.int64) if its values are whole numbers)")
     return int(shape[0])
 
 

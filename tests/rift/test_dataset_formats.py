@@ -46,6 +46,8 @@ def test_layouts() -> None:
     assert label_count((7, 1), np.dtype(np.int8), "y") == 7
     with pytest.raises(DatasetError, match="integers"):
         label_count((7,), np.dtype(np.float32), "y")
+    with pytest.raises(DatasetError, match=r"'y_test'.*\[7, 10\].*y_test.argmax\(axis=1\)"):
+        label_count((7, 10), np.dtype(np.float32), "y_test")  # one-hot labels
     with pytest.raises(DatasetError, match="'y_test'"):
         check_npz_keys({"x", "y", "x_test"}, "d.npz")
 
