@@ -33,12 +33,22 @@ MAX_EXPANSION = 20
 
 @dataclass(frozen=True)
 class Geometry:
-    """What a job's model is built for: images of ``channels`` × ``image_size`` × ``image_size``,
-    or feature vectors of ``num_features`` values (``channels``/``image_size`` then None)."""
+    """What a job's model is built for: images of ``channels`` × ``image_size`` (height) ×
+    ``image_width`` (None: square), or feature vectors of ``num_features`` values (the image
+    fields then None)."""
 
     channels: int | None = None
     image_size: int | None = None
     num_features: int | None = None
+    image_width: int | None = None
+
+    @classmethod
+    def of_images(cls, image_shape: tuple[int, ...] | None) -> Geometry:
+        """The geometry of images of ``image_shape`` (C, H, W); empty when it is unknown."""
+        if not image_shape:
+            return cls()
+        channels, height, width = image_shape
+        return cls(channels, height, image_width=width)
 
 
 class StoredObjectReader(io.RawIOBase):
@@ -88,8 +98,7 @@ def uploaded_dataset_geometry(store: ObjectStore, row: Dataset, spec: DatasetSpe
     if row.content == "features":
         return Geometry(num_features=row.num_features)
     if row.content == "images":
-        shape = row.image_shape
-        return Geometry(shape[0], shape[1]) if shape else Geometry()
+        return Geometry.of_images(row.image_shape)
     try:
         return _stored_geometry(store, row.storage_key, row.kind)
     except (DatasetError, StoreError):
@@ -107,11 +116,9 @@ def _stored_geometry(store: ObjectStore, storage_key: str, kind: str) -> Geometr
             layout = npz_layout(header.shape, header.dtype, "x", SERVICE_MIN_IMAGE_SIDE)
             if layout.image_shape is None:
                 return Geometry(num_features=layout.num_features)
-            return Geometry(layout.image_shape[0], layout.image_shape[1])
+            return Geometry.of_images(layout.image_shape)
         scan = scan_tar(reader, storage_key, max_unpacked_bytes=2**62, full=False)
-    if scan.image_shape is None:
-        return Geometry()
-    return Geometry(scan.image_shape[0], scan.image_shape[1])
+    return Geometry.of_images(scan.image_shape)
 
 
 def dataset_geometry(spec: DatasetSpec) -> Geometry:

@@ -194,7 +194,8 @@ def _check_domain_size(config: RiftConfig, geometry: Geometry) -> None:
 def check_job_fits(validator: Validator, config: RiftConfig, shapes: Shapes, geometry: Geometry,
                    checkpoint_field: str) -> None:
     """Check in the validator process that the checkpoint fits the job's model (built on the
-    meta device for ``geometry``) and that the spec's module names exist.
+    meta device for ``geometry``), that the model takes inputs of that geometry, and that the
+    spec's module names exist.
 
     Raises:
         ApiError: (422) attack.domain bounds that do not match the inputs; checkpoint mismatch
@@ -205,7 +206,8 @@ def check_job_fits(validator: Validator, config: RiftConfig, shapes: Shapes, geo
     _check_domain_size(config, geometry)
     try:
         validator.check_fit(config, shapes, in_channels=geometry.channels,
-                            image_size=geometry.image_size, num_features=geometry.num_features)
+                            image_size=geometry.image_size, num_features=geometry.num_features,
+                            image_width=geometry.image_width)
     except ConfigError as exc:
         raise from_rift_error(exc) from exc
     except RiftError as exc:

@@ -117,9 +117,10 @@ class Validator:
 
     def check_fit(self, config: RiftConfig, shapes: Mapping[str, tuple[int, ...]], *,
                   in_channels: int | None, image_size: int | None,
-                  num_features: int | None) -> None:
+                  num_features: int | None, image_width: int | None = None) -> None:
         """Require the checkpoint of ``shapes`` to fit ``config``'s architecture built for the
-        dataset's geometry, and the spec's module names to exist in it.
+        dataset's geometry (``image_width`` None: square images), the model to take inputs of
+        that geometry, and the spec's module names to exist in it.
 
         Raises:
             RiftError: CheckpointMismatchError, ConfigError or UnknownArchitectureError.
@@ -128,7 +129,7 @@ class Validator:
         self._run({"op": "fit", "config": config.model_dump(mode="json"),
                    "shapes": {key: list(shape) for key, shape in shapes.items()},
                    "in_channels": in_channels, "image_size": image_size,
-                   "num_features": num_features})
+                   "num_features": num_features, "image_width": image_width})
 
     def probe(self, sleep_seconds: float = 0.0) -> dict[str, Any]:
         """What a validator process sees: its environment variable names, its limits, its pid and

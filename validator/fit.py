@@ -1,14 +1,21 @@
 """Whether a checkpoint fits a job's architecture: the job's model is built on PyTorch's ``meta``
 device (shapes only, no memory, no weights) and compared with the checkpoint's keys and shapes;
-the module names the spec selects must exist in it. Imports torch; runs in the validator process.
+the module names the spec selects must exist in it; and, when the dataset's geometry is known, one
+meta input of that shape goes through the model (a network that cannot take the data, such as an
+AlexNet for 32×32 images, is refused at job creation instead of failing when the job starts).
+Imports torch; runs in the validator process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from rift.config import RiftConfig
 from rift.errors import ConfigError, RiftError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: The image geometry assumed when the dataset's cannot be known before the job runs.
 DEFAULT_CHANNELS, DEFAULT_IMAGE_SIZE = 3, 32
@@ -21,11 +28,14 @@ def check_checkpoint_fits(
     in_channels: int | None,
     image_size: int | None,
     num_features: int | None = None,
+    image_width: int | None = None,
 ) -> None:
     """Build ``config.architecture`` on the meta device for the dataset's geometry (images of
     ``in_channels`` × ``image_size``², or feature vectors of ``num_features`` values, which the
-    library reads as ``num_features``-channel 1×1 images) and require the checkpoint's keys and
-    shapes to match it and the spec's module names to exist.
+    library reads as ``num_features``-channel 1×1 images; ``image_width`` None: square) and
+    require the checkpoint's keys and shapes to match it and the spec's module names to exist;
+    with the geometry known, require the model to map one such input to
+    (1, ``architecture.num_classes``) logits (on the meta device: shapes only).
 
     Raises:
         CheckpointMismatchError: with the missing, unexpected and mismatched keys.
@@ -59,3 +69,27 @@ def check_checkpoint_fits(
     select_modules(model, config.mrc)
     if config.finetune.module is not None:
         trainable_module(model, config.finetune.module)
+    if num_features is not None:
+        _probe(model, config, (num_features, 1, 1))
+    elif in_channels is not None and image_size is not None:
+        _probe(model, config, (in_channels, image_size, image_width or image_size))
+
+
+def _probe(model: nn.Module, config: RiftConfig, image_shape: tuple[int, int, int]) -> None:
+    """One meta input of ``image_shape`` through ``model`` (see ``check_model_accepts``)."""
+    import torch
+
+    from rift.models.registry import check_model_accepts
+
+    try:
+        check_model_accepts(model, config.architecture, image_shape, device=torch.device("meta"))
+    except ConfigError as exc:
+        if _meta_limitation(exc.__cause__):
+            return  # an op with no meta kernel: the job's own check, on real tensors, decides
+        raise
+
+
+def _meta_limitation(cause: BaseException | None) -> bool:
+    # Meta tensors carry shapes but no values: ops that read values (.item(), data-dependent
+    # shapes) or have no meta kernel fail for that reason alone, not because of the data's shape.
+    return isinstance(cause, NotImplementedError) or "meta" in str(cause).lower()

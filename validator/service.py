@@ -39,7 +39,8 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         shapes = {key: tuple(shape) for key, shape in request["shapes"].items()}
         check_checkpoint_fits(config, shapes, in_channels=request.get("in_channels"),
                               image_size=request.get("image_size"),
-                              num_features=request.get("num_features"))
+                              num_features=request.get("num_features"),
+                              image_width=request.get("image_width"))
         return {}
     if op == "probe":
         # started/finished: CLOCK_MONOTONIC, shared by the processes of a machine.

@@ -281,6 +281,39 @@ def test_jobs_on_uploaded_datasets(api: Api, checkpoint_id: str) -> None:
     assert conv1["checkpoint_shape"] == [16, 1, 3, 3] and conv1["model_shape"] == [16, 3, 3, 3]
 
 
+def test_a_model_that_cannot_take_the_uploaded_images_is_422(api: Api, tmp_path: Path) -> None:
+    # An mlp for 8×8 images has the weights of one for 8×12 ones (its input width is fixed by
+    # the height alone), so only a forward pass of the data's shape, made at creation on the
+    # meta device, shows that the job could never start.
+    import io
+
+    from rift.checkpoints import save_safetensors
+    from rift.config import ArchitectureSpec
+    from rift.models import build_model
+
+    architecture = {"name": "mlp", "num_classes": 10, "hidden": [8]}
+    model = build_model(ArchitectureSpec(**architecture), in_channels=1, image_size=8)
+    path = tmp_path / "mlp.safetensors"
+    save_safetensors(path, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    mlp_id = upload_checkpoint(api, path)["id"]
+    datasets = {}
+    for width in (8, 12):
+        buffer = io.BytesIO()
+        np.savez(buffer, x=np.full((20, 8, width), 0.5, np.float32), y=np.arange(20) % 10)
+        datasets[width] = api.client.post(
+            "/v1/datasets", files={"file": (f"w{width}.npz", buffer.getvalue())}).json()["id"]
+    config = digits_config(architecture=architecture, dataset={"name": "npz"})
+
+    wide = create(api, job_body(mlp_id, dataset_id=datasets[12], config=config))
+    assert wide.status_code == 422, wide.text
+    error = error_of(wide)
+    assert error["field"] == "config.architecture", error
+    assert "cannot take the dataset's 1×8×12 (C×H×W) inputs" in error["message"]
+    assert api.count(Job) == 0
+    square = create(api, job_body(mlp_id, dataset_id=datasets[8], config=config))
+    assert square.status_code == 201, square.text
+
+
 def test_more_classes_than_the_architecture_is_422_naming_both(api: Api,
                                                                 checkpoint_id: str) -> None:
     import io

@@ -1,5 +1,6 @@
 """The fit check (``validator/fit.py``): the model is built on the meta device for the dataset's
-geometry; a feature dataset's width is the channel count of 1×1 images."""
+geometry; a feature dataset's width is the channel count of 1×1 images; a model that cannot take
+the data's shape is refused, one whose ops cannot run on meta tensors is left to the job."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from torch import nn
 
 import rift.models
 from rift.config import RiftConfig
-from rift.errors import CheckpointMismatchError
+from rift.errors import CheckpointMismatchError, ConfigError
+from validator import fit
 from validator.fit import check_checkpoint_fits
 
 
@@ -44,3 +46,45 @@ def test_a_feature_dataset_is_built_as_one_pixel_images_of_its_width() -> None:
     with pytest.raises(CheckpointMismatchError, match=r"layers\.0\.weight"):
         check_checkpoint_fits(config, _shapes(thirty), in_channels=None, image_size=None,
                               num_features=29)
+
+
+def _mlp_config() -> RiftConfig:
+    return RiftConfig.model_validate({
+        "architecture": {"name": "mlp", "num_classes": 10, "hidden": [8]},
+        "dataset": {"name": "digits"}})
+
+
+def test_a_model_that_cannot_take_the_data_is_refused_naming_the_shape() -> None:
+    # An mlp built for 8×8 images has the same weights whatever the width it will be fed, so
+    # the shapes match; only running an input of the data's 8×12 shape shows it cannot work.
+    config = _mlp_config()
+    with torch.device("meta"):
+        mlp = rift.models.build_model(config.architecture, in_channels=1, image_size=8)
+    check_checkpoint_fits(config, _shapes(mlp), in_channels=1, image_size=8)
+    check_checkpoint_fits(config, _shapes(mlp), in_channels=1, image_size=8, image_width=8)
+    with pytest.raises(ConfigError, match=r"'mlp' cannot take the dataset's 1×8×12") as caught:
+        check_checkpoint_fits(config, _shapes(mlp), in_channels=1, image_size=8, image_width=12)
+    assert caught.value.field == "architecture"
+
+
+class _ReadsValues(nn.Module):
+    """Reads a value in forward (as data-dependent code does): impossible on meta tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = 2.0 if x.abs().max().item() > 1 else 1.0
+        return self.fc(x.flatten(1)) * scale
+
+
+def test_an_op_meta_tensors_cannot_run_is_left_to_the_job() -> None:
+    with torch.device("meta"):
+        model = _ReadsValues()
+    config = _mlp_config()
+    fit._probe(model, config, (4, 1, 1))  # no error: the job's real-tensor check decides
+    with torch.device("meta"):
+        wrong = nn.Sequential(nn.Flatten(), nn.Linear(5, 10))
+    with pytest.raises(ConfigError, match="cannot take"):
+        fit._probe(wrong, config, (4, 1, 1))
