@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import Caller
 from api.dataset_validation import MAX_EXPANSION
-from api.errors import InvalidInput, ServiceUnavailable, from_rift_error
+from api.errors import InvalidInput, PayloadTooLarge, ServiceUnavailable, from_rift_error
 from api.idempotency import RequestKey
 from api.services.quotas import storage_exceeded
 from api.services.upload_replay import Upload, replayed_upload
@@ -89,11 +89,12 @@ def _unless_raced(session_factory: sessionmaker[Session], model: type[Upload], k
                   upload_key: RequestKey | None, record: Callable[[], Upload]
                   ) -> tuple[Upload, bool]:
     """``record()``'s new row and True; or, when a concurrent upload with the same
-    Idempotency-Key recorded first (its unique constraint refused this row, whose object
-    ``_store_then_record`` has deleted), that upload's row and False."""
+    Idempotency-Key recorded first (its unique constraint refused this row, or its bytes filled
+    the quota this row was counted against; ``_store_then_record`` has deleted this row's
+    object), that upload's row and False."""
     try:
         return record(), True
-    except IntegrityError:
+    except (IntegrityError, PayloadTooLarge):
         winner = replayed_upload(session_factory, model, kind, upload_key)
         if winner is None:
             raise

@@ -13,8 +13,8 @@ from api.ingest import store_checkpoint, validate_checkpoint_upload
 from api.schemas import CheckpointOut
 from api.services import deletion
 from api.services.ownership import owned_checkpoint
-from api.services.upload_replay import replayed_upload, upload_key
-from api.services.uploads import check_upload_quota
+from api.services.upload_replay import upload_key
+from api.services.uploads import check_declared_upload, replay_or_check_quota
 from api.uploads import RawFilename, receive_upload, scratch_dir, upload_request_body
 from persistence.models import Checkpoint
 
@@ -52,7 +52,8 @@ async def upload_checkpoint(request: Request, response: Response, caller: Caller
                             store: StoreDep, validator: ValidatorDep,
                             filename: RawFilename = None,
                             idempotency_key: IdempotencyKey = None) -> CheckpointOut:
-    await run_in_threadpool(check_upload_quota, factory, caller, request)
+    await run_in_threadpool(check_declared_upload, factory, caller, request, Checkpoint,
+                            idempotency_key)
     upload = await receive_upload(
         request, file_field=FILE_FIELD, max_file_bytes=settings.max_checkpoint_bytes,
         scratch_dir=scratch_dir(settings))
@@ -63,11 +64,10 @@ async def upload_checkpoint(request: Request, response: Response, caller: Caller
         file = upload.file
         key = upload_key(caller, idempotency_key, file)
         replay = await run_in_threadpool(
-            replayed_upload, factory, Checkpoint, "checkpoint", key)
+            replay_or_check_quota, factory, caller, Checkpoint, "checkpoint", key, file.size)
         if replay is not None:
             row, created = replay, False
         else:
-            await run_in_threadpool(check_upload_quota, factory, caller, None, file.size)
             inspection = await run_in_threadpool(
                 validate_checkpoint_upload, validator, file, FILE_FIELD)
             row, created = await run_in_threadpool(

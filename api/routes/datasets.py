@@ -18,8 +18,8 @@ from api.job_requests import BUILTIN_CLASSES
 from api.schemas import DatasetOut
 from api.services import deletion
 from api.services.ownership import find_owned
-from api.services.upload_replay import replayed_upload, upload_key
-from api.services.uploads import check_upload_quota
+from api.services.upload_replay import upload_key
+from api.services.uploads import check_declared_upload, replay_or_check_quota
 from api.uploads import RawFilename, receive_upload, scratch_dir, upload_request_body
 from persistence.models import Dataset
 
@@ -56,7 +56,8 @@ async def upload_dataset(request: Request, response: Response, caller: CallerDep
                          store: StoreDep, validator: ValidatorDep,
                          filename: RawFilename = None,
                          idempotency_key: IdempotencyKey = None) -> DatasetOut:
-    await run_in_threadpool(check_upload_quota, factory, caller, request)
+    await run_in_threadpool(check_declared_upload, factory, caller, request, Dataset,
+                            idempotency_key)
     upload = await receive_upload(
         request, file_field=FILE_FIELD, max_file_bytes=settings.max_dataset_bytes,
         scratch_dir=scratch_dir(settings))
@@ -66,11 +67,11 @@ async def upload_dataset(request: Request, response: Response, caller: CallerDep
                                field=FILE_FIELD)
         file = upload.file
         key = upload_key(caller, idempotency_key, file)
-        replay = await run_in_threadpool(replayed_upload, factory, Dataset, "dataset", key)
+        replay = await run_in_threadpool(
+            replay_or_check_quota, factory, caller, Dataset, "dataset", key, file.size)
         if replay is not None:
             row, created = replay, False
         else:
-            await run_in_threadpool(check_upload_quota, factory, caller, None, file.size)
             inspection = await run_in_threadpool(
                 validate_dataset_upload, validator, file, FILE_FIELD,
                 settings.max_dataset_bytes)

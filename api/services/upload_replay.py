@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import Caller
-from api.idempotency import RequestKey
+from api.idempotency import RequestKey, scoped_idempotency_key
 from api.uploads import UploadedFile
 from persistence.models import Checkpoint, Dataset
 
@@ -38,3 +38,14 @@ def replayed_upload(factory: sessionmaker[Session], model: type[Upload], kind: s
             select(model).where(model.idempotency_key == key.stored)).scalar_one_or_none()
         session.commit()
     return key.replay(row, kind)
+
+
+def key_recorded(factory: sessionmaker[Session], model: type[Upload], caller: Caller,
+                 idempotency_key: str) -> bool:
+    """Whether an upload of ``model`` was stored under the caller's ``idempotency_key``."""
+    stored = scoped_idempotency_key(caller.project_id, idempotency_key)
+    with factory() as session:
+        found = session.execute(
+            select(model.id).where(model.idempotency_key == stored)).first() is not None
+        session.commit()
+    return found

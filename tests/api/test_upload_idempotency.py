@@ -12,7 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from persistence.models import Checkpoint, Dataset
+from sqlalchemy import update
+
+from persistence.models import Checkpoint, Dataset, Project
 from tests.api.helpers import Api, error_of, make_key
 from tests.api.test_datasets import npz_bytes
 
@@ -83,11 +85,41 @@ def test_keys_are_per_project(api: Api, route: str, small_cnn_file: Path) -> Non
     assert mine.json()["id"] != theirs.json()["id"]
 
 
+def _limit_storage(api: Api, max_stored_bytes: int) -> None:
+    with api.sessions() as session:
+        session.execute(update(Project).where(Project.id == api.project_id)
+                        .values(max_stored_bytes=max_stored_bytes))
+        session.commit()
+
+
 @pytest.mark.parametrize("route", sorted(ROUTES))
-def test_uploads_racing_with_one_key_store_one_resource(api: Api, route: str,
+def test_a_replay_at_the_stored_bytes_quota_is_answered_not_refused(
+        api: Api, route: str, small_cnn_file: Path) -> None:
+    # A retry stores nothing, so a quota the first upload filled must not refuse it.
+    model, _ = ROUTES[route]
+    name, content, other = _files(route, small_cnn_file)
+    first = _post(api.client, route, name, content, "at-quota")
+    assert first.status_code == 201, first.text
+    _limit_storage(api, first.json()["size"])
+    again = _post(api.client, route, name, content, "at-quota")
+    assert (again.status_code, again.json()) == (200, first.json()), again.text
+    # Another file under the key is still a conflict; a new upload is over the quota.
+    assert _post(api.client, route, name, other, "at-quota").status_code == 409
+    refused = _post(api.client, route, name, other, "new-key")
+    assert refused.status_code == 413 and error_of(refused)["field"] == "max_stored_bytes"
+    assert (api.count(model), len(api.stored_files())) == (1, 1)
+
+
+@pytest.mark.parametrize("quota", ["unlimited", "room for one"])
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_uploads_racing_with_one_key_store_one_resource(api: Api, route: str, quota: str,
                                                         small_cnn_file: Path) -> None:
+    # With room for one upload only, the losers fail the quota before their row would hit
+    # the key's unique constraint: they are replays all the same.
     model, _ = ROUTES[route]
     name, content, _ = _files(route, small_cnn_file)
+    if quota == "room for one":
+        _limit_storage(api, len(content) + len(content) // 2)
     start = threading.Barrier(4)
     answers: list[Any] = []
 
