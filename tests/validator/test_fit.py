@@ -44,3 +44,17 @@ def test_a_feature_dataset_is_built_as_one_pixel_images_of_its_width() -> None:
     with pytest.raises(CheckpointMismatchError, match=r"layers\.0\.weight"):
         check_checkpoint_fits(config, _shapes(thirty), in_channels=None, image_size=None,
                               num_features=29)
+
+
+def test_unknown_channels_accept_a_one_or_three_channel_checkpoint() -> None:
+    # A tree whose channels are not known before the job (a grey first image in an archive
+    # stored before its geometry was) is read with 3 or 1: either checkpoint passes, others not.
+    for channels in (1, 3):
+        with torch.device("meta"):
+            model = rift.models.build_model(_config().architecture, in_channels=channels,
+                                            image_size=8)
+        check_checkpoint_fits(_config(), _shapes(model), in_channels=None, image_size=8)
+    with torch.device("meta"):
+        two = rift.models.build_model(_config().architecture, in_channels=2, image_size=8)
+    with pytest.raises(CheckpointMismatchError, match=r"conv1\.weight.*\[16, 3, 3, 3\]"):
+        check_checkpoint_fits(_config(), _shapes(two), in_channels=None, image_size=8)
