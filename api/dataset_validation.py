@@ -1,7 +1,8 @@
 """The image geometry (or feature count) a job's model is built for.
 
 Uploaded archives are checked completely on upload, in the sandboxed validator (``validator``
-package), and their geometry is recorded on the dataset's row. Archives recorded before that
+package), and their geometry is recorded on the dataset's row (an ImageFolder's channels as
+``channels: "auto"`` reads it: 1 for an all-greyscale tree). Archives recorded before that
 (rows without ``content``) are read again here, from the store: a few ranged reads through
 :class:`StoredObjectReader`, not a download, and only headers (npz) or the first image (tar).
 """
@@ -35,12 +36,15 @@ MAX_EXPANSION = 20
 class Geometry:
     """What a job's model is built for: images of ``channels`` × ``image_size`` (height) ×
     ``image_width`` (None: square), or feature vectors of ``num_features`` values (the image
-    fields then None)."""
+    fields then None). A size is None when it cannot be known before the job runs.
+    ``channels_choosable``: an ImageFolder read with ``channels: "auto"``, which
+    ``config.dataset.channels`` can set to 1 or 3 instead (error messages say so)."""
 
     channels: int | None = None
     image_size: int | None = None
     num_features: int | None = None
     image_width: int | None = None
+    channels_choosable: bool = False
 
     @classmethod
     def of_images(cls, image_shape: tuple[int, ...] | None) -> Geometry:
@@ -91,14 +95,28 @@ class StoredObjectReader(io.RawIOBase):
 
 def uploaded_dataset_geometry(store: ObjectStore, row: Dataset, spec: DatasetSpec) -> Geometry:
     """The geometry of the uploaded dataset ``row``: recorded on upload, or (older rows) read
-    from the store. ``spec.image_size`` (ImageFolder resize) wins for the image size; sizes that
-    cannot be known (an undecodable first image) are None."""
-    if row.kind == "imagefolder" and spec.image_size:
-        return Geometry(3, spec.image_size)  # resized on load: the archive need not be read
+    from the store. For an ImageFolder, ``spec.image_size`` (resize) wins for the image size and
+    ``spec.channels`` (unless ``"auto"``) for the channels; sizes that cannot be known (an
+    undecodable first image, or a grey first image of a tree stored before its geometry was
+    recorded) are None."""
+    if row.kind != "imagefolder":
+        return _recorded_geometry(store, row)
+    forced = None if spec.channels == "auto" else spec.channels
+    if spec.image_size and (forced is not None or row.content is not None):
+        recorded = Geometry(row.image_channels)  # resized on load: the archive need not be read
+    else:
+        recorded = _recorded_geometry(store, row)
+    # Resized images are square: image_width None.
+    return Geometry(forced or recorded.channels, spec.image_size or recorded.image_size,
+                    image_width=None if spec.image_size else recorded.image_width,
+                    channels_choosable=forced is None)
+
+
+def _recorded_geometry(store: ObjectStore, row: Dataset) -> Geometry:
     if row.content == "features":
         return Geometry(num_features=row.num_features)
     if row.content == "images":
-        return Geometry.of_images(row.image_shape)
+        return Geometry(row.image_channels, row.image_height, image_width=row.image_width)
     try:
         return _stored_geometry(store, row.storage_key, row.kind)
     except (DatasetError, StoreError):
@@ -118,7 +136,12 @@ def _stored_geometry(store: ObjectStore, storage_key: str, kind: str) -> Geometr
                 return Geometry(num_features=layout.num_features)
             return Geometry.of_images(layout.image_shape)
         scan = scan_tar(reader, storage_key, max_unpacked_bytes=2**62, full=False)
-    return Geometry.of_images(scan.image_shape)
+    if scan.first is None:
+        return Geometry()
+    # A colour first image makes the tree RGB; after a grey one, later images may be colour or
+    # not, and only the whole tree (read by the worker) tells.
+    return Geometry(None if scan.first.grey else 3, scan.first.height,
+                    image_width=scan.first.width)
 
 
 def dataset_geometry(spec: DatasetSpec) -> Geometry:

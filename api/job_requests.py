@@ -30,7 +30,8 @@ from persistence.jobs import request_fingerprint
 from persistence.models import Checkpoint, Dataset
 from persistence.storage import ObjectStore
 from rift.config import DomainBounds, RiftConfig
-from rift.errors import ConfigError, RiftError
+from rift.dataset_formats import imagefolder_channels_hint
+from rift.errors import CheckpointMismatchError, ConfigError, RiftError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -91,10 +92,13 @@ def validate_body(body: Any, model: type[ModelT], loc: tuple[Any, ...]) -> Model
 def fingerprint(spec: JobSpec, checkpoint_ref: str) -> str:
     """Hash of what defines the job (defaults filled in), for Idempotency-Key comparisons;
     ``checkpoint_ref`` is the checkpoint id, or ``sha256:<hex>`` of an uploaded file."""
+    config = spec.config.model_dump(mode="json")
+    if config["dataset"]["channels"] == "auto":  # absent otherwise: earlier jobs keep their hash
+        del config["dataset"]["channels"]
     defining: dict[str, Any] = {
         "checkpoint": checkpoint_ref,
         "dataset_id": spec.dataset_id,
-        "config": spec.config.model_dump(mode="json"),
+        "config": config,
         "labels": spec.labels,
     }
     if spec.time_limit_seconds is not None:  # absent otherwise: earlier jobs keep their hash
@@ -191,16 +195,37 @@ def _check_domain_size(config: RiftConfig, geometry: Geometry) -> None:
             f"{size}", field="config.attack.domain.lower", code="domain_size_mismatch")
 
 
+def _channels_hint(geometry: Geometry, wanted: int) -> str:
+    if not geometry.channels_choosable or geometry.channels is None or wanted not in (1, 3):
+        return ""
+    return imagefolder_channels_hint(geometry.channels, wanted, "config.dataset.channels")
+
+
+def _check_in_channels(config: RiftConfig, geometry: Geometry) -> None:
+    # A model built for other channels than the data's fails on the worker at its first input.
+    wanted = config.architecture.in_channels
+    if wanted is None or geometry.channels is None or wanted == geometry.channels:
+        return
+    raise InvalidInput(
+        f"architecture.in_channels is {wanted} but the dataset's images have "
+        f"{geometry.channels} channel(s){_channels_hint(geometry, wanted)}",
+        field="config.architecture.in_channels",
+        code="channel_mismatch",
+        details={"dataset_channels": geometry.channels, "architecture_in_channels": wanted})
+
+
 def check_job_fits(validator: Validator, config: RiftConfig, shapes: Shapes, geometry: Geometry,
                    checkpoint_field: str) -> None:
     """Check in the validator process that the checkpoint fits the job's model (built on the
     meta device for ``geometry``), that the model takes inputs of that geometry, and that the
-    spec's module names exist.
+    spec's module names exist; then that ``architecture.in_channels``, when set, is the images'
+    channel count.
 
     Raises:
         ApiError: (422) attack.domain bounds that do not match the inputs; checkpoint mismatch
             (field ``checkpoint_field``, with the missing,
-            unexpected and mismatched keys), unknown architecture or module names; (503) the
+            unexpected and mismatched keys), unknown architecture or module names;
+            ``architecture.in_channels`` unlike the data's (code ``channel_mismatch``); (503) the
             validator could not run.
     """
     _check_domain_size(config, geometry)
@@ -209,9 +234,17 @@ def check_job_fits(validator: Validator, config: RiftConfig, shapes: Shapes, geo
                             image_size=geometry.image_size, num_features=geometry.num_features,
                             image_width=geometry.image_width)
     except ConfigError as exc:
+        # A model built for other channels cannot take the data either: the specific 422 first.
+        _check_in_channels(config, geometry)
         raise from_rift_error(exc) from exc
     except RiftError as exc:
-        raise from_rift_error(exc, field=checkpoint_field) from exc
+        error = from_rift_error(exc, field=checkpoint_field)
+        if isinstance(exc, CheckpointMismatchError):
+            # The usual cause with a grey tree: a checkpoint trained on RGB copies of it.
+            error.message += _channels_hint(geometry, 3 if geometry.channels == 1 else 1)
+        raise error from exc
+    # After the checkpoint: a checkpoint that does not fit the model is the first thing to fix.
+    _check_in_channels(config, geometry)
 
 
 def checkpoint_shapes(

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from rift.dataset_formats import ImageChannels
 from rift.errors import ConfigError
 
 Norm = Literal["linf", "l2"]
@@ -95,6 +96,10 @@ class DatasetSpec(_Strict):
     path: str | None = Field(None, description="File (.npz) or folder (ImageFolder tree).")
     download: bool = Field(False, description="Allow torchvision to download into 'root'.")
     image_size: int | None = Field(None, ge=8, le=1024, description="Resize ImageFolder images.")
+    channels: ImageChannels = Field(
+        "auto", description="Read ImageFolder images as 1 (grey) or 3 (RGB) channels; 'auto': 1 "
+        "when every image of the tree is greyscale (Pillow modes 1, L, LA, I;16, grey "
+        "palettes), else 3.")
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     max_train_examples: int | None = Field(None, ge=1)
     max_test_examples: int | None = Field(None, ge=1)
@@ -116,6 +121,17 @@ class DatasetSpec(_Strict):
         if value is not None and name not in (None, "imagefolder"):
             raise ValueError(f"'image_size' resizes 'imagefolder' images only; '{name}' images "
                              "are used at their stored size")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _chooses_imagefolder_channels_only(cls, value: ImageChannels,
+                                           info: ValidationInfo) -> ImageChannels:
+        # Other sources have a fixed layout (npz's array shape, a built-in's format).
+        name = info.data.get("name")
+        if value != "auto" and name not in (None, "imagefolder"):
+            raise ValueError(f"'channels' chooses how 'imagefolder' images are read; '{name}' "
+                             "images have the channels they are stored with")
         return value
 
 

@@ -1,6 +1,6 @@
 """The dataset format rules, in one place: what an ``.npz`` dataset and an ImageFolder tree may
-hold, which files count as images, which folder of an archive is the tree's root, and which tar
-members are refused.
+hold, which files count as images, which images are greyscale (and so how many channels a tree is
+read with), which folder of an archive is the tree's root, and which tar members are refused.
 
 Imports no torch (numpy and the standard library only), so the API's upload validation, the
 sandboxed validator, the workers and the library's loaders all read the same rules from here.
@@ -19,7 +19,7 @@ npz layout (keys ``x``, ``y``, optionally both ``x_test`` and ``y_test``):
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -48,8 +48,19 @@ IMAGE_SUFFIXES = frozenset(
 #: Labelled held-out folders next to ``train/``, tried in this order.
 HELD_OUT_FOLDERS = ("val", "test")
 TRAIN_FOLDER = "train"
+#: Tiny-ImageNet's held-out layout: ``<held-out>/images/<file>``, labelled by this file beside it.
+ANNOTATED_IMAGES = "images"
+ANNOTATIONS = "val_annotations.txt"
 
 Content = Literal["images", "features"]
+#: ``DatasetSpec.channels``: ImageFolder images read as 1 (grey) or 3 (RGB) channels, or
+#: ``"auto"``: 1 when every image the tree holds is greyscale, else 3.
+ImageChannels = Literal["auto", 1, 3]
+#: Pillow modes of greyscale images: 1-bit, 8-bit and 16-bit grey, and grey with alpha (the
+#: alpha is dropped, as reading as RGB drops it).
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N"})
+#: Palette modes: greyscale when every entry of the palette is a grey (see is_grey_image).
+PALETTE_MODES = frozenset({"P", "PA"})
 
 
 # ------------------------------------------------------------------------------------ npz
@@ -256,6 +267,40 @@ def is_hidden(name: str) -> bool:
 def is_image_file(name: str) -> bool:
     """Whether a file of this name is read as an image (by suffix, case-insensitive)."""
     return not is_hidden(name) and PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_grey_image(mode: str, palette: Sequence[int] | None) -> bool:
+    """Whether an image of Pillow mode ``mode`` is greyscale (read as one channel).
+
+    The mode decides, not the pixels: an RGB file whose pixels happen to be grey counts as colour,
+    so the answer comes from the file's header and cannot change with which images are looked at
+    first. Palette images (``palette``: the flat RGB palette, ``image.getpalette("RGB")``) are
+    greyscale when every palette entry has red = green = blue, used or not (GIFs of grey images
+    carry such palettes); a palette image without a palette counts as colour.
+    """
+    if mode in GREY_MODES:
+        return True
+    if mode not in PALETTE_MODES or not palette:
+        return False
+    entries = np.asarray(palette[: len(palette) - len(palette) % 3]).reshape(-1, 3)
+    return bool(((entries[:, 0] == entries[:, 1]) & (entries[:, 1] == entries[:, 2])).all())
+
+
+def imagefolder_channels(requested: ImageChannels, all_grey: bool) -> int:
+    """The channels an ImageFolder tree is read with: ``requested``, or for ``"auto"`` 1 when
+    ``all_grey`` (every image the tree holds is greyscale, see :func:`is_grey_image`), else 3."""
+    if requested != "auto":
+        return requested
+    return 1 if all_grey else 3
+
+
+def imagefolder_channels_hint(channels: int, wanted: int, field: str) -> str:
+    """The end of an error message about a model for ``wanted`` channels and an ImageFolder tree
+    read with ``channels`` under ``"auto"``: how to read it with ``wanted`` instead (``field``
+    names the option where the caller's user sets it, e.g. ``config.dataset.channels``)."""
+    return (f"; the ImageFolder's images are read with {channels} channel(s) ({field} 'auto': 1 "
+            f"when every image is greyscale, else 3): set {field} to {wanted} to read them with "
+            f"{wanted}")
 
 
 def path_parts(name: str) -> tuple[str, ...]:

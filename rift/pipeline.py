@@ -29,8 +29,9 @@ from rift.batch_backoff import out_of_memory_names, with_batch_backoff
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import RiftConfig
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
+from rift.dataset_formats import imagefolder_channels_hint
 from rift.device import deterministic_kernels, resolve_device
-from rift.errors import ConfigError
+from rift.errors import CheckpointMismatchError, ConfigError
 from rift.evaluation import AccuracyReport, RandomStarts, evaluate_accuracy, seeded_generator
 from rift.finetune import EpochMetrics, finetune_module
 from rift.interpolation import (
@@ -143,7 +144,15 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     model = build_model(config.architecture, in_channels=channels, image_size=height)
     state = (checkpoints.load_state_dict(checkpoint) if isinstance(checkpoint, str | Path)
              else dict(checkpoint))
-    checkpoints.check_compatible(model, state)
+    try:
+        checkpoints.check_compatible(model, state)
+    except CheckpointMismatchError as exc:
+        if config.dataset.name != "imagefolder" or config.dataset.channels != "auto":
+            raise
+        # The usual cause with a grey tree: a checkpoint trained on RGB copies of it.
+        hint = imagefolder_channels_hint(channels, 3 if channels == 1 else 1, "dataset.channels")
+        raise CheckpointMismatchError(exc.message + hint, exc.missing, exc.unexpected,
+                                      exc.mismatched) from exc
     checkpoints.load_into(model, state)
     model.to(device)
     if config.channels_last:

@@ -12,13 +12,17 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from rift.config import RiftConfig
-from rift.errors import ConfigError, RiftError
+from rift.errors import CheckpointMismatchError, ConfigError, RiftError
 
 if TYPE_CHECKING:
     from torch import nn
 
-#: The image geometry assumed when the dataset's cannot be known before the job runs.
-DEFAULT_CHANNELS, DEFAULT_IMAGE_SIZE = 3, 32
+#: The image size assumed when the dataset's cannot be known before the job runs.
+DEFAULT_IMAGE_SIZE = 32
+#: The channel counts tried, in this order, when the dataset's cannot be known before the job
+#: runs (an ImageFolder tree is read with 3, or 1 when all grey): a checkpoint fitting either
+#: passes, and the worker, which reads the whole tree, decides.
+UNKNOWN_CHANNELS = (3, 1)
 
 
 def check_checkpoint_fits(
@@ -33,29 +37,57 @@ def check_checkpoint_fits(
     """Build ``config.architecture`` on the meta device for the dataset's geometry (images of
     ``in_channels`` × ``image_size``², or feature vectors of ``num_features`` values, which the
     library reads as ``num_features``-channel 1×1 images; ``image_width`` None: square) and
-    require the checkpoint's keys and shapes to match it and the spec's module names to exist;
-    with the geometry known, require the model to map one such input to
+    require the checkpoint's keys and shapes to match it and the spec's module names to exist.
+    With ``in_channels`` None (not known) the checkpoint may fit a model for any of
+    :data:`UNKNOWN_CHANNELS`. With the geometry known, the model must map one such input to
     (1, ``architecture.num_classes``) logits (on the meta device: shapes only).
 
     Raises:
         CheckpointMismatchError: with the missing, unexpected and mismatched keys.
         UnknownArchitectureError / ConfigError: the architecture cannot be built as specified,
-            or a module name is unknown.
+            or a module name is unknown, or the model cannot take the dataset's inputs.
     """
     import torch
 
     from rift.checkpoints import check_compatible
     from rift.finetune import trainable_module
-    from rift.models import build_model
     from rift.mrc import select_modules
 
     if num_features is not None:  # (N, F) arrays load as (N, F, 1, 1): see rift.data.npz
-        channels, size = num_features, 1
+        options, size = [num_features], 1
     else:
-        channels, size = in_channels or DEFAULT_CHANNELS, image_size or DEFAULT_IMAGE_SIZE
+        options = [in_channels] if in_channels else [*UNKNOWN_CHANNELS]
+        size = image_size or DEFAULT_IMAGE_SIZE
+    meta_state = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    mismatch: CheckpointMismatchError | None = None
+    for channels in options:
+        model = _meta_model(config, channels, size, num_features)
+        try:
+            check_compatible(model, meta_state)
+            break
+        except CheckpointMismatchError as exc:
+            mismatch = mismatch or exc  # the first option's keys are the ones reported
+    else:
+        assert mismatch is not None
+        raise mismatch
+    select_modules(model, config.mrc)
+    if config.finetune.module is not None:
+        trainable_module(model, config.finetune.module)
+    if num_features is not None:
+        _probe(model, config, (num_features, 1, 1))
+    elif in_channels is not None and image_size is not None:
+        _probe(model, config, (in_channels, image_size, image_width or image_size))
+
+
+def _meta_model(config: RiftConfig, channels: int, size: int,
+                num_features: int | None) -> nn.Module:
+    import torch
+
+    from rift.models import build_model
+
     try:
         with torch.device("meta"):
-            model = build_model(config.architecture, in_channels=channels, image_size=size)
+            return build_model(config.architecture, in_channels=channels, image_size=size)
     except RiftError:
         raise
     except Exception as exc:  # e.g. a torchvision model that cannot take these options
@@ -64,15 +96,6 @@ def check_checkpoint_fits(
         raise ConfigError(
             f"cannot build architecture {config.architecture.name!r} for {shape}: "
             f"{type(exc).__name__}: {exc}", field="architecture") from exc
-    meta_state = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
-    check_compatible(model, meta_state)
-    select_modules(model, config.mrc)
-    if config.finetune.module is not None:
-        trainable_module(model, config.finetune.module)
-    if num_features is not None:
-        _probe(model, config, (num_features, 1, 1))
-    elif in_channels is not None and image_size is not None:
-        _probe(model, config, (in_channels, image_size, image_width or image_size))
 
 
 def _probe(model: nn.Module, config: RiftConfig, image_shape: tuple[int, int, int]) -> None:

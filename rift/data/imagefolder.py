@@ -9,12 +9,19 @@ Layouts read, in this order:
    deterministically from it (see ``splits.py``).
 Files are found recursively inside a class folder (Tiny-ImageNet keeps them in ``<class>/images``);
 other files (e.g. ``*_boxes.txt``) are ignored. Classes are numbered in sorted name order.
+
+Channels (``spec.channels``): with ``"auto"`` (the default) a tree whose images are all greyscale
+(train and held-out; Pillow modes ``1``, ``L``, ``LA``, ``I;16`` or a palette of greys, see
+``rift.dataset_formats.is_grey_image``) is read as one channel, any colour image makes the whole
+tree RGB (grey images then repeat their grey in the three channels). ``1`` converts colour images
+to grey (ITU-R 601-2 luma), ``3`` reads grey images as RGB.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +31,21 @@ from PIL import Image, UnidentifiedImageError
 from rift.config import DatasetSpec
 from rift.data.tensors import ImageTensors, SourceData
 from rift.dataset_formats import (
+    ANNOTATED_IMAGES,
+    ANNOTATIONS,
     HELD_OUT_FOLDERS,
     IMAGE_SUFFIXES,
+    PALETTE_MODES,
     TRAIN_FOLDER,
+    ImageChannels,
+    imagefolder_channels,
+    is_grey_image,
     is_hidden,
     is_image_file,
 )
 from rift.errors import DatasetError
 
 TEST_FRACTION = 0.2  # held out as test when the tree has no labelled val/test folder
-ANNOTATIONS = "val_annotations.txt"
 
 Labelled = list[tuple[Path, int]]
 
@@ -73,7 +85,7 @@ def _annotated(folder: Path, classes: list[str]) -> Labelled:
         if len(fields) < 2 or fields[1] not in index:
             raise DatasetError(f"{folder / ANNOTATIONS} line {number}: expected 'file<TAB>class' "
                                f"with a class among the train folders; got {line!r}")
-        path = folder / "images" / fields[0]
+        path = folder / ANNOTATED_IMAGES / fields[0]
         if not path.is_file():
             raise DatasetError(f"{folder / ANNOTATIONS} line {number}: {path} does not exist")
         files.append((path, index[fields[1]]))
@@ -101,60 +113,78 @@ def _held_out(root: Path, classes: list[str]) -> Labelled | None:
     return None
 
 
-def _as_rgb(image: Image.Image, path: Path) -> Image.Image:
-    """``image`` as 8-bit RGB. ``convert("RGB")`` clips wider pixel values to 255 instead of
-    scaling them (a 16-bit PNG comes out nearly all white, a float TIFF in [0, 1] all black), so
-    16-bit images are scaled to 8 bits here, and 32-bit integer or float images, whose range no
-    file states, are refused."""
+def _decoded(image: Image.Image, path: Path) -> tuple[Image.Image, bool]:
+    """``image`` as 8-bit grey ("L") or RGB, and whether the file is greyscale (see
+    ``is_grey_image``). ``convert`` clips wider pixel values to 255 instead of scaling them (a
+    16-bit PNG comes out nearly all white, a float TIFF in [0, 1] all black), so 16-bit images
+    are scaled to 8 bits here, and 32-bit integer or float images, whose range no file states,
+    are refused."""
+    palette = image.getpalette("RGB") if image.mode in PALETTE_MODES else None
+    grey = is_grey_image(image.mode, palette)
     if image.mode.startswith("I;16"):
         wide = np.asarray(image).astype(np.uint32)
-        return Image.fromarray(((wide + 128) // 257).astype(np.uint8), mode="L").convert("RGB")
+        return Image.fromarray(((wide + 128) // 257).astype(np.uint8), mode="L"), True
     if image.mode in ("I", "F"):
         raise DatasetError(
             f"image {path} has {'32-bit integer' if image.mode == 'I' else 'floating-point'} "
             f"pixels (mode {image.mode!r}) with no fixed range; save it with 8- or 16-bit pixels")
-    return image.convert("RGB")
+    return image.convert("L" if grey else "RGB"), grey
+
+
+@dataclass(frozen=True)
+class _Pixels:
+    """Decoded images, (N, H, W, 3) uint8 (greyscale ones copied to the three channels), and
+    which files were greyscale."""
+
+    rgb: np.ndarray
+    grey: np.ndarray  # (N,) bool
 
 
 def _read_images(files: list[Path], size: tuple[int, int], resize: bool,
-                 reference: Path) -> np.ndarray:
-    """(N, H, W, 3) uint8 from ``files``, ``size`` = (W, H). With ``resize`` false every image
-    must already have that size (that of ``reference``); the first that does not is named."""
+                 reference: Path, channels: ImageChannels) -> _Pixels:
+    """Decode ``files`` (``size`` = (W, H)). With ``resize`` false every image must already have
+    that size (that of ``reference``); the first that does not is named. With ``channels`` 1,
+    colour images are converted to grey (Pillow's ITU-R 601-2 luma) as they are decoded."""
     width, height = size
     out = np.empty((len(files), height, width, 3), np.uint8)
+    grey = np.zeros(len(files), np.bool_)
 
     def read(i: int) -> None:
         try:
             with Image.open(files[i]) as image:
-                rgb = _as_rgb(image, files[i])
+                decoded, grey[i] = _decoded(image, files[i])
         # DecompressionBombError: more pixels than Pillow's limit (an Exception, not an OSError).
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DatasetError(f"cannot read image {files[i]}: {exc}") from exc
+        if channels == 1 and not grey[i]:
+            decoded = decoded.convert("L")
         if resize:
-            rgb = rgb.resize(size, Image.Resampling.BILINEAR)
-        elif rgb.size != size:
+            decoded = decoded.resize(size, Image.Resampling.BILINEAR)
+        elif decoded.size != size:
             raise DatasetError(
-                f"image {files[i]} is {rgb.size[0]}×{rgb.size[1]} but {reference} is "
+                f"image {files[i]} is {decoded.size[0]}×{decoded.size[1]} but {reference} is "
                 f"{width}×{height}; set 'image_size' to resize them all")
-        out[i] = np.asarray(rgb)
+        pixels = np.asarray(decoded)
+        out[i] = pixels[:, :, None] if pixels.ndim == 2 else pixels
 
     # Decoding releases the GIL, so threads help; map() re-raises the first failure in file order.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for _ in pool.map(read, range(len(files))):
             pass
-    return out
+    return _Pixels(out, grey)
 
 
-def _tensors(files: Labelled, size: tuple[int, int], resize: bool,
-             reference: Path) -> ImageTensors:
-    pixels = _read_images([path for path, _ in files], size, resize, reference)
-    images = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+def _tensors(files: Labelled, pixels: _Pixels, channels: int) -> ImageTensors:
+    # N×H×W×C to N×C×H×W; one channel keeps channel 0, a copy of a third of the buffer.
+    kept = pixels.rgb[..., :channels]
+    images = torch.from_numpy(np.ascontiguousarray(kept.transpose(0, 3, 1, 2)))
     return ImageTensors(images, torch.tensor([label for _, label in files], dtype=torch.int64))
 
 
 def load_imagefolder(spec: DatasetSpec) -> SourceData:
-    """RGB uint8 images from the tree at ``spec.path`` (see the module docstring); 16-bit images
-    are scaled to 8 bits, 32-bit integer and float images refused."""
+    """uint8 images from the tree at ``spec.path`` (see the module docstring), N×C×H×W with C
+    from ``spec.channels`` (see the module docstring); 16-bit images are scaled to 8 bits,
+    32-bit integer and float images refused."""
     root = Path(spec.path or "")
     if not root.is_dir():
         raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder")
@@ -176,7 +206,19 @@ def load_imagefolder(spec: DatasetSpec) -> SourceData:
                 size, resize = first.size, False
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DatasetError(f"cannot read image {reference}: {exc}") from exc
-    train = _tensors(train_files, size, resize, reference)
-    test = _tensors(test_files, size, resize, reference) if test_files is not None else None
-    return SourceData(train=train, test=test, num_classes=len(classes),
-                      test_fraction=TEST_FRACTION)
+    # Greyness is learnt while decoding, so the tree is read once: every image goes into a
+    # 3-channel buffer, and one channel is kept when the whole tree (train and held-out) is grey.
+    # Each buffer is dropped once its tensor is made, so a grey tree never needs more memory
+    # than a colour tree of the same size (3 bytes a pixel for the buffers, plus 1 rather than 3
+    # for the tensors).
+    parts = [(files, _read_images([path for path, _ in files], size, resize, reference,
+                                  spec.channels))
+             for files in (train_files, test_files) if files is not None]
+    channels = imagefolder_channels(spec.channels,
+                                    all(bool(pixels.grey.all()) for _, pixels in parts))
+    tensors = []
+    while parts:
+        files, pixels = parts.pop(0)
+        tensors.append(_tensors(files, pixels, channels))
+    return SourceData(train=tensors[0], test=tensors[1] if len(tensors) > 1 else None,
+                      num_classes=len(classes), test_fraction=TEST_FRACTION)

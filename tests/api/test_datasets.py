@@ -30,6 +30,18 @@ def png_bytes(width: int = 12, height: int = 10, value: int = 128) -> bytes:
     return buffer.getvalue()
 
 
+def grey_png_bytes(width: int = 12, height: int = 10, value: int = 128, mode: str = "L") -> bytes:
+    """A greyscale PNG: 8-bit (``L``) or, with ``mode="I;16"``, 16-bit of the same grey."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if mode == "I;16":
+        Image.fromarray(np.full((height, width), value * 257, np.uint16)).save(buffer, "PNG")
+    else:
+        Image.new(mode, (width, height), value).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def tar_bytes(members: dict[str, bytes], mode: str = "w:gz",
               extra: list[tarfile.TarInfo] | None = None) -> bytes:
     buffer = io.BytesIO()
@@ -191,6 +203,23 @@ def test_imagefolder_tar_upload(api: Api) -> None:
     response = upload(api, "flat.tar", flat)
     assert response.status_code == 201, response.text
     assert response.json()["num_classes"] == 2
+
+
+def test_grey_imagefolder_tar_upload_records_one_channel(api: Api) -> None:
+    members = {f"scans/train/{cls}/{i}.png": grey_png_bytes(value=i * 40, mode=mode)
+               for cls, mode in (("ok", "L"), ("flawed", "I;16")) for i in range(3)}
+    members["scans/val/ok/9.png"] = grey_png_bytes()
+    response = upload(api, "scans.tgz", tar_bytes(members))
+    assert response.status_code == 201, response.text
+    assert response.json()["image_shape"] == [1, 10, 12]
+    stored = api.client.get(f"/v1/datasets/{response.json()['id']}").json()
+    assert stored["image_shape"] == [1, 10, 12]
+
+    # One colour image in the held-out folder makes the whole tree RGB.
+    members["scans/val/flawed/red.png"] = png_bytes()
+    response = upload(api, "mixed.tgz", tar_bytes(members))
+    assert response.status_code == 201, response.text
+    assert response.json()["image_shape"] == [3, 10, 12]
 
 
 def _link(name: str, target: str, kind: bytes) -> tarfile.TarInfo:

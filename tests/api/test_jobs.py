@@ -269,7 +269,7 @@ def test_jobs_on_uploaded_datasets(api: Api, checkpoint_id: str) -> None:
     assert mismatch.status_code == 422
     assert error_of(mismatch)["code"] == "checkpoint_mismatch"
 
-    # ImageFolder images are read as RGB: the geometry comes from the stored tar.
+    # A colour ImageFolder tree is read as RGB: the geometry comes from the stored tar.
     from tests.api.test_datasets import png_bytes, tar_bytes
 
     tree = tar_bytes({f"d/{c}/{i}.png": png_bytes(8, 8) for c in ("a", "b") for i in range(2)})
@@ -312,6 +312,77 @@ def test_a_model_that_cannot_take_the_uploaded_images_is_422(api: Api, tmp_path:
     assert api.count(Job) == 0
     square = create(api, job_body(mlp_id, dataset_id=datasets[8], config=config))
     assert square.status_code == 201, square.text
+
+
+def test_grey_imagefolder_jobs_check_the_channels(api: Api, checkpoint_id: str,
+                                                  tmp_path: Path) -> None:
+    from rift.checkpoints import save_safetensors
+    from tests.api.helpers import small_cnn_state
+    from tests.api.test_datasets import grey_png_bytes, tar_bytes
+
+    tree = tar_bytes({f"d/{c}/{i}.png": grey_png_bytes(8, 8) for c in ("a", "b") for i in range(2)})
+    grey = api.client.post("/v1/datasets", files={"file": ("grey.tgz", tree)}).json()
+    assert grey["image_shape"] == [1, 8, 8]
+
+    def job(checkpoint: str, **dataset: Any) -> Any:
+        return create(api, job_body(checkpoint, dataset_id=grey["id"], config=digits_config(
+            dataset={"name": "imagefolder", **dataset})))
+
+    # The 1-channel checkpoint fits a grey tree, resized or not.
+    assert job(checkpoint_id).status_code == 201
+    assert job(checkpoint_id, image_size=16).status_code == 201
+
+    # Read as RGB, it does not: the mismatch says how the images are read and what to set.
+    rgb = job(checkpoint_id, channels=3)
+    assert rgb.status_code == 422, rgb.text
+    conv1 = next(m for m in error_of(rgb)["mismatched"] if m["key"] == "conv1.weight")
+    assert conv1["model_shape"] == [16, 3, 3, 3]
+    assert error_of(rgb)["field"] == "checkpoint_id"
+
+    # A 3-channel checkpoint on the grey tree: the 422 names the option that reads it as RGB.
+    save_safetensors(tmp_path / "rgb.safetensors", small_cnn_state(in_channels=3))
+    three = str(upload_checkpoint(api, tmp_path / "rgb.safetensors")["id"])
+    auto = job(three)
+    assert auto.status_code == 422, auto.text
+    assert error_of(auto)["code"] == "checkpoint_mismatch"
+    assert "set config.dataset.channels to 3" in error_of(auto)["message"]
+    assert job(three, channels=3).status_code == 201
+
+    # architecture.in_channels unlike the data's: 422 naming it, with the data's count.
+    spec = job_body(three, dataset_id=grey["id"], config=digits_config(
+        dataset={"name": "imagefolder"},
+        architecture={"name": "small_cnn", "num_classes": 10, "in_channels": 3}))
+    wrong = create(api, spec)
+    assert wrong.status_code == 422, wrong.text
+    error = error_of(wrong)
+    assert (error["field"], error["code"]) == ("config.architecture.in_channels",
+                                               "channel_mismatch")
+    assert (error["dataset_channels"], error["architecture_in_channels"]) == (1, 3)
+    assert "config.dataset.channels to 3" in error["message"]
+
+    # 'channels' chooses how ImageFolder images are read; other sources refuse it.
+    other = create(api, job_body(checkpoint_id, config=digits_config(
+        dataset={"name": "digits", "channels": 1})))
+    assert other.status_code == 422 and "config.dataset.channels" in fields(other)
+
+
+def test_default_channels_leave_a_jobs_request_hash_as_it_was() -> None:
+    # An Idempotency-Key replayed across the upgrade that added dataset.channels is the same
+    # request, not a conflict: at its default the field stays out of the hash.
+    from api.job_requests import fingerprint
+    from api.schemas import JobSpec
+    from persistence.jobs import request_fingerprint
+
+    tree = {"name": "imagefolder", "path": "dataset:" + "0" * 32}
+    spec = JobSpec.model_validate({"dataset_id": "0" * 32, "config": digits_config(dataset=tree)})
+    config = spec.config.model_dump(mode="json")
+    del config["dataset"]["channels"]  # the config as dumped before the field existed
+    before = request_fingerprint({"checkpoint": "c", "dataset_id": "0" * 32, "config": config,
+                                  "labels": {}})
+    assert fingerprint(spec, "c") == before
+    grey = JobSpec.model_validate({"dataset_id": "0" * 32, "config": digits_config(
+        dataset={**tree, "channels": 1})})
+    assert fingerprint(grey, "c") != before
 
 
 def test_more_classes_than_the_architecture_is_422_naming_both(api: Api,

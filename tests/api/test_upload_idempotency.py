@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-
 from sqlalchemy import update
 
 from persistence.models import Checkpoint, Dataset, Project

@@ -88,3 +88,17 @@ def test_an_op_meta_tensors_cannot_run_is_left_to_the_job() -> None:
         wrong = nn.Sequential(nn.Flatten(), nn.Linear(5, 10))
     with pytest.raises(ConfigError, match="cannot take"):
         fit._probe(wrong, config, (4, 1, 1))
+
+
+def test_unknown_channels_accept_a_one_or_three_channel_checkpoint() -> None:
+    # A tree whose channels are not known before the job (a grey first image in an archive
+    # stored before its geometry was) is read with 3 or 1: either checkpoint passes, others not.
+    for channels in (1, 3):
+        with torch.device("meta"):
+            model = rift.models.build_model(_config().architecture, in_channels=channels,
+                                            image_size=8)
+        check_checkpoint_fits(_config(), _shapes(model), in_channels=None, image_size=8)
+    with torch.device("meta"):
+        two = rift.models.build_model(_config().architecture, in_channels=2, image_size=8)
+    with pytest.raises(CheckpointMismatchError, match=r"conv1\.weight.*\[16, 3, 3, 3\]"):
+        check_checkpoint_fits(_config(), _shapes(two), in_channels=None, image_size=8)

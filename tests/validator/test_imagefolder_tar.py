@@ -1,0 +1,125 @@
+"""The validator's ImageFolder tar checks (``validator/dataset.py``): the channels recorded for a
+tree are those the library reads it with (``channels: "auto"``), decided from every image's
+header over the folders the library reads."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rift.config import DatasetSpec
+from rift.data import load_dataset
+from validator.dataset import inspect_dataset_file, scan_tar
+
+SIZE = (7, 9)  # (W, H)
+
+
+def _save(path: Path, image: Image.Image) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def _grey(level: int = 90) -> Image.Image:
+    return Image.new("L", SIZE, level)
+
+
+def _colour() -> Image.Image:
+    return Image.new("RGB", SIZE, (200, 10, 10))
+
+
+def _classes(folder: Path, per_class: int = 3, image: Image.Image | None = None) -> None:
+    for name in ("ant", "bee"):
+        for i in range(per_class):
+            _save(folder / name / f"{i}.png", image or _grey(40 + 60 * i))
+
+
+def _tar(tree: Path, path: Path) -> str:
+    with tarfile.open(path, "w:gz") as archive:
+        archive.add(tree, arcname="wrapped")  # one top folder, stepped into as the root
+    return str(path)
+
+
+def _grey_tree(root: Path) -> None:
+    _classes(root / "train")
+    _classes(root / "val", per_class=1)
+
+
+def _sixteen_bit(root: Path) -> None:
+    _classes(root, per_class=3, image=Image.fromarray(np.full((9, 7), 5000, np.uint16)))
+
+
+def _colour_in_val(root: Path) -> None:
+    _grey_tree(root)
+    _save(root / "val" / "bee" / "red.png", _colour())
+
+
+def _colour_in_unread_test(root: Path) -> None:
+    # Tiny-ImageNet style: val/ is labelled, so the unlabelled test/images are not read.
+    _grey_tree(root)
+    _save(root / "test" / "images" / "t0.png", _colour())
+
+
+def _colour_in_read_test(root: Path) -> None:
+    # No labelled val/: test/ with class folders is the held-out split the library reads.
+    _classes(root / "train")
+    _classes(root / "test", per_class=1, image=_colour())
+
+
+def _grey_palette(root: Path) -> None:
+    _classes(root)
+    palette = Image.new("P", SIZE, 3)
+    palette.putpalette([v for level in range(256) for v in (level, level, level)])
+    _save(root / "ant" / "p.gif", palette)
+
+
+TREES = {
+    "grey": (_grey_tree, 1),
+    "16-bit grey": (_sixteen_bit, 1),
+    "grey palette": (_grey_palette, 1),
+    "colour in val": (_colour_in_val, 3),
+    "colour only in unread test": (_colour_in_unread_test, 1),
+    "colour in the read test": (_colour_in_read_test, 3),
+}
+
+
+@pytest.mark.parametrize("name", TREES)
+def test_the_recorded_channels_are_the_librarys(tmp_path: Path, name: str) -> None:
+    make, channels = TREES[name]
+    make(tmp_path / "tree")
+    found = inspect_dataset_file(_tar(tmp_path / "tree", tmp_path / "t.tgz"), "t.tgz", 10**9)
+    assert found.image_shape == (channels, 9, 7)
+    splits = load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "tree")), seed=0)
+    assert splits.image_shape == found.image_shape
+
+
+def test_the_first_image_scan_knows_colour_but_not_all_grey(tmp_path: Path) -> None:
+    # full=False (archives stored before their geometry was recorded) reads one image: a colour
+    # one settles RGB; a grey one leaves the tree's channels to the whole scan.
+    _grey_tree(tmp_path / "grey")
+    with open(_tar(tmp_path / "grey", tmp_path / "g.tgz"), "rb") as handle:
+        scan = scan_tar(handle, "g.tgz", 10**9, full=False)
+    assert scan.first is not None and (scan.first.height, scan.first.width) == (9, 7)
+    assert scan.first.grey
+    _classes(tmp_path / "colour", image=_colour())
+    with open(_tar(tmp_path / "colour", tmp_path / "c.tgz"), "rb") as handle:
+        assert not scan_tar(handle, "c.tgz", 10**9, full=False).first.grey  # type: ignore[union-attr]
+
+
+def test_an_unreadable_image_decides_nothing(tmp_path: Path) -> None:
+    # The worker names an undecodable file when it reads it; here it neither sizes the tree
+    # nor makes it colour.
+    _grey_tree(tmp_path / "tree")
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w") as archive:
+        broken = tarfile.TarInfo("ant/0-broken.png")
+        broken.size = 9
+        archive.addfile(broken, io.BytesIO(b"not a png"))
+        archive.add(tmp_path / "tree" / "train" / "ant", arcname="ant")
+        archive.add(tmp_path / "tree" / "train" / "bee", arcname="bee")
+    found = inspect_dataset_file(str(path), "t.tar", 10**9)
+    assert found.image_shape == (1, 9, 7) and found.num_examples == 7
