@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from persistence.jobs import IdempotencyConflict, InvalidCursor, JobAlreadyFinished
+from persistence.materializations import JobNotSucceeded, MaterializationNotFound
 from persistence.storage import (
     InvalidRange,
     ObjectNotFound,
@@ -234,27 +235,40 @@ def from_store_error(exc: StoreError, *, field: str | None = None) -> ApiError:
             "the stored file is missing from the object store", code="object_missing"
         )
     if isinstance(exc, InvalidRange):
-        return RangeNotSatisfiable(exc.message, headers={"Content-Range": f"bytes */{exc.size}"})
+        return RangeNotSatisfiable(exc.message, field="Range",
+                                   headers={"Content-Range": f"bytes */{exc.size}"})
     # StoreUnavailable, and anything else the store could not do: not the client's fault.
     return ServiceUnavailable(exc.message, code=exc.code)
 
 
-def from_persistence_error(exc: PersistenceError) -> ApiError:
-    """The :class:`ApiError` for an error of ``persistence.jobs`` or ``persistence.stages``."""
+def from_persistence_error(exc: PersistenceError) -> ApiError | None:
+    """The :class:`ApiError` for an error of ``persistence``: each names the request field,
+    header or limit at fault, like every other 4xx (a state conflict names the path parameter
+    of the resource in that state; a limit names the setting that sets it). None for an error
+    the API should never meet (see the end)."""
     if isinstance(exc, JobNotFound):
         return NotFound(exc.message, field="job_id", code=exc.code)
     if isinstance(exc, IdempotencyConflict):
         return Conflict(exc.message, field="Idempotency-Key", code=exc.code,
                         details={"job_id": exc.job_id})
     if isinstance(exc, JobAlreadyFinished):
-        return Conflict(exc.message, code=exc.code, details={"status": exc.status})
+        return Conflict(exc.message, field="job_id", code=exc.code,
+                        details={"status": exc.status})
+    if isinstance(exc, JobNotSucceeded):
+        return Conflict(exc.message, field="job_id", code=exc.code)
+    if isinstance(exc, MaterializationNotFound):
+        return NotFound(exc.message, field="materialization_id", code=exc.code)
     if isinstance(exc, InvalidCursor):
         return InvalidInput(exc.message, field="cursor", code=exc.code)
     if isinstance(exc, WebhookNotFound):
         return NotFound(exc.message, field="webhook_id", code=exc.code)
     if isinstance(exc, WebhookLimitReached):
-        return Conflict(exc.message, code=exc.code, details={"limit": exc.limit})
-    return Conflict(exc.message, code=exc.code)
+        return Conflict(exc.message, field="WEBHOOK_MAX_ENDPOINTS", code=exc.code,
+                        details={"limit": exc.limit})
+    # Left: the quota errors, which the services catch where they happen (to delete what was
+    # stored, and to answer with api/services/quotas.py's limit and Retry-After), and a
+    # worker's lost lease. One reaching the handler is a bug, answered as one.
+    return None
 
 
 #: A union member's tag in a pydantic ``loc``: a lower-case type name with brackets.
@@ -321,7 +335,10 @@ async def _store_error_handler(request: Request, exc: Exception) -> JSONResponse
 
 async def _persistence_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PersistenceError)
-    return await _api_error_handler(request, from_persistence_error(exc))
+    error = from_persistence_error(exc)
+    if error is None:
+        return await _unexpected_error_handler(request, exc)
+    return await _api_error_handler(request, error)
 
 
 async def _validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:

@@ -376,7 +376,8 @@ async def _receive_raw(
     except ClientDisconnect as exc:
         scratch.close()
         scratch.path.unlink(missing_ok=True)
-        raise BadRequest("the client closed the connection before the upload ended") from exc
+        raise BadRequest("the client closed the connection before the upload ended",
+                         field="body") from exc
     except BaseException:
         scratch.close()
         scratch.path.unlink(missing_ok=True)
@@ -420,7 +421,8 @@ async def _receive_multipart(
         except FormParserError as exc:
             raise BadRequest(f"malformed multipart body: {exc}", field="body") from exc
         except ClientDisconnect as exc:
-            raise BadRequest("the client closed the connection before the upload ended") from exc
+            raise BadRequest("the client closed the connection before the upload ended",
+                             field="body") from exc
         if not reader.finished:
             raise BadRequest("the multipart body ended before its closing boundary",
                              field="body")

@@ -164,7 +164,8 @@ class Validator:
             raise InvalidInput(
                 f"checking the file needed more memory than the validation limit of "
                 f"{limits['memory_bytes']} bytes (VALIDATION_MEMORY_BYTES)",
-                code="validation_limit", details={"limit_bytes": limits["memory_bytes"]})
+                field="VALIDATION_MEMORY_BYTES", code="validation_limit",
+                details={"limit_bytes": limits["memory_bytes"]})
         logger.error("validation %s failed inside the validator: %s", request["op"],
                      reply.get("internal"))
         raise ServiceUnavailable("the validator failed unexpectedly; retry later",
@@ -200,7 +201,8 @@ class Validator:
                 "checking the file ran past the validation limits "
                 f"({settings.validation_cpu_seconds} CPU seconds, "
                 f"{settings.validation_timeout_seconds:g} s; VALIDATION_CPU_SECONDS, "
-                "VALIDATION_TIMEOUT_SECONDS)", code="validation_limit",
+                "VALIDATION_TIMEOUT_SECONDS)", field="VALIDATION_CPU_SECONDS",
+                code="validation_limit",
                 details={"limit_cpu_seconds": settings.validation_cpu_seconds,
                          "limit_seconds": settings.validation_timeout_seconds})
         return reply

@@ -69,7 +69,8 @@ async def _read_json_body(request: Request) -> bytes:
                     f"the JSON body is larger than the limit of {MAX_JSON_BYTES} bytes",
                     field="body", details={"limit_bytes": MAX_JSON_BYTES})
     except ClientDisconnect as exc:
-        raise BadRequest("the client closed the connection before the body ended") from exc
+        raise BadRequest("the client closed the connection before the body ended",
+                         field="body") from exc
     return bytes(body)
 
 

@@ -13,12 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CallerDep, DispatcherDep, SessionDep
 from api.dispatch import DispatchError
-from api.errors import Conflict, NotFound, ServiceUnavailable
+from api.errors import ServiceUnavailable
 from api.routes.jobs import job_link, load_job
 from persistence.logs import current_request_id
 from persistence.materializations import (
-    JobNotSucceeded,
-    MaterializationNotFound,
     fail_materialization,
     get_materialization,
     list_materializations,
@@ -78,11 +76,9 @@ def materialization_out(row: Materialization) -> MaterializationOut:
 def materialize(job_id: str, body: MaterializeIn, response: Response, session: SessionDep, caller: CallerDep,
                 dispatcher: DispatcherDep) -> MaterializationOut:
     job = load_job(session, caller, job_id)
-    try:
-        requested = request_materialization(session, job.id, body.alpha, evaluate=body.evaluate,
-                                            request_id=current_request_id())
-    except JobNotSucceeded as exc:
-        raise Conflict(str(exc), field="job_id", code=exc.code) from exc
+    # JobNotSucceeded is the 409 api/errors.py maps once, naming job_id.
+    requested = request_materialization(session, job.id, body.alpha, evaluate=body.evaluate,
+                                        request_id=current_request_id())
     if requested.must_dispatch:
         try:
             dispatcher.enqueue_materialization(requested.row.id)
@@ -107,7 +103,4 @@ def read_materializations(job_id: str, session: SessionDep, caller: CallerDep) -
 def read_materialization(job_id: str, materialization_id: str, session: SessionDep, caller: CallerDep
                          ) -> MaterializationOut:
     job = load_job(session, caller, job_id)
-    try:
-        return materialization_out(get_materialization(session, job.id, materialization_id[:64]))
-    except MaterializationNotFound as exc:
-        raise NotFound(str(exc), field="materialization_id", code=exc.code) from exc
+    return materialization_out(get_materialization(session, job.id, materialization_id[:64]))

@@ -46,13 +46,14 @@ def _refuse_if_used(session: Session, column: InstrumentedAttribute[str | None],
     if active:
         raise Conflict(
             f"{what} {resource_id} is used by {len(active)} queued or running job(s); cancel "
-            "them or wait until they finish", code="in_use",
+            "them or wait until they finish", field=f"{what}_id", code="in_use",
             details={"job_ids": active[:LISTED_JOBS]})
     if rows:
         ids = [job_id for job_id, _ in rows]
         raise Conflict(
             f"{what} {resource_id} is referenced by {len(ids)} finished job(s); delete those "
-            "jobs first", code="referenced", details={"job_ids": ids[:LISTED_JOBS]})
+            "jobs first", field=f"{what}_id", code="referenced",
+            details={"job_ids": ids[:LISTED_JOBS]})
 
 
 def _delete_unused_row(session: Session, model: type[Checkpoint | Dataset],
@@ -93,7 +94,7 @@ def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str
     if job.status in ACTIVE:
         raise Conflict(f"job {job.id} is {job.status}: cancel it first (POST "
                        f"/v1/jobs/{job.id}/cancel), then delete it once it has stopped",
-                       code="job_active", details={"status": job.status})
+                       field="job_id", code="job_active", details={"status": job.status})
     keys = list(session.execute(
         select(Artifact.storage_key).where(Artifact.job_id == job.id)).scalars())
     # The status is re-checked in the DELETE itself, so a job that started meanwhile stays.
@@ -101,5 +102,6 @@ def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str
     deleted = getattr(result, "rowcount", 1)
     session.commit()
     if not deleted:
-        raise Conflict(f"job {job.id} is running again: cancel it first", code="job_active")
+        raise Conflict(f"job {job.id} is running again: cancel it first", field="job_id",
+                       code="job_active")
     _delete_objects(store, keys)

@@ -105,6 +105,7 @@ def test_busy_slots_and_time_limit_are_answered_with_the_limit(
     with pytest.raises(InvalidInput, match=r"0\.5 s") as caught:
         slow.probe(sleep_seconds=5)
     assert caught.value.code == "validation_limit"
+    assert caught.value.field == "VALIDATION_CPU_SECONDS"
 
 
 def test_library_errors_come_back_and_a_dead_server_is_replaced(

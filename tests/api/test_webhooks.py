@@ -58,6 +58,7 @@ def test_register_list_read_delete(allowing_api: Api, receiver: Receiver) -> Non
     assert second.json()["secret"] != body["secret"]
     third = api.client.post("/v1/webhooks", json={"url": receiver.url})
     assert third.status_code == 409 and error_of(third)["code"] == "webhook_limit_reached"
+    assert error_of(third)["field"] == "WEBHOOK_MAX_ENDPOINTS"
 
     assert api.client.delete(f"/v1/webhooks/{hook_id}").status_code == 204
     for response in (api.client.get(f"/v1/webhooks/{hook_id}"),

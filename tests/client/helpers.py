@@ -131,9 +131,14 @@ def _close(*sockets: socket.socket) -> None:
 
 @dataclass
 class ScriptedReply:
+    """``body`` is sent as JSON; ``raw`` (with ``content_type``) as it is, for answers that are
+    not the API's (another server's page, a body that does not decode)."""
+
     status: int
     body: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    raw: bytes | None = None
+    content_type: str = "application/json"
 
 
 @dataclass
@@ -166,9 +171,11 @@ class ScriptedServer:
                                                {k.lower(): v for k, v in self.headers.items()},
                                                time.monotonic()))
                 reply = server.replies[min(len(server.seen), len(server.replies)) - 1]
-                payload = json.dumps(reply.body).encode() if reply.body is not None else b""
+                payload = (reply.raw if reply.raw is not None
+                           else json.dumps(reply.body).encode() if reply.body is not None
+                           else b"")
                 self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", reply.content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 for key, value in reply.headers.items():
                     self.send_header(key, value)

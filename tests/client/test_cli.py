@@ -97,6 +97,15 @@ def test_checkpoint_upload_get_and_job_lifecycle(cli: Cli, checkpoint_file: Path
     no_follow = cli("jobs", "events", "--no-follow", job["id"])
     assert no_follow.exit_code == 0 and "job_cancelled" in no_follow.stdout
 
+    # Deleting: an active job is refused naming it; a finished one goes, and then its
+    # checkpoint can go too (no riftctl command deleted a job before).
+    active = cli("-o", "json", "jobs", "delete", from_file.json()["id"])
+    assert active.exit_code == 3
+    assert active.error()["code"] == "job_active" and active.error()["field"] == "job_id"
+    deleted = cli("-o", "json", "jobs", "delete", job["id"])
+    assert deleted.exit_code == 0 and deleted.json() == {"deleted": job["id"]}
+    assert cli("jobs", "get", job["id"]).exit_code == 3
+
 
 def test_api_errors_exit_3_with_the_error(cli: Cli, config_file: Path) -> None:
     missing = cli("-o", "json", "jobs", "get", "no-such-job")
@@ -218,3 +227,40 @@ def test_materialize_errors_and_wait_timeout(cli: Cli, config_file: Path,
     assert timeout["code"] == "wait_timeout" and timeout["materialization_id"] == "mat_1"
     assert timeout["status"] == "running"
     assert [r.method for r in server.seen][:2] == ["POST", "GET"]
+
+
+def test_what_riftctl_cannot_use_or_write_exits_2_without_a_traceback(
+        cli: Cli, config_file: Path, checkpoint_file: Path, tmp_path: Path) -> None:
+    # Each used to end in a Python traceback with exit 1, the code of a failed job.
+    for url, key in (("http://[::1", "rift_abc"), ("127.0.0.1:8000", "rift_abc"),
+                     (cli.api.url, "rift_abc_é"), (cli.api.url, "rift_abc_def\n")):
+        refused = run_riftctl(["-o", "json", "jobs", "list"], url=url, api_key=key, home=cli.home)
+        assert refused.exit_code == 2, refused.stderr
+        assert refused.error()["code"] == "usage_error" and "Traceback" not in refused.stderr
+        assert "rift_abc" not in refused.stderr
+    job = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file), "--config",
+              str(config_file)).json()
+    report = cli("-o", "json", "jobs", "report", job["id"], "--out",
+                 str(tmp_path / "absent" / "report.html"))
+    assert report.exit_code == 2 and "Traceback" not in report.stderr
+    assert report.error()["code"] == "local_file_error"
+    assert report.error()["path"] == str(tmp_path / "absent" / "report.html")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    download = cli("jobs", "download", job["id"], "--out", str(a_file / "weights"))
+    assert download.exit_code == 2 and "Traceback" not in download.stderr
+    assert str(a_file / "weights") in download.stderr
+
+
+def test_a_url_naming_another_server_exits_3_naming_it(cli: Cli) -> None:
+    server = ScriptedServer([ScriptedReply(200, raw=b"<html>sign in</html>",
+                                           content_type="text/html")])
+    try:
+        result = run_riftctl(["-o", "json", "jobs", "get", "job_1"], url=server.url,
+                             api_key="rift_test", home=cli.home)
+    finally:
+        server.stop()
+    assert result.exit_code == 3 and "Traceback" not in result.stderr
+    error = result.error()
+    assert error["code"] == "unexpected_response" and error["status"] == 200
+    assert server.url in error["message"]

@@ -9,6 +9,7 @@ import hashlib
 import io
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -24,6 +25,8 @@ from rift_client import (
     PayloadTooLargeError,
     RiftAPIError,
     RiftClient,
+    RiftUsageError,
+    UnexpectedResponseError,
     UnprocessableEntityError,
     WaitTimeoutError,
 )
@@ -112,19 +115,36 @@ def test_list_jobs_follows_the_cursor_pages(rift: RiftClient, checkpoint_file: P
     assert list(rift.list_jobs(status="running")) == []
 
 
-def test_cancel_and_wait(rift: RiftClient, checkpoint_file: Path) -> None:
+def test_cancel_wait_and_delete(rift: RiftClient, checkpoint_file: Path) -> None:
     checkpoint = _upload(rift, checkpoint_file)
     job = rift.create_job({"config": digits_config()}, checkpoint_id=checkpoint.id)
     seen: list[str] = []
     with pytest.raises(WaitTimeoutError) as timeout:
         rift.wait(job.id, timeout=0.3, poll_interval=0.1, on_update=lambda j: seen.append(j.status))
     assert timeout.value.last_status == "queued" and seen and set(seen) == {"queued"}
+    # Every 409 names the path parameter of the resource in the conflicting state.
+    with pytest.raises(ConflictError) as active:
+        rift.delete_job(job.id)
+    assert active.value.code == "job_active" and active.value.field == "job_id"
+    with pytest.raises(ConflictError) as in_use:
+        rift.delete_checkpoint(checkpoint.id)
+    assert in_use.value.code == "in_use" and in_use.value.field == "checkpoint_id"
     cancelled = rift.cancel(job.id)
     assert cancelled.status == "cancelled"
     assert rift.wait(job.id, timeout=5).status == "cancelled"
     with pytest.raises(ConflictError) as finished:
         rift.cancel(job.id)
-    assert finished.value.status_code == 409
+    assert finished.value.code == "job_finished" and finished.value.field == "job_id"
+    with pytest.raises(ConflictError) as referenced:
+        rift.delete_checkpoint(checkpoint.id)
+    assert referenced.value.code == "referenced" and referenced.value.field == "checkpoint_id"
+    # The way out the 409 names: delete the finished job, then its checkpoint.
+    rift.delete_job(job.id)
+    with pytest.raises(NotFoundError):
+        rift.get_job(job.id)
+    rift.delete_checkpoint(checkpoint.id)
+    with pytest.raises(NotFoundError):
+        rift.get_checkpoint(checkpoint.id)
 
 
 def test_an_upload_under_a_key_is_stored_once(rift: RiftClient, checkpoint_file: Path) -> None:
@@ -283,3 +303,65 @@ def test_wait_materialization_gives_up_after_the_timeout() -> None:
     assert timeout.value.materialization_id == "mat_1" and timeout.value.job_id == "job_1"
     assert timeout.value.last_status == "running" and len(seen) >= 2
     assert {r.path for r in server.seen} == {"/v1/jobs/job_1/materializations/mat_1"}
+
+
+@pytest.mark.parametrize("reply", [
+    ScriptedReply(200, raw=b"<html>a sign-in page</html>", content_type="text/html"),
+    ScriptedReply(200, {"id": 5}),  # JSON, but not a job
+    ScriptedReply(200, raw=b"not gzip", headers={"Content-Encoding": "gzip"}),
+    ScriptedReply(302, raw=b"", headers={"Location": "/elsewhere"}),
+], ids=["html", "other-json", "undecodable", "redirect"])
+def test_answers_that_are_not_the_apis_raise_the_clients_own_error(reply: ScriptedReply) -> None:
+    # A base URL naming another server used to leak json's, pydantic's or httpx's exceptions.
+    server = ScriptedServer([reply])
+    try:
+        with RiftClient(server.url, api_key="rift_test", retry=FAST_RETRY) as client:
+            with pytest.raises(UnexpectedResponseError) as job:
+                client.get_job("job_1")
+            assert job.value.path == "/v1/jobs/job_1" and server.url in str(job.value)
+            with pytest.raises(UnexpectedResponseError):
+                client.list_artifacts("job_1")
+            with pytest.raises(UnexpectedResponseError):
+                client.create_job({"config": {}}, checkpoint_id="ck_1")
+    finally:
+        server.stop()
+
+
+def test_events_that_are_not_the_apis_raise_the_clients_own_error() -> None:
+    stream = b"id: 1\nevent: epoch\ndata: not json\n\n"
+    server = ScriptedServer([ScriptedReply(200, raw=stream, content_type="text/event-stream")])
+    try:
+        with RiftClient(server.url, api_key="rift_test", retry=FAST_RETRY) as client, \
+                pytest.raises(UnexpectedResponseError) as bad:
+            list(client.stream_events("job_1", max_reconnects=0))
+    finally:
+        server.stop()
+    assert "Event" in str(bad.value)
+
+
+@pytest.mark.parametrize(("make", "named"), [
+    (lambda url: RiftClient("http://[::1"), "base URL"),
+    (lambda url: RiftClient("127.0.0.1:8000"), "base URL"),
+    (lambda url: RiftClient("ftp://example.org"), "base URL"),
+    (lambda url: RiftClient(url, api_key="rift_abc_é"), "API key"),
+    (lambda url: RiftClient(url, api_key="rift_abc_def\n"), "API key"),
+    (lambda url: RiftClient(url, api_key="k").create_job({"config": {}}, checkpoint_id="ck",
+                                                         idempotency_key="run 42"),
+     "Idempotency-Key"),
+    (lambda url: RiftClient(url, api_key="k").create_job({"cfg": {}}, checkpoint_id="ck"),
+     "JobSpec"),
+], ids=["bad-port", "no-scheme", "ftp", "non-ascii-key", "key-with-newline",
+        "idempotency-key-with-space", "not-a-spec"])
+def test_arguments_that_cannot_be_sent_are_usage_errors_before_any_request(
+        make: Any, named: str) -> None:
+    # They used to be httpx.InvalidURL, UnicodeEncodeError, pydantic's ValidationError, or a
+    # connection error after every retry (a newline is an illegal header value).
+    server = ScriptedServer([ScriptedReply(200, {})])
+    try:
+        with pytest.raises(RiftUsageError) as refused:
+            make(server.url)
+    finally:
+        server.stop()
+    assert isinstance(refused.value, ValueError) and named in str(refused.value)
+    assert "rift_abc" not in str(refused.value)  # a key is never quoted
+    assert server.seen == []

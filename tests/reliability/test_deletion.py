@@ -36,6 +36,7 @@ def test_delete_job_then_its_inputs(api: Api, small_cnn_file: Path) -> None:
         response = api.client.delete(path)
         assert response.status_code == 409 and response.json()["error"]["code"] == "in_use"
         assert response.json()["error"]["job_ids"] == [job["id"]]
+        assert response.json()["error"]["field"] == path.split("/")[2][:-1] + "_id"
     # A running job: cancel first.
     with api.sessions() as session:  # as a worker's claim would leave it
         session.execute(update(Job).where(Job.id == job["id"]).values(status="running"))
@@ -43,6 +44,7 @@ def test_delete_job_then_its_inputs(api: Api, small_cnn_file: Path) -> None:
     refused = api.client.delete(f"/v1/jobs/{job['id']}")
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "job_active"
+    assert refused.json()["error"]["field"] == "job_id"
     assert "cancel" in refused.json()["error"]["message"]
     with api.sessions() as session:  # the job ended; it produced an artifact
         session.execute(update(Job).where(Job.id == job["id"]).values(status="cancelled"))

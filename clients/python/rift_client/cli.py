@@ -12,8 +12,10 @@ Exit codes (for CI jobs and scripts):
     0  success (for wait/events/create --wait: the job succeeded; for materialize --wait:
        the weights were made)
     1  the job failed or was cancelled (materialize --wait: the materialization failed)
-    2  usage error (bad option, missing file, invalid config file or JSON)
-    3  API error (an error answer, the service unreachable, a checksum mismatch)
+    2  usage error (bad option, missing file, invalid config file or JSON, a URL or key that
+       cannot be used, a local file that cannot be read or written)
+    3  API error (an error answer, the service unreachable, a checksum mismatch, an answer
+       that is not the API's)
     4  ``wait`` gave up: the job was still running when --timeout passed
 
 Progress bars and messages go to stderr, results to stdout; ``--output json`` prints results as
@@ -52,6 +54,8 @@ from rift_client.errors import (
     ChecksumMismatchError,
     RiftAPIError,
     RiftConnectionError,
+    RiftUsageError,
+    UnexpectedResponseError,
     WaitTimeoutError,
 )
 from rift_client.models import SUCCEEDED, Event, Job, Materialization
@@ -146,10 +150,21 @@ def _state(ctx: typer.Context) -> State:
 
 @contextlib.contextmanager
 def _client(state: State) -> Iterator[RiftClient]:
-    """The client, with every error turned into its message on stderr and its exit code."""
+    """The client, with every error turned into its message on stderr and its exit code: the
+    client's own errors, and a local file that cannot be read or written (an ``--out`` folder
+    that cannot be made, a full disk), so that no command ends in a traceback."""
     try:
         with state.make_client() as client:
             yield client
+    except RiftUsageError as exc:
+        _fail(state, EXIT_USAGE, str(exc), {"code": "usage_error", "message": str(exc)})
+    except OSError as exc:
+        message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+        _fail(state, EXIT_USAGE, message, {"code": "local_file_error", "message": message,
+                                           "path": exc.filename})
+    except UnexpectedResponseError as exc:
+        _fail(state, EXIT_API_ERROR, str(exc), {
+            "status": exc.status_code, "code": "unexpected_response", "message": str(exc)})
     except RiftAPIError as exc:
         _fail(state, EXIT_API_ERROR, str(exc), {
             "status": exc.status_code, "code": exc.code, "message": exc.message,
@@ -531,6 +546,18 @@ def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
         state.say(f"job {job.id} {job.status}{requested}")
 
 
+@jobs_app.command("delete")
+def jobs_delete(ctx: typer.Context, job_id: str) -> None:
+    """Delete a finished job with its records and artifacts (cancel a running one first)."""
+    state = _state(ctx)
+    with _client(state) as client:
+        client.delete_job(job_id)
+    if state.json:
+        state.emit({"deleted": job_id})
+    else:
+        state.say(f"deleted job {job_id}")
+
+
 @jobs_app.command("download")
 def jobs_download(
     ctx: typer.Context,
@@ -543,9 +570,9 @@ def jobs_download(
     state = _state(ctx)
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{out} is not a folder", param_hint="--out")
-    out.mkdir(parents=True, exist_ok=True)
     saved = []
     with _client(state) as client:
+        out.mkdir(parents=True, exist_ok=True)
         artifacts = client.list_artifacts(job_id)
         by_name = {a.name: a for a in artifacts}
         with _transfer_progress(state) as progress:

@@ -22,15 +22,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel
 
 from rift_client import __version__
 from rift_client.errors import (
@@ -38,7 +40,9 @@ from rift_client.errors import (
     NotFoundError,
     RateLimitError,
     RiftConnectionError,
+    RiftUsageError,
     ServiceUnavailableError,
+    UnexpectedResponseError,
     WaitTimeoutError,
     api_error_from_response,
 )
@@ -75,10 +79,47 @@ EVENTS_PAGE_LIMIT = 500
 #: ``progress(done_bytes, total_bytes)`` called as an upload or a download advances.
 ProgressCallback = Callable[[int, int], None]
 
+#: What the API key and an Idempotency-Key may hold: visible ASCII, as the service's keys and
+#: its Idempotency-Key rule do. Anything else cannot go into a header as given: httpx refuses
+#: a non-ASCII character outright, and a space or the newline a key file ends with is an
+#: illegal header value, which used to surface as a connection error after every retry.
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+Model = TypeVar("Model", bound=BaseModel)
+Upload = TypeVar("Upload", Checkpoint, Dataset)
+
 
 def _segment(value: str) -> str:
     """A path segment, escaped so that an id cannot reach another route."""
     return quote(value, safe="")
+
+
+def _header_token(what: str, value: str, *, secret: bool = False) -> str:
+    """``value`` if it can be sent as a header value as it is; else :class:`RiftUsageError`
+    naming ``what`` and the first character at fault (a secret is never quoted)."""
+    if _HEADER_TOKEN.fullmatch(value):
+        return value
+    if not value:
+        raise RiftUsageError(f"{what} is empty")
+    position, bad = next((i, ch) for i, ch in enumerate(value) if not _HEADER_TOKEN.match(ch))
+    quoted = "" if secret else f" {value[:100]!r}"
+    raise RiftUsageError(
+        f"{what}{quoted} holds {bad!r} at position {position}; it may hold visible ASCII "
+        "characters only (no spaces, line breaks or non-ASCII letters)")
+
+
+def _checked_base_url(raw: str) -> str:
+    """The service's base URL without a trailing slash, or :class:`RiftUsageError` when it is
+    not ``http(s)://host[:port][/prefix]`` (httpx would raise its own ``InvalidURL`` when the
+    client is made, or fail every request as a connection error after all the retries)."""
+    try:
+        url = httpx.URL(raw)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise RiftUsageError(f"the base URL {raw[:200]!r} is not a valid URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise RiftUsageError(f"the base URL {raw[:200]!r} must look like "
+                             "http(s)://host[:port][/prefix]")
+    return raw.rstrip("/")
 
 
 class _HashingFileBody:
@@ -127,13 +168,14 @@ class RiftClient:
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = (base_url or os.environ.get("RIFT_API_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.base_url = _checked_base_url(
+            base_url or os.environ.get("RIFT_API_URL") or DEFAULT_BASE_URL)
         key = api_key if api_key is not None else os.environ.get("RIFT_API_KEY")
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         headers = {"User-Agent": f"rift-client/{__version__}", "Accept": "application/json"}
         if key:
-            headers["Authorization"] = f"Bearer {key}"
+            headers["Authorization"] = f"Bearer {_header_token('the API key', key, secret=True)}"
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
                                   transport=transport)
 
@@ -164,6 +206,8 @@ class RiftClient:
                     retry += 1
                     continue
                 raise RiftConnectionError(f"{method} {self.base_url}{path}: {exc!r}") from exc
+            except httpx.HTTPError as exc:  # an answer httpx cannot decode, say
+                raise self._unreadable(method, path, exc) from exc
             if response.status_code < 400:
                 return response
             delay = self.retry.delay_for(response, retry)
@@ -193,6 +237,8 @@ class RiftClient:
                     retry += 1
                     continue
                 raise RiftConnectionError(f"GET {self.base_url}{path}: {exc!r}") from exc
+            except httpx.HTTPError as exc:
+                raise self._unreadable("GET", path, exc) from exc
             if response.status_code >= 400:
                 response.read()
                 response.close()
@@ -208,8 +254,43 @@ class RiftClient:
                 response.close()
             return
 
-    def _get_json(self, path: str, **params: Any) -> Any:
-        return self._request("GET", path, idempotent=True, params=params or None).json()
+    def _unreadable(self, method: str, path: str, exc: Exception) -> UnexpectedResponseError:
+        return UnexpectedResponseError(
+            f"{method} {self.base_url}{path}: the answer could not be read ({exc!r}); is "
+            f"{self.base_url} the RiFT service's URL?", status_code=None, method=method,
+            path=path)
+
+    def _unexpected(self, response: httpx.Response, expected: str,
+                    problem: object) -> UnexpectedResponseError:
+        request = response.request
+        content_type = response.headers.get("content-type", "no content type")
+        return UnexpectedResponseError(
+            f"{request.method} {request.url.path} answered {response.status_code} "
+            f"({content_type}) with a body that is not the API's {expected} ({str(problem)[:300]}); "
+            f"is {self.base_url} the RiFT service's URL?", status_code=response.status_code,
+            method=request.method, path=request.url.path)
+
+    def _parse(self, response: httpx.Response, model: type[Model]) -> Model:
+        """The answer's JSON as ``model``; :class:`UnexpectedResponseError` when it is not."""
+        try:
+            return model.model_validate(response.json())
+        except ValueError as exc:  # not JSON, or JSON of another shape (pydantic's error)
+            raise self._unexpected(response, model.__name__, exc) from exc
+
+    def _parse_items(self, response: httpx.Response, model: type[Model]) -> list[Model]:
+        """The answer's ``{"items": [...]}`` as a list of ``model``."""
+        try:
+            body = response.json()
+            items = body.get("items") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise ValueError("no 'items' list")
+            return [model.model_validate(item) for item in items]
+        except ValueError as exc:
+            raise self._unexpected(response, f"list of {model.__name__}", exc) from exc
+
+    def _get(self, path: str, model: type[Model], **params: Any) -> Model:
+        return self._parse(self._request("GET", path, idempotent=True, params=params or None),
+                           model)
 
     # ------------------------------------------------------------------------------- service
 
@@ -230,25 +311,27 @@ class RiftClient:
 
     # --------------------------------------------------------------------------------- files
 
-    def _upload(self, route: str, path: str | os.PathLike[str], filename: str | None,
-                progress: ProgressCallback | None, idempotency_key: str | None) -> dict[str, Any]:
+    def _upload(self, route: str, model: type[Upload], path: str | os.PathLike[str],
+                filename: str | None, progress: ProgressCallback | None,
+                idempotency_key: str | None) -> Upload:
         file = Path(path)
         size = file.stat().st_size
         body = _HashingFileBody(file, size, progress)
         # Under a key a retry after a lost answer returns the stored file instead of storing it
         # twice, so the upload is retried like a read (the body is sent again from the start).
-        key = idempotency_key or f"rift-client-{uuid.uuid4().hex}"
+        key = _header_token("the Idempotency-Key", idempotency_key) if idempotency_key else \
+            f"rift-client-{uuid.uuid4().hex}"
         response = self._request(
             "POST", route, idempotent=True, content=body,
             params={"filename": filename or file.name},
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size),
                      "Idempotency-Key": key})
-        record: dict[str, Any] = response.json()
+        record = self._parse(response, model)
         local = body.sha256.hexdigest()
-        if record.get("sha256") != local:
+        if record.sha256 != local:
             raise ChecksumMismatchError(
-                f"the service stored {file.name} with SHA-256 {record.get('sha256')}, but the file "
-                f"sent has {local}", expected=local, actual=str(record.get("sha256")))
+                f"the service stored {file.name} with SHA-256 {record.sha256}, but the file "
+                f"sent has {local}", expected=local, actual=str(record.sha256))
         return record
 
     def upload_checkpoint(self, path: str | os.PathLike[str], *, filename: str | None = None,
@@ -261,11 +344,11 @@ class RiftClient:
         The request carries an Idempotency-Key (a random one unless given), so a retry after a
         lost answer returns the checkpoint stored the first time; pass your own key to make a
         script's upload safely re-runnable (the same file again: the same checkpoint)."""
-        return Checkpoint.model_validate(
-            self._upload("/v1/checkpoints", path, filename, progress, idempotency_key))
+        return self._upload("/v1/checkpoints", Checkpoint, path, filename, progress,
+                            idempotency_key)
 
     def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
-        return Checkpoint.model_validate(self._get_json(f"/v1/checkpoints/{_segment(checkpoint_id)}"))
+        return self._get(f"/v1/checkpoints/{_segment(checkpoint_id)}", Checkpoint)
 
     def delete_checkpoint(self, checkpoint_id: str) -> None:
         self._request("DELETE", f"/v1/checkpoints/{_segment(checkpoint_id)}", idempotent=True)
@@ -274,12 +357,11 @@ class RiftClient:
                        progress: ProgressCallback | None = None,
                        idempotency_key: str | None = None) -> Dataset:
         """Upload an .npz or an ImageFolder tar, like :meth:`upload_checkpoint`."""
-        return Dataset.model_validate(
-            self._upload("/v1/datasets", path, filename, progress, idempotency_key))
+        return self._upload("/v1/datasets", Dataset, path, filename, progress, idempotency_key)
 
     def get_dataset(self, dataset_id: str) -> Dataset:
         """An uploaded dataset, or a built-in one by name (``cifar10``, ``digits``, ...)."""
-        return Dataset.model_validate(self._get_json(f"/v1/datasets/{_segment(dataset_id)}"))
+        return self._get(f"/v1/datasets/{_segment(dataset_id)}", Dataset)
 
     def delete_dataset(self, dataset_id: str) -> None:
         self._request("DELETE", f"/v1/datasets/{_segment(dataset_id)}", idempotent=True)
@@ -295,20 +377,30 @@ class RiftClient:
         retry after a lost answer returns the job created the first time instead of a second
         job; pass your own key to make a whole script safely re-runnable.
         """
-        job_spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+        try:
+            job_spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+        except ValueError as exc:  # pydantic's ValidationError
+            raise RiftUsageError(f"the job spec is not a JobSpec: {exc}") from exc
         body: dict[str, Any] = {"checkpoint_id": checkpoint_id, "config": job_spec.config,
                                 "labels": job_spec.labels}
         if job_spec.dataset_id is not None:
             body["dataset_id"] = job_spec.dataset_id
         if job_spec.time_limit_seconds is not None:
             body["time_limit_seconds"] = job_spec.time_limit_seconds
-        key = idempotency_key or f"rift-client-{uuid.uuid4().hex}"
+        key = _header_token("the Idempotency-Key", idempotency_key) if idempotency_key else \
+            f"rift-client-{uuid.uuid4().hex}"
         response = self._request("POST", "/v1/jobs", idempotent=True, json=body,
                                  headers={"Idempotency-Key": key})
-        return Job.model_validate(response.json())
+        return self._parse(response, Job)
 
     def get_job(self, job_id: str) -> Job:
-        return Job.model_validate(self._get_json(f"/v1/jobs/{_segment(job_id)}"))
+        return self._get(f"/v1/jobs/{_segment(job_id)}", Job)
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a finished job with its records and artifacts (a queued or running one is a
+        :class:`ConflictError`, code ``job_active``: cancel it first). A checkpoint or dataset
+        used by finished jobs can be deleted once those jobs are."""
+        self._request("DELETE", f"/v1/jobs/{_segment(job_id)}", idempotent=True)
 
     def list_jobs_page(self, *, status: str | Sequence[str] | None = None,
                        labels: Mapping[str, str] | None = None, page_size: int = 20,
@@ -321,7 +413,7 @@ class RiftClient:
             params["label"] = [f"{k}:{v}" for k, v in labels.items()]
         if cursor:
             params["cursor"] = cursor
-        return JobPage.model_validate(self._get_json("/v1/jobs", **params))
+        return self._get("/v1/jobs", JobPage, **params)
 
     def list_jobs(self, *, status: str | Sequence[str] | None = None,
                   labels: Mapping[str, str] | None = None, page_size: int = 20,
@@ -346,7 +438,7 @@ class RiftClient:
         """Cancel a job: a queued one at once, a running one at its next batch; a finished one
         raises :class:`ConflictError`."""
         response = self._request("POST", f"/v1/jobs/{_segment(job_id)}/cancel", idempotent=False)
-        return Job.model_validate(response.json())
+        return self._parse(response, Job)
 
     def wait(self, job_id: str, timeout: float | None = None, *, poll_interval: float = 1.0,
              on_update: Callable[[Job], None] | None = None, follow_events: bool = True) -> Job:
@@ -421,8 +513,8 @@ class RiftClient:
 
     def list_events(self, job_id: str, *, after: int = 0, limit: int = 100) -> EventPage:
         """One page of the job's events with id > ``after``, oldest first."""
-        return EventPage.model_validate(
-            self._get_json(f"/v1/jobs/{_segment(job_id)}/events", after=after, limit=limit))
+        return self._get(f"/v1/jobs/{_segment(job_id)}/events", EventPage, after=after,
+                         limit=limit)
 
     def stream_events(self, job_id: str, *, after: int = 0, max_reconnects: int = 5,
                       read_timeout: float = STREAM_READ_TIMEOUT_S,
@@ -470,7 +562,10 @@ class RiftClient:
                             continue
                         if message.event == "end":
                             return
-                        event = Event.model_validate_json(message.data)
+                        try:
+                            event = Event.model_validate_json(message.data)
+                        except ValueError as exc:
+                            raise self._unexpected(response, "Event", exc) from exc
                         if event.id <= last:
                             continue
                         last, failures = event.id, 0
@@ -479,6 +574,8 @@ class RiftClient:
                 if time_left() <= 0:
                     return
                 problem = repr(exc)
+            except httpx.HTTPError as exc:  # a stream httpx cannot decode
+                raise self._unreadable("GET", path, exc) from exc
             failures += 1
             if failures > max_reconnects:
                 raise RiftConnectionError(
@@ -489,14 +586,14 @@ class RiftClient:
     # ------------------------------------------------------------------------------- results
 
     def get_mrc(self, job_id: str) -> MRCTable:
-        return MRCTable.model_validate(self._get_json(f"/v1/jobs/{_segment(job_id)}/mrc"))
+        return self._get(f"/v1/jobs/{_segment(job_id)}/mrc", MRCTable)
 
     def get_curves(self, job_id: str) -> Curves:
-        return Curves.model_validate(self._get_json(f"/v1/jobs/{_segment(job_id)}/curves"))
+        return self._get(f"/v1/jobs/{_segment(job_id)}/curves", Curves)
 
     def list_artifacts(self, job_id: str) -> list[Artifact]:
-        body = self._get_json(f"/v1/jobs/{_segment(job_id)}/artifacts")
-        return [Artifact.model_validate(item) for item in body["items"]]
+        response = self._request("GET", f"/v1/jobs/{_segment(job_id)}/artifacts", idempotent=True)
+        return self._parse_items(response, Artifact)
 
     def get_artifact(self, job_id: str, name: str) -> Artifact:
         """The record (size, SHA-256, URL) of one artifact; :class:`NotFoundError` if absent."""
@@ -525,16 +622,18 @@ class RiftClient:
         """
         response = self._request("POST", f"/v1/jobs/{_segment(job_id)}/materialize",
                                  idempotent=True, json={"alpha": alpha, "evaluate": evaluate})
-        return Materialization.model_validate(response.json())
+        return self._parse(response, Materialization)
 
     def get_materialization(self, job_id: str, materialization_id: str) -> Materialization:
-        return Materialization.model_validate(self._get_json(
-            f"/v1/jobs/{_segment(job_id)}/materializations/{_segment(materialization_id)}"))
+        return self._get(
+            f"/v1/jobs/{_segment(job_id)}/materializations/{_segment(materialization_id)}",
+            Materialization)
 
     def list_materializations(self, job_id: str) -> list[Materialization]:
         """The job's materializations, in α order."""
-        body = self._get_json(f"/v1/jobs/{_segment(job_id)}/materializations")
-        return [Materialization.model_validate(item) for item in body["items"]]
+        response = self._request("GET", f"/v1/jobs/{_segment(job_id)}/materializations",
+                                 idempotent=True)
+        return self._parse_items(response, Materialization)
 
     def wait_materialization(self, job_id: str, materialization_id: str,
                              timeout: float | None = None, *, poll_interval: float = 1.0,

@@ -17,6 +17,27 @@ class RiftConnectionError(RiftClientError):
     """The service could not be reached (after the retries allowed)."""
 
 
+class RiftUsageError(RiftClientError, ValueError):
+    """An argument the client cannot use, found before anything is sent: a base URL that is not
+    ``http(s)://host[:port][/prefix]``, an API key or Idempotency-Key with characters an HTTP
+    header cannot carry (non-ASCII, spaces, a trailing newline from a file), a job spec that is
+    not a :class:`~rift_client.models.JobSpec`. A ``ValueError`` too, as Python callers expect
+    of a bad argument."""
+
+
+class UnexpectedResponseError(RiftClientError):
+    """A success answer that is not what the API sends: not JSON, JSON of another shape, or a
+    body that cannot be decoded. Most often the base URL names another server (a web page, a
+    proxy's login page) or a wrong path prefix. ``status_code`` is None when not even the
+    answer's headers could be read as HTTP."""
+
+    def __init__(self, message: str, *, status_code: int | None, method: str, path: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.method = method
+        self.path = path
+
+
 class ChecksumMismatchError(RiftClientError):
     """A file's SHA-256 (or size) differs from the one the service reported."""
 
