@@ -335,6 +335,30 @@ def check_dtypes(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
             f"{_preview(problems)}")
 
 
+def check_tied(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Require equal values under keys that name one tensor of ``model`` (a tied weight, or a
+    module registered under two names): loading writes each key in turn into the same tensor,
+    so the last one would silently win.
+
+    Raises:
+        CheckpointMismatchError: naming the keys whose values differ.
+    """
+    keys_of: dict[int, list[str]] = {}
+    for key, tensor in [*model.named_parameters(remove_duplicate=False),
+                        *model.named_buffers(remove_duplicate=False)]:
+        if key in state_dict:
+            keys_of.setdefault(id(tensor), []).append(key)
+    differing = [keys for keys in keys_of.values()
+                 if not state_dict[keys[0]].is_meta
+                 and any(not torch.equal(state_dict[keys[0]], state_dict[key]) for key in keys[1:])]
+    if differing:
+        shown = [" = ".join(keys) for keys in differing]
+        raise CheckpointMismatchError(
+            f"the architecture ties {len(differing)} group(s) of keys to one tensor, but the "
+            f"checkpoint holds different values under them: {_preview(shown)}; it was saved "
+            "from a model without these ties (check 'architecture.name')")
+
+
 def _extra_prefix(unexpected: list[str], model_keys: set[str]) -> str | None:
     """The prefix ``p`` such that every unexpected key is ``p + k`` for a key ``k`` of the model,
     or None. Only ``module.`` and ``_orig_mod.`` are stripped on loading: another prefix is a
@@ -353,11 +377,12 @@ def _extra_prefix(unexpected: list[str], model_keys: set[str]) -> str | None:
 
 def load_into(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
     """Copy ``state_dict``'s values into ``model`` in place (any device; dtypes are cast to the
-    model's) after :func:`check_compatible` and :func:`check_dtypes`. Missing
+    model's) after :func:`check_compatible`, :func:`check_dtypes` and :func:`check_tied`. Missing
     ``num_batches_tracked`` keep the model's values. Returns ``model``.
     """
     check_compatible(model, state_dict)
     check_dtypes(model, state_dict)
+    check_tied(model, state_dict)
     source = OrderedDict(state_dict)
     # Safetensors files and normalised dicts carry no per-module format versions (torch's
     # ``_metadata``), and some modules refuse to load without one (torchvision's MNASNet raises

@@ -10,7 +10,8 @@ kept (the reference code picks it on the test set; a held-out split keeps test n
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -109,6 +110,8 @@ def finetune_module(
     The model is moved to ``device`` and trained in place; on return it holds the best epoch's
     weights, its train/eval mode and every ``requires_grad`` flag are as they were on entry (after
     an exception the flags and mode are restored too, but the weights are those reached so far).
+    Buffers outside the state dict (non-persistent) are put back as they were on entry, so the
+    model computes what its state dict says.
     ``on_epoch`` is called after each epoch; ``should_cancel`` is polled before every batch and
     makes this raise :class:`JobCancelled`. With ``precision="bf16"`` the forward pass runs under
     autocast and the loss is computed in fp32.
@@ -125,8 +128,14 @@ def finetune_module(
     module = trainable_module(model, module_name)
     model.to(device)
     parameters = list(module.parameters(recurse=False))
+    # θ_FT is a state dict: a non-persistent buffer that training moved (a module's own running
+    # statistic kept out of the state dict) would make the tuned model, and every θ_α measured
+    # on it, differ from the weights that are saved. They are put back after training.
+    persistent = set(model.state_dict())
+    volatile = {name: buffer.detach().clone() for name, buffer in model.named_buffers()
+                if name not in persistent}
     # The mode is set per epoch by _train; frozen_except puts the caller's back on exit.
-    with frozen_except(model, parameters, eval_mode=False):
+    with frozen_except(model, parameters, eval_mode=False), _restored(model, volatile):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             epochs, best_epoch, best_state = _train(
@@ -191,7 +200,7 @@ def _train(
         ):
             raise_if_cancelled(should_cancel)
             with autocast(device, precision):
-                logits = model(images)
+                logits = _logits(model(images), len(labels))
             loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -221,6 +230,31 @@ def _train(
         if on_epoch is not None:
             on_epoch(metrics)
     return history, best_epoch, best_state
+
+
+@contextmanager
+def _restored(model: nn.Module, buffers: dict[str, Tensor]) -> Iterator[None]:
+    """Copy ``buffers`` (name → saved value) back into ``model`` on exit."""
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in buffers.items():
+                model.get_buffer(name).copy_(value)
+
+
+def _logits(output: object, batch: int) -> Tensor:
+    """``output`` when it is a (batch, classes) tensor. The pipeline checks the model's output
+    in eval mode only (``check_model_accepts``); some models answer differently in train mode
+    (auxiliary heads returning a tuple, as torchvision's Inception does with ``aux_logits``)."""
+    if isinstance(output, Tensor) and output.dim() == 2 and output.shape[0] == batch:
+        return output
+    got = (f"a tensor of shape {tuple(output.shape)}" if isinstance(output, Tensor)
+           else f"a {type(output).__name__}")
+    raise ConfigError(
+        f"in train mode (fine-tuning) the model returns {got} for a batch of {batch}; RiFT needs "
+        "(batch, num_classes) logits in train mode as in eval mode: build the architecture "
+        "without auxiliary outputs (e.g. aux_logits=False)", field="architecture")
 
 
 def _batchnorm_needing_two_examples(model: nn.Module, image_shape: tuple[int, int, int],

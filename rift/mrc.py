@@ -31,11 +31,11 @@ from rift.config import MRCSpec
 from rift.device import autocast
 from rift.errors import ConfigError, NumericalError
 from rift.model_state import frozen_except
-from rift.segments import Segment, full_model_segment, split_at_module, trace
+from rift.scored_weights import scored_weight, scored_weights
+from rift.segments import Segment, full_model_segment, split_at_parameter, trace
 
 logger = logging.getLogger(__name__)
 
-PERTURBABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 _TINY_NORM = 1e-30  # below any gradient norm that carries a direction in fp32
 
 
@@ -64,6 +64,11 @@ class MRCReport:
     baseline_robust_accuracy: float
     modules: list[ModuleCriticality] = field(default_factory=list)
     engine: str = "cached"
+    # Selected modules left out because their weight does not reach the loss in eval mode (an
+    # auxiliary head used only in training, a layer defined but never called).
+    unreachable: list[str] = field(default_factory=list)
+    # Parameters no row covers (``rift.scored_weights``): never scored, never chosen.
+    unscored: list[str] = field(default_factory=list)
 
     def lowest(self) -> ModuleCriticality:
         """The non-robust-critical module: the smallest MRC; ties go to the smaller
@@ -82,20 +87,26 @@ def selection_key(mrc: float, max_ascent_loss: float | None) -> tuple[float, flo
 
 
 def perturbable_modules(model: nn.Module) -> list[str]:
-    """Names of every Conv2d and Linear module, in definition order."""
-    return [name for name, module in model.named_modules() if isinstance(module, PERTURBABLE_TYPES)]
+    """Names of the modules MRC scores (``rift.scored_weights``: convolutions, linear layers and
+    packed attention projections), in definition order, each weight tensor once."""
+    return scored_weights(model).modules
 
 
 def select_modules(model: nn.Module, spec: MRCSpec) -> list[str]:
     """Apply ``spec.modules`` (an explicit subset) and the include/exclude fnmatch patterns."""
-    candidates = perturbable_modules(model)
+    scored = scored_weights(model)
+    candidates = list(scored.modules)
     emptied_by = "mrc"  # the model itself has no conv or linear module
     if spec.modules is not None:
         unknown = [name for name in spec.modules if name not in candidates]
         if unknown:
+            shared = [f"{name!r} shares its weight with {scored.aliases[name]!r}"
+                      for name in unknown if name in scored.aliases]
             raise ConfigError(
                 f"unknown module(s) {unknown}; conv/linear modules of this model are e.g. "
-                f"{candidates[:8]}", field="mrc.modules")
+                f"{candidates[:8]}" + (f" ({'; '.join(shared)}: a shared weight is scored "
+                                       "once, under the first module holding it)"
+                                       if shared else ""), field="mrc.modules")
         wanted = set(spec.modules)
         if candidates:
             emptied_by = "mrc.modules"
@@ -155,11 +166,33 @@ def project_onto_ball(delta: torch.Tensor, radius: float, p: int | str) -> torch
 
 
 def module_weight(model: nn.Module, name: str) -> nn.Parameter:
-    """The ``weight`` parameter of the conv/linear module ``name``."""
-    weight = model.get_submodule(name).weight
-    if not isinstance(weight, nn.Parameter):
-        raise ConfigError(f"module {name!r} has no weight parameter", field="mrc.modules")
+    """The weight MRC perturbs in module ``name`` (``rift.scored_weights.scored_weight``)."""
+    weight = scored_weight(model.get_submodule(name))
+    if weight is None:
+        raise ConfigError(f"module {name!r} has no weight MRC can score", field="mrc.modules")
     return weight
+
+
+def unreachable_modules(model: nn.Module, names: Sequence[str], example: torch.Tensor
+                        ) -> list[str]:
+    """The modules of ``names`` whose weight gets no gradient from the model's output on
+    ``example`` in the model's current mode: the output does not depend on them (an auxiliary
+    head used only in training, a layer never called). Their MRC would be 0 by construction and
+    the selection would pick a module that cannot change the model's predictions."""
+    weights = [module_weight(model, name) for name in names]
+    flags = [weight.requires_grad for weight in weights]
+    try:
+        for weight in weights:
+            weight.requires_grad_(True)
+        with torch.enable_grad():
+            output = model(example)
+            if not isinstance(output, torch.Tensor) or not output.requires_grad:
+                return list(names)
+            grads = torch.autograd.grad(output.float().sum(), weights, allow_unused=True)
+    finally:
+        for weight, flag in zip(weights, flags, strict=True):
+            weight.requires_grad_(flag)
+    return [name for name, grad in zip(names, grads, strict=True) if grad is None]
 
 
 def weight_norm(weight: torch.Tensor, p: int | str) -> float:
@@ -370,7 +403,9 @@ def module_robust_criticality(
     seed: int = 0,
     on_backoff: Callable[[int, int], None] | None = None,
 ) -> MRCReport:
-    """Score every selected conv/linear module of ``model`` on a fixed adversarial set.
+    """Score every selected module of ``model`` (``rift.scored_weights``) on a fixed adversarial
+    set. Selected modules the output does not depend on are left out and listed in
+    ``report.unreachable``; ``report.unscored`` names the parameters no row covers.
 
     ``adversarial_images`` (N, C, H, W) in [0, 1] and ``labels`` (N,) live on the model's device.
     The model is kept in eval mode (BatchNorm running statistics), every weight is left exactly as
@@ -381,6 +416,14 @@ def module_robust_criticality(
     """
     names = select_modules(model, spec)
     with frozen_except(model):
+        unreachable = unreachable_modules(model, names, adversarial_images[:1])
+        if unreachable:
+            logger.warning("not scored, the output does not depend on them: %s", unreachable)
+            names = [name for name in names if name not in unreachable]
+        if not names:
+            raise ConfigError(
+                f"no selected module affects the model's output in eval mode "
+                f"({', '.join(unreachable)}), so none can be scored", field="mrc.modules")
         traced = _trace_or_none(model, spec.engine)
         engine = "cached" if traced is not None else "full"
         image_batches = list(adversarial_images.split(spec.batch_size))
@@ -395,17 +438,18 @@ def module_robust_criticality(
                 f"the robust loss of the original weights is {baseline[0]}: check the "
                 "checkpoint and architecture.mean/std")
         report = MRCReport(baseline_robust_loss=baseline[0], baseline_robust_accuracy=baseline[1],
-                           engine=engine)
+                           engine=engine, unreachable=unreachable,
+                           unscored=scored_weights(model).unscored)
         for index, name in enumerate(names):
             raise_if_cancelled(should_cancel)
             started = time.perf_counter()
-            segment = split_at_module(traced, name) if traced is not None else None
+            weight = module_weight(model, name)
+            segment = split_at_parameter(traced, weight) if traced is not None else None
             segment = segment or full
             with torch.no_grad(), autocast(adversarial_images.device, precision):
                 cache = [tuple(segment.prefix(x)) for x in image_batches]
             probe = _LossProbe(segment, cache, label_batches, precision, should_cancel,
                                micro=micro, on_backoff=on_backoff)
-            weight = module_weight(model, name)
             weight.requires_grad_(True)
             try:
                 worst_loss, accuracy, reached = _criticality_of(weight, probe, spec, baseline,
@@ -458,5 +502,6 @@ def merge_reports(parts: Sequence[MRCReport], module_order: Sequence[str]) -> MR
     rows = {row.name: row for part in parts for row in part.modules}
     order = {name: i for i, name in enumerate(module_order)}
     merged = sorted(rows.values(), key=lambda row: order.get(row.name, len(order)))
+    unreachable = [name for part in parts for name in part.unreachable]
     return MRCReport(first.baseline_robust_loss, first.baseline_robust_accuracy, merged,
-                     first.engine)
+                     first.engine, unreachable, first.unscored)

@@ -37,11 +37,27 @@ class PlainRow:
     max_ascent_loss: float
 
 
+# Written out again rather than imported from rift.scored_weights (see the module docstring).
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+             nn.ConvTranspose3d, nn.Linear)
+
+
+def _weight_of(module: nn.Module) -> torch.Tensor | None:
+    if isinstance(module, nn.MultiheadAttention):
+        return module.in_proj_weight
+    return module.weight if isinstance(module, _WEIGHTED) else None
+
+
 def _scored_module_names(model: nn.Module, spec: MRCSpec) -> list[str]:
-    names = []
+    """Convolutions, linear layers and packed attention projections, each weight tensor once
+    (under the first module holding it)."""
+    names: list[str] = []
+    seen: set[int] = set()
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Conv2d | nn.Linear):
+        weight = _weight_of(module)
+        if weight is None or id(weight) in seen:
             continue
+        seen.add(id(weight))
         if spec.modules is not None and name not in spec.modules:
             continue
         if spec.include and not any(fnmatch.fnmatchcase(name, pattern) for pattern in spec.include):
@@ -116,7 +132,7 @@ def plain_mrc_table(
                                                           spec.batch_size)
     table: dict[str, PlainRow] = {}
     for name in _scored_module_names(model, spec):
-        weight = model.get_submodule(name).weight
+        weight = _weight_of(model.get_submodule(name))
         assert isinstance(weight, torch.Tensor)
         original = weight.detach().clone()
         radius = spec.eps * _size(original, spec.p)

@@ -2,7 +2,7 @@
 
 Scoring a module costs about ``2·steps`` passes over the part of the network after it (see
 ``rift.segments``), so a module early in the network costs more than one near the output. The
-estimate here is the multiply-accumulates of every conv/linear module run at or after the module
+estimate here is the multiply-accumulates of every scored module run at or after the module
 (measured once with forward hooks on one example), and :func:`partition_modules` balances the
 shards by it. MRC values do not depend on which shard scores a module: every module is scored on
 the same stored adversarial set with all other weights at θ_AT (``rift.pipeline.MRCStageResult.merge``).
@@ -16,20 +16,22 @@ import torch
 from torch import nn
 
 from rift.errors import ConfigError
-from rift.mrc import PERTURBABLE_TYPES
+from rift.scored_weights import scored_weight
 
 
 @torch.no_grad()
 def estimate_module_costs(model: nn.Module, example: torch.Tensor, names: list[str]
                           ) -> dict[str, float]:
     """Estimated cost of scoring each module of ``names``: the multiply-accumulates, per example,
-    of the conv/linear modules that run at or after it in one forward pass of ``example``
-    (a batch of one, on the model's device). Modules the pass never reaches cost 1."""
+    of the scored modules (``rift.scored_weights``) that run at or after it in one forward pass
+    of ``example`` (a batch of one, on the model's device). Modules the pass never reaches cost
+    1."""
     order: list[tuple[str, float]] = []
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, PERTURBABLE_TYPES):
-            handles.append(module.register_forward_hook(_recorder(name, module, order)))
+        weight = scored_weight(module)
+        if weight is not None:
+            handles.append(module.register_forward_hook(_recorder(name, weight, order)))
     was_training = model.training
     model.eval()
     try:
@@ -46,15 +48,17 @@ def estimate_module_costs(model: nn.Module, example: torch.Tensor, names: list[s
     return {name: max(costs.get(name, 1.0), 1.0) for name in names}
 
 
-def _recorder(name: str, module: nn.Module, order: list[tuple[str, float]]
-              ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
-    weight = module.weight
-    assert isinstance(weight, torch.Tensor)
-    # Each output element is a dot product over one filter: weight.numel() / out_channels.
-    per_output = weight.numel() / int(weight.shape[0])
+def _recorder(name: str, weight: torch.Tensor, order: list[tuple[str, float]]
+              ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], object], None]:
+    # Each output element is about a dot product over one filter: weight.numel() / out_channels
+    # (an estimate for transposed convolutions and attention, enough to balance shards).
+    per_output = weight.numel() / max(int(weight.shape[0]), 1)
 
-    def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        order.append((name, float(output.numel()) * per_output))
+    def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> None:
+        # nn.MultiheadAttention returns (output, attention weights or None).
+        first = output[0] if isinstance(output, tuple) else output
+        if isinstance(first, torch.Tensor):
+            order.append((name, float(first.numel()) * per_output))
     return hook
 
 

@@ -336,6 +336,16 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
             run.model, inputs.adversarial, inputs.labels, spec, precision=config.precision,
             on_module=on_module, should_cancel=callbacks.should_cancel, seed=config.seed,
             on_backoff=on_backoff)
+    if report.unreachable:
+        callbacks.event("warning", {"stage": "mrc", "message": (
+            f"not scored: {_names(report.unreachable)}: the model's output in eval mode does "
+            "not depend on their weights (e.g. an auxiliary head used only in training), so "
+            "fine-tuning them could not change its predictions")})
+    if report.unscored:
+        callbacks.event("warning", {"stage": "mrc", "message": (
+            f"{len(report.unscored)} parameter(s) are outside the MRC table (it scores "
+            "convolution, linear and packed attention-projection weights) and are never chosen "
+            f"for fine-tuning: {_names(report.unscored)}")})
     if report.engine == "full" and spec.engine == "auto":
         callbacks.event("warning", {"stage": "mrc", "message": (
             "the model could not be traced with torch.fx, so MRC ran full forward passes "
@@ -344,6 +354,11 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
     return MRCStageResult(rows, report.baseline_robust_loss, report.baseline_robust_accuracy,
                           report.lowest().name, report.engine, len(inputs.labels),
                           time.perf_counter() - started)
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None,

@@ -1,15 +1,22 @@
-"""Split a network at one module so only the part after it is recomputed.
+"""Split a network at one weight so only the part after it is recomputed.
 
 During MRC the model is in eval mode and the adversarial set is fixed, so every activation that does
-not depend on the perturbed module is a constant. ``split_at_module`` traces the network with
-torch.fx and returns a *prefix* (input -> the activations the module and everything downstream of it
-read) and a *suffix* (those activations -> logits). Caching the prefix outputs once per module turns
-each of the 2·steps passes into a pass over the suffix only (docs/algorithm.md, "Cost": ~n/2 layers
-on average).
+not depend on the perturbed weight is a constant. ``split_at_parameter`` traces the network with
+torch.fx and returns a *prefix* (input -> the activations that the weight's readers and everything
+downstream of them read) and a *suffix* (those activations -> logits). Caching the prefix outputs
+once per module turns each of the 2·steps passes into a pass over the suffix only
+(docs/algorithm.md, "Cost": ~n/2 layers on average).
+
+A weight may be read in several places: a module called twice, two modules holding one tied
+``Parameter``, a functional read of ``module.weight``, or a leaf module (``nn.MultiheadAttention``)
+that holds a linear layer and calls it from inside. The split is taken at *every* node that reads
+it, so the prefix never holds a value computed from the weight (caching such a value would score
+a perturbation that only reaches some of its uses).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +25,7 @@ from torch import fx, nn
 
 @dataclass
 class Segment:
-    """``suffix(*prefix(x))`` equals ``model(x)``; ``prefix`` never depends on the split module."""
+    """``suffix(*prefix(x))`` equals ``model(x)``; ``prefix`` never depends on the split weight."""
 
     prefix: nn.Module
     suffix: nn.Module
@@ -41,17 +48,19 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.symbolic_trace(model)
 
 
-def split_at_module(traced: fx.GraphModule, module_name: str) -> Segment | None:
-    """Split ``traced`` at the single call of ``module_name``; ``None`` when the graph does not allow a
-    clean split (module called more than once, or the output does not depend on it)."""
+def split_at_parameter(traced: fx.GraphModule, parameter: torch.Tensor) -> Segment | None:
+    """Split ``traced`` at every node that reads ``parameter`` (compared by identity): a
+    ``call_module`` of a module holding it, directly or in a submodule, or a ``get_attr`` of it.
+    ``None`` when the graph does not read it or the output does not depend on it."""
     graph = traced.graph
-    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == module_name]
-    if len(calls) != 1:
+    readers = [node for node in graph.nodes if _reads(traced, node, parameter)]
+    if not readers:
         return None
-    module_node = calls[0]
     output_node = next(n for n in graph.nodes if n.op == "output")
 
-    downstream = _downstream_of(module_node)
+    downstream: set[fx.Node] = set()
+    for reader in readers:
+        downstream |= _downstream_of(reader)
     if not any(arg in downstream for arg in output_node.all_input_nodes):
         return None
 
@@ -93,6 +102,22 @@ def split_at_module(traced: fx.GraphModule, module_name: str) -> Segment | None:
         suffix=fx.GraphModule(traced, suffix_graph),
         cached_values=len(frontier),
     )
+
+
+def _reads(traced: fx.GraphModule, node: fx.Node, parameter: torch.Tensor) -> bool:
+    if node.op == "call_module":
+        module = traced.get_submodule(str(node.target))
+        return any(held is parameter for held in module.parameters())
+    if node.op == "get_attr":
+        return _attribute(traced, str(node.target)) is parameter
+    return False
+
+
+def _attribute(root: nn.Module, target: str) -> object:
+    try:
+        return functools.reduce(getattr, target.split("."), root)
+    except AttributeError:
+        return None
 
 
 def _downstream_of(start: fx.Node) -> set[fx.Node]:

@@ -218,7 +218,10 @@ def tensors_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
     for key in sorted(tensors):
         value = tensors[key].detach().to("cpu").contiguous()
         digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        # Flattened first: a 0-d tensor (BatchNorm's num_batches_tracked) cannot be viewed as
+        # bytes of another element size.
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes()
+                      if value.numel() else b"")
     return digest.hexdigest()
 
 

@@ -1,6 +1,7 @@
-"""A tiny installed distribution that declares a ``rift.architectures`` entry point, written into
-a temporary folder: put the folder on ``sys.path`` (or ``PYTHONPATH`` for a subprocess) and
-``importlib.metadata`` finds it as it finds any installed package."""
+"""A tiny installed distribution that declares ``rift.architectures`` entry points (a tabular net,
+and the awkward models of ``tests/module_factories.py``), written into a temporary folder: put
+the folder on ``sys.path`` (or ``PYTHONPATH`` for a subprocess) and ``importlib.metadata`` finds
+it as it finds any installed package."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from pathlib import Path
 
 ARCHITECTURE = "tiny_tabular_net"
 MODULE = "rift_test_arch_plugin"
+# Installed names of the awkward models in tests/module_factories.py (3×H×W inputs).
+AWKWARD_ARCHITECTURES = {"tied_weights_net": "TiedWeights", "odd_layers_net": "OddLayers",
+                         "attention_net": "AttentionNet"}
 
 _SOURCE = '''
 """An operator's architecture: two linear layers over flattened inputs."""
@@ -26,7 +30,15 @@ class TinyTabularNet(nn.Module):
 
 def build(*, num_classes, in_channels, mean=None, std=None):
     return TinyTabularNet(num_classes, in_channels, mean, std)
-'''
+
+
+def awkward(class_name):
+    def build_awkward(*, num_classes, in_channels, mean=None, std=None):
+        from tests import module_factories
+
+        return getattr(module_factories, class_name)(num_classes)
+    return build_awkward
+''' + "".join(f"\n{name} = awkward({cls!r})\n" for name, cls in AWKWARD_ARCHITECTURES.items())
 
 
 def write_entry_point_dist(folder: Path) -> Path:
@@ -37,5 +49,6 @@ def write_entry_point_dist(folder: Path) -> Path:
     info.mkdir(exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {MODULE}\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
-        f"[rift.architectures]\n{ARCHITECTURE} = {MODULE}:build\n")
+        f"[rift.architectures]\n{ARCHITECTURE} = {MODULE}:build\n"
+        + "".join(f"{name} = {MODULE}:{name}\n" for name in AWKWARD_ARCHITECTURES))
     return folder

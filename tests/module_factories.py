@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 class VersionedLinear(nn.Linear):
@@ -18,3 +20,98 @@ class VersionedLinear(nn.Linear):
         if local_metadata.get("version") is None:
             raise ValueError("version should be set to 1 or 2 instead of None")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+
+
+class TiedWeights(nn.Module):
+    """Awkward ways to reuse one weight: ``b`` holds ``a``'s Parameter (tied) and runs after it,
+    ``twice`` is one module called twice, and ``mix.weight`` is also read functionally before
+    ``mix`` runs. Perturbing any of them must reach every use."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.a = nn.Conv2d(6, 6, 3, padding=1, bias=False)
+        self.b = nn.Conv2d(6, 6, 3, padding=1, bias=False)
+        self.b.weight = self.a.weight
+        self.twice = nn.Conv2d(6, 6, 1)
+        self.mix = nn.Linear(6, 6, bias=False)
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.stem(x))
+        x = F.relu(self.b(F.relu(self.a(x))))
+        x = F.relu(self.twice(F.relu(self.twice(x))))
+        features = F.relu(F.linear(x.mean((2, 3)), self.mix.weight.t()))
+        return self.head(F.relu(self.mix(features)))
+
+
+class OddLayers(nn.Module):
+    """Conv3d, ConvTranspose2d, Conv1d and a bias-free Linear; no normalisation layer; a
+    parameter-free layer with a buffer; an auxiliary head the eval forward never calls."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.volume = nn.Conv3d(1, 4, (3, 3, 3), padding=(0, 1, 1))
+        self.up = nn.ConvTranspose2d(4, 4, 2, stride=2)
+        self.sequence = nn.Conv1d(4, 6, 3, padding=1)
+        self.head = nn.Linear(6, classes, bias=False)
+        self.aux = nn.Linear(6, classes)
+        self.register_buffer("gain", torch.linspace(0.5, 1.5, 6).view(1, 6, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.volume(x.unsqueeze(1))).squeeze(2)  # 3 channels = 3 depth slices
+        x = F.relu(self.up(x))
+        x = F.relu(self.sequence(x.flatten(2))) * self.gain
+        return self.head(x.mean(2))
+
+
+class AttentionNet(nn.Module):
+    """Patch embedding, ``nn.MultiheadAttention`` (packed ``in_proj_weight``, a raw Parameter;
+    ``out_proj``, a Linear the attention calls functionally), a class token and a LayerNorm."""
+
+    def __init__(self, classes: int = 4, width: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, width, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.attn = nn.MultiheadAttention(width, 2, batch_first=True)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        tokens = self.norm(tokens + self.attn(tokens, tokens, tokens, need_weights=False)[0])
+        return self.head(tokens[:, 0])
+
+
+class TrainModeTuple(nn.Module):
+    """Plain logits in eval mode, (logits, auxiliary logits) in train mode."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.head = nn.Linear(6, classes)
+        self.aux = nn.Linear(6, classes)
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        features = F.relu(self.stem(x)).mean((2, 3))
+        if self.training:
+            return self.head(features), self.aux(features)
+        return self.head(features)
+
+
+class HiddenRunningScale(nn.Module):
+    """A layer that updates a *non-persistent* buffer in train mode (outside the state dict)."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.head = nn.Linear(6, classes)
+        self.register_buffer("scale", torch.ones(1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = F.relu(self.stem(x)).mean((2, 3))
+        if self.training:
+            with torch.no_grad():
+                self.scale.mul_(0.9).add_(0.1 * features.abs().mean())
+        return self.head(features / self.scale)

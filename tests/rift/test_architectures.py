@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from rift import checkpoints
 from rift.attacks import PGD
 from rift.config import ArchitectureSpec, AttackSpec, DatasetSpec, RiftConfig
 from rift.data import load_dataset
@@ -176,3 +177,56 @@ def test_tabular_run_through_the_cli(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["config"]["architecture"]["name"] == "mlp"
     assert result["selected_module"] in done.stdout
+
+
+@pytest.mark.parametrize(("architecture", "tuned", "rows", "warned"), [
+    # A tied pair (a, b), a module called twice, a weight also read functionally.
+    ("tied_weights_net", "a", ["stem", "a", "twice", "mix", "head"], []),
+    # Conv3d, ConvTranspose2d, Conv1d, a bias-free Linear, a buffer, an uncalled aux head.
+    ("odd_layers_net", "sequence", ["volume", "up", "sequence", "head"], ["aux"]),
+    # nn.MultiheadAttention (raw in_proj_weight, functional out_proj), a class token.
+    ("attention_net", "attn", ["embed", "attn", "attn.out_proj", "head"], ["cls_token"]),
+])
+def test_awkward_architectures_run_end_to_end_without_a_silent_wrong_result(
+        plugin_path: Path, tmp_path: Path, architecture: str, tuned: str, rows: list[str],
+        warned: list[str]) -> None:
+    """Every weight tensor scored once, unscorable parts named in a warning, fine-tuning moves
+    only the tuned module's own parameters (under every key that holds them), and α = 0 puts
+    every parameter and buffer back bit for bit."""
+    from rift.interpolation import interpolate_weights
+    from rift.pipeline import PipelineCallbacks, prepare_run, run_pipeline
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8),
+             y=np.arange(48) % 4)
+    config = RiftConfig.model_validate({
+        "architecture": {"name": architecture, "num_classes": 4},
+        "dataset": {"name": "npz", "path": str(tmp_path / "d.npz"), "validation_fraction": 0.25},
+        "attack": {"eps": 0.03, "step_size": 0.01, "steps": 2},
+        "mrc": {"steps": 2, "num_examples": 16, "batch_size": 16},
+        "finetune": {"module": tuned, "epochs": 1, "batch_size": 8, "lr": 0.5,
+                     "lr_milestones": []},
+        "interpolation": {"alpha_step": 0.5}, "evaluation": {"max_examples": 8},
+        "preflight": {"examples": 0}, "device": "cpu"})
+    torch.manual_seed(0)
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    warnings: list[str] = []
+    result = run_pipeline(config, state, tmp_path / "out", PipelineCallbacks(
+        on_event=lambda kind, data: warnings.append(data["message"]) if kind == "warning"
+        else None))
+    assert [row["name"] for row in result["mrc"]["rows"]] == rows
+    assert result["mrc"]["engine"] == "cached"
+    for name in warned:
+        assert any(name in message for message in warnings), (name, warnings)
+
+    run = prepare_run(config, state)
+    theta_at = run.original_state
+    theta_ft = checkpoints.load_state_dict(tmp_path / "out" / "finetuned.safetensors")
+    own = {id(p) for p in run.model.get_submodule(tuned).parameters(recurse=False)}
+    own_keys = {key for key, p in run.model.named_parameters(remove_duplicate=False)
+                if id(p) in own}
+    changed = {key for key in theta_at if not torch.equal(theta_at[key], theta_ft[key])}
+    assert changed and changed <= own_keys
+    run.reset_weights(interpolate_weights(theta_at, theta_ft, 0.0))
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(value, theta_at[key]), key

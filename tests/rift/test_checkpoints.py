@@ -27,7 +27,7 @@ from rift.checkpoints import (
 from rift.config import ArchitectureSpec
 from rift.errors import CheckpointError, CheckpointMismatchError
 from rift.models import build_model
-from tests.module_factories import VersionedLinear
+from tests.module_factories import TiedWeights, VersionedLinear
 
 
 def _model(num_classes: int = 10) -> nn.Module:
@@ -529,3 +529,18 @@ def test_load_into_a_model_on_the_gpu() -> None:
     load_into(model, state)
     assert model.conv1.weight.device.type == "cuda"
     torch.testing.assert_close(model.conv1.weight.cpu(), state["conv1.weight"])
+
+
+def test_tied_keys_must_hold_one_value(tmp_path: Path) -> None:
+    """``a.weight`` and ``b.weight`` are one Parameter of the model. A checkpoint of an untied
+    model with different values under them loaded before without a word, the last key winning;
+    a round trip through our own safetensors files (which store shared tensors twice) loads."""
+    model = TiedWeights()
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    save_safetensors(tmp_path / "tied.safetensors", state)
+    load_into(TiedWeights(), load_state_dict(tmp_path / "tied.safetensors"))
+    state["b.weight"] = state["b.weight"] + 1.0
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match=r"a\.weight = b\.weight"):
+        load_into(model, state)
+    _assert_same(model.state_dict(), before)

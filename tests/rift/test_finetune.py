@@ -13,7 +13,12 @@ from rift.errors import ConfigError, JobCancelled
 from rift.evaluation import evaluate_accuracy
 from rift.finetune import EpochMetrics, finetune_module
 from rift.models import build_model
-from tests.module_factories import VersionedLinear
+from tests.module_factories import (
+    AttentionNet,
+    HiddenRunningScale,
+    TrainModeTuple,
+    VersionedLinear,
+)
 
 CPU = torch.device("cpu")
 
@@ -186,3 +191,45 @@ def test_the_best_epoch_is_loaded_back_with_the_modules_format_versions(
     model = nn.Sequential(nn.Flatten(), VersionedLinear(64, 10))
     result = finetune_module(model, "1", splits, _spec(epochs=1), device=CPU, seed=0)
     torch.testing.assert_close(model[1].weight, result.state_dict["1.weight"])
+
+
+def _rgb_splits(classes: int = 4) -> DatasetSplits:
+    gen = torch.Generator().manual_seed(0)
+
+    def part(n: int) -> ImageTensors:
+        return ImageTensors(torch.rand(n, 3, 8, 8, generator=gen), torch.arange(n) % classes)
+
+    return DatasetSplits(train=part(32), validation=part(16), test=part(16),
+                         num_classes=classes, image_shape=(3, 8, 8), name="synthetic",
+                         augment="none")
+
+
+def test_a_model_that_returns_a_tuple_in_train_mode_is_a_config_error() -> None:
+    """Eval mode gives logits (the pipeline's shape probe passes), train mode a tuple. Before:
+    AttributeError ("'tuple' object has no attribute 'float'") from inside the training loop."""
+    model = TrainModeTuple()
+    with pytest.raises(ConfigError, match=r"train mode.*tuple") as info:
+        finetune_module(model, "head", _rgb_splits(), _spec(), device=CPU, seed=0)
+    assert info.value.field == "architecture"
+
+
+def test_fine_tuning_an_attention_module_moves_only_its_own_projection() -> None:
+    """``attn`` owns the packed ``in_proj_weight``/``in_proj_bias``; its ``out_proj`` is a
+    module of its own (a separate MRC row) and stays put."""
+    torch.manual_seed(0)
+    model = AttentionNet()
+    before = _snapshot(model)
+    finetune_module(model, "attn", _rgb_splits(), _spec(lr=0.5), device=CPU, seed=0)
+    changed = {key for key, value in model.state_dict().items()
+               if not torch.equal(value, before[key])}
+    assert changed == {"attn.in_proj_weight", "attn.in_proj_bias"}
+
+
+def test_buffers_outside_the_state_dict_are_put_back() -> None:
+    """θ_FT and every θ_α are state dicts: a non-persistent buffer that training moved would
+    make the evaluated model differ from the saved weights (and θ_α at α = 0 from θ_AT)."""
+    torch.manual_seed(0)
+    model = HiddenRunningScale()
+    result = finetune_module(model, "head", _rgb_splits(), _spec(), device=CPU, seed=0)
+    assert "scale" not in result.state_dict
+    assert torch.equal(model.scale, torch.ones(1))

@@ -11,12 +11,15 @@ from torch import nn
 from rift.config import MRCSpec
 from rift.errors import ConfigError, JobCancelled
 from rift.mrc import (
+    MRCReport,
     module_robust_criticality,
     perturbable_modules,
     project_onto_ball,
     select_modules,
 )
 from rift.mrc_reference import plain_module_robust_criticality
+from rift.segments import split_at_parameter, trace
+from tests.module_factories import AttentionNet, OddLayers, TiedWeights
 
 
 class TwoLayerReLU(nn.Module):
@@ -294,6 +297,73 @@ def test_cached_equals_plain_on_registry_resnets(arch: str) -> None:
     for row in cached.modules:
         assert row.mrc == pytest.approx(plain[row.name], rel=1e-4, abs=1e-6), row.name
     assert any(row.mrc > 0 for row in cached.modules)
+
+
+def _cached_rows_equal_plain(model: nn.Module, spec: MRCSpec, classes: int = 4
+                             ) -> MRCReport:
+    torch.manual_seed(1)
+    images, labels = torch.rand(12, 3, 8, 8), torch.arange(12) % classes
+    cached = module_robust_criticality(model.eval(), images, labels, spec)
+    scored = [row.name for row in cached.modules]
+    plain = plain_module_robust_criticality(model, images, labels,
+                                            spec.model_copy(update={"modules": scored}))
+    assert cached.engine == "cached"
+    assert list(plain) == scored
+    for row in cached.modules:
+        assert row.mrc == pytest.approx(plain[row.name], rel=1e-5, abs=2e-5), row.name
+    return cached
+
+
+def test_a_weight_read_in_several_places_is_perturbed_at_every_read() -> None:
+    """A tied weight (``b`` holds ``a``'s Parameter), a module called twice and a weight also read
+    functionally. Before, the cached engine split at one call only: ``b`` and ``mix`` were scored
+    with a prefix cached from the unperturbed weight (``mix`` 1.4012 against 1.4018 in full), and
+    ``a``/``b`` were two rows for one Parameter."""
+    torch.manual_seed(0)
+    model = TiedWeights()
+    spec = MRCSpec(steps=3, batch_size=12, num_examples=12, eps=0.5)
+    report = _cached_rows_equal_plain(model, spec)
+    assert [row.name for row in report.modules] == ["stem", "a", "twice", "mix", "head"]
+    traced = trace(model)
+    for weight in (model.a.weight, model.twice.weight, model.mix.weight):
+        # A real split (not the whole-model fallback) whose prefix never reads the weight.
+        segment = split_at_parameter(traced, weight)
+        assert segment is not None
+        prefix = segment.prefix
+        for node in prefix.graph.nodes:
+            if node.op == "call_module":
+                held = list(prefix.get_submodule(str(node.target)).parameters())
+                assert all(p is not weight for p in held), node.target
+            if node.op == "get_attr":
+                assert prefix.get_parameter(str(node.target)) is not weight, node.target
+
+
+def test_attention_projections_are_scored_and_raw_parameters_reported() -> None:
+    torch.manual_seed(0)
+    report = _cached_rows_equal_plain(AttentionNet(), MRCSpec(steps=2, batch_size=12,
+                                                              num_examples=12, eps=0.5))
+    assert [row.name for row in report.modules] == ["embed", "attn", "attn.out_proj", "head"]
+    assert report.unscored == ["cls_token"]
+
+
+def test_modules_the_output_does_not_depend_on_are_left_out_and_named() -> None:
+    """OddLayers' ``aux`` head is never called in eval mode. Before, its ascent raised a bare
+    RuntimeError ("element 0 of tensors does not require grad"); scored as 0 it would have been
+    chosen for fine-tuning without any effect on the model's predictions."""
+    torch.manual_seed(0)
+    model = OddLayers()
+    report = _cached_rows_equal_plain(model, MRCSpec(steps=2, batch_size=12, num_examples=12))
+    assert [row.name for row in report.modules] == ["volume", "up", "sequence", "head"]
+    assert report.unreachable == ["aux"]
+    with pytest.raises(ConfigError, match="aux") as info:
+        module_robust_criticality(model, torch.rand(2, 3, 8, 8), torch.tensor([0, 1]),
+                                  MRCSpec(modules=["aux"]))
+    assert info.value.field == "mrc.modules"
+
+
+def test_naming_a_weight_alias_says_which_module_scores_it() -> None:
+    with pytest.raises(ConfigError, match="'b' shares its weight with 'a'"):
+        select_modules(TiedWeights(), MRCSpec(modules=["b"]))
 
 
 def test_non_finite_losses_are_a_numerical_error(residual_setup) -> None:

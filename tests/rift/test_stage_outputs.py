@@ -50,3 +50,15 @@ def test_a_damaged_run_json_without_outputs_is_taken_over(tmp_path: Path) -> Non
     identity = stage_outputs.RunIdentity("abc", "def", {"seed": 0})
     stage_outputs.check_run_identity(FolderStorage(tmp_path), identity)
     assert stage_outputs.read_json(FolderStorage(tmp_path), RUN_JSON) == identity.to_json()
+
+
+def test_the_fingerprint_takes_zero_dimensional_tensors_of_any_dtype() -> None:
+    """BatchNorm's ``num_batches_tracked`` is a 0-d int64. Before, a run given a state dict
+    (``run_pipeline(config, model.state_dict(), ...)``) of any model with BatchNorm failed with
+    "self.dim() cannot be 0 to view Long as Byte" before its first stage."""
+    state = {"bn.num_batches_tracked": torch.tensor(7), "bn.weight": torch.ones(3),
+             "flag": torch.tensor(True), "half": torch.tensor(0.5, dtype=torch.float16)}
+    fingerprint = stage_outputs.tensors_fingerprint(state)
+    assert fingerprint == stage_outputs.tensors_fingerprint(dict(state))
+    assert fingerprint != stage_outputs.tensors_fingerprint(
+        {**state, "bn.num_batches_tracked": torch.tensor(8)})
