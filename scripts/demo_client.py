@@ -4,8 +4,8 @@
 Uploads a checkpoint, creates a job with the given config, follows its events live, downloads
 the artifacts (each SHA-256 checked by the client), and prints the MRC table, the fine-tuning
 epochs, the interpolation curve and the before/after accuracies. ``scripts/demo.sh`` starts the
-service and calls this; it works against any running instance (the API key, if the service
-wants one, comes from ``RIFT_API_KEY``):
+service and calls this; it works against any running instance (every instance wants a key,
+the embedded one included; it comes from ``RIFT_API_KEY``):
 
     RIFT_API_KEY=$(rift-admin keys create --project demo) \
     python scripts/demo_client.py --url http://127.0.0.1:8000 \

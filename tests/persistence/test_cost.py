@@ -60,3 +60,14 @@ def test_a_sweep_counts_a_fine_tune_and_a_curve_per_candidate() -> None:
     assert (cost.adversarial_set, cost.mrc) == (one.adversarial_set, one.mrc)
     assert (cost.finetune.total, cost.interpolation.total) == (
         6 * one.finetune.total, 6 * one.interpolation.total)
+
+
+def test_builtin_digits_size_is_the_librarys_split() -> None:
+    # The estimate once assumed a fifth of the digits as test (359) where the library holds out
+    # a quarter (449), under-counting every digits job's interpolation stage.
+    from rift.data.loading import load_dataset
+
+    spec = RiftConfig.model_validate(_config()).dataset
+    splits = load_dataset(spec, seed=0)
+    train = splits.train.labels.numel() + splits.validation.labels.numel()
+    assert BUILTIN_SIZES["digits"] == (train, splits.test.labels.numel())
