@@ -1,7 +1,8 @@
 """Fixtures of the client tests: the real API over HTTP on loopback.
 
 - ``queued_api``: the API on a fresh SQLite database with a recording dispatcher (jobs stay
-  queued: uploads, errors, listing, cancelling, waiting with a timeout).
+  queued: uploads, errors, listing, cancelling, waiting with a timeout; webhook messages are
+  recorded, not sent), allowing webhooks to 127.0.0.1.
 - ``live_service``: the API, Postgres, Redis and a real Celery worker process, started once for
   the tests of this folder; ``finished_job`` is one job run to the end on it through the client.
 - ``api_key`` / ``live_api_key``: the key the client and ``riftctl`` send to ``queued_api`` /
@@ -75,7 +76,8 @@ def queued_api(sqlite_url: str, tmp_path: Path,
     settings = settings_from_env({
         "DATABASE_URL": sqlite_url, "BROKER_URL": "memory://", "STORE_KIND": "local",
         "STORE_ROOT": str(tmp_path / "objects"), "WORK_DIR": str(tmp_path / "work"),
-        "MAX_CHECKPOINT_BYTES": str(MAX_UPLOAD_BYTES), "MAX_DATASET_BYTES": str(MAX_UPLOAD_BYTES)})
+        "MAX_CHECKPOINT_BYTES": str(MAX_UPLOAD_BYTES), "MAX_DATASET_BYTES": str(MAX_UPLOAD_BYTES),
+        "WEBHOOK_ALLOW_LIST": "127.0.0.1"})
     dispatcher = RecordingDispatcher()
     server, stop = _serve(settings, shared_validator, dispatcher=dispatcher)
     yield RunningApi(server.url, settings, dispatcher)

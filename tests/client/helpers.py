@@ -132,13 +132,15 @@ def _close(*sockets: socket.socket) -> None:
 @dataclass
 class ScriptedReply:
     """``body`` is sent as JSON; ``raw`` (with ``content_type``) as it is, for answers that are
-    not the API's (another server's page, a body that does not decode)."""
+    not the API's (another server's page, a body that does not decode). ``delay_s``: seconds
+    the server waits, once the request is read, before answering (a slow check)."""
 
     status: int
     body: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
     raw: bytes | None = None
     content_type: str = "application/json"
+    delay_s: float = 0.0
 
 
 @dataclass
@@ -147,11 +149,16 @@ class SeenRequest:
     path: str
     headers: dict[str, str]
     at: float
+    body: bytes = b""
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 class ScriptedServer:
     """A real HTTP server on loopback answering each request with the next reply of a script
-    (the last one repeats), and remembering the requests (method, path, headers, monotonic time)."""
+    (the last one repeats), and remembering the requests (method, path, headers, monotonic time,
+    body)."""
 
     def __init__(self, replies: Sequence[ScriptedReply]) -> None:
         import time
@@ -165,22 +172,25 @@ class ScriptedServer:
 
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
+                body = self.rfile.read(length) if length else b""
                 server.seen.append(SeenRequest(self.command, self.path,
                                                {k.lower(): v for k, v in self.headers.items()},
-                                               time.monotonic()))
+                                               time.monotonic(), body))
                 reply = server.replies[min(len(server.seen), len(server.replies)) - 1]
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
                 payload = (reply.raw if reply.raw is not None
                            else json.dumps(reply.body).encode() if reply.body is not None
                            else b"")
-                self.send_response(reply.status)
-                self.send_header("Content-Type", reply.content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                for key, value in reply.headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(payload)
+                # A client that gave up waiting has closed the connection.
+                with contextlib.suppress(OSError):
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", reply.content_type)
+                    self.send_header("Content-Length", str(len(payload)))
+                    for key, value in reply.headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(payload)
 
             do_GET = do_POST = do_DELETE = _answer
 

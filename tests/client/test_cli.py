@@ -1,7 +1,7 @@
 """``riftctl`` end to end (the console script in a subprocess) against the real API with jobs left
-queued: uploads, records, job creation, lists, cancelling, the config file, ``--output json`` and
-the documented exit codes (0 success, 1 job failed or cancelled, 2 usage error, 3 API error,
-4 wait timed out)."""
+queued: uploads (and their own timeout), records, job creation, lists, cancelling, webhooks, the
+config file, ``--output json`` and the documented exit codes (0 success, 1 job failed or
+cancelled, 2 usage error, 3 API error, 4 wait timed out)."""
 
 from __future__ import annotations
 
@@ -264,3 +264,80 @@ def test_a_url_naming_another_server_exits_3_naming_it(cli: Cli) -> None:
     error = result.error()
     assert error["code"] == "unexpected_response" and error["status"] == 200
     assert server.url in error["message"]
+
+
+def test_webhooks_create_list_get_deliveries_delete(cli: Cli, checkpoint_file: Path,
+                                                    config_file: Path) -> None:
+    url = "http://127.0.0.1:9/hooks/rift"  # allowed by queued_api; nothing is sent there
+    created = cli("-o", "json", "webhooks", "create", url, "--event", "job.cancelled",
+                  "--description", "ci", "--idempotency-key", "hook-1")
+    assert created.exit_code == 0, created.stderr
+    hook = created.json()
+    assert hook["secret"].startswith("whsec_") and hook["events"] == ["job.cancelled"]
+    again = cli("-o", "json", "webhooks", "create", url, "--event", "job.cancelled",
+                "--description", "ci", "--idempotency-key", "hook-1")
+    assert (again.json()["id"], again.json()["secret"]) == (hook["id"], hook["secret"])
+    text = cli("webhooks", "create", url)
+    assert text.exit_code == 0 and "secret whsec_" in text.stdout and "shown once" in text.stdout
+
+    listed = cli("-o", "json", "webhooks", "list")
+    assert listed.exit_code == 0 and len(listed.json()) == 2
+    assert all("secret" not in h for h in listed.json())
+    table = cli("webhooks", "list")
+    assert table.exit_code == 0 and hook["id"] in table.stdout and url in table.stdout
+    shown = cli("webhooks", "get", hook["id"])
+    assert shown.exit_code == 0 and "job.cancelled" in shown.stdout
+    assert cli("-o", "json", "webhooks", "get", hook["id"]).json() == {
+        k: v for k, v in hook.items() if k != "secret"}
+
+    assert cli("-o", "json", "webhooks", "deliveries", hook["id"]).json() == []
+    job = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file), "--config",
+              str(config_file)).json()
+    assert cli("jobs", "cancel", job["id"]).exit_code == 0
+    [delivery] = cli("-o", "json", "webhooks", "deliveries", hook["id"], "--limit", "5").json()
+    assert (delivery["event_type"], delivery["job_id"], delivery["status"]) == (
+        "job.cancelled", job["id"], "pending")
+    lines = cli("webhooks", "deliveries", hook["id"]).stdout
+    assert f"{delivery['id']} job.cancelled job {job['id']}: pending, 0 attempts" in lines
+
+    deleted = cli("-o", "json", "webhooks", "delete", hook["id"])
+    assert deleted.exit_code == 0 and deleted.json() == {"deleted": hook["id"]}
+    for args in (("webhooks", "get", hook["id"]), ("webhooks", "deliveries", hook["id"]),
+                 ("webhooks", "delete", hook["id"])):
+        gone = cli("-o", "json", *args)
+        assert gone.exit_code == 3 and gone.error()["code"] == "webhook_not_found"
+        assert gone.error()["field"] == "webhook_id"
+
+
+def test_webhook_errors_exit_3_and_bad_options_exit_2(cli: Cli) -> None:
+    forbidden = cli("-o", "json", "webhooks", "create", "http://10.1.2.3/hooks")
+    assert forbidden.exit_code == 3 and forbidden.stdout == ""
+    assert forbidden.error()["code"] == "webhook_target_forbidden"
+    assert forbidden.error()["field"] == "url"
+    text = cli("webhooks", "create", "ftp://example.org/hooks")
+    assert text.exit_code == 3 and "url" in text.stderr
+    unknown = cli("webhooks", "create", "http://127.0.0.1:9/h", "--event", "job.started")
+    assert unknown.exit_code == 2 and "job.started" in unknown.stderr
+    assert cli("webhooks", "deliveries", "wh_1", "--limit", "101").exit_code == 2
+    assert cli("webhooks", "create").exit_code == 2  # the URL is required
+    assert cli("-o", "json", "webhooks", "list").json() == []  # nothing was registered
+
+
+def test_upload_timeout_covers_the_services_check(cli: Cli, checkpoint_file: Path) -> None:
+    record = {"id": "ck_1", "filename": checkpoint_file.name,
+              "size": checkpoint_file.stat().st_size,
+              "sha256": hashlib.sha256(checkpoint_file.read_bytes()).hexdigest(),
+              "format": "safetensors", "num_tensors": 1, "num_parameters": 1,
+              "created_at": "2026-01-01T00:00:00Z"}
+    server = ScriptedServer([ScriptedReply(201, record, delay_s=1.0)])
+    try:
+        # The check outlasts --timeout-http, not --upload-timeout: one request, answered.
+        waited = run_riftctl(["-o", "json", "--timeout-http", "0.3", "--upload-timeout", "10",
+                              "checkpoints", "upload", str(checkpoint_file)],
+                             url=server.url, api_key="rift_test", home=cli.home)
+        assert waited.exit_code == 0, waited.stderr
+        assert waited.json()["id"] == "ck_1" and len(server.seen) == 1
+        assert cli("--upload-timeout", "0", "checkpoints", "upload",
+                   str(checkpoint_file)).exit_code == 2
+    finally:
+        server.stop()

@@ -1,13 +1,17 @@
 """``RiftClient`` against the real API (SQLite, local store, jobs left queued): uploads with
 progress and SHA-256, records, job creation with idempotency keys, pages of jobs, cancelling,
 waiting with a timeout, the API's errors as typed exceptions (materializing a job that has not
-succeeded among them), and a materialization wait that times out."""
+succeeded among them), a materialization wait that times out, and a webhook registered, listed,
+read, sent a signed message (by the worker's delivery code) that ``verify_webhook`` accepts, and
+deleted; then each webhook call against a scripted server (the request sent, the answer parsed,
+the errors)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,7 @@ from sqlalchemy import create_engine, text
 from rift_client import (
     Checkpoint,
     ConflictError,
+    CreatedWebhook,
     Job,
     JobSpec,
     NotFoundError,
@@ -29,10 +34,13 @@ from rift_client import (
     UnexpectedResponseError,
     UnprocessableEntityError,
     WaitTimeoutError,
+    Webhook,
+    verify_webhook,
 )
 from tests.api.helpers import digits_config
 from tests.client.conftest import FAST_RETRY, MAX_UPLOAD_BYTES, RunningApi
 from tests.client.helpers import ScriptedReply, ScriptedServer
+from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.service
 
@@ -365,3 +373,189 @@ def test_arguments_that_cannot_be_sent_are_usage_errors_before_any_request(
     assert isinstance(refused.value, ValueError) and named in str(refused.value)
     assert "rift_abc" not in str(refused.value)  # a key is never quoted
     assert server.seen == []
+
+
+# ---------------------------------------------------------------------------------- webhooks
+
+
+def test_webhook_round_trip_with_a_signed_delivery(rift: RiftClient, queued_api: RunningApi,
+                                                   checkpoint_file: Path) -> None:
+    from worker.runtime import WorkerResources
+    from worker.webhooks import deliver
+
+    receiver = Receiver(statuses=[]).start()
+    try:
+        hook = rift.create_webhook(receiver.url, events=["job.failed", "job.cancelled"],
+                                   description="ci", idempotency_key="hook-7")
+        assert isinstance(hook, CreatedWebhook) and hook.secret.startswith("whsec_")
+        assert hook.url == receiver.url and hook.events == ["job.cancelled", "job.failed"]
+        # A retry under the key (events in another order) learns the same endpoint and secret;
+        # another registration under it is refused.
+        again = rift.create_webhook(receiver.url, events=["job.cancelled", "job.failed"],
+                                    description="ci", idempotency_key="hook-7")
+        assert (again.id, again.secret) == (hook.id, hook.secret)
+        with pytest.raises(ConflictError) as taken:
+            rift.create_webhook(receiver.url, idempotency_key="hook-7")
+        assert taken.value.code == "idempotency_conflict"
+        with pytest.raises(UnprocessableEntityError) as forbidden:
+            rift.create_webhook("http://10.1.2.3/hooks")
+        assert forbidden.value.code == "webhook_target_forbidden"
+        assert forbidden.value.field == "url"
+
+        [listed] = rift.list_webhooks()
+        assert type(listed) is Webhook and listed.id == hook.id and listed.description == "ci"
+        assert rift.get_webhook(hook.id) == listed
+        assert rift.webhook_deliveries(hook.id) == []
+
+        # A cancelled job owes the endpoint a message: recorded, its task handed to the
+        # dispatcher, not yet attempted.
+        job = rift.create_job({"config": digits_config()},
+                              checkpoint_id=_upload(rift, checkpoint_file).id)
+        rift.cancel(job.id)
+        [pending] = rift.webhook_deliveries(hook.id)
+        assert (pending.status, pending.event_type, pending.job_id) == (
+            "pending", "job.cancelled", job.id)
+        assert not pending.finished and pending.attempts == 0 and pending.attempt_log == []
+        assert queued_api.dispatcher is not None
+        assert queued_api.dispatcher.webhooks == [pending.id]
+
+        # The worker's own delivery code sends it; the receiver checks it with the client's
+        # helper and the secret from the registration.
+        assert deliver(WorkerResources(queued_api.settings), pending.id,
+                       schedule_retry=lambda *_: None) == "delivered"
+        [received] = receiver.received
+        message = verify_webhook(hook.secret, received.headers, received.body)
+        assert message.id == pending.id and message.type == "job.cancelled"
+        assert message.data.job_id == job.id and message.data.status == "cancelled"
+        [sent] = rift.webhook_deliveries(hook.id, limit=1)
+        assert sent.id == pending.id and sent.status == "succeeded" and sent.finished
+        assert [(a.attempt, a.status_code, a.error) for a in sent.attempt_log] == [
+            (1, 200, None)]
+        assert sent.last_status_code == 200
+
+        rift.delete_webhook(hook.id)
+        assert rift.list_webhooks() == []
+        for call in (rift.get_webhook, rift.webhook_deliveries, rift.delete_webhook):
+            with pytest.raises(NotFoundError) as gone:
+                call(hook.id)
+            assert gone.value.code == "webhook_not_found" and gone.value.field == "webhook_id"
+    finally:
+        receiver.stop()
+
+
+WEBHOOK = {"id": "wh_1", "url": "https://hooks.example.com/rift", "description": None,
+           "events": ["job.cancelled", "job.failed", "job.succeeded"],
+           "created_at": "2026-01-01T00:00:00Z"}
+DELIVERY = {
+    "id": "msg_1", "event_type": "job.failed", "job_id": "job_1", "status": "pending",
+    "attempts": 2, "last_status_code": 500, "last_error": "the receiver answered HTTP 500",
+    "next_attempt_at": "2026-01-01T00:01:00Z", "created_at": "2026-01-01T00:00:00Z",
+    "updated_at": "2026-01-01T00:00:30Z", "attempt_log": [
+        {"attempt": 1, "status_code": None, "error": "ConnectTimeout: timed out",
+         "started_at": "2026-01-01T00:00:00Z", "duration_ms": 5000.0},
+        {"attempt": 2, "status_code": 500, "error": "the receiver answered HTTP 500",
+         "started_at": "2026-01-01T00:00:30Z", "duration_ms": 12.5}]}
+
+
+@pytest.fixture
+def scripted() -> Iterator[list[ScriptedServer]]:
+    servers: list[ScriptedServer] = []
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def _scripted_client(scripted: list[ScriptedServer], *replies: ScriptedReply
+                     ) -> tuple[ScriptedServer, RiftClient]:
+    server = ScriptedServer(replies)
+    scripted.append(server)
+    return server, RiftClient(server.url, api_key="rift_test", retry=FAST_RETRY)
+
+
+def test_create_webhook_sends_the_registration_under_one_key(
+        scripted: list[ScriptedServer]) -> None:
+    server, client = _scripted_client(
+        scripted, ScriptedReply(503, None, {"Retry-After": "0"}),
+        ScriptedReply(201, {**WEBHOOK, "secret": "whsec_c2VjcmV0"}))
+    with client:
+        hook = client.create_webhook("https://hooks.example.com/rift", events=("job.failed",),
+                                     description="team vision")
+        assert hook.secret == "whsec_c2VjcmV0" and hook.id == "wh_1"
+        assert hook.created_at.year == 2026
+        # A 503 is retried with the same Idempotency-Key, drawn once per call.
+        first, retried = server.seen
+        assert (first.method, first.path) == ("POST", "/v1/webhooks")
+        assert first.json() == {"url": "https://hooks.example.com/rift",
+                                "events": ["job.failed"], "description": "team vision"}
+        assert first.headers["idempotency-key"].startswith("rift-client-")
+        assert retried.headers["idempotency-key"] == first.headers["idempotency-key"]
+        assert retried.body == first.body
+        # Without events or description, neither is sent (the service's default: all events).
+        client.create_webhook("https://hooks.example.com/rift", idempotency_key="hook-1")
+        assert server.seen[-1].json() == {"url": "https://hooks.example.com/rift"}
+        assert server.seen[-1].headers["idempotency-key"] == "hook-1"
+        other = client.create_webhook("https://hooks.example.com/rift")
+        assert other.id == "wh_1"
+        assert server.seen[-1].headers["idempotency-key"] != first.headers["idempotency-key"]
+
+
+def test_list_get_delete_and_deliveries_parse_the_apis_answers(
+        scripted: list[ScriptedServer]) -> None:
+    server, client = _scripted_client(
+        scripted, ScriptedReply(200, {"items": [WEBHOOK, {**WEBHOOK, "id": "wh_2"}]}),
+        ScriptedReply(200, WEBHOOK), ScriptedReply(204), ScriptedReply(200, {"items": [DELIVERY]}))
+    with client:
+        assert [h.id for h in client.list_webhooks()] == ["wh_1", "wh_2"]
+        assert client.get_webhook("wh/1") == Webhook.model_validate(WEBHOOK)
+        assert client.delete_webhook("wh_1") is None
+        [delivery] = client.webhook_deliveries("wh_1", limit=5)
+    assert [(r.method, r.path) for r in server.seen] == [
+        ("GET", "/v1/webhooks"), ("GET", "/v1/webhooks/wh%2F1"), ("DELETE", "/v1/webhooks/wh_1"),
+        ("GET", "/v1/webhooks/wh_1/deliveries?limit=5")]
+    assert delivery.id == "msg_1" and delivery.status == "pending" and not delivery.finished
+    assert delivery.next_attempt_at is not None and delivery.last_status_code == 500
+    assert [(a.attempt, a.status_code, a.duration_ms) for a in delivery.attempt_log] == [
+        (1, None, 5000.0), (2, 500, 12.5)]
+
+
+@pytest.mark.parametrize(("reply", "error", "code"), [
+    (ScriptedReply(404, {"error": {"code": "webhook_not_found", "message": "no webhook",
+                                   "field": "webhook_id"}}), NotFoundError, "webhook_not_found"),
+    (ScriptedReply(409, {"error": {"code": "webhook_limit_reached", "message": "20 webhooks",
+                                   "field": "WEBHOOK_MAX_ENDPOINTS"}}), ConflictError,
+     "webhook_limit_reached"),
+    (ScriptedReply(422, {"error": {"code": "webhook_target_forbidden", "message": "private",
+                                   "field": "url"}}), UnprocessableEntityError,
+     "webhook_target_forbidden"),
+], ids=["404", "409", "422"])
+def test_webhook_calls_raise_the_apis_errors(scripted: list[ScriptedServer], reply: ScriptedReply,
+                                             error: type[RiftAPIError], code: str) -> None:
+    server, client = _scripted_client(scripted, reply)
+    calls = (lambda: client.create_webhook("https://hooks.example.com/rift"),
+             client.list_webhooks, lambda: client.get_webhook("wh_1"),
+             lambda: client.delete_webhook("wh_1"), lambda: client.webhook_deliveries("wh_1"))
+    with client:
+        for call in calls:
+            with pytest.raises(error) as raised:
+                call()
+            assert raised.value.code == code and raised.value.field == reply.body["error"]["field"]
+    assert len(server.seen) == len(calls)  # none of them is retried
+
+
+def test_webhook_answers_that_are_not_the_apis_and_arguments_that_cannot_be_sent(
+        scripted: list[ScriptedServer]) -> None:
+    server, client = _scripted_client(scripted, ScriptedReply(200, {"items": [{"id": 5}]}),
+                                      ScriptedReply(200, WEBHOOK))
+    with client:
+        with pytest.raises(UnexpectedResponseError, match="list of Webhook"):
+            client.list_webhooks()
+        # A registration's answer must carry the secret.
+        with pytest.raises(UnexpectedResponseError, match="CreatedWebhook"):
+            client.create_webhook("https://hooks.example.com/rift")
+        seen = len(server.seen)
+        with pytest.raises(RiftUsageError, match="list of event types"):
+            client.create_webhook("https://hooks.example.com/rift",
+                                  events="job.failed")  # type: ignore[arg-type]
+        with pytest.raises(RiftUsageError, match="Idempotency-Key"):
+            client.create_webhook("https://hooks.example.com/rift", idempotency_key="run 42")
+    assert len(server.seen) == seen  # refused before anything was sent

@@ -1,4 +1,4 @@
-"""Where ``riftctl`` takes the URL, the key and the timeout from: flag, environment, config file,
+"""Where ``riftctl`` takes the URL, the key and the timeouts from: flag, environment, config file,
 default, in that order; a broken config file is a clear error."""
 
 from __future__ import annotations
@@ -7,31 +7,33 @@ from pathlib import Path
 
 import pytest
 
-from rift_client.client import DEFAULT_BASE_URL
+from rift_client.client import DEFAULT_BASE_URL, DEFAULT_UPLOAD_TIMEOUT_S
 from rift_client.config import ConfigError, resolve_config
 
 
 def test_precedence(tmp_path: Path) -> None:
     path = tmp_path / "riftctl.toml"
-    path.write_text('api_url = "http://file:1"\napi_key = "rift_file"\ntimeout = 5\n')
+    path.write_text('api_url = "http://file:1"\napi_key = "rift_file"\ntimeout = 5\n'
+                    'upload_timeout = 1800\n')
     env = {"RIFTCTL_CONFIG": str(path)}
     from_file = resolve_config(url=None, api_key=None, timeout=None, env=env)
-    assert (from_file.api_url, from_file.api_key, from_file.timeout) == (
-        "http://file:1", "rift_file", 5.0)
+    assert (from_file.api_url, from_file.api_key, from_file.timeout,
+            from_file.upload_timeout) == ("http://file:1", "rift_file", 5.0, 1800.0)
     assert from_file.source == path
     from_env = resolve_config(url=None, api_key=None, timeout=None,
                               env={**env, "RIFT_API_URL": "http://env:2", "RIFT_API_KEY": "rift_env"})
     assert (from_env.api_url, from_env.api_key) == ("http://env:2", "rift_env")
     from_flags = resolve_config(url="http://flag:3", api_key="rift_flag", timeout=9,
-                                env={**env, "RIFT_API_URL": "http://env:2"})
-    assert (from_flags.api_url, from_flags.api_key, from_flags.timeout) == (
-        "http://flag:3", "rift_flag", 9)
+                                upload_timeout=60, env={**env, "RIFT_API_URL": "http://env:2"})
+    assert (from_flags.api_url, from_flags.api_key, from_flags.timeout,
+            from_flags.upload_timeout) == ("http://flag:3", "rift_flag", 9, 60)
 
 
 def test_defaults_and_the_default_file(tmp_path: Path) -> None:
     nothing = resolve_config(url=None, api_key=None, timeout=None,
                              env={"XDG_CONFIG_HOME": str(tmp_path)})
     assert (nothing.api_url, nothing.api_key, nothing.source) == (DEFAULT_BASE_URL, None, None)
+    assert (nothing.timeout, nothing.upload_timeout) == (60.0, DEFAULT_UPLOAD_TIMEOUT_S)
     default = tmp_path / "riftctl" / "config.toml"
     default.parent.mkdir()
     default.write_text('api_key = "rift_default"\n')
@@ -46,6 +48,8 @@ def test_defaults_and_the_default_file(tmp_path: Path) -> None:
     ("api_key = 3\n", "'api_key'"),
     ("timeout = -1\n", "positive number"),
     ("timeout = true\n", "positive number"),
+    ('upload_timeout = "15m"\n', "'upload_timeout'"),
+    ("upload_timeout = 0\n", "positive number"),
 ])
 def test_invalid_files_are_refused(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "riftctl.toml"

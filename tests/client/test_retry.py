@@ -196,3 +196,42 @@ def test_an_upload_is_retried_whole_under_the_same_idempotency_key(
         assert client.upload_checkpoint(path, idempotency_key="ck-upload-7").id == "ck_1"
     assert [r.headers["idempotency-key"] for r in server.seen] == ["ck-upload-7"] * 2
     assert [r.headers["content-length"] for r in server.seen] == ["7000"] * 2
+
+
+def _checkpoint_file(tmp_path: Path) -> tuple[Path, dict[str, object]]:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"weights" * 1000)
+    record = {"id": "ck_1", "filename": path.name, "size": 7000,
+              "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "format": "safetensors",
+              "num_tensors": 1, "num_parameters": 1, "created_at": "2026-01-01T00:00:00Z"}
+    return path, record
+
+
+def test_an_upload_waits_for_its_check_past_the_read_timeout(
+        scripted: list[ScriptedServer], tmp_path: Path) -> None:
+    # The service answers an upload only once it has checked the file. That wait used to be
+    # bounded by the 60 s read timeout of every request: a slow check meant the file was sent
+    # again, up to 4 times, then RiftConnectionError.
+    path, record = _checkpoint_file(tmp_path)
+    server = _serve(scripted, ScriptedReply(201, record, delay_s=1.0))
+    no_retry = RetryPolicy(max_retries=0)
+    with RiftClient(server.url, timeout=0.3, upload_timeout=5.0, retry=no_retry) as client:
+        assert client.upload_checkpoint(path).id == "ck_1"
+        assert len(server.seen) == 1
+        # Other requests keep the short read timeout.
+        with pytest.raises(RiftConnectionError, match="ReadTimeout"):
+            client.get_checkpoint("ck_1")
+    assert RiftClient(server.url).upload_timeout == 900.0
+
+
+def test_an_upload_past_its_timeout_is_sent_again_under_the_same_key(
+        scripted: list[ScriptedServer], tmp_path: Path) -> None:
+    path, record = _checkpoint_file(tmp_path)
+    server = _serve(scripted, ScriptedReply(201, record, delay_s=1.0))
+    policy = RetryPolicy(max_retries=2, backoff_s=0.05, max_backoff_s=0.05)
+    with RiftClient(server.url, timeout=5.0, upload_timeout=0.3, retry=policy) as client, \
+            pytest.raises(RiftConnectionError, match="ReadTimeout"):
+        client.upload_checkpoint(path)
+    keys = [r.headers["idempotency-key"] for r in server.seen]
+    assert len(keys) == 3 and len(set(keys)) == 1 and keys[0].startswith("rift-client-")
+    assert [len(r.body) for r in server.seen] == [7000] * 3  # the whole file each time

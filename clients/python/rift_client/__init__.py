@@ -1,6 +1,7 @@
 """Python client of the RiFT service's REST API, and the ``riftctl`` command line.
 
-See :class:`rift_client.client.RiftClient`; the models are in :mod:`rift_client.models`, the
+See :class:`rift_client.client.RiftClient` (and :func:`rift_client.webhooks.verify_webhook` for
+a receiver of the service's webhooks); the models are in :mod:`rift_client.models`, the
 exceptions in :mod:`rift_client.errors`. This package needs no torch: only httpx and pydantic
 (typer and rich for the command line).
 """
@@ -28,12 +29,15 @@ from rift_client.errors import (
     UnexpectedResponseError,
     UnprocessableEntityError,
     WaitTimeoutError,
+    WebhookVerificationError,
 )
 from rift_client.models import (
     TERMINAL_STATUSES,
+    WEBHOOK_EVENT_TYPES,
     Artifact,
     CandidateCurve,
     Checkpoint,
+    CreatedWebhook,
     Curves,
     Dataset,
     Event,
@@ -41,11 +45,17 @@ from rift_client.models import (
     JobSpec,
     Materialization,
     MRCTable,
+    Webhook,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookMessage,
 )
 from rift_client.retry import RetryPolicy
+from rift_client.webhooks import verify_webhook
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "WEBHOOK_EVENT_TYPES",
     "Artifact",
     "AuthenticationError",
     "BadRequestError",
@@ -53,6 +63,7 @@ __all__ = [
     "Checkpoint",
     "ChecksumMismatchError",
     "ConflictError",
+    "CreatedWebhook",
     "Curves",
     "Dataset",
     "Event",
@@ -75,5 +86,11 @@ __all__ = [
     "UnexpectedResponseError",
     "UnprocessableEntityError",
     "WaitTimeoutError",
+    "Webhook",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookMessage",
+    "WebhookVerificationError",
     "__version__",
+    "verify_webhook",
 ]

@@ -5,6 +5,7 @@
     riftctl jobs events JOB_ID
     riftctl jobs download JOB_ID --out weights/
     riftctl jobs materialize JOB_ID --alpha 0.35 --evaluate --download weights/
+    riftctl webhooks create https://hooks.example.com/rift --event job.succeeded
     riftctl --output json jobs list --status running
 
 Exit codes (for CI jobs and scripts):
@@ -58,7 +59,15 @@ from rift_client.errors import (
     UnexpectedResponseError,
     WaitTimeoutError,
 )
-from rift_client.models import SUCCEEDED, Event, Job, Materialization
+from rift_client.models import (
+    SUCCEEDED,
+    WEBHOOK_EVENT_TYPES,
+    Event,
+    Job,
+    Materialization,
+    Webhook,
+    WebhookDelivery,
+)
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_API_ERROR, EXIT_WAIT_TIMEOUT = 0, 1, 2, 3, 4
 STAGES = ("mrc", "finetune", "interpolate")
@@ -105,14 +114,17 @@ app = typer.Typer(help="Command line of the RiFT service (Robust Critical Fine-T
                   epilog="Exit codes: 0 success, 1 job failed or cancelled, 2 usage error, "
                   "3 API error (or service unreachable, checksum mismatch), 4 wait timed out. "
                   "Config file: RIFTCTL_CONFIG or ~/.config/riftctl/config.toml (api_url, "
-                  "api_key, timeout).",
+                  "api_key, timeout, upload_timeout).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 checkpoints_app = typer.Typer(help="Upload, show and delete checkpoints.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Upload, show and delete datasets.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Create, follow and collect RiFT jobs.", no_args_is_help=True)
+webhooks_app = typer.Typer(help="Register, show and delete webhooks; show their deliveries.",
+                           no_args_is_help=True)
 app.add_typer(checkpoints_app, name="checkpoints")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 @app.callback()
@@ -128,17 +140,22 @@ def main_options(
         "--output", "-o", help="Result format on stdout.")] = OutputFormat.text,
     timeout: Annotated[float | None, typer.Option(
         "--timeout-http", min=0.1, help="Seconds to connect and between reads (default 60).")] = None,
+    upload_timeout: Annotated[float | None, typer.Option(
+        "--upload-timeout", min=0.1, help="Seconds an upload waits for its answer once sent: the "
+        "service checks the file first (default 900).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Command line of the RiFT service. Exit codes: 0 success, 1 job failed or cancelled,
     2 usage error, 3 API error, 4 wait timed out."""
     try:
-        config = resolve_config(url=url, api_key=api_key, timeout=timeout)
+        config = resolve_config(url=url, api_key=api_key, timeout=timeout,
+                                upload_timeout=upload_timeout)
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="config file") from exc
     ctx.obj = State(
         make_client=lambda: RiftClient(config.api_url, api_key=config.api_key or "",
-                                       timeout=config.timeout),
+                                       timeout=config.timeout,
+                                       upload_timeout=config.upload_timeout),
         output=output, quiet=quiet, out=Console(), err=Console(stderr=True))
 
 
@@ -674,6 +691,123 @@ def jobs_report(
         state.emit({"path": str(path)})
     else:
         state.say(f"saved {path}")
+
+
+# ---------------------------------------------------------------------------------- webhooks
+
+
+def _describe_webhook(hook: Webhook) -> str:
+    text = f"webhook {hook.id}: {hook.url} ({', '.join(hook.events)})"
+    return text + (f" {hook.description}" if hook.description else "")
+
+
+@webhooks_app.command("create")
+def webhooks_create(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Argument(help="The receiver's http(s) URL (public addresses "
+                                       "only, unless the service's WEBHOOK_ALLOW_LIST allows "
+                                       "it).")],
+    event: Annotated[list[str] | None, typer.Option(
+        "--event", "-e", help=f"{', '.join(WEBHOOK_EVENT_TYPES)}; repeatable (default: all).")
+    ] = None,
+    description: Annotated[str | None, typer.Option("--description")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(
+        "--idempotency-key", help="Makes re-running this command return the same webhook and "
+        "secret (default: a random key).")] = None,
+) -> None:
+    """Register a webhook; prints its signing secret, shown this once."""
+    state = _state(ctx)
+    unknown = [e for e in event or [] if e not in WEBHOOK_EVENT_TYPES]
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(unknown)}: not one of "
+                                 f"{', '.join(WEBHOOK_EVENT_TYPES)}", param_hint="--event")
+    with _client(state) as client:
+        hook = client.create_webhook(url, events=event or None, description=description,
+                                     idempotency_key=idempotency_key)
+    if state.json:
+        state.emit(hook)
+    else:
+        state.say(_describe_webhook(hook))
+        state.say(f"secret {hook.secret} (shown once: keep it to verify the signatures)")
+
+
+@webhooks_app.command("list")
+def webhooks_list(ctx: typer.Context) -> None:
+    """List the project's webhooks (without their secrets)."""
+    state = _state(ctx)
+    with _client(state) as client:
+        hooks = client.list_webhooks()
+    if state.json:
+        state.emit(hooks)
+        return
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=max((len(h.id) for h in hooks), default=2))
+    table.add_column("url", overflow="fold")
+    table.add_column("events")
+    table.add_column("created", no_wrap=True, min_width=19)
+    table.add_column("description")
+    for hook in hooks:
+        table.add_row(hook.id, hook.url, ", ".join(hook.events),
+                      hook.created_at.strftime("%Y-%m-%d %H:%M:%S"), hook.description or "")
+    state.out.print(table)
+
+
+@webhooks_app.command("get")
+def webhooks_get(ctx: typer.Context, webhook_id: str) -> None:
+    """Show a webhook."""
+    state = _state(ctx)
+    with _client(state) as client:
+        hook = client.get_webhook(webhook_id)
+    _show_record(state, hook, f"webhook {webhook_id}")
+
+
+@webhooks_app.command("delete")
+def webhooks_delete(ctx: typer.Context, webhook_id: str) -> None:
+    """Delete a webhook and its delivery log (messages not yet sent are dropped)."""
+    state = _state(ctx)
+    with _client(state) as client:
+        client.delete_webhook(webhook_id)
+    if state.json:
+        state.emit({"deleted": webhook_id})
+    else:
+        state.say(f"deleted webhook {webhook_id}")
+
+
+def _delivery_line(delivery: WebhookDelivery) -> str:
+    text = (f"{delivery.created_at:%Y-%m-%d %H:%M:%S} {delivery.id} {delivery.event_type} "
+            f"job {delivery.job_id}: {delivery.status}, {delivery.attempts} attempt"
+            f"{'' if delivery.attempts == 1 else 's'}")
+    if delivery.last_status_code is not None:
+        text += f", last HTTP {delivery.last_status_code}"
+    if delivery.last_error:
+        text += f": {delivery.last_error}"
+    if delivery.status == "pending" and delivery.next_attempt_at is not None:
+        text += f" (next attempt {delivery.next_attempt_at:%H:%M:%S})"
+    return text
+
+
+@webhooks_app.command("deliveries")
+def webhooks_deliveries(
+    ctx: typer.Context,
+    webhook_id: str,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100,
+                                       help="Messages to show (the API's most: 100).")] = 20,
+) -> None:
+    """Show the webhook's newest messages, each with its attempts."""
+    state = _state(ctx)
+    with _client(state) as client:
+        deliveries = client.webhook_deliveries(webhook_id, limit=limit)
+    if state.json:
+        state.emit(deliveries)
+        return
+    for delivery in deliveries:
+        state.say(_delivery_line(delivery))
+        for attempt in delivery.attempt_log:
+            outcome = (f"HTTP {attempt.status_code}" if attempt.status_code is not None
+                       else "no answer")
+            took = f" in {attempt.duration_ms:.0f} ms" if attempt.duration_ms is not None else ""
+            state.say(f"  attempt {attempt.attempt} {attempt.started_at:%H:%M:%S}: {outcome}"
+                      f"{took}" + (f": {attempt.error}" if attempt.error else ""))
 
 
 def main() -> None:

@@ -14,7 +14,10 @@ The base URL defaults to ``RIFT_API_URL`` and the key to ``RIFT_API_KEY``; the k
 ``Authorization: Bearer <key>`` on every request (and dropped by httpx when a download is
 redirected to another host, such as a presigned S3 URL). Error answers raise
 :class:`~rift_client.errors.RiftAPIError` subclasses; 429 and 503 are retried first (see
-:mod:`rift_client.retry`).
+:mod:`rift_client.retry`). Uploads wait up to ``upload_timeout`` (15 min) for their answer, which
+comes once the service has checked the file; every other read, up to ``timeout``. Webhooks are
+registered here (``create_webhook``) and checked by their receiver with
+:func:`rift_client.webhooks.verify_webhook`.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from rift_client.errors import (
 from rift_client.models import (
     Artifact,
     Checkpoint,
+    CreatedWebhook,
     Curves,
     Dataset,
     Event,
@@ -58,6 +62,8 @@ from rift_client.models import (
     JobSpec,
     Materialization,
     MRCTable,
+    Webhook,
+    WebhookDelivery,
 )
 from rift_client.retry import RetryPolicy, sent_nothing
 from rift_client.sse import SSEDecoder
@@ -75,6 +81,12 @@ DEFAULT_RECONNECT_DELAY_S = 2.0
 WAIT_STREAM_READ_TIMEOUT_S = 20.0
 #: Events per page when looking for a job's latest event.
 EVENTS_PAGE_LIMIT = 500
+#: Seconds an upload may wait for the service's answer once the file is sent. The service
+#: answers only after checking the file: up to 120 s waiting for a validation slot
+#: (VALIDATION_QUEUE_TIMEOUT_SECONDS) plus up to 600 s of validation
+#: (VALIDATION_TIMEOUT_SECONDS), then storing it. The general 60 s read timeout cut that wait
+#: short, so a big file was sent again, up to 4 times, and then failed.
+DEFAULT_UPLOAD_TIMEOUT_S = 900.0
 
 #: ``progress(done_bytes, total_bytes)`` called as an upload or a download advances.
 ProgressCallback = Callable[[int, int], None]
@@ -106,6 +118,13 @@ def _header_token(what: str, value: str, *, secret: bool = False) -> str:
     raise RiftUsageError(
         f"{what}{quoted} holds {bad!r} at position {position}; it may hold visible ASCII "
         "characters only (no spaces, line breaks or non-ASCII letters)")
+
+
+def _idempotency_key(given: str | None) -> str:
+    """``given`` checked as a header value, else a fresh random key (one per call, so that every
+    retry of the call sends the same one)."""
+    return _header_token("the Idempotency-Key", given) if given else \
+        f"rift-client-{uuid.uuid4().hex}"
 
 
 def _checked_base_url(raw: str) -> str:
@@ -155,6 +174,9 @@ class RiftClient:
         base_url: The service's URL (default: ``RIFT_API_URL``, else ``http://127.0.0.1:8000``).
         api_key: The API key (default: ``RIFT_API_KEY``); sent as a Bearer token when set.
         timeout: Seconds allowed to connect, and between two reads or writes of a request.
+        upload_timeout: Seconds an upload may wait for its answer after the file is sent (the
+            service checks the file before it answers); default ``DEFAULT_UPLOAD_TIMEOUT_S``
+            (15 min). Connecting and sending use ``timeout``.
         retry: When and how long to retry (default :class:`RetryPolicy()`: 4 retries).
         transport: An httpx transport (for tests or custom TLS); default: httpx's own.
     """
@@ -165,6 +187,7 @@ class RiftClient:
         *,
         api_key: str | None = None,
         timeout: float = 60.0,
+        upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -173,6 +196,7 @@ class RiftClient:
         key = api_key if api_key is not None else os.environ.get("RIFT_API_KEY")
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
+        self.upload_timeout = upload_timeout
         headers = {"User-Agent": f"rift-client/{__version__}", "Accept": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {_header_token('the API key', key, secret=True)}"
@@ -318,14 +342,15 @@ class RiftClient:
         size = file.stat().st_size
         body = _HashingFileBody(file, size, progress)
         # Under a key a retry after a lost answer returns the stored file instead of storing it
-        # twice, so the upload is retried like a read (the body is sent again from the start).
-        key = _header_token("the Idempotency-Key", idempotency_key) if idempotency_key else \
-            f"rift-client-{uuid.uuid4().hex}"
+        # twice, so the upload is retried like a read (the body is sent again from the start,
+        # under the same key: drawn once, here, not per attempt).
+        key = _idempotency_key(idempotency_key)
         response = self._request(
             "POST", route, idempotent=True, content=body,
             params={"filename": filename or file.name},
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size),
-                     "Idempotency-Key": key})
+                     "Idempotency-Key": key},
+            timeout=httpx.Timeout(self.timeout, read=self.upload_timeout))
         record = self._parse(response, model)
         local = body.sha256.hexdigest()
         if record.sha256 != local:
@@ -387,8 +412,7 @@ class RiftClient:
             body["dataset_id"] = job_spec.dataset_id
         if job_spec.time_limit_seconds is not None:
             body["time_limit_seconds"] = job_spec.time_limit_seconds
-        key = _header_token("the Idempotency-Key", idempotency_key) if idempotency_key else \
-            f"rift-client-{uuid.uuid4().hex}"
+        key = _idempotency_key(idempotency_key)
         response = self._request("POST", "/v1/jobs", idempotent=True, json=body,
                                  headers={"Idempotency-Key": key})
         return self._parse(response, Job)
@@ -734,3 +758,52 @@ class RiftClient:
                                  headers={"Accept": "text/html"})
         target.write_bytes(response.content)
         return target
+
+    # ------------------------------------------------------------------------------ webhooks
+
+    def create_webhook(self, url: str, *, events: Sequence[str] | None = None,
+                       description: str | None = None,
+                       idempotency_key: str | None = None) -> CreatedWebhook:
+        """Register an endpoint that the service POSTs the project's job ends to, signed
+        (check them with :func:`rift_client.verify_webhook`).
+
+        ``events``: of ``job.succeeded``, ``job.failed``, ``job.cancelled`` (None: all three).
+        The answer carries the signing ``secret``, shown this once: keep it. The request always
+        carries an Idempotency-Key (a random one unless given), so a retry after a lost answer
+        returns the endpoint registered the first time, secret included, instead of a second
+        one; the same key with another registration is a :class:`ConflictError`
+        (``idempotency_conflict``). A URL that is not http(s) or resolves to a private address
+        is an :class:`UnprocessableEntityError` (``webhook_target_forbidden`` on ``url``);
+        the project's WEBHOOK_MAX_ENDPOINTS reached, a :class:`ConflictError`
+        (``webhook_limit_reached``).
+        """
+        body: dict[str, Any] = {"url": url}
+        if events is not None:
+            if isinstance(events, str):  # a lone "job.failed" would be sent as its letters
+                raise RiftUsageError(f"events must be a list of event types, not the string "
+                                     f"{events[:100]!r}")
+            body["events"] = list(events)
+        if description is not None:
+            body["description"] = description
+        response = self._request("POST", "/v1/webhooks", idempotent=True, json=body,
+                                 headers={"Idempotency-Key": _idempotency_key(idempotency_key)})
+        return self._parse(response, CreatedWebhook)
+
+    def list_webhooks(self) -> list[Webhook]:
+        """The project's webhooks, oldest first (without their secrets)."""
+        response = self._request("GET", "/v1/webhooks", idempotent=True)
+        return self._parse_items(response, Webhook)
+
+    def get_webhook(self, webhook_id: str) -> Webhook:
+        return self._get(f"/v1/webhooks/{_segment(webhook_id)}", Webhook)
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """Delete a webhook with its delivery log; messages not yet sent are dropped."""
+        self._request("DELETE", f"/v1/webhooks/{_segment(webhook_id)}", idempotent=True)
+
+    def webhook_deliveries(self, webhook_id: str, *, limit: int = 20) -> list[WebhookDelivery]:
+        """The webhook's newest ``limit`` messages (1 to 100: the API pages no further), newest
+        first, each with its attempts (status code, error, duration)."""
+        response = self._request("GET", f"/v1/webhooks/{_segment(webhook_id)}/deliveries",
+                                 idempotent=True, params={"limit": limit})
+        return self._parse_items(response, WebhookDelivery)

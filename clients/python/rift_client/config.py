@@ -1,12 +1,15 @@
-"""Where ``riftctl`` finds the service's URL and the API key.
+"""Where ``riftctl`` finds the service's URL, the API key and its timeouts.
 
-Each comes from, first found: the command-line flag (``--url``, ``--api-key``), the environment
-(``RIFT_API_URL``, ``RIFT_API_KEY``), the config file, the default (``http://127.0.0.1:8000``; no
-key). The config file is ``RIFTCTL_CONFIG`` when set (it must then exist), else
+Each comes from, first found: the command-line flag (``--url``, ``--api-key``, ``--timeout-http``,
+``--upload-timeout``), the environment (``RIFT_API_URL``, ``RIFT_API_KEY``; none for the
+timeouts), the config file, the default (``http://127.0.0.1:8000``; no key; 60 s; 900 s). The
+config file is ``RIFTCTL_CONFIG`` when set (it must then exist), else
 ``$XDG_CONFIG_HOME/riftctl/config.toml`` (``~/.config/riftctl/config.toml``) when it exists::
 
     api_url = "https://rift.example.internal"
     api_key = "rift_..."
+    timeout = 60             # seconds to connect, and between two reads or writes
+    upload_timeout = 900     # seconds an upload waits for its answer (the service's check)
 
 Keep it readable by you alone (``chmod 600``): it holds a secret.
 """
@@ -19,10 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from rift_client.client import DEFAULT_BASE_URL
+from rift_client.client import DEFAULT_BASE_URL, DEFAULT_UPLOAD_TIMEOUT_S
 
 CONFIG_ENV = "RIFTCTL_CONFIG"
-KNOWN_KEYS = frozenset({"api_url", "api_key", "timeout"})
+KNOWN_KEYS = frozenset({"api_url", "api_key", "timeout", "upload_timeout"})
+DEFAULT_TIMEOUT_S = 60.0
 
 
 class ConfigError(Exception):
@@ -34,6 +38,7 @@ class CliConfig:
     api_url: str
     api_key: str | None
     timeout: float
+    upload_timeout: float
     source: Path | None
 
 
@@ -61,14 +66,19 @@ def read_config_file(path: Path) -> dict[str, object]:
     for key in ("api_url", "api_key"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"'{key}' in {path} must be a string")
-    if "timeout" in data and (isinstance(data["timeout"], bool)
-                              or not isinstance(data["timeout"], int | float)
-                              or data["timeout"] <= 0):
-        raise ConfigError(f"'timeout' in {path} must be a positive number of seconds")
+    for key in ("timeout", "upload_timeout"):
+        if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int | float)
+                            or data[key] <= 0):
+            raise ConfigError(f"'{key}' in {path} must be a positive number of seconds")
     return data
 
 
+def _seconds(value: object, default: float) -> float:
+    return float(value) if isinstance(value, int | float) else default
+
+
 def resolve_config(*, url: str | None, api_key: str | None, timeout: float | None,
+                   upload_timeout: float | None = None,
                    env: Mapping[str, str] | None = None) -> CliConfig:
     """The settings ``riftctl`` runs with (see the module docstring for the order)."""
     env = os.environ if env is None else env
@@ -80,11 +90,12 @@ def resolve_config(*, url: str | None, api_key: str | None, timeout: float | Non
         source = path
     file_url = data.get("api_url")
     file_key = data.get("api_key")
-    file_timeout = data.get("timeout")
     return CliConfig(
         api_url=url or env.get("RIFT_API_URL") or (file_url if isinstance(file_url, str) else None)
         or DEFAULT_BASE_URL,
         api_key=api_key or env.get("RIFT_API_KEY") or (file_key if isinstance(file_key, str) else None),
-        timeout=timeout or (float(file_timeout) if isinstance(file_timeout, int | float) else 60.0),
+        timeout=timeout or _seconds(data.get("timeout"), DEFAULT_TIMEOUT_S),
+        upload_timeout=upload_timeout or _seconds(data.get("upload_timeout"),
+                                                  DEFAULT_UPLOAD_TIMEOUT_S),
         source=source,
     )

@@ -60,6 +60,17 @@ class WaitTimeoutError(RiftClientError):
         self.materialization_id = materialization_id
 
 
+class WebhookVerificationError(RiftClientError):
+    """A webhook request that must not be trusted (:func:`rift_client.verify_webhook`):
+    ``reason`` is ``missing_header``, ``invalid_timestamp``, ``timestamp_out_of_tolerance``,
+    ``invalid_signature`` or ``invalid_body`` (signed, but not a RiFT message). Answer such a
+    request with 4xx and do not act on it."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class RiftAPIError(RiftClientError):
     """An error answer of the API: ``status_code``, the stable ``code`` clients branch on, the
     ``message``, the ``field`` at fault (dotted, e.g. ``config.attack.eps``, or None) and the

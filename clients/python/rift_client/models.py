@@ -232,3 +232,80 @@ class JobSpec(BaseModel):
     time_limit_seconds: float | None = Field(
         None, gt=0, description="This job's wall-clock limit in seconds, at most the service's "
         "JOB_TIME_LIMIT_SECONDS; None: the service's.")
+
+
+#: The webhook event types a registration may name (``POST /v1/webhooks``'s ``events``).
+WEBHOOK_EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled")
+#: Delivery statuses are pending, succeeded or failed; these two are final.
+DELIVERY_TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED})
+
+
+class Webhook(_Resource):
+    """A registered webhook endpoint (``GET /v1/webhooks/{id}``); its secret is never shown
+    again after registration."""
+
+    id: str
+    url: str
+    events: list[str] = Field(description="Event types sent to it (of WEBHOOK_EVENT_TYPES).")
+    description: str | None = None
+    created_at: datetime
+
+
+class CreatedWebhook(Webhook):
+    """The answer to a registration: the endpoint and its signing secret, shown this once (and
+    again only to a retry under the same Idempotency-Key)."""
+
+    secret: str = Field(description="whsec_<base64>: pass it to rift_client.verify_webhook.")
+
+
+class WebhookAttempt(_Resource):
+    attempt: int
+    status_code: int | None = Field(None, description="The receiver's HTTP status; None if it "
+                                    "gave no answer (timeout, refused target).")
+    error: str | None = None
+    started_at: datetime
+    duration_ms: float | None = None
+
+
+class WebhookDelivery(_Resource):
+    """One message to an endpoint (one job's end) and each HTTP attempt to send it."""
+
+    id: str = Field(description="The message's webhook-id header (the same on every attempt).")
+    event_type: str
+    job_id: str
+    status: str = Field(description="pending, succeeded or failed.")
+    attempts: int
+    last_status_code: int | None = None
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+    attempt_log: list[WebhookAttempt] = Field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the service is done with it (delivered, or given up after its attempts)."""
+        return self.status in DELIVERY_TERMINAL_STATUSES
+
+
+class WebhookJobData(_Resource):
+    """What a job's webhook message says about the job (its ``data``)."""
+
+    job_id: str
+    status: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+    error: JobError | None = None
+    finished_at: datetime | None = None
+    links: dict[str, str | None] = Field(default_factory=dict)
+
+
+class WebhookMessage(_Resource):
+    """A verified webhook message as a receiver gets it (:func:`rift_client.verify_webhook`):
+    the Standard Webhooks envelope ``{type, timestamp, data}`` and the ``webhook-id`` header,
+    which stays the same on every attempt (use it to drop a repeated message)."""
+
+    id: str = Field(description="The webhook-id header: the delivery's id.")
+    type: str = Field(description="One of WEBHOOK_EVENT_TYPES.")
+    timestamp: datetime = Field(description="When the message was made (not sent).")
+    data: WebhookJobData
