@@ -40,9 +40,13 @@ class Dataset(_Resource):
     filename: str | None = None
     size: int | None = None
     sha256: str | None = None
+    content: str | None = Field(None, description="'images' or 'features' (an npz of N×F).")
     image_shape: list[int] | None = None
+    num_features: int | None = None
     num_classes: int | None = None
     num_examples: int | None = None
+    label_min: int | None = None
+    label_max: int | None = None
     created_at: datetime | None = None
 
 
@@ -126,6 +130,8 @@ class MRCRow(_Resource):
     robust_accuracy_at_worst: float | None = None
     robust_accuracy_drop: float | None = None
     seconds: float | None = None
+    max_ascent_loss: float | None = Field(
+        None, description="Largest robust loss after an ascent pass; orders MRC ties.")
     selected: bool = False
 
 

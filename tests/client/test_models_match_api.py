@@ -1,0 +1,53 @@
+"""The client's models carry every field the API's response models answer with: a field added
+to the API (a dataset's ``label_max``, an MRC row's ``max_ascent_loss``) is otherwise dropped
+silently by the client (its models ignore unknown fields so that older clients keep working)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+
+import api.schemas as api_schemas
+import api.webhook_schemas as webhook_schemas
+from api.routes.materialize import MaterializationOut
+from rift_client import models
+
+PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
+    (models.Checkpoint, api_schemas.CheckpointOut),
+    (models.Dataset, api_schemas.DatasetOut),
+    (models.JobError, api_schemas.JobError),
+    (models.Stage, api_schemas.StageOut),
+    (models.Job, api_schemas.JobOut),
+    (models.JobPage, api_schemas.JobPageOut),
+    (models.Event, api_schemas.EventOut),
+    (models.EventPage, api_schemas.EventPageOut),
+    (models.MRCRow, api_schemas.MRCRowOut),
+    (models.MRCTable, api_schemas.MRCTableOut),
+    (models.Epoch, api_schemas.EpochOut),
+    (models.InterpolationPoint, api_schemas.InterpolationPointOut),
+    (models.CandidateCurve, api_schemas.CandidateCurveOut),
+    (models.Curves, api_schemas.CurvesOut),
+    (models.Artifact, api_schemas.ArtifactOut),
+    (models.Materialization, MaterializationOut),
+    (models.Webhook, webhook_schemas.WebhookOut),
+    (models.CreatedWebhook, webhook_schemas.WebhookCreatedOut),
+    (models.WebhookAttempt, webhook_schemas.WebhookAttemptOut),
+    (models.WebhookDelivery, webhook_schemas.WebhookDeliveryOut),
+]
+
+
+@pytest.mark.parametrize(("client_model", "api_model"), PAIRS,
+                         ids=[client.__name__ for client, _ in PAIRS])
+def test_the_client_model_has_every_field_the_api_answers_with(
+        client_model: type[BaseModel], api_model: type[BaseModel]) -> None:
+    missing = sorted(set(api_model.model_fields) - set(client_model.model_fields))
+    assert missing == [], f"rift_client.{client_model.__name__} lacks {missing}"
+
+
+def test_every_client_resource_is_checked() -> None:
+    # A new client model must join PAIRS (or be one the API has no response model for).
+    not_responses = {"WebhookJobData", "WebhookMessage"}  # what webhooks send, not the API
+    resources = {name for name, value in vars(models).items()
+                 if isinstance(value, type) and issubclass(value, models._Resource)
+                 and value is not models._Resource}
+    assert resources - not_responses == {client.__name__ for client, _ in PAIRS}
