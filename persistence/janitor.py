@@ -19,7 +19,10 @@ or a stage still running):
   ``finetuned.safetensors``). The pick deletes them at once; this catches what a crash right
   after the pick, a failed delete or a candidate worker that lost its lease left;
 - with ``ARTIFACT_RETENTION_DAYS`` > 0, the artifact rows and every object of jobs that finished
-  longer ago (the job row, its tables and events stay).
+  longer ago (the job row, its tables and events stay);
+- the registry rows of worker processes not seen for 3 heartbeats (``WORKER_HEARTBEAT_SECONDS``,
+  :mod:`persistence.workers`): killed, or cut off from the database. The grace period does not
+  apply: such a row already counts as gone, and a worker that comes back registers again.
 
 It runs in the workers' recovery loop every ``JANITOR_INTERVAL_SECONDS`` and on demand with
 ``python -m persistence.janitor`` (``--dry-run`` lists without removing); on a host where the API
@@ -62,6 +65,7 @@ from persistence.object_keys import (
 from persistence.settings import Settings
 from persistence.storage import ObjectInfo, ObjectStore
 from persistence.transactions import log_event, transaction
+from persistence.workers import remove_stale_workers
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +85,13 @@ class JanitorReport:
     other_candidate_objects: list[str] = field(default_factory=list)
     expired_objects: list[str] = field(default_factory=list)
     expired_jobs: list[str] = field(default_factory=list)
+    stale_workers: list[str] = field(default_factory=list)
 
     @property
     def removed(self) -> int:
         return (len(self.scratch_files) + len(self.partial_uploads) + len(self.orphan_objects)
                 + len(self.stalled_attempt_objects) + len(self.other_candidate_objects)
-                + len(self.expired_objects))
+                + len(self.expired_objects) + len(self.stale_workers))
 
     def summary(self) -> str:
         return ", ".join(f"{name}={len(value)}" for name, value in asdict(self).items())
@@ -106,6 +111,8 @@ def run_janitor(session: Session, store: ObjectStore, settings: Settings, *,
         report.expired_jobs = expire_artifact_rows(session, retention_cutoff, now,
                                                    dry_run=dry_run)
     sweep_objects(session, store, cutoff, retention_cutoff, report, dry_run=dry_run)
+    report.stale_workers = remove_stale_workers(
+        session, heartbeat_seconds=settings.worker_heartbeat_seconds, now=now, dry_run=dry_run)
     return report
 
 
@@ -295,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m persistence.janitor", description=(
         "Remove scratch files, partial uploads, objects without a row, stalled attempts' "
         "objects and a finished sweep's other candidates' objects older than "
-        "JANITOR_GRACE_SECONDS, and expired artifacts "
-        "(ARTIFACT_RETENTION_DAYS)."))
+        "JANITOR_GRACE_SECONDS, expired artifacts (ARTIFACT_RETENTION_DAYS), and the registry "
+        "rows of workers not seen for 3 heartbeats (WORKER_HEARTBEAT_SECONDS)."))
     parser.add_argument("--dry-run", action="store_true",
                         help="list what would be removed, remove nothing")
     args = parser.parse_args(argv)

@@ -582,3 +582,22 @@ class Materialization(Base):
         UniqueConstraint("job_id", "artifact_name", name="uq_materializations_job_id"),
         CheckConstraint(_in("status", MaterializationStatus), name="status"),
     )
+
+
+class Worker(Base):
+    """A running worker process (:mod:`persistence.workers`): registered when it is ready,
+    ``last_seen_at`` renewed every ``WORKER_HEARTBEAT_SECONDS``, deleted on a clean shutdown (the
+    janitor deletes the rows of those that died). ``id`` is the process's lease owner id, the
+    ``lease_owner`` of the stages it runs; ``devices`` counts its devices by type
+    (``{"cpu": 1, "cuda": 2}``); ``device_override`` is its ``WORKER_DEVICE``, which it runs every
+    job on whatever the job names."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    queues: Mapped[list[str]] = mapped_column(JSONType)
+    devices: Mapped[dict[str, int]] = mapped_column(JSONType)
+    device_override: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]

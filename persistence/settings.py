@@ -132,6 +132,11 @@ class Settings(BaseSettings):
         "that the next stage of a job on it skips fetching and building them (worker/"
         "prepared_runs.py); per process, so a prefork worker holds up to concurrency × this. "
         "0: nothing is kept.")
+    worker_heartbeat_seconds: float = Field(
+        30.0, gt=0,
+        description="How often a worker process renews its row in the worker registry (s). A "
+        "worker not seen for 3 of these counts as gone: job creation no longer counts its "
+        "devices and the janitor deletes its row. One small UPDATE per process each time.")
     work_dir: Path = Field(Path("./var/work"), description="Scratch space of the workers.")
     worker_device: str | None = Field(
         None, description="Overrides the job's 'device' (e.g. 'cpu'); None: the job's, whose "

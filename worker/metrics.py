@@ -9,7 +9,9 @@ Recorded by this process as it runs tasks:
 
 Read from the database and the broker at scrape time (the same for every worker; aggregate with
 ``max``): ``rift_jobs{status}`` (jobs by state) and ``rift_queue_depth{queue}`` (messages waiting
-in the broker queue), plus ``rift_stages_waiting`` (stages ready to run that no worker has taken).
+in the broker queue), plus ``rift_stages_waiting`` (stages ready to run that no worker has taken)
+and ``rift_workers_live{queue}`` (worker processes of the registry seen within 3 heartbeats, by
+queue consumed: :mod:`persistence.workers`).
 
 Each process has its own registry (no process-global collectors). Celery's prefork pool runs
 tasks in a child process, so the server is started where tasks run: in the pool child
@@ -30,6 +32,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from persistence.models import Job, JobStage, JobStatus, StageStatus
+from persistence.workers import live_workers
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +41,8 @@ STAGE_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0
 
 
 class _StateCollector(Collector):
-    """Jobs by state, stages waiting and the broker's queue depth, read when scraped."""
+    """Jobs by state, stages waiting, live workers and the broker's queue depth, read when
+    scraped."""
 
     def __init__(self, resources: Any, queue_size: Any) -> None:
         self.resources = resources
@@ -48,6 +52,9 @@ class _StateCollector(Collector):
         jobs = GaugeMetricFamily("rift_jobs", "Jobs in the database by status.", labels=["status"])
         waiting = GaugeMetricFamily("rift_stages_waiting",
                                     "Stages ready to run (pending, job active) not yet claimed.")
+        live = GaugeMetricFamily("rift_workers_live",
+                                 "Worker processes seen within 3 heartbeats, by queue consumed.",
+                                 labels=["queue"])
         try:
             with self.resources.session() as session:
                 counts = dict(session.execute(
@@ -57,11 +64,19 @@ class _StateCollector(Collector):
                     .where(JobStage.status == StageStatus.PENDING,
                            func.coalesce(Job.stage, "mrc") == JobStage.stage,
                            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))).scalar_one()
+                workers = live_workers(
+                    session, heartbeat_seconds=self.resources.settings.worker_heartbeat_seconds)
             for status in JobStatus:
                 jobs.add_metric([status.value], float(counts.get(status.value, 0)))
             waiting.add_metric([], float(pending))
+            by_queue: dict[str, int] = {}
+            for queue in (queue for worker in workers for queue in worker.queues):
+                by_queue[queue] = by_queue.get(queue, 0) + 1
+            for queue in sorted({self.resources.settings.celery_queue, *by_queue}):
+                live.add_metric([queue], float(by_queue.get(queue, 0)))
             yield jobs
             yield waiting
+            yield live
         except Exception:
             logger.warning("metrics: the database could not be read", exc_info=True)
         depth = GaugeMetricFamily("rift_queue_depth", "Messages waiting in the broker queue.",

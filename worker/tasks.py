@@ -25,6 +25,9 @@ whose lease expired (the worker running them was killed) and, after
 past their time limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the
 janitor (:mod:`persistence.janitor`).
 
+Each process that runs tasks keeps its row in the worker registry (queues, devices, heartbeat;
+:mod:`worker.registry`), which job creation reads to refuse a device no live worker has.
+
 Around a stage: logs carry the job id and the request id of the API request that created the job
 (from the message header, else the job row); the first stage stores the job's ``manifest.json``;
 stage times, attempts and GPU seconds go to :mod:`worker.metrics`; after the last stage, the job
@@ -40,11 +43,13 @@ import time
 import traceback
 from typing import Any
 
+from billiard import current_process
 from celery import Task
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
     worker_process_init,
+    worker_process_shutdown,
     worker_ready,
     worker_shutdown,
 )
@@ -87,6 +92,7 @@ from worker.candidates import (
 from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_job
 from worker.prepared_runs import RunKey
+from worker.registry import WorkerRegistration
 from worker.runtime import StageReporter, WorkerResources
 from worker.shards import SHARD_TASK_NAME, execute_shard, redispatch_stale_shards, start_mrc_shards
 from worker.stages import FINETUNED, describe_device, job_manifest, prepare, run_stage
@@ -95,7 +101,8 @@ logger = logging.getLogger(__name__)
 
 
 def register_tasks(app: RiftCelery) -> WorkerResources:
-    """Register the stage tasks and the recovery loop on ``app``; returns the process handles."""
+    """Register the stage tasks, the recovery loop and the worker registry's heartbeat on
+    ``app``; returns the process handles."""
     resources = WorkerResources(app.settings)
     resources.webhook_sender = lambda delivery_id: enqueue_webhook(app, delivery_id)
     resources.metrics = WorkerMetrics(resources, lambda queue: _queue_size(app, queue))
@@ -139,6 +146,23 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     def stop_recovery(sender: Any = None, **_: Any) -> None:
         loop.stop()
 
+    registration = WorkerRegistration(
+        resources, queues=lambda: list(app.amqp.queues.consume_from))
+
+    def register_pool_child(**_: Any) -> None:
+        # Prefork: each pool child runs tasks under its own lease owner id, so it is the worker
+        # of the registry (solo sends this signal in the main process, registered below).
+        if current_process().name != "MainProcess":
+            registration.start()
+
+    def register_main(sender: Any = None, **_: Any) -> None:
+        pool = getattr(getattr(sender, "controller", None), "pool_cls", None)
+        if getattr(sender, "app", app) is app and "prefork" not in getattr(pool, "__module__", ""):
+            registration.start()
+
+    def deregister(**_: Any) -> None:
+        registration.stop()  # only in the process that registered
+
     port = app.settings.worker_metrics_port
 
     def serve_metrics_in_child(**_: Any) -> None:
@@ -159,6 +183,10 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     # weak=False: the handlers are closures that would otherwise be garbage-collected.
     worker_ready.connect(start_recovery, weak=False)
     worker_shutdown.connect(stop_recovery, weak=False)
+    worker_process_init.connect(register_pool_child, weak=False)
+    worker_ready.connect(register_main, weak=False)
+    worker_process_shutdown.connect(deregister, weak=False)
+    worker_shutdown.connect(deregister, weak=False)
     if port:
         worker_process_init.connect(serve_metrics_in_child, weak=False)
         worker_ready.connect(serve_metrics_in_main, weak=False)

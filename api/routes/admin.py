@@ -1,5 +1,6 @@
-"""``/v1/admin``: projects and their API keys, for keys with the ``admin`` scope (an operator's
-key, made with ``rift-admin keys create --scope admin``; it manages every project).
+"""``/v1/admin``: projects and their API keys, and the live workers, for keys with the ``admin``
+scope (an operator's key, made with ``rift-admin keys create --scope admin``; it manages every
+project).
 
 A new key is shown once, in the answer that creates it; lists never show secrets.
 """
@@ -13,8 +14,9 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api.auth import require_admin
-from api.deps import SessionDep
+from api.deps import SessionDep, SettingsDep
 from api.errors import Conflict, InvalidInput, NotFound
+from api.services.workers import list_live_workers
 from persistence.api_keys import (
     PROJECT_NAME_PATTERN,
     AdminError,
@@ -86,6 +88,22 @@ class KeyOut(BaseModel):
 
 class NewKeyOut(KeyOut):
     key: str = Field(description="The key itself: shown this once, store it now.")
+
+
+class WorkerOut(BaseModel):
+    id: str = Field(description="The process's id, host:pid:random, also the lease owner of the "
+                    "stages it runs.")
+    hostname: str
+    queues: list[str] = Field(description="The Celery queues it consumes.")
+    devices: dict[str, int] = Field(description="Its devices by type, e.g. {\"cpu\": 1, "
+                                    "\"cuda\": 2}.")
+    device_override: str | None = Field(description="Its WORKER_DEVICE: every job runs there.")
+    started_at: datetime
+    last_seen_at: datetime = Field(description="Its last heartbeat (WORKER_HEARTBEAT_SECONDS).")
+
+
+class WorkerListOut(BaseModel):
+    items: list[WorkerOut]
 
 
 class ProjectListOut(BaseModel):
@@ -165,3 +183,11 @@ def revoke_key_route(name: str, key_id: str, session: SessionDep) -> KeyOut:
         raise NotFound(f"project '{project.name}' has no key '{key_id[:64]}'", field="key_id",
                        code="key_not_found")
     return _key_out(row, project)
+
+
+@router.get("/workers", response_model=WorkerListOut, summary="Live workers",
+            description="The worker processes seen within 3 heartbeats (WORKER_HEARTBEAT_SECONDS) "
+            "with their queues and devices, by id.")
+def read_workers(session: SessionDep, settings: SettingsDep) -> WorkerListOut:
+    return WorkerListOut(items=[WorkerOut.model_validate(w, from_attributes=True)
+                                for w in list_live_workers(session, settings)])

@@ -106,9 +106,10 @@ _JOB_REQUEST_DOC: dict[str, Any] = {
         "JSON (JobCreate: checkpoint_id, dataset_id?, config, labels) or multipart with the "
         "'checkpoint' file and the 'spec' field (JSON of JobSpec). Everything is validated before "
         "the job is recorded: each bad field is a 422 naming it, a checkpoint that does not fit "
-        "the architecture is a 422 listing the missing, unexpected and mismatched keys. With an "
-        "Idempotency-Key, a repeated request returns the same job (200); the same key with "
-        "another request is 409."
+        "the architecture is a 422 listing the missing, unexpected and mismatched keys, a "
+        "config.device that no live worker has is a 422 'device_unavailable' (accepted when no "
+        "worker is live: one may start later). With an Idempotency-Key, a repeated request "
+        "returns the same job (200); the same key with another request is 409."
     ),
     openapi_extra=_JOB_REQUEST_DOC,
     responses={200: {"description": "Idempotent replay: the job created before",

@@ -1,6 +1,6 @@
-"""Jobs as the API offers them: creating one (idempotency, dataset and checkpoint checks,
-ownership, quota and cost, storage, insert, enqueue, cleanup on failure), its API view, listing,
-cancelling and deleting.
+"""Jobs as the API offers them: creating one (idempotency, a device some live worker has,
+dataset and checkpoint checks, ownership, quota and cost, storage, insert, enqueue, cleanup on
+failure), its API view, listing, cancelling and deleting.
 
 Creation validates everything before anything is written, so every mistake is a 4xx naming its
 field and leaves nothing behind; the checkpoint of a multipart request is stored only once the
@@ -39,6 +39,7 @@ from api.services.quotas import (
     check_storage,
     check_time_limit,
 )
+from api.services.workers import check_device_available
 from api.uploads import UploadedFile, scratch_dir
 from api.validation import Validator
 from persistence.cost import estimate_cost
@@ -154,6 +155,9 @@ def create_job_for(
                     raise idempotency_conflict(idempotency_key, "job", existing.id)
                 return job_out(session, existing), False
 
+        # Before the file checks, which cost a validator run: a job no live worker can run is
+        # refused at once (api/services/workers.py).
+        check_device_available(session, settings, spec.config.device)
         dataset = resolve_dataset(session, store, spec, caller.project_id)
         inspection = None
         if upload is None:

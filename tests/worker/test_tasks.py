@@ -1,23 +1,27 @@
 """The Celery stage tasks, run by real worker processes on real Postgres and Redis.
 
 Jobs use the digits checkpoint with a small MRC budget so that each takes seconds; what is tested
-is the orchestration: leases, duplicates, crashes, cancellation and errors.
+is the orchestration: leases, duplicates, crashes, cancellation and errors, and the worker
+processes' rows in the worker registry (registered, deleted on a warm shutdown, stale once
+killed).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import jobs
-from persistence.models import Job, JobStage
+from persistence import jobs, workers
+from persistence.models import Job, JobStage, Worker
 from persistence.queue import RiftCelery, enqueue_stage
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
@@ -27,6 +31,7 @@ from rift.interpolation import interpolate_weights
 from rift.pipeline import run_pipeline
 from tests.service_fixtures import WorkerProcess
 from tests.worker_jobs import wait_for
+from worker.registry import local_devices
 from worker.stages import FINETUNED, TUNED
 
 pytestmark = pytest.mark.service
@@ -47,6 +52,21 @@ def stage_rows(sessions: sessionmaker[Session], job_id: str) -> dict[str, JobSta
 def events(sessions: sessionmaker[Session], job_id: str) -> list[tuple[str, dict[str, Any]]]:
     with sessions() as session:
         return [(e.kind, e.payload) for e in jobs.list_events(session, job_id, limit=10_000)]
+
+
+def registry_row(sessions: sessionmaker[Session], worker: WorkerProcess,
+                 timeout: float = 30.0) -> Worker:
+    """The registry row of ``worker`` (id ``host:pid:…``), written by its heartbeat thread once
+    it is ready."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sessions() as session:
+            rows = [row for row in session.execute(select(Worker)).scalars()
+                    if row.id.split(":")[1] == str(worker.pid)]
+        if rows:
+            return rows[0]
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.1)
 
 
 def test_a_message_delivered_twice_runs_each_stage_once(
@@ -155,7 +175,8 @@ def test_a_killed_worker_is_replaced_without_recomputing_mrc(
         sessions: sessionmaker[Session], fast_config: dict[str, Any]) -> None:
     spec = copy.deepcopy(fast_config)
     spec["finetune"].update(epochs=40, lr_milestones=[30])  # long enough to be killed mid-way
-    first = start_worker()
+    # Heartbeats every second, so that the killed worker's row goes stale within the test.
+    first = start_worker(WORKER_HEARTBEAT_SECONDS="1")
     job_id = submit(spec)
 
     def fine_tuning(job: Job) -> bool:
@@ -165,8 +186,9 @@ def test_a_killed_worker_is_replaced_without_recomputing_mrc(
     wait_for(sessions, job_id, fine_tuning, "fine-tuning", workers=(first,))
     first.kill()  # SIGKILL: no cleanup, no acknowledgement, the lease is left to expire
     assert stage_rows(sessions, job_id)["finetune"].status == "running"
+    killed = registry_row(sessions, first)  # no clean shutdown: the row stays
 
-    second = start_worker()
+    second = start_worker(WORKER_HEARTBEAT_SECONDS="1")
     job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(first, second))
     assert job.status == "succeeded", job.error_message
     stages = stage_rows(sessions, job_id)
@@ -177,6 +199,15 @@ def test_a_killed_worker_is_replaced_without_recomputing_mrc(
     assert [(p["stage"], p["attempt"]) for p in started] == [
         ("mrc", 1), ("finetune", 1), ("finetune", 2), ("interpolate", 1)]
     assert started[1]["worker"] != started[2]["worker"]
+    # The registry's ids are the lease owners; the killed worker's row is stale after 3
+    # heartbeats and the janitor removes it (the second worker's pass at its start may have).
+    assert (started[1]["worker"], started[2]["worker"]) == (killed.id,
+                                                            registry_row(sessions, second).id)
+    with sessions() as session:
+        assert [w.id for w in workers.live_workers(session, heartbeat_seconds=1.0)] == [
+            started[2]["worker"]]
+        assert workers.remove_stale_workers(session, heartbeat_seconds=1.0) in ([], [killed.id])
+        assert session.get(Worker, killed.id) is None
     # The second worker had no run of the job: it built one for fine-tuning, then reused it.
     assert prepared_runs(sessions, job_id) == {
         "mrc": "built", "finetune": "built", "interpolate": "cached"}
@@ -196,7 +227,8 @@ def test_a_killed_worker_is_replaced_without_recomputing_mrc(
 
 def test_cancellation_while_queued_and_while_running(
         start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
-        sessions: sessionmaker[Session], fast_config: dict[str, Any]) -> None:
+        sessions: sessionmaker[Session], fast_config: dict[str, Any],
+        service_settings: Settings) -> None:
     queued_id = submit(fast_config)  # no worker yet: the message waits in the queue
     with sessions() as session:
         assert jobs.request_cancel(session, queued_id).status == "cancelled"
@@ -222,6 +254,17 @@ def test_cancellation_while_queued_and_while_running(
     assert f"job {queued_id} stage mrc: inactive" in worker.log()
     assert all(s.attempts == 0 for s in stage_rows(sessions, queued_id).values())
     assert [kind for kind, _ in events(sessions, queued_id)] == ["job_created", "job_cancelled"]
+
+    # The worker's registry row: its queue and devices (WORKER_DEVICE=cpu in the tests' env),
+    # under the id its stages were claimed by; a warm shutdown deletes it.
+    row = registry_row(sessions, worker)
+    assert row.devices == local_devices() and row.devices["cpu"] == 1
+    assert (row.queues, row.device_override) == ([service_settings.celery_queue], "cpu")
+    assert [p["worker"] for kind, p in events(sessions, running_id) if kind == "stage_started"
+            ] == [row.id, row.id]
+    worker.stop()
+    with sessions() as session:
+        assert session.get(Worker, row.id) is None, worker.log()[-3000:]
 
 
 def test_errors_fail_the_job_with_a_code(
