@@ -61,7 +61,7 @@ def small_checkpoint(folder: Path) -> bytes:
 
 
 def validator_servers() -> dict[int, dict[str, Any]]:
-    """Every running ``python -m validator`` server: its command line, RSS and PSS (kB)."""
+    """Every running ``python -m validator`` server: its command line, socket, RSS and PSS (kB)."""
     servers = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -70,20 +70,29 @@ def validator_servers() -> dict[int, dict[str, Any]]:
             command = (entry / "cmdline").read_bytes().split(b"\0")
             if b"validator" not in command or b"--socket" not in command:
                 continue
+            socket = command[command.index(b"--socket") + 1].decode(errors="replace")
             memory = {line.split(":")[0]: int(line.split()[1])
                       for line in (entry / "smaps_rollup").read_text().splitlines()[1:]
                       if line.split()[-1] == "kB"}
         except (OSError, ValueError, IndexError):
             continue
         servers[int(entry.name)] = {"command": b" ".join(command).decode(errors="replace"),
+                                    "socket": socket,
                                     "rss_kb": memory.get("Rss", 0), "pss_kb": memory.get("Pss", 0)}
     return servers
 
 
 def measure(mode: str, args: argparse.Namespace, content: bytes, folder: Path) -> dict[str, Any]:
     before = set(validator_servers())
-    socket_path = folder / mode / "validator.sock"
-    extra = {"VALIDATION_SOCKET": str(socket_path)} if mode == "shared" else {}
+    # Every socket of this measurement lies under ``own``: the shared one by setting, the private
+    # ones in the API processes' temporary folders. Servers started meanwhile by anything else
+    # on the machine (other tests, other services) are not counted.
+    own = folder / mode
+    (own / "tmp").mkdir(parents=True, exist_ok=True)
+    socket_path = own / "validator.sock"
+    extra = {"TMPDIR": str(own / "tmp")}
+    if mode == "shared":
+        extra["VALIDATION_SOCKET"] = str(socket_path)
     with fresh_database(args.admin_url) as database_url:
         key = write_key(database_url)
         with api_server(database_url, args.workers, free_port(), folder / f"api-{mode}.log",
@@ -102,7 +111,7 @@ def measure(mode: str, args: argparse.Namespace, content: bytes, folder: Path) -
             wall = time.monotonic() - started
             time.sleep(1.0)  # the last checks' children exit
             servers = {pid: server for pid, server in validator_servers().items()
-                       if pid not in before}
+                       if pid not in before and Path(server["socket"]).is_relative_to(own)}
     if mode == "shared":
         for pid in servers:  # the shared server outlives the API; stop it
             os.kill(pid, signal.SIGTERM)
