@@ -22,6 +22,17 @@ from persistence.models import Project
 from persistence.settings import Settings
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Paths of the admin routes (api/routes/admin.py), which need the admin scope whatever the method.
+ADMIN_PATH_PREFIX = "/v1/admin/"
+
+
+def required_scope(method: str, path: str) -> Scope:
+    """The scope a request needs: ``admin`` under /v1/admin, else ``read`` for reads and
+    ``write`` for the rest. One rule, so a 403 names the scope that would let the request
+    through (a read key on POST /v1/admin/projects is told ``admin``, not ``write``)."""
+    if path.startswith(ADMIN_PATH_PREFIX):
+        return Scope.ADMIN
+    return Scope.READ if method in READ_METHODS else Scope.WRITE
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: rift_<prefix>_<secret>")
 
@@ -90,7 +101,7 @@ def get_caller(
     key, project = found
     caller = Caller(project_id=project.id, project_name=project.name, key_id=key.id,
                     scopes=effective_scopes(key.scopes), limits=ProjectLimits.of(project, settings))
-    caller.require(Scope.READ if request.method in READ_METHODS else Scope.WRITE)
+    caller.require(required_scope(request.method, request.url.path))
     limit = caller.limits.max_requests_per_minute
     retry = limiter.hit(f"project:{project.id}", limit, 60)
     if retry is not None:

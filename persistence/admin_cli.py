@@ -4,12 +4,17 @@ the database; the settings come from the environment like every entry point's).
     rift-admin projects create NAME
     rift-admin projects list
     rift-admin projects adopt NAME     # give NAME the rows made before projects existed
+    rift-admin projects limits NAME [--max-active-jobs N|default ...]   # prints the limits
     rift-admin keys create --project NAME [--scope read|write|admin ...] [--name LABEL]
     rift-admin keys list [--project NAME]
     rift-admin keys revoke KEY_ID
 
 ``keys create`` prints the new key alone on stdout (``KEY=$(rift-admin keys create ...)``); it is
 shown this once and creates the project if it does not exist. Nothing else ever prints a secret.
+
+Exit status: 0 done, 1 the database cannot be reached (one line on stderr, no traceback), 2 a
+refused request (bad argument, unknown project or key, a name taken); a refused command changes
+nothing.
 """
 
 from __future__ import annotations
@@ -18,16 +23,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from sqlalchemy.exc import OperationalError
+
 from persistence.api_keys import (
+    LIMIT_MAXIMA,
     AdminError,
     Scope,
     adopt_unowned,
+    check_key_request,
     create_key,
     create_project,
     list_keys,
     list_projects,
     project_by_name,
     revoke_key,
+    set_project_limits,
 )
 from persistence.db import session_factory_from_settings
 from persistence.models import Project
@@ -47,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
         "adopt", help="give a project the checkpoints, datasets and jobs that have none (made "
         "before projects existed; no key can see them until then)")
     adopt.add_argument("name")
+    limits = projects.add_parser(
+        "limits", help="set a project's own limits ('default': the setting's again); prints "
+        "them all, as limit<TAB>value (empty: the default)")
+    limits.add_argument("name")
+    for limit in LIMIT_MAXIMA:
+        limits.add_argument(f"--{limit.replace('_', '-')}", dest=limit, type=_limit_value,
+                            metavar="N|default")
 
     keys = groups.add_parser("keys", help="API keys").add_subparsers(dest="command",
                                                                       required=True)
@@ -60,6 +77,19 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
     return parser
+
+
+_DEFAULT = object()  # "default" on the command line: the limit's column back to NULL
+
+
+def _limit_value(text: str) -> object:
+    if text == "default":
+        return _DEFAULT
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number or 'default': {text[:32]!r}"
+                                         ) from None
 
 
 def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
@@ -77,10 +107,21 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
                 counts = adopt_unowned(session, found)
                 print(", ".join(f"{n} {what}" for what, n in counts.items())
                       + f" now belong to project '{found.name}'")
+            elif args.group == "projects" and args.command == "limits":
+                found = project_by_name(session, args.name)
+                if found is None:
+                    raise AdminError(f"no project named '{args.name}'")
+                given = {limit: None if getattr(args, limit) is _DEFAULT else getattr(args, limit)
+                         for limit in LIMIT_MAXIMA if getattr(args, limit) is not None}
+                set_project_limits(session, found, given)
+                for limit in LIMIT_MAXIMA:
+                    value = getattr(found, limit)
+                    print(f"{limit}\t{'' if value is None else value}")
             elif args.group == "projects":
                 for project in list_projects(session):
                     print(f"{project.id}\t{project.name}\t{project.created_at.isoformat()}")
             elif args.command == "create":
+                check_key_request(args.scope or [], args.name)  # before making the project
                 project = create_project(session, args.project, exist_ok=True)
                 new = create_key(session, project, args.scope or [], args.name)
                 print(new.key)
@@ -110,6 +151,11 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
     except AdminError as exc:
         print(f"rift-admin: {exc}", file=sys.stderr)
         return 2
+    except OperationalError as exc:
+        print(f"rift-admin: cannot reach the database (DATABASE_URL): "
+              f"{str(exc.orig).splitlines()[0][:200] if exc.orig else type(exc).__name__}",
+              file=sys.stderr)
+        return 1
     finally:
         engine = factory.kw.get("bind")
         if engine is not None:

@@ -115,15 +115,51 @@ def list_projects(session: Session) -> list[Project]:
     return list(session.execute(select(Project).order_by(Project.name)).scalars())
 
 
-def create_key(session: Session, project: Project, scopes: list[str],
-               name: str | None = None) -> NewKey:
-    """A new key of ``project`` with ``scopes`` (default ``read write``). Commits."""
+def check_key_request(scopes: list[str], name: str | None = None) -> list[str]:
+    """The scopes a new key gets (default ``read write``), sorted; :class:`AdminError` for an
+    unknown scope or a name over 128 characters. Check before making anything for the key (its
+    project), so that a refused request leaves nothing behind."""
     chosen = sorted(set(scopes or [Scope.READ, Scope.WRITE]))
     unknown = [s for s in chosen if s not in Scope.__members__.values()]
     if unknown:
         raise AdminError(f"unknown scope '{unknown[0][:32]}'; use read, write or admin")
     if name is not None and len(name) > 128:
         raise AdminError("a key name is at most 128 characters")
+    return chosen
+
+
+#: A project's own limits (columns of ``projects``; None means the setting's default) and the
+#: largest value each may take: the BIGINT columns' maximum, or a sane bound.
+LIMIT_MAXIMA: dict[str, int] = {
+    "max_active_jobs": 100_000,
+    "max_stored_bytes": 2**63 - 1,
+    "max_job_cost": 2**63 - 1,
+    "max_requests_per_minute": 1_000_000,
+    "max_streams_per_key": 100_000,
+}
+
+
+def set_project_limits(session: Session, project: Project, limits: dict[str, int | None]
+                       ) -> Project:
+    """Set the given limits of ``project`` (None: back to the setting's default); the others
+    stay. :class:`AdminError` naming the limit for an unknown one or a value out of 1..its
+    maximum, before anything is changed. Commits."""
+    for limit, value in limits.items():
+        if limit not in LIMIT_MAXIMA:
+            raise AdminError(f"unknown limit '{limit[:64]}'; one of {', '.join(LIMIT_MAXIMA)}")
+        if value is not None and not 1 <= value <= LIMIT_MAXIMA[limit]:
+            raise AdminError(f"{limit} must be between 1 and {LIMIT_MAXIMA[limit]}, "
+                             f"not {value}")
+    for limit, value in limits.items():
+        setattr(project, limit, value)
+    session.commit()
+    return project
+
+
+def create_key(session: Session, project: Project, scopes: list[str],
+               name: str | None = None) -> NewKey:
+    """A new key of ``project`` with ``scopes`` (default ``read write``). Commits."""
+    chosen = check_key_request(scopes, name)
     prefix = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     row = ApiKey(id=new_id(), project_id=project.id, prefix=prefix,

@@ -18,11 +18,13 @@ from sqlalchemy.orm import Session
 
 from persistence.models import (
     Artifact,
+    Job,
     JobStatus,
     Materialization,
     MaterializationStatus,
     utcnow,
 )
+from persistence.records import hold_stored_bytes, materialization_bytes
 from persistence.stages import ArtifactRecord
 from persistence.transactions import PersistenceError, load_job, transaction
 
@@ -63,11 +65,16 @@ class MaterializationRequest:
 
 
 def request_materialization(session: Session, job_id: str, alpha: float, *, evaluate: bool,
-                            request_id: str | None = None, now: datetime | None = None
-                            ) -> MaterializationRequest:
+                            request_id: str | None = None, now: datetime | None = None,
+                            max_stored_bytes: int | None = None) -> MaterializationRequest:
     """Record a request for θ_α of a succeeded job. An α already done (with evaluation, when it
     is asked now) or in progress is returned as it is; a failed one, or one done without the
-    evaluation asked now, is queued again."""
+    evaluation asked now, is queued again.
+
+    New weights (a new α, or a failed one asked again) reserve the size of the job's θ_FT
+    against the project's ``max_stored_bytes``, counted under the project's lock like an
+    upload's (:func:`persistence.records.stored_bytes` counts queued and running ones), so
+    neither repeated nor concurrent requests can pass it: :class:`StorageQuotaReached`."""
     now = now or utcnow()
     alpha = canonical_alpha(alpha)
     name = artifact_name(alpha)
@@ -81,12 +88,15 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
             enough = row.evaluate or not evaluate
             if row.status != MaterializationStatus.FAILED and enough:
                 return MaterializationRequest(row, False)
+            if row.status == MaterializationStatus.FAILED:
+                _hold(session, job, max_stored_bytes)
             row.status = MaterializationStatus.QUEUED
             row.evaluate = row.evaluate or evaluate
             row.error_message = None
             row.finished_at = None
             row.request_id = request_id
             return MaterializationRequest(row, True)
+        _hold(session, job, max_stored_bytes)
         row = Materialization(job_id=job_id, alpha=alpha, evaluate=evaluate, artifact_name=name,
                               status=MaterializationStatus.QUEUED, request_id=request_id,
                               created_at=now)
@@ -101,6 +111,10 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
                 raise
             return MaterializationRequest(existing, False)
     return MaterializationRequest(row, True)
+
+
+def _hold(session: Session, job: Job, limit: int | None) -> None:
+    hold_stored_bytes(session, job.project_id, materialization_bytes(session, job.id), limit)
 
 
 def _by_name(session: Session, job_id: str, name: str) -> Materialization | None:

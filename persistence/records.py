@@ -13,9 +13,18 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
-from persistence.models import Artifact, Checkpoint, Dataset, Job, new_id, utcnow
+from persistence.models import (
+    Artifact,
+    Checkpoint,
+    Dataset,
+    Job,
+    Materialization,
+    MaterializationStatus,
+    new_id,
+    utcnow,
+)
 from persistence.transactions import PersistenceError, lock_project
 
 
@@ -30,8 +39,24 @@ class StorageQuotaReached(PersistenceError):
         self.used, self.incoming, self.limit = used, incoming, limit
 
 
+#: The artifact a materialization's weights are the size of: θ_α has θ_FT's tensors.
+MATERIALIZED_LIKE = "finetuned.safetensors"
+
+
+def materialization_bytes(session: Session, job_id: str) -> int:
+    """What one more materialization of ``job_id`` will store: the size of its θ_FT."""
+    size = session.execute(select(Artifact.size).where(
+        Artifact.job_id == job_id, Artifact.name == MATERIALIZED_LIKE)).scalar_one_or_none()
+    return int(size or 0)
+
+
 def stored_bytes(session: Session, project_id: str) -> int:
-    """Bytes the project keeps in the object store: checkpoints, datasets and job artifacts."""
+    """Bytes the project keeps in the object store: checkpoints, datasets and job artifacts,
+    plus the bytes reserved by its materializations still queued or running (each the size of
+    its job's θ_FT), so that requests made before a worker writes them count against the
+    quota too."""
+    made = aliased(Artifact)
+    like = aliased(Artifact)
     total = 0
     for query in (
         select(func.coalesce(func.sum(Checkpoint.size), 0)).where(
@@ -39,13 +64,25 @@ def stored_bytes(session: Session, project_id: str) -> int:
         select(func.coalesce(func.sum(Dataset.size), 0)).where(Dataset.project_id == project_id),
         select(func.coalesce(func.sum(Artifact.size), 0)).join(Job, Job.id == Artifact.job_id)
         .where(Job.project_id == project_id),
+        select(func.coalesce(func.sum(like.size), 0))
+        .select_from(Materialization)
+        .join(Job, Job.id == Materialization.job_id)
+        .join(like, (like.job_id == Materialization.job_id) & (like.name == MATERIALIZED_LIKE))
+        .where(Job.project_id == project_id,
+               Materialization.status.in_([MaterializationStatus.QUEUED,
+                                           MaterializationStatus.RUNNING]),
+               # Asked again (evaluation added) after its weights were stored: counted above.
+               ~select(made.name).where(made.job_id == Materialization.job_id,
+                                      made.name == Materialization.artifact_name).exists()),
     ):
         total += int(session.execute(query).scalar_one())
     return total
 
 
-def _hold_stored_bytes(session: Session, project_id: str | None, incoming: int,
-                       limit: int | None) -> None:
+def hold_stored_bytes(session: Session, project_id: str | None, incoming: int,
+                      limit: int | None) -> None:
+    """Lock the project and raise :class:`StorageQuotaReached` unless ``incoming`` more bytes
+    keep it within ``limit`` (None: no limit). Call inside the transaction that records them."""
     if limit is None or project_id is None:
         return
     lock_project(session, project_id)
@@ -77,7 +114,7 @@ def create_checkpoint(
     contains it. Commits. Raises :class:`StorageQuotaReached` (nothing recorded) when
     ``max_stored_bytes`` is given and the project would pass it.
     """
-    _hold_stored_bytes(session, project_id, size, max_stored_bytes)
+    hold_stored_bytes(session, project_id, size, max_stored_bytes)
     checkpoint = Checkpoint(
         id=checkpoint_id or new_id(), filename=filename, size=size, sha256=sha256, format=format,
         storage_key=storage_key, num_tensors=num_tensors, num_parameters=num_parameters,
@@ -119,7 +156,7 @@ def create_dataset(
     """Record an uploaded dataset archive (``kind``: ``npz`` or ``imagefolder``) with what its
     validation found (``content``: ``images`` or ``features``; ``image_shape`` (C, H, W)).
     Commits. Raises :class:`StorageQuotaReached` as :func:`create_checkpoint` does."""
-    _hold_stored_bytes(session, project_id, size, max_stored_bytes)
+    hold_stored_bytes(session, project_id, size, max_stored_bytes)
     channels, height, width = image_shape if image_shape is not None else (None, None, None)
     dataset = Dataset(
         id=dataset_id or new_id(), filename=filename, kind=kind, size=size, sha256=sha256,

@@ -18,6 +18,7 @@ from api.deps import SessionDep, SettingsDep
 from api.errors import Conflict, InvalidInput, NotFound
 from api.services.workers import list_live_workers
 from persistence.api_keys import (
+    LIMIT_MAXIMA,
     PROJECT_NAME_PATTERN,
     AdminError,
     create_key,
@@ -26,6 +27,7 @@ from persistence.api_keys import (
     list_projects,
     project_by_name,
     revoke_key,
+    set_project_limits,
 )
 from persistence.models import ApiKey, Project
 
@@ -38,18 +40,21 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-#: The largest value of the BIGINT columns these limits are stored in: a larger one would be
-#: refused by the database with an error that cannot name the field.
-BIGINT_MAX = 2**63 - 1
+# Bounds from persistence.api_keys.LIMIT_MAXIMA (the BIGINT columns' maximum, where larger
+# values would be refused by the database with an error that cannot name the field).
+class ProjectLimitsIn(_Body):
+    """A project's own limits; null (or left out on creation) means the setting's default."""
+
+    max_active_jobs: int | None = Field(None, ge=1, le=LIMIT_MAXIMA["max_active_jobs"])
+    max_stored_bytes: int | None = Field(None, ge=1, le=LIMIT_MAXIMA["max_stored_bytes"])
+    max_job_cost: int | None = Field(None, ge=1, le=LIMIT_MAXIMA["max_job_cost"])
+    max_requests_per_minute: int | None = Field(None, ge=1,
+                                                le=LIMIT_MAXIMA["max_requests_per_minute"])
+    max_streams_per_key: int | None = Field(None, ge=1, le=LIMIT_MAXIMA["max_streams_per_key"])
 
 
-class ProjectCreate(_Body):
+class ProjectCreate(ProjectLimitsIn):
     name: ProjectName
-    max_active_jobs: int | None = Field(None, ge=1, le=100_000)
-    max_stored_bytes: int | None = Field(None, ge=1, le=BIGINT_MAX)
-    max_job_cost: int | None = Field(None, ge=1, le=BIGINT_MAX)
-    max_requests_per_minute: int | None = Field(None, ge=1, le=1_000_000)
-    max_streams_per_key: int | None = Field(None, ge=1, le=100_000)
 
 
 class ProjectOut(BaseModel):
@@ -144,12 +149,18 @@ def create_project_route(body: ProjectCreate, session: SessionDep,
         project = create_project(session, body.name)
     except AdminError as exc:
         raise Conflict(str(exc), field="name", code="project_exists") from exc
-    for field in ProjectCreate.model_fields:
-        if field != "name":
-            setattr(project, field, getattr(body, field))
-    session.commit()
+    set_project_limits(session, project, body.model_dump(include=set(LIMIT_MAXIMA)))
     response.headers["Location"] = f"/v1/admin/projects/{project.name}"
     return _project_out(project)
+
+
+@router.patch("/projects/{name}", response_model=ProjectOut, summary="Change a project's limits",
+              description="Only the limits in the body change; null sets one back to the "
+              "setting's default. rift-admin projects limits does the same.")
+def update_project_limits(name: str, body: ProjectLimitsIn, session: SessionDep) -> ProjectOut:
+    project = _project(session, name)
+    return _project_out(set_project_limits(session, project,
+                                           body.model_dump(include=body.model_fields_set)))
 
 
 @router.get("/projects/{name}/keys", response_model=KeyListOut, summary="A project's keys")

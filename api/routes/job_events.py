@@ -21,7 +21,7 @@ from api.event_feed import EventFeed
 from api.routes.jobs import load_job
 from api.schemas import EventOut, EventPageOut
 from persistence.jobs import list_events
-from persistence.models import TERMINAL_STATUSES, Job
+from persistence.models import TERMINAL_STATUSES, ApiKey, Job
 
 router = APIRouter(prefix="/jobs", tags=["events"])
 
@@ -74,11 +74,22 @@ def _job_status(session: Session, job_id: str) -> str | None:
     return status
 
 
-def _poll(factory: sessionmaker[Session], job_id: str, after: int
-          ) -> tuple[list[EventOut], str | None]:
+def _key_is_live(session: Session, key_id: str) -> bool:
+    revoked = session.execute(select(ApiKey.id, ApiKey.revoked_at)
+                              .where(ApiKey.id == key_id)).one_or_none()
+    return revoked is not None and revoked.revoked_at is None
+
+
+def _poll(factory: sessionmaker[Session], job_id: str, after: int, key_id: str
+          ) -> tuple[list[EventOut], str | None] | None:
     """Events after ``after``, and the job's status read *before* them: a finished job's last
-    events are written with its final status, so once that status is seen none can follow."""
+    events are written with its final status, so once that status is seen none can follow.
+    None once the stream's API key is revoked: an open stream answers to the key like every
+    request, at each read."""
     with factory() as session:
+        if not _key_is_live(session, key_id):
+            session.commit()
+            return None
         status = _job_status(session, job_id)
         events = [event_out(e) for e in list_events(session, job_id, after_id=after,
                                                      limit=EVENTS_PER_READ)]
@@ -108,14 +119,21 @@ class _HeldStream(StreamingResponse):
 
 
 async def _stream(factory: sessionmaker[Session], feed: EventFeed, job_id: str, after: int,
-                  recheck_s: float) -> AsyncIterator[str]:
+                  recheck_s: float, key_id: str) -> AsyncIterator[str]:
     """Read the events after ``after`` once, then again only when the feed says the job has new
-    ones (or after ``recheck_s`` idle seconds, a safety net): an idle stream costs no query."""
+    ones (or after ``recheck_s`` idle seconds, a safety net): an idle stream costs no query.
+    Each read checks the key first: once it is revoked the stream closes without an ``end``
+    event (so a client reconnects, and is refused with 401) at the next read, at most
+    ``recheck_s`` after the revocation."""
     yield "retry: 2000\n\n"
     # Subscribed before the first read, so an event written during that read still wakes us.
     with feed.subscribe(job_id) as subscription:
         while True:
-            events, status = await run_in_threadpool(_poll, factory, job_id, after)
+            read = await run_in_threadpool(_poll, factory, job_id, after, key_id)
+            if read is None:
+                yield ": the API key was revoked\n\n"
+                return
+            events, status = read
             for event in events:
                 after = event.id
                 yield _sse(event)
@@ -170,7 +188,8 @@ def read_events(
                     code="quota_exceeded", headers={"Retry-After": "5"},
                     details={"quota": "max_streams_per_key", "limit": limit_streams})
             return _HeldStream(
-                _stream(factory, feed, job.id, after, settings.event_stream_recheck_seconds),
+                _stream(factory, feed, job.id, after, settings.event_stream_recheck_seconds,
+                        caller.key_id),
                 partial(slots.release, caller.key_id),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

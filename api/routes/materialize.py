@@ -2,7 +2,9 @@
 without retraining, as the artifact ``tuned@<α>.safetensors``, with its clean and robust accuracy
 on the test split when ``evaluate`` is true. A worker makes it (the API has no torch); the answer
 is the request's record (202 while queued), to poll at its ``url``. α = 0 and α = 1 give θ_AT and
-θ_FT bit for bit (:func:`rift.interpolation.interpolate_weights` copies the end points)."""
+θ_FT bit for bit (:func:`rift.interpolation.interpolate_weights` copies the end points).
+New weights count against the project's stored bytes from the request on (413
+``quota_exceeded``, field ``max_stored_bytes``, like an upload)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from api.deps import CallerDep, DispatcherDep, SessionDep
 from api.dispatch import DispatchError
 from api.errors import ServiceUnavailable
 from api.routes.jobs import job_link, load_job
+from api.services.quotas import storage_exceeded
 from persistence.logs import current_request_id
 from persistence.materializations import (
     fail_materialization,
@@ -23,6 +26,7 @@ from persistence.materializations import (
     request_materialization,
 )
 from persistence.models import Materialization
+from persistence.records import StorageQuotaReached
 
 router = APIRouter(prefix="/jobs", tags=["results"])
 
@@ -72,13 +76,19 @@ def materialization_out(row: Materialization) -> MaterializationOut:
 @router.post("/{job_id}/materialize", response_model=MaterializationOut, status_code=202,
              summary="Make the weights at another α (and evaluate them) from θ_AT and θ_FT",
              responses={200: {"description": "This α was made (or is being made) already"},
-                        409: {"description": "The job has not succeeded"}})
+                        409: {"description": "The job has not succeeded"},
+                        413: {"description": "The weights would pass the project's "
+                              "max_stored_bytes"}})
 def materialize(job_id: str, body: MaterializeIn, response: Response, session: SessionDep, caller: CallerDep,
                 dispatcher: DispatcherDep) -> MaterializationOut:
     job = load_job(session, caller, job_id)
     # JobNotSucceeded is the 409 api/errors.py maps once, naming job_id.
-    requested = request_materialization(session, job.id, body.alpha, evaluate=body.evaluate,
-                                        request_id=current_request_id())
+    try:
+        requested = request_materialization(
+            session, job.id, body.alpha, evaluate=body.evaluate, request_id=current_request_id(),
+            max_stored_bytes=caller.limits.max_stored_bytes)
+    except StorageQuotaReached as exc:
+        raise storage_exceeded(caller, exc.used, exc.incoming, exc.limit) from exc
     if requested.must_dispatch:
         try:
             dispatcher.enqueue_materialization(requested.row.id)

@@ -115,3 +115,52 @@ def test_rift_admin_adopt_gives_unowned_rows_to_a_project(api: Api) -> None:
     assert "0 checkpoints, 0 datasets, 0 jobs" in rift_admin(api, "projects", "adopt",
                                                              "legacy").stdout
     client.close()
+
+
+def test_rift_admin_limits_refusals_and_exit_codes(api: Api) -> None:
+    assert rift_admin(api, "projects", "create", "vision").returncode == 0
+    limits = rift_admin(api, "projects", "limits", "vision", "--max-active-jobs", "3",
+                        "--max-stored-bytes", "1000")
+    assert limits.returncode == 0, limits.stderr
+    assert "max_active_jobs\t3\n" in limits.stdout and "max_job_cost\t\n" in limits.stdout
+    # Enforced at once, and 'default' puts one back to the setting's.
+    shown = rift_admin(api, "projects", "limits", "vision", "--max-stored-bytes", "default")
+    assert "max_active_jobs\t3\n" in shown.stdout and "max_stored_bytes\t\n" in shown.stdout
+    for args in (("--max-active-jobs", "0"), ("--max-job-cost", "lots")):
+        refused = rift_admin(api, "projects", "limits", "vision", *args)
+        assert refused.returncode == 2 and args[0].lstrip("-").replace("-", "_") in \
+            refused.stderr.replace("-", "_"), refused.stderr
+    assert rift_admin(api, "projects", "limits", "nobody").returncode == 2
+    # Before: a refused key (its name too long) still created the project it named.
+    refused = rift_admin(api, "keys", "create", "--project", "fresh", "--name", "n" * 129)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "fresh" not in rift_admin(api, "projects", "list").stdout
+    # Before: a traceback; now one line and exit status 1.
+    env = {**os.environ, "DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/none"}
+    down = subprocess.run([sys.executable, "-m", "persistence.admin_cli", "projects", "list"],
+                          env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert down.stderr.startswith("rift-admin: cannot reach the database")
+
+
+def test_admin_route_changes_a_projects_limits(
+        api: Api, clients: Callable[..., httpx.Client]) -> None:
+    admin = clients("ops", ("admin",))
+    assert admin.post("/v1/admin/projects", json={"name": "team-a",
+                                                  "max_active_jobs": 5}).status_code == 201
+    changed = admin.patch("/v1/admin/projects/team-a", json={"max_requests_per_minute": 2})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["max_requests_per_minute"] == 2
+    assert changed.json()["max_active_jobs"] == 5  # left out: unchanged
+    reset = admin.patch("/v1/admin/projects/team-a", json={"max_active_jobs": None})
+    assert reset.json()["max_active_jobs"] is None and reset.json()["max_requests_per_minute"] == 2
+    bad = admin.patch("/v1/admin/projects/team-a", json={"max_job_cost": 0})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "max_job_cost"
+    assert admin.patch("/v1/admin/projects/team-a", json={"name": "b"}).status_code == 422
+    missing = admin.patch("/v1/admin/projects/nope", json={})
+    assert missing.status_code == 404 and missing.json()["error"]["field"] == "name"
+    team = api.client_for(admin.post("/v1/admin/projects/team-a/keys").json()["key"])
+    assert [team.get("/v1/jobs").status_code for _ in range(3)] == [200, 200, 429]
+    team.close()
+    assert api.client.patch("/v1/admin/projects/team-a",
+                            json={}).json()["error"]["required_scope"] == "admin"

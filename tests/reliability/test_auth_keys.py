@@ -5,6 +5,7 @@ cross-site form POST cannot cancel a job, and CORS is off unless configured."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from sqlalchemy import select, update
 from persistence.api_keys import revoke_key
 from persistence.models import ApiKey
 from persistence.settings import Settings
-from tests.api.helpers import Api, RecordingDispatcher
+from tests.api.helpers import Api, RecordingDispatcher, make_key
 from tests.reliability.conftest import create_job, upload
 
 pytestmark = [pytest.mark.service]
@@ -70,6 +71,13 @@ def test_scopes(api: Api, clients: Callable[..., httpx.Client], small_cnn_file: 
                      api.client.post("/v1/admin/projects", json={"name": "x"})):
         assert response.status_code == 403
         assert response.json()["error"]["required_scope"] == "admin"
+    # A read key on an admin route is told the scope that would let it through (before:
+    # 'write' on POST and DELETE, then 'admin' once it had write).
+    for response in (reader.post("/v1/admin/projects", json={"name": "x"}),
+                     reader.delete("/v1/admin/projects/tests/keys/" + "0" * 32),
+                     reader.get("/v1/admin/workers")):
+        assert response.status_code == 403
+        assert response.json()["error"]["required_scope"] == "admin", response.text
     admin = clients("ops", ("admin",))
     assert admin.get("/v1/admin/projects").status_code == 200
     assert admin.get("/v1/jobs").status_code == 200  # admin implies read (its own project)
@@ -87,6 +95,45 @@ def test_revoked_key_is_refused_at_once(api: Api, clients: Callable[..., httpx.C
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert api.client.get("/v1/jobs").status_code == 200  # the project's other key still works
+
+
+def test_an_open_event_stream_closes_when_its_key_is_revoked(
+        api: Api, clients: Callable[..., httpx.Client], small_cnn_file: Path) -> None:
+    # Before: a stream opened before the revocation went on sending the job's events until the
+    # job ended (hours), though every new request of the key was refused.
+    from persistence.jobs import append_event
+
+    checkpoint = upload(api.client, "/v1/checkpoints", "m.safetensors",
+                        small_cnn_file.read_bytes())
+    job = create_job(api.client, checkpoint["id"]).json()
+    _, key = make_key(api.sessions, "tests")
+    lines: list[str] = []
+    opened = threading.Event()
+
+    def follow() -> None:
+        with httpx.stream("GET", f"{api.url}/v1/jobs/{job['id']}/events", timeout=30, headers={
+                "Authorization": f"Bearer {key}", "Accept": "text/event-stream"}) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                lines.append(line)
+                if line.startswith("data:"):
+                    opened.set()
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    assert opened.wait(10)  # job_created was sent
+    with api.sessions() as session:
+        key_id = session.execute(select(ApiKey.id).where(ApiKey.prefix == key.split("_")[1])
+                                 ).scalar_one()
+        revoke_key(session, key_id)
+        append_event(session, job["id"], "warning", {"message": "after the revocation"})
+        session.commit()
+    follower.join(15)
+    assert not follower.is_alive(), "the stream stayed open after its key was revoked"
+    assert not any("after the revocation" in line for line in lines), lines
+    assert "event: end" not in lines  # not an end of the job: a client reconnects, gets 401
+    again = api.client_for(key).get(f"/v1/jobs/{job['id']}/events")
+    assert again.status_code == 401
 
 
 def test_last_used_at_is_recorded_at_most_once_a_minute(api: Api) -> None:

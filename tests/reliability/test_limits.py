@@ -121,6 +121,39 @@ def test_stored_bytes_quota(api: Api, small_cnn_file: Path) -> None:
     upload(api.client, "/v1/checkpoints", "c.safetensors", small_cnn_file.read_bytes())
 
 
+def test_materializations_count_against_stored_bytes(api: Api, checkpoint: dict) -> None:
+    # Before: POST /v1/jobs/{id}/materialize never looked at max_stored_bytes, so a project at
+    # its quota could still store one θ_FT-sized file per α (up to 10^6 of them).
+    from concurrent.futures import ThreadPoolExecutor
+
+    from persistence.models import Artifact, Job
+
+    job = create_job(api.client, checkpoint["id"]).json()
+    theta_ft = 1000
+    with api.sessions() as session:
+        row = session.get(Job, job["id"])
+        assert row is not None
+        row.status = "succeeded"
+        session.add(Artifact(job_id=row.id, name="finetuned.safetensors", storage_key="k",
+                             size=theta_ft, sha256="0" * 64,
+                             content_type="application/octet-stream"))
+        session.commit()
+    # Room for exactly two more θ_FT-sized files.
+    _set_limits(api, max_stored_bytes=int(checkpoint["size"]) + 3 * theta_ft)
+    url = f"/v1/jobs/{job['id']}/materialize"
+    with ThreadPoolExecutor(6) as pool:  # racing requests, each for a new α
+        answers = list(pool.map(lambda a: api.client.post(url, json={"alpha": a}),
+                                [0.1, 0.2, 0.3, 0.4, 0.6, 0.7]))
+    assert sorted(a.status_code for a in answers) == [202, 202, 413, 413, 413, 413]
+    refused = next(a for a in answers if a.status_code == 413).json()["error"]
+    assert refused["code"] == "quota_exceeded" and refused["field"] == "max_stored_bytes"
+    assert refused["incoming"] == theta_ft and "max_stored_bytes" in refused["message"]
+    made = [a.json()["alpha"] for a in answers if a.status_code == 202]
+    # Asking again for an α already requested is answered, not refused, at the quota.
+    assert api.client.post(url, json={"alpha": made[0]}).status_code == 200
+    assert len(api.client.get(f"/v1/jobs/{job['id']}/materializations").json()["items"]) == 2
+
+
 def test_request_rate_in_process(api: Api, clients: Callable[..., httpx.Client]) -> None:
     _set_limits(api, max_requests_per_minute=5)
     answers = [api.client.get("/v1/jobs") for _ in range(7)]

@@ -29,6 +29,7 @@ COLLECTION_ROUTES = {
     ("get", "/v1/jobs"): "test_lists_show_only_the_callers_jobs",
     ("get", "/v1/admin/projects"): "admin routes: test_admin_cli.py",
     ("post", "/v1/admin/projects"): "admin routes: test_admin_cli.py",
+    ("get", "/v1/admin/workers"): "admin only, no project's resources: tests/api/test_workers.py",
     ("post", "/v1/webhooks"): "test_webhooks_belong_to_the_callers_project",
     ("get", "/v1/webhooks"): "test_webhooks_belong_to_the_callers_project",
     ("get", "/metrics"): "operators' Prometheus metrics, no resource ids (METRICS_TOKEN guards it)",
