@@ -39,6 +39,7 @@ from persistence.models import (
     SweepCandidate,
     utcnow,
 )
+from persistence.records import hold_stored_bytes
 from persistence.transactions import (
     EventKind,
     JobNotFound,
@@ -189,13 +190,17 @@ def create_job(
     request_id: str | None = None,
     max_active_jobs: int | None = None,
     time_limit_seconds: float | None = None,
+    reserved_bytes: int = 0,
+    max_stored_bytes: int | None = None,
 ) -> tuple[Job, bool]:
     """Create a queued job with its labels and its three pending stages; returns (job, created).
 
     With ``max_active_jobs`` (and ``project_id``), the project's queued and running jobs are
     counted in the transaction that inserts the job, under a lock on the project's row, so
     concurrent requests cannot together pass the limit; :class:`ActiveJobLimitReached` if the
-    project is at it.
+    project is at it. With ``max_stored_bytes``, likewise, the job's ``reserved_bytes``
+    (``persistence.records.job_reserved_bytes``) must fit the project's stored-bytes quota:
+    :class:`StorageQuotaReached` otherwise.
 
     With ``idempotency_key``: if a job with that key exists and its ``request_hash`` is the same,
     that job is returned with ``created=False``; if the hash differs, :class:`IdempotencyConflict`.
@@ -224,6 +229,7 @@ def create_job(
         with transaction(session):
             if max_active_jobs is not None and project_id is not None:
                 _hold_active_job_slot(session, project_id, max_active_jobs)
+            hold_stored_bytes(session, project_id, reserved_bytes, max_stored_bytes)
             session.add(job)
             session.flush()
             log_event(session, job.id, EventKind.JOB_CREATED, {"labels": dict(labels or {})}, now)

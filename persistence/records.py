@@ -10,7 +10,9 @@ concurrent uploads of one project queue there, so together they cannot pass the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
@@ -20,6 +22,7 @@ from persistence.models import (
     Checkpoint,
     Dataset,
     Job,
+    JobStatus,
     Materialization,
     MaterializationStatus,
     new_id,
@@ -50,11 +53,43 @@ def materialization_bytes(session: Session, job_id: str) -> int:
     return int(size or 0)
 
 
+def job_reserved_copies(spec: Mapping[str, Any]) -> int:
+    """How many checkpoint-sized files a job with ``spec`` (``RiftConfig`` as JSON) stores at
+    most: θ_FT of each fine-tuned candidate (modules × learning rates; all but the winner's are
+    deleted when the sweep ends) and the tuned weights."""
+    finetune = spec.get("finetune") or {}
+    modules = int(finetune.get("candidates") or 1)
+    rates = len(finetune.get("lr_grid") or []) or 1
+    return modules * rates + 1
+
+
+def job_reserved_bytes(checkpoint_size: int, spec: Mapping[str, Any]) -> int:
+    """What a new job may store before it ends (see :func:`job_reserved_copies`)."""
+    return checkpoint_size * job_reserved_copies(spec)
+
+
+def _active_job_reservations(session: Session, project_id: str) -> int:
+    """The bytes the project's queued and running jobs may still store: each job's reservation
+    less the artifacts it has stored (counted with the artifacts)."""
+    active = session.execute(
+        select(Job.id, Job.spec, Checkpoint.size).join(Checkpoint, Checkpoint.id == Job.checkpoint_id)
+        .where(Job.project_id == project_id,
+               Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))).all()
+    if not active:
+        return 0
+    stored = dict(session.execute(
+        select(Artifact.job_id, func.sum(Artifact.size))
+        .where(Artifact.job_id.in_([job_id for job_id, _, _ in active]))
+        .group_by(Artifact.job_id)).tuples().all())
+    return sum(max(0, job_reserved_bytes(size, spec) - int(stored.get(job_id) or 0))
+               for job_id, spec, size in active)
+
+
 def stored_bytes(session: Session, project_id: str) -> int:
     """Bytes the project keeps in the object store: checkpoints, datasets and job artifacts,
     plus the bytes reserved by its materializations still queued or running (each the size of
-    its job's θ_FT), so that requests made before a worker writes them count against the
-    quota too."""
+    its job's θ_FT) and by its jobs still queued or running (:func:`job_reserved_bytes`), so
+    that requests made before a worker writes them count against the quota too."""
     made = aliased(Artifact)
     like = aliased(Artifact)
     total = 0
@@ -76,7 +111,7 @@ def stored_bytes(session: Session, project_id: str) -> int:
                                       made.name == Materialization.artifact_name).exists()),
     ):
         total += int(session.execute(query).scalar_one())
-    return total
+    return total + _active_job_reservations(session, project_id)
 
 
 def hold_stored_bytes(session: Session, project_id: str | None, incoming: int,

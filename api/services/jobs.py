@@ -36,8 +36,9 @@ from api.services.quotas import (
     active_jobs_exceeded,
     check_active_jobs,
     check_cost,
-    check_storage,
+    check_job_storage,
     check_time_limit,
+    job_storage_exceeded,
 )
 from api.services.workers import check_device_available
 from api.uploads import UploadedFile, scratch_dir
@@ -56,6 +57,7 @@ from persistence.jobs import (
 )
 from persistence.logs import current_request_id
 from persistence.models import Checkpoint, Dataset, Job, JobStage, utcnow
+from persistence.records import StorageQuotaReached, job_reserved_bytes
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 
@@ -164,11 +166,12 @@ def create_job_for(
             assert checkpoint_id is not None
             row, shapes = checkpoint_shapes(session, store, checkpoint_id, scratch_dir(settings),
                                             services.validator, caller.project_id)
-            num_tensors = row.num_tensors
+            num_tensors, checkpoint_size, uploading = row.num_tensors, row.size, 0
         else:
             inspection = validate_checkpoint_upload(services.validator, upload, CHECKPOINT_FIELD)
             shapes = inspection.shapes
-            num_tensors = inspection.num_tensors
+            num_tensors, checkpoint_size, uploading = (inspection.num_tensors, upload.size,
+                                                       upload.size)
         check_job_fits(services.validator, spec.config, shapes, dataset.geometry,
                        checkpoint_field)
 
@@ -181,8 +184,10 @@ def create_job_for(
         check_cost(caller, estimate)
         check_time_limit(spec.time_limit_seconds, settings.job_time_limit_seconds)
         check_active_jobs(session, caller)
-        if upload is not None:
-            check_storage(session, caller, upload.size)
+        # What the job may store (its tuned weights, each candidate's θ_FT) counts against the
+        # stored-bytes quota from now on, as an upload's bytes would.
+        reserved = job_reserved_bytes(checkpoint_size, config_json)
+        check_job_storage(session, caller, uploading, reserved)
         session.commit()
 
         stored_checkpoint = None
@@ -196,7 +201,8 @@ def create_job_for(
                 request_hash=request_hash, project_id=caller.project_id,
                 cost_estimate=estimate.total, request_id=current_request_id(),
                 max_active_jobs=caller.limits.max_active_jobs,
-                time_limit_seconds=spec.time_limit_seconds)
+                time_limit_seconds=spec.time_limit_seconds, reserved_bytes=reserved,
+                max_stored_bytes=caller.limits.max_stored_bytes)
             if created:
                 try:
                     services.dispatcher.enqueue_job(job.id)
@@ -209,6 +215,10 @@ def create_job_for(
             # Another request of the project took the last slot since the early check.
             _forget_checkpoint(session, store, stored_checkpoint)
             raise active_jobs_exceeded(caller, exc.active, exc.limit) from exc
+        except StorageQuotaReached as exc:
+            # Likewise the stored bytes: another job or upload took them since the early check.
+            _forget_checkpoint(session, store, stored_checkpoint)
+            raise job_storage_exceeded(caller, exc.used, exc.incoming, exc.limit) from exc
         except IntegrityError as exc:
             session.rollback()
             _forget_checkpoint(session, store, stored_checkpoint)

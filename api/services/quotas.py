@@ -51,6 +51,28 @@ def check_storage(session: Session, caller: Caller, incoming: int) -> None:
         raise storage_exceeded(caller, used, incoming, limit)
 
 
+def check_job_storage(session: Session, caller: Caller, uploading: int, reserved: int) -> None:
+    """Raise 413 ``quota_exceeded`` if the job's checkpoint sent with it (``uploading`` bytes)
+    and what the job may store (``reserved``) pass the project's quota."""
+    limit = caller.limits.max_stored_bytes
+    used = stored_bytes(session, caller.project_id)
+    if used + uploading + reserved > limit:
+        raise job_storage_exceeded(caller, used + uploading, reserved, limit)
+
+
+def job_storage_exceeded(caller: Caller, used: int, reserved: int,
+                         limit: int) -> PayloadTooLarge:
+    """The 413 for a job whose outputs may not fit the project's stored-bytes quota."""
+    return PayloadTooLarge(
+        f"the job may store up to {reserved} bytes (its tuned weights and each fine-tuned "
+        f"candidate's, each the checkpoint's size), which would take project "
+        f"'{caller.project_name}' to {used + reserved} bytes, over its quota max_stored_bytes "
+        f"of {limit}; delete checkpoints, datasets or jobs first",
+        field="max_stored_bytes", code="quota_exceeded",
+        details={"quota": "max_stored_bytes", "limit": limit, "used": used,
+                 "incoming": reserved})
+
+
 def storage_exceeded(caller: Caller, used: int, incoming: int, limit: int) -> PayloadTooLarge:
     """The 413 for an upload that would take the project past its stored-bytes quota."""
     return PayloadTooLarge(

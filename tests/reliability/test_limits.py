@@ -154,6 +154,35 @@ def test_materializations_count_against_stored_bytes(api: Api, checkpoint: dict)
     assert len(api.client.get(f"/v1/jobs/{job['id']}/materializations").json()["items"]) == 2
 
 
+def test_a_job_reserves_what_it_may_store_until_it_ends(api: Api, small_cnn_file: Path) -> None:
+    # A job stores its θ_FT and tuned weights (a sweep: θ_FT per candidate), each the
+    # checkpoint's size: a project must have room for them when the job is created, and they
+    # count against the quota while the job is queued or running, before a worker writes them.
+    size = small_cnn_file.stat().st_size
+    checkpoint = upload(api.client, "/v1/checkpoints", "m.safetensors", small_cnn_file.read_bytes())
+    _set_limits(api, max_stored_bytes=3 * size - 1)
+    refused = create_job(api.client, checkpoint["id"])
+    assert refused.status_code == 413, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["field"]) == ("quota_exceeded", "max_stored_bytes")
+    assert (error["used"], error["incoming"], error["limit"]) == (size, 2 * size, 3 * size - 1)
+    assert "tuned weights" in error["message"]
+
+    _set_limits(api, max_stored_bytes=4 * size - 1)
+    sweep = create_job(api.client, checkpoint["id"],
+                       config=digits_config(finetune={"epochs": 1, "candidates": 2}))
+    assert sweep.status_code == 413, sweep.text  # 2 candidates' θ_FT + tuned: 3 sizes more
+    assert sweep.json()["error"]["incoming"] == 3 * size
+    job = create_job(api.client, checkpoint["id"])
+    assert job.status_code == 201, job.text  # queued (no worker here): 2 sizes reserved
+    crowded = api.client.post("/v1/checkpoints",
+                              files={"file": ("n.safetensors", small_cnn_file.read_bytes())})
+    assert crowded.status_code == 413, crowded.text
+
+    assert api.client.post(f"/v1/jobs/{job.json()['id']}/cancel").status_code in (200, 202)
+    upload(api.client, "/v1/checkpoints", "n.safetensors", small_cnn_file.read_bytes())
+
+
 def test_request_rate_in_process(api: Api, clients: Callable[..., httpx.Client]) -> None:
     _set_limits(api, max_requests_per_minute=5)
     answers = [api.client.get("/v1/jobs") for _ in range(7)]
