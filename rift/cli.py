@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from rift.config import RiftConfig
 from rift.errors import RiftError
@@ -24,7 +24,9 @@ class CliInputError(Exception):
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any, flag: str) -> None:
-    """Set ``tree[a][b][c] = value`` for ``dotted`` "a.b.c", creating sections on the way.
+    """Set ``tree[a][b][c] = value`` for ``dotted`` "a.b.c", creating sections on the way. A
+    section given as an object (``--set mrc='{"steps": 2}'``) is merged into the settings already
+    there (from ``--config`` or an earlier ``--set``), not put in their place.
 
     Raises:
         CliInputError: a section on the way already holds a value, not settings (``--set mrc=5``
@@ -37,6 +39,12 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any, flag: str) -> None:
             section = ".".join(keys[:depth + 1])
             raise CliInputError(f"{flag}: cannot set {dotted!r} because {section!r} is already "
                                 f"{json.dumps(tree)}, not a section of settings")
+    if isinstance(value, dict) and isinstance(tree.get(keys[-1]), dict):
+        # Replacing the section silently dropped what the config file or an earlier --set put
+        # there (--set mrc.num_examples=64 --set mrc='{"steps": 2}' ran with 1024 examples).
+        for key, inner in value.items():
+            _set_path(tree[keys[-1]], key, inner, flag)
+        return
     tree[keys[-1]] = value
 
 
@@ -71,8 +79,91 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     return tree
 
 
+class ConfigInputError(CliInputError):
+    """The merged configuration is invalid; the message names each setting at fault and where it
+    came from (a flag, a ``--set``, the ``--config`` file)."""
+
+
+# What to give when a required section is missing.
+_REQUIRED_HINTS = {"architecture": "--arch NAME", "dataset": "--dataset NAME"}
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic's error location as the dotted setting name: union branch labels
+    ("literal['auto','unit','none']", "function-after[...]") are left out, list items are [i]."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.isidentifier():
+            path += f".{part}" if path else part
+    return path
+
+
+def _known_settings(path: str) -> list[str]:
+    """The setting names of the section holding ``path`` ("mrc.stepz" → MRCSpec's fields)."""
+    model: type[BaseModel] = RiftConfig
+    for key in path.split(".")[:-1]:
+        field = model.model_fields.get(key)
+        inner = field.annotation if field is not None else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return []
+        model = inner
+    return sorted(model.model_fields)
+
+
+def describe_validation_error(exc: ValidationError, origins: dict[str, str]) -> str:
+    """One line naming every invalid setting, what is wrong with it and where it was given
+    (``origins``: dotted setting or section → the flag or file that set it; "" for the
+    config file key of settings no flag set)."""
+    messages: dict[str, list[str]] = {}
+    inputs: dict[str, str] = {}
+    for error in exc.errors():
+        path = _field_path(error["loc"])
+        if error["type"] == "extra_forbidden":
+            known = _known_settings(path)
+            text = "unknown setting" + (f"; known: {', '.join(known)}" if known else "")
+        elif error["type"] == "missing":
+            hint = _REQUIRED_HINTS.get(path)
+            text = "required" + (f"; give {hint} or set it in --config" if hint else "")
+        else:
+            text = error["msg"]
+            if "input" in error and not isinstance(error["input"], dict):
+                shown = json.dumps(error["input"], ensure_ascii=False, default=str)
+                inputs.setdefault(path, shown if len(shown) <= 60 else shown[:57] + "...")
+        texts = messages.setdefault(path, [])
+        if text not in texts:
+            texts.append(text)
+    parts = []
+    for path, texts in messages.items():
+        given = [key for key in origins if key and (path == key or path.startswith(key + ".")
+                                                    or path.startswith(key + "["))]
+        origin = origins[max(given, key=len)] if given else origins.get("", "")
+        details = []
+        if path in inputs and not origin.startswith("--set"):  # a --set shows what was typed
+            details.append(f"got {inputs[path]}")
+        if origin and not all(text.startswith("required") for text in texts):
+            details.append(f"from {origin}")
+        parts.append(f"{path or 'config'}: {' or '.join(texts)}"
+                     + (f" ({', '.join(details)})" if details else ""))
+    return "invalid configuration: " + "; ".join(parts)
+
+
 def build_config(args: argparse.Namespace) -> RiftConfig:
-    """Merge the spec file, the shortcut flags and ``--set`` overrides, then validate."""
+    """Merge the spec file, the shortcut flags and ``--set`` overrides, then validate.
+
+    Raises:
+        ConfigInputError: the result is not a valid RiftConfig (one line, see
+            ``describe_validation_error``).
+    """
+    origins = {"": f"--config {args.config}"} if args.config else {}
+    try:
+        return _build_config(args, origins)
+    except ValidationError as exc:
+        raise ConfigInputError(describe_validation_error(exc, origins)) from None
+
+
+def _build_config(args: argparse.Namespace, origins: dict[str, str]) -> RiftConfig:
     tree: dict[str, Any] = _read_config_file(Path(args.config)) if args.config else {}
     shortcuts = {
         "--arch": ("architecture.name", args.arch),
@@ -84,8 +175,10 @@ def build_config(args: argparse.Namespace) -> RiftConfig:
     for flag, (dotted, value) in shortcuts.items():
         if value is not None:
             _set_path(tree, dotted, value, flag)
-    for dotted, value, _ in args.set or []:
+            origins[dotted] = flag
+    for dotted, value, raw in args.set or []:
         _set_path(tree, dotted, value, f"--set {dotted}")
+        origins[dotted] = f"--set {dotted}={raw}"
     try:
         return RiftConfig.model_validate(tree)
     except ValidationError as exc:
@@ -153,13 +246,15 @@ def format_mrc_table(rows: list[dict[str, Any]], selected: str) -> str:
 
 
 def format_interpolation_table(points: list[dict[str, float | None]], chosen: float) -> str:
-    lines = [f"{'alpha':>6}{'clean':>9}{'robust':>9}"]
+    # α as on the grid ("g"): with a fixed two decimals, alpha_step 0.005 printed 0.005 as 0.01
+    # and 0.01 again, and the chosen row could not be told from its neighbour.
+    lines = [f"{'alpha':>7}{'clean':>9}{'robust':>9}"]
     for point in points:
         flag = "  <- chosen" if point["alpha"] == chosen else ""
         robust = point["robust_accuracy"]
         # None: not attacked, it could not change the choice (interpolation.curve "selection").
         shown = f"{robust:>8.2f}%" if robust is not None else f"{'-':>9}"
-        lines.append(f"{point['alpha']:>6.2f}{point['clean_accuracy']:>8.2f}%{shown}{flag}")
+        lines.append(f"{point['alpha']:>7g}{point['clean_accuracy']:>8.2f}%{shown}{flag}")
     return "\n".join(lines)
 
 
@@ -225,7 +320,8 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=["fp32", "bf16"])
     run.add_argument("--seed", type=int)
     run.add_argument("--set", action="append", type=_parse_override, metavar="KEY=VALUE",
-                     help="override any config field, e.g. --set mrc.steps=5")
+                     help="override any config field, e.g. --set mrc.steps=5 (JSON values; an "
+                     "object is merged into the section)")
     run.add_argument("--out", default="rift-output",
                      help="output folder; a run with the same checkpoint, dataset and config "
                      "resumes from the stages saved there, any other run is refused")
@@ -249,9 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except ValidationError as exc:
-        print(f"invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: stage outputs are written whole or not at all (rift.stage_outputs), so the
+        # folder holds only finished stages; the same command resumes after them.
+        out = getattr(args, "out", None)
+        resume = (f"; the stages saved in {out} are kept, the same command resumes after them"
+                  if args.command == "run" else "")
+        print(f"interrupted{resume}", file=sys.stderr)
+        return 130
     except RiftError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return 2

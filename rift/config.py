@@ -8,7 +8,7 @@ lr 1e-3 for 10 epochs, interpolation over α in steps of 0.05 as in the paper's 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -34,6 +34,24 @@ class _Strict(BaseModel):
     # Unknown keys are errors: a typo in a job spec must not silently fall back to a default.
     # NaN and ±inf are refused in every float: they would only surface later as NaN losses.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 for an int or float: "mrc.steps": true ran one ascent pass,
+        # "lr_milestones": [true] decayed after epoch 1. Only a setting that takes a boolean
+        # takes one.
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(item, bool) for item in values) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if not _admits_bool(annotation):
+                raise ValueError("true/false is not a value of this setting")
+        return value
+
+
+def _admits_bool(annotation: Any) -> bool:
+    """Whether ``bool`` appears anywhere in a field's type (``bool``, ``bool | None``, ...)."""
+    return annotation is bool or any(_admits_bool(arg) for arg in get_args(annotation))
 
 
 # Dataset-typical input statistics of [0, 1] images (per channel), offered by name so that a

@@ -717,18 +717,28 @@ def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
     """Run all three stages, saving each one's output in ``output_dir``; a stage whose output is
     already there is loaded, not recomputed, but only when the folder's ``run.json`` records the
     same checkpoint (SHA-256), dataset (fingerprint of the loaded splits) and config; otherwise
-    ConfigError. ``fresh`` deletes earlier stage outputs first.
+    ConfigError. ``fresh`` deletes earlier stage outputs first (once the checkpoint and data
+    have loaded). One run at a time per folder: another run already using ``output_dir`` is a
+    ConfigError (field ``output_dir``).
 
     Writes ``mrc.json``, ``mrc.csv``, ``finetune.json``, ``finetuned.safetensors``,
     ``tuned.safetensors``, ``result.json`` and ``run.json``; returns the ``result.json`` document.
     """
     callbacks = callbacks or PipelineCallbacks()
-    storage = FolderStorage(output_dir)
-    if fresh:
-        storage.remove_outputs()
     run = prepare_run(config, checkpoint)
     preflight = run_preflight_stage(run, callbacks)
-    stage_outputs.check_run_identity(storage, run_identity(config, checkpoint, run))
+    storage = FolderStorage(output_dir)
+    with storage.lock():
+        if fresh:  # after the checks above: a refused run deletes nothing
+            storage.remove_outputs()
+        stage_outputs.check_run_identity(storage, run_identity(config, checkpoint, run))
+        return _run_stages(config, run, storage, callbacks, preflight)
+
+
+def _run_stages(config: RiftConfig, run: PreparedRun, storage: FolderStorage,
+                callbacks: PipelineCallbacks, preflight: PreflightReport | None
+                ) -> dict[str, Any]:
+    """``run_pipeline``'s stages, in a folder it holds: each saved stage loaded, the others run."""
     metadata = {"config": config.model_dump_json()}
 
     mrc = load_mrc(storage)

@@ -11,15 +11,18 @@ Files (names are the same everywhere):
     candidate-NN.candidate.json,           a sequential sweep's candidate NN (folder runs):
     candidate-NN.finetune.json,            its outcome and curve, its fine-tune record and θ_FT
     candidate-NN.finetuned.safetensors     (the losers' θ_FT deleted once the sweep is done)
+    .rift.lock                             folder runs only: locked by the run using the folder
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +39,7 @@ TUNED = "tuned.safetensors"
 RESULT_JSON = "result.json"
 CURVES_JSON = "curves.json"  # a sweep's candidates side by side (rift.sweep)
 RUN_JSON = "run.json"
+LOCK_FILE = ".rift.lock"  # folder runs: held by the run using the folder (FolderStorage.lock)
 CANDIDATE_JSON = "candidate.json"  # under a candidate's prefix (candidate_prefix)
 _CANDIDATE_GLOB = "candidate-*"
 # The stage that writes each file (a worker stores each stage's files under that stage's keys).
@@ -67,14 +71,35 @@ class FolderStorage:
 
     def write_bytes(self, name: str, data: bytes, content_type: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.", suffix=".tmp")
+        # Opened by name, not tempfile.mkstemp: mkstemp's files are 0600 whatever the umask, so
+        # the outputs (tuned.safetensors) were unreadable to the user's group.
+        temporary = self.folder / f".{name}.{uuid.uuid4().hex}.tmp"
         try:
-            with os.fdopen(handle, "wb") as output:
+            with temporary.open("xb") as output:
                 output.write(data)
             os.replace(temporary, self.folder / name)
         except BaseException:
-            Path(temporary).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
             raise
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for one run: a second run on it (another process, the same outputs
+        folder) is refused instead of interleaving its stage files and ``run.json`` with this
+        one's. The lock goes with the process (an interrupted or killed run leaves none behind).
+
+        Raises:
+            ConfigError: (field ``output_dir``) another run holds the folder.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / LOCK_FILE).open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(
+                    f"another run is using {self.folder}; wait for it to finish or use another "
+                    "folder", field="output_dir") from None
+            yield
 
     def remove(self, name: str) -> None:
         (self.folder / name).unlink(missing_ok=True)

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from rift.cli import build_config, main, make_parser
+from rift.cli import ConfigInputError, build_config, main, make_parser
 
 
 def test_flags_and_overrides_build_a_valid_config(tmp_path: Path) -> None:
@@ -40,7 +39,7 @@ def test_set_gives_text_settings_the_text_typed() -> None:
     args = make_parser().parse_args([
         "run", "--checkpoint", "x.pt", "--arch", "small_cnn", "--dataset", "digits",
         "--set", "finetune.module=4", "--set", "mrc.steps=x"])
-    with pytest.raises(ValidationError):  # another error stays an error
+    with pytest.raises(ConfigInputError, match=r"mrc\.steps"):  # another error stays an error
         build_config(args)
 
 
@@ -131,3 +130,75 @@ def test_listing_commands(argv: list[str], capsys) -> None:
     assert main(argv) == 0
     names = capsys.readouterr().out.split()
     assert {"resnet18", "wide_resnet34_10", "small_cnn", "torchvision:resnet50"} <= set(names)
+
+
+@pytest.mark.parametrize(("argv", "spec", "line"), [
+    # Before: pydantic's several-line report ("1 validation error for RiftConfig", the
+    # input_type, a URL), never saying which flag or file held the value.
+    ([], {"mrc": {"stepz": 1}}, "mrc.stepz: unknown setting; known: allow_negative, ascent, "),
+    (["--set", "mrc.steps=1.5"], None, "mrc.steps: Input should be a valid integer, got a "
+     "number with a fractional part (from --set mrc.steps=1.5)"),
+    (["--device", "CPU"], None, 'device: String should match pattern'),
+    (["--seed", "-1"], None, "seed: Input should be greater than or equal to 0 (got -1, from "
+     "--seed)"),
+    (["--set", "attack.domain=x"], None, "attack.domain: Input should be 'auto', 'unit' or "
+     "'none' or Input should be a valid dictionary"),
+])
+def test_an_invalid_config_is_one_line_naming_the_setting_and_its_source(
+        tmp_path: Path, capsys, argv: list[str], spec: dict | None, line: str) -> None:
+    if spec is not None:
+        (tmp_path / "spec.json").write_text(json.dumps(spec))
+        argv = [*argv, "--config", str(tmp_path / "spec.json")]
+    code = main(["run", "--checkpoint", "x.pt", "--arch", "small_cnn", "--dataset", "digits",
+                 "--out", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: invalid configuration: ") and line in err
+    if spec is not None:
+        assert f"(from --config {tmp_path / 'spec.json'})" in err
+
+
+def test_a_missing_section_names_the_flag_that_gives_it(capsys) -> None:
+    assert main(["run", "--checkpoint", "x.pt", "--dataset", "digits"]) == 2
+    assert capsys.readouterr().err == ("error: invalid configuration: architecture: required; "
+                                       "give --arch NAME or set it in --config\n")
+
+
+def test_set_with_an_object_merges_into_the_section(tmp_path: Path) -> None:
+    # Before: the object replaced the section, dropping mrc.steps from the file and the
+    # earlier --set mrc.num_examples (the run used their defaults).
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"architecture": {"name": "small_cnn"},
+                                "dataset": {"name": "digits"}, "mrc": {"steps": 7}}))
+    args = make_parser().parse_args([
+        "run", "--checkpoint", "x.pt", "--config", str(spec), "--set", "mrc.num_examples=64",
+        "--set", 'mrc={"eps": 0.2, "include": ["conv*"]}'])
+    config = build_config(args)
+    assert (config.mrc.steps, config.mrc.num_examples, config.mrc.eps) == (7, 64, 0.2)
+    assert config.mrc.include == ["conv*"]
+
+
+def test_ctrl_c_exits_130_saying_the_run_resumes(tmp_path: Path, capsys, monkeypatch) -> None:
+    # Before: a KeyboardInterrupt traceback from wherever the run was.
+    import rift.pipeline
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rift.pipeline, "run_pipeline", interrupted)
+    (tmp_path / "ck.safetensors").write_bytes(b"x")
+    code = main(["run", "--checkpoint", str(tmp_path / "ck.safetensors"), "--arch", "small_cnn",
+                 "--dataset", "digits", "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 130
+    assert capsys.readouterr().err == (f"interrupted; the stages saved in {tmp_path / 'out'} are "
+                                       "kept, the same command resumes after them\n")
+
+
+def test_interpolation_table_shows_alpha_as_on_the_grid() -> None:
+    # Before: two decimals, so alpha_step 0.005 printed 0.005 as "0.01", twice.
+    from rift.cli import format_interpolation_table
+
+    points = [{"alpha": a, "clean_accuracy": 90.0, "robust_accuracy": 80.0}
+              for a in (0.0, 0.005, 0.01, 1.0)]
+    alphas = [line.split()[0] for line in format_interpolation_table(points, 0.005).splitlines()]
+    assert alphas == ["alpha", "0", "0.005", "0.01", "1"]

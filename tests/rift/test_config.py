@@ -53,3 +53,17 @@ def test_bad_values_name_their_field(changes: dict, field: str) -> None:
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:7", "mps"])
 def test_device_names(device: str) -> None:
     assert RiftConfig.model_validate({**BASE, "device": device}).device == device
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    # Before: read as 1 (one ascent pass, a milestone after epoch 1, seed 0) without a word.
+    ({"mrc": {"steps": True}}, "mrc.steps"),
+    ({"finetune": {"lr_milestones": [True]}}, "finetune.lr_milestones"),
+    ({"seed": False}, "seed"),
+    ({"mrc": {"p": True}}, "mrc.p"),
+])
+def test_booleans_are_not_numbers(changes: dict, field: str) -> None:
+    assert field in _errors(**changes)
+    config = RiftConfig.model_validate({**BASE, "attack": {"random_start": False},
+                                        "channels_last": True})
+    assert config.attack.random_start is False and config.channels_last is True

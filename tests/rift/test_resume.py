@@ -13,6 +13,7 @@ from rift.config import RiftConfig
 from rift.demo_tabular import make_tabular_checkpoint, tabular_demo_config, write_breast_cancer_npz
 from rift.errors import CheckpointMismatchError, ConfigError, StageOutputError
 from rift.pipeline import PipelineCallbacks, run_pipeline
+from rift.stage_outputs import FolderStorage
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +104,13 @@ def test_a_damaged_stage_output_is_named_and_fresh_recovers(tabular: dict[str, P
     with pytest.raises(StageOutputError, match=r"mrc\.json cannot be read"):
         run_pipeline(config, tabular["a"], out)
     assert run_pipeline(config, tabular["a"], out, fresh=True)["selected_module"]
+
+
+def test_a_folder_in_use_is_refused_and_fresh_deletes_nothing(tabular: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "mrc.json").write_text("{}")
+    with FolderStorage(out).lock(), pytest.raises(ConfigError, match="another run is using"):
+        run_pipeline(_config(tabular["npz"]), tabular["a"], out, fresh=True)
+    assert (out / "mrc.json").read_text() == "{}"

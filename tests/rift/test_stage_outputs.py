@@ -3,13 +3,14 @@ file, never a JSON, safetensors or TypeError traceback."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from rift import stage_outputs
-from rift.errors import StageOutputError
+from rift.errors import ConfigError, StageOutputError
 from rift.pipeline import load_finetune, load_mrc
 from rift.stage_outputs import FINETUNE_JSON, FINETUNED, MRC_JSON, RUN_JSON, FolderStorage
 
@@ -62,3 +63,25 @@ def test_the_fingerprint_takes_zero_dimensional_tensors_of_any_dtype() -> None:
     assert fingerprint == stage_outputs.tensors_fingerprint(dict(state))
     assert fingerprint != stage_outputs.tensors_fingerprint(
         {**state, "bn.num_batches_tracked": torch.tensor(8)})
+
+
+def test_a_folder_holds_one_run_at_a_time(tmp_path: Path) -> None:
+    # Before: two runs on one --out both "succeeded", leaving run.json of one and result.json
+    # of the other.
+    held, second = FolderStorage(tmp_path).lock(), FolderStorage(tmp_path).lock()
+    with held, pytest.raises(ConfigError, match="another run is using") as refused, second:
+        pass
+    assert refused.value.field == "output_dir"
+    with FolderStorage(tmp_path).lock():  # released with the run
+        pass
+
+
+def test_written_files_follow_the_umask(tmp_path: Path) -> None:
+    # Before: 0600 (tempfile.mkstemp), whatever the umask.
+    previous = os.umask(0o022)
+    try:
+        stage_outputs.write_json(FolderStorage(tmp_path), RUN_JSON, {})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / RUN_JSON).stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == [RUN_JSON]
