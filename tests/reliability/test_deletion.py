@@ -29,7 +29,8 @@ def test_delete_job_then_its_inputs(api: Api, small_cnn_file: Path) -> None:
     config = {"architecture": {"name": "small_cnn", "num_classes": 10},
               "dataset": {"name": "npz"}, "device": "cpu"}
     job = create_job(api.client, checkpoint["id"], dataset_id=dataset["id"], config=config).json()
-    assert _used(api) == checkpoint["size"] + dataset["size"]
+    # Queued, the job holds a reservation for its θ_FT and tuned weights (checkpoint-sized).
+    assert _used(api) == 3 * checkpoint["size"] + dataset["size"]
 
     # In use by a queued job.
     for path in (f"/v1/checkpoints/{checkpoint['id']}", f"/v1/datasets/{dataset['id']}"):
