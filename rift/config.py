@@ -229,7 +229,10 @@ class FinetuneSpec(_Strict):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
     batch_size: int = Field(128, ge=1, le=65536)
-    lr_milestones: list[int] = Field(default_factory=lambda: [5])
+    lr_milestones: list[int] = Field(
+        default_factory=lambda: [5], description="Epochs after which the learning rate is "
+        "multiplied by lr_gamma; one at or past 'epochs' never acts (a warning event, except for "
+        "the default).")
     lr_gamma: float = Field(0.1, gt=0.0, le=1.0)
     bn_stats: Literal["update", "freeze"] = "update"
     candidates: int = Field(

@@ -19,7 +19,7 @@ from torch import nn
 
 from rift.attacks import PGD
 from rift.cancellation import ShouldCancel, raise_if_cancelled
-from rift.data import ImageTensors, iterate_batches
+from rift.data import DatasetSplits, ImageTensors, iterate_batches
 from rift.device import autocast
 
 
@@ -34,6 +34,14 @@ class AccuracyReport:
 
     def as_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
+
+
+def evaluated_examples(splits: DatasetSplits, split: str, max_examples: int | None
+                       ) -> ImageTensors:
+    """The examples an evaluation on ``split`` ('test' or 'validation') measures: its first
+    ``max_examples`` (``evaluation.max_examples``), or all of them when None or more."""
+    data = splits.test if split == "test" else splits.validation
+    return data.head(max_examples) if max_examples is not None and max_examples < len(data) else data
 
 
 # torch's CPU generator keeps only the low 32 bits of a seed, so example seeds are mixed into

@@ -77,7 +77,8 @@ def trainable_module(model: nn.Module, module_name: str) -> nn.Module:
         valid = [name for name, m in modules.items()
                  if name and list(m.parameters(recurse=False))]
         shown = ", ".join(valid[:_NAMES_SHOWN]) + (" …" if len(valid) > _NAMES_SHOWN else "")
-        reason = "is not a module of the model" if module is None else "has no parameters of its own"
+        reason = ("is not a module of the model" if module is None
+                  else f"is a {type(module).__name__}, which has no parameters of its own")
         raise ConfigError(
             f"finetune.module {module_name!r} {reason}; modules with parameters: {shown}",
             field="finetune.module",

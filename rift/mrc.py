@@ -98,15 +98,10 @@ def select_modules(model: nn.Module, spec: MRCSpec) -> list[str]:
     candidates = list(scored.modules)
     emptied_by = "mrc"  # the model itself has no conv or linear module
     if spec.modules is not None:
-        unknown = [name for name in spec.modules if name not in candidates]
-        if unknown:
-            shared = [f"{name!r} shares its weight with {scored.aliases[name]!r}"
-                      for name in unknown if name in scored.aliases]
-            raise ConfigError(
-                f"unknown module(s) {unknown}; conv/linear modules of this model are e.g. "
-                f"{candidates[:8]}" + (f" ({'; '.join(shared)}: a shared weight is scored "
-                                       "once, under the first module holding it)"
-                                       if shared else ""), field="mrc.modules")
+        refused = [name for name in spec.modules if name not in candidates]
+        if refused:
+            raise ConfigError(_refused_modules(model, refused, candidates, scored.aliases),
+                              field="mrc.modules")
         wanted = set(spec.modules)
         if candidates:
             emptied_by = "mrc.modules"
@@ -123,6 +118,30 @@ def select_modules(model: nn.Module, spec: MRCSpec) -> list[str]:
         raise ConfigError("the module selection (modules/include/exclude) matches no conv or "
                           f"linear module ({emptied_by} left none)", field=emptied_by)
     return candidates
+
+
+def _refused_modules(model: nn.Module, refused: list[str], candidates: list[str],
+                     aliases: dict[str, str]) -> str:
+    """Why each name of ``mrc.modules`` in ``refused`` has no row: a module MRC does not score
+    (a BatchNorm, a container), a weight scored under another name, or no module at all."""
+    modules = dict(model.named_modules())
+    reasons: list[str] = []
+    for name in refused:
+        if name in aliases:
+            reasons.append(f"{name!r} shares its weight with {aliases[name]!r} (a shared weight "
+                           "is scored once, under the first module holding it)")
+        elif name in modules:
+            inside = [row for row in candidates if row.startswith(f"{name}.")]
+            reasons.append(
+                f"{name!r} is a {type(modules[name]).__name__}, which MRC does not score (it "
+                "scores convolutions, linear layers and packed attention projections: "
+                "rift/scored_weights.py)" + (f"; the scored modules inside it are e.g. "
+                                              f"{inside[:8]}" if inside else ""))
+    unknown = [name for name in refused if name not in aliases and name not in modules]
+    if unknown:
+        reasons.append(f"unknown module(s) {unknown}; conv/linear modules of this model are "
+                       f"e.g. {candidates[:8]}")
+    return "; ".join(reasons)
 
 
 def make_adversarial_set(

@@ -32,7 +32,13 @@ from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from rift.dataset_formats import imagefolder_channels_hint
 from rift.device import deterministic_kernels, resolve_device
 from rift.errors import CheckpointMismatchError, ConfigError
-from rift.evaluation import AccuracyReport, RandomStarts, evaluate_accuracy, seeded_generator
+from rift.evaluation import (
+    AccuracyReport,
+    RandomStarts,
+    evaluate_accuracy,
+    evaluated_examples,
+    seeded_generator,
+)
 from rift.finetune import EpochMetrics, finetune_module
 from rift.interpolation import (
     LazySelection,
@@ -50,6 +56,7 @@ from rift.mrc import (
 )
 from rift.preflight import PreflightReport, preflight_check
 from rift.robust_tally import RobustTally, percent
+from rift.run_warnings import configuration_warnings
 from rift.sequential_attack import (
     Attacked,
     attack_until,
@@ -188,11 +195,16 @@ def is_feature_vectors(splits: DatasetSplits) -> bool:
 
 def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = None
                         ) -> PreflightReport | None:
-    """θ_AT's clean and robust accuracy on a sample of the test split, first thing in a run;
-    raises PreflightError when clean accuracy is near chance. None when disabled
-    (``preflight.examples = 0``). Emits a ``preflight`` event with the figures."""
+    """First thing in a run: a ``warning`` event for each risky setting
+    (:func:`rift.run_warnings.configuration_warnings`: decisions on too few examples, bf16 on
+    the CPU, learning-rate milestones that never act), then θ_AT's clean and robust accuracy on
+    a sample of the test split; raises PreflightError when clean accuracy is near chance. None
+    when the accuracy check is disabled (``preflight.examples = 0``; the warnings still come).
+    Emits a ``preflight`` event with the figures."""
     callbacks = callbacks or PipelineCallbacks()
     config = run.config
+    for warning in configuration_warnings(config, run.splits, run.device):
+        callbacks.event("warning", warning.as_payload())
     if config.preflight.examples == 0:
         return None
     run.reset_weights()
@@ -443,9 +455,7 @@ class InterpolationStageResult:
 
 
 def _evaluation_data(run: PreparedRun, split: str) -> ImageTensors:
-    data = run.splits.test if split == "test" else run.splits.validation
-    cap = run.config.evaluation.max_examples
-    return data.head(cap) if cap is not None and cap < len(data) else data
+    return evaluated_examples(run.splits, split, run.config.evaluation.max_examples)
 
 
 def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTensors,

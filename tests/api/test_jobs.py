@@ -612,6 +612,13 @@ def test_a_job_may_ask_for_a_shorter_time_limit_than_the_service(api: Api,
         refused = create(api, {**job_body(checkpoint_id), "time_limit_seconds": value})
         assert refused.status_code == 422, value
         assert refused.json()["detail"][0]["loc"] == ["body", "time_limit_seconds"]
+    # Under a second a job could only time out while it starts (1e-9 was accepted).
+    for value in (1e-9, 0.5):
+        refused = create(api, {**job_body(checkpoint_id), "time_limit_seconds": value})
+        assert refused.status_code == 422, value
+        error = error_of(refused)
+        assert (error["code"], error["field"]) == ("validation_error", "time_limit_seconds")
+        assert "greater than or equal to 1" in error["message"], error
     assert api.count(Job) == 2  # nothing recorded for the refused requests
 
     # The limit is part of the request an Idempotency-Key stands for.

@@ -137,6 +137,9 @@ def test_usage_errors_exit_2(cli: Cli, tmp_path: Path, config_file: Path) -> Non
     label = cli("jobs", "create", "--checkpoint", "ck", "--config", str(config_file), "--label",
                 "novalue")
     assert label.exit_code == 2 and "KEY=VALUE" in label.stderr
+    tiny = cli("jobs", "create", "--checkpoint", "ck", "--config", str(config_file),
+               "--time-limit", "1e-9")
+    assert tiny.exit_code == 2 and "--time-limit" in tiny.stderr
     assert cli("--help").exit_code == 0 and "Exit codes" in cli("--help").stdout
 
 

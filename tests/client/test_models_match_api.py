@@ -51,3 +51,13 @@ def test_every_client_resource_is_checked() -> None:
                  if isinstance(value, type) and issubclass(value, models._Resource)
                  and value is not models._Resource}
     assert resources - not_responses == {client.__name__ for client, _ in PAIRS}
+
+
+def test_the_shortest_time_limit_is_the_apis() -> None:
+    from pydantic import ValidationError
+
+    assert models.MIN_TIME_LIMIT_SECONDS == api_schemas.MIN_TIME_LIMIT_SECONDS
+    assert models.JobSpec(config={}, time_limit_seconds=1).time_limit_seconds == 1
+    for value in (1e-9, 0.5, float("inf")):
+        with pytest.raises(ValidationError, match="time_limit_seconds"):
+            models.JobSpec(config={}, time_limit_seconds=value)

@@ -148,7 +148,7 @@ def test_unknown_or_parameterless_module(splits: DatasetSplits) -> None:
     assert info.value.field == "finetune.module"
     assert "conv1" in info.value.message and "fc" in info.value.message
     relu_net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU())
-    with pytest.raises(ConfigError, match="no parameters"):
+    with pytest.raises(ConfigError, match="'2' is a ReLU, which has no parameters of its own"):
         finetune_module(relu_net, "2", splits, _spec(), device=CPU, seed=0)
 
 

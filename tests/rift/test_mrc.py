@@ -249,6 +249,24 @@ def test_module_selection_patterns_and_subsets(residual_setup) -> None:
     assert error.value.field == "mrc"
 
 
+def test_naming_a_module_mrc_does_not_score_says_what_it_is(residual_setup) -> None:
+    # Before: "unknown module(s) ['bn1']" for a module the model has.
+    model = residual_setup[0]
+    with pytest.raises(ConfigError) as error:
+        select_modules(model, _spec(modules=["conv1", "bn1", "conv9"]))
+    assert error.value.field == "mrc.modules"
+    assert error.value.message == (
+        "'bn1' is a BatchNorm2d, which MRC does not score (it scores convolutions, linear layers "
+        "and packed attention projections: rift/scored_weights.py); unknown module(s) "
+        "['conv9']; conv/linear modules of this model are e.g. "
+        "['conv1', 'conv2', 'conv3', 'head']")
+    container = nn.Sequential()
+    container.add_module("block", nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)))
+    with pytest.raises(ConfigError, match=r"'block' is a Sequential, which MRC does not score "
+                                          r".*; the scored modules inside it are e.g. \['block.0'\]"):
+        select_modules(container, _spec(modules=["block"]))
+
+
 def test_subset_tables_merge_to_the_whole_table(residual_setup) -> None:
     from rift.mrc import merge_reports
 

@@ -60,6 +60,7 @@ from rift_client.errors import (
     WaitTimeoutError,
 )
 from rift_client.models import (
+    MIN_TIME_LIMIT_SECONDS,
     SUCCEEDED,
     WEBHOOK_EVENT_TYPES,
     Event,
@@ -393,8 +394,9 @@ def jobs_create(
     label: Annotated[list[str] | None, typer.Option(
         "--label", "-l", help="KEY=VALUE; repeat for several.")] = None,
     time_limit: Annotated[float | None, typer.Option(
-        "--time-limit", min=0.001, help="The job's wall-clock limit in seconds (at most the "
-        "service's JOB_TIME_LIMIT_SECONDS; default: that).")] = None,
+        "--time-limit", min=MIN_TIME_LIMIT_SECONDS, help="The job's wall-clock limit in seconds "
+        f"(at least {MIN_TIME_LIMIT_SECONDS:g}, at most the service's JOB_TIME_LIMIT_SECONDS; "
+        "default: that).")] = None,
     idempotency_key: Annotated[str | None, typer.Option(
         "--idempotency-key", help="Makes re-running this command return the same job "
         "(default: a random key).")] = None,

@@ -17,6 +17,10 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 #: Materialization statuses are queued, running, succeeded or failed; these two are final.
 MATERIALIZATION_TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED})
+#: The shortest ``time_limit_seconds`` a job may ask for: the service's
+#: ``api.schemas.MIN_TIME_LIMIT_SECONDS`` (a shorter one would only time the job out while it
+#: starts).
+MIN_TIME_LIMIT_SECONDS = 1.0
 
 
 class _Resource(BaseModel):
@@ -236,8 +240,9 @@ class JobSpec(BaseModel):
     dataset_id: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     time_limit_seconds: float | None = Field(
-        None, gt=0, description="This job's wall-clock limit in seconds, at most the service's "
-        "JOB_TIME_LIMIT_SECONDS; None: the service's.")
+        None, ge=MIN_TIME_LIMIT_SECONDS, allow_inf_nan=False, description="This job's "
+        f"wall-clock limit in seconds, at least {MIN_TIME_LIMIT_SECONDS:g}, at most the "
+        "service's JOB_TIME_LIMIT_SECONDS; None: the service's.")
 
 
 #: The webhook event types a registration may name (``POST /v1/webhooks``'s ``events``).

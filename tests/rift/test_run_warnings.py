@@ -1,0 +1,120 @@
+"""Risky settings are ``warning`` events naming the setting, once per run (rift/run_warnings.py):
+decisions on too few examples, bf16 on the CPU, learning-rate milestones that never act."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rift.config import RiftConfig
+from rift.data import DatasetSplits, load_dataset
+from rift.pipeline import PipelineCallbacks, prepare_run, run_preflight_stage
+from rift.run_warnings import RunWarning, configuration_warnings
+
+CPU = torch.device("cpu")
+
+
+def _config(base: dict[str, Any], **sections: dict[str, Any]) -> RiftConfig:
+    raw = copy.deepcopy(base)
+    for section, values in sections.items():
+        if isinstance(raw.get(section), dict):
+            raw[section].update(values)
+        else:
+            raw[section] = values
+    return RiftConfig.model_validate(raw)
+
+
+def _warnings(config: RiftConfig, device: torch.device = CPU) -> list[RunWarning]:
+    splits: DatasetSplits = load_dataset(config.dataset, config.seed)
+    return configuration_warnings(config, splits, device)
+
+
+def test_the_demo_job_and_the_quick_test_jobs_are_quiet(digits_job_config: dict) -> None:
+    assert _warnings(RiftConfig.model_validate(digits_job_config)) == []
+    # The service tests' quick job (tests/worker_jobs.py).
+    assert _warnings(_config(digits_job_config, mrc={"num_examples": 64},
+                             finetune={"epochs": 3, "lr_milestones": [2]},
+                             evaluation={"max_examples": 128})) == []
+
+
+def test_alpha_chosen_on_fewer_test_examples_than_classes(digits_job_config: dict) -> None:
+    config = _config(digits_job_config, dataset={"max_test_examples": 5})
+    assert _warnings(config) == [RunWarning("interpolate", (
+        "α is chosen on 5 test examples (dataset.max_test_examples=5), fewer than the 10 "
+        "classes: accuracies move in steps of 20 percentage points; use at least 100"))]
+
+
+def test_alpha_chosen_on_fewer_than_a_hundred_names_the_cap_that_applied(
+        digits_job_config: dict) -> None:
+    config = _config(digits_job_config, dataset={"max_test_examples": 300},
+                     evaluation={"max_examples": 64})
+    [warning] = _warnings(config)
+    assert warning.message.startswith(
+        "α is chosen on 64 test examples (evaluation.max_examples=64), fewer than 100: "
+        "accuracies move in steps of 1.56 percentage points")
+
+
+def test_validation_selection_names_the_fraction_and_the_training_cap(
+        digits_job_config: dict) -> None:
+    config = _config(digits_job_config, dataset={"max_train_examples": 200},
+                     interpolation={"selection_split": "validation"})
+    warnings = _warnings(config)
+    origin = "(dataset.validation_fraction=0.2 of dataset.max_train_examples=200)"
+    assert [w.stage for w in warnings] == ["finetune", "interpolate"]
+    assert warnings[0].message.startswith(
+        f"the best fine-tuning epoch is chosen on 40 validation examples {origin}, fewer than "
+        "100: accuracies move in steps of 2.5 percentage points")
+    assert warnings[1].message.startswith(f"α is chosen on 40 validation examples {origin}")
+    # One epoch is kept whatever its accuracy: nothing to choose, nothing to say.
+    one_epoch = config.model_copy(update={"finetune": config.finetune.model_copy(
+        update={"epochs": 1, "lr_milestones": []})})
+    assert [w.stage for w in _warnings(one_epoch)] == ["interpolate"]
+
+
+def test_an_mrc_set_smaller_than_the_classes(digits_job_config: dict) -> None:
+    config = _config(digits_job_config, mrc={"num_examples": 6})
+    assert _warnings(config) == [RunWarning("mrc", (
+        "MRC scores modules on 6 adversarial examples (mrc.num_examples=6), fewer than the 10 "
+        "classes: the table cannot see how every class reacts; use mrc.num_examples >= 10"))]
+    assert _warnings(_config(digits_job_config, mrc={"num_examples": 10})) == []
+
+
+def test_bf16_on_the_cpu(digits_job_config: dict) -> None:
+    config = _config(digits_job_config, precision="bf16")
+    [warning] = _warnings(config)
+    assert warning.stage == "run" and warning.message.startswith("precision 'bf16' on the CPU")
+    # Only the device type matters: no GPU is needed to see that a CUDA run is quiet.
+    assert _warnings(config, torch.device("cuda")) == []
+
+
+def test_milestones_that_never_act_are_named_unless_they_are_the_default(
+        digits_job_config: dict) -> None:
+    config = _config(digits_job_config, finetune={"epochs": 5, "lr_milestones": [2, 5, 8]})
+    assert _warnings(config) == [RunWarning("finetune", (
+        "finetune.lr_milestones [5, 8] never take effect: a milestone m lowers the learning "
+        "rate from epoch m + 1 and finetune.epochs is 5"))]
+    # The same after the service's round trip (a full dump, every field set).
+    assert _warnings(RiftConfig.model_validate(config.model_dump(mode="json"))) == \
+        _warnings(config)
+    # The default [5], left out or written out (as the service stores every config), is quiet.
+    left_out = RiftConfig.model_validate({**digits_job_config, "finetune": {"epochs": 3}})
+    assert left_out.finetune.lr_milestones == [5] and _warnings(left_out) == []
+    assert _warnings(_config(digits_job_config,
+                             finetune={"epochs": 3, "lr_milestones": [5]})) == []
+
+
+def test_the_warnings_are_events_before_the_preflight_check(
+        digits_checkpoint_path: Path, digits_job_config: dict) -> None:
+    # preflight.examples 0 skips the accuracy check; the warnings still come.
+    config = _config(digits_job_config, dataset={"max_test_examples": 5},
+                     preflight={"examples": 0})
+    run = prepare_run(config, digits_checkpoint_path)
+    events: list[tuple[str, dict]] = []
+    assert run_preflight_stage(run, PipelineCallbacks(
+        on_event=lambda kind, data: events.append((kind, data)))) is None
+    assert [(kind, data["stage"]) for kind, data in events] == [("warning", "interpolate")]
+    assert events[0][1]["message"].startswith("α is chosen on 5 test examples "
+                                              "(dataset.max_test_examples=5)")
