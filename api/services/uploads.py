@@ -30,11 +30,14 @@ def check_upload_quota(factory: sessionmaker[Session], caller: Caller, request: 
 def check_declared_upload(factory: sessionmaker[Session], caller: Caller, request: Request,
                           model: type[Upload], idempotency_key: str | None) -> None:
     """The check before the body is read: :func:`check_upload_quota` on the declared size,
-    skipped when ``idempotency_key`` names an upload already stored (the request may replay it;
-    whether it does is known once the body's hash is)."""
-    if idempotency_key is not None and key_recorded(factory, model, caller, idempotency_key):
-        return
-    check_upload_quota(factory, caller, request)
+    waived when ``idempotency_key`` names an upload already stored (the request may replay it;
+    whether it does is known once the body's hash is). The key is looked up after a refusal, so
+    a first upload under it recorded meanwhile (its bytes making the refusal) is seen too."""
+    try:
+        check_upload_quota(factory, caller, request)
+    except PayloadTooLarge:
+        if idempotency_key is None or not key_recorded(factory, model, caller, idempotency_key):
+            raise
 
 
 def replay_or_check_quota(factory: sessionmaker[Session], caller: Caller, model: type[Upload],
