@@ -224,6 +224,27 @@ def _show_record(state: State, record: BaseModel, title: str) -> None:
     state.out.print(table)
 
 
+def _show_fetched(ctx: typer.Context, fetch: Callable[[RiftClient], BaseModel],
+                  title: str) -> None:
+    """The body of every ``get`` command: fetch one record and show it."""
+    state = _state(ctx)
+    with _client(state) as client:
+        record = fetch(client)
+    _show_record(state, record, title)
+
+
+def _delete(ctx: typer.Context, delete: Callable[[RiftClient], None], kind: str,
+            resource_id: str) -> None:
+    """The body of every ``delete`` command: delete one resource and say so."""
+    state = _state(ctx)
+    with _client(state) as client:
+        delete(client)
+    if state.json:
+        state.emit({"deleted": resource_id})
+    else:
+        state.say(f"deleted {kind} {resource_id}")
+
+
 def _existing_file(path: Path) -> Path:
     if not path.is_file():
         raise typer.BadParameter(f"{path} is not a file")
@@ -261,22 +282,13 @@ def checkpoints_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
 @checkpoints_app.command("get")
 def checkpoints_get(ctx: typer.Context, checkpoint_id: str) -> None:
     """Show a checkpoint's record."""
-    state = _state(ctx)
-    with _client(state) as client:
-        record = client.get_checkpoint(checkpoint_id)
-    _show_record(state, record, f"checkpoint {checkpoint_id}")
+    _show_fetched(ctx, lambda client: client.get_checkpoint(checkpoint_id), f"checkpoint {checkpoint_id}")
 
 
 @checkpoints_app.command("delete")
 def checkpoints_delete(ctx: typer.Context, checkpoint_id: str) -> None:
     """Delete a checkpoint."""
-    state = _state(ctx)
-    with _client(state) as client:
-        client.delete_checkpoint(checkpoint_id)
-    if state.json:
-        state.emit({"deleted": checkpoint_id})
-    else:
-        state.say(f"deleted checkpoint {checkpoint_id}")
+    _delete(ctx, lambda client: client.delete_checkpoint(checkpoint_id), "checkpoint", checkpoint_id)
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -302,22 +314,13 @@ def datasets_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
 @datasets_app.command("get")
 def datasets_get(ctx: typer.Context, dataset_id: str) -> None:
     """Show an uploaded dataset, or a built-in one by name."""
-    state = _state(ctx)
-    with _client(state) as client:
-        record = client.get_dataset(dataset_id)
-    _show_record(state, record, f"dataset {dataset_id}")
+    _show_fetched(ctx, lambda client: client.get_dataset(dataset_id), f"dataset {dataset_id}")
 
 
 @datasets_app.command("delete")
 def datasets_delete(ctx: typer.Context, dataset_id: str) -> None:
     """Delete an uploaded dataset."""
-    state = _state(ctx)
-    with _client(state) as client:
-        client.delete_dataset(dataset_id)
-    if state.json:
-        state.emit({"deleted": dataset_id})
-    else:
-        state.say(f"deleted dataset {dataset_id}")
+    _delete(ctx, lambda client: client.delete_dataset(dataset_id), "dataset", dataset_id)
 
 
 # -------------------------------------------------------------------------------------- jobs
@@ -568,13 +571,7 @@ def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
 @jobs_app.command("delete")
 def jobs_delete(ctx: typer.Context, job_id: str) -> None:
     """Delete a finished job with its records and artifacts (cancel a running one first)."""
-    state = _state(ctx)
-    with _client(state) as client:
-        client.delete_job(job_id)
-    if state.json:
-        state.emit({"deleted": job_id})
-    else:
-        state.say(f"deleted job {job_id}")
+    _delete(ctx, lambda client: client.delete_job(job_id), "job", job_id)
 
 
 @jobs_app.command("download")
@@ -757,22 +754,13 @@ def webhooks_list(ctx: typer.Context) -> None:
 @webhooks_app.command("get")
 def webhooks_get(ctx: typer.Context, webhook_id: str) -> None:
     """Show a webhook."""
-    state = _state(ctx)
-    with _client(state) as client:
-        hook = client.get_webhook(webhook_id)
-    _show_record(state, hook, f"webhook {webhook_id}")
+    _show_fetched(ctx, lambda client: client.get_webhook(webhook_id), f"webhook {webhook_id}")
 
 
 @webhooks_app.command("delete")
 def webhooks_delete(ctx: typer.Context, webhook_id: str) -> None:
     """Delete a webhook and its delivery log (messages not yet sent are dropped)."""
-    state = _state(ctx)
-    with _client(state) as client:
-        client.delete_webhook(webhook_id)
-    if state.json:
-        state.emit({"deleted": webhook_id})
-    else:
-        state.say(f"deleted webhook {webhook_id}")
+    _delete(ctx, lambda client: client.delete_webhook(webhook_id), "webhook", webhook_id)
 
 
 def _delivery_line(delivery: WebhookDelivery) -> str:
