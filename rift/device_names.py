@@ -10,9 +10,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from rift.config import DEVICE_PATTERN
+
 #: Every device type :func:`rift.device.visible_devices` counts; all but ``cpu`` are accelerators.
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
-_NAME = re.compile(r"^(cpu|cuda|mps|xpu)(?::([0-9]+))?$")
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,12 @@ def parse_device_name(name: str) -> DeviceName | None:
     Raises:
         ValueError: a name outside the grammar of :data:`rift.config.DEVICE_PATTERN`.
     """
+    if re.fullmatch(DEVICE_PATTERN, name) is None:
+        raise ValueError(f"unknown device {name!r}")
     if name == "auto":
         return None
-    match = _NAME.fullmatch(name)
-    if match is None:
-        raise ValueError(f"unknown device {name!r}")
-    index = match.group(2)
-    return DeviceName(match.group(1), int(index) if index is not None else None)
+    kind, _, index = name.partition(":")
+    return DeviceName(kind, int(index) if index else None)
 
 
 def device_labels(counts: Mapping[str, int]) -> list[str]:
