@@ -25,6 +25,7 @@ from persistence.db import session_factory_from_settings
 from persistence.settings import Settings
 from rift_client import Checkpoint, Event, Job, RetryPolicy, RiftClient
 from tests.api.helpers import KIB, ApiServer, RecordingDispatcher, digits_config, make_key
+from tests.client.helpers import ScriptedServer
 from tests.service_fixtures import (
     forget_queue,
     launch_worker,
@@ -68,6 +69,15 @@ def _all_scopes_key(settings: Settings) -> str:
         return make_key(sessions, "client-tests", ("read", "write", "admin"))[1]
     finally:
         sessions.kw["bind"].dispose()
+
+
+@pytest.fixture
+def scripted() -> Iterator[list[ScriptedServer]]:
+    """The scripted servers a test starts (append them); stopped when it ends."""
+    servers: list[ScriptedServer] = []
+    yield servers
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -455,14 +454,6 @@ DELIVERY = {
          "started_at": "2026-01-01T00:00:00Z", "duration_ms": 5000.0},
         {"attempt": 2, "status_code": 500, "error": "the receiver answered HTTP 500",
          "started_at": "2026-01-01T00:00:30Z", "duration_ms": 12.5}]}
-
-
-@pytest.fixture
-def scripted() -> Iterator[list[ScriptedServer]]:
-    servers: list[ScriptedServer] = []
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 def _scripted_client(scripted: list[ScriptedServer], *replies: ScriptedReply

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
-from collections.abc import Iterator
 from email.utils import formatdate
 from pathlib import Path
 
@@ -35,14 +34,6 @@ JOB = {
 }
 RATE_LIMITED = ScriptedReply(429, {"error": {"code": "rate_limited", "message": "slow down",
                                              "field": None}}, {"Retry-After": "1"})
-
-
-@pytest.fixture
-def scripted() -> Iterator[list[ScriptedServer]]:
-    servers: list[ScriptedServer] = []
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 def _serve(scripted: list[ScriptedServer], *replies: ScriptedReply) -> ScriptedServer:
