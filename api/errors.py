@@ -22,8 +22,9 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from persistence.jobs import IdempotencyConflict, InvalidCursor, JobAlreadyFinished
+from persistence.jobs import IdempotencyConflict, JobAlreadyFinished
 from persistence.materializations import JobNotSucceeded, MaterializationNotFound
+from persistence.pages import InvalidCursor
 from persistence.storage import (
     InvalidRange,
     ObjectNotFound,

@@ -73,12 +73,16 @@ class JobCreate(JobSpec):
 # -------------------------------------------------------------------------------- responses
 
 
+#: The formats a checkpoint is stored in (the ``checkpoints.format`` constraint).
+CheckpointFormat = Literal["safetensors", "torch"]
+
+
 class CheckpointOut(BaseModel):
     id: str
     filename: str
     size: int = Field(description="Bytes.")
     sha256: str
-    format: Literal["safetensors", "torch"]
+    format: CheckpointFormat
     num_tensors: int
     num_parameters: int = Field(description="Elements over all tensors (buffers included).")
     created_at: datetime
@@ -103,6 +107,18 @@ class DatasetOut(BaseModel):
     label_min: int | None = Field(None, description="Smallest label (train and test).")
     label_max: int | None = Field(None, description="Largest label (train and test).")
     created_at: datetime | None = None
+
+
+class CheckpointPageOut(BaseModel):
+    items: list[CheckpointOut] = Field(description="The project's checkpoints, newest first.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
+
+
+class DatasetPageOut(BaseModel):
+    items: list[DatasetOut] = Field(
+        description="The project's uploaded datasets, newest first (built-in ones are not "
+        "uploads and are not listed).")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
 
 
 class JobError(BaseModel):

@@ -9,14 +9,12 @@ leave the session's transaction to the caller.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
@@ -39,6 +37,7 @@ from persistence.models import (
     SweepCandidate,
     utcnow,
 )
+from persistence.pages import before_cursor, page_of
 from persistence.records import hold_stored_bytes
 from persistence.transactions import (
     EventKind,
@@ -91,13 +90,6 @@ class ActiveJobLimitReached(PersistenceError):
         super().__init__(f"the project has {active} queued or running jobs; its limit is {limit}")
         self.active = active
         self.limit = limit
-
-
-class InvalidCursor(PersistenceError):
-    code = "invalid_cursor"
-
-    def __init__(self, cursor: str) -> None:
-        super().__init__(f"the pagination cursor {cursor[:80]!r} is not one this service issued")
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,28 +298,6 @@ def queue_position(session: Session, job: Job) -> int | None:
     return int(position) if position is not None else None
 
 
-def _encode_cursor(job: Job | JobSummary) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
-        created, job_id = raw.split("|", 1)
-        created_at = datetime.fromisoformat(created)
-        # The id goes to the database: bytes it refuses with an error (NUL) must stop here.
-        if created_at.tzinfo is None or not job_id or len(job_id) > 64 \
-                or not job_id.isascii() or not job_id.isprintable():
-            raise ValueError("not a cursor this service issued")
-        # Normalise here: an offset that pushes the instant past year 1 or 9999 must be a
-        # cursor error, not an overflow when the database binds the value.
-        created_at = created_at.astimezone(UTC)
-    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
-        raise InvalidCursor(cursor) from None
-    return created_at, job_id
-
-
 def list_jobs(
     session: Session,
     *,
@@ -341,8 +311,8 @@ def list_jobs(
 ) -> JobPage:
     """Jobs, newest first, ``limit`` per page; ``next_cursor`` fetches the next page (None at the
     end). ``status`` filters by one status or several; ``labels`` keeps jobs carrying every given
-    ``key=value``; ``project_id`` keeps one project's jobs. :class:`InvalidCursor` for a cursor
-    this function did not issue.
+    ``key=value``; ``project_id`` keeps one project's jobs. Paged as :mod:`persistence.pages`
+    says (:class:`~persistence.pages.InvalidCursor` for a cursor not issued for jobs).
 
     A constant number of statements whatever ``limit`` is: one for the jobs and their queue
     positions, one for the labels, and one for the stages when ``with_stages``. Without
@@ -364,14 +334,12 @@ def list_jobs(
             .exists()
         )
     if cursor is not None:
-        created_at, job_id = _decode_cursor(cursor)
-        query = query.where(or_(Job.created_at < created_at,
-                                and_(Job.created_at == created_at, Job.id < job_id)))
+        query = query.where(before_cursor("jobs", cursor, Job.created_at, Job.id))
     query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    jobs = _read_summaries(session, query, with_spec=with_spec, with_stages=with_stages)
-    more = len(jobs) > limit
-    jobs = jobs[:limit]
-    return JobPage(jobs, _encode_cursor(jobs[-1]) if more else None)
+    page = page_of("jobs", _read_summaries(session, query, with_spec=with_spec,
+                                           with_stages=with_stages), limit,
+                   lambda job: (job.created_at, job.id))
+    return JobPage(page.items, page.next_cursor)
 
 
 def get_job_summary(session: Session, job_id: str) -> JobSummary:

@@ -1,4 +1,5 @@
-"""Database rows of uploaded checkpoints and datasets (the bytes live in the object store).
+"""Database rows of uploaded checkpoints and datasets (the bytes live in the object store):
+recording them, reading one, and listing a project's, newest first.
 
 The API writes the object first and the row second, so a row always points at stored bytes; if
 writing the row fails (the stored-bytes quota included), the API deletes the object it stored.
@@ -12,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, aliased
 
 from persistence.models import (
@@ -28,7 +29,10 @@ from persistence.models import (
     new_id,
     utcnow,
 )
+from persistence.pages import Collection, Page, before_cursor, page_of
 from persistence.transactions import PersistenceError, lock_project
+
+Upload = TypeVar("Upload", Checkpoint, Dataset)
 
 
 class StorageQuotaReached(PersistenceError):
@@ -210,3 +214,42 @@ def create_dataset(
 def get_dataset(session: Session, dataset_id: str) -> Dataset | None:
     """The dataset row, or None."""
     return session.get(Dataset, dataset_id)
+
+
+def list_checkpoints(session: Session, *, project_id: str, limit: int, cursor: str | None = None,
+                     format: str | None = None) -> Page[Checkpoint]:
+    """The project's checkpoints, newest first, ``limit`` per page (:mod:`persistence.pages`);
+    ``format`` keeps one format (``safetensors`` or ``torch``). One statement."""
+    query = select(Checkpoint).where(Checkpoint.project_id == project_id)
+    if format is not None:
+        query = query.where(Checkpoint.format == format)
+    if cursor is not None:
+        query = query.where(
+            before_cursor("checkpoints", cursor, Checkpoint.created_at, Checkpoint.id))
+    return _newest_first(session, "checkpoints", query, Checkpoint, limit)
+
+
+def list_datasets(session: Session, *, project_id: str, limit: int, cursor: str | None = None,
+                  kind: str | None = None) -> Page[Dataset]:
+    """The project's uploaded datasets, newest first, ``limit`` per page
+    (:mod:`persistence.pages`); ``kind`` keeps one kind (``npz`` or ``imagefolder``). One
+    statement. The built-in datasets are no rows, so never listed."""
+    query = select(Dataset).where(Dataset.project_id == project_id)
+    if kind is not None:
+        query = query.where(Dataset.kind == kind)
+    if cursor is not None:
+        query = query.where(before_cursor("datasets", cursor, Dataset.created_at, Dataset.id))
+    return _newest_first(session, "datasets", query, Dataset, limit)
+
+
+def _newest_first(session: Session, collection: Collection, query: Select[Any],
+                  model: type[Upload], limit: int) -> Page[Upload]:
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    query = query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
+    rows: list[Upload] = list(session.execute(query).scalars())
+    return page_of(collection, rows, limit, _sort_key)
+
+
+def _sort_key(row: Checkpoint | Dataset) -> tuple[datetime, str]:
+    return row.created_at, row.id

@@ -1,18 +1,22 @@
-"""``/v1/checkpoints``: upload a checkpoint (validated before it is accepted), read it back,
-delete it."""
+"""``/v1/checkpoints``: upload a checkpoint (validated before it is accepted), list the
+project's, read one back, delete it."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, StoreDep, ValidatorDep
 from api.errors import InvalidInput
 from api.idempotency import IdempotencyKey
 from api.ingest import store_checkpoint, validate_checkpoint_upload
-from api.schemas import CheckpointOut
+from api.paging import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
+from api.schemas import CheckpointFormat, CheckpointOut, CheckpointPageOut
 from api.services import deletion
 from api.services.ownership import owned_checkpoint
+from api.services.upload_records import checkpoint_out, list_checkpoints_for
 from api.services.upload_replay import upload_key
 from api.services.uploads import check_declared_upload, replay_or_check_quota
 from api.uploads import RawFilename, receive_upload, scratch_dir, upload_request_body
@@ -21,10 +25,6 @@ from persistence.models import Checkpoint
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
 
 FILE_FIELD = "file"
-
-
-def checkpoint_out(row: Checkpoint) -> CheckpointOut:
-    return CheckpointOut.model_validate(row, from_attributes=True)
 
 
 @router.post(
@@ -75,6 +75,21 @@ async def upload_checkpoint(request: Request, response: Response, caller: Caller
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/checkpoints/{row.id}"
     return checkpoint_out(row)
+
+
+@router.get(
+    "", response_model=CheckpointPageOut, summary="List the project's checkpoints, newest first",
+    description="Paged like GET /v1/jobs: ?limit= (1 to 100, default 20) and ?cursor= (the "
+    "previous page's next_cursor); ?format= keeps one format.")
+def list_checkpoints_route(
+    session: SessionDep,
+    caller: CallerDep,
+    format: Annotated[CheckpointFormat | None, Query(
+        description="safetensors or torch: only checkpoints of this format")] = None,
+    limit: PageLimit = DEFAULT_PAGE_SIZE,
+    cursor: PageCursor = None,
+) -> CheckpointPageOut:
+    return list_checkpoints_for(session, caller, format=format, limit=limit, cursor=cursor)
 
 
 @router.get("/{checkpoint_id}", response_model=CheckpointOut, summary="A checkpoint's record")

@@ -1,4 +1,5 @@
-"""``/v1/datasets``: upload a dataset archive (validated before it is accepted) and read it back.
+"""``/v1/datasets``: upload a dataset archive (validated before it is accepted), list the
+project's, read one back, delete it.
 
 The built-in datasets (``cifar10``, ``cifar100``, ``svhn``, ``mnist``, ``digits``) need no upload:
 a job names them in ``config.dataset.name``; ``GET /v1/datasets/<name>`` describes them.
@@ -6,7 +7,9 @@ a job names them in ``config.dataset.name``; ``GET /v1/datasets/<name>`` describ
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.dataset_validation import BUILTIN_GEOMETRY
@@ -15,13 +18,15 @@ from api.errors import InvalidInput, NotFound
 from api.idempotency import IdempotencyKey
 from api.ingest import store_dataset, validate_dataset_upload
 from api.job_requests import BUILTIN_CLASSES
-from api.schemas import DatasetOut
+from api.paging import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
+from api.schemas import DatasetOut, DatasetPageOut
 from api.services import deletion
 from api.services.ownership import find_owned
+from api.services.upload_records import dataset_out, list_datasets_for
 from api.services.upload_replay import upload_key
 from api.services.uploads import check_declared_upload, replay_or_check_quota
 from api.uploads import RawFilename, receive_upload, scratch_dir, upload_request_body
-from persistence.models import Dataset
+from persistence.models import Dataset, DatasetKind
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -82,15 +87,21 @@ async def upload_dataset(request: Request, response: Response, caller: CallerDep
     return dataset_out(row)
 
 
-def dataset_out(row: Dataset) -> DatasetOut:
-    """The API view of an uploaded dataset's row."""
-    shape = row.image_shape
-    return DatasetOut(
-        id=row.id, kind=row.kind, filename=row.filename, size=row.size,  # type: ignore[arg-type]
-        sha256=row.sha256, content=row.content,  # type: ignore[arg-type]
-        image_shape=list(shape) if shape else None, num_features=row.num_features,
-        num_classes=row.num_classes, num_examples=row.num_examples, label_min=row.label_min,
-        label_max=row.label_max, created_at=row.created_at)
+@router.get(
+    "", response_model=DatasetPageOut, summary="List the project's uploaded datasets, newest first",
+    description="Paged like GET /v1/jobs: ?limit= (1 to 100, default 20) and ?cursor= (the "
+    "previous page's next_cursor); ?kind= keeps one kind. The built-in datasets are not uploads "
+    "and are not listed (GET /v1/datasets/{name} describes them).")
+def list_datasets_route(
+    session: SessionDep,
+    caller: CallerDep,
+    kind: Annotated[DatasetKind | None, Query(
+        description="npz or imagefolder: only uploads of this kind")] = None,
+    limit: PageLimit = DEFAULT_PAGE_SIZE,
+    cursor: PageCursor = None,
+) -> DatasetPageOut:
+    return list_datasets_for(session, caller, kind=kind.value if kind else None, limit=limit,
+                             cursor=cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut,

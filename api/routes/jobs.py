@@ -24,6 +24,7 @@ from api.errors import (
 )
 from api.idempotency import IdempotencyKey
 from api.job_requests import validate_body
+from api.paging import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
 from api.request_input import JsonOrNoBody, parse_json
 from api.schemas import LABEL_KEY_PATTERN, JobCreate, JobOut, JobPageOut, JobSpec
 from api.services import deletion
@@ -212,9 +213,8 @@ def list_jobs_route(
     status: Annotated[list[str], Query(description="queued, running, succeeded, failed, "
                                       "cancelled; repeat or comma-separate")] = [],  # noqa: B006
     label: Annotated[list[str], Query(description="key:value; repeat to require several")] = [],  # noqa: B006
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=512,
-                                        description="next_cursor of the previous page")] = None,
+    limit: PageLimit = DEFAULT_PAGE_SIZE,
+    cursor: PageCursor = None,
     expand: Annotated[list[str], Query(description="config and/or stages: add them to each "
                                        "item (comma-separate or repeat)")] = [],  # noqa: B006
 ) -> JobPageOut:

@@ -16,6 +16,7 @@ from persistence import jobs, stages
 from persistence.db import create_db_engine
 from persistence.migrate import downgrade_database, upgrade_database
 from persistence.models import Base, InterpolationPoint, JobStatus, Project, StageStatus
+from persistence.pages import InvalidCursor
 from persistence.stages import ClaimOutcome, StageOutputs
 from tests.persistence.helpers import (
     LEASE,
@@ -263,5 +264,5 @@ def test_list_jobs_filters_by_status_and_labels_and_pages(
         assert [j.id for j in jobs.list_jobs(session, status="running").jobs] == [ids[4]]
         queued_b = jobs.list_jobs(session, status=["queued"], labels={"team": "b"}).jobs
         assert [j.id for j in queued_b] == [ids[2], ids[0]]
-        with pytest.raises(jobs.InvalidCursor):
+        with pytest.raises(InvalidCursor):
             jobs.list_jobs(session, cursor="not-a-cursor")

@@ -25,6 +25,10 @@ pytestmark = [pytest.mark.service]
 COLLECTION_ROUTES = {
     ("post", "/v1/checkpoints"): "uploads are recorded as the caller's (checked below)",
     ("post", "/v1/datasets"): "uploads are recorded as the caller's (checked below)",
+    ("get", "/v1/checkpoints"): "tests/api/test_upload_listing.py::"
+                                "test_the_callers_uploads_newest_first_page_by_page",
+    ("get", "/v1/datasets"): "tests/api/test_upload_listing.py::"
+                             "test_the_callers_uploads_newest_first_page_by_page",
     ("post", "/v1/jobs"): "test_jobs_cannot_use_another_projects_inputs",
     ("get", "/v1/jobs"): "test_lists_show_only_the_callers_jobs",
     ("get", "/v1/admin/projects"): "admin routes: test_admin_cli.py",

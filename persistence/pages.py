@@ -1,0 +1,105 @@
+"""Cursor pages, newest first: the one rule every listed collection (jobs, checkpoints, datasets)
+pages by, so that ``limit`` and ``cursor`` mean the same everywhere.
+
+A page is ordered by ``(created_at, id)`` descending; its cursor is the last row's pair, so the
+next page is the rows strictly before it in that order (keyset pagination: a row inserted
+meanwhile never shifts a page, and no page repeats or skips a row, which OFFSET would).
+
+A cursor names the collection it was issued for (``jobs|<created_at>|<id>``, base64url): one of
+another collection would otherwise be accepted and silently list the rows older than some
+unrelated row. Job cursors issued before the tag existed (``<created_at>|<id>``) are still read
+as job cursors, so a client paging through jobs across an upgrade is not cut off.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy.orm import InstrumentedAttribute
+
+from persistence.transactions import PersistenceError
+
+#: The collections that are paged; each tags its cursors with its name.
+Collection = Literal["jobs", "checkpoints", "datasets"]
+#: The longest row id a cursor may carry (ids are 32 characters: a longer one names no row).
+MAX_CURSOR_ID_CHARS = 64
+
+
+class InvalidCursor(PersistenceError):
+    """A ``cursor`` this service did not issue for this collection (HTTP 422 naming ``cursor``)."""
+
+    code = "invalid_cursor"
+
+    def __init__(self, cursor: str, detail: str = "") -> None:
+        super().__init__(f"the pagination cursor {cursor[:80]!r} is not one this service issued"
+                         + (f" {detail}" if detail else ""))
+
+
+Row = TypeVar("Row")
+#: Where a row stands in newest-first order: its (created_at, id).
+SortKey = Callable[[Row], tuple[datetime, str]]
+
+
+@dataclass(frozen=True)
+class Page(Generic[Row]):
+    """Up to ``limit`` rows, newest first; ``next_cursor`` is None on the last page."""
+
+    items: list[Row]
+    next_cursor: str | None
+
+
+def encode_cursor(collection: Collection, created_at: datetime, row_id: str) -> str:
+    """The cursor of the page that follows the row (``created_at``, ``row_id``) in
+    ``collection``."""
+    raw = f"{collection}|{created_at.isoformat()}|{row_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(collection: Collection, cursor: str) -> tuple[datetime, str]:
+    """(created_at, id) of a cursor :func:`encode_cursor` issued for ``collection``; else
+    :class:`InvalidCursor` (also for a cursor of another collection, naming it)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
+        parts = raw.split("|", 2)
+        if len(parts) == 2 and collection == "jobs":
+            parts = ["jobs", *parts]  # a job cursor from before the tag (see the docstring)
+        if len(parts) != 3:
+            raise ValueError("not a cursor this service issued")
+        tag, created, row_id = parts
+        created_at = datetime.fromisoformat(created)
+        # The id goes to the database: bytes it refuses with an error (NUL) must stop here.
+        if created_at.tzinfo is None or not row_id or len(row_id) > MAX_CURSOR_ID_CHARS \
+                or not row_id.isascii() or not row_id.isprintable():
+            raise ValueError("not a cursor this service issued")
+        # Normalise here: an offset that pushes the instant past year 1 or 9999 must be a
+        # cursor error, not an overflow when the database binds the value.
+        created_at = created_at.astimezone(UTC)
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
+        raise InvalidCursor(cursor) from None
+    if tag != collection:
+        known = tag if tag in ("jobs", "checkpoints", "datasets") else "another list"
+        raise InvalidCursor(cursor, f"for {collection}: it pages {known}")
+    return created_at, row_id
+
+
+def before_cursor(collection: Collection, cursor: str, created_at: InstrumentedAttribute[Any],
+                  row_id: InstrumentedAttribute[Any]) -> ColumnElement[bool]:
+    """The condition "after the cursor's row in newest-first order" on these two columns."""
+    at, last_id = decode_cursor(collection, cursor)
+    return or_(created_at < at, and_(created_at == at, row_id < last_id))
+
+
+def page_of(collection: Collection, rows: Sequence[Row], limit: int,
+            key: SortKey[Row]) -> Page[Row]:
+    """The page from ``rows``, read with ``LIMIT limit + 1``: the extra row only tells that a
+    next page exists (one statement instead of a count). ``key`` gives a row's place."""
+    items = list(rows[:limit])
+    if len(rows) <= limit:
+        return Page(items, None)
+    return Page(items, encode_cursor(collection, *key(items[-1])))
