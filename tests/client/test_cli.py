@@ -1,7 +1,7 @@
 """``riftctl`` end to end (the console script in a subprocess) against the real API with jobs left
-queued: uploads (and their own timeout), records, job creation, lists, cancelling, webhooks, the
-config file, ``--output json`` and the documented exit codes (0 success, 1 job failed or
-cancelled, 2 usage error, 3 API error, 4 wait timed out)."""
+queued: uploads (and their own timeout), records, lists of uploads and jobs, job creation,
+cancelling, webhooks, the config file, ``--output json`` and the documented exit codes (0
+success, 1 job failed or cancelled, 2 usage error, 3 API error, 4 wait timed out)."""
 
 from __future__ import annotations
 
@@ -166,6 +166,38 @@ def test_config_file_gives_url_and_key(queued_api: RunningApi, api_key: str | No
     absent = run_riftctl(["jobs", "list"], url=None, api_key=None, home=tmp_path,
                          env={"RIFTCTL_CONFIG": str(tmp_path / "nothing.toml")})
     assert absent.exit_code == 2
+
+
+def test_checkpoints_and_datasets_list(cli: Cli, checkpoint_file: Path, tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+
+    ids = [cli("-o", "json", "checkpoints", "upload", str(checkpoint_file)).json()["id"]
+           for _ in range(3)]
+    listed = cli("-o", "json", "checkpoints", "list", "--limit", "2")
+    assert listed.exit_code == 0, listed.stderr
+    assert [c["id"] for c in listed.json()] == ids[:0:-1]
+    assert cli("-o", "json", "checkpoints", "list", "--format", "torch").json() == []
+    table = cli("checkpoints", "list", "--format", "safetensors")
+    assert table.exit_code == 0 and all(i in table.stdout for i in ids)
+    assert "model.safetensors" in table.stdout
+    refused = cli("-o", "json", "checkpoints", "list", "--format", "onnx")
+    assert refused.exit_code == 3 and refused.error()["field"] == "format"
+
+    path = tmp_path / "tiny.npz"
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((20, 8, 8), np.float32), y=np.arange(20) % 10)
+    path.write_bytes(buffer.getvalue())
+    dataset = cli("-o", "json", "datasets", "upload", str(path)).json()
+    shown = cli("-o", "json", "datasets", "list", "--kind", "npz")
+    assert shown.exit_code == 0 and shown.json() == [dataset]
+    assert cli("-o", "json", "datasets", "list", "--kind", "imagefolder").json() == []
+    table = cli("datasets", "list")
+    assert table.exit_code == 0 and dataset["id"] in table.stdout and "tiny.npz" in table.stdout
+    assert cli("datasets", "list", "--limit", "0").exit_code == 2  # a usage error, sent nowhere
+    refused = cli("-o", "json", "datasets", "list", "--kind", "builtin")
+    assert refused.exit_code == 3 and refused.error()["field"] == "kind"
 
 
 def test_checkpoint_delete(cli: Cli, queued_api: RunningApi, checkpoint_file: Path) -> None:

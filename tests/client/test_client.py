@@ -1,10 +1,10 @@
 """``RiftClient`` against the real API (SQLite, local store, jobs left queued): uploads with
-progress and SHA-256, records, job creation with idempotency keys, pages of jobs, cancelling,
-waiting with a timeout, the API's errors as typed exceptions (materializing a job that has not
-succeeded among them), a materialization wait that times out, and a webhook registered, listed,
-read, sent a signed message (by the worker's delivery code) that ``verify_webhook`` accepts, and
-deleted; then each webhook call against a scripted server (the request sent, the answer parsed,
-the errors)."""
+progress and SHA-256, records, pages of uploads, job creation with idempotency keys, pages of
+jobs, cancelling, waiting with a timeout, the API's errors as typed exceptions (materializing a
+job that has not succeeded among them), a materialization wait that times out, and a webhook
+registered, listed, read, sent a signed message (by the worker's delivery code) that
+``verify_webhook`` accepts, and deleted; then each webhook call against a scripted server (the
+request sent, the answer parsed, the errors)."""
 
 from __future__ import annotations
 
@@ -120,6 +120,47 @@ def test_list_jobs_follows_the_cursor_pages(rift: RiftClient, checkpoint_file: P
     evens = [job.id for job in rift.list_jobs(labels={"batch": "0"}, page_size=1)]
     assert evens == [created[4], created[2], created[0]]
     assert list(rift.list_jobs(status="running")) == []
+
+
+def _npz_file(folder: Path, name: str, examples: int) -> Path:
+    path = folder / name
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((examples, 8, 8), np.float32), y=np.arange(examples) % 10)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_list_uploads_follows_the_cursor_pages(rift: RiftClient, checkpoint_file: Path,
+                                               tmp_path: Path) -> None:
+    checkpoints = [_upload(rift, checkpoint_file).id for _ in range(3)]
+    assert [c.id for c in rift.list_checkpoints(page_size=2)] == checkpoints[::-1]
+    first_page = rift.list_checkpoints_page(page_size=2)
+    assert [c.id for c in first_page.items] == checkpoints[:0:-1] and first_page.next_cursor
+    last_page = rift.list_checkpoints_page(page_size=2, cursor=first_page.next_cursor)
+    assert [c.id for c in last_page.items] == checkpoints[:1] and last_page.next_cursor is None
+    assert [c.id for c in rift.list_checkpoints(page_size=1, limit=2)] == checkpoints[:0:-1]
+    assert [c.id for c in rift.list_checkpoints(format="safetensors")] == checkpoints[::-1]
+    assert list(rift.list_checkpoints(format="torch")) == []
+    assert next(iter(rift.list_checkpoints())) == rift.get_checkpoint(checkpoints[-1])
+
+    datasets = [rift.upload_dataset(_npz_file(tmp_path, f"d{n}.npz", 20 + n)).id
+                for n in range(2)]
+    listed = list(rift.list_datasets(page_size=1))
+    assert [d.id for d in listed] == datasets[::-1]
+    assert [d.num_examples for d in listed] == [21, 20]
+    assert rift.list_datasets_page(page_size=1).next_cursor
+    assert [d.id for d in rift.list_datasets(kind="npz", limit=1)] == datasets[1:]
+    assert list(rift.list_datasets(kind="imagefolder")) == []
+
+    # The service names the parameter at fault.
+    for call, field in [(lambda: rift.list_checkpoints_page(format="onnx"), "format"),
+                        (lambda: rift.list_datasets_page(kind="builtin"), "kind"),
+                        (lambda: rift.list_datasets_page(page_size=101), "limit"),
+                        (lambda: rift.list_datasets_page(cursor=first_page.next_cursor),
+                         "cursor")]:
+        with pytest.raises(UnprocessableEntityError) as refused:
+            call()
+        assert refused.value.field == field
 
 
 def test_cancel_wait_and_delete(rift: RiftClient, checkpoint_file: Path) -> None:

@@ -15,6 +15,8 @@ from rift_client import models
 PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (models.Checkpoint, api_schemas.CheckpointOut),
     (models.Dataset, api_schemas.DatasetOut),
+    (models.CheckpointPage, api_schemas.CheckpointPageOut),
+    (models.DatasetPage, api_schemas.DatasetPageOut),
     (models.JobError, api_schemas.JobError),
     (models.Stage, api_schemas.StageOut),
     (models.Job, api_schemas.JobOut),

@@ -1,6 +1,7 @@
 """``riftctl``: the RiFT service from the command line.
 
     riftctl checkpoints upload model.safetensors
+    riftctl checkpoints list --format safetensors
     riftctl jobs create --checkpoint ck_123 --config config.json --label team=vision --wait
     riftctl jobs events JOB_ID
     riftctl jobs download JOB_ID --out weights/
@@ -28,11 +29,11 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -117,8 +118,9 @@ app = typer.Typer(help="Command line of the RiFT service (Robust Critical Fine-T
                   "Config file: RIFTCTL_CONFIG or ~/.config/riftctl/config.toml (api_url, "
                   "api_key, timeout, upload_timeout).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-checkpoints_app = typer.Typer(help="Upload, show and delete checkpoints.", no_args_is_help=True)
-datasets_app = typer.Typer(help="Upload, show and delete datasets.", no_args_is_help=True)
+checkpoints_app = typer.Typer(help="Upload, list, show and delete checkpoints.",
+                              no_args_is_help=True)
+datasets_app = typer.Typer(help="Upload, list, show and delete datasets.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Create, follow and collect RiFT jobs.", no_args_is_help=True)
 webhooks_app = typer.Typer(help="Register, show and delete webhooks; show their deliveries.",
                            no_args_is_help=True)
@@ -245,6 +247,47 @@ def _delete(ctx: typer.Context, delete: Callable[[RiftClient], None], kind: str,
         state.say(f"deleted {kind} {resource_id}")
 
 
+Record = TypeVar("Record", bound=BaseModel)
+#: How list tables print a time: to the second, never wrapped.
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+@dataclass(frozen=True)
+class _Column(Generic[Record]):
+    """A column of a list table: its header, the cell of a record, how it may be laid out."""
+
+    header: str
+    cell: Callable[[Record], str]
+    no_wrap: bool = False
+    min_width: int | None = None
+    overflow: Literal["fold", "crop", "ellipsis", "ignore"] | None = None
+
+
+def _id_column(records: Sequence[Any]) -> _Column[Any]:
+    # Ids whole (never wrapped nor cut): they are copied into other commands.
+    return _Column("id", lambda record: str(record.id), no_wrap=True,
+                   min_width=max((len(r.id) for r in records), default=2))
+
+
+def _created_column() -> _Column[Any]:
+    return _Column("created", lambda record: record.created_at.strftime(TIME_FORMAT),
+                   no_wrap=True, min_width=19)
+
+
+def _show_list(state: State, records: Sequence[Record], columns: Sequence[_Column[Record]]) -> None:
+    """The body's end of every ``list`` command: the records as JSON, or as a table."""
+    if state.json:
+        state.emit(list(records))
+        return
+    table = Table()
+    for column in columns:
+        table.add_column(column.header, no_wrap=column.no_wrap, min_width=column.min_width,
+                         overflow=column.overflow or "ellipsis")
+    for record in records:
+        table.add_row(*(column.cell(record) for column in columns))
+    state.out.print(table)
+
+
 def _existing_file(path: Path) -> Path:
     if not path.is_file():
         raise typer.BadParameter(f"{path} is not a file")
@@ -279,6 +322,28 @@ def checkpoints_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
                   f"sha256 {data['sha256']} (verified)")
 
 
+@checkpoints_app.command("list")
+def checkpoints_list(
+    ctx: typer.Context,
+    format: Annotated[str | None, typer.Option(
+        "--format", "-f", help="safetensors or torch: only checkpoints of this format.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Checkpoints to show.")] = 20,
+) -> None:
+    """List the project's checkpoints, newest first (following the pages as needed)."""
+    state = _state(ctx)
+    with _client(state) as client:
+        records = list(client.list_checkpoints(format=format, page_size=min(limit, 100),
+                                               limit=limit))
+    _show_list(state, records, [
+        _id_column(records),
+        _Column("format", lambda c: c.format, no_wrap=True),
+        _Column("size", lambda c: str(c.size), no_wrap=True),
+        _Column("tensors", lambda c: str(c.num_tensors), no_wrap=True),
+        _created_column(),
+        _Column("filename", lambda c: c.filename, overflow="fold"),
+    ])
+
+
 @checkpoints_app.command("get")
 def checkpoints_get(ctx: typer.Context, checkpoint_id: str) -> None:
     """Show a checkpoint's record."""
@@ -309,6 +374,34 @@ def datasets_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
         state.say(f"dataset {data['id']}: {data['filename']}, {data['kind']}, "
                   f"{data['num_examples']} examples, {data['num_classes']} classes, "
                   f"sha256 {data['sha256']} (verified)")
+
+
+@datasets_app.command("list")
+def datasets_list(
+    ctx: typer.Context,
+    kind: Annotated[str | None, typer.Option(
+        "--kind", "-k", help="npz or imagefolder: only uploads of this kind.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Datasets to show.")] = 20,
+) -> None:
+    """List the project's uploaded datasets, newest first (following the pages as needed;
+    built-in datasets are not uploads: `datasets get NAME` shows them)."""
+    state = _state(ctx)
+    with _client(state) as client:
+        records = list(client.list_datasets(kind=kind, page_size=min(limit, 100), limit=limit))
+
+    def known(value: int | None) -> str:
+        return "-" if value is None else str(value)
+
+    _show_list(state, records, [
+        _id_column(records),
+        _Column("kind", lambda d: d.kind, no_wrap=True),
+        _Column("content", lambda d: d.content or "-", no_wrap=True),
+        _Column("examples", lambda d: known(d.num_examples), no_wrap=True),
+        _Column("classes", lambda d: known(d.num_classes), no_wrap=True),
+        _Column("size", lambda d: known(d.size), no_wrap=True),
+        _created_column(),
+        _Column("filename", lambda d: d.filename or "-", overflow="fold"),
+    ])
 
 
 @datasets_app.command("get")
@@ -450,23 +543,14 @@ def jobs_list(
     with _client(state) as client:
         jobs = list(client.list_jobs(status=status or None, labels=labels or None,
                                      page_size=min(limit, 100), limit=limit))
-    if state.json:
-        state.emit(jobs)
-        return
-    table = Table()
-    # Ids, statuses and times whole (never wrapped nor cut): ids are copied into other commands.
-    table.add_column("id", no_wrap=True, min_width=max((len(j.id) for j in jobs), default=2))
-    table.add_column("status", no_wrap=True, min_width=9)
-    table.add_column("stage")
-    table.add_column("progress")
-    table.add_column("created", no_wrap=True, min_width=19)
-    table.add_column("labels")
-    for job in jobs:
-        table.add_row(job.id, job.status, job.stage or "-",
-                      f"{job.progress * 100:.0f}%" if not job.finished else "-",
-                      job.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      ", ".join(f"{k}={v}" for k, v in job.labels.items()))
-    state.out.print(table)
+    _show_list(state, jobs, [
+        _id_column(jobs),
+        _Column("status", lambda j: j.status, no_wrap=True, min_width=9),
+        _Column("stage", lambda j: j.stage or "-"),
+        _Column("progress", lambda j: f"{j.progress * 100:.0f}%" if not j.finished else "-"),
+        _created_column(),
+        _Column("labels", lambda j: ", ".join(f"{k}={v}" for k, v in j.labels.items())),
+    ])
 
 
 @jobs_app.command("get")
@@ -736,19 +820,13 @@ def webhooks_list(ctx: typer.Context) -> None:
     state = _state(ctx)
     with _client(state) as client:
         hooks = client.list_webhooks()
-    if state.json:
-        state.emit(hooks)
-        return
-    table = Table()
-    table.add_column("id", no_wrap=True, min_width=max((len(h.id) for h in hooks), default=2))
-    table.add_column("url", overflow="fold")
-    table.add_column("events")
-    table.add_column("created", no_wrap=True, min_width=19)
-    table.add_column("description")
-    for hook in hooks:
-        table.add_row(hook.id, hook.url, ", ".join(hook.events),
-                      hook.created_at.strftime("%Y-%m-%d %H:%M:%S"), hook.description or "")
-    state.out.print(table)
+    _show_list(state, hooks, [
+        _id_column(hooks),
+        _Column("url", lambda h: h.url, overflow="fold"),
+        _Column("events", lambda h: ", ".join(h.events)),
+        _created_column(),
+        _Column("description", lambda h: h.description or ""),
+    ])
 
 
 @webhooks_app.command("get")

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -52,9 +52,11 @@ from rift_client.errors import (
 from rift_client.models import (
     Artifact,
     Checkpoint,
+    CheckpointPage,
     CreatedWebhook,
     Curves,
     Dataset,
+    DatasetPage,
     Event,
     EventPage,
     Job,
@@ -99,6 +101,43 @@ _HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 Model = TypeVar("Model", bound=BaseModel)
 Upload = TypeVar("Upload", Checkpoint, Dataset)
+Item = TypeVar("Item", covariant=True)
+
+
+class _Page(Protocol[Item]):
+    """A page of a cursor-paged list (jobs, checkpoints, datasets)."""
+
+    @property
+    def items(self) -> Sequence[Item]: ...
+
+    @property
+    def next_cursor(self) -> str | None: ...
+
+
+def _every_item(fetch: Callable[[str | None], _Page[Item]], limit: int | None) -> Iterator[Item]:
+    """The items of ``fetch(cursor)``'s pages, the first fetched with no cursor and each next
+    one with the previous page's ``next_cursor``, as they are iterated; at most ``limit``."""
+    cursor: str | None = None
+    count = 0
+    while True:
+        page = fetch(cursor)
+        for item in page.items:
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            yield item
+        if not page.next_cursor:
+            return
+        cursor = page.next_cursor
+
+
+def _page_params(page_size: int, cursor: str | None, **filters: Any) -> dict[str, Any]:
+    """The query of one page: ``limit``, ``cursor`` when given, and the filters that are set."""
+    params: dict[str, Any] = {"limit": page_size}
+    params.update((name, value) for name, value in filters.items() if value)
+    if cursor:
+        params["cursor"] = cursor
+    return params
 
 
 def _segment(value: str) -> str:
@@ -372,6 +411,20 @@ class RiftClient:
         return self._upload("/v1/checkpoints", Checkpoint, path, filename, progress,
                             idempotency_key)
 
+    def list_checkpoints_page(self, *, format: str | None = None, page_size: int = 20,
+                              cursor: str | None = None) -> CheckpointPage:
+        """One page of the project's checkpoints, newest first (``format``: ``safetensors`` or
+        ``torch`` keeps one); pass its ``next_cursor`` as ``cursor`` for the next."""
+        return self._get("/v1/checkpoints", CheckpointPage,
+                         **_page_params(page_size, cursor, format=format))
+
+    def list_checkpoints(self, *, format: str | None = None, page_size: int = 20,
+                         limit: int | None = None) -> Iterator[Checkpoint]:
+        """All the project's checkpoints (of one ``format`` when given), newest first, fetched
+        page by page as iterated (at most ``limit`` of them when given)."""
+        return _every_item(lambda cursor: self.list_checkpoints_page(
+            format=format, page_size=page_size, cursor=cursor), limit)
+
     def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
         return self._get(f"/v1/checkpoints/{_segment(checkpoint_id)}", Checkpoint)
 
@@ -383,6 +436,21 @@ class RiftClient:
                        idempotency_key: str | None = None) -> Dataset:
         """Upload an .npz or an ImageFolder tar, like :meth:`upload_checkpoint`."""
         return self._upload("/v1/datasets", Dataset, path, filename, progress, idempotency_key)
+
+    def list_datasets_page(self, *, kind: str | None = None, page_size: int = 20,
+                           cursor: str | None = None) -> DatasetPage:
+        """One page of the project's uploaded datasets, newest first (``kind``: ``npz`` or
+        ``imagefolder`` keeps one; built-in datasets are not uploads and are not listed); pass
+        its ``next_cursor`` as ``cursor`` for the next."""
+        return self._get("/v1/datasets", DatasetPage,
+                         **_page_params(page_size, cursor, kind=kind))
+
+    def list_datasets(self, *, kind: str | None = None, page_size: int = 20,
+                      limit: int | None = None) -> Iterator[Dataset]:
+        """All the project's uploaded datasets (of one ``kind`` when given), newest first,
+        fetched page by page as iterated (at most ``limit`` of them when given)."""
+        return _every_item(lambda cursor: self.list_datasets_page(
+            kind=kind, page_size=page_size, cursor=cursor), limit)
 
     def get_dataset(self, dataset_id: str) -> Dataset:
         """An uploaded dataset, or a built-in one by name (``cifar10``, ``digits``, ...)."""
@@ -430,33 +498,18 @@ class RiftClient:
                        labels: Mapping[str, str] | None = None, page_size: int = 20,
                        cursor: str | None = None) -> JobPage:
         """One page of jobs, newest first; pass its ``next_cursor`` as ``cursor`` for the next."""
-        params: dict[str, Any] = {"limit": page_size}
-        if status:
-            params["status"] = [status] if isinstance(status, str) else list(status)
-        if labels:
-            params["label"] = [f"{k}:{v}" for k, v in labels.items()]
-        if cursor:
-            params["cursor"] = cursor
-        return self._get("/v1/jobs", JobPage, **params)
+        return self._get("/v1/jobs", JobPage, **_page_params(
+            page_size, cursor,
+            status=[status] if isinstance(status, str) else list(status or []),
+            label=[f"{k}:{v}" for k, v in (labels or {}).items()]))
 
     def list_jobs(self, *, status: str | Sequence[str] | None = None,
                   labels: Mapping[str, str] | None = None, page_size: int = 20,
                   limit: int | None = None) -> Iterator[Job]:
         """All jobs matching the filters, newest first, fetched page by page as iterated
         (at most ``limit`` of them when given)."""
-        cursor: str | None = None
-        count = 0
-        while True:
-            page = self.list_jobs_page(status=status, labels=labels, page_size=page_size,
-                                       cursor=cursor)
-            for job in page.items:
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield job
-            if not page.next_cursor:
-                return
-            cursor = page.next_cursor
+        return _every_item(lambda cursor: self.list_jobs_page(
+            status=status, labels=labels, page_size=page_size, cursor=cursor), limit)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one at its next batch; a finished one

@@ -54,6 +54,17 @@ class Dataset(_Resource):
     created_at: datetime | None = None
 
 
+class CheckpointPage(_Resource):
+    items: list[Checkpoint]
+    next_cursor: str | None = None
+
+
+class DatasetPage(_Resource):
+    items: list[Dataset] = Field(description="Uploaded datasets only (built-in ones are not "
+                                 "listed).")
+    next_cursor: str | None = None
+
+
 class JobError(_Resource):
     code: str
     message: str
