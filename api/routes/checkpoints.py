@@ -12,7 +12,7 @@ from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, Stor
 from api.errors import InvalidInput
 from api.idempotency import IdempotencyKey
 from api.ingest import store_checkpoint, validate_checkpoint_upload
-from api.paging import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
+from api.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageCursor, PageLimit
 from api.schemas import CheckpointFormat, CheckpointOut, CheckpointPageOut
 from api.services import deletion
 from api.services.ownership import owned_checkpoint
@@ -79,8 +79,8 @@ async def upload_checkpoint(request: Request, response: Response, caller: Caller
 
 @router.get(
     "", response_model=CheckpointPageOut, summary="List the project's checkpoints, newest first",
-    description="Paged like GET /v1/jobs: ?limit= (1 to 100, default 20) and ?cursor= (the "
-    "previous page's next_cursor); ?format= keeps one format.")
+    description=f"Paged like GET /v1/jobs: ?limit= (1 to {MAX_PAGE_SIZE}, default "
+    f"{DEFAULT_PAGE_SIZE}) and ?cursor= (the previous page's next_cursor); ?format= keeps one format.")
 def list_checkpoints_route(
     session: SessionDep,
     caller: CallerDep,

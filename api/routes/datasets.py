@@ -18,7 +18,7 @@ from api.errors import InvalidInput, NotFound
 from api.idempotency import IdempotencyKey
 from api.ingest import store_dataset, validate_dataset_upload
 from api.job_requests import BUILTIN_CLASSES
-from api.paging import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
+from api.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageCursor, PageLimit
 from api.schemas import DatasetOut, DatasetPageOut
 from api.services import deletion
 from api.services.ownership import find_owned
@@ -89,9 +89,10 @@ async def upload_dataset(request: Request, response: Response, caller: CallerDep
 
 @router.get(
     "", response_model=DatasetPageOut, summary="List the project's uploaded datasets, newest first",
-    description="Paged like GET /v1/jobs: ?limit= (1 to 100, default 20) and ?cursor= (the "
-    "previous page's next_cursor); ?kind= keeps one kind. The built-in datasets are not uploads "
-    "and are not listed (GET /v1/datasets/{name} describes them).")
+    description=f"Paged like GET /v1/jobs: ?limit= (1 to {MAX_PAGE_SIZE}, default "
+    f"{DEFAULT_PAGE_SIZE}) and ?cursor= (the previous page's next_cursor); ?kind= keeps one "
+    "kind. The built-in datasets are not uploads and are not listed (GET /v1/datasets/{name} "
+    "describes them).")
 def list_datasets_route(
     session: SessionDep,
     caller: CallerDep,
