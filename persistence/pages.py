@@ -18,7 +18,7 @@ import binascii
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from sqlalchemy import ColumnElement, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute
@@ -83,7 +83,7 @@ def decode_cursor(collection: Collection, cursor: str) -> tuple[datetime, str]:
     except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
         raise InvalidCursor(cursor) from None
     if tag != collection:
-        known = tag if tag in ("jobs", "checkpoints", "datasets") else "another list"
+        known = tag if tag in get_args(Collection) else "another list"
         raise InvalidCursor(cursor, f"for {collection}: it pages {known}")
     return created_at, row_id
 
