@@ -15,6 +15,9 @@ from rift_client import models
 PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (models.Checkpoint, api_schemas.CheckpointOut),
     (models.Dataset, api_schemas.DatasetOut),
+    (models.StoredBytes, api_schemas.StoredBytesOut),
+    (models.ActiveJobs, api_schemas.ActiveJobsOut),
+    (models.Usage, api_schemas.UsageOut),
     (models.JobError, api_schemas.JobError),
     (models.Stage, api_schemas.StageOut),
     (models.Job, api_schemas.JobOut),
