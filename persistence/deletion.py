@@ -1,4 +1,5 @@
-"""Deleting what a project stores: the rows first (one transaction), then the stored objects.
+"""Deleting what a project stores: the rows first (one transaction), then the stored objects
+(the rows' keys, and everything under each deleted job's ``jobs/<id>/`` prefix).
 
 An object whose delete fails after its row is gone is an orphan that the janitor removes
 (``persistence/janitor.py``: ``checkpoints/`` and ``datasets/`` objects no row points at,
@@ -36,6 +37,7 @@ from persistence.models import (
     WebhookEndpoint,
     utcnow,
 )
+from persistence.object_keys import job_prefix
 from persistence.storage import ObjectStore
 from persistence.transactions import PersistenceError, lock_project, transaction
 
@@ -91,6 +93,21 @@ def delete_objects(store: ObjectStore, keys: Iterable[str]) -> int:
             logger.warning("could not delete object %s after its row: %s", key,
                            type(exc).__name__)
     return deleted
+
+
+def job_objects(store: ObjectStore, job_ids: Iterable[str]) -> list[str]:
+    """The keys under each job's ``jobs/<id>/`` prefix: besides its artifacts, the records its
+    stages wrote for later stages (``mrc.json``) and what abandoned attempts left. Call once the
+    rows are gone (nothing writes there then); a listing that fails is logged and its objects
+    left to the janitor."""
+    keys: list[str] = []
+    for job_id in job_ids:
+        try:
+            keys.extend(item.key for item in store.list_objects(job_prefix(job_id)))
+        except Exception as exc:  # StoreError and transport errors: the janitor retries
+            logger.warning("could not list the objects of deleted job %s: %s", job_id,
+                           type(exc).__name__)
+    return keys
 
 
 def active_job_ids(session: Session, project_id: str) -> list[str]:
@@ -152,9 +169,11 @@ def delete_project(session: Session, store: ObjectStore, project: Project, *, fo
         active = active_job_ids(session, project_id)
         if active:
             raise ProjectHasActiveJobs(name, active, stopping=False)
-        job_ids = select(Job.id).where(Job.project_id == project_id).scalar_subquery()
+        job_ids = list(session.execute(select(Job.id).where(Job.project_id == project_id))
+                       .scalars())
         keys = [*session.execute(select(Artifact.storage_key)
-                                 .where(Artifact.job_id.in_(job_ids))).scalars(),
+                                 .join(Job, Job.id == Artifact.job_id)
+                                 .where(Job.project_id == project_id)).scalars(),
                 *session.execute(select(Checkpoint.storage_key)
                                  .where(Checkpoint.project_id == project_id)).scalars(),
                 *session.execute(select(Dataset.storage_key)
@@ -165,7 +184,7 @@ def delete_project(session: Session, store: ObjectStore, project: Project, *, fo
             delete(model).where(model.project_id == project_id)))
             for model in (Job, WebhookEndpoint, Checkpoint, Dataset, ApiKey)}
         session.execute(delete(Project).where(Project.id == project_id))
-    objects = delete_objects(store, keys)
+    objects = delete_objects(store, dict.fromkeys([*keys, *job_objects(store, job_ids)]))
     logger.info("deleted project %s (%s): %s, %d objects", name, project_id, counts, objects)
     return DeletedProject(name=name, jobs=counts["jobs"], checkpoints=counts["checkpoints"],
                           datasets=counts["datasets"], webhooks=counts["webhook_endpoints"],

@@ -16,7 +16,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from api.auth import Caller
 from api.errors import Conflict
 from api.services.ownership import owned_checkpoint, owned_dataset, owned_job
-from persistence.deletion import ACTIVE, LISTED_JOBS, delete_objects
+from persistence.deletion import ACTIVE, LISTED_JOBS, delete_objects, job_objects
 from persistence.models import Artifact, Checkpoint, Dataset, Job
 from persistence.storage import ObjectStore
 
@@ -73,7 +73,8 @@ def delete_dataset(session: Session, store: ObjectStore, caller: Caller, dataset
 
 
 def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str) -> None:
-    """Delete a finished job with its records and artifacts (409 while it is queued/running)."""
+    """Delete a finished job with its records, artifacts and every other object its stages
+    wrote (409 while it is queued/running)."""
     job = owned_job(session, caller.project_id, job_id)
     if job.status in ACTIVE:
         raise Conflict(f"job {job.id} is {job.status}: cancel it first (POST "
@@ -88,4 +89,4 @@ def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str
     if not deleted:
         raise Conflict(f"job {job.id} is running again: cancel it first", field="job_id",
                        code="job_active")
-    delete_objects(store, keys)
+    delete_objects(store, dict.fromkeys([*keys, *job_objects(store, [job.id])]))
