@@ -125,3 +125,39 @@ def test_inserts_for_a_deleted_project_are_refused(
     answer = from_persistence_error(gone.value)
     assert answer is not None and (answer.status_code, answer.code) == (401, "unauthorized")
     assert api.count(Checkpoint) == 0 and api.count(Job) == 0
+
+
+def test_weights_materialized_while_their_project_goes_are_not_kept(
+        api: Api, clients: Callable[..., httpx.Client], small_cnn_file: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A deletion does not wait for materializations (they cannot be cancelled): the worker
+    # making one finds its row gone when it records the weights, and deletes them.
+    from persistence.stages import ArtifactRecord
+    from worker.materialize import MaterializedWeights, materialization_key
+    from worker.runtime import WorkerResources
+    from worker.tasks import execute_materialization
+
+    doomed = clients("doomed")
+    admin = clients("ops", ("admin",))
+    checkpoint = upload(doomed, "/v1/checkpoints", "m.safetensors", small_cnn_file.read_bytes())
+    job = create_job(doomed, checkpoint["id"]).json()
+    with api.sessions() as session:
+        session.execute(update(Job).where(Job.id == job["id"]).values(status="succeeded"))
+        session.add(Artifact(job_id=job["id"], name="finetuned.safetensors",
+                             storage_key=f"jobs/{job['id']}/finetune/attempt-1/f", size=7,
+                             sha256="0" * 64, content_type="application/octet-stream"))
+        session.commit()
+    made = doomed.post(f"/v1/jobs/{job['id']}/materialize", json={"alpha": 0.5}).json()
+    store = build_object_store("local", local_root=api.settings.store_root)
+
+    def make_while_deleted(row: Materialization, *_: object) -> MaterializedWeights:
+        assert admin.delete("/v1/admin/projects/doomed").status_code == 204
+        key = materialization_key(job["id"], row.artifact_name)
+        store.put_bytes(key, b"weights")
+        return MaterializedWeights(ArtifactRecord(row.artifact_name, key, 7, "0" * 64,
+                                                  "application/octet-stream"), None, None)
+
+    monkeypatch.setattr("worker.materialize.materialize_weights", make_while_deleted)
+    outcome = execute_materialization(WorkerResources(api.settings), made["id"])
+    assert outcome == "deleted"
+    assert api.stored_files() == []
