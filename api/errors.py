@@ -22,7 +22,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from persistence.deletion import ProjectHasActiveJobs
+from persistence.deletion import ProjectHasActiveJobs, ProjectInputsReferenced
 from persistence.jobs import IdempotencyConflict, InvalidCursor, JobAlreadyFinished
 from persistence.materializations import JobNotSucceeded, MaterializationNotFound
 from persistence.storage import (
@@ -254,6 +254,9 @@ def from_persistence_error(exc: PersistenceError) -> ApiError | None:
         return Unauthorized("the API key's project was deleted")
     if isinstance(exc, ProjectHasActiveJobs):
         return Conflict(exc.message, field="force", code=exc.code,
+                        details={"job_ids": exc.job_ids})
+    if isinstance(exc, ProjectInputsReferenced):
+        return Conflict(exc.message, field="name", code=exc.code,
                         details={"job_ids": exc.job_ids})
     if isinstance(exc, IdempotencyConflict):
         return Conflict(exc.message, field="Idempotency-Key", code=exc.code,

@@ -68,6 +68,18 @@ class ProjectHasActiveJobs(PersistenceError):
         self.stopping = stopping
 
 
+class ProjectInputsReferenced(PersistenceError):
+    """Another project's jobs name a checkpoint or dataset of this project (rows from before
+    projects existed, given to different projects): HTTP 409, nothing deleted."""
+
+    code = "project_referenced"
+
+    def __init__(self, project_name: str, job_ids: list[str]) -> None:
+        super().__init__(f"jobs of other projects use checkpoints or datasets of project "
+                         f"'{project_name}'; delete those jobs first")
+        self.job_ids = job_ids[:LISTED_JOBS]
+
+
 @dataclass(frozen=True)
 class DeletedProject:
     """What went with the project (rows), and how many stored objects were removed."""
@@ -180,6 +192,9 @@ def delete_project(session: Session, store: ObjectStore, project: Project, *, fo
                                  .where(Dataset.project_id == project_id)).scalars()]
         # Jobs before their inputs (the foreign keys restrict); each job's own tables go with
         # it (ON DELETE CASCADE), as do each webhook's deliveries and the keys.
+        foreign = _foreign_jobs_using_inputs(session, project_id)
+        if foreign:
+            raise ProjectInputsReferenced(name, foreign)
         counts = {model.__tablename__: _rowcount(session.execute(
             delete(model).where(model.project_id == project_id)))
             for model in (Job, WebhookEndpoint, Checkpoint, Dataset, ApiKey)}
@@ -189,6 +204,18 @@ def delete_project(session: Session, store: ObjectStore, project: Project, *, fo
     return DeletedProject(name=name, jobs=counts["jobs"], checkpoints=counts["checkpoints"],
                           datasets=counts["datasets"], webhooks=counts["webhook_endpoints"],
                           keys=counts["api_keys"], objects=objects)
+
+
+def _foreign_jobs_using_inputs(session: Session, project_id: str) -> list[str]:
+    """Jobs outside the project naming one of its checkpoints or datasets: the foreign keys
+    would refuse the deletion (checked first, so the answer names them instead of a 500)."""
+    owned_checkpoints = select(Checkpoint.id).where(Checkpoint.project_id == project_id)
+    owned_datasets = select(Dataset.id).where(Dataset.project_id == project_id)
+    return list(session.execute(
+        select(Job.id).where(Job.project_id.is_distinct_from(project_id),
+                             Job.checkpoint_id.in_(owned_checkpoints)
+                             | Job.dataset_id.in_(owned_datasets))
+        .order_by(Job.created_at, Job.id).limit(LISTED_JOBS)).scalars())
 
 
 def _rowcount(result: object) -> int:

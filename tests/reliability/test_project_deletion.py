@@ -161,3 +161,25 @@ def test_weights_materialized_while_their_project_goes_are_not_kept(
     outcome = execute_materialization(WorkerResources(api.settings), made["id"])
     assert outcome == "deleted"
     assert api.stored_files() == []
+
+
+def test_inputs_another_projects_jobs_use_are_a_409_not_a_500(
+        api: Api, clients: Callable[..., httpx.Client], small_cnn_file: Path) -> None:
+    # Only rows given to projects after the fact (rift-admin projects adopt) can be shared so.
+    lender = clients("lender")
+    lent = upload(lender, "/v1/checkpoints", "m.safetensors", small_cnn_file.read_bytes())
+    own = upload(api.client, "/v1/checkpoints", "o.safetensors", small_cnn_file.read_bytes())
+    job = create_job(api.client, own["id"]).json()
+    api.client.post(f"/v1/jobs/{job['id']}/cancel")
+    with api.sessions() as session:
+        session.execute(update(Job).where(Job.id == job["id"]).values(checkpoint_id=lent["id"]))
+        session.commit()
+    admin = clients("ops", ("admin",))
+    before = _rows(api)
+    refused = admin.delete("/v1/admin/projects/lender")
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["field"], error["job_ids"]) == ("project_referenced", "name",
+                                                                 [job["id"]])
+    assert _rows(api) == before
+    assert lender.get(f"/v1/checkpoints/{lent['id']}").status_code == 200
