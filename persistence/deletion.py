@@ -1,5 +1,6 @@
-"""Deleting what a project stores: the rows first (one transaction), then the stored objects
-(the rows' keys, and everything under each deleted job's ``jobs/<id>/`` prefix).
+"""Removing stored objects after their rows, and deleting a whole project: the rows first (one
+transaction), then the objects (the rows' keys, and everything under each deleted job's
+``jobs/<id>/`` prefix).
 
 An object whose delete fails after its row is gone is an orphan that the janitor removes
 (``persistence/janitor.py``: ``checkpoints/`` and ``datasets/`` objects no row points at,

@@ -1,6 +1,6 @@
-"""``/v1/admin``: projects and their API keys, and the live workers, for keys with the ``admin``
-scope (an operator's key, made with ``rift-admin keys create --scope admin``; it manages every
-project).
+"""``/v1/admin``: projects (their limits, usage and deletion) and their API keys, and the live
+workers, for keys with the ``admin`` scope (an operator's key, made with ``rift-admin keys
+create --scope admin``; it manages every project).
 
 A new key is shown once, in the answer that creates it; lists never show secrets.
 """
