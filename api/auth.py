@@ -18,8 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.errors import Forbidden, TooManyRequests, Unauthorized
 from api.limits import RateLimiter, retry_after_header
 from persistence.api_keys import Scope, authenticate, effective_scopes
-from persistence.models import Project
 from persistence.settings import Settings
+from persistence.usage import ProjectLimits
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Paths of the admin routes (api/routes/admin.py), which need the admin scope whatever the method.
@@ -35,31 +35,6 @@ def required_scope(method: str, path: str) -> Scope:
     return Scope.READ if method in READ_METHODS else Scope.WRITE
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: rift_<prefix>_<secret>")
-
-
-@dataclass(frozen=True)
-class ProjectLimits:
-    """A project's limits: its own column where set, else the setting's default."""
-
-    max_active_jobs: int
-    max_stored_bytes: int
-    max_job_cost: int
-    max_requests_per_minute: int
-    max_streams_per_key: int
-
-    @classmethod
-    def of(cls, project: Project, settings: Settings) -> ProjectLimits:
-        def pick(own: int | None, default: int) -> int:
-            return own if own is not None else default
-
-        return cls(
-            max_active_jobs=pick(project.max_active_jobs, settings.default_max_active_jobs),
-            max_stored_bytes=pick(project.max_stored_bytes, settings.default_max_stored_bytes),
-            max_job_cost=pick(project.max_job_cost, settings.default_max_job_cost),
-            max_requests_per_minute=pick(project.max_requests_per_minute,
-                                         settings.default_max_requests_per_minute),
-            max_streams_per_key=pick(project.max_streams_per_key,
-                                     settings.default_max_streams_per_key))
 
 
 @dataclass(frozen=True)

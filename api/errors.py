@@ -22,6 +22,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from persistence.deletion import ProjectHasActiveJobs, ProjectInputsReferenced
 from persistence.jobs import IdempotencyConflict, JobAlreadyFinished
 from persistence.materializations import JobNotSucceeded, MaterializationNotFound
 from persistence.pages import InvalidCursor
@@ -31,7 +32,7 @@ from persistence.storage import (
     ObjectTooLarge,
     StoreError,
 )
-from persistence.transactions import JobNotFound, PersistenceError
+from persistence.transactions import JobNotFound, PersistenceError, ProjectNotFound
 from persistence.webhooks import WebhookLimitReached, WebhookNotFound
 from rift.errors import (
     CheckpointError,
@@ -249,6 +250,15 @@ def from_persistence_error(exc: PersistenceError) -> ApiError | None:
     the API should never meet (see the end)."""
     if isinstance(exc, JobNotFound):
         return NotFound(exc.message, field="job_id", code=exc.code)
+    if isinstance(exc, ProjectNotFound):
+        # The caller's project was deleted while this request ran: its key no longer works.
+        return Unauthorized("the API key's project was deleted")
+    if isinstance(exc, ProjectHasActiveJobs):
+        return Conflict(exc.message, field="force", code=exc.code,
+                        details={"job_ids": exc.job_ids})
+    if isinstance(exc, ProjectInputsReferenced):
+        return Conflict(exc.message, field="name", code=exc.code,
+                        details={"job_ids": exc.job_ids})
     if isinstance(exc, IdempotencyConflict):
         return Conflict(exc.message, field="Idempotency-Key", code=exc.code,
                         details={"job_id": exc.job_id})

@@ -39,6 +39,7 @@ from api.routes import (
     jobs,
     materialize,
     metrics,
+    usage,
     webhooks,
 )
 from api.validation import Validator
@@ -140,7 +141,7 @@ def create_app(
     v1 = APIRouter(prefix=API_PREFIX,
                    dependencies=[Depends(get_caller), Depends(check_request_input)])
     for module in (checkpoints, datasets, jobs, job_events, job_results, job_report, materialize,
-                   webhooks, admin):
+                   webhooks, usage, admin):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router, prefix=API_PREFIX)

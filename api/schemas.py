@@ -321,3 +321,38 @@ class CheckOut(BaseModel):
 class ReadyOut(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, CheckOut]
+
+
+class StoredBytesOut(BaseModel):
+    """Bytes counted against ``max_stored_bytes``; ``used`` is the sum of the parts."""
+
+    used: int = Field(description="What the quota compares with the limit (bytes).")
+    limit: int = Field(description="max_stored_bytes: an upload or job taking 'used' past it "
+                       "is refused with 413 quota_exceeded.")
+    checkpoints: int
+    datasets: int
+    artifacts: int = Field(description="Job outputs, materialized weights included.")
+    reserved_by_active_jobs: int = Field(
+        description="What queued and running jobs may still store (their tuned weights and each "
+        "fine-tuned candidate's, each the checkpoint's size, less what they stored already).")
+    reserved_by_materializations: int = Field(
+        description="Queued and running materializations, each the size of its job's θ_FT.")
+
+
+class ActiveJobsOut(BaseModel):
+    used: int = Field(description="Queued and running jobs.")
+    limit: int = Field(description="max_active_jobs: a new job beyond it is refused with 429 "
+                       "quota_exceeded.")
+
+
+class UsageOut(BaseModel):
+    """A project's usage against its limits, counted as the quota checks count."""
+
+    project: str
+    stored_bytes: StoredBytesOut
+    active_jobs: ActiveJobsOut
+    max_job_cost: int = Field(description="Largest cost estimate of one job (example-passes; "
+                              "422 cost_limit_exceeded beyond).")
+    max_requests_per_minute: int = Field(description="Requests per minute of the whole project "
+                                         "(429 rate_limited beyond).")
+    max_streams_per_key: int = Field(description="Open event streams per API key.")

@@ -5,6 +5,8 @@ the database; the settings come from the environment like every entry point's).
     rift-admin projects list
     rift-admin projects adopt NAME     # give NAME the rows made before projects existed
     rift-admin projects limits NAME [--max-active-jobs N|default ...]   # prints the limits
+    rift-admin projects usage NAME     # what it uses of its limits, as the quotas count
+    rift-admin projects delete NAME [--force]   # with everything it stores
     rift-admin keys create --project NAME [--scope read|write|admin ...] [--name LABEL]
     rift-admin keys list [--project NAME]
     rift-admin keys revoke KEY_ID
@@ -13,8 +15,9 @@ the database; the settings come from the environment like every entry point's).
 shown this once and creates the project if it does not exist. Nothing else ever prints a secret.
 
 Exit status: 0 done, 1 the database cannot be reached (one line on stderr, no traceback), 2 a
-refused request (bad argument, unknown project or key, a name taken); a refused command changes
-nothing.
+refused request (bad argument, unknown project or key, a name taken, a project with queued or
+running jobs); a refused command changes nothing, except ``projects delete --force``, which has
+revoked the project's keys and cancelled its jobs before it finds a worker still stopping one.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 from collections.abc import Sequence
 
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from persistence.api_keys import (
     LIMIT_MAXIMA,
@@ -40,8 +44,10 @@ from persistence.api_keys import (
     set_project_limits,
 )
 from persistence.db import session_factory_from_settings
+from persistence.deletion import ProjectHasActiveJobs, ProjectInputsReferenced, delete_project
 from persistence.models import Project
 from persistence.settings import Settings
+from persistence.usage import ProjectLimits, ProjectUsage, project_usage
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +70,18 @@ def _parser() -> argparse.ArgumentParser:
     for limit in LIMIT_MAXIMA:
         limits.add_argument(f"--{limit.replace('_', '-')}", dest=limit, type=_limit_value,
                             metavar="N|default")
+
+    usage = projects.add_parser(
+        "usage", help="a project's usage against its limits, as GET /v1/usage and the quota "
+        "checks count it; prints name<TAB>value")
+    usage.add_argument("name")
+    remove = projects.add_parser(
+        "delete", help="delete a project with its keys, webhooks, jobs, checkpoints, datasets "
+        "and their stored objects (refused while it has queued or running jobs)")
+    remove.add_argument("name")
+    remove.add_argument("--force", action="store_true",
+                        help="revoke its keys and cancel its jobs first, waiting up to "
+                        "PROJECT_DELETE_WAIT_SECONDS for them to stop")
 
     keys = groups.add_parser("keys", help="API keys").add_subparsers(dest="command",
                                                                       required=True)
@@ -92,9 +110,34 @@ def _limit_value(text: str) -> object:
                                          ) from None
 
 
+def _usage_lines(usage: ProjectUsage) -> list[str]:
+    stored, limits = usage.stored, usage.limits
+    rows: list[tuple[str, object]] = [
+        ("project", usage.project_name),
+        ("stored_bytes", stored.total), ("max_stored_bytes", limits.max_stored_bytes),
+        ("stored_bytes.checkpoints", stored.checkpoints),
+        ("stored_bytes.datasets", stored.datasets),
+        ("stored_bytes.artifacts", stored.artifacts),
+        ("stored_bytes.reserved_by_active_jobs", stored.reserved_by_active_jobs),
+        ("stored_bytes.reserved_by_materializations", stored.reserved_by_materializations),
+        ("active_jobs", usage.active_jobs), ("max_active_jobs", limits.max_active_jobs),
+        ("max_job_cost", limits.max_job_cost),
+        ("max_requests_per_minute", limits.max_requests_per_minute),
+        ("max_streams_per_key", limits.max_streams_per_key)]
+    return [f"{name}\t{value}" for name, value in rows]
+
+
+def _found(session: Session, name: str) -> Project:
+    found = project_by_name(session, name)
+    if found is None:
+        raise AdminError(f"no project named '{name}'")
+    return found
+
+
 def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
     args = _parser().parse_args(argv)
-    factory = session_factory_from_settings(settings or Settings())
+    settings = settings or Settings()
+    factory = session_factory_from_settings(settings)
     try:
         with factory() as session:
             if args.group == "projects" and args.command == "create":
@@ -117,6 +160,18 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
                 for limit in LIMIT_MAXIMA:
                     value = getattr(found, limit)
                     print(f"{limit}\t{'' if value is None else value}")
+            elif args.group == "projects" and args.command == "usage":
+                found = _found(session, args.name)
+                print("\n".join(_usage_lines(project_usage(
+                    session, project_id=found.id, project_name=found.name,
+                    limits=ProjectLimits.of(found, settings)))))
+            elif args.group == "projects" and args.command == "delete":
+                gone = delete_project(session, settings.build_object_store(),
+                                      _found(session, args.name), force=args.force,
+                                      wait_s=settings.project_delete_wait_seconds)
+                print(f"deleted project '{gone.name}': {gone.jobs} jobs, {gone.checkpoints} "
+                      f"checkpoints, {gone.datasets} datasets, {gone.webhooks} webhooks, "
+                      f"{gone.keys} keys, {gone.objects} stored objects", file=sys.stderr)
             elif args.group == "projects":
                 for project in list_projects(session):
                     print(f"{project.id}\t{project.name}\t{project.created_at.isoformat()}")
@@ -148,7 +203,7 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
                 if row is None:
                     raise AdminError(f"no key with id '{args.key_id}'")
                 print(f"revoked key {row.id}", file=sys.stderr)
-    except AdminError as exc:
+    except (AdminError, ProjectHasActiveJobs, ProjectInputsReferenced) as exc:
         print(f"rift-admin: {exc}", file=sys.stderr)
         return 2
     except OperationalError as exc:

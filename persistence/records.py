@@ -12,6 +12,7 @@ concurrent uploads of one project queue there, so together they cannot pass the 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -89,33 +90,62 @@ def _active_job_reservations(session: Session, project_id: str) -> int:
                for job_id, spec, size in active)
 
 
-def stored_bytes(session: Session, project_id: str) -> int:
+@dataclass(frozen=True)
+class StoredBytes:
+    """What counts against a project's ``max_stored_bytes``, by kind; :attr:`total` is the
+    number the quota checks compare with the limit (GET /v1/usage shows the parts)."""
+
+    checkpoints: int
+    datasets: int
+    artifacts: int  # job outputs, materialized weights included
+    reserved_by_materializations: int
+    reserved_by_active_jobs: int
+
+    @property
+    def total(self) -> int:
+        return (self.checkpoints + self.datasets + self.artifacts
+                + self.reserved_by_materializations + self.reserved_by_active_jobs)
+
+
+def stored_bytes_by_kind(session: Session, project_id: str) -> StoredBytes:
     """Bytes the project keeps in the object store: checkpoints, datasets and job artifacts,
     plus the bytes reserved by its materializations still queued or running (each the size of
     its job's θ_FT) and by its jobs still queued or running (:func:`job_reserved_bytes`), so
     that requests made before a worker writes them count against the quota too."""
     made = aliased(Artifact)
     like = aliased(Artifact)
-    total = 0
-    for query in (
-        select(func.coalesce(func.sum(Checkpoint.size), 0)).where(
-            Checkpoint.project_id == project_id),
-        select(func.coalesce(func.sum(Dataset.size), 0)).where(Dataset.project_id == project_id),
-        select(func.coalesce(func.sum(Artifact.size), 0)).join(Job, Job.id == Artifact.job_id)
-        .where(Job.project_id == project_id),
-        select(func.coalesce(func.sum(like.size), 0))
-        .select_from(Materialization)
-        .join(Job, Job.id == Materialization.job_id)
-        .join(like, (like.job_id == Materialization.job_id) & (like.name == MATERIALIZED_LIKE))
-        .where(Job.project_id == project_id,
-               Materialization.status.in_([MaterializationStatus.QUEUED,
-                                           MaterializationStatus.RUNNING]),
-               # Asked again (evaluation added) after its weights were stored: counted above.
-               ~select(made.name).where(made.job_id == Materialization.job_id,
-                                      made.name == Materialization.artifact_name).exists()),
-    ):
-        total += int(session.execute(query).scalar_one())
-    return total + _active_job_reservations(session, project_id)
+
+    def total(query: Select[Any]) -> int:
+        return int(session.execute(query).scalar_one())
+
+    return StoredBytes(
+        checkpoints=total(select(func.coalesce(func.sum(Checkpoint.size), 0)).where(
+            Checkpoint.project_id == project_id)),
+        datasets=total(select(func.coalesce(func.sum(Dataset.size), 0)).where(
+            Dataset.project_id == project_id)),
+        artifacts=total(select(func.coalesce(func.sum(Artifact.size), 0))
+                        .join(Job, Job.id == Artifact.job_id)
+                        .where(Job.project_id == project_id)),
+        reserved_by_materializations=total(
+            select(func.coalesce(func.sum(like.size), 0))
+            .select_from(Materialization)
+            .join(Job, Job.id == Materialization.job_id)
+            .join(like, (like.job_id == Materialization.job_id) & (like.name == MATERIALIZED_LIKE))
+            .where(Job.project_id == project_id,
+                   Materialization.status.in_([MaterializationStatus.QUEUED,
+                                               MaterializationStatus.RUNNING]),
+                   # Asked again (evaluation added) after its weights were stored: counted
+                   # with the artifacts.
+                   ~select(made.name).where(made.job_id == Materialization.job_id,
+                                          made.name == Materialization.artifact_name).exists())),
+        reserved_by_active_jobs=_active_job_reservations(session, project_id),
+    )
+
+
+def stored_bytes(session: Session, project_id: str) -> int:
+    """The project's stored bytes as ``max_stored_bytes`` counts them
+    (:func:`stored_bytes_by_kind`)."""
+    return stored_bytes_by_kind(session, project_id).total
 
 
 def hold_stored_bytes(session: Session, project_id: str | None, incoming: int,

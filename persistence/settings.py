@@ -163,6 +163,13 @@ class Settings(BaseSettings):
     default_max_streams_per_key: int = Field(
         10, ge=1, description="Open event streams (SSE) per API key; each holds a connection.")
     # --- limits, housekeeping ----------------------------------------------------------------
+    project_delete_wait_seconds: float = Field(
+        30.0, ge=0,
+        description="How long a forced project deletion (DELETE /v1/admin/projects/{name}?force="
+        "true, rift-admin projects delete --force) waits for the workers of its cancelled jobs to "
+        "stop (s). A worker checks for cancellation between batches and every "
+        "PROGRESS_INTERVAL_SECONDS, so seconds suffice; past it the deletion is refused (409 "
+        "jobs_stopping) and can be retried.")
     job_time_limit_seconds: float = Field(
         6 * 3600.0, gt=0,
         description="Wall-clock limit of one job in seconds, from its first stage's start: past it "

@@ -38,6 +38,17 @@ class PersistenceError(Exception):
         self.message = message
 
 
+class ProjectNotFound(PersistenceError):
+    """The project was deleted (``persistence.deletion.delete_project``) while a request of
+    one of its keys was under way."""
+
+    code = "project_not_found"
+
+    def __init__(self, project_id: str) -> None:
+        super().__init__(f"project {project_id!r} no longer exists")
+        self.project_id = project_id
+
+
 class JobNotFound(PersistenceError):
     code = "job_not_found"
 
@@ -83,8 +94,12 @@ def lock_project(session: Session, project_id: str) -> None:
     limit bounds (active jobs, stored bytes, webhooks) and inserting one more: concurrent
     requests of one project then count one after the other, so they cannot pass the limit
     together. The row lock does it on Postgres; SQLite transactions start with BEGIN IMMEDIATE
-    (persistence.db), which serialises writers the same way."""
-    session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+    (persistence.db), which serialises writers the same way. :class:`ProjectNotFound` once the
+    project is deleted: a request that authenticated just before then stores nothing."""
+    found = session.execute(
+        select(Project.id).where(Project.id == project_id).with_for_update()).scalar_one_or_none()
+    if found is None:
+        raise ProjectNotFound(project_id)
 
 
 def load_job(session: Session, job_id: str, *, for_update: bool = False) -> Job:

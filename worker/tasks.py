@@ -55,9 +55,11 @@ from celery.signals import (
 )
 
 from persistence import jobs, stages
+from persistence.deletion import delete_objects
 from persistence.janitor import run_janitor
 from persistence.logs import log_context, use_json
 from persistence.materializations import (
+    MaterializationNotFound,
     fail_materialization,
     finish_materialization,
     start_materialization,
@@ -462,10 +464,17 @@ def execute_materialization(resources: WorkerResources, materialization_id: str,
                                      f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
             resources.metrics.materializations.labels("failed").inc()
             return "failed"
-        with resources.session() as session:
-            finish_materialization(session, materialization_id, made.artifact,
-                                   clean_accuracy=made.clean_accuracy,
-                                   robust_accuracy=made.robust_accuracy)
+        try:
+            with resources.session() as session:
+                finish_materialization(session, materialization_id, made.artifact,
+                                       clean_accuracy=made.clean_accuracy,
+                                       robust_accuracy=made.robust_accuracy)
+        except MaterializationNotFound:
+            # Its job (or the job's project) was deleted while the weights were made: nothing
+            # records them, so they go now rather than wait for the janitor.
+            logger.info("materialization %s: its job was deleted meanwhile", materialization_id)
+            delete_objects(resources.store, [made.artifact.storage_key])
+            return "deleted"
         resources.metrics.materializations.labels("succeeded").inc()
         logger.info("materialized %s (alpha %s)", row.artifact_name, row.alpha)
         return "succeeded"

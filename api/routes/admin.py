@@ -1,6 +1,6 @@
-"""``/v1/admin``: projects and their API keys, and the live workers, for keys with the ``admin``
-scope (an operator's key, made with ``rift-admin keys create --scope admin``; it manages every
-project).
+"""``/v1/admin``: projects (their limits, usage and deletion) and their API keys, and the live
+workers, for keys with the ``admin`` scope (an operator's key, made with ``rift-admin keys
+create --scope admin``; it manages every project).
 
 A new key is shown once, in the answer that creates it; lists never show secrets.
 """
@@ -14,8 +14,10 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from api.auth import require_admin
-from api.deps import SessionDep, SettingsDep
+from api.deps import SessionDep, SettingsDep, StoreDep
 from api.errors import Conflict, InvalidInput, NotFound
+from api.schemas import UsageOut
+from api.services.usage import project_usage_out
 from api.services.workers import list_live_workers
 from persistence.api_keys import (
     LIMIT_MAXIMA,
@@ -29,6 +31,7 @@ from persistence.api_keys import (
     revoke_key,
     set_project_limits,
 )
+from persistence.deletion import delete_project
 from persistence.models import ApiKey, Project
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -161,6 +164,29 @@ def update_project_limits(name: str, body: ProjectLimitsIn, session: SessionDep)
     project = _project(session, name)
     return _project_out(set_project_limits(session, project,
                                            body.model_dump(include=body.model_fields_set)))
+
+
+@router.get("/projects/{name}/usage", response_model=UsageOut, summary="A project's usage",
+            description="What GET /v1/usage answers to the project's own keys.")
+def read_project_usage(name: str, session: SessionDep, settings: SettingsDep) -> UsageOut:
+    return project_usage_out(session, settings, _project(session, name))
+
+
+@router.delete(
+    "/projects/{name}", status_code=204, summary="Delete a project and everything it stores",
+    description="Deletes the project's keys (they answer 401 at once), webhooks, jobs with their "
+    "records and artifacts, materializations, checkpoints and datasets, and their stored "
+    "objects. While the project has queued or running jobs: 409 project_has_active_jobs, "
+    "unless ?force=true, which revokes its keys, cancels the jobs and waits up to "
+    "PROJECT_DELETE_WAIT_SECONDS for their workers to stop (409 jobs_stopping if they have "
+    "not: retry). rift-admin projects delete does the same.",
+    responses={404: {"description": "No such project"},
+               409: {"description": "Queued or running jobs (see the description)"}})
+def delete_project_route(name: str, session: SessionDep, settings: SettingsDep, store: StoreDep,
+                         force: bool = False) -> Response:
+    delete_project(session, store, _project(session, name), force=force,
+                   wait_s=settings.project_delete_wait_seconds)
+    return Response(status_code=204)
 
 
 @router.get("/projects/{name}/keys", response_model=KeyListOut, summary="A project's keys")

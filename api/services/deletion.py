@@ -1,6 +1,6 @@
 """Deleting checkpoints, datasets and jobs: the rows first (one transaction), then the stored
-objects. An object whose delete fails after its row is gone is an orphan the janitor removes;
-the reverse order could leave a row pointing at nothing.
+objects with :func:`persistence.deletion.delete_objects` (the one way objects are removed after
+their rows, also used when a whole project is deleted).
 
 A checkpoint or dataset that a queued or running job uses is 409 ``in_use``; one that finished
 jobs still reference is 409 ``referenced`` (delete those jobs first: a job's record names its
@@ -9,9 +9,6 @@ inputs). A job that has not finished is 409 ``job_active``: cancel it first.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
-
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -19,22 +16,9 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from api.auth import Caller
 from api.errors import Conflict
 from api.services.ownership import owned_checkpoint, owned_dataset, owned_job
-from persistence.models import Artifact, Checkpoint, Dataset, Job, JobStatus
+from persistence.deletion import ACTIVE, LISTED_JOBS, delete_objects, job_objects
+from persistence.models import Artifact, Checkpoint, Dataset, Job
 from persistence.storage import ObjectStore
-
-logger = logging.getLogger(__name__)
-ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
-#: How many referencing job ids a 409 lists.
-LISTED_JOBS = 20
-
-
-def _delete_objects(store: ObjectStore, keys: Iterable[str]) -> None:
-    for key in keys:
-        try:
-            store.delete(key)
-        except Exception as exc:  # StoreError and transport errors: the janitor retries
-            logger.warning("could not delete object %s after its row: %s", key,
-                           type(exc).__name__)
 
 
 def _refuse_if_used(session: Session, column: InstrumentedAttribute[str | None],
@@ -77,7 +61,7 @@ def delete_checkpoint(session: Session, store: ObjectStore, caller: Caller,
     _refuse_if_used(session, Job.checkpoint_id, row.id, "checkpoint")
     key = row.storage_key
     _delete_unused_row(session, Checkpoint, Job.checkpoint_id, row.id, "checkpoint")
-    _delete_objects(store, [key])
+    delete_objects(store, [key])
 
 
 def delete_dataset(session: Session, store: ObjectStore, caller: Caller, dataset_id: str) -> None:
@@ -85,11 +69,12 @@ def delete_dataset(session: Session, store: ObjectStore, caller: Caller, dataset
     _refuse_if_used(session, Job.dataset_id, row.id, "dataset")
     key = row.storage_key
     _delete_unused_row(session, Dataset, Job.dataset_id, row.id, "dataset")
-    _delete_objects(store, [key])
+    delete_objects(store, [key])
 
 
 def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str) -> None:
-    """Delete a finished job with its records and artifacts (409 while it is queued/running)."""
+    """Delete a finished job with its records, artifacts and every other object its stages
+    wrote (409 while it is queued/running)."""
     job = owned_job(session, caller.project_id, job_id)
     if job.status in ACTIVE:
         raise Conflict(f"job {job.id} is {job.status}: cancel it first (POST "
@@ -104,4 +89,4 @@ def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str
     if not deleted:
         raise Conflict(f"job {job.id} is running again: cancel it first", field="job_id",
                        code="job_active")
-    _delete_objects(store, keys)
+    delete_objects(store, dict.fromkeys([*keys, *job_objects(store, [job.id])]))

@@ -50,6 +50,22 @@ def cli(queued_api: RunningApi, api_key: str | None, tmp_path: Path) -> Cli:
     return Cli(queued_api, api_key, home)
 
 
+def test_usage(cli: Cli, checkpoint_file: Path) -> None:
+    uploaded = cli("--output", "json", "checkpoints", "upload", str(checkpoint_file))
+    assert uploaded.exit_code == 0, uploaded.stderr
+    size = uploaded.json()["size"]
+    shown = cli("--output", "json", "usage")
+    assert shown.exit_code == 0, shown.stderr
+    usage = shown.json()
+    assert usage["stored_bytes"]["used"] == usage["stored_bytes"]["checkpoints"] == size
+    assert usage["active_jobs"]["used"] == 0
+    text = cli("usage")
+    assert text.exit_code == 0, text.stderr
+    limit = usage["stored_bytes"]["limit"]
+    assert f"stored bytes: {size} of {limit}" in text.stdout
+    assert f"active jobs: 0 of {usage['active_jobs']['limit']}" in text.stdout
+
+
 def test_checkpoint_upload_get_and_job_lifecycle(cli: Cli, checkpoint_file: Path,
                                                  config_file: Path) -> None:
     uploaded = cli("--output", "json", "checkpoints", "upload", str(checkpoint_file))

@@ -73,6 +73,21 @@ def test_upload_checkpoint_reports_progress_and_checks_the_hash(
     assert rift.get_checkpoint(record.id) == record
 
 
+def test_usage_counts_what_the_quotas_count(rift: RiftClient, queued_api: RunningApi,
+                                            checkpoint_file: Path) -> None:
+    empty = rift.usage()
+    assert empty.stored_bytes.used == 0 and empty.active_jobs.used == 0
+    assert empty.stored_bytes.limit == queued_api.settings.default_max_stored_bytes
+    assert empty.max_job_cost == queued_api.settings.default_max_job_cost
+    checkpoint = _upload(rift, checkpoint_file)
+    rift.create_job(JobSpec(config=digits_config()), checkpoint_id=checkpoint.id)
+    usage = rift.usage()  # the job stays queued here, holding its reservation
+    assert usage.active_jobs.used == 1
+    assert usage.stored_bytes.checkpoints == checkpoint.size
+    assert usage.stored_bytes.reserved_by_active_jobs == 2 * checkpoint.size
+    assert usage.stored_bytes.used == 3 * checkpoint.size
+
+
 def test_upload_dataset_and_builtin_dataset(rift: RiftClient, tmp_path: Path) -> None:
     path = tmp_path / "tiny.npz"
     buffer = io.BytesIO()

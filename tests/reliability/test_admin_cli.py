@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,8 +22,11 @@ KEY = re.compile(r"^rift_[0-9a-f]{12}_[A-Za-z0-9_\-]{43}$")
 
 
 def rift_admin(api: Api, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
-    env["DATABASE_URL"] = api.settings.database_url
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "STORE_KIND", "STORE_ROOT")}
+    # The API's database and object store, as an operator's environment would name them.
+    env.update(DATABASE_URL=api.settings.database_url, STORE_KIND=api.settings.store_kind,
+               STORE_ROOT=str(api.settings.store_root))
     return subprocess.run([sys.executable, "-m", "persistence.admin_cli", *args], env=env,
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
 
@@ -166,3 +170,36 @@ def test_admin_route_changes_a_projects_limits(
     team.close()
     assert api.client.patch("/v1/admin/projects/team-a",
                             json={}).json()["error"]["required_scope"] == "admin"
+
+
+def test_rift_admin_projects_usage_and_delete(api: Api, small_cnn_file: Path) -> None:
+    from tests.reliability.conftest import create_job, upload
+
+    checkpoint = upload(api.client, "/v1/checkpoints", "m.safetensors",
+                        small_cnn_file.read_bytes())
+    job = create_job(api.client, checkpoint["id"])
+    assert job.status_code == 201, job.text
+    assert rift_admin(api, "projects", "limits", "tests", "--max-job-cost", "5000").returncode == 0
+
+    shown = rift_admin(api, "projects", "usage", "tests")
+    assert shown.returncode == 0, shown.stderr
+    lines = dict(line.split("\t") for line in shown.stdout.splitlines())
+    seen = api.client.get("/v1/usage").json()  # the same numbers as the API's
+    assert lines["project"] == "tests"
+    assert int(lines["stored_bytes"]) == seen["stored_bytes"]["used"] == 3 * checkpoint["size"]
+    assert int(lines["stored_bytes.reserved_by_active_jobs"]) == 2 * checkpoint["size"]
+    assert int(lines["max_stored_bytes"]) == seen["stored_bytes"]["limit"]
+    assert int(lines["active_jobs"]) == seen["active_jobs"]["used"] == 1
+    assert int(lines["max_job_cost"]) == seen["max_job_cost"] == 5000
+    assert rift_admin(api, "projects", "usage", "nobody").returncode == 2
+
+    refused = rift_admin(api, "projects", "delete", "tests")
+    assert refused.returncode == 2
+    assert "project 'tests' has 1 queued or running job(s)" in refused.stderr, refused.stderr
+    assert api.client.get("/v1/usage").status_code == 200  # nothing changed
+    deleted = rift_admin(api, "projects", "delete", "tests", "--force")
+    assert deleted.returncode == 0, deleted.stderr
+    assert "1 jobs, 1 checkpoints" in deleted.stderr
+    assert api.client.get("/v1/usage").status_code == 401
+    assert api.stored_files() == []
+    assert rift_admin(api, "projects", "delete", "tests").returncode == 2  # no such project

@@ -55,6 +55,8 @@ def test_delete_job_then_its_inputs(api: Api, small_cnn_file: Path) -> None:
         session.commit()
     store = build_object_store("local", local_root=api.settings.store_root)
     store.put_bytes(f"jobs/{job['id']}/tuned.safetensors", b"weights")
+    # A stage's record for later stages: an object of the job, not an artifact.
+    store.put_bytes(f"jobs/{job['id']}/mrc/attempt-1/mrc.json", b"{}")
     assert _used(api) == checkpoint["size"] + dataset["size"] + 7
 
     # Finished jobs still name their inputs: delete them first.
@@ -66,6 +68,7 @@ def test_delete_job_then_its_inputs(api: Api, small_cnn_file: Path) -> None:
     for model in (Job, JobStage, JobEvent, Artifact):
         assert api.count(model) == 0, model
     assert not store.exists(f"jobs/{job['id']}/tuned.safetensors")
+    assert not store.exists(f"jobs/{job['id']}/mrc/attempt-1/mrc.json")
     assert api.client.delete(f"/v1/jobs/{job['id']}").status_code == 404
 
     assert api.client.delete(f"/v1/checkpoints/{checkpoint['id']}").status_code == 204

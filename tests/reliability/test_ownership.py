@@ -36,6 +36,7 @@ COLLECTION_ROUTES = {
     ("get", "/v1/admin/workers"): "admin only, no project's resources: tests/api/test_workers.py",
     ("post", "/v1/webhooks"): "test_webhooks_belong_to_the_callers_project",
     ("get", "/v1/webhooks"): "test_webhooks_belong_to_the_callers_project",
+    ("get", "/v1/usage"): "test_usage.py: test_each_project_sees_its_own_usage",
     ("get", "/metrics"): "operators' Prometheus metrics, no resource ids (METRICS_TOKEN guards it)",
     ("get", "/v1/healthz"): "no key needed",
     ("get", "/v1/readyz"): "no key needed",

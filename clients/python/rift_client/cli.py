@@ -294,6 +294,36 @@ def _existing_file(path: Path) -> Path:
     return path
 
 
+# ------------------------------------------------------------------------------------- usage
+
+
+def _share(used: int, limit: int) -> str:
+    return f"{used} of {limit} ({100 * used / limit:.1f}%)" if limit else f"{used} of {limit}"
+
+
+@app.command("usage")
+def usage(ctx: typer.Context) -> None:
+    """Show the project's stored bytes and active jobs against its limits (the numbers its
+    413 and 429 answers use)."""
+    state = _state(ctx)
+    with _client(state) as client:
+        record = client.usage()
+    if state.json:
+        state.emit(record)
+        return
+    stored = record.stored_bytes
+    state.say(f"project {record.project}")
+    state.say(f"stored bytes: {_share(stored.used, stored.limit)} (max_stored_bytes)")
+    state.say(f"  checkpoints {stored.checkpoints}, datasets {stored.datasets}, artifacts "
+              f"{stored.artifacts}, reserved by active jobs {stored.reserved_by_active_jobs}, "
+              f"by materializations {stored.reserved_by_materializations}")
+    state.say(f"active jobs: {_share(record.active_jobs.used, record.active_jobs.limit)} "
+              "(max_active_jobs)")
+    state.say(f"max_job_cost: {record.max_job_cost} example-passes")
+    state.say(f"max_requests_per_minute: {record.max_requests_per_minute}")
+    state.say(f"max_streams_per_key: {record.max_streams_per_key}")
+
+
 # ------------------------------------------------------------------------------- checkpoints
 
 

@@ -64,6 +64,7 @@ from rift_client.models import (
     JobSpec,
     Materialization,
     MRCTable,
+    Usage,
     Webhook,
     WebhookDelivery,
 )
@@ -458,6 +459,13 @@ class RiftClient:
 
     def delete_dataset(self, dataset_id: str) -> None:
         self._request("DELETE", f"/v1/datasets/{_segment(dataset_id)}", idempotent=True)
+
+    # --------------------------------------------------------------------------------- usage
+
+    def usage(self) -> Usage:
+        """The project's stored bytes, active jobs and limits, counted as the service's quota
+        checks count them (any key with the read scope)."""
+        return self._get("/v1/usage", Usage)
 
     # ---------------------------------------------------------------------------------- jobs
 

@@ -65,6 +65,34 @@ class DatasetPage(_Resource):
     next_cursor: str | None = None
 
 
+class StoredBytes(_Resource):
+    """Bytes counted against ``max_stored_bytes``; ``used`` is the sum of the parts."""
+
+    used: int
+    limit: int
+    checkpoints: int
+    datasets: int
+    artifacts: int
+    reserved_by_active_jobs: int
+    reserved_by_materializations: int
+
+
+class ActiveJobs(_Resource):
+    used: int = Field(description="Queued and running jobs.")
+    limit: int
+
+
+class Usage(_Resource):
+    """The project's usage against its limits: the numbers its 413 and 429 answers use."""
+
+    project: str
+    stored_bytes: StoredBytes
+    active_jobs: ActiveJobs
+    max_job_cost: int
+    max_requests_per_minute: int
+    max_streams_per_key: int
+
+
 class JobError(_Resource):
     code: str
     message: str

@@ -1,0 +1,120 @@
+"""GET /v1/usage (and the admin's view of any project): the numbers the quota checks use, so a
+project at a limit sees in its usage exactly what the 413 or 429 answer then says."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from persistence.models import Artifact, Job, Project
+from persistence.records import stored_bytes
+from tests.api.helpers import Api
+from tests.reliability.conftest import create_job, tiny_npz, upload
+
+pytestmark = [pytest.mark.service]
+
+
+def _set_limits(api: Api, **limits: int) -> None:
+    with api.sessions() as session:
+        session.execute(update(Project).where(Project.id == api.project_id).values(**limits))
+        session.commit()
+
+
+def _usage(client: httpx.Client) -> dict[str, Any]:
+    response = client.get("/v1/usage")
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_usage_is_what_the_quota_answers_say(api: Api, small_cnn_file: Path,
+                                            clients: Callable[..., httpx.Client]) -> None:
+    settings = api.settings
+    empty = _usage(api.client)
+    assert empty == {
+        "project": "tests",
+        "stored_bytes": {"used": 0, "limit": settings.default_max_stored_bytes, "checkpoints": 0,
+                         "datasets": 0, "artifacts": 0, "reserved_by_active_jobs": 0,
+                         "reserved_by_materializations": 0},
+        "active_jobs": {"used": 0, "limit": settings.default_max_active_jobs},
+        "max_job_cost": settings.default_max_job_cost,
+        "max_requests_per_minute": settings.default_max_requests_per_minute,
+        "max_streams_per_key": settings.default_max_streams_per_key}
+
+    size = small_cnn_file.stat().st_size
+    checkpoint = upload(api.client, "/v1/checkpoints", "m.safetensors", small_cnn_file.read_bytes())
+    dataset = upload(api.client, "/v1/datasets", "d.npz", tiny_npz())
+    finished = create_job(api.client, checkpoint["id"]).json()
+    queued = create_job(api.client, checkpoint["id"]).json()
+    with api.sessions() as session:  # the first job ended with one artifact
+        session.execute(update(Job).where(Job.id == finished["id"]).values(status="succeeded"))
+        session.add(Artifact(job_id=finished["id"], name="finetuned.safetensors",
+                             storage_key="k", size=1000, sha256="0" * 64,
+                             content_type="application/octet-stream"))
+        session.commit()
+    # A materialization of the finished job reserves a θ_FT-sized file until it is made.
+    assert api.client.post(f"/v1/jobs/{finished['id']}/materialize",
+                           json={"alpha": 0.3}).status_code == 202
+    usage = _usage(clients("tests", ("read",)))  # a read-only key sees it too
+    stored = usage["stored_bytes"]
+    assert stored == {"used": size + dataset["size"] + 1000 + 2 * size + 1000,
+                      "limit": settings.default_max_stored_bytes, "checkpoints": size,
+                      "datasets": dataset["size"], "artifacts": 1000,
+                      "reserved_by_active_jobs": 2 * size, "reserved_by_materializations": 1000}
+    with api.sessions() as session:
+        assert stored["used"] == stored_bytes(session, api.project_id)
+    assert usage["active_jobs"]["used"] == 1 and queued["status"] == "queued"
+
+    # At the limits, the refusals name the same numbers.
+    _set_limits(api, max_stored_bytes=stored["used"] + size - 1, max_active_jobs=1,
+                max_job_cost=987_654_321, max_requests_per_minute=1000, max_streams_per_key=3)
+    usage = _usage(api.client)
+    assert usage["stored_bytes"]["limit"] == stored["used"] + size - 1
+    assert (usage["max_job_cost"], usage["max_requests_per_minute"],
+            usage["max_streams_per_key"]) == (987_654_321, 1000, 3)
+    refused = api.client.post("/v1/checkpoints",
+                              files={"file": ("n.safetensors", small_cnn_file.read_bytes())})
+    assert refused.status_code == 413, refused.text
+    error = refused.json()["error"]
+    assert (error["used"], error["limit"]) == (usage["stored_bytes"]["used"],
+                                               usage["stored_bytes"]["limit"])
+    busy = create_job(api.client, checkpoint["id"])
+    assert busy.status_code == 429, busy.text
+    assert (busy.json()["error"]["used"], busy.json()["error"]["limit"]) == (
+        usage["active_jobs"]["used"], usage["active_jobs"]["limit"])
+
+    # Cancelling the queued job gives back its slot and its reservation.
+    assert api.client.post(f"/v1/jobs/{queued['id']}/cancel").status_code in (200, 202)
+    after = _usage(api.client)
+    assert after["active_jobs"]["used"] == 0
+    assert after["stored_bytes"]["used"] == stored["used"] - 2 * size
+    assert after["stored_bytes"]["reserved_by_active_jobs"] == 0
+
+
+def test_each_project_sees_its_own_usage(api: Api, small_cnn_file: Path,
+                                        clients: Callable[..., httpx.Client]) -> None:
+    upload(api.client, "/v1/checkpoints", "m.safetensors", small_cnn_file.read_bytes())
+    other = _usage(clients("other-team", ("read",)))
+    assert other["project"] == "other-team" and other["stored_bytes"]["used"] == 0
+    assert _usage(api.client)["stored_bytes"]["checkpoints"] == small_cnn_file.stat().st_size
+
+
+def test_admin_view_of_a_projects_usage(api: Api, small_cnn_file: Path,
+                                        clients: Callable[..., httpx.Client]) -> None:
+    upload(api.client, "/v1/checkpoints", "m.safetensors", small_cnn_file.read_bytes())
+    _set_limits(api, max_active_jobs=4)
+    admin = clients("ops", ("admin",))
+    seen = admin.get("/v1/admin/projects/tests/usage")
+    assert seen.status_code == 200, seen.text
+    assert seen.json() == _usage(api.client)
+    assert seen.json()["active_jobs"]["limit"] == 4
+    missing = admin.get("/v1/admin/projects/nobody/usage")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "project_not_found"
+    assert missing.json()["error"]["field"] == "name"
+    denied = api.client.get("/v1/admin/projects/tests/usage")  # read and write, not admin
+    assert denied.status_code == 403 and denied.json()["error"]["required_scope"] == "admin"
