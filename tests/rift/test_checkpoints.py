@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from rift.checkpoints import (
+    CONTAINER_KEYS,
     check_compatible,
     detect_checkpoint_format,
     load_into,
@@ -154,7 +155,7 @@ def test_validate_checkpoint_file_summarises(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("container", ["state_dict", "model_state_dict", "model", "net"])
+@pytest.mark.parametrize("container", CONTAINER_KEYS)
 def test_containers_are_unwrapped(tmp_path: Path, container: str) -> None:
     state = _state()
     torch.save({container: state, "epoch": 7, "acc": 91.5, "optimizer": {"lr": 0.1}},
@@ -166,6 +167,46 @@ def test_containers_nested_twice_are_unwrapped(tmp_path: Path) -> None:
     state = _state()
     torch.save({"model": {"state_dict": state, "ema": False}, "epoch": 1}, tmp_path / "n.pt")
     _assert_same(load_state_dict(tmp_path / "n.pt"), state)
+
+
+def _shifted(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The same keys and shapes with other values (as an EMA of the weights would hold)."""
+    return {k: v + 0.5 if v.is_floating_point() else v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("keys", [("state_dict", "state_dict_ema"), ("model", "ema"),
+                                  ("model", "net"), ("model_state_dict", "weights")])
+def test_containers_with_different_weights_are_refused_naming_both(
+        tmp_path: Path, keys: tuple[str, str]) -> None:
+    # A model and its EMA both fit the architecture: taking either silently could fine-tune the
+    # weights the user did not mean.
+    first, second = _state(), _shifted(_state())
+    torch.save({keys[0]: first, keys[1]: second, "epoch": 3}, tmp_path / "two.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict(tmp_path / "two.pt")
+    message = info.value.message
+    assert f"checkpoint[{keys[0]!r}]" in message and f"checkpoint[{keys[1]!r}]" in message
+    assert "cannot be told" in message and "torch.save(" in message
+    with pytest.raises(CheckpointError, match="cannot be told"):
+        validate_checkpoint_file(tmp_path / "two.pt")
+
+
+def test_nested_containers_with_different_weights_are_refused_naming_the_path(
+        tmp_path: Path) -> None:
+    state = _state()
+    torch.save({"model": {"state_dict": state, "ema": _shifted(state)}}, tmp_path / "n.pt")
+    with pytest.raises(CheckpointError,
+                       match=re.escape("checkpoint['model']['state_dict'], "
+                                       "checkpoint['model']['ema']")):
+        load_state_dict(tmp_path / "n.pt")
+
+
+def test_containers_with_equal_weights_are_one_state_dict(tmp_path: Path) -> None:
+    state = _state()
+    prefixed = {f"module.{k}": v.clone() for k, v in state.items()}
+    torch.save({"state_dict": state, "model": prefixed, "ema": {"decay": 0.999}},
+               tmp_path / "same.pt")
+    _assert_same(load_state_dict(tmp_path / "same.pt"), state)
 
 
 @pytest.mark.parametrize(
