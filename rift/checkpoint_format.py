@@ -84,13 +84,17 @@ def _refuse_program_archive(path: Path) -> None:
     with ``weights_only=False`` and the second as a "corrupt" file.
 
     Raises:
-        CheckpointError: naming the kind of archive and what to save instead.
+        CheckpointError: naming the kind of archive and what to save instead; or the archive
+            cannot be opened (torch's reader says only "[Errno 22] Invalid argument" when the
+            end of the file, where a zip keeps its table of contents, is missing).
     """
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return  # not a readable zip: torch.load's own error says so
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(
+            f"cannot read PyTorch checkpoint {path.name}: its zip archive is damaged or "
+            f"truncated (an interrupted copy or upload?): {exc}") from exc
     # Every member sits in one top folder named by the archive: "<name>/constants.pkl".
     inner = {name.split("/", 1)[1] for name in names if "/" in name}
     if "data.pkl" in inner and "constants.pkl" not in inner:

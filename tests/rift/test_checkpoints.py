@@ -315,13 +315,16 @@ def test_missing_empty_and_unknown_files_are_rejected(tmp_path: Path) -> None:
         load_state_dict(tmp_path / "notes.pt")
 
 
-def test_corrupt_torch_zip_is_rejected(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kept", [0.1, 0.5, 0.99])
+def test_truncated_torch_zip_is_rejected_as_truncated(tmp_path: Path, kept: float) -> None:
     path = tmp_path / "model.pt"
     save_torch(path, _state())
     raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        load_state_dict(path)
+    path.write_bytes(raw[: int(len(raw) * kept)])
+    for read in (load_state_dict, validate_checkpoint_file):
+        with pytest.raises(CheckpointError, match="damaged or truncated") as info:
+            read(path)  # type: ignore[operator]
+        assert "Errno" not in info.value.message and "model.pt" in info.value.message
 
 
 def test_truncated_safetensors_data_is_rejected(tmp_path: Path) -> None:
