@@ -6,8 +6,9 @@ size.
   buffer and tested for NaN/Inf on their bit patterns (so bf16 and the 8-bit formats, which numpy
   lacks, are checked too). Plain reads, not a memory map: pages of a mapped file stay in the
   process's resident set until unmapped, reads only pass through the page cache.
-- PyTorch files: ``torch.load(weights_only=True, mmap=True)`` (the restricted unpickler: a
-  pickle carrying code is refused without running it; the tensors stay in the file), then each
+- PyTorch files: ``torch.load(weights_only=True, mmap=True)`` through ``rift.checkpoints`` (the
+  restricted unpickler: a pickle carrying code is refused without running it, ordinary objects
+  beside the weights become inert placeholders; the tensors stay in the file), then each
   tensor is checked in pieces of at most :data:`CHUNK_BYTES`, and the pages of every piece are
   dropped from the resident set after it is checked (``madvise(MADV_DONTNEED)``; the mapping is
   private and never written, so nothing is lost). torch is imported only on this path.
