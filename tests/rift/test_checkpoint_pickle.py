@@ -206,3 +206,11 @@ def test_placeholders_carry_the_original_name_and_refuse_calls() -> None:
     assert instance.new_args == (1, 2) and instance.state == {"a": 1}
     with pytest.raises(pickle.UnpicklingError, match=r"refused call of GLOBAL some\.module\.Thing"):
         cls(1)
+
+
+def test_a_pickled_model_that_contains_itself_is_refused(tmp_path: Path) -> None:
+    net = nn.Sequential(nn.Linear(2, 2))
+    net.add_module("loop", net)  # nn.Module.state_dict() would recurse forever on it
+    path = _save(tmp_path / "loop.pt", net, False)
+    with pytest.raises(CheckpointError, match="nests deeper than"):
+        load_state_dict(path)
