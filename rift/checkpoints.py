@@ -186,7 +186,12 @@ def _container(obj: object, where: str, source: str, depth: int) -> object:
         return obj
     weights = {key: value for key, value in found.items() if _is_state_dict(value)}
     if not weights:
-        return next(iter(found.values()))  # not weights: the caller's error names its content
+        # A container holding some tensors is a state dict with a bad entry, which the caller
+        # names; one holding none (a 'state' of counters) is not where the weights are, and the
+        # caller's error lists this level's keys instead.
+        partial = [value for value in found.values() if isinstance(value, Mapping)
+                   and any(isinstance(v, Tensor) for v in value.values())]
+        return partial[0] if partial else obj
     first_key, first = next(iter(weights.items()))
     differing = [key for key, value in weights.items() if not _same_weights(first, value)]
     if differing:

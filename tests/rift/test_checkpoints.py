@@ -588,3 +588,11 @@ def test_tied_keys_must_hold_one_value(tmp_path: Path) -> None:
     with pytest.raises(CheckpointMismatchError, match=r"a\.weight = b\.weight"):
         load_into(model, state)
     _assert_same(model.state_dict(), before)
+
+
+def test_a_container_without_tensors_is_passed_over_in_the_error(tmp_path: Path) -> None:
+    # 'state' often holds a trainer's counters: the error lists the keys where the weights
+    # might be, not the counters.
+    torch.save({"state": {"step": 3}, "student": _state()}, tmp_path / "s.pt")
+    with pytest.raises(CheckpointError, match="top-level keys: state, student"):
+        load_state_dict(tmp_path / "s.pt")
