@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import pickle
 import re
+import threading
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -123,15 +124,19 @@ def _numpy_dtype_classes() -> list[tuple[Callable[..., Any], str]]:
             if isinstance(value, type) and issubclass(value, np.dtype)]
 
 
+# torch keeps the allow-list in one process-wide set, and leaving safe_globals removes its
+# entries even if another thread's load (with the same placeholder classes) is still running,
+# which would then be refused: loads that widen the list take turns.
+_ALLOW_LIST_LOCK = threading.Lock()
+
+
 @contextmanager
 def _allowing(names: set[str]) -> Iterator[None]:
-    # torch keeps the allow-list process-wide: a load on another thread meanwhile sees these
-    # placeholders too, which only turns its refusals of plain objects into inert stand-ins.
     allowed: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
         _allowance(name) for name in sorted(names)]
     if any(name.startswith("numpy") for name in names):
         allowed += _numpy_dtype_classes()
-    with torch.serialization.safe_globals(allowed):
+    with _ALLOW_LIST_LOCK, torch.serialization.safe_globals(allowed):
         yield
 
 

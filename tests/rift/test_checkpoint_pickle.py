@@ -214,3 +214,18 @@ def test_a_pickled_model_that_contains_itself_is_refused(tmp_path: Path) -> None
     path = _save(tmp_path / "loop.pt", net, False)
     with pytest.raises(CheckpointError, match="nests deeper than"):
         load_state_dict(path)
+
+
+def test_loads_on_several_threads_do_not_undo_each_others_allowances(tmp_path: Path) -> None:
+    # torch's allow-list is one process-wide set: a load leaving it removed the placeholders
+    # another thread's load of the same classes was still using.
+    from concurrent.futures import ThreadPoolExecutor
+
+    state = _state(_model())
+    paths = [_save(tmp_path / f"c{i}.pt", {"state_dict": state, "args": _TrainConfig(),
+                                           "ns": argparse.Namespace(i=i)}, legacy=i % 2 == 1)
+             for i in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(load_state_dict, paths * 5))
+    for loaded in results:
+        _assert_same(loaded, state)
