@@ -15,7 +15,7 @@ unpickler), and widen its allow-list in two ways only:
   ``os.system(...)`` compiles to) is refused, so a file that wants code run on loading is
   refused whole, naming the global.
 
-Globals of the modules torch blocks outright (``os``, ``sys``, ``subprocess`` ...) stay refused
+Globals of the modules torch blocks outright (``os``, ``posix``, ``nt``, ``sys``) stay refused
 whatever we allow. A whole pickled ``nn.Module`` arrives as placeholders whose attributes hold
 its parameters and buffers: :func:`module_state_dict` reads them in ``state_dict`` order.
 """

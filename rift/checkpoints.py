@@ -125,6 +125,8 @@ def _load_raw(path: Path, fmt: CheckpointFormat, mmap: bool = False) -> object:
             "attributes of ordinary objects are read). Re-save just the state dict "
             "(torch.save(model.state_dict(), ...)) or use safetensors"
         ) from exc
+    except CheckpointError:
+        raise  # already in our words (too many classes named)
     except Exception as exc:  # damaged zip, truncated pickle, bad magic number, …
         # torch's messages may advise retrying with weights_only=False (code execution), which
         # we never pass on (see _unpickler_reason): then only the error's type is shown.
