@@ -145,9 +145,10 @@ def load_torch_checkpoint(path: Path, load: Callable[[], object]) -> object:
     file names allowed as numpy constructors or placeholders (see the module docstring).
 
     Raises:
-        pickle.UnpicklingError: the file calls a global, names one of a blocked module, or names
-            more than :data:`MAX_PLACEHOLDER_GLOBALS`; as torch raises it.
-        CheckpointError: past :data:`MAX_PLACEHOLDER_GLOBALS`.
+        pickle.UnpicklingError: as torch raises it: the file calls a global, names one of a
+            blocked module, or holds something else weights-only loading cannot rebuild (a dict
+            subclass, a legacy-format whole model).
+        CheckpointError: the file names more than :data:`MAX_PLACEHOLDER_GLOBALS` globals.
     """
     names = _globals_named(path)
     while True:
