@@ -1,4 +1,5 @@
-"""The key → shape map of a stored checkpoint, for the check that it fits a job's architecture.
+"""The key → shape and dtype maps of a stored checkpoint, for the check that it fits a job's
+architecture.
 
 Checkpoints are validated completely on upload, in the sandboxed validator; this module imports
 no torch. A safetensors file is read only as far as its header (two ranged reads); a PyTorch file
@@ -9,19 +10,29 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from api.validation import Validator
 from persistence.storage import ObjectStore
-from rift.checkpoint_format import strip_wrapper_prefix
+from rift.checkpoint_format import SAFETENSORS_TORCH_DTYPES, strip_wrapper_prefix
 
 Shapes = dict[str, tuple[int, ...]]
 
 
-def stored_checkpoint_shapes(
+@dataclass(frozen=True)
+class CheckpointTensors:
+    """Each normalised key's shape and torch dtype name (``float32``; keys whose dtype torch has
+    no single name for are absent from ``dtypes``)."""
+
+    shapes: Shapes
+    dtypes: dict[str, str] = field(default_factory=dict)
+
+
+def stored_checkpoint_tensors(
     store: ObjectStore, storage_key: str, fmt: str, scratch_dir: Path, validator: Validator
-) -> Shapes:
-    """Key (wrapper prefixes stripped) → shape of a checkpoint already in the store.
+) -> CheckpointTensors:
+    """Key (wrapper prefixes stripped) → shape and dtype of a checkpoint already in the store.
 
     Raises:
         RiftError / ApiError: as :meth:`Validator.inspect_checkpoint`, for a PyTorch file.
@@ -31,8 +42,12 @@ def stored_checkpoint_shapes(
         raw = b"".join(store.iter_range(storage_key, 8, 8 + header_length))
         header = json.loads(raw.decode("utf-8"))
         header.pop("__metadata__", None)
-        return {strip_wrapper_prefix(k): tuple(v["shape"]) for k, v in header.items()}
+        return CheckpointTensors(
+            {strip_wrapper_prefix(k): tuple(v["shape"]) for k, v in header.items()},
+            {strip_wrapper_prefix(k): SAFETENSORS_TORCH_DTYPES[v["dtype"]]
+             for k, v in header.items() if v["dtype"] in SAFETENSORS_TORCH_DTYPES})
     scratch_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="checkpoint-") as folder:
         local = store.download_to(storage_key, Path(folder) / "checkpoint.pt")
-        return validator.inspect_checkpoint(local, storage_key).shapes
+        inspection = validator.inspect_checkpoint(local, storage_key)
+        return CheckpointTensors(inspection.shapes, inspection.dtypes)

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from api.checkpoint_validation import Shapes, stored_checkpoint_shapes
+from api.checkpoint_validation import CheckpointTensors, stored_checkpoint_tensors
 from api.dataset_validation import Geometry, dataset_geometry, uploaded_dataset_geometry
 from api.errors import InvalidInput, from_rift_error
 from api.schemas import JobSpec
@@ -214,8 +214,8 @@ def _check_in_channels(config: RiftConfig, geometry: Geometry) -> None:
         details={"dataset_channels": geometry.channels, "architecture_in_channels": wanted})
 
 
-def check_job_fits(validator: Validator, config: RiftConfig, shapes: Shapes, geometry: Geometry,
-                   checkpoint_field: str) -> None:
+def check_job_fits(validator: Validator, config: RiftConfig, tensors: CheckpointTensors,
+                   geometry: Geometry, checkpoint_field: str) -> None:
     """Check in the validator process that the checkpoint fits the job's model (built on the
     meta device for ``geometry``), that the model takes inputs of that geometry, and that the
     spec's module names exist; then that ``architecture.in_channels``, when set, is the images'
@@ -230,7 +230,8 @@ def check_job_fits(validator: Validator, config: RiftConfig, shapes: Shapes, geo
     """
     _check_domain_size(config, geometry)
     try:
-        validator.check_fit(config, shapes, in_channels=geometry.channels,
+        validator.check_fit(config, tensors.shapes, dtypes=tensors.dtypes,
+                            in_channels=geometry.channels,
                             image_size=geometry.image_size, num_features=geometry.num_features,
                             image_width=geometry.image_width)
     except ConfigError as exc:
@@ -247,11 +248,12 @@ def check_job_fits(validator: Validator, config: RiftConfig, shapes: Shapes, geo
     _check_in_channels(config, geometry)
 
 
-def checkpoint_shapes(
+def checkpoint_tensors(
     session: Session, store: ObjectStore, checkpoint_id: str, scratch_dir: Path,
     validator: Validator, project_id: str,
-) -> tuple[Checkpoint, Shapes]:
-    """The uploaded checkpoint ``checkpoint_id`` (``project_id``'s) and its key → shape map.
+) -> tuple[Checkpoint, CheckpointTensors]:
+    """The uploaded checkpoint ``checkpoint_id`` (``project_id``'s) and its keys' shapes and
+    dtypes.
 
     Raises:
         InvalidInput: (422, field ``checkpoint_id``) no such checkpoint, or a stored PyTorch file
@@ -262,8 +264,8 @@ def checkpoint_shapes(
     if row is None:
         raise unknown_checkpoint(checkpoint_id)
     try:
-        shapes = stored_checkpoint_shapes(store, row.storage_key, row.format, scratch_dir,
-                                          validator)
+        tensors = stored_checkpoint_tensors(store, row.storage_key, row.format, scratch_dir,
+                                            validator)
     except RiftError as exc:
         raise from_rift_error(exc, field="checkpoint_id") from exc
-    return row, shapes
+    return row, tensors

@@ -117,10 +117,12 @@ class Validator:
 
     def check_fit(self, config: RiftConfig, shapes: Mapping[str, tuple[int, ...]], *,
                   in_channels: int | None, image_size: int | None,
-                  num_features: int | None, image_width: int | None = None) -> None:
-        """Require the checkpoint of ``shapes`` to fit ``config``'s architecture built for the
-        dataset's geometry (``image_width`` None: square images), the model to take inputs of
-        that geometry, and the spec's module names to exist in it.
+                  num_features: int | None, image_width: int | None = None,
+                  dtypes: Mapping[str, str] | None = None) -> None:
+        """Require the checkpoint of ``shapes`` (and ``dtypes``: key → torch dtype name, where
+        known) to fit ``config``'s architecture built for the dataset's geometry
+        (``image_width`` None: square images), the model to take inputs of that geometry, and
+        the spec's module names to exist in it.
 
         Raises:
             RiftError: CheckpointMismatchError, ConfigError or UnknownArchitectureError.
@@ -128,6 +130,7 @@ class Validator:
         """
         self._run({"op": "fit", "config": config.model_dump(mode="json"),
                    "shapes": {key: list(shape) for key, shape in shapes.items()},
+                   "dtypes": dict(dtypes or {}),
                    "in_channels": in_channels, "image_size": image_size,
                    "num_features": num_features, "image_width": image_width})
 

@@ -32,6 +32,18 @@ SAFETENSORS_DTYPE_BITS = {
     "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
 }
 
+# torch's name (``torch.<name>``) of each safetensors dtype that has one element per value, so
+# that a checkpoint's dtypes can be compared with a model's without loading it; F4 and F6 (packed
+# below a byte) have none and go unchecked.
+SAFETENSORS_TORCH_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "F8_E5M2": "float8_e5m2",
+    "F8_E4M3": "float8_e4m3fn", "F8_E8M0": "float8_e8m0fnu",
+    "I16": "int16", "U16": "uint16", "F16": "float16", "BF16": "bfloat16",
+    "I32": "int32", "U32": "uint32", "F32": "float32", "C64": "complex64",
+    "I64": "int64", "U64": "uint64", "F64": "float64",
+}
+
+
 @dataclass(frozen=True)
 class TensorRecord:
     """One tensor of a safetensors header: its byte range [begin, end) in the data section."""
@@ -84,13 +96,17 @@ def _refuse_program_archive(path: Path) -> None:
     with ``weights_only=False`` and the second as a "corrupt" file.
 
     Raises:
-        CheckpointError: naming the kind of archive and what to save instead.
+        CheckpointError: naming the kind of archive and what to save instead; or the archive
+            cannot be opened (torch's reader says only "[Errno 22] Invalid argument" when the
+            end of the file, where a zip keeps its table of contents, is missing).
     """
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return  # not a readable zip: torch.load's own error says so
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(
+            f"cannot read PyTorch checkpoint {path.name}: its zip archive is damaged or "
+            f"truncated (an interrupted copy or upload?): {exc}") from exc
     # Every member sits in one top folder named by the archive: "<name>/constants.pkl".
     inner = {name.split("/", 1)[1] for name in names if "/" in name}
     if "data.pkl" in inner and "constants.pkl" not in inner:

@@ -4,10 +4,13 @@ Two formats are read, recognised by their content rather than their name: safete
 little-endian header length, a JSON header, then raw tensor bytes) and PyTorch files, which are
 always opened with ``torch.load(..., weights_only=True)``: its restricted unpickler refuses any
 object other than tensors and plain containers, so a ``__reduce__`` payload is never run. There is
-deliberately no fallback to a full unpickler.
+deliberately no fallback to a full unpickler; ``rift.checkpoint_pickle`` widens the allow-list
+only with numpy's constructors and inert placeholders for ordinary objects saved beside the
+weights (training arguments, config objects, a whole pickled ``nn.Module``).
 
 Checkpoints are normalised to a flat ``{key: CPU tensor}`` dict: common training-script containers
-are unwrapped and the prefixes added by ``nn.DataParallel`` (``module.``) and ``torch.compile``
+are unwrapped (several holding different weights, e.g. a model and its EMA, are refused as
+ambiguous) and the prefixes added by ``nn.DataParallel`` (``module.``) and ``torch.compile``
 (``_orig_mod.``) are stripped, so a checkpoint's keys can be compared with ``model.state_dict()``.
 """
 
@@ -32,13 +35,26 @@ from rift.checkpoint_format import (
     read_safetensors_header,
     strip_wrapper_prefix,
 )
+from rift.checkpoint_pickle import (
+    Placeholder,
+    describe_value,
+    is_pickled_module,
+    load_torch_checkpoint,
+    module_state_dict,
+)
 from rift.errors import CheckpointError, CheckpointMismatchError
 
 __all__ = ["WRAPPER_PREFIXES", "CheckpointFormat", "detect_checkpoint_format",
            "strip_wrapper_prefix"]
 
-# Keys under which training scripts commonly nest the state dict, tried in this order.
-CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+# Keys under which training scripts commonly nest the state dict (or the pickled model). When
+# several hold different weights (a model and its EMA) the file is refused as ambiguous, so the
+# order only decides the key named among equal copies.
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module",
+                  "state", "weights", "params", "ema", "model_ema", "state_dict_ema",
+                  "ema_state_dict", "ema_model")
+# Containers nested inside containers, e.g. {"model": {"state_dict": {...}}}.
+_MAX_CONTAINER_DEPTH = 3
 # Running-count buffers of BatchNorm: older checkpoints lack them and they do not affect outputs.
 OPTIONAL_KEY_SUFFIX = "num_batches_tracked"
 
@@ -91,7 +107,7 @@ def _load_raw(path: Path, fmt: CheckpointFormat, mmap: bool = False) -> object:
             raise CheckpointError(
                 f"cannot read safetensors file {path.name}: {_short(exc)}"
             ) from exc
-    try:
+    def load() -> object:
         if mmap:
             # Tensors stay in the file (a private memory map) until read; zip files only.
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -99,13 +115,18 @@ def _load_raw(path: Path, fmt: CheckpointFormat, mmap: bool = False) -> object:
         # name, and we have already decided the format from the content.
         with path.open("rb") as handle:
             return torch.load(handle, map_location="cpu", weights_only=True)
+
+    try:
+        return load_torch_checkpoint(path, load)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"refused to load {path.name}: it holds Python objects other than tensors and plain "
-            "containers, and only weights_only loading is allowed. Re-save just the state dict "
-            f"(torch.save(model.state_dict(), ...)) or use safetensors; "
-            f"{_unpickler_reason(exc)}"
+            f"refused to load {path.name}: {_unpickler_reason(exc)}, and code from a "
+            "checkpoint is never run (only tensors, plain containers, numpy values and the "
+            "attributes of ordinary objects are read). Re-save just the state dict "
+            "(torch.save(model.state_dict(), ...)) or use safetensors"
         ) from exc
+    except CheckpointError:
+        raise  # already in our words (too many classes named)
     except Exception as exc:  # damaged zip, truncated pickle, bad magic number, …
         # torch's messages may advise retrying with weights_only=False (code execution), which
         # we never pass on (see _unpickler_reason): then only the error's type is shown.
@@ -115,52 +136,106 @@ def _load_raw(path: Path, fmt: CheckpointFormat, mmap: bool = False) -> object:
         ) from exc
 
 
+# torch's refusals (and rift.checkpoint_pickle's), in our words, with the global they name.
+_REFUSALS = (
+    (r"refused call of GLOBAL ([\w.]+)", "it calls {} on loading"),
+    (r"GLOBAL ([\w.]+) whose module", "it names {}, whose module is never loaded"),
+    (r"Can only (?:SETITEM|append)\w* .*<class '([\w.]+)'>",
+     "it holds a {}, a dict or list subclass that only its own code can rebuild"),
+    (r"persistent_load of storage is allowed, but got <class 'str'>",
+     "it is a whole model saved in the legacy (non-zip) format, which embeds the class's source"),
+    (r"<class '([\w.]+)'>", "it holds a {} that weights-only loading cannot rebuild"),
+    (r"GLOBAL\s+([\w.]+)", "it names the Python global {}"),
+    (r"Unsupported operand (\d+)", "it uses pickle opcode {}, which weights-only loading refuses"),
+)
+
+
 def _unpickler_reason(exc: BaseException) -> str:
-    """Which object the weights-only unpickler refused, in our words. torch's own message
+    """Why the weights-only unpickler refused the file, in our words. torch's own message
     advises retrying with ``weights_only=False`` (code execution), which we never offer, so no
     part of it is passed on except the refused global's full dotted name."""
     text = str(exc)
-    for pattern in (r"GLOBAL\s+([\w.]+)", r"<class '([\w.]+)'>", r"whose module ([\w.]+)"):
+    for pattern, reason in _REFUSALS:
         match = re.search(pattern, text)
         if match:
-            return f"the refused Python global is {match.group(1)}"
-    opcode = re.search(r"Unsupported operand (\d+)", text)
-    if opcode:
-        return f"the file uses pickle opcode {opcode.group(1)}, which weights-only loading refuses"
-    return "the file holds a pickled object that weights-only loading refuses"
+            return reason.format(*match.groups())
+    return "it holds a pickled object that weights-only loading refuses"
 
 
-def _unwrap_containers(obj: object) -> object:
-    # The top level plus up to two nested containers, e.g. {"model": {"state_dict": {...}}}.
-    for _ in range(3):
-        if not isinstance(obj, Mapping) or all(isinstance(v, Tensor) for v in obj.values()):
-            return obj
-        inner = next(
-            (obj[k] for k in CONTAINER_KEYS if k in obj and isinstance(obj[k], Mapping)), None
-        )
-        if inner is None:
-            return obj
-        obj = inner
-    return obj
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(v, Tensor) for v in obj.values())
+
+
+def _container(obj: object, where: str, source: str, depth: int) -> object:
+    """The state dict inside ``obj`` (reached as ``where``): ``obj`` itself, a pickled module's
+    weights, or what its recognised container keys hold, when they agree.
+
+    Raises:
+        CheckpointError: several container keys hold different state dicts.
+    """
+    if is_pickled_module(obj):
+        assert isinstance(obj, Placeholder)
+        return module_state_dict(obj, source)
+    if depth == 0 or not isinstance(obj, Mapping) or _is_state_dict(obj):
+        return obj
+    found = {
+        key: _container(obj[key], f"{where}[{key!r}]", source, depth - 1)
+        for key in CONTAINER_KEYS
+        if key in obj and (isinstance(obj[key], Mapping) or is_pickled_module(obj[key]))
+    }
+    if not found:
+        return obj
+    weights = {key: value for key, value in found.items() if _is_state_dict(value)}
+    if not weights:
+        # A container holding some tensors is a state dict with a bad entry, which the caller
+        # names; one holding none (a 'state' of counters) is not where the weights are, and the
+        # caller's error lists this level's keys instead.
+        partial = [value for value in found.values() if isinstance(value, Mapping)
+                   and any(isinstance(v, Tensor) for v in value.values())]
+        return partial[0] if partial else obj
+    first_key, first = next(iter(weights.items()))
+    differing = [key for key, value in weights.items() if not _same_weights(first, value)]
+    if differing:
+        # A model and its EMA (or a student and teacher) both fit the architecture: taking
+        # either silently could fine-tune the weights the user did not mean.
+        keys = [first_key, *differing]
+        shown = ", ".join(f"{where}[{key!r}]" for key in keys)
+        raise CheckpointError(
+            f"{source} holds different weights under {shown}: which one to use cannot be told "
+            f"from the file. Save the one you mean on its own, e.g. "
+            f"torch.save({where}[{keys[-1]!r}], 'weights.pt')")
+    return first
+
+
+def _same_weights(a: object, b: object) -> bool:
+    assert isinstance(a, Mapping) and isinstance(b, Mapping)
+    if a is b:
+        return True
+    if [strip_wrapper_prefix(k) for k in a] != [strip_wrapper_prefix(k) for k in b]:
+        return False
+    return all(x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y)
+               for x, y in zip(a.values(), b.values(), strict=True))
 
 
 def normalize_state_dict(obj: object, *, source: str = "checkpoint",
                          check_finite: bool = True) -> dict[str, Tensor]:
     """Turn a loaded checkpoint object into a flat ``{key: CPU tensor}`` state dict.
 
-    Unwraps ``state_dict``/``model_state_dict``/``model``/``net`` containers (nested up to twice),
-    strips wrapper prefixes and checks that every value is a dense tensor and (with
-    ``check_finite``) that floating-point tensors are finite. ``source`` names the checkpoint in
-    error messages.
+    Unwraps the :data:`CONTAINER_KEYS` containers (nested up to twice) and pickled modules (read
+    as ``state_dict()`` would, see ``rift.checkpoint_pickle``), strips wrapper prefixes and checks
+    that every value is a dense tensor and (with ``check_finite``) that floating-point tensors
+    are finite. ``source`` names the checkpoint in error messages.
 
     Raises:
-        CheckpointError: no state dict found, a non-tensor value, a key collision after prefix
-            stripping, or NaN/Inf values (the message names the keys).
+        CheckpointError: no state dict found, several containers with different weights, a
+            non-tensor value, a key collision after prefix stripping, or NaN/Inf values (the
+            message names the keys).
     """
-    obj = _unwrap_containers(obj)
+    obj = _container(obj, "checkpoint", source, _MAX_CONTAINER_DEPTH)
     if not isinstance(obj, Mapping):
         raise CheckpointError(
-            f"{source} holds a {type(obj).__name__}, not a state dict (a mapping of tensors)"
+            f"{source} holds a {describe_value(obj)}, not a state dict (a mapping of tensors)"
         )
     if not obj:
         raise CheckpointError(f"{source} holds no tensors")
@@ -170,7 +245,7 @@ def normalize_state_dict(obj: object, *, source: str = "checkpoint",
             raise CheckpointError(f"{source}: key {key!r} is a {type(key).__name__}, not a str")
         if not isinstance(value, Tensor):
             raise CheckpointError(
-                f"{source}: entry {key!r} is a {type(value).__name__} where a tensor is expected "
+                f"{source}: entry {key!r} is a {describe_value(value)} where a tensor is expected "
                 f"(recognised containers: {', '.join(CONTAINER_KEYS)}; top-level keys: "
                 f"{_preview([str(k) for k in obj])})"
             )

@@ -6,8 +6,9 @@ size.
   buffer and tested for NaN/Inf on their bit patterns (so bf16 and the 8-bit formats, which numpy
   lacks, are checked too). Plain reads, not a memory map: pages of a mapped file stay in the
   process's resident set until unmapped, reads only pass through the page cache.
-- PyTorch files: ``torch.load(weights_only=True, mmap=True)`` (the restricted unpickler: a
-  pickle carrying code is refused without running it; the tensors stay in the file), then each
+- PyTorch files: ``torch.load(weights_only=True, mmap=True)`` through ``rift.checkpoints`` (the
+  restricted unpickler: a pickle carrying code is refused without running it, ordinary objects
+  beside the weights become inert placeholders; the tensors stay in the file), then each
   tensor is checked in pieces of at most :data:`CHUNK_BYTES`, and the pages of every piece are
   dropped from the resident set after it is checked (``madvise(MADV_DONTNEED)``; the mapping is
   private and never written, so nothing is lost). torch is imported only on this path.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from rift.checkpoint_format import (
     SAFETENSORS_DTYPE_BITS,
+    SAFETENSORS_TORCH_DTYPES,
     TensorRecord,
     detect_checkpoint_format,
     read_safetensors_header,
@@ -58,12 +60,14 @@ _NAN_ONLY = {"F8_E4M3": (0x7F, 0x7F), "F8_E8M0": (0xFF, 0xFF)}
 @dataclass(frozen=True)
 class CheckpointInspection:
     """What a valid checkpoint holds. ``num_parameters`` counts elements over all tensors;
-    ``shapes`` maps each normalised key (wrapper prefixes stripped) to its shape."""
+    ``shapes`` maps each normalised key (wrapper prefixes stripped) to its shape, ``dtypes`` to
+    torch's name of its dtype (``float32``; absent for dtypes torch has no single name for)."""
 
     format: str  # "safetensors" | "torch"
     num_tensors: int
     num_parameters: int
     shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +75,8 @@ class CheckpointInspection:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CheckpointInspection:
         shapes = {key: tuple(shape) for key, shape in data["shapes"].items()}
-        return cls(data["format"], data["num_tensors"], data["num_parameters"], shapes)
+        return cls(data["format"], data["num_tensors"], data["num_parameters"], shapes,
+                   dict(data.get("dtypes") or {}))
 
 
 def inspect_checkpoint_file(path: Path, display_name: str) -> CheckpointInspection:
@@ -153,9 +158,11 @@ def _inspect_safetensors(path: Path, display_name: str) -> CheckpointInspection:
             if nan or inf:
                 bad.append(f"{strip_wrapper_prefix(record.name)} ({nan} NaN, {inf} Inf)")
     _report_non_finite(bad, source)
+    dtypes = {strip_wrapper_prefix(r.name): SAFETENSORS_TORCH_DTYPES[r.dtype] for r in records
+              if r.dtype in SAFETENSORS_TORCH_DTYPES}
     return CheckpointInspection(
         "safetensors", len(records),
-        sum(int(np.prod(r.shape, dtype=np.int64)) for r in records), shapes)
+        sum(int(np.prod(r.shape, dtype=np.int64)) for r in records), shapes, dtypes)
 
 
 def _scan_record(handle: Any, start: int, record: TensorRecord,
@@ -210,8 +217,9 @@ def _inspect_torch(path: Path, display_name: str) -> CheckpointInspection:
     _report_non_finite(bad, source)
     shapes = _normalised_shapes([(k, tuple(int(d) for d in t.shape)) for k, t in state.items()],
                                 source)
+    dtypes = {key: str(t.dtype).removeprefix("torch.") for key, t in state.items()}
     return CheckpointInspection("torch", len(state),
-                                sum(int(t.numel()) for t in state.values()), shapes)
+                                sum(int(t.numel()) for t in state.values()), shapes, dtypes)
 
 
 def _pieces(tensor: Tensor, limit: int) -> Iterator[Tensor]:

@@ -15,6 +15,7 @@ from rift.config import RiftConfig
 from rift.errors import CheckpointMismatchError, ConfigError, RiftError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 #: The image size assumed when the dataset's cannot be known before the job runs.
@@ -29,6 +30,7 @@ def check_checkpoint_fits(
     config: RiftConfig,
     shapes: Mapping[str, tuple[int, ...]],
     *,
+    dtypes: Mapping[str, str] | None = None,
     in_channels: int | None,
     image_size: int | None,
     num_features: int | None = None,
@@ -40,16 +42,19 @@ def check_checkpoint_fits(
     require the checkpoint's keys and shapes to match it and the spec's module names to exist.
     With ``in_channels`` None (not known) the checkpoint may fit a model for any of
     :data:`UNKNOWN_CHANNELS`. With the geometry known, the model must map one such input to
-    (1, ``architecture.num_classes``) logits (on the meta device: shapes only).
+    (1, ``architecture.num_classes``) logits (on the meta device: shapes only). ``dtypes`` (key
+    → torch dtype name, where known) must be of the model's kind (``check_dtypes``): integer or
+    complex weights for a float model would otherwise be accepted here and fail the job.
 
     Raises:
-        CheckpointMismatchError: with the missing, unexpected and mismatched keys.
+        CheckpointMismatchError: with the missing, unexpected and mismatched keys, or the keys
+            whose dtype cannot be cast to the model's.
         UnknownArchitectureError / ConfigError: the architecture cannot be built as specified,
             or a module name is unknown, or the model cannot take the dataset's inputs.
     """
     import torch
 
-    from rift.checkpoints import check_compatible
+    from rift.checkpoints import check_compatible, check_dtypes
     from rift.finetune import trainable_module
     from rift.mrc import select_modules
 
@@ -58,7 +63,10 @@ def check_checkpoint_fits(
     else:
         options = [in_channels] if in_channels else [*UNKNOWN_CHANNELS]
         size = image_size or DEFAULT_IMAGE_SIZE
-    meta_state = {key: torch.empty(shape, device="meta") for key, shape in shapes.items()}
+    known = {key: dtype for key, name in (dtypes or {}).items()
+             if (dtype := _torch_dtype(name)) is not None}
+    meta_state = {key: torch.empty(shape, device="meta", dtype=known.get(key))
+                  for key, shape in shapes.items()}
     mismatch: CheckpointMismatchError | None = None
     for channels in options:
         model = _meta_model(config, channels, size, num_features)
@@ -70,6 +78,9 @@ def check_checkpoint_fits(
     else:
         assert mismatch is not None
         raise mismatch
+    # Kinds only: meta tensors have no values, so a float64 beyond float32's range is left to
+    # the job's own check when it loads the weights.
+    check_dtypes(model, {key: meta_state[key] for key in known if key in meta_state})
     select_modules(model, config.mrc)
     if config.finetune.module is not None:
         trainable_module(model, config.finetune.module)
@@ -77,6 +88,14 @@ def check_checkpoint_fits(
         _probe(model, config, (num_features, 1, 1))
     elif in_channels is not None and image_size is not None:
         _probe(model, config, (in_channels, image_size, image_width or image_size))
+
+
+def _torch_dtype(name: str) -> torch.dtype | None:
+    """``torch.<name>`` when it is a dtype, else None (unknown: that key's kind is not checked)."""
+    import torch
+
+    value = getattr(torch, name, None)
+    return value if isinstance(value, torch.dtype) else None
 
 
 def _meta_model(config: RiftConfig, channels: int, size: int,

@@ -23,7 +23,7 @@ from rift.errors import (
 )
 
 #: ``checkpoint``: {path, display_name}; ``dataset``: {path, display_name, max_unpacked_bytes};
-#: ``fit``: {config, shapes, in_channels, image_size, num_features, image_width};
+#: ``fit``: {config, shapes, dtypes?, in_channels, image_size, num_features, image_width};
 #: ``probe``: {sleep_seconds?} (what the sandbox looks like from inside: environment variable
 #: names, limits, and when it ran).
 OPERATIONS = ("checkpoint", "dataset", "fit", "probe")

@@ -37,7 +37,8 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
 
         config = RiftConfig.model_validate(request["config"])
         shapes = {key: tuple(shape) for key, shape in request["shapes"].items()}
-        check_checkpoint_fits(config, shapes, in_channels=request.get("in_channels"),
+        check_checkpoint_fits(config, shapes, dtypes=request.get("dtypes"),
+                              in_channels=request.get("in_channels"),
                               image_size=request.get("image_size"),
                               num_features=request.get("num_features"),
                               image_width=request.get("image_width"))

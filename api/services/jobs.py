@@ -18,13 +18,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import crud
 from api.auth import Caller
+from api.checkpoint_validation import CheckpointTensors
 from api.dispatch import Dispatcher, DispatchError
 from api.errors import ApiError, ServiceUnavailable
 from api.idempotency import idempotency_conflict, scoped_idempotency_key
 from api.ingest import store_checkpoint, validate_checkpoint_upload
 from api.job_requests import (
     check_job_fits,
-    checkpoint_shapes,
+    checkpoint_tensors,
     fingerprint,
     resolve_dataset,
     unknown_checkpoint,
@@ -164,15 +165,16 @@ def create_job_for(
         inspection = None
         if upload is None:
             assert checkpoint_id is not None
-            row, shapes = checkpoint_shapes(session, store, checkpoint_id, scratch_dir(settings),
-                                            services.validator, caller.project_id)
+            row, tensors = checkpoint_tensors(session, store, checkpoint_id,
+                                              scratch_dir(settings), services.validator,
+                                              caller.project_id)
             num_tensors, checkpoint_size, uploading = row.num_tensors, row.size, 0
         else:
             inspection = validate_checkpoint_upload(services.validator, upload, CHECKPOINT_FIELD)
-            shapes = inspection.shapes
+            tensors = CheckpointTensors(inspection.shapes, inspection.dtypes)
             num_tensors, checkpoint_size, uploading = (inspection.num_tensors, upload.size,
                                                        upload.size)
-        check_job_fits(services.validator, spec.config, shapes, dataset.geometry,
+        check_job_fits(services.validator, spec.config, tensors, dataset.geometry,
                        checkpoint_field)
 
         config_json = spec.config.model_dump(mode="json")

@@ -17,9 +17,10 @@ import numpy as np
 
 from rift.errors import DatasetError
 
-# (module, name) pairs that rebuild numpy arrays; numpy 2 renamed numpy.core to numpy._core, and
-# the CIFAR files (written with an old numpy) name the old module.
-_ALLOWED = {
+# (module, name) pairs that rebuild numpy arrays and scalars; numpy 2 renamed numpy.core to
+# numpy._core, and the CIFAR files (written with an old numpy) name the old module. Also the
+# numpy allow-list of checkpoint loading (rift.checkpoint_pickle): one policy for both.
+NUMPY_GLOBALS = frozenset({
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"),
@@ -28,11 +29,17 @@ _ALLOWED = {
     ("numpy._core.multiarray", "scalar"),
     ("numpy.core.numeric", "_frombuffer"),
     ("numpy._core.numeric", "_frombuffer"),
-    ("_codecs", "encode"),  # protocol-2 pickles of bytes written under Python 3
-}
+})
+_ALLOWED = NUMPY_GLOBALS | {("_codecs", "encode")}  # protocol-2 pickles of bytes (Python 3)
 
 
-def _numpy_global(module: str, name: str) -> Any:
+def numpy_global(module: str, name: str) -> Any:
+    """The numpy object a pickle names as ``module.name`` (one of :data:`NUMPY_GLOBALS`), looked up
+    under numpy 2's module names first.
+
+    Raises:
+        pickle.UnpicklingError: numpy has no such object.
+    """
     if module == "numpy":
         return getattr(np, name)
     if module.startswith("numpy.core."):
@@ -56,7 +63,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             import codecs
 
             return codecs.encode
-        return _numpy_global(module, name)
+        return numpy_global(module, name)
 
 
 def load_array_pickle(path: Path) -> dict[str, Any]:

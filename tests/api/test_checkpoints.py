@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from persistence.models import Checkpoint
-from tests.api.helpers import MIB, Api, error_of, small_cnn_state, upload_checkpoint
+from tests.api.helpers import (
+    MIB,
+    Api,
+    digits_config,
+    error_of,
+    small_cnn_state,
+    upload_checkpoint,
+)
 
 pytestmark = pytest.mark.service
 
@@ -221,3 +228,41 @@ def test_upload_then_count(api: Api, small_cnn_file: Path) -> None:
     upload_checkpoint(api, small_cnn_file)
     assert api.count(Checkpoint) == 2
     assert len(api.stored_files()) == 2
+
+
+def test_training_script_checkpoints_are_stored_and_fit_a_job(api: Api, tmp_path: Path) -> None:
+    """A whole pickled model beside the script's arguments and a numpy accuracy (refused whole
+    before) is read without running its code, and its weights pass the fit check of a job."""
+    import argparse
+
+    import numpy as np
+    import torch
+
+    from rift.config import ArchitectureSpec
+    from rift.models import build_model
+
+    model = build_model(ArchitectureSpec(name="small_cnn", num_classes=10), in_channels=1,
+                        image_size=8)
+    path = tmp_path / "trained.pt"
+    torch.save({"net": torch.nn.DataParallel(model), "args": argparse.Namespace(lr=0.1),
+                "best_acc": np.float64(0.93), "epoch": 99}, path)
+    record = upload_checkpoint(api, path)
+    assert record["format"] == "torch"
+    job = api.client.post("/v1/jobs", json={"checkpoint_id": record["id"],
+                                            "config": digits_config()})
+    assert job.status_code == 201, job.text
+
+
+def test_a_model_and_its_ema_are_refused_as_ambiguous(api: Api, tmp_path: Path) -> None:
+    import torch
+
+    state = small_cnn_state()
+    ema = {k: v + 0.5 if v.is_floating_point() else v for k, v in state.items()}
+    path = tmp_path / "ema.pt"
+    torch.save({"state_dict": state, "state_dict_ema": ema}, path)
+    response = api.client.post("/v1/checkpoints", files={"file": ("ema.pt", path.read_bytes())})
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["code"] == "invalid_checkpoint" and error["field"] == "file"
+    assert "['state_dict']" in error["message"] and "['state_dict_ema']" in error["message"]
+    api.assert_nothing_stored()

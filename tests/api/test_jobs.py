@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from persistence.models import Checkpoint, Job
-from tests.api.helpers import Api, digits_config, error_of, upload_checkpoint
+from tests.api.helpers import Api, digits_config, error_of, small_cnn_state, upload_checkpoint
 
 pytestmark = pytest.mark.service
 
@@ -113,6 +113,27 @@ def test_out_of_range_numbers_are_422_not_infinity(api: Api, checkpoint_id: str)
                                headers={"Content-Type": "application/json"})
     assert response.status_code == 422, response.text
     assert "config.architecture.mean.0" in fields(response)
+    assert api.count(Job) == 0
+
+
+@pytest.mark.parametrize("suffix", ["safetensors", "pt"])
+def test_integer_weights_for_a_float_model_are_refused_at_creation(
+        api: Api, tmp_path: Path, suffix: str) -> None:
+    """Keys and shapes fit, the kind does not: refused before the job, not when it loads them."""
+    import torch
+
+    from rift.checkpoints import save_safetensors, save_torch
+
+    state = small_cnn_state()
+    state["conv2.weight"] = (state["conv2.weight"] * 100).to(torch.int16)
+    path = tmp_path / f"quantised.{suffix}"
+    (save_safetensors if suffix == "safetensors" else save_torch)(path, state)
+    checkpoint = upload_checkpoint(api, path)
+    response = create(api, job_body(str(checkpoint["id"])))
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["code"] == "checkpoint_mismatch" and error["field"] == "checkpoint_id"
+    assert "conv2.weight (integer torch.int16; the model's is torch.float32)" in error["message"]
     assert api.count(Job) == 0
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from rift.checkpoints import (
+    CONTAINER_KEYS,
     check_compatible,
     detect_checkpoint_format,
     load_into,
@@ -154,7 +155,7 @@ def test_validate_checkpoint_file_summarises(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("container", ["state_dict", "model_state_dict", "model", "net"])
+@pytest.mark.parametrize("container", CONTAINER_KEYS)
 def test_containers_are_unwrapped(tmp_path: Path, container: str) -> None:
     state = _state()
     torch.save({container: state, "epoch": 7, "acc": 91.5, "optimizer": {"lr": 0.1}},
@@ -166,6 +167,46 @@ def test_containers_nested_twice_are_unwrapped(tmp_path: Path) -> None:
     state = _state()
     torch.save({"model": {"state_dict": state, "ema": False}, "epoch": 1}, tmp_path / "n.pt")
     _assert_same(load_state_dict(tmp_path / "n.pt"), state)
+
+
+def _shifted(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The same keys and shapes with other values (as an EMA of the weights would hold)."""
+    return {k: v + 0.5 if v.is_floating_point() else v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("keys", [("state_dict", "state_dict_ema"), ("model", "ema"),
+                                  ("model", "net"), ("model_state_dict", "weights")])
+def test_containers_with_different_weights_are_refused_naming_both(
+        tmp_path: Path, keys: tuple[str, str]) -> None:
+    # A model and its EMA both fit the architecture: taking either silently could fine-tune the
+    # weights the user did not mean.
+    first, second = _state(), _shifted(_state())
+    torch.save({keys[0]: first, keys[1]: second, "epoch": 3}, tmp_path / "two.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict(tmp_path / "two.pt")
+    message = info.value.message
+    assert f"checkpoint[{keys[0]!r}]" in message and f"checkpoint[{keys[1]!r}]" in message
+    assert "cannot be told" in message and "torch.save(" in message
+    with pytest.raises(CheckpointError, match="cannot be told"):
+        validate_checkpoint_file(tmp_path / "two.pt")
+
+
+def test_nested_containers_with_different_weights_are_refused_naming_the_path(
+        tmp_path: Path) -> None:
+    state = _state()
+    torch.save({"model": {"state_dict": state, "ema": _shifted(state)}}, tmp_path / "n.pt")
+    with pytest.raises(CheckpointError,
+                       match=re.escape("checkpoint['model']['state_dict'], "
+                                       "checkpoint['model']['ema']")):
+        load_state_dict(tmp_path / "n.pt")
+
+
+def test_containers_with_equal_weights_are_one_state_dict(tmp_path: Path) -> None:
+    state = _state()
+    prefixed = {f"module.{k}": v.clone() for k, v in state.items()}
+    torch.save({"state_dict": state, "model": prefixed, "ema": {"decay": 0.999}},
+               tmp_path / "same.pt")
+    _assert_same(load_state_dict(tmp_path / "same.pt"), state)
 
 
 @pytest.mark.parametrize(
@@ -274,13 +315,16 @@ def test_missing_empty_and_unknown_files_are_rejected(tmp_path: Path) -> None:
         load_state_dict(tmp_path / "notes.pt")
 
 
-def test_corrupt_torch_zip_is_rejected(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kept", [0.1, 0.5, 0.99])
+def test_truncated_torch_zip_is_rejected_as_truncated(tmp_path: Path, kept: float) -> None:
     path = tmp_path / "model.pt"
     save_torch(path, _state())
     raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        load_state_dict(path)
+    path.write_bytes(raw[: int(len(raw) * kept)])
+    for read in (load_state_dict, validate_checkpoint_file):
+        with pytest.raises(CheckpointError, match="damaged or truncated") as info:
+            read(path)  # type: ignore[operator]
+        assert "Errno" not in info.value.message and "model.pt" in info.value.message
 
 
 def test_truncated_safetensors_data_is_rejected(tmp_path: Path) -> None:
@@ -544,3 +588,11 @@ def test_tied_keys_must_hold_one_value(tmp_path: Path) -> None:
     with pytest.raises(CheckpointMismatchError, match=r"a\.weight = b\.weight"):
         load_into(model, state)
     _assert_same(model.state_dict(), before)
+
+
+def test_a_container_without_tensors_is_passed_over_in_the_error(tmp_path: Path) -> None:
+    # 'state' often holds a trainer's counters: the error lists the keys where the weights
+    # might be, not the counters.
+    torch.save({"state": {"step": 3}, "student": _state()}, tmp_path / "s.pt")
+    with pytest.raises(CheckpointError, match="top-level keys: state, student"):
+        load_state_dict(tmp_path / "s.pt")

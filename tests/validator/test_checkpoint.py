@@ -143,3 +143,20 @@ def test_pickled_code_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "legacy.pkl").write_bytes(pickle.dumps({"a": 1}, protocol=2))
     with pytest.raises(CheckpointError):
         inspect_checkpoint_file(tmp_path / "legacy.pkl", "legacy.pkl")
+
+
+def test_memory_mapped_pickled_model_with_training_arguments_is_read(tmp_path: Path) -> None:
+    # The validator loads zip files with mmap=True, a path the library's tests do not take.
+    import argparse
+
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    torch.save({"net": model, "args": argparse.Namespace(lr=0.1), "best": np.float64(0.9)},
+               tmp_path / "m.pt")
+    summary = inspect_checkpoint_file(tmp_path / "m.pt", "m.pt")
+    assert summary.shapes == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save({"model": model.state_dict(), "ema": ema}, tmp_path / "two.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint\['model'\], checkpoint\['ema'\]"):
+        inspect_checkpoint_file(tmp_path / "two.pt", "two.pt")

@@ -102,3 +102,22 @@ def test_unknown_channels_accept_a_one_or_three_channel_checkpoint() -> None:
         two = rift.models.build_model(_config().architecture, in_channels=2, image_size=8)
     with pytest.raises(CheckpointMismatchError, match=r"conv1\.weight.*\[16, 3, 3, 3\]"):
         check_checkpoint_fits(_config(), _shapes(two), in_channels=None, image_size=8)
+
+
+def test_weights_of_another_kind_than_the_models_are_refused() -> None:
+    # Before: only shapes were compared, so integer weights passed job creation and the job
+    # failed when it loaded them.
+    with torch.device("meta"):
+        model = rift.models.build_model(_config().architecture, in_channels=1, image_size=8)
+    dtypes = {key: str(value.dtype).removeprefix("torch.")
+              for key, value in model.state_dict().items()}
+    check_checkpoint_fits(_config(), _shapes(model), dtypes=dtypes, in_channels=1, image_size=8)
+    lower = {key: "bfloat16" if name == "float32" else name for key, name in dtypes.items()}
+    check_checkpoint_fits(_config(), _shapes(model), dtypes=lower, in_channels=1, image_size=8)
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"conv1\.weight \(integer torch\.int8; the model's is torch\.float32"):
+        check_checkpoint_fits(_config(), _shapes(model), dtypes={**dtypes, "conv1.weight": "int8"},
+                              in_channels=1, image_size=8)
+    # Unknown names (a dtype torch lacks, an old validator's answer without dtypes) go unchecked.
+    check_checkpoint_fits(_config(), _shapes(model), dtypes={"conv1.weight": "float4_packed"},
+                          in_channels=1, image_size=8)
