@@ -186,6 +186,10 @@ def test_tabular_run_through_the_cli(tmp_path: Path) -> None:
     ("odd_layers_net", "sequence", ["volume", "up", "sequence", "head"], ["aux"]),
     # nn.MultiheadAttention (raw in_proj_weight, functional out_proj), a class token.
     ("attention_net", "attn", ["embed", "attn", "attn.out_proj", "head"], ["cls_token"]),
+    # Separate q/k/v projections (kdim, vdim != embed_dim): one row, tuned together.
+    ("cross_attention_net", "attn", ["embed", "context", "attn", "attn.out_proj", "head"], []),
+    # nn.Bilinear, an nn.Embedding table (named, not scored), a frozen stem (scored, tuned).
+    ("bilinear_embedding_net", "stem", ["stem", "pair", "head"], ["positions.weight"]),
 ])
 def test_awkward_architectures_run_end_to_end_without_a_silent_wrong_result(
         plugin_path: Path, tmp_path: Path, architecture: str, tuned: str, rows: list[str],

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from rift.scored_weights import scored_weight, scored_weights
-from tests.module_factories import AttentionNet, OddLayers, TiedWeights
+from rift.scored_weights import scored_parameters, scored_weights, unscored_kinds
+from tests.module_factories import (
+    AttentionNet,
+    BilinearEmbeddingNet,
+    CrossAttentionNet,
+    OddLayers,
+    TiedWeights,
+)
 
 
 def test_every_convolution_kind_and_a_bias_free_linear_is_scored() -> None:
@@ -22,7 +28,7 @@ def test_a_shared_weight_is_one_row_under_its_first_holder() -> None:
     scored = scored_weights(model)
     assert scored.modules == ["stem", "a", "twice", "mix", "head"]
     assert scored.aliases == {"b": "a"}
-    assert scored_weight(model.b) is scored_weight(model.a)
+    assert scored_parameters(model.b) == (model.a.weight,)
 
 
 def test_packed_attention_projections_are_scored_and_raw_parameters_are_named() -> None:
@@ -30,15 +36,31 @@ def test_packed_attention_projections_are_scored_and_raw_parameters_are_named() 
     scored = scored_weights(model)
     # in_proj_weight is a raw Parameter of the attention module, out_proj a Linear subclass.
     assert scored.modules == ["embed", "attn", "attn.out_proj", "head"]
-    assert scored_weight(model.attn) is model.attn.in_proj_weight
+    assert scored_parameters(model.attn) == (model.attn.in_proj_weight,)
     # Biases of scored modules and LayerNorm parameters are outside the table by design.
     assert scored.unscored == ["cls_token"]
 
 
-def test_separate_query_key_value_projections_are_named_as_unscored() -> None:
-    attention = nn.MultiheadAttention(8, 2, kdim=4, vdim=4)
-    assert scored_weight(attention) is None
-    scored = scored_weights(nn.Sequential(attention))
-    assert scored.modules == ["0.out_proj"]
-    assert scored.unscored == ["0.q_proj_weight", "0.k_proj_weight", "0.v_proj_weight",
-                               "0.in_proj_bias"]
+def test_separate_query_key_value_projections_are_one_row_like_the_packed_tensor() -> None:
+    # Before: an attention with kdim != embed_dim had no row and its projections were only named
+    # in a warning.
+    model = CrossAttentionNet()
+    scored = scored_weights(model)
+    assert scored.modules == ["embed", "context", "attn", "attn.out_proj", "head"]
+    attention = model.attn
+    assert scored_parameters(attention) == (attention.q_proj_weight, attention.k_proj_weight,
+                                            attention.v_proj_weight)
+    assert scored.unscored == []
+
+
+def test_bilinear_is_scored_and_an_embedding_table_is_named_by_its_layer() -> None:
+    model = BilinearEmbeddingNet()
+    scored = scored_weights(model)
+    assert scored.modules == ["stem", "pair", "head"]  # the frozen stem too
+    assert scored.unscored == ["positions.weight"]
+    assert unscored_kinds(model, scored.unscored) == {"Embedding": ["positions.weight"]}
+    assert unscored_kinds(AttentionNet(), ["cls_token"]) == {"raw Parameter": ["cls_token"]}
+
+
+def test_a_lazy_layer_before_its_first_call_has_no_row() -> None:
+    assert scored_parameters(nn.LazyLinear(3)) == ()
