@@ -13,7 +13,9 @@ MODULE = "rift_test_arch_plugin"
 AWKWARD_ARCHITECTURES = {"tied_weights_net": "TiedWeights", "odd_layers_net": "OddLayers",
                          "attention_net": "AttentionNet",
                          "cross_attention_net": "CrossAttentionNet",
-                         "bilinear_embedding_net": "BilinearEmbeddingNet"}
+                         "bilinear_embedding_net": "BilinearEmbeddingNet",
+                         "normalized_net": "NormalizedNet",
+                         "batch_statistics_net": "batch_statistics_net"}
 
 _SOURCE = '''
 """An operator's architecture: two linear layers over flattened inputs."""

@@ -16,7 +16,7 @@ from rift import checkpoints
 from rift.attacks import PGD
 from rift.config import ArchitectureSpec, AttackSpec, DatasetSpec, RiftConfig
 from rift.data import load_dataset
-from rift.errors import UnknownArchitectureError
+from rift.errors import ConfigError, UnknownArchitectureError
 from rift.models import build_model, list_architectures
 from tests.entry_point_dist import ARCHITECTURE, write_entry_point_dist
 
@@ -190,6 +190,8 @@ def test_tabular_run_through_the_cli(tmp_path: Path) -> None:
     ("cross_attention_net", "attn", ["embed", "context", "attn", "attn.out_proj", "head"], []),
     # nn.Bilinear, an nn.Embedding table (named, not scored), a frozen stem (scored, tuned).
     ("bilinear_embedding_net", "stem", ["stem", "pair", "head"], ["positions.weight"]),
+    # GroupNorm, InstanceNorm and LayerNorm: per-example statistics, nothing to warn about.
+    ("normalized_net", "conv2", ["conv1", "conv2", "head"], []),
 ])
 def test_awkward_architectures_run_end_to_end_without_a_silent_wrong_result(
         plugin_path: Path, tmp_path: Path, architecture: str, tuned: str, rows: list[str],
@@ -234,3 +236,20 @@ def test_awkward_architectures_run_end_to_end_without_a_silent_wrong_result(
     run.reset_weights(interpolate_weights(theta_at, theta_ft, 0.0))
     for key, value in run.model.state_dict().items():
         assert torch.equal(value, theta_at[key]), key
+
+
+def test_batchnorm_without_running_statistics_is_refused_naming_the_layer(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """In eval mode such a layer normalises with its batch's statistics: one example's logits
+    depend on the others, and the cached MRC engine disagrees with the full one once batches are
+    reshuffled. Before: accepted, every number silently batch-dependent."""
+    from rift.pipeline import prepare_run
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((8, 8, 8, 3), dtype=np.uint8), y=np.arange(8) % 4)
+    config = RiftConfig.model_validate({
+        "architecture": {"name": "batch_statistics_net", "num_classes": 4},
+        "dataset": {"name": "npz", "path": str(tmp_path / "d.npz")}, "device": "cpu"})
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    with pytest.raises(ConfigError, match=r"without running statistics.*\['batch'\]") as error:
+        prepare_run(config, state)
+    assert error.value.field == "architecture"
