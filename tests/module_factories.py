@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import namedtuple
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -186,7 +187,8 @@ def batch_statistics_net(classes: int = 4) -> NormalizedNet:
 class StructuredOutputNet(nn.Module):
     """An installed architecture whose forward returns its logits inside a structure:
     ``"dict"`` {"logits", "features"}, ``"namedtuple"`` (logits, features), ``"tuple"``
-    (logits, features), or the ambiguous ``"two_logits"`` (logits, auxiliary logits)."""
+    (logits, features), the ambiguous ``"two_logits"`` (logits, auxiliary logits), or
+    ``"features_first_in_training"``: logits in eval mode, (features, logits) in train mode."""
 
     Output = namedtuple("Output", ["logits", "features"])
 
@@ -206,4 +208,18 @@ class StructuredOutputNet(nn.Module):
             return self.Output(logits, features)
         if self.form == "tuple":
             return logits, features
-        return logits, self.aux(features)
+        if self.form == "two_logits":
+            return logits, self.aux(features)
+        return (features, logits) if self.training else logits
+
+
+def structured_output_net(form: str) -> Callable[[int], StructuredOutputNet]:
+    """A builder of ``StructuredOutputNet(classes, form)`` (for ``tests.entry_point_dist``)."""
+    return lambda classes=4: StructuredOutputNet(classes, form)
+
+
+dict_output_net = structured_output_net("dict")
+namedtuple_output_net = structured_output_net("namedtuple")
+tuple_output_net = structured_output_net("tuple")
+two_logits_net = structured_output_net("two_logits")
+features_first_in_training_net = structured_output_net("features_first_in_training")

@@ -3,7 +3,9 @@
 Operators add architectures by installing a package that declares an entry point in the group
 ``rift.architectures``: ``name = package.module:builder``, where ``builder`` takes the keyword
 arguments ``num_classes``, ``in_channels``, ``mean``, ``std`` like the built-in builders and
-returns an ``nn.Module`` mapping (N, C, H, W) inputs to (N, num_classes) logits. The library, the
+returns an ``nn.Module`` mapping (N, C, H, W) inputs to (N, num_classes) logits, or to a structure
+holding them unambiguously (``rift.models.logits_output``: a dict's ``"logits"``, a tuple's
+first element...). The library, the
 CLI and the workers all resolve names here, so an installed architecture is usable everywhere;
 uploads never carry code.
 """
@@ -21,6 +23,7 @@ from torch import nn
 from rift.config import ArchitectureSpec
 from rift.errors import ConfigError, RiftError, UnknownArchitectureError
 from rift.model_state import frozen_except
+from rift.models.logits_output import return_logits
 from rift.models.mlp import mlp
 from rift.models.preact_resnet import preact_resnet18
 from rift.models.resnet import resnet18, resnet34
@@ -132,7 +135,10 @@ def _build(spec: ArchitectureSpec, channels: int, size: int) -> nn.Module:
     if spec.input_features is not None or spec.hidden is not None:
         raise ConfigError("'input_features' and 'hidden' apply to the 'mlp' architecture only",
                           field="architecture.hidden")
-    builder = _BUILDERS.get(spec.name) or _installed_builder(spec.name)
+    native = _BUILDERS.get(spec.name)
+    if native is not None:
+        return native(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std)
+    builder = _installed_builder(spec.name)
     if builder is None:
         installed = list(installed_architectures())
         raise UnknownArchitectureError(
@@ -143,7 +149,9 @@ def _build(spec: ArchitectureSpec, channels: int, size: int) -> nn.Module:
             f"'{ENTRY_POINT_GROUP}' entry-point group",
             field="architecture.name",
         )
-    return builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std)
+    # An operator's network may return its logits inside a dict or tuple (logits_output).
+    return return_logits(
+        builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std))
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
