@@ -3,8 +3,12 @@ attention projections, each weight tensor once, and the rest named rather than d
 
 from __future__ import annotations
 
+import pytest
+import torch
 from torch import nn
 
+from rift.config import ArchitectureSpec
+from rift.models import build_model
 from rift.scored_weights import scored_parameters, scored_weights, unscored_kinds
 from tests.module_factories import (
     AttentionNet,
@@ -64,3 +68,31 @@ def test_bilinear_is_scored_and_an_embedding_table_is_named_by_its_layer() -> No
 
 def test_a_lazy_layer_before_its_first_call_has_no_row() -> None:
     assert scored_parameters(nn.LazyLinear(3)) == ()
+
+
+# One or two of each torchvision family, built on the meta device (no memory, ~3 s in all).
+_TORCHVISION = {
+    "alexnet": [], "convnext_tiny": ["layer_scale"] * 18, "densenet121": [],
+    "efficientnet_b0": [], "googlenet": [], "mnasnet0_5": [], "mobilenet_v3_small": [],
+    "regnet_y_400mf": [], "resnet18": [], "shufflenet_v2_x0_5": [], "squeezenet1_1": [],
+    "swin_t": ["relative_position_bias_table"] * 12, "swin_v2_t": ["logit_scale"] * 12,
+    "vgg11_bn": [], "vit_b_16": ["class_token", "pos_embedding"],
+}
+
+
+@pytest.mark.parametrize(("name", "raw"), _TORCHVISION.items())
+def test_torchvision_rows_are_every_layer_weight_once_and_the_rest_is_raw(
+        name: str, raw: list[str]) -> None:
+    """Every convolution, linear layer and attention of the model is one row under its own
+    name; what is left are the raw Parameters each architecture is known to hold (ViT's class
+    token and position table, Swin's bias tables and logit scales, ConvNeXt's layer scales)."""
+    with torch.device("meta"):
+        model = build_model(ArchitectureSpec(name=f"torchvision:{name}", num_classes=3),
+                            image_size=224)
+    layers = [module_name for module_name, module in model.named_modules()
+              if isinstance(module, nn.Conv2d | nn.Linear | nn.MultiheadAttention)]
+    scored = scored_weights(model)
+    assert scored.modules == layers and scored.aliases == {}
+    kinds = unscored_kinds(model, scored.unscored)
+    assert [unscored.rpartition(".")[2] for unscored in kinds.get("raw Parameter", [])] == raw
+    assert set(kinds) <= {"raw Parameter"}
