@@ -201,11 +201,13 @@ def _awkward_config(folder: Path, architecture: str, tuned: str) -> RiftConfig:
     # Conv3d, ConvTranspose2d, Conv1d, a bias-free Linear, a buffer, an uncalled aux head.
     ("odd_layers_net", "sequence", ["volume", "up", "sequence", "head"], ["aux"]),
     # nn.MultiheadAttention (raw in_proj_weight, functional out_proj), a class token.
-    ("attention_net", "attn", ["embed", "attn", "attn.out_proj", "head"], ["cls_token"]),
+    ("attention_net", "attn", ["embed", "attn", "attn.out_proj", "head"],
+     ["cls_token", "raw Parameters held by the model's own code"]),
     # Separate q/k/v projections (kdim, vdim != embed_dim): one row, tuned together.
     ("cross_attention_net", "attn", ["embed", "context", "attn", "attn.out_proj", "head"], []),
     # nn.Bilinear, an nn.Embedding table (named, not scored), a frozen stem (scored, tuned).
-    ("bilinear_embedding_net", "stem", ["stem", "pair", "head"], ["positions.weight"]),
+    ("bilinear_embedding_net", "stem", ["stem", "pair", "head"],
+     ["parameters of Embedding layers: positions.weight"]),
     # GroupNorm, InstanceNorm and LayerNorm: per-example statistics, nothing to warn about.
     ("normalized_net", "conv2", ["conv1", "conv2", "head"], []),
     # Logits inside a structure: a dict's "logits", a namedtuple's field, a tuple's first.
