@@ -51,6 +51,7 @@ def check_checkpoint_fits(
 
     from rift.checkpoints import check_compatible
     from rift.finetune import trainable_module
+    from rift.models.registry import refuse_batch_statistics
     from rift.mrc import select_modules
 
     if num_features is not None:  # (N, F) arrays load as (N, F, 1, 1): see rift.data.npz
@@ -70,6 +71,7 @@ def check_checkpoint_fits(
     else:
         assert mismatch is not None
         raise mismatch
+    refuse_batch_statistics(model, config.architecture)  # needs no geometry: checked always
     select_modules(model, config.mrc)
     if config.finetune.module is not None:
         trainable_module(model, config.finetune.module)

@@ -170,6 +170,27 @@ def batch_statistics_layers(model: nn.Module) -> list[str]:
             and (module.running_mean is None or module.running_var is None)]
 
 
+def refuse_batch_statistics(model: nn.Module, spec: ArchitectureSpec) -> None:
+    """Refuse ``model`` when :func:`batch_statistics_layers` finds any (no forward pass, so the
+    validator checks it whatever it knows of the data).
+
+    Raises:
+        ConfigError: (field ``architecture``) naming the layers.
+    """
+    coupled = batch_statistics_layers(model)
+    if coupled:
+        raise ConfigError(
+            f"architecture {spec.name!r} has BatchNorm layer(s) without running statistics "
+            f"(track_running_stats=False): {coupled[:8]}{' …' if len(coupled) > 8 else ''}. In "
+            "eval mode they normalise each example with the statistics of the batch it comes "
+            "in, so attacks, MRC and accuracies would depend on how examples are batched (the "
+            "cached MRC engine, reshuffled MRC batches and the α selection's attack chunks "
+            "group them differently) and would not be the model's. Build the architecture with "
+            "running statistics (track_running_stats=True, estimated on training data) or a "
+            "per-example normalisation (GroupNorm, LayerNorm, InstanceNorm)",
+            field="architecture")
+
+
 def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
                         image_shape: tuple[int, int, int], *, device: torch.device) -> None:
     """Run one all-zero input of ``image_shape`` (C, H, W) through ``model`` (eval mode, no
@@ -186,18 +207,7 @@ def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
         ConfigError: (field ``architecture``) the forward pass fails or its output has another
             shape, or a layer normalises with batch statistics in eval mode.
     """
-    coupled = batch_statistics_layers(model)
-    if coupled:
-        raise ConfigError(
-            f"architecture {spec.name!r} has BatchNorm layer(s) without running statistics "
-            f"(track_running_stats=False): {coupled[:8]}{' …' if len(coupled) > 8 else ''}. In "
-            "eval mode they normalise each example with the statistics of the batch it comes "
-            "in, so attacks, MRC and accuracies would depend on how examples are batched (the "
-            "cached MRC engine, reshuffled MRC batches and the α selection's attack chunks "
-            "group them differently) and would not be the model's. Build the architecture with "
-            "running statistics (track_running_stats=True, estimated on training data) or a "
-            "per-example normalisation (GroupNorm, LayerNorm, InstanceNorm)",
-            field="architecture")
+    refuse_batch_statistics(model, spec)
     channels, height, width = image_shape
     shape = f"{channels}×{height}×{width} (C×H×W) inputs"
     probe = torch.zeros(1, channels, height, width, device=device)

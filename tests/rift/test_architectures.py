@@ -23,13 +23,6 @@ from tests.entry_point_dist import ARCHITECTURE, write_entry_point_dist
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = write_entry_point_dist(tmp_path / "site")
-    monkeypatch.syspath_prepend(str(folder))
-    return folder
-
-
 def _subprocess_env(plugin: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), str(PROJECT_ROOT)])}
 
