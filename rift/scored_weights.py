@@ -13,7 +13,9 @@ concatenation: one ball, one norm, one step):
 
 Weight tensors are scored once, under the first module (in definition order) that holds them:
 two modules sharing a weight (tied weights) are one row, since perturbing or fine-tuning one
-moves both. Everything else is *unscored*: the biases of scored modules and the parameters of
+moves both. (Rows are compared whole: an attention whose ``k_proj_weight`` alone is tied to
+another layer's weight would be two rows sharing that tensor; README, "Known gaps".)
+Everything else is *unscored*: the biases of scored modules and the parameters of
 normalisation layers by design (the paper perturbs weights only), and whatever else a model holds
 as a raw ``Parameter`` (ViT's class token and position embedding, Swin's relative-position
 tables, ConvNeXt's layer scales) or in a layer that is not a weighted map of its input
@@ -56,7 +58,8 @@ def scored_parameters(module: nn.Module) -> tuple[nn.Parameter, ...]:
 
 @dataclass(frozen=True)
 class ScoredWeights:
-    """``modules``: the scored modules' names in definition order, one per weight tensor.
+    """``modules``: the scored modules' names in definition order, one per row (a row's weight
+    tensors are held by no other row, see :func:`scored_weights`).
     ``aliases``: a module whose weight is already scored under another name → that name.
     ``unscored``: parameter names outside every row, less biases of scored modules and
     normalisation parameters (see the module docstring)."""
