@@ -20,7 +20,7 @@ normalisation layers by design (the paper perturbs weights only), and whatever e
 as a raw ``Parameter`` (ViT's class token and position embedding, Swin's relative-position
 tables, ConvNeXt's layer scales) or in a layer that is not a weighted map of its input
 (``nn.Embedding``'s lookup table): the paper scores layers, and such a tensor is not one, so the
-pipeline names it in a warning (:func:`unscored_reason`) rather than guess a ball for it.
+pipeline names it in a warning, by kind (:func:`unscored_kinds`), rather than guess a ball for it.
 """
 
 from __future__ import annotations
