@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rift.config import MRCSpec
-from rift.mrc import module_weight, project_onto_ball, select_modules, weight_norm
+from rift.mrc import module_weights, project_onto_ball, select_modules, weight_norm
 
 
 @torch.no_grad()
@@ -42,7 +42,8 @@ def reference_cost_mrc(model: nn.Module, images: torch.Tensor, labels: torch.Ten
         work = copy.deepcopy(model).eval()  # the reference copies the model for every module
         for parameter in work.parameters():
             parameter.requires_grad_(False)
-        weight = module_weight(work, name)
+        # The reference code scores one tensor per module (no attention with separate q/k/v).
+        (weight,) = module_weights(work, name)
         weight.requires_grad_(True)
         original = weight.detach().clone()
         radius = spec.eps * weight_norm(original, spec.p)

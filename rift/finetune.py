@@ -170,6 +170,7 @@ def _train(
     # A CPU generator: the batch order and crops are the same whichever device trains.
     generator = torch.Generator()
     generator.manual_seed(seed)
+    classes = _eval_mode_classes(model, splits.image_shape, device)
     drop_single = False
     if spec.bn_stats == "update":
         # Training-mode BatchNorm raises on one value per channel. Only a final batch of one is
@@ -201,7 +202,7 @@ def _train(
         ):
             raise_if_cancelled(should_cancel)
             with autocast(device, precision):
-                logits = _logits(model(images), len(labels))
+                logits = _logits(model(images), len(labels), classes)
             loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -244,18 +245,33 @@ def _restored(model: nn.Module, buffers: dict[str, Tensor]) -> Iterator[None]:
                 model.get_buffer(name).copy_(value)
 
 
-def _logits(output: object, batch: int) -> Tensor:
-    """``output`` when it is a (batch, classes) tensor. The pipeline checks the model's output
-    in eval mode only (``check_model_accepts``); some models answer differently in train mode
-    (auxiliary heads returning a tuple, as torchvision's Inception does with ``aux_logits``)."""
-    if isinstance(output, Tensor) and output.dim() == 2 and output.shape[0] == batch:
+def _logits(output: object, batch: int, classes: int) -> Tensor:
+    """``output`` when it is a (batch, classes) tensor, ``classes`` being the eval-mode width.
+    The pipeline checks the model's output in eval mode only (``check_model_accepts``); some
+    models answer differently in train mode (auxiliary heads returning a tuple, as torchvision's
+    Inception does with ``aux_logits``; an installed model whose structure holds another 2-D
+    tensor first, which ``rift.models.logits_output`` would take for the logits)."""
+    if isinstance(output, Tensor) and tuple(output.shape) == (batch, classes):
         return output
     got = (f"a tensor of shape {tuple(output.shape)}" if isinstance(output, Tensor)
            else f"a {type(output).__name__}")
     raise ConfigError(
         f"in train mode (fine-tuning) the model returns {got} for a batch of {batch}; RiFT needs "
-        "(batch, num_classes) logits in train mode as in eval mode: build the architecture "
+        f"({batch}, {classes}) logits in train mode as in eval mode: build the architecture "
         "without auxiliary outputs (e.g. aux_logits=False)", field="architecture")
+
+
+def _eval_mode_classes(model: nn.Module, image_shape: tuple[int, int, int],
+                       device: torch.device) -> int:
+    """The width of the eval-mode logits for one all-zero example (checked before fine-tuning
+    by ``check_model_accepts``), against which the train-mode output is checked."""
+    with frozen_except(model), torch.no_grad():
+        output = model(torch.zeros(1, *image_shape, device=device))
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        raise ConfigError(f"in eval mode the model returns a {type(output).__name__} for one "
+                          "example; RiFT needs (batch, num_classes) logits",
+                          field="architecture")
+    return int(output.shape[1])
 
 
 def _batchnorm_needing_two_examples(model: nn.Module, image_shape: tuple[int, int, int],

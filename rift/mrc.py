@@ -8,7 +8,9 @@ projecting Δ back onto the ball after each pass and measuring R after it. The s
 ``mrc.ascent``: "sgd" (lr · g, the reference code's rule) or "normalized" (lr · radius · g/||g||,
 which makes the computed MRC invariant to rescaling a ReLU layer; docs/algorithm.md, "Ascent").
 
-The weight is perturbed in place and restored afterwards (no copy of the model). With
+A row's weight tensors (one, or an attention's three separate q/k/v projections) are one vector
+for the ball, the norm and the step (``_FlatWeights``). The weight is perturbed in place and
+restored afterwards (no copy of the model). With
 ``engine="cached"`` only the network after the module is recomputed: see ``rift.segments``.
 """
 
@@ -31,8 +33,8 @@ from rift.config import MRCSpec
 from rift.device import autocast
 from rift.errors import ConfigError, NumericalError
 from rift.model_state import frozen_except
-from rift.scored_weights import scored_weight, scored_weights
-from rift.segments import Segment, full_model_segment, split_at_parameter, trace
+from rift.scored_weights import scored_parameters, scored_weights
+from rift.segments import Segment, full_model_segment, split_at_parameters, trace
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def selection_key(mrc: float, max_ascent_loss: float | None) -> tuple[float, flo
 
 def perturbable_modules(model: nn.Module) -> list[str]:
     """Names of the modules MRC scores (``rift.scored_weights``: convolutions, linear layers and
-    packed attention projections), in definition order, each weight tensor once."""
+    attention projections), in definition order, each weight tensor once."""
     return scored_weights(model).modules
 
 
@@ -134,7 +136,7 @@ def _refused_modules(model: nn.Module, refused: list[str], candidates: list[str]
             inside = [row for row in candidates if row.startswith(f"{name}.")]
             reasons.append(
                 f"{name!r} is a {type(modules[name]).__name__}, which MRC does not score (it "
-                "scores convolutions, linear layers and packed attention projections: "
+                "scores convolutions, linear and bilinear layers and attention projections: "
                 "rift/scored_weights.py)" + (f"; the scored modules inside it are e.g. "
                                               f"{inside[:8]}" if inside else ""))
     unknown = [name for name in refused if name not in aliases and name not in modules]
@@ -184,21 +186,23 @@ def project_onto_ball(delta: torch.Tensor, radius: float, p: int | str) -> torch
     return delta * (radius / norm) if norm > radius else delta
 
 
-def module_weight(model: nn.Module, name: str) -> nn.Parameter:
-    """The weight MRC perturbs in module ``name`` (``rift.scored_weights.scored_weight``)."""
-    weight = scored_weight(model.get_submodule(name))
-    if weight is None:
+def module_weights(model: nn.Module, name: str) -> tuple[nn.Parameter, ...]:
+    """The weight tensors MRC perturbs together in module ``name``
+    (``rift.scored_weights.scored_parameters``)."""
+    weights = scored_parameters(model.get_submodule(name))
+    if not weights:
         raise ConfigError(f"module {name!r} has no weight MRC can score", field="mrc.modules")
-    return weight
+    return weights
 
 
 def unreachable_modules(model: nn.Module, names: Sequence[str], example: torch.Tensor
                         ) -> list[str]:
-    """The modules of ``names`` whose weight gets no gradient from the model's output on
+    """The modules of ``names`` whose weights get no gradient from the model's output on
     ``example`` in the model's current mode: the output does not depend on them (an auxiliary
     head used only in training, a layer never called). Their MRC would be 0 by construction and
     the selection would pick a module that cannot change the model's predictions."""
-    weights = [module_weight(model, name) for name in names]
+    groups = [module_weights(model, name) for name in names]
+    weights = [weight for group in groups for weight in group]
     flags = [weight.requires_grad for weight in weights]
     try:
         for weight in weights:
@@ -211,11 +215,57 @@ def unreachable_modules(model: nn.Module, names: Sequence[str], example: torch.T
     finally:
         for weight, flag in zip(weights, flags, strict=True):
             weight.requires_grad_(flag)
-    return [name for name, grad in zip(names, grads, strict=True) if grad is None]
+    # A row is unreachable when none of its tensors gets a gradient.
+    unreachable, start = [], 0
+    for name, group in zip(names, groups, strict=True):
+        if all(grad is None for grad in grads[start:start + len(group)]):
+            unreachable.append(name)
+        start += len(group)
+    return unreachable
 
 
 def weight_norm(weight: torch.Tensor, p: int | str) -> float:
     return float(weight.abs().max()) if p == "inf" else float(weight.norm(p=2))
+
+
+class _FlatWeights:
+    """A row's weight tensors seen as one vector, their flattened concatenation in order.
+
+    The ball, its radius and the ascent step are those of that vector, so an attention's separate
+    q/k/v projections are scored as the packed ``in_proj_weight`` = [W_q; W_k; W_v] would be: the
+    same vector, up to the order of its entries, which no norm or step here depends on.
+    """
+
+    def __init__(self, tensors: Sequence[nn.Parameter]) -> None:
+        self.tensors = tuple(tensors)
+        self.sizes = [t.numel() for t in self.tensors]
+
+    def numel(self) -> int:
+        return sum(self.sizes)
+
+    def flatten(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``parts`` (one per tensor, e.g. their gradients) as one vector; a view when one."""
+        if len(parts) == 1:
+            return parts[0].reshape(-1)
+        return torch.cat([part.reshape(-1) for part in parts])
+
+    def read(self) -> torch.Tensor:
+        """A copy of the current values as one vector."""
+        return self.flatten([t.detach() for t in self.tensors]).clone()
+
+    @torch.no_grad()
+    def add_(self, delta: torch.Tensor) -> None:
+        for tensor, part in zip(self.tensors, delta.split(self.sizes), strict=True):
+            tensor.add_(part.view(tensor.shape).to(tensor.dtype))
+
+    @torch.no_grad()
+    def copy_(self, values: torch.Tensor) -> None:
+        for tensor, part in zip(self.tensors, values.split(self.sizes), strict=True):
+            tensor.copy_(part.view(tensor.shape))
+
+    def requires_grad_(self, flag: bool) -> None:
+        for tensor in self.tensors:
+            tensor.requires_grad_(flag)
 
 
 class _LossProbe:
@@ -256,10 +306,10 @@ class _LossProbe:
         return [(tuple(x[start:start + size] for x in inputs), labels[start:start + size])
                 for start in range(0, len(labels), size)]
 
-    def _batch(self, index: int, weight: nn.Parameter | None,
+    def _batch(self, index: int, weight: _FlatWeights | None,
                sums: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | None:
-        """The gradient of batch ``index``'s mean loss w.r.t. ``weight`` (None: no gradient),
-        adding the batch's summed loss and hits to ``sums`` when given."""
+        """The gradient of batch ``index``'s mean loss w.r.t. ``weight`` as one vector (None: no
+        gradient), adding the batch's summed loss and hits to ``sums`` when given."""
         while True:
             try:
                 grad, batch_sums = self._batch_once(index, weight)
@@ -273,7 +323,7 @@ class _LossProbe:
             sums[1].add_(batch_sums[1])
         return grad
 
-    def _batch_once(self, index: int, weight: nn.Parameter | None
+    def _batch_once(self, index: int, weight: _FlatWeights | None
                     ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
         batch_sums, grad = self._new_sums(), None
         size = len(self.labels[index])
@@ -286,7 +336,7 @@ class _LossProbe:
             batch_sums[0].add_(loss_sum.detach().double())
             batch_sums[1].add_((logits.detach().argmax(1) == labels).sum())
             if weight is not None:
-                (part,) = torch.autograd.grad(loss_sum / size, weight)
+                part = weight.flatten(torch.autograd.grad(loss_sum / size, weight.tensors))
                 grad = part if grad is None else grad.add_(part)
         return grad, batch_sums
 
@@ -318,7 +368,7 @@ class _LossProbe:
         self.cache = list(zip(*columns, strict=True))
         self.labels = list(torch.cat(self.labels)[order].split(sizes))
 
-    def ascend(self, weight: nn.Parameter, step: Callable[[torch.Tensor], torch.Tensor], *,
+    def ascend(self, weight: _FlatWeights, step: Callable[[torch.Tensor], torch.Tensor], *,
                measure_start: bool) -> tuple[float, float] | None:
         """One pass of gradient *ascent* on the mean cross-entropy, ``weight += step(grad)`` per
         batch. With ``measure_start``, also returns (mean robust loss, robust accuracy in
@@ -330,8 +380,7 @@ class _LossProbe:
         for index in range(len(self.cache)):
             grad = self._batch(index, weight, sums if measure_start and index == 0 else None)
             assert grad is not None
-            with torch.no_grad():
-                weight.add_(step(grad).to(weight.dtype))
+            weight.add_(step(grad))
         return self._result(sums) if measure_start else None
 
     def measure(self) -> tuple[float, float]:
@@ -363,7 +412,7 @@ def ascent_step(spec: MRCSpec, radius: float) -> Callable[[torch.Tensor], torch.
 
 
 def _criticality_of(
-    weight: nn.Parameter, probe: _LossProbe, spec: MRCSpec, baseline: tuple[float, float],
+    weight: _FlatWeights, probe: _LossProbe, spec: MRCSpec, baseline: tuple[float, float],
     seed: int = 0,
 ) -> tuple[float, float, float]:
     """(worst loss, accuracy at it, largest loss after a pass): the first two count Δ = 0 (the
@@ -372,7 +421,7 @@ def _criticality_of(
     The point reached by pass k is measured while pass k + 1 starts (see ``_LossProbe``), the
     last one after the loop: the same ``steps`` measurements as measuring after every pass.
     """
-    original = weight.detach().clone()
+    original = weight.read()
     radius = spec.eps * weight_norm(original, spec.p)
     step_of = ascent_step(spec, radius)
     generator = torch.Generator().manual_seed(seed) if spec.reshuffle else None
@@ -400,11 +449,11 @@ def _criticality_of(
                 # From the second pass on, the pass also measures where the previous one ended.
                 keep_worst(probe.ascend(weight, step_of, measure_start=step > 0))
             with torch.no_grad():
-                weight.copy_(original + project_onto_ball(weight - original, radius, spec.p))
+                weight.copy_(original + project_onto_ball(weight.read() - original, radius,
+                                                          spec.p))
         keep_worst(probe.measure())  # where the last pass ended
     finally:
-        with torch.no_grad():
-            weight.copy_(original)
+        weight.copy_(original)
     if spec.allow_negative:
         return reached, accuracy_at_reached, reached
     return worst_loss, accuracy_at_worst, reached
@@ -462,8 +511,8 @@ def module_robust_criticality(
         for index, name in enumerate(names):
             raise_if_cancelled(should_cancel)
             started = time.perf_counter()
-            weight = module_weight(model, name)
-            segment = split_at_parameter(traced, weight) if traced is not None else None
+            weight = _FlatWeights(module_weights(model, name))
+            segment = split_at_parameters(traced, weight.tensors) if traced is not None else None
             segment = segment or full
             with torch.no_grad(), autocast(adversarial_images.device, precision):
                 cache = [tuple(segment.prefix(x)) for x in image_batches]

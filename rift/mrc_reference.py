@@ -39,25 +39,29 @@ class PlainRow:
 
 # Written out again rather than imported from rift.scored_weights (see the module docstring).
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-             nn.ConvTranspose3d, nn.Linear)
+             nn.ConvTranspose3d, nn.Linear, nn.Bilinear)
 
 
-def _weight_of(module: nn.Module) -> torch.Tensor | None:
+def _weights_of(module: nn.Module) -> list[torch.Tensor]:
+    """The tensors perturbed together as one vector: an attention's q, k and v projections,
+    packed in one tensor or held as three; a layer's weight."""
     if isinstance(module, nn.MultiheadAttention):
-        return module.in_proj_weight
-    return module.weight if isinstance(module, _WEIGHTED) else None
+        if module.in_proj_weight is not None:
+            return [module.in_proj_weight]
+        return [module.q_proj_weight, module.k_proj_weight, module.v_proj_weight]
+    return [module.weight] if isinstance(module, _WEIGHTED) else []
 
 
 def _scored_module_names(model: nn.Module, spec: MRCSpec) -> list[str]:
-    """Convolutions, linear layers and packed attention projections, each weight tensor once
-    (under the first module holding it)."""
+    """Convolutions, linear layers and attention projections, each weight once (under the first
+    module holding it)."""
     names: list[str] = []
-    seen: set[int] = set()
+    seen: set[tuple[int, ...]] = set()
     for name, module in model.named_modules():
-        weight = _weight_of(module)
-        if weight is None or id(weight) in seen:
+        key = tuple(id(weight) for weight in _weights_of(module))
+        if not key or key in seen:
             continue
-        seen.add(id(weight))
+        seen.add(key)
         if spec.modules is not None and name not in spec.modules:
             continue
         if spec.include and not any(fnmatch.fnmatchcase(name, pattern) for pattern in spec.include):
@@ -68,33 +72,33 @@ def _scored_module_names(model: nn.Module, spec: MRCSpec) -> list[str]:
     return names
 
 
-def _size(tensor: torch.Tensor, p: int | str) -> float:
-    """||tensor||_p of the flattened tensor, computed elementwise in float64."""
-    flat = tensor.detach().double().reshape(-1)
+def _size(tensors: list[torch.Tensor], p: int | str) -> float:
+    """||v||_p of v, the tensors flattened and concatenated, computed elementwise in float64."""
+    flat = torch.cat([tensor.detach().double().reshape(-1) for tensor in tensors])
     if p == "inf":
         return max(abs(float(value)) for value in flat) if flat.numel() else 0.0
     return math.sqrt(float((flat * flat).sum()))
 
 
-def _into_ball(delta: torch.Tensor, radius: float, p: int | str) -> torch.Tensor:
+def _into_ball(deltas: list[torch.Tensor], radius: float, p: int | str) -> list[torch.Tensor]:
     if p == "inf":
-        return torch.minimum(torch.maximum(delta, torch.full_like(delta, -radius)),
-                             torch.full_like(delta, radius))
-    size = _size(delta, 2)
+        return [torch.minimum(torch.maximum(delta, torch.full_like(delta, -radius)),
+                              torch.full_like(delta, radius)) for delta in deltas]
+    size = _size(deltas, 2)
     if size <= radius:
-        return delta
-    return delta * (radius / size)
+        return deltas
+    return [delta * (radius / size) for delta in deltas]
 
 
-def _step(grad: torch.Tensor, spec: MRCSpec, radius: float) -> torch.Tensor:
+def _step(grads: list[torch.Tensor], spec: MRCSpec, radius: float) -> list[torch.Tensor]:
     if spec.ascent == "sgd":
-        return spec.lr * grad
+        return [spec.lr * grad for grad in grads]
     if spec.p == "inf":
-        return spec.lr * radius * torch.sign(grad)
-    size = _size(grad, 2)
+        return [spec.lr * radius * torch.sign(grad) for grad in grads]
+    size = _size(grads, 2)
     if size == 0.0:
-        return torch.zeros_like(grad)
-    return (spec.lr * radius / size) * grad
+        return [torch.zeros_like(grad) for grad in grads]
+    return [(spec.lr * radius / size) * grad for grad in grads]
 
 
 def _forward(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -132,10 +136,12 @@ def plain_mrc_table(
                                                           spec.batch_size)
     table: dict[str, PlainRow] = {}
     for name in _scored_module_names(model, spec):
-        weight = _weight_of(model.get_submodule(name))
-        assert isinstance(weight, torch.Tensor)
-        original = weight.detach().clone()
-        radius = spec.eps * _size(original, spec.p)
+        weights = _weights_of(model.get_submodule(name))
+        originals = [weight.detach().clone() for weight in weights]
+        flags = [weight.requires_grad for weight in weights]  # a frozen layer is scored too
+        for weight in weights:
+            weight.requires_grad_(True)
+        radius = spec.eps * _size(originals, spec.p)
         images, targets = adversarial_images, labels
         generator = torch.Generator().manual_seed(seed)
         measured: list[tuple[float, float]] = []
@@ -148,14 +154,22 @@ def plain_mrc_table(
                 logits = _forward(model, images[start:start + spec.batch_size])
                 F.cross_entropy(logits, targets[start:start + spec.batch_size]).backward()
                 with torch.no_grad():
-                    assert weight.grad is not None
-                    weight.add_(_step(weight.grad, spec, radius))
+                    grads = [weight.grad for weight in weights]
+                    assert all(grad is not None for grad in grads)
+                    steps = _step([grad for grad in grads if grad is not None], spec, radius)
+                    for weight, step in zip(weights, steps, strict=True):
+                        weight.add_(step)
             with torch.no_grad():
-                weight.copy_(original + _into_ball(weight - original, radius, spec.p))
+                moved = _into_ball([w - o for w, o in zip(weights, originals, strict=True)],
+                                   radius, spec.p)
+                for weight, original, delta in zip(weights, originals, moved, strict=True):
+                    weight.copy_(original + delta)
             measured.append(_loss_and_accuracy(model, adversarial_images, labels,
                                                spec.batch_size))
         with torch.no_grad():
-            weight.copy_(original)
+            for weight, original, flag in zip(weights, originals, flags, strict=True):
+                weight.copy_(original)
+                weight.requires_grad_(flag)
         model.zero_grad(set_to_none=True)
         reached = max(measured, key=lambda point: point[0])
         if spec.allow_negative or reached[0] > baseline_loss:

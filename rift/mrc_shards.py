@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from rift.errors import ConfigError
-from rift.scored_weights import scored_weight
+from rift.scored_weights import scored_parameters
 
 
 @torch.no_grad()
@@ -29,9 +29,9 @@ def estimate_module_costs(model: nn.Module, example: torch.Tensor, names: list[s
     order: list[tuple[str, float]] = []
     handles = []
     for name, module in model.named_modules():
-        weight = scored_weight(module)
-        if weight is not None:
-            handles.append(module.register_forward_hook(_recorder(name, weight, order)))
+        weights = scored_parameters(module)
+        if weights:
+            handles.append(module.register_forward_hook(_recorder(name, weights, order)))
     was_training = model.training
     model.eval()
     try:
@@ -48,11 +48,11 @@ def estimate_module_costs(model: nn.Module, example: torch.Tensor, names: list[s
     return {name: max(costs.get(name, 1.0), 1.0) for name in names}
 
 
-def _recorder(name: str, weight: torch.Tensor, order: list[tuple[str, float]]
+def _recorder(name: str, weights: tuple[torch.Tensor, ...], order: list[tuple[str, float]]
               ) -> Callable[[nn.Module, tuple[torch.Tensor, ...], object], None]:
     # Each output element is about a dot product over one filter: weight.numel() / out_channels
     # (an estimate for transposed convolutions and attention, enough to balance shards).
-    per_output = weight.numel() / max(int(weight.shape[0]), 1)
+    per_output = sum(w.numel() for w in weights) / max(int(weights[0].shape[0]), 1)
 
     def hook(_: nn.Module, inputs: tuple[torch.Tensor, ...], output: object) -> None:
         # nn.MultiheadAttention returns (output, attention weights or None).

@@ -57,6 +57,7 @@ from rift.mrc import (
 from rift.preflight import PreflightReport, preflight_check
 from rift.robust_tally import RobustTally, percent
 from rift.run_warnings import configuration_warnings
+from rift.scored_weights import unscored_kinds
 from rift.sequential_attack import (
     Attacked,
     attack_until,
@@ -354,10 +355,14 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
             "not depend on their weights (e.g. an auxiliary head used only in training), so "
             "fine-tuning them could not change its predictions")})
     if report.unscored:
+        kinds = unscored_kinds(run.model, report.unscored)
         callbacks.event("warning", {"stage": "mrc", "message": (
-            f"{len(report.unscored)} parameter(s) are outside the MRC table (it scores "
-            "convolution, linear and packed attention-projection weights) and are never chosen "
-            f"for fine-tuning: {_names(report.unscored)}")})
+            f"{len(report.unscored)} parameter(s) are outside the MRC table, so they are never "
+            "scored nor chosen for fine-tuning (MRC scores the weights of convolution, linear "
+            "and attention-projection layers, as the paper does; biases and normalisation "
+            "parameters are left out by design): " + "; ".join(
+                f"{_UNSCORED_WHY.get(kind, f'parameters of {kind} layers')}: {_names(names)}"
+                for kind, names in kinds.items()))})
     if report.engine == "full" and spec.engine == "auto":
         callbacks.event("warning", {"stage": "mrc", "message": (
             "the model could not be traced with torch.fx, so MRC ran full forward passes "
@@ -366,6 +371,11 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
     return MRCStageResult(rows, report.baseline_robust_loss, report.baseline_robust_accuracy,
                           report.lowest().name, report.engine, len(inputs.labels),
                           time.perf_counter() - started)
+
+
+# Why a kind of parameter (``rift.scored_weights.unscored_kinds``) has no row, for the warning.
+_UNSCORED_WHY = {"raw Parameter": "raw Parameters held by the model's own code, not a layer's "
+                                  "weight (e.g. class tokens, position tables, layer scales)"}
 
 
 def _names(names: list[str], limit: int = 8) -> str:

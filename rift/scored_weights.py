@@ -1,18 +1,26 @@
-"""Which weights MRC scores, one row per weight tensor (docs/algorithm.md, "Which weights").
+"""Which weights MRC scores, one row per module (docs/algorithm.md, "Which weights").
 
-A row is a module and the one weight of it that the ascent perturbs:
+A row is a module and the weight tensors of it that the ascent perturbs, as one vector (their
+concatenation: one ball, one norm, one step):
 
-* every convolution (``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``) and ``Linear`` (subclasses
-  included, e.g. ``nn.MultiheadAttention``'s ``out_proj``): its ``weight``;
-* ``nn.MultiheadAttention`` with packed projections (the usual case, ViT's attention): its
-  ``in_proj_weight``, a raw ``Parameter`` of the attention module that no submodule holds.
+* every convolution (``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``), ``Linear`` (subclasses
+  included, e.g. ``nn.MultiheadAttention``'s ``out_proj``) and ``Bilinear``: its ``weight``;
+* ``nn.MultiheadAttention``: its query, key and value projections, raw ``Parameter`` s of the
+  attention module that no submodule holds. Packed (the usual case, ViT's attention), that is
+  ``in_proj_weight`` = [W_q; W_k; W_v]; with ``kdim`` or ``vdim`` unlike ``embed_dim`` the three
+  are separate (``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight``) and are scored together,
+  as the one vector the packed tensor would be, so both forms of one attention score alike.
 
-A ``Parameter`` is scored once, under the first module (in definition order) that holds it:
+Weight tensors are scored once, under the first module (in definition order) that holds them:
 two modules sharing a weight (tied weights) are one row, since perturbing or fine-tuning one
-moves both. Everything else is *unscored*: the biases of scored modules and the parameters of
+moves both. (Rows are compared whole: an attention whose ``k_proj_weight`` alone is tied to
+another layer's weight would be two rows sharing that tensor; README, "Known gaps".)
+Everything else is *unscored*: the biases of scored modules and the parameters of
 normalisation layers by design (the paper perturbs weights only), and whatever else a model holds
-(ViT's class token and position embedding, ConvNeXt's layer scales, separate q/k/v projections of
-an attention with ``kdim != embed_dim``), which the pipeline names in a warning.
+as a raw ``Parameter`` (ViT's class token and position embedding, Swin's relative-position
+tables, ConvNeXt's layer scales) or in a layer that is not a weighted map of its input
+(``nn.Embedding``'s lookup table): the paper scores layers, and such a tensor is not one, so the
+pipeline names it in a warning, by kind (:func:`unscored_kinds`), rather than guess a ball for it.
 """
 
 from __future__ import annotations
@@ -22,28 +30,36 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
-_WEIGHT_MODULES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
+_WEIGHT_MODULES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)
 # Parameters outside the table by design, not worth a warning: MRC perturbs weights, not these.
 _NORMALIZATION_MODULES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+_SEPARATE_PROJECTIONS = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
 
 
-def scored_weight(module: nn.Module) -> nn.Parameter | None:
-    """The weight MRC perturbs in ``module`` (see the module docstring), or None."""
+def scored_parameters(module: nn.Module) -> tuple[nn.Parameter, ...]:
+    """The weight tensors MRC perturbs together in ``module`` (see the module docstring), in a
+    fixed order; empty when ``module`` is not scored (or its weights are not materialised yet,
+    as in a lazy layer before its first call)."""
+    found: tuple[object, ...]
     if isinstance(module, _WEIGHT_MODULES):
-        weight = module.weight
+        found = (module.weight,)
     elif isinstance(module, nn.MultiheadAttention):
-        weight = module.in_proj_weight  # None when q, k and v have separate projections
+        packed = module.in_proj_weight  # None when q, k and v have separate projections
+        found = (packed,) if packed is not None else tuple(
+            getattr(module, name) for name in _SEPARATE_PROJECTIONS)
     else:
-        return None
-    if not isinstance(weight, nn.Parameter) or isinstance(weight, UninitializedParameter):
-        return None
-    return weight
+        return ()
+    if not all(isinstance(weight, nn.Parameter) and not isinstance(weight, UninitializedParameter)
+               for weight in found):
+        return ()
+    return tuple(weight for weight in found if isinstance(weight, nn.Parameter))
 
 
 @dataclass(frozen=True)
 class ScoredWeights:
-    """``modules``: the scored modules' names in definition order, one per weight tensor.
+    """``modules``: the scored modules' names in definition order, one per row (a row's weight
+    tensors are held by no other row, see :func:`scored_weights`).
     ``aliases``: a module whose weight is already scored under another name → that name.
     ``unscored``: parameter names outside every row, less biases of scored modules and
     normalisation parameters (see the module docstring)."""
@@ -57,20 +73,34 @@ def scored_weights(model: nn.Module) -> ScoredWeights:
     """The rows of ``model``'s MRC table, its weight aliases and its unscored parameters."""
     modules: list[str] = []
     aliases: dict[str, str] = {}
-    owner_of: dict[int, str] = {}  # id(weight) → the module name that scores it
+    owner_of: dict[tuple[int, ...], str] = {}  # ids of a row's weights → the module scoring them
     covered: set[int] = set()
     for name, module in model.named_modules():
         own = [p for p in module.parameters(recurse=False)]
-        weight = scored_weight(module)
+        weights = scored_parameters(module)
         if isinstance(module, _NORMALIZATION_MODULES):
             covered.update(id(p) for p in own)
-        if weight is None:
+        if not weights:
             continue
         covered.update(id(p) for p in own)  # its biases are outside the table by design
-        if id(weight) in owner_of:
-            aliases[name] = owner_of[id(weight)]
+        key = tuple(id(weight) for weight in weights)
+        if key in owner_of:
+            aliases[name] = owner_of[key]
             continue
-        owner_of[id(weight)] = name
+        owner_of[key] = name
         modules.append(name)
     unscored = [name for name, p in model.named_parameters() if id(p) not in covered]
     return ScoredWeights(modules, aliases, unscored)
+
+
+def unscored_kinds(model: nn.Module, names: list[str]) -> dict[str, list[str]]:
+    """The parameters ``names`` of ``model`` (``ScoredWeights.unscored``) by why they have no
+    row: under ``"raw Parameter"`` those a model's own code holds directly (class tokens,
+    position tables, layer scales), under a layer's type name (e.g. ``"Embedding"``) those of a
+    ``torch.nn`` layer kind MRC does not score. Keys in first-seen order."""
+    kinds: dict[str, list[str]] = {}
+    for name in names:
+        owner = model.get_submodule(name.rpartition(".")[0])
+        layer = type(owner).__module__.startswith("torch.nn.")
+        kinds.setdefault(type(owner).__name__ if layer else "raw Parameter", []).append(name)
+    return kinds

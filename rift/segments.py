@@ -1,7 +1,7 @@
 """Split a network at one weight so only the part after it is recomputed.
 
 During MRC the model is in eval mode and the adversarial set is fixed, so every activation that does
-not depend on the perturbed weight is a constant. ``split_at_parameter`` traces the network with
+not depend on the perturbed weight is a constant. ``split_at_parameters`` traces the network with
 torch.fx and returns a *prefix* (input -> the activations that the weight's readers and everything
 downstream of them read) and a *suffix* (those activations -> logits). Caching the prefix outputs
 once per module turns each of the 2·steps passes into a pass over the suffix only
@@ -17,6 +17,7 @@ a perturbation that only reaches some of its uses).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,12 +49,15 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.symbolic_trace(model)
 
 
-def split_at_parameter(traced: fx.GraphModule, parameter: torch.Tensor) -> Segment | None:
-    """Split ``traced`` at every node that reads ``parameter`` (compared by identity): a
-    ``call_module`` of a module holding it, directly or in a submodule, or a ``get_attr`` of it.
-    ``None`` when the graph does not read it or the output does not depend on it."""
+def split_at_parameters(traced: fx.GraphModule, parameters: Sequence[torch.Tensor]
+                        ) -> Segment | None:
+    """Split ``traced`` at every node that reads one of ``parameters`` (compared by identity;
+    several when an MRC row perturbs several tensors together): a ``call_module`` of a module
+    holding it, directly or in a submodule, or a ``get_attr`` of it. ``None`` when the graph
+    reads none of them or the output does not depend on them."""
     graph = traced.graph
-    readers = [node for node in graph.nodes if _reads(traced, node, parameter)]
+    readers = [node for node in graph.nodes
+               if any(_reads(traced, node, parameter) for parameter in parameters)]
     if not readers:
         return None
     output_node = next(n for n in graph.nodes if n.op == "output")

@@ -45,6 +45,17 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
+@pytest.fixture
+def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test distribution of ``tests/entry_point_dist.py`` (its ``rift.architectures`` entry
+    points), installed for this test: its folder is on ``sys.path``."""
+    from tests.entry_point_dist import write_entry_point_dist
+
+    folder = write_entry_point_dist(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def digits_checkpoint_info() -> dict[str, Any]:
     """Path and measured test accuracies of ``small_cnn`` adversarially trained on digits (CPU)."""

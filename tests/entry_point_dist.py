@@ -11,7 +11,14 @@ ARCHITECTURE = "tiny_tabular_net"
 MODULE = "rift_test_arch_plugin"
 # Installed names of the awkward models in tests/module_factories.py (3×H×W inputs).
 AWKWARD_ARCHITECTURES = {"tied_weights_net": "TiedWeights", "odd_layers_net": "OddLayers",
-                         "attention_net": "AttentionNet"}
+                         "attention_net": "AttentionNet",
+                         "cross_attention_net": "CrossAttentionNet",
+                         "bilinear_embedding_net": "BilinearEmbeddingNet",
+                         "normalized_net": "NormalizedNet",
+                         "batch_statistics_net": "batch_statistics_net",
+                         **{name: name for name in (
+                             "dict_output_net", "namedtuple_output_net", "tuple_output_net",
+                             "two_logits_net", "features_first_in_training_net")}}
 
 _SOURCE = '''
 """An operator's architecture: two linear layers over flattened inputs."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -115,3 +117,109 @@ class HiddenRunningScale(nn.Module):
             with torch.no_grad():
                 self.scale.mul_(0.9).add_(0.1 * features.abs().mean())
         return self.head(features / self.scale)
+
+
+class CrossAttentionNet(nn.Module):
+    """``nn.MultiheadAttention`` whose keys and values are narrower than its queries (``kdim``,
+    ``vdim`` != ``embed_dim``): separate ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``
+    instead of one packed ``in_proj_weight``."""
+
+    def __init__(self, classes: int = 4, width: int = 8, context: int = 6) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, width, 4, stride=4)
+        self.context = nn.Conv2d(3, context, 4, stride=4)
+        self.attn = nn.MultiheadAttention(width, 2, kdim=context, vdim=context, batch_first=True)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        queries = self.embed(x).flatten(2).transpose(1, 2)
+        keys = F.relu(self.context(x)).flatten(2).transpose(1, 2)
+        mixed = self.attn(queries, keys, keys, need_weights=False)[0]
+        return self.head((queries + mixed).mean(1))
+
+
+class BilinearEmbeddingNet(nn.Module):
+    """An ``nn.Bilinear`` layer, an ``nn.Embedding`` position table read by index, and a
+    frozen stem (``requires_grad=False`` from the builder)."""
+
+    def __init__(self, classes: int = 4, width: int = 6) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.stem.requires_grad_(False)
+        self.positions = nn.Embedding(4, width)
+        self.pair = nn.Bilinear(width, width, width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = F.adaptive_avg_pool2d(F.relu(self.stem(x)), 2).flatten(2).transpose(1, 2)
+        index = torch.arange(4, device=x.device)
+        features = features + self.positions(index)
+        pooled = features.mean(1)
+        return self.head(F.relu(self.pair(pooled, features.amax(1))))
+
+
+class NormalizedNet(nn.Module):
+    """GroupNorm, InstanceNorm (per-example statistics) and LayerNorm: none depends on the
+    batch. ``batch_statistics=True`` adds a BatchNorm without running statistics, which in eval
+    mode normalises with the statistics of the batch it is given."""
+
+    def __init__(self, classes: int = 4, *, batch_statistics: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.group = nn.GroupNorm(2, 8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.instance = nn.InstanceNorm2d(8, affine=True)
+        self.batch = (nn.BatchNorm2d(8, track_running_stats=False) if batch_statistics
+                      else nn.Identity())
+        self.layer = nn.LayerNorm(8)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.group(self.conv1(x)))
+        x = F.relu(self.batch(self.instance(self.conv2(x))))
+        return self.head(self.layer(x.mean((2, 3))))
+
+
+def batch_statistics_net(classes: int = 4) -> NormalizedNet:
+    return NormalizedNet(classes, batch_statistics=True)
+
+
+class StructuredOutputNet(nn.Module):
+    """An installed architecture whose forward returns its logits inside a structure:
+    ``"dict"`` {"logits", "features"}, ``"namedtuple"`` (logits, features), ``"tuple"``
+    (logits, features), the ambiguous ``"two_logits"`` (logits, auxiliary logits), or
+    ``"features_first_in_training"``: logits in eval mode, (features, logits) in train mode."""
+
+    Output = namedtuple("Output", ["logits", "features"])
+
+    def __init__(self, classes: int = 4, form: str = "dict") -> None:
+        super().__init__()
+        self.form = form
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.head = nn.Linear(6, classes)
+        self.aux = nn.Linear(6, classes)
+
+    def forward(self, x: Tensor) -> object:
+        features = F.relu(self.stem(x)).mean((2, 3))
+        logits = self.head(features)
+        if self.form == "dict":
+            return {"features": features, "logits": logits}
+        if self.form == "namedtuple":
+            return self.Output(logits, features)
+        if self.form == "tuple":
+            return logits, features
+        if self.form == "two_logits":
+            return logits, self.aux(features)
+        return (features, logits) if self.training else logits
+
+
+def structured_output_net(form: str) -> Callable[[int], StructuredOutputNet]:
+    """A builder of ``StructuredOutputNet(classes, form)`` (for ``tests.entry_point_dist``)."""
+    return lambda classes=4: StructuredOutputNet(classes, form)
+
+
+dict_output_net = structured_output_net("dict")
+namedtuple_output_net = structured_output_net("namedtuple")
+tuple_output_net = structured_output_net("tuple")
+two_logits_net = structured_output_net("two_logits")
+features_first_in_training_net = structured_output_net("features_first_in_training")

@@ -56,6 +56,7 @@ def check_checkpoint_fits(
 
     from rift.checkpoints import check_compatible, check_dtypes
     from rift.finetune import trainable_module
+    from rift.models.registry import refuse_batch_statistics
     from rift.mrc import select_modules
 
     if num_features is not None:  # (N, F) arrays load as (N, F, 1, 1): see rift.data.npz
@@ -81,6 +82,7 @@ def check_checkpoint_fits(
     # Kinds only: meta tensors have no values, so a float64 beyond float32's range is left to
     # the job's own check when it loads the weights.
     check_dtypes(model, {key: meta_state[key] for key in known if key in meta_state})
+    refuse_batch_statistics(model, config.architecture)  # needs no geometry: checked always
     select_modules(model, config.mrc)
     if config.finetune.module is not None:
         trainable_module(model, config.finetune.module)

@@ -3,7 +3,9 @@
 Operators add architectures by installing a package that declares an entry point in the group
 ``rift.architectures``: ``name = package.module:builder``, where ``builder`` takes the keyword
 arguments ``num_classes``, ``in_channels``, ``mean``, ``std`` like the built-in builders and
-returns an ``nn.Module`` mapping (N, C, H, W) inputs to (N, num_classes) logits. The library, the
+returns an ``nn.Module`` mapping (N, C, H, W) inputs to (N, num_classes) logits, or to a structure
+holding them unambiguously (``rift.models.logits_output``: a dict's ``"logits"``, a tuple's
+first element...). The library, the
 CLI and the workers all resolve names here, so an installed architecture is usable everywhere;
 uploads never carry code.
 """
@@ -21,6 +23,7 @@ from torch import nn
 from rift.config import ArchitectureSpec
 from rift.errors import ConfigError, RiftError, UnknownArchitectureError
 from rift.model_state import frozen_except
+from rift.models.logits_output import return_logits
 from rift.models.mlp import mlp
 from rift.models.preact_resnet import preact_resnet18
 from rift.models.resnet import resnet18, resnet34
@@ -132,7 +135,10 @@ def _build(spec: ArchitectureSpec, channels: int, size: int) -> nn.Module:
     if spec.input_features is not None or spec.hidden is not None:
         raise ConfigError("'input_features' and 'hidden' apply to the 'mlp' architecture only",
                           field="architecture.hidden")
-    builder = _BUILDERS.get(spec.name) or _installed_builder(spec.name)
+    native = _BUILDERS.get(spec.name)
+    if native is not None:
+        return native(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std)
+    builder = _installed_builder(spec.name)
     if builder is None:
         installed = list(installed_architectures())
         raise UnknownArchitectureError(
@@ -143,12 +149,46 @@ def _build(spec: ArchitectureSpec, channels: int, size: int) -> nn.Module:
             f"'{ENTRY_POINT_GROUP}' entry-point group",
             field="architecture.name",
         )
-    return builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std)
+    # An operator's network may return its logits inside a dict or tuple (logits_output).
+    return return_logits(
+        builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std))
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def batch_statistics_layers(model: nn.Module) -> list[str]:
+    """Names of the BatchNorm layers of ``model`` that have no running statistics: in eval mode
+    PyTorch normalises with the batch's own statistics there, so one example's logits depend on
+    the rest of its batch (measured: 6.7e-5 on random weights, and the cached and full MRC
+    engines then disagree once batches are reshuffled). Every stage assumes examples are
+    independent in eval mode."""
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and (module.running_mean is None or module.running_var is None)]
+
+
+def refuse_batch_statistics(model: nn.Module, spec: ArchitectureSpec) -> None:
+    """Refuse ``model`` when :func:`batch_statistics_layers` finds any (no forward pass, so the
+    validator checks it whatever it knows of the data).
+
+    Raises:
+        ConfigError: (field ``architecture``) naming the layers.
+    """
+    coupled = batch_statistics_layers(model)
+    if coupled:
+        raise ConfigError(
+            f"architecture {spec.name!r} has BatchNorm layer(s) without running statistics "
+            f"(track_running_stats=False): {coupled[:8]}{' …' if len(coupled) > 8 else ''}. In "
+            "eval mode they normalise each example with the statistics of the batch it comes "
+            "in, so attacks, MRC and accuracies would depend on how examples are batched (the "
+            "cached MRC engine, reshuffled MRC batches and the α selection's attack chunks "
+            "group them differently) and would not be the model's. Build the architecture with "
+            "running statistics (track_running_stats=True, estimated on training data) or a "
+            "per-example normalisation (GroupNorm, LayerNorm, InstanceNorm)",
+            field="architecture")
 
 
 def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
@@ -160,10 +200,14 @@ def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
     non-square ones, ``in_channels`` unlike the data's) otherwise fails deep inside the first
     stage with a framework error; here it is one error naming the architecture and the shape.
 
+    Also refuses a model whose eval-mode output for one example depends on the other examples
+    of its batch (:func:`batch_statistics_layers`).
+
     Raises:
         ConfigError: (field ``architecture``) the forward pass fails or its output has another
-            shape.
+            shape, or a layer normalises with batch statistics in eval mode.
     """
+    refuse_batch_statistics(model, spec)
     channels, height, width = image_shape
     shape = f"{channels}×{height}×{width} (C×H×W) inputs"
     probe = torch.zeros(1, channels, height, width, device=device)

@@ -16,18 +16,11 @@ from rift import checkpoints
 from rift.attacks import PGD
 from rift.config import ArchitectureSpec, AttackSpec, DatasetSpec, RiftConfig
 from rift.data import load_dataset
-from rift.errors import UnknownArchitectureError
+from rift.errors import ConfigError, UnknownArchitectureError
 from rift.models import build_model, list_architectures
 from tests.entry_point_dist import ARCHITECTURE, write_entry_point_dist
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = write_entry_point_dist(tmp_path / "site")
-    monkeypatch.syspath_prepend(str(folder))
-    return folder
 
 
 def _subprocess_env(plugin: Path) -> dict[str, str]:
@@ -179,13 +172,41 @@ def test_tabular_run_through_the_cli(tmp_path: Path) -> None:
     assert result["selected_module"] in done.stdout
 
 
+def _awkward_config(folder: Path, architecture: str, tuned: str) -> RiftConfig:
+    """A quick CPU run of ``architecture`` on random 8×8 images of 4 classes in ``folder``."""
+    rng = np.random.default_rng(0)
+    np.savez(folder / "d.npz", x=rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8),
+             y=np.arange(48) % 4)
+    return RiftConfig.model_validate({
+        "architecture": {"name": architecture, "num_classes": 4},
+        "dataset": {"name": "npz", "path": str(folder / "d.npz"), "validation_fraction": 0.25},
+        "attack": {"eps": 0.03, "step_size": 0.01, "steps": 2},
+        "mrc": {"steps": 2, "num_examples": 16, "batch_size": 16},
+        "finetune": {"module": tuned, "epochs": 1, "batch_size": 8, "lr": 0.5,
+                     "lr_milestones": []},
+        "interpolation": {"alpha_step": 0.5}, "evaluation": {"max_examples": 8},
+        "preflight": {"examples": 0}, "device": "cpu"})
+
+
 @pytest.mark.parametrize(("architecture", "tuned", "rows", "warned"), [
     # A tied pair (a, b), a module called twice, a weight also read functionally.
     ("tied_weights_net", "a", ["stem", "a", "twice", "mix", "head"], []),
     # Conv3d, ConvTranspose2d, Conv1d, a bias-free Linear, a buffer, an uncalled aux head.
     ("odd_layers_net", "sequence", ["volume", "up", "sequence", "head"], ["aux"]),
     # nn.MultiheadAttention (raw in_proj_weight, functional out_proj), a class token.
-    ("attention_net", "attn", ["embed", "attn", "attn.out_proj", "head"], ["cls_token"]),
+    ("attention_net", "attn", ["embed", "attn", "attn.out_proj", "head"],
+     ["cls_token", "raw Parameters held by the model's own code"]),
+    # Separate q/k/v projections (kdim, vdim != embed_dim): one row, tuned together.
+    ("cross_attention_net", "attn", ["embed", "context", "attn", "attn.out_proj", "head"], []),
+    # nn.Bilinear, an nn.Embedding table (named, not scored), a frozen stem (scored, tuned).
+    ("bilinear_embedding_net", "stem", ["stem", "pair", "head"],
+     ["parameters of Embedding layers: positions.weight"]),
+    # GroupNorm, InstanceNorm and LayerNorm: per-example statistics, nothing to warn about.
+    ("normalized_net", "conv2", ["conv1", "conv2", "head"], []),
+    # Logits inside a structure: a dict's "logits", a namedtuple's field, a tuple's first.
+    ("dict_output_net", "head", ["stem", "head"], ["aux"]),
+    ("namedtuple_output_net", "stem", ["stem", "head"], ["aux"]),
+    ("tuple_output_net", "head", ["stem", "head"], ["aux"]),
 ])
 def test_awkward_architectures_run_end_to_end_without_a_silent_wrong_result(
         plugin_path: Path, tmp_path: Path, architecture: str, tuned: str, rows: list[str],
@@ -196,18 +217,7 @@ def test_awkward_architectures_run_end_to_end_without_a_silent_wrong_result(
     from rift.interpolation import interpolate_weights
     from rift.pipeline import PipelineCallbacks, prepare_run, run_pipeline
 
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8),
-             y=np.arange(48) % 4)
-    config = RiftConfig.model_validate({
-        "architecture": {"name": architecture, "num_classes": 4},
-        "dataset": {"name": "npz", "path": str(tmp_path / "d.npz"), "validation_fraction": 0.25},
-        "attack": {"eps": 0.03, "step_size": 0.01, "steps": 2},
-        "mrc": {"steps": 2, "num_examples": 16, "batch_size": 16},
-        "finetune": {"module": tuned, "epochs": 1, "batch_size": 8, "lr": 0.5,
-                     "lr_milestones": []},
-        "interpolation": {"alpha_step": 0.5}, "evaluation": {"max_examples": 8},
-        "preflight": {"examples": 0}, "device": "cpu"})
+    config = _awkward_config(tmp_path, architecture, tuned)
     torch.manual_seed(0)
     state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
     warnings: list[str] = []
@@ -230,3 +240,45 @@ def test_awkward_architectures_run_end_to_end_without_a_silent_wrong_result(
     run.reset_weights(interpolate_weights(theta_at, theta_ft, 0.0))
     for key, value in run.model.state_dict().items():
         assert torch.equal(value, theta_at[key]), key
+
+
+def test_batchnorm_without_running_statistics_is_refused_naming_the_layer(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """In eval mode such a layer normalises with its batch's statistics: one example's logits
+    depend on the others, and the cached MRC engine disagrees with the full one once batches are
+    reshuffled. Before: accepted, every number silently batch-dependent."""
+    from rift.pipeline import prepare_run
+
+    config = _awkward_config(tmp_path, "batch_statistics_net", "conv1")
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    with pytest.raises(ConfigError, match=r"without running statistics.*\['batch'\]") as error:
+        prepare_run(config, state)
+    assert error.value.field == "architecture"
+
+
+def test_an_output_with_no_unambiguous_logits_is_refused_naming_what_it_holds(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """(logits, auxiliary logits): two tensors of one shape, either could be the logits."""
+    from rift.pipeline import prepare_run
+
+    config = _awkward_config(tmp_path, "two_logits_net", "head")
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    with pytest.raises(ConfigError, match=r"eval mode the model returns a tuple "
+                       r"\(tensor \(1, 4\), tensor \(1, 4\)\)") as error:
+        prepare_run(config, state)
+    assert error.value.field == "architecture"
+
+
+def test_a_train_mode_structure_holding_another_tensor_first_is_refused(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """Eval mode returns the logits; train mode (features, logits), whose first element is 2-D
+    and the only one of its shape. Fine-tuning checks the width against eval mode's instead of
+    training on the features as if they were logits."""
+    from rift.pipeline import run_pipeline
+
+    config = _awkward_config(tmp_path, "features_first_in_training_net", "head")
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    with pytest.raises(ConfigError, match=r"in train mode \(fine-tuning\) the model returns a "
+                       r"tensor of shape \(8, 6\) for a batch of 8.*\(8, 4\) logits") as error:
+        run_pipeline(config, state, tmp_path / "out")
+    assert error.value.field == "architecture"

@@ -18,8 +18,14 @@ from rift.mrc import (
     select_modules,
 )
 from rift.mrc_reference import plain_module_robust_criticality
-from rift.segments import split_at_parameter, trace
-from tests.module_factories import AttentionNet, OddLayers, TiedWeights
+from rift.segments import split_at_parameters, trace
+from tests.module_factories import (
+    AttentionNet,
+    BilinearEmbeddingNet,
+    CrossAttentionNet,
+    OddLayers,
+    TiedWeights,
+)
 
 
 class TwoLayerReLU(nn.Module):
@@ -191,7 +197,7 @@ def test_every_pass_end_point_is_measured(residual_setup, monkeypatch) -> None:
     with torch.no_grad():
         baseline = float(F.cross_entropy(model(images), labels))
         for delta in points:
-            model.conv3.weight.copy_(original + delta)
+            model.conv3.weight.copy_(original + delta.view_as(original))  # a flat vector
             losses.append(float(F.cross_entropy(model(images), labels)))
         model.conv3.weight.copy_(original)
     assert len(losses) == spec.steps
@@ -256,8 +262,8 @@ def test_naming_a_module_mrc_does_not_score_says_what_it_is(residual_setup) -> N
         select_modules(model, _spec(modules=["conv1", "bn1", "conv9"]))
     assert error.value.field == "mrc.modules"
     assert error.value.message == (
-        "'bn1' is a BatchNorm2d, which MRC does not score (it scores convolutions, linear layers "
-        "and packed attention projections: rift/scored_weights.py); unknown module(s) "
+        "'bn1' is a BatchNorm2d, which MRC does not score (it scores convolutions, linear and "
+        "bilinear layers and attention projections: rift/scored_weights.py); unknown module(s) "
         "['conv9']; conv/linear modules of this model are e.g. "
         "['conv1', 'conv2', 'conv3', 'head']")
     container = nn.Sequential()
@@ -345,7 +351,7 @@ def test_a_weight_read_in_several_places_is_perturbed_at_every_read() -> None:
     traced = trace(model)
     for weight in (model.a.weight, model.twice.weight, model.mix.weight):
         # A real split (not the whole-model fallback) whose prefix never reads the weight.
-        segment = split_at_parameter(traced, weight)
+        segment = split_at_parameters(traced, [weight])
         assert segment is not None
         prefix = segment.prefix
         for node in prefix.graph.nodes:
@@ -362,6 +368,55 @@ def test_attention_projections_are_scored_and_raw_parameters_reported() -> None:
                                                               num_examples=12, eps=0.5))
     assert [row.name for row in report.modules] == ["embed", "attn", "attn.out_proj", "head"]
     assert report.unscored == ["cls_token"]
+
+
+@pytest.mark.parametrize("p", [2, "inf"])
+def test_separate_query_key_value_projections_are_scored_as_one_vector(p: int | str) -> None:
+    """The cached engine splits at the attention for its three tensors and agrees with the
+    plain computation, which perturbs the three together (one ball, one step)."""
+    torch.manual_seed(0)
+    report = _cached_rows_equal_plain(CrossAttentionNet(), MRCSpec(
+        steps=2, batch_size=6, num_examples=12, eps=0.5, p=p, ascent="normalized"))
+    assert [row.name for row in report.modules] == [
+        "embed", "context", "attn", "attn.out_proj", "head"]
+    attention = dict(zip([row.name for row in report.modules], report.modules,
+                         strict=True))["attn"]
+    assert attention.parameters == 3 * 8 * 8 - 2 * 8 * (8 - 6)
+    assert attention.mrc > 0 and report.unscored == []
+
+
+def test_separate_projections_score_as_the_packed_tensor_holding_the_same_weights() -> None:
+    """With kdim == vdim == embed_dim forced onto separate tensors, the row equals the packed
+    attention's row on the same weights: the same vector, ball and steps."""
+    torch.manual_seed(0)
+    packed = AttentionNet().eval()
+    separate = AttentionNet().eval()
+    separate.load_state_dict(packed.state_dict())
+    attention = separate.attn
+    q, k, v = attention.in_proj_weight.detach().chunk(3)
+    attention._qkv_same_embed_dim = False
+    attention.q_proj_weight = nn.Parameter(q.clone())
+    attention.k_proj_weight = nn.Parameter(k.clone())
+    attention.v_proj_weight = nn.Parameter(v.clone())
+    attention.in_proj_weight = None  # type: ignore[assignment]
+    images, labels = torch.rand(12, 3, 8, 8), torch.arange(12) % 4
+    spec = MRCSpec(steps=3, batch_size=6, num_examples=12, eps=0.5, modules=["attn"])
+    assert torch.allclose(packed(images), separate(images), atol=1e-6)
+    rows = [module_robust_criticality(model, images, labels, spec).modules[0]
+            for model in (packed, separate)]
+    assert rows[0].parameters == rows[1].parameters
+    assert rows[1].mrc == pytest.approx(rows[0].mrc, rel=1e-5, abs=1e-6)
+    assert rows[0].mrc > 0
+
+
+def test_bilinear_and_frozen_layers_are_scored_and_left_as_they_were() -> None:
+    torch.manual_seed(0)
+    model = BilinearEmbeddingNet()
+    report = _cached_rows_equal_plain(model, MRCSpec(steps=2, batch_size=12, num_examples=12,
+                                                      eps=0.5))
+    assert [row.name for row in report.modules] == ["stem", "pair", "head"]
+    assert report.unscored == ["positions.weight"]
+    assert not model.stem.weight.requires_grad  # the builder's flag, put back
 
 
 def test_modules_the_output_does_not_depend_on_are_left_out_and_named() -> None:

@@ -4,6 +4,8 @@ the data's shape is refused, one whose ops cannot run on meta tensors is left to
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -121,3 +123,33 @@ def test_weights_of_another_kind_than_the_models_are_refused() -> None:
     # Unknown names (a dtype torch lacks, an old validator's answer without dtypes) go unchecked.
     check_checkpoint_fits(_config(), _shapes(model), dtypes={"conv1.weight": "float4_packed"},
                           in_channels=1, image_size=8)
+
+
+@pytest.mark.parametrize(("architecture", "words"), [
+    ("batch_statistics_net", r"BatchNorm layer\(s\) without running statistics.*\['batch'\]"),
+    ("two_logits_net", r"returns a tuple \(tensor \(1, 4\), tensor \(1, 4\)\)"),
+])
+def test_an_installed_architecture_the_job_would_refuse_is_refused_at_creation(
+        plugin_path: Path, architecture: str, words: str) -> None:
+    """The same refusals as the job's own check (``check_model_accepts``), on meta tensors; the
+    batch statistics even while the data's geometry is unknown (no forward pass needed)."""
+    config = RiftConfig.model_validate({"architecture": {"name": architecture, "num_classes": 4},
+                                        "dataset": {"name": "digits"}})
+    with torch.device("meta"):
+        model = rift.models.build_model(config.architecture, in_channels=3, image_size=8)
+    with pytest.raises(ConfigError, match=words) as caught:
+        check_checkpoint_fits(config, _shapes(model), in_channels=3, image_size=8)
+    assert caught.value.field == "architecture"
+    if architecture == "batch_statistics_net":
+        with pytest.raises(ConfigError, match=words):
+            check_checkpoint_fits(config, _shapes(model), in_channels=None, image_size=None)
+
+
+def test_an_installed_architecture_returning_a_dict_with_logits_is_accepted(
+        plugin_path: Path) -> None:
+    config = RiftConfig.model_validate({"architecture": {"name": "dict_output_net",
+                                                         "num_classes": 4},
+                                        "dataset": {"name": "digits"}})
+    with torch.device("meta"):
+        model = rift.models.build_model(config.architecture, in_channels=3, image_size=8)
+    check_checkpoint_fits(config, _shapes(model), in_channels=3, image_size=8)
