@@ -180,7 +180,11 @@ class Checkpoint(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True, index=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
 
-    __table_args__ = (CheckConstraint("format IN ('safetensors', 'torch')", name="format"),)
+    __table_args__ = (
+        CheckConstraint("format IN ('safetensors', 'torch')", name="format"),
+        # A project's checkpoints, newest first (GET /v1/checkpoints pages walk it).
+        Index("ix_checkpoints_project_id_created_at_id", "project_id", "created_at", "id"),
+    )
 
 
 class Dataset(Base):
@@ -213,6 +217,8 @@ class Dataset(Base):
 
     __table_args__ = (
         CheckConstraint(_in("kind", DatasetKind), name="kind"),
+        # A project's datasets, newest first (GET /v1/datasets pages walk it).
+        Index("ix_datasets_project_id_created_at_id", "project_id", "created_at", "id"),
         CheckConstraint("content IN ('images', 'features')", name="content"),
     )
 
