@@ -446,7 +446,10 @@ def execute_materialization(resources: WorkerResources, materialization_id: str,
         if row is None:
             return "skipped"
         job = session.get(Job, row.job_id)
-        assert job is not None  # the row's foreign key
+        if job is None:
+            # Deleted (with its project) between the claim and this read: nothing to make.
+            logger.info("materialization %s: its job was deleted", materialization_id)
+            return "deleted"
         checkpoint = session.get(Checkpoint, job.checkpoint_id)
         dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
         finetuned = session.get(Artifact, (job.id, FINETUNED))
