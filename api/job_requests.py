@@ -29,6 +29,7 @@ from api.validation import Validator
 from persistence.jobs import request_fingerprint
 from persistence.models import Checkpoint, Dataset
 from persistence.storage import ObjectStore
+from rift.attack_radius import check_attack_radius
 from rift.config import DomainBounds, RiftConfig
 from rift.dataset_formats import imagefolder_channels_hint
 from rift.errors import CheckpointMismatchError, ConfigError, RiftError
@@ -195,6 +196,22 @@ def _check_domain_size(config: RiftConfig, geometry: Geometry) -> None:
             f"{size}", field="config.attack.domain.lower", code="domain_size_mismatch")
 
 
+def _check_attack_radius(config: RiftConfig, geometry: Geometry) -> None:
+    # An eps as wide as the inputs' domain (8 meant as 8/255) runs, and every robust accuracy
+    # of the job then measures nothing; the library refuses it too, but only when the job runs.
+    features = geometry.num_features is not None
+    shape: tuple[int, ...] | None = None
+    if features:
+        shape = (geometry.num_features or 0, 1, 1)
+    elif geometry.channels is not None and geometry.image_size is not None:
+        shape = (geometry.channels, geometry.image_size,
+                 geometry.image_width or geometry.image_size)
+    try:
+        check_attack_radius(config.attack, feature_vectors=features, input_shape=shape)
+    except ConfigError as exc:
+        raise from_rift_error(exc) from exc
+
+
 def _channels_hint(geometry: Geometry, wanted: int) -> str:
     if not geometry.channels_choosable or geometry.channels is None or wanted not in (1, 3):
         return ""
@@ -229,6 +246,7 @@ def check_job_fits(validator: Validator, config: RiftConfig, shapes: Shapes, geo
             validator could not run.
     """
     _check_domain_size(config, geometry)
+    _check_attack_radius(config, geometry)
     try:
         validator.check_fit(config, shapes, in_channels=geometry.channels,
                             image_size=geometry.image_size, num_features=geometry.num_features,

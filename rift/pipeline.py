@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from rift import checkpoints, stage_outputs
+from rift.attack_radius import check_attack_radius
 from rift.attacks import PGD
 from rift.batch_backoff import out_of_memory_names, with_batch_backoff
 from rift.cancellation import ShouldCancel, raise_if_cancelled
@@ -168,6 +169,8 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     original = {key: value.detach().to("cpu", copy=True) for key, value in
                 model.state_dict().items()}
     attack = PGD.from_spec(config.attack, feature_vectors=is_feature_vectors(splits))
+    check_attack_radius(config.attack, feature_vectors=is_feature_vectors(splits),
+                        input_shape=splits.image_shape)
     for name in ("train", "validation", "test"):
         attack.check_inputs(getattr(splits, name).images, f"{name} inputs")
     return PreparedRun(config, device, splits, model.eval(), original, attack)

@@ -192,6 +192,21 @@ def test_attack_domain_errors_name_the_field(api: Api, checkpoint_id: str, domai
     assert api.count(Job) == 0
 
 
+@pytest.mark.parametrize(("attack", "says"), [
+    ({"eps": 8, "step_size": 2}, "8 grey levels is eps = 8/255 = 0.03137"),
+    # digits are 1×8×8 in [0, 1]: the L2 diameter is 8.
+    ({"norm": "l2", "eps": 8, "step_size": 1}, "L2 diameter of attack.domain (8)"),
+])
+def test_an_attack_radius_as_wide_as_the_inputs_is_refused_at_creation(
+        api: Api, checkpoint_id: str, attack: dict[str, Any], says: str) -> None:
+    # Before: eps 8 (meant as 8/255) was accepted and every robust accuracy measured nothing.
+    response = create(api, job_body(checkpoint_id, config=digits_config(attack=attack)))
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["field"] == "config.attack.eps" and says in error["message"], error
+    assert api.count(Job) == 0
+
+
 def test_infinite_number_in_a_plain_body_is_422_not_500(api: Api) -> None:
     """1e400 parses to inf, which the 422 quotes: it must not break rendering the answer."""
     response = api.client.post(f"/v1/jobs/{'0' * 32}/materialize", content=b'{"alpha": 1e400}',
