@@ -4,7 +4,8 @@ Two archive kinds are accepted, recognised by content: ``.npz`` (the layout of
 ``rift.dataset_formats``: images or feature vectors) and a tar (optionally gzip, bzip2 or xz
 compressed) of an ImageFolder tree. Nothing is extracted: npz arrays are read member by member in
 chunks of :data:`CHUNK_BYTES` (their headers first: object arrays, which would unpickle code, are
-refused), so every value is checked (finite; float images in [0, 1]; labels integers >= 0) while
+refused), so every value is checked (finite; float images in [0, 1]; uint8 images not only
+0s and 1s; labels integers >= 0) while
 memory stays flat whatever the archive's size; tar members are checked from their headers (the
 member policy of ``rift.dataset_formats``), and each image's own header is read (nothing is
 decoded) for the image size and for whether it is greyscale: a tree whose images are all greyscale
@@ -34,6 +35,7 @@ from rift.dataset_formats import (
     SERVICE_MIN_IMAGE_SIDE,
     TRAIN_FOLDER,
     ValueScan,
+    check_has_examples,
     check_npz_keys,
     check_tar_member,
     imagefolder_channels,
@@ -227,8 +229,7 @@ def _inspect_npz_archive(path: str, display_name: str,
         x = headers["x"]
         layout = npz_layout(x.shape, x.dtype, "x", SERVICE_MIN_IMAGE_SIDE)
         count = x.shape[0]
-        if count == 0:
-            raise DatasetError(f"key 'x' in {display_name} holds no examples")
+        check_has_examples(count, "x", display_name)
         if label_count(headers["y"].shape, headers["y"].dtype, "y") != count:
             raise DatasetError(f"key 'y' has {headers['y'].shape[0]} labels but 'x' has "
                                f"{count} examples")
@@ -240,6 +241,7 @@ def _inspect_npz_archive(path: str, display_name: str,
                     f"key 'x_test' must match 'x' in layout and dtype: {x_test.dtype} "
                     f"{list(x_test.shape[1:])} vs {x.dtype} {list(x.shape[1:])}")
             test_count = x_test.shape[0]
+            check_has_examples(test_count, "x_test", display_name)
             if label_count(headers["y_test"].shape, headers["y_test"].dtype, "y_test") != test_count:
                 raise DatasetError(f"key 'y_test' has {headers['y_test'].shape[0]} labels but "
                                    f"'x_test' has {test_count} examples")
@@ -249,7 +251,9 @@ def _inspect_npz_archive(path: str, display_name: str,
                 labels.key = key
                 _scan_values(archive, key, labels)
             else:
-                _scan_values(archive, key, ValueScan(layout.content, key))
+                scan = ValueScan(layout.content, key)
+                _scan_values(archive, key, scan)
+                scan.finish()
         for info in infos:
             if info.filename[: -len(".npy")] not in headers:
                 _read_through(archive, info)

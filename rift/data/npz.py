@@ -22,6 +22,7 @@ from rift.data.tensors import ImageTensors, SourceData
 from rift.dataset_formats import (
     NpzLayout,
     ValueScan,
+    check_has_examples,
     check_npz_keys,
     label_count,
     npz_layout,
@@ -34,7 +35,9 @@ TEST_FRACTION = 0.2  # held out as test when the file has no x_test / y_test
 
 def _inputs(x: np.ndarray, key: str) -> tuple[torch.Tensor, NpzLayout]:
     layout = npz_layout(x.shape, x.dtype, key)
-    ValueScan(layout.content, key).update(x)
+    scan = ValueScan(layout.content, key)
+    scan.update(x)
+    scan.finish()
     if layout.content == "features":
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, :, None, None], layout
     if x.ndim == 3:
@@ -85,8 +88,8 @@ def load_npz(spec: DatasetSpec) -> SourceData:
                 f"{tuple(x_test.shape[1:])} vs {x.dtype} {tuple(x.shape[1:])}")
         test = ImageTensors(x_test, _labels(arrays["y_test"], "y_test", x_test.shape[0], "x_test"))
     for key, part in (("x", train), ("x_test", test)):
-        if part is not None and len(part) == 0:
-            raise DatasetError(f"key '{key}' in {path} holds no examples")
+        if part is not None:
+            check_has_examples(len(part), key, str(path))
     labels = [train.labels] + ([test.labels] if test is not None else [])
     largest = max(int(t.max()) for t in labels)
     return SourceData(train=train, test=test, num_classes=num_classes_from_labels(largest),

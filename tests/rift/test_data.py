@@ -280,6 +280,9 @@ _GOOD_Y = np.arange(6) % 2
     ({"x": _GOOD_X, "y": _GOOD_Y, "x_test": _GOOD_X[:2], "y_test": np.array([0, 1, 1])},
      "'y_test'"),
     ({"x": _GOOD_X[:0], "y": _GOOD_Y[:0]}, "'x'"),
+    ({"x": _GOOD_X, "y": _GOOD_Y, "x_test": _GOOD_X[:0], "y_test": _GOOD_Y[:0]}, "'x_test'"),
+    ({"x": (np.arange(6 * 48) % 2).astype(np.uint8).reshape(6, 4, 4, 3), "y": _GOOD_Y},
+     "'x': uint8 images are read as value / 255"),  # 0/1 pixels: near-black images
 ])
 def test_npz_errors_name_the_key(tmp_path: Path, arrays: dict, key: str) -> None:
     np.savez(tmp_path / "bad.npz", **arrays)
