@@ -35,6 +35,7 @@ from rift.dataset_formats import (
     SERVICE_MIN_IMAGE_SIDE,
     TRAIN_FOLDER,
     ValueScan,
+    check_enough_examples,
     check_has_examples,
     check_npz_keys,
     check_tar_member,
@@ -245,6 +246,7 @@ def _inspect_npz_archive(path: str, display_name: str,
             if label_count(headers["y_test"].shape, headers["y_test"].dtype, "y_test") != test_count:
                 raise DatasetError(f"key 'y_test' has {headers['y_test'].shape[0]} labels but "
                                    f"'x_test' has {test_count} examples")
+        check_enough_examples(count, "x_test" in headers, display_name)
         labels = ValueScan("labels", "y")
         for key in headers:
             if key.startswith("y"):

@@ -22,6 +22,7 @@ from rift.data.tensors import ImageTensors, SourceData
 from rift.dataset_formats import (
     NpzLayout,
     ValueScan,
+    check_enough_examples,
     check_has_examples,
     check_npz_keys,
     label_count,
@@ -90,6 +91,7 @@ def load_npz(spec: DatasetSpec) -> SourceData:
     for key, part in (("x", train), ("x_test", test)):
         if part is not None:
             check_has_examples(len(part), key, str(path))
+    check_enough_examples(len(train), test is not None, str(path))
     labels = [train.labels] + ([test.labels] if test is not None else [])
     largest = max(int(t.max()) for t in labels)
     return SourceData(train=train, test=test, num_classes=num_classes_from_labels(largest),
