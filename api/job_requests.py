@@ -178,10 +178,20 @@ def _check_classes(row: Dataset, num_classes: int) -> None:
     if row.num_classes is not None and row.num_classes > num_classes:
         raise InvalidInput(
             f"dataset {row.id} has {row.num_classes} classes (labels {row.label_min} to "
-            f"{row.label_max}) but architecture.num_classes is {num_classes}",
+            f"{row.label_max}) but architecture.num_classes is {num_classes}"
+            f"{_label_offset_hint(row)}",
             field="config.architecture.num_classes", code="too_few_classes",
             details={"dataset_num_classes": row.num_classes,
                      "architecture_num_classes": num_classes})
+
+
+def _label_offset_hint(row: Dataset) -> str:
+    # Labels 1 to 10 count 11 classes: the fix is to renumber them, not to widen the network.
+    if not row.label_min or row.label_max is None:
+        return ""
+    return (f"; labels are class indices counted from 0, and these start at {row.label_min}: "
+            f"renumber them 0 to {row.label_max - row.label_min} (subtract {row.label_min}) "
+            "if no class is below it")
 
 
 def _check_domain_size(config: RiftConfig, geometry: Geometry) -> None:
