@@ -9,7 +9,8 @@ refused), so every value is checked (finite; float images in [0, 1]; uint8 image
 memory stays flat whatever the archive's size; tar members are checked from their headers (the
 member policy of ``rift.dataset_formats``), and each image's own header is read (nothing is
 decoded) for the image size and for whether it is greyscale: a tree whose images are all greyscale
-is recorded with 1 channel, as the library reads it by default (``DatasetSpec.channels``).
+is recorded with 1 channel, as the library reads it by default (``DatasetSpec.channels``), and an
+image whose header cannot be parsed, in a folder the library reads, refuses the upload.
 
 Imports no torch. Runs inside the sandboxed validator process; the API imports it only for
 :func:`read_npz_header` and :func:`scan_tar`, to read the geometry of archives stored before
@@ -21,7 +22,7 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 import numpy as np
@@ -291,6 +292,9 @@ class TarScan:
     num_images: int
     first: ImageProbe | None
     colour: list[tuple[str, ...]]
+    #: Path prefix → the first member under it whose image header could not be parsed (not an
+    #: image, damaged, or more pixels than Pillow's bomb limit): the library fails reading it.
+    unreadable: dict[tuple[str, ...], str] = field(default_factory=dict)
 
 
 def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
@@ -307,6 +311,7 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
     files: set[tuple[str, ...]] = set()
     entries: set[tuple[str, ...]] = set()
     colour: set[tuple[str, ...]] = set()
+    unreadable: dict[tuple[str, ...], str] = {}
     num_images = 0
     unpacked = 0
     first: ImageProbe | None = None
@@ -334,16 +339,20 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                 # well (no decoding) took 53 µs an image, against 40 µs for the member itself
                 # (20,000 28×28 PNGs, one CPU core of our 2-core test machine).
                 probe = _probe_image(archive.extractfile(member))
-                # An unreadable image counts for neither: the worker names it when it reads it.
+                # An unreadable image counts for neither; one in a folder the library reads
+                # refuses the upload (see _imagefolder_layout). A file past the probe's bytes
+                # is not judged (a TIFF may keep its header at the end).
                 if probe is not None:
                     first = first or probe
                     if not probe.grey:
                         colour.add(prefix)
+                elif member.size <= MAX_PROBE_IMAGE_BYTES:
+                    unreadable.setdefault(prefix, member.name)
                 if not full:
                     return TarScan([], [], 0, first, sorted(colour))
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise DatasetError(f"{display_name} is not a readable tar archive: {exc}") from exc
-    return TarScan(sorted(files), sorted(entries), num_images, first, sorted(colour))
+    return TarScan(sorted(files), sorted(entries), num_images, first, sorted(colour), unreadable)
 
 
 def _marked(parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -385,6 +394,13 @@ def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
     read = _read_folders(inside, classes, has_train)
     colour = [f[len(root):] for f in scan.colour if f[: len(root)] == root]
     all_grey = not any(f[: len(folder)] == folder for f in colour for folder in read)
+    for prefix, name in sorted(scan.unreadable.items()):
+        inner = prefix[len(root):] if prefix[: len(root)] == root else None
+        if inner is not None and any(inner[: len(folder)] == folder for folder in read):
+            raise DatasetError(
+                f"{display_name}: {name!r} is not an image Pillow can read (damaged, not the "
+                "format its name says, or more pixels than Pillow's limit); the job would fail "
+                "reading it: replace or remove it")
     shape = None
     if scan.first is not None:
         channels = imagefolder_channels("auto", all_grey)
