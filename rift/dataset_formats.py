@@ -298,8 +298,8 @@ class ValueScan:
             if low < lowest or high > highest:
                 raise DatasetError(
                     f"key '{self.key}': float images must lie in [{lowest:g}, {highest:g}]; found "
-                    f"values in [{float(low):.4g}, {float(high):.4g}] "
-                    f"({_pixel_range_hint(float(low))})")
+                    f"values in [{float(low):.4g}, {float(high):.4g}]; "
+                    f"{_pixel_range_hint(float(low))}")
 
 
 def _pixel_range_hint(low: float) -> str:
@@ -308,8 +308,8 @@ def _pixel_range_hint(low: float) -> str:
         return "store 8-bit pixels as uint8, or divide by 255"
     # Negative pixels are normalised data; eps is measured on [0, 1] pixels, so the
     # normalisation belongs inside the model, where architecture.mean/std put it.
-    return ("these look normalised: store the pixels in [0, 1] (undo the normalisation: "
-            "(x + 1) / 2 for [-1, 1], x · std + mean for standardised data) and give "
+    return ("these look normalised: store the pixels in [0, 1] (undo the normalisation, "
+            "e.g. (x + 1) / 2 for [-1, 1], x · std + mean for standardised data) and give "
             "architecture.mean/std or architecture.normalization, which normalise inside the "
             "model, so that attack.eps stays in pixel units")
 
