@@ -211,21 +211,22 @@ def check_has_examples(count: int, key: str, display_name: str) -> None:
         raise DatasetError(f"key '{key}' in {display_name} holds no examples")
 
 
-def check_enough_examples(count: int, has_test: bool, display_name: str) -> None:
-    """Require ``x`` to hold enough examples for any run: a run holds out at least one example
-    for validation and keeps at least one to train on (``rift.data.splits.hold_out``), and
-    without ``x_test`` first one more for the test split. Fewer was accepted on upload and
-    failed every job.
+def check_enough_examples(count: int, has_test: bool, where: str, test_source: str) -> None:
+    """Require the training examples (``count``, found in ``where``) to be enough for any run: a
+    run holds out at least one example for validation and keeps at least one to train on
+    (``rift.data.splits.hold_out``), and without a test split of its own (``test_source``:
+    ``x_test``, a ``val/`` folder) first one more for the test split. Fewer was accepted on
+    upload and failed every job.
 
     Raises:
-        DatasetError: naming ``x``, the count and the minimum.
+        DatasetError: naming ``where``, the count and the minimum.
     """
     needed = 2 if has_test else 3
     if count < needed:
         raise DatasetError(
-            f"key 'x' in {display_name} holds {count} example(s); a run needs at least {needed}: "
-            "one to train on, one for the validation split"
-            f"{'' if has_test else ' and, as there is no x_test, one for the test split'}")
+            f"{where}: {count} training example(s); a run needs at least {needed}: one to train on, "
+            "one for the validation split"
+            f"{'' if has_test else f' and, as there is no {test_source}, one for the test split'}")
 
 
 class ValueScan:

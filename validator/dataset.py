@@ -247,7 +247,7 @@ def _inspect_npz_archive(path: str, display_name: str,
             if label_count(headers["y_test"].shape, headers["y_test"].dtype, "y_test") != test_count:
                 raise DatasetError(f"key 'y_test' has {headers['y_test'].shape[0]} labels but "
                                    f"'x_test' has {test_count} examples")
-        check_enough_examples(count, "x_test" in headers, display_name)
+        check_enough_examples(count, "x_test" in headers, f"key 'x' in {display_name}", "x_test")
         labels = ValueScan("labels", "y")
         for key in headers:
             if key.startswith("y"):
@@ -295,6 +295,8 @@ class TarScan:
     #: Path prefix → the first member under it whose image header could not be parsed (not an
     #: image, damaged, or more pixels than Pillow's bomb limit): the library fails reading it.
     unreadable: dict[tuple[str, ...], str] = field(default_factory=dict)
+    #: Path prefix (as in ``files``) → the number of image files under it.
+    counts: dict[tuple[str, ...], int] = field(default_factory=dict)
 
 
 def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
@@ -312,6 +314,7 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
     entries: set[tuple[str, ...]] = set()
     colour: set[tuple[str, ...]] = set()
     unreadable: dict[tuple[str, ...], str] = {}
+    counts: dict[tuple[str, ...], int] = {}
     num_images = 0
     unpacked = 0
     first: ImageProbe | None = None
@@ -334,6 +337,7 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                     continue
                 prefix = _marked(parts)[:4]
                 files.add(prefix)
+                counts[prefix] = counts.get(prefix, 0) + 1
                 num_images += 1
                 # The stream passes over every member's bytes anyway; parsing an image's header as
                 # well (no decoding) took 53 µs an image, against 40 µs for the member itself
@@ -352,7 +356,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                     return TarScan([], [], 0, first, sorted(colour))
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise DatasetError(f"{display_name} is not a readable tar archive: {exc}") from exc
-    return TarScan(sorted(files), sorted(entries), num_images, first, sorted(colour), unreadable)
+    return TarScan(sorted(files), sorted(entries), num_images, first, sorted(colour), unreadable,
+                   counts)
 
 
 def _marked(parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -394,6 +399,12 @@ def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
     read = _read_folders(inside, classes, has_train)
     colour = [f[len(root):] for f in scan.colour if f[: len(root)] == root]
     all_grey = not any(f[: len(folder)] == folder for f in colour for folder in read)
+    # The held-out folder, when one is read, is the last of ``read`` (see _read_folders).
+    has_test = len(read) > len(classes)
+    trained_on = read[:len(classes)]
+    count = sum(number for prefix, number in scan.counts.items() if prefix[: len(root)] == root
+                and any(prefix[len(root):][: len(folder)] == folder for folder in trained_on))
+    check_enough_examples(count, has_test, f"{display_name}'s class folders", "val/ or test/ folder")
     for prefix, name in sorted(scan.unreadable.items()):
         inner = prefix[len(root):] if prefix[: len(root)] == root else None
         if inner is not None and any(inner[: len(folder)] == folder for folder in read):

@@ -91,7 +91,7 @@ def load_npz(spec: DatasetSpec) -> SourceData:
     for key, part in (("x", train), ("x_test", test)):
         if part is not None:
             check_has_examples(len(part), key, str(path))
-    check_enough_examples(len(train), test is not None, str(path))
+    check_enough_examples(len(train), test is not None, f"key 'x' in {path}", "x_test")
     labels = [train.labels] + ([test.labels] if test is not None else [])
     largest = max(int(t.max()) for t in labels)
     return SourceData(train=train, test=test, num_classes=num_classes_from_labels(largest),

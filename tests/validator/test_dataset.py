@@ -60,11 +60,11 @@ def test_labels_give_classes_and_range(tmp_path: Path) -> None:
      "'x_test': uint8 images are read as value / 255"),
     # Before: accepted on upload, and every job failed splitting it.
     ({"x": np.full((2, 8, 8), 200, np.uint8), "y": np.array([0, 1])},
-     "'x' in d.npz holds 2 example.s.; a run needs at least 3: one to train on, one for the "
+     "'x' in d.npz: 2 training example.s.; a run needs at least 3: one to train on, one for the "
      "validation split and, as there is no x_test, one for the test split"),
     ({"x": np.full((1, 8, 8), 200, np.uint8), "y": np.array([0]),
       "x_test": np.full((1, 8, 8), 200, np.uint8), "y_test": np.array([0])},
-     "'x' in d.npz holds 1 example.s.; a run needs at least 2: one to train on, one for the "
+     "'x' in d.npz: 1 training example.s.; a run needs at least 2: one to train on, one for the "
      "validation split$"),
 ])
 def test_the_upload_refuses_what_the_loader_refuses(tmp_path: Path, arrays: dict,

@@ -143,3 +143,25 @@ def _unpacked(tmp_path: Path, member: str) -> Path:
             _save(tree / image.relative_to(tmp_path / "tree"), Image.open(image))
     (tree / member).write_bytes(b"not a png")
     return tree
+
+
+@pytest.mark.parametrize(("held_out", "says"), [
+    (False, "t.tar's class folders: 2 training example(s); a run needs at least 3: one to train "
+            "on, one for the validation split and, as there is no val/ or test/ folder, one for "
+            "the test split"),
+    (True, None),  # 2 training images and a val/ folder: enough
+])
+def test_too_few_training_images_for_any_run_are_refused(tmp_path: Path, held_out: bool,
+                                                         says: str | None) -> None:
+    # Before: accepted on upload, and every job failed splitting them.
+    for name in ("ant", "bee"):
+        _save(tmp_path / "tree" / "train" / name / "0.png", _grey())
+        if held_out:
+            _save(tmp_path / "tree" / "val" / name / "0.png", _grey())
+    path = _tar(tmp_path / "tree", tmp_path / "t.tar")
+    if says is None:
+        assert inspect_dataset_file(path, "t.tar", 10**9).num_classes == 2
+        return
+    with pytest.raises(DatasetError) as error:
+        inspect_dataset_file(path, "t.tar", 10**9)
+    assert error.value.message == says
