@@ -22,7 +22,7 @@ import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -87,6 +87,37 @@ def check_npz_keys(keys: Iterable[str], display_name: str) -> None:
         missing = "y_test" if "x_test" in present else "x_test"
         raise DatasetError(f"{display_name} has no key '{missing}': give both 'x_test' and "
                            "'y_test' or neither")
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """An npz member's shape and dtype, from its ``.npy`` header (no data read)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+
+def read_npy_header(member: IO[bytes], key: str) -> NpyHeader:
+    """The header of the ``.npy`` member ``key``, read from the start of ``member``.
+
+    Raises:
+        DatasetError: not an array, or an object dtype: object arrays are pickles, and
+            unpickling a user's file could run code, so they are refused before any data is read.
+    """
+    try:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+    except ValueError as exc:
+        raise DatasetError(f"key '{key}' is not a valid .npy array: {exc}") from exc
+    if dtype.hasobject:
+        raise DatasetError(
+            f"key '{key}' holds Python objects (dtype {dtype}); only numeric arrays are read, "
+            "because object arrays would be unpickled (save numbers, e.g. "
+            f"{key}.astype(np.int64) for labels)")
+    return NpyHeader(tuple(int(d) for d in shape), dtype)
 
 
 @dataclass(frozen=True)

@@ -169,10 +169,11 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     original = {key: value.detach().to("cpu", copy=True) for key, value in
                 model.state_dict().items()}
     attack = PGD.from_spec(config.attack, feature_vectors=is_feature_vectors(splits))
-    check_attack_radius(config.attack, feature_vectors=is_feature_vectors(splits),
-                        input_shape=splits.image_shape)
     for name in ("train", "validation", "test"):
         attack.check_inputs(getattr(splits, name).images, f"{name} inputs")
+    # After the domain fits the data: a domain narrower than the data is the first thing to fix.
+    check_attack_radius(config.attack, feature_vectors=is_feature_vectors(splits),
+                        input_shape=splits.image_shape)
     return PreparedRun(config, device, splits, model.eval(), original, attack)
 
 

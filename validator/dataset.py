@@ -35,6 +35,7 @@ from rift.dataset_formats import (
     PALETTE_MODES,
     SERVICE_MIN_IMAGE_SIDE,
     TRAIN_FOLDER,
+    NpyHeader,
     ValueScan,
     check_enough_examples,
     check_has_examples,
@@ -49,6 +50,7 @@ from rift.dataset_formats import (
     npz_layout,
     num_classes_from_labels,
     path_parts,
+    read_npy_header,
 )
 from rift.errors import DatasetError
 
@@ -138,28 +140,6 @@ def inspect_dataset_file(path: str, display_name: str, max_unpacked_bytes: int) 
 # --------------------------------------------------------------------------------------- npz
 
 
-@dataclass(frozen=True)
-class NpyHeader:
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-
-
-def _read_header(member: IO[bytes], key: str) -> NpyHeader:
-    try:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-    except ValueError as exc:
-        raise DatasetError(f"key '{key}' is not a valid .npy array: {exc}") from exc
-    if dtype.hasobject:
-        raise DatasetError(
-            f"key '{key}' holds Python objects (dtype {dtype}); only numeric arrays are read, "
-            "because object arrays would be unpickled")
-    return NpyHeader(tuple(int(d) for d in shape), dtype)
-
-
 def read_npz_header(archive: zipfile.ZipFile, key: str) -> NpyHeader:
     """Shape and dtype of ``key`` from its ``.npy`` header, with its size checked against them.
 
@@ -168,7 +148,7 @@ def read_npz_header(archive: zipfile.ZipFile, key: str) -> NpyHeader:
     """
     info = archive.getinfo(f"{key}.npy")
     with archive.open(info) as member:
-        header = _read_header(member, key)
+        header = read_npy_header(member, key)
         header_end = member.tell()
     expected = header_end + int(np.prod(header.shape, dtype=np.int64)) * header.dtype.itemsize
     if info.file_size != expected:
@@ -190,7 +170,7 @@ def _scan_values(archive: zipfile.ZipFile, key: str, scan: ValueScan) -> None:
     """Read ``key``'s data in chunks and feed each to ``scan``; reading a member to its end
     also checks its CRC."""
     with archive.open(f"{key}.npy") as member:
-        header = _read_header(member, key)
+        header = read_npy_header(member, key)
         itemsize = header.dtype.itemsize
         step = max(itemsize, CHUNK_BYTES - CHUNK_BYTES % itemsize)
         buffer = bytearray(step)

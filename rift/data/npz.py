@@ -28,6 +28,7 @@ from rift.dataset_formats import (
     label_count,
     npz_layout,
     num_classes_from_labels,
+    read_npy_header,
 )
 from rift.errors import DatasetError
 
@@ -74,6 +75,11 @@ def load_npz(spec: DatasetSpec) -> SourceData:
                 f"{list(loaded.shape)} (a .npy file), not an .npz archive; save the arrays with "
                 "np.savez(path, x=..., y=...)")
         with loaded as archive:
+            for name in archive.zip.namelist():
+                # np.load would refuse an object array too, but without naming the key.
+                if name.endswith(".npy"):
+                    with archive.zip.open(name) as member:
+                        read_npy_header(member, name.removesuffix(".npy"))
             arrays = {key: archive[key] for key in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"cannot read 'path' {path} as .npz: {exc}") from exc

@@ -315,9 +315,10 @@ def test_npz_file_problems(tmp_path: Path) -> None:
     np.save(tmp_path / "one.npy", np.zeros((4, 3)))
     with pytest.raises(DatasetError, match=r"single float64 array of shape \[4, 3\].*\.npy"):
         load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "one.npy")), seed=0)
-    # Object arrays are pickles: refused rather than unpickled.
+    # Object arrays are pickles: refused rather than unpickled, naming the key (before: only
+    # numpy's "Object arrays cannot be loaded when allow_pickle=False").
     np.savez(tmp_path / "obj.npz", x=np.array([object()], dtype=object), y=np.array([0]))
-    with pytest.raises(DatasetError, match="'path'"):
+    with pytest.raises(DatasetError, match="key 'x' holds Python objects"):
         load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "obj.npz")), seed=0)
 
 
