@@ -60,6 +60,15 @@ def _labels(y: np.ndarray, key: str, count: int, inputs_key: str) -> torch.Tenso
     return torch.from_numpy(y.astype(np.int64))
 
 
+def _refuse_object_arrays(path: Path) -> None:
+    # np.load(allow_pickle=False) refuses object arrays too, but without naming the key.
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith(".npy"):
+                with archive.open(name) as member:
+                    read_npy_header(member, name.removesuffix(".npy"))
+
+
 def load_npz(spec: DatasetSpec) -> SourceData:
     """Read ``spec.path``; raise DatasetError naming the key at fault."""
     path = Path(spec.path or "")
@@ -75,11 +84,7 @@ def load_npz(spec: DatasetSpec) -> SourceData:
                 f"{list(loaded.shape)} (a .npy file), not an .npz archive; save the arrays with "
                 "np.savez(path, x=..., y=...)")
         with loaded as archive:
-            for name in archive.zip.namelist():
-                # np.load would refuse an object array too, but without naming the key.
-                if name.endswith(".npy"):
-                    with archive.zip.open(name) as member:
-                        read_npy_header(member, name.removesuffix(".npy"))
+            _refuse_object_arrays(path)
             arrays = {key: archive[key] for key in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"cannot read 'path' {path} as .npz: {exc}") from exc
