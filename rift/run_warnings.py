@@ -26,6 +26,9 @@
   and a test file of one class end here), and a training split lacking classes the test split
   holds (fine-tuning never sees them); data of one class. The α split is checked only with at
   least as many examples as classes: fewer is already the warning above.
+* **Class folders named by numbers.** ImageFolder classes are the folders in text order (as
+  torchvision's): folders ``1`` to ``10`` give class 1 to folder ``10``, not ``2``. A checkpoint
+  trained with the numeric order would see every label but the first moved.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def configuration_warnings(config: RiftConfig, splits: DatasetSplits, device: to
             f"α is chosen on {count} {_SPLIT_WORDS[split]} examples ({origin}), {too_few}")))
 
     found.extend(_class_warnings(splits, split, evaluated_examples(splits, split, cap).labels))
+    found.extend(_numbered_folder_warnings(splits.class_names))
     found.extend(_attack_warnings(config.attack))
 
     if config.precision == "bf16" and device.type == "cpu":
@@ -198,3 +202,18 @@ def _attack_warnings(spec: AttackSpec) -> list[RunWarning]:
             f"eps says; use step_size >= eps / steps = {spec.eps / spec.steps:.4g} "
             "(2.5 · eps / steps is usual)"))]
     return []
+
+
+def _numbered_folder_warnings(names: tuple[str, ...] | None) -> list[RunWarning]:
+    if not names or not all(name.isdigit() for name in names):
+        return []
+    numeric = sorted(names, key=int)
+    if list(names) == numeric:
+        return []
+    shown = ", ".join(f"{index} is '{name}'" for index, name in enumerate(names[:4]))
+    return [RunWarning("run", (
+        f"the class folders are numbers, taken in text order as classes are: class {shown}"
+        f"{', …' if len(names) > 4 else ''}; a checkpoint trained with them in numeric order "
+        f"('{numeric[1]}' as class 1) sees other labels: rename them with leading zeros "
+        f"({', '.join(name.zfill(len(max(names, key=len))) for name in numeric[:3])}, …) "
+        "so that both orders agree"))]

@@ -172,3 +172,27 @@ def test_an_attack_weaker_than_its_eps_is_named(digits_job_config: dict) -> None
     assert attack_warnings(steps=2)[0].startswith(
         "attack.steps × attack.step_size = 2 × 0.025 = 0.05 is less than attack.eps 0.1")
     assert attack_warnings(steps=4) == []  # 4 × 0.025 reaches 0.1
+
+
+def test_class_folders_named_by_numbers_in_text_order_are_named(tmp_path: Path) -> None:
+    from PIL import Image
+
+    def tree(names: list[str]) -> RiftConfig:
+        root = tmp_path / names[0]
+        for index, name in enumerate(names):
+            for i in range(2):
+                (root / name).mkdir(parents=True, exist_ok=True)
+                Image.new("L", (8, 8), 20 * index + i).save(root / name / f"{i}.png")
+        return RiftConfig.model_validate({"architecture": {"name": "small_cnn"}, "dataset": {
+            "name": "imagefolder", "path": str(root)}})
+
+    # Folders 1 to 10 are classes 1, 10, 2, …: folder '2' is class 2, not 1.
+    [warning] = [w for w in _warnings(tree([str(n) for n in range(1, 11)]))
+                 if "class folders are numbers" in w.message]
+    assert warning.message.startswith(
+        "the class folders are numbers, taken in text order as classes are: class 0 is '1', 1 "
+        "is '10', 2 is '2', 3 is '3', …; a checkpoint trained with them in numeric order ('2' "
+        "as class 1) sees other labels: rename them with leading zeros (01, 02, 03, …)")
+    # Zero-padded (or fewer than ten) numbers sort alike both ways: nothing to say.
+    padded = [f"{n:02d}" for n in range(1, 11)]
+    assert not any("class folders" in w.message for w in _warnings(tree(padded)))
