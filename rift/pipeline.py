@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import io
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -726,7 +727,7 @@ def run_identity(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
 
 
 def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor],
-                 output_dir: Path, callbacks: PipelineCallbacks | None = None, *,
+                 output_dir: str | os.PathLike[str], callbacks: PipelineCallbacks | None = None, *,
                  fresh: bool = False) -> dict[str, Any]:
     """Run all three stages, saving each one's output in ``output_dir``; a stage whose output is
     already there is loaded, not recomputed, but only when the folder's ``run.json`` records the
