@@ -29,6 +29,7 @@ from api.validation import Validator
 from persistence.jobs import request_fingerprint
 from persistence.models import Checkpoint, Dataset
 from persistence.storage import ObjectStore
+from rift.attack_radius import check_attack_radius
 from rift.config import DomainBounds, RiftConfig
 from rift.dataset_formats import imagefolder_channels_hint
 from rift.errors import CheckpointMismatchError, ConfigError, RiftError
@@ -177,10 +178,20 @@ def _check_classes(row: Dataset, num_classes: int) -> None:
     if row.num_classes is not None and row.num_classes > num_classes:
         raise InvalidInput(
             f"dataset {row.id} has {row.num_classes} classes (labels {row.label_min} to "
-            f"{row.label_max}) but architecture.num_classes is {num_classes}",
+            f"{row.label_max}) but architecture.num_classes is {num_classes}"
+            f"{_label_offset_hint(row)}",
             field="config.architecture.num_classes", code="too_few_classes",
             details={"dataset_num_classes": row.num_classes,
                      "architecture_num_classes": num_classes})
+
+
+def _label_offset_hint(row: Dataset) -> str:
+    # Labels 1 to 10 count 11 classes: the fix is to renumber them, not to widen the network.
+    if not row.label_min or row.label_max is None:
+        return ""
+    return (f"; labels are class indices counted from 0, and these start at {row.label_min}: "
+            f"renumber them 0 to {row.label_max - row.label_min} (subtract {row.label_min}) "
+            "if no class is below it")
 
 
 def _check_domain_size(config: RiftConfig, geometry: Geometry) -> None:
@@ -193,6 +204,22 @@ def _check_domain_size(config: RiftConfig, geometry: Geometry) -> None:
             f"attack.domain has {len(domain.lower)} bounds but the inputs have {size} "
             f"{'features' if geometry.num_features is not None else 'channels'}; give 1 or "
             f"{size}", field="config.attack.domain.lower", code="domain_size_mismatch")
+
+
+def _check_attack_radius(config: RiftConfig, geometry: Geometry) -> None:
+    # An eps as wide as the inputs' domain (8 meant as 8/255) runs, and every robust accuracy
+    # of the job then measures nothing; the library refuses it too, but only when the job runs.
+    features = geometry.num_features is not None
+    shape: tuple[int, ...] | None = None
+    if features:
+        shape = (geometry.num_features or 0, 1, 1)
+    elif geometry.channels is not None and geometry.image_size is not None:
+        shape = (geometry.channels, geometry.image_size,
+                 geometry.image_width or geometry.image_size)
+    try:
+        check_attack_radius(config.attack, feature_vectors=features, input_shape=shape)
+    except ConfigError as exc:
+        raise from_rift_error(exc) from exc
 
 
 def _channels_hint(geometry: Geometry, wanted: int) -> str:
@@ -229,6 +256,7 @@ def check_job_fits(validator: Validator, config: RiftConfig, tensors: Checkpoint
             validator could not run.
     """
     _check_domain_size(config, geometry)
+    _check_attack_radius(config, geometry)
     try:
         validator.check_fit(config, tensors.shapes, dtypes=tensors.dtypes,
                             in_channels=geometry.channels,

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rift.attack_radius import resolve_domain
 from rift.cancellation import ShouldCancel, raise_if_cancelled
-from rift.config import AttackSpec, DomainBounds
+from rift.config import AttackSpec
 from rift.device import autocast
 from rift.errors import ConfigError
 from rift.model_state import frozen_except
@@ -169,13 +170,3 @@ class PGD:
 def _per_example_l2(tensor: torch.Tensor) -> torch.Tensor:
     """L2 norm of each example, shaped (N, 1, 1, 1) for broadcasting."""
     return tensor.flatten(1).norm(dim=1).view(-1, *([1] * (tensor.dim() - 1)))
-
-
-def resolve_domain(domain: str | DomainBounds, *, feature_vectors: bool
-                   ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """``AttackSpec.domain`` as (lower, upper) bounds, or None for none."""
-    if isinstance(domain, DomainBounds):
-        return tuple(domain.lower), tuple(domain.upper)
-    if domain == "none" or (domain == "auto" and feature_vectors):
-        return None
-    return (0.0,), (1.0,)

@@ -7,9 +7,9 @@ sandboxed validator, the workers and the library's loaders all read the same rul
 
 npz layout (keys ``x``, ``y``, optionally both ``x_test`` and ``y_test``):
 
-- images: uint8 (values 0–255) or float (values in [0, 1]), N×H×W×C (numpy/PIL image code) or
-  N×C×H×W (PyTorch tensors saved with ``.numpy()``), told apart by the shape (see
-  :func:`npz_layout`); (N, H, W) is one channel. Values must be finite.
+- images: uint8 (values 0–255, not only 0s and 1s) or float (values in [0, 1]), N×H×W×C
+  (numpy/PIL image code) or N×C×H×W (PyTorch tensors saved with ``.numpy()``), told apart by the
+  shape (see :func:`npz_layout`); (N, H, W) is one channel. Values must be finite.
 - features: any real (integer or float) array of shape (N, F), one feature vector per row; values
   must be finite in float32 (the library computes in it) and may take any range within it.
 - labels: integers from 0 to 2**63 - 1 (int64, the library's label type), shape (N,) or (N, 1);
@@ -22,7 +22,7 @@ import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -38,6 +38,10 @@ LIBRARY_MIN_IMAGE_SIDE = 1
 SERVICE_MIN_IMAGE_SIDE = 8
 #: Float images are pixel intensities in this closed interval (the attack's clamping domain).
 FLOAT_PIXEL_RANGE = (0.0, 1.0)
+#: uint8 images are 8-bit pixels (read as value / 255): an array whose largest value is this
+#: holds only 0 and 1, i.e. [0, 1] pixels (a binary mask, floats cast to uint8). An all-zero
+#: array (black images) says nothing about its scale and passes.
+BINARY_UINT8_MAX = 1
 #: Inputs are read as float32 and labels as int64; a value beyond these would change on reading
 #: (a float64 of 1e300 becomes inf, a uint64 label of 2**64 - 1 wraps to -1).
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -83,6 +87,37 @@ def check_npz_keys(keys: Iterable[str], display_name: str) -> None:
         missing = "y_test" if "x_test" in present else "x_test"
         raise DatasetError(f"{display_name} has no key '{missing}': give both 'x_test' and "
                            "'y_test' or neither")
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """An npz member's shape and dtype, from its ``.npy`` header (no data read)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+
+def read_npy_header(member: IO[bytes], key: str) -> NpyHeader:
+    """The header of the ``.npy`` member ``key``, read from the start of ``member``.
+
+    Raises:
+        DatasetError: not an array, or an object dtype: object arrays are pickles, and
+            unpickling a user's file could run code, so they are refused before any data is read.
+    """
+    try:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+    except ValueError as exc:
+        raise DatasetError(f"key '{key}' is not a valid .npy array: {exc}") from exc
+    if dtype.hasobject:
+        raise DatasetError(
+            f"key '{key}' holds Python objects (dtype {dtype}); only numeric arrays are read, "
+            "because object arrays would be unpickled (save numbers, e.g. "
+            f"{key}.astype(np.int64) for labels)")
+    return NpyHeader(tuple(int(d) for d in shape), dtype)
 
 
 @dataclass(frozen=True)
@@ -196,13 +231,43 @@ def label_count(shape: tuple[int, ...], dtype: np.dtype[Any], key: str) -> int:
     return int(shape[0])
 
 
+def check_has_examples(count: int, key: str, display_name: str) -> None:
+    """Require an input array (``x`` or ``x_test``) to hold at least one example: an empty test
+    split was accepted on upload and only failed the job.
+
+    Raises:
+        DatasetError: naming ``key``.
+    """
+    if count == 0:
+        raise DatasetError(f"key '{key}' in {display_name} holds no examples")
+
+
+def check_enough_examples(count: int, has_test: bool, where: str, test_source: str) -> None:
+    """Require the training examples (``count``, found in ``where``) to be enough for any run: a
+    run holds out at least one example for validation and keeps at least one to train on
+    (``rift.data.splits.hold_out``), and without a test split of its own (``test_source``:
+    ``x_test``, a ``val/`` folder) first one more for the test split. Fewer was accepted on
+    upload and failed every job.
+
+    Raises:
+        DatasetError: naming ``where``, the count and the minimum.
+    """
+    needed = 2 if has_test else 3
+    if count < needed:
+        raise DatasetError(
+            f"{where}: {count} training example(s); a run needs at least {needed}: one to train on, "
+            "one for the validation split"
+            f"{'' if has_test else f' and, as there is no {test_source}, one for the test split'}")
+
+
 class ValueScan:
     """Checks an array's values chunk by chunk, in bounded memory, and keeps their range.
 
     ``kind`` is ``"images"``, ``"features"`` or ``"labels"``. Feed chunks (any shape) with
     :meth:`update`; each raises as soon as a chunk breaks the rule, and :meth:`finish` raises for
     a rule on the whole array. The rules: every value finite, also once read as float32
-    (features) or int64 (labels); float images in :data:`FLOAT_PIXEL_RANGE`; labels >= 0.
+    (features) or int64 (labels); float images in :data:`FLOAT_PIXEL_RANGE`; uint8 images not
+    only 0s and 1s (:data:`BINARY_UINT8_MAX`); labels >= 0.
     """
 
     def __init__(self, kind: Literal["images", "features", "labels"], key: str) -> None:
@@ -210,6 +275,23 @@ class ValueScan:
         self.key = key
         self.minimum: float | None = None
         self.maximum: float | None = None
+        self._uint8 = False
+
+    def finish(self) -> None:
+        """Check the rules on the whole array, once every chunk went through :meth:`update`.
+
+        Raises:
+            DatasetError: uint8 images whose largest value is 1: [0, 1] pixels (a
+                binary mask, or floats cast to uint8) that would be read as value / 255, so
+                every image near black and an ``eps`` of 8/255 wider than its contrast.
+        """
+        if self.kind == "images" and self._uint8 and self.maximum is not None \
+                and self.maximum == BINARY_UINT8_MAX:
+            raise DatasetError(
+                f"key '{self.key}': uint8 images are read as value / 255, and the largest value "
+                f"here is {int(self.maximum)}: these look like [0, 1] pixels stored as uint8; "
+                f"save them as float in [0, 1] ({self.key}.astype(np.float32)) or as 8-bit "
+                f"pixels ({self.key} * 255)")
 
     def update(self, chunk: np.ndarray) -> None:
         """Check one chunk of the array's values.
@@ -220,6 +302,7 @@ class ValueScan:
         """
         if chunk.size == 0:
             return
+        self._uint8 = chunk.dtype == np.uint8
         if np.issubdtype(chunk.dtype, np.floating):
             finite = np.isfinite(chunk)
             if not finite.all():
@@ -247,8 +330,20 @@ class ValueScan:
             if low < lowest or high > highest:
                 raise DatasetError(
                     f"key '{self.key}': float images must lie in [{lowest:g}, {highest:g}]; found "
-                    f"values in [{float(low):.4g}, {float(high):.4g}] (store 8-bit pixels as "
-                    "uint8, or divide by 255)")
+                    f"values in [{float(low):.4g}, {float(high):.4g}]; "
+                    f"{_pixel_range_hint(float(low))}")
+
+
+def _pixel_range_hint(low: float) -> str:
+    """How to bring float images into [0, 1], judged by their smallest value."""
+    if low >= 0:
+        return "store 8-bit pixels as uint8, or divide by 255"
+    # Negative pixels are normalised data; eps is measured on [0, 1] pixels, so the
+    # normalisation belongs inside the model, where architecture.mean/std put it.
+    return ("these look normalised: store the pixels in [0, 1] (undo the normalisation, "
+            "e.g. (x + 1) / 2 for [-1, 1], x · std + mean for standardised data) and give "
+            "architecture.mean/std or architecture.normalization, which normalise inside the "
+            "model, so that attack.eps stays in pixel units")
 
 
 def num_classes_from_labels(largest_label: int) -> int:

@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import io
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from rift import checkpoints, stage_outputs
+from rift.attack_radius import check_attack_radius
 from rift.attacks import PGD
 from rift.batch_backoff import out_of_memory_names, with_batch_backoff
 from rift.cancellation import ShouldCancel, raise_if_cancelled
@@ -171,6 +173,9 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     attack = PGD.from_spec(config.attack, feature_vectors=is_feature_vectors(splits))
     for name in ("train", "validation", "test"):
         attack.check_inputs(getattr(splits, name).images, f"{name} inputs")
+    # After the domain fits the data: a domain narrower than the data is the first thing to fix.
+    check_attack_radius(config.attack, feature_vectors=is_feature_vectors(splits),
+                        input_shape=splits.image_shape)
     return PreparedRun(config, device, splits, model.eval(), original, attack)
 
 
@@ -732,7 +737,7 @@ def run_identity(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
 
 
 def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor],
-                 output_dir: Path, callbacks: PipelineCallbacks | None = None, *,
+                 output_dir: str | os.PathLike[str], callbacks: PipelineCallbacks | None = None, *,
                  fresh: bool = False) -> dict[str, Any]:
     """Run all three stages, saving each one's output in ``output_dir``; a stage whose output is
     already there is loaded, not recomputed, but only when the folder's ``run.json`` records the

@@ -31,7 +31,8 @@ class PreflightError(RiftError):
 @dataclass(frozen=True)
 class PreflightReport:
     """Accuracies in percent on ``examples`` test examples; ``threshold`` is the clean accuracy
-    below which the run is refused (chance + ``spec.margin`` points)."""
+    below which the run is refused (chance, as :func:`chance_accuracy`, + ``spec.margin``
+    points; when chance is a majority share, at most halfway from it to 100 %)."""
 
     examples: int
     clean_accuracy: float
@@ -50,6 +51,24 @@ def _sample(data: ImageTensors, count: int, seed: int) -> ImageTensors:
     return data.select(index)
 
 
+def chance_accuracy(labels: torch.Tensor, num_classes: int) -> tuple[float, str]:
+    """The clean accuracy (percent) of a model that ignores its input, on examples with these
+    ``labels``, and why: 100 / ``num_classes`` for a uniform guess, or, when larger, the share of
+    the most frequent label (always answering it). A model fed inputs it was not trained for
+    often answers one class for everything: on a test split of 90 % one class, the uniform
+    guess's 10 % (or 50 %) let such a model pass with 90 %."""
+    uniform = 100.0 / num_classes
+    if len(labels) == 0:
+        return uniform, f"one guess in {num_classes} classes"
+    counts = torch.bincount(labels.cpu())
+    top = int(counts.argmax())
+    majority = 100.0 * float(counts[top]) / len(labels)
+    if majority <= uniform:
+        return uniform, f"one guess in {num_classes} classes"
+    return majority, (f"always answering class {top}, the most frequent in the sample, scores "
+                      "that")
+
+
 def preflight_check(model: nn.Module, data: ImageTensors, attack: PGD, spec: PreflightSpec, *,
                     num_classes: int, batch_size: int, device: torch.device, seed: int,
                     precision: str = "fp32", normalization_given: bool,
@@ -60,8 +79,12 @@ def preflight_check(model: nn.Module, data: ImageTensors, attack: PGD, spec: Pre
     report = evaluate_accuracy(model, sample, attack=attack, batch_size=batch_size,
                                device=device, seed=seed, precision=precision,
                                should_cancel=should_cancel)
-    chance = 100.0 / num_classes
+    chance, chance_reason = chance_accuracy(sample.labels, num_classes)
     threshold = min(chance + spec.margin, 100.0)
+    if chance > 100.0 / num_classes:
+        # Above a large majority share a margin in points can exceed what a good model reaches
+        # (95 % majority + 10 points): ask for at most halfway from chance to 100 %.
+        threshold = min(threshold, (chance + 100.0) / 2)
     result = PreflightReport(len(sample), report.clean_accuracy, report.robust_accuracy,
                              chance, threshold)
     if report.clean_accuracy < threshold:
@@ -75,7 +98,7 @@ def preflight_check(model: nn.Module, data: ImageTensors, attack: PGD, spec: Pre
         raise PreflightError(
             f"preflight: the checkpoint's clean accuracy on {len(sample)} test examples is "
             f"{report.clean_accuracy:.1f}% (robust {report.robust_accuracy or 0.0:.1f}%), near "
-            f"chance ({chance:.1f}% for {num_classes} classes; the run needs at least "
+            f"chance ({chance:.1f}%: {chance_reason}; the run needs at least "
             f"{threshold:.1f}%). Likely causes: " + "; ".join(causes) + ". Set preflight.examples "
             "to 0 to skip this check.")
     return result

@@ -17,6 +17,18 @@
 * **``finetune.lr_milestones`` at or past ``finetune.epochs``.** A milestone ``m`` lowers the rate
   from epoch ``m + 1`` (the scheduler steps after each epoch), so one at or past the last epoch
   never acts.
+* **An attack weaker than its ``eps``.** ``attack.steps: 0`` or ``attack.eps: 0`` takes no step
+  (robust accuracy is that of clean, or randomly started, inputs); ``steps × step_size < eps``
+  cannot reach the edge of the ball from the clean input. Either way the "robust" figures the α
+  rule compares are not those of the radius the job names.
+* **Classes a split lacks.** The split α is chosen on (after its caps) lacking classes the data
+  uses, or holding one class only (an accuracy there says nothing of the others; heavy imbalance
+  and a test file of one class end here), and a training split lacking classes the test split
+  holds (fine-tuning never sees them); data of one class. The α split is checked only with at
+  least as many examples as classes: fewer is already the warning above.
+* **Class folders named by numbers.** ImageFolder classes are the folders in text order (as
+  torchvision's): folders ``1`` to ``10`` give class 1 to folder ``10``, not ``2``. A checkpoint
+  trained with the numeric order would see every label but the first moved.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ from typing import Literal
 
 import torch
 
-from rift.config import FinetuneSpec, RiftConfig
+from rift.config import AttackSpec, FinetuneSpec, RiftConfig
 from rift.data import DatasetSplits
 from rift.evaluation import evaluated_examples
 
@@ -87,6 +99,10 @@ def configuration_warnings(config: RiftConfig, splits: DatasetSplits, device: to
         found.append(RunWarning("interpolate", (
             f"α is chosen on {count} {_SPLIT_WORDS[split]} examples ({origin}), {too_few}")))
 
+    found.extend(_class_warnings(splits, split, evaluated_examples(splits, split, cap).labels))
+    found.extend(_numbered_folder_warnings(splits.class_names))
+    found.extend(_attack_warnings(config.attack))
+
     if config.precision == "bf16" and device.type == "cpu":
         found.append(RunWarning("run", (
             "precision 'bf16' on the CPU: bf16 autocast is slower than fp32 on most CPUs and "
@@ -134,3 +150,70 @@ def _milestone_warnings(spec: FinetuneSpec) -> list[RunWarning]:
     return [RunWarning("finetune", (
         f"finetune.lr_milestones {late} never take effect: a milestone m lowers the learning "
         f"rate from epoch m + 1 and finetune.epochs is {spec.epochs}"))]
+
+
+def _labels_text(labels: list[int], limit: int = 8) -> str:
+    shown = ", ".join(str(label) for label in labels[:limit])
+    return shown + (f", … ({len(labels)} in all)" if len(labels) > limit else "")
+
+
+def _class_warnings(splits: DatasetSplits, split: Split, chosen_on: torch.Tensor
+                    ) -> list[RunWarning]:
+    """Classes missing from the α split's evaluated examples ``chosen_on`` (labels) or from
+    the training split (see the module docstring)."""
+    parts = (splits.train, splits.validation, splits.test)
+    used = set(torch.cat([part.labels.cpu() for part in parts]).unique().tolist())
+    found: list[RunWarning] = []
+    present = set(chosen_on.cpu().unique().tolist())
+    words = _SPLIT_WORDS[split]
+    if len(used) == 1:
+        found.append(RunWarning("run", (
+            f"every example of the data is of class {next(iter(used))}: accuracies are those "
+            "of one class, and a model answering it for every input scores 100 %")))
+    elif len(chosen_on) >= len(used) and present != used:
+        what = (f"all of class {next(iter(present))}" if len(present) == 1
+                else f"none of class(es) {_labels_text(sorted(used - present))}")
+        found.append(RunWarning("interpolate", (
+            f"α is chosen on {len(chosen_on)} {words} examples, {what}, of the {len(used)} "
+            "classes the data uses: the accuracies α is chosen by say nothing of the others")))
+    unseen = sorted(set(splits.test.labels.cpu().unique().tolist())
+                    - set(splits.train.labels.cpu().unique().tolist()))
+    if unseen:
+        found.append(RunWarning("finetune", (
+            f"the training split has no example of class(es) {_labels_text(unseen)}, which the "
+            "test split holds: fine-tuning never sees them")))
+    return found
+
+
+def _attack_warnings(spec: AttackSpec) -> list[RunWarning]:
+    if spec.steps == 0 or spec.eps == 0:
+        setting = "attack.steps is 0" if spec.steps == 0 else "attack.eps is 0"
+        inputs = ("clean inputs plus uniform noise in the eps ball (attack.random_start)"
+                  if spec.random_start and spec.eps > 0 else "clean inputs")
+        return [RunWarning("run", (
+            f"{setting}: the attack takes no step, so every robust accuracy of the run is the "
+            f"accuracy on {inputs}, and MRC and the α rule judge no attack"))]
+    reach = spec.steps * spec.step_size
+    if reach < spec.eps:
+        return [RunWarning("run", (
+            f"attack.steps × attack.step_size = {spec.steps} × {spec.step_size:.4g} = "
+            f"{reach:.4g} is less than attack.eps {spec.eps:.4g}: PGD cannot reach the edge of "
+            "its ball from the clean input, so robust accuracy is that of a weaker attack than "
+            f"eps says; use step_size >= eps / steps = {spec.eps / spec.steps:.4g} "
+            "(2.5 · eps / steps is usual)"))]
+    return []
+
+
+def _numbered_folder_warnings(names: tuple[str, ...] | None) -> list[RunWarning]:
+    if not names or not all(name.isdigit() for name in names):
+        return []
+    numeric = sorted(names, key=int)
+    if list(names) == numeric:
+        return []
+    shown = ", ".join(f"{index} is '{name}'" for index, name in enumerate(names[:4]))
+    return [RunWarning("run", (
+        f"the class folders are numbers, taken in text order as classes are: class {shown}"
+        f"{', …' if len(names) > 4 else ''}; a checkpoint trained with them in numeric order "
+        f"('{numeric[1]}' as class 1) sees other labels: rename them with leading zeros "
+        f"({', '.join(name.zfill(len(max(names, key=len))) for name in numeric[:3])}, …) "
+        "so that both orders agree"))]

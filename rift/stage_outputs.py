@@ -62,8 +62,8 @@ class StageStorage(Protocol):
 class FolderStorage:
     """Stage files in a folder; each write is atomic (a crash never leaves half a file)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)  # a str from a script is as good as a Path
 
     def read_bytes(self, name: str) -> bytes | None:
         path = self.folder / name

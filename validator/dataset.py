@@ -4,11 +4,13 @@ Two archive kinds are accepted, recognised by content: ``.npz`` (the layout of
 ``rift.dataset_formats``: images or feature vectors) and a tar (optionally gzip, bzip2 or xz
 compressed) of an ImageFolder tree. Nothing is extracted: npz arrays are read member by member in
 chunks of :data:`CHUNK_BYTES` (their headers first: object arrays, which would unpickle code, are
-refused), so every value is checked (finite; float images in [0, 1]; labels integers >= 0) while
+refused), so every value is checked (finite; float images in [0, 1]; uint8 images not only
+0s and 1s; labels integers >= 0) while
 memory stays flat whatever the archive's size; tar members are checked from their headers (the
 member policy of ``rift.dataset_formats``), and each image's own header is read (nothing is
 decoded) for the image size and for whether it is greyscale: a tree whose images are all greyscale
-is recorded with 1 channel, as the library reads it by default (``DatasetSpec.channels``).
+is recorded with 1 channel, as the library reads it by default (``DatasetSpec.channels``), and an
+image whose header cannot be parsed, in a folder the library reads, refuses the upload.
 
 Imports no torch. Runs inside the sandboxed validator process; the API imports it only for
 :func:`read_npz_header` and :func:`scan_tar`, to read the geometry of archives stored before
@@ -20,7 +22,7 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 import numpy as np
@@ -33,7 +35,10 @@ from rift.dataset_formats import (
     PALETTE_MODES,
     SERVICE_MIN_IMAGE_SIDE,
     TRAIN_FOLDER,
+    NpyHeader,
     ValueScan,
+    check_enough_examples,
+    check_has_examples,
     check_npz_keys,
     check_tar_member,
     imagefolder_channels,
@@ -45,6 +50,7 @@ from rift.dataset_formats import (
     npz_layout,
     num_classes_from_labels,
     path_parts,
+    read_npy_header,
 )
 from rift.errors import DatasetError
 
@@ -134,28 +140,6 @@ def inspect_dataset_file(path: str, display_name: str, max_unpacked_bytes: int) 
 # --------------------------------------------------------------------------------------- npz
 
 
-@dataclass(frozen=True)
-class NpyHeader:
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-
-
-def _read_header(member: IO[bytes], key: str) -> NpyHeader:
-    try:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-    except ValueError as exc:
-        raise DatasetError(f"key '{key}' is not a valid .npy array: {exc}") from exc
-    if dtype.hasobject:
-        raise DatasetError(
-            f"key '{key}' holds Python objects (dtype {dtype}); only numeric arrays are read, "
-            "because object arrays would be unpickled")
-    return NpyHeader(tuple(int(d) for d in shape), dtype)
-
-
 def read_npz_header(archive: zipfile.ZipFile, key: str) -> NpyHeader:
     """Shape and dtype of ``key`` from its ``.npy`` header, with its size checked against them.
 
@@ -164,7 +148,7 @@ def read_npz_header(archive: zipfile.ZipFile, key: str) -> NpyHeader:
     """
     info = archive.getinfo(f"{key}.npy")
     with archive.open(info) as member:
-        header = _read_header(member, key)
+        header = read_npy_header(member, key)
         header_end = member.tell()
     expected = header_end + int(np.prod(header.shape, dtype=np.int64)) * header.dtype.itemsize
     if info.file_size != expected:
@@ -186,7 +170,7 @@ def _scan_values(archive: zipfile.ZipFile, key: str, scan: ValueScan) -> None:
     """Read ``key``'s data in chunks and feed each to ``scan``; reading a member to its end
     also checks its CRC."""
     with archive.open(f"{key}.npy") as member:
-        header = _read_header(member, key)
+        header = read_npy_header(member, key)
         itemsize = header.dtype.itemsize
         step = max(itemsize, CHUNK_BYTES - CHUNK_BYTES % itemsize)
         buffer = bytearray(step)
@@ -227,8 +211,7 @@ def _inspect_npz_archive(path: str, display_name: str,
         x = headers["x"]
         layout = npz_layout(x.shape, x.dtype, "x", SERVICE_MIN_IMAGE_SIDE)
         count = x.shape[0]
-        if count == 0:
-            raise DatasetError(f"key 'x' in {display_name} holds no examples")
+        check_has_examples(count, "x", display_name)
         if label_count(headers["y"].shape, headers["y"].dtype, "y") != count:
             raise DatasetError(f"key 'y' has {headers['y'].shape[0]} labels but 'x' has "
                                f"{count} examples")
@@ -240,16 +223,20 @@ def _inspect_npz_archive(path: str, display_name: str,
                     f"key 'x_test' must match 'x' in layout and dtype: {x_test.dtype} "
                     f"{list(x_test.shape[1:])} vs {x.dtype} {list(x.shape[1:])}")
             test_count = x_test.shape[0]
+            check_has_examples(test_count, "x_test", display_name)
             if label_count(headers["y_test"].shape, headers["y_test"].dtype, "y_test") != test_count:
                 raise DatasetError(f"key 'y_test' has {headers['y_test'].shape[0]} labels but "
                                    f"'x_test' has {test_count} examples")
+        check_enough_examples(count, "x_test" in headers, f"key 'x' in {display_name}", "x_test")
         labels = ValueScan("labels", "y")
         for key in headers:
             if key.startswith("y"):
                 labels.key = key
                 _scan_values(archive, key, labels)
             else:
-                _scan_values(archive, key, ValueScan(layout.content, key))
+                scan = ValueScan(layout.content, key)
+                _scan_values(archive, key, scan)
+                scan.finish()
         for info in infos:
             if info.filename[: -len(".npy")] not in headers:
                 _read_through(archive, info)
@@ -285,6 +272,11 @@ class TarScan:
     num_images: int
     first: ImageProbe | None
     colour: list[tuple[str, ...]]
+    #: Path prefix → the first member under it whose image header could not be parsed (not an
+    #: image, damaged, or more pixels than Pillow's bomb limit): the library fails reading it.
+    unreadable: dict[tuple[str, ...], str] = field(default_factory=dict)
+    #: Path prefix (as in ``files``) → the number of image files under it.
+    counts: dict[tuple[str, ...], int] = field(default_factory=dict)
 
 
 def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
@@ -301,6 +293,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
     files: set[tuple[str, ...]] = set()
     entries: set[tuple[str, ...]] = set()
     colour: set[tuple[str, ...]] = set()
+    unreadable: dict[tuple[str, ...], str] = {}
+    counts: dict[tuple[str, ...], int] = {}
     num_images = 0
     unpacked = 0
     first: ImageProbe | None = None
@@ -323,21 +317,27 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                     continue
                 prefix = _marked(parts)[:4]
                 files.add(prefix)
+                counts[prefix] = counts.get(prefix, 0) + 1
                 num_images += 1
                 # The stream passes over every member's bytes anyway; parsing an image's header as
                 # well (no decoding) took 53 µs an image, against 40 µs for the member itself
                 # (20,000 28×28 PNGs, one CPU core of our 2-core test machine).
                 probe = _probe_image(archive.extractfile(member))
-                # An unreadable image counts for neither: the worker names it when it reads it.
+                # An unreadable image counts for neither; one in a folder the library reads
+                # refuses the upload (see _imagefolder_layout). A file past the probe's bytes
+                # is not judged (a TIFF may keep its header at the end).
                 if probe is not None:
                     first = first or probe
                     if not probe.grey:
                         colour.add(prefix)
+                elif member.size <= MAX_PROBE_IMAGE_BYTES:
+                    unreadable.setdefault(prefix, member.name)
                 if not full:
                     return TarScan([], [], 0, first, sorted(colour))
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise DatasetError(f"{display_name} is not a readable tar archive: {exc}") from exc
-    return TarScan(sorted(files), sorted(entries), num_images, first, sorted(colour))
+    return TarScan(sorted(files), sorted(entries), num_images, first, sorted(colour), unreadable,
+                   counts)
 
 
 def _marked(parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -379,6 +379,19 @@ def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
     read = _read_folders(inside, classes, has_train)
     colour = [f[len(root):] for f in scan.colour if f[: len(root)] == root]
     all_grey = not any(f[: len(folder)] == folder for f in colour for folder in read)
+    # The held-out folder, when one is read, is the last of ``read`` (see _read_folders).
+    has_test = len(read) > len(classes)
+    trained_on = read[:len(classes)]
+    count = sum(number for prefix, number in scan.counts.items() if prefix[: len(root)] == root
+                and any(prefix[len(root):][: len(folder)] == folder for folder in trained_on))
+    check_enough_examples(count, has_test, f"{display_name}'s class folders", "val/ or test/ folder")
+    for prefix, name in sorted(scan.unreadable.items()):
+        inner = prefix[len(root):] if prefix[: len(root)] == root else None
+        if inner is not None and any(inner[: len(folder)] == folder for folder in read):
+            raise DatasetError(
+                f"{display_name}: {name!r} is not an image Pillow can read (damaged, not the "
+                "format its name says, or more pixels than Pillow's limit); the job would fail "
+                "reading it: replace or remove it")
     shape = None
     if scan.first is not None:
         channels = imagefolder_channels("auto", all_grey)

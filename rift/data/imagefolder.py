@@ -221,4 +221,5 @@ def load_imagefolder(spec: DatasetSpec) -> SourceData:
         files, pixels = parts.pop(0)
         tensors.append(_tensors(files, pixels, channels))
     return SourceData(train=tensors[0], test=tensors[1] if len(tensors) > 1 else None,
-                      num_classes=len(classes), test_fraction=TEST_FRACTION)
+                      num_classes=len(classes), test_fraction=TEST_FRACTION,
+                      class_names=tuple(classes))

@@ -87,4 +87,5 @@ def load_dataset(spec: DatasetSpec, seed: int) -> DatasetSplits:
     return DatasetSplits(
         train=train, validation=validation, test=test, num_classes=source.num_classes,
         image_shape=train.image_shape, name=spec.name,
-        augment=resolve_augment(spec, train.image_shape[0], train.image_shape[1]))
+        augment=resolve_augment(spec, train.image_shape[0], train.image_shape[1]),
+        class_names=source.class_names)

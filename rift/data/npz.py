@@ -22,10 +22,13 @@ from rift.data.tensors import ImageTensors, SourceData
 from rift.dataset_formats import (
     NpzLayout,
     ValueScan,
+    check_enough_examples,
+    check_has_examples,
     check_npz_keys,
     label_count,
     npz_layout,
     num_classes_from_labels,
+    read_npy_header,
 )
 from rift.errors import DatasetError
 
@@ -34,7 +37,9 @@ TEST_FRACTION = 0.2  # held out as test when the file has no x_test / y_test
 
 def _inputs(x: np.ndarray, key: str) -> tuple[torch.Tensor, NpzLayout]:
     layout = npz_layout(x.shape, x.dtype, key)
-    ValueScan(layout.content, key).update(x)
+    scan = ValueScan(layout.content, key)
+    scan.update(x)
+    scan.finish()
     if layout.content == "features":
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, :, None, None], layout
     if x.ndim == 3:
@@ -55,6 +60,15 @@ def _labels(y: np.ndarray, key: str, count: int, inputs_key: str) -> torch.Tenso
     return torch.from_numpy(y.astype(np.int64))
 
 
+def _refuse_object_arrays(path: Path) -> None:
+    # np.load(allow_pickle=False) refuses object arrays too, but without naming the key.
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith(".npy"):
+                with archive.open(name) as member:
+                    read_npy_header(member, name.removesuffix(".npy"))
+
+
 def load_npz(spec: DatasetSpec) -> SourceData:
     """Read ``spec.path``; raise DatasetError naming the key at fault."""
     path = Path(spec.path or "")
@@ -70,6 +84,7 @@ def load_npz(spec: DatasetSpec) -> SourceData:
                 f"{list(loaded.shape)} (a .npy file), not an .npz archive; save the arrays with "
                 "np.savez(path, x=..., y=...)")
         with loaded as archive:
+            _refuse_object_arrays(path)
             arrays = {key: archive[key] for key in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"cannot read 'path' {path} as .npz: {exc}") from exc
@@ -85,8 +100,9 @@ def load_npz(spec: DatasetSpec) -> SourceData:
                 f"{tuple(x_test.shape[1:])} vs {x.dtype} {tuple(x.shape[1:])}")
         test = ImageTensors(x_test, _labels(arrays["y_test"], "y_test", x_test.shape[0], "x_test"))
     for key, part in (("x", train), ("x_test", test)):
-        if part is not None and len(part) == 0:
-            raise DatasetError(f"key '{key}' in {path} holds no examples")
+        if part is not None:
+            check_has_examples(len(part), key, str(path))
+    check_enough_examples(len(train), test is not None, f"key 'x' in {path}", "x_test")
     labels = [train.labels] + ([test.labels] if test is not None else [])
     largest = max(int(t.max()) for t in labels)
     return SourceData(train=train, test=test, num_classes=num_classes_from_labels(largest),

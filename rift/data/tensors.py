@@ -81,6 +81,9 @@ class DatasetSplits:
     image_shape: tuple[int, int, int]  # (C, H, W)
     name: str
     augment: str
+    #: The source's class names, class index i named ``class_names[i]`` (ImageFolder folders);
+    #: None where classes have no names of their own (npz labels, built-ins).
+    class_names: tuple[str, ...] | None = None
 
     @property
     def in_channels(self) -> int:
@@ -112,3 +115,4 @@ class SourceData:
     test: ImageTensors | None
     num_classes: int
     test_fraction: float = 0.2
+    class_names: tuple[str, ...] | None = None  # as DatasetSplits.class_names

@@ -176,6 +176,12 @@ def test_bad_npz_archives_are_refused(api: Api) -> None:
                                    y=np.zeros(4, dtype=np.int64)), "at least 8 pixels"),
         "int16 greyscale": (npz_bytes(x=np.zeros((5, 8, 8), np.int16),
                                       y=np.zeros(5, dtype=np.int64)), "uint8 or float"),
+        "empty test split": (npz_bytes(x=x, y=np.zeros(5, dtype=np.int64), x_test=x[:0],
+                                       y_test=np.zeros(0, dtype=np.int64)),
+                             "'x_test' in empty test split.npz holds no examples"),
+        "0/1 pixels as uint8": (npz_bytes(x=np.eye(8, dtype=np.uint8)[None].repeat(5, 0),
+                                          y=np.zeros(5, dtype=np.int64)),
+                                "uint8 images are read as value / 255"),
     }
     for name, (content, reason) in cases.items():
         response = upload(api, f"{name}.npz", content)

@@ -213,6 +213,21 @@ def test_attack_domain_errors_name_the_field(api: Api, checkpoint_id: str, domai
     assert api.count(Job) == 0
 
 
+@pytest.mark.parametrize(("attack", "says"), [
+    ({"eps": 8, "step_size": 2}, "8 grey levels is eps = 8/255 = 0.03137"),
+    # digits are 1×8×8 in [0, 1]: the L2 diameter is 8.
+    ({"norm": "l2", "eps": 8, "step_size": 1}, "L2 diameter of attack.domain (8)"),
+])
+def test_an_attack_radius_as_wide_as_the_inputs_is_refused_at_creation(
+        api: Api, checkpoint_id: str, attack: dict[str, Any], says: str) -> None:
+    # Before: eps 8 (meant as 8/255) was accepted and every robust accuracy measured nothing.
+    response = create(api, job_body(checkpoint_id, config=digits_config(attack=attack)))
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["field"] == "config.attack.eps" and says in error["message"], error
+    assert api.count(Job) == 0
+
+
 def test_infinite_number_in_a_plain_body_is_422_not_500(api: Api) -> None:
     """1e400 parses to inf, which the 422 quotes: it must not break rendering the answer."""
     response = api.client.post(f"/v1/jobs/{'0' * 32}/materialize", content=b'{"alpha": 1e400}',
@@ -423,6 +438,25 @@ def test_more_classes_than_the_architecture_is_422_naming_both(api: Api,
     assert error["field"] == "config.architecture.num_classes"
     assert "12 classes" in error["message"] and "num_classes is 10" in error["message"]
     assert (error["dataset_num_classes"], error["architecture_num_classes"]) == (12, 10)
+    assert "start at" not in error["message"]  # labels from 0: no renumbering to suggest
+    assert api.count(Job) == 0
+
+
+def test_labels_counted_from_one_are_explained_at_creation(api: Api, checkpoint_id: str) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    # Ten classes labelled 1 to 10 count 11 for a 10-class model: renumbering is the fix.
+    np.savez(buffer, x=np.full((20, 8, 8), 0.5, np.float32), y=np.arange(20) % 10 + 1)
+    dataset = api.client.post("/v1/datasets", files={"file": ("d.npz", buffer.getvalue())}).json()
+    response = create(api, job_body(checkpoint_id, dataset_id=dataset["id"],
+                                    config=digits_config(dataset={"name": "npz"})))
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["field"] == "config.architecture.num_classes"
+    assert error["message"].endswith(
+        "labels are class indices counted from 0, and these start at 1: renumber them 0 to 9 "
+        "(subtract 1) if no class is below it"), error["message"]
     assert api.count(Job) == 0
 
 

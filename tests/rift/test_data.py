@@ -280,6 +280,9 @@ _GOOD_Y = np.arange(6) % 2
     ({"x": _GOOD_X, "y": _GOOD_Y, "x_test": _GOOD_X[:2], "y_test": np.array([0, 1, 1])},
      "'y_test'"),
     ({"x": _GOOD_X[:0], "y": _GOOD_Y[:0]}, "'x'"),
+    ({"x": _GOOD_X, "y": _GOOD_Y, "x_test": _GOOD_X[:0], "y_test": _GOOD_Y[:0]}, "'x_test'"),
+    ({"x": (np.arange(6 * 48) % 2).astype(np.uint8).reshape(6, 4, 4, 3), "y": _GOOD_Y},
+     "'x': uint8 images are read as value / 255"),  # 0/1 pixels: near-black images
 ])
 def test_npz_errors_name_the_key(tmp_path: Path, arrays: dict, key: str) -> None:
     np.savez(tmp_path / "bad.npz", **arrays)
@@ -312,9 +315,10 @@ def test_npz_file_problems(tmp_path: Path) -> None:
     np.save(tmp_path / "one.npy", np.zeros((4, 3)))
     with pytest.raises(DatasetError, match=r"single float64 array of shape \[4, 3\].*\.npy"):
         load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "one.npy")), seed=0)
-    # Object arrays are pickles: refused rather than unpickled.
+    # Object arrays are pickles: refused rather than unpickled, naming the key (before: only
+    # numpy's "Object arrays cannot be loaded when allow_pickle=False").
     np.savez(tmp_path / "obj.npz", x=np.array([object()], dtype=object), y=np.array([0]))
-    with pytest.raises(DatasetError, match="'path'"):
+    with pytest.raises(DatasetError, match="key 'x' holds Python objects"):
         load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "obj.npz")), seed=0)
 
 

@@ -133,3 +133,17 @@ def test_tar_member_policy_and_image_names() -> None:
     assert tar_member_problem(member("cat/l", tarfile.SYMTYPE)) == "is a link"
     assert "device" in (tar_member_problem(member("cat/d", tarfile.CHRTYPE)) or "")
     assert is_image_file("A.JPEG") and not is_image_file(".x.png") and not is_image_file("a.txt")
+
+
+@pytest.mark.parametrize(("values", "hint"), [
+    (np.array([0.0, 254.0], np.float32), "store 8-bit pixels as uint8, or divide by 255"),
+    (np.array([-1.0, 1.0], np.float32), "(x + 1) / 2 for [-1, 1]"),
+    (np.array([-2.1, 1.9], np.float32), "x · std + mean for standardised data"),
+])
+def test_float_pixels_outside_the_unit_range_say_how_to_fix_them(values: np.ndarray,
+                                                                 hint: str) -> None:
+    # Before: normalised data ([-1, 1], mean 0 std 1) was told to "divide by 255".
+    with pytest.raises(DatasetError, match=r"float images must lie in \[0, 1\]") as error:
+        ValueScan("images", "x").update(values)
+    assert hint in error.value.message
+    assert ("divide by 255" in error.value.message) == (values.min() >= 0)

@@ -127,7 +127,8 @@ def test_interrupted_run_resumes_without_recomputing_mrc(
     (tmp_path / "finetune.json").unlink()  # as if the worker died during fine-tuning
     (tmp_path / "result.json").unlink()
     events: list[str] = []
-    second = run_pipeline(config, digits_checkpoint_path, tmp_path,
+    # Given as strings, as a script would: the same folder and checkpoint as the Paths above.
+    second = run_pipeline(config, str(digits_checkpoint_path), str(tmp_path),
                           PipelineCallbacks(on_event=lambda kind, data: events.append(
                               f"{kind}:{data.get('stage', '')}")))
     assert "stage_skipped:mrc" in events and "stage_started:mrc" not in events

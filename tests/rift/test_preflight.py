@@ -7,11 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-from rift.config import RiftConfig
+from rift.attacks import PGD
+from rift.config import PreflightSpec, RiftConfig
+from rift.data import ImageTensors
 from rift.demo_tabular import make_tabular_checkpoint, tabular_demo_config, write_breast_cancer_npz
 from rift.pipeline import PipelineCallbacks, run_pipeline
-from rift.preflight import PreflightError
+from rift.preflight import PreflightError, PreflightReport, chance_accuracy, preflight_check
 
 
 def _fast(npz: Path) -> RiftConfig:
@@ -49,3 +53,37 @@ def test_preflight_figures_and_refusal_on_swapped_classes(tmp_path: Path) -> Non
     skipped = swapped.model_copy(update={"preflight": swapped.preflight.model_copy(
         update={"examples": 0})})
     assert run_pipeline(skipped, tmp_path / "ck.safetensors", tmp_path / "bad")["preflight"] is None
+
+
+def _imbalanced() -> ImageTensors:
+    # 90 examples of class 0 (feature 0.2), 10 of class 1 (feature 0.8): (N, 1, 1, 1) inputs.
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    return ImageTensors(torch.where(labels == 1, 0.8, 0.2).view(-1, 1, 1, 1), labels)
+
+
+def _threshold_model(weight: float, bias: float) -> nn.Module:
+    # logits (0, weight · (x − 0.5) + bias): weight 0 and bias −1 answer class 0 for everything.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[0.0], [weight]]))
+        model[1].bias.copy_(torch.tensor([0.0, bias - weight / 2]))
+    return model
+
+
+def _check(model: nn.Module) -> PreflightReport:
+    return preflight_check(model, _imbalanced(), PGD(eps=0.05, step_size=0.05, steps=1),
+                           PreflightSpec(examples=256), num_classes=10, batch_size=64,
+                           device=torch.device("cpu"), seed=0, normalization_given=False)
+
+
+def test_chance_is_the_majority_share_when_it_beats_a_uniform_guess() -> None:
+    labels = _imbalanced().labels
+    assert chance_accuracy(labels, 10)[0] == pytest.approx(90.0)
+    assert chance_accuracy(torch.arange(20) % 10, 10)[0] == pytest.approx(10.0)  # uniform
+    assert chance_accuracy(torch.arange(20) % 2, 10)[0] == pytest.approx(50.0)  # 2 of 10 used
+    # Before: chance was 100 / 10 classes, so answering class 0 for everything (90 %) passed.
+    with pytest.raises(PreflightError, match=r"near chance \(90\.0%: always answering class 0"):
+        _check(_threshold_model(0.0, -1.0))
+    # A model that reads its input passes; the bar is at most halfway from 90 % to 100 %.
+    report = _check(_threshold_model(100.0, 0.0))
+    assert report.clean_accuracy == 100.0 and report.threshold == pytest.approx(95.0)

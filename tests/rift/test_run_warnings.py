@@ -118,3 +118,81 @@ def test_the_warnings_are_events_before_the_preflight_check(
     assert [(kind, data["stage"]) for kind, data in events] == [("warning", "interpolate")]
     assert events[0][1]["message"].startswith("α is chosen on 5 test examples "
                                               "(dataset.max_test_examples=5)")
+
+
+def _npz_config(path: Path, **arrays: Any) -> RiftConfig:
+    import numpy as np
+
+    np.savez(path, **arrays)
+    return RiftConfig.model_validate({"architecture": {"name": "small_cnn"},
+                                      "dataset": {"name": "npz", "path": str(path)}})
+
+
+def _images(n: int) -> Any:
+    import numpy as np
+
+    return np.random.default_rng(0).integers(2, 256, (n, 8, 8), dtype=np.uint8)
+
+
+def test_classes_a_split_lacks_are_named(tmp_path: Path) -> None:
+    import numpy as np
+
+    # A test file of one class: α would be chosen on class 0 alone.
+    config = _npz_config(tmp_path / "a.npz", x=_images(20), y=np.arange(20) % 2,
+                         x_test=_images(4), y_test=np.zeros(4, np.int64))
+    assert RunWarning("interpolate", (
+        "α is chosen on 4 test examples, all of class 0, of the 2 classes the data uses: the "
+        "accuracies α is chosen by say nothing of the others")) in _warnings(config)
+    # Test labels the training file never has (5): fine-tuning cannot learn them.
+    config = _npz_config(tmp_path / "b.npz", x=_images(20), y=np.arange(20) % 3,
+                         x_test=_images(6), y_test=np.array([0, 1, 2, 5, 5, 5]))
+    found = _warnings(config)
+    assert RunWarning("finetune", ("the training split has no example of class(es) 5, which "
+                                   "the test split holds: fine-tuning never sees them")) in found
+    assert not any("α is chosen on 6 test examples," in w.message for w in found)
+    # Data of one class.
+    config = _npz_config(tmp_path / "c.npz", x=_images(20), y=np.full(20, 3))
+    assert any(w.message.startswith("every example of the data is of class 3")
+               for w in _warnings(config))
+
+
+def test_an_attack_weaker_than_its_eps_is_named(digits_job_config: dict) -> None:
+    def attack_warnings(**attack: Any) -> list[str]:
+        config = _config(digits_job_config, attack=attack)
+        return [w.message for w in _warnings(config) if w.message.startswith("attack.")]
+
+    assert attack_warnings(steps=0) == [
+        "attack.steps is 0: the attack takes no step, so every robust accuracy of the run is the "
+        "accuracy on clean inputs plus uniform noise in the eps ball (attack.random_start), and "
+        "MRC and the α rule judge no attack"]
+    assert attack_warnings(eps=0.0)[0].startswith(
+        "attack.eps is 0: the attack takes no step, so every robust accuracy of the run is the "
+        "accuracy on clean inputs,")
+    # 2 × 0.025 = 0.05 < 0.1: the edge of the ball is out of reach.
+    assert attack_warnings(steps=2)[0].startswith(
+        "attack.steps × attack.step_size = 2 × 0.025 = 0.05 is less than attack.eps 0.1")
+    assert attack_warnings(steps=4) == []  # 4 × 0.025 reaches 0.1
+
+
+def test_class_folders_named_by_numbers_in_text_order_are_named(tmp_path: Path) -> None:
+    from PIL import Image
+
+    def tree(names: list[str]) -> RiftConfig:
+        root = tmp_path / names[0]
+        for index, name in enumerate(names):
+            for i in range(2):
+                (root / name).mkdir(parents=True, exist_ok=True)
+                Image.new("L", (8, 8), 20 * index + i).save(root / name / f"{i}.png")
+        return RiftConfig.model_validate({"architecture": {"name": "small_cnn"}, "dataset": {
+            "name": "imagefolder", "path": str(root)}})
+
+    # Folders 1 to 10 are classes 1, 10, 2, …: folder '2' is class 2, not 1.
+    [warning] = [w for w in _warnings(tree([str(n) for n in range(1, 11)]))
+                 if "class folders are numbers" in w.message]
+    assert warning.message.startswith(
+        "the class folders are numbers, taken in text order as classes are: class 0 is '1', 1 "
+        "is '10', 2 is '2', 3 is '3', …; a checkpoint trained with them in numeric order ('2' "
+        "as class 1) sees other labels: rename them with leading zeros (01, 02, 03, …)")
+    # Zero-padded (or fewer than ten) numbers sort alike both ways: nothing to say.
+    padded = [f"{n:02d}" for n in range(1, 11)]
+    assert not any("class folders" in w.message for w in _warnings(tree(padded)))

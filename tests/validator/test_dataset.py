@@ -49,6 +49,37 @@ def test_labels_give_classes_and_range(tmp_path: Path) -> None:
     assert type(found).from_json(found.to_json()) == found
 
 
+@pytest.mark.parametrize(("arrays", "says"), [
+    # Before: accepted on upload, and the job failed when the worker's loader refused it.
+    ({"x_test": np.zeros((0, 8, 8), np.uint8), "y_test": np.zeros(0, np.int64)},
+     "'x_test' in d.npz holds no examples"),
+    # Before: accepted everywhere and read as value / 255: near-black images, silently.
+    ({"x": (np.arange(10 * 64) % 2).astype(np.uint8).reshape(10, 8, 8)},
+     "'x': uint8 images are read as value / 255, and the largest value here is 1"),
+    ({"x_test": np.ones((2, 8, 8), np.uint8), "y_test": np.zeros(2, np.int64)},
+     "'x_test': uint8 images are read as value / 255"),
+    # Before: accepted on upload, and every job failed splitting it.
+    ({"x": np.full((2, 8, 8), 200, np.uint8), "y": np.array([0, 1])},
+     "'x' in d.npz: 2 training example.s.; a run needs at least 3: one to train on, one for the "
+     "validation split and, as there is no x_test, one for the test split"),
+    ({"x": np.full((1, 8, 8), 200, np.uint8), "y": np.array([0]),
+      "x_test": np.full((1, 8, 8), 200, np.uint8), "y_test": np.array([0])},
+     "'x' in d.npz: 1 training example.s.; a run needs at least 2: one to train on, one for the "
+     "validation split$"),
+])
+def test_the_upload_refuses_what_the_loader_refuses(tmp_path: Path, arrays: dict,
+                                                    says: str) -> None:
+    from rift.config import DatasetSpec
+    from rift.data import load_dataset
+
+    good = {"x": np.full((10, 8, 8), 200, np.uint8), "y": np.arange(10) % 2}
+    path = write(tmp_path / "d.npz", **{**good, **arrays})
+    with pytest.raises(DatasetError, match=says.replace("d.npz", ".*d.npz")):
+        inspect_dataset_file(path, "d.npz", 10**9)
+    with pytest.raises(DatasetError, match=says.replace("d.npz", ".*d.npz")):
+        load_dataset(DatasetSpec(name="npz", path=path), seed=0)
+
+
 def test_float_channels_last_images_record_their_channels(tmp_path: Path) -> None:
     # What the worker's loader will read (rift.data.npz), the upload records: 3 channels, 12×12.
     path = write(tmp_path / "d.npz", x=np.full((10, 12, 12, 3), 0.5, np.float32),

@@ -14,6 +14,7 @@ from PIL import Image
 
 from rift.config import DatasetSpec
 from rift.data import load_dataset
+from rift.errors import DatasetError
 from validator.dataset import inspect_dataset_file, scan_tar
 
 SIZE = (7, 9)  # (W, H)
@@ -110,16 +111,57 @@ def test_the_first_image_scan_knows_colour_but_not_all_grey(tmp_path: Path) -> N
         assert not scan_tar(handle, "c.tgz", 10**9, full=False).first.grey  # type: ignore[union-attr]
 
 
-def test_an_unreadable_image_decides_nothing(tmp_path: Path) -> None:
-    # The worker names an undecodable file when it reads it; here it neither sizes the tree
-    # nor makes it colour.
+def test_an_unreadable_image_is_refused_where_the_library_reads_it(tmp_path: Path) -> None:
+    # Before: accepted on upload, and the job failed reading it. Outside the folders the library
+    # reads (here an unlabelled test/images beside val/) it still decides nothing.
     _grey_tree(tmp_path / "tree")
-    path = tmp_path / "t.tar"
-    with tarfile.open(path, "w") as archive:
-        broken = tarfile.TarInfo("ant/0-broken.png")
-        broken.size = 9
-        archive.addfile(broken, io.BytesIO(b"not a png"))
-        archive.add(tmp_path / "tree" / "train" / "ant", arcname="ant")
-        archive.add(tmp_path / "tree" / "train" / "bee", arcname="bee")
-    found = inspect_dataset_file(str(path), "t.tar", 10**9)
-    assert found.image_shape == (1, 9, 7) and found.num_examples == 7
+
+    def archive_with(member: str) -> str:
+        path = tmp_path / f"{member.replace('/', '_')}.tar"
+        with tarfile.open(path, "w") as archive:
+            info = tarfile.TarInfo(member)
+            info.size = len(b"not a png")
+            archive.addfile(info, io.BytesIO(b"not a png"))
+            archive.add(tmp_path / "tree" / "train", arcname="train")
+            archive.add(tmp_path / "tree" / "val", arcname="val")
+        return str(path)
+
+    for member in ("train/ant/0-broken.png", "val/bee/0-broken.png"):
+        with pytest.raises(DatasetError, match=f"'{member}' is not an image Pillow can read"):
+            inspect_dataset_file(archive_with(member), "t.tar", 10**9)
+        with pytest.raises(DatasetError, match="cannot read image"):  # what the job would hit
+            load_dataset(DatasetSpec(name="imagefolder", path=str(_unpacked(tmp_path, member))),
+                         seed=0)
+    found = inspect_dataset_file(archive_with("test/images/0-broken.png"), "t.tar", 10**9)
+    assert found.image_shape == (1, 9, 7) and found.num_examples == 9
+
+
+def _unpacked(tmp_path: Path, member: str) -> Path:
+    tree = tmp_path / f"unpacked-{member.replace('/', '_')}"
+    for part in ("train", "val"):
+        for image in (tmp_path / "tree" / part).rglob("*.png"):
+            _save(tree / image.relative_to(tmp_path / "tree"), Image.open(image))
+    (tree / member).write_bytes(b"not a png")
+    return tree
+
+
+@pytest.mark.parametrize(("held_out", "says"), [
+    (False, "t.tar's class folders: 2 training example(s); a run needs at least 3: one to train "
+            "on, one for the validation split and, as there is no val/ or test/ folder, one for "
+            "the test split"),
+    (True, None),  # 2 training images and a val/ folder: enough
+])
+def test_too_few_training_images_for_any_run_are_refused(tmp_path: Path, held_out: bool,
+                                                         says: str | None) -> None:
+    # Before: accepted on upload, and every job failed splitting them.
+    for name in ("ant", "bee"):
+        _save(tmp_path / "tree" / "train" / name / "0.png", _grey())
+        if held_out:
+            _save(tmp_path / "tree" / "val" / name / "0.png", _grey())
+    path = _tar(tmp_path / "tree", tmp_path / "t.tar")
+    if says is None:
+        assert inspect_dataset_file(path, "t.tar", 10**9).num_classes == 2
+        return
+    with pytest.raises(DatasetError) as error:
+        inspect_dataset_file(path, "t.tar", 10**9)
+    assert error.value.message == says
