@@ -179,5 +179,6 @@ def store_dataset(
                 num_features=inspection.num_features, num_examples=inspection.num_examples,
                 num_classes=inspection.num_classes, label_min=inspection.label_min,
                 label_max=inspection.label_max,
+                image_sizes_differ=inspection.image_sizes_differ,
                 idempotency_key=upload_key.stored if upload_key else None,
                 request_hash=upload_key.request_hash if upload_key else None)))))

@@ -166,6 +166,13 @@ def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec,
         raise InvalidInput("leave out 'path': the service sets it from 'dataset_id'",
                            field="config.dataset.path")
     _check_classes(row, spec.config.architecture.num_classes)
+    if row.image_sizes_differ and not dataset.image_size:
+        # Unresized, every image must have the first's size: the job would fail reading them.
+        first = f" (the first is {row.image_height}×{row.image_width})" if row.image_height else ""
+        raise InvalidInput(
+            f"dataset {row.id}'s images are not all of one size{first}: set "
+            "config.dataset.image_size to resize them all to one square size",
+            field="config.dataset.image_size")
     try:
         geometry = uploaded_dataset_geometry(store, row, dataset)
     except RiftError as exc:

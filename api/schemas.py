@@ -106,6 +106,10 @@ class DatasetOut(BaseModel):
     num_examples: int | None = Field(None, description="Training examples (known at upload).")
     label_min: int | None = Field(None, description="Smallest label (train and test).")
     label_max: int | None = Field(None, description="Largest label (train and test).")
+    image_sizes_differ: bool | None = Field(
+        None, description="An ImageFolder whose images are not all of one size (image_shape "
+        "is then the first's): a job must set config.dataset.image_size to resize them. None "
+        "for npz uploads and for uploads recorded before it was stored.")
     created_at: datetime | None = None
 
 

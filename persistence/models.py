@@ -214,6 +214,9 @@ class Dataset(Base):
     num_classes: Mapped[int | None] = mapped_column(Integer)  # label_max + 1 (npz), folders
     label_min: Mapped[int | None] = mapped_column(BigInteger)
     label_max: Mapped[int | None] = mapped_column(BigInteger)
+    # An ImageFolder whose images (in the folders the library reads) are not all of one size:
+    # a job must resize them (dataset.image_size). None on rows recorded before it was stored.
+    image_sizes_differ: Mapped[bool | None] = mapped_column(Boolean)
 
     __table_args__ = (
         CheckConstraint(_in("kind", DatasetKind), name="kind"),

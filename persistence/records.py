@@ -218,6 +218,7 @@ def create_dataset(
     num_classes: int | None = None,
     label_min: int | None = None,
     label_max: int | None = None,
+    image_sizes_differ: bool | None = None,
     max_stored_bytes: int | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
@@ -233,7 +234,8 @@ def create_dataset(
         content=content,
         image_channels=channels, image_height=height, image_width=width,
         num_features=num_features, num_examples=num_examples, num_classes=num_classes,
-        label_min=label_min, label_max=label_max, idempotency_key=idempotency_key,
+        label_min=label_min, label_max=label_max, image_sizes_differ=image_sizes_differ,
+        idempotency_key=idempotency_key,
         request_hash=request_hash,
     )
     session.add(dataset)

@@ -71,8 +71,10 @@ class DatasetInspection:
     ``image_shape`` (C, H, W) is None for feature vectors, and for an ImageFolder tar none of whose
     images could be sized (the worker then reports the problem precisely); an ImageFolder's C is
     that of ``channels: "auto"``: 1 when every image in the folders the library reads is
-    greyscale, else 3 (H, W: the first image's). ``num_features`` is
-    set for feature vectors only. ``num_examples`` counts training examples (npz ``x``) or image
+    greyscale, else 3 (H, W: those of an image in those folders). ``image_sizes_differ``: an
+    ImageFolder whose images in those folders are not all of one size (a job must then set
+    ``dataset.image_size``, which resizes them). ``num_features`` is set for feature vectors
+    only. ``num_examples`` counts training examples (npz ``x``) or image
     files (tar). ``label_min``/``label_max`` span every label (train and test); ``num_classes``
     is ``label_max + 1`` for npz (labels are class indices), the class folders for ImageFolder.
     """
@@ -85,6 +87,7 @@ class DatasetInspection:
     num_classes: int
     label_min: int
     label_max: int
+    image_sizes_differ: bool | None = None  # ImageFolder only
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -260,6 +263,10 @@ class ImageProbe:
     width: int
     grey: bool
 
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.height, self.width
+
 
 @dataclass(frozen=True)
 class TarScan:
@@ -277,6 +284,10 @@ class TarScan:
     unreadable: dict[tuple[str, ...], str] = field(default_factory=dict)
     #: Path prefix (as in ``files``) → the number of image files under it.
     counts: dict[tuple[str, ...], int] = field(default_factory=dict)
+    #: Path prefix → (height, width) of its first sized image, and the prefixes holding images
+    #: of another size than that (bounded by the folders, like ``counts``).
+    sizes: dict[tuple[str, ...], tuple[int, int]] = field(default_factory=dict)
+    mixed_sizes: set[tuple[str, ...]] = field(default_factory=set)
 
 
 def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
@@ -295,6 +306,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
     colour: set[tuple[str, ...]] = set()
     unreadable: dict[tuple[str, ...], str] = {}
     counts: dict[tuple[str, ...], int] = {}
+    sizes: dict[tuple[str, ...], tuple[int, int]] = {}
+    mixed_sizes: set[tuple[str, ...]] = set()
     num_images = 0
     unpacked = 0
     first: ImageProbe | None = None
@@ -328,6 +341,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                 # is not judged (a TIFF may keep its header at the end).
                 if probe is not None:
                     first = first or probe
+                    if sizes.setdefault(prefix, probe.size) != probe.size:
+                        mixed_sizes.add(prefix)
                     if not probe.grey:
                         colour.add(prefix)
                 elif member.size <= MAX_PROBE_IMAGE_BYTES:
@@ -337,7 +352,7 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise DatasetError(f"{display_name} is not a readable tar archive: {exc}") from exc
     return TarScan(sorted(files), sorted(entries), num_images, first, sorted(colour), unreadable,
-                   counts)
+                   counts, sizes, mixed_sizes)
 
 
 def _marked(parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -392,14 +407,21 @@ def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
                 f"{display_name}: {name!r} is not an image Pillow can read (damaged, not the "
                 "format its name says, or more pixels than Pillow's limit); the job would fail "
                 "reading it: replace or remove it")
+    read_prefixes = [prefix for prefix in scan.sizes if prefix[: len(root)] == root
+                     and any(prefix[len(root):][: len(folder)] == folder for folder in read)]
+    # The library sizes every image like the first training image unless told to resize.
+    sizes_differ = (any(prefix in scan.mixed_sizes for prefix in read_prefixes)
+                    or len({scan.sizes[prefix] for prefix in read_prefixes}) > 1)
     shape = None
-    if scan.first is not None:
-        channels = imagefolder_channels("auto", all_grey)
-        shape = (channels, scan.first.height, scan.first.width)
+    if read_prefixes:
+        # The size of an image the library reads (a tar may list an unread folder first, such
+        # as Tiny-ImageNet's test/images); when sizes differ a job must resize anyway.
+        height, width = scan.sizes[min(read_prefixes)]
+        shape = (imagefolder_channels("auto", all_grey), height, width)
     return DatasetInspection(
         kind="imagefolder", content="images", image_shape=shape, num_features=None,
         num_examples=scan.num_images, num_classes=len(classes), label_min=0,
-        label_max=len(classes) - 1)
+        label_max=len(classes) - 1, image_sizes_differ=sizes_differ)
 
 
 def _probe_image(member: IO[bytes] | None) -> ImageProbe | None:

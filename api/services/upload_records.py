@@ -24,7 +24,8 @@ def dataset_out(row: Dataset) -> DatasetOut:
         sha256=row.sha256, content=row.content,  # type: ignore[arg-type]
         image_shape=list(shape) if shape else None, num_features=row.num_features,
         num_classes=row.num_classes, num_examples=row.num_examples, label_min=row.label_min,
-        label_max=row.label_max, created_at=row.created_at)
+        label_max=row.label_max, image_sizes_differ=row.image_sizes_differ,
+        created_at=row.created_at)
 
 
 def list_checkpoints_for(session: Session, caller: Caller, *, format: str | None, limit: int,

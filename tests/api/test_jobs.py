@@ -684,3 +684,38 @@ def test_a_job_may_ask_for_a_shorter_time_limit_than_the_service(api: Api,
     other = create(api, {**job_body(checkpoint_id), "time_limit_seconds": 120},
                    **{"Idempotency-Key": "limit-1"})
     assert (first.status_code, again.status_code, other.status_code) == (201, 200, 409)
+
+
+def test_an_imagefolder_of_several_image_sizes_needs_image_size(api: Api,
+                                                               checkpoint_id: str) -> None:
+    """Unresized, the job would fail reading the tree: the upload records that its sizes differ
+    and job creation asks for ``dataset.image_size`` (which resizes them) by name."""
+    from tests.api.test_datasets import grey_png_bytes, npz_bytes, tar_bytes
+
+    members = {f"d/{c}/{i}.png": grey_png_bytes(8, 8) for c in ("a", "b") for i in range(2)}
+    members["d/b/wide.png"] = grey_png_bytes(8, 12)
+    record = api.client.post("/v1/datasets", files={"file": ("sizes.tgz", tar_bytes(members))})
+    assert record.status_code == 201, record.text
+    assert record.json()["image_sizes_differ"] is True
+    assert api.client.get(f"/v1/datasets/{record.json()['id']}").json()["image_sizes_differ"]
+
+    def job(**dataset: Any) -> Any:
+        return create(api, job_body(checkpoint_id, dataset_id=record.json()["id"],
+                                    config=digits_config(dataset={"name": "imagefolder",
+                                                                  **dataset})))
+
+    unresized = job()
+    assert unresized.status_code == 422, unresized.text
+    error = error_of(unresized)
+    assert error["field"] == "config.dataset.image_size"
+    assert "not all of one size" in error["message"]
+    assert api.count(Job) == 0
+    assert job(image_size=8).status_code == 201
+
+    one_size = {f"d/{c}/{i}.png": grey_png_bytes(8, 8) for c in ("a", "b") for i in range(2)}
+    same = api.client.post("/v1/datasets", files={"file": ("same.tgz", tar_bytes(one_size))})
+    assert same.json()["image_sizes_differ"] is False
+    npz = api.client.post("/v1/datasets", files={"file": ("d.npz", npz_bytes(
+        x=np.zeros((4, 1, 8, 8), np.float32), y=np.arange(4) % 2))})
+    assert npz.status_code == 201, npz.text
+    assert npz.json()["image_sizes_differ"] is None  # one array: one size

@@ -165,3 +165,44 @@ def test_too_few_training_images_for_any_run_are_refused(tmp_path: Path, held_ou
     with pytest.raises(DatasetError) as error:
         inspect_dataset_file(path, "t.tar", 10**9)
     assert error.value.message == says
+
+
+def _larger() -> Image.Image:
+    return Image.new("L", (SIZE[0] + 4, SIZE[1] + 2), 90)
+
+
+SIZED_TREES = {
+    "one size": (_grey_tree, False),
+    "another size in a class folder": (
+        lambda root: (_grey_tree(root), _save(root / "train" / "bee" / "big.png", _larger())),
+        True),
+    "another size in val": (
+        lambda root: (_grey_tree(root), _save(root / "val" / "ant" / "big.png", _larger())), True),
+    "every image of a class another size": (
+        lambda root: (_classes(root / "train"),
+                      [_save(root / "train" / "cat" / f"{i}.png", _larger()) for i in range(3)]),
+        True),
+    "another size only in unread test": (
+        lambda root: (_grey_tree(root), _save(root / "test" / "images" / "t.png", _larger())),
+        False),
+}
+
+
+@pytest.mark.parametrize("name", SIZED_TREES)
+def test_images_of_several_sizes_are_recorded_where_the_library_needs_a_resize(
+        tmp_path: Path, name: str) -> None:
+    """``image_sizes_differ`` is true exactly when the library, not told to resize, refuses the
+    tree; with ``image_size`` it reads it."""
+    make, differ = SIZED_TREES[name]
+    make(tmp_path / "tree")
+    found = inspect_dataset_file(_tar(tmp_path / "tree", tmp_path / "t.tgz"), "t.tgz", 10**9)
+    assert found.image_sizes_differ is differ
+    assert found.image_shape == (1, 9, 7)  # a read image's, never the unread test image's
+    unresized = DatasetSpec(name="imagefolder", path=str(tmp_path / "tree"))
+    if differ:
+        with pytest.raises(DatasetError, match="image_size"):
+            load_dataset(unresized, seed=0)
+    else:
+        load_dataset(unresized, seed=0)
+    resized = load_dataset(unresized.model_copy(update={"image_size": 8}), seed=0)
+    assert resized.image_shape == (1, 8, 8)

@@ -51,6 +51,7 @@ class Dataset(_Resource):
     num_examples: int | None = None
     label_min: int | None = None
     label_max: int | None = None
+    image_sizes_differ: bool | None = None
     created_at: datetime | None = None
 
 
