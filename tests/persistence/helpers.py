@@ -12,12 +12,21 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages
-from persistence.models import JobStage
+from persistence.models import JobStage, Project
 from persistence.stages import StageOutputs
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 LEASE = 30.0
 SPEC = {"architecture": {"name": "small_cnn"}, "dataset": {"name": "digits"}}
+
+
+def add_project(sessions: sessionmaker[Session], project_id: str) -> None:
+    """A projects row with this id (and name), unless there is one: rows of a project are only
+    written while its row exists (``persistence.transactions.lock_project``)."""
+    with sessions() as session:
+        if session.get(Project, project_id) is None:
+            session.add(Project(id=project_id, name=project_id))
+            session.commit()
 
 
 def claim(sessions: sessionmaker[Session], job_id: str, stage: str = "mrc", owner: str = "w1",

@@ -18,6 +18,7 @@ from persistence import jobs, webhooks
 from persistence.db import create_db_engine, create_session_factory
 from persistence.records import create_checkpoint
 from persistence.settings import Settings
+from tests.persistence.helpers import add_project
 from tests.service_fixtures import settings_from_env
 from tests.webhook_receiver import Receiver
 from worker.runtime import WorkerResources
@@ -41,7 +42,11 @@ def db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
     engine = create_db_engine(db_url)
-    yield create_session_factory(engine)
+    factory = create_session_factory(engine)
+    # Endpoints are registered by a project that exists; these tests' jobs have none, which
+    # notifies the "default" project's endpoints.
+    add_project(factory, webhooks.DEFAULT_PROJECT_ID)
+    yield factory
     engine.dispose()
 
 
