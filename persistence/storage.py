@@ -97,6 +97,12 @@ class StoreUnavailable(StoreError):
     code = "store_unavailable"
 
 
+class StoreMisconfigured(StoreUnavailable):
+    """The store answers but refuses this deployment's settings (its S3 bucket is missing, its
+    keys are refused): not an outage that passes by itself, so a starting process stops on it
+    (:mod:`persistence.startup`). Answered like any unavailable store (503)."""
+
+
 class StoreConfigError(StoreError, ValueError):
     """The store's settings are incomplete or contradictory (names the setting at fault)."""
 

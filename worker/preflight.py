@@ -1,7 +1,8 @@
-"""What a worker checks once, before it takes any message: the database schema is current and the
-device ``WORKER_DEVICE`` names exists here. Either failing stops the worker with one line
-(``SystemExit``), since every stage it took would otherwise fail: a missing table as an unexpected
-error, a missing device as ``invalid_config`` on every job.
+"""What a worker checks once, before it takes any message: the database schema is current, the
+object store accepts its bucket and keys (:mod:`persistence.startup`), and the device
+``WORKER_DEVICE`` names exists here. A failure stops the worker with one line (``SystemExit``),
+since every stage it took would otherwise fail: a missing table as an unexpected error, a
+missing bucket as an unavailable store, a missing device as ``invalid_config`` on every job.
 
 Connected to Celery's ``worker_init`` (only ``celery worker`` sends it, not ``celery inspect``), in
 the main process before the pool forks. The devices are counted in a child process: asking CUDA
@@ -13,9 +14,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from persistence.db import create_db_engine
-from persistence.schema import refuse_outdated_schema
 from persistence.settings import Settings
+from persistence.startup import check_service_start
 from rift.device_names import parse_device_name
 
 #: Seconds the device count may take: a torch import plus CUDA's start, on a loaded host.
@@ -47,10 +47,7 @@ def refuse_missing_device(worker_device: str | None) -> None:
 
 
 def check_worker_start(settings: Settings) -> None:
-    """The checks above, in order; returns when the worker may start."""
-    engine = create_db_engine(settings.database_url)
-    try:
-        refuse_outdated_schema(engine)
-    finally:
-        engine.dispose()
+    """The service's checks (schema, object store), then the device; returns when the worker
+    may start."""
+    check_service_start(settings)
     refuse_missing_device(settings.worker_device)
