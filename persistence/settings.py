@@ -30,7 +30,10 @@ class Settings(BaseSettings):
 
     # No prefix and no .env file: the variable names are the documented ones, and tests set the
     # environment of the processes they start explicitly.
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # allow_inf_nan=False: 'inf' passes every 'gt=0' bound and then overflows a sleep or a
+    # deadline in a thread; no setting means "infinite" by it.
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore",
+                                      allow_inf_nan=False)
 
     # --- database ---------------------------------------------------------------------------
     database_url: str = Field(

@@ -20,6 +20,8 @@ BAD_VALUES = [
     ("MAX_STAGE_ATTEMPTS", "abc", "valid integer"),
     ("MAX_STAGE_ATTEMPTS", "0", "greater than or equal to 1"),
     ("WORKER_LEASE_SECONDS", "-5", "greater than 0"),
+    ("WORKER_LEASE_SECONDS", "inf", "finite number"),
+    ("JOB_TIME_LIMIT_SECONDS", "nan", "finite number"),
     ("API_WORKERS", "0", "greater than or equal to 1"),
     ("S3_PRESIGN_EXPIRY_S", "99999999", "less than or equal"),
     ("STORE_KIND", "ftp", "'local' or 's3'"),
