@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         "('postgresql+psycopg://user:pass@host/db'; 'postgresql://' is taken to mean psycopg 3).",
     )
     database_echo: bool = Field(False, description="Log every SQL statement (debugging).")
+    database_connect_timeout_seconds: int = Field(
+        5, ge=2,
+        description="How long opening a Postgres connection may take (s; libpq counts whole "
+        "seconds, at least 2). Without it, a database host that drops packets holds each "
+        "request (and the start-up check) for the kernel's TCP timeout, about two minutes, "
+        "instead of answering 503 'database_unavailable'.")
 
     # --- broker / Celery --------------------------------------------------------------------
     broker_url: str = Field(

@@ -32,7 +32,8 @@ def refuse_misconfigured_store(store: ObjectStore) -> None:
 
 def check_service_start(settings: Settings) -> None:
     """The schema, then the store, of ``settings``; returns when the process may serve."""
-    engine = create_db_engine(settings.database_url)
+    engine = create_db_engine(settings.database_url,
+                              connect_timeout_s=settings.database_connect_timeout_seconds)
     try:
         refuse_outdated_schema(engine)
     finally:

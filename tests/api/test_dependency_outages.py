@@ -104,3 +104,30 @@ def test_s3_server_going_away(api_settings: Settings, small_cnn_file: Path,
     assert again.status_code == 503, again.text
     assert error_of(again)["code"] == "store_unavailable"
     assert again.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_database_host_not_answering_is_503_within_the_connect_timeout(
+        api_settings: Settings, start_api: Callable[..., Api]) -> None:
+    """A port that accepts TCP connections (the kernel's backlog) but never speaks, as a host
+    dropping packets behaves: without a connect timeout each request hung for minutes."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        settings = api_settings.model_copy(update={
+            "database_url": f"postgresql+psycopg://nobody@127.0.0.1:{port}/none",
+            "database_connect_timeout_seconds": 2, "event_notify": "poll"})
+        api = start_api(settings, dispatcher=RecordingDispatcher(),
+                        session_factory=session_factory_from_settings(settings))
+        well_formed_key = f"rift_{'a' * 12}_{'b' * 43}"
+        started = time.monotonic()
+        response = api.client.get("/v1/jobs",
+                                  headers={"Authorization": f"Bearer {well_formed_key}"})
+        took = time.monotonic() - started
+    assert response.status_code == 503, response.text
+    assert error_of(response)["code"] == "database_unavailable"
+    assert took < 15, f"the request took {took:.1f} s"

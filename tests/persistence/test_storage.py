@@ -330,8 +330,9 @@ def test_local_write_on_a_full_disk_is_unavailable(tmp_path: Path) -> None:
         "    print(exc)\n"
         "    sys.exit(3)\n"
     )
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
     assert result.returncode == 3, result.stderr
     assert "cannot be written (File too large); check STORE_ROOT" in result.stdout
     assert list((tmp_path / "objects").rglob("*.part")) == []
