@@ -144,9 +144,11 @@ class OutageLog:
 class PostgresSource:
     """``LISTEN rift_job_events`` on one dedicated connection of this process."""
 
-    def __init__(self, conninfo: str, retry_s: float) -> None:
+    def __init__(self, conninfo: str, retry_s: float, connect_timeout_s: int = 5) -> None:
         self._conninfo = conninfo
         self._retry_s = retry_s
+        # A host that drops packets would otherwise hold the listener for minutes per attempt.
+        self._connect_timeout_s = connect_timeout_s
 
     async def run(self, feed: EventFeed) -> None:
         import psycopg
@@ -155,7 +157,8 @@ class PostgresSource:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                        self._conninfo, autocommit=True) as connection:
+                        self._conninfo, autocommit=True,
+                        connect_timeout=self._connect_timeout_s) as connection:
                     await connection.execute(f"LISTEN {POSTGRES_CHANNEL}")
                     outage.recovered()
                     feed.notify_all()  # whatever was missed before LISTEN took effect
@@ -260,7 +263,8 @@ def build_event_feed(settings: Settings, factory: sessionmaker[Session]) -> Even
     retry = settings.event_poll_interval_seconds
     source: NotificationSource
     if mode == "postgres":
-        source = PostgresSource(postgres_conninfo(settings), retry)
+        source = PostgresSource(postgres_conninfo(settings), retry,
+                                settings.database_connect_timeout_seconds)
     elif mode == "redis":
         source = RedisSource(settings.broker_url, retry)
     else:
