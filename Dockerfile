@@ -41,4 +41,6 @@ ENV API_WORKERS=2
 # One validator server (one torch import, one VALIDATION_MAX_CONCURRENCY bound) for all of them,
 # in a folder only the rift user can reach.
 ENV VALIDATION_SOCKET=/app/var/validator/validator.sock
-CMD ["sh", "-c", "exec uvicorn api.main:create_app --factory --host 0.0.0.0 --port 8000 --workers \"${API_WORKERS}\""]
+# api.preflight first: invalid settings or an unmigrated database stop the container once, with one
+# line, instead of uvicorn restarting each worker process for ever.
+CMD ["sh", "-c", "python -m api.preflight && exec uvicorn api.main:create_app --factory --host 0.0.0.0 --port 8000 --workers \"${API_WORKERS}\""]

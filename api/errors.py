@@ -18,7 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -139,9 +140,22 @@ class RangeNotSatisfiable(ApiError):
     code = "range_not_satisfiable"
 
 
+#: Retry-After (seconds) of a 503 for a dependency that is down (database, broker, object store):
+#: long enough that waiting clients do not hammer a recovering server, short enough that a blip
+#: costs them little. An error may set its own.
+UNAVAILABLE_RETRY_AFTER_S = 5
+
+
 class ServiceUnavailable(ApiError):
+    """Something the request needs is down or busy: not the client's fault; retry after
+    ``Retry-After`` seconds."""
+
     status_code = 503
     code = "service_unavailable"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("Retry-After", str(UNAVAILABLE_RETRY_AFTER_S))
 
 
 #: How many characters of a client's input an error may quote: enough to recognise it, and an
@@ -420,9 +434,32 @@ async def _database_error_handler(request: Request, exc: Exception) -> JSONRespo
         return JSONResponse(error_body("invalid_value", "a value in the request cannot be "
                                        "stored (unsupported characters or out of range)"),
                             status_code=422)
+    retry = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)}
+    if _is_missing_schema(exc):
+        # The database was swapped or downgraded under the running API (it checks at start).
+        logger.error("database schema not current in %s %s: %s", request.method,
+                     request.url.path, exc)
+        return JSONResponse(error_body("database_schema_outdated", "the database schema does "
+                                       "not match this version of the service; an operator "
+                                       "must migrate it (see /readyz)"),
+                            status_code=503, headers=retry)
+    if isinstance(exc, ProgrammingError):  # SQL the database refused: a bug
+        return await _unexpected_error_handler(request, exc)
     logger.error("database unavailable in %s %s: %s", request.method, request.url.path, exc)
     return JSONResponse(error_body("database_unavailable", "the database cannot be reached; "
-                                   "retry later"), status_code=503)
+                                   "retry later"), status_code=503, headers=retry)
+
+
+#: Postgres' "undefined table" and "undefined column"; SQLite says it in words.
+_MISSING_SCHEMA_SQLSTATES = ("42P01", "42703")
+
+
+def _is_missing_schema(exc: Exception) -> bool:
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in _MISSING_SCHEMA_SQLSTATES:
+        return True
+    # sqlite3 raises these as OperationalError.
+    return str(orig).startswith(("no such table", "no such column"))
 
 
 async def _unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -442,6 +479,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PersistenceError, _persistence_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
-    for database_error in (DataError, OperationalError, InterfaceError):
+    # PoolTimeout: every pooled connection is taken (a database too slow to give them back).
+    for database_error in (DataError, OperationalError, InterfaceError, ProgrammingError,
+                           PoolTimeout):
         app.add_exception_handler(database_error, _database_error_handler)
     app.add_exception_handler(Exception, _unexpected_error_handler)

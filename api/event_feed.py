@@ -117,29 +117,57 @@ class EventFeed:
             self._loop.call_soon_threadsafe(self.notify, job_id)
 
 
+class OutageLog:
+    """Logs a listener's lost dependency once per outage: a warning with the traceback at the
+    first failure, debug lines for the retries, one info line when it is back. Each API process
+    retries every ``EVENT_POLL_INTERVAL_SECONDS`` (1 s): a database down for an hour wrote 3,600
+    tracebacks per process, which buried whatever else the log said."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failures = 0
+
+    def failed(self, retry_s: float) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            logger.warning("%s; retrying every %.1f s (logged again once it is back)",
+                           self.what, retry_s, exc_info=True)
+        else:
+            logger.debug("%s (attempt %d)", self.what, self.failures, exc_info=True)
+
+    def recovered(self) -> None:
+        if self.failures:
+            logger.info("%s: back after %d failed attempts", self.what, self.failures)
+            self.failures = 0
+
+
 class PostgresSource:
     """``LISTEN rift_job_events`` on one dedicated connection of this process."""
 
-    def __init__(self, conninfo: str, retry_s: float) -> None:
+    def __init__(self, conninfo: str, retry_s: float, connect_timeout_s: int = 5) -> None:
         self._conninfo = conninfo
         self._retry_s = retry_s
+        # A host that drops packets would otherwise hold the listener for minutes per attempt.
+        self._connect_timeout_s = connect_timeout_s
 
     async def run(self, feed: EventFeed) -> None:
         import psycopg
 
+        outage = OutageLog("event listener lost Postgres")
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                        self._conninfo, autocommit=True) as connection:
+                        self._conninfo, autocommit=True,
+                        connect_timeout=self._connect_timeout_s) as connection:
                     await connection.execute(f"LISTEN {POSTGRES_CHANNEL}")
+                    outage.recovered()
                     feed.notify_all()  # whatever was missed before LISTEN took effect
                     async for notification in connection.notifies():
                         feed.notify(notification.payload)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.warning("event listener lost Postgres; retrying in %.1f s", self._retry_s,
-                               exc_info=True)
+                outage.failed(self._retry_s)
             await asyncio.sleep(self._retry_s)
 
 
@@ -153,11 +181,13 @@ class RedisSource:
     async def run(self, feed: EventFeed) -> None:
         import redis.asyncio as aioredis
 
+        outage = OutageLog("event listener lost Redis")
         while True:
             client = aioredis.Redis.from_url(self._url)
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(REDIS_CHANNEL)
+                outage.recovered()
                 feed.notify_all()
                 async for message in pubsub.listen():
                     data = message.get("data")
@@ -166,8 +196,7 @@ class RedisSource:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.warning("event listener lost Redis; retrying in %.1f s", self._retry_s,
-                               exc_info=True)
+                outage.failed(self._retry_s)
             finally:
                 with suppress(Exception):
                     await client.aclose()
@@ -194,6 +223,7 @@ class PollingSource:
 
     async def run(self, feed: EventFeed) -> None:
         after: int | None = None
+        outage = OutageLog("event poll failed")
         while True:
             await asyncio.sleep(self._interval_s)
             if feed.subscriber_count == 0:
@@ -203,8 +233,9 @@ class PollingSource:
             try:
                 after, job_ids = await run_in_threadpool(self._changed, after)
             except Exception:
-                logger.warning("event poll failed; retrying", exc_info=True)
+                outage.failed(self._interval_s)
                 continue
+            outage.recovered()
             if first:
                 # Events written between a stream's first read and this baseline: re-read once.
                 feed.notify_all()
@@ -232,7 +263,8 @@ def build_event_feed(settings: Settings, factory: sessionmaker[Session]) -> Even
     retry = settings.event_poll_interval_seconds
     source: NotificationSource
     if mode == "postgres":
-        source = PostgresSource(postgres_conninfo(settings), retry)
+        source = PostgresSource(postgres_conninfo(settings), retry,
+                                settings.database_connect_timeout_seconds)
     elif mode == "redis":
         source = RedisSource(settings.broker_url, retry)
     else:

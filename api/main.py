@@ -46,7 +46,8 @@ from api.validation import Validator
 from persistence.db import session_factory_from_settings
 from persistence.event_notify import EventPublisher, build_publisher, install_publisher, notify_mode
 from persistence.logs import configure_logging
-from persistence.settings import Settings
+from persistence.schema import refuse_outdated_schema
+from persistence.settings import Settings, settings_or_exit
 from persistence.storage import ObjectStore
 from persistence.webhooks import install_delivery_dispatch
 
@@ -64,11 +65,16 @@ def create_app(
     validator: Validator | None = None,
 ) -> FastAPI:
     """Build the API. Missing dependencies are built from ``settings`` (default: the
-    environment). The database schema must already exist (``python -m persistence.migrate``).
+    environment; invalid ones stop the process with one line). The database schema must already
+    exist (``python -m persistence.migrate``): with its own session factory, the app refuses to
+    start against a database whose schema is missing or behind.
     ``event_feed`` wakes the live event streams (default: the one ``EVENT_NOTIFY`` picks)."""
-    settings = settings or Settings()
+    settings = settings or settings_or_exit()
     configure_logging(settings.log_format, settings.log_level)
     factory = session_factory or session_factory_from_settings(settings)
+    if session_factory is None:
+        # Its own database: refuse to serve one that was never migrated or is behind.
+        refuse_outdated_schema(factory.kw["bind"])
     queue = dispatcher or CeleryDispatcher(settings)
     limiter = rate_limiter or rate_limiter_for(settings.broker_url)
     feed = event_feed or build_event_feed(settings, factory)

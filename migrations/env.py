@@ -10,7 +10,7 @@ from alembic import context
 
 from persistence.db import create_db_engine
 from persistence.models import Base
-from persistence.settings import Settings
+from persistence.settings import settings_or_exit
 
 config = context.config
 target_metadata = Base.metadata
@@ -18,7 +18,7 @@ target_metadata = Base.metadata
 
 def _database_url() -> str:
     url = config.attributes.get("url")
-    return str(url) if url else Settings().database_url
+    return str(url) if url else settings_or_exit().database_url
 
 
 def run_migrations_offline() -> None:

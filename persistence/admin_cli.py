@@ -46,7 +46,7 @@ from persistence.api_keys import (
 from persistence.db import session_factory_from_settings
 from persistence.deletion import ProjectHasActiveJobs, ProjectInputsReferenced, delete_project
 from persistence.models import Project
-from persistence.settings import Settings
+from persistence.settings import Settings, settings_or_exit
 from persistence.usage import ProjectLimits, ProjectUsage, project_usage
 
 
@@ -136,7 +136,7 @@ def _found(session: Session, name: str) -> Project:
 
 def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = settings or Settings()
+    settings = settings or settings_or_exit()
     factory = session_factory_from_settings(settings)
     try:
         with factory() as session:

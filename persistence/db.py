@@ -32,12 +32,19 @@ def normalise_database_url(url: str | URL) -> URL:
     return parsed
 
 
-def create_db_engine(url: str | URL, *, echo: bool = False) -> Engine:
-    """An engine for ``url`` (SQLite file or Postgres), set up for several processes at once."""
+#: Postgres connect timeout (s) of an engine made without settings (migrations, tests).
+DEFAULT_CONNECT_TIMEOUT_S = 5
+
+
+def create_db_engine(url: str | URL, *, echo: bool = False,
+                     connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S) -> Engine:
+    """An engine for ``url`` (SQLite file or Postgres), set up for several processes at once;
+    a Postgres connection that cannot be opened within ``connect_timeout_s`` fails."""
     parsed = normalise_database_url(url)
     if parsed.get_backend_name() != "sqlite":
         # pre_ping: a worker idle for hours must not fail its first query on a dropped connection.
-        return create_engine(parsed, echo=echo, pool_pre_ping=True)
+        return create_engine(parsed, echo=echo, pool_pre_ping=True,
+                             connect_args={"connect_timeout": connect_timeout_s})
 
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -84,4 +91,6 @@ def create_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 def session_factory_from_settings(settings: Settings) -> sessionmaker[Session]:
     """Engine + session factory for ``settings.database_url``."""
-    return create_session_factory(create_db_engine(settings.database_url, echo=settings.database_echo))
+    return create_session_factory(create_db_engine(
+        settings.database_url, echo=settings.database_echo,
+        connect_timeout_s=settings.database_connect_timeout_seconds))

@@ -62,7 +62,7 @@ from persistence.object_keys import (
     is_candidate_object_key,
     parse_stage_object_key,
 )
-from persistence.settings import Settings
+from persistence.settings import Settings, settings_or_exit
 from persistence.storage import ObjectInfo, ObjectStore
 from persistence.transactions import log_event, transaction
 from persistence.workers import remove_stale_workers
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from persistence.db import session_factory_from_settings
 
-    settings = Settings()
+    settings = settings_or_exit()
     factory = session_factory_from_settings(settings)
     try:
         with factory() as session:

@@ -35,9 +35,9 @@ def downgrade_database(url: str, revision: str = "base") -> None:
 
 def main() -> None:
     """``python -m persistence.migrate``: upgrade the database named by DATABASE_URL."""
-    from persistence.settings import Settings
+    from persistence.settings import settings_or_exit
 
-    upgrade_database(Settings().database_url)
+    upgrade_database(settings_or_exit().database_url)
 
 
 if __name__ == "__main__":

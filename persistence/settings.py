@@ -9,11 +9,15 @@ fresh clone runs without servers; production sets ``DATABASE_URL`` (Postgres), `
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from persistence import setting_checks
 
 if TYPE_CHECKING:
     from persistence.storage import ObjectStore
@@ -26,7 +30,10 @@ class Settings(BaseSettings):
 
     # No prefix and no .env file: the variable names are the documented ones, and tests set the
     # environment of the processes they start explicitly.
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # allow_inf_nan=False: 'inf' passes every 'gt=0' bound and then overflows a sleep or a
+    # deadline in a thread; no setting means "infinite" by it.
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore",
+                                      allow_inf_nan=False)
 
     # --- database ---------------------------------------------------------------------------
     database_url: str = Field(
@@ -35,6 +42,12 @@ class Settings(BaseSettings):
         "('postgresql+psycopg://user:pass@host/db'; 'postgresql://' is taken to mean psycopg 3).",
     )
     database_echo: bool = Field(False, description="Log every SQL statement (debugging).")
+    database_connect_timeout_seconds: int = Field(
+        5, ge=2,
+        description="How long opening a Postgres connection may take (s; libpq counts whole "
+        "seconds, at least 2). Without it, a database host that drops packets holds each "
+        "request (and the start-up check) for the kernel's TCP timeout, about two minutes, "
+        "instead of answering 503 'database_unavailable'.")
 
     # --- broker / Celery --------------------------------------------------------------------
     broker_url: str = Field(
@@ -277,6 +290,49 @@ class Settings(BaseSettings):
         None, description="Artifact root for a new experiment (e.g. an s3:// or file:// URI); "
         "unset: the tracking server's default.")
 
+    # --- checks beyond the types (persistence/setting_checks.py) -------------------------------
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return setting_checks.check_database_url(value)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        return setting_checks.check_broker_url(value)
+
+    @field_validator("s3_endpoint_url", "s3_public_endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return setting_checks.check_http_url(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        return setting_checks.check_log_level(value)
+
+    @field_validator("worker_device")
+    @classmethod
+    def _worker_device(cls, value: str | None) -> str | None:
+        return setting_checks.check_device_name(value)
+
+    @field_validator("webhook_allow_list")
+    @classmethod
+    def _allow_list(cls, value: str) -> str:
+        return setting_checks.check_allow_list(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.store_kind == "s3" and not self.s3_bucket:
+            raise ValueError("S3_BUCKET: required when STORE_KIND=s3 (the bucket to store in)")
+        if (self.s3_access_key is None) != (self.s3_secret_key is None):
+            raise ValueError("S3_ACCESS_KEY and S3_SECRET_KEY: set both or neither (neither: "
+                             "boto3's own chain, e.g. an instance role)")
+        if self.webhook_retry_base_seconds > self.webhook_retry_max_seconds:
+            raise ValueError("WEBHOOK_RETRY_BASE_SECONDS: must not exceed "
+                             "WEBHOOK_RETRY_MAX_SECONDS")
+        return self
+
     def build_object_store(self) -> ObjectStore:
         """The object store these settings describe (one per process; it holds no global state)."""
         from persistence.storage import build_object_store
@@ -303,6 +359,49 @@ class Settings(BaseSettings):
     def upload_scratch_dir(self) -> Path:
         """Where the API spools uploads while it checks them (the janitor sweeps it)."""
         return self.work_dir / "uploads"
+
+
+class InvalidSettings(ValueError):
+    """The environment holds settings the service cannot run with; the message is one line
+    naming each variable at fault and what is wrong with it."""
+
+
+#: Settings whose value may hold a password or token: their value is never quoted in an error.
+_SECRET_BEARING = re.compile(r"url|key|token|secret|password", re.IGNORECASE)
+
+
+def load_settings(**values: Any) -> Settings:
+    """``Settings(**values)``, read from the environment, or :class:`InvalidSettings`.
+
+    Pydantic's own error is a multi-line block that names the field in lower case; an operator
+    sets upper-case variables and reads the first line of a crash-looping container's log.
+    """
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if name and not _SECRET_BEARING.search(name) and "input" in error:
+                message += f" (got {str(error['input'])[:100]!r})"
+            problems.append(f"{name}: {message}" if name else message)
+        raise InvalidSettings("invalid settings: " + "; ".join(problems)) from None
+    except SettingsError as exc:
+        # Raised before validation when a complex value (a JSON list) does not parse.
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = match.group(1).upper() if match else "a setting"
+        raise InvalidSettings(f"invalid settings: {name}: not valid JSON (a list is written "
+                              '\'["a", "b"]\')') from None
+
+
+def settings_or_exit(**values: Any) -> Settings:
+    """:func:`load_settings` for an entry point (API, worker, CLIs): invalid settings stop the
+    process with the one-line message and status 1 (``SystemExit``), not a traceback."""
+    try:
+        return load_settings(**values)
+    except InvalidSettings as exc:
+        raise SystemExit(f"rift: {exc}") from None
 
 
 def _secret(value: SecretStr | None) -> str | None:

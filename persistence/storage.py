@@ -17,6 +17,7 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +96,12 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached or used (server down, bucket missing, folder not writable)."""
 
     code = "store_unavailable"
+
+
+class StoreMisconfigured(StoreUnavailable):
+    """The store answers but refuses this deployment's settings (its S3 bucket is missing, its
+    keys are refused): not an outage that passes by itself, so a starting process stops on it
+    (:mod:`persistence.startup`). Answered like any unavailable store (503)."""
 
 
 class StoreConfigError(StoreError, ValueError):
@@ -417,24 +424,50 @@ class LocalObjectStore(BaseObjectStore):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
+            if not self.root.is_dir():
+                raise self._unwritable(exc) from exc
             raise InvalidKey(key, "a prefix of the key is already an object") from exc
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+        try:
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                            suffix=".part")
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
         try:
             with os.fdopen(fd, "wb") as fh:
+                # Only the writes are translated: an OSError of the source (a client's
+                # connection reset) is the source's and propagates as it is.
                 for chunk in iter_source(chunks):
                     digest.update(chunk)
-                    fh.write(chunk)
-                fh.flush()
-                # Without fsync a power loss after the rename could leave an empty file in place.
-                os.fsync(fh.fileno())
+                    with self._writing():
+                        fh.write(chunk)
+                with self._writing():
+                    fh.flush()
+                    # Without fsync a power loss after the rename could leave an empty file.
+                    os.fsync(fh.fileno())
             try:
                 os.replace(tmp_name, path)
             except IsADirectoryError as exc:
                 raise InvalidKey(key, "the key is a prefix of other objects") from exc
+            except OSError as exc:
+                raise self._unwritable(exc) from exc
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
         return digest.stored(key, content_type)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A full disk, a read-only or vanished mount: the store's state, not the request's."""
+        try:
+            yield
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+
+    def _unwritable(self, exc: OSError) -> StoreUnavailable:
+        return StoreUnavailable(f"the local object store cannot be written "
+                                f"({exc.strerror or type(exc).__name__}); check STORE_ROOT")
 
     def iter_range(
         self, key: str, start: int = 0, end: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE

@@ -31,6 +31,7 @@ from persistence.storage import (
     StoreConfigError,
     StoredObject,
     StoreError,
+    StoreMisconfigured,
     StoreUnavailable,
     iter_source,
     resolve_range,
@@ -134,9 +135,10 @@ class S3ObjectStore(BaseObjectStore):
             if key is not None and code in _NOT_FOUND_CODES:
                 raise ObjectNotFound(key) from exc
             if code == "NoSuchBucket" or code in _NOT_FOUND_CODES:
-                raise StoreUnavailable(f"{self._where} does not exist; create it first") from exc
+                raise StoreMisconfigured(
+                    f"{self._where} does not exist; create it first") from exc
             if code in _AUTH_CODES:
-                raise StoreUnavailable(
+                raise StoreMisconfigured(
                     f"access to {self._where} was denied ({code}); check S3_ACCESS_KEY and "
                     "S3_SECRET_KEY"
                 ) from exc

@@ -116,7 +116,8 @@ def test_commands_name_the_entry_points(services: dict[str, dict[str, Any]]) -> 
 def test_dockerfile_base_and_default_command() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
-    assert re.search(r'^CMD \["sh", "-c", "exec uvicorn api\.main:create_app --factory .*'
+    assert re.search(r'^CMD \["sh", "-c", "python -m api\.preflight && '
+                     r'exec uvicorn api\.main:create_app --factory .*'
                      r'--workers \\"\$\{API_WORKERS\}\\""\]', text, re.MULTILINE)
     assert re.search(r"^ENV API_WORKERS=\d+", text, re.MULTILINE)
     # The uvicorn workers share one validator server, in a folder the rift user owns (/app/var).

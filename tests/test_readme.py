@@ -84,7 +84,10 @@ def _documented_routes() -> set[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+    from persistence.migrate import upgrade_database
+
     folder = tmp_path_factory.mktemp("readme_app")
+    upgrade_database(f"sqlite:///{folder}/rift.db")  # the app refuses an unmigrated database
     settings = Settings(database_url=f"sqlite:///{folder}/rift.db", broker_url="memory://",
                         store_root=folder / "objects", work_dir=folder / "work",
                         log_format="text")

@@ -1,13 +1,26 @@
 """The worker's entry module: ``celery -A worker.celery_app worker -Q <CELERY_QUEUE>``.
 
 The only place where the worker reads its settings (from the environment) and builds its app.
+Invalid settings stop any ``celery -A worker.celery_app`` command with one line; ``celery
+worker`` also checks the schema and ``WORKER_DEVICE`` before it takes a message
+(:mod:`worker.preflight`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from celery.signals import worker_init
+
 from persistence.queue import create_celery_app
-from persistence.settings import Settings
+from persistence.settings import settings_or_exit
+from worker.preflight import check_worker_start
 from worker.tasks import register_tasks
 
-app = create_celery_app(Settings())
+app = create_celery_app(settings_or_exit())
 register_tasks(app)
+
+
+@worker_init.connect(weak=False)
+def _preflight(sender: Any = None, **_: Any) -> None:
+    check_worker_start(app.settings)

@@ -1,7 +1,8 @@
 """``/healthz`` (the process answers) and ``/readyz`` (database, broker and object store are
-reachable; 503 naming what is down). Served under ``/v1`` and at the root, for probes, without
-an API key: the answers say which component is down, never its address or the driver's error
-(those go to the log)."""
+reachable, and the database's schema is this code's; 503 naming what is down). Served under
+``/v1`` and at the root, for probes, without an API key: the answers say which component is
+down, never its address or the driver's error (those go to the log); a schema that is not
+current is named with its revisions and the command that migrates it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from api import crud
 from api.deps import DispatcherDep, SessionFactoryDep, StoreDep
 from api.errors import error_body
 from api.schemas import CheckOut, HealthOut, ReadyOut
+from persistence.schema import SchemaNotCurrent, check_schema
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -36,6 +38,9 @@ async def _run_check(name: str, check: Callable[[], None]) -> CheckOut:
             await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
     except TimeoutError:
         return CheckOut(ok=False, error=f"no answer within {CHECK_TIMEOUT_S:g} s")
+    except SchemaNotCurrent as exc:
+        # Names revisions and the command to run, no address: the operator reads it here.
+        return CheckOut(ok=False, error=exc.message)
     except Exception as exc:
         # The error text names hosts, ports and drivers: for the log, not for any caller.
         logger.warning("readiness: %s is down: %s", name, " ".join(str(exc).split())[:500])
@@ -55,6 +60,7 @@ async def readyz(factory: SessionFactoryDep, dispatcher: DispatcherDep,
     def database() -> None:
         with factory() as session:
             crud.ping(session)
+            check_schema(session.get_bind().engine)
 
     checks: dict[str, CheckOut] = {}
 

@@ -168,3 +168,66 @@ def test_stream_resumes_with_last_event_id_and_ends_on_a_pushed_finish(
     listener.join(timeout=10)
     assert not listener.is_alive()
     assert lines == ["event: job_cancelled", "event: end"]
+
+
+def test_a_listener_logs_an_outage_once_and_its_end(caplog: pytest.LogCaptureFixture) -> None:
+    """Redis (a scratch server of this test) stopped under a listening feed, then started again:
+    one warning with the traceback, retries at debug level, one info line when it is back."""
+    import logging
+
+    from api.event_feed import EventFeed, RedisSource
+    from tests.reliability.helpers import RedisServer
+
+    server = RedisServer().start()
+    retry_s = 0.05
+
+    async def scenario() -> None:
+        feed = EventFeed(RedisSource(server.url, retry_s))
+        await feed.start()
+        try:
+            await asyncio.sleep(0.5)
+            server.stop()
+            await asyncio.sleep(1.0)  # about 20 retries
+            server.start()
+            await asyncio.sleep(1.0)
+        finally:
+            await feed.stop()
+
+    caplog.set_level(logging.DEBUG, logger="api.event_feed")
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+    records = [r for r in caplog.records if r.name == "api.event_feed"]
+    warnings = [r for r in records if r.levelno == logging.WARNING]
+    retries = [r for r in records if r.levelno == logging.DEBUG and "lost Redis" in r.message]
+    back = [r for r in records if r.levelno == logging.INFO and "back after" in r.message]
+    assert len(warnings) == 1 and warnings[0].exc_info is not None, warnings
+    assert len(retries) >= 3
+    assert len(back) == 1
+
+
+def test_the_postgres_listener_gives_up_on_a_silent_host(caplog: pytest.LogCaptureFixture) -> None:
+    """A port that accepts connections but never speaks (a host dropping packets): each attempt
+    ends after the connect timeout, so the outage is logged and retried instead of hanging."""
+    import logging
+    import socket
+
+    from api.event_feed import EventFeed, PostgresSource
+
+    async def scenario(port: int) -> None:
+        feed = EventFeed(PostgresSource(f"host=127.0.0.1 port={port} user=nobody dbname=none",
+                                        0.05, connect_timeout_s=2))
+        await feed.start()
+        try:
+            await asyncio.sleep(5.0)
+        finally:
+            await feed.stop()
+
+    caplog.set_level(logging.DEBUG, logger="api.event_feed")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        asyncio.run(scenario(silent.getsockname()[1]))
+    lost = [r for r in caplog.records if "lost Postgres" in r.message]
+    assert lost and lost[0].levelno == logging.WARNING

@@ -80,15 +80,16 @@ def test_real_broker_checks(api_settings: Settings, tmp_path: Path,
     assert response.json()["error"]["field"] == "broker"
 
 
-def test_the_api_starts_without_torch(tmp_path: Path) -> None:
+def test_the_api_starts_without_torch(sqlite_url: str, tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    # Its start-up schema check (alembic reads migrations/) included.
     code = (
         "import sys\n"
         "from api.main import create_app\n"
         "from persistence.settings import Settings\n"
-        f"create_app(Settings(database_url='sqlite:///{tmp_path}/r.db', "
+        f"create_app(Settings(database_url='{sqlite_url}', "
         f"store_root='{tmp_path}/objects', broker_url='memory://'))\n"
         "assert 'torch' not in sys.modules\n"
     )

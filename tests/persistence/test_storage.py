@@ -304,6 +304,40 @@ def test_local_check_fails_when_root_is_not_a_folder(tmp_path: Path) -> None:
         LocalObjectStore(tmp_path / "file" / "store").check()
 
 
+def test_local_write_when_root_is_not_a_folder_is_unavailable_not_a_bad_key(
+        tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(StoreUnavailable, match="check STORE_ROOT"):
+        LocalObjectStore(blocked / "objects").put_bytes("checkpoints/x.bin", b"123")
+
+
+def test_local_write_on_a_full_disk_is_unavailable(tmp_path: Path) -> None:
+    """A file-size limit (RLIMIT_FSIZE, in a child process) fails the write as a full disk does,
+    with an OSError from the kernel: the store says it is unavailable and leaves no part file."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, signal, sys\n"
+        "from persistence.storage import LocalObjectStore, StoreUnavailable\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        f"store = LocalObjectStore({str(tmp_path / 'objects')!r})\n"
+        "try:\n"
+        "    store.put_bytes('checkpoints/big.bin', b'x' * 100_000)\n"
+        "except StoreUnavailable as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 3, result.stderr
+    assert "cannot be written (File too large); check STORE_ROOT" in result.stdout
+    assert list((tmp_path / "objects").rglob("*.part")) == []
+
+
 def test_s3_multipart_upload_is_used_and_content_type_kept(s3_endpoint: str) -> None:
     store = make_s3_store(s3_endpoint)
     data = random_bytes(2 * MIN_PART_SIZE + 1, seed=7)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from api.errors import UNAVAILABLE_RETRY_AFTER_S
 from api.main import create_app
 from persistence.db import session_factory_from_settings
 from persistence.models import Job
@@ -59,6 +60,7 @@ def test_a_job_submitted_while_the_broker_is_down_is_refused_promptly_and_lost_n
         assert refused.status_code == 503, refused.text
         error = error_of(refused)
         assert error["code"] == "broker_unavailable" and "broker" in error["message"]
+        assert refused.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
         assert took < 10 * timeout_s, f"POST /v1/jobs took {took:.1f} s with the broker down"
         assert api.count(Job) == 0  # nothing half-created
 

@@ -1,0 +1,22 @@
+"""``python -m api.preflight``: the API's start-up checks on their own, for a start command that
+launches several uvicorn processes (``--workers N``).
+
+Checks the settings, the schema and the object store's bucket and keys
+(:mod:`persistence.startup`). ``create_app`` makes the first two itself and stops its process on
+a failure; but uvicorn's supervisor restarts a worker process that stops, for ever, so with several
+processes the one-line reason would scroll away in a restart loop. Run first (the image's
+command does), a failure stops the container once, with that line and status 1. Imports no torch.
+"""
+
+from __future__ import annotations
+
+from persistence.settings import settings_or_exit
+from persistence.startup import check_service_start
+
+
+def main() -> None:
+    check_service_start(settings_or_exit())
+
+
+if __name__ == "__main__":
+    main()

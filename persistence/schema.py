@@ -1,0 +1,93 @@
+"""Is the database's schema the one this code was written for?
+
+The schema is made only by the migrations (:mod:`persistence.migrate`), which the API and the
+workers never run themselves: several processes starting at once must not race to migrate, and a
+deployment decides when a migration runs (the compose file runs it before the API starts). So
+each entry point asks here first and refuses to start against a database that was never migrated
+or is behind, with the command that fixes it, instead of answering every request with a 500
+about a missing table or column. ``/readyz`` asks too, so a database swapped under a running API
+shows up there.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+from persistence.migrate import alembic_config
+
+logger = logging.getLogger(__name__)
+
+#: What an operator runs to migrate (the compose file runs `alembic upgrade head`, the same).
+MIGRATE_COMMAND = "python -m persistence.migrate"
+
+
+class SchemaNotCurrent(Exception):
+    """The database's schema is missing, older or newer than this code's; the message says which
+    and what to run."""
+
+    def __init__(self, message: str, *, current: str | None, expected: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.current = current
+        self.expected = expected
+
+
+@lru_cache(maxsize=1)
+def expected_revision() -> str:
+    """The newest migration's revision (read once per process from ``migrations/``)."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    head = script.get_current_head()
+    assert head is not None, "migrations/ has no revision"
+    return head
+
+
+@lru_cache(maxsize=1)
+def _known_revisions() -> frozenset[str]:
+    script = ScriptDirectory.from_config(alembic_config(""))
+    return frozenset(revision.revision for revision in script.walk_revisions())
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision recorded in the database (None: never migrated). Raises what the driver
+    raises when the database cannot be reached."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def check_schema(engine: Engine) -> None:
+    """Return if the database is at :func:`expected_revision`, else raise
+    :class:`SchemaNotCurrent`; a connection error propagates (the database is down, which is a
+    readiness question, not a schema one)."""
+    current = current_revision(engine)
+    expected = expected_revision()
+    if current == expected:
+        return
+    if current is None:
+        message = (f"the database has no schema (never migrated): run `{MIGRATE_COMMAND}` "
+                   "with the same DATABASE_URL, then start again")
+    elif current in _known_revisions():
+        message = (f"the database schema is at migration {current}, this code needs {expected}: "
+                   f"run `{MIGRATE_COMMAND}` with the same DATABASE_URL, then start again")
+    else:
+        message = (f"the database schema is at migration {current}, which this code does not "
+                   f"know (it needs {expected}): the database was migrated by a newer release; "
+                   "deploy that release")
+    raise SchemaNotCurrent(message, current=current, expected=expected)
+
+
+def refuse_outdated_schema(engine: Engine) -> None:
+    """For an entry point starting up: stop the process (``SystemExit``, one line) when the
+    schema is not current. A database that cannot be reached yet is only logged: the process
+    starts, ``/readyz`` says the database is down, and the check runs again there."""
+    try:
+        check_schema(engine)
+    except SchemaNotCurrent as exc:
+        raise SystemExit(f"rift: {exc.message}") from None
+    except Exception as exc:  # the driver's connection errors (OperationalError, OSError...)
+        logger.warning("database unreachable at start, schema not checked: %s",
+                       " ".join(str(exc).split())[:300])

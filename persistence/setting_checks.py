@@ -1,0 +1,119 @@
+"""Checks of the settings whose type alone says too little: URLs, log levels, device names,
+allow-lists. Each returns the value (normalised where that is harmless) or raises ``ValueError``
+with a message that says what is wrong and what a good value looks like; pydantic puts the
+setting's name in front (:func:`persistence.settings.load_settings`).
+
+They run when the settings are read, so a deployment with a malformed value stops at start with
+one line naming the variable, instead of failing later, deep in SQLAlchemy, kombu or boto3, or
+not at all (a silently ignored allow-list entry). Nothing here opens a connection: whether the
+server behind a well-formed URL answers is the readiness probe's question (``/readyz``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from urllib.parse import urlsplit
+
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
+
+from rift.device_names import parse_device_name
+
+#: Database backends the service runs on (the migrations and the SQL are written for these).
+DATABASE_BACKENDS = ("sqlite", "postgresql")
+#: Broker URL schemes the service is built and tested for: Redis in production, kombu's
+#: SQLAlchemy transport in the embedded mode, the in-memory transport in tests.
+BROKER_SCHEMES = ("redis", "rediss", "sqla", "memory")
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+                        r"(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?$", re.IGNORECASE)
+
+
+def check_database_url(url: str) -> str:
+    """A SQLAlchemy URL of SQLite or Postgres (``postgres://`` and ``postgresql://`` included)."""
+    try:
+        parsed = make_url(url.replace("postgres://", "postgresql://", 1)
+                          if url.startswith("postgres://") else url)
+    except (ArgumentError, ValueError) as exc:
+        raise ValueError("not a database URL; expected 'sqlite:///path/to/file.db' or "
+                         "'postgresql+psycopg://user:password@host:5432/database'") from exc
+    backend = parsed.get_backend_name()
+    if backend not in DATABASE_BACKENDS:
+        raise ValueError(f"database {backend!r} is not supported; use SQLite "
+                         "('sqlite:///path') or Postgres ('postgresql+psycopg://...')")
+    if backend == "postgresql" and parsed.get_driver_name() not in ("psycopg", "postgresql"):
+        # Only psycopg 3 is installed: another driver fails at the first connection.
+        raise ValueError(f"Postgres driver {parsed.get_driver_name()!r} is not installed; "
+                         "use 'postgresql+psycopg://...' (psycopg 3)")
+    if backend == "postgresql" and not parsed.host:
+        raise ValueError("a Postgres URL needs a host ('postgresql+psycopg://user@host/db')")
+    return url
+
+
+def check_broker_url(url: str) -> str:
+    """A Celery broker URL of a transport the service supports, with a well-formed address."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    transport = scheme.split("+", 1)[0]
+    if transport not in BROKER_SCHEMES:
+        raise ValueError("expected 'redis://host:6379/0' (production) or "
+                         "'sqla+sqlite:///path/broker.db' (embedded), got scheme "
+                         f"{scheme or '(none)'!r}")
+    if transport == "sqla":
+        check_database_url(url.split("+", 1)[1])
+        return url
+    _check_port(url)
+    return url
+
+
+def check_http_url(url: str | None) -> str | None:
+    """An ``http(s)://host[:port]`` URL (an S3 endpoint), or None (also for an empty value: a
+    compose file's ``${VAR:-}`` gives one)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected 'http://host:port' or 'https://host'")
+    _check_port(url)
+    return url
+
+
+def check_log_level(level: str) -> str:
+    """A :mod:`logging` level name (any case), returned in upper case."""
+    name = level.strip().upper()
+    if name not in logging.getLevelNamesMapping():
+        raise ValueError("expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return name
+
+
+def check_device_name(name: str | None) -> str | None:
+    """A device name of :data:`rift.config.DEVICE_PATTERN`, or None (also for an empty value)."""
+    if not name:
+        return None
+    try:
+        parse_device_name(name)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; expected cpu, cuda, cuda:N, mps, xpu or xpu:N") from exc
+    return name
+
+
+def check_allow_list(text: str) -> str:
+    """Comma-separated IP networks and host names; an entry that is neither is refused (it would
+    otherwise be kept as a host name that no URL can match)."""
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if "/" in entry or ":" in entry or _HOST_NAME.match(entry) is None:
+                raise ValueError(f"entry {entry!r} is neither an IP network ('10.1.0.0/16') "
+                                 "nor a host name") from None
+    return text
+
+
+def _check_port(url: str) -> None:
+    try:
+        _ = urlsplit(url).port  # parsed only when asked for
+    except ValueError as exc:
+        raise ValueError(f"bad port ({exc})") from exc

@@ -1,0 +1,133 @@
+"""The API while what it depends on is down or wrong: requests get 503 with a stable code and
+Retry-After (never a 500), and /readyz names the dependency. Real servers throughout: a closed
+port for a database that is gone, a moto S3 server this test starts and stops, a database
+downgraded under the running API.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from api.errors import UNAVAILABLE_RETRY_AFTER_S
+from persistence.db import session_factory_from_settings
+from persistence.migrate import downgrade_database
+from persistence.schema import MIGRATE_COMMAND
+from persistence.settings import Settings
+from tests.api.helpers import Api, RecordingDispatcher, error_of, free_port
+
+pytestmark = pytest.mark.service
+
+
+def upload(api: Api, path: Path) -> httpx.Response:
+    with path.open("rb") as handle:
+        return api.client.post("/v1/checkpoints", files={"file": (path.name, handle)})
+
+
+def test_database_gone_answers_503_with_retry_after(api_settings: Settings,
+                                                    start_api: Callable[..., Api]) -> None:
+    settings = api_settings.model_copy(update={
+        "database_url": f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none"})
+    api = start_api(settings, dispatcher=RecordingDispatcher(),
+                    session_factory=session_factory_from_settings(settings))
+    # A key to look up, so the request reaches the database.
+    well_formed_key = f"rift_{'a' * 12}_{'b' * 43}"
+    response = api.client.get("/v1/jobs", headers={"Authorization": f"Bearer {well_formed_key}"})
+    assert response.status_code == 503, response.text
+    assert error_of(response)["code"] == "database_unavailable"
+    assert response.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
+
+
+def test_schema_behind_the_running_api(api_settings: Settings, api: Api) -> None:
+    assert api.client.get("/v1/jobs").status_code == 200
+    downgrade_database(api_settings.database_url, "base")
+    response = api.client.get("/v1/jobs")
+    assert response.status_code == 503, response.text
+    assert error_of(response)["code"] == "database_schema_outdated"
+    assert response.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 503
+    database = ready.json()["checks"]["database"]
+    assert database["ok"] is False and "never migrated" in database["error"]
+    assert MIGRATE_COMMAND in database["error"]
+    assert ready.json()["error"]["field"] == "database"
+
+
+def _s3_settings(api_settings: Settings, endpoint: str, bucket: str) -> Settings:
+    return api_settings.model_copy(update={
+        "store_kind": "s3", "s3_bucket": bucket, "s3_endpoint_url": endpoint,
+        "s3_access_key": SecretStr("testing"), "s3_secret_key": SecretStr("testing")})
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_s3_bucket_missing(api_settings: Settings, moto_s3_endpoint: str, small_cnn_file: Path,
+                           start_api: Callable[..., Api]) -> None:
+    bucket = f"missing-{uuid.uuid4().hex[:8]}"
+    api = start_api(_s3_settings(api_settings, moto_s3_endpoint, bucket),
+                    dispatcher=RecordingDispatcher())
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["error"]["field"] == "object_store"
+    response = upload(api, small_cnn_file)
+    assert response.status_code == 503, response.text
+    error = error_of(response)
+    assert error["code"] == "store_unavailable"
+    assert bucket in error["message"] and "does not exist" in error["message"]
+    assert response.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_s3_server_going_away(api_settings: Settings, small_cnn_file: Path,
+                              start_api: Callable[..., Api]) -> None:
+    server_module = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    settings = _s3_settings(api_settings, f"http://{host}:{port}", "rift")
+    try:
+        api = start_api(settings.model_copy(update={"s3_create_bucket": True}),
+                        dispatcher=RecordingDispatcher())
+        assert api.client.get("/readyz").status_code == 200
+        stored = upload(api, small_cnn_file)
+        assert stored.status_code == 201, stored.text
+    finally:
+        server.stop()
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["object_store"]["ok"] is False
+    assert ready.json()["checks"]["database"]["ok"] is True
+    again = upload(api, small_cnn_file)
+    assert again.status_code == 503, again.text
+    assert error_of(again)["code"] == "store_unavailable"
+    assert again.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_database_host_not_answering_is_503_within_the_connect_timeout(
+        api_settings: Settings, start_api: Callable[..., Api]) -> None:
+    """A port that accepts TCP connections (the kernel's backlog) but never speaks, as a host
+    dropping packets behaves: without a connect timeout each request hung for minutes."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        settings = api_settings.model_copy(update={
+            "database_url": f"postgresql+psycopg://nobody@127.0.0.1:{port}/none",
+            "database_connect_timeout_seconds": 2, "event_notify": "poll"})
+        api = start_api(settings, dispatcher=RecordingDispatcher(),
+                        session_factory=session_factory_from_settings(settings))
+        well_formed_key = f"rift_{'a' * 12}_{'b' * 43}"
+        started = time.monotonic()
+        response = api.client.get("/v1/jobs",
+                                  headers={"Authorization": f"Bearer {well_formed_key}"})
+        took = time.monotonic() - started
+    assert response.status_code == 503, response.text
+    assert error_of(response)["code"] == "database_unavailable"
+    assert took < 15, f"the request took {took:.1f} s"

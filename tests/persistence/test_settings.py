@@ -1,0 +1,124 @@
+"""Settings with bad values: refused when read, with one line naming the variable and the problem,
+by every entry point (API, worker, migrations) — not a traceback from SQLAlchemy, kombu or boto3
+at the first use, and never a silently ignored value."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from persistence.settings import InvalidSettings, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: (variable, bad value, words the one-line error must contain besides the variable's name)
+BAD_VALUES = [
+    ("MAX_STAGE_ATTEMPTS", "abc", "valid integer"),
+    ("MAX_STAGE_ATTEMPTS", "0", "greater than or equal to 1"),
+    ("WORKER_LEASE_SECONDS", "-5", "greater than 0"),
+    ("WORKER_LEASE_SECONDS", "inf", "finite number"),
+    ("JOB_TIME_LIMIT_SECONDS", "nan", "finite number"),
+    ("API_WORKERS", "0", "greater than or equal to 1"),
+    ("S3_PRESIGN_EXPIRY_S", "99999999", "less than or equal"),
+    ("STORE_KIND", "ftp", "'local' or 's3'"),
+    ("EVENT_NOTIFY", "kafka", "'poll'"),
+    ("LOG_FORMAT", "xml", "'json' or 'text'"),
+    ("LOG_LEVEL", "LOUD", "DEBUG, INFO"),
+    ("DATABASE_ECHO", "maybe", "boolean"),
+    ("DATABASE_URL", "not a url", "not a database URL"),
+    ("DATABASE_URL", "mysql://u@host/db", "'mysql' is not supported"),
+    ("DATABASE_URL", "postgresql+asyncpg://u@host/db", "'asyncpg' is not installed"),
+    ("DATABASE_URL", "postgresql+psycopg:///db", "needs a host"),
+    ("BROKER_URL", "127.0.0.1:6379", "redis://host:6379/0"),
+    ("BROKER_URL", "kafka://broker:9092", "'kafka'"),
+    ("BROKER_URL", "redis://redis:notaport/0", "bad port"),
+    ("BROKER_URL", "sqla+nosuchdb://x", "not supported"),
+    ("S3_ENDPOINT_URL", "minio:9000", "http://host:port"),
+    ("S3_PUBLIC_ENDPOINT_URL", "ftp://files", "http://host:port"),
+    ("S3_ENDPOINT_URL", "http://minio:port/", "bad port"),
+    ("WORKER_DEVICE", "gpu", "unknown device 'gpu'"),
+    ("WEBHOOK_ALLOW_LIST", "10.0.0.0/33", "'10.0.0.0/33'"),
+    ("CORS_ALLOW_ORIGINS", "https://console.example.org", "JSON"),
+]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No service variable of the test process leaks into the settings read."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(("name", "value", "words"), BAD_VALUES)
+def test_a_bad_value_is_refused_naming_the_variable(clean_env: pytest.MonkeyPatch, name: str,
+                                                     value: str, words: str) -> None:
+    clean_env.setenv(name, value)
+    with pytest.raises(InvalidSettings) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"{name}:" in message and words in message, message
+
+
+def test_urls_are_never_quoted_in_the_error(clean_env: pytest.MonkeyPatch) -> None:
+    # A URL may carry a password; its value stays out of the message (and so out of the logs).
+    clean_env.setenv("DATABASE_URL", "mysql://admin:hunter2@db/x")
+    clean_env.setenv("BROKER_URL", "redis://:hunter2@redis:xx/0")
+    with pytest.raises(InvalidSettings) as raised:
+        load_settings()
+    assert "hunter2" not in str(raised.value)
+    assert "DATABASE_URL:" in str(raised.value) and "BROKER_URL:" in str(raised.value)
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"STORE_KIND": "s3"}, "S3_BUCKET: required when STORE_KIND=s3"),
+    ({"S3_ACCESS_KEY": "AKIA"}, "S3_ACCESS_KEY and S3_SECRET_KEY: set both or neither"),
+    ({"WEBHOOK_RETRY_BASE_SECONDS": "60", "WEBHOOK_RETRY_MAX_SECONDS": "10"},
+     "WEBHOOK_RETRY_BASE_SECONDS: must not exceed WEBHOOK_RETRY_MAX_SECONDS"),
+])
+def test_settings_that_contradict_each_other(clean_env: pytest.MonkeyPatch, env: dict[str, str],
+                                             words: str) -> None:
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    with pytest.raises(InvalidSettings, match=words):
+        load_settings()
+
+
+def test_good_values_pass_and_empty_optionals_mean_unset(clean_env: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "DATABASE_URL": "postgres://u:p@db:5432/rift", "BROKER_URL": "rediss://:p@r:6380/1",
+        "STORE_KIND": "s3", "S3_BUCKET": "rift", "S3_ENDPOINT_URL": "http://minio:9000",
+        "S3_PUBLIC_ENDPOINT_URL": "", "WORKER_DEVICE": "", "LOG_LEVEL": "debug",
+        "WEBHOOK_ALLOW_LIST": "10.1.0.0/16, hooks.internal, 127.0.0.1, ::1",
+        "CORS_ALLOW_ORIGINS": '["https://console.example.org"]',
+    }.items():
+        clean_env.setenv(name, value)
+    settings = load_settings()
+    assert settings.s3_public_endpoint_url is None and settings.worker_device is None
+    assert settings.log_level == "DEBUG"
+    assert load_settings(broker_url="sqla+sqlite:///var/broker.db").broker_url.startswith("sqla")
+
+
+def _entry_point_env(**bad: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    return {**env, "PYTHONPATH": str(ROOT), **bad}
+
+
+@pytest.mark.parametrize("command", [
+    [sys.executable, "-m", "api.preflight"],
+    [sys.executable, "-m", "persistence.migrate"],
+    [sys.executable, "-c", "from api.main import create_app; create_app()"],
+    [sys.executable, "-c", "import worker.celery_app"],
+], ids=["api-preflight", "migrate", "create_app", "worker"])
+def test_every_entry_point_stops_with_one_line(command: list[str], tmp_path: Path) -> None:
+    result = subprocess.run(command, cwd=tmp_path, env=_entry_point_env(MAX_STAGE_ATTEMPTS="0"),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "rift: invalid settings: MAX_STAGE_ATTEMPTS: Input should be greater than or equal to 1 "
+        "(got '0')"], result.stderr
