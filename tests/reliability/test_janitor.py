@@ -198,7 +198,8 @@ def test_the_workers_recovery_loop_runs_the_janitor(
     store.put_bytes("checkpoints/left-by-a-crash.safetensors", b"x")
     worker = start_worker(JANITOR_GRACE_SECONDS="0")
     deadline = time.monotonic() + 30
-    while store.exists("checkpoints/left-by-a-crash.safetensors"):
+    # The report line is logged after the deletion: wait for both.
+    while store.exists("checkpoints/left-by-a-crash.safetensors") or (
+            "janitor: " not in worker.log()):
         assert time.monotonic() < deadline, worker.log()[-3000:]
         time.sleep(0.2)
-    assert "janitor: " in worker.log()
