@@ -19,6 +19,20 @@ from xml.sax.saxutils import escape, quoteattr
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 HIGHLIGHT = "#D55E00"
 FONT = "font-family:sans-serif;font-size:11px"
+#: Characters of a category label drawn under a bar chart. The label is rotated 45° and anchored
+#: at its end: at 11 px (≈ 6.5 px a character, ≈ 4.6 px each way once rotated) 16 characters fill
+#: the 64 px left margin of the first bar and stay inside the 110 px bottom margin; a longer
+#: module name (``backbone.stages.3.blocks.2.attn.qkv``) was cut off at the SVG's edge.
+CATEGORY_CHARS = 16
+#: Characters of a legend entry (legends run along the bottom, one after another).
+LEGEND_CHARS = 32
+
+
+def short_label(name: str, limit: int) -> str:
+    """``name`` if at most ``limit`` characters, else its tail after an ellipsis: the end of a
+    dotted module path (``…blocks.2.attn.qkv``) tells modules apart, its start rarely does.
+    The whole name stays in the element's ``<title>`` (a tooltip) and in the page's tables."""
+    return name if len(name) <= limit else "…" + name[len(name) - limit + 1:]
 
 
 @dataclass(frozen=True)
@@ -136,8 +150,10 @@ def _legend(frame: _Frame, names: Sequence[str], colours: Sequence[str]) -> None
     y = frame.height - 12
     for name, colour in zip(names, colours, strict=True):
         frame.parts.append(f'<rect x="{x:.1f}" y="{y - 9}" width="10" height="10" fill="{colour}"/>')
-        frame.parts.append(f'<text x="{x + 14:.1f}" y="{y}">{escape(name)}</text>')
-        x += 24 + 6.5 * len(name)
+        shown = short_label(name, LEGEND_CHARS)
+        frame.parts.append(f'<text x="{x + 14:.1f}" y="{y}">{escape(shown)}'
+                           f"<title>{escape(name)}</title></text>")
+        x += 24 + 6.5 * len(shown)
     frame.parts.append("</g>")
 
 
@@ -185,7 +201,9 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
         style = f' style="font-weight:bold;fill:{HIGHLIGHT}"' if category == highlight else ""
         frame.parts.append(
             f'<text class="category" x="{label_x:.1f}" y="{label_y:.1f}" text-anchor="end" '
-            f'transform="rotate(-45 {label_x:.1f} {label_y:.1f})"{style}>{escape(category)}</text>')
+            f'transform="rotate(-45 {label_x:.1f} {label_y:.1f})"{style}>'
+            f"{escape(short_label(category, CATEGORY_CHARS))}<title>{escape(category)}</title>"
+            "</text>")
     frame.parts.append(f'<line class="axis" x1="{frame.left}" x2="{frame.width - frame.right}" '
                        f'y1="{zero:.1f}" y2="{zero:.1f}" stroke="#333"/>')
     _legend(frame, [s.name for s in series], [PALETTE[i % len(PALETTE)] for i in range(len(series))])

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ElementTree
 
 from reporting.charts import Curve, alpha_chart, finetune_chart, job_charts, mrc_chart, tradeoff_chart
 from reporting.page import ReportData, render_report
-from reporting.svg import nice_ticks
+from reporting.svg import CATEGORY_CHARS, LEGEND_CHARS, nice_ticks
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -116,3 +116,22 @@ def test_points_not_attacked_are_left_out_of_the_robust_series() -> None:
     assert (len(robust_points), len(clean_points)) == (3, 5)
     tradeoff = _parse(tradeoff_chart([curve]))
     assert len([e for e in tradeoff.iter(f"{SVG}circle") if e.get("class") == "point"]) == 3
+
+
+def test_long_module_names_are_shortened_in_the_chart_and_kept_whole_in_tooltips() -> None:
+    long_name = "backbone." + "stages.3.blocks.2." * 12 + "attn.qkv"
+    rows = [{"module": long_name, "mrc": 0.5, "robust_accuracy_drop": 1.0},
+            {"module": "fc", "mrc": 0.1, "robust_accuracy_drop": 0.5}]
+    root = _parse(mrc_chart(rows, long_name))
+    labels = {e.findtext(f"{SVG}title"): e.text for e in root.iter(f"{SVG}text")
+              if e.get("class") == "category"}
+    # The label drawn is the name's tail, short enough to stay inside the SVG; the tooltip and
+    # the bars' data attributes keep the whole name.
+    assert labels == {long_name: "…" + long_name[-(CATEGORY_CHARS - 1):], "fc": "fc"}
+    assert {b.get("data-category") for b in root.iter(f"{SVG}rect")
+            if b.get("class") == "bar"} == {long_name, "fc"}
+    legend = tradeoff_chart([_curve(long_name, 0.5), _curve("fc", None)])
+    shown = [e.text for g in _parse(legend).iter(f"{SVG}g") if g.get("class") == "legend"
+             for e in g.iter(f"{SVG}text")]
+    assert "…" + long_name[-(LEGEND_CHARS - 1):] in shown and "fc" in shown
+    assert all(text is not None and len(text) <= LEGEND_CHARS for text in shown)
