@@ -26,6 +26,8 @@ FONT = "font-family:sans-serif;font-size:11px"
 CATEGORY_CHARS = 16
 #: Characters of a legend entry (legends run along the bottom, one after another).
 LEGEND_CHARS = 32
+#: Pixels between two legend rows (11 px text).
+LEGEND_ROW = 14
 
 
 def short_label(name: str, limit: int) -> str:
@@ -144,16 +146,40 @@ def _y_axis(frame: _Frame, ticks: list[float], label: str) -> None:
                        f'y2="{frame.top + frame.plot_height}" stroke="#333"/>')
 
 
+def _legend_places(names: Sequence[str], width: int) -> list[tuple[float, int]]:
+    """Where each legend entry goes: its x and its row. Entries run left to right and wrap to a
+    new row where the next would pass the right margin (a sweep's 16 candidates ran past the
+    chart's edge, unseen)."""
+    left, right = _Frame.left, width - _Frame.right
+    places: list[tuple[float, int]] = []
+    x, row = float(left), 0
+    for name in names:
+        step = 24 + 6.5 * len(short_label(name, LEGEND_CHARS))
+        if x > left and x + step - 10 > right:
+            x, row = float(left), row + 1
+        places.append((x, row))
+        x += step
+    return places
+
+
+def _framed(width: int, height: int, names: Sequence[str], *, bottom: int = 70) -> _Frame:
+    """A frame whose bottom margin also holds every legend row beyond the first; the plot keeps
+    its size."""
+    places = _legend_places(names, width)
+    extra = LEGEND_ROW * (places[-1][1] if places else 0)
+    return _Frame(width, height + extra, bottom=bottom + extra)
+
+
 def _legend(frame: _Frame, names: Sequence[str], colours: Sequence[str]) -> None:
     frame.parts.append('<g class="legend">')
-    x = float(frame.left)
-    y = frame.height - 12
-    for name, colour in zip(names, colours, strict=True):
+    places = _legend_places(names, frame.width)
+    rows = places[-1][1] + 1 if places else 1
+    first = frame.height - 12 - LEGEND_ROW * (rows - 1)
+    for name, colour, (x, row) in zip(names, colours, places, strict=True):
+        y = first + LEGEND_ROW * row
         frame.parts.append(f'<rect x="{x:.1f}" y="{y - 9}" width="10" height="10" fill="{colour}"/>')
-        shown = short_label(name, LEGEND_CHARS)
-        frame.parts.append(f'<text x="{x + 14:.1f}" y="{y}">{escape(shown)}'
+        frame.parts.append(f'<text x="{x + 14:.1f}" y="{y}">{escape(short_label(name, LEGEND_CHARS))}'
                            f"<title>{escape(name)}</title></text>")
-        x += 24 + 6.5 * len(shown)
     frame.parts.append("</g>")
 
 
@@ -168,7 +194,7 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
     """Grouped bars: one group per category, one bar per series; the ``highlight`` category's
     label is drawn bold in the highlight colour (e.g. the module selected for fine-tuning)."""
     width = width or max(360, 90 + len(categories) * (10 + 12 * max(len(series), 1)))
-    frame = _Frame(width, height, bottom=110)
+    frame = _framed(width, height, [s.name for s in series], bottom=110)
     _open(frame, chart, title)
     values = [float(v) for s in series for v in s.values if v is not None and math.isfinite(v)]
     ticks = nice_ticks(min([0.0, *values]), max([0.0, *values]) if values else 1.0)
@@ -214,7 +240,7 @@ def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label:
                y_label: str, references: Sequence[Reference] = (), marks: Sequence[Mark] = (),
                width: int = 560, height: int = 340) -> str:
     """Lines with a point per value, optional reference lines and highlighted marks."""
-    frame = _Frame(width, height)
+    frame = _framed(width, height, [s.name for s in series])
     _open(frame, chart, title)
     xs = [x for s in series for x, y in s.points if _finite(x) and _finite(y)]
     ys = [y for s in series for x, y in s.points if _finite(x) and _finite(y)]

@@ -135,3 +135,21 @@ def test_long_module_names_are_shortened_in_the_chart_and_kept_whole_in_tooltips
              for e in g.iter(f"{SVG}text")]
     assert "…" + long_name[-(LEGEND_CHARS - 1):] in shown and "fc" in shown
     assert all(text is not None and len(text) <= LEGEND_CHARS for text in shown)
+
+
+def test_a_sweeps_legend_wraps_inside_the_chart() -> None:
+    names = [f"layer{i}.conv{i % 3} (lr {0.01 * (i + 1):g})" for i in range(16)]
+    svg = _parse(tradeoff_chart([_curve(name, None) for name in names]))
+    width, height = float(svg.get("width", 0)), float(svg.get("height", 0))
+    assert svg.get("viewBox") == f"0 0 {svg.get('width')} {height:g}"
+    legend = next(g for g in svg.iter(f"{SVG}g") if g.get("class") == "legend")
+    texts = list(legend.iter(f"{SVG}text"))
+    assert [t.text for t in texts] == names  # every candidate named, none cut
+    rows = {float(t.get("y", 0)) for t in texts}
+    assert len(rows) > 1  # wrapped (before: one row running ~3,000 px past a 560 px chart)
+    for text in texts:
+        x, y = float(text.get("x", 0)), float(text.get("y", 0))
+        assert x + 6.5 * len(text.text or "") <= width and y <= height
+    # The plot keeps its size: the legend rows were added below it.
+    one_row = _parse(tradeoff_chart([_curve("fc", None)]))
+    assert height > float(one_row.get("height", 0))
