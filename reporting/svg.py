@@ -170,14 +170,23 @@ def _framed(width: int, height: int, names: Sequence[str], *, bottom: int = 70) 
     return _Frame(width, height + extra, bottom=bottom + extra)
 
 
-def _legend(frame: _Frame, names: Sequence[str], colours: Sequence[str]) -> None:
+def _legend(frame: _Frame, names: Sequence[str], colours: Sequence[str],
+            dashed: Sequence[bool] = ()) -> None:
+    """Entries in rows (see :func:`_legend_places`); a dashed series gets a dashed line sample
+    instead of a filled square, so that two series of one colour stay apart."""
     frame.parts.append('<g class="legend">')
+    dashed = list(dashed) or [False] * len(names)
     places = _legend_places(names, frame.width)
     rows = places[-1][1] + 1 if places else 1
     first = frame.height - 12 - LEGEND_ROW * (rows - 1)
-    for name, colour, (x, row) in zip(names, colours, places, strict=True):
+    for name, colour, dash, (x, row) in zip(names, colours, dashed, places, strict=True):
         y = first + LEGEND_ROW * row
-        frame.parts.append(f'<rect x="{x:.1f}" y="{y - 9}" width="10" height="10" fill="{colour}"/>')
+        if dash:
+            frame.parts.append(f'<line x1="{x:.1f}" x2="{x + 10:.1f}" y1="{y - 4}" y2="{y - 4}" '
+                               f'stroke="{colour}" stroke-width="2" stroke-dasharray="3 2"/>')
+        else:
+            frame.parts.append(f'<rect x="{x:.1f}" y="{y - 9}" width="10" height="10" '
+                               f'fill="{colour}"/>')
         frame.parts.append(f'<text x="{x + 14:.1f}" y="{y}">{escape(short_label(name, LEGEND_CHARS))}'
                            f"<title>{escape(name)}</title></text>")
     frame.parts.append("</g>")
@@ -292,7 +301,7 @@ def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label:
             continue
         path = " ".join(f"{'M' if i == 0 else 'L'}{px:.1f},{py:.1f}"
                         for i, (px, py) in enumerate(at(x, y) for x, y in points))
-        dash = ' stroke-dasharray="6 3"' if item.dashed else ""
+        dash = ' stroke-dasharray="6 3"' if _dashed(item, number) else ""
         frame.parts.append(f'<path class="series" data-series={quoteattr(item.name)} d="{path}" '
                            f'fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
         labels = list(item.labels) if len(item.labels) == len(item.points) else []
@@ -318,5 +327,12 @@ def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label:
         text_x, anchor = (px - 9, "end") if near_right else (px + 9, "start")
         frame.parts.append(f'<text x="{text_x:.1f}" y="{py - 9:.1f}" text-anchor="{anchor}" '
                            f'fill="{HIGHLIGHT}" style="font-weight:bold">{escape(mark.label)}</text>')
-    _legend(frame, [s.name for s in series], colours)
+    _legend(frame, [s.name for s in series], colours,
+            [_dashed(item, number) for number, item in enumerate(series)])
     return _close(frame)
+
+
+def _dashed(series: LineSeries, number: int) -> bool:
+    """Asked for, or the palette's second round: a sweep's 9th to 16th curves reuse the first
+    eight colours, and are told apart by their dashes."""
+    return series.dashed or (number // len(PALETTE)) % 2 == 1

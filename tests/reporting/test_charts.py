@@ -153,3 +153,16 @@ def test_a_sweeps_legend_wraps_inside_the_chart() -> None:
     # The plot keeps its size: the legend rows were added below it.
     one_row = _parse(tradeoff_chart([_curve("fc", None)]))
     assert height > float(one_row.get("height", 0))
+
+
+def test_curves_sharing_a_colour_are_told_apart_by_dashes() -> None:
+    names = [f"m{i}" for i in range(16)]
+    svg = _parse(tradeoff_chart([_curve(name, None) for name in names]))
+    styles = {p.get("data-series"): (p.get("stroke"), p.get("stroke-dasharray"))
+              for p in svg.iter(f"{SVG}path") if p.get("class") == "series"}
+    assert len(set(styles.values())) == 16  # colour and dash together: no two curves alike
+    legend = next(g for g in svg.iter(f"{SVG}g") if g.get("class") == "legend")
+    samples = [(e.get("fill") or e.get("stroke"), e.tag == f"{SVG}line") for e in legend
+               if e.tag in (f"{SVG}rect", f"{SVG}line")]
+    assert [(colour, dashed) for colour, dashed in samples] == [
+        (styles[name][0], styles[name][1] is not None) for name in names]
