@@ -2,9 +2,10 @@
 answer 304 when the client's copy is current, and ``If-Range`` decides whether a ``Range`` is
 honoured. One home for these rules, so every download route answers alike.
 
-A stored file never changes under its name (an artifact is written once; a re-made one gets a new
-row and a new SHA-256), so its strong ETag is the quoted SHA-256 and its ``Last-Modified`` the
-row's creation time, rounded down to the second as HTTP dates are.
+An artifact's strong ETag is its quoted SHA-256 and its ``Last-Modified`` its row's
+``created_at``, rounded down to the second as HTTP dates are: a file re-recorded under the same
+name (``persistence.stages``, ``persistence.materializations``) replaces the row with its own
+SHA-256 and a new ``created_at``, so both validators change with the bytes.
 """
 
 from __future__ import annotations
