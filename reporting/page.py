@@ -109,7 +109,7 @@ def _curve_tables(curves: Sequence[Curve]) -> str:
             chosen = (curve.chosen_alpha is not None
                       and math.isclose(float(point["alpha"]), curve.chosen_alpha, abs_tol=1e-9))
             rows.append(f"<tr{' class=selected' if chosen else ''}><td>{_cell(point['alpha'])}</td>"
-                        f"<td>{_cell(point['clean_accuracy'])}</td>"
+                        f"<td>{_cell(point.get('clean_accuracy'))}</td>"
                         f"<td>{_robust_cell(point)}</td></tr>")
         blocks.append(f"<div class='curve' data-curve='{escape(curve.name, quote=True)}'>"
                       f"<h3>{escape(curve.name)}</h3><table><tr><th>α</th><th>clean (%)</th>"

@@ -173,3 +173,18 @@ def test_report_fits_a_narrow_screen_with_long_module_names(report_api: Api,
     # Nothing wider than the screen: no sideways scrolling (before: 1789 px at 485).
     assert scroll_width <= viewport_width, (scroll_width, viewport_width)
     assert loaded.console == []
+
+
+def test_report_of_a_curve_with_unmeasured_points(report_api: Api, small_cnn_file: Path) -> None:
+    job_id = finished_job(report_api, small_cnn_file, candidates=False)
+    with report_api.sessions() as session:
+        for point in session.query(InterpolationPoint).filter_by(job_id=job_id):
+            if point.alpha in (0.0, 0.25):  # never attacked by the exact α selection
+                point.robust_accuracy = None
+                point.robust_accuracy_at_most = 55.0 if point.alpha else None
+        session.commit()
+    page = report_api.client.get(f"/v1/jobs/{job_id}/report")
+    assert page.status_code == 200, page.text  # before: 500 (float(None) at α = 0)
+    assert "≤ 55" in page.text and 'data-chart="alpha"' in page.text
+    curves = report_api.client.get(f"/v1/jobs/{job_id}/curves").json()["interpolation"]
+    assert [p["robust_accuracy"] for p in curves][:2] == [None, None]

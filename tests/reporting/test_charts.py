@@ -166,3 +166,28 @@ def test_curves_sharing_a_colour_are_told_apart_by_dashes() -> None:
                if e.tag in (f"{SVG}rect", f"{SVG}line")]
     assert [(colour, dashed) for colour, dashed in samples] == [
         (styles[name][0], styles[name][1] is not None) for name in names]
+
+
+def test_unmeasured_and_non_finite_points_are_left_out_not_fatal() -> None:
+    # The exact α selection leaves points unattacked (null, or a "≤" bound); a value may be NaN
+    # or missing. Before: float(None) at α = 0 failed the whole report page (a 500).
+    points = [{"alpha": 0.0, "clean_accuracy": 80.0, "robust_accuracy": None},
+              {"alpha": 0.25},
+              {"alpha": 0.5, "clean_accuracy": float("nan"), "robust_accuracy": None,
+               "robust_accuracy_at_most": 40.0},
+              {"alpha": 0.75, "clean_accuracy": 81.0, "robust_accuracy": 39.0},
+              {"alpha": 1.0, "clean_accuracy": 82.0, "robust_accuracy": 41.0}]
+    curve = Curve("fc", points, 0.5)
+    alpha = _parse(alpha_chart(curve))
+    circles = {(c.get("data-series"), c.findtext(f"{SVG}title")) for c in alpha.iter(f"{SVG}circle")
+               if c.get("class") == "point"}
+    assert len([s for s, _ in circles if s == "clean accuracy"]) == 3  # α = 0, 0.75, 1
+    assert len([s for s, _ in circles if s == "robust accuracy"]) == 2  # α = 0.75, 1
+    references = {e.get("data-label") for e in alpha.iter(f"{SVG}line")
+                  if e.get("class") == "reference"}
+    assert references == {"α = 0.5"}  # no θ_AT line: α = 0 was not attacked
+    trade = _parse(tradeoff_chart([curve, Curve("g", [{"alpha": 0.0}], 0.0)]))
+    assert len([c for c in trade.iter(f"{SVG}circle") if c.get("class") == "point"]) == 2
+    page = render_report(ReportData(job_id="j", status="failed", curves=[curve],
+                                    chosen_alpha=0.5, error="stage_failed: out of memory"))
+    assert "≤ 40" in page and "stage_failed: out of memory" in page
