@@ -327,10 +327,11 @@ def test_api_errors_carry_code_message_and_field(rift: RiftClient, checkpoint_fi
         rift.upload_checkpoint(big)
     assert too_large.value.details["limit_bytes"] == MAX_UPLOAD_BYTES
 
-    with pytest.raises(NotFoundError) as no_artifact:
+    # A queued job's weights: a 409 naming its state (before: a 404 on "name").
+    with pytest.raises(ConflictError) as no_artifact:
         rift.download(rift.create_job({"config": digits_config()}, checkpoint_id=checkpoint.id).id,
                       "tuned.safetensors", tmp_path)
-    assert no_artifact.value.field == "name"
+    assert no_artifact.value.field == "job_id" and no_artifact.value.code == "job_not_succeeded"
     assert not list(tmp_path.glob("*.part"))
     # Every error of the API is a RiftAPIError, whose text names the call, the code and the field.
     assert isinstance(missing.value, RiftAPIError)
