@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+#: What routing adds to the scope: the matched route and its path parameters.
+_ROUTING_KEYS = ("route", "endpoint", "path_params")
+
 
 class HeadAsGet:
     """See the module docstring."""
@@ -38,4 +41,13 @@ class HeadAsGet:
                 finished = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-        await self.app({**scope, "method": "GET"}, receive_until_finished, send_without_body)
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, receive_until_finished, send_without_body)
+        finally:
+            # The router records the matched route in the scope it was given; hand it back, so
+            # that the metrics and logs outside label a HEAD by its route template, not as
+            # "<unmatched>".
+            for key in _ROUTING_KEYS:
+                if key in as_get:
+                    scope[key] = as_get[key]

@@ -42,9 +42,10 @@ class Curve:
                      if math.isclose(float(p["alpha"]), self.chosen_alpha, abs_tol=1e-9)), None)
 
     def baseline_robust_accuracy(self) -> float | None:
-        """θ_AT's robust accuracy: the curve's α = 0 point, which is θ_AT itself."""
+        """θ_AT's robust accuracy: the curve's α = 0 point, which is θ_AT itself (None where that
+        point was not attacked, as the exact α selection may leave it)."""
         start = next((p for p in self.points if float(p["alpha"]) == 0.0), None)
-        return None if start is None else float(start["robust_accuracy"])
+        return None if start is None else measured(start, "robust_accuracy")
 
 
 def sweep_curves(candidates: Sequence[Mapping[str, Any]], chosen: int | None) -> list[Curve]:
@@ -65,6 +66,20 @@ def _number(value: Any) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
+
+
+def measured(point: Mapping[str, Any], key: str) -> float | None:
+    """``point[key]`` as a finite float, or None where it is missing, null (an α the exact
+    selection never attacked) or not finite: every chart draws only what this gives, so one
+    unmeasured or NaN value leaves a point out instead of failing the whole page."""
+    return _number(point.get(key))
+
+
+def _pairs(points: Sequence[Mapping[str, Any]], x_key: str,
+           y_key: str) -> list[tuple[Mapping[str, Any], float, float]]:
+    """The points with both values measured, each with its (x, y)."""
+    return [(p, x, y) for p in points
+            if (x := measured(p, x_key)) is not None and (y := measured(p, y_key)) is not None]
 
 
 def mrc_chart(rows: Sequence[Mapping[str, Any]], selected: str | None) -> str:
@@ -112,11 +127,11 @@ def finetune_chart(epochs: Sequence[Mapping[str, Any]]) -> str:
 def alpha_chart(curve: Curve) -> str:
     """Clean and robust accuracy against α, θ_AT's robust accuracy as a line, chosen α marked."""
     points = sorted(curve.points, key=lambda p: float(p["alpha"]))
-    clean = LineSeries("clean accuracy", [(float(p["alpha"]), float(p["clean_accuracy"]))
-                                          for p in points])
+    clean = LineSeries("clean accuracy", [(x, y) for _, x, y in
+                                          _pairs(points, "alpha", "clean_accuracy")])
     # In 'selection' curves the points that could not change the choice were never attacked.
-    robust = LineSeries("robust accuracy", [(float(p["alpha"]), float(p["robust_accuracy"]))
-                                            for p in points if p["robust_accuracy"] is not None])
+    robust = LineSeries("robust accuracy", [(x, y) for _, x, y in
+                                            _pairs(points, "alpha", "robust_accuracy")])
     references = []
     baseline = curve.baseline_robust_accuracy()
     if baseline is not None:
@@ -124,9 +139,11 @@ def alpha_chart(curve: Curve) -> str:
     marks = []
     chosen = curve.chosen_point()
     if chosen is not None:
-        references.append(Reference("x", float(chosen["alpha"]), f"α = {float(chosen['alpha']):g}"))
-        marks.append(Mark(float(chosen["alpha"]), float(chosen["clean_accuracy"]), "chosen"))
-        marks.append(Mark(float(chosen["alpha"]), float(chosen["robust_accuracy"]), ""))
+        alpha = float(chosen["alpha"])
+        references.append(Reference("x", alpha, f"α = {alpha:g}"))
+        for key, label in (("clean_accuracy", "chosen"), ("robust_accuracy", "")):
+            if (value := measured(chosen, key)) is not None:
+                marks.append(Mark(alpha, value, label))
     return line_chart("alpha", f"Interpolation θ_α = (1 − α) θ_AT + α θ_FT ({curve.name})",
                       [clean, robust], x_label="α", y_label="accuracy (%)",
                       references=references, marks=marks)
@@ -137,13 +154,13 @@ def tradeoff_chart(curves: Sequence[Curve]) -> str:
     series = []
     marks = []
     for curve in curves:
-        points = sorted((p for p in curve.points if p["robust_accuracy"] is not None),
-                        key=lambda p: float(p["alpha"]))
+        points = _pairs(sorted(curve.points, key=lambda p: float(p["alpha"])),
+                        "robust_accuracy", "clean_accuracy")
         series.append(LineSeries(
-            curve.name, [(float(p["robust_accuracy"]), float(p["clean_accuracy"])) for p in points],
-            labels=[f"α = {float(p['alpha']):g}" for p in points]))
+            curve.name, [(x, y) for _, x, y in points],
+            labels=[f"α = {float(p['alpha']):g}" for p, _, _ in points]))
         chosen = curve.chosen_point()
-        if chosen is not None:
+        if chosen is not None and _pairs([chosen], "robust_accuracy", "clean_accuracy"):
             marks.append(Mark(float(chosen["robust_accuracy"]), float(chosen["clean_accuracy"]),
                               f"α = {float(chosen['alpha']):g}"))
     baseline = next((b for c in curves if (b := c.baseline_robust_accuracy()) is not None), None)

@@ -19,8 +19,14 @@ from reporting.charts import Curve, job_charts
 #: The page loads nothing: styles are inline, images are inline SVG.
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
+# Narrow screens: charts scale down to the page's width (they have a viewBox), wide tables scroll
+# inside their own box, and a long module name breaks anywhere instead of widening the page.
 _STYLE = """
 body{font-family:sans-serif;margin:24px;color:#222;max-width:1200px}
+@media (max-width:600px){body{margin:8px}}
+svg{max-width:100%;height:auto}figure{margin:0;min-width:0;max-width:100%}
+.scroll{overflow-x:auto;max-width:100%}.curve{min-width:0;max-width:100%}
+td.name,dd,h1,h3{overflow-wrap:anywhere}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 th{background:#f4f4f4}td.name,th.name{text-align:left}tr.selected td{background:#fff1e6;font-weight:bold}
@@ -83,7 +89,7 @@ def _mrc_table(data: ReportData) -> str:
                     f"<td>{_cell(row.get('worst_robust_loss'))}</td>"
                     f"<td>{_cell(row.get('robust_accuracy_at_worst'))}</td>"
                     f"<td>{_cell(row.get('robust_accuracy_drop'))}</td></tr>")
-    return f"<table class='mrc-table'>{head}{''.join(rows)}</table>"
+    return f"<div class='scroll'><table class='mrc-table'>{head}{''.join(rows)}</table></div>"
 
 
 def _robust_cell(point: Mapping[str, Any]) -> str:
@@ -103,7 +109,7 @@ def _curve_tables(curves: Sequence[Curve]) -> str:
             chosen = (curve.chosen_alpha is not None
                       and math.isclose(float(point["alpha"]), curve.chosen_alpha, abs_tol=1e-9))
             rows.append(f"<tr{' class=selected' if chosen else ''}><td>{_cell(point['alpha'])}</td>"
-                        f"<td>{_cell(point['clean_accuracy'])}</td>"
+                        f"<td>{_cell(point.get('clean_accuracy'))}</td>"
                         f"<td>{_robust_cell(point)}</td></tr>")
         blocks.append(f"<div class='curve' data-curve='{escape(curve.name, quote=True)}'>"
                       f"<h3>{escape(curve.name)}</h3><table><tr><th>α</th><th>clean (%)</th>"
@@ -120,6 +126,7 @@ def render_report(data: ReportData) -> str:
                 f"<pre class='manifest'>{escape(json.dumps(data.manifest, indent=2))}</pre>")
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<meta http-equiv='Content-Security-Policy' content=\"{CONTENT_SECURITY_POLICY}\">"
         f"<title>RiFT job {escape(data.job_id)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>RiFT job {escape(data.job_id)}</h1>{_summary(data)}"

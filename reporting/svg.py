@@ -19,6 +19,22 @@ from xml.sax.saxutils import escape, quoteattr
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 HIGHLIGHT = "#D55E00"
 FONT = "font-family:sans-serif;font-size:11px"
+#: Characters of a category label drawn under a bar chart. The label is rotated 45° and anchored
+#: at its end: at 11 px (≈ 6.5 px a character, ≈ 4.6 px each way once rotated) 16 characters fill
+#: the 64 px left margin of the first bar and stay inside the 110 px bottom margin; a longer
+#: module name (``backbone.stages.3.blocks.2.attn.qkv``) was cut off at the SVG's edge.
+CATEGORY_CHARS = 16
+#: Characters of a legend entry (legends run along the bottom, one after another).
+LEGEND_CHARS = 32
+#: Pixels between two legend rows (11 px text).
+LEGEND_ROW = 14
+
+
+def short_label(name: str, limit: int) -> str:
+    """``name`` if at most ``limit`` characters, else its tail after an ellipsis: the end of a
+    dotted module path (``…blocks.2.attn.qkv``) tells modules apart, its start rarely does.
+    The whole name stays in the element's ``<title>`` (a tooltip) and in the page's tables."""
+    return name if len(name) <= limit else "…" + name[len(name) - limit + 1:]
 
 
 @dataclass(frozen=True)
@@ -130,14 +146,49 @@ def _y_axis(frame: _Frame, ticks: list[float], label: str) -> None:
                        f'y2="{frame.top + frame.plot_height}" stroke="#333"/>')
 
 
-def _legend(frame: _Frame, names: Sequence[str], colours: Sequence[str]) -> None:
+def _legend_places(names: Sequence[str], width: int) -> list[tuple[float, int]]:
+    """Where each legend entry goes: its x and its row. Entries run left to right and wrap to a
+    new row where the next would pass the right margin (a sweep's 16 candidates ran past the
+    chart's edge, unseen)."""
+    left, right = _Frame.left, width - _Frame.right
+    places: list[tuple[float, int]] = []
+    x, row = float(left), 0
+    for name in names:
+        step = 24 + 6.5 * len(short_label(name, LEGEND_CHARS))
+        if x > left and x + step - 10 > right:
+            x, row = float(left), row + 1
+        places.append((x, row))
+        x += step
+    return places
+
+
+def _framed(width: int, height: int, names: Sequence[str], *, bottom: int = 70) -> _Frame:
+    """A frame whose bottom margin also holds every legend row beyond the first; the plot keeps
+    its size."""
+    places = _legend_places(names, width)
+    extra = LEGEND_ROW * (places[-1][1] if places else 0)
+    return _Frame(width, height + extra, bottom=bottom + extra)
+
+
+def _legend(frame: _Frame, names: Sequence[str], colours: Sequence[str],
+            dashed: Sequence[bool] = ()) -> None:
+    """Entries in rows (see :func:`_legend_places`); a dashed series gets a dashed line sample
+    instead of a filled square, so that two series of one colour stay apart."""
     frame.parts.append('<g class="legend">')
-    x = float(frame.left)
-    y = frame.height - 12
-    for name, colour in zip(names, colours, strict=True):
-        frame.parts.append(f'<rect x="{x:.1f}" y="{y - 9}" width="10" height="10" fill="{colour}"/>')
-        frame.parts.append(f'<text x="{x + 14:.1f}" y="{y}">{escape(name)}</text>')
-        x += 24 + 6.5 * len(name)
+    dashed = list(dashed) or [False] * len(names)
+    places = _legend_places(names, frame.width)
+    rows = places[-1][1] + 1 if places else 1
+    first = frame.height - 12 - LEGEND_ROW * (rows - 1)
+    for name, colour, dash, (x, row) in zip(names, colours, dashed, places, strict=True):
+        y = first + LEGEND_ROW * row
+        if dash:
+            frame.parts.append(f'<line x1="{x:.1f}" x2="{x + 10:.1f}" y1="{y - 4}" y2="{y - 4}" '
+                               f'stroke="{colour}" stroke-width="2" stroke-dasharray="3 2"/>')
+        else:
+            frame.parts.append(f'<rect x="{x:.1f}" y="{y - 9}" width="10" height="10" '
+                               f'fill="{colour}"/>')
+        frame.parts.append(f'<text x="{x + 14:.1f}" y="{y}">{escape(short_label(name, LEGEND_CHARS))}'
+                           f"<title>{escape(name)}</title></text>")
     frame.parts.append("</g>")
 
 
@@ -152,7 +203,7 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
     """Grouped bars: one group per category, one bar per series; the ``highlight`` category's
     label is drawn bold in the highlight colour (e.g. the module selected for fine-tuning)."""
     width = width or max(360, 90 + len(categories) * (10 + 12 * max(len(series), 1)))
-    frame = _Frame(width, height, bottom=110)
+    frame = _framed(width, height, [s.name for s in series], bottom=110)
     _open(frame, chart, title)
     values = [float(v) for s in series for v in s.values if v is not None and math.isfinite(v)]
     ticks = nice_ticks(min([0.0, *values]), max([0.0, *values]) if values else 1.0)
@@ -185,7 +236,9 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
         style = f' style="font-weight:bold;fill:{HIGHLIGHT}"' if category == highlight else ""
         frame.parts.append(
             f'<text class="category" x="{label_x:.1f}" y="{label_y:.1f}" text-anchor="end" '
-            f'transform="rotate(-45 {label_x:.1f} {label_y:.1f})"{style}>{escape(category)}</text>')
+            f'transform="rotate(-45 {label_x:.1f} {label_y:.1f})"{style}>'
+            f"{escape(short_label(category, CATEGORY_CHARS))}<title>{escape(category)}</title>"
+            "</text>")
     frame.parts.append(f'<line class="axis" x1="{frame.left}" x2="{frame.width - frame.right}" '
                        f'y1="{zero:.1f}" y2="{zero:.1f}" stroke="#333"/>')
     _legend(frame, [s.name for s in series], [PALETTE[i % len(PALETTE)] for i in range(len(series))])
@@ -196,7 +249,7 @@ def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label:
                y_label: str, references: Sequence[Reference] = (), marks: Sequence[Mark] = (),
                width: int = 560, height: int = 340) -> str:
     """Lines with a point per value, optional reference lines and highlighted marks."""
-    frame = _Frame(width, height)
+    frame = _framed(width, height, [s.name for s in series])
     _open(frame, chart, title)
     xs = [x for s in series for x, y in s.points if _finite(x) and _finite(y)]
     ys = [y for s in series for x, y in s.points if _finite(x) and _finite(y)]
@@ -248,7 +301,7 @@ def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label:
             continue
         path = " ".join(f"{'M' if i == 0 else 'L'}{px:.1f},{py:.1f}"
                         for i, (px, py) in enumerate(at(x, y) for x, y in points))
-        dash = ' stroke-dasharray="6 3"' if item.dashed else ""
+        dash = ' stroke-dasharray="6 3"' if _dashed(item, number) else ""
         frame.parts.append(f'<path class="series" data-series={quoteattr(item.name)} d="{path}" '
                            f'fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
         labels = list(item.labels) if len(item.labels) == len(item.points) else []
@@ -274,5 +327,12 @@ def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label:
         text_x, anchor = (px - 9, "end") if near_right else (px + 9, "start")
         frame.parts.append(f'<text x="{text_x:.1f}" y="{py - 9:.1f}" text-anchor="{anchor}" '
                            f'fill="{HIGHLIGHT}" style="font-weight:bold">{escape(mark.label)}</text>')
-    _legend(frame, [s.name for s in series], colours)
+    _legend(frame, [s.name for s in series], colours,
+            [_dashed(item, number) for number, item in enumerate(series)])
     return _close(frame)
+
+
+def _dashed(series: LineSeries, number: int) -> bool:
+    """Asked for, or the palette's second round: a sweep's 9th to 16th curves reuse the first
+    eight colours, and are told apart by their dashes."""
+    return series.dashed or (number // len(PALETTE)) % 2 == 1

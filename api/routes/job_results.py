@@ -1,18 +1,25 @@
 """A job's results: the MRC table, the fine-tuning and interpolation curves, and the artifacts
-(tuned weights, fine-tuned end point, MRC CSV, result.json) with HTTP Range support, or a redirect
-to a short-lived presigned URL when the object store is S3."""
+(tuned weights, fine-tuned end point, MRC CSV, result.json) with HTTP Range support and
+conditional GET (:mod:`api.conditional`), or a redirect to a short-lived presigned URL when the
+object store is S3. An artifact a job does not have is a 404 once it has succeeded, and a 409
+naming its status before (queued or running: it may still come; failed or cancelled: it never
+will)."""
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import RedirectResponse, StreamingResponse
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from sqlalchemy.orm import Session
 
+from api.auth import Caller
+from api.conditional import http_date, is_not_modified, range_allowed
 from api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
-from api.errors import NotFound, RangeNotSatisfiable
+from api.errors import Conflict, NotFound, RangeNotSatisfiable
 from api.routes.jobs import job_link, load_job
 from api.schemas import (
     ArtifactListOut,
@@ -32,7 +39,8 @@ from persistence.jobs import (
     get_sweep_candidates,
     list_artifacts,
 )
-from persistence.models import Artifact, SweepCandidate
+from persistence.models import Artifact, Job, JobStatus, SweepCandidate
+from persistence.storage import ObjectNotFound, ObjectStore
 
 router = APIRouter(prefix="/jobs", tags=["results"])
 
@@ -143,6 +151,22 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+def _missing_artifact(session: Session, job: Job, name: str) -> NotFound | Conflict:
+    """The error for an artifact ``job`` lacks: 404 once it succeeded, else 409 naming its status,
+    so that a client asking too early (or of a failed job) is told why, not "no such file"."""
+    available = ", ".join(a.name for a in list_artifacts(session, job.id)) or "none yet"
+    shown = repr(name[:64])
+    if job.status == JobStatus.SUCCEEDED:
+        return NotFound(f"job {job.id} has no artifact {shown} (available: {available})",
+                        field="name", code="artifact_not_found")
+    when = ("it may appear as the job goes on" if job.status in (JobStatus.QUEUED,
+                                                                  JobStatus.RUNNING)
+            else "it will not be made")
+    return Conflict(f"job {job.id} is {job.status}, not succeeded: it has no artifact {shown} "
+                    f"yet, and {when} (available: {available})", field="job_id",
+                    code="job_not_succeeded", details={"status": job.status})
+
+
 def _unsatisfiable(header: str, size: int) -> RangeNotSatisfiable:
     return RangeNotSatisfiable(f"the range '{header}' lies outside the {size}-byte file",
                                field="Range", headers={"Content-Range": f"bytes */{size}"})
@@ -152,14 +176,18 @@ def _unsatisfiable(header: str, size: int) -> RangeNotSatisfiable:
     "/{job_id}/artifacts/{name}",
     summary="Download an artifact",
     description=(
-        "Streams the file; honours 'Range: bytes=a-b' (206, or 416 outside the file). With the "
-        "S3 store and ?redirect=true (default: S3_REDIRECT_DOWNLOADS), answers 307 to a "
-        "short-lived presigned URL instead."
+        "Streams the file; honours 'Range: bytes=a-b' (206, or 416 outside the file) under "
+        "'If-Range' (strong ETag or the Last-Modified date), and 'If-None-Match' / "
+        "'If-Modified-Since' (304). A missing artifact: 404 if the job succeeded, else 409 "
+        "job_not_succeeded naming its status. With the S3 store and ?redirect=true (default: "
+        "S3_REDIRECT_DOWNLOADS), answers 307 to a short-lived presigned URL instead."
     ),
     response_class=StreamingResponse,
     response_model=None,
     responses={200: {"content": {"application/octet-stream": {}}},
-               206: {"description": "Partial content"}, 307: {"description": "Presigned URL"},
+               206: {"description": "Partial content"}, 304: {"description": "Not modified"},
+               307: {"description": "Presigned URL"},
+               409: {"description": "The job has not succeeded (its status named)"},
                416: {"description": "Range not satisfiable"}},
 )
 def download_artifact(
@@ -171,15 +199,23 @@ def download_artifact(
     settings: SettingsDep,
     store: StoreDep,
     redirect: Annotated[bool | None, Query(description="Redirect to a presigned URL (S3)")] = None,
-) -> StreamingResponse | RedirectResponse:
+) -> Response:
     job = load_job(session, caller, job_id)
     artifact = get_artifact(session, job.id, name) if _ARTIFACT_NAME.fullmatch(name) else None
     if artifact is None:
-        available = [a.name for a in list_artifacts(session, job.id)]
-        raise NotFound(f"job {job.id} has no artifact {name[:64]!r} (available: "
-                       f"{', '.join(available) or 'none yet'})", field="name",
-                       code="artifact_not_found")
+        raise _missing_artifact(session, job, name)
     session.commit()  # end the read transaction before streaming
+    etag = f'"{artifact.sha256}"'
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        "Last-Modified": http_date(artifact.created_at),
+        # Names are plain ASCII (_ARTIFACT_NAME), so the quoted form needs no escaping.
+        "Content-Disposition": f'attachment; filename="{artifact.name}"',
+    }
+    # Before the redirect too: a client holding the current copy needs neither URL nor bytes.
+    if is_not_modified(request.headers, etag=etag, last_modified=artifact.created_at):
+        return Response(status_code=304, headers=headers)
     wants_redirect = (redirect if redirect is not None
                       else settings.store_kind == "s3" and settings.s3_redirect_downloads)
     if wants_redirect:
@@ -188,21 +224,32 @@ def download_artifact(
             return RedirectResponse(url, status_code=307)
 
     size = artifact.size
-    headers = {
-        "Accept-Ranges": "bytes",
-        "ETag": f'"{artifact.sha256}"',
-        "Content-Disposition": f'attachment; filename="{artifact.name}"',
-    }
-    if_range = request.headers.get("if-range")
     byte_range = None
-    if if_range is None or if_range.strip() == headers["ETag"]:
+    if range_allowed(request.headers, etag=etag, last_modified=artifact.created_at):
         byte_range = parse_range(request.headers.get("range"), size)
     if byte_range is None:
         headers["Content-Length"] = str(size)
-        return StreamingResponse(store.iter_range(artifact.storage_key), status_code=200,
-                                 media_type=artifact.content_type, headers=headers)
+        return StreamingResponse(_open(session, caller, store, artifact, 0, None),
+                                 status_code=200, media_type=artifact.content_type,
+                                 headers=headers)
     start, end = byte_range
     headers["Content-Length"] = str(end - start)
     headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    return StreamingResponse(store.iter_range(artifact.storage_key, start, end), status_code=206,
+    return StreamingResponse(_open(session, caller, store, artifact, start, end), status_code=206,
                              media_type=artifact.content_type, headers=headers)
+
+
+def _open(session: Session, caller: Caller, store: ObjectStore, artifact: Artifact, start: int,
+          end: int | None) -> Iterator[bytes]:
+    """The artifact's bytes ``[start, end)``. The job may have been deleted since it was read
+    (its files go with it): that answers the 404 ``job_not_found`` (or the job's missing-artifact
+    error) a request arriving a moment later would get, not 503 ``object_missing``, which means
+    the store lost a file the database still names. A stream already open reads on: a local
+    file stays readable once opened, and S3 serves the GET it started."""
+    try:
+        return store.iter_range(artifact.storage_key, start, end)
+    except ObjectNotFound:
+        job = load_job(session, caller, artifact.job_id)
+        if get_artifact(session, job.id, artifact.name) is None:
+            raise _missing_artifact(session, job, artifact.name) from None
+        raise

@@ -141,3 +141,50 @@ def test_candidates_in_metrics_of_other_shapes_are_skipped() -> None:
     assert [c.name for c in curves] == ["m"]
     assert candidate_curves({"candidates": {"not": "a list"}}) == []
     assert candidate_curves(None) == []
+
+
+def test_report_fits_a_narrow_screen_with_long_module_names(report_api: Api,
+                                                            small_cnn_file: Path) -> None:
+    api = report_api
+    job_id = finished_job(api, small_cnn_file)
+    long_name = "backbone." + "stages.3.blocks.2." * 10 + "attn.qkv"
+    with api.sessions() as session:
+        session.add(MRCRow(job_id=job_id, position=len(MODULES), module=long_name,
+                           parameters=10, mrc=0.5, worst_robust_loss=1.0,
+                           robust_accuracy_at_worst=40.0, robust_accuracy_drop=2.0))
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.selected_module = long_name
+        session.commit()
+    page = api.client.get(f"/v1/jobs/{job_id}/report").text
+    assert "name='viewport'" in page
+    # Layout is measured by a script the page itself may not run (its CSP forbids scripts):
+    # this copy drops the CSP and records the document's scroll width against the viewport's.
+    measured = re.sub(r"<meta http-equiv='Content-Security-Policy'[^>]*>", "", page).replace(
+        "</body>", "<script>document.body.dataset.scrollWidth = "
+        "document.documentElement.scrollWidth; document.body.dataset.viewportWidth = "
+        "document.documentElement.clientWidth;</script></body>")
+    with StaticPage(measured.encode(), {"content-type": "text/html; charset=utf-8"}) as served:
+        loaded = load_page(served.url, window="320,1200")  # headless Chromium's least: 500
+    widths = re.search(r'data-scroll-width="(\d+)" data-viewport-width="(\d+)"', loaded.dom)
+    assert widths is not None, loaded.dom[:2000]
+    scroll_width, viewport_width = map(int, widths.groups())
+    assert viewport_width <= 500, viewport_width
+    # Nothing wider than the screen: no sideways scrolling (before: 1789 px at 485).
+    assert scroll_width <= viewport_width, (scroll_width, viewport_width)
+    assert loaded.console == []
+
+
+def test_report_of_a_curve_with_unmeasured_points(report_api: Api, small_cnn_file: Path) -> None:
+    job_id = finished_job(report_api, small_cnn_file, candidates=False)
+    with report_api.sessions() as session:
+        for point in session.query(InterpolationPoint).filter_by(job_id=job_id):
+            if point.alpha in (0.0, 0.25):  # never attacked by the exact α selection
+                point.robust_accuracy = None
+                point.robust_accuracy_at_most = 55.0 if point.alpha else None
+        session.commit()
+    page = report_api.client.get(f"/v1/jobs/{job_id}/report")
+    assert page.status_code == 200, page.text  # before: 500 (float(None) at α = 0)
+    assert "≤ 55" in page.text and 'data-chart="alpha"' in page.text
+    curves = report_api.client.get(f"/v1/jobs/{job_id}/curves").json()["interpolation"]
+    assert [p["robust_accuracy"] for p in curves][:2] == [None, None]

@@ -1,18 +1,23 @@
 """A job's results over HTTP: the MRC table with the selected module flagged, the curves with the
-chosen α flagged, and artifact downloads with Range support (206, 416)."""
+chosen α flagged, and artifact downloads with Range support (206, 416), conditional GET (304,
+If-Range), a missing artifact of an unfinished job (409 naming its status) and a job deleted
+while its artifact is being opened."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from persistence.models import Artifact, EpochMetric, InterpolationPoint, Job, MRCRow
+from persistence.settings import Settings
 from persistence.storage import LocalObjectStore
-from tests.api.helpers import Api, digits_config, error_of, upload_checkpoint
+from tests.api.helpers import Api, RecordingDispatcher, digits_config, error_of, upload_checkpoint
 
 pytestmark = pytest.mark.service
 
@@ -21,7 +26,7 @@ PAYLOAD = os.urandom(300_000)
 
 @pytest.fixture
 def job_id(api: Api, small_cnn_file: Path) -> str:
-    """A job whose results were written as a worker would have."""
+    """A succeeded job whose results were written as a worker would have."""
     checkpoint = upload_checkpoint(api, small_cnn_file)
     job = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
                                             "config": digits_config()}).json()
@@ -31,6 +36,7 @@ def job_id(api: Api, small_cnn_file: Path) -> str:
     with api.sessions() as session:
         row = session.get(Job, job["id"])
         assert row is not None
+        row.status = "succeeded"
         row.selected_module = "conv2"
         row.chosen_alpha = 0.5
         row.metrics = {"before": {"clean_accuracy": 80.0}, "after": {"clean_accuracy": 82.0}}
@@ -78,8 +84,12 @@ def test_results_of_a_job_without_any(api: Api, small_cnn_file: Path) -> None:
     curves = api.client.get(f"/v1/jobs/{job['id']}/curves").json()
     assert curves["epochs"] == [] and curves["interpolation"] == []
     assert api.client.get(f"/v1/jobs/{job['id']}/artifacts").json()["items"] == []
+    # Asked too early: a 409 naming the job's status, not "no such file".
     missing = api.client.get(f"/v1/jobs/{job['id']}/artifacts/tuned.safetensors")
-    assert missing.status_code == 404 and error_of(missing)["field"] == "name"
+    assert missing.status_code == 409
+    assert (error_of(missing)["code"], error_of(missing)["field"]) == ("job_not_succeeded",
+                                                                       "job_id")
+    assert "is queued" in error_of(missing)["message"]
 
 
 def test_artifact_list_and_full_download(api: Api, job_id: str) -> None:
@@ -137,3 +147,108 @@ def test_unsatisfiable_or_ignored_ranges(api: Api, job_id: str, headers: dict[st
         assert error_of(response)["code"] == "range_not_satisfiable"
     else:
         assert response.content == PAYLOAD
+
+
+def _set_status(api: Api, job_id: str, status: str) -> None:
+    with api.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.status = status
+        session.commit()
+
+
+@pytest.mark.parametrize("status", ["queued", "running", "failed", "cancelled", "succeeded"])
+def test_missing_artifact_names_the_job_status(api: Api, job_id: str, status: str) -> None:
+    _set_status(api, job_id, status)
+    missing = api.client.get(f"/v1/jobs/{job_id}/artifacts/finetuned.safetensors")
+    error = error_of(missing)
+    if status == "succeeded":
+        assert missing.status_code == 404
+        assert (error["code"], error["field"]) == ("artifact_not_found", "name")
+    else:
+        assert missing.status_code == 409, missing.text
+        assert (error["code"], error["field"]) == ("job_not_succeeded", "job_id")
+        assert error["status"] == status and f"is {status}" in error["message"]
+    assert "tuned.safetensors" in error["message"]  # what there is, either way
+    # What the job does have is served whatever its status (a failed job's MRC table, say).
+    assert api.client.get(f"/v1/jobs/{job_id}/artifacts/tuned.safetensors").content == PAYLOAD
+
+
+def test_conditional_downloads(api: Api, job_id: str) -> None:
+    url = f"/v1/jobs/{job_id}/artifacts/tuned.safetensors"
+    first = api.client.get(url)
+    etag, modified = first.headers["etag"], first.headers["last-modified"]
+    with api.sessions() as session:
+        created = session.query(Artifact).filter_by(job_id=job_id).one().created_at
+    assert modified == format_datetime(created.replace(microsecond=0), usegmt=True)
+    later = "Fri, 01 Jan 2100 00:00:00 GMT"
+    earlier = "Thu, 01 Jan 2015 00:00:00 GMT"
+    not_modified: list[dict[str, str]] = [
+        {"If-None-Match": etag}, {"If-None-Match": f"W/{etag}"}, {"If-None-Match": "*"},
+        {"If-None-Match": f'"other", {etag}'}, {"If-Modified-Since": modified},
+        {"If-Modified-Since": later},
+        {"If-None-Match": etag, "Range": "bytes=0-9"},  # 304 is decided before the range
+    ]
+    for headers in not_modified:
+        for method in ("GET", "HEAD"):
+            response = api.client.request(method, url, headers=headers)
+            assert response.status_code == 304, (method, headers)
+            assert response.content == b""
+            assert (response.headers["etag"], response.headers["last-modified"]) == (etag,
+                                                                                   modified)
+    modified_since: list[dict[str, str]] = [
+        {"If-None-Match": '"other"'}, {"If-Modified-Since": earlier},
+        {"If-Modified-Since": "not a date"},
+        # If-None-Match decides when present: If-Modified-Since is ignored (RFC 9110 13.1.3).
+        {"If-None-Match": '"other"', "If-Modified-Since": later},
+    ]
+    for headers in modified_since:
+        response = api.client.get(url, headers=headers)
+        assert response.status_code == 200 and response.content == PAYLOAD, headers
+    # If-Range: the strong ETag or exactly the Last-Modified date keeps the range; a weak tag,
+    # another tag or another date sends the whole file.
+    for if_range, status in [(etag, 206), (modified, 206), (f"W/{etag}", 200),
+                             ('"other"', 200), (earlier, 200), ("garbage", 200)]:
+        response = api.client.get(url, headers={"Range": "bytes=10-19", "If-Range": if_range})
+        assert response.status_code == status, if_range
+        assert response.content == (PAYLOAD[10:20] if status == 206 else PAYLOAD)
+
+
+class DeletingStore(LocalObjectStore):
+    """A local store that runs ``before_read`` when a download opens an object: a job deleted
+    between the API's lookup of the artifact and the opening of its file."""
+
+    before_read: Callable[[], None] | None = None
+
+    def iter_range(self, key: str, start: int = 0, end: int | None = None,
+                   chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        if self.before_read is not None:
+            hook, self.before_read = self.before_read, None
+            hook()
+        return super().iter_range(key, start, end, chunk_size)
+
+
+def test_job_deleted_while_its_artifact_is_opened(api_settings: Settings,
+                                                  start_api: Callable[..., Api],
+                                                  small_cnn_file: Path) -> None:
+    store = DeletingStore(api_settings.store_root)
+    api = start_api(api_settings, dispatcher=RecordingDispatcher(), store=store)
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    job = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                            "config": digits_config()}).json()
+    stored = store.put_bytes(f"jobs/{job['id']}/artifacts/mrc.csv", b"module,mrc\nfc,0.1\n")
+    with api.sessions() as session:
+        session.add(Artifact(job_id=job["id"], name="mrc.csv", storage_key=stored.key,
+                             size=stored.size, sha256=stored.sha256, content_type="text/csv"))
+        session.commit()
+    _set_status(api, job["id"], "succeeded")
+
+    def delete_the_job() -> None:
+        assert api.client.delete(f"/v1/jobs/{job['id']}").status_code == 204
+
+    store.before_read = delete_the_job
+    response = api.client.get(f"/v1/jobs/{job['id']}/artifacts/mrc.csv")
+    # Before: 503 object_missing, as if the store had lost a file the database still names.
+    assert response.status_code == 404, response.text
+    assert (error_of(response)["code"], error_of(response)["field"]) == ("job_not_found",
+                                                                         "job_id")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from persistence.models import Job
 from tests.api.helpers import Api, digits_config, error_of, make_key, upload_checkpoint
 
 pytestmark = pytest.mark.service
@@ -18,6 +19,11 @@ def test_every_missing_resource_names_itself(api: Api, small_cnn_file: Path) -> 
     checkpoint = upload_checkpoint(api, small_cnn_file)
     job_id = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
                                                "config": digits_config()}).json()["id"]
+    with api.sessions() as session:  # succeeded: a missing artifact is then a 404, not a 409
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.status = "succeeded"
+        session.commit()
     _, admin_key = make_key(api.sessions, "ops", ("admin",))
     cases = [
         ("GET", f"/v1/checkpoints/{MISSING}", "checkpoint_not_found", "checkpoint_id"),

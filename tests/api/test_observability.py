@@ -47,6 +47,19 @@ def test_metrics_count_requests_by_route_template(local_api: Api, small_cnn_file
                 for s in families["rift_http_requests"].samples if s.name.endswith("_total")}
     assert requests[(("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "404"))] == 3
     assert requests[(("method", "GET"), ("route", "<unmatched>"), ("status", "404"))] == 1
+    # A HEAD is counted under the route it matched (before: "<unmatched>").
+    assert local_api.client.head("/v1/jobs/a").status_code == 404
+    local_api.client.head("/healthz")
+    families = {f.name: f for f in text_string_to_metric_families(local_api.client.get(
+        "/metrics").text)}
+    requests = {tuple(sorted(s.labels.items())): s.value
+                for s in families["rift_http_requests"].samples if s.name.endswith("_total")}
+    assert requests[(("method", "HEAD"), ("route", "/v1/jobs/{job_id}"), ("status", "404"))] == 1
+    assert requests[(("method", "HEAD"), ("route", "/healthz"), ("status", "200"))] == 1
+    # Valid exposition: every sample parses, none is repeated.
+    series = [(s.name, tuple(sorted(s.labels.items())))
+              for f in families.values() for s in f.samples]
+    assert len(series) == len(set(series))
     uploaded = [s.value for s in families["rift_upload_bytes"].samples
                 if s.name == "rift_upload_bytes_total" and s.labels == {"kind": "checkpoint"}]
     assert uploaded and uploaded[0] >= small_cnn_file.stat().st_size

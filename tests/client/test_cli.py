@@ -392,3 +392,54 @@ def test_upload_timeout_covers_the_services_check(cli: Cli, checkpoint_file: Pat
                    str(checkpoint_file)).exit_code == 2
     finally:
         server.stop()
+
+
+def test_mrc_and_curves_as_tables_and_json(cli: Cli, queued_api: RunningApi, api_key: str | None,
+                                           checkpoint_file: Path, config_file: Path) -> None:
+    import httpx
+
+    from persistence.db import session_factory_from_settings
+    from persistence.models import InterpolationPoint, MRCRow
+
+    created = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file),
+                  "--config", str(config_file))
+    assert created.exit_code == 0, created.stderr
+    job_id = created.json()["id"]
+    empty = cli("jobs", "curves", job_id)
+    assert empty.exit_code == 0 and "no curves yet" in empty.stdout
+    long_name = "backbone." + "stages.3.blocks.2." * 6 + "attn.qkv"
+    sessions = session_factory_from_settings(queued_api.settings)
+    try:
+        with sessions() as session:
+            for position, (module, mrc) in enumerate([("conv1", 0.4), (long_name, 0.01)]):
+                session.add(MRCRow(job_id=job_id, position=position, module=module,
+                                   parameters=100, mrc=mrc, worst_robust_loss=1.0 + mrc,
+                                   robust_accuracy_at_worst=None, robust_accuracy_drop=2.5))
+            # The exact α selection leaves points unmeasured (null) or bounded (≤).
+            for position, (alpha, robust, bound) in enumerate([(0.0, 41.0, None),
+                                                               (0.5, None, 38.5),
+                                                               (1.0, None, None)]):
+                session.add(InterpolationPoint(job_id=job_id, position=position, alpha=alpha,
+                                               clean_accuracy=80 + alpha, robust_accuracy=robust,
+                                               robust_accuracy_at_most=bound))
+            session.commit()
+    finally:
+        sessions.kw["bind"].dispose()
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    for command in ("mrc", "curves"):
+        as_json = cli("-o", "json", "jobs", command, job_id)
+        assert as_json.exit_code == 0, as_json.stderr
+        assert len(as_json.stdout.strip().splitlines()) == 1  # one JSON document, one line
+        # Machine-readable output is the API's own answer, unchanged.
+        api_answer = httpx.get(f"{queued_api.url}/v1/jobs/{job_id}/{command}",
+                               headers=headers).json()
+        assert as_json.json() == api_answer
+    table = cli("jobs", "mrc", job_id)
+    assert table.exit_code == 0, table.stderr
+    assert table.stdout.startswith(f"job {job_id}: queued, selected module –")
+    assert "conv1" in table.stdout and "0.4" in table.stdout and "–" in table.stdout
+    curves = cli("jobs", "curves", job_id)
+    assert curves.exit_code == 0, curves.stderr
+    assert "≤ 38.5" in curves.stdout and "41" in curves.stdout
+    missing = cli("-o", "json", "jobs", "mrc", "0123456789abcdef0123456789abcdef")
+    assert missing.exit_code == 3 and missing.error()["code"] == "job_not_found"

@@ -178,7 +178,17 @@ def test_list_uploads_follows_the_cursor_pages(rift: RiftClient, checkpoint_file
         assert refused.value.field == field
 
 
-def test_cancel_wait_and_delete(rift: RiftClient, checkpoint_file: Path) -> None:
+def _refused_download(rift: RiftClient, job_id: str, folder: Path) -> ConflictError:
+    """The error of downloading tuned.safetensors of a job that has not succeeded."""
+    folder = folder / "downloads"
+    folder.mkdir(exist_ok=True)
+    with pytest.raises(ConflictError) as refused:
+        rift.download(job_id, "tuned.safetensors", folder)
+    assert list(folder.iterdir()) == []  # no partial file left behind
+    return refused.value
+
+
+def test_cancel_wait_and_delete(rift: RiftClient, checkpoint_file: Path, tmp_path: Path) -> None:
     checkpoint = _upload(rift, checkpoint_file)
     job = rift.create_job({"config": digits_config()}, checkpoint_id=checkpoint.id)
     seen: list[str] = []
@@ -189,6 +199,10 @@ def test_cancel_wait_and_delete(rift: RiftClient, checkpoint_file: Path) -> None
     with pytest.raises(ConflictError) as active:
         rift.delete_job(job.id)
     assert active.value.code == "job_active" and active.value.field == "job_id"
+    # Results asked too early: a 409 naming the status (before: a NotFoundError).
+    early = _refused_download(rift, job.id, tmp_path)
+    assert (early.code, early.field, early.details["status"]) == ("job_not_succeeded", "job_id",
+                                                                  "queued")
     with pytest.raises(ConflictError) as in_use:
         rift.delete_checkpoint(checkpoint.id)
     assert in_use.value.code == "in_use" and in_use.value.field == "checkpoint_id"
@@ -198,6 +212,8 @@ def test_cancel_wait_and_delete(rift: RiftClient, checkpoint_file: Path) -> None
     with pytest.raises(ConflictError) as finished:
         rift.cancel(job.id)
     assert finished.value.code == "job_finished" and finished.value.field == "job_id"
+    never = _refused_download(rift, job.id, tmp_path)
+    assert never.details["status"] == "cancelled" and "will not be made" in str(never)
     with pytest.raises(ConflictError) as referenced:
         rift.delete_checkpoint(checkpoint.id)
     assert referenced.value.code == "referenced" and referenced.value.field == "checkpoint_id"
@@ -311,10 +327,11 @@ def test_api_errors_carry_code_message_and_field(rift: RiftClient, checkpoint_fi
         rift.upload_checkpoint(big)
     assert too_large.value.details["limit_bytes"] == MAX_UPLOAD_BYTES
 
-    with pytest.raises(NotFoundError) as no_artifact:
+    # A queued job's weights: a 409 naming its state (before: a 404 on "name").
+    with pytest.raises(ConflictError) as no_artifact:
         rift.download(rift.create_job({"config": digits_config()}, checkpoint_id=checkpoint.id).id,
                       "tuned.safetensors", tmp_path)
-    assert no_artifact.value.field == "name"
+    assert no_artifact.value.field == "job_id" and no_artifact.value.code == "job_not_succeeded"
     assert not list(tmp_path.glob("*.part"))
     # Every error of the API is a RiftAPIError, whose text names the call, the code and the field.
     assert isinstance(missing.value, RiftAPIError)

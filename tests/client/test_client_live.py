@@ -186,3 +186,40 @@ def test_materialize_end_points_are_theta_at_and_theta_ft(
     listed = live.list_materializations(job_id)
     assert [m.alpha for m in listed] == sorted(m.alpha for m in listed)
     assert {0.0, 1.0} <= {m.alpha for m in listed}
+
+
+def test_results_of_a_real_job_over_http(finished_job: FinishedJob, live_service: RunningApi,
+                                         live_api_key: str | None) -> None:
+    """What a worker wrote, read the way caches and download tools read it: conditional GETs,
+    HEAD, ranges under If-Range, the event stream of a finished job ending by itself, and the
+    report page (its whole sweep-less set of charts) with the selected module."""
+    import httpx
+
+    job = finished_job.job
+    headers = {"Authorization": f"Bearer {live_api_key}"} if live_api_key else {}
+    with httpx.Client(base_url=live_service.url, headers=headers, timeout=60) as http:
+        url = f"/v1/jobs/{job.id}/artifacts/tuned.safetensors"
+        full = http.get(url)
+        assert full.status_code == 200
+        etag, modified = full.headers["etag"], full.headers["last-modified"]
+        assert etag == f'"{hashlib.sha256(full.content).hexdigest()}"'
+        for conditional in ({"If-None-Match": etag}, {"If-Modified-Since": modified}):
+            cached = http.get(url, headers=conditional)
+            assert cached.status_code == 304 and cached.content == b""
+        head = http.head(url)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(len(full.content))
+        tail = http.get(url, headers={"Range": "bytes=-100", "If-Range": modified})
+        assert tail.status_code == 206 and tail.content == full.content[-100:]
+        # A finished job's stream sends its log and ends; it does not hang on keep-alives.
+        with http.stream("GET", f"/v1/jobs/{job.id}/events",
+                         headers={"Accept": "text/event-stream"}) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            body = "".join(stream.iter_text())
+        kinds = [line.split(":", 1)[1].strip() for line in body.splitlines()
+                 if line.startswith("event:")]
+        assert kinds[-2:] == ["job_succeeded", "end"]  # the stream says it is done
+        report = http.get(f"/v1/jobs/{job.id}/report")
+        assert report.status_code == 200 and job.selected_module is not None
+        assert f"<tr class='selected'><td class='name'>{job.selected_module}</td>" in report.text
+        assert 'data-chart="alpha"' in report.text and 'data-chart="mrc"' in report.text

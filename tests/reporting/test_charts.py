@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ElementTree
 
 from reporting.charts import Curve, alpha_chart, finetune_chart, job_charts, mrc_chart, tradeoff_chart
 from reporting.page import ReportData, render_report
-from reporting.svg import nice_ticks
+from reporting.svg import CATEGORY_CHARS, LEGEND_CHARS, nice_ticks
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -116,3 +116,78 @@ def test_points_not_attacked_are_left_out_of_the_robust_series() -> None:
     assert (len(robust_points), len(clean_points)) == (3, 5)
     tradeoff = _parse(tradeoff_chart([curve]))
     assert len([e for e in tradeoff.iter(f"{SVG}circle") if e.get("class") == "point"]) == 3
+
+
+def test_long_module_names_are_shortened_in_the_chart_and_kept_whole_in_tooltips() -> None:
+    long_name = "backbone." + "stages.3.blocks.2." * 12 + "attn.qkv"
+    rows = [{"module": long_name, "mrc": 0.5, "robust_accuracy_drop": 1.0},
+            {"module": "fc", "mrc": 0.1, "robust_accuracy_drop": 0.5}]
+    root = _parse(mrc_chart(rows, long_name))
+    labels = {e.findtext(f"{SVG}title"): e.text for e in root.iter(f"{SVG}text")
+              if e.get("class") == "category"}
+    # The label drawn is the name's tail, short enough to stay inside the SVG; the tooltip and
+    # the bars' data attributes keep the whole name.
+    assert labels == {long_name: "…" + long_name[-(CATEGORY_CHARS - 1):], "fc": "fc"}
+    assert {b.get("data-category") for b in root.iter(f"{SVG}rect")
+            if b.get("class") == "bar"} == {long_name, "fc"}
+    legend = tradeoff_chart([_curve(long_name, 0.5), _curve("fc", None)])
+    shown = [e.text for g in _parse(legend).iter(f"{SVG}g") if g.get("class") == "legend"
+             for e in g.iter(f"{SVG}text")]
+    assert "…" + long_name[-(LEGEND_CHARS - 1):] in shown and "fc" in shown
+    assert all(text is not None and len(text) <= LEGEND_CHARS for text in shown)
+
+
+def test_a_sweeps_legend_wraps_inside_the_chart() -> None:
+    names = [f"layer{i}.conv{i % 3} (lr {0.01 * (i + 1):g})" for i in range(16)]
+    svg = _parse(tradeoff_chart([_curve(name, None) for name in names]))
+    width, height = float(svg.get("width", 0)), float(svg.get("height", 0))
+    assert svg.get("viewBox") == f"0 0 {svg.get('width')} {height:g}"
+    legend = next(g for g in svg.iter(f"{SVG}g") if g.get("class") == "legend")
+    texts = list(legend.iter(f"{SVG}text"))
+    assert [t.text for t in texts] == names  # every candidate named, none cut
+    rows = {float(t.get("y", 0)) for t in texts}
+    assert len(rows) > 1  # wrapped (before: one row running ~3,000 px past a 560 px chart)
+    for text in texts:
+        x, y = float(text.get("x", 0)), float(text.get("y", 0))
+        assert x + 6.5 * len(text.text or "") <= width and y <= height
+    # The plot keeps its size: the legend rows were added below it.
+    one_row = _parse(tradeoff_chart([_curve("fc", None)]))
+    assert height > float(one_row.get("height", 0))
+
+
+def test_curves_sharing_a_colour_are_told_apart_by_dashes() -> None:
+    names = [f"m{i}" for i in range(16)]
+    svg = _parse(tradeoff_chart([_curve(name, None) for name in names]))
+    styles = {p.get("data-series"): (p.get("stroke"), p.get("stroke-dasharray"))
+              for p in svg.iter(f"{SVG}path") if p.get("class") == "series"}
+    assert len(set(styles.values())) == 16  # colour and dash together: no two curves alike
+    legend = next(g for g in svg.iter(f"{SVG}g") if g.get("class") == "legend")
+    samples = [(e.get("fill") or e.get("stroke"), e.tag == f"{SVG}line") for e in legend
+               if e.tag in (f"{SVG}rect", f"{SVG}line")]
+    assert [(colour, dashed) for colour, dashed in samples] == [
+        (styles[name][0], styles[name][1] is not None) for name in names]
+
+
+def test_unmeasured_and_non_finite_points_are_left_out_not_fatal() -> None:
+    # The exact α selection leaves points unattacked (null, or a "≤" bound); a value may be NaN
+    # or missing. Before: float(None) at α = 0 failed the whole report page (a 500).
+    points = [{"alpha": 0.0, "clean_accuracy": 80.0, "robust_accuracy": None},
+              {"alpha": 0.25},
+              {"alpha": 0.5, "clean_accuracy": float("nan"), "robust_accuracy": None,
+               "robust_accuracy_at_most": 40.0},
+              {"alpha": 0.75, "clean_accuracy": 81.0, "robust_accuracy": 39.0},
+              {"alpha": 1.0, "clean_accuracy": 82.0, "robust_accuracy": 41.0}]
+    curve = Curve("fc", points, 0.5)
+    alpha = _parse(alpha_chart(curve))
+    circles = {(c.get("data-series"), c.findtext(f"{SVG}title")) for c in alpha.iter(f"{SVG}circle")
+               if c.get("class") == "point"}
+    assert len([s for s, _ in circles if s == "clean accuracy"]) == 3  # α = 0, 0.75, 1
+    assert len([s for s, _ in circles if s == "robust accuracy"]) == 2  # α = 0.75, 1
+    references = {e.get("data-label") for e in alpha.iter(f"{SVG}line")
+                  if e.get("class") == "reference"}
+    assert references == {"α = 0.5"}  # no θ_AT line: α = 0 was not attacked
+    trade = _parse(tradeoff_chart([curve, Curve("g", [{"alpha": 0.0}], 0.0)]))
+    assert len([c for c in trade.iter(f"{SVG}circle") if c.get("class") == "point"]) == 2
+    page = render_report(ReportData(job_id="j", status="failed", curves=[curve],
+                                    chosen_alpha=0.5, error="stage_failed: out of memory"))
+    assert "≤ 40" in page and "stage_failed: out of memory" in page

@@ -65,6 +65,7 @@ from rift_client.models import (
     SUCCEEDED,
     WEBHOOK_EVENT_TYPES,
     Event,
+    InterpolationPoint,
     Job,
     Materialization,
     Webhook,
@@ -787,6 +788,84 @@ def jobs_materialize(
             state.say(f"{saved['path']} ({saved['size']} bytes, sha256 verified)")
     if wait and record.status != SUCCEEDED:
         raise typer.Exit(EXIT_JOB_FAILED)
+
+
+def _number(value: float | None) -> str:
+    """A measured value for a table: 4 significant digits, "–" where there is none."""
+    return "–" if value is None else f"{value:.4g}"
+
+
+def _robust(point: InterpolationPoint) -> str:
+    """A point's robust accuracy, "≤ bound" where its attack stopped early, "–" if never run."""
+    if point.robust_accuracy is None and point.robust_accuracy_at_most is not None:
+        return f"≤ {_number(point.robust_accuracy_at_most)}"
+    return _number(point.robust_accuracy)
+
+
+def _chosen(flag: bool) -> str:
+    return "*" if flag else ""
+
+
+@jobs_app.command("mrc")
+def jobs_mrc(ctx: typer.Context, job_id: str) -> None:
+    """Show the job's MRC table: one row per module, the one selected for fine-tuning marked *
+    (the rows so far while it runs). --output json prints the API's table as it is."""
+    state = _state(ctx)
+    with _client(state) as client:
+        table = client.get_mrc(job_id)
+    if state.json:
+        state.emit(table)
+        return
+    state.say(f"job {table.job_id}: {table.status}, selected module "
+              f"{table.selected_module or '–'}")
+    _show_list(state, table.rows, [
+        _Column("", lambda r: _chosen(r.selected), no_wrap=True),
+        _Column("module", lambda r: r.module, overflow="fold"),
+        _Column("parameters", lambda r: str(r.parameters), no_wrap=True),
+        _Column("MRC", lambda r: _number(r.mrc), no_wrap=True),
+        _Column("worst robust loss", lambda r: _number(r.worst_robust_loss)),
+        _Column("robust acc. at worst (%)", lambda r: _number(r.robust_accuracy_at_worst)),
+        _Column("drop (points)", lambda r: _number(r.robust_accuracy_drop))])
+
+
+@jobs_app.command("curves")
+def jobs_curves(ctx: typer.Context, job_id: str) -> None:
+    """Show the job's fine-tuning epochs and interpolation curve, the chosen α marked *; a
+    sweep's candidates side by side. --output json prints the API's curves as they are."""
+    state = _state(ctx)
+    with _client(state) as client:
+        curves = client.get_curves(job_id)
+    if state.json:
+        state.emit(curves)
+        return
+    chosen = "–" if curves.chosen_alpha is None else f"{curves.chosen_alpha:g}"
+    state.say(f"job {curves.job_id}: {curves.status}, module {curves.selected_module or '–'}, "
+              f"chosen α {chosen}")
+    if curves.epochs:
+        _show_list(state, curves.epochs, [
+            _Column("epoch", lambda e: str(e.epoch), no_wrap=True),
+            _Column("lr", lambda e: _number(e.lr)),
+            _Column("train loss", lambda e: _number(e.train_loss)),
+            _Column("train acc. (%)", lambda e: _number(e.train_accuracy)),
+            _Column("val acc. (%)", lambda e: _number(e.val_accuracy))])
+    if curves.interpolation:
+        _show_list(state, curves.interpolation, [
+            _Column("", lambda p: _chosen(p.chosen), no_wrap=True),
+            _Column("α", lambda p: f"{p.alpha:g}", no_wrap=True),
+            _Column("clean (%)", lambda p: _number(p.clean_accuracy)),
+            _Column("robust (%)", _robust)])
+    if curves.candidates:
+        _show_list(state, curves.candidates, [
+            _Column("", lambda c: _chosen(c.chosen), no_wrap=True),
+            _Column("#", lambda c: str(c.index), no_wrap=True),
+            _Column("module", lambda c: c.module, overflow="fold"),
+            _Column("lr", lambda c: f"{c.lr:g}"),
+            _Column("status", lambda c: c.status),
+            _Column("α", lambda c: _number(c.chosen_alpha)),
+            _Column("clean (%)", lambda c: _number(c.clean_accuracy)),
+            _Column("robust (%)", lambda c: _number(c.robust_accuracy))])
+    if not (curves.epochs or curves.interpolation or curves.candidates):
+        state.say("no curves yet")
 
 
 @jobs_app.command("report")

@@ -681,9 +681,19 @@ class RiftClient:
         return self._parse_items(response, Artifact)
 
     def get_artifact(self, job_id: str, name: str) -> Artifact:
-        """The record (size, SHA-256, URL) of one artifact; :class:`NotFoundError` if absent."""
+        """The record (size, SHA-256, URL) of one artifact. Absent: the service's own answer,
+        :class:`NotFoundError` (``artifact_not_found``) once the job succeeded, else
+        :class:`ConflictError` (``job_not_succeeded``, the job's status in ``details``)."""
         artifacts = self.list_artifacts(job_id)
         for artifact in artifacts:
+            if artifact.name == name:
+                return artifact
+        # Ask for the file itself (one byte at most, never a redirect), so the error says why it
+        # is missing, as the API words it: too early, a failed job, or no such name.
+        self._request("GET", f"/v1/jobs/{_segment(job_id)}/artifacts/{_segment(name)}",
+                      idempotent=True, params={"redirect": "false"},
+                      headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"})
+        for artifact in self.list_artifacts(job_id):  # made in between the two looks
             if artifact.name == name:
                 return artifact
         raise NotFoundError(
