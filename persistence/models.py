@@ -254,7 +254,8 @@ class Job(Base):
     device: Mapped[str | None] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # stage claims over all stages
-    selected_module: Mapped[str | None] = mapped_column(String(255))
+    # Module names are as long as a model's nesting makes them (no length bound).
+    selected_module: Mapped[str | None] = mapped_column(Text)
     chosen_alpha: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any] | None]
     # The X-Request-ID of the request that created the job; workers log it with the job id.
@@ -356,7 +357,7 @@ class MRCRow(Base):
     job_id: Mapped[str] = mapped_column(
         ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
-    module: Mapped[str] = mapped_column(String(255))
+    module: Mapped[str] = mapped_column(Text)
     parameters: Mapped[int] = mapped_column(BigInteger)
     mrc: Mapped[float] = mapped_column(Float)  # robust-loss increase under the weight perturbation
     worst_robust_loss: Mapped[float] = mapped_column(Float)
@@ -426,7 +427,7 @@ class SweepCandidate(LeasedPart, Base):
     __tablename__ = "sweep_candidates"
 
     candidate: Mapped[int] = mapped_column(Integer, primary_key=True)
-    module: Mapped[str] = mapped_column(String(255))
+    module: Mapped[str] = mapped_column(Text)
     lr: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (

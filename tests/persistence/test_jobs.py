@@ -201,6 +201,21 @@ def test_cancelling_a_running_job_asks_its_worker(
     assert event_kinds(sessions, job_id)[-2:] == ["cancel_requested", "job_cancelled"]
 
 
+def test_module_names_have_no_length_bound(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    """A deeply nested model's module path (here 400 characters) is recorded whole; the columns
+    were VARCHAR(255), which PostgreSQL refused mid-stage (migration 0016)."""
+    deep = ".".join(["encoder", *(f"block{i}" for i in range(60)), "proj"])
+    assert len(deep) > 255
+    rows = [{**MRC_ROWS[0], "name": deep}, MRC_ROWS[1]]
+    job_id = new_job()
+    claim(sessions, job_id)
+    finish(sessions, job_id, "mrc", outputs=StageOutputs(mrc_rows=rows, selected_module=deep))
+    with sessions() as session:
+        assert [row.module for row in jobs.get_mrc_rows(session, job_id)] == [deep, "fc"]
+        assert jobs.get_job(session, job_id).selected_module == deep
+
+
 def test_cancelling_between_stages_or_after_a_crash_ends_the_job(
         sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
     job_id = new_job()
