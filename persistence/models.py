@@ -73,6 +73,13 @@ class DatasetKind(enum.StrEnum):
     IMAGEFOLDER = "imagefolder"
 
 
+#: A module's dotted path: as long as a model's nesting makes it (PostgreSQL: TEXT, migration
+#: 0016). SQLite does not enforce declared lengths, and its tables keep the VARCHAR(255) they
+#: were made with: changing a type there means recreating the table, which with foreign keys on
+#: would cascade-delete the rows that reference it.
+MODULE_NAME = Text().with_variant(String(255), "sqlite")
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
@@ -254,8 +261,7 @@ class Job(Base):
     device: Mapped[str | None] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # stage claims over all stages
-    # Module names are as long as a model's nesting makes them (no length bound).
-    selected_module: Mapped[str | None] = mapped_column(Text)
+    selected_module: Mapped[str | None] = mapped_column(MODULE_NAME)
     chosen_alpha: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any] | None]
     # The X-Request-ID of the request that created the job; workers log it with the job id.
@@ -357,7 +363,7 @@ class MRCRow(Base):
     job_id: Mapped[str] = mapped_column(
         ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
-    module: Mapped[str] = mapped_column(Text)
+    module: Mapped[str] = mapped_column(MODULE_NAME)
     parameters: Mapped[int] = mapped_column(BigInteger)
     mrc: Mapped[float] = mapped_column(Float)  # robust-loss increase under the weight perturbation
     worst_robust_loss: Mapped[float] = mapped_column(Float)
@@ -427,7 +433,7 @@ class SweepCandidate(LeasedPart, Base):
     __tablename__ = "sweep_candidates"
 
     candidate: Mapped[int] = mapped_column(Integer, primary_key=True)
-    module: Mapped[str] = mapped_column(Text)
+    module: Mapped[str] = mapped_column(MODULE_NAME)
     lr: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (
