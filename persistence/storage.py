@@ -404,8 +404,12 @@ class LocalObjectStore(BaseObjectStore):
 
     def _path(self, key: str) -> Path:
         validate_key(key)
-        root = self.root.resolve()
-        path = (root / key).resolve()
+        try:
+            root = self.root.resolve()
+            path = (root / key).resolve()
+        except (RuntimeError, OSError) as exc:  # a symlink loop under the root: broken store
+            raise StoreUnavailable(f"the local object store cannot resolve {key!r} ({exc}); "
+                                   "check STORE_ROOT") from exc
         # resolve() follows symlinks, so a link inside the root that points out is caught too.
         if not path.is_relative_to(root) or path == root:
             raise InvalidKey(key, f"the key resolves outside the store root {str(root)!r}")
@@ -465,6 +469,10 @@ class LocalObjectStore(BaseObjectStore):
         except OSError as exc:
             raise self._unwritable(exc) from exc
 
+    def _unreadable(self, exc: OSError) -> StoreUnavailable:
+        return StoreUnavailable(f"the local object store cannot be read "
+                                f"({exc.strerror or type(exc).__name__}); check STORE_ROOT")
+
     def _unwritable(self, exc: OSError) -> StoreUnavailable:
         return StoreUnavailable(f"the local object store cannot be written "
                                 f"({exc.strerror or type(exc).__name__}); check STORE_ROOT")
@@ -479,6 +487,8 @@ class LocalObjectStore(BaseObjectStore):
             fh = open(path, "rb")  # noqa: SIM115 - closed by the generator below
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ObjectNotFound(key) from exc
+        except OSError as exc:  # permissions, an I/O error of the disk: the store's state
+            raise self._unreadable(exc) from exc
         try:
             # fstat of the open handle: the size of exactly the version being read, even if a
             # writer replaces the object meanwhile.
@@ -494,6 +504,8 @@ class LocalObjectStore(BaseObjectStore):
             stat = path.stat()
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise ObjectNotFound(key) from exc
+        except OSError as exc:
+            raise self._unreadable(exc) from exc
         if not path.is_file():
             raise ObjectNotFound(key)
         return stat.st_size
@@ -504,7 +516,8 @@ class LocalObjectStore(BaseObjectStore):
     def delete(self, key: str) -> None:
         path = self._path(key)
         if path.is_file():
-            path.unlink(missing_ok=True)
+            with self._writing():
+                path.unlink(missing_ok=True)
 
     def presigned_url(self, key: str, *, filename: str | None = None) -> str | None:
         """Always None: a folder has no URLs, so the API streams the object itself."""

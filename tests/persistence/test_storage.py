@@ -312,6 +312,26 @@ def test_local_write_when_root_is_not_a_folder_is_unavailable_not_a_bad_key(
         LocalObjectStore(blocked / "objects").put_bytes("checkpoints/x.bin", b"123")
 
 
+def test_local_store_damage_is_unavailable_not_a_server_error(tmp_path: Path) -> None:
+    """A symlink loop where an object should be, or a socket file in its place, is the store's
+    state (503 store_unavailable naming STORE_ROOT), not a RuntimeError/OSError (500)."""
+    import socket
+
+    store = LocalObjectStore(tmp_path / "objects")
+    store.put_bytes("jobs/a/loop.bin", b"x")
+    loop = tmp_path / "objects" / "jobs" / "a" / "loop.bin"
+    loop.unlink()
+    loop.symlink_to(loop.name)
+    for read in (store.size, store.get_bytes, store.delete, store.exists,
+                 lambda key: list(store.iter_range(key))):
+        with pytest.raises(StoreUnavailable, match="check STORE_ROOT"):
+            read("jobs/a/loop.bin")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "objects" / "jobs" / "a" / "sock.bin"))
+        with pytest.raises(StoreUnavailable, match="cannot be read"):
+            list(store.iter_range("jobs/a/sock.bin"))
+
+
 def test_local_write_on_a_full_disk_is_unavailable(tmp_path: Path) -> None:
     """A file-size limit (RLIMIT_FSIZE, in a child process) fails the write as a full disk does,
     with an OSError from the kernel: the store says it is unavailable and leaves no part file."""
