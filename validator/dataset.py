@@ -53,6 +53,8 @@ from rift.dataset_formats import (
     read_npy_header,
 )
 from rift.errors import DatasetError
+from rift.image_content import ExampleScan, check_summaries, faint_problem, one_class_problem
+from validator.image_sample import PixelSampler
 
 #: Bytes of array data read (and checked) at a time: bounds the checker's memory.
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -129,7 +131,8 @@ def inspect_dataset_file(path: str, display_name: str, max_unpacked_bytes: int) 
             return _inspect_npz(path, display_name, max_unpacked_bytes)
         if kind == "imagefolder":
             with open(path, "rb") as handle:
-                scan = scan_tar(handle, display_name, max_unpacked_bytes, full=True)
+                scan = scan_tar(handle, display_name, max_unpacked_bytes, full=True,
+                                sample=PixelSampler())
             return _imagefolder_layout(scan, display_name)
     except DatasetError:
         raise
@@ -169,9 +172,10 @@ def open_zip(source: str | IO[bytes], display_name: str) -> zipfile.ZipFile:
         raise DatasetError(f"{display_name} is not a readable .npz (zip) file: {exc}") from exc
 
 
-def _scan_values(archive: zipfile.ZipFile, key: str, scan: ValueScan) -> None:
-    """Read ``key``'s data in chunks and feed each to ``scan``; reading a member to its end
-    also checks its CRC."""
+def _scan_values(archive: zipfile.ZipFile, key: str, scan: ValueScan,
+                 examples: ExampleScan | None = None) -> None:
+    """Read ``key``'s data in chunks and feed each to ``scan`` (then to ``examples``, once its
+    values passed ``scan``'s rules); reading a member to its end also checks its CRC."""
     with archive.open(f"{key}.npy") as member:
         header = read_npy_header(member, key)
         itemsize = header.dtype.itemsize
@@ -182,7 +186,10 @@ def _scan_values(archive: zipfile.ZipFile, key: str, scan: ValueScan) -> None:
         while filled := member.readinto(buffer):  # type: ignore[attr-defined]
             if filled % itemsize:
                 raise DatasetError(f"key '{key}' is truncated")
-            scan.update(np.frombuffer(memoryview(buffer)[:filled], dtype=header.dtype))
+            chunk = np.frombuffer(memoryview(buffer)[:filled], dtype=header.dtype)
+            scan.update(chunk)
+            if examples is not None:
+                examples.update(chunk)
 
 
 def _read_through(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
@@ -232,18 +239,33 @@ def _inspect_npz_archive(path: str, display_name: str,
                                    f"'x_test' has {test_count} examples")
         check_enough_examples(count, "x_test" in headers, f"key 'x' in {display_name}", "x_test")
         labels = ValueScan("labels", "y")
+        train_labels: tuple[float | None, float | None] = (None, None)
         for key in headers:
             if key.startswith("y"):
                 labels.key = key
                 _scan_values(archive, key, labels)
             else:
                 scan = ValueScan(layout.content, key)
-                _scan_values(archive, key, scan)
+                header = headers[key]
+                examples = ExampleScan(key, int(np.prod(header.shape[1:], dtype=np.int64)),
+                                       images=layout.content == "images",
+                                       itemsize=header.dtype.itemsize)
+                _scan_values(archive, key, scan, examples)
                 scan.finish()
+                faint = (faint_problem(key, scan.maximum) if layout.content == "images"
+                         and header.dtype.kind == "f" and scan.maximum is not None else None)
+                if faint is not None:
+                    raise DatasetError(faint)
+                examples.finish()
+            if key == "y":
+                train_labels = (labels.minimum, labels.maximum)
         for info in infos:
             if info.filename[: -len(".npy")] not in headers:
                 _read_through(archive, info)
     assert labels.minimum is not None and labels.maximum is not None  # count > 0
+    low, high = train_labels
+    if low is not None and low == high:
+        raise DatasetError(one_class_problem("key 'y'", int(low)))
     return DatasetInspection(
         kind="npz", content=layout.content, image_shape=layout.image_shape,
         num_features=layout.num_features, num_examples=count,
@@ -288,13 +310,16 @@ class TarScan:
     #: of another size than that (bounded by the folders, like ``counts``).
     sizes: dict[tuple[str, ...], tuple[int, int]] = field(default_factory=dict)
     mixed_sizes: set[tuple[str, ...]] = field(default_factory=set)
+    #: The images decoded for the pixel rules (see ``validator.image_sample``); None: not sampled.
+    sample: PixelSampler | None = None
 
 
 def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
-             full: bool) -> TarScan:
+             full: bool, sample: PixelSampler | None = None) -> TarScan:
     """Check every member of the tar read from ``handle`` against the member policy and the size
     bound, and read each image's header (size, greyness); with ``full`` false, stop at the first
-    image (enough to learn the image size).
+    image (enough to learn the image size). ``sample`` decodes a bounded sample of the images
+    for the pixel rules (see ``validator.image_sample``).
 
     Raises:
         DatasetError: an unsafe member, too many members or bytes, or not a readable tar.
@@ -335,7 +360,9 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                 # The stream passes over every member's bytes anyway; parsing an image's header as
                 # well (no decoding) took 53 µs an image, against 40 µs for the member itself
                 # (20,000 28×28 PNGs, one CPU core of our 2-core test machine).
-                probe = _probe_image(archive.extractfile(member))
+                reader = archive.extractfile(member)
+                data = reader.read(MAX_PROBE_IMAGE_BYTES) if reader is not None else b""
+                probe = _probe_image(data)
                 # An unreadable image counts for neither; one in a folder the library reads
                 # refuses the upload (see _imagefolder_layout). A file past the probe's bytes
                 # is not judged (a TIFF may keep its header at the end).
@@ -345,6 +372,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                         mixed_sizes.add(prefix)
                     if not probe.grey:
                         colour.add(prefix)
+                    if sample is not None:
+                        sample.offer(parts, prefix, member.name, data, probe.size)
                 elif member.size <= MAX_PROBE_IMAGE_BYTES:
                     unreadable.setdefault(prefix, member.name)
                 if not full:
@@ -352,7 +381,7 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise DatasetError(f"{display_name} is not a readable tar archive: {exc}") from exc
     return TarScan(sorted(files), sorted(entries), num_images, first, sorted(colour), unreadable,
-                   counts, sizes, mixed_sizes)
+                   counts, sizes, mixed_sizes, sample)
 
 
 def _marked(parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -407,6 +436,11 @@ def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
                 f"{display_name}: {name!r} is not an image Pillow can read (damaged, not the "
                 "format its name says, or more pixels than Pillow's limit); the job would fail "
                 "reading it: replace or remove it")
+    if scan.sample is not None:
+        _check_pixels(scan.sample, root, read, len(classes), has_train, display_name)
+    if len(classes) == 1:
+        raise DatasetError(one_class_problem(f"{display_name}'s class folders",
+                                             f"'{classes[0]}' (the only class folder)"))
     read_prefixes = [prefix for prefix in scan.sizes if prefix[: len(root)] == root
                      and any(prefix[len(root):][: len(folder)] == folder for folder in read)]
     # The library sizes every image like the first training image unless told to resize.
@@ -424,15 +458,39 @@ def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
         label_max=len(classes) - 1, image_sizes_differ=sizes_differ)
 
 
-def _probe_image(member: IO[bytes] | None) -> ImageProbe | None:
+def _check_pixels(sample: PixelSampler, root: tuple[str, ...], read: list[tuple[str, ...]],
+                  num_classes: int, has_train: bool, display_name: str) -> None:
+    """Apply the pixel rules (``rift.image_content.check_summaries``) to the decoded images of
+    each split the library reads: the training class folders (``read[:num_classes]``) and the
+    held-out folder (the rest of ``read``), each named in the message."""
+    train = "/".join((*root, TRAIN_FOLDER) if has_train else root) or "the top level"
+    splits = [(read[:num_classes],
+               f"{display_name}'s training images (class folders in {train})")]
+    if len(read) > num_classes:
+        held_out = "/".join((*root, *read[-1]))
+        splits.append((read[num_classes:], f"{display_name}'s held-out images ({held_out}/)"))
+    for folders, where in splits:
+        images = [image for image in sample.decoded if image.prefix[: len(root)] == root
+                  and any(image.prefix[len(root):][: len(f)] == f for f in folders)]
+        for image in images:
+            if image.problem is not None:
+                raise DatasetError(f"{where}: {image.problem}; the job would fail reading it: "
+                                   "replace or remove it")
+        summaries = [image.summary for image in images if image.summary is not None]
+        spread = [image.summary for image in images
+                  if image.summary is not None and sample.final(image)]
+        check_summaries(where, spread, summaries)
+
+
+def _probe_image(data: bytes) -> ImageProbe | None:
     # Only the header is parsed; the first MAX_PROBE_IMAGE_BYTES hold it for every format read
     # (a TIFF may keep its directory at the end: a larger one is then not probed).
-    if member is None:
+    if not data:
         return None
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(member.read(MAX_PROBE_IMAGE_BYTES))) as image:
+        with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             palette = image.getpalette("RGB") if image.mode in PALETTE_MODES else None
             grey = is_grey_image(image.mode, palette)

@@ -35,15 +35,14 @@ from rift.dataset_formats import (
     ANNOTATIONS,
     HELD_OUT_FOLDERS,
     IMAGE_SUFFIXES,
-    PALETTE_MODES,
     TRAIN_FOLDER,
     ImageChannels,
     imagefolder_channels,
-    is_grey_image,
     is_hidden,
     is_image_file,
 )
 from rift.errors import DatasetError
+from rift.image_content import decode_8bit
 
 TEST_FRACTION = 0.2  # held out as test when the tree has no labelled val/test folder
 
@@ -113,24 +112,6 @@ def _held_out(root: Path, classes: list[str]) -> Labelled | None:
     return None
 
 
-def _decoded(image: Image.Image, path: Path) -> tuple[Image.Image, bool]:
-    """``image`` as 8-bit grey ("L") or RGB, and whether the file is greyscale (see
-    ``is_grey_image``). ``convert`` clips wider pixel values to 255 instead of scaling them (a
-    16-bit PNG comes out nearly all white, a float TIFF in [0, 1] all black), so 16-bit images
-    are scaled to 8 bits here, and 32-bit integer or float images, whose range no file states,
-    are refused."""
-    palette = image.getpalette("RGB") if image.mode in PALETTE_MODES else None
-    grey = is_grey_image(image.mode, palette)
-    if image.mode.startswith("I;16"):
-        wide = np.asarray(image).astype(np.uint32)
-        return Image.fromarray(((wide + 128) // 257).astype(np.uint8), mode="L"), True
-    if image.mode in ("I", "F"):
-        raise DatasetError(
-            f"image {path} has {'32-bit integer' if image.mode == 'I' else 'floating-point'} "
-            f"pixels (mode {image.mode!r}) with no fixed range; save it with 8- or 16-bit pixels")
-    return image.convert("L" if grey else "RGB"), grey
-
-
 @dataclass(frozen=True)
 class _Pixels:
     """Decoded images, (N, H, W, 3) uint8 (greyscale ones copied to the three channels), and
@@ -152,7 +133,7 @@ def _read_images(files: list[Path], size: tuple[int, int], resize: bool,
     def read(i: int) -> None:
         try:
             with Image.open(files[i]) as image:
-                decoded, grey[i] = _decoded(image, files[i])
+                decoded, grey[i] = decode_8bit(image, files[i])
         # DecompressionBombError: more pixels than Pillow's limit (an Exception, not an OSError).
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DatasetError(f"cannot read image {files[i]}: {exc}") from exc

@@ -21,6 +21,13 @@ def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(checker, "CHUNK_BYTES", 64)
 
 
+def varied(shape: tuple[int, ...], dtype: type = np.uint8) -> np.ndarray:
+    """Images whose pixels vary within each image and from one image to the next (constant or
+    identical images are refused): 8-bit values 2..252, or those / 255 for floats."""
+    values = (np.arange(int(np.prod(shape))) * 37 % 251 + 2).reshape(shape)
+    return values.astype(np.uint8) if dtype == np.uint8 else (values / 255).astype(dtype)
+
+
 def write(path: Path, compressed: bool = True, **arrays: np.ndarray) -> str:
     (np.savez_compressed if compressed else np.savez)(path, **arrays)
     return str(path)
@@ -41,8 +48,8 @@ def test_a_bad_value_anywhere_is_found(tmp_path: Path, compressed: bool) -> None
 
 def test_labels_give_classes_and_range(tmp_path: Path) -> None:
     labels = np.arange(40, dtype=np.int16) % 5 + 2  # 2..6
-    path = write(tmp_path / "d.npz", x=np.zeros((40, 8, 8, 3), np.uint8), y=labels,
-                 x_test=np.zeros((3, 8, 8, 3), np.uint8), y_test=np.array([[9], [2], [3]]))
+    path = write(tmp_path / "d.npz", x=varied((40, 8, 8, 3)), y=labels,
+                 x_test=varied((3, 8, 8, 3)), y_test=np.array([[9], [2], [3]]))
     found = inspect_dataset_file(path, "d.npz", 10**9)
     assert (found.content, found.image_shape, found.num_examples) == ("images", (3, 8, 8), 40)
     assert (found.label_min, found.label_max, found.num_classes) == (2, 9, 10)
@@ -59,11 +66,11 @@ def test_labels_give_classes_and_range(tmp_path: Path) -> None:
     ({"x_test": np.ones((2, 8, 8), np.uint8), "y_test": np.zeros(2, np.int64)},
      "'x_test': uint8 images are read as value / 255"),
     # Before: accepted on upload, and every job failed splitting it.
-    ({"x": np.full((2, 8, 8), 200, np.uint8), "y": np.array([0, 1])},
+    ({"x": varied((2, 8, 8)), "y": np.array([0, 1])},
      "'x' in d.npz: 2 training example.s.; a run needs at least 3: one to train on, one for the "
      "validation split and, as there is no x_test, one for the test split"),
-    ({"x": np.full((1, 8, 8), 200, np.uint8), "y": np.array([0]),
-      "x_test": np.full((1, 8, 8), 200, np.uint8), "y_test": np.array([0])},
+    ({"x": varied((1, 8, 8)), "y": np.array([0]),
+      "x_test": varied((1, 8, 8)), "y_test": np.array([0])},
      "'x' in d.npz: 1 training example.s.; a run needs at least 2: one to train on, one for the "
      "validation split$"),
 ])
@@ -72,7 +79,7 @@ def test_the_upload_refuses_what_the_loader_refuses(tmp_path: Path, arrays: dict
     from rift.config import DatasetSpec
     from rift.data import load_dataset
 
-    good = {"x": np.full((10, 8, 8), 200, np.uint8), "y": np.arange(10) % 2}
+    good = {"x": varied((10, 8, 8)), "y": np.arange(10) % 2}
     path = write(tmp_path / "d.npz", **{**good, **arrays})
     with pytest.raises(DatasetError, match=says.replace("d.npz", ".*d.npz")):
         inspect_dataset_file(path, "d.npz", 10**9)
@@ -82,7 +89,7 @@ def test_the_upload_refuses_what_the_loader_refuses(tmp_path: Path, arrays: dict
 
 def test_float_channels_last_images_record_their_channels(tmp_path: Path) -> None:
     # What the worker's loader will read (rift.data.npz), the upload records: 3 channels, 12×12.
-    path = write(tmp_path / "d.npz", x=np.full((10, 12, 12, 3), 0.5, np.float32),
+    path = write(tmp_path / "d.npz", x=varied((10, 12, 12, 3), np.float32),
                  y=np.arange(10) % 2)
     assert inspect_dataset_file(path, "d.npz", 10**9).image_shape == (3, 12, 12)
 
@@ -100,7 +107,7 @@ def test_feature_vectors_any_finite_range(tmp_path: Path) -> None:
 
 def test_a_corrupt_extra_member_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
-    write(path, compressed=False, x=np.zeros((10, 8, 8), np.uint8), y=np.zeros(10, np.int64))
+    write(path, compressed=False, x=varied((10, 8, 8)), y=np.arange(10) % 2)
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr("notes.txt", b"hello world" * 20)
     data = bytearray(path.read_bytes())
@@ -117,7 +124,7 @@ def test_memory_stays_flat_for_a_large_array(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr(checker, "CHUNK_BYTES", 8 * 1024 * 1024)
     buffer = io.BytesIO()
-    np.savez(buffer, x=np.zeros((250, 1, 256, 256), np.float32), y=np.zeros(250, np.int64))
+    np.savez(buffer, x=varied((250, 1, 256, 256), np.float32), y=np.arange(250) % 2)
     path = tmp_path / "big.npz"
     path.write_bytes(buffer.getvalue())
     del buffer

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +26,26 @@ def _save(path: Path, image: Image.Image) -> None:
     image.save(path)
 
 
-def _grey(level: int = 90) -> Image.Image:
-    return Image.new("L", SIZE, level)
+def _ramp(start: int, size: tuple[int, int] = SIZE) -> np.ndarray:
+    # Pixels that vary (constant or identical images are refused), starting at ``start``.
+    width, height = size
+    return ((start + np.arange(height * width)) % 256).astype(np.uint8).reshape(height, width)
 
 
-def _colour() -> Image.Image:
-    return Image.new("RGB", SIZE, (200, 10, 10))
+def _grey(level: int = 90, size: tuple[int, int] = SIZE) -> Image.Image:
+    return Image.fromarray(_ramp(level, size))
 
 
-def _classes(folder: Path, per_class: int = 3, image: Image.Image | None = None) -> None:
-    for name in ("ant", "bee"):
+def _colour(shift: int = 0) -> Image.Image:
+    red = _ramp(150 + shift)
+    return Image.fromarray(np.stack([red, red // 16, red // 16], axis=-1))
+
+
+def _classes(folder: Path, per_class: int = 3,
+             image: Callable[[int], Image.Image] = _grey) -> None:
+    for number, name in enumerate(("ant", "bee")):
         for i in range(per_class):
-            _save(folder / name / f"{i}.png", image or _grey(40 + 60 * i))
+            _save(folder / name / f"{i}.png", image(40 + 60 * i + 7 * number))
 
 
 def _tar(tree: Path, path: Path) -> str:
@@ -51,7 +60,8 @@ def _grey_tree(root: Path) -> None:
 
 
 def _sixteen_bit(root: Path) -> None:
-    _classes(root, per_class=3, image=Image.fromarray(np.full((9, 7), 5000, np.uint16)))
+    _classes(root, per_class=3,
+             image=lambda start: Image.fromarray(_ramp(start).astype(np.uint16) * 50 + 5000))
 
 
 def _colour_in_val(root: Path) -> None:
@@ -68,7 +78,7 @@ def _colour_in_unread_test(root: Path) -> None:
 def _colour_in_read_test(root: Path) -> None:
     # No labelled val/: test/ with class folders is the held-out split the library reads.
     _classes(root / "train")
-    _classes(root / "test", per_class=1, image=_colour())
+    _classes(root / "test", per_class=1, image=_colour)
 
 
 def _grey_palette(root: Path) -> None:
@@ -106,7 +116,7 @@ def test_the_first_image_scan_knows_colour_but_not_all_grey(tmp_path: Path) -> N
         scan = scan_tar(handle, "g.tgz", 10**9, full=False)
     assert scan.first is not None and (scan.first.height, scan.first.width) == (9, 7)
     assert scan.first.grey
-    _classes(tmp_path / "colour", image=_colour())
+    _classes(tmp_path / "colour", image=_colour)
     with open(_tar(tmp_path / "colour", tmp_path / "c.tgz"), "rb") as handle:
         assert not scan_tar(handle, "c.tgz", 10**9, full=False).first.grey  # type: ignore[union-attr]
 
@@ -154,10 +164,10 @@ def _unpacked(tmp_path: Path, member: str) -> Path:
 def test_too_few_training_images_for_any_run_are_refused(tmp_path: Path, held_out: bool,
                                                          says: str | None) -> None:
     # Before: accepted on upload, and every job failed splitting them.
-    for name in ("ant", "bee"):
-        _save(tmp_path / "tree" / "train" / name / "0.png", _grey())
+    for number, name in enumerate(("ant", "bee")):
+        _save(tmp_path / "tree" / "train" / name / "0.png", _grey(number))
         if held_out:
-            _save(tmp_path / "tree" / "val" / name / "0.png", _grey())
+            _save(tmp_path / "tree" / "val" / name / "0.png", _grey(number + 2))
     path = _tar(tmp_path / "tree", tmp_path / "t.tar")
     if says is None:
         assert inspect_dataset_file(path, "t.tar", 10**9).num_classes == 2
@@ -168,7 +178,7 @@ def test_too_few_training_images_for_any_run_are_refused(tmp_path: Path, held_ou
 
 
 def _larger() -> Image.Image:
-    return Image.new("L", (SIZE[0] + 4, SIZE[1] + 2), 90)
+    return _grey(90, (SIZE[0] + 4, SIZE[1] + 2))
 
 
 SIZED_TREES = {
