@@ -31,7 +31,7 @@ from persistence.models import Checkpoint, Dataset
 from persistence.storage import ObjectStore
 from rift.attack_radius import check_attack_radius
 from rift.config import DomainBounds, RiftConfig
-from rift.dataset_formats import imagefolder_channels_hint
+from rift.dataset_formats import SERVICE_MIN_IMAGE_SIDE, imagefolder_channels_hint
 from rift.errors import CheckpointMismatchError, ConfigError, RiftError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -177,7 +177,24 @@ def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec,
         geometry = uploaded_dataset_geometry(store, row, dataset)
     except RiftError as exc:
         raise from_rift_error(exc, field="dataset_id") from exc
+    _check_image_side(row, geometry)
     return ResolvedDataset(row, geometry)
+
+
+def _check_image_side(row: Dataset, geometry: Geometry) -> None:
+    # An ImageFolder upload may hold images under the service's 8 px (an npz may not: its size
+    # is final), since config.dataset.image_size can resize them; unresized, the library reads
+    # them as they are, and small_cnn or a ResNet then runs on 5×5 images without complaint.
+    height, width = geometry.image_size, geometry.image_width or geometry.image_size
+    if height is None or width is None or min(height, width) >= SERVICE_MIN_IMAGE_SIDE:
+        return
+    raise InvalidInput(
+        f"dataset {row.id}'s images are {height}×{width} pixels (height × width); the service "
+        f"takes images of at least {SERVICE_MIN_IMAGE_SIDE} pixels a side: set "
+        f"config.dataset.image_size (at least {SERVICE_MIN_IMAGE_SIDE}) to resize them",
+        field="config.dataset.image_size", code="images_too_small",
+        details={"image_height": height, "image_width": width,
+                 "minimum_side": SERVICE_MIN_IMAGE_SIDE})
 
 
 def _check_classes(row: Dataset, num_classes: int) -> None:

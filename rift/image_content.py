@@ -11,6 +11,7 @@ ImageFolder tree):
 - every image the same as the first (a broadcast or a copy loop gone wrong), from two images up;
 - 8-bit pixels whose largest value is 1 (0/1 masks saved unscaled, read as near-black images; the
   rule :class:`rift.dataset_formats.ValueScan` applies to uint8 npz arrays);
+- float pixels (npz) whose largest value is at most 1/255: 8-bit pixels divided by 255 twice;
 - every training label the same class (the model learns one answer).
 """
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import uvicorn
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +20,15 @@ from api.dispatch import DispatchError
 from persistence.models import Checkpoint, Dataset, Job
 from persistence.settings import Settings
 from tests.service_fixtures import WorkerProcess, launch_worker
+
+
+def varied_images(shape: tuple[int, ...], dtype: Any = np.uint8, seed: int = 0) -> np.ndarray:
+    """Random images of ``shape`` (uint8 0–255, or floats in [0, 1]): uploads refuse data sets of
+    constant or identical images, so fixtures that only need some valid images use these."""
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype) == np.uint8:
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.random(shape).astype(dtype)
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -4,6 +4,7 @@ unsafe or malformed archives are 422 naming the problem and leave nothing behind
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import tarfile
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from persistence.models import Dataset
-from tests.api.helpers import MIB, Api, error_of
+from tests.api.helpers import MIB, Api, error_of, varied_images
 
 pytestmark = pytest.mark.service
 
@@ -22,23 +23,39 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+#: Each image made below differs from the others: uploads refuse constant or identical images.
+_IMAGES_MADE = itertools.count()
+
+
+def _around(value: int, width: int, height: int) -> np.ndarray:
+    """(height, width) pixels near ``value`` (0–255) that vary within the image, and from one
+    call to the next."""
+    shift = next(_IMAGES_MADE)
+    ramp = (np.arange(height * width).reshape(height, width) + 5 * shift) % 24
+    return np.clip(value - 12 + ramp, 0, 255)
+
+
 def png_bytes(width: int = 12, height: int = 10, value: int = 128) -> bytes:
+    """A colour PNG whose red is near ``value`` and blue near 255 - ``value``."""
     from PIL import Image
 
+    red = _around(value, width, height)
+    pixels = np.stack([red, np.zeros_like(red), 255 - red], axis=-1).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (value, 0, 255 - value)).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 def grey_png_bytes(width: int = 12, height: int = 10, value: int = 128, mode: str = "L") -> bytes:
-    """A greyscale PNG: 8-bit (``L``) or, with ``mode="I;16"``, 16-bit of the same grey."""
+    """A greyscale PNG near grey ``value``: 8-bit (``L``) or, with ``mode="I;16"``, 16-bit."""
     from PIL import Image
 
+    grey = _around(value, width, height)
     buffer = io.BytesIO()
     if mode == "I;16":
-        Image.fromarray(np.full((height, width), value * 257, np.uint16)).save(buffer, "PNG")
+        Image.fromarray((grey * 257).astype(np.uint16)).save(buffer, "PNG")
     else:
-        Image.new(mode, (width, height), value).save(buffer, format="PNG")
+        Image.fromarray(grey.astype(np.uint8)).convert(mode).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -102,7 +119,7 @@ def test_feature_vectors_upload(api: Api) -> None:
 
 
 def test_bad_values_are_refused_at_upload(api: Api) -> None:
-    images = np.full((12, 1, 8, 8), 0.5, np.float32)
+    images = varied_images((12, 1, 8, 8), np.float32)
     nan_late = images.copy()
     nan_late[-1, 0, 7, 7] = np.nan  # the very last value: every value is read
     cases = {
@@ -129,7 +146,7 @@ def test_bad_values_are_refused_at_upload(api: Api) -> None:
 def test_labels_needing_more_classes_than_any_model_are_refused(api: Api) -> None:
     # Before: a label of 2**40 was a 422 invalid_value with field null (its class count
     # overflowed the database column); no architecture has more than 100,000 classes.
-    images = np.zeros((4, 8, 8, 1), np.uint8)
+    images = varied_images((4, 8, 8, 1))
     for largest in (2**40, 100_000, np.iinfo(np.uint64).max):
         labels = np.array([0, 1, 2, largest], np.uint64 if largest > 2**62 else np.int64)
         response = upload(api, "wide.npz", npz_bytes(x=images, y=labels))
@@ -158,7 +175,7 @@ def encrypted_flag(zip_bytes: bytes) -> bytes:
 
 
 def test_bad_npz_archives_are_refused(api: Api) -> None:
-    x = np.zeros((5, 8, 8), dtype=np.float32)
+    x = varied_images((5, 8, 8), np.float32)
     buffer = io.BytesIO()
     np.savez(buffer, x=x, y=np.zeros(5, dtype=np.int64))
     cases = {

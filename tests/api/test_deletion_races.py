@@ -18,7 +18,7 @@ from sqlalchemy import delete
 from api.services import deletion
 from api.services import jobs as job_service
 from persistence.models import Checkpoint, Dataset
-from tests.api.helpers import Api, digits_config, error_of, upload_checkpoint
+from tests.api.helpers import Api, digits_config, error_of, upload_checkpoint, varied_images
 from tests.api.test_datasets import npz_bytes
 
 pytestmark = pytest.mark.service
@@ -52,7 +52,7 @@ def test_a_dataset_deleted_while_its_job_is_checked_is_422_unknown_dataset(
     api: Api, small_cnn_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checkpoint_id = upload_checkpoint(api, small_cnn_file)["id"]
-    images = np.zeros((20, 8, 8, 1), np.uint8)
+    images = varied_images((20, 8, 8, 1))
     dataset = api.client.post("/v1/datasets", files={"file": ("d.npz", npz_bytes(
         x=images, y=np.arange(20) % 10))}).json()
     checked = job_service.check_active_jobs
@@ -81,7 +81,7 @@ def test_a_job_created_during_a_delete_makes_it_409_in_use(
     target = checkpoint_id
     if resource == "datasets":
         dataset = api.client.post("/v1/datasets", files={"file": ("d.npz", npz_bytes(
-            x=np.zeros((20, 8, 8, 1), np.uint8), y=np.arange(20) % 10))}).json()
+            x=varied_images((20, 8, 8, 1)), y=np.arange(20) % 10))}).json()
         body.update(dataset_id=dataset["id"], config=digits_config(dataset={"name": "npz"}))
         target = dataset["id"]
     job = api.client.post("/v1/jobs", json=body)

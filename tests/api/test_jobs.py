@@ -14,7 +14,14 @@ import pytest
 from sqlalchemy import select
 
 from persistence.models import Checkpoint, Job
-from tests.api.helpers import Api, digits_config, error_of, small_cnn_state, upload_checkpoint
+from tests.api.helpers import (
+    Api,
+    digits_config,
+    error_of,
+    small_cnn_state,
+    upload_checkpoint,
+    varied_images,
+)
 
 pytestmark = pytest.mark.service
 
@@ -281,7 +288,7 @@ def test_jobs_on_uploaded_datasets(api: Api, checkpoint_id: str) -> None:
     import io
 
     buffer = io.BytesIO()
-    np.savez(buffer, x=np.zeros((20, 8, 8), np.float32), y=np.arange(20) % 10)
+    np.savez(buffer, x=varied_images((20, 8, 8), np.float32), y=np.arange(20) % 10)
     dataset = api.client.post("/v1/datasets", files={"file": ("d.npz", buffer.getvalue())}).json()
 
     wrong_kind = create(api, job_body(checkpoint_id, dataset_id=dataset["id"],
@@ -298,7 +305,7 @@ def test_jobs_on_uploaded_datasets(api: Api, checkpoint_id: str) -> None:
 
     # A 3-channel npz needs a 3-channel model: the 1-channel checkpoint does not fit.
     buffer = io.BytesIO()
-    np.savez(buffer, x=np.zeros((20, 8, 8, 3), np.uint8), y=np.arange(20) % 10)
+    np.savez(buffer, x=varied_images((20, 8, 8, 3)), y=np.arange(20) % 10)
     rgb = api.client.post("/v1/datasets", files={"file": ("rgb.npz", buffer.getvalue())}).json()
     mismatch = create(api, job_body(checkpoint_id, dataset_id=rgb["id"],
                                     config=digits_config(dataset={"name": "npz"})))
@@ -335,7 +342,7 @@ def test_a_model_that_cannot_take_the_uploaded_images_is_422(api: Api, tmp_path:
     datasets = {}
     for width in (8, 12):
         buffer = io.BytesIO()
-        np.savez(buffer, x=np.full((20, 8, width), 0.5, np.float32), y=np.arange(20) % 10)
+        np.savez(buffer, x=varied_images((20, 8, width), np.float32), y=np.arange(20) % 10)
         datasets[width] = api.client.post(
             "/v1/datasets", files={"file": (f"w{width}.npz", buffer.getvalue())}).json()["id"]
     config = digits_config(architecture=architecture, dataset={"name": "npz"})
@@ -427,8 +434,8 @@ def test_more_classes_than_the_architecture_is_422_naming_both(api: Api,
 
     buffer = io.BytesIO()
     # Labels 0..11 (12 classes, the largest in the test split) for a 10-class small_cnn.
-    np.savez(buffer, x=np.zeros((20, 8, 8), np.float32), y=np.arange(20) % 10,
-             x_test=np.zeros((2, 8, 8), np.float32), y_test=np.array([3, 11]))
+    np.savez(buffer, x=varied_images((20, 8, 8), np.float32), y=np.arange(20) % 10,
+             x_test=varied_images((2, 8, 8), np.float32), y_test=np.array([3, 11]))
     dataset = api.client.post("/v1/datasets", files={"file": ("d.npz", buffer.getvalue())}).json()
     assert (dataset["num_classes"], dataset["label_max"]) == (12, 11)
     response = create(api, job_body(checkpoint_id, dataset_id=dataset["id"],
@@ -447,7 +454,7 @@ def test_labels_counted_from_one_are_explained_at_creation(api: Api, checkpoint_
 
     buffer = io.BytesIO()
     # Ten classes labelled 1 to 10 count 11 for a 10-class model: renumbering is the fix.
-    np.savez(buffer, x=np.full((20, 8, 8), 0.5, np.float32), y=np.arange(20) % 10 + 1)
+    np.savez(buffer, x=varied_images((20, 8, 8), np.float32), y=np.arange(20) % 10 + 1)
     dataset = api.client.post("/v1/datasets", files={"file": ("d.npz", buffer.getvalue())}).json()
     response = create(api, job_body(checkpoint_id, dataset_id=dataset["id"],
                                     config=digits_config(dataset={"name": "npz"})))
@@ -688,8 +695,9 @@ def test_a_job_may_ask_for_a_shorter_time_limit_than_the_service(api: Api,
 
 def test_an_imagefolder_of_several_image_sizes_needs_image_size(api: Api,
                                                                checkpoint_id: str) -> None:
-    """Unresized, the job would fail reading the tree: the upload records that its sizes differ
-    and job creation asks for ``dataset.image_size`` (which resizes them) by name."""
+    """Unresized, the job would fail reading the tree (or, with images under 8 px, run on them):
+    the upload records that its sizes differ (and its size), and job creation asks for
+    ``dataset.image_size`` (which resizes them) by name."""
     from tests.api.test_datasets import grey_png_bytes, npz_bytes, tar_bytes
 
     members = {f"d/{c}/{i}.png": grey_png_bytes(8, 8) for c in ("a", "b") for i in range(2)}
@@ -699,8 +707,8 @@ def test_an_imagefolder_of_several_image_sizes_needs_image_size(api: Api,
     assert record.json()["image_sizes_differ"] is True
     assert api.client.get(f"/v1/datasets/{record.json()['id']}").json()["image_sizes_differ"]
 
-    def job(**dataset: Any) -> Any:
-        return create(api, job_body(checkpoint_id, dataset_id=record.json()["id"],
+    def job(uploaded: Any = record, **dataset: Any) -> Any:
+        return create(api, job_body(checkpoint_id, dataset_id=uploaded.json()["id"],
                                     config=digits_config(dataset={"name": "imagefolder",
                                                                   **dataset})))
 
@@ -716,6 +724,22 @@ def test_an_imagefolder_of_several_image_sizes_needs_image_size(api: Api,
     same = api.client.post("/v1/datasets", files={"file": ("same.tgz", tar_bytes(one_size))})
     assert same.json()["image_sizes_differ"] is False
     npz = api.client.post("/v1/datasets", files={"file": ("d.npz", npz_bytes(
-        x=np.zeros((4, 1, 8, 8), np.float32), y=np.arange(4) % 2))})
+        x=varied_images((4, 1, 8, 8), np.float32), y=np.arange(4) % 2))})
     assert npz.status_code == 201, npz.text
     assert npz.json()["image_sizes_differ"] is None  # one array: one size
+
+    # Before: images under 8 px passed the upload (a resize may fix them) and job creation too
+    # (small_cnn takes any size), and the job ran on 6×5 images; now creation asks for the resize.
+    small = {f"d/{c}/{i}.png": grey_png_bytes(5, 6) for c in ("a", "b") for i in range(2)}
+    tiny = api.client.post("/v1/datasets", files={"file": ("small.tgz", tar_bytes(small))})
+    assert tiny.status_code == 201, tiny.text
+    assert tiny.json()["image_shape"] == [1, 6, 5]
+    unresized = job(tiny)
+    assert unresized.status_code == 422, unresized.text
+    error = error_of(unresized)
+    assert (error["field"], error["code"]) == ("config.dataset.image_size", "images_too_small")
+    assert error["message"] == (
+        f"dataset {tiny.json()['id']}'s images are 6×5 pixels (height × width); the service "
+        "takes images of at least 8 pixels a side: set config.dataset.image_size (at least 8) "
+        "to resize them")
+    assert job(tiny, image_size=8).status_code == 201

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import update
 
 from persistence.models import Checkpoint, Dataset, Project
-from tests.api.helpers import Api, error_of, make_key
+from tests.api.helpers import Api, error_of, make_key, varied_images
 from tests.api.test_datasets import npz_bytes
 
 ROUTES = {"checkpoints": (Checkpoint, "checkpoint"), "datasets": (Dataset, "dataset")}
@@ -29,9 +29,8 @@ def _files(route: str, small_cnn_file: Path) -> tuple[str, bytes, bytes]:
         other = small_cnn_file.with_name("other.safetensors")
         save_safetensors(other, small_cnn_state(seed=1))
         return "m.safetensors", small_cnn_file.read_bytes(), other.read_bytes()
-    images = np.zeros((8, 8, 8, 1), np.uint8)
-    return ("d.npz", npz_bytes(x=images, y=np.arange(8) % 2),
-            npz_bytes(x=images + 1, y=np.arange(8) % 2))
+    return ("d.npz", npz_bytes(x=varied_images((8, 8, 8, 1)), y=np.arange(8) % 2),
+            npz_bytes(x=varied_images((8, 8, 8, 1), seed=1), y=np.arange(8) % 2))
 
 
 def _post(client: httpx.Client, route: str, name: str, content: bytes,

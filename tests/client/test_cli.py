@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.helpers import digits_config
+from tests.api.helpers import digits_config, varied_images
 from tests.client.conftest import RunningApi
 from tests.client.helpers import CliResult, ScriptedReply, ScriptedServer, run_riftctl
 
@@ -203,7 +203,7 @@ def test_checkpoints_and_datasets_list(cli: Cli, checkpoint_file: Path, tmp_path
 
     path = tmp_path / "tiny.npz"
     buffer = io.BytesIO()
-    np.savez(buffer, x=np.zeros((20, 8, 8), np.float32), y=np.arange(20) % 10)
+    np.savez(buffer, x=varied_images((20, 8, 8), np.float32), y=np.arange(20) % 10)
     path.write_bytes(buffer.getvalue())
     dataset = cli("-o", "json", "datasets", "upload", str(path)).json()
     shown = cli("-o", "json", "datasets", "list", "--kind", "npz")
@@ -231,7 +231,7 @@ def test_dataset_upload_get_delete(cli: Cli, tmp_path: Path) -> None:
 
     path = tmp_path / "tiny.npz"
     buffer = io.BytesIO()
-    np.savez(buffer, x=np.zeros((20, 8, 8), np.float32), y=np.arange(20) % 10)
+    np.savez(buffer, x=varied_images((20, 8, 8), np.float32), y=np.arange(20) % 10)
     path.write_bytes(buffer.getvalue())
     uploaded = cli("-o", "json", "datasets", "upload", str(path))
     assert uploaded.exit_code == 0, uploaded.stderr

@@ -36,7 +36,7 @@ from rift_client import (
     Webhook,
     verify_webhook,
 )
-from tests.api.helpers import digits_config
+from tests.api.helpers import digits_config, varied_images
 from tests.client.conftest import FAST_RETRY, MAX_UPLOAD_BYTES, RunningApi
 from tests.client.helpers import ScriptedReply, ScriptedServer
 from tests.webhook_receiver import Receiver
@@ -140,7 +140,7 @@ def test_list_jobs_follows_the_cursor_pages(rift: RiftClient, checkpoint_file: P
 def _npz_file(folder: Path, name: str, examples: int) -> Path:
     path = folder / name
     buffer = io.BytesIO()
-    np.savez(buffer, x=np.zeros((examples, 8, 8), np.float32), y=np.arange(examples) % 10)
+    np.savez(buffer, x=varied_images((examples, 8, 8), np.float32), y=np.arange(examples) % 10)
     path.write_bytes(buffer.getvalue())
     return path
 
