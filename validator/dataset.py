@@ -7,10 +7,13 @@ chunks of :data:`CHUNK_BYTES` (their headers first: object arrays, which would u
 refused), so every value is checked (finite; float images in [0, 1]; uint8 images not only
 0s and 1s; labels integers >= 0) while
 memory stays flat whatever the archive's size; tar members are checked from their headers (the
-member policy of ``rift.dataset_formats``), and each image's own header is read (nothing is
-decoded) for the image size and for whether it is greyscale: a tree whose images are all greyscale
+member policy of ``rift.dataset_formats``), and each image's own header is read for the image
+size and for whether it is greyscale: a tree whose images are all greyscale
 is recorded with 1 channel, as the library reads it by default (``DatasetSpec.channels``), and an
-image whose header cannot be parsed, in a folder the library reads, refuses the upload.
+image whose header cannot be parsed, in a folder the library reads, refuses the upload. The
+content rules of ``rift.image_content`` (constant, identical or 0/1 images, one class) are
+applied to every npz value and to a bounded sample of an ImageFolder's images, decoded as the tar
+streams by (``validator.image_sample``).
 
 Imports no torch. Runs inside the sandboxed validator process; the API imports it only for
 :func:`read_npz_header` and :func:`scan_tar`, to read the geometry of archives stored before
