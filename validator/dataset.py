@@ -376,7 +376,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                     if not probe.grey:
                         colour.add(prefix)
                     if sample is not None:
-                        sample.offer(parts, prefix, member.name, data, probe.size)
+                        sample.offer(parts, prefix, member.name, data, probe.size,
+                                     complete=member.size <= MAX_PROBE_IMAGE_BYTES)
                 elif member.size <= MAX_PROBE_IMAGE_BYTES:
                     unreadable.setdefault(prefix, member.name)
                 if not full:

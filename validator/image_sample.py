@@ -31,6 +31,11 @@ SAMPLE_SIZE = 64
 #: pixel, ``bench/imagefolder_validation.py``) this is about 10 s, 3 % of the default
 #: ``VALIDATION_CPU_SECONDS``.
 MAX_SAMPLE_PIXELS = 256 * 1024 * 1024
+#: Images of more pixels are not decoded (not sampled): decoding one takes several bytes a pixel
+#: at once (RGBA, its RGB conversion, the array), which must stay well inside the validator's
+#: memory limit (``VALIDATION_MEMORY_BYTES``, of which torch takes about 0.8 GB): 16 M pixels
+#: (4096 × 4096) need about 200 MB.
+MAX_DECODE_PIXELS = 16 * 1024 * 1024
 #: Groups sampled separately; an archive with more (many top folders each with a train/) samples
 #: the rest as one group, so the decoding stays bounded.
 MAX_GROUPS = 16
@@ -78,20 +83,24 @@ class PixelSampler:
     counts: dict[tuple[str, ...], int] = field(default_factory=dict)
 
     def offer(self, parts: tuple[str, ...], prefix: tuple[str, ...], name: str, data: bytes,
-              size: tuple[int, int]) -> None:
+              size: tuple[int, int], *, complete: bool = True) -> None:
         """Count the image at ``parts`` (``size``: its height and width from its header) in its
         group and decode ``data`` when its position is on the group's stride and the pixel budget
-        allows."""
+        allows; an image of more than :data:`MAX_DECODE_PIXELS`, or whose ``data`` is only its
+        start (``complete`` false: a file larger than the bytes read), is counted, not decoded."""
         group = group_of(parts)
         if group not in self.counts and len(self.counts) >= MAX_GROUPS:
             group = ()
         index = self.counts.get(group, 0)
         self.counts[group] = index + 1
-        if index % stride(index, self.sample_size) or \
-                self.pixels + size[0] * size[1] > self.max_pixels:
+        pixels = size[0] * size[1]
+        if index % stride(index, self.sample_size) or not complete \
+                or pixels > MAX_DECODE_PIXELS or self.pixels + pixels > self.max_pixels:
             return
-        self.pixels += size[0] * size[1]
-        self.decoded.append(_decode(prefix, group, index, name, data))
+        self.pixels += pixels
+        decoded = _decode(prefix, group, index, name, data)
+        if decoded is not None:
+            self.decoded.append(decoded)
 
     def final(self, image: SampledImage) -> bool:
         """Whether ``image`` is on its group's final stride (the evenly spread sample)."""
@@ -100,7 +109,9 @@ class PixelSampler:
 
 
 def _decode(prefix: tuple[str, ...], group: tuple[str, ...], index: int, name: str,
-            data: bytes) -> SampledImage:
+            data: bytes) -> SampledImage | None:
+    """The decoded image's summary, or why it cannot be decoded; None when this process ran out
+    of memory decoding it (the validator's limit, not the file's fault: left out of the sample)."""
     import numpy as np
     from PIL import Image
 
@@ -108,6 +119,8 @@ def _decode(prefix: tuple[str, ...], group: tuple[str, ...], index: int, name: s
         with Image.open(io.BytesIO(data)) as image:
             decoded, _ = decode_8bit(image, repr(name))
             pixels = np.asarray(decoded)
+    except MemoryError:
+        return None
     except DatasetError as exc:  # 32-bit or float pixels: the library refuses the file
         return SampledImage(prefix, group, index, None, str(exc))
     except Exception as exc:  # truncated or damaged past its header: the library fails on it

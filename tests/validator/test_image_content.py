@@ -16,7 +16,7 @@ from PIL import Image
 from rift.errors import DatasetError
 from validator import dataset as checker
 from validator.dataset import inspect_dataset_file
-from validator.image_sample import PixelSampler, stride
+from validator.image_sample import MAX_DECODE_PIXELS, PixelSampler, stride
 
 H, W = 9, 8
 
@@ -138,6 +138,12 @@ def test_the_pixel_budget_bounds_decoding() -> None:
     for i in range(5):
         sampler.offer(("a", f"{i}.png"), ("a", "*"), f"{i}.png", data, (2, 2))
     assert len(sampler.decoded) == 2
+    # Neither the start of a file larger than the bytes read, nor an image too large to decode
+    # in the validator's memory, is decoded (a cut-off PNG would read as damaged).
+    sampler = PixelSampler()
+    sampler.offer(("a", "big.png"), ("a", "*"), "big.png", data[:40], (2, 2), complete=False)
+    sampler.offer(("a", "huge.png"), ("a", "*"), "huge.png", data, (MAX_DECODE_PIXELS, 2))
+    assert sampler.decoded == [] and sampler.counts == {(): 2}
 
 
 # ---------------------------------------------------------------------------------------- npz
