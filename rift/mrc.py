@@ -12,6 +12,8 @@ A row's weight tensors (one, or an attention's three separate q/k/v projections)
 for the ball, the norm and the step (``rift.flat_weights``). The weight is perturbed in place and
 restored afterwards (no copy of the model). With
 ``engine="cached"`` only the network after the module is recomputed: see ``rift.segments``.
+With ``mrc.module_batch`` > 1, consecutive modules are scored together, their perturbed weights
+held outside the model (``rift.mrc_stacked``); the ascent loop (``_criticalities_of``) is the same.
 """
 
 from __future__ import annotations
@@ -547,8 +549,8 @@ def _score_group(scoring: _Scoring, names: Sequence[str]) -> list[ModuleCritical
             for name, weight, result in zip(names, originals, results, strict=True)]
 
 
-def _score_all(scoring: _Scoring, names: Sequence[str], group_size: int
-               ) -> Iterator[ModuleCriticality]:
+def _score_all(scoring: _Scoring, names: Sequence[str], group_size: int,
+               on_warning: Callable[[str], None] | None = None) -> Iterator[ModuleCriticality]:
     """Every module of ``names`` in order, ``group_size`` consecutive modules at a time.
 
     A group that runs out of memory is scored again in groups of half its size (what it had done
@@ -556,7 +558,13 @@ def _score_all(scoring: _Scoring, names: Sequence[str], group_size: int
     later groups keep the smaller size. Once the baseline or a module needed batches in parts
     (``_LossProbe``), modules are scored one at a time: K copies of a batch cannot fit where one
     did not. A group the stacked forward cannot run (an operation ``torch.func.vmap`` refuses)
-    is scored one module at a time, as are all later ones, with a warning."""
+    is scored one module at a time, as are all later ones. Both are logged and passed to
+    ``on_warning``."""
+    def warn(message: str) -> None:
+        logger.warning("%s", message)
+        if on_warning is not None:
+            on_warning(message)
+
     position = 0
     while position < len(names):
         raise_if_cancelled(scoring.should_cancel)
@@ -568,15 +576,15 @@ def _score_all(scoring: _Scoring, names: Sequence[str], group_size: int
                 rows = _score_group(scoring, group)
             except torch.OutOfMemoryError:
                 group_size = max(1, len(group) // 2)
-                logger.warning("out of memory scoring %d modules at once in the MRC ascent; "
-                               "continuing with %d (mrc.module_batch)", len(group), group_size)
+                warn(f"out of memory scoring {len(group)} modules at once in the MRC ascent; "
+                     f"continuing with {group_size} (mrc.module_batch; the same table)")
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()  # give the failed attempt's cached blocks back
                 continue
             except (RuntimeError, NotImplementedError) as exc:
-                logger.warning("the MRC ascent cannot stack modules of this model (%s: %s); "
-                               "scoring one module at a time (mrc.module_batch = 1)",
-                               type(exc).__name__, exc)
+                warn(f"the MRC ascent cannot stack modules of this model "
+                     f"({type(exc).__name__}: {exc}); scoring one module at a time "
+                     "(as mrc.module_batch = 1; the same table)")
                 group_size = 1
                 continue
         yield from rows
@@ -594,6 +602,7 @@ def module_robust_criticality(
     should_cancel: ShouldCancel | None = None,
     seed: int = 0,
     on_backoff: Callable[[int, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> MRCReport:
     """Score every selected module of ``model`` (``rift.scored_weights``) on a fixed adversarial
     set. Selected modules the output does not depend on are left out and listed in
@@ -606,7 +615,7 @@ def module_robust_criticality(
     batch is computed in smaller parts (see ``_LossProbe``), ``on_backoff(failed, next)`` is
     called, and later modules keep the smaller parts. ``spec.module_batch`` > 1 scores that many
     consecutive modules at once (``rift.mrc_stacked``; same table up to float rounding), in
-    smaller groups after out-of-memory (``_score_all``).
+    smaller groups after out-of-memory (``_score_all``), calling ``on_warning(message)``.
     """
     names = select_modules(model, spec)
     with frozen_except(model):
@@ -638,7 +647,7 @@ def module_robust_criticality(
                            precision, seed, should_cancel, on_backoff, probe.micro)
         del probe
         group_size = modules_per_group(spec.module_batch, adversarial_images.device)
-        for index, row in enumerate(_score_all(scoring, names, group_size)):
+        for index, row in enumerate(_score_all(scoring, names, group_size, on_warning)):
             report.modules.append(row)
             if on_module is not None:
                 on_module(row, index, len(names))
