@@ -222,8 +222,9 @@ class MRCSpec(_Strict):
         1, description="Modules whose ascent passes run together, as K perturbed copies of "
         "each batch in one forward/backward (torch.func.vmap over stacked weights): the same "
         "table up to float rounding, for more memory and some recomputation; halved on "
-        "out-of-memory. 'auto': 1 on a CPU (measured: no gain there), 4 on an accelerator "
-        "(not yet measured on one). Default 1: one module at a time.")
+        "out-of-memory. fp32 only (precision bf16 scores one module at a time). 'auto': 1 on "
+        "a CPU (measured: no gain there) or in bf16, 4 on an accelerator (not yet measured on "
+        "one). Default 1: one module at a time.")
 
 
 class FinetuneSpec(_Strict):

@@ -37,7 +37,7 @@ from rift.device import autocast
 from rift.errors import ConfigError, NumericalError
 from rift.flat_weights import FlatWeights
 from rift.model_state import frozen_except
-from rift.mrc_stacked import StackedProbe, modules_per_group, reshuffled_batches
+from rift.mrc_stacked import FP32_ONLY, StackedProbe, modules_per_group, reshuffled_batches
 from rift.scored_weights import scored_parameters, scored_weights
 from rift.segments import Segment, full_model_segment, split_at_parameters, trace
 
@@ -558,13 +558,16 @@ def _score_all(scoring: _Scoring, names: Sequence[str], group_size: int,
     later groups keep the smaller size. Once the baseline or a module needed batches in parts
     (``_LossProbe``), modules are scored one at a time: K copies of a batch cannot fit where one
     did not. A group the stacked forward cannot run (an operation ``torch.func.vmap`` refuses)
-    is scored one module at a time, as are all later ones. Both are logged and passed to
-    ``on_warning``."""
+    is scored one module at a time, as are all later ones, and so is every module in bf16
+    (``rift.mrc_stacked.FP32_ONLY``). Each is logged and passed to ``on_warning``."""
     def warn(message: str) -> None:
         logger.warning("%s", message)
         if on_warning is not None:
             on_warning(message)
 
+    if group_size > 1 and scoring.precision != "fp32":
+        warn(FP32_ONLY)
+        group_size = 1
     position = 0
     while position < len(names):
         raise_if_cancelled(scoring.should_cancel)
@@ -646,7 +649,7 @@ def module_robust_criticality(
         scoring = _Scoring(model, traced, full, image_batches, label_batches, spec, baseline,
                            precision, seed, should_cancel, on_backoff, probe.micro)
         del probe
-        group_size = modules_per_group(spec.module_batch, adversarial_images.device)
+        group_size = modules_per_group(spec.module_batch, adversarial_images.device, precision)
         for index, row in enumerate(_score_all(scoring, names, group_size, on_warning)):
             report.modules.append(row)
             if on_module is not None:

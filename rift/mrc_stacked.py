@@ -39,13 +39,21 @@ AUTO_ACCELERATOR_GROUP = 4
 Measured = tuple[float, float]  # (mean robust loss in nats, robust accuracy in percent)
 
 
-def modules_per_group(setting: int | str, device: torch.device) -> int:
+#: Why groups need fp32: with a stacked weight, ``vmap``'s convolution rule runs below autocast,
+#: so a bf16 run would compute a group's convolutions in fp32 (or fail on a bf16 cached input:
+#: "Input type (CPUBFloat16Type) and weight type (torch.FloatTensor) should be the same", torch
+#: 2.14 on the CPU), not as the one-module engine does.
+FP32_ONLY = ("mrc.module_batch > 1 needs precision fp32 (torch.func.vmap does not apply bf16 "
+             "autocast to convolutions with stacked weights); scoring one module at a time")
+
+
+def modules_per_group(setting: int | str, device: torch.device, precision: str = "fp32") -> int:
     """``mrc.module_batch`` as a number: an int is itself; "auto" is 1 on a CPU (one module's
-    batch already keeps its cores busy: bench/results/mrc_module_batch_resnet18_cpu.json) and
-    ``AUTO_ACCELERATOR_GROUP`` elsewhere."""
+    batch already keeps its cores busy: bench/results/mrc_module_batch_resnet18_cpu.json) or
+    in bf16 (``FP32_ONLY``), and ``AUTO_ACCELERATOR_GROUP`` otherwise."""
     if isinstance(setting, int):
         return setting
-    return 1 if device.type == "cpu" else AUTO_ACCELERATOR_GROUP
+    return 1 if device.type == "cpu" or precision != "fp32" else AUTO_ACCELERATOR_GROUP
 
 
 def reshuffled_batches(cache: list[tuple[torch.Tensor, ...]], labels: list[torch.Tensor],

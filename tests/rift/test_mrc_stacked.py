@@ -266,9 +266,22 @@ def test_a_cancel_during_a_group_stops_it_with_the_weights_untouched() -> None:
         assert torch.equal(value, before[key]), key
 
 
-def test_auto_is_one_module_at_a_time_on_a_cpu() -> None:
+def test_bf16_scores_one_module_at_a_time_with_a_warning(group_sizes: list[int]) -> None:
+    """Under vmap, bf16 autocast skips convolutions with stacked weights, so a group would not
+    compute what the one-module engine computes: bf16 runs are never grouped."""
+    images, labels = _data()
+    alone = module_robust_criticality(_residual_bn(), images, labels, _spec(), precision="bf16")
+    warnings: list[str] = []
+    grouped = module_robust_criticality(_residual_bn(), images, labels, _spec(module_batch=3),
+                                        precision="bf16", on_warning=warnings.append)
+    assert [row.mrc for row in grouped.modules] == [row.mrc for row in alone.modules]
+    assert warnings == [stacked.FP32_ONLY] and group_sizes == []
+
+
+def test_auto_is_one_module_at_a_time_on_a_cpu_or_in_bf16() -> None:
     assert modules_per_group("auto", torch.device("cpu")) == 1
     assert modules_per_group("auto", torch.device("cuda")) == stacked.AUTO_ACCELERATOR_GROUP > 1
+    assert modules_per_group("auto", torch.device("cuda"), "bf16") == 1
     assert modules_per_group(3, torch.device("cpu")) == 3
     assert MRCSpec().module_batch == 1  # today's behaviour unless asked for
 
