@@ -3,7 +3,8 @@
 # a whole ResNet-18 job at CIFAR-10 size (50,000 train, 10,000 test, the reference protocol's
 # defaults), a WRN-34-10 job at reduced size (per-stage images/s), and the tests that need CUDA.
 #
-#     OUT=/some/folder bash bench/gpu_suite.sh [resnet18] [wrn] [mrc] [chunks] [tests]   # default: all
+#     OUT=/some/folder bash bench/gpu_suite.sh [resnet18] [wrn] [mrc] [stacked] [chunks] [tests]
+#     (default: all)
 #
 # The GPU image has PyTorch but not pydantic: wheels for it may sit in .gpuwheels/ (git-ignored;
 # `pip download pydantic==<ours> --python-version 3.12 --only-binary=:all: -d .gpuwheels`).
@@ -19,7 +20,7 @@ export PYTHONPATH="$PWD:$PWD/bench:${PYTHONPATH:-}"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   "$py" -c "import torch; print('torch', torch.__version__, torch.version.cuda)"; } >"$out/gpu.txt" 2>&1
 
-parts="${*:-resnet18 wrn mrc chunks tests}"
+parts="${*:-resnet18 wrn mrc stacked chunks tests}"
 want() { [[ " $parts " == *" $1 "* ]]; }
 
 want resnet18 && { timeout 300 "$py" bench/pipeline.py --train 50000 --test 10000 --precision bf16 --channels-last \
@@ -35,6 +36,16 @@ want mrc && for mode in fp32 bf16; do
   timeout 150 "$py" bench/mrc.py --examples 1024 --steps 10 --batch-size 512 --skip-full \
     "${extra[@]}" >"$out/mrc_reference_cost_resnet18_$mode.json" 2>>"$out/mrc.log"
   echo "mrc $mode rc=$?" >>"$out/gpu.txt"
+done
+# Several modules' ascent at once (mrc.module_batch, rift/mrc_stacked.py) against one at a time,
+# interleaved in one process, at the reference protocol (1,024 examples, 10 passes, batch 512) and
+# at a small batch (128) where one module's batch leaves the GPU idle. fp32 only: module_batch
+# runs bf16 one module at a time (vmap skips autocast for convolutions with stacked weights).
+want stacked && for batch in 512 128; do
+  timeout 150 "$py" bench/mrc.py --examples 1024 --steps 10 --batch-size "$batch" \
+    --module-batch 2 4 8 --repeats 2 \
+    --output "$out/mrc_module_batch_resnet18_fp32_batch$batch.json" >/dev/null 2>>"$out/stacked.log"
+  echo "stacked batch $batch rc=$?" >>"$out/gpu.txt"
 done
 # The α selection's stop chunks on a GPU: whole batches (the default there) against the CPU's
 # 64-example floor, on a PGD-trained ResNet-18 (512 test images, PGD-10, 21 points).

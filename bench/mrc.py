@@ -13,6 +13,13 @@ checkpoint: the cost does not depend on the values.
 
     .venv/bin/python bench/mrc.py                       # CPU-sized protocol (a few minutes)
     .venv/bin/python bench/mrc.py --examples 1024 --steps 10 --batch-size 512   # reference protocol
+
+``--module-batch K [K ...]`` instead times the cached engine one module at a time against
+``mrc.module_batch`` = K (``rift.mrc_stacked``), interleaved over ``--repeats`` rounds in one
+process, and prints that comparison (median wall and CPU seconds, speed-up, largest MRC difference,
+same lowest module):
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/mrc.py --module-batch 2 4 --repeats 3
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import argparse
 import json
 import math
 import platform
+import statistics
 import time
+from pathlib import Path
 
 import torch
 from reference_cost import reference_cost_mrc  # bench/ is on sys.path when run as a script
@@ -76,6 +85,11 @@ def main() -> None:
                         help="also time rift.mrc_reference (gradients of every parameter)")
     parser.add_argument("--skip-full", action="store_true",
                         help="do not time the library's full-forward engine")
+    parser.add_argument("--module-batch", type=int, nargs="+", default=None,
+                        help="compare mrc.module_batch = these against 1 (and nothing else)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved rounds of the --module-batch comparison")
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -101,6 +115,10 @@ def main() -> None:
     # one-off costs the others do not.
     module_robust_criticality(model, adversarial, labels,
                               spec.model_copy(update={"steps": 1, "modules": ["linear"]}))
+    if args.module_batch:
+        _emit(_module_batch_comparison(model, adversarial, labels, spec, args, device),
+              args.output)
+        return
     cached, cached_seconds = _timed(
         lambda: module_robust_criticality(model, adversarial, labels, spec,
                                           precision=args.precision), device, "cached")
@@ -131,12 +149,11 @@ def main() -> None:
     def number(value: float) -> float | None:
         return None if math.isnan(value) else round(value, 3)  # skipped: null in strict JSON
 
-    print(json.dumps({
+    _emit({
         "benchmark": "mrc",
         "arch": args.arch,
         "device": str(device),
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else platform.processor() or platform.machine()),
+        "device_name": _device_name(device),
         "threads": torch.get_num_threads(),
         "modules": len(names),
         "examples": args.examples,
@@ -166,7 +183,79 @@ def main() -> None:
         "lowest_reference": lowest_plain,
         "same_lowest_module": lowest_cached == lowest_plain,
         "flop_model_ratio": round(_flop_model_ratio(model, adversarial, names, spec), 3),
-    }, indent=2))
+    }, args.output)
+
+
+def _emit(report: dict, output: Path | None) -> None:
+    text = json.dumps(report, indent=2)
+    print(text)
+    if output is not None:
+        output.write_text(text + "\n")
+
+
+def _device_name(device: torch.device) -> str:
+    return (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine())
+
+
+def _module_batch_comparison(model: torch.nn.Module, adversarial: torch.Tensor,
+                             labels: torch.Tensor, spec: MRCSpec, args: argparse.Namespace,
+                             device: torch.device) -> dict:
+    """The cached engine with ``mrc.module_batch`` = 1 and each of ``args.module_batch``, run in
+    turn ``args.repeats`` times (interleaved, so load on a shared machine hits all alike)."""
+    sizes = [1, *[k for k in args.module_batch if k != 1]]
+    wall: dict[int, list[float]] = {k: [] for k in sizes}
+    cpu: dict[int, list[float]] = {k: [] for k in sizes}
+    tables = {}
+    for _ in range(args.repeats):
+        for k in sizes:
+            report, seconds = _timed(lambda k=k: module_robust_criticality(
+                model, adversarial, labels, spec.model_copy(update={"module_batch": k}),
+                precision=args.precision), device, f"module_batch_{k}")
+            wall[k].append(seconds)
+            cpu[k].append(CPU_SECONDS[f"module_batch_{k}"])
+            tables[k] = report
+    one = tables[1]
+    runs = {}
+    for k in sizes:
+        rows = tables[k].modules
+        runs[str(k)] = {
+            "median_seconds": round(statistics.median(wall[k]), 3),
+            "seconds": [round(x, 3) for x in wall[k]],
+            "median_cpu_seconds": round(statistics.median(cpu[k]), 3),
+            "speedup_over_one_at_a_time": round(
+                statistics.median(wall[1]) / statistics.median(wall[k]), 3),
+            "max_abs_mrc_difference": max(abs(a.mrc - b.mrc)
+                                          for a, b in zip(rows, one.modules, strict=True)),
+            "max_relative_mrc_difference": max(
+                abs(a.mrc - b.mrc) / max(abs(b.mrc), 1e-12)
+                for a, b in zip(rows, one.modules, strict=True)),
+            "same_robust_accuracy_at_worst": all(
+                a.robust_accuracy_at_worst == b.robust_accuracy_at_worst
+                for a, b in zip(rows, one.modules, strict=True)),
+            "lowest": tables[k].lowest().name,
+            "same_lowest_module": tables[k].lowest().name == one.lowest().name,
+        }
+    return {
+        "benchmark": "mrc_module_batch",
+        "arch": args.arch,
+        "device": str(device),
+        "device_name": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "modules": len(one.modules),
+        "examples": args.examples,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "image_size": args.image_size,
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+        "repeats": args.repeats,
+        "what": "the cached engine's MRC stage (adversarial set made beforehand), one module at "
+                "a time (module_batch 1) against K consecutive modules per stacked "
+                "forward/backward; wall seconds, medians over interleaved repeats",
+        "module_batch": runs,
+    }
 
 
 def _flop_model_ratio(model: torch.nn.Module, adversarial: torch.Tensor, names: list[str],

@@ -9,9 +9,11 @@ projecting Δ back onto the ball after each pass and measuring R after it. The s
 which makes the computed MRC invariant to rescaling a ReLU layer; docs/algorithm.md, "Ascent").
 
 A row's weight tensors (one, or an attention's three separate q/k/v projections) are one vector
-for the ball, the norm and the step (``_FlatWeights``). The weight is perturbed in place and
+for the ball, the norm and the step (``rift.flat_weights``). The weight is perturbed in place and
 restored afterwards (no copy of the model). With
 ``engine="cached"`` only the network after the module is recomputed: see ``rift.segments``.
+With ``mrc.module_batch`` > 1, consecutive modules are scored together, their perturbed weights
+held outside the model (``rift.mrc_stacked``); the ascent loop (``_criticalities_of``) is the same.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import fnmatch
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +35,9 @@ from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import MRCSpec
 from rift.device import autocast
 from rift.errors import ConfigError, NumericalError
+from rift.flat_weights import FlatWeights
 from rift.model_state import frozen_except
+from rift.mrc_stacked import FP32_ONLY, StackedProbe, modules_per_group, reshuffled_batches
 from rift.scored_weights import scored_parameters, scored_weights
 from rift.segments import Segment, full_model_segment, split_at_parameters, trace
 
@@ -228,46 +233,6 @@ def weight_norm(weight: torch.Tensor, p: int | str) -> float:
     return float(weight.abs().max()) if p == "inf" else float(weight.norm(p=2))
 
 
-class _FlatWeights:
-    """A row's weight tensors seen as one vector, their flattened concatenation in order.
-
-    The ball, its radius and the ascent step are those of that vector, so an attention's separate
-    q/k/v projections are scored as the packed ``in_proj_weight`` = [W_q; W_k; W_v] would be: the
-    same vector, up to the order of its entries, which no norm or step here depends on.
-    """
-
-    def __init__(self, tensors: Sequence[nn.Parameter]) -> None:
-        self.tensors = tuple(tensors)
-        self.sizes = [t.numel() for t in self.tensors]
-
-    def numel(self) -> int:
-        return sum(self.sizes)
-
-    def flatten(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``parts`` (one per tensor, e.g. their gradients) as one vector; a view when one."""
-        if len(parts) == 1:
-            return parts[0].reshape(-1)
-        return torch.cat([part.reshape(-1) for part in parts])
-
-    def read(self) -> torch.Tensor:
-        """A copy of the current values as one vector."""
-        return self.flatten([t.detach() for t in self.tensors]).clone()
-
-    @torch.no_grad()
-    def add_(self, delta: torch.Tensor) -> None:
-        for tensor, part in zip(self.tensors, delta.split(self.sizes), strict=True):
-            tensor.add_(part.view(tensor.shape).to(tensor.dtype))
-
-    @torch.no_grad()
-    def copy_(self, values: torch.Tensor) -> None:
-        for tensor, part in zip(self.tensors, values.split(self.sizes), strict=True):
-            tensor.copy_(part.view(tensor.shape))
-
-    def requires_grad_(self, flag: bool) -> None:
-        for tensor in self.tensors:
-            tensor.requires_grad_(flag)
-
-
 class _LossProbe:
     """Runs the suffix over cached prefix outputs: ascent passes and loss measurements.
 
@@ -306,7 +271,7 @@ class _LossProbe:
         return [(tuple(x[start:start + size] for x in inputs), labels[start:start + size])
                 for start in range(0, len(labels), size)]
 
-    def _batch(self, index: int, weight: _FlatWeights | None,
+    def _batch(self, index: int, weight: FlatWeights | None,
                sums: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | None:
         """The gradient of batch ``index``'s mean loss w.r.t. ``weight`` as one vector (None: no
         gradient), adding the batch's summed loss and hits to ``sums`` when given."""
@@ -323,7 +288,7 @@ class _LossProbe:
             sums[1].add_(batch_sums[1])
         return grad
 
-    def _batch_once(self, index: int, weight: _FlatWeights | None
+    def _batch_once(self, index: int, weight: FlatWeights | None
                     ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
         batch_sums, grad = self._new_sums(), None
         size = len(self.labels[index])
@@ -362,13 +327,9 @@ class _LossProbe:
 
     def reshuffle(self, generator: torch.Generator) -> None:
         """Redraw which examples form each batch (same batch sizes), from ``generator``."""
-        order = torch.randperm(self.examples, generator=generator).to(self.labels[0].device)
-        sizes = [len(y) for y in self.labels]
-        columns = [torch.cat(parts)[order].split(sizes) for parts in zip(*self.cache, strict=True)]
-        self.cache = list(zip(*columns, strict=True))
-        self.labels = list(torch.cat(self.labels)[order].split(sizes))
+        self.cache, self.labels = reshuffled_batches(self.cache, self.labels, generator)
 
-    def ascend(self, weight: _FlatWeights, step: Callable[[torch.Tensor], torch.Tensor], *,
+    def ascend(self, weight: FlatWeights, step: Callable[[torch.Tensor], torch.Tensor], *,
                measure_start: bool) -> tuple[float, float] | None:
         """One pass of gradient *ascent* on the mean cross-entropy, ``weight += step(grad)`` per
         batch. With ``measure_start``, also returns (mean robust loss, robust accuracy in
@@ -411,31 +372,88 @@ def ascent_step(spec: MRCSpec, radius: float) -> Callable[[torch.Tensor], torch.
     return normalized
 
 
+class _AscentProbe(Protocol):
+    """What the ascent loop needs of a probe, one value per module it scores: ``_OneModule``
+    (one module, in place) or ``rift.mrc_stacked.StackedProbe`` (a group at once)."""
+
+    def reshuffle(self, generator: torch.Generator) -> None: ...
+
+    def ascend(self, steps: Sequence[Callable[[torch.Tensor], torch.Tensor]], *,
+               measure_start: bool) -> list[tuple[float, float]] | None: ...
+
+    def measure(self) -> list[tuple[float, float]]: ...
+
+
+class _OneModule:
+    """A ``_LossProbe`` and the one weight it perturbs in place, as an ``_AscentProbe``."""
+
+    def __init__(self, probe: _LossProbe, weight: FlatWeights) -> None:
+        self.probe, self.weight = probe, weight
+
+    def reshuffle(self, generator: torch.Generator) -> None:
+        self.probe.reshuffle(generator)
+
+    def ascend(self, steps: Sequence[Callable[[torch.Tensor], torch.Tensor]], *,
+               measure_start: bool) -> list[tuple[float, float]] | None:
+        (step,) = steps
+        measured = self.probe.ascend(self.weight, step, measure_start=measure_start)
+        return None if measured is None else [measured]
+
+    def measure(self) -> list[tuple[float, float]]:
+        return [self.probe.measure()]
+
+
+class _Worst:
+    """One module's running worst case: the largest loss measured (Δ = 0, the baseline, counts)
+    and the largest measured after a pass (it does not)."""
+
+    def __init__(self, baseline: tuple[float, float]) -> None:
+        self.worst_loss, self.accuracy_at_worst = baseline
+        self.reached, self.accuracy_at_reached = -math.inf, baseline[1]
+
+    def keep(self, measured: tuple[float, float]) -> None:
+        if measured[0] > self.reached:
+            self.reached, self.accuracy_at_reached = measured
+        if measured[0] > self.worst_loss:
+            self.worst_loss, self.accuracy_at_worst = measured
+
+    def result(self, allow_negative: bool) -> tuple[float, float, float]:
+        if allow_negative:
+            return self.reached, self.accuracy_at_reached, self.reached
+        return self.worst_loss, self.accuracy_at_worst, self.reached
+
+
 def _criticality_of(
-    weight: _FlatWeights, probe: _LossProbe, spec: MRCSpec, baseline: tuple[float, float],
+    weight: FlatWeights, probe: _LossProbe, spec: MRCSpec, baseline: tuple[float, float],
     seed: int = 0,
 ) -> tuple[float, float, float]:
-    """(worst loss, accuracy at it, largest loss after a pass): the first two count Δ = 0 (the
-    baseline), the last does not. The weight is restored.
+    """(worst loss, accuracy at it, largest loss after a pass) of one module: see
+    ``_criticalities_of``."""
+    (result,) = _criticalities_of([weight], _OneModule(probe, weight), spec, baseline, seed)
+    return result
+
+
+def _criticalities_of(
+    weights: Sequence[FlatWeights], probe: _AscentProbe, spec: MRCSpec,
+    baseline: tuple[float, float], seed: int = 0,
+) -> list[tuple[float, float, float]]:
+    """Per weight, (worst loss, accuracy at it, largest loss after a pass): the first two count
+    Δ = 0 (the baseline), the last does not. Every weight is restored.
 
     The point reached by pass k is measured while pass k + 1 starts (see ``_LossProbe``), the
     last one after the loop: the same ``steps`` measurements as measuring after every pass.
+    All weights move in lock step, and with ``spec.reshuffle`` share one batch order per pass,
+    the order each would get alone (one generator seeded with ``seed`` per module).
     """
-    original = weight.read()
-    radius = spec.eps * weight_norm(original, spec.p)
-    step_of = ascent_step(spec, radius)
+    originals = [weight.read() for weight in weights]
+    radii = [spec.eps * weight_norm(original, spec.p) for original in originals]
+    steps = [ascent_step(spec, radius) for radius in radii]
     generator = torch.Generator().manual_seed(seed) if spec.reshuffle else None
-    worst_loss, accuracy_at_worst = baseline
-    reached, accuracy_at_reached = -math.inf, baseline[1]
+    trackers = [_Worst(baseline) for _ in weights]
 
-    def keep_worst(measured: tuple[float, float] | None) -> None:
-        nonlocal worst_loss, accuracy_at_worst, reached, accuracy_at_reached
-        if measured is None:
-            return
-        if measured[0] > reached:
-            reached, accuracy_at_reached = measured
-        if measured[0] > worst_loss:
-            worst_loss, accuracy_at_worst = measured
+    def keep_worst(measured: list[tuple[float, float]] | None) -> None:
+        for tracker, value in zip(trackers, measured or [], strict=False):
+            tracker.keep(value)
 
     try:
         for step in range(spec.steps):
@@ -444,19 +462,136 @@ def _criticality_of(
                 if step > 0:
                     keep_worst(probe.measure())
                 probe.reshuffle(generator)
-                probe.ascend(weight, step_of, measure_start=False)
+                probe.ascend(steps, measure_start=False)
             else:
                 # From the second pass on, the pass also measures where the previous one ended.
-                keep_worst(probe.ascend(weight, step_of, measure_start=step > 0))
+                keep_worst(probe.ascend(steps, measure_start=step > 0))
             with torch.no_grad():
-                weight.copy_(original + project_onto_ball(weight.read() - original, radius,
-                                                          spec.p))
+                for weight, original, radius in zip(weights, originals, radii, strict=True):
+                    weight.copy_(original + project_onto_ball(weight.read() - original, radius,
+                                                              spec.p))
         keep_worst(probe.measure())  # where the last pass ended
     finally:
-        weight.copy_(original)
-    if spec.allow_negative:
-        return reached, accuracy_at_reached, reached
-    return worst_loss, accuracy_at_worst, reached
+        for weight, original in zip(weights, originals, strict=True):
+            weight.copy_(original)
+    return [tracker.result(spec.allow_negative) for tracker in trackers]
+
+
+@dataclass
+class _Scoring:
+    """What every module's ascent shares in one ``module_robust_criticality`` call."""
+
+    model: nn.Module
+    traced: fx.GraphModule | None
+    full: Segment
+    image_batches: list[torch.Tensor]
+    label_batches: list[torch.Tensor]
+    spec: MRCSpec
+    baseline: tuple[float, float]
+    precision: str
+    seed: int
+    should_cancel: ShouldCancel | None
+    on_backoff: Callable[[int, int], None] | None
+    micro: int | None  # examples per part of a batch after out-of-memory; None: whole batches
+
+    def segment_at(self, tensors: Sequence[torch.Tensor]) -> Segment:
+        segment = split_at_parameters(self.traced, tensors) if self.traced is not None else None
+        return segment or self.full
+
+    def prefix_cache(self, segment: Segment) -> list[tuple[torch.Tensor, ...]]:
+        device = self.image_batches[0].device
+        with torch.no_grad(), autocast(device, self.precision):
+            return [tuple(segment.prefix(x)) for x in self.image_batches]
+
+    def row(self, name: str, weight: FlatWeights, result: tuple[float, float, float],
+            seconds: float) -> ModuleCriticality:
+        worst_loss, accuracy, reached = result
+        if not math.isfinite(worst_loss):
+            raise NumericalError(
+                f"the robust loss of module {name!r} diverged to {worst_loss} during the "
+                "ascent; lower mrc.lr or mrc.eps")
+        return ModuleCriticality(
+            name=name, parameters=weight.numel(), mrc=worst_loss - self.baseline[0],
+            worst_robust_loss=worst_loss, robust_accuracy_at_worst=accuracy,
+            robust_accuracy_drop=self.baseline[1] - accuracy, seconds=seconds,
+            max_ascent_loss=reached)
+
+
+def _score_one(scoring: _Scoring, name: str) -> ModuleCriticality:
+    """Module ``name`` alone, its weight perturbed in place (with out-of-memory back-off)."""
+    started = time.perf_counter()
+    weight = FlatWeights(module_weights(scoring.model, name))
+    segment = scoring.segment_at(weight.tensors)
+    probe = _LossProbe(segment, scoring.prefix_cache(segment), scoring.label_batches,
+                       scoring.precision, scoring.should_cancel, micro=scoring.micro,
+                       on_backoff=scoring.on_backoff)
+    weight.requires_grad_(True)
+    try:
+        result = _criticality_of(weight, probe, scoring.spec, scoring.baseline, scoring.seed)
+    finally:
+        weight.requires_grad_(False)
+    scoring.micro = probe.micro
+    return scoring.row(name, weight, result, time.perf_counter() - started)
+
+
+def _score_group(scoring: _Scoring, names: Sequence[str]) -> list[ModuleCriticality]:
+    """Modules ``names`` together (``rift.mrc_stacked``); the model's weights are only read.
+    Each row's ``seconds`` is the group's time divided evenly."""
+    started = time.perf_counter()
+    originals = [FlatWeights(module_weights(scoring.model, name)) for name in names]
+    copies = [weight.detached_copy() for weight in originals]
+    segment = scoring.segment_at([t for weight in originals for t in weight.tensors])
+    probe = StackedProbe(segment, scoring.prefix_cache(segment), scoring.label_batches,
+                         scoring.precision, scoring.should_cancel, originals, copies)
+    results = _criticalities_of(copies, probe, scoring.spec, scoring.baseline, scoring.seed)
+    seconds = (time.perf_counter() - started) / len(names)
+    return [scoring.row(name, weight, result, seconds)
+            for name, weight, result in zip(names, originals, results, strict=True)]
+
+
+def _score_all(scoring: _Scoring, names: Sequence[str], group_size: int,
+               on_warning: Callable[[str], None] | None = None) -> Iterator[ModuleCriticality]:
+    """Every module of ``names`` in order, ``group_size`` consecutive modules at a time.
+
+    A group that runs out of memory is scored again in groups of half its size (what it had done
+    is discarded: the model was not written, and the batch orders are redrawn from the seed), and
+    later groups keep the smaller size. Once the baseline or a module needed batches in parts
+    (``_LossProbe``), modules are scored one at a time: K copies of a batch cannot fit where one
+    did not. A group the stacked forward cannot run (an operation ``torch.func.vmap`` refuses)
+    is scored one module at a time, as are all later ones, and so is every module in bf16
+    (``rift.mrc_stacked.FP32_ONLY``). Each is logged and passed to ``on_warning``."""
+    def warn(message: str) -> None:
+        logger.warning("%s", message)
+        if on_warning is not None:
+            on_warning(message)
+
+    if group_size > 1 and scoring.precision != "fp32":
+        warn(FP32_ONLY)
+        group_size = 1
+    position = 0
+    while position < len(names):
+        raise_if_cancelled(scoring.should_cancel)
+        group = names[position:position + group_size]
+        if len(group) == 1 or scoring.micro is not None:
+            rows = [_score_one(scoring, group[0])]
+        else:
+            try:
+                rows = _score_group(scoring, group)
+            except torch.OutOfMemoryError:
+                group_size = max(1, len(group) // 2)
+                warn(f"out of memory scoring {len(group)} modules at once in the MRC ascent; "
+                     f"continuing with {group_size} (mrc.module_batch; the same table)")
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()  # give the failed attempt's cached blocks back
+                continue
+            except (RuntimeError, NotImplementedError) as exc:
+                warn(f"the MRC ascent cannot stack modules of this model "
+                     f"({type(exc).__name__}: {exc}); scoring one module at a time "
+                     "(as mrc.module_batch = 1; the same table)")
+                group_size = 1
+                continue
+        yield from rows
+        position += len(rows)
 
 
 def module_robust_criticality(
@@ -470,6 +605,7 @@ def module_robust_criticality(
     should_cancel: ShouldCancel | None = None,
     seed: int = 0,
     on_backoff: Callable[[int, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> MRCReport:
     """Score every selected module of ``model`` (``rift.scored_weights``) on a fixed adversarial
     set. Selected modules the output does not depend on are left out and listed in
@@ -480,7 +616,9 @@ def module_robust_criticality(
     it was, and ``on_module(row, index, total)`` is called after each module. ``seed`` draws the
     batch orders when ``spec.reshuffle`` is set (the same for every module). On out-of-memory a
     batch is computed in smaller parts (see ``_LossProbe``), ``on_backoff(failed, next)`` is
-    called, and later modules keep the smaller parts.
+    called, and later modules keep the smaller parts. ``spec.module_batch`` > 1 scores that many
+    consecutive modules at once (``rift.mrc_stacked``; same table up to float rounding), in
+    smaller groups after out-of-memory (``_score_all``), calling ``on_warning(message)``.
     """
     names = select_modules(model, spec)
     with frozen_except(model):
@@ -500,7 +638,7 @@ def module_robust_criticality(
         full = full_model_segment(model)
         probe = _LossProbe(full, [(x,) for x in image_batches], label_batches, precision,
                            should_cancel, on_backoff=on_backoff)
-        baseline, micro = probe.measure(), probe.micro
+        baseline = probe.measure()
         if not math.isfinite(baseline[0]):
             raise NumericalError(
                 f"the robust loss of the original weights is {baseline[0]}: check the "
@@ -508,38 +646,11 @@ def module_robust_criticality(
         report = MRCReport(baseline_robust_loss=baseline[0], baseline_robust_accuracy=baseline[1],
                            engine=engine, unreachable=unreachable,
                            unscored=scored_weights(model).unscored)
-        for index, name in enumerate(names):
-            raise_if_cancelled(should_cancel)
-            started = time.perf_counter()
-            weight = _FlatWeights(module_weights(model, name))
-            segment = split_at_parameters(traced, weight.tensors) if traced is not None else None
-            segment = segment or full
-            with torch.no_grad(), autocast(adversarial_images.device, precision):
-                cache = [tuple(segment.prefix(x)) for x in image_batches]
-            probe = _LossProbe(segment, cache, label_batches, precision, should_cancel,
-                               micro=micro, on_backoff=on_backoff)
-            weight.requires_grad_(True)
-            try:
-                worst_loss, accuracy, reached = _criticality_of(weight, probe, spec, baseline,
-                                                                seed)
-            finally:
-                weight.requires_grad_(False)
-            micro = probe.micro
-            del cache, probe
-            if not math.isfinite(worst_loss):
-                raise NumericalError(
-                    f"the robust loss of module {name!r} diverged to {worst_loss} during the "
-                    "ascent; lower mrc.lr or mrc.eps")
-            row = ModuleCriticality(
-                name=name,
-                parameters=weight.numel(),
-                mrc=worst_loss - baseline[0],
-                worst_robust_loss=worst_loss,
-                robust_accuracy_at_worst=accuracy,
-                robust_accuracy_drop=baseline[1] - accuracy,
-                seconds=time.perf_counter() - started,
-                max_ascent_loss=reached,
-            )
+        scoring = _Scoring(model, traced, full, image_batches, label_batches, spec, baseline,
+                           precision, seed, should_cancel, on_backoff, probe.micro)
+        del probe
+        group_size = modules_per_group(spec.module_batch, adversarial_images.device, precision)
+        for index, row in enumerate(_score_all(scoring, names, group_size, on_warning)):
             report.modules.append(row)
             if on_module is not None:
                 on_module(row, index, len(names))

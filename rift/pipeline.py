@@ -353,7 +353,9 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
         report = module_robust_criticality(
             run.model, inputs.adversarial, inputs.labels, spec, precision=config.precision,
             on_module=on_module, should_cancel=callbacks.should_cancel, seed=config.seed,
-            on_backoff=on_backoff)
+            on_backoff=on_backoff,
+            on_warning=lambda message: callbacks.event("warning", {"stage": "mrc",
+                                                                   "message": message}))
     if report.unreachable:
         callbacks.event("warning", {"stage": "mrc", "message": (
             f"not scored: {_names(report.unreachable)}: the model's output in eval mode does "
