@@ -49,6 +49,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from rift_client.client import RiftClient
 from rift_client.config import ConfigError, resolve_config
@@ -160,7 +161,11 @@ def main_options(
         make_client=lambda: RiftClient(config.api_url, api_key=config.api_key or "",
                                        timeout=config.timeout,
                                        upload_timeout=config.upload_timeout),
-        output=output, quiet=quiet, out=Console(), err=Console(stderr=True))
+        # No console markup: what is printed holds the service's and the user's text (a URL's
+        # "[/prefix]", a field "labels.x.[key]", a label value), which rich would otherwise read
+        # as style tags, and crash on.
+        output=output, quiet=quiet, out=Console(markup=False),
+        err=Console(stderr=True, markup=False))
 
 
 def _state(ctx: typer.Context) -> State:
@@ -204,12 +209,13 @@ def _fail(state: State, exit_code: int, message: str, error: dict[str, Any]) -> 
     if state.json:
         print(json.dumps({"error": error}), file=sys.stderr, flush=True)
     else:
-        state.err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        state.err.print(Text("error:", style="bold red"), message, highlight=False,
+                        soft_wrap=True)
     raise typer.Exit(exit_code)
 
 
 def _transfer_progress(state: State) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
                     TransferSpeedColumn(), TimeRemainingColumn(), console=state.err,
                     disable=not state.progress_shown, transient=True)
 
@@ -499,7 +505,7 @@ def _finish(state: State, job: Job) -> None:
 def _wait(state: State, client: RiftClient, job_id: str, timeout: float | None,
           poll_interval: float) -> Job:
     """Wait for the job with a progress bar over its three stages."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
                   console=state.err, disable=not state.progress_shown, transient=True) as bar:
         task = bar.add_task(f"job {job_id}", total=len(STAGES))
 

@@ -1,0 +1,37 @@
+"""``riftctl``'s text output prints the user's and the service's words as they are: square
+brackets in a URL, an error message or a record (``[/prefix]``, ``labels.x.[key]``, a file named
+``[v2].pt``) are text, not style tags (each used to end in rich's MarkupError traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.client.helpers import ScriptedReply, ScriptedServer, run_riftctl
+
+
+def test_a_url_refused_in_text_mode_is_one_line_not_a_markup_traceback(tmp_path: Path) -> None:
+    result = run_riftctl(["jobs", "list"], url="notaurl", api_key="rift_test", home=tmp_path)
+    assert result.exit_code == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error:" in result.stderr and "[/prefix]" in result.stderr
+
+
+def test_brackets_in_an_error_answer_and_in_a_table_are_printed_as_text(tmp_path: Path) -> None:
+    error = {"error": {"code": "validation_error", "field": "labels.é.[key]",
+                       "message": "labels.é.[key]: String should match pattern '[/x]'"}}
+    record = {"id": "ck_1", "filename": "[/v2] [bold]model.pt", "size": 10, "sha256": "0" * 64,
+              "format": "torch", "num_tensors": 1, "num_parameters": 4,
+              "created_at": "2026-01-01T00:00:00Z"}
+    server = ScriptedServer([ScriptedReply(422, error),
+                             ScriptedReply(200, {"items": [record], "next_cursor": None})])
+    try:
+        refused = run_riftctl(["jobs", "get", "job_1"], url=server.url, api_key="rift_test",
+                              home=tmp_path)
+        listed = run_riftctl(["checkpoints", "list"], url=server.url, api_key="rift_test",
+                             home=tmp_path)
+    finally:
+        server.stop()
+    assert refused.exit_code == 3 and "Traceback" not in refused.stderr
+    assert "labels.é.[key]" in refused.stderr and "'[/x]'" in refused.stderr
+    assert listed.exit_code == 0, listed.stderr
+    assert "[/v2] [bold]model.pt" in listed.stdout
