@@ -25,6 +25,7 @@ from api.errors import InvalidInput, from_rift_error
 from api.schemas import JobSpec
 from api.services.ownership import find_owned
 from api.spec_limits import check_service_bounds
+from api.spec_messages import refine_errors
 from api.validation import Validator
 from persistence.jobs import request_fingerprint
 from persistence.models import Checkpoint, Dataset
@@ -85,7 +86,8 @@ def validate_body(body: Any, model: type[ModelT], loc: tuple[Any, ...]) -> Model
     except ValidationError as exc:
         errors = [
             {**error, "loc": (*loc, *error["loc"])}
-            for error in exc.errors(include_url=False, include_context=False, include_input=False)
+            for error in refine_errors(
+                exc.errors(include_url=False), model)
         ]
         raise RequestValidationError(errors) from None
 

@@ -35,3 +35,17 @@ def test_brackets_in_an_error_answer_and_in_a_table_are_printed_as_text(tmp_path
     assert "labels.é.[key]" in refused.stderr and "'[/x]'" in refused.stderr
     assert listed.exit_code == 0, listed.stderr
     assert "[/v2] [bold]model.pt" in listed.stdout
+
+
+def test_a_config_file_json_cannot_take_as_meant_is_a_usage_error(tmp_path: Path) -> None:
+    repeated = tmp_path / "config.json"
+    # Before: sent as {"finetune": {"lr": 0.2}}, the first value silently dropped.
+    repeated.write_text('{"finetune": {"lr": 0.1, "lr": 0.2}}')
+    yaml = tmp_path / "config.yaml"
+    yaml.write_text("finetune:\n  lr: 0.1\n")
+    for path, says in ((repeated, "'lr' is given more than once"),
+                       (yaml, "YAML is not read, convert it to JSON")):
+        result = run_riftctl(["jobs", "create", "--checkpoint", "ck_1", "--config", str(path)],
+                             url="http://127.0.0.1:9", api_key="rift_test", home=tmp_path)
+        assert result.exit_code == 2 and "Traceback" not in result.stderr
+        assert says in " ".join(result.stderr.replace("│", " ").split()), result.stderr

@@ -466,12 +466,32 @@ def _labels(values: list[str]) -> dict[str, str]:
     return labels
 
 
+class _RepeatedKeyError(ValueError):
+    pass
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of a key given twice ({"lr": 0.1, "lr": 0.2} sent 0.2), and the
+    # service, which refuses it, never sees the file.
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise _RepeatedKeyError(f"the key {repeated[0]!r} is given more than once in one object; "
+                                "give it once")
+    return dict(pairs)
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     _existing_file(path)
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(), object_pairs_hook=_refuse_repeated_keys)
+    except _RepeatedKeyError as exc:
+        raise typer.BadParameter(f"{path}: {exc}", param_hint="--config") from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise typer.BadParameter(f"{path} is not valid JSON: {exc}", param_hint="--config") from exc
+        kind = {".yaml": "YAML", ".yml": "YAML", ".toml": "TOML"}.get(path.suffix.lower())
+        also = f"; {kind} is not read, convert it to JSON" if kind else ""
+        raise typer.BadParameter(f"{path} is not valid JSON: {exc}{also}",
+                                 param_hint="--config") from exc
     if not isinstance(config, dict):
         raise typer.BadParameter(f"{path} must hold a JSON object (the job's RiftConfig)",
                                  param_hint="--config")
