@@ -23,6 +23,7 @@ registered here (``create_webhook``) and checked by their receiver with
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -269,7 +270,7 @@ class RiftClient:
                     time.sleep(self.retry.backoff(retry))
                     retry += 1
                     continue
-                raise RiftConnectionError(f"{method} {self.base_url}{path}: {exc!r}") from exc
+                raise self._connection_error(method, path, exc) from exc
             except httpx.HTTPError as exc:  # an answer httpx cannot decode, say
                 raise self._unreadable(method, path, exc) from exc
             if response.status_code < 400:
@@ -300,7 +301,7 @@ class RiftClient:
                     time.sleep(self.retry.backoff(retry))
                     retry += 1
                     continue
-                raise RiftConnectionError(f"GET {self.base_url}{path}: {exc!r}") from exc
+                raise self._connection_error("GET", path, exc) from exc
             except httpx.HTTPError as exc:
                 raise self._unreadable("GET", path, exc) from exc
             if response.status_code >= 400:
@@ -317,6 +318,17 @@ class RiftClient:
             finally:
                 response.close()
             return
+
+    def _connection_error(self, method: str, path: str,
+                          exc: httpx.TransportError) -> RiftConnectionError:
+        """The error for a request that got no answer. One that could not even connect says
+        where the URL came from (a wrong or unset RIFT_API_URL is the usual cause)."""
+        elsewhere = path.startswith(("http://", "https://"))  # a presigned store URL
+        text = f"{method} {path if elsewhere else self.base_url + path}: {exc!r}"
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and not elsewhere:
+            text += (f"; no service answers at {self.base_url}: check the URL (riftctl --url, "
+                     "RIFT_API_URL or the config file's api_url) and that the service is running")
+        return RiftConnectionError(text)
 
     def _unreadable(self, method: str, path: str, exc: Exception) -> UnexpectedResponseError:
         return UnexpectedResponseError(
@@ -765,10 +777,15 @@ class RiftClient:
         removed). A connection lost mid-way is resumed with a Range request, at most
         ``resume_attempts`` times. Presigned-URL redirects (S3) are followed.
         """
-        artifact = self.get_artifact(job_id, name)
         target = Path(path)
         if target.is_dir():
             target = target / name
+        if not target.parent.is_dir():
+            # Else, after the request, "No such file or directory: '<path>.part'": a file the
+            # caller never named.
+            raise FileNotFoundError(errno.ENOENT, f"no folder {str(target.parent)!r} to save "
+                                    "the download in", str(target))
+        artifact = self.get_artifact(job_id, name)
         partial = target.with_name(target.name + ".part")
         digest = hashlib.sha256()
         received = 0
