@@ -49,3 +49,14 @@ def test_a_config_file_json_cannot_take_as_meant_is_a_usage_error(tmp_path: Path
                              url="http://127.0.0.1:9", api_key="rift_test", home=tmp_path)
         assert result.exit_code == 2 and "Traceback" not in result.stderr
         assert says in " ".join(result.stderr.replace("│", " ").split()), result.stderr
+
+
+def test_a_label_given_twice_with_two_values_is_a_usage_error(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    # Before: sent as {"team": "b"}, the first value silently dropped.
+    result = run_riftctl(["jobs", "create", "--checkpoint", "ck_1", "--config", str(config),
+                          "--label", "team=a", "--label", "team=b"],
+                         url="http://127.0.0.1:9", api_key="rift_test", home=tmp_path)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert "'team' is given twice" in " ".join(result.stderr.replace("│", " ").split())

@@ -457,11 +457,14 @@ def datasets_delete(ctx: typer.Context, dataset_id: str) -> None:
 
 
 def _labels(values: list[str]) -> dict[str, str]:
-    labels = {}
+    labels: dict[str, str] = {}
     for value in values:
         key, sep, label = value.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"'{value}' is not KEY=VALUE", param_hint="--label")
+        if key in labels and labels[key] != label:  # the last one silently won
+            raise typer.BadParameter(f"'{key}' is given twice ({labels[key]!r} and {label!r}); "
+                                     "a label has one value", param_hint="--label")
         labels[key] = label
     return labels
 
