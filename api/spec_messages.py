@@ -21,6 +21,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from api.errors import shorten
@@ -112,3 +113,27 @@ def refine_errors(errors: Sequence[Any], model: type[BaseModel]) -> list[dict[st
                 error["msg"] = f"{error['msg']}; {sent}"
         refined.append(error)
     return refined
+
+
+def route_body_model(route: object) -> type[BaseModel] | None:
+    """The pydantic model a route reads its JSON body as (None: it reads none, or reads it
+    itself, as ``POST /v1/jobs`` does)."""
+    if not isinstance(route, APIRoute) or route.body_field is None:
+        return None
+    annotation = route.body_field.field_info.annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) \
+        else None
+
+
+def name_unknown_keys(errors: Sequence[Any], model: type[BaseModel]) -> list[dict[str, Any]]:
+    """``errors`` of a body validated by FastAPI (``loc`` starting with ``"body"``) with each
+    unknown key's message naming the key it most likely meant, as a job spec's does."""
+    named = []
+    for error in errors:
+        error = dict(error)
+        loc = tuple(error.get("loc", ()))
+        if error.get("type") == "extra_forbidden" and loc[:1] == ("body",) and \
+                isinstance(loc[-1], str):
+            error["msg"] = unknown_setting_message(loc[-1], settings_at(model, loc[1:]))
+        named.append(error)
+    return named
