@@ -31,7 +31,7 @@ from persistence.jobs import request_fingerprint
 from persistence.models import Checkpoint, Dataset
 from persistence.storage import ObjectStore
 from rift.attack_radius import check_attack_radius
-from rift.config import DomainBounds, RiftConfig
+from rift.config import DomainBounds, RiftConfig, unused_settings
 from rift.dataset_formats import imagefolder_channels_hint
 from rift.errors import CheckpointMismatchError, ConfigError, RiftError
 
@@ -80,6 +80,11 @@ def validate_body(body: Any, model: type[ModelT], loc: tuple[Any, ...]) -> Model
     _prefill_dataset_path(body)
     if isinstance(body, dict) and isinstance(body.get("config"), dict):
         check_service_bounds(body["config"], (*loc, "config"))
+        unused = unused_settings(body["config"])
+        if unused:
+            raise RequestValidationError([
+                {"type": "value_error", "loc": (*loc, "config", *path), "msg": why}
+                for path, why in unused])
     try:
         # Strict in JSON mode: JSON strings still become enums and paths, arrays tuples.
         return model.model_validate_json(json.dumps(body), strict=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rift.config import RiftConfig, SettingValueError
+from rift.config import RiftConfig, SettingValueError, unused_settings
 from rift.errors import RiftError
 from rift.setting_names import settings_at, unknown_setting_message
 
@@ -190,6 +190,12 @@ def _build_config(args: argparse.Namespace, origins: dict[str, str]) -> RiftConf
     for dotted, value, raw in args.set or []:
         _set_path(tree, dotted, value, f"--set {dotted}")
         origins[dotted] = f"--set {dotted}={raw}"
+    for path, why in unused_settings(tree):
+        dotted = ".".join(path)
+        given = [key for key in origins if key and (dotted == key or dotted.startswith(key + "."))]
+        origin = origins[max(given, key=len)] if given else origins.get("", "")
+        raise ConfigInputError(f"invalid configuration: {dotted}: {why}"
+                               + (f" (from {origin})" if origin else ""))
     try:
         return RiftConfig.model_validate(tree)
     except ValidationError as exc:

@@ -9,6 +9,7 @@ lr 1e-3 for 10 epochs, interpolation over α in steps of 0.05 as in the paper's 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
 from pydantic import (
@@ -340,6 +341,24 @@ REFERENCE_PROTOCOL: dict[str, dict[str, object]] = {
     "finetune": {"selection_split": "test"},
     "interpolation": {"alpha_step": 0.1, "selection_split": "test", "robust_tolerance": 0.1},
 }
+
+
+def unused_settings(tree: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """Settings a config as given (JSON, before defaults) sets that the run would not use, as
+    (path, why) pairs. Checked where a config is first given (the API's job creation, the CLI),
+    not in RiftConfig: a stored config writes out every setting, the unused ones too.
+
+    Now: ``finetune.lr`` beside a ``finetune.lr_grid`` without it (the grid's rates are the ones
+    run; the lr was dropped without a word).
+    """
+    finetune = tree.get("finetune")
+    if not isinstance(finetune, Mapping) or "lr" not in finetune:
+        return []
+    grid, lr = finetune.get("lr_grid"), finetune["lr"]
+    if isinstance(grid, list) and lr not in grid:
+        return [(("finetune", "lr"), f"'lr_grid' sets the rates that are run and {lr!r} is not "
+                 "among them: add it to 'lr_grid', or leave 'lr' out")]
+    return []
 
 
 def check_seed(seed: int) -> None:

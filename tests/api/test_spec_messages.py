@@ -69,6 +69,9 @@ def spec(**sections: Any) -> str:
     # Before: accepted; the module was listed twice.
     ({"mrc": {"modules": ["conv1", "conv1"]}}, "config.mrc.modules",
      "each module may appear once; repeated: ['conv1']"),
+    # Before: accepted, and lr never used (the grid's rates are the ones run).
+    ({"finetune": {"lr": 0.1, "lr_grid": [0.01, 0.05]}}, "config.finetune.lr",
+     "'lr_grid' sets the rates that are run and 0.1 is not among them"),
 ])
 def test_a_wrong_setting_says_what_to_write(sections: dict[str, Any], field: str,
                                             message: str) -> None:
@@ -87,6 +90,14 @@ def test_the_protocols_own_values_may_be_given() -> None:
     # A stored config (every setting written out) reads back as it was.
     again = type(body.config).model_validate(body.config.model_dump())
     assert again == body.config
+
+
+def test_an_lr_among_the_grids_rates_may_be_given() -> None:
+    config = {"architecture": {"name": "small_cnn"}, "dataset": {"name": "digits"},
+              "finetune": {"lr": 0.01, "lr_grid": [0.01, 0.05]}}
+    body = validate_body(parse_json(json.dumps({"checkpoint_id": "ck_1", "config": config}),
+                                    ("body",)), JobCreate, ("body",))
+    assert body.config.finetune.lr_grid == [0.01, 0.05]
 
 
 def test_an_object_or_list_is_never_echoed() -> None:

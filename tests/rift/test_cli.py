@@ -157,6 +157,8 @@ def test_listing_commands(argv: list[str], capsys) -> None:
     ([], {"protocol": "reference", "mrc": {"steps": 3}}, "mrc.steps: protocol 'reference' "
      "sets mrc.steps to 10"),
     ([], {"architecture": {"name": "small_cnn", "mean": [0.5]}}, "architecture.std: give both"),
+    (["--set", "finetune.lr_grid=[0.01]"], {"finetune": {"lr": 0.1}}, "finetune.lr: 'lr_grid' "
+     "sets the rates that are run and 0.1 is not among them"),
     ([], {"mrc": {"zzz": 1}}, "mrc.zzz: unknown setting 'zzz'; known: allow_negative, ascent, "),
     (["--set", "mrc.steps=1.5"], None, "mrc.steps: Input should be a valid integer, got a "
      "number with a fractional part (from --set mrc.steps=1.5)"),
