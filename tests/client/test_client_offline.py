@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rift_client import RiftClient, RiftConnectionError
+from rift_client import RiftClient, RiftConnectionError, RiftUsageError
 from rift_client.retry import RetryPolicy
 from tests.client.helpers import ScriptedReply, ScriptedServer
 
@@ -38,3 +38,15 @@ def test_a_refused_connection_says_where_the_url_comes_from(
     assert "GET http://127.0.0.1:9/v1/jobs/job_1" in str(caught.value)
     assert "no service answers at http://127.0.0.1:9" in str(caught.value)
     assert "RIFT_API_URL" in str(caught.value)
+
+
+def test_a_config_passed_as_the_spec_is_one_line_saying_so() -> None:
+    with RiftClient("http://127.0.0.1:9", api_key="rift_test") as client, \
+            pytest.raises(RiftUsageError) as caught:
+        client.create_job({"architecture": {"name": "small_cnn"}, "dataset": {"name": "digits"}},
+                          checkpoint_id="ck_1")
+    # Before: pydantic's several-line report with a URL per error.
+    message = str(caught.value)
+    assert "\n" not in message and "pydantic.dev" not in message
+    assert "config: required; architecture: unknown key" in message
+    assert "this looks like the RiftConfig itself: pass {'config': <it>}" in message

@@ -36,7 +36,7 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from rift_client import __version__
 from rift_client.errors import (
@@ -159,6 +159,18 @@ def _header_token(what: str, value: str, *, secret: bool = False) -> str:
     raise RiftUsageError(
         f"{what}{quoted} holds {bad!r} at position {position}; it may hold visible ASCII "
         "characters only (no spaces, line breaks or non-ASCII letters)")
+
+
+def _job_spec_error(exc: ValidationError, spec: object) -> str:
+    """One line for a spec that is not a JobSpec (pydantic's report spans lines and links),
+    with the usual cause named: the RiftConfig itself passed where ``{"config": ...}`` goes."""
+    words = {"extra_forbidden": "unknown key", "missing": "required"}
+    parts = [f"{'.'.join(str(p) for p in error['loc']) or 'spec'}: "
+             f"{words.get(error['type'], error['msg'])}" for error in exc.errors()]
+    text = "the job spec is not a JobSpec: " + "; ".join(parts)
+    if isinstance(spec, Mapping) and "config" not in spec and {"architecture", "dataset"} & set(spec):
+        text += " (this looks like the RiftConfig itself: pass {'config': <it>})"
+    return text
 
 
 def _idempotency_key(given: str | None) -> str:
@@ -492,8 +504,8 @@ class RiftClient:
         """
         try:
             job_spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
-        except ValueError as exc:  # pydantic's ValidationError
-            raise RiftUsageError(f"the job spec is not a JobSpec: {exc}") from exc
+        except ValidationError as exc:
+            raise RiftUsageError(_job_spec_error(exc, spec)) from exc
         body: dict[str, Any] = {"checkpoint_id": checkpoint_id, "config": job_spec.config,
                                 "labels": job_spec.labels}
         if job_spec.dataset_id is not None:
