@@ -60,3 +60,14 @@ def test_a_label_given_twice_with_two_values_is_a_usage_error(tmp_path: Path) ->
                          url="http://127.0.0.1:9", api_key="rift_test", home=tmp_path)
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert "'team' is given twice" in " ".join(result.stderr.replace("│", " ").split())
+
+
+def test_a_whole_job_request_as_config_says_what_the_file_should_hold(tmp_path: Path) -> None:
+    body = tmp_path / "job.json"
+    body.write_text('{"checkpoint_id": "ck_1", "config": {"architecture": {"name": "mlp"}}}')
+    # Before: sent as the config; the service answered "unknown setting" for each key.
+    result = run_riftctl(["jobs", "create", "--checkpoint", "ck_1", "--config", str(body)],
+                         url="http://127.0.0.1:9", api_key="rift_test", home=tmp_path)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert "put only its 'config' object in the file" in " ".join(
+        result.stderr.replace("│", " ").split())

@@ -498,6 +498,13 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise typer.BadParameter(f"{path} must hold a JSON object (the job's RiftConfig)",
                                  param_hint="--config")
+    if isinstance(config.get("config"), dict) and "architecture" not in config:
+        # A POST /v1/jobs body saved from curl or the docs: sent as the config, every key of it
+        # came back "unknown setting".
+        raise typer.BadParameter(
+            f"{path} holds a whole job request (a 'config' key): put only its 'config' object in "
+            "the file, and give the checkpoint, dataset and labels as --checkpoint, --dataset "
+            "and --label", param_hint="--config")
     return config
 
 
