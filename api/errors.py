@@ -366,9 +366,16 @@ async def _persistence_error_handler(request: Request, exc: Exception) -> JSONRe
     return await _api_error_handler(request, error)
 
 
-async def _validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse(validation_error_body(exc.errors()), status_code=422)
+    # Imported here: api.spec_messages uses this module's helpers.
+    from api.spec_messages import name_unknown_keys, route_body_model
+
+    errors = exc.errors()
+    model = route_body_model(request.scope.get("route"))
+    if model is not None:
+        errors = name_unknown_keys(errors, model)
+    return JSONResponse(validation_error_body(errors), status_code=422)
 
 
 _STATUS_CODES = {

@@ -25,12 +25,13 @@ from api.errors import InvalidInput, from_rift_error
 from api.schemas import JobSpec
 from api.services.ownership import find_owned
 from api.spec_limits import check_service_bounds
+from api.spec_messages import refine_errors
 from api.validation import Validator
 from persistence.jobs import request_fingerprint
 from persistence.models import Checkpoint, Dataset
 from persistence.storage import ObjectStore
 from rift.attack_radius import check_attack_radius
-from rift.config import DomainBounds, RiftConfig
+from rift.config import DomainBounds, RiftConfig, unused_settings
 from rift.dataset_formats import SERVICE_MIN_IMAGE_SIDE, imagefolder_channels_hint
 from rift.errors import CheckpointMismatchError, ConfigError, RiftError
 
@@ -79,13 +80,19 @@ def validate_body(body: Any, model: type[ModelT], loc: tuple[Any, ...]) -> Model
     _prefill_dataset_path(body)
     if isinstance(body, dict) and isinstance(body.get("config"), dict):
         check_service_bounds(body["config"], (*loc, "config"))
+        unused = unused_settings(body["config"])
+        if unused:
+            raise RequestValidationError([
+                {"type": "value_error", "loc": (*loc, "config", *path), "msg": why}
+                for path, why in unused])
     try:
         # Strict in JSON mode: JSON strings still become enums and paths, arrays tuples.
         return model.model_validate_json(json.dumps(body), strict=True)
     except ValidationError as exc:
         errors = [
             {**error, "loc": (*loc, *error["loc"])}
-            for error in exc.errors(include_url=False, include_context=False, include_input=False)
+            for error in refine_errors(
+                exc.errors(include_url=False), model)
         ]
         raise RequestValidationError(errors) from None
 

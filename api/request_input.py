@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import types
 import typing
 from typing import Any
@@ -38,8 +39,25 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
+class _JsonObject(dict[str, Any]):
+    """A parsed JSON object that remembers the keys it was given more than once (JSON allows
+    them; Python keeps the last value, so ``{"lr": 0.1, "lr": 0.2}`` silently ran at 0.2)."""
+
+    repeated: list[str]
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _JsonObject:
+        made = cls(pairs)
+        keys = [key for key, _ in pairs]
+        made.repeated = sorted({key for key in keys if keys.count(key) > 1})
+        return made
+
+
 def _check_strings(value: Any, loc: tuple[Any, ...]) -> None:
     # NUL cannot be stored in Postgres text or JSONB; refuse it here with its location.
+    if isinstance(value, _JsonObject) and value.repeated:
+        raise _invalid((*loc, value.repeated[0]),
+                       "this key is given more than once in one object; give it once")
     if isinstance(value, str):
         if "\x00" in value:
             raise _invalid(loc, "text must not contain NUL characters")
@@ -57,15 +75,20 @@ def _check_strings(value: Any, loc: tuple[Any, ...]) -> None:
 
 
 def parse_json(raw: bytes | str, loc: tuple[Any, ...]) -> Any:
-    """Parse ``raw`` as strict JSON (no NaN/Infinity, no NUL or lone surrogates in strings).
+    """Parse ``raw`` as strict JSON (no NaN/Infinity, no NUL or lone surrogates in strings, no
+    key given twice in one object).
 
     Raises:
         RequestValidationError: (422) located at ``loc``.
     """
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+        value = json.loads(raw, parse_constant=_reject_constant,
+                           object_pairs_hook=_JsonObject.from_pairs)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _invalid(loc, f"JSON decode error: {exc}", "json_invalid") from None
+        # Python's own advice ("use sys.set_int_max_str_digits()") means nothing to a client.
+        reason = (f"a number has more than {sys.get_int_max_str_digits()} digits"
+                  if "integer string conversion" in str(exc) else str(exc))
+        raise _invalid(loc, f"JSON decode error: {reason}", "json_invalid") from None
     _check_strings(value, loc)
     return value
 

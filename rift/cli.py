@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from rift.config import RiftConfig
+from rift.config import RiftConfig, SettingValueError, unused_settings
 from rift.errors import RiftError
+from rift.setting_names import settings_at, unknown_setting_message
 
 
 class CliInputError(Exception):
@@ -64,15 +66,33 @@ def _parse_override(text: str) -> tuple[str, Any, str]:
         return key, raw, raw
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of a key given twice: {"lr": 0.1, "lr": 0.2} ran at 0.2.
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise _RepeatedKey(f"the key {repeated[0]!r} is given more than once in one object")
+    return dict(pairs)
+
+
 def _read_config_file(path: Path) -> dict[str, Any]:
     try:
-        tree = json.loads(path.read_text())
+        tree = json.loads(path.read_text(), object_pairs_hook=_refuse_repeated_keys)
     except FileNotFoundError:
         raise CliInputError(f"--config {path}: no such file") from None
     except OSError as exc:
         raise CliInputError(f"--config {path}: cannot read it ({exc.strerror})") from None
+    except _RepeatedKey as exc:
+        raise CliInputError(f"--config {path}: {exc}; give it once") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CliInputError(f"--config {path}: not valid JSON ({exc})") from None
+        # YAML and TOML look like config files too; say plainly that only JSON is read.
+        kind = {".yaml": "YAML", ".yml": "YAML", ".toml": "TOML"}.get(path.suffix.lower())
+        also = f"; {kind} is not read, convert it to JSON" if kind else ""
+        raise CliInputError(f"--config {path}: not valid JSON ({exc}){also}") from None
     if not isinstance(tree, dict):
         raise CliInputError(f"--config {path}: expected a JSON object, got "
                             f"{type(tree).__name__}")
@@ -100,18 +120,6 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _known_settings(path: str) -> list[str]:
-    """The setting names of the section holding ``path`` ("mrc.stepz" → MRCSpec's fields)."""
-    model: type[BaseModel] = RiftConfig
-    for key in path.split(".")[:-1]:
-        field = model.model_fields.get(key)
-        inner = field.annotation if field is not None else None
-        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
-            return []
-        model = inner
-    return sorted(model.model_fields)
-
-
 def describe_validation_error(exc: ValidationError, origins: dict[str, str]) -> str:
     """One line naming every invalid setting, what is wrong with it and where it was given
     (``origins``: dotted setting or section → the flag or file that set it; "" for the
@@ -119,15 +127,18 @@ def describe_validation_error(exc: ValidationError, origins: dict[str, str]) -> 
     messages: dict[str, list[str]] = {}
     inputs: dict[str, str] = {}
     for error in exc.errors():
+        reason = (error.get("ctx") or {}).get("error")
+        if isinstance(reason, SettingValueError):  # a section's check naming one setting
+            error["loc"] = (*error["loc"], *reason.setting)
         path = _field_path(error["loc"])
         if error["type"] == "extra_forbidden":
-            known = _known_settings(path)
-            text = "unknown setting" + (f"; known: {', '.join(known)}" if known else "")
+            name = str(error["loc"][-1])
+            text = unknown_setting_message(name, settings_at(RiftConfig, error["loc"]))
         elif error["type"] == "missing":
             hint = _REQUIRED_HINTS.get(path)
             text = "required" + (f"; give {hint} or set it in --config" if hint else "")
         else:
-            text = error["msg"]
+            text = error["msg"].removeprefix("Value error, ")  # pydantic's, says nothing
             if "input" in error and not isinstance(error["input"], dict):
                 shown = json.dumps(error["input"], ensure_ascii=False, default=str)
                 inputs.setdefault(path, shown if len(shown) <= 60 else shown[:57] + "...")
@@ -179,6 +190,12 @@ def _build_config(args: argparse.Namespace, origins: dict[str, str]) -> RiftConf
     for dotted, value, raw in args.set or []:
         _set_path(tree, dotted, value, f"--set {dotted}")
         origins[dotted] = f"--set {dotted}={raw}"
+    for path, why in unused_settings(tree):
+        dotted = ".".join(path)
+        given = [key for key in origins if key and (dotted == key or dotted.startswith(key + "."))]
+        origin = origins[max(given, key=len)] if given else origins.get("", "")
+        raise ConfigInputError(f"invalid configuration: {dotted}: {why}"
+                               + (f" (from {origin})" if origin else ""))
     try:
         return RiftConfig.model_validate(tree)
     except ValidationError as exc:
@@ -193,6 +210,24 @@ def _build_config(args: argparse.Namespace, origins: dict[str, str]) -> RiftConf
         for dotted in wanted:
             _set_path(tree, dotted, typed[dotted], f"--set {dotted}")
         return RiftConfig.model_validate(tree)
+
+
+def _check_writable_folder(folder: Path, flag: str) -> None:
+    """Make ``folder`` (with its parents) and write a scratch file in it, before any long work:
+    a folder that cannot be made or written (a parent that is a file, no permission, a read-only
+    disk) used to fail only at the first save, minutes of training later.
+
+    Raises:
+        CliInputError: naming ``flag``, the folder and the reason.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        at = f" ({exc.filename})" if exc.filename and Path(exc.filename) != folder else ""
+        raise CliInputError(f"{flag} {folder}: cannot write there: "
+                            f"{exc.strerror or exc}{at}") from None
 
 
 class _ProgressBars:
@@ -270,6 +305,7 @@ def _command_run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         # Else "File exists" or "Not a directory: OUT/mrc.json", at the first write.
         raise CliInputError(f"--out {out}: a file, not a folder")
+    _check_writable_folder(out, "--out")
     bars = _ProgressBars(enabled=not args.quiet)
     try:
         result = run_pipeline(config, checkpoint, Path(args.out),
@@ -292,7 +328,12 @@ def _command_run(args: argparse.Namespace) -> int:
 def _command_demo_checkpoint(args: argparse.Namespace) -> int:
     from rift.demo import make_digits_checkpoint
 
-    metrics = make_digits_checkpoint(Path(args.out), seed=args.seed)
+    out = Path(args.out)
+    if out.is_dir():
+        raise CliInputError(f"--out {out}: a folder; give a file name, e.g. "
+                            f"{out / 'digits.safetensors'}")
+    _check_writable_folder(out.parent, "--out")
+    metrics = make_digits_checkpoint(out, seed=args.seed)
     print(json.dumps(metrics, indent=2))
     return 0
 

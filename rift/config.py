@@ -8,6 +8,8 @@ lr 1e-3 for 10 epochs, interpolation over α in steps of 0.05 as in the paper's 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -28,6 +30,16 @@ MIN_STD = 1e-4
 MAX_SEED = 2**31 - 1
 # 'auto', 'cpu', or an accelerator with an optional small index (ASCII digits only).
 DEVICE_PATTERN = r"^(auto|cpu|mps|(cuda|xpu)(:[0-9]{1,2})?)$"
+
+
+class SettingValueError(ValueError):
+    """A model check's error about one setting of the section it checks (``setting``: the path
+    from that section, e.g. ``("std",)`` or ``("mrc", "steps")``), so that the API and the CLI
+    name ``config.architecture.std``, not only ``config.architecture``."""
+
+    def __init__(self, message: str, *setting: str | int) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class _Strict(BaseModel):
@@ -92,16 +104,18 @@ class ArchitectureSpec(_Strict):
             if self.mean is None and self.std is None:
                 self.mean, self.std = list(mean), list(std)
             elif self.mean != mean or self.std != std:
-                raise ValueError(f"'normalization' {self.normalization!r} sets mean/std; give "
-                                 "it or 'mean'/'std', not both")
+                raise SettingValueError(f"'normalization' {self.normalization!r} sets mean/std; "
+                                        "give it or 'mean'/'std', not both", "normalization")
         if self.hidden is not None and any(not 1 <= width <= 65536 for width in self.hidden):
-            raise ValueError("every 'hidden' width must be between 1 and 65536")
+            raise SettingValueError("every 'hidden' width must be between 1 and 65536", "hidden")
         if (self.mean is None) != (self.std is None):
-            raise ValueError("give both 'mean' and 'std', or neither")
+            raise SettingValueError("give both 'mean' and 'std', or neither",
+                                    "std" if self.std is None else "mean")
         if self.std is not None and any(s < MIN_STD for s in self.std):
-            raise ValueError(f"every 'std' entry must be >= {MIN_STD} (inputs are divided by it)")
+            raise SettingValueError(f"every 'std' entry must be >= {MIN_STD} (inputs are divided "
+                                    "by it)", "std")
         if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
-            raise ValueError("'mean' and 'std' must have the same length")
+            raise SettingValueError("'mean' and 'std' must have the same length", "std")
         return self
 
 
@@ -128,7 +142,7 @@ class DatasetSpec(_Strict):
     @model_validator(mode="after")
     def _check_location(self) -> DatasetSpec:
         if self.name in ("npz", "imagefolder") and not self.path:
-            raise ValueError(f"dataset '{self.name}' needs 'path'")
+            raise SettingValueError(f"dataset '{self.name}' needs 'path'", "path")
         return self
 
     @field_validator("image_size")
@@ -162,9 +176,9 @@ class DomainBounds(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> DomainBounds:
         if len(self.lower) != len(self.upper):
-            raise ValueError("'lower' and 'upper' must have the same length")
+            raise SettingValueError("'lower' and 'upper' must have the same length", "upper")
         if any(lo > hi for lo, hi in zip(self.lower, self.upper, strict=True)):
-            raise ValueError("every 'lower' bound must be <= its 'upper' bound")
+            raise SettingValueError("every 'lower' bound must be <= its 'upper' bound", "lower")
         return self
 
 
@@ -226,6 +240,15 @@ class MRCSpec(_Strict):
         "a CPU (measured: no gain there) or in bf16, 4 on an accelerator (not yet measured on "
         "one). Default 1: one module at a time.")
 
+    @field_validator("modules")
+    @classmethod
+    def _each_module_once(cls, value: list[str] | None) -> list[str] | None:
+        # A module named twice was listed (and costed) twice for one score.
+        if value is not None and len(set(value)) < len(value):
+            repeated = sorted({name for name in value if value.count(name) > 1})
+            raise ValueError(f"each module may appear once; repeated: {repeated}")
+        return value
+
 
 class FinetuneSpec(_Strict):
     """Fine-tune one module on clean data (docs/algorithm.md, step 2)."""
@@ -277,8 +300,10 @@ class FinetuneSpec(_Strict):
     @field_validator("lr_milestones")
     @classmethod
     def _sorted_positive(cls, value: list[int]) -> list[int]:
-        if any(m < 1 for m in value) or value != sorted(value):
-            raise ValueError("milestones must be positive epoch numbers in increasing order")
+        # Strictly: [5, 5] decayed twice after epoch 5 (lr_gamma²), a likely typo for [5, 10].
+        if any(m < 1 for m in value) or any(a >= b for a, b in itertools.pairwise(value)):
+            raise ValueError("milestones must be positive epoch numbers in increasing order, "
+                             "each once")
         return value
 
 
@@ -325,6 +350,24 @@ REFERENCE_PROTOCOL: dict[str, dict[str, object]] = {
 }
 
 
+def unused_settings(tree: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """Settings a config as given (JSON, before defaults) sets that the run would not use, as
+    (path, why) pairs. Checked where a config is first given (the API's job creation, the CLI),
+    not in RiftConfig: a stored config writes out every setting, the unused ones too.
+
+    Now: ``finetune.lr`` beside a ``finetune.lr_grid`` without it (the grid's rates are the ones
+    run; the lr was dropped without a word).
+    """
+    finetune = tree.get("finetune")
+    if not isinstance(finetune, Mapping) or "lr" not in finetune:
+        return []
+    grid, lr = finetune.get("lr_grid"), finetune["lr"]
+    if isinstance(grid, list) and lr not in grid:
+        return [(("finetune", "lr"), f"'lr_grid' sets the rates that are run and {lr!r} is not "
+                 "among them: add it to 'lr_grid', or leave 'lr' out")]
+    return []
+
+
 def check_seed(seed: int) -> None:
     """The rule of ``RiftConfig.seed`` for functions that take a seed directly.
 
@@ -362,6 +405,14 @@ class RiftConfig(_Strict):
         if self.protocol == "reference":
             for section, values in REFERENCE_PROTOCOL.items():
                 spec = getattr(self, section)
+                # A setting given with another value was silently replaced ("mrc": {"steps": 3}
+                # ran 10 passes): the two asks contradict each other, so say so.
+                for name, value in values.items():
+                    if name in spec.model_fields_set and getattr(spec, name) != value:
+                        raise SettingValueError(
+                            f"protocol 'reference' sets {section}.{name} to {value!r}; "
+                            f"leave {section}.{name} out, or use protocol 'default' to set it",
+                            section, name)
                 object.__setattr__(self, section, spec.model_copy(update=values))
         return self
 

@@ -93,7 +93,7 @@ def test_invalid_spec_values_name_each_field(api: Api, checkpoint_id: str) -> No
     ({"config": digits_config(interpolation={"alpha_step": 1e-5})},
      "config.interpolation.alpha_step"),
     ({"config": digits_config(architecture={"name": "small_cnn", "mean": [0.0],
-                                            "std": [1e-300]})}, "config.architecture"),
+                                            "std": [1e-300]})}, "config.architecture.std"),
     ({"config": digits_config(dataset={"name": "cifar100"})}, "config.architecture.num_classes"),
     ({"labels": {f"k{i}": "v" for i in range(40)}}, "labels"),
     ({"labels": {"bad key": "v"}}, "labels.bad key.[key]"),
@@ -202,9 +202,10 @@ def test_multipart_without_boundary_names_the_header(api: Api) -> None:
 
 
 @pytest.mark.parametrize(("domain", "field", "code"), [
-    # Both union members fail: the field is the request's, not pydantic's member tag.
-    ({"lower": [1.0], "upper": [0.0]}, "config.attack.domain", "validation_error"),
-    ({"lower": ["a"], "upper": [1.0]}, "config.attack.domain", "validation_error"),
+    # The field is the request's, not pydantic's member tag: the bound at fault.
+    ({"lower": [1.0], "upper": [0.0]}, "config.attack.domain.lower", "validation_error"),
+    # An object is checked as bounds only: the field is the bound at fault.
+    ({"lower": ["a"], "upper": [1.0]}, "config.attack.domain.lower.0", "validation_error"),
     # Digits have one channel: three bounds would only fail on the worker.
     ({"lower": [0.0] * 3, "upper": [1.0] * 3}, "config.attack.domain.lower",
      "domain_size_mismatch"),

@@ -151,6 +151,16 @@ def test_bad_bodies_name_the_field(api: Api, body: dict[str, Any] | None, field:
     assert error_of(response)["field"] == field
 
 
+def test_a_mistyped_key_names_the_one_meant(api: Api) -> None:
+    response = api.client.post("/v1/webhooks", json={"url": "https://example.com/h",
+                                                     "evnts": ["job.succeeded"]})
+    assert response.status_code == 422
+    error = error_of(response)
+    # Before: "Extra inputs are not permitted" (as every route but POST /v1/jobs still said).
+    assert error["field"] == "evnts"
+    assert "unknown setting 'evnts'; did you mean 'events'?" in error["message"]
+
+
 def test_a_cancelled_job_is_delivered_signed_and_retried_by_a_worker(
         service_env: dict[str, str], start_api: Callable[..., Api],
         start_worker: Callable[..., WorkerProcess], celery_queue: str,

@@ -94,6 +94,23 @@ def test_checkpoint_folder_and_out_file_are_clear_errors(tmp_path: Path, capsys)
     assert code == 2 and f"--out {tmp_path / 'file'}: a file, not a folder" in capsys.readouterr().err
 
 
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(
+        tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    blocked = tmp_path / "file" / "out"  # its parent is a file: no folder can be made there
+    code = main(["run", "--checkpoint", str(tmp_path / "file"), "--arch", "small_cnn",
+                 "--dataset", "digits", "--device", "cpu", "--out", str(blocked)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: --out {blocked}: cannot write there: Not a directory")
+    # Before: the digits model trained for minutes, then the save failed.
+    code = main(["demo-checkpoint", "--out", str(blocked / "digits.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: --out {blocked}: cannot write there: ")
+    code = main(["demo-checkpoint", "--out", str(tmp_path)])
+    assert code == 2 and "a folder; give a file name" in capsys.readouterr().err
+
+
 def test_run_command_end_to_end(digits_checkpoint_path: Path, digits_job_config: dict,
                                 tmp_path: Path) -> None:
     digits_job_config["mrc"].update(steps=2, num_examples=64)
@@ -135,7 +152,14 @@ def test_listing_commands(argv: list[str], capsys) -> None:
 @pytest.mark.parametrize(("argv", "spec", "line"), [
     # Before: pydantic's several-line report ("1 validation error for RiftConfig", the
     # input_type, a URL), never saying which flag or file held the value.
-    ([], {"mrc": {"stepz": 1}}, "mrc.stepz: unknown setting; known: allow_negative, ascent, "),
+    ([], {"mrc": {"stepz": 1}}, "mrc.stepz: unknown setting 'stepz'; did you mean 'steps'?"),
+    ([], {"finetune": {"LR": 1}}, "finetune.LR: unknown setting 'LR'; did you mean 'lr'?"),
+    ([], {"protocol": "reference", "mrc": {"steps": 3}}, "mrc.steps: protocol 'reference' "
+     "sets mrc.steps to 10"),
+    ([], {"architecture": {"name": "small_cnn", "mean": [0.5]}}, "architecture.std: give both"),
+    (["--set", "finetune.lr_grid=[0.01]"], {"finetune": {"lr": 0.1}}, "finetune.lr: 'lr_grid' "
+     "sets the rates that are run and 0.1 is not among them"),
+    ([], {"mrc": {"zzz": 1}}, "mrc.zzz: unknown setting 'zzz'; known: allow_negative, ascent, "),
     (["--set", "mrc.steps=1.5"], None, "mrc.steps: Input should be a valid integer, got a "
      "number with a fractional part (from --set mrc.steps=1.5)"),
     (["--device", "CPU"], None, 'device: String should match pattern'),
@@ -156,6 +180,24 @@ def test_an_invalid_config_is_one_line_naming_the_setting_and_its_source(
     assert err.startswith("error: invalid configuration: ") and line in err
     if spec is not None:
         assert f"(from --config {tmp_path / 'spec.json'})" in err
+
+
+@pytest.mark.parametrize(("name", "text", "line"), [
+    # Before: json.loads kept the last value ({"lr": 0.1, "lr": 0.2} ran at 0.2), silently.
+    ("spec.json", '{"finetune": {"lr": 0.1, "lr": 0.2}}',
+     "the key 'lr' is given more than once in one object; give it once"),
+    # Before: "not valid JSON (Expecting value: line 1 column 1 (char 0))" and nothing more.
+    ("spec.yaml", "finetune:\n  lr: 0.1\n", "line 1 column 1 (char 0)); YAML is not read, "
+     "convert it to JSON"),
+])
+def test_a_config_file_json_cannot_take_as_meant_is_one_line(
+        tmp_path: Path, capsys, name: str, text: str, line: str) -> None:
+    (tmp_path / name).write_text(text)
+    code = main(["run", "--checkpoint", "x.pt", "--arch", "small_cnn", "--dataset", "digits",
+                 "--config", str(tmp_path / name), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: --config {tmp_path / name}: ") and line in err
 
 
 def test_a_missing_section_names_the_flag_that_gives_it(capsys) -> None:

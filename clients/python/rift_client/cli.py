@@ -49,6 +49,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from rift_client.client import RiftClient
 from rift_client.config import ConfigError, resolve_config
@@ -160,7 +161,11 @@ def main_options(
         make_client=lambda: RiftClient(config.api_url, api_key=config.api_key or "",
                                        timeout=config.timeout,
                                        upload_timeout=config.upload_timeout),
-        output=output, quiet=quiet, out=Console(), err=Console(stderr=True))
+        # No console markup: what is printed holds the service's and the user's text (a URL's
+        # "[/prefix]", a field "labels.x.[key]", a label value), which rich would otherwise read
+        # as style tags, and crash on.
+        output=output, quiet=quiet, out=Console(markup=False),
+        err=Console(stderr=True, markup=False))
 
 
 def _state(ctx: typer.Context) -> State:
@@ -204,12 +209,13 @@ def _fail(state: State, exit_code: int, message: str, error: dict[str, Any]) -> 
     if state.json:
         print(json.dumps({"error": error}), file=sys.stderr, flush=True)
     else:
-        state.err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        state.err.print(Text("error:", style="bold red"), message, highlight=False,
+                        soft_wrap=True)
     raise typer.Exit(exit_code)
 
 
 def _transfer_progress(state: State) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
                     TransferSpeedColumn(), TimeRemainingColumn(), console=state.err,
                     disable=not state.progress_shown, transient=True)
 
@@ -451,24 +457,54 @@ def datasets_delete(ctx: typer.Context, dataset_id: str) -> None:
 
 
 def _labels(values: list[str]) -> dict[str, str]:
-    labels = {}
+    labels: dict[str, str] = {}
     for value in values:
         key, sep, label = value.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"'{value}' is not KEY=VALUE", param_hint="--label")
+        if key in labels and labels[key] != label:  # the last one silently won
+            raise typer.BadParameter(f"'{key}' is given twice ({labels[key]!r} and {label!r}); "
+                                     "a label has one value", param_hint="--label")
         labels[key] = label
     return labels
+
+
+class _RepeatedKeyError(ValueError):
+    pass
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of a key given twice ({"lr": 0.1, "lr": 0.2} sent 0.2), and the
+    # service, which refuses it, never sees the file.
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise _RepeatedKeyError(f"the key {repeated[0]!r} is given more than once in one object; "
+                                "give it once")
+    return dict(pairs)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
     _existing_file(path)
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(), object_pairs_hook=_refuse_repeated_keys)
+    except _RepeatedKeyError as exc:
+        raise typer.BadParameter(f"{path}: {exc}", param_hint="--config") from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise typer.BadParameter(f"{path} is not valid JSON: {exc}", param_hint="--config") from exc
+        kind = {".yaml": "YAML", ".yml": "YAML", ".toml": "TOML"}.get(path.suffix.lower())
+        also = f"; {kind} is not read, convert it to JSON" if kind else ""
+        raise typer.BadParameter(f"{path} is not valid JSON: {exc}{also}",
+                                 param_hint="--config") from exc
     if not isinstance(config, dict):
         raise typer.BadParameter(f"{path} must hold a JSON object (the job's RiftConfig)",
                                  param_hint="--config")
+    if isinstance(config.get("config"), dict) and "architecture" not in config:
+        # A POST /v1/jobs body saved from curl or the docs: sent as the config, every key of it
+        # came back "unknown setting".
+        raise typer.BadParameter(
+            f"{path} holds a whole job request (a 'config' key): put only its 'config' object in "
+            "the file, and give the checkpoint, dataset and labels as --checkpoint, --dataset "
+            "and --label", param_hint="--config")
     return config
 
 
@@ -499,7 +535,7 @@ def _finish(state: State, job: Job) -> None:
 def _wait(state: State, client: RiftClient, job_id: str, timeout: float | None,
           poll_interval: float) -> Job:
     """Wait for the job with a progress bar over its three stages."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
                   console=state.err, disable=not state.progress_shown, transient=True) as bar:
         task = bar.add_task(f"job {job_id}", total=len(STAGES))
 

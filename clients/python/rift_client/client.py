@@ -23,6 +23,7 @@ registered here (``create_webhook``) and checked by their receiver with
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -35,7 +36,7 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from rift_client import __version__
 from rift_client.errors import (
@@ -160,6 +161,18 @@ def _header_token(what: str, value: str, *, secret: bool = False) -> str:
         "characters only (no spaces, line breaks or non-ASCII letters)")
 
 
+def _job_spec_error(exc: ValidationError, spec: object) -> str:
+    """One line for a spec that is not a JobSpec (pydantic's report spans lines and links),
+    with the usual cause named: the RiftConfig itself passed where ``{"config": ...}`` goes."""
+    words = {"extra_forbidden": "unknown key", "missing": "required"}
+    parts = [f"{'.'.join(str(p) for p in error['loc']) or 'spec'}: "
+             f"{words.get(error['type'], error['msg'])}" for error in exc.errors()]
+    text = "the job spec is not a JobSpec: " + "; ".join(parts)
+    if isinstance(spec, Mapping) and "config" not in spec and {"architecture", "dataset"} & set(spec):
+        text += " (this looks like the RiftConfig itself: pass {'config': <it>})"
+    return text
+
+
 def _idempotency_key(given: str | None) -> str:
     """``given`` checked as a header value, else a fresh random key (one per call, so that every
     retry of the call sends the same one)."""
@@ -269,7 +282,7 @@ class RiftClient:
                     time.sleep(self.retry.backoff(retry))
                     retry += 1
                     continue
-                raise RiftConnectionError(f"{method} {self.base_url}{path}: {exc!r}") from exc
+                raise self._connection_error(method, path, exc) from exc
             except httpx.HTTPError as exc:  # an answer httpx cannot decode, say
                 raise self._unreadable(method, path, exc) from exc
             if response.status_code < 400:
@@ -300,7 +313,7 @@ class RiftClient:
                     time.sleep(self.retry.backoff(retry))
                     retry += 1
                     continue
-                raise RiftConnectionError(f"GET {self.base_url}{path}: {exc!r}") from exc
+                raise self._connection_error("GET", path, exc) from exc
             except httpx.HTTPError as exc:
                 raise self._unreadable("GET", path, exc) from exc
             if response.status_code >= 400:
@@ -317,6 +330,17 @@ class RiftClient:
             finally:
                 response.close()
             return
+
+    def _connection_error(self, method: str, path: str,
+                          exc: httpx.TransportError) -> RiftConnectionError:
+        """The error for a request that got no answer. One that could not even connect says
+        where the URL came from (a wrong or unset RIFT_API_URL is the usual cause)."""
+        elsewhere = path.startswith(("http://", "https://"))  # a presigned store URL
+        text = f"{method} {path if elsewhere else self.base_url + path}: {exc!r}"
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and not elsewhere:
+            text += (f"; no service answers at {self.base_url}: check the URL (riftctl --url, "
+                     "RIFT_API_URL or the config file's api_url) and that the service is running")
+        return RiftConnectionError(text)
 
     def _unreadable(self, method: str, path: str, exc: Exception) -> UnexpectedResponseError:
         return UnexpectedResponseError(
@@ -480,8 +504,8 @@ class RiftClient:
         """
         try:
             job_spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
-        except ValueError as exc:  # pydantic's ValidationError
-            raise RiftUsageError(f"the job spec is not a JobSpec: {exc}") from exc
+        except ValidationError as exc:
+            raise RiftUsageError(_job_spec_error(exc, spec)) from exc
         body: dict[str, Any] = {"checkpoint_id": checkpoint_id, "config": job_spec.config,
                                 "labels": job_spec.labels}
         if job_spec.dataset_id is not None:
@@ -765,10 +789,15 @@ class RiftClient:
         removed). A connection lost mid-way is resumed with a Range request, at most
         ``resume_attempts`` times. Presigned-URL redirects (S3) are followed.
         """
-        artifact = self.get_artifact(job_id, name)
         target = Path(path)
         if target.is_dir():
             target = target / name
+        if not target.parent.is_dir():
+            # Else, after the request, "No such file or directory: '<path>.part'": a file the
+            # caller never named.
+            raise FileNotFoundError(errno.ENOENT, f"no folder {str(target.parent)!r} to save "
+                                    "the download in", str(target))
+        artifact = self.get_artifact(job_id, name)
         partial = target.with_name(target.name + ".part")
         digest = hashlib.sha256()
         received = 0

@@ -1,0 +1,139 @@
+"""The messages of a job spec's 422: pydantic's errors made to say what a user needs to fix it.
+
+- An unknown key names the setting it most likely meant (``finetune.lrr``: "did you mean 'lr'?"),
+  not only pydantic's "Extra inputs are not permitted".
+- A wrong value says what was sent: ``"lr": "0.01"`` is "Input should be a valid number; got
+  the text "0.01" (write numbers without quotes)", ``"epochs": 2.0`` "...; got the number 2.0
+  (write 2)". Strict parsing refuses them, and "Input should be a valid number" alone reads as
+  nonsense to someone who typed 0.01.
+- A section's check that is about one of its settings names it (``config.architecture.std``,
+  ``config.mrc.steps`` where ``protocol: "reference"`` sets it otherwise), not the section.
+- A union setting (``attack.domain``: a name or bounds) answers for the member the value was
+  meant as: an object is checked as bounds only, text as a name only, instead of both members'
+  errors side by side.
+
+The answer echoes at most a short scalar of the input, never an object or a list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+
+from api.errors import shorten
+from rift.config import SettingValueError
+from rift.setting_names import settings_at, unknown_setting_message
+
+_SHOWN_CHARS = 40
+#: Error types that mean "the value is not a member of this kind": their message gains what was sent.
+_NO_ECHO_TYPES = frozenset({"missing", "extra_forbidden"})
+#: Error types where a number written as text, or 2.0 for 2, is the likely mistake.
+_NUMBER_TYPES = frozenset({"int_type", "float_type", "literal_error"})
+_VALUE_ERROR_PREFIX = "Value error, "
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and "[" in part and not part.isidentifier()
+
+
+def _is_number_text(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _sent(value: Any, kind: str) -> str | None:
+    """What was sent, in JSON's words, or None for an object or a list (never echoed); with a
+    hint where a number was sent the way the setting does not take it."""
+    if isinstance(value, bool):
+        return f"got {json.dumps(value)}"
+    if isinstance(value, str):
+        hint = (" (write numbers without quotes)"
+                if kind in _NUMBER_TYPES and _is_number_text(value) else "")
+        return f"got the text {json.dumps(shorten(value, _SHOWN_CHARS), ensure_ascii=False)}{hint}"
+    if isinstance(value, int | float):
+        whole = (kind == "int_type" and isinstance(value, float) and value.is_integer()
+                 and abs(value) < 1e15)
+        hint = f" (write {int(value)})" if whole else ""
+        return f"got the number {shorten(repr(value), _SHOWN_CHARS)}{hint}"
+    if value is None:
+        return "got null"
+    return None
+
+
+def _union_prefix(loc: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The location of the union setting an error's member belongs to (None: no union)."""
+    for index, part in enumerate(loc):
+        if _is_union_tag(part):
+            return tuple(loc[:index])
+    return None
+
+
+def _off_branch(error: dict[str, Any], others: Sequence[Any]) -> bool:
+    """Whether ``error`` is a union member's that the value was plainly not meant as (the name
+    member for an object, the object member for text) while ``others`` hold the other member's."""
+    prefix = _union_prefix(error["loc"])
+    if prefix is None or not any(other is not error and _union_prefix(other["loc"]) == prefix
+                                 for other in others):
+        return False
+    value = error.get("input")
+    if isinstance(value, dict):
+        return bool(error["type"] == "literal_error")
+    if isinstance(value, str):
+        return error["type"] in ("model_type", "dict_type")
+    return False
+
+
+def refine_errors(errors: Sequence[Any], model: type[BaseModel]) -> list[dict[str, Any]]:
+    """``errors`` (pydantic's, with their input, located under ``model``) with the messages
+    above, and without their input."""
+    refined: list[dict[str, Any]] = []
+    for original in errors:
+        if _off_branch(original, errors):
+            continue
+        error = dict(original)
+        reason = (error.pop("ctx", None) or {}).get("error")
+        if isinstance(reason, SettingValueError):  # a model check naming one of its settings
+            error["loc"] = (*error["loc"], *reason.setting)
+        loc = tuple(error["loc"])
+        value = error.pop("input", None)
+        if error["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+            error["msg"] = unknown_setting_message(loc[-1], settings_at(model, loc))
+        elif error["type"] not in _NO_ECHO_TYPES:
+            if str(error["msg"]).startswith(_VALUE_ERROR_PREFIX):  # pydantic's, says nothing
+                error["msg"] = str(error["msg"])[len(_VALUE_ERROR_PREFIX):]
+            sent = _sent(value, error["type"])
+            if sent is not None:
+                error["msg"] = f"{error['msg']}; {sent}"
+        refined.append(error)
+    return refined
+
+
+def route_body_model(route: object) -> type[BaseModel] | None:
+    """The pydantic model a route reads its JSON body as (None: it reads none, or reads it
+    itself, as ``POST /v1/jobs`` does)."""
+    if not isinstance(route, APIRoute) or route.body_field is None:
+        return None
+    annotation = route.body_field.field_info.annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) \
+        else None
+
+
+def name_unknown_keys(errors: Sequence[Any], model: type[BaseModel]) -> list[dict[str, Any]]:
+    """``errors`` of a body validated by FastAPI (``loc`` starting with ``"body"``) with each
+    unknown key's message naming the key it most likely meant, as a job spec's does."""
+    named = []
+    for error in errors:
+        error = dict(error)
+        loc = tuple(error.get("loc", ()))
+        if error.get("type") == "extra_forbidden" and loc[:1] == ("body",) and \
+                isinstance(loc[-1], str):
+            error["msg"] = unknown_setting_message(loc[-1], settings_at(model, loc[1:]))
+        named.append(error)
+    return named

@@ -1,0 +1,55 @@
+"""Which settings a section of a pydantic model has, and the one a mistyped key most likely meant.
+
+Shared by the CLI (``python -m rift run``) and the REST API, so that ``finetune.lrr`` gets the same
+"did you mean 'lr'?" wherever the config is given.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any, get_args
+
+from pydantic import BaseModel
+
+
+def _model_types(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models anywhere in a field's type (``X``, ``X | None``, ``list[X]``, ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _model_types(arg)]
+
+
+def settings_at(model: type[BaseModel], path: Sequence[str | int]) -> list[str]:
+    """The setting names of the section that holds the last key of ``path`` (sorted).
+
+    ``path`` is a pydantic error location under ``model``: list indices and union-member tags
+    (``function-after[_ordered(), DomainBounds]``) are stepped over. ``("finetune", "lrr")`` →
+    FinetuneSpec's fields; ``[]`` when the section is not a model (a dict of labels, a union of
+    several models).
+    """
+    for key in path[:-1]:
+        if not isinstance(key, str) or not key.isidentifier():
+            continue
+        field = model.model_fields.get(key)
+        models = _model_types(field.annotation) if field is not None else []
+        if len(models) != 1:
+            return []
+        model = models[0]
+    return sorted(model.model_fields)
+
+
+def closest_setting(name: str, known: Sequence[str]) -> str | None:
+    """The known name ``name`` was most likely meant to be (case and ``-`` ignored), or None."""
+    folded = {k.lower(): k for k in known}
+    matches = difflib.get_close_matches(name.lower().replace("-", "_"), list(folded), n=1,
+                                        cutoff=0.6)
+    return folded[matches[0]] if matches else None
+
+
+def unknown_setting_message(name: str, known: Sequence[str]) -> str:
+    """"unknown setting 'lrr'; did you mean 'lr'?" (or the known names when none is close)."""
+    guess = closest_setting(name, known)
+    if guess is not None:
+        return f"unknown setting {name!r}; did you mean {guess!r}?"
+    return f"unknown setting {name!r}" + (f"; known: {', '.join(known)}" if known else "")

@@ -1,0 +1,124 @@
+"""A job spec's 422 names the field at fault and says what to write instead: the setting a typo
+meant, what was sent where the kind is wrong, a key given twice (schema level, no server)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi.exceptions import RequestValidationError
+
+from api.errors import validation_error_body
+from api.job_requests import validate_body
+from api.request_input import parse_json
+from api.schemas import JobCreate
+
+
+def answer(raw: str) -> dict[str, Any]:
+    """The 422 body POST /v1/jobs gives for the JSON text ``raw``."""
+    with pytest.raises(RequestValidationError) as caught:
+        validate_body(parse_json(raw, ("body",)), JobCreate, ("body",))
+    return validation_error_body(caught.value.errors())["error"]
+
+
+def spec(**sections: Any) -> str:
+    config = {"architecture": {"name": "small_cnn"}, "dataset": {"name": "digits"}, **sections}
+    return json.dumps({"checkpoint_id": "ck_1", "config": config})
+
+
+@pytest.mark.parametrize(("sections", "field", "message"), [
+    # Before: "Extra inputs are not permitted", naming no setting that exists.
+    ({"finetune": {"lrr": 0.01}}, "config.finetune.lrr",
+     "unknown setting 'lrr'; did you mean 'lr'?"),
+    ({"finetune": {"epoch": 3}}, "config.finetune.epoch",
+     "unknown setting 'epoch'; did you mean 'epochs'?"),
+    ({"finetun": {}}, "config.finetun", "unknown setting 'finetun'; did you mean 'finetune'?"),
+    ({"attack": {"domain": {"lower": [0], "uper": [1]}}}, "config.attack.domain.upper",
+     "Field required"),
+    ({"mrc": {"qqq": 1}}, "config.mrc.qqq", "unknown setting 'qqq'; known: allow_negative, "),
+    # Before: "Input should be a valid number" for "0.01", "a valid integer" for 2.0.
+    ({"finetune": {"lr": "0.01"}}, "config.finetune.lr",
+     'Input should be a valid number; got the text "0.01" (write numbers without quotes)'),
+    ({"finetune": {"epochs": 2.0}}, "config.finetune.epochs",
+     "Input should be a valid integer; got the number 2.0 (write 2)"),
+    ({"finetune": {"epochs": 2.5}}, "config.finetune.epochs",
+     "Input should be a valid integer; got the number 2.5"),
+    ({"finetune": {"lr": 20}}, "config.finetune.lr",
+     "Input should be less than or equal to 10; got the number 20"),
+    ({"dataset": {"name": "Digits"}}, "config.dataset.name", 'got the text "Digits"'),
+    ({"finetune": None}, "config.finetune", "Input should be an object; got null"),
+    # Before: the name member's "Input should be 'auto', 'unit' or 'none'" came first.
+    ({"attack": {"domain": {"lower": [1], "upper": [0]}}}, "config.attack.domain.lower",
+     "config.attack.domain.lower: every 'lower' bound must be <= its 'upper' bound"),
+    ({"attack": {"domain": "box"}}, "config.attack.domain",
+     "config.attack.domain: Input should be 'auto', 'unit' or 'none'; got the text \"box\""),
+    # Before: the section ("config.architecture") for a check about one of its settings.
+    ({"architecture": {"name": "small_cnn", "mean": [0.5]}}, "config.architecture.std",
+     "give both 'mean' and 'std', or neither"),
+    ({"architecture": {"name": "small_cnn", "mean": [0.5, 0.5], "std": [0.2]}},
+     "config.architecture.std", "'mean' and 'std' must have the same length"),
+    # Before: accepted, and mrc.steps silently replaced by the protocol's 10.
+    ({"protocol": "reference", "mrc": {"steps": 3}}, "config.mrc.steps",
+     "protocol 'reference' sets mrc.steps to 10; leave mrc.steps out, or use protocol 'default'"),
+    ({"protocol": "reference", "interpolation": {"alpha_step": 0.05}},
+     "config.interpolation.alpha_step", "sets interpolation.alpha_step to 0.1"),
+    # Before: accepted; [5, 5] decayed the rate twice after epoch 5.
+    ({"finetune": {"lr_milestones": [5, 5]}}, "config.finetune.lr_milestones",
+     "in increasing order, each once"),
+    # Before: accepted; the module was listed twice.
+    ({"mrc": {"modules": ["conv1", "conv1"]}}, "config.mrc.modules",
+     "each module may appear once; repeated: ['conv1']"),
+    # Before: accepted, and lr never used (the grid's rates are the ones run).
+    ({"finetune": {"lr": 0.1, "lr_grid": [0.01, 0.05]}}, "config.finetune.lr",
+     "'lr_grid' sets the rates that are run and 0.1 is not among them"),
+])
+def test_a_wrong_setting_says_what_to_write(sections: dict[str, Any], field: str,
+                                            message: str) -> None:
+    error = answer(spec(**sections))
+    assert error["field"] == field, error
+    assert message in error["message"], error["message"]
+    assert "Extra inputs" not in error["message"] and "Value error" not in error["message"]
+
+
+def test_the_protocols_own_values_may_be_given() -> None:
+    config = {"architecture": {"name": "small_cnn"}, "dataset": {"name": "digits"},
+              "protocol": "reference", "mrc": {"steps": 10, "split": "test"}}
+    body = validate_body(parse_json(json.dumps({"checkpoint_id": "ck_1", "config": config}),
+                                    ("body",)), JobCreate, ("body",))
+    assert body.config.mrc.steps == 10 and body.config.interpolation.alpha_step == 0.1
+    # A stored config (every setting written out) reads back as it was.
+    again = type(body.config).model_validate(body.config.model_dump())
+    assert again == body.config
+
+
+def test_an_lr_among_the_grids_rates_may_be_given() -> None:
+    config = {"architecture": {"name": "small_cnn"}, "dataset": {"name": "digits"},
+              "finetune": {"lr": 0.01, "lr_grid": [0.01, 0.05]}}
+    body = validate_body(parse_json(json.dumps({"checkpoint_id": "ck_1", "config": config}),
+                                    ("body",)), JobCreate, ("body",))
+    assert body.config.finetune.lr_grid == [0.01, 0.05]
+
+
+def test_an_object_or_list_is_never_echoed() -> None:
+    error = answer(spec(finetune={"lr": {"secret": "x" * 50}}))
+    assert error["field"] == "config.finetune.lr" and "secret" not in error["message"]
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    # Before: accepted, the last value silently kept (the job ran at lr 0.2).
+    ('{"checkpoint_id": "ck_1", "config": {"architecture": {"name": "small_cnn"}, '
+     '"dataset": {"name": "digits"}, "finetune": {"lr": 0.1, "lr": 0.2}}}',
+     "config.finetune.lr"),
+    ('{"checkpoint_id": "a", "checkpoint_id": "b", "config": {}}', "checkpoint_id"),
+])
+def test_a_key_given_twice_is_refused_naming_it(raw: str, field: str) -> None:
+    error = answer(raw)
+    assert error["field"] == field
+    assert "given more than once" in error["message"]
+
+
+def test_a_number_too_long_to_read_gives_no_python_advice() -> None:
+    error = answer('{"checkpoint_id": "ck_1", "config": {"seed": ' + "9" * 5000 + "}}")
+    assert error["field"] == "body" and "more than 4300 digits" in error["message"]
+    assert "sys." not in error["message"]

@@ -1,0 +1,52 @@
+"""The SDK where nothing answers or nothing can be written: a refused connection says where the
+URL comes from; a download into a missing folder names the path the caller gave and asks the
+service nothing first (a scripted server, no API)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rift_client import RiftClient, RiftConnectionError, RiftUsageError
+from rift_client.retry import RetryPolicy
+from tests.client.helpers import ScriptedReply, ScriptedServer
+
+
+def test_a_download_into_a_missing_folder_names_it_before_any_request(tmp_path: Path) -> None:
+    server = ScriptedServer([ScriptedReply(500, {"error": {"code": "unexpected"}})])
+    target = tmp_path / "absent" / "tuned.safetensors"
+    try:
+        with RiftClient(server.url, api_key="rift_test") as client, \
+                pytest.raises(FileNotFoundError) as caught:
+            client.download("job_1", "tuned.safetensors", target)
+    finally:
+        server.stop()
+    # Before: the artifact was looked up, then "No such file or directory: '....part'".
+    assert caught.value.filename == str(target)
+    assert str(tmp_path / "absent") in str(caught.value)
+    assert server.seen == []
+
+
+def test_a_refused_connection_says_where_the_url_comes_from(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RIFT_API_URL", "http://127.0.0.1:9")
+    with RiftClient(api_key="rift_test", retry=RetryPolicy(max_retries=0)) as client, \
+            pytest.raises(RiftConnectionError) as caught:
+        client.get_job("job_1")
+    # Before: "GET http://127.0.0.1:9/v1/jobs/job_1: ConnectError('[Errno 111] ...')" only.
+    assert "GET http://127.0.0.1:9/v1/jobs/job_1" in str(caught.value)
+    assert "no service answers at http://127.0.0.1:9" in str(caught.value)
+    assert "RIFT_API_URL" in str(caught.value)
+
+
+def test_a_config_passed_as_the_spec_is_one_line_saying_so() -> None:
+    with RiftClient("http://127.0.0.1:9", api_key="rift_test") as client, \
+            pytest.raises(RiftUsageError) as caught:
+        client.create_job({"architecture": {"name": "small_cnn"}, "dataset": {"name": "digits"}},
+                          checkpoint_id="ck_1")
+    # Before: pydantic's several-line report with a URL per error.
+    message = str(caught.value)
+    assert "\n" not in message and "pydantic.dev" not in message
+    assert "config: required; architecture: unknown key" in message
+    assert "this looks like the RiftConfig itself: pass {'config': <it>}" in message
