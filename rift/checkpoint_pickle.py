@@ -71,9 +71,10 @@ _DATA_BUILTINS = frozenset({"frozenset", "slice", "range", "bytes", "str", "int"
                             "bool", "tuple", "list", "dict", "object", "complex", "set",
                             "bytearray"})
 # Function names that load, run or write things wherever they live (torch.load, numpy.load,
-# torch.hub.load, torch.jit.load, yaml.load, a package's own exec helper).
-_CODE_NAMES = frozenset({"eval", "exec", "execfile", "compile", "system", "popen", "Popen",
-                         "spawn", "load", "loads", "load_module", "import_module", "__import__",
+# torch.hub.load, torch.jit.load, yaml.load, a package's own exec helper); also as the first
+# word of a longer name (torch.storage._load_from_bytes unpickles with code execution).
+_CODE_NAMES = frozenset({"eval", "exec", "execfile", "system", "popen", "Popen", "spawn",
+                         "load", "loads", "load_module", "import", "import_module", "__import__",
                          "getattr", "setattr", "delattr", "open", "remove", "unlink", "rmtree",
                          "run", "call", "check_call", "check_output", "apply", "__reduce__",
                          "__reduce_ex__", "__setstate__", "__getattribute__", "__call__"})
@@ -100,7 +101,9 @@ def runs_code(full_name: str) -> bool:
     top = module.split(".")[0]
     if top == "builtins":
         return name not in _DATA_BUILTINS
+    word = name.lstrip("_").split("_")[0]
     return (top in _CODE_MODULES or full_name in _CODE_GLOBALS or name in _CODE_NAMES
+            or word in _CODE_NAMES
             or any(module == package or module.startswith(package + ".")
                    for package in _CODE_PACKAGES))
 

@@ -308,9 +308,11 @@ def test_placeholders_carry_the_original_name_and_record_calls() -> None:
     ("functools.partial", True), ("torch.load", True), ("numpy.load", True),
     ("torch.jit.load", True), ("types.FunctionType", True), ("mypkg.utils.Config.load", True),
     ("commands.getoutput", True), ("cPickle.loads", True),
+    ("torch.storage._load_from_bytes", True), ("mypkg.run_script", True),
     ("builtins.frozenset", False), ("collections.defaultdict", False), ("enum.Enum", False),
     ("easydict.EasyDict", False), ("types.SimpleNamespace", False), ("pathlib.PosixPath", False),
-    ("datetime.datetime", False), ("mypkg.Colour", False),
+    ("datetime.datetime", False), ("mypkg.Colour", False), ("mypkg.RunConfig", False),
+    ("mypkg.loader_settings", False), ("re._compile", False),
 ])
 def test_which_calls_run_code(name: str, runs: bool) -> None:
     assert runs_code(name) is runs
