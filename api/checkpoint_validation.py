@@ -16,6 +16,7 @@ from pathlib import Path
 from api.validation import Validator
 from persistence.storage import ObjectStore
 from rift.checkpoint_format import SAFETENSORS_TORCH_DTYPES, strip_wrapper_prefix
+from rift.errors import CheckpointEntryError
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -23,21 +24,30 @@ Shapes = dict[str, tuple[int, ...]]
 @dataclass(frozen=True)
 class CheckpointTensors:
     """Each normalised key's shape and torch dtype name (``float32``; keys whose dtype torch has
-    no single name for are absent from ``dtypes``)."""
+    no single name for are absent from ``dtypes``), of the chosen weights entry (or the first),
+    and the file's weights entries (key paths; empty when its weights are at its top level)."""
 
     shapes: Shapes
     dtypes: dict[str, str] = field(default_factory=dict)
+    entries: list[str] = field(default_factory=list)
 
 
 def stored_checkpoint_tensors(
-    store: ObjectStore, storage_key: str, fmt: str, scratch_dir: Path, validator: Validator
+    store: ObjectStore, storage_key: str, fmt: str, scratch_dir: Path, validator: Validator,
+    entry: str | None = None,
 ) -> CheckpointTensors:
-    """Key (wrapper prefixes stripped) → shape and dtype of a checkpoint already in the store.
+    """Key (wrapper prefixes stripped) → shape and dtype of a checkpoint already in the store,
+    of its weights entry ``entry`` when given.
 
     Raises:
+        CheckpointEntryError: ``entry`` is not one of the file's (a safetensors file has none).
         RiftError / ApiError: as :meth:`Validator.inspect_checkpoint`, for a PyTorch file.
     """
     if fmt == "safetensors":
+        if entry is not None:
+            raise CheckpointEntryError(
+                "the checkpoint is a safetensors file: one flat set of weights, without entries; "
+                "leave out checkpoint_entry")
         header_length = int.from_bytes(b"".join(store.iter_range(storage_key, 0, 8)), "little")
         raw = b"".join(store.iter_range(storage_key, 8, 8 + header_length))
         header = json.loads(raw.decode("utf-8"))
@@ -49,5 +59,5 @@ def stored_checkpoint_tensors(
     scratch_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="checkpoint-") as folder:
         local = store.download_to(storage_key, Path(folder) / "checkpoint.pt")
-        inspection = validator.inspect_checkpoint(local, storage_key)
-        return CheckpointTensors(inspection.shapes, inspection.dtypes)
+        inspection = validator.inspect_checkpoint(local, storage_key, entry)
+        return CheckpointTensors(inspection.shapes, inspection.dtypes, inspection.entries)

@@ -36,6 +36,7 @@ from persistence.storage import (
 from persistence.transactions import JobNotFound, PersistenceError, ProjectNotFound
 from persistence.webhooks import WebhookLimitReached, WebhookNotFound
 from rift.errors import (
+    CheckpointEntryError,
     CheckpointError,
     CheckpointMismatchError,
     ConfigError,
@@ -227,6 +228,9 @@ def from_rift_error(exc: RiftError, *, field: str | None = None) -> ApiError:
                 ],
             },
         )
+    if isinstance(exc, CheckpointEntryError):
+        return InvalidInput(exc.message, field=field, code=exc.code,
+                            details={"entries": exc.entries})
     if isinstance(exc, UnknownArchitectureError | ConfigError):
         config_field = f"config.{exc.field}" if exc.field else field
         return InvalidInput(exc.message, field=config_field, code=exc.code)

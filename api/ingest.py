@@ -27,7 +27,7 @@ from persistence.models import Checkpoint, Dataset, new_id
 from persistence.records import StorageQuotaReached, create_checkpoint, create_dataset
 from persistence.storage import ObjectStore
 from rift.config import ArchitectureSpec
-from rift.errors import RiftError
+from rift.errors import CheckpointEntryError, RiftError
 from validator.checkpoint import CheckpointInspection
 from validator.dataset import DatasetInspection
 
@@ -37,17 +37,22 @@ CHECKPOINT_SUFFIX = {"safetensors": "safetensors", "torch": "pt"}
 DATASET_SUFFIX = {"npz": "npz", "imagefolder": "tar"}
 
 
-def validate_checkpoint_upload(validator: Validator, file: UploadedFile,
-                               field: str) -> CheckpointInspection:
-    """Check the uploaded checkpoint completely, in the sandboxed validator.
+def validate_checkpoint_upload(validator: Validator, file: UploadedFile, field: str,
+                               entry: str | None = None,
+                               entry_field: str | None = None) -> CheckpointInspection:
+    """Check the uploaded checkpoint completely, in the sandboxed validator (with ``entry``,
+    that weights entry; the others are still listed).
 
     Raises:
         InvalidInput: (422, ``field``) the reason the file is not an acceptable checkpoint, or
-            the validation limit it ran past.
+            the validation limit it ran past; (``entry_field``) ``entry`` is not one of its
+            weights entries.
         ServiceUnavailable: (503) no validation slot, or the validator failed.
     """
     try:
-        return validator.inspect_checkpoint(file.path, file.filename)
+        return validator.inspect_checkpoint(file.path, file.filename, entry)
+    except CheckpointEntryError as exc:
+        raise from_rift_error(exc, field=entry_field or field) from exc
     except RiftError as exc:
         raise from_rift_error(exc, field=field) from exc
 
@@ -119,6 +124,7 @@ def store_checkpoint(
                 session, checkpoint_id=checkpoint_id, filename=file.filename, size=file.size,
                 sha256=file.sha256, format=inspection.format, storage_key=key,
                 num_tensors=inspection.num_tensors, num_parameters=inspection.num_parameters,
+                entries=inspection.entries,
                 project_id=caller.project_id, max_stored_bytes=caller.limits.max_stored_bytes,
                 idempotency_key=upload_key.stored if upload_key else None,
                 request_hash=upload_key.request_hash if upload_key else None)))))

@@ -33,11 +33,13 @@ from persistence.storage import ObjectStore
 from rift.attack_radius import check_attack_radius
 from rift.config import DomainBounds, RiftConfig, unused_settings
 from rift.dataset_formats import SERVICE_MIN_IMAGE_SIDE, imagefolder_channels_hint
-from rift.errors import CheckpointMismatchError, ConfigError, RiftError
+from rift.errors import CheckpointEntryError, CheckpointMismatchError, ConfigError, RiftError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 DATASET_PATH_PREFIX = "dataset:"
+#: The job field that names which weights of a checkpoint to tune.
+CHECKPOINT_ENTRY_FIELD = "config.checkpoint_entry"
 UPLOADED_KINDS = ("npz", "imagefolder")
 # Classes of the built-in datasets: a model with fewer outputs cannot be trained on them.
 BUILTIN_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "mnist": 10, "digits": 10}
@@ -103,6 +105,8 @@ def fingerprint(spec: JobSpec, checkpoint_ref: str) -> str:
     config = spec.config.model_dump(mode="json")
     if config["dataset"]["channels"] == "auto":  # absent otherwise: earlier jobs keep their hash
         del config["dataset"]["channels"]
+    if config.get("checkpoint_entry") is None:  # likewise
+        config.pop("checkpoint_entry", None)
     defining: dict[str, Any] = {
         "checkpoint": checkpoint_ref,
         "dataset_id": spec.dataset_id,
@@ -309,14 +313,14 @@ def check_job_fits(validator: Validator, config: RiftConfig, tensors: Checkpoint
 
 def checkpoint_tensors(
     session: Session, store: ObjectStore, checkpoint_id: str, scratch_dir: Path,
-    validator: Validator, project_id: str,
+    validator: Validator, project_id: str, entry: str | None = None,
 ) -> tuple[Checkpoint, CheckpointTensors]:
     """The uploaded checkpoint ``checkpoint_id`` (``project_id``'s) and its keys' shapes and
-    dtypes.
+    dtypes (those of its weights entry ``entry`` when given).
 
     Raises:
         InvalidInput: (422, field ``checkpoint_id``) no such checkpoint, or a stored PyTorch file
-            the validator refuses.
+            the validator refuses; (field ``config.checkpoint_entry``) an entry it does not have.
     """
     row = find_owned(session, Checkpoint, project_id, checkpoint_id)
     session.commit()
@@ -324,7 +328,24 @@ def checkpoint_tensors(
         raise unknown_checkpoint(checkpoint_id)
     try:
         tensors = stored_checkpoint_tensors(store, row.storage_key, row.format, scratch_dir,
-                                            validator)
+                                            validator, entry)
+    except CheckpointEntryError as exc:
+        raise from_rift_error(exc, field=CHECKPOINT_ENTRY_FIELD) from exc
     except RiftError as exc:
         raise from_rift_error(exc, field="checkpoint_id") from exc
     return row, tensors
+
+
+def check_checkpoint_entry(entries: list[str], entry: str | None) -> None:
+    """Require a choice of weights where the checkpoint holds several (a model and its EMA).
+
+    Raises:
+        InvalidInput: (422, field ``config.checkpoint_entry``, ``details.entries``) none named.
+    """
+    if entry is None and len(entries) > 1:
+        shown = ", ".join(repr(name) for name in entries)
+        raise InvalidInput(
+            f"the checkpoint holds different weights under {shown} (a model and its EMA, a "
+            "student and its teacher): set config.checkpoint_entry to the one to tune",
+            field=CHECKPOINT_ENTRY_FIELD, code=CheckpointEntryError.code,
+            details={"entries": entries})

@@ -83,8 +83,15 @@ class CheckpointOut(BaseModel):
     size: int = Field(description="Bytes.")
     sha256: str
     format: CheckpointFormat
-    num_tensors: int
-    num_parameters: int = Field(description="Elements over all tensors (buffers included).")
+    num_tensors: int = Field(description="Tensors of its weights (the first entry's when it "
+                             "holds several).")
+    num_parameters: int = Field(description="Elements over all tensors (buffers included; the "
+                                "first entry's when it holds several).")
+    entries: list[str] | None = Field(
+        None, description="Key paths of the weights entries the file holds, e.g. ['state_dict', "
+        "'state_dict_ema'] for a model and its EMA: a job on a file with several names one in "
+        "config.checkpoint_entry. [] when its weights are at its top level (always for "
+        "safetensors); None for uploads recorded before entries were.")
     created_at: datetime
 
 

@@ -92,15 +92,21 @@ class Validator:
 
     # -------------------------------------------------------------------------- operations
 
-    def inspect_checkpoint(self, path: Path, display_name: str) -> CheckpointInspection:
-        """Validate a checkpoint file completely.
+    def inspect_checkpoint(self, path: Path, display_name: str,
+                           entry: str | None = None) -> CheckpointInspection:
+        """Validate a checkpoint file completely (its weights entry ``entry``, if given, else
+        every entry).
 
         Raises:
-            RiftError: (CheckpointError) the file is not an acceptable checkpoint.
+            RiftError: (CheckpointError) the file is not an acceptable checkpoint;
+                (CheckpointEntryError) ``entry`` is not one of its entries.
             ApiError: the check ran past a limit (422) or could not run (503).
         """
-        result = self._run({"op": "checkpoint", "path": str(path), "display_name": display_name},
-                           extra_memory=path.stat().st_size)
+        request: dict[str, Any] = {"op": "checkpoint", "path": str(path),
+                                   "display_name": display_name}
+        if entry is not None:
+            request["entry"] = entry
+        result = self._run(request, extra_memory=path.stat().st_size)
         return CheckpointInspection.from_json(result)
 
     def inspect_dataset(self, path: Path, display_name: str,

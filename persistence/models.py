@@ -186,6 +186,10 @@ class Checkpoint(Base):
     # The upload's Idempotency-Key (scoped to the project, hashed) and what it stood for.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True, index=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # Key paths of the weights entries in the file (a model and its EMA: a job names one in
+    # config.checkpoint_entry); [] when its weights are at its top level; None: recorded before
+    # entries were (migration 0017).
+    entries: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
 
     __table_args__ = (
         CheckConstraint("format IN ('safetensors', 'torch')", name="format"),

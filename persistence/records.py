@@ -176,8 +176,10 @@ def create_checkpoint(
     max_stored_bytes: int | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    entries: list[str] | None = None,
 ) -> Checkpoint:
-    """Record a validated checkpoint (``format``: ``safetensors`` or ``torch``; size in bytes).
+    """Record a validated checkpoint (``format``: ``safetensors`` or ``torch``; size in bytes;
+    ``entries``: the key paths of its weights entries).
 
     ``checkpoint_id`` lets the caller choose the id before storing the bytes under a key that
     contains it. Commits. Raises :class:`StorageQuotaReached` (nothing recorded) when
@@ -188,7 +190,7 @@ def create_checkpoint(
         id=checkpoint_id or new_id(), filename=filename, size=size, sha256=sha256, format=format,
         storage_key=storage_key, num_tensors=num_tensors, num_parameters=num_parameters,
         created_at=now or utcnow(), project_id=project_id, idempotency_key=idempotency_key,
-        request_hash=request_hash,
+        request_hash=request_hash, entries=entries,
     )
     session.add(checkpoint)
     session.commit()

@@ -2,26 +2,33 @@
 
 ``torch.load(weights_only=True)`` refuses a whole file as soon as its pickle names a global outside
 torch's allow-list, though training scripts routinely save the weights beside an
-``argparse.Namespace`` of arguments, a numpy scalar for the best accuracy, a config object, or
-save the whole ``nn.Module``. We still load with ``weights_only=True`` (torch's restricted
-unpickler), and widen its allow-list in two ways only:
+``argparse.Namespace`` of arguments, a numpy scalar for the best accuracy, a config object
+(an ``EasyDict``, a dataclass, an enum member, a ``defaultdict``), or save the whole
+``nn.Module``. We still load with ``weights_only=True`` (torch's restricted unpickler), and widen
+its allow-list in two ways only:
 
 - numpy's array and scalar constructors (:data:`rift.data.safe_pickle.NUMPY_GLOBALS`, the policy
   the CIFAR reader already uses): they rebuild plain data from bytes.
 - every other global the pickle names is bound to a :class:`Placeholder` class of the same name;
-  the real class is never imported. An *instance* of it (pickle's NEWOBJ and BUILD opcodes: how
-  ``torch.save`` writes any ordinary object) becomes an inert placeholder holding its pickled
-  attributes. A *call* of it (the REDUCE opcode: what a ``__reduce__`` payload such as
-  ``os.system(...)`` compiles to) is refused, so a file that wants code run on loading is
-  refused whole, naming the global.
+  the real class is never imported, so none of its code can run. What the pickle does with it is
+  recorded instead of done: an *instance* (pickle's NEWOBJ and BUILD opcodes: how ``torch.save``
+  writes any ordinary object) keeps its pickled attributes, a *call* (the REDUCE opcode: how an
+  enum member, a ``defaultdict`` or an ``OrderedDict`` subclass is rebuilt) keeps its arguments
+  without calling anything, and items or elements added to it (a dict or list subclass such as
+  ``EasyDict``) are kept in :attr:`Placeholder.items` / :attr:`Placeholder.elements`.
 
-Globals of the modules torch blocks outright (``os``, ``posix``, ``nt``, ``sys``) stay refused
-whatever we allow. A whole pickled ``nn.Module`` arrives as placeholders whose attributes hold
-its parameters and buffers: :func:`module_state_dict` reads them in ``state_dict`` order.
+A call of a global that runs code (:func:`runs_code`: ``builtins.eval``, ``subprocess.Popen``,
+``importlib.import_module``, ``pickle.loads``...) is what a malicious ``__reduce__`` payload
+compiles to: such a file is an attack, and it is refused whole, naming the global (still without
+running it). Globals of the modules torch blocks outright (``os``, ``posix``, ``nt``, ``sys``)
+stay refused whatever we allow. A whole pickled ``nn.Module`` arrives as placeholders whose
+attributes hold its parameters and buffers: :func:`module_state_dict` reads them in
+``state_dict`` order.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import functools
 import pickle
 import re
@@ -46,30 +53,108 @@ MAX_PLACEHOLDER_GLOBALS = 64
 MAX_MODULE_DEPTH = 200
 
 
+# Callables whose call on loading means the file wants code run: whole modules, and builtins
+# other than the data types a pickle may rebuild by calling them (a frozenset, a slice). Torch
+# itself blocks os, posix, nt and sys before any of this is consulted.
+_CODE_MODULES = frozenset({
+    "os", "posix", "nt", "sys", "subprocess", "importlib", "socket", "shutil", "pickle",
+    "_pickle", "marshal", "ctypes", "runpy", "code", "codeop", "pty", "multiprocessing",
+    "signal", "webbrowser", "asyncio", "threading", "_thread", "io", "_io", "tempfile", "urllib",
+    "http", "ftplib", "smtplib", "requests", "dill", "cloudpickle", "joblib", "operator",
+    "functools", "inspect", "ast", "timeit", "pdb", "bdb", "cProfile", "profile", "trace",
+    "zipimport", "pkgutil", "site", "sysconfig", "setuptools", "pip",
+})
+# Code constructors of a module whose other globals are data (types.SimpleNamespace).
+_CODE_GLOBALS = frozenset({"types.FunctionType", "types.LambdaType", "types.CodeType",
+                           "types.MethodType", "types.ModuleType", "types.new_class"})
+_DATA_BUILTINS = frozenset({"frozenset", "slice", "range", "bytes", "str", "int", "float",
+                            "bool", "tuple", "list", "dict", "object", "complex", "set",
+                            "bytearray"})
+# Function names that load, run or write things wherever they live (torch.load, numpy.load,
+# torch.hub.load, torch.jit.load, yaml.load, a package's own exec helper); also as the first
+# word of a longer name (torch.storage._load_from_bytes unpickles with code execution).
+_CODE_NAMES = frozenset({"eval", "exec", "execfile", "system", "popen", "Popen", "spawn",
+                         "load", "loads", "load_module", "import", "import_module", "__import__",
+                         "getattr", "setattr", "delattr", "open", "remove", "unlink", "rmtree",
+                         "run", "call", "check_call", "check_output", "apply", "__reduce__",
+                         "__reduce_ex__", "__setstate__", "__getattribute__", "__call__"})
+_CODE_PACKAGES = ("torch.jit", "torch.hub", "torch.package", "torch.serialization", "torch._C",
+                  "torch.ops", "torch.library", "torch.utils.cpp_extension", "torch._dynamo")
+
+
+def python3_name(full_name: str) -> str:
+    """``full_name`` as Python 3 names it: a protocol-2 pickle names some globals by their
+    Python 2 module (``commands.call`` for ``subprocess.call``, ``cPickle.loads``)."""
+    module, _, name = full_name.rpartition(".")
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    else:
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{name}"
+
+
+def runs_code(full_name: str) -> bool:
+    """Whether calling the global ``full_name`` (``module.name``) on loading would run or load
+    code, write files or reach the network: what a checkpoint never needs."""
+    full_name = python3_name(full_name)
+    module, _, name = full_name.rpartition(".")
+    top = module.split(".")[0]
+    if top == "builtins":
+        return name not in _DATA_BUILTINS
+    word = name.lstrip("_").split("_")[0]
+    return (top in _CODE_MODULES or full_name in _CODE_GLOBALS or name in _CODE_NAMES
+            or word in _CODE_NAMES
+            or any(module == package or module.startswith(package + ".")
+                   for package in _CODE_PACKAGES))
+
+
 class Placeholder:
     """An instance of a class a checkpoint names, which was never imported: ``new_args`` are the
-    arguments pickle gave ``cls.__new__``, ``state`` what it gave ``__setstate__`` (usually the
-    instance's ``__dict__``). Subclasses made by :func:`placeholder_class` carry the name."""
+    arguments pickle gave ``cls.__new__``, ``call_args`` those of a call of the class the file
+    asked for (REDUCE; the call is not made), ``state`` what it gave ``__setstate__`` (usually the
+    instance's ``__dict__``), ``items`` the keys and values set on it (a dict subclass) and
+    ``elements`` those appended (a list subclass). Subclasses made by :func:`placeholder_class`
+    carry the name."""
 
     global_name: ClassVar[str] = "?"
     new_args: tuple[Any, ...]
+    call_args: tuple[Any, ...] | None
     state: object
+    items: dict[Any, Any]
+    elements: list[Any]
 
     def __new__(cls, *args: Any) -> Placeholder:
         instance = object.__new__(cls)
         instance.new_args = args
+        instance.call_args = None
         instance.state = None
+        instance.items = {}
+        instance.elements = []
         return instance
 
     def __init__(self, *args: Any) -> None:
-        # Reached only when the pickle *calls* the global (REDUCE): running code on loading is
-        # exactly what a malicious file asks for. The text keeps torch's "GLOBAL <name>" shape,
-        # which rift.checkpoints reads to name the global in its refusal.
-        raise pickle.UnpicklingError(
-            f"refused call of GLOBAL {self.global_name} (a function call on loading)")
+        # Reached only when the pickle *calls* the global (REDUCE). Nothing is called: the
+        # arguments are kept, unless the global runs code, which no checkpoint needs and every
+        # malicious one does. The text keeps torch's "GLOBAL <name>" shape, which
+        # rift.checkpoints reads to name the global in its refusal.
+        if runs_code(self.global_name):
+            raise pickle.UnpicklingError(
+                f"refused call of GLOBAL {python3_name(self.global_name)} (a function call on "
+                "loading)")
+        self.call_args = args
 
     def __setstate__(self, state: object) -> None:
         self.state = state
+
+    # SETITEM(S) and APPEND(S) on a dict or list subclass (see _placeholder_containers).
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+
+    def append(self, value: Any) -> None:
+        self.elements.append(value)
+
+    def extend(self, values: list[Any]) -> None:
+        self.elements.extend(values)
 
     def __repr__(self) -> str:
         return f"<pickled {self.global_name}>"
@@ -136,8 +221,38 @@ def _allowing(names: set[str]) -> Iterator[None]:
         _allowance(name) for name in sorted(names)]
     if any(name.startswith("numpy") for name in names):
         allowed += _numpy_dtype_classes()
-    with _ALLOW_LIST_LOCK, torch.serialization.safe_globals(allowed):
+    with _ALLOW_LIST_LOCK, torch.serialization.safe_globals(allowed), _placeholder_containers():
         yield
+
+
+@contextmanager
+def _placeholder_containers() -> Iterator[None]:
+    """Let SETITEM(S) and APPEND(S) add to placeholders (dict and list subclasses, whose items
+    torch's unpickler adds only to its exact dict, OrderedDict, Counter and list types): the
+    placeholder keeps them (Placeholder.__setitem__, append, extend). Only placeholders are let
+    through, and they exist only while their globals are allow-listed, under the lock."""
+    unpickler = torch._weights_only_unpickler.Unpickler
+    set_item = unpickler.__dict__.get("_check_set_item_target")
+    append = unpickler.__dict__.get("_check_append_target")
+    if set_item is None or append is None:
+        yield  # another torch: dict and list subclasses are refused as before
+        return
+
+    def check_set_item(self: Any, opcode: str) -> None:
+        if not isinstance(self.stack[-1], Placeholder):
+            set_item(self, opcode)
+
+    def check_append(self: Any, target: object) -> None:
+        if not isinstance(target, Placeholder):
+            append(self, target)
+
+    setattr(unpickler, "_check_set_item_target", check_set_item)  # noqa: B010
+    setattr(unpickler, "_check_append_target", check_append)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(unpickler, "_check_set_item_target", set_item)  # noqa: B010
+        setattr(unpickler, "_check_append_target", append)  # noqa: B010
 
 
 def load_torch_checkpoint(path: Path, load: Callable[[], object]) -> object:
@@ -145,9 +260,9 @@ def load_torch_checkpoint(path: Path, load: Callable[[], object]) -> object:
     file names allowed as numpy constructors or placeholders (see the module docstring).
 
     Raises:
-        pickle.UnpicklingError: as torch raises it: the file calls a global, names one of a
-            blocked module, or holds something else weights-only loading cannot rebuild (a dict
-            subclass, a legacy-format whole model).
+        pickle.UnpicklingError: as torch raises it: the file calls a global that runs code
+            (:func:`runs_code`), names one of a blocked module, or holds something else
+            weights-only loading cannot rebuild (a legacy-format whole model).
         CheckpointError: the file names more than :data:`MAX_PLACEHOLDER_GLOBALS` globals.
     """
     names = _globals_named(path)

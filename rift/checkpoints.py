@@ -9,9 +9,13 @@ only with numpy's constructors and inert placeholders for ordinary objects saved
 weights (training arguments, config objects, a whole pickled ``nn.Module``).
 
 Checkpoints are normalised to a flat ``{key: CPU tensor}`` dict: common training-script containers
-are unwrapped (several holding different weights, e.g. a model and its EMA, are refused as
-ambiguous) and the prefixes added by ``nn.DataParallel`` (``module.``) and ``torch.compile``
+are unwrapped and the prefixes added by ``nn.DataParallel`` (``module.``) and ``torch.compile``
 (``_orig_mod.``) are stripped, so a checkpoint's keys can be compared with ``model.state_dict()``.
+Where several containers hold different weights (a model and its EMA, a student and its
+teacher) each is a weights *entry*, named by its key path (``"ema"``, ``"model.state_dict"``):
+the caller names the one to use (``entry``), and without one the file is refused listing them
+(:class:`rift.errors.CheckpointEntryError`), since taking either silently could fine-tune the
+weights the user did not mean.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,14 +47,14 @@ from rift.checkpoint_pickle import (
     load_torch_checkpoint,
     module_state_dict,
 )
-from rift.errors import CheckpointError, CheckpointMismatchError
+from rift.errors import CheckpointEntryError, CheckpointError, CheckpointMismatchError
 
 __all__ = ["WRAPPER_PREFIXES", "CheckpointFormat", "detect_checkpoint_format",
            "strip_wrapper_prefix"]
 
 # Keys under which training scripts commonly nest the state dict (or the pickled model). When
-# several hold different weights (a model and its EMA) the file is refused as ambiguous, so the
-# order only decides the key named among equal copies.
+# several hold different weights (a model and its EMA) each is an entry the caller must choose
+# from; the order decides the key named among equal copies, and the order entries are listed in.
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module",
                   "state", "weights", "params", "ema", "model_ema", "state_dict_ema",
                   "ema_state_dict", "ema_model")
@@ -72,6 +77,8 @@ class CheckpointSummary:
     num_parameters: int
     keys_sample: list[str]
     metadata: dict[str, str] = field(default_factory=dict)
+    #: The file's weights entries (see :func:`weight_entries`).
+    entries: list[str] = field(default_factory=list)
 
 
 def _preview(items: list[str], limit: int = _PREVIEW_ITEMS) -> str:
@@ -138,7 +145,9 @@ def _load_raw(path: Path, fmt: CheckpointFormat, mmap: bool = False) -> object:
 
 # torch's refusals (and rift.checkpoint_pickle's), in our words, with the global they name.
 _REFUSALS = (
-    (r"refused call of GLOBAL ([\w.]+)", "it calls {} on loading"),
+    (r"refused call of GLOBAL ([\w.]+)",
+     "it calls {} on loading, which runs code: no checkpoint needs that, so the file is taken "
+     "for an attack"),
     (r"GLOBAL ([\w.]+) whose module", "it names {}, whose module is never loaded"),
     (r"Can only (?:SETITEM|append)\w* .*<class '([\w.]+)'>",
      "it holds a {}, a dict or list subclass that only its own code can rebuild"),
@@ -167,45 +176,126 @@ def _is_state_dict(obj: object) -> bool:
         isinstance(v, Tensor) for v in obj.values())
 
 
-def _container(obj: object, where: str, source: str, depth: int) -> object:
-    """The state dict inside ``obj`` (reached as ``where``): ``obj`` itself, a pickled module's
-    weights, or what its recognised container keys hold, when they agree.
+def _as_mapping(value: object) -> Mapping[Any, Any] | None:
+    """``value`` as a mapping to look for weights in: itself, or a placeholder's items (a dict
+    subclass such as ``EasyDict``) or pickled attributes (a dataclass, a ``Namespace``)."""
+    if isinstance(value, Mapping):
+        return value
+    if isinstance(value, Placeholder) and not is_pickled_module(value):
+        if value.items:
+            return value.items
+        if isinstance(value.state, Mapping):
+            return value.state
+    return None
 
-    Raises:
-        CheckpointError: several container keys hold different state dicts.
-    """
+
+_KeyPath = tuple[str, ...]
+
+
+def _found(obj: object, path: _KeyPath, source: str, depth: int) -> list[tuple[_KeyPath, object]]:
+    """The distinct weights reachable from ``obj`` (at key ``path``) through the recognised
+    container keys, with their paths, in :data:`CONTAINER_KEYS` order: ``obj`` itself (as a
+    mapping) when it holds no container; a pickled module's weights. Equal copies count once.
+    Where no container holds a state dict, the one holding some tensors (a state dict with a
+    bad entry, which the caller names) or else ``obj`` is the only candidate."""
     if is_pickled_module(obj):
         assert isinstance(obj, Placeholder)
-        return module_state_dict(obj, source)
-    if depth == 0 or not isinstance(obj, Mapping) or _is_state_dict(obj):
-        return obj
-    found = {
-        key: _container(obj[key], f"{where}[{key!r}]", source, depth - 1)
-        for key in CONTAINER_KEYS
-        if key in obj and (isinstance(obj[key], Mapping) or is_pickled_module(obj[key]))
-    }
-    if not found:
-        return obj
-    weights = {key: value for key, value in found.items() if _is_state_dict(value)}
+        return [(path, module_state_dict(obj, source))]
+    mapping = _as_mapping(obj)
+    if depth == 0 or mapping is None or _is_state_dict(mapping):
+        return [(path, obj if mapping is None else mapping)]
+    found = [candidate for key in CONTAINER_KEYS if key in mapping
+             and (_as_mapping(mapping[key]) is not None or is_pickled_module(mapping[key]))
+             for candidate in _found(mapping[key], (*path, key), source, depth - 1)]
+    weights = [(where, value) for where, value in found if _is_state_dict(value)]
     if not weights:
         # A container holding some tensors is a state dict with a bad entry, which the caller
         # names; one holding none (a 'state' of counters) is not where the weights are, and the
         # caller's error lists this level's keys instead.
-        partial = [value for value in found.values() if isinstance(value, Mapping)
-                   and any(isinstance(v, Tensor) for v in value.values())]
-        return partial[0] if partial else obj
-    first_key, first = next(iter(weights.items()))
-    differing = [key for key, value in weights.items() if not _same_weights(first, value)]
-    if differing:
-        # A model and its EMA (or a student and teacher) both fit the architecture: taking
-        # either silently could fine-tune the weights the user did not mean.
-        keys = [first_key, *differing]
-        shown = ", ".join(f"{where}[{key!r}]" for key in keys)
-        raise CheckpointError(
-            f"{source} holds different weights under {shown}: which one to use cannot be told "
-            f"from the file. Save the one you mean on its own, e.g. "
-            f"torch.save({where}[{keys[-1]!r}], 'weights.pt')")
-    return first
+        partial: list[tuple[_KeyPath, object]] = [
+            (where, value) for where, value in [*found, (path, mapping)]
+            if isinstance(value, Mapping) and any(isinstance(v, Tensor) for v in value.values())]
+        # An object holding no tensors is named as the object it is, not by its attributes.
+        return partial[:1] or [(path, obj)]
+    distinct: list[tuple[_KeyPath, object]] = []
+    for where, value in weights:
+        if not any(_same_weights(value, kept) for _, kept in distinct):
+            distinct.append((where, value))
+    return distinct
+
+
+def _dotted(path: _KeyPath) -> str:
+    return ".".join(path)
+
+
+def weight_entries(obj: object, *, source: str = "checkpoint") -> list[str]:
+    """The key paths (``"ema"``, ``"model.state_dict"``) of the distinct weights a loaded
+    checkpoint object holds, in :data:`CONTAINER_KEYS` order; empty when its weights are at the
+    top level (a plain state dict, a pickled model). Equal copies are listed once."""
+    return [_dotted(where) for where, _ in _found(obj, (), source, _MAX_CONTAINER_DEPTH) if where]
+
+
+def _entry_advice(entries: list[str]) -> str:
+    shown = ", ".join(repr(entry) for entry in entries)
+    return (f"set checkpoint_entry to one of {shown} (--checkpoint-entry on the command line), "
+            "or save the one you mean on its own")
+
+
+def _select_entry(obj: object, entry: str, source: str) -> object:
+    """What the key path ``entry`` leads to in ``obj`` (a key may itself contain dots: the
+    longest key that matches is taken at each level).
+
+    Raises:
+        CheckpointEntryError: no such path, listing the file's entries.
+    """
+    parts = entry.split(".")
+    current, index = obj, 0
+    while index < len(parts):
+        mapping = _as_mapping(current)
+        key = next((".".join(parts[index:stop]) for stop in range(len(parts), index, -1)
+                    if mapping is not None and ".".join(parts[index:stop]) in mapping), None)
+        if mapping is None or key is None:
+            entries = weight_entries(obj, source=source)
+            where = ".".join(parts[:index]) or "its top level"
+            raise CheckpointEntryError(
+                f"{source} has no entry {entry!r} (no key {parts[index]!r} at {where}); "
+                + (f"its weights entries are {', '.join(map(repr, entries))}" if entries else
+                   "its weights are at its top level: leave out checkpoint_entry"),
+                entries=entries)
+        current, index = mapping[key], index + key.count(".") + 1
+    return current
+
+
+def _container(obj: object, source: str, entry: str | None) -> object:
+    """The state dict inside ``obj``: the one entry it holds, or the one ``entry`` names.
+
+    Raises:
+        CheckpointEntryError: several entries hold different weights and ``entry`` is None, or
+            ``entry`` names no entry (or one holding several).
+    """
+    root: object = obj
+    path: _KeyPath = ()
+    if entry is not None:
+        obj, path = _select_entry(obj, entry, source), tuple(entry.split("."))
+    found = _found(obj, path, source, _MAX_CONTAINER_DEPTH)
+    if len(found) > 1:
+        entries = [_dotted(where) for where, _ in found]
+        shown = ", ".join(repr(name) for name in entries)
+        inside = f" (inside entry {entry!r})" if entry is not None else ""
+        raise CheckpointEntryError(
+            f"{source} holds different weights under {shown}{inside}: which to use cannot be "
+            "told from the file (a model and its EMA, a student and its teacher); "
+            f"{_entry_advice(entries)}", entries=entries)
+    chosen = found[0][1]
+    if entry is not None and not (isinstance(chosen, Mapping)
+                                  and any(isinstance(v, Tensor) for v in chosen.values())):
+        entries = weight_entries(root, source=source)
+        advice = (_entry_advice(entries) if entries
+                  else "its weights are at its top level: leave out checkpoint_entry")
+        raise CheckpointEntryError(
+            f"{source}: entry {entry!r} holds a {describe_value(chosen)}, not weights (a "
+            f"mapping of tensors or a pickled model); {advice}", entries=entries)
+    return chosen
 
 
 def _same_weights(a: object, b: object) -> bool:
@@ -218,21 +308,27 @@ def _same_weights(a: object, b: object) -> bool:
                for x, y in zip(a.values(), b.values(), strict=True))
 
 
-def normalize_state_dict(obj: object, *, source: str = "checkpoint",
-                         check_finite: bool = True) -> dict[str, Tensor]:
+def normalize_state_dict(obj: object, *, source: str = "checkpoint", check_finite: bool = True,
+                         entry: str | None = None) -> dict[str, Tensor]:
     """Turn a loaded checkpoint object into a flat ``{key: CPU tensor}`` state dict.
 
-    Unwraps the :data:`CONTAINER_KEYS` containers (nested up to twice) and pickled modules (read
-    as ``state_dict()`` would, see ``rift.checkpoint_pickle``), strips wrapper prefixes and checks
-    that every value is a dense tensor and (with ``check_finite``) that floating-point tensors
-    are finite. ``source`` names the checkpoint in error messages.
+    Unwraps the :data:`CONTAINER_KEYS` containers (nested up to twice; placeholders of dict
+    subclasses and ordinary objects are looked into too) and pickled modules (read as
+    ``state_dict()`` would, see ``rift.checkpoint_pickle``), or takes the weights at the key
+    path ``entry`` (``"ema"``, ``"model.state_dict"``); strips wrapper prefixes and checks that
+    every value is a dense tensor and (with ``check_finite``) that floating-point tensors are
+    finite. ``source`` names the checkpoint in error messages.
 
     Raises:
-        CheckpointError: no state dict found, several containers with different weights, a
-            non-tensor value, a key collision after prefix stripping, or NaN/Inf values (the
-            message names the keys).
+        CheckpointEntryError: several entries hold different weights and ``entry`` is None, or
+            ``entry`` leads to no weights (the message and ``entries`` list the file's entries).
+        CheckpointError: no state dict found, a non-tensor value, a key collision after prefix
+            stripping, or NaN/Inf values (the message names the keys).
     """
-    obj = _container(obj, "checkpoint", source, _MAX_CONTAINER_DEPTH)
+    return _flatten(_container(obj, source, entry), source, check_finite)
+
+
+def _flatten(obj: object, source: str, check_finite: bool) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{source} holds a {describe_value(obj)}, not a state dict (a mapping of tensors)"
@@ -286,9 +382,10 @@ def _check_finite(state_dict: Mapping[str, Tensor], source: str) -> None:
         raise CheckpointError(f"{source} holds non-finite values in {_preview(bad)}")
 
 
-def load_state_dict(path: str | Path, *, mmap: bool = False,
-                    check_finite: bool = True) -> dict[str, Tensor]:
-    """Read a safetensors or PyTorch checkpoint into a flat ``{key: CPU tensor}`` dict.
+def load_state_dict(path: str | Path, *, mmap: bool = False, check_finite: bool = True,
+                    entry: str | None = None) -> dict[str, Tensor]:
+    """Read a safetensors or PyTorch checkpoint into a flat ``{key: CPU tensor}`` dict: its
+    weights, or those of its entry ``entry`` (a key path such as ``"ema"``).
 
     PyTorch files are read with ``weights_only=True`` only; see :func:`normalize_state_dict` for the
     unwrapping and checks applied. With ``mmap`` a PyTorch zip file's tensors are memory-mapped
@@ -296,16 +393,53 @@ def load_state_dict(path: str | Path, *, mmap: bool = False,
     ``check_finite`` false).
 
     Raises:
+        CheckpointEntryError: no ``entry`` for a file with several, or one it does not have.
         CheckpointError: missing, unreadable, unsafe, corrupt, truncated or non-finite checkpoint.
     """
     path = Path(path)
     fmt = detect_checkpoint_format(path)
     return normalize_state_dict(_load_raw(path, fmt, mmap), source=f"checkpoint {path.name}",
-                                check_finite=check_finite)
+                                check_finite=check_finite, entry=entry)
 
 
-def validate_checkpoint_file(path: str | Path, *, sample_size: int = 10) -> CheckpointSummary:
-    """Check an uploaded checkpoint completely and summarise it.
+@dataclass(frozen=True)
+class CheckpointEntries:
+    """A checkpoint's weights entries (key paths, :func:`weight_entries`; empty when its weights
+    are at its top level) and the normalised weights read: the chosen entry's, or with none
+    chosen every entry's, by key path (``""`` for top-level weights)."""
+
+    entries: list[str]
+    weights: dict[str, dict[str, Tensor]]
+
+
+def load_checkpoint_entries(path: str | Path, *, entry: str | None = None, mmap: bool = False,
+                            check_finite: bool = True) -> CheckpointEntries:
+    """Read a checkpoint as :func:`load_state_dict` does, but without ``entry`` a file holding
+    several weights entries gives them all instead of being refused (an upload is checked
+    whole, and the job that uses it names the entry).
+
+    Raises:
+        CheckpointEntryError: ``entry`` leads to no weights (or to several).
+        CheckpointError: as :func:`load_state_dict`, for any entry.
+    """
+    path = Path(path)
+    source = f"checkpoint {path.name}"
+    raw = _load_raw(path, detect_checkpoint_format(path), mmap)
+    entries = weight_entries(raw, source=source)
+    if entry is not None:
+        return CheckpointEntries(entries, {entry: normalize_state_dict(
+            raw, source=source, check_finite=check_finite, entry=entry)})
+    if len(entries) <= 1:
+        return CheckpointEntries(entries, {entries[0] if entries else "": normalize_state_dict(
+            raw, source=source, check_finite=check_finite)})
+    return CheckpointEntries(entries, {name: normalize_state_dict(
+        raw, source=f"{source} (entry {name!r})", check_finite=check_finite, entry=name)
+        for name in entries})
+
+
+def validate_checkpoint_file(path: str | Path, *, sample_size: int = 10,
+                             entry: str | None = None) -> CheckpointSummary:
+    """Check an uploaded checkpoint completely and summarise it (its entry ``entry``, if given).
 
     For safetensors the header (JSON, dtypes, byte ranges against the file size) is checked before
     any tensor is read; then the file is loaded as :func:`load_state_dict` does.
@@ -316,13 +450,16 @@ def validate_checkpoint_file(path: str | Path, *, sample_size: int = 10) -> Chec
     path = Path(path)
     fmt = detect_checkpoint_format(path)
     metadata = read_safetensors_header(path)[1] if fmt == "safetensors" else {}
-    state_dict = normalize_state_dict(_load_raw(path, fmt), source=f"checkpoint {path.name}")
+    raw = _load_raw(path, fmt)
+    source = f"checkpoint {path.name}"
+    state_dict = normalize_state_dict(raw, source=source, entry=entry)
     return CheckpointSummary(
         format=fmt,
         num_tensors=len(state_dict),
         num_parameters=sum(t.numel() for t in state_dict.values()),
         keys_sample=list(state_dict)[:sample_size],
         metadata=metadata,
+        entries=weight_entries(raw, source=source),
     )
 
 

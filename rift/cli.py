@@ -182,6 +182,7 @@ def _build_config(args: argparse.Namespace, origins: dict[str, str]) -> RiftConf
         "--dataset": ("dataset.name", args.dataset), "--data-root": ("dataset.root", args.data_root),
         "--data-path": ("dataset.path", args.data_path), "--device": ("device", args.device),
         "--seed": ("seed", args.seed), "--precision": ("precision", args.precision),
+        "--checkpoint-entry": ("checkpoint_entry", args.checkpoint_entry),
     }
     for flag, (dotted, value) in shortcuts.items():
         if value is not None:
@@ -321,7 +322,8 @@ def _command_run(args: argparse.Namespace) -> int:
     print(f"\nclean  {before['clean_accuracy']:.2f}% -> {after['clean_accuracy']:.2f}%   "
           f"robust {before['robust_accuracy']:.2f}% -> {after['robust_accuracy']:.2f}%   "
           f"(α = {result['chosen_alpha']:g}, module {result['selected_module']})")
-    print(f"wrote {args.out}/tuned.safetensors and {args.out}/result.json")
+    entry = f" (checkpoint entry {config.checkpoint_entry!r})" if config.checkpoint_entry else ""
+    print(f"wrote {args.out}/tuned.safetensors{entry} and {args.out}/result.json")
     return 0
 
 
@@ -351,6 +353,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run MRC, fine-tuning and interpolation")
     run.add_argument("--checkpoint", required=True, help=".safetensors or PyTorch state dict")
+    run.add_argument("--checkpoint-entry", metavar="KEY_PATH",
+                     help="the weights to tune when the checkpoint holds several, e.g. ema, "
+                     "state_dict_ema or model.state_dict (sets checkpoint_entry)")
     run.add_argument("--config", help="JSON file with a RiftConfig (flags override it)")
     run.add_argument("--arch", help="architecture name, e.g. resnet18")
     run.add_argument("--num-classes", type=int)

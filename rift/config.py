@@ -28,6 +28,8 @@ Norm = Literal["linf", "l2"]
 MIN_STD = 1e-4
 #: The largest run seed: every seed derived from it (data streams, batches) stays in int64.
 MAX_SEED = 2**31 - 1
+# A checkpoint entry's key path ("model.state_dict"): long enough for any real nesting.
+MAX_CHECKPOINT_ENTRY_CHARS = 256
 # 'auto', 'cpu', or an accelerator with an optional small index (ASCII digits only).
 DEVICE_PATTERN = r"^(auto|cpu|mps|(cuda|xpu)(:[0-9]{1,2})?)$"
 
@@ -389,6 +391,12 @@ class RiftConfig(_Strict):
 
     architecture: ArchitectureSpec
     dataset: DatasetSpec
+    checkpoint_entry: str | None = Field(
+        None, min_length=1, max_length=MAX_CHECKPOINT_ENTRY_CHARS, pattern=r"^[^\x00-\x1f]+$",
+        description="Which weights of the checkpoint to tune when it holds several (a model and "
+        "its EMA, a student and its teacher): the key path of the entry, e.g. 'ema', "
+        "'state_dict_ema' or 'model.state_dict'. Needed only then; a file with one set of "
+        "weights may name its entry or leave this out.")
     attack: AttackSpec = Field(default_factory=AttackSpec)
     mrc: MRCSpec = Field(default_factory=MRCSpec)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)

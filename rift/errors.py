@@ -37,6 +37,18 @@ class CheckpointError(RiftError):
     code = "invalid_checkpoint"
 
 
+class CheckpointEntryError(CheckpointError):
+    """Which of a checkpoint's weights entries to use: none was named where several hold
+    different weights (a model and its EMA), or the one named does not exist. ``entries`` lists
+    the file's entries (key paths such as ``"ema"``)."""
+
+    code = "checkpoint_entry"
+
+    def __init__(self, message: str, entries: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.entries = list(entries or [])
+
+
 class CheckpointMismatchError(CheckpointError):
     """The checkpoint's keys or shapes do not fit the architecture."""
 

@@ -152,8 +152,8 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
             field="architecture.num_classes")
     channels, height, _ = splits.image_shape
     model = build_model(config.architecture, in_channels=channels, image_size=height)
-    state = (checkpoints.load_state_dict(checkpoint) if isinstance(checkpoint, str | Path)
-             else dict(checkpoint))
+    state = (checkpoints.load_state_dict(checkpoint, entry=config.checkpoint_entry)
+             if isinstance(checkpoint, str | Path) else dict(checkpoint))
     try:
         checkpoints.check_compatible(model, state)
     except CheckpointMismatchError as exc:
@@ -638,6 +638,15 @@ def mrc_table_csv(rows: list[dict[str, Any]], selected_module: str | None = None
     return buffer.getvalue()
 
 
+def weights_metadata(config: RiftConfig) -> dict[str, str]:
+    """The header every weights file of a run carries: its config, and the checkpoint entry
+    tuned when one was chosen (so the file itself says whose weights it holds)."""
+    metadata = {"config": config.model_dump_json()}
+    if config.checkpoint_entry is not None:
+        metadata["checkpoint_entry"] = config.checkpoint_entry
+    return metadata
+
+
 def build_result(config: RiftConfig, mrc: MRCStageResult, finetune: FinetuneStageResult,
                  interpolation: InterpolationStageResult, device: str,
                  preflight: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -645,6 +654,8 @@ def build_result(config: RiftConfig, mrc: MRCStageResult, finetune: FinetuneStag
     return {
         "preflight": dict(preflight) if preflight is not None else None,
         "config": config.model_dump(mode="json"),
+        # The weights of the checkpoint that were tuned (None: its only ones).
+        "checkpoint_entry": config.checkpoint_entry,
         "device": device,
         "selected_module": finetune.module,
         "mrc": mrc.to_json(),
@@ -766,7 +777,7 @@ def _run_stages(config: RiftConfig, run: PreparedRun, storage: FolderStorage,
                 callbacks: PipelineCallbacks, preflight: PreflightReport | None
                 ) -> dict[str, Any]:
     """``run_pipeline``'s stages, in a folder it holds: each saved stage loaded, the others run."""
-    metadata = {"config": config.model_dump_json()}
+    metadata = weights_metadata(config)
 
     mrc = load_mrc(storage)
     if mrc is not None:

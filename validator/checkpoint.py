@@ -33,7 +33,7 @@ from rift.checkpoint_format import (
     read_safetensors_header,
     strip_wrapper_prefix,
 )
-from rift.errors import CheckpointError, RiftError
+from rift.errors import CheckpointEntryError, CheckpointError, RiftError
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -68,6 +68,10 @@ class CheckpointInspection:
     num_parameters: int
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, str] = field(default_factory=dict)
+    #: The file's weights entries (key paths such as "ema"; empty when its weights are at its
+    #: top level). The counts, shapes and dtypes are those of the chosen entry, or without one
+    #: of the first (each entry is checked in full).
+    entries: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,21 +80,31 @@ class CheckpointInspection:
     def from_json(cls, data: dict[str, Any]) -> CheckpointInspection:
         shapes = {key: tuple(shape) for key, shape in data["shapes"].items()}
         return cls(data["format"], data["num_tensors"], data["num_parameters"], shapes,
-                   dict(data.get("dtypes") or {}))
+                   dict(data.get("dtypes") or {}), list(data.get("entries") or []))
 
 
-def inspect_checkpoint_file(path: Path, display_name: str) -> CheckpointInspection:
-    """Validate the checkpoint file at ``path`` completely and summarise it.
+def inspect_checkpoint_file(path: Path, display_name: str,
+                            entry: str | None = None) -> CheckpointInspection:
+    """Validate the checkpoint file at ``path`` completely and summarise it: the weights of its
+    entry ``entry`` (a key path such as ``"ema"``), or without one every entry's.
 
     Raises:
+        CheckpointEntryError: ``entry`` leads to no weights (a safetensors file has no entries).
         CheckpointError: the file is empty, corrupt, truncated, neither format, holds code or
             non-tensor objects, or non-finite values; the message names ``display_name``.
     """
     try:
         fmt = detect_checkpoint_format(path)
         if fmt == "safetensors":
+            if entry is not None:
+                raise CheckpointEntryError(
+                    f"checkpoint {display_name} is a safetensors file: one flat set of weights, "
+                    "without entries; leave out checkpoint_entry")
             return _inspect_safetensors(path, display_name)
-        return _inspect_torch(path, display_name)
+        return _inspect_torch(path, display_name, entry)
+    except CheckpointEntryError as exc:
+        raise CheckpointEntryError(exc.message.replace(path.name, display_name),
+                                   exc.entries) from exc
     except RiftError as exc:
         # The library names the scratch file; the user knows the file by the name they uploaded.
         raise CheckpointError(exc.message.replace(path.name, display_name)) from exc
@@ -192,15 +206,29 @@ def _scan_record(handle: Any, start: int, record: TensorRecord,
 # ------------------------------------------------------------------------------------ PyTorch
 
 
-def _inspect_torch(path: Path, display_name: str) -> CheckpointInspection:
-    from rift.checkpoints import count_non_finite, load_state_dict
+def _inspect_torch(path: Path, display_name: str, entry: str | None) -> CheckpointInspection:
+    from rift.checkpoints import load_checkpoint_entries
 
     source = f"checkpoint {display_name}"
     with path.open("rb") as handle:
         # Only zip files can be memory-mapped; the legacy format is read into memory, within
         # the process's memory limit.
         mapped = handle.read(4) == b"PK\x03\x04"
-    state = load_state_dict(path, mmap=mapped, check_finite=False)
+    found = load_checkpoint_entries(path, entry=entry, mmap=mapped, check_finite=False)
+    for name, state in found.weights.items():
+        _check_finite_pieces(state, f"{source} (entry {name!r})" if name else source, mapped)
+    state = next(iter(found.weights.values()))
+    shapes = _normalised_shapes([(k, tuple(int(d) for d in t.shape)) for k, t in state.items()],
+                                source)
+    dtypes = {key: str(t.dtype).removeprefix("torch.") for key, t in state.items()}
+    return CheckpointInspection("torch", len(state),
+                                sum(int(t.numel()) for t in state.values()), shapes, dtypes,
+                                found.entries)
+
+
+def _check_finite_pieces(state: dict[str, Tensor], source: str, mapped: bool) -> None:
+    from rift.checkpoints import count_non_finite
+
     bad: list[str] = []
     for key, tensor in state.items():
         if not (tensor.is_floating_point() or tensor.is_complex()):
@@ -215,11 +243,6 @@ def _inspect_torch(path: Path, display_name: str) -> CheckpointInspection:
         if nan or inf:
             bad.append(f"{key} ({nan} NaN, {inf} Inf)")
     _report_non_finite(bad, source)
-    shapes = _normalised_shapes([(k, tuple(int(d) for d in t.shape)) for k, t in state.items()],
-                                source)
-    dtypes = {key: str(t.dtype).removeprefix("torch.") for key, t in state.items()}
-    return CheckpointInspection("torch", len(state),
-                                sum(int(t.numel()) for t in state.values()), shapes, dtypes)
 
 
 def _pieces(tensor: Tensor, limit: int) -> Iterator[Tensor]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from rift.errors import (
+    CheckpointEntryError,
     CheckpointError,
     CheckpointMismatchError,
     ConfigError,
@@ -22,7 +23,7 @@ from rift.errors import (
     UnknownArchitectureError,
 )
 
-#: ``checkpoint``: {path, display_name}; ``dataset``: {path, display_name, max_unpacked_bytes};
+#: ``checkpoint``: {path, display_name, entry?}; ``dataset``: {path, display_name, max_unpacked_bytes};
 #: ``fit``: {config, shapes, dtypes?, in_channels, image_size, num_features, image_width};
 #: ``probe``: {sleep_seconds?} (what the sandbox looks like from inside: environment variable
 #: names, limits, and when it ran).
@@ -39,6 +40,8 @@ def encode_error(exc: RiftError) -> dict[str, Any]:
     data: dict[str, Any] = {"type": type(exc).__name__, "message": exc.message}
     if isinstance(exc, ConfigError):
         data["field"] = exc.field
+    if isinstance(exc, CheckpointEntryError):
+        data["entries"] = list(exc.entries)
     if isinstance(exc, CheckpointMismatchError):
         data["missing"] = list(exc.missing)
         data["unexpected"] = list(exc.unexpected)
@@ -55,6 +58,8 @@ def decode_error(data: dict[str, Any]) -> RiftError:
             unexpected=list(data.get("unexpected", [])),
             mismatched=[(key, tuple(got), tuple(want))
                         for key, got, want in data.get("mismatched", [])])
+    if kind == "CheckpointEntryError":
+        return CheckpointEntryError(message, [str(entry) for entry in data.get("entries", [])])
     cls = _ERRORS.get(str(kind), RiftError)
     if issubclass(cls, ConfigError):
         return cls(message, field=data.get("field"))

@@ -25,7 +25,8 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     if op == "checkpoint":
         from validator.checkpoint import inspect_checkpoint_file
 
-        return inspect_checkpoint_file(Path(request["path"]), request["display_name"]).to_json()
+        return inspect_checkpoint_file(Path(request["path"]), request["display_name"],
+                                       entry=request.get("entry")).to_json()
     if op == "dataset":
         from validator.dataset import inspect_dataset_file
 

@@ -49,6 +49,7 @@ from rift.pipeline import (
     candidate_outcome,
     load_mrc,
     run_candidate,
+    weights_metadata,
 )
 from rift.stage_outputs import FINETUNE_JSON, FINETUNED
 from rift.sweep import (
@@ -159,7 +160,7 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
         storage = CandidateStorage(resources.store, job_id, attempts[StageName.FINETUNE], index,
                                    claim.attempt)
         stage_outputs.write_weights(storage, FINETUNED, finetune.state_dict, {
-            "config": run.config.model_dump_json(), "kind": "finetuned",
+            **weights_metadata(run.config), "kind": "finetuned",
             "module": candidate.module, "lr": repr(candidate.lr)})
         weights = storage.written[FINETUNED]
         outcome = candidate_outcome(candidate, finetune, interpolation)

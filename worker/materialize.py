@@ -19,6 +19,7 @@ from persistence.models import Artifact, Checkpoint, Dataset, Job, Materializati
 from persistence.stages import ArtifactRecord
 from persistence.storage import ObjectStore
 from rift import checkpoints
+from rift.config import RiftConfig
 from rift.device import deterministic_kernels
 from rift.evaluation import evaluate_accuracy
 from rift.interpolation import interpolate_weights
@@ -46,14 +47,18 @@ def materialize_weights(row: Materialization, job: Job, checkpoint: Checkpoint,
     (work_dir / "scratch").mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir / "scratch", prefix=f"{job.id}-alpha-"))
     try:
-        theta_at = checkpoints.load_state_dict(fetch_checkpoint(store, checkpoint, work_dir))
+        # The entry the job tuned (a model and its EMA): θ_AT is that one's weights.
+        entry = RiftConfig.model_validate(job.spec).checkpoint_entry
+        theta_at = checkpoints.load_state_dict(fetch_checkpoint(store, checkpoint, work_dir),
+                                               entry=entry)
         theta_ft = checkpoints.load_state_dict(
             store.download_to(finetuned.storage_key, scratch / FINETUNED))
         weights = interpolate_weights(theta_at, theta_ft, row.alpha)
         path = scratch / row.artifact_name
         checkpoints.save_safetensors(path, weights, {
             "kind": "tuned", "alpha": repr(row.alpha), "job_id": job.id,
-            "module": job.selected_module or ""})
+            "module": job.selected_module or "",
+            **({"checkpoint_entry": entry} if entry is not None else {})})
         stored = store.put_file(materialization_key(job.id, row.artifact_name), path,
                                 content_type=SAFETENSORS)
         clean = robust = None

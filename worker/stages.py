@@ -39,6 +39,7 @@ from rift.pipeline import (
     save_finetune,
     save_interpolation,
     save_mrc,
+    weights_metadata,
 )
 from rift.stage_outputs import (
     CURVES_JSON,
@@ -193,7 +194,7 @@ def _record(name: str, stored: StoredObject) -> ArtifactRecord:
 
 
 def _metadata(run: PreparedRun) -> dict[str, str]:
-    return {"config": run.config.model_dump_json()}
+    return weights_metadata(run.config)
 
 
 def _mrc(job: Job, run: PreparedRun, storage: ObjectStageStorage,

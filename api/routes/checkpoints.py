@@ -38,7 +38,9 @@ FILE_FIELD = "file"
         "(application/octet-stream, name in ?filename=). Streamed to the object store with its "
         "SHA-256; over MAX_CHECKPOINT_BYTES is 413; an invalid file is 422 and nothing is kept. "
         "With an Idempotency-Key, the same file sent again answers 200 with the checkpoint "
-        "stored the first time (nothing stored twice); the key with another file is 409."
+        "stored the first time (nothing stored twice); the key with another file is 409. A file "
+        "holding several sets of weights (a model and its EMA) is accepted and lists them in "
+        "'entries': a job on it names one in config.checkpoint_entry."
     ),
     openapi_extra=upload_request_body(FILE_FIELD),
     responses={200: {"description": "Idempotent replay: the checkpoint stored before",

@@ -24,6 +24,8 @@ from api.errors import ApiError, ServiceUnavailable
 from api.idempotency import idempotency_conflict, scoped_idempotency_key
 from api.ingest import store_checkpoint, validate_checkpoint_upload
 from api.job_requests import (
+    CHECKPOINT_ENTRY_FIELD,
+    check_checkpoint_entry,
     check_job_fits,
     checkpoint_tensors,
     fingerprint,
@@ -163,17 +165,21 @@ def create_job_for(
         check_device_available(session, settings, spec.config.device)
         dataset = resolve_dataset(session, store, spec, caller.project_id)
         inspection = None
+        entry = spec.config.checkpoint_entry
         if upload is None:
             assert checkpoint_id is not None
             row, tensors = checkpoint_tensors(session, store, checkpoint_id,
                                               scratch_dir(settings), services.validator,
-                                              caller.project_id)
+                                              caller.project_id, entry)
             num_tensors, checkpoint_size, uploading = row.num_tensors, row.size, 0
         else:
-            inspection = validate_checkpoint_upload(services.validator, upload, CHECKPOINT_FIELD)
-            tensors = CheckpointTensors(inspection.shapes, inspection.dtypes)
+            inspection = validate_checkpoint_upload(services.validator, upload, CHECKPOINT_FIELD,
+                                                    entry, CHECKPOINT_ENTRY_FIELD)
+            tensors = CheckpointTensors(inspection.shapes, inspection.dtypes, inspection.entries)
             num_tensors, checkpoint_size, uploading = (inspection.num_tensors, upload.size,
                                                        upload.size)
+        # Before the fit check, which would otherwise try the first entry's weights.
+        check_checkpoint_entry(tensors.entries, entry)
         check_job_fits(services.validator, spec.config, tensors, dataset.geometry,
                        checkpoint_field)
 

@@ -2,7 +2,9 @@
 it: the request id from the API's logs to the worker's JSON logs, Prometheus metrics of the API
 and of the worker parsed with the Prometheus text parser, manifest.json and the chart artifacts,
 the MLflow export read back from a real SQLite tracking store, the report page, and weights at
-α = 0 and α = 1 made afterwards, bit-identical to θ_AT and θ_FT."""
+α = 0 and α = 1 made afterwards, bit-identical to θ_AT and θ_FT. The checkpoint is the kind a
+robust-training script writes: a model and its EMA (the job tunes the EMA, named in
+config.checkpoint_entry) beside an EasyDict of arguments that only its own code could rebuild."""
 
 from __future__ import annotations
 
@@ -56,6 +58,23 @@ def wait_until(api: Api, url: str, done: Callable[[dict[str, Any]], bool],
         time.sleep(0.1)
 
 
+class _EasyDict(dict):  # type: ignore[type-arg]
+    """Like easydict.EasyDict (not installed): the service never imports it."""
+
+
+def _model_and_ema(digits: Path, path: Path) -> Path:
+    """The digits weights as the EMA, other weights as the model, training arguments beside."""
+    import torch
+
+    from rift.checkpoints import load_state_dict
+
+    ema = load_state_dict(digits)
+    model = {k: v + 0.25 if v.is_floating_point() else v for k, v in ema.items()}
+    torch.save({"model": model, "model_ema": ema, "epoch": 30,
+                "args": _EasyDict(lr=0.1, arch="small_cnn")}, path)
+    return path
+
+
 def test_job_with_logs_metrics_manifest_report_mlflow_and_materialize(
         service_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
         start_api: Callable[..., Api], digits_checkpoint_path: Path, tmp_path: Path) -> None:
@@ -77,9 +96,11 @@ def test_job_with_logs_metrics_manifest_report_mlflow_and_materialize(
     api_logs = io.StringIO()
     handler = configure_logging("json", stream=api_logs)
     try:
-        checkpoint = upload_checkpoint(api, digits_checkpoint_path)
+        checkpoint = upload_checkpoint(
+            api, _model_and_ema(digits_checkpoint_path, tmp_path / "ema.pt"))
+        assert checkpoint["entries"] == ["model", "model_ema"]
         config = digits_config(attack={"eps": 0.1, "step_size": 0.025, "steps": 3},
-                               evaluation={"max_examples": 120})
+                               evaluation={"max_examples": 120}, checkpoint_entry="model_ema")
         created = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
                                                     "config": config},
                                   headers={"X-Request-ID": REQUEST_ID})
@@ -112,6 +133,7 @@ def test_job_with_logs_metrics_manifest_report_mlflow_and_materialize(
         assert manifest["job_id"] == job_id
         assert manifest["checkpoint_sha256"] == checkpoint["sha256"]
         assert manifest["config"] == job["config"] and manifest["device"] == "cpu"
+        assert manifest["config"]["checkpoint_entry"] == "model_ema"
         assert manifest["versions"]["torch"] == torch.__version__
         mrc_rows = api.client.get(f"/v1/jobs/{job_id}/mrc").json()["rows"]
         chart = ElementTree.fromstring(api.client.get(listing["mrc.svg"]["url"]).content)
@@ -142,6 +164,8 @@ def test_job_with_logs_metrics_manifest_report_mlflow_and_materialize(
                                                  str(tmp_path)))
         assert hashlib.sha256(weights.read_bytes()).hexdigest() == listing["tuned.safetensors"][
             "sha256"]
+        with safetensors.safe_open(str(weights), "pt") as tuned:  # says whose weights it holds
+            assert tuned.metadata()["checkpoint_entry"] == "model_ema"
 
         # --- weights at α = 0 and 1, made afterwards ------------------------------------------
         base = f"/v1/jobs/{job_id}"
@@ -157,7 +181,7 @@ def test_job_with_logs_metrics_manifest_report_mlflow_and_materialize(
                 for r in (first, second)]
         assert [m["status"] for m in made] == ["succeeded", "succeeded"], worker.log()[-3000:]
         assert [m["artifact"] for m in made] == ["tuned@0.safetensors", "tuned@1.safetensors"]
-        theta_at = load_state_dict(digits_checkpoint_path)
+        theta_at = load_state_dict(digits_checkpoint_path)  # the EMA the job tuned
         theta_ft = safetensors.torch.load(
             api.client.get(listing["finetuned.safetensors"]["url"]).content)
         for made_one, expected in zip(made, (theta_at, theta_ft), strict=True):
@@ -185,7 +209,7 @@ def test_job_with_logs_metrics_manifest_report_mlflow_and_materialize(
         assert (value(found, "rift_http_request_duration_seconds_count", method="GET",
                       route="/v1/jobs/{job_id}") or 0) >= 2
         uploaded = value(found, "rift_upload_bytes_total", kind="checkpoint") or 0
-        assert uploaded >= digits_checkpoint_path.stat().st_size
+        assert uploaded >= (tmp_path / "ema.pt").stat().st_size
         assert value(found, "rift_uploads_total", kind="checkpoint", status="201") == 1
 
         # --- worker metrics ----------------------------------------------------------------------

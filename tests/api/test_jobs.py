@@ -411,8 +411,9 @@ def test_grey_imagefolder_jobs_check_the_channels(api: Api, checkpoint_id: str,
 
 
 def test_default_channels_leave_a_jobs_request_hash_as_it_was() -> None:
-    # An Idempotency-Key replayed across the upgrade that added dataset.channels is the same
-    # request, not a conflict: at its default the field stays out of the hash.
+    # An Idempotency-Key replayed across the upgrades that added dataset.channels and
+    # checkpoint_entry is the same request, not a conflict: at their defaults the fields stay
+    # out of the hash.
     from api.job_requests import fingerprint
     from api.schemas import JobSpec
     from persistence.jobs import request_fingerprint
@@ -420,13 +421,17 @@ def test_default_channels_leave_a_jobs_request_hash_as_it_was() -> None:
     tree = {"name": "imagefolder", "path": "dataset:" + "0" * 32}
     spec = JobSpec.model_validate({"dataset_id": "0" * 32, "config": digits_config(dataset=tree)})
     config = spec.config.model_dump(mode="json")
-    del config["dataset"]["channels"]  # the config as dumped before the field existed
+    del config["dataset"]["channels"]  # the config as dumped before the fields existed
+    del config["checkpoint_entry"]
     before = request_fingerprint({"checkpoint": "c", "dataset_id": "0" * 32, "config": config,
                                   "labels": {}})
     assert fingerprint(spec, "c") == before
     grey = JobSpec.model_validate({"dataset_id": "0" * 32, "config": digits_config(
         dataset={**tree, "channels": 1})})
     assert fingerprint(grey, "c") != before
+    ema = JobSpec.model_validate({"dataset_id": "0" * 32, "config": digits_config(
+        dataset=tree, checkpoint_entry="ema")})
+    assert fingerprint(ema, "c") != before
 
 
 def test_more_classes_than_the_architecture_is_422_naming_both(api: Api,

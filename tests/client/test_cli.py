@@ -85,11 +85,20 @@ def test_checkpoint_upload_get_and_job_lifecycle(cli: Cli, checkpoint_file: Path
                 str(config_file), "--label", "team=vision", "--idempotency-key", "ci-7")
     assert again.json()["id"] == job["id"]
 
-    # A file given as --checkpoint is uploaded first.
-    from_file = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file),
-                    "--config", str(config_file))
+    # A file given as --checkpoint is uploaded first; this one holds a model and its EMA.
+    import torch
+
+    from tests.api.helpers import small_cnn_state
+
+    ema_file = checkpoint_file.with_name("ema.pt")
+    state = small_cnn_state()
+    torch.save({"state_dict": state, "state_dict_ema": {k: v + 1 for k, v in state.items()}},
+               ema_file)
+    from_file = cli("-o", "json", "jobs", "create", "--checkpoint", str(ema_file),
+                    "--config", str(config_file), "--checkpoint-entry", "state_dict_ema")
     assert from_file.exit_code == 0, from_file.stderr
     assert from_file.json()["id"] != job["id"]
+    assert from_file.json()["config"]["checkpoint_entry"] == "state_dict_ema"
 
     listed = cli("-o", "json", "jobs", "list", "--label", "team=vision")
     assert listed.exit_code == 0 and [j["id"] for j in listed.json()] == [job["id"]]

@@ -1,6 +1,7 @@
 """Tests for rift.checkpoint_pickle through rift.checkpoints.load_state_dict: objects saved beside
-the weights are kept aside as inert placeholders, a whole pickled model is read as its state dict,
-and nothing in the file (a __reduce__ call, a class's __setstate__) ever runs."""
+the weights are kept aside as inert placeholders (calls of their classes recorded, not made), a
+whole pickled model is read as its state dict, nothing in the file (a __reduce__ call, a class's
+__setstate__ or __setitem__) ever runs, and a file calling code on loading is refused."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ import builtins
 import collections
 import dataclasses
 import enum
+import importlib
+import pathlib
 import pickle
 import re
+import shutil
+import socket
+import subprocess
+import types
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +25,16 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from rift.checkpoint_pickle import MAX_PLACEHOLDER_GLOBALS, Placeholder, placeholder_class
+from rift.checkpoint_pickle import (
+    MAX_PLACEHOLDER_GLOBALS,
+    Placeholder,
+    load_torch_checkpoint,
+    placeholder_class,
+    runs_code,
+)
 from rift.checkpoints import load_state_dict, validate_checkpoint_file
 from rift.config import ArchitectureSpec
-from rift.errors import CheckpointError
+from rift.errors import CheckpointEntryError, CheckpointError
 from rift.models import build_model
 
 
@@ -80,8 +93,38 @@ class _Colour(enum.Enum):
     RED = 1
 
 
+# What the classes below did on loading, if their own code ever ran.
+_CALLS: list[str] = []
+
+
 class _AttrDict(dict):  # type: ignore[type-arg]
-    """A dict subclass, like easydict.EasyDict: its items can only be rebuilt by its own code."""
+    """Like easydict.EasyDict: a dict subclass whose items are also attributes; its items can
+    only be rebuilt by its own code."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        _CALLS.append("AttrDict.__init__")
+        super().__init__(*args, **kwargs)
+        for key, value in self.items():
+            object.__setattr__(self, key, value)
+
+    def __setitem__(self, key: str, value: object) -> None:
+        _CALLS.append("AttrDict.__setitem__")
+        super().__setitem__(key, value)
+        object.__setattr__(self, key, value)
+
+
+class _Ordered(collections.OrderedDict):  # type: ignore[type-arg]
+    """An OrderedDict subclass (pickled as a call of the class, then its items)."""
+
+    def __setitem__(self, key: object, value: object) -> None:
+        _CALLS.append("Ordered.__setitem__")
+        super().__setitem__(key, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FrozenConfig:
+    lr: float = 0.1
+    colour: _Colour = _Colour.RED
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
@@ -136,18 +179,65 @@ def test_a_legacy_pickled_model_is_refused_naming_the_format(tmp_path: Path) -> 
         load_state_dict(path)
 
 
+_ONLY_THEIR_CODE = {
+    "defaultdict": lambda: collections.defaultdict(list, {"seen": [1, 2]}),
+    "enum": lambda: _Colour.RED,
+    "easydict": lambda: _AttrDict(lr=0.1, milestones=[30, 60]),
+    "ordered_dict_subclass": lambda: _Ordered(a=1),
+    "frozen_dataclass": lambda: _FrozenConfig(),
+    "simple_namespace": lambda: types.SimpleNamespace(lr=0.1),
+    "path": lambda: pathlib.PurePosixPath("/runs/at"),
+    "frozenset": lambda: frozenset({1, 2}),
+}
+
+
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-@pytest.mark.parametrize("extra, words", [
-    (collections.defaultdict(int), "calls collections.defaultdict on loading"),
-    (_Colour.RED, f"calls {__name__}._Colour on loading"),
-    (_AttrDict(a=1), f"holds a {__name__}._AttrDict, a dict or list subclass"),
-], ids=["defaultdict", "enum", "dict_subclass"])
-def test_objects_only_their_code_can_rebuild_are_refused_by_name(
-        tmp_path: Path, extra: object, words: str, legacy: bool) -> None:
-    path = _save(tmp_path / "c.pt", {"state_dict": _state(_model()), "x": extra}, legacy)
-    with pytest.raises(CheckpointError, match=re.escape(words)) as info:
+@pytest.mark.parametrize("kind", list(_ONLY_THEIR_CODE))
+def test_objects_only_their_code_can_rebuild_are_kept_as_inert_data(
+        tmp_path: Path, kind: str, legacy: bool) -> None:
+    state = _state(_model())
+    extra = _ONLY_THEIR_CODE[kind]()
+    path = _save(tmp_path / "c.pt", {"state_dict": state, "cfg": extra, "epoch": 3}, legacy)
+    _CALLS.clear()
+    _assert_same(load_state_dict(path), state)
+    assert validate_checkpoint_file(path).num_tensors == len(state)
+    assert _CALLS == []
+
+
+def _raw(path: Path) -> object:
+    return load_torch_checkpoint(path, lambda: torch.load(path, weights_only=True))
+
+
+def test_inert_objects_record_what_the_file_asked_for(tmp_path: Path) -> None:
+    path = _save(tmp_path / "c.pt", {"d": collections.defaultdict(list, {"seen": [1]}),
+                                     "e": _Colour.RED, "a": _AttrDict(lr=0.5),
+                                     "o": _Ordered(b=2)}, False)
+    _CALLS.clear()
+    loaded = _raw(path)
+    assert _CALLS == []
+    assert isinstance(loaded, dict)
+    d, e, a, o = (loaded[key] for key in "deao")
+    assert isinstance(d, Placeholder) and d.global_name == "collections.defaultdict"
+    assert d.call_args is not None and d.call_args[0].global_name == "builtins.list"
+    assert d.items == {"seen": [1]}
+    assert isinstance(e, Placeholder) and e.call_args == (1,)
+    assert e.global_name == f"{__name__}._Colour"
+    assert isinstance(a, Placeholder) and a.items == {"lr": 0.5} and a.call_args is None
+    assert isinstance(o, Placeholder) and o.call_args == () and o.items == {"b": 2}
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_weights_inside_an_easydict_are_found(tmp_path: Path, legacy: bool) -> None:
+    state = _state(_model())
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    obj = _AttrDict(state_dict=state, cfg=_AttrDict(lr=0.1), epoch=3)
+    _assert_same(load_state_dict(_save(tmp_path / "e.pt", obj, legacy)), state)
+    both = _AttrDict(model=_AttrDict(state_dict=state), model_ema=_AttrDict(state_dict=ema))
+    path = _save(tmp_path / "both.pt", both, legacy)
+    with pytest.raises(CheckpointEntryError) as info:
         load_state_dict(path)
-    assert "weights_only=False" not in info.value.message
+    assert info.value.entries == ["model.state_dict", "model_ema.state_dict"]
+    _assert_same(load_state_dict(path, entry="model_ema"), ema)
 
 
 class _Evaluates:
@@ -199,14 +289,72 @@ def test_too_many_named_classes_are_refused(tmp_path: Path) -> None:
     assert "corrupt" not in info.value.message
 
 
-def test_placeholders_carry_the_original_name_and_refuse_calls() -> None:
+def test_placeholders_carry_the_original_name_and_record_calls() -> None:
     cls = placeholder_class("some.module.Thing")
     assert issubclass(cls, Placeholder) and repr(cls) == "<class 'some.module.Thing'>"
     instance = cls.__new__(cls, 1, 2)
     instance.__setstate__({"a": 1})
     assert instance.new_args == (1, 2) and instance.state == {"a": 1}
-    with pytest.raises(pickle.UnpicklingError, match=r"refused call of GLOBAL some\.module\.Thing"):
-        cls(1)
+    assert instance.call_args is None and cls(3).call_args == (3,)
+    with pytest.raises(pickle.UnpicklingError, match=r"refused call of GLOBAL builtins\.eval"):
+        placeholder_class("builtins.eval")("1")
+
+
+@pytest.mark.parametrize("name, runs", [
+    ("builtins.eval", True), ("builtins.exec", True), ("builtins.getattr", True),
+    ("builtins.print", True), ("subprocess.Popen", True), ("subprocess.run", True),
+    ("posix.system", True), ("importlib.import_module", True), ("socket.socket", True),
+    ("shutil.rmtree", True), ("pickle.loads", True), ("sys.modules", True),
+    ("functools.partial", True), ("torch.load", True), ("numpy.load", True),
+    ("torch.jit.load", True), ("types.FunctionType", True), ("mypkg.utils.Config.load", True),
+    ("commands.getoutput", True), ("cPickle.loads", True),
+    ("torch.storage._load_from_bytes", True), ("mypkg.run_script", True),
+    ("builtins.frozenset", False), ("collections.defaultdict", False), ("enum.Enum", False),
+    ("easydict.EasyDict", False), ("types.SimpleNamespace", False), ("pathlib.PosixPath", False),
+    ("datetime.datetime", False), ("mypkg.Colour", False), ("mypkg.RunConfig", False),
+    ("mypkg.loader_settings", False), ("re._compile", False),
+])
+def test_which_calls_run_code(name: str, runs: bool) -> None:
+    assert runs_code(name) is runs
+
+
+class _Calls:
+    """Pickles to ``func(*args)``."""
+
+    def __init__(self, func: object, *args: object) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (self.func, self.args)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+@pytest.mark.parametrize("attack, name", [
+    ("exec", "builtins.exec"), ("subprocess", "subprocess.call"),
+    ("import_module", "importlib.import_module"), ("pickle_loads", "pickle.loads"),
+    ("rmtree", "shutil.rmtree"), ("socket", "socket.create_connection"),
+    ("nested_in_an_object", "builtins.eval")])
+def test_a_file_calling_code_is_refused_as_an_attack_and_nothing_runs(
+        tmp_path: Path, attack: str, name: str, legacy: bool) -> None:
+    marker = tmp_path / "ran"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    payload = {
+        "exec": lambda: _Calls(builtins.exec, f"open({str(marker)!r}, 'w')"),
+        "subprocess": lambda: _Calls(subprocess.call, ["touch", str(marker)]),
+        "import_module": lambda: _Calls(importlib.import_module, "this"),
+        "pickle_loads": lambda: _Calls(pickle.loads, pickle.dumps(1)),
+        "rmtree": lambda: _Calls(shutil.rmtree, str(victim)),
+        "socket": lambda: _Calls(socket.create_connection, ("127.0.0.1", 9)),
+        "nested_in_an_object": lambda: _AttrDict(
+            cfg=_TrainConfig(lr=_Calls(builtins.eval, f"open({str(marker)!r}, 'w')"))),  # type: ignore[arg-type]
+    }[attack]()
+    path = _save(tmp_path / "evil.pt", {"state_dict": _state(_model()), "x": payload}, legacy)
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict(path)
+    message = info.value.message
+    assert f"calls {name} on loading" in message and "attack" in message, message
+    assert not marker.exists() and victim.is_dir()
 
 
 def test_a_pickled_model_that_contains_itself_is_refused(tmp_path: Path) -> None:

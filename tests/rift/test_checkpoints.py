@@ -17,6 +17,7 @@ from rift.checkpoints import (
     CONTAINER_KEYS,
     check_compatible,
     detect_checkpoint_format,
+    load_checkpoint_entries,
     load_into,
     load_state_dict,
     normalize_state_dict,
@@ -26,7 +27,7 @@ from rift.checkpoints import (
     validate_checkpoint_file,
 )
 from rift.config import ArchitectureSpec
-from rift.errors import CheckpointError, CheckpointMismatchError
+from rift.errors import CheckpointEntryError, CheckpointError, CheckpointMismatchError
 from rift.models import build_model
 from tests.module_factories import TiedWeights, VersionedLinear
 
@@ -176,29 +177,64 @@ def _shifted(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 @pytest.mark.parametrize("keys", [("state_dict", "state_dict_ema"), ("model", "ema"),
                                   ("model", "net"), ("model_state_dict", "weights")])
-def test_containers_with_different_weights_are_refused_naming_both(
+def test_containers_with_different_weights_are_entries_to_choose_from(
         tmp_path: Path, keys: tuple[str, str]) -> None:
     # A model and its EMA both fit the architecture: taking either silently could fine-tune the
-    # weights the user did not mean.
+    # weights the user did not mean, so the caller names one.
     first, second = _state(), _shifted(_state())
     torch.save({keys[0]: first, keys[1]: second, "epoch": 3}, tmp_path / "two.pt")
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(CheckpointEntryError) as info:
         load_state_dict(tmp_path / "two.pt")
-    message = info.value.message
-    assert f"checkpoint[{keys[0]!r}]" in message and f"checkpoint[{keys[1]!r}]" in message
-    assert "cannot be told" in message and "torch.save(" in message
-    with pytest.raises(CheckpointError, match="cannot be told"):
-        validate_checkpoint_file(tmp_path / "two.pt")
+    assert info.value.entries == list(keys)
+    assert f"{keys[0]!r}, {keys[1]!r}" in info.value.message
+    assert "checkpoint_entry" in info.value.message and "--checkpoint-entry" in info.value.message
+    _assert_same(load_state_dict(tmp_path / "two.pt", entry=keys[0]), first)
+    _assert_same(load_state_dict(tmp_path / "two.pt", entry=keys[1]), second)
+    summary = validate_checkpoint_file(tmp_path / "two.pt", entry=keys[1])
+    assert summary.entries == list(keys) and summary.num_tensors == len(second)
+    found = load_checkpoint_entries(tmp_path / "two.pt")
+    assert found.entries == list(keys)
+    for key, expected in zip(keys, (first, second), strict=True):
+        _assert_same(found.weights[key], expected)
 
 
-def test_nested_containers_with_different_weights_are_refused_naming_the_path(
-        tmp_path: Path) -> None:
+def test_nested_entries_are_named_by_their_key_path(tmp_path: Path) -> None:
     state = _state()
-    torch.save({"model": {"state_dict": state, "ema": _shifted(state)}}, tmp_path / "n.pt")
-    with pytest.raises(CheckpointError,
-                       match=re.escape("checkpoint['model']['state_dict'], "
-                                       "checkpoint['model']['ema']")):
+    ema = _shifted(state)
+    torch.save({"model": {"state_dict": state, "ema": ema}, "epoch": 4}, tmp_path / "n.pt")
+    with pytest.raises(CheckpointEntryError) as info:
         load_state_dict(tmp_path / "n.pt")
+    assert info.value.entries == ["model.state_dict", "model.ema"]
+    _assert_same(load_state_dict(tmp_path / "n.pt", entry="model.ema"), ema)
+    # An entry that itself holds several is still a choice to make, inside it.
+    with pytest.raises(CheckpointEntryError, match="inside entry 'model'") as inside:
+        load_state_dict(tmp_path / "n.pt", entry="model")
+    assert inside.value.entries == ["model.state_dict", "model.ema"]
+
+
+@pytest.mark.parametrize("entry, words", [
+    ("teacher", "no entry 'teacher' (no key 'teacher' at its top level)"),
+    ("model.ema", "no key 'ema' at model"),
+    ("epoch", "entry 'epoch' holds a int, not weights"),
+])
+def test_an_entry_the_file_does_not_have_is_refused_listing_the_entries(
+        tmp_path: Path, entry: str, words: str) -> None:
+    torch.save({"model": _state(), "ema": _shifted(_state()), "epoch": 3}, tmp_path / "two.pt")
+    with pytest.raises(CheckpointEntryError, match=re.escape(words)) as info:
+        load_state_dict(tmp_path / "two.pt", entry=entry)
+    assert info.value.entries == ["model", "ema"] and "'model', 'ema'" in info.value.message
+
+
+def test_a_file_with_one_set_of_weights_needs_no_entry_but_may_name_it(tmp_path: Path) -> None:
+    state = _state()
+    torch.save({"state_dict": state, "ema": {"decay": 0.999}, "epoch": 3}, tmp_path / "one.pt")
+    _assert_same(load_state_dict(tmp_path / "one.pt"), state)
+    _assert_same(load_state_dict(tmp_path / "one.pt", entry="state_dict"), state)
+    assert load_checkpoint_entries(tmp_path / "one.pt").entries == ["state_dict"]
+    torch.save(state, tmp_path / "plain.pt")
+    assert load_checkpoint_entries(tmp_path / "plain.pt").entries == []
+    with pytest.raises(CheckpointEntryError, match="at its top level: leave out checkpoint_entry"):
+        load_state_dict(tmp_path / "plain.pt", entry="state_dict")
 
 
 def test_containers_with_equal_weights_are_one_state_dict(tmp_path: Path) -> None:

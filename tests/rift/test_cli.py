@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,10 @@ def test_flags_and_overrides_build_a_valid_config(tmp_path: Path) -> None:
     assert config.dataset.name == "cifar100" and config.dataset.root == "/data"
     assert config.mrc.steps == 7 and config.mrc.include == ["block3.*"]
     assert config.finetune.bn_stats == "freeze"
+    assert config.checkpoint_entry is None
+    entry = make_parser().parse_args(["run", "--checkpoint", "x.pt", "--config", str(spec),
+                                      "--checkpoint-entry", "model.ema"])
+    assert build_config(entry).checkpoint_entry == "model.ema"
 
 
 def test_set_gives_text_settings_the_text_typed() -> None:
@@ -111,21 +116,55 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(
     assert code == 2 and "a folder; give a file name" in capsys.readouterr().err
 
 
+class _EasyDict(dict):  # type: ignore[type-arg]
+    """Like easydict.EasyDict (not installed): a training script's config saved beside the
+    weights, which only its own code could rebuild."""
+
+
+def _model_and_ema_checkpoint(digits: Path, path: Path) -> dict[str, Any]:
+    """A robust-training checkpoint: the digits weights as the EMA, other weights as the model,
+    an EasyDict of arguments; returns the EMA's state dict."""
+    import torch
+
+    from rift.checkpoints import load_state_dict
+
+    ema = load_state_dict(digits)
+    model = {k: v + 0.25 if v.is_floating_point() else v for k, v in ema.items()}
+    torch.save({"state_dict": model, "state_dict_ema": ema, "epoch": 99,
+                "args": _EasyDict(arch="small_cnn", lr=0.1)}, path)
+    return ema
+
+
 def test_run_command_end_to_end(digits_checkpoint_path: Path, digits_job_config: dict,
-                                tmp_path: Path) -> None:
+                                tmp_path: Path, capsys) -> None:
+    from safetensors import safe_open
+
+    ema = _model_and_ema_checkpoint(digits_checkpoint_path, tmp_path / "ema.pt")
     digits_job_config["mrc"].update(steps=2, num_examples=64)
     digits_job_config["finetune"].update(epochs=1, lr_milestones=[])
     digits_job_config["interpolation"]["alpha_step"] = 0.5
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(digits_job_config))
     out = tmp_path / "out"
+    command = ["run", "--checkpoint", str(tmp_path / "ema.pt"), "--config", str(spec),
+               "--out", str(out), "--quiet"]
+    # Two sets of weights and no choice: refused before any work, listing the entries.
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert "'state_dict', 'state_dict_ema'" in error and "--checkpoint-entry" in error
+    assert not (out / "result.json").exists()
     completed = subprocess.run(
-        [sys.executable, "-m", "rift", "run", "--checkpoint", str(digits_checkpoint_path),
-         "--config", str(spec), "--out", str(out), "--quiet"],
+        [sys.executable, "-m", "rift", *command, "--checkpoint-entry", "state_dict_ema"],
         capture_output=True, text=True, timeout=300, check=False)
     assert completed.returncode == 0, completed.stderr
     result = json.loads((out / "result.json").read_text())
-    assert (out / "tuned.safetensors").is_file()
+    assert result["checkpoint_entry"] == "state_dict_ema"
+    assert result["config"]["checkpoint_entry"] == "state_dict_ema"
+    assert "(checkpoint entry 'state_dict_ema')" in completed.stdout
+    # The tuned weights are a plain state dict of the model, saying whose weights they are.
+    with safe_open(str(out / "tuned.safetensors"), "pt") as tuned:
+        assert sorted(tuned.keys()) == sorted(ema)
+        assert tuned.metadata()["checkpoint_entry"] == "state_dict_ema"
     assert f"{result['selected_module']}" in completed.stdout
     assert "<- fine-tuned" in completed.stdout and "<- chosen" in completed.stdout
     for row in result["mrc"]["rows"]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rift.errors import CheckpointError
+from rift.errors import CheckpointEntryError, CheckpointError
 from validator import checkpoint as checker
 from validator.checkpoint import inspect_checkpoint_file
 
@@ -156,7 +156,38 @@ def test_memory_mapped_pickled_model_with_training_arguments_is_read(tmp_path: P
                tmp_path / "m.pt")
     summary = inspect_checkpoint_file(tmp_path / "m.pt", "m.pt")
     assert summary.shapes == {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    ema = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    torch.save({"model": model.state_dict(), "ema": ema}, tmp_path / "two.pt")
-    with pytest.raises(CheckpointError, match=r"checkpoint\['model'\], checkpoint\['ema'\]"):
-        inspect_checkpoint_file(tmp_path / "two.pt", "two.pt")
+
+
+def test_every_entry_of_a_model_and_its_ema_is_checked_and_listed(tmp_path: Path) -> None:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    state = model.state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    path = tmp_path / "scratch-1.pt"
+    torch.save({"model": state, "ema": ema, "epoch": 3}, path)
+    # An upload names no entry: all are checked, and listed for the job to choose from.
+    upload = inspect_checkpoint_file(path, "two.pt")
+    assert upload.entries == ["model", "ema"]
+    assert upload.shapes == {k: tuple(v.shape) for k, v in state.items()}
+    assert inspect_checkpoint_file(path, "two.pt", entry="ema").entries == ["model", "ema"]
+    with pytest.raises(CheckpointEntryError, match=r"two\.pt has no entry 'teacher'") as info:
+        inspect_checkpoint_file(path, "two.pt", entry="teacher")
+    assert info.value.entries == ["model", "ema"]
+    # The entry a job does not choose is still checked whole on upload.
+    ema["0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save({"model": state, "ema": ema}, path)
+    with pytest.raises(CheckpointError, match=r"two\.pt \(entry 'ema'\) holds non-finite values"):
+        inspect_checkpoint_file(path, "two.pt")
+    safetensors = write_safetensors(tmp_path / "w.safetensors",
+                                    {"w": ("F32", [1], np.ones(1, "<f4").tobytes())})
+    with pytest.raises(CheckpointEntryError, match="safetensors file"):
+        inspect_checkpoint_file(safetensors, "w.safetensors", entry="ema")
+
+
+def test_an_entry_error_crosses_the_process_boundary_with_its_entries() -> None:
+    from validator.protocol import decode_error, encode_error
+
+    decoded = decode_error(encode_error(CheckpointEntryError("pick one", ["model", "ema"])))
+    assert isinstance(decoded, CheckpointEntryError)
+    assert (decoded.message, decoded.entries) == ("pick one", ["model", "ema"])

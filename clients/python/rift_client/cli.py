@@ -357,6 +357,10 @@ def checkpoints_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
         state.say(f"checkpoint {data['id']}: {data['filename']}, {data['format']}, "
                   f"{data['num_tensors']} tensors, {data['num_parameters']} parameters, "
                   f"sha256 {data['sha256']} (verified)")
+        if len(data.get("entries") or []) > 1:
+            shown = ", ".join(data["entries"])
+            state.say(f"it holds several sets of weights ({shown}): a job on it names one "
+                      "with --checkpoint-entry")
 
 
 @checkpoints_app.command("list")
@@ -554,6 +558,10 @@ def jobs_create(
         "--checkpoint", "-c", help="A checkpoint id, or a checkpoint file to upload first.")],
     config: Annotated[Path, typer.Option("--config", help="JSON file with the job's RiftConfig.")],
     dataset: Annotated[str | None, typer.Option("--dataset", help="An uploaded dataset's id.")] = None,
+    checkpoint_entry: Annotated[str | None, typer.Option(
+        "--checkpoint-entry", help="The weights to tune when the checkpoint holds several (a "
+        "model and its EMA): an entry its upload lists, e.g. state_dict_ema (sets "
+        "config.checkpoint_entry).")] = None,
     label: Annotated[list[str] | None, typer.Option(
         "--label", "-l", help="KEY=VALUE; repeat for several.")] = None,
     time_limit: Annotated[float | None, typer.Option(
@@ -570,7 +578,10 @@ def jobs_create(
 ) -> None:
     """Create a job on a checkpoint."""
     state = _state(ctx)
-    spec = {"config": _read_config(config), "labels": _labels(label or []),
+    job_config = _read_config(config)
+    if checkpoint_entry is not None:
+        job_config["checkpoint_entry"] = checkpoint_entry
+    spec = {"config": job_config, "labels": _labels(label or []),
             "dataset_id": dataset, "time_limit_seconds": time_limit}
     checkpoint_file = Path(checkpoint)
     with _client(state) as client:

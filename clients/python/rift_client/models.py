@@ -35,6 +35,9 @@ class Checkpoint(_Resource):
     format: str = Field(description="'safetensors' or 'torch'.")
     num_tensors: int
     num_parameters: int
+    entries: list[str] | None = Field(
+        None, description="Key paths of the weights entries in the file (a model and its EMA); "
+        "a job on a file with several names one in config['checkpoint_entry'].")
     created_at: datetime
 
 
