@@ -3,11 +3,12 @@ process never imports torch nor holds an upload's tensors.
 
 A validator server (``python -m validator``) runs with an environment reduced to an allow-list
 (no database URL, broker URL, S3 keys or any other credential); it imports torch once and serves
-each check in a forked child that caps its own memory, CPU time and wall-clock time before
-reading anything (``validator/limits.py``), so a check costs a fork, not a torch import. The
-server runs at most ``validation_max_concurrency`` checks at once; the others wait up to
-``validation_queue_timeout_seconds``, then are answered 503. Each child's memory high-water mark
-is logged with its check. Calls block: run them in a thread.
+each check in a forked child that caps its own memory, CPU time and wall-clock time once it has
+read its request, before any work (``validator/limits.py``); the child was forked and warmed up
+before the request came (a spare: ``validator/check_pool.py``), so a check costs neither a torch
+import nor a fork. The server runs at most ``validation_max_concurrency`` checks at once; the
+others wait up to ``validation_queue_timeout_seconds``, then are answered 503. Each child's
+memory high-water mark is logged with its check. Calls block: run them in a thread.
 
 By default each API process starts a private server on first use. With ``validation_socket``
 set, the API processes of a host share one server at that path, started by the first that needs
@@ -140,11 +141,14 @@ class Validator:
                    "in_channels": in_channels, "image_size": image_size,
                    "num_features": num_features, "image_width": image_width})
 
-    def probe(self, sleep_seconds: float = 0.0) -> dict[str, Any]:
+    def probe(self, sleep_seconds: float = 0.0, *, allocate_bytes: int = 0,
+              busy_seconds: float = 0.0) -> dict[str, Any]:
         """What a validator process sees: its environment variable names, its limits, its pid and
         its server's, and when it started and finished (``time.monotonic``) after sleeping
-        ``sleep_seconds``."""
-        return self._run({"op": "probe", "sleep_seconds": sleep_seconds})
+        ``sleep_seconds``, allocating ``allocate_bytes`` and spending ``busy_seconds`` of CPU
+        time (the last two show the limits at work: see :meth:`_run` for their errors)."""
+        return self._run({"op": "probe", "sleep_seconds": sleep_seconds,
+                          "allocate_bytes": allocate_bytes, "busy_seconds": busy_seconds})
 
     # ----------------------------------------------------------------------------- running
 

@@ -3,9 +3,10 @@
 Started by the API (``api/validation.py``) with an environment free of credentials, it imports
 torch and the check modules once, prints ``ready``, then accepts connections on the Unix socket
 ``PATH``; each connection is one check, served by a forked child that applies its limits (memory,
-CPU time, wall-clock alarm: ``limits`` in the request) before it reads anything, so a check costs
-a fork instead of a torch import, and a hostile file can only exhaust its own child. At most
-``--max-checks`` children run at once (``check_pool.py``).
+CPU time, wall-clock alarm: ``limits`` in the request) as soon as it has read its request, before
+any work, so a hostile file can only exhaust its own child. The child is usually a spare, forked
+and warmed up before the request came (``check_pool.py``), so a check pays neither a torch
+import nor a fork. At most ``--max-checks`` children live at once, spares included.
 
 Two lifetimes. A private server (the default) belongs to the API process that started it and
 exits when that process is gone. A shared server (``--shared``, the API's ``VALIDATION_SOCKET``)
@@ -69,9 +70,12 @@ def _read_request(connection: socket.socket) -> dict[str, Any]:
     return request
 
 
-def _serve_one(connection: socket.socket) -> None:
+def _run_check(connection: socket.socket) -> None:
+    """Serve one connection, in a child: read the request, apply its limits, then answer."""
     from validator.service import answer
 
+    # Blocking reads, whatever the flags of the descriptor a spare was passed.
+    connection.settimeout(None)
     request = _read_request(connection)
     limits = request.pop("limits")
     apply_limits(memory_bytes=int(limits["memory_bytes"]), cpu_seconds=int(limits["cpu_seconds"]))
@@ -90,17 +94,23 @@ class _Server:
     def __init__(self, listener: socket.socket, max_checks: int, queue_timeout: float,
                  keep_serving: Callable[[CheckPool], bool], on_stop: Callable[[], None],
                  child_cleanup: Callable[[], None]) -> None:
+        from validator.service import warm_up_request
+
         self._listener = listener
         self._keep_serving = keep_serving
         self._on_stop = on_stop
         self._child_cleanup = child_cleanup
-        self._pool = CheckPool(max_checks, queue_timeout, self._run_check)
+        self._warm_up_request = warm_up_request()
+        self.pool = CheckPool(max_checks, queue_timeout, _run_check, detach=self._detach,
+                              warm_up=self._warm_up)
         self.stop_requested = False
         # SIGCHLD (a check ended: a slot is free) and SIGTERM wake the loop through this pipe.
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
-    def _run_check(self, connection: socket.socket) -> None:
-        # In the forked child: nothing of the server's may outlive it or answer its signals.
+    def _detach(self) -> None:
+        # In a forked child, spare or not: nothing of the server's may outlive it or answer its
+        # signals. A spare would otherwise keep the socket accepting connections, or the
+        # shared server's lock held, after the server has gone.
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -108,14 +118,17 @@ class _Server:
         os.close(self._wake_read)
         os.close(self._wake_write)
         self._child_cleanup()
-        connection.settimeout(None)
-        _serve_one(connection)
+
+    def _warm_up(self) -> None:
+        from validator.service import answer
+
+        json.dumps(answer(self._warm_up_request))
 
     def run(self) -> None:
         signal.set_wakeup_fd(self._wake_write)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, self._request_stop)
-        pool = self._pool
+        pool = self.pool
         while not self.stop_requested and self._keep_serving(pool):
             pool.step()
             timeout = WAITING_POLL_SECONDS if pool.has_waiting else IDLE_POLL_SECONDS
@@ -129,6 +142,7 @@ class _Server:
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     pool.admit(self._listener.accept()[0])
         self._on_stop()
+        pool.retire_spares()
         # Connections made before the socket went away are still queued: serve them too.
         self._listener.setblocking(False)
         with contextlib.suppress(BlockingIOError):

@@ -25,8 +25,9 @@ from rift.errors import (
 
 #: ``checkpoint``: {path, display_name, entry?}; ``dataset``: {path, display_name, max_unpacked_bytes};
 #: ``fit``: {config, shapes, dtypes?, in_channels, image_size, num_features, image_width};
-#: ``probe``: {sleep_seconds?} (what the sandbox looks like from inside: environment variable
-#: names, limits, and when it ran).
+#: ``probe``: {sleep_seconds?, allocate_bytes?, busy_seconds?} (what the sandbox looks like from
+#: inside: environment variable names, limits, pids, and when it ran; after sleeping, allocating
+#: and spending CPU seconds as asked, to show the limits at work).
 OPERATIONS = ("checkpoint", "dataset", "fit", "probe")
 
 _ERRORS: dict[str, type[RiftError]] = {

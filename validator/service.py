@@ -1,6 +1,6 @@
 """One check, from request to reply (the operations of ``protocol.py``), as a forked child of the
-validator server runs it. Library errors are the upload's fault and are encoded for the API;
-anything else is reported as an internal failure."""
+validator server runs it, and the check a spare child warms up with. Library errors are the
+upload's fault and are encoded for the API; anything else is reported as an internal failure."""
 
 from __future__ import annotations
 
@@ -48,10 +48,36 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         # started/finished: CLOCK_MONOTONIC, shared by the processes of a machine.
         started = time.monotonic()
         time.sleep(float(request.get("sleep_seconds", 0)))
+        # What a hostile file could make a check do, to show that the limits stop it.
+        bytearray(int(request.get("allocate_bytes", 0)))
+        spin_until = time.process_time() + float(request.get("busy_seconds", 0))
+        while time.process_time() < spin_until:
+            pass
         return {"environment": sorted(os.environ), "limits": current_limits(),
                 "pid": os.getpid(), "server_pid": os.getppid(), "started": started,
                 "finished": time.monotonic()}
     raise ValueError(f"unknown operation {op!r}")
+
+
+def warm_up_request() -> dict[str, Any]:
+    """A ``fit`` request for a small built-in model (``small_cnn`` on 8×8 grey images) that a
+    spare child answers before it waits for its check (``check_pool.py``): it pays the spare's
+    first touches of the memory it shares with the server, and the first-call costs of building
+    and probing a model, off the request's path (about twice the cost of the check itself on
+    this machine: ``bench/validator_latency.py``). Built once, in the server."""
+    import torch
+
+    from rift.config import ArchitectureSpec, RiftConfig
+    from rift.models import build_model
+
+    architecture = ArchitectureSpec(name="small_cnn", num_classes=10)
+    with torch.device("meta"):
+        model = build_model(architecture, in_channels=1, image_size=8)
+    config = RiftConfig(architecture=architecture, dataset={"name": "digits"})  # type: ignore[arg-type]
+    return {"op": "fit", "config": config.model_dump(mode="json"),
+            "shapes": {key: list(value.shape) for key, value in model.state_dict().items()},
+            "dtypes": {}, "in_channels": 1, "image_size": 8, "num_features": None,
+            "image_width": None}
 
 
 def answer(request: dict[str, Any]) -> dict[str, Any]:
