@@ -4,8 +4,9 @@ API process (the default) against one server for the host (``VALIDATION_SOCKET``
 For each mode: a fresh migrated Postgres database, the API with ``--workers N`` on loopback,
 ``--uploads`` checkpoint uploads sent ``--concurrency`` at a time (so that every worker process
 is likely to check some), then the validator servers alive (``python -m validator --socket``):
-their count, summed RSS and summed PSS (``/proc/PID/smaps_rollup``: pages shared between
-processes, torch's libraries among them, are split between them instead of counted in each).
+their count, summed RSS and summed PSS, each server's with its spare and check children's
+(``/proc/PID/smaps_rollup``: pages shared between processes, torch's libraries among them, are
+split between them instead of counted in each).
 Prints one JSON document (and writes it with ``--output``):
 
     PYTHONPATH=. .venv/bin/python bench/validator_memory.py --workers 4 \\
@@ -60,8 +61,9 @@ def small_checkpoint(folder: Path) -> bytes:
     return path.read_bytes()
 
 
-def validator_servers() -> dict[int, dict[str, Any]]:
-    """Every running ``python -m validator`` server: its command line, socket, RSS and PSS (kB)."""
+def validator_processes() -> dict[int, dict[str, Any]]:
+    """Every running ``python -m validator`` process (servers and their forked children): its
+    command line, socket, parent pid, RSS and PSS (kB)."""
     servers = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -76,14 +78,29 @@ def validator_servers() -> dict[int, dict[str, Any]]:
                       if line.split()[-1] == "kB"}
         except (OSError, ValueError, IndexError):
             continue
+        # The stat line's fields after the command name (which may hold spaces): state, ppid.
+        parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         servers[int(entry.name)] = {"command": b" ".join(command).decode(errors="replace"),
-                                    "socket": socket,
+                                    "socket": socket, "parent": parent,
                                     "rss_kb": memory.get("Rss", 0), "pss_kb": memory.get("Pss", 0)}
     return servers
 
 
+def servers_with_children(processes: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The servers among ``validator_processes()``' processes (a server's forked children, its
+    spares and running checks, carry its command line too), each with its children's memory
+    added: what the server costs the host."""
+    servers = {pid: dict(p) for pid, p in processes.items() if p["parent"] not in processes}
+    for process in processes.values():
+        if process["parent"] in servers:
+            owner = servers[process["parent"]]
+            owner["rss_kb"] += process["rss_kb"]
+            owner["pss_kb"] += process["pss_kb"]
+    return servers
+
+
 def measure(mode: str, args: argparse.Namespace, content: bytes, folder: Path) -> dict[str, Any]:
-    before = set(validator_servers())
+    before = set(validator_processes())
     # Every socket of this measurement lies under ``own``: the shared one by setting, the private
     # ones in the API processes' temporary folders. Servers started meanwhile by anything else
     # on the machine (other tests, other services) are not counted.
@@ -110,8 +127,9 @@ def measure(mode: str, args: argparse.Namespace, content: bytes, folder: Path) -
                 statuses = list(pool.map(upload, range(args.uploads)))
             wall = time.monotonic() - started
             time.sleep(1.0)  # the last checks' children exit
-            servers = {pid: server for pid, server in validator_servers().items()
-                       if pid not in before and Path(server["socket"]).is_relative_to(own)}
+            servers = servers_with_children({
+                pid: server for pid, server in validator_processes().items()
+                if pid not in before and Path(server["socket"]).is_relative_to(own)})
     if mode == "shared":
         for pid in servers:  # the shared server outlives the API; stop it
             os.kill(pid, signal.SIGTERM)

@@ -23,5 +23,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("datasets") as batch:
-        batch.drop_column("image_sizes_differ")
+    if op.get_bind().dialect.name == "sqlite":
+        # SQLite (3.35+) drops a plain column in place. A batch "move and copy" would drop the
+        # datasets table, which the jobs' foreign keys refuse (or, with ON DELETE CASCADE, obey
+        # by deleting their rows).
+        op.execute("ALTER TABLE datasets DROP COLUMN image_sizes_differ")
+        return
+    op.drop_column("datasets", "image_sizes_differ")

@@ -32,7 +32,11 @@ def test_reference_mode_draws_mrc_from_test_and_trains_on_all_training_data(
     npz = write_breast_cancer_npz(tmp_path / "bc.npz")
     make_tabular_checkpoint(tmp_path / "ck.safetensors", npz, epochs=2)
     raw = tabular_demo_config(npz)
-    raw["mrc"].update(steps=2, num_examples=1000)
+    raw["mrc"].update(num_examples=1000)
+    # The protocol sets its own values; a config giving others for them is refused.
+    for section, values in REFERENCE_PROTOCOL.items():
+        for key in values:
+            raw.get(section, {}).pop(key, None)
     config = RiftConfig.model_validate({**raw, "protocol": "reference"})
     run = prepare_run(config, tmp_path / "ck.safetensors")
     assert run_mrc_stage(run).examples == len(run.splits.test)
