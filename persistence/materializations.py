@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,7 +26,7 @@ from persistence.models import (
 )
 from persistence.records import hold_stored_bytes, materialization_bytes
 from persistence.stages import ArtifactRecord
-from persistence.transactions import PersistenceError, load_job, transaction
+from persistence.transactions import PersistenceError, load_job, lock_project, transaction
 
 
 class JobNotSucceeded(PersistenceError):
@@ -37,6 +37,20 @@ class JobNotSucceeded(PersistenceError):
 
 class MaterializationNotFound(PersistenceError):
     code = "materialization_not_found"
+
+
+class TooManyPendingMaterializations(PersistenceError):
+    """The project already has ``limit`` materializations queued or running (HTTP 429): each
+    is worker time (an evaluated one runs the attack over the test split), and before this
+    limit only the stored-bytes quota bounded how many one client could queue at once."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, pending: int, limit: int) -> None:
+        super().__init__(f"the project has {pending} materializations queued or running, the "
+                         f"most it may have (MATERIALIZE_MAX_PENDING = {limit}); ask again once "
+                         "one has finished")
+        self.pending, self.limit = pending, limit
 
 
 #: Significant digits of a materialized α: the artifact is named by them, so two requests
@@ -66,7 +80,8 @@ class MaterializationRequest:
 
 def request_materialization(session: Session, job_id: str, alpha: float, *, evaluate: bool,
                             request_id: str | None = None, now: datetime | None = None,
-                            max_stored_bytes: int | None = None) -> MaterializationRequest:
+                            max_stored_bytes: int | None = None,
+                            max_pending: int | None = None) -> MaterializationRequest:
     """Record a request for θ_α of a succeeded job. An α already done (with evaluation, when it
     is asked now) or in progress is returned as it is; a failed one, or one done without the
     evaluation asked now, is queued again.
@@ -74,7 +89,9 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
     New weights (a new α, or a failed one asked again) reserve the size of the job's θ_FT
     against the project's ``max_stored_bytes``, counted under the project's lock like an
     upload's (:func:`persistence.records.stored_bytes` counts queued and running ones), so
-    neither repeated nor concurrent requests can pass it: :class:`StorageQuotaReached`."""
+    neither repeated nor concurrent requests can pass it: :class:`StorageQuotaReached`. Each
+    request that queues work counts against ``max_pending`` queued or running materializations
+    of the project, under the same lock: :class:`TooManyPendingMaterializations`."""
     now = now or utcnow()
     alpha = canonical_alpha(alpha)
     name = artifact_name(alpha)
@@ -88,6 +105,7 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
             enough = row.evaluate or not evaluate
             if row.status != MaterializationStatus.FAILED and enough:
                 return MaterializationRequest(row, False)
+            _check_pending(session, job, max_pending)
             if row.status == MaterializationStatus.FAILED:
                 _hold(session, job, max_stored_bytes)
             row.status = MaterializationStatus.QUEUED
@@ -96,6 +114,7 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
             row.finished_at = None
             row.request_id = request_id
             return MaterializationRequest(row, True)
+        _check_pending(session, job, max_pending)
         _hold(session, job, max_stored_bytes)
         row = Materialization(job_id=job_id, alpha=alpha, evaluate=evaluate, artifact_name=name,
                               status=MaterializationStatus.QUEUED, request_id=request_id,
@@ -111,6 +130,21 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
                 raise
             return MaterializationRequest(existing, False)
     return MaterializationRequest(row, True)
+
+
+def _check_pending(session: Session, job: Job, limit: int | None) -> None:
+    """Lock the project and raise :class:`TooManyPendingMaterializations` unless one more
+    queued materialization keeps it within ``limit`` (None: no limit)."""
+    if limit is None or job.project_id is None:
+        return
+    lock_project(session, job.project_id)
+    pending = session.execute(
+        select(func.count()).select_from(Materialization).join(Job)
+        .where(Job.project_id == job.project_id,
+               Materialization.status.in_([MaterializationStatus.QUEUED,
+                                           MaterializationStatus.RUNNING]))).scalar_one()
+    if pending >= limit:
+        raise TooManyPendingMaterializations(pending, limit)
 
 
 def _hold(session: Session, job: Job, limit: int | None) -> None:

@@ -260,6 +260,11 @@ class Settings(BaseSettings):
         "not hold a delivery worker.")
     webhook_max_endpoints: int = Field(
         20, ge=1, description="Webhook endpoints one project may register.")
+    materialize_max_pending: int = Field(
+        16, ge=1, description="Materializations (POST /v1/jobs/{id}/materialize) one project may "
+        "have queued or running at once; one more is a 429 naming max_pending_materializations. "
+        "Each is worker time (an evaluated one attacks the whole test split), and without it only "
+        "the stored-bytes quota bounded how many a client could queue.")
     # --- observability (metrics, logs) ---------------------------------------------------------
     metrics_token: SecretStr | None = Field(
         None, description="When set, GET /metrics on the API requires 'Authorization: Bearer "

@@ -45,7 +45,12 @@ from persistence.storage import ObjectNotFound, ObjectStore
 router = APIRouter(prefix="/jobs", tags=["results"])
 
 # At most 18 digits: larger positions exist in no object, and int() of huge strings is costly.
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d{0,18})\s*-\s*(\d{0,18})\s*$", re.IGNORECASE)
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+#: Digits read of a range bound: any longer number is past every object this service stores.
+#: A cap, not int() of the whole string: int() refuses strings of over 4,300 digits (a 500),
+#: and refusing the header in the regex made such a range an ignored one (the whole file, 200)
+#: where a shorter start past the end is a 416.
+_RANGE_DIGITS = 18
 _ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@\-]{0,63}")  # @: tuned@<α>.safetensors
 
 
@@ -134,21 +139,28 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     match = _RANGE.match(header)
     if match is None:
         return None
-    first, last = match.groups()
-    if not first and not last:
+    first_text, last_text = match.groups()
+    if not first_text and not last_text:
         return None
-    if not first:  # a suffix: the last N bytes
-        length = int(last)
+    first, last = _bound(first_text), _bound(last_text)
+    if not first_text:  # a suffix: the last N bytes
+        length = last
         if length == 0 or size == 0:
             raise _unsatisfiable(header, size)
         return max(0, size - length), size
-    start = int(first)
-    end = size if not last else min(int(last) + 1, size)
-    if last and int(last) < start:
+    start = first
+    end = size if not last_text else min(last + 1, size)
+    if last_text and last < start:
         return None  # syntactically invalid: ignore
     if start >= size:
         raise _unsatisfiable(header, size)
     return start, end
+
+
+def _bound(digits: str) -> int:
+    """A range bound's value, capped at :data:`_RANGE_DIGITS` nines (still past any object)."""
+    digits = digits.lstrip("0") or "0"
+    return int("9" * _RANGE_DIGITS if len(digits) > _RANGE_DIGITS else digits)
 
 
 def _missing_artifact(session: Session, job: Job, name: str) -> NotFound | Conflict:
@@ -168,7 +180,8 @@ def _missing_artifact(session: Session, job: Job, name: str) -> NotFound | Confl
 
 
 def _unsatisfiable(header: str, size: int) -> RangeNotSatisfiable:
-    return RangeNotSatisfiable(f"the range '{header}' lies outside the {size}-byte file",
+    shown = header if len(header) <= 80 else header[:77] + "..."
+    return RangeNotSatisfiable(f"the range '{shown}' lies outside the {size}-byte file",
                                field="Range", headers={"Content-Range": f"bytes */{size}"})
 
 

@@ -4,7 +4,9 @@ on the test split when ``evaluate`` is true. A worker makes it (the API has no t
 is the request's record (202 while queued), to poll at its ``url``. α = 0 and α = 1 give θ_AT and
 θ_FT bit for bit (:func:`rift.interpolation.interpolate_weights` copies the end points).
 New weights count against the project's stored bytes from the request on (413
-``quota_exceeded``, field ``max_stored_bytes``, like an upload)."""
+``quota_exceeded``, field ``max_stored_bytes``, like an upload); at most
+``MATERIALIZE_MAX_PENDING`` of a project's are queued or running at once (429 ``quota_exceeded``,
+field ``max_pending_materializations``)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ from datetime import datetime
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CallerDep, DispatcherDep, SessionDep
+from api.deps import CallerDep, DispatcherDep, SessionDep, SettingsDep
 from api.dispatch import DispatchError
-from api.errors import ServiceUnavailable
+from api.errors import ServiceUnavailable, TooManyRequests
 from api.routes.jobs import job_link, load_job
 from api.services.quotas import storage_exceeded
 from persistence.logs import current_request_id
 from persistence.materializations import (
+    TooManyPendingMaterializations,
     fail_materialization,
     get_materialization,
     list_materializations,
@@ -78,17 +81,26 @@ def materialization_out(row: Materialization) -> MaterializationOut:
              responses={200: {"description": "This α was made (or is being made) already"},
                         409: {"description": "The job has not succeeded"},
                         413: {"description": "The weights would pass the project's "
-                              "max_stored_bytes"}})
-def materialize(job_id: str, body: MaterializeIn, response: Response, session: SessionDep, caller: CallerDep,
-                dispatcher: DispatcherDep) -> MaterializationOut:
+                              "max_stored_bytes"},
+                        429: {"description": "The project has MATERIALIZE_MAX_PENDING "
+                              "materializations queued or running"}})
+def materialize(job_id: str, body: MaterializeIn, response: Response, session: SessionDep,
+                caller: CallerDep, dispatcher: DispatcherDep,
+                settings: SettingsDep) -> MaterializationOut:
     job = load_job(session, caller, job_id)
     # JobNotSucceeded is the 409 api/errors.py maps once, naming job_id.
     try:
         requested = request_materialization(
             session, job.id, body.alpha, evaluate=body.evaluate, request_id=current_request_id(),
-            max_stored_bytes=caller.limits.max_stored_bytes)
+            max_stored_bytes=caller.limits.max_stored_bytes,
+            max_pending=settings.materialize_max_pending)
     except StorageQuotaReached as exc:
         raise storage_exceeded(caller, exc.used, exc.incoming, exc.limit) from exc
+    except TooManyPendingMaterializations as exc:
+        raise TooManyRequests(exc.message, field="max_pending_materializations",
+                              code="quota_exceeded", headers={"Retry-After": "30"},
+                              details={"quota": "max_pending_materializations",
+                                       "limit": exc.limit, "pending": exc.pending}) from exc
     if requested.must_dispatch:
         try:
             dispatcher.enqueue_materialization(requested.row.id)

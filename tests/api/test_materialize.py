@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
-from tests.api.helpers import Api
+from persistence.models import Materialization
+from persistence.settings import Settings
+from tests.api.helpers import Api, RecordingDispatcher, error_of
 from tests.api.test_request_input import succeeded_job
 
 pytestmark = pytest.mark.service
@@ -29,3 +33,33 @@ def test_alphas_agreeing_to_six_digits_are_one_materialization_at_the_rounded_al
     assert other.status_code == 202 and other.json()["alpha"] == 0.300001
     listed = api.client.get(f"/v1/jobs/{job_id}/materializations").json()["items"]
     assert [m["alpha"] for m in listed] == [0.3, 0.300001]
+
+
+def test_materializations_past_the_pending_limit_are_429_naming_it(
+    api_settings: Settings, start_api: Callable[..., Api], small_cnn_file: Path
+) -> None:
+    api = start_api(api_settings.model_copy(update={"materialize_max_pending": 2}),
+                    dispatcher=RecordingDispatcher())
+    first_job, second_job = succeeded_job(api, small_cnn_file), succeeded_job(api, small_cnn_file)
+    assert api.client.post(f"/v1/jobs/{first_job}/materialize",
+                           json={"alpha": 0.1}).status_code == 202
+    assert api.client.post(f"/v1/jobs/{second_job}/materialize",
+                           json={"alpha": 0.2}).status_code == 202
+    # Before: only the stored-bytes quota bounded how many a project could queue.
+    refused = api.client.post(f"/v1/jobs/{first_job}/materialize", json={"alpha": 0.3})
+    assert refused.status_code == 429, refused.text
+    error = error_of(refused)
+    assert error["code"] == "quota_exceeded" and error["field"] == "max_pending_materializations"
+    assert error["limit"] == 2 and error["pending"] == 2
+    assert refused.headers["retry-after"] == "30"
+    # An α asked for before is answered as before, without counting.
+    assert api.client.post(f"/v1/jobs/{first_job}/materialize",
+                           json={"alpha": 0.1}).status_code == 200
+    # Once one has finished there is room again.
+    with api.sessions() as session:
+        session.execute(update(Materialization).where(Materialization.alpha == 0.1)
+                        .values(status="succeeded"))
+        session.commit()
+    assert api.client.post(f"/v1/jobs/{first_job}/materialize",
+                           json={"alpha": 0.3}).status_code == 202
+    assert api.count(Materialization) == 3

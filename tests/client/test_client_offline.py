@@ -5,6 +5,7 @@ service nothing first (a scripted server, no API)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +51,48 @@ def test_a_config_passed_as_the_spec_is_one_line_saying_so() -> None:
     assert "\n" not in message and "pydantic.dev" not in message
     assert "config: required; architecture: unknown key" in message
     assert "this looks like the RiftConfig itself: pass {'config': <it>}" in message
+
+
+@pytest.mark.parametrize(("call", "named"), [
+    # Before: GET /v1/jobs/ was redirected, then "not the API's Job; is ... the service's URL?".
+    (lambda c, tmp: c.get_job(""), "job_id"),
+    (lambda c, tmp: c.get_materialization("job_1", ""), "materialization_id"),
+    (lambda c, tmp: c.download("job_1", "", tmp), "name"),
+    # Before: "Out of range float values are not JSON compliant", naming nothing.
+    (lambda c, tmp: c.materialize("job_1", float("nan")), "alpha"),
+    (lambda c, tmp: c.materialize("job_1", float("inf")), "alpha"),
+    # Before: "sleep length must be non-negative" after the first poll.
+    (lambda c, tmp: c.wait("job_1", poll_interval=-1), "poll_interval"),
+    (lambda c, tmp: c.wait_materialization("job_1", "m_1", poll_interval=0), "poll_interval"),
+    (lambda c, tmp: c.wait_until_ready(poll_interval=-0.5), "poll_interval"),
+    # Before: a NaN deadline compares false with everything: the wait never timed out.
+    (lambda c, tmp: c.wait("job_1", timeout=float("nan")), "timeout"),
+    (lambda c, tmp: list(c.stream_events("job_1", read_timeout=0)), "read_timeout"),
+    # Before: no items and no error.
+    (lambda c, tmp: list(c.list_jobs(limit=-1)), "limit"),
+])
+def test_arguments_a_helper_cannot_use_are_named_before_any_request(
+        call: Any, named: str, tmp_path: Path) -> None:
+    server = ScriptedServer([ScriptedReply(500, {"error": {"code": "unexpected"}})])
+    try:
+        with RiftClient(server.url, api_key="rift_test") as client, \
+                pytest.raises(RiftUsageError) as caught:
+            call(client, tmp_path)
+    finally:
+        server.stop()
+    assert str(caught.value).startswith(named + " ")
+    assert server.seen == []
+
+
+def test_a_report_into_a_missing_folder_names_it_before_any_request(tmp_path: Path) -> None:
+    server = ScriptedServer([ScriptedReply(500, {"error": {"code": "unexpected"}})])
+    target = tmp_path / "absent" / "report.html"
+    try:
+        with RiftClient(server.url, api_key="rift_test") as client, \
+                pytest.raises(FileNotFoundError) as caught:
+            client.download_report("job_1", target)
+    finally:
+        server.stop()
+    # Before: the page was fetched, then "No such file or directory" from the write.
+    assert caught.value.filename == str(target)
+    assert server.seen == []

@@ -23,7 +23,6 @@ registered here (``create_webhook``) and checked by their receiver with
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import re
@@ -33,12 +32,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
-from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from rift_client import __version__
+from rift_client.arguments import finite_number, item_limit, save_target, wait_times
+from rift_client.arguments import path_segment as _seg
 from rift_client.errors import (
     ChecksumMismatchError,
     NotFoundError,
@@ -119,6 +119,7 @@ class _Page(Protocol[Item]):
 def _every_item(fetch: Callable[[str | None], _Page[Item]], limit: int | None) -> Iterator[Item]:
     """The items of ``fetch(cursor)``'s pages, the first fetched with no cursor and each next
     one with the previous page's ``next_cursor``, as they are iterated; at most ``limit``."""
+    item_limit(limit)
     cursor: str | None = None
     count = 0
     while True:
@@ -140,11 +141,6 @@ def _page_params(page_size: int, cursor: str | None, **filters: Any) -> dict[str
     if cursor:
         params["cursor"] = cursor
     return params
-
-
-def _segment(value: str) -> str:
-    """A path segment, escaped so that an id cannot reach another route."""
-    return quote(value, safe="")
 
 
 def _header_token(what: str, value: str, *, secret: bool = False) -> str:
@@ -391,6 +387,7 @@ class RiftClient:
 
     def wait_until_ready(self, timeout: float = 60.0, *, poll_interval: float = 0.5) -> None:
         """Block until :meth:`ready`; raises :class:`RiftConnectionError` after ``timeout`` s."""
+        wait_times(timeout, poll_interval)
         deadline = time.monotonic() + timeout
         while not self.ready():
             if time.monotonic() >= deadline:
@@ -451,10 +448,10 @@ class RiftClient:
             format=format, page_size=page_size, cursor=cursor), limit)
 
     def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
-        return self._get(f"/v1/checkpoints/{_segment(checkpoint_id)}", Checkpoint)
+        return self._get(f"/v1/checkpoints/{_seg('checkpoint_id', checkpoint_id)}", Checkpoint)
 
     def delete_checkpoint(self, checkpoint_id: str) -> None:
-        self._request("DELETE", f"/v1/checkpoints/{_segment(checkpoint_id)}", idempotent=True)
+        self._request("DELETE", f"/v1/checkpoints/{_seg('checkpoint_id', checkpoint_id)}", idempotent=True)
 
     def upload_dataset(self, path: str | os.PathLike[str], *, filename: str | None = None,
                        progress: ProgressCallback | None = None,
@@ -479,10 +476,10 @@ class RiftClient:
 
     def get_dataset(self, dataset_id: str) -> Dataset:
         """An uploaded dataset, or a built-in one by name (``cifar10``, ``digits``, ...)."""
-        return self._get(f"/v1/datasets/{_segment(dataset_id)}", Dataset)
+        return self._get(f"/v1/datasets/{_seg('dataset_id', dataset_id)}", Dataset)
 
     def delete_dataset(self, dataset_id: str) -> None:
-        self._request("DELETE", f"/v1/datasets/{_segment(dataset_id)}", idempotent=True)
+        self._request("DELETE", f"/v1/datasets/{_seg('dataset_id', dataset_id)}", idempotent=True)
 
     # --------------------------------------------------------------------------------- usage
 
@@ -518,13 +515,13 @@ class RiftClient:
         return self._parse(response, Job)
 
     def get_job(self, job_id: str) -> Job:
-        return self._get(f"/v1/jobs/{_segment(job_id)}", Job)
+        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}", Job)
 
     def delete_job(self, job_id: str) -> None:
         """Delete a finished job with its records and artifacts (a queued or running one is a
         :class:`ConflictError`, code ``job_active``: cancel it first). A checkpoint or dataset
         used by finished jobs can be deleted once those jobs are."""
-        self._request("DELETE", f"/v1/jobs/{_segment(job_id)}", idempotent=True)
+        self._request("DELETE", f"/v1/jobs/{_seg('job_id', job_id)}", idempotent=True)
 
     def list_jobs_page(self, *, status: str | Sequence[str] | None = None,
                        labels: Mapping[str, str] | None = None, page_size: int = 20,
@@ -546,7 +543,7 @@ class RiftClient:
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one at its next batch; a finished one
         raises :class:`ConflictError`."""
-        response = self._request("POST", f"/v1/jobs/{_segment(job_id)}/cancel", idempotent=False)
+        response = self._request("POST", f"/v1/jobs/{_seg('job_id', job_id)}/cancel", idempotent=False)
         return self._parse(response, Job)
 
     def wait(self, job_id: str, timeout: float | None = None, *, poll_interval: float = 1.0,
@@ -562,6 +559,7 @@ class RiftClient:
         :class:`WaitTimeoutError` when ``timeout`` seconds pass first (None: wait as long as it
         takes).
         """
+        wait_times(timeout, poll_interval)
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def read() -> Job:
@@ -622,7 +620,7 @@ class RiftClient:
 
     def list_events(self, job_id: str, *, after: int = 0, limit: int = 100) -> EventPage:
         """One page of the job's events with id > ``after``, oldest first."""
-        return self._get(f"/v1/jobs/{_segment(job_id)}/events", EventPage, after=after,
+        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}/events", EventPage, after=after,
                          limit=limit)
 
     def stream_events(self, job_id: str, *, after: int = 0, max_reconnects: int = 5,
@@ -637,6 +635,7 @@ class RiftClient:
         after ``max_reconnects`` reopenings in a row that brought no new event,
         :class:`RiftConnectionError` is raised.
         """
+        wait_times(timeout, read_timeout, interval_name="read_timeout")
         return self._events(job_id, after=after, max_reconnects=max_reconnects,
                             read_timeout=read_timeout, timeout=timeout, retry_answers=True)
 
@@ -650,7 +649,7 @@ class RiftClient:
         last = after
         failures = 0
         delay = DEFAULT_RECONNECT_DELAY_S
-        path = f"/v1/jobs/{_segment(job_id)}/events"
+        path = f"/v1/jobs/{_seg('job_id', job_id)}/events"
         while time_left() > 0:
             headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
             if last:
@@ -695,13 +694,13 @@ class RiftClient:
     # ------------------------------------------------------------------------------- results
 
     def get_mrc(self, job_id: str) -> MRCTable:
-        return self._get(f"/v1/jobs/{_segment(job_id)}/mrc", MRCTable)
+        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}/mrc", MRCTable)
 
     def get_curves(self, job_id: str) -> Curves:
-        return self._get(f"/v1/jobs/{_segment(job_id)}/curves", Curves)
+        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}/curves", Curves)
 
     def list_artifacts(self, job_id: str) -> list[Artifact]:
-        response = self._request("GET", f"/v1/jobs/{_segment(job_id)}/artifacts", idempotent=True)
+        response = self._request("GET", f"/v1/jobs/{_seg('job_id', job_id)}/artifacts", idempotent=True)
         return self._parse_items(response, Artifact)
 
     def get_artifact(self, job_id: str, name: str) -> Artifact:
@@ -714,7 +713,7 @@ class RiftClient:
                 return artifact
         # Ask for the file itself (one byte at most, never a redirect), so the error says why it
         # is missing, as the API words it: too early, a failed job, or no such name.
-        self._request("GET", f"/v1/jobs/{_segment(job_id)}/artifacts/{_segment(name)}",
+        self._request("GET", f"/v1/jobs/{_seg('job_id', job_id)}/artifacts/{_seg('name', name)}",
                       idempotent=True, params={"redirect": "false"},
                       headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"})
         for artifact in self.list_artifacts(job_id):  # made in between the two looks
@@ -739,18 +738,18 @@ class RiftClient:
         :class:`ConflictError` (code ``job_not_succeeded``). Asking twice for one α makes it
         once, so the request is retried like a read.
         """
-        response = self._request("POST", f"/v1/jobs/{_segment(job_id)}/materialize",
-                                 idempotent=True, json={"alpha": alpha, "evaluate": evaluate})
+        response = self._request("POST", f"/v1/jobs/{_seg('job_id', job_id)}/materialize",
+                                 idempotent=True, json={"alpha": finite_number("alpha", alpha),
+                                                        "evaluate": evaluate})
         return self._parse(response, Materialization)
 
     def get_materialization(self, job_id: str, materialization_id: str) -> Materialization:
-        return self._get(
-            f"/v1/jobs/{_segment(job_id)}/materializations/{_segment(materialization_id)}",
-            Materialization)
+        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}/materializations/"
+                         f"{_seg('materialization_id', materialization_id)}", Materialization)
 
     def list_materializations(self, job_id: str) -> list[Materialization]:
         """The job's materializations, in α order."""
-        response = self._request("GET", f"/v1/jobs/{_segment(job_id)}/materializations",
+        response = self._request("GET", f"/v1/jobs/{_seg('job_id', job_id)}/materializations",
                                  idempotent=True)
         return self._parse_items(response, Materialization)
 
@@ -761,6 +760,7 @@ class RiftClient:
         """Poll a materialization until it has succeeded or failed and return it (whatever its
         final status). Raises :class:`WaitTimeoutError` (with ``materialization_id`` set) when
         ``timeout`` seconds pass first (None: wait as long as it takes)."""
+        wait_times(timeout, poll_interval)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             record = self.get_materialization(job_id, materialization_id)
@@ -789,14 +789,10 @@ class RiftClient:
         removed). A connection lost mid-way is resumed with a Range request, at most
         ``resume_attempts`` times. Presigned-URL redirects (S3) are followed.
         """
-        target = Path(path)
-        if target.is_dir():
-            target = target / name
-        if not target.parent.is_dir():
-            # Else, after the request, "No such file or directory: '<path>.part'": a file the
-            # caller never named.
-            raise FileNotFoundError(errno.ENOENT, f"no folder {str(target.parent)!r} to save "
-                                    "the download in", str(target))
+        # Checked first: else, after the request, "No such file or directory: '<path>.part'",
+        # a file the caller never named.
+        _seg("name", name)  # an empty name is refused before the folder is looked at
+        target = save_target(Path(path), name)
         artifact = self.get_artifact(job_id, name)
         partial = target.with_name(target.name + ".part")
         digest = hashlib.sha256()
@@ -851,12 +847,19 @@ class RiftClient:
     def download_report(self, job_id: str, path: str | os.PathLike[str]) -> Path:
         """Save the job's HTML report page (``GET /v1/jobs/{id}/report``) to ``path`` (a file, or
         an existing folder to put ``<job id>.html`` in); returns the file's path."""
-        target = Path(path)
-        if target.is_dir():
-            target = target / f"{job_id}.html"
-        response = self._request("GET", f"/v1/jobs/{_segment(job_id)}/report", idempotent=True,
-                                 headers={"Accept": "text/html"})
-        target.write_bytes(response.content)
+        # The folder is checked before the request, and the page written next to the target then
+        # renamed: a failed write never leaves half a page under the caller's name.
+        _seg("job_id", job_id)
+        target = save_target(Path(path), f"{job_id}.html")
+        response = self._request("GET", f"/v1/jobs/{_seg('job_id', job_id)}/report",
+                                 idempotent=True, headers={"Accept": "text/html"})
+        partial = target.with_name(target.name + ".part")
+        try:
+            partial.write_bytes(response.content)
+            partial.replace(target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         return target
 
     # ------------------------------------------------------------------------------ webhooks
@@ -895,15 +898,15 @@ class RiftClient:
         return self._parse_items(response, Webhook)
 
     def get_webhook(self, webhook_id: str) -> Webhook:
-        return self._get(f"/v1/webhooks/{_segment(webhook_id)}", Webhook)
+        return self._get(f"/v1/webhooks/{_seg('webhook_id', webhook_id)}", Webhook)
 
     def delete_webhook(self, webhook_id: str) -> None:
         """Delete a webhook with its delivery log; messages not yet sent are dropped."""
-        self._request("DELETE", f"/v1/webhooks/{_segment(webhook_id)}", idempotent=True)
+        self._request("DELETE", f"/v1/webhooks/{_seg('webhook_id', webhook_id)}", idempotent=True)
 
     def webhook_deliveries(self, webhook_id: str, *, limit: int = 20) -> list[WebhookDelivery]:
         """The webhook's newest ``limit`` messages (1 to 100: the API pages no further), newest
         first, each with its attempts (status code, error, duration)."""
-        response = self._request("GET", f"/v1/webhooks/{_segment(webhook_id)}/deliveries",
+        response = self._request("GET", f"/v1/webhooks/{_seg('webhook_id', webhook_id)}/deliveries",
                                  idempotent=True, params={"limit": limit})
         return self._parse_items(response, WebhookDelivery)

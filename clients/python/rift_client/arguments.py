@@ -1,0 +1,64 @@
+"""Checks of the arguments the client's helpers take, made before anything is sent, so that a
+value the helper cannot use is a :class:`RiftUsageError` naming the argument, not a failure
+later: an empty id (``GET /v1/jobs/`` was answered with a redirect, then "not the API's Job"),
+a negative ``poll_interval`` (``ValueError: sleep length must be non-negative`` after the first
+poll), a NaN ``timeout`` (every comparison with it false: the wait never ended), a NaN α (JSON
+cannot carry it: "Out of range float values are not JSON compliant"), or a destination folder
+that does not exist (found after the request, as a path the caller never gave)."""
+
+from __future__ import annotations
+
+import errno
+import math
+from pathlib import Path
+from urllib.parse import quote
+
+from rift_client.errors import RiftUsageError
+
+
+def path_segment(what: str, value: str) -> str:
+    """``value`` as one path segment, escaped so that an id cannot reach another route; an
+    empty one (which would name the collection instead) is a :class:`RiftUsageError`."""
+    if not isinstance(value, str) or not value:
+        raise RiftUsageError(f"{what} must be a non-empty string, not {value!r}")
+    return quote(value, safe="")
+
+
+def wait_times(timeout: float | None, poll_interval: float, *,
+               interval_name: str = "poll_interval") -> None:
+    """Check a wait's ``timeout`` (None, or a number: one not above 0 means no time left) and
+    its ``poll_interval`` (or the interval called ``interval_name``: seconds, above 0 and
+    finite; 0 would poll the service without pause)."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                or math.isnan(timeout)):
+        raise RiftUsageError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if isinstance(poll_interval, bool) or not isinstance(poll_interval, int | float) \
+            or not 0 < poll_interval < math.inf:
+        raise RiftUsageError(f"{interval_name} must be a number of seconds above 0, not "
+                             f"{poll_interval!r}")
+
+
+def finite_number(what: str, value: float) -> float:
+    """``value`` if it is a finite number (JSON has no NaN or infinity); the service checks the
+    range itself and names the field."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RiftUsageError(f"{what} must be a finite number, not {value!r}")
+    return float(value)
+
+
+def item_limit(limit: int | None) -> int | None:
+    """``limit`` of an iterating list: None (all) or a count of at least 0."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise RiftUsageError(f"limit must be None or a whole number of at least 0, not {limit!r}")
+    return limit
+
+
+def save_target(path: Path, name_in_folder: str) -> Path:
+    """Where a download goes: ``path``, or ``path / name_in_folder`` when ``path`` is an existing
+    folder; a missing parent folder is a :class:`FileNotFoundError` naming the caller's path,
+    raised before anything is asked of the service."""
+    target = path / name_in_folder if path.is_dir() else path
+    if not target.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"no folder {str(target.parent)!r} to save the "
+                                "download in", str(target))
+    return target
