@@ -49,6 +49,7 @@ from rift.interpolation import (
     measure_full_curve,
     select_alpha_lazily,
 )
+from rift.model_checks import check_model_outputs
 from rift.models import build_model, check_model_accepts
 from rift.mrc import (
     ModuleCriticality,
@@ -176,6 +177,9 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     # After the domain fits the data: a domain narrower than the data is the first thing to fix.
     check_attack_radius(config.attack, feature_vectors=is_feature_vectors(splits),
                         input_shape=splits.image_shape)
+    # On real weights and data (the validator's fit check sees neither): probabilities instead
+    # of logits, dropout left on, no input gradient.
+    check_model_outputs(model, splits.test, attack, device=device, name=config.architecture.name)
     return PreparedRun(config, device, splits, model.eval(), original, attack)
 
 

@@ -92,6 +92,9 @@ def preflight_check(model: nn.Module, data: ImageTensors, attack: PGD, spec: Pre
                   "architecture.normalization (e.g. 'cifar10') or architecture.mean/std"
                   if not normalization_given else
                   "architecture.mean/std differ from those the checkpoint was trained with",
+                  # RiFT feeds images in [0, 1]; (x - 0) / (1/255) gives the 0-255 scale back.
+                  "the checkpoint was trained on pixel values in [0, 255]: set "
+                  "architecture.mean [0] and architecture.std [0.00392156862745098] (1/255)",
                   "the dataset is not the one the checkpoint was trained on",
                   "the class order (label numbering) differs from training",
                   "the checkpoint is not trained (or not for this architecture's input size)"]
