@@ -82,8 +82,9 @@ def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> None:
             f"architecture {name!r} gives different outputs for the same {len(images)} inputs "
             f"in two passes in eval mode (largest difference {difference:.3g}): dropout or "
             "noise stays active in eval mode (F.dropout(x, p) defaults to training=True; pass "
-            "training=self.training, or use nn.Dropout). Attacks, MRC and the α rule need one "
-            "output per input: make forward deterministic in eval mode", field="architecture")
+            "training=self.training, or use nn.Dropout), or forward updates a buffer it reads. "
+            "Attacks, MRC and the α rule need one output per input: make forward deterministic "
+            "in eval mode", field="architecture")
     if first.shape[1] > 1 and bool((first >= 0).all()) and float(
             (first.double().sum(1) - 1).abs().max()) < _SUM_TOLERANCE:
         raise ConfigError(

@@ -266,3 +266,16 @@ class ReLUInPlaceNet(nn.Module):
         out += identity
         out = self.relu(out)
         return self.head(out.mean((2, 3)))
+
+
+class DropoutLeftOn(nn.Module):
+    """``F.dropout(x, p)`` in forward: its ``training`` defaults to True, so it drops units in
+    eval mode too (a common slip), and every output is random."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.dropout(F.relu(self.stem(x)).mean((2, 3)), 0.5))

@@ -6,15 +6,19 @@ ones pass."""
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rift import checkpoints
 from rift.attacks import PGD
+from rift.cli import main
 from rift.config import MRCSpec, RiftConfig
 from rift.data import ImageTensors
 from rift.demo import DIGITS_DEMO_CONFIG
@@ -22,7 +26,7 @@ from rift.errors import ConfigError
 from rift.model_checks import check_model_outputs
 from rift.models import registry
 from rift.mrc import module_robust_criticality
-from tests.module_factories import InPlaceActivations, ReLUInPlaceNet
+from tests.module_factories import DropoutLeftOn, InPlaceActivations, ReLUInPlaceNet
 
 ATTACK = PGD(eps=0.1, step_size=0.025, steps=4)
 
@@ -161,3 +165,42 @@ def test_cached_engine_keeps_splits_of_torchvision_style_in_place_relu() -> None
     cached = _mrc(model, "cached", warnings)
     assert cached == pytest.approx(_mrc(model, "full", []), rel=1e-4, abs=1e-6)
     assert warnings == []
+
+
+def test_cli_refuses_dropout_left_on_in_one_line(
+        plugin_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An installed architecture calling F.dropout(x, p) in forward, through `python -m rift
+    run`: exit 2, one line naming the setting to change, no stage output. Before: the whole run
+    finished on random outputs."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8),
+             y=np.arange(48) % 4)
+    (tmp_path / "job.json").write_text(json.dumps({
+        "architecture": {"name": "dropout_left_on_net", "num_classes": 4},
+        "dataset": {"name": "npz", "path": str(tmp_path / "d.npz")}, "device": "cpu"}))
+    torch.manual_seed(0)
+    checkpoints.save_safetensors(tmp_path / "ck.safetensors", DropoutLeftOn().state_dict())
+    code = main(["run", "--checkpoint", str(tmp_path / "ck.safetensors"), "--config",
+                 str(tmp_path / "job.json"), "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error
+    assert "error (invalid_config)" in error and "training=self.training" in error
+    assert not (tmp_path / "out" / "mrc.json").exists()
+
+
+class CountsCalls(nn.Module):
+    """Deterministic per call, but forward moves a buffer it reads (also in eval mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 4)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        return self.head(x.mean((2, 3))) * self.calls
+
+
+def test_a_forward_updating_a_buffer_it_reads_in_eval_mode_is_refused() -> None:
+    with pytest.raises(ConfigError, match="updates a buffer it reads"):
+        _check(CountsCalls())
