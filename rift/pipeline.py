@@ -57,7 +57,7 @@ from rift.mrc import (
     module_robust_criticality,
     selection_key,
 )
-from rift.preflight import PreflightReport, preflight_check
+from rift.preflight import PreflightReport, collapsed_predictions, preflight_check
 from rift.robust_tally import RobustTally, percent
 from rift.run_warnings import configuration_warnings
 from rift.scored_weights import unscored_kinds
@@ -227,6 +227,12 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
             batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
             precision=config.precision, normalization_given=config.architecture.mean is not None,
             should_cancel=callbacks.should_cancel)
+        collapsed = collapsed_predictions(
+            run.model, run.splits.test, config.preflight,
+            batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
+            precision=config.precision)
+    if collapsed is not None:
+        callbacks.event("warning", {"stage": "preflight", "message": collapsed})
     callbacks.event("preflight", report.as_dict())
     callbacks.progress("preflight", 1.0, f"clean {report.clean_accuracy:.1f}%")
     return report

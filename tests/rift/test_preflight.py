@@ -121,3 +121,37 @@ def test_a_checkpoint_trained_on_0_255_pixels_is_refused_naming_the_std_that_fit
     report = run_preflight_stage(prepare_run(RiftConfig.model_validate(raw),
                                              digits_checkpoint_info["path"]))
     assert report is not None and report.clean_accuracy > 80.0
+
+
+def test_predictions_collapsed_onto_one_class_are_a_warning(
+        digits_checkpoint_info: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digits θ_AT fed 255 × its inputs (a checkpoint trained on [0, 1] given [0, 255]
+    values, or the other way round) answers mostly one class yet may pass the chance bar; the
+    preflight's sample says so in a warning. The same checkpoint on its own inputs: none."""
+    import copy
+
+    from rift.demo import DIGITS_DEMO_CONFIG
+    from rift.models import registry
+    from rift.models.small_cnn import SmallCNN
+    from rift.pipeline import prepare_run
+    from rift.preflight import collapsed_predictions
+
+    def scaled(**options: object) -> nn.Module:
+        model = SmallCNN(**options)  # type: ignore[arg-type]
+        model.__class__ = type("Scaled", (SmallCNN,), {
+            "forward": lambda self, x: SmallCNN.forward(self, x * 255)})
+        return model
+
+    monkeypatch.setattr(registry, "_installed_builder",
+                        lambda name: scaled if name == "scaled" else None)
+    raw = copy.deepcopy(DIGITS_DEMO_CONFIG)
+    raw["device"] = "cpu"
+    found = {}
+    for name in ("small_cnn", "scaled"):
+        raw["architecture"]["name"] = name
+        run = prepare_run(RiftConfig.model_validate(raw), digits_checkpoint_info["path"])
+        found[name] = collapsed_predictions(
+            run.model, run.splits.test, run.config.preflight, batch_size=128,
+            device=run.device, seed=0)
+    assert found["small_cnn"] is None
+    assert found["scaled"] is not None and "architecture.mean/std" in found["scaled"]
