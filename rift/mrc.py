@@ -515,8 +515,9 @@ class _Scoring:
         if not segment_matches(self.model, segment, self.image_batches[0][:examples]):
             message = ("the cached MRC engine's split of the model does not reproduce its output "
                        f"for {', '.join(self._names_of(tensors))} (an in-place operation such as "
-                       "out.relu_() or x += y on a cached activation); those modules run full "
-                       "forward passes (same values, slower)")
+                       "out.relu_() or x += y on a cached activation): it, and every later module "
+                       "whose split differs alike (logged, not repeated here), runs full forward "
+                       "passes (same values, slower)")
             logger.warning(message)
             if self.on_warning is not None and not self.split_refused:
                 self.on_warning(message)
