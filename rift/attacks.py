@@ -85,6 +85,10 @@ class PGD:
                 "domain, which would move clean inputs by more than eps. Widen the bounds or "
                 "use 'none'", field="attack.domain")
 
+    def clamp(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` moved into the attack's domain (unchanged without bounds)."""
+        return self._clamp(images)
+
     def _clamp(self, images: torch.Tensor) -> torch.Tensor:
         if self.bounds is None:
             return images

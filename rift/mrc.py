@@ -39,9 +39,18 @@ from rift.flat_weights import FlatWeights
 from rift.model_state import frozen_except
 from rift.mrc_stacked import FP32_ONLY, StackedProbe, modules_per_group, reshuffled_batches
 from rift.scored_weights import scored_parameters, scored_weights
-from rift.segments import Segment, full_model_segment, split_at_parameters, trace
+from rift.segments import (
+    Segment,
+    full_model_segment,
+    segment_matches,
+    split_at_parameters,
+    trace,
+)
 
 logger = logging.getLogger(__name__)
+
+#: Examples of the first batch on which each cached split is checked against the whole model.
+_SPLIT_CHECK = 16
 
 _TINY_NORM = 1e-30  # below any gradient norm that carries a direction in fp32
 
@@ -493,10 +502,32 @@ class _Scoring:
     should_cancel: ShouldCancel | None
     on_backoff: Callable[[int, int], None] | None
     micro: int | None  # examples per part of a batch after out-of-memory; None: whole batches
+    on_warning: Callable[[str], None] | None = None
+    split_refused: bool = False  # a module's cached split failed segment_matches: full passes
 
     def segment_at(self, tensors: Sequence[torch.Tensor]) -> Segment:
         segment = split_at_parameters(self.traced, tensors) if self.traced is not None else None
-        return segment or self.full
+        if segment is None:
+            return self.full
+        # A few examples through both ways, in fp32 (the question is the graph, not rounding);
+        # no more than a part of a batch once batches had to be cut for memory.
+        examples = min(_SPLIT_CHECK, self.micro or _SPLIT_CHECK)
+        if not segment_matches(self.model, segment, self.image_batches[0][:examples]):
+            message = ("the cached MRC engine's split of the model does not reproduce its output "
+                       f"for {', '.join(self._names_of(tensors))} (an in-place operation such as "
+                       "out.relu_() or x += y on a cached activation): it, and every later module "
+                       "whose split differs alike (logged, not repeated here), runs full forward "
+                       "passes (same values, slower)")
+            logger.warning(message)
+            if self.on_warning is not None and not self.split_refused:
+                self.on_warning(message)
+            self.split_refused = True
+            return self.full
+        return segment
+
+    def _names_of(self, tensors: Sequence[torch.Tensor]) -> list[str]:
+        return [name for name, parameter in self.model.named_parameters()
+                if any(parameter is tensor for tensor in tensors)]
 
     def prefix_cache(self, segment: Segment) -> list[tuple[torch.Tensor, ...]]:
         device = self.image_batches[0].device
@@ -647,7 +678,8 @@ def module_robust_criticality(
                            engine=engine, unreachable=unreachable,
                            unscored=scored_weights(model).unscored)
         scoring = _Scoring(model, traced, full, image_batches, label_batches, spec, baseline,
-                           precision, seed, should_cancel, on_backoff, probe.micro)
+                           precision, seed, should_cancel, on_backoff, probe.micro,
+                           on_warning=on_warning)
         del probe
         group_size = modules_per_group(spec.module_batch, adversarial_images.device, precision)
         for index, row in enumerate(_score_all(scoring, names, group_size, on_warning)):

@@ -49,6 +49,7 @@ from rift.interpolation import (
     measure_full_curve,
     select_alpha_lazily,
 )
+from rift.model_checks import check_model_outputs
 from rift.models import build_model, check_model_accepts
 from rift.mrc import (
     ModuleCriticality,
@@ -56,7 +57,7 @@ from rift.mrc import (
     module_robust_criticality,
     selection_key,
 )
-from rift.preflight import PreflightReport, preflight_check
+from rift.preflight import PreflightReport, collapsed_predictions, preflight_check
 from rift.robust_tally import RobustTally, percent
 from rift.run_warnings import configuration_warnings
 from rift.scored_weights import unscored_kinds
@@ -176,6 +177,9 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     # After the domain fits the data: a domain narrower than the data is the first thing to fix.
     check_attack_radius(config.attack, feature_vectors=is_feature_vectors(splits),
                         input_shape=splits.image_shape)
+    # On real weights and data (the validator's fit check sees neither): probabilities instead
+    # of logits, dropout left on, no input gradient.
+    check_model_outputs(model, splits.test, attack, device=device, name=config.architecture.name)
     return PreparedRun(config, device, splits, model.eval(), original, attack)
 
 
@@ -223,6 +227,12 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
             batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
             precision=config.precision, normalization_given=config.architecture.mean is not None,
             should_cancel=callbacks.should_cancel)
+        collapsed = collapsed_predictions(
+            run.model, run.splits.test, config.preflight,
+            batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
+            precision=config.precision)
+    if collapsed is not None:
+        callbacks.event("warning", {"stage": "preflight", "message": collapsed})
     callbacks.event("preflight", report.as_dict())
     callbacks.progress("preflight", 1.0, f"clean {report.clean_accuracy:.1f}%")
     return report

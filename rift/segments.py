@@ -108,6 +108,35 @@ def split_at_parameters(traced: fx.GraphModule, parameters: Sequence[torch.Tenso
     )
 
 
+# The cached split runs the same operations as the model, so it agrees up to kernel rounding (an
+# accelerator may pick other algorithms per call); a dropped or reordered in-place operation
+# moves the output by the size of an activation.
+_MATCH_RTOL = 1e-3
+
+
+def segment_matches(model: nn.Module, segment: Segment, images: torch.Tensor) -> bool:
+    """Whether ``segment`` computes what ``model`` does on ``images``: ``suffix(*prefix(x))``
+    equals ``model(x)``, twice on the same cached values, which it leaves unchanged.
+
+    An in-place operation can break the split where the model is right: one whose result is
+    not used (``out.relu_()`` before ``out.mean()``) is dead code to torch.fx and dropped from
+    the prefix; one in the prefix runs before suffix operations that read its tensor earlier in
+    the model; one in the suffix writing into a cached value changes it for every later pass.
+    """
+    with torch.no_grad():
+        expected = model(images)
+        cached = tuple(segment.prefix(images))
+        kept = [value.clone() if isinstance(value, torch.Tensor) else value for value in cached]
+        outputs = [segment.suffix(*cached) for _ in range(2)]
+    unchanged = all(not isinstance(value, torch.Tensor) or torch.equal(value, copy)
+                    for value, copy in zip(cached, kept, strict=True))
+    scale = max(1.0, float(expected.abs().max()))
+    return unchanged and all(
+        isinstance(output, torch.Tensor) and output.shape == expected.shape
+        and torch.allclose(output.float(), expected.float(), rtol=_MATCH_RTOL,
+                           atol=_MATCH_RTOL * scale) for output in outputs)
+
+
 def _reads(traced: fx.GraphModule, node: fx.Node, parameter: torch.Tensor) -> bool:
     if node.op == "call_module":
         module = traced.get_submodule(str(node.target))

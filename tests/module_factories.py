@@ -223,3 +223,59 @@ namedtuple_output_net = structured_output_net("namedtuple")
 tuple_output_net = structured_output_net("tuple")
 two_logits_net = structured_output_net("two_logits")
 features_first_in_training_net = structured_output_net("features_first_in_training")
+
+
+class InPlaceActivations(nn.Module):
+    """In-place operations on activations that eager PyTorch (and its autograd) runs correctly
+    but a split at a weight can get wrong: ``relu_()`` whose result is not used (to torch.fx a
+    dead node, dropped from a prefix), and ``+=`` into an activation made before the weight
+    (cached, so every pass would add into the cache again)."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.conv3 = nn.Conv2d(6, 6, 3, padding=1)
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.conv1(x)
+        b = self.conv2(F.relu(a))
+        b.relu_()  # only the mutation matters: conv3 reads the rectified b
+        c = self.conv3(b)
+        a += c
+        return self.head(a.mean((2, 3)))
+
+
+class ReLUInPlaceNet(nn.Module):
+    """torchvision's style: ``nn.ReLU(inplace=True)`` whose result is used, and ``out +=
+    identity`` into a fresh activation. Every cached split reproduces it."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv1 = nn.Conv2d(6, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = self.relu(self.stem(x))
+        out = self.relu(self.conv1(identity))
+        out = self.conv2(out)
+        out += identity
+        out = self.relu(out)
+        return self.head(out.mean((2, 3)))
+
+
+class DropoutLeftOn(nn.Module):
+    """``F.dropout(x, p)`` in forward: its ``training`` defaults to True, so it drops units in
+    eval mode too (a common slip), and every output is random."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.dropout(F.relu(self.stem(x)).mean((2, 3)), 0.5))

@@ -87,3 +87,71 @@ def test_chance_is_the_majority_share_when_it_beats_a_uniform_guess() -> None:
     # A model that reads its input passes; the bar is at most halfway from 90 % to 100 %.
     report = _check(_threshold_model(100.0, 0.0))
     assert report.clean_accuracy == 100.0 and report.threshold == pytest.approx(95.0)
+
+
+def test_a_checkpoint_trained_on_0_255_pixels_is_refused_naming_the_std_that_fits(
+        digits_checkpoint_info: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digits θ_AT behind a forward that expects pixel values in [0, 255] (dividing them
+    back): on RiFT's [0, 1] images it is near chance; the message names mean [0] and std 1/255,
+    and with them the same checkpoint passes."""
+    import copy
+
+    from rift.demo import DIGITS_DEMO_CONFIG
+    from rift.models import registry
+    from rift.models.small_cnn import SmallCNN
+    from rift.pipeline import prepare_run, run_preflight_stage
+
+    def expects_0_255(**options: object) -> nn.Module:
+        model = SmallCNN(**options)  # type: ignore[arg-type]
+        model.__class__ = type("Expects0To255", (SmallCNN,), {
+            "forward": lambda self, x: SmallCNN.forward(self, x / 255)})
+        return model
+
+    monkeypatch.setattr(registry, "_installed_builder",
+                        lambda name: expects_0_255 if name == "pixels_0_255" else None)
+    raw = copy.deepcopy(DIGITS_DEMO_CONFIG)
+    raw.update(device="cpu", preflight={"examples": 128})
+    raw["architecture"]["name"] = "pixels_0_255"
+    with pytest.raises(PreflightError) as refused:
+        run_preflight_stage(prepare_run(RiftConfig.model_validate(raw),
+                                        digits_checkpoint_info["path"]))
+    assert "[0, 255]" in refused.value.message
+    assert "architecture.std [0.00392156862745098]" in refused.value.message
+    raw["architecture"].update(mean=[0.0], std=[0.00392156862745098])
+    report = run_preflight_stage(prepare_run(RiftConfig.model_validate(raw),
+                                             digits_checkpoint_info["path"]))
+    assert report is not None and report.clean_accuracy > 80.0
+
+
+def test_predictions_collapsed_onto_one_class_are_a_warning(
+        digits_checkpoint_info: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digits θ_AT fed 255 × its inputs (a checkpoint trained on [0, 1] given [0, 255]
+    values, or the other way round) answers mostly one class yet may pass the chance bar; the
+    preflight's sample says so in a warning. The same checkpoint on its own inputs: none."""
+    import copy
+
+    from rift.demo import DIGITS_DEMO_CONFIG
+    from rift.models import registry
+    from rift.models.small_cnn import SmallCNN
+    from rift.pipeline import prepare_run
+    from rift.preflight import collapsed_predictions
+
+    def scaled(**options: object) -> nn.Module:
+        model = SmallCNN(**options)  # type: ignore[arg-type]
+        model.__class__ = type("Scaled", (SmallCNN,), {
+            "forward": lambda self, x: SmallCNN.forward(self, x * 255)})
+        return model
+
+    monkeypatch.setattr(registry, "_installed_builder",
+                        lambda name: scaled if name == "scaled" else None)
+    raw = copy.deepcopy(DIGITS_DEMO_CONFIG)
+    raw["device"] = "cpu"
+    found = {}
+    for name in ("small_cnn", "scaled"):
+        raw["architecture"]["name"] = name
+        run = prepare_run(RiftConfig.model_validate(raw), digits_checkpoint_info["path"])
+        found[name] = collapsed_predictions(
+            run.model, run.splits.test, run.config.preflight, batch_size=128,
+            device=run.device, seed=0)
+    assert found["small_cnn"] is None
+    assert found["scaled"] is not None and "architecture.mean/std" in found["scaled"]

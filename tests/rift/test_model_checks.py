@@ -1,0 +1,213 @@
+"""The checks of θ_AT on a batch of the job's data before any stage (``rift.model_checks``), and
+the cached MRC engine's check of its split against the whole model (``segments.segment_matches``):
+models that would run to the end with meaningless numbers are refused or handled, legitimate
+ones pass."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rift import checkpoints
+from rift.attacks import PGD
+from rift.cli import main
+from rift.config import MRCSpec, RiftConfig
+from rift.data import ImageTensors
+from rift.demo import DIGITS_DEMO_CONFIG
+from rift.errors import ConfigError
+from rift.model_checks import check_model_outputs
+from rift.models import registry
+from rift.mrc import module_robust_criticality
+from tests.module_factories import DropoutLeftOn, InPlaceActivations, ReLUInPlaceNet
+
+ATTACK = PGD(eps=0.1, step_size=0.025, steps=4)
+
+
+class Net(nn.Module):
+    """A small convolutional classifier whose output ``ending`` post-processes."""
+
+    def __init__(self, ending: Callable[[nn.Module, Tensor], Tensor] | None = None,
+                 classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(8, classes)
+        self.ending = ending
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.head(self.drop(F.relu(self.conv(x)).mean((2, 3))))
+        return logits if self.ending is None else self.ending(self, logits)
+
+
+def _data(count: int = 40, classes: int = 4) -> ImageTensors:
+    generator = torch.Generator().manual_seed(0)
+    return ImageTensors(torch.rand(count, 3, 8, 8, generator=generator),
+                        torch.randint(0, classes, (count,), generator=generator))
+
+
+def _check(model: nn.Module) -> None:
+    check_model_outputs(model, _data(), ATTACK, device=torch.device("cpu"), name="net")
+
+
+def _no_grad(_: nn.Module, logits: Tensor) -> Tensor:
+    with torch.no_grad():
+        return logits * 1
+
+
+LEGITIMATE = {
+    "logits": None,
+    # Log-probabilities: cross-entropy's log_softmax leaves them unchanged.
+    "log_softmax": lambda _, z: z.log_softmax(1),
+    "relu_logits": lambda _, z: F.relu(z) + 0.1,  # non-negative, rows not summing to 1
+    "dropout_in_train_only": lambda m, z: F.dropout(z, 0.5, training=m.training),
+}
+
+
+@pytest.mark.parametrize("ending", list(LEGITIMATE))
+def test_legitimate_models_pass_and_keep_their_state(ending: str) -> None:
+    torch.manual_seed(0)
+    model = Net(LEGITIMATE[ending]).train()
+    model.conv.weight.requires_grad_(False)
+    state = torch.random.get_rng_state()
+    _check(model)
+    assert model.training and not model.conv.weight.requires_grad
+    assert model.head.weight.requires_grad and model.head.weight.grad is None
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+REFUSED = {
+    "softmax": (lambda _, z: z.softmax(1), "returns probabilities"),
+    "dropout_left_on": (lambda _, z: F.dropout(z, 0.5), "dropout or noise stays active"),
+    "noise": (lambda _, z: z + torch.randn_like(z), "different outputs"),
+    "no_grad": (_no_grad, "torch.no_grad()"),
+    "argmax": (lambda _, z: F.one_hot(z.argmax(1), z.shape[1]).float() * 10, "argmax"),
+    "rounded_input": (lambda m, z: m.head(F.relu(m.conv(torch.round(z))).mean((2, 3))),
+                      "exactly zero for all 32 examples"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_meaningless_models_are_refused_naming_the_fix(case: str) -> None:
+    ending, words = REFUSED[case]
+    if case == "rounded_input":
+        class Rounded(Net):
+            def forward(self, x: Tensor) -> Tensor:
+                return ending(self, x)
+        model: nn.Module = Rounded()
+    else:
+        model = Net(ending)
+    with pytest.raises(ConfigError) as refused:
+        _check(model)
+    assert words in refused.value.message and refused.value.field == "architecture"
+
+
+def test_a_forward_writing_into_its_input_is_refused() -> None:
+    class Subtracts(Net):
+        def forward(self, x: Tensor) -> Tensor:
+            x -= 0.5
+            return super().forward(x)
+
+    with pytest.raises(ConfigError, match="changes its input tensor in place"):
+        _check(Subtracts())
+
+
+def test_pipeline_refuses_a_softmax_model_before_any_stage(
+        digits_checkpoint_info: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rift.models.small_cnn import SmallCNN
+    from rift.pipeline import prepare_run
+
+    def softmax_cnn(**options: object) -> nn.Module:
+        model = SmallCNN(**options)  # type: ignore[arg-type]
+        model.__class__ = type("SoftmaxCNN", (SmallCNN,), {
+            "forward": lambda self, x: SmallCNN.forward(self, x).softmax(1)})
+        return model
+
+    monkeypatch.setattr(registry, "_installed_builder",
+                        lambda name: softmax_cnn if name == "softmax_cnn" else None)
+    raw = copy.deepcopy(DIGITS_DEMO_CONFIG)
+    raw["device"] = "cpu"
+    assert prepare_run(RiftConfig.model_validate(raw), digits_checkpoint_info["path"])
+    raw["architecture"]["name"] = "softmax_cnn"
+    with pytest.raises(ConfigError, match="returns probabilities"):
+        prepare_run(RiftConfig.model_validate(raw), digits_checkpoint_info["path"])
+
+
+def _mrc(model: nn.Module, engine: str, warnings: list[str], module_batch: int = 1
+         ) -> dict[str, float]:
+    torch.manual_seed(1)
+    images, labels = torch.rand(32, 3, 8, 8), torch.randint(0, 4, (32,))
+    spec = MRCSpec(steps=3, batch_size=16, num_examples=32, engine=engine,
+                   module_batch=module_batch)
+    report = module_robust_criticality(model.eval(), images, labels, spec,
+                                       on_warning=warnings.append)
+    assert report.engine == engine
+    return {row.name: row.mrc for row in report.modules}
+
+
+@pytest.mark.parametrize("module_batch", [1, 2])
+def test_cached_engine_falls_back_where_an_in_place_operation_breaks_its_split(
+        module_batch: int) -> None:
+    """Before: conv2's and conv3's rows were computed on a wrong cache (the dropped relu_, the
+    += adding into it on every pass) without a word."""
+    torch.manual_seed(0)
+    model, warnings = InPlaceActivations(), []
+    cached = _mrc(model, "cached", warnings, module_batch)
+    full = _mrc(model, "full", [])
+    assert cached == pytest.approx(full, rel=1e-4, abs=1e-6)
+    # Once (with module_batch 2, vmap then also refuses the in-place add: a second warning).
+    assert sum("in-place operation" in warning for warning in warnings) == 1
+
+
+def test_cached_engine_keeps_splits_of_torchvision_style_in_place_relu() -> None:
+    torch.manual_seed(0)
+    model, warnings = ReLUInPlaceNet(), []
+    cached = _mrc(model, "cached", warnings)
+    assert cached == pytest.approx(_mrc(model, "full", []), rel=1e-4, abs=1e-6)
+    assert warnings == []
+
+
+def test_cli_refuses_dropout_left_on_in_one_line(
+        plugin_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An installed architecture calling F.dropout(x, p) in forward, through `python -m rift
+    run`: exit 2, one line naming the setting to change, no stage output. Before: the whole run
+    finished on random outputs."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8),
+             y=np.arange(48) % 4)
+    (tmp_path / "job.json").write_text(json.dumps({
+        "architecture": {"name": "dropout_left_on_net", "num_classes": 4},
+        "dataset": {"name": "npz", "path": str(tmp_path / "d.npz")}, "device": "cpu"}))
+    torch.manual_seed(0)
+    checkpoints.save_safetensors(tmp_path / "ck.safetensors", DropoutLeftOn().state_dict())
+    code = main(["run", "--checkpoint", str(tmp_path / "ck.safetensors"), "--config",
+                 str(tmp_path / "job.json"), "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in error
+    assert "error (invalid_config)" in error and "training=self.training" in error
+    assert not (tmp_path / "out" / "mrc.json").exists()
+
+
+class CountsCalls(nn.Module):
+    """Deterministic per call, but forward moves a buffer it reads (also in eval mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 4)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        return self.head(x.mean((2, 3))) * self.calls
+
+
+def test_a_forward_updating_a_buffer_it_reads_in_eval_mode_is_refused() -> None:
+    with pytest.raises(ConfigError, match="updates a buffer it reads"):
+        _check(CountsCalls())
