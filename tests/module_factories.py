@@ -279,3 +279,14 @@ class DropoutLeftOn(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(F.dropout(F.relu(self.stem(x)).mean((2, 3)), 0.5))
+
+
+def with_running_statistics(model: nn.Module, seed: int) -> nn.Module:
+    """``model`` in eval mode with random BatchNorm running statistics (fresh ones are 0 and 1,
+    which would hide a statistics mix-up), drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return model.eval()

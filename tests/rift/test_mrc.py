@@ -25,6 +25,7 @@ from tests.module_factories import (
     CrossAttentionNet,
     OddLayers,
     TiedWeights,
+    with_running_statistics,
 )
 
 
@@ -72,19 +73,10 @@ class UntraceableNet(TinyResidualNet):
         return super().forward(x)
 
 
-def _randomised_bn(model: nn.Module, seed: int) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return model.eval()
-
-
 @pytest.fixture
 def residual_setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-    model = _randomised_bn(TinyResidualNet(), 1)
+    model = with_running_statistics(TinyResidualNet(), 1)
     images = torch.rand(48, 3, 8, 8)
     labels = torch.randint(0, 5, (48,))
     return model, images, labels
@@ -126,7 +118,7 @@ def test_cached_engine_equals_plain_full_forward(residual_setup) -> None:
 def test_untraceable_model_falls_back_to_full_forward_with_same_values(residual_setup) -> None:
     _, images, labels = residual_setup
     torch.manual_seed(0)
-    untraceable = _randomised_bn(UntraceableNet(), 1)
+    untraceable = with_running_statistics(UntraceableNet(), 1)
     auto = module_robust_criticality(untraceable, images, labels, _spec(engine="auto"))
     assert auto.engine == "full"
     plain = plain_module_robust_criticality(untraceable, images, labels, _spec())
@@ -309,7 +301,7 @@ def test_cached_equals_plain_on_registry_resnets(arch: str) -> None:
     from rift.models import build_model
 
     torch.manual_seed(0)
-    model = _randomised_bn(build_model(ArchitectureSpec(name=arch, num_classes=10)), 2)
+    model = with_running_statistics(build_model(ArchitectureSpec(name=arch, num_classes=10)), 2)
     # 16×16 inputs (the models pool adaptively): the same graph as at 32×32, a quarter the work.
     images, labels = torch.rand(6, 3, 16, 16), torch.randint(0, 10, (6,))
     modules = ["conv1", "layer2.0.shortcut.0", "layer3.1.conv2", "linear"]

@@ -27,7 +27,7 @@ from rift.config import MRCSpec
 from rift.errors import JobCancelled
 from rift.mrc import MRCReport, module_robust_criticality
 from rift.mrc_stacked import modules_per_group
-from tests.module_factories import AttentionNet, TiedWeights
+from tests.module_factories import AttentionNet, TiedWeights, with_running_statistics
 
 
 class ConvChain(nn.Module):
@@ -65,15 +65,6 @@ class ResidualBN(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-def _with_running_statistics(model: nn.Module, seed: int) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return model.eval()
-
-
 def _data(count: int = 24, classes: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     return (torch.rand(count, 3, 8, 8, generator=generator),
@@ -89,7 +80,7 @@ def _spec(**overrides: object) -> MRCSpec:
 
 def _residual_bn() -> nn.Module:
     torch.manual_seed(0)
-    return _with_running_statistics(ResidualBN(), 2)
+    return with_running_statistics(ResidualBN(), 2)
 
 
 def _conv_chain() -> nn.Module:
