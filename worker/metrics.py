@@ -48,6 +48,15 @@ class _StateCollector(Collector):
         self.resources = resources
         self.queue_size = queue_size
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The metric names, without values: the registry checks names when the collector is
+        registered, and without this it would call :meth:`collect`, reading the database and the
+        broker while the worker module is still being imported."""
+        yield GaugeMetricFamily("rift_jobs", "", labels=["status"])
+        yield GaugeMetricFamily("rift_stages_waiting", "")
+        yield GaugeMetricFamily("rift_workers_live", "", labels=["queue"])
+        yield GaugeMetricFamily("rift_queue_depth", "", labels=["queue"])
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         jobs = GaugeMetricFamily("rift_jobs", "Jobs in the database by status.", labels=["status"])
         waiting = GaugeMetricFamily("rift_stages_waiting",

@@ -15,12 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import datasets as tv_datasets
 
 from rift.config import DatasetSpec
 from rift.data.safe_pickle import load_array_pickle
 from rift.data.tensors import ImageTensors, SourceData
 from rift.errors import DatasetError
+
+
+def _torchvision_datasets():  # type: ignore[no-untyped-def]
+    """torchvision's dataset classes, imported on first use: importing torchvision pulls in
+    torch._dynamo (about 2.7 s on a 2-core CPU), which every worker start and CLI call would
+    otherwise pay, though only downloads and MNIST use it."""
+    from torchvision import datasets
+
+    return datasets
 
 
 def _root(spec: DatasetSpec) -> Path:
@@ -85,7 +93,7 @@ def _read_cifar_batches(paths: list[Path], label_key: str, num_classes: int) -> 
 def load_cifar10(spec: DatasetSpec) -> SourceData:
     """CIFAR-10 from ``root/cifar-10-batches-py`` (data_batch_1..5, test_batch)."""
     if spec.download:
-        _download(spec, lambda root: tv_datasets.CIFAR10(root, train=True, download=True))
+        _download(spec, lambda root: _torchvision_datasets().CIFAR10(root, train=True, download=True))
     folder = _root(spec) / "cifar-10-batches-py"
     train_names = [f"data_batch_{i}" for i in range(1, 6)]
     _require_folder(spec, folder, ", ".join([*train_names, "test_batch"]))
@@ -100,7 +108,7 @@ def load_cifar10(spec: DatasetSpec) -> SourceData:
 def load_cifar100(spec: DatasetSpec) -> SourceData:
     """CIFAR-100 (the 100 fine labels) from ``root/cifar-100-python`` (train, test)."""
     if spec.download:
-        _download(spec, lambda root: tv_datasets.CIFAR100(root, train=True, download=True))
+        _download(spec, lambda root: _torchvision_datasets().CIFAR100(root, train=True, download=True))
     folder = _root(spec) / "cifar-100-python"
     _require_folder(spec, folder, "train, test")
     for name in ("train", "test"):
@@ -142,7 +150,7 @@ def load_svhn(spec: DatasetSpec) -> SourceData:
     if spec.download:
         def fetch(root: str) -> None:
             for split in ("train", "test"):
-                tv_datasets.SVHN(root, split=split, download=True)
+                _torchvision_datasets().SVHN(root, split=split, download=True)
 
         _download(spec, fetch)
     root = _root(spec)
@@ -159,7 +167,7 @@ def load_mnist(spec: DatasetSpec) -> SourceData:
     """MNIST from ``root/MNIST/raw`` (uncompressed idx files), as (N, 1, 28, 28) uint8."""
     root = _root(spec)
     if spec.download:
-        _download(spec, lambda r: tv_datasets.MNIST(r, train=True, download=True))
+        _download(spec, lambda r: _torchvision_datasets().MNIST(r, train=True, download=True))
     else:
         _require_folder(spec, root / "MNIST" / "raw",
                         "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
@@ -167,7 +175,7 @@ def load_mnist(spec: DatasetSpec) -> SourceData:
     splits = []
     for train in (True, False):
         try:
-            mnist = tv_datasets.MNIST(str(root), train=train, download=False)
+            mnist = _torchvision_datasets().MNIST(str(root), train=train, download=False)
         except (RuntimeError, ValueError, TypeError, OSError) as exc:
             raise DatasetError(
                 f"dataset 'mnist': cannot read the idx files under {root / 'MNIST' / 'raw'}: "
