@@ -8,6 +8,7 @@ job's async calls are in ``test_client_live.py``."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import inspect
@@ -28,6 +29,8 @@ from rift_client import (
     RiftClient,
     RiftUsageError,
     WaitTimeoutError,
+    async_client,
+    client,
 )
 from tests.api.helpers import digits_config
 from tests.client.conftest import FAST_RETRY, RunningApi
@@ -66,6 +69,39 @@ def test_the_async_client_has_the_sync_clients_methods_arguments_and_docs() -> N
         else:
             assert inspect.iscoroutinefunction(twin), name
             assert inspect.signature(twin).return_annotation == returns, name
+
+
+def _core_calls(module: Any, class_name: str) -> dict[str, str]:
+    """For each public method of the class: the ``self._core`` flow it runs, as source, found
+    as the one statement of its body (after a docstring)."""
+    tree = ast.parse(inspect.getsource(module))
+    cls = next(node for node in tree.body
+               if isinstance(node, ast.ClassDef) and node.name == class_name)
+    calls: dict[str, str] = {}
+    for node in cls.body:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or \
+                node.name.startswith("_") or node.name == "close":
+            continue
+        body = [s for s in node.body if not (isinstance(s, ast.Expr)
+                                             and isinstance(s.value, ast.Constant))]
+        assert len(body) == 1 and isinstance(body[0], ast.Return), node.name
+        value = body[0].value
+        if isinstance(value, ast.Await):
+            value = value.value
+        assert isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
+        assert value.func.attr in ("_run", "_steps"), node.name
+        (flow,) = value.args
+        assert ast.unparse(flow).startswith("self._core."), node.name
+        calls[node.name] = ast.unparse(flow)
+    return calls
+
+
+def test_both_clients_run_the_same_core_flow_with_the_same_arguments() -> None:
+    """The clients hold no logic of their own: each method only runs one flow of the shared
+    core, the same one in both, so that a fix in one cannot miss the other."""
+    sync = _core_calls(client, "RiftClient")
+    assert _core_calls(async_client, "AsyncRiftClient") == sync
+    assert len(sync) == len(_public(RiftClient)) - 1  # all but close
 
 
 def _run(scenario: Callable[[AsyncRiftClient], Awaitable[T]], url: str,
