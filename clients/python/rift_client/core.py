@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -442,9 +442,10 @@ class RiftCore:
                                  f"{'both' if checkpoint_id is not None else 'neither'}")
         fields = _job_spec(spec)
         key = _idempotency_key(idempotency_key)
-        if checkpoint_file is None:
-            return self._create_job(fields, _seg("checkpoint_id", checkpoint_id or ""), key)
-        return self._create_job_with_file(fields, Path(checkpoint_file), key, progress)
+        if checkpoint_file is not None:
+            return self._create_job_with_file(fields, Path(checkpoint_file), key, progress)
+        # Sent in the body as given: the service names it if it is not an id.
+        return self._create_job(fields, cast(str, checkpoint_id), key)
 
     def _create_job(self, fields: dict[str, Any], checkpoint_id: str, key: str) -> Flow[Job]:
         response = yield from self.request(
