@@ -196,3 +196,14 @@ def test_class_folders_named_by_numbers_in_text_order_are_named(tmp_path: Path) 
     # Zero-padded (or fewer than ten) numbers sort alike both ways: nothing to say.
     padded = [f"{n:02d}" for n in range(1, 11)]
     assert not any("class folders" in w.message for w in _warnings(tree(padded)))
+
+
+def test_a_head_wider_than_the_data_classes_is_named(digits_job_config: dict) -> None:
+    wide = _config(digits_job_config, architecture={**digits_job_config["architecture"],
+                                                    "num_classes": 1000})
+    [warning] = _warnings(wide)
+    assert warning.stage == "run"
+    assert warning.message.startswith(
+        "architecture.num_classes is 1000 but the data has 10 classes (labels 0 to 9): the "
+        "model's other 990 outputs are classes no example holds")
+    assert "set architecture.num_classes to 10" in warning.message
