@@ -122,9 +122,10 @@ def _head_width_warnings(outputs: int, classes: int) -> list[RunWarning]:
     if outputs <= classes:
         return []
     extra = outputs - classes
+    others = f"{extra} outputs are classes" if extra > 1 else "output is a class"
     return [RunWarning("run", (
         f"architecture.num_classes is {outputs} but the data has {classes} classes (labels 0 "
-        f"to {classes - 1}): the model's other {extra} output{'s are classes' if extra > 1 else ' is a class'} no example holds. "
+        f"to {classes - 1}): the model's other {others} no example holds. "
         "A prediction of one counts as an error, and attacks, MRC and fine-tuning push toward "
         f"them, so every figure is that of a {outputs}-way classifier scored on {classes} "
         f"classes. Right for a {outputs}-class model judged on a subset of its classes; for a "
