@@ -94,6 +94,8 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
     returns (N, num_classes) logits; ``spec.mean``/``spec.std`` are applied inside ``forward``
     through non-persistent buffers, so state-dict keys match public checkpoints. Tensors follow the
     ambient default device, so building under ``with torch.device("meta"):`` allocates nothing.
+    Floating-point parameters and buffers are float32 whatever the builder made (an installed
+    builder returning ``model.half()``): see :func:`float32_model`.
 
     Raises:
         UnknownArchitectureError: the name is not known; the message lists the known names.
@@ -103,7 +105,7 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
     channels = spec.in_channels if spec.in_channels is not None else in_channels
     size = spec.image_size if spec.image_size is not None else image_size
     try:
-        return _build(spec, channels, size)
+        return float32_model(_build(spec, channels, size))
     except RiftError:
         raise
     except Exception as exc:
@@ -152,6 +154,20 @@ def _build(spec: ArchitectureSpec, channels: int, size: int) -> nn.Module:
     # An operator's network may return its logits inside a dict or tuple (logits_output).
     return return_logits(
         builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std))
+
+
+def float32_model(model: nn.Module) -> nn.Module:
+    """``model`` with every floating-point parameter and buffer in float32 (in place; returned).
+
+    Every stage feeds float32 inputs (images in [0, 1]) and chooses its own arithmetic
+    (``precision``: fp32, or bf16 autocast); a model built in half, bfloat16 or float64 failed its
+    first forward with a dtype error ("Input type (float) and bias type (c10::Half)"). Checkpoint
+    values are cast to the model's dtype when no value changes (``rift.checkpoints``), so an fp16
+    or bf16 checkpoint loads exactly into the float32 model."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors):
+        model.float()
+    return model
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
