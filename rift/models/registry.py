@@ -207,6 +207,36 @@ def refuse_batch_statistics(model: nn.Module, spec: ArchitectureSpec) -> None:
             field="architecture")
 
 
+def _input_form_hint(model: nn.Module, image_shape: tuple[int, int, int], num_classes: int,
+                     device: torch.device) -> str:
+    """When ``model`` refused the (1, C, H, W) probe: the input form it does take, found by
+    trying the usual others (flat vectors of C·H·W features, the other of 1 and 3 channels), as
+    the end of the error message; "" when none of them gives (1, ``num_classes``) either."""
+    channels, height, width = image_shape
+    features = channels * height * width
+    form = "feature vectors as (N, F, 1, 1)" if (height, width) == (1, 1) else "images"
+    tries: list[tuple[tuple[int, ...], str]] = [((1, features), (
+        f"; it does take flat vectors of {features} features, (N, {features}): RiFT passes "
+        f"every input as (N, C, H, W) ({form}), "
+        "so flatten at the start of forward (x = x.flatten(1))"))]
+    other = {1: 3, 3: 1}.get(channels)
+    if other is not None:
+        tries.append(((1, other, height, width), (
+            f"; it does take {other}-channel images: the data has {channels} channel(s) "
+            f"({'grey' if channels == 1 else 'colour'}), so either the model was built for "
+            f"{other} (architecture.in_channels, or a builder that ignores in_channels) or the "
+            f"data should be given with {other}")))
+    for shape, hint in tries:
+        try:
+            with frozen_except(model), torch.no_grad():
+                logits = model(torch.zeros(shape, device=device))
+        except Exception:  # any refusal: this form is not the answer either
+            continue
+        if isinstance(logits, torch.Tensor) and tuple(logits.shape) == (1, num_classes):
+            return hint
+    return ""
+
+
 def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
                         image_shape: tuple[int, int, int], *, device: torch.device) -> None:
     """Run one all-zero input of ``image_shape`` (C, H, W) through ``model`` (eval mode, no
@@ -235,7 +265,9 @@ def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
     except Exception as exc:
         raise ConfigError(
             f"architecture {spec.name!r} cannot take the dataset's {shape}: "
-            f"{type(exc).__name__}: {_one_line(exc)}", field="architecture") from exc
+            f"{type(exc).__name__}: {_one_line(exc)}"
+            + _input_form_hint(model, image_shape, spec.num_classes, device),
+            field="architecture") from exc
     expected = (1, spec.num_classes)
     got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
     if got != expected:
