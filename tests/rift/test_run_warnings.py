@@ -7,10 +7,12 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from rift.config import RiftConfig
 from rift.data import DatasetSplits, load_dataset
+from rift.errors import DatasetError
 from rift.pipeline import PipelineCallbacks, prepare_run, run_preflight_stage
 from rift.run_warnings import RunWarning, configuration_warnings
 
@@ -150,10 +152,11 @@ def test_classes_a_split_lacks_are_named(tmp_path: Path) -> None:
     assert RunWarning("finetune", ("the training split has no example of class(es) 5, which "
                                    "the test split holds: fine-tuning never sees them")) in found
     assert not any("α is chosen on 6 test examples," in w.message for w in found)
-    # Data of one class.
+    # Training labels of one class are refused when the data is loaded (rift.image_content,
+    # the rule of an upload); the test labels of one class are the warning above.
     config = _npz_config(tmp_path / "c.npz", x=_images(20), y=np.full(20, 3))
-    assert any(w.message.startswith("every example of the data is of class 3")
-               for w in _warnings(config))
+    with pytest.raises(DatasetError, match="every training label is 3"):
+        _warnings(config)
 
 
 def test_an_attack_weaker_than_its_eps_is_named(digits_job_config: dict) -> None:
@@ -182,7 +185,9 @@ def test_class_folders_named_by_numbers_in_text_order_are_named(tmp_path: Path) 
         for index, name in enumerate(names):
             for i in range(2):
                 (root / name).mkdir(parents=True, exist_ok=True)
-                Image.new("L", (8, 8), 20 * index + i).save(root / name / f"{i}.png")
+                image = Image.new("L", (8, 8), 20 * index + i)
+                image.putpixel((0, 0), 255)  # a constant image is refused as content
+                image.save(root / name / f"{i}.png")
         return RiftConfig.model_validate({"architecture": {"name": "small_cnn"}, "dataset": {
             "name": "imagefolder", "path": str(root)}})
 
