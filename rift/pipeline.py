@@ -153,9 +153,10 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
             f"{config.architecture.num_classes}{_sparse_labels_hint(splits)}",
             field="architecture.num_classes")
     channels, height, _ = splits.image_shape
-    model = build_model(config.architecture, in_channels=channels, image_size=height)
     state = (checkpoints.load_state_dict(checkpoint, entry=config.checkpoint_entry)
              if isinstance(checkpoint, str | Path) else dict(checkpoint))
+    model = build_model(config.architecture, in_channels=channels, image_size=height,
+                        checkpoint_keys=state)
     try:
         checkpoints.check_compatible(model, state)
     except CheckpointMismatchError as exc:

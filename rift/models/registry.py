@@ -13,7 +13,7 @@ uploads never carry code.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
 from types import MappingProxyType
 
@@ -31,6 +31,7 @@ from rift.models.small_cnn import small_cnn
 from rift.models.torchvision_models import (
     PREFIX,
     build_torchvision_model,
+    holds_auxiliary_heads,
     torchvision_classifier_names,
 )
 from rift.models.wide_resnet import wide_resnet28_10, wide_resnet34_10
@@ -86,7 +87,8 @@ def list_architectures() -> list[str]:
             + [PREFIX + name for name in torchvision_classifier_names()])
 
 
-def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int = 32,
+                checkpoint_keys: Iterable[str] = ()) -> nn.Module:
     """Build the network ``spec`` names, with freshly initialised weights, in train mode.
 
     ``spec.in_channels`` / ``spec.image_size``, when set, win over the keyword defaults (which the
@@ -95,7 +97,9 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
     through non-persistent buffers, so state-dict keys match public checkpoints. Tensors follow the
     ambient default device, so building under ``with torch.device("meta"):`` allocates nothing.
     Floating-point parameters and buffers are float32 whatever the builder made (an installed
-    builder returning ``model.half()``): see :func:`float32_model`.
+    builder returning ``model.half()``): see :func:`float32_model`. ``checkpoint_keys``: the
+    keys of the checkpoint the model will hold, where they decide its form (a torchvision
+    GoogLeNet or Inception v3 trained with its auxiliary heads is built with them).
 
     Raises:
         UnknownArchitectureError: the name is not known; the message lists the known names.
@@ -105,7 +109,7 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
     channels = spec.in_channels if spec.in_channels is not None else in_channels
     size = spec.image_size if spec.image_size is not None else image_size
     try:
-        return float32_model(_build(spec, channels, size))
+        return float32_model(_build(spec, channels, size, checkpoint_keys))
     except RiftError:
         raise
     except Exception as exc:
@@ -117,17 +121,20 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
             f"{_one_line(exc)}", field="architecture") from exc
 
 
-def _build(spec: ArchitectureSpec, channels: int, size: int) -> nn.Module:
+def _build(spec: ArchitectureSpec, channels: int, size: int,
+           checkpoint_keys: Iterable[str]) -> nn.Module:
     mean: Sequence[float] | None = spec.mean
     std: Sequence[float] | None = spec.std
     if spec.name.startswith(PREFIX):
+        name = spec.name[len(PREFIX):]
         return build_torchvision_model(
-            spec.name[len(PREFIX):],
+            name,
             num_classes=spec.num_classes,
             in_channels=channels,
             image_size=size,
             mean=mean,
             std=std,
+            auxiliary_heads=holds_auxiliary_heads(name, checkpoint_keys),
         )
     if spec.name == MLP:
         features = spec.input_features if spec.input_features is not None \

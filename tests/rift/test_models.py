@@ -315,3 +315,17 @@ def test_a_checkpoint_for_colour_images_on_grey_data_names_both_channel_counts()
         "conv1.weight takes 3-channel inputs in the checkpoint, and the data's images have 1 "
         "channel(s): the checkpoint was trained on other images; RiFT does not convert "
         "channels, give the data with 3 (e.g. an npz x repeated along its channel axis)")
+
+
+def test_googlenet_with_auxiliary_heads_in_its_checkpoint_keeps_them_and_returns_logits() -> None:
+    """A GoogLeNet trained from scratch with torchvision's defaults holds aux1/aux2: the model
+    is built with them, so the checkpoint loads (before: 20 unexpected keys), and in train mode
+    it still returns the logits alone (fine-tuning reads a tensor)."""
+    trained = torchvision.models.googlenet(num_classes=10, aux_logits=True, init_weights=False)
+    state = trained.state_dict()
+    arch = ArchitectureSpec(name="torchvision:googlenet")
+    model = build_model(arch, in_channels=3, image_size=32, checkpoint_keys=state)
+    assert sorted(model.state_dict()) == sorted(state)
+    model.load_state_dict(state)
+    assert tuple(model.train()(torch.rand(2, 3, 32, 32)).shape) == (2, 10)
+    assert build_model(arch, in_channels=3, image_size=32).aux1 is None  # no heads, no keys
