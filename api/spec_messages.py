@@ -26,13 +26,11 @@ from pydantic import BaseModel
 
 from api.errors import shorten
 from rift.config import SettingValueError
-from rift.setting_names import settings_at, unknown_setting_message
+from rift.setting_names import number_hint, settings_at, unknown_setting_message
 
 _SHOWN_CHARS = 40
 #: Error types that mean "the value is not a member of this kind": their message gains what was sent.
 _NO_ECHO_TYPES = frozenset({"missing", "extra_forbidden"})
-#: Error types where a number written as text, or 2.0 for 2, is the likely mistake.
-_NUMBER_TYPES = frozenset({"int_type", "float_type", "literal_error"})
 _VALUE_ERROR_PREFIX = "Value error, "
 
 
@@ -40,27 +38,16 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and "[" in part and not part.isidentifier()
 
 
-def _is_number_text(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
-
-
 def _sent(value: Any, kind: str) -> str | None:
     """What was sent, in JSON's words, or None for an object or a list (never echoed); with a
     hint where a number was sent the way the setting does not take it."""
+    hint = number_hint(value, kind)
+    hint = f" ({hint})" if hint else ""
     if isinstance(value, bool):
         return f"got {json.dumps(value)}"
     if isinstance(value, str):
-        hint = (" (write numbers without quotes)"
-                if kind in _NUMBER_TYPES and _is_number_text(value) else "")
         return f"got the text {json.dumps(shorten(value, _SHOWN_CHARS), ensure_ascii=False)}{hint}"
     if isinstance(value, int | float):
-        whole = (kind == "int_type" and isinstance(value, float) and value.is_integer()
-                 and abs(value) < 1e15)
-        hint = f" (write {int(value)})" if whole else ""
         return f"got the number {shorten(repr(value), _SHOWN_CHARS)}{hint}"
     if value is None:
         return "got null"
