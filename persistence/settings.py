@@ -145,6 +145,13 @@ class Settings(BaseSettings):
         "that the next stage of a job on it skips fetching and building them (worker/"
         "prepared_runs.py); per process, so a prefork worker holds up to concurrency × this. "
         "0: nothing is kept.")
+    worker_chain_stages: bool = Field(
+        True,
+        description="A worker that finishes a stage claims the job's next stage in the same "
+        "transaction and runs it with the run it holds, instead of sending the next stage's "
+        "message and taking it back from the queue (worker/tasks.py); the claim is the usual "
+        "lease, so cancellation, retries and the recovery of a dead worker's stage are "
+        "unchanged. False: every stage goes through the queue.")
     worker_heartbeat_seconds: float = Field(
         30.0, gt=0,
         description="How often a worker process renews its row in the worker registry (s). A "
