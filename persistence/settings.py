@@ -94,6 +94,13 @@ class Settings(BaseSettings):
         description="Validation processes run at once (each may take up to "
         "VALIDATION_MEMORY_BYTES) by one API process, or by the whole host when VALIDATION_SOCKET "
         "is set; further uploads wait for a slot.")
+    validation_fit_cache_size: int = Field(
+        1024, ge=0,
+        description="Fit checks that passed, remembered by each API process (api/validation.py) "
+        "by what the check reads (architecture, MRC module selection, fine-tuned module, the "
+        "checkpoint's shapes and dtypes, the data's geometry), so that another job of the same "
+        "checkpoint and model skips the validator run; least recently used dropped first. "
+        "0: every job is checked.")
     validation_socket: str = Field(
         "",
         description="Unix socket path of one validator server shared by every API process of the "
