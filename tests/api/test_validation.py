@@ -17,8 +17,8 @@ from api.validation import (
     CHILD_VARIABLES,
     INHERITED_VARIABLES,
     Validator,
-    fit_check_key,
     child_environment,
+    fit_check_key,
 )
 from persistence.settings import Settings
 from rift.errors import DatasetError
