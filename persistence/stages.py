@@ -404,13 +404,23 @@ def _insert_outputs(session: Session, job_id: str, outputs: StageOutputs, now: d
             robust_accuracy=_float(row.get("robust_accuracy")),
             robust_accuracy_at_most=_float(row.get("robust_accuracy_at_most")),
         ))
+    # An artifact re-recorded under the same name replaces the row, never duplicates; the rows
+    # already there are read in one statement (session.merge would read them one by one).
+    names = [artifact.name for artifact in outputs.artifacts]
+    existing = {row.name: row for row in session.execute(
+        select(Artifact).where(Artifact.job_id == job_id, Artifact.name.in_(names))).scalars()
+    } if names else {}
     for artifact in outputs.artifacts:
-        # merge: an artifact re-recorded under the same name replaces the row, never duplicates.
-        session.merge(Artifact(
-            job_id=job_id, name=artifact.name, storage_key=artifact.storage_key,
-            size=artifact.size, sha256=artifact.sha256, content_type=artifact.content_type,
-            created_at=now,
-        ))
+        values = {"storage_key": artifact.storage_key, "size": artifact.size,
+                  "sha256": artifact.sha256, "content_type": artifact.content_type,
+                  "created_at": now}
+        recorded = existing.get(artifact.name)
+        if recorded is None:
+            existing[artifact.name] = Artifact(job_id=job_id, name=artifact.name, **values)
+            session.add(existing[artifact.name])
+        else:
+            for column, value in values.items():
+                setattr(recorded, column, value)
 
 
 def _float(value: Any) -> float | None:

@@ -231,7 +231,9 @@ def test_finishing_a_stage_can_claim_the_next_in_the_same_transaction(
     late = [("module_scored", {"module": "fc"}, T0)]  # a report not yet written
     with sessions() as session:
         job, taken = stages.finish_stage_and_claim_next(
-            session, job_id, "mrc", owner="w1", outputs=StageOutputs(selected_module="fc"),
+            session, job_id, "mrc", owner="w1", outputs=StageOutputs(
+                selected_module="fc", artifacts=[ArtifactRecord(
+                    "notes.txt", "jobs/x/mrc/notes.txt", 1, "a" * 64, "text/plain")]),
             next_terms=terms, events=late, now=T0)
     assert taken is not None and (taken.outcome, taken.attempt) == (ClaimOutcome.CLAIMED, 1)
     assert (job.stage, job.selected_module, taken.job.selected_module) == ("finetune", "fc", "fc")
@@ -249,12 +251,16 @@ def test_finishing_a_stage_can_claim_the_next_in_the_same_transaction(
         session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
         session.commit()
         job, taken = stages.finish_stage_and_claim_next(
-            session, job_id, "finetune", owner="w1", outputs=StageOutputs(), next_terms=terms,
-            now=T0)
+            session, job_id, "finetune", owner="w1", next_terms=terms, now=T0,
+            outputs=StageOutputs(artifacts=[ArtifactRecord(  # the same name: replaced
+                "notes.txt", "jobs/x/finetune/notes.txt", 2, "b" * 64, "text/plain")]))
     assert taken is not None and taken.outcome == ClaimOutcome.INACTIVE
     assert job.status == "cancelled"
     assert stage_row(sessions, job_id, "interpolate").status == "cancelled"
     assert event_kinds(sessions, job_id)[-2:] == ["stage_finished", "job_cancelled"]
+    with sessions() as session:
+        assert [(a.name, a.storage_key, a.size) for a in jobs.list_artifacts(session, job_id)] == [
+            ("notes.txt", "jobs/x/finetune/notes.txt", 2)]
 
 
 def test_progress_is_written_only_for_the_running_stage(
