@@ -4,8 +4,15 @@ the recovery of stages whose worker died.
 A stage task gets only the job id. It claims the stage's lease in the database (a duplicate
 message, or a stage another worker holds, returns at once; a stage already done only sends the
 next message), runs the stage with the library, stores its outputs and marks it done in one
-transaction, then sends the next stage's message. The run (model with θ_AT, data) comes from the
-process's cache when the job's previous stage ran here (:mod:`worker.prepared_runs`). Outcomes:
+transaction, and in that transaction claims the job's next stage, which the same task then runs
+(``WORKER_CHAIN_STAGES``; once the worker begins a warm shutdown, or with the setting off, it
+sends the next stage's message instead). A chained stage is claimed under the same rules and
+lease as one taken from the queue: a cancellation ends the job at that claim, and if the worker
+dies the lease expires and the recovery loop sends the stage to another worker. Chaining saves
+each later stage a message round trip through the broker, a claim transaction and the reads
+after it; the queue orders jobs, a job's stages follow each other on one worker. The run (model
+with θ_AT, data) comes from the process's cache when the job's previous stage ran here
+(:mod:`worker.prepared_runs`). Outcomes:
 
 - a library error (:class:`rift.errors.RiftError`): the job fails with the error's code and message
   (``timeout`` when the job passed ``JOB_TIME_LIMIT_SECONDS``, see :mod:`persistence.time_limits`);
