@@ -18,6 +18,7 @@ however many ``uvicorn`` workers there are.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,22 @@ _MAX_SOCKET_PATH_BYTES = 108
 _READ_BYTES = 1024 * 1024
 
 
+def fit_check_key(config: RiftConfig, request: Mapping[str, Any]) -> str:
+    """What a fit check reads (``validator/fit.py``: the architecture, the MRC module selection,
+    the fine-tuned module, the checkpoint's shapes and dtypes, the data's geometry), as a digest:
+    jobs that differ elsewhere (learning rate, epochs, attack, seed) get the same answer. A fit
+    check that reads more of the config must add it here. A pass remembered across a change of
+    the validator's code (a new architecture plug-in, a shared server restarted) only moves a
+    failure from the 422 to the job's first stage, which checks the real model again."""
+    document = {"architecture": config.architecture.model_dump(mode="json"),
+                "mrc": config.mrc.model_dump(mode="json"), "module": config.finetune.module,
+                **{name: request[name] for name in ("shapes", "dtypes", "in_channels",
+                                                   "image_size", "num_features",
+                                                   "image_width")}}
+    encoded = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
 def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
     """The validator's environment: the allow-listed variables of ``parent`` and fixed ones."""
     env = {name: parent[name] for name in INHERITED_VARIABLES if name in parent}
@@ -79,6 +97,9 @@ class Validator:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
+        # Keys of the fit checks that passed (see fit_check_key), least recently used first.
+        self._passed_fits: OrderedDict[str, None] = OrderedDict()
+        self._fits_lock = threading.Lock()
         self._server: subprocess.Popen[bytes] | None = None
         self._folder: Path | None = None
         self._shared_socket = Path(settings.validation_socket) if settings.validation_socket else None
@@ -135,11 +156,24 @@ class Validator:
             RiftError: CheckpointMismatchError, ConfigError or UnknownArchitectureError.
             ApiError: the check ran past a limit (422) or could not run (503).
         """
-        self._run({"op": "fit", "config": config.model_dump(mode="json"),
+        geometry = {"in_channels": in_channels, "image_size": image_size,
+                    "num_features": num_features, "image_width": image_width}
+        request = {"op": "fit", "config": config.model_dump(mode="json"),
                    "shapes": {key: list(shape) for key, shape in shapes.items()},
-                   "dtypes": dict(dtypes or {}),
-                   "in_channels": in_channels, "image_size": image_size,
-                   "num_features": num_features, "image_width": image_width})
+                   "dtypes": dict(dtypes or {}), **geometry}
+        key = fit_check_key(config, request)
+        size = self._settings.validation_fit_cache_size
+        with self._fits_lock:
+            if key in self._passed_fits:
+                self._passed_fits.move_to_end(key)
+                return
+        self._run(request)
+        if size == 0:
+            return
+        with self._fits_lock:
+            self._passed_fits[key] = None
+            while len(self._passed_fits) > size:
+                self._passed_fits.popitem(last=False)
 
     def probe(self, sleep_seconds: float = 0.0, *, allocate_bytes: int = 0,
               busy_seconds: float = 0.0) -> dict[str, Any]:

@@ -151,7 +151,9 @@ def _breakdown(events: list[dict[str, Any]], submitted: float, detected: float
 
     - ``api``: ``POST /v1/jobs`` sent until the job row was written (``job_created``);
     - ``queue_hops``: from the job's creation, or a stage's ``stage_finished``, until the next
-      stage's ``stage_started`` (commit, sending the message, the worker taking it, the claim);
+      stage's ``stage_started`` (commit, sending the message, the worker taking it, the claim;
+      0 for a stage the worker claimed in the transaction that finished the previous one,
+      ``WORKER_CHAIN_STAGES``, whose time then counts in that stage's ``other``);
     - per stage: ``prepare`` (fetching the inputs and building the run, or taking it from the
       worker's cache), ``compute`` (the library's own seconds for the stage), ``other`` (the rest
       of claim → finish: the preflight check in ``mrc``, storing files, events, progress);

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
         description="Validation processes run at once (each may take up to "
         "VALIDATION_MEMORY_BYTES) by one API process, or by the whole host when VALIDATION_SOCKET "
         "is set; further uploads wait for a slot.")
+    validation_fit_cache_size: int = Field(
+        1024, ge=0,
+        description="Fit checks that passed, remembered by each API process (api/validation.py) "
+        "by what the check reads (architecture, MRC module selection, fine-tuned module, the "
+        "checkpoint's shapes and dtypes, the data's geometry), so that another job of the same "
+        "checkpoint and model skips the validator run; least recently used dropped first. "
+        "0: every job is checked.")
     validation_socket: str = Field(
         "",
         description="Unix socket path of one validator server shared by every API process of the "
@@ -145,6 +152,13 @@ class Settings(BaseSettings):
         "that the next stage of a job on it skips fetching and building them (worker/"
         "prepared_runs.py); per process, so a prefork worker holds up to concurrency × this. "
         "0: nothing is kept.")
+    worker_chain_stages: bool = Field(
+        True,
+        description="A worker that finishes a stage claims the job's next stage in the same "
+        "transaction and runs it with the run it holds, instead of sending the next stage's "
+        "message and taking it back from the queue (worker/tasks.py); the claim is the usual "
+        "lease, so cancellation, retries and the recovery of a dead worker's stage are "
+        "unchanged. False: every stage goes through the queue.")
     worker_heartbeat_seconds: float = Field(
         30.0, gt=0,
         description="How often a worker process renews its row in the worker registry (s). A "

@@ -80,6 +80,15 @@ class StageClaim:
 
 
 @dataclass(frozen=True)
+class ClaimTerms:
+    """Who claims a stage, and on what terms (see :func:`claim_stage`)."""
+
+    owner: str
+    lease_seconds: float
+    max_attempts: int
+
+
+@dataclass(frozen=True)
 class ArtifactRecord:
     """An object already written to the store, to be recorded as a job artifact."""
 
@@ -156,60 +165,68 @@ def claim_stage(
     """
     _stage_index(stage)
     now = now or utcnow()
-    expires = now + timedelta(seconds=lease_seconds)
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
-        if job.status in TERMINAL_STATUSES:
-            return StageClaim(ClaimOutcome.INACTIVE, job)
-        stages = {row.stage: row for row in load_stages(session, job_id)}
-        row = stages[stage]
-        if job.cancel_requested and not any(lease_is_live(s, now) for s in stages.values()):
-            cancel_job(session, job, list(stages.values()), now)
-            return StageClaim(ClaimOutcome.INACTIVE, job)
+        return _claim_locked(session, job, stage, ClaimTerms(owner, lease_seconds, max_attempts),
+                             now)
+
+
+def _claim_locked(session: Session, job: Job, stage: str, terms: ClaimTerms,
+                  now: datetime) -> StageClaim:
+    """:func:`claim_stage`'s work inside the caller's transaction, the job's row already locked."""
+    job_id, owner, max_attempts = job.id, terms.owner, terms.max_attempts
+    expires = now + timedelta(seconds=terms.lease_seconds)
+    if job.status in TERMINAL_STATUSES:
+        return StageClaim(ClaimOutcome.INACTIVE, job)
+    stages = {row.stage: row for row in load_stages(session, job_id)}
+    row = stages[stage]
+    if job.cancel_requested and not any(lease_is_live(s, now) for s in stages.values()):
+        cancel_job(session, job, list(stages.values()), now)
+        return StageClaim(ClaimOutcome.INACTIVE, job)
+    if row.status == StageStatus.DONE:
+        return StageClaim(ClaimOutcome.DONE, job)
+    earlier = STAGE_ORDER[: _stage_index(stage)]
+    if any(stages[s].status != StageStatus.DONE for s in earlier):
+        return StageClaim(ClaimOutcome.NOT_READY, job)
+
+    claimed = _rows_affected(session,
+        update(JobStage)
+        .where(
+            JobStage.job_id == job_id,
+            JobStage.stage == stage,
+            JobStage.attempts < max_attempts,
+            or_(JobStage.status == StageStatus.PENDING,
+                and_(JobStage.status == StageStatus.RUNNING,
+                     JobStage.lease_expires_at < now)),
+        )
+        .values(status=StageStatus.RUNNING, lease_owner=owner, lease_expires_at=expires,
+                attempts=JobStage.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    row = _load_stage(session, job_id, stage)
+    if claimed != 1:
         if row.status == StageStatus.DONE:
             return StageClaim(ClaimOutcome.DONE, job)
-        earlier = STAGE_ORDER[: _stage_index(stage)]
-        if any(stages[s].status != StageStatus.DONE for s in earlier):
-            return StageClaim(ClaimOutcome.NOT_READY, job)
+        if lease_is_live(row, now):
+            return StageClaim(ClaimOutcome.HELD, job)
+        if row.attempts >= max_attempts:
+            _fail(session, job, row, "stage_failed_repeatedly",
+                  f"stage '{stage}' was started {row.attempts} times (MAX_STAGE_ATTEMPTS="
+                  f"{max_attempts}) without finishing; its worker crashed or failed each "
+                  f"time. Last error: {row.last_error or 'the worker process died'}", now)
+            return StageClaim(ClaimOutcome.EXHAUSTED, job)
+        return StageClaim(ClaimOutcome.INACTIVE, job)
 
-        claimed = _rows_affected(session,
-            update(JobStage)
-            .where(
-                JobStage.job_id == job_id,
-                JobStage.stage == stage,
-                JobStage.attempts < max_attempts,
-                or_(JobStage.status == StageStatus.PENDING,
-                    and_(JobStage.status == StageStatus.RUNNING,
-                         JobStage.lease_expires_at < now)),
-            )
-            .values(status=StageStatus.RUNNING, lease_owner=owner, lease_expires_at=expires,
-                    attempts=JobStage.attempts + 1)
-            .execution_options(synchronize_session=False)
-        )
-        row = _load_stage(session, job_id, stage)
-        if claimed != 1:
-            if row.status == StageStatus.DONE:
-                return StageClaim(ClaimOutcome.DONE, job)
-            if lease_is_live(row, now):
-                return StageClaim(ClaimOutcome.HELD, job)
-            if row.attempts >= max_attempts:
-                _fail(session, job, row, "stage_failed_repeatedly",
-                      f"stage '{stage}' was started {row.attempts} times (MAX_STAGE_ATTEMPTS="
-                      f"{max_attempts}) without finishing; its worker crashed or failed each "
-                      f"time. Last error: {row.last_error or 'the worker process died'}", now)
-                return StageClaim(ClaimOutcome.EXHAUSTED, job)
-            return StageClaim(ClaimOutcome.INACTIVE, job)
-
-        row.started_at = row.started_at or now
-        job.status = JobStatus.RUNNING
-        job.stage = stage
-        job.stage_progress = 0.0
-        job.progress_message = None
-        job.attempts = job.attempts + 1
-        job.started_at = job.started_at or now
-        touch(job, now)
-        log_event(session, job_id, EventKind.STAGE_STARTED,
-               {"stage": stage, "attempt": row.attempts, "worker": owner}, now)
+    row.started_at = row.started_at or now
+    job.status = JobStatus.RUNNING
+    job.stage = stage
+    job.stage_progress = 0.0
+    job.progress_message = None
+    job.attempts = job.attempts + 1
+    job.started_at = job.started_at or now
+    touch(job, now)
+    log_event(session, job_id, EventKind.STAGE_STARTED,
+              {"stage": stage, "attempt": row.attempts, "worker": owner}, now)
     return StageClaim(ClaimOutcome.CLAIMED, job, row.attempts)
 
 
@@ -295,7 +312,30 @@ def finish_stage(session: Session, job_id: str, stage: str, *, owner: str,
     """Write the stage's outputs and mark it done, in one transaction, if ``owner`` still holds
     its lease and the job is running; else :class:`LeaseLost` and nothing is written. After the
     last stage the job is ``succeeded``; otherwise ``jobs.stage`` moves to the next stage."""
+    job, _ = finish_stage_and_claim_next(session, job_id, stage, owner=owner, outputs=outputs,
+                                         now=now)
+    return job
+
+
+def finish_stage_and_claim_next(
+    session: Session, job_id: str, stage: str, *, owner: str, outputs: StageOutputs,
+    next_terms: ClaimTerms | None = None,
+    events: Sequence[tuple[str, Mapping[str, Any], datetime]] = (),
+    now: datetime | None = None,
+) -> tuple[Job, StageClaim | None]:
+    """:func:`finish_stage`, and with ``next_terms`` the claim of the next stage in the same
+    transaction (:func:`claim_stage`'s rules: a cancellation requested meanwhile ends the job
+    instead); returns the job and that claim (None without ``next_terms`` or after the last
+    stage). ``events`` (``(kind, payload, when)``, the stage's last reports not yet written)
+    come before ``stage_finished``, in the same transaction: nothing is written if the lease
+    was lost.
+
+    A worker that holds the job's prepared run takes the next stage this way instead of sending
+    its message and claiming it back: no moment passes with the next stage runnable and no
+    message for it, and, should the worker die while running it, its lease expires and the
+    recovery loop sends it again, as for any claimed stage."""
     now = now or utcnow()
+    claim: StageClaim | None = None
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
         if job.status != JobStatus.RUNNING:
@@ -312,6 +352,8 @@ def finish_stage(session: Session, job_id: str, stage: str, *, owner: str,
         if done != 1:
             raise LeaseLost(f"worker {owner} no longer holds the lease on stage '{stage}' of "
                             f"job {job_id}; its outputs were not recorded")
+        for kind, payload, when in events:
+            log_event(session, job_id, kind, payload, when)
         _insert_outputs(session, job_id, outputs, now)
         if outputs.selected_module is not None:
             job.selected_module = outputs.selected_module
@@ -332,7 +374,9 @@ def finish_stage(session: Session, job_id: str, stage: str, *, owner: str,
             log_event(session, job_id, EventKind.JOB_SUCCEEDED, dict(job.metrics or {}), now)
         else:
             job.stage = following
-    return job
+            if next_terms is not None:
+                claim = _claim_locked(session, job, following, next_terms, now)
+    return job, claim
 
 
 def _insert_outputs(session: Session, job_id: str, outputs: StageOutputs, now: datetime) -> None:
@@ -360,13 +404,23 @@ def _insert_outputs(session: Session, job_id: str, outputs: StageOutputs, now: d
             robust_accuracy=_float(row.get("robust_accuracy")),
             robust_accuracy_at_most=_float(row.get("robust_accuracy_at_most")),
         ))
+    # An artifact re-recorded under the same name replaces the row, never duplicates; the rows
+    # already there are read in one statement (session.merge would read them one by one).
+    names = [artifact.name for artifact in outputs.artifacts]
+    existing = {row.name: row for row in session.execute(
+        select(Artifact).where(Artifact.job_id == job_id, Artifact.name.in_(names))).scalars()
+    } if names else {}
     for artifact in outputs.artifacts:
-        # merge: an artifact re-recorded under the same name replaces the row, never duplicates.
-        session.merge(Artifact(
-            job_id=job_id, name=artifact.name, storage_key=artifact.storage_key,
-            size=artifact.size, sha256=artifact.sha256, content_type=artifact.content_type,
-            created_at=now,
-        ))
+        values = {"storage_key": artifact.storage_key, "size": artifact.size,
+                  "sha256": artifact.sha256, "content_type": artifact.content_type,
+                  "created_at": now}
+        recorded = existing.get(artifact.name)
+        if recorded is None:
+            existing[artifact.name] = Artifact(job_id=job_id, name=artifact.name, **values)
+            session.add(existing[artifact.name])
+        else:
+            for column, value in values.items():
+                setattr(recorded, column, value)
 
 
 def _float(value: Any) -> float | None:

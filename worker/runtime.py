@@ -59,6 +59,9 @@ class WorkerResources:
     #: The process's Prometheus collectors (:class:`worker.metrics.WorkerMetrics`), set by
     #: :func:`worker.tasks.register_tasks`.
     metrics: Any = field(default=None, repr=False)
+    #: Set when the worker process begins a warm shutdown: a stage it finishes then sends the
+    #: next stage's message instead of running that stage itself (see ``worker_chain_stages``).
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False)
     _handles: _ProcessHandles | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -94,6 +97,11 @@ class WorkerResources:
     @property
     def prepared_runs(self) -> PreparedRunCache:
         return self._get().prepared_runs
+
+    @property
+    def chains_stages(self) -> bool:
+        """Whether a finished stage's worker claims and runs the job's next stage itself."""
+        return self.settings.worker_chain_stages and not self.stopping.is_set()
 
     def session(self) -> Session:
         """A new session; use it in a ``with`` block so it is closed promptly."""
@@ -214,6 +222,14 @@ class StageReporter:
             stop = stages.report_activity(session, self.job_id, self.stage, events=events,
                                           progress=progress)
         self._cancel = self._cancel or stop
+
+    def take_pending(self) -> list[tuple[str, dict[str, Any], datetime]]:
+        """The events not yet written, for the caller to write in its own transaction (the
+        stage's outputs): one commit fewer at the end of a stage. The waiting progress is
+        dropped: finishing the stage sets it."""
+        events, self._events = self._events, []
+        self._progress = None
+        return events
 
     def _due(self) -> bool:
         return self._clock() - self._last_flush >= self._interval

@@ -4,8 +4,15 @@ the recovery of stages whose worker died.
 A stage task gets only the job id. It claims the stage's lease in the database (a duplicate
 message, or a stage another worker holds, returns at once; a stage already done only sends the
 next message), runs the stage with the library, stores its outputs and marks it done in one
-transaction, then sends the next stage's message. The run (model with θ_AT, data) comes from the
-process's cache when the job's previous stage ran here (:mod:`worker.prepared_runs`). Outcomes:
+transaction, and in that transaction claims the job's next stage, which the same task then runs
+(``WORKER_CHAIN_STAGES``; once the worker begins a warm shutdown, or with the setting off, it
+sends the next stage's message instead). A chained stage is claimed under the same rules and
+lease as one taken from the queue: a cancellation ends the job at that claim, and if the worker
+dies the lease expires and the recovery loop sends the stage to another worker. Chaining saves
+each later stage a message round trip through the broker, a claim transaction and the reads
+after it; the queue orders jobs, a job's stages follow each other on one worker. The run (model
+with θ_AT, data) comes from the process's cache when the job's previous stage ran here
+(:mod:`worker.prepared_runs`). Outcomes:
 
 - a library error (:class:`rift.errors.RiftError`): the job fails with the error's code and message
   (``timeout`` when the job passed ``JOB_TIME_LIMIT_SECONDS``, see :mod:`persistence.time_limits`);
@@ -41,6 +48,7 @@ import logging
 import threading
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Any
 
 from billiard import current_process
@@ -52,6 +60,7 @@ from celery.signals import (
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
+    worker_shutting_down,
 )
 
 from persistence import jobs, stages
@@ -75,7 +84,7 @@ from persistence.queue import (
     enqueue_stage,
     enqueue_webhook,
 )
-from persistence.stages import ClaimOutcome, LeaseLost
+from persistence.stages import ClaimOutcome, ClaimTerms, LeaseLost
 from persistence.storage import ObjectNotFound
 from persistence.time_limits import fail_overdue_jobs, job_time_limit
 from persistence.transactions import JobNotFound, load_stages
@@ -148,6 +157,11 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     def stop_recovery(sender: Any = None, **_: Any) -> None:
         loop.stop()
 
+    def stop_chaining(**_: Any) -> None:
+        # A warm shutdown waits for the running task: it ends with the stage it runs, and the
+        # job's next stage goes back to the queue for another worker.
+        resources.stopping.set()
+
     registration = WorkerRegistration(
         resources, queues=lambda: list(app.amqp.queues.consume_from))
 
@@ -185,6 +199,7 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     # weak=False: the handlers are closures that would otherwise be garbage-collected.
     worker_ready.connect(start_recovery, weak=False)
     worker_shutdown.connect(stop_recovery, weak=False)
+    worker_shutting_down.connect(stop_chaining, weak=False)
     worker_process_init.connect(register_pool_child, weak=False)
     worker_ready.connect(register_main, weak=False)
     worker_process_shutdown.connect(deregister, weak=False)
@@ -226,22 +241,53 @@ def _register_stage_task(app: RiftCelery, resources: WorkerResources, stage: str
     app.task(name=STAGE_TASK_NAMES[stage], ignore_result=True, bind=True)(run)
 
 
+@dataclass
+class _Step:
+    """What one stage of a task came to; ``chained``: the job's next stage, claimed by this
+    worker when it finished this one, for the same task to run next."""
+
+    stage: str
+    outcome: str
+    device: str | None = None
+    chained: _Claimed | None = None
+
+
+@dataclass
+class _Claimed:
+    """A stage this worker holds the lease of, with what running it needs."""
+
+    job_id: str
+    stage: str
+    claim: stages.StageClaim
+    checkpoint: Checkpoint
+    dataset: Dataset | None
+    attempts: dict[str, int] = field(default_factory=dict)  # stage -> its latest claim
+    request_id: str | None = None
+
+
 def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
                   request_id: str | None = None) -> str:
-    """Claim and run one stage of a job, its logs tagged with the job and request ids; returns
-    what happened (for logs and tests)."""
+    """Claim and run one stage of a job, its logs tagged with the job and request ids, then the
+    following stages this worker claimed as it finished each (``WORKER_CHAIN_STAGES``); returns
+    what happened to the last one run (for logs and tests)."""
     with log_context(job_id=job_id, request_id=request_id):
         started = time.monotonic()
-        outcome, device = _execute_stage(app, resources, job_id, stage, request_id)
-        if outcome in ("done", "failed", "retry", "cancelled", "lease_lost"):
-            resources.metrics.observe_stage(stage, outcome, time.monotonic() - started, device)
-        if outcome == "done" and stages.next_stage(stage) is None:
-            export_if_configured(resources, job_id)
-        return outcome
+        step = _execute_stage(app, resources, job_id, stage, request_id)
+        while True:
+            if step.outcome in ("done", "failed", "retry", "cancelled", "lease_lost"):
+                resources.metrics.observe_stage(step.stage, step.outcome,
+                                                time.monotonic() - started, step.device)
+            if step.outcome == "done" and stages.next_stage(step.stage) is None:
+                export_if_configured(resources, job_id)
+            if step.chained is None:
+                return step.outcome
+            started = time.monotonic()
+            with log_context(request_id=step.chained.request_id):
+                step = _run_claimed(app, resources, step.chained)
 
 
 def _execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
-                   request_id: str | None) -> tuple[str, str | None]:
+                   request_id: str | None) -> _Step:
     settings = resources.settings
     owner = resources.worker_id
     try:
@@ -257,7 +303,7 @@ def _execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, sta
     except JobNotFound:
         logger.warning("stage %s of unknown job %s: message dropped", stage, job_id)
         resources.prepared_runs.discard_job(job_id)  # deleted
-        return "missing", None
+        return _Step(stage, "missing")
 
     if claim.outcome == ClaimOutcome.DONE:
         # A duplicate message, or the worker died between recording the stage and sending the
@@ -265,27 +311,28 @@ def _execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, sta
         following = stages.next_stage(stage)
         if following is not None and claim.job.status == JobStatus.RUNNING:
             enqueue_stage(app, job_id, following, request_id=request_id or claim.job.request_id)
-        return "already_done", None
+        return _Step(stage, "already_done")
     if claim.outcome != ClaimOutcome.CLAIMED:
         logger.info("job %s stage %s: %s", job_id, stage, claim.outcome)
         if claim.outcome in (ClaimOutcome.INACTIVE, ClaimOutcome.EXHAUSTED):
             resources.prepared_runs.discard_job(job_id)  # the job has ended
-        return str(claim.outcome), None
+        return _Step(stage, str(claim.outcome))
     if checkpoint is None:
         with resources.session() as session:
             stages.fail_job(session, job_id, "checkpoint_missing",
                             f"the job's checkpoint {claim.job.checkpoint_id} no longer exists")
-        return "failed", None
+        return _Step(stage, "failed")
     # A message sent without the header (recovery, an older sender): the job row has the id.
     request_id = request_id or claim.job.request_id
     with log_context(request_id=request_id):
-        return _run_claimed(app, resources, job_id, stage, claim, checkpoint, dataset, attempts,
-                            request_id)
+        return _run_claimed(app, resources, _Claimed(job_id, stage, claim, checkpoint, dataset,
+                                                     attempts, request_id))
 
 
-def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
-                 claim: stages.StageClaim, checkpoint: Checkpoint, dataset: Dataset | None,
-                 attempts: dict[str, int], request_id: str | None) -> tuple[str, str | None]:
+def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) -> _Step:
+    job_id, stage, claim, checkpoint, dataset, attempts, request_id = (
+        held.job_id, held.stage, held.claim, held.checkpoint, held.dataset, held.attempts,
+        held.request_id)
     settings = resources.settings
     owner = resources.worker_id
     resources.metrics.attempts.labels(stage).inc()
@@ -308,9 +355,11 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
         run = taken.run
         prepare_seconds = time.perf_counter() - preparing
         device = describe_device(run.device)
-        with resources.session() as session:
-            stages.set_job_device(session, job_id, device)
-        callbacks.check_cancel()
+        if claim.job.device != device:  # a chained stage, or another stage here: unchanged
+            with resources.session() as session:
+                stages.set_job_device(session, job_id, device)
+        if not taken.cached:  # building took a while; a cached run is taken just after the claim
+            callbacks.check_cancel()
         manifest = (job_manifest(claim.job, checkpoint, dataset, run, settings.build_commit)
                     if stage == StageName.MRC else None)
         if stage == StageName.MRC and run.config.mrc.shards > 1:
@@ -320,12 +369,12 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
             # The shards hold the work from here; the last one finishes the stage.
             start_mrc_shards(app, resources, claim.job, run, callbacks, claim.attempt,
                              manifest)
-            return "sharded", device
+            return _Step(stage, "sharded", device)
         if stage == StageName.FINETUNE and is_sweep(run.config):
             reporter.flush()
             # One task per candidate from here; the last one finishes the stage.
             start_sweep(app, resources, claim.job, run, attempts, callbacks)
-            return "sharded", device
+            return _Step(stage, "sharded", device)
         if stage == StageName.INTERPOLATE and is_sweep(run.config):
             outputs = record_sweep_interpolation(resources, claim.job, run, attempts)
         else:
@@ -336,40 +385,57 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, job_id: str, stage
                            "prepared_run": "cached" if taken.cached else "built"}
         if reporter.lease_lost:
             raise LeaseLost(f"lost the lease on stage '{stage}' of job {job_id}")
-        reporter.flush()  # the stage's events come before its stage_finished
+        following = stages.next_stage(stage)
+        # This worker holds the run: it takes the next stage in the same transaction.
+        terms = (ClaimTerms(owner, settings.worker_lease_seconds, settings.max_stage_attempts)
+                 if following is not None and resources.chains_stages else None)
         with resources.session() as session:
-            stages.finish_stage(session, job_id, stage, owner=owner, outputs=outputs)
+            # The stage's last events come before its stage_finished, in the same commit.
+            _, next_claim = stages.finish_stage_and_claim_next(
+                session, job_id, stage, owner=owner, outputs=outputs, next_terms=terms,
+                events=reporter.take_pending())
     except JobCancelled:
         with resources.session() as session:
             stages.mark_cancelled(session, job_id)
         logger.info("job %s cancelled during stage %s", job_id, stage)
-        return "cancelled", device
+        return _Step(stage, "cancelled", device)
     except LeaseLost as exc:
         # Another worker took the stage over (this one stalled past its lease): it owns it now.
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
-        return "lease_lost", device
+        return _Step(stage, "lease_lost", device)
     except RiftError as exc:
-        return _fail(resources, job_id, stage, exc.code, exc.message), device
+        return _Step(stage, _fail(resources, job_id, stage, exc.code, exc.message), device)
     except ObjectNotFound as exc:
-        return _fail(resources, job_id, stage, "missing_object",
-                     f"an input of the job is missing from the object store: {exc.message}"), device
+        return _Step(stage, _fail(
+            resources, job_id, stage, "missing_object",
+            f"an input of the job is missing from the object store: {exc.message}"), device)
     except Exception as exc:
         try:
-            return _retry_or_fail(app, resources, job_id, stage, claim.attempt, exc,
-                                  request_id), device
+            return _Step(stage, _retry_or_fail(app, resources, job_id, stage, claim.attempt, exc,
+                                               request_id), device)
         except LeaseLost as lost:
             logger.warning("job %s stage %s: %s", job_id, stage, lost)
-            return "lease_lost", device
+            return _Step(stage, "lease_lost", device)
     finally:
         reporter.stop()
 
-    following = stages.next_stage(stage)
-    if following is not None:
-        # Kept before the next message goes out, so that a task taking it at once finds the run.
-        resources.prepared_runs.keep(taken)
-        enqueue_stage(app, job_id, following, request_id=request_id)
     logger.info("job %s stage %s done", job_id, stage)
-    return "done", device
+    if following is None:
+        return _Step(stage, "done", device)
+    # Kept before the next message goes out, so that a task taking it at once finds the run;
+    # a chained stage takes it back from the cache the same way.
+    resources.prepared_runs.keep(taken)
+    if next_claim is None:
+        enqueue_stage(app, job_id, following, request_id=request_id)
+        return _Step(stage, "done", device)
+    if next_claim.outcome != ClaimOutcome.CLAIMED:
+        # The job was cancelled meanwhile (or its next stage is out of attempts): it has ended.
+        logger.info("job %s stage %s: %s", job_id, following, next_claim.outcome)
+        resources.prepared_runs.discard_job(job_id)
+        return _Step(stage, "done", device)
+    chained = _Claimed(job_id, following, next_claim, checkpoint, dataset,
+                       {**attempts, str(following): next_claim.attempt}, request_id)
+    return _Step(stage, "done", device, chained)
 
 
 def _fail(resources: WorkerResources, job_id: str, stage: str, code: str, message: str) -> str:

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from api.errors import InvalidInput, ServiceUnavailable
-from api.validation import CHILD_VARIABLES, INHERITED_VARIABLES, Validator, child_environment
+from api.validation import (
+    CHILD_VARIABLES,
+    INHERITED_VARIABLES,
+    Validator,
+    child_environment,
+    fit_check_key,
+)
 from persistence.settings import Settings
 from rift.errors import DatasetError
 
@@ -121,3 +127,32 @@ def test_library_errors_come_back_and_a_dead_server_is_replaced(
     os.kill(server.pid, signal.SIGKILL)
     server.wait()
     assert validator.probe()["limits"]["cpu"] > 0
+
+
+def test_a_passed_fit_check_is_remembered_by_what_it_reads(make_validator: MakeValidator) -> None:
+    from rift.config import RiftConfig
+    from validator.service import warm_up_request
+
+    request = warm_up_request()  # small_cnn on 8×8 grey images: fits
+    config = RiftConfig.model_validate(request["config"])
+    shapes = {key: tuple(shape) for key, shape in request["shapes"].items()}
+
+    def with_finetune(**changes: object) -> RiftConfig:
+        return config.model_copy(update={"finetune": config.finetune.model_copy(update=changes)})
+
+    validator = make_validator()
+    validator.check_fit(config, shapes, in_channels=1, image_size=8, num_features=None)
+    validator.close()  # a check that reaches the validator starts its server again
+    other_training = with_finetune(lr=0.5, epochs=2).model_copy(update={"seed": 7})
+    validator.check_fit(other_training, shapes, in_channels=1, image_size=8, num_features=None)
+    assert validator._server is None  # answered from what the first check found
+
+    # What the check reads is part of the key: another module, model or geometry is checked.
+    def key(spec: RiftConfig, **geometry: object) -> str:
+        return fit_check_key(spec, {**request, **geometry})
+
+    assert key(other_training) == key(config)
+    assert len({key(config), key(with_finetune(module="conv1")), key(config, image_size=16),
+                key(config.model_copy(update={"architecture": config.architecture.model_copy(
+                    update={"num_classes": 12})})),
+                key(config, shapes={**request["shapes"], "fc.bias": [11]})}) == 5

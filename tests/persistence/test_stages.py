@@ -8,12 +8,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages
-from persistence.models import JobEvent, StageStatus
+from persistence.models import Job, JobEvent, StageStatus
 from persistence.stages import ArtifactRecord, ClaimOutcome, StageOutputs
 from tests.persistence.helpers import (
     LEASE,
@@ -221,6 +221,46 @@ def test_a_job_runs_through_all_stages_to_success(
     assert kinds.count("stage_started") == 3 and kinds.count("stage_finished") == 3
     assert kinds[-1] == "job_succeeded"
     assert events[kinds.index("stage_finished")].payload == {"stage": "mrc", "modules": 2}
+
+
+def test_finishing_a_stage_can_claim_the_next_in_the_same_transaction(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    terms = stages.ClaimTerms("w1", LEASE, max_attempts=3)
+    job_id = new_job()
+    claim(sessions, job_id, "mrc")
+    late = [("module_scored", {"module": "fc"}, T0)]  # a report not yet written
+    with sessions() as session:
+        job, taken = stages.finish_stage_and_claim_next(
+            session, job_id, "mrc", owner="w1", outputs=StageOutputs(
+                selected_module="fc", artifacts=[ArtifactRecord(
+                    "notes.txt", "jobs/x/mrc/notes.txt", 1, "a" * 64, "text/plain")]),
+            next_terms=terms, events=late, now=T0)
+    assert taken is not None and (taken.outcome, taken.attempt) == (ClaimOutcome.CLAIMED, 1)
+    assert (job.stage, job.selected_module, taken.job.selected_module) == ("finetune", "fc", "fc")
+    row = stage_row(sessions, job_id, "finetune")
+    assert (row.status, row.lease_owner, row.attempts) == ("running", "w1", 1)
+    assert row.lease_expires_at == T0 + timedelta(seconds=LEASE)
+    assert event_kinds(sessions, job_id) == [
+        "job_created", "stage_started", "module_scored", "stage_finished", "stage_started"]
+    # Another worker's message for the stage finds it held.
+    assert claim(sessions, job_id, "finetune", owner="w2").outcome == ClaimOutcome.HELD
+
+    # A cancellation requested meanwhile ends the job instead of claiming the next stage.
+    with sessions() as session:
+        # As requested while the stage's lease is live (request_cancel reads the clock; T0 is past).
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+        session.commit()
+        job, taken = stages.finish_stage_and_claim_next(
+            session, job_id, "finetune", owner="w1", next_terms=terms, now=T0,
+            outputs=StageOutputs(artifacts=[ArtifactRecord(  # the same name: replaced
+                "notes.txt", "jobs/x/finetune/notes.txt", 2, "b" * 64, "text/plain")]))
+    assert taken is not None and taken.outcome == ClaimOutcome.INACTIVE
+    assert job.status == "cancelled"
+    assert stage_row(sessions, job_id, "interpolate").status == "cancelled"
+    assert event_kinds(sessions, job_id)[-2:] == ["stage_finished", "job_cancelled"]
+    with sessions() as session:
+        assert [(a.name, a.storage_key, a.size) for a in jobs.list_artifacts(session, job_id)] == [
+            ("notes.txt", "jobs/x/finetune/notes.txt", 2)]
 
 
 def test_progress_is_written_only_for_the_running_stage(

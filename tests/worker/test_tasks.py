@@ -132,13 +132,21 @@ def test_later_stages_reuse_the_prepared_run_and_give_a_direct_runs_results(
         sessions: sessionmaker[Session], store: ObjectStore, service_env: dict[str, str],
         fast_config: dict[str, Any], digits_checkpoint_path: Path, tmp_path: Path) -> None:
     finished: dict[str, Job] = {}
-    for cache, overrides in (("on", {}), ("off", {"WORKER_PREPARED_RUN_CACHE_BYTES": "0"})):
+    logs: dict[str, str] = {}
+    # "off": no cache, and each stage through the queue (WORKER_CHAIN_STAGES=false).
+    for cache, overrides in (("on", {}), ("off", {"WORKER_PREPARED_RUN_CACHE_BYTES": "0",
+                                                  "WORKER_CHAIN_STAGES": "false"})):
         worker = start_worker(**overrides)
         job_id = submit(fast_config)
         finished[cache] = wait_for(sessions, job_id, lambda j: j.is_finished, "the end",
                                    workers=(worker,))
         assert finished[cache].status == "succeeded", finished[cache].error_message
+        logs[cache] = worker.log()
         worker.stop()  # the next job's stages go to the next worker only
+    # Chained, the later stages ran in the first stage's task: no message was sent for them.
+    received = ("Task rift.stage.finetune[", "Task rift.stage.interpolate[")
+    assert not any(marker in logs["on"] for marker in received)
+    assert all(marker in logs["off"] for marker in received)
     assert prepared_runs(sessions, finished["on"].id) == {
         "mrc": "built", "finetune": "cached", "interpolate": "cached"}
     assert prepared_runs(sessions, finished["off"].id) == {
