@@ -406,15 +406,40 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     # Starlette raises these for a URL no route matches (404) or a method the route lacks (405).
     field = _ROUTING_FIELDS.get(exc.status_code)
     headers = dict(exc.headers or {})
+    details: dict[str, Any] = {}
     if exc.status_code == 404 and message == "Not Found":
-        message = f"no route {quote(request.url.path)}: see /docs for the API's paths"
+        path = request.url.path
+        meant = _path_meant(request)
+        if meant is not None:
+            # No redirect (see create_app): name the path that exists instead.
+            message = (f"no route {quote(path)}: the API's paths have no trailing or doubled "
+                       f"slash; use {quote(meant)}")
+            details["path_meant"] = meant
+        else:
+            message = f"no route {quote(path)}: see /docs for the API's paths"
     if exc.status_code == 405 and message == "Method Not Allowed":
         allowed = allowed_methods(request)
         headers["Allow"] = ", ".join(allowed)
         message = (f"{request.method} is not allowed on {quote(request.url.path)}; allowed: "
                    f"{', '.join(allowed)}")
-    return JSONResponse(error_body(code, message, field), status_code=exc.status_code,
+    return JSONResponse(error_body(code, message, field, details), status_code=exc.status_code,
                         headers=headers)
+
+
+def _path_meant(request: Request) -> str | None:
+    """The request's path without its trailing slash and with doubled slashes made single,
+    when that differs from the path and some route serves it (with any method); else None."""
+    path = request.url.path
+    meant = re.sub("/{2,}", "/", path)
+    meant = meant.rstrip("/") or "/"
+    if meant == path:
+        return None
+    scope = {**request.scope, "path": meant}
+    for method in _METHODS:
+        scope["method"] = method
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            return meant
+    return None
 
 
 def allowed_methods(request: Request) -> list[str]:

@@ -7,8 +7,9 @@
   rules from :func:`check_request_input`, a dependency of the whole ``/v1`` router, so a new
   route cannot miss them.
 - **Query parameters** must be ones the route declares (a typo such as ``?stauts=failed`` would
-  otherwise list every job as if unfiltered), and one that takes a single value may be given
-  once (``?limit=1&limit=50`` would otherwise silently use the last).
+  otherwise list every job as if unfiltered), hold a value (``?status=`` listed every job), and
+  one that takes a single value may be given once (``?limit=1&limit=50`` would otherwise
+  silently use the last).
 - **Path parameters** holding NUL cannot name any stored resource: a 404 naming the parameter,
   answered before the value reaches the database (which would refuse it with an error that can
   name no field).
@@ -158,7 +159,14 @@ def _check_query_params(request: Request, route: APIRoute) -> None:
             raise InvalidInput(
                 f"unknown query parameter {quote(name)}; this route accepts "
                 f"{', '.join(sorted(accepted)) or 'none'}", field=name, code="unknown_parameter")
-        count = len(request.query_params.getlist(name))
+        values = request.query_params.getlist(name)
+        if any(not value.strip() for value in values):
+            # "?status=" listed every job as if unfiltered; no parameter has a meaning for
+            # nothing, so leaving one empty is a mistake (a form field left blank, a variable
+            # that expanded to nothing), never a request for the default.
+            raise InvalidInput(f"the query parameter {quote(name)} is empty; give it a value "
+                               "or leave it out", field=name, code="empty_parameter")
+        count = len(values)
         if count > 1 and name not in repeatable:
             raise InvalidInput(f"the query parameter {quote(name)} is given {count} times; it "
                                "takes one value", field=name, code="repeated_parameter")

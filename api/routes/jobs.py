@@ -163,8 +163,18 @@ async def create_job_route(
 # ------------------------------------------------------------------------------ list and read
 
 
+def _items(values: list[str], field: str) -> list[str]:
+    """The comma-separated items of a repeatable parameter; an empty one (``queued,,failed``)
+    is refused like an empty parameter (api/request_input.py), not skipped."""
+    items = [v.strip() for value in values for v in value.split(",")]
+    if "" in items:
+        raise InvalidInput(f"the query parameter '{field}' has an empty item; separate values "
+                           "with single commas", field=field, code="empty_parameter")
+    return items
+
+
 def _statuses(values: list[str]) -> list[str] | None:
-    statuses = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    statuses = _items(values, "status")
     known = [s.value for s in JobStatus]
     for status in statuses:
         if status not in known:
@@ -198,7 +208,7 @@ EXPANDABLE = ("config", "stages")
 
 
 def _expand(values: list[str]) -> frozenset[str]:
-    wanted = frozenset(v.strip() for value in values for v in value.split(",") if v.strip())
+    wanted = frozenset(_items(values, "expand"))
     for name in sorted(wanted):
         if name not in EXPANDABLE:
             raise InvalidInput(f"cannot expand '{name[:40]}'; use {' or '.join(EXPANDABLE)}",

@@ -180,6 +180,16 @@ def test_query_parameters_must_be_known_and_single_valued(api: Api, small_cnn_fi
         (f"/v1/jobs/{job_id}?expand=config", "expand", "unknown_parameter"),
         ("/v1/jobs?limit=1&limit=50", "limit", "repeated_parameter"),
         ("/v1/jobs?label=team:a&label=team:b", "label", "invalid_input"),
+        # Before: 200 listing every job, as if unfiltered.
+        ("/v1/jobs?status=", "status", "empty_parameter"),
+        ("/v1/jobs?status=queued,,failed", "status", "empty_parameter"),
+        ("/v1/jobs?expand=", "expand", "empty_parameter"),
+        ("/v1/jobs?expand=config,", "expand", "empty_parameter"),
+        ("/v1/jobs?label=%20", "label", "empty_parameter"),
+        ("/v1/jobs?cursor=", "cursor", "empty_parameter"),
+        ("/v1/checkpoints?format=", "format", "empty_parameter"),
+        ("/v1/datasets?limit=", "limit", "empty_parameter"),
+        (f"/v1/jobs/{job_id}/events?after=", "after", "empty_parameter"),
     ]:
         response = api.client.get(path)
         assert response.status_code == 422, (path, response.text)
