@@ -80,6 +80,12 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+class WordedValidationError(RequestValidationError):
+    """A 422 whose messages the API worded itself (its own input rules, a job spec's refined
+    errors): answered as they are, while FastAPI's own validation errors are refined first
+    (:func:`api.spec_messages.refine_request_errors`)."""
+
+
 class Unauthorized(ApiError):
     """No key, or one that is unknown or revoked: 401 with the challenge RFC 6750 asks for."""
 
@@ -373,12 +379,11 @@ async def _persistence_error_handler(request: Request, exc: Exception) -> JSONRe
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # Imported here: api.spec_messages uses this module's helpers.
-    from api.spec_messages import name_unknown_keys, route_body_model
+    from api.spec_messages import refine_request_errors, route_body_model
 
     errors = exc.errors()
-    model = route_body_model(request.scope.get("route"))
-    if model is not None:
-        errors = name_unknown_keys(errors, model)
+    if not isinstance(exc, WordedValidationError):
+        errors = refine_request_errors(errors, route_body_model(request.scope.get("route")))
     return JSONResponse(validation_error_body(errors), status_code=422)
 
 

@@ -25,15 +25,14 @@ from typing import Any
 
 from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
-from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from python_multipart.multipart import parse_options_header
 
-from api.errors import InvalidInput, NotFound, UnsupportedMediaType, quote
+from api.errors import InvalidInput, NotFound, UnsupportedMediaType, WordedValidationError, quote
 
 
-def _invalid(loc: tuple[Any, ...], message: str, kind: str = "value_error") -> RequestValidationError:
-    return RequestValidationError([{"type": kind, "loc": loc, "msg": message, "input": None}])
+def _invalid(loc: tuple[Any, ...], message: str, kind: str = "value_error") -> WordedValidationError:
+    return WordedValidationError([{"type": kind, "loc": loc, "msg": message, "input": None}])
 
 
 def _reject_constant(name: str) -> Any:
@@ -80,7 +79,7 @@ def parse_json(raw: bytes | str, loc: tuple[Any, ...]) -> Any:
     key given twice in one object).
 
     Raises:
-        RequestValidationError: (422) located at ``loc``.
+        WordedValidationError: (422) located at ``loc``.
     """
     try:
         value = json.loads(raw, parse_constant=_reject_constant,

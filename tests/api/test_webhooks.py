@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from persistence.settings import Settings
-from tests.api.helpers import Api, RecordingDispatcher, error_of
+from tests.api.helpers import Api, RecordingDispatcher, error_of, make_key
 from tests.api.test_job_list_queries import add_jobs
 from tests.service_fixtures import WorkerProcess, settings_from_env
 from tests.webhook_receiver import Receiver
@@ -159,6 +159,41 @@ def test_a_mistyped_key_names_the_one_meant(api: Api) -> None:
     # Before: "Extra inputs are not permitted" (as every route but POST /v1/jobs still said).
     assert error["field"] == "evnts"
     assert "unknown setting 'evnts'; did you mean 'events'?" in error["message"]
+
+
+def test_every_routes_422_says_what_was_sent_and_the_closest_choice(api: Api) -> None:
+    # Before: a job spec's 422 said what was sent; webhooks, materialize, admin and the query
+    # parameters only pydantic's "Input should be ..." (and no route suggested a choice).
+    _, admin_key = make_key(api.sessions, "ops", ("admin",))
+    with api.client_for(admin_key) as admin:
+        for client, method, path, kwargs, field, said in [
+            (api.client, "POST", "/v1/webhooks",
+             {"json": {"url": "https://example.com/h", "events": ["job.succeded"]}}, "events.0",
+             'got the text "job.succeded"; did you mean \'job.succeeded\'?'),
+            (api.client, "POST", "/v1/webhooks", {"json": {"url": 5}}, "url",
+             "got the number 5"),
+            (api.client, "POST", f"/v1/jobs/{'0' * 32}/materialize", {"json": {"alpha": "0.5"}},
+             "alpha", 'got the text "0.5" (write numbers without quotes)'),
+            (admin, "POST", "/v1/admin/projects",
+             {"json": {"name": "p", "max_active_jobs": 2.0}}, "max_active_jobs",
+             "got the number 2.0 (write 2)"),
+            (admin, "POST", "/v1/admin/projects/tests/keys", {"json": {"scopes": ["reed"]}},
+             "scopes.0", 'got the text "reed"; did you mean \'read\'?'),
+            (api.client, "GET", "/v1/checkpoints", {"params": {"format": "safetensor"}},
+             "format", 'got the text "safetensor"; did you mean \'safetensors\'?'),
+            (api.client, "GET", "/v1/datasets", {"params": {"limit": "12"}}, None, None),
+            (api.client, "GET", "/v1/datasets", {"params": {"limit": "ten"}}, "limit",
+             'got the text "ten"'),
+        ]:
+            response = client.request(method, path, **kwargs)
+            if field is None:
+                assert response.status_code == 200, response.text
+                continue
+            assert response.status_code == 422, (path, response.text)
+            error = error_of(response)
+            assert error["field"] == field, response.text
+            assert said in error["message"], error["message"]
+            assert "without quotes" not in error["message"] or method == "POST"
 
 
 def test_a_cancelled_job_is_delivered_signed_and_retried_by_a_worker(
