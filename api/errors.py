@@ -34,7 +34,7 @@ from persistence.storage import (
     StoreError,
 )
 from persistence.transactions import JobNotFound, PersistenceError, ProjectNotFound
-from persistence.webhooks import WebhookLimitReached, WebhookNotFound
+from persistence.webhooks import WebhookLimitReached, WebhookNotFound, WebhookUrlTaken
 from rift.errors import (
     CheckpointEntryError,
     CheckpointError,
@@ -297,6 +297,9 @@ def from_persistence_error(exc: PersistenceError) -> ApiError | None:
         return InvalidInput(exc.message, field="cursor", code=exc.code)
     if isinstance(exc, WebhookNotFound):
         return NotFound(exc.message, field="webhook_id", code=exc.code)
+    if isinstance(exc, WebhookUrlTaken):
+        return Conflict(exc.message, field="url", code=exc.code,
+                        details={"webhook_id": exc.endpoint_id})
     if isinstance(exc, WebhookLimitReached):
         return Conflict(exc.message, field="WEBHOOK_MAX_ENDPOINTS", code=exc.code,
                         details={"limit": exc.limit})

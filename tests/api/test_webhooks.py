@@ -52,13 +52,30 @@ def test_register_list_read_delete(allowing_api: Api, receiver: Receiver) -> Non
     assert "secret" not in api.client.get(f"/v1/webhooks/{hook_id}").json()
     assert api.client.get(f"/v1/webhooks/{hook_id}/deliveries").json() == {"items": []}
 
-    second = api.client.post("/v1/webhooks", json={"url": receiver.url})
+    # Before: a second endpoint for the same URL, so every message arrived twice.
+    again = api.client.post("/v1/webhooks", json={"url": receiver.url})
+    assert again.status_code == 409, again.text
+    error = error_of(again)
+    assert (error["code"], error["field"], error["webhook_id"]) == (
+        "webhook_url_registered", "url", hook_id)
+    assert hook_id in error["message"]
+
+    second = api.client.post("/v1/webhooks", json={"url": receiver.url + "?second"})
     assert second.status_code == 201
     assert second.json()["events"] == ["job.cancelled", "job.failed", "job.succeeded"]
     assert second.json()["secret"] != body["secret"]
-    third = api.client.post("/v1/webhooks", json={"url": receiver.url})
+    third = api.client.post("/v1/webhooks", json={"url": receiver.url + "?third"})
     assert third.status_code == 409 and error_of(third)["code"] == "webhook_limit_reached"
     assert error_of(third)["field"] == "WEBHOOK_MAX_ENDPOINTS"
+
+    # Paged like the job list, newest first. Before: one unpaged list.
+    first_page = api.client.get("/v1/webhooks", params={"limit": 1}).json()
+    assert [h["id"] for h in first_page["items"]] == [second.json()["id"]]
+    rest = api.client.get("/v1/webhooks", params={"limit": 1,
+                                                  "cursor": first_page["next_cursor"]}).json()
+    assert [h["id"] for h in rest["items"]] == [hook_id] and rest["next_cursor"] is None
+    foreign = api.client.get("/v1/jobs", params={"cursor": first_page["next_cursor"]})
+    assert foreign.status_code == 422 and error_of(foreign)["field"] == "cursor"
 
     assert api.client.delete(f"/v1/webhooks/{hook_id}").status_code == 204
     for response in (api.client.get(f"/v1/webhooks/{hook_id}"),
@@ -76,13 +93,14 @@ def test_concurrent_registrations_cannot_pass_the_limit(allowing_api: Api,
     api = allowing_api
     start = threading.Barrier(8)
 
-    def register() -> int:
+    def register(index: int) -> int:
         with api.client_for(api.key) as client:
             start.wait()
-            return client.post("/v1/webhooks", json={"url": receiver.url}).status_code
+            return client.post("/v1/webhooks",
+                               json={"url": f"{receiver.url}?n={index}"}).status_code
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        statuses = sorted(pool.map(lambda _: register(), range(8)))
+        statuses = sorted(pool.map(register, range(8)))
     assert statuses == [201, 201] + [409] * 6
     assert len(api.client.get("/v1/webhooks").json()["items"]) == 2
 
@@ -112,7 +130,8 @@ def test_a_registration_sent_again_under_its_key_returns_the_first_with_its_secr
     def register() -> tuple[int, str]:
         with api.client_for(api.key) as client:
             start.wait()
-            answer = client.post("/v1/webhooks", json=body, headers={"Idempotency-Key": "hook-2"})
+            answer = client.post("/v1/webhooks", json={**body, "url": receiver.url + "?2"},
+                                 headers={"Idempotency-Key": "hook-2"})
             return answer.status_code, answer.json()["id"]
 
     with ThreadPoolExecutor(max_workers=4) as pool:

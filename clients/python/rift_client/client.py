@@ -372,6 +372,20 @@ class RiftClient:
         except ValueError as exc:
             raise self._unexpected(response, f"list of {model.__name__}", exc) from exc
 
+    def _every_page_items(self, path: str, model: type[Model]) -> list[Model]:
+        """Every item of a paged list, following ``next_cursor`` from page to page (a service
+        from before these lists were paged answers one page without it)."""
+        items: list[Model] = []
+        cursor: str | None = None
+        while True:
+            response = self._request("GET", path, idempotent=True,
+                                     params={"cursor": cursor} if cursor else None)
+            items.extend(self._parse_items(response, model))
+            body = response.json()
+            cursor = body.get("next_cursor")
+            if not isinstance(cursor, str) or not cursor:
+                return items
+
     def _get(self, path: str, model: type[Model], **params: Any) -> Model:
         return self._parse(self._request("GET", path, idempotent=True, params=params or None),
                            model)
@@ -748,10 +762,10 @@ class RiftClient:
                          f"{_seg('materialization_id', materialization_id)}", Materialization)
 
     def list_materializations(self, job_id: str) -> list[Materialization]:
-        """The job's materializations, in α order."""
-        response = self._request("GET", f"/v1/jobs/{_seg('job_id', job_id)}/materializations",
-                                 idempotent=True)
-        return self._parse_items(response, Materialization)
+        """The job's materializations, in α order (every page of the service's list)."""
+        items = self._every_page_items(f"/v1/jobs/{_seg('job_id', job_id)}/materializations",
+                                       Materialization)
+        return sorted(items, key=lambda item: item.alpha)
 
     def wait_materialization(self, job_id: str, materialization_id: str,
                              timeout: float | None = None, *, poll_interval: float = 1.0,
@@ -878,7 +892,8 @@ class RiftClient:
         (``idempotency_conflict``). A URL that is not http(s) or resolves to a private address
         is an :class:`UnprocessableEntityError` (``webhook_target_forbidden`` on ``url``);
         the project's WEBHOOK_MAX_ENDPOINTS reached, a :class:`ConflictError`
-        (``webhook_limit_reached``).
+        (``webhook_limit_reached``); a URL the project has an endpoint for already, a
+        :class:`ConflictError` (``webhook_url_registered``, its id in ``details``).
         """
         body: dict[str, Any] = {"url": url}
         if events is not None:
@@ -893,9 +908,10 @@ class RiftClient:
         return self._parse(response, CreatedWebhook)
 
     def list_webhooks(self) -> list[Webhook]:
-        """The project's webhooks, oldest first (without their secrets)."""
-        response = self._request("GET", "/v1/webhooks", idempotent=True)
-        return self._parse_items(response, Webhook)
+        """The project's webhooks, oldest first (without their secrets; every page of the
+        service's list)."""
+        items = self._every_page_items("/v1/webhooks", Webhook)
+        return sorted(items, key=lambda item: (item.created_at, item.id))
 
     def get_webhook(self, webhook_id: str) -> Webhook:
         return self._get(f"/v1/webhooks/{_seg('webhook_id', webhook_id)}", Webhook)
