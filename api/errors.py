@@ -326,7 +326,9 @@ def dotted_field(loc: Sequence[Any]) -> str | None:
         return "body"
     if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
         parts = parts[1:]
-    return ".".join(p for p in parts if not _UNION_TAG.match(p)) or None
+    # "[key]": pydantic's mark that a mapping's key, not its value, is at fault
+    # ("labels.é.[key]"); the dotted path to the key names it already.
+    return ".".join(p for p in parts if not _UNION_TAG.match(p) and p != "[key]") or None
 
 
 def validation_error_body(errors: Sequence[Any]) -> dict[str, Any]:
@@ -386,7 +388,8 @@ async def _validation_error_handler(request: Request, exc: Exception) -> JSONRes
 
     errors = exc.errors()
     if not isinstance(exc, WordedValidationError):
-        errors = refine_request_errors(errors, route_body_model(request.scope.get("route")))
+        errors = refine_request_errors(errors, route_body_model(request.scope.get("route")),
+                                       exc.body)
     return JSONResponse(validation_error_body(errors), status_code=422)
 
 
@@ -407,8 +410,22 @@ _STATUS_CODES = {
 _ROUTING_FIELDS = {404: "path", 405: "method"}
 
 
+#: FastAPI's answer when reading a JSON body raised anything but a syntax error (bytes that are
+#: not UTF-8, nesting past Python's recursion limit, a huge integer): a 400 naming nothing.
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
 async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR and exc.__cause__:
+        # Imported here: api.request_input uses this module's errors.
+        from api.request_input import json_read_error
+
+        reason = json_read_error(exc.__cause__)
+        if reason is not None:  # worded as POST /v1/jobs, which parses its body itself, does
+            return JSONResponse(validation_error_body([{
+                "type": "json_invalid", "loc": ("body",),
+                "msg": f"JSON decode error: {reason}"}]), status_code=422)
     code = _STATUS_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     # Starlette raises these for a URL no route matches (404) or a method the route lacks (405).

@@ -77,6 +77,8 @@ def _sent(value: Any, kind: str, *, text_only: bool = False) -> str | None:
         whole = (kind == "int_type" and isinstance(value, float) and value.is_integer()
                  and abs(value) < 1e15)
         hint = f" (write {int(value)})" if whole else ""
+        if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
+            hint = " (beyond the range of a 64-bit floating-point number)"
         return f"got the number {shorten(repr(value), _SHOWN_CHARS)}{hint}"
     if value is None:
         return "got null"
@@ -149,16 +151,28 @@ def route_body_model(route: object) -> type[BaseModel] | None:
 _TEXT_SOURCES = ("query", "header", "path", "cookie")
 
 
-def refine_request_errors(errors: Sequence[Any], model: type[BaseModel] | None
-                          ) -> list[dict[str, Any]]:
+def refine_request_errors(errors: Sequence[Any], model: type[BaseModel] | None,
+                          document: Any = None) -> list[dict[str, Any]]:
     """``errors`` of a request validated by FastAPI (``loc`` starting with ``"body"``,
     ``"query"``, ...) refined as a job spec's are (:func:`refine_errors`), so that every route
     names the key an unknown one likely meant, says what was sent and suggests the closest
-    choice; ``model`` is the route's body model (None: it reads no body)."""
+    choice; ``model`` is the route's body model (None: it reads no body), ``document`` the
+    body's text where it was not JSON (to say where a syntax error is)."""
+    from api.request_input import syntax_error_message  # it imports api.errors, as this does
+
     refined: list[dict[str, Any]] = []
     for error in errors:
         loc = tuple(error.get("loc", ()))
         source, rest = (loc[0], loc[1:]) if loc else ("", ())
+        if error.get("type") == "json_invalid" and source == "body":
+            # FastAPI puts the character offset where a field goes ("16: JSON decode error")
+            # and the reason in ctx: worded as POST /v1/jobs words it.
+            reason = str((error.get("ctx") or {}).get("error") or "not JSON")
+            if rest and isinstance(rest[0], int):
+                reason = syntax_error_message(reason, document, rest[0])
+            refined.append({"type": "json_invalid", "loc": ("body",),
+                            "msg": f"JSON decode error: {reason}"})
+            continue
         if source == "body" and rest:
             inner = refine_errors([{**error, "loc": rest}], model)
         elif source in _TEXT_SOURCES:

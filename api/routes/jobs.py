@@ -170,7 +170,7 @@ def _items(values: list[str], field: str) -> list[str]:
     if "" in items:
         raise InvalidInput(f"the query parameter '{field}' has an empty item; separate values "
                            "with single commas", field=field, code="empty_parameter")
-    return items
+    return list(dict.fromkeys(items))  # "queued,queued" is one condition
 
 
 def _statuses(values: list[str]) -> list[str] | None:
