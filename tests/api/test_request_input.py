@@ -216,6 +216,10 @@ def test_query_parameters_must_be_known_and_single_valued(api: Api, small_cnn_fi
         error = error_of(response)
         assert (error["field"], error["code"]) == (field, code), (path, response.text)
         assert field in error["message"]
+    # A mistyped choice names the closest (before: only the list).
+    for path, said in [("/v1/jobs?status=canceled", "did you mean 'cancelled'?"),
+                       ("/v1/jobs?expand=Config", "did you mean 'config'?")]:
+        assert said in error_of(api.client.get(path))["message"], path
     # Parameters that take several values still may repeat, and a repeated label condition is
     # just the same condition.
     listed = api.client.get("/v1/jobs", params=[("status", "queued"), ("status", "failed"),
