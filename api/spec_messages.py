@@ -27,13 +27,11 @@ from pydantic import BaseModel
 
 from api.errors import shorten
 from rift.config import SettingValueError
-from rift.setting_names import closest_choice, settings_at, unknown_setting_message
+from rift.setting_names import closest_choice, number_hint, settings_at, unknown_setting_message
 
 _SHOWN_CHARS = 40
 #: Error types that mean "the value is not a member of this kind": their message gains what was sent.
 _NO_ECHO_TYPES = frozenset({"missing", "extra_forbidden"})
-#: Error types where a number written as text, or 2.0 for 2, is the likely mistake.
-_NUMBER_TYPES = frozenset({"int_type", "float_type", "literal_error"})
 _VALUE_ERROR_PREFIX = "Value error, "
 #: Error types of a value that must be one of a list of choices (a Literal, an Enum).
 _CHOICE_TYPES = frozenset({"literal_error", "enum"})
@@ -43,14 +41,6 @@ _QUOTED_CHOICE = re.compile(r"'((?:[^'\\]|\\.)*)'")
 
 def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and "[" in part and not part.isidentifier()
-
-
-def _is_number_text(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _suggestion(value: Any, kind: str, ctx: dict[str, Any]) -> str:
@@ -67,18 +57,15 @@ def _sent(value: Any, kind: str, *, text_only: bool = False) -> str | None:
     """What was sent, in JSON's words, or None for an object or a list (never echoed); with a
     hint where a number was sent the way the setting does not take it (not for ``text_only``
     input, a query parameter or header, where every value is text)."""
+    hint = "" if text_only and isinstance(value, str) else number_hint(value, kind)
+    if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
+        hint = "beyond the range of a 64-bit floating-point number"
+    hint = f" ({hint})" if hint else ""
     if isinstance(value, bool):
         return f"got {json.dumps(value)}"
     if isinstance(value, str):
-        hint = (" (write numbers without quotes)"
-                if kind in _NUMBER_TYPES and _is_number_text(value) and not text_only else "")
         return f"got the text {json.dumps(shorten(value, _SHOWN_CHARS), ensure_ascii=False)}{hint}"
     if isinstance(value, int | float):
-        whole = (kind == "int_type" and isinstance(value, float) and value.is_integer()
-                 and abs(value) < 1e15)
-        hint = f" (write {int(value)})" if whole else ""
-        if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
-            hint = " (beyond the range of a 64-bit floating-point number)"
         return f"got the number {shorten(repr(value), _SHOWN_CHARS)}{hint}"
     if value is None:
         return "got null"

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from rift.config import RiftConfig, SettingValueError, unused_settings
 from rift.errors import RiftError
-from rift.setting_names import settings_at, unknown_setting_message
+from rift.setting_names import number_hint, settings_at, unknown_setting_message
 
 
 class CliInputError(Exception):
@@ -120,13 +121,26 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
+def _origin_key(path: str, origins: dict[str, str]) -> str:
+    """The key of ``origins`` that set the setting at dotted ``path``: the longest flag or
+    ``--set`` key holding it, else "" (the config file)."""
+    given = [key for key in origins if key and (path == key or path.startswith(key + ".")
+                                                or path.startswith(key + "["))]
+    return max(given, key=len) if given else ""
+
+
 def describe_validation_error(exc: ValidationError, origins: dict[str, str]) -> str:
     """One line naming every invalid setting, what is wrong with it and where it was given
     (``origins``: dotted setting or section → the flag or file that set it; "" for the
     config file key of settings no flag set)."""
+    return describe_errors(exc.errors(), origins)
+
+
+def describe_errors(errors: list[ErrorDetails], origins: dict[str, str]) -> str:
+    """:func:`describe_validation_error` of pydantic's ``errors``."""
     messages: dict[str, list[str]] = {}
     inputs: dict[str, str] = {}
-    for error in exc.errors():
+    for error in errors:
         reason = (error.get("ctx") or {}).get("error")
         if isinstance(reason, SettingValueError):  # a section's check naming one setting
             error["loc"] = (*error["loc"], *reason.setting)
@@ -141,15 +155,15 @@ def describe_validation_error(exc: ValidationError, origins: dict[str, str]) -> 
             text = error["msg"].removeprefix("Value error, ")  # pydantic's, says nothing
             if "input" in error and not isinstance(error["input"], dict):
                 shown = json.dumps(error["input"], ensure_ascii=False, default=str)
-                inputs.setdefault(path, shown if len(shown) <= 60 else shown[:57] + "...")
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
+                hint = number_hint(error["input"], error["type"])
+                inputs.setdefault(path, f"{shown}: {hint}" if hint else shown)
         texts = messages.setdefault(path, [])
         if text not in texts:
             texts.append(text)
     parts = []
     for path, texts in messages.items():
-        given = [key for key in origins if key and (path == key or path.startswith(key + ".")
-                                                    or path.startswith(key + "["))]
-        origin = origins[max(given, key=len)] if given else origins.get("", "")
+        origin = origins.get(_origin_key(path, origins), "")
         details = []
         if path in inputs and not origin.startswith("--set"):  # a --set shows what was typed
             details.append(f"got {inputs[path]}")
@@ -170,8 +184,34 @@ def build_config(args: argparse.Namespace) -> RiftConfig:
     origins = {"": f"--config {args.config}"} if args.config else {}
     try:
         return _build_config(args, origins)
+    except _ConfigErrors as exc:
+        raise ConfigInputError(describe_errors(exc.errors, origins)) from None
+
+
+class _ConfigErrors(Exception):
+    """The merged configuration's errors: the lax parse's, and the strict parse's at settings
+    of the ``--config`` file (``"0.01"``, ``2.0`` for an integer, ``"yes"``: refused there as
+    the API refuses them in a job's config)."""
+
+    def __init__(self, errors: list[ErrorDetails]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+def _file_errors_of_strict_parse(tree: dict[str, Any], origins: dict[str, str]
+                                 ) -> list[ErrorDetails]:
+    """The errors of ``tree`` parsed as the API parses a job's config (strict JSON: no text
+    for numbers or booleans, no 2.0 for 2) at settings the ``--config`` file gave. Flags and
+    ``--set`` values are text by nature and keep the lax parse."""
+    if "" not in origins:
+        return []
+    try:
+        RiftConfig.model_validate_json(json.dumps(tree), strict=True)
     except ValidationError as exc:
-        raise ConfigInputError(describe_validation_error(exc, origins)) from None
+        return [error for error in exc.errors()
+                if error["type"] != "missing"
+                and not _origin_key(_field_path(error["loc"]), origins)]
+    return []
 
 
 def _build_config(args: argparse.Namespace, origins: dict[str, str]) -> RiftConfig:
@@ -197,6 +237,21 @@ def _build_config(args: argparse.Namespace, origins: dict[str, str]) -> RiftConf
         origin = origins[max(given, key=len)] if given else origins.get("", "")
         raise ConfigInputError(f"invalid configuration: {dotted}: {why}"
                                + (f" (from {origin})" if origin else ""))
+    try:
+        config = _validate_lax(tree, args)
+    except ValidationError as exc:
+        # The lax parse's errors first; the strict parse adds the file's settings it accepted.
+        reported = {_field_path(error["loc"]) for error in exc.errors()}
+        raise _ConfigErrors([*exc.errors(), *(
+            error for error in _file_errors_of_strict_parse(tree, origins)
+            if _field_path(error["loc"]) not in reported)]) from None
+    strict = _file_errors_of_strict_parse(tree, origins)
+    if strict:
+        raise _ConfigErrors(strict)
+    return config
+
+
+def _validate_lax(tree: dict[str, Any], args: argparse.Namespace) -> RiftConfig:
     try:
         return RiftConfig.model_validate(tree)
     except ValidationError as exc:

@@ -10,6 +10,12 @@ so :func:`check_model_outputs` refuses it with one message saying what to change
   bounded, with gradients squashed by the softmax's Jacobian; PGD, MRC and fine-tuning would
   optimise that instead of the model's loss. Log-probabilities (a final ``log_softmax``) are fine
   and pass: ``log_softmax`` of log-probabilities is themselves, so the loss is the model's.
+* **A final sigmoid** (``torch.sigmoid``, ``nn.Sigmoid``, ``Tensor.sigmoid``, ``expit``,
+  ``hardsigmoid`` producing the returned tensor): outputs in [0, 1] that need not sum to 1, so
+  the softmax test above misses them, and cross-entropy on them is bounded in the same way. The
+  values alone cannot tell a sigmoid from legitimate logits that happen to lie in [0, 1] (a
+  final ReLU on small values), so the function that made the output is recorded
+  (:class:`_LastProducer`, a ``TorchFunctionMode`` over the first pass).
 * **Output that changes from one pass to the next in eval mode** (``F.dropout(x, p)`` whose
   ``training`` defaults to True, noise layers): attacks, MRC and the α rule compare numbers that
   would move between two evaluations of the same weights.
@@ -26,9 +32,14 @@ pass: cheap beside any stage.
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from rift.attacks import PGD
 from rift.data import ImageTensors, iterate_batches
@@ -43,6 +54,32 @@ _REPEAT_RTOL = 1e-3
 # A softmax's rows sum to 1 up to float rounding; logits summing to 1 on every row of a batch
 # while all non-negative does not happen by chance.
 _SUM_TOLERANCE = 1e-3
+# Torch functions whose output lies in [0, 1] whatever their input: a model output made by one
+# is a squashed score, not a logit (special_expit is torch.special.expit's name).
+_SQUASHING = frozenset({"sigmoid", "sigmoid_", "special_expit", "hardsigmoid", "hardsigmoid_"})
+
+
+class _LastProducer(TorchFunctionMode):
+    """Records, for the tensors a forward makes, the name of the torch function that made each
+    (looked up by identity, each entry holding a weak reference, so the forward's intermediate
+    tensors are freed as usual)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[int, tuple[str, weakref.ref[torch.Tensor]]] = {}
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        result = func(*args, **(kwargs or {}))
+        if isinstance(result, torch.Tensor):
+            name = getattr(func, "__name__", "")
+            self._made[id(result)] = (name, weakref.ref(result))
+        return result
+
+    def made(self, tensor: torch.Tensor) -> str | None:
+        """The name of the function that made ``tensor`` in the forward, or None."""
+        entry = self._made.get(id(tensor))
+        return entry[0] if entry is not None and entry[1]() is tensor else None
 
 
 def check_model_outputs(model: nn.Module, data: ImageTensors, attack: PGD, *,
@@ -66,8 +103,11 @@ def check_model_outputs(model: nn.Module, data: ImageTensors, attack: PGD, *,
 
 def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> None:
     original = images.clone()
+    producer = _LastProducer()
     with torch.no_grad():
-        first = model(images)
+        with producer:
+            first = model(images)
+        made_by = producer.made(first)
         second = model(images)
     if not torch.equal(images, original):
         raise ConfigError(
@@ -94,6 +134,14 @@ def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> None:
             "logits: on probabilities they would optimise another, bounded loss. Remove the "
             "final softmax, or end forward with log_softmax (log-probabilities are valid "
             "logits)", field="architecture")
+    if made_by is not None and made_by in _SQUASHING and bool(((first >= 0) & (first <= 1)).all()):
+        raise ConfigError(
+            f"architecture {name!r} ends forward with {made_by.removeprefix('special_')} (every "
+            f"output on {len(images)} examples lies in [0, 1]), but RiFT's attacks, MRC and "
+            "fine-tuning apply cross-entropy, which needs logits: on outputs squashed into "
+            "[0, 1] the loss is bounded and its gradients vanish where the model is confident, "
+            "so they would optimise another loss than the model's. Return the values before "
+            "the sigmoid (they rank the classes the same way)", field="architecture")
 
 
 def _check_input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,

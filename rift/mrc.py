@@ -38,7 +38,7 @@ from rift.errors import ConfigError, NumericalError
 from rift.flat_weights import FlatWeights
 from rift.model_state import frozen_except
 from rift.mrc_stacked import FP32_ONLY, StackedProbe, modules_per_group, reshuffled_batches
-from rift.scored_weights import scored_parameters, scored_weights
+from rift.scored_weights import scored_parameters, scored_weights, unscored_kinds
 from rift.segments import (
     Segment,
     full_model_segment,
@@ -129,11 +129,29 @@ def select_modules(model: nn.Module, spec: MRCSpec) -> list[str]:
         emptied_by = "mrc.exclude"
         candidates = [n for n in candidates
                       if not any(fnmatch.fnmatchcase(n, p) for p in spec.exclude)]
+    if not candidates and emptied_by == "mrc":
+        raise ConfigError(_nothing_scored(model, scored.unscored), field="architecture")
     if not candidates:
-        # The field named is the one that removed the last module ('mrc': there were none).
+        # The field named is the one that removed the last module.
         raise ConfigError("the module selection (modules/include/exclude) matches no conv or "
                           f"linear module ({emptied_by} left none)", field=emptied_by)
     return candidates
+
+
+def _nothing_scored(model: nn.Module, unscored: list[str]) -> str:
+    """Why a model with no scored weight cannot be run, naming what its parameters are."""
+    kinds = unscored_kinds(model, unscored)
+    held = "; ".join(
+        f"{'raw Parameters held by its own code' if kind == 'raw Parameter' else kind}"
+        f": {_names(names)}" for kind, names in kinds.items())
+    return ("the model has no layer MRC scores (a convolution, Linear, Bilinear or attention "
+            "projection): " + (f"its parameters are {held}" if held else "it has no parameters")
+            + ". RiFT scores layers and fine-tunes the least critical one; write the weights "
+            "as such layers (x @ w is nn.Linear(in, out, bias=False) holding w.T)")
+
+
+def _names(names: list[str], limit: int = 6) -> str:
+    return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 
 def _refused_modules(model: nn.Module, refused: list[str], candidates: list[str],

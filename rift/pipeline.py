@@ -55,6 +55,7 @@ from rift.mrc import (
     ModuleCriticality,
     make_adversarial_set,
     module_robust_criticality,
+    select_modules,
     selection_key,
 )
 from rift.preflight import PreflightReport, collapsed_predictions, preflight_check
@@ -152,16 +153,21 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
             f"{config.architecture.num_classes}{_sparse_labels_hint(splits)}",
             field="architecture.num_classes")
     channels, height, _ = splits.image_shape
-    model = build_model(config.architecture, in_channels=channels, image_size=height)
     state = (checkpoints.load_state_dict(checkpoint, entry=config.checkpoint_entry)
              if isinstance(checkpoint, str | Path) else dict(checkpoint))
+    model = build_model(config.architecture, in_channels=channels, image_size=height,
+                        checkpoint_keys=state)
     try:
         checkpoints.check_compatible(model, state)
     except CheckpointMismatchError as exc:
-        if config.dataset.name != "imagefolder" or config.dataset.channels != "auto":
+        if config.dataset.name == "imagefolder" and config.dataset.channels == "auto":
+            # The usual cause with a grey tree: a checkpoint trained on RGB copies of it.
+            hint = imagefolder_channels_hint(channels, 3 if channels == 1 else 1,
+                                             "dataset.channels")
+        else:
+            hint = _input_channels_hint(exc, channels)
+        if not hint:
             raise
-        # The usual cause with a grey tree: a checkpoint trained on RGB copies of it.
-        hint = imagefolder_channels_hint(channels, 3 if channels == 1 else 1, "dataset.channels")
         raise CheckpointMismatchError(exc.message + hint, exc.missing, exc.unexpected,
                                       exc.mismatched) from exc
     checkpoints.load_into(model, state)
@@ -169,6 +175,7 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     check_model_accepts(model, config.architecture, splits.image_shape, device=device)
+    select_modules(model, config.mrc)  # a model with no scored layer, a selection of none
     original = {key: value.detach().to("cpu", copy=True) for key, value in
                 model.state_dict().items()}
     attack = PGD.from_spec(config.attack, feature_vectors=is_feature_vectors(splits))
@@ -181,6 +188,20 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     # of logits, dropout left on, no input gradient.
     check_model_outputs(model, splits.test, attack, device=device, name=config.architecture.name)
     return PreparedRun(config, device, splits, model.eval(), original, attack)
+
+
+def _input_channels_hint(exc: CheckpointMismatchError, channels: int) -> str:
+    """For a mismatch whose only difference in a convolution's weight is its input channels,
+    the model's being the data's (the first layer, built for the data): say that the checkpoint
+    was trained on images of another channel count, which RiFT does not convert."""
+    for key, saved, built in exc.mismatched:
+        if (len(saved) >= 3 and len(saved) == len(built) and saved[0] == built[0]
+                and saved[2:] == built[2:] and built[1] == channels != saved[1]):
+            return (f"; {key} takes {saved[1]}-channel inputs in the checkpoint, and the data's "
+                    f"images have {channels} channel(s): the checkpoint was trained on other "
+                    f"images; RiFT does not convert channels, give the data with {saved[1]} "
+                    "(e.g. an npz x repeated along its channel axis)")
+    return ""
 
 
 def _sparse_labels_hint(splits: DatasetSplits) -> str:

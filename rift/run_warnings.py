@@ -26,6 +26,12 @@
   and a test file of one class end here), and a training split lacking classes the test split
   holds (fine-tuning never sees them); data of one class. The α split is checked only with at
   least as many examples as classes: fewer is already the warning above.
+* **A head wider than the data's classes** (``architecture.num_classes`` 1000 on 10 classes):
+  the model's extra outputs are classes no example holds. Accuracies count a prediction of one
+  as an error, and attacks, MRC and fine-tuning push inputs and weights toward them, so the
+  numbers are those of a 1000-way problem scored on 10 classes. Right for a 1000-class model
+  meant to be judged on a subset; wrong for a checkpoint trained on the 10 classes, whose head
+  has 10 outputs (a head narrower than the labels is an error in ``prepare_run``).
 * **Class folders named by numbers.** ImageFolder classes are the folders in text order (as
   torchvision's): folders ``1`` to ``10`` give class 1 to folder ``10``, not ``2``. A checkpoint
   trained with the numeric order would see every label but the first moved.
@@ -66,6 +72,7 @@ def configuration_warnings(config: RiftConfig, splits: DatasetSplits, device: to
     ``splits`` and the resolved ``device``, in stage order."""
     found: list[RunWarning] = []
     classes = splits.num_classes
+    found.extend(_head_width_warnings(config.architecture.num_classes, classes))
 
     source: Split = "test" if config.mrc.split == "test" else "train"
     available = len(getattr(splits, source))
@@ -109,6 +116,21 @@ def configuration_warnings(config: RiftConfig, splits: DatasetSplits, device: to
             "changes the numbers (activations keep 8 significant bits); it is meant for GPUs, "
             "use precision 'fp32' on the CPU")))
     return found
+
+
+def _head_width_warnings(outputs: int, classes: int) -> list[RunWarning]:
+    if outputs <= classes:
+        return []
+    extra = outputs - classes
+    others = f"{extra} outputs are classes" if extra > 1 else "output is a class"
+    return [RunWarning("run", (
+        f"architecture.num_classes is {outputs} but the data has {classes} classes (labels 0 "
+        f"to {classes - 1}): the model's other {others} no example holds. "
+        "A prediction of one counts as an error, and attacks, MRC and fine-tuning push toward "
+        f"them, so every figure is that of a {outputs}-way classifier scored on {classes} "
+        f"classes. Right for a {outputs}-class model judged on a subset of its classes; for a "
+        f"checkpoint trained on these {classes} classes set architecture.num_classes to "
+        f"{classes}"))]
 
 
 def _too_few(count: int, classes: int) -> str | None:

@@ -1,7 +1,8 @@
 """Which settings a section of a pydantic model has, and the one a mistyped key most likely meant.
 
 Shared by the CLI (``python -m rift run``) and the REST API, so that ``finetune.lrr`` gets the same
-"did you mean 'lr'?" wherever the config is given.
+"did you mean 'lr'?" wherever the config is given, and a number sent as text ("0.01") or an
+integer sent as 2.0 the same "write numbers without quotes" / "write 2" (:func:`number_hint`).
 """
 
 from __future__ import annotations
@@ -69,3 +70,27 @@ def unknown_setting_message(name: str, known: Sequence[str]) -> str:
     if guess is not None:
         return f"unknown setting {name!r}; did you mean {guess!r}?"
     return f"unknown setting {name!r}" + (f"; known: {', '.join(known)}" if known else "")
+
+
+#: pydantic error types where a number written as text, or 2.0 for 2, is the likely mistake.
+NUMBER_ERROR_TYPES = frozenset({"int_type", "float_type", "literal_error"})
+
+
+def _is_number_text(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def number_hint(value: Any, kind: str) -> str:
+    """How to write ``value`` where a strict parse refused it with error type ``kind``: "write
+    numbers without quotes" for a number sent as text, "write 2" for 2.0 where an integer is
+    wanted; "" when neither applies."""
+    if isinstance(value, str) and kind in NUMBER_ERROR_TYPES and _is_number_text(value):
+        return "write numbers without quotes"
+    if (kind == "int_type" and isinstance(value, float) and value.is_integer()
+            and abs(value) < 1e15):
+        return f"write {int(value)}"
+    return ""

@@ -8,6 +8,7 @@ clean clone, so it always trains one.
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import os
 from collections.abc import Iterator
@@ -67,18 +68,22 @@ def digits_checkpoint_info() -> dict[str, Any]:
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"digits-small-cnn-{_source_digest()}.safetensors"
     info_path = path.with_suffix(".json")
-    if not (path.exists() and info_path.exists()):
-        # Several test processes (pytest-xdist) may make it at once: each writes its own files
-        # and renames them into place, the checkpoint before the info that marks it complete.
-        def own(final: Path) -> Path:
-            return final.with_name(f".{os.getpid()}-{final.name}")
+    # Several test processes (pytest-xdist) ask for it at once on a clean clone: one makes it
+    # while the others wait on the lock (training it three times over would cost the cores
+    # they share); files are renamed into place, the checkpoint before the info that marks it
+    # complete, so an interrupted run leaves nothing half-written.
+    with open(cache / ".digits-checkpoint.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path.exists() and info_path.exists()):
+            def own(final: Path) -> Path:
+                return final.with_name(f".{os.getpid()}-{final.name}")
 
-        info = make_digits_checkpoint(own(path), seed=0, device="cpu")
-        info.pop("history", None)
-        info["path"] = str(path)
-        own(info_path).write_text(json.dumps(info))
-        os.replace(own(path), path)
-        os.replace(own(info_path), info_path)
+            info = make_digits_checkpoint(own(path), seed=0, device="cpu")
+            info.pop("history", None)
+            info["path"] = str(path)
+            own(info_path).write_text(json.dumps(info))
+            os.replace(own(path), path)
+            os.replace(own(info_path), info_path)
     return json.loads(info_path.read_text())
 
 

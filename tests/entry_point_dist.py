@@ -16,9 +16,11 @@ AWKWARD_ARCHITECTURES = {"tied_weights_net": "TiedWeights", "odd_layers_net": "O
                          "bilinear_embedding_net": "BilinearEmbeddingNet",
                          "normalized_net": "NormalizedNet",
                          "batch_statistics_net": "batch_statistics_net",
+                         "half_precision_net": "half_precision_net",
                          "dropout_left_on_net": "DropoutLeftOn",
                          **{name: name for name in (
                              "dict_output_net", "namedtuple_output_net", "tuple_output_net",
+                             "object_output_net",
                              "two_logits_net", "features_first_in_training_net")}}
 
 _SOURCE = '''

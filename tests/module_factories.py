@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import namedtuple
 from collections.abc import Callable
 from typing import Any
@@ -184,13 +185,25 @@ def batch_statistics_net(classes: int = 4) -> NormalizedNet:
     return NormalizedNet(classes, batch_statistics=True)
 
 
+def half_precision_net(classes: int = 4) -> NormalizedNet:
+    """A builder returning its model in float16 (``model.half()``), as some export scripts do."""
+    return NormalizedNet(classes).half()
+
+
 class StructuredOutputNet(nn.Module):
     """An installed architecture whose forward returns its logits inside a structure:
     ``"dict"`` {"logits", "features"}, ``"namedtuple"`` (logits, features), ``"tuple"``
-    (logits, features), the ambiguous ``"two_logits"`` (logits, auxiliary logits), or
-    ``"features_first_in_training"``: logits in eval mode, (features, logits) in train mode."""
+    (logits, features), ``"object"`` (an object with ``logits`` and ``features`` attributes, as
+    a dataclass or Hugging Face's outputs), the ambiguous ``"two_logits"`` (logits, auxiliary
+    logits), or ``"features_first_in_training"``: logits in eval mode, (features, logits) in
+    train mode."""
 
     Output = namedtuple("Output", ["logits", "features"])
+
+    @dataclasses.dataclass
+    class Result:
+        features: Tensor
+        logits: Tensor
 
     def __init__(self, classes: int = 4, form: str = "dict") -> None:
         super().__init__()
@@ -208,6 +221,8 @@ class StructuredOutputNet(nn.Module):
             return self.Output(logits, features)
         if self.form == "tuple":
             return logits, features
+        if self.form == "object":
+            return self.Result(features, logits)
         if self.form == "two_logits":
             return logits, self.aux(features)
         return (features, logits) if self.training else logits
@@ -221,6 +236,7 @@ def structured_output_net(form: str) -> Callable[[int], StructuredOutputNet]:
 dict_output_net = structured_output_net("dict")
 namedtuple_output_net = structured_output_net("namedtuple")
 tuple_output_net = structured_output_net("tuple")
+object_output_net = structured_output_net("object")
 two_logits_net = structured_output_net("two_logits")
 features_first_in_training_net = structured_output_net("features_first_in_training")
 

@@ -36,6 +36,7 @@ import pytest
 
 from persistence.migrate import upgrade_database
 from persistence.settings import Settings
+from tests.preloaded_launcher import ForkedProcess, Launcher
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get("RIFT_TEST_POSTGRES_ADMIN_URL",
@@ -221,9 +222,11 @@ def service_settings(service_env: dict[str, str]) -> Settings:
 
 
 class WorkerProcess:
-    """A ``celery worker`` subprocess; its output goes to ``log_path``."""
+    """A ``celery worker`` process (started by ``subprocess`` or forked by the launcher); its
+    output goes to ``log_path``."""
 
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path, name: str) -> None:
+    def __init__(self, process: subprocess.Popen[bytes] | ForkedProcess, log_path: Path,
+                 name: str) -> None:
         self.process = process
         self.log_path = log_path
         self.name = name
@@ -268,24 +271,49 @@ def _celery_command() -> list[str]:
     return [str(celery)] if celery.exists() else [sys.executable, "-m", "celery"]
 
 
-def launch_worker(env: Mapping[str, str], log_path: Path, name: str) -> WorkerProcess:
+def launch_worker(env: Mapping[str, str], log_path: Path, name: str,
+                  launcher: Launcher | None = None) -> WorkerProcess:
     """Start a real ``celery worker`` (solo pool, one task at a time) consuming
     ``env["CELERY_QUEUE"]``, with ``env`` over this process's environment; its output goes to
-    ``log_path``. Call ``wait_ready()`` on the result."""
+    ``log_path``. Call ``wait_ready()`` on the result. With a ``launcher`` the worker is forked
+    from it (the same command line, without paying the imports again)."""
     full = {**os.environ, **env}
     # Two cores are shared by the test and its workers: no thread oversubscription.
     full.setdefault("OMP_NUM_THREADS", "1")
-    command = [*_celery_command(), "-A", "worker.celery_app", "worker", "--pool=solo",
-               "--concurrency=1", "-Q", full.get("CELERY_QUEUE", "rift"), "--without-gossip",
-               "--without-mingle", "--without-heartbeat", "--loglevel=INFO", "-n", f"{name}@%h"]
+    arguments = ["-A", "worker.celery_app", "worker", "--pool=solo",
+                 "--concurrency=1", "-Q", full.get("CELERY_QUEUE", "rift"), "--without-gossip",
+                 "--without-mingle", "--without-heartbeat", "--loglevel=INFO", "-n", f"{name}@%h"]
+    if launcher is not None:
+        forked = launcher.spawn(["celery", *arguments], full, PROJECT_ROOT, log_path)
+        return WorkerProcess(forked, log_path, name)
+    command = [*_celery_command(), *arguments]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=full, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     return WorkerProcess(process, log_path, name)
 
 
+@pytest.fixture(scope="session")
+def worker_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
+    """This test process's launcher of worker processes (see ``tests/preloaded_launcher.py``);
+    ``RIFT_TEST_FORK_WORKERS=0`` starts every worker with a fresh interpreter instead."""
+    launcher = Launcher(tmp_path_factory.mktemp("launcher"), PROJECT_ROOT)
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture(scope="session")
+def optional_worker_launcher(request: pytest.FixtureRequest) -> Launcher | None:
+    """The launcher, or None when ``RIFT_TEST_FORK_WORKERS=0``."""
+    if os.environ.get("RIFT_TEST_FORK_WORKERS", "1") == "0":
+        return None
+    launcher: Launcher = request.getfixturevalue("worker_launcher")
+    return launcher
+
+
 @pytest.fixture
-def start_worker(service_env: dict[str, str], tmp_path: Path
+def start_worker(service_env: dict[str, str], tmp_path: Path,
+                 optional_worker_launcher: Launcher | None
                  ) -> Iterator[Callable[..., WorkerProcess]]:
     """``start_worker(**env_overrides) -> WorkerProcess``: a real Celery worker (solo pool, one
     task at a time) consuming the test's queue, started and ready. All are stopped at teardown."""
@@ -293,7 +321,8 @@ def start_worker(service_env: dict[str, str], tmp_path: Path
 
     def start(wait: bool = True, **overrides: str) -> WorkerProcess:
         name = f"w{len(started) + 1}-{uuid.uuid4().hex[:6]}"
-        worker = launch_worker({**service_env, **overrides}, tmp_path / f"worker-{name}.log", name)
+        worker = launch_worker({**service_env, **overrides}, tmp_path / f"worker-{name}.log", name,
+                               optional_worker_launcher)
         started.append(worker)
         if wait:
             worker.wait_ready()

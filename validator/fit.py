@@ -8,7 +8,7 @@ Imports torch; runs in the validator process.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from rift.config import RiftConfig
@@ -70,7 +70,7 @@ def check_checkpoint_fits(
                   for key, shape in shapes.items()}
     mismatch: CheckpointMismatchError | None = None
     for channels in options:
-        model = _meta_model(config, channels, size, num_features)
+        model = _meta_model(config, channels, size, num_features, shapes)
         try:
             check_compatible(model, meta_state)
             break
@@ -100,15 +100,16 @@ def _torch_dtype(name: str) -> torch.dtype | None:
     return value if isinstance(value, torch.dtype) else None
 
 
-def _meta_model(config: RiftConfig, channels: int, size: int,
-                num_features: int | None) -> nn.Module:
+def _meta_model(config: RiftConfig, channels: int, size: int, num_features: int | None,
+                checkpoint_keys: Iterable[str]) -> nn.Module:
     import torch
 
     from rift.models import build_model
 
     try:
         with torch.device("meta"):
-            return build_model(config.architecture, in_channels=channels, image_size=size)
+            return build_model(config.architecture, in_channels=channels, image_size=size,
+                               checkpoint_keys=checkpoint_keys)
     except RiftError:
         raise
     except Exception as exc:  # e.g. a torchvision model that cannot take these options

@@ -15,6 +15,13 @@ Channels (``spec.channels``): with ``"auto"`` (the default) a tree whose images 
 ``rift.dataset_formats.is_grey_image``) is read as one channel, any colour image makes the whole
 tree RGB (grey images then repeat their grey in the three channels). ``1`` converts colour images
 to grey (ITU-R 601-2 luma), ``3`` reads grey images as RGB.
+
+Content (``rift.image_content``, the rules an upload is held to): the training images and the
+held-out images are each refused when more than half of them are constant, when all are the
+same image, or when the largest pixel value is 1 (a 0/1 mask saved unscaled), and a tree of one
+class folder is refused. The library sees every image, the upload check a sample of them; the
+pixels judged are the decoded file's, before ``channels`` or ``image_size`` change them, as
+the upload check judges them.
 """
 
 from __future__ import annotations
@@ -42,7 +49,13 @@ from rift.dataset_formats import (
     is_image_file,
 )
 from rift.errors import DatasetError
-from rift.image_content import decode_8bit
+from rift.image_content import (
+    PixelSummary,
+    check_summaries,
+    decode_8bit,
+    one_class_problem,
+    summarize,
+)
 
 TEST_FRACTION = 0.2  # held out as test when the tree has no labelled val/test folder
 
@@ -93,13 +106,14 @@ def _annotated(folder: Path, classes: list[str]) -> Labelled:
     return files
 
 
-def _held_out(root: Path, classes: list[str]) -> Labelled | None:
+def _held_out(root: Path, classes: list[str]) -> tuple[Path, Labelled] | None:
+    """The labelled held-out folder under ``root`` and its files, or None."""
     for name in HELD_OUT_FOLDERS:
         folder = root / name
         if not folder.is_dir():
             continue
         if (folder / ANNOTATIONS).is_file():
-            return _annotated(folder, classes)
+            return folder, _annotated(folder, classes)
         sub = [d.name for d in _visible_dirs(folder)]
         known = [d for d in sub if d in classes]
         if not known:
@@ -108,17 +122,18 @@ def _held_out(root: Path, classes: list[str]) -> Labelled | None:
         if unknown:
             raise DatasetError(f"{folder} has class folder(s) {unknown} that 'train' lacks")
         index = {c: i for i, c in enumerate(classes)}
-        return [(path, index[d]) for d in known for path in _image_files(folder / d)]
+        return folder, [(path, index[d]) for d in known for path in _image_files(folder / d)]
     return None
 
 
 @dataclass(frozen=True)
 class _Pixels:
-    """Decoded images, (N, H, W, 3) uint8 (greyscale ones copied to the three channels), and
-    which files were greyscale."""
+    """Decoded images, (N, H, W, 3) uint8 (greyscale ones copied to the three channels), which
+    files were greyscale, and each file's pixels as decoded (for the content rules)."""
 
     rgb: np.ndarray
     grey: np.ndarray  # (N,) bool
+    summaries: list[PixelSummary]
 
 
 def _read_images(files: list[Path], size: tuple[int, int], resize: bool,
@@ -129,6 +144,7 @@ def _read_images(files: list[Path], size: tuple[int, int], resize: bool,
     width, height = size
     out = np.empty((len(files), height, width, 3), np.uint8)
     grey = np.zeros(len(files), np.bool_)
+    summaries: list[PixelSummary | None] = [None] * len(files)
 
     def read(i: int) -> None:
         try:
@@ -137,6 +153,7 @@ def _read_images(files: list[Path], size: tuple[int, int], resize: bool,
         # DecompressionBombError: more pixels than Pillow's limit (an Exception, not an OSError).
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DatasetError(f"cannot read image {files[i]}: {exc}") from exc
+        summaries[i] = summarize(np.asarray(decoded), str(files[i]))
         if channels == 1 and not grey[i]:
             decoded = decoded.convert("L")
         if resize:
@@ -152,7 +169,7 @@ def _read_images(files: list[Path], size: tuple[int, int], resize: bool,
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for _ in pool.map(read, range(len(files))):
             pass
-    return _Pixels(out, grey)
+    return _Pixels(out, grey, [summary for summary in summaries if summary is not None])
 
 
 def _tensors(files: Labelled, pixels: _Pixels, channels: int) -> ImageTensors:
@@ -173,8 +190,12 @@ def load_imagefolder(spec: DatasetSpec) -> SourceData:
     classes = [d.name for d in _visible_dirs(train_root)]
     if not classes:
         raise DatasetError(f"dataset 'imagefolder': no class folders in {train_root}")
+    if len(classes) == 1:
+        raise DatasetError(one_class_problem(f"dataset 'imagefolder': {train_root}",
+                                             f"'{classes[0]}' (the only class folder)"))
     train_files = _class_tree(train_root, classes)
-    test_files = _held_out(root, classes) if train_root != root else None
+    held_out = _held_out(root, classes) if train_root != root else None
+    test_files = held_out[1] if held_out is not None else None
     if test_files is not None and not test_files:
         raise DatasetError(f"dataset 'imagefolder': the held-out folder under {root} is empty")
     reference = train_files[0][0]
@@ -195,6 +216,11 @@ def load_imagefolder(spec: DatasetSpec) -> SourceData:
     parts = [(files, _read_images([path for path, _ in files], size, resize, reference,
                                   spec.channels))
              for files in (train_files, test_files) if files is not None]
+    wheres = [f"dataset 'imagefolder': the training images (class folders in {train_root})"]
+    if held_out is not None:
+        wheres.append(f"dataset 'imagefolder': the held-out images ({held_out[0]})")
+    for where, (_, pixels) in zip(wheres, parts, strict=True):
+        check_summaries(where, pixels.summaries)
     channels = imagefolder_channels(spec.channels,
                                     all(bool(pixels.grey.all()) for _, pixels in parts))
     tensors = []

@@ -7,6 +7,11 @@ channels of a one-pixel image, with any values finite in float32 (their valid ra
 ``attack.domain``, not [0, 1]), so every image code path (batches, attacks, models) takes them
 unchanged. Labels are
 non-negative integers; ``num_classes`` is the largest label + 1.
+
+Content (``rift.image_content``, the rules an upload is held to): an input array whose
+examples are more than half constant (images), all the same (images or feature vectors), float
+images at most 1/255 (divided by 255 twice), and training labels of one class are refused,
+naming the key and an example.
 """
 
 from __future__ import annotations
@@ -31,8 +36,12 @@ from rift.dataset_formats import (
     read_npy_header,
 )
 from rift.errors import DatasetError
+from rift.image_content import ExampleScan, faint_problem, one_class_problem
 
 TEST_FRACTION = 0.2  # held out as test when the file has no x_test / y_test
+# Examples compared at a time by the content rules: bounds their temporary arrays (the
+# comparison with the first example) to about this many values.
+_CONTENT_CHUNK_VALUES = 8 * 1024 * 1024
 
 
 def _inputs(x: np.ndarray, key: str) -> tuple[torch.Tensor, NpzLayout]:
@@ -49,6 +58,20 @@ def _inputs(x: np.ndarray, key: str) -> tuple[torch.Tensor, NpzLayout]:
     if x.dtype == np.uint8:
         return torch.from_numpy(np.ascontiguousarray(x)), layout
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), layout
+
+
+def _check_content(x: np.ndarray, key: str, *, images: bool) -> None:
+    """The content rules of the module docstring on input array ``x`` (raises DatasetError)."""
+    if images and x.dtype.kind == "f" and x.size:
+        faint = faint_problem(key, float(x.max()))
+        if faint is not None:
+            raise DatasetError(faint)
+    size = int(np.prod(x.shape[1:], dtype=np.int64))
+    examples = ExampleScan(key, size, images=images, itemsize=x.dtype.itemsize)
+    step = max(1, _CONTENT_CHUNK_VALUES // max(size, 1))
+    for start in range(0, x.shape[0], step):
+        examples.update(x[start:start + step])
+    examples.finish()
 
 
 def _labels(y: np.ndarray, key: str, count: int, inputs_key: str) -> torch.Tensor:
@@ -103,6 +126,12 @@ def load_npz(spec: DatasetSpec) -> SourceData:
         if part is not None:
             check_has_examples(len(part), key, str(path))
     check_enough_examples(len(train), test is not None, f"key 'x' in {path}", "x_test")
+    # Content after format: a file with a missing or misshapen key is told that first.
+    for key in ("x", "x_test"):
+        if key in arrays:
+            _check_content(arrays[key], key, images=layout.content == "images")
+    if len(train) and bool((train.labels == train.labels[0]).all()):
+        raise DatasetError(one_class_problem("key 'y'", int(train.labels[0])))
     labels = [train.labels] + ([test.labels] if test is not None else [])
     largest = max(int(t.max()) for t in labels)
     return SourceData(train=train, test=test, num_classes=num_classes_from_labels(largest),

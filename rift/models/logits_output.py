@@ -7,6 +7,8 @@ the structure says unambiguously which entry they are:
 
 * a ``Mapping`` with a ``"logits"`` tensor (e.g. ``{"logits": ..., "features": ...}``);
 * a namedtuple with a ``logits`` field;
+* any other object with a ``logits`` tensor attribute (a dataclass, Hugging Face's output
+  classes);
 * a tuple or list whose first element is a 2-D tensor and no other element is a tensor of the
   same shape (``(logits, features)``; ``(logits, aux_logits)`` could be either way round and is
   refused).
@@ -56,11 +58,17 @@ def logits_of(output: object, training: bool) -> Tensor:
                 isinstance(other, Tensor) and other.shape == first.shape
                 for other in output[1:])):
             return first
+    else:
+        attribute = getattr(output, _LOGITS, None)
+        # torch.fx hands a wrapped call real arguments unless one is a Proxy or a container of
+        # them, which an object is not: traced, the attribute is the Proxy of the logits.
+        if isinstance(attribute, Tensor | torch.fx.Proxy):
+            return attribute  # type: ignore[return-value]
     mode = "train" if training else "eval"
     raise ConfigError(
         f"in {mode} mode the model returns a {type(output).__name__} ({_describe(output)}), "
         "in which no entry is unambiguously the (batch, num_classes) logits; RiFT takes them "
-        "from a tensor, a mapping's 'logits' entry, a namedtuple's 'logits' field, or the first "
+        "from a tensor, a mapping's 'logits' entry, a 'logits' attribute, or the first "
         "element of a tuple or list when it is 2-D and no other element has its shape: return "
         "one of these", field="architecture")
 

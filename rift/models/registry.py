@@ -13,7 +13,7 @@ uploads never carry code.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
 from types import MappingProxyType
 
@@ -31,6 +31,7 @@ from rift.models.small_cnn import small_cnn
 from rift.models.torchvision_models import (
     PREFIX,
     build_torchvision_model,
+    holds_auxiliary_heads,
     torchvision_classifier_names,
 )
 from rift.models.wide_resnet import wide_resnet28_10, wide_resnet34_10
@@ -87,7 +88,8 @@ def list_architectures() -> list[str]:
             + [PREFIX + name for name in torchvision_classifier_names()])
 
 
-def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int = 32,
+                checkpoint_keys: Iterable[str] = ()) -> nn.Module:
     """Build the network ``spec`` names, with freshly initialised weights, in train mode.
 
     ``spec.in_channels`` / ``spec.image_size``, when set, win over the keyword defaults (which the
@@ -95,6 +97,10 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
     returns (N, num_classes) logits; ``spec.mean``/``spec.std`` are applied inside ``forward``
     through non-persistent buffers, so state-dict keys match public checkpoints. Tensors follow the
     ambient default device, so building under ``with torch.device("meta"):`` allocates nothing.
+    Floating-point parameters and buffers are float32 whatever the builder made (an installed
+    builder returning ``model.half()``): see :func:`float32_model`. ``checkpoint_keys``: the
+    keys of the checkpoint the model will hold, where they decide its form (a torchvision
+    GoogLeNet or Inception v3 trained with its auxiliary heads is built with them).
 
     Raises:
         UnknownArchitectureError: the name is not known; the message lists the known names.
@@ -104,7 +110,7 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
     channels = spec.in_channels if spec.in_channels is not None else in_channels
     size = spec.image_size if spec.image_size is not None else image_size
     try:
-        return _build(spec, channels, size)
+        return float32_model(_build(spec, channels, size, checkpoint_keys))
     except RiftError:
         raise
     except Exception as exc:
@@ -116,17 +122,20 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
             f"{_one_line(exc)}", field="architecture") from exc
 
 
-def _build(spec: ArchitectureSpec, channels: int, size: int) -> nn.Module:
+def _build(spec: ArchitectureSpec, channels: int, size: int,
+           checkpoint_keys: Iterable[str]) -> nn.Module:
     mean: Sequence[float] | None = spec.mean
     std: Sequence[float] | None = spec.std
     if spec.name.startswith(PREFIX):
+        name = spec.name[len(PREFIX):]
         return build_torchvision_model(
-            spec.name[len(PREFIX):],
+            name,
             num_classes=spec.num_classes,
             in_channels=channels,
             image_size=size,
             mean=mean,
             std=std,
+            auxiliary_heads=holds_auxiliary_heads(name, checkpoint_keys),
         )
     if spec.name == MLP:
         features = spec.input_features if spec.input_features is not None \
@@ -156,6 +165,20 @@ def _build(spec: ArchitectureSpec, channels: int, size: int) -> nn.Module:
     # An operator's network may return its logits inside a dict or tuple (logits_output).
     return return_logits(
         builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std))
+
+
+def float32_model(model: nn.Module) -> nn.Module:
+    """``model`` with every floating-point parameter and buffer in float32 (in place; returned).
+
+    Every stage feeds float32 inputs (images in [0, 1]) and chooses its own arithmetic
+    (``precision``: fp32, or bf16 autocast); a model built in half, bfloat16 or float64 failed its
+    first forward with a dtype error ("Input type (float) and bias type (c10::Half)"). Checkpoint
+    values are cast to the model's dtype when no value changes (``rift.checkpoints``), so an fp16
+    or bf16 checkpoint loads exactly into the float32 model."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors):
+        model.float()
+    return model
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
@@ -195,6 +218,36 @@ def refuse_batch_statistics(model: nn.Module, spec: ArchitectureSpec) -> None:
             field="architecture")
 
 
+def _input_form_hint(model: nn.Module, image_shape: tuple[int, int, int], num_classes: int,
+                     device: torch.device) -> str:
+    """When ``model`` refused the (1, C, H, W) probe: the input form it does take, found by
+    trying the usual others (flat vectors of C·H·W features, the other of 1 and 3 channels), as
+    the end of the error message; "" when none of them gives (1, ``num_classes``) either."""
+    channels, height, width = image_shape
+    features = channels * height * width
+    form = "feature vectors as (N, F, 1, 1)" if (height, width) == (1, 1) else "images"
+    tries: list[tuple[tuple[int, ...], str]] = [((1, features), (
+        f"; it does take flat vectors of {features} features, (N, {features}): RiFT passes "
+        f"every input as (N, C, H, W) ({form}), "
+        "so flatten at the start of forward (x = x.flatten(1))"))]
+    other = {1: 3, 3: 1}.get(channels)
+    if other is not None:
+        tries.append(((1, other, height, width), (
+            f"; it does take {other}-channel images: the data has {channels} channel(s) "
+            f"({'grey' if channels == 1 else 'colour'}), so either the model was built for "
+            f"{other} (architecture.in_channels, or a builder that ignores in_channels) or the "
+            f"data should be given with {other}")))
+    for shape, hint in tries:
+        try:
+            with frozen_except(model), torch.no_grad():
+                logits = model(torch.zeros(shape, device=device))
+        except Exception:  # any refusal: this form is not the answer either
+            continue
+        if isinstance(logits, torch.Tensor) and tuple(logits.shape) == (1, num_classes):
+            return hint
+    return ""
+
+
 def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
                         image_shape: tuple[int, int, int], *, device: torch.device) -> None:
     """Run one all-zero input of ``image_shape`` (C, H, W) through ``model`` (eval mode, no
@@ -223,7 +276,9 @@ def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
     except Exception as exc:
         raise ConfigError(
             f"architecture {spec.name!r} cannot take the dataset's {shape}: "
-            f"{type(exc).__name__}: {_one_line(exc)}", field="architecture") from exc
+            f"{type(exc).__name__}: {_one_line(exc)}"
+            + _input_form_hint(model, image_shape, spec.num_classes, device),
+            field="architecture") from exc
     expected = (1, spec.num_classes)
     got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
     if got != expected:

@@ -8,20 +8,33 @@ torchvision's own checkpoints load unchanged; unlike a forward pre-hook it is se
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from rift.errors import ConfigError, UnknownArchitectureError
+from rift.models.logits_output import logits_of
 from rift.models.normalization import normalize_input, register_input_normalization
+
+# A call torch.fx records as one node instead of tracing into it (as in logits_output).
+torch.fx.wrap("logits_of")
 
 PREFIX = "torchvision:"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Models whose auxiliary heads make `forward` return a tuple in train mode; RiFT needs plain logits.
-_AUX_LOGIT_MODELS = ("googlenet", "inception_v3")
+# Models whose auxiliary heads make `forward` return a tuple in train mode: built without them,
+# unless the checkpoint holds them (keys under these prefixes), as a model trained from scratch
+# with torchvision's defaults does; its train-mode tuple is then read by `logits_of`.
+AUXILIARY_HEAD_PREFIXES = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
+
+
+def holds_auxiliary_heads(name: str, checkpoint_keys: Iterable[str]) -> bool:
+    """Whether a checkpoint with ``checkpoint_keys`` holds the auxiliary heads of torchvision
+    classifier ``name`` (False for a model without any)."""
+    prefixes = AUXILIARY_HEAD_PREFIXES.get(name)
+    return prefixes is not None and any(key.startswith(prefixes) for key in checkpoint_keys)
 
 
 def torchvision_classifier_names() -> list[str]:
@@ -71,12 +84,15 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     )
 
 
-def _add_input_normalization(model: nn.Module) -> None:
+def _add_input_normalization(model: nn.Module, *, structured: bool = False) -> None:
+    """Normalise the input inside ``forward``; ``structured``: the output may be a structure
+    (the auxiliary heads' tuple in train mode), from which :func:`logits_of` takes the logits."""
     base = type(model)
 
     class Normalized(base):  # type: ignore[valid-type, misc]
         def forward(self, x: Tensor) -> Tensor:
-            return super().forward(normalize_input(self, x))
+            output = super().forward(normalize_input(self, x))
+            return logits_of(output, self.training) if structured else output
 
     # Same names as the base class, so reprs and traced GraphModules read as torchvision's.
     Normalized.__name__ = base.__name__
@@ -107,10 +123,14 @@ def build_torchvision_model(
     image_size: int = 224,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    auxiliary_heads: bool = False,
 ) -> nn.Module:
     """Build ``torchvision.models.<name>`` with random weights (never downloads).
 
     ``mean``/``std`` ``None`` means ImageNet statistics. Input (N, C, H, W) in [0, 1].
+    ``auxiliary_heads``: GoogLeNet and Inception v3 with their auxiliary heads (to hold a
+    checkpoint trained with them: :func:`holds_auxiliary_heads`); ``forward`` still returns the
+    logits alone in train mode (the heads run, unused: the eval output does not depend on them).
     """
     import torchvision
 
@@ -121,8 +141,9 @@ def build_torchvision_model(
             field="architecture.name",
         )
     kwargs: dict[str, object] = {"weights": None, "num_classes": num_classes}
-    if name in _AUX_LOGIT_MODELS:
-        kwargs.update(aux_logits=False, init_weights=True)
+    auxiliary_heads = auxiliary_heads and name in AUXILIARY_HEAD_PREFIXES
+    if name in AUXILIARY_HEAD_PREFIXES:
+        kwargs.update(aux_logits=auxiliary_heads, init_weights=True)
     if name.startswith("vit_"):
         # Vision transformers fix their input size at construction time.
         kwargs["image_size"] = image_size
@@ -139,5 +160,5 @@ def build_torchvision_model(
     if mean is None or std is None:
         mean, std = default_statistics(in_channels)
     register_input_normalization(model, mean, std, in_channels)
-    _add_input_normalization(model)
+    _add_input_normalization(model, structured=auxiliary_heads)
     return model

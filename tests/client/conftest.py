@@ -26,6 +26,7 @@ from persistence.settings import Settings
 from rift_client import Checkpoint, Event, Job, RetryPolicy, RiftClient
 from tests.api.helpers import KIB, ApiServer, RecordingDispatcher, digits_config, make_key
 from tests.client.helpers import ScriptedServer
+from tests.preloaded_launcher import Launcher
 from tests.service_fixtures import (
     forget_queue,
     launch_worker,
@@ -111,14 +112,16 @@ def rift(queued_api: RunningApi, api_key: str | None) -> Iterator[RiftClient]:
 @pytest.fixture(scope="package")
 def live_service(_postgres_template: str, redis_broker_url: str,
                  tmp_path_factory: pytest.TempPathFactory,
-                 shared_validator: Validator) -> Iterator[RunningApi]:
+                 shared_validator: Validator,
+                 optional_worker_launcher: Launcher | None) -> Iterator[RunningApi]:
     """The whole service for the tests of this folder: Postgres, Redis, a Celery worker process, the API
     over HTTP, a local object store."""
     root = tmp_path_factory.mktemp("live-service")
     queue = f"rift-client-test-{uuid.uuid4().hex[:12]}"
     with migrated_database(_postgres_template, "rift_client") as database_url:
         env = service_environment(database_url, redis_broker_url, queue, root)
-        worker = launch_worker(env, root / "worker.log", f"client-{uuid.uuid4().hex[:6]}")
+        worker = launch_worker(env, root / "worker.log", f"client-{uuid.uuid4().hex[:6]}",
+                               optional_worker_launcher)
         try:
             worker.wait_ready()
             server, stop = _serve(settings_from_env(env), shared_validator)

@@ -2,10 +2,12 @@
 followed live and waited for; its event stream resumed after a dropped connection with nothing
 lost or repeated; its artifacts downloaded with their SHA-256 checked, resumed after a dropped
 connection, and refused when the stored bytes are corrupted; its weights materialized at α = 0
-and α = 1, equal to θ_AT and θ_FT bit for bit."""
+and α = 1, equal to θ_AT and θ_FT bit for bit; the same job read, streamed, waited for,
+materialized and downloaded (resumed too) through ``AsyncRiftClient``."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ import safetensors.numpy
 
 from persistence.db import session_factory_from_settings
 from persistence.jobs import get_artifact
-from rift_client import ChecksumMismatchError, Event, RiftClient
+from rift_client import AsyncRiftClient, ChecksumMismatchError, Event, RiftClient
 from tests.client.conftest import FAST_RETRY, FinishedJob, RunningApi
 from tests.client.helpers import CuttingProxy
 
@@ -223,3 +225,42 @@ def test_results_of_a_real_job_over_http(finished_job: FinishedJob, live_service
         assert report.status_code == 200 and job.selected_module is not None
         assert f"<tr class='selected'><td class='name'>{job.selected_module}</td>" in report.text
         assert 'data-chart="alpha"' in report.text and 'data-chart="mrc"' in report.text
+
+
+def test_the_async_client_follows_and_downloads_the_finished_job(
+        finished_job: FinishedJob, live_service: RunningApi, live_api_key: str | None,
+        live: RiftClient, proxies: list[CuttingProxy], tmp_path: Path) -> None:
+    job = finished_job.job
+    logged = _all_events(live, job.id)
+    tuned = live.get_artifact(job.id, "tuned.safetensors")
+    proxy = CuttingProxy(live_service.url, marker=b"/artifacts/tuned.safetensors",
+                         cut_after=tuned.size // 2)
+    proxies.append(proxy)
+    calls: list[tuple[int, int]] = []
+
+    async def scenario() -> None:
+        async with AsyncRiftClient(live_service.url, api_key=live_api_key,
+                                   retry=FAST_RETRY) as rift:
+            assert [e async for e in rift.stream_events(job.id)] == logged
+            assert await rift.wait(job.id, timeout=5) == live.get_job(job.id)
+            assert await rift.get_mrc(job.id) == live.get_mrc(job.id)
+            assert await rift.get_curves(job.id) == live.get_curves(job.id)
+            path = await rift.download(job.id, "tuned.safetensors", tmp_path,
+                                       progress=lambda done, total: calls.append((done, total)))
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == tuned.sha256
+            report = await rift.download_report(job.id, tmp_path)
+            assert report.name == f"{job.id}.html" and job.selected_module in report.read_text()
+            record = await rift.materialize(job.id, 1.0)
+            done = await rift.wait_materialization(job.id, record.id, timeout=120,
+                                                   poll_interval=0.2)
+            assert done.status == "succeeded" and done.artifact == "tuned@1.safetensors"
+        # A connection dropped mid-file: resumed with a Range request, as the blocking client.
+        async with AsyncRiftClient(proxy.url, api_key=live_api_key, retry=FAST_RETRY) as rift:
+            resumed = await rift.download(job.id, "tuned.safetensors", tmp_path / "resumed")
+            assert resumed.read_bytes() == path.read_bytes()
+
+    asyncio.run(scenario())
+    assert calls[-1] == (tuned.size, tuned.size) and len(calls) >= 1
+    assert proxy.cuts_done == 1
+    assert any(line.lower().startswith("range: bytes=") for text in proxy.requests_text()
+               for line in text.splitlines())

@@ -207,6 +207,9 @@ def _awkward_config(folder: Path, architecture: str, tuned: str) -> RiftConfig:
     ("dict_output_net", "head", ["stem", "head"], ["aux"]),
     ("namedtuple_output_net", "stem", ["stem", "head"], ["aux"]),
     ("tuple_output_net", "head", ["stem", "head"], ["aux"]),
+    ("object_output_net", "stem", ["stem", "head"], ["aux"]),  # a dataclass's .logits
+    # Built in float16 by its builder: run in float32 (it failed its first forward).
+    ("half_precision_net", "conv2", ["conv1", "conv2", "head"], []),
 ])
 def test_awkward_architectures_run_end_to_end_without_a_silent_wrong_result(
         plugin_path: Path, tmp_path: Path, architecture: str, tuned: str, rows: list[str],
@@ -240,6 +243,23 @@ def test_awkward_architectures_run_end_to_end_without_a_silent_wrong_result(
     run.reset_weights(interpolate_weights(theta_at, theta_ft, 0.0))
     for key, value in run.model.state_dict().items():
         assert torch.equal(value, theta_at[key]), key
+
+
+def test_a_model_built_in_half_precision_runs_in_float32_with_its_fp16_checkpoint(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """A builder returning ``model.half()`` failed the first forward with "Input type (float)
+    and bias type (c10::Half)"; the model is float32 and its fp16 (or bf16) weights load exactly."""
+    from rift.pipeline import prepare_run
+
+    config = _awkward_config(tmp_path, "half_precision_net", "conv2")
+    torch.manual_seed(0)
+    model = build_model(config.architecture, in_channels=3, image_size=8)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    for dtype in (torch.float16, torch.bfloat16):
+        state = {key: value.to(dtype) for key, value in model.state_dict().items()}
+        run = prepare_run(config, state)
+        for key, value in run.model.state_dict().items():
+            assert value.dtype == torch.float32 and torch.equal(value, state[key].float()), key
 
 
 def test_batchnorm_without_running_statistics_is_refused_naming_the_layer(

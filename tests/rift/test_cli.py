@@ -206,6 +206,19 @@ def test_listing_commands(argv: list[str], capsys) -> None:
      "--seed)"),
     (["--set", "attack.domain=x"], None, "attack.domain: Input should be 'auto', 'unit' or "
      "'none' or Input should be a valid dictionary"),
+    # A config file is read as strictly as the API reads a job's config (before: "0.01" ran
+    # as 0.01, 2.0 as 2, "yes" as true), with the API's hints.
+    ([], {"finetune": {"lr": "0.01"}}, 'finetune.lr: Input should be a valid number (got '
+     '"0.01": write numbers without quotes, from --config'),
+    ([], {"finetune": {"epochs": 2.0}}, "finetune.epochs: Input should be a valid integer "
+     "(got 2.0: write 2, from --config"),
+    ([], {"attack": {"random_start": "yes"}}, 'attack.random_start: Input should be a valid '
+     'boolean (got "yes", from --config'),
+    # Next to an error the lax parse finds, the strict one is named too.
+    ([], {"mrc": {"steps": -1, "lr": "1"}}, 'mrc.steps: Input should be greater than or equal '
+     'to 1 (got -1, from --config'),
+    ([], {"mrc": {"steps": -1, "lr": "1"}}, 'mrc.lr: Input should be a valid number (got "1": '
+     'write numbers without quotes, from --config'),
 ])
 def test_an_invalid_config_is_one_line_naming_the_setting_and_its_source(
         tmp_path: Path, capsys, argv: list[str], spec: dict | None, line: str) -> None:
@@ -218,7 +231,7 @@ def test_an_invalid_config_is_one_line_naming_the_setting_and_its_source(
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("error: invalid configuration: ") and line in err
     if spec is not None:
-        assert f"(from --config {tmp_path / 'spec.json'})" in err
+        assert f"from --config {tmp_path / 'spec.json'})" in err
 
 
 @pytest.mark.parametrize(("name", "text", "line"), [
@@ -237,6 +250,19 @@ def test_a_config_file_json_cannot_take_as_meant_is_one_line(
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"error: --config {tmp_path / name}: ") and line in err
+
+
+def test_set_values_stay_text_read_laxly_also_over_a_strict_file(tmp_path: Path) -> None:
+    # --set values are text by nature: "yes" and "0.01" are read as meant, and a file's
+    # setting that --set replaces is not held against the file.
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"architecture": {"name": "small_cnn"},
+                                "dataset": {"name": "digits"}, "finetune": {"lr": "0.5"}}))
+    args = make_parser().parse_args([
+        "run", "--checkpoint", "x.pt", "--config", str(spec), "--set", "finetune.lr=0.01",
+        "--set", "attack.random_start=no", "--set", "mrc.steps=3.0"])
+    config = build_config(args)
+    assert (config.finetune.lr, config.attack.random_start, config.mrc.steps) == (0.01, False, 3)
 
 
 def test_a_missing_section_names_the_flag_that_gives_it(capsys) -> None:

@@ -37,13 +37,15 @@ def _rng(seed: int = 0) -> np.random.Generator:
 
 
 def _ids_of(data: ImageTensors) -> list[int]:
-    """Example ids encoded by _id_npz (float images whose every value is id / 1000)."""
+    """Example ids encoded by _id_npz (float images whose first value is id / 1000)."""
     return [round(v * 1000) for v in data.images[:, 0, 0, 0].tolist()]
 
 
 def _id_npz(path: Path, n: int = 200, classes: int = 4, **extra: np.ndarray) -> Path:
-    """An npz whose float image i is filled with i / 1000, so splits can be traced to ids."""
+    """An npz whose float image i is filled with i / 1000, so splits can be traced to ids, but
+    for its last pixel, 0.9 (a constant image is refused as content)."""
     x = np.repeat((np.arange(n) / 1000.0).astype(np.float32), 3 * 4 * 4).reshape(n, 3, 4, 4)
+    x[:, :, -1, -1] = 0.9
     y = np.arange(n) % classes
     np.savez(path, x=x, y=y, **extra)
     return path
@@ -231,7 +233,8 @@ def test_npz_float_nchw_and_grayscale(tmp_path: Path) -> None:
     splits = load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "f.npz")), seed=0)
     assert splits.train.images.dtype == torch.float32 and splits.augment == "crop"
     assert splits.train.images.min() >= 0.0 and splits.train.images.max() <= 1.0
-    np.savez(tmp_path / "g.npz", x=np.zeros((20, 6, 6), np.uint8), y=np.arange(20) % 2)
+    np.savez(tmp_path / "g.npz", x=_rng().integers(0, 256, (20, 6, 6), dtype=np.uint8),
+             y=np.arange(20) % 2)
     grey = load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "g.npz")), seed=0)
     assert grey.image_shape == (1, 6, 6)
 
@@ -283,6 +286,19 @@ _GOOD_Y = np.arange(6) % 2
     ({"x": _GOOD_X, "y": _GOOD_Y, "x_test": _GOOD_X[:0], "y_test": _GOOD_Y[:0]}, "'x_test'"),
     ({"x": (np.arange(6 * 48) % 2).astype(np.uint8).reshape(6, 4, 4, 3), "y": _GOOD_Y},
      "'x': uint8 images are read as value / 255"),  # 0/1 pixels: near-black images
+    # The content rules an upload is held to (rift.image_content), after the format rules.
+    ({"x": _GOOD_X, "y": _GOOD_Y}, "key 'x': every image is constant"),
+    ({"x": np.tile(_rng().integers(0, 256, (1, 4, 4, 3), dtype=np.uint8), (6, 1, 1, 1)),
+      "y": _GOOD_Y}, "key 'x': all 6 images are identical"),
+    ({"x": np.tile(_rng().random((1, 5)), (6, 1)), "y": _GOOD_Y},
+     "key 'x': all 6 feature vectors are identical"),
+    ({"x": _rng().random((6, 3, 4, 4)) / 255 / 255, "y": _GOOD_Y},
+     "key 'x': float images .*at most 1/255"),
+    ({"x": _rng().integers(0, 256, (6, 4, 4, 3), dtype=np.uint8), "y": np.full(6, 2)},
+     "key 'y': every training label is 2"),
+    ({"x": _rng().integers(0, 256, (6, 4, 4, 3), dtype=np.uint8), "y": _GOOD_Y,
+      "x_test": np.zeros((2, 4, 4, 3), np.uint8), "y_test": np.array([0, 1])},
+     "key 'x_test': every image is constant"),
 ])
 def test_npz_errors_name_the_key(tmp_path: Path, arrays: dict, key: str) -> None:
     np.savez(tmp_path / "bad.npz", **arrays)

@@ -30,10 +30,18 @@ def _save(path: Path, image: Image.Image) -> None:
     image.save(path)
 
 
+def _grey_image(level: int, mark: int) -> Image.Image:
+    """``level`` everywhere but the last row's last pixel, ``mark``: a constant image is
+    refused as content (rift.image_content), and the marks keep the images distinct."""
+    image = Image.new("L", SIZE, level)
+    image.putpixel((SIZE[0] - 1, SIZE[1] - 1), mark)
+    return image
+
+
 def _grey_tree(root: Path, per_class: int = 3, mode: str = "L") -> None:
     for name, level in GREYS.items():
         for i in range(per_class):
-            _save(root / name / f"{i}.png", Image.new("L", SIZE, level).convert(mode))
+            _save(root / name / f"{i}.png", _grey_image(level, level + 1 + i).convert(mode))
 
 
 def _spec(root: Path, **options: object) -> DatasetSpec:
@@ -54,7 +62,7 @@ def test_a_grey_tree_loads_as_one_channel_with_its_pixels(tmp_path: Path) -> Non
     for part in (splits.train, splits.validation, splits.test):
         assert part.images.dtype == torch.uint8 and part.images.shape[1:] == (1, 5, 6)
         for image, label in zip(part.images, part.labels, strict=True):
-            assert image.unique().tolist() == [list(GREYS.values())[int(label)]]
+            assert image[0, :-1].unique().tolist() == [list(GREYS.values())[int(label)]]
 
 
 def test_one_colour_image_anywhere_makes_the_tree_rgb(tmp_path: Path) -> None:
@@ -74,12 +82,14 @@ def test_one_colour_image_anywhere_makes_the_tree_rgb(tmp_path: Path) -> None:
 def test_sixteen_bit_grey_is_scaled_and_stays_one_channel(tmp_path: Path) -> None:
     for name, level in GREYS.items():
         for i in range(4):
-            deep = Image.fromarray(np.full((5, 6), level * 257, np.uint16))
+            pixels = np.full((5, 6), level * 257, np.uint16)
+            pixels[-1, -1] = (level + 1 + i) * 257
+            deep = Image.fromarray(pixels)
             assert deep.mode == "I;16"
             _save(tmp_path / name / f"{i}.png", deep)
     every = _every_image(tmp_path)
     assert every.shape == (12, 1, 5, 6)
-    assert sorted({int(image.unique()) for image in every}) == sorted(GREYS.values())
+    assert sorted({int(image[0, :-1].unique()) for image in every}) == sorted(GREYS.values())
 
 
 @pytest.mark.parametrize("mode", ["1", "LA", "P"])
@@ -113,10 +123,12 @@ def test_channels_option_forces_rgb_or_grey(tmp_path: Path) -> None:
     colour = (200, 10, 10)
     for name in GREYS:
         for i in range(4):
-            _save(tmp_path / "colour" / name / f"{i}.png", Image.new("RGB", SIZE, colour))
+            image = Image.new("RGB", SIZE, colour)
+            image.putpixel((SIZE[0] - 1, SIZE[1] - 1), (0, 0, i))  # not all one image
+            _save(tmp_path / "colour" / name / f"{i}.png", image)
     grey = _every_image(tmp_path / "colour", channels=1)
     luma = Image.new("RGB", (1, 1), colour).convert("L").getpixel((0, 0))  # ITU-R 601-2: 67
-    assert grey.shape[1] == 1 and grey.unique().tolist() == [luma]
+    assert grey.shape[1] == 1 and grey[:, :, :-1].unique().tolist() == [luma]
     assert _every_image(tmp_path / "colour").shape[1] == 3  # auto
 
 
@@ -187,3 +199,42 @@ def test_an_rgb_checkpoint_on_a_grey_tree_is_told_how_to_read_it_as_rgb(tmp_path
         prepare_run(config, rgb_state)
     as_rgb = config.model_copy(update={"dataset": _spec(tmp_path, channels=3)})
     assert prepare_run(as_rgb, rgb_state).splits.image_shape == (3, 5, 6)
+
+
+def test_the_upload_content_rules_apply_to_the_library_loader(tmp_path: Path) -> None:
+    """The rules an upload is held to (rift.image_content), now also when the library reads a
+    tree: before, a tree of blank frames, of one image copied, of 0/1 masks or of one class
+    loaded and ran."""
+    def load(root: Path) -> str:
+        with pytest.raises(DatasetError) as error:
+            load_dataset(_spec(root), seed=0)
+        return error.value.message
+
+    for name in GREYS:  # two of three training images of each class blank
+        for i in range(3):
+            _save(tmp_path / "blank" / name / f"{i}.png",
+                  _grey_image(0, 0 if i else 9))
+    assert load(tmp_path / "blank").startswith(
+        f"dataset 'imagefolder': the training images (class folders in {tmp_path / 'blank'}): "
+        "6 of 9 images are constant (every pixel one value, e.g. ")
+    for name in GREYS:
+        for i in range(3):
+            _save(tmp_path / "copies" / name / f"{i}.png", _grey_image(50, 60))
+    assert "all 9 images are identical" in load(tmp_path / "copies")
+    for index, name in enumerate(GREYS):
+        for i in range(3):
+            mask = Image.new("L", SIZE, 0)
+            mask.putpixel((index, i), 1)
+            _save(tmp_path / "masks" / name / f"{i}.png", mask)
+    assert "the largest value here is 1" in load(tmp_path / "masks")
+    _grey_tree(tmp_path / "one" / "train")
+    _grey_tree(tmp_path / "one" / "val", per_class=1)
+    for i in range(2):  # the held-out images are judged apart from the training ones
+        _save(tmp_path / "one" / "val" / "emu" / f"blank{i}.png", Image.new("L", SIZE, 0))
+        _save(tmp_path / "one" / "val" / "cat" / f"blank{i}.png", Image.new("L", SIZE, 0))
+    assert load(tmp_path / "one").startswith(
+        f"dataset 'imagefolder': the held-out images ({tmp_path / 'one' / 'val'}): 4 of 7 "
+        "images are constant")
+    _save(tmp_path / "single" / "cat" / "0.png", _grey_image(40, 41))
+    _save(tmp_path / "single" / "cat" / "1.png", _grey_image(40, 42))
+    assert "every training label is 'cat' (the only class folder)" in load(tmp_path / "single")

@@ -4,7 +4,8 @@ and the model itself keeps its names and stays traceable."""
 
 from __future__ import annotations
 
-from collections import namedtuple
+import dataclasses
+from collections import OrderedDict, namedtuple
 
 import pytest
 import torch
@@ -18,9 +19,22 @@ LOGITS, FEATURES = torch.ones(2, 4), torch.zeros(2, 6)
 Reversed = namedtuple("Reversed", ["features", "logits"])
 
 
+@dataclasses.dataclass
+class Output:
+    """A research model's output object (a dataclass with a ``logits`` field)."""
+
+    hidden: torch.Tensor
+    logits: torch.Tensor
+
+
+class ModelOutput(OrderedDict):  # type: ignore[type-arg]
+    """Hugging Face's output classes are ordered dicts whose keys are also attributes."""
+
+
 @pytest.mark.parametrize("output", [
     LOGITS, {"features": FEATURES, "logits": LOGITS}, (LOGITS, FEATURES), [LOGITS, FEATURES],
     (LOGITS, torch.zeros(())), Reversed(FEATURES, LOGITS),  # the field wins over the position
+    Output(FEATURES, LOGITS), ModelOutput(loss=None, logits=LOGITS, hidden_states=(FEATURES,)),
 ])
 def test_the_logits_are_taken_where_the_structure_says_which_they_are(output: object) -> None:
     assert logits_of(output, training=False) is LOGITS
@@ -32,6 +46,7 @@ def test_the_logits_are_taken_where_the_structure_says_which_they_are(output: ob
     ((torch.ones(2, 4, 1), LOGITS), "a tuple (tensor (2, 4, 1), tensor (2, 4))"),
     ((), "a tuple (empty)"),
     ("logits", "a str (not a tensor)"),
+    (Output(LOGITS, "logits"), "a Output (not a tensor)"),  # type: ignore[arg-type]
 ])
 def test_anything_else_is_refused_naming_the_structure(output: object, words: str) -> None:
     with pytest.raises(ConfigError) as error:

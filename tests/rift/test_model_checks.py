@@ -68,6 +68,9 @@ LEGITIMATE = {
     "log_softmax": lambda _, z: z.log_softmax(1),
     "relu_logits": lambda _, z: F.relu(z) + 0.1,  # non-negative, rows not summing to 1
     "dropout_in_train_only": lambda m, z: F.dropout(z, 0.5, training=m.training),
+    # A sigmoid inside forward (gating, SiLU) is not a final one.
+    "sigmoid_gate": lambda _, z: z * torch.sigmoid(z),
+    "sigmoid_then_shift": lambda _, z: torch.sigmoid(z) * 8 - 4,
 }
 
 
@@ -85,6 +88,12 @@ def test_legitimate_models_pass_and_keep_their_state(ending: str) -> None:
 
 REFUSED = {
     "softmax": (lambda _, z: z.softmax(1), "returns probabilities"),
+    # Outputs in [0, 1] not summing to 1: the softmax test cannot see them.
+    "sigmoid": (lambda _, z: torch.sigmoid(z), "ends forward with sigmoid"),
+    "sigmoid_module": (lambda _, z: nn.Sigmoid()(z), "ends forward with sigmoid"),
+    "sigmoid_method": (lambda _, z: z.sigmoid(), "ends forward with sigmoid"),
+    "expit": (lambda _, z: torch.special.expit(z), "ends forward with expit"),
+    "hardsigmoid": (lambda _, z: F.hardsigmoid(z * 10), "ends forward with hardsigmoid"),
     "dropout_left_on": (lambda _, z: F.dropout(z, 0.5), "dropout or noise stays active"),
     "noise": (lambda _, z: z + torch.randn_like(z), "different outputs"),
     "no_grad": (_no_grad, "torch.no_grad()"),

@@ -277,3 +277,62 @@ def test_check_model_accepts_wants_num_classes_logits_and_restores_the_mode() ->
     with pytest.raises(ConfigError, match=r"returns \(1, 4\).*\(1, 7\)"):
         check_model_accepts(model, ArchitectureSpec(name="small_cnn", num_classes=7), (1, 8, 8),
                             device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("model", "image_shape", "words"), [
+    # A model for flat vectors (a Linear first), given images or (N, F, 1, 1) feature vectors.
+    (nn.Sequential(nn.Linear(192, 8), nn.ReLU(), nn.Linear(8, 4)), (3, 8, 8),
+     "it does take flat vectors of 192 features, (N, 192): RiFT passes every input as "
+     "(N, C, H, W) (images), so flatten at the start of forward (x = x.flatten(1))"),
+    (nn.Sequential(nn.Linear(30, 4)), (30, 1, 1),
+     "it does take flat vectors of 30 features, (N, 30): RiFT passes every input as "
+     "(N, C, H, W) (feature vectors as (N, F, 1, 1))"),
+    # An RGB network given grey images, and a grey one given colour images.
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), (1, 8, 8),
+     "it does take 3-channel images: the data has 1 channel(s) (grey)"),
+    (nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), (3, 8, 8),
+     "it does take 1-channel images: the data has 3 channel(s) (colour)"),
+])
+def test_a_refused_input_names_the_form_the_model_takes(
+        model: nn.Module, image_shape: tuple[int, int, int], words: str) -> None:
+    arch = ArchitectureSpec(name="own", num_classes=4)
+    with pytest.raises(ConfigError) as error:
+        check_model_accepts(model, arch, image_shape, device=torch.device("cpu"))
+    assert words in error.value.message
+
+
+def test_a_refused_input_with_no_other_form_gives_no_hint() -> None:
+    arch = ArchitectureSpec(name="own", num_classes=4)
+    with pytest.raises(ConfigError) as error:
+        check_model_accepts(nn.Linear(5, 4), arch, (3, 8, 8), device=torch.device("cpu"))
+    assert "does take" not in error.value.message
+
+
+def test_a_checkpoint_for_colour_images_on_grey_data_names_both_channel_counts() -> None:
+    from rift.config import RiftConfig
+    from rift.errors import CheckpointMismatchError
+    from rift.pipeline import prepare_run
+
+    config = RiftConfig.model_validate({"architecture": {"name": "small_cnn"},
+                                        "dataset": {"name": "digits"}, "device": "cpu"})
+    rgb = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    with pytest.raises(CheckpointMismatchError) as error:
+        prepare_run(config, rgb)
+    assert error.value.message.endswith(
+        "conv1.weight takes 3-channel inputs in the checkpoint, and the data's images have 1 "
+        "channel(s): the checkpoint was trained on other images; RiFT does not convert "
+        "channels, give the data with 3 (e.g. an npz x repeated along its channel axis)")
+
+
+def test_googlenet_with_auxiliary_heads_in_its_checkpoint_keeps_them_and_returns_logits() -> None:
+    """A GoogLeNet trained from scratch with torchvision's defaults holds aux1/aux2: the model
+    is built with them, so the checkpoint loads (before: 20 unexpected keys), and in train mode
+    it still returns the logits alone (fine-tuning reads a tensor)."""
+    trained = torchvision.models.googlenet(num_classes=10, aux_logits=True, init_weights=False)
+    state = trained.state_dict()
+    arch = ArchitectureSpec(name="torchvision:googlenet")
+    model = build_model(arch, in_channels=3, image_size=32, checkpoint_keys=state)
+    assert sorted(model.state_dict()) == sorted(state)
+    model.load_state_dict(state)
+    assert tuple(model.train()(torch.rand(2, 3, 32, 32)).shape) == (2, 10)
+    assert build_model(arch, in_channels=3, image_size=32).aux1 is None  # no heads, no keys

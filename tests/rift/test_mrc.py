@@ -244,7 +244,30 @@ def test_module_selection_patterns_and_subsets(residual_setup) -> None:
         assert error.value.field == field
     with pytest.raises(ConfigError) as error:
         select_modules(nn.Sequential(nn.ReLU()), _spec())
-    assert error.value.field == "mrc"
+    assert error.value.field == "architecture"
+    assert "no layer MRC scores" in error.value.message and "it has no parameters" in \
+        error.value.message
+
+
+def test_a_model_with_no_scored_layer_names_what_its_parameters_are() -> None:
+    """Before: "the module selection (modules/include/exclude) matches no conv or linear
+    module", on a run that selected nothing."""
+    class RawWeights(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(12, 4))
+            self.table = nn.Embedding(3, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1) @ self.w + self.table.weight.sum(0)
+
+    with pytest.raises(ConfigError) as error:
+        select_modules(RawWeights(), _spec())
+    assert error.value.field == "architecture"
+    assert error.value.message.startswith(
+        "the model has no layer MRC scores (a convolution, Linear, Bilinear or attention "
+        "projection): its parameters are raw Parameters held by its own code: w; Embedding: "
+        "table.weight. RiFT scores layers")
 
 
 def test_naming_a_module_mrc_does_not_score_says_what_it_is(residual_setup) -> None:

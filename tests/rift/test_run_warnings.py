@@ -7,10 +7,12 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from rift.config import RiftConfig
 from rift.data import DatasetSplits, load_dataset
+from rift.errors import DatasetError
 from rift.pipeline import PipelineCallbacks, prepare_run, run_preflight_stage
 from rift.run_warnings import RunWarning, configuration_warnings
 
@@ -150,10 +152,11 @@ def test_classes_a_split_lacks_are_named(tmp_path: Path) -> None:
     assert RunWarning("finetune", ("the training split has no example of class(es) 5, which "
                                    "the test split holds: fine-tuning never sees them")) in found
     assert not any("α is chosen on 6 test examples," in w.message for w in found)
-    # Data of one class.
+    # Training labels of one class are refused when the data is loaded (rift.image_content,
+    # the rule of an upload); the test labels of one class are the warning above.
     config = _npz_config(tmp_path / "c.npz", x=_images(20), y=np.full(20, 3))
-    assert any(w.message.startswith("every example of the data is of class 3")
-               for w in _warnings(config))
+    with pytest.raises(DatasetError, match="every training label is 3"):
+        _warnings(config)
 
 
 def test_an_attack_weaker_than_its_eps_is_named(digits_job_config: dict) -> None:
@@ -182,7 +185,9 @@ def test_class_folders_named_by_numbers_in_text_order_are_named(tmp_path: Path) 
         for index, name in enumerate(names):
             for i in range(2):
                 (root / name).mkdir(parents=True, exist_ok=True)
-                Image.new("L", (8, 8), 20 * index + i).save(root / name / f"{i}.png")
+                image = Image.new("L", (8, 8), 20 * index + i)
+                image.putpixel((0, 0), 255)  # a constant image is refused as content
+                image.save(root / name / f"{i}.png")
         return RiftConfig.model_validate({"architecture": {"name": "small_cnn"}, "dataset": {
             "name": "imagefolder", "path": str(root)}})
 
@@ -196,3 +201,14 @@ def test_class_folders_named_by_numbers_in_text_order_are_named(tmp_path: Path) 
     # Zero-padded (or fewer than ten) numbers sort alike both ways: nothing to say.
     padded = [f"{n:02d}" for n in range(1, 11)]
     assert not any("class folders" in w.message for w in _warnings(tree(padded)))
+
+
+def test_a_head_wider_than_the_data_classes_is_named(digits_job_config: dict) -> None:
+    wide = _config(digits_job_config, architecture={**digits_job_config["architecture"],
+                                                    "num_classes": 1000})
+    [warning] = _warnings(wide)
+    assert warning.stage == "run"
+    assert warning.message.startswith(
+        "architecture.num_classes is 1000 but the data has 10 classes (labels 0 to 9): the "
+        "model's other 990 outputs are classes no example holds")
+    assert "set architecture.num_classes to 10" in warning.message

@@ -153,3 +153,16 @@ def test_an_installed_architecture_returning_a_dict_with_logits_is_accepted(
     with torch.device("meta"):
         model = rift.models.build_model(config.architecture, in_channels=3, image_size=8)
     check_checkpoint_fits(config, _shapes(model), in_channels=3, image_size=8)
+
+
+def test_a_googlenet_trained_with_its_auxiliary_heads_fits() -> None:
+    """torchvision's GoogLeNet trained from scratch keeps aux1/aux2 in its state dict; the
+    model is built with them (before: 20 unexpected keys, a 422 at creation)."""
+    import torchvision
+
+    config = RiftConfig.model_validate({"architecture": {"name": "torchvision:googlenet"},
+                                        "dataset": {"name": "digits"}})
+    with torch.device("meta"):
+        trained = torchvision.models.googlenet(num_classes=10, aux_logits=True,
+                                               init_weights=False)
+    check_checkpoint_fits(config, _shapes(trained), in_channels=3, image_size=32)

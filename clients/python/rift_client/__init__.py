@@ -1,16 +1,18 @@
 """Python client of the RiFT service's REST API, and the ``riftctl`` command line.
 
-See :class:`rift_client.client.RiftClient` (and :func:`rift_client.webhooks.verify_webhook` for
-a receiver of the service's webhooks); the models are in :mod:`rift_client.models`, the
-exceptions in :mod:`rift_client.errors`. This package needs no torch: only httpx and pydantic
-(typer and rich for the command line).
+See :class:`rift_client.client.RiftClient`, its asyncio twin
+:class:`rift_client.async_client.AsyncRiftClient` (also named ``AsyncClient``), and
+:func:`rift_client.webhooks.verify_webhook` for a receiver of the service's webhooks; the
+models are in :mod:`rift_client.models`, the exceptions in :mod:`rift_client.errors`. This
+package needs no torch: only httpx and pydantic (typer and rich for the command line).
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from rift_client.client import RiftClient
+from rift_client.client import RiftClient  # noqa: I001 (after __version__, which it imports)
+from rift_client.async_client import AsyncClient, AsyncRiftClient
 from rift_client.errors import (
     AuthenticationError,
     BadRequestError,
@@ -58,6 +60,8 @@ __all__ = [
     "TERMINAL_STATUSES",
     "WEBHOOK_EVENT_TYPES",
     "Artifact",
+    "AsyncClient",
+    "AsyncRiftClient",
     "AuthenticationError",
     "BadRequestError",
     "CandidateCurve",

@@ -1,0 +1,845 @@
+"""Every call of the RiFT clients, written once as a flow (:mod:`rift_client.flows`): which
+requests it sends, how it retries, how it reads the answers and which errors it raises.
+:class:`~rift_client.client.RiftClient` runs these flows with blocking I/O and
+:class:`~rift_client.async_client.AsyncRiftClient` with asyncio; neither holds any logic of its
+own beyond performing the effects. The public methods' documentation is on ``RiftClient``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, cast
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from rift_client.arguments import finite_number, item_limit, save_target, wait_times
+from rift_client.arguments import path_segment as _seg
+from rift_client.errors import (
+    ChecksumMismatchError,
+    NotFoundError,
+    RateLimitError,
+    RiftConnectionError,
+    RiftUsageError,
+    ServiceUnavailableError,
+    UnexpectedResponseError,
+    WaitTimeoutError,
+    api_error_from_response,
+)
+from rift_client.flows import (
+    END,
+    Chunks,
+    Close,
+    Emit,
+    FileBody,
+    Flow,
+    Lines,
+    Next,
+    ProgressCallback,
+    ReadBody,
+    Send,
+    Sleep,
+    next_item,
+)
+from rift_client.models import (
+    Artifact,
+    Checkpoint,
+    CheckpointPage,
+    CreatedWebhook,
+    Curves,
+    Dataset,
+    DatasetPage,
+    Event,
+    EventPage,
+    Job,
+    JobPage,
+    JobSpec,
+    Materialization,
+    MRCTable,
+    Usage,
+    Webhook,
+    WebhookDelivery,
+)
+from rift_client.retry import RetryPolicy, sent_nothing
+from rift_client.sse import SSEDecoder
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+#: The service sends an SSE keep-alive every 15 s, so a stream silent for this long is dead.
+STREAM_READ_TIMEOUT_S = 60.0
+#: Wait before reconnecting an event stream when the server did not say (its 'retry:' field).
+DEFAULT_RECONNECT_DELAY_S = 2.0
+#: ``wait`` gives up on a stream silent this long (past one 15 s keep-alive: a proxy holds it
+#: back) and polls instead.
+WAIT_STREAM_READ_TIMEOUT_S = 20.0
+#: Events per page when looking for a job's latest event.
+EVENTS_PAGE_LIMIT = 500
+#: Seconds an upload may wait for the service's answer once the file is sent. The service
+#: answers only after checking the file: up to 120 s waiting for a validation slot
+#: (VALIDATION_QUEUE_TIMEOUT_SECONDS) plus up to 600 s of validation
+#: (VALIDATION_TIMEOUT_SECONDS), then storing it. The general 60 s read timeout cut that wait
+#: short, so a big file was sent again, up to 4 times, and then failed.
+DEFAULT_UPLOAD_TIMEOUT_S = 900.0
+
+#: What the API key and an Idempotency-Key may hold: visible ASCII, as the service's keys and
+#: its Idempotency-Key rule do. Anything else cannot go into a header as given: httpx refuses
+#: a non-ASCII character outright, and a space or the newline a key file ends with is an
+#: illegal header value, which used to surface as a connection error after every retry.
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
+#: What a multipart ``filename="..."`` carries as it is; the exact name goes in ``filename*``.
+_PLAIN_FILENAME = re.compile(r"[^\x20-\x7e]|[\"\\]")
+
+Model = TypeVar("Model", bound=BaseModel)
+Upload = TypeVar("Upload", Checkpoint, Dataset)
+Item = TypeVar("Item", covariant=True)
+
+
+class _Page(Protocol[Item]):
+    """A page of a cursor-paged list (jobs, checkpoints, datasets)."""
+
+    @property
+    def items(self) -> Sequence[Item]: ...
+
+    @property
+    def next_cursor(self) -> str | None: ...
+
+
+def _every_item(fetch: Callable[[str | None], Flow[_Page[Any]]], limit: int | None) -> Flow[None]:
+    """Emits the items of ``fetch(cursor)``'s pages, the first fetched with no cursor and each
+    next one with the previous page's ``next_cursor``, as they are asked for; at most ``limit``."""
+    cursor: str | None = None
+    count = 0
+    while True:
+        page = yield from fetch(cursor)
+        for item in page.items:
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            yield Emit(item)
+        if not page.next_cursor:
+            return
+        cursor = page.next_cursor
+
+
+def _page_params(page_size: int, cursor: str | None, **filters: Any) -> dict[str, Any]:
+    """The query of one page: ``limit``, ``cursor`` when given, and the filters that are set."""
+    params: dict[str, Any] = {"limit": page_size}
+    params.update((name, value) for name, value in filters.items() if value)
+    if cursor:
+        params["cursor"] = cursor
+    return params
+
+
+def header_token(what: str, value: str, *, secret: bool = False) -> str:
+    """``value`` if it can be sent as a header value as it is; else :class:`RiftUsageError`
+    naming ``what`` and the first character at fault (a secret is never quoted)."""
+    if _HEADER_TOKEN.fullmatch(value):
+        return value
+    if not value:
+        raise RiftUsageError(f"{what} is empty")
+    position, bad = next((i, ch) for i, ch in enumerate(value) if not _HEADER_TOKEN.match(ch))
+    quoted = "" if secret else f" {value[:100]!r}"
+    raise RiftUsageError(
+        f"{what}{quoted} holds {bad!r} at position {position}; it may hold visible ASCII "
+        "characters only (no spaces, line breaks or non-ASCII letters)")
+
+
+def _job_spec_error(exc: ValidationError, spec: object) -> str:
+    """One line for a spec that is not a JobSpec (pydantic's report spans lines and links),
+    with the usual cause named: the RiftConfig itself passed where ``{"config": ...}`` goes."""
+    words = {"extra_forbidden": "unknown key", "missing": "required"}
+    parts = [f"{'.'.join(str(p) for p in error['loc']) or 'spec'}: "
+             f"{words.get(error['type'], error['msg'])}" for error in exc.errors()]
+    text = "the job spec is not a JobSpec: " + "; ".join(parts)
+    if isinstance(spec, Mapping) and "config" not in spec and {"architecture", "dataset"} & set(spec):
+        text += " (this looks like the RiftConfig itself: pass {'config': <it>})"
+    return text
+
+
+def _idempotency_key(given: str | None) -> str:
+    """``given`` checked as a header value, else a fresh random key (one per call, so that every
+    retry of the call sends the same one)."""
+    return header_token("the Idempotency-Key", given) if given else \
+        f"rift-client-{uuid.uuid4().hex}"
+
+
+def checked_base_url(raw: str) -> str:
+    """The service's base URL without a trailing slash, or :class:`RiftUsageError` when it is
+    not ``http(s)://host[:port][/prefix]`` (httpx would raise its own ``InvalidURL`` when the
+    client is made, or fail every request as a connection error after all the retries)."""
+    try:
+        url = httpx.URL(raw)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise RiftUsageError(f"the base URL {raw[:200]!r} is not a valid URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise RiftUsageError(f"the base URL {raw[:200]!r} must look like "
+                             "http(s)://host[:port][/prefix]")
+    return raw.rstrip("/")
+
+
+def _job_spec(spec: JobSpec | Mapping[str, Any]) -> dict[str, Any]:
+    """The API's JobSpec fields of ``spec`` (the optional ones only when set)."""
+    try:
+        job_spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise RiftUsageError(_job_spec_error(exc, spec)) from exc
+    body: dict[str, Any] = {"config": job_spec.config, "labels": job_spec.labels}
+    if job_spec.dataset_id is not None:
+        body["dataset_id"] = job_spec.dataset_id
+    if job_spec.time_limit_seconds is not None:
+        body["time_limit_seconds"] = job_spec.time_limit_seconds
+    return body
+
+
+def _multipart_job(spec: dict[str, Any], file: Path, progress: ProgressCallback | None
+                   ) -> tuple[FileBody, str]:
+    """The multipart form of ``POST /v1/jobs`` (the ``spec`` field, then the ``checkpoint``
+    file, streamed from disk) and its Content-Type."""
+    boundary = f"rift-{uuid.uuid4().hex}"
+    # The exact name, any characters, in RFC 8187's filename* (which the service reads first);
+    # a plain ASCII stand-in in filename for readers that do not.
+    plain = _PLAIN_FILENAME.sub("_", file.name)
+    head = (f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="spec"\r\n'
+            "Content-Type: application/json\r\n\r\n").encode() + \
+        json.dumps(spec).encode() + \
+        (f"\r\n--{boundary}\r\n"
+         f'Content-Disposition: form-data; name="checkpoint"; filename="{plain}"; '
+         f"filename*=utf-8''{quote(file.name, safe='')}\r\n"
+         "Content-Type: application/octet-stream\r\n\r\n").encode()
+    body = FileBody(file, file.stat().st_size, progress, prefix=head,
+                    suffix=f"\r\n--{boundary}--\r\n".encode())
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+@dataclass(frozen=True)
+class RiftCore:
+    """The flows of one service's calls: ``base_url`` (checked), the ``retry`` policy, the
+    ``timeout`` of every read and the ``upload_timeout`` of an upload's answer."""
+
+    base_url: str
+    retry: RetryPolicy
+    timeout: float
+    upload_timeout: float
+
+    # ------------------------------------------------------------------------------ plumbing
+
+    def request(self, method: str, path: str, *, idempotent: bool,
+                params: Mapping[str, Any] | None = None, json: Any = None,
+                headers: Mapping[str, str] | None = None, body: FileBody | None = None,
+                timeout: httpx.Timeout | None = None) -> Flow[httpx.Response]:
+        """Send a request, retrying as :mod:`rift_client.retry` says; an error answer raises."""
+        retry = 0
+        while True:
+            try:
+                response = yield Send(method, path, timeout or httpx.Timeout(self.timeout),
+                                      params=params, json=json, headers=headers, body=body)
+            except httpx.TransportError as exc:
+                if (idempotent or sent_nothing(exc)) and retry < self.retry.max_retries:
+                    yield Sleep(self.retry.backoff(retry))
+                    retry += 1
+                    continue
+                raise self._connection_error(method, path, exc) from exc
+            except httpx.HTTPError as exc:  # an answer httpx cannot decode, say
+                raise self._unreadable(method, path, exc) from exc
+            if response.status_code < 400:
+                return response
+            delay = self.retry.delay_for(response, retry)
+            if delay is None:
+                raise api_error_from_response(response)
+            yield Sleep(delay)
+            retry += 1
+
+    def open_stream(self, path: str, *, headers: Mapping[str, str] | None = None,
+                    params: Mapping[str, Any] | None = None, follow_redirects: bool = False,
+                    read_timeout: float | None = None,
+                    retry_answers: bool = True) -> Flow[httpx.Response]:
+        """A streamed GET (retried like :meth:`request` until the answer's headers arrive;
+        with ``retry_answers=False`` a 429 or 503 is raised at once instead of waited out):
+        the open answer, its body left to the caller."""
+        timeout = httpx.Timeout(self.timeout, read=read_timeout or self.timeout)
+        retry = 0
+        while True:
+            try:
+                response = yield Send("GET", path, timeout, params=params, headers=headers,
+                                      stream=True, follow_redirects=follow_redirects)
+            except httpx.TransportError as exc:
+                if retry < self.retry.max_retries:
+                    yield Sleep(self.retry.backoff(retry))
+                    retry += 1
+                    continue
+                raise self._connection_error("GET", path, exc) from exc
+            except httpx.HTTPError as exc:
+                raise self._unreadable("GET", path, exc) from exc
+            if response.status_code < 400:
+                return response
+            yield ReadBody(response)
+            yield Close(response)
+            delay = self.retry.delay_for(response, retry) if retry_answers else None
+            if delay is None:
+                raise api_error_from_response(response)
+            yield Sleep(delay)
+            retry += 1
+
+    def _connection_error(self, method: str, path: str,
+                          exc: httpx.TransportError) -> RiftConnectionError:
+        """The error for a request that got no answer. One that could not even connect says
+        where the URL came from (a wrong or unset RIFT_API_URL is the usual cause)."""
+        elsewhere = path.startswith(("http://", "https://"))  # a presigned store URL
+        text = f"{method} {path if elsewhere else self.base_url + path}: {exc!r}"
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and not elsewhere:
+            text += (f"; no service answers at {self.base_url}: check the URL (riftctl --url, "
+                     "RIFT_API_URL or the config file's api_url) and that the service is running")
+        return RiftConnectionError(text)
+
+    def _unreadable(self, method: str, path: str, exc: Exception) -> UnexpectedResponseError:
+        return UnexpectedResponseError(
+            f"{method} {self.base_url}{path}: the answer could not be read ({exc!r}); is "
+            f"{self.base_url} the RiFT service's URL?", status_code=None, method=method,
+            path=path)
+
+    def _unexpected(self, response: httpx.Response, expected: str,
+                    problem: object) -> UnexpectedResponseError:
+        request = response.request
+        content_type = response.headers.get("content-type", "no content type")
+        return UnexpectedResponseError(
+            f"{request.method} {request.url.path} answered {response.status_code} "
+            f"({content_type}) with a body that is not the API's {expected} ({str(problem)[:300]}); "
+            f"is {self.base_url} the RiFT service's URL?", status_code=response.status_code,
+            method=request.method, path=request.url.path)
+
+    def _parse(self, response: httpx.Response, model: type[Model]) -> Model:
+        """The answer's JSON as ``model``; :class:`UnexpectedResponseError` when it is not."""
+        try:
+            return model.model_validate(response.json())
+        except ValueError as exc:  # not JSON, or JSON of another shape (pydantic's error)
+            raise self._unexpected(response, model.__name__, exc) from exc
+
+    def _parse_items(self, response: httpx.Response, model: type[Model]) -> list[Model]:
+        """The answer's ``{"items": [...]}`` as a list of ``model``."""
+        try:
+            body = response.json()
+            items = body.get("items") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise ValueError("no 'items' list")
+            return [model.model_validate(item) for item in items]
+        except ValueError as exc:
+            raise self._unexpected(response, f"list of {model.__name__}", exc) from exc
+
+    def _get(self, path: str, model: type[Model], **params: Any) -> Flow[Model]:
+        response = yield from self.request("GET", path, idempotent=True, params=params or None)
+        return self._parse(response, model)
+
+    def _get_items(self, path: str, model: type[Model],
+                   **params: Any) -> Flow[list[Model]]:
+        response = yield from self.request("GET", path, idempotent=True, params=params or None)
+        return self._parse_items(response, model)
+
+    def _every_page_items(self, path: str, model: type[Model]) -> Flow[list[Model]]:
+        """Every item of a paged list, following ``next_cursor`` from page to page (a service
+        from before these lists were paged answers one page without it)."""
+        items: list[Model] = []
+        cursor: str | None = None
+        while True:
+            response = yield from self.request("GET", path, idempotent=True,
+                                               params={"cursor": cursor} if cursor else None)
+            items.extend(self._parse_items(response, model))
+            cursor = response.json().get("next_cursor")
+            if not isinstance(cursor, str) or not cursor:
+                return items
+
+    def _delete(self, path: str) -> Flow[None]:
+        yield from self.request("DELETE", path, idempotent=True)
+
+    # ------------------------------------------------------------------------------- service
+
+    def ready(self) -> Flow[bool]:
+        try:
+            response = yield Send("GET", "/readyz", httpx.Timeout(self.timeout))
+        except httpx.TransportError:
+            return False
+        return bool(response.status_code == 200)
+
+    def wait_until_ready(self, timeout: float, poll_interval: float) -> Flow[None]:
+        wait_times(timeout, poll_interval)
+        deadline = time.monotonic() + timeout
+        while not (yield from self.ready()):
+            if time.monotonic() >= deadline:
+                raise RiftConnectionError(f"{self.base_url} was not ready within {timeout:g} s")
+            yield Sleep(poll_interval)
+
+    # --------------------------------------------------------------------------------- files
+
+    def _send_file(self, route: str, model: type[Model], body: FileBody, *, content_type: str,
+                   idempotency_key: str | None, params: Mapping[str, Any] | None = None
+                   ) -> Flow[Model]:
+        # Under a key a retry after a lost answer returns what was stored the first time instead
+        # of storing it twice, so the request is retried like a read (the body is sent again
+        # from the start, under the same key: drawn once, here, not per attempt).
+        key = _idempotency_key(idempotency_key)
+        response = yield from self.request(
+            "POST", route, idempotent=True, body=body, params=params,
+            headers={"Content-Type": content_type, "Content-Length": str(body.length),
+                     "Idempotency-Key": key},
+            timeout=httpx.Timeout(self.timeout, read=self.upload_timeout))
+        return self._parse(response, model)
+
+    def _compare(self, file: Path, stored: str | None, body: FileBody) -> None:
+        local = body.sha256.hexdigest()
+        if stored != local:
+            raise ChecksumMismatchError(
+                f"the service stored {file.name} with SHA-256 {stored}, but the file "
+                f"sent has {local}", expected=local, actual=str(stored))
+
+    def upload(self, route: str, model: type[Upload], path: str | os.PathLike[str],
+               filename: str | None, progress: ProgressCallback | None,
+               idempotency_key: str | None) -> Flow[Upload]:
+        file = Path(path)
+        body = FileBody(file, file.stat().st_size, progress)
+        record = yield from self._send_file(route, model, body,
+                                            content_type="application/octet-stream",
+                                            idempotency_key=idempotency_key,
+                                            params={"filename": filename or file.name})
+        self._compare(file, record.sha256, body)
+        return record
+
+    def list_checkpoints_page(self, format: str | None, page_size: int,
+                              cursor: str | None) -> Flow[CheckpointPage]:
+        return self._get("/v1/checkpoints", CheckpointPage,
+                         **_page_params(page_size, cursor, format=format))
+
+    def list_checkpoints(self, format: str | None, page_size: int,
+                         limit: int | None) -> Flow[None]:
+        item_limit(limit)
+        return _every_item(lambda cursor: self.list_checkpoints_page(format, page_size, cursor),
+                           limit)
+
+    def get_checkpoint(self, checkpoint_id: str) -> Flow[Checkpoint]:
+        return self._get(f"/v1/checkpoints/{_seg('checkpoint_id', checkpoint_id)}", Checkpoint)
+
+    def delete_checkpoint(self, checkpoint_id: str) -> Flow[None]:
+        return self._delete(f"/v1/checkpoints/{_seg('checkpoint_id', checkpoint_id)}")
+
+    def list_datasets_page(self, kind: str | None, page_size: int,
+                           cursor: str | None) -> Flow[DatasetPage]:
+        return self._get("/v1/datasets", DatasetPage, **_page_params(page_size, cursor, kind=kind))
+
+    def list_datasets(self, kind: str | None, page_size: int, limit: int | None) -> Flow[None]:
+        item_limit(limit)
+        return _every_item(lambda cursor: self.list_datasets_page(kind, page_size, cursor), limit)
+
+    def get_dataset(self, dataset_id: str) -> Flow[Dataset]:
+        return self._get(f"/v1/datasets/{_seg('dataset_id', dataset_id)}", Dataset)
+
+    def delete_dataset(self, dataset_id: str) -> Flow[None]:
+        return self._delete(f"/v1/datasets/{_seg('dataset_id', dataset_id)}")
+
+    def usage(self) -> Flow[Usage]:
+        return self._get("/v1/usage", Usage)
+
+    # ---------------------------------------------------------------------------------- jobs
+
+    def create_job(self, spec: JobSpec | Mapping[str, Any], checkpoint_id: str | None,
+                   checkpoint_file: str | os.PathLike[str] | None,
+                   idempotency_key: str | None, progress: ProgressCallback | None) -> Flow[Job]:
+        if (checkpoint_id is None) == (checkpoint_file is None):
+            raise RiftUsageError("give either checkpoint_id (an uploaded checkpoint) or "
+                                 "checkpoint_file (a local file sent with the job), not "
+                                 f"{'both' if checkpoint_id is not None else 'neither'}")
+        fields = _job_spec(spec)
+        key = _idempotency_key(idempotency_key)
+        if checkpoint_file is not None:
+            return self._create_job_with_file(fields, Path(checkpoint_file), key, progress)
+        # Sent in the body as given: the service names it if it is not an id.
+        return self._create_job(fields, cast(str, checkpoint_id), key)
+
+    def _create_job(self, fields: dict[str, Any], checkpoint_id: str, key: str) -> Flow[Job]:
+        response = yield from self.request(
+            "POST", "/v1/jobs", idempotent=True, json={"checkpoint_id": checkpoint_id, **fields},
+            headers={"Idempotency-Key": key})
+        return self._parse(response, Job)
+
+    def _create_job_with_file(self, fields: dict[str, Any], file: Path, key: str,
+                              progress: ProgressCallback | None) -> Flow[Job]:
+        body, content_type = _multipart_job(fields, file, progress)
+        job = yield from self._send_file("/v1/jobs", Job, body, content_type=content_type,
+                                         idempotency_key=key)
+        # The job names the checkpoint stored from the file: its hash is the service's.
+        checkpoint = yield from self.get_checkpoint(job.checkpoint_id)
+        self._compare(file, checkpoint.sha256, body)
+        return job
+
+    def get_job(self, job_id: str) -> Flow[Job]:
+        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}", Job)
+
+    def delete_job(self, job_id: str) -> Flow[None]:
+        return self._delete(f"/v1/jobs/{_seg('job_id', job_id)}")
+
+    def list_jobs_page(self, status: str | Sequence[str] | None,
+                       labels: Mapping[str, str] | None, page_size: int,
+                       cursor: str | None) -> Flow[JobPage]:
+        return self._get("/v1/jobs", JobPage, **_page_params(
+            page_size, cursor,
+            status=[status] if isinstance(status, str) else list(status or []),
+            label=[f"{k}:{v}" for k, v in (labels or {}).items()]))
+
+    def list_jobs(self, status: str | Sequence[str] | None, labels: Mapping[str, str] | None,
+                  page_size: int, limit: int | None) -> Flow[None]:
+        item_limit(limit)
+        return _every_item(lambda cursor: self.list_jobs_page(status, labels, page_size, cursor),
+                           limit)
+
+    def cancel(self, job_id: str) -> Flow[Job]:
+        response = yield from self.request("POST", f"/v1/jobs/{_seg('job_id', job_id)}/cancel",
+                                           idempotent=False)
+        return self._parse(response, Job)
+
+    def wait(self, job_id: str, timeout: float | None, poll_interval: float,
+             on_update: Callable[[Job], None] | None, follow_events: bool) -> Flow[Job]:
+        wait_times(timeout, poll_interval)
+        _seg("job_id", job_id)
+        return self._wait(job_id, timeout, poll_interval, on_update, follow_events)
+
+    def _wait(self, job_id: str, timeout: float | None, poll_interval: float,
+              on_update: Callable[[Job], None] | None, follow_events: bool) -> Flow[Job]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def read() -> Flow[Job]:
+            job = yield from self.get_job(job_id)
+            if on_update is not None:
+                on_update(job)
+            return job
+
+        job = yield from read()
+        if job.finished:
+            return job
+        if follow_events:
+            last_read = time.monotonic()
+            # Only new events matter here: start after the latest one instead of replaying all.
+            latest = yield from self._latest_event_id(job_id)
+            events = self._events(job_id, after=latest, max_reconnects=0,
+                                  read_timeout=WAIT_STREAM_READ_TIMEOUT_S,
+                                  timeout=None if deadline is None
+                                  else max(deadline - time.monotonic(), 0.0),
+                                  retry_answers=False)
+            try:
+                while (yield from next_item(events)) is not END:
+                    if time.monotonic() - last_read >= poll_interval:
+                        job, last_read = (yield from read()), time.monotonic()
+                        if job.finished:
+                            return job
+                # The stream ended: the job has finished, or the time is up.
+                job = yield from read()
+                if job.finished:
+                    return job
+            except (RiftConnectionError, RateLimitError, ServiceUnavailableError):
+                # A stream that drops, or that is refused (the key's stream limit, a busy
+                # service): poll instead.
+                pass
+            finally:
+                events.close()
+        while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeoutError(
+                        f"job {job_id} was still {job.status} after {timeout:g} s",
+                        job_id=job_id, last_status=job.status)
+                yield Sleep(min(poll_interval, left))
+            else:
+                yield Sleep(poll_interval)
+            job = yield from read()
+            if job.finished:
+                return job
+
+    def _latest_event_id(self, job_id: str) -> Flow[int]:
+        """The id of the job's latest event so far (0 when it has none), paging through them."""
+        latest = 0
+        while True:
+            page = yield from self.list_events(job_id, after=latest, limit=EVENTS_PAGE_LIMIT)
+            if not page.items:
+                return latest
+            latest = page.items[-1].id
+            if len(page.items) < EVENTS_PAGE_LIMIT:
+                return latest
+
+    # -------------------------------------------------------------------------------- events
+
+    def list_events(self, job_id: str, after: int, limit: int) -> Flow[EventPage]:
+        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}/events", EventPage, after=after,
+                         limit=limit)
+
+    def stream_events(self, job_id: str, after: int, max_reconnects: int, read_timeout: float,
+                      timeout: float | None) -> Flow[None]:
+        wait_times(timeout, read_timeout, interval_name="read_timeout")
+        _seg("job_id", job_id)
+        return self._events(job_id, after=after, max_reconnects=max_reconnects,
+                            read_timeout=read_timeout, timeout=timeout, retry_answers=True)
+
+    def _events(self, job_id: str, *, after: int, max_reconnects: int, read_timeout: float,
+                timeout: float | None, retry_answers: bool) -> Flow[None]:
+        """Emits the job's events from the first with id > ``after`` (see ``stream_events``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def time_left() -> float:
+            return float("inf") if deadline is None else deadline - time.monotonic()
+
+        last = after
+        failures = 0
+        delay = DEFAULT_RECONNECT_DELAY_S
+        path = f"/v1/jobs/{_seg('job_id', job_id)}/events"
+        while time_left() > 0:
+            headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+            if last:
+                headers["Last-Event-ID"] = str(last)
+            problem = "the stream ended before the job did"
+            response = yield from self.open_stream(
+                path, headers=headers, params={"after": last},
+                read_timeout=min(read_timeout, time_left()), retry_answers=retry_answers)
+            ended = False  # the job's end, or the time given: no reconnecting
+            try:
+                lines = yield Lines(response)
+                decoder = SSEDecoder()
+                while (line := (yield Next(lines))) is not END:
+                    message = decoder.feed(line)
+                    if decoder.retry_ms is not None:
+                        delay = decoder.retry_ms / 1000
+                    if time_left() <= 0 or (message is not None and message.event == "end"):
+                        ended = True
+                        break
+                    if message is None:
+                        continue
+                    try:
+                        event = Event.model_validate_json(message.data)
+                    except ValueError as exc:
+                        raise self._unexpected(response, "Event", exc) from exc
+                    if event.id <= last:
+                        continue
+                    last, failures = event.id, 0
+                    yield Emit(event)
+            except httpx.TransportError as exc:
+                ended = time_left() <= 0
+                problem = repr(exc)
+            except httpx.HTTPError as exc:  # a stream httpx cannot decode
+                raise self._unreadable("GET", path, exc) from exc
+            yield Close(response)
+            if ended:
+                return
+            failures += 1
+            if failures > max_reconnects:
+                raise RiftConnectionError(
+                    f"the event stream of job {job_id} dropped {failures} times in a row without "
+                    f"a new event (last: {problem}); last event id {last}")
+            yield Sleep(min(delay, max(time_left(), 0.0)))
+
+    # ------------------------------------------------------------------------------- results
+
+    def get_mrc(self, job_id: str) -> Flow[MRCTable]:
+        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}/mrc", MRCTable)
+
+    def get_curves(self, job_id: str) -> Flow[Curves]:
+        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}/curves", Curves)
+
+    def list_artifacts(self, job_id: str) -> Flow[list[Artifact]]:
+        return self._get_items(f"/v1/jobs/{_seg('job_id', job_id)}/artifacts", Artifact)
+
+    def get_artifact(self, job_id: str, name: str) -> Flow[Artifact]:
+        artifacts = yield from self.list_artifacts(job_id)
+        for artifact in artifacts:
+            if artifact.name == name:
+                return artifact
+        # Ask for the file itself (one byte at most, never a redirect), so the error says why it
+        # is missing, as the API words it: too early, a failed job, or no such name.
+        yield from self.request(
+            "GET", f"/v1/jobs/{_seg('job_id', job_id)}/artifacts/{_seg('name', name)}",
+            idempotent=True, params={"redirect": "false"},
+            headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"})
+        for artifact in (yield from self.list_artifacts(job_id)):  # made in between the looks
+            if artifact.name == name:
+                return artifact
+        raise NotFoundError(
+            f"job {job_id} has no artifact {name!r} (available: "
+            f"{', '.join(a.name for a in artifacts) or 'none yet'})",
+            status_code=404, code="artifact_not_found", field="name", method="GET",
+            path=f"/v1/jobs/{job_id}/artifacts")
+
+    # ----------------------------------------------------------------------- materializations
+
+    def materialize(self, job_id: str, alpha: float, evaluate: bool) -> Flow[Materialization]:
+        body = {"alpha": finite_number("alpha", alpha), "evaluate": evaluate}
+        path = f"/v1/jobs/{_seg('job_id', job_id)}/materialize"
+        return self._materialize(path, body)
+
+    def _materialize(self, path: str, body: dict[str, Any]) -> Flow[Materialization]:
+        response = yield from self.request("POST", path, idempotent=True, json=body)
+        return self._parse(response, Materialization)
+
+    def get_materialization(self, job_id: str,
+                            materialization_id: str) -> Flow[Materialization]:
+        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}/materializations/"
+                         f"{_seg('materialization_id', materialization_id)}", Materialization)
+
+    def list_materializations(self, job_id: str) -> Flow[list[Materialization]]:
+        return self._list_materializations(job_id)
+
+    def _list_materializations(self, job_id: str) -> Flow[list[Materialization]]:
+        # The service pages them newest first; the clients promise α order.
+        items = yield from self._every_page_items(
+            f"/v1/jobs/{_seg('job_id', job_id)}/materializations", Materialization)
+        return sorted(items, key=lambda item: item.alpha)
+
+    def wait_materialization(self, job_id: str, materialization_id: str, timeout: float | None,
+                             poll_interval: float,
+                             on_update: Callable[[Materialization], None] | None
+                             ) -> Flow[Materialization]:
+        wait_times(timeout, poll_interval)
+        return self._wait_materialization(job_id, materialization_id, timeout, poll_interval,
+                                          on_update)
+
+    def _wait_materialization(self, job_id: str, materialization_id: str,
+                              timeout: float | None, poll_interval: float,
+                              on_update: Callable[[Materialization], None] | None
+                              ) -> Flow[Materialization]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            record = yield from self.get_materialization(job_id, materialization_id)
+            if on_update is not None:
+                on_update(record)
+            if record.finished:
+                return record
+            if deadline is None:
+                yield Sleep(poll_interval)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeoutError(
+                    f"materialization {materialization_id} (α = {record.alpha:g}) of job {job_id} "
+                    f"was still {record.status} after {timeout:g} s", job_id=job_id,
+                    last_status=record.status, materialization_id=materialization_id)
+            yield Sleep(min(poll_interval, left))
+
+    def download(self, job_id: str, name: str, path: str | os.PathLike[str],
+                 progress: ProgressCallback | None, resume_attempts: int) -> Flow[Path]:
+        # Checked first: else, after the request, "No such file or directory: '<path>.part'",
+        # a file the caller never named.
+        _seg("name", name)  # an empty name is refused before the folder is looked at
+        target = save_target(Path(path), name)
+        return self._download(job_id, name, target, progress, resume_attempts)
+
+    def _download(self, job_id: str, name: str, target: Path,
+                  progress: ProgressCallback | None, resume_attempts: int) -> Flow[Path]:
+        artifact = yield from self.get_artifact(job_id, name)
+        partial = target.with_name(target.name + ".part")
+        digest = hashlib.sha256()
+        received = 0
+        failures = 0
+        try:
+            with partial.open("wb") as out:
+                while True:
+                    # identity: the bytes on the wire are the file's, so a Range can resume it.
+                    headers = {"Accept-Encoding": "identity"}
+                    if received:
+                        headers["Range"] = f"bytes={received}-"
+                        headers["If-Range"] = f'"{artifact.sha256}"'
+                    response = yield from self.open_stream(artifact.url, headers=headers,
+                                                           follow_redirects=True)
+                    try:
+                        if received and response.status_code != 206:
+                            # The range was not honoured: the whole file comes again.
+                            out.seek(0)
+                            out.truncate()
+                            digest, received = hashlib.sha256(), 0
+                        # Chunks as they arrive (not re-chunked), so that what was received
+                        # before a dropped connection is kept.
+                        chunks = yield Chunks(response)
+                        while (chunk := (yield Next(chunks))) is not END:
+                            out.write(chunk)
+                            digest.update(chunk)
+                            received += len(chunk)
+                            if progress is not None:
+                                progress(received, artifact.size)
+                        break
+                    except httpx.TransportError as exc:
+                        if received >= artifact.size:
+                            break  # everything arrived; the checks below decide
+                        failures += 1
+                        if failures > resume_attempts:
+                            raise RiftConnectionError(
+                                f"downloading {name} of job {job_id} failed {failures} times "
+                                f"(last: {exc!r}) after {received} bytes") from exc
+                    yield Close(response)
+                    yield Sleep(self.retry.backoff(failures - 1))
+            actual = digest.hexdigest()
+            if received != artifact.size or actual != artifact.sha256:
+                raise ChecksumMismatchError(
+                    f"{name}: received {received} bytes with SHA-256 {actual}; the service "
+                    f"reported {artifact.size} bytes with {artifact.sha256}",
+                    expected=artifact.sha256, actual=actual)
+            partial.replace(target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return target
+
+    def download_report(self, job_id: str, path: str | os.PathLike[str]) -> Flow[Path]:
+        # The folder is checked before the request, and the page written next to the target then
+        # renamed: a failed write never leaves half a page under the caller's name.
+        _seg("job_id", job_id)
+        target = save_target(Path(path), f"{job_id}.html")
+        return self._download_report(job_id, target)
+
+    def _download_report(self, job_id: str, target: Path) -> Flow[Path]:
+        response = yield from self.request("GET", f"/v1/jobs/{_seg('job_id', job_id)}/report",
+                                           idempotent=True, headers={"Accept": "text/html"})
+        partial = target.with_name(target.name + ".part")
+        try:
+            partial.write_bytes(response.content)
+            partial.replace(target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return target
+
+    # ------------------------------------------------------------------------------ webhooks
+
+    def create_webhook(self, url: str, events: Sequence[str] | None, description: str | None,
+                       idempotency_key: str | None) -> Flow[CreatedWebhook]:
+        body: dict[str, Any] = {"url": url}
+        if events is not None:
+            if isinstance(events, str):  # a lone "job.failed" would be sent as its letters
+                raise RiftUsageError(f"events must be a list of event types, not the string "
+                                     f"{events[:100]!r}")
+            body["events"] = list(events)
+        if description is not None:
+            body["description"] = description
+        return self._create_webhook(body, _idempotency_key(idempotency_key))
+
+    def _create_webhook(self, body: dict[str, Any], key: str) -> Flow[CreatedWebhook]:
+        response = yield from self.request("POST", "/v1/webhooks", idempotent=True, json=body,
+                                           headers={"Idempotency-Key": key})
+        return self._parse(response, CreatedWebhook)
+
+    def list_webhooks(self) -> Flow[list[Webhook]]:
+        return self._list_webhooks()
+
+    def _list_webhooks(self) -> Flow[list[Webhook]]:
+        # The service pages them newest first; the clients promise oldest first.
+        items = yield from self._every_page_items("/v1/webhooks", Webhook)
+        return sorted(items, key=lambda item: (item.created_at, item.id))
+
+    def get_webhook(self, webhook_id: str) -> Flow[Webhook]:
+        return self._get(f"/v1/webhooks/{_seg('webhook_id', webhook_id)}", Webhook)
+
+    def delete_webhook(self, webhook_id: str) -> Flow[None]:
+        return self._delete(f"/v1/webhooks/{_seg('webhook_id', webhook_id)}")
+
+    def webhook_deliveries(self, webhook_id: str, limit: int) -> Flow[list[WebhookDelivery]]:
+        return self._get_items(f"/v1/webhooks/{_seg('webhook_id', webhook_id)}/deliveries",
+                               WebhookDelivery, limit=limit)

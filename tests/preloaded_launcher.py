@@ -1,0 +1,228 @@
+"""Real worker processes without paying their imports each time: a launcher that forks them.
+
+Each service test that needs a Celery worker starts a real ``celery worker`` process. Started
+with ``subprocess.Popen``, every one of them imports torch, the RiFT library, Celery and
+SQLAlchemy again: about 5 s of CPU on a 2-core machine, the largest single cost of the service
+tests. A launcher process (one per test process, started on first use) imports those modules
+once and then forks each worker from itself. The child runs Celery's own command line with the
+test's arguments, environment, working directory and log file: the same program and the same
+process life (its own pid and session, signals, exit codes), without the imports.
+
+The launcher imports nothing that reads the environment at import (``worker.celery_app`` builds
+its app from Settings then): each worker's environment is set in the child before Celery imports
+the app. The launcher starts no threads, so forking it is safe.
+
+Protocol: one JSON request and one JSON reply per connection on a Unix socket.
+``{"op": "spawn", "argv": [...], "env": {...}, "cwd": ..., "log": ...}`` → ``{"pid": N}``;
+``{"op": "status", "pid": N}`` → ``{"returncode": int | null}`` (negative: killed by that signal,
+as ``subprocess`` reports it). The launcher reaps its children and keeps their exit codes.
+
+    python -m tests.preloaded_launcher SOCKET_PATH
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+#: Modules a worker imports anyway, none of them reading the environment at import.
+PRELOADED = ("torch", "rift.pipeline", "persistence.queue", "persistence.models",
+             "celery.bin.celery", "celery.worker", "celery.concurrency.solo",
+             "kombu.transport.redis", "prometheus_client", "psycopg")
+READY_LINE = "launcher ready"
+
+
+# --------------------------------------------------------------------------------------------
+# The launcher process
+# --------------------------------------------------------------------------------------------
+def _run_child(request: dict[str, Any], listener: socket.socket) -> None:
+    """In the forked child: become the requested program; never returns."""
+    code: int = 1
+    try:
+        listener.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setsid()
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(null)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = list(request["argv"])
+        from celery.bin.celery import main as celery_main
+
+        celery_main()
+        code = 0
+    except SystemExit as exit_:
+        # As the interpreter does at exit: a non-integer code is printed and means status 1.
+        if exit_.code is None or isinstance(exit_.code, int):
+            code = exit_.code or 0
+        else:
+            print(exit_.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
+def _reap(exited: dict[int, int]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        exited[pid] = (-os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                       else os.WEXITSTATUS(status))
+
+
+def serve(socket_path: str) -> None:
+    for name in PRELOADED:
+        __import__(name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(16)
+    exited: dict[int, int] = {}
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    print(READY_LINE, flush=True)
+    while True:
+        _reap(exited)
+        if not selector.select(timeout=0.05):
+            continue
+        connection, _ = listener.accept()
+        with connection:
+            request = json.loads(_read_line(connection))
+            if request["op"] == "spawn":
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    _run_child(request, listener)
+                reply: dict[str, Any] = {"pid": pid}
+            elif request["op"] == "status":
+                _reap(exited)
+                reply = {"returncode": exited.get(int(request["pid"]))}
+            else:
+                reply = {"error": f"unknown op {request['op']!r}"}
+            connection.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def _read_line(connection: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# The test side
+# --------------------------------------------------------------------------------------------
+class Launcher:
+    """The launcher process of one test process; ``spawn`` forks a worker from it."""
+
+    def __init__(self, root: Path, project_root: Path) -> None:
+        self.socket_path = str(root / "launcher.sock")
+        self.log_path = root / "launcher.log"
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.preloaded_launcher", self.socket_path],
+                cwd=project_root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        self._ready = False
+
+    def _wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._ready:
+            if READY_LINE in self.log_path.read_text(errors="replace"):
+                self._ready = True
+                return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the worker launcher did not start:\n"
+                                   + self.log_path.read_text(errors="replace")[-4000:])
+            time.sleep(0.05)
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._wait_ready()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.connect(self.socket_path)
+            connection.sendall(json.dumps(request).encode() + b"\n")
+            reply: dict[str, Any] = json.loads(_read_line(connection))
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply
+
+    def spawn(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> ForkedProcess:
+        reply = self._ask({"op": "spawn", "argv": argv, "env": env, "cwd": str(cwd),
+                           "log": str(log)})
+        return ForkedProcess(int(reply["pid"]), argv, self)
+
+    def returncode(self, pid: int) -> int | None:
+        code = self._ask({"op": "status", "pid": pid})["returncode"]
+        return None if code is None else int(code)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+class ForkedProcess:
+    """A process forked by the launcher, with the part of ``subprocess.Popen``'s interface the
+    tests use (``pid``, ``poll``, ``wait``, ``send_signal``, ``terminate``, ``returncode``)."""
+
+    def __init__(self, pid: int, argv: list[str], launcher: Launcher) -> None:
+        self.pid = pid
+        self.args = argv
+        self.returncode: int | None = None
+        self._launcher = launcher
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._launcher.returncode(self.pid)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            time.sleep(0.05)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # once reaped, the pid may belong to another process
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
