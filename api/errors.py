@@ -34,7 +34,7 @@ from persistence.storage import (
     StoreError,
 )
 from persistence.transactions import JobNotFound, PersistenceError, ProjectNotFound
-from persistence.webhooks import WebhookLimitReached, WebhookNotFound
+from persistence.webhooks import WebhookLimitReached, WebhookNotFound, WebhookUrlTaken
 from rift.errors import (
     CheckpointEntryError,
     CheckpointError,
@@ -78,6 +78,12 @@ class ApiError(Exception):
             self.status_code = status_code
         self.details = details or {}
         self.headers = headers or {}
+
+
+class WordedValidationError(RequestValidationError):
+    """A 422 whose messages the API worded itself (its own input rules, a job spec's refined
+    errors): answered as they are, while FastAPI's own validation errors are refined first
+    (:func:`api.spec_messages.refine_request_errors`)."""
 
 
 class Unauthorized(ApiError):
@@ -291,6 +297,9 @@ def from_persistence_error(exc: PersistenceError) -> ApiError | None:
         return InvalidInput(exc.message, field="cursor", code=exc.code)
     if isinstance(exc, WebhookNotFound):
         return NotFound(exc.message, field="webhook_id", code=exc.code)
+    if isinstance(exc, WebhookUrlTaken):
+        return Conflict(exc.message, field="url", code=exc.code,
+                        details={"webhook_id": exc.endpoint_id})
     if isinstance(exc, WebhookLimitReached):
         return Conflict(exc.message, field="WEBHOOK_MAX_ENDPOINTS", code=exc.code,
                         details={"limit": exc.limit})
@@ -317,7 +326,9 @@ def dotted_field(loc: Sequence[Any]) -> str | None:
         return "body"
     if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
         parts = parts[1:]
-    return ".".join(p for p in parts if not _UNION_TAG.match(p)) or None
+    # "[key]": pydantic's mark that a mapping's key, not its value, is at fault
+    # ("labels.é.[key]"); the dotted path to the key names it already.
+    return ".".join(p for p in parts if not _UNION_TAG.match(p) and p != "[key]") or None
 
 
 def validation_error_body(errors: Sequence[Any]) -> dict[str, Any]:
@@ -373,12 +384,12 @@ async def _persistence_error_handler(request: Request, exc: Exception) -> JSONRe
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # Imported here: api.spec_messages uses this module's helpers.
-    from api.spec_messages import name_unknown_keys, route_body_model
+    from api.spec_messages import refine_request_errors, route_body_model
 
     errors = exc.errors()
-    model = route_body_model(request.scope.get("route"))
-    if model is not None:
-        errors = name_unknown_keys(errors, model)
+    if not isinstance(exc, WordedValidationError):
+        errors = refine_request_errors(errors, route_body_model(request.scope.get("route")),
+                                       exc.body)
     return JSONResponse(validation_error_body(errors), status_code=422)
 
 
@@ -399,22 +410,61 @@ _STATUS_CODES = {
 _ROUTING_FIELDS = {404: "path", 405: "method"}
 
 
+#: FastAPI's answer when reading a JSON body raised anything but a syntax error (bytes that are
+#: not UTF-8, nesting past Python's recursion limit, a huge integer): a 400 naming nothing.
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
 async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR and exc.__cause__:
+        # Imported here: api.request_input uses this module's errors.
+        from api.request_input import json_read_error
+
+        reason = json_read_error(exc.__cause__)
+        if reason is not None:  # worded as POST /v1/jobs, which parses its body itself, does
+            return JSONResponse(validation_error_body([{
+                "type": "json_invalid", "loc": ("body",),
+                "msg": f"JSON decode error: {reason}"}]), status_code=422)
     code = _STATUS_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     # Starlette raises these for a URL no route matches (404) or a method the route lacks (405).
     field = _ROUTING_FIELDS.get(exc.status_code)
     headers = dict(exc.headers or {})
+    details: dict[str, Any] = {}
     if exc.status_code == 404 and message == "Not Found":
-        message = f"no route {quote(request.url.path)}: see /docs for the API's paths"
+        path = request.url.path
+        meant = _path_meant(request)
+        if meant is not None:
+            # No redirect (see create_app): name the path that exists instead.
+            message = (f"no route {quote(path)}: the API's paths have no trailing or doubled "
+                       f"slash; use {quote(meant)}")
+            details["path_meant"] = meant
+        else:
+            message = f"no route {quote(path)}: see /docs for the API's paths"
     if exc.status_code == 405 and message == "Method Not Allowed":
         allowed = allowed_methods(request)
         headers["Allow"] = ", ".join(allowed)
         message = (f"{request.method} is not allowed on {quote(request.url.path)}; allowed: "
                    f"{', '.join(allowed)}")
-    return JSONResponse(error_body(code, message, field), status_code=exc.status_code,
+    return JSONResponse(error_body(code, message, field, details), status_code=exc.status_code,
                         headers=headers)
+
+
+def _path_meant(request: Request) -> str | None:
+    """The request's path without its trailing slash and with doubled slashes made single,
+    when that differs from the path and some route serves it (with any method); else None."""
+    path = request.url.path
+    meant = re.sub("/{2,}", "/", path)
+    meant = meant.rstrip("/") or "/"
+    if meant == path:
+        return None
+    scope = {**request.scope, "path": meant}
+    for method in _METHODS:
+        scope["method"] = method
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            return meant
+    return None
 
 
 def allowed_methods(request: Request) -> list[str]:

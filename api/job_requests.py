@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from api.checkpoint_validation import CheckpointTensors, stored_checkpoint_tensors
 from api.dataset_validation import Geometry, dataset_geometry, uploaded_dataset_geometry
-from api.errors import InvalidInput, from_rift_error
+from api.errors import InvalidInput, WordedValidationError, from_rift_error
 from api.schemas import JobSpec
 from api.services.ownership import find_owned
 from api.spec_limits import check_service_bounds
@@ -84,7 +83,7 @@ def validate_body(body: Any, model: type[ModelT], loc: tuple[Any, ...]) -> Model
         check_service_bounds(body["config"], (*loc, "config"))
         unused = unused_settings(body["config"])
         if unused:
-            raise RequestValidationError([
+            raise WordedValidationError([
                 {"type": "value_error", "loc": (*loc, "config", *path), "msg": why}
                 for path, why in unused])
     try:
@@ -96,7 +95,7 @@ def validate_body(body: Any, model: type[ModelT], loc: tuple[Any, ...]) -> Model
             for error in refine_errors(
                 exc.errors(include_url=False), model)
         ]
-        raise RequestValidationError(errors) from None
+        raise WordedValidationError(errors) from None
 
 
 def fingerprint(spec: JobSpec, checkpoint_ref: str) -> str:

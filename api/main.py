@@ -117,6 +117,10 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
+        # Starlette would answer "/v1/jobs/" with a 307 to "/v1/jobs", its Location built from
+        # the request's Host (wrong behind a proxy that does not forward it) and followed by few
+        # clients for a DELETE or POST; the 404 names the path without the slash instead.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.session_factory = factory

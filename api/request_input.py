@@ -7,8 +7,9 @@
   rules from :func:`check_request_input`, a dependency of the whole ``/v1`` router, so a new
   route cannot miss them.
 - **Query parameters** must be ones the route declares (a typo such as ``?stauts=failed`` would
-  otherwise list every job as if unfiltered), and one that takes a single value may be given
-  once (``?limit=1&limit=50`` would otherwise silently use the last).
+  otherwise list every job as if unfiltered), hold a value (``?status=`` listed every job), and
+  one that takes a single value may be given once (``?limit=1&limit=50`` would otherwise
+  silently use the last).
 - **Path parameters** holding NUL cannot name any stored resource: a 404 naming the parameter,
   answered before the value reaches the database (which would refuse it with an error that can
   name no field).
@@ -24,15 +25,15 @@ from typing import Any
 
 from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
-from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from python_multipart.multipart import parse_options_header
 
-from api.errors import InvalidInput, NotFound, UnsupportedMediaType, quote
+from api.errors import InvalidInput, NotFound, UnsupportedMediaType, WordedValidationError, quote
+from api.schemas import MAX_LABELS
 
 
-def _invalid(loc: tuple[Any, ...], message: str, kind: str = "value_error") -> RequestValidationError:
-    return RequestValidationError([{"type": kind, "loc": loc, "msg": message, "input": None}])
+def _invalid(loc: tuple[Any, ...], message: str, kind: str = "value_error") -> WordedValidationError:
+    return WordedValidationError([{"type": kind, "loc": loc, "msg": message, "input": None}])
 
 
 def _reject_constant(name: str) -> Any:
@@ -53,8 +54,16 @@ class _JsonObject(dict[str, Any]):
         return made
 
 
+#: How deeply JSON objects and arrays may nest in a request body (a job spec nests 4 levels).
+#: Deeper input is refused before anything walks it recursively; Python's parser itself stops
+#: near 1,000 levels (``json_read_error`` words that refusal the same way).
+MAX_JSON_DEPTH = 64
+
+
 def _check_strings(value: Any, loc: tuple[Any, ...]) -> None:
     # NUL cannot be stored in Postgres text or JSONB; refuse it here with its location.
+    if len(loc) > MAX_JSON_DEPTH:
+        raise _invalid(loc[:1], f"JSON decode error: {TOO_DEEP}", "json_invalid")
     if isinstance(value, _JsonObject) and value.repeated:
         raise _invalid((*loc, value.repeated[0]),
                        "this key is given more than once in one object; give it once")
@@ -74,20 +83,50 @@ def _check_strings(value: Any, loc: tuple[Any, ...]) -> None:
             _check_strings(item, (*loc, index))
 
 
+TOO_DEEP = f"objects and arrays nest more than {MAX_JSON_DEPTH} levels deep"
+
+
+def json_read_error(exc: BaseException) -> str | None:
+    """Why a JSON body could not be read, in a client's words, for the errors Python's parser
+    raises besides a syntax error (None: another error, not the body's fault)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return (f"the body is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at position "
+                f"{exc.start}); JSON must be sent as UTF-8")
+    if isinstance(exc, RecursionError):
+        return TOO_DEEP
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        # Python's own advice ("use sys.set_int_max_str_digits()") means nothing to a client.
+        return f"a number has more than {sys.get_int_max_str_digits()} digits"
+    return None
+
+
+def syntax_error_message(reason: str, document: bytes | str | None, position: int) -> str:
+    """"Expecting value at line 2, column 5": where a JSON syntax error is, as a person editing
+    the text counts (the line and column are left out when the text is unknown)."""
+    if isinstance(document, bytes):
+        document = document.decode("utf-8", "replace")
+    if not isinstance(document, str) or not 0 <= position <= len(document):
+        return f"{reason} at character {position}"
+    line = document.count("\n", 0, position) + 1
+    column = position - document.rfind("\n", 0, position)
+    return f"{reason} at line {line}, column {column}"
+
+
 def parse_json(raw: bytes | str, loc: tuple[Any, ...]) -> Any:
     """Parse ``raw`` as strict JSON (no NaN/Infinity, no NUL or lone surrogates in strings, no
     key given twice in one object).
 
     Raises:
-        RequestValidationError: (422) located at ``loc``.
+        WordedValidationError: (422) located at ``loc``.
     """
     try:
         value = json.loads(raw, parse_constant=_reject_constant,
                            object_pairs_hook=_JsonObject.from_pairs)
+    except json.JSONDecodeError as exc:
+        raise _invalid(loc, "JSON decode error: "
+                       + syntax_error_message(exc.msg, exc.doc, exc.pos), "json_invalid") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        # Python's own advice ("use sys.set_int_max_str_digits()") means nothing to a client.
-        reason = (f"a number has more than {sys.get_int_max_str_digits()} digits"
-                  if "integer string conversion" in str(exc) else str(exc))
+        reason = json_read_error(exc) or str(exc)
         raise _invalid(loc, f"JSON decode error: {reason}", "json_invalid") from None
     _check_strings(value, loc)
     return value
@@ -151,6 +190,11 @@ def _query_params_of(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(names), frozenset(repeatable)
 
 
+#: How many times a parameter that may repeat (``status``, ``label``, ``expand``) may be given:
+#: a job has at most MAX_LABELS labels, so more label conditions than that can match no job.
+MAX_REPEATED_VALUES = MAX_LABELS
+
+
 def _check_query_params(request: Request, route: APIRoute) -> None:
     accepted, repeatable = _query_params_of(route)
     for name in dict.fromkeys(request.query_params.keys()):
@@ -158,7 +202,21 @@ def _check_query_params(request: Request, route: APIRoute) -> None:
             raise InvalidInput(
                 f"unknown query parameter {quote(name)}; this route accepts "
                 f"{', '.join(sorted(accepted)) or 'none'}", field=name, code="unknown_parameter")
-        count = len(request.query_params.getlist(name))
+        values = request.query_params.getlist(name)
+        if any(not value.strip() for value in values):
+            # "?status=" listed every job as if unfiltered; no parameter has a meaning for
+            # nothing, so leaving one empty is a mistake (a form field left blank, a variable
+            # that expanded to nothing), never a request for the default.
+            raise InvalidInput(f"the query parameter {quote(name)} is empty; give it a value "
+                               "or leave it out", field=name, code="empty_parameter")
+        count = len(values)
+        if count > MAX_REPEATED_VALUES:
+            # Each value becomes a condition of one SQL statement: thousands made it too large
+            # for the database, a 503 that blamed the database for the request's size.
+            raise InvalidInput(f"the query parameter {quote(name)} is given {count} times; at "
+                               f"most {MAX_REPEATED_VALUES}", field=name,
+                               code="repeated_parameter",
+                               details={"limit": MAX_REPEATED_VALUES})
         if count > 1 and name not in repeatable:
             raise InvalidInput(f"the query parameter {quote(name)} is given {count} times; it "
                                "takes one value", field=name, code="repeated_parameter")

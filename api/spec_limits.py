@@ -25,8 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi.exceptions import RequestValidationError
-
+from api.errors import WordedValidationError
 from persistence.cost import sweep_size
 
 MAX_LIST_ITEMS = 256
@@ -85,7 +84,7 @@ def check_service_bounds(config: dict[str, Any], loc: tuple[Any, ...]) -> None:
     """Refuse a validated config (as JSON) that passes the service's bounds.
 
     Raises:
-        RequestValidationError: (422) one error per field at fault, located under ``loc``.
+        WordedValidationError: (422) one error per field at fault, located under ``loc``.
     """
     errors: list[dict[str, Any]] = []
     for path, low, high in FIELD_BOUNDS:
@@ -103,4 +102,4 @@ def check_service_bounds(config: dict[str, Any], loc: tuple[Any, ...]) -> None:
         errors.append({"type": "too_long", "loc": where, "msg": f"this service allows {what}",
                        "input": None})
     if errors:
-        raise RequestValidationError(errors)
+        raise WordedValidationError(errors)

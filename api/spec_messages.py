@@ -18,6 +18,7 @@ The answer echoes at most a short scalar of the input, never an object or a list
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,22 +27,39 @@ from pydantic import BaseModel
 
 from api.errors import shorten
 from rift.config import SettingValueError
-from rift.setting_names import number_hint, settings_at, unknown_setting_message
+from rift.setting_names import closest_choice, number_hint, settings_at, unknown_setting_message
 
 _SHOWN_CHARS = 40
 #: Error types that mean "the value is not a member of this kind": their message gains what was sent.
 _NO_ECHO_TYPES = frozenset({"missing", "extra_forbidden"})
 _VALUE_ERROR_PREFIX = "Value error, "
+#: Error types of a value that must be one of a list of choices (a Literal, an Enum).
+_CHOICE_TYPES = frozenset({"literal_error", "enum"})
+#: One choice in pydantic's ``expected`` text: "'cifar10', 'cifar100' or 'svhn'".
+_QUOTED_CHOICE = re.compile(r"'((?:[^'\\]|\\.)*)'")
 
 
 def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and "[" in part and not part.isidentifier()
 
 
-def _sent(value: Any, kind: str) -> str | None:
+def _suggestion(value: Any, kind: str, ctx: dict[str, Any]) -> str:
+    """"; did you mean 'cifar10'?" for text close to one of a choice's values (case, ``-``
+    and ``_`` ignored), else ""."""
+    if kind not in _CHOICE_TYPES or not isinstance(value, str):
+        return ""
+    choices = _QUOTED_CHOICE.findall(str(ctx.get("expected", "")))
+    guess = closest_choice(value, choices)
+    return f"; did you mean {guess!r}?" if guess is not None and guess != value else ""
+
+
+def _sent(value: Any, kind: str, *, text_only: bool = False) -> str | None:
     """What was sent, in JSON's words, or None for an object or a list (never echoed); with a
-    hint where a number was sent the way the setting does not take it."""
-    hint = number_hint(value, kind)
+    hint where a number was sent the way the setting does not take it (not for ``text_only``
+    input, a query parameter or header, where every value is text)."""
+    hint = "" if text_only and isinstance(value, str) else number_hint(value, kind)
+    if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
+        hint = "beyond the range of a 64-bit floating-point number"
     hint = f" ({hint})" if hint else ""
     if isinstance(value, bool):
         return f"got {json.dumps(value)}"
@@ -77,27 +95,31 @@ def _off_branch(error: dict[str, Any], others: Sequence[Any]) -> bool:
     return False
 
 
-def refine_errors(errors: Sequence[Any], model: type[BaseModel]) -> list[dict[str, Any]]:
-    """``errors`` (pydantic's, with their input, located under ``model``) with the messages
-    above, and without their input."""
+def refine_errors(errors: Sequence[Any], model: type[BaseModel] | None, *,
+                  text_only: bool = False) -> list[dict[str, Any]]:
+    """``errors`` (pydantic's, with their input, located under ``model``; None: not in a body,
+    so no unknown key) with the messages above, and without their input. ``text_only``: the
+    input is a query parameter's or header's text (see :func:`_sent`)."""
     refined: list[dict[str, Any]] = []
     for original in errors:
         if _off_branch(original, errors):
             continue
         error = dict(original)
-        reason = (error.pop("ctx", None) or {}).get("error")
+        ctx = error.pop("ctx", None) or {}
+        reason = ctx.get("error")
         if isinstance(reason, SettingValueError):  # a model check naming one of its settings
             error["loc"] = (*error["loc"], *reason.setting)
         loc = tuple(error["loc"])
         value = error.pop("input", None)
-        if error["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+        if error["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str) \
+                and model is not None:
             error["msg"] = unknown_setting_message(loc[-1], settings_at(model, loc))
         elif error["type"] not in _NO_ECHO_TYPES:
             if str(error["msg"]).startswith(_VALUE_ERROR_PREFIX):  # pydantic's, says nothing
                 error["msg"] = str(error["msg"])[len(_VALUE_ERROR_PREFIX):]
-            sent = _sent(value, error["type"])
+            sent = _sent(value, error["type"], text_only=text_only)
             if sent is not None:
-                error["msg"] = f"{error['msg']}; {sent}"
+                error["msg"] = f"{error['msg']}; {sent}{_suggestion(value, error['type'], ctx)}"
         refined.append(error)
     return refined
 
@@ -112,15 +134,38 @@ def route_body_model(route: object) -> type[BaseModel] | None:
         else None
 
 
-def name_unknown_keys(errors: Sequence[Any], model: type[BaseModel]) -> list[dict[str, Any]]:
-    """``errors`` of a body validated by FastAPI (``loc`` starting with ``"body"``) with each
-    unknown key's message naming the key it most likely meant, as a job spec's does."""
-    named = []
+#: The parts of a request FastAPI validates, as the first entry of an error's ``loc``.
+_TEXT_SOURCES = ("query", "header", "path", "cookie")
+
+
+def refine_request_errors(errors: Sequence[Any], model: type[BaseModel] | None,
+                          document: Any = None) -> list[dict[str, Any]]:
+    """``errors`` of a request validated by FastAPI (``loc`` starting with ``"body"``,
+    ``"query"``, ...) refined as a job spec's are (:func:`refine_errors`), so that every route
+    names the key an unknown one likely meant, says what was sent and suggests the closest
+    choice; ``model`` is the route's body model (None: it reads no body), ``document`` the
+    body's text where it was not JSON (to say where a syntax error is)."""
+    from api.request_input import syntax_error_message  # it imports api.errors, as this does
+
+    refined: list[dict[str, Any]] = []
     for error in errors:
-        error = dict(error)
         loc = tuple(error.get("loc", ()))
-        if error.get("type") == "extra_forbidden" and loc[:1] == ("body",) and \
-                isinstance(loc[-1], str):
-            error["msg"] = unknown_setting_message(loc[-1], settings_at(model, loc[1:]))
-        named.append(error)
-    return named
+        source, rest = (loc[0], loc[1:]) if loc else ("", ())
+        if error.get("type") == "json_invalid" and source == "body":
+            # FastAPI puts the character offset where a field goes ("16: JSON decode error")
+            # and the reason in ctx: worded as POST /v1/jobs words it.
+            reason = str((error.get("ctx") or {}).get("error") or "not JSON")
+            if rest and isinstance(rest[0], int):
+                reason = syntax_error_message(reason, document, rest[0])
+            refined.append({"type": "json_invalid", "loc": ("body",),
+                            "msg": f"JSON decode error: {reason}"})
+            continue
+        if source == "body" and rest:
+            inner = refine_errors([{**error, "loc": rest}], model)
+        elif source in _TEXT_SOURCES:
+            inner = refine_errors([{**error, "loc": rest}], None, text_only=True)
+        else:  # the whole body (missing, not an object): pydantic's words say it
+            refined.append(dict(error))
+            continue
+        refined.extend({**item, "loc": (source, *item["loc"])} for item in inner)
+    return refined

@@ -39,7 +39,8 @@ class WebhookCreatedOut(WebhookOut):
 
 
 class WebhookListOut(BaseModel):
-    items: list[WebhookOut]
+    items: list[WebhookOut] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
 
 
 class WebhookAttemptOut(BaseModel):

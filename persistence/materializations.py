@@ -24,6 +24,7 @@ from persistence.models import (
     MaterializationStatus,
     utcnow,
 )
+from persistence.pages import Page, newest_first
 from persistence.records import hold_stored_bytes, materialization_bytes
 from persistence.stages import ArtifactRecord
 from persistence.transactions import PersistenceError, load_job, lock_project, transaction
@@ -169,6 +170,14 @@ def list_materializations(session: Session, job_id: str) -> list[Materialization
     query = (select(Materialization).where(Materialization.job_id == job_id)
              .order_by(Materialization.alpha))
     return list(session.execute(query).scalars())
+
+
+def page_materializations(session: Session, job_id: str, *, limit: int,
+                          cursor: str | None = None) -> Page[Materialization]:
+    """One page of the job's materializations, newest first (:mod:`persistence.pages`)."""
+    return newest_first(session, "materializations",
+                        select(Materialization).where(Materialization.job_id == job_id),
+                        Materialization.created_at, Materialization.id, limit, cursor)
 
 
 def start_materialization(session: Session, materialization_id: str) -> Materialization | None:

@@ -1,5 +1,5 @@
-"""Cursor pages, newest first: the one rule every listed collection (jobs, checkpoints, datasets)
-pages by, so that ``limit`` and ``cursor`` mean the same everywhere.
+"""Cursor pages, newest first: the one rule every listed collection (jobs, checkpoints, datasets,
+webhooks, a job's materializations) pages by, so that ``limit`` and ``cursor`` mean the same everywhere.
 
 A page is ordered by ``(created_at, id)`` descending; its cursor is the last row's pair, so the
 next page is the rows strictly before it in that order (keyset pagination: a row inserted
@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar, get_args
 
-from sqlalchemy import ColumnElement, and_, or_
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy import ColumnElement, Select, and_, or_
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from persistence.transactions import PersistenceError
 
 #: The collections that are paged; each tags its cursors with its name.
-Collection = Literal["jobs", "checkpoints", "datasets"]
+Collection = Literal["jobs", "checkpoints", "datasets", "webhooks", "materializations"]
 #: The longest row id a cursor may carry (ids are 32 characters: a longer one names no row).
 MAX_CURSOR_ID_CHARS = 64
 
@@ -103,3 +103,18 @@ def page_of(collection: Collection, rows: Sequence[Row], limit: int,
     if len(rows) <= limit:
         return Page(items, None)
     return Page(items, encode_cursor(collection, *key(items[-1])))
+
+
+def newest_first(session: Session, collection: Collection, query: Select[Any],
+                 created_at: InstrumentedAttribute[Any], row_id: InstrumentedAttribute[Any],
+                 limit: int, cursor: str | None) -> Page[Any]:
+    """The page of ``query``'s rows (one table's, ``created_at`` and ``row_id`` its columns)
+    after ``cursor``, ``limit`` of them, newest first. One statement."""
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    if cursor is not None:
+        query = query.where(before_cursor(collection, cursor, created_at, row_id))
+    query = query.order_by(created_at.desc(), row_id.desc()).limit(limit + 1)
+    rows = list(session.execute(query).scalars())
+    return page_of(collection, rows, limit,
+                   lambda row: (getattr(row, created_at.key), getattr(row, row_id.key)))

@@ -31,6 +31,7 @@ from persistence.models import (
     new_id,
     utcnow,
 )
+from persistence.pages import Page, newest_first
 from persistence.transactions import EventKind, PersistenceError, lock_project, transaction
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,19 @@ class WebhookLimitReached(PersistenceError):
         self.limit = limit
 
 
+class WebhookUrlTaken(PersistenceError):
+    """The project has an endpoint for this URL already: a second would get every message
+    twice, which a client retrying a registration without an Idempotency-Key never meant."""
+
+    code = "webhook_url_registered"
+
+    def __init__(self, url: str, endpoint_id: str) -> None:
+        super().__init__(f"the project already has webhook {endpoint_id} for this URL; use it, "
+                         "or delete it first to register the URL with other events")
+        self.url = url
+        self.endpoint_id = endpoint_id
+
+
 class IdempotencyKeyTaken(Exception):
     """An endpoint was registered under this Idempotency-Key while the request waited for the
     project's lock: the caller answers with that one."""
@@ -97,7 +111,8 @@ def create_endpoint(session: Session, *, project_id: str, url: str, event_types:
                     description: str | None, max_endpoints: int,
                     idempotency_key: str | None = None,
                     request_hash: str | None = None) -> WebhookEndpoint:
-    """Register an endpoint with a new secret; :class:`WebhookLimitReached` past the limit;
+    """Register an endpoint with a new secret; :class:`WebhookUrlTaken` when the project has
+    one for ``url``; :class:`WebhookLimitReached` past the limit;
     :class:`IdempotencyKeyTaken` when another registration recorded ``idempotency_key`` first
     (looked for before the limit: a retried registration is not a new one)."""
     with transaction(session):
@@ -108,8 +123,11 @@ def create_endpoint(session: Session, *, project_id: str, url: str, event_types:
                 select(WebhookEndpoint.id).where(
                     WebhookEndpoint.idempotency_key == idempotency_key)).first() is not None:
             raise IdempotencyKeyTaken(idempotency_key)
-        count = len(list_endpoints(session, project_id))
-        if count >= max_endpoints:
+        existing = list_endpoints(session, project_id)
+        for other in existing:
+            if other.url == url:  # under the project's lock, so two at once register one
+                raise WebhookUrlTaken(url, other.id)
+        if len(existing) >= max_endpoints:
             raise WebhookLimitReached(max_endpoints)
         endpoint = WebhookEndpoint(
             id=new_id(), project_id=project_id, url=url, secret=new_secret(),
@@ -132,6 +150,14 @@ def list_endpoints(session: Session, project_id: str) -> list[WebhookEndpoint]:
     query = (select(WebhookEndpoint).where(WebhookEndpoint.project_id == project_id)
              .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id))
     return list(session.execute(query).scalars())
+
+
+def page_endpoints(session: Session, project_id: str, *, limit: int,
+                   cursor: str | None = None) -> Page[WebhookEndpoint]:
+    """One page of the project's endpoints, newest first (:mod:`persistence.pages`)."""
+    return newest_first(session, "webhooks",
+                        select(WebhookEndpoint).where(WebhookEndpoint.project_id == project_id),
+                        WebhookEndpoint.created_at, WebhookEndpoint.id, limit, cursor)
 
 
 def get_endpoint(session: Session, project_id: str, endpoint_id: str) -> WebhookEndpoint:

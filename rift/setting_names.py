@@ -48,6 +48,22 @@ def closest_setting(name: str, known: Sequence[str]) -> str | None:
     return folded[matches[0]] if matches else None
 
 
+def _folded(text: str) -> str:
+    return text.lower().replace("-", "").replace("_", "").replace(" ", "")
+
+
+def closest_choice(value: str, choices: Sequence[str]) -> str | None:
+    """The choice ``value`` was most likely meant to be (``"cifar-10"`` → ``"cifar10"``,
+    ``"Digits"`` → ``"digits"``; case, ``-``, ``_`` and spaces ignored), or None."""
+    folded: dict[str, str] = {}
+    for choice in choices:
+        folded.setdefault(_folded(choice), choice)
+    if _folded(value) in folded:
+        return folded[_folded(value)]
+    matches = difflib.get_close_matches(_folded(value), list(folded), n=1, cutoff=0.75)
+    return folded[matches[0]] if matches else None
+
+
 def unknown_setting_message(name: str, known: Sequence[str]) -> str:
     """"unknown setting 'lrr'; did you mean 'lr'?" (or the known names when none is close)."""
     guess = closest_setting(name, known)

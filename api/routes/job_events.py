@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, EventFeedDep, SessionFactoryDep, SettingsDep, StreamSlotsDep
-from api.errors import TooManyRequests
+from api.errors import BadRequest, TooManyRequests, quote
 from api.event_feed import EventFeed
 from api.routes.jobs import load_job
 from api.schemas import EventOut, EventPageOut
@@ -150,6 +150,19 @@ async def _stream(factory: sessionmaker[Session], feed: EventFeed, job_id: str, 
                     break
 
 
+def _last_event_id(value: str) -> int:
+    """The id a ``Last-Event-ID`` header names. Only this service's ids (plain numbers) are
+    read: anything else replayed the whole log silently, which a client resuming after a
+    dropped connection takes for events happening again."""
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > MAX_EVENT_ID:
+        raise BadRequest(
+            f"Last-Event-ID {quote(value)} is not an event id: send the id of the last event "
+            f"received, a whole number from 0 to {MAX_EVENT_ID}, or leave the header out",
+            field="Last-Event-ID", code="invalid_last_event_id")
+    return int(digits)
+
+
 @router.get(
     "/{job_id}/events",
     response_model=None,
@@ -158,7 +171,8 @@ async def _stream(factory: sessionmaker[Session], feed: EventFeed, job_id: str, 
         "Events with id > after, oldest first (stage_started, stage_finished, epoch, warning, "
         "job_succeeded, ...). With 'Accept: text/event-stream' the response is a Server-Sent "
         "Events stream of the events after 'after' (or Last-Event-ID), live, ending with an "
-        "'end' event once the job has finished."
+        "'end' event once the job has finished. A Last-Event-ID header (pages or stream) is "
+        "read as the larger of it and 'after'; one that is not an event id is a 400."
     ),
     responses={200: {"model": EventPageOut, "content": {"text/event-stream": {}}}},
 )
@@ -177,9 +191,9 @@ def read_events(
     with factory() as session:
         job = load_job(session, caller, job_id)
         session.commit()
+        if last_event_id is not None:  # read as a later ?after=, on pages as on streams
+            after = max(after, _last_event_id(last_event_id))
         if wants_event_stream(request.headers.get("accept")):
-            if last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit():
-                after = min(max(after, int(last_event_id)), MAX_EVENT_ID)
             limit_streams = caller.limits.max_streams_per_key
             if not slots.acquire(caller.key_id, limit_streams):
                 raise TooManyRequests(

@@ -5,6 +5,7 @@ file), list, read, cancel and delete jobs. The routes parse and shape; the rules
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import partial
 from typing import Annotated, Any
 
@@ -39,6 +40,7 @@ from api.services.jobs import (
 from api.services.ownership import owned_job
 from api.uploads import MAX_FIELD_BYTES, receive_upload, scratch_dir
 from persistence.models import Job, JobStatus
+from rift.setting_names import closest_choice
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -163,13 +165,28 @@ async def create_job_route(
 # ------------------------------------------------------------------------------ list and read
 
 
+def _items(values: list[str], field: str) -> list[str]:
+    """The comma-separated items of a repeatable parameter; an empty one (``queued,,failed``)
+    is refused like an empty parameter (api/request_input.py), not skipped."""
+    items = [v.strip() for value in values for v in value.split(",")]
+    if "" in items:
+        raise InvalidInput(f"the query parameter '{field}' has an empty item; separate values "
+                           "with single commas", field=field, code="empty_parameter")
+    return list(dict.fromkeys(items))  # "queued,queued" is one condition
+
+
+def _did_you_mean(value: str, choices: Sequence[str]) -> str:
+    guess = closest_choice(value, choices)
+    return f"; did you mean {guess!r}?" if guess is not None else ""
+
+
 def _statuses(values: list[str]) -> list[str] | None:
-    statuses = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    statuses = _items(values, "status")
     known = [s.value for s in JobStatus]
     for status in statuses:
         if status not in known:
-            raise InvalidInput(f"unknown status {quote(status)}; use one of "
-                               f"{', '.join(known)}", field="status")
+            raise InvalidInput(f"unknown status {quote(status)}{_did_you_mean(status, known)}; "
+                               f"use one of {', '.join(known)}", field="status")
     return statuses or None
 
 
@@ -198,11 +215,11 @@ EXPANDABLE = ("config", "stages")
 
 
 def _expand(values: list[str]) -> frozenset[str]:
-    wanted = frozenset(v.strip() for value in values for v in value.split(",") if v.strip())
+    wanted = frozenset(_items(values, "expand"))
     for name in sorted(wanted):
         if name not in EXPANDABLE:
-            raise InvalidInput(f"cannot expand '{name[:40]}'; use {' or '.join(EXPANDABLE)}",
-                               field="expand")
+            raise InvalidInput(f"cannot expand '{name[:40]}'{_did_you_mean(name, EXPANDABLE)}; "
+                               f"use {' or '.join(EXPANDABLE)}", field="expand")
     return wanted
 
 

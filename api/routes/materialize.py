@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import CallerDep, DispatcherDep, SessionDep, SettingsDep
 from api.dispatch import DispatchError
 from api.errors import ServiceUnavailable, TooManyRequests
+from api.paging import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
 from api.routes.jobs import job_link, load_job
 from api.services.quotas import storage_exceeded
 from persistence.logs import current_request_id
@@ -25,7 +26,7 @@ from persistence.materializations import (
     TooManyPendingMaterializations,
     fail_materialization,
     get_materialization,
-    list_materializations,
+    page_materializations,
     request_materialization,
 )
 from persistence.models import Materialization
@@ -62,7 +63,8 @@ class MaterializationOut(BaseModel):
 
 class MaterializationListOut(BaseModel):
     job_id: str
-    items: list[MaterializationOut]
+    items: list[MaterializationOut] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
 
 
 def materialization_out(row: Materialization) -> MaterializationOut:
@@ -113,11 +115,14 @@ def materialize(job_id: str, body: MaterializeIn, response: Response, session: S
 
 
 @router.get("/{job_id}/materializations", response_model=MaterializationListOut,
-            summary="The weights made at other α, in α order")
-def read_materializations(job_id: str, session: SessionDep, caller: CallerDep) -> MaterializationListOut:
+            summary="The weights made at other α, newest first, paged like GET /v1/jobs")
+def read_materializations(job_id: str, session: SessionDep, caller: CallerDep,
+                          limit: PageLimit = DEFAULT_PAGE_SIZE,
+                          cursor: PageCursor = None) -> MaterializationListOut:
     job = load_job(session, caller, job_id)
-    return MaterializationListOut(
-        job_id=job.id, items=[materialization_out(r) for r in list_materializations(session, job.id)])
+    page = page_materializations(session, job.id, limit=limit, cursor=cursor)
+    return MaterializationListOut(job_id=job.id, items=[materialization_out(r) for r in page.items],
+                                  next_cursor=page.next_cursor)
 
 
 @router.get("/{job_id}/materializations/{materialization_id}", response_model=MaterializationOut,

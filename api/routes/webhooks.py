@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import ProjectIdDep, SessionDep, SettingsDep
 from api.errors import InvalidInput, NotFound
 from api.idempotency import IdempotencyKey, RequestKey
+from api.paging import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
 from api.schemas import is_resource_id
 from api.webhook_schemas import (
     WebhookAttemptOut,
@@ -53,7 +54,8 @@ def _checked_id(webhook_id: str) -> str:
     "The URL must be http(s) and resolve to public addresses only (422 naming 'url' otherwise).",
     responses={200: {"description": "Idempotent replay: the endpoint registered before",
                      "model": WebhookCreatedOut},
-               409: {"description": "The project has WEBHOOK_MAX_ENDPOINTS webhooks, or the "
+               409: {"description": "The project has WEBHOOK_MAX_ENDPOINTS webhooks or one "
+                     "for this URL (webhook_url_registered, naming its webhook_id), or the "
                      "Idempotency-Key was used for another registration"},
                422: {"description": "Invalid or forbidden URL"}},
 )
@@ -110,10 +112,14 @@ def _created_out(endpoint: WebhookEndpoint) -> WebhookCreatedOut:
     return WebhookCreatedOut(**webhook_out(endpoint).model_dump(), secret=endpoint.secret)
 
 
-@router.get("", response_model=WebhookListOut, summary="The project's webhooks")
-def list_webhooks(session: SessionDep, project_id: ProjectIdDep) -> WebhookListOut:
-    return WebhookListOut(items=[webhook_out(e)
-                                 for e in webhooks.list_endpoints(session, project_id)])
+@router.get("", response_model=WebhookListOut,
+            summary="The project's webhooks, newest first, paged like GET /v1/jobs")
+def list_webhooks(session: SessionDep, project_id: ProjectIdDep,
+                  limit: PageLimit = DEFAULT_PAGE_SIZE,
+                  cursor: PageCursor = None) -> WebhookListOut:
+    page = webhooks.page_endpoints(session, project_id, limit=limit, cursor=cursor)
+    return WebhookListOut(items=[webhook_out(e) for e in page.items],
+                          next_cursor=page.next_cursor)
 
 
 @router.get("/{webhook_id}", response_model=WebhookOut, summary="A webhook")

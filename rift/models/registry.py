@@ -35,6 +35,7 @@ from rift.models.torchvision_models import (
     torchvision_classifier_names,
 )
 from rift.models.wide_resnet import wide_resnet28_10, wide_resnet34_10
+from rift.setting_names import closest_choice
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,11 @@ def _build(spec: ArchitectureSpec, channels: int, size: int,
     builder = _installed_builder(spec.name)
     if builder is None:
         installed = list(installed_architectures())
+        guess = closest_choice(spec.name, [*_BUILDERS, MLP, *installed])
         raise UnknownArchitectureError(
-            f"unknown architecture {spec.name!r}; known: {', '.join([*_BUILDERS, MLP])}"
+            f"unknown architecture {spec.name!r}"
+            + (f"; did you mean {guess!r}?" if guess is not None else "")
+            + f"; known: {', '.join([*_BUILDERS, MLP])}"
             + (f", installed: {', '.join(installed)}" if installed else "")
             + f", or '{PREFIX}<name>' for a torchvision image classifier (e.g. "
             f"'{PREFIX}resnet50'); operators add architectures through the "

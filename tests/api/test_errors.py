@@ -20,7 +20,7 @@ from api.errors import ApiError, Conflict, NotFound, from_persistence_error
 from persistence.jobs import ActiveJobLimitReached, JobAlreadyFinished
 from persistence.materializations import JobNotSucceeded, MaterializationNotFound
 from persistence.records import StorageQuotaReached
-from persistence.webhooks import WebhookLimitReached
+from persistence.webhooks import WebhookLimitReached, WebhookUrlTaken
 
 API_ROOT = Path(__file__).resolve().parents[2] / "api"
 
@@ -56,6 +56,7 @@ def test_every_client_error_raised_in_the_api_names_a_field() -> None:
     (JobNotSucceeded("job job_1 is queued"), 409, "job_id"),
     (MaterializationNotFound("no materialization 'm'"), 404, "materialization_id"),
     (WebhookLimitReached(20), 409, "WEBHOOK_MAX_ENDPOINTS"),
+    (WebhookUrlTaken("https://h.example/x", "wh_1"), 409, "url"),
 ])
 def test_persistence_errors_name_their_field(error: Exception, status: int, field: str) -> None:
     assert isinstance(error, errors.PersistenceError)

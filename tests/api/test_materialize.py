@@ -31,8 +31,16 @@ def test_alphas_agreeing_to_six_digits_are_one_materialization_at_the_rounded_al
     assert again.json()["alpha"] == 0.3
     other = api.client.post(base, json={"alpha": 0.300001})
     assert other.status_code == 202 and other.json()["alpha"] == 0.300001
-    listed = api.client.get(f"/v1/jobs/{job_id}/materializations").json()["items"]
-    assert [m["alpha"] for m in listed] == [0.3, 0.300001]
+    # Paged like the job list, newest first. Before: one unpaged list in α order.
+    path = f"/v1/jobs/{job_id}/materializations"
+    page = api.client.get(path, params={"limit": 1}).json()
+    assert [m["alpha"] for m in page["items"]] == [0.300001] and page["job_id"] == job_id
+    rest = api.client.get(path, params={"limit": 1, "cursor": page["next_cursor"]}).json()
+    assert [m["alpha"] for m in rest["items"]] == [0.3] and rest["next_cursor"] is None
+    for params, field in (({"limit": 101}, "limit"), ({"cursor": "nope"}, "cursor"),
+                          ({"limt": 1}, "limt")):
+        refused = api.client.get(path, params=params)
+        assert refused.status_code == 422 and error_of(refused)["field"] == field, refused.text
 
 
 def test_materializations_past_the_pending_limit_are_429_naming_it(

@@ -105,6 +105,23 @@ def test_json_bodies_of_every_route_follow_the_same_rules(hooks_api: Api,
         (f"/v1/jobs/{job_id}/materialize", b'{"alpha": 0.5, "evaluate": "yes"}', None, 422,
          "evaluate"),
     ]
+    # Before: 400 "There was an error parsing the body" naming no field (FastAPI's words for a
+    # body that is not UTF-8 or nests past Python's recursion limit), and a syntax error's
+    # character offset given as the field ("16").
+    unreadable: list[tuple[bytes, str]] = [
+        (b'{"url": "\xff\xfe"}', "the body is not UTF-8 (byte 0xff at position 9)"),
+        (b"[" * 100_000 + b"]" * 100_000, "nest more than 64 levels deep"),
+        (b'{"a":' * 70 + b"1" + b"}" * 70, "nest more than 64 levels deep"),
+        (b'{"url": "http://127.0.0.1:9/hook"} x', "Extra data at line 1, column 36"),
+        (b'{\n "url": 1,\n}', "Expecting property name enclosed in double quotes at line 3, "
+         "column 1"),
+    ]
+    for body, said in unreadable:
+        for path in ("/v1/webhooks", "/v1/jobs"):
+            response = post_raw(api, path, body)
+            assert response.status_code == 422, (path, body[:40], response.text)
+            error = error_of(response)
+            assert error["field"] == "body" and said in error["message"], (path, error)
     for path, body, key, status, field in cases:
         response = post_raw(api, path, body, key=key)
         assert response.status_code == status, (path, body, response.text)
@@ -180,12 +197,29 @@ def test_query_parameters_must_be_known_and_single_valued(api: Api, small_cnn_fi
         (f"/v1/jobs/{job_id}?expand=config", "expand", "unknown_parameter"),
         ("/v1/jobs?limit=1&limit=50", "limit", "repeated_parameter"),
         ("/v1/jobs?label=team:a&label=team:b", "label", "invalid_input"),
+        # Before: 503 database_unavailable (the statement grew too large for the database).
+        ("/v1/jobs?" + "&".join(f"label=k{i}:v" for i in range(2000)), "label",
+         "repeated_parameter"),
+        # Before: 200 listing every job, as if unfiltered.
+        ("/v1/jobs?status=", "status", "empty_parameter"),
+        ("/v1/jobs?status=queued,,failed", "status", "empty_parameter"),
+        ("/v1/jobs?expand=", "expand", "empty_parameter"),
+        ("/v1/jobs?expand=config,", "expand", "empty_parameter"),
+        ("/v1/jobs?label=%20", "label", "empty_parameter"),
+        ("/v1/jobs?cursor=", "cursor", "empty_parameter"),
+        ("/v1/checkpoints?format=", "format", "empty_parameter"),
+        ("/v1/datasets?limit=", "limit", "empty_parameter"),
+        (f"/v1/jobs/{job_id}/events?after=", "after", "empty_parameter"),
     ]:
         response = api.client.get(path)
         assert response.status_code == 422, (path, response.text)
         error = error_of(response)
         assert (error["field"], error["code"]) == (field, code), (path, response.text)
         assert field in error["message"]
+    # A mistyped choice names the closest (before: only the list).
+    for path, said in [("/v1/jobs?status=canceled", "did you mean 'cancelled'?"),
+                       ("/v1/jobs?expand=Config", "did you mean 'config'?")]:
+        assert said in error_of(api.client.get(path))["message"], path
     # Parameters that take several values still may repeat, and a repeated label condition is
     # just the same condition.
     listed = api.client.get("/v1/jobs", params=[("status", "queued"), ("status", "failed"),

@@ -46,8 +46,16 @@ def spec(**sections: Any) -> str:
      "Input should be a valid integer; got the number 2.5"),
     ({"finetune": {"lr": 20}}, "config.finetune.lr",
      "Input should be less than or equal to 10; got the number 20"),
-    ({"dataset": {"name": "Digits"}}, "config.dataset.name", 'got the text "Digits"'),
+    ({"dataset": {"name": "Digits"}}, "config.dataset.name",
+     'got the text "Digits"; did you mean \'digits\'?'),
+    # Before: the choices listed, none suggested.
+    ({"dataset": {"name": "cifar-10"}}, "config.dataset.name",
+     'got the text "cifar-10"; did you mean \'cifar10\'?'),
+    ({"dataset": {"name": "CIFAR_100"}}, "config.dataset.name", "did you mean 'cifar100'?"),
     ({"finetune": None}, "config.finetune", "Input should be an object; got null"),
+    # Before: "Input should be a valid number; got the number 1358…", for a number.
+    ({"finetune": {"lr": 2**1100}}, "config.finetune.lr",
+     "(beyond the range of a 64-bit floating-point number)"),
     # Before: the name member's "Input should be 'auto', 'unit' or 'none'" came first.
     ({"attack": {"domain": {"lower": [1], "upper": [0]}}}, "config.attack.domain.lower",
      "config.attack.domain.lower: every 'lower' bound must be <= its 'upper' bound"),
@@ -122,3 +130,17 @@ def test_a_number_too_long_to_read_gives_no_python_advice() -> None:
     error = answer('{"checkpoint_id": "ck_1", "config": {"seed": ' + "9" * 5000 + "}}")
     assert error["field"] == "body" and "more than 4300 digits" in error["message"]
     assert "sys." not in error["message"]
+
+
+def test_a_choice_far_from_every_one_suggests_none() -> None:
+    error = answer(spec(attack={"domain": "box"}))
+    assert "did you mean" not in error["message"]
+    assert "'auto', 'unit' or 'none'" in error["message"]
+
+
+def test_a_bad_label_key_names_the_key() -> None:
+    # Before: field "labels.é.[key]" (pydantic's mark for a mapping's key).
+    body = json.loads(spec())
+    body["labels"] = {"é": "x"}
+    error = answer(json.dumps(body))
+    assert error["field"] == "labels.é", error

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from persistence.settings import Settings
-from tests.api.helpers import Api, RecordingDispatcher, error_of
+from tests.api.helpers import Api, RecordingDispatcher, error_of, make_key
 from tests.api.test_job_list_queries import add_jobs
 from tests.service_fixtures import WorkerProcess, settings_from_env
 from tests.webhook_receiver import Receiver
@@ -52,13 +52,30 @@ def test_register_list_read_delete(allowing_api: Api, receiver: Receiver) -> Non
     assert "secret" not in api.client.get(f"/v1/webhooks/{hook_id}").json()
     assert api.client.get(f"/v1/webhooks/{hook_id}/deliveries").json() == {"items": []}
 
-    second = api.client.post("/v1/webhooks", json={"url": receiver.url})
+    # Before: a second endpoint for the same URL, so every message arrived twice.
+    again = api.client.post("/v1/webhooks", json={"url": receiver.url})
+    assert again.status_code == 409, again.text
+    error = error_of(again)
+    assert (error["code"], error["field"], error["webhook_id"]) == (
+        "webhook_url_registered", "url", hook_id)
+    assert hook_id in error["message"]
+
+    second = api.client.post("/v1/webhooks", json={"url": receiver.url + "?second"})
     assert second.status_code == 201
     assert second.json()["events"] == ["job.cancelled", "job.failed", "job.succeeded"]
     assert second.json()["secret"] != body["secret"]
-    third = api.client.post("/v1/webhooks", json={"url": receiver.url})
+    third = api.client.post("/v1/webhooks", json={"url": receiver.url + "?third"})
     assert third.status_code == 409 and error_of(third)["code"] == "webhook_limit_reached"
     assert error_of(third)["field"] == "WEBHOOK_MAX_ENDPOINTS"
+
+    # Paged like the job list, newest first. Before: one unpaged list.
+    first_page = api.client.get("/v1/webhooks", params={"limit": 1}).json()
+    assert [h["id"] for h in first_page["items"]] == [second.json()["id"]]
+    rest = api.client.get("/v1/webhooks", params={"limit": 1,
+                                                  "cursor": first_page["next_cursor"]}).json()
+    assert [h["id"] for h in rest["items"]] == [hook_id] and rest["next_cursor"] is None
+    foreign = api.client.get("/v1/jobs", params={"cursor": first_page["next_cursor"]})
+    assert foreign.status_code == 422 and error_of(foreign)["field"] == "cursor"
 
     assert api.client.delete(f"/v1/webhooks/{hook_id}").status_code == 204
     for response in (api.client.get(f"/v1/webhooks/{hook_id}"),
@@ -76,13 +93,14 @@ def test_concurrent_registrations_cannot_pass_the_limit(allowing_api: Api,
     api = allowing_api
     start = threading.Barrier(8)
 
-    def register() -> int:
+    def register(index: int) -> int:
         with api.client_for(api.key) as client:
             start.wait()
-            return client.post("/v1/webhooks", json={"url": receiver.url}).status_code
+            return client.post("/v1/webhooks",
+                               json={"url": f"{receiver.url}?n={index}"}).status_code
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        statuses = sorted(pool.map(lambda _: register(), range(8)))
+        statuses = sorted(pool.map(register, range(8)))
     assert statuses == [201, 201] + [409] * 6
     assert len(api.client.get("/v1/webhooks").json()["items"]) == 2
 
@@ -112,7 +130,8 @@ def test_a_registration_sent_again_under_its_key_returns_the_first_with_its_secr
     def register() -> tuple[int, str]:
         with api.client_for(api.key) as client:
             start.wait()
-            answer = client.post("/v1/webhooks", json=body, headers={"Idempotency-Key": "hook-2"})
+            answer = client.post("/v1/webhooks", json={**body, "url": receiver.url + "?2"},
+                                 headers={"Idempotency-Key": "hook-2"})
             return answer.status_code, answer.json()["id"]
 
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -159,6 +178,41 @@ def test_a_mistyped_key_names_the_one_meant(api: Api) -> None:
     # Before: "Extra inputs are not permitted" (as every route but POST /v1/jobs still said).
     assert error["field"] == "evnts"
     assert "unknown setting 'evnts'; did you mean 'events'?" in error["message"]
+
+
+def test_every_routes_422_says_what_was_sent_and_the_closest_choice(api: Api) -> None:
+    # Before: a job spec's 422 said what was sent; webhooks, materialize, admin and the query
+    # parameters only pydantic's "Input should be ..." (and no route suggested a choice).
+    _, admin_key = make_key(api.sessions, "ops", ("admin",))
+    with api.client_for(admin_key) as admin:
+        for client, method, path, kwargs, field, said in [
+            (api.client, "POST", "/v1/webhooks",
+             {"json": {"url": "https://example.com/h", "events": ["job.succeded"]}}, "events.0",
+             'got the text "job.succeded"; did you mean \'job.succeeded\'?'),
+            (api.client, "POST", "/v1/webhooks", {"json": {"url": 5}}, "url",
+             "got the number 5"),
+            (api.client, "POST", f"/v1/jobs/{'0' * 32}/materialize", {"json": {"alpha": "0.5"}},
+             "alpha", 'got the text "0.5" (write numbers without quotes)'),
+            (admin, "POST", "/v1/admin/projects",
+             {"json": {"name": "p", "max_active_jobs": 2.0}}, "max_active_jobs",
+             "got the number 2.0 (write 2)"),
+            (admin, "POST", "/v1/admin/projects/tests/keys", {"json": {"scopes": ["reed"]}},
+             "scopes.0", 'got the text "reed"; did you mean \'read\'?'),
+            (api.client, "GET", "/v1/checkpoints", {"params": {"format": "safetensor"}},
+             "format", 'got the text "safetensor"; did you mean \'safetensors\'?'),
+            (api.client, "GET", "/v1/datasets", {"params": {"limit": "12"}}, None, None),
+            (api.client, "GET", "/v1/datasets", {"params": {"limit": "ten"}}, "limit",
+             'got the text "ten"'),
+        ]:
+            response = client.request(method, path, **kwargs)
+            if field is None:
+                assert response.status_code == 200, response.text
+                continue
+            assert response.status_code == 422, (path, response.text)
+            error = error_of(response)
+            assert error["field"] == field, response.text
+            assert said in error["message"], error["message"]
+            assert "without quotes" not in error["message"] or method == "POST"
 
 
 def test_a_cancelled_job_is_delivered_signed_and_retried_by_a_worker(

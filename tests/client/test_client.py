@@ -536,6 +536,30 @@ def _scripted_client(scripted: list[ScriptedServer], *replies: ScriptedReply
     return server, RiftClient(server.url, api_key="rift_test", retry=FAST_RETRY)
 
 
+def test_paged_lists_are_read_to_their_last_page(scripted: list[ScriptedServer]) -> None:
+    # The service pages webhooks and materializations newest first; the client follows every
+    # next_cursor and keeps its own order (webhooks oldest first, materializations by α).
+    newer = {**WEBHOOK, "id": "wh_2", "created_at": "2026-01-02T00:00:00Z"}
+    made = {"id": "m_1", "job_id": "job_1", "alpha": 0.75, "status": "queued",
+            "evaluate": False, "artifact": "tuned@0.75.safetensors", "artifact_url": None,
+            "clean_accuracy": None, "robust_accuracy": None, "error": None,
+            "created_at": "2026-01-02T00:00:00Z", "finished_at": None,
+            "url": "/v1/jobs/job_1/materializations/m_1"}
+    server, client = _scripted_client(
+        scripted, ScriptedReply(200, {"items": [newer], "next_cursor": "c/1"}),
+        ScriptedReply(200, {"items": [WEBHOOK], "next_cursor": None}),
+        ScriptedReply(200, {"job_id": "job_1", "items": [made], "next_cursor": "c2"}),
+        ScriptedReply(200, {"job_id": "job_1", "items": [{**made, "id": "m_2", "alpha": 0.25}],
+                            "next_cursor": None}))
+    with client:
+        assert [h.id for h in client.list_webhooks()] == ["wh_1", "wh_2"]
+        assert [m.alpha for m in client.list_materializations("job_1")] == [0.25, 0.75]
+    assert [(r.method, r.path) for r in server.seen] == [
+        ("GET", "/v1/webhooks"), ("GET", "/v1/webhooks?cursor=c%2F1"),
+        ("GET", "/v1/jobs/job_1/materializations"),
+        ("GET", "/v1/jobs/job_1/materializations?cursor=c2")]
+
+
 def test_create_webhook_sends_the_registration_under_one_key(
         scripted: list[ScriptedServer]) -> None:
     server, client = _scripted_client(

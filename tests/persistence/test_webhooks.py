@@ -5,6 +5,7 @@ rolls back writes none; the after-commit hook sends exactly the messages committ
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 
 import pytest
@@ -24,7 +25,8 @@ def endpoint(sessions: sessionmaker[Session], events: list[str], project: str = 
     add_project(sessions, project)
     with sessions() as session:
         return webhooks.create_endpoint(
-            session, project_id=project, url="https://hooks.example.com/x", event_types=events,
+            session, project_id=project, url=f"https://hooks.example.com/{secrets.token_hex(4)}",
+            event_types=events,
             description=None, max_endpoints=10).id
 
 

@@ -233,6 +233,13 @@ def test_unknown_architecture_lists_known_names() -> None:
         assert name in info.value.message
     assert "torchvision:" in info.value.message
     assert info.value.field == "architecture.name"
+    # Before: the names listed, none suggested.
+    with pytest.raises(UnknownArchitectureError) as typo:
+        build_model(ArchitectureSpec(name="ResNet-18"))
+    assert "unknown architecture 'ResNet-18'; did you mean 'resnet18'?" in typo.value.message
+    with pytest.raises(UnknownArchitectureError) as far:
+        build_model(ArchitectureSpec(name="transformer"))
+    assert "did you mean" not in far.value.message
 
 
 def test_unknown_torchvision_model_lists_torchvision_names() -> None:

@@ -158,11 +158,11 @@ def test_only_subscribed_events_and_one_message_per_job_end(
     other: Any
     with sessions() as session:
         other = webhooks.create_endpoint(
-            session, project_id=webhooks.DEFAULT_PROJECT_ID, url=receiver.url,
+            session, project_id=webhooks.DEFAULT_PROJECT_ID, url=receiver.url + "?other",
             event_types=["job.succeeded"], description=None, max_endpoints=5)
         assert webhooks.list_deliveries(session, other.id, limit=10) == []
         assert len(webhooks.list_deliveries(session, endpoint_id, limit=10)) == 1
         with pytest.raises(webhooks.WebhookLimitReached):
             webhooks.create_endpoint(session, project_id=webhooks.DEFAULT_PROJECT_ID,
-                                     url=receiver.url, event_types=["job.failed"],
+                                     url=receiver.url + "?third", event_types=["job.failed"],
                                      description=None, max_endpoints=2)

@@ -405,7 +405,7 @@ class RiftClient:
         return self._run(self._core.get_materialization(job_id=job_id, materialization_id=materialization_id))
 
     def list_materializations(self, job_id: str) -> list[Materialization]:
-        """The job's materializations, in α order."""
+        """The job's materializations, in α order (every page of the service's list)."""
         return self._run(self._core.list_materializations(job_id=job_id))
 
     def wait_materialization(self, job_id: str, materialization_id: str,
@@ -453,13 +453,15 @@ class RiftClient:
         (``idempotency_conflict``). A URL that is not http(s) or resolves to a private address
         is an :class:`UnprocessableEntityError` (``webhook_target_forbidden`` on ``url``);
         the project's WEBHOOK_MAX_ENDPOINTS reached, a :class:`ConflictError`
-        (``webhook_limit_reached``).
+        (``webhook_limit_reached``); a URL the project has an endpoint for already, a
+        :class:`ConflictError` (``webhook_url_registered``, its id in ``details``).
         """
         return self._run(self._core.create_webhook(url=url, events=events, description=description,
                                                    idempotency_key=idempotency_key))
 
     def list_webhooks(self) -> list[Webhook]:
-        """The project's webhooks, oldest first (without their secrets)."""
+        """The project's webhooks, oldest first (without their secrets; every page of the
+        service's list)."""
         return self._run(self._core.list_webhooks())
 
     def get_webhook(self, webhook_id: str) -> Webhook:

@@ -342,6 +342,19 @@ class RiftCore:
         response = yield from self.request("GET", path, idempotent=True, params=params or None)
         return self._parse_items(response, model)
 
+    def _every_page_items(self, path: str, model: type[Model]) -> Flow[list[Model]]:
+        """Every item of a paged list, following ``next_cursor`` from page to page (a service
+        from before these lists were paged answers one page without it)."""
+        items: list[Model] = []
+        cursor: str | None = None
+        while True:
+            response = yield from self.request("GET", path, idempotent=True,
+                                               params={"cursor": cursor} if cursor else None)
+            items.extend(self._parse_items(response, model))
+            cursor = response.json().get("next_cursor")
+            if not isinstance(cursor, str) or not cursor:
+                return items
+
     def _delete(self, path: str) -> Flow[None]:
         yield from self.request("DELETE", path, idempotent=True)
 
@@ -674,8 +687,13 @@ class RiftCore:
                          f"{_seg('materialization_id', materialization_id)}", Materialization)
 
     def list_materializations(self, job_id: str) -> Flow[list[Materialization]]:
-        return self._get_items(f"/v1/jobs/{_seg('job_id', job_id)}/materializations",
-                               Materialization)
+        return self._list_materializations(job_id)
+
+    def _list_materializations(self, job_id: str) -> Flow[list[Materialization]]:
+        # The service pages them newest first; the clients promise α order.
+        items = yield from self._every_page_items(
+            f"/v1/jobs/{_seg('job_id', job_id)}/materializations", Materialization)
+        return sorted(items, key=lambda item: item.alpha)
 
     def wait_materialization(self, job_id: str, materialization_id: str, timeout: float | None,
                              poll_interval: float,
@@ -809,7 +827,12 @@ class RiftCore:
         return self._parse(response, CreatedWebhook)
 
     def list_webhooks(self) -> Flow[list[Webhook]]:
-        return self._get_items("/v1/webhooks", Webhook)
+        return self._list_webhooks()
+
+    def _list_webhooks(self) -> Flow[list[Webhook]]:
+        # The service pages them newest first; the clients promise oldest first.
+        items = yield from self._every_page_items("/v1/webhooks", Webhook)
+        return sorted(items, key=lambda item: (item.created_at, item.id))
 
     def get_webhook(self, webhook_id: str) -> Flow[Webhook]:
         return self._get(f"/v1/webhooks/{_seg('webhook_id', webhook_id)}", Webhook)
