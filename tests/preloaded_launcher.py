@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 #: Modules a worker imports anyway, none of them reading the environment at import.
-PRELOADED = ("torch", "rift.pipeline", "persistence.queue", "persistence.models",
+PRELOADED = ("torch", "torch._dynamo", "rift.pipeline", "persistence.queue", "persistence.models",
              "celery.bin.celery", "celery.worker", "celery.concurrency.solo",
              "kombu.transport.redis", "prometheus_client", "psycopg")
 READY_LINE = "launcher ready"

@@ -24,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -99,11 +101,75 @@ def migrated_database(template: str, prefix: str = "rift_test") -> Iterator[str]
         _drop_database(name)
 
 
+class DatabasePool:
+    """Clones of the migrated template made ahead of need and dropped behind, by one thread.
+
+    Cloning a database and dropping one each cost Postgres up to a second (files written and
+    synced), which a test would otherwise wait for before it starts and after it ends; the
+    thread does both while tests run. Each clone is used by one test only."""
+
+    def __init__(self, template: str, prefix: str = "rift_test", ready: int = 2) -> None:
+        self._template = template
+        self._prefix = prefix
+        self._wanted = ready
+        self._ready: queue.Queue[str] = queue.Queue()
+        self._to_drop: queue.Queue[str] = queue.Queue()
+        self._stopping = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="database-pool", daemon=True)
+        self._thread.start()
+
+    def take(self, timeout: float = 120.0) -> str:
+        """The name of a fresh clone, for one test."""
+        try:
+            return self._ready.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"no database clone within {timeout} s: {self._error!r}") from None
+
+    def give_back(self, name: str) -> None:
+        """Drop the test's clone, later."""
+        self._to_drop.put(name)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if not self._to_drop.empty():
+                    _drop_database(self._to_drop.get())
+                elif self._ready.qsize() < self._wanted:
+                    name = f"{self._prefix}_{uuid.uuid4().hex[:12]}"
+                    with _admin_connection() as connection:
+                        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
+                    self._ready.put(name)
+                else:
+                    time.sleep(0.02)
+            except Exception as exc:  # Postgres busy or gone: say so in take()'s error, retry
+                self._error = exc
+                time.sleep(0.5)
+
+    def close(self) -> None:
+        """Stop the thread and drop every clone left, ready or used."""
+        self._stopping.set()
+        self._thread.join(timeout=60)
+        for pending in (self._ready, self._to_drop):
+            while not pending.empty():
+                _drop_database(pending.get())
+
+
+@pytest.fixture(scope="session")
+def _database_pool(_postgres_template: str) -> Iterator[DatabasePool]:
+    pool = DatabasePool(_postgres_template)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def postgres_url(_postgres_template: str) -> Iterator[str]:
+def postgres_url(_database_pool: DatabasePool) -> Iterator[str]:
     """URL (``postgresql+psycopg://``) of a fresh migrated database, dropped after the test."""
-    with migrated_database(_postgres_template) as url:
-        yield url
+    name = _database_pool.take()
+    try:
+        yield _database_url(name)
+    finally:
+        _database_pool.give_back(name)
 
 
 @pytest.fixture(scope="session")

@@ -47,8 +47,11 @@ _READ_BYTES = 1024 * 1024
 
 def _preload() -> None:
     # Imported once here, shared copy-on-write by every forked check.
+    # Fit checks run the model on the meta device, whose BatchNorm decomposition imports
+    # torch._dynamo on first use (seconds on a small CPU): imported here, not in every child.
     import numpy  # noqa: F401
     import torch
+    import torch._dynamo
 
     import rift.checkpoints
     import rift.finetune

@@ -44,13 +44,20 @@ def _empty_postgres(url: str) -> None:
     from sqlalchemy import make_url
 
     conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo, autocommit=True) as connection:
+    # DELETE with foreign-key triggers off (replica role), not TRUNCATE: a test leaves a few
+    # rows, and TRUNCATE gives each of some 20 tables new files (0.5-0.7 s here against
+    # 0.06-0.1 s); sequences restart as TRUNCATE's RESTART IDENTITY would.
+    with psycopg.connect(conninfo) as connection:
         tables = [row[0] for row in connection.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
             "AND tablename <> 'alembic_version'")]
-        if tables:
-            names = ", ".join(f'"{t}"' for t in tables)
-            connection.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        sequences = [row[0] for row in connection.execute(
+            "SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'")]
+        connection.execute("SET LOCAL session_replication_role = replica")
+        for table in tables:
+            connection.execute(f'DELETE FROM "{table}"')
+        for sequence in sequences:
+            connection.execute(f'ALTER SEQUENCE "{sequence}" RESTART')
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

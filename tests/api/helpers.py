@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.dispatch import DispatchError
 from persistence.models import Checkpoint, Dataset, Job
 from persistence.settings import Settings
+from tests.preloaded_launcher import Launcher
 from tests.service_fixtures import WorkerProcess, launch_worker
 
 
@@ -239,9 +240,11 @@ def embedded_environment(sqlite_url: str, folder: Path) -> dict[str, str]:
     }
 
 
-def spawn_worker(env: dict[str, str], log_path: Path) -> WorkerProcess:
+def spawn_worker(env: dict[str, str], log_path: Path,
+                 launcher: Launcher | None = None) -> WorkerProcess:
     """Start a real ``celery worker`` with exactly the service variables in ``env`` (not the
-    test's ``service_env``); call ``wait_ready()`` on the result."""
+    test's ``service_env``), forked by ``launcher`` when one is given; call ``wait_ready()`` on
+    the result."""
     import uuid
 
-    return launch_worker(env, log_path, f"api-{uuid.uuid4().hex[:6]}")
+    return launch_worker(env, log_path, f"api-{uuid.uuid4().hex[:6]}", launcher)

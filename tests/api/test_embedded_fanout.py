@@ -14,6 +14,7 @@ import pytest
 from api.dispatch import CeleryDispatcher
 from tests.api.helpers import Api, embedded_environment, spawn_worker, upload_checkpoint
 from tests.api.test_end_to_end import follow_events
+from tests.preloaded_launcher import Launcher
 from tests.service_fixtures import WorkerProcess, settings_from_env
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
@@ -23,12 +24,14 @@ StartWorkers = Callable[[dict[str, str], int], list[WorkerProcess]]
 
 
 @pytest.fixture
-def embedded_workers(tmp_path: Path) -> Iterator[StartWorkers]:
+def embedded_workers(tmp_path: Path, optional_worker_launcher: Launcher | None
+                     ) -> Iterator[StartWorkers]:
     """``start(env, count)``: that many worker processes, stopped after the test."""
     started: list[WorkerProcess] = []
 
     def start(env: dict[str, str], count: int) -> list[WorkerProcess]:
-        workers = [spawn_worker(env, tmp_path / f"worker-{i}.log") for i in range(count)]
+        workers = [spawn_worker(env, tmp_path / f"worker-{i}.log", optional_worker_launcher)
+                   for i in range(count)]
         started.extend(workers)
         for worker in workers:
             worker.wait_ready()

@@ -28,6 +28,7 @@ from api.dispatch import CeleryDispatcher
 from persistence.settings import Settings
 from tests.api.helpers import Api, embedded_environment, spawn_worker, upload_checkpoint
 from tests.api.test_job_events import parse_sse
+from tests.preloaded_launcher import Launcher
 from tests.service_fixtures import WorkerProcess, settings_from_env
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
@@ -155,11 +156,13 @@ def check_job_through_http(api: Api, checkpoint_path: Path, config: dict[str, An
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], WorkerProcess]]:
+def workers(tmp_path: Path, optional_worker_launcher: Launcher | None
+            ) -> Iterator[Callable[[dict[str, str]], WorkerProcess]]:
     started: list[WorkerProcess] = []
 
     def start(env: dict[str, str]) -> WorkerProcess:
-        worker = spawn_worker(env, tmp_path / f"worker-{len(started)}.log")
+        worker = spawn_worker(env, tmp_path / f"worker-{len(started)}.log",
+                              optional_worker_launcher)
         started.append(worker)
         worker.wait_ready()
         return worker
