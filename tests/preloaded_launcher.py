@@ -23,6 +23,7 @@ as ``subprocess`` reports it). The launcher reaps its children and keeps their e
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import selectors
@@ -62,6 +63,12 @@ def _run_child(request: dict[str, Any], listener: socket.socket) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        # The interpreter read PYTHONPATH when the launcher started: a worker's own entries (an
+        # installed plugin's folder, say) go on sys.path as a fresh interpreter would put them.
+        entries = [entry for entry in request["env"].get("PYTHONPATH", "").split(os.pathsep)
+                   if entry and entry not in sys.path]
+        sys.path[1:1] = entries
+        importlib.invalidate_caches()
         sys.argv = list(request["argv"])
         from celery.bin.celery import main as celery_main
 

@@ -96,7 +96,7 @@ def test_invalid_spec_values_name_each_field(api: Api, checkpoint_id: str) -> No
                                             "std": [1e-300]})}, "config.architecture.std"),
     ({"config": digits_config(dataset={"name": "cifar100"})}, "config.architecture.num_classes"),
     ({"labels": {f"k{i}": "v" for i in range(40)}}, "labels"),
-    ({"labels": {"bad key": "v"}}, "labels.bad key.[key]"),
+    ({"labels": {"bad key": "v"}}, "labels.bad key"),
     ({"labels": {"k": "v" * 300}}, "labels.k"),
     ({"labels": {"k": "a\nb"}}, "labels.k"),
     ({"labels": ["not", "a", "dict"]}, "labels"),
