@@ -198,7 +198,7 @@ def test_job_with_logs_metrics_manifest_report_mlflow_and_materialize(
         assert abs(made[0]["robust_accuracy"] - start["robust_accuracy"]) < one_example / 2
         assert made[1]["clean_accuracy"] is None  # not asked
         listed = api.client.get(f"{base}/materializations").json()["items"]
-        assert [m["alpha"] for m in listed] == [0.0, 1.0]
+        assert [m["alpha"] for m in listed] == [1.0, 0.0]  # newest first, as every list
 
         # --- API metrics -------------------------------------------------------------------------
         found = samples(api.client.get("/metrics").text)

@@ -337,7 +337,11 @@ def test_webhooks_create_list_get_deliveries_delete(cli: Cli, checkpoint_file: P
     again = cli("-o", "json", "webhooks", "create", url, "--event", "job.cancelled",
                 "--description", "ci", "--idempotency-key", "hook-1")
     assert (again.json()["id"], again.json()["secret"]) == (hook["id"], hook["secret"])
-    text = cli("webhooks", "create", url)
+    # One endpoint per URL: the same URL without the key is refused, naming the endpoint.
+    refused = cli("webhooks", "create", url)
+    assert refused.exit_code == 3 and "webhook_url_registered" in refused.stderr
+    assert hook["id"] in refused.stderr
+    text = cli("webhooks", "create", f"{url}/second")
     assert text.exit_code == 0 and "secret whsec_" in text.stdout and "shown once" in text.stdout
 
     listed = cli("-o", "json", "webhooks", "list")
