@@ -161,7 +161,8 @@ class Launcher:
                 start_new_session=True)
         self._ready = False
 
-    def _wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until the launcher has made its imports (spawn waits for it too)."""
         deadline = time.monotonic() + timeout
         while not self._ready:
             if READY_LINE in self.log_path.read_text(errors="replace"):
@@ -173,7 +174,7 @@ class Launcher:
             time.sleep(0.05)
 
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        self._wait_ready()
+        self.wait_ready()
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.connect(self.socket_path)
             connection.sendall(json.dumps(request).encode() + b"\n")
