@@ -168,9 +168,14 @@ class RequestDecoding:
     def _decoding(self, scope: Scope, receive: Receive, coding: str) -> Receive:
         decoder = _Decoder(coding)
         ended = False
+        handed_end = False
 
         async def decoded_receive() -> Message:
-            nonlocal ended
+            nonlocal ended, handed_end
+            if handed_end:
+                # The body is over: what comes now is the client's disconnect, which a streamed
+                # answer waits for (answering "no more body" again would spin it).
+                return await receive()
             piece = decoder.next_piece()
             while not piece and not ended:
                 message = await receive()
@@ -188,6 +193,8 @@ class RequestDecoding:
                 raise PayloadTooLarge(
                     f"{what} decodes to more than the limit of {limit} bytes", field="body",
                     details={"limit_bytes": limit})
-            return {"type": "http.request", "body": piece, "more_body": not ended or bool(piece)}
+            more = not ended or bool(piece)
+            handed_end = not more
+            return {"type": "http.request", "body": piece, "more_body": more}
 
         return decoded_receive

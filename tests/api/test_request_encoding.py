@@ -170,3 +170,17 @@ def test_boolean_query_parameters_take_true_or_false(api: Api, small_cnn_file: P
             assert got.status_code == 409, (word, got.text)
         refused = admin.delete("/v1/admin/projects/tests", params={"force": "False"})
         assert error_of(refused)["code"] == "project_has_active_jobs", refused.text
+
+
+def test_a_streamed_answer_to_a_request_declaring_a_coding_ends(api: Api,
+                                                                 small_cnn_file: Path) -> None:
+    # The decoding receive hands the client's disconnect on once the (empty) body is over: a
+    # streamed answer waits for it, and answering "no more body" for ever blocked the loop.
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    job = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                            "config": digits_config()}).json()
+    assert api.client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    with api.client_for(api.key) as client:
+        streamed = client.get(f"/v1/jobs/{job['id']}/events", timeout=15, headers={
+            "Accept": "text/event-stream", "Content-Encoding": "gzip"})
+    assert streamed.status_code == 200 and "cancel" in streamed.text, streamed.text
