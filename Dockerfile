@@ -41,6 +41,9 @@ ENV API_WORKERS=2
 # One validator server (one torch import, one VALIDATION_MAX_CONCURRENCY bound) for all of them,
 # in a folder only the rift user can reach.
 ENV VALIDATION_SOCKET=/app/var/validator/validator.sock
+# api.http_protocol: uvicorn's parser answering what it refuses itself (a request head past
+# REQUEST_HEAD_MAX_BYTES, an unparsable request) in the API's JSON, not plain text.
+ENV REQUEST_HEAD_MAX_BYTES=65536
 # api.preflight first: invalid settings or an unmigrated database stop the container once, with one
 # line, instead of uvicorn restarting each worker process for ever.
-CMD ["sh", "-c", "python -m api.preflight && exec uvicorn api.main:create_app --factory --host 0.0.0.0 --port 8000 --workers \"${API_WORKERS}\""]
+CMD ["sh", "-c", "python -m api.preflight && exec uvicorn api.main:create_app --factory --host 0.0.0.0 --port 8000 --http api.http_protocol:HttpToolsProtocol --h11-max-incomplete-event-size \"${REQUEST_HEAD_MAX_BYTES}\" --workers \"${API_WORKERS}\""]

@@ -417,6 +417,10 @@ _FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
 async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if (exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR
+            and isinstance(exc.__cause__, ApiError)):
+        # Raised while FastAPI read the body (api.content_encoding's decoding): its own answer.
+        return await _api_error_handler(request, exc.__cause__)
     if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR and exc.__cause__:
         # Imported here: api.request_input uses this module's errors.
         from api.request_input import json_read_error

@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import get_caller
+from api.content_encoding import RequestDecoding
 from api.dispatch import CeleryDispatcher, Dispatcher
 from api.docs import install_offline_docs
 from api.errors import install_error_handlers
@@ -42,6 +43,7 @@ from api.routes import (
     usage,
     webhooks,
 )
+from api.uploads import MAX_FIELD_BYTES
 from api.validation import Validator
 from persistence.db import session_factory_from_settings
 from persistence.event_notify import EventPublisher, build_publisher, install_publisher, notify_mode
@@ -132,6 +134,10 @@ def create_app(
     app.state.validator = checks
     app.state.metrics = ApiMetrics()
     install_error_handlers(app)
+    # Innermost, so that a route's reads see decoded bytes and its errors reach the handlers.
+    app.add_middleware(RequestDecoding, max_json_bytes=MAX_FIELD_BYTES,
+                       max_streamed_bytes=max(settings.max_checkpoint_bytes,
+                                              settings.max_dataset_bytes) + 2 * MAX_FIELD_BYTES)
     # Inside the observability middleware, so that logs and metrics still say HEAD.
     app.add_middleware(HeadAsGet)
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)

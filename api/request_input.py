@@ -9,7 +9,8 @@
 - **Query parameters** must be ones the route declares (a typo such as ``?stauts=failed`` would
   otherwise list every job as if unfiltered), hold a value (``?status=`` listed every job), and
   one that takes a single value may be given once (``?limit=1&limit=50`` would otherwise
-  silently use the last).
+  silently use the last); a boolean one (``?force=``, ``?redirect=``) takes ``true`` or ``false``
+  in any letter case, nothing else (422 ``invalid_boolean``).
 - **Path parameters** holding NUL cannot name any stored resource: a 404 naming the parameter,
   answered before the value reaches the database (which would refuse it with an error that can
   name no field).
@@ -174,11 +175,27 @@ def _takes_several(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (list, tuple, set, frozenset)
 
 
-def _query_params_of(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
-    """(names the route accepts, names it accepts more than once), over its dependencies too
-    (a walk of a few dependants per request; routes are not hashable, so nothing is cached)."""
+def _is_boolean(annotation: Any) -> bool:
+    # bool, bool | None, Optional[bool]: a parameter that is a yes or a no.
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return len(args) == 1 and _is_boolean(args[0])
+    return annotation is bool
+
+
+class _QueryParams(typing.NamedTuple):
+    accepted: frozenset[str]
+    repeatable: frozenset[str]
+    boolean: frozenset[str]
+
+
+def _query_params_of(route: APIRoute) -> _QueryParams:
+    """The names the route accepts, those it accepts more than once and those that are booleans,
+    over its dependencies too (a walk of a few dependants per request; routes are not hashable,
+    so nothing is cached)."""
     names: set[str] = set()
     repeatable: set[str] = set()
+    boolean: set[str] = set()
     pending: list[Dependant] = [route.dependant]
     while pending:
         dependant = pending.pop()
@@ -186,8 +203,23 @@ def _query_params_of(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
             names.add(field.alias)
             if _takes_several(field.field_info.annotation):
                 repeatable.add(field.alias)
+            if _is_boolean(field.field_info.annotation):
+                boolean.add(field.alias)
         pending.extend(dependant.dependencies)
-    return frozenset(names), frozenset(repeatable)
+    return _QueryParams(frozenset(names), frozenset(repeatable), frozenset(boolean))
+
+
+#: The words a boolean query parameter takes, in any letter case (Python's ``requests`` sends
+#: ``True``). Pydantic alone also took ``1``, ``yes``, ``on``, ``t``, ``y`` and their opposites:
+#: one spelling per meaning keeps ``?force=no`` or ``?redirect=0`` from being read as a guess.
+BOOLEAN_WORDS = ("true", "false")
+
+
+def _check_boolean(name: str, value: str) -> None:
+    if value.lower() not in BOOLEAN_WORDS:
+        raise InvalidInput(f"the query parameter {quote(name)} takes true or false, not "
+                           f"{quote(value)}", field=name, code="invalid_boolean",
+                           details={"accepted": list(BOOLEAN_WORDS)})
 
 
 #: How many times a parameter that may repeat (``status``, ``label``, ``expand``) may be given:
@@ -196,7 +228,7 @@ MAX_REPEATED_VALUES = MAX_LABELS
 
 
 def _check_query_params(request: Request, route: APIRoute) -> None:
-    accepted, repeatable = _query_params_of(route)
+    accepted, repeatable, boolean = _query_params_of(route)
     for name in dict.fromkeys(request.query_params.keys()):
         if name not in accepted:
             raise InvalidInput(
@@ -220,6 +252,9 @@ def _check_query_params(request: Request, route: APIRoute) -> None:
         if count > 1 and name not in repeatable:
             raise InvalidInput(f"the query parameter {quote(name)} is given {count} times; it "
                                "takes one value", field=name, code="repeated_parameter")
+        if name in boolean:
+            for value in values:
+                _check_boolean(name, value)
 
 
 async def check_request_input(request: Request) -> None:

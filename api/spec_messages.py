@@ -18,7 +18,6 @@ The answer echoes at most a short scalar of the input, never an object or a list
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,30 +26,19 @@ from pydantic import BaseModel
 
 from api.errors import shorten
 from rift.config import SettingValueError
-from rift.setting_names import closest_choice, number_hint, settings_at, unknown_setting_message
+from rift.setting_names import (
+    choice_suggestion,
+    number_hint,
+    settings_at,
+    unknown_setting_message,
+)
 
 _SHOWN_CHARS = 40
 #: Error types that mean "the value is not a member of this kind": their message gains what was sent.
 _NO_ECHO_TYPES = frozenset({"missing", "extra_forbidden"})
 _VALUE_ERROR_PREFIX = "Value error, "
-#: Error types of a value that must be one of a list of choices (a Literal, an Enum).
-_CHOICE_TYPES = frozenset({"literal_error", "enum"})
-#: One choice in pydantic's ``expected`` text: "'cifar10', 'cifar100' or 'svhn'".
-_QUOTED_CHOICE = re.compile(r"'((?:[^'\\]|\\.)*)'")
-
-
 def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and "[" in part and not part.isidentifier()
-
-
-def _suggestion(value: Any, kind: str, ctx: dict[str, Any]) -> str:
-    """"; did you mean 'cifar10'?" for text close to one of a choice's values (case, ``-``
-    and ``_`` ignored), else ""."""
-    if kind not in _CHOICE_TYPES or not isinstance(value, str):
-        return ""
-    choices = _QUOTED_CHOICE.findall(str(ctx.get("expected", "")))
-    guess = closest_choice(value, choices)
-    return f"; did you mean {guess!r}?" if guess is not None and guess != value else ""
 
 
 def _sent(value: Any, kind: str, *, text_only: bool = False) -> str | None:
@@ -119,7 +107,8 @@ def refine_errors(errors: Sequence[Any], model: type[BaseModel] | None, *,
                 error["msg"] = str(error["msg"])[len(_VALUE_ERROR_PREFIX):]
             sent = _sent(value, error["type"], text_only=text_only)
             if sent is not None:
-                error["msg"] = f"{error['msg']}; {sent}{_suggestion(value, error['type'], ctx)}"
+                guess = choice_suggestion(value, error["type"], ctx)
+                error["msg"] = f"{error['msg']}; {sent}{guess}"
         refined.append(error)
     return refined
 

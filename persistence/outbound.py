@@ -14,6 +14,7 @@ Shared by the API (registration) and the workers (delivery); no network traffic 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,3 +148,35 @@ def check_target(url: str, allow: AllowList, resolver: Resolver = resolve) -> Ta
                     f"the host '{host[:100]}' resolves to {address} ({reason}); webhooks go to "
                     "public addresses only (WEBHOOK_ALLOW_LIST lets others through)")
     return Target(url=url, scheme=scheme, host=host, port=port, path=path, address=addresses[0])
+
+
+_PERCENT_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
+
+
+def comparable_url(url: str) -> str:
+    """``url`` in the form two URLs of one target share, for "one endpoint per URL": scheme and
+    host in lower case, an internationalised host in its ASCII (IDNA) form, the host's trailing
+    dot and the scheme's default port (80 for http, 443 for https) dropped, an empty path read
+    as ``/``, percent escapes in upper case, and the fragment (never sent) dropped. The path
+    and query keep their case: a server may tell ``/Hook`` from ``/hook``. A URL that cannot be
+    parsed is returned as it is (registration refuses it before it is compared)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return url
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    try:
+        host = host.encode("idna").decode("ascii").lower() if not host.isascii() else host.lower()
+    except UnicodeError:  # not a valid IDN label: compared as written, lower case
+        host = host.lower()
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    if port is not None and port != {"http": 80, "https": 443}.get(scheme):
+        host = f"{host}:{port}"
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{host}" if userinfo else host
+    path = _PERCENT_ESCAPE.sub(lambda m: m.group(0).upper(), parts.path or "/")
+    query = _PERCENT_ESCAPE.sub(lambda m: m.group(0).upper(), parts.query)
+    return f"{scheme}://{netloc}{path}" + (f"?{query}" if query else "")

@@ -244,6 +244,12 @@ class Settings(BaseSettings):
         60.0, gt=0,
         description="An idle event stream reads the database anyway after this many seconds, "
         "a safety net for a notification lost while a listener was reconnecting (s).")
+    request_head_max_bytes: int = Field(
+        64 * 1024, ge=8 * 1024, le=1024 * 1024,
+        description="Most bytes of a request line and headers the API's HTTP server reads "
+        "before refusing the request with 431 request_head_too_large (the image and compose "
+        "pass it to uvicorn as --h11-max-incomplete-event-size, read by api.http_protocol). "
+        "URLs of 64 KiB or more are refused whatever it says (httptools' URL parser).")
     api_workers: int = Field(
         2, ge=1,
         description="uvicorn worker processes of the API in production (docker-compose and the "

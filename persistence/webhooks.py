@@ -31,6 +31,7 @@ from persistence.models import (
     new_id,
     utcnow,
 )
+from persistence.outbound import comparable_url
 from persistence.pages import Page, newest_first
 from persistence.transactions import EventKind, PersistenceError, lock_project, transaction
 
@@ -124,8 +125,11 @@ def create_endpoint(session: Session, *, project_id: str, url: str, event_types:
                     WebhookEndpoint.idempotency_key == idempotency_key)).first() is not None:
             raise IdempotencyKeyTaken(idempotency_key)
         existing = list_endpoints(session, project_id)
+        wanted = comparable_url(url)
         for other in existing:
-            if other.url == url:  # under the project's lock, so two at once register one
+            # Compared as one target (HTTPS://Host:443/x is https://host/x), under the
+            # project's lock, so two at once register one; each row keeps the URL as sent.
+            if comparable_url(other.url) == wanted:
                 raise WebhookUrlTaken(url, other.id)
         if len(existing) >= max_endpoints:
             raise WebhookLimitReached(max_endpoints)

@@ -18,7 +18,12 @@ from pydantic_core import ErrorDetails
 
 from rift.config import RiftConfig, SettingValueError, unused_settings
 from rift.errors import RiftError
-from rift.setting_names import number_hint, settings_at, unknown_setting_message
+from rift.setting_names import (
+    choice_suggestion,
+    number_hint,
+    settings_at,
+    unknown_setting_message,
+)
 
 
 class CliInputError(Exception):
@@ -153,6 +158,9 @@ def describe_errors(errors: list[ErrorDetails], origins: dict[str, str]) -> str:
             text = "required" + (f"; give {hint} or set it in --config" if hint else "")
         else:
             text = error["msg"].removeprefix("Value error, ")  # pydantic's, says nothing
+            # A mistyped choice suggests the closest, in the API's words ("cifar-10": "did
+            # you mean 'cifar10'?").
+            text += choice_suggestion(error.get("input"), error["type"], error.get("ctx"))
             if "input" in error and not isinstance(error["input"], dict):
                 shown = json.dumps(error["input"], ensure_ascii=False, default=str)
                 shown = shown if len(shown) <= 60 else shown[:57] + "..."

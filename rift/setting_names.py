@@ -8,7 +8,8 @@ integer sent as 2.0 the same "write numbers without quotes" / "write 2" (:func:`
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any, get_args
 
 from pydantic import BaseModel
@@ -62,6 +63,23 @@ def closest_choice(value: str, choices: Sequence[str]) -> str | None:
         return folded[_folded(value)]
     matches = difflib.get_close_matches(_folded(value), list(folded), n=1, cutoff=0.75)
     return folded[matches[0]] if matches else None
+
+
+#: Error types of a value that must be one of a list of choices (a Literal, an Enum).
+CHOICE_ERROR_TYPES = frozenset({"literal_error", "enum"})
+#: One choice in pydantic's ``expected`` text: "'cifar10', 'cifar100' or 'svhn'".
+_QUOTED_CHOICE = re.compile(r"'((?:[^'\\]|\\.)*)'")
+
+
+def choice_suggestion(value: Any, error_type: str, ctx: Mapping[str, Any] | None) -> str:
+    """"; did you mean 'cifar10'?" for a pydantic choice error (``error_type``, its ``ctx``)
+    whose text ``value`` is close to one of the choices (:func:`closest_choice`), else "".
+    The API's 422s and ``python -m rift run`` word a mistyped choice with it."""
+    if error_type not in CHOICE_ERROR_TYPES or not isinstance(value, str):
+        return ""
+    choices = _QUOTED_CHOICE.findall(str((ctx or {}).get("expected", "")))
+    guess = closest_choice(value, choices)
+    return f"; did you mean {guess!r}?" if guess is not None and guess != value else ""
 
 
 def unknown_setting_message(name: str, known: Sequence[str]) -> str:

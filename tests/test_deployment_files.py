@@ -109,6 +109,10 @@ def test_commands_name_the_entry_points(services: dict[str, dict[str, Any]]) -> 
     # Several API processes in production, as many as API_WORKERS says.
     assert re.search(r'--workers "\$\$\{API_WORKERS:-\d+\}"', api)
     assert "API_WORKERS" in services["api"]["environment"]
+    # uvicorn's own refusals in the API's JSON, the request head bounded by the setting.
+    assert "--http api.http_protocol:HttpToolsProtocol" in api
+    assert re.search(r'--h11-max-incomplete-event-size "\$\$\{REQUEST_HEAD_MAX_BYTES:-\d+\}"', api)
+    assert "REQUEST_HEAD_MAX_BYTES" in services["api"]["environment"]
     assert "celery -A worker.celery_app worker" in command_text(services["worker"])
     assert services["api"]["image"] == services["worker"]["image"]  # one image, two roles
 
@@ -120,6 +124,13 @@ def test_dockerfile_base_and_default_command() -> None:
                      r'exec uvicorn api\.main:create_app --factory .*'
                      r'--workers \\"\$\{API_WORKERS\}\\""\]', text, re.MULTILINE)
     assert re.search(r"^ENV API_WORKERS=\d+", text, re.MULTILINE)
+    assert '--http api.http_protocol:HttpToolsProtocol --h11-max-incomplete-event-size ' \
+        '\\"${REQUEST_HEAD_MAX_BYTES}\\"' in text
+    assert re.search(r"^ENV REQUEST_HEAD_MAX_BYTES=\d+", text, re.MULTILINE)
+    from uvicorn.importer import import_from_string
+
+    from api.http_protocol import HttpToolsProtocol
+    assert import_from_string("api.http_protocol:HttpToolsProtocol") is HttpToolsProtocol
     # The uvicorn workers share one validator server, in a folder the rift user owns (/app/var).
     socket = re.search(r"^ENV VALIDATION_SOCKET=(\S+)$", text, re.MULTILINE)
     assert socket is not None and socket.group(1).startswith("/app/var/")

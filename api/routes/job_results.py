@@ -211,7 +211,8 @@ def download_artifact(
     caller: CallerDep,
     settings: SettingsDep,
     store: StoreDep,
-    redirect: Annotated[bool | None, Query(description="Redirect to a presigned URL (S3)")] = None,
+    redirect: Annotated[bool | None, Query(
+        description="Redirect to a presigned URL (S3): true or false")] = None,
 ) -> Response:
     job = load_job(session, caller, job_id)
     artifact = get_artifact(session, job.id, name) if _ARTIFACT_NAME.fullmatch(name) else None

@@ -55,7 +55,9 @@ def _checked_id(webhook_id: str) -> str:
     responses={200: {"description": "Idempotent replay: the endpoint registered before",
                      "model": WebhookCreatedOut},
                409: {"description": "The project has WEBHOOK_MAX_ENDPOINTS webhooks or one "
-                     "for this URL (webhook_url_registered, naming its webhook_id), or the "
+                     "for this URL (webhook_url_registered, naming its webhook_id; compared "
+                     "as one target: scheme and host in any case, default port, empty path, "
+                     "IDN and fragment make no difference), or the "
                      "Idempotency-Key was used for another registration"},
                422: {"description": "Invalid or forbidden URL"}},
 )

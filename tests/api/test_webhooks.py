@@ -86,6 +86,49 @@ def test_register_list_read_delete(allowing_api: Api, receiver: Receiver) -> Non
         assert error_of(response)["field"] == "webhook_id"
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_one_endpoint_per_url_compares_urls_as_one_target(allowing_api: Api) -> None:
+    api = allowing_api
+    first = api.client.post("/v1/webhooks", json={"url": "http://127.0.0.1/Hook?a=%2f"})
+    assert first.status_code == 201, first.text
+    hook_id = first.json()["id"]
+    # Before: each of these was a second endpoint for the same target (every message twice).
+    for same in ("HTTP://127.0.0.1/Hook?a=%2f", "http://127.0.0.1:80/Hook?a=%2f",
+                 "http://127.0.0.1/Hook?a=%2F", "http://127.0.0.1/Hook?a=%2f#frag",
+                 "http://127.0.0.1./Hook?a=%2f"):
+        again = api.client.post("/v1/webhooks", json={"url": same})
+        assert again.status_code == 409, (same, again.text)
+        assert (error_of(again)["code"], error_of(again)["webhook_id"]) == (
+            "webhook_url_registered", hook_id)
+    # The row keeps the URL as it was sent.
+    assert api.client.get(f"/v1/webhooks/{hook_id}").json()["url"] == "http://127.0.0.1/Hook?a=%2f"
+    # Path and query keep their case, and another port is another target.
+    other = api.client.post("/v1/webhooks", json={"url": "http://127.0.0.1/hook?a=%2f"})
+    assert other.status_code == 201, other.text
+    assert api.client.delete(f"/v1/webhooks/{other.json()['id']}").status_code == 204
+    port = api.client.post("/v1/webhooks", json={"url": "http://127.0.0.1:8080/Hook?a=%2f"})
+    assert port.status_code == 201, port.text
+    assert api.client.delete(f"/v1/webhooks/{port.json()['id']}").status_code == 204
+    # An internationalised host, valid or not, is a 422 naming the URL here (it does not
+    # resolve in the test), never a 500.
+    for idn in ("https://b\u00fccher.invalid/x", "https://" + "\u00e4" * 70 + ".example/x"):
+        refused = api.client.post("/v1/webhooks", json={"url": idn})
+        assert refused.status_code == 422, (idn, refused.text)
+        assert error_of(refused)["field"] == "url"
+
+
+def test_comparable_url_forms() -> None:
+    from persistence.outbound import comparable_url
+
+    assert comparable_url("HTTPS://Host.Example:443") == "https://host.example/"
+    assert comparable_url("https://B\u00fccher.example/P") == "https://xn--bcher-kva.example/P"
+    assert comparable_url("https://xn--bcher-kva.example/P") == "https://xn--bcher-kva.example/P"
+    assert comparable_url("http://[::1]:80/a") == "http://[::1]/a"
+    assert comparable_url("http://[::1]:443/a") == "http://[::1]:443/a"
+    assert comparable_url("https://h:80/a") == "https://h:80/a"
+    assert comparable_url("http://h:99999/x") == "http://h:99999/x"  # unparsable: as sent
+
+
 def test_concurrent_registrations_cannot_pass_the_limit(allowing_api: Api,
                                                         receiver: Receiver) -> None:
     # Before: each request counted the endpoints, then inserted, so 30 at once against a limit

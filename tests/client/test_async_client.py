@@ -223,6 +223,48 @@ def test_a_job_created_with_its_checkpoint_file_in_one_request(
     assert queued_api.dispatcher is not None and len(queued_api.dispatcher.enqueued) == 2
 
 
+def test_a_download_writes_its_chunks_off_the_event_loop(
+        scripted: list[ScriptedServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from rift_client import core
+
+    payload = bytes(range(256)) * 4096 * 3  # 3 MiB: several chunks
+    artifact = {"name": "tuned.safetensors", "size": len(payload),
+                "sha256": hashlib.sha256(payload).hexdigest(),
+                "content_type": "application/octet-stream",
+                "created_at": "2026-01-01T00:00:00Z",
+                "url": "/v1/jobs/job_1/artifacts/tuned.safetensors"}
+    server = ScriptedServer([ScriptedReply(200, {"items": [artifact]}),
+                             ScriptedReply(200, raw=payload,
+                                           content_type="application/octet-stream")])
+    scripted.append(server)
+    writers: list[int] = []
+    write = core._write_hashed
+
+    def recorded(*args: Any) -> None:
+        writers.append(threading.get_ident())
+        write(*args)
+
+    monkeypatch.setattr(core, "_write_hashed", recorded)
+
+    async def scenario(rift: AsyncRiftClient) -> tuple[Path, int]:
+        path = await rift.download("job_1", "tuned.safetensors", tmp_path)
+        return path, threading.get_ident()
+
+    path, loop_thread = _run(scenario, server.url)
+    assert path.read_bytes() == payload
+    # Every chunk was written, none of them on the event loop's thread.
+    assert len(writers) >= 2 and loop_thread not in writers
+    # The blocking client runs the same flow and writes in its own thread.
+    writers.clear()
+    with RiftClient(server.url, retry=FAST_RETRY) as blocking:
+        server.seen.clear()
+        assert blocking.download("job_1", "tuned.safetensors", tmp_path / "again").read_bytes() \
+            == payload
+    assert set(writers) == {threading.get_ident()}
+
+
 def test_a_multipart_job_whose_stored_checkpoint_differs_is_refused(
         scripted: list[ScriptedServer], checkpoint_file: Path) -> None:
     other = dict(JOB, checkpoint_id="ck_9")

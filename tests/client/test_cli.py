@@ -85,7 +85,7 @@ def test_checkpoint_upload_get_and_job_lifecycle(cli: Cli, checkpoint_file: Path
                 str(config_file), "--label", "team=vision", "--idempotency-key", "ci-7")
     assert again.json()["id"] == job["id"]
 
-    # A file given as --checkpoint is uploaded first; this one holds a model and its EMA.
+    # A file given as --checkpoint is sent with the job; this one holds a model and its EMA.
     import torch
 
     from tests.api.helpers import small_cnn_state
@@ -99,11 +99,25 @@ def test_checkpoint_upload_get_and_job_lifecycle(cli: Cli, checkpoint_file: Path
     assert from_file.exit_code == 0, from_file.stderr
     assert from_file.json()["id"] != job["id"]
     assert from_file.json()["config"]["checkpoint_entry"] == "state_dict_ema"
+    # The file travels in the job's own request: a job refused stores no checkpoint (before,
+    # the file was uploaded first and stayed behind), and the text output names the one stored.
+    stored = cli("-o", "json", "checkpoints", "list").json()
+    refused = cli("-o", "json", "jobs", "create", "--checkpoint", str(ema_file),
+                  "--config", str(config_file), "--checkpoint-entry", "state_dict_emma")
+    assert refused.exit_code == 3 and refused.error()["code"] == "checkpoint_entry", refused.stderr
+    assert cli("-o", "json", "checkpoints", "list").json() == stored
+    as_text = cli("jobs", "create", "--checkpoint", str(checkpoint_file), "--config",
+                  str(config_file))
+    assert as_text.exit_code == 0, as_text.stderr
+    made = cli("-o", "json", "jobs", "get", as_text.stdout.split()[1]).json()
+    assert as_text.stdout.strip() == f"job {made['id']} queued"
+    assert f"uploaded {checkpoint_file.name} as checkpoint {made['checkpoint_id']}" in \
+        as_text.stderr
 
     listed = cli("-o", "json", "jobs", "list", "--label", "team=vision")
     assert listed.exit_code == 0 and [j["id"] for j in listed.json()] == [job["id"]]
     table = cli("jobs", "list", "--limit", "1")
-    assert table.exit_code == 0 and from_file.json()["id"] in table.stdout
+    assert table.exit_code == 0 and made["id"] in table.stdout
     assert cli("jobs", "get", job["id"]).stdout.startswith(f"job {job['id']}: queued")
 
     # Waiting on a job that stays queued gives up: exit 4.

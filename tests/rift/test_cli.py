@@ -206,6 +206,13 @@ def test_listing_commands(argv: list[str], capsys) -> None:
      "--seed)"),
     (["--set", "attack.domain=x"], None, "attack.domain: Input should be 'auto', 'unit' or "
      "'none' or Input should be a valid dictionary"),
+    # A mistyped choice suggests the closest, as the API's 422s do (before: only the list).
+    (["--set", "attack.norm=Linf"], None, "attack.norm: Input should be 'linf' or 'l2'; did you "
+     "mean 'linf'? (from --set attack.norm=Linf)"),
+    (["--dataset", "cifar-10"], None, "'npz' or 'imagefolder'; did you mean 'cifar10'? (got "
+     '"cifar-10", from --dataset)'),
+    ([], {"attack": {"norm": "L_2"}}, "attack.norm: Input should be 'linf' or 'l2'; did you "
+     "mean 'l2'? (got \"L_2\", from --config"),
     # A config file is read as strictly as the API reads a job's config (before: "0.01" ran
     # as 0.01, 2.0 as 2, "yes" as true), with the API's hints.
     ([], {"finetune": {"lr": "0.01"}}, 'finetune.lr: Input should be a valid number (got '

@@ -16,7 +16,9 @@ flows of :mod:`rift_client.core`; this class performs their I/O with ``httpx.Asy
 ``asyncio.sleep``. A call returning a list iterator there returns an async iterator here
 (``async for``); every other call is a coroutine. Callbacks (``progress``, ``on_update``) are
 plain functions, called on the event loop. An upload reads its file in a worker thread; a
-download writes each chunk as it arrives, like the blocking client.
+download writes (and hashes) each chunk as it arrives, like the blocking client, but in a
+worker thread (``asyncio.to_thread``): one chunk at a time, in order, so a resumed download
+continues from exactly the bytes written.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from rift_client.client import RiftClient, client_settings
 from rift_client.core import DEFAULT_UPLOAD_TIMEOUT_S, STREAM_READ_TIMEOUT_S
 from rift_client.flows import (
     END,
+    Blocking,
     Chunks,
     Close,
     Emit,
@@ -152,6 +155,8 @@ class AsyncRiftClient:
             return await effect.response.aclose()
         if isinstance(effect, Sleep):
             return await asyncio.sleep(effect.seconds)
+        if isinstance(effect, Blocking):
+            return await asyncio.to_thread(effect.call)
         raise TypeError(f"not an effect: {effect!r}")
 
     async def _steps(self, flow: Flow[Any]) -> AsyncGenerator[Any, None]:

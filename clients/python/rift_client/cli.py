@@ -334,8 +334,11 @@ def usage(ctx: typer.Context) -> None:
 # ------------------------------------------------------------------------------- checkpoints
 
 
+_Sent = TypeVar("_Sent", bound=BaseModel)
+
+
 def _upload(state: State, path: Path,
-            send: Callable[[Path, Callable[[int, int], None]], BaseModel]) -> BaseModel:
+            send: Callable[[Path, Callable[[int, int], None]], _Sent]) -> _Sent:
     """``send(path, progress)`` with a progress bar on stderr."""
     with _transfer_progress(state) as progress:
         task = progress.add_task(f"uploading {path.name}", total=path.stat().st_size)
@@ -555,7 +558,8 @@ def _wait(state: State, client: RiftClient, job_id: str, timeout: float | None,
 def jobs_create(
     ctx: typer.Context,
     checkpoint: Annotated[str, typer.Option(
-        "--checkpoint", "-c", help="A checkpoint id, or a checkpoint file to upload first.")],
+        "--checkpoint", "-c", help="A checkpoint id, or a checkpoint file to send with the job "
+        "(in the same request).")],
     config: Annotated[Path, typer.Option("--config", help="JSON file with the job's RiftConfig.")],
     dataset: Annotated[str | None, typer.Option("--dataset", help="An uploaded dataset's id.")] = None,
     checkpoint_entry: Annotated[str | None, typer.Option(
@@ -585,15 +589,17 @@ def jobs_create(
             "dataset_id": dataset, "time_limit_seconds": time_limit}
     checkpoint_file = Path(checkpoint)
     with _client(state) as client:
-        checkpoint_id = checkpoint
         if checkpoint_file.is_file():
-            record = _upload(state, checkpoint_file,
-                             lambda p, cb: client.upload_checkpoint(p, progress=cb))
-            checkpoint_id = record.model_dump()["id"]
+            # The file goes in the job's own request (one multipart POST under one
+            # Idempotency-Key): a re-run, or a job refused, leaves no stray checkpoint behind.
+            job = _upload(state, checkpoint_file, lambda p, cb: client.create_job(
+                spec, checkpoint_file=p, idempotency_key=idempotency_key, progress=cb))
             if not state.json:
-                state.err.print(f"uploaded {checkpoint_file.name} as checkpoint {checkpoint_id}",
-                                highlight=False)
-        job = client.create_job(spec, checkpoint_id=checkpoint_id, idempotency_key=idempotency_key)
+                state.err.print(f"uploaded {checkpoint_file.name} as checkpoint "
+                                f"{job.checkpoint_id}", highlight=False)
+        else:
+            job = client.create_job(spec, checkpoint_id=checkpoint,
+                                    idempotency_key=idempotency_key)
         if not wait:
             if state.json:
                 state.emit(job)

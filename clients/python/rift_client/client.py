@@ -46,6 +46,7 @@ from rift_client.core import (
 )
 from rift_client.flows import (
     END,
+    Blocking,
     Chunks,
     Close,
     Emit,
@@ -169,6 +170,8 @@ class RiftClient:
             return effect.response.close()
         if isinstance(effect, Sleep):
             return time.sleep(effect.seconds)
+        if isinstance(effect, Blocking):
+            return effect.call()
         raise TypeError(f"not an effect: {effect!r}")
 
     def _steps(self, flow: Flow[Any]) -> Generator[Any, None, Any]:

@@ -6,6 +6,7 @@ own beyond performing the effects. The public methods' documentation is on ``Rif
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import IO, Any, Protocol, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -36,6 +37,7 @@ from rift_client.errors import (
 )
 from rift_client.flows import (
     END,
+    Blocking,
     Chunks,
     Close,
     Emit,
@@ -217,6 +219,18 @@ def _multipart_job(spec: dict[str, Any], file: Path, progress: ProgressCallback 
     body = FileBody(file, file.stat().st_size, progress, prefix=head,
                     suffix=f"\r\n--{boundary}--\r\n".encode())
     return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _write_hashed(out: IO[bytes], digest: Any, chunk: bytes) -> None:
+    """A downloaded chunk appended to the partial file and to its running SHA-256."""
+    out.write(chunk)
+    digest.update(chunk)
+
+
+def _restart(out: IO[bytes]) -> None:
+    """The partial file emptied: a download whose range was not honoured starts again."""
+    out.seek(0)
+    out.truncate()
 
 
 @dataclass(frozen=True)
@@ -753,15 +767,14 @@ class RiftCore:
                     try:
                         if received and response.status_code != 206:
                             # The range was not honoured: the whole file comes again.
-                            out.seek(0)
-                            out.truncate()
+                            yield Blocking(functools.partial(_restart, out))
                             digest, received = hashlib.sha256(), 0
                         # Chunks as they arrive (not re-chunked), so that what was received
-                        # before a dropped connection is kept.
+                        # before a dropped connection is kept; each written (and hashed) off
+                        # the async client's event loop.
                         chunks = yield Chunks(response)
                         while (chunk := (yield Next(chunks))) is not END:
-                            out.write(chunk)
-                            digest.update(chunk)
+                            yield Blocking(functools.partial(_write_hashed, out, digest, chunk))
                             received += len(chunk)
                             if progress is not None:
                                 progress(received, artifact.size)

@@ -106,6 +106,15 @@ class Sleep:
 
 
 @dataclass(frozen=True)
+class Blocking:
+    """Call ``call()`` (blocking work on a file: a downloaded chunk written); resumes with its
+    result. The blocking client calls it in place, the asyncio one in a worker thread, so that a
+    slow disk does not hold up the event loop."""
+
+    call: Callable[[], Any]
+
+
+@dataclass(frozen=True)
 class Emit:
     """Hand ``item`` to the caller of an iterating call (resumes with None once it asks for the
     next one)."""

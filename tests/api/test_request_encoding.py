@@ -1,0 +1,186 @@
+"""Request bodies with a ``Content-Encoding`` (:mod:`api.content_encoding`) and boolean query
+parameters (:mod:`api.request_input`), over HTTP against the test app (SQLite: neither touches
+the database beyond the rows a request writes)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.request_input import BOOLEAN_WORDS
+from tests.api.helpers import (
+    Api,
+    RecordingDispatcher,
+    digits_config,
+    error_of,
+    make_key,
+    upload_checkpoint,
+)
+from tests.api.test_request_input import api_routes
+
+pytestmark = [pytest.mark.service,
+              pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
+
+MIB = 1024 * 1024
+
+
+def encoded(body: bytes, coding: str) -> bytes:
+    return gzip.compress(body) if coding == "gzip" else zlib.compress(body)
+
+
+def post(api: Api, path: str, body: bytes, coding: str, content_type: str,
+         **params: str) -> Any:
+    return api.client.post(path, content=body, params=params,
+                           headers={"Content-Type": content_type, "Content-Encoding": coding})
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_compressed_json_bodies_are_decoded(api: Api, small_cnn_file: Path, coding: str) -> None:
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    spec = json.dumps({"checkpoint_id": checkpoint["id"], "config": digits_config(),
+                       "labels": {"sent": coding}}).encode()
+    # POST /v1/jobs reads its JSON itself; before, the compressed bytes were parsed (a 422).
+    created = post(api, "/v1/jobs", encoded(spec, coding), coding, "application/json")
+    assert created.status_code == 201, created.text
+    assert created.json()["labels"] == {"sent": coding}
+    # A body FastAPI reads (an admin project), and the strict rules still apply to what decodes.
+    _, admin_key = make_key(api.sessions, "ops", ("admin",))
+    with api.client_for(admin_key) as admin:
+        made = admin.post("/v1/admin/projects", content=encoded(b'{"name": "zipped"}', coding),
+                          headers={"Content-Type": "application/json",
+                                   "Content-Encoding": coding.upper()})
+        assert made.status_code == 201, made.text
+        assert made.json()["name"] == "zipped"
+        nan = admin.post("/v1/admin/projects", content=encoded(b'{"name": NaN}', coding),
+                         headers={"Content-Type": "application/json",
+                                  "Content-Encoding": coding})
+        assert nan.status_code == 422 and "NaN" in nan.text, nan.text
+
+
+def test_a_compressed_upload_stores_the_decoded_file(api: Api, small_cnn_file: Path) -> None:
+    data = small_cnn_file.read_bytes()
+    # Two gzip members one after the other are one body (RFC 1952).
+    half = len(data) // 2
+    body = gzip.compress(data[:half]) + gzip.compress(data[half:])
+    raw = post(api, "/v1/checkpoints", body, "gzip", "application/octet-stream",
+               filename="small.safetensors")
+    assert raw.status_code == 201, raw.text
+    # The hash and size are the file's (what sha256sum of it says), not the wire's.
+    assert raw.json()["sha256"] == hashlib.sha256(data).hexdigest()
+    assert raw.json()["size"] == len(data)
+    # A multipart job with its checkpoint, compressed whole.
+    multipart = api.client.build_request(
+        "POST", "/v1/jobs", files={"checkpoint": ("c.safetensors", data)},
+        data={"spec": json.dumps({"config": digits_config()})})
+    form = multipart.read()
+    created = api.client.post("/v1/jobs", content=gzip.compress(form), headers={
+        "Content-Type": multipart.headers["Content-Type"], "Content-Encoding": "gzip"})
+    assert created.status_code == 201, created.text
+
+
+def test_limits_count_decoded_bytes_and_bad_data_is_named(api: Api) -> None:
+    # 3 MiB of zeros compress to a few KiB: the 2 MiB upload limit still refuses them, and the
+    # JSON routes' 1 MiB applies to the decoded body.
+    bomb = gzip.compress(bytes(3 * MIB))
+    assert len(bomb) < 64 * 1024
+    upload = post(api, "/v1/checkpoints", bomb, "gzip", "application/octet-stream",
+                  filename="zeros.safetensors")
+    assert upload.status_code == 413, upload.text
+    assert error_of(upload)["field"] == "file"
+    api.assert_nothing_stored()
+    big_json = gzip.compress(b'{"url": "https://example.com/' + b"a" * (2 * MIB) + b'"}')
+    for path in ("/v1/jobs", "/v1/webhooks"):
+        response = post(api, path, big_json, "gzip", "application/json")
+        assert response.status_code == 413, (path, response.text)
+        assert error_of(response)["field"] == "body"
+        assert error_of(response)["limit_bytes"] == MIB
+    # Bytes that are not gzip, and a stream cut short: 400 naming the header, never a 500.
+    for body in (b'{"name": "x"}', gzip.compress(b'{"url": "https://example.com/"}')[:-12]):
+        for path in ("/v1/jobs", "/v1/webhooks"):
+            response = post(api, path, body, "gzip", "application/json")
+            assert response.status_code == 400, (path, response.text)
+            error = error_of(response)
+            assert (error["code"], error["field"]) == ("invalid_encoded_body",
+                                                       "Content-Encoding"), response.text
+
+
+def test_other_content_encodings_are_refused_naming_the_header(api: Api) -> None:
+    for coding in ("br", "zstd", "gzip, gzip", "compress"):
+        for path, content_type in (("/v1/jobs", "application/json"),
+                                   ("/v1/checkpoints", "application/octet-stream"),
+                                   ("/v1/webhooks", "application/json")):
+            response = post(api, path, b'{"a": 1}', coding, content_type)
+            assert response.status_code == 415, (coding, path, response.text)
+            error = error_of(response)
+            assert (error["code"], error["field"]) == ("unsupported_content_encoding",
+                                                       "Content-Encoding")
+            assert "gzip" in error["message"] and "deflate" in error["message"]
+            assert error["accepted"] == ["gzip", "deflate", "identity"]
+    # identity is no coding at all.
+    listed = api.client.post("/v1/webhooks", content=b"{}", headers={
+        "Content-Type": "application/json", "Content-Encoding": "identity"})
+    assert listed.status_code == 422 and error_of(listed)["field"] == "url", listed.text
+
+
+def boolean_parameters(api: Api) -> set[tuple[str, str]]:
+    """(path, parameter) of every boolean query parameter of the app."""
+    from api.main import create_app
+    from api.request_input import _query_params_of
+
+    app = create_app(api.settings, session_factory=api.sessions,
+                     dispatcher=RecordingDispatcher(), validator=object())  # type: ignore[arg-type]
+    found = set()
+    for route in api_routes(app.routes):
+        for name in _query_params_of(route).boolean:
+            found.add((route.path, name))
+    return found
+
+
+def test_boolean_query_parameters_take_true_or_false(api: Api, small_cnn_file: Path) -> None:
+    # Every boolean parameter is one this test sends: a new one must be added here.
+    assert boolean_parameters(api) == {("/jobs/{job_id}/artifacts/{name}", "redirect"),
+                                       ("/admin/projects/{name}", "force")}
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    job = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                            "config": digits_config()}).json()
+    _, admin_key = make_key(api.sessions, "ops", ("admin",))
+    with api.client_for(admin_key) as admin:
+        for word in ("1", "0", "yes", "no", "on", "off", "t", "y", " true", "truth"):
+            # Before: pydantic read 1/yes/on as true (and no/off/0 as false).
+            for client, method, path, name in (
+                    (api.client, "GET", f"/v1/jobs/{job['id']}/artifacts/x.json", "redirect"),
+                    (admin, "DELETE", "/v1/admin/projects/tests", "force")):
+                response = client.request(method, path, params={name: word})
+                assert response.status_code == 422, (name, word, response.text)
+                error = error_of(response)
+                assert (error["code"], error["field"]) == ("invalid_boolean", name)
+                assert error["accepted"] == list(BOOLEAN_WORDS)
+                assert name in error["message"] and "true or false" in error["message"]
+        # Both words pass the check, in any letter case (the job is queued, so its artifacts
+        # are a 409; the project has a queued job, so deleting it without force is refused).
+        for word in ("true", "false", "True", "FALSE"):
+            got = api.client.get(f"/v1/jobs/{job['id']}/artifacts/x.json",
+                                 params={"redirect": word})
+            assert got.status_code == 409, (word, got.text)
+        refused = admin.delete("/v1/admin/projects/tests", params={"force": "False"})
+        assert error_of(refused)["code"] == "project_has_active_jobs", refused.text
+
+
+def test_a_streamed_answer_to_a_request_declaring_a_coding_ends(api: Api,
+                                                                 small_cnn_file: Path) -> None:
+    # The decoding receive hands the client's disconnect on once the (empty) body is over: a
+    # streamed answer waits for it, and answering "no more body" for ever blocked the loop.
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    job = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                            "config": digits_config()}).json()
+    assert api.client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    with api.client_for(api.key) as client:
+        streamed = client.get(f"/v1/jobs/{job['id']}/events", timeout=15, headers={
+            "Accept": "text/event-stream", "Content-Encoding": "gzip"})
+    assert streamed.status_code == 200 and "cancel" in streamed.text, streamed.text
