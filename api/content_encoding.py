@@ -1,4 +1,5 @@
-"""Request bodies sent with a ``Content-Encoding``: decoded as they stream, or refused.
+"""Request bodies sent with a ``Content-Encoding``: decoded as they stream, or refused; and the
+size limits every body is read under, encoded or not.
 
 ``gzip`` (and its old name ``x-gzip``) and ``deflate`` (the zlib format RFC 9110 names, not raw
 DEFLATE) are decoded; ``identity`` is no coding. Any other coding, or several stacked, is a 415
@@ -137,7 +138,7 @@ class RequestDecoding:
         values = [value.decode("latin-1") for name, value in headers
                   if name == b"content-encoding"]
         if not values:
-            await self.app(scope, receive, send)
+            await self.app(scope, self._counting(scope, receive), send)
             return
         try:
             coding = body_coding(values)
@@ -152,7 +153,7 @@ class RequestDecoding:
             await response(scope, receive, send)
             return
         if coding is None:
-            await self.app(scope, receive, send)
+            await self.app(scope, self._counting(scope, receive), send)
             return
         scope["headers"] = [(name, value) for name, value in headers
                             if name not in (b"content-encoding", b"content-length")]
@@ -164,6 +165,26 @@ class RequestDecoding:
         if isinstance(route, APIRoute) and route.body_field is not None:
             return self.max_json_bytes, "the JSON body"
         return self.max_streamed_bytes, "the body"
+
+    def _counting(self, scope: Scope, receive: Receive) -> Receive:
+        """``receive`` for a body sent as it is: the same limits as a decoded one. A JSON body
+        FastAPI reads whole would otherwise be held in memory whatever its size; the streamed
+        routes apply their own limits first (``max_streamed_bytes`` is only a backstop)."""
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                limit, what = self._limit(scope)
+                if received > limit:
+                    raise PayloadTooLarge(
+                        f"{what} is larger than the limit of {limit} bytes", field="body",
+                        details={"limit_bytes": limit})
+            return message
+
+        return counted_receive
 
     def _decoding(self, scope: Scope, receive: Receive, coding: str) -> Receive:
         decoder = _Decoder(coding)
