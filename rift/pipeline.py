@@ -133,6 +133,9 @@ class PreparedRun:
     model: nn.Module
     original_state: StateDict
     attack: PGD
+    # What the model checks found likely but not certain (rift.model_checks), emitted as
+    # ``warning`` events with the run's configuration warnings.
+    model_warnings: list[str] = field(default_factory=list)
 
     def reset_weights(self, state: Mapping[str, torch.Tensor] | None = None) -> None:
         """Load ``state`` (default θ_AT) into the model, in place."""
@@ -186,8 +189,9 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
                         input_shape=splits.image_shape)
     # On real weights and data (the validator's fit check sees neither): probabilities instead
     # of logits, dropout left on, no input gradient.
-    check_model_outputs(model, splits.test, attack, device=device, name=config.architecture.name)
-    return PreparedRun(config, device, splits, model.eval(), original, attack)
+    model_warnings = check_model_outputs(model, splits.test, attack, device=device,
+                                         name=config.architecture.name)
+    return PreparedRun(config, device, splits, model.eval(), original, attack, model_warnings)
 
 
 def _input_channels_hint(exc: CheckpointMismatchError, channels: int) -> str:
@@ -236,6 +240,8 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
     config = run.config
     for warning in configuration_warnings(config, run.splits, run.device):
         callbacks.event("warning", warning.as_payload())
+    for message in run.model_warnings:
+        callbacks.event("warning", {"stage": "run", "message": message})
     if config.preflight.examples == 0:
         return None
     run.reset_weights()
