@@ -58,7 +58,12 @@ from rift.mrc import (
     select_modules,
     selection_key,
 )
-from rift.preflight import PreflightReport, collapsed_predictions, preflight_check
+from rift.preflight import (
+    PreflightReport,
+    collapsed_predictions,
+    normalization_warning,
+    preflight_check,
+)
 from rift.robust_tally import RobustTally, percent
 from rift.run_warnings import configuration_warnings
 from rift.scored_weights import unscored_kinds
@@ -253,13 +258,20 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
             num_classes=config.architecture.num_classes,
             batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
             precision=config.precision, normalization_given=config.architecture.mean is not None,
+            mean=config.architecture.mean, std=config.architecture.std,
             should_cancel=callbacks.should_cancel)
         collapsed = collapsed_predictions(
             run.model, run.splits.test, config.preflight,
             batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
             precision=config.precision)
-    if collapsed is not None:
-        callbacks.event("warning", {"stage": "preflight", "message": collapsed})
+        normalization = normalization_warning(
+            run.model, run.splits.test, config.preflight, mean=config.architecture.mean,
+            std=config.architecture.std, clean_accuracy=report.clean_accuracy,
+            batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
+            precision=config.precision)
+    for finding in (collapsed, normalization):
+        if finding is not None:
+            callbacks.event("warning", {"stage": "preflight", "message": finding})
     callbacks.event("preflight", report.as_dict())
     callbacks.progress("preflight", 1.0, f"clean {report.clean_accuracy:.1f}%")
     return report

@@ -26,7 +26,13 @@ from rift.errors import ConfigError
 from rift.model_checks import check_model_outputs
 from rift.models import registry
 from rift.mrc import module_robust_criticality
-from tests.module_factories import DropoutLeftOn, InPlaceActivations, ReLUInPlaceNet
+from tests.module_factories import (
+    BilinearEmbeddingNet,
+    DropoutLeftOn,
+    InPlaceActivations,
+    ReLUInPlaceNet,
+    TokenClassifier,
+)
 
 ATTACK = PGD(eps=0.1, step_size=0.025, steps=4)
 
@@ -171,6 +177,19 @@ def test_outputs_only_in_the_unit_range_are_a_warning_naming_the_fix(case: str) 
     assert "net" in warning
 
 
+def test_token_ids_cast_from_the_input_are_named_as_the_cause() -> None:
+    """``x.long()`` before an embedding runs, but the input has no gradient: before, the
+    refusal blamed a .detach() or no_grad block."""
+    with pytest.raises(ConfigError) as refused:
+        _check(TokenClassifier(cast=True))
+    assert "looks its input up in an embedding table ('tokens')" in refused.value.message
+
+
+def test_an_embedding_read_by_position_is_not_taken_for_token_ids() -> None:
+    torch.manual_seed(0)
+    assert _check(BilinearEmbeddingNet()) == []
+
+
 def test_a_forward_writing_into_its_input_is_refused() -> None:
     class Subtracts(Net):
         def forward(self, x: Tensor) -> Tensor:
@@ -200,6 +219,39 @@ def test_pipeline_refuses_a_softmax_model_before_any_stage(
     raw["architecture"]["name"] = "softmax_cnn"
     with pytest.raises(ConfigError, match="returns probabilities"):
         prepare_run(RiftConfig.model_validate(raw), digits_checkpoint_info["path"])
+
+
+def test_pipeline_warns_of_outputs_in_the_unit_range_at_the_preflight(
+        digits_checkpoint_info: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sigmoid written out by hand on the digits model: the run goes on (the values cannot
+    tell it from small logits) with one ``warning`` event naming the fix, before the
+    preflight's figures."""
+    from rift.models.small_cnn import SmallCNN
+    from rift.pipeline import PipelineCallbacks, prepare_run, run_preflight_stage
+
+    def hand_sigmoid_cnn(**options: object) -> nn.Module:
+        model = SmallCNN(**options)  # type: ignore[arg-type]
+        model.__class__ = type("HandSigmoidCNN", (SmallCNN,), {
+            "forward": lambda self, x: 1 / (1 + torch.exp(-SmallCNN.forward(self, x)))})
+        return model
+
+    monkeypatch.setattr(registry, "_installed_builder",
+                        lambda name: hand_sigmoid_cnn if name == "hand_sigmoid_cnn" else None)
+    raw = copy.deepcopy(DIGITS_DEMO_CONFIG)
+    raw.update(device="cpu", preflight={"examples": 64})
+    events: list[tuple[str, dict]] = []
+    callbacks = PipelineCallbacks(on_event=lambda kind, payload: events.append((kind, payload)))
+    run_preflight_stage(prepare_run(RiftConfig.model_validate(raw),
+                                    digits_checkpoint_info["path"]), callbacks)
+    assert not any("lies in [0, 1]" in payload.get("message", "") for _, payload in events)
+    raw["architecture"]["name"] = "hand_sigmoid_cnn"
+    events.clear()
+    run_preflight_stage(prepare_run(RiftConfig.model_validate(raw),
+                                    digits_checkpoint_info["path"]), callbacks)
+    warned = [payload for kind, payload in events
+              if kind == "warning" and "lies in [0, 1]" in payload["message"]]
+    assert len(warned) == 1 and warned[0]["stage"] == "run"
+    assert [kind for kind, _ in events].index("preflight") > events.index(("warning", warned[0]))
 
 
 def _mrc(model: nn.Module, engine: str, warnings: list[str], module_batch: int = 1
