@@ -39,6 +39,8 @@ MARGIN = 10.0
 ERROR_RATIO = 0.75
 #: Fewer examples than this and the comparison is not made.
 MIN_EXAMPLES = 100
+#: Candidates within this many points of the best are named with it.
+NEAR = 2.0
 _PIXEL_STD = 1 / 255
 
 
@@ -61,14 +63,20 @@ class NormalizationFinding:
     better: Normalization
     accuracy: float
     examples: int
+    # Other candidates within NEAR points of the best, with their accuracies: similar
+    # normalisations (CIFAR's and ImageNet's) score alike, so the best need not be the one.
+    near: tuple[tuple[str, float], ...] = ()
 
     def sentence(self) -> str:
+        close = "; ".join(f"{name} {accuracy:.1f}%" for name, accuracy in self.near)
         return (f"the checkpoint's clean accuracy on {self.examples} test examples is "
                 f"{self.configured_accuracy:.1f}% with {self.configured}, but "
                 f"{self.accuracy:.1f}% with {self.better.name} (mean "
-                f"{_short(self.better.mean)}, std {_short(self.better.std)}): it was likely "
-                f"trained with that input normalisation; {self.better.setting}, or check "
-                "architecture.normalization/mean/std against the checkpoint's training")
+                f"{_short(self.better.mean)}, std {_short(self.better.std)})"
+                + (f" (close: {close})" if close else "")
+                + ": it was likely trained with that input normalisation or a similar one; "
+                f"{self.better.setting}, or check architecture.normalization/mean/std against "
+                "the checkpoint's training")
 
 
 def _short(values: Sequence[float]) -> str:
@@ -125,15 +133,12 @@ def better_normalization(model: nn.Module, sample: ImageTensors, *,
     candidates = [c for c in _candidates(channels, feature_vectors,
                                          per_channel.mean(1).tolist(), data_std.tolist())
                   if not _same(c, configured_mean, configured_std)]
-    best: tuple[float, Normalization] | None = None
-    for candidate in candidates:
-        accuracy = _accuracy(model, sample, candidate, configured_mean, configured_std,
-                             batch_size, device, precision)
-        if best is None or accuracy > best[0]:
-            best = (accuracy, candidate)
-    if best is None:
+    measured = [(_accuracy(model, sample, candidate, configured_mean, configured_std,
+                           batch_size, device, precision), candidate)
+                for candidate in candidates]
+    if not measured:
         return None
-    accuracy, candidate = best
+    accuracy, candidate = max(measured, key=lambda pair: pair[0])  # the first of equals
     configured_errors = 100.0 - configured_accuracy
     clearly = (accuracy >= configured_accuracy + MARGIN
                and 100.0 - accuracy <= ERROR_RATIO * configured_errors)
@@ -141,8 +146,10 @@ def better_normalization(model: nn.Module, sample: ImageTensors, *,
         return None
     configured = ("no normalisation" if mean is None else
                   f"the configured mean {_short(configured_mean)}, std {_short(configured_std)}")
+    near = tuple((other.name, other_accuracy) for other_accuracy, other in measured
+                 if other is not candidate and other_accuracy >= accuracy - NEAR)
     return NormalizationFinding(configured, configured_accuracy, candidate, accuracy,
-                                len(sample))
+                                len(sample), near)
 
 
 def _accuracy(model: nn.Module, sample: ImageTensors, candidate: Normalization,

@@ -77,6 +77,10 @@ def test_the_digits_checkpoint_with_its_own_inputs_is_left_alone(
 
 @pytest.mark.parametrize(("channels", "trained_with", "named"), [
     (1, NAMED_NORMALIZATIONS["mnist"], "architecture.normalization 'mnist'"),
+    # ImageNet's and CIFAR-100's statistics are close: the best of them is named with the
+    # others within two points (measured: 27.0 % without, 90.6 % with ImageNet's, 91.4 % with
+    # CIFAR-100's).
+    (3, NAMED_NORMALIZATIONS["imagenet"], "architecture.normalization 'imagenet'"),
     (3, ([0.0] * 3, [1 / 255] * 3), "the [0, 255] pixel scale")])
 def test_a_checkpoint_trained_with_a_usual_normalisation_run_without_it_is_named(
         digits: tuple[nn.Module, ImageTensors], channels: int,
@@ -89,7 +93,8 @@ def test_a_checkpoint_trained_with_a_usual_normalisation_run_without_it_is_named
     trained = TrainedNormalized(model, mean, std).eval()
     finding = _find(trained, data)
     assert finding is not None and finding.configured == "no normalisation"
-    assert finding.better.name == named
+    assert named in [finding.better.name, *(name for name, _ in finding.near)]
+    assert named in finding.sentence()
     assert finding.accuracy >= finding.configured_accuracy + 10
     # Given what it was trained with, it is left alone.
     assert _find(trained, data, mean, std) is None
