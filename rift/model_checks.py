@@ -37,11 +37,16 @@ values alone cannot be sure, returns a warning for the run's ``warning`` events:
 * **Token ids** (an ``nn.Embedding`` looked up with ids cast from the input, ``x.long()``):
   named as such when the input gradient is missing (:mod:`rift.models.token_inputs`; a lookup of
   the float input itself is refused earlier, by ``check_model_accepts``).
+* **Outputs that depend on the rest of the batch in eval mode** (statistics over the batch
+  dimension in a custom layer, ``F.batch_norm(..., training=True)``, a softmax over dim 0): the
+  first example must get the same output in a batch of two beside the second example as
+  beside the third (batches of one size, so the same kernels: the repeat tolerance holds).
+  A BatchNorm module without running statistics is refused before, by name.
 * **A forward that writes into its input** (``x -= mean`` in place): the job's data, or the
   attack's inputs, would change under the caller.
 
-One batch in fp32 (at most :data:`CHECK_EXAMPLES` examples), three forward passes and one backward
-pass: cheap beside any stage.
+One batch in fp32 (at most :data:`CHECK_EXAMPLES` examples): two forward passes, two of two
+examples, and one or two forward and backward passes: cheap beside any stage.
 """
 
 from __future__ import annotations
@@ -144,6 +149,11 @@ def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> list[str
             first = model(images)
         made_by = producer.made(first)
         second = model(images)
+        # The first example beside the second, then beside the third: batches of one size, so
+        # the kernels and their rounding are the same, and statistics over two examples move
+        # with the partner where forward mixes examples.
+        partnered = ([model(images[[0, partner]])[0] for partner in (1, 2)]
+                     if len(images) > 2 else None)
     if not torch.equal(images, original):
         raise ConfigError(
             f"architecture {name!r} changes its input tensor in place in forward (e.g. "
@@ -160,6 +170,18 @@ def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> list[str
             "training=self.training, or use nn.Dropout), or forward updates a buffer it reads. "
             "Attacks, MRC and the α rule need one output per input: make forward deterministic "
             "in eval mode", field="architecture")
+    if partnered is not None and not torch.allclose(*partnered, rtol=_REPEAT_RTOL,
+                                                    atol=_REPEAT_RTOL * scale):
+        difference = float((partnered[0] - partnered[1]).abs().max())
+        raise ConfigError(
+            f"architecture {name!r} gives one input another output in a batch with a second "
+            "input than with a third (batches of two, eval mode; largest difference "
+            f"{difference:.3g}): forward mixes examples (statistics over "
+            "the batch dimension, such as a custom normalisation with x.mean(0) or a BatchNorm "
+            "called with training=True, or a softmax over dim 0). Attacks, MRC and the α rule "
+            "batch examples differently from stage to stage and need each example's output "
+            "to be its own: use running statistics or a per-example normalisation in eval "
+            "mode", field="architecture")
     return _check_output_kind(first.double(), made_by, len(images), name)
 
 

@@ -99,8 +99,9 @@ def _candidates(channels: int, feature_vectors: bool, data_mean: list[float],
         found.append(Normalization("the [0, 255] pixel scale",
                                    "set architecture.mean [0] and architecture.std [1/255]",
                                    [0.0] * channels, [_PIXEL_STD] * channels))
-    found.append(Normalization("the data's own per-channel statistics",
-                               "set architecture.mean/std to them", data_mean, data_std))
+    found.append(Normalization(
+        f"the data's own per-{'feature' if feature_vectors else 'channel'} statistics",
+        "set architecture.mean/std to them", data_mean, data_std))
     return found
 
 

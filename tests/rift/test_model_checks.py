@@ -118,6 +118,13 @@ REFUSED = {
     "sigmoid_clamped": (lambda _, z: z.sigmoid().clamp(1e-6, 1 - 1e-6),
                         "ends forward with sigmoid"),
     "dropout_left_on": (lambda _, z: F.dropout(z, 0.5), "dropout or noise stays active"),
+    # Examples mixed in eval mode: before, the only batch-dependent layer caught was a
+    # BatchNorm module without running statistics.
+    "batch_statistics": (lambda m, z: m.head(F.batch_norm(
+        F.relu(m.conv(z)), None, None, training=True).mean((2, 3))), "mixes examples"),
+    "logits_centred_over_the_batch": (lambda _, z: z - z.mean(0, keepdim=True),
+                                      "mixes examples"),
+    "softmax_over_the_batch": (lambda _, z: (z * 100).log_softmax(0), "mixes examples"),
     "noise": (lambda _, z: z + torch.randn_like(z), "different outputs"),
     "no_grad": (_no_grad, "torch.no_grad()"),
     "argmax": (lambda _, z: F.one_hot(z.argmax(1), z.shape[1]).float() * 10, "argmax"),
@@ -129,7 +136,7 @@ REFUSED = {
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_meaningless_models_are_refused_naming_the_fix(case: str) -> None:
     ending, words = REFUSED[case]
-    if case == "rounded_input":
+    if case in ("rounded_input", "batch_statistics"):
         class Rounded(Net):
             def forward(self, x: Tensor) -> Tensor:
                 return ending(self, x)
