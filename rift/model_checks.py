@@ -170,7 +170,8 @@ def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> list[str
             "training=self.training, or use nn.Dropout), or forward updates a buffer it reads. "
             "Attacks, MRC and the α rule need one output per input: make forward deterministic "
             "in eval mode", field="architecture")
-    if partnered is not None and not torch.allclose(*partnered, rtol=_REPEAT_RTOL,
+    if partnered is not None and not torch.allclose(partnered[0], partnered[1],
+                                                    rtol=_REPEAT_RTOL,
                                                     atol=_REPEAT_RTOL * scale):
         difference = float((partnered[0] - partnered[1]).abs().max())
         raise ConfigError(
