@@ -3,19 +3,30 @@
 Every stage reads the model's output as logits under cross-entropy, differentiates it with
 respect to the input (PGD) and the weights (MRC, fine-tuning), and assumes that one input gives one
 output in eval mode. A model breaking one of these runs to the end with numbers that mean nothing,
-so :func:`check_model_outputs` refuses it with one message saying what to change:
+so :func:`check_model_outputs` refuses it with one message saying what to change, or, where the
+values alone cannot be sure, returns a warning for the run's ``warning`` events:
 
-* **Probabilities instead of logits** (a final softmax: every row non-negative and summing to 1).
-  Cross-entropy applies its own log-softmax, so on probabilities it scores ``p_y - log Σ exp p``:
-  bounded, with gradients squashed by the softmax's Jacobian; PGD, MRC and fine-tuning would
-  optimise that instead of the model's loss. Log-probabilities (a final ``log_softmax``) are fine
-  and pass: ``log_softmax`` of log-probabilities is themselves, so the loss is the model's.
+* **Probabilities instead of logits**, judged by the values, whatever code made them: every row
+  non-negative and summing to the same total (1 for a softmax, however written: ``softmax``,
+  ``z.exp() / z.exp().sum(1, keepdim=True)``, a softmax then ``.clamp(1e-8, 1)``; 100 for
+  percentages). Cross-entropy applies its own log-softmax, so on probabilities it scores
+  ``p_y - log Σ exp p``: bounded, with gradients squashed by the softmax's Jacobian; PGD, MRC and
+  fine-tuning would optimise that instead of the model's loss. Log-probabilities (``log_softmax``,
+  or ``torch.log`` of a softmax: every entry ≤ 0, each row's logsumexp 0) are fine and pass:
+  ``log_softmax`` of log-probabilities is themselves, so the loss is the model's. *Negative*
+  log-probabilities (every entry ≥ 0, each row's logsumexp of the negated values 0: a
+  per-class loss) are refused: the largest output is then the least likely class.
 * **A final sigmoid** (``torch.sigmoid``, ``nn.Sigmoid``, ``Tensor.sigmoid``, ``expit``,
-  ``hardsigmoid`` producing the returned tensor): outputs in [0, 1] that need not sum to 1, so
-  the softmax test above misses them, and cross-entropy on them is bounded in the same way. The
-  values alone cannot tell a sigmoid from legitimate logits that happen to lie in [0, 1] (a
-  final ReLU on small values), so the function that made the output is recorded
-  (:class:`_LastProducer`, a ``TorchFunctionMode`` over the first pass).
+  ``hardsigmoid``, or an operation on its result that keeps its shape and the values in [0, 1],
+  such as ``sigmoid(z) * 1`` or ``.clamp(0, 1)``): outputs in [0, 1] that need not sum to 1, and
+  cross-entropy on them is bounded in the same way. Recorded by :class:`_LastProducer`, a
+  ``TorchFunctionMode`` over the first pass, which marks every tensor made by a squashing
+  function or, with the same shape, from one.
+* **Every output in [0, 1] otherwise** (a sigmoid written out by hand, ``1 / (1 + exp(-z))``, or
+  applied outside torch functions) is a *warning*, not a refusal: the values alone cannot tell
+  such a sigmoid from logits that happen to lie in [0, 1] (a final ReLU on small values, an
+  untrained head with a positive bias), and a trained logit model essentially never gives only
+  values in [0, 1] for 32 examples × every class (the wrong classes' logits go negative).
 * **Output that changes from one pass to the next in eval mode** (``F.dropout(x, p)`` whose
   ``training`` defaults to True, noise layers): attacks, MRC and the α rule compare numbers that
   would move between two evaluations of the same weights.
@@ -23,11 +34,19 @@ so :func:`check_model_outputs` refuses it with one message saying what to change
   ``forward``), or a gradient that is exactly zero for every example, at the clean inputs and at
   random points within ``attack.eps`` (rounding, quantisation, ``argmax``): PGD could not move
   the input, so every "robust" accuracy would silently be the clean one.
+* **Token ids** (an ``nn.Embedding`` looked up with ids cast from the input, ``x.long()``):
+  named as such when the input gradient is missing (:mod:`rift.models.token_inputs`; a lookup of
+  the float input itself is refused earlier, by ``check_model_accepts``).
+* **Outputs that depend on the rest of the batch in eval mode** (statistics over the batch
+  dimension in a custom layer, ``F.batch_norm(..., training=True)``, a softmax over dim 0): the
+  first example must get the same output in a batch of two beside the second example as
+  beside the third (batches of one size, so the same kernels: the repeat tolerance holds).
+  A BatchNorm module without running statistics is refused before, by name.
 * **A forward that writes into its input** (``x -= mean`` in place): the job's data, or the
   attack's inputs, would change under the caller.
 
-One batch in fp32 (at most :data:`CHECK_EXAMPLES` examples), three forward passes and one backward
-pass: cheap beside any stage.
+One batch in fp32 (at most :data:`CHECK_EXAMPLES` examples): two forward passes, two of two
+examples, and one or two forward and backward passes: cheap beside any stage.
 """
 
 from __future__ import annotations
@@ -45,6 +64,7 @@ from rift.attacks import PGD
 from rift.data import ImageTensors, iterate_batches
 from rift.errors import ConfigError
 from rift.model_state import frozen_except
+from rift.models.token_inputs import EmbeddingReads, token_input_message
 
 #: Examples the checks run on (the first of the split they are given).
 CHECK_EXAMPLES = 32
@@ -55,14 +75,19 @@ _REPEAT_RTOL = 1e-3
 # while all non-negative does not happen by chance.
 _SUM_TOLERANCE = 1e-3
 # Torch functions whose output lies in [0, 1] whatever their input: a model output made by one
-# is a squashed score, not a logit (special_expit is torch.special.expit's name).
+# (or from one by an operation keeping its shape and the [0, 1] range) is a squashed score, not
+# a logit (special_expit is torch.special.expit's name).
 _SQUASHING = frozenset({"sigmoid", "sigmoid_", "special_expit", "hardsigmoid", "hardsigmoid_"})
 
 
 class _LastProducer(TorchFunctionMode):
-    """Records, for the tensors a forward makes, the name of the torch function that made each
-    (looked up by identity, each entry holding a weak reference, so the forward's intermediate
-    tensors are freed as usual)."""
+    """Records, for the tensors a forward makes, the name of the squashing function
+    (:data:`_SQUASHING`) each descends from: made by it, or made by any torch function from a
+    tensor that descends from one and has the result's shape (``sigmoid(z) * 1``,
+    ``sigmoid(z).clamp(...)``; a sigmoid gate broadcast over a feature map, as in
+    squeeze-and-excitation blocks, has another shape and does not pass its mark on). Looked up
+    by identity, each entry holding a weak reference, so the forward's intermediate tensors are
+    freed as usual."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -73,35 +98,50 @@ class _LastProducer(TorchFunctionMode):
         result = func(*args, **(kwargs or {}))
         if isinstance(result, torch.Tensor):
             name = getattr(func, "__name__", "")
-            self._made[id(result)] = (name, weakref.ref(result))
+            squashed = name if name in _SQUASHING else self._inherited(result, args, kwargs)
+            if squashed is not None:
+                self._made[id(result)] = (squashed, weakref.ref(result))
         return result
 
+    def _inherited(self, result: torch.Tensor, args: Any, kwargs: Any) -> str | None:
+        for value in [*args, *(kwargs or {}).values()]:
+            if isinstance(value, torch.Tensor) and value.shape == result.shape:
+                made = self.made(value)
+                if made is not None:
+                    return made
+        return None
+
     def made(self, tensor: torch.Tensor) -> str | None:
-        """The name of the function that made ``tensor`` in the forward, or None."""
+        """The squashing function ``tensor`` descends from in the forward, or None."""
         entry = self._made.get(id(tensor))
         return entry[0] if entry is not None and entry[1]() is tensor else None
 
 
 def check_model_outputs(model: nn.Module, data: ImageTensors, attack: PGD, *,
-                        device: torch.device, name: str) -> None:
+                        device: torch.device, name: str) -> list[str]:
     """Refuse ``model`` (named ``name`` in messages) when, on the first examples of ``data``, it
     breaks one of the module docstring's assumptions. Mode, ``requires_grad`` flags and the
     global random state are left as they were.
+
+    Returns:
+        Warnings (one sentence each) for what the values make likely but not certain: every
+        output in [0, 1].
 
     Raises:
         ConfigError: (field ``architecture``) naming what the forward does and what to change.
     """
     if len(data) == 0:
-        return
+        return []
     images, labels = next(iterate_batches(data.head(CHECK_EXAMPLES), CHECK_EXAMPLES,
                                           device=device))
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), frozen_except(model):
-        _check_passes(model, images, name)
+        warnings = _check_passes(model, images, name)
         _check_input_gradient(model, images, labels, attack, name)
+    return warnings
 
 
-def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> None:
+def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> list[str]:
     original = images.clone()
     producer = _LastProducer()
     with torch.no_grad():
@@ -109,6 +149,11 @@ def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> None:
             first = model(images)
         made_by = producer.made(first)
         second = model(images)
+        # The first example beside the second, then beside the third: batches of one size, so
+        # the kernels and their rounding are the same, and statistics over two examples move
+        # with the partner where forward mixes examples.
+        partnered = ([model(images[[0, partner]])[0] for partner in (1, 2)]
+                     if len(images) > 2 else None)
     if not torch.equal(images, original):
         raise ConfigError(
             f"architecture {name!r} changes its input tensor in place in forward (e.g. "
@@ -125,23 +170,84 @@ def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> None:
             "training=self.training, or use nn.Dropout), or forward updates a buffer it reads. "
             "Attacks, MRC and the α rule need one output per input: make forward deterministic "
             "in eval mode", field="architecture")
-    if first.shape[1] > 1 and bool((first >= 0).all()) and float(
-            (first.double().sum(1) - 1).abs().max()) < _SUM_TOLERANCE:
+    if partnered is not None and not torch.allclose(partnered[0], partnered[1],
+                                                    rtol=_REPEAT_RTOL,
+                                                    atol=_REPEAT_RTOL * scale):
+        difference = float((partnered[0] - partnered[1]).abs().max())
         raise ConfigError(
-            f"architecture {name!r} returns probabilities (every row of its output on "
-            f"{len(images)} examples is non-negative and sums to 1: a softmax at the end of "
-            "forward), but RiFT's attacks, MRC and fine-tuning apply cross-entropy, which needs "
-            "logits: on probabilities they would optimise another, bounded loss. Remove the "
-            "final softmax, or end forward with log_softmax (log-probabilities are valid "
-            "logits)", field="architecture")
-    if made_by is not None and made_by in _SQUASHING and bool(((first >= 0) & (first <= 1)).all()):
+            f"architecture {name!r} gives one input another output in a batch with a second "
+            "input than with a third (batches of two, eval mode; largest difference "
+            f"{difference:.3g}): forward mixes examples (statistics over "
+            "the batch dimension, such as a custom normalisation with x.mean(0) or a BatchNorm "
+            "called with training=True, or a softmax over dim 0). Attacks, MRC and the α rule "
+            "batch examples differently from stage to stage and need each example's output "
+            "to be its own: use running statistics or a per-example normalisation in eval "
+            "mode", field="architecture")
+    return _check_output_kind(first.double(), made_by, len(images), name)
+
+
+def _probability_total(totals: torch.Tensor) -> float | None:
+    """1 or 100 when every row total is that, up to float rounding of a softmax (relative);
+    else None. Other constant totals are not judged: an untrained model on similar inputs can
+    give nearly the same non-negative row totals by chance."""
+    for total in (1.0, 100.0):
+        if float((totals - total).abs().max()) < _SUM_TOLERANCE * total:
+            return total
+    return None
+
+
+def _check_output_kind(outputs: torch.Tensor, made_by: str | None, count: int,
+                       name: str) -> list[str]:
+    """Refuse probability-like outputs (the module docstring's rules, on float64 ``outputs``);
+    return the warning for outputs that only lie in [0, 1]."""
+    if outputs.shape[1] < 2 or not bool(torch.isfinite(outputs).all()):
+        return []  # non-finite logits: the stages' own checks report them
+    logits_fix = ("RiFT's attacks, MRC and fine-tuning apply cross-entropy, which needs logits "
+                  "and applies log-softmax itself")
+    total = _probability_total(outputs.sum(1)) if bool((outputs >= 0).all()) else None
+    # One-hot rows times 100 (argmax inside forward) are left to the gradient check, which
+    # names the step; a softmax (total 1) is refused even where it saturates to one-hot.
+    if total == 100.0 and not bool(((outputs > 0) & (outputs < total)).any()):
+        total = None
+    if total is not None:
+        what = ("probabilities (every row of its output on "
+                f"{count} examples is non-negative and sums to 1: a softmax at the end of "
+                "forward, however written)") if total == 1.0 else (
+                f"percentages (every row of its output on {count} examples is non-negative and "
+                "sums to 100: a softmax times 100)")
+        raise ConfigError(
+            f"architecture {name!r} returns {what}, but {logits_fix}: on probabilities they "
+            "would optimise another, bounded loss. Return logits (remove the final softmax), "
+            "or end forward with log_softmax (log-probabilities are valid logits)",
+            field="architecture")
+    if bool((outputs >= 0).all()) and bool(
+            (torch.logsumexp(-outputs, 1).abs() < _SUM_TOLERANCE).all()):
+        raise ConfigError(
+            f"architecture {name!r} returns negative log-probabilities (every output on {count} "
+            "examples is ≥ 0 and exp(-output) sums to 1 on every row: a per-class loss such as "
+            "-log_softmax), so its largest output is its least likely class, and "
+            f"{logits_fix}. Return log_softmax (without the minus sign) or the logits",
+            field="architecture")
+    in_unit_range = bool(((outputs >= 0) & (outputs <= 1)).all())
+    if not in_unit_range:
+        return []
+    if made_by is not None:
         raise ConfigError(
             f"architecture {name!r} ends forward with {made_by.removeprefix('special_')} (every "
-            f"output on {len(images)} examples lies in [0, 1]), but RiFT's attacks, MRC and "
-            "fine-tuning apply cross-entropy, which needs logits: on outputs squashed into "
-            "[0, 1] the loss is bounded and its gradients vanish where the model is confident, "
-            "so they would optimise another loss than the model's. Return the values before "
-            "the sigmoid (they rank the classes the same way)", field="architecture")
+            f"output on {count} examples lies in [0, 1]), but {logits_fix}: on outputs squashed "
+            "into [0, 1] the loss is bounded and its gradients vanish where the model is "
+            "confident, so they would optimise another loss than the model's. Return the "
+            "values before the sigmoid (they rank the classes the same way)",
+            field="architecture")
+    return [
+        f"every output of architecture {name!r} on {count} test examples lies in [0, 1] "
+        f"(from {float(outputs.min()):.3g} to {float(outputs.max()):.3g}): probabilities of a "
+        "sigmoid written out by hand (1 / (1 + exp(-z))) look like this, and cross-entropy on "
+        "them, which RiFT's attacks, MRC and fine-tuning apply, is a bounded loss whose "
+        "gradients vanish where the model is confident: the robust accuracies and MRC would "
+        "not be the model's. If forward ends with a sigmoid, return the values before it "
+        "(logits; cross-entropy applies log-softmax itself); logits that merely lie in [0, 1] "
+        "(a final ReLU on small values) are fine"]
 
 
 def _check_input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -153,11 +259,14 @@ def _check_input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.
         generator = torch.Generator(device=images.device).manual_seed(0)
         noise = torch.rand(images.shape, generator=generator, device=images.device)
         points.append(attack.clamp(images + (noise * 2 - 1) * attack.eps))
+    tables = EmbeddingReads(model)
     for point in points:
         inputs = point.clone().requires_grad_(True)
         with torch.enable_grad():
-            logits = model(inputs)
+            with tables:
+                logits = model(inputs)
             if not logits.requires_grad:
+                _refuse_token_ids(tables, len(images), name)
                 raise ConfigError(
                     f"architecture {name!r} returns outputs without a gradient (forward runs "
                     "under torch.no_grad(), detaches them or makes them from argmax/one_hot): "
@@ -168,6 +277,7 @@ def _check_input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.
             loss = F.cross_entropy(logits.float(), labels)
             (grad,) = torch.autograd.grad(loss, inputs, allow_unused=True)
         if grad is None:
+            _refuse_token_ids(tables, len(images), name)
             raise ConfigError(
                 f"architecture {name!r} detaches its input in forward (the output has no "
                 "gradient with respect to the input), so PGD cannot attack it and every robust "
@@ -175,6 +285,7 @@ def _check_input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.
                 "on the input's path", field="architecture")
         if bool((grad != 0).any()):
             return
+    _refuse_token_ids(tables, len(images), name)
     where = ("at the clean inputs and at random points within attack.eps" if len(points) > 1
              else "at the clean inputs")
     raise ConfigError(
@@ -184,3 +295,11 @@ def _check_input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.
         "forward (rounding, quantisation, argmax, a hard threshold) or outputs so saturated "
         "that the loss is flat; attack a differentiable version of the model (e.g. a "
         "straight-through estimator for the rounding)", field="architecture")
+
+
+def _refuse_token_ids(tables: EmbeddingReads, batch: int, name: str) -> None:
+    """Where the input has no gradient and an embedding table was looked up with one row of
+    indices per example (ids cast from the input, ``x.long()``), name that as the cause."""
+    read = tables.per_example(batch) or tables.given_floats()
+    if read:
+        raise ConfigError(token_input_message(name, read), field="architecture")

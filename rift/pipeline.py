@@ -58,7 +58,12 @@ from rift.mrc import (
     select_modules,
     selection_key,
 )
-from rift.preflight import PreflightReport, collapsed_predictions, preflight_check
+from rift.preflight import (
+    PreflightReport,
+    collapsed_predictions,
+    normalization_warning,
+    preflight_check,
+)
 from rift.robust_tally import RobustTally, percent
 from rift.run_warnings import configuration_warnings
 from rift.scored_weights import unscored_kinds
@@ -133,6 +138,9 @@ class PreparedRun:
     model: nn.Module
     original_state: StateDict
     attack: PGD
+    # What the model checks found likely but not certain (rift.model_checks), emitted as
+    # ``warning`` events with the run's configuration warnings.
+    model_warnings: list[str] = field(default_factory=list)
 
     def reset_weights(self, state: Mapping[str, torch.Tensor] | None = None) -> None:
         """Load ``state`` (default θ_AT) into the model, in place."""
@@ -186,8 +194,9 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
                         input_shape=splits.image_shape)
     # On real weights and data (the validator's fit check sees neither): probabilities instead
     # of logits, dropout left on, no input gradient.
-    check_model_outputs(model, splits.test, attack, device=device, name=config.architecture.name)
-    return PreparedRun(config, device, splits, model.eval(), original, attack)
+    model_warnings = check_model_outputs(model, splits.test, attack, device=device,
+                                         name=config.architecture.name)
+    return PreparedRun(config, device, splits, model.eval(), original, attack, model_warnings)
 
 
 def _input_channels_hint(exc: CheckpointMismatchError, channels: int) -> str:
@@ -236,6 +245,8 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
     config = run.config
     for warning in configuration_warnings(config, run.splits, run.device):
         callbacks.event("warning", warning.as_payload())
+    for message in run.model_warnings:
+        callbacks.event("warning", {"stage": "run", "message": message})
     if config.preflight.examples == 0:
         return None
     run.reset_weights()
@@ -247,13 +258,20 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
             num_classes=config.architecture.num_classes,
             batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
             precision=config.precision, normalization_given=config.architecture.mean is not None,
+            mean=config.architecture.mean, std=config.architecture.std,
             should_cancel=callbacks.should_cancel)
         collapsed = collapsed_predictions(
             run.model, run.splits.test, config.preflight,
             batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
             precision=config.precision)
-    if collapsed is not None:
-        callbacks.event("warning", {"stage": "preflight", "message": collapsed})
+        normalization = normalization_warning(
+            run.model, run.splits.test, config.preflight, mean=config.architecture.mean,
+            std=config.architecture.std, clean_accuracy=report.clean_accuracy,
+            batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
+            precision=config.precision)
+    for finding in (collapsed, normalization):
+        if finding is not None:
+            callbacks.event("warning", {"stage": "preflight", "message": finding})
     callbacks.event("preflight", report.as_dict())
     callbacks.progress("preflight", 1.0, f"clean {report.clean_accuracy:.1f}%")
     return report

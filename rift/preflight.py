@@ -9,7 +9,7 @@ the run at once, with the figures and the likely causes in the message.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -21,6 +21,7 @@ from rift.data import ImageTensors, iterate_batches
 from rift.device import autocast
 from rift.errors import RiftError
 from rift.evaluation import evaluate_accuracy
+from rift.normalization_check import better_normalization
 
 #: A model answering one class for at least this share of the sample (and at least
 #: :data:`COLLAPSE_FACTOR` times that class's share of the labels) is warned about.
@@ -78,9 +79,13 @@ def chance_accuracy(labels: torch.Tensor, num_classes: int) -> tuple[float, str]
 def preflight_check(model: nn.Module, data: ImageTensors, attack: PGD, spec: PreflightSpec, *,
                     num_classes: int, batch_size: int, device: torch.device, seed: int,
                     precision: str = "fp32", normalization_given: bool,
+                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                     should_cancel: Callable[[], bool] | None = None) -> PreflightReport:
     """Measure θ_AT on a seeded sample of ``data``; raise PreflightError when its clean accuracy
-    is below chance + ``spec.margin`` percentage points."""
+    is below chance + ``spec.margin`` percentage points. The error names a usual normalisation
+    under which the sample's clean accuracy would pass, when one does
+    (:func:`rift.normalization_check.better_normalization`; ``mean``/``std``: the configured
+    ones, None: none)."""
     sample = _sample(data, spec.examples, seed)
     report = evaluate_accuracy(model, sample, attack=attack, batch_size=batch_size,
                                device=device, seed=seed, precision=precision,
@@ -104,12 +109,16 @@ def preflight_check(model: nn.Module, data: ImageTensors, attack: PGD, spec: Pre
                   "the dataset is not the one the checkpoint was trained on",
                   "the class order (label numbering) differs from training",
                   "the checkpoint is not trained (or not for this architecture's input size)"]
+        finding = better_normalization(
+            model, sample, mean=mean, std=std, configured_accuracy=report.clean_accuracy,
+            batch_size=batch_size, device=device, precision=precision, bar=threshold)
+        measured = "" if finding is None else f" Measured: {finding.sentence()}."
         raise PreflightError(
             f"preflight: the checkpoint's clean accuracy on {len(sample)} test examples is "
             f"{report.clean_accuracy:.1f}% (robust {report.robust_accuracy or 0.0:.1f}%), near "
             f"chance ({chance:.1f}%: {chance_reason}; the run needs at least "
-            f"{threshold:.1f}%). Likely causes: " + "; ".join(causes) + ". Set preflight.examples "
-            "to 0 to skip this check.")
+            f"{threshold:.1f}%). Likely causes: " + "; ".join(causes) + "." + measured
+            + " Set preflight.examples to 0 to skip this check.")
     return result
 
 
@@ -149,3 +158,18 @@ def collapsed_predictions(model: nn.Module, data: ImageTensors, spec: PreflightS
             "scale than in training often collapse the predictions so. Check "
             "architecture.normalization or architecture.mean/std (mean [0] and std [1/255] "
             "for a checkpoint trained on [0, 255] pixel values)")
+
+
+def normalization_warning(model: nn.Module, data: ImageTensors, spec: PreflightSpec, *,
+                          mean: Sequence[float] | None, std: Sequence[float] | None,
+                          clean_accuracy: float, batch_size: int, device: torch.device,
+                          seed: int, precision: str = "fp32") -> str | None:
+    """A warning when θ_AT, which passed the preflight with ``clean_accuracy`` on its seeded
+    sample (the same as :func:`preflight_check`'s), does clearly better there under another
+    usual input normalisation than the configured ``mean``/``std``
+    (:func:`rift.normalization_check.better_normalization`); else None."""
+    finding = better_normalization(
+        model, _sample(data, spec.examples, seed), mean=mean, std=std,
+        configured_accuracy=clean_accuracy, batch_size=batch_size, device=device,
+        precision=precision)
+    return None if finding is None else finding.sentence()

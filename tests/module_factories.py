@@ -306,3 +306,44 @@ def with_running_statistics(model: nn.Module, seed: int) -> nn.Module:
             module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
             module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
     return model.eval()
+
+
+class TokenClassifier(nn.Module):
+    """A sequence classifier: an ``nn.Embedding`` looks up its input as token ids, mean-pooled
+    into a linear head. ``cast=False`` looks up the float input as given (the lookup fails);
+    ``cast=True`` casts it first (``x.long()``: runs, but the input has no gradient)."""
+
+    def __init__(self, classes: int = 4, vocabulary: int = 16, *, cast: bool = False) -> None:
+        super().__init__()
+        self.cast = cast
+        self.tokens = nn.Embedding(vocabulary, 8)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        ids = x.flatten(1)
+        return self.head(self.tokens(ids.long() if self.cast else ids).mean(1))
+
+
+class FixedInputSizeNet(nn.Module):
+    """A network whose ``fc`` expects the flattened features of ``size``×``size`` inputs (as
+    hand-written ImageNet or MNIST models do): any other size fails in ``fc``."""
+
+    def __init__(self, classes: int = 4, channels: int = 3, size: int = 224) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(),
+                                      nn.MaxPool2d(4))
+        self.fc = nn.Linear(4 * (size // 4) ** 2, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x).flatten(1))
+
+
+class ChannelLastNet(nn.Module):
+    """A network that takes (N, H, W, C) images and permutes them itself."""
+
+    def __init__(self, classes: int = 4, channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, classes, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x.permute(0, 3, 1, 2)).mean((2, 3))

@@ -13,6 +13,7 @@ uploads never carry code.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
 from types import MappingProxyType
@@ -28,6 +29,7 @@ from rift.models.mlp import mlp
 from rift.models.preact_resnet import preact_resnet18
 from rift.models.resnet import resnet18, resnet34
 from rift.models.small_cnn import small_cnn
+from rift.models.token_inputs import EmbeddingReads, token_input_message
 from rift.models.torchvision_models import (
     PREFIX,
     build_torchvision_model,
@@ -218,11 +220,89 @@ def refuse_batch_statistics(model: nn.Module, spec: ArchitectureSpec) -> None:
             field="architecture")
 
 
-def _input_form_hint(model: nn.Module, image_shape: tuple[int, int, int], num_classes: int,
+#: Square image sizes tried when a model refuses the data's (MNIST, CIFAR, STL/Tiny-ImageNet,
+#: ImageNet crops and resizes, Inception's, ViT-384's), besides 2× and 4× the data's.
+HINT_SIZES = (28, 32, 64, 96, 128, 224, 256, 299, 384)
+#: Seconds the input-form hint may spend trying forms (each on the meta device where the model
+#: runs there, else one real zero input): a hint is not worth a long wait for an error.
+HINT_SECONDS = 5.0
+
+
+def _takes(model: nn.Module, shape: tuple[int, ...], num_classes: int,
+           device: torch.device) -> bool:
+    """Whether ``model`` maps one zero input of ``shape`` to (1, ``num_classes``) logits. Tried
+    on the meta device (shapes only: no memory, no arithmetic) through
+    ``torch.func.functional_call`` with meta copies of the weights' shapes, and on ``device``
+    with real zeros only where the meta run cannot tell (an op without a meta kernel, a tensor
+    attribute outside the state)."""
+    attempts: list[Callable[[], object]] = []
+    if device.type != "meta":
+        meta_state = {name: tensor.to("meta") for name, tensor in [
+            *model.named_parameters(remove_duplicate=False),
+            *model.named_buffers(remove_duplicate=False)]}
+        attempts.append(lambda: torch.func.functional_call(
+            model, meta_state, (torch.zeros(shape, device="meta"),)))
+    attempts.append(lambda: model(torch.zeros(shape, device=device)))
+    for attempt in attempts:
+        try:
+            with frozen_except(model), torch.no_grad():
+                logits = attempt()
+        except Exception as exc:  # any refusal: this form is not the answer either
+            if attempt is attempts[-1] or not _meta_cannot_tell(exc):
+                return False
+            continue
+        return isinstance(logits, torch.Tensor) and tuple(logits.shape) == (1, num_classes)
+    return False
+
+
+def _meta_cannot_tell(exc: BaseException) -> bool:
+    return isinstance(exc, NotImplementedError) or "meta" in str(exc).lower()
+
+
+def _size_hint(model: nn.Module, spec: ArchitectureSpec, image_shape: tuple[int, int, int],
+               device: torch.device, deadline: float) -> str:
+    """The square sizes (of :data:`HINT_SIZES`, 2× and 4× the data's) at which ``model`` runs,
+    with the data's channels or else the other of 1 and 3, as the end of the error message."""
+    channels, height, width = image_shape
+    sizes = sorted({*HINT_SIZES, 2 * height, 4 * height} - {0})
+    for option in (channels, {1: 3, 3: 1}.get(channels)):
+        if option is None:
+            continue
+        runs = []
+        for size in sizes:
+            if time.monotonic() > deadline:
+                break
+            if (option, size, size) != image_shape and _takes(
+                    model, (1, option, size, size), spec.num_classes, device):
+                runs.append(size)
+        if not runs:
+            continue
+        shown = ", ".join(f"{size}×{size}" for size in runs[:6]) + (" …" if len(runs) > 6
+                                                                     else "")
+        channel_words = "" if option == channels else (
+            f" with {option} channel(s) (the data has {channels})")
+        built_for = (f"; architecture.image_size {spec.image_size} builds it for "
+                     f"{spec.image_size}×{spec.image_size}: leave it out to build it for the "
+                     "data's size" if spec.image_size is not None and spec.image_size != height
+                     else "")
+        why = (f"the model was built for {runs[0]}×{runs[0]} inputs" if len(runs) == 1 else
+               f"the model needs other sizes than {height}×{width}")
+        return (f"; it runs on {shown} inputs{channel_words} (sizes tried: "
+                f"{', '.join(str(size) for size in sizes)}), and the dataset's images are "
+                f"{height}×{width}: {why}. Resize the dataset's images to a size it takes "
+                "(dataset.image_size for an ImageFolder; an npz is used at its stored size, so "
+                f"store it resized) or use a model built for {height}×{width}{built_for}")
+    return ""
+
+
+def _input_form_hint(model: nn.Module, spec: ArchitectureSpec, image_shape: tuple[int, int, int],
                      device: torch.device) -> str:
     """When ``model`` refused the (1, C, H, W) probe: the input form it does take, found by
-    trying the usual others (flat vectors of C·H·W features, the other of 1 and 3 channels), as
-    the end of the error message; "" when none of them gives (1, ``num_classes``) either."""
+    trying the usual others (flat vectors of C·H·W features, the other of 1 and 3 channels,
+    channel-last (1, H, W, C) images, other square sizes: :func:`_size_hint`), as the end of the
+    error message; "" when none of them gives (1, ``spec.num_classes``) either. Bounded by
+    :data:`HINT_SECONDS`."""
+    deadline = time.monotonic() + HINT_SECONDS
     channels, height, width = image_shape
     features = channels * height * width
     form = "feature vectors as (N, F, 1, 1)" if (height, width) == (1, 1) else "images"
@@ -237,15 +317,26 @@ def _input_form_hint(model: nn.Module, image_shape: tuple[int, int, int], num_cl
             f"({'grey' if channels == 1 else 'colour'}), so either the model was built for "
             f"{other} (architecture.in_channels, or a builder that ignores in_channels) or the "
             f"data should be given with {other}")))
+    images = (height, width) != (1, 1)
+    if images and (height, width, channels) != image_shape:
+        tries.append(((1, height, width, channels), (
+            f"; it does take channel-last images, (N, {height}, {width}, {channels}) (N, H, W, "
+            f"C): RiFT passes images channel-first, (N, C, H, W) = (N, {channels}, {height}, "
+            f"{width}), so remove the permute/transposition at the start of forward")))
     for shape, hint in tries:
-        try:
-            with frozen_except(model), torch.no_grad():
-                logits = model(torch.zeros(shape, device=device))
-        except Exception:  # any refusal: this form is not the answer either
-            continue
-        if isinstance(logits, torch.Tensor) and tuple(logits.shape) == (1, num_classes):
+        if time.monotonic() > deadline:
+            return ""
+        if _takes(model, shape, spec.num_classes, device):
             return hint
-    return ""
+    return _size_hint(model, spec, image_shape, device, deadline) if images else ""
+
+
+def _refuse_token_inputs(tables: EmbeddingReads, spec: ArchitectureSpec) -> None:
+    given_floats = tables.given_floats()
+    if given_floats:
+        # No cause chained: the validator's fit check leaves errors caused by the meta device
+        # to the job, and this one is decided by the hooks, not by the failed operation.
+        raise ConfigError(token_input_message(spec.name, given_floats), field="architecture")
 
 
 def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
@@ -268,17 +359,21 @@ def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
     channels, height, width = image_shape
     shape = f"{channels}×{height}×{width} (C×H×W) inputs"
     probe = torch.zeros(1, channels, height, width, device=device)
+    tables = EmbeddingReads(model)
     try:
-        with frozen_except(model), torch.no_grad():
+        with frozen_except(model), torch.no_grad(), tables:
             logits = model(probe)
     except RiftError:
         raise
     except Exception as exc:
+        _refuse_token_inputs(tables, spec)
         raise ConfigError(
             f"architecture {spec.name!r} cannot take the dataset's {shape}: "
             f"{type(exc).__name__}: {_one_line(exc)}"
-            + _input_form_hint(model, image_shape, spec.num_classes, device),
+            + _input_form_hint(model, spec, image_shape, device),
             field="architecture") from exc
+    # On the meta device a float lookup may run (shapes only): the job would fail it.
+    _refuse_token_inputs(tables, spec)
     expected = (1, spec.num_classes)
     got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
     if got != expected:

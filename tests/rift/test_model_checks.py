@@ -26,7 +26,13 @@ from rift.errors import ConfigError
 from rift.model_checks import check_model_outputs
 from rift.models import registry
 from rift.mrc import module_robust_criticality
-from tests.module_factories import DropoutLeftOn, InPlaceActivations, ReLUInPlaceNet
+from tests.module_factories import (
+    BilinearEmbeddingNet,
+    DropoutLeftOn,
+    InPlaceActivations,
+    ReLUInPlaceNet,
+    TokenClassifier,
+)
 
 ATTACK = PGD(eps=0.1, step_size=0.025, steps=4)
 
@@ -53,8 +59,8 @@ def _data(count: int = 40, classes: int = 4) -> ImageTensors:
                         torch.randint(0, classes, (count,), generator=generator))
 
 
-def _check(model: nn.Module) -> None:
-    check_model_outputs(model, _data(), ATTACK, device=torch.device("cpu"), name="net")
+def _check(model: nn.Module) -> list[str]:
+    return check_model_outputs(model, _data(), ATTACK, device=torch.device("cpu"), name="net")
 
 
 def _no_grad(_: nn.Module, logits: Tensor) -> Tensor:
@@ -66,11 +72,17 @@ LEGITIMATE = {
     "logits": None,
     # Log-probabilities: cross-entropy's log_softmax leaves them unchanged.
     "log_softmax": lambda _, z: z.log_softmax(1),
-    "relu_logits": lambda _, z: F.relu(z) + 0.1,  # non-negative, rows not summing to 1
+    # Non-negative, rows not summing to 1 (nor to one total), some above 1.
+    "relu_logits": lambda _, z: F.relu(z) * 10 + 0.1,
     "dropout_in_train_only": lambda m, z: F.dropout(z, 0.5, training=m.training),
     # A sigmoid inside forward (gating, SiLU) is not a final one.
     "sigmoid_gate": lambda _, z: z * torch.sigmoid(z),
     "sigmoid_then_shift": lambda _, z: torch.sigmoid(z) * 8 - 4,
+    # Log-probabilities written by hand: all ≤ 0, each row's logsumexp 0.
+    "log_of_softmax": lambda _, z: torch.log(z.softmax(1)),
+    "log_softmax_by_hand": lambda _, z: z - z.exp().sum(1, keepdim=True).log(),
+    # A squeeze-and-excitation gate: a sigmoid of another shape, broadcast over the features.
+    "excitation_gate": lambda m, z: z * torch.sigmoid(z.mean(1, keepdim=True)) - 0.5,
 }
 
 
@@ -80,7 +92,7 @@ def test_legitimate_models_pass_and_keep_their_state(ending: str) -> None:
     model = Net(LEGITIMATE[ending]).train()
     model.conv.weight.requires_grad_(False)
     state = torch.random.get_rng_state()
-    _check(model)
+    assert _check(model) == []
     assert model.training and not model.conv.weight.requires_grad
     assert model.head.weight.requires_grad and model.head.weight.grad is None
     assert torch.equal(torch.random.get_rng_state(), state)
@@ -94,7 +106,25 @@ REFUSED = {
     "sigmoid_method": (lambda _, z: z.sigmoid(), "ends forward with sigmoid"),
     "expit": (lambda _, z: torch.special.expit(z), "ends forward with expit"),
     "hardsigmoid": (lambda _, z: F.hardsigmoid(z * 10), "ends forward with hardsigmoid"),
+    # Probabilities however written, judged by their values.
+    "softmax_by_hand": (lambda _, z: z.exp() / z.exp().sum(1, keepdim=True),
+                        "returns probabilities"),
+    "softmax_clamped": (lambda _, z: z.softmax(1).clamp(1e-8, 1), "returns probabilities"),
+    "percentages": (lambda _, z: z.softmax(1) * 100, "returns percentages"),
+    "negative_log_probabilities": (lambda _, z: -z.log_softmax(1),
+                                   "returns negative log-probabilities"),
+    # Operations keeping a sigmoid's shape and [0, 1] range carry its mark.
+    "sigmoid_times_one": (lambda _, z: torch.sigmoid(z) * 1, "ends forward with sigmoid"),
+    "sigmoid_clamped": (lambda _, z: z.sigmoid().clamp(1e-6, 1 - 1e-6),
+                        "ends forward with sigmoid"),
     "dropout_left_on": (lambda _, z: F.dropout(z, 0.5), "dropout or noise stays active"),
+    # Examples mixed in eval mode: before, the only batch-dependent layer caught was a
+    # BatchNorm module without running statistics.
+    "batch_statistics": (lambda m, z: m.head(F.batch_norm(
+        F.relu(m.conv(z)), None, None, training=True).mean((2, 3))), "mixes examples"),
+    "logits_centred_over_the_batch": (lambda _, z: z - z.mean(0, keepdim=True),
+                                      "mixes examples"),
+    "softmax_over_the_batch": (lambda _, z: (z * 100).log_softmax(0), "mixes examples"),
     "noise": (lambda _, z: z + torch.randn_like(z), "different outputs"),
     "no_grad": (_no_grad, "torch.no_grad()"),
     "argmax": (lambda _, z: F.one_hot(z.argmax(1), z.shape[1]).float() * 10, "argmax"),
@@ -106,7 +136,7 @@ REFUSED = {
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_meaningless_models_are_refused_naming_the_fix(case: str) -> None:
     ending, words = REFUSED[case]
-    if case == "rounded_input":
+    if case in ("rounded_input", "batch_statistics"):
         class Rounded(Net):
             def forward(self, x: Tensor) -> Tensor:
                 return ending(self, x)
@@ -116,6 +146,55 @@ def test_meaningless_models_are_refused_naming_the_fix(case: str) -> None:
     with pytest.raises(ConfigError) as refused:
         _check(model)
     assert words in refused.value.message and refused.value.field == "architecture"
+
+
+def test_cross_entropy_on_log_probabilities_is_cross_entropy_on_the_logits() -> None:
+    """Why a final log_softmax passes: log_softmax(log_softmax(z)) = log_softmax(z), so the
+    loss and its gradient are the model's; on probabilities they are not."""
+    z = torch.randn(32, 10, dtype=torch.float64) * 5
+    labels = torch.randint(0, 10, (32,))
+    losses = {}
+    for name, form in {"logits": lambda v: v, "log_probabilities": lambda v: v.log_softmax(1),
+                       "by_hand": lambda v: torch.log(v.exp() / v.exp().sum(1, keepdim=True)),
+                       "probabilities": lambda v: v.softmax(1)}.items():
+        logits = z.clone().requires_grad_(True)
+        loss = F.cross_entropy(form(logits), labels)
+        (grad,) = torch.autograd.grad(loss, logits)
+        losses[name] = (float(loss.detach()), grad)
+    for name in ("log_probabilities", "by_hand"):
+        assert losses[name][0] == pytest.approx(losses["logits"][0], rel=1e-12)
+        assert torch.allclose(losses[name][1], losses["logits"][1], atol=1e-12)
+    assert abs(losses["probabilities"][0] - losses["logits"][0]) > 0.5
+
+
+WARNED = {
+    # A sigmoid written out by hand, or applied outside torch functions: values only.
+    "sigmoid_by_hand": lambda _, z: 1 / (1 + torch.exp(-z)),
+    "sigmoid_by_tanh": lambda _, z: torch.tanh(z / 2) / 2 + 0.5,
+    # The documented limit: logits that happen to lie in [0, 1] warn too.
+    "small_relu_logits": lambda _, z: F.relu(z) * 1e-3,
+}
+
+
+@pytest.mark.parametrize("case", list(WARNED))
+def test_outputs_only_in_the_unit_range_are_a_warning_naming_the_fix(case: str) -> None:
+    torch.manual_seed(0)
+    (warning,) = _check(Net(WARNED[case]))
+    assert "lies in [0, 1]" in warning and "return the values before it" in warning
+    assert "net" in warning
+
+
+def test_token_ids_cast_from_the_input_are_named_as_the_cause() -> None:
+    """``x.long()`` before an embedding runs, but the input has no gradient: before, the
+    refusal blamed a .detach() or no_grad block."""
+    with pytest.raises(ConfigError) as refused:
+        _check(TokenClassifier(cast=True))
+    assert "looks its input up in an embedding table ('tokens')" in refused.value.message
+
+
+def test_an_embedding_read_by_position_is_not_taken_for_token_ids() -> None:
+    torch.manual_seed(0)
+    assert _check(BilinearEmbeddingNet()) == []
 
 
 def test_a_forward_writing_into_its_input_is_refused() -> None:
@@ -147,6 +226,39 @@ def test_pipeline_refuses_a_softmax_model_before_any_stage(
     raw["architecture"]["name"] = "softmax_cnn"
     with pytest.raises(ConfigError, match="returns probabilities"):
         prepare_run(RiftConfig.model_validate(raw), digits_checkpoint_info["path"])
+
+
+def test_pipeline_warns_of_outputs_in_the_unit_range_at_the_preflight(
+        digits_checkpoint_info: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sigmoid written out by hand on the digits model: the run goes on (the values cannot
+    tell it from small logits) with one ``warning`` event naming the fix, before the
+    preflight's figures."""
+    from rift.models.small_cnn import SmallCNN
+    from rift.pipeline import PipelineCallbacks, prepare_run, run_preflight_stage
+
+    def hand_sigmoid_cnn(**options: object) -> nn.Module:
+        model = SmallCNN(**options)  # type: ignore[arg-type]
+        model.__class__ = type("HandSigmoidCNN", (SmallCNN,), {
+            "forward": lambda self, x: 1 / (1 + torch.exp(-SmallCNN.forward(self, x)))})
+        return model
+
+    monkeypatch.setattr(registry, "_installed_builder",
+                        lambda name: hand_sigmoid_cnn if name == "hand_sigmoid_cnn" else None)
+    raw = copy.deepcopy(DIGITS_DEMO_CONFIG)
+    raw.update(device="cpu", preflight={"examples": 64})
+    events: list[tuple[str, dict]] = []
+    callbacks = PipelineCallbacks(on_event=lambda kind, payload: events.append((kind, payload)))
+    run_preflight_stage(prepare_run(RiftConfig.model_validate(raw),
+                                    digits_checkpoint_info["path"]), callbacks)
+    assert not any("lies in [0, 1]" in payload.get("message", "") for _, payload in events)
+    raw["architecture"]["name"] = "hand_sigmoid_cnn"
+    events.clear()
+    run_preflight_stage(prepare_run(RiftConfig.model_validate(raw),
+                                    digits_checkpoint_info["path"]), callbacks)
+    warned = [payload for kind, payload in events
+              if kind == "warning" and "lies in [0, 1]" in payload["message"]]
+    assert len(warned) == 1 and warned[0]["stage"] == "run"
+    assert [kind for kind, _ in events].index("preflight") > events.index(("warning", warned[0]))
 
 
 def _mrc(model: nn.Module, engine: str, warnings: list[str], module_batch: int = 1

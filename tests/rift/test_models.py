@@ -10,7 +10,8 @@ from torch import nn
 
 from rift.config import ArchitectureSpec
 from rift.errors import ConfigError, UnknownArchitectureError
-from rift.models import build_model, check_model_accepts, list_architectures
+from rift.models import build_model, check_model_accepts, list_architectures, registry
+from tests.module_factories import ChannelLastNet, FixedInputSizeNet, TokenClassifier
 
 NATIVE = [
     "small_cnn",
@@ -336,3 +337,64 @@ def test_googlenet_with_auxiliary_heads_in_its_checkpoint_keeps_them_and_returns
     model.load_state_dict(state)
     assert tuple(model.train()(torch.rand(2, 3, 32, 32)).shape) == (2, 10)
     assert build_model(arch, in_channels=3, image_size=32).aux1 is None  # no heads, no keys
+
+
+@pytest.mark.parametrize(("model", "image_shape", "words"), [
+    # An ImageNet-size head on CIFAR-size images; an MNIST MLP on 8×8 digits; an MNIST MLP on
+    # colour CIFAR (size and channels).
+    (FixedInputSizeNet(size=224), (3, 32, 32),
+     "it runs on 224×224 inputs (sizes tried: 28, 32, 64, 96, 128, 224, 256, 299, 384), and "
+     "the dataset's images are 32×32: the model was built for 224×224 inputs. Resize the "
+     "dataset's images to a size it takes (dataset.image_size for an ImageFolder"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(784, 4)), (1, 8, 8),
+     "it runs on 28×28 inputs (sizes tried: 16, 28,"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(784, 4)), (3, 32, 32),
+     "it runs on 28×28 inputs with 1 channel(s) (the data has 3)"),
+    (ChannelLastNet(), (3, 32, 32),
+     "it does take channel-last images, (N, 32, 32, 3) (N, H, W, C): RiFT passes images "
+     "channel-first"),
+])
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_model_for_another_input_size_or_layout_is_named(
+        model: nn.Module, image_shape: tuple[int, int, int], words: str, device: str) -> None:
+    """Before: the framework's shape error alone ("mat1 and mat2 shapes cannot be
+    multiplied"). On the meta device as the API's fit check runs it."""
+    model = model.to(device)
+    arch = ArchitectureSpec(name="own", num_classes=4)
+    with pytest.raises(ConfigError) as error:
+        check_model_accepts(model, arch, image_shape, device=torch.device(device))
+    assert words in error.value.message and error.value.field == "architecture"
+
+
+def test_a_minimum_size_lists_the_sizes_that_run_and_names_architecture_image_size() -> None:
+    arch = ArchitectureSpec(name="torchvision:squeezenet1_1", num_classes=4, image_size=16)
+    with torch.device("meta"):
+        model = build_model(arch, in_channels=3, image_size=8)
+    with pytest.raises(ConfigError) as error:
+        check_model_accepts(model, arch, (3, 8, 8), device=torch.device("meta"))
+    assert "it runs on 28×28, 32×32, 64×64" in error.value.message
+    assert "the model needs other sizes than 8×8" in error.value.message
+    assert "architecture.image_size 16 builds it for 16×16" in error.value.message
+
+
+def test_the_input_form_hint_keeps_to_its_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "HINT_SECONDS", 0.0)
+    arch = ArchitectureSpec(name="own", num_classes=4)
+    with pytest.raises(ConfigError) as error:
+        check_model_accepts(FixedInputSizeNet(size=224), arch, (3, 32, 32),
+                            device=torch.device("cpu"))
+    assert "mat1 and mat2" in error.value.message and "it runs on" not in error.value.message
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_model_looking_its_input_up_as_token_ids_is_refused_naming_the_embedding(
+        device: str) -> None:
+    """Before: "Expected tensor for argument #1 'indices' to have one of the following scalar
+    types" (on the CPU), and nothing at all on the meta device (the API's fit check)."""
+    arch = ArchitectureSpec(name="own", num_classes=4)
+    with pytest.raises(ConfigError) as error:
+        check_model_accepts(TokenClassifier().to(device), arch, (12, 1, 1),
+                            device=torch.device(device))
+    assert "looks its input up in an embedding table ('tokens')" in error.value.message
+    assert "cannot attack token ids" in error.value.message
+    assert error.value.__cause__ is None  # the fit check must not take it for a meta limitation

@@ -117,6 +117,10 @@ def test_a_checkpoint_trained_on_0_255_pixels_is_refused_naming_the_std_that_fit
                                         digits_checkpoint_info["path"]))
     assert "[0, 255]" in refused.value.message
     assert "architecture.std [0.00392156862745098]" in refused.value.message
+    # The measured comparison: the same sample at the [0, 255] scale passes.
+    assert "Measured: the checkpoint's clean accuracy on 128 test examples" in (
+        refused.value.message)
+    assert "with the [0, 255] pixel scale" in refused.value.message
     raw["architecture"].update(mean=[0.0], std=[0.00392156862745098])
     report = run_preflight_stage(prepare_run(RiftConfig.model_validate(raw),
                                              digits_checkpoint_info["path"]))

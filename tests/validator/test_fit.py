@@ -128,6 +128,10 @@ def test_weights_of_another_kind_than_the_models_are_refused() -> None:
 @pytest.mark.parametrize(("architecture", "words"), [
     ("batch_statistics_net", r"BatchNorm layer\(s\) without running statistics.*\['batch'\]"),
     ("two_logits_net", r"returns a tuple \(tensor \(1, 4\), tensor \(1, 4\)\)"),
+    # Token ids for an embedding (before: accepted, a dtype error when the job ran); an
+    # ImageNet-size head for 8×8 images (before: the framework's shape error alone).
+    ("token_classifier_net", r"looks its input up in an embedding table \('tokens'\)"),
+    ("imagenet_size_net", r"it runs on 224×224 inputs.*dataset's images are 8×8"),
 ])
 def test_an_installed_architecture_the_job_would_refuse_is_refused_at_creation(
         plugin_path: Path, architecture: str, words: str) -> None:
