@@ -27,7 +27,9 @@ JSON (``jobs events``: one JSON object per line) so that scripts can parse them.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -75,6 +77,9 @@ from rift_client.models import (
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_API_ERROR, EXIT_WAIT_TIMEOUT = 0, 1, 2, 3, 4
 STAGES = ("mrc", "finetune", "interpolate")
+#: What the service accepts as a resource id (api/schemas.py RESOURCE_ID_PATTERN): a
+#: ``--checkpoint`` that is neither a file nor this is a mistyped file name.
+CHECKPOINT_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 
 class OutputFormat(StrEnum):
@@ -225,12 +230,27 @@ def _show_record(state: State, record: BaseModel, title: str) -> None:
         state.emit(record)
         return
     table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # a SHA-256 whole on a narrow terminal, not "8f39…"
     for key, value in record.model_dump(mode="json").items():
         if value is None or value == {} or value == []:
             continue
         text = json.dumps(value) if isinstance(value, dict | list) else str(value)
         table.add_row(key, text)
-    state.out.print(table)
+    _print_table(state, table)
+
+
+def _print_table(state: State, table: Table) -> None:
+    """A table on stdout: fitted to a terminal's width, at its natural width elsewhere. Piped
+    or redirected, rich laid tables out in 80 columns, so that `checkpoints list | grep` lost
+    the columns past the 80th and a cut value ended in "…"."""
+    if state.out.is_terminal:
+        state.out.print(table)
+        return
+    unbounded = state.out.options.update_width(1_000_000)
+    width = state.out.measure(table, options=unbounded).maximum
+    # Console.print clamps its width= to the console's, hence a console of the table's width.
+    Console(file=state.out.file, width=width, markup=False).print(table)
 
 
 def _show_fetched(ctx: typer.Context, fetch: Callable[[RiftClient], BaseModel],
@@ -292,12 +312,15 @@ def _show_list(state: State, records: Sequence[Record], columns: Sequence[_Colum
                          overflow=column.overflow or "ellipsis")
     for record in records:
         table.add_row(*(column.cell(record) for column in columns))
-    state.out.print(table)
+    _print_table(state, table)
 
 
-def _existing_file(path: Path) -> Path:
+def _existing_file(path: Path, param_hint: str) -> Path:
+    """``path`` if it is a file; else a usage error naming the option or argument it came from
+    (without it click printed "Invalid value: x is not a file", naming nothing)."""
     if not path.is_file():
-        raise typer.BadParameter(f"{path} is not a file")
+        why = "a folder, not a file" if path.is_dir() else "no such file"
+        raise typer.BadParameter(f"{path}: {why}", param_hint=param_hint)
     return path
 
 
@@ -350,7 +373,7 @@ def checkpoints_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
         help="A .safetensors or PyTorch checkpoint file.")]) -> None:
     """Upload a checkpoint (its SHA-256 checked against the service's)."""
     state = _state(ctx)
-    _existing_file(path)
+    _existing_file(path, "PATH")
     with _client(state) as client:
         record = _upload(state, path, lambda p, cb: client.upload_checkpoint(p, progress=cb))
     if state.json:
@@ -408,7 +431,7 @@ def datasets_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
         help="An .npz file or a tar of an ImageFolder tree.")]) -> None:
     """Upload a dataset (its SHA-256 checked against the service's)."""
     state = _state(ctx)
-    _existing_file(path)
+    _existing_file(path, "PATH")
     with _client(state) as client:
         record = _upload(state, path, lambda p, cb: client.upload_dataset(p, progress=cb))
     if state.json:
@@ -492,7 +515,7 @@ def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    _existing_file(path)
+    _existing_file(path, "--config")
     try:
         config = json.loads(path.read_text(), object_pairs_hook=_refuse_repeated_keys)
     except _RepeatedKeyError as exc:
@@ -588,6 +611,12 @@ def jobs_create(
     spec = {"config": job_config, "labels": _labels(label or []),
             "dataset_id": dataset, "time_limit_seconds": time_limit}
     checkpoint_file = Path(checkpoint)
+    if not checkpoint_file.is_file() and not CHECKPOINT_ID.fullmatch(checkpoint):
+        # Sent as an id, a mistyped file name came back as a 422 on the id's pattern (exit 3).
+        why = "a folder" if checkpoint_file.is_dir() else "no such file"
+        raise typer.BadParameter(f"{checkpoint}: {why}, and not a checkpoint id (ids are letters, "
+                                 "digits, '_' and '-'; `riftctl checkpoints list` shows them)",
+                                 param_hint="--checkpoint")
     with _client(state) as client:
         if checkpoint_file.is_file():
             # The file goes in the job's own request (one multipart POST under one
@@ -661,8 +690,8 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
     for moment in ("before", "after"):
         values = metrics.get(moment)
         if isinstance(values, dict):
-            state.say(f"  {moment}: clean {values.get('clean_accuracy')}%, robust "
-                      f"{values.get('robust_accuracy')}%")
+            state.say(f"  {moment}: clean {_percent(values.get('clean_accuracy'))}, robust "
+                      f"{_percent(values.get('robust_accuracy'))}")
 
 
 @jobs_app.command("wait")
@@ -843,6 +872,14 @@ def jobs_materialize(
         raise typer.Exit(EXIT_JOB_FAILED)
 
 
+def _percent(value: Any) -> str:
+    """An accuracy from a job's metrics, to 2 decimals ("90.42%", not "90.42316258351893%");
+    what is not a number is shown as it is."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.2f}%"
+    return "–" if value is None else str(value)
+
+
 def _number(value: float | None) -> str:
     """A measured value for a table: 4 significant digits, "–" where there is none."""
     return "–" if value is None else f"{value:.4g}"
@@ -925,8 +962,10 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
 def jobs_report(
     ctx: typer.Context,
     job_id: str,
-    out: Annotated[Path, typer.Option(
-        "--out", "-d", help="File, or folder to save <job id>.html in.")] = Path("."),
+    # Text, not a Path: Path("reports/") drops the slash that says "a folder".
+    out: Annotated[str, typer.Option(
+        "--out", "-d", help="File, or folder to save <job id>.html in (a missing one made when "
+        "written with a trailing /).")] = ".",
 ) -> None:
     """Save the job's HTML report page (MRC table, curves, manifest)."""
     state = _state(ctx)
@@ -1038,6 +1077,20 @@ def webhooks_deliveries(
             took = f" in {attempt.duration_ms:.0f} ms" if attempt.duration_ms is not None else ""
             state.say(f"  attempt {attempt.attempt} {attempt.started_at:%H:%M:%S}: {outcome}"
                       f"{took}" + (f": {attempt.error}" if attempt.error else ""))
+
+
+def _one_line_summaries(*groups: typer.Typer) -> None:
+    """Give every command a one-line summary for its group's command list: typer prints a
+    command's docstring there with its line breaks, so a summary wrapped in the source broke
+    mid-sentence in `riftctl jobs --help` ("exit 0 if the job" / "succeeded")."""
+    for group in groups:
+        for info in group.registered_commands:
+            if info.short_help is None and info.callback is not None:
+                text = info.help or inspect.getdoc(info.callback) or ""
+                info.short_help = " ".join(text.split("\n\n")[0].split())
+
+
+_one_line_summaries(checkpoints_app, datasets_app, jobs_app, webhooks_app, app)
 
 
 def main() -> None:

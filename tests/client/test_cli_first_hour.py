@@ -1,0 +1,108 @@
+"""``riftctl`` as a first user meets it following the README: piped tables keep every column and
+value, a mistyped file or missing config is a usage error naming its option, command summaries
+are whole sentences, accuracies are rounded, and ``--out folder/`` is a folder (a scripted
+server, no API)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.client.helpers import ScriptedReply, ScriptedServer, run_riftctl
+
+SHA = "8f3933a72a18903895fbf0c4e9a084c4f289bb3f79447fb546f8acdb2fab99f8"
+CHECKPOINT = {"id": "4d453b1b08b64fb396ca99de0e7b01f5", "filename": "model.safetensors",
+              "size": 98856, "sha256": SHA, "format": "safetensors", "num_tensors": 20,
+              "num_parameters": 24285, "created_at": "2026-11-26T17:49:00Z"}
+
+
+def _job(**changes: Any) -> dict[str, Any]:
+    job = {"id": "job_1", "status": "succeeded", "checkpoint_id": CHECKPOINT["id"],
+           "selected_module": "fc", "chosen_alpha": 1.0, "created_at": "2026-11-26T17:49:00Z",
+           "updated_at": "2026-11-26T17:49:02Z", "finished_at": "2026-11-26T17:49:02Z"}
+    return {**job, **changes}
+
+
+def _flat(text: str) -> str:
+    """The text with rich's box and wrapping undone, for messages in an error panel."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_tables_piped_keep_every_column_and_whole_values(tmp_path: Path) -> None:
+    server = ScriptedServer([ScriptedReply(200, {"items": [CHECKPOINT], "next_cursor": None}),
+                             ScriptedReply(200, CHECKPOINT)])
+    narrow = {"COLUMNS": "80"}  # what rich assumes when stdout is not a terminal
+    try:
+        listed = run_riftctl(["checkpoints", "list"], url=server.url, api_key="rift_test",
+                             home=tmp_path, env=narrow)
+        shown = run_riftctl(["checkpoints", "get", CHECKPOINT["id"]], url=server.url,
+                            api_key="rift_test", home=tmp_path, env=narrow)
+    finally:
+        server.stop()
+    assert listed.exit_code == 0 and shown.exit_code == 0, listed.stderr + shown.stderr
+    # Before: 80 columns, so "si…" / "98…" and no filename column at all; the SHA-256 cut.
+    for word in ("safetensors", "98856", "model.safetensors", "filename", "2026-11-26 17:49:00"):
+        assert word in listed.stdout, listed.stdout
+    assert "…" not in listed.stdout
+    assert SHA in shown.stdout and "…" not in shown.stdout
+
+
+def test_a_checkpoint_that_is_neither_a_file_nor_an_id_is_a_usage_error(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text('{"architecture": {"name": "small_cnn"}}')
+    server = ScriptedServer([ScriptedReply(500, {"error": {"code": "unexpected"}})])
+    try:
+        result = run_riftctl(["jobs", "create", "--checkpoint", "modl.safetensors",
+                              "--config", str(config)], url=server.url, api_key="rift_test",
+                             home=tmp_path, cwd=tmp_path)
+    finally:
+        server.stop()
+    # Before: sent as an id, exit 3 with "checkpoint_id: String should match pattern ...".
+    assert result.exit_code == 2, result.stderr
+    message = _flat(result.stderr)
+    assert "--checkpoint" in message and "modl.safetensors: no such file" in message
+    assert server.seen == []
+
+
+def test_a_missing_config_file_names_the_option(tmp_path: Path) -> None:
+    result = run_riftctl(["jobs", "create", "--checkpoint", "ck_1", "--config", "confg.json"],
+                         url="http://127.0.0.1:9", api_key="rift_test", home=tmp_path,
+                         cwd=tmp_path)
+    assert result.exit_code == 2
+    # Before: "Invalid value: confg.json is not a file", naming no option.
+    assert "Invalid value for --config: confg.json: no such file" in _flat(result.stderr)
+
+
+def test_command_summaries_are_one_line_each(tmp_path: Path) -> None:
+    result = run_riftctl(["jobs", "--help"], url=None, api_key=None, home=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    # Before: the docstring's line break stayed: "exit 0 if the job" / "succeeded, 1 otherwise".
+    events = next(line for line in result.stdout.splitlines() if "│ events " in line)
+    assert "exit 0 if the job succeeded, 1 otherwise." in events
+
+
+def test_a_jobs_accuracies_are_shown_to_two_decimals(tmp_path: Path) -> None:
+    metrics = {"before": {"clean_accuracy": 90.42316258351893, "robust_accuracy": 66.3697},
+               "after": {"clean_accuracy": 92.20489977728285, "robust_accuracy": None}}
+    server = ScriptedServer([ScriptedReply(200, _job(metrics=metrics))])
+    try:
+        result = run_riftctl(["jobs", "get", "job_1"], url=server.url, api_key="rift_test",
+                             home=tmp_path)
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.stderr
+    assert "before: clean 90.42%, robust 66.37%" in result.stdout
+    assert "after: clean 92.20%, robust –" in result.stdout
+
+
+def test_a_report_out_written_with_a_slash_is_a_folder(tmp_path: Path) -> None:
+    server = ScriptedServer([ScriptedReply(200, raw=b"<html>page</html>",
+                                           content_type="text/html")])
+    try:
+        result = run_riftctl(["jobs", "report", "job_1", "--out", "reports/"], url=server.url,
+                             api_key="rift_test", home=tmp_path, cwd=tmp_path)
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.stderr
+    # Before: a file called "reports".
+    assert (tmp_path / "reports" / "job_1.html").read_bytes() == b"<html>page</html>"
