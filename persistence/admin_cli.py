@@ -26,6 +26,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -39,15 +40,32 @@ from persistence.api_keys import (
     create_project,
     list_keys,
     list_projects,
+    parse_key,
     project_by_name,
     revoke_key,
     set_project_limits,
 )
 from persistence.db import session_factory_from_settings
 from persistence.deletion import ProjectHasActiveJobs, ProjectInputsReferenced, delete_project
-from persistence.models import Project
+from persistence.models import ApiKey, Project
 from persistence.settings import Settings, settings_or_exit
 from persistence.usage import ProjectLimits, ProjectUsage, project_usage
+
+
+def _refuse_whole_key(session: Session, given: str) -> None:
+    """``keys revoke`` takes a key's id; given the key itself, say so, name the id to use
+    when the key is on file, and never print the secret back (it went to stderr, into logs)."""
+    parsed = parse_key(given)
+    if parsed is None:
+        return
+    prefix = parsed[0]
+    row = session.execute(select(ApiKey).where(ApiKey.prefix == prefix)).scalar_one_or_none()
+    shown = f"rift_{prefix}_…"
+    if row is None:
+        raise AdminError(f"'{shown}' is an API key, not a key id, and no key with its prefix "
+                         "is on file; `rift-admin keys list` shows the ids")
+    raise AdminError(f"'{shown}' is an API key, not a key id: its id is {row.id} "
+                     f"(rift-admin keys revoke {row.id})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -199,9 +217,11 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
                         key.last_used_at.isoformat() if key.last_used_at else "",
                         key.revoked_at.isoformat() if key.revoked_at else ""]))
             else:
+                _refuse_whole_key(session, args.key_id)
                 row = revoke_key(session, args.key_id)
                 if row is None:
-                    raise AdminError(f"no key with id '{args.key_id}'")
+                    raise AdminError(f"no key with id '{args.key_id}' (`rift-admin keys list` "
+                                     "shows the ids)")
                 print(f"revoked key {row.id}", file=sys.stderr)
     except (AdminError, ProjectHasActiveJobs, ProjectInputsReferenced) as exc:
         print(f"rift-admin: {exc}", file=sys.stderr)
