@@ -106,3 +106,17 @@ def test_a_report_out_written_with_a_slash_is_a_folder(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     # Before: a file called "reports".
     assert (tmp_path / "reports" / "job_1.html").read_bytes() == b"<html>page</html>"
+
+
+def test_downloading_all_of_a_cancelled_jobs_nothing_is_an_error(tmp_path: Path) -> None:
+    server = ScriptedServer([ScriptedReply(200, {"items": []}),
+                             ScriptedReply(200, _job(status="cancelled", selected_module=None,
+                                                     chosen_alpha=None))])
+    try:
+        result = run_riftctl(["jobs", "download", "job_1", "--out", "weights/"], url=server.url,
+                             api_key="rift_test", home=tmp_path, cwd=tmp_path)
+    finally:
+        server.stop()
+    # Before: exit 0 and not a word, as if the weights had been saved.
+    assert result.exit_code == 3, (result.stdout, result.stderr)
+    assert "job job_1 is cancelled: it has no artifacts to download" in _flat(result.stderr)

@@ -788,6 +788,15 @@ def jobs_download(
         out.mkdir(parents=True, exist_ok=True)
         artifacts = client.list_artifacts(job_id)
         by_name = {a.name: a for a in artifacts}
+        if not names and not artifacts:
+            # Before: nothing printed and exit 0, as if a cancelled job's weights had been saved.
+            job = client.get_job(job_id)
+            if job.status != SUCCEEDED:
+                message = (f"job {job_id} is {job.status}: it has no artifacts to download "
+                           "(they are made when it succeeds)")
+                _fail(state, EXIT_API_ERROR, message, {
+                    "code": "job_not_succeeded", "message": message, "field": "job_id",
+                    "status": job.status})
         with _transfer_progress(state) as progress:
             for name in names or list(by_name):
                 artifact = by_name.get(name) or client.get_artifact(job_id, name)
