@@ -120,3 +120,26 @@ def test_downloading_all_of_a_cancelled_jobs_nothing_is_an_error(tmp_path: Path)
     # Before: exit 0 and not a word, as if the weights had been saved.
     assert result.exit_code == 3, (result.stdout, result.stderr)
     assert "job job_1 is cancelled: it has no artifacts to download" in _flat(result.stderr)
+
+
+def test_quiet_silences_progress_messages_not_results(tmp_path: Path) -> None:
+    import hashlib
+
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"weights")
+    config = tmp_path / "config.json"
+    config.write_text('{"architecture": {"name": "small_cnn"}}')
+    stored = {**CHECKPOINT, "sha256": hashlib.sha256(b"weights").hexdigest(), "size": 7}
+    created = ScriptedReply(202, _job(status="queued", checkpoint_id=stored["id"]))
+    server = ScriptedServer([created, ScriptedReply(200, stored)] * 2)  # two runs
+    args = ["jobs", "create", "--checkpoint", str(checkpoint), "--config", str(config)]
+    try:
+        loud = run_riftctl(args, url=server.url, api_key="rift_test", home=tmp_path)
+        quiet = run_riftctl(["--quiet", *args], url=server.url, api_key="rift_test",
+                            home=tmp_path)
+    finally:
+        server.stop()
+    assert loud.exit_code == 0 and quiet.exit_code == 0, loud.stderr + quiet.stderr
+    assert "uploaded model.safetensors as checkpoint" in loud.stderr
+    # Before: --quiet hid the progress bars only; the README says it turns messages off too.
+    assert quiet.stderr == "" and quiet.stdout == loud.stdout == "job job_1 queued\n"

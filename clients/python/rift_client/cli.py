@@ -113,6 +113,12 @@ class State:
             value = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
         print(json.dumps(value), flush=True)
 
+    def note(self, message: str) -> None:
+        """A progress message on stderr ("job ... queued; waiting"): text output only, and not
+        with --quiet, which the README promised turns them off (it only hid the bars)."""
+        if not self.json and not self.quiet:
+            self.err.print(message, highlight=False, soft_wrap=True)
+
     def say(self, message: str) -> None:
         """A human-readable line on stdout (text output only)."""
         if not self.json:
@@ -153,7 +159,8 @@ def main_options(
     upload_timeout: Annotated[float | None, typer.Option(
         "--upload-timeout", min=0.1, help="Seconds an upload waits for its answer once sent: the "
         "service checks the file first (default 900).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress "
+                                        "messages on stderr (errors still).")] = False,
 ) -> None:
     """Command line of the RiFT service. Exit codes: 0 success, 1 job failed or cancelled,
     2 usage error, 3 API error, 4 wait timed out."""
@@ -623,9 +630,7 @@ def jobs_create(
             # Idempotency-Key): a re-run, or a job refused, leaves no stray checkpoint behind.
             job = _upload(state, checkpoint_file, lambda p, cb: client.create_job(
                 spec, checkpoint_file=p, idempotency_key=idempotency_key, progress=cb))
-            if not state.json:
-                state.err.print(f"uploaded {checkpoint_file.name} as checkpoint "
-                                f"{job.checkpoint_id}", highlight=False)
+            state.note(f"uploaded {checkpoint_file.name} as checkpoint {job.checkpoint_id}")
         else:
             job = client.create_job(spec, checkpoint_id=checkpoint,
                                     idempotency_key=idempotency_key)
@@ -635,8 +640,7 @@ def jobs_create(
             else:
                 state.say(f"job {job.id} {job.status}")
             return
-        if not state.json:
-            state.err.print(f"job {job.id} {job.status}; waiting", highlight=False)
+        state.note(f"job {job.id} {job.status}; waiting")
         job = _wait(state, client, job.id, timeout, 1.0)
     _finish(state, job)
 
@@ -857,9 +861,7 @@ def jobs_materialize(
     with _client(state) as client:
         record = client.materialize(job_id, alpha, evaluate=evaluate)
         if wait and not record.finished:
-            if not state.json:
-                state.err.print(f"materialization {record.id} {record.status}; waiting",
-                                highlight=False)
+            state.note(f"materialization {record.id} {record.status}; waiting")
             record = client.wait_materialization(job_id, record.id, timeout,
                                                  poll_interval=poll_interval)
         if download is not None and record.status == SUCCEEDED:
