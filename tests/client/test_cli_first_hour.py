@@ -143,3 +143,24 @@ def test_quiet_silences_progress_messages_not_results(tmp_path: Path) -> None:
     assert "uploaded model.safetensors as checkpoint" in loud.stderr
     # Before: --quiet hid the progress bars only; the README says it turns messages off too.
     assert quiet.stderr == "" and quiet.stdout == loud.stdout == "job job_1 queued\n"
+
+
+def test_curves_say_what_an_unmeasured_robust_accuracy_means(tmp_path: Path) -> None:
+    def point(alpha: float, robust: float | None, chosen: bool = False) -> dict[str, Any]:
+        return {"alpha": alpha, "clean_accuracy": 90 + alpha, "robust_accuracy": robust,
+                "robust_accuracy_at_most": None, "chosen": chosen}
+
+    curves = {"job_id": "job_1", "status": "succeeded", "selected_module": "fc",
+              "epochs": [], "chosen_alpha": 1.0, "metrics": {}, "candidates": [],
+              "chosen_candidate": None,
+              "interpolation": [point(0.0, 66.4), point(0.5, None), point(1.0, 67.3, True)]}
+    server = ScriptedServer([ScriptedReply(200, curves)])
+    try:
+        result = run_riftctl(["jobs", "curves", "job_1"], url=server.url, api_key="rift_test",
+                             home=tmp_path)
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.stderr
+    # Before: "–" in the robust column and no word on why.
+    assert "– not attacked: only the α points that could be chosen are" in result.stdout
+    assert "≤ x" not in result.stdout

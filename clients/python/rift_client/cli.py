@@ -955,6 +955,14 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
             _Column("α", lambda p: f"{p.alpha:g}", no_wrap=True),
             _Column("clean (%)", lambda p: _number(p.clean_accuracy)),
             _Column("robust (%)", _robust)])
+        unmeasured = [p for p in curves.interpolation if p.robust_accuracy is None]
+        if unmeasured:
+            # As on the report page: a column of "–" read as a fault.
+            state.say("– not attacked: only the α points that could be chosen are (the default "
+                      "interpolation.curve \"selection\"; \"full\" measures every α)"
+                      + ("; ≤ x: attack stopped early, x an upper bound"
+                         if any(p.robust_accuracy_at_most is not None for p in unmeasured)
+                         else ""))
     if curves.candidates:
         _show_list(state, curves.candidates, [
             _Column("", lambda c: _chosen(c.chosen), no_wrap=True),
