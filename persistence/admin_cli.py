@@ -14,7 +14,8 @@ the database; the settings come from the environment like every entry point's).
 ``keys create`` prints the new key alone on stdout (``KEY=$(rift-admin keys create ...)``); it is
 shown this once and creates the project if it does not exist. Nothing else ever prints a secret.
 
-Exit status: 0 done, 1 the database cannot be reached (one line on stderr, no traceback), 2 a
+Exit status: 0 done, 1 the database cannot be reached or is not migrated (one line on stderr,
+no traceback), 2 a
 refused request (bad argument, unknown project or key, a name taken, a project with queued or
 running jobs); a refused command changes nothing, except ``projects delete --force``, which has
 revoked the project's keys and cancelled its jobs before it finds a worker still stopping one.
@@ -48,6 +49,7 @@ from persistence.api_keys import (
 from persistence.db import session_factory_from_settings
 from persistence.deletion import ProjectHasActiveJobs, ProjectInputsReferenced, delete_project
 from persistence.models import ApiKey, Project
+from persistence.schema import SchemaNotCurrent, check_schema
 from persistence.settings import Settings, settings_or_exit
 from persistence.usage import ProjectLimits, ProjectUsage, project_usage
 
@@ -157,6 +159,11 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
     settings = settings or settings_or_exit()
     factory = session_factory_from_settings(settings)
     try:
+        engine = factory.kw.get("bind")
+        if engine is not None:
+            # Before: an unmigrated database was "cannot reach the database: no such table:
+            # projects", though it was reached; the schema check says what to run.
+            check_schema(engine, then="then run rift-admin again")
         with factory() as session:
             if args.group == "projects" and args.command == "create":
                 project = create_project(session, args.name)
@@ -226,6 +233,9 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
     except (AdminError, ProjectHasActiveJobs, ProjectInputsReferenced) as exc:
         print(f"rift-admin: {exc}", file=sys.stderr)
         return 2
+    except SchemaNotCurrent as exc:
+        print(f"rift-admin: {exc}", file=sys.stderr)
+        return 1
     except OperationalError as exc:
         print(f"rift-admin: cannot reach the database (DATABASE_URL): "
               f"{str(exc.orig).splitlines()[0][:200] if exc.orig else type(exc).__name__}",
