@@ -164,3 +164,21 @@ def test_curves_say_what_an_unmeasured_robust_accuracy_means(tmp_path: Path) -> 
     # Before: "–" in the robust column and no word on why.
     assert "– not attacked: only the α points that could be chosen are" in result.stdout
     assert "≤ x" not in result.stdout
+
+
+def test_usage_shows_stored_bytes_in_units_a_reader_takes_in(tmp_path: Path) -> None:
+    usage = {"project": "vision",
+             "stored_bytes": {"used": 1508892, "limit": 53687091200, "checkpoints": 593136,
+                              "datasets": 0, "artifacts": 915756, "reserved_by_active_jobs": 0,
+                              "reserved_by_materializations": 0},
+             "active_jobs": {"used": 0, "limit": 20}, "max_job_cost": 1000000000,
+             "max_requests_per_minute": 1200, "max_streams_per_key": 10}
+    server = ScriptedServer([ScriptedReply(200, usage)])
+    try:
+        result = run_riftctl(["usage"], url=server.url, api_key="rift_test", home=tmp_path)
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.stderr
+    # Before: "1508892 of 53687091200" alone.
+    assert "1508892 of 53687091200 (0.0%)" in result.stdout
+    assert "1.4 MiB of 50.0 GiB" in result.stdout

@@ -338,6 +338,17 @@ def _share(used: int, limit: int) -> str:
     return f"{used} of {limit} ({100 * used / limit:.1f}%)" if limit else f"{used} of {limit}"
 
 
+def _size(count: int) -> str:
+    """Bytes as a reader takes them in: "1.4 MiB" (binary units, as the service's limits are
+    set: 50 GiB is 53687091200)."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 @app.command("usage")
 def usage(ctx: typer.Context) -> None:
     """Show the project's stored bytes and active jobs against its limits (the numbers its
@@ -350,7 +361,9 @@ def usage(ctx: typer.Context) -> None:
         return
     stored = record.stored_bytes
     state.say(f"project {record.project}")
-    state.say(f"stored bytes: {_share(stored.used, stored.limit)} (max_stored_bytes)")
+    # Before: bare byte counts only ("1508892 of 53687091200").
+    state.say(f"stored bytes: {_share(stored.used, stored.limit)} (max_stored_bytes; "
+              f"{_size(stored.used)} of {_size(stored.limit)})")
     state.say(f"  checkpoints {stored.checkpoints}, datasets {stored.datasets}, artifacts "
               f"{stored.artifacts}, reserved by active jobs {stored.reserved_by_active_jobs}, "
               f"by materializations {stored.reserved_by_materializations}")
