@@ -4,7 +4,7 @@
 # broker: no server to install), makes a small adversarially trained checkpoint (small_cnn on the
 # scikit-learn digits), and runs one RiFT job on it through HTTP (scripts/demo_client.py).
 # Everything lives under var/demo (RIFT_DEMO_DIR); the API listens on RIFT_DEMO_PORT (default: a
-# free port). The server and the worker are stopped when the script ends, however it ends; with
+# free port; 8000, the README's, with --serve). The server and the worker are stopped when the script ends, however it ends; with
 # --serve the script does not end after the demo job: the service stays up for the README's
 # examples (riftctl, the Python client, curl) until Ctrl-C.
 set -euo pipefail
@@ -39,7 +39,12 @@ export STORE_KIND="local"
 export STORE_ROOT="$demo_dir/objects"
 export WORK_DIR="$demo_dir/work"
 export PROGRESS_INTERVAL_SECONDS="0.5"
-port="${RIFT_DEMO_PORT:-$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+if [ "$serve" = 1 ]; then
+  # The README's examples name http://127.0.0.1:8000: a served demo listens there by default.
+  port="${RIFT_DEMO_PORT:-8000}"
+else
+  port="${RIFT_DEMO_PORT:-$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+fi
 url="http://127.0.0.1:$port"
 
 echo "==> migrating the database ($DATABASE_URL)"
