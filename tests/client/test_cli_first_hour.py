@@ -5,6 +5,7 @@ server, no API)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,27 @@ def test_usage_shows_stored_bytes_in_units_a_reader_takes_in(tmp_path: Path) -> 
     # Before: "1508892 of 53687091200" alone.
     assert "1508892 of 53687091200 (0.0%)" in result.stdout
     assert "1.4 MiB of 50.0 GiB" in result.stdout
+
+
+def test_output_and_quiet_after_the_command_are_riftctls_own() -> None:
+    from rift_client.cli import hoist_root_options
+
+    assert hoist_root_options(["jobs", "list", "--output", "json", "-n", "5"]) == \
+        ["--output", "json", "jobs", "list", "-n", "5"]
+    assert hoist_root_options(["--url", "http://h", "jobs", "get", "J", "-q", "--output=json"]) \
+        == ["--url", "http://h", "-q", "--output=json", "jobs", "get", "J"]
+    # Nothing after "--" moves; a line without them is unchanged.
+    assert hoist_root_options(["jobs", "get", "--", "-q"]) == ["jobs", "get", "--", "-q"]
+    assert hoist_root_options(["-o", "json", "usage"]) == ["-o", "json", "usage"]
+
+
+def test_a_listing_asked_as_json_after_the_command_is_json(tmp_path: Path) -> None:
+    server = ScriptedServer([ScriptedReply(200, {"items": [CHECKPOINT], "next_cursor": None})])
+    try:
+        result = run_riftctl(["checkpoints", "list", "--output", "json"], url=server.url,
+                             api_key="rift_test", home=tmp_path)
+    finally:
+        server.stop()
+    # Before: "No such option: --output", exit 2.
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)[0]["id"] == CHECKPOINT["id"]

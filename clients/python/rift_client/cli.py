@@ -1125,9 +1125,44 @@ def _one_line_summaries(*groups: typer.Typer) -> None:
 _one_line_summaries(checkpoints_app, datasets_app, jobs_app, webhooks_app, app)
 
 
+#: Options of riftctl itself that take a value, as typed before the command.
+_ROOT_VALUE_OPTIONS = ("--url", "--api-key", "--output", "-o", "--timeout-http", "--upload-timeout")
+
+
+def hoist_root_options(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--output text|json`` and ``--quiet`` moved before the command when typed
+    after it (``riftctl jobs list --output json``): they are options of riftctl itself, and
+    there they were "No such option: --output" (``jobs download``: "Possible options: --out",
+    the wrong hint). No command has options of those names, so moving them (with the value
+    after ``--output``/``-o``, which riftctl then checks) changes no meaning; nothing after
+    ``--`` moves."""
+    start = 0
+    while start < len(argv) and argv[start].startswith("-"):
+        start += 2 if argv[start] in _ROOT_VALUE_OPTIONS else 1
+    head, tail = list(argv[:start]), list(argv[start:])
+    moved: list[str] = []
+    kept: list[str] = []
+    index = 0
+    while index < len(tail):
+        word = tail[index]
+        if word == "--":
+            kept.extend(tail[index:])
+            break
+        if word in ("--output", "-o") and index + 1 < len(tail):
+            moved.extend(tail[index:index + 2])
+            index += 2
+            continue
+        if word.startswith("--output=") or word in ("--quiet", "-q"):
+            moved.append(word)
+        else:
+            kept.append(word)
+        index += 1
+    return head + moved + kept
+
+
 def main() -> None:
     """The ``riftctl`` console script."""
-    app()
+    app(args=hoist_root_options(sys.argv[1:]))
 
 
 if __name__ == "__main__":
