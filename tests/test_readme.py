@@ -28,6 +28,7 @@ from api.main import create_app
 from persistence.admin_cli import _parser as admin_parser
 from persistence.settings import Settings
 from rift_client.cli import app as riftctl_app
+from rift_client.cli import hoist_root_options
 from tests.api.helpers import RecordingDispatcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +161,7 @@ def test_every_riftctl_line_names_real_commands_and_options() -> None:
     assert len(lines) > 15, lines
     for words in lines:
         shown = "riftctl " + " ".join(words)
+        words = hoist_root_options(words)  # as riftctl reads them: --output after the command
         command: Any = root
         value_next = False
         for word in words:
