@@ -207,3 +207,20 @@ def test_a_listing_asked_as_json_after_the_command_is_json(tmp_path: Path) -> No
     # Before: "No such option: --output", exit 2.
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)[0]["id"] == CHECKPOINT["id"]
+
+
+def test_an_empty_listing_says_so_and_a_job_shows_its_times_to_the_second(
+        tmp_path: Path) -> None:
+    server = ScriptedServer([ScriptedReply(200, {"items": [], "next_cursor": None}),
+                             ScriptedReply(200, _job(created_at="2026-11-26T17:49:25.801126Z"))])
+    try:
+        empty = run_riftctl(["jobs", "list", "--status", "running"], url=server.url,
+                            api_key="rift_test", home=tmp_path)
+        shown = run_riftctl(["jobs", "get", "job_1"], url=server.url, api_key="rift_test",
+                            home=tmp_path)
+    finally:
+        server.stop()
+    # Before: a table of headers alone.
+    assert empty.exit_code == 0 and empty.stdout == "no jobs match\n", empty.stdout
+    # Before: "created: 2026-11-26 17:49:25.801126+00:00".
+    assert "created: 2026-11-26 17:49:25\n" in shown.stdout, shown.stdout

@@ -308,10 +308,15 @@ def _created_column() -> _Column[Any]:
                    no_wrap=True, min_width=19)
 
 
-def _show_list(state: State, records: Sequence[Record], columns: Sequence[_Column[Record]]) -> None:
-    """The body's end of every ``list`` command: the records as JSON, or as a table."""
+def _show_list(state: State, records: Sequence[Record], columns: Sequence[_Column[Record]],
+               empty: str = "") -> None:
+    """The body's end of every ``list`` command: the records as JSON, or as a table; with no
+    records, the line ``empty`` instead of a table of headers alone (which read as a fault)."""
     if state.json:
         state.emit(list(records))
+        return
+    if not records and empty:
+        state.say(empty)
         return
     table = Table()
     for column in columns:
@@ -428,7 +433,7 @@ def checkpoints_list(
         _Column("tensors", lambda c: str(c.num_tensors), no_wrap=True),
         _created_column(),
         _Column("filename", lambda c: c.filename, overflow="fold"),
-    ])
+    ], empty="no checkpoints" + (f" of format {format}" if format else ""))
 
 
 @checkpoints_app.command("get")
@@ -488,7 +493,8 @@ def datasets_list(
         _Column("size", lambda d: known(d.size), no_wrap=True),
         _created_column(),
         _Column("filename", lambda d: d.filename or "-", overflow="fold"),
-    ])
+    ], empty="no uploaded datasets" + (f" of kind {kind}" if kind else "")
+       + " (built-in ones are not uploads: `riftctl datasets get NAME` shows them)")
 
 
 @datasets_app.command("get")
@@ -680,7 +686,7 @@ def jobs_list(
         _Column("progress", lambda j: f"{j.progress * 100:.0f}%" if not j.finished else "-"),
         _created_column(),
         _Column("labels", lambda j: ", ".join(f"{k}={v}" for k, v in j.labels.items())),
-    ])
+    ], empty="no jobs" + (" match" if status or labels else ""))
 
 
 @jobs_app.command("get")
@@ -697,7 +703,9 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
               "selected module": job.selected_module, "chosen α": job.chosen_alpha,
               "labels": ", ".join(f"{k}={v}" for k, v in job.labels.items()) or None,
               "error": f"{job.error.code}: {job.error.message}" if job.error else None,
-              "created": job.created_at, "finished": job.finished_at}
+              # To the second, as the list tables print times (not "17:49:25.801126+00:00").
+              "created": job.created_at.strftime(TIME_FORMAT),
+              "finished": job.finished_at.strftime(TIME_FORMAT) if job.finished_at else None}
     for key, value in fields.items():
         if value is not None:
             state.say(f"  {key}: {value}")
@@ -1059,7 +1067,7 @@ def webhooks_list(ctx: typer.Context) -> None:
         _Column("events", lambda h: ", ".join(h.events)),
         _created_column(),
         _Column("description", lambda h: h.description or ""),
-    ])
+    ], empty="no webhooks")
 
 
 @webhooks_app.command("get")
