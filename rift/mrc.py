@@ -38,7 +38,7 @@ from rift.device import autocast
 from rift.errors import ConfigError, NumericalError
 from rift.flat_weights import FlatWeights
 from rift.model_state import frozen_except
-from rift.mrc_selection import run_selection
+from rift.mrc_selection import SCREEN_PASSES, run_selection
 from rift.mrc_stacked import FP32_ONLY, StackedProbe, modules_per_group, reshuffled_batches
 from rift.scored_weights import scored_parameters, scored_weights, unscored_kinds
 from rift.segments import (
@@ -751,8 +751,8 @@ class _PausableModule:
 
 
 def _score_selection(scoring: _Scoring, names: Sequence[str], keep: int,
-                     required: Collection[str], on_row: Callable[[ModuleCriticality], None]
-                     ) -> list[ModuleCriticality]:
+                     required: Collection[str], on_row: Callable[[ModuleCriticality], None],
+                     screen: int = SCREEN_PASSES) -> list[ModuleCriticality]:
     """Rows of ``names`` in table order under ``mrc.table = "selection"``
     (``rift.mrc_selection``): the ``keep`` lowest and every module in ``required`` exact, the
     others possibly lower bounds. ``on_row`` is called once per module as it is final."""
@@ -772,7 +772,8 @@ def _score_selection(scoring: _Scoring, names: Sequence[str], keep: int,
     try:
         run_selection(len(names), steps=scoring.spec.steps, keep=keep,
                       advance=advance, pause=lambda index: modules[index].pause(), finish=finish,
-                      required={i for i, name in enumerate(names) if name in required})
+                      required={i for i, name in enumerate(names) if name in required},
+                      screen=screen)
     finally:
         for module in modules.values():  # a cancel or an error: every weight back as it was
             if module.probe is not None:
@@ -855,6 +856,7 @@ def module_robust_criticality(
     on_warning: Callable[[str], None] | None = None,
     candidates: int = 1,
     keep_exact: Collection[str] = (),
+    screen: int = SCREEN_PASSES,
 ) -> MRCReport:
     """Score every selected module of ``model`` (``rift.scored_weights``) on a fixed adversarial
     set. Selected modules the output does not depend on are left out and listed in
@@ -872,7 +874,9 @@ def module_robust_criticality(
     ``spec.table == "selection"`` (``rift.mrc_selection``) runs only the passes that decide which
     ``candidates`` modules have the lowest MRC (and completes those of ``keep_exact``, e.g. the
     module ``finetune.module`` names); the other rows may be lower bounds (``exact`` False), and
-    ``on_module`` is still called once per module, in the order they are final.
+    ``on_module`` is still called once per module, in the order they are final; ``screen`` is
+    the passes every module gets first (``rift.mrc_selection.SCREEN_PASSES``; bench/mrc.py
+    compares settings).
     """
     names = select_modules(model, spec)
     with frozen_except(model):
@@ -920,7 +924,8 @@ def module_robust_criticality(
                 if on_module is not None:
                     on_module(row, index, len(names))
 
-            report.modules = _score_selection(scoring, names, candidates, set(keep_exact), on_row)
+            report.modules = _score_selection(scoring, names, candidates, set(keep_exact), on_row,
+                                              screen)
             return report
         group_size = modules_per_group(spec.module_batch, adversarial_images.device, precision)
         for index, row in enumerate(_score_all(scoring, names, group_size, on_warning)):
