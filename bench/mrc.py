@@ -359,6 +359,8 @@ def _selection_comparison(model: torch.nn.Module, adversarial: torch.Tensor,
         "full_cpu_seconds": round(CPU_SECONDS["full"], 3),
         "reference_cost_seconds": None if math.isnan(reference_seconds)
         else round(reference_seconds, 3),
+        "reference_cost_cpu_seconds": None if "reference_cost" not in CPU_SECONDS
+        else round(CPU_SECONDS["reference_cost"], 3),
         "speedup_vs_reference_full": _ratio(reference_seconds, full_seconds),
         "cpu_speedup_vs_reference_full": _ratio(CPU_SECONDS.get("reference_cost", math.nan),
                                                 CPU_SECONDS["full"]),
