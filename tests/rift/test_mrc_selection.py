@@ -230,3 +230,15 @@ def test_a_named_finetune_module_is_scored_exactly(digits_checkpoint_path: Path,
     rows = {row["name"]: row for row in score_modules(run, inputs).rows}
     assert rows[bounds[0]]["exact"] and rows[bounds[0]]["passes"] == 3
     assert set(rows) == set(names) and not math.isnan(rows[bounds[0]]["mrc"])
+
+
+def test_the_cli_table_marks_lower_bounds() -> None:
+    from rift.cli import format_mrc_table
+
+    rows = [{"name": "conv", "parameters": 10, "mrc": 0.53, "robust_accuracy_at_worst": 40.0,
+             "robust_accuracy_drop": 5.0, "passes": 1, "exact": False},
+            {"name": "fc", "parameters": 5, "mrc": 0.1, "robust_accuracy_at_worst": 44.0,
+             "robust_accuracy_drop": 1.0, "passes": 10, "exact": True}]
+    text = format_mrc_table(rows, "fc")
+    assert "≥ 0.5300" in text and "stopped after 1 passes" in text and "1 module(s)" in text
+    assert "≥" not in format_mrc_table(rows[1:], "fc")
