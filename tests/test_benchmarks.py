@@ -55,6 +55,19 @@ def test_the_alpha_selection_count_chooses_the_full_grids_alpha(tmp_path: Path) 
     assert report["pgd_examples_selection"] <= report["pgd_examples_full"]
 
 
+@pytest.mark.slow
+def test_the_mrc_table_selection_comparison_chooses_the_full_tables_module(
+        tmp_path: Path) -> None:
+    report = _run_bench("mrc.py", "--device", "cpu", "--table-selection", "--screen", "1",
+                        "--examples", "8", "--batch-size", "8", "--steps", "3",
+                        "--image-size", "8", "--repeats", "1", tmp_path=tmp_path)
+    assert report["benchmark"] == "mrc_table_selection"
+    assert report["passes_full"] == 3 * report["modules"]
+    selection = report["selection"]["1"]
+    assert selection["same_modules"] and selection["exact_rows_identical"]
+    assert selection["passes_selection"] < report["passes_full"]
+
+
 @pytest.mark.service
 def test_the_validator_memory_comparison_finds_one_server_per_host_when_shared(
     tmp_path: Path,

@@ -20,3 +20,18 @@ def test_a_selection_curve_shows_exact_bounded_and_unmeasured_points() -> None:
                                     curves=[Curve("fc", points, 0.0)]))
     assert "<td>≤ 61.5</td>" in page
     assert "<td>64</td>" in page and "<td>–</td>" in page
+
+
+def test_an_mrc_row_stopped_early_shows_its_lower_bound() -> None:
+    rows = [{"module": "conv1", "parameters": 10, "mrc": 0.53, "worst_robust_loss": 1.5,
+             "exact": False, "passes": 1},
+            {"module": "fc", "parameters": 5, "mrc": 0.1, "worst_robust_loss": 1.1,
+             "exact": True, "passes": 10},
+            {"module": "old", "parameters": 5, "mrc": 0.2, "worst_robust_loss": 1.2}]
+    page = render_report(ReportData(job_id="j", status="succeeded", selected_module="fc",
+                                    mrc_rows=rows))
+    assert "<td>≥ 0.53</td>" in page and "<td>≥ 1.5</td>" in page
+    assert "<td>0.1</td>" in page and "<td>0.2</td>" in page
+    assert "1 module(s) were stopped early" in page
+    assert "stopped early" not in render_report(ReportData(
+        job_id="j", status="succeeded", mrc_rows=rows[1:]))
