@@ -31,6 +31,7 @@ from persistence.janitor import run_janitor
 from persistence.models import Checkpoint
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
+from tests.preloaded_launcher import Launcher
 from tests.reliability.helpers import ApiProcess
 from tests.service_fixtures import PROJECT_ROOT, settings_from_env
 
@@ -82,11 +83,13 @@ def local_env(postgres_url: str, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_api(tmp_path: Path) -> Iterator[Callable[..., ApiProcess]]:
+def start_api(tmp_path: Path, optional_api_launcher: Launcher | None
+              ) -> Iterator[Callable[..., ApiProcess]]:
     started: list[ApiProcess] = []
 
     def start(env: dict[str, str]) -> ApiProcess:
-        api = ApiProcess(env, tmp_path / f"api-{len(started)}.log")
+        api = ApiProcess(env, tmp_path / f"api-{len(started)}.log",
+                         launcher=optional_api_launcher)
         started.append(api)
         return api.wait_ready().authorize(env)
 
