@@ -43,6 +43,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -107,10 +108,12 @@ def _run_child(request: dict[str, Any], listener: socket.socket) -> None:
     except BaseException:
         traceback.print_exc()
     finally:
-        if "celery" not in _kind(request):
-            # As the interpreter does at exit (Celery's worker never needed it): atexit handlers
-            # (a program's own; those the launcher's imports registered would run in a fresh
-            # interpreter too).
+        if _kind(request) != "celery":
+            # As the interpreter does at exit (Celery's worker never needed it): wait for the
+            # program's non-daemon threads, then run the atexit handlers (its own, and those the
+            # launcher's imports registered, which a fresh interpreter would have too).
+            with contextlib.suppress(BaseException):
+                threading._shutdown()  # type: ignore[attr-defined]
             with contextlib.suppress(BaseException):
                 atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
@@ -335,6 +338,17 @@ class ForkedProcess:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+def run_python_module(launcher: Launcher | None, module: str, args: list[str], *,
+                      env: Mapping[str, str], cwd: Path, timeout: float
+                      ) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` with ``env`` and ``cwd``, its output captured as text: forked
+    from ``launcher``, or a fresh interpreter when it is None."""
+    if launcher is not None:
+        return launcher.run([module, *args], env, cwd, module=module, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", module, *args], env=dict(env), cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 if __name__ == "__main__":
