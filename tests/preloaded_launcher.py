@@ -13,12 +13,14 @@ its app from Settings then): each worker's environment is set in the child befor
 the app. The launcher starts no threads, so forking it is safe.
 
 The same design serves the tests' other Python processes, from a launcher of their own kind
-(``PRELOADS``): ``worker`` (torch, the library, Celery: workers, and the benchmark scripts of
-``tests/test_benchmarks.py``) and ``api`` (FastAPI, SQLAlchemy, uvicorn, httpx, the ``api``
-package and ``rift_client``; never torch, since an API process must not import it: the launcher
-refuses to start if torch got imported). A child runs Celery's command line (the default), a
-module as ``python -m`` does (``"module"``), a script as ``python PATH`` does (``"script"``), or a
-console script's function (``"call": "package.module:function"``, exit status its return value).
+(``PRELOADS``): ``worker`` (torch, the library, Celery: workers, the benchmark scripts of
+``tests/test_benchmarks.py``, ``python -m rift``) and ``api`` (FastAPI, SQLAlchemy, uvicorn with
+httptools and uvloop, which it picks by itself, httpx, the ``api`` package, ``rift-admin`` and
+``rift_client``; never torch, since an API process must not import it: the launcher refuses to
+start if torch got imported), so a process forked from it has torch only if its own code
+imports it, as a fresh one would. A child runs Celery's command line (the default), a module as
+``python -m`` does (``"module"``), a script as ``python PATH`` does (``"script"``), or a console
+script's function (``"call": "package.module:function"``, exit status its return value).
 
 Protocol: one JSON request and one JSON reply per connection on a Unix socket.
 ``{"op": "spawn", "argv": [...], "env": {...}, "cwd": ..., "log": ...}`` → ``{"pid": N}``
@@ -57,7 +59,7 @@ PRELOADED = ("torch", "torch._dynamo", "rift.pipeline", "persistence.queue", "pe
              "kombu.transport.redis", "prometheus_client", "psycopg")
 #: What an API process (``uvicorn --factory api.main:create_app``), ``riftctl`` and the service's
 #: command-line tools import anyway; torch is not among them and must not come in with them.
-API_PRELOADED = ("api.main", "uvicorn.main", "uvicorn.protocols.http.h11_impl",
+API_PRELOADED = ("api.main", "uvicorn.main", "uvicorn.protocols.http.httptools_impl", "uvloop",
                  "uvicorn.lifespan.on", "httpx", "rift_client.cli", "persistence.admin_cli",
                  "persistence.janitor", "psycopg", "prometheus_client")
 PRELOADS = {"worker": PRELOADED, "api": API_PRELOADED}
