@@ -76,10 +76,14 @@ def test_the_alpha_selection_count_chooses_the_full_grids_alpha(
 
 @pytest.mark.slow
 def test_the_mrc_table_selection_comparison_chooses_the_full_tables_module(
-        tmp_path: Path) -> None:
+        tmp_path: Path, optional_worker_launcher: Launcher | None) -> None:
+    # --skip-reference: what is checked is the selection against the full table; the reference
+    # cost's MRC (a model copy per module, the slowest of the three here) is run by the
+    # whole-job comparison above.
     report = _run_bench("mrc.py", "--device", "cpu", "--table-selection", "--screen", "1",
                         "--examples", "8", "--batch-size", "8", "--steps", "3",
-                        "--image-size", "8", "--repeats", "1", tmp_path=tmp_path)
+                        "--image-size", "8", "--repeats", "1", "--skip-reference",
+                        tmp_path=tmp_path, launcher=optional_worker_launcher)
     assert report["benchmark"] == "mrc_table_selection"
     assert report["passes_full"] == 3 * report["modules"]
     selection = report["selection"]["1"]
