@@ -243,6 +243,12 @@ class MRCRowOut(BaseModel):
     max_ascent_loss: float | None = Field(
         None, description="Largest robust loss after an ascent pass, Δ = 0 not counted (may be "
         "below the baseline); orders modules that tie on MRC (docs/algorithm.md, Selection).")
+    passes: int | None = Field(
+        None, description="Ascent passes run for this module (null: recorded before it was).")
+    exact: bool | None = Field(
+        None, description="False: the module was stopped early by mrc.table = 'selection' and "
+        "mrc, worst_robust_loss and max_ascent_loss are lower bounds (enough to rule it out); "
+        "true or null (recorded before): its own values.")
     selected: bool = Field(description="The module chosen for fine-tuning (lowest MRC).")
 
 

@@ -11,6 +11,7 @@ then runs the interpolation stage twice, in "full" and in "selection" mode, timi
 
     .venv/bin/python bench/interpolation.py                  # digits seeds 0-3 + ResNet-18
     .venv/bin/python bench/interpolation.py --seeds 0 --skip-resnet
+    .venv/bin/python bench/interpolation.py --seeds 0 --skip-resnet --digits-checkpoint AT.safetensors
 """
 
 from __future__ import annotations
@@ -98,15 +99,18 @@ def _compare(config: RiftConfig, checkpoint: Path, name: str, module: str | None
     }
 
 
-def _digits(seed: int, device: str, alpha_step: float) -> dict[str, Any]:
+def _digits(seed: int, device: str, alpha_step: float,
+            checkpoint: Path | None = None) -> dict[str, Any]:
+    """One digits run; ``checkpoint``: θ_AT that ``make_digits_checkpoint`` already made for
+    this seed (else it is trained here)."""
     with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
-        make_digits_checkpoint(root / "at.safetensors", seed=seed, device=device)
+        if checkpoint is None:
+            checkpoint = Path(folder) / "at.safetensors"
+            make_digits_checkpoint(checkpoint, seed=seed, device=device)
         spec = copy.deepcopy(DIGITS_DEMO_CONFIG)
         spec["device"] = device
         spec["interpolation"]["alpha_step"] = alpha_step
-        return _compare(RiftConfig.model_validate(spec), root / "at.safetensors",
-                        f"digits seed {seed}", None)
+        return _compare(RiftConfig.model_validate(spec), checkpoint, f"digits seed {seed}", None)
 
 
 def _resnet(device: str, alpha_step: float, train: int, test: int, attack_steps: int,
@@ -148,6 +152,10 @@ def main() -> None:
                         help="adversarially train the ResNet this many epochs first (0: random "
                         "weights, a flat curve: one class at every α)")
     parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--digits-checkpoint", type=Path, default=None,
+                        help="θ_AT of the (one) --seeds run, made before by rift.demo."
+                        "make_digits_checkpoint with that seed on --device, instead of training "
+                        "it here (the tests pass the one their session made)")
     parser.add_argument("--output", type=Path, default=None,
                         help="also write the JSON report to this file")
     parser.add_argument("--min-stop-chunk", type=int, default=None,
@@ -158,8 +166,10 @@ def main() -> None:
     if args.min_stop_chunk is not None:
         sequential_attack.MIN_STOP_CHUNK = args.min_stop_chunk
         sequential_attack.ACCELERATOR_MIN_STOP_CHUNK = args.min_stop_chunk
-    runs = [] if args.skip_digits else [_digits(s, args.device, args.alpha_step)
-                                        for s in args.seeds]
+    if args.digits_checkpoint is not None and len(args.seeds) != 1:
+        parser.error("--digits-checkpoint is the θ_AT of one seed: give one --seeds value")
+    runs = [] if args.skip_digits else [_digits(s, args.device, args.alpha_step,
+                                                args.digits_checkpoint) for s in args.seeds]
     if not args.skip_resnet:
         runs.append(_resnet(args.device, args.alpha_step, args.resnet_train, args.resnet_test,
                             args.resnet_attack_steps, args.resnet_module,

@@ -20,6 +20,15 @@ process, and prints that comparison (median wall and CPU seconds, speed-up, larg
 same lowest module):
 
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/mrc.py --module-batch 2 4 --repeats 3
+
+``--table-selection`` instead times ``mrc.table = "selection"`` (``rift.mrc_selection``: the same
+chosen module with fewer passes) against the full table and the reference cost, side by side in
+one process, with ``--screen`` settings of the passes every module gets first; ``--digits PATH``
+runs it on the trained digits checkpoint (``rift.demo``) with the demo's MRC settings instead of a
+random-weight ResNet. Prints passes of each, their ratio, wall and CPU seconds, speed-ups over
+the reference cost and whether the chosen module is the full table's:
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python bench/mrc.py --table-selection --screen 1 2
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import math
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,7 +50,7 @@ from rift.attacks import PGD
 from rift.config import ArchitectureSpec, MRCSpec
 from rift.device import resolve_device
 from rift.models import build_model
-from rift.mrc import make_adversarial_set, module_robust_criticality
+from rift.mrc import MRCReport, make_adversarial_set, module_robust_criticality
 from rift.mrc_reference import plain_module_robust_criticality
 from rift.mrc_shards import estimate_module_costs
 
@@ -89,8 +99,17 @@ def main() -> None:
                         help="compare mrc.module_batch = these against 1 (and nothing else)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved rounds of the --module-batch comparison")
+    parser.add_argument("--table-selection", action="store_true",
+                        help="compare mrc.table 'selection' with 'full' and the reference cost")
+    parser.add_argument("--screen", type=int, nargs="+", default=[1, 2],
+                        help="screening passes of the --table-selection runs")
+    parser.add_argument("--digits", type=Path, default=None,
+                        help="--table-selection on this trained digits checkpoint (rift.demo)")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
+    if args.digits is not None:
+        _emit(_digits_selection(args), args.output)
+        return
 
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
@@ -117,6 +136,12 @@ def main() -> None:
                               spec.model_copy(update={"steps": 1, "modules": ["linear"]}))
     if args.module_batch:
         _emit(_module_batch_comparison(model, adversarial, labels, spec, args, device),
+              args.output)
+        return
+    if args.table_selection:
+        _emit({"setting": f"{args.arch}, random weights (randomised BatchNorm statistics), "
+                          f"CIFAR-shaped random data",
+               **_selection_comparison(model, adversarial, labels, spec, args, device)},
               args.output)
         return
     cached, cached_seconds = _timed(
@@ -256,6 +281,117 @@ def _module_batch_comparison(model: torch.nn.Module, adversarial: torch.Tensor,
                 "forward/backward; wall seconds, medians over interleaved repeats",
         "module_batch": runs,
     }
+
+
+def _selection_comparison(model: torch.nn.Module, adversarial: torch.Tensor,
+                          labels: torch.Tensor, spec: MRCSpec, args: argparse.Namespace,
+                          device: torch.device) -> dict:
+    """The full table, ``mrc.table = "selection"`` with each ``args.screen`` and the reference
+    cost, one after another in this process (the same machine load, so the ratios hold); with
+    ``args.repeats`` > 1 the rounds are interleaved and each figure is the median."""
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    tables: dict[str, MRCReport] = {}
+
+    def timed(name: str, function: Callable[[], object]) -> None:
+        value, seconds = _timed(function, device, name)
+        wall.setdefault(name, []).append(seconds)
+        cpu.setdefault(name, []).append(CPU_SECONDS[name])
+        if isinstance(value, MRCReport):
+            tables[name] = value
+
+    for _ in range(args.repeats):
+        timed("full", lambda: module_robust_criticality(
+            model, adversarial, labels, spec, precision=args.precision))
+        if not args.skip_reference:
+            timed("reference_cost", lambda: reference_cost_mrc(model, adversarial, labels, spec,
+                                                               seed=args.seed))
+        for screen in args.screen:
+            timed(f"selection_screen_{screen}", lambda screen=screen: module_robust_criticality(
+                model, adversarial, labels, spec.model_copy(update={"table": "selection"}),
+                precision=args.precision, screen=screen))
+    for name in wall:
+        CPU_SECONDS[name] = statistics.median(cpu[name])
+    full = tables["full"]
+    full_seconds = statistics.median(wall["full"])
+    reference_seconds = (statistics.median(wall["reference_cost"]) if "reference_cost" in wall
+                         else float("nan"))
+    passes_full = sum(row.passes or 0 for row in full.modules)
+    selections = {}
+    for screen in args.screen:
+        name = f"selection_screen_{screen}"
+        table, seconds = tables[name], statistics.median(wall[name])
+        passes = sum(row.passes or 0 for row in table.modules)
+        exact = [(a, b) for a, b in zip(table.modules, full.modules, strict=True) if a.exact]
+        selections[str(screen)] = {
+            "passes_selection": passes,
+            "pass_ratio": round(passes / passes_full, 3),
+            "seconds": round(seconds, 3),
+            "cpu_seconds": round(CPU_SECONDS[name], 3),
+            "speedup_vs_full": round(full_seconds / seconds, 3),
+            "speedup_vs_reference": _ratio(reference_seconds, seconds),
+            "cpu_speedup_vs_reference": _ratio(CPU_SECONDS.get("reference_cost", math.nan),
+                                               CPU_SECONDS[name]),
+            "exact_rows": len(exact),
+            "exact_rows_identical": all(a.mrc == b.mrc and a.max_ascent_loss == b.max_ascent_loss
+                                        for a, b in exact),
+            "lowest": table.lowest().name,
+            "same_modules": table.lowest().name == full.lowest().name,
+        }
+    values = sorted(row.mrc for row in full.modules)
+    return {
+        "benchmark": "mrc_table_selection",
+        "device": str(device),
+        "device_name": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "modules": len(full.modules),
+        "examples": len(labels),
+        "batch_size": spec.batch_size,
+        "steps": spec.steps,
+        "precision": args.precision,
+        "what": "MRC stage only (adversarial set made beforehand); wall and process CPU "
+                "seconds of runs made one after another in one process on a shared machine "
+                "(medians over interleaved repeats)",
+        "repeats": args.repeats,
+        "passes_full": passes_full,
+        "full_seconds": round(full_seconds, 3),
+        "full_cpu_seconds": round(CPU_SECONDS["full"], 3),
+        "reference_cost_seconds": None if math.isnan(reference_seconds)
+        else round(reference_seconds, 3),
+        "reference_cost_cpu_seconds": None if "reference_cost" not in CPU_SECONDS
+        else round(CPU_SECONDS["reference_cost"], 3),
+        "speedup_vs_reference_full": _ratio(reference_seconds, full_seconds),
+        "cpu_speedup_vs_reference_full": _ratio(CPU_SECONDS.get("reference_cost", math.nan),
+                                                CPU_SECONDS["full"]),
+        "lowest_full": full.lowest().name,
+        "mrc_lowest_two": values[:2],
+        "mrc_min_max": [values[0], values[-1]],
+        "selection": selections,
+    }
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    value = numerator / denominator
+    return None if math.isnan(value) else round(value, 3)
+
+
+def _digits_selection(args: argparse.Namespace) -> dict:
+    """``_selection_comparison`` on the trained digits checkpoint with the demo job's settings
+    (its MRC set made as the pipeline makes it)."""
+    from rift.config import RiftConfig
+    from rift.demo import DIGITS_DEMO_CONFIG
+    from rift.pipeline import make_mrc_inputs, prepare_run
+
+    config = RiftConfig.model_validate({**DIGITS_DEMO_CONFIG, "device": "cpu"})
+    run = prepare_run(config, args.digits)
+    inputs = make_mrc_inputs(run)
+    run.reset_weights()
+    model = run.model.eval()
+    return {"setting": "digits small_cnn, adversarially trained (rift.demo), the demo job's MRC "
+                       "settings", **_selection_comparison(
+                           model, inputs.adversarial, inputs.labels, config.mrc, args,
+                           torch.device("cpu"))}
 
 
 def _flop_model_ratio(model: torch.nn.Module, adversarial: torch.Tensor, names: list[str],

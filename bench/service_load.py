@@ -272,7 +272,7 @@ def list_statements(database_url: str, api_key: str) -> int:
 
 @contextmanager
 def api_server(database_url: str, workers: int, port: int, log: Path,
-               extra_env: dict[str, str] | None = None) -> Iterator[str]:
+               extra_env: dict[str, str] | None = None, settle_s: float = 1.0) -> Iterator[str]:
     env = {**os.environ, **(extra_env or {}), "DATABASE_URL": database_url,
            "BROKER_URL": "memory://",
            "STORE_KIND": "local", "STORE_ROOT": str(log.parent / "objects"),
@@ -298,7 +298,7 @@ def api_server(database_url: str, workers: int, port: int, log: Path,
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the API did not start:\n{log.read_text()[-2000:]}")
             time.sleep(0.2)
-        time.sleep(1.0)  # the other worker processes finish starting
+        time.sleep(settle_s)  # the other worker processes finish starting
         yield url
     finally:
         process.terminate()

@@ -376,6 +376,10 @@ class MRCRow(Base):
     seconds: Mapped[float | None] = mapped_column(Float)
     # Largest loss after an ascent pass, Δ = 0 not counted; breaks MRC ties (docs/algorithm.md).
     max_ascent_loss: Mapped[float | None] = mapped_column(Float)
+    # Ascent passes run and whether the values are the module's own (False: lower bounds of a
+    # module stopped early by mrc.table = "selection"). NULL on rows recorded before: exact.
+    passes: Mapped[int | None] = mapped_column(Integer)
+    exact: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class EpochMetric(Base):

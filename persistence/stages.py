@@ -389,6 +389,8 @@ def _insert_outputs(session: Session, job_id: str, outputs: StageOutputs, now: d
             robust_accuracy_drop=_float(row.get("robust_accuracy_drop")),
             seconds=_float(row.get("seconds")),
             max_ascent_loss=_float(row.get("max_ascent_loss")),
+            passes=None if row.get("passes") is None else int(row["passes"]),
+            exact=None if row.get("exact") is None else bool(row["exact"]),
         ))
     for row in outputs.epochs:
         session.add(EpochMetric(

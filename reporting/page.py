@@ -82,15 +82,25 @@ def _mrc_table(data: ReportData) -> str:
     head = ("<tr><th class='name'>module</th><th>parameters</th><th>MRC</th>"
             "<th>worst robust loss</th><th>robust acc. at worst (%)</th><th>drop (points)</th></tr>")
     rows = []
+    bounds = 0
     for row in data.mrc_rows:
         module = str(row.get("module", row.get("name", "")))
         selected = " class='selected'" if module == data.selected_module else ""
+        # A row stopped early by mrc.table = "selection" holds lower bounds: "≥ value".
+        at_least = "≥ " if row.get("exact") is False else ""
+        bounds += bool(at_least)
         rows.append(f"<tr{selected}><td class='name'>{escape(module)}</td>"
-                    f"<td>{_cell(row.get('parameters'))}</td><td>{_cell(row.get('mrc'))}</td>"
-                    f"<td>{_cell(row.get('worst_robust_loss'))}</td>"
+                    f"<td>{_cell(row.get('parameters'))}</td>"
+                    f"<td>{at_least}{_cell(row.get('mrc'))}</td>"
+                    f"<td>{at_least}{_cell(row.get('worst_robust_loss'))}</td>"
                     f"<td>{_cell(row.get('robust_accuracy_at_worst'))}</td>"
                     f"<td>{_cell(row.get('robust_accuracy_drop'))}</td></tr>")
-    return f"<div class='scroll'><table class='mrc-table'>{head}{''.join(rows)}</table></div>"
+    note = (f"<p class='note'>≥: {bounds} module(s) were stopped early (mrc.table = "
+            "'selection'): their MRC is at least the value shown, enough to rule them out; "
+            "their accuracy columns are where the ascent stopped. The chosen rows are exact."
+            "</p>" if bounds else "")
+    return (f"<div class='scroll'><table class='mrc-table'>{head}{''.join(rows)}</table></div>"
+            f"{note}")
 
 
 def _robust_cell(point: Mapping[str, Any]) -> str:

@@ -335,12 +335,23 @@ def print_warnings(kind: str, payload: dict[str, Any]) -> None:
 
 
 def format_mrc_table(rows: list[dict[str, Any]], selected: str) -> str:
+    """The MRC table for the terminal; a row stopped early by ``mrc.table = "selection"`` shows
+    its lower bound as "≥ value" and its passes, with a note under the table."""
     lines = [f"{'module':<32}{'params':>10}{'MRC':>12}{'rob.acc@worst':>15}{'drop':>8}"]
+    bounds = 0
     for row in rows:
         flag = "  <- fine-tuned" if row["name"] == selected else ""
-        lines.append(f"{row['name']:<32}{row['parameters']:>10}{row['mrc']:>12.4f}"
+        mrc = f"{row['mrc']:.4f}"
+        if row.get("exact") is False:
+            bounds += 1
+            mrc = f"≥ {mrc}"
+            flag += f"  (stopped after {row.get('passes')} passes)"
+        lines.append(f"{row['name']:<32}{row['parameters']:>10}{mrc:>12}"
                      f"{row['robust_accuracy_at_worst']:>14.2f}%{row['robust_accuracy_drop']:>7.2f}"
                      f"{flag}")
+    if bounds:
+        lines.append(f"≥: {bounds} module(s) stopped early (mrc.table = selection): their MRC is "
+                     "at least this, enough to rule them out; the chosen rows are exact")
     return "\n".join(lines)
 
 

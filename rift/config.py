@@ -241,6 +241,16 @@ class MRCSpec(_Strict):
         "out-of-memory. fp32 only (precision bf16 scores one module at a time). 'auto': 1 on "
         "a CPU (measured: no gain there) or in bf16, 4 on an accelerator (not yet measured on "
         "one). Default 1: one module at a time.")
+    table: Literal["full", "selection"] = Field(
+        "full", description="'full': every module runs all mrc.steps passes, so every row is its "
+        "exact MRC (the default: the whole table is evidence). 'selection': the same chosen "
+        "module(s) (the finetune.candidates lowest, and finetune.module if named) with far "
+        "fewer passes: every module is screened with one pass, then modules are resumed lowest "
+        "first and a module stops as soon as its running MRC (a lower bound: MRC only grows "
+        "with passes) is above the k-th lowest complete one. Rows stopped early carry a lower "
+        "bound (exact = false, passes < mrc.steps), not their MRC; the chosen rows are exact "
+        "and equal to the full table's. Scores one module at a time (mrc.module_batch is "
+        "ignored). See rift/mrc_selection.py.")
 
     @field_validator("modules")
     @classmethod

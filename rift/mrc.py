@@ -19,12 +19,13 @@ held outside the model (``rift.mrc_stacked``); the ascent loop (``_criticalities
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ from rift.device import autocast
 from rift.errors import ConfigError, NumericalError
 from rift.flat_weights import FlatWeights
 from rift.model_state import frozen_except
+from rift.mrc_selection import SCREEN_PASSES, run_selection
 from rift.mrc_stacked import FP32_ONLY, StackedProbe, modules_per_group, reshuffled_batches
 from rift.scored_weights import scored_parameters, scored_weights, unscored_kinds
 from rift.segments import (
@@ -69,8 +71,13 @@ class ModuleCriticality:
     # Largest loss measured after an ascent pass, Δ = 0 not counted (may be below the baseline).
     # Orders modules that tie on ``mrc`` (e.g. several at 0), docs/algorithm.md "Selection".
     max_ascent_loss: float = math.nan
+    # Ascent passes run (None: not recorded). Fewer than ``mrc.steps`` only under
+    # ``mrc.table = "selection"``, for a module stopped early: then ``exact`` is False and
+    # ``mrc``, ``worst_robust_loss`` and ``max_ascent_loss`` are lower bounds of its values.
+    passes: int | None = None
+    exact: bool = True
 
-    def as_dict(self) -> dict[str, float | int | str]:
+    def as_dict(self) -> dict[str, float | int | str | bool | None]:
         return asdict(self)
 
 
@@ -89,9 +96,32 @@ class MRCReport:
     def lowest(self) -> ModuleCriticality:
         """The non-robust-critical module: the smallest MRC; ties go to the smaller
         ``max_ascent_loss``, then to the first in definition order."""
+        return self.lowest_k(1)[0]
+
+    def lowest_k(self, k: int) -> list[ModuleCriticality]:
+        """The ``k`` modules the selection rule orders first (``lowest_rows``)."""
         if not self.modules:
             raise ConfigError("no module was scored, so none can be selected", field="mrc")
-        return min(self.modules, key=lambda row: selection_key(row.mrc, row.max_ascent_loss))
+        return [self.modules[i] for i in lowest_rows([row.as_dict() for row in self.modules], k)]
+
+
+def lowest_rows(rows: Sequence[Mapping[str, Any]], k: int) -> list[int]:
+    """Indices of the ``k`` rows the selection rule orders first (``selection_key``, then table
+    order). Rows are MRC table rows as dicts; one without ``exact`` (recorded before it existed)
+    counts as exact.
+
+    Raises:
+        RuntimeError: a chosen row holds a lower bound (``exact`` False). ``mrc.table =
+            "selection"`` completes every module that can be chosen, so this is a bug, not a
+            choice to make on a bound.
+    """
+    order = sorted(range(len(rows)), key=lambda i: (
+        *selection_key(float(rows[i]["mrc"]), rows[i].get("max_ascent_loss")), i))[:k]
+    bounds = [str(rows[i]["name"]) for i in order if rows[i].get("exact") is False]
+    if bounds:
+        raise RuntimeError(f"the MRC selection rule would choose {bounds}, whose values are lower "
+                           "bounds (stopped early by mrc.table = 'selection'): a bug, please report")
+    return order
 
 
 def selection_key(mrc: float, max_ascent_loss: float | None) -> tuple[float, float]:
@@ -263,10 +293,12 @@ def weight_norm(weight: torch.Tensor, p: int | str) -> float:
 class _LossProbe:
     """Runs the suffix over cached prefix outputs: ascent passes and loss measurements.
 
-    A measurement after pass k and the first batch of pass k + 1 see the same weights, so the
-    ascent pass takes that batch's loss from its own forward instead of running it twice; the
-    other batches are measured (without grad) before the pass moves the weights. The values are
-    those of a separate measurement; a one-batch set saves a whole forward pass per step.
+    A measurement after pass k and the first batch of pass k + 1 see the same weights, so
+    ``measure_start`` takes that batch's loss from the forward that also gives its gradient, which
+    ``ascend`` then uses for its first step; the other batches are measured without grad. The
+    values are those of a separate measurement; a one-batch set saves a whole forward pass per
+    step. The two halves are separate calls so that ``rift.mrc_selection`` can stop a module
+    between them with the exact sequence of computations the full table runs.
 
     On out-of-memory a batch is computed again in parts of half the size (``micro``), their
     gradients summed: still one ascent step per batch of ``mrc.batch_size``, the same step up to
@@ -356,20 +388,25 @@ class _LossProbe:
         """Redraw which examples form each batch (same batch sizes), from ``generator``."""
         self.cache, self.labels = reshuffled_batches(self.cache, self.labels, generator)
 
-    def ascend(self, weight: FlatWeights, step: Callable[[torch.Tensor], torch.Tensor], *,
-               measure_start: bool) -> tuple[float, float] | None:
-        """One pass of gradient *ascent* on the mean cross-entropy, ``weight += step(grad)`` per
-        batch. With ``measure_start``, also returns (mean robust loss, robust accuracy in
-        percent) of the weights the pass starts from."""
+    def measure_start(self, weight: FlatWeights) -> tuple[tuple[float, float], torch.Tensor]:
+        """(mean robust loss, robust accuracy in percent) where ``weight`` stands, and the
+        gradient of the first batch there: the next pass starts with that batch, so its forward
+        serves both (the other batches are measured without grad first, in this order)."""
         sums = self._new_sums()
-        if measure_start:
-            for index in range(1, len(self.cache)):
-                self._batch(index, None, sums)
+        for index in range(1, len(self.cache)):
+            self._batch(index, None, sums)
+        grad = self._batch(0, weight, sums)
+        assert grad is not None
+        return self._result(sums), grad
+
+    def ascend(self, weight: FlatWeights, step: Callable[[torch.Tensor], torch.Tensor],
+               first: torch.Tensor | None = None) -> None:
+        """One pass of gradient *ascent* on the mean cross-entropy, ``weight += step(grad)`` per
+        batch; ``first`` is the first batch's gradient when ``measure_start`` computed it."""
         for index in range(len(self.cache)):
-            grad = self._batch(index, weight, sums if measure_start and index == 0 else None)
+            grad = first if index == 0 and first is not None else self._batch(index, weight, None)
             assert grad is not None
             weight.add_(step(grad))
-        return self._result(sums) if measure_start else None
 
     def measure(self) -> tuple[float, float]:
         """(mean robust loss, robust accuracy in percent) over the whole adversarial set."""
@@ -405,8 +442,10 @@ class _AscentProbe(Protocol):
 
     def reshuffle(self, generator: torch.Generator) -> None: ...
 
-    def ascend(self, steps: Sequence[Callable[[torch.Tensor], torch.Tensor]], *,
-               measure_start: bool) -> list[tuple[float, float]] | None: ...
+    def measure_start(self) -> tuple[list[tuple[float, float]], list[torch.Tensor]]: ...
+
+    def ascend(self, steps: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+               first: list[torch.Tensor] | None) -> None: ...
 
     def measure(self) -> list[tuple[float, float]]: ...
 
@@ -420,11 +459,14 @@ class _OneModule:
     def reshuffle(self, generator: torch.Generator) -> None:
         self.probe.reshuffle(generator)
 
-    def ascend(self, steps: Sequence[Callable[[torch.Tensor], torch.Tensor]], *,
-               measure_start: bool) -> list[tuple[float, float]] | None:
+    def measure_start(self) -> tuple[list[tuple[float, float]], list[torch.Tensor]]:
+        measured, grad = self.probe.measure_start(self.weight)
+        return [measured], [grad]
+
+    def ascend(self, steps: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+               first: list[torch.Tensor] | None) -> None:
         (step,) = steps
-        measured = self.probe.ascend(self.weight, step, measure_start=measure_start)
-        return None if measured is None else [measured]
+        self.probe.ascend(self.weight, step, None if first is None else first[0])
 
     def measure(self) -> list[tuple[float, float]]:
         return [self.probe.measure()]
@@ -450,6 +492,96 @@ class _Worst:
         return self.worst_loss, self.accuracy_at_worst, self.reached
 
 
+class _Ascent:
+    """The ascent of one or several weights (a group, in lock step), one pass at a time, with
+    everything needed to stop after any pass and go on later with the same computations.
+
+    Each ``advance`` runs a pass, projects onto the ball and measures where the pass ended. Before
+    the last pass that measurement is ``measure_start`` (see ``_LossProbe``): it also computes the
+    next pass's first gradient, kept here until that pass runs, so stopping in between changes
+    nothing. With ``spec.reshuffle`` every pass draws a new batch order from one generator
+    seeded with ``seed`` (per module: a group's modules share the draw each would get alone) and
+    the measurement is separate. After any pass the running values (``results``) are lower
+    bounds of the final ones: each is a running maximum.
+
+    ``suspend`` puts the original weights back and keeps the perturbed ones aside (``rift.
+    mrc_selection`` pauses modules); ``resume`` writes them in again, and ``replay_order`` gives a
+    new probe the batch order the passes so far left.
+    """
+
+    def __init__(self, weights: Sequence[FlatWeights], spec: MRCSpec,
+                 baseline: tuple[float, float], seed: int = 0) -> None:
+        self.weights, self.spec, self.seed = list(weights), spec, seed
+        self._originals: list[torch.Tensor] | None = [weight.read() for weight in self.weights]
+        radii = [spec.eps * weight_norm(original, spec.p) for original in self._originals]
+        self.radii = radii
+        self.steps = [ascent_step(spec, radius) for radius in radii]
+        self.generator = torch.Generator().manual_seed(seed) if spec.reshuffle else None
+        self.trackers = [_Worst(baseline) for _ in self.weights]
+        self.passes = 0
+        self._first: list[torch.Tensor] | None = None  # the next pass's first gradients
+        self._kept: list[torch.Tensor] | None = None  # perturbed values while suspended
+
+    @property
+    def finished(self) -> bool:
+        return self.passes >= self.spec.steps
+
+    def advance(self, probe: _AscentProbe) -> None:
+        """One ascent pass, projected onto the ball, and the measurement where it ended."""
+        assert self._originals is not None and not self.finished
+        if self.generator is not None:
+            probe.reshuffle(self.generator)  # a new order: the start was measured separately
+            probe.ascend(self.steps, None)
+        else:
+            probe.ascend(self.steps, self._first)
+            self._first = None
+        with torch.no_grad():
+            for weight, original, radius in zip(self.weights, self._originals, self.radii,
+                                                strict=True):
+                weight.copy_(original + project_onto_ball(weight.read() - original, radius,
+                                                          self.spec.p))
+        self.passes += 1
+        if self.generator is None and not self.finished:
+            measured, self._first = probe.measure_start()
+        else:
+            measured = probe.measure()
+        for tracker, value in zip(self.trackers, measured, strict=True):
+            tracker.keep(value)
+
+    def results(self) -> list[tuple[float, float, float]]:
+        """Per weight, (worst loss, accuracy at it, largest loss after a pass): the first two
+        count Δ = 0 (the baseline) unless ``allow_negative``, the last never does."""
+        return [tracker.result(self.spec.allow_negative) for tracker in self.trackers]
+
+    def restore(self) -> None:
+        """Write the original weights back (the ascent is over or suspended)."""
+        if self._originals is not None:
+            for weight, original in zip(self.weights, self._originals, strict=True):
+                weight.copy_(original)
+
+    def suspend(self) -> None:
+        """Keep the perturbed weights aside and put the originals back. The originals are not
+        kept: the model holds them again, and ``resume`` reads them from it."""
+        self._kept = [weight.read() for weight in self.weights]
+        self.restore()
+        self._originals = None
+
+    def resume(self) -> None:
+        self._originals = [weight.read() for weight in self.weights]
+        assert self._kept is not None
+        for weight, kept in zip(self.weights, self._kept, strict=True):
+            weight.copy_(kept)
+        self._kept = None
+
+    def replay_order(self, probe: _AscentProbe) -> None:
+        """Give a fresh probe (batches in their first order) the order the passes so far left:
+        the same draws again from a generator seeded alike."""
+        if self.generator is not None:
+            generator = torch.Generator().manual_seed(self.seed)
+            for _ in range(self.passes):
+                probe.reshuffle(generator)
+
+
 def _criticality_of(
     weight: FlatWeights, probe: _LossProbe, spec: MRCSpec, baseline: tuple[float, float],
     seed: int = 0,
@@ -464,44 +596,16 @@ def _criticalities_of(
     weights: Sequence[FlatWeights], probe: _AscentProbe, spec: MRCSpec,
     baseline: tuple[float, float], seed: int = 0,
 ) -> list[tuple[float, float, float]]:
-    """Per weight, (worst loss, accuracy at it, largest loss after a pass): the first two count
-    Δ = 0 (the baseline), the last does not. Every weight is restored.
-
-    The point reached by pass k is measured while pass k + 1 starts (see ``_LossProbe``), the
-    last one after the loop: the same ``steps`` measurements as measuring after every pass.
-    All weights move in lock step, and with ``spec.reshuffle`` share one batch order per pass,
-    the order each would get alone (one generator seeded with ``seed`` per module).
-    """
-    originals = [weight.read() for weight in weights]
-    radii = [spec.eps * weight_norm(original, spec.p) for original in originals]
-    steps = [ascent_step(spec, radius) for radius in radii]
-    generator = torch.Generator().manual_seed(seed) if spec.reshuffle else None
-    trackers = [_Worst(baseline) for _ in weights]
-
-    def keep_worst(measured: list[tuple[float, float]] | None) -> None:
-        for tracker, value in zip(trackers, measured or [], strict=False):
-            tracker.keep(value)
-
+    """Per weight, the whole ascent's ``_Ascent.results``: all ``spec.steps`` passes, each
+    measured once (the point reached by pass k while pass k + 1 starts). Every weight is
+    restored."""
+    ascent = _Ascent(weights, spec, baseline, seed)
     try:
-        for step in range(spec.steps):
-            if generator is not None:
-                # A new order changes the batches, so the start is measured separately.
-                if step > 0:
-                    keep_worst(probe.measure())
-                probe.reshuffle(generator)
-                probe.ascend(steps, measure_start=False)
-            else:
-                # From the second pass on, the pass also measures where the previous one ended.
-                keep_worst(probe.ascend(steps, measure_start=step > 0))
-            with torch.no_grad():
-                for weight, original, radius in zip(weights, originals, radii, strict=True):
-                    weight.copy_(original + project_onto_ball(weight.read() - original, radius,
-                                                              spec.p))
-        keep_worst(probe.measure())  # where the last pass ended
+        while not ascent.finished:
+            ascent.advance(probe)
     finally:
-        for weight, original in zip(weights, originals, strict=True):
-            weight.copy_(original)
-    return [tracker.result(spec.allow_negative) for tracker in trackers]
+        ascent.restore()
+    return ascent.results()
 
 
 @dataclass
@@ -553,7 +657,7 @@ class _Scoring:
             return [tuple(segment.prefix(x)) for x in self.image_batches]
 
     def row(self, name: str, weight: FlatWeights, result: tuple[float, float, float],
-            seconds: float) -> ModuleCriticality:
+            seconds: float, passes: int | None = None, exact: bool = True) -> ModuleCriticality:
         worst_loss, accuracy, reached = result
         if not math.isfinite(worst_loss):
             raise NumericalError(
@@ -563,7 +667,8 @@ class _Scoring:
             name=name, parameters=weight.numel(), mrc=worst_loss - self.baseline[0],
             worst_robust_loss=worst_loss, robust_accuracy_at_worst=accuracy,
             robust_accuracy_drop=self.baseline[1] - accuracy, seconds=seconds,
-            max_ascent_loss=reached)
+            max_ascent_loss=reached, passes=self.spec.steps if passes is None else passes,
+            exact=exact)
 
 
 def _score_one(scoring: _Scoring, name: str) -> ModuleCriticality:
@@ -581,6 +686,100 @@ def _score_one(scoring: _Scoring, name: str) -> ModuleCriticality:
         weight.requires_grad_(False)
     scoring.micro = probe.micro
     return scoring.row(name, weight, result, time.perf_counter() - started)
+
+
+class _PausableModule:
+    """One module's ascent under ``mrc.table = "selection"``, which ``rift.mrc_selection`` runs
+    pass by pass and may pause: paused, the model holds the module's original weight and only
+    the ascent's state is kept (its perturbed weight, next first gradient, trackers); the prefix
+    cache is dropped and rebuilt on resume, so at most one module's cache is in memory. The
+    passes are those of ``_score_one``, computation for computation, so a module run to the end
+    gets the full table's row exactly."""
+
+    def __init__(self, scoring: _Scoring, name: str) -> None:
+        self.scoring, self.name = scoring, name
+        self.weight = FlatWeights(module_weights(scoring.model, name))
+        self.segment = scoring.segment_at(self.weight.tensors)
+        self.ascent = _Ascent([self.weight], scoring.spec, scoring.baseline, scoring.seed)
+        self.probe: _LossProbe | None = None
+        self.seconds = 0.0
+        self._open()  # the ascent starts from the model's weights, now
+
+    def _open(self) -> None:
+        scoring = self.scoring
+        self.probe = _LossProbe(self.segment, scoring.prefix_cache(self.segment),
+                                scoring.label_batches, scoring.precision, scoring.should_cancel,
+                                micro=scoring.micro, on_backoff=scoring.on_backoff)
+        self.ascent.replay_order(_OneModule(self.probe, self.weight))
+        self.weight.requires_grad_(True)
+
+    def _close(self) -> None:
+        if self.probe is not None:
+            self.scoring.micro = self.probe.micro
+        self.probe = None
+        self.weight.requires_grad_(False)
+
+    def advance(self) -> tuple[float, float]:
+        """The next pass; the module's running selection key (a lower bound of its final)."""
+        started = time.perf_counter()
+        if self.probe is None:
+            self.ascent.resume()
+            self._open()
+        assert self.probe is not None
+        try:
+            self.ascent.advance(_OneModule(self.probe, self.weight))
+        except BaseException:
+            self._close()
+            self.ascent.restore()
+            raise
+        worst_loss, _, reached = self.ascent.results()[0]
+        self.seconds += time.perf_counter() - started
+        return selection_key(worst_loss - self.scoring.baseline[0], reached)
+
+    def pause(self) -> None:
+        self.ascent.suspend()
+        self._close()
+
+    def finish(self, exact: bool) -> ModuleCriticality:
+        """The row (the weight restored, the ascent's state dropped)."""
+        if self.probe is not None:
+            self.ascent.restore()
+            self._close()
+        (result,) = self.ascent.results()
+        return self.scoring.row(self.name, self.weight, result, self.seconds,
+                                passes=self.ascent.passes, exact=exact)
+
+
+def _score_selection(scoring: _Scoring, names: Sequence[str], keep: int,
+                     required: Collection[str], on_row: Callable[[ModuleCriticality], None],
+                     screen: int = SCREEN_PASSES) -> list[ModuleCriticality]:
+    """Rows of ``names`` in table order under ``mrc.table = "selection"``
+    (``rift.mrc_selection``): the ``keep`` lowest and every module in ``required`` exact, the
+    others possibly lower bounds. ``on_row`` is called once per module as it is final."""
+    modules: dict[int, _PausableModule] = {}
+    rows: dict[int, ModuleCriticality] = {}
+
+    def advance(index: int) -> tuple[float, float]:
+        raise_if_cancelled(scoring.should_cancel)
+        if index not in modules:
+            modules[index] = _PausableModule(scoring, names[index])
+        return modules[index].advance()
+
+    def finish(index: int, exact: bool) -> None:
+        rows[index] = modules.pop(index).finish(exact)
+        on_row(rows[index])
+
+    try:
+        run_selection(len(names), steps=scoring.spec.steps, keep=keep,
+                      advance=advance, pause=lambda index: modules[index].pause(), finish=finish,
+                      required={i for i, name in enumerate(names) if name in required},
+                      screen=screen)
+    finally:
+        for module in modules.values():  # a cancel or an error: every weight back as it was
+            if module.probe is not None:
+                module.ascent.restore()
+                module._close()
+    return [rows[index] for index in range(len(names))]
 
 
 def _score_group(scoring: _Scoring, names: Sequence[str]) -> list[ModuleCriticality]:
@@ -655,6 +854,9 @@ def module_robust_criticality(
     seed: int = 0,
     on_backoff: Callable[[int, int], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    candidates: int = 1,
+    keep_exact: Collection[str] = (),
+    screen: int = SCREEN_PASSES,
 ) -> MRCReport:
     """Score every selected module of ``model`` (``rift.scored_weights``) on a fixed adversarial
     set. Selected modules the output does not depend on are left out and listed in
@@ -668,6 +870,13 @@ def module_robust_criticality(
     called, and later modules keep the smaller parts. ``spec.module_batch`` > 1 scores that many
     consecutive modules at once (``rift.mrc_stacked``; same table up to float rounding), in
     smaller groups after out-of-memory (``_score_all``), calling ``on_warning(message)``.
+
+    ``spec.table == "selection"`` (``rift.mrc_selection``) runs only the passes that decide which
+    ``candidates`` modules have the lowest MRC (and completes those of ``keep_exact``, e.g. the
+    module ``finetune.module`` names); the other rows may be lower bounds (``exact`` False), and
+    ``on_module`` is still called once per module, in the order they are final; ``screen`` is
+    the passes every module gets first (``rift.mrc_selection.SCREEN_PASSES``; bench/mrc.py
+    compares settings).
     """
     names = select_modules(model, spec)
     with frozen_except(model):
@@ -699,6 +908,25 @@ def module_robust_criticality(
                            precision, seed, should_cancel, on_backoff, probe.micro,
                            on_warning=on_warning)
         del probe
+        if spec.table == "selection":
+            if isinstance(spec.module_batch, int) and spec.module_batch > 1:
+                message = ("mrc.table 'selection' scores one module at a time (it pauses and "
+                           "resumes modules one by one): mrc.module_batch "
+                           f"{spec.module_batch} is not used")
+                logger.warning("%s", message)
+                if on_warning is not None:
+                    on_warning(message)
+
+            final = itertools.count()  # modules final so far: the progress index
+
+            def on_row(row: ModuleCriticality) -> None:
+                index = next(final)
+                if on_module is not None:
+                    on_module(row, index, len(names))
+
+            report.modules = _score_selection(scoring, names, candidates, set(keep_exact), on_row,
+                                              screen)
+            return report
         group_size = modules_per_group(spec.module_batch, adversarial_images.device, precision)
         for index, row in enumerate(_score_all(scoring, names, group_size, on_warning)):
             report.modules.append(row)

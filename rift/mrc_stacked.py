@@ -157,21 +157,25 @@ class StackedProbe:
         same draw as the one-module probe's, so every module sees the order it would alone."""
         self.cache, self.labels = reshuffled_batches(self.cache, self.labels, generator)
 
-    def ascend(self, steps: Sequence[Callable[[torch.Tensor], torch.Tensor]], *,
-               measure_start: bool) -> list[Measured] | None:
-        """One ascent pass for every module, ``copy_j += steps[j](grad_j)`` per batch; with
-        ``measure_start``, also each module's (loss, accuracy) where the pass starts (the first
-        batch's from the ascent forward, as the one-module probe does)."""
+    def measure_start(self) -> tuple[list[Measured], list[torch.Tensor]]:
+        """Each module's (loss, accuracy) where its copy stands, and each copy's gradient on the
+        first batch (the forward the next pass starts with), as the one-module probe does."""
         sums = self._new_sums()
-        if measure_start:
-            for index in range(1, len(self.cache)):
-                self._batch(index, False, sums)
+        for index in range(1, len(self.cache)):
+            self._batch(index, False, sums)
+        grads = self._batch(0, True, sums)
+        assert grads is not None
+        return self._results(sums), grads
+
+    def ascend(self, steps: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+               first: list[torch.Tensor] | None) -> None:
+        """One ascent pass for every module, ``copy_j += steps[j](grad_j)`` per batch; ``first``
+        holds the first batch's gradients when ``measure_start`` computed them."""
         for index in range(len(self.cache)):
-            grads = self._batch(index, True, sums if measure_start and index == 0 else None)
+            grads = first if index == 0 and first is not None else self._batch(index, True, None)
             assert grads is not None
             for copy, step, grad in zip(self.copies, steps, grads, strict=True):
                 copy.add_(step(grad))
-        return self._results(sums) if measure_start else None
 
     def measure(self) -> list[Measured]:
         """Each module's (mean robust loss, robust accuracy in percent) over the whole set."""

@@ -54,10 +54,10 @@ from rift.model_checks import check_model_outputs
 from rift.models import build_model, check_model_accepts
 from rift.mrc import (
     ModuleCriticality,
+    lowest_rows,
     make_adversarial_set,
     module_robust_criticality,
     select_modules,
-    selection_key,
 )
 from rift.preflight import (
     PreflightReport,
@@ -317,7 +317,7 @@ class MRCStageResult:
 
 def _lowest(rows: list[dict[str, Any]]) -> str:
     """The selection rule of ``MRCReport.lowest`` on table rows (docs/algorithm.md, "Selection")."""
-    return min(rows, key=lambda row: selection_key(row["mrc"], row.get("max_ascent_loss")))["name"]
+    return str(rows[lowest_rows(rows, 1)[0]]["name"])
 
 
 #: The warning of an evaluation whose batch shrank after running out of memory.
@@ -409,7 +409,9 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
             on_module=on_module, should_cancel=callbacks.should_cancel, seed=config.seed,
             on_backoff=on_backoff,
             on_warning=lambda message: callbacks.event("warning", {"stage": "mrc",
-                                                                   "message": message}))
+                                                                   "message": message}),
+            candidates=config.finetune.candidates,
+            keep_exact=[config.finetune.module] if config.finetune.module is not None else [])
     if report.unreachable:
         callbacks.event("warning", {"stage": "mrc", "message": (
             f"not scored: {_names(report.unreachable)}: the model's output in eval mode does "
@@ -678,7 +680,8 @@ def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torc
 
 
 MRC_CSV_COLUMNS = ("name", "parameters", "mrc", "worst_robust_loss", "robust_accuracy_at_worst",
-                   "robust_accuracy_drop", "seconds", "max_ascent_loss", "selected")
+                   "robust_accuracy_drop", "seconds", "max_ascent_loss", "passes", "exact",
+                   "selected")
 
 
 def mrc_table_csv(rows: list[dict[str, Any]], selected_module: str | None = None) -> str:

@@ -19,7 +19,7 @@ import torch
 
 from rift.config import RiftConfig
 from rift.errors import ConfigError
-from rift.mrc import selection_key
+from rift.mrc import lowest_rows
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,9 @@ def candidates_from_mrc(rows: Sequence[Mapping[str, Any]], *, k: int, module: st
     else:
         if not rows:
             raise ConfigError("the MRC table is empty", field="mrc")
-        # The selection rule's order (MRC, then the ascent's own maximum), then table order.
-        order = sorted(range(len(rows)), key=lambda i: (
-            *selection_key(float(rows[i]["mrc"]), rows[i].get("max_ascent_loss")), i))
-        modules = [str(rows[i]["name"]) for i in order[:k]]
+        # The selection rule's order (MRC, then the ascent's own maximum), then table order;
+        # never a row holding a lower bound (mrc.table = "selection").
+        modules = [str(rows[i]["name"]) for i in lowest_rows(rows, k)]
     return [Candidate(name, float(lr)) for name in modules for lr in lrs]
 
 

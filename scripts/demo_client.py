@@ -72,7 +72,8 @@ def print_mrc(table: MRCTable) -> None:
         drop = row.robust_accuracy_drop
         marker = "  <- selected" if row.selected else ""
         drop_text = f"{drop:.2f} pts" if drop is not None else "-"
-        print(f"  {row.module:<28}{row.parameters:>10}{row.mrc:>12.5f}{drop_text:>18}{marker}")
+        mrc = f"{'≥ ' if row.exact is False else ''}{row.mrc:.5f}"  # ≥: stopped early
+        print(f"  {row.module:<28}{row.parameters:>10}{mrc:>12}{drop_text:>18}{marker}")
 
 
 def print_curves(curves: Curves) -> None:

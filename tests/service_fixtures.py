@@ -41,6 +41,9 @@ from persistence.settings import Settings
 from tests.preloaded_launcher import ForkedProcess, Launcher
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: This checkout's Python client (``rift_client``, ``riftctl``), first on the path of what the
+#: tests run, as pyproject's pytest ``pythonpath`` puts it for the tests themselves.
+CLIENT_SOURCE = PROJECT_ROOT / "clients" / "python"
 POSTGRES_ADMIN_URL = os.environ.get("RIFT_TEST_POSTGRES_ADMIN_URL",
                                     "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RIFT_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -374,6 +377,26 @@ def optional_worker_launcher(request: pytest.FixtureRequest) -> Launcher | None:
     if os.environ.get("RIFT_TEST_FORK_WORKERS", "1") == "0":
         return None
     launcher: Launcher = request.getfixturevalue("worker_launcher")
+    return launcher
+
+
+@pytest.fixture(scope="session")
+def api_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
+    """This test process's launcher of API-side processes (uvicorn, ``riftctl``): the API stack
+    and this checkout's ``rift_client`` imported once, torch never (see
+    ``tests/preloaded_launcher.py``)."""
+    launcher = Launcher(tmp_path_factory.mktemp("api-launcher"), PROJECT_ROOT, preload="api",
+                        python_path=(CLIENT_SOURCE,))
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture(scope="session")
+def optional_api_launcher(request: pytest.FixtureRequest) -> Launcher | None:
+    """The API launcher, or None when ``RIFT_TEST_FORK_API=0`` (a fresh interpreter each)."""
+    if os.environ.get("RIFT_TEST_FORK_API", "1") == "0":
+        return None
+    launcher: Launcher = request.getfixturevalue("api_launcher")
     return launcher
 
 

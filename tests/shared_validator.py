@@ -26,6 +26,19 @@ def socket_path() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def session_socket_path() -> Iterator[Path]:
+    """A shared socket path for the API processes of this test process whose tests are not
+    about the validator: the server the first upload starts (detached, as in production with
+    ``VALIDATION_SOCKET``) checks the uploads of every later one too, one torch import per test
+    process instead of one per API process. Stopped at the end of the session."""
+    folder = Path(tempfile.mkdtemp(prefix="rvs-"))
+    path = folder / "validator.sock"
+    yield path
+    stop_shared_server(path)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def stop_shared_server(path: Path) -> None:
     """SIGTERM the server of ``path``, if one runs, and wait until it has exited."""
     pid = server_pid(path)

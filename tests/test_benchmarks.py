@@ -1,5 +1,9 @@
 """The benchmarks in bench/ still run and print the JSON the README quotes (tiny sizes: what is
-checked is that they work and what their answers must satisfy, never their timings)."""
+checked is that they work and what their answers must satisfy, never their timings).
+
+Each runs as its own process, as ``python bench/SCRIPT.py`` would, forked from this test process's
+worker launcher (``tests/preloaded_launcher.py``: torch and the library imported once) instead of
+importing them again each time; ``RIFT_TEST_FORK_WORKERS=0`` starts a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -12,15 +16,23 @@ from typing import Any
 
 import pytest
 
+from tests.preloaded_launcher import Launcher
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BENCH_TIMEOUT_S = 600
 
 
-def _run_bench(script: str, *args: str, tmp_path: Path) -> dict[str, Any]:
+def _run_bench(script: str, *args: str, tmp_path: Path,
+               launcher: Launcher | None) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
     output = tmp_path / "report.json"
-    completed = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "bench" / script), *args, "--output", str(output)],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    path = PROJECT_ROOT / "bench" / script
+    argv = [str(path), *args, "--output", str(output)]
+    if launcher is not None:
+        completed = launcher.run(argv, env, PROJECT_ROOT, script=path, timeout=BENCH_TIMEOUT_S)
+    else:
+        completed = subprocess.run([sys.executable, *argv], cwd=PROJECT_ROOT, env=env,
+                                   capture_output=True, text=True, timeout=BENCH_TIMEOUT_S)
     assert completed.returncode == 0, completed.stderr[-3000:]
     printed = json.loads(completed.stdout)
     assert json.loads(output.read_text()) == printed
@@ -28,12 +40,14 @@ def _run_bench(script: str, *args: str, tmp_path: Path) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_the_whole_job_comparison_runs_on_a_trained_synthetic_resnet(tmp_path: Path) -> None:
+def test_the_whole_job_comparison_runs_on_a_trained_synthetic_resnet(
+    tmp_path: Path, optional_worker_launcher: Launcher | None,
+) -> None:
     report = _run_bench(
         "pipeline.py", "--reference-cost", "--device", "cpu", "--train", "64", "--test", "16",
         "--alpha-step", "0.5", "--mrc-examples", "8", "--mrc-batch-size", "8", "--mrc-steps",
         "1", "--epochs", "1", "--attack-steps", "1", "--at-epochs", "1", "--image-size", "8",
-        tmp_path=tmp_path)
+        tmp_path=tmp_path, launcher=optional_worker_launcher)
     assert report["benchmark"] == "pipeline_reference_cost"
     assert "PGD-trained 1 epochs" in report["job"]
     library, reference = report["library"], report["reference_cost"]
@@ -46,21 +60,46 @@ def test_the_whole_job_comparison_runs_on_a_trained_synthetic_resnet(tmp_path: P
 
 
 @pytest.mark.slow
-def test_the_alpha_selection_count_chooses_the_full_grids_alpha(tmp_path: Path) -> None:
+def test_the_alpha_selection_count_chooses_the_full_grids_alpha(
+    tmp_path: Path, optional_worker_launcher: Launcher | None, digits_checkpoint_path: Path,
+) -> None:
+    # θ_AT of seed 0 is the session's digits checkpoint (make_digits_checkpoint, seed 0, CPU:
+    # what the script would train itself, shared with the other tests instead of made again).
     report = _run_bench("interpolation.py", "--skip-resnet", "--seeds", "0", "--alpha-step",
-                        "0.25", tmp_path=tmp_path)
+                        "0.25", "--digits-checkpoint", str(digits_checkpoint_path),
+                        tmp_path=tmp_path, launcher=optional_worker_launcher)
     for key in ("pgd_evaluations_full", "pgd_evaluations_selection", "ratio", "same_alpha"):
         assert key in report
     assert report["same_alpha"] is True and report["same_chosen_robust_accuracy"] is True
     assert report["pgd_examples_selection"] <= report["pgd_examples_full"]
 
 
+@pytest.mark.slow
+def test_the_mrc_table_selection_comparison_chooses_the_full_tables_module(
+        tmp_path: Path, optional_worker_launcher: Launcher | None) -> None:
+    # --skip-reference: what is checked is the selection against the full table; the reference
+    # cost's MRC (a model copy per module, the slowest of the three here) is run by the
+    # whole-job comparison above.
+    report = _run_bench("mrc.py", "--device", "cpu", "--table-selection", "--screen", "1",
+                        "--examples", "8", "--batch-size", "8", "--steps", "3",
+                        "--image-size", "8", "--repeats", "1", "--skip-reference",
+                        tmp_path=tmp_path, launcher=optional_worker_launcher)
+    assert report["benchmark"] == "mrc_table_selection"
+    assert report["passes_full"] == 3 * report["modules"]
+    selection = report["selection"]["1"]
+    assert selection["same_modules"] and selection["exact_rows_identical"]
+    assert selection["passes_selection"] < report["passes_full"]
+
+
 @pytest.mark.service
 def test_the_validator_memory_comparison_finds_one_server_per_host_when_shared(
-    tmp_path: Path,
+    tmp_path: Path, optional_worker_launcher: Launcher | None,
 ) -> None:
+    # Short settling waits: a second API worker still starting leaves its uploads to the first
+    # (one private server: allowed below), a check's child still exiting adds to the PSS only.
     report = _run_bench("validator_memory.py", "--workers", "2", "--uploads", "4",
-                        "--concurrency", "4", tmp_path=tmp_path)
+                        "--concurrency", "4", "--settle-seconds", "0.2", tmp_path=tmp_path,
+                        launcher=optional_worker_launcher)
     private, shared = report["private"], report["shared"]
     assert private["accepted"] == shared["accepted"] == 4
     assert shared["validator_servers"] == 1

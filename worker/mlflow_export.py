@@ -95,8 +95,8 @@ def gather_job(session: Session, store: ObjectStore, job_id: str, directory: Pat
         job_id=job.id, checkpoint_sha256=checkpoint.sha256 if checkpoint else "",
         config=job.spec, selected_module=job.selected_module, chosen_alpha=job.chosen_alpha,
         metrics=job.metrics or {},
-        mrc_rows=[{"module": r.module, "mrc": r.mrc, "robust_accuracy_drop": r.robust_accuracy_drop}
-                  for r in get_mrc_rows(session, job_id)],
+        mrc_rows=[{"module": r.module, "mrc": r.mrc, "robust_accuracy_drop": r.robust_accuracy_drop,
+                   "exact": r.exact} for r in get_mrc_rows(session, job_id)],
         epochs=[{"epoch": e.epoch, "train_loss": e.train_loss, "train_accuracy": e.train_accuracy,
                  "val_accuracy": e.val_accuracy} for e in get_epoch_metrics(session, job_id)],
         points=[{"alpha": p.alpha, "clean_accuracy": p.clean_accuracy,
@@ -171,7 +171,8 @@ def _metrics(export: JobExport) -> list[Any]:
             add(f"{when}.{key}", value)
     for row in export.mrc_rows:
         safe = "".join(c if c.isalnum() or c in "._-/ " else "_" for c in str(row["module"]))
-        add(f"mrc.{safe}", row["mrc"])
+        # A lower bound (stopped early by mrc.table = "selection") is not the module's MRC.
+        add(f"{'mrc_at_least' if row.get('exact') is False else 'mrc'}.{safe}", row["mrc"])
         add(f"robust_accuracy_drop.{safe}", row["robust_accuracy_drop"])
     for epoch in export.epochs:
         for key in ("train_loss", "train_accuracy", "val_accuracy"):

@@ -80,7 +80,8 @@ def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: Stor
     mrc_rows = [{"module": r.module, "parameters": r.parameters, "mrc": r.mrc,
                  "worst_robust_loss": r.worst_robust_loss,
                  "robust_accuracy_at_worst": r.robust_accuracy_at_worst,
-                 "robust_accuracy_drop": r.robust_accuracy_drop}
+                 "robust_accuracy_drop": r.robust_accuracy_drop, "passes": r.passes,
+                 "exact": r.exact}
                 for r in get_mrc_rows(session, job.id)]
     epochs = [{"epoch": e.epoch, "train_accuracy": e.train_accuracy, "val_accuracy": e.val_accuracy,
                "train_loss": e.train_loss} for e in get_epoch_metrics(session, job.id)]

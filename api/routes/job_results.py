@@ -65,7 +65,7 @@ def read_mrc(job_id: str, session: SessionDep, caller: CallerDep) -> MRCTableOut
                         worst_robust_loss=r.worst_robust_loss,
                         robust_accuracy_at_worst=r.robust_accuracy_at_worst,
                         robust_accuracy_drop=r.robust_accuracy_drop, seconds=r.seconds,
-                        max_ascent_loss=r.max_ascent_loss,
+                        max_ascent_loss=r.max_ascent_loss, passes=r.passes, exact=r.exact,
                         selected=r.module == job.selected_module) for r in rows])
 
 

@@ -45,7 +45,10 @@ def job_id(api: Api, small_cnn_file: Path) -> str:
             session.add(MRCRow(job_id=job["id"], position=position, module=module,
                                parameters=100 * (position + 1), mrc=mrc,
                                worst_robust_loss=1.0 + mrc, robust_accuracy_at_worst=40.0,
-                               robust_accuracy_drop=mrc * 10, seconds=0.1))
+                               robust_accuracy_drop=mrc * 10, seconds=0.1,
+                               # fc: a lower bound (mrc.table "selection"); conv1: from before
+                               passes=None if module == "conv1" else 1 if module == "fc" else 3,
+                               exact=None if module == "conv1" else module != "fc"))
         for epoch in (1, 2):
             session.add(EpochMetric(job_id=job["id"], epoch=epoch, lr=0.01, train_loss=0.5,
                                     train_accuracy=90.0, val_accuracy=85.0 + epoch, seconds=1.0))
@@ -65,6 +68,8 @@ def test_mrc_table_flags_the_selected_module(api: Api, job_id: str) -> None:
     assert [(r["module"], r["selected"]) for r in table["rows"]] == [
         ("conv1", False), ("conv2", True), ("fc", False)]
     assert table["rows"][2]["mrc"] == 2.5
+    assert [(r["passes"], r["exact"]) for r in table["rows"]] == [
+        (None, None), (3, True), (1, False)]
 
 
 def test_curves_flag_the_chosen_alpha(api: Api, job_id: str) -> None:

@@ -7,6 +7,8 @@
   the tests of this folder; ``finished_job`` is one job run to the end on it through the client.
 - ``api_key`` / ``live_api_key``: the key the client and ``riftctl`` send to ``queued_api`` /
   ``live_service``: every scope, of a project made in that service's database.
+- ``cli_launcher``: what ``run_riftctl`` forks ``riftctl`` from (the torch-free launcher), or
+  None with ``RIFT_TEST_FORK_API=0`` (the console script in a fresh interpreter).
 """
 
 from __future__ import annotations
@@ -70,6 +72,13 @@ def _all_scopes_key(settings: Settings) -> str:
         return make_key(sessions, "client-tests", ("read", "write", "admin"))[1]
     finally:
         sessions.kw["bind"].dispose()
+
+
+@pytest.fixture
+def cli_launcher(optional_api_launcher: Launcher | None) -> Launcher | None:
+    """The launcher ``riftctl`` runs are forked from: this checkout's ``rift_client`` imported
+    once per test process (None: each run a fresh interpreter)."""
+    return optional_api_launcher
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.preloaded_launcher import Launcher
+
 CLI_TIMEOUT_S = 300.0
 #: The rift_client sources of this checkout.
 CLIENT_SOURCE = Path(__file__).resolve().parents[2] / "clients" / "python"
@@ -229,9 +231,14 @@ def riftctl_command() -> list[str]:
 
 
 def run_riftctl(args: Sequence[str], *, url: str | None, api_key: str | None, home: Path,
-                env: Mapping[str, str] | None = None, cwd: Path | None = None) -> CliResult:
-    """Run ``riftctl`` in a subprocess with a clean configuration: ``HOME`` is ``home`` (so no
-    user config is read), the URL and key come from RIFT_API_URL and RIFT_API_KEY."""
+                env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                launcher: Launcher | None = None) -> CliResult:
+    """Run ``riftctl`` in a process of its own with a clean configuration: ``HOME`` is ``home``
+    (so no user config is read), the URL and key come from RIFT_API_URL and RIFT_API_KEY.
+
+    With a ``launcher`` (the torch-free one, ``cli_launcher``) the process is forked from it and
+    calls the console script's function, as the script does, instead of a fresh interpreter
+    importing the client again; without, the installed console script runs."""
     full = {k: v for k, v in os.environ.items()
             if k not in ("RIFT_API_URL", "RIFT_API_KEY", "RIFTCTL_CONFIG", "XDG_CONFIG_HOME")}
     full.update({"HOME": str(home), "COLUMNS": "200", "NO_COLOR": "1"})
@@ -243,6 +250,10 @@ def run_riftctl(args: Sequence[str], *, url: str | None, api_key: str | None, ho
     if api_key is not None:
         full["RIFT_API_KEY"] = api_key
     full.update(env or {})
+    if launcher is not None:
+        forked = launcher.run(["riftctl", *args], full, cwd or Path.cwd(), timeout=CLI_TIMEOUT_S,
+                              call="rift_client.cli:main")
+        return CliResult(forked.returncode, forked.stdout, forked.stderr)
     process = subprocess.run([*riftctl_command(), *args], env=full, cwd=cwd, capture_output=True,
                              text=True, timeout=CLI_TIMEOUT_S, check=False)
     return CliResult(process.returncode, process.stdout, process.stderr)

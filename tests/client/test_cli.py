@@ -1,7 +1,8 @@
-"""``riftctl`` end to end (the console script in a subprocess) against the real API with jobs left
-queued: uploads (and their own timeout), records, lists of uploads and jobs, job creation,
-cancelling, webhooks, the config file, ``--output json`` and the documented exit codes (0
-success, 1 job failed or cancelled, 2 usage error, 3 API error, 4 wait timed out)."""
+"""``riftctl`` end to end (its own process, forked from the torch-free launcher: see
+``run_riftctl``) against the real API with jobs left queued: uploads (and their own timeout),
+records, lists of uploads and jobs, job creation, cancelling, webhooks, the config file,
+``--output json`` and the documented exit codes (0 success, 1 job failed or cancelled, 2 usage
+error, 3 API error, 4 wait timed out)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from tests.api.helpers import digits_config, varied_images
 from tests.client.conftest import RunningApi
 from tests.client.helpers import CliResult, ScriptedReply, ScriptedServer, run_riftctl
+from tests.preloaded_launcher import Launcher
 
 pytestmark = pytest.mark.service
 
@@ -36,18 +38,21 @@ def config_file(tmp_path: Path) -> Path:
 
 
 class Cli:
-    def __init__(self, api: RunningApi, api_key: str | None, home: Path) -> None:
-        self.api, self.api_key, self.home = api, api_key, home
+    def __init__(self, api: RunningApi, api_key: str | None, home: Path,
+                 launcher: Launcher | None) -> None:
+        self.api, self.api_key, self.home, self.launcher = api, api_key, home, launcher
 
     def __call__(self, *args: str, **env: str) -> CliResult:
-        return run_riftctl(args, url=self.api.url, api_key=self.api_key, home=self.home, env=env)
+        return run_riftctl(args, url=self.api.url, api_key=self.api_key, home=self.home, env=env,
+                           launcher=self.launcher)
 
 
 @pytest.fixture
-def cli(queued_api: RunningApi, api_key: str | None, tmp_path: Path) -> Cli:
+def cli(queued_api: RunningApi, api_key: str | None, tmp_path: Path,
+        cli_launcher: Launcher | None) -> Cli:
     home = tmp_path / "home"
     home.mkdir()
-    return Cli(queued_api, api_key, home)
+    return Cli(queued_api, api_key, home, cli_launcher)
 
 
 def test_usage(cli: Cli, checkpoint_file: Path) -> None:
@@ -146,7 +151,7 @@ def test_checkpoint_upload_get_and_job_lifecycle(cli: Cli, checkpoint_file: Path
     assert cli("jobs", "get", job["id"]).exit_code == 3
 
 
-def test_api_errors_exit_3_with_the_error(cli: Cli, config_file: Path) -> None:
+def test_api_errors_exit_3_with_the_error(cli: Cli, config_file: Path, cli_launcher: Launcher | None) -> None:
     missing = cli("-o", "json", "jobs", "get", "no-such-job")
     assert missing.exit_code == 3 and missing.stdout == ""
     error = missing.error()
@@ -157,7 +162,7 @@ def test_api_errors_exit_3_with_the_error(cli: Cli, config_file: Path) -> None:
                   str(config_file))
     assert invalid.exit_code == 3 and invalid.error()["field"] == "checkpoint_id"
     unreachable = run_riftctl(["jobs", "list"], url="http://127.0.0.1:9", api_key=None,
-                              home=cli.home)
+                              home=cli.home, launcher=cli_launcher)
     assert unreachable.exit_code == 3 and "127.0.0.1:9" in unreachable.stderr
 
 
@@ -183,27 +188,28 @@ def test_usage_errors_exit_2(cli: Cli, tmp_path: Path, config_file: Path) -> Non
 
 
 def test_config_file_gives_url_and_key(queued_api: RunningApi, api_key: str | None,
-                                       tmp_path: Path) -> None:
+                                       tmp_path: Path, cli_launcher: Launcher | None) -> None:
     config = tmp_path / "riftctl.toml"
     key_line = f'api_key = "{api_key}"\n' if api_key else ""
     config.write_text(f'api_url = "{queued_api.url}"\n{key_line}')
     # No RIFT_API_URL: the URL comes from the file named by RIFTCTL_CONFIG.
     result = run_riftctl(["-o", "json", "jobs", "list"], url=None, api_key=None, home=tmp_path,
-                         env={"RIFTCTL_CONFIG": str(config)})
+                         env={"RIFTCTL_CONFIG": str(config)}, launcher=cli_launcher)
     assert result.exit_code == 0, result.stderr
     assert result.json() == []
     # The default place: ~/.config/riftctl/config.toml.
     default = tmp_path / ".config" / "riftctl" / "config.toml"
     default.parent.mkdir(parents=True)
     default.write_text(config.read_text())
-    assert run_riftctl(["jobs", "list"], url=None, api_key=None, home=tmp_path).exit_code == 0
+    assert run_riftctl(["jobs", "list"], url=None, api_key=None, home=tmp_path,
+                       launcher=cli_launcher).exit_code == 0
     broken = tmp_path / "broken.toml"
     broken.write_text("api_url = \n")
     result = run_riftctl(["jobs", "list"], url=None, api_key=None, home=tmp_path,
-                         env={"RIFTCTL_CONFIG": str(broken)})
+                         env={"RIFTCTL_CONFIG": str(broken)}, launcher=cli_launcher)
     assert result.exit_code == 2 and "not valid TOML" in result.stderr
     absent = run_riftctl(["jobs", "list"], url=None, api_key=None, home=tmp_path,
-                         env={"RIFTCTL_CONFIG": str(tmp_path / "nothing.toml")})
+                         env={"RIFTCTL_CONFIG": str(tmp_path / "nothing.toml")}, launcher=cli_launcher)
     assert absent.exit_code == 2
 
 
@@ -268,7 +274,8 @@ def test_dataset_upload_get_delete(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_materialize_errors_and_wait_timeout(cli: Cli, config_file: Path,
-                                             checkpoint_file: Path, tmp_path: Path) -> None:
+                                             checkpoint_file: Path, tmp_path: Path,
+                                             cli_launcher: Launcher | None) -> None:
     job = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file), "--config",
               str(config_file)).json()
     # The job is still queued: 409, exit 3, with the API's code and field.
@@ -293,7 +300,7 @@ def test_materialize_errors_and_wait_timeout(cli: Cli, config_file: Path,
     try:
         waited = run_riftctl(["-o", "json", "jobs", "materialize", "job_1", "--alpha", "0.25",
                               "--wait", "--timeout", "0.5", "--poll-interval", "0.2"],
-                             url=server.url, api_key="rift_test", home=cli.home)
+                             url=server.url, api_key="rift_test", home=cli.home, launcher=cli_launcher)
     finally:
         server.stop()
     assert waited.exit_code == 4, waited.stderr
@@ -304,11 +311,13 @@ def test_materialize_errors_and_wait_timeout(cli: Cli, config_file: Path,
 
 
 def test_what_riftctl_cannot_use_or_write_exits_2_without_a_traceback(
-        cli: Cli, config_file: Path, checkpoint_file: Path, tmp_path: Path) -> None:
+        cli: Cli, config_file: Path, checkpoint_file: Path, tmp_path: Path,
+        cli_launcher: Launcher | None) -> None:
     # Each used to end in a Python traceback with exit 1, the code of a failed job.
     for url, key in (("http://[::1", "rift_abc"), ("127.0.0.1:8000", "rift_abc"),
                      (cli.api.url, "rift_abc_é"), (cli.api.url, "rift_abc_def\n")):
-        refused = run_riftctl(["-o", "json", "jobs", "list"], url=url, api_key=key, home=cli.home)
+        refused = run_riftctl(["-o", "json", "jobs", "list"], url=url, api_key=key, home=cli.home,
+                              launcher=cli_launcher)
         assert refused.exit_code == 2, refused.stderr
         assert refused.error()["code"] == "usage_error" and "Traceback" not in refused.stderr
         assert "rift_abc" not in refused.stderr
@@ -326,12 +335,12 @@ def test_what_riftctl_cannot_use_or_write_exits_2_without_a_traceback(
     assert str(a_file / "weights") in download.stderr
 
 
-def test_a_url_naming_another_server_exits_3_naming_it(cli: Cli) -> None:
+def test_a_url_naming_another_server_exits_3_naming_it(cli: Cli, cli_launcher: Launcher | None) -> None:
     server = ScriptedServer([ScriptedReply(200, raw=b"<html>sign in</html>",
                                            content_type="text/html")])
     try:
         result = run_riftctl(["-o", "json", "jobs", "get", "job_1"], url=server.url,
-                             api_key="rift_test", home=cli.home)
+                             api_key="rift_test", home=cli.home, launcher=cli_launcher)
     finally:
         server.stop()
     assert result.exit_code == 3 and "Traceback" not in result.stderr
@@ -401,7 +410,8 @@ def test_webhook_errors_exit_3_and_bad_options_exit_2(cli: Cli) -> None:
     assert cli("-o", "json", "webhooks", "list").json() == []  # nothing was registered
 
 
-def test_upload_timeout_covers_the_services_check(cli: Cli, checkpoint_file: Path) -> None:
+def test_upload_timeout_covers_the_services_check(cli: Cli, checkpoint_file: Path,
+                                                  cli_launcher: Launcher | None) -> None:
     record = {"id": "ck_1", "filename": checkpoint_file.name,
               "size": checkpoint_file.stat().st_size,
               "sha256": hashlib.sha256(checkpoint_file.read_bytes()).hexdigest(),
@@ -412,7 +422,7 @@ def test_upload_timeout_covers_the_services_check(cli: Cli, checkpoint_file: Pat
         # The check outlasts --timeout-http, not --upload-timeout: one request, answered.
         waited = run_riftctl(["-o", "json", "--timeout-http", "0.3", "--upload-timeout", "10",
                               "checkpoints", "upload", str(checkpoint_file)],
-                             url=server.url, api_key="rift_test", home=cli.home)
+                             url=server.url, api_key="rift_test", home=cli.home, launcher=cli_launcher)
         assert waited.exit_code == 0, waited.stderr
         assert waited.json()["id"] == "ck_1" and len(server.seen) == 1
         assert cli("--upload-timeout", "0", "checkpoints", "upload",

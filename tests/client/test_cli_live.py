@@ -15,31 +15,34 @@ import safetensors.numpy
 
 from tests.client.conftest import FinishedJob, RunningApi
 from tests.client.helpers import run_riftctl
+from tests.preloaded_launcher import Launcher
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 
 def test_create_wait_succeeds(live_service: RunningApi, live_api_key: str | None,
                               digits_checkpoint_path: Path, finished_job: FinishedJob,
-                              tmp_path: Path) -> None:
+                              tmp_path: Path, cli_launcher: Launcher | None) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps(finished_job.config))
     result = run_riftctl(["-o", "json", "jobs", "create", "--checkpoint",
                           str(digits_checkpoint_path), "--config", str(config), "--label",
                           "suite=riftctl", "--wait", "--timeout", "300"],
-                         url=live_service.url, api_key=live_api_key, home=tmp_path)
+                         url=live_service.url, api_key=live_api_key, home=tmp_path, launcher=cli_launcher)
     assert result.exit_code == 0, result.stderr
     job = result.json()
     assert job["status"] == "succeeded" and job["labels"] == {"suite": "riftctl"}
     assert job["id"] != finished_job.job.id
     # The same checkpoint bytes, uploaded again by the CLI, have the same SHA-256.
     checkpoint = run_riftctl(["-o", "json", "checkpoints", "get", job["checkpoint_id"]],
-                             url=live_service.url, api_key=live_api_key, home=tmp_path).json()
+                             url=live_service.url, api_key=live_api_key, home=tmp_path,
+                             launcher=cli_launcher).json()
     assert checkpoint["sha256"] == finished_job.checkpoint.sha256
 
 
 def test_cancelled_job_exits_1(live_service: RunningApi, live_api_key: str | None,
-                               finished_job: FinishedJob, tmp_path: Path) -> None:
+                               finished_job: FinishedJob, tmp_path: Path,
+                               cli_launcher: Launcher | None) -> None:
     # The most fine-tuning epochs the service allows, far more than the few seconds the commands
     # take: the job cannot finish before the cancel arrives, which stops it at its next batch.
     config = tmp_path / "config.json"
@@ -48,7 +51,7 @@ def test_cancelled_job_exits_1(live_service: RunningApi, live_api_key: str | Non
 
     def riftctl(*args: str) -> dict[str, object]:
         result = run_riftctl(["-o", "json", *args], url=live_service.url, api_key=live_api_key,
-                             home=tmp_path)
+                             home=tmp_path, launcher=cli_launcher)
         assert result.exit_code == 0, result.stderr
         return dict(result.json())
 
@@ -57,18 +60,19 @@ def test_cancelled_job_exits_1(live_service: RunningApi, live_api_key: str | Non
     cancelled = riftctl("jobs", "cancel", str(job["id"]))
     assert cancelled["status"] == "cancelled" or cancelled["cancel_requested"] is True
     waited = run_riftctl(["jobs", "wait", str(job["id"]), "--timeout", "120"],
-                         url=live_service.url, api_key=live_api_key, home=tmp_path)
+                         url=live_service.url, api_key=live_api_key, home=tmp_path, launcher=cli_launcher)
     assert waited.exit_code == 1, waited.stderr
     assert f"job {job['id']} cancelled" in waited.stdout
 
 
 def test_events_and_download_of_a_finished_job(
         live_service: RunningApi, live_api_key: str | None, finished_job: FinishedJob,
-        tmp_path: Path) -> None:
+        tmp_path: Path, cli_launcher: Launcher | None) -> None:
     job_id = finished_job.job.id
 
     def riftctl(*args: str) -> tuple[int, str, str]:
-        result = run_riftctl(args, url=live_service.url, api_key=live_api_key, home=tmp_path)
+        result = run_riftctl(args, url=live_service.url, api_key=live_api_key, home=tmp_path,
+                             launcher=cli_launcher)
         return result.exit_code, result.stdout, result.stderr
 
     code, out, err = riftctl("-o", "json", "jobs", "events", job_id)
@@ -92,10 +96,11 @@ def test_events_and_download_of_a_finished_job(
 
 
 def test_report_of_a_finished_job(live_service: RunningApi, live_api_key: str | None,
-                                  finished_job: FinishedJob, tmp_path: Path) -> None:
+                                  finished_job: FinishedJob, tmp_path: Path,
+                                  cli_launcher: Launcher | None) -> None:
     job_id = finished_job.job.id
     result = run_riftctl(["-o", "json", "jobs", "report", job_id, "--out", str(tmp_path)],
-                         url=live_service.url, api_key=live_api_key, home=tmp_path)
+                         url=live_service.url, api_key=live_api_key, home=tmp_path, launcher=cli_launcher)
     code, out, err = result.exit_code, result.stdout, result.stderr
     assert code == 0, err
     report = Path(json.loads(out)["path"])
@@ -105,13 +110,13 @@ def test_report_of_a_finished_job(live_service: RunningApi, live_api_key: str | 
 
 def test_materialize_wait_download(live_service: RunningApi, live_api_key: str | None,
                                    finished_job: FinishedJob, digits_checkpoint_path: Path,
-                                   tmp_path: Path) -> None:
+                                   tmp_path: Path, cli_launcher: Launcher | None) -> None:
     job_id = finished_job.job.id
     alpha = 0.5
     result = run_riftctl(["-o", "json", "jobs", "materialize", job_id, "--alpha", str(alpha),
                           "--evaluate", "--wait", "--timeout", "240", "--download",
                           str(tmp_path / "weights")],
-                         url=live_service.url, api_key=live_api_key, home=tmp_path)
+                         url=live_service.url, api_key=live_api_key, home=tmp_path, launcher=cli_launcher)
     assert result.exit_code == 0, result.stderr
     record = result.json()
     assert record["status"] == "succeeded" and record["alpha"] == alpha and record["evaluate"]
@@ -123,7 +128,7 @@ def test_materialize_wait_download(live_service: RunningApi, live_api_key: str |
     theta_at = safetensors.numpy.load_file(str(digits_checkpoint_path))
     finetuned = run_riftctl(["jobs", "download", job_id, "finetuned.safetensors", "--out",
                              str(tmp_path / "ft")], url=live_service.url, api_key=live_api_key,
-                            home=tmp_path)
+                            home=tmp_path, launcher=cli_launcher)
     assert finetuned.exit_code == 0, finetuned.stderr
     theta_ft = safetensors.numpy.load_file(str(tmp_path / "ft" / "finetuned.safetensors"))
     tuned = safetensors.numpy.load_file(str(saved))
@@ -134,6 +139,6 @@ def test_materialize_wait_download(live_service: RunningApi, live_api_key: str |
                                        rtol=1e-6, atol=1e-6)
     # Text output of the same α: the record made above, not a new one.
     again = run_riftctl(["jobs", "materialize", job_id, "--alpha", str(alpha)],
-                        url=live_service.url, api_key=live_api_key, home=tmp_path)
+                        url=live_service.url, api_key=live_api_key, home=tmp_path, launcher=cli_launcher)
     assert again.exit_code == 0, again.stderr
     assert f"materialization {record['id']} of job {job_id}: α = 0.5 succeeded" in again.stdout

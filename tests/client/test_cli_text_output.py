@@ -7,16 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.client.helpers import ScriptedReply, ScriptedServer, run_riftctl
+from tests.preloaded_launcher import Launcher
 
 
 def test_a_url_refused_in_text_mode_is_one_line_not_a_markup_traceback(tmp_path: Path) -> None:
+    # The installed console script in a fresh interpreter (no launcher), as a user runs it: the
+    # other riftctl tests fork it from the test process's launcher.
     result = run_riftctl(["jobs", "list"], url="notaurl", api_key="rift_test", home=tmp_path)
     assert result.exit_code == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "error:" in result.stderr and "[/prefix]" in result.stderr
 
 
-def test_brackets_in_an_error_answer_and_in_a_table_are_printed_as_text(tmp_path: Path) -> None:
+def test_brackets_in_an_error_answer_and_in_a_table_are_printed_as_text(
+        tmp_path: Path, cli_launcher: Launcher | None) -> None:
     error = {"error": {"code": "validation_error", "field": "labels.é.[key]",
                        "message": "labels.é.[key]: String should match pattern '[/x]'"}}
     record = {"id": "ck_1", "filename": "[/v2] [bold]model.pt", "size": 10, "sha256": "0" * 64,
@@ -26,9 +30,9 @@ def test_brackets_in_an_error_answer_and_in_a_table_are_printed_as_text(tmp_path
                              ScriptedReply(200, {"items": [record], "next_cursor": None})])
     try:
         refused = run_riftctl(["jobs", "get", "job_1"], url=server.url, api_key="rift_test",
-                              home=tmp_path)
+                              home=tmp_path, launcher=cli_launcher)
         listed = run_riftctl(["checkpoints", "list"], url=server.url, api_key="rift_test",
-                             home=tmp_path)
+                             home=tmp_path, launcher=cli_launcher)
     finally:
         server.stop()
     assert refused.exit_code == 3 and "Traceback" not in refused.stderr
@@ -37,7 +41,8 @@ def test_brackets_in_an_error_answer_and_in_a_table_are_printed_as_text(tmp_path
     assert "[/v2] [bold]model.pt" in listed.stdout
 
 
-def test_a_config_file_json_cannot_take_as_meant_is_a_usage_error(tmp_path: Path) -> None:
+def test_a_config_file_json_cannot_take_as_meant_is_a_usage_error(
+        tmp_path: Path, cli_launcher: Launcher | None) -> None:
     repeated = tmp_path / "config.json"
     # Before: sent as {"finetune": {"lr": 0.2}}, the first value silently dropped.
     repeated.write_text('{"finetune": {"lr": 0.1, "lr": 0.2}}')
@@ -46,28 +51,31 @@ def test_a_config_file_json_cannot_take_as_meant_is_a_usage_error(tmp_path: Path
     for path, says in ((repeated, "'lr' is given more than once"),
                        (yaml, "YAML is not read, convert it to JSON")):
         result = run_riftctl(["jobs", "create", "--checkpoint", "ck_1", "--config", str(path)],
-                             url="http://127.0.0.1:9", api_key="rift_test", home=tmp_path)
+                             url="http://127.0.0.1:9", api_key="rift_test", home=tmp_path,
+                             launcher=cli_launcher)
         assert result.exit_code == 2 and "Traceback" not in result.stderr
         assert says in " ".join(result.stderr.replace("│", " ").split()), result.stderr
 
 
-def test_a_label_given_twice_with_two_values_is_a_usage_error(tmp_path: Path) -> None:
+def test_a_label_given_twice_with_two_values_is_a_usage_error(
+        tmp_path: Path, cli_launcher: Launcher | None) -> None:
     config = tmp_path / "config.json"
     config.write_text("{}")
     # Before: sent as {"team": "b"}, the first value silently dropped.
     result = run_riftctl(["jobs", "create", "--checkpoint", "ck_1", "--config", str(config),
                           "--label", "team=a", "--label", "team=b"],
-                         url="http://127.0.0.1:9", api_key="rift_test", home=tmp_path)
+                         url="http://127.0.0.1:9", api_key="rift_test", home=tmp_path, launcher=cli_launcher)
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert "'team' is given twice" in " ".join(result.stderr.replace("│", " ").split())
 
 
-def test_a_whole_job_request_as_config_says_what_the_file_should_hold(tmp_path: Path) -> None:
+def test_a_whole_job_request_as_config_says_what_the_file_should_hold(
+        tmp_path: Path, cli_launcher: Launcher | None) -> None:
     body = tmp_path / "job.json"
     body.write_text('{"checkpoint_id": "ck_1", "config": {"architecture": {"name": "mlp"}}}')
     # Before: sent as the config; the service answered "unknown setting" for each key.
     result = run_riftctl(["jobs", "create", "--checkpoint", "ck_1", "--config", str(body)],
-                         url="http://127.0.0.1:9", api_key="rift_test", home=tmp_path)
+                         url="http://127.0.0.1:9", api_key="rift_test", home=tmp_path, launcher=cli_launcher)
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert "put only its 'config' object in the file" in " ".join(
         result.stderr.replace("│", " ").split())

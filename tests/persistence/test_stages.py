@@ -84,7 +84,8 @@ def test_an_expired_lease_is_reclaimed_and_the_old_holder_cannot_write(
         assert jobs.get_mrc_rows(session, job_id) == []
     finish(sessions, job_id, "mrc", owner="alive", outputs=StageOutputs(mrc_rows=MRC_ROWS))
     with sessions() as session:
-        assert [row.module for row in jobs.get_mrc_rows(session, job_id)] == ["conv1", "fc"]
+        assert [(row.module, row.passes, row.exact) for row in jobs.get_mrc_rows(
+            session, job_id)] == [("conv1", 1, False), ("fc", None, None)]
 
 
 def test_renewing_keeps_the_lease(sessions: sessionmaker[Session],

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.api.helpers import free_port
+from tests.preloaded_launcher import ForkedProcess, Launcher
 from tests.service_fixtures import PROJECT_ROOT
 
 
@@ -59,21 +60,29 @@ class RedisServer:
 
 
 class ApiProcess:
-    """``uvicorn --factory api.main:create_app`` in its own process, with ``env`` over this
-    process's environment; output in ``log_path``."""
+    """``uvicorn --factory api.main:create_app`` in its own process (its own session), with
+    ``env`` over this process's environment; output in ``log_path``. With a ``launcher`` (the
+    torch-free one of ``optional_api_launcher``) the process is forked from it, as
+    ``python -m uvicorn`` with the same arguments, instead of importing the API stack again."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, *, workers: int = 1) -> None:
+    def __init__(self, env: Mapping[str, str], log_path: Path, *, workers: int = 1,
+                 launcher: Launcher | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         #: ``Authorization`` header of a key made by :meth:`authorize` (empty until then).
         self.headers: dict[str, str] = {}
-        command = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
-                   "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-                   "--workers", str(workers)]
+        arguments = ["--factory", "api.main:create_app", "--host", "127.0.0.1", "--port",
+                     str(self.port), "--log-level", "warning", "--workers", str(workers)]
+        full = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+        self.process: subprocess.Popen[bytes] | ForkedProcess
+        if launcher is not None:
+            self.process = launcher.spawn(["uvicorn", *arguments], full, PROJECT_ROOT, log_path,
+                                          module="uvicorn")
+            return
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
-                command, cwd=PROJECT_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+                [sys.executable, "-m", "uvicorn", *arguments], cwd=PROJECT_ROOT, env=full,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def log(self) -> str:

@@ -1,4 +1,4 @@
-"""``rift-admin`` end to end (a subprocess against the test's database) and the admin routes."""
+"""``rift-admin`` end to end (its own process against the test's database) and the admin routes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.api.helpers import Api
+from tests.preloaded_launcher import Launcher, run_python_module
 from tests.reliability.helpers import inside_one_rate_window
 from tests.service_fixtures import PROJECT_ROOT
 
@@ -21,46 +22,57 @@ pytestmark = [pytest.mark.service]
 KEY = re.compile(r"^rift_[0-9a-f]{12}_[A-Za-z0-9_\-]{43}$")
 
 
-def rift_admin(api: Api, *args: str) -> subprocess.CompletedProcess[str]:
+AdminCli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def rift_admin(api: Api, optional_api_launcher: Launcher | None) -> AdminCli:
+    """``rift_admin(*args)``: ``python -m persistence.admin_cli ARGS`` against the API's database
+    and object store, as its own process: forked from the torch-free launcher (the module
+    imported once per test process) unless ``RIFT_TEST_FORK_API=0``."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "STORE_KIND", "STORE_ROOT")}
     # The API's database and object store, as an operator's environment would name them.
     env.update(DATABASE_URL=api.settings.database_url, STORE_KIND=api.settings.store_kind,
                STORE_ROOT=str(api.settings.store_root))
-    return subprocess.run([sys.executable, "-m", "persistence.admin_cli", *args], env=env,
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_python_module(optional_api_launcher, "persistence.admin_cli", list(args),
+                                 env=env, cwd=PROJECT_ROOT, timeout=60)
+
+    return run
 
 
-def test_rift_admin_end_to_end(api: Api) -> None:
-    assert rift_admin(api, "projects", "create", "vision").returncode == 0
-    assert rift_admin(api, "projects", "create", "vision").returncode == 2  # exists
-    assert rift_admin(api, "projects", "create", "Bad Name!").returncode == 2
-    made = rift_admin(api, "keys", "create", "--project", "vision", "--scope", "read",
+def test_rift_admin_end_to_end(api: Api, rift_admin: AdminCli) -> None:
+    assert rift_admin("projects", "create", "vision").returncode == 0
+    assert rift_admin("projects", "create", "vision").returncode == 2  # exists
+    assert rift_admin("projects", "create", "Bad Name!").returncode == 2
+    made = rift_admin("keys", "create", "--project", "vision", "--scope", "read",
                       "--name", "dashboard")
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     assert made.stdout == key + "\n" and KEY.fullmatch(key)  # the key alone on stdout
     # Creating a key for a new project creates the project.
-    other = rift_admin(api, "keys", "create", "--project", "audio").stdout.strip()
+    other = rift_admin("keys", "create", "--project", "audio").stdout.strip()
     assert KEY.fullmatch(other)
 
     client = api.client_for(key)
     assert client.get("/v1/jobs").status_code == 200
     assert client.post("/v1/jobs/" + "0" * 32 + "/cancel").status_code == 403  # read only
 
-    listed = rift_admin(api, "keys", "list", "--project", "vision")
+    listed = rift_admin("keys", "list", "--project", "vision")
     assert listed.returncode == 0
     secret = key.split("_", 2)[2]
     assert secret not in listed.stdout and "dashboard" in listed.stdout
     assert "audio" not in listed.stdout
-    assert secret not in rift_admin(api, "keys", "list").stdout
+    assert secret not in rift_admin("keys", "list").stdout
     key_id = listed.stdout.splitlines()[1].split("\t")[0]
     last_used = listed.stdout.splitlines()[1].split("\t")[6]
     assert last_used  # it was used above
 
-    assert rift_admin(api, "keys", "revoke", key_id).returncode == 0
+    assert rift_admin("keys", "revoke", key_id).returncode == 0
     assert client.get("/v1/jobs").status_code == 401
-    assert rift_admin(api, "keys", "revoke", "nope").returncode == 2
+    assert rift_admin("keys", "revoke", "nope").returncode == 2
     client.close()
 
 
@@ -110,7 +122,7 @@ def test_admin_routes(api: Api, clients: Callable[..., httpx.Client]) -> None:
     team.close()
 
 
-def test_rift_admin_adopt_gives_unowned_rows_to_a_project(api: Api) -> None:
+def test_rift_admin_adopt_gives_unowned_rows_to_a_project(api: Api, rift_admin: AdminCli) -> None:
     from persistence import jobs
     from persistence.models import Checkpoint, Job
     from persistence.records import create_checkpoint
@@ -123,12 +135,12 @@ def test_rift_admin_adopt_gives_unowned_rows_to_a_project(api: Api) -> None:
             num_parameters=20)
         job, _ = jobs.create_job(session, spec={"seed": 0}, checkpoint_id=checkpoint.id)
         checkpoint_id, job_id = checkpoint.id, job.id
-    key = rift_admin(api, "keys", "create", "--project", "legacy").stdout.strip()
+    key = rift_admin("keys", "create", "--project", "legacy").stdout.strip()
     client = api.client_for(key)
     assert client.get(f"/v1/jobs/{job_id}").status_code == 404
 
-    assert rift_admin(api, "projects", "adopt", "nobody").returncode == 2
-    adopted = rift_admin(api, "projects", "adopt", "legacy")
+    assert rift_admin("projects", "adopt", "nobody").returncode == 2
+    adopted = rift_admin("projects", "adopt", "legacy")
     assert adopted.returncode == 0, adopted.stderr
     assert "1 checkpoints" in adopted.stdout and "1 jobs" in adopted.stdout
     assert client.get(f"/v1/jobs/{job_id}").status_code == 200
@@ -137,30 +149,31 @@ def test_rift_admin_adopt_gives_unowned_rows_to_a_project(api: Api) -> None:
         assert session.get(Job, job_id).project_id == session.get(
             Checkpoint, checkpoint_id).project_id is not None
     # A second run finds nothing left to adopt.
-    assert "0 checkpoints, 0 datasets, 0 jobs" in rift_admin(api, "projects", "adopt",
+    assert "0 checkpoints, 0 datasets, 0 jobs" in rift_admin("projects", "adopt",
                                                              "legacy").stdout
     client.close()
 
 
-def test_rift_admin_limits_refusals_and_exit_codes(api: Api) -> None:
-    assert rift_admin(api, "projects", "create", "vision").returncode == 0
-    limits = rift_admin(api, "projects", "limits", "vision", "--max-active-jobs", "3",
+def test_rift_admin_limits_refusals_and_exit_codes(api: Api, rift_admin: AdminCli) -> None:
+    assert rift_admin("projects", "create", "vision").returncode == 0
+    limits = rift_admin("projects", "limits", "vision", "--max-active-jobs", "3",
                         "--max-stored-bytes", "1000")
     assert limits.returncode == 0, limits.stderr
     assert "max_active_jobs\t3\n" in limits.stdout and "max_job_cost\t\n" in limits.stdout
     # Enforced at once, and 'default' puts one back to the setting's.
-    shown = rift_admin(api, "projects", "limits", "vision", "--max-stored-bytes", "default")
+    shown = rift_admin("projects", "limits", "vision", "--max-stored-bytes", "default")
     assert "max_active_jobs\t3\n" in shown.stdout and "max_stored_bytes\t\n" in shown.stdout
     for args in (("--max-active-jobs", "0"), ("--max-job-cost", "lots")):
-        refused = rift_admin(api, "projects", "limits", "vision", *args)
+        refused = rift_admin("projects", "limits", "vision", *args)
         assert refused.returncode == 2 and args[0].lstrip("-").replace("-", "_") in \
             refused.stderr.replace("-", "_"), refused.stderr
-    assert rift_admin(api, "projects", "limits", "nobody").returncode == 2
+    assert rift_admin("projects", "limits", "nobody").returncode == 2
     # Before: a refused key (its name too long) still created the project it named.
-    refused = rift_admin(api, "keys", "create", "--project", "fresh", "--name", "n" * 129)
+    refused = rift_admin("keys", "create", "--project", "fresh", "--name", "n" * 129)
     assert refused.returncode == 2 and refused.stdout == ""
-    assert "fresh" not in rift_admin(api, "projects", "list").stdout
-    # Before: a traceback; now one line and exit status 1.
+    assert "fresh" not in rift_admin("projects", "list").stdout
+    # Before: a traceback; now one line and exit status 1. (A fresh interpreter, as an operator
+    # runs it: the other runs are forked from the launcher.)
     env = {**os.environ, "DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/none"}
     down = subprocess.run([sys.executable, "-m", "persistence.admin_cli", "projects", "list"],
                           env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
@@ -192,16 +205,17 @@ def test_admin_route_changes_a_projects_limits(
                             json={}).json()["error"]["required_scope"] == "admin"
 
 
-def test_rift_admin_projects_usage_and_delete(api: Api, small_cnn_file: Path) -> None:
+def test_rift_admin_projects_usage_and_delete(api: Api, small_cnn_file: Path,
+                                               rift_admin: AdminCli) -> None:
     from tests.reliability.conftest import create_job, upload
 
     checkpoint = upload(api.client, "/v1/checkpoints", "m.safetensors",
                         small_cnn_file.read_bytes())
     job = create_job(api.client, checkpoint["id"])
     assert job.status_code == 201, job.text
-    assert rift_admin(api, "projects", "limits", "tests", "--max-job-cost", "5000").returncode == 0
+    assert rift_admin("projects", "limits", "tests", "--max-job-cost", "5000").returncode == 0
 
-    shown = rift_admin(api, "projects", "usage", "tests")
+    shown = rift_admin("projects", "usage", "tests")
     assert shown.returncode == 0, shown.stderr
     lines = dict(line.split("\t") for line in shown.stdout.splitlines())
     seen = api.client.get("/v1/usage").json()  # the same numbers as the API's
@@ -211,15 +225,15 @@ def test_rift_admin_projects_usage_and_delete(api: Api, small_cnn_file: Path) ->
     assert int(lines["max_stored_bytes"]) == seen["stored_bytes"]["limit"]
     assert int(lines["active_jobs"]) == seen["active_jobs"]["used"] == 1
     assert int(lines["max_job_cost"]) == seen["max_job_cost"] == 5000
-    assert rift_admin(api, "projects", "usage", "nobody").returncode == 2
+    assert rift_admin("projects", "usage", "nobody").returncode == 2
 
-    refused = rift_admin(api, "projects", "delete", "tests")
+    refused = rift_admin("projects", "delete", "tests")
     assert refused.returncode == 2
     assert "project 'tests' has 1 queued or running job(s)" in refused.stderr, refused.stderr
     assert api.client.get("/v1/usage").status_code == 200  # nothing changed
-    deleted = rift_admin(api, "projects", "delete", "tests", "--force")
+    deleted = rift_admin("projects", "delete", "tests", "--force")
     assert deleted.returncode == 0, deleted.stderr
     assert "1 jobs, 1 checkpoints" in deleted.stderr
     assert api.client.get("/v1/usage").status_code == 401
     assert api.stored_files() == []
-    assert rift_admin(api, "projects", "delete", "tests").returncode == 2  # no such project
+    assert rift_admin("projects", "delete", "tests").returncode == 2  # no such project

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import small_cnn_file  # noqa: F401  (fixture)
+from tests.preloaded_launcher import Launcher
 from tests.reliability.helpers import ApiProcess
 from validator.server_lock import server_pid
 
@@ -48,11 +49,12 @@ def _api_processes(api: ApiProcess) -> set[int]:
 def test_uvicorn_workers_share_one_validator_server(
     postgres_url: str, tmp_path: Path, socket_path: Path,
     small_cnn_file: Path,  # noqa: F811
+    optional_api_launcher: Launcher | None,
 ) -> None:
     env = {"DATABASE_URL": postgres_url, "BROKER_URL": "memory://", "STORE_KIND": "local",
            "STORE_ROOT": str(tmp_path / "objects"), "WORK_DIR": str(tmp_path / "work"),
            "VALIDATION_SOCKET": str(socket_path)}
-    api = ApiProcess(env, tmp_path / "api.log", workers=2)
+    api = ApiProcess(env, tmp_path / "api.log", workers=2, launcher=optional_api_launcher)
     try:
         api.wait_ready().authorize(env)
         assert len(_api_processes(api)) >= 3  # the supervisor and two workers

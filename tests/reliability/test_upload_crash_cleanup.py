@@ -31,6 +31,7 @@ from persistence.janitor import run_janitor
 from persistence.models import Checkpoint
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
+from tests.preloaded_launcher import Launcher
 from tests.reliability.helpers import ApiProcess
 from tests.service_fixtures import PROJECT_ROOT, settings_from_env
 
@@ -62,31 +63,37 @@ def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
             "S3_CREATE_BUCKET": "true"}
 
 
-def _api_env(store_env: dict[str, str], postgres_url: str, tmp_path: Path) -> dict[str, str]:
+def _api_env(store_env: dict[str, str], postgres_url: str, tmp_path: Path,
+             validation_socket: Path) -> dict[str, str]:
+    # The uploads are checked by the test process's shared validator server (what is tested is
+    # the cleanup after a kill, not the check): one torch import for all of this file's APIs.
     return {"DATABASE_URL": postgres_url, "BROKER_URL": "memory://",
             "WORK_DIR": str(tmp_path / "work"), "MAX_CHECKPOINT_BYTES": str(64 * MIB),
-            **store_env}
+            "VALIDATION_SOCKET": str(validation_socket), **store_env}
 
 
 @pytest.fixture
-def env(store_env: dict[str, str], postgres_url: str, tmp_path: Path) -> dict[str, str]:
+def env(store_env: dict[str, str], postgres_url: str, tmp_path: Path,
+        session_socket_path: Path) -> dict[str, str]:
     """The API's environment, once with a local store and once with S3 (moto)."""
-    return _api_env(store_env, postgres_url, tmp_path)
+    return _api_env(store_env, postgres_url, tmp_path, session_socket_path)
 
 
 @pytest.fixture
-def local_env(postgres_url: str, tmp_path: Path) -> dict[str, str]:
+def local_env(postgres_url: str, tmp_path: Path, session_socket_path: Path) -> dict[str, str]:
     """The API's environment with a local store (for phases that do not touch the store)."""
     return _api_env({"STORE_KIND": "local", "STORE_ROOT": str(tmp_path / "objects")},
-                    postgres_url, tmp_path)
+                    postgres_url, tmp_path, session_socket_path)
 
 
 @pytest.fixture
-def start_api(tmp_path: Path) -> Iterator[Callable[..., ApiProcess]]:
+def start_api(tmp_path: Path, optional_api_launcher: Launcher | None
+              ) -> Iterator[Callable[..., ApiProcess]]:
     started: list[ApiProcess] = []
 
     def start(env: dict[str, str]) -> ApiProcess:
-        api = ApiProcess(env, tmp_path / f"api-{len(started)}.log")
+        api = ApiProcess(env, tmp_path / f"api-{len(started)}.log",
+                         launcher=optional_api_launcher)
         started.append(api)
         return api.wait_ready().authorize(env)
 

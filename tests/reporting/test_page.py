@@ -39,3 +39,18 @@ def test_the_page_says_what_unmeasured_and_bounded_points_mean_only_when_it_has_
     assert "– : not attacked" in with_gaps and "≤ x" not in with_gaps
     assert "≤ x : attack stopped" in page(measured, unmeasured, bounded)
     assert "not attacked" not in page(measured)
+
+
+def test_an_mrc_row_stopped_early_shows_its_lower_bound() -> None:
+    rows = [{"module": "conv1", "parameters": 10, "mrc": 0.53, "worst_robust_loss": 1.5,
+             "exact": False, "passes": 1},
+            {"module": "fc", "parameters": 5, "mrc": 0.1, "worst_robust_loss": 1.1,
+             "exact": True, "passes": 10},
+            {"module": "old", "parameters": 5, "mrc": 0.2, "worst_robust_loss": 1.2}]
+    page = render_report(ReportData(job_id="j", status="succeeded", selected_module="fc",
+                                    mrc_rows=rows))
+    assert "<td>≥ 0.53</td>" in page and "<td>≥ 1.5</td>" in page
+    assert "<td>0.1</td>" in page and "<td>0.2</td>" in page
+    assert "1 module(s) were stopped early" in page
+    assert "stopped early" not in render_report(ReportData(
+        job_id="j", status="succeeded", mrc_rows=rows[1:]))

@@ -19,6 +19,7 @@ from rift.data import load_dataset
 from rift.errors import ConfigError, UnknownArchitectureError
 from rift.models import build_model, list_architectures
 from tests.entry_point_dist import ARCHITECTURE, write_entry_point_dist
+from tests.preloaded_launcher import Launcher, run_python_module
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,7 +146,8 @@ def test_tabular_run_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "tuned.safetensors").exists()
 
 
-def test_tabular_run_through_the_cli(tmp_path: Path) -> None:
+def test_tabular_run_through_the_cli(tmp_path: Path,
+                                     optional_worker_launcher: Launcher | None) -> None:
     import json
 
     from rift.demo_tabular import (
@@ -161,11 +163,12 @@ def test_tabular_run_through_the_cli(tmp_path: Path) -> None:
     config["finetune"].update(epochs=1, lr_milestones=[])
     config["interpolation"]["alpha_step"] = 0.5
     (tmp_path / "tabular.json").write_text(json.dumps(config))
-    done = subprocess.run(
-        [sys.executable, "-m", "rift", "run", "--checkpoint", str(tmp_path / "ck.safetensors"),
-         "--config", str(tmp_path / "tabular.json"), "--out", str(tmp_path / "out"), "--quiet"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        cwd=tmp_path, timeout=600)
+    # python -m rift, forked from the worker launcher (torch imported once) when there is one.
+    done = run_python_module(
+        optional_worker_launcher, "rift",
+        ["run", "--checkpoint", str(tmp_path / "ck.safetensors"), "--config",
+         str(tmp_path / "tabular.json"), "--out", str(tmp_path / "out"), "--quiet"],
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["config"]["architecture"]["name"] == "mlp"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 
 from rift.checkpoints import load_state_dict
 from rift.errors import CheckpointError
+from tests.preloaded_launcher import Launcher, run_python_module
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,14 +44,15 @@ def test_refused_pickle_names_the_global_in_full(tmp_path: Path, payload: object
     assert "this must never run" not in capsys.readouterr().out
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "rift", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120, env={"PYTHONPATH": str(PROJECT_ROOT),
-                                                     "PATH": "/usr/bin:/bin"})
+def _cli(*args: str, cwd: Path, launcher: Launcher | None) -> subprocess.CompletedProcess[str]:
+    """``python -m rift ARGS``, forked from the worker launcher (torch imported once) when given."""
+    return run_python_module(launcher, "rift", list(args), cwd=cwd, timeout=120,
+                             env={"PYTHONPATH": str(PROJECT_ROOT), "PATH": "/usr/bin:/bin"})
 
 
 @pytest.mark.parametrize("problem", ["missing_config", "bad_json", "missing_checkpoint"])
-def test_cli_file_errors_are_one_line(tmp_path: Path, problem: str) -> None:
+def test_cli_file_errors_are_one_line(tmp_path: Path, problem: str,
+                                      optional_worker_launcher: Launcher | None) -> None:
     config = tmp_path / "spec.json"
     checkpoint = tmp_path / "ck.safetensors"
     checkpoint.write_bytes(b"")
@@ -60,7 +61,8 @@ def test_cli_file_errors_are_one_line(tmp_path: Path, problem: str) -> None:
     elif problem == "missing_checkpoint":
         config.write_text('{"architecture": {"name": "mlp"}, "dataset": {"name": "digits"}}')
         checkpoint = tmp_path / "absent.safetensors"
-    done = _cli("run", "--config", str(config), "--checkpoint", str(checkpoint), cwd=tmp_path)
+    done = _cli("run", "--config", str(config), "--checkpoint", str(checkpoint), cwd=tmp_path,
+                launcher=optional_worker_launcher)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

@@ -71,6 +71,7 @@ from rift_client.models import (
     InterpolationPoint,
     Job,
     Materialization,
+    MRCRow,
     Webhook,
     WebhookDelivery,
 )
@@ -944,10 +945,15 @@ def jobs_mrc(ctx: typer.Context, job_id: str) -> None:
         _Column("", lambda r: _chosen(r.selected), no_wrap=True),
         _Column("module", lambda r: r.module, overflow="fold"),
         _Column("parameters", lambda r: str(r.parameters), no_wrap=True),
-        _Column("MRC", lambda r: _number(r.mrc), no_wrap=True),
-        _Column("worst robust loss", lambda r: _number(r.worst_robust_loss)),
+        # ≥: a lower bound, the module stopped early (mrc.table = "selection").
+        _Column("MRC", lambda r: _at_least(r) + _number(r.mrc), no_wrap=True),
+        _Column("worst robust loss", lambda r: _at_least(r) + _number(r.worst_robust_loss)),
         _Column("robust acc. at worst (%)", lambda r: _number(r.robust_accuracy_at_worst)),
         _Column("drop (points)", lambda r: _number(r.robust_accuracy_drop))])
+
+
+def _at_least(row: MRCRow) -> str:
+    return "≥ " if row.exact is False else ""
 
 
 @jobs_app.command("curves")

@@ -180,6 +180,9 @@ class MRCRow(_Resource):
     seconds: float | None = None
     max_ascent_loss: float | None = Field(
         None, description="Largest robust loss after an ascent pass; orders MRC ties.")
+    passes: int | None = Field(None, description="Ascent passes run (None: not recorded).")
+    exact: bool | None = Field(
+        None, description="False: stopped early by mrc.table 'selection'; mrc is a lower bound.")
     selected: bool = False
 
 
