@@ -224,3 +224,22 @@ def test_an_empty_listing_says_so_and_a_job_shows_its_times_to_the_second(
     assert empty.exit_code == 0 and empty.stdout == "no jobs match\n", empty.stdout
     # Before: "created: 2026-11-26 17:49:25.801126+00:00".
     assert "created: 2026-11-26 17:49:25\n" in shown.stdout, shown.stdout
+
+
+def test_a_materializations_accuracies_are_shown_to_two_decimals(tmp_path: Path) -> None:
+    record = {"id": "m_1", "job_id": "job_1", "alpha": 0.35, "evaluate": True,
+              "status": "succeeded", "artifact": "tuned@0.35.safetensors",
+              "artifact_url": "/v1/jobs/job_1/artifacts/tuned@0.35.safetensors",
+              "clean_accuracy": 90.86859688195992, "robust_accuracy": 66.36971046770601,
+              "error": None, "created_at": "2026-11-26T18:29:48Z",
+              "finished_at": "2026-11-26T18:29:49Z",
+              "url": "/v1/jobs/job_1/materializations/m_1"}
+    server = ScriptedServer([ScriptedReply(200, record)])
+    try:
+        result = run_riftctl(["jobs", "materialize", "job_1", "--alpha", "0.35"],
+                             url=server.url, api_key="rift_test", home=tmp_path)
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.stderr
+    # Before: "clean 90.8686%, robust 66.3697%", where `jobs get` printed 14 decimals.
+    assert "clean 90.87%, robust 66.37%" in result.stdout

@@ -844,9 +844,9 @@ def _describe_materialization(record: Materialization) -> str:
     text = (f"materialization {record.id} of job {record.job_id}: α = {record.alpha:g} "
             f"{record.status}, {record.artifact}")
     if record.clean_accuracy is not None:
-        text += f", clean {record.clean_accuracy:g}%"
+        text += f", clean {_percent(record.clean_accuracy)}"  # 2 decimals, as `jobs get`
     if record.robust_accuracy is not None:
-        text += f", robust {record.robust_accuracy:g}%"
+        text += f", robust {_percent(record.robust_accuracy)}"
     if record.error:
         text += f": {record.error}"
     return text
