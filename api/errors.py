@@ -23,7 +23,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from persistence.deletion import ProjectHasActiveJobs, ProjectInputsReferenced
+from persistence.deletion import (
+    ProjectAlreadyDeleted,
+    ProjectHasActiveJobs,
+    ProjectInputsReferenced,
+)
 from persistence.jobs import IdempotencyConflict, JobAlreadyFinished
 from persistence.materializations import JobNotSucceeded, MaterializationNotFound
 from persistence.pages import InvalidCursor
@@ -277,6 +281,8 @@ def from_persistence_error(exc: PersistenceError) -> ApiError | None:
     if isinstance(exc, ProjectNotFound):
         # The caller's project was deleted while this request ran: its key no longer works.
         return Unauthorized("the API key's project was deleted")
+    if isinstance(exc, ProjectAlreadyDeleted):
+        return NotFound(exc.message, field="name", code=exc.code)
     if isinstance(exc, ProjectHasActiveJobs):
         return Conflict(exc.message, field="force", code=exc.code,
                         details={"job_ids": exc.job_ids})

@@ -40,7 +40,12 @@ from persistence.models import (
 )
 from persistence.object_keys import job_prefix
 from persistence.storage import ObjectStore
-from persistence.transactions import PersistenceError, lock_project, transaction
+from persistence.transactions import (
+    PersistenceError,
+    ProjectNotFound,
+    lock_project,
+    transaction,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +84,16 @@ class ProjectInputsReferenced(PersistenceError):
         super().__init__(f"jobs of other projects use checkpoints or datasets of project "
                          f"'{project_name}'; delete those jobs first")
         self.job_ids = job_ids[:LISTED_JOBS]
+
+
+class ProjectAlreadyDeleted(PersistenceError):
+    """Another deletion of the same project (a second admin, a retried request) finished while
+    this one ran (HTTP 404, as a deletion sent after it gets)."""
+
+    code = "project_not_found"
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(f"no project named '{project_name[:64]}' (deleted meanwhile)")
 
 
 @dataclass(frozen=True)
@@ -178,7 +193,11 @@ def delete_project(session: Session, store: ObjectStore, project: Project, *, fo
     with transaction(session):
         # Under the project's lock nothing of the project can be created meanwhile: inserts
         # take it first (persistence.transactions.lock_project), and find it gone afterwards.
-        lock_project(session, project_id)
+        try:
+            lock_project(session, project_id)
+        except ProjectNotFound as exc:
+            # Not the caller's own project gone (the 401 of lock_project's other callers).
+            raise ProjectAlreadyDeleted(name) from exc
         active = active_job_ids(session, project_id)
         if active:
             raise ProjectHasActiveJobs(name, active, stopping=False)

@@ -101,6 +101,12 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
         if job.status != JobStatus.SUCCEEDED:
             raise JobNotSucceeded(f"job {job_id} is {job.status}; weights at another α can be made "
                                   "once it has succeeded")
+        if job.project_id is not None:
+            # Before looking for the α: a request for the same α sent at the same moment, which
+            # held the lock first, has then recorded (or queued again) its row, and this one is
+            # answered with it instead of being counted as one more against the limits (a 429
+            # or 413 for an α already asked for) or queueing it a second time.
+            lock_project(session, job.project_id)
         row = _by_name(session, job_id, name)
         if row is not None:
             enough = row.evaluate or not evaluate

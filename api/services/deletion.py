@@ -87,6 +87,8 @@ def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str
     deleted = getattr(result, "rowcount", 1)
     session.commit()
     if not deleted:
+        # Gone: a concurrent DELETE of the same job won (404, as a DELETE sent after it gets).
+        owned_job(session, caller.project_id, job.id)
         raise Conflict(f"job {job.id} is running again: cancel it first", field="job_id",
                        code="job_active")
     delete_objects(store, dict.fromkeys([*keys, *job_objects(store, [job.id])]))
