@@ -164,9 +164,12 @@ def page_endpoints(session: Session, project_id: str, *, limit: int,
                         WebhookEndpoint.created_at, WebhookEndpoint.id, limit, cursor)
 
 
-def get_endpoint(session: Session, project_id: str, endpoint_id: str) -> WebhookEndpoint:
-    """The project's endpoint; :class:`WebhookNotFound` also for another project's."""
-    endpoint = session.get(WebhookEndpoint, endpoint_id)
+def get_endpoint(session: Session, project_id: str, endpoint_id: str, *,
+                 for_update: bool = False) -> WebhookEndpoint:
+    """The project's endpoint (row-locked with ``for_update``); :class:`WebhookNotFound` also
+    for another project's."""
+    endpoint = session.get(WebhookEndpoint, endpoint_id, with_for_update=for_update or None,
+                           populate_existing=for_update)
     if endpoint is None or endpoint.project_id != project_id:
         raise WebhookNotFound(endpoint_id)
     return endpoint
@@ -175,7 +178,9 @@ def get_endpoint(session: Session, project_id: str, endpoint_id: str) -> Webhook
 def delete_endpoint(session: Session, project_id: str, endpoint_id: str) -> None:
     """Remove the endpoint and its delivery log; messages not yet sent are dropped."""
     with transaction(session):
-        session.delete(get_endpoint(session, project_id, endpoint_id))
+        # Locked: of two DELETEs at once, the second waits and then finds the row gone (404, as
+        # a DELETE sent after the first gets) instead of deleting nothing and answering 204.
+        session.delete(get_endpoint(session, project_id, endpoint_id, for_update=True))
 
 
 def list_deliveries(session: Session, endpoint_id: str, *, limit: int
