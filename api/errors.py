@@ -29,7 +29,11 @@ from persistence.deletion import (
     ProjectInputsReferenced,
 )
 from persistence.jobs import IdempotencyConflict, JobAlreadyFinished
-from persistence.materializations import JobNotSucceeded, MaterializationNotFound
+from persistence.materializations import (
+    JobNotSucceeded,
+    MaterializationNotFound,
+    MaterializationRunning,
+)
 from persistence.pages import InvalidCursor
 from persistence.storage import (
     InvalidRange,
@@ -297,6 +301,8 @@ def from_persistence_error(exc: PersistenceError) -> ApiError | None:
                         details={"status": exc.status})
     if isinstance(exc, JobNotSucceeded):
         return Conflict(exc.message, field="job_id", code=exc.code)
+    if isinstance(exc, MaterializationRunning):
+        return Conflict(exc.message, field="evaluate", code=exc.code)
     if isinstance(exc, MaterializationNotFound):
         return NotFound(exc.message, field="materialization_id", code=exc.code)
     if isinstance(exc, InvalidCursor):

@@ -40,6 +40,18 @@ class MaterializationNotFound(PersistenceError):
     code = "materialization_not_found"
 
 
+class MaterializationRunning(PersistenceError):
+    """An α being made without evaluation was asked again with it (HTTP 409): its worker has
+    decided already, and queueing it again would have a second worker make the same weights
+    alongside the first (whose end would then swallow the second's evaluation)."""
+
+    code = "materialization_running"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} is being made without evaluation; ask again with evaluate "
+                         "once it has finished")
+
+
 class TooManyPendingMaterializations(PersistenceError):
     """The project already has ``limit`` materializations queued or running (HTTP 429): each
     is worker time (an evaluated one runs the attack over the test split), and before this
@@ -107,9 +119,18 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
             # answered with it instead of being counted as one more against the limits (a 429
             # or 413 for an α already asked for) or queueing it a second time.
             lock_project(session, job.project_id)
-        row = _by_name(session, job_id, name)
+        # Row-locked: a worker starts and finishes it under the same lock, so its status cannot
+        # change between the checks below and this request's write.
+        row = _by_name(session, job_id, name, for_update=True)
         if row is not None:
             enough = row.evaluate or not evaluate
+            if row.status == MaterializationStatus.QUEUED:
+                # Not started: its worker reads the row when it starts (after this commits), so
+                # an evaluation asked now joins it; its message is on the queue already.
+                row.evaluate = row.evaluate or evaluate
+                return MaterializationRequest(row, False)
+            if row.status == MaterializationStatus.RUNNING and not enough:
+                raise MaterializationRunning(name)
             if row.status != MaterializationStatus.FAILED and enough:
                 return MaterializationRequest(row, False)
             _check_pending(session, job, max_pending)
@@ -158,10 +179,13 @@ def _hold(session: Session, job: Job, limit: int | None) -> None:
     hold_stored_bytes(session, job.project_id, materialization_bytes(session, job.id), limit)
 
 
-def _by_name(session: Session, job_id: str, name: str) -> Materialization | None:
+def _by_name(session: Session, job_id: str, name: str, *,
+             for_update: bool = False) -> Materialization | None:
     query = (select(Materialization)
              .where(Materialization.job_id == job_id, Materialization.artifact_name == name)
              .execution_options(populate_existing=True))
+    if for_update:
+        query = query.with_for_update()
     return session.execute(query).scalar_one_or_none()
 
 

@@ -150,7 +150,7 @@ def test_deletes_sent_at_once_answer_204_once_then_404(api: Api, checkpoint: dic
             (f"/v1/datasets/{dataset['id']}", None, "dataset_not_found"),
             (f"/v1/webhooks/{hook['id']}", None, "webhook_not_found"),
             ("/v1/admin/projects/doomed", admin, "project_not_found")):
-        answers = at_once(api, 3, lambda client, _: client.delete(path), key=key)
+        answers = at_once(api, 3, lambda client, _, path=path: client.delete(path), key=key)
         assert statuses(answers) == [204, 404, 404], (path, [a.text[:200] for a in answers])
         assert {error_of(a)["code"] for a in answers if a.status_code == 404} == {code}
     assert api.stored_files() == [] and api.count_jobs() == 0
