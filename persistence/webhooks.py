@@ -229,7 +229,7 @@ def enqueue_job_notifications(session: Session, job_id: str, kind: str, now: dat
     job = session.get(Job, job_id)
     if job is None:
         return []
-    endpoints = [e for e in list_endpoints(session, project_of_job(job))
+    endpoints = [e for e in subscribed_endpoints(session, project_of_job(job))
                  if event_type in e.event_types]
     if not endpoints:
         return []
@@ -250,6 +250,19 @@ def enqueue_job_notifications(session: Session, job_id: str, kind: str, now: dat
         deliveries.append(delivery)
     session.info.setdefault(_NEW_DELIVERIES_KEY, []).extend(d.id for d in deliveries)
     return deliveries
+
+
+def subscribed_endpoints(session: Session, project_id: str) -> list[WebhookEndpoint]:
+    """The project's endpoints, to add a job's messages to in the caller's transaction; each
+    held (FOR KEY SHARE) until it ends. An endpoint deleted at the same moment then waits for
+    this transaction, or is gone from the list: without the lock its DELETE, committed between
+    this read and the messages' insert, failed the insert's foreign key, and with it the
+    transaction that ends the job (a cancel's 500; a worker's finished stage not recorded)."""
+    query = (select(WebhookEndpoint).where(WebhookEndpoint.project_id == project_id)
+             .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+             .with_for_update(read=True, key_share=True)
+             .execution_options(populate_existing=True))
+    return list(session.execute(query).scalars())
 
 
 def install_delivery_dispatch(factory: sessionmaker[Session],

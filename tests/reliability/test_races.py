@@ -19,6 +19,7 @@ from sqlalchemy import delete, update
 
 import api.routes.admin as admin_routes
 import persistence.api_keys as api_keys
+import persistence.webhooks as webhooks
 from persistence.models import Artifact, Checkpoint, Job, Project
 from persistence.settings import Settings
 from tests.api.helpers import Api, RecordingDispatcher, digits_config, error_of, make_key
@@ -195,3 +196,34 @@ def test_admin_writes_racing_their_projects_creation_or_deletion(
         assert answer.status_code == 404, answer.text
         assert error_of(answer)["code"] == "project_not_found"
     admin.close()
+
+
+def test_a_webhook_deleted_while_its_jobs_end_is_recorded_is_not_a_500(
+        api: Api, checkpoint: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A job's end and its webhook messages are one transaction (an outbox). Before: a DELETE of
+    # an endpoint committed between the endpoints' read and the messages' insert broke the
+    # insert's foreign key: the cancel answered 500 (a worker's finished stage was not
+    # recorded). Now the endpoints read are held until the end is committed.
+    hook = api.client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook"}).json()
+    job = create_job(api.client, checkpoint["id"]).json()
+    read_endpoints = webhooks.subscribed_endpoints
+    deletion: dict[str, Any] = {}
+
+    def deleted_after_the_read(session: Any, project_id: str) -> Any:
+        endpoints = read_endpoints(session, project_id)
+
+        def delete_it() -> None:
+            with api.client_for(api.key) as client:
+                deletion["answer"] = client.delete(f"/v1/webhooks/{hook['id']}")
+
+        deletion["thread"] = threading.Thread(target=delete_it)
+        deletion["thread"].start()
+        deletion["thread"].join(timeout=1.0)  # it waits for this transaction now
+        return endpoints
+
+    monkeypatch.setattr(webhooks, "subscribed_endpoints", deleted_after_the_read)
+    cancelled = api.client.post(f"/v1/jobs/{job['id']}/cancel")
+    deletion["thread"].join()
+    assert cancelled.status_code == 200, cancelled.text
+    assert deletion["answer"].status_code == 204
+    assert api.client.get(f"/v1/webhooks/{hook['id']}").status_code == 404
