@@ -27,7 +27,13 @@ from persistence.models import (
 from persistence.pages import Page, newest_first
 from persistence.records import hold_stored_bytes, materialization_bytes
 from persistence.stages import ArtifactRecord
-from persistence.transactions import PersistenceError, load_job, lock_project, transaction
+from persistence.transactions import (
+    JobNotFound,
+    PersistenceError,
+    load_job,
+    lock_project,
+    transaction,
+)
 
 
 class JobNotSucceeded(PersistenceError):
@@ -109,16 +115,17 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
     alpha = canonical_alpha(alpha)
     name = artifact_name(alpha)
     with transaction(session):
-        job = load_job(session, job_id)
-        if job.status != JobStatus.SUCCEEDED:
-            raise JobNotSucceeded(f"job {job_id} is {job.status}; weights at another α can be made "
-                                  "once it has succeeded")
-        if job.project_id is not None:
+        project_id = load_job(session, job_id).project_id
+        if project_id is not None:
             # Before looking for the α: a request for the same α sent at the same moment, which
             # held the lock first, has then recorded (or queued again) its row, and this one is
             # answered with it instead of being counted as one more against the limits (a 429
             # or 413 for an α already asked for) or queueing it a second time.
-            lock_project(session, job.project_id)
+            lock_project(session, project_id)
+        job = _held_job(session, job_id)
+        if job.status != JobStatus.SUCCEEDED:
+            raise JobNotSucceeded(f"job {job_id} is {job.status}; weights at another α can be made "
+                                  "once it has succeeded")
         # Row-locked: a worker starts and finishes it under the same lock, so its status cannot
         # change between the checks below and this request's write.
         row = _by_name(session, job_id, name, for_update=True)
@@ -158,6 +165,19 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
                 raise
             return MaterializationRequest(existing, False)
     return MaterializationRequest(row, True)
+
+
+def _held_job(session: Session, job_id: str) -> Job:
+    """The job, held (FOR KEY SHARE) until the transaction ends: a DELETE of it at the same
+    moment waits until the request's row is written (and then deletes it with the job), or went
+    first (:class:`JobNotFound`, a 404), instead of the row's insert breaking its foreign key
+    (a 500)."""
+    job = session.execute(
+        select(Job).where(Job.id == job_id).with_for_update(read=True, key_share=True)
+        .execution_options(populate_existing=True)).scalar_one_or_none()
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
 
 
 def _check_pending(session: Session, job: Job, limit: int | None) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy import delete, update
 
 import api.routes.admin as admin_routes
 import persistence.api_keys as api_keys
+import persistence.materializations as materializations
 import persistence.webhooks as webhooks
 from persistence.models import Artifact, Checkpoint, Job, Project
 from persistence.settings import Settings
@@ -103,6 +104,21 @@ def test_one_job_request_sent_at_once_under_its_key_at_a_quota_makes_one_job(
     assert (api.count_jobs(), api.count(Checkpoint), len(api.stored_files())) == (1, 1, 1)
 
 
+def _succeeded_job(api: Api, checkpoint: dict, theta_ft: int) -> dict[str, Any]:
+    """A job marked succeeded, with a θ_FT row of ``theta_ft`` bytes (what materializing needs
+    recorded; no worker runs here)."""
+    job = create_job(api.client, checkpoint["id"]).json()
+    with api.sessions() as session:
+        row = session.get(Job, job["id"])
+        assert row is not None
+        row.status = "succeeded"
+        session.add(Artifact(job_id=row.id, name="finetuned.safetensors", storage_key="k",
+                             size=theta_ft, sha256="0" * 64,
+                             content_type="application/octet-stream"))
+        session.commit()
+    return dict(job)
+
+
 @pytest.mark.parametrize("limit", ["materialize_max_pending", "max_stored_bytes"])
 def test_one_alpha_asked_at_once_at_a_quota_is_queued_once(
         api: Api, checkpoint: dict, limit: str, reliability_settings: Settings,
@@ -112,16 +128,8 @@ def test_one_alpha_asked_at_once_at_a_quota_is_queued_once(
     if limit == "materialize_max_pending":
         api = start_api(reliability_settings.model_copy(update={limit: 1}),
                         dispatcher=RecordingDispatcher())
-    job = create_job(api.client, checkpoint["id"]).json()
     theta_ft = 1000
-    with api.sessions() as session:
-        row = session.get(Job, job["id"])
-        assert row is not None
-        row.status = "succeeded"
-        session.add(Artifact(job_id=row.id, name="finetuned.safetensors", storage_key="k",
-                             size=theta_ft, sha256="0" * 64,
-                             content_type="application/octet-stream"))
-        session.commit()
+    job = _succeeded_job(api, checkpoint, theta_ft)
     if limit == "max_stored_bytes":  # room for one θ_α
         _set_limits(api, max_stored_bytes=int(checkpoint["size"]) + 2 * theta_ft + 500)
     url = f"/v1/jobs/{job['id']}/materialize"
@@ -227,3 +235,22 @@ def test_a_webhook_deleted_while_its_jobs_end_is_recorded_is_not_a_500(
     assert cancelled.status_code == 200, cancelled.text
     assert deletion["answer"].status_code == 204
     assert api.client.get(f"/v1/webhooks/{hook['id']}").status_code == 404
+
+
+def test_an_alpha_asked_while_its_job_is_deleted_is_a_404(
+        api: Api, checkpoint: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: a DELETE of the job committed between the request's read of the job and its
+    # insert of the materialization broke the row's foreign key: 500.
+    job = _succeeded_job(api, checkpoint, 1000)
+    lock_project = materializations.lock_project
+
+    def deleted_meanwhile(session: Any, project_id: str) -> None:
+        with api.sessions() as other:  # the concurrent DELETE /v1/jobs/{id}
+            other.execute(delete(Job).where(Job.id == job["id"]))
+            other.commit()
+        lock_project(session, project_id)
+
+    monkeypatch.setattr(materializations, "lock_project", deleted_meanwhile)
+    answer = api.client.post(f"/v1/jobs/{job['id']}/materialize", json={"alpha": 0.3})
+    assert answer.status_code == 404, answer.text
+    assert (error_of(answer)["code"], error_of(answer)["field"]) == ("job_not_found", "job_id")
