@@ -184,12 +184,31 @@ def delete_project(session: Session, store: ObjectStore, project: Project, *, fo
     objects. :class:`ProjectHasActiveJobs` while it has queued or running jobs, unless ``force``
     (see the module docstring), which waits up to ``wait_s`` for them to stop."""
     name, project_id = project.name, project.id
-    if force:
+    if not force:
+        return _delete_rows_then_objects(session, store, name, project_id)
+    # Twice at most: a job request of one of its keys that authenticated before the keys were
+    # revoked (a CI loop submitting while the project goes) may insert its job after the first
+    # round of cancellations; the second round cancels it, instead of a 409 that told the
+    # caller to use the force it had used.
+    rounds_left = 2
+    while True:
+        rounds_left -= 1
         revoke_project_keys(session, project_id)
         if cancel_active_jobs(session, project_id):
             still = wait_until_stopped(session, project_id, wait_s)
             if still:
                 raise ProjectHasActiveJobs(name, still, stopping=True)
+        try:
+            return _delete_rows_then_objects(session, store, name, project_id)
+        except ProjectHasActiveJobs:
+            if not rounds_left:
+                raise
+
+
+def _delete_rows_then_objects(session: Session, store: ObjectStore, name: str,
+                              project_id: str) -> DeletedProject:
+    """:func:`delete_project`'s rows (one transaction under the project's lock), then its
+    objects; :class:`ProjectHasActiveJobs` (nothing deleted) while it has active jobs."""
     with transaction(session):
         # Under the project's lock nothing of the project can be created meanwhile: inserts
         # take it first (persistence.transactions.lock_project), and find it gone afterwards.

@@ -19,8 +19,10 @@ from sqlalchemy import delete, update
 
 import api.routes.admin as admin_routes
 import persistence.api_keys as api_keys
+import persistence.deletion as deletion
 import persistence.materializations as materializations
 import persistence.webhooks as webhooks
+from persistence.jobs import create_job as insert_job
 from persistence.models import Artifact, Checkpoint, Job, Project
 from persistence.settings import Settings
 from tests.api.helpers import Api, RecordingDispatcher, digits_config, error_of, make_key
@@ -254,3 +256,32 @@ def test_an_alpha_asked_while_its_job_is_deleted_is_a_404(
     answer = api.client.post(f"/v1/jobs/{job['id']}/materialize", json={"alpha": 0.3})
     assert answer.status_code == 404, answer.text
     assert (error_of(answer)["code"], error_of(answer)["field"]) == ("job_not_found", "job_id")
+
+
+def test_a_forced_project_deletion_cancels_a_job_its_keys_created_meanwhile(
+        api: Api, small_cnn_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A job request of one of its keys that authenticated before the keys were revoked inserts
+    # its job after the deletion's round of cancellations. Before: 409 project_has_active_jobs
+    # ("cancel them first, or delete with force"), to a deletion with force.
+    _, admin = make_key(api.sessions, "ops", ("admin",))
+    project_id, doomed = make_key(api.sessions, "doomed")
+    with api.client_for(doomed) as client:
+        checkpoint = upload(client, "/v1/checkpoints", "m.safetensors",
+                            small_cnn_file.read_bytes())
+    cancel = deletion.cancel_active_jobs
+    rounds: list[list[str]] = []
+
+    def job_created_after_the_first_round(session: Any, project: str) -> list[str]:
+        rounds.append(cancel(session, project))
+        if len(rounds) == 1:
+            with api.sessions() as other:  # the request under way commits its job now
+                insert_job(other, spec=digits_config(), checkpoint_id=checkpoint["id"],
+                           project_id=project_id, max_active_jobs=5)
+        return rounds[-1]
+
+    monkeypatch.setattr(deletion, "cancel_active_jobs", job_created_after_the_first_round)
+    with api.client_for(admin) as client:
+        answer = client.delete("/v1/admin/projects/doomed?force=true")
+    assert answer.status_code == 204, answer.text
+    assert len(rounds) == 2 and len(rounds[1]) == 1  # the late job was cancelled, then deleted
+    assert api.count_jobs() == 0 and api.stored_files() == []
