@@ -56,7 +56,7 @@ def _delete_unused_row(session: Session, model: type[Checkpoint | Dataset],
         raise
     if not getattr(result, "rowcount", 1):
         owned = owned_checkpoint if model is Checkpoint else owned_dataset
-        owned(session, project_id, resource_id)
+        owned(session, project_id, resource_id, fresh=True)
 
 
 def delete_checkpoint(session: Session, store: ObjectStore, caller: Caller,
