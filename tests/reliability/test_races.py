@@ -185,6 +185,11 @@ def test_admin_writes_racing_their_projects_creation_or_deletion(
     second = admin.post("/v1/admin/projects", json={"name": "twice"})
     assert second.status_code == 409, second.text
     assert error_of(second)["code"] == "project_exists"
+    # `rift-admin keys create` for a new project, run twice at once: both get the project.
+    looked.clear()
+    with api.sessions() as session:
+        twice = api_keys.create_project(session, "twice", exist_ok=True)
+    assert twice.name == "twice" and len(looked) == 2
     monkeypatch.setattr(api_keys, "project_by_name", real_lookup)
 
     def deleted_first(step: Callable[..., Any]) -> Callable[..., Any]:
