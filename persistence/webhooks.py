@@ -323,14 +323,20 @@ def claim_attempt(session: Session, delivery_id: str, seen_attempts: int, now: d
 def record_attempt(session: Session, delivery_id: str, attempt: int, *,
                    status_code: int | None, error: str | None, started_at: datetime,
                    duration_ms: float | None, succeeded: bool,
-                   retry_at: datetime | None) -> None:
+                   retry_at: datetime | None) -> bool:
     """Log an attempt and settle the message: succeeded, pending until ``retry_at``, or failed
-    (no ``retry_at``)."""
+    (no ``retry_at``). False, recording nothing, when the message is gone: its endpoint (or
+    job, or project) was deleted while the attempt was under way; the attempt's row would have
+    broken its foreign key."""
     now = utcnow()
     status = (WebhookDeliveryStatus.SUCCEEDED if succeeded else
               WebhookDeliveryStatus.PENDING if retry_at is not None else
               WebhookDeliveryStatus.FAILED)
     with transaction(session):
+        # Held until the attempt is recorded: a deletion waits for it, or went first.
+        if session.execute(select(WebhookDelivery.id).where(WebhookDelivery.id == delivery_id)
+                           .with_for_update()).first() is None:
+            return False
         session.add(WebhookAttempt(delivery_id=delivery_id, attempt=attempt,
                                    status_code=status_code, error=_short(error),
                                    started_at=started_at, duration_ms=duration_ms))
@@ -339,6 +345,7 @@ def record_attempt(session: Session, delivery_id: str, attempt: int, *,
             .values(status=status, last_status_code=status_code, last_error=_short(error),
                     next_attempt_at=retry_at, updated_at=now)
             .execution_options(synchronize_session=False))
+    return True
 
 
 def deliveries_to_redispatch(session: Session, *, late_after: float,
