@@ -44,7 +44,12 @@ from persistence.api_keys import (
     set_project_limits,
 )
 from persistence.db import session_factory_from_settings
-from persistence.deletion import ProjectHasActiveJobs, ProjectInputsReferenced, delete_project
+from persistence.deletion import (
+    ProjectAlreadyDeleted,
+    ProjectHasActiveJobs,
+    ProjectInputsReferenced,
+    delete_project,
+)
 from persistence.models import Project
 from persistence.settings import Settings, settings_or_exit
 from persistence.usage import ProjectLimits, ProjectUsage, project_usage
@@ -203,7 +208,8 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
                 if row is None:
                     raise AdminError(f"no key with id '{args.key_id}'")
                 print(f"revoked key {row.id}", file=sys.stderr)
-    except (AdminError, ProjectHasActiveJobs, ProjectInputsReferenced) as exc:
+    except (AdminError, ProjectAlreadyDeleted, ProjectHasActiveJobs,
+            ProjectInputsReferenced) as exc:
         print(f"rift-admin: {exc}", file=sys.stderr)
         return 2
     except OperationalError as exc:
