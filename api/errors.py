@@ -23,9 +23,17 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from persistence.deletion import ProjectHasActiveJobs, ProjectInputsReferenced
+from persistence.deletion import (
+    ProjectAlreadyDeleted,
+    ProjectHasActiveJobs,
+    ProjectInputsReferenced,
+)
 from persistence.jobs import IdempotencyConflict, JobAlreadyFinished
-from persistence.materializations import JobNotSucceeded, MaterializationNotFound
+from persistence.materializations import (
+    JobNotSucceeded,
+    MaterializationNotFound,
+    MaterializationRunning,
+)
 from persistence.pages import InvalidCursor
 from persistence.storage import (
     InvalidRange,
@@ -277,6 +285,8 @@ def from_persistence_error(exc: PersistenceError) -> ApiError | None:
     if isinstance(exc, ProjectNotFound):
         # The caller's project was deleted while this request ran: its key no longer works.
         return Unauthorized("the API key's project was deleted")
+    if isinstance(exc, ProjectAlreadyDeleted):
+        return NotFound(exc.message, field="name", code=exc.code)
     if isinstance(exc, ProjectHasActiveJobs):
         return Conflict(exc.message, field="force", code=exc.code,
                         details={"job_ids": exc.job_ids})
@@ -291,6 +301,8 @@ def from_persistence_error(exc: PersistenceError) -> ApiError | None:
                         details={"status": exc.status})
     if isinstance(exc, JobNotSucceeded):
         return Conflict(exc.message, field="job_id", code=exc.code)
+    if isinstance(exc, MaterializationRunning):
+        return Conflict(exc.message, field="evaluate", code=exc.code)
     if isinstance(exc, MaterializationNotFound):
         return NotFound(exc.message, field="materialization_id", code=exc.code)
     if isinstance(exc, InvalidCursor):

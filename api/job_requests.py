@@ -22,13 +22,13 @@ from api.checkpoint_validation import CheckpointTensors, stored_checkpoint_tenso
 from api.dataset_validation import Geometry, dataset_geometry, uploaded_dataset_geometry
 from api.errors import InvalidInput, WordedValidationError, from_rift_error
 from api.schemas import JobSpec
-from api.services.ownership import find_owned
+from api.services.ownership import Owned, find_owned
 from api.spec_limits import check_service_bounds
 from api.spec_messages import refine_errors
 from api.validation import Validator
 from persistence.jobs import request_fingerprint
 from persistence.models import Checkpoint, Dataset
-from persistence.storage import ObjectStore
+from persistence.storage import ObjectNotFound, ObjectStore
 from rift.attack_radius import check_attack_radius
 from rift.config import DomainBounds, RiftConfig, unused_settings
 from rift.dataset_formats import SERVICE_MIN_IMAGE_SIDE, imagefolder_channels_hint
@@ -185,6 +185,9 @@ def resolve_dataset(session: Session, store: ObjectStore, spec: JobSpec,
             field="config.dataset.image_size")
     try:
         geometry = uploaded_dataset_geometry(store, row, dataset)
+    except ObjectNotFound:
+        _unless_deleted_meanwhile(session, Dataset, project_id, row.id)
+        raise
     except RiftError as exc:
         raise from_rift_error(exc, field="dataset_id") from exc
     _check_image_side(row, geometry)
@@ -328,11 +331,26 @@ def checkpoint_tensors(
     try:
         tensors = stored_checkpoint_tensors(store, row.storage_key, row.format, scratch_dir,
                                             validator, entry)
+    except ObjectNotFound:
+        _unless_deleted_meanwhile(session, Checkpoint, project_id, checkpoint_id)
+        raise
     except CheckpointEntryError as exc:
         raise from_rift_error(exc, field=CHECKPOINT_ENTRY_FIELD) from exc
     except RiftError as exc:
         raise from_rift_error(exc, field="checkpoint_id") from exc
     return row, tensors
+
+
+def _unless_deleted_meanwhile(session: Session, model: type[Owned],
+                              project_id: str, resource_id: str) -> None:
+    """After the stored file of a checkpoint or dataset found a moment ago was missing: the 422
+    ``unknown_checkpoint`` / ``unknown_dataset`` a request sent after its concurrent DELETE
+    gets, when that is what happened (rows go first, then files). Returns if the row is still
+    there: the store lost the file (503 ``object_missing``)."""
+    gone = find_owned(session, model, project_id, resource_id, fresh=True) is None
+    session.commit()
+    if gone:
+        raise (unknown_checkpoint if model is Checkpoint else unknown_dataset)(resource_id)
 
 
 def check_checkpoint_entry(entries: list[str], entry: str | None) -> None:

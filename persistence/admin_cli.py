@@ -47,7 +47,12 @@ from persistence.api_keys import (
     set_project_limits,
 )
 from persistence.db import session_factory_from_settings
-from persistence.deletion import ProjectHasActiveJobs, ProjectInputsReferenced, delete_project
+from persistence.deletion import (
+    ProjectAlreadyDeleted,
+    ProjectHasActiveJobs,
+    ProjectInputsReferenced,
+    delete_project,
+)
 from persistence.models import ApiKey, Project
 from persistence.schema import SchemaNotCurrent, check_schema
 from persistence.settings import Settings, settings_or_exit
@@ -230,7 +235,8 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
                     raise AdminError(f"no key with id '{args.key_id}' (`rift-admin keys list` "
                                      "shows the ids)")
                 print(f"revoked key {row.id}", file=sys.stderr)
-    except (AdminError, ProjectHasActiveJobs, ProjectInputsReferenced) as exc:
+    except (AdminError, ProjectAlreadyDeleted, ProjectHasActiveJobs,
+            ProjectInputsReferenced) as exc:
         print(f"rift-admin: {exc}", file=sys.stderr)
         return 2
     except SchemaNotCurrent as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from persistence.models import ApiKey, Checkpoint, Dataset, Job, Project, new_id, utcnow
@@ -95,7 +96,18 @@ def create_project(session: Session, name: str, *, exist_ok: bool = False) -> Pr
         raise AdminError(f"project '{name}' already exists")
     project = Project(id=new_id(), name=name, created_at=utcnow())
     session.add(project)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:
+        # The same name created at the same moment by another request (two admins, two
+        # `rift-admin keys create` runs for a new project): its unique index refused this row.
+        session.rollback()
+        existing = project_by_name(session, name)
+        if existing is None:
+            raise
+        if exist_ok:
+            return existing
+        raise AdminError(f"project '{name}' already exists") from None
     return project
 
 

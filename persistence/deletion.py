@@ -40,7 +40,12 @@ from persistence.models import (
 )
 from persistence.object_keys import job_prefix
 from persistence.storage import ObjectStore
-from persistence.transactions import PersistenceError, lock_project, transaction
+from persistence.transactions import (
+    PersistenceError,
+    ProjectNotFound,
+    lock_project,
+    transaction,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +84,16 @@ class ProjectInputsReferenced(PersistenceError):
         super().__init__(f"jobs of other projects use checkpoints or datasets of project "
                          f"'{project_name}'; delete those jobs first")
         self.job_ids = job_ids[:LISTED_JOBS]
+
+
+class ProjectAlreadyDeleted(PersistenceError):
+    """Another deletion of the same project (a second admin, a retried request) finished while
+    this one ran (HTTP 404, as a deletion sent after it gets)."""
+
+    code = "project_not_found"
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(f"no project named '{project_name[:64]}' (deleted meanwhile)")
 
 
 @dataclass(frozen=True)
@@ -169,16 +184,39 @@ def delete_project(session: Session, store: ObjectStore, project: Project, *, fo
     objects. :class:`ProjectHasActiveJobs` while it has queued or running jobs, unless ``force``
     (see the module docstring), which waits up to ``wait_s`` for them to stop."""
     name, project_id = project.name, project.id
-    if force:
+    if not force:
+        return _delete_rows_then_objects(session, store, name, project_id)
+    # Twice at most: a job request of one of its keys that authenticated before the keys were
+    # revoked (a CI loop submitting while the project goes) may insert its job after the first
+    # round of cancellations; the second round cancels it, instead of a 409 that told the
+    # caller to use the force it had used.
+    rounds_left = 2
+    while True:
+        rounds_left -= 1
         revoke_project_keys(session, project_id)
         if cancel_active_jobs(session, project_id):
             still = wait_until_stopped(session, project_id, wait_s)
             if still:
                 raise ProjectHasActiveJobs(name, still, stopping=True)
+        try:
+            return _delete_rows_then_objects(session, store, name, project_id)
+        except ProjectHasActiveJobs:
+            if not rounds_left:
+                raise
+
+
+def _delete_rows_then_objects(session: Session, store: ObjectStore, name: str,
+                              project_id: str) -> DeletedProject:
+    """:func:`delete_project`'s rows (one transaction under the project's lock), then its
+    objects; :class:`ProjectHasActiveJobs` (nothing deleted) while it has active jobs."""
     with transaction(session):
         # Under the project's lock nothing of the project can be created meanwhile: inserts
         # take it first (persistence.transactions.lock_project), and find it gone afterwards.
-        lock_project(session, project_id)
+        try:
+            lock_project(session, project_id)
+        except ProjectNotFound as exc:
+            # Not the caller's own project gone (the 401 of lock_project's other callers).
+            raise ProjectAlreadyDeleted(name) from exc
         active = active_job_ids(session, project_id)
         if active:
             raise ProjectHasActiveJobs(name, active, stopping=False)

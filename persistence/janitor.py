@@ -285,12 +285,18 @@ def expire_artifact_rows(session: Session, retention_cutoff: datetime, now: date
                                  Job.finished_at < retention_cutoff,
                                  select(Artifact.job_id).where(Artifact.job_id == Job.id)
                                  .exists())).scalars())
-        if not dry_run:
-            for job_id in expired:
-                session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+        if dry_run:
+            return expired
+        deleted = []
+        for job_id in expired:
+            result = session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+            # Every worker runs the janitor (a fleet started together, at the same moments):
+            # another pass that deleted these rows first is the one that logs their expiry.
+            if getattr(result, "rowcount", 1):
                 log_event(session, job_id, ARTIFACTS_EXPIRED,
                           {"retention_days_cutoff": retention_cutoff.isoformat()}, now)
-    return expired
+                deleted.append(job_id)
+    return deleted
 
 
 # --------------------------------------------------------------------------------------------

@@ -196,7 +196,8 @@ def create_job(
 
     With ``idempotency_key``: if a job with that key exists and its ``request_hash`` is the same,
     that job is returned with ``created=False``; if the hash differs, :class:`IdempotencyConflict`.
-    Two concurrent requests with the same key create one job (the unique index decides).
+    Two concurrent requests with the same key create one job (the unique index decides), and
+    the later one is answered with it, never refused for the limit that job fills.
     ``spec`` is ``RiftConfig.model_dump(mode="json")``. The caller enqueues the first stage
     (``mrc``) after this returns, so a worker never sees an uncommitted job.
     """
@@ -219,6 +220,16 @@ def create_job(
                   for i, stage in enumerate(STAGE_ORDER)]
     try:
         with transaction(session):
+            if idempotency_key is not None and project_id is not None and (
+                    max_active_jobs is not None or max_stored_bytes is not None):
+                # A request with the same key, sent at the same moment, may have recorded its
+                # job while this one waited for the project's lock: that job is the answer, and
+                # it must not be counted as another against the limits below (a 429 or 413 for
+                # a replay). Looked up under the lock, so it is seen once committed.
+                lock_project(session, project_id)
+                earlier = _job_by_idempotency_key(session, idempotency_key)
+                if earlier is not None:
+                    return _same_request(earlier, idempotency_key, request_hash), False
             if max_active_jobs is not None and project_id is not None:
                 _hold_active_job_slot(session, project_id, max_active_jobs)
             hold_stored_bytes(session, project_id, reserved_bytes, max_stored_bytes)

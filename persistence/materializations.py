@@ -27,7 +27,13 @@ from persistence.models import (
 from persistence.pages import Page, newest_first
 from persistence.records import hold_stored_bytes, materialization_bytes
 from persistence.stages import ArtifactRecord
-from persistence.transactions import PersistenceError, load_job, lock_project, transaction
+from persistence.transactions import (
+    JobNotFound,
+    PersistenceError,
+    load_job,
+    lock_project,
+    transaction,
+)
 
 
 class JobNotSucceeded(PersistenceError):
@@ -38,6 +44,18 @@ class JobNotSucceeded(PersistenceError):
 
 class MaterializationNotFound(PersistenceError):
     code = "materialization_not_found"
+
+
+class MaterializationRunning(PersistenceError):
+    """An α being made without evaluation was asked again with it (HTTP 409): its worker has
+    decided already, and queueing it again would have a second worker make the same weights
+    alongside the first (whose end would then swallow the second's evaluation)."""
+
+    code = "materialization_running"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} is being made without evaluation; ask again with evaluate "
+                         "once it has finished")
 
 
 class TooManyPendingMaterializations(PersistenceError):
@@ -97,13 +115,29 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
     alpha = canonical_alpha(alpha)
     name = artifact_name(alpha)
     with transaction(session):
-        job = load_job(session, job_id)
+        project_id = load_job(session, job_id).project_id
+        if project_id is not None:
+            # Before looking for the α: a request for the same α sent at the same moment, which
+            # held the lock first, has then recorded (or queued again) its row, and this one is
+            # answered with it instead of being counted as one more against the limits (a 429
+            # or 413 for an α already asked for) or queueing it a second time.
+            lock_project(session, project_id)
+        job = _held_job(session, job_id)
         if job.status != JobStatus.SUCCEEDED:
             raise JobNotSucceeded(f"job {job_id} is {job.status}; weights at another α can be made "
                                   "once it has succeeded")
-        row = _by_name(session, job_id, name)
+        # Row-locked: a worker starts and finishes it under the same lock, so its status cannot
+        # change between the checks below and this request's write.
+        row = _by_name(session, job_id, name, for_update=True)
         if row is not None:
             enough = row.evaluate or not evaluate
+            if row.status == MaterializationStatus.QUEUED:
+                # Not started: its worker reads the row when it starts (after this commits), so
+                # an evaluation asked now joins it; its message is on the queue already.
+                row.evaluate = row.evaluate or evaluate
+                return MaterializationRequest(row, False)
+            if row.status == MaterializationStatus.RUNNING and not enough:
+                raise MaterializationRunning(name)
             if row.status != MaterializationStatus.FAILED and enough:
                 return MaterializationRequest(row, False)
             _check_pending(session, job, max_pending)
@@ -133,6 +167,19 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
     return MaterializationRequest(row, True)
 
 
+def _held_job(session: Session, job_id: str) -> Job:
+    """The job, held (FOR KEY SHARE) until the transaction ends: a DELETE of it at the same
+    moment waits until the request's row is written (and then deletes it with the job), or went
+    first (:class:`JobNotFound`, a 404), instead of the row's insert breaking its foreign key
+    (a 500)."""
+    job = session.execute(
+        select(Job).where(Job.id == job_id).with_for_update(read=True, key_share=True)
+        .execution_options(populate_existing=True)).scalar_one_or_none()
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
 def _check_pending(session: Session, job: Job, limit: int | None) -> None:
     """Lock the project and raise :class:`TooManyPendingMaterializations` unless one more
     queued materialization keeps it within ``limit`` (None: no limit)."""
@@ -152,10 +199,13 @@ def _hold(session: Session, job: Job, limit: int | None) -> None:
     hold_stored_bytes(session, job.project_id, materialization_bytes(session, job.id), limit)
 
 
-def _by_name(session: Session, job_id: str, name: str) -> Materialization | None:
+def _by_name(session: Session, job_id: str, name: str, *,
+             for_update: bool = False) -> Materialization | None:
     query = (select(Materialization)
              .where(Materialization.job_id == job_id, Materialization.artifact_name == name)
              .execution_options(populate_existing=True))
+    if for_update:
+        query = query.with_for_update()
     return session.execute(query).scalar_one_or_none()
 
 

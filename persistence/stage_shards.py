@@ -381,9 +381,14 @@ def parts_to_redispatch(session: Session, kind: PartKind, *, stale_after: float,
             .join(Job, Job.id == model.job_id).join(JobStage, waiting_stage)
             .where(quiet, or_(expired, waiting))).all()
         found.extend((job_id, index) for job_id, index in stale)
-        for job_id in {job_id for job_id, _ in found}:
-            session.execute(update(Job).where(Job.id == job_id).values(updated_at=now)
-                            .execution_options(synchronize_session=False))
+        # Only jobs still quiet: every worker runs this loop, and one that marked a job
+        # meanwhile (this UPDATE waited for it) has sent its parts; this pass would log and
+        # send them a second time.
+        marked = {job_id for job_id in dict.fromkeys(job_id for job_id, _ in found)
+                  if _rows_affected(session, update(Job).where(Job.id == job_id, quiet)
+                                    .values(updated_at=now)
+                                    .execution_options(synchronize_session=False))}
+        found = [(job_id, index) for job_id, index in found if job_id in marked]
         for job_id, index in found:
             log_event(session, job_id, f"{kind.event}_recovered",
                       {"stage": kind.stage.value, kind.event: index}, now)

@@ -522,14 +522,20 @@ def stages_to_redispatch(session: Session, *, stale_after: float, pending_after:
     current = func.coalesce(Job.stage, STAGE_ORDER[0].value)
     with transaction(session):
         rows = session.execute(
-            select(Job.id, JobStage.stage)
+            select(Job.id, JobStage.stage, Job.updated_at)
             .join(JobStage, and_(JobStage.job_id == Job.id, JobStage.stage == current))
             .where(Job.status.in_(ACTIVE_STATUSES), or_(expired, waiting))
             .order_by(Job.created_at)
         ).all()
-        found = [(job_id, stage) for job_id, stage in rows]
-        for job_id, stage in found:
-            session.execute(update(Job).where(Job.id == job_id).values(updated_at=now)
-                            .execution_options(synchronize_session=False))
-            log_event(session, job_id, EventKind.STAGE_RECOVERED, {"stage": stage}, now)
+        found = []
+        for job_id, stage, seen in rows:
+            # Only if the job is as it was read: every worker runs this loop, and one that
+            # marked (or a worker that claimed) the job meanwhile has dealt with it; this pass
+            # would log a second stage_recovered and send a second message.
+            if _rows_affected(session, update(Job)
+                              .where(Job.id == job_id, Job.updated_at == seen)
+                              .values(updated_at=now)
+                              .execution_options(synchronize_session=False)):
+                log_event(session, job_id, EventKind.STAGE_RECOVERED, {"stage": stage}, now)
+                found.append((job_id, stage))
     return found

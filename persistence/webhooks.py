@@ -164,9 +164,12 @@ def page_endpoints(session: Session, project_id: str, *, limit: int,
                         WebhookEndpoint.created_at, WebhookEndpoint.id, limit, cursor)
 
 
-def get_endpoint(session: Session, project_id: str, endpoint_id: str) -> WebhookEndpoint:
-    """The project's endpoint; :class:`WebhookNotFound` also for another project's."""
-    endpoint = session.get(WebhookEndpoint, endpoint_id)
+def get_endpoint(session: Session, project_id: str, endpoint_id: str, *,
+                 for_update: bool = False) -> WebhookEndpoint:
+    """The project's endpoint (row-locked with ``for_update``); :class:`WebhookNotFound` also
+    for another project's."""
+    endpoint = session.get(WebhookEndpoint, endpoint_id, with_for_update=for_update or None,
+                           populate_existing=for_update)
     if endpoint is None or endpoint.project_id != project_id:
         raise WebhookNotFound(endpoint_id)
     return endpoint
@@ -175,7 +178,9 @@ def get_endpoint(session: Session, project_id: str, endpoint_id: str) -> Webhook
 def delete_endpoint(session: Session, project_id: str, endpoint_id: str) -> None:
     """Remove the endpoint and its delivery log; messages not yet sent are dropped."""
     with transaction(session):
-        session.delete(get_endpoint(session, project_id, endpoint_id))
+        # Locked: of two DELETEs at once, the second waits and then finds the row gone (404, as
+        # a DELETE sent after the first gets) instead of deleting nothing and answering 204.
+        session.delete(get_endpoint(session, project_id, endpoint_id, for_update=True))
 
 
 def list_deliveries(session: Session, endpoint_id: str, *, limit: int
@@ -224,7 +229,7 @@ def enqueue_job_notifications(session: Session, job_id: str, kind: str, now: dat
     job = session.get(Job, job_id)
     if job is None:
         return []
-    endpoints = [e for e in list_endpoints(session, project_of_job(job))
+    endpoints = [e for e in subscribed_endpoints(session, project_of_job(job))
                  if event_type in e.event_types]
     if not endpoints:
         return []
@@ -245,6 +250,19 @@ def enqueue_job_notifications(session: Session, job_id: str, kind: str, now: dat
         deliveries.append(delivery)
     session.info.setdefault(_NEW_DELIVERIES_KEY, []).extend(d.id for d in deliveries)
     return deliveries
+
+
+def subscribed_endpoints(session: Session, project_id: str) -> list[WebhookEndpoint]:
+    """The project's endpoints, to add a job's messages to in the caller's transaction; each
+    held (FOR KEY SHARE) until it ends. An endpoint deleted at the same moment then waits for
+    this transaction, or is gone from the list: without the lock its DELETE, committed between
+    this read and the messages' insert, failed the insert's foreign key, and with it the
+    transaction that ends the job (a cancel's 500; a worker's finished stage not recorded)."""
+    query = (select(WebhookEndpoint).where(WebhookEndpoint.project_id == project_id)
+             .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+             .with_for_update(read=True, key_share=True)
+             .execution_options(populate_existing=True))
+    return list(session.execute(query).scalars())
 
 
 def install_delivery_dispatch(factory: sessionmaker[Session],
@@ -305,14 +323,20 @@ def claim_attempt(session: Session, delivery_id: str, seen_attempts: int, now: d
 def record_attempt(session: Session, delivery_id: str, attempt: int, *,
                    status_code: int | None, error: str | None, started_at: datetime,
                    duration_ms: float | None, succeeded: bool,
-                   retry_at: datetime | None) -> None:
+                   retry_at: datetime | None) -> bool:
     """Log an attempt and settle the message: succeeded, pending until ``retry_at``, or failed
-    (no ``retry_at``)."""
+    (no ``retry_at``). False, recording nothing, when the message is gone: its endpoint (or
+    job, or project) was deleted while the attempt was under way; the attempt's row would have
+    broken its foreign key."""
     now = utcnow()
     status = (WebhookDeliveryStatus.SUCCEEDED if succeeded else
               WebhookDeliveryStatus.PENDING if retry_at is not None else
               WebhookDeliveryStatus.FAILED)
     with transaction(session):
+        # Held until the attempt is recorded: a deletion waits for it, or went first.
+        if session.execute(select(WebhookDelivery.id).where(WebhookDelivery.id == delivery_id)
+                           .with_for_update()).first() is None:
+            return False
         session.add(WebhookAttempt(delivery_id=delivery_id, attempt=attempt,
                                    status_code=status_code, error=_short(error),
                                    started_at=started_at, duration_ms=duration_ms))
@@ -321,6 +345,7 @@ def record_attempt(session: Session, delivery_id: str, attempt: int, *,
             .values(status=status, last_status_code=status_code, last_error=_short(error),
                     next_attempt_at=retry_at, updated_at=now)
             .execution_options(synchronize_session=False))
+    return True
 
 
 def deliveries_to_redispatch(session: Session, *, late_after: float,

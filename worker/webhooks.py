@@ -115,10 +115,13 @@ def deliver(resources: WorkerResources, delivery_id: str, *,
         delay = retry_delay(settings, attempt)
         retry_at = now() + timedelta(seconds=delay)
     with resources.session() as session:
-        webhooks.record_attempt(
+        recorded = webhooks.record_attempt(
             session, delivery_id, attempt, status_code=result.status_code, error=result.error,
             started_at=started, duration_ms=round(duration_ms, 2), succeeded=result.succeeded,
             retry_at=retry_at)
+    if not recorded:
+        # The endpoint (or its project) was deleted during the POST: nothing left to retry.
+        return "deleted"
     if result.succeeded:
         return "delivered"
     if retry_at is None:

@@ -12,6 +12,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from api.auth import require_admin
 from api.deps import SessionDep, SettingsDep, StoreDep
@@ -139,6 +142,14 @@ def _project(session: SessionDep, name: str) -> Project:
     return project
 
 
+def _gone_meanwhile(session: Session, name: str) -> None:
+    """After a write about the project ``name`` failed because its row went (a concurrent
+    DELETE /v1/admin/projects/{name} between the lookup and the write): the 404 a request sent
+    after the deletion gets. Returns if the project is still there (another failure)."""
+    session.rollback()
+    _project(session, name)
+
+
 @router.get("/projects", response_model=ProjectListOut, summary="All projects")
 def read_projects(session: SessionDep) -> ProjectListOut:
     return ProjectListOut(items=[_project_out(p) for p in list_projects(session)])
@@ -162,8 +173,12 @@ def create_project_route(body: ProjectCreate, session: SessionDep,
               "setting's default. rift-admin projects limits does the same.")
 def update_project_limits(name: str, body: ProjectLimitsIn, session: SessionDep) -> ProjectOut:
     project = _project(session, name)
-    return _project_out(set_project_limits(session, project,
-                                           body.model_dump(include=body.model_fields_set)))
+    try:
+        return _project_out(set_project_limits(session, project,
+                                               body.model_dump(include=body.model_fields_set)))
+    except StaleDataError:
+        _gone_meanwhile(session, name)
+        raise
 
 
 @router.get("/projects/{name}/usage", response_model=UsageOut, summary="A project's usage",
@@ -208,6 +223,9 @@ def create_key_route(name: str, session: SessionDep, body: KeyCreate = _DEFAULT_
         new = create_key(session, project, [str(s) for s in body.scopes], body.name)
     except AdminError as exc:
         raise InvalidInput(str(exc), field="scopes") from exc
+    except IntegrityError:
+        _gone_meanwhile(session, name)
+        raise
     return NewKeyOut(**_key_out(new.row, project).model_dump(), key=new.key)
 
 

@@ -81,7 +81,8 @@ def materialization_out(row: Materialization) -> MaterializationOut:
 @router.post("/{job_id}/materialize", response_model=MaterializationOut, status_code=202,
              summary="Make the weights at another α (and evaluate them) from θ_AT and θ_FT",
              responses={200: {"description": "This α was made (or is being made) already"},
-                        409: {"description": "The job has not succeeded"},
+                        409: {"description": "The job has not succeeded; or evaluate "
+                              "asked for an α being made without it"},
                         413: {"description": "The weights would pass the project's "
                               "max_stored_bytes"},
                         429: {"description": "The project has MATERIALIZE_MAX_PENDING "

@@ -42,17 +42,21 @@ def _refuse_if_used(session: Session, column: InstrumentedAttribute[str | None],
 
 def _delete_unused_row(session: Session, model: type[Checkpoint | Dataset],
                        column: InstrumentedAttribute[str | None], resource_id: str,
-                       what: str) -> None:
+                       what: str, project_id: str) -> None:
     """Delete the row that :func:`_refuse_if_used` found unused. A job naming it may have been
     committed since (a concurrent POST /v1/jobs): the foreign key then refuses the delete, and
-    the answer is the 409 the check gives now, not a 500."""
+    the answer is the 409 the check gives now, not a 500. A concurrent DELETE of the same row
+    that won makes this one a 404, as it would be sent after it (not a second 204)."""
     try:
-        session.execute(delete(model).where(model.id == resource_id))
+        result = session.execute(delete(model).where(model.id == resource_id))
         session.commit()
     except IntegrityError:
         session.rollback()
         _refuse_if_used(session, column, resource_id, what)
         raise
+    if not getattr(result, "rowcount", 1):
+        owned = owned_checkpoint if model is Checkpoint else owned_dataset
+        owned(session, project_id, resource_id, fresh=True)
 
 
 def delete_checkpoint(session: Session, store: ObjectStore, caller: Caller,
@@ -60,7 +64,8 @@ def delete_checkpoint(session: Session, store: ObjectStore, caller: Caller,
     row = owned_checkpoint(session, caller.project_id, checkpoint_id)
     _refuse_if_used(session, Job.checkpoint_id, row.id, "checkpoint")
     key = row.storage_key
-    _delete_unused_row(session, Checkpoint, Job.checkpoint_id, row.id, "checkpoint")
+    _delete_unused_row(session, Checkpoint, Job.checkpoint_id, row.id, "checkpoint",
+                       caller.project_id)
     delete_objects(store, [key])
 
 
@@ -68,7 +73,7 @@ def delete_dataset(session: Session, store: ObjectStore, caller: Caller, dataset
     row = owned_dataset(session, caller.project_id, dataset_id)
     _refuse_if_used(session, Job.dataset_id, row.id, "dataset")
     key = row.storage_key
-    _delete_unused_row(session, Dataset, Job.dataset_id, row.id, "dataset")
+    _delete_unused_row(session, Dataset, Job.dataset_id, row.id, "dataset", caller.project_id)
     delete_objects(store, [key])
 
 
@@ -87,6 +92,8 @@ def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str
     deleted = getattr(result, "rowcount", 1)
     session.commit()
     if not deleted:
+        # Gone: a concurrent DELETE of the same job won (404, as a DELETE sent after it gets).
+        owned_job(session, caller.project_id, job.id)
         raise Conflict(f"job {job.id} is running again: cancel it first", field="job_id",
                        code="job_active")
     delete_objects(store, dict.fromkeys([*keys, *job_objects(store, [job.id])]))

@@ -20,7 +20,7 @@ from api import crud
 from api.auth import Caller
 from api.checkpoint_validation import CheckpointTensors
 from api.dispatch import Dispatcher, DispatchError
-from api.errors import ApiError, ServiceUnavailable
+from api.errors import ApiError, PayloadTooLarge, ServiceUnavailable, TooManyRequests
 from api.idempotency import idempotency_conflict, scoped_idempotency_key
 from api.ingest import store_checkpoint, validate_checkpoint_upload
 from api.job_requests import (
@@ -153,12 +153,9 @@ def create_job_for(
     stored_key = (scoped_idempotency_key(caller.project_id, idempotency_key)
                   if idempotency_key is not None else None)
     with factory() as session:
-        if stored_key is not None and idempotency_key is not None:
-            existing = crud.job_by_idempotency_key(session, stored_key)
-            if existing is not None:
-                if existing.request_hash != request_hash:
-                    raise idempotency_conflict(idempotency_key, "job", existing.id)
-                return job_out(session, existing), False
+        existing = _replayed_job(session, stored_key, idempotency_key, request_hash)
+        if existing is not None:
+            return job_out(session, existing), False
 
         # Before the file checks, which cost a validator run: a job no live worker can run is
         # refused at once (api/services/workers.py).
@@ -191,11 +188,21 @@ def create_job_for(
         estimate = estimate_cost(config_json, num_modules=num_tensors, dataset_examples=examples)
         check_cost(caller, estimate)
         check_time_limit(spec.time_limit_seconds, settings.job_time_limit_seconds)
-        check_active_jobs(session, caller)
         # What the job may store (its tuned weights, each candidate's θ_FT) counts against the
         # stored-bytes quota from now on, as an upload's bytes would.
         reserved = job_reserved_bytes(checkpoint_size, config_json)
-        check_job_storage(session, caller, uploading, reserved)
+        try:
+            check_active_jobs(session, caller)
+            check_job_storage(session, caller, uploading, reserved)
+        except (TooManyRequests, PayloadTooLarge):
+            # The same request sent at the same moment under the same key (a client retrying
+            # at once) may have recorded its job since the lookup above: that job, which fills
+            # the quota, is this request's answer, not a refusal.
+            session.rollback()
+            existing = _replayed_job(session, stored_key, idempotency_key, request_hash)
+            if existing is None:
+                raise
+            return job_out(session, existing), False
         session.commit()
 
         stored_checkpoint = None
@@ -241,6 +248,18 @@ def create_job_for(
             # A concurrent request with the same key won the race; its job is the answer.
             _forget_checkpoint(session, store, stored_checkpoint)
         return job_out(session, job), created
+
+
+def _replayed_job(session: Session, stored_key: str | None, idempotency_key: str | None,
+                  request_hash: str) -> Job | None:
+    """The job recorded under the request's Idempotency-Key, or None (no key, or a new one);
+    409 ``idempotency_conflict`` if it was recorded for another request."""
+    if stored_key is None or idempotency_key is None:
+        return None
+    existing = crud.job_by_idempotency_key(session, stored_key)
+    if existing is not None and existing.request_hash != request_hash:
+        raise idempotency_conflict(idempotency_key, "job", existing.id)
+    return existing
 
 
 def _vanished_input(session: Session, checkpoint_id: str | None,

@@ -20,24 +20,28 @@ Owned = TypeVar("Owned", Checkpoint, Dataset)
 
 
 def find_owned(session: Session, model: type[Owned], project_id: str,
-               resource_id: str) -> Owned | None:
-    """The ``model`` row ``resource_id`` if ``project_id`` owns it, else None."""
+               resource_id: str, *, fresh: bool = False) -> Owned | None:
+    """The ``model`` row ``resource_id`` if ``project_id`` owns it, else None; ``fresh``: read
+    from the database even when the session holds the row already (a concurrent request may
+    have deleted it since)."""
     if not is_resource_id(resource_id):
         return None
-    row = session.get(model, resource_id)
+    row = session.get(model, resource_id, populate_existing=fresh)
     return row if row is not None and row.project_id == project_id else None
 
 
-def owned_checkpoint(session: Session, project_id: str, checkpoint_id: str) -> Checkpoint:
-    row = find_owned(session, Checkpoint, project_id, checkpoint_id)
+def owned_checkpoint(session: Session, project_id: str, checkpoint_id: str, *,
+                     fresh: bool = False) -> Checkpoint:
+    row = find_owned(session, Checkpoint, project_id, checkpoint_id, fresh=fresh)
     if row is None:
         raise NotFound(f"no checkpoint with id '{checkpoint_id[:64]}'", field="checkpoint_id",
                        code="checkpoint_not_found")
     return row
 
 
-def owned_dataset(session: Session, project_id: str, dataset_id: str) -> Dataset:
-    row = find_owned(session, Dataset, project_id, dataset_id)
+def owned_dataset(session: Session, project_id: str, dataset_id: str, *,
+                  fresh: bool = False) -> Dataset:
+    row = find_owned(session, Dataset, project_id, dataset_id, fresh=fresh)
     if row is None:
         raise NotFound(f"no dataset with id '{dataset_id[:64]}'", field="dataset_id",
                        code="dataset_not_found")

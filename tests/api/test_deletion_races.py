@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 from sqlalchemy import delete
 
+from api import job_requests
 from api.services import deletion
 from api.services import jobs as job_service
 from persistence.models import Checkpoint, Dataset
+from persistence.storage import build_object_store
 from tests.api.helpers import Api, digits_config, error_of, upload_checkpoint, varied_images
 from tests.api.test_datasets import npz_bytes
 
@@ -45,6 +47,31 @@ def test_a_checkpoint_deleted_while_its_job_is_checked_is_422_unknown_checkpoint
         assert response.status_code == 422, response.text
         assert (error_of(response)["code"], error_of(response)["field"]) == (
             "unknown_checkpoint", "checkpoint_id")
+    assert api.count_jobs() == 0
+
+
+def test_a_checkpoint_deleted_while_its_file_is_read_is_422_unknown_checkpoint(
+    api: Api, small_cnn_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The DELETE removes the row, then the file, between the job check's read of the row and
+    # its read of the file's header. Before: 503 object_missing ("the store lost a file").
+    checkpoint_id = upload_checkpoint(api, small_cnn_file)["id"]
+    read_tensors = job_requests.stored_checkpoint_tensors
+    store = build_object_store("local", local_root=api.settings.store_root)
+
+    def deleted_meanwhile(job_store: Any, key: str, *args: Any) -> Any:
+        with api.sessions() as other:
+            other.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id))
+            other.commit()
+        store.delete(key)
+        return read_tensors(job_store, key, *args)
+
+    monkeypatch.setattr(job_requests, "stored_checkpoint_tensors", deleted_meanwhile)
+    response = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint_id,
+                                                 "config": digits_config()})
+    assert response.status_code == 422, response.text
+    assert (error_of(response)["code"], error_of(response)["field"]) == (
+        "unknown_checkpoint", "checkpoint_id")
     assert api.count_jobs() == 0
 
 

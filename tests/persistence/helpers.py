@@ -4,6 +4,7 @@ finish stages in a session of their own. Fixtures built on them live in ``confte
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -91,3 +92,18 @@ def race(count: int, attempt: Callable[[Callable[[], None]], Any],
     for thread in threads:
         thread.join()
     return seen
+
+
+def wait_until_blocked(watcher: Session, timeout_s: float = 20.0) -> None:
+    """Return once a connection to the test's Postgres database waits for a row lock (a
+    thread's transaction has reached the row another holds); AssertionError after
+    ``timeout_s``."""
+    from sqlalchemy import text
+
+    deadline = time.monotonic() + timeout_s
+    while not watcher.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()")).scalar_one():
+        assert time.monotonic() < deadline, "no transaction waited for the lock"
+        watcher.commit()
+        time.sleep(0.02)

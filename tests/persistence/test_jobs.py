@@ -156,6 +156,38 @@ def test_concurrent_creators_never_pass_the_active_job_limit(
         assert jobs.count_active_jobs(session, project_id) == 3
 
 
+def test_a_request_whose_key_was_recorded_while_it_waited_is_answered_not_refused(
+        sessions: sessionmaker[Session], checkpoint_id: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same request twice at once, at a project's limit of one job: the copy looked its key
+    # up before the first was committed, then waited for the project's lock. Before: it
+    # counted the first one's job and was refused (ActiveJobLimitReached: a 429 for a replay).
+    with sessions() as session:
+        project = Project(name="retrying")
+        session.add(project)
+        session.commit()
+        project_id = project.id
+    terms = dict(spec=SPEC, checkpoint_id=checkpoint_id, idempotency_key="again",
+                 request_hash="h", project_id=project_id, max_active_jobs=1)
+    with sessions() as session:
+        first, created = jobs.create_job(session, **terms)  # type: ignore[arg-type]
+        assert created
+    looked: list[str] = []
+    real_lookup = jobs._job_by_idempotency_key
+
+    def before_the_first_committed(session: Session, key: str) -> jobs.Job | None:
+        looked.append(key)
+        return None if len(looked) == 1 else real_lookup(session, key)
+
+    monkeypatch.setattr(jobs, "_job_by_idempotency_key", before_the_first_committed)
+    with sessions() as session:
+        again, created = jobs.create_job(session, **terms)  # type: ignore[arg-type]
+    assert (again.id, created) == (first.id, False)
+    with sessions() as session, pytest.raises(jobs.IdempotencyConflict):
+        looked.clear()
+        jobs.create_job(session, **{**terms, "request_hash": "other"})  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------------------------
 # Events
 # --------------------------------------------------------------------------------------------

@@ -63,3 +63,33 @@ def test_only_succeeded_jobs_and_known_rows(sessions: sessionmaker[Session],
             materializations.request_materialization(session, queued, 0.5, evaluate=False)
         with pytest.raises(materializations.MaterializationNotFound):
             materializations.get_materialization(session, queued, "nope")
+
+
+def test_evaluation_asked_for_an_alpha_under_way_is_never_lost_nor_made_twice(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # Before: asking with evaluation queued the row again whatever its state. Queued: a second
+    # message for it. Running: a second worker made the same weights alongside the first, and
+    # the first one's end (succeeded, without evaluation) made the second skip it: the
+    # evaluation asked for was never made, and asking again found it "done".
+    job_id = _succeeded(sessions, new_job)
+    with sessions() as session:
+        row_id = materializations.request_materialization(session, job_id, 0.5,
+                                                          evaluate=False).row.id
+        joined = materializations.request_materialization(session, job_id, 0.5, evaluate=True)
+    assert (joined.must_dispatch, joined.row.status, joined.row.evaluate) == (
+        False, "queued", True)
+    with sessions() as session:
+        started = materializations.start_materialization(session, row_id)
+        assert started is not None and started.evaluate  # the worker sees the evaluation
+        materializations.fail_materialization(session, row_id, "boom")
+        requeued = materializations.request_materialization(session, job_id, 0.5,
+                                                            evaluate=False)
+        assert requeued.must_dispatch and requeued.row.evaluate  # the flag stays asked
+        other = materializations.request_materialization(session, job_id, 0.7, evaluate=False)
+        assert materializations.start_materialization(session, other.row.id) is not None
+    with sessions() as session, pytest.raises(materializations.MaterializationRunning,
+                                              match="without evaluation"):
+        materializations.request_materialization(session, job_id, 0.7, evaluate=True)
+    with sessions() as session:
+        running = materializations.request_materialization(session, job_id, 0.7, evaluate=False)
+        assert (running.must_dispatch, running.row.status) == (False, "running")

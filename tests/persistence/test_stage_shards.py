@@ -3,16 +3,27 @@ and sweep candidates, on SQLite and Postgres schemas built by the migrations."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stage_shards, stages
+from persistence.models import Job
 from persistence.stage_shards import CANDIDATES, SHARDED_OWNER
 from persistence.stages import ClaimOutcome, LeaseLost, StageOutputs
-from tests.persistence.helpers import LEASE, MRC_ROWS, T0, claim, finish, stage_row
+from tests.persistence.helpers import (
+    LEASE,
+    MRC_ROWS,
+    T0,
+    claim,
+    finish,
+    stage_row,
+    wait_until_blocked,
+)
 
 pytestmark = pytest.mark.service
 
@@ -96,6 +107,37 @@ def test_all_shards_done_but_no_merge_recorded_sends_one_shard_again(
         found = stage_shards.shards_to_redispatch(session, stale_after=LEASE, pending_after=3600,
                                                   now=T0 + timedelta(seconds=LEASE * 2))
     assert found == [(job_id, 0)]
+
+
+def test_two_recovery_loops_at_once_send_a_shard_again_once(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # Every worker runs the recovery loop. Before: a pass that found the job's shard, then
+    # waited for another pass marking the job, marked it again and sent the shard twice.
+    if sessions.kw["bind"].dialect.name == "sqlite":
+        pytest.skip("SQLite runs one writer at a time (BEGIN IMMEDIATE): no second pass waits")
+    job_id = _sharded_job(sessions, new_job)
+    for shard, row in enumerate(MRC_ROWS):
+        assert _claim_shard(sessions, job_id, shard, "w1").outcome == ClaimOutcome.CLAIMED
+        with sessions() as session:
+            stage_shards.finish_shard(session, job_id, shard, owner="w1", result=_part(row),
+                                      now=T0)
+    later = T0 + timedelta(seconds=LEASE * 2)
+    passes: list[list[tuple[str, int]]] = []
+
+    def second_pass() -> None:
+        with sessions() as session:
+            passes.append(stage_shards.shards_to_redispatch(
+                session, stale_after=LEASE, pending_after=3600, now=later))
+
+    with sessions() as first, sessions() as watcher:
+        # The first pass has marked the job and not committed yet.
+        first.execute(update(Job).where(Job.id == job_id).values(updated_at=later))
+        thread = threading.Thread(target=second_pass)
+        thread.start()
+        wait_until_blocked(watcher)
+        first.commit()
+        thread.join()
+    assert passes == [[]]
 
 
 def test_only_the_stage_holder_can_hand_it_to_shards(

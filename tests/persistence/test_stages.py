@@ -23,6 +23,7 @@ from tests.persistence.helpers import (
     event_kinds,
     finish,
     stage_row,
+    wait_until_blocked,
 )
 
 pytestmark = pytest.mark.service
@@ -313,3 +314,31 @@ def test_stale_stages_are_redispatched_once_per_period(
         recovered = session.execute(
             select(JobEvent.job_id).where(JobEvent.kind == "stage_recovered")).scalars().all()
     assert sorted(recovered) == sorted([dead, dead, dead, alive, alive, between, queued])
+
+
+def test_two_recovery_loops_at_once_resend_a_stage_once(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # Every worker runs the recovery loop. Before: a pass that found a stale stage, then waited
+    # for another pass marking the same job, marked it again: a second stage_recovered event
+    # and a second message.
+    if sessions.kw["bind"].dialect.name == "sqlite":
+        pytest.skip("SQLite runs one writer at a time (BEGIN IMMEDIATE): no second pass waits")
+    dead = new_job()
+    claim(sessions, dead, owner="dead")
+    later = T0 + timedelta(seconds=LEASE + 1)
+    passes: list[list[tuple[str, str]]] = []
+
+    def second_pass() -> None:
+        with sessions() as session:
+            passes.append(stages.stages_to_redispatch(session, stale_after=LEASE,
+                                                      pending_after=600.0, now=later))
+
+    with sessions() as first, sessions() as watcher:
+        # The first pass has marked the job and not committed yet.
+        first.execute(update(Job).where(Job.id == dead).values(updated_at=later))
+        thread = threading.Thread(target=second_pass)
+        thread.start()
+        wait_until_blocked(watcher)  # the second pass waits for the first's row
+        first.commit()
+        thread.join()
+    assert passes == [[]]

@@ -88,3 +88,22 @@ def test_rolled_back_end_writes_no_message_and_commit_sends_each_once(
     with sessions() as session:
         [(delivery, _)] = webhooks.list_deliveries(session, hook, limit=10)
     assert sent == [delivery.id]
+
+
+def test_an_attempt_whose_endpoint_was_deleted_meanwhile_records_nothing(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # The endpoint is deleted while its message is being POSTed (up to
+    # WEBHOOK_TIMEOUT_SECONDS). Before: the attempt's row broke its foreign key, and the
+    # delivery task failed with an IntegrityError.
+    hook = endpoint(sessions, list(webhooks.EVENT_TYPES))
+    job_id = new_job()
+    with sessions() as session:
+        jobs.request_cancel(session, job_id)
+        [(delivery, _)] = webhooks.list_deliveries(session, hook, limit=10)
+        now = utcnow()
+        assert webhooks.claim_attempt(session, delivery.id, 0, now, now)
+        webhooks.delete_endpoint(session, "default", hook)
+        assert not webhooks.record_attempt(
+            session, delivery.id, 1, status_code=200, error=None, started_at=now,
+            duration_ms=1.0, succeeded=True, retry_at=None)
+        assert webhooks.load_delivery(session, delivery.id) is None

@@ -3,23 +3,25 @@ are stalled or orphaned, the grace period, retention, and the dry run."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs
 from persistence.db import session_factory_from_settings
-from persistence.janitor import ARTIFACTS_EXPIRED, run_janitor
+from persistence.janitor import ARTIFACTS_EXPIRED, expire_artifact_rows, run_janitor
 from persistence.models import Artifact, Checkpoint, Job, JobStage, utcnow
 from persistence.object_keys import candidate_object_key, stage_object_key
 from persistence.records import create_checkpoint
 from persistence.settings import Settings
 from persistence.storage import LocalObjectStore
+from persistence.transactions import log_event
 from tests.service_fixtures import WorkerProcess, settings_from_env
 
 pytestmark = pytest.mark.service
@@ -190,6 +192,46 @@ def test_retention_removes_the_files_of_old_finished_jobs_only(
         assert jobs.get_job(session, old).status == "succeeded"  # the job row stays
         kinds = [e.kind for e in jobs.list_events(session, old)]
     assert ARTIFACTS_EXPIRED in kinds
+
+
+def test_two_janitors_at_once_log_one_expiry_per_job(
+        settings: Settings, sessions: sessionmaker[Session]) -> None:
+    # Every worker runs the janitor. Before: a pass that found a job's artifact rows, then
+    # waited for another pass deleting them, deleted nothing and logged artifacts_expired again.
+    store = LocalObjectStore(settings.store_root)
+    with sessions() as session:
+        checkpoint = _stored_checkpoint(session, store)
+        old = _job(session, checkpoint.id, "succeeded", {})
+        session.execute(update(Job).where(Job.id == old)
+                        .values(finished_at=utcnow() - timedelta(days=10)))
+        session.add(Artifact(job_id=old, name="tuned.safetensors", storage_key="jobs/k",
+                             size=1, sha256="0" * 64, content_type="application/x"))
+        session.commit()
+    cutoff, passes = utcnow() - timedelta(days=7), []
+    with sessions() as first, sessions() as watcher:
+        # The first pass has deleted the rows and not committed yet.
+        first.execute(delete(Artifact).where(Artifact.job_id == old))
+        second = threading.Thread(target=lambda: passes.append(_expire(sessions, cutoff)))
+        second.start()
+        deadline = time.monotonic() + 20
+        while not watcher.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()")).scalar_one():
+            assert time.monotonic() < deadline, "the second pass never waited for the first"
+            watcher.commit()
+            time.sleep(0.02)
+        log_event(first, old, ARTIFACTS_EXPIRED, {}, utcnow())
+        first.commit()
+        second.join()
+    assert passes == [[]]
+    with sessions() as session:
+        kinds = [e.kind for e in jobs.list_events(session, old)]
+    assert kinds.count(ARTIFACTS_EXPIRED) == 1
+
+
+def _expire(sessions: sessionmaker[Session], cutoff: datetime) -> list[str]:
+    with sessions() as session:
+        return expire_artifact_rows(session, cutoff, utcnow())
 
 
 def test_the_workers_recovery_loop_runs_the_janitor(

@@ -400,7 +400,9 @@ class RiftClient:
         α was asked for before): follow it with :meth:`wait_materialization`, then
         :meth:`download` its ``artifact``. A job that has not succeeded raises
         :class:`ConflictError` (code ``job_not_succeeded``). Asking twice for one α makes it
-        once, so the request is retried like a read.
+        once, so the request is retried like a read; asking with ``evaluate`` for an α being
+        made without it raises :class:`ConflictError` (``materialization_running``): ask again
+        once it has finished.
         """
         return self._run(self._core.materialize(job_id=job_id, alpha=alpha, evaluate=evaluate))
 
