@@ -140,7 +140,7 @@ class JobError(BaseModel):
 class StageOut(BaseModel):
     stage: Literal["mrc", "finetune", "interpolate"]
     status: Literal["pending", "running", "done", "failed", "cancelled"]
-    attempts: int
+    attempts: int = Field(description="Times a worker has started this stage (1 unless retried).")
     started_at: datetime | None
     finished_at: datetime | None
 
@@ -173,7 +173,9 @@ class JobSummaryOut(BaseModel):
     dataset_id: str | None
     labels: dict[str, str]
     device: str | None = Field(description="Where the worker runs it, e.g. 'cpu' or 'cuda:0'.")
-    attempts: int
+    attempts: int = Field(description="Stage runs by workers over all its stages: 3 for a job whose "
+                          "three stages ran once each; more only after retries (each stage's "
+                          "own count is in stages[].attempts).")
     selected_module: str | None
     chosen_alpha: float | None
     metrics: dict[str, Any] | None

@@ -14,7 +14,8 @@ the database; the settings come from the environment like every entry point's).
 ``keys create`` prints the new key alone on stdout (``KEY=$(rift-admin keys create ...)``); it is
 shown this once and creates the project if it does not exist. Nothing else ever prints a secret.
 
-Exit status: 0 done, 1 the database cannot be reached (one line on stderr, no traceback), 2 a
+Exit status: 0 done, 1 the database cannot be reached or is not migrated (one line on stderr,
+no traceback), 2 a
 refused request (bad argument, unknown project or key, a name taken, a project with queued or
 running jobs); a refused command changes nothing, except ``projects delete --force``, which has
 revoked the project's keys and cancelled its jobs before it finds a worker still stopping one.
@@ -26,6 +27,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -39,6 +41,7 @@ from persistence.api_keys import (
     create_project,
     list_keys,
     list_projects,
+    parse_key,
     project_by_name,
     revoke_key,
     set_project_limits,
@@ -50,9 +53,26 @@ from persistence.deletion import (
     ProjectInputsReferenced,
     delete_project,
 )
-from persistence.models import Project
+from persistence.models import ApiKey, Project
+from persistence.schema import SchemaNotCurrent, check_schema
 from persistence.settings import Settings, settings_or_exit
 from persistence.usage import ProjectLimits, ProjectUsage, project_usage
+
+
+def _refuse_whole_key(session: Session, given: str) -> None:
+    """``keys revoke`` takes a key's id; given the key itself, say so, name the id to use
+    when the key is on file, and never print the secret back (it went to stderr, into logs)."""
+    parsed = parse_key(given)
+    if parsed is None:
+        return
+    prefix = parsed[0]
+    row = session.execute(select(ApiKey).where(ApiKey.prefix == prefix)).scalar_one_or_none()
+    shown = f"rift_{prefix}_…"
+    if row is None:
+        raise AdminError(f"'{shown}' is an API key, not a key id, and no key with its prefix "
+                         "is on file; `rift-admin keys list` shows the ids")
+    raise AdminError(f"'{shown}' is an API key, not a key id: its id is {row.id} "
+                     f"(rift-admin keys revoke {row.id})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,6 +164,11 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
     settings = settings or settings_or_exit()
     factory = session_factory_from_settings(settings)
     try:
+        engine = factory.kw.get("bind")
+        if engine is not None:
+            # Before: an unmigrated database was "cannot reach the database: no such table:
+            # projects", though it was reached; the schema check says what to run.
+            check_schema(engine, then="then run rift-admin again")
         with factory() as session:
             if args.group == "projects" and args.command == "create":
                 project = create_project(session, args.name)
@@ -204,14 +229,19 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
                         key.last_used_at.isoformat() if key.last_used_at else "",
                         key.revoked_at.isoformat() if key.revoked_at else ""]))
             else:
+                _refuse_whole_key(session, args.key_id)
                 row = revoke_key(session, args.key_id)
                 if row is None:
-                    raise AdminError(f"no key with id '{args.key_id}'")
+                    raise AdminError(f"no key with id '{args.key_id}' (`rift-admin keys list` "
+                                     "shows the ids)")
                 print(f"revoked key {row.id}", file=sys.stderr)
     except (AdminError, ProjectAlreadyDeleted, ProjectHasActiveJobs,
             ProjectInputsReferenced) as exc:
         print(f"rift-admin: {exc}", file=sys.stderr)
         return 2
+    except SchemaNotCurrent as exc:
+        print(f"rift-admin: {exc}", file=sys.stderr)
+        return 1
     except OperationalError as exc:
         print(f"rift-admin: cannot reach the database (DATABASE_URL): "
               f"{str(exc.orig).splitlines()[0][:200] if exc.orig else type(exc).__name__}",

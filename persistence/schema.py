@@ -59,20 +59,20 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def check_schema(engine: Engine) -> None:
+def check_schema(engine: Engine, *, then: str = "then start again") -> None:
     """Return if the database is at :func:`expected_revision`, else raise
     :class:`SchemaNotCurrent`; a connection error propagates (the database is down, which is a
-    readiness question, not a schema one)."""
+    readiness question, not a schema one). ``then`` ends the advice: what to do once migrated."""
     current = current_revision(engine)
     expected = expected_revision()
     if current == expected:
         return
     if current is None:
         message = (f"the database has no schema (never migrated): run `{MIGRATE_COMMAND}` "
-                   "with the same DATABASE_URL, then start again")
+                   f"with the same DATABASE_URL, {then}")
     elif current in _known_revisions():
         message = (f"the database schema is at migration {current}, this code needs {expected}: "
-                   f"run `{MIGRATE_COMMAND}` with the same DATABASE_URL, then start again")
+                   f"run `{MIGRATE_COMMAND}` with the same DATABASE_URL, {then}")
     else:
         message = (f"the database schema is at migration {current}, which this code does not "
                    f"know (it needs {expected}): the database was migrated by a newer release; "

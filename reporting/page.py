@@ -33,6 +33,7 @@ th{background:#f4f4f4}td.name,th.name{text-align:left}tr.selected td{background:
 .charts{display:flex;flex-wrap:wrap;gap:16px}.curves{display:flex;flex-wrap:wrap;gap:24px}
 pre{background:#f7f7f7;padding:8px;font-size:11px;overflow:auto;max-height:480px}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13px}dt{font-weight:bold}
+p.note{font-size:12px;color:#555;max-width:720px}
 """
 
 
@@ -124,7 +125,26 @@ def _curve_tables(curves: Sequence[Curve]) -> str:
         blocks.append(f"<div class='curve' data-curve='{escape(curve.name, quote=True)}'>"
                       f"<h3>{escape(curve.name)}</h3><table><tr><th>α</th><th>clean (%)</th>"
                       f"<th>robust (%)</th></tr>{''.join(rows)}</table></div>")
-    return f"<div class='curves'>{''.join(blocks)}</div>" if blocks else "<p>No curve yet.</p>"
+    if not blocks:
+        return "<p>No curve yet.</p>"
+    return f"<div class='curves'>{''.join(blocks)}</div>{_robust_legend(curves)}"
+
+
+def _robust_legend(curves: Sequence[Curve]) -> str:
+    """What "–" and "≤ x" in the robust column mean, when the tables hold any: a reader of a
+    selection curve (the default) saw most points without robust accuracy and took it for a
+    fault."""
+    points = [point for curve in curves for point in curve.points
+              if point.get("robust_accuracy") is None]
+    if not points:
+        return ""
+    bounded = any(point.get("robust_accuracy_at_most") is not None for point in points)
+    notes = ["– : not attacked: the α choice (interpolation.curve \"selection\", the default) "
+             "attacks only the points that could be chosen; \"full\" measures every α"]
+    if bounded:
+        notes.append("≤ x : attack stopped once the point could no longer be chosen; x is an "
+                     "upper bound")
+    return f"<p class='note'>{escape('. '.join(notes))}.</p>"
 
 
 def render_report(data: ReportData) -> str:

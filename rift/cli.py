@@ -402,14 +402,26 @@ def _command_run(args: argparse.Namespace) -> int:
 
 
 def _command_demo_checkpoint(args: argparse.Namespace) -> int:
-    from rift.demo import make_digits_checkpoint
+    from rift.demo import DIGITS_DEMO_CONFIG, make_digits_checkpoint
 
     out = Path(args.out)
     if out.is_dir():
         raise CliInputError(f"--out {out}: a folder; give a file name, e.g. "
                             f"{out / 'digits.safetensors'}")
     _check_writable_folder(out.parent, "--out")
+    config_out = Path(args.config_out) if args.config_out else None
+    if config_out is not None:
+        # Checked before the training: a bad path found after it wasted the run.
+        if config_out.is_dir():
+            raise CliInputError(f"--config-out {config_out}: a folder; give a file name, e.g. "
+                                f"{config_out / 'config.json'}")
+        _check_writable_folder(config_out.parent, "--config-out")
     metrics = make_digits_checkpoint(out, seed=args.seed)
+    if config_out is not None:
+        # The matching job's RiftConfig, as `riftctl jobs create --config` and the README's
+        # examples read it: without it a first user had a checkpoint and no config to run.
+        config_out.write_text(json.dumps(DIGITS_DEMO_CONFIG, indent=2) + "\n")
+        metrics["config"] = str(config_out)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -422,7 +434,9 @@ def _command_architectures(_: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rift", description=__doc__.splitlines()[0])
+    # The module docstring is reStructuredText; --help shows it without the ``quotes``.
+    description = __doc__.splitlines()[0].replace("``", "")
+    parser = argparse.ArgumentParser(prog="python -m rift", description=description)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run MRC, fine-tuning and interpolation")
@@ -452,8 +466,14 @@ def make_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo-checkpoint",
                                help="adversarially train small_cnn on sklearn digits")
-    demo.add_argument("--out", required=True)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", required=True,
+                      help="the checkpoint file to write, e.g. digits.safetensors")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="initial weights and training randomness (default 0)")
+    demo.add_argument("--config-out", metavar="CONFIG_JSON",
+                      help="also write a matching job config (a RiftConfig as JSON) for "
+                      "`python -m rift run --config`, `riftctl jobs create --config` or the "
+                      "API's job 'config'")
     demo.set_defaults(handler=_command_demo_checkpoint)
 
     arch = commands.add_parser("architectures", help="list the architecture names")

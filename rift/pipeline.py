@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from rift import checkpoints, stage_outputs
+from rift.architecture_hint import with_architecture_hint
 from rift.attack_radius import check_attack_radius
 from rift.attacks import PGD
 from rift.batch_backoff import out_of_memory_names, with_batch_backoff
@@ -175,7 +176,11 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
         else:
             hint = _input_channels_hint(exc, channels)
         if not hint:
-            raise
+            shapes = {key: tuple(value.shape) for key, value in state.items()}
+            hinted = with_architecture_hint(exc, config.architecture, shapes, [channels], height)
+            if hinted is exc:
+                raise
+            raise hinted from exc
         raise CheckpointMismatchError(exc.message + hint, exc.missing, exc.unexpected,
                                       exc.mismatched) from exc
     checkpoints.load_into(model, state)

@@ -4,8 +4,23 @@
 # broker: no server to install), makes a small adversarially trained checkpoint (small_cnn on the
 # scikit-learn digits), and runs one RiFT job on it through HTTP (scripts/demo_client.py).
 # Everything lives under var/demo (RIFT_DEMO_DIR); the API listens on RIFT_DEMO_PORT (default: a
-# free port). The server and the worker are stopped when the script ends, however it ends.
+# free port; 8000, the README's, with --serve). The server and the worker are stopped when the script ends, however it ends; with
+# --serve the script does not end after the demo job: the service stays up for the README's
+# examples (riftctl, the Python client, curl) until Ctrl-C.
 set -euo pipefail
+serve=0
+serving=0
+for arg in "$@"; do
+  case "$arg" in
+    --serve) serve=1 ;;
+    -h|--help)
+      echo "usage: bash scripts/demo.sh [--serve]   (--serve: keep the service up after the demo job, until Ctrl-C)"
+      exit 0 ;;
+    *)
+      echo "scripts/demo.sh: unknown argument '$arg' (the only one is --serve)" >&2
+      exit 2 ;;
+  esac
+done
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
@@ -24,7 +39,12 @@ export STORE_KIND="local"
 export STORE_ROOT="$demo_dir/objects"
 export WORK_DIR="$demo_dir/work"
 export PROGRESS_INTERVAL_SECONDS="0.5"
-port="${RIFT_DEMO_PORT:-$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+if [ "$serve" = 1 ]; then
+  # The README's examples name http://127.0.0.1:8000: a served demo listens there by default.
+  port="${RIFT_DEMO_PORT:-8000}"
+else
+  port="${RIFT_DEMO_PORT:-$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+fi
 url="http://127.0.0.1:$port"
 
 echo "==> migrating the database ($DATABASE_URL)"
@@ -44,7 +64,10 @@ cleanup() {
   for pid in "${pids[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
-  if [ "$status" -ne 0 ]; then
+  if [ "$serving" = 1 ]; then  # Ctrl-C ends a --serve run: not a failure
+    echo "stopped the service (its data stays in $demo_dir)" >&2
+    status=0
+  elif [ "$status" -ne 0 ]; then
     echo "demo failed (exit $status); logs: $demo_dir/api.log, $demo_dir/worker.log" >&2
   fi
   exit "$status"
@@ -84,3 +107,14 @@ fi
 echo "==> running the demo job through $url"
 "$py" scripts/demo_client.py --url "$url" --checkpoint "$checkpoint" --config "$config" \
   --out "$demo_dir/downloads"
+
+if [ "$serve" = 1 ]; then
+  cat <<EOF
+==> the service stays up at $url until Ctrl-C (logs: $demo_dir/api.log, $demo_dir/worker.log)
+    In another shell, for the README's examples (riftctl, the Python client, curl):
+      export RIFT_API_URL=$url RIFT=$url RIFT_API_KEY=$RIFT_API_KEY
+      cp $checkpoint model.safetensors; cp $config config.json
+EOF
+  serving=1
+  wait || true  # the children also get the terminal's Ctrl-C, and may end first
+fi

@@ -10,6 +10,9 @@ its routes read, nothing is requested.
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 import re
 import shlex
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ from api.main import create_app
 from persistence.admin_cli import _parser as admin_parser
 from persistence.settings import Settings
 from rift_client.cli import app as riftctl_app
+from rift_client.cli import hoist_root_options
 from tests.api.helpers import RecordingDispatcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +161,7 @@ def test_every_riftctl_line_names_real_commands_and_options() -> None:
     assert len(lines) > 15, lines
     for words in lines:
         shown = "riftctl " + " ".join(words)
+        words = hoist_root_options(words)  # as riftctl reads them: --output after the command
         command: Any = root
         value_next = False
         for word in words:
@@ -181,3 +186,106 @@ def test_every_rift_admin_line_parses() -> None:
     assert len(lines) >= 6, lines
     for words in lines:
         admin_parser().parse_args(words)  # exits 2 on an unknown command or option
+
+
+def _fenced_blocks(text: str, language: str) -> Iterator[str]:
+    """The body of every ```language block of the text."""
+    yield from re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def _client_names(tree: ast.AST) -> dict[str, type]:
+    """Names bound to a client by ``with RiftClient(...) as name`` (or ``async with``)."""
+    from rift_client import AsyncRiftClient, RiftClient
+
+    classes = {"RiftClient": RiftClient, "AsyncRiftClient": AsyncRiftClient}
+    bound: dict[str, type] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.With | ast.AsyncWith):
+            for item in node.items:
+                call, name = item.context_expr, item.optional_vars
+                if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                        and call.func.id in classes and isinstance(name, ast.Name)):
+                    bound[name.id] = classes[call.func.id]
+    # Fragments without their `with` (`record = rift.materialize(...)`) use the README's name.
+    bound.setdefault("rift", RiftClient)
+    return bound
+
+
+def _binds(function: Any, call: ast.Call, *, method: bool) -> bool:
+    """Whether the call's arguments (their number, their keywords) fit ``function``."""
+    if any(isinstance(arg, ast.Starred) for arg in call.args) or \
+            any(keyword.arg is None for keyword in call.keywords):
+        return True  # *args / **kwargs: nothing to count
+    positional = [None] * (len(call.args) + (1 if method else 0))
+    try:
+        inspect.signature(function).bind(*positional, **{k.arg: None for k in call.keywords
+                                                         if k.arg is not None})
+    except TypeError:
+        return False
+    return True
+
+
+def test_python_examples_import_and_call_what_exists() -> None:
+    # A renamed method, argument or export breaks a reader's copy-paste, not the tests: each
+    # example's imports must exist, and each call on a client (`rift.wait(job.id, timeout=...)`)
+    # must name a real method with arguments its signature takes.
+    blocks = [*_fenced_blocks(README, "python"), *_fenced_blocks(CLIENT_README, "python")]
+    assert len(blocks) >= 6, len(blocks)
+    calls = 0
+    for block in blocks:
+        tree = ast.parse(block)  # a syntax error fails here
+        clients = _client_names(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(module, alias.name), f"README: from {node.module} import {alias.name}"
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in clients:
+                cls = clients[node.func.value.id]
+                method = getattr(cls, node.func.attr, None)
+                shown = f"{node.func.value.id}.{node.func.attr}(...) ({cls.__name__})"
+                assert method is not None, f"README calls {shown}: no such method"
+                assert _binds(method, node, method=True), f"README: {shown} " \
+                    f"does not fit {inspect.signature(method)}: {ast.unparse(node)}"
+                calls += 1
+    assert calls >= 10, calls
+
+
+def test_every_python_m_rift_line_parses() -> None:
+    from rift.cli import make_parser
+
+    lines = [*_command_lines(README, "rift", inline=False)]
+    # Only `python -m rift ...` lines: the word "rift" alone is a module path elsewhere.
+    commands = [words for words in lines if words and words[0] in ("run", "demo-checkpoint",
+                                                                    "architectures")]
+    assert len(commands) >= 5, lines
+    for words in commands:
+        try:
+            make_parser().parse_args(words)
+        except SystemExit:  # argparse's answer to an unknown command or option
+            pytest.fail(f"README: python -m rift {' '.join(words)}: refused by its parser")
+
+
+_CURL_URL = re.compile(r"\$\{?RIFT\}?(/v1/[^\s\"'?]*)")
+
+
+def test_every_curl_example_names_a_served_route(app: FastAPI) -> None:
+    checked = 0
+    for line in _code(README, inline=False):
+        if "curl " not in line:
+            continue
+        words = line.split(" #", 1)[0]
+        found = _CURL_URL.search(words)
+        if found is None:
+            continue
+        explicit = re.search(r"-X\s+([A-Z]+)", words)
+        method = explicit.group(1) if explicit else (
+            "POST" if re.search(r"\s(-d|-F|--data\S*)\s", words) else "GET")
+        # <id>, $JOB_ID, ${JOB_ID}: a path parameter.
+        path = re.sub(r"<[^>/]+>|\$\{?[A-Z_]+\}?", "x1", found.group(1))
+        scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+        assert any(route.matches(scope)[0] == Match.FULL for route in app.router.routes), \
+            f"README: {method} {found.group(1)} is not a route of the app ({line.strip()[:100]})"
+        checked += 1
+    assert checked >= 12, checked

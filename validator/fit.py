@@ -78,7 +78,9 @@ def check_checkpoint_fits(
             mismatch = mismatch or exc  # the first option's keys are the ones reported
     else:
         assert mismatch is not None
-        raise mismatch
+        from rift.architecture_hint import with_architecture_hint
+
+        raise with_architecture_hint(mismatch, config.architecture, shapes, options, size)
     # Kinds only: meta tensors have no values, so a float64 beyond float32's range is left to
     # the job's own check when it loads the weights.
     check_dtypes(model, {key: meta_state[key] for key in known if key in meta_state})

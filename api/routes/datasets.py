@@ -128,5 +128,10 @@ def read_dataset(dataset_id: str, session: SessionDep, caller: CallerDep) -> Dat
     responses={409: {"description": "Used by a job"}})
 def delete_dataset(dataset_id: str, session: SessionDep, store: StoreDep,
                    caller: CallerDep) -> Response:
+    if dataset_id in BUILTIN_GEOMETRY:
+        # "no dataset with id 'digits'" read as if the built-in dataset were missing.
+        raise NotFound(f"'{dataset_id}' is a built-in dataset, not an upload: there is nothing "
+                       "to delete (uploads: GET /v1/datasets)", field="dataset_id",
+                       code="dataset_not_found")
     deletion.delete_dataset(session, store, caller, dataset_id)
     return Response(status_code=204)

@@ -82,6 +82,11 @@ def _installed_builder(name: str) -> ModelBuilder | None:
     return None
 
 
+def builtin_architectures() -> list[str]:
+    """The networks this package defines (``torchvision:`` and installed ones excluded)."""
+    return [*_BUILDERS, MLP]
+
+
 def list_architectures() -> list[str]:
     """Every name :func:`build_model` accepts: the built-in networks, ``mlp``, the installed
     ``rift.architectures`` entry points, then ``torchvision:<name>`` for each torchvision image

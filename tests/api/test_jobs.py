@@ -151,6 +151,9 @@ def test_checkpoint_that_does_not_fit_lists_the_keys(api: Api, checkpoint_id: st
     error = error_of(other_arch)
     assert error["code"] == "checkpoint_mismatch" and error["field"] == "checkpoint_id"
     assert "linear.weight" in error["missing"] and "fc.weight" in error["unexpected"]
+    # The digits small_cnn's keys fit small_cnn: said first (before: the key lists alone).
+    assert error["message"].startswith("these weights fit the architecture 'small_cnn', not "
+                                       "'resnet18': set architecture.name to 'small_cnn'.")
 
     classes = create(api, job_body(checkpoint_id, config=digits_config(
         architecture={"name": "small_cnn", "num_classes": 12})))

@@ -72,3 +72,13 @@ def test_a_path_with_a_trailing_slash_is_a_404_naming_the_path_without_it(api: A
     # A path that exists in no form names no other.
     unknown = error_of(api.client.get("/v1/nothing/"))
     assert "path_meant" not in unknown and "/docs" in unknown["message"]
+
+
+def test_deleting_a_built_in_dataset_says_it_is_built_in(api: Api) -> None:
+    response = api.client.delete("/v1/datasets/digits")
+    assert response.status_code == 404, response.text
+    error = error_of(response)
+    assert (error["code"], error["field"]) == ("dataset_not_found", "dataset_id")
+    # Before: "no dataset with id 'digits'", as if the built-in dataset were missing.
+    assert "'digits' is a built-in dataset, not an upload" in error["message"]
+    assert api.client.get("/v1/datasets/digits").status_code == 200  # still there

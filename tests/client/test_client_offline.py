@@ -4,6 +4,7 @@ service nothing first (a scripted server, no API)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -95,4 +96,56 @@ def test_a_report_into_a_missing_folder_names_it_before_any_request(tmp_path: Pa
         server.stop()
     # Before: the page was fetched, then "No such file or directory" from the write.
     assert caught.value.filename == str(target)
+    assert server.seen == []
+
+
+def _one_artifact_server(payload: bytes) -> ScriptedServer:
+    artifact = {"name": "tuned.safetensors", "size": len(payload),
+                "sha256": hashlib.sha256(payload).hexdigest(),
+                "content_type": "application/octet-stream", "created_at": "2026-01-01T00:00:00Z",
+                "url": "/v1/jobs/job_1/artifacts/tuned.safetensors"}
+    return ScriptedServer([ScriptedReply(200, {"items": [artifact]}),
+                           ScriptedReply(200, raw=payload,
+                                         content_type="application/octet-stream")])
+
+
+def test_a_destination_written_with_a_trailing_slash_is_a_folder_made_when_missing(
+        tmp_path: Path) -> None:
+    payload = b"weights" * 100
+    server = _one_artifact_server(payload)
+    folder = tmp_path / "weights"
+    try:
+        with RiftClient(server.url, api_key="rift_test") as client:
+            # The README's call: before, it wrote a file called "weights" (Path drops the "/").
+            saved = client.download("job_1", "tuned.safetensors", f"{folder}/")
+    finally:
+        server.stop()
+    assert saved == folder / "tuned.safetensors"
+    assert folder.is_dir() and saved.read_bytes() == payload
+
+
+def test_a_report_saved_into_a_folder_written_with_a_slash_is_named_after_the_job(
+        tmp_path: Path) -> None:
+    server = ScriptedServer([ScriptedReply(200, raw=b"<html>report</html>",
+                                           content_type="text/html")])
+    try:
+        with RiftClient(server.url, api_key="rift_test") as client:
+            saved = client.download_report("job_1", f"{tmp_path / 'reports'}/")
+    finally:
+        server.stop()
+    assert saved == tmp_path / "reports" / "job_1.html"
+    assert saved.read_bytes() == b"<html>report</html>"
+
+
+def test_a_file_in_the_way_of_a_folder_destination_is_named_before_any_request(
+        tmp_path: Path) -> None:
+    server = ScriptedServer([ScriptedReply(500, {"error": {"code": "unexpected"}})])
+    (tmp_path / "weights").write_text("not a folder")
+    try:
+        with RiftClient(server.url, api_key="rift_test") as client, \
+                pytest.raises(NotADirectoryError) as caught:
+            client.download("job_1", "tuned.safetensors", f"{tmp_path / 'weights'}/")
+    finally:
+        server.stop()
+    assert caught.value.filename == f"{tmp_path / 'weights'}/"
     assert server.seen == []

@@ -66,3 +66,12 @@ def test_the_shortest_time_limit_is_the_apis() -> None:
     for value in (1e-9, 0.5, float("inf")):
         with pytest.raises(ValidationError, match="time_limit_seconds"):
             models.JobSpec(config={}, time_limit_seconds=value)
+
+
+def test_a_jobs_attempts_say_what_they_count() -> None:
+    # Before: "attempts": 3 on a job that ran cleanly, with nothing in /docs or the client's
+    # model to say that it counts stage runs (three stages, one run each), not retries.
+    for model in (api_schemas.JobOut, models.Job):
+        description = model.model_fields["attempts"].description or ""
+        assert "three stages ran once each" in description, model
+    assert "1 unless retried" in (api_schemas.StageOut.model_fields["attempts"].description or "")

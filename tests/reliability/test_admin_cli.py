@@ -76,6 +76,27 @@ def test_rift_admin_end_to_end(api: Api, rift_admin: AdminCli) -> None:
     client.close()
 
 
+def test_revoke_given_the_key_itself_names_its_id_and_never_prints_the_secret(
+        api: Api, rift_admin: AdminCli) -> None:
+    key = rift_admin("keys", "create", "--project", "revoker").stdout.strip()
+    assert KEY.fullmatch(key)
+    listed = rift_admin("keys", "list", "--project", "revoker").stdout
+    key_id = listed.splitlines()[1].split("\t")[0]
+    refused = rift_admin("keys", "revoke", key)
+    # Before: "no key with id 'rift_<prefix>_<secret>'", the secret printed back.
+    assert refused.returncode == 2
+    assert key.split("_", 2)[2] not in refused.stderr + refused.stdout
+    assert f"is an API key, not a key id: its id is {key_id}" in refused.stderr
+    client = api.client_for(key)
+    assert client.get("/v1/jobs").status_code == 200  # a refused command changes nothing
+    unknown = rift_admin("keys", "revoke", "rift_" + "0" * 12 + "_" + "A" * 43)
+    assert unknown.returncode == 2 and "A" * 43 not in unknown.stderr
+    assert "no key with its prefix" in unknown.stderr
+    assert rift_admin("keys", "revoke", key_id).returncode == 0
+    assert client.get("/v1/jobs").status_code == 401
+    client.close()
+
+
 def test_admin_routes(api: Api, clients: Callable[..., httpx.Client]) -> None:
     admin = clients("ops", ("admin",))
     created = admin.post("/v1/admin/projects", json={"name": "team-a", "max_active_jobs": 1})

@@ -22,6 +22,25 @@ def test_a_selection_curve_shows_exact_bounded_and_unmeasured_points() -> None:
     assert "<td>64</td>" in page and "<td>–</td>" in page
 
 
+def test_the_page_says_what_unmeasured_and_bounded_points_mean_only_when_it_has_them() -> None:
+    measured = {"alpha": 0.0, "clean_accuracy": 90.0, "robust_accuracy": 64.0,
+                "robust_accuracy_at_most": None}
+    unmeasured = {"alpha": 0.5, "clean_accuracy": 91.0, "robust_accuracy": None,
+                  "robust_accuracy_at_most": None}
+    bounded = {"alpha": 1.0, "clean_accuracy": 93.0, "robust_accuracy": None,
+               "robust_accuracy_at_most": 61.5}
+
+    def page(*points: dict[str, object]) -> str:
+        return render_report(ReportData(job_id="j", status="succeeded", chosen_alpha=0.0,
+                                        curves=[Curve("fc", list(points), 0.0)]))
+
+    # Before: a column of "–" with no word on why (the default curve attacks few points).
+    with_gaps = page(measured, unmeasured)
+    assert "– : not attacked" in with_gaps and "≤ x" not in with_gaps
+    assert "≤ x : attack stopped" in page(measured, unmeasured, bounded)
+    assert "not attacked" not in page(measured)
+
+
 def test_an_mrc_row_stopped_early_shows_its_lower_bound() -> None:
     rows = [{"module": "conv1", "parameters": 10, "mrc": 0.53, "worst_robust_loss": 1.5,
              "exact": False, "passes": 1},

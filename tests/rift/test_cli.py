@@ -316,3 +316,44 @@ def test_interpolation_table_shows_alpha_as_on_the_grid() -> None:
               for a in (0.0, 0.005, 0.01, 1.0)]
     alphas = [line.split()[0] for line in format_interpolation_table(points, 0.005).splitlines()]
     assert alphas == ["alpha", "0", "0.005", "0.01", "1"]
+
+
+def test_demo_checkpoint_writes_the_matching_job_config(
+        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rift.demo
+    from rift.config import RiftConfig
+
+    trained: list[Path] = []
+
+    def fake_training(path: Path, *, seed: int) -> dict[str, Any]:  # the training is not tested here
+        trained.append(Path(path))
+        Path(path).write_bytes(b"weights")
+        return {"path": str(path), "seed": seed}
+
+    monkeypatch.setattr(rift.demo, "make_digits_checkpoint", fake_training)
+    (tmp_path / "file").write_text("x")
+    # A --config-out that cannot be written is refused before the training, not after it.
+    code = main(["demo-checkpoint", "--out", str(tmp_path / "model.safetensors"),
+                 "--config-out", str(tmp_path / "file" / "config.json")])
+    assert code == 2 and "error: --config-out" in capsys.readouterr().err
+    assert trained == []
+    config_out = tmp_path / "config.json"
+    code = main(["demo-checkpoint", "--out", str(tmp_path / "model.safetensors"),
+                 "--config-out", str(config_out)])
+    assert code == 0, capsys.readouterr().err
+    assert trained == [tmp_path / "model.safetensors"]
+    written = json.loads(config_out.read_text())
+    # Before: the README's examples read a config.json that nothing made.
+    assert written == rift.demo.DIGITS_DEMO_CONFIG
+    assert RiftConfig.model_validate(written).architecture.name == "small_cnn"
+    assert json.loads(capsys.readouterr().out)["config"] == str(config_out)
+
+
+def test_help_names_every_demo_option_and_shows_no_rst_quotes() -> None:
+    parser = make_parser()
+    assert "``" not in (parser.description or "")
+    commands = next(action for action in parser._actions if action.dest == "command")
+    demo = commands.choices["demo-checkpoint"]  # type: ignore[attr-defined]
+    options = [action for action in demo._actions if action.option_strings != ["-h", "--help"]]
+    assert {action.dest for action in options} == {"out", "seed", "config_out"}
+    assert all(action.help for action in options), [a.dest for a in options if not a.help]

@@ -170,3 +170,15 @@ def test_a_googlenet_trained_with_its_auxiliary_heads_fits() -> None:
         trained = torchvision.models.googlenet(num_classes=10, aux_logits=True,
                                                init_weights=False)
     check_checkpoint_fits(config, _shapes(trained), in_channels=3, image_size=32)
+
+
+def test_a_checkpoint_of_another_built_in_architecture_is_named() -> None:
+    with torch.device("meta"):
+        small = rift.models.build_model(_config().architecture, in_channels=1, image_size=8)
+    with pytest.raises(CheckpointMismatchError) as caught:
+        check_checkpoint_fits(_config("resnet18"), _shapes(small), in_channels=1, image_size=8)
+    # Before: 97 missing keys, 14 unexpected, 5 shape mismatches, and no word of small_cnn.
+    assert caught.value.message.startswith(
+        "these weights fit the architecture 'small_cnn', not 'resnet18': set architecture.name "
+        "to 'small_cnn'. the checkpoint does not fit")
+    assert caught.value.missing and caught.value.unexpected  # the lists are kept

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 from pathlib import Path
 from urllib.parse import quote
 
@@ -53,11 +54,25 @@ def item_limit(limit: int | None) -> int | None:
     return limit
 
 
-def save_target(path: Path, name_in_folder: str) -> Path:
+def save_target(path: str | os.PathLike[str], name_in_folder: str) -> Path:
     """Where a download goes: ``path``, or ``path / name_in_folder`` when ``path`` is an existing
-    folder; a missing parent folder is a :class:`FileNotFoundError` naming the caller's path,
-    raised before anything is asked of the service."""
-    target = path / name_in_folder if path.is_dir() else path
+    folder or is written as one (``"weights/"``, a trailing separator: the folder is then made
+    when missing, as ``riftctl jobs download --out`` makes it); a missing parent folder of a
+    file is a :class:`FileNotFoundError` naming the caller's path, raised before anything is
+    asked of the service."""
+    text = os.fspath(path)
+    # Path("weights/") is Path("weights"): without this look at the text, "weights/" named a
+    # file called weights when the folder did not exist yet.
+    separators = tuple(sep for sep in (os.sep, os.altsep, "/") if sep)
+    if isinstance(text, str) and text.endswith(separators):
+        folder = Path(text)
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{text!r} names a folder, but a file of "
+                                     "that name is in the way", text)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name_in_folder
+    given = Path(path)
+    target = given / name_in_folder if given.is_dir() else given
     if not target.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, f"no folder {str(target.parent)!r} to save the "
                                 "download in", str(target))

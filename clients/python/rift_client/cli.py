@@ -27,7 +27,9 @@ JSON (``jobs events``: one JSON object per line) so that scripts can parse them.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -76,6 +78,9 @@ from rift_client.models import (
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_API_ERROR, EXIT_WAIT_TIMEOUT = 0, 1, 2, 3, 4
 STAGES = ("mrc", "finetune", "interpolate")
+#: What the service accepts as a resource id (api/schemas.py RESOURCE_ID_PATTERN): a
+#: ``--checkpoint`` that is neither a file nor this is a mistyped file name.
+CHECKPOINT_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 
 class OutputFormat(StrEnum):
@@ -108,6 +113,12 @@ class State:
         elif isinstance(value, list):
             value = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
         print(json.dumps(value), flush=True)
+
+    def note(self, message: str) -> None:
+        """A progress message on stderr ("job ... queued; waiting"): text output only, and not
+        with --quiet, which the README promised turns them off (it only hid the bars)."""
+        if not self.json and not self.quiet:
+            self.err.print(message, highlight=False, soft_wrap=True)
 
     def say(self, message: str) -> None:
         """A human-readable line on stdout (text output only)."""
@@ -149,7 +160,8 @@ def main_options(
     upload_timeout: Annotated[float | None, typer.Option(
         "--upload-timeout", min=0.1, help="Seconds an upload waits for its answer once sent: the "
         "service checks the file first (default 900).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress "
+                                        "messages on stderr (errors still).")] = False,
 ) -> None:
     """Command line of the RiFT service. Exit codes: 0 success, 1 job failed or cancelled,
     2 usage error, 3 API error, 4 wait timed out."""
@@ -226,12 +238,27 @@ def _show_record(state: State, record: BaseModel, title: str) -> None:
         state.emit(record)
         return
     table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # a SHA-256 whole on a narrow terminal, not "8f39…"
     for key, value in record.model_dump(mode="json").items():
         if value is None or value == {} or value == []:
             continue
         text = json.dumps(value) if isinstance(value, dict | list) else str(value)
         table.add_row(key, text)
-    state.out.print(table)
+    _print_table(state, table)
+
+
+def _print_table(state: State, table: Table) -> None:
+    """A table on stdout: fitted to a terminal's width, at its natural width elsewhere. Piped
+    or redirected, rich laid tables out in 80 columns, so that `checkpoints list | grep` lost
+    the columns past the 80th and a cut value ended in "…"."""
+    if state.out.is_terminal:
+        state.out.print(table)
+        return
+    unbounded = state.out.options.update_width(1_000_000)
+    width = state.out.measure(table, options=unbounded).maximum
+    # Console.print clamps its width= to the console's, hence a console of the table's width.
+    Console(file=state.out.file, width=width, markup=False).print(table)
 
 
 def _show_fetched(ctx: typer.Context, fetch: Callable[[RiftClient], BaseModel],
@@ -282,10 +309,15 @@ def _created_column() -> _Column[Any]:
                    no_wrap=True, min_width=19)
 
 
-def _show_list(state: State, records: Sequence[Record], columns: Sequence[_Column[Record]]) -> None:
-    """The body's end of every ``list`` command: the records as JSON, or as a table."""
+def _show_list(state: State, records: Sequence[Record], columns: Sequence[_Column[Record]],
+               empty: str = "") -> None:
+    """The body's end of every ``list`` command: the records as JSON, or as a table; with no
+    records, the line ``empty`` instead of a table of headers alone (which read as a fault)."""
     if state.json:
         state.emit(list(records))
+        return
+    if not records and empty:
+        state.say(empty)
         return
     table = Table()
     for column in columns:
@@ -293,12 +325,15 @@ def _show_list(state: State, records: Sequence[Record], columns: Sequence[_Colum
                          overflow=column.overflow or "ellipsis")
     for record in records:
         table.add_row(*(column.cell(record) for column in columns))
-    state.out.print(table)
+    _print_table(state, table)
 
 
-def _existing_file(path: Path) -> Path:
+def _existing_file(path: Path, param_hint: str) -> Path:
+    """``path`` if it is a file; else a usage error naming the option or argument it came from
+    (without it click printed "Invalid value: x is not a file", naming nothing)."""
     if not path.is_file():
-        raise typer.BadParameter(f"{path} is not a file")
+        why = "a folder, not a file" if path.is_dir() else "no such file"
+        raise typer.BadParameter(f"{path}: {why}", param_hint=param_hint)
     return path
 
 
@@ -307,6 +342,17 @@ def _existing_file(path: Path) -> Path:
 
 def _share(used: int, limit: int) -> str:
     return f"{used} of {limit} ({100 * used / limit:.1f}%)" if limit else f"{used} of {limit}"
+
+
+def _size(count: int) -> str:
+    """Bytes as a reader takes them in: "1.4 MiB" (binary units, as the service's limits are
+    set: 50 GiB is 53687091200)."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 @app.command("usage")
@@ -321,7 +367,9 @@ def usage(ctx: typer.Context) -> None:
         return
     stored = record.stored_bytes
     state.say(f"project {record.project}")
-    state.say(f"stored bytes: {_share(stored.used, stored.limit)} (max_stored_bytes)")
+    # Before: bare byte counts only ("1508892 of 53687091200").
+    state.say(f"stored bytes: {_share(stored.used, stored.limit)} (max_stored_bytes; "
+              f"{_size(stored.used)} of {_size(stored.limit)})")
     state.say(f"  checkpoints {stored.checkpoints}, datasets {stored.datasets}, artifacts "
               f"{stored.artifacts}, reserved by active jobs {stored.reserved_by_active_jobs}, "
               f"by materializations {stored.reserved_by_materializations}")
@@ -351,7 +399,7 @@ def checkpoints_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
         help="A .safetensors or PyTorch checkpoint file.")]) -> None:
     """Upload a checkpoint (its SHA-256 checked against the service's)."""
     state = _state(ctx)
-    _existing_file(path)
+    _existing_file(path, "PATH")
     with _client(state) as client:
         record = _upload(state, path, lambda p, cb: client.upload_checkpoint(p, progress=cb))
     if state.json:
@@ -386,7 +434,7 @@ def checkpoints_list(
         _Column("tensors", lambda c: str(c.num_tensors), no_wrap=True),
         _created_column(),
         _Column("filename", lambda c: c.filename, overflow="fold"),
-    ])
+    ], empty="no checkpoints" + (f" of format {format}" if format else ""))
 
 
 @checkpoints_app.command("get")
@@ -409,7 +457,7 @@ def datasets_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
         help="An .npz file or a tar of an ImageFolder tree.")]) -> None:
     """Upload a dataset (its SHA-256 checked against the service's)."""
     state = _state(ctx)
-    _existing_file(path)
+    _existing_file(path, "PATH")
     with _client(state) as client:
         record = _upload(state, path, lambda p, cb: client.upload_dataset(p, progress=cb))
     if state.json:
@@ -446,7 +494,8 @@ def datasets_list(
         _Column("size", lambda d: known(d.size), no_wrap=True),
         _created_column(),
         _Column("filename", lambda d: d.filename or "-", overflow="fold"),
-    ])
+    ], empty="no uploaded datasets" + (f" of kind {kind}" if kind else "")
+       + " (built-in ones are not uploads: `riftctl datasets get NAME` shows them)")
 
 
 @datasets_app.command("get")
@@ -493,7 +542,7 @@ def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    _existing_file(path)
+    _existing_file(path, "--config")
     try:
         config = json.loads(path.read_text(), object_pairs_hook=_refuse_repeated_keys)
     except _RepeatedKeyError as exc:
@@ -589,15 +638,19 @@ def jobs_create(
     spec = {"config": job_config, "labels": _labels(label or []),
             "dataset_id": dataset, "time_limit_seconds": time_limit}
     checkpoint_file = Path(checkpoint)
+    if not checkpoint_file.is_file() and not CHECKPOINT_ID.fullmatch(checkpoint):
+        # Sent as an id, a mistyped file name came back as a 422 on the id's pattern (exit 3).
+        why = "a folder" if checkpoint_file.is_dir() else "no such file"
+        raise typer.BadParameter(f"{checkpoint}: {why}, and not a checkpoint id (ids are letters, "
+                                 "digits, '_' and '-'; `riftctl checkpoints list` shows them)",
+                                 param_hint="--checkpoint")
     with _client(state) as client:
         if checkpoint_file.is_file():
             # The file goes in the job's own request (one multipart POST under one
             # Idempotency-Key): a re-run, or a job refused, leaves no stray checkpoint behind.
             job = _upload(state, checkpoint_file, lambda p, cb: client.create_job(
                 spec, checkpoint_file=p, idempotency_key=idempotency_key, progress=cb))
-            if not state.json:
-                state.err.print(f"uploaded {checkpoint_file.name} as checkpoint "
-                                f"{job.checkpoint_id}", highlight=False)
+            state.note(f"uploaded {checkpoint_file.name} as checkpoint {job.checkpoint_id}")
         else:
             job = client.create_job(spec, checkpoint_id=checkpoint,
                                     idempotency_key=idempotency_key)
@@ -607,8 +660,7 @@ def jobs_create(
             else:
                 state.say(f"job {job.id} {job.status}")
             return
-        if not state.json:
-            state.err.print(f"job {job.id} {job.status}; waiting", highlight=False)
+        state.note(f"job {job.id} {job.status}; waiting")
         job = _wait(state, client, job.id, timeout, 1.0)
     _finish(state, job)
 
@@ -635,7 +687,7 @@ def jobs_list(
         _Column("progress", lambda j: f"{j.progress * 100:.0f}%" if not j.finished else "-"),
         _created_column(),
         _Column("labels", lambda j: ", ".join(f"{k}={v}" for k, v in j.labels.items())),
-    ])
+    ], empty="no jobs" + (" match" if status or labels else ""))
 
 
 @jobs_app.command("get")
@@ -652,7 +704,9 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
               "selected module": job.selected_module, "chosen α": job.chosen_alpha,
               "labels": ", ".join(f"{k}={v}" for k, v in job.labels.items()) or None,
               "error": f"{job.error.code}: {job.error.message}" if job.error else None,
-              "created": job.created_at, "finished": job.finished_at}
+              # To the second, as the list tables print times (not "17:49:25.801126+00:00").
+              "created": job.created_at.strftime(TIME_FORMAT),
+              "finished": job.finished_at.strftime(TIME_FORMAT) if job.finished_at else None}
     for key, value in fields.items():
         if value is not None:
             state.say(f"  {key}: {value}")
@@ -662,8 +716,8 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
     for moment in ("before", "after"):
         values = metrics.get(moment)
         if isinstance(values, dict):
-            state.say(f"  {moment}: clean {values.get('clean_accuracy')}%, robust "
-                      f"{values.get('robust_accuracy')}%")
+            state.say(f"  {moment}: clean {_percent(values.get('clean_accuracy'))}, robust "
+                      f"{_percent(values.get('robust_accuracy'))}")
 
 
 @jobs_app.command("wait")
@@ -760,6 +814,15 @@ def jobs_download(
         out.mkdir(parents=True, exist_ok=True)
         artifacts = client.list_artifacts(job_id)
         by_name = {a.name: a for a in artifacts}
+        if not names and not artifacts:
+            # Before: nothing printed and exit 0, as if a cancelled job's weights had been saved.
+            job = client.get_job(job_id)
+            if job.status != SUCCEEDED:
+                message = (f"job {job_id} is {job.status}: it has no artifacts to download "
+                           "(they are made when it succeeds)")
+                _fail(state, EXIT_API_ERROR, message, {
+                    "code": "job_not_succeeded", "message": message, "field": "job_id",
+                    "status": job.status})
         with _transfer_progress(state) as progress:
             for name in names or list(by_name):
                 artifact = by_name.get(name) or client.get_artifact(job_id, name)
@@ -781,9 +844,9 @@ def _describe_materialization(record: Materialization) -> str:
     text = (f"materialization {record.id} of job {record.job_id}: α = {record.alpha:g} "
             f"{record.status}, {record.artifact}")
     if record.clean_accuracy is not None:
-        text += f", clean {record.clean_accuracy:g}%"
+        text += f", clean {_percent(record.clean_accuracy)}"  # 2 decimals, as `jobs get`
     if record.robust_accuracy is not None:
-        text += f", robust {record.robust_accuracy:g}%"
+        text += f", robust {_percent(record.robust_accuracy)}"
     if record.error:
         text += f": {record.error}"
     return text
@@ -820,9 +883,7 @@ def jobs_materialize(
     with _client(state) as client:
         record = client.materialize(job_id, alpha, evaluate=evaluate)
         if wait and not record.finished:
-            if not state.json:
-                state.err.print(f"materialization {record.id} {record.status}; waiting",
-                                highlight=False)
+            state.note(f"materialization {record.id} {record.status}; waiting")
             record = client.wait_materialization(job_id, record.id, timeout,
                                                  poll_interval=poll_interval)
         if download is not None and record.status == SUCCEEDED:
@@ -842,6 +903,14 @@ def jobs_materialize(
             state.say(f"{saved['path']} ({saved['size']} bytes, sha256 verified)")
     if wait and record.status != SUCCEEDED:
         raise typer.Exit(EXIT_JOB_FAILED)
+
+
+def _percent(value: Any) -> str:
+    """An accuracy from a job's metrics, to 2 decimals ("90.42%", not "90.42316258351893%");
+    what is not a number is shown as it is."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.2f}%"
+    return "–" if value is None else str(value)
 
 
 def _number(value: float | None) -> str:
@@ -913,6 +982,14 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
             _Column("α", lambda p: f"{p.alpha:g}", no_wrap=True),
             _Column("clean (%)", lambda p: _number(p.clean_accuracy)),
             _Column("robust (%)", _robust)])
+        unmeasured = [p for p in curves.interpolation if p.robust_accuracy is None]
+        if unmeasured:
+            # As on the report page: a column of "–" read as a fault.
+            state.say("– not attacked: only the α points that could be chosen are (the default "
+                      "interpolation.curve \"selection\"; \"full\" measures every α)"
+                      + ("; ≤ x: attack stopped early, x an upper bound"
+                         if any(p.robust_accuracy_at_most is not None for p in unmeasured)
+                         else ""))
     if curves.candidates:
         _show_list(state, curves.candidates, [
             _Column("", lambda c: _chosen(c.chosen), no_wrap=True),
@@ -931,8 +1008,10 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
 def jobs_report(
     ctx: typer.Context,
     job_id: str,
-    out: Annotated[Path, typer.Option(
-        "--out", "-d", help="File, or folder to save <job id>.html in.")] = Path("."),
+    # Text, not a Path: Path("reports/") drops the slash that says "a folder".
+    out: Annotated[str, typer.Option(
+        "--out", "-d", help="File, or folder to save <job id>.html in (a missing one made when "
+        "written with a trailing /).")] = ".",
 ) -> None:
     """Save the job's HTML report page (MRC table, curves, manifest)."""
     state = _state(ctx)
@@ -994,7 +1073,7 @@ def webhooks_list(ctx: typer.Context) -> None:
         _Column("events", lambda h: ", ".join(h.events)),
         _created_column(),
         _Column("description", lambda h: h.description or ""),
-    ])
+    ], empty="no webhooks")
 
 
 @webhooks_app.command("get")
@@ -1046,9 +1125,58 @@ def webhooks_deliveries(
                       f"{took}" + (f": {attempt.error}" if attempt.error else ""))
 
 
+def _one_line_summaries(*groups: typer.Typer) -> None:
+    """Give every command a one-line summary for its group's command list: typer prints a
+    command's docstring there with its line breaks, so a summary wrapped in the source broke
+    mid-sentence in `riftctl jobs --help` ("exit 0 if the job" / "succeeded")."""
+    for group in groups:
+        for info in group.registered_commands:
+            if info.short_help is None and info.callback is not None:
+                text = info.help or inspect.getdoc(info.callback) or ""
+                info.short_help = " ".join(text.split("\n\n")[0].split())
+
+
+_one_line_summaries(checkpoints_app, datasets_app, jobs_app, webhooks_app, app)
+
+
+#: Options of riftctl itself that take a value, as typed before the command.
+_ROOT_VALUE_OPTIONS = ("--url", "--api-key", "--output", "-o", "--timeout-http", "--upload-timeout")
+
+
+def hoist_root_options(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--output text|json`` and ``--quiet`` moved before the command when typed
+    after it (``riftctl jobs list --output json``): they are options of riftctl itself, and
+    there they were "No such option: --output" (``jobs download``: "Possible options: --out",
+    the wrong hint). No command has options of those names, so moving them (with the value
+    after ``--output``/``-o``, which riftctl then checks) changes no meaning; nothing after
+    ``--`` moves."""
+    start = 0
+    while start < len(argv) and argv[start].startswith("-"):
+        start += 2 if argv[start] in _ROOT_VALUE_OPTIONS else 1
+    head, tail = list(argv[:start]), list(argv[start:])
+    moved: list[str] = []
+    kept: list[str] = []
+    index = 0
+    while index < len(tail):
+        word = tail[index]
+        if word == "--":
+            kept.extend(tail[index:])
+            break
+        if word in ("--output", "-o") and index + 1 < len(tail):
+            moved.extend(tail[index:index + 2])
+            index += 2
+            continue
+        if word.startswith("--output=") or word in ("--quiet", "-q"):
+            moved.append(word)
+        else:
+            kept.append(word)
+        index += 1
+    return head + moved + kept
+
+
 def main() -> None:
     """The ``riftctl`` console script."""
-    app()
+    app(args=hoist_root_options(sys.argv[1:]))
 
 
 if __name__ == "__main__":

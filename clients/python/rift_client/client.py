@@ -426,8 +426,9 @@ class RiftClient:
 
     def download(self, job_id: str, name: str, path: str | os.PathLike[str], *,
                  progress: ProgressCallback | None = None, resume_attempts: int = 3) -> Path:
-        """Download artifact ``name`` of the job to ``path`` (a file, or an existing folder to
-        put it in); returns the file's path.
+        """Download artifact ``name`` of the job to ``path`` (a file, or a folder to put it in:
+        an existing one, or one written with a trailing slash, ``"weights/"``, made when
+        missing); returns the file's path.
 
         The file is written as ``<path>.part`` and renamed only once its size and SHA-256 match
         the service's record (:class:`ChecksumMismatchError` otherwise, the partial file
@@ -439,7 +440,8 @@ class RiftClient:
 
     def download_report(self, job_id: str, path: str | os.PathLike[str]) -> Path:
         """Save the job's HTML report page (``GET /v1/jobs/{id}/report``) to ``path`` (a file, or
-        an existing folder to put ``<job id>.html`` in); returns the file's path."""
+        a folder to put ``<job id>.html`` in, as for :meth:`download`); returns the file's
+        path."""
         return self._run(self._core.download_report(job_id=job_id, path=path))
 
     # ------------------------------------------------------------------------------ webhooks

@@ -744,7 +744,7 @@ class RiftCore:
         # Checked first: else, after the request, "No such file or directory: '<path>.part'",
         # a file the caller never named.
         _seg("name", name)  # an empty name is refused before the folder is looked at
-        target = save_target(Path(path), name)
+        target = save_target(path, name)
         return self._download(job_id, name, target, progress, resume_attempts)
 
     def _download(self, job_id: str, name: str, target: Path,
@@ -805,7 +805,7 @@ class RiftCore:
         # The folder is checked before the request, and the page written next to the target then
         # renamed: a failed write never leaves half a page under the caller's name.
         _seg("job_id", job_id)
-        target = save_target(Path(path), f"{job_id}.html")
+        target = save_target(path, f"{job_id}.html")
         return self._download_report(job_id, target)
 
     def _download_report(self, job_id: str, target: Path) -> Flow[Path]:

@@ -122,7 +122,8 @@ class Job(_Resource):
     dataset_id: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     device: str | None = None
-    attempts: int = 0
+    attempts: int = Field(0, description="Stage runs over all its stages: 3 for a job whose three "
+                          "stages ran once each; more only after retries.")
     selected_module: str | None = None
     chosen_alpha: float | None = None
     metrics: dict[str, Any] | None = None
