@@ -15,6 +15,7 @@ from persistence.logs import current_request_id
 from persistence.models import StageName
 from persistence.queue import (
     create_celery_app,
+    declare_queues,
     enqueue_materialization,
     enqueue_stage,
     enqueue_webhook,
@@ -81,6 +82,7 @@ class CeleryDispatcher:
 
     def check(self) -> None:
         try:
+            declare_queues(self.app, self.settings)
             with self.app.connection_for_write() as connection:
                 connection.ensure_connection(max_retries=1, timeout=self.timeout)
                 # Virtual transports (SQLAlchemy, Redis) connect lazily and cache engines: ask

@@ -10,10 +10,12 @@ database holds the truth.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from sqlalchemy import exc as sqlalchemy_errors
 from sqlalchemy import make_url
 
 from persistence.models import STAGE_ORDER, StageName
@@ -84,6 +86,38 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         return {"connect_args": {"timeout": 30}}
     return {"visibility_timeout": settings.broker_visibility_timeout}
+
+
+#: Tries at declaring the embedded broker's queues (see :func:`declare_queues`).
+DECLARE_TRIES = 4
+
+
+def declare_queues(app: Celery, settings: Settings) -> None:
+    """Make the service's queues exist in the broker before this process first uses them.
+
+    kombu's SQLAlchemy transport (the embedded broker) creates its tables, and a queue's row, on
+    first use, under a lock that only covers one process's threads: an API and a worker started
+    at the same moment could both insert the queue ``rift``, and the loser stopped on the UNIQUE
+    constraint (an API whose readiness check lost exited at start; seen when the test suite
+    started both within milliseconds). The loser finds the table and row on its next try, each
+    try on a fresh connection (a failed one's session cannot go on). Redis and the other
+    transports declare queues idempotently: nothing to do for them.
+    """
+    if not settings.broker_url.lower().startswith("sqla+"):
+        return
+    for attempt in range(1, DECLARE_TRIES + 1):
+        try:
+            with app.connection_for_write() as connection:
+                channel = connection.default_channel
+                for queue in dict.fromkeys((settings.celery_queue, settings.webhook_queue)):
+                    channel.queue_declare(queue=queue)
+            return
+        except (sqlalchemy_errors.IntegrityError, sqlalchemy_errors.OperationalError):
+            # IntegrityError: another process inserted the queue's row first; OperationalError:
+            # it created the tables first ("already exists") or held SQLite's write lock.
+            if attempt == DECLARE_TRIES:
+                raise
+            time.sleep(0.05 * attempt)
 
 
 def enqueue_stage(app: Celery, job_id: str, stage: str = StageName.MRC,

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery.signals import worker_init
 
-from persistence.queue import create_celery_app
+from persistence.queue import create_celery_app, declare_queues
 from persistence.settings import settings_or_exit
 from worker.preflight import check_worker_start
 from worker.tasks import register_tasks
@@ -24,3 +24,5 @@ register_tasks(app)
 @worker_init.connect(weak=False)
 def _preflight(sender: Any = None, **_: Any) -> None:
     check_worker_start(app.settings)
+    # Before the consumer declares them itself, racing an API that starts at the same moment.
+    declare_queues(app, app.settings)
