@@ -20,6 +20,8 @@ PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (models.StoredBytes, api_schemas.StoredBytesOut),
     (models.ActiveJobs, api_schemas.ActiveJobsOut),
     (models.Usage, api_schemas.UsageOut),
+    (models.RequestWindow, api_schemas.RequestWindowOut),
+    (models.EventStreams, api_schemas.EventStreamsOut),
     (models.JobError, api_schemas.JobError),
     (models.Stage, api_schemas.StageOut),
     (models.Job, api_schemas.JobOut),

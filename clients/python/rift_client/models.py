@@ -86,6 +86,27 @@ class ActiveJobs(_Resource):
     limit: int
 
 
+class RequestWindow(_Resource):
+    """Requests counted against ``max_requests_per_minute`` in the current minute."""
+
+    used: int | None = Field(description="This request included; None when the server's "
+                             "counter could not be read.")
+    limit: int
+    resets_in_seconds: float
+    counted_in: str = Field(description="'shared' (Redis: every API process) or 'process' "
+                            "(the API process that answered).")
+
+
+class EventStreams(_Resource):
+    """Open event streams, as counted by the API process that answered (each process holds
+    and limits its own streams)."""
+
+    open_by_this_key: int | None = Field(description="None in an admin's view of a project.")
+    open_by_project: int
+    limit_per_key: int
+    counted_in: str = "process"
+
+
 class Usage(_Resource):
     """The project's usage against its limits: the numbers its 413 and 429 answers use."""
 
@@ -95,6 +116,10 @@ class Usage(_Resource):
     max_job_cost: int
     max_requests_per_minute: int
     max_streams_per_key: int
+    requests_this_minute: RequestWindow | None = Field(
+        None, description="None from a server older than these counts.")
+    event_streams: EventStreams | None = Field(
+        None, description="None from a server older than these counts.")
 
 
 class JobError(_Resource):
