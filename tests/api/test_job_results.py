@@ -142,7 +142,7 @@ def test_range_downloads(api: Api, job_id: str, header: str, start: int, end: in
 @pytest.mark.parametrize(("headers", "status"), [
     ({"Range": f"bytes={len(PAYLOAD)}-"}, 416),
     ({"Range": "bytes=-0"}, 416),
-    ({"Range": "bytes=0-1,5-6"}, 200),  # several ranges: ignored, as RFC 9110 allows
+    ({"Range": "bytes=0-1,5-3"}, 200),  # an invalid range-spec among several: all ignored
     ({"Range": "lines=1-2"}, 200),
     ({"Range": "bytes=9-3"}, 200),
     # A start of any length past the end is a 416 like a short one (before: over 18 digits the
