@@ -279,6 +279,21 @@ class InterpolationPointOut(BaseModel):
     chosen: bool
 
 
+class CandidateWeightsOut(BaseModel):
+    """A sweep candidate's fine-tuned end point θ_FT. Only the chosen candidate's is kept (the
+    job's artifact finetuned.safetensors); the others' are deleted once the sweep picks, their
+    size and SHA-256 still given (what the candidate measured)."""
+
+    available: bool = Field(description="Whether the file can be downloaded (from 'url').")
+    artifact: str | None = Field(description="The job's artifact holding it "
+                                 "(finetuned.safetensors), when available.")
+    url: str | None = Field(description="Its download URL, when available.")
+    size: int | None = Field(description="Bytes.")
+    sha256: str | None
+    deleted: bool = Field(description="The file was deleted (another candidate was chosen).")
+    reason: str | None = Field(description="Why it cannot be downloaded, when it cannot.")
+
+
 class CandidateCurveOut(BaseModel):
     """One (module, lr) candidate of a sweep: its fine-tune's outcome and its own curve."""
 
@@ -295,6 +310,9 @@ class CandidateCurveOut(BaseModel):
     best_epoch: int | None
     points: list[InterpolationPointOut] = Field(
         description="The candidate's curve; 'chosen' marks its own α.")
+    finetuned: CandidateWeightsOut | None = Field(
+        None, description="The candidate's fine-tuned weights θ_FT: downloadable for the chosen "
+        "candidate only; null while the candidate has not finished.")
 
 
 class CurvesOut(BaseModel):

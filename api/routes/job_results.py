@@ -27,6 +27,7 @@ from api.schemas import (
     ArtifactListOut,
     ArtifactOut,
     CandidateCurveOut,
+    CandidateWeightsOut,
     CurvesOut,
     EpochOut,
     InterpolationPointOut,
@@ -42,10 +43,14 @@ from persistence.jobs import (
     list_artifacts,
 )
 from persistence.models import Artifact, Job, JobStatus, SweepCandidate
+from persistence.stage_shards import DISCARDED_REASON
 from persistence.storage import ObjectNotFound, ObjectStore
 
 router = APIRouter(prefix="/jobs", tags=["results"])
 
+#: The fine-tune stage's θ_FT artifact (``rift.stage_outputs.FINETUNED``; not imported: the API
+#: process does not import the library, which imports torch).
+FINETUNED = "finetuned.safetensors"
 _ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@\-]{0,63}")  # @: tuned@<α>.safetensors
 
 
@@ -74,13 +79,15 @@ def read_curves(job_id: str, session: SessionDep, caller: CallerDep) -> CurvesOu
     chosen = job.chosen_alpha
     sweep = (job.metrics or {}).get("sweep")
     winner = sweep.get("chosen") if isinstance(sweep, dict) else None
+    kept = get_artifact(session, job.id, FINETUNED) if isinstance(winner, int) else None
     return CurvesOut(
         job_id=job.id, status=job.status, selected_module=job.selected_module,
         epochs=[EpochOut.model_validate(e, from_attributes=True) for e in epochs],
         interpolation=[_point(p.alpha, p.clean_accuracy, p.robust_accuracy,
                               p.robust_accuracy_at_most, chosen) for p in points],
         chosen_alpha=chosen, metrics=job.metrics,
-        candidates=[_candidate(c, winner) for c in get_sweep_candidates(session, job.id)],
+        candidates=[_candidate(c, winner, job.id, kept)
+                    for c in get_sweep_candidates(session, job.id)],
         chosen_candidate=winner if isinstance(winner, int) else None)
 
 
@@ -92,11 +99,13 @@ def _point(alpha: float, clean: float, robust: float | None, robust_at_most: flo
         chosen=chosen is not None and math.isclose(alpha, chosen, abs_tol=1e-9))
 
 
-def _candidate(row: SweepCandidate, winner: object) -> CandidateCurveOut:
+def _candidate(row: SweepCandidate, winner: object, job_id: str,
+               kept: Artifact | None) -> CandidateCurveOut:
     # Rows of candidates still running have no result yet: their outcome fields stay null.
     outcome = (row.result or {}).get("outcome") or {}
     alpha = outcome.get("chosen_alpha")
     return CandidateCurveOut(
+        finetuned=_candidate_weights(row, winner, job_id, kept),
         index=row.candidate, module=row.module, lr=row.lr, status=row.status,
         attempts=row.attempts, chosen=winner == row.candidate, chosen_alpha=alpha,
         clean_accuracy=outcome.get("clean_accuracy"),
@@ -104,6 +113,32 @@ def _candidate(row: SweepCandidate, winner: object) -> CandidateCurveOut:
         points=[_point(p["alpha"], p["clean_accuracy"], p.get("robust_accuracy"),
                        p.get("robust_accuracy_at_most"), alpha)
                 for p in outcome.get("points", [])])
+
+
+def _candidate_weights(row: SweepCandidate, winner: object, job_id: str,
+                       kept: Artifact | None) -> CandidateWeightsOut | None:
+    """What a candidate's θ_FT is to a reader: the job's finetuned.safetensors for the chosen
+    one, else gone or never published. Decided from the pick, not from the recorded key, so
+    rows recorded before the keys were cleared read the same."""
+    recorded = (row.result or {}).get("finetuned")
+    if not isinstance(recorded, dict):
+        return None  # not finished
+    size, sha256 = recorded.get("size"), recorded.get("sha256")
+    if isinstance(winner, int) and row.candidate == winner and kept is not None:
+        return CandidateWeightsOut(available=True, artifact=kept.name,
+                                   url=job_link(job_id, f"/artifacts/{kept.name}"),
+                                   size=kept.size, sha256=kept.sha256, deleted=False, reason=None)
+    if isinstance(winner, int) and row.candidate != winner:
+        reason = DISCARDED_REASON.format(winner=winner)
+        deleted = True
+    else:  # no pick yet (running), or none will come (the job failed or was cancelled)
+        reason = ("not downloadable: a candidate's θ_FT becomes the job's artifact "
+                  f"{FINETUNED} only if the sweep picks it")
+        deleted = False
+    return CandidateWeightsOut(available=False, artifact=None, url=None,
+                               size=size if isinstance(size, int) else None,
+                               sha256=sha256 if isinstance(sha256, str) else None,
+                               deleted=deleted, reason=reason)
 
 
 def _artifact_out(job_id: str, artifact: Artifact) -> ArtifactOut:

@@ -33,6 +33,7 @@ PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (models.Epoch, api_schemas.EpochOut),
     (models.InterpolationPoint, api_schemas.InterpolationPointOut),
     (models.CandidateCurve, api_schemas.CandidateCurveOut),
+    (models.CandidateWeights, api_schemas.CandidateWeightsOut),
     (models.Curves, api_schemas.CurvesOut),
     (models.Artifact, api_schemas.ArtifactOut),
     (models.Materialization, MaterializationOut),

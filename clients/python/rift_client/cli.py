@@ -65,6 +65,7 @@ from rift_client.models import (
     MIN_TIME_LIMIT_SECONDS,
     SUCCEEDED,
     WEBHOOK_EVENT_TYPES,
+    CandidateCurve,
     Event,
     InterpolationPoint,
     Job,
@@ -936,9 +937,20 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
             _Column("status", lambda c: c.status),
             _Column("α", lambda c: _number(c.chosen_alpha)),
             _Column("clean (%)", lambda c: _number(c.clean_accuracy)),
-            _Column("robust (%)", lambda c: _number(c.robust_accuracy))])
+            _Column("robust (%)", lambda c: _number(c.robust_accuracy)),
+            _Column("θ_FT", _candidate_weights)])
     if not (curves.epochs or curves.interpolation or curves.candidates):
         state.say("no curves yet")
+
+
+def _candidate_weights(candidate: CandidateCurve) -> str:
+    """Where a sweep candidate's θ_FT is: the job's artifact, deleted, or not (yet) kept."""
+    weights = candidate.finetuned
+    if weights is None:
+        return "–"
+    if weights.available:
+        return weights.artifact or "kept"
+    return "deleted" if weights.deleted else "not kept"
 
 
 @jobs_app.command("report")

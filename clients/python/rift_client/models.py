@@ -238,6 +238,19 @@ class InterpolationPoint(_Resource):
     chosen: bool = False
 
 
+class CandidateWeights(_Resource):
+    """A sweep candidate's fine-tuned weights θ_FT: only the chosen candidate's are kept (the
+    job's ``finetuned.safetensors``); the others' are deleted once the sweep picks."""
+
+    available: bool
+    artifact: str | None = None
+    url: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    deleted: bool = False
+    reason: str | None = Field(None, description="Why it cannot be downloaded.")
+
+
 class CandidateCurve(_Resource):
     """One (module, lr) candidate of a sweep and its own interpolation curve."""
 
@@ -252,6 +265,9 @@ class CandidateCurve(_Resource):
     robust_accuracy: float | None = None
     best_epoch: int | None = None
     points: list[InterpolationPoint] = Field(default_factory=list)
+    finetuned: CandidateWeights | None = Field(
+        None, description="The candidate's θ_FT: downloadable (``url``) for the chosen one only; "
+        "None while it runs, or from a server older than this field.")
 
 
 class Curves(_Resource):
