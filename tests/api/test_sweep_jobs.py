@@ -155,6 +155,14 @@ def test_a_finished_sweep_keeps_only_the_winners_weights(
     assert [c["points"] for c in curves["candidates"]] == [
         [{**p, "chosen": p["alpha"] == c["chosen_alpha"]} for p in c["points"]]
         for c in document["candidates"]]
+    # Every candidate's curve, not only the winner's, is in the artifacts' chart and the report
+    # page (the interpolation_points table holds the winner's, read as "interpolation").
+    modules = [c["module"] for c in curves["candidates"]]
+    assert len(set(modules)) == 2
+    chart = api.client.get(listing["interpolation.svg"]["url"]).text
+    page = api.client.get(f"/v1/jobs/{job_id}/report").text
+    assert all(f">{module}<" in chart and module in page for module in modules), modules
+    assert curves["interpolation"] == curves["candidates"][winner]["points"]
     assert api.client.get(listing["tuned.safetensors"]["url"]).status_code == 200
     made = api.client.post(f"/v1/jobs/{job_id}/materialize", json={"alpha": 1.0})
     assert made.status_code == 202, made.text
