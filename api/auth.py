@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import Forbidden, TooManyRequests, Unauthorized
-from api.limits import RateLimiter, retry_after_header
+from api.limits import RateLimiter, project_rate_key, retry_after_header
 from persistence.api_keys import Scope, authenticate, effective_scopes
 from persistence.settings import Settings
 from persistence.usage import ProjectLimits
@@ -78,7 +78,7 @@ def get_caller(
                     scopes=effective_scopes(key.scopes), limits=ProjectLimits.of(project, settings))
     caller.require(required_scope(request.method, request.url.path))
     limit = caller.limits.max_requests_per_minute
-    retry = limiter.hit(f"project:{project.id}", limit, 60)
+    retry = limiter.hit(project_rate_key(project.id), limit, 60)
     if retry is not None:
         raise TooManyRequests(
             f"more than {limit} requests per minute for project '{project.name}' "

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.accept import check_accept
 from api.auth import get_caller
 from api.content_encoding import RequestDecoding
 from api.dispatch import CeleryDispatcher, Dispatcher
@@ -153,9 +154,11 @@ def create_app(
 
     # Every route of this router needs a key; the routes name CallerDep too, which FastAPI
     # resolves once per request, so the router's dependency is a guard a new route cannot miss.
-    # The input rules (JSON bodies, path parameters) are such a guard too.
+    # The input rules (JSON bodies, path parameters) are such a guard too, and so is the
+    # refusal of an Accept that rules out what a JSON route answers with (406).
     v1 = APIRouter(prefix=API_PREFIX,
-                   dependencies=[Depends(get_caller), Depends(check_request_input)])
+                   dependencies=[Depends(get_caller), Depends(check_accept),
+                                 Depends(check_request_input)])
     for module in (checkpoints, datasets, jobs, job_events, job_results, job_report, materialize,
                    webhooks, usage, admin):
         v1.include_router(module.router)

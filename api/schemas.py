@@ -281,6 +281,21 @@ class InterpolationPointOut(BaseModel):
     chosen: bool
 
 
+class CandidateWeightsOut(BaseModel):
+    """A sweep candidate's fine-tuned end point θ_FT. Only the chosen candidate's is kept (the
+    job's artifact finetuned.safetensors); the others' are deleted once the sweep picks, their
+    size and SHA-256 still given (what the candidate measured)."""
+
+    available: bool = Field(description="Whether the file can be downloaded (from 'url').")
+    artifact: str | None = Field(description="The job's artifact holding it "
+                                 "(finetuned.safetensors), when available.")
+    url: str | None = Field(description="Its download URL, when available.")
+    size: int | None = Field(description="Bytes.")
+    sha256: str | None
+    deleted: bool = Field(description="The file was deleted (another candidate was chosen).")
+    reason: str | None = Field(description="Why it cannot be downloaded, when it cannot.")
+
+
 class CandidateCurveOut(BaseModel):
     """One (module, lr) candidate of a sweep: its fine-tune's outcome and its own curve."""
 
@@ -297,6 +312,9 @@ class CandidateCurveOut(BaseModel):
     best_epoch: int | None
     points: list[InterpolationPointOut] = Field(
         description="The candidate's curve; 'chosen' marks its own α.")
+    finetuned: CandidateWeightsOut | None = Field(
+        None, description="The candidate's fine-tuned weights θ_FT: downloadable for the chosen "
+        "candidate only; null while the candidate has not finished.")
 
 
 class CurvesOut(BaseModel):
@@ -364,6 +382,39 @@ class ActiveJobsOut(BaseModel):
                        "quota_exceeded.")
 
 
+class RequestWindowOut(BaseModel):
+    """The project's requests in the current fixed one-minute window, as the rate check counts
+    them (this request included, for GET /v1/usage)."""
+
+    used: int | None = Field(description="Requests counted so far in this minute; null when "
+                             "the counter cannot be read (Redis down: requests are then let "
+                             "through, uncounted).")
+    limit: int = Field(description="max_requests_per_minute: the next request past it is "
+                       "refused with 429 rate_limited.")
+    resets_in_seconds: float = Field(description="Seconds until the window ends and the count "
+                                     "starts again from 0.")
+    counted_in: Literal["shared", "process"] = Field(
+        description="'shared': in Redis, one count for every API process (BROKER_URL is Redis); "
+        "'process': in the API process that answered (the embedded mode), whose count and "
+        "limit are its own.")
+
+
+class EventStreamsOut(BaseModel):
+    """Open live event streams (GET /jobs/{id}/events as text/event-stream). A stream is a
+    connection held by one API process, and the limit is checked there: these are the counts
+    of the process that answered this request (with several API processes, each has its own
+    count and lets each key open max_streams_per_key streams)."""
+
+    open_by_this_key: int | None = Field(description="Streams the requesting key holds open "
+                                         "in this process; null in the admin's view of "
+                                         "another project.")
+    open_by_project: int = Field(description="Streams every key of the project holds open in "
+                                 "this process.")
+    limit_per_key: int = Field(description="max_streams_per_key: a key's next stream past it "
+                               "is refused with 429 quota_exceeded.")
+    counted_in: Literal["process"] = "process"
+
+
 class UsageOut(BaseModel):
     """A project's usage against its limits, counted as the quota checks count."""
 
@@ -375,3 +426,7 @@ class UsageOut(BaseModel):
     max_requests_per_minute: int = Field(description="Requests per minute of the whole project "
                                          "(429 rate_limited beyond).")
     max_streams_per_key: int = Field(description="Open event streams per API key.")
+    requests_this_minute: RequestWindowOut = Field(
+        description="Requests counted against max_requests_per_minute in the current minute.")
+    event_streams: EventStreamsOut = Field(
+        description="Event streams open now against max_streams_per_key.")

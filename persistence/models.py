@@ -436,7 +436,8 @@ class SweepCandidate(LeasedPart, Base):
     """One (module, lr) candidate of a sweep (``finetune.candidates`` > 1 or ``lr_grid``): a
     fine-tune from θ_AT and its interpolation curve, run by one worker task (``rift.sweep``).
     ``candidate`` is its index in the sweep's order (``rift.sweep.candidates_from_mrc``);
-    ``result`` holds its outcome, stage records and the object keys of its weights."""
+    ``result`` holds its outcome, stage records and its θ_FT's object key, size and SHA-256
+    (once another candidate is picked: key null, ``deleted: true`` and a ``reason``)."""
 
     __tablename__ = "sweep_candidates"
 

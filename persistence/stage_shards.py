@@ -346,6 +346,32 @@ def list_candidates(session: Session, job_id: str) -> list[SweepCandidate]:
             if isinstance(row, SweepCandidate)]
 
 
+#: What a losing candidate's recorded θ_FT says once its file is deleted (``reason``).
+DISCARDED_REASON = ("deleted once the sweep picked candidate {winner}: only the chosen "
+                    "candidate's θ_FT is kept (the job's artifact finetuned.safetensors)")
+
+
+def forget_discarded_weights(session: Session, job_id: str, *, winner: int) -> int:
+    """After the pick: every other candidate's recorded θ_FT stops naming its object key
+    (deleted right after, :func:`worker.candidates.discard_other_candidates`); it keeps its
+    size and SHA-256 (what was measured) with ``deleted: true`` and a ``reason``. The figures
+    (outcome, curve, epochs) stay. Returns the rows changed; rows already changed are left."""
+    changed = 0
+    with transaction(session):
+        for row in list_candidates(session, job_id):
+            weights = (row.result or {}).get("finetuned")
+            if row.candidate == winner or not isinstance(weights, dict) or weights.get("deleted"):
+                continue
+            assert row.result is not None
+            # A new dict, so the JSON column is seen as changed.
+            row.result = {**row.result, "finetuned": {
+                "key": None, "deleted": True, "reason": DISCARDED_REASON.format(winner=winner),
+                "size": weights.get("size"), "sha256": weights.get("sha256"),
+                "content_type": weights.get("content_type")}}
+            changed += 1
+    return changed
+
+
 def parts_to_redispatch(session: Session, kind: PartKind, *, stale_after: float,
                         pending_after: float, now: datetime | None = None
                         ) -> list[tuple[str, int]]:

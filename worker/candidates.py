@@ -232,6 +232,14 @@ def pick_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> st
                                 outputs=outputs)
     except LeaseLost:
         return "done"  # another task recorded the pick first
+    # The other candidates' results stop naming the keys about to be deleted (a crash right
+    # here leaves them named: the API reads the pick, not the keys, to say a file is gone).
+    try:
+        with resources.session() as session:
+            stage_shards.forget_discarded_weights(session, job_id, winner=curves["chosen"])
+    except Exception:
+        logger.warning("job %s: could not mark the other candidates' weights deleted", job_id,
+                       exc_info=True)
     # Before the next stage is sent, so that a finished job has nothing left over: a few deletes
     # (at most 16 candidates, each with its attempts).
     discard_other_candidates(resources.store, resources.session, job_id,
@@ -276,8 +284,9 @@ def delete_candidate_objects(store: ObjectStore, job_id: str, stage_attempt: int
     ``stage_attempt`` wrote, except ``keep``: the losing candidates' θ_FT and every superseded
     attempt (a lost candidate's earlier one, the winner's included). Nothing reads them again:
     the interpolate stage (and its re-runs) and materializations read the winner's file alone,
-    and the candidates' recorded results keep their figures (their keys then name deleted
-    objects). Returns the keys whose delete failed (each logged); a failed listing raises."""
+    and the candidates' recorded results keep their figures (their θ_FT marked deleted first,
+    :func:`persistence.stage_shards.forget_discarded_weights`). Returns the keys whose delete
+    failed (each logged); a failed listing raises."""
     failed = []
     for item in list(store.list_objects(candidate_objects_prefix(job_id, stage_attempt))):
         if item.key == keep:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from api.auth import require_admin
-from api.deps import SessionDep, SettingsDep, StoreDep
+from api.deps import RateLimiterDep, SessionDep, SettingsDep, StoreDep, StreamSlotsDep
 from api.errors import Conflict, InvalidInput, NotFound
 from api.schemas import UsageOut
 from api.services.usage import project_usage_out
@@ -182,9 +182,11 @@ def update_project_limits(name: str, body: ProjectLimitsIn, session: SessionDep)
 
 
 @router.get("/projects/{name}/usage", response_model=UsageOut, summary="A project's usage",
-            description="What GET /v1/usage answers to the project's own keys.")
-def read_project_usage(name: str, session: SessionDep, settings: SettingsDep) -> UsageOut:
-    return project_usage_out(session, settings, _project(session, name))
+            description="What GET /v1/usage answers to the project's own keys (without "
+            "event_streams.open_by_this_key).")
+def read_project_usage(name: str, session: SessionDep, settings: SettingsDep,
+                       limiter: RateLimiterDep, slots: StreamSlotsDep) -> UsageOut:
+    return project_usage_out(session, settings, _project(session, name), limiter, slots)
 
 
 @router.delete(

@@ -195,7 +195,7 @@ def read_events(
             after = max(after, _last_event_id(last_event_id))
         if wants_event_stream(request.headers.get("accept")):
             limit_streams = caller.limits.max_streams_per_key
-            if not slots.acquire(caller.key_id, limit_streams):
+            if not slots.acquire(caller.key_id, limit_streams, caller.project_id):
                 raise TooManyRequests(
                     f"this API key already has {limit_streams} open event streams "
                     "(max_streams_per_key); close one first", field="max_streams_per_key",
@@ -204,7 +204,7 @@ def read_events(
             return _HeldStream(
                 _stream(factory, feed, job.id, after, settings.event_stream_recheck_seconds,
                         caller.key_id),
-                partial(slots.release, caller.key_id),
+                partial(slots.release, caller.key_id, caller.project_id),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         status = job.status

@@ -1,7 +1,8 @@
 """A job's results: the MRC table, the fine-tuning and interpolation curves, and the artifacts
-(tuned weights, fine-tuned end point, MRC CSV, result.json) with HTTP Range support and
-conditional GET (:mod:`api.conditional`), or a redirect to a short-lived presigned URL when the
-object store is S3. An artifact a job does not have is a 404 once it has succeeded, and a 409
+(tuned weights, fine-tuned end point, MRC CSV, result.json) with HTTP Range support (one range,
+or several as multipart/byteranges: :mod:`api.byte_ranges`) and conditional GET
+(:mod:`api.conditional`), or a redirect to a short-lived presigned URL when the object store is
+S3. An artifact a job does not have is a 404 once it has succeeded, and a 409
 naming its status before (queued or running: it may still come; failed or cancelled: it never
 will)."""
 
@@ -17,14 +18,16 @@ from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.auth import Caller
+from api.byte_ranges import MAX_RANGES, MultipartRanges, parse_ranges
 from api.conditional import http_date, is_not_modified, range_allowed
 from api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
-from api.errors import Conflict, NotFound, RangeNotSatisfiable
+from api.errors import Conflict, NotFound
 from api.routes.jobs import job_link, load_job
 from api.schemas import (
     ArtifactListOut,
     ArtifactOut,
     CandidateCurveOut,
+    CandidateWeightsOut,
     CurvesOut,
     EpochOut,
     InterpolationPointOut,
@@ -40,17 +43,14 @@ from persistence.jobs import (
     list_artifacts,
 )
 from persistence.models import Artifact, Job, JobStatus, SweepCandidate
+from persistence.stage_shards import DISCARDED_REASON
 from persistence.storage import ObjectNotFound, ObjectStore
 
 router = APIRouter(prefix="/jobs", tags=["results"])
 
-# At most 18 digits: larger positions exist in no object, and int() of huge strings is costly.
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
-#: Digits read of a range bound: any longer number is past every object this service stores.
-#: A cap, not int() of the whole string: int() refuses strings of over 4,300 digits (a 500),
-#: and refusing the header in the regex made such a range an ignored one (the whole file, 200)
-#: where a shorter start past the end is a 416.
-_RANGE_DIGITS = 18
+#: The fine-tune stage's θ_FT artifact (``rift.stage_outputs.FINETUNED``; not imported: the API
+#: process does not import the library, which imports torch).
+FINETUNED = "finetuned.safetensors"
 _ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@\-]{0,63}")  # @: tuned@<α>.safetensors
 
 
@@ -79,13 +79,15 @@ def read_curves(job_id: str, session: SessionDep, caller: CallerDep) -> CurvesOu
     chosen = job.chosen_alpha
     sweep = (job.metrics or {}).get("sweep")
     winner = sweep.get("chosen") if isinstance(sweep, dict) else None
+    kept = get_artifact(session, job.id, FINETUNED) if isinstance(winner, int) else None
     return CurvesOut(
         job_id=job.id, status=job.status, selected_module=job.selected_module,
         epochs=[EpochOut.model_validate(e, from_attributes=True) for e in epochs],
         interpolation=[_point(p.alpha, p.clean_accuracy, p.robust_accuracy,
                               p.robust_accuracy_at_most, chosen) for p in points],
         chosen_alpha=chosen, metrics=job.metrics,
-        candidates=[_candidate(c, winner) for c in get_sweep_candidates(session, job.id)],
+        candidates=[_candidate(c, winner, job.id, kept)
+                    for c in get_sweep_candidates(session, job.id)],
         chosen_candidate=winner if isinstance(winner, int) else None)
 
 
@@ -97,11 +99,13 @@ def _point(alpha: float, clean: float, robust: float | None, robust_at_most: flo
         chosen=chosen is not None and math.isclose(alpha, chosen, abs_tol=1e-9))
 
 
-def _candidate(row: SweepCandidate, winner: object) -> CandidateCurveOut:
+def _candidate(row: SweepCandidate, winner: object, job_id: str,
+               kept: Artifact | None) -> CandidateCurveOut:
     # Rows of candidates still running have no result yet: their outcome fields stay null.
     outcome = (row.result or {}).get("outcome") or {}
     alpha = outcome.get("chosen_alpha")
     return CandidateCurveOut(
+        finetuned=_candidate_weights(row, winner, job_id, kept),
         index=row.candidate, module=row.module, lr=row.lr, status=row.status,
         attempts=row.attempts, chosen=winner == row.candidate, chosen_alpha=alpha,
         clean_accuracy=outcome.get("clean_accuracy"),
@@ -109,6 +113,32 @@ def _candidate(row: SweepCandidate, winner: object) -> CandidateCurveOut:
         points=[_point(p["alpha"], p["clean_accuracy"], p.get("robust_accuracy"),
                        p.get("robust_accuracy_at_most"), alpha)
                 for p in outcome.get("points", [])])
+
+
+def _candidate_weights(row: SweepCandidate, winner: object, job_id: str,
+                       kept: Artifact | None) -> CandidateWeightsOut | None:
+    """What a candidate's θ_FT is to a reader: the job's finetuned.safetensors for the chosen
+    one, else gone or never published. Decided from the pick, not from the recorded key, so
+    rows recorded before the keys were cleared read the same."""
+    recorded = (row.result or {}).get("finetuned")
+    if not isinstance(recorded, dict):
+        return None  # not finished
+    size, sha256 = recorded.get("size"), recorded.get("sha256")
+    if isinstance(winner, int) and row.candidate == winner and kept is not None:
+        return CandidateWeightsOut(available=True, artifact=kept.name,
+                                   url=job_link(job_id, f"/artifacts/{kept.name}"),
+                                   size=kept.size, sha256=kept.sha256, deleted=False, reason=None)
+    if isinstance(winner, int) and row.candidate != winner:
+        reason = DISCARDED_REASON.format(winner=winner)
+        deleted = True
+    else:  # no pick yet (running), or none will come (the job failed or was cancelled)
+        reason = ("not downloadable: a candidate's θ_FT becomes the job's artifact "
+                  f"{FINETUNED} only if the sweep picks it")
+        deleted = False
+    return CandidateWeightsOut(available=False, artifact=None, url=None,
+                               size=size if isinstance(size, int) else None,
+                               sha256=sha256 if isinstance(sha256, str) else None,
+                               deleted=deleted, reason=reason)
 
 
 def _artifact_out(job_id: str, artifact: Artifact) -> ArtifactOut:
@@ -123,44 +153,6 @@ def read_artifacts(job_id: str, session: SessionDep, caller: CallerDep) -> Artif
     job = load_job(session, caller, job_id)
     artifacts = list_artifacts(session, job.id)
     return ArtifactListOut(job_id=job.id, items=[_artifact_out(job.id, a) for a in artifacts])
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The byte range ``[start, end)`` a ``Range`` header asks of an object of ``size`` bytes.
-
-    None means "send everything": no header, or one this server ignores as RFC 9110 allows
-    (malformed, or several ranges).
-
-    Raises:
-        RangeNotSatisfiable: the range lies outside the object (HTTP 416).
-    """
-    if not header:
-        return None
-    match = _RANGE.match(header)
-    if match is None:
-        return None
-    first_text, last_text = match.groups()
-    if not first_text and not last_text:
-        return None
-    first, last = _bound(first_text), _bound(last_text)
-    if not first_text:  # a suffix: the last N bytes
-        length = last
-        if length == 0 or size == 0:
-            raise _unsatisfiable(header, size)
-        return max(0, size - length), size
-    start = first
-    end = size if not last_text else min(last + 1, size)
-    if last_text and last < start:
-        return None  # syntactically invalid: ignore
-    if start >= size:
-        raise _unsatisfiable(header, size)
-    return start, end
-
-
-def _bound(digits: str) -> int:
-    """A range bound's value, capped at :data:`_RANGE_DIGITS` nines (still past any object)."""
-    digits = digits.lstrip("0") or "0"
-    return int("9" * _RANGE_DIGITS if len(digits) > _RANGE_DIGITS else digits)
 
 
 def _missing_artifact(session: Session, job: Job, name: str) -> NotFound | Conflict:
@@ -179,26 +171,28 @@ def _missing_artifact(session: Session, job: Job, name: str) -> NotFound | Confl
                     code="job_not_succeeded", details={"status": job.status})
 
 
-def _unsatisfiable(header: str, size: int) -> RangeNotSatisfiable:
-    shown = header if len(header) <= 80 else header[:77] + "..."
-    return RangeNotSatisfiable(f"the range '{shown}' lies outside the {size}-byte file",
-                               field="Range", headers={"Content-Range": f"bytes */{size}"})
-
-
 @router.get(
     "/{job_id}/artifacts/{name}",
     summary="Download an artifact",
     description=(
-        "Streams the file; honours 'Range: bytes=a-b' (206, or 416 outside the file) under "
-        "'If-Range' (strong ETag or the Last-Modified date), and 'If-None-Match' / "
-        "'If-Modified-Since' (304). A missing artifact: 404 if the job succeeded, else 409 "
-        "job_not_succeeded naming its status. With the S3 store and ?redirect=true (default: "
-        "S3_REDIRECT_DOWNLOADS), answers 307 to a short-lived presigned URL instead."
+        "Streams the file; honours 'Range: bytes=a-b' (206, or 416 outside the file) and "
+        f"several ranges in one header, at most {MAX_RANGES} (206 multipart/byteranges, one "
+        "part per range, overlapping or adjacent ranges merged; more ranges, or any "
+        "malformed one: the whole file, 200) under 'If-Range' (strong ETag or the "
+        "Last-Modified date), and 'If-None-Match' / 'If-Modified-Since' (304). A missing "
+        "artifact: 404 if the job succeeded, else 409 job_not_succeeded naming its status. "
+        "With the S3 store and ?redirect=true (default: S3_REDIRECT_DOWNLOADS), answers 307 "
+        "to a short-lived presigned URL instead; a request for several ranges is streamed "
+        "unless ?redirect=true is given (S3 answers one range per request)."
     ),
     response_class=StreamingResponse,
     response_model=None,
     responses={200: {"content": {"application/octet-stream": {}}},
-               206: {"description": "Partial content"}, 304: {"description": "Not modified"},
+               206: {"description": "Partial content: one range, or several as "
+                                    "multipart/byteranges",
+                     "content": {"application/octet-stream": {},
+                                 "multipart/byteranges": {}}},
+               304: {"description": "Not modified"},
                307: {"description": "Presigned URL"},
                409: {"description": "The job has not succeeded (its status named)"},
                416: {"description": "Range not satisfiable"}},
@@ -230,23 +224,36 @@ def download_artifact(
     # Before the redirect too: a client holding the current copy needs neither URL nor bytes.
     if is_not_modified(request.headers, etag=etag, last_modified=artifact.created_at):
         return Response(status_code=304, headers=headers)
+    range_header = (request.headers.get("range")
+                    if range_allowed(request.headers, etag=etag,
+                                     last_modified=artifact.created_at) else None)
+    # A presigned URL serves one range per request (S3 has no multipart answer): a request for
+    # several is streamed here unless the caller asked for the redirect itself.
+    several = range_header is not None and "," in range_header
     wants_redirect = (redirect if redirect is not None
-                      else settings.store_kind == "s3" and settings.s3_redirect_downloads)
+                      else settings.store_kind == "s3" and settings.s3_redirect_downloads
+                      and not several)
     if wants_redirect:
         url = store.presigned_url(artifact.storage_key, filename=artifact.name)
         if url is not None:
             return RedirectResponse(url, status_code=307)
 
     size = artifact.size
-    byte_range = None
-    if range_allowed(request.headers, etag=etag, last_modified=artifact.created_at):
-        byte_range = parse_range(request.headers.get("range"), size)
-    if byte_range is None:
+    ranges = parse_ranges(range_header, size)
+    if ranges is None:
         headers["Content-Length"] = str(size)
         return StreamingResponse(_open(session, caller, store, artifact, 0, None),
                                  status_code=200, media_type=artifact.content_type,
                                  headers=headers)
-    start, end = byte_range
+    if len(ranges) > 1:
+        multipart = MultipartRanges(ranges, size, artifact.content_type)
+        first = _open(session, caller, store, artifact, *ranges[0])  # a missing file: 404 now
+        headers["Content-Length"] = str(multipart.content_length)
+        return StreamingResponse(
+            multipart.body(lambda start, end: store.iter_range(artifact.storage_key, start, end),
+                           first),
+            status_code=206, media_type=multipart.content_type, headers=headers)
+    start, end = ranges[0]
     headers["Content-Length"] = str(end - start)
     headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     return StreamingResponse(_open(session, caller, store, artifact, start, end), status_code=206,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import CallerDep, SessionDep
+from api.deps import CallerDep, RateLimiterDep, SessionDep, StreamSlotsDep
 from api.schemas import UsageOut
 from api.services.usage import caller_usage
 
@@ -15,6 +15,8 @@ router = APIRouter(tags=["usage"])
             description="Stored bytes (with the reservations of active jobs and "
             "materializations, as max_stored_bytes counts them), active jobs against "
             "max_active_jobs, and the other limits: the numbers the 413 and 429 quota answers "
-            "use.")
-def read_usage(caller: CallerDep, session: SessionDep) -> UsageOut:
-    return caller_usage(session, caller)
+            "use; the requests counted in the current minute (this one included) and the "
+            "event streams open (in the API process that answers: see event_streams).")
+def read_usage(caller: CallerDep, session: SessionDep, limiter: RateLimiterDep,
+               slots: StreamSlotsDep) -> UsageOut:
+    return caller_usage(session, caller, limiter, slots)

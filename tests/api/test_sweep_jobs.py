@@ -132,6 +132,22 @@ def test_a_finished_sweep_keeps_only_the_winners_weights(
     assert store.get_bytes(weights[0]) == finetuned.content
     assert not any(e["kind"] == "warning" for e in api.client.get(
         f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["items"])
+    # The loser's recorded result names no deleted file, and the API says where each θ_FT is.
+    from persistence.models import SweepCandidate
+
+    loser = 1 - winner
+    with api.sessions() as session:
+        recorded = {row.candidate: dict(row.result or {}) for row in
+                    session.query(SweepCandidate).filter_by(job_id=job_id)}
+    assert recorded[winner]["finetuned"]["key"] == weights[0]
+    assert recorded[loser]["finetuned"]["key"] is None
+    assert recorded[loser]["finetuned"]["deleted"] is True
+    said = [c["finetuned"] for c in curves["candidates"]]
+    assert said[loser]["deleted"] and not said[loser]["available"]
+    assert said[loser]["sha256"] == recorded[loser]["finetuned"]["sha256"]
+    assert f"picked candidate {winner}" in said[loser]["reason"]
+    assert said[winner]["available"] and said[winner]["url"] == listing["finetuned.safetensors"][
+        "url"] and said[winner]["sha256"] == listing["finetuned.safetensors"]["sha256"]
 
     # The results read as before: curves (each candidate's points as curves.json has them,
     # bounds of cut-short points included), result.json, θ_α*, and weights at another α.
@@ -139,6 +155,14 @@ def test_a_finished_sweep_keeps_only_the_winners_weights(
     assert [c["points"] for c in curves["candidates"]] == [
         [{**p, "chosen": p["alpha"] == c["chosen_alpha"]} for p in c["points"]]
         for c in document["candidates"]]
+    # Every candidate's curve, not only the winner's, is in the artifacts' chart and the report
+    # page (the interpolation_points table holds the winner's, read as "interpolation").
+    modules = [c["module"] for c in curves["candidates"]]
+    assert len(set(modules)) == 2
+    chart = api.client.get(listing["interpolation.svg"]["url"]).text
+    page = api.client.get(f"/v1/jobs/{job_id}/report").text
+    assert all(f">{module}<" in chart and module in page for module in modules), modules
+    assert curves["interpolation"] == curves["candidates"][winner]["points"]
     assert api.client.get(listing["tuned.safetensors"]["url"]).status_code == 200
     made = api.client.post(f"/v1/jobs/{job_id}/materialize", json={"alpha": 1.0})
     assert made.status_code == 202, made.text

@@ -69,6 +69,12 @@ def test_usage(cli: Cli, checkpoint_file: Path) -> None:
     limit = usage["stored_bytes"]["limit"]
     assert f"stored bytes: {size} of {limit}" in text.stdout
     assert f"active jobs: 0 of {usage['active_jobs']['limit']}" in text.stdout
+    # The live counts: this process's requests (the JSON call above among them), no stream.
+    assert usage["requests_this_minute"]["used"] >= 1
+    assert "requests this minute: " in text.stdout and " of " in text.stdout.split(
+        "requests this minute: ")[1].splitlines()[0]
+    assert (f"event streams open: 0 of {usage['max_streams_per_key']} by this key, 0 by the "
+            "project") in text.stdout
 
 
 def test_checkpoint_upload_get_and_job_lifecycle(cli: Cli, checkpoint_file: Path,

@@ -79,3 +79,33 @@ def test_a_whole_job_request_as_config_says_what_the_file_should_hold(
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert "put only its 'config' object in the file" in " ".join(
         result.stderr.replace("│", " ").split())
+
+
+def test_a_sweeps_candidates_say_where_each_theta_ft_is(
+        tmp_path: Path, cli_launcher: Launcher | None) -> None:
+    def candidate(index: int, finetuned: dict | None) -> dict:
+        return {"index": index, "module": f"layer{index}", "lr": 0.01, "status": "done",
+                "attempts": 1, "chosen": index == 0, "chosen_alpha": 0.5,
+                "clean_accuracy": 80.0, "robust_accuracy": 40.0, "best_epoch": 1, "points": [],
+                "finetuned": finetuned}
+
+    kept = {"available": True, "artifact": "finetuned.safetensors", "url": "/v1/x",
+            "size": 1, "sha256": "0" * 64, "deleted": False, "reason": None}
+    gone = {**kept, "available": False, "artifact": None, "url": None, "deleted": True,
+            "reason": "deleted once the sweep picked candidate 0"}
+    curves = {"job_id": "job_1", "status": "succeeded", "selected_module": "layer0",
+              "epochs": [], "interpolation": [], "chosen_alpha": 0.5, "metrics": None,
+              "candidates": [candidate(0, kept), candidate(1, gone), candidate(2, None)],
+              "chosen_candidate": 0}
+    server = ScriptedServer([ScriptedReply(200, curves)])
+    try:
+        shown = run_riftctl(["jobs", "curves", "job_1"], url=server.url, api_key="rift_test",
+                            home=tmp_path, launcher=cli_launcher)
+    finally:
+        server.stop()
+    assert shown.exit_code == 0, shown.stderr
+    rows = {f"layer{i}": next(line for line in shown.stdout.splitlines() if f" layer{i} " in line)
+            for i in range(3)}
+    assert "θ_FT" in shown.stdout
+    assert "finetuned.safetensors" in rows["layer0"]
+    assert "deleted" in rows["layer1"] and rows["layer2"].rstrip("│ ").endswith("–")

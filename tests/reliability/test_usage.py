@@ -3,6 +3,8 @@ project at a limit sees in its usage exactly what the 413 or 429 answer then say
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,13 @@ import httpx
 import pytest
 from sqlalchemy import update
 
+from api.limits import RedisRateLimiter
 from persistence.models import Artifact, Job, Project
 from persistence.records import stored_bytes
-from tests.api.helpers import Api
+from persistence.settings import Settings
+from tests.api.helpers import Api, RecordingDispatcher, free_port
 from tests.reliability.conftest import create_job, tiny_npz, upload
+from tests.reliability.helpers import inside_one_rate_window
 
 pytestmark = [pytest.mark.service]
 
@@ -35,6 +40,12 @@ def test_usage_is_what_the_quota_answers_say(api: Api, small_cnn_file: Path,
                                             clients: Callable[..., httpx.Client]) -> None:
     settings = api.settings
     empty = _usage(api.client)
+    window = empty.pop("requests_this_minute")
+    assert window["limit"] == settings.default_max_requests_per_minute
+    assert window["counted_in"] == "process" and window["used"] >= 1  # this request counted
+    assert empty.pop("event_streams") == {
+        "open_by_this_key": 0, "open_by_project": 0,
+        "limit_per_key": settings.default_max_streams_per_key, "counted_in": "process"}
     assert empty == {
         "project": "tests",
         "stored_bytes": {"used": 0, "limit": settings.default_max_stored_bytes, "checkpoints": 0,
@@ -110,7 +121,13 @@ def test_admin_view_of_a_projects_usage(api: Api, small_cnn_file: Path,
     admin = clients("ops", ("admin",))
     seen = admin.get("/v1/admin/projects/tests/usage")
     assert seen.status_code == 200, seen.text
-    assert seen.json() == _usage(api.client)
+    own = _usage(api.client)
+    live = ("requests_this_minute", "event_streams")  # compared below
+    assert {k: v for k, v in seen.json().items() if k not in live} == {
+        k: v for k, v in own.items() if k not in live}
+    # The admin's requests count against its own project, not this one; no key of its own here.
+    assert seen.json()["event_streams"] == {**own["event_streams"], "open_by_this_key": None}
+    assert seen.json()["requests_this_minute"]["limit"] == own["requests_this_minute"]["limit"]
     assert seen.json()["active_jobs"]["limit"] == 4
     missing = admin.get("/v1/admin/projects/nobody/usage")
     assert missing.status_code == 404
@@ -118,3 +135,97 @@ def test_admin_view_of_a_projects_usage(api: Api, small_cnn_file: Path,
     assert missing.json()["error"]["field"] == "name"
     denied = api.client.get("/v1/admin/projects/tests/usage")  # read and write, not admin
     assert denied.status_code == 403 and denied.json()["error"]["required_scope"] == "admin"
+
+
+def _same_window(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    """Whether two usage answers' request counts come from one rate window (it resets on the
+    wall-clock minute)."""
+    return (second["requests_this_minute"]["resets_in_seconds"]
+            <= first["requests_this_minute"]["resets_in_seconds"])
+
+
+def test_usage_counts_the_requests_of_the_current_minute(
+        api: Api, clients: Callable[..., httpx.Client]) -> None:
+    inside_one_rate_window(5.0)
+    first = _usage(api.client)
+    reader = clients("tests", ("read",))  # another key of the project: one count per project
+    for _ in range(3):
+        assert reader.get("/v1/jobs").status_code == 200
+    assert clients("other-team").get("/v1/jobs").status_code == 200  # another project's
+    second = _usage(api.client)
+    assert _same_window(first, second)
+    assert second["requests_this_minute"]["used"] == first["requests_this_minute"]["used"] + 4
+    assert 0 < second["requests_this_minute"]["resets_in_seconds"] <= 60
+
+    # At the limit, the refusal comes after exactly the counted number.
+    _set_limits(api, max_requests_per_minute=second["requests_this_minute"]["used"] + 2)
+    third = _usage(api.client)
+    assert third["requests_this_minute"]["used"] == third["requests_this_minute"]["limit"] - 1
+    assert api.client.get("/v1/jobs").status_code == 200
+    refused = api.client.get("/v1/usage")
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+
+
+def test_usage_reads_the_shared_count_in_redis(
+        reliability_settings: Settings, start_api: Callable[..., Api],
+        redis_broker_url: str) -> None:
+    # Two API processes' worth of apps: either one's usage counts the other's requests.
+    first = start_api(reliability_settings, dispatcher=RecordingDispatcher(),
+                      rate_limiter=RedisRateLimiter(redis_broker_url))
+    second = start_api(reliability_settings, dispatcher=RecordingDispatcher(),
+                       rate_limiter=RedisRateLimiter(redis_broker_url))
+    client = second.client_for(first.key)
+    inside_one_rate_window(5.0)
+    before = _usage(first.client)
+    assert before["requests_this_minute"]["counted_in"] == "shared"
+    for _ in range(2):
+        assert client.get("/v1/jobs").status_code == 200
+    after = _usage(client)
+    client.close()
+    assert _same_window(before, after)
+    assert after["requests_this_minute"]["used"] == before["requests_this_minute"]["used"] + 3
+
+
+def test_an_unreachable_redis_counter_is_unknown_not_zero() -> None:
+    limiter = RedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        window = limiter.current("project:x")
+    finally:
+        limiter.close()
+    assert window.used is None and window.counted_in == "shared"
+    assert 0 < window.resets_in_seconds <= 60
+
+
+def test_usage_counts_the_open_event_streams(api: Api, small_cnn_file: Path,
+                                            clients: Callable[..., httpx.Client]) -> None:
+    checkpoint = upload(api.client, "/v1/checkpoints", "m.safetensors",
+                        small_cnn_file.read_bytes())
+    job = create_job(api.client, checkpoint["id"]).json()  # stays queued: the stream stays open
+    url = f"{api.url}/v1/jobs/{job['id']}/events"
+    headers = {"Authorization": f"Bearer {api.key}", "Accept": "text/event-stream"}
+    opened, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with httpx.stream("GET", url, headers=headers, timeout=30) as response:
+            assert response.status_code == 200
+            opened.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert opened.wait(10)
+        streams = _usage(api.client)["event_streams"]
+        assert (streams["open_by_this_key"], streams["open_by_project"]) == (1, 1)
+        other_key = _usage(clients("tests", ("read",)))["event_streams"]
+        assert (other_key["open_by_this_key"], other_key["open_by_project"]) == (0, 1)
+        assert _usage(clients("other-team"))["event_streams"]["open_by_project"] == 0
+        admin = clients("ops", ("admin",)).get("/v1/admin/projects/tests/usage").json()
+        assert admin["event_streams"]["open_by_project"] == 1
+    finally:
+        done.set()
+        holder.join(10)
+    deadline = time.monotonic() + 10  # the slot is given back when the connection closes
+    while _usage(api.client)["event_streams"]["open_by_project"] != 0:
+        assert time.monotonic() < deadline, "the closed stream is still counted"
+        time.sleep(0.1)

@@ -67,6 +67,7 @@ from rift_client.models import (
     MIN_TIME_LIMIT_SECONDS,
     SUCCEEDED,
     WEBHOOK_EVENT_TYPES,
+    CandidateCurve,
     Event,
     InterpolationPoint,
     Job,
@@ -376,8 +377,22 @@ def usage(ctx: typer.Context) -> None:
     state.say(f"active jobs: {_share(record.active_jobs.used, record.active_jobs.limit)} "
               "(max_active_jobs)")
     state.say(f"max_job_cost: {record.max_job_cost} example-passes")
-    state.say(f"max_requests_per_minute: {record.max_requests_per_minute}")
-    state.say(f"max_streams_per_key: {record.max_streams_per_key}")
+    window = record.requests_this_minute
+    if window is None:  # a server older than the live counts
+        state.say(f"max_requests_per_minute: {record.max_requests_per_minute}")
+    else:
+        used = "unknown" if window.used is None else _share(window.used, window.limit)
+        state.say(f"requests this minute: {used} (max_requests_per_minute; counted in "
+                  f"{'Redis, all API processes' if window.counted_in == 'shared' else 'this API process'}"
+                  f", resets in {window.resets_in_seconds:.0f} s)")
+    streams = record.event_streams
+    if streams is None:
+        state.say(f"max_streams_per_key: {record.max_streams_per_key}")
+    else:
+        mine = ("" if streams.open_by_this_key is None
+                else f"{streams.open_by_this_key} of {streams.limit_per_key} by this key, ")
+        state.say(f"event streams open: {mine}{streams.open_by_project} by the project "
+                  f"(max_streams_per_key; counted in the API process that answered)")
 
 
 # ------------------------------------------------------------------------------- checkpoints
@@ -999,9 +1014,20 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
             _Column("status", lambda c: c.status),
             _Column("α", lambda c: _number(c.chosen_alpha)),
             _Column("clean (%)", lambda c: _number(c.clean_accuracy)),
-            _Column("robust (%)", lambda c: _number(c.robust_accuracy))])
+            _Column("robust (%)", lambda c: _number(c.robust_accuracy)),
+            _Column("θ_FT", _candidate_weights)])
     if not (curves.epochs or curves.interpolation or curves.candidates):
         state.say("no curves yet")
+
+
+def _candidate_weights(candidate: CandidateCurve) -> str:
+    """Where a sweep candidate's θ_FT is: the job's artifact, deleted, or not (yet) kept."""
+    weights = candidate.finetuned
+    if weights is None:
+        return "–"
+    if weights.available:
+        return weights.artifact or "kept"
+    return "deleted" if weights.deleted else "not kept"
 
 
 @jobs_app.command("report")

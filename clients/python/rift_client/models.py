@@ -86,6 +86,27 @@ class ActiveJobs(_Resource):
     limit: int
 
 
+class RequestWindow(_Resource):
+    """Requests counted against ``max_requests_per_minute`` in the current minute."""
+
+    used: int | None = Field(description="This request included; None when the server's "
+                             "counter could not be read.")
+    limit: int
+    resets_in_seconds: float
+    counted_in: str = Field(description="'shared' (Redis: every API process) or 'process' "
+                            "(the API process that answered).")
+
+
+class EventStreams(_Resource):
+    """Open event streams, as counted by the API process that answered (each process holds
+    and limits its own streams)."""
+
+    open_by_this_key: int | None = Field(description="None in an admin's view of a project.")
+    open_by_project: int
+    limit_per_key: int
+    counted_in: str = "process"
+
+
 class Usage(_Resource):
     """The project's usage against its limits: the numbers its 413 and 429 answers use."""
 
@@ -95,6 +116,10 @@ class Usage(_Resource):
     max_job_cost: int
     max_requests_per_minute: int
     max_streams_per_key: int
+    requests_this_minute: RequestWindow | None = Field(
+        None, description="None from a server older than these counts.")
+    event_streams: EventStreams | None = Field(
+        None, description="None from a server older than these counts.")
 
 
 class JobError(_Resource):
@@ -214,6 +239,19 @@ class InterpolationPoint(_Resource):
     chosen: bool = False
 
 
+class CandidateWeights(_Resource):
+    """A sweep candidate's fine-tuned weights θ_FT: only the chosen candidate's are kept (the
+    job's ``finetuned.safetensors``); the others' are deleted once the sweep picks."""
+
+    available: bool
+    artifact: str | None = None
+    url: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    deleted: bool = False
+    reason: str | None = Field(None, description="Why it cannot be downloaded.")
+
+
 class CandidateCurve(_Resource):
     """One (module, lr) candidate of a sweep and its own interpolation curve."""
 
@@ -228,6 +266,9 @@ class CandidateCurve(_Resource):
     robust_accuracy: float | None = None
     best_epoch: int | None = None
     points: list[InterpolationPoint] = Field(default_factory=list)
+    finetuned: CandidateWeights | None = Field(
+        None, description="The candidate's θ_FT: downloadable (``url``) for the chosen one only; "
+        "None while it runs, or from a server older than this field.")
 
 
 class Curves(_Resource):
