@@ -56,9 +56,10 @@ class MaterializationNotFound(PersistenceError):
 
 
 class MaterializationRunning(PersistenceError):
-    """An α being made without evaluation was asked again with it (HTTP 409): its worker has
-    decided already, and queueing it again would have a second worker make the same weights
-    alongside the first (whose end would then swallow the second's evaluation)."""
+    """An α being made without evaluation by a live worker was asked again with it (HTTP 409):
+    its worker has decided already, and queueing it again would have a second worker make the
+    same weights alongside the first (whose end would then swallow the second's evaluation). One
+    whose worker's lease expired is taken over instead."""
 
     code = "materialization_running"
 
