@@ -1,10 +1,18 @@
 """Weights at any α after a job, without retraining: the rows of ``materializations``.
 
 The API records a request (:func:`request_materialization`) and queues the worker task, which
-takes it (:func:`start_materialization`), writes ``tuned@<α>.safetensors`` and records it as a job
-artifact together with the accuracies in one transaction (:func:`finish_materialization`), or
-records the error (:func:`fail_materialization`). One row per α of a job: asking again for an α
-already made (or being made) returns that row instead of doing the work twice.
+claims it under a lease (:func:`start_materialization`, the lease of :mod:`persistence.leases`,
+renewed by :func:`renew_materialization_lease` from a heartbeat thread), writes
+``tuned@<α>.safetensors`` and records it as a job artifact together with the accuracies in one
+transaction (:func:`finish_materialization`), or records the error
+(:func:`fail_materialization`); both only while the worker still holds the lease. One row per α of
+a job: asking again for an α already made (or being made) returns that row instead of doing the
+work twice.
+
+A worker that dies leaves its row ``running`` under a lease that expires: the workers' recovery
+loop queues it again (:func:`materializations_to_redispatch`) until it has been claimed
+``max_attempts`` times, then fails it; asking for that α again takes it over at once. A late
+original worker then finds its lease gone and records nothing.
 """
 
 from __future__ import annotations
@@ -12,10 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from persistence import leases
 from persistence.models import (
     Artifact,
     Job,
@@ -26,7 +35,7 @@ from persistence.models import (
 )
 from persistence.pages import Page, newest_first
 from persistence.records import hold_stored_bytes, materialization_bytes
-from persistence.stages import ArtifactRecord
+from persistence.stages import ArtifactRecord, LeaseLost
 from persistence.transactions import (
     JobNotFound,
     PersistenceError,
@@ -47,9 +56,10 @@ class MaterializationNotFound(PersistenceError):
 
 
 class MaterializationRunning(PersistenceError):
-    """An α being made without evaluation was asked again with it (HTTP 409): its worker has
-    decided already, and queueing it again would have a second worker make the same weights
-    alongside the first (whose end would then swallow the second's evaluation)."""
+    """An α being made without evaluation by a live worker was asked again with it (HTTP 409):
+    its worker has decided already, and queueing it again would have a second worker make the
+    same weights alongside the first (whose end would then swallow the second's evaluation). One
+    whose worker's lease expired is taken over instead."""
 
     code = "materialization_running"
 
@@ -131,6 +141,13 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
         row = _by_name(session, job_id, name, for_update=True)
         if row is not None:
             enough = row.evaluate or not evaluate
+            if row.status == MaterializationStatus.RUNNING and not leases.is_live(row, now):
+                # Its worker died (the lease expired before the recovery loop saw it): queued
+                # again now, with what is asked now. It still counts as pending and holds its
+                # reservation, so neither limit is counted again; a worker of the old attempt
+                # that is merely late finds its lease gone and records nothing.
+                _requeue(row, evaluate, request_id)
+                return MaterializationRequest(row, True)
             if row.status == MaterializationStatus.QUEUED:
                 # Not started: its worker reads the row when it starts (after this commits), so
                 # an evaluation asked now joins it; its message is on the queue already.
@@ -143,11 +160,7 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
             _check_pending(session, job, max_pending)
             if row.status == MaterializationStatus.FAILED:
                 _hold(session, job, max_stored_bytes)
-            row.status = MaterializationStatus.QUEUED
-            row.evaluate = row.evaluate or evaluate
-            row.error_message = None
-            row.finished_at = None
-            row.request_id = request_id
+            _requeue(row, evaluate, request_id)
             return MaterializationRequest(row, True)
         _check_pending(session, job, max_pending)
         _hold(session, job, max_stored_bytes)
@@ -165,6 +178,18 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
                 raise
             return MaterializationRequest(existing, False)
     return MaterializationRequest(row, True)
+
+
+def _requeue(row: Materialization, evaluate: bool, request_id: str | None) -> None:
+    """Queue ``row`` again as a new request (its attempts start over: the user asked again)."""
+    row.status = MaterializationStatus.QUEUED
+    row.evaluate = row.evaluate or evaluate
+    row.error_message = None
+    row.finished_at = None
+    row.request_id = request_id
+    row.lease_owner = None
+    row.lease_expires_at = None
+    row.attempts = 0
 
 
 def _held_job(session: Session, job_id: str) -> Job:
@@ -230,27 +255,70 @@ def page_materializations(session: Session, job_id: str, *, limit: int,
                         Materialization.created_at, Materialization.id, limit, cursor)
 
 
-def start_materialization(session: Session, materialization_id: str) -> Materialization | None:
-    """Mark a queued request running; None if it is not queued (done already, or unknown)."""
+def start_materialization(session: Session, materialization_id: str, *, owner: str,
+                          lease_seconds: float, max_attempts: int,
+                          now: datetime | None = None) -> Materialization | None:
+    """Claim the request for ``owner`` (a worker id) for ``lease_seconds`` and mark it running:
+    granted if it is queued, or running under an expired lease (its worker died and this is its
+    message sent again), and was claimed fewer than ``max_attempts`` times. None otherwise (done
+    already, held by a live worker, unknown); one out of attempts is failed now."""
+    now = now or utcnow()
     with transaction(session):
-        row = session.get(Materialization, materialization_id, with_for_update=True,
-                          populate_existing=True)
-        if row is None or row.status != MaterializationStatus.QUEUED:
+        claimed = leases.rows_affected(session, update(Materialization)
+            .where(Materialization.id == materialization_id,
+                   leases.claimable(Materialization, waiting=MaterializationStatus.QUEUED,
+                                    max_attempts=max_attempts, now=now))
+            .values(**leases.claimed_values(Materialization, owner=owner,
+                                            lease_seconds=lease_seconds, now=now))
+            .execution_options(synchronize_session=False))
+        row = session.get(Materialization, materialization_id, populate_existing=True)
+        if row is None:
             return None
-        row.status = MaterializationStatus.RUNNING
+        if claimed != 1:
+            if row.status in (MaterializationStatus.QUEUED, MaterializationStatus.RUNNING) \
+                    and not leases.is_live(row, now) and row.attempts >= max_attempts:
+                _exhaust(row, max_attempts, now)
+            return None
+        row.started_at = row.started_at or now
+    return row
+
+
+def renew_materialization_lease(session: Session, materialization_id: str, *, owner: str,
+                                lease_seconds: float, now: datetime | None = None) -> bool:
+    """Extend ``owner``'s lease; False once it no longer holds it (another worker took the
+    request over, or its job was deleted)."""
+    now = now or utcnow()
+    with transaction(session):
+        return leases.renew(session, Materialization,
+                            [Materialization.id == materialization_id], owner=owner,
+                            lease_seconds=lease_seconds, now=now)
+
+
+def _held(session: Session, materialization_id: str, owner: str | None) -> Materialization:
+    """The row, locked; :class:`MaterializationNotFound` if it is gone (its job was deleted),
+    :class:`persistence.stages.LeaseLost` if ``owner`` (None: anyone) does not hold it."""
+    row = session.get(Materialization, materialization_id, with_for_update=True,
+                      populate_existing=True)
+    if row is None:
+        raise MaterializationNotFound(f"no materialization '{materialization_id}'")
+    if owner is not None and (row.status != MaterializationStatus.RUNNING
+                              or row.lease_owner != owner):
+        raise LeaseLost(f"worker {owner} no longer holds materialization {materialization_id} "
+                        f"({row.artifact_name}); its result was not recorded")
     return row
 
 
 def finish_materialization(session: Session, materialization_id: str, artifact: ArtifactRecord,
-                           *, clean_accuracy: float | None, robust_accuracy: float | None,
+                           *, owner: str, clean_accuracy: float | None,
+                           robust_accuracy: float | None,
                            now: datetime | None = None) -> Materialization:
-    """Record the weights as a job artifact and the request as succeeded, in one transaction."""
+    """Record the weights as a job artifact and the request as succeeded, in one transaction,
+    if ``owner`` still holds its lease: else :class:`persistence.stages.LeaseLost` and nothing
+    is written (a worker taken over while late must not overwrite its successor's result).
+    :class:`MaterializationNotFound` if the job was deleted meanwhile."""
     now = now or utcnow()
     with transaction(session):
-        row = session.get(Materialization, materialization_id, with_for_update=True,
-                          populate_existing=True)
-        if row is None:
-            raise MaterializationNotFound(f"no materialization '{materialization_id}'")
+        row = _held(session, materialization_id, owner)
         session.merge(Artifact(job_id=row.job_id, name=artifact.name,
                                storage_key=artifact.storage_key, size=artifact.size,
                                sha256=artifact.sha256, content_type=artifact.content_type,
@@ -259,15 +327,61 @@ def finish_materialization(session: Session, materialization_id: str, artifact: 
         row.clean_accuracy = clean_accuracy
         row.robust_accuracy = robust_accuracy
         row.finished_at = now
+        row.lease_owner = None
+        row.lease_expires_at = None
     return row
 
 
 def fail_materialization(session: Session, materialization_id: str, message: str, *,
-                         now: datetime | None = None) -> None:
+                         owner: str | None = None, now: datetime | None = None) -> None:
+    """Record the request as failed with ``message``. With ``owner`` (a worker), only while it
+    holds the lease, else :class:`persistence.stages.LeaseLost`; a row already gone is left."""
     with transaction(session):
-        row = session.get(Materialization, materialization_id, with_for_update=True,
-                          populate_existing=True)
-        if row is not None:
-            row.status = MaterializationStatus.FAILED
-            row.error_message = message[:4000]
-            row.finished_at = now or utcnow()
+        try:
+            row = _held(session, materialization_id, owner)
+        except MaterializationNotFound:
+            return
+        _end_failed(row, message, now or utcnow())
+
+
+def _end_failed(row: Materialization, message: str, now: datetime) -> None:
+    row.status = MaterializationStatus.FAILED
+    row.error_message = message[:4000]
+    row.finished_at = now
+    row.lease_owner = None
+    row.lease_expires_at = None
+
+
+def _exhaust(row: Materialization, max_attempts: int, now: datetime) -> None:
+    _end_failed(row, f"the worker making {row.artifact_name} stopped {row.attempts} times "
+                f"without finishing (MAX_STAGE_ATTEMPTS={max_attempts}): it was killed, ran out "
+                "of memory or lost its machine each time. Ask for this alpha again to retry.",
+                now)
+
+
+def materializations_to_redispatch(session: Session, *, max_attempts: int,
+                                   now: datetime | None = None) -> list[str]:
+    """The ids of running materializations whose lease expired (their worker died), queued again
+    now: their message must be sent again. One claimed ``max_attempts`` times already is failed
+    instead (the API shows its error). Every worker runs this loop; the rows are locked and
+    re-checked, so each is queued (and sent) once."""
+    now = now or utcnow()
+    expired = and_(Materialization.status == MaterializationStatus.RUNNING,
+                   # No lease at all: running since before migration 0019; its worker is gone.
+                   or_(Materialization.lease_expires_at.is_(None),
+                       Materialization.lease_expires_at < now))
+    with transaction(session):
+        rows = session.execute(
+            select(Materialization).where(expired).order_by(Materialization.created_at)
+            .with_for_update(skip_locked=True).execution_options(populate_existing=True)
+        ).scalars().all()
+        found = []
+        for row in rows:
+            if row.attempts >= max_attempts:
+                _exhaust(row, max_attempts, now)
+                continue
+            row.status = MaterializationStatus.QUEUED
+            row.lease_owner = None
+            row.lease_expires_at = None
+            found.append(row.id)
+    return found

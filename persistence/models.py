@@ -585,7 +585,11 @@ class MaterializationStatus(enum.StrEnum):
 
 class Materialization(Base):
     """Weights θ_α at an α the user asked for after the job (``tuned@<α>.safetensors``), made by
-    a worker from the stored θ_AT and θ_FT; accuracies (percent) when evaluation was asked."""
+    a worker from the stored θ_AT and θ_FT; accuracies (percent) when evaluation was asked.
+
+    The worker making it holds a lease like a stage's (:mod:`persistence.leases`, migration
+    0019): once ``lease_expires_at`` has passed (the worker died) the recovery loop queues it
+    again; ``attempts`` counts claims, so one that keeps killing its worker ends failed."""
 
     __tablename__ = "materializations"
 
@@ -599,13 +603,19 @@ class Materialization(Base):
     robust_accuracy: Mapped[float | None] = mapped_column(Float)
     error_message: Mapped[str | None] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(String(64))
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
     __table_args__ = (
         # One materialization per α of a job: asking again returns the one already made.
         UniqueConstraint("job_id", "artifact_name", name="uq_materializations_job_id"),
         CheckConstraint(_in("status", MaterializationStatus), name="status"),
+        # Recovery looks for running materializations whose lease has expired.
+        Index("ix_materializations_status_lease_expires_at", "status", "lease_expires_at"),
     )
 
 

@@ -132,16 +132,18 @@ class Settings(BaseSettings):
     # --- workers --------------------------------------------------------------------------------
     worker_lease_seconds: float = Field(
         60.0, gt=0,
-        description="A stage's lease: renewed by a heartbeat while the stage runs; once it has "
-        "expired (the worker died) another worker may claim the stage.")
+        description="A stage's (or materialization's) lease: renewed by a heartbeat while the "
+        "work runs; once it has expired (the worker died) another worker may claim it.")
     worker_recovery_interval_seconds: float = Field(
-        15.0, gt=0, description="How often a worker looks for stages whose lease expired.")
+        15.0, gt=0, description="How often a worker looks for stages and materializations "
+        "whose lease expired.")
     stage_redispatch_seconds: float = Field(
         3600.0, gt=0,
         description="A stage waiting this long for a worker is sent again (its message may have "
         "been lost in a crash); duplicates are harmless but cost a little.")
     max_stage_attempts: int = Field(
-        3, ge=1, description="Claims of one stage before the job fails instead of retrying.")
+        3, ge=1, description="Claims of one stage before the job fails instead of retrying (of "
+        "one materialization before it fails).")
     stage_retry_delay_seconds: float = Field(
         2.0, ge=0, description="Delay before re-running a stage that raised an unexpected error.")
     progress_interval_seconds: float = Field(

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Executable, Select, and_, delete, or_, select, update
+from sqlalchemy import Select, and_, delete, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from persistence import leases
 from persistence.models import (
     TERMINAL_STATUSES,
     Job,
@@ -94,10 +95,7 @@ class ShardClaim:
     attempt: int = 0
 
 
-def _rows_affected(session: Session, statement: Executable) -> int:
-    result = session.execute(statement)
-    assert isinstance(result, CursorResult)
-    return int(result.rowcount)
+_rows_affected = leases.rows_affected
 
 
 def _of(kind: PartKind, job_id: str, index: int | None = None) -> list[Any]:
@@ -189,12 +187,11 @@ def claim_part(session: Session, kind: PartKind, job_id: str, index: int, *, own
         model = kind.model
         claimed = _rows_affected(session,
             update(model)
-            .where(*_of(kind, job_id, index), model.attempts < max_attempts,
-                   or_(model.status == StageStatus.PENDING,
-                       and_(model.status == StageStatus.RUNNING, model.lease_expires_at < now)))
-            .values(status=StageStatus.RUNNING, lease_owner=owner,
-                    lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    attempts=model.attempts + 1)
+            .where(*_of(kind, job_id, index),
+                   leases.claimable(model, waiting=StageStatus.PENDING,
+                                    max_attempts=max_attempts, now=now))
+            .values(**leases.claimed_values(model, owner=owner, lease_seconds=lease_seconds,
+                                            now=now))
             .execution_options(synchronize_session=False))
         row = _load_part(session, kind, job_id, index)
         if claimed == 1:
@@ -202,8 +199,7 @@ def claim_part(session: Session, kind: PartKind, job_id: str, index: int, *, own
                       {"stage": kind.stage.value, kind.event: index, "attempt": row.attempts,
                        "worker": owner}, now)
             return PartClaim(ClaimOutcome.CLAIMED, job, row, row.attempts)
-        if row.status == StageStatus.RUNNING and row.lease_expires_at is not None \
-                and row.lease_expires_at > now:
+        if leases.is_live(row, now):
             return PartClaim(ClaimOutcome.HELD, job, row)
         if row.attempts >= max_attempts:
             stage = session.execute(select(JobStage).where(
@@ -230,15 +226,9 @@ def renew_part_lease(session: Session, kind: PartKind, job_id: str, index: int, 
                      lease_seconds: float, now: datetime | None = None) -> bool:
     """Extend ``owner``'s lease on the part; False if ``owner`` no longer holds it."""
     now = now or utcnow()
-    model = kind.model
     with transaction(session):
-        renewed = _rows_affected(session,
-            update(model)
-            .where(*_of(kind, job_id, index), model.lease_owner == owner,
-                   model.status == StageStatus.RUNNING)
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-            .execution_options(synchronize_session=False))
-    return renewed == 1
+        return leases.renew(session, kind.model, _of(kind, job_id, index), owner=owner,
+                            lease_seconds=lease_seconds, now=now)
 
 
 def renew_shard_lease(session: Session, job_id: str, shard: int, *, owner: str,

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, Executable, and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from persistence import leases
 from persistence.models import (
     STAGE_ORDER,
     TERMINAL_STATUSES,
@@ -116,11 +117,7 @@ class StageOutputs:
     summary: Mapping[str, Any] = field(default_factory=dict)  # payload of stage_finished
 
 
-def _rows_affected(session: Session, statement: Executable) -> int:
-    """Run an UPDATE and return how many rows it changed (the test of a conditional claim)."""
-    result = session.execute(statement)
-    assert isinstance(result, CursorResult)
-    return int(result.rowcount)
+_rows_affected = leases.rows_affected
 
 
 def _stage_index(stage: str) -> int:
@@ -175,7 +172,6 @@ def _claim_locked(session: Session, job: Job, stage: str, terms: ClaimTerms,
                   now: datetime) -> StageClaim:
     """:func:`claim_stage`'s work inside the caller's transaction, the job's row already locked."""
     job_id, owner, max_attempts = job.id, terms.owner, terms.max_attempts
-    expires = now + timedelta(seconds=terms.lease_seconds)
     if job.status in TERMINAL_STATUSES:
         return StageClaim(ClaimOutcome.INACTIVE, job)
     stages = {row.stage: row for row in load_stages(session, job_id)}
@@ -191,16 +187,11 @@ def _claim_locked(session: Session, job: Job, stage: str, terms: ClaimTerms,
 
     claimed = _rows_affected(session,
         update(JobStage)
-        .where(
-            JobStage.job_id == job_id,
-            JobStage.stage == stage,
-            JobStage.attempts < max_attempts,
-            or_(JobStage.status == StageStatus.PENDING,
-                and_(JobStage.status == StageStatus.RUNNING,
-                     JobStage.lease_expires_at < now)),
-        )
-        .values(status=StageStatus.RUNNING, lease_owner=owner, lease_expires_at=expires,
-                attempts=JobStage.attempts + 1)
+        .where(JobStage.job_id == job_id, JobStage.stage == stage,
+               leases.claimable(JobStage, waiting=StageStatus.PENDING,
+                                max_attempts=max_attempts, now=now))
+        .values(**leases.claimed_values(JobStage, owner=owner,
+                                        lease_seconds=terms.lease_seconds, now=now))
         .execution_options(synchronize_session=False)
     )
     row = _load_stage(session, job_id, stage)
@@ -235,14 +226,9 @@ def renew_lease(session: Session, job_id: str, stage: str, *, owner: str, lease_
     """Extend ``owner``'s lease on the stage; False if ``owner`` no longer holds it."""
     now = now or utcnow()
     with transaction(session):
-        renewed = _rows_affected(session,
-            update(JobStage)
-            .where(JobStage.job_id == job_id, JobStage.stage == stage,
-                   JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-            .execution_options(synchronize_session=False)
-        )
-    return renewed == 1
+        return leases.renew(session, JobStage,
+                            [JobStage.job_id == job_id, JobStage.stage == stage],
+                            owner=owner, lease_seconds=lease_seconds, now=now)
 
 
 def update_progress(session: Session, job_id: str, stage: str, fraction: float,

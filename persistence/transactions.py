@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
+from persistence import leases
 from persistence.models import Job, JobEvent, JobStage, JobStatus, Project, StageStatus
 
 
@@ -143,8 +144,7 @@ def log_event(session: Session, job_id: str, kind: str, payload: Mapping[str, An
 
 def lease_is_live(stage: JobStage, now: datetime) -> bool:
     """True while a worker holds the stage under a lease that has not expired at ``now``."""
-    return (stage.status == StageStatus.RUNNING and stage.lease_expires_at is not None
-            and stage.lease_expires_at > now)
+    return leases.is_live(stage, now)
 
 
 def cancel_job(session: Session, job: Job, stages: Sequence[JobStage], now: datetime) -> None:

@@ -4,6 +4,10 @@
 are :func:`rift.interpolation.interpolate_weights` of the two (α = 0 and 1 copy the end points bit
 for bit) saved as ``tuned@<α>.safetensors`` and, when asked, evaluated on the test split with the
 job's attack and evaluation settings, as the interpolation stage measures its points.
+
+``should_cancel`` (:class:`worker.runtime.MaterializationLease`) is polled before the weights are
+stored and at every evaluation batch: it raises once the worker lost its lease, so a worker whose
+request was taken over (or whose job was deleted) stops instead of working on for nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from persistence.models import Artifact, Checkpoint, Dataset, Job, Materializati
 from persistence.stages import ArtifactRecord
 from persistence.storage import ObjectStore
 from rift import checkpoints
+from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import RiftConfig
 from rift.device import deterministic_kernels
 from rift.evaluation import evaluate_accuracy
@@ -41,8 +46,8 @@ def materialization_key(job_id: str, name: str) -> str:
 
 def materialize_weights(row: Materialization, job: Job, checkpoint: Checkpoint,
                         dataset: Dataset | None, finetuned: Artifact, store: ObjectStore,
-                        work_dir: Path, device: str | None, data_root: Path | None
-                        ) -> MaterializedWeights:
+                        work_dir: Path, device: str | None, data_root: Path | None,
+                        should_cancel: ShouldCancel | None = None) -> MaterializedWeights:
     """Interpolate, store and (if asked) evaluate; returns the artifact to record."""
     (work_dir / "scratch").mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir / "scratch", prefix=f"{job.id}-alpha-"))
@@ -59,12 +64,13 @@ def materialize_weights(row: Materialization, job: Job, checkpoint: Checkpoint,
             "kind": "tuned", "alpha": repr(row.alpha), "job_id": job.id,
             "module": job.selected_module or "",
             **({"checkpoint_entry": entry} if entry is not None else {})})
+        raise_if_cancelled(should_cancel)
         stored = store.put_file(materialization_key(job.id, row.artifact_name), path,
                                 content_type=SAFETENSORS)
         clean = robust = None
         if row.evaluate:
             clean, robust = _evaluate(job, checkpoint, dataset, weights, store, work_dir, device,
-                                      data_root)
+                                      data_root, should_cancel)
         record = ArtifactRecord(name=row.artifact_name, storage_key=stored.key, size=stored.size,
                                 sha256=stored.sha256, content_type=stored.content_type)
         return MaterializedWeights(record, clean, robust)
@@ -74,7 +80,8 @@ def materialize_weights(row: Materialization, job: Job, checkpoint: Checkpoint,
 
 def _evaluate(job: Job, checkpoint: Checkpoint, dataset: Dataset | None,
               weights: dict[str, torch.Tensor], store: ObjectStore, work_dir: Path,
-              device: str | None, data_root: Path | None) -> tuple[float | None, float | None]:
+              device: str | None, data_root: Path | None,
+              should_cancel: ShouldCancel | None) -> tuple[float | None, float | None]:
     run = prepare(job, checkpoint, dataset, store, work_dir, device, data_root)
     run.reset_weights(weights)
     test = run.splits.test
@@ -84,5 +91,6 @@ def _evaluate(job: Job, checkpoint: Checkpoint, dataset: Dataset | None,
     with deterministic_kernels(run.config.deterministic):  # as the interpolation stage measures
         report = evaluate_accuracy(run.model, test, attack=run.attack,
                                    batch_size=run.config.evaluation.batch_size, device=run.device,
-                                   seed=run.config.seed, precision=run.config.precision)
+                                   seed=run.config.seed, precision=run.config.precision,
+                                   should_cancel=should_cancel)
     return report.clean_accuracy, report.robust_accuracy

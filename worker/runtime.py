@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import stage_shards, stages
+from persistence import materializations, stage_shards, stages
 from persistence.db import session_factory_from_settings
 from persistence.event_notify import build_publisher, install_publisher
 from persistence.models import utcnow
@@ -108,12 +108,60 @@ class WorkerResources:
         return self._get().session_factory()
 
 
-class StageReporter:
+class LeaseHeartbeat:
+    """Keeps one lease alive from a daemon thread: :meth:`renew` (which subclasses define: a
+    stage's, a part's, a materialization's) every third of ``WORKER_LEASE_SECONDS``, also while
+    the work sits in code that calls no callback (loading data, building the model). A renewal
+    that matches no row (another worker took the work over, or its row is gone) flags the lease
+    as lost and ends the thread; a failed one (the database briefly unreachable) is retried at
+    the next beat, the lease having slack for it."""
+
+    def __init__(self, resources: WorkerResources, what: str) -> None:
+        self.resources = resources
+        self.owner = resources.worker_id
+        self._what = what  # in log lines: "job <id> stage <stage>"
+        self._lease_seconds = resources.settings.worker_lease_seconds
+        self._lease_lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self._what}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _heartbeat(self) -> None:
+        period = self._lease_seconds / 3
+        while not self._stop.wait(period):
+            try:
+                held = self.renew()
+            except Exception:
+                logger.warning("could not renew the lease of %s", self._what, exc_info=True)
+                continue
+            if not held:
+                logger.warning("%s: lease lost to another worker", self._what)
+                self._lease_lost.set()
+                return
+
+    def renew(self) -> bool:
+        """Extend the lease; False once this worker no longer holds it."""
+        raise NotImplementedError
+
+    @property
+    def lease_lost(self) -> bool:
+        return self._lease_lost.is_set()
+
+
+class StageReporter(LeaseHeartbeat):
     """Keeps the lease of one claimed stage and reports the pipeline's callbacks to the database.
 
-    A heartbeat thread renews the lease every third of its length, also while the pipeline sits in
-    code that calls no callback (loading data, building the model); when a renewal matches no row
-    (another worker took the stage over) it flags the lease as lost. ``should_cancel``, which the
+    Its heartbeat (:class:`LeaseHeartbeat`) flags the lease as lost when another worker took the
+    stage over. ``should_cancel``, which the
     library polls at every batch and attack step (:mod:`rift.cancellation`), then raises
     :class:`persistence.stages.LeaseLost`; it raises :class:`rift.errors.TimeLimitExceeded` once
     the job first claimed at ``started_at`` is past ``time_limit`` (its own
@@ -133,61 +181,25 @@ class StageReporter:
                  clock: Callable[[], float] = time.monotonic, *,
                  time_limit: TimeLimit | None = None, started_at: datetime | None = None
                  ) -> None:
-        self.resources = resources
+        super().__init__(resources, f"job {job_id} stage {stage}")
         self.job_id = job_id
         self.stage = stage
-        self.owner = resources.worker_id
         self._clock = clock
         self._interval = resources.settings.progress_interval_seconds
-        self._lease_seconds = resources.settings.worker_lease_seconds
         self._last_flush = float("-inf")  # the first report is written at once
         self._cancel = False
-        self._lease_lost = threading.Event()
         # The job's deadline on this process's clock (None: not enforced here).
         self._time_limit = time_limit
         self._deadline = (clock() + time_limit.seconds_left(started_at)
                           if time_limit is not None else None)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._events: list[tuple[str, dict[str, Any], datetime]] = []
         self._progress: tuple[float, str | None] | None = None
-
-    # -- lease heartbeat ----------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self.job_id}",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _heartbeat(self) -> None:
-        period = self._lease_seconds / 3
-        while not self._stop.wait(period):
-            try:
-                held = self.renew()
-            except Exception:
-                # The database may be briefly unreachable; the lease has slack for a retry.
-                logger.warning("could not renew the lease of job %s stage %s", self.job_id,
-                               self.stage, exc_info=True)
-                continue
-            if not held:
-                logger.warning("job %s stage %s: lease lost to another worker", self.job_id,
-                               self.stage)
-                self._lease_lost.set()
-                return
 
     def renew(self) -> bool:
         """Extend the lease; False once another worker holds it."""
         with self.resources.session() as session:
             return stages.renew_lease(session, self.job_id, self.stage, owner=self.owner,
                                       lease_seconds=self._lease_seconds)
-
-    @property
-    def lease_lost(self) -> bool:
-        return self._lease_lost.is_set()
 
     # -- pipeline callbacks ----------------------------------------------------------------
     def on_progress(self, stage: str, fraction: float, message: str) -> None:
@@ -288,3 +300,26 @@ def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, j
         stage_shards.release_part(session, kind, job_id, index, owner=resources.worker_id,
                                   error=traceback.format_exc(limit=5))
     return "retry"
+
+
+class MaterializationLease(LeaseHeartbeat):
+    """The lease of one claimed materialization (:mod:`persistence.materializations`), renewed by
+    the heartbeat while its weights are made and evaluated. :meth:`should_cancel` is the
+    evaluation's cancellation callback: it raises :class:`persistence.stages.LeaseLost` once the
+    lease is lost, so a worker taken over (or whose job was deleted) stops at its next batch."""
+
+    def __init__(self, resources: WorkerResources, materialization_id: str) -> None:
+        super().__init__(resources, f"materialization {materialization_id}")
+        self.materialization_id = materialization_id
+
+    def renew(self) -> bool:
+        with self.resources.session() as session:
+            return materializations.renew_materialization_lease(
+                session, self.materialization_id, owner=self.owner,
+                lease_seconds=self._lease_seconds)
+
+    def should_cancel(self) -> bool:
+        if self.lease_lost:
+            raise LeaseLost(f"worker {self.owner} lost the lease on materialization "
+                            f"{self.materialization_id}")
+        return False

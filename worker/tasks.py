@@ -27,7 +27,7 @@ shards (``rift.stage.mrc_shard``, :mod:`worker.shards`) and the candidates of a 
 records the winner's curve instead of measuring one.
 
 Recovery: a worker re-sends, on start and every ``WORKER_RECOVERY_INTERVAL_SECONDS``, the stages
-whose lease expired (the worker running them was killed) and, after
+and materializations whose lease expired (the worker running them was killed) and, after
 ``STAGE_REDISPATCH_SECONDS``, the stages nobody took (a message lost in a crash); it fails the jobs
 past their time limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the
 janitor (:mod:`persistence.janitor`).
@@ -39,7 +39,8 @@ Around a stage: logs carry the job id and the request id of the API request that
 (from the message header, else the job row); the first stage stores the job's ``manifest.json``;
 stage times, attempts and GPU seconds go to :mod:`worker.metrics`; after the last stage, the job
 is exported to MLflow when ``MLFLOW_TRACKING_URI`` is set (a failure is a ``warning`` event only).
-Also here: ``rift.materialize``, which makes θ_α of a succeeded job at another α.
+Also here: ``rift.materialize``, which makes θ_α of a succeeded job at another α under a lease
+of its own (:class:`worker.runtime.MaterializationLease`), as a stage is made.
 """
 
 from __future__ import annotations
@@ -71,9 +72,19 @@ from persistence.materializations import (
     MaterializationNotFound,
     fail_materialization,
     finish_materialization,
+    materializations_to_redispatch,
     start_materialization,
 )
-from persistence.models import STAGE_ORDER, Artifact, Checkpoint, Dataset, Job, JobStatus, StageName
+from persistence.models import (
+    STAGE_ORDER,
+    Artifact,
+    Checkpoint,
+    Dataset,
+    Job,
+    JobStatus,
+    Materialization,
+    StageName,
+)
 from persistence.queue import (
     MATERIALIZE_TASK_NAME,
     RECOVER_TASK_NAME,
@@ -81,6 +92,7 @@ from persistence.queue import (
     STAGE_TASK_NAMES,
     WEBHOOK_TASK_NAME,
     RiftCelery,
+    enqueue_materialization,
     enqueue_stage,
     enqueue_webhook,
 )
@@ -104,7 +116,7 @@ from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_job
 from worker.prepared_runs import RunKey
 from worker.registry import WorkerRegistration
-from worker.runtime import StageReporter, WorkerResources
+from worker.runtime import MaterializationLease, StageReporter, WorkerResources
 from worker.shards import SHARD_TASK_NAME, execute_shard, redispatch_stale_shards, start_mrc_shards
 from worker.stages import FINETUNED, describe_device, job_manifest, prepare, run_stage
 
@@ -503,12 +515,16 @@ def export_if_configured(resources: WorkerResources, job_id: str) -> None:
 
 def execute_materialization(resources: WorkerResources, materialization_id: str,
                             request_id: str | None = None) -> str:
-    """Make, store and record the weights of one materialization request; returns the outcome."""
-    from worker.materialize import materialize_weights  # torch: only where it runs
+    """Claim, make, store and record the weights of one materialization request under a lease
+    renewed by a heartbeat; returns the outcome ("skipped": not claimable now)."""
+    from worker.materialize import materialization_key, materialize_weights  # torch: here only
 
     settings = resources.settings
+    owner = resources.worker_id
     with resources.session() as session:
-        row = start_materialization(session, materialization_id)
+        row = start_materialization(session, materialization_id, owner=owner,
+                                    lease_seconds=settings.worker_lease_seconds,
+                                    max_attempts=settings.max_stage_attempts)
         if row is None:
             return "skipped"
         job = session.get(Job, row.job_id)
@@ -519,34 +535,75 @@ def execute_materialization(resources: WorkerResources, materialization_id: str,
         checkpoint = session.get(Checkpoint, job.checkpoint_id)
         dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
         finetuned = session.get(Artifact, (job.id, FINETUNED))
+    key = materialization_key(job.id, row.artifact_name)
+    lease = MaterializationLease(resources, materialization_id)
+    lease.start()
     with log_context(job_id=job.id, request_id=request_id or row.request_id):
         try:
-            if checkpoint is None or finetuned is None:
-                raise ObjectNotFound("the job's checkpoint or fine-tuned weights are gone")
-            made = materialize_weights(row, job, checkpoint, dataset, finetuned, resources.store,
-                                       settings.work_dir, settings.worker_device,
-                                       settings.data_root)
+            try:
+                if checkpoint is None or finetuned is None:
+                    raise ObjectNotFound("the job's checkpoint or fine-tuned weights are gone")
+                made = materialize_weights(row, job, checkpoint, dataset, finetuned,
+                                           resources.store, settings.work_dir,
+                                           settings.worker_device, settings.data_root,
+                                           should_cancel=lease.should_cancel)
+            finally:
+                # Before the last write: a beat after it would find the lease ended and log it
+                # as lost. The lease has two thirds of its length left at least.
+                lease.stop()
+        except LeaseLost as exc:
+            return _materialization_lost(resources, materialization_id, key, exc)
         except Exception as exc:
             logger.warning("materialization %s failed", materialization_id, exc_info=True)
-            with resources.session() as session:
-                fail_materialization(session, materialization_id,
-                                     f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+            try:
+                with resources.session() as session:
+                    fail_materialization(
+                        session, materialization_id,
+                        f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}",
+                        owner=owner)
+            except LeaseLost as lost:
+                return _materialization_lost(resources, materialization_id, key, lost)
             resources.metrics.materializations.labels("failed").inc()
             return "failed"
         try:
             with resources.session() as session:
-                finish_materialization(session, materialization_id, made.artifact,
+                finish_materialization(session, materialization_id, made.artifact, owner=owner,
                                        clean_accuracy=made.clean_accuracy,
                                        robust_accuracy=made.robust_accuracy)
-        except MaterializationNotFound:
-            # Its job (or the job's project) was deleted while the weights were made: nothing
-            # records them, so they go now rather than wait for the janitor.
-            logger.info("materialization %s: its job was deleted meanwhile", materialization_id)
-            delete_objects(resources.store, [made.artifact.storage_key])
-            return "deleted"
+        except (LeaseLost, MaterializationNotFound) as exc:
+            return _materialization_lost(resources, materialization_id, key, exc)
         resources.metrics.materializations.labels("succeeded").inc()
         logger.info("materialized %s (alpha %s)", row.artifact_name, row.alpha)
         return "succeeded"
+
+
+def _materialization_lost(resources: WorkerResources, materialization_id: str, key: str,
+                          exc: Exception) -> str:
+    """End a materialization whose worker no longer holds it: "deleted" if its row is gone (its
+    job or project was deleted meanwhile: nothing records the weights, so they go now rather
+    than wait for the janitor), else "lease_lost" (another worker took it over: the weights
+    under ``key`` are that worker's too, the same bytes, and are left to it)."""
+    with resources.session() as session:
+        gone = session.get(Materialization, materialization_id) is None
+    if gone:
+        logger.info("materialization %s: its job was deleted meanwhile", materialization_id)
+        delete_objects(resources.store, [key])
+        return "deleted"
+    logger.warning("materialization %s: %s", materialization_id, exc)
+    return "lease_lost"
+
+
+def redispatch_stale_materializations(app: RiftCelery, resources: WorkerResources) -> int:
+    """Queue and send again the materializations whose worker died (lease expired); those
+    claimed ``MAX_STAGE_ATTEMPTS`` times are failed instead."""
+    with resources.session() as session:
+        stale = materializations_to_redispatch(
+            session, max_attempts=resources.settings.max_stage_attempts)
+    for materialization_id in stale:
+        logger.warning("materialization %s: re-sending it (its lease expired)",
+                       materialization_id)
+        enqueue_materialization(app, materialization_id)
+    return len(stale)
 
 
 def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources) -> int:
@@ -587,7 +644,8 @@ def redispatch_late_webhooks(app: RiftCelery, resources: WorkerResources) -> int
 class RecoveryLoop:
     """A daemon thread of the worker process that, at start and then every
     ``WORKER_RECOVERY_INTERVAL_SECONDS`` (no beat process needed), fails the jobs past their time
-    limit (:func:`fail_overdue`), re-sends stale stages (:func:`redispatch_stale_stages`) and,
+    limit (:func:`fail_overdue`), re-sends stale stages (:func:`redispatch_stale_stages`) and
+    materializations (:func:`redispatch_stale_materializations`) and,
     every ``JANITOR_INTERVAL_SECONDS``, runs the janitor (:mod:`persistence.janitor`)."""
 
     def __init__(self, app: RiftCelery, resources: WorkerResources) -> None:
@@ -613,6 +671,7 @@ class RecoveryLoop:
             try:
                 fail_overdue(self.resources)
                 redispatch_stale_stages(self.app, self.resources)
+                redispatch_stale_materializations(self.app, self.resources)
                 redispatch_late_webhooks(self.app, self.resources)
             except Exception:
                 logger.warning("recovery pass failed; will retry", exc_info=True)

@@ -150,7 +150,7 @@ def test_weights_materialized_while_their_project_goes_are_not_kept(
     made = doomed.post(f"/v1/jobs/{job['id']}/materialize", json={"alpha": 0.5}).json()
     store = build_object_store("local", local_root=api.settings.store_root)
 
-    def make_while_deleted(row: Materialization, *_: object) -> MaterializedWeights:
+    def make_while_deleted(row: Materialization, *_: object, **__: object) -> MaterializedWeights:
         assert admin.delete("/v1/admin/projects/doomed").status_code == 204
         key = materialization_key(job["id"], row.artifact_name)
         store.put_bytes(key, b"weights")

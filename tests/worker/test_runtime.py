@@ -1,16 +1,21 @@
-"""The stage reporter's batched reports (worker/runtime.py), on a real database."""
+"""The stage reporter's batched reports and the materialization lease's heartbeat
+(worker/runtime.py), on a real database."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import jobs, stages
+from persistence import jobs, materializations, stages
+from persistence.models import Materialization, utcnow
 from persistence.settings import Settings
-from worker.runtime import StageReporter, WorkerResources
+from persistence.stages import LeaseLost
+from worker.runtime import MaterializationLease, StageReporter, WorkerResources
 
 pytestmark = pytest.mark.service
 
@@ -66,3 +71,42 @@ def test_reports_are_written_in_order_at_most_once_per_interval(
     reporter.on_event("epoch", {"epoch": 4})
     reporter.flush()  # what the stage does before recording its outputs
     assert reported(sessions, job_id)[0][-1] == ("epoch", 4)
+
+
+def test_a_materialization_lease_taken_over_stops_its_evaluation(
+        submit: Callable[..., str], sessions: sessionmaker[Session],
+        service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    # The heartbeat renews the materialization's lease; once another worker holds it, the
+    # evaluation's cancellation callback raises LeaseLost instead of letting it run on.
+    job_id = submit(quick_config, send=False)
+    settings = service_settings.model_copy(update={"worker_lease_seconds": 0.3})
+    resources = WorkerResources(settings)
+    with sessions() as session:
+        row = Materialization(job_id=job_id, alpha=0.5, artifact_name="tuned@0.5.safetensors")
+        session.add(row)
+        session.commit()
+        row_id = row.id
+        assert materializations.start_materialization(
+            session, row_id, owner=resources.worker_id, lease_seconds=0.3,
+            max_attempts=3) is not None
+    lease = MaterializationLease(resources, row_id)
+    lease.start()
+    try:
+        time.sleep(0.6)  # past the first lease: alive only if the heartbeat renewed it
+        with sessions() as session:
+            held = session.get_one(Materialization, row_id)
+            assert held.lease_owner == resources.worker_id
+            assert held.lease_expires_at is not None and held.lease_expires_at > utcnow()
+        assert not lease.should_cancel()
+        with sessions() as session:
+            session.execute(update(Materialization).where(Materialization.id == row_id)
+                            .values(lease_owner="thief"))
+            session.commit()
+        deadline = time.monotonic() + 5.0
+        while not lease.lease_lost:
+            assert time.monotonic() < deadline, "the heartbeat never noticed"
+            time.sleep(0.05)
+        with pytest.raises(LeaseLost, match=f"materialization {row_id}"):
+            lease.should_cancel()
+    finally:
+        lease.stop()

@@ -402,7 +402,7 @@ class RiftClient:
         :class:`ConflictError` (code ``job_not_succeeded``). Asking twice for one α makes it
         once, so the request is retried like a read; asking with ``evaluate`` for an α being
         made without it raises :class:`ConflictError` (``materialization_running``): ask again
-        once it has finished.
+        once it has finished (one whose worker died is queued again instead).
         """
         return self._run(self._core.materialize(job_id=job_id, alpha=alpha, evaluate=evaluate))
 
