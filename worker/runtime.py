@@ -13,6 +13,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,6 +35,9 @@ from worker.prepared_runs import PreparedRunCache
 
 logger = logging.getLogger(__name__)
 
+#: Files of one stage written at once: the interpolate stage writes five (weights, result, charts).
+STORE_WRITERS = 6
+
 
 @dataclass
 class _ProcessHandles:
@@ -42,6 +46,7 @@ class _ProcessHandles:
     session_factory: sessionmaker[Session]
     store: ObjectStore
     prepared_runs: PreparedRunCache
+    store_writer: ThreadPoolExecutor
 
 
 @dataclass
@@ -83,6 +88,8 @@ class WorkerResources:
                     store=self.settings.build_object_store(),
                     # Per process: a forked child starts with none of its parent's runs.
                     prepared_runs=PreparedRunCache(self.settings.worker_prepared_run_cache_bytes),
+                    store_writer=ThreadPoolExecutor(STORE_WRITERS,
+                                                    thread_name_prefix="store-write"),
                 )
             return self._handles
 
@@ -97,6 +104,11 @@ class WorkerResources:
     @property
     def prepared_runs(self) -> PreparedRunCache:
         return self._get().prepared_runs
+
+    @property
+    def store_writer(self) -> ThreadPoolExecutor:
+        """The threads that write a stage's files side by side (``worker.stages``)."""
+        return self._get().store_writer
 
     @property
     def chains_stages(self) -> bool:

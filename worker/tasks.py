@@ -380,7 +380,7 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
             outputs = record_sweep_interpolation(resources, claim.job, run, attempts)
         else:
             outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir,
-                                callbacks, attempts, manifest)
+                                callbacks, attempts, manifest, resources.store_writer)
         # In the stage_finished event: where a stage's time went besides the library's own.
         outputs.summary = {**outputs.summary, "prepare_seconds": round(prepare_seconds, 4),
                            "prepared_run": "cached" if taken.cached else "built"}
