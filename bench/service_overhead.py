@@ -16,11 +16,19 @@ the direct run's, the figure the machine's load disturbs least. The checkpoint u
 separately. Both sides run with ``OMP_NUM_THREADS=1`` on the CPU. Jobs (``--job``): the digits
 demo job, or ``digits-long`` (see :func:`job_config`).
 
+CPU seconds (Linux): the direct process's for its timed ``run_pipeline`` against the worker
+process's and the API process's for the service job (``/proc/<pid>/stat``, read before the
+``POST`` and after the terminal event). Unlike wall time, they hardly move with the load other
+processes put on the machine, so a change of the service's own work shows through it.
+``--tree``: the checkout whose code the direct run, the API and the worker run (default: this
+one), to compare two trees with one bench in one sitting.
+
 Needs PostgreSQL on 127.0.0.1:5432 (user postgres; a scratch database is created and dropped) and
 Redis on 127.0.0.1:6379. Requests carry a key the bench makes in its fresh database.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/service_overhead.py --repeats 5
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/service_overhead.py --job digits-long
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/service_overhead.py --tree /work/main
 """
 
 from __future__ import annotations
@@ -70,11 +78,11 @@ def _free_port() -> int:
 
 
 def _direct(config: dict[str, Any], warm_up: dict[str, Any], checkpoint: Path, out: Path,
-            env: dict[str, str]) -> tuple[float, float, float]:
+            env: dict[str, str], tree: Path) -> tuple[float, float, float, float]:
     """``run_pipeline`` in a fresh process: ``warm_up`` once (first-use costs), then ``config``,
     timed; returns its seconds, the library's own compute seconds of its three stages (as the
-    service's breakdown counts them), and those of its part outside them (building the run and
-    the preflight check, timed again on their own)."""
+    service's breakdown counts them), those of its part outside them (building the run and
+    the preflight check, timed again on their own), and the CPU seconds of the timed run."""
     script = (
         "import json, sys, time\n"
         "from pathlib import Path\n"
@@ -83,18 +91,27 @@ def _direct(config: dict[str, Any], warm_up: dict[str, Any], checkpoint: Path, o
         "config = RiftConfig.model_validate(json.loads(sys.argv[1]))\n"
         "warm_up = RiftConfig.model_validate(json.loads(sys.argv[2]))\n"
         "run_pipeline(warm_up, sys.argv[3], Path(sys.argv[4]) / 'warm-up')\n"
-        "started = time.perf_counter()\n"
+        "started, cpu = time.perf_counter(), time.process_time()\n"
         "result = run_pipeline(config, sys.argv[3], Path(sys.argv[4]) / 'timed')\n"
-        "total = time.perf_counter() - started\n"
+        "total, cpu = time.perf_counter() - started, time.process_time() - cpu\n"
         "compute = sum(result[s]['seconds'] for s in ('mrc', 'finetune', 'interpolation'))\n"
         "started = time.perf_counter()\n"
         "run_preflight_stage(prepare_run(config, sys.argv[3]))\n"
-        "print(total, compute, time.perf_counter() - started)\n")
+        "print(total, compute, time.perf_counter() - started, cpu)\n")
     done = subprocess.run([sys.executable, "-c", script, json.dumps(config), json.dumps(warm_up),
-                           str(checkpoint), str(out)], env=env, cwd=ROOT, check=True,
+                           str(checkpoint), str(out)], env=env, cwd=tree, check=True,
                           capture_output=True, text=True)
-    total, compute, fixed = done.stdout.strip().splitlines()[-1].split()
-    return float(total), float(compute), float(fixed)
+    total, compute, fixed, cpu = done.stdout.strip().splitlines()[-1].split()
+    return float(total), float(compute), float(fixed), float(cpu)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_http(client: httpx.Client, path: str, timeout: float = 60.0) -> None:
@@ -181,10 +198,12 @@ def _breakdown(events: list[dict[str, Any]], submitted: float, detected: float
             "detect": detected - end}
 
 
-def _service_job(client: httpx.Client, checkpoint_id: str, config: dict[str, Any]
-                 ) -> tuple[float, dict[str, Any]]:
+def _service_job(client: httpx.Client, checkpoint_id: str, config: dict[str, Any],
+                 pids: dict[str, int] | None = None) -> tuple[float, dict[str, Any]]:
     """One job through the service, timed from ``POST /v1/jobs`` to the client seeing its
-    ``job_succeeded`` event on the stream; returns the seconds and their breakdown."""
+    ``job_succeeded`` event on the stream; returns the seconds and their breakdown, with the CPU
+    seconds the processes in ``pids`` (name -> pid) spent meanwhile."""
+    cpu = {name: _cpu_seconds(pid) for name, pid in (pids or {}).items()}
     submitted, started = time.time(), time.perf_counter()
     created = client.post("/v1/jobs", json={"checkpoint_id": checkpoint_id, "config": config})
     created.raise_for_status()
@@ -193,7 +212,9 @@ def _service_job(client: httpx.Client, checkpoint_id: str, config: dict[str, Any
     seconds = time.perf_counter() - started
     if events[-1]["kind"] != "job_succeeded":
         raise RuntimeError(f"job {job_id} ended with {events[-1]}")
-    return seconds, _breakdown(events, submitted, detected)
+    breakdown = _breakdown(events, submitted, detected)
+    breakdown["cpu"] = {name: _cpu_seconds(pid) - cpu[name] for name, pid in (pids or {}).items()}
+    return seconds, breakdown
 
 
 def _outside_compute(breakdown: dict[str, Any]) -> float:
@@ -253,7 +274,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--job", choices=("digits", "digits-long"), default="digits")
+    parser.add_argument("--tree", type=Path, default=ROOT,
+                        help="the checkout whose code runs the jobs (default: this one)")
     args = parser.parse_args()
+    tree = args.tree.resolve()
     config, warm_up_config = job_config(args.job), job_config("digits")
     database = f"rift_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -268,7 +292,7 @@ def main() -> None:
             url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
             upgrade_database(url)
             port = _free_port()
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+            env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1",
                    "DATABASE_URL": url, "BROKER_URL": "redis://127.0.0.1:6379/0",
                    "CELERY_QUEUE": f"rift-bench-{uuid.uuid4().hex[:8]}", "STORE_KIND": "local",
                    "STORE_ROOT": str(folder / "objects"), "WORK_DIR": str(folder / "work"),
@@ -277,19 +301,24 @@ def main() -> None:
             with open(folder / "api.log", "wb") as log:
                 processes.append(subprocess.Popen(
                     [str(bin_dir / "uvicorn"), "--factory", "api.main:create_app", "--host",
-                     "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
+                     "127.0.0.1", "--port", str(port)], cwd=tree, env=env, stdout=log,
                     stderr=subprocess.STDOUT))
             with open(folder / "worker.log", "wb") as log:
                 processes.append(subprocess.Popen(
                     [str(bin_dir / "celery"), "-A", "worker.celery_app", "worker", "--pool=solo",
                      "--concurrency=1", "-Q", env["CELERY_QUEUE"], "--without-gossip",
-                     "--without-mingle", "--loglevel=INFO", "-n", "bench@%h"], cwd=ROOT,
+                     "--without-mingle", "--loglevel=INFO", "-n", "bench@%h"], cwd=tree,
                     env=env, stdout=log, stderr=subprocess.STDOUT))
             headers = {"Authorization": f"Bearer {_make_key(url)}"}
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers,
                               timeout=60.0) as client:
-                _wait_http(client, "/healthz")
-                _wait_log(folder / "worker.log", " ready.")
+                try:
+                    _wait_http(client, "/healthz")
+                    _wait_log(folder / "worker.log", " ready.")
+                except TimeoutError:
+                    for log in ("api.log", "worker.log"):  # why it did not start
+                        print((folder / log).read_text(errors="replace")[-3000:], file=sys.stderr)
+                    raise
                 started = time.perf_counter()
                 with checkpoint.open("rb") as handle:
                     uploaded = client.post("/v1/checkpoints",
@@ -299,16 +328,20 @@ def main() -> None:
                 direct: list[float] = []
                 direct_fixed: list[float] = []
                 direct_compute: list[float] = []
+                direct_cpu: list[float] = []
                 service: list[float] = []
+                pids = {"worker": processes[1].pid, "api": processes[0].pid}
                 parts: list[dict[str, Any]] = []
                 warm_up, _ = _service_job(client, uploaded.json()["id"], warm_up_config)
                 for index in range(args.repeats):  # alternate, so drifts in load hit both
-                    seconds, compute, fixed = _direct(config, warm_up_config, checkpoint,
-                                                      folder / f"direct-{index}", env)
+                    seconds, compute, fixed, cpu = _direct(config, warm_up_config, checkpoint,
+                                                           folder / f"direct-{index}", env, tree)
                     direct.append(seconds)
                     direct_compute.append(compute)
                     direct_fixed.append(fixed)
-                    seconds, breakdown = _service_job(client, uploaded.json()["id"], config)
+                    direct_cpu.append(cpu)
+                    seconds, breakdown = _service_job(client, uploaded.json()["id"], config,
+                                                      pids)
                     service.append(seconds)
                     parts.append(breakdown)
     finally:
@@ -325,7 +358,7 @@ def main() -> None:
     best_direct, best_service = min(direct), min(service)
     fixed_parts = [_outside_compute(part) for part in parts]
     print(json.dumps({
-        "benchmark": "service_overhead", "job": args.job,
+        "benchmark": "service_overhead", "job": args.job, "tree": str(tree),
         "config": {key: config[key] for key in ("finetune", "interpolation")},
         "threads": 1, "repeats": args.repeats,
         "direct_seconds": [round(s, 2) for s in direct],
@@ -351,6 +384,13 @@ def main() -> None:
         "service_compute_seconds": [round(_compute(part), 2) for part in parts],
         "direct_compute_seconds": [round(c, 2) for c in direct_compute],
         "direct_prepare_and_preflight_seconds": [round(f, 3) for f in direct_fixed],
+        # CPU seconds: the direct process's timed run; the worker's and the API's for each job.
+        "direct_cpu_seconds": [round(c, 2) for c in direct_cpu],
+        "service_worker_cpu_seconds": [round(p["cpu"]["worker"], 2) for p in parts],
+        "service_api_cpu_seconds": [round(p["cpu"]["api"], 2) for p in parts],
+        "worker_cpu_over_direct_median": round(
+            statistics.median(p["cpu"]["worker"] for p in parts)
+            / statistics.median(direct_cpu) - 1, 4),
         "service_breakdown_median": _median_breakdown(parts),
         "service_breakdowns": [_rounded(part) for part in parts],
         "note": "shared 2-core machine under load from other processes: noisy; the best of the "

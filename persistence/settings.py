@@ -161,6 +161,14 @@ class Settings(BaseSettings):
         "message and taking it back from the queue (worker/tasks.py); the claim is the usual "
         "lease, so cancellation, retries and the recovery of a dead worker's stage are "
         "unchanged. False: every stage goes through the queue.")
+    worker_malloc_threshold_bytes: int = Field(
+        32 * 1024**2, ge=0, le=32 * 1024**2,
+        description="glibc only (at most 32 MiB, glibc's limit): the worker process's malloc "
+        "serves blocks below this size from its heap and keeps up to twice this free at the "
+        "heap's top (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD; worker/allocator.py), instead of "
+        "mapping and unmapping a CPU tensor's memory at every step (page faults: a fifth of the "
+        "demo job's CPU MRC stage). 32 MiB is where glibc's own sliding threshold ends; 0: "
+        "leave malloc as it is.")
     worker_heartbeat_seconds: float = Field(
         30.0, gt=0,
         description="How often a worker process renews its row in the worker registry (s). A "

@@ -253,8 +253,12 @@ def _write_progress(session: Session, job_id: str, stage: str, fraction: float,
 def set_job_device(session: Session, job_id: str, device: str) -> None:
     """Record the device (``cpu``, ``cuda:0``...) the worker runs the job on."""
     with transaction(session):
-        session.execute(update(Job).where(Job.id == job_id).values(device=device)
-                        .execution_options(synchronize_session=False))
+        _write_device(session, job_id, device)
+
+
+def _write_device(session: Session, job_id: str, device: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(device=device)
+                    .execution_options(synchronize_session=False))
 
 
 def should_stop(session: Session, job_id: str) -> bool:
@@ -277,16 +281,19 @@ def _must_stop(session: Session, job_id: str) -> bool:
 def report_activity(session: Session, job_id: str, stage: str, *,
                     events: Sequence[tuple[str, Mapping[str, Any], datetime]] = (),
                     progress: tuple[float, str | None] | None = None,
-                    now: datetime | None = None) -> bool:
+                    device: str | None = None, now: datetime | None = None) -> bool:
     """What a running stage reports, in one transaction: its events ``(kind, payload, when)`` in
-    order, its latest progress ``(fraction, message)``; returns :func:`should_stop` read after
-    them. One round trip and commit instead of one per event, progress write and check."""
+    order, its latest progress ``(fraction, message)``, the device it runs on (see
+    :func:`set_job_device`); returns :func:`should_stop` read after them. One round trip and
+    commit instead of one per event, progress write, device write and check."""
     now = now or utcnow()
     with transaction(session):
         for kind, payload, when in events:
             log_event(session, job_id, kind, payload, when)
         if progress is not None:
             _write_progress(session, job_id, stage, progress[0], progress[1], now)
+        if device is not None:
+            _write_device(session, job_id, device)
         return _must_stop(session, job_id)
 
 
@@ -307,14 +314,14 @@ def finish_stage_and_claim_next(
     session: Session, job_id: str, stage: str, *, owner: str, outputs: StageOutputs,
     next_terms: ClaimTerms | None = None,
     events: Sequence[tuple[str, Mapping[str, Any], datetime]] = (),
-    now: datetime | None = None,
+    device: str | None = None, now: datetime | None = None,
 ) -> tuple[Job, StageClaim | None]:
     """:func:`finish_stage`, and with ``next_terms`` the claim of the next stage in the same
     transaction (:func:`claim_stage`'s rules: a cancellation requested meanwhile ends the job
     instead); returns the job and that claim (None without ``next_terms`` or after the last
     stage). ``events`` (``(kind, payload, when)``, the stage's last reports not yet written)
     come before ``stage_finished``, in the same transaction: nothing is written if the lease
-    was lost.
+    was lost; so does ``device`` (the job's device, when the stage's reports did not write it).
 
     A worker that holds the job's prepared run takes the next stage this way instead of sending
     its message and claiming it back: no moment passes with the next stage runnable and no
@@ -345,6 +352,8 @@ def finish_stage_and_claim_next(
             job.selected_module = outputs.selected_module
         if outputs.chosen_alpha is not None:
             job.chosen_alpha = outputs.chosen_alpha
+        if device is not None:
+            job.device = device
         if outputs.metrics:
             # A new dict, so the JSON column is seen as changed.
             job.metrics = {**(job.metrics or {}), **outputs.metrics}

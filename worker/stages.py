@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future, wait
 from pathlib import Path
 from typing import Any
 
@@ -66,33 +67,65 @@ ObjectKey = Callable[[str, str], str]  # (stage, file name) -> key in that stage
 
 class ObjectStageStorage:
     """The library's stage files (``rift.stage_outputs``) in the object store: each file under its
-    stage's attempt key. Remembers what it wrote, for the artifact records."""
+    stage's attempt key. Remembers what it wrote, for the artifact records.
 
-    def __init__(self, store: ObjectStore, key: ObjectKey) -> None:
-        self.store, self.key = store, key
-        self.written: dict[str, StoredObject] = {}
+    With ``writer`` (a thread pool: the worker's, :attr:`worker.runtime.WorkerResources.
+    store_writer`), a stage's files are written side by side instead of one after the other: each
+    is still written whole and fsynced by the local store, and :attr:`written` (which the records
+    are made from) waits for them, so nothing records a file before it is durable. A stage writes
+    up to six files; one fsync took 1–5 ms on the shared machine's disk, and five of them in
+    parallel about as long as one (measured: 26 ms one after the other, 2.3 ms side by side). Without
+    ``writer``, each write is made on the caller's thread."""
+
+    def __init__(self, store: ObjectStore, key: ObjectKey, writer: Executor | None = None
+                 ) -> None:
+        self.store, self.key, self._writer = store, key, writer
+        self._pending: dict[str, Future[StoredObject]] = {}
+        self._written: dict[str, StoredObject] = {}
 
     def _key(self, name: str) -> str:
         return self.key(STAGE_OF_FILE[name], name)
 
+    def _put(self, key: str, data: bytes, content_type: str) -> Future[StoredObject]:
+        if self._writer is not None:
+            return self._writer.submit(self.store.put_bytes, key, data,
+                                       content_type=content_type)
+        done: Future[StoredObject] = Future()
+        done.set_result(self.store.put_bytes(key, data, content_type=content_type))
+        return done
+
+    @property
+    def written(self) -> dict[str, StoredObject]:
+        """The library's files written (waits for those still being written; the first error
+        of one is raised once all have ended)."""
+        pending, self._pending = self._pending, {}
+        wait(pending.values())
+        for name, future in pending.items():
+            self._written[name] = future.result()
+        return self._written
+
     def read_bytes(self, name: str) -> bytes | None:
+        if name in self._pending:
+            self.written  # noqa: B018 - a file being written is read once it is
         key = self._key(name)
         return self.store.get_bytes(key) if self.store.exists(key) else None
 
     def write_bytes(self, name: str, data: bytes, content_type: str) -> None:
-        self.written[name] = self.store.put_bytes(self._key(name), data,
-                                                  content_type=content_type)
+        self._pending[name] = self._put(self._key(name), data, content_type)
 
-    def write_extra(self, stage: str, name: str, data: bytes, content_type: str) -> StoredObject:
-        """A file beside the library's stage files (manifest, charts), under ``stage``'s key."""
-        return self.store.put_bytes(self.key(stage, name), data, content_type=content_type)
+    def write_extra(self, stage: str, name: str, data: bytes, content_type: str
+                    ) -> Future[StoredObject]:
+        """A file beside the library's stage files (manifest, charts), under ``stage``'s key;
+        its ``result()`` is the stored object once written."""
+        return self._put(self.key(stage, name), data, content_type)
 
 
-def job_stage_storage(store: ObjectStore, job_id: str, attempts: Mapping[str, int]
-                      ) -> ObjectStageStorage:
-    """The job's stage files, each stage's under its attempt in ``attempts`` (stage -> claim)."""
+def job_stage_storage(store: ObjectStore, job_id: str, attempts: Mapping[str, int],
+                      writer: Executor | None = None) -> ObjectStageStorage:
+    """The job's stage files, each stage's under its attempt in ``attempts`` (stage -> claim);
+    ``writer``: see :class:`ObjectStageStorage`."""
     return ObjectStageStorage(store, lambda stage, name: stage_object_key(
-        job_id, stage, attempts[stage], name))
+        job_id, stage, attempts[stage], name), writer)
 
 
 def job_config(job: Job, *, dataset_path: Path | None, device: str | None,
@@ -123,21 +156,20 @@ def prepare(job: Job, checkpoint: Checkpoint, dataset: Dataset | None, store: Ob
 
 def run_stage(stage: str, job: Job, run: PreparedRun, store: ObjectStore, work_dir: Path,
               callbacks: PipelineCallbacks, attempts: Mapping[str, int],
-              manifest: Mapping[str, Any] | None = None) -> StageOutputs:
+              manifest: Mapping[str, Any] | None = None, writer: Executor | None = None
+              ) -> StageOutputs:
     """Run ``stage`` and store its files; returns what :func:`finish_stage` records.
 
     ``attempts`` maps each stage to its latest claim: this stage's own attempt, and for the
     stages already done, the attempt whose outputs were recorded. Stage files go through the
     library's codec (``rift.stage_outputs``) straight to the store, so ``work_dir`` holds nothing
     of this stage. ``manifest`` (see :func:`job_manifest`) is stored with the first stage's
-    outputs."""
+    outputs. ``writer``: a thread pool that writes the stage's files side by side
+    (:class:`ObjectStageStorage`)."""
 
-    storage = job_stage_storage(store, job.id, attempts)
+    storage = job_stage_storage(store, job.id, attempts, writer)
     if stage == StageName.MRC:
-        outputs = _mrc(job, run, storage, callbacks)
-        if manifest is not None:
-            outputs.artifacts = [*outputs.artifacts, store_manifest(storage, manifest)]
-        return outputs
+        return _mrc(job, run, storage, callbacks, manifest)
     if stage == StageName.FINETUNE:
         return _finetune(job, run, storage, callbacks)
     if stage == StageName.INTERPOLATE:
@@ -168,8 +200,12 @@ def job_manifest(job: Job, checkpoint: Checkpoint, dataset: Dataset | None, run:
 
 def store_manifest(storage: ObjectStageStorage, manifest: Mapping[str, Any]) -> ArtifactRecord:
     """Store the job's ``manifest.json`` among the MRC stage's files; returns its record."""
-    return _record(MANIFEST_JSON, storage.write_extra(StageName.MRC, MANIFEST_JSON,
-                                                      _json(manifest), JSON))
+    return _record(MANIFEST_JSON, _write_manifest(storage, manifest).result())
+
+
+def _write_manifest(storage: ObjectStageStorage, manifest: Mapping[str, Any]
+                    ) -> Future[StoredObject]:
+    return storage.write_extra(StageName.MRC, MANIFEST_JSON, _json(manifest), JSON)
 
 
 def stored_manifest(storage: ObjectStageStorage) -> ArtifactRecord | None:
@@ -198,13 +234,18 @@ def _metadata(run: PreparedRun) -> dict[str, str]:
 
 
 def _mrc(job: Job, run: PreparedRun, storage: ObjectStageStorage,
-         callbacks: PipelineCallbacks) -> StageOutputs:
+         callbacks: PipelineCallbacks, manifest: Mapping[str, Any] | None) -> StageOutputs:
     # First thing in the job: a checkpoint near chance on the job's data fails it here.
     preflight = run_preflight_stage(run, callbacks)
     result = run_mrc_stage(run, callbacks)
     callbacks.check_cancel()  # a worker that lost its lease meanwhile writes nothing
-    return record_mrc(run.config, result, storage,
-                      preflight.as_dict() if preflight is not None else None)
+    # Sent before the table's files, so that all three are written side by side.
+    stored = _write_manifest(storage, manifest) if manifest is not None else None
+    outputs = record_mrc(run.config, result, storage,
+                         preflight.as_dict() if preflight is not None else None)
+    if stored is not None:
+        outputs.artifacts = [*outputs.artifacts, _record(MANIFEST_JSON, stored.result())]
+    return outputs
 
 
 def record_mrc(config: RiftConfig, result: MRCStageResult, storage: ObjectStageStorage,
@@ -280,14 +321,16 @@ def record_interpolation(job: Job, run: PreparedRun, storage: ObjectStageStorage
     # The report page's charts as files too (drawn by the same torch-free module as the page).
     charts = job_charts([{**row, "module": row["name"]} for row in mrc.rows], module,
                         finetune.epochs, curves)
-    chart_records = [
-        _record(CHART_ARTIFACTS[name], storage.write_extra(
-            StageName.INTERPOLATE, CHART_ARTIFACTS[name], svg.encode("utf-8"), SVG))
-        for name, svg in charts.items()]
+    stored_charts = {  # all sent before any is waited for
+        CHART_ARTIFACTS[name]: storage.write_extra(StageName.INTERPOLATE, CHART_ARTIFACTS[name],
+                                                   svg.encode("utf-8"), SVG)
+        for name, svg in charts.items()}
+    written = storage.written
+    chart_records = [_record(name, stored.result()) for name, stored in stored_charts.items()]
     return StageOutputs(
         interpolation_points=result.points,
-        artifacts=[_record(TUNED, storage.written[TUNED]),
-                   _record(RESULT_JSON, storage.written[RESULT_JSON]), *extra, *chart_records],
+        artifacts=[_record(TUNED, written[TUNED]), _record(RESULT_JSON, written[RESULT_JSON]),
+                   *extra, *chart_records],
         chosen_alpha=result.chosen_alpha,
         metrics={"before": result.before, "after": result.after,
                  "chosen_alpha": result.chosen_alpha, "selected_module": module,

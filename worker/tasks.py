@@ -353,7 +353,8 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
     logger.info("job %s stage %s: attempt %d on %s", job_id, stage, claim.attempt, owner)
     reporter = StageReporter(
         resources, job_id, stage, started_at=claim.job.started_at,
-        time_limit=job_time_limit(claim.job, settings.job_time_limit_seconds))
+        time_limit=job_time_limit(claim.job, settings.job_time_limit_seconds),
+        write_behind=True)
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
                                   should_cancel=reporter.should_cancel)
     reporter.start()
@@ -368,9 +369,9 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         prepare_seconds = time.perf_counter() - preparing
         device = describe_device(run.device)
         if claim.job.device != device:  # a chained stage, or another stage here: unchanged
-            with resources.session() as session:
-                stages.set_job_device(session, job_id, device)
-        if not taken.cached:  # building took a while; a cached run is taken just after the claim
+            # With the stage's first report (else with its outputs): no transaction of its own.
+            reporter.set_device(device)
+        if not taken.cached:  # building may take intervals: a write and check if one passed
             callbacks.check_cancel()
         manifest = (job_manifest(claim.job, checkpoint, dataset, run, settings.build_commit)
                     if stage == StageName.MRC else None)
@@ -391,7 +392,7 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
             outputs = record_sweep_interpolation(resources, claim.job, run, attempts)
         else:
             outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir,
-                                callbacks, attempts, manifest)
+                                callbacks, attempts, manifest, resources.store_writer)
         # In the stage_finished event: where a stage's time went besides the library's own.
         outputs.summary = {**outputs.summary, "prepare_seconds": round(prepare_seconds, 4),
                            "prepared_run": "cached" if taken.cached else "built"}
@@ -401,27 +402,33 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         # This worker holds the run: it takes the next stage in the same transaction.
         terms = (ClaimTerms(owner, settings.worker_lease_seconds, settings.max_stage_attempts)
                  if following is not None and resources.chains_stages else None)
+        pending = reporter.take_pending()
         with resources.session() as session:
             # The stage's last events come before its stage_finished, in the same commit.
             _, next_claim = stages.finish_stage_and_claim_next(
                 session, job_id, stage, owner=owner, outputs=outputs, next_terms=terms,
-                events=reporter.take_pending())
+                events=pending.events, device=pending.device)
     except JobCancelled:
+        reporter.close()  # no report of the stage follows its end (each branch below)
         with resources.session() as session:
             stages.mark_cancelled(session, job_id)
         logger.info("job %s cancelled during stage %s", job_id, stage)
         return _Step(stage, "cancelled", device)
     except LeaseLost as exc:
         # Another worker took the stage over (this one stalled past its lease): it owns it now.
+        reporter.close()
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return _Step(stage, "lease_lost", device)
     except RiftError as exc:
+        reporter.close()
         return _Step(stage, _fail(resources, job_id, stage, exc.code, exc.message), device)
     except ObjectNotFound as exc:
+        reporter.close()
         return _Step(stage, _fail(
             resources, job_id, stage, "missing_object",
             f"an input of the job is missing from the object store: {exc.message}"), device)
     except Exception as exc:
+        reporter.close()
         try:
             return _Step(stage, _retry_or_fail(app, resources, job_id, stage, claim.attempt, exc,
                                                request_id), device)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,27 +38,41 @@ def reported(sessions: sessionmaker[Session], job_id: str
         return events, jobs.get_job(session, job_id).progress_message
 
 
-def test_reports_are_written_in_order_at_most_once_per_interval(
-        submit: Callable[..., str], sessions: sessionmaker[Session],
-        service_settings: Settings, quick_config: dict[str, Any]) -> None:
+def claimed_reporter(submit: Callable[..., str], sessions: sessionmaker[Session],
+                     service_settings: Settings, quick_config: dict[str, Any], clock: Clock, *,
+                     write_behind: bool = False) -> tuple[str, StageReporter]:
     job_id = submit(quick_config, send=False)
     settings = service_settings.model_copy(update={"progress_interval_seconds": 1.0})
     resources = WorkerResources(settings)
     with sessions() as session:
         stages.claim_stage(session, job_id, "mrc", owner=resources.worker_id, lease_seconds=60,
                            max_attempts=3)
-    clock = Clock()
-    reporter = StageReporter(resources, job_id, "mrc", clock)
+    return job_id, StageReporter(resources, job_id, "mrc", clock, write_behind=write_behind)
 
-    reporter.on_event("epoch", {"epoch": 1})  # the first report is written at once
+
+def device_of(sessions: sessionmaker[Session], job_id: str) -> str | None:
+    with sessions() as session:
+        return jobs.get_job(session, job_id).device
+
+
+def test_reports_are_written_in_order_at_most_once_per_interval(
+        submit: Callable[..., str], sessions: sessionmaker[Session],
+        service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    clock = Clock()
+    job_id, reporter = claimed_reporter(submit, sessions, service_settings, quick_config, clock)
+
+    reporter.on_event("epoch", {"epoch": 1})  # within the stage's first interval: waits
     reporter.on_event("epoch", {"epoch": 2})
     reporter.on_progress("mrc", 0.5, "half")
-    assert reported(sessions, job_id) == ([("epoch", 1)], None)
+    reporter.set_device("cpu")
+    assert reported(sessions, job_id) == ([], None)
+    assert device_of(sessions, job_id) is None
     reporter.on_event("warning", {"message": "now"})  # a warning takes what waits along
     assert reported(sessions, job_id) == ([("epoch", 1), ("epoch", 2), ("warning", None)], "half")
+    assert device_of(sessions, job_id) == "cpu"
 
     reporter.on_event("epoch", {"epoch": 3})
-    reporter.on_progress("mrc", 0.7, "later")
+    reporter.on_progress("mrc", 1.0, "later")  # a finished progress waits too
     assert not reporter.should_cancel()  # within the interval: nothing written, nothing read
     assert reported(sessions, job_id)[1] == "half"
     with sessions() as session:
@@ -69,7 +84,7 @@ def test_reports_are_written_in_order_at_most_once_per_interval(
         [("epoch", 1), ("epoch", 2), ("warning", None), ("epoch", 3)], "later")
 
     reporter.on_event("epoch", {"epoch": 4})
-    reporter.flush()  # what the stage does before recording its outputs
+    reporter.flush()  # what a split stage's part does before recording itself
     assert reported(sessions, job_id)[0][-1] == ("epoch", 4)
 
 
@@ -110,3 +125,83 @@ def test_a_materialization_lease_taken_over_stops_its_evaluation(
             lease.should_cancel()
     finally:
         lease.stop()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the timeout"
+        time.sleep(0.02)
+
+
+def test_write_behind_writes_on_its_thread_in_order_and_stops_at_take_pending(
+        submit: Callable[..., str], sessions: sessionmaker[Session],
+        service_settings: Settings, quick_config: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    job_id, reporter = claimed_reporter(submit, sessions, service_settings, quick_config, clock,
+                                        write_behind=True)
+    writers: list[str] = []
+    report_activity = stages.report_activity
+
+    def recording(*args: Any, **kwargs: Any) -> bool:
+        writers.append(threading.current_thread().name)
+        return report_activity(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "report_activity", recording)
+    reporter.start()
+    try:
+        reporter.on_event("epoch", {"epoch": 1})
+        reporter.set_device("cpu")
+        reporter.on_event("warning", {"message": "now"})
+        eventually(lambda: reported(sessions, job_id)[0] == [("epoch", 1), ("warning", None)])
+        assert device_of(sessions, job_id) == "cpu"
+        assert writers and all(name.startswith("report-") for name in writers)
+
+        with sessions() as session:
+            jobs.request_cancel(session, job_id)
+        clock.now += 1.0
+        reporter.should_cancel()  # hands the write over; a later call returns what it read
+        eventually(reporter.should_cancel)
+
+        reporter.on_event("epoch", {"epoch": 2})
+        pending = reporter.take_pending()
+        assert [(kind, payload) for kind, payload, _ in pending.events] == [
+            ("epoch", {"epoch": 2})]
+        writes = len(writers)
+        reporter.on_event("warning", {"message": "after the end"})
+        time.sleep(0.3)
+        assert len(writers) == writes  # the writer wrote nothing more
+        assert reported(sessions, job_id)[0] == [("epoch", 1), ("warning", None)]
+    finally:
+        reporter.stop()
+
+
+def test_write_behind_error_is_raised_on_the_stage_thread(
+        submit: Callable[..., str], sessions: sessionmaker[Session],
+        service_settings: Settings, quick_config: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    _, reporter = claimed_reporter(submit, sessions, service_settings, quick_config, clock,
+                                   write_behind=True)
+
+    def failing(*_: Any, **__: Any) -> bool:
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(stages, "report_activity", failing)
+    reporter.start()
+    try:
+        reporter.on_event("warning", {"message": "now"})
+
+        def raised() -> bool:
+            try:
+                reporter.should_cancel()
+            except RuntimeError as exc:
+                return str(exc) == "database gone"
+            return False
+
+        eventually(raised)
+        with pytest.raises(RuntimeError, match="database gone"):
+            reporter.take_pending()  # the stage's end does not record over a lost write
+    finally:
+        reporter.stop()
