@@ -250,7 +250,9 @@ def list_statements(database_url: str, api_key: str) -> int:
     from persistence.db import session_factory_from_settings
     from persistence.settings import Settings
 
-    settings = Settings(database_url=database_url, broker_url="memory://", event_notify="poll")
+    # Counts statements only: no validator server to start for it.
+    settings = Settings(database_url=database_url, broker_url="memory://", event_notify="poll",
+                        validation_warm_start=False)
     factory = session_factory_from_settings(settings)
     seen: list[str] = []
 
@@ -278,7 +280,9 @@ def api_server(database_url: str, workers: int, port: int, log: Path,
            "STORE_KIND": "local", "STORE_ROOT": str(log.parent / "objects"),
            "WORK_DIR": str(log.parent / "work"),
            # The bench measures latency, not the per-project request limit (1,200/min by default).
-           "DEFAULT_MAX_REQUESTS_PER_MINUTE": "100000000"}
+           "DEFAULT_MAX_REQUESTS_PER_MINUTE": "100000000",
+           # It uploads nothing: no validator server importing torch beside the timed requests.
+           "VALIDATION_WARM_START": "false"}
     command = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                "--no-access-log", "--log-level", "warning"]
