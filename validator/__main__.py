@@ -186,7 +186,10 @@ def _remove_socket(path: str, inode: int) -> None:
 
 
 def _announce_ready() -> None:
-    print("ready", flush=True)
+    # The process that started it may be gone (an API process killed while the server it
+    # started in the background warmed up): a shared server serves the others all the same.
+    with contextlib.suppress(BrokenPipeError):
+        print("ready", flush=True)
     # The API reads nothing more from this pipe: nothing written later may fill it and block.
     with open(os.devnull, "wb") as devnull:
         os.dup2(devnull.fileno(), sys.stdout.fileno())
