@@ -275,14 +275,15 @@ def list_statements(database_url: str, api_key: str) -> int:
 @contextmanager
 def api_server(database_url: str, workers: int, port: int, log: Path,
                extra_env: dict[str, str] | None = None, settle_s: float = 1.0) -> Iterator[str]:
-    env = {**os.environ, **(extra_env or {}), "DATABASE_URL": database_url,
+    # Validator servers start with the first upload, as before VALIDATION_WARM_START: the load
+    # bench uploads nothing, and bench/validator_memory.py counts the servers its uploads start.
+    env = {**os.environ, "VALIDATION_WARM_START": "false", **(extra_env or {}),
+           "DATABASE_URL": database_url,
            "BROKER_URL": "memory://",
            "STORE_KIND": "local", "STORE_ROOT": str(log.parent / "objects"),
            "WORK_DIR": str(log.parent / "work"),
            # The bench measures latency, not the per-project request limit (1,200/min by default).
-           "DEFAULT_MAX_REQUESTS_PER_MINUTE": "100000000",
-           # It uploads nothing: no validator server importing torch beside the timed requests.
-           "VALIDATION_WARM_START": "false"}
+           "DEFAULT_MAX_REQUESTS_PER_MINUTE": "100000000"}
     command = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                "--no-access-log", "--log-level", "warning"]
