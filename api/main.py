@@ -95,6 +95,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await feed.start()
+        if settings.validation_warm_start:
+            # In the background: the API answers (and /readyz says "starting") meanwhile.
+            checks.start()
         yield
         await feed.stop()
         if publisher is not None:

@@ -353,6 +353,9 @@ class HealthOut(BaseModel):
 class CheckOut(BaseModel):
     ok: bool
     error: str | None = None
+    state: str | None = Field(
+        None, description="The validator's only: ready, starting, failed or stopped (it starts "
+        "with the next upload: a shared server that exited idle, or VALIDATION_WARM_START=false).")
 
 
 class ReadyOut(BaseModel):

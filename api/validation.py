@@ -10,10 +10,12 @@ import nor a fork. The server runs at most ``validation_max_concurrency`` checks
 others wait up to ``validation_queue_timeout_seconds``, then are answered 503. Each child's
 memory high-water mark is logged with its check. Calls block: run them in a thread.
 
-By default each API process starts a private server on first use. With ``validation_socket``
-set, the API processes of a host share one server at that path, started by the first that needs
-it (one at a time, under a file lock): one torch import and one concurrency bound for the host,
-however many ``uvicorn`` workers there are.
+By default each API process starts a private server. With ``validation_socket`` set, the API
+processes of a host share one server at that path, started by the first that needs it (one at a
+time, under a file lock): one torch import and one concurrency bound for the host, however many
+``uvicorn`` workers there are. The API starts (or finds) its server at start-up, in the
+background (:meth:`Validator.start`; ``validation_warm_start``), so the first upload does not
+pay torch's import; a check that comes while the server starts waits for it, as for a slot.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from api.errors import InvalidInput, ServiceUnavailable
 from persistence.settings import Settings
@@ -86,30 +88,127 @@ def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+class ServerProcess(Protocol):
+    """What the client needs of a validator server's process (``subprocess.Popen`` has it)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+#: How a validator server is started: ``launch(args, env, cwd)`` runs ``python -m validator
+#: ARGS`` with the environment ``env`` in ``cwd``, in a session of its own, and returns its
+#: process and the first line it printed on its stdout, stripped (``b""`` if it ended first);
+#: nothing more is read from that stdout. The default is :func:`launch_subprocess`; tests fork
+#: the server from a process that has imported torch already.
+ServerLauncher = Callable[[Sequence[str], Mapping[str, str], Path], tuple[ServerProcess, bytes]]
+
+#: A validator server's state, as this API process sees it (:meth:`Validator.state`).
+ValidatorState = Literal["stopped", "starting", "ready", "failed"]
+
+
+def launch_subprocess(args: Sequence[str], env: Mapping[str, str],
+                      cwd: Path) -> tuple[ServerProcess, bytes]:
+    """Start ``python -m validator ARGS`` as a fresh interpreter (see :data:`ServerLauncher`)."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "validator", *args], stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, env=dict(env), cwd=cwd, start_new_session=True)
+    assert server.stdout is not None
+    with server.stdout:
+        announced = server.stdout.readline().strip()
+    return server, announced
+
+
+class _Start:
+    """One start of a validator server, run by a thread of its own; checks wait on ``done``."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: ServiceUnavailable | None = None
+        #: Set by :meth:`Validator.close` while it runs: the server it starts is stopped at once.
+        self.cancelled = False
+
+
 class Validator:
-    """Runs checks in validator processes, within the limits of ``settings``.
+    """Runs checks in validator processes, within the limits of ``settings``; ``launch`` starts
+    a server (default: a fresh interpreter).
 
     Raises:
         ValueError: ``validation_socket`` is too long for a Unix socket, or its folder is open
             to other users.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *,
+                 launch: ServerLauncher = launch_subprocess) -> None:
         self._settings = settings
+        self._launch_server = launch
+        # Guards the fields below it; never held while a server starts.
         self._lock = threading.Lock()
+        self._server: ServerProcess | None = None
+        self._folder: Path | None = None
+        self._start: _Start | None = None
         # Keys of the fit checks that passed (see fit_check_key), least recently used first.
         self._passed_fits: OrderedDict[str, None] = OrderedDict()
         self._fits_lock = threading.Lock()
-        self._server: subprocess.Popen[bytes] | None = None
-        self._folder: Path | None = None
         self._shared_socket = Path(settings.validation_socket) if settings.validation_socket else None
         if self._shared_socket is not None:
             _require_socket_path(self._shared_socket)
+
+    def start(self) -> None:
+        """Start the server now, in the background, unless it runs or is starting already
+        (with ``validation_socket``: find the host's, or start it): returns at once. The API
+        calls it at start-up, so that the first upload need not wait for torch's import; a check
+        that comes before the server is ready waits for it."""
+        self._begin_start()
+
+    def state(self) -> ValidatorState:
+        """``ready`` (it serves checks), ``starting``, ``failed`` (the last start failed: the
+        next check or :meth:`start` tries again) or ``stopped`` (never started, or gone: a
+        shared server that exited idle, a private one that died; the next check starts one)."""
+        with self._lock:
+            start = self._start
+            if start is not None and not start.done.is_set():
+                return "starting"
+            if self._serving():
+                return "ready"
+            if start is not None and start.error is not None:
+                return "failed"
+            return "stopped"
+
+    def keep_started(self) -> ValidatorState:
+        """The state, after starting the server again in the background where it should run and
+        does not: after a failed start, or a private server that died. A shared server that
+        exited idle is left stopped: that exit is what ``validation_idle_exit_seconds`` is for."""
+        state = self.state()
+        if not self._settings.validation_warm_start:
+            return state
+        if state == "failed" or (state == "stopped" and self._shared_socket is None
+                                 and self._start is not None):
+            self.start()
+            return self.state()
+        return state
+
+    def wait_ready(self, timeout: float) -> ValidatorState:
+        """Wait, at most ``timeout`` seconds, for a start in progress to end; the state then."""
+        with self._lock:
+            start = self._start
+        if start is not None:
+            start.done.wait(timeout)
+        return self.state()
 
     def close(self) -> None:
         """Stop this process's private validator server (a later check starts a new one); a
         shared server serves other processes too and stops when idle."""
         with self._lock:
+            if self._start is not None:
+                self._start.cancelled = True
             self._stop_server()
 
     # -------------------------------------------------------------------------- operations
@@ -258,8 +357,7 @@ class Validator:
         """A connection to a running validator server, started (or restarted) when needed."""
         tries = _SHARED_CONNECT_TRIES if self._shared_socket is not None else 1
         for attempt in range(1, tries + 1):
-            path = (self._private_server_socket() if self._shared_socket is None
-                    else self._shared_server_socket())
+            path = self._serving_socket()
             connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 connection.connect(str(path))
@@ -275,67 +373,130 @@ class Validator:
                                              code="validation_failed") from exc
         raise AssertionError("unreachable")
 
-    def _private_server_socket(self) -> Path:
-        """The socket of this process's running server, started (or restarted) when needed."""
-        with self._lock:
-            if self._server is not None and self._server.poll() is None and self._folder:
-                return self._folder / "socket"
-            self._stop_server()
-            folder = Path(tempfile.mkdtemp(prefix="rift-validator-"))  # mode 0700
-            server = self._launch(folder / "socket")
-            self._server, self._folder = server, folder
-            return folder / "socket"
+    def _serving_socket(self) -> Path:
+        """The socket of a server that serves checks: started here (or its start joined) when
+        none does. A check waits for a start as it would for a slot, at most
+        ``validation_queue_timeout_seconds``.
 
-    def _shared_server_socket(self) -> Path:
-        """The host's shared socket, with a server behind it (started here when none runs)."""
-        path = self._shared_socket
-        assert path is not None
-        if server_alive(path) and path.exists():
-            return path
+        Raises:
+            ApiError: (503) the server did not start, or not in time.
+        """
+        start = self._begin_start()
+        if start is not None:
+            waited = self._settings.validation_queue_timeout_seconds
+            if not start.done.wait(waited):
+                raise ServiceUnavailable(
+                    f"the validator was still starting after {waited:g} s "
+                    "(VALIDATION_QUEUE_TIMEOUT_SECONDS); retry later", code="validation_busy")
+            if start.error is not None:
+                raise start.error
+        with self._lock:
+            if self._shared_socket is not None:
+                return self._shared_socket
+            if self._folder is None:  # closed while it started
+                raise ServiceUnavailable("the validator is not available; retry later",
+                                         code="validation_failed")
+            return self._folder / "socket"
+
+    def _serving(self) -> bool:
+        """Whether a server serves checks now (under ``_lock``)."""
+        if self._shared_socket is not None:
+            return server_alive(self._shared_socket) and self._shared_socket.exists()
+        return self._server is not None and self._server.poll() is None and self._folder is not None
+
+    def _begin_start(self) -> _Start | None:
+        """None when a server serves checks; else the start in progress, begun here if none
+        was (a thread of its own runs it)."""
+        with self._lock:
+            if self._start is not None and not self._start.done.is_set():
+                return self._start
+            if self._serving():
+                return None
+            if self._shared_socket is None:
+                self._stop_server()  # a dead server's folder, if any
+            start = self._start = _Start()
+        threading.Thread(target=self._run_start, args=(start,), name="validator-start",
+                         daemon=True).start()
+        return start
+
+    def _run_start(self, start: _Start) -> None:
+        began = time.monotonic()
+        try:
+            if self._shared_socket is not None:
+                self._start_shared(self._shared_socket)
+            else:
+                self._start_private(start)
+            logger.info("validator server ready in %.1f s", time.monotonic() - began)
+        except ServiceUnavailable as exc:
+            start.error = exc
+        except Exception as exc:  # a thread's error would otherwise go nowhere
+            logger.exception("the validator server did not start")
+            start.error = ServiceUnavailable("the validator did not start; retry later",
+                                             code="validation_failed")
+            start.error.__cause__ = exc
+        finally:
+            start.done.set()
+
+    def _start_private(self, start: _Start) -> None:
+        """Start this process's server in a fresh 0700 folder."""
+        folder = Path(tempfile.mkdtemp(prefix="rift-validator-"))  # mode 0700
+        try:
+            server = self._launch(folder / "socket")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        with self._lock:
+            if not start.cancelled:
+                self._server, self._folder = server, folder
+                return
+        # Closed while it started: nothing may keep it.
+        _stop_process(server)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _start_shared(self, path: Path) -> None:
+        """Find the host's shared server, or start it (one process at a time)."""
         with starting_server(path):
             if not server_alive(path):
                 # This process only starts it: the server detaches and outlives it.
                 self._launch(path, "--shared", "--idle-exit",
                              str(self._settings.validation_idle_exit_seconds)).wait()
-        return path
 
-    def _launch(self, path: Path, *options: str) -> subprocess.Popen[bytes]:
+    def _launch(self, path: Path, *options: str) -> ServerProcess:
         """Start ``python -m validator`` on ``path`` and wait until it serves.
 
         Raises:
             ApiError: (503) it did not start.
         """
         settings = self._settings
-        server = subprocess.Popen(
-            [sys.executable, "-m", "validator", "--socket", str(path),
-             "--max-checks", str(settings.validation_max_concurrency),
+        server, announced = self._launch_server(
+            ["--socket", str(path), "--max-checks", str(settings.validation_max_concurrency),
              "--queue-timeout", str(settings.validation_queue_timeout_seconds), *options],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            env=child_environment(os.environ), cwd=PROJECT_ROOT, start_new_session=True)
-        assert server.stdout is not None
-        with server.stdout:
-            announced = server.stdout.readline().strip()
+            child_environment(os.environ), PROJECT_ROOT)
         if announced not in (b"ready", b"running"):
             server.kill()
             server.wait()
-            if self._shared_socket is None:
-                shutil.rmtree(path.parent, ignore_errors=True)
+            logger.error("the validator server did not start (it said %r)", announced[:200])
             raise ServiceUnavailable("the validator did not start; retry later",
                                      code="validation_failed")
         return server
 
     def _stop_server(self) -> None:
+        """Stop the private server and remove its folder (under ``_lock``)."""
         if self._server is not None:
-            self._server.terminate()
-            try:
-                self._server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._server.kill()
-                self._server.wait()
+            _stop_process(self._server)
             self._server = None
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+
+
+def _stop_process(server: ServerProcess) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def _require_socket_path(path: Path) -> None:

@@ -250,7 +250,9 @@ def list_statements(database_url: str, api_key: str) -> int:
     from persistence.db import session_factory_from_settings
     from persistence.settings import Settings
 
-    settings = Settings(database_url=database_url, broker_url="memory://", event_notify="poll")
+    # Counts statements only: no validator server to start for it.
+    settings = Settings(database_url=database_url, broker_url="memory://", event_notify="poll",
+                        validation_warm_start=False)
     factory = session_factory_from_settings(settings)
     seen: list[str] = []
 
@@ -273,7 +275,10 @@ def list_statements(database_url: str, api_key: str) -> int:
 @contextmanager
 def api_server(database_url: str, workers: int, port: int, log: Path,
                extra_env: dict[str, str] | None = None, settle_s: float = 1.0) -> Iterator[str]:
-    env = {**os.environ, **(extra_env or {}), "DATABASE_URL": database_url,
+    # Validator servers start with the first upload, as before VALIDATION_WARM_START: the load
+    # bench uploads nothing, and bench/validator_memory.py counts the servers its uploads start.
+    env = {**os.environ, "VALIDATION_WARM_START": "false", **(extra_env or {}),
+           "DATABASE_URL": database_url,
            "BROKER_URL": "memory://",
            "STORE_KIND": "local", "STORE_ROOT": str(log.parent / "objects"),
            "WORK_DIR": str(log.parent / "work"),

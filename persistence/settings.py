@@ -108,6 +108,12 @@ class Settings(BaseSettings):
         "one VALIDATION_MAX_CONCURRENCY bound for the host instead of one per process. Its "
         "folder is created when missing and must belong to the API's user, writable by no one "
         "else. Empty: each API process starts a private server of its own.")
+    validation_warm_start: bool = Field(
+        True,
+        description="Start (or find) the validator server when the API process starts, in the "
+        "background, so that the first upload does not wait for its torch import (seconds); "
+        "/readyz says not ready until it serves. false: started by the first upload, which waits "
+        "for it (saves the server's ~0.8 GB until an upload comes).")
     validation_idle_exit_seconds: float = Field(
         600.0, gt=0,
         description="A shared validator server (VALIDATION_SOCKET) exits after this long without "

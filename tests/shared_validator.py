@@ -1,4 +1,5 @@
-"""A shared validator socket for a test (``VALIDATION_SOCKET``), and stopping its server."""
+"""A shared validator socket for a test (``VALIDATION_SOCKET``), stopping its server, and
+validator servers forked from the test process's preloaded launcher (``validator_launch``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,63 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.preloaded_launcher import Launcher
 from validator.server_lock import server_pid
+
+if TYPE_CHECKING:  # a plugin of every test process: the API's modules load where used
+    from api.validation import ServerLauncher, ServerProcess
+
+#: How long a forked validator server may take to say ``ready`` (its spares' warm-up included).
+FORKED_START_TIMEOUT_S = 120.0
+
+
+def forked_launch(launcher: Launcher) -> ServerLauncher:
+    """A :data:`api.validation.ServerLauncher` that forks ``python -m validator`` from
+    ``launcher`` (the worker one: torch and the library imported already) instead of starting
+    a fresh interpreter that imports them again (seconds). The same server program runs, in its
+    own process and session; it only finds its imports done. Its stdout goes to a file, read
+    until its first line; its stderr to a file beside the launcher's log."""
+    def launch(args: Sequence[str], env: Mapping[str, str],
+               cwd: Path) -> tuple[ServerProcess, bytes]:
+        stem = launcher.log_path.with_name(f"validator-{uuid.uuid4().hex[:12]}")
+        out, err = stem.with_suffix(".out"), stem.with_suffix(".err")
+        process = launcher.spawn(["validator", *args], env, cwd, err, module="validator",
+                                 stdout=out, stderr=err)
+        deadline = time.monotonic() + FORKED_START_TIMEOUT_S
+        line = b""
+        while time.monotonic() < deadline:
+            text = out.read_bytes() if out.exists() else b""
+            if b"\n" in text:
+                line = text.split(b"\n", 1)[0].strip()
+                break
+            # A shared server's first process exits (status 0) as soon as it has forked the
+            # server, which prints its line later: only a failure ends the wait early.
+            if process.poll() not in (None, 0):
+                break
+            time.sleep(0.02)
+        out.unlink(missing_ok=True)  # the server writes nothing more there
+        return process, line
+
+    return launch
+
+
+@pytest.fixture(scope="session")
+def validator_launch(request: pytest.FixtureRequest) -> ServerLauncher:
+    """How the tests that make their own ``Validator`` start its server: forked from the worker
+    launcher (see :func:`forked_launch`), or a fresh interpreter when
+    ``RIFT_TEST_FORK_WORKERS=0``. The default path (``launch_subprocess``) stays tested by the
+    tests that do not take this fixture."""
+    from api.validation import launch_subprocess
+
+    launcher: Launcher | None = request.getfixturevalue("optional_worker_launcher")
+    return launch_subprocess if launcher is None else forked_launch(launcher)
 
 
 @pytest.fixture

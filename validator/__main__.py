@@ -1,12 +1,13 @@
 """The validator server: ``python -m validator --socket PATH``.
 
 Started by the API (``api/validation.py``) with an environment free of credentials, it imports
-torch and the check modules once, prints ``ready``, then accepts connections on the Unix socket
-``PATH``; each connection is one check, served by a forked child that applies its limits (memory,
-CPU time, wall-clock alarm: ``limits`` in the request) as soon as it has read its request, before
-any work, so a hostile file can only exhaust its own child. The child is usually a spare, forked
-and warmed up before the request came (``check_pool.py``), so a check pays neither a torch
-import nor a fork. At most ``--max-checks`` children live at once, spares included.
+torch and the check modules once, forks its spare children and waits for their warm-up, prints
+``ready``, then accepts connections on the Unix socket ``PATH``; each connection is one check,
+served by a forked child that applies its limits (memory, CPU time, wall-clock alarm: ``limits``
+in the request) as soon as it has read its request, before any work, so a hostile file can only
+exhaust its own child. The child is usually a spare, forked and warmed up before the request came
+(``check_pool.py``), so a check pays neither a torch import nor a fork. At most ``--max-checks``
+children live at once, spares included.
 
 Two lifetimes. A private server (the default) belongs to the API process that started it and
 exits when that process is gone. A shared server (``--shared``, the API's ``VALIDATION_SOCKET``)
@@ -42,6 +43,9 @@ from validator.server_lock import ServerLock
 IDLE_POLL_SECONDS = 1.0
 #: How often it looks again while connections wait for a free check slot (seconds).
 WAITING_POLL_SECONDS = 0.05
+#: How long a starting server waits for its first spares' warm-up before it says ``ready``
+#: anyway (seconds): a check that comes sooner waits for a spare, or is forked on its path.
+SPARE_WARM_UP_SECONDS = 60.0
 _READ_BYTES = 1024 * 1024
 
 
@@ -127,6 +131,11 @@ class _Server:
 
         json.dumps(answer(self._warm_up_request))
 
+    def warm_up(self) -> None:
+        """Before ``ready``: fork the spares and let them warm up, so that the first check,
+        however soon it comes, costs what a later one does."""
+        self.pool.wait_until_warm(SPARE_WARM_UP_SECONDS)
+
     def run(self) -> None:
         signal.set_wakeup_fd(self._wake_write)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -177,7 +186,10 @@ def _remove_socket(path: str, inode: int) -> None:
 
 
 def _announce_ready() -> None:
-    print("ready", flush=True)
+    # The process that started it may be gone (an API process killed while the server it
+    # started in the background warmed up): a shared server serves the others all the same.
+    with contextlib.suppress(BrokenPipeError):
+        print("ready", flush=True)
     # The API reads nothing more from this pipe: nothing written later may fill it and block.
     with open(os.devnull, "wb") as devnull:
         os.dup2(devnull.fileno(), sys.stdout.fileno())
@@ -187,10 +199,12 @@ def serve_private(path: str, max_checks: int, queue_timeout: float) -> None:
     """Accept checks on the Unix socket ``path`` until the parent process is gone."""
     parent = os.getppid()
     listener, inode = _listen(path)
+    server = _Server(listener, max_checks, queue_timeout,
+                     keep_serving=lambda _: os.getppid() == parent,
+                     on_stop=lambda: _remove_socket(path, inode), child_cleanup=lambda: None)
+    server.warm_up()
     _announce_ready()
-    _Server(listener, max_checks, queue_timeout,
-            keep_serving=lambda _: os.getppid() == parent,
-            on_stop=lambda: _remove_socket(path, inode), child_cleanup=lambda: None).run()
+    server.run()
 
 
 def serve_shared(path: str, max_checks: int, queue_timeout: float, idle_exit: float) -> None:
@@ -204,15 +218,20 @@ def serve_shared(path: str, max_checks: int, queue_timeout: float, idle_exit: fl
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     listener, inode = _listen(path)
-    _announce_ready()
 
     def stop() -> None:
         _remove_socket(path, inode)
         lock.release()
 
-    _Server(listener, max_checks, queue_timeout,
-            keep_serving=lambda pool: not pool.idle or time.monotonic() - pool.last_activity < idle_exit,
-            on_stop=stop, child_cleanup=lock.release).run()
+    server = _Server(
+        listener, max_checks, queue_timeout,
+        keep_serving=lambda pool: not pool.idle or time.monotonic() - pool.last_activity < idle_exit,
+        on_stop=stop, child_cleanup=lock.release)
+    server.warm_up()
+    _announce_ready()
+    # Its idle time counts from now, not from before the warm-up.
+    server.pool.last_activity = time.monotonic()
+    server.run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,9 @@ choosing, which takes those first touches) ahead of time. A spare waits on a soc
 descriptor of the connection it is to serve (``SCM_RIGHTS``), then runs it exactly as a freshly
 forked child would: its limits are applied when its request arrives, so what it did while it
 waited does not count against them, except for the CPU seconds of its warm-up. A new spare is
-forked when a slot is free again: after a check has ended, off any request's path. Spares count
+forked when a slot is free again: after a check has ended, off any request's path. A spare says
+``w`` on its socket pair once warmed up, so a server that starts can wait for its first spares
+(:meth:`CheckPool.wait_until_warm`) before it calls itself ready. Spares count
 against ``max_checks`` (a check that takes one takes its slot), so no more children live than
 before. A spare that waits ends when it reads end-of-file on its socket pair, which happens when the
 server dies, even by SIGKILL; a server that stops ends its spares itself
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import time
@@ -37,6 +40,8 @@ _READ_BYTES = 64 * 1024
 #: After a spare died while it waited (killed, or failing in its warm-up), none is forked for
 #: this long (seconds): a spare that cannot start must not make the server fork in a loop.
 SPARE_RETRY_SECONDS = 5.0
+#: What a spare sends on its socket pair once its warm-up is done.
+WARM_SIGNAL = b"w"
 
 
 class CheckPool:
@@ -96,6 +101,24 @@ class CheckPool:
                and len(self._running) + len(self._spares) < self._max_checks):
             self._fork_spare()
 
+    def wait_until_warm(self, timeout: float) -> int:
+        """Fill the free slots with spares and wait, at most ``timeout`` seconds, until each has
+        finished its warm-up (or died); the number warmed. Called by a server that starts, before
+        it says it is ready, so that its first check costs what a later one does."""
+        self.step()
+        pending = dict(self._spares)
+        warmed = 0
+        deadline = time.monotonic() + timeout
+        while pending and (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select(list(pending.values()), [], [], left)
+            for control in readable:
+                pid = next(pid for pid, end in pending.items() if end is control)
+                del pending[pid]
+                # One byte: "w" once warmed up; nothing (end-of-file) when it died first.
+                with contextlib.suppress(OSError):
+                    warmed += int(control.recv(1) == WARM_SIGNAL)
+        return warmed
+
     def retire_spares(self) -> None:
         """Fork no more spares and end those waiting (they hold nothing of a client's: SIGKILL
         ends one at once, even in its warm-up), then reap them: the server stops. Checks still
@@ -149,7 +172,8 @@ class CheckPool:
         pid = self._fork()
         if pid == 0:
             server_end.close()
-            self._child(lambda: _receive_connection(child_end), warm_up=True)
+            self._child(lambda: _receive_connection(child_end),
+                        warmed=lambda: child_end.sendall(WARM_SIGNAL))
         child_end.close()
         self._spares[pid] = server_end
 
@@ -167,13 +191,15 @@ class CheckPool:
         return pid
 
     def _child(self, connection: Callable[[], socket.socket | None], *,
-               warm_up: bool = False) -> None:
-        """The rest of a child's life: never returns."""
+               warmed: Callable[[], None] | None = None) -> None:
+        """The rest of a child's life: never returns. A spare (``warmed`` given) warms up first,
+        then says so with ``warmed()``."""
         status = 1
         try:
             self._detach()
-            if warm_up:
+            if warmed is not None:
                 self._warm_up()
+                warmed()
             served = connection()
             if served is not None:
                 self._run_check(served)

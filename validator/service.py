@@ -47,6 +47,9 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     if op == "probe":
         # started/finished: CLOCK_MONOTONIC, shared by the processes of a machine.
         started = time.monotonic()
+        # Read first: a server that stops may exit while its last checks still run, and their
+        # parent is then another process.
+        server = os.getppid()
         time.sleep(float(request.get("sleep_seconds", 0)))
         # What a hostile file could make a check do, to show that the limits stop it.
         bytearray(int(request.get("allocate_bytes", 0)))
@@ -54,7 +57,7 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         while time.process_time() < spin_until:
             pass
         return {"environment": sorted(os.environ), "limits": current_limits(),
-                "pid": os.getpid(), "server_pid": os.getppid(), "started": started,
+                "pid": os.getpid(), "server_pid": server, "started": started,
                 "finished": time.monotonic()}
     raise ValueError(f"unknown operation {op!r}")
 

@@ -1,5 +1,10 @@
 """``/healthz`` (the process answers) and ``/readyz`` (database, broker and object store are
-reachable, and the database's schema is this code's; 503 naming what is down). Served under
+reachable, the database's schema is this code's, and the upload validator has started; 503
+naming what is down). A validator that is still starting (torch's import, its spare checks:
+seconds after the API process starts) makes the API not ready, so an orchestrator sends it no
+traffic until an upload costs what it will later; one whose start failed is started again by the
+probe. One that is stopped but starts with the next upload (a shared server that exited idle,
+``VALIDATION_WARM_START=false``) does not. Served under
 ``/v1`` and at the root, for probes, without an API key: the answers say which component is
 down, never its address or the driver's error (those go to the log); a schema that is not
 current is named with its revisions and the command that migrates it."""
@@ -14,9 +19,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api import crud
-from api.deps import DispatcherDep, SessionFactoryDep, StoreDep
+from api.deps import DispatcherDep, SessionFactoryDep, StoreDep, ValidatorDep
 from api.errors import error_body
 from api.schemas import CheckOut, HealthOut, ReadyOut
+from api.validation import Validator
 from persistence.schema import SchemaNotCurrent, check_schema
 
 logger = logging.getLogger(__name__)
@@ -48,15 +54,28 @@ async def _run_check(name: str, check: Callable[[], None]) -> CheckOut:
     return CheckOut(ok=True)
 
 
+async def _validator_check(validator: Validator) -> CheckOut:
+    # keep_started may start the server again (in the background) after a failed start.
+    state = await anyio.to_thread.run_sync(validator.keep_started)
+    if state == "starting":
+        return CheckOut(ok=False, state=state,
+                        error="starting (importing torch, warming up its checks); uploads wait "
+                              "for it")
+    if state == "failed":
+        return CheckOut(ok=False, state=state,
+                        error="did not start (details in the API log); starting it again")
+    return CheckOut(ok=True, state=state)
+
+
 @router.get(
     "/readyz",
     response_model=None,
-    summary="The database, the broker and the object store are reachable",
+    summary="The database, the broker and the object store are reachable; the validator started",
     responses={200: {"model": ReadyOut},
                503: {"description": "Something is down; the body names it"}},
 )
 async def readyz(factory: SessionFactoryDep, dispatcher: DispatcherDep,
-                 store: StoreDep) -> ReadyOut | JSONResponse:
+                 store: StoreDep, validator: ValidatorDep) -> ReadyOut | JSONResponse:
     def database() -> None:
         with factory() as session:
             crud.ping(session)
@@ -67,11 +86,15 @@ async def readyz(factory: SessionFactoryDep, dispatcher: DispatcherDep,
     async def run(name: str, check: Callable[[], None]) -> None:
         checks[name] = await _run_check(name, check)
 
+    async def run_validator() -> None:
+        checks["validator"] = await _validator_check(validator)
+
     async with anyio.create_task_group() as group:
         group.start_soon(run, "database", database)
         group.start_soon(run, "broker", dispatcher.check)
         group.start_soon(run, "object_store", store.check)
-    ordered = {name: checks[name] for name in ("database", "broker", "object_store")}
+        group.start_soon(run_validator)
+    ordered = {name: checks[name] for name in ("database", "broker", "object_store", "validator")}
     down = [name for name, check in ordered.items() if not check.ok]
     if not down:
         return ReadyOut(status="ready", checks=ordered)

@@ -182,6 +182,18 @@ def digits_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
+def readyz_once_started(api: Api, timeout: float = 120.0) -> httpx.Response:
+    """``GET /readyz`` once the validator has finished starting: the API starts it with itself,
+    in the background, and says 503 (validator ``starting``) until it serves."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = api.client.get("/readyz")
+        validator = response.json().get("checks", {}).get("validator", {})
+        if validator.get("state") != "starting" or time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)
+
+
 def upload_checkpoint(api: Api, path: Path) -> dict[str, Any]:
     """POST a checkpoint file; returns the record (asserts 201)."""
     with path.open("rb") as handle:

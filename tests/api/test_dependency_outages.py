@@ -19,7 +19,7 @@ from persistence.db import session_factory_from_settings
 from persistence.migrate import downgrade_database
 from persistence.schema import MIGRATE_COMMAND
 from persistence.settings import Settings
-from tests.api.helpers import Api, RecordingDispatcher, error_of, free_port
+from tests.api.helpers import Api, RecordingDispatcher, error_of, free_port, readyz_once_started
 
 pytestmark = pytest.mark.service
 
@@ -91,7 +91,7 @@ def test_s3_server_going_away(api_settings: Settings, small_cnn_file: Path,
     try:
         api = start_api(settings.model_copy(update={"s3_create_bucket": True}),
                         dispatcher=RecordingDispatcher())
-        assert api.client.get("/readyz").status_code == 200
+        assert readyz_once_started(api).status_code == 200
         stored = upload(api, small_cnn_file)
         assert stored.status_code == 201, stored.text
     finally:

@@ -26,7 +26,13 @@ import pytest
 
 from api.dispatch import CeleryDispatcher
 from persistence.settings import Settings
-from tests.api.helpers import Api, embedded_environment, spawn_worker, upload_checkpoint
+from tests.api.helpers import (
+    Api,
+    embedded_environment,
+    readyz_once_started,
+    spawn_worker,
+    upload_checkpoint,
+)
 from tests.api.test_job_events import parse_sse
 from tests.preloaded_launcher import Launcher
 from tests.service_fixtures import WorkerProcess, settings_from_env
@@ -179,7 +185,7 @@ def test_production_postgres_redis(service_env: dict[str, str], service_settings
                                    digits_job_config: dict[str, Any]) -> None:
     worker = workers(service_env)
     api = start_api(service_settings, dispatcher=CeleryDispatcher(service_settings))
-    assert api.client.get("/readyz").status_code == 200
+    assert readyz_once_started(api).status_code == 200
     check_job_through_http(api, digits_checkpoint_path, digits_job_config, worker)
 
 
@@ -190,7 +196,7 @@ def test_embedded_default(sqlite_url: str, tmp_path: Path, start_api: Callable[.
     env = embedded_environment(sqlite_url, tmp_path)
     settings = settings_from_env(env)
     api = start_api(settings, dispatcher=CeleryDispatcher(settings))
-    assert api.client.get("/readyz").status_code == 200
+    assert readyz_once_started(api).status_code == 200
 
     # Cancelled while queued (no worker yet): it must never start, even once its message is
     # taken; the worker takes it before the next job's, so it has been handled by the end.
@@ -262,7 +268,7 @@ def test_s3_store_with_presigned_downloads(service_env: dict[str, str], s3_serve
     settings = settings_from_env(env)
     api = start_api(settings, dispatcher=CeleryDispatcher(settings))  # creates the bucket
     worker = workers(env)
-    assert api.client.get("/readyz").status_code == 200
+    assert readyz_once_started(api).status_code == 200
     job_id = check_job_through_http(api, digits_checkpoint_path, digits_job_config, worker,
                                     expect_redirect=True)
     assert not os.path.exists(env["STORE_ROOT"])  # nothing went to a local folder

@@ -1,17 +1,28 @@
-"""``/healthz`` and ``/readyz`` over HTTP: ready when the database, the broker and the store answer;
-503 naming what is down otherwise. Also: the OpenAPI document and /docs are served."""
+"""``/healthz`` and ``/readyz`` over HTTP: ready when the database, the broker and the store answer
+and the upload validator has started; 503 naming what is down otherwise (a validator that is
+still starting: not ready, while uploads wait for it). Also: the OpenAPI document and /docs are
+served."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 
 from api.dispatch import CeleryDispatcher
+from api.validation import ServerLauncher, ServerProcess, Validator
 from persistence.db import session_factory_from_settings
 from persistence.settings import Settings
-from tests.api.helpers import Api, RecordingDispatcher, error_of, free_port
+from tests.api.helpers import (
+    Api,
+    RecordingDispatcher,
+    error_of,
+    free_port,
+    readyz_once_started,
+)
 
 pytestmark = pytest.mark.service
 
@@ -31,10 +42,80 @@ def test_healthz_and_docs(api: Api) -> None:
 
 
 def test_ready_when_everything_answers(api: Api) -> None:
-    response = api.client.get("/readyz")
+    response = readyz_once_started(api)
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ready"
-    assert all(check["ok"] for check in response.json()["checks"].values())
+    checks = response.json()["checks"]
+    assert set(checks) == {"database", "broker", "object_store", "validator"}
+    assert all(check["ok"] for check in checks.values())
+    assert checks["validator"]["state"] == "ready"
+
+
+def test_not_ready_while_the_validator_starts_and_an_upload_waits_for_it(
+        api_settings: Settings, start_api: Callable[..., Api], validator_launch: ServerLauncher,
+        small_cnn_file: Path) -> None:
+    gate = threading.Event()
+    launches: list[Sequence[str]] = []
+
+    def slow_start(args: Sequence[str], env: Mapping[str, str],
+                   cwd: Path) -> tuple[ServerProcess, bytes]:
+        launches.append(args)
+        gate.wait(60)  # torch's import, taking its time
+        return validator_launch(args, env, cwd)
+
+    validator = Validator(api_settings, launch=slow_start)
+    try:
+        api = start_api(api_settings, dispatcher=RecordingDispatcher(), validator=validator)
+        assert len(launches) == 1  # started with the app, before any upload
+        assert api.client.get("/healthz").status_code == 200  # the process answers meanwhile
+        response = api.client.get("/readyz")
+        assert response.status_code == 503, response.text
+        body = response.json()
+        assert body["checks"]["validator"]["ok"] is False
+        assert body["checks"]["validator"]["state"] == "starting"
+        assert all(body["checks"][name]["ok"] for name in ("database", "broker", "object_store"))
+        assert body["error"]["field"] == "validator" and "starting" in body["error"]["message"]
+
+        answers: list[httpx.Response] = []
+
+        def send() -> None:
+            with small_cnn_file.open("rb") as handle:
+                answers.append(api.client.post(
+                    "/v1/checkpoints", files={"file": ("model.safetensors", handle)}))
+
+        uploading = threading.Thread(target=send)
+        uploading.start()
+        uploading.join(1.0)
+        assert uploading.is_alive() and not answers  # it waits for the validator
+        gate.set()
+        uploading.join(120)
+        assert answers and answers[0].status_code == 201, answers[0].text if answers else None
+        assert len(launches) == 1  # the upload joined the start, it did not begin another
+        ready = api.client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["validator"] == {
+            "ok": True, "error": None, "state": "ready"}
+    finally:
+        gate.set()
+        validator.close()
+
+
+def test_a_validator_left_to_the_first_upload_does_not_hold_readiness(
+        api_settings: Settings, start_api: Callable[..., Api]) -> None:
+    launches: list[Sequence[str]] = []
+
+    def counted(args: Sequence[str], env: Mapping[str, str],
+                cwd: Path) -> tuple[ServerProcess, bytes]:
+        launches.append(args)
+        raise AssertionError("no upload came: nothing should start the validator")
+
+    settings = api_settings.model_copy(update={"validation_warm_start": False})
+    validator = Validator(settings, launch=counted)
+    api = start_api(settings, dispatcher=RecordingDispatcher(), validator=validator)
+    response = api.client.get("/readyz")
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"]["validator"] == {"ok": True, "error": None,
+                                                      "state": "stopped"}
+    assert launches == []
 
 
 def test_not_ready_names_what_is_down(api_settings: Settings, tmp_path: Path,
@@ -70,7 +151,7 @@ def test_real_broker_checks(api_settings: Settings, tmp_path: Path,
     embedded = api_settings.model_copy(update={
         "broker_url": f"sqla+sqlite:///{tmp_path / 'broker.db'}"})
     api = start_api(embedded, dispatcher=CeleryDispatcher(embedded))
-    assert api.client.get("/readyz").status_code == 200
+    assert readyz_once_started(api).status_code == 200
 
     dead = api_settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
     api = start_api(dead, dispatcher=CeleryDispatcher(dead))

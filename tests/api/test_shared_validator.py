@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from api.errors import ServiceUnavailable
-from api.validation import Validator
+from api.validation import ServerLauncher, Validator
 from persistence.settings import Settings
 from tests.shared_validator import wait_until
 from validator.server_lock import server_alive, server_pid
@@ -28,10 +28,12 @@ MakeShared = Callable[..., Validator]
 
 
 @pytest.fixture
-def make_shared(socket_path: Path) -> MakeShared:
-    """``make_shared(**settings)``: a Validator of the test's shared socket."""
+def make_shared(socket_path: Path, validator_launch: ServerLauncher) -> MakeShared:
+    """``make_shared(**settings)``: a Validator of the test's shared socket, whose server is
+    forked from the worker launcher (the first test's processes start theirs as the API does)."""
     def make(**overrides: object) -> Validator:
-        return Validator(Settings(validation_socket=str(socket_path), **overrides))  # type: ignore[arg-type]
+        return Validator(Settings(validation_socket=str(socket_path), **overrides),  # type: ignore[arg-type]
+                         launch=validator_launch)
 
     return make
 
@@ -48,7 +50,7 @@ def _overlapping(spans: list[tuple[float, float]]) -> int:
 
 _PROBE_IN_ANOTHER_PROCESS = """
 import json, sys
-from api.validation import Validator
+from api.validation import ServerLauncher, Validator
 from persistence.settings import Settings
 validator = Validator(Settings(validation_socket=sys.argv[1], validation_max_concurrency=1))
 print(json.dumps(validator.probe(sleep_seconds=0.4)))
@@ -83,7 +85,9 @@ def test_api_processes_started_at_once_share_one_server_and_its_bound(socket_pat
 def test_a_full_host_answers_busy_naming_the_limit(make_shared: MakeShared) -> None:
     first = make_shared(validation_max_concurrency=1, validation_queue_timeout_seconds=0.3)
     second = make_shared(validation_max_concurrency=1, validation_queue_timeout_seconds=0.3)
-    first.probe()
+    # The server up first: a check waits for its start at most the queue timeout too.
+    first.start()
+    assert first.wait_ready(120) == "ready"
     holder = threading.Thread(target=first.probe, kwargs={"sleep_seconds": 2.0})
     holder.start()
     try:
@@ -148,3 +152,15 @@ def test_a_socket_folder_others_may_write_to_or_a_long_path_is_refused(tmp_path:
     created = tmp_path / "run" / "rift"
     Validator(Settings(validation_socket=str(created / "validator.sock")))
     assert created.stat().st_mode & 0o777 == 0o700
+
+
+def test_started_ahead_the_host_server_is_found_or_started_once(make_shared: MakeShared,
+                                                                socket_path: Path) -> None:
+    # Two API processes starting at once (uvicorn --workers 2), neither with an upload yet.
+    first, second = make_shared(), make_shared()
+    first.start()
+    second.start()
+    assert first.wait_ready(120) == "ready" and second.wait_ready(120) == "ready"
+    server = server_pid(socket_path)
+    assert server is not None
+    assert first.probe()["server_pid"] == second.probe()["server_pid"] == server

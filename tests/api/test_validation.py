@@ -1,13 +1,19 @@
 """The validator client (``api/validation.py``): credentials never reach the checks, their limits
 are applied, at most ``validation_max_concurrency`` checks run at once, a check past its time
-limit is a 422 naming the limit, and a validator server that died is replaced."""
+limit is a 422 naming the limit, a validator server that died is replaced, and a server started
+ahead (``start``) is joined by a check that comes while it starts, which waits for it at most
+``validation_queue_timeout_seconds``; a failed start is retried.
+
+Servers are forked from the worker launcher (``validator_launch``), except the first test's,
+which starts a fresh interpreter as the API does (and reads that server's initial
+environment)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,9 +22,12 @@ from api.errors import InvalidInput, ServiceUnavailable
 from api.validation import (
     CHILD_VARIABLES,
     INHERITED_VARIABLES,
+    ServerLauncher,
+    ServerProcess,
     Validator,
     child_environment,
     fit_check_key,
+    launch_subprocess,
 )
 from persistence.settings import Settings
 from rift.errors import DatasetError
@@ -27,12 +36,13 @@ MakeValidator = Callable[..., Validator]
 
 
 @pytest.fixture
-def make_validator() -> Iterator[MakeValidator]:
-    """``make_validator(**settings)``: a Validator whose server is stopped after the test."""
+def make_validator(validator_launch: ServerLauncher) -> Iterator[MakeValidator]:
+    """``make_validator(launch=..., **settings)``: a Validator whose server is stopped after the
+    test, started by ``launch`` (default: forked from the worker launcher)."""
     made: list[Validator] = []
 
-    def make(**overrides: object) -> Validator:
-        made.append(Validator(Settings(**overrides)))  # type: ignore[arg-type]
+    def make(launch: ServerLauncher = validator_launch, **overrides: object) -> Validator:
+        made.append(Validator(Settings(**overrides), launch=launch))  # type: ignore[arg-type]
         return made[-1]
 
     yield make
@@ -48,7 +58,10 @@ def test_checks_see_no_credentials_and_have_their_limits(
                "RIFT_API_KEY": "rift_abc"}
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
-    validator = make_validator(validation_memory_bytes=3 * 1024**3, validation_cpu_seconds=7)
+    # A fresh interpreter, as in production: a forked server's /proc/<pid>/environ would be the
+    # launcher's.
+    validator = make_validator(launch_subprocess, validation_memory_bytes=3 * 1024**3,
+                               validation_cpu_seconds=7)
     probe = validator.probe()
     # The server gets nothing of the API's environment but the allow-list (its own imports may
     # add variables, e.g. torch's cache folder, so the check's list is not compared whole).
@@ -98,7 +111,9 @@ def test_busy_slots_and_time_limit_are_answered_with_the_limit(
 ) -> None:
     validator = make_validator(validation_max_concurrency=1,
                                validation_queue_timeout_seconds=0.2)
-    validator.probe()  # the server is up
+    # The server up first: a check waits for its start at most the queue timeout too.
+    validator.start()
+    assert validator.wait_ready(120) == "ready"
     holder = threading.Thread(target=validator.probe, kwargs={"sleep_seconds": 2.0})
     holder.start()
     try:
@@ -156,3 +171,65 @@ def test_a_passed_fit_check_is_remembered_by_what_it_reads(make_validator: MakeV
                 key(config.model_copy(update={"architecture": config.architecture.model_copy(
                     update={"num_classes": 12})})),
                 key(config, shapes={**request["shapes"], "fc.bias": [11]})}) == 5
+
+
+def test_a_check_that_comes_while_the_server_starts_waits_for_it(
+    make_validator: MakeValidator, validator_launch: ServerLauncher
+) -> None:
+    launches: list[Sequence[str]] = []
+    gate = threading.Event()
+
+    def gated(args: Sequence[str], env: Mapping[str, str],
+              cwd: Path) -> tuple[ServerProcess, bytes]:
+        launches.append(args)
+        gate.wait(30)  # a server that takes its time to import torch
+        return validator_launch(args, env, cwd)
+
+    validator = make_validator(gated, validation_queue_timeout_seconds=0.3)
+    assert validator.state() == "stopped"
+    validator.start()
+    assert validator.state() == "starting"
+    # Longer than the wait for a slot: answered as busy, naming that limit.
+    with pytest.raises(ServiceUnavailable, match=r"still starting after 0\.3 s") as caught:
+        validator.probe()
+    assert caught.value.code == "validation_busy"
+    assert validator.state() == "starting"
+    gate.set()
+    assert validator.wait_ready(60) == "ready"
+    assert validator.probe()["server_pid"] == validator._server.pid  # type: ignore[union-attr]
+    # The check joined the start in progress: one server, one launch.
+    assert len(launches) == 1
+
+    joined = make_validator(gated)  # the gate is open: a start that succeeds in time
+    joined.start()
+    assert joined.probe()["limits"]["cpu"] > 0  # waits for the start, no error
+    assert len(launches) == 2
+
+
+def test_a_failed_start_is_answered_503_and_retried(make_validator: MakeValidator,
+                                                   validator_launch: ServerLauncher) -> None:
+    import subprocess
+    import sys
+
+    failures = [True]
+
+    def failing_once(args: Sequence[str], env: Mapping[str, str],
+                     cwd: Path) -> tuple[ServerProcess, bytes]:
+        if failures and failures.pop():
+            # A server that ends before it says "ready" (say, a broken install).
+            return subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]), b""
+        return validator_launch(args, env, cwd)
+
+    validator = make_validator(failing_once)
+    validator.start()
+    assert validator.wait_ready(60) == "failed"
+    assert validator.keep_started() in ("starting", "ready")  # what /readyz does
+    assert validator.wait_ready(60) == "ready"
+    assert validator.probe()["limits"]["cpu"] > 0
+
+    failures.append(True)
+    again = make_validator(failing_once)
+    with pytest.raises(ServiceUnavailable, match="did not start") as caught:
+        again.probe()  # no start ahead: the check starts it, and is told it failed
+    assert caught.value.code == "validation_failed"
+    assert again.probe()["limits"]["cpu"] > 0  # the next check starts it again

@@ -133,6 +133,8 @@ def test_uploads_jobs_pages_and_errors_through_the_async_client(
     out.mkdir()
 
     async def scenario(rift: AsyncRiftClient) -> None:
+        # Ready once the validator the API started with itself serves (seconds at most).
+        await rift.wait_until_ready(120, poll_interval=0.1)
         assert await rift.ready()
         progress: list[tuple[int, int]] = []
         checkpoint = await rift.upload_checkpoint(

@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from persistence.api_keys import revoke_key
 from persistence.models import ApiKey
 from persistence.settings import Settings
-from tests.api.helpers import Api, RecordingDispatcher, make_key
+from tests.api.helpers import Api, RecordingDispatcher, make_key, readyz_once_started
 from tests.reliability.conftest import create_job, upload
 
 pytestmark = [pytest.mark.service]
@@ -48,6 +48,7 @@ def test_every_route_needs_a_key(api: Api) -> None:
             assert response.json()["error"]["code"] == "unauthorized"
         # A key in the query string is not read either.
         assert anonymous.request(method, path, params={"api_key": api.key}).status_code == 401
+    readyz_once_started(api)  # the validator the API started with itself serves: ready
     for path in OPEN_PATHS | {"/healthz", "/readyz", "/docs", "/openapi.json"}:
         assert anonymous.get(path).status_code == 200, path
     anonymous.close()

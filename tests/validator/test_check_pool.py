@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from api.errors import InvalidInput
-from api.validation import Validator
+from api.validation import ServerLauncher, Validator
 from persistence.settings import Settings
 from tests.shared_validator import process_gone, wait_until
 
@@ -21,10 +21,11 @@ GIB = 1024**3
 
 
 @pytest.fixture
-def validator() -> Iterator[Validator]:
-    """A private server, two checks at once, 1 CPU second and 3 GiB per check."""
+def validator(validator_launch: ServerLauncher) -> Iterator[Validator]:
+    """A private server, two checks at once, 1 CPU second and 3 GiB per check (forked from the
+    worker launcher: the same server program, without its imports)."""
     made = Validator(Settings(validation_max_concurrency=2, validation_cpu_seconds=1,
-                              validation_memory_bytes=3 * GIB))
+                              validation_memory_bytes=3 * GIB), launch=validator_launch)
     yield made
     made.close()
 
@@ -64,6 +65,21 @@ def oldest(pids: set[int]) -> int:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
     return min(pids, key=started)
+
+
+def test_a_started_server_has_its_warm_spares_before_any_check(validator: Validator) -> None:
+    validator.start()
+    assert validator.wait_ready(120) == "ready"
+    assert validator._server is not None
+    # No check was sent; the server said "ready" only once both spares had warmed up, so at
+    # that instant (no waiting here) they are there, done with their warm-up and asleep in the
+    # read of their socket pair, and the next check takes one.
+    spares = children(validator._server.pid)
+    assert len(spares) == 2
+    waits = {Path(f"/proc/{pid}/wchan").read_text() for pid in spares}
+    if waits != {"0"}:  # a kernel that hides where processes sleep shows "0"
+        assert all(wait.startswith("unix_stream_read") for wait in waits), waits
+    assert validator.probe()["pid"] in spares
 
 
 def test_a_spare_serves_the_check_and_is_replaced_and_none_outlives_the_server(

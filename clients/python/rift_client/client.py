@@ -211,7 +211,8 @@ class RiftClient:
     # ------------------------------------------------------------------------------- service
 
     def ready(self) -> bool:
-        """Whether the service answers ``/readyz`` with 200 (database, broker and store up)."""
+        """Whether the service answers ``/readyz`` with 200 (database, broker and store up, upload
+        validator started)."""
         return self._run(self._core.ready())
 
     def wait_until_ready(self, timeout: float = 60.0, *, poll_interval: float = 0.5) -> None:
