@@ -156,6 +156,10 @@ class CheckPool:
             self._running.add(pid)  # one that died since the last reap is reaped as a check
             with control:
                 try:
+                    # The spare's warm-up byte, unless wait_until_warm read it: a Unix socket
+                    # closed with bytes unread resets its peer, and the spare would lose the
+                    # connection it is handed here.
+                    _drain(control)
                     socket.send_fds(control, [b"c"], [connection.fileno()])
                 except OSError:
                     continue
@@ -173,7 +177,7 @@ class CheckPool:
         if pid == 0:
             server_end.close()
             self._child(lambda: _receive_connection(child_end),
-                        warmed=lambda: child_end.sendall(WARM_SIGNAL))
+                        warmed=lambda: _say_warm(child_end))
         child_end.close()
         self._spares[pid] = server_end
 
@@ -220,6 +224,26 @@ class CheckPool:
                     pass
             connection.sendall(json.dumps(reply).encode())
             connection.shutdown(socket.SHUT_WR)
+
+
+def _drain(control: socket.socket) -> None:
+    """Read what waits on a spare's socket pair (its warm-up byte) without blocking."""
+    control.setblocking(False)
+    try:
+        while control.recv(_READ_BYTES):
+            pass
+    except BlockingIOError:
+        pass
+    finally:
+        control.setblocking(True)
+
+
+def _say_warm(control: socket.socket) -> None:
+    """In a spare: tell the server the warm-up is done. The server may have handed this spare
+    a connection and closed its end already (a check came during the warm-up): the connection
+    is still there to read, so a failed send must not end the spare."""
+    with contextlib.suppress(OSError):
+        control.sendall(WARM_SIGNAL)
 
 
 def _receive_connection(control: socket.socket) -> socket.socket | None:

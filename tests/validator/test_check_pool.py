@@ -82,6 +82,15 @@ def test_a_started_server_has_its_warm_spares_before_any_check(validator: Valida
     assert validator.probe()["pid"] in spares
 
 
+def test_checks_back_to_back_are_each_answered(validator: Validator) -> None:
+    # No wait for the spares between checks: a check that takes a spare still in its warm-up
+    # (forked when the previous check ended) is served once the warm-up is done. The spare
+    # then says "warmed" to a server that has already handed it the connection and closed its
+    # end; that failed send used to end the spare, and the client saw its connection reset.
+    served = [validator.probe()["pid"] for _ in range(8)]
+    assert len(set(served)) == len(served)  # each check its own child
+
+
 def test_a_spare_serves_the_check_and_is_replaced_and_none_outlives_the_server(
     validator: Validator,
 ) -> None:
