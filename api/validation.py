@@ -56,6 +56,8 @@ CHILD_VARIABLES = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM
 _GRACE_SECONDS = 5.0
 #: Tries at reaching a shared server, which may be stopping (idle) just as a check arrives.
 _SHARED_CONNECT_TRIES = 3
+#: How often a process waits on a shared server another process started (seconds).
+_SHARED_START_POLL_SECONDS = 0.05
 #: sockaddr_un's sun_path on Linux, its terminating zero included.
 _MAX_SOCKET_PATH_BYTES = 108
 _READ_BYTES = 1024 * 1024
@@ -460,6 +462,33 @@ class Validator:
                 # This process only starts it: the server detaches and outlives it.
                 self._launch(path, "--shared", "--idle-exit",
                              str(self._settings.validation_idle_exit_seconds)).wait()
+                return
+        # Another process's server holds the lock. Its starter may have died before the server
+        # said ready (an API process killed during its warm start): the server goes on starting
+        # alone, holding the lock before it listens, so wait until it listens.
+        self._await_shared(path)
+
+    def _await_shared(self, path: Path) -> None:
+        """Return once the shared server of ``path`` listens; start one if it exited meanwhile.
+
+        Raises:
+            ApiError: (503) it did not serve within ``validation_queue_timeout_seconds``.
+        """
+        waited = self._settings.validation_queue_timeout_seconds
+        deadline = time.monotonic() + waited
+        while True:
+            # The server binds its socket and listens at once (a connection then waits in the
+            # backlog until it accepts); a probe connection would cost it a check's child.
+            if path.exists():
+                return
+            if not server_alive(path):
+                self._start_shared(path)  # it stopped before serving: start another
+                return
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(
+                    f"the shared validator server was still starting after {waited:g} s "
+                    "(VALIDATION_QUEUE_TIMEOUT_SECONDS); retry later", code="validation_busy")
+            time.sleep(_SHARED_START_POLL_SECONDS)
 
     def _launch(self, path: Path, *options: str) -> ServerProcess:
         """Start ``python -m validator`` on ``path`` and wait until it serves.

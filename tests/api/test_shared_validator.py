@@ -164,3 +164,22 @@ def test_started_ahead_the_host_server_is_found_or_started_once(make_shared: Mak
     server = server_pid(socket_path)
     assert server is not None
     assert first.probe()["server_pid"] == second.probe()["server_pid"] == server
+
+
+def test_a_server_still_starting_without_its_starter_is_waited_for(make_shared: MakeShared,
+                                                                   socket_path: Path) -> None:
+    # An API process killed during its warm start leaves the server it launched starting
+    # alone: it holds the lock before it listens. Here the test holds that lock, with no
+    # socket. The next process must wait for it, not call it ready and fail the upload (503).
+    from validator.server_lock import ServerLock
+
+    lock = ServerLock.acquire(socket_path)
+    assert lock is not None and not socket_path.exists()
+    validator = make_shared()
+    validator.start()
+    time.sleep(0.5)
+    assert validator.state() == "starting"
+    lock.release()  # it stopped before serving: the waiting process starts one itself
+    assert validator.wait_ready(120) == "ready"
+    assert validator.probe()["server_pid"] == server_pid(socket_path)
+    validator.close()
