@@ -456,33 +456,27 @@ class Validator:
         shutil.rmtree(folder, ignore_errors=True)
 
     def _start_shared(self, path: Path) -> None:
-        """Find the host's shared server, or start it (one process at a time)."""
-        with starting_server(path):
-            if not server_alive(path):
-                # This process only starts it: the server detaches and outlives it.
-                self._launch(path, "--shared", "--idle-exit",
-                             str(self._settings.validation_idle_exit_seconds)).wait()
-                return
-        # Another process's server holds the lock. Its starter may have died before the server
-        # said ready (an API process killed during its warm start): the server goes on starting
-        # alone, holding the lock before it listens, so wait until it listens.
-        self._await_shared(path)
+        """Find the host's shared server, or start it (one process at a time).
 
-    def _await_shared(self, path: Path) -> None:
-        """Return once the shared server of ``path`` listens; start one if it exited meanwhile.
+        Another process's server may hold the lock while it still starts: its starter can have
+        died before the server said ready (an API process killed during its warm start), and the
+        server goes on alone, holding the lock before it listens. Wait until it listens (it binds
+        its socket and listens at once; a probe connection would cost it a check's child), or
+        start one when it exits first.
 
         Raises:
-            ApiError: (503) it did not serve within ``validation_queue_timeout_seconds``.
+            ApiError: (503) no server listened within ``validation_queue_timeout_seconds``.
         """
         waited = self._settings.validation_queue_timeout_seconds
         deadline = time.monotonic() + waited
         while True:
-            # The server binds its socket and listens at once (a connection then waits in the
-            # backlog until it accepts); a probe connection would cost it a check's child.
+            with starting_server(path):
+                if not server_alive(path):
+                    # This process only starts it: the server detaches and outlives it.
+                    self._launch(path, "--shared", "--idle-exit",
+                                 str(self._settings.validation_idle_exit_seconds)).wait()
+                    return
             if path.exists():
-                return
-            if not server_alive(path):
-                self._start_shared(path)  # it stopped before serving: start another
                 return
             if time.monotonic() >= deadline:
                 raise ServiceUnavailable(
