@@ -64,6 +64,7 @@ class CeleryDispatcher:
         self.app.conf.task_publish_retry_policy = {
             "max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0,
         }
+        self._queues_declared = False  # once per process: later checks find them
 
     def enqueue_job(self, job_id: str) -> None:
         try:
@@ -74,6 +75,7 @@ class CeleryDispatcher:
 
     def enqueue_webhook(self, delivery_id: str) -> None:
         enqueue_webhook(self.app, delivery_id)
+
     def enqueue_materialization(self, materialization_id: str) -> None:
         try:
             enqueue_materialization(self.app, materialization_id, request_id=current_request_id())
@@ -82,7 +84,9 @@ class CeleryDispatcher:
 
     def check(self) -> None:
         try:
-            declare_queues(self.app, self.settings)
+            if not self._queues_declared:
+                declare_queues(self.app, self.settings)
+                self._queues_declared = True
             with self.app.connection_for_write() as connection:
                 connection.ensure_connection(max_retries=1, timeout=self.timeout)
                 # Virtual transports (SQLAlchemy, Redis) connect lazily and cache engines: ask
