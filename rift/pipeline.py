@@ -52,6 +52,11 @@ from rift.interpolation import (
 )
 from rift.model_checks import check_model_outputs
 from rift.models import build_model, check_model_accepts
+from rift.models.parametrized import (
+    fold_parametrized_weights,
+    folding_warning,
+    holds_folded_weights,
+)
 from rift.mrc import (
     ModuleCriticality,
     lowest_rows,
@@ -166,6 +171,10 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
              if isinstance(checkpoint, str | Path) else dict(checkpoint))
     model = build_model(config.architecture, in_channels=channels, image_size=height,
                         checkpoint_keys=state)
+    # Parametrized weights (weight_norm, spectral_norm...) become plain ones (see
+    # rift.models.parametrized): before loading when the checkpoint already holds them plain.
+    folded_first = holds_folded_weights(model, state)
+    folded = fold_parametrized_weights(model) if folded_first else []
     try:
         checkpoints.check_compatible(model, state)
     except CheckpointMismatchError as exc:
@@ -184,6 +193,8 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
         raise CheckpointMismatchError(exc.message + hint, exc.missing, exc.unexpected,
                                       exc.mismatched) from exc
     checkpoints.load_into(model, state)
+    if not folded_first:
+        folded = fold_parametrized_weights(model)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -201,6 +212,8 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     # of logits, dropout left on, no input gradient.
     model_warnings = check_model_outputs(model, splits.test, attack, device=device,
                                          name=config.architecture.name)
+    if folded:
+        model_warnings.append(folding_warning(folded))
     return PreparedRun(config, device, splits, model.eval(), original, attack, model_warnings)
 
 

@@ -347,3 +347,36 @@ class ChannelLastNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x.permute(0, 3, 1, 2)).mean((2, 3))
+
+
+class PlainConvNet(nn.Module):
+    """Two convolutions and a linear head, no parametrization: the reference for the nets below
+    once their parametrized weights are folded."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def _parametrized(apply: Callable[[nn.Module], object]) -> Callable[[int], PlainConvNet]:
+    def build(classes: int = 4) -> PlainConvNet:
+        model = PlainConvNet(classes)
+        apply(model.conv2)
+        apply(model.head)
+        return model
+    return build
+
+
+# conv2's and head's weights computed by a parametrization: torch.nn.utils.parametrizations'
+# (keys ``parametrizations.weight.original0``...) and the older hooks (``weight_g``/``weight_v``,
+# ``weight_orig``/``weight_u``/``weight_v``).
+weight_norm_net = _parametrized(nn.utils.parametrizations.weight_norm)
+spectral_norm_net = _parametrized(nn.utils.parametrizations.spectral_norm)
+hook_weight_norm_net = _parametrized(nn.utils.weight_norm)
+hook_spectral_norm_net = _parametrized(nn.utils.spectral_norm)
