@@ -42,7 +42,7 @@ from rift.evaluation import (
     evaluated_examples,
     seeded_generator,
 )
-from rift.finetune import EpochMetrics, finetune_module
+from rift.finetune import EpochMetrics, finetune_module, tied_elsewhere
 from rift.interpolation import (
     LazySelection,
     alpha_grid,
@@ -166,11 +166,11 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
             f"the dataset has {splits.num_classes} classes but architecture.num_classes is "
             f"{config.architecture.num_classes}{_sparse_labels_hint(splits)}",
             field="architecture.num_classes")
-    channels, height, _ = splits.image_shape
+    channels, height, width = splits.image_shape
     state = (checkpoints.load_state_dict(checkpoint, entry=config.checkpoint_entry)
              if isinstance(checkpoint, str | Path) else dict(checkpoint))
     model = build_model(config.architecture, in_channels=channels, image_size=height,
-                        checkpoint_keys=state)
+                        checkpoint_keys=state, image_width=width)
     # Parametrized weights (weight_norm, spectral_norm...) become plain ones (see
     # rift.models.parametrized): before loading when the checkpoint already holds them plain.
     folded_first = holds_folded_weights(model, state)
@@ -507,6 +507,14 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
                            f"epoch {metrics.epoch}/{total}: val {metrics.val_accuracy:.2f}%")
 
     callbacks.progress("finetune", 0.0, f"fine-tuning {module}")
+    shared = tied_elsewhere(run.model, module)
+    if shared:
+        held = "; ".join(f"{name} is also held by {', '.join(others)}"
+                         for name, others in shared.items())
+        callbacks.event("warning", {"stage": "finetune", "message": (
+            f"the fine-tuned module {module!r} shares parameters with other modules (tied "
+            f"weights): {held}. Fine-tuning moves them there too, so θ_FT changes more than "
+            f"{module!r}; the MRC row of a tied weight is under the first module holding it")})
     result = finetune_module(
         run.model, module, finetune_splits(run.splits, config.finetune.selection_split),
         config.finetune, device=run.device, seed=config.seed,

@@ -26,7 +26,7 @@ AWKWARD_ARCHITECTURES = {"tied_weights_net": "TiedWeights", "odd_layers_net": "O
                              "two_logits_net", "features_first_in_training_net",
                              "weight_norm_net", "spectral_norm_net", "hook_weight_norm_net",
                              "hook_spectral_norm_net")},
-                         "plain_conv_net": "PlainConvNet"}
+                         "plain_conv_net": "PlainConvNet", "lazy_net": "LazyNet"}
 
 _SOURCE = '''
 """An operator's architecture: two linear layers over flattened inputs."""

@@ -380,3 +380,15 @@ weight_norm_net = _parametrized(nn.utils.parametrizations.weight_norm)
 spectral_norm_net = _parametrized(nn.utils.parametrizations.spectral_norm)
 hook_weight_norm_net = _parametrized(nn.utils.weight_norm)
 hook_spectral_norm_net = _parametrized(nn.utils.spectral_norm)
+
+
+class LazyNet(nn.Module):
+    """Lazy layers: their weights have no shape until the first forward pass."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.LazyConv2d(6, 3, padding=1)
+        self.head = nn.LazyLinear(classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.conv(x)).mean((2, 3)))

@@ -398,3 +398,14 @@ def test_a_model_looking_its_input_up_as_token_ids_is_refused_naming_the_embeddi
     assert "looks its input up in an embedding table ('tokens')" in error.value.message
     assert "cannot attack token ids" in error.value.message
     assert error.value.__cause__ is None  # the fit check must not take it for a meta limitation
+
+
+def test_a_single_logit_binary_head_is_told_how_to_give_two_logits() -> None:
+    """A sigmoid/BCE classifier returns (N, 1): cross-entropy on one column is 0 for every
+    input. Before: only "needs logits of shape (1, 2)", no word of the usual cause."""
+    single = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 1))
+    with pytest.raises(ConfigError, match=r"returns \(1, 1\).*single-logit binary head.*"
+                       r"torch.cat\(\[torch.zeros_like\(z\), z\], 1\)") as error:
+        check_model_accepts(single, ArchitectureSpec(name="mine", num_classes=2), (3, 8, 8),
+                            device=torch.device("cpu"))
+    assert error.value.field == "architecture"
