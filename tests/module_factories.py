@@ -392,3 +392,14 @@ class LazyNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(F.relu(self.conv(x)).mean((2, 3)))
+
+
+def compiled_net(classes: int = 4) -> nn.Module:
+    """What a builder written for training returns: ``torch.compile`` of the network (compiled
+    lazily, at its first call), keys and module names under ``_orig_mod.``."""
+    return torch.compile(PlainConvNet(classes))
+
+
+def data_parallel_net(classes: int = 4) -> nn.Module:
+    """The network inside ``nn.DataParallel``: keys and module names under ``module.``."""
+    return nn.DataParallel(PlainConvNet(classes))

@@ -362,3 +362,20 @@ def test_lazy_layers_get_their_shapes_before_the_checkpoint_is_checked(
                           in_channels=3, image_size=8)
     run = prepare_run(config, state)
     assert all(torch.equal(run.original_state[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("architecture", ["compiled_net", "data_parallel_net"])
+def test_a_builder_returning_a_wrapped_network_runs_the_network_inside(
+        plugin_path: Path, tmp_path: Path, architecture: str) -> None:
+    """``torch.compile(net)`` or ``nn.DataParallel(net)`` from a builder. Before: every
+    checkpoint refused (missing ``_orig_mod.*``/``module.*`` keys: checkpoints are read without
+    those prefixes), and ``finetune.module`` failed with "DataParallel has no attribute"."""
+    from rift.pipeline import run_pipeline
+    from tests.module_factories import PlainConvNet
+
+    config = _awkward_config(tmp_path, architecture, "conv2")
+    torch.manual_seed(0)
+    result = run_pipeline(config, PlainConvNet().state_dict(), tmp_path / "out")
+    assert [row["name"] for row in result["mrc"]["rows"]] == ["conv1", "conv2", "head"]
+    assert set(checkpoints.load_state_dict(tmp_path / "out" / "tuned.safetensors")) == set(
+        PlainConvNet().state_dict())
