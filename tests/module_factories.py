@@ -403,3 +403,15 @@ def compiled_net(classes: int = 4) -> nn.Module:
 def data_parallel_net(classes: int = 4) -> nn.Module:
     """The network inside ``nn.DataParallel``: keys and module names under ``module.``."""
     return nn.DataParallel(PlainConvNet(classes))
+
+
+class SignalNet(nn.Module):
+    """A Conv1d network for (N, C, T) signals (audio), as a 3-D npz array holds them."""
+
+    def __init__(self, classes: int = 4, channels: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(channels, 4, 5, padding=2)
+        self.head = nn.Linear(4, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.conv(x)).mean(2))

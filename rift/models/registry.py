@@ -365,7 +365,8 @@ def _input_form_hint(model: nn.Module, spec: ArchitectureSpec, image_shape: tupl
                      device: torch.device) -> str:
     """When ``model`` refused the (1, C, H, W) probe: the input form it does take, found by
     trying the usual others (flat vectors of C·H·W features, the other of 1 and 3 channels,
-    channel-last (1, H, W, C) images, other square sizes: :func:`_size_hint`), as the end of the
+    (1, C·H, W) signals, channel-last (1, H, W, C) images, other square sizes:
+    :func:`_size_hint`), as the end of the
     error message; "" when none of them gives (1, ``spec.num_classes``) either. Bounded by
     :data:`HINT_SECONDS`."""
     deadline = time.monotonic() + HINT_SECONDS
@@ -384,6 +385,14 @@ def _input_form_hint(model: nn.Module, spec: ArchitectureSpec, image_shape: tupl
             f"{other} (architecture.in_channels, or a builder that ignores in_channels) or the "
             f"data should be given with {other}")))
     images = (height, width) != (1, 1)
+    if images:
+        # Signals for a Conv1d or a sequence model, (N, C, T): a 3-D npz array is read as
+        # N×H×W one-channel images, so (N, C, T) arrives as (N, 1, C, T).
+        tries.append(((1, channels * height, width), (
+            f"; it does take (N, {channels * height}, {width}) inputs (channels, steps: a 1-D "
+            f"signal's form): RiFT passes every input as (N, C, H, W) = (N, {channels}, "
+            f"{height}, {width}) (a 3-D npz array is read as N×H×W images of one channel), so "
+            "merge C and H at the start of forward (x = x.flatten(1, 2))")))
     if images and (height, width, channels) != image_shape:
         tries.append(((1, height, width, channels), (
             f"; it does take channel-last images, (N, {height}, {width}, {channels}) (N, H, W, "

@@ -11,7 +11,12 @@ from torch import nn
 from rift.config import ArchitectureSpec
 from rift.errors import ConfigError, UnknownArchitectureError
 from rift.models import build_model, check_model_accepts, list_architectures, registry
-from tests.module_factories import ChannelLastNet, FixedInputSizeNet, TokenClassifier
+from tests.module_factories import (
+    ChannelLastNet,
+    FixedInputSizeNet,
+    SignalNet,
+    TokenClassifier,
+)
 
 NATIVE = [
     "small_cnn",
@@ -353,6 +358,11 @@ def test_googlenet_with_auxiliary_heads_in_its_checkpoint_keeps_them_and_returns
     (ChannelLastNet(), (3, 32, 32),
      "it does take channel-last images, (N, 32, 32, 3) (N, H, W, C): RiFT passes images "
      "channel-first"),
+    # (N, 2, 64) signals in a 3-D npz array, read as one-channel 2×64 images.
+    (SignalNet(channels=2), (1, 2, 64),
+     "it does take (N, 2, 64) inputs (channels, steps: a 1-D signal's form): RiFT passes every "
+     "input as (N, C, H, W) = (N, 1, 2, 64) (a 3-D npz array is read as N×H×W images of one "
+     "channel), so merge C and H at the start of forward (x = x.flatten(1, 2))"),
 ])
 @pytest.mark.parametrize("device", ["cpu", "meta"])
 def test_a_model_for_another_input_size_or_layout_is_named(
