@@ -470,15 +470,20 @@ def validate_checkpoint_file(path: str | Path, *, sample_size: int = 10,
 
 def check_compatible(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
     """Require the checkpoint's keys and shapes to equal ``model.state_dict()``'s exactly, except
-    that BatchNorm ``num_batches_tracked`` entries may be missing. Works on meta-device models.
+    that BatchNorm ``num_batches_tracked`` entries may be missing, and so may a key the model
+    ties to another key the checkpoint holds (:func:`tied_keys`). Works on meta-device models.
 
     Raises:
         CheckpointMismatchError: with the complete ``missing``, ``unexpected`` and ``mismatched``
             (key, checkpoint shape, model shape) lists; the message shows the first few of each.
     """
     expected = model.state_dict()
+    tied = tied_keys(model)
+    # A key the model ties to one the checkpoint holds may be absent: its value is that key's
+    # (safetensors' save_model, and Hugging Face's files, keep one name per shared tensor).
     missing = [
         k for k in expected if k not in state_dict and not k.endswith(OPTIONAL_KEY_SUFFIX)
+        and not any(other in state_dict for other in tied.get(k, ()))
     ]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
@@ -545,6 +550,17 @@ def check_dtypes(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
         raise CheckpointMismatchError(
             f"{len(problems)} checkpoint tensor(s) cannot be cast to the model's dtype: "
             f"{_preview(problems)}")
+
+
+def tied_keys(model: nn.Module) -> dict[str, list[str]]:
+    """State-dict keys of ``model`` naming one tensor (a tied weight, a module registered under
+    two names): each such key → the other keys of its tensor."""
+    keys_of: dict[int, list[str]] = {}
+    for key, tensor in [*model.named_parameters(remove_duplicate=False),
+                        *model.named_buffers(remove_duplicate=False)]:
+        keys_of.setdefault(id(tensor), []).append(key)
+    return {key: [other for other in keys if other != key]
+            for keys in keys_of.values() if len(keys) > 1 for key in keys}
 
 
 def check_tied(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:

@@ -120,6 +120,19 @@ class ArchitectureSpec(_Strict):
             raise SettingValueError("'mean' and 'std' must have the same length", "std")
         return self
 
+    @field_validator("num_classes", mode="before")
+    @classmethod
+    def _not_single_logit(cls, value: object) -> object:
+        # ge=2 alone said "should be greater than or equal to 2", not what to do about a binary
+        # head with one output (rift.models.registry.SINGLE_LOGIT_HINT).
+        if value == 1 and not isinstance(value, bool):
+            raise ValueError(
+                "num_classes 1: a single-logit binary head (sigmoid with BCE loss) gives one "
+                "score, not one logit per class, and cross-entropy on one column is 0 for every "
+                "input; return torch.cat([torch.zeros_like(z), z], 1) from forward (a softmax "
+                "over [0, z] is sigmoid(z), so the model is unchanged) and set num_classes 2")
+        return value
+
 
 class DatasetSpec(_Strict):
     """Where the images come from. Built-in names read from ``root``; ``npz``/``imagefolder`` from

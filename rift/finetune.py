@@ -2,7 +2,8 @@
 paper's Algorithm 2, lines 6–14).
 
 Only the chosen module's own parameters learn; everything else is frozen. The model is in train
-mode, so BatchNorm running statistics follow the clean data unless ``bn_stats == "freeze"``. After
+mode, so BatchNorm running statistics (and those of an InstanceNorm that keeps them) follow the
+clean data unless ``bn_stats == "freeze"``. After
 every epoch the clean accuracy on the validation split is measured and the best epoch's weights are
 kept (the reference code picks it on the test set; a held-out split keeps test numbers honest).
 """
@@ -28,6 +29,10 @@ from rift.evaluation import evaluate_accuracy
 from rift.model_state import frozen_except
 
 _BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
+# Layers with running statistics that eval mode uses: BatchNorm, and InstanceNorm built with
+# ``track_running_stats=True`` (a _NormBase too). ``bn_stats: "freeze"`` keeps all of them; before,
+# only BatchNorm was kept and such an InstanceNorm's statistics moved with "freeze".
+_RUNNING_STATISTICS_TYPES = (nn.modules.batchnorm._NormBase,)
 _NAMES_SHOWN = 12
 
 
@@ -300,10 +305,27 @@ def _batchnorm_needing_two_examples(model: nn.Module, image_shape: tuple[int, in
 def _set_train_mode(model: nn.Module, *, freeze_bn: bool) -> None:
     model.train()
     if freeze_bn:
-        # Eval-mode BatchNorm normalises with its running statistics and leaves them untouched.
+        # An eval-mode normalisation layer with running statistics normalises with them and
+        # leaves them untouched.
         for submodule in model.modules():
-            if isinstance(submodule, _BATCHNORM_TYPES):
+            if isinstance(submodule, _RUNNING_STATISTICS_TYPES) and submodule.track_running_stats:
                 submodule.eval()
+
+
+def tied_elsewhere(model: nn.Module, module_name: str) -> dict[str, list[str]]:
+    """The parameters of ``module_name`` (its own, as fine-tuning trains them) that other
+    modules of ``model`` hold too (tied weights): parameter name → the other modules' names.
+    Fine-tuning the module moves those modules as well."""
+    module = model.get_submodule(module_name)
+    owners: dict[int, list[str]] = {}
+    for name, other in model.named_modules(remove_duplicate=False):
+        if other is not module:
+            for parameter in other.parameters(recurse=False):
+                owners.setdefault(id(parameter), []).append(name)
+    prefix = f"{module_name}." if module_name else ""
+    return {prefix + name: sorted(set(owners[id(parameter)]))
+            for name, parameter in module.named_parameters(recurse=False)
+            if id(parameter) in owners}
 
 
 def _cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:

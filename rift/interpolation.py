@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from rift.checkpoints import OPTIONAL_KEY_SUFFIX
 from rift.errors import ConfigError
 from rift.robust_tally import RobustTally, needed_count
 
@@ -71,6 +72,35 @@ def interpolate_weights(
             mixed = torch.lerp(start.detach().to(work_dtype), end.detach().to(work_dtype), alpha)
             result[key] = mixed.to(start.dtype)
     return result
+
+
+def theta_at_in_run_layout(theta_at: Mapping[str, Tensor], theta_ft: Mapping[str, Tensor]
+                           ) -> dict[str, Tensor] | None:
+    """θ_AT read from its checkpoint file again, in the layout of the run's state dicts (those of
+    θ_FT), or None where only the model can tell (see below).
+
+    The run's θ_AT is the checkpoint as the model holds it: values cast to the model's dtype (an
+    fp16 or bf16 checkpoint; exact, since loading refused a cast that changes a value's kind or
+    overflows) and BatchNorm counters the file lacks (``num_batches_tracked``) at the model's
+    initial 0. Read from the file, it has other dtypes or fewer keys, which
+    :func:`interpolate_weights` refuses: materializing an α of such a job failed. Returned as the
+    run's (the file's values cast, missing counters 0). None when other keys differ: the run
+    folded a parametrized weight (``rift.models.parametrized``) into a key the file lacks, and
+    only the built model computes its value."""
+    extra = [key for key in theta_at if key not in theta_ft]
+    missing = [key for key in theta_ft if key not in theta_at]
+    if extra or any(not key.endswith(OPTIONAL_KEY_SUFFIX) for key in missing):
+        return None
+    aligned: dict[str, Tensor] = {}
+    for key, like in theta_ft.items():
+        value = theta_at.get(key)
+        if value is None:
+            aligned[key] = torch.zeros_like(like)
+        elif value.shape != like.shape:
+            return None
+        else:
+            aligned[key] = value.to(like.dtype)
+    return aligned
 
 
 def _check_same_layout(theta_at: Mapping[str, Tensor], theta_ft: Mapping[str, Tensor]) -> None:

@@ -42,7 +42,7 @@ from rift.evaluation import (
     evaluated_examples,
     seeded_generator,
 )
-from rift.finetune import EpochMetrics, finetune_module
+from rift.finetune import EpochMetrics, finetune_module, tied_elsewhere
 from rift.interpolation import (
     LazySelection,
     alpha_grid,
@@ -52,6 +52,11 @@ from rift.interpolation import (
 )
 from rift.model_checks import check_model_outputs
 from rift.models import build_model, check_model_accepts
+from rift.models.parametrized import (
+    fold_parametrized_weights,
+    folding_warning,
+    holds_folded_weights,
+)
 from rift.mrc import (
     ModuleCriticality,
     lowest_rows,
@@ -161,11 +166,15 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
             f"the dataset has {splits.num_classes} classes but architecture.num_classes is "
             f"{config.architecture.num_classes}{_sparse_labels_hint(splits)}",
             field="architecture.num_classes")
-    channels, height, _ = splits.image_shape
+    channels, height, width = splits.image_shape
     state = (checkpoints.load_state_dict(checkpoint, entry=config.checkpoint_entry)
              if isinstance(checkpoint, str | Path) else dict(checkpoint))
     model = build_model(config.architecture, in_channels=channels, image_size=height,
-                        checkpoint_keys=state)
+                        checkpoint_keys=state, image_width=width)
+    # Parametrized weights (weight_norm, spectral_norm...) become plain ones (see
+    # rift.models.parametrized): before loading when the checkpoint already holds them plain.
+    folded_first = holds_folded_weights(model, state)
+    folded = fold_parametrized_weights(model) if folded_first else []
     try:
         checkpoints.check_compatible(model, state)
     except CheckpointMismatchError as exc:
@@ -184,6 +193,8 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
         raise CheckpointMismatchError(exc.message + hint, exc.missing, exc.unexpected,
                                       exc.mismatched) from exc
     checkpoints.load_into(model, state)
+    if not folded_first:
+        folded = fold_parametrized_weights(model)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -201,6 +212,8 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
     # of logits, dropout left on, no input gradient.
     model_warnings = check_model_outputs(model, splits.test, attack, device=device,
                                          name=config.architecture.name)
+    if folded:
+        model_warnings.append(folding_warning(folded))
     return PreparedRun(config, device, splits, model.eval(), original, attack, model_warnings)
 
 
@@ -494,6 +507,14 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
                            f"epoch {metrics.epoch}/{total}: val {metrics.val_accuracy:.2f}%")
 
     callbacks.progress("finetune", 0.0, f"fine-tuning {module}")
+    shared = tied_elsewhere(run.model, module)
+    if shared:
+        held = "; ".join(f"{name} is also held by {', '.join(others)}"
+                         for name, others in shared.items())
+        callbacks.event("warning", {"stage": "finetune", "message": (
+            f"the fine-tuned module {module!r} shares parameters with other modules (tied "
+            f"weights): {held}. Fine-tuning moves them there too, so θ_FT changes more than "
+            f"{module!r}; the MRC row of a tied weight is under the first module holding it")})
     result = finetune_module(
         run.model, module, finetune_splits(run.splits, config.finetune.selection_split),
         config.finetune, device=run.device, seed=config.seed,

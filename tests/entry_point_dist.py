@@ -23,7 +23,10 @@ AWKWARD_ARCHITECTURES = {"tied_weights_net": "TiedWeights", "odd_layers_net": "O
                          **{name: name for name in (
                              "dict_output_net", "namedtuple_output_net", "tuple_output_net",
                              "object_output_net",
-                             "two_logits_net", "features_first_in_training_net")}}
+                             "two_logits_net", "features_first_in_training_net",
+                             "weight_norm_net", "spectral_norm_net", "hook_weight_norm_net",
+                             "hook_spectral_norm_net", "compiled_net", "data_parallel_net")},
+                         "plain_conv_net": "PlainConvNet", "lazy_net": "LazyNet"}
 
 _SOURCE = '''
 """An operator's architecture: two linear layers over flattened inputs."""

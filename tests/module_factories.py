@@ -347,3 +347,71 @@ class ChannelLastNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x.permute(0, 3, 1, 2)).mean((2, 3))
+
+
+class PlainConvNet(nn.Module):
+    """Two convolutions and a linear head, no parametrization: the reference for the nets below
+    once their parametrized weights are folded."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def _parametrized(apply: Callable[[nn.Module], object]) -> Callable[[int], PlainConvNet]:
+    def build(classes: int = 4) -> PlainConvNet:
+        model = PlainConvNet(classes)
+        apply(model.conv2)
+        apply(model.head)
+        return model
+    return build
+
+
+# conv2's and head's weights computed by a parametrization: torch.nn.utils.parametrizations'
+# (keys ``parametrizations.weight.original0``...) and the older hooks (``weight_g``/``weight_v``,
+# ``weight_orig``/``weight_u``/``weight_v``).
+weight_norm_net = _parametrized(nn.utils.parametrizations.weight_norm)
+spectral_norm_net = _parametrized(nn.utils.parametrizations.spectral_norm)
+hook_weight_norm_net = _parametrized(nn.utils.weight_norm)
+hook_spectral_norm_net = _parametrized(nn.utils.spectral_norm)
+
+
+class LazyNet(nn.Module):
+    """Lazy layers: their weights have no shape until the first forward pass."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.LazyConv2d(6, 3, padding=1)
+        self.head = nn.LazyLinear(classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.conv(x)).mean((2, 3)))
+
+
+def compiled_net(classes: int = 4) -> nn.Module:
+    """What a builder written for training returns: ``torch.compile`` of the network (compiled
+    lazily, at its first call), keys and module names under ``_orig_mod.``."""
+    return torch.compile(PlainConvNet(classes))
+
+
+def data_parallel_net(classes: int = 4) -> nn.Module:
+    """The network inside ``nn.DataParallel``: keys and module names under ``module.``."""
+    return nn.DataParallel(PlainConvNet(classes))
+
+
+class SignalNet(nn.Module):
+    """A Conv1d network for (N, C, T) signals (audio), as a 3-D npz array holds them."""
+
+    def __init__(self, classes: int = 4, channels: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(channels, 4, 5, padding=2)
+        self.head = nn.Linear(4, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.conv(x)).mean(2))

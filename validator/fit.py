@@ -56,6 +56,7 @@ def check_checkpoint_fits(
 
     from rift.checkpoints import check_compatible, check_dtypes
     from rift.finetune import trainable_module
+    from rift.models.parametrized import fold_parametrized_weights, holds_folded_weights
     from rift.models.registry import refuse_batch_statistics
     from rift.mrc import select_modules
 
@@ -71,6 +72,11 @@ def check_checkpoint_fits(
     mismatch: CheckpointMismatchError | None = None
     for channels in options:
         model = _meta_model(config, channels, size, num_features, shapes)
+        # As the job does (rift.pipeline.prepare_run): parametrized weights become plain ones,
+        # before the checks when the checkpoint holds them plain, else after them.
+        folded_first = holds_folded_weights(model, shapes)
+        if folded_first:
+            fold_parametrized_weights(model)
         try:
             check_compatible(model, meta_state)
             break
@@ -84,6 +90,8 @@ def check_checkpoint_fits(
     # Kinds only: meta tensors have no values, so a float64 beyond float32's range is left to
     # the job's own check when it loads the weights.
     check_dtypes(model, {key: meta_state[key] for key in known if key in meta_state})
+    if not folded_first:
+        fold_parametrized_weights(model)
     refuse_batch_statistics(model, config.architecture)  # needs no geometry: checked always
     select_modules(model, config.mrc)
     if config.finetune.module is not None:

@@ -1,6 +1,7 @@
 """Make θ_α of a succeeded job at the α a user asked for (``POST /v1/jobs/{id}/materialize``).
 
-θ_AT is the job's uploaded checkpoint, θ_FT its recorded ``finetuned.safetensors``; the weights
+θ_AT is the job's uploaded checkpoint as the run held it (``theta_at_in_run_layout``), θ_FT its
+recorded ``finetuned.safetensors``; the weights
 are :func:`rift.interpolation.interpolate_weights` of the two (α = 0 and 1 copy the end points bit
 for bit) saved as ``tuned@<α>.safetensors`` and, when asked, evaluated on the test split with the
 job's attack and evaluation settings, as the interpolation stage measures its points.
@@ -27,7 +28,7 @@ from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import RiftConfig
 from rift.device import deterministic_kernels
 from rift.evaluation import evaluate_accuracy
-from rift.interpolation import interpolate_weights
+from rift.interpolation import interpolate_weights, theta_at_in_run_layout
 from worker.inputs import fetch_checkpoint
 from worker.stages import FINETUNED, SAFETENSORS, prepare
 
@@ -54,10 +55,15 @@ def materialize_weights(row: Materialization, job: Job, checkpoint: Checkpoint,
     try:
         # The entry the job tuned (a model and its EMA): θ_AT is that one's weights.
         entry = RiftConfig.model_validate(job.spec).checkpoint_entry
-        theta_at = checkpoints.load_state_dict(fetch_checkpoint(store, checkpoint, work_dir),
-                                               entry=entry)
         theta_ft = checkpoints.load_state_dict(
             store.download_to(finetuned.storage_key, scratch / FINETUNED))
+        # θ_AT as the run held it (the file's fp16 values cast, absent BatchNorm counters 0);
+        # a parametrized weight the run folded needs the model, so the run is prepared again.
+        theta_at = theta_at_in_run_layout(checkpoints.load_state_dict(
+            fetch_checkpoint(store, checkpoint, work_dir), entry=entry), theta_ft)
+        if theta_at is None:
+            theta_at = prepare(job, checkpoint, dataset, store, work_dir, device,
+                               data_root).original_state
         weights = interpolate_weights(theta_at, theta_ft, row.alpha)
         path = scratch / row.artifact_name
         checkpoints.save_safetensors(path, weights, {

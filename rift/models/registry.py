@@ -13,6 +13,7 @@ uploads never carry code.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
@@ -20,6 +21,7 @@ from types import MappingProxyType
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from rift.config import ArchitectureSpec
 from rift.errors import ConfigError, RiftError, UnknownArchitectureError
@@ -40,6 +42,13 @@ from rift.models.wide_resnet import wide_resnet28_10, wide_resnet34_10
 from rift.setting_names import closest_choice
 
 logger = logging.getLogger(__name__)
+
+# A binary classifier with one output (a sigmoid and BCE in training) has no logit per class:
+# cross-entropy on its one column is 0 whatever the input, so every attack and MRC would be 0.
+SINGLE_LOGIT_HINT = (
+    "a single-logit binary head (sigmoid with BCE loss) gives one score, not one logit per "
+    "class: return torch.cat([torch.zeros_like(z), z], 1) from forward (a softmax over [0, z] "
+    "is sigmoid(z), so the model is unchanged) and set architecture.num_classes to 2")
 
 # Each builder takes keyword arguments num_classes, in_channels, mean, std.
 ModelBuilder = Callable[..., nn.Module]
@@ -96,7 +105,7 @@ def list_architectures() -> list[str]:
 
 
 def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int = 32,
-                checkpoint_keys: Iterable[str] = ()) -> nn.Module:
+                checkpoint_keys: Iterable[str] = (), image_width: int | None = None) -> nn.Module:
     """Build the network ``spec`` names, with freshly initialised weights, in train mode.
 
     ``spec.in_channels`` / ``spec.image_size``, when set, win over the keyword defaults (which the
@@ -107,7 +116,9 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
     Floating-point parameters and buffers are float32 whatever the builder made (an installed
     builder returning ``model.half()``): see :func:`float32_model`. ``checkpoint_keys``: the
     keys of the checkpoint the model will hold, where they decide its form (a torchvision
-    GoogLeNet or Inception v3 trained with its auxiliary heads is built with them).
+    GoogLeNet or Inception v3 trained with its auxiliary heads is built with them). Lazy layers
+    (``nn.LazyLinear``, ``nn.LazyConv2d``...) are given their shapes by one eval-mode pass of a
+    zero input of C × ``image_size`` × ``image_width`` (default: square) before it is returned.
 
     Raises:
         UnknownArchitectureError: the name is not known; the message lists the known names.
@@ -117,7 +128,8 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
     channels = spec.in_channels if spec.in_channels is not None else in_channels
     size = spec.image_size if spec.image_size is not None else image_size
     try:
-        return float32_model(_build(spec, channels, size, checkpoint_keys))
+        model = _build(spec, channels, size, checkpoint_keys)
+        return float32_model(_materialize_lazy(model, spec, (channels, size, image_width or size)))
     except RiftError:
         raise
     except Exception as exc:
@@ -170,8 +182,57 @@ def _build(spec: ArchitectureSpec, channels: int, size: int,
             field="architecture.name",
         )
     # An operator's network may return its logits inside a dict or tuple (logits_output).
-    return return_logits(
-        builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std))
+    return return_logits(unwrapped(
+        builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std)))
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The network inside ``torch.compile``'s, ``nn.DataParallel``'s and
+    ``DistributedDataParallel``'s wrappers (a builder returning ``torch.compile(net)``), any
+    depth. Checkpoints are read without the wrappers' key prefixes (``_orig_mod.``,
+    ``module.``), and modules are named as the network names them; before, such a builder's
+    model refused every checkpoint (missing ``_orig_mod.*`` keys) and ``finetune.module`` failed
+    with "DataParallel has no attribute" (a traceback). RiFT's stages trace and run it
+    themselves, so the compiled form is not needed."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    # torch.compile imports this module: where it is not imported, nothing was compiled (and
+    # importing it here would cost every build 2.5-2.8 s, measured on this loaded 2-core CPU).
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    compiled: type | None = getattr(eval_frame, "OptimizedModule", None)
+    while True:
+        if compiled is not None and isinstance(model, compiled):
+            inner = model._orig_mod
+            assert isinstance(inner, nn.Module)  # typed Tensor | Module by nn.Module.__getattr__
+            model = inner
+        elif isinstance(model, nn.DataParallel | DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def _materialize_lazy(model: nn.Module, spec: ArchitectureSpec,
+                      shape: tuple[int, int, int]) -> nn.Module:
+    """``model`` with its lazy layers' parameters made, by one eval-mode pass without gradients
+    of a zero input of ``shape`` (BatchNorm statistics untouched). Before, reading their shapes
+    to check a checkpoint raised torch's "Can't access the shape of an uninitialized parameter"
+    (a traceback from ``python -m rift``); a lazy layer has no shape until its first pass."""
+    if not any(isinstance(module, LazyModuleMixin) and module.has_uninitialized_params()
+               for module in model.modules()):
+        return model
+    # Not frozen_except: an uninitialized parameter refuses requires_grad_.
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape))
+    except Exception as exc:
+        raise ConfigError(
+            f"architecture {spec.name!r} has lazy layers, whose shapes its first forward pass "
+            f"decides, and that pass failed on a zero input of shape {(1, *shape)}: "
+            f"{type(exc).__name__}: {_one_line(exc)}", field="architecture") from exc
+    finally:
+        model.train(was_training)
+    return model
 
 
 def float32_model(model: nn.Module) -> nn.Module:
@@ -304,7 +365,8 @@ def _input_form_hint(model: nn.Module, spec: ArchitectureSpec, image_shape: tupl
                      device: torch.device) -> str:
     """When ``model`` refused the (1, C, H, W) probe: the input form it does take, found by
     trying the usual others (flat vectors of C·H·W features, the other of 1 and 3 channels,
-    channel-last (1, H, W, C) images, other square sizes: :func:`_size_hint`), as the end of the
+    (1, C·H, W) signals, channel-last (1, H, W, C) images, other square sizes:
+    :func:`_size_hint`), as the end of the
     error message; "" when none of them gives (1, ``spec.num_classes``) either. Bounded by
     :data:`HINT_SECONDS`."""
     deadline = time.monotonic() + HINT_SECONDS
@@ -323,6 +385,14 @@ def _input_form_hint(model: nn.Module, spec: ArchitectureSpec, image_shape: tupl
             f"{other} (architecture.in_channels, or a builder that ignores in_channels) or the "
             f"data should be given with {other}")))
     images = (height, width) != (1, 1)
+    if images:
+        # Signals for a Conv1d or a sequence model, (N, C, T): a 3-D npz array is read as
+        # N×H×W one-channel images, so (N, C, T) arrives as (N, 1, C, T).
+        tries.append(((1, channels * height, width), (
+            f"; it does take (N, {channels * height}, {width}) inputs (channels, steps: a 1-D "
+            f"signal's form): RiFT passes every input as (N, C, H, W) = (N, {channels}, "
+            f"{height}, {width}) (a 3-D npz array is read as N×H×W images of one channel), so "
+            "merge C and H at the start of forward (x = x.flatten(1, 2))")))
     if images and (height, width, channels) != image_shape:
         tries.append(((1, height, width, channels), (
             f"; it does take channel-last images, (N, {height}, {width}, {channels}) (N, H, W, "
@@ -384,5 +454,5 @@ def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
     if got != expected:
         raise ConfigError(
             f"architecture {spec.name!r} returns {got} for one of the dataset's {shape}; RiFT "
-            f"needs logits of shape {expected} (batch, architecture.num_classes)",
-            field="architecture")
+            f"needs logits of shape {expected} (batch, architecture.num_classes)"
+            + (f"; {SINGLE_LOGIT_HINT}" if got == (1, 1) else ""), field="architecture")

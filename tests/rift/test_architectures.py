@@ -305,3 +305,77 @@ def test_a_train_mode_structure_holding_another_tensor_first_is_refused(
                        r"tensor of shape \(8, 6\) for a batch of 8.*\(8, 4\) logits") as error:
         run_pipeline(config, state, tmp_path / "out")
     assert error.value.field == "architecture"
+
+
+def test_fine_tuning_a_tied_module_warns_naming_the_modules_it_moves_too(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """``b`` holds ``a``'s weight: tuning it moves ``a`` as well. Before: said nowhere."""
+    from rift.pipeline import PipelineCallbacks, prepare_run, run_finetune_stage
+
+    config = _awkward_config(tmp_path, "tied_weights_net", "b")
+    run = prepare_run(config, build_model(config.architecture, in_channels=3,
+                                          image_size=8).state_dict())
+    warned: list[str] = []
+    run_finetune_stage(run, "b", PipelineCallbacks(
+        on_event=lambda kind, data: warned.append(data["message"]) if kind == "warning"
+        else None))
+    assert any("'b' shares parameters" in m and "b.weight is also held by a" in m
+               for m in warned), warned
+
+
+def test_a_checkpoint_keeping_one_name_per_tied_tensor_loads(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """safetensors' ``save_model`` (and Hugging Face's files) keep one name per shared tensor:
+    ``b.weight`` is absent, its value is ``a.weight``'s. Before: refused as a missing key, at
+    ``POST /v1/jobs`` and in the job."""
+    from safetensors.torch import save_model
+
+    from rift.pipeline import prepare_run
+    from validator.fit import check_checkpoint_fits
+
+    config = _awkward_config(tmp_path, "tied_weights_net", "a")
+    torch.manual_seed(0)
+    model = build_model(config.architecture, in_channels=3, image_size=8)
+    save_model(model, str(tmp_path / "tied.safetensors"))
+    saved = checkpoints.load_state_dict(tmp_path / "tied.safetensors")
+    assert "b.weight" not in saved and "a.weight" in saved
+    check_checkpoint_fits(config, {k: tuple(v.shape) for k, v in saved.items()},
+                          in_channels=3, image_size=8)
+    run = prepare_run(config, tmp_path / "tied.safetensors")
+    for key, value in model.state_dict().items():
+        assert torch.equal(run.original_state[key], value), key
+
+
+def test_lazy_layers_get_their_shapes_before_the_checkpoint_is_checked(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """Before: torch's "Can't access the shape of an uninitialized parameter" from the
+    checkpoint check (a traceback from ``python -m rift``), and no MRC row on the meta model."""
+    from rift.pipeline import prepare_run
+    from validator.fit import check_checkpoint_fits
+
+    config = _awkward_config(tmp_path, "lazy_net", "conv")
+    config = config.model_copy(update={"mrc": config.mrc.model_copy(
+        update={"modules": ["conv", "head"]})})
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    assert tuple(state["conv.weight"].shape) == (6, 3, 3, 3)
+    check_checkpoint_fits(config, {k: tuple(v.shape) for k, v in state.items()},
+                          in_channels=3, image_size=8)
+    run = prepare_run(config, state)
+    assert all(torch.equal(run.original_state[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("architecture", ["compiled_net", "data_parallel_net"])
+def test_a_builder_returning_a_wrapped_network_runs_the_network_inside(
+        plugin_path: Path, tmp_path: Path, architecture: str) -> None:
+    """``torch.compile(net)`` or ``nn.DataParallel(net)`` from a builder. Before: every
+    checkpoint refused (missing ``_orig_mod.*``/``module.*`` keys: checkpoints are read without
+    those prefixes), and ``finetune.module`` failed with "DataParallel has no attribute"."""
+    from rift.pipeline import run_pipeline
+    from tests.module_factories import PlainConvNet
+
+    config = _awkward_config(tmp_path, architecture, "conv2")
+    torch.manual_seed(0)
+    result = run_pipeline(config, PlainConvNet().state_dict(), tmp_path / "out")
+    assert [row["name"] for row in result["mrc"]["rows"]] == ["conv1", "conv2", "head"]
+    assert set(checkpoints.load_state_dict(tmp_path / "out" / "tuned.safetensors")) == set(
+        PlainConvNet().state_dict())

@@ -67,3 +67,11 @@ def test_booleans_are_not_numbers(changes: dict, field: str) -> None:
     config = RiftConfig.model_validate({**BASE, "attack": {"random_start": False},
                                         "channels_last": True})
     assert config.attack.random_start is False and config.channels_last is True
+
+
+def test_one_class_names_the_single_logit_head_and_its_fix() -> None:
+    """Before: "Input should be greater than or equal to 2" only."""
+    with pytest.raises(ValidationError, match=r"num_classes 1: a single-logit binary head.*"
+                       r"set num_classes 2"):
+        RiftConfig.model_validate({"architecture": {"name": "small_cnn", "num_classes": 1},
+                                   "dataset": {"name": "digits"}})

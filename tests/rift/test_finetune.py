@@ -233,3 +233,42 @@ def test_buffers_outside_the_state_dict_are_put_back() -> None:
     result = finetune_module(model, "head", _rgb_splits(), _spec(), device=CPU, seed=0)
     assert "scale" not in result.state_dict
     assert torch.equal(model.scale, torch.ones(1))
+
+
+class RunningInstanceNorm(nn.Module):
+    """An InstanceNorm keeping running statistics (used in eval mode), beside a BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.instance = nn.InstanceNorm2d(6, affine=True, track_running_stats=True)
+        self.batch = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.batch(self.instance(self.conv(x)))).mean((2, 3)))
+
+
+def test_frozen_statistics_include_an_instance_norm_that_keeps_them(
+        splits: DatasetSplits) -> None:
+    """Before: with ``bn_stats: "freeze"`` only BatchNorm stayed in eval mode, and the
+    InstanceNorm's running statistics (which eval mode normalises with) moved."""
+    torch.manual_seed(0)
+    model = RunningInstanceNorm()
+    before = _snapshot(model)
+    finetune_module(model, "conv", splits, _spec(bn_stats="freeze"), device=CPU, seed=0)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"conv.weight", "conv.bias"}
+    finetune_module(model, "conv", splits, _spec(), device=CPU, seed=0)  # "update" moves both
+    assert not torch.equal(model.instance.running_mean, before["instance.running_mean"])
+    assert not torch.equal(model.batch.running_mean, before["batch.running_mean"])
+
+
+def test_tied_parameters_of_the_tuned_module_are_named_with_their_other_modules() -> None:
+    from rift.finetune import tied_elsewhere
+    from tests.module_factories import TiedWeights
+
+    model = TiedWeights()
+    assert tied_elsewhere(model, "b") == {"b.weight": ["a"]}
+    assert tied_elsewhere(model, "a") == {"a.weight": ["b"]}
+    assert tied_elsewhere(model, "twice") == {}  # one module called twice: nothing else moves

@@ -11,7 +11,12 @@ from torch import nn
 from rift.config import ArchitectureSpec
 from rift.errors import ConfigError, UnknownArchitectureError
 from rift.models import build_model, check_model_accepts, list_architectures, registry
-from tests.module_factories import ChannelLastNet, FixedInputSizeNet, TokenClassifier
+from tests.module_factories import (
+    ChannelLastNet,
+    FixedInputSizeNet,
+    SignalNet,
+    TokenClassifier,
+)
 
 NATIVE = [
     "small_cnn",
@@ -353,6 +358,11 @@ def test_googlenet_with_auxiliary_heads_in_its_checkpoint_keeps_them_and_returns
     (ChannelLastNet(), (3, 32, 32),
      "it does take channel-last images, (N, 32, 32, 3) (N, H, W, C): RiFT passes images "
      "channel-first"),
+    # (N, 2, 64) signals in a 3-D npz array, read as one-channel 2×64 images.
+    (SignalNet(channels=2), (1, 2, 64),
+     "it does take (N, 2, 64) inputs (channels, steps: a 1-D signal's form): RiFT passes every "
+     "input as (N, C, H, W) = (N, 1, 2, 64) (a 3-D npz array is read as N×H×W images of one "
+     "channel), so merge C and H at the start of forward (x = x.flatten(1, 2))"),
 ])
 @pytest.mark.parametrize("device", ["cpu", "meta"])
 def test_a_model_for_another_input_size_or_layout_is_named(
@@ -398,3 +408,14 @@ def test_a_model_looking_its_input_up_as_token_ids_is_refused_naming_the_embeddi
     assert "looks its input up in an embedding table ('tokens')" in error.value.message
     assert "cannot attack token ids" in error.value.message
     assert error.value.__cause__ is None  # the fit check must not take it for a meta limitation
+
+
+def test_a_single_logit_binary_head_is_told_how_to_give_two_logits() -> None:
+    """A sigmoid/BCE classifier returns (N, 1): cross-entropy on one column is 0 for every
+    input. Before: only "needs logits of shape (1, 2)", no word of the usual cause."""
+    single = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 1))
+    with pytest.raises(ConfigError, match=r"returns \(1, 1\).*single-logit binary head.*"
+                       r"torch.cat\(\[torch.zeros_like\(z\), z\], 1\)") as error:
+        check_model_accepts(single, ArchitectureSpec(name="mine", num_classes=2), (3, 8, 8),
+                            device=torch.device("cpu"))
+    assert error.value.field == "architecture"
