@@ -347,6 +347,9 @@ class JobStage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # When the stage's message was last sent (migration 0020; :mod:`persistence.resend`): null
+    # until the stage becomes the job's current one.
+    dispatched_at: Mapped[datetime | None]
 
     job: Mapped[Job] = relationship(back_populates="stages")
 

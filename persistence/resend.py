@@ -17,11 +17,11 @@ second finds the row claimed, running or done, and does nothing.
 
 Where each kind keeps "last sent":
 
-- materializations, MRC shards, sweep candidates: ``dispatched_at`` (migration 0020; rows from
-  before count from ``created_at``), set wherever the row is made to wait (requested, queued
-  again, released for a retry) and by each re-send;
-- a job's stages: the job's ``updated_at``, which every change of the job moves, a stage's end
-  and a re-send included (:func:`persistence.stages.stages_to_redispatch`);
+- a job's current stage, MRC shards, sweep candidates, materializations: ``dispatched_at``
+  (migration 0020), set wherever the row is made to wait with a message on its way (a job
+  created, a stage finished and the next one sent, work requested, queued again, handed out or
+  released for a retry) and by each re-send; rows from before count from ``created_at`` (a
+  stage, which has none: from its job's ``updated_at``, the rule stages had before);
 - webhook messages: ``next_attempt_at`` (:func:`persistence.webhooks.deliveries_to_redispatch`,
   a lease length late rather than this period: a message is cheap and meant to be prompt).
 """
@@ -32,19 +32,23 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, update
+from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from persistence.leases import rows_affected
-from persistence.models import Materialization, MRCShard, SweepCandidate
+from persistence.models import Job, JobStage, Materialization, MRCShard, SweepCandidate
 
 #: The tables whose rows carry ``dispatched_at``.
-DispatchedModel = type[MRCShard] | type[SweepCandidate] | type[Materialization]
+DispatchedModel = type[JobStage] | type[MRCShard] | type[SweepCandidate] | type[Materialization]
 
 
 def last_sent(model: DispatchedModel) -> ColumnElement[datetime]:
     """When the row's message was last sent: ``dispatched_at``, else (a row from before
-    migration 0020) its ``created_at``."""
+    migration 0020) its ``created_at``; a stage, which has none, its job's ``updated_at``."""
+    if issubclass(model, JobStage):
+        job_changed = (select(Job.updated_at).where(Job.id == JobStage.job_id)
+                       .correlate_except(Job).scalar_subquery())
+        return func.coalesce(JobStage.dispatched_at, job_changed)
     return func.coalesce(model.dispatched_at, model.created_at)
 
 

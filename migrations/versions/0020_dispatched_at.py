@@ -1,9 +1,10 @@
-"""Rows a message drives remember when it was last sent: ``dispatched_at`` on materializations,
-MRC shards and sweep candidates. The workers' recovery loop sends again a row still waiting for a
-worker ``QUEUED_RESEND_AFTER_SECONDS`` after it (``persistence/resend.py``): a message lost before
-any worker took it (a broker restarted without persistence, a process killed between its commit
-and the send) left a queued materialization queued for ever. Rows from before stay null and count
-from their ``created_at``.
+"""Rows a message drives remember when it was last sent: ``dispatched_at`` on job stages,
+materializations, MRC shards and sweep candidates. The workers' recovery loop sends again a row
+still waiting for a worker ``QUEUED_RESEND_AFTER_SECONDS`` after it (``persistence/resend.py``): a
+message lost before any worker took it (a broker restarted without persistence, a process killed
+between its commit and the send) left a queued materialization queued for ever. Rows from before
+stay null and count from their ``created_at`` (a stage: its job's ``updated_at``, the rule stages
+had before).
 
 Revision ID: 0020
 Revises: 0019
@@ -20,7 +21,7 @@ down_revision: str | None = "0019"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-TABLES = ("materializations", "mrc_shards", "sweep_candidates")
+TABLES = ("job_stages", "materializations", "mrc_shards", "sweep_candidates")
 
 
 def upgrade() -> None:
