@@ -141,12 +141,17 @@ class Settings(BaseSettings):
         description="A stage's (or materialization's) lease: renewed by a heartbeat while the "
         "work runs; once it has expired (the worker died) another worker may claim it.")
     worker_recovery_interval_seconds: float = Field(
-        15.0, gt=0, description="How often a worker looks for stages and materializations "
-        "whose lease expired.")
-    stage_redispatch_seconds: float = Field(
+        15.0, gt=0, description="How often a worker looks for work whose lease expired or "
+        "whose message is late (stages, MRC shards, sweep candidates, materializations, webhook "
+        "messages; seconds).")
+    queued_resend_after_seconds: float = Field(
         3600.0, gt=0,
-        description="A stage waiting this long for a worker is sent again (its message may have "
-        "been lost in a crash); duplicates are harmless but cost a little.")
+        description="Work still waiting for a worker this long after its message was sent (a "
+        "stage, MRC shard, sweep candidate or materialization) is sent again: the message may "
+        "have been lost (a broker restarted without persistence, a process killed between its "
+        "commit and the send) or may still wait in a long queue, hence an hour. A copy that "
+        "comes second finds the work claimed and does nothing (persistence/resend.py). Was "
+        "STAGE_REDISPATCH_SECONDS (stages and parts only).")
     max_stage_attempts: int = Field(
         3, ge=1, description="Claims of one stage before the job fails instead of retrying (of "
         "one materialization before it fails).")

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
-from persistence import leases
+from persistence import leases, resend
 from persistence.models import (
     STAGE_ORDER,
     TERMINAL_STATUSES,
@@ -371,6 +371,10 @@ def finish_stage_and_claim_next(
             job.stage = following
             if next_terms is not None:
                 claim = _claim_locked(session, job, following, next_terms, now)
+            else:
+                # Its message goes out once this commits. (A chained stage is claimed above, or
+                # its job ended: no message, and no statement more on the finishing path.)
+                _mark_dispatched(session, job_id, following, now)
     return job, claim
 
 
@@ -420,6 +424,14 @@ def _insert_outputs(session: Session, job_id: str, outputs: StageOutputs, now: d
                 setattr(recorded, column, value)
 
 
+def _mark_dispatched(session: Session, job_id: str, stage: str, now: datetime) -> None:
+    """Record that the stage's message is sent now (:mod:`persistence.resend`)."""
+    session.execute(update(JobStage)
+                    .where(JobStage.job_id == job_id, JobStage.stage == stage)
+                    .values(dispatched_at=now)
+                    .execution_options(synchronize_session=False))
+
+
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -437,7 +449,7 @@ def release_stage(session: Session, job_id: str, stage: str, *, owner: str, erro
             .where(JobStage.job_id == job_id, JobStage.stage == stage,
                    JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
             .values(status=StageStatus.PENDING, lease_owner=None, lease_expires_at=None,
-                    last_error=error[:4000])
+                    last_error=error[:4000], dispatched_at=now)  # the caller sends it again
             .execution_options(synchronize_session=False)
         )
         if released != 1:
@@ -502,25 +514,24 @@ def stages_to_redispatch(session: Session, *, stale_after: float, pending_after:
     """(job id, stage) pairs whose message must be sent again; marks them as re-sent.
 
     Two cases. A running stage whose lease expired (its worker died), once the job has been quiet
-    for ``stale_after`` seconds. A stage waiting to start (a queued job's first stage, or a running
-    job's next stage) for ``pending_after`` seconds: its message may have been lost (a crash
-    between recording a stage and sending the next message) or may simply wait in a long queue,
-    so keep this long (an hour). Re-sent jobs get ``updated_at = now``, so each is re-sent at most
-    once per period. Sending twice is harmless: claims decide who runs a stage.
+    for ``stale_after`` seconds; re-sent jobs get ``updated_at = now``, so each is re-sent at most
+    once per period. The job's current stage (a queued job's first, a running job's next) still
+    waiting ``pending_after`` seconds after its message was sent (``dispatched_at``,
+    :mod:`persistence.resend`): its message may have been lost (a broker restarted without
+    persistence, a crash between recording a stage and sending the next message) or may simply
+    wait in a long queue, so keep this long (an hour); its ``dispatched_at`` moves to now. Sending
+    twice is harmless: claims decide who runs a stage.
     """
     now = now or utcnow()
     expired = and_(JobStage.status == StageStatus.RUNNING, JobStage.lease_expires_at < now,
                    Job.updated_at < now - timedelta(seconds=stale_after))
-    waiting = and_(JobStage.status == StageStatus.PENDING,
-                   Job.updated_at < now - timedelta(seconds=pending_after))
     # A queued job has no current stage yet: its first stage is the one waiting.
-    current = func.coalesce(Job.stage, STAGE_ORDER[0].value)
+    current = and_(JobStage.job_id == Job.id,
+                   JobStage.stage == func.coalesce(Job.stage, STAGE_ORDER[0].value))
     with transaction(session):
         rows = session.execute(
-            select(Job.id, JobStage.stage, Job.updated_at)
-            .join(JobStage, and_(JobStage.job_id == Job.id, JobStage.stage == current))
-            .where(Job.status.in_(ACTIVE_STATUSES), or_(expired, waiting))
-            .order_by(Job.created_at)
+            select(Job.id, JobStage.stage, Job.updated_at).join(JobStage, current)
+            .where(Job.status.in_(ACTIVE_STATUSES), expired).order_by(Job.created_at)
         ).all()
         found = []
         for job_id, stage, seen in rows:
@@ -531,6 +542,17 @@ def stages_to_redispatch(session: Session, *, stale_after: float, pending_after:
                               .where(Job.id == job_id, Job.updated_at == seen)
                               .values(updated_at=now)
                               .execution_options(synchronize_session=False)):
-                log_event(session, job_id, EventKind.STAGE_RECOVERED, {"stage": stage}, now)
                 found.append((job_id, stage))
+        waiting = session.execute(
+            select(Job.id, JobStage.stage).join(JobStage, current)
+            .where(Job.status.in_(ACTIVE_STATUSES),
+                   resend.overdue(JobStage, waiting=StageStatus.PENDING, after=pending_after,
+                                  now=now))
+            .order_by(Job.created_at)).all()
+        # Each re-checked as it is marked: claimed, or re-sent by another pass, meanwhile.
+        found.extend((job_id, stage) for job_id, stage in waiting if resend.take_overdue(
+            session, JobStage, [JobStage.job_id == job_id, JobStage.stage == stage],
+            waiting=StageStatus.PENDING, after=pending_after, now=now))
+        for job_id, stage in found:
+            log_event(session, job_id, EventKind.STAGE_RECOVERED, {"stage": stage}, now)
     return found

@@ -316,6 +316,36 @@ def test_stale_stages_are_redispatched_once_per_period(
     assert sorted(recovered) == sorted([dead, dead, dead, alive, alive, between, queued])
 
 
+def test_a_waiting_stage_is_resent_a_period_after_its_message_not_after_the_jobs_last_change(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # Before: a waiting stage was timed by its job's updated_at, and each re-send moved that
+    # (clients saw the job change while nothing happened to it); a stage given back after an
+    # error was timed from the job's last progress write, not from its new message.
+    queued = new_job()
+    period = 600.0
+
+    def redispatch(now: datetime) -> list[tuple[str, str]]:
+        with sessions() as session:
+            return stages.stages_to_redispatch(session, stale_after=LEASE, pending_after=period,
+                                               now=now)
+
+    late = T0 + timedelta(seconds=period + 1)
+    assert redispatch(late) == [(queued, "mrc")]
+    assert redispatch(late) == []  # every worker runs the loop: sent once per period
+    with sessions() as session:
+        assert jobs.get_job(session, queued).updated_at == T0  # the job itself is unchanged
+    assert stage_row(sessions, queued, "mrc").dispatched_at == late
+    assert redispatch(late + timedelta(seconds=period + 1)) == [(queued, "mrc")]
+
+    retried = new_job()
+    claim(sessions, retried, owner="w")  # at T0
+    given_back = T0 + timedelta(seconds=period)
+    with sessions() as session:
+        stages.release_stage(session, retried, "mrc", owner="w", error="boom", now=given_back)
+    assert (retried, "mrc") not in redispatch(given_back + timedelta(seconds=period / 2))
+    assert (retried, "mrc") in redispatch(given_back + timedelta(seconds=period + 1))
+
+
 def test_two_recovery_loops_at_once_resend_a_stage_once(
         sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
     # Every worker runs the recovery loop. Before: a pass that found a stale stage, then waited
