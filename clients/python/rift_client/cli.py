@@ -53,6 +53,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from rift_client.cli_help import RiftTyper
 from rift_client.client import RiftClient
 from rift_client.config import ConfigError, resolve_config
 from rift_client.errors import (
@@ -127,17 +128,17 @@ class State:
             self.out.print(message, highlight=False, soft_wrap=True)
 
 
-app = typer.Typer(help="Command line of the RiFT service (Robust Critical Fine-Tuning).",
+app = RiftTyper(help="Command line of the RiFT service (Robust Critical Fine-Tuning).",
                   epilog="Exit codes: 0 success, 1 job failed or cancelled, 2 usage error, "
                   "3 API error (or service unreachable, checksum mismatch), 4 wait timed out. "
                   "Config file: RIFTCTL_CONFIG or ~/.config/riftctl/config.toml (api_url, "
                   "api_key, timeout, upload_timeout).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-checkpoints_app = typer.Typer(help="Upload, list, show and delete checkpoints.",
+checkpoints_app = RiftTyper(help="Upload, list, show and delete checkpoints.",
                               no_args_is_help=True)
-datasets_app = typer.Typer(help="Upload, list, show and delete datasets.", no_args_is_help=True)
-jobs_app = typer.Typer(help="Create, follow and collect RiFT jobs.", no_args_is_help=True)
-webhooks_app = typer.Typer(help="Register, show and delete webhooks; show their deliveries.",
+datasets_app = RiftTyper(help="Upload, list, show and delete datasets.", no_args_is_help=True)
+jobs_app = RiftTyper(help="Create, follow and collect RiFT jobs.", no_args_is_help=True)
+webhooks_app = RiftTyper(help="Register, show and delete webhooks; show their deliveries.",
                            no_args_is_help=True)
 app.add_typer(checkpoints_app, name="checkpoints")
 app.add_typer(datasets_app, name="datasets")
@@ -632,7 +633,7 @@ def jobs_create(
         "model and its EMA): an entry its upload lists, e.g. state_dict_ema (sets "
         "config.checkpoint_entry).")] = None,
     label: Annotated[list[str] | None, typer.Option(
-        "--label", "-l", help="KEY=VALUE; repeat for several.")] = None,
+        "--label", "-l", metavar="KEY=VALUE", help="KEY=VALUE; repeat for several.")] = None,
     time_limit: Annotated[float | None, typer.Option(
         "--time-limit", min=MIN_TIME_LIMIT_SECONDS, help="The job's wall-clock limit in seconds "
         f"(at least {MIN_TIME_LIMIT_SECONDS:g}, at most the service's JOB_TIME_LIMIT_SECONDS; "
@@ -686,7 +687,7 @@ def jobs_list(
     status: Annotated[list[str] | None, typer.Option(
         "--status", "-s", help="queued, running, succeeded, failed, cancelled; repeatable.")] = None,
     label: Annotated[list[str] | None, typer.Option(
-        "--label", "-l", help="KEY=VALUE the jobs must have; repeatable.")] = None,
+        "--label", "-l", metavar="KEY=VALUE", help="KEY=VALUE the jobs must have; repeatable.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Jobs to show.")] = 20,
 ) -> None:
     """List jobs, newest first (following the pages as needed)."""
