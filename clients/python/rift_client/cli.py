@@ -54,6 +54,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rift_client.cli_help import RiftTyper
+from rift_client.cli_input import STDIN, as_regular_file, is_stream
 from rift_client.client import RiftClient
 from rift_client.config import ConfigError, resolve_config
 from rift_client.errors import (
@@ -402,22 +403,38 @@ def usage(ctx: typer.Context) -> None:
 _Sent = TypeVar("_Sent", bound=BaseModel)
 
 
-def _upload(state: State, path: Path,
-            send: Callable[[Path, Callable[[int, int], None]], _Sent]) -> _Sent:
-    """``send(path, progress)`` with a progress bar on stderr."""
-    with _transfer_progress(state) as progress:
-        task = progress.add_task(f"uploading {path.name}", total=path.stat().st_size)
-        return send(path, lambda done, total: progress.update(task, completed=done, total=total))
+def _upload(state: State, path: Path, filename: str | None,
+            send: Callable[[Path, str, Callable[[int, int], None]], _Sent]) -> _Sent:
+    """``send(file, name, progress)`` with a progress bar on stderr: ``path`` itself, or for
+    standard input (``-``) and a pipe a temporary copy of what it holds (see
+    :mod:`rift_client.cli_input`), stored under ``filename``, else the path's own name."""
+    if not is_stream(path):
+        _existing_file(path, "PATH")
+    name = filename or ("stdin" if path == STDIN else path.name)
+    if not name:
+        raise typer.BadParameter("a name is needed", param_hint="--filename")
+    if is_stream(path):
+        state.note(f"reading {'standard input' if path == STDIN else path} into a temporary file")
+    with as_regular_file(path) as file, _transfer_progress(state) as progress:
+        task = progress.add_task(f"uploading {name}", total=file.stat().st_size)
+        return send(file, name,
+                    lambda done, total: progress.update(task, completed=done, total=total))
+
+
+def _filename_option(kind: str) -> Any:
+    return typer.Option("--filename", help=f"The name the {kind} is stored under (default: the "
+                        "file's name; 'stdin' for -).")
 
 
 @checkpoints_app.command("upload")
 def checkpoints_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
-        help="A .safetensors or PyTorch checkpoint file.")]) -> None:
+        help="A .safetensors or PyTorch checkpoint file; - reads standard input.")],
+        filename: Annotated[str | None, _filename_option("checkpoint")] = None) -> None:
     """Upload a checkpoint (its SHA-256 checked against the service's)."""
     state = _state(ctx)
-    _existing_file(path, "PATH")
     with _client(state) as client:
-        record = _upload(state, path, lambda p, cb: client.upload_checkpoint(p, progress=cb))
+        record = _upload(state, path, filename,
+                         lambda p, name, cb: client.upload_checkpoint(p, filename=name, progress=cb))
     if state.json:
         state.emit(record)
     else:
@@ -470,12 +487,13 @@ def checkpoints_delete(ctx: typer.Context, checkpoint_id: str) -> None:
 
 @datasets_app.command("upload")
 def datasets_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
-        help="An .npz file or a tar of an ImageFolder tree.")]) -> None:
+        help="An .npz file or a tar of an ImageFolder tree; - reads standard input.")],
+        filename: Annotated[str | None, _filename_option("dataset")] = None) -> None:
     """Upload a dataset (its SHA-256 checked against the service's)."""
     state = _state(ctx)
-    _existing_file(path, "PATH")
     with _client(state) as client:
-        record = _upload(state, path, lambda p, cb: client.upload_dataset(p, progress=cb))
+        record = _upload(state, path, filename,
+                         lambda p, name, cb: client.upload_dataset(p, filename=name, progress=cb))
     if state.json:
         state.emit(record)
     else:
@@ -664,7 +682,7 @@ def jobs_create(
         if checkpoint_file.is_file():
             # The file goes in the job's own request (one multipart POST under one
             # Idempotency-Key): a re-run, or a job refused, leaves no stray checkpoint behind.
-            job = _upload(state, checkpoint_file, lambda p, cb: client.create_job(
+            job = _upload(state, checkpoint_file, None, lambda p, _name, cb: client.create_job(
                 spec, checkpoint_file=p, idempotency_key=idempotency_key, progress=cb))
             state.note(f"uploaded {checkpoint_file.name} as checkpoint {job.checkpoint_id}")
         else:

@@ -22,7 +22,13 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from rift_client.arguments import finite_number, item_limit, save_target, wait_times
+from rift_client.arguments import (
+    finite_number,
+    item_limit,
+    save_target,
+    sendable_file,
+    wait_times,
+)
 from rift_client.arguments import path_segment as _seg
 from rift_client.errors import (
     ChecksumMismatchError,
@@ -415,8 +421,8 @@ class RiftCore:
     def upload(self, route: str, model: type[Upload], path: str | os.PathLike[str],
                filename: str | None, progress: ProgressCallback | None,
                idempotency_key: str | None) -> Flow[Upload]:
-        file = Path(path)
-        body = FileBody(file, file.stat().st_size, progress)
+        file, size = sendable_file("path", path)
+        body = FileBody(file, size, progress)
         record = yield from self._send_file(route, model, body,
                                             content_type="application/octet-stream",
                                             idempotency_key=idempotency_key,
@@ -470,7 +476,8 @@ class RiftCore:
         fields = _job_spec(spec)
         key = _idempotency_key(idempotency_key)
         if checkpoint_file is not None:
-            return self._create_job_with_file(fields, Path(checkpoint_file), key, progress)
+            file, _ = sendable_file("checkpoint_file", checkpoint_file)
+            return self._create_job_with_file(fields, file, key, progress)
         # Sent in the body as given: the service names it if it is not an id.
         return self._create_job(fields, cast(str, checkpoint_id), key)
 
