@@ -1219,9 +1219,54 @@ def hoist_root_options(argv: Sequence[str]) -> list[str]:
     return head + moved + kept
 
 
+#: The class of typer's usage errors (unknown option, bad value, missing argument): the base of
+#: ``typer.BadParameter``, which typer does not export by name.
+_UsageError: type[Exception] = typer.BadParameter.__base__  # type: ignore[assignment]
+
+
+def json_output_asked(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` (options hoisted) asks for ``--output json`` before the command."""
+    for index, word in enumerate(argv):
+        if not word.startswith("-"):
+            return False
+        if word in ("--output", "-o"):
+            return argv[index + 1: index + 2] == ["json"]
+        if word == "--output=json":
+            return True
+    return False
+
+
+def usage_error_json(exc: Exception) -> dict[str, Any]:
+    """A usage error as the ``error`` object of ``--output json``: its message and the option or
+    argument at fault in ``field`` (None when the error names none: an unknown command)."""
+    hint = getattr(exc, "param_hint", None) or getattr(exc, "option_name", None)
+    param = getattr(exc, "param", None)
+    if hint is None and param is not None:
+        hint = (param.opts[0] if param.opts else None) or param.name
+    if isinstance(hint, list | tuple):
+        hint = hint[0] if hint else None
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    return {"code": "usage_error", "message": message, "field": hint}
+
+
 def main() -> None:
-    """The ``riftctl`` console script."""
-    app(args=hoist_root_options(sys.argv[1:]))
+    """The ``riftctl`` console script. With ``--output json`` a usage error (exit 2) is one JSON
+    line on stderr, ``{"error": {"code": "usage_error", "message", "field"}}``, as every other
+    error is; it used to be typer's framed text, which a script reading stderr as JSON could
+    not parse."""
+    args = hoist_root_options(sys.argv[1:])
+    if not json_output_asked(args):
+        app(args=args)
+        return
+    try:
+        code = typer.main.get_command(app).main(args=args, prog_name="riftctl",
+                                                standalone_mode=False)
+    except _UsageError as exc:
+        print(json.dumps({"error": usage_error_json(exc)}), file=sys.stderr, flush=True)
+        sys.exit(EXIT_USAGE)
+    except typer.Abort:  # end of input at a prompt; riftctl asks none, but click may
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
