@@ -40,3 +40,19 @@ def test_text_output_keeps_typers_usage_text(tmp_path: Path,
                          api_key=None, home=tmp_path, launcher=cli_launcher)
     assert result.exit_code == 2 and "--alpha" in result.stderr
     assert not result.stderr.lstrip().startswith("{")
+
+
+def test_every_error_object_has_a_field(tmp_path: Path, cli_launcher: Launcher | None) -> None:
+    """A connection refused names nothing the caller typed: "field" is null, not missing (a
+    script reading error["field"] got a KeyError for these and a value for API errors)."""
+    refused = run_riftctl(["-o", "json", "jobs", "list"], url=NOWHERE, api_key=None,
+                          home=tmp_path, launcher=cli_launcher)
+    assert refused.exit_code == 3
+    error = json.loads(refused.stderr)["error"]
+    assert error["code"] == "connection_error" and "field" in error and error["field"] is None
+    bad_key = run_riftctl(["-o", "json", "jobs", "list"], url=NOWHERE, api_key="two words",
+                          home=tmp_path, launcher=cli_launcher)
+    assert bad_key.exit_code == 2
+    assert json.loads(bad_key.stderr)["error"] == {
+        "code": "usage_error", "field": None,
+        "message": json.loads(bad_key.stderr)["error"]["message"]}

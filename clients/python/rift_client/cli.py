@@ -216,14 +216,17 @@ def _client(state: State) -> Iterator[RiftClient]:
         _fail(state, EXIT_API_ERROR, str(exc), {"code": code, "message": str(exc)})
     except WaitTimeoutError as exc:
         _fail(state, EXIT_WAIT_TIMEOUT, str(exc), {
-            "code": "wait_timeout", "message": str(exc), "job_id": exc.job_id,
+            "code": "wait_timeout", "message": str(exc), "field": "--timeout",
+            "job_id": exc.job_id,
             "status": exc.last_status,
             **({"materialization_id": exc.materialization_id} if exc.materialization_id else {})})
 
 
 def _fail(state: State, exit_code: int, message: str, error: dict[str, Any]) -> None:
     if state.json:
-        print(json.dumps({"error": error}), file=sys.stderr, flush=True)
+        # Every error object has "field" (None when nothing the caller typed is at fault: a
+        # connection refused), so that a script reads error["field"] without a KeyError.
+        print(json.dumps({"error": {"field": None, **error}}), file=sys.stderr, flush=True)
     else:
         state.err.print(Text("error:", style="bold red"), message, highlight=False,
                         soft_wrap=True)
