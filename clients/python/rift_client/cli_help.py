@@ -11,10 +11,12 @@ accept and their help texts stay as they are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import typer
 from typer import core as typer_core
+from typer.models import CommandFunctionType
 
 
 def _bare_flags(params: list[Any]) -> list[Any]:
@@ -48,6 +50,7 @@ class RiftTyper(typer.Typer):
         kwargs.setdefault("cls", RiftGroup)
         super().__init__(**kwargs)
 
-    def command(self, name: str | None = None, *, cls: Any = None,  # type: ignore[override]
-                **kwargs: Any) -> Any:
+    def command(self, name: str | None = None, *,
+                cls: type[typer_core.TyperCommand] | None = None,
+                **kwargs: Any) -> Callable[[CommandFunctionType], CommandFunctionType]:
         return super().command(name, cls=cls or RiftCommand, **kwargs)
