@@ -815,8 +815,10 @@ class RiftCore:
             # Interrupted (Ctrl-C, a cancelled asyncio task) or cut off for good: what arrived
             # is kept under the .part name (never the target's) for the next call to resume.
             # Anything else (a checksum mismatch, an API error, a full disk) leaves nothing.
+            # An interrupt that lands in the I/O the runner performs reaches this flow as
+            # GeneratorExit (the runner passes on Exceptions only, and the flow is closed).
             interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError
-                                     | RiftConnectionError)
+                                     | GeneratorExit | RiftConnectionError)
             if not (interrupted and _received_any(partial)):
                 partial.unlink(missing_ok=True)
             raise
