@@ -100,7 +100,7 @@ from persistence.queue import (
 from persistence.stages import ClaimOutcome, ClaimTerms, LeaseLost
 from persistence.storage import ObjectNotFound
 from persistence.time_limits import fail_overdue_jobs, job_time_limit
-from persistence.transactions import JobNotFound, load_stages
+from persistence.transactions import JobNotFound
 from persistence.webhooks import deliveries_to_redispatch
 from rift.errors import JobCancelled, RiftError
 from rift.pipeline import PipelineCallbacks, run_preflight_stage
@@ -305,14 +305,11 @@ def _execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, sta
     owner = resources.worker_id
     try:
         with resources.session() as session:
-            claim = stages.claim_stage(
+            claim, checkpoint, dataset = stages.claim_stage_with_inputs(
                 session, job_id, stage, owner=owner, lease_seconds=settings.worker_lease_seconds,
                 max_attempts=settings.max_stage_attempts)
-            # Each stage's latest claim: this attempt, and the recorded one of stages done.
-            attempts = {str(row.stage): row.attempts for row in load_stages(session, job_id)}
-            checkpoint = session.get(Checkpoint, claim.job.checkpoint_id)
-            dataset = (session.get(Dataset, claim.job.dataset_id)
-                       if claim.job.dataset_id else None)
+        # Each stage's latest claim: this attempt, and the recorded one of stages done.
+        attempts = dict(claim.attempts)
     except JobNotFound:
         logger.warning("stage %s of unknown job %s: message dropped", stage, job_id)
         resources.prepared_runs.discard_job(job_id)  # deleted
