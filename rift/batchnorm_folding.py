@@ -7,8 +7,9 @@ the model in eval mode with frozen parameters (``rift.model_state.frozen_except`
 ``finetune.bn_stats`` says, so they may use a folded copy; fine-tuning and MRC never do (they
 change weights or need BatchNorm's own gradients).
 
-On a CPU in fp32 a PGD-5 evaluation of 64 CIFAR-size images on ResNet-18 measured 16 % less CPU
-time folded (``bench/evaluation_speed.py``). Outcomes agree up to rounding: a PGD step takes the
+On a CPU in fp32 the interpolation stage of a PGD-trained ResNet-18 (64 CIFAR-size images, PGD-5)
+measured 6 % less CPU time folded (``bench/evaluation_speed.py``; the convolutions, which folding
+leaves as they are, are ~88 % of a PGD step). Outcomes agree up to rounding: a PGD step takes the
 sign of the input gradient, so an example whose gradient entry is ~0 may step the other way, but
 counts and the chosen α matched on every bench and test run.
 
