@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -81,12 +82,17 @@ def _library_flow(config: RiftConfig, checkpoint: Path) -> dict[str, Any]:
                            lambda: run_finetune_stage(run, mrc.selected_module).state_dict)
     interpolation = clock.time("interpolation", lambda: run_interpolation_stage(run, finetuned))
     return {**clock.summary(), "robust_evaluations": interpolation.robust_evaluations,
+            "attacked_examples": interpolation.attacked_examples,
+            "mrc_table": config.mrc.table,
+            "mrc_passes": sum(int(row.get("passes") or config.mrc.steps) for row in mrc.rows),
+            "mrc_exact_rows": sum(1 for row in mrc.rows if row.get("exact", True)),
+            "mrc_rows": len(mrc.rows),
             "selected_module": mrc.selected_module, "chosen_alpha": interpolation.chosen_alpha}
 
 
 def _reference_flow(config: RiftConfig, checkpoint: Path) -> dict[str, Any]:
     """The job at the reference code's cost: reference-cost MRC, the same fine-tuning, the full
-    α curve."""
+    α curve on the unfolded model."""
     run, clock = prepare_run(config, checkpoint), _Clock()
 
     def mrc() -> str:
@@ -97,10 +103,14 @@ def _reference_flow(config: RiftConfig, checkpoint: Path) -> dict[str, Any]:
 
     module = clock.time("mrc", mrc)
     finetuned = clock.time("finetune", lambda: run_finetune_stage(run, module).state_dict)
-    run.config = config.model_copy(update={"interpolation": config.interpolation.model_copy(
-        update={"curve": "full"})})
+    # The reference code's evaluation: every α attacked in full, on the model as it is (no
+    # BatchNorm folding).
+    run.config = config.model_copy(update={
+        "interpolation": config.interpolation.model_copy(update={"curve": "full"}),
+        "evaluation": config.evaluation.model_copy(update={"fold_batchnorm": "off"})})
     interpolation = clock.time("interpolation", lambda: run_interpolation_stage(run, finetuned))
     return {**clock.summary(), "robust_evaluations": interpolation.robust_evaluations,
+            "attacked_examples": interpolation.attacked_examples,
             "selected_module": module, "chosen_alpha": interpolation.chosen_alpha}
 
 
@@ -116,21 +126,67 @@ def _warm_up(config: RiftConfig, checkpoint: Path) -> None:
         run.model(batch).sum().backward()
 
 
-def _compare(config: RiftConfig, checkpoint: Path, job: str, output: Path | None) -> None:
+def _compare(config: RiftConfig, checkpoint: Path, job: str, output: Path | None,
+             flows: list[str], reference_from: Path | None = None) -> None:
+    """Time the flows named in ``flows`` ("library", "reference"); with ``reference_from``, the
+    reference flow's figures are read from that earlier output of this bench (the same job run
+    in another process, e.g. while the library was being changed) instead of measured here."""
     _warm_up(config, checkpoint)
-    library = _library_flow(config, checkpoint)
-    reference = _reference_flow(config, checkpoint)
-
-    def ratios(kind: str) -> dict[str, float]:
-        return {k: round(reference[kind][k] / max(v, 1e-9), 3) for k, v in library[kind].items()}
-
-    text = json.dumps({
+    report: dict[str, Any] = {
         "benchmark": "pipeline_reference_cost", "job": job, "threads": torch.get_num_threads(),
-        "config": config.model_dump(mode="json", exclude={"dataset"}),
-        "library": library, "reference_cost": reference,
-        "cpu_ratio_reference_over_library": ratios("cpu_seconds"),
-        "wall_ratio_reference_over_library": ratios("wall_seconds"),
-    }, indent=2)
+        "config": config.model_dump(mode="json", exclude={"dataset"})}
+    if "library" in flows:
+        report["library"] = _library_flow(config, checkpoint)
+        print(json.dumps({"library": report["library"]}), file=sys.stderr, flush=True)
+    if "reference" in flows:
+        report["reference_cost"] = _reference_flow(config, checkpoint)
+    elif reference_from is not None:
+        report["reference_cost"] = json.loads(reference_from.read_text())["reference_cost"]
+        report["reference_from"] = str(reference_from)
+    _print_report(report, output)
+
+
+def _merge(library_from: Path, reference_from: Path, output: Path | None) -> None:
+    """One report from two earlier ``--flows`` runs of the same job: the library flow's and the
+    reference flow's (each file named in the report). Settings one file has and the other lacks
+    (fields added to the config between the runs) are listed, not compared."""
+    report = json.loads(library_from.read_text())
+    reference = json.loads(reference_from.read_text())
+    differing, one_sided = _config_differences(report["config"], reference["config"])
+    if differing - {"mrc.table", "evaluation.fold_batchnorm"}:
+        raise SystemExit(f"not the same job: the runs' configs differ in {sorted(differing)} "
+                         "beyond the library flow's own settings")
+    report |= {"reference_cost": reference["reference_cost"], "library_from": str(library_from),
+               "reference_from": str(reference_from),
+               "settings_in_one_run_only": sorted(one_sided)}
+    _print_report(report, output)
+
+
+def _config_differences(first: dict[str, Any], second: dict[str, Any]
+                        ) -> tuple[set[str], set[str]]:
+    """Dotted names of the settings both configs have with different values, and of those only
+    one has."""
+    differing: set[str] = set()
+    one_sided: set[str] = set()
+    for key in first.keys() | second.keys():
+        if key not in first or key not in second:
+            one_sided.add(key)
+        elif isinstance(first[key], dict) and isinstance(second[key], dict):
+            inner = _config_differences(first[key], second[key])
+            differing |= {f"{key}.{name}" for name in inner[0]}
+            one_sided |= {f"{key}.{name}" for name in inner[1]}
+        elif first[key] != second[key]:
+            differing.add(key)
+    return differing, one_sided
+
+
+def _print_report(report: dict[str, Any], output: Path | None) -> None:
+    if "library" in report and "reference_cost" in report:
+        library, reference = report["library"], report["reference_cost"]
+        for kind in ("cpu_seconds", "wall_seconds"):
+            report[f"{kind.split('_')[0]}_ratio_reference_over_library"] = {
+                k: round(reference[kind][k] / max(v, 1e-9), 3) for k, v in library[kind].items()}
+    text = json.dumps(report, indent=2)
     print(text)
     if output is not None:
         output.write_text(text + "\n")
@@ -143,7 +199,8 @@ def _digits_comparison(alpha_step: float, output: Path | None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / "digits.safetensors"
         make_digits_checkpoint(checkpoint, seed=0, device="cpu")
-        _compare(RiftConfig.model_validate(spec), checkpoint, "digits demo job, seed 0", output)
+        _compare(RiftConfig.model_validate(spec), checkpoint, "digits demo job, seed 0", output,
+                 ["library", "reference"])
 
 
 def _write_random_job(root: Path, arch: str, train: int, test: int, size: int) -> DatasetSpec:
@@ -187,9 +244,26 @@ def main() -> None:
                         "adversarially trained small_cnn) instead of synthetic CIFAR-shaped data")
     parser.add_argument("--nondeterministic", action="store_true",
                         help="allow non-deterministic GPU kernels (config.deterministic=false)")
+    parser.add_argument("--mrc-table", choices=["full", "selection"], default="full",
+                        help="mrc.table of the library's flow (the reference flow always "
+                        "scores every module in full)")
+    parser.add_argument("--flows", nargs="+", choices=["library", "reference"],
+                        default=["library", "reference"],
+                        help="with --reference-cost: the flows to time (default both)")
+    parser.add_argument("--reference-from", type=Path, default=None,
+                        help="with --flows library: take the reference flow's figures from "
+                        "this earlier --output of the same job (named in the report)")
+    parser.add_argument("--library-from", type=Path, default=None,
+                        help="with --reference-from: measure nothing, merge this earlier "
+                        "--flows library output with that --flows reference output")
     parser.add_argument("--output", type=Path, default=None,
                         help="also write the JSON report to this file")
     args = parser.parse_args()
+    if args.library_from is not None:
+        if args.reference_from is None:
+            parser.error("--library-from needs --reference-from")
+        _merge(args.library_from, args.reference_from, args.output)
+        return
     if args.reference_cost and args.digits:
         _digits_comparison(args.alpha_step, args.output)
         return
@@ -215,7 +289,7 @@ def main() -> None:
             "interpolation": {"alpha_step": args.alpha_step},
             "attack": {"steps": args.attack_steps},
             "mrc": {"num_examples": args.mrc_examples, "batch_size": args.mrc_batch_size,
-                    "steps": args.mrc_steps},
+                    "steps": args.mrc_steps, "table": args.mrc_table},
             "finetune": {"epochs": args.epochs,
                          "lr_milestones": [max(1, args.epochs // 2)] if args.epochs > 1 else []},
             "device": args.device, "precision": args.precision,
@@ -224,7 +298,8 @@ def main() -> None:
         if args.reference_cost:
             job = f"{args.arch} CIFAR-shaped synthetic, " + (
                 f"PGD-trained {args.at_epochs} epochs" if args.at_epochs else "random weights")
-            _compare(config, root / "model.safetensors", job, args.output)
+            _compare(config, root / "model.safetensors", job, args.output, args.flows,
+                     args.reference_from)
             return
         started = time.perf_counter()
         result = run_pipeline(config, root / "model.safetensors", root / "out")

@@ -60,6 +60,33 @@ def test_the_whole_job_comparison_runs_on_a_trained_synthetic_resnet(
 
 
 @pytest.mark.slow
+def test_the_batchnorm_folding_comparison_gives_the_same_curve(
+        tmp_path: Path, optional_worker_launcher: Launcher | None) -> None:
+    report = _run_bench("evaluation_speed.py", "--train", "32", "--test", "16", "--at-epochs",
+                        "0", "--attack-steps", "1", "--alpha-step", "0.5", "--repeats", "1",
+                        tmp_path=tmp_path, launcher=optional_worker_launcher)
+    assert report["benchmark"] == "evaluation_fold_batchnorm"
+    assert set(report["settings"]) == {"off", "auto"}
+    assert report["same_chosen_alpha"] and report["same_attacked_examples"]
+    assert len(report["settings"]["auto"]["points"]) == 3
+    assert report["cpu_speedup_folded"] > 0
+
+
+@pytest.mark.slow
+def test_the_pgd_layout_comparison_times_every_variant(
+        tmp_path: Path, optional_worker_launcher: Launcher | None) -> None:
+    report = _run_bench("pgd_variants.py", "--examples", "4", "--image-size", "8", "--steps",
+                        "1", "--repeats", "1", tmp_path=tmp_path,
+                        launcher=optional_worker_launcher)
+    assert set(report["variants"]) == {"plain", "folded", "channels_last",
+                                       "folded_channels_last"}
+    plain = report["variants"]["plain"]
+    assert plain["max_logit_difference"] == 0 and plain["adversarial_images_differing"] == 0
+    for variant in report["variants"].values():  # the same function up to rounding
+        assert variant["max_logit_difference"] < 1e-3
+
+
+@pytest.mark.slow
 def test_the_alpha_selection_count_chooses_the_full_grids_alpha(
     tmp_path: Path, optional_worker_launcher: Launcher | None, digits_checkpoint_path: Path,
 ) -> None:
