@@ -169,7 +169,7 @@ def test_every_riftctl_line_names_real_commands_and_options() -> None:
                 value_next = False
             elif word == "--help":
                 break
-            elif word.startswith("-"):
+            elif word.startswith("-") and word != "-":  # a lone "-" is an argument: stdin
                 option = _option(command, word.split("=", 1)[0])
                 assert option is not None, f"{shown}: no option {word} on {command.name}"
                 value_next = not (option.is_flag or option.count or "=" in word)
