@@ -7,6 +7,7 @@ the ``alembic`` command line falls back to ``Settings().database_url``.
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import Connection, text
 
 from persistence.db import create_db_engine
 from persistence.models import Base
@@ -33,6 +34,21 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+#: The Postgres advisory lock every migration run holds for its transaction (any fixed number:
+#: "rift" in ASCII). Several processes migrating one database at once (compose's api scaled to N
+#: replicas runs `alembic upgrade head` in each) each ran the same CREATE TABLEs, and all but one
+#: stopped on a duplicate-key error with a traceback. Behind the lock the later ones wait, then
+#: read the revision the first one committed and find nothing left to do.
+MIGRATION_LOCK_ID = 0x72696674
+
+
+def _serialize_migrations(connection: Connection) -> None:
+    """Wait for any other migration run on this database (Postgres; SQLite's own write lock
+    serializes its writers already). Released with the transaction."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+
+
 def run_migrations_online() -> None:
     """Connect and migrate; SQLite gets the same pragmas as the service's own engine."""
     engine = create_db_engine(_database_url())
@@ -46,6 +62,9 @@ def run_migrations_online() -> None:
                 compare_type=True,
             )
             with context.begin_transaction():
+                # Before run_migrations reads the current revision, so a waiting run reads the
+                # one the run before it committed.
+                _serialize_migrations(connection)
                 context.run_migrations()
     finally:
         engine.dispose()
