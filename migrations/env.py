@@ -7,9 +7,10 @@ the ``alembic`` command line falls back to ``Settings().database_url``.
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
-from persistence.db import create_db_engine
+from persistence.db import create_db_engine, settings_refused_by_database
 from persistence.models import Base
 from persistence.settings import settings_or_exit
 
@@ -49,11 +50,23 @@ def _serialize_migrations(connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
 
 
+def _connect(engine: Engine) -> Connection:
+    """The connection to migrate on; one that cannot be opened stops with one line naming
+    DATABASE_URL (never the URL: it may hold the password) instead of a 120-line traceback."""
+    try:
+        return engine.connect()
+    except OperationalError as exc:
+        refused = settings_refused_by_database(exc)
+        reason = refused or " ".join(str(exc.orig or exc).split())[:300]
+        verb = "refused this connection" if refused else "cannot be reached"
+        raise SystemExit(f"rift: DATABASE_URL: the database {verb}: {reason}") from None
+
+
 def run_migrations_online() -> None:
     """Connect and migrate; SQLite gets the same pragmas as the service's own engine."""
     engine = create_db_engine(_database_url())
     try:
-        with engine.connect() as connection:
+        with _connect(engine) as connection:
             context.configure(
                 connection=connection,
                 target_metadata=target_metadata,

@@ -117,3 +117,15 @@ def test_rows_of_the_first_schema_survive_every_upgrade_and_downgrade() -> None:
             assert _row_counts(engine, tables) == before
         finally:
             engine.dispose()
+
+
+def test_a_database_refusing_the_url_stops_the_migration_with_one_line() -> None:
+    # Was a 120-line traceback ending in SQLAlchemy's OperationalError.
+    with empty_database("rift_migrate") as url:
+        missing = sa.make_url(url).set(database="rift_no_such_database")
+        run = _migrate_command(missing.render_as_string(hide_password=False))
+        _, err = run.communicate(timeout=120)
+    assert run.returncode == 1
+    assert err.strip().splitlines() == [
+        'rift: DATABASE_URL: the database refused this connection: FATAL: database '
+        '"rift_no_such_database" does not exist']
