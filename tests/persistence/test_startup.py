@@ -6,9 +6,12 @@ that does not answer yet does not (it is an outage for /readyz, not a setting to
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +134,40 @@ def test_a_store_root_that_is_a_file_stops_the_start(sqlite_url: str, tmp_path: 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rift: object store: the local object store "
                                                    "root ") and "check STORE_ROOT" in lines[0]
+
+
+@pytest.fixture
+def s3_checking_keys(tmp_path: Path) -> Iterator[str]:
+    """A moto S3 server of its own that checks access keys (``INITIAL_NO_AUTH_ACTION_COUNT=0``:
+    only IAM users' keys pass), as a real S3 does; the session's server accepts any key."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                               str(port)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("moto's server did not start")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_s3_keys_refused_stop_the_start(sqlite_url: str, s3_checking_keys: str,
+                                        tmp_path: Path) -> None:
+    result = run_preflight(tmp_path, DATABASE_URL=sqlite_url, BROKER_URL="memory://",
+                           STORE_KIND="s3", S3_BUCKET="rift", S3_ENDPOINT_URL=s3_checking_keys,
+                           S3_ACCESS_KEY="AKIANOTKNOWN", S3_SECRET_KEY="not-the-secret")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"rift: object store: access to bucket 'rift' at {s3_checking_keys} was denied (403); "
+        "check S3_ACCESS_KEY and S3_SECRET_KEY"]
