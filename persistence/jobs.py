@@ -216,7 +216,9 @@ def create_job(
         request_id=request_id, time_limit_seconds=time_limit_seconds,
     )
     job.labels = [JobLabel(key=k, value=v) for k, v in sorted((labels or {}).items())]
-    job.stages = [JobStage(stage=stage, position=i, status=StageStatus.PENDING, attempts=0)
+    # The first stage's message goes out once this commits: it waits from now.
+    job.stages = [JobStage(stage=stage, position=i, status=StageStatus.PENDING, attempts=0,
+                           dispatched_at=now if i == 0 else None)
                   for i, stage in enumerate(STAGE_ORDER)]
     try:
         with transaction(session):

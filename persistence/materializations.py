@@ -12,7 +12,10 @@ work twice.
 A worker that dies leaves its row ``running`` under a lease that expires: the workers' recovery
 loop queues it again (:func:`materializations_to_redispatch`) until it has been claimed
 ``max_attempts`` times, then fails it; asking for that α again takes it over at once. A late
-original worker then finds its lease gone and records nothing.
+original worker then finds its lease gone and records nothing. A row whose message was lost
+before any worker took it stays ``queued`` with no lease to expire: the same loop sends it again
+once it has waited ``QUEUED_RESEND_AFTER_SECONDS`` since its message was last sent
+(``dispatched_at``, :mod:`persistence.resend`); the copy that comes second finds it claimed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from persistence import leases
+from persistence import leases, resend
 from persistence.models import (
     Artifact,
     Job,
@@ -146,11 +149,12 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
                 # again now, with what is asked now. It still counts as pending and holds its
                 # reservation, so neither limit is counted again; a worker of the old attempt
                 # that is merely late finds its lease gone and records nothing.
-                _requeue(row, evaluate, request_id)
+                _requeue(row, evaluate, request_id, now)
                 return MaterializationRequest(row, True)
             if row.status == MaterializationStatus.QUEUED:
                 # Not started: its worker reads the row when it starts (after this commits), so
-                # an evaluation asked now joins it; its message is on the queue already.
+                # an evaluation asked now joins it; its message is on the queue already (or, if
+                # it was lost, is sent again by the workers' recovery loop).
                 row.evaluate = row.evaluate or evaluate
                 return MaterializationRequest(row, False)
             if row.status == MaterializationStatus.RUNNING and not enough:
@@ -160,13 +164,13 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
             _check_pending(session, job, max_pending)
             if row.status == MaterializationStatus.FAILED:
                 _hold(session, job, max_stored_bytes)
-            _requeue(row, evaluate, request_id)
+            _requeue(row, evaluate, request_id, now)
             return MaterializationRequest(row, True)
         _check_pending(session, job, max_pending)
         _hold(session, job, max_stored_bytes)
         row = Materialization(job_id=job_id, alpha=alpha, evaluate=evaluate, artifact_name=name,
                               status=MaterializationStatus.QUEUED, request_id=request_id,
-                              created_at=now)
+                              created_at=now, dispatched_at=now)
         session.add(row)
         try:
             session.flush()
@@ -180,9 +184,12 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
     return MaterializationRequest(row, True)
 
 
-def _requeue(row: Materialization, evaluate: bool, request_id: str | None) -> None:
-    """Queue ``row`` again as a new request (its attempts start over: the user asked again)."""
+def _requeue(row: Materialization, evaluate: bool, request_id: str | None,
+             now: datetime) -> None:
+    """Queue ``row`` again as a new request (its attempts start over: the user asked again); the
+    caller sends its message once this has committed."""
     row.status = MaterializationStatus.QUEUED
+    row.dispatched_at = now
     row.evaluate = row.evaluate or evaluate
     row.error_message = None
     row.finished_at = None
@@ -359,12 +366,14 @@ def _exhaust(row: Materialization, max_attempts: int, now: datetime) -> None:
                 now)
 
 
-def materializations_to_redispatch(session: Session, *, max_attempts: int,
+def materializations_to_redispatch(session: Session, *, max_attempts: int, resend_after: float,
                                    now: datetime | None = None) -> list[str]:
-    """The ids of running materializations whose lease expired (their worker died), queued again
-    now: their message must be sent again. One claimed ``max_attempts`` times already is failed
-    instead (the API shows its error). Every worker runs this loop; the rows are locked and
-    re-checked, so each is queued (and sent) once."""
+    """The ids of materializations whose message must be sent again, marked as sent now: running
+    ones whose lease expired (their worker died), queued again now, and queued ones still waiting
+    ``resend_after`` seconds after their message was last sent (it was lost before any worker
+    took it, or waits in a long queue; :mod:`persistence.resend`). One claimed ``max_attempts``
+    times already is failed instead (the API shows its error). Every worker runs this loop; the
+    rows are locked and re-checked, so each is sent once per pass of one worker."""
     now = now or utcnow()
     expired = and_(Materialization.status == MaterializationStatus.RUNNING,
                    # No lease at all: running since before migration 0019; its worker is gone.
@@ -383,5 +392,15 @@ def materializations_to_redispatch(session: Session, *, max_attempts: int,
             row.status = MaterializationStatus.QUEUED
             row.lease_owner = None
             row.lease_expires_at = None
+            row.dispatched_at = now
             found.append(row.id)
+        session.flush()  # the rows queued again above are not overdue: sent now
+        waiting = session.execute(
+            select(Materialization.id)
+            .where(resend.overdue(Materialization, waiting=MaterializationStatus.QUEUED,
+                                  after=resend_after, now=now))
+            .order_by(Materialization.created_at)).scalars().all()
+        found.extend(row_id for row_id in waiting if resend.take_overdue(
+            session, Materialization, [Materialization.id == row_id],
+            waiting=MaterializationStatus.QUEUED, after=resend_after, now=now))
     return found

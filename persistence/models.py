@@ -347,6 +347,9 @@ class JobStage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # When the stage's message was last sent (migration 0020; :mod:`persistence.resend`): null
+    # until the stage becomes the job's current one.
+    dispatched_at: Mapped[datetime | None]
 
     job: Mapped[Job] = relationship(back_populates="stages")
 
@@ -411,6 +414,8 @@ class LeasedPart:
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
+    # When the part's message was last sent (migration 0020; :mod:`persistence.resend`).
+    dispatched_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
 
@@ -589,7 +594,9 @@ class Materialization(Base):
 
     The worker making it holds a lease like a stage's (:mod:`persistence.leases`, migration
     0019): once ``lease_expires_at`` has passed (the worker died) the recovery loop queues it
-    again; ``attempts`` counts claims, so one that keeps killing its worker ends failed."""
+    again; ``attempts`` counts claims, so one that keeps killing its worker ends failed.
+    ``dispatched_at`` is when its message was last sent (migration 0020): one still queued long
+    after it is sent again (:mod:`persistence.resend`)."""
 
     __tablename__ = "materializations"
 
@@ -607,6 +614,7 @@ class Materialization(Base):
     lease_expires_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 

@@ -114,30 +114,33 @@ def stored_bytes_by_kind(session: Session, project_id: str) -> StoredBytes:
     that requests made before a worker writes them count against the quota too."""
     made = aliased(Artifact)
     like = aliased(Artifact)
-
-    def total(query: Select[Any]) -> int:
-        return int(session.execute(query).scalar_one())
-
+    # The four sums in one statement (a round trip each before): job creation runs this in
+    # its transaction, on the way to the queue.
+    sums: list[Select[Any]] = [
+        select(func.coalesce(func.sum(Checkpoint.size), 0)).where(
+            Checkpoint.project_id == project_id),
+        select(func.coalesce(func.sum(Dataset.size), 0)).where(
+            Dataset.project_id == project_id),
+        select(func.coalesce(func.sum(Artifact.size), 0))
+        .join(Job, Job.id == Artifact.job_id)
+        .where(Job.project_id == project_id),
+        select(func.coalesce(func.sum(like.size), 0))
+        .select_from(Materialization)
+        .join(Job, Job.id == Materialization.job_id)
+        .join(like, (like.job_id == Materialization.job_id) & (like.name == MATERIALIZED_LIKE))
+        .where(Job.project_id == project_id,
+               Materialization.status.in_([MaterializationStatus.QUEUED,
+                                           MaterializationStatus.RUNNING]),
+               # Asked again (evaluation added) after its weights were stored: counted
+               # with the artifacts.
+               ~select(made.name).where(made.job_id == Materialization.job_id,
+                                      made.name == Materialization.artifact_name).exists()),
+    ]
+    checkpoints, datasets, artifacts, materializations = session.execute(
+        select(*(query.scalar_subquery() for query in sums))).one()
     return StoredBytes(
-        checkpoints=total(select(func.coalesce(func.sum(Checkpoint.size), 0)).where(
-            Checkpoint.project_id == project_id)),
-        datasets=total(select(func.coalesce(func.sum(Dataset.size), 0)).where(
-            Dataset.project_id == project_id)),
-        artifacts=total(select(func.coalesce(func.sum(Artifact.size), 0))
-                        .join(Job, Job.id == Artifact.job_id)
-                        .where(Job.project_id == project_id)),
-        reserved_by_materializations=total(
-            select(func.coalesce(func.sum(like.size), 0))
-            .select_from(Materialization)
-            .join(Job, Job.id == Materialization.job_id)
-            .join(like, (like.job_id == Materialization.job_id) & (like.name == MATERIALIZED_LIKE))
-            .where(Job.project_id == project_id,
-                   Materialization.status.in_([MaterializationStatus.QUEUED,
-                                               MaterializationStatus.RUNNING]),
-                   # Asked again (evaluation added) after its weights were stored: counted
-                   # with the artifacts.
-                   ~select(made.name).where(made.job_id == Materialization.job_id,
-                                          made.name == Materialization.artifact_name).exists())),
+        checkpoints=int(checkpoints), datasets=int(datasets), artifacts=int(artifacts),
+        reserved_by_materializations=int(materializations),
         reserved_by_active_jobs=_active_job_reservations(session, project_id),
     )
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -144,12 +144,19 @@ class Settings(BaseSettings):
         description="A stage's (or materialization's) lease: renewed by a heartbeat while the "
         "work runs; once it has expired (the worker died) another worker may claim it.")
     worker_recovery_interval_seconds: float = Field(
-        15.0, gt=0, description="How often a worker looks for stages and materializations "
-        "whose lease expired.")
-    stage_redispatch_seconds: float = Field(
+        15.0, gt=0, description="How often a worker looks for work whose lease expired or "
+        "whose message is late (stages, MRC shards, sweep candidates, materializations, webhook "
+        "messages; seconds).")
+    # The old name is still read so a deployment that set it keeps its period.
+    queued_resend_after_seconds: float = Field(
         3600.0, gt=0,
-        description="A stage waiting this long for a worker is sent again (its message may have "
-        "been lost in a crash); duplicates are harmless but cost a little.")
+        validation_alias=AliasChoices("queued_resend_after_seconds", "stage_redispatch_seconds"),
+        description="Work still waiting for a worker this long after its message was sent (a "
+        "stage, MRC shard, sweep candidate or materialization) is sent again: the message may "
+        "have been lost (a broker restarted without persistence, a process killed between its "
+        "commit and the send) or may still wait in a long queue, hence an hour. A copy that "
+        "comes second finds the work claimed and does nothing (persistence/resend.py). Was "
+        "STAGE_REDISPATCH_SECONDS (stages and parts only), which is still read.")
     max_stage_attempts: int = Field(
         3, ge=1, description="Claims of one stage before the job fails instead of retrying (of "
         "one materialization before it fails).")
@@ -414,6 +421,20 @@ class InvalidSettings(ValueError):
 _SECRET_BEARING = re.compile(r"url|key|token|secret|password", re.IGNORECASE)
 
 
+#: variables renamed and still read under their old names: {new: old}
+RENAMED_VARIABLES = {"QUEUED_RESEND_AFTER_SECONDS": "STAGE_REDISPATCH_SECONDS"}
+
+
+def _variable_named(name: str) -> str:
+    """The variable an error is about: a renamed one set only under its old name is named so,
+    since that is the line the operator has to find."""
+    old = RENAMED_VARIABLES.get(name)
+    environ = {key.upper() for key in os.environ}
+    if old is not None and old in environ and name not in environ:
+        return old
+    return name
+
+
 def load_settings(**values: Any) -> Settings:
     """``Settings(**values)``, read from the environment, or :class:`InvalidSettings`.
 
@@ -425,7 +446,7 @@ def load_settings(**values: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            name = ".".join(str(part) for part in error["loc"]).upper()
+            name = _variable_named(".".join(str(part) for part in error["loc"]).upper())
             message = str(error["msg"]).removeprefix("Value error, ")
             if name and not _SECRET_BEARING.search(name) and "input" in error:
                 message += f" (got {str(error['input'])[:100]!r})"
@@ -453,7 +474,8 @@ def misspelt_settings(environ: Mapping[str, str]) -> list[str]:
     fields = list(Settings.model_fields)
     found = []
     for name in sorted(environ):
-        if not re.fullmatch(r"[A-Z][A-Z0-9_]+", name) or name.lower() in fields:
+        if (not re.fullmatch(r"[A-Z][A-Z0-9_]+", name) or name.lower() in fields
+                or name in RENAMED_VARIABLES.values()):
             continue
         close = difflib.get_close_matches(name.lower(), fields, n=1, cutoff=MISSPELLING_CUTOFF)
         if close:

@@ -14,7 +14,10 @@ The task that finds every part done (:func:`completed_results`) merges the resul
 the stage through :func:`persistence.stages.finish_stage` with ``owner=SHARDED_OWNER``: a
 conditional UPDATE, so only one merge is recorded even if two tasks try. A part whose worker died
 is found by :func:`parts_to_redispatch` when its lease expires and is re-run alone; the others
-stay done. Locks are taken in the order jobs → job_stages → the parts' table.
+stay done. A part whose message was lost before any worker took it is sent again once it has
+waited ``QUEUED_RESEND_AFTER_SECONDS`` since its message was last sent (``dispatched_at``,
+:mod:`persistence.resend`), whatever its siblings do. Locks are taken in the order jobs →
+job_stages → the parts' table.
 
 The MRC-shard functions (``claim_shard``, ``finish_shard``...) are the generic ones with
 :data:`MRC_SHARDS` filled in.
@@ -27,10 +30,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, and_, delete, or_, select, update
+from sqlalchemy import Select, and_, delete, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from persistence import leases
+from persistence import leases, resend
 from persistence.models import (
     TERMINAL_STATUSES,
     Job,
@@ -145,7 +148,8 @@ def start_shards(session: Session, job_id: str, *, owner: str, groups: Sequence[
     holds the stage's lease (else :class:`LeaseLost`). Shards of an earlier attempt are replaced."""
     now = now or utcnow()
     shards = [MRCShard(job_id=job_id, shard=index, modules=list(modules), inputs_key=inputs_key,
-                       status=StageStatus.PENDING, attempts=0, created_at=now)
+                       status=StageStatus.PENDING, attempts=0, created_at=now,
+                       dispatched_at=now)
               for index, modules in enumerate(groups)]
     _hand_over(session, MRC_SHARDS, job_id, owner, shards, "mrc_sharded",
                {"shards": len(groups), "modules": sum(len(g) for g in groups)}, now)
@@ -157,7 +161,8 @@ def start_candidates(session: Session, job_id: str, *, owner: str,
     fine-tune stage over to them, if ``owner`` holds its lease (else :class:`LeaseLost`)."""
     now = now or utcnow()
     rows = [SweepCandidate(job_id=job_id, candidate=index, module=module, lr=float(lr),
-                           status=StageStatus.PENDING, attempts=0, created_at=now)
+                           status=StageStatus.PENDING, attempts=0, created_at=now,
+                           dispatched_at=now)
             for index, (module, lr) in enumerate(candidates)]
     _hand_over(session, CANDIDATES, job_id, owner, rows, "sweep_started",
                {"candidates": [{"module": m, "lr": lr} for m, lr in candidates]}, now)
@@ -278,9 +283,11 @@ def finish_shard(session: Session, job_id: str, shard: int, *, owner: str,
 
 
 def release_part(session: Session, kind: PartKind, job_id: str, index: int, *, owner: str,
-                 error: str) -> None:
-    """Give the part back after an unexpected error so that it can be retried."""
+                 error: str, now: datetime | None = None) -> None:
+    """Give the part back after an unexpected error so that it can be retried; the caller sends
+    its message again once this has committed."""
     model = kind.model
+    now = now or utcnow()
     with transaction(session):
         load_job(session, job_id, for_update=True)
         released = _rows_affected(session,
@@ -288,7 +295,7 @@ def release_part(session: Session, kind: PartKind, job_id: str, index: int, *, o
             .where(*_of(kind, job_id, index), model.lease_owner == owner,
                    model.status == StageStatus.RUNNING)
             .values(status=StageStatus.PENDING, lease_owner=None, lease_expires_at=None,
-                    last_error=error[:4000])
+                    last_error=error[:4000], dispatched_at=now)
             .execution_options(synchronize_session=False))
         if released != 1:
             raise LeaseLost(f"worker {owner} does not hold {kind.noun} {index} of job {job_id}")
@@ -365,50 +372,71 @@ def forget_discarded_weights(session: Session, job_id: str, *, winner: int) -> i
 def parts_to_redispatch(session: Session, kind: PartKind, *, stale_after: float,
                         pending_after: float, now: datetime | None = None
                         ) -> list[tuple[str, int]]:
-    """(job id, index) pairs whose message must be sent again: a running part whose lease
-    expired (its worker died), or a pending part nobody took for ``pending_after`` seconds; and
-    part 0 of a job whose parts are all done but whose merge was never recorded (the worker died
-    in between: a part task that finds its part done tries the merge). Jobs quiet for less than
-    ``stale_after`` seconds are left alone; re-sent jobs get ``updated_at = now``."""
+    """(job id, index) pairs whose message must be sent again, marked as sent now.
+
+    A pending part still waiting ``pending_after`` seconds after its message was last sent (lost
+    before any worker took it, or waiting in a long queue): sent again once per period, while
+    its siblings run or not (:mod:`persistence.resend`). Once the job has been quiet for
+    ``stale_after`` seconds: a running part whose lease expired (its worker died), and part 0 of
+    a job whose parts are all done but whose merge was never recorded (the worker died in
+    between: a part task that finds its part done tries the merge); those jobs get
+    ``updated_at = now``."""
     now = now or utcnow()
     model = kind.model
-    expired = and_(model.status == StageStatus.RUNNING, model.lease_expires_at < now)
-    waiting = and_(model.status == StageStatus.PENDING,
-                   model.created_at < now - timedelta(seconds=pending_after))
     with transaction(session):
         waiting_stage = and_(JobStage.job_id == Job.id, JobStage.stage == kind.stage,
                              JobStage.status == StageStatus.RUNNING,
                              JobStage.lease_owner == SHARDED_OWNER)
-        quiet = and_(Job.status == JobStatus.RUNNING,
-                     Job.updated_at < now - timedelta(seconds=stale_after))
-        rows = session.execute(
-            select(model.job_id, kind.index, model.status)
-            .join(Job, Job.id == model.job_id).join(JobStage, waiting_stage)
-            .where(quiet).order_by(model.job_id, kind.index)).all()
-        found: list[tuple[str, int]] = []
-        by_job: dict[str, list[tuple[int, str]]] = {}
-        for job_id, index, status in rows:
-            by_job.setdefault(job_id, []).append((index, status))
-        for job_id, parts in by_job.items():
-            if all(status == StageStatus.DONE for _, status in parts):
-                found.append((job_id, parts[0][0]))
-        stale = session.execute(
+        found = _expired_or_unmerged(session, kind, waiting_stage, stale_after, now)
+        pending = session.execute(
             select(model.job_id, kind.index)
             .join(Job, Job.id == model.job_id).join(JobStage, waiting_stage)
-            .where(quiet, or_(expired, waiting))).all()
-        found.extend((job_id, index) for job_id, index in stale)
-        # Only jobs still quiet: every worker runs this loop, and one that marked a job
-        # meanwhile (this UPDATE waited for it) has sent its parts; this pass would log and
-        # send them a second time.
-        marked = {job_id for job_id in dict.fromkeys(job_id for job_id, _ in found)
-                  if _rows_affected(session, update(Job).where(Job.id == job_id, quiet)
-                                    .values(updated_at=now)
-                                    .execution_options(synchronize_session=False))}
-        found = [(job_id, index) for job_id, index in found if job_id in marked]
+            .where(Job.status == JobStatus.RUNNING,
+                   resend.overdue(model, waiting=StageStatus.PENDING, after=pending_after,
+                                  now=now))
+            .order_by(model.job_id, kind.index)).all()
+        # Each part marked on its own, re-checked: a worker that claimed it, or another
+        # worker's pass that re-sent it, meanwhile has dealt with it.
+        found.extend((job_id, index) for job_id, index in pending if resend.take_overdue(
+            session, model, _of(kind, job_id, index), waiting=StageStatus.PENDING,
+            after=pending_after, now=now))
         for job_id, index in found:
             log_event(session, job_id, f"{kind.event}_recovered",
                       {"stage": kind.stage.value, kind.event: index}, now)
     return found
+
+
+def _expired_or_unmerged(session: Session, kind: PartKind, waiting_stage: Any,
+                         stale_after: float, now: datetime) -> list[tuple[str, int]]:
+    """:func:`parts_to_redispatch`'s parts of quiet jobs: those whose lease expired, and part 0
+    of jobs whose parts are all done but not merged; the jobs are marked (``updated_at``)."""
+    model = kind.model
+    quiet = and_(Job.status == JobStatus.RUNNING,
+                 Job.updated_at < now - timedelta(seconds=stale_after))
+    rows = session.execute(
+        select(model.job_id, kind.index, model.status)
+        .join(Job, Job.id == model.job_id).join(JobStage, waiting_stage)
+        .where(quiet).order_by(model.job_id, kind.index)).all()
+    found: list[tuple[str, int]] = []
+    by_job: dict[str, list[tuple[int, str]]] = {}
+    for job_id, index, status in rows:
+        by_job.setdefault(job_id, []).append((index, status))
+    for job_id, parts in by_job.items():
+        if all(status == StageStatus.DONE for _, status in parts):
+            found.append((job_id, parts[0][0]))
+    expired = session.execute(
+        select(model.job_id, kind.index)
+        .join(Job, Job.id == model.job_id).join(JobStage, waiting_stage)
+        .where(quiet, model.status == StageStatus.RUNNING, model.lease_expires_at < now)).all()
+    found.extend((job_id, index) for job_id, index in expired)
+    # Only jobs still quiet: every worker runs this loop, and one that marked a job meanwhile
+    # (this UPDATE waited for it) has sent its parts; this pass would log and send them a
+    # second time.
+    marked = {job_id for job_id in dict.fromkeys(job_id for job_id, _ in found)
+              if _rows_affected(session, update(Job).where(Job.id == job_id, quiet)
+                                .values(updated_at=now)
+                                .execution_options(synchronize_session=False))}
+    return [(job_id, index) for job_id, index in found if job_id in marked]
 
 
 def shards_to_redispatch(session: Session, *, stale_after: float, pending_after: float,

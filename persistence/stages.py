@@ -19,14 +19,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from persistence import leases
+from persistence import leases, resend
 from persistence.models import (
     STAGE_ORDER,
     TERMINAL_STATUSES,
     Artifact,
+    Checkpoint,
+    Dataset,
     EpochMetric,
     InterpolationPoint,
     Job,
@@ -78,6 +80,9 @@ class StageClaim:
     outcome: ClaimOutcome
     job: Job
     attempt: int = 0  # the attempt number (1-based) when CLAIMED
+    #: When CLAIMED, each stage's latest claim (stage -> attempts): this one's, and for the
+    #: stages done, the attempt whose outputs were recorded (the keys of their files).
+    attempts: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -162,10 +167,30 @@ def claim_stage(
     """
     _stage_index(stage)
     now = now or utcnow()
-    with transaction(session):
-        job = load_job(session, job_id, for_update=True)
+    with transaction(session), session.no_autoflush:
+        job = load_job(session, job_id, for_update=True, relations=False)
         return _claim_locked(session, job, stage, ClaimTerms(owner, lease_seconds, max_attempts),
                              now)
+
+
+def claim_stage_with_inputs(
+    session: Session, job_id: str, stage: str, *, owner: str, lease_seconds: float,
+    max_attempts: int, now: datetime | None = None,
+) -> tuple[StageClaim, Checkpoint | None, Dataset | None]:
+    """:func:`claim_stage`, with the job's checkpoint and dataset rows (None when gone or not
+    used) read in the same transaction, in one statement before the claim: the worker needs
+    them to run the stage, and reading them after the claim's commit took a transaction of its
+    own (its BEGIN, the reads, a ROLLBACK when the session closed)."""
+    found = session.execute(
+        select(Checkpoint, Dataset).select_from(Job)
+        .outerjoin(Checkpoint, Checkpoint.id == Job.checkpoint_id)
+        .outerjoin(Dataset, Dataset.id == Job.dataset_id)
+        .where(Job.id == job_id)
+    ).one_or_none()
+    checkpoint, dataset = (found[0], found[1]) if found is not None else (None, None)
+    claim = claim_stage(session, job_id, stage, owner=owner, lease_seconds=lease_seconds,
+                        max_attempts=max_attempts, now=now)
+    return claim, checkpoint, dataset
 
 
 def _claim_locked(session: Session, job: Job, stage: str, terms: ClaimTerms,
@@ -185,17 +210,21 @@ def _claim_locked(session: Session, job: Job, stage: str, terms: ClaimTerms,
     if any(stages[s].status != StageStatus.DONE for s in earlier):
         return StageClaim(ClaimOutcome.NOT_READY, job)
 
-    claimed = _rows_affected(session,
+    # The claim returns the attempt it counted and sets the first start: no read of the row
+    # after it, nor an UPDATE of its own for started_at.
+    claimed = session.execute(
         update(JobStage)
         .where(JobStage.job_id == job_id, JobStage.stage == stage,
                leases.claimable(JobStage, waiting=StageStatus.PENDING,
                                 max_attempts=max_attempts, now=now))
         .values(**leases.claimed_values(JobStage, owner=owner,
-                                        lease_seconds=terms.lease_seconds, now=now))
+                                        lease_seconds=terms.lease_seconds, now=now),
+                started_at=func.coalesce(JobStage.started_at, _at(now)))
+        .returning(JobStage.attempts)
         .execution_options(synchronize_session=False)
-    )
-    row = _load_stage(session, job_id, stage)
-    if claimed != 1:
+    ).scalars().all()
+    if len(claimed) != 1:
+        row = _load_stage(session, job_id, stage)
         if row.status == StageStatus.DONE:
             return StageClaim(ClaimOutcome.DONE, job)
         if lease_is_live(row, now):
@@ -208,7 +237,9 @@ def _claim_locked(session: Session, job: Job, stage: str, terms: ClaimTerms,
             return StageClaim(ClaimOutcome.EXHAUSTED, job)
         return StageClaim(ClaimOutcome.INACTIVE, job)
 
-    row.started_at = row.started_at or now
+    attempt = claimed[0]
+    # The row read above is stale now; nothing of this transaction reads it again.
+    session.expire(row)
     job.status = JobStatus.RUNNING
     job.stage = stage
     job.stage_progress = 0.0
@@ -217,8 +248,9 @@ def _claim_locked(session: Session, job: Job, stage: str, terms: ClaimTerms,
     job.started_at = job.started_at or now
     touch(job, now)
     log_event(session, job_id, EventKind.STAGE_STARTED,
-              {"stage": stage, "attempt": row.attempts, "worker": owner}, now)
-    return StageClaim(ClaimOutcome.CLAIMED, job, row.attempts)
+              {"stage": stage, "attempt": attempt, "worker": owner}, now)
+    attempts = {str(name): other.attempts for name, other in stages.items() if name != stage}
+    return StageClaim(ClaimOutcome.CLAIMED, job, attempt, {**attempts, stage: attempt})
 
 
 def renew_lease(session: Session, job_id: str, stage: str, *, owner: str, lease_seconds: float,
@@ -329,8 +361,10 @@ def finish_stage_and_claim_next(
     recovery loop sends it again, as for any claimed stage."""
     now = now or utcnow()
     claim: StageClaim | None = None
-    with transaction(session):
-        job = load_job(session, job_id, for_update=True)
+    # No flush before the commit: the job's row is written once, and the rows and events of the
+    # stage and of the next claim go in one INSERT per table (11 statements were 16).
+    with transaction(session), session.no_autoflush:
+        job = load_job(session, job_id, for_update=True, relations=False)
         if job.status != JobStatus.RUNNING:
             raise LeaseLost(f"job {job_id} is {job.status}; the outputs of stage '{stage}' "
                             "were not recorded")
@@ -371,6 +405,10 @@ def finish_stage_and_claim_next(
             job.stage = following
             if next_terms is not None:
                 claim = _claim_locked(session, job, following, next_terms, now)
+            else:
+                # Its message goes out once this commits. (A chained stage is claimed above, or
+                # its job ended: no message, and no statement more on the finishing path.)
+                _mark_dispatched(session, job_id, following, now)
     return job, claim
 
 
@@ -420,6 +458,19 @@ def _insert_outputs(session: Session, job_id: str, outputs: StageOutputs, now: d
                 setattr(recorded, column, value)
 
 
+def _mark_dispatched(session: Session, job_id: str, stage: str, now: datetime) -> None:
+    """Record that the stage's message is sent now (:mod:`persistence.resend`)."""
+    session.execute(update(JobStage)
+                    .where(JobStage.job_id == job_id, JobStage.stage == stage)
+                    .values(dispatched_at=now)
+                    .execution_options(synchronize_session=False))
+
+
+def _at(now: datetime) -> Any:
+    """``now`` as a bound value of the stages' time columns (their UTC type, on SQLite too)."""
+    return literal(now, JobStage.__table__.c.started_at.type)
+
+
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -437,7 +488,7 @@ def release_stage(session: Session, job_id: str, stage: str, *, owner: str, erro
             .where(JobStage.job_id == job_id, JobStage.stage == stage,
                    JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
             .values(status=StageStatus.PENDING, lease_owner=None, lease_expires_at=None,
-                    last_error=error[:4000])
+                    last_error=error[:4000], dispatched_at=now)  # the caller sends it again
             .execution_options(synchronize_session=False)
         )
         if released != 1:
@@ -502,25 +553,24 @@ def stages_to_redispatch(session: Session, *, stale_after: float, pending_after:
     """(job id, stage) pairs whose message must be sent again; marks them as re-sent.
 
     Two cases. A running stage whose lease expired (its worker died), once the job has been quiet
-    for ``stale_after`` seconds. A stage waiting to start (a queued job's first stage, or a running
-    job's next stage) for ``pending_after`` seconds: its message may have been lost (a crash
-    between recording a stage and sending the next message) or may simply wait in a long queue,
-    so keep this long (an hour). Re-sent jobs get ``updated_at = now``, so each is re-sent at most
-    once per period. Sending twice is harmless: claims decide who runs a stage.
+    for ``stale_after`` seconds; re-sent jobs get ``updated_at = now``, so each is re-sent at most
+    once per period. The job's current stage (a queued job's first, a running job's next) still
+    waiting ``pending_after`` seconds after its message was sent (``dispatched_at``,
+    :mod:`persistence.resend`): its message may have been lost (a broker restarted without
+    persistence, a crash between recording a stage and sending the next message) or may simply
+    wait in a long queue, so keep this long (an hour); its ``dispatched_at`` moves to now. Sending
+    twice is harmless: claims decide who runs a stage.
     """
     now = now or utcnow()
     expired = and_(JobStage.status == StageStatus.RUNNING, JobStage.lease_expires_at < now,
                    Job.updated_at < now - timedelta(seconds=stale_after))
-    waiting = and_(JobStage.status == StageStatus.PENDING,
-                   Job.updated_at < now - timedelta(seconds=pending_after))
     # A queued job has no current stage yet: its first stage is the one waiting.
-    current = func.coalesce(Job.stage, STAGE_ORDER[0].value)
+    current = and_(JobStage.job_id == Job.id,
+                   JobStage.stage == func.coalesce(Job.stage, STAGE_ORDER[0].value))
     with transaction(session):
         rows = session.execute(
-            select(Job.id, JobStage.stage, Job.updated_at)
-            .join(JobStage, and_(JobStage.job_id == Job.id, JobStage.stage == current))
-            .where(Job.status.in_(ACTIVE_STATUSES), or_(expired, waiting))
-            .order_by(Job.created_at)
+            select(Job.id, JobStage.stage, Job.updated_at).join(JobStage, current)
+            .where(Job.status.in_(ACTIVE_STATUSES), expired).order_by(Job.created_at)
         ).all()
         found = []
         for job_id, stage, seen in rows:
@@ -531,6 +581,17 @@ def stages_to_redispatch(session: Session, *, stale_after: float, pending_after:
                               .where(Job.id == job_id, Job.updated_at == seen)
                               .values(updated_at=now)
                               .execution_options(synchronize_session=False)):
-                log_event(session, job_id, EventKind.STAGE_RECOVERED, {"stage": stage}, now)
                 found.append((job_id, stage))
+        waiting = session.execute(
+            select(Job.id, JobStage.stage).join(JobStage, current)
+            .where(Job.status.in_(ACTIVE_STATUSES),
+                   resend.overdue(JobStage, waiting=StageStatus.PENDING, after=pending_after,
+                                  now=now))
+            .order_by(Job.created_at)).all()
+        # Each re-checked as it is marked: claimed, or re-sent by another pass, meanwhile.
+        found.extend((job_id, stage) for job_id, stage in waiting if resend.take_overdue(
+            session, JobStage, [JobStage.job_id == job_id, JobStage.stage == stage],
+            waiting=StageStatus.PENDING, after=pending_after, now=now))
+        for job_id, stage in found:
+            log_event(session, job_id, EventKind.STAGE_RECOVERED, {"stage": stage}, now)
     return found

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 from sqlalchemy.orm.attributes import flag_modified
 
 from persistence import leases
@@ -103,9 +103,14 @@ def lock_project(session: Session, project_id: str) -> None:
         raise ProjectNotFound(project_id)
 
 
-def load_job(session: Session, job_id: str, *, for_update: bool = False) -> Job:
-    """The job, fresh from the database (row-locked with ``for_update``); :class:`JobNotFound`."""
+def load_job(session: Session, job_id: str, *, for_update: bool = False,
+             relations: bool = True) -> Job:
+    """The job, fresh from the database (row-locked with ``for_update``); :class:`JobNotFound`.
+    ``relations=False``: its labels and stages are loaded only if read, in the session (two
+    statements fewer: a stage transaction reads the stages itself and never the labels)."""
     query = select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+    if not relations:
+        query = query.options(lazyload(Job.labels), lazyload(Job.stages))
     if for_update:
         query = query.with_for_update()
     job = session.execute(query).scalar_one_or_none()

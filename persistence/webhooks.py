@@ -5,7 +5,8 @@ When a job ends (``job.succeeded``, ``job.failed``, ``job.cancelled``), :func:`l
 which writes one :class:`WebhookDelivery` per subscribed endpoint of the job's project (a
 transactional outbox: a message exists if and only if the job's end was committed). After the
 commit the writer sends the delivery task (:func:`install_delivery_dispatch`); the workers' sweep
-(:func:`deliveries_to_redispatch`) re-sends a message whose task was lost. The workers
+(:func:`deliveries_to_redispatch`) re-sends a message whose task was lost, once per lease length
+(:mod:`persistence.resend`). The workers
 (``worker/webhooks.py``) sign, send and record each attempt here.
 """
 
@@ -19,9 +20,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import and_, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from persistence.leases import rows_affected
 from persistence.models import (
     Job,
     WebhookAttempt,
@@ -351,15 +353,23 @@ def record_attempt(session: Session, delivery_id: str, attempt: int, *,
 def deliveries_to_redispatch(session: Session, *, late_after: float,
                              now: datetime | None = None) -> list[str]:
     """Pending messages whose next attempt is ``late_after`` seconds overdue (their task was
-    lost: the broker was down at commit, or a worker died holding it)."""
+    lost: the broker was down at commit, or a worker died holding it), marked as due now: their
+    task must be sent again. Each is taken by one conditional UPDATE, so of the workers' passes
+    one sends it, once per ``late_after``; before, every pass of every worker sent each again,
+    so a backed-up queue got a copy per worker every recovery interval. A copy that comes
+    second finds the attempt claimed (:func:`claim_attempt`) and does nothing."""
     now = now or utcnow()
-    query = (select(WebhookDelivery.id)
-             .where(WebhookDelivery.status == WebhookDeliveryStatus.PENDING,
-                    WebhookDelivery.next_attempt_at < now - timedelta(seconds=late_after))
-             .order_by(WebhookDelivery.next_attempt_at).limit(500))
-    ids = list(session.execute(query).scalars())
-    session.commit()
-    return ids
+    cutoff = now - timedelta(seconds=late_after)
+    late = and_(WebhookDelivery.status == WebhookDeliveryStatus.PENDING,
+                WebhookDelivery.next_attempt_at < cutoff)
+    with transaction(session):
+        ids = list(session.execute(select(WebhookDelivery.id).where(late)
+                                   .order_by(WebhookDelivery.next_attempt_at).limit(500))
+                   .scalars())
+        return [delivery_id for delivery_id in ids if rows_affected(session,
+                update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, late)
+                .values(next_attempt_at=now)
+                .execution_options(synchronize_session=False)) == 1]
 
 
 def _short(text: str | None) -> str | None:

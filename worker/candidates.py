@@ -343,7 +343,7 @@ def redispatch_stale_candidates(app: Celery, resources: WorkerResources) -> int:
     with resources.session() as session:
         stale = stage_shards.parts_to_redispatch(
             session, CANDIDATES, stale_after=resources.settings.worker_lease_seconds,
-            pending_after=resources.settings.stage_redispatch_seconds)
+            pending_after=resources.settings.queued_resend_after_seconds)
     for job_id, index in stale:
         logger.warning("job %s: re-sending sweep candidate %d", job_id, index)
         enqueue_candidate(app, job_id, index)

@@ -193,7 +193,7 @@ def redispatch_stale_shards(app: Celery, resources: WorkerResources) -> int:
     with resources.session() as session:
         stale = stage_shards.shards_to_redispatch(
             session, stale_after=resources.settings.worker_lease_seconds,
-            pending_after=resources.settings.stage_redispatch_seconds)
+            pending_after=resources.settings.queued_resend_after_seconds)
     for job_id, shard in stale:
         logger.warning("job %s: re-sending MRC shard %d", job_id, shard)
         enqueue_shard(app, job_id, shard)

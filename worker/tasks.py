@@ -26,11 +26,12 @@ shards (``rift.stage.mrc_shard``, :mod:`worker.shards`) and the candidates of a 
 (``rift.stage.finetune_candidate``, :mod:`worker.candidates`); the interpolate stage of a sweep
 records the winner's curve instead of measuring one.
 
-Recovery: a worker re-sends, on start and every ``WORKER_RECOVERY_INTERVAL_SECONDS``, the stages
-and materializations whose lease expired (the worker running them was killed) and, after
-``STAGE_REDISPATCH_SECONDS``, the stages nobody took (a message lost in a crash); it fails the jobs
-past their time limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the
-janitor (:mod:`persistence.janitor`).
+Recovery: a worker re-sends, on start and every ``WORKER_RECOVERY_INTERVAL_SECONDS``, the stages,
+parts and materializations whose lease expired (the worker running them was killed) and, once
+``QUEUED_RESEND_AFTER_SECONDS`` have passed since their message was sent, those nobody took (the
+message was lost before any worker took it: :mod:`persistence.resend`), and the webhook messages
+a lease length late; it fails the jobs past their time limit whose worker is gone, and every
+``JANITOR_INTERVAL_SECONDS`` it runs the janitor (:mod:`persistence.janitor`).
 
 Each process that runs tasks keeps its row in the worker registry (queues, devices, heartbeat;
 :mod:`worker.registry`), which job creation reads to refuse a device no live worker has.
@@ -99,7 +100,7 @@ from persistence.queue import (
 from persistence.stages import ClaimOutcome, ClaimTerms, LeaseLost
 from persistence.storage import ObjectNotFound
 from persistence.time_limits import fail_overdue_jobs, job_time_limit
-from persistence.transactions import JobNotFound, load_stages
+from persistence.transactions import JobNotFound
 from persistence.webhooks import deliveries_to_redispatch
 from rift.errors import JobCancelled, RiftError
 from rift.pipeline import PipelineCallbacks, run_preflight_stage
@@ -304,14 +305,11 @@ def _execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, sta
     owner = resources.worker_id
     try:
         with resources.session() as session:
-            claim = stages.claim_stage(
+            claim, checkpoint, dataset = stages.claim_stage_with_inputs(
                 session, job_id, stage, owner=owner, lease_seconds=settings.worker_lease_seconds,
                 max_attempts=settings.max_stage_attempts)
-            # Each stage's latest claim: this attempt, and the recorded one of stages done.
-            attempts = {str(row.stage): row.attempts for row in load_stages(session, job_id)}
-            checkpoint = session.get(Checkpoint, claim.job.checkpoint_id)
-            dataset = (session.get(Dataset, claim.job.dataset_id)
-                       if claim.job.dataset_id else None)
+        # Each stage's latest claim: this attempt, and the recorded one of stages done.
+        attempts = dict(claim.attempts)
     except JobNotFound:
         logger.warning("stage %s of unknown job %s: message dropped", stage, job_id)
         resources.prepared_runs.discard_job(job_id)  # deleted
@@ -601,14 +599,17 @@ def _materialization_lost(resources: WorkerResources, materialization_id: str, k
 
 
 def redispatch_stale_materializations(app: RiftCelery, resources: WorkerResources) -> int:
-    """Queue and send again the materializations whose worker died (lease expired); those
+    """Queue and send again the materializations whose worker died (lease expired), and send
+    again those queued ``QUEUED_RESEND_AFTER_SECONDS`` without a worker (message lost); those
     claimed ``MAX_STAGE_ATTEMPTS`` times are failed instead."""
+    settings = resources.settings
     with resources.session() as session:
         stale = materializations_to_redispatch(
-            session, max_attempts=resources.settings.max_stage_attempts)
+            session, max_attempts=settings.max_stage_attempts,
+            resend_after=settings.queued_resend_after_seconds)
     for materialization_id in stale:
-        logger.warning("materialization %s: re-sending it (its lease expired)",
-                       materialization_id)
+        logger.warning("materialization %s: re-sending it (its lease expired or its message "
+                       "is late)", materialization_id)
         enqueue_materialization(app, materialization_id)
     return len(stale)
 
@@ -618,7 +619,7 @@ def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources) -> int:
     with resources.session() as session:
         stale = stages.stages_to_redispatch(
             session, stale_after=resources.settings.worker_lease_seconds,
-            pending_after=resources.settings.stage_redispatch_seconds)
+            pending_after=resources.settings.queued_resend_after_seconds)
     for job_id, stage in stale:
         logger.warning("job %s: re-sending stage %s (its lease expired or its message is late)",
                        job_id, stage)
@@ -651,8 +652,9 @@ def redispatch_late_webhooks(app: RiftCelery, resources: WorkerResources) -> int
 class RecoveryLoop:
     """A daemon thread of the worker process that, at start and then every
     ``WORKER_RECOVERY_INTERVAL_SECONDS`` (no beat process needed), fails the jobs past their time
-    limit (:func:`fail_overdue`), re-sends stale stages (:func:`redispatch_stale_stages`) and
-    materializations (:func:`redispatch_stale_materializations`) and,
+    limit (:func:`fail_overdue`), re-sends stale stages and parts
+    (:func:`redispatch_stale_stages`), materializations (:func:`redispatch_stale_materializations`)
+    and webhook messages (:func:`redispatch_late_webhooks`) and,
     every ``JANITOR_INTERVAL_SECONDS``, runs the janitor (:mod:`persistence.janitor`)."""
 
     def __init__(self, app: RiftCelery, resources: WorkerResources) -> None:

@@ -69,15 +69,16 @@ def wants_event_stream(accept: str | None) -> bool:
     return stream > 0 and stream >= json_page
 
 
-def _job_status(session: Session, job_id: str) -> str | None:
-    status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
-    return status
-
-
-def _key_is_live(session: Session, key_id: str) -> bool:
-    revoked = session.execute(select(ApiKey.id, ApiKey.revoked_at)
-                              .where(ApiKey.id == key_id)).one_or_none()
-    return revoked is not None and revoked.revoked_at is None
+def _key_and_job_status(session: Session, key_id: str, job_id: str
+                        ) -> tuple[bool, str | None]:
+    """Whether the stream's key is live, and the job's status, in one statement (a stream reads
+    both at every wake-up: one round trip fewer on the way from a commit to the client)."""
+    status = select(Job.status).where(Job.id == job_id).scalar_subquery()
+    found = session.execute(select(ApiKey.revoked_at, status)
+                            .where(ApiKey.id == key_id)).one_or_none()
+    if found is None:
+        return False, None
+    return found[0] is None, found[1]
 
 
 def _poll(factory: sessionmaker[Session], job_id: str, after: int, key_id: str
@@ -87,10 +88,10 @@ def _poll(factory: sessionmaker[Session], job_id: str, after: int, key_id: str
     None once the stream's API key is revoked: an open stream answers to the key like every
     request, at each read."""
     with factory() as session:
-        if not _key_is_live(session, key_id):
+        live, status = _key_and_job_status(session, key_id, job_id)
+        if not live:
             session.commit()
             return None
-        status = _job_status(session, job_id)
         events = [event_out(e) for e in list_events(session, job_id, after_id=after,
                                                      limit=EVENTS_PER_READ)]
         session.commit()

@@ -191,18 +191,23 @@ def create_job_for(
         # What the job may store (its tuned weights, each candidate's θ_FT) counts against the
         # stored-bytes quota from now on, as an upload's bytes would.
         reserved = job_reserved_bytes(checkpoint_size, config_json)
-        try:
-            check_active_jobs(session, caller)
-            check_job_storage(session, caller, uploading, reserved)
-        except (TooManyRequests, PayloadTooLarge):
-            # The same request sent at the same moment under the same key (a client retrying
-            # at once) may have recorded its job since the lookup above: that job, which fills
-            # the quota, is this request's answer, not a refusal.
-            session.rollback()
-            existing = _replayed_job(session, stored_key, idempotency_key, request_hash)
-            if existing is None:
-                raise
-            return job_out(session, existing), False
+        # The job's own transaction (create_job) checks both limits under the project's lock,
+        # with the same answers; checked here too only before storing an upload, which a
+        # refusal would otherwise follow. A job on a stored checkpoint saves a transaction of
+        # six statements on its way to the queue.
+        if upload is not None:
+            try:
+                check_active_jobs(session, caller)
+                check_job_storage(session, caller, uploading, reserved)
+            except (TooManyRequests, PayloadTooLarge):
+                # The same request sent at the same moment under the same key (a client
+                # retrying at once) may have recorded its job since the lookup above: that job,
+                # which fills the quota, is this request's answer, not a refusal.
+                session.rollback()
+                existing = _replayed_job(session, stored_key, idempotency_key, request_hash)
+                if existing is None:
+                    raise
+                return job_out(session, existing), False
         session.commit()
 
         stored_checkpoint = None

@@ -144,3 +144,39 @@ def test_the_stream_is_sent_only_where_accept_prefers_it(api: Api, job_id: str, 
     assert response.status_code == 200
     content_type = response.headers["content-type"]
     assert content_type.startswith("text/event-stream" if streams else "application/json")
+
+
+def test_a_stream_read_takes_two_statements_and_answers_to_the_key(api: Api, job_id: str
+                                                                    ) -> None:
+    from sqlalchemy import event, select, update
+
+    from api.routes.job_events import _poll
+    from persistence.models import ApiKey
+
+    with api.sessions() as session:
+        key_id = session.execute(select(ApiKey.id).where(ApiKey.revoked_at.is_(None))
+                                 ).scalars().first()
+    assert key_id is not None
+    statements: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if not statement.upper().startswith("BEGIN"):
+            statements.append(statement)
+
+    engine = api.sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        read = _poll(api.sessions, job_id, 0, key_id)
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert read is not None
+    events, status = read
+    assert status == "queued" and [e.kind for e in events][:1] == ["job_created"]
+    # The key and the job's status in one statement, then the events (was three).
+    assert len(statements) == 2, statements
+    assert _poll(api.sessions, "no-such-job", 0, key_id) == ([], None)
+    with api.sessions() as session:
+        session.execute(update(ApiKey).where(ApiKey.id == key_id)
+                        .values(revoked_at=jobs.utcnow()))
+        session.commit()
+    assert _poll(api.sessions, job_id, 0, key_id) is None

@@ -18,7 +18,13 @@ import safetensors.numpy
 
 from persistence.db import session_factory_from_settings
 from persistence.jobs import get_artifact
-from rift_client import AsyncRiftClient, ChecksumMismatchError, Event, RiftClient
+from rift_client import (
+    AsyncRiftClient,
+    ChecksumMismatchError,
+    Event,
+    RiftClient,
+    RiftConnectionError,
+)
 from tests.client.conftest import FAST_RETRY, FinishedJob, RunningApi
 from tests.client.helpers import CuttingProxy
 
@@ -264,3 +270,45 @@ def test_the_async_client_follows_and_downloads_the_finished_job(
     assert proxy.cuts_done == 1
     assert any(line.lower().startswith("range: bytes=") for text in proxy.requests_text()
                for line in text.splitlines())
+
+
+def test_an_interrupted_download_is_resumed_by_the_next_call(
+        finished_job: FinishedJob, live_service: RunningApi, live_api_key: str | None,
+        live: RiftClient, proxies: list[CuttingProxy], tmp_path: Path) -> None:
+    """A download cut off for good (or stopped by Ctrl-C) keeps what arrived in <name>.part,
+    never under the target's name; the next call resumes from there with a Range request. Before,
+    the .part was deleted and the next call fetched the whole file again."""
+    job_id = finished_job.job.id
+    tuned = next(a for a in live.list_artifacts(job_id) if a.name == "tuned.safetensors")
+    cut = CuttingProxy(live_service.url, marker=b"/artifacts/tuned.safetensors",
+                       cut_after=tuned.size // 2, times=5)
+    proxies.append(cut)
+    target = tmp_path / "tuned.safetensors"
+    with RiftClient(cut.url, api_key=live_api_key, retry=FAST_RETRY) as client, \
+            pytest.raises(RiftConnectionError) as cut_off:
+        client.download(job_id, "tuned.safetensors", target, resume_attempts=0)
+    partial = tmp_path / "tuned.safetensors.part"
+    assert not target.exists()
+    assert partial.exists(), "what arrived was deleted"
+    kept = partial.stat().st_size
+    assert 0 < kept < tuned.size
+    assert f"{kept} bytes are kept" in str(cut_off.value)
+
+    watching = CuttingProxy(live_service.url, marker=b"/artifacts/tuned.safetensors",
+                            cut_after=0, times=0)
+    proxies.append(watching)
+    with RiftClient(watching.url, api_key=live_api_key, retry=FAST_RETRY) as client:
+        assert client.download(job_id, "tuned.safetensors", target) == target
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == tuned.sha256
+    assert not partial.exists()
+    ranges = [line for text in watching.requests_text() for line in text.splitlines()
+              if line.lower().startswith("range:")]
+    assert ranges == [f"Range: bytes={kept}-"], ranges
+
+    # A .part of other bytes under the same name (another job's file): found out by the
+    # checksum, then the file is fetched again from its start, once.
+    target.unlink()
+    partial.write_bytes(b"\xff" * kept)
+    assert live.download(job_id, "tuned.safetensors", target) == target
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == tuned.sha256
+    assert not partial.exists()

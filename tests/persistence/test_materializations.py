@@ -2,7 +2,8 @@
 lacking the evaluation asked now → queued again; finishing records the artifact too. The worker
 making one holds a lease: a dead worker's row is queued again by the recovery function (then
 failed after MAX_STAGE_ATTEMPTS claims) or taken over when its α is asked again, and a late
-worker records nothing."""
+worker records nothing. A queued row whose message was lost is sent again once per
+QUEUED_RESEND_AFTER_SECONDS, and the copy that comes second finds it claimed."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from persistence.models import Job, Materialization
 from persistence.stages import ArtifactRecord, LeaseLost
 from tests.persistence.helpers import LEASE, T0, add_project, claim, finish
 
+RESEND = 3600.0  # QUEUED_RESEND_AFTER_SECONDS
 ARTIFACT = ArtifactRecord("tuned@0.5.safetensors", "jobs/x/materialized/tuned@0.5.safetensors",
                           10, "f" * 64, "application/octet-stream")
 
@@ -128,8 +130,8 @@ def test_a_dead_workers_materialization_is_queued_again_then_failed_after_its_at
 
     def recover(now: datetime) -> list[str]:
         with sessions() as session:
-            return materializations.materializations_to_redispatch(session, max_attempts=3,
-                                                                   now=now)
+            return materializations.materializations_to_redispatch(
+                session, max_attempts=3, resend_after=RESEND, now=now)
 
     assert recover(T0 + lease / 2) == []  # w1 is alive
     with sessions() as session:
@@ -252,4 +254,39 @@ def test_deleting_the_job_of_a_leased_materialization(
                                                     clean_accuracy=None, robust_accuracy=None)
         materializations.fail_materialization(session, row_id, "gone", owner="w1")  # no-op
         assert materializations.materializations_to_redispatch(
-            session, max_attempts=3, now=T0 + timedelta(hours=1)) == []
+            session, max_attempts=3, resend_after=RESEND, now=T0 + timedelta(hours=2)) == []
+
+
+def test_a_queued_materialization_whose_message_was_lost_is_sent_again_once_per_period(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # Before: only a running row's expired lease was looked for, so a row whose message was
+    # lost before any worker took it (the API killed between its commit and the send, a broker
+    # restarted without persistence) stayed queued for ever, counted as pending.
+    job_id = _succeeded(sessions, new_job)
+    with sessions() as session:
+        row_id = materializations.request_materialization(session, job_id, 0.5, evaluate=False,
+                                                          now=T0).row.id  # never sent
+
+    def recover(now: datetime) -> list[str]:
+        with sessions() as session:
+            return materializations.materializations_to_redispatch(
+                session, max_attempts=3, resend_after=RESEND, now=now)
+
+    period = timedelta(seconds=RESEND)
+    assert recover(T0 + period / 2) == []  # it may still wait behind a long queue
+    late = T0 + period + timedelta(seconds=1)
+    assert recover(late) == [row_id]
+    assert recover(late) == []  # every worker runs the loop: sent once per period
+    assert recover(late + period / 2) == []
+    again = late + period + timedelta(seconds=1)
+    assert recover(again) == [row_id]  # that copy was lost too: sent again
+    assert _row(sessions, row_id).dispatched_at == again
+
+    # The copy and the original, late, both arrive: one claim wins, the other does nothing.
+    with sessions() as session:
+        assert _start(session, row_id, owner="w1", now=again) is not None
+        assert _start(session, row_id, owner="w2", now=again) is None
+    row = _row(sessions, row_id)
+    assert (row.status, row.lease_owner, row.attempts) == ("running", "w1", 1)
+    assert recover(again + period * 2 - timedelta(seconds=LEASE * 2)) == [row_id]  # w1 died
+    assert _row(sessions, row_id).status == "queued"

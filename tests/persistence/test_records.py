@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence.models import Project
@@ -45,6 +46,26 @@ def test_an_upload_over_the_quota_is_not_recorded(sessions: sessionmaker[Session
     with sessions() as session:
         _checkpoint(session, project_id, 400, limit=1000)  # exactly at the quota is allowed
         assert stored_bytes(session, project_id) == 1000
+
+
+def test_the_stored_bytes_are_summed_in_one_statement(sessions: sessionmaker[Session]) -> None:
+    # Job creation counts them in its transaction on the way to the queue: the four sums were
+    # four round trips.
+    project_id = _project(sessions, "counted")
+    statements: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    with sessions() as session:
+        _checkpoint(session, project_id, 600, limit=1000)
+        event.listen(sessions.kw["bind"], "before_cursor_execute", note)
+        try:
+            assert stored_bytes(session, project_id) == 600
+        finally:
+            event.remove(sessions.kw["bind"], "before_cursor_execute", note)
+    # The sums, then the active jobs' reservations.
+    assert len([s for s in statements if not s.upper().startswith("BEGIN")]) == 2, statements
 
 
 def test_concurrent_uploads_never_pass_the_stored_bytes_quota(

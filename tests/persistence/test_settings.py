@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from persistence.settings import InvalidSettings, Settings, load_settings, misspelt_settings
+from persistence.settings import (
+    RENAMED_VARIABLES,
+    InvalidSettings,
+    Settings,
+    load_settings,
+    misspelt_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,9 +55,23 @@ BAD_VALUES = [
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """No service variable of the test process leaks into the settings read."""
-    for name in Settings.model_fields:
+    for name in (*Settings.model_fields, *RENAMED_VARIABLES.values()):
         monkeypatch.delenv(name.upper(), raising=False)
     return monkeypatch
+
+
+
+
+def test_a_renamed_variable_is_still_read_and_the_new_name_wins(
+        clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("STAGE_REDISPATCH_SECONDS", "120")
+    assert load_settings().queued_resend_after_seconds == 120
+    clean_env.setenv("QUEUED_RESEND_AFTER_SECONDS", "90")
+    assert load_settings().queued_resend_after_seconds == 90
+    clean_env.delenv("QUEUED_RESEND_AFTER_SECONDS")
+    clean_env.setenv("STAGE_REDISPATCH_SECONDS", "-1")
+    with pytest.raises(InvalidSettings, match="STAGE_REDISPATCH_SECONDS"):
+        load_settings()
 
 
 @pytest.mark.parametrize(("name", "value", "words"), BAD_VALUES)
@@ -130,7 +150,9 @@ def test_a_variable_misspelling_a_setting_is_named_with_the_setting_meant() -> N
                # Settings themselves, and other software's variables found beside them.
                "DATABASE_URL": "sqlite:///x.db", "AWS_ACCESS_KEY_ID": "a", "POSTGRES_PASSWORD": "p",
                "CELERY_BROKER_URL": "redis://r", "BUILD_COMMIT_SHA": "abc", "RIFT_API_URL": "u",
-               "RIFT_API_KEY": "k", "HOSTNAME": "h", "database_urls": "lower case: not ours"}
+               "RIFT_API_KEY": "k", "HOSTNAME": "h", "database_urls": "lower case: not ours",
+               # A renamed setting's old name, still read.
+               **{old: "60" for old in RENAMED_VARIABLES.values()}}
     assert misspelt_settings(environ) == [
         "DATABSE_URL is not a setting (did you mean DATABASE_URL?)",
         "LOGLEVEL is not a setting (did you mean LOG_LEVEL?)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import update
@@ -20,12 +20,15 @@ from tests.persistence.helpers import (
     MRC_ROWS,
     T0,
     claim,
+    event_kinds,
     finish,
     stage_row,
     wait_until_blocked,
 )
 
 pytestmark = pytest.mark.service
+
+RESEND = 3600.0  # QUEUED_RESEND_AFTER_SECONDS
 
 
 def _part(row: dict) -> dict:
@@ -93,6 +96,57 @@ def test_a_lost_shard_is_re_run_alone_while_the_other_stays_done(
         assert stage_shards.completed_parts(session, job_id) is None
         job = jobs.get_job(session, job_id)
         assert (job.stage, job.selected_module) == ("finetune", "fc")
+
+
+def test_a_shard_whose_message_was_lost_is_sent_again_while_its_sibling_runs(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # Before: a pending part was sent again only once its whole job had gone quiet, so a lost
+    # shard waited for every sibling to end (each progress report moves the job's updated_at).
+    job_id = _sharded_job(sessions, new_job)
+    assert _claim_shard(sessions, job_id, 0, "w1").outcome == ClaimOutcome.CLAIMED
+    late = T0 + timedelta(seconds=RESEND + 1)  # shard 1's message was lost
+
+    def busy(now: datetime) -> None:  # w1 works on shard 0 and reports its progress
+        with sessions() as session:
+            assert stage_shards.renew_shard_lease(session, job_id, 0, owner="w1",
+                                                  lease_seconds=LEASE, now=now)
+            stages.update_progress(session, job_id, "mrc", 0.5, now=now)
+
+    busy(late)
+    with sessions() as session:
+        assert stage_shards.shards_to_redispatch(session, stale_after=LEASE,
+                                                 pending_after=RESEND, now=late) == [(job_id, 1)]
+        assert stage_shards.shards_to_redispatch(session, stale_after=LEASE,
+                                                 pending_after=RESEND, now=late) == []
+    assert "shard_recovered" in event_kinds(sessions, job_id)
+    assert _claim_shard(sessions, job_id, 1, "w2", late).outcome == ClaimOutcome.CLAIMED
+    assert _claim_shard(sessions, job_id, 1, "w3", late).outcome == ClaimOutcome.HELD  # a copy
+
+
+def test_a_waiting_part_is_sent_again_once_per_period_not_every_lease_length(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # Before: once its job had been quiet for a lease length, a part waiting longer than the
+    # period was sent again at every pass: a part behind a long queue got a copy a minute.
+    job_id = _sharded_job(sessions, new_job)  # neither shard's message reached a worker
+
+    def recover(now: datetime) -> list[tuple[str, int]]:
+        with sessions() as session:
+            return stage_shards.shards_to_redispatch(session, stale_after=LEASE,
+                                                     pending_after=RESEND, now=now)
+
+    late = T0 + timedelta(seconds=RESEND + 1)
+    assert recover(T0 + timedelta(seconds=RESEND / 2)) == []
+    assert recover(late) == [(job_id, 0), (job_id, 1)]
+    assert recover(late + timedelta(seconds=LEASE * 2)) == []
+    assert recover(late + timedelta(seconds=RESEND / 2)) == []
+    assert recover(late + timedelta(seconds=RESEND + 1)) == [(job_id, 0), (job_id, 1)]
+    # A part given back after an error waits a period from then, whenever it was made.
+    released = late + timedelta(seconds=RESEND + 2)
+    assert _claim_shard(sessions, job_id, 0, "w1", released).outcome == ClaimOutcome.CLAIMED
+    with sessions() as session:
+        stage_shards.release_part(session, stage_shards.MRC_SHARDS, job_id, 0, owner="w1",
+                                  error="boom", now=released)
+    assert recover(released + timedelta(seconds=LEASE * 2)) == []
 
 
 def test_all_shards_done_but_no_merge_recorded_sends_one_shard_again(

@@ -4,17 +4,19 @@ schemas, both built by the Alembic migrations."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages
 from persistence.models import Job, JobEvent, StageStatus
 from persistence.stages import ArtifactRecord, ClaimOutcome, StageOutputs
+from persistence.transactions import JobNotFound
 from tests.persistence.helpers import (
     LEASE,
     MRC_ROWS,
@@ -316,6 +318,36 @@ def test_stale_stages_are_redispatched_once_per_period(
     assert sorted(recovered) == sorted([dead, dead, dead, alive, alive, between, queued])
 
 
+def test_a_waiting_stage_is_resent_a_period_after_its_message_not_after_the_jobs_last_change(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # Before: a waiting stage was timed by its job's updated_at, and each re-send moved that
+    # (clients saw the job change while nothing happened to it); a stage given back after an
+    # error was timed from the job's last progress write, not from its new message.
+    queued = new_job()
+    period = 600.0
+
+    def redispatch(now: datetime) -> list[tuple[str, str]]:
+        with sessions() as session:
+            return stages.stages_to_redispatch(session, stale_after=LEASE, pending_after=period,
+                                               now=now)
+
+    late = T0 + timedelta(seconds=period + 1)
+    assert redispatch(late) == [(queued, "mrc")]
+    assert redispatch(late) == []  # every worker runs the loop: sent once per period
+    with sessions() as session:
+        assert jobs.get_job(session, queued).updated_at == T0  # the job itself is unchanged
+    assert stage_row(sessions, queued, "mrc").dispatched_at == late
+    assert redispatch(late + timedelta(seconds=period + 1)) == [(queued, "mrc")]
+
+    retried = new_job()
+    claim(sessions, retried, owner="w")  # at T0
+    given_back = T0 + timedelta(seconds=period)
+    with sessions() as session:
+        stages.release_stage(session, retried, "mrc", owner="w", error="boom", now=given_back)
+    assert (retried, "mrc") not in redispatch(given_back + timedelta(seconds=period / 2))
+    assert (retried, "mrc") in redispatch(given_back + timedelta(seconds=period + 1))
+
+
 def test_two_recovery_loops_at_once_resend_a_stage_once(
         sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
     # Every worker runs the recovery loop. Before: a pass that found a stale stage, then waited
@@ -342,3 +374,110 @@ def test_two_recovery_loops_at_once_resend_a_stage_once(
         first.commit()
         thread.join()
     assert passes == [[]]
+
+
+# --------------------------------------------------------------------------------------------
+# Statements per transaction (the worker runs these on every job's way: each is a round trip)
+# --------------------------------------------------------------------------------------------
+@contextmanager
+def counted(sessions: sessionmaker[Session]) -> Iterator[list[str]]:
+    """The SQL statements run on the factory's engine inside the block (BEGIN excluded), the
+    same statement run again at once counted once: the rows of one INSERT, which Postgres gets
+    in one statement and SQLite one row at a time."""
+    seen: list[str] = []
+    engine = sessions.kw["bind"]
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if not statement.lstrip().upper().startswith("BEGIN") and seen[-1:] != [statement]:
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+
+
+def test_a_claim_and_each_finish_take_few_statements(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    terms = stages.ClaimTerms("w1", LEASE, max_attempts=3)
+    job_id = new_job(labels={"team": "a"})
+    reports = [("module_scored", {"module": m}, T0) for m in ("conv1", "fc")]
+    artifacts = [ArtifactRecord(name, f"jobs/x/{name}", 1, "a" * 64, "text/plain")
+                 for name in ("a.txt", "b.txt")]
+    with counted(sessions) as claiming, sessions() as session:
+        stages.claim_stage(session, job_id, "mrc", owner="w1", lease_seconds=LEASE,
+                           max_attempts=3, now=T0)
+    with counted(sessions) as chaining, sessions() as session:
+        _, taken = stages.finish_stage_and_claim_next(
+            session, job_id, "mrc", owner="w1", next_terms=terms, events=reports, now=T0,
+            device="cpu", outputs=StageOutputs(mrc_rows=MRC_ROWS, artifacts=artifacts,
+                                               selected_module="fc", metrics={"m": 1}))
+    assert taken is not None and taken.outcome == ClaimOutcome.CLAIMED
+    with sessions() as session:
+        stages.finish_stage_and_claim_next(session, job_id, "finetune", owner="w1",
+                                           next_terms=terms, outputs=StageOutputs(), now=T0)
+    points = [{"alpha": a, "clean_accuracy": 80.0, "robust_accuracy": 40.0} for a in (0, 1)]
+    with counted(sessions) as ending, sessions() as session:
+        job, _ = stages.finish_stage_and_claim_next(
+            session, job_id, "interpolate", owner="w1", events=reports, now=T0,
+            outputs=StageOutputs(interpolation_points=points, artifacts=artifacts,
+                                 chosen_alpha=0.5))
+    assert job.status == "succeeded"
+    # The claim: the job's row locked (not its labels nor stages), its stages, the claim's
+    # UPDATE returning the attempt, then the job's row and the event at the commit (was 9:
+    # the labels and stages loaded with the job, the stages again, the claimed row read back,
+    # started_at written on its own).
+    assert len(claiming) <= 5, claiming
+    # Finish and claim: the job, the stage done, the artifacts already there, the stages, the
+    # claim, then at the commit one INSERT per table and the job's row once (was 16).
+    assert len(chaining) <= 9, chaining
+    # The last finish: the same less the claim (was 10; a job of a project adds the read of
+    # its webhook endpoints, as before).
+    assert len(ending) <= 7, ending
+    with sessions() as session:
+        kinds = [(e.kind, e.payload.get("module")) for e in jobs.list_events(session, job_id)]
+        assert [s.status for s in jobs.get_job(session, job_id).stages] == ["done"] * 3
+    # The events in the order they were reported, each transaction's in one INSERT.
+    assert kinds[:6] == [("job_created", None), ("stage_started", None),
+                         ("module_scored", "conv1"), ("module_scored", "fc"),
+                         ("stage_finished", None), ("stage_started", None)]
+    assert [kind for kind, _ in kinds[-4:]] == [
+        "module_scored", "module_scored", "stage_finished", "job_succeeded"]
+
+
+def test_a_claim_says_each_stages_attempt_and_keeps_the_first_start(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    job_id = new_job()
+    first = claim(sessions, job_id, owner="w1")
+    assert dict(first.attempts) == {"mrc": 1, "finetune": 0, "interpolate": 0}
+    with sessions() as session:
+        stages.release_stage(session, job_id, "mrc", owner="w1", error="OSError")
+    again = claim(sessions, job_id, owner="w2", now=T0 + timedelta(seconds=5))
+    assert (again.attempt, dict(again.attempts)) == (2, {"mrc": 2, "finetune": 0,
+                                                         "interpolate": 0})
+    row = stage_row(sessions, job_id, "mrc")
+    assert (row.attempts, row.started_at, row.lease_owner) == (2, T0, "w2")
+    assert row.lease_expires_at == T0 + timedelta(seconds=5 + LEASE)
+    finish(sessions, job_id, "mrc", owner="w2")
+    following = claim(sessions, job_id, "finetune", now=T0 + timedelta(seconds=9))
+    assert dict(following.attempts) == {"mrc": 2, "finetune": 1, "interpolate": 0}
+    assert stage_row(sessions, job_id, "finetune").started_at == T0 + timedelta(seconds=9)
+    # Not claimed: no attempts to give.
+    assert dict(claim(sessions, job_id, "finetune", owner="w3").attempts) == {}
+
+
+def test_a_claim_with_inputs_reads_the_checkpoint_and_dataset_in_its_transaction(
+        sessions: sessionmaker[Session], new_job: Callable[..., str], checkpoint_id: str
+) -> None:
+    job_id = new_job()
+    with counted(sessions) as seen, sessions() as session:
+        taken, checkpoint, dataset = stages.claim_stage_with_inputs(
+            session, job_id, "mrc", owner="w1", lease_seconds=LEASE, max_attempts=3, now=T0)
+        assert not session.in_transaction()  # nothing left open for the close to roll back
+    assert taken.outcome == ClaimOutcome.CLAIMED and dataset is None
+    assert checkpoint is not None and checkpoint.id == checkpoint_id
+    assert len(seen) <= 6, seen  # the inputs' one SELECT, the claim, its COMMIT
+    with sessions() as session, pytest.raises(JobNotFound):
+        stages.claim_stage_with_inputs(session, "nope", "mrc", owner="w1",
+                                       lease_seconds=LEASE, max_attempts=3)

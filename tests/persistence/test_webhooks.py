@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages, webhooks
 from persistence.db import create_session_factory
-from persistence.models import utcnow
+from persistence.models import WebhookDelivery, utcnow
 from persistence.stages import StageOutputs
 from persistence.transactions import EventKind, log_event, transaction
 from tests.persistence.helpers import add_project, claim, finish
@@ -107,3 +109,35 @@ def test_an_attempt_whose_endpoint_was_deleted_meanwhile_records_nothing(
             session, delivery.id, 1, status_code=200, error=None, started_at=now,
             duration_ms=1.0, succeeded=True, retry_at=None)
         assert webhooks.load_delivery(session, delivery.id) is None
+
+
+def test_a_message_whose_task_was_lost_is_sent_again_once_per_lease_length(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # Before: every recovery pass of every worker returned each late message again, so while
+    # the webhook queue was backed up each worker added a copy every recovery interval.
+    endpoint(sessions, ["job.cancelled"])
+    job_id = new_job()
+    with sessions() as session:
+        jobs.request_cancel(session, job_id)  # its message's task is never sent
+        delivery = session.execute(select(WebhookDelivery)
+                                   .where(WebhookDelivery.job_id == job_id)).scalar_one()
+    late_after = 60.0
+
+    def recover(now: datetime) -> list[str]:
+        with sessions() as session:
+            return webhooks.deliveries_to_redispatch(session, late_after=late_after, now=now)
+
+    written = delivery.next_attempt_at
+    assert recover(written + timedelta(seconds=late_after / 2)) == []
+    late = written + timedelta(seconds=late_after + 1)
+    assert recover(late) == [delivery.id]
+    assert recover(late) == []  # another worker's pass: sent once
+    assert recover(late + timedelta(seconds=late_after / 2)) == []
+    again = late + timedelta(seconds=late_after + 1)
+    assert recover(again) == [delivery.id]  # that copy was lost too
+    # The copy (or the original, late) takes the attempt; the other finds it taken.
+    with sessions() as session:
+        lease = again + timedelta(seconds=late_after)
+        assert webhooks.claim_attempt(session, delivery.id, 0, again, lease)
+        assert not webhooks.claim_attempt(session, delivery.id, 0, again, lease)
+    assert recover(lease) == []  # the attempt is in flight

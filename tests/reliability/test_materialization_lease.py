@@ -11,7 +11,6 @@ expired lease, queues the row again and makes it.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,54 +19,19 @@ import pytest
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import jobs, stages
+from persistence import jobs
 from persistence.materializations import request_materialization
-from persistence.models import Materialization
 from persistence.queue import RiftCelery, enqueue_materialization
-from persistence.stages import ArtifactRecord, StageOutputs
 from persistence.storage import ObjectStore
 from rift import checkpoints
 from rift.interpolation import interpolate_weights
+from tests.reliability.succeeded_jobs import materialization, perturbed, succeeded_job, wait_until
 from tests.service_fixtures import WorkerProcess
 from worker.materialize import materialization_key
-from worker.stages import FINETUNED
 
 pytestmark = pytest.mark.service
 
 LEASE_S = "2"  # the killed worker's lease expires two seconds after its last renewal
-
-
-def _succeeded_job(sessions: sessionmaker[Session], store: ObjectStore, submit: Callable[..., str],
-                   spec: dict[str, Any], theta_ft: dict[str, torch.Tensor], tmp_path: Path) -> str:
-    """A job recorded as succeeded with ``theta_ft`` as its stored θ_FT, no stage run."""
-    job_id = submit(spec, send=False)
-    path = tmp_path / FINETUNED
-    checkpoints.save_safetensors(path, theta_ft)
-    stored = store.put_file(f"jobs/{job_id}/finetune/attempt-1/{FINETUNED}", path)
-    outputs = {"finetune": StageOutputs(artifacts=[ArtifactRecord(
-        FINETUNED, stored.key, stored.size, stored.sha256, stored.content_type)])}
-    with sessions() as session:
-        for stage in ("mrc", "finetune", "interpolate"):
-            stages.claim_stage(session, job_id, stage, owner="test", lease_seconds=60,
-                               max_attempts=3)
-            stages.finish_stage(session, job_id, stage, owner="test",
-                                outputs=outputs.get(stage, StageOutputs()))
-    return job_id
-
-
-def _row(sessions: sessionmaker[Session], row_id: str) -> Materialization:
-    with sessions() as session:
-        return session.get_one(Materialization, row_id)
-
-
-def _wait(condition: Callable[[], bool], what: str, workers: tuple[WorkerProcess, ...],
-          timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {w.name}\n{w.log()[-3000:]}" for w in workers)
-            pytest.fail(f"never reached {what}\n{logs}")
-        time.sleep(0.1)
 
 
 def test_a_materialization_whose_worker_was_killed_is_made_by_another_worker(
@@ -75,28 +39,27 @@ def test_a_materialization_whose_worker_was_killed_is_made_by_another_worker(
         sessions: sessionmaker[Session], store: ObjectStore, sender: RiftCelery,
         quick_config: dict[str, Any], digits_checkpoint_path: Path, tmp_path: Path) -> None:
     theta_at = checkpoints.load_state_dict(digits_checkpoint_path)
-    theta_ft = {name: tensor + 0.01 if tensor.is_floating_point() else tensor.clone()
-                for name, tensor in theta_at.items()}
-    job_id = _succeeded_job(sessions, store, submit, copy.deepcopy(quick_config), theta_ft,
+    theta_ft = perturbed(theta_at)
+    job_id = succeeded_job(sessions, store, submit, copy.deepcopy(quick_config), theta_ft,
                             tmp_path)
     with sessions() as session:
         row_id = request_materialization(session, job_id, 0.5, evaluate=False).row.id
 
     first = start_worker(WORKER_LEASE_SECONDS=LEASE_S, TEST_UPLOAD_PAUSE="record:300")
     enqueue_materialization(sender, row_id)
-    _wait(lambda: "TEST_UPLOAD_PAUSE: pausing" in first.log(), "the first worker's pause",
+    wait_until(lambda: "TEST_UPLOAD_PAUSE: pausing" in first.log(), "the first worker's pause",
           (first,))
-    held = _row(sessions, row_id)
+    held = materialization(sessions, row_id)
     assert (held.status, held.attempts) == ("running", 1) and held.lease_owner is not None
     first.kill()  # SIGKILL: no cleanup, its message unacknowledged, its lease left to expire
 
     second = start_worker(WORKER_LEASE_SECONDS=LEASE_S, WORKER_RECOVERY_INTERVAL_SECONDS="0.5")
-    _wait(lambda: _row(sessions, row_id).status not in ("queued", "running"),
+    wait_until(lambda: materialization(sessions, row_id).status not in ("queued", "running"),
           "the materialization's end", (first, second))
-    row = _row(sessions, row_id)
+    row = materialization(sessions, row_id)
     assert (row.status, row.error_message, row.attempts, row.lease_owner) == (
         "succeeded", None, 2, None)
-    assert f"materialization {row_id}: re-sending it (its lease expired)" in second.log()
+    assert f"materialization {row_id}: re-sending it (its lease expired" in second.log()
     with sessions() as session:
         artifact = jobs.get_artifact(session, job_id, "tuned@0.5.safetensors")
     assert artifact is not None

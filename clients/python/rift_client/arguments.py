@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import stat
 from pathlib import Path
 from urllib.parse import quote
 
@@ -77,3 +78,19 @@ def save_target(path: str | os.PathLike[str], name_in_folder: str) -> Path:
         raise FileNotFoundError(errno.ENOENT, f"no folder {str(target.parent)!r} to save the "
                                 "download in", str(target))
     return target
+
+
+def sendable_file(what: str, path: str | os.PathLike[str]) -> tuple[Path, int]:
+    """``path`` and its size when it is a regular file; else a :class:`RiftUsageError` naming
+    ``what``. A pipe (``/dev/stdin`` fed by ``cat``, a ``<(...)`` substitution) or a device has
+    no size to announce and cannot be read a second time for a retry: its size read as 0, so
+    an empty body was sent, and the service refused a file that "is empty"."""
+    file = Path(path)
+    info = file.stat()  # a missing file: the OSError naming it
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a pipe or device"
+        raise RiftUsageError(
+            f"{what} {str(file)[:200]!r} is {kind}, not a regular file: its size is unknown "
+            "and a retry could not read it again; save it to a file first (riftctl "
+            "checkpoints/datasets upload - does that for standard input)")
+    return file, info.st_size

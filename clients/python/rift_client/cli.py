@@ -53,6 +53,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from rift_client.cli_help import RiftTyper
+from rift_client.cli_input import STDIN, as_regular_file, is_stream
 from rift_client.client import RiftClient
 from rift_client.config import ConfigError, resolve_config
 from rift_client.errors import (
@@ -127,17 +129,17 @@ class State:
             self.out.print(message, highlight=False, soft_wrap=True)
 
 
-app = typer.Typer(help="Command line of the RiFT service (Robust Critical Fine-Tuning).",
+app = RiftTyper(help="Command line of the RiFT service (Robust Critical Fine-Tuning).",
                   epilog="Exit codes: 0 success, 1 job failed or cancelled, 2 usage error, "
                   "3 API error (or service unreachable, checksum mismatch), 4 wait timed out. "
                   "Config file: RIFTCTL_CONFIG or ~/.config/riftctl/config.toml (api_url, "
                   "api_key, timeout, upload_timeout).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-checkpoints_app = typer.Typer(help="Upload, list, show and delete checkpoints.",
+checkpoints_app = RiftTyper(help="Upload, list, show and delete checkpoints.",
                               no_args_is_help=True)
-datasets_app = typer.Typer(help="Upload, list, show and delete datasets.", no_args_is_help=True)
-jobs_app = typer.Typer(help="Create, follow and collect RiFT jobs.", no_args_is_help=True)
-webhooks_app = typer.Typer(help="Register, show and delete webhooks; show their deliveries.",
+datasets_app = RiftTyper(help="Upload, list, show and delete datasets.", no_args_is_help=True)
+jobs_app = RiftTyper(help="Create, follow and collect RiFT jobs.", no_args_is_help=True)
+webhooks_app = RiftTyper(help="Register, show and delete webhooks; show their deliveries.",
                            no_args_is_help=True)
 app.add_typer(checkpoints_app, name="checkpoints")
 app.add_typer(datasets_app, name="datasets")
@@ -214,14 +216,17 @@ def _client(state: State) -> Iterator[RiftClient]:
         _fail(state, EXIT_API_ERROR, str(exc), {"code": code, "message": str(exc)})
     except WaitTimeoutError as exc:
         _fail(state, EXIT_WAIT_TIMEOUT, str(exc), {
-            "code": "wait_timeout", "message": str(exc), "job_id": exc.job_id,
+            "code": "wait_timeout", "message": str(exc), "field": "--timeout",
+            "job_id": exc.job_id,
             "status": exc.last_status,
             **({"materialization_id": exc.materialization_id} if exc.materialization_id else {})})
 
 
 def _fail(state: State, exit_code: int, message: str, error: dict[str, Any]) -> None:
     if state.json:
-        print(json.dumps({"error": error}), file=sys.stderr, flush=True)
+        # Every error object has "field" (None when nothing the caller typed is at fault: a
+        # connection refused), so that a script reads error["field"] without a KeyError.
+        print(json.dumps({"error": {"field": None, **error}}), file=sys.stderr, flush=True)
     else:
         state.err.print(Text("error:", style="bold red"), message, highlight=False,
                         soft_wrap=True)
@@ -401,22 +406,38 @@ def usage(ctx: typer.Context) -> None:
 _Sent = TypeVar("_Sent", bound=BaseModel)
 
 
-def _upload(state: State, path: Path,
-            send: Callable[[Path, Callable[[int, int], None]], _Sent]) -> _Sent:
-    """``send(path, progress)`` with a progress bar on stderr."""
-    with _transfer_progress(state) as progress:
-        task = progress.add_task(f"uploading {path.name}", total=path.stat().st_size)
-        return send(path, lambda done, total: progress.update(task, completed=done, total=total))
+def _upload(state: State, path: Path, filename: str | None,
+            send: Callable[[Path, str, Callable[[int, int], None]], _Sent]) -> _Sent:
+    """``send(file, name, progress)`` with a progress bar on stderr: ``path`` itself, or for
+    standard input (``-``) and a pipe a temporary copy of what it holds (see
+    :mod:`rift_client.cli_input`), stored under ``filename``, else the path's own name."""
+    if not is_stream(path):
+        _existing_file(path, "PATH")
+    name = filename or ("stdin" if path == STDIN else path.name)
+    if not name:
+        raise typer.BadParameter("a name is needed", param_hint="--filename")
+    if is_stream(path):
+        state.note(f"reading {'standard input' if path == STDIN else path} into a temporary file")
+    with as_regular_file(path) as file, _transfer_progress(state) as progress:
+        task = progress.add_task(f"uploading {name}", total=file.stat().st_size)
+        return send(file, name,
+                    lambda done, total: progress.update(task, completed=done, total=total))
+
+
+def _filename_option(kind: str) -> Any:
+    return typer.Option("--filename", help=f"The name the {kind} is stored under (default: the "
+                        "file's name; 'stdin' for -).")
 
 
 @checkpoints_app.command("upload")
 def checkpoints_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
-        help="A .safetensors or PyTorch checkpoint file.")]) -> None:
+        help="A .safetensors or PyTorch checkpoint file; - reads standard input.")],
+        filename: Annotated[str | None, _filename_option("checkpoint")] = None) -> None:
     """Upload a checkpoint (its SHA-256 checked against the service's)."""
     state = _state(ctx)
-    _existing_file(path, "PATH")
     with _client(state) as client:
-        record = _upload(state, path, lambda p, cb: client.upload_checkpoint(p, progress=cb))
+        record = _upload(state, path, filename,
+                         lambda p, name, cb: client.upload_checkpoint(p, filename=name, progress=cb))
     if state.json:
         state.emit(record)
     else:
@@ -469,12 +490,13 @@ def checkpoints_delete(ctx: typer.Context, checkpoint_id: str) -> None:
 
 @datasets_app.command("upload")
 def datasets_upload(ctx: typer.Context, path: Annotated[Path, typer.Argument(
-        help="An .npz file or a tar of an ImageFolder tree.")]) -> None:
+        help="An .npz file or a tar of an ImageFolder tree; - reads standard input.")],
+        filename: Annotated[str | None, _filename_option("dataset")] = None) -> None:
     """Upload a dataset (its SHA-256 checked against the service's)."""
     state = _state(ctx)
-    _existing_file(path, "PATH")
     with _client(state) as client:
-        record = _upload(state, path, lambda p, cb: client.upload_dataset(p, progress=cb))
+        record = _upload(state, path, filename,
+                         lambda p, name, cb: client.upload_dataset(p, filename=name, progress=cb))
     if state.json:
         state.emit(record)
     else:
@@ -632,7 +654,7 @@ def jobs_create(
         "model and its EMA): an entry its upload lists, e.g. state_dict_ema (sets "
         "config.checkpoint_entry).")] = None,
     label: Annotated[list[str] | None, typer.Option(
-        "--label", "-l", help="KEY=VALUE; repeat for several.")] = None,
+        "--label", "-l", metavar="KEY=VALUE", help="KEY=VALUE; repeat for several.")] = None,
     time_limit: Annotated[float | None, typer.Option(
         "--time-limit", min=MIN_TIME_LIMIT_SECONDS, help="The job's wall-clock limit in seconds "
         f"(at least {MIN_TIME_LIMIT_SECONDS:g}, at most the service's JOB_TIME_LIMIT_SECONDS; "
@@ -663,7 +685,7 @@ def jobs_create(
         if checkpoint_file.is_file():
             # The file goes in the job's own request (one multipart POST under one
             # Idempotency-Key): a re-run, or a job refused, leaves no stray checkpoint behind.
-            job = _upload(state, checkpoint_file, lambda p, cb: client.create_job(
+            job = _upload(state, checkpoint_file, None, lambda p, _name, cb: client.create_job(
                 spec, checkpoint_file=p, idempotency_key=idempotency_key, progress=cb))
             state.note(f"uploaded {checkpoint_file.name} as checkpoint {job.checkpoint_id}")
         else:
@@ -686,7 +708,7 @@ def jobs_list(
     status: Annotated[list[str] | None, typer.Option(
         "--status", "-s", help="queued, running, succeeded, failed, cancelled; repeatable.")] = None,
     label: Annotated[list[str] | None, typer.Option(
-        "--label", "-l", help="KEY=VALUE the jobs must have; repeatable.")] = None,
+        "--label", "-l", metavar="KEY=VALUE", help="KEY=VALUE the jobs must have; repeatable.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Jobs to show.")] = 20,
 ) -> None:
     """List jobs, newest first (following the pages as needed)."""
@@ -1200,9 +1222,54 @@ def hoist_root_options(argv: Sequence[str]) -> list[str]:
     return head + moved + kept
 
 
+#: The class of typer's usage errors (unknown option, bad value, missing argument): the base of
+#: ``typer.BadParameter``, which typer does not export by name.
+_UsageError: type[Exception] = typer.BadParameter.__base__  # type: ignore[assignment]
+
+
+def json_output_asked(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` (options hoisted) asks for ``--output json`` before the command."""
+    for index, word in enumerate(argv):
+        if not word.startswith("-"):
+            return False
+        if word in ("--output", "-o"):
+            return argv[index + 1: index + 2] == ["json"]
+        if word == "--output=json":
+            return True
+    return False
+
+
+def usage_error_json(exc: Exception) -> dict[str, Any]:
+    """A usage error as the ``error`` object of ``--output json``: its message and the option or
+    argument at fault in ``field`` (None when the error names none: an unknown command)."""
+    hint = getattr(exc, "param_hint", None) or getattr(exc, "option_name", None)
+    param = getattr(exc, "param", None)
+    if hint is None and param is not None:
+        hint = (param.opts[0] if param.opts else None) or param.name
+    if isinstance(hint, list | tuple):
+        hint = hint[0] if hint else None
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    return {"code": "usage_error", "message": message, "field": hint}
+
+
 def main() -> None:
-    """The ``riftctl`` console script."""
-    app(args=hoist_root_options(sys.argv[1:]))
+    """The ``riftctl`` console script. With ``--output json`` a usage error (exit 2) is one JSON
+    line on stderr, ``{"error": {"code": "usage_error", "message", "field"}}``, as every other
+    error is; it used to be typer's framed text, which a script reading stderr as JSON could
+    not parse."""
+    args = hoist_root_options(sys.argv[1:])
+    if not json_output_asked(args):
+        app(args=args)
+        return
+    try:
+        code = typer.main.get_command(app).main(args=args, prog_name="riftctl",
+                                                standalone_mode=False)
+    except _UsageError as exc:
+        print(json.dumps({"error": usage_error_json(exc)}), file=sys.stderr, flush=True)
+        sys.exit(EXIT_USAGE)
+    except typer.Abort:  # end of input at a prompt; riftctl asks none, but click may
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

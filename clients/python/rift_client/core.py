@@ -6,6 +6,7 @@ own beyond performing the effects. The public methods' documentation is on ``Rif
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -22,7 +23,13 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from rift_client.arguments import finite_number, item_limit, save_target, wait_times
+from rift_client.arguments import (
+    finite_number,
+    item_limit,
+    save_target,
+    sendable_file,
+    wait_times,
+)
 from rift_client.arguments import path_segment as _seg
 from rift_client.errors import (
     ChecksumMismatchError,
@@ -227,6 +234,29 @@ def _write_hashed(out: IO[bytes], digest: Any, chunk: bytes) -> None:
     digest.update(chunk)
 
 
+def _hash_existing(partial: Path, size: int, digest: Any) -> int:
+    """The bytes a ``.part`` left by an earlier call holds, added to ``digest``; 0 (and the
+    file emptied) when there is none or it is longer than the artifact's ``size``."""
+    try:
+        held = partial.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if held > size:
+        partial.unlink()
+        return 0
+    with partial.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return held
+
+
+def _received_any(partial: Path) -> bool:
+    try:
+        return partial.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
 def _restart(out: IO[bytes]) -> None:
     """The partial file emptied: a download whose range was not honoured starts again."""
     out.seek(0)
@@ -415,8 +445,8 @@ class RiftCore:
     def upload(self, route: str, model: type[Upload], path: str | os.PathLike[str],
                filename: str | None, progress: ProgressCallback | None,
                idempotency_key: str | None) -> Flow[Upload]:
-        file = Path(path)
-        body = FileBody(file, file.stat().st_size, progress)
+        file, size = sendable_file("path", path)
+        body = FileBody(file, size, progress)
         record = yield from self._send_file(route, model, body,
                                             content_type="application/octet-stream",
                                             idempotency_key=idempotency_key,
@@ -470,7 +500,8 @@ class RiftCore:
         fields = _job_spec(spec)
         key = _idempotency_key(idempotency_key)
         if checkpoint_file is not None:
-            return self._create_job_with_file(fields, Path(checkpoint_file), key, progress)
+            file, _ = sendable_file("checkpoint_file", checkpoint_file)
+            return self._create_job_with_file(fields, file, key, progress)
         # Sent in the body as given: the service names it if it is not an id.
         return self._create_job(fields, cast(str, checkpoint_id), key)
 
@@ -752,54 +783,88 @@ class RiftCore:
         artifact = yield from self.get_artifact(job_id, name)
         partial = target.with_name(target.name + ".part")
         digest = hashlib.sha256()
-        received = 0
+        # What an earlier call left in <target>.part when it was interrupted (Ctrl-C, a
+        # cancelled task, the connection lost for good): resumed from its end, its bytes hashed
+        # first. Bytes of another file under the same name show as a checksum mismatch at the
+        # end, after which the file is fetched once more from its start.
+        received = yield Blocking(functools.partial(_hash_existing, partial, artifact.size,
+                                                    digest))
+        from_earlier_call = received > 0
         failures = 0
         try:
-            with partial.open("wb") as out:
+            with partial.open("ab") as out:
                 while True:
-                    # identity: the bytes on the wire are the file's, so a Range can resume it.
-                    headers = {"Accept-Encoding": "identity"}
-                    if received:
-                        headers["Range"] = f"bytes={received}-"
-                        headers["If-Range"] = f'"{artifact.sha256}"'
-                    response = yield from self.open_stream(artifact.url, headers=headers,
-                                                           follow_redirects=True)
-                    try:
-                        if received and response.status_code != 206:
-                            # The range was not honoured: the whole file comes again.
-                            yield Blocking(functools.partial(_restart, out))
-                            digest, received = hashlib.sha256(), 0
-                        # Chunks as they arrive (not re-chunked), so that what was received
-                        # before a dropped connection is kept; each written (and hashed) off
-                        # the async client's event loop.
-                        chunks = yield Chunks(response)
-                        while (chunk := (yield Next(chunks))) is not END:
-                            yield Blocking(functools.partial(_write_hashed, out, digest, chunk))
-                            received += len(chunk)
-                            if progress is not None:
-                                progress(received, artifact.size)
+                    if received < artifact.size:
+                        received, failures, digest = yield from self._receive(
+                            job_id, name, artifact, out, digest, received, failures, progress,
+                            resume_attempts)
+                    actual = digest.hexdigest()
+                    if received == artifact.size and actual == artifact.sha256:
                         break
-                    except httpx.TransportError as exc:
-                        if received >= artifact.size:
-                            break  # everything arrived; the checks below decide
-                        failures += 1
-                        if failures > resume_attempts:
-                            raise RiftConnectionError(
-                                f"downloading {name} of job {job_id} failed {failures} times "
-                                f"(last: {exc!r}) after {received} bytes") from exc
-                    yield Close(response)
-                    yield Sleep(self.retry.backoff(failures - 1))
-            actual = digest.hexdigest()
-            if received != artifact.size or actual != artifact.sha256:
-                raise ChecksumMismatchError(
-                    f"{name}: received {received} bytes with SHA-256 {actual}; the service "
-                    f"reported {artifact.size} bytes with {artifact.sha256}",
-                    expected=artifact.sha256, actual=actual)
+                    if from_earlier_call:  # the old .part held other bytes: start again
+                        from_earlier_call = False
+                        yield Blocking(functools.partial(_restart, out))
+                        digest, received = hashlib.sha256(), 0
+                        continue
+                    raise ChecksumMismatchError(
+                        f"{name}: received {received} bytes with SHA-256 {actual}; the service "
+                        f"reported {artifact.size} bytes with {artifact.sha256}",
+                        expected=artifact.sha256, actual=actual)
             partial.replace(target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
+        except BaseException as exc:
+            # Interrupted (Ctrl-C, a cancelled asyncio task) or cut off for good: what arrived
+            # is kept under the .part name (never the target's) for the next call to resume.
+            # Anything else (a checksum mismatch, an API error, a full disk) leaves nothing.
+            # An interrupt that lands in the I/O the runner performs reaches this flow as
+            # GeneratorExit (the runner passes on Exceptions only, and the flow is closed).
+            interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError
+                                     | GeneratorExit | RiftConnectionError)
+            if not (interrupted and _received_any(partial)):
+                partial.unlink(missing_ok=True)
             raise
         return target
+
+    def _receive(self, job_id: str, name: str, artifact: Artifact, out: IO[bytes], digest: Any,
+                 received: int, failures: int, progress: ProgressCallback | None,
+                 resume_attempts: int) -> Flow[tuple[int, int, Any]]:
+        """Fetch the artifact's bytes from ``received`` on into ``out`` and ``digest`` (resuming
+        with Range after a dropped connection, up to ``resume_attempts`` times):
+        ``(received, failures, digest)``, the digest a new one when the file came again whole."""
+        while True:
+            # identity: the bytes on the wire are the file's, so a Range can resume it.
+            headers = {"Accept-Encoding": "identity"}
+            if received:
+                headers["Range"] = f"bytes={received}-"
+                headers["If-Range"] = f'"{artifact.sha256}"'
+            response = yield from self.open_stream(artifact.url, headers=headers,
+                                                   follow_redirects=True)
+            try:
+                if received and response.status_code != 206:
+                    # The range was not honoured: the whole file comes again.
+                    yield Blocking(functools.partial(_restart, out))
+                    digest, received = hashlib.sha256(), 0
+                # Chunks as they arrive (not re-chunked), so that what was received before a
+                # dropped connection is kept; each written (and hashed) off the async client's
+                # event loop.
+                chunks = yield Chunks(response)
+                while (chunk := (yield Next(chunks))) is not END:
+                    yield Blocking(functools.partial(_write_hashed, out, digest, chunk))
+                    received += len(chunk)
+                    if progress is not None:
+                        progress(received, artifact.size)
+                yield Close(response)
+                return received, failures, digest
+            except httpx.TransportError as exc:
+                if received >= artifact.size:
+                    return received, failures, digest  # everything arrived; the checks decide
+                failures += 1
+                if failures > resume_attempts:
+                    raise RiftConnectionError(
+                        f"downloading {name} of job {job_id} failed {failures} times "
+                        f"(last: {exc!r}) after {received} bytes; {received} bytes are kept "
+                        "in its .part file, which the next download resumes") from exc
+            yield Close(response)
+            yield Sleep(self.retry.backoff(failures - 1))
 
     def download_report(self, job_id: str, path: str | os.PathLike[str]) -> Flow[Path]:
         # The folder is checked before the request, and the page written next to the target then

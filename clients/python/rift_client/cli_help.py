@@ -1,0 +1,56 @@
+"""How ``riftctl --help`` shows its options: a flag without a value type.
+
+typer 0.29's rich help prints every option's value type, flags included, so ``--wait``,
+``--quiet`` and ``--help`` itself read ``--wait <bool>`` as though they took a value (they take
+none: ``--wait true`` is "Got unexpected extra argument"). Its plain-text help leaves flags
+bare; the rich one asks the option for ``display_type_rich``, which answers the option's
+``metavar`` when it has one. Every command and group of ``riftctl`` is made from the classes
+below, which give each flag an empty metavar before the help is drawn: the options, what they
+accept and their help texts stay as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from typer import core as typer_core
+from typer.models import CommandFunctionType
+
+
+def _bare_flags(params: list[Any]) -> list[Any]:
+    """``params`` with each boolean flag's shown type emptied (a count, ``-v -v``, keeps its
+    ``<int>``: it is not a bool)."""
+    for param in params:
+        if isinstance(param, typer_core.TyperOption) and param.is_bool_flag:
+            param.metavar = ""
+    return params
+
+
+class RiftCommand(typer_core.TyperCommand):
+    """A command whose help shows flags without ``<bool>``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
+
+
+class RiftGroup(typer_core.TyperGroup):
+    """A command group whose help shows flags without ``<bool>`` (``riftctl --quiet``)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
+
+
+class RiftTyper(typer.Typer):
+    """A ``typer.Typer`` whose groups are :class:`RiftGroup` and whose commands are
+    :class:`RiftCommand` unless a command names its own class."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", RiftGroup)
+        super().__init__(**kwargs)
+
+    def command(self, name: str | None = None, *,
+                cls: type[typer_core.TyperCommand] | None = None,
+                **kwargs: Any) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        return super().command(name, cls=cls or RiftCommand, **kwargs)

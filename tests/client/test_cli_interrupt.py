@@ -1,0 +1,132 @@
+"""Ctrl-C during ``riftctl jobs download``: exit 130, nothing under the artifact's own name,
+what arrived kept in ``<name>.part``, and the next ``jobs download`` resumes it with a Range
+request (before, the ``.part`` was deleted and the whole file came again)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.client.helpers import CLIENT_SOURCE, riftctl_command
+
+JOB = "job_1"
+NAME = "tuned.safetensors"
+BODY = bytes(range(256)) * 4096  # 1 MiB
+HALF = len(BODY) // 2
+
+
+class StallingStore:
+    """Lists one artifact; its first GET sends half the file and then stalls (a slow link the
+    user gives up on), later GETs honour ``Range``. Remembers each GET's Range header."""
+
+    def __init__(self) -> None:
+        self.ranges: list[str | None] = []
+        self.release = threading.Event()
+        store = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if self.path.startswith(f"/v1/jobs/{JOB}/artifacts?") or \
+                        self.path == f"/v1/jobs/{JOB}/artifacts":
+                    listing = {"items": [{
+                        "name": NAME, "size": len(BODY), "sha256": hashlib.sha256(BODY).hexdigest(),
+                        "content_type": "application/octet-stream",
+                        "created_at": "2026-11-26T00:00:00Z", "url": f"/v1/jobs/{JOB}/artifacts/{NAME}",
+                        "some_field_of_a_newer_server": 1}]}
+                    self._send(200, json.dumps(listing).encode(),
+                               {"Content-Type": "application/json"})
+                    return
+                wanted = self.headers.get("Range")
+                store.ranges.append(wanted)
+                if wanted is None and len(store.ranges) == 1:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(BODY)))
+                    self.end_headers()
+                    self.wfile.write(BODY[:HALF])
+                    self.wfile.flush()
+                    store.release.wait(60)  # stalls until the test ends
+                    return
+                start = int(wanted.split("=")[1].rstrip("-")) if wanted else 0
+                status = 206 if wanted else 200
+                extra = {"Content-Range": f"bytes {start}-{len(BODY) - 1}/{len(BODY)}"} \
+                    if wanted else {}
+                self._send(status, BODY[start:], extra)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def store() -> Iterator[StallingStore]:
+    server = StallingStore()
+    yield server
+    server.stop()
+
+
+def _riftctl(store: StallingStore, home: Path, out: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RIFTCTL_CONFIG", "XDG_CONFIG_HOME")}
+    env.update({"HOME": str(home), "RIFT_API_URL": store.url, "RIFT_API_KEY": "rift_test",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(CLIENT_SOURCE),
+                                                            os.environ.get("PYTHONPATH")]))})
+    return subprocess.Popen([*riftctl_command(), "jobs", "download", JOB, NAME, "--out",
+                             f"{out}/"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def test_ctrl_c_keeps_the_part_and_the_next_download_resumes(store: StallingStore,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "weights"
+    partial = out / f"{NAME}.part"
+    process = _riftctl(store, tmp_path, out)
+    try:
+        deadline = time.monotonic() + 60
+        # The file is written through a buffer: part of what arrived may not show yet.
+        while not (partial.exists() and partial.stat().st_size >= HALF // 2):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the first half never arrived"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr.decode()
+    assert not (out / NAME).exists()
+    kept = partial.read_bytes()
+    assert len(kept) >= HALF // 2 and BODY.startswith(kept)
+
+    again = _riftctl(store, tmp_path, out)
+    _, stderr = again.communicate(timeout=120)
+    assert again.returncode == 0, stderr.decode()
+    assert (out / NAME).read_bytes() == BODY and not partial.exists()
+    assert store.ranges == [None, f"bytes={len(kept)}-"]

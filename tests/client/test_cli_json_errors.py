@@ -1,0 +1,58 @@
+"""``riftctl --output json``: usage errors (exit 2) are one JSON object on stderr naming the
+option or argument at fault, as API errors are (they were typer's framed text)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.client.helpers import run_riftctl
+from tests.preloaded_launcher import Launcher
+
+#: Nothing listens there: a usage error is found before anything is sent.
+NOWHERE = "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    (["-o", "json", "jobs", "materialize", "JOB", "--alpha", "2"], "--alpha"),
+    (["jobs", "list", "--limit", "x", "--output", "json"], "--limit"),
+    (["--output=json", "jobs", "wait"], "job_id"),
+    (["-o", "json", "jobs", "list", "--frobnicate"], "--frobnicate"),
+    (["-o", "json", "checkpoints", "upload", "/no/such/model.safetensors"], "PATH"),
+    (["-o", "json", "jobs", "nope"], None),
+])
+def test_usage_errors_are_json_naming_the_field(args: list[str], field: str | None,
+                                                tmp_path: Path,
+                                                cli_launcher: Launcher | None) -> None:
+    result = run_riftctl(args, url=NOWHERE, api_key=None, home=tmp_path, launcher=cli_launcher)
+    assert result.exit_code == 2, result.stderr
+    assert result.stdout == ""
+    error = json.loads(result.stderr)["error"]
+    assert error["code"] == "usage_error" and error["message"]
+    assert error["field"] == field
+
+
+def test_text_output_keeps_typers_usage_text(tmp_path: Path,
+                                             cli_launcher: Launcher | None) -> None:
+    result = run_riftctl(["jobs", "materialize", "JOB", "--alpha", "2"], url=NOWHERE,
+                         api_key=None, home=tmp_path, launcher=cli_launcher)
+    assert result.exit_code == 2 and "--alpha" in result.stderr
+    assert not result.stderr.lstrip().startswith("{")
+
+
+def test_every_error_object_has_a_field(tmp_path: Path, cli_launcher: Launcher | None) -> None:
+    """A connection refused names nothing the caller typed: "field" is null, not missing (a
+    script reading error["field"] got a KeyError for these and a value for API errors)."""
+    refused = run_riftctl(["-o", "json", "jobs", "list"], url=NOWHERE, api_key=None,
+                          home=tmp_path, launcher=cli_launcher)
+    assert refused.exit_code == 3
+    error = json.loads(refused.stderr)["error"]
+    assert error["code"] == "connection_error" and "field" in error and error["field"] is None
+    bad_key = run_riftctl(["-o", "json", "jobs", "list"], url=NOWHERE, api_key="two words",
+                          home=tmp_path, launcher=cli_launcher)
+    assert bad_key.exit_code == 2
+    assert json.loads(bad_key.stderr)["error"] == {
+        "code": "usage_error", "field": None,
+        "message": json.loads(bad_key.stderr)["error"]["message"]}
