@@ -45,5 +45,7 @@ ENV VALIDATION_SOCKET=/app/var/validator/validator.sock
 # REQUEST_HEAD_MAX_BYTES, an unparsable request) in the API's JSON, not plain text.
 ENV REQUEST_HEAD_MAX_BYTES=65536
 # api.preflight first: invalid settings or an unmigrated database stop the container once, with one
-# line, instead of uvicorn restarting each worker process for ever.
-CMD ["sh", "-c", "python -m api.preflight && exec uvicorn api.main:create_app --factory --host 0.0.0.0 --port 8000 --http api.http_protocol:HttpToolsProtocol --h11-max-incomplete-event-size \"${REQUEST_HEAD_MAX_BYTES}\" --workers \"${API_WORKERS}\""]
+# line, instead of uvicorn restarting each worker process for ever. No uvicorn access log: the API
+# logs one JSON `request` line per request itself, with its request id (the same words as
+# compose's api command after its migration; tests/test_deployment_files.py holds them alike).
+CMD ["sh", "-c", "python -m api.preflight && exec uvicorn api.main:create_app --factory --host 0.0.0.0 --port 8000 --http api.http_protocol:HttpToolsProtocol --h11-max-incomplete-event-size \"${REQUEST_HEAD_MAX_BYTES}\" --workers \"${API_WORKERS}\" --no-access-log"]

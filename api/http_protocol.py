@@ -84,6 +84,28 @@ class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, _json("invalid_http_request", _INVALID))
 
+    def shutdown(self) -> None:
+        """The server stops (SIGTERM): end a response streaming without a length now.
+
+        uvicorn waits for every response in progress to finish before its process exits, and
+        an event stream never does: the API outlived ``docker stop``'s 10 s and was killed,
+        cutting the uploads it was finishing. Such a response (``transfer-encoding: chunked``:
+        event streams, a download read from S3 part by part) gets its last chunk here, between
+        two of its writes, so the client sees a well-formed end and reconnects (an event
+        stream with ``Last-Event-ID``, a download with ``Range``); the application's next read
+        is told the client left, which ends its stream. A request still arriving, or a route
+        that has not answered yet, is waited for as before.
+        """
+        cycle = self.cycle
+        if (cycle is not None and cycle.response_started and not cycle.response_complete
+                and cycle.chunked_encoding and not cycle.disconnected):
+            self.transport.write(b"0\r\n\r\n")
+            cycle.disconnected = True  # its later sends are dropped, its receive says so
+            cycle.message_event.set()
+            self.transport.close()
+            return
+        super().shutdown()
+
     def _refuse(self, status: int, body: bytes) -> None:
         content = [httptools_impl.STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:

@@ -7,8 +7,10 @@ the ``alembic`` command line falls back to ``Settings().database_url``.
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
-from persistence.db import create_db_engine
+from persistence.db import create_db_engine, settings_refused_by_database
 from persistence.models import Base
 from persistence.settings import settings_or_exit
 
@@ -33,11 +35,38 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+#: The Postgres advisory lock every migration run holds for its transaction (any fixed number:
+#: "rift" in ASCII). Several processes migrating one database at once (compose's api scaled to N
+#: replicas runs `alembic upgrade head` in each) each ran the same CREATE TABLEs, and all but one
+#: stopped on a duplicate-key error with a traceback. Behind the lock the later ones wait, then
+#: read the revision the first one committed and find nothing left to do.
+MIGRATION_LOCK_ID = 0x72696674
+
+
+def _serialize_migrations(connection: Connection) -> None:
+    """Wait for any other migration run on this database (Postgres; SQLite's own write lock
+    serializes its writers already). Released with the transaction."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+
+
+def _connect(engine: Engine) -> Connection:
+    """The connection to migrate on; one that cannot be opened stops with one line naming
+    DATABASE_URL (never the URL: it may hold the password) instead of a 120-line traceback."""
+    try:
+        return engine.connect()
+    except OperationalError as exc:
+        refused = settings_refused_by_database(exc)
+        reason = refused or " ".join(str(exc.orig or exc).split())[:300]
+        verb = "refused this connection" if refused else "cannot be reached"
+        raise SystemExit(f"rift: DATABASE_URL: the database {verb}: {reason}") from None
+
+
 def run_migrations_online() -> None:
     """Connect and migrate; SQLite gets the same pragmas as the service's own engine."""
     engine = create_db_engine(_database_url())
     try:
-        with engine.connect() as connection:
+        with _connect(engine) as connection:
             context.configure(
                 connection=connection,
                 target_metadata=target_metadata,
@@ -46,6 +75,9 @@ def run_migrations_online() -> None:
                 compare_type=True,
             )
             with context.begin_transaction():
+                # Before run_migrations reads the current revision, so a waiting run reads the
+                # one the run before it committed.
+                _serialize_migrations(connection)
                 context.run_migrations()
     finally:
         engine.dispose()

@@ -1,7 +1,7 @@
 """``rift-admin``: manage projects and API keys from the command line (on a host that can reach
 the database; the settings come from the environment like every entry point's).
 
-    rift-admin projects create NAME
+    rift-admin projects create NAME [--exist-ok]   # --exist-ok: already there is success
     rift-admin projects list
     rift-admin projects adopt NAME     # give NAME the rows made before projects existed
     rift-admin projects limits NAME [--max-active-jobs N|default ...]   # prints the limits
@@ -12,7 +12,10 @@ the database; the settings come from the environment like every entry point's).
     rift-admin keys revoke KEY_ID
 
 ``keys create`` prints the new key alone on stdout (``KEY=$(rift-admin keys create ...)``); it is
-shown this once and creates the project if it does not exist. Nothing else ever prints a secret.
+shown this once and creates the project if it does not exist (saying so on stderr). Nothing else
+ever prints a secret. Every command takes ``--output json``: one JSON document on stdout (what
+the text lines show, and for ``keys create`` the key with its id), notes still on stderr.
+Re-running ``keys revoke`` or ``projects limits`` changes nothing and exits 0.
 
 Exit status: 0 done, 1 the database cannot be reached or is not migrated (one line on stderr,
 no traceback), 2 a
@@ -24,8 +27,12 @@ revoked the project's keys and cancelled its jobs before it finds a worker still
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -78,19 +85,26 @@ def _refuse_whole_key(session: Session, given: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rift-admin", description="Projects and API keys.")
     groups = parser.add_subparsers(dest="group", required=True)
+    # Every command takes --output, after its other arguments as scripts write them.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--output", choices=["text", "json"], default="text",
+                        help="json: one JSON document on stdout, for scripts (default: text)")
 
     projects = groups.add_parser("projects", help="projects").add_subparsers(
         dest="command", required=True)
-    create = projects.add_parser("create", help="create a project")
+    create = projects.add_parser("create", help="create a project", parents=[common])
     create.add_argument("name")
-    projects.add_parser("list", help="list projects")
+    create.add_argument("--exist-ok", action="store_true",
+                        help="a project of that name already there is success (exit 0), not a "
+                        "refusal: for scripts run more than once")
+    projects.add_parser("list", help="list projects", parents=[common])
     adopt = projects.add_parser(
         "adopt", help="give a project the checkpoints, datasets and jobs that have none (made "
-        "before projects existed; no key can see them until then)")
+        "before projects existed; no key can see them until then)", parents=[common])
     adopt.add_argument("name")
     limits = projects.add_parser(
         "limits", help="set a project's own limits ('default': the setting's again); prints "
-        "them all, as limit<TAB>value (empty: the default)")
+        "them all, as limit<TAB>value (empty: the default)", parents=[common])
     limits.add_argument("name")
     for limit in LIMIT_MAXIMA:
         limits.add_argument(f"--{limit.replace('_', '-')}", dest=limit, type=_limit_value,
@@ -98,11 +112,12 @@ def _parser() -> argparse.ArgumentParser:
 
     usage = projects.add_parser(
         "usage", help="a project's usage against its limits, as GET /v1/usage and the quota "
-        "checks count it; prints name<TAB>value")
+        "checks count it; prints name<TAB>value", parents=[common])
     usage.add_argument("name")
     remove = projects.add_parser(
         "delete", help="delete a project with its keys, webhooks, jobs, checkpoints, datasets "
-        "and their stored objects (refused while it has queued or running jobs)")
+        "and their stored objects (refused while it has queued or running jobs)",
+        parents=[common])
     remove.add_argument("name")
     remove.add_argument("--force", action="store_true",
                         help="revoke its keys and cancel its jobs first, waiting up to "
@@ -110,14 +125,16 @@ def _parser() -> argparse.ArgumentParser:
 
     keys = groups.add_parser("keys", help="API keys").add_subparsers(dest="command",
                                                                       required=True)
-    key_create = keys.add_parser("create", help="create a key; prints it alone on stdout")
+    key_create = keys.add_parser("create", help="create a key; prints it alone on stdout",
+                                 parents=[common])
     key_create.add_argument("--project", required=True)
     key_create.add_argument("--scope", action="append", choices=[s.value for s in Scope],
                             help="repeat for several (default: read and write)")
     key_create.add_argument("--name", help="a label for the key")
-    key_list = keys.add_parser("list", help="list keys (never their secrets)")
+    key_list = keys.add_parser("list", help="list keys (never their secrets)", parents=[common])
     key_list.add_argument("--project")
-    revoke = keys.add_parser("revoke", help="revoke a key by its id")
+    revoke = keys.add_parser("revoke", help="revoke a key by its id (again: exit 0)",
+                             parents=[common])
     revoke.add_argument("key_id")
     return parser
 
@@ -135,9 +152,37 @@ def _limit_value(text: str) -> object:
                                          ) from None
 
 
-def _usage_lines(usage: ProjectUsage) -> list[str]:
+@dataclass
+class Output:
+    """What a command answers: ``data`` for ``--output json`` (one JSON document on stdout),
+    ``lines`` for text (stdout), ``note`` for people (stderr, in both modes)."""
+
+    data: Any
+    lines: list[str] = field(default_factory=list)
+    note: str | None = None
+
+
+def _limits_data(project: Project) -> dict[str, int | None]:
+    return {limit: getattr(project, limit) for limit in LIMIT_MAXIMA}
+
+
+def _project_data(project: Project) -> dict[str, Any]:
+    return {"id": project.id, "name": project.name, "created_at": project.created_at.isoformat(),
+            "limits": _limits_data(project)}
+
+
+def _key_data(key: ApiKey, project_name: str) -> dict[str, Any]:
+    """A key as ``keys list`` shows it: never its secret."""
+    return {"id": key.id, "project": project_name, "prefix": f"rift_{key.prefix}_",
+            "scopes": key.scopes.split(), "name": key.name,
+            "created_at": key.created_at.isoformat(),
+            "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+            "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None}
+
+
+def _usage_rows(usage: ProjectUsage) -> list[tuple[str, object]]:
     stored, limits = usage.stored, usage.limits
-    rows: list[tuple[str, object]] = [
+    return [
         ("project", usage.project_name),
         ("stored_bytes", stored.total), ("max_stored_bytes", limits.max_stored_bytes),
         ("stored_bytes.checkpoints", stored.checkpoints),
@@ -149,7 +194,6 @@ def _usage_lines(usage: ProjectUsage) -> list[str]:
         ("max_job_cost", limits.max_job_cost),
         ("max_requests_per_minute", limits.max_requests_per_minute),
         ("max_streams_per_key", limits.max_streams_per_key)]
-    return [f"{name}\t{value}" for name, value in rows]
 
 
 def _found(session: Session, name: str) -> Project:
@@ -157,6 +201,106 @@ def _found(session: Session, name: str) -> Project:
     if found is None:
         raise AdminError(f"no project named '{name}'")
     return found
+
+
+def _projects_create(session: Session, args: argparse.Namespace, _: Settings) -> Output:
+    existing = project_by_name(session, args.name) if args.exist_ok else None
+    project = existing or create_project(session, args.name)
+    return Output({**_project_data(project), "created": existing is None},
+                  [f"{project.id}\t{project.name}"],
+                  None if existing is None else f"project '{project.name}' exists already")
+
+
+def _projects_list(session: Session, args: argparse.Namespace, _: Settings) -> Output:
+    projects = list_projects(session)
+    return Output([_project_data(p) for p in projects],
+                  [f"{p.id}\t{p.name}\t{p.created_at.isoformat()}" for p in projects])
+
+
+def _projects_adopt(session: Session, args: argparse.Namespace, _: Settings) -> Output:
+    found = _found(session, args.name)
+    counts = adopt_unowned(session, found)
+    return Output({"project": found.name, "adopted": counts},
+                  [", ".join(f"{n} {what}" for what, n in counts.items())
+                   + f" now belong to project '{found.name}'"])
+
+
+def _projects_limits(session: Session, args: argparse.Namespace, _: Settings) -> Output:
+    found = _found(session, args.name)
+    given = {limit: None if getattr(args, limit) is _DEFAULT else getattr(args, limit)
+             for limit in LIMIT_MAXIMA if getattr(args, limit) is not None}
+    set_project_limits(session, found, given)
+    limits = _limits_data(found)
+    return Output({"project": found.name, "limits": limits},
+                  [f"{limit}\t{'' if value is None else value}" for limit, value in limits.items()])
+
+
+def _projects_usage(session: Session, args: argparse.Namespace, settings: Settings) -> Output:
+    found = _found(session, args.name)
+    rows = _usage_rows(project_usage(session, project_id=found.id, project_name=found.name,
+                                     limits=ProjectLimits.of(found, settings)))
+    return Output(dict(rows), [f"{name}\t{value}" for name, value in rows])
+
+
+def _projects_delete(session: Session, args: argparse.Namespace, settings: Settings) -> Output:
+    gone = delete_project(session, settings.build_object_store(), _found(session, args.name),
+                          force=args.force, wait_s=settings.project_delete_wait_seconds)
+    return Output({"deleted": asdict(gone)}, note=(
+        f"deleted project '{gone.name}': {gone.jobs} jobs, {gone.checkpoints} checkpoints, "
+        f"{gone.datasets} datasets, {gone.webhooks} webhooks, {gone.keys} keys, "
+        f"{gone.objects} stored objects"))
+
+
+def _keys_create(session: Session, args: argparse.Namespace, _: Settings) -> Output:
+    check_key_request(args.scope or [], args.name)  # before making the project
+    existed = project_by_name(session, args.project) is not None
+    project = create_project(session, args.project, exist_ok=True)
+    new = create_key(session, project, args.scope or [], args.name)
+    # A mistyped --project makes a new project: say so, where a script's log shows it.
+    made = "" if existed else f" (a new project: '{project.name}' did not exist)"
+    return Output({"key": new.key, **_key_data(new.row, project.name),
+                   "project_created": not existed}, [new.key],
+                  f"created key {new.row.id} ({new.row.scopes}) for project '{project.name}'"
+                  f"{made}; it is shown only once")
+
+
+def _keys_list(session: Session, args: argparse.Namespace, _: Settings) -> Output:
+    project_id = None if args.project is None else _found(session, args.project).id
+    names = {p.id: p.name for p in session.query(Project).all()}
+    keys = [_key_data(key, names.get(key.project_id, "?"))
+            for key in list_keys(session, project_id)]
+    lines = ["id\tproject\tprefix\tscopes\tname\tcreated_at\tlast_used_at\trevoked_at"]
+    lines += ["\t".join([key["id"], key["project"], key["prefix"] + "…", ",".join(key["scopes"]),
+                         key["name"] or "", key["created_at"], key["last_used_at"] or "",
+                         key["revoked_at"] or ""]) for key in keys]
+    return Output(keys, lines)
+
+
+def _keys_revoke(session: Session, args: argparse.Namespace, _: Settings) -> Output:
+    _refuse_whole_key(session, args.key_id)
+    row = revoke_key(session, args.key_id)
+    if row is None:
+        raise AdminError(f"no key with id '{args.key_id}' (`rift-admin keys list` shows the ids)")
+    names = {p.id: p.name for p in session.query(Project).all()}
+    return Output(_key_data(row, names.get(row.project_id, "?")), note=f"revoked key {row.id}")
+
+
+Command = Callable[[Session, argparse.Namespace, Settings], Output]
+COMMANDS: dict[tuple[str, str], Command] = {
+    ("projects", "create"): _projects_create, ("projects", "list"): _projects_list,
+    ("projects", "adopt"): _projects_adopt, ("projects", "limits"): _projects_limits,
+    ("projects", "usage"): _projects_usage, ("projects", "delete"): _projects_delete,
+    ("keys", "create"): _keys_create, ("keys", "list"): _keys_list,
+    ("keys", "revoke"): _keys_revoke}
+
+
+def _print(output: Output, form: str) -> None:
+    if form == "json":
+        print(json.dumps(output.data, indent=2, sort_keys=True))
+    elif output.lines:
+        print("\n".join(output.lines))
+    if output.note:
+        print(output.note, file=sys.stderr)
 
 
 def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
@@ -170,71 +314,8 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
             # projects", though it was reached; the schema check says what to run.
             check_schema(engine, then="then run rift-admin again")
         with factory() as session:
-            if args.group == "projects" and args.command == "create":
-                project = create_project(session, args.name)
-                print(f"{project.id}\t{project.name}")
-            elif args.group == "projects" and args.command == "adopt":
-                found = project_by_name(session, args.name)
-                if found is None:
-                    raise AdminError(f"no project named '{args.name}'")
-                counts = adopt_unowned(session, found)
-                print(", ".join(f"{n} {what}" for what, n in counts.items())
-                      + f" now belong to project '{found.name}'")
-            elif args.group == "projects" and args.command == "limits":
-                found = project_by_name(session, args.name)
-                if found is None:
-                    raise AdminError(f"no project named '{args.name}'")
-                given = {limit: None if getattr(args, limit) is _DEFAULT else getattr(args, limit)
-                         for limit in LIMIT_MAXIMA if getattr(args, limit) is not None}
-                set_project_limits(session, found, given)
-                for limit in LIMIT_MAXIMA:
-                    value = getattr(found, limit)
-                    print(f"{limit}\t{'' if value is None else value}")
-            elif args.group == "projects" and args.command == "usage":
-                found = _found(session, args.name)
-                print("\n".join(_usage_lines(project_usage(
-                    session, project_id=found.id, project_name=found.name,
-                    limits=ProjectLimits.of(found, settings)))))
-            elif args.group == "projects" and args.command == "delete":
-                gone = delete_project(session, settings.build_object_store(),
-                                      _found(session, args.name), force=args.force,
-                                      wait_s=settings.project_delete_wait_seconds)
-                print(f"deleted project '{gone.name}': {gone.jobs} jobs, {gone.checkpoints} "
-                      f"checkpoints, {gone.datasets} datasets, {gone.webhooks} webhooks, "
-                      f"{gone.keys} keys, {gone.objects} stored objects", file=sys.stderr)
-            elif args.group == "projects":
-                for project in list_projects(session):
-                    print(f"{project.id}\t{project.name}\t{project.created_at.isoformat()}")
-            elif args.command == "create":
-                check_key_request(args.scope or [], args.name)  # before making the project
-                project = create_project(session, args.project, exist_ok=True)
-                new = create_key(session, project, args.scope or [], args.name)
-                print(new.key)
-                print(f"created key {new.row.id} ({new.row.scopes}) for project "
-                      f"'{project.name}'; it is shown only once", file=sys.stderr)
-            elif args.command == "list":
-                project_id = None
-                if args.project is not None:
-                    found = project_by_name(session, args.project)
-                    if found is None:
-                        raise AdminError(f"no project named '{args.project}'")
-                    project_id = found.id
-                names = {p.id: p.name for p in session.query(Project).all()}
-                print("id\tproject\tprefix\tscopes\tname\tcreated_at\tlast_used_at\trevoked_at")
-                for key in list_keys(session, project_id):
-                    print("\t".join([
-                        key.id, names.get(key.project_id, "?"), f"rift_{key.prefix}_…",
-                        key.scopes.replace(" ", ","), key.name or "",
-                        key.created_at.isoformat(),
-                        key.last_used_at.isoformat() if key.last_used_at else "",
-                        key.revoked_at.isoformat() if key.revoked_at else ""]))
-            else:
-                _refuse_whole_key(session, args.key_id)
-                row = revoke_key(session, args.key_id)
-                if row is None:
-                    raise AdminError(f"no key with id '{args.key_id}' (`rift-admin keys list` "
-                                     "shows the ids)")
-                print(f"revoked key {row.id}", file=sys.stderr)
+            output = COMMANDS[(args.group, args.command)](session, args, settings)
+        _print(output, args.output)
     except (AdminError, ProjectAlreadyDeleted, ProjectHasActiveJobs,
             ProjectInputsReferenced) as exc:
         print(f"rift-admin: {exc}", file=sys.stderr)
@@ -255,7 +336,15 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
 
 
 def main() -> None:
-    sys.exit(run())
+    try:
+        code = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left early (`rift-admin keys list | head -1`): not an error of ours, and
+        # no traceback; stdout goes to /dev/null so the interpreter's last flush is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,27 @@ def normalise_database_url(url: str | URL) -> URL:
     return parsed
 
 
+#: What Postgres answers (libpq's "FATAL:" text; psycopg gives no SQLSTATE for a failed
+#: connection) when it refuses the settings themselves: wrong password, unknown role or
+#: database, no pg_hba.conf entry. Trying again never helps; every other connection failure
+#: (refused, timed out, starting up, too many connections) may pass by itself.
+REFUSED_SETTINGS_MARKERS = ("password authentication failed", "does not exist",
+                            "no pg_hba.conf entry", "permission denied for database",
+                            "authentication failed")
+
+
+def settings_refused_by_database(exc: BaseException) -> str | None:
+    """The server's reason when ``exc`` is a connection it refused for ``DATABASE_URL``'s own
+    values (one line, never the URL: it may hold the password); None for any other failure."""
+    text = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    if "FATAL:" not in text:
+        return None
+    reason = text[text.index("FATAL:"):]
+    if not any(marker in reason for marker in REFUSED_SETTINGS_MARKERS):
+        return None
+    return reason[:300]
+
+
 #: Postgres connect timeout (s) of an engine made without settings (migrations, tests).
 DEFAULT_CONNECT_TIMEOUT_S = 5
 

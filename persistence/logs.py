@@ -111,6 +111,20 @@ def use_json(handler: logging.Handler) -> None:
         handler.addFilter(ContextFilter())
 
 
+#: Libraries that log every request's full URL at INFO (httpx: ``HTTP Request: POST <url>``).
+#: The workers POST webhook messages with httpx, and a receiver's URL is often its credential (a
+#: chat service's hook path, a ``?token=``); a worker runs with Celery's ``--loglevel=INFO`` on
+#: the root logger, so each delivery wrote that URL into the logs.
+URL_LOGGING_LIBRARIES = ("httpx", "httpcore")
+
+
+def keep_urls_out_of_logs() -> None:
+    """Raise :data:`URL_LOGGING_LIBRARIES` to WARNING, whatever the root logger's level; their
+    failures still show, our own lines name a delivery by its id."""
+    for name in URL_LOGGING_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def configure_logging(log_format: str, level: str = "INFO", stream: IO[str] | None = None
                       ) -> logging.Handler:
     """Install (or replace) the service's handler on the root logger; returns it.
@@ -133,4 +147,5 @@ def configure_logging(log_format: str, level: str = "INFO", stream: IO[str] | No
     root.addHandler(handler)
     for name in ("api", "worker", "persistence", "rift", "reporting"):
         logging.getLogger(name).setLevel(level.upper())
+    keep_urls_out_of_logs()
     return handler

@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
+from persistence.db import settings_refused_by_database
 from persistence.migrate import alembic_config
 
 logger = logging.getLogger(__name__)
@@ -82,12 +83,17 @@ def check_schema(engine: Engine, *, then: str = "then start again") -> None:
 
 def refuse_outdated_schema(engine: Engine) -> None:
     """For an entry point starting up: stop the process (``SystemExit``, one line) when the
-    schema is not current. A database that cannot be reached yet is only logged: the process
-    starts, ``/readyz`` says the database is down, and the check runs again there."""
+    schema is not current, or when the server refuses ``DATABASE_URL``'s credentials or
+    database name. A database that cannot be reached yet is only logged: the process starts,
+    ``/readyz`` says the database is down, and the check runs again there."""
     try:
         check_schema(engine)
     except SchemaNotCurrent as exc:
         raise SystemExit(f"rift: {exc.message}") from None
     except Exception as exc:  # the driver's connection errors (OperationalError, OSError...)
-        logger.warning("database unreachable at start, schema not checked: %s",
-                       " ".join(str(exc).split())[:300])
+        refused = settings_refused_by_database(exc)
+        if refused is not None:
+            raise SystemExit(f"rift: DATABASE_URL: the database refused this connection: "
+                             f"{refused}") from None
+        logger.warning("database unreachable at start (DATABASE_URL), schema not checked: %s",
+                       " ".join(str(getattr(exc, "orig", None) or exc).split())[:300])

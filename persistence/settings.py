@@ -9,8 +9,10 @@ fresh clone runs without servers; production sets ``DATABASE_URL`` (Postgres), `
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -458,9 +460,37 @@ def load_settings(**values: Any) -> Settings:
                               '\'["a", "b"]\')') from None
 
 
+#: How alike a variable's name must be to a setting's to be taken for a misspelling of it
+#: (difflib's ratio): one letter dropped, doubled or swapped in ``DATABASE_URL``, ``S3_BUCKET``,
+#: ``LOG_LEVEL`` passes (0.90-0.97), while other software's variables found beside ours
+#: (``BUILD_COMMIT_SHA``: 0.86, ``AWS_*``, ``POSTGRES_*``, ``CELERY_*``) stay below.
+MISSPELLING_CUTOFF = 0.88
+
+
+def misspelt_settings(environ: Mapping[str, str]) -> list[str]:
+    """``'NAME' is not a setting (did you mean 'SETTING'?)`` for each upper-case variable of
+    ``environ`` that is not a setting but nearly spells one. Such a variable is ignored, so the
+    setting kept its default: a ``DATABSE_URL`` ran the service on the embedded SQLite file."""
+    fields = list(Settings.model_fields)
+    found = []
+    for name in sorted(environ):
+        if (not re.fullmatch(r"[A-Z][A-Z0-9_]+", name) or name.lower() in fields
+                or name in RENAMED_VARIABLES.values()):
+            continue
+        close = difflib.get_close_matches(name.lower(), fields, n=1, cutoff=MISSPELLING_CUTOFF)
+        if close:
+            found.append(f"{name} is not a setting (did you mean {close[0].upper()}?)")
+    return found
+
+
 def settings_or_exit(**values: Any) -> Settings:
-    """:func:`load_settings` for an entry point (API, worker, CLIs): invalid settings stop the
-    process with the one-line message and status 1 (``SystemExit``), not a traceback."""
+    """:func:`load_settings` for an entry point (API, worker, CLIs): invalid settings, or a
+    variable that misspells one (:func:`misspelt_settings`), stop the process with the one-line
+    message and status 1 (``SystemExit``), not a traceback."""
+    misspelt = misspelt_settings(os.environ)
+    if misspelt:
+        raise SystemExit("rift: invalid settings: " + "; ".join(misspelt)
+                         + "; rename or unset it")
     try:
         return load_settings(**values)
     except InvalidSettings as exc:

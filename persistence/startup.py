@@ -1,16 +1,22 @@
 """What a service process checks before it serves (``python -m api.preflight``, ``celery
 worker``): the settings were read by then (:func:`persistence.settings.settings_or_exit`); here the
-database schema is current and the object store accepts this deployment's bucket and keys.
+database accepts ``DATABASE_URL`` and its schema is current, a Redis broker accepts
+``BROKER_URL``'s password and database number, and the object store accepts this deployment's
+bucket and keys (or, local, ``STORE_ROOT`` is a folder it may write).
 
-A failure that an operator must fix (schema not current, bucket missing, keys refused) stops
-the process with one line (``SystemExit``); a dependency that merely cannot be reached yet is
-logged and left to ``/readyz``, so a process started alongside its database or S3 server does
-not crash-loop.
+A failure that an operator must fix (schema not current, credentials or names refused, bucket
+missing, a store root that is a file) stops the process with one line naming the setting
+(``SystemExit``); a dependency that merely cannot be reached yet (connection refused, timed out,
+a full disk) is logged and left to ``/readyz``, so a process started alongside its database,
+Redis or S3 server does not crash-loop.
 """
 
 from __future__ import annotations
 
 import logging
+
+import redis
+from redis import exceptions as redis_errors
 
 from persistence.db import create_db_engine
 from persistence.schema import refuse_outdated_schema
@@ -30,12 +36,41 @@ def refuse_misconfigured_store(store: ObjectStore) -> None:
         logger.warning("object store unreachable at start: %s", exc)
 
 
+#: Seconds the start-up check waits for Redis to answer (its PING): a check, not an outage.
+BROKER_CHECK_TIMEOUT_S = 3.0
+
+
+def refuse_misconfigured_broker(settings: Settings) -> None:
+    """Stop the process when a Redis broker refuses ``BROKER_URL``'s password or database
+    number; log when it cannot be reached. Celery itself would retry such a broker for ever
+    (``broker_connection_retry_on_startup``) and the API answer every job 503. The other
+    brokers (the embedded ``sqla+``, ``memory://``) are checked by their first use."""
+    if not settings.broker_url.lower().startswith(("redis://", "rediss://")):
+        return
+    client = redis.Redis.from_url(settings.broker_url,
+                                  socket_connect_timeout=BROKER_CHECK_TIMEOUT_S,
+                                  socket_timeout=BROKER_CHECK_TIMEOUT_S)
+    try:
+        client.ping()
+    except (redis_errors.AuthenticationError, redis_errors.ResponseError) as exc:
+        # AuthenticationError: WRONGPASS / NOAUTH; ResponseError: "DB index is out of range".
+        reason = " ".join(str(exc).split())[:200]
+        raise SystemExit(f"rift: BROKER_URL: Redis refused this connection: {reason}") from None
+    except redis_errors.RedisError as exc:  # refused, timed out, loading: may pass by itself
+        logger.warning("broker unreachable at start (BROKER_URL): %s",
+                       " ".join(str(exc).split())[:200])
+    finally:
+        client.close()
+
+
 def check_service_start(settings: Settings) -> None:
-    """The schema, then the store, of ``settings``; returns when the process may serve."""
+    """The database and its schema, the broker, then the store, of ``settings``; returns when
+    the process may serve."""
     engine = create_db_engine(settings.database_url,
                               connect_timeout_s=settings.database_connect_timeout_seconds)
     try:
         refuse_outdated_schema(engine)
     finally:
         engine.dispose()
+    refuse_misconfigured_broker(settings)
     refuse_misconfigured_store(settings.build_object_store())

@@ -12,6 +12,7 @@ stored under its key (an earlier object under the same key stays as it was).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -387,6 +388,12 @@ class BaseObjectStore(ABC):
 # --------------------------------------------------------------------------------------------
 # Local folder
 # --------------------------------------------------------------------------------------------
+#: Errors of the local store's folder that may pass by themselves (a full disk or quota, an I/O
+#: error of a network mount): an outage for ``/readyz``, not a setting to fix at start.
+PASSING_LOCAL_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ETIMEDOUT,
+                                  errno.ESTALE})
+
+
 class LocalObjectStore(BaseObjectStore):
     """Objects as files under ``root`` (``root/<key>``): the embedded default.
 
@@ -531,9 +538,13 @@ class LocalObjectStore(BaseObjectStore):
             with tempfile.TemporaryFile(dir=self.root, prefix=".probe-"):
                 pass
         except OSError as exc:
-            raise StoreUnavailable(
-                f"the local object store root {str(self.root)!r} is not a writable folder: {exc}"
-            ) from exc
+            message = (f"the local object store root {str(self.root)!r} is not a writable "
+                       f"folder: {exc}; check STORE_ROOT")
+            if exc.errno in PASSING_LOCAL_ERRORS:
+                raise StoreUnavailable(message) from exc
+            # A file in the way, no permission, a read-only mount: the setting is wrong and a
+            # process started on it would answer every upload 503 until someone fixes it.
+            raise StoreMisconfigured(message) from exc
 
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:

@@ -104,6 +104,24 @@ def migrated_database(template: str, prefix: str = "rift_test") -> Iterator[str]
         _drop_database(name)
 
 
+@contextlib.contextmanager
+def empty_database(prefix: str = "rift_test") -> Iterator[str]:
+    """A new Postgres database with no schema (for the migrations themselves); yields its URL,
+    drops it after. Skips the test when Postgres cannot be reached."""
+    try:
+        with _admin_connection():
+            pass
+    except Exception as exc:  # psycopg.OperationalError and friends
+        pytest.skip(f"Postgres is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with _admin_connection() as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _database_url(name)
+    finally:
+        _drop_database(name)
+
+
 class DatabasePool:
     """Clones of the migrated template made ahead of need and dropped behind, by one thread.
 

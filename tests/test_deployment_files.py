@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -122,7 +124,7 @@ def test_dockerfile_base_and_default_command() -> None:
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
     assert re.search(r'^CMD \["sh", "-c", "python -m api\.preflight && '
                      r'exec uvicorn api\.main:create_app --factory .*'
-                     r'--workers \\"\$\{API_WORKERS\}\\""\]', text, re.MULTILINE)
+                     r'--workers \\"\$\{API_WORKERS\}\\"[^\]]*"\]', text, re.MULTILINE)
     assert re.search(r"^ENV API_WORKERS=\d+", text, re.MULTILINE)
     assert '--http api.http_protocol:HttpToolsProtocol --h11-max-incomplete-event-size ' \
         '\\"${REQUEST_HEAD_MAX_BYTES}\\"' in text
@@ -135,6 +137,31 @@ def test_dockerfile_base_and_default_command() -> None:
     socket = re.search(r"^ENV VALIDATION_SOCKET=(\S+)$", text, re.MULTILINE)
     assert socket is not None and socket.group(1).startswith("/app/var/")
     assert "chown rift:rift /app/var" in text
+
+
+def _api_server_command(shell_text: str) -> list[str]:
+    """The words of the API's start command from ``preflight`` on, each variable written
+    ``$NAME`` whatever its quoting or default (compose's ``$${NAME:-4}``, the image's
+    ``${NAME}``)."""
+    words = shlex.split(shell_text)
+    words = words[words.index("python"):]
+    return [re.sub(r"^\$+\{(\w+)(?::-[^}]*)?\}$", r"$\1", word) for word in words]
+
+
+def test_the_image_and_compose_start_the_api_alike(services: dict[str, dict[str, Any]]) -> None:
+    # The image's own command kept uvicorn's access log, which compose turns off: run without
+    # compose, every request was logged twice, once as uvicorn's plain text (not JSON, not
+    # carrying the request id).
+    compose = services["api"]["command"]
+    assert compose[:2] == ["sh", "-c"]
+    match = re.search(r'^CMD (\[.*\])$', DOCKERFILE.read_text(), re.MULTILINE)
+    assert match is not None
+    image = json.loads(match.group(1))
+    assert image[:2] == ["sh", "-c"]
+    image_words, compose_words = _api_server_command(image[2]), _api_server_command(compose[2])
+    assert image_words == compose_words
+    assert image_words[:4] == ["python", "-m", "api.preflight", "&&"]
+    assert "--no-access-log" in image_words
 
 
 def test_dockerignore_keeps_what_the_image_needs() -> None:

@@ -25,12 +25,15 @@ from datetime import datetime, timedelta
 import httpx
 
 from persistence import webhooks
+from persistence.logs import keep_urls_out_of_logs
 from persistence.models import utcnow
 from persistence.outbound import AllowList, Resolver, TargetRefused, check_target, resolve
 from persistence.settings import Settings
 from worker.runtime import WorkerResources
 
 logger = logging.getLogger(__name__)
+# httpx logs each POST's URL at INFO, and a receiver's URL may be its secret: see the function.
+keep_urls_out_of_logs()
 
 USER_AGENT = "rift-webhooks/1"
 

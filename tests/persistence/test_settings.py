@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from persistence.settings import RENAMED_VARIABLES, InvalidSettings, Settings, load_settings
+from persistence.settings import (
+    RENAMED_VARIABLES,
+    InvalidSettings,
+    Settings,
+    load_settings,
+    misspelt_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -136,3 +142,31 @@ def test_every_entry_point_stops_with_one_line(command: list[str], tmp_path: Pat
     assert result.stderr.strip().splitlines() == [
         "rift: invalid settings: MAX_STAGE_ATTEMPTS: Input should be greater than or equal to 1 "
         "(got '0')"], result.stderr
+
+
+def test_a_variable_misspelling_a_setting_is_named_with_the_setting_meant() -> None:
+    environ = {"DATABSE_URL": "postgresql+psycopg://db/rift", "LOGLEVEL": "debug",
+               "S3_BUCKETS": "rift", "MAX_STAGE_ATTEMPT": "5",
+               # Settings themselves, and other software's variables found beside them.
+               "DATABASE_URL": "sqlite:///x.db", "AWS_ACCESS_KEY_ID": "a", "POSTGRES_PASSWORD": "p",
+               "CELERY_BROKER_URL": "redis://r", "BUILD_COMMIT_SHA": "abc", "RIFT_API_URL": "u",
+               "RIFT_API_KEY": "k", "HOSTNAME": "h", "database_urls": "lower case: not ours",
+               # A renamed setting's old name, still read.
+               **{old: "60" for old in RENAMED_VARIABLES.values()}}
+    assert misspelt_settings(environ) == [
+        "DATABSE_URL is not a setting (did you mean DATABASE_URL?)",
+        "LOGLEVEL is not a setting (did you mean LOG_LEVEL?)",
+        "MAX_STAGE_ATTEMPT is not a setting (did you mean MAX_STAGE_ATTEMPTS?)",
+        "S3_BUCKETS is not a setting (did you mean S3_BUCKET?)"]
+
+
+def test_a_misspelt_variable_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    # Was ignored: DATABSE_URL left DATABASE_URL at its default, and the API served from an
+    # SQLite file inside the container, its jobs lost with it.
+    result = subprocess.run([sys.executable, "-m", "api.preflight"], cwd=tmp_path,
+                            env=_entry_point_env(DATABSE_URL="postgresql+psycopg://db/rift"),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "rift: invalid settings: DATABSE_URL is not a setting (did you mean DATABASE_URL?); "
+        "rename or unset it"], result.stderr

@@ -1,29 +1,42 @@
-"""``python -m api.preflight`` against a real S3 server (moto's): a missing bucket stops the start
-with one line naming the bucket and endpoint; an endpoint that does not answer yet does not (it
-is an outage for /readyz, not a setting to fix)."""
+"""``python -m api.preflight`` against real servers (moto's S3, Postgres, Redis): a setting the
+server refuses (a missing bucket, an unknown database or role, a Redis database number or
+password, a store root that is a file) stops the start with one line naming the setting; a server
+that does not answer yet does not (it is an outage for /readyz, not a setting to fix)."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import make_url
 
 from persistence.settings import Settings
 from tests.api.helpers import free_port
+from tests.service_fixtures import POSTGRES_ADMIN_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def preflight(sqlite_url: str, endpoint: str, bucket: str, cwd: Path
-              ) -> subprocess.CompletedProcess[str]:
+def run_preflight(cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
-    env.update(PYTHONPATH=str(ROOT), DATABASE_URL=sqlite_url, BROKER_URL="memory://",
-               STORE_KIND="s3", S3_BUCKET=bucket, S3_ENDPOINT_URL=endpoint,
-               S3_ACCESS_KEY="testing", S3_SECRET_KEY="testing", LOG_FORMAT="text")
+    env.update(PYTHONPATH=str(ROOT), LOG_FORMAT="text", **settings)
     return subprocess.run([sys.executable, "-m", "api.preflight"], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
+
+
+def preflight(sqlite_url: str, endpoint: str, bucket: str, cwd: Path
+              ) -> subprocess.CompletedProcess[str]:
+    return run_preflight(cwd, DATABASE_URL=sqlite_url, BROKER_URL="memory://", STORE_KIND="s3",
+                         S3_BUCKET=bucket, S3_ENDPOINT_URL=endpoint, S3_ACCESS_KEY="testing",
+                         S3_SECRET_KEY="testing")
 
 
 def test_a_missing_bucket_stops_the_start(sqlite_url: str, moto_s3_endpoint: str,
@@ -52,3 +65,109 @@ def test_an_endpoint_not_answering_yet_is_only_logged(sqlite_url: str, tmp_path:
     result = preflight(sqlite_url, f"http://127.0.0.1:{free_port()}", "rift", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "object store unreachable at start" in result.stderr
+
+
+def _postgres(**parts: Any) -> str:
+    """The test server's URL with a database, user or port of our choosing."""
+    return make_url(POSTGRES_ADMIN_URL).set(drivername="postgresql+psycopg", **parts
+                                            ).render_as_string(hide_password=False)
+
+
+@pytest.mark.service
+@pytest.mark.parametrize(("parts", "refusal"), [
+    ({"database": "rift_no_such_database"}, 'database "rift_no_such_database" does not exist'),
+    ({"username": "rift_no_such_role", "database": "postgres"},
+     'role "rift_no_such_role" does not exist')])
+def test_a_database_refusing_the_url_stops_the_start(parts: dict[str, str], refusal: str,
+                                                     tmp_path: Path) -> None:
+    # It was logged as "unreachable" and the process served, /readyz failing for ever.
+    result = run_preflight(tmp_path, DATABASE_URL=_postgres(**parts), BROKER_URL="memory://",
+                           STORE_ROOT=str(tmp_path / "objects"))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"rift: DATABASE_URL: the database refused this connection: FATAL: {refusal}"]
+
+
+@pytest.mark.service
+def test_a_database_not_answering_yet_is_only_logged(sqlite_url: str, tmp_path: Path) -> None:
+    url = _postgres(port=free_port())
+    result = run_preflight(tmp_path, DATABASE_URL=url, BROKER_URL="memory://",
+                           STORE_ROOT=str(tmp_path / "objects"))
+    assert result.returncode == 0, result.stderr
+    assert "database unreachable at start (DATABASE_URL)" in result.stderr
+
+
+@pytest.mark.service
+@pytest.mark.parametrize(("broker", "refusal"), [
+    ("/99", "DB index is out of range"),
+    ("rift-no-such-user:wrong@", "invalid username-password pair")])
+def test_redis_refusing_the_broker_url_stops_the_start(broker: str, refusal: str,
+                                                       redis_broker_url: str, sqlite_url: str,
+                                                       tmp_path: Path) -> None:
+    # Celery retried such a broker for ever and the API answered every job 503.
+    base = redis_broker_url.rsplit("/", 1)[0]
+    url = (f"{base}{broker}" if broker.startswith("/")
+           else base.replace("redis://", f"redis://{broker}", 1) + "/0")
+    result = run_preflight(tmp_path, DATABASE_URL=sqlite_url, BROKER_URL=url,
+                           STORE_ROOT=str(tmp_path / "objects"))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "rift: BROKER_URL: Redis refused this connection: ") and refusal in lines[0], lines
+    assert "wrong" not in lines[0]  # never the password
+
+
+def test_redis_not_answering_yet_is_only_logged(sqlite_url: str, tmp_path: Path) -> None:
+    result = run_preflight(tmp_path, DATABASE_URL=sqlite_url,
+                           BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
+                           STORE_ROOT=str(tmp_path / "objects"))
+    assert result.returncode == 0, result.stderr
+    assert "broker unreachable at start (BROKER_URL)" in result.stderr
+
+
+def test_a_store_root_that_is_a_file_stops_the_start(sqlite_url: str, tmp_path: Path) -> None:
+    # It was logged as "unreachable" and every upload answered 503.
+    (tmp_path / "objects").write_text("not a folder")
+    result = run_preflight(tmp_path, DATABASE_URL=sqlite_url, BROKER_URL="memory://",
+                           STORE_ROOT=str(tmp_path / "objects" / "store"))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rift: object store: the local object store "
+                                                   "root ") and "check STORE_ROOT" in lines[0]
+
+
+@pytest.fixture
+def s3_checking_keys(tmp_path: Path) -> Iterator[str]:
+    """A moto S3 server of its own that checks access keys (``INITIAL_NO_AUTH_ACTION_COUNT=0``:
+    only IAM users' keys pass), as a real S3 does; the session's server accepts any key."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                               str(port)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("moto's server did not start")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_s3_keys_refused_stop_the_start(sqlite_url: str, s3_checking_keys: str,
+                                        tmp_path: Path) -> None:
+    result = run_preflight(tmp_path, DATABASE_URL=sqlite_url, BROKER_URL="memory://",
+                           STORE_KIND="s3", S3_BUCKET="rift", S3_ENDPOINT_URL=s3_checking_keys,
+                           S3_ACCESS_KEY="AKIANOTKNOWN", S3_SECRET_KEY="not-the-secret")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"rift: object store: access to bucket 'rift' at {s3_checking_keys} was denied (403); "
+        "check S3_ACCESS_KEY and S3_SECRET_KEY"]

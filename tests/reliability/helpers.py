@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -66,14 +66,15 @@ class ApiProcess:
     ``python -m uvicorn`` with the same arguments, instead of importing the API stack again."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path, *, workers: int = 1,
-                 launcher: Launcher | None = None) -> None:
+                 launcher: Launcher | None = None, uvicorn_args: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         #: ``Authorization`` header of a key made by :meth:`authorize` (empty until then).
         self.headers: dict[str, str] = {}
         arguments = ["--factory", "api.main:create_app", "--host", "127.0.0.1", "--port",
-                     str(self.port), "--log-level", "warning", "--workers", str(workers)]
+                     str(self.port), "--log-level", "warning", "--workers", str(workers),
+                     *uvicorn_args]
         full = {**os.environ, "OMP_NUM_THREADS": "1", **env}
         self.process: subprocess.Popen[bytes] | ForkedProcess
         if launcher is not None:

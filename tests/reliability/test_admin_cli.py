@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -238,3 +240,65 @@ def test_rift_admin_projects_usage_and_delete(api: Api, small_cnn_file: Path,
     assert api.client.get("/v1/usage").status_code == 401
     assert api.stored_files() == []
     assert rift_admin("projects", "delete", "tests").returncode == 2  # no such project
+
+
+def test_rift_admin_as_a_script_runs_it(api: Api, small_cnn_file: Path,
+                                        rift_admin: AdminCli) -> None:
+    """--output json on every command, re-runs that succeed, a key rotated, a quota lowered
+    under running work."""
+    from tests.reliability.conftest import create_job, upload
+
+    def as_json(*args: str) -> Any:
+        done = rift_admin(*args, "--output", "json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    # Ensuring a project exists, twice: success both times (was exit 2 the second time).
+    assert as_json("projects", "create", "ops", "--exist-ok")["created"] is True
+    again = as_json("projects", "create", "ops", "--exist-ok")
+    assert again["created"] is False and again["name"] == "ops"
+    assert [p["name"] for p in as_json("projects", "list")] == ["ops", "tests"]
+
+    # Rotation: a new key, then the old one revoked by the id the JSON gave; revoking again is
+    # no error. No secret in any listing.
+    old = as_json("keys", "create", "--project", "ops", "--name", "ci")
+    new = as_json("keys", "create", "--project", "ops", "--name", "ci")
+    assert KEY.fullmatch(old["key"]) and old["project_created"] is False
+    assert as_json("keys", "revoke", old["id"])["revoked_at"] is not None
+    assert rift_admin("keys", "revoke", old["id"]).returncode == 0
+    assert api.client_for(old["key"]).get("/v1/jobs").status_code == 401
+    assert api.client_for(new["key"]).get("/v1/jobs").status_code == 200
+    listed = rift_admin("keys", "list", "--project", "ops", "--output", "json").stdout
+    assert old["key"] not in listed and new["key"] not in listed
+    assert [k["revoked_at"] is None for k in json.loads(listed)] == [False, True]
+    # A mistyped project is made, but the note says so (a script's log shows it).
+    typo = rift_admin("keys", "create", "--project", "opz")
+    assert typo.returncode == 0 and "a new project: 'opz' did not exist" in typo.stderr
+
+    # A quota lowered while jobs are active: they go on, the next one is refused naming it.
+    checkpoint = upload(api.client, "/v1/checkpoints", "m.safetensors",
+                        small_cnn_file.read_bytes())
+    first, second = (create_job(api.client, checkpoint["id"]) for _ in range(2))
+    assert first.status_code == second.status_code == 201, (first.text, second.text)
+    limits = as_json("projects", "limits", "tests", "--max-active-jobs", "1")
+    assert limits["limits"]["max_active_jobs"] == 1
+    refused = create_job(api.client, checkpoint["id"])
+    assert refused.status_code == 429 and refused.json()["error"]["field"] == "max_active_jobs"
+    usage = as_json("projects", "usage", "tests")
+    assert usage["active_jobs"] == 2 and usage["max_active_jobs"] == 1
+    for job in (first, second):
+        assert api.client.get(f"/v1/jobs/{job.json()['id']}").json()["status"] in (
+            "queued", "running")
+    assert as_json("projects", "adopt", "ops")["adopted"] == {"checkpoints": 0, "datasets": 0,
+                                                            "jobs": 0}
+
+
+def test_rift_admin_read_by_a_pipe_closed_early_exits_quietly(api: Api) -> None:
+    # `rift-admin keys list | head -1`: was a BrokenPipeError traceback on stderr, exit 1.
+    env = {**os.environ, "DATABASE_URL": api.settings.database_url}
+    # `true` leaves before rift-admin writes (its interpreter takes far longer to start).
+    pipeline = (f"{sys.executable} -m persistence.admin_cli keys list --output json | true; "
+                "exit ${PIPESTATUS[0]}")
+    done = subprocess.run(["bash", "-c", pipeline], env=env, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr

@@ -6,6 +6,7 @@ delivery time gets no request at all."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,3 +167,19 @@ def test_only_subscribed_events_and_one_message_per_job_end(
             webhooks.create_endpoint(session, project_id=webhooks.DEFAULT_PROJECT_ID,
                                      url=receiver.url + "?third", event_types=["job.failed"],
                                      description=None, max_endpoints=2)
+
+
+def test_a_delivery_logs_no_receiver_url(sessions: sessionmaker[Session], db_url: str,
+                                         tmp_path: Path, receiver: Receiver,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    # The root logger at INFO, as Celery's --loglevel=INFO sets it in every worker: httpx wrote
+    # "HTTP Request: POST http://.../hooks/rift?x=1" for each attempt (a hook's path or query is
+    # often its credential).
+    caplog.set_level(logging.INFO)
+    receiver.statuses = [204]
+    _, _, message_id = cancelled_job_message(sessions, receiver.url)
+    resources = WorkerResources(worker_settings(db_url, tmp_path,
+                                                WEBHOOK_ALLOW_LIST="127.0.0.1"))
+    assert deliver(resources, message_id, schedule_retry=lambda *_: None) == "delivered"
+    assert len(receiver.received) == 1
+    assert not [r.getMessage() for r in caplog.records if "hooks/rift" in r.getMessage()]
