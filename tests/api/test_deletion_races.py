@@ -30,15 +30,15 @@ def test_a_checkpoint_deleted_while_its_job_is_checked_is_422_unknown_checkpoint
     api: Api, small_cnn_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checkpoint_id = upload_checkpoint(api, small_cnn_file)["id"]
-    checked = job_service.check_active_jobs
+    checked = job_service.check_time_limit  # the last check before the job's insert
 
-    def delete_meanwhile(session: Any, caller: Any) -> None:
+    def delete_meanwhile(*args: Any) -> None:
         with api.sessions() as other:  # the concurrent DELETE /v1/checkpoints/{id}
             other.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id))
             other.commit()
-        checked(session, caller)
+        checked(*args)
 
-    monkeypatch.setattr(job_service, "check_active_jobs", delete_meanwhile)
+    monkeypatch.setattr(job_service, "check_time_limit", delete_meanwhile)
     # Before: 500 (the job's insert broke the foreign key), also with an Idempotency-Key.
     for headers in ({}, {"Idempotency-Key": "race-1"}):
         response = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint_id,
@@ -82,15 +82,15 @@ def test_a_dataset_deleted_while_its_job_is_checked_is_422_unknown_dataset(
     images = varied_images((20, 8, 8, 1))
     dataset = api.client.post("/v1/datasets", files={"file": ("d.npz", npz_bytes(
         x=images, y=np.arange(20) % 10))}).json()
-    checked = job_service.check_active_jobs
+    checked = job_service.check_time_limit  # the last check before the job's insert
 
-    def delete_meanwhile(session: Any, caller: Any) -> None:
+    def delete_meanwhile(*args: Any) -> None:
         with api.sessions() as other:
             other.execute(delete(Dataset).where(Dataset.id == dataset["id"]))
             other.commit()
-        checked(session, caller)
+        checked(*args)
 
-    monkeypatch.setattr(job_service, "check_active_jobs", delete_meanwhile)
+    monkeypatch.setattr(job_service, "check_time_limit", delete_meanwhile)
     response = api.client.post("/v1/jobs", json={
         "checkpoint_id": checkpoint_id, "dataset_id": dataset["id"],
         "config": digits_config(dataset={"name": "npz"})})
