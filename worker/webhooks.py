@@ -77,7 +77,9 @@ def post(url: str, allow: AllowList, *, headers: dict[str, str], body: bytes, ti
                 "POST", target.pinned_url, content=body, extensions=extensions,
                 headers={**headers, "Host": target.host_header, "User-Agent": USER_AGENT,
                          "Content-Type": "application/json"})
-            response = client.send(request)
+            # stream=True: only the status line counts, so the body is never read (a
+            # receiver announcing gigabytes, or trickling them, costs neither memory nor time).
+            response = client.send(request, stream=True)
             response.close()
     except httpx.HTTPError as exc:
         return AttemptResult(None, f"{type(exc).__name__}: {str(exc)[:200]}")
