@@ -740,7 +740,10 @@ def csv_text_cell(value: Any) -> Any:
 def mrc_table_csv(rows: list[dict[str, Any]], selected_module: str | None = None) -> str:
     """The MRC table as CSV text, one row per module, the selected one flagged."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MRC_CSV_COLUMNS, lineterminator="\n")
+    # Every text cell quoted: with "\n" as line end, the csv module (before Python 3.12) left a
+    # carriage return in a name unquoted, which many readers take for a new row.
+    writer = csv.DictWriter(buffer, fieldnames=MRC_CSV_COLUMNS, lineterminator="\n",
+                            quoting=csv.QUOTE_NONNUMERIC)
     writer.writeheader()
     for row in rows:
         writer.writerow({**{k: csv_text_cell(row.get(k)) for k in MRC_CSV_COLUMNS[:-1]},

@@ -24,6 +24,7 @@ def test_module_names_starting_like_a_formula_are_text_in_mrc_csv(name: str) -> 
     # Numbers stay numbers (a negative value is not a formula), plain names stay as they are.
     assert read[0]["mrc"] == "-0.5"
     assert read[1]["name"] == "fc"
+    assert len(read) == 2  # a carriage return in a name does not start a row of its own
 
 
 def test_control_characters_in_a_module_name_keep_the_chart_well_formed() -> None:
