@@ -106,7 +106,7 @@ class TextFormatter(logging.Formatter):
     (``\\n``, ``\\x1b``), so a value holding CR/LF cannot forge a line that looks like the
     service's, nor an ANSI sequence rewrite the terminal. A traceback keeps its lines."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+    def formatMessage(self, record: logging.LogRecord) -> str:
         return _CONTROL.sub(_escaped, super().formatMessage(record))
 
 
