@@ -30,6 +30,16 @@ BUILTIN_GEOMETRY: dict[str, tuple[int, int]] = {
 }
 #: How much larger than the archive its unpacked content may be (bounds zip/tar bombs).
 MAX_EXPANSION = 20
+#: Archives smaller than this may still unpack to ``MAX_EXPANSION`` times this (a small
+#: compressed npz of a few thousand low-entropy images is legitimate).
+MIN_EXPANSION_BASE = 1024 * 1024
+
+
+def max_unpacked_bytes(archive_bytes: int) -> int:
+    """How many bytes an archive of ``archive_bytes`` may unpack to: ``MAX_EXPANSION`` times its
+    own size. (It was ``MAX_EXPANSION`` times ``MAX_DATASET_BYTES``, 160 GiB by default whatever
+    the file, so a 10 MB gzip bomb of 100 GB was read through and accepted.)"""
+    return max(archive_bytes, MIN_EXPANSION_BASE) * MAX_EXPANSION
 
 
 @dataclass(frozen=True)

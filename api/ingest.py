@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import Caller
-from api.dataset_validation import MAX_EXPANSION
+from api.dataset_validation import max_unpacked_bytes
 from api.errors import InvalidInput, PayloadTooLarge, ServiceUnavailable, from_rift_error
 from api.idempotency import RequestKey
 from api.services.quotas import storage_exceeded
@@ -130,13 +130,15 @@ def store_checkpoint(
                 request_hash=upload_key.request_hash if upload_key else None)))))
 
 
-def validate_dataset_upload(validator: Validator, file: UploadedFile, field: str,
-                            max_bytes: int) -> DatasetInspection:
+def validate_dataset_upload(validator: Validator, file: UploadedFile, field: str
+                            ) -> DatasetInspection:
     """Check the uploaded archive in the sandboxed validator (npz keys, arrays and every value,
-    or safe tar members and an ImageFolder layout). Raises InvalidInput (422, ``field``) with
-    the reason, ServiceUnavailable (503) when no validation could run."""
+    or safe tar members and an ImageFolder layout; unpacking to at most ``MAX_EXPANSION`` times
+    the file's size). Raises InvalidInput (422, ``field``) with the reason, ServiceUnavailable
+    (503) when no validation could run."""
     try:
-        inspection = validator.inspect_dataset(file.path, file.filename, max_bytes * MAX_EXPANSION)
+        inspection = validator.inspect_dataset(file.path, file.filename,
+                                               max_unpacked_bytes(file.size))
     except RiftError as exc:
         raise from_rift_error(exc, field=field) from exc
     _check_class_count(inspection, field)

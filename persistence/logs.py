@@ -96,6 +96,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(document, ensure_ascii=False)
 
 
+# C0 controls (CR and LF among them), DEL and C1 controls, and the Unicode line separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class TextFormatter(logging.Formatter):
+    """The text format (``LOG_FORMAT=text``) with one line per record: a control character in a
+    message (a file name, a label, an error text a client chose) is written as its escape
+    (``\\n``, ``\\x1b``), so a value holding CR/LF cannot forge a line that looks like the
+    service's, nor an ANSI sequence rewrite the terminal. A traceback keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return _CONTROL.sub(_escaped, super().formatMessage(record))
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]
+
+
 def _jsonable(value: Any) -> Any:
     try:
         json.dumps(value)
@@ -142,7 +160,7 @@ def configure_logging(log_format: str, level: str = "INFO", stream: IO[str] | No
         use_json(handler)
     else:
         handler.addFilter(ContextFilter())
-        handler.setFormatter(logging.Formatter(
+        handler.setFormatter(TextFormatter(
             "%(asctime)s %(levelname)s %(name)s [job=%(job_id)s req=%(request_id)s] %(message)s"))
     root.addHandler(handler)
     for name in ("api", "worker", "persistence", "rift", "reporting"):

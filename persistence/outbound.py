@@ -90,8 +90,15 @@ def resolve(host: str, port: int) -> list[str]:
 
 def refusal_reason(address: IPAddress) -> str | None:
     """Why ``address`` is not a public address, or None if it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return refusal_reason(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        # An IPv4 address carried inside IPv6 is judged as that IPv4 address: IPv4-mapped
+        # (::ffff:a.b.c.d) is a plain IPv4 connection, and a 6to4 address (2002:AABB:CCDD::/48)
+        # is tunnelled to the IPv4 host it embeds by any host with a 6to4 route, so
+        # 2002:7f00:1:: or 2002:a9fe:a9fe:: would reach loopback or the metadata service.
+        # Python counts 2002::/16 as global.
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            return refusal_reason(embedded)
     # Most specific first: Python counts loopback and link-local as private too.
     for reason, flag in (("loopback", address.is_loopback),
                          ("link-local", address.is_link_local),

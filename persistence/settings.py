@@ -302,8 +302,9 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="Longest delay between two attempts of one message (s).")
     webhook_timeout_seconds: float = Field(
         10.0, gt=0,
-        description="Connect and read timeout of one webhook request (s): a slow receiver must "
-        "not hold a delivery worker.")
+        description="Time limit of one webhook attempt (s): connecting, sending and the "
+        "answer's head together (its body is never read); a slow receiver must not hold a "
+        "delivery worker.")
     webhook_max_endpoints: int = Field(
         20, ge=1, description="Webhook endpoints one project may register.")
     materialize_max_pending: int = Field(

@@ -11,9 +11,25 @@ with ``data-label``, ``g.legend``. Text is XML-escaped; numbers are finite or th
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax import saxutils
+
+# Characters XML 1.0 forbids even escaped (C0 controls but tab and newlines, lone surrogates,
+# U+FFFE/U+FFFF): one in a module name (which the uploaded model chooses) made the whole chart
+# unreadable, since an SVG file is parsed as XML. They become U+FFFD.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def escape(text: str) -> str:
+    """``text`` as XML character data: markup escaped, characters XML cannot hold replaced."""
+    return saxutils.escape(_NOT_XML.sub("\ufffd", text))
+
+
+def quoteattr(text: str) -> str:
+    """``text`` as a quoted XML attribute value (see :func:`escape`)."""
+    return saxutils.quoteattr(_NOT_XML.sub("\ufffd", text))
 
 #: Colours of successive series (colour-blind friendly, Okabe–Ito).
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")

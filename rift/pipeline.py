@@ -723,13 +723,30 @@ MRC_CSV_COLUMNS = ("name", "parameters", "mrc", "worst_robust_loss", "robust_acc
                    "selected")
 
 
+# A spreadsheet reads a cell starting with one of these as a formula (or, for tab and carriage
+# return, strips them and may then find one): "formula injection" (OWASP "CSV Injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text_cell(value: Any) -> Any:
+    """``value`` as a CSV cell a spreadsheet shows as text: a string starting like a formula gets
+    a leading apostrophe (module names come from the uploaded model and can be ``=HYPERLINK(...)``);
+    numbers and other strings are left alone."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def mrc_table_csv(rows: list[dict[str, Any]], selected_module: str | None = None) -> str:
     """The MRC table as CSV text, one row per module, the selected one flagged."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MRC_CSV_COLUMNS, lineterminator="\n")
+    # Every text cell quoted: with "\n" as line end, the csv module (before Python 3.12) left a
+    # carriage return in a name unquoted, which many readers take for a new row.
+    writer = csv.DictWriter(buffer, fieldnames=MRC_CSV_COLUMNS, lineterminator="\n",
+                            quoting=csv.QUOTE_NONNUMERIC)
     writer.writeheader()
     for row in rows:
-        writer.writerow({**{k: row.get(k) for k in MRC_CSV_COLUMNS[:-1]},
+        writer.writerow({**{k: csv_text_cell(row.get(k)) for k in MRC_CSV_COLUMNS[:-1]},
                          "selected": row["name"] == selected_module})
     return buffer.getvalue()
 

@@ -34,6 +34,7 @@ from rift.checkpoint_format import (
     strip_wrapper_prefix,
 )
 from rift.errors import CheckpointEntryError, CheckpointError, RiftError
+from validator.torch_records import storage_size_problem
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -215,6 +216,10 @@ def _inspect_torch(path: Path, display_name: str, entry: str | None) -> Checkpoi
         # the process's memory limit.
         mapped = handle.read(4) == b"PK\x03\x04"
     found = load_checkpoint_entries(path, entry=entry, mmap=mapped, check_finite=False)
+    if mapped:
+        problem = storage_size_problem(path)
+        if problem is not None:
+            raise CheckpointError(f"PyTorch checkpoint {display_name} is corrupt: {problem}")
     for name, state in found.weights.items():
         _check_finite_pieces(state, f"{source} (entry {name!r})" if name else source, mapped)
     state = next(iter(found.weights.values()))

@@ -64,6 +64,12 @@ CHUNK_BYTES = 8 * 1024 * 1024
 MAX_TAR_MEMBERS = 5_000_000
 #: Bytes of an image read to parse its header (size and mode; nothing is decoded).
 MAX_PROBE_IMAGE_BYTES = 64 * 1024 * 1024
+#: How many times ``max_unpacked_bytes`` an ImageFolder's images may decode to (one byte per
+#: pixel and channel, from each header). A compressed image file is small for its pixels: a PNG
+#: of one colour at 9000×9000 is 80 kB on disk and 81 MB once decoded, so an archive of a few
+#: thousand such files passed the byte bounds and filled the worker's memory. Photographs decode
+#: to about 5-20 times their JPEG's size, so the bound leaves real data sets far inside it.
+DECODED_PER_UNPACKED = 5
 #: Stands for a file name in the path prefixes kept while scanning a tar (see _marked).
 FILE_MARK = "*"
 
@@ -338,6 +344,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
     mixed_sizes: set[tuple[str, ...]] = set()
     num_images = 0
     unpacked = 0
+    decoded = 0
+    max_decoded_bytes = max_unpacked_bytes * DECODED_PER_UNPACKED
     first: ImageProbe | None = None
     try:
         with tarfile.open(fileobj=handle, mode="r|*") as archive:
@@ -370,6 +378,13 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                 # refuses the upload (see _imagefolder_layout). A file past the probe's bytes
                 # is not judged (a TIFF may keep its header at the end).
                 if probe is not None:
+                    decoded += probe.height * probe.width * (1 if probe.grey else 3)
+                    if decoded > max_decoded_bytes:
+                        raise DatasetError(
+                            f"the images of {display_name} decode to more than the limit of "
+                            f"{max_decoded_bytes} bytes ({DECODED_PER_UNPACKED} times the "
+                            f"unpacked limit); {member.name!r} alone is "
+                            f"{probe.width}×{probe.height}")
                     first = first or probe
                     if sizes.setdefault(prefix, probe.size) != probe.size:
                         mixed_sizes.add(prefix)

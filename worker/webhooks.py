@@ -14,13 +14,17 @@ following redirects (:mod:`persistence.outbound`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 
@@ -68,7 +72,10 @@ def post(url: str, allow: AllowList, *, headers: dict[str, str], body: bytes, ti
         target = check_target(url, allow, resolver)
     except TargetRefused as exc:
         return AttemptResult(None, f"target refused: {exc.message}")
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    deadline = _Deadline(timeout)
+    extensions: dict[str, Any] = {"trace": deadline.trace}
+    if target.scheme == "https":
+        extensions["sni_hostname"] = target.host
     try:
         # trust_env=False: a proxy from the environment would connect to the host again,
         # bypassing the address just checked.
@@ -77,13 +84,61 @@ def post(url: str, allow: AllowList, *, headers: dict[str, str], body: bytes, ti
                 "POST", target.pinned_url, content=body, extensions=extensions,
                 headers={**headers, "Host": target.host_header, "User-Agent": USER_AGENT,
                          "Content-Type": "application/json"})
-            response = client.send(request)
-            response.close()
+            # stream=True: only the status line counts, so the body is never read (a
+            # receiver announcing gigabytes, or trickling them, costs neither memory nor time).
+            with deadline:
+                response = client.send(request, stream=True)
+                response.close()
     except httpx.HTTPError as exc:
+        if deadline.expired:
+            return AttemptResult(None, f"no answer within {timeout:g} s "
+                                       "(WEBHOOK_TIMEOUT_SECONDS, the whole attempt)")
         return AttemptResult(None, f"{type(exc).__name__}: {str(exc)[:200]}")
     if 200 <= response.status_code < 300:
         return AttemptResult(response.status_code, None)
     return AttemptResult(response.status_code, f"the receiver answered HTTP {response.status_code}")
+
+
+class _Deadline:
+    """Bounds a whole attempt by ``seconds``: httpx's timeout bounds each read, so a receiver
+    sending its answer's head a byte at a time, each byte within the timeout, held a delivery
+    worker for hours. When the time is up the connection's socket is shut down, which ends the
+    blocked read at once (the socket is learned from httpcore's trace of the TCP connect)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            sock = info["return_value"].get_extra_info("socket")
+            if sock is not None:
+                with self._lock:
+                    self._sockets.append(sock)
+                    if self.expired:  # connected just after the time ran out
+                        _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def deliver(resources: WorkerResources, delivery_id: str, *,

@@ -78,8 +78,7 @@ async def upload_dataset(request: Request, response: Response, caller: CallerDep
             row, created = replay, False
         else:
             inspection = await run_in_threadpool(
-                validate_dataset_upload, validator, file, FILE_FIELD,
-                settings.max_dataset_bytes)
+                validate_dataset_upload, validator, file, FILE_FIELD)
             row, created = await run_in_threadpool(
                 store_dataset, factory, store, file, inspection, caller, key)
     response.status_code = 201 if created else 200

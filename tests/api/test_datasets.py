@@ -276,6 +276,35 @@ def test_unsafe_or_empty_tars_are_refused(api: Api) -> None:
     api.assert_nothing_stored()
 
 
+def test_archive_and_pixel_bombs_are_refused_by_what_they_expand_to(api: Api) -> None:
+    """An archive may unpack to 20 times its own size (20 MiB for one under 1 MiB), and its
+    images decode to 5 times that. Before, the bound was 20 times MAX_DATASET_BYTES (160 GiB
+    by default) whatever the file, and decoded pixels were not counted: both uploads below
+    were accepted, and the job would have unpacked 30 MB, or decoded 250 MB, from ~60 kB."""
+    from PIL import Image
+
+    good = {f"train/{cls}/{i}.png": png_bytes(value=i * 20) for cls in ("a", "b") for i in range(3)}
+    gzip_bomb = tar_bytes({**good, "train/notes.txt": bytes(30 * MIB)})
+    assert len(gzip_bomb) < MIB
+    response = upload(api, "bomb.tgz", gzip_bomb)
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["field"] == "file"
+    assert f"unpacks to more than the limit of {20 * MIB} bytes" in error["message"]
+
+    buffer = io.BytesIO()
+    Image.new("L", (5000, 5000), 7).save(buffer, format="PNG")  # 25 MB of pixels, ~25 kB
+    big = buffer.getvalue()
+    pixel_bomb = tar_bytes({f"train/{cls}/{i}.png": big for cls in ("a", "b") for i in range(5)})
+    response = upload(api, "pixels.tgz", pixel_bomb)
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["field"] == "file"
+    assert f"decode to more than the limit of {100 * MIB} bytes" in error["message"]
+    assert "5000×5000" in error["message"]
+    api.assert_nothing_stored()
+
+
 def test_over_size_dataset_is_413(api: Api) -> None:
     limit = api.settings.max_dataset_bytes
     response = upload(api, "big.npz", os.urandom(limit + MIB))

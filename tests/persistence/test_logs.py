@@ -49,3 +49,25 @@ def test_request_ids_from_clients_are_kept_only_when_safe() -> None:
     for bad in (None, "", "has space", "x" * 65, "new\nline"):
         replaced = clean_request_id(bad)
         assert replaced != bad and len(replaced) == 32
+
+
+def test_text_lines_cannot_be_forged_by_a_value_with_line_breaks() -> None:
+    """A file name or label holding CR/LF (or an ANSI escape) is written escaped in the text
+    format: one record stays one line. Before, ``"x\\n... ERROR api forged"`` printed a second
+    line that read like the service's own."""
+    stream = io.StringIO()
+    handler = configure_logging("text", stream=stream)
+    try:
+        logging.getLogger("api.test").warning("upload %r refused: %s", "m.pt",
+                                              "bad\r\n2026-01-01 ERROR api forged\x1b[2J")
+        try:
+            raise ValueError("bad")
+        except ValueError:
+            logging.getLogger("api.test").exception("failed\nagain")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert "\x1b" not in stream.getvalue()
+    assert lines[0].endswith("refused: bad\\r\\n2026-01-01 ERROR api forged\\x1b[2J")
+    assert lines[1].endswith("failed\\nagain")
+    assert lines[2] == "Traceback (most recent call last):"  # a traceback keeps its lines

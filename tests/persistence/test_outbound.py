@@ -26,6 +26,10 @@ def fixed(*addresses: str):  # type: ignore[no-untyped-def]
     ("http://[fe80::1]/", "link-local"),
     ("http://[fd00::1]/", "private"),
     ("http://[::ffff:127.0.0.1]/", "loopback"),
+    # 6to4 addresses embed an IPv4 host: 127.0.0.1, 10.0.0.1, 169.254.169.254
+    ("http://[2002:7f00:1::]/", "loopback"),
+    ("http://[2002:a00:1::1]/", "private"),
+    ("http://[2002:a9fe:a9fe::]/latest/meta-data/", "link-local"),
     ("http://0.0.0.0/", "unspecified"),
     ("http://224.0.0.1/", "multicast"),
     ("http://100.64.0.1/", "not globally routable"),

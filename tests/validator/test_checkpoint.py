@@ -191,3 +191,31 @@ def test_an_entry_error_crosses_the_process_boundary_with_its_entries() -> None:
     decoded = decode_error(encode_error(CheckpointEntryError("pick one", ["model", "ema"])))
     assert isinstance(decoded, CheckpointEntryError)
     assert (decoded.message, decoded.entries) == ("pick one", ["model", "ema"])
+
+
+def test_a_storage_claiming_more_elements_than_its_record_holds_is_refused(tmp_path: Path) -> None:
+    """The memory-mapped load slices a storage out of the whole file without comparing its
+    claimed size with its record, so this file (4 floats stored, 2^31 - 1 claimed) passed the
+    upload and failed the job's plain load ("record size ... does not match")."""
+    import copy
+    import zipfile
+
+    import torch
+
+    torch.save({"w": torch.ones(4), "b": torch.zeros(3, dtype=torch.float64)}, tmp_path / "ok.pt")
+    assert inspect_checkpoint_file(tmp_path / "ok.pt", "ok.pt").shapes == {"w": (4,), "b": (3,)}
+    with zipfile.ZipFile(tmp_path / "ok.pt") as source, \
+            zipfile.ZipFile(tmp_path / "lie.pt", "w") as target:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename.endswith("/data.pkl"):
+                # The first storage tuple: ('storage', FloatStorage, '0', 'cpu', 4) → 2^31 - 1.
+                claimed = b"X\x03\x00\x00\x00cpuq\x06K\x04"
+                assert claimed in data
+                data = data.replace(claimed, b"X\x03\x00\x00\x00cpuq\x06J"
+                                    + struct.pack("<i", 2**31 - 1), 1)
+            target.writestr(copy.copy(info), data)
+    with pytest.raises(CheckpointError, match=r"lie\.pt is corrupt: storage '0' claims "
+                                              r"2147483647 elements of 4 byte\(s\) but its "
+                                              r"record holds 16 bytes"):
+        inspect_checkpoint_file(tmp_path / "lie.pt", "lie.pt")
