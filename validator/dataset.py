@@ -67,8 +67,10 @@ MAX_PROBE_IMAGE_BYTES = 64 * 1024 * 1024
 #: How many times ``max_unpacked_bytes`` an ImageFolder's images may decode to (one byte per
 #: pixel and channel, from each header). A compressed image file is small for its pixels: a PNG
 #: of one colour at 9000×9000 is 80 kB on disk and 81 MB once decoded, so an archive of a few
-#: thousand such files passed the byte bounds and filled the worker's memory. Photographs decode
-#: to about 5-20 times their JPEG's size, so the bound leaves real data sets far inside it.
+#: thousand such files passed the byte bounds and filled the worker's memory (in a tar.gz, whose
+#: gzip squeezes such PNGs again, about 100,000 times the archive's size). Photographs decode to
+#: about 5-20 times their JPEG's size and flat synthetic images in a tar.gz to a few hundred
+#: times, so the bound (1,000 times the archive's size) leaves real data sets inside it.
 DECODED_PER_UNPACKED = 5
 #: Stands for a file name in the path prefixes kept while scanning a tar (see _marked).
 FILE_MARK = "*"
