@@ -742,9 +742,10 @@ def mrc_table_csv(rows: list[dict[str, Any]], selected_module: str | None = None
     buffer = io.StringIO()
     # Every text cell quoted: with "\n" as line end, the csv module (before Python 3.12) left a
     # carriage return in a name unquoted, which many readers take for a new row.
+    # The header stays bare (plain names, as before): readers that match it as text keep working.
+    csv.writer(buffer, lineterminator="\n").writerow(MRC_CSV_COLUMNS)
     writer = csv.DictWriter(buffer, fieldnames=MRC_CSV_COLUMNS, lineterminator="\n",
                             quoting=csv.QUOTE_NONNUMERIC)
-    writer.writeheader()
     for row in rows:
         writer.writerow({**{k: csv_text_cell(row.get(k)) for k in MRC_CSV_COLUMNS[:-1]},
                          "selected": row["name"] == selected_module})
