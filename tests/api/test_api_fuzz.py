@@ -26,7 +26,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from fastapi.routing import APIRoute
 
 from api.main import create_app
 from api.validation import Validator
@@ -56,10 +55,10 @@ pytestmark = pytest.mark.service
 
 SEED = 20261126
 #: Hostile values tried per parameter and per body field (of the 20-odd of each list).
-VALUES_PER_PARAMETER = 8
-VALUES_PER_FIELD = 5
+VALUES_PER_PARAMETER = 6
+VALUES_PER_FIELD = 4
 #: At most this many requests per operation (a job spec has many fields).
-CASES_PER_OPERATION = 160
+CASES_PER_OPERATION = 120
 
 
 #: Operations whose valid request is still refused, with the status: the job is marked
@@ -69,17 +68,26 @@ BASELINE_REFUSED = {("GET", "/v1/jobs/{job_id}/artifacts/{name}"): 404,
                     ("POST", "/v1/jobs/{job_id}/cancel"): 409}
 
 
+#: The one answer that names another field than the mutated one, rightly: an upload route
+#: takes a raw body of any well-formed media type but form, JSON and multipart as the file
+#: itself, so a multipart body sent as text/plain is a file that is no checkpoint or dataset
+#: (422 on file). A JSON or malformed type is a 415 on Content-Type.
+RAW_UPLOAD_ROUTES = ("/v1/checkpoints", "/v1/datasets")
+RAW_FILE_TYPE = b"text/plain"
+
+
 @pytest.fixture
 def fuzz_api(api_settings: Settings, start_api: Callable[..., Api]) -> Api:
     """The API with loopback webhook targets allowed (so a webhook body reaches the database)
-    and no request-rate limit in the way of a few thousand requests."""
+    and no request-rate or active-job limit in the way of a few thousand requests (the valid
+    ones among them create jobs)."""
     settings = settings_from_env({
         "DATABASE_URL": api_settings.database_url, "BROKER_URL": "memory://",
-        "STORE_KIND": "local", "STORE_ROOT": api_settings.store_root,
-        "WORK_DIR": api_settings.work_dir, "WEBHOOK_ALLOW_LIST": "127.0.0.1",
+        "STORE_KIND": "local", "STORE_ROOT": str(api_settings.store_root),
+        "WORK_DIR": str(api_settings.work_dir), "WEBHOOK_ALLOW_LIST": "127.0.0.1",
         "MAX_CHECKPOINT_BYTES": str(api_settings.max_checkpoint_bytes),
         "MAX_DATASET_BYTES": str(api_settings.max_dataset_bytes),
-        "DEFAULT_MAX_REQUESTS_PER_MINUTE": "1000000"})
+        "DEFAULT_MAX_REQUESTS_PER_MINUTE": "1000000", "DEFAULT_MAX_ACTIVE_JOBS": "100000"})
     return start_api(settings, dispatcher=RecordingDispatcher())
 
 
@@ -207,6 +215,23 @@ def _close_enough(field: str, target: str) -> bool:
     return field_parts[:shorter] == target_parts[:shorter]
 
 
+def _names_target(case: Case, error: dict[str, Any]) -> bool:
+    """Whether an error names the parameter ``case`` mutated (any error does for a mutation
+    of the body as a whole, checked apart)."""
+    if case.target is None:
+        return True
+    # A rule about two fields names one and quotes the other ("give both 'mean' and 'std'").
+    if f"'{case.target.rsplit('.', 1)[-1]}'" in str(error.get("message")):
+        return True
+    if (case.path in RAW_UPLOAD_ROUTES and case.headers.get("Content-Type") == RAW_FILE_TYPE
+            and error.get("field") == "file"):
+        return True
+    # A 422 lists every field at fault in "fields"; the mutated one must be among them.
+    fields = [str(f) for f in error.get("fields") or [error.get("field")]]
+    return any(_close_enough(f, case.target) or f in ("body", "Content-Type", "path")
+               for f in fields)
+
+
 def fault(case: Case, response: httpx.Response) -> str | None:
     """What is wrong with the answer to ``case``, or None."""
     status = response.status_code
@@ -222,12 +247,8 @@ def fault(case: Case, response: httpx.Response) -> str | None:
     limit = any("limit" in key for key in error)
     if not named and not limit:
         return f"{status} naming no field: {error}"
-    # A 422 lists every field at fault in "fields"; the mutated one must be among them.
-    fields = [str(f) for f in error.get("fields") or [named]]
-    if status in (400, 404, 422) and case.target is not None and named:
-        if not any(_close_enough(f, case.target) or f in ("body", "Content-Type", "path")
-                   for f in fields):
-            return f"{status} names {named!r}, not {case.target!r}: {error.get('message')}"
+    if status in (400, 404, 422) and named and not _names_target(case, error):
+        return f"{status} names {named!r}, not {case.target!r}: {error.get('message')}"
     if status in (400, 422) and case.target is None and named not in ("body", "Content-Type"):
         return f"{status} names {named!r} for a body-wide fault: {error.get('message')}"
     return None
@@ -297,7 +318,7 @@ def test_no_input_gets_a_500_or_a_4xx_naming_nothing(fuzz_api: Api, small_cnn_fi
     # (An included router keeps its routes nested, their paths without the outer prefix.)
     documented = {(op.method, op.template) for op in ops}
     missing = [(method, route.path) for route in api_routes(app.routes)
-               for method in route.methods - {"HEAD"} if route.path not in ("/docs", "/redoc")
+               for method in (route.methods or set()) - {"HEAD"} if route.path not in ("/docs", "/redoc")
                and not any(m == method and t.endswith(route.path) for m, t in documented)]
     assert missing == []
 
