@@ -5,11 +5,13 @@ README), never from a CDN, because internal networks often cannot reach one."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_PATH = "/static"
@@ -44,3 +46,25 @@ def install_offline_docs(app: FastAPI, *, docs_url: str = "/docs", redoc_url: st
             openapi_url=root + openapi_url, title=f"{app.title} - ReDoc",
             redoc_js_url=root + REDOC_JS, redoc_favicon_url=root + FAVICON,
             with_google_fonts=False)
+
+
+def document_models(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Put ``models`` (and the models they use) into the OpenAPI document's
+    ``components.schemas``: a route that reads its body itself (``POST /v1/jobs`` parses JSON or
+    multipart) can only name its schema by ``$ref``, which FastAPI leaves dangling."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in models:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, member in schema.pop("$defs", {}).items():
+                schemas.setdefault(name, member)
+            schemas[model.__name__] = schema
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -23,7 +23,7 @@ from api.accept import check_accept
 from api.auth import get_caller
 from api.content_encoding import RequestDecoding
 from api.dispatch import CeleryDispatcher, Dispatcher
-from api.docs import install_offline_docs
+from api.docs import document_models, install_offline_docs
 from api.errors import install_error_handlers
 from api.event_feed import EventFeed, LocalPublisher, build_event_feed
 from api.head_requests import HeadAsGet
@@ -44,6 +44,7 @@ from api.routes import (
     usage,
     webhooks,
 )
+from api.schemas import JobCreate
 from api.uploads import MAX_FIELD_BYTES
 from api.validation import Validator
 from persistence.db import session_factory_from_settings
@@ -154,6 +155,7 @@ def create_app(
                            "Range"],
             expose_headers=["Location", "Retry-After", "Content-Range"])
     install_offline_docs(app)
+    document_models(app, JobCreate)
 
     # Every route of this router needs a key; the routes name CallerDep too, which FastAPI
     # resolves once per request, so the router's dependency is a guard a new route cannot miss.

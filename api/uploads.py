@@ -27,7 +27,8 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from api.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from api.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, quote
+from api.request_input import is_json_media_type
 from persistence.settings import Settings
 
 MIB = 1024 * 1024
@@ -342,6 +343,7 @@ async def receive_upload(
             "a form-encoded body is not a file (curl -d alters its bytes): send the file as "
             f"multipart (-F {file_field}=@PATH) or as the raw body (--data-binary @PATH with "
             "Content-Type: application/octet-stream)", field="Content-Type")
+    _check_raw_media_type(media_type, file_field)
     if length is not None and length > max_file_bytes:
         raise PayloadTooLarge(
             f"the file is {length} bytes, larger than the limit of {max_file_bytes} bytes",
@@ -349,6 +351,25 @@ async def receive_upload(
             details={"limit_bytes": max_file_bytes},
         )
     return await _receive_raw(request, file_field, scratch_dir, max_file_bytes)
+
+
+#: A media type as RFC 9110 writes one (token "/" token). A raw upload's Content-Type is stored
+#: with the file and sent back with it on download, so it must at least be one.
+_MEDIA_TYPE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _check_raw_media_type(media_type: bytes, file_field: str) -> None:
+    """Refuse a raw body whose Content-Type is no media type (``application/``, ``\\xff``) or
+    is JSON: before, either was read as the file and refused for its content (422 on the file,
+    "neither safetensors nor a PyTorch file"), where the request's type was what was wrong."""
+    how = (f"send the file as multipart (-F {file_field}=@PATH) or as the raw body with "
+           "Content-Type: application/octet-stream")
+    if media_type and not _MEDIA_TYPE.fullmatch(media_type):
+        raise UnsupportedMediaType(
+            f"the Content-Type {quote(media_type.decode('latin-1'))} is not a media type "
+            f"(type/subtype); {how}", field="Content-Type")
+    if is_json_media_type(media_type.decode("latin-1")):
+        raise UnsupportedMediaType(f"a JSON body is not a file; {how}", field="Content-Type")
 
 
 def _raw_filename(request: Request) -> str:

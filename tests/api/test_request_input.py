@@ -242,3 +242,20 @@ def test_a_key_can_be_made_without_a_body(api: Api) -> None:
         assert created.json()["scopes"] == ["read", "write"]
         named = admin.post("/v1/admin/projects/tests/keys", json={"name": "ci"})
         assert named.status_code == 201 and named.json()["name"] == "ci", named.text
+
+
+def test_a_raw_upload_typed_as_json_or_as_no_media_type_is_a_415(api: Api,
+                                                                 small_cnn_file: Path) -> None:
+    # Before: each body was read as the file, and refused for its content (422 naming file:
+    # "neither safetensors nor a PyTorch file"), though its Content-Type was what was wrong.
+    for path in ("/v1/checkpoints", "/v1/datasets"):
+        for content_type in ("application/json", "application/json; charset=latin-1",
+                             "application/", b"\xff"):
+            response = api.client.post(path, content=b'{"file": "x"}',
+                                       headers={"Content-Type": content_type})
+            assert response.status_code == 415, (path, content_type, response.text)
+            assert error_of(response)["field"] == "Content-Type"
+    # A well-formed non-JSON type is still the raw file.
+    raw = api.client.post("/v1/checkpoints", content=small_cnn_file.read_bytes(),
+                          headers={"Content-Type": "application/x-safetensors"})
+    assert raw.status_code == 201, raw.text
