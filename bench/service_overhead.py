@@ -290,13 +290,17 @@ def main() -> None:
             checkpoint = folder / "digits.safetensors"
             make_digits_checkpoint(checkpoint, seed=0, device="cpu")
             url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
-            upgrade_database(url)
             port = _free_port()
             env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1",
                    "DATABASE_URL": url, "BROKER_URL": "redis://127.0.0.1:6379/0",
                    "CELERY_QUEUE": f"rift-bench-{uuid.uuid4().hex[:8]}", "STORE_KIND": "local",
                    "STORE_ROOT": str(folder / "objects"), "WORK_DIR": str(folder / "work"),
                    "WORKER_DEVICE": "cpu"}
+            if tree == ROOT:
+                upgrade_database(url)
+            else:  # the tree's own migrations: an older tree refuses a newer schema
+                subprocess.run([sys.executable, "-m", "persistence.migrate"], cwd=tree, env=env,
+                               check=True)
             bin_dir = Path(sys.executable).parent
             with open(folder / "api.log", "wb") as log:
                 processes.append(subprocess.Popen(
