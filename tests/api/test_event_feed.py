@@ -108,7 +108,7 @@ def worker_sessions(feed_settings: Settings) -> Iterator[Any]:
 
 
 @pytest.mark.parametrize("feed_settings", ["postgres", "redis", "poll"], indirect=True)
-def test_idle_streams_do_not_query_and_new_events_arrive_within_a_second(
+def test_idle_streams_do_not_query_and_new_events_are_pushed(
         feed_settings: Settings, worker_sessions: Any,
         start_api: Callable[..., Api]) -> None:
     api = start_api(feed_settings, dispatcher=RecordingDispatcher())
