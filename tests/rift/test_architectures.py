@@ -20,6 +20,7 @@ from rift.errors import ConfigError, UnknownArchitectureError
 from rift.models import build_model, list_architectures
 from tests.entry_point_dist import ARCHITECTURE, write_entry_point_dist
 from tests.preloaded_launcher import Launcher, run_python_module
+from tests.tiny_configs import random_images_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -177,18 +178,8 @@ def test_tabular_run_through_the_cli(tmp_path: Path,
 
 def _awkward_config(folder: Path, architecture: str, tuned: str) -> RiftConfig:
     """A quick CPU run of ``architecture`` on random 8×8 images of 4 classes in ``folder``."""
-    rng = np.random.default_rng(0)
-    np.savez(folder / "d.npz", x=rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8),
-             y=np.arange(48) % 4)
-    return RiftConfig.model_validate({
-        "architecture": {"name": architecture, "num_classes": 4},
-        "dataset": {"name": "npz", "path": str(folder / "d.npz"), "validation_fraction": 0.25},
-        "attack": {"eps": 0.03, "step_size": 0.01, "steps": 2},
-        "mrc": {"steps": 2, "num_examples": 16, "batch_size": 16},
-        "finetune": {"module": tuned, "epochs": 1, "batch_size": 8, "lr": 0.5,
-                     "lr_milestones": []},
-        "interpolation": {"alpha_step": 0.5}, "evaluation": {"max_examples": 8},
-        "preflight": {"examples": 0}, "device": "cpu"})
+    return random_images_config(folder, architecture, tuned=tuned, step_size=0.01, lr=0.5,
+                                mrc={"steps": 2})
 
 
 @pytest.mark.parametrize(("architecture", "tuned", "rows", "warned"), [

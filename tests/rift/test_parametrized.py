@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -19,6 +18,7 @@ from rift.config import RiftConfig
 from rift.models import build_model
 from rift.models.parametrized import fold_parametrized_weights
 from rift.pipeline import PipelineCallbacks, prepare_run, run_pipeline
+from tests.tiny_configs import random_images_config
 from validator.fit import check_checkpoint_fits
 
 PARAMETRIZED = {
@@ -35,18 +35,8 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 def _config(folder: Path, architecture: str, **mrc: Any) -> RiftConfig:
-    rng = np.random.default_rng(0)
-    np.savez(folder / "d.npz", x=rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8),
-             y=np.arange(48) % 4)
-    return RiftConfig.model_validate({
-        "architecture": {"name": architecture, "num_classes": 4},
-        "dataset": {"name": "npz", "path": str(folder / "d.npz"), "validation_fraction": 0.25},
-        "attack": {"eps": 0.03, "step_size": 0.015, "steps": 2},
-        "mrc": {"steps": 2, "num_examples": 16, "batch_size": 16, **mrc},
-        "finetune": {"module": "conv2", "epochs": 1, "batch_size": 8, "lr": 0.05,
-                     "lr_milestones": []},
-        "interpolation": {"alpha_step": 0.5}, "evaluation": {"max_examples": 8},
-        "preflight": {"examples": 0}, "device": "cpu"})
+    return random_images_config(folder, architecture, tuned="conv2", step_size=0.015, lr=0.05,
+                                mrc={"steps": 2, **mrc})
 
 
 def _trained_state(config: RiftConfig) -> dict[str, Tensor]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,22 +17,13 @@ from rift.config import RiftConfig
 from rift.interpolation import interpolate_weights
 from rift.models import build_model
 from rift.pipeline import prepare_run, run_pipeline
+from tests.tiny_configs import random_images_config
 from worker.materialize import materialize_weights
 
 
 def _config(folder: Path, architecture: str, module: str) -> RiftConfig:
-    rng = np.random.default_rng(0)
-    np.savez(folder / "d.npz", x=rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8),
-             y=np.arange(48) % 4)
-    return RiftConfig.model_validate({
-        "architecture": {"name": architecture, "num_classes": 4},
-        "dataset": {"name": "npz", "path": str(folder / "d.npz"), "validation_fraction": 0.25},
-        "attack": {"eps": 0.03, "step_size": 0.015, "steps": 2},
-        "mrc": {"steps": 1, "num_examples": 16, "batch_size": 16, "modules": [module]},
-        "finetune": {"module": module, "epochs": 1, "batch_size": 8, "lr": 0.05,
-                     "lr_milestones": []},
-        "interpolation": {"alpha_step": 0.5}, "evaluation": {"max_examples": 8},
-        "preflight": {"examples": 0}, "device": "cpu"})
+    return random_images_config(folder, architecture, tuned=module, step_size=0.015, lr=0.05,
+                                mrc={"steps": 1, "modules": [module]})
 
 
 def _half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
