@@ -270,6 +270,14 @@ def _make_key(database_url: str) -> str:
         factory.kw["bind"].dispose()
 
 
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles (the median of a single value for both)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    first, _, third = statistics.quantiles(values, n=4, method="inclusive")
+    return first, third
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -360,6 +368,7 @@ def main() -> None:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         admin.dispose()
     best_direct, best_service = min(direct), min(service)
+    paired = [s / d for s, d in zip(service, direct, strict=True)]
     fixed_parts = [_outside_compute(part) for part in parts]
     print(json.dumps({
         "benchmark": "service_overhead", "job": args.job, "tree": str(tree),
@@ -373,6 +382,11 @@ def main() -> None:
                                          - statistics.median(direct), 2),
         "overhead_fraction_median": round(statistics.median(service)
                                           / statistics.median(direct) - 1, 4),
+        # Each service job against the direct run just before it (the repeats alternate), so
+        # a drift of the machine's load between repeats cancels: the median of those ratios,
+        # and the middle half of them.
+        "overhead_fraction_paired_median": round(statistics.median(paired) - 1, 4),
+        "overhead_fraction_paired_quartiles": [round(q - 1, 4) for q in _quartiles(paired)],
         "overhead_seconds_best": round(best_service - best_direct, 2),
         "overhead_fraction_best": round(best_service / best_direct - 1, 4),
         # Robust to the machine's load, which mostly stretches compute: everything the service
