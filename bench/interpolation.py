@@ -161,11 +161,13 @@ def main() -> None:
     parser.add_argument("--min-stop-chunk", type=int, default=None,
                         help="override the floor of the stop chunks, rift.sequential_attack."
                         "MIN_STOP_CHUNK on a CPU, ACCELERATOR_MIN_STOP_CHUNK (default: the batch "
-                        "size) on a GPU (1: chunks of 1/32 of the set, the rule before the floor)")
+                        "size) on a GPU (1: chunks of 1/32 of the set, the rule before the floor); "
+                        "without it a CPU floor also falls for a heavy model (CPU_MIN_CHUNK_FLOPS)")
     args = parser.parse_args()
     if args.min_stop_chunk is not None:
         sequential_attack.MIN_STOP_CHUNK = args.min_stop_chunk
         sequential_attack.ACCELERATOR_MIN_STOP_CHUNK = args.min_stop_chunk
+        sequential_attack.CPU_MIN_CHUNK_FLOPS = None  # exactly that floor, whatever the model
     if args.digits_checkpoint is not None and len(args.seeds) != 1:
         parser.error("--digits-checkpoint is the θ_AT of one seed: give one --seeds value")
     runs = [] if args.skip_digits else [_digits(s, args.device, args.alpha_step,

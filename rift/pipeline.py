@@ -78,6 +78,7 @@ from rift.sequential_attack import (
     Attacked,
     attack_until,
     clean_correct,
+    example_flops,
     likely_failures_first,
     stop_chunk,
 )
@@ -604,6 +605,8 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
     # Every α is attacked from the same per-example starts: draw each once.
     starts = RandomStarts(config.seed, total)
     models = _evaluation_models(run, data)
+    # Counted once, on θ_AT (θ_α has the same shapes): it sets how finely attacks can stop.
+    flops = example_flops(run.model, data, device=run.device) if run.device.type == "cpu" else None
 
     warn = _backoff_warning(callbacks, "interpolate", EVALUATION_BACKOFF)
 
@@ -635,7 +638,8 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
         # unless memory differs between their runs).
         attacked = with_batch_backoff(lambda batch_size: attack_until(
             model, data, run.attack, at_least=at_least,
-            chunk=stop_chunk(total, batch_size, run.device), device=run.device, seed=config.seed,
+            chunk=stop_chunk(total, batch_size, run.device, flops), device=run.device,
+            seed=config.seed,
             order=order, precision=config.precision, should_cancel=callbacks.should_cancel,
             random_starts=starts), config.evaluation.batch_size, on_backoff=warn)
         if not baseline:  # the first attacked point is θ_AT (α = 0), in full

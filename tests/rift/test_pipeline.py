@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from rift import checkpoints
+from rift import checkpoints, sequential_attack
 from rift.attacks import PGD
 from rift.config import RiftConfig
 from rift.errors import CheckpointMismatchError, ConfigError, JobCancelled
@@ -211,8 +211,12 @@ def test_interpolation_stage_endpoints(digits_checkpoint_path: Path,
                if p["robust_accuracy"] >= result.points[0]["robust_accuracy"])
 
 
+@pytest.mark.parametrize("fine_chunks", [False, True], ids=["small-model-chunks", "fine-chunks"])
 def test_selection_curve_chooses_the_full_curves_alpha_with_fewer_attacks(
-        digits_checkpoint_path: Path, digits_job_config: dict) -> None:
+        digits_checkpoint_path: Path, digits_job_config: dict, fine_chunks: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if fine_chunks:  # as a heavy model's FLOPs would give on a CPU: chunks of 4 (1/32 of 120)
+        monkeypatch.setattr(sequential_attack, "CPU_MIN_CHUNK_FLOPS", 1.0)
     # lr 0.1: the curve rises in clean accuracy with a tie at the top, so one point is cut short.
     digits_job_config["finetune"]["lr"] = 0.1
     config = _fast(digits_job_config)
@@ -246,6 +250,15 @@ def test_selection_curve_chooses_the_full_curves_alpha_with_fewer_attacks(
     assert all(a == b for a, b in zip(lazy.points, full.points, strict=True)
                if a["robust_accuracy"] is not None)
     assert lazy.after == full.after
+    if fine_chunks:  # the same answer, the points cut short sooner than in chunks of 64
+        monkeypatch.undo()
+        run.config = config
+        coarse = run_interpolation_stage(run, finetuned)
+        assert coarse.chosen_alpha == lazy.chosen_alpha
+        # Exact values alike; a bound cut sooner is looser, never below the full value.
+        assert [p["robust_accuracy"] for p in coarse.points] == [
+            p["robust_accuracy"] for p in lazy.points]
+        assert lazy.attacked_examples < coarse.attacked_examples
 
 
 def test_validation_selection_reports_test_numbers(digits_checkpoint_path: Path,

@@ -14,6 +14,7 @@ from rift.sequential_attack import (
     Attacked,
     attack_until,
     clean_correct,
+    example_flops,
     likely_failures_first,
     stop_chunk,
 )
@@ -126,3 +127,27 @@ def test_a_stop_chunk_keeps_a_bounded_overshoot() -> None:
     assert stop_chunk(2_000, 512, gpu) == 512 and stop_chunk(449, 256, gpu) == 256
     assert stop_chunk(100, 512, gpu) == 100
     assert stop_chunk(2_000, 512, CPU) == stop_chunk(2_000, 512) == 64
+
+
+def test_a_heavy_model_gets_a_finer_chunk_on_a_cpu_only() -> None:
+    # ResNet-18 on 32×32 images is 1.1 GFLOP: chunks of 16 on a CPU; a small model keeps 64.
+    assert stop_chunk(64, 256, CPU, 1.11e9) == 16 and stop_chunk(449, 512, CPU, 1.11e9) == 16
+    assert stop_chunk(2_000, 512, CPU, 1.11e9) == 63  # 1/32 of the set above the floor
+    assert stop_chunk(449, 512, CPU, 3e5) == stop_chunk(449, 512, CPU) == 64
+    assert stop_chunk(64, 256, CPU, 1e12) == 2  # never below 1/32 of the set, nor below 1
+    assert stop_chunk(10, 256, CPU, 1e12) == 1
+    assert stop_chunk(2_000, 512, torch.device("cuda", 0), 1.11e9) == 512  # accelerators: batches
+    assert stop_chunk(64, 4, CPU, 1.11e9) == 4  # never above the batch size
+
+
+def test_example_flops_counts_one_examples_forward() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10), nn.ReLU(), nn.Linear(10, 2))
+    model.train()
+    flops = example_flops(model, _data(), device=CPU)
+    assert flops == 2 * (3 * 8 * 8 * 10 + 10 * 2)  # a multiply and an add per weight
+    assert model.training  # the mode it had
+    conv = _model()
+    # The convolution's 8·3·3·3 weights at each of the 8×8 positions, and the linear layer.
+    assert example_flops(conv, _data(), device=CPU) == 2 * (8 * 27 * 64 + 8 * 2)
+    assert example_flops(conv, _data(0), device=CPU) is None
+    assert example_flops(nn.Sequential(nn.Flatten()), _data(), device=CPU) is None
