@@ -249,7 +249,9 @@ class MRCRowOut(BaseModel):
         None, description="False: the module was stopped early by mrc.table = 'selection' and "
         "mrc, worst_robust_loss and max_ascent_loss are lower bounds (enough to rule it out); "
         "true or null (recorded before): its own values.")
-    selected: bool = Field(description="The module chosen for fine-tuning (lowest MRC).")
+    selected: bool = Field(description="The module fine-tuned: the lowest MRC, unless "
+                           "finetune.module named another or a sweep's rule picked another "
+                           "candidate (the job's metrics.lowest_mrc_module names the lowest).")
 
 
 class MRCTableOut(BaseModel):

@@ -326,11 +326,13 @@ def mean_loss_and_accuracy(model: nn.Module, images: Tensor, labels: Tensor, bat
     return total / len(labels), 100.0 * hits / len(labels)
 
 
-def check_mrc_table(mrc: Mapping[str, Any], selected: str, *, allow_negative: bool = False
+def check_mrc_table(mrc: Mapping[str, Any], lowest: str, *, allow_negative: bool = False
                     ) -> None:
     """The table's own arithmetic: MRC = worst − baseline, worst = max(baseline, ascent) (Δ = 0
     is in the ball) unless ``allow_negative``, drop = baseline accuracy − accuracy at worst, and
-    the selected module has the lowest (MRC, max_ascent_loss), first in table order on ties."""
+    ``lowest`` (the table's ``selected_module``, the job's ``metrics.lowest_mrc_module``) has the
+    lowest (MRC, max_ascent_loss), first in table order on ties. The module fine-tuned is another
+    where ``finetune.module`` names one or a sweep picks another candidate."""
     baseline, baseline_accuracy = mrc["baseline_robust_loss"], mrc["baseline_robust_accuracy"]
     for row in mrc["rows"]:
         name = row["name"]
@@ -347,7 +349,7 @@ def check_mrc_table(mrc: Mapping[str, Any], selected: str, *, allow_negative: bo
                             baseline_accuracy - row["robust_accuracy_at_worst"], abs_tol=1e-9), name
     order = sorted(range(len(mrc["rows"])), key=lambda i: (
         mrc["rows"][i]["mrc"], mrc["rows"][i]["max_ascent_loss"], i))
-    assert mrc["rows"][order[0]]["name"] == selected, (selected, mrc["rows"])
+    assert mrc["rows"][order[0]]["name"] == lowest, (lowest, mrc["rows"])
 
 
 # --------------------------------------------------------------------------- 5. report

@@ -177,6 +177,7 @@ def test_digits_run_with_normalisation_and_bn_update_checks_out(
     #    whole training split, PGD without random start on θ_AT).
     mrc = result["mrc"]
     check_mrc_table(mrc, module)
+    assert mrc["selected_module"] == module  # no finetune.module: the lowest MRC is tuned
     assert mrc["examples"] == len(splits.train)
     images = robust_set(theta_at, splits.train.images, splits.train.labels, attack)
     labels = splits.train.labels
@@ -288,6 +289,7 @@ def test_resnet_dataparallel_upload_with_frozen_statistics_checks_out(tmp_path: 
 
     # 3. The table's arithmetic.
     check_mrc_table(result["mrc"], module)
+    assert result["mrc"]["selected_module"] == module
 
 
 def test_reference_protocol_with_random_starts_checks_out(digits_checkpoint_path: Path,
@@ -316,6 +318,7 @@ def test_reference_protocol_with_random_starts_checks_out(digits_checkpoint_path
     # The MRC set is the test split (all 120 of it); negative MRC values are allowed.
     assert result["mrc"]["examples"] == len(splits.test)
     check_mrc_table(result["mrc"], module, allow_negative=True)
+    assert result["mrc"]["selected_module"] == module
 
     # 2. Random starts: the reported robust count lies between the counts of examples robust
     #    under every one of 8 independent restarts and under at least one of them. The library
