@@ -181,14 +181,24 @@ def check_weights(model: nn.Module, theta_at_upload: Mapping[str, Tensor], tuned
 
 @dataclass(frozen=True)
 class PlainPGD:
-    """L∞ PGD written from the paper: x' = clip_domain(x + clip_eps(δ + step·sign(∇δ CE))),
-    on images in pixel units (the model holds its normalisation)."""
+    """PGD written from Madry et al., on images in pixel units (the model holds its
+    normalisation). L∞: δ ← clip_eps(δ + step·sign(∇δ CE)); L2: δ ← proj_eps(δ + step·g/||g||)
+    per example; then x + δ is clipped into the domain."""
 
     eps: float
     step_size: float
     steps: int
     lower: float | None = 0.0
     upper: float | None = 1.0
+    norm: str = "linf"
+
+    def _step(self, delta: Tensor, grad: Tensor) -> Tensor:
+        if self.norm == "linf":
+            return (delta + self.step_size * grad.sign()).clamp(-self.eps, self.eps)
+        shape = (-1, *([1] * (grad.dim() - 1)))
+        delta = delta + self.step_size * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
+        norms = delta.flatten(1).norm(dim=1).view(shape)
+        return delta * (self.eps / norms.clamp_min(1e-12)).clamp(max=1.0)
 
     def _into_domain(self, images: Tensor) -> Tensor:
         if self.lower is not None:
@@ -206,7 +216,7 @@ class PlainPGD:
             delta.requires_grad_(True)
             loss = F.cross_entropy(model(images + delta), labels)
             (grad,) = torch.autograd.grad(loss, delta)
-            delta = (delta.detach() + self.step_size * grad.sign()).clamp(-self.eps, self.eps)
+            delta = self._step(delta.detach(), grad)
             delta = self._into_domain(images + delta) - images
         return (images + delta).detach()
 

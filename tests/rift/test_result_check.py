@@ -365,3 +365,25 @@ def test_the_checker_catches_a_wrong_mixture(digits_checkpoint_path: Path) -> No
     mixed["conv1.weight"] = mixed["conv1.weight"] + 1e-3
     with pytest.raises(AssertionError, match=r"conv1\.weight differs"):
         check_weights(_fresh_model(config, (1, 8, 8)), upload, mixed, finetuned, expect)
+
+
+def test_l2_attack_numbers_check_out(digits_checkpoint_path: Path, tmp_path: Path) -> None:
+    """The L2 attack's robust accuracies, against a plain L2 PGD (no random start: exact)."""
+    raw = _digits_config(attack={"norm": "l2", "eps": 0.5, "step_size": 0.2, "steps": 4},
+                         mrc={"steps": 1}, finetune={"epochs": 1},
+                         interpolation={"alpha_step": 0.5})
+    config = RiftConfig.model_validate(raw)
+    result = run_pipeline(config, digits_checkpoint_path, tmp_path / "out")
+    out = _outputs(tmp_path / "out")
+    splits = load_dataset(config.dataset, config.seed)
+    test = splits.test
+    attack = PlainPGD(0.5, 0.2, 4, norm="l2")
+    upload = read_user_checkpoint(digits_checkpoint_path)
+    for state, reported in ((upload, result["before"]), (out["tuned"], result["after"])):
+        model = _loaded(config, splits.image_shape, state)
+        assert reported == {"clean_accuracy": percent_of(
+                                clean_correct(model, test.images, test.labels)),
+                            "robust_accuracy": percent_of(
+                                robust_correct(model, test.images, test.labels, attack))}
+    check_curve(result["interpolation"]["points"], result["chosen_alpha"], tolerance=0.0,
+                total=len(test), before=result["before"])
