@@ -387,3 +387,63 @@ def test_l2_attack_numbers_check_out(digits_checkpoint_path: Path, tmp_path: Pat
                                 robust_correct(model, test.images, test.labels, attack))}
     check_curve(result["interpolation"]["points"], result["chosen_alpha"], tolerance=0.0,
                 total=len(test), before=result["before"])
+
+
+@pytest.mark.parametrize("options", [
+    {"engine": "full"}, {"engine": "cached", "module_batch": 2}, {"table": "selection"},
+    {"ascent": "sgd", "lr": 1.0}])
+def test_mrc_rows_replay_inside_the_ball(digits_checkpoint_path: Path,
+                                         options: dict[str, Any]) -> None:
+    """Every row of the MRC stage, whatever engine computed it, is the documented ascent
+    replayed here for the row's passes (a row stopped early by ``table: "selection"`` replays
+    its own passes, a lower bound of the full row), each measured point inside the ball."""
+    from rift.pipeline import prepare_run, run_mrc_stage
+
+    config = RiftConfig.model_validate(_digits_config(mrc={"steps": 3, "batch_size": 128,
+                                                           **options}))
+    run = prepare_run(config, digits_checkpoint_path)
+    mrc = run_mrc_stage(run).to_json()
+    check_mrc_table(mrc, mrc["selected_module"])
+    splits = load_dataset(config.dataset, config.seed)
+    theta_at = _loaded(config, splits.image_shape, read_user_checkpoint(digits_checkpoint_path))
+    labels = splits.train.labels
+    images = robust_set(theta_at, splits.train.images, labels, PlainPGD(0.1, 0.025, 5))
+    baseline, _ = mean_loss_and_accuracy(theta_at, images, labels)
+    assert math.isclose(mrc["baseline_robust_loss"], baseline, rel_tol=1e-4)
+    for row in mrc["rows"]:
+        weight = theta_at.get_submodule(row["name"]).weight
+        if options.get("ascent") == "sgd":
+            replay = sgd_ball_ascent(theta_at, weight, images, labels, passes=row["passes"])
+        else:
+            replay, _, _ = relative_ball_ascent(theta_at, weight, images, labels, eps=0.1,
+                                                steps=row["passes"], lr=1.0, batch=128)
+        assert math.isclose(row["max_ascent_loss"], replay, rel_tol=1e-4), (row, replay)
+        assert row["exact"] == (row["passes"] == 3), row
+
+
+def sgd_ball_ascent(model: nn.Module, weight: nn.Parameter, images: torch.Tensor,
+                    labels: torch.Tensor, *, passes: int) -> float:
+    """The reference rule: W += lr·g per batch of 128 (lr 1), projected onto the relative L2 ball
+    (ε = 0.1) after each pass; the largest loss measured after a pass."""
+    original = weight.detach().clone()
+    radius = 0.1 * float(original.norm())
+    best = -math.inf
+    for parameter in model.parameters():
+        parameter.requires_grad_(parameter is weight)
+    try:
+        for _ in range(passes):
+            for start in range(0, len(labels), 128):
+                loss = torch.nn.functional.cross_entropy(model(images[start:start + 128]),
+                                                         labels[start:start + 128])
+                (grad,) = torch.autograd.grad(loss, weight)
+                with torch.no_grad():
+                    weight.add_(grad)
+            with torch.no_grad():
+                delta = weight - original
+                norm = float(delta.norm())
+                weight.copy_(original + (delta * (radius / norm) if norm > radius else delta))
+            best = max(best, mean_loss_and_accuracy(model, images, labels)[0])
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    return best
