@@ -447,3 +447,39 @@ def sgd_ball_ascent(model: nn.Module, weight: nn.Parameter, images: torch.Tensor
         with torch.no_grad():
             weight.copy_(original)
     return best
+
+
+def test_the_test_split_does_not_reach_mrc_or_fine_tuning(digits_checkpoint_path: Path,
+                                                         tmp_path: Path) -> None:
+    """Two runs whose data differ only in the test split (``x_test``/``y_test`` of an npz: the
+    digits, then noise with shuffled labels) give bit-identical MRC tables and θ_FT: with the
+    default splits neither stage sees a test image. Only the α curve, measured on the test split,
+    may differ."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)[..., None]  # N×8×8×1
+    labels = bunch.target.astype(np.int64)
+    noise = np.random.default_rng(0).integers(0, 256, (120, 8, 8, 1), dtype=np.uint8)
+    tests = {"digits": (images[300:420], labels[300:420]),
+             "noise": (noise, np.random.default_rng(1).permutation(labels[300:420]))}
+    outputs = {}
+    for name, (x_test, y_test) in tests.items():
+        np.savez(tmp_path / f"{name}.npz", x=images[:300], y=labels[:300], x_test=x_test,
+                 y_test=y_test)
+        config = RiftConfig.model_validate(_digits_config(
+            dataset={"name": "npz", "path": str(tmp_path / f"{name}.npz"),
+                     "validation_fraction": 0.2, "max_train_examples": None,
+                     "max_test_examples": None},
+            mrc={"steps": 1}, finetune={"epochs": 2}, interpolation={"alpha_step": 1.0}))
+        result = run_pipeline(config, digits_checkpoint_path, tmp_path / name)
+        outputs[name] = (result, read_safetensors(
+            (tmp_path / name / "finetuned.safetensors").read_bytes())[0])
+    (first, first_ft), (second, second_ft) = outputs.values()
+    assert [row["max_ascent_loss"] for row in first["mrc"]["rows"]] == [
+        row["max_ascent_loss"] for row in second["mrc"]["rows"]]
+    assert first["mrc"]["baseline_robust_loss"] == second["mrc"]["baseline_robust_loss"]
+    assert [e["val_accuracy"] for e in first["finetune"]["epochs"]] == [
+        e["val_accuracy"] for e in second["finetune"]["epochs"]]
+    assert all(torch.equal(first_ft[key], second_ft[key]) for key in first_ft)
+    assert first["before"] != second["before"]  # the test split itself did change
