@@ -2,7 +2,8 @@
 figure the service shows (``GET /v1/jobs/{id}``, ``/mrc``, ``/curves``, ``result.json``) agrees
 with the others, and the downloaded weights give them again under the independent checker of
 ``tests/independent_checks.py`` (no rift attack, evaluation, interpolation or MRC code) on a real
-Celery worker (Postgres, Redis, local store)."""
+Celery worker (Postgres, Redis, local store), the checkpoint uploaded as a DataParallel training
+script saves it (a torch file, every key under ``module.``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tests.independent_checks import (
     read_safetensors,
     read_user_checkpoint,
     robust_correct,
+    without_wrapper_prefix,
 )
 from tests.service_fixtures import WorkerProcess
 
@@ -34,7 +36,7 @@ pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 
 def test_a_jobs_numbers_check_out_from_its_downloads(
-        start_worker: Callable[..., WorkerProcess], celery_api: Api,
+        start_worker: Callable[..., WorkerProcess], celery_api: Api, tmp_path: Path,
         digits_checkpoint_path: Path, quick_config: dict[str, Any]) -> None:
     import torch
 
@@ -47,7 +49,12 @@ def test_a_jobs_numbers_check_out_from_its_downloads(
     config["dataset"].update(max_train_examples=300, max_test_examples=120)
     config["attack"]["random_start"] = False  # exact agreement with a plain PGD
     config["preflight"] = {"examples": 0}
-    checkpoint = upload_checkpoint(api, digits_checkpoint_path)
+    # Uploaded as a DataParallel training script saves it: a torch file, keys under "module.".
+    upload_path = tmp_path / "digits_dp.pt"
+    theta_at = read_user_checkpoint(digits_checkpoint_path)
+    torch.save({"epoch": 6, "state_dict": {f"module.{key}": value
+                                           for key, value in theta_at.items()}}, upload_path)
+    checkpoint = upload_checkpoint(api, upload_path)
     job = run_job(api, checkpoint["id"], config, (worker,))
     job_id = job["id"]
 
@@ -100,7 +107,8 @@ def test_a_jobs_numbers_check_out_from_its_downloads(
             model.load_state_dict(state, strict=True)
         return model
 
-    upload = read_user_checkpoint(digits_checkpoint_path)
+    upload = read_user_checkpoint(upload_path)
+    assert set(tuned) == {key.removeprefix("module.") for key in upload}  # documented: no prefix
     batches = math.ceil(len(splits.train) / spec.finetune.batch_size)
     check_weights(model_of(), upload, tuned, finetuned, WeightsExpectation(
         module, alpha, spec.finetune.bn_stats, batches, result["finetune"]["best_epoch"]))
@@ -111,7 +119,7 @@ def test_a_jobs_numbers_check_out_from_its_downloads(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the worker (OMP_NUM_THREADS=1): the same reduction order
     try:
-        for state, reported in ((upload, job["metrics"]["before"]),
+        for state, reported in ((without_wrapper_prefix(upload), job["metrics"]["before"]),
                                 (tuned, job["metrics"]["after"])):
             model = model_of(state)
             assert reported["clean_accuracy"] == percent_of(
