@@ -483,3 +483,38 @@ def test_the_test_split_does_not_reach_mrc_or_fine_tuning(digits_checkpoint_path
         e["val_accuracy"] for e in second["finetune"]["epochs"]]
     assert all(torch.equal(first_ft[key], second_ft[key]) for key in first_ft)
     assert first["before"] != second["before"]  # the test split itself did change
+
+
+def test_feature_vector_numbers_check_out_in_an_unbounded_domain(tmp_path: Path) -> None:
+    """Standardised features (z-scores) with ``attack.domain: "auto"``: no bounds, so the plain
+    PGD clamps nothing; [0, 1] clamping would give other counts (the check has teeth)."""
+    from rift.demo_tabular import (
+        make_tabular_checkpoint,
+        tabular_demo_config,
+        write_breast_cancer_npz,
+    )
+
+    npz = write_breast_cancer_npz(tmp_path / "bc.npz")
+    make_tabular_checkpoint(tmp_path / "mlp.safetensors", npz, epochs=3)
+    raw = tabular_demo_config(npz)
+    raw["attack"].update(domain="auto", random_start=False)
+    raw["mrc"].update(steps=1, num_examples=64)
+    raw["finetune"].update(epochs=1, lr_milestones=[])
+    raw["interpolation"]["alpha_step"] = 0.5
+    raw["preflight"] = {"examples": 0}
+    config = RiftConfig.model_validate(raw)
+    result = run_pipeline(config, tmp_path / "mlp.safetensors", tmp_path / "out")
+    out = _outputs(tmp_path / "out")
+    splits = load_dataset(config.dataset, config.seed)
+    test = splits.test
+    assert test.images.shape[1:] == (30, 1, 1)
+    unbounded = PlainPGD(0.25, 0.0625, 10, lower=None, upper=None)
+    upload = read_user_checkpoint(tmp_path / "mlp.safetensors")
+    for state, reported in ((upload, result["before"]), (out["tuned"], result["after"])):
+        model = _loaded(config, splits.image_shape, state)
+        robust = robust_correct(model, test.images, test.labels, unbounded)
+        assert reported == {"clean_accuracy": percent_of(
+                                clean_correct(model, test.images, test.labels)),
+                            "robust_accuracy": percent_of(robust)}
+    clamped = robust_correct(model, test.images, test.labels, PlainPGD(0.25, 0.0625, 10))
+    assert not torch.equal(clamped, robust)
