@@ -242,7 +242,8 @@ def test_resnet_dataparallel_upload_with_frozen_statistics_checks_out(tmp_path: 
     raw["attack"]["random_start"] = False
     raw["finetune"].update(module=None, bn_stats="freeze", batch_size=8)
     raw["interpolation"].update(selection_split="validation", curve="full")
-    raw["evaluation"].update(fold_batchnorm="auto", max_examples=None)
+    # Each evaluation measures the first 7 examples of its split (both splits hold about 10).
+    raw["evaluation"].update(fold_batchnorm="auto", max_examples=7)
     config = RiftConfig.model_validate(raw)
     upload_path = _resnet_upload(config, tmp_path)
     result = run_pipeline(config, upload_path, tmp_path / "out")
@@ -273,14 +274,17 @@ def test_resnet_dataparallel_upload_with_frozen_statistics_checks_out(tmp_path: 
     attack = PlainPGD(config.attack.eps, config.attack.step_size, config.attack.steps)
     interpolation = result["interpolation"]
     assert interpolation["selection_split"] == "validation"
-    validation = splits.validation
+    assert len(splits.validation) > 7 and len(splits.test) > 7
+    validation = splits.validation.head(7)
     points = interpolation["points"]
-    check_curve(points, alpha, tolerance=0.0, total=len(validation), before=None)
-    assert points[0]["clean_accuracy"] == percent_of(
-        clean_correct(theta_at, validation.images, validation.labels))
-    assert points[0]["robust_accuracy"] == percent_of(
-        robust_correct(theta_at, validation.images, validation.labels, attack))
-    test = splits.test
+    check_curve(points, alpha, tolerance=0.0, total=7, before=None)
+    chosen = next(p for p in points if p["alpha"] == alpha)
+    for model, point in ((theta_at, points[0]), (tuned, chosen)):
+        assert point["clean_accuracy"] == percent_of(
+            clean_correct(model, validation.images, validation.labels))
+        assert point["robust_accuracy"] == percent_of(
+            robust_correct(model, validation.images, validation.labels, attack))
+    test = splits.test.head(7)
     for model, reported in ((theta_at, result["before"]), (tuned, result["after"])):
         assert reported == {"clean_accuracy": percent_of(
                                 clean_correct(model, test.images, test.labels)),
