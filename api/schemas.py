@@ -249,7 +249,9 @@ class MRCRowOut(BaseModel):
         None, description="False: the module was stopped early by mrc.table = 'selection' and "
         "mrc, worst_robust_loss and max_ascent_loss are lower bounds (enough to rule it out); "
         "true or null (recorded before): its own values.")
-    selected: bool = Field(description="The module chosen for fine-tuning (lowest MRC).")
+    selected: bool = Field(description="The module fine-tuned: the lowest MRC, unless "
+                           "finetune.module named another or a sweep's rule picked another "
+                           "candidate (the job's metrics.lowest_mrc_module names the lowest).")
 
 
 class MRCTableOut(BaseModel):
@@ -264,13 +266,19 @@ class EpochOut(BaseModel):
     lr: float | None
     train_loss: float | None
     train_accuracy: float | None = Field(description="Percent.")
-    val_accuracy: float | None = Field(description="Clean accuracy on the validation split (%).")
+    val_accuracy: float | None = Field(
+        description="Clean accuracy (%) of the epoch's weights on the split the best epoch is "
+        "chosen on (finetune.selection_split): the validation split by default, the test split "
+        "under protocol 'reference'.")
     seconds: float | None
 
 
 class InterpolationPointOut(BaseModel):
     alpha: float
-    clean_accuracy: float = Field(description="Percent, on the test split.")
+    clean_accuracy: float = Field(description="Percent, on the split the α is chosen on "
+                                  "(interpolation.selection_split, in the job's metrics as "
+                                  "selection_split): the test split by default, else the "
+                                  "validation split; its first evaluation.max_examples.")
     robust_accuracy: float | None = Field(
         description="Percent, under the job's attack; null where it was not measured in full "
         "because it could not change the choice (interpolation.curve 'selection').")

@@ -362,7 +362,11 @@ class PreflightSpec(_Strict):
 
 class EvaluationSpec(_Strict):
     batch_size: int = Field(256, ge=1, le=65536)
-    max_examples: int | None = Field(None, ge=1, description="Cap on test examples evaluated.")
+    max_examples: int | None = Field(
+        None, ge=1, description="Cap on the examples each evaluation measures: the first "
+        "max_examples of the split the α curve is measured on (interpolation.selection_split) "
+        "and, when that is the validation split, of the test split for before/after. The "
+        "fine-tuning's epoch choice measures its whole split.")
     fold_batchnorm: Literal["auto", "off"] = Field(
         "auto", description="Evaluations (clean passes and PGD of the interpolation stage) run a "
         "copy of the model with each eval-mode BatchNorm folded into the convolution before it: "
