@@ -8,7 +8,12 @@ Layouts read, in this order:
 2. ``path/train/<class>/...`` alone, or ``path/<class>/...``: the test split is held out
    deterministically from it (see ``splits.py``).
 Files are found recursively inside a class folder (Tiny-ImageNet keeps them in ``<class>/images``);
-other files (e.g. ``*_boxes.txt``) are ignored. Classes are numbered in sorted name order.
+other files (e.g. ``*_boxes.txt``) are ignored, and so are hidden files and folders and archivers'
+``__MACOSX`` (``rift.dataset_formats.is_hidden``). Every other folder of the training tree is a
+class and must hold an image; without ``train/``, one named like a split (``Training``,
+``valid``...) that holds folders is refused (its images would be one class). Classes are
+numbered in sorted name order. The upload check (``validator.dataset``) judges a tar by the same
+folders.
 
 Channels (``spec.channels``): with ``"auto"`` (the default) a tree whose images are all greyscale
 (train and held-out; Pillow modes ``1``, ``L``, ``LA``, ``I;16`` or a palette of greys, see
@@ -47,6 +52,7 @@ from rift.dataset_formats import (
     imagefolder_channels,
     is_hidden,
     is_image_file,
+    split_as_class_problem,
 )
 from rift.errors import DatasetError
 from rift.image_content import (
@@ -190,6 +196,12 @@ def load_imagefolder(spec: DatasetSpec) -> SourceData:
     classes = [d.name for d in _visible_dirs(train_root)]
     if not classes:
         raise DatasetError(f"dataset 'imagefolder': no class folders in {train_root}")
+    if train_root == root:
+        problem = split_as_class_problem(
+            classes, lambda name: [d.name for d in _visible_dirs(root / name)],
+            f"dataset 'imagefolder': {root}")
+        if problem is not None:
+            raise DatasetError(problem)
     if len(classes) == 1:
         raise DatasetError(one_class_problem(f"dataset 'imagefolder': {train_root}",
                                              f"'{classes[0]}' (the only class folder)"))
