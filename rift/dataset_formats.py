@@ -459,6 +459,35 @@ def path_parts(name: str) -> tuple[str, ...]:
     return tuple(p for p in PurePosixPath(name).parts if p not in ("", "."))
 
 
+def parse_annotations(data: bytes, classes: Sequence[str],
+                      where: str) -> list[tuple[int, str, int]]:
+    """The (line number, file under ``images/``, class index) of each entry of a Tiny-ImageNet
+    :data:`ANNOTATIONS` file: one line per held-out image, ``file<TAB>class`` (more
+    tab-separated fields, the bounding box, are ignored), the class one of ``classes``.
+    ``where`` names the file.
+
+    Raises:
+        DatasetError: not UTF-8 text, a line without a training class, or no line at all.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{where} is not UTF-8 text: {exc}") from exc
+    index = {name: i for i, name in enumerate(classes)}
+    pairs: list[tuple[int, str, int]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in index:
+            raise DatasetError(f"{where} line {number}: expected 'file<TAB>class' with a class "
+                               f"among the train folders; got {line!r}")
+        pairs.append((number, fields[0], index[fields[1]]))
+    if not pairs:
+        raise DatasetError(f"{where} lists no images")
+    return pairs
+
+
 def imagefolder_root(files: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
     """The folder of an archive that holds the ImageFolder tree, from the path parts of its
     visible files (only the first three parts matter).

@@ -55,6 +55,7 @@ from rift.dataset_formats import (
     label_count,
     npz_layout,
     num_classes_from_labels,
+    parse_annotations,
     path_parts,
     read_npy_header,
     split_as_class_problem,
@@ -86,6 +87,12 @@ DECODED_PER_UNPACKED = 5
 FILE_MARK = "*"
 #: Folders are kept down to this depth: a wrapper folder, ``train``/``val``/``test``, a class.
 FOLDER_DEPTH = 3
+#: A Tiny-ImageNet annotations file larger than this is not checked at upload (the official
+#: one is 350 kB for 10,000 images).
+MAX_ANNOTATIONS_BYTES = 16 * 1024 * 1024
+#: Names of files under held-out ``images/`` folders kept to check the annotations' entries
+#: against (about 100 bytes each); past it, an entry naming a missing file is found by the job.
+MAX_ANNOTATED_NAMES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -367,8 +374,12 @@ class TarScan:
     #: folders of visible files): a class folder holding no image (empty, only other files) is
     #: a class to the library, which then fails reading it, so the layout is judged on folders.
     folders: set[tuple[str, ...]] = field(default_factory=set)
-    #: The folders holding a Tiny-ImageNet annotations file (``ANNOTATIONS``), as path parts.
-    annotated: set[tuple[str, ...]] = field(default_factory=set)
+    #: The folders holding a Tiny-ImageNet annotations file (``ANNOTATIONS``), as path parts,
+    #: and its bytes (None: larger than :data:`MAX_ANNOTATIONS_BYTES`, not checked).
+    annotated: dict[tuple[str, ...], bytes | None] = field(default_factory=dict)
+    #: Held-out folder (path parts) → the files under its ``images/`` folder, as paths relative
+    #: to it (for the annotations' entries); None past :data:`MAX_ANNOTATED_NAMES` in all.
+    annotated_files: dict[tuple[str, ...], set[str]] | None = field(default_factory=dict)
     #: Path prefix → the first member under it whose file ends before its format says
     #: (``ImageProbe.truncated``).
     truncated: dict[tuple[str, ...], str] = field(default_factory=dict)
@@ -388,7 +399,9 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
     # and bounded by the number of folders, not of files (an archive may hold millions).
     files: set[tuple[str, ...]] = set()
     folders: set[tuple[str, ...]] = set()
-    annotated: set[tuple[str, ...]] = set()
+    annotated: dict[tuple[str, ...], bytes | None] = {}
+    annotated_files: dict[tuple[str, ...], set[str]] = {}
+    names_kept = 0
     entries: set[tuple[str, ...]] = set()
     colour: set[tuple[str, ...]] = set()
     unreadable: dict[tuple[str, ...], str] = {}
@@ -421,8 +434,19 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                 if not member.isfile():
                     continue
                 entries.add(_marked(parts)[:3])
-                if parts[-1] == ANNOTATIONS:
-                    annotated.add(parts[:-1])
+                if parts[-1] == ANNOTATIONS and len(parts) <= FOLDER_DEPTH:
+                    reader = archive.extractfile(member)
+                    annotated[parts[:-1]] = (reader.read() if reader is not None
+                                             and member.size <= MAX_ANNOTATIONS_BYTES else None)
+                # A file under <held-out>/images/ (a wrapper folder may come first): what a
+                # Tiny-ImageNet annotations file may name.
+                for start in (0, 1):
+                    if (len(parts) > start + 2 and parts[start] in HELD_OUT_FOLDERS
+                            and parts[start + 1] == ANNOTATED_IMAGES
+                            and names_kept < MAX_ANNOTATED_NAMES):
+                        annotated_files.setdefault(parts[:start + 1], set()).add(
+                            "/".join(parts[start + 2:]))
+                        names_kept += 1
                 if not is_image_file(parts[-1]):
                     continue
                 prefix = _marked(parts)[:4]
@@ -464,7 +488,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise DatasetError(f"{display_name} is not a readable tar archive: {exc}") from exc
     return TarScan(sorted(files), sorted(entries), num_images, first, sorted(colour), unreadable,
-                   counts, sizes, mixed_sizes, sample, folders, annotated, truncated)
+                   counts, sizes, mixed_sizes, sample, folders, annotated,
+                   annotated_files if names_kept < MAX_ANNOTATED_NAMES else None, truncated)
 
 
 def _marked(parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -492,7 +517,8 @@ def _children(folders: set[tuple[str, ...]], parent: tuple[str, ...]) -> set[str
     return {f[len(parent)] for f in folders if len(f) > len(parent) and f[: len(parent)] == parent}
 
 
-def _tree(folders: set[tuple[str, ...]], annotated: set[tuple[str, ...]],
+def _tree(folders: set[tuple[str, ...]], annotated: dict[tuple[str, ...], bytes | None],
+          annotated_files: dict[tuple[str, ...], set[str]] | None,
           images_in: Callable[[tuple[str, ...]], int], where: Callable[[tuple[str, ...]], str],
           display_name: str) -> _Tree:
     """The folders the library reads, chosen as ``rift.data.imagefolder`` chooses them from the
@@ -528,6 +554,10 @@ def _tree(folders: set[tuple[str, ...]], annotated: set[tuple[str, ...]],
         if held_out not in folders:
             continue
         if held_out in annotated:
+            _check_annotations(annotated[held_out], classes,
+                               None if annotated_files is None
+                               else annotated_files.get(held_out, set()),
+                               f"{display_name}: {where((name, ANNOTATIONS))}")
             return _Tree(classes, base, held_out, [(name, ANNOTATED_IMAGES)])
         sub = _children(folders, held_out)
         if not sub & set(classes):
@@ -544,6 +574,25 @@ def _tree(folders: set[tuple[str, ...]], annotated: set[tuple[str, ...]],
                                f"image files in its class folders")
         return _Tree(classes, base, held_out, read)
     return _Tree(classes, base, None, [])
+
+
+def _check_annotations(data: bytes | None, classes: list[str], files: set[str] | None,
+                       where: str) -> None:
+    """Read a Tiny-ImageNet annotations file (``data``; None: too large, not checked) as the
+    library does (``parse_annotations``) and require each file it names among ``files`` (those
+    under ``images/``; None: past :data:`MAX_ANNOTATED_NAMES`, not checked). Before, the file
+    was not read on upload, and an entry naming another class or a missing image failed the job.
+
+    Raises:
+        DatasetError: naming the line.
+    """
+    if data is None:
+        return
+    entries = parse_annotations(data, classes, where)
+    for number, name, _ in entries:
+        if files is not None and "/".join(path_parts(name)) not in files:
+            raise DatasetError(f"{where} line {number}: {ANNOTATED_IMAGES}/{name} is not in "
+                               "the archive")
 
 
 def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
@@ -576,8 +625,11 @@ def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
         return repr("/".join((*root, *folder))) if root or folder else "the top level"
 
     folders = {path for f in scan.folders if (path := inner(f))}
-    annotated = {path for f in scan.annotated if (path := inner(f))}
-    tree = _tree(folders, annotated, images_in, where, display_name)
+    annotated = {path: data for f, data in scan.annotated.items() if (path := inner(f))}
+    annotated_files = (None if scan.annotated_files is None else
+                       {path: names for f, names in scan.annotated_files.items()
+                        if (path := inner(f))})
+    tree = _tree(folders, annotated, annotated_files, images_in, where, display_name)
     classes = tree.classes
     read = {*tree.train_read, *tree.held_out_read}
     # Colour images outside the folders read (Tiny-ImageNet's unlabelled test/images) do not

@@ -52,6 +52,7 @@ from rift.dataset_formats import (
     imagefolder_channels,
     is_hidden,
     is_image_file,
+    parse_annotations,
     split_as_class_problem,
 )
 from rift.errors import DatasetError
@@ -93,22 +94,13 @@ def _class_tree(folder: Path, classes: list[str]) -> Labelled:
 
 def _annotated(folder: Path, classes: list[str]) -> Labelled:
     """Tiny-ImageNet's val layout: ``images/<file>`` labelled by ``val_annotations.txt``."""
-    index = {name: i for i, name in enumerate(classes)}
+    where = folder / ANNOTATIONS
     files: Labelled = []
-    lines = (folder / ANNOTATIONS).read_text().splitlines()
-    for number, line in enumerate(lines, start=1):
-        fields = line.split("\t")
-        if not line.strip():
-            continue
-        if len(fields) < 2 or fields[1] not in index:
-            raise DatasetError(f"{folder / ANNOTATIONS} line {number}: expected 'file<TAB>class' "
-                               f"with a class among the train folders; got {line!r}")
-        path = folder / ANNOTATED_IMAGES / fields[0]
+    for number, name, label in parse_annotations(where.read_bytes(), classes, str(where)):
+        path = folder / ANNOTATED_IMAGES / name
         if not path.is_file():
-            raise DatasetError(f"{folder / ANNOTATIONS} line {number}: {path} does not exist")
-        files.append((path, index[fields[1]]))
-    if not files:
-        raise DatasetError(f"{folder / ANNOTATIONS} lists no images")
+            raise DatasetError(f"{where} line {number}: {path} does not exist")
+        files.append((path, label))
     return files
 
 

@@ -247,7 +247,26 @@ def _splits_named_otherwise(root: Path) -> None:
     _classes(root / "Testing", per_class=1)
 
 
+def _annotated(lines: str) -> Callable[[Path], None]:
+    # Tiny-ImageNet's held-out layout: val/images/<file>, labelled by val/val_annotations.txt.
+    def make(root: Path) -> None:
+        _classes(root / "train")
+        for i in range(2):
+            _save(root / "val" / "images" / f"v{i}.png", _grey(20 + i))
+        (root / "val" / "val_annotations.txt").write_text(lines)
+    return make
+
+
 REFUSED_TREES = {
+    "annotations naming a class train/ lacks": (
+        _annotated("v0.png\tant\t0 0 1 1\nv1.png\tcow\t0 0 1 1\n"),
+        r"'wrapped/val/val_annotations.txt' line 2: expected 'file<TAB>class'",
+        "line 2: expected 'file<TAB>class'"),
+    "annotations naming a missing image": (
+        _annotated("v0.png\tant\n\nv9.png\tbee\n"),
+        r"'wrapped/val/val_annotations.txt' line 3: images/v9.png is not in the archive",
+        r"line 3: .*v9.png does not exist"),
+
     "an empty class folder": (_empty_class_folder, "class folder 'wrapped/cow' holds no image",
                               "cow holds no image"),
     "a class folder of other files": (_class_folder_of_notes,
