@@ -192,7 +192,12 @@ def npz_layout(shape: tuple[int, ...], dtype: np.dtype[Any], key: str,
             raise DatasetError(f"key '{key}': shape {list(shape)} has no features")
         return NpzLayout("features", (int(shape[1]),))
     if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
-        raise DatasetError(f"key '{key}': images must be uint8 or float; got {dtype}")
+        # Integer pixels other than uint8: int64 from np.array of Python ints, uint16 from
+        # 16-bit scans. Only the user knows their range, so the hint gives both readings.
+        hint = (f" (save {key}.astype(np.uint8) if they are 8-bit pixels 0-255, or "
+                f"({key} / {key}.max()).astype(np.float32), e.g. / 65535 for 16-bit ones, as "
+                "pixels in [0, 1])" if np.issubdtype(dtype, np.integer) else "")
+        raise DatasetError(f"key '{key}': images must be uint8 or float; got {dtype}{hint}")
     if len(shape) == 3:
         channels, height, width, last = 1, shape[1], shape[2], False
     elif len(shape) != 4:
@@ -438,12 +443,17 @@ def imagefolder_channels_hint(channels: int, wanted: int, field: str) -> str:
             f"{wanted}")
 
 
-def split_as_class_problem(classes: Iterable[str], subfolders: Callable[[str], list[str]],
-                           where: str) -> str | None:
-    """Why the class folders ``classes`` of a tree without ``train/`` (in ``where``) are splits
-    rather than classes, or None: one is named like a split (:data:`SPLIT_FOLDER_NAMES`) and
-    holds folders (``subfolders(name)``: its visible sub-folders), so its images, of several
-    classes, would all be labelled with its name."""
+def class_folders_problem(classes: Sequence[str], subfolders: Callable[[str], list[str]],
+                          where: str) -> str | None:
+    """Why the class folders ``classes`` of a tree without ``train/`` (in ``where``) are not
+    classes, or None (``subfolders(name)``: a class folder's visible sub-folders):
+
+    - one is named like a split (:data:`SPLIT_FOLDER_NAMES`) and holds folders: its images, of
+      several classes, would all be labelled with its name;
+    - the only one holds folders: the tree is wrapped in more folders than the one stepped into
+      (``tar czf d.tgz /home/me/data`` stores ``home/me/data/...``), refused before as "one
+      class", naming a folder of the path.
+    """
     for name in classes:
         if name.lower() in SPLIT_FOLDER_NAMES and (inner := sorted(subfolders(name))):
             return (f"{where}: the class folder {name!r} holds folders ({inner[:3]}) and is "
@@ -451,6 +461,10 @@ def split_as_class_problem(classes: Iterable[str], subfolders: Callable[[str], l
                     f"class folders in '{TRAIN_FOLDER}/' and the held-out ones in "
                     f"'{HELD_OUT_FOLDERS[0]}/' or '{HELD_OUT_FOLDERS[1]}/' beside it (these "
                     "names, in lower case)")
+    if len(classes) == 1 and (inner := sorted(subfolders(classes[0]))):
+        return (f"{where}: the only class folder, {classes[0]!r}, holds folders ({inner[:3]}): "
+                "the class folders seem to be wrapped in more than one folder; pack the folder "
+                "that holds them, from inside it (tar czf data.tgz -C PATH/TO/DATA .)")
     return None
 
 

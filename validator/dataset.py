@@ -47,6 +47,7 @@ from rift.dataset_formats import (
     check_has_examples,
     check_npz_keys,
     check_tar_member,
+    class_folders_problem,
     imagefolder_channels,
     imagefolder_root,
     is_grey_image,
@@ -58,7 +59,6 @@ from rift.dataset_formats import (
     parse_annotations,
     path_parts,
     read_npy_header,
-    split_as_class_problem,
 )
 from rift.errors import DatasetError
 from rift.image_content import (
@@ -544,7 +544,7 @@ def _tree(folders: set[tuple[str, ...]], annotated: dict[tuple[str, ...], bytes 
                 f"({', '.join(sorted(IMAGE_SUFFIXES))}); every folder of {where(base)} is a "
                 "class: add its images or remove it")
     if not base:
-        problem = split_as_class_problem(
+        problem = class_folders_problem(
             classes, lambda name: sorted(_children(folders, (name,))), display_name)
         if problem is not None:
             raise DatasetError(problem)

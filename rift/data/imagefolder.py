@@ -49,11 +49,11 @@ from rift.dataset_formats import (
     IMAGE_SUFFIXES,
     TRAIN_FOLDER,
     ImageChannels,
+    class_folders_problem,
     imagefolder_channels,
     is_hidden,
     is_image_file,
     parse_annotations,
-    split_as_class_problem,
 )
 from rift.errors import DatasetError
 from rift.image_content import (
@@ -189,7 +189,7 @@ def load_imagefolder(spec: DatasetSpec) -> SourceData:
     if not classes:
         raise DatasetError(f"dataset 'imagefolder': no class folders in {train_root}")
     if train_root == root:
-        problem = split_as_class_problem(
+        problem = class_folders_problem(
             classes, lambda name: [d.name for d in _visible_dirs(root / name)],
             f"dataset 'imagefolder': {root}")
         if problem is not None:

@@ -173,3 +173,11 @@ def test_text_labels_are_told_to_be_numbered_not_cast() -> None:
 
 def test_archivers_metadata_folders_are_hidden() -> None:
     assert is_hidden("__MACOSX") and is_hidden(".DS_Store") and not is_hidden("MACOSX")
+
+
+def test_integer_images_other_than_uint8_say_how_to_convert() -> None:
+    # Before: only "images must be uint8 or float; got int64" (np.array of Python ints).
+    with pytest.raises(DatasetError, match=r"got int64 \(save x.astype\(np.uint8\) if they"):
+        npz_layout((4, 8, 8, 3), np.dtype(np.int64), "x")
+    with pytest.raises(DatasetError, match=r"got complex64$"):
+        npz_layout((4, 8, 8, 3), np.dtype(np.complex64), "x")

@@ -257,7 +257,15 @@ def _annotated(lines: str) -> Callable[[Path], None]:
     return make
 
 
+def _wrapped_twice(root: Path) -> None:
+    # tar czf d.tgz /home/me/data stores home/me/data/<class>/...: one wrapper is stepped into.
+    _classes(root / "me" / "data")
+
+
 REFUSED_TREES = {
+    "class folders wrapped in two folders": (
+        _wrapped_twice, r"the only class folder, 'me', holds folders \(\['data'\]\)",
+        r"the only class folder, 'me', holds folders \(\['data'\]\)"),
     "annotations naming a class train/ lacks": (
         _annotated("v0.png\tant\t0 0 1 1\nv1.png\tcow\t0 0 1 1\n"),
         r"'wrapped/val/val_annotations.txt' line 2: expected 'file<TAB>class'",
