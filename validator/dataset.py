@@ -160,6 +160,7 @@ def inspect_dataset_file(path: str, display_name: str, max_unpacked_bytes: int) 
         if kind == "npz":
             return _inspect_npz(path, display_name, max_unpacked_bytes)
         if kind == "imagefolder":
+            _refuse_compressed_array_file(path, head, display_name)
             with open(path, "rb") as handle:
                 scan = scan_tar(handle, display_name, max_unpacked_bytes, full=True,
                                 sample=PixelSampler())
@@ -171,6 +172,40 @@ def inspect_dataset_file(path: str, display_name: str, max_unpacked_bytes: int) 
     raise DatasetError(
         f"{display_name} is neither an .npz file nor a tar archive of an ImageFolder tree"
     )
+
+
+def _refuse_compressed_array_file(path: str, head: bytes, display_name: str) -> None:
+    """Refuse a gzip, bzip2 or xz file holding an npz or npy rather than a tar (``gzip d.npz``):
+    it was read as a compressed tar and refused as "not a readable tar archive: bad checksum".
+    A tar never starts with these magic numbers (its first bytes are a member's name).
+
+    Raises:
+        DatasetError: saying to upload the npz itself.
+    """
+    import bz2
+    import gzip
+    import lzma
+
+    opener: type[gzip.GzipFile | bz2.BZ2File | lzma.LZMAFile]
+    if head.startswith(b"\x1f\x8b"):
+        opener = gzip.GzipFile
+    elif head.startswith(b"BZh"):
+        opener = bz2.BZ2File
+    elif head.startswith(b"\xfd7zXZ\x00"):
+        opener = lzma.LZMAFile
+    else:
+        return
+    try:
+        with opener(path) as stream:
+            inner = stream.read(8)
+    except Exception:  # not valid compressed data: the tar reader names the problem
+        return
+    if inner.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise DatasetError(f"{display_name} is a compressed .npz (a zip inside gzip, bzip2 or "
+                           "xz): upload the .npz itself (np.savez_compressed compresses it)")
+    if inner.startswith(b"\x93NUMPY"):
+        raise DatasetError(f"{display_name} is a compressed .npy (one array): save the arrays "
+                           "as an .npz with np.savez(path, x=..., y=...) and upload that")
 
 
 # --------------------------------------------------------------------------------------- npz

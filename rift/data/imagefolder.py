@@ -32,6 +32,8 @@ the upload check judges them.
 from __future__ import annotations
 
 import os
+import tarfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +185,10 @@ def load_imagefolder(spec: DatasetSpec) -> SourceData:
     32-bit integer and float images refused."""
     root = Path(spec.path or "")
     if not root.is_dir():
-        raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder")
+        # The service takes the tree as a tar; the library reads it unpacked.
+        archive = " (an archive: unpack it and give the folder)" if root.is_file() and (
+            tarfile.is_tarfile(root) or zipfile.is_zipfile(root)) else ""
+        raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder{archive}")
     train_root = root / TRAIN_FOLDER if (root / TRAIN_FOLDER).is_dir() else root
     classes = [d.name for d in _visible_dirs(train_root)]
     if not classes:

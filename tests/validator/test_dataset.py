@@ -185,7 +185,7 @@ def test_extra_arrays_are_ignored_by_both_even_object_ones(tmp_path: Path) -> No
     assert load_dataset(DatasetSpec(name="npz", path=path), seed=0).num_classes == 2
 
 
-def test_a_zip_that_is_no_npz_says_what_to_send(tmp_path: Path) -> None:
+def test_an_archive_that_is_no_npz_nor_tar_says_what_to_send(tmp_path: Path) -> None:
     # Before: "d.zip has no key 'x' (keys: [])", for a zipped ImageFolder tree.
     path = tmp_path / "d.zip"
     with zipfile.ZipFile(path, "w") as archive:
@@ -198,3 +198,9 @@ def test_a_zip_that_is_no_npz_says_what_to_send(tmp_path: Path) -> None:
                       "d.npz")
     with pytest.raises(DatasetError, match=r"upload 'd\.npz' itself"):
         inspect_dataset_file(str(path), "d.zip", 10**9)
+    # gzip d.npz: before, "not a readable tar archive: bad checksum".
+    import gzip
+
+    (tmp_path / "d.npz.gz").write_bytes(gzip.compress((tmp_path / "d.npz").read_bytes()))
+    with pytest.raises(DatasetError, match=r"compressed \.npz .*upload the \.npz itself"):
+        inspect_dataset_file(str(tmp_path / "d.npz.gz"), "d.npz.gz", 10**9)
