@@ -10,7 +10,10 @@ memory stays flat whatever the archive's size; tar members are checked from thei
 member policy of ``rift.dataset_formats``), and each image's own header is read for the image
 size and for whether it is greyscale: a tree whose images are all greyscale
 is recorded with 1 channel, as the library reads it by default (``DatasetSpec.channels``), and an
-image whose header cannot be parsed, in a folder the library reads, refuses the upload. The
+image whose header cannot be parsed, or whose file ends before its data does (truncated), in a
+folder the library reads, refuses the upload. The tree is judged by its folders as
+``rift.data.imagefolder`` reads them (every training folder a class holding images; a held-out
+folder of training classes; Tiny-ImageNet annotations parsed by the same rule). The
 content rules of ``rift.image_content`` (constant, identical or 0/1 images, one class) are
 applied to every npz value and to a bounded sample of an ImageFolder's images, decoded as the tar
 streams by (``validator.image_sample``).
