@@ -517,8 +517,17 @@ def fail_job(session: Session, job_id: str, code: str, message: str, *,
     return job
 
 
+def storable_text(text: str) -> str:
+    """``text`` with lone surrogates written as ``\\udcXX`` escapes: a file name that is not
+    UTF-8 (a tar packed on a Latin-1 system) reaches Python as such surrogates, and a library
+    error naming the file could not be stored (the database drivers encode UTF-8 and raised
+    UnicodeEncodeError, so the job was not marked failed)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _fail(session: Session, job: Job, stage: JobStage | None, code: str, message: str,
           now: datetime) -> None:
+    message = storable_text(message)
     job.status = JobStatus.FAILED
     job.error_code = code
     job.error_message = message

@@ -19,7 +19,7 @@ npz layout (keys ``x``, ``y``, optionally both ``x_test`` and ``y_test``):
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO, Any, Literal
@@ -52,6 +52,11 @@ IMAGE_SUFFIXES = frozenset(
 #: Labelled held-out folders next to ``train/``, tried in this order.
 HELD_OUT_FOLDERS = ("val", "test")
 TRAIN_FOLDER = "train"
+#: Names of split folders in other conventions (compared in lower case): one of them among the
+#: class folders of a tree without ``train/``, holding folders of its own, is a split read as one
+#: class (Kaggle's ``Training``/``Testing``), which trained silently on mixed classes.
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test",
+                                "testing", "eval", "evaluation"})
 #: Tiny-ImageNet's held-out layout: ``<held-out>/images/<file>``, labelled by this file beside it.
 ANNOTATED_IMAGES = "images"
 ANNOTATIONS = "val_annotations.txt"
@@ -82,19 +87,42 @@ def check_npz_keys(keys: Iterable[str], display_name: str) -> None:
             raise DatasetError(
                 f"{display_name} has no key '{key}' (keys: {sorted(present)}); an npz dataset "
                 "needs 'x' (images or feature vectors) and 'y' (labels), optionally 'x_test' and "
-                "'y_test'")
+                f"'y_test'{_key_hint(key, present)}")
     if ("x_test" in present) != ("y_test" in present):
         missing = "y_test" if "x_test" in present else "x_test"
         raise DatasetError(f"{display_name} has no key '{missing}': give both 'x_test' and "
                            "'y_test' or neither")
 
 
+#: Names other tools give the arrays an npz dataset keeps under ``x`` and ``y`` (Keras'
+#: ``mnist.npz`` holds ``x_train``/``y_train``), compared in lower case.
+_KEY_SYNONYMS = {
+    "x": ("x_train", "train_x", "images", "inputs", "features", "data"),
+    "y": ("y_train", "train_y", "labels", "targets", "target"),
+}
+
+
+def _key_hint(key: str, present: set[str]) -> str:
+    """How to name the arrays, when the keys present say how they were meant."""
+    if "arr_0" in present:
+        return (": the arrays were saved without names (np.savez(path, x, y) calls them arr_0, "
+                "arr_1, ...); save them as np.savez(path, x=..., y=...)")
+    lower = {name.lower(): name for name in sorted(present)}
+    for name in (key, *_KEY_SYNONYMS[key]):
+        if name in lower:
+            return f": save '{lower[name]}' as '{key}'"
+    return ""
+
+
 @dataclass(frozen=True)
 class NpyHeader:
-    """An npz member's shape and dtype, from its ``.npy`` header (no data read)."""
+    """An npz member's shape and dtype, from its ``.npy`` header (no data read).
+    ``fortran_order``: the values are stored column-major (``np.save`` of an F-contiguous array,
+    such as those ``scipy.io.loadmat`` returns), so the first index varies fastest."""
 
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+    fortran_order: bool = False
 
 
 def read_npy_header(member: IO[bytes], key: str) -> NpyHeader:
@@ -107,9 +135,9 @@ def read_npy_header(member: IO[bytes], key: str) -> NpyHeader:
     try:
         version = np.lib.format.read_magic(member)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
         else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
     except ValueError as exc:
         raise DatasetError(f"key '{key}' is not a valid .npy array: {exc}") from exc
     if dtype.hasobject:
@@ -117,7 +145,7 @@ def read_npy_header(member: IO[bytes], key: str) -> NpyHeader:
             f"key '{key}' holds Python objects (dtype {dtype}); only numeric arrays are read, "
             "because object arrays would be unpickled (save numbers, e.g. "
             f"{key}.astype(np.int64) for labels)")
-    return NpyHeader(tuple(int(d) for d in shape), dtype)
+    return NpyHeader(tuple(int(d) for d in shape), dtype, bool(fortran_order))
 
 
 @dataclass(frozen=True)
@@ -164,7 +192,12 @@ def npz_layout(shape: tuple[int, ...], dtype: np.dtype[Any], key: str,
             raise DatasetError(f"key '{key}': shape {list(shape)} has no features")
         return NpzLayout("features", (int(shape[1]),))
     if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
-        raise DatasetError(f"key '{key}': images must be uint8 or float; got {dtype}")
+        # Integer pixels other than uint8: int64 from np.array of Python ints, uint16 from
+        # 16-bit scans. Only the user knows their range, so the hint gives both readings.
+        hint = (f" (save {key}.astype(np.uint8) if they are 8-bit pixels 0-255, or "
+                f"({key} / {key}.max()).astype(np.float32), e.g. / 65535 for 16-bit ones, as "
+                "pixels in [0, 1])" if np.issubdtype(dtype, np.integer) else "")
+        raise DatasetError(f"key '{key}': images must be uint8 or float; got {dtype}{hint}")
     if len(shape) == 3:
         channels, height, width, last = 1, shape[1], shape[2], False
     elif len(shape) != 4:
@@ -226,8 +259,12 @@ def label_count(shape: tuple[int, ...], dtype: np.dtype[Any], key: str) -> int:
         raise DatasetError(f"key '{key}' must be 1-D (one label per example); got shape "
                            f"{list(shape)}")
     if not np.issubdtype(dtype, np.integer):
-        raise DatasetError(f"key '{key}' must hold integers (class indices); got {dtype} (save "
-                           f"{key}.astype(np.int64) if its values are whole numbers)")
+        # Text labels are class names: astype(np.int64) would fail on them.
+        hint = (f"number the class names: names, {key} = np.unique({key}, return_inverse=True)"
+                if dtype.kind in "US" else
+                f"save {key}.astype(np.int64) if its values are whole numbers")
+        raise DatasetError(f"key '{key}' must hold integers (class indices); got {dtype} "
+                           f"({hint})")
     return int(shape[0])
 
 
@@ -354,9 +391,17 @@ def num_classes_from_labels(largest_label: int) -> int:
 # ------------------------------------------------------------------------- ImageFolder trees
 
 
+#: Folders of metadata that archivers add beside the data, ignored like hidden ones: macOS's
+#: "Compress" puts AppleDouble files (``._x.png``) under ``__MACOSX/``, and a tree unpacked from
+#: such a zip and packed again carries the folder along, where it was read as a class folder
+#: without images (the upload was accepted, and the job failed reading it).
+METADATA_FOLDERS = frozenset({"__MACOSX"})
+
+
 def is_hidden(name: str) -> bool:
-    """Files and folders whose name starts with a dot are ignored (``.DS_Store``, ``._x.png``)."""
-    return name.startswith(".")
+    """Files and folders whose name starts with a dot are ignored (``.DS_Store``, ``._x.png``),
+    and so are archivers' metadata folders (:data:`METADATA_FOLDERS`)."""
+    return name.startswith(".") or name in METADATA_FOLDERS
 
 
 def is_image_file(name: str) -> bool:
@@ -398,9 +443,63 @@ def imagefolder_channels_hint(channels: int, wanted: int, field: str) -> str:
             f"{wanted}")
 
 
+def class_folders_problem(classes: Sequence[str], subfolders: Callable[[str], list[str]],
+                          where: str) -> str | None:
+    """Why the class folders ``classes`` of a tree without ``train/`` (in ``where``) are not
+    classes, or None (``subfolders(name)``: a class folder's visible sub-folders):
+
+    - one is named like a split (:data:`SPLIT_FOLDER_NAMES`) and holds folders: its images, of
+      several classes, would all be labelled with its name;
+    - the only one holds folders: the tree is wrapped in more folders than the one stepped into
+      (``tar czf d.tgz /home/me/data`` stores ``home/me/data/...``), refused before as "one
+      class", naming a folder of the path.
+    """
+    for name in classes:
+        if name.lower() in SPLIT_FOLDER_NAMES and (inner := sorted(subfolders(name))):
+            return (f"{where}: the class folder {name!r} holds folders ({inner[:3]}) and is "
+                    "named like a split: its images would all be one class. Put the training "
+                    f"class folders in '{TRAIN_FOLDER}/' and the held-out ones in "
+                    f"'{HELD_OUT_FOLDERS[0]}/' or '{HELD_OUT_FOLDERS[1]}/' beside it (these "
+                    "names, in lower case)")
+    if len(classes) == 1 and (inner := sorted(subfolders(classes[0]))):
+        return (f"{where}: the only class folder, {classes[0]!r}, holds folders ({inner[:3]}): "
+                "the class folders seem to be wrapped in more than one folder; pack the folder "
+                "that holds them, from inside it (tar czf data.tgz -C PATH/TO/DATA .)")
+    return None
+
+
 def path_parts(name: str) -> tuple[str, ...]:
     """The parts of a relative POSIX path, without empty and ``.`` parts."""
     return tuple(p for p in PurePosixPath(name).parts if p not in ("", "."))
+
+
+def parse_annotations(data: bytes, classes: Sequence[str],
+                      where: str) -> list[tuple[int, str, int]]:
+    """The (line number, file under ``images/``, class index) of each entry of a Tiny-ImageNet
+    :data:`ANNOTATIONS` file: one line per held-out image, ``file<TAB>class`` (more
+    tab-separated fields, the bounding box, are ignored), the class one of ``classes``.
+    ``where`` names the file.
+
+    Raises:
+        DatasetError: not UTF-8 text, a line without a training class, or no line at all.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{where} is not UTF-8 text: {exc}") from exc
+    index = {name: i for i, name in enumerate(classes)}
+    pairs: list[tuple[int, str, int]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in index:
+            raise DatasetError(f"{where} line {number}: expected 'file<TAB>class' with a class "
+                               f"among the train folders; got {line!r}")
+        pairs.append((number, fields[0], index[fields[1]]))
+    if not pairs:
+        raise DatasetError(f"{where} lists no images")
+    return pairs
 
 
 def imagefolder_root(files: Iterable[tuple[str, ...]]) -> tuple[str, ...]:

@@ -234,6 +234,9 @@ class ExampleScan:
 
     def finish(self) -> None:
         """Raises DatasetError naming the key and an example index when a rule is broken."""
+        self._judge(all_same=self._same and self._first is not None)
+
+    def _judge(self, *, all_same: bool) -> None:
         where = f"key '{self.key}'"
         if self.images and self.first_constant is not None:
             index, value = self.first_constant
@@ -241,7 +244,53 @@ class ExampleScan:
                                        f"{self.key}[{index}], all {value:g}")
             if message is not None:
                 raise DatasetError(message)
-        if self.examples > 1 and self._same and self._first is not None:
+        if self.examples > 1 and all_same:
             raise DatasetError(identical_problem(
                 where, self.examples, f"{self.key}[0]",
                 "images" if self.images else "feature vectors"))
+
+
+class ColumnMajorExampleScan(ExampleScan):
+    """:class:`ExampleScan` for an array of ``count`` examples stored column-major (an npz
+    member in Fortran order, as ``np.save`` writes an F-contiguous array, e.g. one from
+    ``scipy.io.loadmat``): the example index varies fastest, so the flat values come as rows of
+    one value per example. Read as if row-major, each "example" was a run of one pixel across
+    examples, and a set of MNIST-like images (borders black in every image) was refused as
+    mostly constant while the library, which reads the array by its indices, loaded it.
+
+    Keeps the smallest and largest value of each example and whether it equals the first so far:
+    memory grows with ``count`` (about 2 · itemsize + 1 bytes an example), not with the array.
+    """
+
+    def __init__(self, key: str, count: int, *, images: bool) -> None:
+        super().__init__(key, 1, images=images)
+        self.count = max(1, count)
+        self._lows: np.ndarray | None = None
+        self._highs: np.ndarray | None = None
+        self._same_as_first = np.ones(self.count, np.bool_)
+        self._carry: np.ndarray | None = None  # the start of a row a chunk ended in
+
+    def update(self, chunk: np.ndarray) -> None:
+        flat = chunk.reshape(-1)
+        if self._carry is not None:
+            flat = np.concatenate([self._carry, flat])
+        whole = flat.size // self.count * self.count
+        rows = flat[:whole].reshape(-1, self.count)
+        self._carry = flat[whole:].copy() if whole < flat.size else None
+        if not len(rows):
+            return
+        lows, highs = rows.min(axis=0), rows.max(axis=0)
+        self._lows = lows if self._lows is None else np.minimum(self._lows, lows)
+        self._highs = highs if self._highs is None else np.maximum(self._highs, highs)
+        self._same_as_first &= (rows == rows[:, :1]).all(axis=0)
+
+    def finish(self) -> None:
+        if self._lows is None or self._highs is None:
+            return
+        constant = self._lows == self._highs
+        self.examples = self.count
+        self.constant = int(constant.sum())
+        if self.constant:
+            index = int(np.argmax(constant))
+            self.first_constant = (index, float(self._lows[index]))
+        self._judge(all_same=bool(self._same_as_first.all()))

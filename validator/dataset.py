@@ -10,7 +10,10 @@ memory stays flat whatever the archive's size; tar members are checked from thei
 member policy of ``rift.dataset_formats``), and each image's own header is read for the image
 size and for whether it is greyscale: a tree whose images are all greyscale
 is recorded with 1 channel, as the library reads it by default (``DatasetSpec.channels``), and an
-image whose header cannot be parsed, in a folder the library reads, refuses the upload. The
+image whose header cannot be parsed, or whose file ends before its data does (truncated), in a
+folder the library reads, refuses the upload. The tree is judged by its folders as
+``rift.data.imagefolder`` reads them (every training folder a class holding images; a held-out
+folder of training classes; Tiny-ImageNet annotations parsed by the same rule). The
 content rules of ``rift.image_content`` (constant, identical or 0/1 images, one class) are
 applied to every npz value and to a bounded sample of an ImageFolder's images, decoded as the tar
 streams by (``validator.image_sample``).
@@ -25,13 +28,16 @@ from __future__ import annotations
 import io
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
 from typing import IO, Any
 
 import numpy as np
 
 from rift.dataset_formats import (
     ANNOTATED_IMAGES,
+    ANNOTATIONS,
     HELD_OUT_FOLDERS,
     IMAGE_SUFFIXES,
     NPZ_KEYS,
@@ -44,6 +50,7 @@ from rift.dataset_formats import (
     check_has_examples,
     check_npz_keys,
     check_tar_member,
+    class_folders_problem,
     imagefolder_channels,
     imagefolder_root,
     is_grey_image,
@@ -52,11 +59,18 @@ from rift.dataset_formats import (
     label_count,
     npz_layout,
     num_classes_from_labels,
+    parse_annotations,
     path_parts,
     read_npy_header,
 )
 from rift.errors import DatasetError
-from rift.image_content import ExampleScan, check_summaries, faint_problem, one_class_problem
+from rift.image_content import (
+    ColumnMajorExampleScan,
+    ExampleScan,
+    check_summaries,
+    faint_problem,
+    one_class_problem,
+)
 from validator.image_sample import PixelSampler
 
 #: Bytes of array data read (and checked) at a time: bounds the checker's memory.
@@ -74,6 +88,14 @@ MAX_PROBE_IMAGE_BYTES = 64 * 1024 * 1024
 DECODED_PER_UNPACKED = 5
 #: Stands for a file name in the path prefixes kept while scanning a tar (see _marked).
 FILE_MARK = "*"
+#: Folders are kept down to this depth: a wrapper folder, ``train``/``val``/``test``, a class.
+FOLDER_DEPTH = 3
+#: A Tiny-ImageNet annotations file larger than this is not checked at upload (the official
+#: one is 350 kB for 10,000 images).
+MAX_ANNOTATIONS_BYTES = 16 * 1024 * 1024
+#: Names of files under held-out ``images/`` folders kept to check the annotations' entries
+#: against (about 100 bytes each); past it, an entry naming a missing file is found by the job.
+MAX_ANNOTATED_NAMES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -141,6 +163,7 @@ def inspect_dataset_file(path: str, display_name: str, max_unpacked_bytes: int) 
         if kind == "npz":
             return _inspect_npz(path, display_name, max_unpacked_bytes)
         if kind == "imagefolder":
+            _refuse_compressed_array_file(path, head, display_name)
             with open(path, "rb") as handle:
                 scan = scan_tar(handle, display_name, max_unpacked_bytes, full=True,
                                 sample=PixelSampler())
@@ -152,6 +175,40 @@ def inspect_dataset_file(path: str, display_name: str, max_unpacked_bytes: int) 
     raise DatasetError(
         f"{display_name} is neither an .npz file nor a tar archive of an ImageFolder tree"
     )
+
+
+def _refuse_compressed_array_file(path: str, head: bytes, display_name: str) -> None:
+    """Refuse a gzip, bzip2 or xz file holding an npz or npy rather than a tar (``gzip d.npz``):
+    it was read as a compressed tar and refused as "not a readable tar archive: bad checksum".
+    A tar never starts with these magic numbers (its first bytes are a member's name).
+
+    Raises:
+        DatasetError: saying to upload the npz itself.
+    """
+    import bz2
+    import gzip
+    import lzma
+
+    opener: type[gzip.GzipFile | bz2.BZ2File | lzma.LZMAFile]
+    if head.startswith(b"\x1f\x8b"):
+        opener = gzip.GzipFile
+    elif head.startswith(b"BZh"):
+        opener = bz2.BZ2File
+    elif head.startswith(b"\xfd7zXZ\x00"):
+        opener = lzma.LZMAFile
+    else:
+        return
+    try:
+        with opener(path) as stream:
+            inner = stream.read(8)
+    except Exception:  # not valid compressed data: the tar reader names the problem
+        return
+    if inner.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise DatasetError(f"{display_name} is a compressed .npz (a zip inside gzip, bzip2 or "
+                           "xz): upload the .npz itself (np.savez_compressed compresses it)")
+    if inner.startswith(b"\x93NUMPY"):
+        raise DatasetError(f"{display_name} is a compressed .npy (one array): save the arrays "
+                           "as an .npz with np.savez(path, x=..., y=...) and upload that")
 
 
 # --------------------------------------------------------------------------------------- npz
@@ -210,6 +267,27 @@ def _read_through(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
             pass
 
 
+def _refuse_plain_zip(infos: list[zipfile.ZipInfo], display_name: str) -> None:
+    """Refuse a zip holding no ``.npy`` array: a zipped ImageFolder tree (what the file managers
+    of macOS and Windows make of a folder), which was refused as an npz lacking key 'x'.
+
+    Raises:
+        DatasetError: always; says how to send an ImageFolder tree.
+    """
+    names = [i.filename for i in infos if not i.is_dir()]
+    images = [name for name in names if is_image_file(PurePosixPath(name).name)]
+    if images:
+        raise DatasetError(
+            f"{display_name} is a zip archive of {len(images)} image file(s) (e.g. "
+            f"{images[0]!r}), not an .npz: an ImageFolder tree is uploaded as a tar archive "
+            "(tar czf data.tgz FOLDER), a zip only as an .npz of arrays (np.savez)")
+    inner = [name for name in names if name.lower().endswith(".npz")]
+    hint = (f"upload {inner[0]!r} itself, not a zip of it" if inner
+            else "save the arrays with np.savez(path, x=..., y=...)")
+    raise DatasetError(f"{display_name} is a zip archive without .npy arrays (members: "
+                       f"{names[:5]}), not an .npz: {hint}")
+
+
 def _inspect_npz(path: str, display_name: str, max_unpacked_bytes: int) -> DatasetInspection:
     try:
         return _inspect_npz_archive(path, display_name, max_unpacked_bytes)
@@ -227,6 +305,8 @@ def _inspect_npz_archive(path: str, display_name: str,
                 f"{display_name} unpacks to {unpacked} bytes, more than the limit of "
                 f"{max_unpacked_bytes} bytes")
         keys = {i.filename[: -len(".npy")] for i in infos if i.filename.endswith(".npy")}
+        if not keys:
+            _refuse_plain_zip(infos, display_name)
         check_npz_keys(keys, display_name)
         headers = {key: read_npz_header(archive, key) for key in NPZ_KEYS if key in keys}
         x = headers["x"]
@@ -258,9 +338,12 @@ def _inspect_npz_archive(path: str, display_name: str,
             else:
                 scan = ValueScan(layout.content, key)
                 header = headers[key]
-                examples = ExampleScan(key, int(np.prod(header.shape[1:], dtype=np.int64)),
-                                       images=layout.content == "images",
-                                       itemsize=header.dtype.itemsize)
+                images = layout.content == "images"
+                # Column-major values come example index fastest (see ColumnMajorExampleScan).
+                examples = (ColumnMajorExampleScan(key, header.shape[0], images=images)
+                            if header.fortran_order else
+                            ExampleScan(key, int(np.prod(header.shape[1:], dtype=np.int64)),
+                                        images=images, itemsize=header.dtype.itemsize))
                 _scan_values(archive, key, scan, examples)
                 scan.finish()
                 faint = (faint_problem(key, scan.maximum) if layout.content == "images"
@@ -295,6 +378,8 @@ class ImageProbe:
     height: int
     width: int
     grey: bool
+    #: The file ends before its format says (see _truncated): the job would fail reading it.
+    truncated: bool = False
 
     @property
     def size(self) -> tuple[int, int]:
@@ -323,6 +408,19 @@ class TarScan:
     mixed_sizes: set[tuple[str, ...]] = field(default_factory=set)
     #: The images decoded for the pixel rules (see ``validator.image_sample``); None: not sampled.
     sample: PixelSampler | None = None
+    #: The visible folders, as path parts down to :data:`FOLDER_DEPTH` (folder members and the
+    #: folders of visible files): a class folder holding no image (empty, only other files) is
+    #: a class to the library, which then fails reading it, so the layout is judged on folders.
+    folders: set[tuple[str, ...]] = field(default_factory=set)
+    #: The folders holding a Tiny-ImageNet annotations file (``ANNOTATIONS``), as path parts,
+    #: and its bytes (None: larger than :data:`MAX_ANNOTATIONS_BYTES`, not checked).
+    annotated: dict[tuple[str, ...], bytes | None] = field(default_factory=dict)
+    #: Held-out folder (path parts) → the files under its ``images/`` folder, as paths relative
+    #: to it (for the annotations' entries); None past :data:`MAX_ANNOTATED_NAMES` in all.
+    annotated_files: dict[tuple[str, ...], set[str]] | None = field(default_factory=dict)
+    #: Path prefix → the first member under it whose file ends before its format says
+    #: (``ImageProbe.truncated``).
+    truncated: dict[tuple[str, ...], str] = field(default_factory=dict)
 
 
 def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
@@ -338,9 +436,14 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
     # Path prefixes, file names replaced by FILE_MARK: enough to find the root and the classes,
     # and bounded by the number of folders, not of files (an archive may hold millions).
     files: set[tuple[str, ...]] = set()
+    folders: set[tuple[str, ...]] = set()
+    annotated: dict[tuple[str, ...], bytes | None] = {}
+    annotated_files: dict[tuple[str, ...], set[str]] = {}
+    names_kept = 0
     entries: set[tuple[str, ...]] = set()
     colour: set[tuple[str, ...]] = set()
     unreadable: dict[tuple[str, ...], str] = {}
+    truncated: dict[tuple[str, ...], str] = {}
     counts: dict[tuple[str, ...], int] = {}
     sizes: dict[tuple[str, ...], tuple[int, int]] = {}
     mixed_sizes: set[tuple[str, ...]] = set()
@@ -361,9 +464,27 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                         f"{display_name} unpacks to more than the limit of {max_unpacked_bytes} "
                         "bytes")
                 parts = path_parts(member.name)
-                if not member.isfile() or not parts or any(is_hidden(p) for p in parts):
+                if not parts or any(is_hidden(p) for p in parts):
+                    continue
+                inside = parts if member.isdir() else parts[:-1]
+                folders.update(inside[:depth] for depth in range(1, FOLDER_DEPTH + 1)
+                               if depth <= len(inside))
+                if not member.isfile():
                     continue
                 entries.add(_marked(parts)[:3])
+                if parts[-1] == ANNOTATIONS and len(parts) <= FOLDER_DEPTH:
+                    reader = archive.extractfile(member)
+                    annotated[parts[:-1]] = (reader.read() if reader is not None
+                                             and member.size <= MAX_ANNOTATIONS_BYTES else None)
+                # A file under <held-out>/images/ (a wrapper folder may come first): what a
+                # Tiny-ImageNet annotations file may name.
+                for start in (0, 1):
+                    if (len(parts) > start + 2 and parts[start] in HELD_OUT_FOLDERS
+                            and parts[start + 1] == ANNOTATED_IMAGES
+                            and names_kept < MAX_ANNOTATED_NAMES):
+                        annotated_files.setdefault(parts[:start + 1], set()).add(
+                            "/".join(parts[start + 2:]))
+                        names_kept += 1
                 if not is_image_file(parts[-1]):
                     continue
                 prefix = _marked(parts)[:4]
@@ -375,7 +496,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                 # (20,000 28×28 PNGs, one CPU core of our 2-core test machine).
                 reader = archive.extractfile(member)
                 data = reader.read(MAX_PROBE_IMAGE_BYTES) if reader is not None else b""
-                probe = _probe_image(data)
+                complete = member.size <= MAX_PROBE_IMAGE_BYTES
+                probe = _probe_image(data, complete)
                 # An unreadable image counts for neither; one in a folder the library reads
                 # refuses the upload (see _imagefolder_layout). A file past the probe's bytes
                 # is not judged (a TIFF may keep its header at the end).
@@ -394,34 +516,121 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                         colour.add(prefix)
                     if sample is not None:
                         sample.offer(parts, prefix, member.name, data, probe.size,
-                                     complete=member.size <= MAX_PROBE_IMAGE_BYTES)
-                elif member.size <= MAX_PROBE_IMAGE_BYTES:
+                                     complete=complete)
+                    if probe.truncated:
+                        truncated.setdefault(prefix, member.name)
+                elif complete:
                     unreadable.setdefault(prefix, member.name)
                 if not full:
                     return TarScan([], [], 0, first, sorted(colour))
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise DatasetError(f"{display_name} is not a readable tar archive: {exc}") from exc
     return TarScan(sorted(files), sorted(entries), num_images, first, sorted(colour), unreadable,
-                   counts, sizes, mixed_sizes, sample)
+                   counts, sizes, mixed_sizes, sample, folders, annotated,
+                   annotated_files if names_kept < MAX_ANNOTATED_NAMES else None, truncated)
 
 
 def _marked(parts: tuple[str, ...]) -> tuple[str, ...]:
     return (*parts[:-1], FILE_MARK)
 
 
-def _read_folders(inside: list[tuple[str, ...]], classes: list[str],
-                  has_train: bool) -> list[tuple[str, ...]]:
-    """The folders (path prefixes under the tree's root) whose images the library reads, as
-    ``rift.data.imagefolder`` chooses them: the class folders of the training tree, and the
-    first of ``val``/``test`` holding class folders or Tiny-ImageNet's ``images``."""
-    if not has_train:
-        return [(name,) for name in classes]
-    read: list[tuple[str, ...]] = [(TRAIN_FOLDER, name) for name in classes]
-    for held_out in HELD_OUT_FOLDERS:
-        subfolders = {f[1] for f in inside if len(f) > 2 and f[0] == held_out}
-        if subfolders & {*classes, ANNOTATED_IMAGES}:
-            return [*read, (held_out,)]
-    return read
+@dataclass(frozen=True)
+class _Tree:
+    """The tree as ``rift.data.imagefolder`` reads it, in path parts under the root: the class
+    names, the folder holding them (``base``: ``("train",)`` or ``()``), and the held-out folder
+    read as the test split (None: held out from the training images) with the folders of it
+    whose images are read."""
+
+    classes: list[str]
+    base: tuple[str, ...]
+    held_out: tuple[str, ...] | None
+    held_out_read: list[tuple[str, ...]]
+
+    @property
+    def train_read(self) -> list[tuple[str, ...]]:
+        return [(*self.base, name) for name in self.classes]
+
+
+def _children(folders: set[tuple[str, ...]], parent: tuple[str, ...]) -> set[str]:
+    return {f[len(parent)] for f in folders if len(f) > len(parent) and f[: len(parent)] == parent}
+
+
+def _tree(folders: set[tuple[str, ...]], annotated: dict[tuple[str, ...], bytes | None],
+          annotated_files: dict[tuple[str, ...], set[str]] | None,
+          images_in: Callable[[tuple[str, ...]], int], where: Callable[[tuple[str, ...]], str],
+          display_name: str) -> _Tree:
+    """The folders the library reads, chosen as ``rift.data.imagefolder`` chooses them from the
+    tree's visible folders (``folders``, under the root): every folder of the training tree is a
+    class, and must hold an image; ``val/`` or ``test/`` (the first with an annotations file or
+    a training class folder) is the held-out split, whose class folders must all be training
+    classes and hold an image between them. ``where`` names a folder in messages.
+
+    Raises:
+        DatasetError: no class folder, a class folder without images, or a held-out folder
+            with an unknown class or no image; names the folder.
+    """
+    base = (TRAIN_FOLDER,) if (TRAIN_FOLDER,) in folders else ()
+    classes = sorted(_children(folders, base))
+    if not classes:
+        raise DatasetError(
+            f"{display_name}: no class folders in {where(base)}; expected <class>/<image> or "
+            "train/<class>/<image>")
+    for name in classes:
+        if not images_in((*base, name)):
+            raise DatasetError(
+                f"{display_name}: class folder {where((*base, name))} holds no image files "
+                f"({', '.join(sorted(IMAGE_SUFFIXES))}); every folder of {where(base)} is a "
+                "class: add its images or remove it")
+    if not base:
+        problem = class_folders_problem(
+            classes, lambda name: sorted(_children(folders, (name,))), display_name)
+        if problem is not None:
+            raise DatasetError(problem)
+        return _Tree(classes, base, None, [])
+    for name in HELD_OUT_FOLDERS:
+        held_out = (name,)
+        if held_out not in folders:
+            continue
+        if held_out in annotated:
+            _check_annotations(annotated[held_out], classes,
+                               None if annotated_files is None
+                               else annotated_files.get(held_out, set()),
+                               f"{display_name}: {where((name, ANNOTATIONS))}")
+            return _Tree(classes, base, held_out, [(name, ANNOTATED_IMAGES)])
+        sub = _children(folders, held_out)
+        if not sub & set(classes):
+            continue  # unlabelled (Tiny-ImageNet's test/images): not read
+        unknown = sorted(sub - set(classes))
+        if unknown:
+            raise DatasetError(
+                f"{display_name}: {where(held_out)} has class folder(s) {unknown} that "
+                f"{where(base)} lacks; a held-out class must be a training class (names compare "
+                "exactly, letter case included)")
+        read: list[tuple[str, ...]] = [(name, label) for label in sorted(sub)]
+        if not any(images_in(folder) for folder in read):
+            raise DatasetError(f"{display_name}: the held-out folder {where(held_out)} holds no "
+                               f"image files in its class folders")
+        return _Tree(classes, base, held_out, read)
+    return _Tree(classes, base, None, [])
+
+
+def _check_annotations(data: bytes | None, classes: list[str], files: set[str] | None,
+                       where: str) -> None:
+    """Read a Tiny-ImageNet annotations file (``data``; None: too large, not checked) as the
+    library does (``parse_annotations``) and require each file it names among ``files`` (those
+    under ``images/``; None: past :data:`MAX_ANNOTATED_NAMES`, not checked). Before, the file
+    was not read on upload, and an entry naming another class or a missing image failed the job.
+
+    Raises:
+        DatasetError: naming the line.
+    """
+    if data is None:
+        return
+    entries = parse_annotations(data, classes, where)
+    for number, name, _ in entries:
+        if files is not None and "/".join(path_parts(name)) not in files:
+            raise DatasetError(f"{where} line {number}: {ANNOTATED_IMAGES}/{name} is not in "
+                               "the archive")
 
 
 def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
@@ -429,41 +638,62 @@ def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
         raise DatasetError(
             f"{display_name} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     root = imagefolder_root(scan.entries)
-    inside = [f[len(root):] for f in scan.files if f[: len(root)] == root]
-    has_train = any(len(f) > 2 and f[0] == TRAIN_FOLDER for f in inside)
-    # The library reads train/ (plus val/ or test/) when there is a train/ folder.
-    train = [f[1:] for f in inside if f[0] == TRAIN_FOLDER] if has_train else inside
-    classes = sorted({f[0] for f in train if len(f) > 1})
-    if not classes:
-        where = "/".join((*root, TRAIN_FOLDER)) if has_train else ("/".join(root) or "the top level")
-        raise DatasetError(
-            f"{display_name}: no class folders in {where}; expected <class>/<image> or "
-            "train/<class>/<image>")
+
+    def inner(prefix: tuple[str, ...]) -> tuple[str, ...] | None:
+        return prefix[len(root):] if prefix[: len(root)] == root else None
+
+    def within(prefix: tuple[str, ...], folders: set[tuple[str, ...]]) -> bool:
+        path = inner(prefix)
+        return path is not None and any(path[:depth] in folders for depth in range(len(path)))
+
+    # Images under each folder (path parts under the root), counted once: a lookup per folder
+    # rather than a pass over every prefix per class (ImageNet has 1,000 class folders).
+    totals: dict[tuple[str, ...], int] = {}
+    for prefix, number in scan.counts.items():
+        path = inner(prefix)
+        if path is None:
+            continue
+        for depth in range(1, len(path)):
+            totals[path[:depth]] = totals.get(path[:depth], 0) + number
+
+    def images_in(folder: tuple[str, ...]) -> int:
+        return totals.get(folder, 0)
+
+    def where(folder: tuple[str, ...]) -> str:
+        return repr("/".join((*root, *folder))) if root or folder else "the top level"
+
+    folders = {path for f in scan.folders if (path := inner(f))}
+    annotated = {path: data for f, data in scan.annotated.items() if (path := inner(f))}
+    annotated_files = (None if scan.annotated_files is None else
+                       {path: names for f, names in scan.annotated_files.items()
+                        if (path := inner(f))})
+    tree = _tree(folders, annotated, annotated_files, images_in, where, display_name)
+    classes = tree.classes
+    read = {*tree.train_read, *tree.held_out_read}
     # Colour images outside the folders read (Tiny-ImageNet's unlabelled test/images) do not
     # make a grey tree RGB, as they do not for the library.
-    read = _read_folders(inside, classes, has_train)
-    colour = [f[len(root):] for f in scan.colour if f[: len(root)] == root]
-    all_grey = not any(f[: len(folder)] == folder for f in colour for folder in read)
-    # The held-out folder, when one is read, is the last of ``read`` (see _read_folders).
-    has_test = len(read) > len(classes)
-    trained_on = read[:len(classes)]
-    count = sum(number for prefix, number in scan.counts.items() if prefix[: len(root)] == root
-                and any(prefix[len(root):][: len(folder)] == folder for folder in trained_on))
-    check_enough_examples(count, has_test, f"{display_name}'s class folders", "val/ or test/ folder")
+    all_grey = not any(within(prefix, read) for prefix in scan.colour)
+    count = sum(images_in(folder) for folder in tree.train_read)
+    check_enough_examples(count, tree.held_out is not None, f"{display_name}'s class folders",
+                          "val/ or test/ folder")
     for prefix, name in sorted(scan.unreadable.items()):
-        inner = prefix[len(root):] if prefix[: len(root)] == root else None
-        if inner is not None and any(inner[: len(folder)] == folder for folder in read):
+        if within(prefix, read):
             raise DatasetError(
                 f"{display_name}: {name!r} is not an image Pillow can read (damaged, not the "
                 "format its name says, or more pixels than Pillow's limit); the job would fail "
                 "reading it: replace or remove it")
+    for prefix, name in sorted(scan.truncated.items()):
+        if within(prefix, read):
+            raise DatasetError(
+                f"{display_name}: {name!r} is truncated (the file ends before its image data "
+                "does: an interrupted copy or download?); the job would fail reading it: "
+                "replace or remove it")
     if scan.sample is not None:
-        _check_pixels(scan.sample, root, read, len(classes), has_train, display_name)
+        _check_pixels(scan.sample, root, tree, display_name)
     if len(classes) == 1:
         raise DatasetError(one_class_problem(f"{display_name}'s class folders",
                                              f"'{classes[0]}' (the only class folder)"))
-    read_prefixes = [prefix for prefix in scan.sizes if prefix[: len(root)] == root
-                     and any(prefix[len(root):][: len(folder)] == folder for folder in read)]
+    read_prefixes = [prefix for prefix in scan.sizes if within(prefix, read)]
     # The library sizes every image like the first training image unless told to resize.
     sizes_differ = (any(prefix in scan.mixed_sizes for prefix in read_prefixes)
                     or len({scan.sizes[prefix] for prefix in read_prefixes}) > 1)
@@ -479,20 +709,22 @@ def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
         label_max=len(classes) - 1, image_sizes_differ=sizes_differ)
 
 
-def _check_pixels(sample: PixelSampler, root: tuple[str, ...], read: list[tuple[str, ...]],
-                  num_classes: int, has_train: bool, display_name: str) -> None:
+def _check_pixels(sample: PixelSampler, root: tuple[str, ...], tree: _Tree,
+                  display_name: str) -> None:
     """Apply the pixel rules (``rift.image_content.check_summaries``) to the decoded images of
-    each split the library reads: the training class folders (``read[:num_classes]``) and the
-    held-out folder (the rest of ``read``), each named in the message."""
-    train = "/".join((*root, TRAIN_FOLDER) if has_train else root) or "the top level"
-    splits = [(read[:num_classes],
+    each split the library reads: the training class folders and the held-out folder, each
+    named in the message."""
+    train = "/".join((*root, *tree.base)) or "the top level"
+    splits = [(tree.train_read,
                f"{display_name}'s training images (class folders in {train})")]
-    if len(read) > num_classes:
-        held_out = "/".join((*root, *read[-1]))
-        splits.append((read[num_classes:], f"{display_name}'s held-out images ({held_out}/)"))
-    for folders, where in splits:
+    if tree.held_out is not None:
+        held_out = "/".join((*root, *tree.held_out))
+        splits.append((tree.held_out_read, f"{display_name}'s held-out images ({held_out}/)"))
+    for read, where in splits:
+        folders = set(read)
         images = [image for image in sample.decoded if image.prefix[: len(root)] == root
-                  and any(image.prefix[len(root):][: len(f)] == f for f in folders)]
+                  and any(image.prefix[len(root):][:depth] in folders
+                          for depth in range(1, len(image.prefix) - len(root)))]
         for image in images:
             if image.problem is not None:
                 raise DatasetError(f"{where}: {image.problem}; the job would fail reading it: "
@@ -503,9 +735,10 @@ def _check_pixels(sample: PixelSampler, root: tuple[str, ...], read: list[tuple[
         check_summaries(where, spread, summaries)
 
 
-def _probe_image(data: bytes) -> ImageProbe | None:
+def _probe_image(data: bytes, complete: bool) -> ImageProbe | None:
     # Only the header is parsed; the first MAX_PROBE_IMAGE_BYTES hold it for every format read
-    # (a TIFF may keep its directory at the end: a larger one is then not probed).
+    # (a TIFF may keep its directory at the end: a larger one is then not probed). ``complete``:
+    # ``data`` is the whole file, so whether it ends where its format says can be told.
     if not data:
         return None
     from PIL import Image
@@ -515,6 +748,50 @@ def _probe_image(data: bytes) -> ImageProbe | None:
             width, height = image.size
             palette = image.getpalette("RGB") if image.mode in PALETTE_MODES else None
             grey = is_grey_image(image.mode, palette)
+            truncated = complete and _truncated(image, data)
     except Exception:  # undecodable or a decompression bomb: the worker reports it precisely
         return None
-    return ImageProbe(height, width, grey)
+    return ImageProbe(height, width, grey, truncated)
+
+
+#: Uncompressed images (BMP, PPM/PGM, raw TIFF) up to this many pixels are loaded to tell whether
+#: they are whole: loading them is a copy of their bytes, not a decoding.
+MAX_RAW_CHECK_PIXELS = 4 * 1024 * 1024
+
+
+def _truncated(image: Any, data: bytes) -> bool:
+    """Whether the file ``data`` (opened as ``image``) ends before its format says it does, told
+    without decoding: an interrupted copy or download keeps a readable header, so the header scan
+    passed it, and the sample decodes only some images, while the job decodes every one and
+    fails ("image file is truncated"). PNG: every IDAT chunk (the pixels) must be whole; JPEG:
+    the end-of-image marker must follow the last start-of-scan (neither marker can occur inside
+    the compressed data, where a 0xFF byte is followed by 0x00 or a restart marker);
+    uncompressed formats are loaded. Each verdict matched Pillow's load for every cut length of
+    small PNG, JPEG (baseline and progressive), BMP, PPM and TIFF files. Other formats (GIF,
+    WebP, compressed TIFF) are left to the sample."""
+    if image.format == "PNG":
+        # Pillow needs the IDAT chunks, not the chunks after them (IEND may be cut off).
+        position, pixels_seen = 8, False  # after the signature
+        while position + 8 <= len(data):
+            length = int.from_bytes(data[position:position + 4], "big")
+            kind = data[position + 4:position + 8]
+            position += 12 + length  # length, type, data, CRC
+            if kind == b"IDAT":
+                pixels_seen = True
+                # Data cut short, beyond the stream's last 4 bytes (its zlib checksum, which
+                # Pillow does without): the pixels are incomplete.
+                if position - 4 - len(data) > 4:
+                    return True
+            elif pixels_seen:
+                return False
+        return not pixels_seen
+    if image.format == "JPEG":
+        start_of_scan = data.rfind(b"\xff\xda")
+        return start_of_scan < 0 or data.rfind(b"\xff\xd9") < start_of_scan
+    if image.tile and all(tile[0] == "raw" for tile in image.tile) \
+            and image.size[0] * image.size[1] <= MAX_RAW_CHECK_PIXELS:
+        try:
+            image.load()
+        except OSError:
+            return True
+    return False

@@ -8,7 +8,12 @@ Layouts read, in this order:
 2. ``path/train/<class>/...`` alone, or ``path/<class>/...``: the test split is held out
    deterministically from it (see ``splits.py``).
 Files are found recursively inside a class folder (Tiny-ImageNet keeps them in ``<class>/images``);
-other files (e.g. ``*_boxes.txt``) are ignored. Classes are numbered in sorted name order.
+other files (e.g. ``*_boxes.txt``) are ignored, and so are hidden files and folders and archivers'
+``__MACOSX`` (``rift.dataset_formats.is_hidden``). Every other folder of the training tree is a
+class and must hold an image; without ``train/``, one named like a split (``Training``,
+``valid``...) that holds folders is refused (its images would be one class). Classes are
+numbered in sorted name order. The upload check (``validator.dataset``) judges a tar by the same
+folders.
 
 Channels (``spec.channels``): with ``"auto"`` (the default) a tree whose images are all greyscale
 (train and held-out; Pillow modes ``1``, ``L``, ``LA``, ``I;16`` or a palette of greys, see
@@ -27,6 +32,8 @@ the upload check judges them.
 from __future__ import annotations
 
 import os
+import tarfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +51,11 @@ from rift.dataset_formats import (
     IMAGE_SUFFIXES,
     TRAIN_FOLDER,
     ImageChannels,
+    class_folders_problem,
     imagefolder_channels,
     is_hidden,
     is_image_file,
+    parse_annotations,
 )
 from rift.errors import DatasetError
 from rift.image_content import (
@@ -87,22 +96,13 @@ def _class_tree(folder: Path, classes: list[str]) -> Labelled:
 
 def _annotated(folder: Path, classes: list[str]) -> Labelled:
     """Tiny-ImageNet's val layout: ``images/<file>`` labelled by ``val_annotations.txt``."""
-    index = {name: i for i, name in enumerate(classes)}
+    where = folder / ANNOTATIONS
     files: Labelled = []
-    lines = (folder / ANNOTATIONS).read_text().splitlines()
-    for number, line in enumerate(lines, start=1):
-        fields = line.split("\t")
-        if not line.strip():
-            continue
-        if len(fields) < 2 or fields[1] not in index:
-            raise DatasetError(f"{folder / ANNOTATIONS} line {number}: expected 'file<TAB>class' "
-                               f"with a class among the train folders; got {line!r}")
-        path = folder / ANNOTATED_IMAGES / fields[0]
+    for number, name, label in parse_annotations(where.read_bytes(), classes, str(where)):
+        path = folder / ANNOTATED_IMAGES / name
         if not path.is_file():
-            raise DatasetError(f"{folder / ANNOTATIONS} line {number}: {path} does not exist")
-        files.append((path, index[fields[1]]))
-    if not files:
-        raise DatasetError(f"{folder / ANNOTATIONS} lists no images")
+            raise DatasetError(f"{where} line {number}: {path} does not exist")
+        files.append((path, label))
     return files
 
 
@@ -185,11 +185,20 @@ def load_imagefolder(spec: DatasetSpec) -> SourceData:
     32-bit integer and float images refused."""
     root = Path(spec.path or "")
     if not root.is_dir():
-        raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder")
+        # The service takes the tree as a tar; the library reads it unpacked.
+        archive = " (an archive: unpack it and give the folder)" if root.is_file() and (
+            tarfile.is_tarfile(root) or zipfile.is_zipfile(root)) else ""
+        raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder{archive}")
     train_root = root / TRAIN_FOLDER if (root / TRAIN_FOLDER).is_dir() else root
     classes = [d.name for d in _visible_dirs(train_root)]
     if not classes:
         raise DatasetError(f"dataset 'imagefolder': no class folders in {train_root}")
+    if train_root == root:
+        problem = class_folders_problem(
+            classes, lambda name: [d.name for d in _visible_dirs(root / name)],
+            f"dataset 'imagefolder': {root}")
+        if problem is not None:
+            raise DatasetError(problem)
     if len(classes) == 1:
         raise DatasetError(one_class_problem(f"dataset 'imagefolder': {train_root}",
                                              f"'{classes[0]}' (the only class folder)"))

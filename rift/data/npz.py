@@ -25,6 +25,7 @@ import torch
 from rift.config import DatasetSpec
 from rift.data.tensors import ImageTensors, SourceData
 from rift.dataset_formats import (
+    NPZ_KEYS,
     NpzLayout,
     ValueScan,
     check_enough_examples,
@@ -84,10 +85,13 @@ def _labels(y: np.ndarray, key: str, count: int, inputs_key: str) -> torch.Tenso
 
 
 def _refuse_object_arrays(path: Path) -> None:
-    # np.load(allow_pickle=False) refuses object arrays too, but without naming the key.
+    # np.load(allow_pickle=False) refuses object arrays too, but without naming the key. Only
+    # the keys read are checked: other members (class names or a metadata dict the user saved
+    # alongside) are never loaded, and the upload accepts them (it reads them only for their
+    # CRC); refusing them here failed the job of an accepted upload.
     with zipfile.ZipFile(path) as archive:
         for name in archive.namelist():
-            if name.endswith(".npy"):
+            if name.removesuffix(".npy") in NPZ_KEYS and name.endswith(".npy"):
                 with archive.open(name) as member:
                     read_npy_header(member, name.removesuffix(".npy"))
 
@@ -108,10 +112,11 @@ def load_npz(spec: DatasetSpec) -> SourceData:
                 "np.savez(path, x=..., y=...)")
         with loaded as archive:
             _refuse_object_arrays(path)
-            arrays = {key: archive[key] for key in archive.files}
+            names = list(archive.files)
+            check_npz_keys(names, str(path))
+            arrays = {key: archive[key] for key in names if key in NPZ_KEYS}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"cannot read 'path' {path} as .npz: {exc}") from exc
-    check_npz_keys(arrays, str(path))
     x, layout = _inputs(arrays["x"], "x")
     train = ImageTensors(x, _labels(arrays["y"], "y", x.shape[0], "x"))
     test = None

@@ -7,6 +7,7 @@ import io
 import itertools
 import os
 import tarfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -273,6 +274,41 @@ def test_unsafe_or_empty_tars_are_refused(api: Api) -> None:
         error = error_of(response)
         assert reason.lower() in error["message"].lower(), (name, error["message"])
         assert error["field"] == "file"
+    api.assert_nothing_stored()
+
+
+def test_layouts_users_make_are_refused_naming_what_to_change(api: Api) -> None:
+    """Archives as users pack them, each accepted before and failed by the job (or refused for a
+    missing npz key): 422 on ``file`` naming the folder or what to send, never a 500, also for a
+    folder name that is not UTF-8 (a tar from a Latin-1 system)."""
+    good = {f"{cls}/{i}.png": png_bytes(value=40 * i + 9 * n)
+            for n, cls in enumerate(("cat", "dog")) for i in range(3)}
+    latin1 = io.BytesIO()
+    with tarfile.open(fileobj=latin1, mode="w", format=tarfile.USTAR_FORMAT,
+                      encoding="latin-1") as archive:
+        for name, data in good.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        empty = tarfile.TarInfo("caf\xe9")  # an empty class folder, named in Latin-1
+        empty.type = tarfile.DIRTYPE
+        archive.addfile(empty)
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for name, data in good.items():
+            archive.writestr(f"data/{name}", data)
+    cases = {
+        "latin-1 empty class folder": (latin1.getvalue(), r"class folder 'caf\udce9' holds no"),
+        "zipped tree": (zipped.getvalue(), "tar czf data.tgz"),
+        "split folders": (tar_bytes({f"Training/{k}": v for k, v in good.items()}
+                                    | {f"Testing/{k}": v for k, v in good.items()}),
+                          "'Testing' holds folders"),
+    }
+    for name, (content, says) in cases.items():
+        response = upload(api, "d.tgz", content)
+        assert response.status_code == 422, (name, response.text)
+        error = error_of(response)
+        assert error["field"] == "file" and says in error["message"], (name, error)
     api.assert_nothing_stored()
 
 

@@ -481,3 +481,19 @@ def test_a_claim_with_inputs_reads_the_checkpoint_and_dataset_in_its_transaction
     with sessions() as session, pytest.raises(JobNotFound):
         stages.claim_stage_with_inputs(session, "nope", "mrc", owner="w1",
                                        lease_seconds=LEASE, max_attempts=3)
+
+
+def test_a_failure_naming_a_file_that_is_not_utf8_is_stored(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # A tar packed on a Latin-1 system names its folder b"caf\xe9", which Python reads as
+    # "caf\udce9". Before: storing the library's error naming it raised UnicodeEncodeError,
+    # and the job was not marked failed.
+    job_id = new_job()
+    claim(sessions, job_id, owner="w1")
+    with sessions() as session:
+        stages.fail_job(session, job_id, "invalid_dataset",
+                        "cannot read image /data/caf\udce9/1.png", owner="w1")
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+        assert (job.status, job.error_message) == (
+            "failed", "cannot read image /data/caf\\udce9/1.png")

@@ -429,6 +429,13 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
     (tmp_path / "c" / "cat" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match=r"broken\.png"):
         load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "c")), seed=0)
+    # The tar the service takes, given to the library: say to unpack it.
+    import tarfile
+
+    with tarfile.open(tmp_path / "d.tgz", "w:gz") as archive:
+        archive.add(tmp_path / "b", arcname="b")
+    with pytest.raises(DatasetError, match=r"is not a folder \(an archive: unpack it"):
+        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "d.tgz")), seed=0)
 
 
 def test_imagefolder_scales_16_bit_images_and_refuses_float_ones(tmp_path: Path) -> None:

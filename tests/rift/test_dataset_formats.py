@@ -15,6 +15,7 @@ from rift.dataset_formats import (
     ValueScan,
     check_npz_keys,
     imagefolder_root,
+    is_hidden,
     is_image_file,
     label_count,
     npz_layout,
@@ -147,3 +148,36 @@ def test_float_pixels_outside_the_unit_range_say_how_to_fix_them(values: np.ndar
         ValueScan("images", "x").update(values)
     assert hint in error.value.message
     assert ("divide by 255" in error.value.message) == (values.min() >= 0)
+
+
+@pytest.mark.parametrize(("keys", "hint"), [
+    # Keras' mnist.npz; np.savez(path, x, y); upper case; other tools' names.
+    (["x_train", "y_train", "x_test", "y_test"], "save 'x_train' as 'x'"),
+    (["arr_0", "arr_1"], r"saved without names .* np.savez\(path, x=..., y=...\)"),
+    (["X", "Y"], "save 'X' as 'x'"),
+    (["x", "labels"], "save 'labels' as 'y'"),
+])
+def test_missing_keys_say_what_the_keys_present_were_meant_as(keys: list[str], hint: str) -> None:
+    # Before: only "has no key 'x' (keys: [...]); an npz dataset needs 'x' ...".
+    with pytest.raises(DatasetError, match=hint):
+        check_npz_keys(keys, "d.npz")
+
+
+def test_text_labels_are_told_to_be_numbered_not_cast() -> None:
+    # Before: "save y.astype(np.int64)", which raises on class names.
+    with pytest.raises(DatasetError, match=r"names, y = np.unique\(y, return_inverse=True\)"):
+        label_count((5,), np.dtype("<U3"), "y")
+    with pytest.raises(DatasetError, match=r"y.astype\(np.int64\)"):
+        label_count((5,), np.dtype(np.float32), "y")
+
+
+def test_archivers_metadata_folders_are_hidden() -> None:
+    assert is_hidden("__MACOSX") and is_hidden(".DS_Store") and not is_hidden("MACOSX")
+
+
+def test_integer_images_other_than_uint8_say_how_to_convert() -> None:
+    # Before: only "images must be uint8 or float; got int64" (np.array of Python ints).
+    with pytest.raises(DatasetError, match=r"got int64 \(save x.astype\(np.uint8\) if they"):
+        npz_layout((4, 8, 8, 3), np.dtype(np.int64), "x")
+    with pytest.raises(DatasetError, match=r"got complex64$"):
+        npz_layout((4, 8, 8, 3), np.dtype(np.complex64), "x")

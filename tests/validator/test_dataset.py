@@ -133,3 +133,74 @@ def test_memory_stays_flat_for_a_large_array(tmp_path: Path, monkeypatch: pytest
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 40 * 1024 * 1024, peak
+
+
+def _mnist_like(count: int) -> np.ndarray:
+    # Black borders in every image, varied centres: many pixels are constant across examples.
+    images = np.zeros((count, 1, 12, 12), np.float32)
+    images[:, :, 4:8, 4:8] = (varied((count, 1, 4, 4)).astype(np.float32) / 255)
+    return images
+
+
+@pytest.mark.parametrize(("x", "says"), [
+    (_mnist_like(40), None),
+    (np.concatenate([_mnist_like(5), np.full((35, 1, 12, 12), 0.5, np.float32)]),
+     r"35 of 40 images are constant \(every pixel one value, e.g. x\[5\], all 0.5\)"),
+    (np.tile(np.linspace(-3, 3, 6), (40, 1)), "all 40 feature vectors are identical"),
+])
+def test_fortran_order_arrays_are_judged_example_by_example(tmp_path: Path, x: np.ndarray,
+                                                            says: str | None) -> None:
+    """An F-contiguous array (``scipy.io.loadmat`` gives them) is saved column-major: its values
+    come one pixel of every example at a time. Before, the upload read them as if row-major, so
+    it refused MNIST-like images (black borders: runs of one pixel across examples are constant)
+    that the library loads, and passed mostly constant ones that the library refuses."""
+    from rift.config import DatasetSpec
+    from rift.data import load_dataset
+
+    path = write(tmp_path / "d.npz", compressed=False, x=np.asfortranarray(x),
+                 y=np.arange(40) % 4)
+    with zipfile.ZipFile(path) as archive, archive.open("x.npy") as member:
+        assert np.lib.format.read_magic(member) == (1, 0)
+        assert np.lib.format.read_array_header_1_0(member)[1]  # stored column-major
+    if says is None:
+        assert inspect_dataset_file(path, "d.npz", 10**9).num_examples == 40
+        load_dataset(DatasetSpec(name="npz", path=path), seed=0)
+        return
+    with pytest.raises(DatasetError, match=says):
+        inspect_dataset_file(path, "d.npz", 10**9)
+    with pytest.raises(DatasetError, match=says):
+        load_dataset(DatasetSpec(name="npz", path=path), seed=0)
+
+
+def test_extra_arrays_are_ignored_by_both_even_object_ones(tmp_path: Path) -> None:
+    # Class names or a metadata dict saved beside x and y. Before: an object array among them
+    # was accepted on upload (extra members are only read through) and the job's loader refused
+    # the file ("key 'meta' holds Python objects").
+    from rift.config import DatasetSpec
+    from rift.data import load_dataset
+
+    path = write(tmp_path / "d.npz", x=varied((10, 8, 8)), y=np.arange(10) % 2,
+                 names=np.array(["cat", "dog"]), meta=np.array({"source": "camera"}, dtype=object))
+    assert inspect_dataset_file(path, "d.npz", 10**9).num_classes == 2
+    assert load_dataset(DatasetSpec(name="npz", path=path), seed=0).num_classes == 2
+
+
+def test_an_archive_that_is_no_npz_nor_tar_says_what_to_send(tmp_path: Path) -> None:
+    # Before: "d.zip has no key 'x' (keys: [])", for a zipped ImageFolder tree.
+    path = tmp_path / "d.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("data/cat/0.png", b"\x89PNG")
+        archive.writestr("data/dog/0.png", b"\x89PNG")
+    with pytest.raises(DatasetError, match=r"zip archive of 2 image file\(s\).*tar czf"):
+        inspect_dataset_file(str(path), "d.zip", 10**9)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(write(tmp_path / "d.npz", x=varied((10, 8, 8)), y=np.arange(10) % 2),
+                      "d.npz")
+    with pytest.raises(DatasetError, match=r"upload 'd\.npz' itself"):
+        inspect_dataset_file(str(path), "d.zip", 10**9)
+    # gzip d.npz: before, "not a readable tar archive: bad checksum".
+    import gzip
+
+    (tmp_path / "d.npz.gz").write_bytes(gzip.compress((tmp_path / "d.npz").read_bytes()))
+    with pytest.raises(DatasetError, match=r"compressed \.npz .*upload the \.npz itself"):
+        inspect_dataset_file(str(tmp_path / "d.npz.gz"), "d.npz.gz", 10**9)

@@ -102,10 +102,17 @@ def test_identical_images_are_refused(tmp_path: Path) -> None:
 
 def test_an_image_damaged_past_its_header_is_refused(tmp_path: Path) -> None:
     # Its header reads (the size check passes), its pixels do not: the job would fail on it.
+    # Cut short, the file is found truncated from its chunks (any image, sampled or not);
+    # garbled at its full length, by decoding it (the sample).
     members = {f"train/{c}/{i}.png": _png(_varied(i + 10 * n))
                for n, c in enumerate(("ant", "bee")) for i in range(3)}
-    members["train/bee/0.png"] = members["train/bee/0.png"][:60]
+    whole = members["train/bee/0.png"]
+    members["train/bee/0.png"] = whole[:60]
     message = _refusal(_tar(tmp_path / "t.tar", members))
+    assert "'train/bee/0.png' is truncated" in message, message
+    # The compressed pixels of the IDAT chunk (from byte 41) zeroed, every chunk length kept.
+    members["train/bee/0.png"] = whole[:45] + bytes(len(whole) - 45 - 16) + whole[-16:]
+    message = _refusal(_tar(tmp_path / "t2.tar", members))
     assert "'train/bee/0.png' cannot be decoded" in message, message
 
 

@@ -216,3 +216,158 @@ def test_images_of_several_sizes_are_recorded_where_the_library_needs_a_resize(
         load_dataset(unresized, seed=0)
     resized = load_dataset(unresized.model_copy(update={"image_size": 8}), seed=0)
     assert resized.image_shape == (1, 8, 8)
+
+
+def _empty_class_folder(root: Path) -> None:
+    _classes(root)
+    (root / "cow").mkdir()
+
+
+def _class_folder_of_notes(root: Path) -> None:
+    _classes(root)
+    (root / "cow").mkdir()
+    (root / "cow" / "notes.txt").write_text("photos to come")
+
+
+def _held_out_class_train_lacks(root: Path) -> None:
+    _classes(root / "train")
+    _classes(root / "val", per_class=1)
+    _save(root / "val" / "cow" / "0.png", _grey(11))
+
+
+def _held_out_class_folders_without_images(root: Path) -> None:
+    _classes(root / "train")
+    for name in ("ant", "bee"):
+        (root / "val" / name).mkdir(parents=True)
+
+
+def _splits_named_otherwise(root: Path) -> None:
+    # Kaggle's layout: no train/, so Training/ and Testing/ were read as two classes.
+    _classes(root / "Training")
+    _classes(root / "Testing", per_class=1)
+
+
+def _annotated(lines: str) -> Callable[[Path], None]:
+    # Tiny-ImageNet's held-out layout: val/images/<file>, labelled by val/val_annotations.txt.
+    def make(root: Path) -> None:
+        _classes(root / "train")
+        for i in range(2):
+            _save(root / "val" / "images" / f"v{i}.png", _grey(20 + i))
+        (root / "val" / "val_annotations.txt").write_text(lines)
+    return make
+
+
+def _wrapped_twice(root: Path) -> None:
+    # tar czf d.tgz /home/me/data stores home/me/data/<class>/...: one wrapper is stepped into.
+    _classes(root / "me" / "data")
+
+
+REFUSED_TREES = {
+    "class folders wrapped in two folders": (
+        _wrapped_twice, r"the only class folder, 'me', holds folders \(\['data'\]\)",
+        r"the only class folder, 'me', holds folders \(\['data'\]\)"),
+    "annotations naming a class train/ lacks": (
+        _annotated("v0.png\tant\t0 0 1 1\nv1.png\tcow\t0 0 1 1\n"),
+        r"'wrapped/val/val_annotations.txt' line 2: expected 'file<TAB>class'",
+        "line 2: expected 'file<TAB>class'"),
+    "annotations naming a missing image": (
+        _annotated("v0.png\tant\n\nv9.png\tbee\n"),
+        r"'wrapped/val/val_annotations.txt' line 3: images/v9.png is not in the archive",
+        r"line 3: .*v9.png does not exist"),
+
+    "an empty class folder": (_empty_class_folder, "class folder 'wrapped/cow' holds no image",
+                              "cow holds no image"),
+    "a class folder of other files": (_class_folder_of_notes,
+                                      "class folder 'wrapped/cow' holds no image",
+                                      "cow holds no image"),
+    "a held-out class train/ lacks": (_held_out_class_train_lacks,
+                                      r"'wrapped/val' has class folder\(s\) \['cow'\] that "
+                                      "'wrapped/train' lacks", r"\['cow'\] that 'train' lacks"),
+    "held-out class folders without images": (_held_out_class_folders_without_images,
+                                              "the held-out folder 'wrapped/val' holds no image",
+                                              "held-out folder .* is empty"),
+    "splits not named train/ and val/": (_splits_named_otherwise,
+                                         "'Testing' holds folders .* named like a split",
+                                         "'Testing' holds folders .* named like a split"),
+}
+
+
+@pytest.mark.parametrize("name", REFUSED_TREES)
+def test_the_upload_refuses_the_trees_the_library_refuses(tmp_path: Path, name: str) -> None:
+    """The upload judges the tree by its folders, as the library does, not by the folders that
+    hold images. Before: each was accepted on upload (its classes and held-out split found from
+    the image files alone), and the job failed reading it (or, for splits named otherwise,
+    trained on two "classes" of mixed images)."""
+    make, upload_says, library_says = REFUSED_TREES[name]
+    make(tmp_path / "tree")
+    with pytest.raises(DatasetError, match=upload_says):
+        inspect_dataset_file(_tar(tmp_path / "tree", tmp_path / "t.tgz"), "t.tgz", 10**9)
+    with pytest.raises(DatasetError, match=library_says):
+        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "tree")), seed=0)
+
+
+def test_a_macosx_metadata_folder_is_ignored_by_both(tmp_path: Path) -> None:
+    # A tree unpacked from a macOS zip and packed again keeps __MACOSX/ (AppleDouble files). Before:
+    # the upload ignored it (no visible image) and the library read it as a class folder without
+    # images, failing the job.
+    _classes(tmp_path / "tree")
+    (tmp_path / "tree" / "__MACOSX" / "ant").mkdir(parents=True)
+    (tmp_path / "tree" / "__MACOSX" / "ant" / "._0.png").write_bytes(b"\x00\x05\x16\x07")
+    found = inspect_dataset_file(_tar(tmp_path / "tree", tmp_path / "t.tgz"), "t.tgz", 10**9)
+    splits = load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "tree")), seed=0)
+    assert found.num_classes == splits.num_classes == 2
+
+
+def _png_bytes(image: Image.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, **options)
+    return buffer.getvalue()
+
+
+def test_a_truncated_image_outside_the_sample_is_refused(tmp_path: Path) -> None:
+    # 140 images in one class folder: the sample decodes the first 128 and every 2nd after, so
+    # the 132nd (index 131) is never decoded. Before: the upload passed it (its header reads),
+    # and the job failed decoding it ("image file is truncated").
+    path = tmp_path / "t.tar"
+    rng = np.random.default_rng(0)
+
+    def noise() -> Image.Image:
+        return Image.fromarray(rng.integers(0, 256, (16, 16), np.uint8))
+
+    members = {f"ant/{i:03d}.png": _png_bytes(noise(), format="PNG") for i in range(140)}
+    members.update({f"bee/{i}.jpg": _png_bytes(noise(), format="JPEG") for i in range(3)})
+    members["ant/131.png"] = members["ant/131.png"][:200]
+    with tarfile.open(path, "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with pytest.raises(DatasetError, match=r"'ant/131\.png' is truncated"):
+        inspect_dataset_file(str(path), "t.tar", 10**9)
+    with tarfile.open(path) as archive:
+        archive.extractall(tmp_path / "tree", filter="data")
+    with pytest.raises(DatasetError, match=r"131\.png.*truncated"):
+        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "tree")), seed=0)
+
+
+@pytest.mark.parametrize("options", [
+    {"format": "PNG"}, {"format": "JPEG"}, {"format": "JPEG", "progressive": True},
+    {"format": "BMP"}, {"format": "TIFF"}])
+def test_the_truncation_check_agrees_with_pillow_at_every_cut(options: dict) -> None:
+    """Whether a file is whole is told without decoding it (``_truncated``); the verdict must be
+    Pillow's (which the library's read is) for every length the file may be cut to."""
+    from validator.dataset import _probe_image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 12, 3), np.uint8))
+    data = _png_bytes(image, **options)
+    for cut in range(len(data) // 3, len(data) + 1):
+        probe = _probe_image(data[:cut], complete=True)
+        if probe is None:
+            continue  # the header itself is cut: refused as unreadable
+        try:
+            with Image.open(io.BytesIO(data[:cut])) as opened:
+                opened.load()
+            loads = True
+        except OSError:
+            loads = False
+        assert probe.truncated is not loads, (options, cut, len(data))
