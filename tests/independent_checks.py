@@ -284,15 +284,6 @@ def relative_ball_ascent(model: nn.Module, weight: nn.Parameter, images: Tensor,
         norm = float(delta.norm())
         return delta * (radius / norm) if norm > radius else delta
 
-    def measure() -> tuple[float, float]:
-        total, hits = 0.0, 0
-        with torch.no_grad():
-            for i in range(0, len(labels), batch):
-                logits = model(images[i:i + batch])
-                total += float(F.cross_entropy(logits, labels[i:i + batch], reduction="sum"))
-                hits += int((logits.argmax(1) == labels[i:i + batch]).sum())
-        return total / len(labels), 100.0 * hits / len(labels)
-
     model.eval()
     flags = [(p, p.requires_grad) for p in model.parameters()]
     best, accuracy_at_best, widest = -math.inf, math.nan, 0.0
@@ -312,7 +303,7 @@ def relative_ball_ascent(model: nn.Module, weight: nn.Parameter, images: Tensor,
             with torch.no_grad():
                 weight.copy_(original + project(weight - original))
             widest = max(widest, float((weight.detach() - original).norm()) / float(original.norm()))
-            loss_here, accuracy_here = measure()
+            loss_here, accuracy_here = mean_loss_and_accuracy(model, images, labels, batch)
             if loss_here > best:
                 best, accuracy_at_best = loss_here, accuracy_here
             step *= decay
