@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,11 @@ def test_the_sweep_chooses_by_the_rule_over_all_curves(
     assert (sweep["chosen"], result["chosen_alpha"]) == (index, alpha)
     assert result["selected_module"] == sweep["candidates"][index]["module"]
     assert json.loads((tmp_path / "out" / "curves.json").read_text()) == sweep
+    # mrc.csv, written before the sweep, flags the module tuned in the end (it flagged the
+    # least critical one, which the winner need not be).
+    with open(tmp_path / "out" / "mrc.csv", newline="") as table:
+        flagged = [row["name"] for row in csv.DictReader(table) if row["selected"] == "True"]
+    assert flagged == [result["selected_module"]]
 
 
 def test_a_rate_listed_twice_is_refused_naming_it() -> None:
