@@ -70,6 +70,7 @@ from rift.preflight import (
     collapsed_predictions,
     normalization_warning,
     preflight_check,
+    unjudged_warning,
 )
 from rift.robust_tally import RobustTally, percent
 from rift.run_warnings import configuration_warnings
@@ -261,9 +262,10 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
     """First thing in a run: a ``warning`` event for each risky setting
     (:func:`rift.run_warnings.configuration_warnings`: decisions on too few examples, bf16 on
     the CPU, learning-rate milestones that never act), then θ_AT's clean and robust accuracy on
-    a sample of the test split; raises PreflightError when clean accuracy is near chance. None
-    when the accuracy check is disabled (``preflight.examples = 0``; the warnings still come).
-    Emits a ``preflight`` event with the figures."""
+    a sample of the test split; raises PreflightError when clean accuracy is near chance (on at
+    least ``rift.preflight.MIN_JUDGED_EXAMPLES`` examples; a smaller sample is reported with a
+    warning, not judged). None when the accuracy check is disabled (``preflight.examples = 0``;
+    the warnings still come). Emits a ``preflight`` event with the figures."""
     callbacks = callbacks or PipelineCallbacks()
     config = run.config
     for warning in configuration_warnings(config, run.splits, run.device):
@@ -292,7 +294,8 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
             std=config.architecture.std, clean_accuracy=report.clean_accuracy,
             batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
             precision=config.precision)
-    for finding in (collapsed, normalization):
+    unjudged = unjudged_warning(report.examples)
+    for finding in (unjudged, collapsed, normalization):
         if finding is not None:
             callbacks.event("warning", {"stage": "preflight", "message": finding})
     callbacks.event("preflight", report.as_dict())

@@ -151,8 +151,8 @@ def test_an_accepted_config_runs_coherently_or_names_its_field(
     try:
         result = run_pipeline(config, digits_checkpoint_path, tmp_path)
     except PreflightError:
-        # θ_AT judged near chance on the test sample: the checkpoint's verdict, not a setting's
-        # (on a sample of one or two examples a miss is enough: README, Known gaps).
+        # θ_AT judged near chance on its test sample: a verdict on the checkpoint and the data,
+        # which names no one setting (samples under MIN_JUDGED_EXAMPLES are not judged).
         return
     except RiftError as error:
         field = getattr(error, "field", None)
