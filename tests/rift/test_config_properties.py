@@ -30,7 +30,7 @@ from rift.interpolation import alpha_grid
 from rift.pipeline import run_pipeline
 from rift.preflight import PreflightError
 
-CONFIGS = 28
+CONFIGS = 24
 SCORED = ["conv1", "conv2", "conv3", "fc"]
 NOT_SCORED = ["bn1", "nope", "fc ", "conv1.weight"]
 
@@ -53,8 +53,8 @@ def random_config(rng: random.Random) -> dict[str, Any]:
 
     config: dict[str, Any] = {
         "architecture": {"name": "small_cnn", "num_classes": 10},  # the checkpoint's head
-        "dataset": {"name": "digits", "max_train_examples": pick(2, 3, 10, 40, 80),
-                    "max_test_examples": pick(1, 2, 10, 40),
+        "dataset": {"name": "digits", "max_train_examples": pick(2, 3, 10, 30),
+                    "max_test_examples": pick(1, 2, 10, 25),
                     "validation_fraction": pick(0.0001, 0.2, 0.49)},
         "attack": {"steps": pick(0, 1, 2), "eps": pick(0.0, 1e-6, 0.1, 0.5),
                    "step_size": pick(1e-6, 0.025, 0.2, 64.0), "norm": pick("linf", "l2"),
