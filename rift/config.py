@@ -148,7 +148,10 @@ class DatasetSpec(_Strict):
         "when every image of the tree is greyscale (Pillow modes 1, L, LA, I;16, grey "
         "palettes), else 3.")
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    max_train_examples: int | None = Field(None, ge=1)
+    # At least 2: the validation split takes one example or more from the capped pool and
+    # training needs one left (a cap of 1 passed here and failed when the data was loaded).
+    max_train_examples: int | None = Field(
+        None, ge=2, description="Cap on the training pool, validation split included.")
     max_test_examples: int | None = Field(None, ge=1)
     augment: Literal["auto", "none", "crop_flip", "crop"] = Field(
         "auto", description="Training augmentation; 'auto': crop+flip for natural images, "

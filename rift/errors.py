@@ -82,9 +82,14 @@ class DatasetError(RiftError):
 
 
 class NumericalError(RiftError):
-    """A loss or metric came out NaN or infinite (e.g. extreme normalisation or learning rate)."""
+    """A loss or metric came out NaN or infinite (e.g. extreme normalisation or learning rate).
+    ``field`` names the setting to change, where one is to blame (``finetune.lr``)."""
 
     code = "non_finite_values"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class DeviceMemoryError(RiftError):

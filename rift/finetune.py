@@ -24,7 +24,7 @@ from rift.checkpoints import load_into
 from rift.config import FinetuneSpec
 from rift.data import DatasetSplits, iterate_batches
 from rift.device import autocast
-from rift.errors import ConfigError
+from rift.errors import ConfigError, NumericalError
 from rift.evaluation import evaluate_accuracy
 from rift.model_state import frozen_except
 
@@ -129,6 +129,8 @@ def finetune_module(
     Raises:
         ConfigError: unknown module name (field ``finetune.module``); every batch would hold one
             example for such a BatchNorm layer (field ``finetune.batch_size``).
+        NumericalError: the loss or the trained weights went NaN or infinite (field
+            ``finetune.lr``; ``finetune.lr_grid`` when the spec has one).
         JobCancelled: ``should_cancel()`` returned True.
     """
     module = trainable_module(model, module_name)
@@ -216,6 +218,7 @@ def _train(
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += labels.numel()
         scheduler.step()
+        _raise_if_diverged(loss_sum, parameters, epoch=epoch, lr=lr, spec=spec)
         report = evaluate_accuracy(
             model, splits.validation, attack=None, batch_size=eval_batch_size, device=device,
             seed=seed, precision=precision, should_cancel=should_cancel,
@@ -237,6 +240,29 @@ def _train(
         if on_epoch is not None:
             on_epoch(metrics)
     return history, best_epoch, best_state
+
+
+def _raise_if_diverged(loss_sum: Tensor, parameters: list[nn.Parameter], *, epoch: int,
+                       lr: float, spec: FinetuneSpec) -> None:
+    """Stop a fine-tune whose loss or trained weights went NaN or infinite (too high a rate, or
+    momentum and weight decay that amplify it). Before, training went on: the epochs recorded
+    a NaN loss, θ_FT was saved with NaN weights (which no reader accepts back), and every α > 0
+    of the curve measured a model answering one class. One check per epoch: the loss sum is
+    read then anyway, and NaN stays NaN in a sum.
+
+    Raises:
+        NumericalError: (field ``finetune.lr``, or ``finetune.lr_grid`` in a sweep over rates).
+    """
+    with torch.no_grad():
+        finite = bool(torch.isfinite(loss_sum)) and all(
+            bool(torch.isfinite(parameter).all()) for parameter in parameters)
+    if finite:
+        return
+    field = "finetune.lr_grid" if spec.lr_grid is not None else "finetune.lr"
+    raise NumericalError(
+        f"fine-tuning diverged in epoch {epoch} at learning rate {lr:g}: the training loss or "
+        f"the tuned weights are no longer finite (momentum {spec.momentum:g}, weight_decay "
+        f"{spec.weight_decay:g}); use a smaller {field}", field=field)
 
 
 @contextmanager
@@ -315,8 +341,12 @@ def _set_train_mode(model: nn.Module, *, freeze_bn: bool) -> None:
 def tied_elsewhere(model: nn.Module, module_name: str) -> dict[str, list[str]]:
     """The parameters of ``module_name`` (its own, as fine-tuning trains them) that other
     modules of ``model`` hold too (tied weights): parameter name → the other modules' names.
-    Fine-tuning the module moves those modules as well."""
-    module = model.get_submodule(module_name)
+    Fine-tuning the module moves those modules as well.
+
+    Raises:
+        ConfigError: (field ``finetune.module``) as :func:`trainable_module`.
+    """
+    module = trainable_module(model, module_name)
     owners: dict[int, list[str]] = {}
     for name, other in model.named_modules(remove_duplicate=False):
         if other is not module:

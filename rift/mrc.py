@@ -662,7 +662,7 @@ class _Scoring:
         if not math.isfinite(worst_loss):
             raise NumericalError(
                 f"the robust loss of module {name!r} diverged to {worst_loss} during the "
-                "ascent; lower mrc.lr or mrc.eps")
+                "ascent; lower mrc.lr or mrc.eps", field="mrc.lr")
         return ModuleCriticality(
             name=name, parameters=weight.numel(), mrc=worst_loss - self.baseline[0],
             worst_robust_loss=worst_loss, robust_accuracy_at_worst=accuracy,

@@ -43,7 +43,7 @@ from rift.evaluation import (
     evaluated_examples,
     seeded_generator,
 )
-from rift.finetune import EpochMetrics, finetune_module, tied_elsewhere
+from rift.finetune import EpochMetrics, finetune_module, tied_elsewhere, trainable_module
 from rift.interpolation import (
     LazySelection,
     alpha_grid,
@@ -70,6 +70,7 @@ from rift.preflight import (
     collapsed_predictions,
     normalization_warning,
     preflight_check,
+    unjudged_warning,
 )
 from rift.robust_tally import RobustTally, percent
 from rift.run_warnings import configuration_warnings
@@ -202,6 +203,10 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
         model.to(memory_format=torch.channels_last)
     check_model_accepts(model, config.architecture, splits.image_shape, device=device)
     select_modules(model, config.mrc)  # a model with no scored layer, a selection of none
+    if config.finetune.module is not None:
+        # Before any stage: a name that is no module of the model (a typo, "fc " for "fc")
+        # failed only after the MRC stage, as an AttributeError of torch's get_submodule.
+        trainable_module(model, config.finetune.module)
     original = {key: value.detach().to("cpu", copy=True) for key, value in
                 model.state_dict().items()}
     attack = PGD.from_spec(config.attack, feature_vectors=is_feature_vectors(splits))
@@ -258,9 +263,10 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
     """First thing in a run: a ``warning`` event for each risky setting
     (:func:`rift.run_warnings.configuration_warnings`: decisions on too few examples, bf16 on
     the CPU, learning-rate milestones that never act), then θ_AT's clean and robust accuracy on
-    a sample of the test split; raises PreflightError when clean accuracy is near chance. None
-    when the accuracy check is disabled (``preflight.examples = 0``; the warnings still come).
-    Emits a ``preflight`` event with the figures."""
+    a sample of the test split; raises PreflightError when clean accuracy is near chance (on at
+    least ``rift.preflight.MIN_JUDGED_EXAMPLES`` examples; a smaller sample is reported with a
+    warning, not judged). None when the accuracy check is disabled (``preflight.examples = 0``;
+    the warnings still come). Emits a ``preflight`` event with the figures."""
     callbacks = callbacks or PipelineCallbacks()
     config = run.config
     for warning in configuration_warnings(config, run.splits, run.device):
@@ -289,7 +295,8 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
             std=config.architecture.std, clean_accuracy=report.clean_accuracy,
             batch_size=config.evaluation.batch_size, device=run.device, seed=config.seed,
             precision=config.precision)
-    for finding in (collapsed, normalization):
+    unjudged = unjudged_warning(report.examples)
+    for finding in (unjudged, collapsed, normalization):
         if finding is not None:
             callbacks.event("warning", {"stage": "preflight", "message": finding})
     callbacks.event("preflight", report.as_dict())
@@ -328,6 +335,14 @@ class MRCStageResult:
         return cls(rows, parts[0].baseline_robust_loss, parts[0].baseline_robust_accuracy,
                    _lowest(rows), parts[0].engine, parts[0].examples,
                    sum(part.seconds for part in parts))
+
+
+def module_to_tune(config: RiftConfig, mrc: MRCStageResult) -> str:
+    """The module a single (non-sweep) run fine-tunes: the one ``finetune.module`` names, else
+    the least critical (docs/algorithm.md). ``mrc.csv`` flags it, in the CLI's folder and in a
+    job's stored table alike (before, the CLI flagged the least critical one also when another
+    was named and tuned)."""
+    return config.finetune.module or mrc.selected_module
 
 
 def _lowest(rows: list[dict[str, Any]]) -> str:
@@ -903,13 +918,13 @@ def _run_stages(config: RiftConfig, run: PreparedRun, storage: FolderStorage,
     else:
         callbacks.event("stage_started", {"stage": "mrc"})
         mrc = run_mrc_stage(run, callbacks)
-        save_mrc(storage, mrc, mrc.selected_module)
+        save_mrc(storage, mrc, module_to_tune(config, mrc))
         callbacks.event("stage_finished", {"stage": "mrc", "seconds": mrc.seconds})
 
     if is_sweep(config):
         return run_sweep(run, mrc, storage, metadata, callbacks,
                          preflight.as_dict() if preflight is not None else None)
-    module = config.finetune.module or mrc.selected_module
+    module = module_to_tune(config, mrc)
     finetune = load_finetune(storage)
     if finetune is not None:
         callbacks.event("stage_skipped", {"stage": "finetune", "reason": "output already saved"})
@@ -956,7 +971,8 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
               metadata: dict[str, str], callbacks: PipelineCallbacks | None = None,
               preflight: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every candidate in turn; the α rule picks across all curves; writes ``curves.json``,
-    the winner's θ_FT and θ_α* and ``result.json`` (with ``"sweep"``); returns the latter.
+    the winner's θ_FT and θ_α*, ``mrc.csv`` again with the winner flagged, and ``result.json``
+    (with ``"sweep"``); returns the latter.
 
     Each candidate's outcome, fine-tune record and θ_FT are saved under its prefix
     (``candidate-NN.``) as it finishes, and a candidate saved there (same module and rate) is not
@@ -1002,6 +1018,9 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
             run.original_state, chosen.state_dict, float(curves_of[winner]["chosen_alpha"])))
     stage_outputs.write_weights(storage, FINETUNED, chosen.state_dict,
                                 {**metadata, "kind": "finetuned", "module": chosen.module})
+    # The table was written before the sweep, flagging the least critical module; the run tunes
+    # the winner, which result.json names.
+    save_mrc(storage, mrc, chosen.module)
     stage_outputs.write_json(storage, CURVES_JSON, curves)
     result = {**build_result(config, mrc, chosen, interpolation, str(run.device), preflight),
               "sweep": curves}

@@ -27,6 +27,12 @@ from rift.normalization_check import better_normalization
 #: :data:`COLLAPSE_FACTOR` times that class's share of the labels) is warned about.
 COLLAPSE_SHARE = 0.5
 COLLAPSE_FACTOR = 2.0
+#: The fewest test examples the preflight judges θ_AT on. On fewer,
+#: one example moves the clean accuracy by more than 5 points, half the default margin, and the
+#: bar itself degenerates: a sample of one example is 100 % one class, so chance was 100 % and
+#: a single miss failed the run (found by the config fuzz with dataset.max_test_examples 1). A
+#: smaller sample is measured and reported, with a warning, but not judged.
+MIN_JUDGED_EXAMPLES = 20
 
 
 class PreflightError(RiftError):
@@ -82,7 +88,8 @@ def preflight_check(model: nn.Module, data: ImageTensors, attack: PGD, spec: Pre
                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                     should_cancel: Callable[[], bool] | None = None) -> PreflightReport:
     """Measure θ_AT on a seeded sample of ``data``; raise PreflightError when its clean accuracy
-    is below chance + ``spec.margin`` percentage points. The error names a usual normalisation
+    is below chance + ``spec.margin`` percentage points and the sample is large enough to judge
+    (:func:`judged`; :func:`unjudged_warning` says when it is not). The error names a usual normalisation
     under which the sample's clean accuracy would pass, when one does
     (:func:`rift.normalization_check.better_normalization`; ``mean``/``std``: the configured
     ones, None: none)."""
@@ -98,7 +105,7 @@ def preflight_check(model: nn.Module, data: ImageTensors, attack: PGD, spec: Pre
         threshold = min(threshold, (chance + 100.0) / 2)
     result = PreflightReport(len(sample), report.clean_accuracy, report.robust_accuracy,
                              chance, threshold)
-    if report.clean_accuracy < threshold:
+    if report.clean_accuracy < threshold and judged(len(sample)):
         causes = ["the checkpoint was trained with input normalisation: set "
                   "architecture.normalization (e.g. 'cifar10') or architecture.mean/std"
                   if not normalization_given else
@@ -120,6 +127,22 @@ def preflight_check(model: nn.Module, data: ImageTensors, attack: PGD, spec: Pre
             f"{threshold:.1f}%). Likely causes: " + "; ".join(causes) + "." + measured
             + " Set preflight.examples to 0 to skip this check.")
     return result
+
+
+def judged(examples: int) -> bool:
+    """Whether a sample of ``examples`` test examples is large enough for the preflight's
+    verdict (:data:`MIN_JUDGED_EXAMPLES`)."""
+    return examples >= MIN_JUDGED_EXAMPLES
+
+
+def unjudged_warning(examples: int) -> str | None:
+    """The ``warning`` of a preflight measured on too few examples to judge, or None."""
+    if examples == 0 or judged(examples):
+        return None
+    return (f"the preflight measured the checkpoint on {examples} test example(s), too few to "
+            f"tell it from chance (it judges {MIN_JUDGED_EXAMPLES} or more): "
+            "its figures are reported but nothing was checked; raise dataset.max_test_examples "
+            "(or preflight.examples)")
 
 
 def collapsed_predictions(model: nn.Module, data: ImageTensors, spec: PreflightSpec, *,

@@ -18,7 +18,7 @@
   from epoch ``m + 1`` (the scheduler steps after each epoch), so one at or past the last epoch
   never acts.
 * **An attack weaker than its ``eps``.** ``attack.steps: 0`` or ``attack.eps: 0`` takes no step
-  (robust accuracy is that of clean, or randomly started, inputs); ``steps × step_size < eps``
+  (robust accuracy is that of the clean inputs: no random start is drawn either); ``steps × step_size < eps``
   cannot reach the edge of the ball from the clean input. Either way the "robust" figures the α
   rule compares are not those of the radius the job names.
 * **Classes a split lacks.** The split α is chosen on (after its caps) lacking classes the data
@@ -210,11 +210,12 @@ def _class_warnings(splits: DatasetSplits, split: Split, chosen_on: torch.Tensor
 def _attack_warnings(spec: AttackSpec) -> list[RunWarning]:
     if spec.steps == 0 or spec.eps == 0:
         setting = "attack.steps is 0" if spec.steps == 0 else "attack.eps is 0"
-        inputs = ("clean inputs plus uniform noise in the eps ball (attack.random_start)"
-                  if spec.random_start and spec.eps > 0 else "clean inputs")
+        # PGD returns the clean inputs then, random start or not (rift.attacks.PGD.perturb):
+        # the message said "plus uniform noise" for steps 0 with a random start, which no
+        # evaluation added.
         return [RunWarning("run", (
             f"{setting}: the attack takes no step, so every robust accuracy of the run is the "
-            f"accuracy on {inputs}, and MRC and the α rule judge no attack"))]
+            "accuracy on clean inputs, and MRC and the α rule judge no attack"))]
     reach = spec.steps * spec.step_size
     if reach < spec.eps:
         return [RunWarning("run", (

@@ -32,6 +32,7 @@ from rift.pipeline import (
     load_finetune,
     load_finetuned_weights,
     load_mrc,
+    module_to_tune,
     prepare_run,
     run_finetune_stage,
     run_interpolation_stage,
@@ -252,8 +253,7 @@ def record_mrc(config: RiftConfig, result: MRCStageResult, storage: ObjectStageS
                preflight: Mapping[str, Any] | None = None) -> StageOutputs:
     """Store the MRC table (``mrc.json``, ``mrc.csv``) and say what the stage records; used for
     a one-task stage and for the merged table of a sharded one."""
-    # The module to tune: the one the user named, else the least critical (docs/algorithm.md).
-    module = config.finetune.module or result.selected_module
+    module = module_to_tune(config, result)
     save_mrc(storage, result, module)
     return StageOutputs(
         mrc_rows=result.rows,

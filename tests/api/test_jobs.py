@@ -87,6 +87,11 @@ def test_invalid_spec_values_name_each_field(api: Api, checkpoint_id: str) -> No
     ({"config": digits_config(architecture={"name": "nonet"})}, "config.architecture.name"),
     ({"config": digits_config(finetune={"module": "layer9"})}, "config.finetune.module"),
     ({"config": digits_config(mrc={"modules": ["conv1", "nope"]})}, "config.mrc.modules"),
+    # Found by the config fuzz: the library took both and failed once the job ran (a cap of one
+    # training example when the data was split; "fc " after the MRC stage, in the CLI).
+    ({"config": digits_config(dataset={"name": "digits", "max_train_examples": 1})},
+     "config.dataset.max_train_examples"),
+    ({"config": digits_config(finetune={"module": "fc "})}, "config.finetune.module"),
     ({"config": digits_config(device="gpu")}, "config.device"),
     ({"config": digits_config(device="cuda:\u00b2")}, "config.device"),
     ({"config": digits_config(device="cuda:99999999999999999999")}, "config.device"),

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pydantic import ValidationError
 
 from rift.config import DatasetSpec
 from rift.data import (
@@ -185,9 +186,21 @@ def test_load_dataset_splits_are_disjoint_deterministic_and_capped(tmp_path: Pat
 
 
 def test_load_dataset_too_few_examples(tmp_path: Path) -> None:
+    # A training pool of one example cannot give a validation split and keep one to train on.
+    test = np.load(_id_npz(tmp_path / "test.npz", n=4))
+    path = _id_npz(tmp_path / "ids.npz", n=1, x_test=test["x"], y_test=test["y"])
+    with pytest.raises(DatasetError, match="at least 2"):
+        load_dataset(DatasetSpec(name="npz", path=str(path)), seed=0)
+
+
+def test_a_training_cap_of_one_is_refused_by_the_spec(tmp_path: Path) -> None:
+    """It passed validation and failed when the data was loaded; any cap of 2 or more splits."""
+    with pytest.raises(ValidationError) as error:
+        DatasetSpec(name="npz", path="d.npz", max_train_examples=1)
+    assert [e["loc"] for e in error.value.errors()] == [("max_train_examples",)]
     path = _id_npz(tmp_path / "ids.npz", n=20)
-    with pytest.raises(DatasetError, match="max_train_examples"):
-        load_dataset(DatasetSpec(name="npz", path=str(path), max_train_examples=1), seed=0)
+    splits = load_dataset(DatasetSpec(name="npz", path=str(path), max_train_examples=2), seed=0)
+    assert (len(splits.train), len(splits.validation)) == (1, 1)
 
 
 # --- digits ----------------------------------------------------------------------------------

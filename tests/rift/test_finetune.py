@@ -9,7 +9,7 @@ from torch import nn
 
 from rift.config import ArchitectureSpec, FinetuneSpec
 from rift.data import DatasetSplits, ImageTensors
-from rift.errors import ConfigError, JobCancelled
+from rift.errors import ConfigError, JobCancelled, NumericalError
 from rift.evaluation import evaluate_accuracy
 from rift.finetune import EpochMetrics, finetune_module
 from rift.models import build_model
@@ -272,3 +272,24 @@ def test_tied_parameters_of_the_tuned_module_are_named_with_their_other_modules(
     assert tied_elsewhere(model, "b") == {"b.weight": ["a"]}
     assert tied_elsewhere(model, "a") == {"a.weight": ["b"]}
     assert tied_elsewhere(model, "twice") == {}  # one module called twice: nothing else moves
+    # A name that is no module: the ConfigError of finetune.module (was torch's AttributeError).
+    for name in ("nope", "b ", "a.weight"):
+        with pytest.raises(ConfigError) as error:
+            tied_elsewhere(model, name)
+        assert error.value.field == "finetune.module"
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({}, "finetune.lr"),
+    ({"lr_grid": [10.0]}, "finetune.lr_grid"),
+])
+def test_a_diverging_fine_tune_is_a_numerical_error_naming_the_rate(
+        splits: DatasetSplits, overrides: dict[str, object], field: str) -> None:
+    """The schema's largest rate with momentum and weight decay that amplify it (found by the
+    config fuzz): before, training went on with a NaN loss, θ_FT was saved with NaN weights (no
+    reader takes them back) and the α curve measured a model answering one class."""
+    spec = _spec(epochs=2, lr=10.0, momentum=0.999, weight_decay=1.0, batch_size=4,
+                 bn_stats="freeze", **overrides)
+    with pytest.raises(NumericalError, match="fine-tuning diverged in epoch 1") as error:
+        finetune_module(_model(), "conv1", splits, spec, device=CPU, seed=0)
+    assert error.value.field == field

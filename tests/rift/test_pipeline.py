@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -295,6 +296,31 @@ def test_wrong_architecture_is_reported_with_the_keys(digits_checkpoint_path: Pa
         prepare_run(_fast(digits_job_config), digits_checkpoint_path)
     assert "layer1.0.conv1.weight" in error.value.missing
     assert error.value.unexpected
+
+
+def test_a_finetune_module_that_is_no_module_is_refused_before_any_stage(
+        digits_checkpoint_path: Path, digits_job_config: dict) -> None:
+    """Found by the config fuzz: "fc " (a trailing space) ran the whole MRC stage and then
+    failed with torch's AttributeError; now prepare_run refuses it, as the API's fit check
+    does."""
+    for name in ("fc ", "nope", "conv1.weight"):
+        digits_job_config["finetune"]["module"] = name
+        with pytest.raises(ConfigError) as error:
+            prepare_run(_fast(digits_job_config), digits_checkpoint_path)
+        assert error.value.field == "finetune.module"
+
+
+def test_mrc_csv_flags_the_module_that_is_tuned(digits_checkpoint_path: Path,
+                                                digits_job_config: dict, tmp_path: Path) -> None:
+    """With finetune.module named, the CLI's mrc.csv flagged the least critical module while
+    another was tuned (a job's stored table flagged the tuned one)."""
+    digits_job_config["finetune"].update(module="conv2", epochs=1, lr_milestones=[])
+    digits_job_config["preflight"] = {"examples": 0}
+    result = run_pipeline(_fast(digits_job_config), digits_checkpoint_path, tmp_path)
+    assert result["mrc"]["selected_module"] != "conv2"  # the table's own choice is another
+    with open(tmp_path / "mrc.csv", newline="") as table:
+        flagged = [row["name"] for row in csv.DictReader(table) if row["selected"] == "True"]
+    assert flagged == ["conv2"] == [result["selected_module"]]
 
 
 def test_too_few_classes_is_a_config_error(digits_checkpoint_path: Path,

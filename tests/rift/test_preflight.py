@@ -15,7 +15,14 @@ from rift.config import PreflightSpec, RiftConfig
 from rift.data import ImageTensors
 from rift.demo_tabular import make_tabular_checkpoint, tabular_demo_config, write_breast_cancer_npz
 from rift.pipeline import PipelineCallbacks, run_pipeline
-from rift.preflight import PreflightError, PreflightReport, chance_accuracy, preflight_check
+from rift.preflight import (
+    MIN_JUDGED_EXAMPLES,
+    PreflightError,
+    PreflightReport,
+    chance_accuracy,
+    preflight_check,
+    unjudged_warning,
+)
 
 
 def _fast(npz: Path) -> RiftConfig:
@@ -87,6 +94,25 @@ def test_chance_is_the_majority_share_when_it_beats_a_uniform_guess() -> None:
     # A model that reads its input passes; the bar is at most halfway from 90 % to 100 %.
     report = _check(_threshold_model(100.0, 0.0))
     assert report.clean_accuracy == 100.0 and report.threshold == pytest.approx(95.0)
+
+
+def test_a_sample_too_small_to_tell_from_chance_is_reported_not_judged() -> None:
+    """Found by the config fuzz (dataset.max_test_examples 1): one example is 100 % one class,
+    so chance was 100 % and a single miss failed the run as "near chance"."""
+    collapsed = _threshold_model(0.0, -1.0)  # answers class 0 for everything
+    one = ImageTensors(torch.full((1, 1, 1, 1), 0.8), torch.tensor([1]))
+    report = preflight_check(collapsed, one, PGD(eps=0.05, step_size=0.05, steps=1),
+                             PreflightSpec(examples=256), num_classes=10, batch_size=64,
+                             device=torch.device("cpu"), seed=0, normalization_given=False)
+    assert (report.examples, report.clean_accuracy) == (1, 0.0)
+    assert "too few to tell it from chance" in (unjudged_warning(report.examples) or "")
+    # From MIN_JUDGED_EXAMPLES on, the same model is refused.
+    with pytest.raises(PreflightError, match="near chance"):
+        preflight_check(collapsed, _imbalanced(), PGD(eps=0.05, step_size=0.05, steps=1),
+                        PreflightSpec(examples=MIN_JUDGED_EXAMPLES), num_classes=10,
+                        batch_size=64, device=torch.device("cpu"), seed=0,
+                        normalization_given=False)
+    assert unjudged_warning(MIN_JUDGED_EXAMPLES) is None and unjudged_warning(0) is None
 
 
 def test_a_checkpoint_trained_on_0_255_pixels_is_refused_naming_the_std_that_fits(

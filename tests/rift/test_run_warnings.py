@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
+from rift.attacks import PGD
 from rift.config import RiftConfig
 from rift.data import DatasetSplits, load_dataset
 from rift.errors import DatasetError
@@ -164,10 +166,14 @@ def test_an_attack_weaker_than_its_eps_is_named(digits_job_config: dict) -> None
         config = _config(digits_job_config, attack=attack)
         return [w.message for w in _warnings(config) if w.message.startswith("attack.")]
 
+    # With a random start too (the demo's): PGD returns the clean inputs, so the warning says
+    # so (it said "plus uniform noise", which no evaluation added).
     assert attack_warnings(steps=0) == [
         "attack.steps is 0: the attack takes no step, so every robust accuracy of the run is the "
-        "accuracy on clean inputs plus uniform noise in the eps ball (attack.random_start), and "
-        "MRC and the α rule judge no attack"]
+        "accuracy on clean inputs, and MRC and the α rule judge no attack"]
+    images = torch.rand(2, 1, 8, 8)
+    assert torch.equal(PGD(eps=0.1, step_size=0.025, steps=0, random_start=True).perturb(
+        nn.Identity(), images, torch.zeros(2, dtype=torch.int64)), images)
     assert attack_warnings(eps=0.0)[0].startswith(
         "attack.eps is 0: the attack takes no step, so every robust accuracy of the run is the "
         "accuracy on clean inputs,")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,29 @@ def test_the_sweep_chooses_by_the_rule_over_all_curves(
     assert (sweep["chosen"], result["chosen_alpha"]) == (index, alpha)
     assert result["selected_module"] == sweep["candidates"][index]["module"]
     assert json.loads((tmp_path / "out" / "curves.json").read_text()) == sweep
+    # mrc.csv, written before the sweep, flags the module tuned in the end (it flagged the
+    # least critical one, which the winner need not be).
+    with open(tmp_path / "out" / "mrc.csv", newline="") as table:
+        flagged = [row["name"] for row in csv.DictReader(table) if row["selected"] == "True"]
+    assert flagged == [result["selected_module"]]
+
+
+def test_mrc_csv_flags_the_sweep_winner_not_the_least_critical_module(
+        digits_checkpoint_path: Path, digits_job_config: dict[str, Any], tmp_path: Path) -> None:
+    """Found by the config fuzz: the table was written before the sweep and kept flagging the
+    least critical module when another won (here fc is the least critical and conv2 wins)."""
+    digits_job_config["dataset"].update(max_train_examples=300, max_test_examples=150)
+    digits_job_config["attack"]["steps"] = 0  # the choice by clean accuracy alone
+    digits_job_config["mrc"].update(steps=1, num_examples=64, batch_size=64)
+    digits_job_config["finetune"].update(epochs=1, lr=0.05, lr_milestones=[], candidates=4)
+    digits_job_config["interpolation"].update(alpha_step=1.0, robust_tolerance=100.0)
+    digits_job_config["preflight"] = {"examples": 0}
+    result = run_pipeline(RiftConfig.model_validate(digits_job_config), digits_checkpoint_path,
+                          tmp_path)
+    assert result["selected_module"] != result["mrc"]["selected_module"]
+    with open(tmp_path / "mrc.csv", newline="") as table:
+        flagged = [row["name"] for row in csv.DictReader(table) if row["selected"] == "True"]
+    assert flagged == [result["selected_module"]]
 
 
 def test_a_rate_listed_twice_is_refused_naming_it() -> None:

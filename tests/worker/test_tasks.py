@@ -292,6 +292,12 @@ def test_errors_fail_the_job_with_a_code(
     mismatched = copy.deepcopy(fast_config)
     mismatched["architecture"]["num_classes"] = 12
     mismatch_id = submit(mismatched)
+    # A rate the schema takes that makes fine-tuning diverge (found by the config fuzz): before,
+    # the job succeeded with NaN weights saved as θ_FT; now a library error naming the setting.
+    diverging = copy.deepcopy(fast_config)
+    diverging["finetune"].update(lr=10.0, momentum=0.999, weight_decay=1.0, batch_size=8,
+                                 bn_stats="freeze", module="conv1")
+    diverging_id = submit(diverging)
 
     job = wait_for(sessions, broken_id, lambda j: j.is_finished, "the end", workers=(worker,))
     assert (job.status, job.error_code, job.stage) == ("failed", "stage_failed_repeatedly", "mrc")
@@ -304,6 +310,11 @@ def test_errors_fail_the_job_with_a_code(
     job = wait_for(sessions, mismatch_id, lambda j: j.is_finished, "the end", workers=(worker,))
     assert (job.status, job.error_code) == ("failed", "checkpoint_mismatch"), job.error_message
     assert stage_rows(sessions, mismatch_id)["mrc"].attempts == 1
+
+    job = wait_for(sessions, diverging_id, lambda j: j.is_finished, "the end", workers=(worker,))
+    assert (job.status, job.error_code, job.stage) == ("failed", "non_finite_values", "finetune")
+    assert "use a smaller finetune.lr" in (job.error_message or "")
+    assert stage_rows(sessions, diverging_id)["finetune"].attempts == 1
 
 
 def test_a_sharded_mrc_stage_runs_on_several_workers_and_merges_once(
