@@ -2,7 +2,9 @@
 
 Uploads stream through multipart upload: at most one part (``part_size`` bytes) is held in memory,
 and a failed or over-size upload is aborted so no part lingers and nothing appears under the key.
-Small uploads (below one part) use a single PUT, which S3 applies atomically.
+Small uploads (below one part) use a single PUT, which S3 applies atomically. botocore retries
+each request (503 SlowDown, resets before an answer); a download whose connection breaks while its
+body streams goes on with a ranged GET of the same version from the byte it reached.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class S3ObjectStore(BaseObjectStore):
         self.region = region
         self.presign_expiry_s = presign_expiry_s
         self.part_size = part_size
+        self.max_attempts = max_attempts
         # A private session: boto3's module-level default session is global state.
         session = boto3.session.Session(
             aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region
@@ -257,36 +260,59 @@ class S3ObjectStore(BaseObjectStore):
         validate_key(key)
         with self._errors(key):
             head = self._client.head_object(Bucket=self.bucket, Key=key)
-        first, stop = resolve_range(key, start, end, int(head["ContentLength"]))
+        size = int(head["ContentLength"])
+        first, stop = resolve_range(key, start, end, size)
         if first == stop:
             return iter(())
+        body = self._open_range(key, head["ETag"], first, stop, size)
+        return self._iter_body(key, head["ETag"], body, first, stop, size, chunk_size)
+
+    def _open_range(self, key: str, etag: str, first: int, stop: int, size: int) -> Any:
+        """The body of a GET of bytes ``[first, stop)`` of the version whose ETag is ``etag``."""
         with self._errors(key):
             try:
                 response = self._client.get_object(
                     Bucket=self.bucket,
                     Key=key,
                     Range=f"bytes={first}-{stop - 1}",  # HTTP ranges are inclusive
-                    # The version measured above, not one a writer put there meanwhile.
-                    IfMatch=head["ETag"],
+                    # The version measured by the HEAD, not one a writer put there meanwhile.
+                    IfMatch=etag,
                 )
             except ClientError as exc:
                 code = _error_code(exc)
                 if code == "InvalidRange":
-                    raise InvalidRange(key, start, end, int(head["ContentLength"])) from exc
+                    raise InvalidRange(key, first, stop, size) from exc
                 if code in {"PreconditionFailed", "412"}:
                     raise StoreError(f"object {key!r} changed while being read; retry") from exc
                 raise
-        return self._iter_body(key, response["Body"], chunk_size)
+        return response["Body"]
 
-    def _iter_body(self, key: str, body: Any, chunk_size: int) -> Iterator[bytes]:
+    def _iter_body(self, key: str, etag: str, body: Any, first: int, stop: int, size: int,
+                   chunk_size: int) -> Iterator[bytes]:
+        """Yield the body's bytes; when the connection breaks mid-way (a reset, a read timeout, a
+        body short of its Content-Length), ask for the rest of the same version, up to
+        ``max_attempts`` breaks in a row. botocore retries requests, never a body being read,
+        and a multi-gigabyte checkpoint streamed for minutes meets such a break now and then."""
+        position, breaks = first, 0
         try:
-            with self._errors(key):
+            while True:
                 try:
-                    yield from body.iter_chunks(chunk_size)
-                except Urllib3HTTPError as exc:  # connection dropped mid-download
-                    raise StoreUnavailable(
-                        f"download of {key!r} from {self._where} broke: {exc}"
-                    ) from exc
+                    for chunk in body.iter_chunks(chunk_size):
+                        position += len(chunk)
+                        breaks = 0
+                        yield chunk
+                    return
+                except (BotoCoreError, Urllib3HTTPError, ConnectionError) as exc:
+                    breaks += 1
+                    body.close()
+                    if breaks >= self.max_attempts:
+                        raise StoreUnavailable(
+                            f"download of {key!r} from {self._where} broke {breaks} times in a "
+                            f"row, the last at byte {position}: {exc}"
+                        ) from exc
+                    if position >= stop:
+                        return  # every byte arrived; only the end of the stream was lost
+                    body = self._open_range(key, etag, position, stop, size)
         finally:
             body.close()
 

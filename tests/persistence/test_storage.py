@@ -26,10 +26,12 @@ from persistence.storage import (
     ObjectStore,
     ObjectTooLarge,
     StoreConfigError,
+    StoreError,
     StoreUnavailable,
     build_object_store,
 )
 from persistence.storage_s3 import MIN_PART_SIZE, S3ObjectStore
+from tests.s3_fault_proxy import FaultProxy
 
 MiB = 1024 * 1024
 
@@ -418,3 +420,69 @@ def test_build_object_store(tmp_path: Path, s3_endpoint: str) -> None:
         build_object_store("s3", s3_bucket=None)
     with pytest.raises(StoreConfigError, match="local_root"):
         build_object_store("local")
+
+
+# ------------------------------------------------------------------------------------------------
+# Transient S3 faults (a proxy in front of moto drops connections or answers 503 SlowDown)
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def fault_proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
+    with FaultProxy(s3_endpoint) as proxy:
+        yield proxy
+
+
+def test_s3_download_resumes_after_the_connection_drops(fault_proxy: FaultProxy,
+                                                        tmp_path: Path) -> None:
+    """A long download from S3 meets a connection reset now and then; the reader asks for the
+    rest of the same version (a ranged GET from the byte reached) instead of failing the job."""
+    store = make_s3_store(fault_proxy.url)
+    data = random_bytes(300_000, seed=3)
+    store.put_bytes("ckpt.bin", data)
+    fault_proxy.fail("GET", times=2, cut_after=70_000)
+    assert b"".join(store.iter_range("ckpt.bin", 10, None, chunk_size=8192)) == data[10:]
+    fault_proxy.fail("GET", times=1, cut_after=1)
+    target = store.download_to("ckpt.bin", tmp_path / "ckpt.bin")
+    assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_s3_download_that_keeps_breaking_fails_clearly_and_leaves_no_file(
+        fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    """Breaks that bring no byte forward end the download after ``max_attempts`` GETs."""
+    store = make_s3_store(fault_proxy.url, max_attempts=2)
+    store.put_bytes("ckpt.bin", random_bytes(100_000))
+    fault_proxy.fail("GET", times=100, cut_after=0)
+    with pytest.raises(StoreUnavailable, match=r"download of 'ckpt.bin'.*broke 2 times"):
+        store.download_to("ckpt.bin", tmp_path / "out" / "ckpt.bin")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_s3_resumed_download_refuses_a_replaced_object(fault_proxy: FaultProxy) -> None:
+    """The rest of a download comes from the version it started on, never from a new one."""
+    store = make_s3_store(fault_proxy.url)
+    store.put_bytes("a.bin", random_bytes(50_000, seed=1))
+    fault_proxy.fail("GET", times=1, cut_after=5_000)
+    chunks = store.iter_range("a.bin", chunk_size=1000)
+    first = next(chunks)
+    store.put_bytes("a.bin", random_bytes(50_000, seed=2))
+    with pytest.raises(StoreError, match="changed while being read"):
+        b"".join([first, *chunks])
+
+
+def test_s3_slow_down_during_a_multipart_upload_is_retried(fault_proxy: FaultProxy) -> None:
+    store = make_s3_store(fault_proxy.url)
+    data = random_bytes(2 * MIN_PART_SIZE + 5, seed=4)
+    fault_proxy.fail("PUT", times=2, query="partNumber")
+    stored = store.put_stream("big.bin", chunked(data, MiB))
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert store.get_bytes("big.bin") == data
+
+
+def test_s3_upload_that_cannot_complete_leaves_neither_object_nor_parts(
+        fault_proxy: FaultProxy) -> None:
+    store = make_s3_store(fault_proxy.url)
+    store.put_bytes("big.bin", b"previous")
+    fault_proxy.fail("POST", times=100, query="uploadId")  # CompleteMultipartUpload: 503 always
+    with pytest.raises(StoreError, match="SlowDown"):
+        store.put_stream("big.bin", chunked(random_bytes(MIN_PART_SIZE + 1), MiB))
+    assert store.get_bytes("big.bin") == b"previous"
+    assert store._client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
