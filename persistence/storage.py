@@ -204,7 +204,8 @@ class ObjectStore(Protocol):
         ...
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every complete object whose key starts with ``prefix`` (housekeeping, not hot paths)."""
+        """Every complete object whose key starts with ``prefix`` and is a valid key (others in
+        the bucket or folder are skipped), for housekeeping, not hot paths."""
         ...
 
     def list_partial_uploads(self) -> Iterator[PartialUpload]:
@@ -238,6 +239,17 @@ def validate_key(key: str) -> str:
         if segment.startswith("."):
             raise InvalidKey(key, f"the segment {segment!r} starts with '.', which is reserved")
     return key
+
+
+def is_valid_key(key: str) -> bool:
+    """Whether :func:`validate_key` accepts ``key``. Listings yield only such keys: a bucket or
+    folder may hold others (the MinIO and AWS consoles' ``name/`` folder markers, files other
+    tools wrote), and a caller that deletes what it lists must not stop on InvalidKey."""
+    try:
+        validate_key(key)
+    except InvalidKey:
+        return False
+    return True
 
 
 def iter_source(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
@@ -559,7 +571,7 @@ class LocalObjectStore(BaseObjectStore):
                 if name.startswith("."):
                     continue
                 key = (base / name).relative_to(self.root).as_posix()
-                if not key.startswith(prefix):
+                if not key.startswith(prefix) or not is_valid_key(key):
                     continue
                 try:
                     stat = (base / name).stat()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC
 from typing import Any
 from urllib.parse import quote
 
@@ -35,6 +36,7 @@ from persistence.storage import (
     StoreError,
     StoreMisconfigured,
     StoreUnavailable,
+    is_valid_key,
     iter_source,
     resolve_range,
     validate_key,
@@ -220,13 +222,17 @@ class S3ObjectStore(BaseObjectStore):
         return digest.stored(key, content_type)
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """The bucket's objects under ``prefix``, a page of 1,000 keys per request."""
+        """The bucket's objects under ``prefix``, a page of 1,000 keys per request; keys the store
+        would refuse (console folder markers such as ``checkpoints/``) are skipped."""
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=prefix)
         with self._errors():
             for page in pages:
                 for item in page.get("Contents", []):
-                    yield ObjectInfo(item["Key"], int(item["Size"]), item["LastModified"])
+                    if is_valid_key(item["Key"]):
+                        # botocore gives the server's time in the local zone; the contract is UTC.
+                        yield ObjectInfo(item["Key"], int(item["Size"]),
+                                         item["LastModified"].astimezone(UTC))
 
     def list_partial_uploads(self) -> Iterator[PartialUpload]:
         """Multipart uploads never completed nor aborted (ListMultipartUploads): their parts

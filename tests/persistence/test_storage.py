@@ -13,6 +13,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import httpx
@@ -486,3 +487,26 @@ def test_s3_upload_that_cannot_complete_leaves_neither_object_nor_parts(
         store.put_stream("big.bin", chunked(random_bytes(MIN_PART_SIZE + 1), MiB))
     assert store.get_bytes("big.bin") == b"previous"
     assert store._client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
+
+
+def test_listings_show_only_keys_the_store_accepts(store: ObjectStore) -> None:
+    """Whatever else lies in the bucket or folder (console 'folder' markers, names with an empty
+    segment or a backslash), a listing yields only keys every other call accepts, so a caller
+    deleting what it lists never meets InvalidKey."""
+    store.put_bytes("p/ok.bin", b"x")
+    if isinstance(store, LocalObjectStore):
+        (store.root / "p" / "back\\slash").write_bytes(b"")
+    else:
+        assert isinstance(store, S3ObjectStore)
+        for odd in ("p/", "p//empty-segment", "p/.hidden"):
+            store._client.put_object(Bucket=store.bucket, Key=odd, Body=b"")
+    listed = [item.key for item in store.list_objects("p/")]
+    assert listed == ["p/ok.bin"]
+    for key in listed:
+        store.delete(key)
+
+
+def test_listing_times_are_utc(store: ObjectStore) -> None:
+    store.put_bytes("t.bin", b"x")
+    (item,) = store.list_objects("t")
+    assert item.modified.utcoffset() == timedelta(0) and item.modified.tzinfo == UTC

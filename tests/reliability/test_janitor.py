@@ -245,3 +245,25 @@ def test_the_workers_recovery_loop_runs_the_janitor(
             "janitor: " not in worker.log()):
         assert time.monotonic() < deadline, worker.log()[-3000:]
         time.sleep(0.2)
+
+
+def test_the_janitor_passes_over_keys_the_store_would_refuse(
+        settings: Settings, moto_s3_endpoint: str) -> None:
+    """A bucket holds what other tools put there: the 'folder' markers of the MinIO and AWS
+    consoles (``checkpoints/``), a key with an empty segment. The janitor removes the orphans it
+    knows and finishes its pass instead of stopping on InvalidKey at the first such key."""
+    import uuid
+
+    from persistence.storage_s3 import S3ObjectStore
+
+    store = S3ObjectStore(f"janitor-{uuid.uuid4().hex[:12]}", endpoint_url=moto_s3_endpoint,
+                          access_key="testing", secret_key="testing", create_bucket=True)
+    for odd in ("checkpoints/", "jobs/", "datasets//twice.npz"):
+        store._client.put_object(Bucket=store.bucket, Key=odd, Body=b"")
+    store.put_bytes("checkpoints/no-row.safetensors", b"x")
+    with session_factory_from_settings(settings)() as session:
+        report = run_janitor(session, store, settings)
+    assert report.orphan_objects == ["checkpoints/no-row.safetensors"]
+    left = {item["Key"] for item in
+            store._client.list_objects_v2(Bucket=store.bucket).get("Contents", [])}
+    assert left == {"checkpoints/", "jobs/", "datasets//twice.npz"}
