@@ -195,6 +195,11 @@ class ObjectStore(Protocol):
         """Remove the object; removing a missing key is not an error."""
         ...
 
+    def delete_many(self, keys: Iterable[str]) -> dict[str, str]:
+        """Remove every object of ``keys`` (missing ones are not an error); returns the keys that
+        could not be removed, each with the reason. InvalidKey before anything is removed."""
+        ...
+
     def presigned_url(self, key: str, *, filename: str | None = None) -> str | None:
         """A short-lived URL a client can GET the object from, or None if the store has none."""
         ...
@@ -352,6 +357,20 @@ class BaseObjectStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object; removing a missing key is not an error (cleanup is idempotent)."""
+
+    def delete_many(self, keys: Iterable[str]) -> dict[str, str]:
+        """Remove every object of ``keys``; returns ``{key: reason}`` for those the store could not
+        remove (the others are gone). Every key is validated first: one invalid key raises
+        :class:`InvalidKey` and nothing is removed. This one deletes key by key; the S3 store
+        sends up to 1,000 keys per request."""
+        batch = [validate_key(key) for key in dict.fromkeys(keys)]
+        failed: dict[str, str] = {}
+        for key in batch:
+            try:
+                self.delete(key)
+            except StoreError as exc:
+                failed[key] = exc.message
+        return failed
 
     @abstractmethod
     def presigned_url(self, key: str, *, filename: str | None = None) -> str | None:

@@ -510,3 +510,45 @@ def test_listing_times_are_utc(store: ObjectStore) -> None:
     store.put_bytes("t.bin", b"x")
     (item,) = store.list_objects("t")
     assert item.modified.utcoffset() == timedelta(0) and item.modified.tzinfo == UTC
+
+
+# ------------------------------------------------------------------------------------------------
+# Deleting many objects (a project, a job, the janitor's sweep)
+# ------------------------------------------------------------------------------------------------
+def test_delete_many_removes_every_key_and_ignores_missing_ones(store: ObjectStore) -> None:
+    keys = [f"jobs/j/mrc/attempt-1/{i:04d}.json" for i in range(1005)]
+    for key in keys:
+        store.put_bytes(key, b"")
+    store.put_bytes("jobs/other/kept.json", b"k")
+    assert store.delete_many([*keys, "jobs/j/never-written.json"]) == {}
+    assert [item.key for item in store.list_objects("jobs/")] == ["jobs/other/kept.json"]
+    assert store.delete_many([]) == {}
+    with pytest.raises(InvalidKey):
+        store.delete_many(["jobs/other/kept.json", "../outside"])
+    assert store.exists("jobs/other/kept.json")  # nothing is deleted when one key is invalid
+
+
+def test_deleting_a_project_sized_set_of_s3_objects_takes_a_request_per_thousand(
+        fault_proxy: FaultProxy, s3_endpoint: str) -> None:
+    """A project or a retention sweep removes thousands of objects; one DELETE each made that
+    minutes of round trips inside an HTTP request. DeleteObjects takes up to 1,000 keys."""
+    from persistence.deletion import delete_objects
+
+    store = make_s3_store(fault_proxy.url)
+    direct = make_s3_store(s3_endpoint)._client  # set-up bypasses the proxy's counters
+    keys = [f"checkpoints/{i:05d}.safetensors" for i in range(1001)]
+    for key in keys:
+        direct.put_object(Bucket=store.bucket, Key=key, Body=b"")
+    assert delete_objects(store, keys) == len(keys)
+    assert fault_proxy.requests.get("DELETE", 0) == 0
+    assert fault_proxy.requests["POST"] == 2
+    assert list(store.list_objects("checkpoints/")) == []
+
+
+def test_s3_delete_many_reports_the_keys_it_could_not_delete(fault_proxy: FaultProxy) -> None:
+    store = make_s3_store(fault_proxy.url)
+    store.put_bytes("a.bin", b"a")
+    fault_proxy.fail("POST", times=100, query="delete")
+    failed = store.delete_many(["a.bin"])
+    assert list(failed) == ["a.bin"] and "SlowDown" in failed["a.bin"]
+    assert store.exists("a.bin")
