@@ -1,6 +1,7 @@
 """The S3 flavour of the object store (AWS S3, MinIO, or any S3-speaking server).
 
-Uploads stream through multipart upload: at most one part (``part_size`` bytes) is held in memory,
+Uploads stream through multipart upload: at most one part is held in memory (``part_size`` bytes,
+larger where an upload would otherwise need more than S3's 10,000 parts),
 and a failed or over-size upload is aborted so no part lingers and nothing appears under the key.
 Small uploads (below one part) use a single PUT, which S3 applies atomically. botocore retries
 each request (503 SlowDown, resets before an answer); a download whose connection breaks while its
@@ -44,6 +45,8 @@ from persistence.storage import (
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3 rejects non-final multipart parts smaller than 5 MiB
 DEFAULT_PART_SIZE = 8 * 1024 * 1024  # boto3's own default; 10 000 parts -> objects up to ~80 GB
+MAX_PART_SIZE = 5 * 1024 ** 3  # S3's largest part
+MAX_PARTS = 10_000  # S3 refuses part numbers above this
 DELETE_BATCH = 1000  # DeleteObjects refuses more keys than this in one request
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
@@ -80,6 +83,7 @@ class S3ObjectStore(BaseObjectStore):
         read_timeout_s: float = 60.0,
         max_attempts: int = 3,
         probe_timeout_s: float = 2.0,
+        max_parts: int = MAX_PARTS,
     ) -> None:
         if not bucket:
             raise StoreConfigError("s3_bucket is empty; name the bucket to store objects in")
@@ -92,6 +96,7 @@ class S3ObjectStore(BaseObjectStore):
         self.region = region
         self.presign_expiry_s = presign_expiry_s
         self.part_size = part_size
+        self.max_parts = max_parts
         self.max_attempts = max_attempts
         # A private session: boto3's module-level default session is global state.
         session = boto3.session.Session(
@@ -198,9 +203,9 @@ class S3ObjectStore(BaseObjectStore):
             for chunk in iter_source(chunks):
                 digest.update(chunk)
                 buffer += chunk
-                while len(buffer) >= self.part_size:
-                    send_part(bytes(buffer[: self.part_size]))
-                    del buffer[: self.part_size]
+                while len(buffer) >= (size := self._part_size(len(parts) + 1, max_bytes)):
+                    send_part(bytes(buffer[:size]))
+                    del buffer[:size]
             if upload_id is None:
                 with self._errors(key):
                     self._client.put_object(
@@ -221,6 +226,16 @@ class S3ObjectStore(BaseObjectStore):
                 self._abort(key, upload_id)
             raise
         return digest.stored(key, content_type)
+
+    def _part_size(self, number: int, max_bytes: int | None) -> int:
+        """The size of part ``number`` (from 1) such that no upload needs more than
+        ``max_parts`` parts: ``max_bytes / max_parts`` when the caller gives the limit, else
+        ``part_size`` doubled every eighth of ``max_parts`` parts (8 MiB parts cover 2.5 TB)."""
+        if max_bytes is not None:
+            size = max(self.part_size, -(-max_bytes // self.max_parts))
+        else:
+            size = self.part_size * 2 ** ((number - 1) // max(1, self.max_parts // 8))
+        return min(size, MAX_PART_SIZE)
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """The bucket's objects under ``prefix``, a page of 1,000 keys per request; keys the store

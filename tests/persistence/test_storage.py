@@ -552,3 +552,25 @@ def test_s3_delete_many_reports_the_keys_it_could_not_delete(fault_proxy: FaultP
     failed = store.delete_many(["a.bin"])
     assert list(failed) == ["a.bin"] and "SlowDown" in failed["a.bin"]
     assert store.exists("a.bin")
+
+
+# ------------------------------------------------------------------------------------------------
+# Part sizes: S3 refuses a multipart upload of more than 10,000 parts
+# ------------------------------------------------------------------------------------------------
+def _part_count(store: S3ObjectStore, key: str) -> int:
+    etag = store._client.head_object(Bucket=store.bucket, Key=key)["ETag"].strip('"')
+    return int(etag.rsplit("-", 1)[1]) if "-" in etag else 1
+
+
+@pytest.mark.parametrize("max_bytes", [3 * MIN_PART_SIZE, None])
+def test_s3_upload_never_needs_more_parts_than_s3_allows(s3_endpoint: str,
+                                                         max_bytes: int | None) -> None:
+    """With a fixed part size, an upload past part_size x 10,000 bytes (80 GB by default; a
+    raised MAX_DATASET_BYTES allows it) failed at part 10,001 after sending everything before.
+    Parts grow instead: to fit ``max_bytes`` when the caller gives it, else by doubling."""
+    store = make_s3_store(s3_endpoint, max_parts=2)
+    data = random_bytes(3 * MIN_PART_SIZE - 7, seed=9)
+    stored = store.put_stream("big.bin", chunked(data, MiB), max_bytes=max_bytes)
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert _part_count(store, "big.bin") <= 2
+    assert store.get_bytes("big.bin") == data
