@@ -257,7 +257,8 @@ class S3ObjectStore(BaseObjectStore):
         with self._errors():
             for page in pages:
                 for item in page.get("Uploads", []):
-                    yield PartialUpload(item["Key"], item["UploadId"], item["Initiated"])
+                    yield PartialUpload(item["Key"], item["UploadId"],
+                                        item["Initiated"].astimezone(UTC))
 
     def abort_partial_upload(self, upload: PartialUpload) -> None:
         with self._errors(upload.key):

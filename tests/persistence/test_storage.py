@@ -574,3 +574,14 @@ def test_s3_upload_never_needs_more_parts_than_s3_allows(s3_endpoint: str,
     assert stored.sha256 == hashlib.sha256(data).hexdigest()
     assert _part_count(store, "big.bin") <= 2
     assert store.get_bytes("big.bin") == data
+
+
+def test_partial_upload_times_are_utc(store: ObjectStore) -> None:
+    if isinstance(store, LocalObjectStore):
+        (store.root / "u").mkdir(parents=True)
+        (store.root / "u" / ".big.bin.abc123.part").write_bytes(b"x")
+    else:
+        assert isinstance(store, S3ObjectStore)
+        store._client.create_multipart_upload(Bucket=store.bucket, Key="u/big.bin")
+    (upload,) = store.list_partial_uploads()
+    assert upload.key == "u/big.bin" and upload.started.tzinfo == UTC
