@@ -308,6 +308,14 @@ class S3ObjectStore(BaseObjectStore):
                 if code in {"PreconditionFailed", "412"}:
                     raise StoreError(f"object {key!r} changed while being read; retry") from exc
                 raise
+        # A server or cache that drops Range answers the whole object (200, or 206 of other
+        # bytes): served as this range, or spliced into a resumed download, it would be wrong.
+        answered = response.get("ContentRange")
+        if answered != f"bytes {first}-{stop - 1}/{size}":
+            response["Body"].close()
+            raise StoreError(
+                f"{self._where} answered {answered or 'the whole object'} to a request for "
+                f"{first}-{stop - 1} of {key!r}; a proxy in front of S3 may drop Range headers")
         return response["Body"]
 
     def _iter_body(self, key: str, etag: str, body: Any, first: int, stop: int, size: int,

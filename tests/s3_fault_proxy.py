@@ -25,12 +25,15 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
 @dataclass
 class Fault:
     """Fail the next ``times`` requests with ``method`` whose query contains ``query``: with a
-    503 SlowDown, or (``cut_after`` set) by closing the connection after that many body bytes."""
+    503 SlowDown, or (``cut_after`` set) by closing the connection after that many body bytes,
+    or (``ignore_range``) by answering the whole object as a server or cache that drops
+    ``Range`` does."""
 
     method: str
     times: int
     query: str = ""
     cut_after: int | None = None
+    ignore_range: bool = False
 
 
 class FaultProxy:
@@ -53,9 +56,9 @@ class FaultProxy:
         return f"http://{host!s}:{port}"
 
     def fail(self, method: str, *, times: int = 1, query: str = "",
-             cut_after: int | None = None) -> None:
+             cut_after: int | None = None, ignore_range: bool = False) -> None:
         with self._lock:
-            self._faults.append(Fault(method, times, query, cut_after))
+            self._faults.append(Fault(method, times, query, cut_after, ignore_range))
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
@@ -88,6 +91,9 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 fault = proxy._take_fault(self.command, self.path)
+                if fault is not None and fault.ignore_range:
+                    fault = None
+                    self.headers.replace_header("Range", "bytes=0-")
                 if fault is not None and fault.cut_after is None:
                     # Drain the request first, as S3 does, so the client reads the answer.
                     self.send_response(503)

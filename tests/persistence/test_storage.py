@@ -585,3 +585,18 @@ def test_partial_upload_times_are_utc(store: ObjectStore) -> None:
         store._client.create_multipart_upload(Bucket=store.bucket, Key="u/big.bin")
     (upload,) = store.list_partial_uploads()
     assert upload.key == "u/big.bin" and upload.started.tzinfo == UTC
+
+
+def test_s3_answer_that_ignored_the_range_is_refused_not_served(fault_proxy: FaultProxy) -> None:
+    """A server or cache in front of S3 that drops ``Range`` answers the whole object: served
+    as the range (or spliced into a resumed download) it would hand out the wrong bytes."""
+    store = make_s3_store(fault_proxy.url)
+    data = random_bytes(20_000, seed=5)
+    store.put_bytes("a.bin", data)
+    fault_proxy.fail("GET", times=1, ignore_range=True)
+    with pytest.raises(StoreError, match="answered bytes 0-19999/20000 to a request for 100-199"):
+        b"".join(store.iter_range("a.bin", 100, 200))
+    fault_proxy.fail("GET", times=1, cut_after=5_000)
+    fault_proxy.fail("GET", times=1, ignore_range=True)  # the resumed GET
+    with pytest.raises(StoreError, match="to a request for 5000-19999"):
+        b"".join(store.iter_range("a.bin"))
