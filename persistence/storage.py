@@ -3,7 +3,8 @@
 Two implementations share one behaviour: :class:`LocalObjectStore` (a folder, the embedded default)
 and :class:`persistence.storage_s3.S3ObjectStore` (any S3-speaking server: AWS, MinIO, moto).
 Objects are addressed by keys such as ``checkpoints/<id>.safetensors``: ``/``-separated segments,
-none empty, ``.`` or ``..``, none starting with ``.`` (reserved for uploads in progress).
+none empty, ``.`` or ``..``, none starting with ``.`` (reserved for uploads in progress), none over
+200 bytes (a file name, with the local store's temporary affixes, must fit in 255).
 
 Every write streams: the SHA-256 and the size are computed while the bytes pass through, a size
 limit stops the upload as soon as it is crossed, and a failed or over-size upload leaves nothing
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 DEFAULT_CHUNK_SIZE = 1 << 20  # 1 MiB: large enough to amortise syscalls, small enough to stream
 MAX_KEY_LENGTH = 1024  # S3's limit (bytes of UTF-8); applied to both stores so keys stay portable
+#: Bytes of UTF-8 per ``/``-separated segment: a file name holds 255, and the local store's
+#: temporary ``.<name>.<random>.part`` adds about 15. S3 has no such limit; applied to both so a
+#: key S3 accepts is never refused by the local folder as a 503 "cannot be written".
+MAX_SEGMENT_LENGTH = 200
 
 ByteSource = Iterable[bytes] | BinaryIO
 
@@ -243,6 +248,8 @@ def validate_key(key: str) -> str:
             raise InvalidKey(key, f"the segment {segment!r} is not allowed (empty, '.' or '..')")
         if segment.startswith("."):
             raise InvalidKey(key, f"the segment {segment!r} starts with '.', which is reserved")
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_LENGTH:
+            raise InvalidKey(key, f"a segment is longer than {MAX_SEGMENT_LENGTH} bytes")
     return key
 
 
