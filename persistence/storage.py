@@ -3,7 +3,8 @@
 Two implementations share one behaviour: :class:`LocalObjectStore` (a folder, the embedded default)
 and :class:`persistence.storage_s3.S3ObjectStore` (any S3-speaking server: AWS, MinIO, moto).
 Objects are addressed by keys such as ``checkpoints/<id>.safetensors``: ``/``-separated segments,
-none empty, ``.`` or ``..``, none starting with ``.`` (reserved for uploads in progress).
+none empty, ``.`` or ``..``, none starting with ``.`` (reserved for uploads in progress), none over
+200 bytes (a file name, with the local store's temporary affixes, must fit in 255).
 
 Every write streams: the SHA-256 and the size are computed while the bytes pass through, a size
 limit stops the upload as soon as it is crossed, and a failed or over-size upload leaves nothing
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 DEFAULT_CHUNK_SIZE = 1 << 20  # 1 MiB: large enough to amortise syscalls, small enough to stream
 MAX_KEY_LENGTH = 1024  # S3's limit (bytes of UTF-8); applied to both stores so keys stay portable
+#: Bytes of UTF-8 per ``/``-separated segment: a file name holds 255, and the local store's
+#: temporary ``.<name>.<random>.part`` adds about 15. S3 has no such limit; applied to both so a
+#: key S3 accepts is never refused by the local folder as a 503 "cannot be written".
+MAX_SEGMENT_LENGTH = 200
 
 ByteSource = Iterable[bytes] | BinaryIO
 
@@ -195,6 +200,11 @@ class ObjectStore(Protocol):
         """Remove the object; removing a missing key is not an error."""
         ...
 
+    def delete_many(self, keys: Iterable[str]) -> dict[str, str]:
+        """Remove every object of ``keys`` (missing ones are not an error); returns the keys that
+        could not be removed, each with the reason. InvalidKey before anything is removed."""
+        ...
+
     def presigned_url(self, key: str, *, filename: str | None = None) -> str | None:
         """A short-lived URL a client can GET the object from, or None if the store has none."""
         ...
@@ -204,7 +214,8 @@ class ObjectStore(Protocol):
         ...
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every complete object whose key starts with ``prefix`` (housekeeping, not hot paths)."""
+        """Every complete object whose key starts with ``prefix`` and is a valid key (others in
+        the bucket or folder are skipped), for housekeeping, not hot paths."""
         ...
 
     def list_partial_uploads(self) -> Iterator[PartialUpload]:
@@ -237,7 +248,20 @@ def validate_key(key: str) -> str:
             raise InvalidKey(key, f"the segment {segment!r} is not allowed (empty, '.' or '..')")
         if segment.startswith("."):
             raise InvalidKey(key, f"the segment {segment!r} starts with '.', which is reserved")
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_LENGTH:
+            raise InvalidKey(key, f"a segment is longer than {MAX_SEGMENT_LENGTH} bytes")
     return key
+
+
+def is_valid_key(key: str) -> bool:
+    """Whether :func:`validate_key` accepts ``key``. Listings yield only such keys: a bucket or
+    folder may hold others (the MinIO and AWS consoles' ``name/`` folder markers, files other
+    tools wrote), and a caller that deletes what it lists must not stop on InvalidKey."""
+    try:
+        validate_key(key)
+    except InvalidKey:
+        return False
+    return True
 
 
 def iter_source(source: ByteSource, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
@@ -340,6 +364,20 @@ class BaseObjectStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object; removing a missing key is not an error (cleanup is idempotent)."""
+
+    def delete_many(self, keys: Iterable[str]) -> dict[str, str]:
+        """Remove every object of ``keys``; returns ``{key: reason}`` for those the store could not
+        remove (the others are gone). Every key is validated first: one invalid key raises
+        :class:`InvalidKey` and nothing is removed. This one deletes key by key; the S3 store
+        sends up to 1,000 keys per request."""
+        batch = [validate_key(key) for key in dict.fromkeys(keys)]
+        failed: dict[str, str] = {}
+        for key in batch:
+            try:
+                self.delete(key)
+            except StoreError as exc:
+                failed[key] = exc.message
+        return failed
 
     @abstractmethod
     def presigned_url(self, key: str, *, filename: str | None = None) -> str | None:
@@ -559,7 +597,7 @@ class LocalObjectStore(BaseObjectStore):
                 if name.startswith("."):
                     continue
                 key = (base / name).relative_to(self.root).as_posix()
-                if not key.startswith(prefix):
+                if not key.startswith(prefix) or not is_valid_key(key):
                     continue
                 try:
                     stat = (base / name).stat()

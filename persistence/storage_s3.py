@@ -1,15 +1,19 @@
 """The S3 flavour of the object store (AWS S3, MinIO, or any S3-speaking server).
 
-Uploads stream through multipart upload: at most one part (``part_size`` bytes) is held in memory,
+Uploads stream through multipart upload: at most one part is held in memory (``part_size`` bytes,
+larger where an upload would otherwise need more than S3's 10,000 parts),
 and a failed or over-size upload is aborted so no part lingers and nothing appears under the key.
-Small uploads (below one part) use a single PUT, which S3 applies atomically.
+Small uploads (below one part) use a single PUT, which S3 applies atomically. botocore retries
+each request (503 SlowDown, resets before an answer); a download whose connection breaks while its
+body streams goes on with a ranged GET of the same version from the byte it reached.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC
 from typing import Any
 from urllib.parse import quote
 
@@ -33,6 +37,7 @@ from persistence.storage import (
     StoreError,
     StoreMisconfigured,
     StoreUnavailable,
+    is_valid_key,
     iter_source,
     resolve_range,
     validate_key,
@@ -40,6 +45,9 @@ from persistence.storage import (
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3 rejects non-final multipart parts smaller than 5 MiB
 DEFAULT_PART_SIZE = 8 * 1024 * 1024  # boto3's own default; 10 000 parts -> objects up to ~80 GB
+MAX_PART_SIZE = 5 * 1024 ** 3  # S3's largest part
+MAX_PARTS = 10_000  # S3 refuses part numbers above this
+DELETE_BATCH = 1000  # DeleteObjects refuses more keys than this in one request
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _AUTH_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
@@ -75,6 +83,7 @@ class S3ObjectStore(BaseObjectStore):
         read_timeout_s: float = 60.0,
         max_attempts: int = 3,
         probe_timeout_s: float = 2.0,
+        max_parts: int = MAX_PARTS,
     ) -> None:
         if not bucket:
             raise StoreConfigError("s3_bucket is empty; name the bucket to store objects in")
@@ -87,6 +96,8 @@ class S3ObjectStore(BaseObjectStore):
         self.region = region
         self.presign_expiry_s = presign_expiry_s
         self.part_size = part_size
+        self.max_parts = max_parts
+        self.max_attempts = max_attempts
         # A private session: boto3's module-level default session is global state.
         session = boto3.session.Session(
             aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region
@@ -192,9 +203,9 @@ class S3ObjectStore(BaseObjectStore):
             for chunk in iter_source(chunks):
                 digest.update(chunk)
                 buffer += chunk
-                while len(buffer) >= self.part_size:
-                    send_part(bytes(buffer[: self.part_size]))
-                    del buffer[: self.part_size]
+                while len(buffer) >= (size := self._part_size(len(parts) + 1, max_bytes)):
+                    send_part(bytes(buffer[:size]))
+                    del buffer[:size]
             if upload_id is None:
                 with self._errors(key):
                     self._client.put_object(
@@ -216,14 +227,28 @@ class S3ObjectStore(BaseObjectStore):
             raise
         return digest.stored(key, content_type)
 
+    def _part_size(self, number: int, max_bytes: int | None) -> int:
+        """The size of part ``number`` (from 1) such that no upload needs more than
+        ``max_parts`` parts: ``max_bytes / max_parts`` when the caller gives the limit, else
+        ``part_size`` doubled every eighth of ``max_parts`` parts (8 MiB parts cover 2.5 TB)."""
+        if max_bytes is not None:
+            size = max(self.part_size, -(-max_bytes // self.max_parts))
+        else:
+            size = self.part_size * 2 ** ((number - 1) // max(1, self.max_parts // 8))
+        return min(size, MAX_PART_SIZE)
+
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """The bucket's objects under ``prefix``, a page of 1,000 keys per request."""
+        """The bucket's objects under ``prefix``, a page of 1,000 keys per request; keys the store
+        would refuse (console folder markers such as ``checkpoints/``) are skipped."""
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=prefix)
         with self._errors():
             for page in pages:
                 for item in page.get("Contents", []):
-                    yield ObjectInfo(item["Key"], int(item["Size"]), item["LastModified"])
+                    if is_valid_key(item["Key"]):
+                        # botocore gives the server's time in the local zone; the contract is UTC.
+                        yield ObjectInfo(item["Key"], int(item["Size"]),
+                                         item["LastModified"].astimezone(UTC))
 
     def list_partial_uploads(self) -> Iterator[PartialUpload]:
         """Multipart uploads never completed nor aborted (ListMultipartUploads): their parts
@@ -232,7 +257,8 @@ class S3ObjectStore(BaseObjectStore):
         with self._errors():
             for page in pages:
                 for item in page.get("Uploads", []):
-                    yield PartialUpload(item["Key"], item["UploadId"], item["Initiated"])
+                    yield PartialUpload(item["Key"], item["UploadId"],
+                                        item["Initiated"].astimezone(UTC))
 
     def abort_partial_upload(self, upload: PartialUpload) -> None:
         with self._errors(upload.key):
@@ -257,36 +283,67 @@ class S3ObjectStore(BaseObjectStore):
         validate_key(key)
         with self._errors(key):
             head = self._client.head_object(Bucket=self.bucket, Key=key)
-        first, stop = resolve_range(key, start, end, int(head["ContentLength"]))
+        size = int(head["ContentLength"])
+        first, stop = resolve_range(key, start, end, size)
         if first == stop:
             return iter(())
+        body = self._open_range(key, head["ETag"], first, stop, size)
+        return self._iter_body(key, head["ETag"], body, first, stop, size, chunk_size)
+
+    def _open_range(self, key: str, etag: str, first: int, stop: int, size: int) -> Any:
+        """The body of a GET of bytes ``[first, stop)`` of the version whose ETag is ``etag``."""
         with self._errors(key):
             try:
                 response = self._client.get_object(
                     Bucket=self.bucket,
                     Key=key,
                     Range=f"bytes={first}-{stop - 1}",  # HTTP ranges are inclusive
-                    # The version measured above, not one a writer put there meanwhile.
-                    IfMatch=head["ETag"],
+                    # The version measured by the HEAD, not one a writer put there meanwhile.
+                    IfMatch=etag,
                 )
             except ClientError as exc:
                 code = _error_code(exc)
                 if code == "InvalidRange":
-                    raise InvalidRange(key, start, end, int(head["ContentLength"])) from exc
+                    raise InvalidRange(key, first, stop, size) from exc
                 if code in {"PreconditionFailed", "412"}:
                     raise StoreError(f"object {key!r} changed while being read; retry") from exc
                 raise
-        return self._iter_body(key, response["Body"], chunk_size)
+        # A server or cache that drops Range answers the whole object (200, or 206 of other
+        # bytes): served as this range, or spliced into a resumed download, it would be wrong.
+        answered = response.get("ContentRange")
+        if answered != f"bytes {first}-{stop - 1}/{size}":
+            response["Body"].close()
+            raise StoreError(
+                f"{self._where} answered {answered or 'the whole object'} to a request for "
+                f"{first}-{stop - 1} of {key!r}; a proxy in front of S3 may drop Range headers")
+        return response["Body"]
 
-    def _iter_body(self, key: str, body: Any, chunk_size: int) -> Iterator[bytes]:
+    def _iter_body(self, key: str, etag: str, body: Any, first: int, stop: int, size: int,
+                   chunk_size: int) -> Iterator[bytes]:
+        """Yield the body's bytes; when the connection breaks mid-way (a reset, a read timeout, a
+        body short of its Content-Length), ask for the rest of the same version, up to
+        ``max_attempts`` breaks in a row. botocore retries requests, never a body being read,
+        and a multi-gigabyte checkpoint streamed for minutes meets such a break now and then."""
+        position, breaks = first, 0
         try:
-            with self._errors(key):
+            while True:
                 try:
-                    yield from body.iter_chunks(chunk_size)
-                except Urllib3HTTPError as exc:  # connection dropped mid-download
-                    raise StoreUnavailable(
-                        f"download of {key!r} from {self._where} broke: {exc}"
-                    ) from exc
+                    for chunk in body.iter_chunks(chunk_size):
+                        position += len(chunk)
+                        breaks = 0
+                        yield chunk
+                    return
+                except (BotoCoreError, Urllib3HTTPError, ConnectionError) as exc:
+                    breaks += 1
+                    body.close()
+                    if breaks >= self.max_attempts:
+                        raise StoreUnavailable(
+                            f"download of {key!r} from {self._where} broke {breaks} times in a "
+                            f"row, the last at byte {position}: {exc}"
+                        ) from exc
+                    if position >= stop:
+                        return  # every byte arrived; only the end of the stream was lost
+                    body = self._open_range(key, etag, position, stop, size)
         finally:
             body.close()
 
@@ -306,6 +363,26 @@ class S3ObjectStore(BaseObjectStore):
         validate_key(key)
         with self._errors(key):
             self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_many(self, keys: Iterable[str]) -> dict[str, str]:
+        """DeleteObjects, 1,000 keys per request (S3's limit): a project's thousands of objects
+        go in a few round trips instead of one DELETE each. A key S3 refuses, or a request that
+        fails after botocore's retries, is reported, not raised, so the rest still go."""
+        batch = [validate_key(key) for key in dict.fromkeys(keys)]
+        failed: dict[str, str] = {}
+        for start in range(0, len(batch), DELETE_BATCH):
+            chunk = batch[start:start + DELETE_BATCH]
+            try:
+                with self._errors():
+                    response = self._client.delete_objects(
+                        Bucket=self.bucket,
+                        Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True})
+            except StoreError as exc:
+                failed.update(dict.fromkeys(chunk, exc.message))
+                continue
+            for error in response.get("Errors", []):
+                failed[error["Key"]] = f"{error.get('Code', '')} {error.get('Message', '')}"
+        return failed
 
     def presigned_url(self, key: str, *, filename: str | None = None) -> str | None:
         """A GET URL valid for ``presign_expiry_s`` seconds; signing needs no network round trip.

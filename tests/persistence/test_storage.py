@@ -13,6 +13,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import httpx
@@ -26,10 +27,12 @@ from persistence.storage import (
     ObjectStore,
     ObjectTooLarge,
     StoreConfigError,
+    StoreError,
     StoreUnavailable,
     build_object_store,
 )
 from persistence.storage_s3 import MIN_PART_SIZE, S3ObjectStore
+from tests.s3_fault_proxy import FaultProxy
 
 MiB = 1024 * 1024
 
@@ -250,6 +253,8 @@ def test_missing_key(store: ObjectStore, tmp_path: Path) -> None:
         "a/.x.part",
         "nul\x00byte",
         "x" * 1025,
+        "a/" + "x" * 201,  # a segment longer than any store can hold under one name
+        "a/" + "é" * 101,  # 202 bytes of UTF-8
     ],
 )
 def test_invalid_keys_are_rejected(store: ObjectStore, key: str) -> None:
@@ -259,6 +264,15 @@ def test_invalid_keys_are_rejected(store: ObjectStore, key: str) -> None:
         store.get_bytes(key)
     with pytest.raises(InvalidKey):
         store.exists(key)
+
+
+def test_the_longest_segment_is_stored_by_every_store(store: ObjectStore) -> None:
+    """A key one store accepts, every store accepts: the local store used to answer a segment
+    S3 takes with 503 'cannot be written (File name too long); check STORE_ROOT'."""
+    key = "a/" + "ü" * 100  # 200 bytes: the local store's temp name adds ~15 to it
+    store.put_bytes(key, b"long")
+    assert store.get_bytes(key) == b"long"
+    assert [item.key for item in store.list_objects("a/")] == [key]
 
 
 def test_presigned_url(store: ObjectStore) -> None:
@@ -418,3 +432,182 @@ def test_build_object_store(tmp_path: Path, s3_endpoint: str) -> None:
         build_object_store("s3", s3_bucket=None)
     with pytest.raises(StoreConfigError, match="local_root"):
         build_object_store("local")
+
+
+# ------------------------------------------------------------------------------------------------
+# Transient S3 faults (a proxy in front of moto drops connections or answers 503 SlowDown)
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def fault_proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
+    with FaultProxy(s3_endpoint) as proxy:
+        yield proxy
+
+
+def test_s3_download_resumes_after_the_connection_drops(fault_proxy: FaultProxy,
+                                                        tmp_path: Path) -> None:
+    """A long download from S3 meets a connection reset now and then; the reader asks for the
+    rest of the same version (a ranged GET from the byte reached) instead of failing the job."""
+    store = make_s3_store(fault_proxy.url)
+    data = random_bytes(300_000, seed=3)
+    store.put_bytes("ckpt.bin", data)
+    fault_proxy.fail("GET", times=2, cut_after=70_000)
+    assert b"".join(store.iter_range("ckpt.bin", 10, None, chunk_size=8192)) == data[10:]
+    fault_proxy.fail("GET", times=1, cut_after=1)
+    target = store.download_to("ckpt.bin", tmp_path / "ckpt.bin")
+    assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_s3_download_that_keeps_breaking_fails_clearly_and_leaves_no_file(
+        fault_proxy: FaultProxy, tmp_path: Path) -> None:
+    """Breaks that bring no byte forward end the download after ``max_attempts`` GETs."""
+    store = make_s3_store(fault_proxy.url, max_attempts=2)
+    store.put_bytes("ckpt.bin", random_bytes(100_000))
+    fault_proxy.fail("GET", times=100, cut_after=0)
+    with pytest.raises(StoreUnavailable, match=r"download of 'ckpt.bin'.*broke 2 times"):
+        store.download_to("ckpt.bin", tmp_path / "out" / "ckpt.bin")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_s3_resumed_download_refuses_a_replaced_object(fault_proxy: FaultProxy) -> None:
+    """The rest of a download comes from the version it started on, never from a new one."""
+    store = make_s3_store(fault_proxy.url)
+    store.put_bytes("a.bin", random_bytes(50_000, seed=1))
+    fault_proxy.fail("GET", times=1, cut_after=5_000)
+    chunks = store.iter_range("a.bin", chunk_size=1000)
+    first = next(chunks)
+    store.put_bytes("a.bin", random_bytes(50_000, seed=2))
+    with pytest.raises(StoreError, match="changed while being read"):
+        b"".join([first, *chunks])
+
+
+def test_s3_slow_down_during_a_multipart_upload_is_retried(fault_proxy: FaultProxy) -> None:
+    store = make_s3_store(fault_proxy.url)
+    data = random_bytes(2 * MIN_PART_SIZE + 5, seed=4)
+    fault_proxy.fail("PUT", times=2, query="partNumber")
+    stored = store.put_stream("big.bin", chunked(data, MiB))
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert store.get_bytes("big.bin") == data
+
+
+def test_s3_upload_that_cannot_complete_leaves_neither_object_nor_parts(
+        fault_proxy: FaultProxy) -> None:
+    store = make_s3_store(fault_proxy.url)
+    store.put_bytes("big.bin", b"previous")
+    fault_proxy.fail("POST", times=100, query="uploadId")  # CompleteMultipartUpload: 503 always
+    with pytest.raises(StoreError, match="SlowDown"):
+        store.put_stream("big.bin", chunked(random_bytes(MIN_PART_SIZE + 1), MiB))
+    assert store.get_bytes("big.bin") == b"previous"
+    assert store._client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
+
+
+def test_listings_show_only_keys_the_store_accepts(store: ObjectStore) -> None:
+    """Whatever else lies in the bucket or folder (console 'folder' markers, names with an empty
+    segment or a backslash), a listing yields only keys every other call accepts, so a caller
+    deleting what it lists never meets InvalidKey."""
+    store.put_bytes("p/ok.bin", b"x")
+    if isinstance(store, LocalObjectStore):
+        (store.root / "p" / "back\\slash").write_bytes(b"")
+    else:
+        assert isinstance(store, S3ObjectStore)
+        for odd in ("p/", "p//empty-segment", "p/.hidden"):
+            store._client.put_object(Bucket=store.bucket, Key=odd, Body=b"")
+    listed = [item.key for item in store.list_objects("p/")]
+    assert listed == ["p/ok.bin"]
+    for key in listed:
+        store.delete(key)
+
+
+def test_listing_times_are_utc(store: ObjectStore) -> None:
+    store.put_bytes("t.bin", b"x")
+    (item,) = store.list_objects("t")
+    assert item.modified.utcoffset() == timedelta(0) and item.modified.tzinfo == UTC
+
+
+# ------------------------------------------------------------------------------------------------
+# Deleting many objects (a project, a job, the janitor's sweep)
+# ------------------------------------------------------------------------------------------------
+def test_delete_many_removes_every_key_and_ignores_missing_ones(store: ObjectStore) -> None:
+    keys = [f"jobs/j/mrc/attempt-1/{i:04d}.json" for i in range(1005)]
+    for key in keys:
+        store.put_bytes(key, b"")
+    store.put_bytes("jobs/other/kept.json", b"k")
+    assert store.delete_many([*keys, "jobs/j/never-written.json"]) == {}
+    assert [item.key for item in store.list_objects("jobs/")] == ["jobs/other/kept.json"]
+    assert store.delete_many([]) == {}
+    with pytest.raises(InvalidKey):
+        store.delete_many(["jobs/other/kept.json", "../outside"])
+    assert store.exists("jobs/other/kept.json")  # nothing is deleted when one key is invalid
+
+
+def test_deleting_a_project_sized_set_of_s3_objects_takes_a_request_per_thousand(
+        fault_proxy: FaultProxy, s3_endpoint: str) -> None:
+    """A project or a retention sweep removes thousands of objects; one DELETE each made that
+    minutes of round trips inside an HTTP request. DeleteObjects takes up to 1,000 keys."""
+    from persistence.deletion import delete_objects
+
+    store = make_s3_store(fault_proxy.url)
+    direct = make_s3_store(s3_endpoint)._client  # set-up bypasses the proxy's counters
+    keys = [f"checkpoints/{i:05d}.safetensors" for i in range(1001)]
+    for key in keys:
+        direct.put_object(Bucket=store.bucket, Key=key, Body=b"")
+    assert delete_objects(store, keys) == len(keys)
+    assert fault_proxy.requests.get("DELETE", 0) == 0
+    assert fault_proxy.requests["POST"] == 2
+    assert list(store.list_objects("checkpoints/")) == []
+
+
+def test_s3_delete_many_reports_the_keys_it_could_not_delete(fault_proxy: FaultProxy) -> None:
+    store = make_s3_store(fault_proxy.url)
+    store.put_bytes("a.bin", b"a")
+    fault_proxy.fail("POST", times=100, query="delete")
+    failed = store.delete_many(["a.bin"])
+    assert list(failed) == ["a.bin"] and "SlowDown" in failed["a.bin"]
+    assert store.exists("a.bin")
+
+
+# ------------------------------------------------------------------------------------------------
+# Part sizes: S3 refuses a multipart upload of more than 10,000 parts
+# ------------------------------------------------------------------------------------------------
+def _part_count(store: S3ObjectStore, key: str) -> int:
+    etag = store._client.head_object(Bucket=store.bucket, Key=key)["ETag"].strip('"')
+    return int(etag.rsplit("-", 1)[1]) if "-" in etag else 1
+
+
+@pytest.mark.parametrize("max_bytes", [3 * MIN_PART_SIZE, None])
+def test_s3_upload_never_needs_more_parts_than_s3_allows(s3_endpoint: str,
+                                                         max_bytes: int | None) -> None:
+    """With a fixed part size, an upload past part_size x 10,000 bytes (80 GB by default; a
+    raised MAX_DATASET_BYTES allows it) failed at part 10,001 after sending everything before.
+    Parts grow instead: to fit ``max_bytes`` when the caller gives it, else by doubling."""
+    store = make_s3_store(s3_endpoint, max_parts=2)
+    data = random_bytes(3 * MIN_PART_SIZE - 7, seed=9)
+    stored = store.put_stream("big.bin", chunked(data, MiB), max_bytes=max_bytes)
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert _part_count(store, "big.bin") <= 2
+    assert store.get_bytes("big.bin") == data
+
+
+def test_partial_upload_times_are_utc(store: ObjectStore) -> None:
+    if isinstance(store, LocalObjectStore):
+        (store.root / "u").mkdir(parents=True)
+        (store.root / "u" / ".big.bin.abc123.part").write_bytes(b"x")
+    else:
+        assert isinstance(store, S3ObjectStore)
+        store._client.create_multipart_upload(Bucket=store.bucket, Key="u/big.bin")
+    (upload,) = store.list_partial_uploads()
+    assert upload.key == "u/big.bin" and upload.started.tzinfo == UTC
+
+
+def test_s3_answer_that_ignored_the_range_is_refused_not_served(fault_proxy: FaultProxy) -> None:
+    """A server or cache in front of S3 that drops ``Range`` answers the whole object: served
+    as the range (or spliced into a resumed download) it would hand out the wrong bytes."""
+    store = make_s3_store(fault_proxy.url)
+    data = random_bytes(20_000, seed=5)
+    store.put_bytes("a.bin", data)
+    fault_proxy.fail("GET", times=1, ignore_range=True)
+    with pytest.raises(StoreError, match="answered bytes 0-19999/20000 to a request for 100-199"):
+        b"".join(store.iter_range("a.bin", 100, 200))
+    fault_proxy.fail("GET", times=1, cut_after=5_000)
+    fault_proxy.fail("GET", times=1, ignore_range=True)  # the resumed GET
+    with pytest.raises(StoreError, match="to a request for 5000-19999"):
+        b"".join(store.iter_range("a.bin"))

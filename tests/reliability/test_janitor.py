@@ -245,3 +245,50 @@ def test_the_workers_recovery_loop_runs_the_janitor(
             "janitor: " not in worker.log()):
         assert time.monotonic() < deadline, worker.log()[-3000:]
         time.sleep(0.2)
+
+
+def test_the_janitor_passes_over_keys_the_store_would_refuse(
+        settings: Settings, moto_s3_endpoint: str) -> None:
+    """A bucket holds what other tools put there: the 'folder' markers of the MinIO and AWS
+    consoles (``checkpoints/``), a key with an empty segment. The janitor removes the orphans it
+    knows and finishes its pass instead of stopping on InvalidKey at the first such key."""
+    import uuid
+
+    from persistence.storage_s3 import S3ObjectStore
+
+    store = S3ObjectStore(f"janitor-{uuid.uuid4().hex[:12]}", endpoint_url=moto_s3_endpoint,
+                          access_key="testing", secret_key="testing", create_bucket=True)
+    for odd in ("checkpoints/", "jobs/", "datasets//twice.npz"):
+        store._client.put_object(Bucket=store.bucket, Key=odd, Body=b"")
+    store.put_bytes("checkpoints/no-row.safetensors", b"x")
+    with session_factory_from_settings(settings)() as session:
+        report = run_janitor(session, store, settings)
+    assert report.orphan_objects == ["checkpoints/no-row.safetensors"]
+    left = {item["Key"] for item in
+            store._client.list_objects_v2(Bucket=store.bucket).get("Contents", [])}
+    assert left == {"checkpoints/", "jobs/", "datasets//twice.npz"}
+
+
+def test_a_retention_sized_sweep_on_s3_deletes_a_thousand_keys_per_request(
+        settings: Settings, moto_s3_endpoint: str) -> None:
+    """Thousands of orphans (a retention sweep's usual size) go in DeleteObjects requests of
+    1,000 keys, not one DELETE each."""
+    import uuid
+
+    from persistence.storage_s3 import S3ObjectStore
+    from tests.s3_fault_proxy import FaultProxy
+
+    bucket = f"janitor-{uuid.uuid4().hex[:12]}"
+    direct = S3ObjectStore(bucket, endpoint_url=moto_s3_endpoint, access_key="testing",
+                           secret_key="testing", create_bucket=True)
+    orphans = [f"datasets/{i:05d}.npz" for i in range(1001)]
+    for key in orphans:
+        direct._client.put_object(Bucket=bucket, Key=key, Body=b"")
+    with FaultProxy(moto_s3_endpoint) as proxy:
+        store = S3ObjectStore(bucket, endpoint_url=proxy.url, access_key="testing",
+                              secret_key="testing")
+        with session_factory_from_settings(settings)() as session:
+            report = run_janitor(session, store, settings)
+        assert sorted(report.orphan_objects) == orphans
+        assert proxy.requests.get("DELETE", 0) == 0 and proxy.requests["POST"] == 2
+    assert list(direct.list_objects()) == []
