@@ -31,7 +31,8 @@ from rift.attacks import PGD
 from rift.batch_backoff import out_of_memory_names, with_batch_backoff
 from rift.batchnorm_folding import FOLD_CHECK_EXAMPLES, BatchNormFolding, folds_on
 from rift.cancellation import ShouldCancel, raise_if_cancelled
-from rift.config import RiftConfig
+from rift.checkpoints import CheckpointSource
+from rift.config import RiftConfig, as_config
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from rift.dataset_formats import imagefolder_channels_hint
 from rift.device import deterministic_kernels, resolve_device
@@ -43,7 +44,7 @@ from rift.evaluation import (
     evaluated_examples,
     seeded_generator,
 )
-from rift.finetune import EpochMetrics, finetune_module, tied_elsewhere
+from rift.finetune import EpochMetrics, finetune_module, tied_elsewhere, trainable_module
 from rift.interpolation import (
     LazySelection,
     alpha_grid,
@@ -155,11 +156,24 @@ class PreparedRun:
         checkpoints.load_into(self.model, state if state is not None else self.original_state)
 
 
-def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor]
+def prepare_run(config: RiftConfig | Mapping[str, Any], checkpoint: CheckpointSource
                 ) -> PreparedRun:
-    """Build the model, load and check the checkpoint, load the data, pick the device."""
-    torch.manual_seed(config.seed)
+    """Build the model, load and check the checkpoint, load the data, pick the device.
+
+    ``config`` may be a dict of settings (validated as ``RiftConfig.model_validate``);
+    ``checkpoint`` a file or weights in memory (:func:`rift.checkpoints.checkpoint_weights`).
+    The caller's random state is left as it was: the model is built under ``config.seed`` on
+    a forked generator (reseeding the global one changed what a notebook drew after the run).
+    """
+    config = as_config(config)
     device = resolve_device(config.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        return _prepare_run(config, checkpoint, device)
+
+
+def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch.device
+                 ) -> PreparedRun:
     splits = load_dataset(config.dataset, config.seed)
     if device.type != "cpu" and splits.nbytes <= DEVICE_RESIDENT_MAX_BYTES:
         splits = splits.to(device)
@@ -169,8 +183,7 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
             f"{config.architecture.num_classes}{_sparse_labels_hint(splits)}",
             field="architecture.num_classes")
     channels, height, width = splits.image_shape
-    state = (checkpoints.load_state_dict(checkpoint, entry=config.checkpoint_entry)
-             if isinstance(checkpoint, str | Path) else dict(checkpoint))
+    state = checkpoints.checkpoint_weights(checkpoint, entry=config.checkpoint_entry)
     model = build_model(config.architecture, in_channels=channels, image_size=height,
                         checkpoint_keys=state, image_width=width)
     # Parametrized weights (weight_norm, spectral_norm...) become plain ones (see
@@ -509,6 +522,7 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
                            f"epoch {metrics.epoch}/{total}: val {metrics.val_accuracy:.2f}%")
 
     callbacks.progress("finetune", 0.0, f"fine-tuning {module}")
+    trainable_module(run.model, module)  # an unknown name: ConfigError, not get_submodule's
     shared = tied_elsewhere(run.model, module)
     if shared:
         held = "; ".join(f"{name} is also held by {', '.join(others)}"
@@ -852,14 +866,15 @@ def save_interpolation(storage: StageStorage, interpolation: InterpolationStageR
     stage_outputs.write_json(storage, RESULT_JSON, result)
 
 
-def run_identity(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor],
-                 run: PreparedRun) -> RunIdentity:
-    """The checkpoint's SHA-256 (of the file, or of the tensors when given a state dict), a
+def run_identity(config: RiftConfig, checkpoint: CheckpointSource, run: PreparedRun
+                 ) -> RunIdentity:
+    """The checkpoint's SHA-256 (of the file, or of the tensors when given weights in memory), a
     fingerprint of the loaded splits (every image and label, so another file with the same name
     or another split seed differs) and the config."""
     checkpoint_sha = (stage_outputs.file_sha256(Path(checkpoint))
-                      if isinstance(checkpoint, str | Path)
-                      else stage_outputs.tensors_fingerprint(checkpoint))
+                      if isinstance(checkpoint, str | os.PathLike)
+                      else stage_outputs.tensors_fingerprint(checkpoints.checkpoint_weights(
+                          checkpoint, entry=config.checkpoint_entry, check_finite=False)))
     splits = run.splits
     dataset = stage_outputs.tensors_fingerprint({
         f"{name}.{part}": getattr(getattr(splits, name), part)
@@ -867,7 +882,7 @@ def run_identity(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
     return RunIdentity(checkpoint_sha, dataset, config.model_dump(mode="json"))
 
 
-def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor],
+def run_pipeline(config: RiftConfig | Mapping[str, Any], checkpoint: CheckpointSource,
                  output_dir: str | os.PathLike[str], callbacks: PipelineCallbacks | None = None, *,
                  fresh: bool = False) -> dict[str, Any]:
     """Run all three stages, saving each one's output in ``output_dir``; a stage whose output is
@@ -881,6 +896,9 @@ def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
     ``tuned.safetensors``, ``result.json`` and ``run.json``; returns the ``result.json`` document.
     """
     callbacks = callbacks or PipelineCallbacks()
+    config = as_config(config)
+    # Before the data loads: a folder that cannot be written failed at the first save.
+    stage_outputs.check_output_folder(output_dir)
     run = prepare_run(config, checkpoint)
     preflight = run_preflight_stage(run, callbacks)
     storage = FolderStorage(output_dir)

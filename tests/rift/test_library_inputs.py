@@ -1,0 +1,97 @@
+"""The library as a notebook uses it: the forms a user naturally gives ``prepare_run`` and
+``run_pipeline`` (a dict config, ``torch.load``'s object, a model), a folder that cannot be
+written, and the caller's state (global random generator, weights) left as it was."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from rift import checkpoints
+from rift.config import RiftConfig, as_config
+from rift.errors import CheckpointError, ConfigError
+from rift.models import build_model
+from rift.pipeline import prepare_run, run_finetune_stage, run_pipeline
+
+
+@pytest.fixture
+def settings(digits_job_config: dict[str, Any]) -> dict[str, Any]:
+    """The demo job's settings as a plain dict, no preflight (only prepare_run runs here)."""
+    return {**digits_job_config, "preflight": {"examples": 0}}
+
+
+def test_prepare_run_leaves_the_global_random_generator_alone(
+        settings: dict[str, Any], digits_checkpoint_path: Path) -> None:
+    # It reseeded the global generator with config.seed: what a notebook drew after the call
+    # was the same every time, whatever it had seeded.
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    prepare_run(RiftConfig.model_validate(settings), digits_checkpoint_path)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_dict_config_is_validated_like_model_validate(
+        settings: dict[str, Any], digits_checkpoint_path: Path) -> None:
+    # It failed inside with "'dict' object has no attribute 'seed'".
+    run = prepare_run(copy.deepcopy(settings), digits_checkpoint_path)
+    assert run.config == RiftConfig.model_validate(settings)
+    with pytest.raises(ValidationError, match=r"finetune\.epoch\b"):
+        as_config({**settings, "finetune": {"epoch": 3}})
+
+
+def test_a_config_file_path_is_told_to_be_read_first(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="read the file first"):
+        as_config(tmp_path / "config.json")  # type: ignore[arg-type]
+
+
+def test_torch_load_containers_and_entries_work_in_memory(
+        settings: dict[str, Any], digits_checkpoint_path: Path) -> None:
+    """What ``torch.load`` gives for a training script's file is unwrapped as the file is, and
+    ``checkpoint_entry`` picks among entries (it was ignored for a mapping: a mismatch)."""
+    weights = checkpoints.load_state_dict(digits_checkpoint_path)
+    ema = {key: value + 1 if value.is_floating_point() else value
+           for key, value in weights.items()}
+    loaded = {"epoch": 3, "state_dict": weights, "state_dict_ema": ema}
+    run = prepare_run({**settings, "checkpoint_entry": "state_dict_ema"}, loaded)
+    assert torch.equal(run.original_state["fc.weight"], ema["fc.weight"])
+    plain = prepare_run(settings, {"epoch": 3, "model_state_dict": weights})
+    assert torch.equal(plain.original_state["fc.weight"], weights["fc.weight"])
+
+
+def test_a_model_or_numpy_arrays_as_checkpoint_are_named(
+        settings: dict[str, Any], digits_checkpoint_path: Path) -> None:
+    # Before: "'SmallCNN' object is not iterable", "'numpy.ndarray' object has no attribute
+    # 'is_complex'", from inside the run.
+    config = RiftConfig.model_validate(settings)
+    weights = checkpoints.load_state_dict(digits_checkpoint_path)
+    model = build_model(config.architecture, in_channels=1, image_size=8)
+    with pytest.raises(CheckpointError, match=r"a model \(SmallCNN\).*model\.state_dict\(\)"):
+        prepare_run(config, model)  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match=r"'fc\.weight' is a .*ndarray"):
+        prepare_run(config, {**weights, "fc.weight": weights["fc.weight"].numpy()})
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_first(
+        settings: dict[str, Any], tmp_path: Path) -> None:
+    """Named as output_dir before the checkpoint or the data is read (here the checkpoint does
+    not exist: the folder is still what is reported). It was a FileExistsError after them."""
+    (tmp_path / "a file").write_text("x")
+    for folder in (tmp_path / "a file", tmp_path / "a file" / "run é"):
+        with pytest.raises(ConfigError, match=r"cannot write there|a file, not a folder") as info:
+            run_pipeline(settings, tmp_path / "missing.safetensors", folder)
+        assert info.value.field == "output_dir"
+        assert str(folder) in info.value.message
+
+
+def test_an_unknown_module_to_fine_tune_is_a_config_error(
+        settings: dict[str, Any], digits_checkpoint_path: Path) -> None:
+    # It was get_submodule's AttributeError "SmallCNN has no attribute `nope`".
+    run = prepare_run(settings, digits_checkpoint_path)
+    with pytest.raises(ConfigError, match="'nope' is not a module") as info:
+        run_finetune_stage(run, "nope")
+    assert info.value.field == "finetune.module"
