@@ -10,13 +10,14 @@ as it finishes, so a sweep resumed in the same folder runs only the candidates n
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,19 @@ class PreparedRun:
     def reset_weights(self, state: Mapping[str, torch.Tensor] | None = None) -> None:
         """Load ``state`` (default θ_AT) into the model, in place."""
         checkpoints.load_into(self.model, state if state is not None else self.original_state)
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[None]:
+        """On the way out of a stage, finished or not (a callback that raised, a cancellation):
+        the model holds θ_AT again, in eval mode, with no gradients. Before, a fine-tuning cut
+        short left its half-trained weights and every parameter's ``.grad`` in ``run.model``."""
+        try:
+            yield
+        finally:
+            self.reset_weights()
+            self.model.eval()
+            for parameter in self.model.parameters():
+                parameter.grad = None
 
 
 def prepare_run(config: RiftConfig | Mapping[str, Any], checkpoint: CheckpointSource
@@ -708,14 +722,14 @@ def run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = None,
                   modules: list[str] | None = None) -> MRCStageResult:
     """Score modules (all selected by the config, or exactly ``modules``) on a fixed adversarial
     set drawn from the training split and made once on θ_AT (docs/algorithm.md, step 1)."""
-    with deterministic_kernels(run.config.deterministic):
+    with run.restored(), deterministic_kernels(run.config.deterministic):
         return _run_mrc_stage(run, callbacks, modules)
 
 
 def run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallbacks | None = None
                        ) -> FinetuneStageResult:
     """Fine-tune only ``module`` on clean data from θ_AT; keep the best validation epoch."""
-    with deterministic_kernels(run.config.deterministic), out_of_memory_names(
+    with run.restored(), deterministic_kernels(run.config.deterministic), out_of_memory_names(
             "finetune", "finetune.batch_size", run.config.finetune.batch_size):
         return _run_finetune_stage(run, module, callbacks)
 
@@ -728,7 +742,7 @@ def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torc
     ``interpolation.curve == "selection"`` only the points that can change the choice are
     attacked, each only until its verdict is certain (``rift.interpolation.select_alpha_lazily``);
     the others have no robust accuracy, or only an upper bound (``robust_accuracy_at_most``)."""
-    with deterministic_kernels(run.config.deterministic), out_of_memory_names(
+    with run.restored(), deterministic_kernels(run.config.deterministic), out_of_memory_names(
             "interpolate", "evaluation.batch_size", run.config.evaluation.batch_size):
         return _run_interpolation_stage(run, finetuned_state, callbacks)
 

@@ -16,7 +16,7 @@ from rift import checkpoints
 from rift.config import RiftConfig, as_config
 from rift.errors import CheckpointError, ConfigError
 from rift.models import build_model
-from rift.pipeline import prepare_run, run_finetune_stage, run_pipeline
+from rift.pipeline import PipelineCallbacks, prepare_run, run_finetune_stage, run_pipeline
 
 
 @pytest.fixture
@@ -95,3 +95,28 @@ def test_an_unknown_module_to_fine_tune_is_a_config_error(
     with pytest.raises(ConfigError, match="'nope' is not a module") as info:
         run_finetune_stage(run, "nope")
     assert info.value.field == "finetune.module"
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at_first(kind: str) -> PipelineCallbacks:
+    def on_event(event: str, _: dict[str, Any]) -> None:
+        if event == kind:
+            raise _Stop(event)
+    return PipelineCallbacks(on_event=on_event)
+
+
+def test_a_stage_cut_short_leaves_the_model_at_theta_at(
+        settings: dict[str, Any], digits_checkpoint_path: Path) -> None:
+    """A callback that raises (or a cancellation) inside fine-tuning left the half-trained
+    weights and every parameter's .grad in ``run.model``, "the model holding θ_AT"."""
+    run = prepare_run({**settings, "finetune": {**settings["finetune"], "epochs": 2}},
+                      digits_checkpoint_path)
+    with pytest.raises(_Stop):
+        run_finetune_stage(run, "conv2", _stop_at_first("epoch"))
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(value.cpu(), run.original_state[key]), key
+    assert not run.model.training
+    assert all(parameter.grad is None for parameter in run.model.parameters())
