@@ -125,6 +125,22 @@ class PipelineCallbacks:
     on_event: Callable[[str, dict[str, Any]], None] | None = None  # (kind, JSON payload)
     should_cancel: ShouldCancel | None = None  # polled at every batch and attack step
 
+    @staticmethod
+    def of(callbacks: PipelineCallbacks | None) -> PipelineCallbacks:
+        """``callbacks``, or none at all for None.
+
+        Raises:
+            TypeError: something else, such as a dict of functions or one function (it failed
+                later with "'dict' object has no attribute 'progress'").
+        """
+        if callbacks is None:
+            return PipelineCallbacks()
+        if not isinstance(callbacks, PipelineCallbacks):
+            raise TypeError(
+                f"callbacks must be a PipelineCallbacks(on_progress=..., on_event=..., "
+                f"should_cancel=...), not a {type(callbacks).__name__}")
+        return callbacks
+
     def progress(self, stage: str, fraction: float, message: str) -> None:
         if self.on_progress is not None:
             self.on_progress(stage, min(max(fraction, 0.0), 1.0), message)
@@ -288,7 +304,7 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
     a sample of the test split; raises PreflightError when clean accuracy is near chance. None
     when the accuracy check is disabled (``preflight.examples = 0``; the warnings still come).
     Emits a ``preflight`` event with the figures."""
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
     config = run.config
     for warning in configuration_warnings(config, run.splits, run.device):
         callbacks.event("warning", warning.as_payload())
@@ -401,7 +417,7 @@ class MRCInputs:
 
 def make_mrc_inputs(run: PreparedRun, callbacks: PipelineCallbacks | None = None) -> MRCInputs:
     """Draw ``mrc.num_examples`` training examples (seeded) and attack them once on θ_AT."""
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
     config, spec = run.config, run.config.mrc
     with deterministic_kernels(config.deterministic), out_of_memory_names(
             "mrc", "mrc.batch_size", spec.batch_size):
@@ -430,8 +446,9 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
                   callbacks: PipelineCallbacks | None = None) -> MRCStageResult:
     """Score modules (all selected by the config, or exactly ``modules``) on ``inputs``; one shard
     of a sharded MRC stage, or the whole stage. ``seconds`` excludes making the inputs."""
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
     config, started = run.config, time.perf_counter()
+    _check_module_list(modules)
     spec = config.mrc if modules is None else config.mrc.model_copy(update={"modules": modules})
     run.reset_weights()
 
@@ -488,8 +505,18 @@ def _names(names: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _check_module_list(modules: list[str] | None) -> None:
+    """Raises TypeError for a ``modules`` argument that is not a list of names: a single name
+    was read letter by letter ("unknown module(s) ['c', 'o', 'n', 'v', '1']")."""
+    if modules is not None and (isinstance(modules, str) or not all(
+            isinstance(name, str) for name in modules)):
+        raise TypeError(f"modules must be a list of module names, e.g. ['conv1'], not "
+                        f"{modules!r}")
+
+
 def _run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None,
                    modules: list[str] | None) -> MRCStageResult:
+    _check_module_list(modules)  # before the adversarial set is made
     started = time.perf_counter()
     inputs = make_mrc_inputs(run, callbacks)
     result = score_modules(run, inputs, modules, callbacks)
@@ -525,7 +552,7 @@ def finetune_splits(splits: DatasetSplits, selection_split: str) -> DatasetSplit
 
 def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallbacks | None
                         ) -> FinetuneStageResult:
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
     config, started = run.config, time.perf_counter()
     run.reset_weights()
     total = config.finetune.epochs
@@ -684,7 +711,7 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
 
 def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
                              callbacks: PipelineCallbacks | None) -> InterpolationStageResult:
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
     config, started = run.config, time.perf_counter()
     spec = config.interpolation
     selection_data = _evaluation_data(run, spec.selection_split)
@@ -726,22 +753,50 @@ def run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = None,
         return _run_mrc_stage(run, callbacks, modules)
 
 
-def run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallbacks | None = None
-                       ) -> FinetuneStageResult:
-    """Fine-tune only ``module`` on clean data from θ_AT; keep the best validation epoch."""
+def module_to_tune(config: RiftConfig, mrc: MRCStageResult) -> str:
+    """``finetune.module`` when the config names one, else the module MRC selected."""
+    return config.finetune.module or mrc.selected_module
+
+
+def run_finetune_stage(run: PreparedRun, module: str | MRCStageResult,
+                       callbacks: PipelineCallbacks | None = None) -> FinetuneStageResult:
+    """Fine-tune only ``module`` on clean data from θ_AT; keep the best validation epoch.
+    ``module`` may be the MRC stage's result: then the module :func:`module_to_tune` picks.
+
+    Raises:
+        ConfigError: (field ``finetune.module``) the model has no such module.
+        TypeError: ``module`` is neither a name nor an MRC result.
+    """
+    if isinstance(module, MRCStageResult):
+        module = module_to_tune(run.config, module)
+    if not isinstance(module, str):
+        raise TypeError(f"module must be a module name such as 'layer4.1.conv2' (or the MRC "
+                        f"stage's result), not a {type(module).__name__}")
     with run.restored(), deterministic_kernels(run.config.deterministic), out_of_memory_names(
             "finetune", "finetune.batch_size", run.config.finetune.batch_size):
         return _run_finetune_stage(run, module, callbacks)
 
 
-def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
+def run_interpolation_stage(run: PreparedRun,
+                            finetuned_state: Mapping[str, torch.Tensor] | FinetuneStageResult,
                             callbacks: PipelineCallbacks | None = None
                             ) -> InterpolationStageResult:
     """Measure θ_α = (1 − α) θ_AT + α θ_FT over the α grid and keep the best clean accuracy whose
     robust accuracy is not below θ_AT's (minus the tolerance). Accuracies in percent. With
     ``interpolation.curve == "selection"`` only the points that can change the choice are
     attacked, each only until its verdict is certain (``rift.interpolation.select_alpha_lazily``);
-    the others have no robust accuracy, or only an upper bound (``robust_accuracy_at_most``)."""
+    the others have no robust accuracy, or only an upper bound (``robust_accuracy_at_most``).
+    ``finetuned_state`` is θ_FT, or the fine-tuning stage's result holding it.
+
+    Raises:
+        ConfigError: θ_FT has other keys, shapes or dtypes than θ_AT.
+        TypeError: ``finetuned_state`` is neither a state dict nor a fine-tuning result.
+    """
+    if isinstance(finetuned_state, FinetuneStageResult):
+        finetuned_state = finetuned_state.state_dict
+    if not isinstance(finetuned_state, Mapping):
+        raise TypeError(f"finetuned_state must be θ_FT's state dict (or the fine-tuning "
+                        f"stage's result), not a {type(finetuned_state).__name__}")
     with run.restored(), deterministic_kernels(run.config.deterministic), out_of_memory_names(
             "interpolate", "evaluation.batch_size", run.config.evaluation.batch_size):
         return _run_interpolation_stage(run, finetuned_state, callbacks)
@@ -909,7 +964,7 @@ def run_pipeline(config: RiftConfig | Mapping[str, Any], checkpoint: CheckpointS
     Writes ``mrc.json``, ``mrc.csv``, ``finetune.json``, ``finetuned.safetensors``,
     ``tuned.safetensors``, ``result.json`` and ``run.json``; returns the ``result.json`` document.
     """
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
     config = as_config(config)
     # Before the data loads: a folder that cannot be written failed at the first save.
     stage_outputs.check_output_folder(output_dir)
@@ -941,7 +996,7 @@ def _run_stages(config: RiftConfig, run: PreparedRun, storage: FolderStorage,
     if is_sweep(config):
         return run_sweep(run, mrc, storage, metadata, callbacks,
                          preflight.as_dict() if preflight is not None else None)
-    module = config.finetune.module or mrc.selected_module
+    module = module_to_tune(config, mrc)
     finetune = load_finetune(storage)
     if finetune is not None:
         callbacks.event("stage_skipped", {"stage": "finetune", "reason": "output already saved"})
@@ -995,7 +1050,7 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
     run again: a sweep cut short resumes where it stopped. Once the winner's outputs are
     written, the other candidates' θ_FT are deleted (their records stay).
     """
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
     config = run.config
     candidates = sweep_candidates(config, mrc.rows)
     fewer = fewer_modules_than_asked(config, candidates, mrc.rows)

@@ -16,7 +16,14 @@ from rift import checkpoints
 from rift.config import RiftConfig, as_config
 from rift.errors import CheckpointError, ConfigError
 from rift.models import build_model
-from rift.pipeline import PipelineCallbacks, prepare_run, run_finetune_stage, run_pipeline
+from rift.pipeline import (
+    PipelineCallbacks,
+    prepare_run,
+    run_finetune_stage,
+    run_interpolation_stage,
+    run_mrc_stage,
+    run_pipeline,
+)
 
 
 @pytest.fixture
@@ -120,3 +127,33 @@ def test_a_stage_cut_short_leaves_the_model_at_theta_at(
         assert torch.equal(value.cpu(), run.original_state[key]), key
     assert not run.model.training
     assert all(parameter.grad is None for parameter in run.model.parameters())
+
+
+def test_stages_chain_on_each_others_results(
+        settings: dict[str, Any], digits_checkpoint_path: Path) -> None:
+    """"Each taking the previous stage's output": the MRC result names the module to tune and
+    the fine-tuning result holds θ_FT (they failed with "unhashable type: 'MRCStageResult'" and
+    "argument of type 'FinetuneStageResult' is not iterable")."""
+    quick = {**settings, "mrc": {**settings["mrc"], "steps": 1, "num_examples": 32},
+             "finetune": {**settings["finetune"], "epochs": 1, "lr_milestones": []},
+             "interpolation": {"alpha_step": 0.5}, "evaluation": {"max_examples": 32}}
+    run = prepare_run(quick, digits_checkpoint_path)
+    mrc = run_mrc_stage(run)
+    finetune = run_finetune_stage(run, mrc)
+    assert finetune.module == mrc.selected_module
+    by_result = run_interpolation_stage(run, finetune)
+    by_state = run_interpolation_stage(run, finetune.state_dict)
+    assert (by_result.chosen_alpha, by_result.points) == (by_state.chosen_alpha, by_state.points)
+
+
+def test_arguments_of_the_wrong_kind_are_named(
+        settings: dict[str, Any], digits_checkpoint_path: Path) -> None:
+    run = prepare_run(settings, digits_checkpoint_path)
+    with pytest.raises(TypeError, match="callbacks must be a PipelineCallbacks"):
+        run_finetune_stage(run, "fc", {"on_event": print})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="modules must be a list of module names"):
+        run_mrc_stage(run, modules="conv1")  # type: ignore[arg-type]  # was ['c', 'o', ...]
+    with pytest.raises(TypeError, match="module must be a module name"):
+        run_finetune_stage(run, ["fc"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="finetuned_state must be"):
+        run_interpolation_stage(run, None)  # type: ignore[arg-type]
