@@ -196,10 +196,17 @@ def prepare_run(config: RiftConfig | Mapping[str, Any], checkpoint: CheckpointSo
     a forked generator (reseeding the global one changed what a notebook drew after the run).
     """
     config = as_config(config)
+    checkpoint = _user_path(checkpoint)
     device = resolve_device(config.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         return _prepare_run(config, checkpoint, device)
+
+
+def _user_path(value: CheckpointSource) -> CheckpointSource:
+    """A path as a notebook writes it, ``~`` expanded: ``output_dir="~/runs/a"`` made a folder
+    named ``~`` in the working directory (a shell expands it on the command line)."""
+    return Path(value).expanduser() if isinstance(value, str | os.PathLike) else value
 
 
 def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch.device
@@ -966,6 +973,7 @@ def run_pipeline(config: RiftConfig | Mapping[str, Any], checkpoint: CheckpointS
     """
     callbacks = PipelineCallbacks.of(callbacks)
     config = as_config(config)
+    checkpoint, output_dir = _user_path(checkpoint), Path(output_dir).expanduser()
     # Before the data loads: a folder that cannot be written failed at the first save.
     stage_outputs.check_output_folder(output_dir)
     run = prepare_run(config, checkpoint)

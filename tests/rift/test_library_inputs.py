@@ -5,6 +5,7 @@ written, and the caller's state (global random generator, weights) left as it wa
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +158,21 @@ def test_arguments_of_the_wrong_kind_are_named(
         run_finetune_stage(run, ["fc"])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="finetuned_state must be"):
         run_interpolation_stage(run, None)  # type: ignore[arg-type]
+
+
+def test_home_in_paths_is_expanded(settings: dict[str, Any], digits_checkpoint_path: Path,
+                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # output_dir="~/runs" made a folder named "~" in the working directory.
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    shutil.copy(digits_checkpoint_path, home / "at.safetensors")
+    run = prepare_run(settings, "~/at.safetensors")
+    assert run.original_state.keys() == checkpoints.load_state_dict(digits_checkpoint_path).keys()
+    (home / "taken").write_text("x")
+    with pytest.raises(ConfigError, match="a file, not a folder") as info:
+        run_pipeline(settings, "~/at.safetensors", "~/taken")
+    assert str(home / "taken") in info.value.message
+    assert not (work / "~").exists()
