@@ -125,6 +125,17 @@ class PipelineCallbacks:
     on_event: Callable[[str, dict[str, Any]], None] | None = None  # (kind, JSON payload)
     should_cancel: ShouldCancel | None = None  # polled at every batch and attack step
 
+    def __post_init__(self) -> None:
+        # A threading.Event given as should_cancel (not its is_set) failed at the first poll,
+        # deep in the run, with "'Event' object is not callable".
+        for name, what in (("on_progress", "(stage, fraction, message)"),
+                           ("on_event", "(kind, payload)"),
+                           ("should_cancel", "() returning True to stop, e.g. event.is_set")):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"PipelineCallbacks.{name} must be a function {what}, not a "
+                                f"{type(value).__name__}")
+
     @staticmethod
     def of(callbacks: PipelineCallbacks | None) -> PipelineCallbacks:
         """``callbacks``, or none at all for None.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,11 @@ def test_home_in_paths_is_expanded(settings: dict[str, Any], digits_checkpoint_p
         run_pipeline(settings, "~/at.safetensors", "~/taken")
     assert str(home / "taken") in info.value.message
     assert not (work / "~").exists()
+
+
+def test_a_callback_that_is_not_a_function_is_named_at_once() -> None:
+    # A threading.Event as should_cancel failed at the first poll, inside the run.
+    with pytest.raises(TypeError, match=r"should_cancel must be a function .*event\.is_set"):
+        PipelineCallbacks(should_cancel=threading.Event())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="on_event must be a function"):
+        PipelineCallbacks(on_event=[])  # type: ignore[arg-type]
