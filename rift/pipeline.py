@@ -222,6 +222,8 @@ def _user_path(value: CheckpointSource) -> CheckpointSource:
 
 def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch.device
                  ) -> PreparedRun:
+    # The checkpoint first: a wrong path was told only after the dataset had loaded.
+    state = checkpoints.checkpoint_weights(checkpoint, entry=config.checkpoint_entry)
     splits = load_dataset(config.dataset, config.seed)
     if device.type != "cpu" and splits.nbytes <= DEVICE_RESIDENT_MAX_BYTES:
         splits = splits.to(device)
@@ -231,7 +233,6 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
             f"{config.architecture.num_classes}{_sparse_labels_hint(splits)}",
             field="architecture.num_classes")
     channels, height, width = splits.image_shape
-    state = checkpoints.checkpoint_weights(checkpoint, entry=config.checkpoint_entry)
     model = build_model(config.architecture, in_channels=channels, image_size=height,
                         checkpoint_keys=state, image_width=width)
     # Parametrized weights (weight_norm, spectral_norm...) become plain ones (see

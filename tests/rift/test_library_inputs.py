@@ -185,3 +185,11 @@ def test_a_callback_that_is_not_a_function_is_named_at_once() -> None:
         PipelineCallbacks(should_cancel=threading.Event())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="on_event must be a function"):
         PipelineCallbacks(on_event=[])  # type: ignore[arg-type]
+
+
+def test_the_checkpoint_is_read_before_the_data(settings: dict[str, Any], tmp_path: Path
+                                               ) -> None:
+    # A wrong checkpoint path was told only after the whole dataset had loaded.
+    config = {**settings, "dataset": {"name": "npz", "path": str(tmp_path / "absent.npz")}}
+    with pytest.raises(CheckpointError, match="not found"):
+        prepare_run(config, tmp_path / "absent.safetensors")
