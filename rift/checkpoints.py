@@ -382,7 +382,7 @@ def _check_finite(state_dict: Mapping[str, Tensor], source: str) -> None:
         raise CheckpointError(f"{source} holds non-finite values in {_preview(bad)}")
 
 
-def load_state_dict(path: str | Path, *, mmap: bool = False, check_finite: bool = True,
+def load_state_dict(path: str | os.PathLike[str], *, mmap: bool = False, check_finite: bool = True,
                     entry: str | None = None) -> dict[str, Tensor]:
     """Read a safetensors or PyTorch checkpoint into a flat ``{key: CPU tensor}`` dict: its
     weights, or those of its entry ``entry`` (a key path such as ``"ema"``).
@@ -400,6 +400,38 @@ def load_state_dict(path: str | Path, *, mmap: bool = False, check_finite: bool 
     fmt = detect_checkpoint_format(path)
     return normalize_state_dict(_load_raw(path, fmt, mmap), source=f"checkpoint {path.name}",
                                 check_finite=check_finite, entry=entry)
+
+
+# What a run's ``checkpoint`` argument may be: a file, or weights already in memory (a state dict,
+# or what ``torch.load`` returned: a training script's dict holding one).
+CheckpointSource = str | os.PathLike[str] | Mapping[str, Any]
+
+
+def checkpoint_weights(checkpoint: CheckpointSource, *, entry: str | None = None,
+                       check_finite: bool = True) -> dict[str, Tensor]:
+    """The weights a run tunes: a file read by :func:`load_state_dict`, or an in-memory object
+    given the same unwrapping, entry choice and checks (:func:`normalize_state_dict`). Before,
+    a mapping was taken as it was: ``torch.load``'s ``{"state_dict": ..., "epoch": 3}`` was a
+    mismatch, ``checkpoint_entry`` was ignored, and a model or numpy arrays failed inside with
+    "object is not iterable" or "'numpy.ndarray' object has no attribute 'is_complex'".
+
+    Raises:
+        CheckpointError: as :func:`load_state_dict`; also an ``nn.Module`` or any other object
+            that is neither a path nor a mapping, named with what to pass instead.
+    """
+    if isinstance(checkpoint, str | os.PathLike):
+        return load_state_dict(checkpoint, entry=entry, check_finite=check_finite)
+    if isinstance(checkpoint, nn.Module):
+        raise CheckpointError(
+            f"checkpoint is a model ({type(checkpoint).__name__}), not its weights: pass "
+            "model.state_dict() or a checkpoint file (the network is built from "
+            "config.architecture)")
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            f"checkpoint is a {describe_value(checkpoint)}: pass a checkpoint file's path or a "
+            "state dict (a mapping of names to tensors)")
+    return normalize_state_dict(checkpoint, source="checkpoint", check_finite=check_finite,
+                                entry=entry)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -284,14 +283,11 @@ def _check_writable_folder(folder: Path, flag: str) -> None:
     Raises:
         CliInputError: naming ``flag``, the folder and the reason.
     """
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        at = f" ({exc.filename})" if exc.filename and Path(exc.filename) != folder else ""
-        raise CliInputError(f"{flag} {folder}: cannot write there: "
-                            f"{exc.strerror or exc}{at}") from None
+    from rift.stage_outputs import output_folder_problem  # imports torch: not for --help
+
+    problem = output_folder_problem(folder)
+    if problem is not None:
+        raise CliInputError(f"{flag} {folder}: {problem}")
 
 
 class _ProgressBars:
@@ -377,9 +373,6 @@ def _command_run(args: argparse.Namespace) -> int:
         raise CliInputError(f"--checkpoint {checkpoint}: "
                             f"{'a folder, not a file' if checkpoint.is_dir() else 'no such file'}")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        # Else "File exists" or "Not a directory: OUT/mrc.json", at the first write.
-        raise CliInputError(f"--out {out}: a file, not a folder")
     _check_writable_folder(out, "--out")
     bars = _ProgressBars(enabled=not args.quiet)
     try:

@@ -465,3 +465,23 @@ class RiftConfig(_Strict):
     deterministic: bool = Field(
         True, description="Deterministic GPU kernels: the same seed on the same device gives the "
         "same result (slower on GPU; no effect on CPU).")
+
+
+def as_config(config: RiftConfig | Mapping[str, Any]) -> RiftConfig:
+    """``config`` as a RiftConfig: a mapping of settings (a dict in a notebook, a job's JSON
+    config) is validated as ``RiftConfig.model_validate`` validates it. Before, a dict reached
+    the run and failed inside with "'dict' object has no attribute 'seed'".
+
+    Raises:
+        pydantic.ValidationError: the settings are invalid (each error names its setting).
+        TypeError: ``config`` is neither, e.g. a config file's path (read it first).
+    """
+    if isinstance(config, RiftConfig):
+        return config
+    if isinstance(config, Mapping):
+        return RiftConfig.model_validate(dict(config))
+    hint = (": read the file first, RiftConfig.model_validate_json(Path(...).read_text()), "
+            "or use `python -m rift run --config`"
+            if isinstance(config, str | bytes) or hasattr(config, "__fspath__") else "")
+    raise TypeError(f"config must be a RiftConfig or a dict of settings, not a "
+                    f"{type(config).__name__}{hint}")

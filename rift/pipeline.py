@@ -10,13 +10,14 @@ as it finishes, so a sweep resumed in the same folder runs only the candidates n
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from rift.attacks import PGD
 from rift.batch_backoff import out_of_memory_names, with_batch_backoff
 from rift.batchnorm_folding import FOLD_CHECK_EXAMPLES, BatchNormFolding, folds_on
 from rift.cancellation import ShouldCancel, raise_if_cancelled
-from rift.config import RiftConfig
+from rift.checkpoints import CheckpointSource
+from rift.config import RiftConfig, as_config
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from rift.dataset_formats import imagefolder_channels_hint
 from rift.device import deterministic_kernels, resolve_device
@@ -124,6 +126,33 @@ class PipelineCallbacks:
     on_event: Callable[[str, dict[str, Any]], None] | None = None  # (kind, JSON payload)
     should_cancel: ShouldCancel | None = None  # polled at every batch and attack step
 
+    def __post_init__(self) -> None:
+        # A threading.Event given as should_cancel (not its is_set) failed at the first poll,
+        # deep in the run, with "'Event' object is not callable".
+        for name, what in (("on_progress", "(stage, fraction, message)"),
+                           ("on_event", "(kind, payload)"),
+                           ("should_cancel", "() returning True to stop, e.g. event.is_set")):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"PipelineCallbacks.{name} must be a function {what}, not a "
+                                f"{type(value).__name__}")
+
+    @staticmethod
+    def of(callbacks: PipelineCallbacks | None) -> PipelineCallbacks:
+        """``callbacks``, or none at all for None.
+
+        Raises:
+            TypeError: something else, such as a dict of functions or one function (it failed
+                later with "'dict' object has no attribute 'progress'").
+        """
+        if callbacks is None:
+            return PipelineCallbacks()
+        if not isinstance(callbacks, PipelineCallbacks):
+            raise TypeError(
+                f"callbacks must be a PipelineCallbacks(on_progress=..., on_event=..., "
+                f"should_cancel=...), not a {type(callbacks).__name__}")
+        return callbacks
+
     def progress(self, stage: str, fraction: float, message: str) -> None:
         if self.on_progress is not None:
             self.on_progress(stage, min(max(fraction, 0.0), 1.0), message)
@@ -155,12 +184,47 @@ class PreparedRun:
         """Load ``state`` (default θ_AT) into the model, in place."""
         checkpoints.load_into(self.model, state if state is not None else self.original_state)
 
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[None]:
+        """On the way out of a stage, finished or not (a callback that raised, a cancellation):
+        the model holds θ_AT again, in eval mode, with no gradients. Before, a fine-tuning cut
+        short left its half-trained weights and every parameter's ``.grad`` in ``run.model``."""
+        try:
+            yield
+        finally:
+            self.reset_weights()
+            self.model.eval()
+            for parameter in self.model.parameters():
+                parameter.grad = None
 
-def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor]
+
+def prepare_run(config: RiftConfig | Mapping[str, Any], checkpoint: CheckpointSource
                 ) -> PreparedRun:
-    """Build the model, load and check the checkpoint, load the data, pick the device."""
-    torch.manual_seed(config.seed)
+    """Build the model, load and check the checkpoint, load the data, pick the device.
+
+    ``config`` may be a dict of settings (validated as ``RiftConfig.model_validate``);
+    ``checkpoint`` a file or weights in memory (:func:`rift.checkpoints.checkpoint_weights`).
+    The caller's random state is left as it was: the model is built under ``config.seed`` on
+    a forked generator (reseeding the global one changed what a notebook drew after the run).
+    """
+    config = as_config(config)
+    checkpoint = _user_path(checkpoint)
     device = resolve_device(config.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        return _prepare_run(config, checkpoint, device)
+
+
+def _user_path(value: CheckpointSource) -> CheckpointSource:
+    """A path as a notebook writes it, ``~`` expanded: ``output_dir="~/runs/a"`` made a folder
+    named ``~`` in the working directory (a shell expands it on the command line)."""
+    return Path(value).expanduser() if isinstance(value, str | os.PathLike) else value
+
+
+def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch.device
+                 ) -> PreparedRun:
+    # The checkpoint first: a wrong path was told only after the dataset had loaded.
+    state = checkpoints.checkpoint_weights(checkpoint, entry=config.checkpoint_entry)
     splits = load_dataset(config.dataset, config.seed)
     if device.type != "cpu" and splits.nbytes <= DEVICE_RESIDENT_MAX_BYTES:
         splits = splits.to(device)
@@ -170,8 +234,6 @@ def prepare_run(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.
             f"{config.architecture.num_classes}{_sparse_labels_hint(splits)}",
             field="architecture.num_classes")
     channels, height, width = splits.image_shape
-    state = (checkpoints.load_state_dict(checkpoint, entry=config.checkpoint_entry)
-             if isinstance(checkpoint, str | Path) else dict(checkpoint))
     model = build_model(config.architecture, in_channels=channels, image_size=height,
                         checkpoint_keys=state, image_width=width)
     # Parametrized weights (weight_norm, spectral_norm...) become plain ones (see
@@ -267,7 +329,7 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
     least ``rift.preflight.MIN_JUDGED_EXAMPLES`` examples; a smaller sample is reported with a
     warning, not judged). None when the accuracy check is disabled (``preflight.examples = 0``;
     the warnings still come). Emits a ``preflight`` event with the figures."""
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
     config = run.config
     for warning in configuration_warnings(config, run.splits, run.device):
         callbacks.event("warning", warning.as_payload())
@@ -389,7 +451,7 @@ class MRCInputs:
 
 def make_mrc_inputs(run: PreparedRun, callbacks: PipelineCallbacks | None = None) -> MRCInputs:
     """Draw ``mrc.num_examples`` training examples (seeded) and attack them once on θ_AT."""
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
     config, spec = run.config, run.config.mrc
     with deterministic_kernels(config.deterministic), out_of_memory_names(
             "mrc", "mrc.batch_size", spec.batch_size):
@@ -418,8 +480,9 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
                   callbacks: PipelineCallbacks | None = None) -> MRCStageResult:
     """Score modules (all selected by the config, or exactly ``modules``) on ``inputs``; one shard
     of a sharded MRC stage, or the whole stage. ``seconds`` excludes making the inputs."""
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
     config, started = run.config, time.perf_counter()
+    _check_module_list(modules)
     spec = config.mrc if modules is None else config.mrc.model_copy(update={"modules": modules})
     run.reset_weights()
 
@@ -476,8 +539,18 @@ def _names(names: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _check_module_list(modules: list[str] | None) -> None:
+    """Raises TypeError for a ``modules`` argument that is not a list of names: a single name
+    was read letter by letter ("unknown module(s) ['c', 'o', 'n', 'v', '1']")."""
+    if modules is not None and (isinstance(modules, str) or not all(
+            isinstance(name, str) for name in modules)):
+        raise TypeError(f"modules must be a list of module names, e.g. ['conv1'], not "
+                        f"{modules!r}")
+
+
 def _run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None,
                    modules: list[str] | None) -> MRCStageResult:
+    _check_module_list(modules)  # before the adversarial set is made
     started = time.perf_counter()
     inputs = make_mrc_inputs(run, callbacks)
     result = score_modules(run, inputs, modules, callbacks)
@@ -513,7 +586,7 @@ def finetune_splits(splits: DatasetSplits, selection_split: str) -> DatasetSplit
 
 def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallbacks | None
                         ) -> FinetuneStageResult:
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
     config, started = run.config, time.perf_counter()
     run.reset_weights()
     total = config.finetune.epochs
@@ -524,6 +597,7 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
                            f"epoch {metrics.epoch}/{total}: val {metrics.val_accuracy:.2f}%")
 
     callbacks.progress("finetune", 0.0, f"fine-tuning {module}")
+    trainable_module(run.model, module)  # an unknown name: ConfigError, not get_submodule's
     shared = tied_elsewhere(run.model, module)
     if shared:
         held = "; ".join(f"{name} is also held by {', '.join(others)}"
@@ -671,7 +745,7 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
 
 def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
                              callbacks: PipelineCallbacks | None) -> InterpolationStageResult:
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
     config, started = run.config, time.perf_counter()
     spec = config.interpolation
     selection_data = _evaluation_data(run, spec.selection_split)
@@ -709,27 +783,50 @@ def run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = None,
                   modules: list[str] | None = None) -> MRCStageResult:
     """Score modules (all selected by the config, or exactly ``modules``) on a fixed adversarial
     set drawn from the training split and made once on θ_AT (docs/algorithm.md, step 1)."""
-    with deterministic_kernels(run.config.deterministic):
+    with run.restored(), deterministic_kernels(run.config.deterministic):
         return _run_mrc_stage(run, callbacks, modules)
 
 
-def run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallbacks | None = None
-                       ) -> FinetuneStageResult:
-    """Fine-tune only ``module`` on clean data from θ_AT; keep the best validation epoch."""
-    with deterministic_kernels(run.config.deterministic), out_of_memory_names(
+def run_finetune_stage(run: PreparedRun, module: str | MRCStageResult,
+                       callbacks: PipelineCallbacks | None = None) -> FinetuneStageResult:
+    """Fine-tune only ``module`` on clean data from θ_AT; keep the best validation epoch.
+    ``module`` may be the MRC stage's result: then the module :func:`module_to_tune` picks.
+
+    Raises:
+        ConfigError: (field ``finetune.module``) the model has no such module.
+        TypeError: ``module`` is neither a name nor an MRC result.
+    """
+    if isinstance(module, MRCStageResult):
+        module = module_to_tune(run.config, module)
+    if not isinstance(module, str):
+        raise TypeError(f"module must be a module name such as 'layer4.1.conv2' (or the MRC "
+                        f"stage's result), not a {type(module).__name__}")
+    with run.restored(), deterministic_kernels(run.config.deterministic), out_of_memory_names(
             "finetune", "finetune.batch_size", run.config.finetune.batch_size):
         return _run_finetune_stage(run, module, callbacks)
 
 
-def run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
+def run_interpolation_stage(run: PreparedRun,
+                            finetuned_state: Mapping[str, torch.Tensor] | FinetuneStageResult,
                             callbacks: PipelineCallbacks | None = None
                             ) -> InterpolationStageResult:
     """Measure θ_α = (1 − α) θ_AT + α θ_FT over the α grid and keep the best clean accuracy whose
     robust accuracy is not below θ_AT's (minus the tolerance). Accuracies in percent. With
     ``interpolation.curve == "selection"`` only the points that can change the choice are
     attacked, each only until its verdict is certain (``rift.interpolation.select_alpha_lazily``);
-    the others have no robust accuracy, or only an upper bound (``robust_accuracy_at_most``)."""
-    with deterministic_kernels(run.config.deterministic), out_of_memory_names(
+    the others have no robust accuracy, or only an upper bound (``robust_accuracy_at_most``).
+    ``finetuned_state`` is θ_FT, or the fine-tuning stage's result holding it.
+
+    Raises:
+        ConfigError: θ_FT has other keys, shapes or dtypes than θ_AT.
+        TypeError: ``finetuned_state`` is neither a state dict nor a fine-tuning result.
+    """
+    if isinstance(finetuned_state, FinetuneStageResult):
+        finetuned_state = finetuned_state.state_dict
+    if not isinstance(finetuned_state, Mapping):
+        raise TypeError(f"finetuned_state must be θ_FT's state dict (or the fine-tuning "
+                        f"stage's result), not a {type(finetuned_state).__name__}")
+    with run.restored(), deterministic_kernels(run.config.deterministic), out_of_memory_names(
             "interpolate", "evaluation.batch_size", run.config.evaluation.batch_size):
         return _run_interpolation_stage(run, finetuned_state, callbacks)
 
@@ -867,14 +964,15 @@ def save_interpolation(storage: StageStorage, interpolation: InterpolationStageR
     stage_outputs.write_json(storage, RESULT_JSON, result)
 
 
-def run_identity(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor],
-                 run: PreparedRun) -> RunIdentity:
-    """The checkpoint's SHA-256 (of the file, or of the tensors when given a state dict), a
+def run_identity(config: RiftConfig, checkpoint: CheckpointSource, run: PreparedRun
+                 ) -> RunIdentity:
+    """The checkpoint's SHA-256 (of the file, or of the tensors when given weights in memory), a
     fingerprint of the loaded splits (every image and label, so another file with the same name
     or another split seed differs) and the config."""
     checkpoint_sha = (stage_outputs.file_sha256(Path(checkpoint))
-                      if isinstance(checkpoint, str | Path)
-                      else stage_outputs.tensors_fingerprint(checkpoint))
+                      if isinstance(checkpoint, str | os.PathLike)
+                      else stage_outputs.tensors_fingerprint(checkpoints.checkpoint_weights(
+                          checkpoint, entry=config.checkpoint_entry, check_finite=False)))
     splits = run.splits
     dataset = stage_outputs.tensors_fingerprint({
         f"{name}.{part}": getattr(getattr(splits, name), part)
@@ -882,7 +980,7 @@ def run_identity(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
     return RunIdentity(checkpoint_sha, dataset, config.model_dump(mode="json"))
 
 
-def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch.Tensor],
+def run_pipeline(config: RiftConfig | Mapping[str, Any], checkpoint: CheckpointSource,
                  output_dir: str | os.PathLike[str], callbacks: PipelineCallbacks | None = None, *,
                  fresh: bool = False) -> dict[str, Any]:
     """Run all three stages, saving each one's output in ``output_dir``; a stage whose output is
@@ -895,7 +993,11 @@ def run_pipeline(config: RiftConfig, checkpoint: str | Path | Mapping[str, torch
     Writes ``mrc.json``, ``mrc.csv``, ``finetune.json``, ``finetuned.safetensors``,
     ``tuned.safetensors``, ``result.json`` and ``run.json``; returns the ``result.json`` document.
     """
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
+    config = as_config(config)
+    checkpoint, output_dir = _user_path(checkpoint), Path(output_dir).expanduser()
+    # Before the data loads: a folder that cannot be written failed at the first save.
+    stage_outputs.check_output_folder(output_dir)
     run = prepare_run(config, checkpoint)
     preflight = run_preflight_stage(run, callbacks)
     storage = FolderStorage(output_dir)
@@ -979,7 +1081,7 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
     run again: a sweep cut short resumes where it stopped. Once the winner's outputs are
     written, the other candidates' θ_FT are deleted (their records stay).
     """
-    callbacks = callbacks or PipelineCallbacks()
+    callbacks = PipelineCallbacks.of(callbacks)
     config = run.config
     candidates = sweep_candidates(config, mrc.rows)
     fewer = fewer_modules_than_asked(config, candidates, mrc.rows)

@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -57,6 +58,33 @@ class StageStorage(Protocol):
     def read_bytes(self, name: str) -> bytes | None: ...
 
     def write_bytes(self, name: str, data: bytes, content_type: str) -> None: ...
+
+
+def output_folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot hold a run's outputs (a file, not writable, a parent that is a
+    file), or None once it exists and a scratch file could be written there. Makes the
+    folder and its parents."""
+    if folder.exists() and not folder.is_dir():
+        return "a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        at = f" ({exc.filename})" if exc.filename and Path(exc.filename) != folder else ""
+        return f"cannot write there: {exc.strerror or exc}{at}"
+    return None
+
+
+def check_output_folder(folder: str | os.PathLike[str]) -> None:
+    """Refuse an output folder that cannot be written, before any long work.
+
+    Raises:
+        ConfigError: (field ``output_dir``) naming the folder and the reason.
+    """
+    problem = output_folder_problem(Path(folder))
+    if problem is not None:
+        raise ConfigError(f"output_dir {folder}: {problem}", field="output_dir")
 
 
 class FolderStorage:
