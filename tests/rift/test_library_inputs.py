@@ -49,8 +49,17 @@ def test_a_dict_config_is_validated_like_model_validate(
     # It failed inside with "'dict' object has no attribute 'seed'".
     run = prepare_run(copy.deepcopy(settings), digits_checkpoint_path)
     assert run.config == RiftConfig.model_validate(settings)
-    with pytest.raises(ValidationError, match=r"finetune\.epoch\b"):
+    # A bad key was pydantic's raw ValidationError, without the CLI's "did you mean".
+    with pytest.raises(ConfigError, match=r"finetune\.epoch: unknown setting 'epoch'; did you "
+                       r"mean 'epochs'\?") as raised:
         as_config({**settings, "finetune": {"epoch": 3}})
+    assert raised.value.field == "finetune.epoch"
+    assert isinstance(raised.value.__cause__, ValidationError)  # pydantic's errors kept
+    # A mistyped choice too, and through prepare_run (which takes the dict) as well.
+    with pytest.raises(ConfigError, match=r"attack\.norm: .*did you mean 'l2'\?") as raised:
+        prepare_run({**settings, "attack": {**settings.get("attack", {}), "norm": "L_2"}},
+                    digits_checkpoint_path)
+    assert raised.value.field == "attack.norm"
 
 
 def test_a_config_file_path_is_told_to_be_read_first(tmp_path: Path) -> None:
