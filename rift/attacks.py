@@ -2,7 +2,9 @@
 for images, per-feature bounds or no bounds for feature vectors (``AttackSpec.domain``).
 
 The attack's arithmetic (the perturbation, its gradient and the projection) stays in fp32 even when
-the model runs under bf16 autocast: a bf16 step of 2/255 on a pixel near 1.0 would round away.
+the model runs under bf16 autocast: a bf16 step of 2/255 on a pixel near 1.0 would round away. A
+user's own float64 model is attacked in float64, and a float16 or bfloat16 one (``.half()``) in
+fp32 for the same reason, its inputs cast to its dtype (:func:`rift.model_state.input_dtype`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import AttackSpec
 from rift.device import autocast
 from rift.errors import ConfigError
-from rift.model_state import frozen_except
+from rift.model_state import frozen_except, input_dtype
 
 _TINY = 1e-12
 
@@ -110,7 +112,9 @@ class PGD:
         should_cancel: ShouldCancel | None = None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return adversarial images (N, C, H, W) in [0, 1] within ``eps`` of ``images``.
+        """Return adversarial images (N, C, H, W) in [0, 1] within ``eps`` of ``images``: float32,
+        or float64 for a float64 model (whose inputs are cast to its dtype, see the module
+        docstring).
 
         The random start draws uniform [0, 1) values of the images' shape from ``generator``,
         unless ``noise`` gives them (e.g. drawn per example, so that an example's start does not
@@ -121,7 +125,8 @@ class PGD:
         before every step (:func:`rift.cancellation.raise_if_cancelled`): with 1,000 steps one
         batch is minutes of work, so a check per batch alone would not stop it promptly.
         """
-        images = images.detach().float()
+        dtype = input_dtype(model)
+        images = images.detach().to(torch.promote_types(dtype, torch.float32))
         if self.eps == 0 or self.steps == 0:
             return images.clone()
         with frozen_except(model):
@@ -130,7 +135,7 @@ class PGD:
                 raise_if_cancelled(should_cancel)
                 delta.requires_grad_(True)
                 with autocast(images.device, precision):
-                    logits = model(images + delta)
+                    logits = model((images + delta).to(dtype))
                 loss = F.cross_entropy(logits.float(), labels)
                 (grad,) = torch.autograd.grad(loss, delta)
                 delta = self._step(delta.detach(), grad, images)

@@ -15,14 +15,10 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from rift.config import RiftConfig, SettingValueError, unused_settings
+from rift.config import RiftConfig, unused_settings
 from rift.errors import RiftError
-from rift.setting_names import (
-    choice_suggestion,
-    number_hint,
-    settings_at,
-    unknown_setting_message,
-)
+from rift.setting_names import describe_errors as describe_setting_errors
+from rift.setting_names import field_path, origin_key
 
 
 class CliInputError(Exception):
@@ -113,26 +109,6 @@ class ConfigInputError(CliInputError):
 _REQUIRED_HINTS = {"architecture": "--arch NAME", "dataset": "--dataset NAME"}
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    """pydantic's error location as the dotted setting name: union branch labels
-    ("literal['auto','unit','none']", "function-after[...]") are left out, list items are [i]."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part.isidentifier():
-            path += f".{part}" if path else part
-    return path
-
-
-def _origin_key(path: str, origins: dict[str, str]) -> str:
-    """The key of ``origins`` that set the setting at dotted ``path``: the longest flag or
-    ``--set`` key holding it, else "" (the config file)."""
-    given = [key for key in origins if key and (path == key or path.startswith(key + ".")
-                                                or path.startswith(key + "["))]
-    return max(given, key=len) if given else ""
-
-
 def describe_validation_error(exc: ValidationError, origins: dict[str, str]) -> str:
     """One line naming every invalid setting, what is wrong with it and where it was given
     (``origins``: dotted setting or section → the flag or file that set it; "" for the
@@ -141,44 +117,9 @@ def describe_validation_error(exc: ValidationError, origins: dict[str, str]) -> 
 
 
 def describe_errors(errors: list[ErrorDetails], origins: dict[str, str]) -> str:
-    """:func:`describe_validation_error` of pydantic's ``errors``."""
-    messages: dict[str, list[str]] = {}
-    inputs: dict[str, str] = {}
-    for error in errors:
-        reason = (error.get("ctx") or {}).get("error")
-        if isinstance(reason, SettingValueError):  # a section's check naming one setting
-            error["loc"] = (*error["loc"], *reason.setting)
-        path = _field_path(error["loc"])
-        if error["type"] == "extra_forbidden":
-            name = str(error["loc"][-1])
-            text = unknown_setting_message(name, settings_at(RiftConfig, error["loc"]))
-        elif error["type"] == "missing":
-            hint = _REQUIRED_HINTS.get(path)
-            text = "required" + (f"; give {hint} or set it in --config" if hint else "")
-        else:
-            text = error["msg"].removeprefix("Value error, ")  # pydantic's, says nothing
-            # A mistyped choice suggests the closest, in the API's words ("cifar-10": "did
-            # you mean 'cifar10'?").
-            text += choice_suggestion(error.get("input"), error["type"], error.get("ctx"))
-            if "input" in error and not isinstance(error["input"], dict):
-                shown = json.dumps(error["input"], ensure_ascii=False, default=str)
-                shown = shown if len(shown) <= 60 else shown[:57] + "..."
-                hint = number_hint(error["input"], error["type"])
-                inputs.setdefault(path, f"{shown}: {hint}" if hint else shown)
-        texts = messages.setdefault(path, [])
-        if text not in texts:
-            texts.append(text)
-    parts = []
-    for path, texts in messages.items():
-        origin = origins.get(_origin_key(path, origins), "")
-        details = []
-        if path in inputs and not origin.startswith("--set"):  # a --set shows what was typed
-            details.append(f"got {inputs[path]}")
-        if origin and not all(text.startswith("required") for text in texts):
-            details.append(f"from {origin}")
-        parts.append(f"{path or 'config'}: {' or '.join(texts)}"
-                     + (f" ({', '.join(details)})" if details else ""))
-    return "invalid configuration: " + "; ".join(parts)
+    """:func:`describe_validation_error` of pydantic's ``errors`` (the wording is
+    :func:`rift.setting_names.describe_errors`', shared with the library's dict configs)."""
+    return describe_setting_errors(errors, RiftConfig, origins, _REQUIRED_HINTS)[0]
 
 
 def build_config(args: argparse.Namespace) -> RiftConfig:
@@ -217,7 +158,7 @@ def _file_errors_of_strict_parse(tree: dict[str, Any], origins: dict[str, str]
     except ValidationError as exc:
         return [error for error in exc.errors()
                 if error["type"] != "missing"
-                and not _origin_key(_field_path(error["loc"]), origins)]
+                and not origin_key(field_path(error["loc"]), origins)]
     return []
 
 
@@ -248,10 +189,10 @@ def _build_config(args: argparse.Namespace, origins: dict[str, str]) -> RiftConf
         config = _validate_lax(tree, args)
     except ValidationError as exc:
         # The lax parse's errors first; the strict parse adds the file's settings it accepted.
-        reported = {_field_path(error["loc"]) for error in exc.errors()}
+        reported = {field_path(error["loc"]) for error in exc.errors()}
         raise _ConfigErrors([*exc.errors(), *(
             error for error in _file_errors_of_strict_parse(tree, origins)
-            if _field_path(error["loc"]) not in reported)]) from None
+            if field_path(error["loc"]) not in reported)]) from None
     strict = _file_errors_of_strict_parse(tree, origins)
     if strict:
         raise _ConfigErrors(strict)

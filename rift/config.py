@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -23,6 +24,7 @@ from pydantic import (
 
 from rift.dataset_formats import ImageChannels
 from rift.errors import ConfigError
+from rift.setting_names import SettingValueError, describe_errors
 
 Norm = Literal["linf", "l2"]
 MIN_STD = 1e-4
@@ -32,16 +34,6 @@ MAX_SEED = 2**31 - 1
 MAX_CHECKPOINT_ENTRY_CHARS = 256
 # 'auto', 'cpu', or an accelerator with an optional small index (ASCII digits only).
 DEVICE_PATTERN = r"^(auto|cpu|mps|(cuda|xpu)(:[0-9]{1,2})?)$"
-
-
-class SettingValueError(ValueError):
-    """A model check's error about one setting of the section it checks (``setting``: the path
-    from that section, e.g. ``("std",)`` or ``("mrc", "steps")``), so that the API and the CLI
-    name ``config.architecture.std``, not only ``config.architecture``."""
-
-    def __init__(self, message: str, *setting: str | int) -> None:
-        super().__init__(message)
-        self.setting = setting
 
 
 class _Strict(BaseModel):
@@ -473,13 +465,20 @@ def as_config(config: RiftConfig | Mapping[str, Any]) -> RiftConfig:
     the run and failed inside with "'dict' object has no attribute 'seed'".
 
     Raises:
-        pydantic.ValidationError: the settings are invalid (each error names its setting).
+        ConfigError: the settings are invalid; the message names each setting at fault in the
+            CLI's words ("finetune.epoch: unknown setting 'epoch'; did you mean 'epochs'?"),
+            ``field`` the first, and pydantic's ``ValidationError`` is its ``__cause__``.
         TypeError: ``config`` is neither, e.g. a config file's path (read it first).
     """
     if isinstance(config, RiftConfig):
         return config
     if isinstance(config, Mapping):
-        return RiftConfig.model_validate(dict(config))
+        try:
+            return RiftConfig.model_validate(dict(config))
+        except ValidationError as exc:
+            # pydantic's own text named the key but not the one meant (the CLI did).
+            message, field = describe_errors(exc.errors(), RiftConfig)
+            raise ConfigError(message, field=field or None) from exc
     hint = (": read the file first, RiftConfig.model_validate_json(Path(...).read_text()), "
             "or use `python -m rift run --config`"
             if isinstance(config, str | bytes) or hasattr(config, "__fspath__") else "")

@@ -21,6 +21,7 @@ from rift.attacks import PGD
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.data import DatasetSplits, ImageTensors, iterate_batches
 from rift.device import autocast
+from rift.model_state import input_dtype
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def seeded_generator(device: torch.device, seed: int) -> torch.Generator:
 @torch.no_grad()
 def _clean_logits(model: nn.Module, images: torch.Tensor, precision: str) -> torch.Tensor:
     with autocast(images.device, precision):
-        return model(images).float()
+        return model(images.to(input_dtype(model))).float()
 
 
 def evaluate_accuracy(
@@ -128,7 +129,8 @@ def evaluate_accuracy(
     should_cancel: ShouldCancel | None = None,
 ) -> AccuracyReport:
     """Clean accuracy and, when ``attack`` is given, robust accuracy under it (model in eval mode),
-    with per-example random starts (:func:`example_noise`)."""
+    with per-example random starts (:func:`example_noise`). A float64 or half model is given
+    its inputs in its own dtype (:func:`rift.model_state.input_dtype`)."""
     was_training = model.training
     model.eval()
     clean_correct = robust_correct = 0

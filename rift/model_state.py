@@ -8,9 +8,11 @@ afterwards, also when it raises (a cancellation or a numerical error mid-way).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 
@@ -33,3 +35,16 @@ def frozen_except(model: nn.Module, trainable: Iterable[nn.Parameter] = (), *,
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
         model.train(was_training)
+
+
+def input_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype ``model`` computes in: its first floating parameter's (else buffer's);
+    float32 for a model with neither. The library's data are float32 and the pipeline builds
+    float32 models, but a user's own model given to the lower-level functions (attacks,
+    ``evaluate_accuracy``, ``module_robust_criticality``) may be ``.double()`` or ``.half()``:
+    those cast their inputs to this dtype where they call the model (torch's own modules refuse
+    a float32 input with a float64 weight)."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32

@@ -37,7 +37,7 @@ from rift.config import MRCSpec
 from rift.device import autocast
 from rift.errors import ConfigError, NumericalError
 from rift.flat_weights import FlatWeights
-from rift.model_state import frozen_except
+from rift.model_state import frozen_except, input_dtype
 from rift.mrc_selection import SCREEN_PASSES, run_selection
 from rift.mrc_stacked import FP32_ONLY, StackedProbe, modules_per_group, reshuffled_batches
 from rift.scored_weights import scored_parameters, scored_weights, unscored_kinds
@@ -879,6 +879,8 @@ def module_robust_criticality(
     compares settings).
     """
     names = select_modules(model, spec)
+    # A user's float64 or half model scores its own dtype's inputs (rift.model_state).
+    adversarial_images = adversarial_images.to(input_dtype(model))
     with frozen_except(model):
         unreachable = unreachable_modules(model, names, adversarial_images[:1])
         if unreachable:

@@ -656,7 +656,9 @@ def _evaluation_models(run: PreparedRun, data: ImageTensors) -> Callable[[], nn.
 
 
 def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTensors,
-              callbacks: PipelineCallbacks, *, attacked: bool = True) -> dict[str, float | None]:
+              callbacks: PipelineCallbacks, *, attacked: bool = True) -> AccuracyReport:
+    """The one evaluation of weights outside the curve: the stage's ``before``/``after`` when
+    α is chosen on another split, and :func:`evaluate_weights` (a materialization's)."""
     run.reset_weights(state)
     model = _evaluation_models(run, data)() if attacked else run.model
 
@@ -669,8 +671,29 @@ def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTe
     warn = _backoff_warning(callbacks, "interpolate", EVALUATION_BACKOFF)
 
     # Evaluation results do not depend on the batch size, so it may shrink to fit the device.
-    report = with_batch_backoff(evaluate, run.config.evaluation.batch_size, on_backoff=warn)
+    return with_batch_backoff(evaluate, run.config.evaluation.batch_size, on_backoff=warn)
+
+
+def _accuracies(report: AccuracyReport) -> dict[str, float | None]:
     return {"clean_accuracy": report.clean_accuracy, "robust_accuracy": report.robust_accuracy}
+
+
+def evaluate_weights(run: PreparedRun, state: Mapping[str, torch.Tensor] | None = None, *,
+                     split: str = "test", callbacks: PipelineCallbacks | None = None
+                     ) -> AccuracyReport:
+    """Clean and robust accuracy of ``state`` (default θ_AT) on ``split``'s evaluated examples
+    (its first ``evaluation.max_examples``), computed as the interpolation stage computes its
+    ``before`` and ``after``: the attack on a BatchNorm-folded copy where
+    ``evaluation.fold_batchnorm`` folds (``rift.batchnorm_folding``), per-example random starts,
+    the batch size shrunk on out-of-memory, kernels deterministic as configured. A job's
+    materializations (``worker.materialize``) evaluate with it, so their numbers are the job's
+    (before, they attacked θ_α unfolded). ``run.model`` holds θ_AT again afterwards."""
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', not {split!r}")
+    with run.restored(), deterministic_kernels(run.config.deterministic), out_of_memory_names(
+            "evaluation", "evaluation.batch_size", run.config.evaluation.batch_size):
+        return _evaluate(run, state if state is not None else run.original_state,
+                         _evaluation_data(run, split), PipelineCallbacks.of(callbacks))
 
 
 def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
@@ -767,8 +790,8 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
                  "robust_accuracy": chosen.robust_accuracy}
     else:
         test = _evaluation_data(run, "test")
-        before = _evaluate(run, run.original_state, test, callbacks)
-        after = _evaluate(run, tuned, test, callbacks)
+        before = _accuracies(_evaluate(run, run.original_state, test, callbacks))
+        after = _accuracies(_evaluate(run, tuned, test, callbacks))
     run.reset_weights()
     return InterpolationStageResult(
         points, chosen.alpha, spec.selection_split, before, after, time.perf_counter() - started,

@@ -1,18 +1,31 @@
 """Which settings a section of a pydantic model has, and the one a mistyped key most likely meant.
 
-Shared by the CLI (``python -m rift run``) and the REST API, so that ``finetune.lrr`` gets the same
-"did you mean 'lr'?" wherever the config is given, and a number sent as text ("0.01") or an
-integer sent as 2.0 the same "write numbers without quotes" / "write 2" (:func:`number_hint`).
+Shared by the CLI (``python -m rift run``), the library's dict configs (``rift.config.as_config``)
+and the REST API, so that ``finetune.lrr`` gets the same "did you mean 'lr'?" wherever the config
+is given, and a number sent as text ("0.01") or an integer sent as 2.0 the same "write numbers
+without quotes" / "write 2" (:func:`number_hint`).
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, get_args
 
 from pydantic import BaseModel
+from pydantic_core import ErrorDetails
+
+
+class SettingValueError(ValueError):
+    """A model check's error about one setting of the section it checks (``setting``: the path
+    from that section, e.g. ``("std",)`` or ``("mrc", "steps")``), so that the API and the CLI
+    name ``config.architecture.std``, not only ``config.architecture``."""
+
+    def __init__(self, message: str, *setting: str | int) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 def _model_types(annotation: Any) -> list[type[BaseModel]]:
@@ -112,3 +125,71 @@ def number_hint(value: Any, kind: str) -> str:
             and abs(value) < 1e15):
         return f"write {int(value)}"
     return ""
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic's error location as the dotted setting name: union branch labels
+    ("literal['auto','unit','none']", "function-after[...]") are left out, list items are [i]."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.isidentifier():
+            path += f".{part}" if path else part
+    return path
+
+
+def origin_key(path: str, origins: Mapping[str, str]) -> str:
+    """The key of ``origins`` that set the setting at dotted ``path``: the longest flag or
+    ``--set`` key holding it, else "" (the config file)."""
+    given = [key for key in origins if key and (path == key or path.startswith(key + ".")
+                                                or path.startswith(key + "["))]
+    return max(given, key=len) if given else ""
+
+
+def describe_errors(errors: list[ErrorDetails], model: type[BaseModel],
+                    origins: Mapping[str, str] | None = None,
+                    required_hints: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """One line naming every invalid setting of pydantic's ``errors`` (validating ``model``),
+    what is wrong with it ("unknown setting 'epoch'; did you mean 'epochs'?", a mistyped choice's
+    closest one) and where it was given, and the dotted path of the first. ``origins``: dotted
+    setting or section → the flag or file that set it ("" for a config file, see
+    :func:`origin_key`); ``required_hints``: section → what to give when it is missing."""
+    origins = origins or {}
+    messages: dict[str, list[str]] = {}
+    inputs: dict[str, str] = {}
+    for error in errors:
+        reason = (error.get("ctx") or {}).get("error")
+        if isinstance(reason, SettingValueError):  # a section's check naming one setting
+            error["loc"] = (*error["loc"], *reason.setting)
+        path = field_path(error["loc"])
+        if error["type"] == "extra_forbidden":
+            name = str(error["loc"][-1])
+            text = unknown_setting_message(name, settings_at(model, error["loc"]))
+        elif error["type"] == "missing":
+            hint = (required_hints or {}).get(path)
+            text = "required" + (f"; give {hint} or set it in --config" if hint else "")
+        else:
+            text = error["msg"].removeprefix("Value error, ")  # pydantic's, says nothing
+            # A mistyped choice suggests the closest, in the API's words ("cifar-10": "did
+            # you mean 'cifar10'?").
+            text += choice_suggestion(error.get("input"), error["type"], error.get("ctx"))
+            if "input" in error and not isinstance(error["input"], dict):
+                shown = json.dumps(error["input"], ensure_ascii=False, default=str)
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
+                hint = number_hint(error["input"], error["type"])
+                inputs.setdefault(path, f"{shown}: {hint}" if hint else shown)
+        texts = messages.setdefault(path, [])
+        if text not in texts:
+            texts.append(text)
+    parts = []
+    for path, texts in messages.items():
+        origin = origins.get(origin_key(path, origins), "")
+        details = []
+        if path in inputs and not origin.startswith("--set"):  # a --set shows what was typed
+            details.append(f"got {inputs[path]}")
+        if origin and not all(text.startswith("required") for text in texts):
+            details.append(f"from {origin}")
+        parts.append(f"{path or 'config'}: {' or '.join(texts)}"
+                     + (f" ({', '.join(details)})" if details else ""))
+    return "invalid configuration: " + "; ".join(parts), next(iter(messages), "")

@@ -10,7 +10,8 @@ claim it, fine-tune its module at its rate from θ_AT and measure its interpolat
 that lost its lease never overwrites the recorded one) and record its outcome and stage records.
 Pick: the task that records the last candidate (or, after a crash, a re-sent candidate task that
 finds its candidate done) applies :func:`rift.sweep.choose_across` to all outcomes, finishes
-the fine-tune stage with the winner's records, as a one-candidate job would, and deletes the
+the fine-tune stage with the winner's records, as a one-candidate job would (and ``mrc.csv``
+again with the winner flagged, :func:`worker.stages.record_winner_table`), and deletes the
 other candidates' θ_FT and superseded attempts (best effort: a failure is a warning event, and
 the janitor removes what is left once the stage is done); the interpolate
 stage then records the winner's curve, θ_α* (made again from θ_AT and the winner's θ_FT: the same
@@ -60,7 +61,7 @@ from rift.sweep import (
     sweep_candidates,
 )
 from worker.runtime import PartReporter, WorkerResources, settle_part_error
-from worker.stages import job_stage_storage, prepare, record_interpolation
+from worker.stages import job_stage_storage, prepare, record_interpolation, record_winner_table
 
 logger = logging.getLogger(__name__)
 
@@ -213,11 +214,13 @@ def pick_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> st
     storage = job_stage_storage(resources.store, job_id, attempts)
     stage_outputs.write_json(storage, FINETUNE_JSON, finetune)
     weights = winner["finetuned"]
+    # The stored mrc.csv flags the winner, as GET /mrc and the library's run_sweep do.
+    table = record_winner_table(storage, finetune["module"])
     outputs = StageOutputs(
         epochs=finetune["epochs"],
         artifacts=[ArtifactRecord(name=FINETUNED, storage_key=weights["key"],
                                   size=int(weights["size"]), sha256=weights["sha256"],
-                                  content_type=weights["content_type"])],
+                                  content_type=weights["content_type"]), table],
         selected_module=finetune["module"],
         metrics={"best_epoch": finetune["best_epoch"], "finetune_seconds": finetune["seconds"],
                  "sweep": {"chosen": curves["chosen"], "candidates": len(results),

@@ -3,8 +3,9 @@
 θ_AT is the job's uploaded checkpoint as the run held it (``theta_at_in_run_layout``), θ_FT its
 recorded ``finetuned.safetensors``; the weights
 are :func:`rift.interpolation.interpolate_weights` of the two (α = 0 and 1 copy the end points bit
-for bit) saved as ``tuned@<α>.safetensors`` and, when asked, evaluated on the test split with the
-job's attack and evaluation settings, as the interpolation stage measures its points.
+for bit) saved as ``tuned@<α>.safetensors`` and, when asked, evaluated on the test split by
+:func:`rift.pipeline.evaluate_weights`, the helper the interpolation stage measures its
+``before``/``after`` with (the same folded copy, random starts and batch back-off).
 
 ``should_cancel`` (:class:`worker.runtime.MaterializationLease`) is polled before the weights are
 stored and at every evaluation batch: it raises once the worker lost its lease, so a worker whose
@@ -18,17 +19,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from persistence.models import Artifact, Checkpoint, Dataset, Job, Materialization
 from persistence.stages import ArtifactRecord
 from persistence.storage import ObjectStore
 from rift import checkpoints
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import RiftConfig
-from rift.device import deterministic_kernels
-from rift.evaluation import evaluate_accuracy
+from rift.evaluation import AccuracyReport
 from rift.interpolation import interpolate_weights, theta_at_in_run_layout
+from rift.pipeline import PipelineCallbacks, evaluate_weights
 from worker.inputs import fetch_checkpoint
 from worker.stages import FINETUNED, SAFETENSORS, prepare
 
@@ -36,8 +35,16 @@ from worker.stages import FINETUNED, SAFETENSORS, prepare
 @dataclass(frozen=True)
 class MaterializedWeights:
     artifact: ArtifactRecord
-    clean_accuracy: float | None
-    robust_accuracy: float | None
+    #: The test split's evaluation when asked (its accuracies are recorded), else None.
+    evaluation: AccuracyReport | None
+
+    @property
+    def clean_accuracy(self) -> float | None:
+        return self.evaluation.clean_accuracy if self.evaluation is not None else None
+
+    @property
+    def robust_accuracy(self) -> float | None:
+        return self.evaluation.robust_accuracy if self.evaluation is not None else None
 
 
 def materialization_key(job_id: str, name: str) -> str:
@@ -73,30 +80,14 @@ def materialize_weights(row: Materialization, job: Job, checkpoint: Checkpoint,
         raise_if_cancelled(should_cancel)
         stored = store.put_file(materialization_key(job.id, row.artifact_name), path,
                                 content_type=SAFETENSORS)
-        clean = robust = None
+        evaluation = None
         if row.evaluate:
-            clean, robust = _evaluate(job, checkpoint, dataset, weights, store, work_dir, device,
-                                      data_root, should_cancel)
+            run = prepare(job, checkpoint, dataset, store, work_dir, device, data_root)
+            evaluation = evaluate_weights(run, weights,
+                                          callbacks=PipelineCallbacks(should_cancel=should_cancel))
         record = ArtifactRecord(name=row.artifact_name, storage_key=stored.key, size=stored.size,
                                 sha256=stored.sha256, content_type=stored.content_type)
-        return MaterializedWeights(record, clean, robust)
+        return MaterializedWeights(record, evaluation)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-
-def _evaluate(job: Job, checkpoint: Checkpoint, dataset: Dataset | None,
-              weights: dict[str, torch.Tensor], store: ObjectStore, work_dir: Path,
-              device: str | None, data_root: Path | None,
-              should_cancel: ShouldCancel | None) -> tuple[float | None, float | None]:
-    run = prepare(job, checkpoint, dataset, store, work_dir, device, data_root)
-    run.reset_weights(weights)
-    test = run.splits.test
-    cap = run.config.evaluation.max_examples
-    if cap is not None and cap < len(test):
-        test = test.head(cap)
-    with deterministic_kernels(run.config.deterministic):  # as the interpolation stage measures
-        report = evaluate_accuracy(run.model, test, attack=run.attack,
-                                   batch_size=run.config.evaluation.batch_size, device=run.device,
-                                   seed=run.config.seed, precision=run.config.precision,
-                                   should_cancel=should_cancel)
-    return report.clean_accuracy, report.robust_accuracy

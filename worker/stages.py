@@ -33,6 +33,7 @@ from rift.pipeline import (
     load_finetuned_weights,
     load_mrc,
     module_to_tune,
+    mrc_table_csv,
     prepare_run,
     run_finetune_stage,
     run_interpolation_stage,
@@ -50,12 +51,14 @@ from rift.stage_outputs import (
     RESULT_JSON,
     STAGE_OF_FILE,
     TUNED,
+    content_type,
     write_json,
 )
 from worker.inputs import fetch_checkpoint, fetch_dataset
 
 __all__ = ["FINETUNED", "SAFETENSORS", "ObjectStageStorage", "describe_device", "job_manifest",
-           "job_stage_storage", "prepare", "record_interpolation", "record_mrc", "run_stage",
+           "job_stage_storage", "prepare", "record_interpolation", "record_mrc",
+           "record_winner_table", "run_stage",
            "stage_object_key", "store_manifest", "stored_manifest"]
 
 SAFETENSORS = "application/octet-stream"
@@ -267,6 +270,22 @@ def record_mrc(config: RiftConfig, result: MRCStageResult, storage: ObjectStageS
         summary={"modules": len(result.rows), "selected_module": module,
                  "seconds": result.seconds},
     )
+
+
+def record_winner_table(storage: ObjectStageStorage, module: str) -> ArtifactRecord:
+    """``mrc.csv`` again with ``module``, a sweep's winner, flagged (the MRC stage flagged the
+    least critical module before the candidates ran), as the library's ``run_sweep`` rewrites
+    it; returns its record, which replaces the MRC stage's ``mrc.csv`` artifact row. Stored
+    under the fine-tune stage's attempt, not over the MRC stage's object: that one keeps the
+    bytes its recorded digest describes until the new record is committed, and a pick made
+    again writes the same bytes to the same key."""
+    mrc = load_mrc(storage)
+    if mrc is None:
+        raise RuntimeError("mrc.json is missing although the MRC stage is done")
+    stored = storage.write_extra(StageName.FINETUNE, MRC_CSV,
+                                 mrc_table_csv(mrc.rows, module).encode("utf-8"),
+                                 content_type(MRC_CSV))
+    return _record(MRC_CSV, stored.result())
 
 
 def _finetune(job: Job, run: PreparedRun, storage: ObjectStageStorage,

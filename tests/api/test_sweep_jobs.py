@@ -149,6 +149,23 @@ def test_a_finished_sweep_keeps_only_the_winners_weights(
     assert said[winner]["available"] and said[winner]["url"] == listing["finetuned.safetensors"][
         "url"] and said[winner]["sha256"] == listing["finetuned.safetensors"]["sha256"]
 
+    # The stored mrc.csv flags the winner, as /mrc and the library's run_sweep do (it flagged
+    # the least critical module, written before the candidates ran), and its recorded digest
+    # and size are those of the bytes served. (Here the winner, conv1, is not the least
+    # critical module, fc: the check fails without the rewrite.)
+    import csv
+    import hashlib
+    import io
+
+    table = api.client.get(listing["mrc.csv"]["url"]).content
+    flagged = [row["name"] for row in csv.DictReader(io.StringIO(table.decode()))
+               if row["selected"] == "True"]
+    assert flagged == [curves["candidates"][winner]["module"]], flagged
+    assert [r["module"] for r in api.client.get(f"/v1/jobs/{job_id}/mrc").json()["rows"]
+            if r["selected"]] == flagged
+    assert (listing["mrc.csv"]["sha256"], listing["mrc.csv"]["size"]) == (
+        hashlib.sha256(table).hexdigest(), len(table))
+
     # The results read as before: curves (each candidate's points as curves.json has them,
     # bounds of cut-short points included), result.json, θ_α*, and weights at another α.
     document = json.loads(api.client.get(listing["curves.json"]["url"]).content)

@@ -49,8 +49,17 @@ def test_a_dict_config_is_validated_like_model_validate(
     # It failed inside with "'dict' object has no attribute 'seed'".
     run = prepare_run(copy.deepcopy(settings), digits_checkpoint_path)
     assert run.config == RiftConfig.model_validate(settings)
-    with pytest.raises(ValidationError, match=r"finetune\.epoch\b"):
+    # A bad key was pydantic's raw ValidationError, without the CLI's "did you mean".
+    with pytest.raises(ConfigError, match=r"finetune\.epoch: unknown setting 'epoch'; did you "
+                       r"mean 'epochs'\?") as raised:
         as_config({**settings, "finetune": {"epoch": 3}})
+    assert raised.value.field == "finetune.epoch"
+    assert isinstance(raised.value.__cause__, ValidationError)  # pydantic's errors kept
+    # A mistyped choice too, and through prepare_run (which takes the dict) as well.
+    with pytest.raises(ConfigError, match=r"attack\.norm: .*did you mean 'l2'\?") as raised:
+        prepare_run({**settings, "attack": {**settings.get("attack", {}), "norm": "L_2"}},
+                    digits_checkpoint_path)
+    assert raised.value.field == "attack.norm"
 
 
 def test_a_config_file_path_is_told_to_be_read_first(tmp_path: Path) -> None:
@@ -193,3 +202,44 @@ def test_the_checkpoint_is_read_before_the_data(settings: dict[str, Any], tmp_pa
     config = {**settings, "dataset": {"name": "npz", "path": str(tmp_path / "absent.npz")}}
     with pytest.raises(CheckpointError, match="not found"):
         prepare_run(config, tmp_path / "absent.safetensors")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_the_lower_level_functions_take_a_model_of_another_dtype(dtype: torch.dtype) -> None:
+    # A user's .double() or .half() model failed with torch's "Input type (float) and bias type
+    # (double) should be the same": the data are float32, and only the pipeline builds float32
+    # models. Now the inputs are cast to the model's dtype where it is called.
+    from rift.attacks import PGD
+    from rift.config import MRCSpec
+    from rift.data import ImageTensors
+    from rift.evaluation import evaluate_accuracy
+    from rift.mrc import make_adversarial_set, module_robust_criticality
+
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
+                                    torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
+    model = copy.deepcopy(reference).to(dtype)
+    images, labels = torch.rand(16, 1, 8, 8), torch.randint(0, 3, (16,))
+    attack, cpu = PGD(eps=0.03, step_size=0.01, steps=3), torch.device("cpu")
+
+    adversarial = attack.perturb(model, images, labels, noise=torch.rand(images.shape))
+    # Attacked in float64 for a float64 model, in fp32 for a half one (a step would round away).
+    assert adversarial.dtype == torch.promote_types(dtype, torch.float32)
+    assert float((adversarial - images).abs().max()) <= 0.03 + 1e-6
+    report = evaluate_accuracy(model, ImageTensors(images, labels), attack=attack, batch_size=8,
+                               device=cpu)
+    expected = evaluate_accuracy(reference, ImageTensors(images, labels), attack=None,
+                                 batch_size=8, device=cpu)
+    assert report.examples == 16 and report.robust_loss is not None
+    if dtype == torch.float64:  # the float32 model's decisions (a half one may round a tie)
+        assert report.clean_accuracy == expected.clean_accuracy
+    adversarial_set = make_adversarial_set(model, images, labels, attack, batch_size=8)
+    spec = MRCSpec(steps=2, batch_size=8)
+    mrc = module_robust_criticality(model, adversarial_set, labels, spec)
+    assert [row.name for row in mrc.modules] == ["0", "3"]
+    assert all(torch.isfinite(torch.tensor(row.mrc)) for row in mrc.modules)
+    if dtype == torch.float64:  # the same scores as the float32 model's, up to rounding
+        same = module_robust_criticality(reference, adversarial_set.float(), labels, spec)
+        assert [row.mrc for row in mrc.modules] == pytest.approx(
+            [row.mrc for row in same.modules], rel=1e-3, abs=1e-6)
+    assert all(p.dtype == dtype for p in model.parameters())  # the model is left as it was

@@ -67,3 +67,57 @@ def test_materialized_weights_are_the_runs_interpolation_whatever_the_checkpoint
     assert sorted(got) == sorted(expected)  # a safetensors file lists its keys sorted
     for key, value in expected.items():
         assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+
+
+def test_a_materializations_evaluation_is_the_interpolation_stages(tmp_path: Path) -> None:
+    # It attacked θ_α unfolded while the stage attacks a BatchNorm-folded copy on a CPU in
+    # fp32: the same function up to rounding, so counts rarely differed, but the numbers were
+    # computed two ways. Both now go through rift.pipeline.evaluate_weights.
+    from rift.batchnorm_folding import BatchNormFolding
+    from rift.pipeline import evaluate_weights
+
+    config = _config(tmp_path, "small_cnn", "conv2")
+    # α chosen on the validation split: the job's "after" is evaluated on the test split as a
+    # materialization is.
+    config = config.model_copy(update={"interpolation": config.interpolation.model_copy(
+        update={"selection_split": "validation"})})
+    torch.manual_seed(0)
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    # BatchNorm statistics and scales away from a fresh layer's (0, 1), as a trained one has:
+    # folding them then rounds the logits differently (by ~5e-7 here), not only in theory.
+    generator = torch.Generator().manual_seed(1)
+    for key, value in state.items():
+        if key.endswith("running_var"):
+            state[key] = torch.rand(value.shape, generator=generator) * 3 + 0.05
+        elif key.endswith("running_mean"):
+            state[key] = torch.randn(value.shape, generator=generator)
+        elif key.startswith("bn") and key.endswith(".weight"):
+            state[key] = torch.randn(value.shape, generator=generator) * 2
+    checkpoint = tmp_path / "theta_at.pt"
+    checkpoints.save_torch(checkpoint, state)
+    result = run_pipeline(config, checkpoint, tmp_path / "out")
+    alpha = result["chosen_alpha"]
+    run = prepare_run(config, checkpoint)
+    # The model is one the stage attacks folded (else this test could not tell the two apart).
+    probe = run.splits.test.images[:8].float() / 255
+    folding = BatchNormFolding(run.model, probe)
+    folding.current()
+    assert folding.folding is True
+
+    store = LocalObjectStore(tmp_path / "store")
+    store.put_file("checkpoints/c1", checkpoint)
+    store.put_file("jobs/j1/finetuned.safetensors", tmp_path / "out" / "finetuned.safetensors")
+    made = materialize_weights(
+        Materialization(job_id="j1", alpha=alpha, artifact_name=f"tuned@{alpha}.safetensors",
+                        evaluate=True),
+        Job(id="j1", spec=config.model_dump(mode="json"), selected_module="conv2"),
+        Checkpoint(id="c1", format="torch", storage_key="checkpoints/c1"), None,
+        Artifact(storage_key="jobs/j1/finetuned.safetensors"), store, tmp_path / "work",
+        device=None, data_root=None)
+    theta_ft = checkpoints.load_state_dict(tmp_path / "out" / "finetuned.safetensors")
+    expected = evaluate_weights(run, interpolate_weights(run.original_state, theta_ft, alpha))
+    # The same report to the last bit (the robust loss sums every attacked logit: an unfolded
+    # attack rounds differently), and the job's own "after".
+    assert made.evaluation == expected
+    assert {"clean_accuracy": made.clean_accuracy, "robust_accuracy": made.robust_accuracy} == (
+        result["after"])
