@@ -155,7 +155,7 @@ def test_weights_materialized_while_their_project_goes_are_not_kept(
         key = materialization_key(job["id"], row.artifact_name)
         store.put_bytes(key, b"weights")
         return MaterializedWeights(ArtifactRecord(row.artifact_name, key, 7, "0" * 64,
-                                                  "application/octet-stream"), None, None)
+                                                  "application/octet-stream"), None)
 
     monkeypatch.setattr("worker.materialize.materialize_weights", make_while_deleted)
     outcome = execute_materialization(WorkerResources(api.settings), made["id"])
