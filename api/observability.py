@@ -54,14 +54,21 @@ class ApiMetrics:
 
 
 def _route_template(scope: Scope) -> str:
-    """The matched route's template: the path with each path parameter's segment put back as
-    ``{name}``. (Built from the path because FastAPI keeps included routers nested, so the
-    matched route's own ``path`` lacks the prefixes.) ``<unmatched>`` when no route matched."""
-    if scope.get("route") is None:
+    """The matched route's template: the request path with its last segments replaced by the
+    matched route's own template (``/{job_id}/report``). (The route's own template lacks the
+    prefixes of the routers it was included through, which are literal.) ``<unmatched>`` when
+    no route matched.
+
+    Segments are matched by position: replacing every segment equal to a parameter's value
+    made ``GET /v1/jobs/jobs`` the series ``/v1/{job_id}/{job_id}``."""
+    route = scope.get("route")
+    if route is None:
         return "<unmatched>"
-    by_value = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
     segments = str(scope.get("path", "")).split("/")
-    return "/".join(f"{{{by_value[s]}}}" if s in by_value else s for s in segments)
+    own = str(getattr(route, "path_format", "") or "").lstrip("/").split("/")
+    if len(own) > len(segments):  # not a path this route could have matched; keep it bounded
+        return "<unmatched>"
+    return "/".join(segments[:len(segments) - len(own)] + own)
 
 
 def _is_multipart(scope: Scope) -> bool:

@@ -27,9 +27,10 @@ _job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", d
 #: An incoming X-Request-ID is kept if it is this safe (printable, no spaces, at most 64: the
 #: column's width); anything else is replaced by a new id rather than refused.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
-#: Attributes every LogRecord has; anything else on a record came from ``extra=``.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime",
-                                                                        "job_id", "request_id"}
+#: Attributes every LogRecord has; anything else on a record came from ``extra=``, except
+#: uvicorn's ``color_message`` (the message again, with terminal colour codes).
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime", "job_id", "request_id", "color_message"}
 _HANDLER_MARK = "_rift_json_handler"
 
 
@@ -143,9 +144,17 @@ def keep_urls_out_of_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+#: The server's loggers: uvicorn gives them plain-text handlers of its own (``INFO:     Started
+#: server process``, ``WARNING:  Invalid HTTP request received.``) before it builds the app, so a
+#: JSON-logging API wrote those lines as text among its JSON ones.
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
 def configure_logging(log_format: str, level: str = "INFO", stream: IO[str] | None = None
                       ) -> logging.Handler:
-    """Install (or replace) the service's handler on the root logger; returns it.
+    """Install (or replace) the service's handler on the root logger; returns it. The server's
+    loggers (:data:`SERVER_LOGGERS`) lose their own handlers and write through it too, at the
+    levels the server set.
 
     Idempotent: calling it again (another app in the same process, a test) replaces the handler
     installed before instead of adding a second one.
@@ -163,6 +172,11 @@ def configure_logging(log_format: str, level: str = "INFO", stream: IO[str] | No
         handler.setFormatter(TextFormatter(
             "%(asctime)s %(levelname)s %(name)s [job=%(job_id)s req=%(request_id)s] %(message)s"))
     root.addHandler(handler)
+    for name in SERVER_LOGGERS:
+        server_logger = logging.getLogger(name)
+        if server_logger.handlers:  # not one uvicorn silenced (``--no-access-log``: none, kept so)
+            server_logger.handlers.clear()
+            server_logger.propagate = True
     for name in ("api", "worker", "persistence", "rift", "reporting"):
         logging.getLogger(name).setLevel(level.upper())
     keep_urls_out_of_logs()

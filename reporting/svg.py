@@ -113,26 +113,41 @@ def _finite(value: float | None) -> bool:
 
 
 def _fmt(value: float) -> str:
+    if value != 0 and abs(value) < 0.01:  # ticks 1e-14 apart all read "0" with two decimals
+        return f"{value:.3g}"
     return f"{value:.2f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:.3g}"
 
 
+#: The largest magnitude an axis spans: past it ``high - low`` and the ticks overflow to inf.
+AXIS_LIMIT = 1e300
+#: A tick step below this is treated as no range at all: ``log10`` of a step that underflows to
+#: 0 (values ~5e-324) raises, and ticks rounded to a fixed number of decimals collapsed into one.
+_TINY_STEP = 1e-290
+
+
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About ``count`` round tick values covering ``[low, high]`` (steps of 1, 2 or 5 × 10^k)."""
+    """About ``count`` round tick values covering ``[low, high]`` (steps of 1, 2 or 5 × 10^k):
+    always at least two, strictly increasing and finite, so a chart can divide by their span.
+    (All MRC values below ~1e-12 used to give ticks rounded to one value, and the division by
+    their span failed the job's last stage and the report page.)"""
     if not (math.isfinite(low) and math.isfinite(high)):
         return [0.0, 1.0]
+    low, high = (min(max(v, -AXIS_LIMIT), AXIS_LIMIT) for v in (low, high))
     if high <= low:
         high = low + (abs(low) or 1.0)
     raw = (high - low) / max(count, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
+    if raw < _TINY_STEP:
+        high = low + 1.0
+        raw = (high - low) / max(count, 1)
+    exponent = math.floor(math.log10(raw))
+    magnitude = 10.0 ** exponent
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
-    start = math.floor(low / step) * step
-    ticks = []
-    value = start
-    while value <= high + step * 1e-9:
-        ticks.append(round(value, 12))
-        value += step
-    if ticks[-1] < high:
-        ticks.append(round(ticks[-1] + step, 12))
+    # Integer multiples of the step, rounded at the step's own decimal place (0.1 * 3 is
+    # 0.30000000000000004), so no two ticks round to one value whatever the magnitude.
+    first, last = math.floor(low / step), math.ceil(high / step)
+    ticks = sorted({round(k * step, -exponent) for k in range(first, last + 1)})
+    if len(ticks) < 2 or not all(math.isfinite(t) for t in ticks):
+        return [low, high]  # steps below the values' float resolution (1e20 + 1e3)
     return ticks
 
 

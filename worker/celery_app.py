@@ -15,11 +15,13 @@ from celery.signals import worker_init
 from persistence.queue import create_celery_app, declare_queues
 from persistence.settings import settings_or_exit
 from worker.allocator import tune_malloc
+from worker.json_output import use_json_output
 from worker.preflight import check_worker_start
 from worker.tasks import register_tasks
 
 app = create_celery_app(settings_or_exit())
 register_tasks(app)
+use_json_output(app.settings)
 # Here, before any task allocates: a prefork pool's children inherit it when forked.
 tune_malloc(app.settings.worker_malloc_threshold_bytes)
 

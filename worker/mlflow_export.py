@@ -14,7 +14,9 @@ No model flavour (mlflow.pytorch) is needed: the weights are a safetensors file.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -32,6 +34,11 @@ TUNED = "tuned.safetensors"
 WEIGHTS_DIR = "weights"
 #: MLflow refuses params longer than this (characters); longer values are cut.
 MAX_PARAM_CHARS = 6000
+#: MLflow refuses metric keys longer than this (characters).
+MAX_METRIC_KEY_CHARS = 250
+#: A character MLflow accepts in a metric key besides ``/`` (its pattern ``[/\w.\- :]``, less
+#: ``:``, which it refuses on Windows).
+_KEY_CHAR = re.compile(r"[\w.\- ]")
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,27 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
             text = json.dumps(value) if isinstance(value, list | tuple) else str(value)
             flat[name] = text[:MAX_PARAM_CHARS]
     return flat
+
+
+def metric_key(prefix: str, module: str) -> str:
+    """``prefix.module`` as a metric key MLflow accepts, distinct for distinct modules.
+
+    MLflow refuses a key with characters other than alphanumerics and ``_-. /``, one longer than
+    250 characters, and one that is not its own normalised path (``a//b``, ``blocks/0/``, a
+    ``.`` or ``..`` segment); any of them in a module name (the uploaded model chooses them)
+    failed the whole export. Such characters and segments become ``_`` and an overlong key keeps
+    its tail (the end of a module path tells modules apart); a key changed so gets ``-`` and 8
+    hex digits of the name's SHA-256, so two names changed alike stay two metrics. The names as
+    they are: the run's ``mrc_table.json``."""
+    segments = ("".join(c if _KEY_CHAR.fullmatch(c) else "_" for c in segment)
+                for segment in module.split("/"))
+    safe = "/".join(s if s not in ("", ".", "..") else "_" for s in segments)
+    key = f"{prefix}.{safe}"
+    if safe == module and len(key) <= MAX_METRIC_KEY_CHARS:
+        return key
+    digest = "-" + hashlib.sha256(module.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    room = MAX_METRIC_KEY_CHARS - len(prefix) - 1 - len(digest)
+    return f"{prefix}.{safe[-room:]}{digest}"
 
 
 def gather_job(session: Session, store: ObjectStore, job_id: str, directory: Path) -> JobExport:
@@ -170,10 +198,10 @@ def _metrics(export: JobExport) -> list[Any]:
         for key, value in (export.metrics.get(when) or {}).items():
             add(f"{when}.{key}", value)
     for row in export.mrc_rows:
-        safe = "".join(c if c.isalnum() or c in "._-/ " else "_" for c in str(row["module"]))
+        module = str(row["module"])
         # A lower bound (stopped early by mrc.table = "selection") is not the module's MRC.
-        add(f"{'mrc_at_least' if row.get('exact') is False else 'mrc'}.{safe}", row["mrc"])
-        add(f"robust_accuracy_drop.{safe}", row["robust_accuracy_drop"])
+        add(metric_key("mrc_at_least" if row.get("exact") is False else "mrc", module), row["mrc"])
+        add(metric_key("robust_accuracy_drop", module), row["robust_accuracy_drop"])
     for epoch in export.epochs:
         for key in ("train_loss", "train_accuracy", "val_accuracy"):
             add(f"finetune.{key}", epoch[key], int(epoch["epoch"]))

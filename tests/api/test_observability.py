@@ -39,13 +39,17 @@ def test_metrics_count_requests_by_route_template(local_api: Api, small_cnn_file
     for job_id in ("a", "b", "c"):
         local_api.client.get(f"/v1/jobs/{job_id}")
     local_api.client.get("/no/such/path")
+    local_api.client.get("/v1/jobs/jobs")  # a job id equal to a literal segment of the path
     response = local_api.client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(response.text)}
     requests = {tuple(sorted(s.labels.items())): s.value
                 for s in families["rift_http_requests"].samples if s.name.endswith("_total")}
-    assert requests[(("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "404"))] == 3
+    # Was "/v1/{job_id}/{job_id}" for /v1/jobs/jobs: segments matched by value, not position.
+    assert requests[(("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "404"))] == 4
+    assert {route for (_, (_, route), _) in requests} <= {
+        "/v1/checkpoints", "/v1/jobs/{job_id}", "<unmatched>", "/metrics"}
     assert requests[(("method", "GET"), ("route", "<unmatched>"), ("status", "404"))] == 1
     # A HEAD is counted under the route it matched (before: "<unmatched>").
     assert local_api.client.head("/v1/jobs/a").status_code == 404

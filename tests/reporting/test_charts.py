@@ -191,3 +191,28 @@ def test_unmeasured_and_non_finite_points_are_left_out_not_fatal() -> None:
     page = render_report(ReportData(job_id="j", status="failed", curves=[curve],
                                     chosen_alpha=0.5, error="stage_failed: out of memory"))
     assert "≤ 40" in page and "stage_failed: out of memory" in page
+
+
+def test_values_of_any_finite_magnitude_draw_a_readable_chart() -> None:
+    # MRC values all below ~1e-12 (a module the attack barely moves) gave ticks rounded to one
+    # value: the chart divided by zero, failing the job's last stage and the report page (500).
+    # Values near the float limits overflowed (inf span) or underflowed (log10 of 0) the same way.
+    for values in ([3e-14, 0.0], [-2e-13, 1e-13], [5e-324, 0.0], [1.7e308, 0.0],
+                   [-1e308, 1e308], [1e20, 1e20]):
+        rows = [{"module": f"m{i}", "mrc": v, "robust_accuracy_drop": v}
+                for i, v in enumerate(values)]
+        epochs = [{"epoch": i + 1, "train_loss": v, "train_accuracy": 50.0, "val_accuracy": 50.0}
+                  for i, v in enumerate(values)]
+        charts = job_charts(rows, "m0", epochs, [])
+        for svg in charts.values():
+            root = _parse(svg)
+            for element in root.iter():
+                for name in ("x", "y", "x1", "x2", "y1", "y2", "height", "cx", "cy"):
+                    if element.get(name) is not None:
+                        assert re.fullmatch(r"-?\d+(\.\d+)?", element.get(name, "")), svg
+        ticks = nice_ticks(min(values), max(values))
+        assert all(a < b for a, b in itertools.pairwise(ticks)), (values, ticks)
+    tiny = _parse(mrc_chart([{"module": "a", "mrc": 3e-14, "robust_accuracy_drop": 0.0}], "a"))
+    labels = {e.text for e in tiny.iter(f"{SVG}text")  # the y axis's tick labels
+              if e.get("class") is None and e.get("text-anchor") == "end"}
+    assert len(labels) > 2, labels  # not every tick printed as "0"

@@ -75,3 +75,37 @@ def test_export_logs_the_run_and_registers_a_model_version(tmp_path: Path) -> No
 def test_flatten_names_nested_keys_with_dots() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {
         "a.b": "1", "a.c.d": "[1, 2]", "e": "None"}
+
+
+def test_module_names_mlflow_refuses_as_keys_still_export_one_metric_each(tmp_path: Path) -> None:
+    # Module names come from the uploaded model. A trailing or doubled slash, or one over 250
+    # characters, made MLflow refuse the metric key: the run FAILED, no model version; two names
+    # sanitised alike ("a:b", "a\tb") were one metric.
+    from mlflow.tracking import MlflowClient
+
+    names = ["fc", "blocks/0/", "a//b", "x/./y", "../up", "m" * 300, "a:b", "a\tb", "日本.ß", "\ud800"]
+    export = _export(tmp_path, "odd")
+    export.mrc_rows = [{"module": name, "mrc": float(i), "robust_accuracy_drop": 1.0}
+                       for i, name in enumerate(names)]
+    export.selected_module = "s" * 9000  # a tag value over MLflow's documented 8000
+    export.config = {**export.config, "mrc": {"modules": names * 100}}  # a param over 6000
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    target = MlflowTarget(uri, "rift odd ü", "rift tuned ü", (tmp_path / "artifacts").as_uri())
+    result = export_to_mlflow(target, export)
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    mrc = {key: value for key, value in run.data.metrics.items() if key.startswith("mrc.")}
+    assert sorted(mrc.values()) == [float(i) for i in range(len(names))]  # one key per module
+    assert all(len(key) <= 250 for key in mrc)
+    assert run.data.metrics["mrc.fc"] == 0.0 and run.data.metrics["mrc.日本.ß"] == 8.0
+    assert client.get_model_version("rift tuned ü", result.model_version).run_id == result.run_id
+
+
+def test_an_overlong_module_name_keeps_its_tail_in_the_metric_key() -> None:
+    from worker.mlflow_export import metric_key
+
+    key = metric_key("mrc", "backbone." + "x" * 300 + ".attn.qkv")
+    assert len(key) == 250 and key.startswith("mrc.x") and ".attn.qkv-" in key
+    assert metric_key("mrc", "layer1.0.conv1") == "mrc.layer1.0.conv1"  # names MLflow takes: as is
