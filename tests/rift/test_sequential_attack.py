@@ -151,3 +151,15 @@ def test_example_flops_counts_one_examples_forward() -> None:
     assert example_flops(conv, _data(), device=CPU) == 2 * (8 * 27 * 64 + 8 * 2)
     assert example_flops(conv, _data(0), device=CPU) is None
     assert example_flops(nn.Sequential(nn.Flatten()), _data(), device=CPU) is None
+
+
+class _CannotBeCounted(nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("an operation the FLOP counter cannot run")
+
+
+def test_a_model_the_counter_cannot_run_keeps_the_default_floor() -> None:
+    model = _CannotBeCounted().train()
+    assert example_flops(model, _data(), device=CPU) is None
+    assert model.training
+    assert stop_chunk(449, 512, CPU, None) == 64
