@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -185,14 +187,10 @@ def test_a_delivery_logs_no_receiver_url(sessions: sessionmaker[Session], db_url
     assert not [r.getMessage() for r in caplog.records if "hooks/rift" in r.getMessage()]
 
 
-def test_the_receivers_answer_body_is_not_read() -> None:
-    """Only the status line decides an attempt: a receiver that announces a 1 GB body and then
-    trickles it (or never sends it) must neither fill the worker's memory nor hold the attempt
-    until its timeout. It used to be read whole (httpx's default), so this attempt ended in a
-    ReadTimeout after 2 s instead of a 200."""
-    import socket
-    import threading
-
+def _post_to_raw_receiver(answer: Callable[[socket.socket, threading.Event], None],
+                          timeout: float) -> tuple[Any, float]:
+    """One webhook attempt against a socket that ``answer(connection, done)`` serves by hand
+    (``done`` is set once the attempt returned); the attempt's result and its seconds."""
     from persistence.outbound import AllowList
     from worker.webhooks import post
 
@@ -201,24 +199,37 @@ def test_the_receivers_answer_body_is_not_read() -> None:
     listener.listen(1)
     done = threading.Event()
 
-    def answer() -> None:
+    def serve() -> None:
         connection, _ = listener.accept()
         with connection:
             connection.recv(65536)
-            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\nxx")
-            done.wait(10)
+            answer(connection, done)
 
-    thread = threading.Thread(target=answer, daemon=True)
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
         started = time.monotonic()
         result = post(f"http://127.0.0.1:{listener.getsockname()[1]}/hook",
-                      AllowList.parse("127.0.0.1"), headers={}, body=b"{}", timeout=2.0)
+                      AllowList.parse("127.0.0.1"), headers={}, body=b"{}", timeout=timeout)
         elapsed = time.monotonic() - started
     finally:
         done.set()
         thread.join(5)
         listener.close()
+    return result, elapsed
+
+
+def test_the_receivers_answer_body_is_not_read() -> None:
+    """Only the status line decides an attempt: a receiver that announces a 1 GB body and then
+    trickles it (or never sends it) must neither fill the worker's memory nor hold the attempt
+    until its timeout. It used to be read whole (httpx's default), so this attempt ended in a
+    ReadTimeout after 2 s instead of a 200."""
+
+    def announce_a_huge_body(connection: socket.socket, done: threading.Event) -> None:
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\nxx")
+        done.wait(10)
+
+    result, elapsed = _post_to_raw_receiver(announce_a_huge_body, timeout=2.0)
     assert result.status_code == 200 and result.error is None, result
     assert elapsed < 1.5
 
@@ -227,40 +238,17 @@ def test_a_receiver_trickling_its_answer_is_cut_off_at_the_attempts_timeout() ->
     """httpx's timeout bounds each read: a receiver sending its status line a byte every 0.3 s
     (each read well within 1 s) held the attempt for the whole line, here ~8 s, and could hold
     a delivery worker for hours with a longer head. The attempt now ends at its timeout."""
-    import socket
-    import threading
 
-    from persistence.outbound import AllowList
-    from worker.webhooks import post
+    def trickle(connection: socket.socket, done: threading.Event) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+            if done.wait(0.3):
+                return
+            try:
+                connection.sendall(bytes([byte]))
+            except OSError:
+                return
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    done = threading.Event()
-
-    def answer() -> None:
-        connection, _ = listener.accept()
-        with connection:
-            connection.recv(65536)
-            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
-                if done.wait(0.3):
-                    return
-                try:
-                    connection.sendall(bytes([byte]))
-                except OSError:
-                    return
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    try:
-        started = time.monotonic()
-        result = post(f"http://127.0.0.1:{listener.getsockname()[1]}/hook",
-                      AllowList.parse("127.0.0.1"), headers={}, body=b"{}", timeout=1.0)
-        elapsed = time.monotonic() - started
-    finally:
-        done.set()
-        thread.join(5)
-        listener.close()
+    result, elapsed = _post_to_raw_receiver(trickle, timeout=1.0)
     assert result.status_code is None
     assert result.error == "no answer within 1 s (WEBHOOK_TIMEOUT_SECONDS, the whole attempt)"
     assert elapsed < 2.5
