@@ -611,7 +611,6 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
         config.finetune, device=run.device, seed=config.seed,
         precision=config.precision, eval_batch_size=config.evaluation.batch_size,
         on_epoch=on_epoch, should_cancel=callbacks.should_cancel)
-    run.reset_weights()
     return FinetuneStageResult(module, [e.as_dict() for e in result.epochs], result.best_epoch,
                                time.perf_counter() - started, result.state_dict)
 
@@ -792,7 +791,6 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
         test = _evaluation_data(run, "test")
         before = _accuracies(_evaluate(run, run.original_state, test, callbacks))
         after = _accuracies(_evaluate(run, tuned, test, callbacks))
-    run.reset_weights()
     return InterpolationStageResult(
         points, chosen.alpha, spec.selection_split, before, after, time.perf_counter() - started,
         tuned, spec.curve, measured.robust_evaluations, measured.attacked_examples,
