@@ -32,6 +32,7 @@ from rift.attacks import PGD
 from rift.batch_backoff import out_of_memory_names, with_batch_backoff
 from rift.batchnorm_folding import FOLD_CHECK_EXAMPLES, BatchNormFolding, folds_on
 from rift.cancellation import ShouldCancel, raise_if_cancelled
+from rift.checkpoint_layouts import check_normalizers, fit_layout
 from rift.checkpoints import CheckpointSource
 from rift.config import RiftConfig, as_config
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
@@ -240,6 +241,13 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
     # rift.models.parametrized): before loading when the checkpoint already holds them plain.
     folded_first = holds_folded_weights(model, state)
     folded = fold_parametrized_weights(model) if folded_first else []
+    # A training wrapper's layout (robustness's AttackerModel, a Lightning module, a normaliser
+    # in front of the network): the network's weights, its normaliser checked against
+    # architecture.mean/std (rift.checkpoint_layouts).
+    layout = fit_layout(model.state_dict(), state, channels=channels)
+    if layout is not None:
+        check_normalizers(layout, config.architecture.mean, config.architecture.std)
+        state = layout.state_dict
     try:
         checkpoints.check_compatible(model, state)
     except CheckpointMismatchError as exc:
@@ -283,6 +291,9 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
                                          name=config.architecture.name)
     if folded:
         model_warnings.append(folding_warning(folded))
+    if layout is not None:
+        model_warnings.append(f"the checkpoint is not a plain state dict of the network: "
+                              f"{layout.note()}")
     return PreparedRun(config, device, splits, model.eval(), original, attack, model_warnings)
 
 

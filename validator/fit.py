@@ -54,6 +54,7 @@ def check_checkpoint_fits(
     """
     import torch
 
+    from rift.checkpoint_layouts import fit_layout
     from rift.checkpoints import check_compatible, check_dtypes
     from rift.finetune import trainable_module
     from rift.models.parametrized import fold_parametrized_weights, holds_folded_weights
@@ -77,8 +78,13 @@ def check_checkpoint_fits(
         folded_first = holds_folded_weights(model, shapes)
         if folded_first:
             fold_parametrized_weights(model)
+        # A training wrapper's layout (rift.checkpoint_layouts), as the job reads it; the
+        # normaliser's values are compared with architecture.mean/std by the job (meta tensors
+        # have none).
+        layout = fit_layout(model.state_dict(), meta_state, channels=channels)
+        fitted = meta_state if layout is None else layout.state_dict
         try:
-            check_compatible(model, meta_state)
+            check_compatible(model, fitted)
             break
         except CheckpointMismatchError as exc:
             mismatch = mismatch or exc  # the first option's keys are the ones reported
@@ -89,7 +95,8 @@ def check_checkpoint_fits(
         raise with_architecture_hint(mismatch, config.architecture, shapes, options, size)
     # Kinds only: meta tensors have no values, so a float64 beyond float32's range is left to
     # the job's own check when it loads the weights.
-    check_dtypes(model, {key: meta_state[key] for key in known if key in meta_state})
+    prefix = "" if layout is None else layout.prefix
+    check_dtypes(model, {key: value for key, value in fitted.items() if prefix + key in known})
     if not folded_first:
         fold_parametrized_weights(model)
     refuse_batch_statistics(model, config.architecture)  # needs no geometry: checked always
