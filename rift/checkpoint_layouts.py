@@ -130,6 +130,15 @@ def _normalizers(rest: Mapping[str, Tensor], channels: int | None) -> tuple[list
     return found, [key for key in rest if key not in used]
 
 
+def _equal(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
+    """Same keys, shapes and values (tensors without values, on the meta device, count as
+    equal: only their shapes are known)."""
+    return set(a) == set(b) and all(
+        a[key].shape == value.shape
+        and (value.is_meta or a[key].is_meta or torch.equal(a[key], value))
+        for key, value in b.items())
+
+
 def _copies(rest: Mapping[str, Tensor], weights: Mapping[str, Tensor], anchor: str
             ) -> tuple[list[str], list[str]]:
     """Prefixes under which ``rest`` holds the same keys as ``weights`` with equal values (the
@@ -139,10 +148,7 @@ def _copies(rest: Mapping[str, Tensor], weights: Mapping[str, Tensor], anchor: s
     for prefix in _prefixes(rest, anchor):
         copy = {key[len(prefix):]: value for key, value in rest.items()
                 if key.startswith(prefix)}
-        if set(copy) != set(weights) or not all(
-                copy[key].shape == value.shape and (value.is_meta or copy[key].is_meta
-                                                    or torch.equal(copy[key], value))
-                for key, value in weights.items()):
+        if not _equal(copy, weights):
             continue
         copies.append(prefix)
         for key in copy:
@@ -155,16 +161,24 @@ def fit_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *,
     """``state`` taken out of a training wrapper's layout for a model whose ``state_dict()``
     is ``expected`` (see the module docstring), or None when ``state`` needs no such reading
     (it fits as it is) or is no layout recognised here. ``channels``: the model's input
-    channels, which a normaliser's buffers must have (or 1); None: any up to 4."""
+    channels, which a normaliser's buffers must have (or 1); None: any up to 4.
+
+    Raises:
+        CheckpointMismatchError: several prefixes each hold all of the model's keys, with
+            different values, and nothing else tells which network to take.
+    """
     if _model_fits(state, expected) and all(key in expected for key in state):
         return None
     anchor = next((key for key in expected if not key.endswith(_OPTIONAL_SUFFIX)), None)
     if anchor is None:
         return None
+    networks: list[tuple[str, dict[str, Tensor]]] = []  # different ones only
     for prefix in _prefixes(state, anchor):
         weights = _under(state, prefix, expected)
         if not _model_fits(weights, expected):
             continue
+        if not any(_equal(weights, other) for _, other in networks):
+            networks.append((prefix, weights))
         rest = {key: value for key, value in state.items()
                 if not (key.startswith(prefix) and key[len(prefix):] in expected)}
         copies, left = _copies(rest, weights, anchor)
@@ -172,6 +186,17 @@ def fit_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *,
         if left:
             continue
         return FittedLayout(weights, prefix, copies, normalizers)
+    if len(networks) > 1:
+        # A LightningModule holding a model and its EMA, a student and its teacher: taking the
+        # first would tune weights the user may not have meant.
+        shown = ", ".join(repr(prefix) for prefix, _ in networks)
+        first = networks[0][0]
+        raise CheckpointMismatchError(
+            f"the checkpoint holds {len(networks)} networks of this architecture with different "
+            f"values, under the key prefixes {shown} (a model and its EMA, a student and its "
+            "teacher): which to tune cannot be told from the file; save the one you mean on "
+            f"its own, e.g. {{key.removeprefix({first!r}): value for key, value in "
+            f"state_dict.items() if key.startswith({first!r})}}")
     return None
 
 

@@ -149,11 +149,12 @@ def test_only_an_unambiguous_wrapper_layout_is_read() -> None:
     network = _network()
     expected = build_model(_config_spec(), in_channels=3, image_size=8).state_dict()
     assert fit_layout(expected, network) is None  # fits as it is
-    # A student and its teacher: two different networks, so neither is taken.
-    teacher = {key: value + 1 if value.is_floating_point() else value
-               for key, value in network.items()}
-    assert fit_layout(expected, {**_prefixed("student.", network),
-                                 **_prefixed("teacher.", teacher)}) is None
+    # A model and its EMA in one LightningModule: two different networks, neither is taken.
+    ema = {key: value + 1 if value.is_floating_point() else value
+           for key, value in network.items()}
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"2 networks .* under the key prefixes 'model\.', 'model_ema\.'"):
+        fit_layout(expected, {**_prefixed("model.", network), **_prefixed("model_ema.", ema)})
     # A key that is neither the network's, a copy of it, nor a normaliser.
     assert fit_layout(expected, {**_prefixed("model.", network),
                                  "criterion.weight": torch.ones(4)}) is None
