@@ -216,11 +216,13 @@ def _shown(values: Sequence[float]) -> str:
 
 
 def check_normalizers(layout: FittedLayout, mean: Sequence[float] | None,
-                      std: Sequence[float] | None) -> None:
-    """Require every normaliser of ``layout`` to equal the configured ``mean``/``std`` (None:
-    no normalisation, i.e. mean 0 and std 1) within :data:`TOLERANCE` (or the spacing of the
-    normaliser's float type, if coarser: bf16's); normalisers without
-    values (meta tensors) are not compared.
+                      std: Sequence[float] | None, *, configured: bool = True) -> None:
+    """Require every normaliser of ``layout`` to equal the ``mean``/``std`` the model applies
+    (None: no normalisation, i.e. mean 0 and std 1) within :data:`TOLERANCE` (or the spacing of
+    the normaliser's float type, if coarser: bf16's); normalisers without values (meta tensors)
+    are not compared. ``configured``: whether ``architecture.mean/std`` were set (else the
+    values are the model's default, e.g. a torchvision model's ImageNet statistics), for the
+    message.
 
     Raises:
         CheckpointMismatchError: naming the normaliser's keys, its values, the configured ones
@@ -243,13 +245,16 @@ def check_normalizers(layout: FittedLayout, mean: Sequence[float] | None,
                       for name, (named_mean, named_std) in NAMED_NORMALIZATIONS.items()
                       if _close([*saved_mean, *saved_std],
                                                  [*named_mean, *named_std], tolerance)), "")
-        configured = ("architecture.mean/std are not set (no normalisation)" if mean is None
-                      else f"architecture.mean is {_shown(want_mean)} and architecture.std "
-                      f"{_shown(want_std)}")
+        if _close([*want_mean, *want_std], [0.0] * channels + [1.0] * channels, TOLERANCE):
+            applied = "the model applies none (architecture.mean/std are not set)"
+        else:
+            applied = (f"the model applies mean {_shown(want_mean)}, std {_shown(want_std)} ("
+                       + ("architecture.mean/std" if configured else
+                          "its default: architecture.mean/std are not set") + ")")
         raise CheckpointMismatchError(
             f"the checkpoint holds an input normaliser ({normalizer.mean_key} "
             f"{_shown(saved_mean)}, {normalizer.std_key} {_shown(saved_std)}): the network was "
-            f"trained on inputs normalised by it, but {configured}: {named}set "
+            f"trained on inputs normalised by it, but {applied}: {named}set "
             f"architecture.mean to {_shown(saved_mean)} and architecture.std to "
             f"{_shown(saved_std)} (without architecture.normalization); the model applies them "
             "itself, so the checkpoint's normaliser is then left out")

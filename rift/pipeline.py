@@ -56,6 +56,7 @@ from rift.interpolation import (
 )
 from rift.model_checks import check_model_outputs
 from rift.models import build_model, check_model_accepts
+from rift.models.normalization import applied_normalization
 from rift.models.parametrized import (
     fold_parametrized_weights,
     folding_warning,
@@ -246,7 +247,11 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
     # architecture.mean/std (rift.checkpoint_layouts).
     layout = fit_layout(model.state_dict(), state, channels=channels)
     if layout is not None:
-        check_normalizers(layout, config.architecture.mean, config.architecture.std)
+        spec = config.architecture
+        # What the model applies: a torchvision model's ImageNet default when mean/std are
+        # unset; the configuration where an installed builder keeps no such buffers.
+        mean, std = applied_normalization(model) or (spec.mean, spec.std)
+        check_normalizers(layout, mean, std, configured=spec.mean is not None)
         state = layout.state_dict
     try:
         checkpoints.check_compatible(model, state)

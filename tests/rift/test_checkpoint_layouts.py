@@ -28,8 +28,8 @@ MEAN = [0.4914, 0.4822, 0.4465]
 STD = [0.2023, 0.1994, 0.2010]
 
 
-def _config(folder: Path, **architecture: Any) -> Any:
-    config = random_images_config(folder, "small_cnn", tuned="fc", step_size=0.01, lr=0.01,
+def _config(folder: Path, tuned: str = "fc", **architecture: Any) -> Any:
+    config = random_images_config(folder, "small_cnn", tuned=tuned, step_size=0.01, lr=0.01,
                                   mrc={})
     settings = config.model_dump()
     settings["architecture"] = {"name": "small_cnn", "num_classes": 4, **architecture}
@@ -96,7 +96,8 @@ def test_a_robustness_library_checkpoint_runs_with_its_normalisation(
 
 @pytest.mark.parametrize(("architecture", "configured"), [
     ({}, r"architecture\.mean/std are not set"),
-    ({"normalization": "cifar10"}, r"architecture\.std \[0\.2471, 0\.2435, 0\.2616\]"),
+    ({"normalization": "cifar10"}, r"the model applies mean \[0\.4914, 0\.4822, 0\.4465\], std "
+                                   r"\[0\.2471, 0\.2435, 0\.2616\] \(architecture\.mean/std\)"),
 ])
 def test_a_normaliser_unlike_the_configured_one_is_refused_naming_both(
         tmp_path: Path, architecture: dict[str, Any], configured: str) -> None:
@@ -124,9 +125,35 @@ def test_robustbench_normalisers_are_compared_with_the_configured_one(tmp_path: 
                sequential)
     for path in (buffers, sequential):
         assert _loaded(prepare_run(_config(tmp_path, normalization="cifar10"), path), network)
-        with pytest.raises(CheckpointMismatchError, match=r"architecture\.mean/std are not set .*: set "
+        with pytest.raises(CheckpointMismatchError, match=r"architecture\.mean/std are not set\): set "
                            r"architecture\.normalization to 'cifar10', or set architecture\.mean"):
             prepare_run(_config(tmp_path), path)
+
+
+def test_a_torchvision_models_default_normalisation_is_the_one_compared(tmp_path: Path) -> None:
+    # A torchvision model applies ImageNet's statistics when architecture.mean/std are unset:
+    # before, a robustness ImageNet checkpoint was refused as "not set", and one with an
+    # identity normaliser accepted and fed ImageNet-normalised inputs.
+    config = _config(tmp_path, name="torchvision:resnet18")
+    torch.manual_seed(0)
+    network = {key: value.clone() for key, value in
+               build_model(config.architecture, in_channels=3, image_size=8).state_dict().items()}
+    imagenet = [torch.tensor(values).view(3, 1, 1)
+                for values in NAMED_NORMALIZATIONS["imagenet"]]
+    identity = [torch.zeros(3, 1, 1), torch.ones(3, 1, 1)]
+    for name, (mean, std) in (("imagenet", imagenet), ("identity", identity)):
+        path = tmp_path / f"{name}.pt"
+        torch.save({"model": {**_prefixed("module.model.", network),
+                              "module.normalizer.new_mean": mean,
+                              "module.normalizer.new_std": std}}, path)
+        if name == "imagenet":
+            assert _loaded(prepare_run(config, path), network)
+        else:
+            with pytest.raises(CheckpointMismatchError,
+                               match=r"new_std \[1, 1, 1\]\).*the model applies mean "
+                               r"\[0\.485, 0\.456, 0\.406\], std \[0\.229, 0\.224, 0\.225\] "
+                               r"\(its default: architecture\.mean/std are not set\)"):
+                prepare_run(config, path)
 
 
 def test_a_lightning_checkpoint_runs(tmp_path: Path) -> None:
@@ -179,7 +206,7 @@ def test_a_bf16_normaliser_is_compared_at_its_own_precision() -> None:
                                    "sigma": torch.tensor(STD).bfloat16()}, channels=3)
     assert layout is not None
     check_normalizers(layout, MEAN, STD)
-    with pytest.raises(CheckpointMismatchError, match=r"architecture\.std \[0\.2471"):
+    with pytest.raises(CheckpointMismatchError, match=r"std \[0\.2471"):
         check_normalizers(layout, *NAMED_NORMALIZATIONS["cifar10"])
 
 
