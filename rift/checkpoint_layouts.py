@@ -186,9 +186,12 @@ def fit_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *,
         if left:
             continue
         return FittedLayout(weights, prefix, copies, normalizers)
-    if len(networks) > 1:
-        # A LightningModule holding a model and its EMA, a student and its teacher: taking the
-        # first would tune weights the user may not have meant.
+    others = {key: value for key, value in state.items()
+               if not any(key.startswith(prefix) and key[len(prefix):] in expected
+                          for prefix, _ in networks)}
+    if len(networks) > 1 and not _normalizers(others, channels)[1]:
+        # A LightningModule holding a model and its EMA, a student and its teacher (and nothing
+        # else): taking the first would tune weights the user may not have meant.
         shown = ", ".join(repr(prefix) for prefix, _ in networks)
         first = networks[0][0]
         raise CheckpointMismatchError(

@@ -182,6 +182,11 @@ def test_only_an_unambiguous_wrapper_layout_is_read() -> None:
     with pytest.raises(CheckpointMismatchError,
                        match=r"2 networks .* under the key prefixes 'model\.', 'model_ema\.'"):
         fit_layout(expected, {**_prefixed("model.", network), **_prefixed("model_ema.", ema)})
+    # ... but two layers of a larger network that each fit a one-layer model are no such pair.
+    linear = nn.Linear(4, 4).state_dict()
+    larger = {**_prefixed("a.", linear), **_prefixed("b.", dict(nn.Linear(4, 4).state_dict())),
+              "c.weight": torch.ones(2, 4)}
+    assert fit_layout(linear, larger) is None
     # A key that is neither the network's, a copy of it, nor a normaliser.
     assert fit_layout(expected, {**_prefixed("model.", network),
                                  "criterion.weight": torch.ones(4)}) is None
