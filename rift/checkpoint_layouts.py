@@ -15,11 +15,12 @@ place in the model.
 :func:`fit_layout` recognises such a file only when it is unambiguous: the keys under one prefix
 are exactly the model's (names and shapes; a missing ``num_batches_tracked`` allowed), and every
 other key is either a normaliser pair (see :data:`NORMALIZER_PAIRS`) or an equal copy of those
-weights under another prefix. A normaliser's values must then equal the job's configured
-``architecture.mean/std`` (identity when unset): the network was trained on inputs normalised by
-them, and dropping them or applying them twice would tune a model fed inputs it never saw.
-Anything else is left to the strict key check (``rift.checkpoints.check_compatible``), whose
-error lists the keys.
+weights under another prefix. A normaliser's values must then equal what the model applies
+(:func:`check_normalizers`: ``architecture.mean/std``, or the builder's default when unset,
+ImageNet's for torchvision models): the network was trained on inputs normalised by them, and
+dropping them or applying them twice would tune a model fed inputs it never saw. Two different
+networks under two prefixes are refused naming them. Anything else is left to the strict key
+check (``rift.checkpoints.check_compatible``), whose error lists the keys.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class FittedLayout:
                          + " were left out")
         if self.normalizers:
             keys = ", ".join(f"{n.mean_key}/{n.std_key}" for n in self.normalizers)
-            parts.append(f"the input normaliser ({keys}) equals architecture.mean/std, which "
-                         "the model applies itself, so it was left out")
+            parts.append(f"the input normaliser ({keys}) equals the one the model applies "
+                         "itself (architecture.mean/std), so it was left out")
         return "; ".join(parts)
 
 
