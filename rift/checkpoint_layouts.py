@@ -166,18 +166,21 @@ def fit_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *,
 
     Raises:
         CheckpointMismatchError: several prefixes each hold all of the model's keys, with
-            different values, and nothing else tells which network to take.
+            different values, and nothing else tells which network to take; or one prefix
+            (not the empty one) holds them beside other keys, which are named.
     """
     if _model_fits(state, expected) and all(key in expected for key in state):
         return None
     anchor = next((key for key in expected if not key.endswith(_OPTIONAL_SUFFIX)), None)
     if anchor is None:
         return None
+    fitting: list[str] = []
     networks: list[tuple[str, dict[str, Tensor]]] = []  # different ones only
     for prefix in _prefixes(state, anchor):
         weights = _under(state, prefix, expected)
         if not _model_fits(weights, expected):
             continue
+        fitting.append(prefix)
         if not any(_equal(weights, other) for _, other in networks):
             networks.append((prefix, weights))
         rest = {key: value for key, value in state.items()
@@ -189,7 +192,7 @@ def fit_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *,
         return FittedLayout(weights, prefix, copies, normalizers)
     others = {key: value for key, value in state.items()
                if not any(key.startswith(prefix) and key[len(prefix):] in expected
-                          for prefix, _ in networks)}
+                          for prefix in fitting)}
     if len(networks) > 1 and not _normalizers(others, channels)[1]:
         # A LightningModule holding a model and its EMA, a student and its teacher (and nothing
         # else): taking the first would tune weights the user may not have meant.
@@ -201,6 +204,18 @@ def fit_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *,
             "teacher): which to tune cannot be told from the file; save the one you mean on "
             f"its own, e.g. {{key.removeprefix({first!r}): value for key, value in "
             f"state_dict.items() if key.startswith({first!r})}}")
+    if len(networks) == 1 and networks[0][0]:
+        # The network is there, under a wrapper's prefix, beside keys of something else (a
+        # LightningModule's loss with a class-weight buffer): listing 2n keys as missing and
+        # unexpected hid that.
+        prefix = networks[0][0]
+        extra = _normalizers(others, channels)[1]
+        raise CheckpointMismatchError(
+            f"the keys under the prefix {prefix!r} are exactly the architecture's, but the "
+            f"checkpoint also holds {len(extra)} key(s) that are neither copies of them nor an "
+            f"input normaliser: {', '.join(extra[:8])}{', …' if len(extra) > 8 else ''}; save "
+            f"the network's weights alone, e.g. {{key.removeprefix({prefix!r}): value for key, "
+            f"value in state_dict.items() if key.startswith({prefix!r})}}")
     return None
 
 

@@ -81,9 +81,9 @@ def check_checkpoint_fits(
         # A training wrapper's layout (rift.checkpoint_layouts), as the job reads it; the
         # normaliser's values are compared with architecture.mean/std by the job (meta tensors
         # have none).
-        layout = fit_layout(model.state_dict(), meta_state, channels=channels)
-        fitted = meta_state if layout is None else layout.state_dict
         try:
+            layout = fit_layout(model.state_dict(), meta_state, channels=channels)
+            fitted = meta_state if layout is None else layout.state_dict
             check_compatible(model, fitted)
             break
         except CheckpointMismatchError as exc:

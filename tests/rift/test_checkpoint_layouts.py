@@ -36,10 +36,10 @@ def _config(folder: Path, tuned: str = "fc", **architecture: Any) -> Any:
     return type(config).model_validate(settings)
 
 
-def _network() -> dict[str, Tensor]:
+def _network(in_channels: int = 3) -> dict[str, Tensor]:
     """A small_cnn's weights with BatchNorm statistics unlike a fresh model's."""
     torch.manual_seed(3)
-    model = build_model(_config_spec(), in_channels=3, image_size=8)
+    model = build_model(_config_spec(), in_channels=in_channels, image_size=8)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-1, 1)
@@ -187,9 +187,15 @@ def test_only_an_unambiguous_wrapper_layout_is_read() -> None:
     larger = {**_prefixed("a.", linear), **_prefixed("b.", dict(nn.Linear(4, 4).state_dict())),
               "c.weight": torch.ones(2, 4)}
     assert fit_layout(linear, larger) is None
-    # A key that is neither the network's, a copy of it, nor a normaliser.
-    assert fit_layout(expected, {**_prefixed("model.", network),
-                                 "criterion.weight": torch.ones(4)}) is None
+    # A key that is neither the network's, a copy of it, nor a normaliser: named (before, the
+    # network's keys were listed as missing and unexpected besides it).
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"keys under the prefix 'model\.' are exactly the architecture's, "
+                       r"but the checkpoint also holds 1 key\(s\) .*: criterion\.weight;"):
+        fit_layout(expected, {**_prefixed("model.", network), **_prefixed("ema.model.", network),
+                              "model.mu": torch.zeros(3), "model.sigma": torch.ones(3),
+                              "criterion.weight": torch.ones(4)}, channels=3)
+    assert fit_layout(expected, {**network, "criterion.weight": torch.ones(4)}) is None
     # A normaliser with another channel count than the model's input.
     assert fit_layout(expected, {**network, "mu": torch.zeros(2), "sigma": torch.ones(2)},
                       channels=3) is None
@@ -225,9 +231,14 @@ def test_the_fit_check_at_job_creation_reads_the_layout() -> None:
     job = RiftConfig.model_validate({"architecture": config.model_dump(),
                                      "dataset": {"name": "npz", "path": "d.npz"}})
     check_checkpoint_fits(job, shapes, in_channels=3, image_size=8)
-    with pytest.raises(CheckpointMismatchError, match="unexpected key"):
+    with pytest.raises(CheckpointMismatchError, match=r"1 key\(s\) .*: criterion\.weight"):
         check_checkpoint_fits(job, {**shapes, "criterion.weight": (4,)}, in_channels=3,
                               image_size=8)
+    # A grey ImageFolder's channels are not known: the other count is still tried.
+    grey = {key.removeprefix("module."): tuple(value.shape) for key, value in
+            _robustness_checkpoint(_network(in_channels=1))["model"].items()
+            if not key.endswith(("new_mean", "new_std"))}
+    check_checkpoint_fits(job, grey, in_channels=None, image_size=8)
 
 
 def test_missing_batchnorm_statistics_are_named_as_such() -> None:
