@@ -191,8 +191,8 @@ def fit_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *,
             continue
         return FittedLayout(weights, prefix, copies, normalizers)
     others = {key: value for key, value in state.items()
-               if not any(key.startswith(prefix) and key[len(prefix):] in expected
-                          for prefix in fitting)}
+              if not any(key.startswith(prefix) and key[len(prefix):] in expected
+                         for prefix in fitting)}
     if len(networks) > 1 and not _normalizers(others, channels)[1]:
         # A LightningModule holding a model and its EMA, a student and its teacher (and nothing
         # else): taking the first would tune weights the user may not have meant.
@@ -204,12 +204,12 @@ def fit_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *,
             "teacher): which to tune cannot be told from the file; save the one you mean on "
             f"its own, e.g. {{key.removeprefix({first!r}): value for key, value in "
             f"state_dict.items() if key.startswith({first!r})}}")
-    if len(networks) == 1 and networks[0][0]:
+    extra = _normalizers(others, channels)[1]
+    if len(networks) == 1 and networks[0][0] and extra:
         # The network is there, under a wrapper's prefix, beside keys of something else (a
         # LightningModule's loss with a class-weight buffer): listing 2n keys as missing and
         # unexpected hid that.
         prefix = networks[0][0]
-        extra = _normalizers(others, channels)[1]
         raise CheckpointMismatchError(
             f"the keys under the prefix {prefix!r} are exactly the architecture's, but the "
             f"checkpoint also holds {len(extra)} key(s) that are neither copies of them nor an "
