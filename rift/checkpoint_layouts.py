@@ -31,14 +31,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from rift.checkpoint_format import NORMALIZER_PAIRS
 from rift.config import NAMED_NORMALIZATIONS
 from rift.errors import CheckpointMismatchError
 
-#: Leaf names of an input normaliser's two buffers, as AT code bases name them: robustness's
-#: InputNormalize (``new_mean``/``new_std``), RobustBench's ImageNormalizer (``mean``/``std``)
-#: and models holding ``mu``/``sigma``; RiFT's own buffer names too.
-NORMALIZER_PAIRS = (("new_mean", "new_std"), ("mean", "std"), ("mu", "sigma"),
-                    ("input_mean", "input_std"))
 #: Normaliser values closer than this to the configured ones (relative above 1) count as equal:
 #: float32 storage of the published constants, and the 4 digits they are usually written with.
 TOLERANCE = 5e-4

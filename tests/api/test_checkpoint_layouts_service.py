@@ -1,7 +1,7 @@
 """A checkpoint saved by the Madry lab's ``robustness`` library through the service (Postgres,
 Redis, a Celery worker): accepted at upload and job creation, tuned as the network it holds, its
 α = 0 weights the network's own; a job configured with another normalisation than the
-checkpoint's normaliser fails before any stage, naming both (``rift/checkpoint_layouts.py``)."""
+checkpoint's normaliser is refused at creation, naming both (``rift/checkpoint_layouts.py``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.helpers import JOB_TIMEOUT_S, Api, run_job, upload_checkpoint, wait_for_end
+from tests.api.helpers import JOB_TIMEOUT_S, Api, error_of, run_job, upload_checkpoint
 from tests.service_fixtures import WorkerProcess
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
@@ -52,16 +52,17 @@ def test_a_robustness_library_checkpoint_through_the_service(
     record = upload_checkpoint(api, _robustness_file(network, tmp_path / "checkpoint.pt.best"))
     assert record["entries"] == ["model"]
 
-    # Configured with another normalisation than the checkpoint's: accepted (the values are
-    # read when the job loads the weights), then failed before any stage, naming both.
+    # Configured with another normalisation than the checkpoint's: refused at creation,
+    # naming both (the normaliser's values are recorded when the file is inspected).
     other = copy.deepcopy(quick_config)
     other["architecture"].update(mean=[0.5], std=[0.25])
-    created = api.client.post("/v1/jobs", json={"checkpoint_id": record["id"], "config": other})
-    assert created.status_code == 201, created.text
-    failed = wait_for_end(api, created.json()["id"], (worker,))
-    assert failed["status"] == "failed" and failed["error"]["code"] == "checkpoint_mismatch"
-    assert ("normalizer.new_mean [0], normalizer.new_std [1]" in failed["error"]["message"]
-            and "set architecture.mean to [0]" in failed["error"]["message"]), failed["error"]
+    refused = api.client.post("/v1/jobs", json={"checkpoint_id": record["id"], "config": other})
+    assert refused.status_code == 422, refused.text
+    error = error_of(refused)
+    assert error["code"] == "checkpoint_mismatch" and error["field"] == "checkpoint_id"
+    assert ("normalizer.new_mean [0], normalizer.new_std [1]" in error["message"]
+            and "the model applies mean [0.5], std [0.25]" in error["message"]
+            and "set architecture.mean to [0]" in error["message"]), error
 
     job = run_job(api, record["id"], quick_config, (worker,))
     events = api.client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()
@@ -84,3 +85,33 @@ def test_a_robustness_library_checkpoint_through_the_service(
     theta_at = safetensors.torch.load(api.client.get(row["artifact_url"]).content)
     assert theta_at.keys() == network.keys()
     assert all(torch.equal(theta_at[key], network[key]) for key in network)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_safetensors_normaliser_is_compared_at_job_creation(api: Api, tmp_path: Path,
+                                                              dtype: str) -> None:
+    """A RobustBench-style model with mu/sigma buffers beside its layers, as safetensors: the
+    API reads their values by ranges of the stored file (no validator run for its shapes)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.api.helpers import digits_config, small_cnn_state
+
+    kind = getattr(torch, dtype)
+    state = {key: value.to(kind) if value.is_floating_point() else value
+             for key, value in small_cnn_state().items()}
+    path = tmp_path / "model.safetensors"
+    save_file({**state, "mu": torch.tensor([0.1307]).to(kind),
+               "sigma": torch.tensor([0.3081]).to(kind)}, str(path))
+    record = upload_checkpoint(api, path)
+    refused = api.client.post("/v1/jobs", json={"checkpoint_id": record["id"],
+                                                "config": digits_config()})
+    assert refused.status_code == 422, refused.text
+    message = error_of(refused)["message"]
+    assert ("(mu [0.13" in message and "the model applies none" in message
+            and "set architecture.normalization to 'mnist'" in message), message
+    created = api.client.post("/v1/jobs", json={
+        "checkpoint_id": record["id"],
+        "config": digits_config(architecture={"name": "small_cnn", "num_classes": 10,
+                                              "normalization": "mnist"})})
+    assert created.status_code == 201, created.text

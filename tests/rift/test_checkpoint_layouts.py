@@ -222,23 +222,43 @@ def test_a_bf16_normaliser_is_compared_at_its_own_precision() -> None:
 
 
 def test_the_fit_check_at_job_creation_reads_the_layout() -> None:
-    # Shapes only (meta): the normaliser's values are compared when the job loads them.
     state = _robustness_checkpoint(_network())["model"]
     shapes = {key.removeprefix("module."): tuple(value.shape) for key, value in state.items()}
-    config = _config_spec()
+    values = {key.removeprefix("module."): value.flatten().tolist()
+              for key, value in state.items() if key.endswith(("new_mean", "new_std"))}
     from rift.config import RiftConfig
 
-    job = RiftConfig.model_validate({"architecture": config.model_dump(),
-                                     "dataset": {"name": "npz", "path": "d.npz"}})
-    check_checkpoint_fits(job, shapes, in_channels=3, image_size=8)
+    def job(**architecture: Any) -> RiftConfig:
+        return RiftConfig.model_validate({
+            "architecture": {**_config_spec().model_dump(), **architecture},
+            "dataset": {"name": "npz", "path": "d.npz"}})
+
+    check_checkpoint_fits(job(mean=MEAN, std=STD), shapes, normalizers=values, in_channels=3,
+                          image_size=8)
+    # The normaliser's values, recorded on inspection, are compared as the job compares them.
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"normalizer\.new_mean \[0\.4914.*the model applies none"):
+        check_checkpoint_fits(job(), shapes, normalizers=values, in_channels=3, image_size=8)
+    # A torchvision model applies ImageNet's statistics by default, not an identity normaliser.
+    resnet = job(name="torchvision:resnet18")
+    with torch.device("meta"):
+        built = build_model(resnet.architecture, in_channels=3, image_size=8)
+    identity = {"normalizer.mean": [0.0] * 3, "normalizer.std": [1.0] * 3}
+    wrapped = {**{f"model.{key}": tuple(value.shape) for key, value in built.state_dict().items()},
+               "normalizer.mean": (3,), "normalizer.std": (3,)}
+    with pytest.raises(CheckpointMismatchError, match=r"the model applies mean \[0\.485, "
+                       r"0\.456, 0\.406\], std \[0\.229, 0\.224, 0\.225\] \(its default"):
+        check_checkpoint_fits(resnet, wrapped, normalizers=identity, in_channels=3, image_size=8)
+    # Without values (a row inspected before they were recorded) only the layout is checked.
+    check_checkpoint_fits(job(), shapes, in_channels=3, image_size=8)
     with pytest.raises(CheckpointMismatchError, match=r"1 key\(s\) .*: criterion\.weight"):
-        check_checkpoint_fits(job, {**shapes, "criterion.weight": (4,)}, in_channels=3,
+        check_checkpoint_fits(job(), {**shapes, "criterion.weight": (4,)}, in_channels=3,
                               image_size=8)
     # A grey ImageFolder's channels are not known: the other count is still tried.
     grey = {key.removeprefix("module."): tuple(value.shape) for key, value in
             _robustness_checkpoint(_network(in_channels=1))["model"].items()
             if not key.endswith(("new_mean", "new_std"))}
-    check_checkpoint_fits(job, grey, in_channels=None, image_size=8)
+    check_checkpoint_fits(job(), grey, in_channels=None, image_size=8)
 
 
 def test_missing_batchnorm_statistics_are_named_as_such() -> None:
