@@ -9,13 +9,19 @@ has to be fetched and inspected by the validator, since its shapes live inside t
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from api.validation import Validator
 from persistence.storage import ObjectStore
-from rift.checkpoint_format import SAFETENSORS_TORCH_DTYPES, strip_wrapper_prefix
+from rift.checkpoint_format import (
+    SAFETENSORS_TORCH_DTYPES,
+    decode_floats,
+    is_normalizer_candidate,
+    strip_wrapper_prefix,
+)
 from rift.errors import CheckpointEntryError
 
 Shapes = dict[str, tuple[int, ...]]
@@ -30,6 +36,9 @@ class CheckpointTensors:
     shapes: Shapes
     dtypes: dict[str, str] = field(default_factory=dict)
     entries: list[str] = field(default_factory=list)
+    #: Values of the tensors that may be an input normaliser's (see the validator's
+    #: ``CheckpointInspection.normalizers``).
+    normalizers: dict[str, list[float]] = field(default_factory=dict)
 
 
 def stored_checkpoint_tensors(
@@ -52,12 +61,22 @@ def stored_checkpoint_tensors(
         raw = b"".join(store.iter_range(storage_key, 8, 8 + header_length))
         header = json.loads(raw.decode("utf-8"))
         header.pop("__metadata__", None)
+        data = 8 + header_length
+        # A few values each, read by ranges: the file was checked whole on upload.
+        normalizers = {
+            strip_wrapper_prefix(k): decode_floats(b"".join(store.iter_range(
+                storage_key, data + v["data_offsets"][0], data + v["data_offsets"][1])),
+                v["dtype"])
+            for k, v in header.items()
+            if is_normalizer_candidate(k, v["dtype"], math.prod(v["shape"]))}
         return CheckpointTensors(
             {strip_wrapper_prefix(k): tuple(v["shape"]) for k, v in header.items()},
             {strip_wrapper_prefix(k): SAFETENSORS_TORCH_DTYPES[v["dtype"]]
-             for k, v in header.items() if v["dtype"] in SAFETENSORS_TORCH_DTYPES})
+             for k, v in header.items() if v["dtype"] in SAFETENSORS_TORCH_DTYPES},
+            normalizers=normalizers)
     scratch_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="checkpoint-") as folder:
         local = store.download_to(storage_key, Path(folder) / "checkpoint.pt")
         inspection = validator.inspect_checkpoint(local, storage_key, entry)
-        return CheckpointTensors(inspection.shapes, inspection.dtypes, inspection.entries)
+        return CheckpointTensors(inspection.shapes, inspection.dtypes, inspection.entries,
+                                 inspection.normalizers)

@@ -296,7 +296,7 @@ def check_job_fits(validator: Validator, config: RiftConfig, tensors: Checkpoint
     _check_attack_radius(config, geometry)
     try:
         validator.check_fit(config, tensors.shapes, dtypes=tensors.dtypes,
-                            in_channels=geometry.channels,
+                            normalizers=tensors.normalizers, in_channels=geometry.channels,
                             image_size=geometry.image_size, num_features=geometry.num_features,
                             image_width=geometry.image_width)
     except ConfigError as exc:

@@ -65,7 +65,8 @@ _READ_BYTES = 1024 * 1024
 
 def fit_check_key(config: RiftConfig, request: Mapping[str, Any]) -> str:
     """What a fit check reads (``validator/fit.py``: the architecture, the MRC module selection,
-    the fine-tuned module, the checkpoint's shapes and dtypes, the data's geometry), as a digest:
+    the fine-tuned module, the checkpoint's shapes, dtypes and normaliser values, the data's
+    geometry), as a digest:
     jobs that differ elsewhere (learning rate, epochs, attack, seed) get the same answer. A fit
     check that reads more of the config must add it here. A pass remembered across a change of
     the validator's code (a new architecture plug-in, a shared server restarted) only moves a
@@ -74,7 +75,8 @@ def fit_check_key(config: RiftConfig, request: Mapping[str, Any]) -> str:
                 "mrc": config.mrc.model_dump(mode="json"), "module": config.finetune.module,
                 **{name: request[name] for name in ("shapes", "dtypes", "in_channels",
                                                    "image_size", "num_features",
-                                                   "image_width")}}
+                                                   "image_width")},
+                "normalizers": request.get("normalizers") or {}}
     encoded = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
@@ -247,9 +249,12 @@ class Validator:
     def check_fit(self, config: RiftConfig, shapes: Mapping[str, tuple[int, ...]], *,
                   in_channels: int | None, image_size: int | None,
                   num_features: int | None, image_width: int | None = None,
-                  dtypes: Mapping[str, str] | None = None) -> None:
+                  dtypes: Mapping[str, str] | None = None,
+                  normalizers: Mapping[str, list[float]] | None = None) -> None:
         """Require the checkpoint of ``shapes`` (and ``dtypes``: key → torch dtype name, where
-        known) to fit ``config``'s architecture built for the dataset's geometry
+        known; ``normalizers``: the values of the tensors that may be an input normaliser's,
+        which must equal what the model applies) to fit ``config``'s architecture built for
+        the dataset's geometry
         (``image_width`` None: square images), the model to take inputs of that geometry, and
         the spec's module names to exist in it.
 
@@ -261,7 +266,8 @@ class Validator:
                     "num_features": num_features, "image_width": image_width}
         request = {"op": "fit", "config": config.model_dump(mode="json"),
                    "shapes": {key: list(shape) for key, shape in shapes.items()},
-                   "dtypes": dict(dtypes or {}), **geometry}
+                   "dtypes": dict(dtypes or {}), "normalizers": dict(normalizers or {}),
+                   **geometry}
         key = fit_check_key(config, request)
         size = self._settings.validation_fit_cache_size
         with self._fits_lock:

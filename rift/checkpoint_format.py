@@ -10,6 +10,7 @@ builds on it.
 from __future__ import annotations
 
 import json
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,37 @@ SAFETENSORS_TORCH_DTYPES = {
     "I32": "int32", "U32": "uint32", "F32": "float32", "C64": "complex64",
     "I64": "int64", "U64": "uint64", "F64": "float64",
 }
+
+
+#: Leaf names of an input normaliser's two buffers, as AT code bases name them: robustness's
+#: InputNormalize (``new_mean``/``new_std``), RobustBench's ImageNormalizer (``mean``/``std``)
+#: and models holding ``mu``/``sigma``; RiFT's own buffer names too (``rift.checkpoint_layouts``).
+NORMALIZER_PAIRS = (("new_mean", "new_std"), ("mean", "std"), ("mu", "sigma"),
+                    ("input_mean", "input_std"))
+#: A tensor under a normaliser's name with at most this many values has them recorded on
+#: inspection (``normalizer_values``), so that job creation can compare them with the job's
+#: normalisation without the file: one per input channel or feature.
+MAX_NORMALIZER_VALUES = 64
+_NORMALIZER_NAMES = frozenset(name for pair in NORMALIZER_PAIRS for name in pair)
+# struct formats of the float types whose values are recorded; BF16 is float32's upper half.
+_FLOAT_FORMATS = {"F16": ("e", 2), "F32": ("f", 4), "F64": ("d", 8), "BF16": ("bf16", 2)}
+
+
+def is_normalizer_candidate(key: str, dtype: str, numel: int) -> bool:
+    """Whether the tensor ``key`` (safetensors ``dtype`` name) could be an input normaliser's
+    buffer, whose values inspection records."""
+    return (key.rpartition(".")[2] in _NORMALIZER_NAMES and dtype in _FLOAT_FORMATS
+            and 0 < numel <= MAX_NORMALIZER_VALUES)
+
+
+def decode_floats(raw: bytes, dtype: str) -> list[float]:
+    """The little-endian values of safetensors ``dtype`` (F16, BF16, F32, F64) in ``raw``."""
+    code, size = _FLOAT_FORMATS[dtype]
+    count = len(raw) // size
+    if code == "bf16":
+        halves = struct.unpack(f"<{count}H", raw[: count * size])
+        return [struct.unpack("<f", struct.pack("<I", half << 16))[0] for half in halves]
+    return list(struct.unpack(f"<{count}{code}", raw[: count * size]))
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "
 _MAX_CONTAINER_DEPTH = 3
 # Running-count buffers of BatchNorm: older checkpoints lack them and they do not affect outputs.
 OPTIONAL_KEY_SUFFIX = "num_batches_tracked"
+# BatchNorm's running statistics, which eval mode normalises with: never optional.
+_RUNNING_STATISTICS = ("running_mean", "running_var")
 
 _PREVIEW_ITEMS = 8
 _MAX_DETAIL_CHARS = 300
@@ -533,6 +535,13 @@ def check_compatible(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None
     if mismatched:
         shapes = [f"{k} (checkpoint {list(got)} vs model {list(want)})" for k, got, want in mismatched]
         parts.append(f"{len(mismatched)} shape mismatch(es): {_preview(shapes)}")
+    if missing and not (unexpected or mismatched) and all(
+            key.rpartition(".")[2] in _RUNNING_STATISTICS for key in missing):
+        # Told only as missing keys, this sent users to architecture.name, not the cause.
+        parts.append("these are BatchNorm running statistics, which the checkpoint lacks: "
+                     "RiFT attacks, scores and evaluates the model in eval mode, where BatchNorm "
+                     "normalises with them, so they cannot be left at their initial values; "
+                     "save the whole model.state_dict() (buffers included) after training")
     prefix = _extra_prefix(unexpected, set(expected)) if missing else None
     if prefix is not None:
         parts.append(f"every unexpected key is a model key with the extra prefix {prefix!r} "
@@ -621,9 +630,9 @@ def check_tied(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
 
 def _extra_prefix(unexpected: list[str], model_keys: set[str]) -> str | None:
     """The prefix ``p`` such that every unexpected key is ``p + k`` for a key ``k`` of the model,
-    or None. Only ``module.`` and ``_orig_mod.`` are stripped on loading: another prefix is a
-    wrapper attribute (Lightning's ``model.``, ``net.``) that cannot be told from a real module
-    name in general, so it is pointed out rather than removed."""
+    or None. Only ``module.`` and ``_orig_mod.`` are stripped on reading a file; a run takes
+    the keys under another prefix (Lightning's ``model.``, ``net.``) only where they are all of
+    the model's (``rift.checkpoint_layouts``), so here, with some missing, it is pointed out."""
     if not unexpected:
         return None
     first = unexpected[0]

@@ -32,6 +32,7 @@ from rift.attacks import PGD
 from rift.batch_backoff import out_of_memory_names, with_batch_backoff
 from rift.batchnorm_folding import FOLD_CHECK_EXAMPLES, BatchNormFolding, folds_on
 from rift.cancellation import ShouldCancel, raise_if_cancelled
+from rift.checkpoint_layouts import check_normalizers, fit_layout
 from rift.checkpoints import CheckpointSource
 from rift.config import RiftConfig, as_config
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
@@ -55,6 +56,7 @@ from rift.interpolation import (
 )
 from rift.model_checks import check_model_outputs
 from rift.models import build_model, check_model_accepts
+from rift.models.normalization import applied_normalization
 from rift.models.parametrized import (
     fold_parametrized_weights,
     folding_warning,
@@ -240,6 +242,17 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
     # rift.models.parametrized): before loading when the checkpoint already holds them plain.
     folded_first = holds_folded_weights(model, state)
     folded = fold_parametrized_weights(model) if folded_first else []
+    # A training wrapper's layout (robustness's AttackerModel, a Lightning module, a normaliser
+    # in front of the network): the network's weights, its normaliser checked against
+    # architecture.mean/std (rift.checkpoint_layouts).
+    layout = fit_layout(model.state_dict(), state, channels=channels)
+    if layout is not None:
+        spec = config.architecture
+        # What the model applies: a torchvision model's ImageNet default when mean/std are
+        # unset; the configuration where an installed builder keeps no such buffers.
+        mean, std = applied_normalization(model) or (spec.mean, spec.std)
+        check_normalizers(layout, mean, std, configured=spec.mean is not None)
+        state = layout.state_dict
     try:
         checkpoints.check_compatible(model, state)
     except CheckpointMismatchError as exc:
@@ -283,6 +296,9 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
                                          name=config.architecture.name)
     if folded:
         model_warnings.append(folding_warning(folded))
+    if layout is not None:
+        model_warnings.append(f"the checkpoint is not a plain state dict of the network: "
+                              f"{layout.note()}")
     return PreparedRun(config, device, splits, model.eval(), original, attack, model_warnings)
 
 

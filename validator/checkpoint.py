@@ -29,7 +29,9 @@ from rift.checkpoint_format import (
     SAFETENSORS_DTYPE_BITS,
     SAFETENSORS_TORCH_DTYPES,
     TensorRecord,
+    decode_floats,
     detect_checkpoint_format,
+    is_normalizer_candidate,
     read_safetensors_header,
     strip_wrapper_prefix,
 )
@@ -73,6 +75,10 @@ class CheckpointInspection:
     #: top level). The counts, shapes and dtypes are those of the chosen entry, or without one
     #: of the first (each entry is checked in full).
     entries: list[str] = field(default_factory=list)
+    #: The values of the tensors that may be an input normaliser's buffers
+    #: (``rift.checkpoint_format.is_normalizer_candidate``), by normalised key: job creation
+    #: compares them with the job's normalisation (``validator/fit.py``).
+    normalizers: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +87,8 @@ class CheckpointInspection:
     def from_json(cls, data: dict[str, Any]) -> CheckpointInspection:
         shapes = {key: tuple(shape) for key, shape in data["shapes"].items()}
         return cls(data["format"], data["num_tensors"], data["num_parameters"], shapes,
-                   dict(data.get("dtypes") or {}), list(data.get("entries") or []))
+                   dict(data.get("dtypes") or {}), list(data.get("entries") or []),
+                   dict(data.get("normalizers") or {}))
 
 
 def inspect_checkpoint_file(path: Path, display_name: str,
@@ -175,9 +182,18 @@ def _inspect_safetensors(path: Path, display_name: str) -> CheckpointInspection:
     _report_non_finite(bad, source)
     dtypes = {strip_wrapper_prefix(r.name): SAFETENSORS_TORCH_DTYPES[r.dtype] for r in records
               if r.dtype in SAFETENSORS_TORCH_DTYPES}
+    normalizers: dict[str, list[float]] = {}
+    with path.open("rb") as handle:
+        for record in records:
+            if is_normalizer_candidate(record.name, record.dtype,
+                                       int(np.prod(record.shape, dtype=np.int64))):
+                handle.seek(start + record.begin)
+                normalizers[strip_wrapper_prefix(record.name)] = decode_floats(
+                    handle.read(record.end - record.begin), record.dtype)
     return CheckpointInspection(
         "safetensors", len(records),
-        sum(int(np.prod(r.shape, dtype=np.int64)) for r in records), shapes, dtypes)
+        sum(int(np.prod(r.shape, dtype=np.int64)) for r in records), shapes, dtypes,
+        normalizers=normalizers)
 
 
 def _scan_record(handle: Any, start: int, record: TensorRecord,
@@ -226,9 +242,13 @@ def _inspect_torch(path: Path, display_name: str, entry: str | None) -> Checkpoi
     shapes = _normalised_shapes([(k, tuple(int(d) for d in t.shape)) for k, t in state.items()],
                                 source)
     dtypes = {key: str(t.dtype).removeprefix("torch.") for key, t in state.items()}
+    names = {torch_name: name for name, torch_name in SAFETENSORS_TORCH_DTYPES.items()}
+    normalizers = {key: [float(v) for v in t.detach().double().flatten().tolist()]
+                   for key, t in state.items()
+                   if is_normalizer_candidate(key, names.get(dtypes[key], ""), int(t.numel()))}
     return CheckpointInspection("torch", len(state),
                                 sum(int(t.numel()) for t in state.values()), shapes, dtypes,
-                                found.entries)
+                                found.entries, normalizers)
 
 
 def _check_finite_pieces(state: dict[str, Tensor], source: str, mapped: bool) -> None:

@@ -8,7 +8,7 @@ Imports torch; runs in the validator process.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from rift.config import RiftConfig
@@ -31,6 +31,7 @@ def check_checkpoint_fits(
     shapes: Mapping[str, tuple[int, ...]],
     *,
     dtypes: Mapping[str, str] | None = None,
+    normalizers: Mapping[str, Sequence[float]] | None = None,
     in_channels: int | None,
     image_size: int | None,
     num_features: int | None = None,
@@ -45,6 +46,9 @@ def check_checkpoint_fits(
     (1, ``architecture.num_classes``) logits (on the meta device: shapes only). ``dtypes`` (key
     → torch dtype name, where known) must be of the model's kind (``check_dtypes``): integer or
     complex weights for a float model would otherwise be accepted here and fail the job.
+    ``normalizers`` (key → values, for the tensors that may be an input normaliser's) are
+    compared with the normalisation the model applies when the checkpoint's layout holds a
+    normaliser (``rift.checkpoint_layouts``), as the job compares them.
 
     Raises:
         CheckpointMismatchError: with the missing, unexpected and mismatched keys, or the keys
@@ -54,6 +58,7 @@ def check_checkpoint_fits(
     """
     import torch
 
+    from rift.checkpoint_layouts import check_normalizers, fit_layout
     from rift.checkpoints import check_compatible, check_dtypes
     from rift.finetune import trainable_module
     from rift.models.parametrized import fold_parametrized_weights, holds_folded_weights
@@ -69,6 +74,11 @@ def check_checkpoint_fits(
              if (dtype := _torch_dtype(name)) is not None}
     meta_state = {key: torch.empty(shape, device="meta", dtype=known.get(key))
                   for key, shape in shapes.items()}
+    # A normaliser's few values, so that its layout's check can compare them.
+    for key, values in (normalizers or {}).items():
+        if key in meta_state and meta_state[key].numel() == len(values):
+            meta_state[key] = torch.tensor(values, dtype=torch.float64).reshape(
+                meta_state[key].shape).to(meta_state[key].dtype)
     mismatch: CheckpointMismatchError | None = None
     for channels in options:
         model = _meta_model(config, channels, size, num_features, shapes)
@@ -77,8 +87,11 @@ def check_checkpoint_fits(
         folded_first = holds_folded_weights(model, shapes)
         if folded_first:
             fold_parametrized_weights(model)
+        # A training wrapper's layout (rift.checkpoint_layouts), as the job reads it.
         try:
-            check_compatible(model, meta_state)
+            layout = fit_layout(model.state_dict(), meta_state, channels=channels)
+            fitted = meta_state if layout is None else layout.state_dict
+            check_compatible(model, fitted)
             break
         except CheckpointMismatchError as exc:
             mismatch = mismatch or exc  # the first option's keys are the ones reported
@@ -87,9 +100,13 @@ def check_checkpoint_fits(
         from rift.architecture_hint import with_architecture_hint
 
         raise with_architecture_hint(mismatch, config.architecture, shapes, options, size)
+    if layout is not None:  # the layout of the channel count that fits
+        mean, std = _applied_normalization(model, config, channels)
+        check_normalizers(layout, mean, std, configured=config.architecture.mean is not None)
     # Kinds only: meta tensors have no values, so a float64 beyond float32's range is left to
     # the job's own check when it loads the weights.
-    check_dtypes(model, {key: meta_state[key] for key in known if key in meta_state})
+    prefix = "" if layout is None else layout.prefix
+    check_dtypes(model, {key: value for key, value in fitted.items() if prefix + key in known})
     if not folded_first:
         fold_parametrized_weights(model)
     refuse_batch_statistics(model, config.architecture)  # needs no geometry: checked always
@@ -100,6 +117,29 @@ def check_checkpoint_fits(
         _probe(model, config, (num_features, 1, 1))
     elif in_channels is not None and image_size is not None:
         _probe(model, config, (in_channels, image_size, image_width or image_size))
+
+
+def _applied_normalization(model: nn.Module, config: RiftConfig, channels: int
+                           ) -> tuple[list[float] | None, list[float] | None]:
+    """The mean and std the job's model will apply to its input, as
+    ``rift.models.normalization.applied_normalization`` reads them from the real model: the
+    meta model's buffers have no values, but they hold ``architecture.mean/std`` when set, and
+    a torchvision model's default (ImageNet's) when not."""
+    from rift.models.normalization import MEAN_BUFFER, STD_BUFFER
+    from rift.models.torchvision_models import PREFIX, default_statistics
+
+    spec = config.architecture
+    buffers = model._buffers
+    if MEAN_BUFFER not in buffers or STD_BUFFER not in buffers:
+        return spec.mean, spec.std  # an installed builder: taken to apply the settings
+    if buffers[MEAN_BUFFER] is None:
+        return None, None
+    if spec.mean is not None and spec.std is not None:
+        return list(spec.mean), list(spec.std)
+    if spec.name.startswith(PREFIX):
+        mean, std = default_statistics(channels)
+        return list(mean), list(std)
+    return spec.mean, spec.std
 
 
 def _torch_dtype(name: str) -> torch.dtype | None:

@@ -39,6 +39,7 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         config = RiftConfig.model_validate(request["config"])
         shapes = {key: tuple(shape) for key, shape in request["shapes"].items()}
         check_checkpoint_fits(config, shapes, dtypes=request.get("dtypes"),
+                              normalizers=request.get("normalizers"),
                               in_channels=request.get("in_channels"),
                               image_size=request.get("image_size"),
                               num_features=request.get("num_features"),

@@ -24,6 +24,7 @@ from persistence.stages import ArtifactRecord
 from persistence.storage import ObjectStore
 from rift import checkpoints
 from rift.cancellation import ShouldCancel, raise_if_cancelled
+from rift.checkpoint_layouts import fit_layout
 from rift.config import RiftConfig
 from rift.evaluation import AccuracyReport
 from rift.interpolation import interpolate_weights, theta_at_in_run_layout
@@ -66,8 +67,13 @@ def materialize_weights(row: Materialization, job: Job, checkpoint: Checkpoint,
             store.download_to(finetuned.storage_key, scratch / FINETUNED))
         # θ_AT as the run held it (the file's fp16 values cast, absent BatchNorm counters 0);
         # a parametrized weight the run folded needs the model, so the run is prepared again.
-        theta_at = theta_at_in_run_layout(checkpoints.load_state_dict(
-            fetch_checkpoint(store, checkpoint, work_dir), entry=entry), theta_ft)
+        saved = checkpoints.load_state_dict(fetch_checkpoint(store, checkpoint, work_dir),
+                                            entry=entry)
+        # A training wrapper's layout (robustness's, Lightning's): the network's keys, as the
+        # run read them (its normaliser was checked when the job prepared its run).
+        layout = fit_layout(theta_ft, saved)
+        theta_at = theta_at_in_run_layout(saved if layout is None else layout.state_dict,
+                                          theta_ft)
         if theta_at is None:
             theta_at = prepare(job, checkpoint, dataset, store, work_dir, device,
                                data_root).original_state

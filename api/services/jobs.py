@@ -172,7 +172,8 @@ def create_job_for(
         else:
             inspection = validate_checkpoint_upload(services.validator, upload, CHECKPOINT_FIELD,
                                                     entry, CHECKPOINT_ENTRY_FIELD)
-            tensors = CheckpointTensors(inspection.shapes, inspection.dtypes, inspection.entries)
+            tensors = CheckpointTensors(inspection.shapes, inspection.dtypes, inspection.entries,
+                                        inspection.normalizers)
             num_tensors, checkpoint_size, uploading = (inspection.num_tensors, upload.size,
                                                        upload.size)
         # Before the fit check, which would otherwise try the first entry's weights.

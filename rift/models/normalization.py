@@ -70,3 +70,22 @@ def normalize_input(module: nn.Module, images: Tensor) -> Tensor:
     if mean is None or std is None:
         return images
     return (images - mean) / std
+
+
+def applied_normalization(model: nn.Module) -> tuple[list[float], list[float]] | None:
+    """The per-channel mean and std ``model`` subtracts and divides by at its input (the
+    buffers of :func:`register_input_normalization`, as the built-in and torchvision builders
+    register them; ``[0.0]`` and ``[1.0]`` where registered unset), or None where it has none of
+    these buffers (an installed builder that normalises, or not, its own way). A torchvision
+    model applies ImageNet's statistics when ``architecture.mean/std`` are unset, so the
+    configuration alone does not say."""
+    buffers = model._buffers
+    if MEAN_BUFFER not in buffers or STD_BUFFER not in buffers:
+        return None
+    mean, std = buffers[MEAN_BUFFER], buffers[STD_BUFFER]
+    if mean is None or std is None:
+        return [0.0], [1.0]
+    if mean.is_meta or std.is_meta:
+        return None
+    return ([float(v) for v in mean.detach().double().flatten().tolist()],
+            [float(v) for v in std.detach().double().flatten().tolist()])

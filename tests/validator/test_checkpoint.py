@@ -219,3 +219,23 @@ def test_a_storage_claiming_more_elements_than_its_record_holds_is_refused(tmp_p
                                               r"2147483647 elements of 4 byte\(s\) but its "
                                               r"record holds 16 bytes"):
         inspect_checkpoint_file(tmp_path / "lie.pt", "lie.pt")
+
+
+def test_a_normalisers_values_are_recorded(tmp_path: Path) -> None:
+    # So that job creation can compare them with the job's normalisation without the file.
+    import torch
+
+    path = write_safetensors(tmp_path / "n.safetensors", {
+        "module.mu": ("BF16", [1, 3, 1, 1], _float_bits("BF16", [0.5, 0.25, 0.125])),
+        "module.sigma": ("F16", [3], _float_bits("F16", [0.5, 1.0, 2.0])),
+        "fc.weight": ("F32", [3], np.ones(3, "<f4").tobytes()),
+        "big.mean": ("F32", [65], np.ones(65, "<f4").tobytes()),
+    })
+    assert inspect_checkpoint_file(path, "n").normalizers == {
+        "mu": [0.5, 0.25, 0.125], "sigma": [0.5, 1.0, 2.0]}
+    pt = tmp_path / "n.pt"
+    torch.save({"model": {"module.normalizer.new_mean": torch.tensor([0.5]).half(),
+                          "module.normalizer.new_std": torch.tensor([[0.25]]),
+                          "module.model.fc.weight": torch.ones(3)}}, pt)
+    assert inspect_checkpoint_file(pt, "n").normalizers == {
+        "normalizer.new_mean": [0.5], "normalizer.new_std": [0.25]}
