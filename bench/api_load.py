@@ -402,10 +402,11 @@ def _transactions(database_url: str) -> int:
 
 
 def open_streams(url: str, database_url: str, data: dict[str, Any], streams: int,
-                 duration: float, settle_s: float = 3.0) -> dict[str, Any]:
+                 duration: float, settle_s: float = 20.0) -> dict[str, Any]:
     """``streams`` SSE streams of running jobs held open: the database transactions per second
-    while they are open (counted from ``settle_s`` after they connected, each having read its
-    log once then), against the same time with none open (autovacuum and the like)."""
+    while they are open (counted from ``settle_s`` after they were opened: on a loaded 2-core
+    machine a hundred streams take several seconds to connect, each reading its log once),
+    against the same time with none open (autovacuum and the like)."""
     import asyncio
 
     import httpx
