@@ -453,7 +453,8 @@ def open_streams(url: str, database_url: str, data: dict[str, Any], streams: int
 
 
 def concurrent_polling(database_url: str, data: dict[str, Any], clients: int,
-                       duration: float, workers: int, streams: int) -> dict[str, Any]:
+                       duration: float, workers: int, streams: int,
+                       stream_settle_s: float = 20.0) -> dict[str, Any]:
     """``clients`` threads each polling one job's status as fast as answers come; then
     ``streams`` open event streams (:func:`open_streams`)."""
     import httpx
@@ -505,7 +506,8 @@ def concurrent_polling(database_url: str, data: dict[str, Any], clients: int,
             for thread in threads:
                 thread.join()
             rss_after_second = _server_rss_mib(port)
-            sse = open_streams(url, database_url, data, streams, duration) if streams else None
+            sse = (open_streams(url, database_url, data, streams, duration, stream_settle_s)
+                   if streams else None)
     latencies.sort()
     count = len(latencies)
     return {"clients": clients, "uvicorn_workers": workers, "duration_s": duration * 2,
@@ -532,6 +534,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--streams", type=int, default=100, help="event streams held open")
+    parser.add_argument("--stream-settle", type=float, default=20.0,
+                        help="seconds between opening the streams and counting transactions")
     parser.add_argument("--skip-concurrent", action="store_true")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
@@ -548,7 +552,8 @@ def main() -> None:
         result["plans"] = explain_plans(url, data)
         if not args.skip_concurrent:
             result["concurrent"] = concurrent_polling(url, data, args.clients, args.duration,
-                                                      args.workers, args.streams)
+                                                      args.workers, args.streams,
+                                                      args.stream_settle)
     text_out = json.dumps(result, indent=2)
     print(text_out)
     if args.output:
