@@ -134,35 +134,12 @@ def test_database_host_not_answering_is_503_within_the_connect_timeout(
     assert took < 15, f"the request took {took:.1f} s"
 
 
-def test_an_exhausted_connection_pool_is_503_with_retry_after_and_says_so(
-        api_settings: Settings, start_api: Callable[..., Api]) -> None:
-    """Every pooled connection taken (a slow database under load): after the pool's wait a clear
-    503, never a 500, naming the cause rather than an unreachable database."""
-    from sqlalchemy import create_engine
-
-    from persistence.db import create_session_factory
-
-    engine = create_engine(api_settings.database_url, pool_size=1, max_overflow=0,
-                           pool_timeout=0.3)
-    api = start_api(api_settings, dispatcher=RecordingDispatcher(),
-                    session_factory=create_session_factory(engine))
-    assert api.client.get("/v1/jobs").status_code == 200
-    with engine.connect():  # the pool's only connection, held
-        response = api.client.get("/v1/jobs")
-    assert response.status_code == 503, response.text
-    error = error_of(response)
-    assert error["code"] == "database_unavailable"
-    assert "connection of this API process is in use" in error["message"]
-    assert response.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
-    assert api.client.get("/v1/jobs").status_code == 200  # given back: served again
-    engine.dispose()
-
-
-def test_the_pool_settings_size_the_api_processs_pool(postgres_url: str, tmp_path: Path,
-                                                      start_api: Callable[..., Api]) -> None:
+def test_the_pool_settings_size_the_pool_and_its_exhaustion_is_a_clear_503(
+        postgres_url: str, tmp_path: Path, start_api: Callable[..., Api]) -> None:
     """DATABASE_POOL_SIZE, DATABASE_POOL_OVERFLOW and DATABASE_POOL_TIMEOUT_SECONDS reach the
     API's engine: with one connection and a short wait, a request that finds it taken is a 503
-    at once (SQLAlchemy's defaults, fixed before, held it 30 s behind 14 more connections)."""
+    at once (SQLAlchemy's defaults, fixed before, held it 30 s behind 14 more connections), a
+    clear one, never a 500, naming the cause rather than an unreachable database."""
     import time
 
     settings = settings_from_env({
@@ -178,6 +155,9 @@ def test_the_pool_settings_size_the_api_processs_pool(postgres_url: str, tmp_pat
         response = api.client.get("/v1/jobs")
         waited = time.monotonic() - began
     assert response.status_code == 503, response.text
+    error = error_of(response)
+    assert error["code"] == "database_unavailable"
+    assert "connection of this API process is in use" in error["message"]
     assert response.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
     assert waited < 10  # the setting's wait, not the default's 30 s
     assert api.client.get("/v1/jobs").status_code == 200
