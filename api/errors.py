@@ -522,6 +522,16 @@ async def _database_error_handler(request: Request, exc: Exception) -> JSONRespo
                             status_code=503, headers=retry)
     if isinstance(exc, ProgrammingError):  # SQL the database refused: a bug
         return await _unexpected_error_handler(request, exc)
+    if isinstance(exc, PoolTimeout):
+        # The database answers, but too slowly for this process's load: every pooled connection
+        # stayed taken for the pool's whole wait. Said so, since "cannot be reached" sent
+        # operators looking for a network fault.
+        logger.error("database connection pool exhausted in %s %s: %s", request.method,
+                     request.url.path, exc)
+        return JSONResponse(error_body("database_unavailable", "every database connection of "
+                                       "this API process is in use (the database is answering "
+                                       "slowly); retry later"),
+                            status_code=503, headers=retry)
     logger.error("database unavailable in %s %s: %s", request.method, request.url.path, exc)
     return JSONResponse(error_body("database_unavailable", "the database cannot be reached; "
                                    "retry later"), status_code=503, headers=retry)

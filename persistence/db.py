@@ -57,14 +57,22 @@ def settings_refused_by_database(exc: BaseException) -> str | None:
 DEFAULT_CONNECT_TIMEOUT_S = 5
 
 
+#: SQLAlchemy's own pool defaults (connections kept, opened beyond them, seconds to wait).
+DEFAULT_POOL = (5, 10, 30.0)
+
+
 def create_db_engine(url: str | URL, *, echo: bool = False,
-                     connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S) -> Engine:
+                     connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S,
+                     pool: tuple[int, int, float] = DEFAULT_POOL) -> Engine:
     """An engine for ``url`` (SQLite file or Postgres), set up for several processes at once;
-    a Postgres connection that cannot be opened within ``connect_timeout_s`` fails."""
+    a Postgres connection that cannot be opened within ``connect_timeout_s`` fails. ``pool`` is
+    (size, overflow, timeout seconds) of a Postgres engine's connection pool."""
     parsed = normalise_database_url(url)
     if parsed.get_backend_name() != "sqlite":
+        size, overflow, timeout_s = pool
         # pre_ping: a worker idle for hours must not fail its first query on a dropped connection.
         return create_engine(parsed, echo=echo, pool_pre_ping=True,
+                             pool_size=size, max_overflow=overflow, pool_timeout=timeout_s,
                              connect_args={"connect_timeout": connect_timeout_s})
 
     database = parsed.database
@@ -114,4 +122,6 @@ def session_factory_from_settings(settings: Settings) -> sessionmaker[Session]:
     """Engine + session factory for ``settings.database_url``."""
     return create_session_factory(create_db_engine(
         settings.database_url, echo=settings.database_echo,
-        connect_timeout_s=settings.database_connect_timeout_seconds))
+        connect_timeout_s=settings.database_connect_timeout_seconds,
+        pool=(settings.database_pool_size, settings.database_pool_overflow,
+              settings.database_pool_timeout_seconds)))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, Select, case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -37,7 +37,7 @@ from persistence.models import (
     SweepCandidate,
     utcnow,
 )
-from persistence.pages import before_cursor, page_of
+from persistence.pages import before_cursor, older_than, page_of
 from persistence.records import hold_stored_bytes
 from persistence.transactions import (
     EventKind,
@@ -293,9 +293,10 @@ def queue_position_column() -> ColumnElement[int | None]:
     count = (
         select(func.count())
         .select_from(ahead)
+        # One row comparison, an index bound (persistence.pages.older_than): the OR form was
+        # not, and each position read the whole queue's heap rows instead of index entries.
         .where(ahead.status == JobStatus.QUEUED,
-               or_(ahead.created_at < Job.created_at,
-                   and_(ahead.created_at == Job.created_at, ahead.id < Job.id)))
+               older_than(ahead.created_at, ahead.id, Job.created_at, Job.id))
         .correlate(Job)
         .scalar_subquery()
     )

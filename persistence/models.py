@@ -296,10 +296,15 @@ class Job(Base):
         CheckConstraint(f"stage IS NULL OR {_in('stage', StageName)}", name="stage"),
         # Queue position and listing by status walk this index in creation order.
         Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
-        # Cursor pagination over all jobs (newest first).
-        Index("ix_jobs_created_at_id", "created_at", "id"),
         # A project's jobs, newest first (lists are always per project).
         Index("ix_jobs_project_id_created_at_id", "project_id", "created_at", "id"),
+        # A project's jobs of one status, newest first (?status=), and its active-job count
+        # (migration 0021).
+        Index("ix_jobs_project_id_status_created_at_id", "project_id", "status", "created_at",
+              "id"),
+        # The jobs using a checkpoint or dataset (deleting one; the foreign keys' checks).
+        Index("ix_jobs_checkpoint_id", "checkpoint_id"),
+        Index("ix_jobs_dataset_id", "dataset_id"),
     )
 
     @property
@@ -564,6 +569,8 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),
         # The workers' sweep for messages whose task was lost.
         Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        # The messages already written for a job's end (migration 0021).
+        Index("ix_webhook_deliveries_job_id_event_type", "job_id", "event_type"),
     )
 
 

@@ -51,6 +51,20 @@ class Settings(BaseSettings):
         "seconds, at least 2). Without it, a database host that drops packets holds each "
         "request (and the start-up check) for the kernel's TCP timeout, about two minutes, "
         "instead of answering 503 'database_unavailable'.")
+    database_pool_size: int = Field(
+        5, ge=1,
+        description="Postgres connections each process (an API process, a worker) keeps open. "
+        "An API process serves up to 40 requests at once; size pool + overflow, times the "
+        "processes, to what the database (or its pooler) accepts.")
+    database_pool_overflow: int = Field(
+        10, ge=0,
+        description="Postgres connections a process may open beyond DATABASE_POOL_SIZE under load "
+        "(closed again when given back).")
+    database_pool_timeout_seconds: float = Field(
+        30.0, gt=0,
+        description="How long a request waits for a free connection when all are taken (s), "
+        "then answers 503 'database_unavailable' with Retry-After: lower it to fail fast when "
+        "the database is slow.")
 
     # --- broker / Celery --------------------------------------------------------------------
     broker_url: str = Field(

@@ -132,3 +132,20 @@ def test_the_validator_memory_comparison_finds_one_server_per_host_when_shared(
     assert shared["validator_servers"] == 1
     assert 1 <= private["validator_servers"] <= 2  # a worker that took no upload starts none
     assert shared["pss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_the_api_load_bench_finds_constant_statements_and_index_plans(
+        tmp_path: Path, optional_worker_launcher: Launcher | None) -> None:
+    """bench/api_load.py at a tiny size (its HTTP server phase left out): every route answers,
+    a route takes about as many statements for a big project as for a small one (no N+1; an
+    empty page skips its labels query), and the quota count is an index-only scan."""
+    report = _run_bench(
+        "api_load.py", "--projects", "3", "--jobs", "90", "--big-share", "0.5", "--repeat", "1",
+        "--skip-concurrent", tmp_path=tmp_path, launcher=optional_worker_launcher)
+    big, small = report["routes"]["big"]["routes"], report["routes"]["small"]["routes"]
+    assert all(route["status"] == 200 for route in [*big.values(), *small.values()])
+    for name, route in small.items():
+        assert abs(big[name]["statements"] - route["statements"]) <= 1, name
+    assert report["plans"]["count_active_jobs_big"]["nodes"][1] == (
+        "Index Only Scan on jobs using ix_jobs_project_id_status_created_at_id")

@@ -1,0 +1,257 @@
+"""The read path's queries on Postgres read the rows they answer with, not a whole table or a whole
+project: each query the service runs is captured as it runs and explained (``EXPLAIN ANALYZE``)
+on a database of two projects with interleaved jobs of every status, and no scan of the big
+tables may throw rows away by a filter (a row thrown away is a row read for nothing; their number
+grows with the table, not with the page).
+
+Sequential and bitmap scans are turned off for the EXPLAIN: on a table this small the planner
+would pick them whatever indexes exist, and the question is whether an index *can* bound the
+query, as it must for the plans measured at organisation size (bench/api_load.py). Counting
+rows is deterministic; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.errors import Conflict
+from api.services.deletion import _refuse_if_used
+from persistence import jobs as job_queries
+from persistence.api_keys import create_project
+from persistence.db import create_db_engine, create_session_factory
+from persistence.models import (
+    Checkpoint,
+    Dataset,
+    Job,
+    WebhookDelivery,
+    WebhookEndpoint,
+    new_id,
+    utcnow,
+)
+from persistence.webhooks import enqueue_job_notifications
+from tests.service_fixtures import migrated_database
+
+JOBS_PER_PROJECT = 150
+#: queued, running, succeeded, failed, cancelled in a fixed cycle (a fifth of each).
+CYCLE = ("queued", "succeeded", "running", "failed", "succeeded", "cancelled", "queued",
+         "succeeded", "failed", "running")
+
+
+class Seeded:
+    def __init__(self, sessions: sessionmaker[Session], projects: list[str],
+                 checkpoints: list[str], datasets: list[str], finished: list[str]) -> None:
+        self.sessions = sessions
+        self.projects = projects
+        self.checkpoints = checkpoints
+        self.datasets = datasets
+        self.finished = finished
+
+
+@pytest.fixture(scope="module")
+def seeded(_postgres_template: str) -> Iterator[Seeded]:
+    """Two projects, their jobs interleaved in time, webhook deliveries for finished jobs;
+    vacuumed and analysed (a live database is, by autovacuum)."""
+    with migrated_database(_postgres_template, "rift_plans") as url:
+        engine = create_db_engine(url)
+        sessions = create_session_factory(engine)
+        start = utcnow() - timedelta(days=1)
+        projects, checkpoints, datasets, finished = [], [], [], []
+        with sessions() as session:
+            for name in ("plans-a", "plans-b"):
+                project = create_project(session, name)
+                projects.append(project.id)
+                checkpoint, dataset, endpoint = new_id(), new_id(), new_id()
+                checkpoints.append(checkpoint)
+                datasets.append(dataset)
+                session.execute(insert(Checkpoint), [dict(
+                    id=checkpoint, filename="m.safetensors", size=1, sha256="0" * 64,
+                    format="safetensors", storage_key=f"c/{checkpoint}", num_tensors=1,
+                    num_parameters=1, created_at=start, project_id=project.id)])
+                session.execute(insert(Dataset), [dict(
+                    id=dataset, filename="d.npz", kind="npz", size=1, sha256="0" * 64,
+                    storage_key=f"d/{dataset}", created_at=start, project_id=project.id)])
+                session.execute(insert(WebhookEndpoint), [dict(
+                    id=endpoint, project_id=project.id, url="https://example.invalid/h",
+                    secret="whsec_x", event_types=["job.succeeded"], created_at=start)])
+            jobs, deliveries = [], []
+            for i in range(2 * JOBS_PER_PROJECT):
+                p = i % 2
+                status = CYCLE[(i // 2) % len(CYCLE)]
+                job_id = new_id()
+                created = start + timedelta(seconds=i)
+                jobs.append(dict(id=job_id, status=status, spec={}, checkpoint_id=checkpoints[p],
+                                 dataset_id=datasets[p], cancel_requested=False, attempts=0,
+                                 stage_progress=0.0, created_at=created, updated_at=created,
+                                 project_id=projects[p]))
+                if status == "succeeded":
+                    finished.append(job_id)
+                    deliveries.append(dict(
+                        id=new_id(), endpoint_id=_endpoint_of(session, projects[p]),
+                        job_id=job_id, event_type="job.succeeded", body="{}",
+                        status="succeeded", attempts=1, created_at=created, updated_at=created))
+            session.execute(insert(Job), jobs)
+            session.execute(insert(WebhookDelivery), deliveries)
+            session.commit()
+        with engine.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                "VACUUM ANALYZE")
+        yield Seeded(sessions, projects, checkpoints, datasets, finished)
+        engine.dispose()
+
+
+def _endpoint_of(session: Session, project_id: str) -> str:
+    return session.query(WebhookEndpoint.id).filter_by(project_id=project_id).scalar()
+
+
+def captured(engine: Engine, run: Callable[[], Any], table: str) -> tuple[str, Any]:
+    """The first statement reading ``table`` that ``run`` executes, with its parameters."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if f"FROM {table}" in statement and statement.lstrip().upper().startswith("SELECT"):
+            seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        run()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert seen, f"no SELECT from {table} was run"
+    return seen[0]
+
+
+def plan_nodes(engine: Engine, statement: str, parameters: Any) -> list[dict[str, Any]]:
+    """Every node of the statement's executed plan (EXPLAIN ANALYZE, index paths only)."""
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SET enable_seqscan = off")
+        connection.exec_driver_sql("SET enable_bitmapscan = off")
+        found = connection.exec_driver_sql(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters).scalar_one()
+        connection.rollback()
+    plan = found if isinstance(found, list) else json.loads(found)
+    nodes: list[dict[str, Any]] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        nodes.append(node)
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    return nodes
+
+
+def wasted(nodes: list[dict[str, Any]], table: str) -> list[str]:
+    """The scans of ``table`` that read rows only to throw them away, described."""
+    return [f"{n['Node Type']} {n.get('Index Name', '')} ({n.get('Alias')}): "
+            f"{n['Rows Removed by Filter']} rows removed by {n.get('Filter')}"
+            for n in nodes if n.get("Relation Name") == table
+            and n.get("Rows Removed by Filter", 0) > 0]
+
+
+def rows_read(nodes: list[dict[str, Any]], alias: str) -> int:
+    return sum(n["Actual Rows"] * n["Actual Loops"] + n.get("Rows Removed by Filter", 0)
+               for n in nodes if n.get("Alias") == alias and "Relation Name" in n)
+
+
+def _engine(seeded: Seeded) -> Engine:
+    return seeded.sessions.kw["bind"]  # type: ignore[no-any-return]
+
+
+def test_a_page_after_a_cursor_reads_its_rows_only(seeded: Seeded) -> None:
+    """Before, the cursor condition was ``created_at < t OR (created_at = t AND id < i)``, which
+    bounds no index: a page read every job of the project older than the cursor, and each queue
+    position every queued job newer than its own."""
+    project = seeded.projects[0]
+    with seeded.sessions() as session:
+        first = job_queries.list_jobs(session, project_id=project, limit=40, with_spec=False,
+                                      with_stages=False)
+        assert first.next_cursor is not None
+        statement, parameters = captured(_engine(seeded), lambda: job_queries.list_jobs(
+            session, project_id=project, limit=10, cursor=first.next_cursor, with_spec=False,
+            with_stages=False), "jobs")
+    nodes = plan_nodes(_engine(seeded), statement, parameters)
+    assert wasted(nodes, "jobs") == []
+    assert rows_read(nodes, "jobs") <= 11  # the page and the row telling that one follows
+
+
+def test_a_status_filtered_page_reads_its_rows_only(seeded: Seeded) -> None:
+    """Before migration 0021 the filter read the project's jobs newest first and dropped those
+    of other statuses."""
+    project = seeded.projects[1]
+    with seeded.sessions() as session:
+        first = job_queries.list_jobs(session, project_id=project, status="succeeded",
+                                      limit=5, with_spec=False, with_stages=False)
+        statement, parameters = captured(_engine(seeded), lambda: job_queries.list_jobs(
+            session, project_id=project, status="succeeded", limit=5, cursor=first.next_cursor,
+            with_spec=False, with_stages=False), "jobs")
+    nodes = plan_nodes(_engine(seeded), statement, parameters)
+    assert wasted(nodes, "jobs") == []
+    assert rows_read(nodes, "jobs") <= 6
+
+
+def test_the_active_job_count_reads_active_jobs_only(seeded: Seeded) -> None:
+    """The quota checks (each job creation) and GET /v1/usage count a project's queued and
+    running jobs; before migration 0021 that read every job of the project, or of every
+    project with those statuses."""
+    with seeded.sessions() as session:
+        statement, parameters = captured(_engine(seeded), lambda: job_queries.count_active_jobs(
+            session, seeded.projects[0]), "jobs")
+        active = job_queries.count_active_jobs(session, seeded.projects[0])
+    nodes = plan_nodes(_engine(seeded), statement, parameters)
+    assert wasted(nodes, "jobs") == []
+    assert 0 < rows_read(nodes, "jobs") == active
+
+
+@pytest.mark.parametrize("column", ["checkpoint_id", "dataset_id"])
+def test_the_in_use_check_of_a_delete_reads_the_users_only(seeded: Seeded, column: str) -> None:
+    """DELETE /v1/checkpoints/{id} and /v1/datasets/{id} look for the jobs using the row: a
+    sequential scan of every job of every project before migration 0021."""
+    resource = (seeded.checkpoints if column == "checkpoint_id" else seeded.datasets)[0]
+
+    def check() -> None:
+        with seeded.sessions() as session, pytest.raises(Conflict):
+            _refuse_if_used(session, getattr(Job, column), resource, column[:-3])
+
+    statement, parameters = captured(_engine(seeded), check, "jobs")
+    nodes = plan_nodes(_engine(seeded), statement, parameters)
+    assert wasted(nodes, "jobs") == []
+    assert rows_read(nodes, "jobs") == JOBS_PER_PROJECT
+
+
+def test_a_job_end_finds_its_deliveries_without_reading_the_log(seeded: Seeded) -> None:
+    """A job's end (in the worker's final transaction) looks up the messages already written
+    for it; before migration 0021 that read every project's whole delivery log."""
+    job_id = seeded.finished[0]
+
+    def end() -> None:
+        with seeded.sessions() as session:
+            enqueue_job_notifications(session, job_id, "job_succeeded", utcnow())
+            session.rollback()
+
+    statement, parameters = captured(_engine(seeded), end, "webhook_deliveries")
+    nodes = plan_nodes(_engine(seeded), statement, parameters)
+    assert wasted(nodes, "webhook_deliveries") == []
+    assert rows_read(nodes, "webhook_deliveries") == 1
+    # An index whose first column is not job_id (the endpoint's unique index) meets the
+    # condition only by reading all its entries, which EXPLAIN does not count as rows removed.
+    scans = [n for n in nodes if n.get("Relation Name") == "webhook_deliveries"]
+    assert scans and all(leading_column(_engine(seeded), n.get("Index Name")) == "job_id"
+                         for n in scans), scans
+
+
+def leading_column(engine: Engine, index: str | None) -> str | None:
+    """The first key column of the index ``index`` (None for a scan that uses none)."""
+    if index is None:
+        return None
+    with engine.connect() as connection:
+        return connection.exec_driver_sql(
+            "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE c.relname = %(name)s", {"name": index}).scalar_one()
