@@ -127,6 +127,10 @@ def start_sweep(app: Celery, resources: WorkerResources, job: Job, run: Prepared
 def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, index: int) -> str:
     """Claim and run one candidate; pick the winner if it was the last. Returns what happened."""
     settings = resources.settings
+    if resources.stopping.is_set():
+        # Taken as this worker began to stop: unclaimed, it goes straight back to the queue.
+        enqueue_candidate(app, job_id, index)
+        return "resent"
     try:
         with resources.session() as session:
             claim = stage_shards.claim_part(
@@ -181,8 +185,9 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
                          "robust_accuracy": outcome.robust_accuracy})
     except Exception as exc:
         ended = settle_part_error(resources, CANDIDATES, job_id, index, claim.attempt, exc)
-        if ended == "retry":
-            enqueue_candidate(app, job_id, index, countdown=settings.stage_retry_delay_seconds)
+        if ended in ("retry", "handed_back"):
+            enqueue_candidate(app, job_id, index, countdown=(
+                settings.stage_retry_delay_seconds if ended == "retry" else None))
         return ended
     finally:
         reporter.stop()

@@ -39,6 +39,11 @@ logger = logging.getLogger(__name__)
 STORE_WRITERS = 6
 
 
+class ShuttingDown(Exception):
+    """The worker process began a warm shutdown (SIGTERM): the work it holds stops at its next
+    batch and goes back to the queue for another worker (see ``WorkerResources.stopping``)."""
+
+
 @dataclass
 class _ProcessHandles:
     pid: int
@@ -64,8 +69,10 @@ class WorkerResources:
     #: The process's Prometheus collectors (:class:`worker.metrics.WorkerMetrics`), set by
     #: :func:`worker.tasks.register_tasks`.
     metrics: Any = field(default=None, repr=False)
-    #: Set when the worker process begins a warm shutdown: a stage it finishes then sends the
-    #: next stage's message instead of running that stage itself (see ``worker_chain_stages``).
+    #: Set when the worker process begins a warm shutdown (in a prefork pool child, when the
+    #: parent tells it: :mod:`worker.tasks`): the work it runs stops at its next batch
+    #: (:class:`ShuttingDown`) and is handed back, and a stage it finishes sends the next
+    #: stage's message instead of running that stage itself (see ``worker_chain_stages``).
     stopping: threading.Event = field(default_factory=threading.Event, repr=False)
     _handles: _ProcessHandles | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -186,7 +193,8 @@ class StageReporter(LeaseHeartbeat):
     library polls at every batch and attack step (:mod:`rift.cancellation`), then raises
     :class:`persistence.stages.LeaseLost`; it raises :class:`rift.errors.TimeLimitExceeded` once
     the job first claimed at ``started_at`` is past ``time_limit`` (its own
-    ``time_limit_seconds``, else ``JOB_TIME_LIMIT_SECONDS``).
+    ``time_limit_seconds``, else ``JOB_TIME_LIMIT_SECONDS``), and :class:`ShuttingDown` once
+    the worker process began a warm shutdown (the stage is then handed back).
 
     Events (all, in order), progress (the latest) and the job's device (:meth:`set_device`) are
     written, and the job's cancellation flag read, together in one transaction (a write) at most
@@ -318,6 +326,8 @@ class StageReporter(LeaseHeartbeat):
             self.flush()
             assert self._time_limit is not None
             raise TimeLimitExceeded(self._time_limit.message())
+        if self.resources.stopping.is_set():
+            raise ShuttingDown(f"worker {self.owner} is shutting down")
         if not self._cancel and self._due():
             self._report()
         return self._cancel
@@ -401,8 +411,10 @@ class PartReporter(StageReporter):
 def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, job_id: str,
                       index: int, attempt: int, exc: Exception) -> str:
     """End a part of a split stage (MRC shard, sweep candidate) that raised ``exc``; call it from
-    the ``except`` block. Returns the task's outcome: "cancelled", "lease_lost", "failed", or
-    "retry" (the part is released and the caller sends it again).
+    the ``except`` block. Returns the task's outcome: "cancelled", "lease_lost", "failed",
+    "retry" (the part is released and the caller sends it again after the retry delay) or
+    "handed_back" (the worker is shutting down: the part is pending again, its attempt not
+    counted, and the caller sends it again at once).
 
     Errors of the library (the time limit included) and missing inputs fail the job: another
     attempt would meet the same error, and a split stage with a part missing cannot finish.
@@ -414,6 +426,17 @@ def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, j
     if isinstance(exc, LeaseLost):
         logger.warning("job %s %s %d: %s", job_id, kind.noun, index, exc)
         return "lease_lost"
+    if isinstance(exc, ShuttingDown):
+        try:
+            with resources.session() as session:
+                stage_shards.hand_back_part(session, kind, job_id, index,
+                                            owner=resources.worker_id)
+        except LeaseLost as lost:
+            logger.warning("job %s %s %d: %s", job_id, kind.noun, index, lost)
+            return "lease_lost"
+        logger.info("job %s %s %d handed back: the worker is shutting down", job_id, kind.noun,
+                    index)
+        return "handed_back"
     if isinstance(exc, RiftError | ObjectNotFound):
         code = exc.code if isinstance(exc, RiftError) else "missing_object"
         with resources.session() as session:
@@ -451,4 +474,6 @@ class MaterializationLease(LeaseHeartbeat):
         if self.lease_lost:
             raise LeaseLost(f"worker {self.owner} lost the lease on materialization "
                             f"{self.materialization_id}")
+        if self.resources.stopping.is_set():
+            raise ShuttingDown(f"worker {self.owner} is shutting down")
         return False

@@ -100,6 +100,10 @@ def start_mrc_shards(app: Celery, resources: WorkerResources, job: Job, run: Pre
 def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: int) -> str:
     """Claim and score one MRC shard; merge if it was the last. Returns what happened."""
     settings = resources.settings
+    if resources.stopping.is_set():
+        # Taken as this worker began to stop: unclaimed, it goes straight back to the queue.
+        enqueue_shard(app, job_id, shard)
+        return "resent"
     try:
         with resources.session() as session:
             claim = stage_shards.claim_shard(
@@ -138,8 +142,9 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
                                       result=part)
     except Exception as exc:
         ended = settle_part_error(resources, stage_shards.MRC_SHARDS, job_id, shard, claim.attempt, exc)
-        if ended == "retry":
-            enqueue_shard(app, job_id, shard, countdown=settings.stage_retry_delay_seconds)
+        if ended in ("retry", "handed_back"):
+            enqueue_shard(app, job_id, shard, countdown=(
+                settings.stage_retry_delay_seconds if ended == "retry" else None))
         return ended
     finally:
         reporter.stop()

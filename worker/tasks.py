@@ -46,7 +46,10 @@ of its own (:class:`worker.runtime.MaterializationLease`), as a stage is made.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import threading
 import time
 import traceback
@@ -58,6 +61,7 @@ from celery import Task
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -73,6 +77,7 @@ from persistence.materializations import (
     MaterializationNotFound,
     fail_materialization,
     finish_materialization,
+    hand_back_materialization,
     materializations_to_redispatch,
     start_materialization,
 )
@@ -117,7 +122,7 @@ from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_job
 from worker.prepared_runs import RunKey
 from worker.registry import WorkerRegistration
-from worker.runtime import MaterializationLease, StageReporter, WorkerResources
+from worker.runtime import MaterializationLease, ShuttingDown, StageReporter, WorkerResources
 from worker.shards import SHARD_TASK_NAME, execute_shard, redispatch_stale_shards, start_mrc_shards
 from worker.stages import FINETUNED, describe_device, job_manifest, prepare, run_stage
 
@@ -144,7 +149,8 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     @app.task(name=MATERIALIZE_TASK_NAME, ignore_result=True, bind=True)
     def materialize(task: Task, materialization_id: str) -> str:
         """Make the weights of one materialization request; returns the outcome."""
-        return execute_materialization(resources, materialization_id, _request_id_of(task))
+        return execute_materialization(resources, materialization_id, _request_id_of(task),
+                                       app=app)
 
     @app.task(name=SHARD_TASK_NAME, ignore_result=True)
     def run_mrc_shard(job_id: str, shard: int) -> str:
@@ -170,10 +176,25 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     def stop_recovery(sender: Any = None, **_: Any) -> None:
         loop.stop()
 
-    def stop_chaining(**_: Any) -> None:
-        # A warm shutdown waits for the running task: it ends with the stage it runs, and the
-        # job's next stage goes back to the queue for another worker.
+    controllers: list[Any] = []  # this process's WorkController, once it starts
+
+    def remember_controller(sender: Any = None, **_: Any) -> None:
+        controllers[:] = [sender]
+
+    def stop_work(**_: Any) -> None:
+        # A warm shutdown waits for the running task: the work it runs stops at its next batch
+        # and goes back to the queue for another worker (ShuttingDown), so the process exits
+        # within seconds instead of after the stage (Docker's grace is 10 s). Run in Celery's
+        # signal handler of the main process, where the solo and thread pools run their tasks;
+        # a prefork pool's children never hear of the shutdown, so they are told.
         resources.stopping.set()
+        for pid in pool_child_pids(controllers[0] if controllers else None):
+            with contextlib.suppress(OSError):  # exited meanwhile
+                os.kill(pid, SHUTDOWN_SIGNAL)
+
+    def listen_for_shutdown(**_: Any) -> None:
+        # In a prefork child, before it takes a task: the parent's word that it is stopping.
+        signal.signal(SHUTDOWN_SIGNAL, lambda *_: resources.stopping.set())
 
     registration = WorkerRegistration(
         resources, queues=lambda: list(app.amqp.queues.consume_from))
@@ -212,7 +233,9 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     # weak=False: the handlers are closures that would otherwise be garbage-collected.
     worker_ready.connect(start_recovery, weak=False)
     worker_shutdown.connect(stop_recovery, weak=False)
-    worker_shutting_down.connect(stop_chaining, weak=False)
+    worker_init.connect(remember_controller, weak=False)
+    worker_shutting_down.connect(stop_work, weak=False)
+    worker_process_init.connect(listen_for_shutdown, weak=False)
     worker_process_init.connect(register_pool_child, weak=False)
     worker_ready.connect(register_main, weak=False)
     worker_process_shutdown.connect(deregister, weak=False)
@@ -223,6 +246,19 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     after_setup_logger.connect(json_logs, weak=False)
     after_setup_task_logger.connect(json_logs, weak=False)
     return resources
+
+
+#: The signal a prefork parent in a warm shutdown sends its pool children, which run the tasks
+#: (SIGUSR1 is billiard's soft time limit; SIGTERM its cold shutdown's kill).
+SHUTDOWN_SIGNAL = signal.SIGUSR2
+
+
+def pool_child_pids(controller: Any) -> list[int]:
+    """The process ids of a prefork pool's children (none for the solo and thread pools)."""
+    pool = getattr(getattr(controller, "pool", None), "_pool", None)
+    processes = getattr(pool, "_pool", None) or []
+    return [pid for pid in (getattr(process, "pid", None) for process in processes)
+            if isinstance(pid, int) and pid > 0]
 
 
 def _queue_size(app: RiftCelery, queue: str) -> int:
@@ -287,7 +323,8 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
         started = time.monotonic()
         step = _execute_stage(app, resources, job_id, stage, request_id)
         while True:
-            if step.outcome in ("done", "failed", "retry", "cancelled", "lease_lost"):
+            if step.outcome in ("done", "failed", "retry", "cancelled", "lease_lost",
+                                "handed_back"):
                 resources.metrics.observe_stage(step.stage, step.outcome,
                                                 time.monotonic() - started, step.device)
             if step.outcome == "done" and stages.next_stage(step.stage) is None:
@@ -303,6 +340,10 @@ def _execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, sta
                    request_id: str | None) -> _Step:
     settings = resources.settings
     owner = resources.worker_id
+    if resources.stopping.is_set():
+        # Taken as this worker began to stop: unclaimed, it goes straight back to the queue.
+        enqueue_stage(app, job_id, stage, request_id=request_id)
+        return _Step(stage, "resent")
     try:
         with resources.session() as session:
             claim, checkpoint, dataset = stages.claim_stage_with_inputs(
@@ -417,6 +458,9 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         reporter.close()
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return _Step(stage, "lease_lost", device)
+    except ShuttingDown:
+        reporter.close()
+        return _Step(stage, _hand_back(app, resources, job_id, stage, request_id), device)
     except RiftError as exc:
         reporter.close()
         return _Step(stage, _fail(resources, job_id, stage, exc.code, exc.message), device)
@@ -453,6 +497,25 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
     chained = _Claimed(job_id, following, next_claim, checkpoint, dataset,
                        {**attempts, str(following): next_claim.attempt}, request_id)
     return _Step(stage, "done", device, chained)
+
+
+def _hand_back(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
+               request_id: str | None) -> str:
+    """Give the stage back, its claim not counted, and send its message at once, for another
+    worker to run it from its start: this one is in a warm shutdown. Returns the outcome
+    ("handed_back"; "lease_lost" when the stage was no longer this worker's). If the database
+    cannot be reached the stage stays leased, and is taken over once its lease expires, as
+    after a crash."""
+    try:
+        with resources.session() as session:
+            stages.hand_back_stage(session, job_id, stage, owner=resources.worker_id)
+    except LeaseLost as exc:
+        logger.warning("job %s stage %s: %s", job_id, stage, exc)
+        return "lease_lost"
+    resources.prepared_runs.discard_job(job_id)
+    enqueue_stage(app, job_id, stage, request_id=request_id)
+    logger.info("job %s stage %s handed back: the worker is shutting down", job_id, stage)
+    return "handed_back"
 
 
 def _fail(resources: WorkerResources, job_id: str, stage: str, code: str, message: str) -> str:
@@ -519,13 +582,20 @@ def export_if_configured(resources: WorkerResources, job_id: str) -> None:
 
 
 def execute_materialization(resources: WorkerResources, materialization_id: str,
-                            request_id: str | None = None) -> str:
+                            request_id: str | None = None, *,
+                            app: RiftCelery | None = None) -> str:
     """Claim, make, store and record the weights of one materialization request under a lease
-    renewed by a heartbeat; returns the outcome ("skipped": not claimable now)."""
+    renewed by a heartbeat; returns the outcome ("skipped": not claimable now). In a warm
+    shutdown the request is queued again, its claim not counted, and its message sent with
+    ``app`` ("handed_back"; without ``app`` the recovery loop sends it later)."""
     from worker.materialize import materialization_key, materialize_weights  # torch: here only
 
     settings = resources.settings
     owner = resources.worker_id
+    if resources.stopping.is_set() and app is not None:
+        # Taken as this worker began to stop: unclaimed, it goes straight back to the queue.
+        enqueue_materialization(app, materialization_id, request_id)
+        return "resent"
     with resources.session() as session:
         row = start_materialization(session, materialization_id, owner=owner,
                                     lease_seconds=settings.worker_lease_seconds,
@@ -558,6 +628,17 @@ def execute_materialization(resources: WorkerResources, materialization_id: str,
                 lease.stop()
         except LeaseLost as exc:
             return _materialization_lost(resources, materialization_id, key, exc)
+        except ShuttingDown:
+            try:
+                with resources.session() as session:
+                    hand_back_materialization(session, materialization_id, owner=owner)
+            except (LeaseLost, MaterializationNotFound) as exc:
+                return _materialization_lost(resources, materialization_id, key, exc)
+            if app is not None:
+                enqueue_materialization(app, materialization_id, request_id or row.request_id)
+            logger.info("materialization %s handed back: the worker is shutting down",
+                        materialization_id)
+            return "handed_back"
         except Exception as exc:
             logger.warning("materialization %s failed", materialization_id, exc_info=True)
             try:
