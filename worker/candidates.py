@@ -60,7 +60,13 @@ from rift.sweep import (
     fewer_modules_than_asked,
     sweep_candidates,
 )
-from worker.runtime import PartReporter, WorkerResources, settle_part_error
+from worker.runtime import (
+    DATABASE_DOWN,
+    PartReporter,
+    WorkerResources,
+    resend_later,
+    settle_part_error,
+)
 from worker.stages import job_stage_storage, prepare, record_interpolation, record_winner_table
 
 logger = logging.getLogger(__name__)
@@ -143,6 +149,10 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
                        if claim.job.dataset_id else None)
     except JobNotFound:
         return "missing"
+    except DATABASE_DOWN as exc:
+        return resend_later(f"job {job_id} candidate {index}",
+                            lambda delay: enqueue_candidate(app, job_id, index, countdown=delay),
+                            settings.stage_retry_delay_seconds, exc)
     if claim.outcome == ClaimOutcome.DONE:
         return pick_if_complete(app, resources, job_id)
     if claim.outcome != ClaimOutcome.CLAIMED or checkpoint is None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import exc as database_errors
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import materializations, stage_shards, stages
@@ -37,6 +38,27 @@ logger = logging.getLogger(__name__)
 
 #: Files of one stage written at once: the interpolate stage writes five (weights, result, charts).
 STORE_WRITERS = 6
+
+
+#: What a database that cannot be reached or cannot answer now raises (connection refused or
+#: lost, starting up, too many connections, SQLite busy, the pool exhausted): worth another try.
+DATABASE_DOWN = (database_errors.OperationalError, database_errors.InterfaceError,
+                 database_errors.TimeoutError)
+
+
+def resend_later(what: str, resend: Callable[[float], None], delay: float,
+                 exc: Exception) -> str:
+    """A task met ``exc`` (one of :data:`DATABASE_DOWN`) before it held any work: send its
+    message again after ``delay`` seconds with ``resend(delay)``, and return the task's outcome
+    ("database_unavailable"). Raising instead would lose the message (``acks_late``
+    acknowledges a failed task too), and the work would wait for the recovery loop's
+    ``QUEUED_RESEND_AFTER_SECONDS``; a claim that did commit unseen holds a lease that expires,
+    as after a crash."""
+    logger.warning("%s: the database cannot be reached (%s: %s); its message is sent again in "
+                   "%.1f s", what, type(exc).__name__, (str(exc).splitlines() or [""])[0][:300],
+                   delay)
+    resend(delay)
+    return "database_unavailable"
 
 
 class ShuttingDown(Exception):

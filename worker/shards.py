@@ -41,7 +41,13 @@ from rift.pipeline import (
     make_mrc_inputs,
     score_modules,
 )
-from worker.runtime import PartReporter, WorkerResources, settle_part_error
+from worker.runtime import (
+    DATABASE_DOWN,
+    PartReporter,
+    WorkerResources,
+    resend_later,
+    settle_part_error,
+)
 from worker.stages import (
     SAFETENSORS,
     job_stage_storage,
@@ -115,6 +121,10 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
                        if claim.job.dataset_id else None)
     except JobNotFound:
         return "missing"
+    except DATABASE_DOWN as exc:
+        return resend_later(f"job {job_id} MRC shard {shard}",
+                            lambda delay: enqueue_shard(app, job_id, shard, countdown=delay),
+                            settings.stage_retry_delay_seconds, exc)
     if claim.outcome == ClaimOutcome.DONE:
         return merge_if_complete(app, resources, job_id)
     if claim.outcome != ClaimOutcome.CLAIMED or checkpoint is None:

@@ -122,7 +122,14 @@ from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_job
 from worker.prepared_runs import RunKey
 from worker.registry import WorkerRegistration
-from worker.runtime import MaterializationLease, ShuttingDown, StageReporter, WorkerResources
+from worker.runtime import (
+    DATABASE_DOWN,
+    MaterializationLease,
+    ShuttingDown,
+    StageReporter,
+    WorkerResources,
+    resend_later,
+)
 from worker.shards import SHARD_TASK_NAME, execute_shard, redispatch_stale_shards, start_mrc_shards
 from worker.stages import FINETUNED, describe_device, job_manifest, prepare, run_stage
 
@@ -355,6 +362,12 @@ def _execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, sta
         logger.warning("stage %s of unknown job %s: message dropped", stage, job_id)
         resources.prepared_runs.discard_job(job_id)  # deleted
         return _Step(stage, "missing")
+    except DATABASE_DOWN as exc:
+        return _Step(stage, resend_later(
+            f"job {job_id} stage {stage}",
+            lambda delay: enqueue_stage(app, job_id, stage, countdown=delay,
+                                        request_id=request_id),
+            settings.stage_retry_delay_seconds, exc))
 
     if claim.outcome == ClaimOutcome.DONE:
         # A duplicate message, or the worker died between recording the stage and sending the
@@ -596,20 +609,29 @@ def execute_materialization(resources: WorkerResources, materialization_id: str,
         # Taken as this worker began to stop: unclaimed, it goes straight back to the queue.
         enqueue_materialization(app, materialization_id, request_id)
         return "resent"
-    with resources.session() as session:
-        row = start_materialization(session, materialization_id, owner=owner,
-                                    lease_seconds=settings.worker_lease_seconds,
-                                    max_attempts=settings.max_stage_attempts)
-        if row is None:
-            return "skipped"
-        job = session.get(Job, row.job_id)
-        if job is None:
-            # Deleted (with its project) between the claim and this read: nothing to make.
-            logger.info("materialization %s: its job was deleted", materialization_id)
-            return "deleted"
-        checkpoint = session.get(Checkpoint, job.checkpoint_id)
-        dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
-        finetuned = session.get(Artifact, (job.id, FINETUNED))
+    try:
+        with resources.session() as session:
+            row = start_materialization(session, materialization_id, owner=owner,
+                                        lease_seconds=settings.worker_lease_seconds,
+                                        max_attempts=settings.max_stage_attempts)
+            if row is None:
+                return "skipped"
+            job = session.get(Job, row.job_id)
+            if job is None:
+                # Deleted (with its project) between the claim and this read: nothing to make.
+                logger.info("materialization %s: its job was deleted", materialization_id)
+                return "deleted"
+            checkpoint = session.get(Checkpoint, job.checkpoint_id)
+            dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+            finetuned = session.get(Artifact, (job.id, FINETUNED))
+    except DATABASE_DOWN as exc:
+        if app is None:
+            raise
+        return resend_later(
+            f"materialization {materialization_id}",
+            lambda delay: enqueue_materialization(app, materialization_id, request_id,
+                                                  countdown=delay),
+            settings.stage_retry_delay_seconds, exc)
     key = materialization_key(job.id, row.artifact_name)
     lease = MaterializationLease(resources, materialization_id)
     lease.start()

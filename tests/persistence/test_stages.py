@@ -507,9 +507,9 @@ def test_a_stage_handed_back_by_a_stopping_worker_waits_uncounted_for_another(
         owner = f"w{turn}"
         got = claim(sessions, job_id, owner=owner, now=T0 + timedelta(seconds=turn))
         assert (got.outcome, got.attempt) == (ClaimOutcome.CLAIMED, 1)
-        with pytest.raises(stages.LeaseLost):  # only the holder hands it back
-            with sessions() as session:
-                stages.hand_back_stage(session, job_id, "mrc", owner="someone-else")
+        # Only the holder hands it back.
+        with pytest.raises(stages.LeaseLost), sessions() as session:
+            stages.hand_back_stage(session, job_id, "mrc", owner="someone-else")
         with sessions() as session:
             stages.hand_back_stage(session, job_id, "mrc", owner=owner,
                                    now=T0 + timedelta(seconds=turn))
