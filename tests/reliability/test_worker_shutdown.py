@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs
 from persistence.models import Job, JobStage, Worker
+from persistence.stage_shards import list_candidates
 from persistence.storage import ObjectStore
 from rift import checkpoints
 from tests.service_fixtures import WorkerProcess
@@ -166,3 +167,30 @@ def test_a_prefork_worker_hands_its_stage_back_and_its_children_leave_the_regist
     assert redis.Redis.from_url(redis_broker_url).llen(celery_queue) == 1
     with sessions() as session:
         assert list(session.execute(select(Worker)).scalars()) == []
+
+
+def test_a_sweep_candidate_is_handed_back_on_sigterm(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], quick_config: dict[str, Any],
+        redis_broker_url: str, celery_queue: str) -> None:
+    spec = copy.deepcopy(quick_config)
+    spec["finetune"].update(epochs=1000, lr_milestones=[900], candidates=2)  # minutes each
+    worker = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    job_id = submit(spec)
+    wait_for(sessions, job_id, lambda job: any(kind == "epoch" for kind, _ in
+                                               events(sessions, job_id)),
+             "a candidate's fine-tuning", workers=(worker,))
+
+    terminate(worker)
+    assert worker.process.returncode == 0, worker.log()[-3000:]
+    with sessions() as session:
+        candidates = list_candidates(session, job_id)
+        job = jobs.get_job(session, job_id)
+    assert (job.status, job.error_code) == ("running", None)
+    # The one it ran is waiting again, uncounted; the other never started.
+    assert [(c.status, c.attempts, c.lease_owner) for c in candidates] == [
+        ("pending", 0, None), ("pending", 0, None)]
+    handed = [p for kind, p in events(sessions, job_id) if kind == "stage_handed_back"]
+    assert [(p["stage"], p["candidate"], p["attempt"]) for p in handed] == [("finetune", 0, 1)]
+    # Both messages wait: the one sent again and the other candidate's, never taken.
+    assert redis.Redis.from_url(redis_broker_url).llen(celery_queue) == 2
