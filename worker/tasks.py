@@ -30,8 +30,17 @@ Recovery: a worker re-sends, on start and every ``WORKER_RECOVERY_INTERVAL_SECON
 parts and materializations whose lease expired (the worker running them was killed) and, once
 ``QUEUED_RESEND_AFTER_SECONDS`` have passed since their message was sent, those nobody took (the
 message was lost before any worker took it: :mod:`persistence.resend`), and the webhook messages
-a lease length late; it fails the jobs past their time limit whose worker is gone, and every
-``JANITOR_INTERVAL_SECONDS`` it runs the janitor (:mod:`persistence.janitor`).
+a lease length late; a prefork parent hands over at once the work of its pool children that
+exited holding leases (:mod:`persistence.lost_processes`); it fails the jobs past their time
+limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the janitor
+(:mod:`persistence.janitor`).
+
+Warm shutdown (SIGTERM): the stage, part or materialization running stops at its next batch
+(:class:`worker.runtime.ShuttingDown`, raised by its ``should_cancel``) and is handed back,
+its claim not counted, with its message sent again at once; a prefork parent tells its
+children with :data:`SHUTDOWN_SIGNAL`. A message taken while the database refuses
+connections is sent again after ``STAGE_RETRY_DELAY_SECONDS`` (:func:`worker.runtime.
+resend_later`) instead of being acknowledged with the task's error and lost.
 
 Each process that runs tasks keeps its row in the worker registry (queues, devices, heartbeat;
 :mod:`worker.registry`), which job creation reads to refuse a device no live worker has.
@@ -50,9 +59,11 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +84,7 @@ from persistence import jobs, stages
 from persistence.deletion import delete_objects
 from persistence.janitor import run_janitor
 from persistence.logs import log_context, use_json
+from persistence.lost_processes import release_dead_process
 from persistence.materializations import (
     MaterializationNotFound,
     fail_materialization,
@@ -113,6 +125,7 @@ from rift.sweep import is_sweep
 from worker import webhooks as webhook_delivery
 from worker.candidates import (
     CANDIDATE_TASK_NAME,
+    enqueue_candidate,
     execute_candidate,
     record_sweep_interpolation,
     redispatch_stale_candidates,
@@ -130,7 +143,13 @@ from worker.runtime import (
     WorkerResources,
     resend_later,
 )
-from worker.shards import SHARD_TASK_NAME, execute_shard, redispatch_stale_shards, start_mrc_shards
+from worker.shards import (
+    SHARD_TASK_NAME,
+    enqueue_shard,
+    execute_shard,
+    redispatch_stale_shards,
+    start_mrc_shards,
+)
 from worker.stages import FINETUNED, describe_device, job_manifest, prepare, run_stage
 
 logger = logging.getLogger(__name__)
@@ -174,7 +193,13 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
         """Re-send the messages of stages whose worker died; returns how many were sent."""
         return redispatch_stale_stages(app, resources)
 
-    loop = RecoveryLoop(app, resources)
+    controllers: list[Any] = []  # this process's WorkController, once it starts
+
+    def remember_controller(sender: Any = None, **_: Any) -> None:
+        controllers[:] = [sender]
+
+    loop = RecoveryLoop(app, resources, children=lambda: pool_child_pids(
+        controllers[0] if controllers else None))
 
     def start_recovery(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", app) is app:
@@ -182,11 +207,6 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
 
     def stop_recovery(sender: Any = None, **_: Any) -> None:
         loop.stop()
-
-    controllers: list[Any] = []  # this process's WorkController, once it starts
-
-    def remember_controller(sender: Any = None, **_: Any) -> None:
-        controllers[:] = [sender]
 
     def stop_work(**_: Any) -> None:
         # A warm shutdown waits for the running task: the work it runs stops at its next batch
@@ -760,11 +780,15 @@ class RecoveryLoop:
     and webhook messages (:func:`redispatch_late_webhooks`) and,
     every ``JANITOR_INTERVAL_SECONDS``, runs the janitor (:mod:`persistence.janitor`)."""
 
-    def __init__(self, app: RiftCelery, resources: WorkerResources) -> None:
+    def __init__(self, app: RiftCelery, resources: WorkerResources,
+                 children: Callable[[], list[int]] = list) -> None:
         self.app = app
         self.resources = resources
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The prefork pool's children (none for the other pools), and those seen last pass.
+        self._children = children
+        self._seen: set[int] = set()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -775,12 +799,40 @@ class RecoveryLoop:
     def stop(self) -> None:
         self._stop.set()
 
+    def release_lost_children(self) -> int:
+        """Hand over at once the work of this process's pool children that exited since the
+        last pass (:func:`persistence.lost_processes.release_dead_process`: a child killed
+        mid-task, by the OOM-killer say, left its leases live and its registry row); returns
+        how many messages were sent. A pid back in the pool meanwhile is left to its lease."""
+        current = set(self._children())
+        gone, self._seen = self._seen - current, current
+        sent = 0
+        for pid in sorted(gone):
+            with self.resources.session() as session:
+                released = release_dead_process(session, f"{socket.gethostname()}:{pid}:")
+            for job_id, stage in released.stages:
+                enqueue_stage(self.app, job_id, stage)
+            for job_id, shard in released.shards:
+                enqueue_shard(self.app, job_id, shard)
+            for job_id, index in released.candidates:
+                enqueue_candidate(self.app, job_id, index)
+            for materialization_id in released.materializations:
+                enqueue_materialization(self.app, materialization_id)
+            count = (len(released.stages) + len(released.shards) + len(released.candidates)
+                     + len(released.materializations))
+            if count or released.workers:
+                logger.warning("pool process %d exited holding %d leases: sent again now",
+                               pid, count)
+            sent += count
+        return sent
+
     def _run(self) -> None:
         settings = self.resources.settings
         interval = settings.worker_recovery_interval_seconds
         next_janitor = time.monotonic()
         while True:
             try:
+                self.release_lost_children()
                 fail_overdue(self.resources)
                 redispatch_stale_stages(self.app, self.resources)
                 redispatch_stale_materializations(self.app, self.resources)

@@ -11,6 +11,7 @@ Postgres and Redis.
 from __future__ import annotations
 
 import copy
+import os
 import signal
 import subprocess
 import time
@@ -194,3 +195,33 @@ def test_a_sweep_candidate_is_handed_back_on_sigterm(
     assert [(p["stage"], p["candidate"], p["attempt"]) for p in handed] == [("finetune", 0, 1)]
     # Both messages wait: the one sent again and the other candidate's, never taken.
     assert redis.Redis.from_url(redis_broker_url).llen(celery_queue) == 2
+
+
+def test_a_killed_prefork_childs_stage_is_taken_over_without_waiting_for_its_lease(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], quick_config: dict[str, Any]) -> None:
+    # The OOM-killer's SIGKILL of the pool child running a stage: the parent lives on.
+    spec = copy.deepcopy(quick_config)
+    spec["finetune"].update(epochs=1000, lr_milestones=[900])  # minutes
+    worker = start_worker(pool="prefork", WORKER_LEASE_SECONDS=LEASE_S,
+                          WORKER_HEARTBEAT_SECONDS="1")
+    job_id = submit(spec)
+    wait_for(sessions, job_id, fine_tuning(sessions, job_id), "fine-tuning", workers=(worker,))
+    with sessions() as session:
+        (dead,) = [w.id for w in session.execute(select(Worker)).scalars()]
+    os.kill(int(dead.split(":")[1]), signal.SIGKILL)
+
+    def taken_over(job: Job) -> bool:
+        return any(kind == "stage_started" and p["stage"] == "finetune" and p["attempt"] == 2
+                   for kind, p in events(sessions, job_id))
+
+    # Well within the lease (60 s), which the takeover used to wait for.
+    wait_for(sessions, job_id, taken_over, "the stage's takeover", timeout=20,
+             workers=(worker,))
+    log = events(sessions, job_id)
+    assert ("stage_recovered", {"stage": "finetune", "reason": "worker_process_lost"}) in log
+    (successor,) = [p["worker"] for kind, p in log
+                    if kind == "stage_started" and p["attempt"] == 2]
+    assert successor != dead
+    with sessions() as session:  # the dead child no longer counts as a live worker
+        assert session.get(Worker, dead) is None
