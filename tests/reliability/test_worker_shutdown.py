@@ -26,10 +26,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs
+from persistence.materializations import request_materialization
 from persistence.models import Job, JobStage, Worker
+from persistence.queue import RiftCelery, enqueue_materialization
 from persistence.stage_shards import list_candidates
 from persistence.storage import ObjectStore
 from rift import checkpoints
+from tests.reliability.succeeded_jobs import materialization, perturbed, succeeded_job, wait_until
 from tests.service_fixtures import WorkerProcess
 from tests.worker_jobs import wait_for
 from worker.stages import FINETUNED, TUNED
@@ -225,3 +228,28 @@ def test_a_killed_prefork_childs_stage_is_taken_over_without_waiting_for_its_lea
     assert successor != dead
     with sessions() as session:  # the dead child no longer counts as a live worker
         assert session.get(Worker, dead) is None
+
+
+def test_a_materialization_is_handed_back_on_sigterm(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], store: ObjectStore, sender: RiftCelery,
+        quick_config: dict[str, Any], digits_checkpoint_path: Path, tmp_path: Path,
+        redis_broker_url: str, celery_queue: str) -> None:
+    spec = copy.deepcopy(quick_config)
+    spec["attack"].update(steps=400)  # the evaluation's attack: seconds
+    theta_ft = perturbed(checkpoints.load_state_dict(digits_checkpoint_path))
+    job_id = succeeded_job(sessions, store, submit, spec, theta_ft, tmp_path)
+    with sessions() as session:
+        row_id = request_materialization(session, job_id, 0.5, evaluate=True).row.id
+    worker = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    enqueue_materialization(sender, row_id)
+    wait_until(lambda: materialization(sessions, row_id).status == "running",
+               "the materialization's start", (worker,))
+    time.sleep(1.0)  # into the evaluation
+
+    terminate(worker)
+    assert worker.process.returncode == 0, worker.log()[-3000:]
+    row = materialization(sessions, row_id)
+    assert (row.status, row.attempts, row.lease_owner) == ("queued", 0, None), \
+        worker.log()[-3000:]
+    assert redis.Redis.from_url(redis_broker_url).llen(celery_queue) == 1
