@@ -221,7 +221,10 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
 
     def listen_for_shutdown(**_: Any) -> None:
         # In a prefork child, before it takes a task: the parent's word that it is stopping.
-        signal.signal(SHUTDOWN_SIGNAL, lambda *_: resources.stopping.set())
+        # Not in a solo worker (which sends this signal too): there the flag would stay set with
+        # Celery still consuming, and every message taken would be sent straight back.
+        if current_process().name != "MainProcess":
+            signal.signal(SHUTDOWN_SIGNAL, lambda *_: resources.stopping.set())
 
     registration = WorkerRegistration(
         resources, queues=lambda: list(app.amqp.queues.consume_from))
