@@ -236,10 +236,13 @@ class StageReporter(LeaseHeartbeat):
     wake-up instead of the round trips and the commit (measured in the worker: 1–22 ms of wall
     each for 0.7–3.8 ms of CPU on a loaded machine). The cancellation flag a write reads is then
     returned from the next ``should_cancel`` (one batch later), and an error of a write is raised
-    there (or by :meth:`take_pending`), so the stage fails as it would have. :meth:`close` waits
-    for a write in flight and ends the writing: the stage calls it before it records its end
-    (failure, cancellation), so no report of the stage follows that. Without ``write_behind``, or
-    before :meth:`start`, writes happen on the caller's thread.
+    there (or by :meth:`take_pending`), so the stage fails as it would have; but a write that
+    meets an unreachable database (:data:`DATABASE_DOWN`: a restart, a failover) is logged and
+    its reports kept for the next write, so the stage runs on through an outage shorter than its
+    lease (they used to fail the stage at its next batch, which then started over elsewhere).
+    :meth:`close` waits for a write in flight and ends the writing: the stage calls it before it
+    records its end (failure, cancellation), so no report of the stage follows that. Without
+    ``write_behind``, or before :meth:`start`, writes happen on the caller's thread.
     """
 
     def __init__(self, resources: WorkerResources, job_id: str, stage: str,
@@ -312,6 +315,10 @@ class StageReporter(LeaseHeartbeat):
                 return
             try:
                 self._write()
+            except DATABASE_DOWN:
+                # Kept for the next write (see _write); the lease has slack for the outage.
+                logger.warning("could not write the reports of %s; will retry", self._what,
+                               exc_info=True)
             except Exception as exc:
                 # Raised on the stage's thread at its next callback: the stage fails as it
                 # would have with the write on its own thread.
@@ -371,7 +378,11 @@ class StageReporter(LeaseHeartbeat):
         """A write now: handed to the writer thread, or made here without one."""
         self._last_flush = self._clock()
         if self._writer is None:
-            self._write()
+            try:
+                self._write()
+            except DATABASE_DOWN:
+                logger.warning("could not write the reports of %s; will retry", self._what,
+                               exc_info=True)
         else:
             self._wake.set()
 
@@ -383,9 +394,20 @@ class StageReporter(LeaseHeartbeat):
                 events, self._events = self._events, []
                 progress, self._progress = self._progress, None
                 device, self._device = self._device, None
-            with self.resources.session() as session:
-                stop = stages.report_activity(session, self.job_id, self.stage, events=events,
-                                              progress=progress, device=device)
+            try:
+                with self.resources.session() as session:
+                    stop = stages.report_activity(session, self.job_id, self.stage,
+                                                  events=events, progress=progress,
+                                                  device=device)
+            except DATABASE_DOWN:
+                # The database is briefly away (a restart, a failover): what was taken waits
+                # for the next write, before what came meanwhile, and the stage runs on; a
+                # longer outage ends with the lease, which the heartbeat cannot renew.
+                with self._pending_lock:
+                    self._events = events + self._events
+                    self._progress = self._progress or progress
+                    self._device = self._device or device
+                raise
             self._cancel = self._cancel or stop
 
     def _raise_write_error(self) -> None:
