@@ -355,7 +355,7 @@ class StageReporter(LeaseHeartbeat):
             self.flush()
             assert self._time_limit is not None
             raise TimeLimitExceeded(self._time_limit.message())
-        if self.resources.stopping.is_set():
+        if self.resources.stopping.is_set() and not self._cancel:  # a cancelled job just ends
             raise ShuttingDown(f"worker {self.owner} is shutting down")
         if not self._cancel and self._due():
             self._report()
