@@ -792,6 +792,7 @@ class RecoveryLoop:
         # The prefork pool's children (none for the other pools), and those seen last pass.
         self._children = children
         self._seen: set[int] = set()
+        self._gone: set[int] = set()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -808,11 +809,14 @@ class RecoveryLoop:
         mid-task, by the OOM-killer say, left its leases live and its registry row); returns
         how many messages were sent. A pid back in the pool meanwhile is left to its lease."""
         current = set(self._children())
-        gone, self._seen = self._seen - current, current
+        # Kept until released (a pass that fails, the database down, tries them again next).
+        self._gone = (self._gone | (self._seen - current)) - current
+        self._seen = current
         sent = 0
-        for pid in sorted(gone):
+        for pid in sorted(self._gone):
             with self.resources.session() as session:
                 released = release_dead_process(session, f"{socket.gethostname()}:{pid}:")
+            self._gone.discard(pid)
             for job_id, stage in released.stages:
                 enqueue_stage(self.app, job_id, stage)
             for job_id, shard in released.shards:
