@@ -290,6 +290,22 @@ def start_materialization(session: Session, materialization_id: str, *, owner: s
     return row
 
 
+def hand_back_materialization(session: Session, materialization_id: str, *, owner: str,
+                              now: datetime | None = None) -> None:
+    """Queue the request again because its worker is shutting down (a warm shutdown), its claim
+    not counted, for another worker; the caller sends its message once this has committed.
+    :class:`persistence.stages.LeaseLost` if ``owner`` does not hold it,
+    :class:`MaterializationNotFound` if it is gone."""
+    now = now or utcnow()
+    with transaction(session):
+        row = _held(session, materialization_id, owner)
+        row.status = MaterializationStatus.QUEUED
+        row.lease_owner = None
+        row.lease_expires_at = None
+        row.attempts = max(row.attempts - 1, 0)
+        row.dispatched_at = now
+
+
 def renew_materialization_lease(session: Session, materialization_id: str, *, owner: str,
                                 lease_seconds: float, now: datetime | None = None) -> bool:
     """Extend ``owner``'s lease; False once it no longer holds it (another worker took the

@@ -134,12 +134,14 @@ def enqueue_stage(app: Celery, job_id: str, stage: str = StageName.MRC,
 
 
 def enqueue_materialization(app: Celery, materialization_id: str,
-                            request_id: str | None = None) -> None:
-    """Send the message that makes the weights of one materialization request."""
+                            request_id: str | None = None, countdown: float | None = None
+                            ) -> None:
+    """Send the message that makes the weights of one materialization request (after
+    ``countdown`` seconds)."""
     settings: Settings | None = getattr(app, "settings", None)
     queue = settings.celery_queue if settings is not None else None
     app.send_task(MATERIALIZE_TASK_NAME, args=[materialization_id], queue=queue,
-                  headers=_request_headers(request_id))
+                  countdown=countdown, headers=_request_headers(request_id))
 
 
 def _request_headers(request_id: str | None) -> dict[str, str] | None:

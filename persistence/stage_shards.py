@@ -47,6 +47,7 @@ from persistence.models import (
 )
 from persistence.stages import ClaimOutcome, LeaseLost, _fail
 from persistence.transactions import (
+    EventKind,
     cancel_job,
     load_job,
     load_stages,
@@ -299,6 +300,35 @@ def release_part(session: Session, kind: PartKind, job_id: str, index: int, *, o
             .execution_options(synchronize_session=False))
         if released != 1:
             raise LeaseLost(f"worker {owner} does not hold {kind.noun} {index} of job {job_id}")
+
+
+def hand_back_part(session: Session, kind: PartKind, job_id: str, index: int, *, owner: str,
+                   now: datetime | None = None) -> None:
+    """Give the part back because its worker is shutting down (see
+    :func:`persistence.stages.hand_back_stage`): pending again with its attempt given back, a
+    ``stage_handed_back`` event naming the part; the caller sends its message again once this
+    has committed. :class:`LeaseLost` if ``owner`` does not hold the part or the job ended."""
+    model = kind.model
+    now = now or utcnow()
+    with transaction(session):
+        job = load_job(session, job_id, for_update=True, relations=False)
+        if job.status != JobStatus.RUNNING:
+            raise LeaseLost(f"job {job_id} is {job.status}; {kind.noun} {index} was not handed "
+                            "back")
+        handed = session.execute(
+            update(model)
+            .where(*_of(kind, job_id, index), model.lease_owner == owner,
+                   model.status == StageStatus.RUNNING)
+            .values(status=StageStatus.PENDING, lease_owner=None, lease_expires_at=None,
+                    attempts=model.attempts - 1, dispatched_at=now)
+            .returning(model.attempts)
+            .execution_options(synchronize_session=False)).scalars().all()
+        if len(handed) != 1:
+            raise LeaseLost(f"worker {owner} does not hold {kind.noun} {index} of job {job_id}")
+        touch(job, now)
+        log_event(session, job_id, EventKind.STAGE_HANDED_BACK,
+                  {"stage": kind.stage.value, kind.event: index, "attempt": handed[0] + 1,
+                   "worker": owner, "reason": "worker_shutdown"}, now)
 
 
 def release_shard(session: Session, job_id: str, shard: int, *, owner: str, error: str) -> None:

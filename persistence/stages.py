@@ -499,6 +499,45 @@ def release_stage(session: Session, job_id: str, stage: str, *, owner: str, erro
     return row.attempts
 
 
+#: The job's progress message while a stage handed back by a stopping worker waits for another.
+HANDED_BACK_MESSAGE = "handed back by a worker that is shutting down; waiting for another worker"
+
+
+def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
+                    now: datetime | None = None) -> None:
+    """Give the stage back because its worker is shutting down (a warm shutdown: SIGTERM), for
+    another worker to run it from its start; the caller sends its message again once this has
+    committed. Unlike :func:`release_stage` the claim is not counted: the stage and the job get
+    their attempt back (a rolling deploy must not use up ``MAX_STAGE_ATTEMPTS``), so the next
+    claim has the same attempt number and the same object keys, which the stopped attempt never
+    wrote (it stopped before its outputs). Logs a ``stage_handed_back`` event; the job stays
+    ``running`` with a progress message saying it waits. :class:`LeaseLost` if ``owner`` does
+    not hold the stage (another worker took it over, or the job ended)."""
+    now = now or utcnow()
+    with transaction(session):
+        job = load_job(session, job_id, for_update=True, relations=False)
+        if job.status != JobStatus.RUNNING:
+            raise LeaseLost(f"job {job_id} is {job.status}; stage '{stage}' was not handed back")
+        handed = session.execute(
+            update(JobStage)
+            .where(JobStage.job_id == job_id, JobStage.stage == stage,
+                   JobStage.lease_owner == owner, JobStage.status == StageStatus.RUNNING)
+            .values(status=StageStatus.PENDING, lease_owner=None, lease_expires_at=None,
+                    attempts=JobStage.attempts - 1, dispatched_at=now)
+            .returning(JobStage.attempts)
+            .execution_options(synchronize_session=False)
+        ).scalars().all()
+        if len(handed) != 1:
+            raise LeaseLost(f"worker {owner} does not hold stage '{stage}' of job {job_id}")
+        job.attempts = max(job.attempts - 1, 0)
+        job.stage_progress = 0.0
+        job.progress_message = HANDED_BACK_MESSAGE
+        touch(job, now)
+        log_event(session, job_id, EventKind.STAGE_HANDED_BACK,
+                  {"stage": stage, "attempt": handed[0] + 1, "worker": owner,
+                   "reason": "worker_shutdown"}, now)
+
+
 def fail_job(session: Session, job_id: str, code: str, message: str, *,
              stage: str | None = None, owner: str | None = None,
              now: datetime | None = None) -> Job:

@@ -69,6 +69,7 @@ class EventKind(enum.StrEnum):
     STAGE_FINISHED = "stage_finished"
     STAGE_RETRY = "stage_retry"
     STAGE_RECOVERED = "stage_recovered"
+    STAGE_HANDED_BACK = "stage_handed_back"
     CANCEL_REQUESTED = "cancel_requested"
     JOB_SUCCEEDED = "job_succeeded"
     JOB_FAILED = "job_failed"

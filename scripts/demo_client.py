@@ -47,7 +47,7 @@ def describe_event(event: Event) -> str | None:
         shown = f"{robust:.2f}%" if robust is not None else "not measured"
         return (f"  α = {payload.get('alpha'):.2f}: clean {payload.get('clean_accuracy', 0):.2f}%"
                 f", robust {shown}")
-    if kind in ("warning", "job_failed", "job_cancelled", "stage_retry"):
+    if kind in ("warning", "job_failed", "job_cancelled", "stage_retry", "stage_handed_back"):
         return f"{kind}: {json.dumps(payload)}"
     return None
 

@@ -359,15 +359,15 @@ def _celery_command() -> list[str]:
 
 
 def launch_worker(env: Mapping[str, str], log_path: Path, name: str,
-                  launcher: Launcher | None = None) -> WorkerProcess:
-    """Start a real ``celery worker`` (solo pool, one task at a time) consuming
-    ``env["CELERY_QUEUE"]``, with ``env`` over this process's environment; its output goes to
-    ``log_path``. Call ``wait_ready()`` on the result. With a ``launcher`` the worker is forked
-    from it (the same command line, without paying the imports again)."""
+                  launcher: Launcher | None = None, pool: str = "solo") -> WorkerProcess:
+    """Start a real ``celery worker`` (solo pool unless ``pool`` says otherwise, one task at a
+    time) consuming ``env["CELERY_QUEUE"]``, with ``env`` over this process's environment; its
+    output goes to ``log_path``. Call ``wait_ready()`` on the result. With a ``launcher`` the
+    worker is forked from it (the same command line, without paying the imports again)."""
     full = {**os.environ, **env}
     # Two cores are shared by the test and its workers: no thread oversubscription.
     full.setdefault("OMP_NUM_THREADS", "1")
-    arguments = ["-A", "worker.celery_app", "worker", "--pool=solo",
+    arguments = ["-A", "worker.celery_app", "worker", f"--pool={pool}",
                  "--concurrency=1", "-Q", full.get("CELERY_QUEUE", "rift"), "--without-gossip",
                  "--without-mingle", "--without-heartbeat", "--loglevel=INFO", "-n", f"{name}@%h"]
     if launcher is not None:
@@ -422,14 +422,15 @@ def optional_api_launcher(request: pytest.FixtureRequest) -> Launcher | None:
 def start_worker(service_env: dict[str, str], tmp_path: Path,
                  optional_worker_launcher: Launcher | None
                  ) -> Iterator[Callable[..., WorkerProcess]]:
-    """``start_worker(**env_overrides) -> WorkerProcess``: a real Celery worker (solo pool, one
-    task at a time) consuming the test's queue, started and ready. All are stopped at teardown."""
+    """``start_worker(wait=True, pool="solo", **env_overrides) -> WorkerProcess``: a real Celery
+    worker (one task at a time) consuming the test's queue, started and ready. All are stopped
+    at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(wait: bool = True, **overrides: str) -> WorkerProcess:
+    def start(wait: bool = True, pool: str = "solo", **overrides: str) -> WorkerProcess:
         name = f"w{len(started) + 1}-{uuid.uuid4().hex[:6]}"
         worker = launch_worker({**service_env, **overrides}, tmp_path / f"worker-{name}.log", name,
-                               optional_worker_launcher)
+                               optional_worker_launcher, pool)
         started.append(worker)
         if wait:
             worker.wait_ready()

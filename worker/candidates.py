@@ -60,7 +60,13 @@ from rift.sweep import (
     fewer_modules_than_asked,
     sweep_candidates,
 )
-from worker.runtime import PartReporter, WorkerResources, settle_part_error
+from worker.runtime import (
+    DATABASE_DOWN,
+    PartReporter,
+    WorkerResources,
+    resend_later,
+    settle_part_error,
+)
 from worker.stages import job_stage_storage, prepare, record_interpolation, record_winner_table
 
 logger = logging.getLogger(__name__)
@@ -127,6 +133,10 @@ def start_sweep(app: Celery, resources: WorkerResources, job: Job, run: Prepared
 def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, index: int) -> str:
     """Claim and run one candidate; pick the winner if it was the last. Returns what happened."""
     settings = resources.settings
+    if resources.stopping.is_set():
+        # Taken as this worker began to stop: unclaimed, it goes straight back to the queue.
+        enqueue_candidate(app, job_id, index)
+        return "resent"
     try:
         with resources.session() as session:
             claim = stage_shards.claim_part(
@@ -139,6 +149,10 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
                        if claim.job.dataset_id else None)
     except JobNotFound:
         return "missing"
+    except DATABASE_DOWN as exc:
+        return resend_later(f"job {job_id} candidate {index}",
+                            lambda delay: enqueue_candidate(app, job_id, index, countdown=delay),
+                            settings.stage_retry_delay_seconds, exc)
     if claim.outcome == ClaimOutcome.DONE:
         return pick_if_complete(app, resources, job_id)
     if claim.outcome != ClaimOutcome.CLAIMED or checkpoint is None:
@@ -181,8 +195,9 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
                          "robust_accuracy": outcome.robust_accuracy})
     except Exception as exc:
         ended = settle_part_error(resources, CANDIDATES, job_id, index, claim.attempt, exc)
-        if ended == "retry":
-            enqueue_candidate(app, job_id, index, countdown=settings.stage_retry_delay_seconds)
+        if ended in ("retry", "handed_back"):
+            enqueue_candidate(app, job_id, index, countdown=(
+                settings.stage_retry_delay_seconds if ended == "retry" else None))
         return ended
     finally:
         reporter.stop()

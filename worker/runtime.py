@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import exc as database_errors
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import materializations, stage_shards, stages
@@ -37,6 +38,32 @@ logger = logging.getLogger(__name__)
 
 #: Files of one stage written at once: the interpolate stage writes five (weights, result, charts).
 STORE_WRITERS = 6
+
+
+#: What a database that cannot be reached or cannot answer now raises (connection refused or
+#: lost, starting up, too many connections, SQLite busy, the pool exhausted): worth another try.
+DATABASE_DOWN = (database_errors.OperationalError, database_errors.InterfaceError,
+                 database_errors.TimeoutError)
+
+
+def resend_later(what: str, resend: Callable[[float], None], delay: float,
+                 exc: Exception) -> str:
+    """A task met ``exc`` (one of :data:`DATABASE_DOWN`) before it held any work: send its
+    message again after ``delay`` seconds with ``resend(delay)``, and return the task's outcome
+    ("database_unavailable"). Raising instead would lose the message (``acks_late``
+    acknowledges a failed task too), and the work would wait for the recovery loop's
+    ``QUEUED_RESEND_AFTER_SECONDS``; a claim that did commit unseen holds a lease that expires,
+    as after a crash."""
+    logger.warning("%s: the database cannot be reached (%s: %s); its message is sent again in "
+                   "%.1f s", what, type(exc).__name__, (str(exc).splitlines() or [""])[0][:300],
+                   delay)
+    resend(delay)
+    return "database_unavailable"
+
+
+class ShuttingDown(Exception):
+    """The worker process began a warm shutdown (SIGTERM): the work it holds stops at its next
+    batch and goes back to the queue for another worker (see ``WorkerResources.stopping``)."""
 
 
 @dataclass
@@ -64,8 +91,10 @@ class WorkerResources:
     #: The process's Prometheus collectors (:class:`worker.metrics.WorkerMetrics`), set by
     #: :func:`worker.tasks.register_tasks`.
     metrics: Any = field(default=None, repr=False)
-    #: Set when the worker process begins a warm shutdown: a stage it finishes then sends the
-    #: next stage's message instead of running that stage itself (see ``worker_chain_stages``).
+    #: Set when the worker process begins a warm shutdown (in a prefork pool child, when the
+    #: parent tells it: :mod:`worker.tasks`): the work it runs stops at its next batch
+    #: (:class:`ShuttingDown`) and is handed back, and a stage it finishes sends the next
+    #: stage's message instead of running that stage itself (see ``worker_chain_stages``).
     stopping: threading.Event = field(default_factory=threading.Event, repr=False)
     _handles: _ProcessHandles | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -186,7 +215,8 @@ class StageReporter(LeaseHeartbeat):
     library polls at every batch and attack step (:mod:`rift.cancellation`), then raises
     :class:`persistence.stages.LeaseLost`; it raises :class:`rift.errors.TimeLimitExceeded` once
     the job first claimed at ``started_at`` is past ``time_limit`` (its own
-    ``time_limit_seconds``, else ``JOB_TIME_LIMIT_SECONDS``).
+    ``time_limit_seconds``, else ``JOB_TIME_LIMIT_SECONDS``), and :class:`ShuttingDown` once
+    the worker process began a warm shutdown (the stage is then handed back).
 
     Events (all, in order), progress (the latest) and the job's device (:meth:`set_device`) are
     written, and the job's cancellation flag read, together in one transaction (a write) at most
@@ -206,10 +236,13 @@ class StageReporter(LeaseHeartbeat):
     wake-up instead of the round trips and the commit (measured in the worker: 1–22 ms of wall
     each for 0.7–3.8 ms of CPU on a loaded machine). The cancellation flag a write reads is then
     returned from the next ``should_cancel`` (one batch later), and an error of a write is raised
-    there (or by :meth:`take_pending`), so the stage fails as it would have. :meth:`close` waits
-    for a write in flight and ends the writing: the stage calls it before it records its end
-    (failure, cancellation), so no report of the stage follows that. Without ``write_behind``, or
-    before :meth:`start`, writes happen on the caller's thread.
+    there (or by :meth:`take_pending`), so the stage fails as it would have; but a write that
+    meets an unreachable database (:data:`DATABASE_DOWN`: a restart, a failover) is logged and
+    its reports kept for the next write, so the stage runs on through an outage shorter than its
+    lease (they used to fail the stage at its next batch, which then started over elsewhere).
+    :meth:`close` waits for a write in flight and ends the writing: the stage calls it before it
+    records its end (failure, cancellation), so no report of the stage follows that. Without
+    ``write_behind``, or before :meth:`start`, writes happen on the caller's thread.
     """
 
     def __init__(self, resources: WorkerResources, job_id: str, stage: str,
@@ -282,6 +315,10 @@ class StageReporter(LeaseHeartbeat):
                 return
             try:
                 self._write()
+            except DATABASE_DOWN:
+                # Kept for the next write (see _write); the lease has slack for the outage.
+                logger.warning("could not write the reports of %s; will retry", self._what,
+                               exc_info=True)
             except Exception as exc:
                 # Raised on the stage's thread at its next callback: the stage fails as it
                 # would have with the write on its own thread.
@@ -318,6 +355,8 @@ class StageReporter(LeaseHeartbeat):
             self.flush()
             assert self._time_limit is not None
             raise TimeLimitExceeded(self._time_limit.message())
+        if self.resources.stopping.is_set() and not self._cancel:  # a cancelled job just ends
+            raise ShuttingDown(f"worker {self.owner} is shutting down")
         if not self._cancel and self._due():
             self._report()
         return self._cancel
@@ -339,7 +378,11 @@ class StageReporter(LeaseHeartbeat):
         """A write now: handed to the writer thread, or made here without one."""
         self._last_flush = self._clock()
         if self._writer is None:
-            self._write()
+            try:
+                self._write()
+            except DATABASE_DOWN:
+                logger.warning("could not write the reports of %s; will retry", self._what,
+                               exc_info=True)
         else:
             self._wake.set()
 
@@ -351,9 +394,20 @@ class StageReporter(LeaseHeartbeat):
                 events, self._events = self._events, []
                 progress, self._progress = self._progress, None
                 device, self._device = self._device, None
-            with self.resources.session() as session:
-                stop = stages.report_activity(session, self.job_id, self.stage, events=events,
-                                              progress=progress, device=device)
+            try:
+                with self.resources.session() as session:
+                    stop = stages.report_activity(session, self.job_id, self.stage,
+                                                  events=events, progress=progress,
+                                                  device=device)
+            except DATABASE_DOWN:
+                # The database is briefly away (a restart, a failover): what was taken waits
+                # for the next write, before what came meanwhile, and the stage runs on; a
+                # longer outage ends with the lease, which the heartbeat cannot renew.
+                with self._pending_lock:
+                    self._events = events + self._events
+                    self._progress = self._progress or progress
+                    self._device = self._device or device
+                raise
             self._cancel = self._cancel or stop
 
     def _raise_write_error(self) -> None:
@@ -401,8 +455,10 @@ class PartReporter(StageReporter):
 def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, job_id: str,
                       index: int, attempt: int, exc: Exception) -> str:
     """End a part of a split stage (MRC shard, sweep candidate) that raised ``exc``; call it from
-    the ``except`` block. Returns the task's outcome: "cancelled", "lease_lost", "failed", or
-    "retry" (the part is released and the caller sends it again).
+    the ``except`` block. Returns the task's outcome: "cancelled", "lease_lost", "failed",
+    "retry" (the part is released and the caller sends it again after the retry delay) or
+    "handed_back" (the worker is shutting down: the part is pending again, its attempt not
+    counted, and the caller sends it again at once).
 
     Errors of the library (the time limit included) and missing inputs fail the job: another
     attempt would meet the same error, and a split stage with a part missing cannot finish.
@@ -414,6 +470,17 @@ def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, j
     if isinstance(exc, LeaseLost):
         logger.warning("job %s %s %d: %s", job_id, kind.noun, index, exc)
         return "lease_lost"
+    if isinstance(exc, ShuttingDown):
+        try:
+            with resources.session() as session:
+                stage_shards.hand_back_part(session, kind, job_id, index,
+                                            owner=resources.worker_id)
+        except LeaseLost as lost:
+            logger.warning("job %s %s %d: %s", job_id, kind.noun, index, lost)
+            return "lease_lost"
+        logger.info("job %s %s %d handed back: the worker is shutting down", job_id, kind.noun,
+                    index)
+        return "handed_back"
     if isinstance(exc, RiftError | ObjectNotFound):
         code = exc.code if isinstance(exc, RiftError) else "missing_object"
         with resources.session() as session:
@@ -451,4 +518,6 @@ class MaterializationLease(LeaseHeartbeat):
         if self.lease_lost:
             raise LeaseLost(f"worker {self.owner} lost the lease on materialization "
                             f"{self.materialization_id}")
+        if self.resources.stopping.is_set():
+            raise ShuttingDown(f"worker {self.owner} is shutting down")
         return False

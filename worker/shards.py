@@ -41,7 +41,13 @@ from rift.pipeline import (
     make_mrc_inputs,
     score_modules,
 )
-from worker.runtime import PartReporter, WorkerResources, settle_part_error
+from worker.runtime import (
+    DATABASE_DOWN,
+    PartReporter,
+    WorkerResources,
+    resend_later,
+    settle_part_error,
+)
 from worker.stages import (
     SAFETENSORS,
     job_stage_storage,
@@ -100,6 +106,10 @@ def start_mrc_shards(app: Celery, resources: WorkerResources, job: Job, run: Pre
 def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: int) -> str:
     """Claim and score one MRC shard; merge if it was the last. Returns what happened."""
     settings = resources.settings
+    if resources.stopping.is_set():
+        # Taken as this worker began to stop: unclaimed, it goes straight back to the queue.
+        enqueue_shard(app, job_id, shard)
+        return "resent"
     try:
         with resources.session() as session:
             claim = stage_shards.claim_shard(
@@ -111,6 +121,10 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
                        if claim.job.dataset_id else None)
     except JobNotFound:
         return "missing"
+    except DATABASE_DOWN as exc:
+        return resend_later(f"job {job_id} MRC shard {shard}",
+                            lambda delay: enqueue_shard(app, job_id, shard, countdown=delay),
+                            settings.stage_retry_delay_seconds, exc)
     if claim.outcome == ClaimOutcome.DONE:
         return merge_if_complete(app, resources, job_id)
     if claim.outcome != ClaimOutcome.CLAIMED or checkpoint is None:
@@ -138,8 +152,9 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
                                       result=part)
     except Exception as exc:
         ended = settle_part_error(resources, stage_shards.MRC_SHARDS, job_id, shard, claim.attempt, exc)
-        if ended == "retry":
-            enqueue_shard(app, job_id, shard, countdown=settings.stage_retry_delay_seconds)
+        if ended in ("retry", "handed_back"):
+            enqueue_shard(app, job_id, shard, countdown=(
+                settings.stage_retry_delay_seconds if ended == "retry" else None))
         return ended
     finally:
         reporter.stop()

@@ -30,8 +30,17 @@ Recovery: a worker re-sends, on start and every ``WORKER_RECOVERY_INTERVAL_SECON
 parts and materializations whose lease expired (the worker running them was killed) and, once
 ``QUEUED_RESEND_AFTER_SECONDS`` have passed since their message was sent, those nobody took (the
 message was lost before any worker took it: :mod:`persistence.resend`), and the webhook messages
-a lease length late; it fails the jobs past their time limit whose worker is gone, and every
-``JANITOR_INTERVAL_SECONDS`` it runs the janitor (:mod:`persistence.janitor`).
+a lease length late; a prefork parent hands over at once the work of its pool children that
+exited holding leases (:mod:`persistence.lost_processes`); it fails the jobs past their time
+limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the janitor
+(:mod:`persistence.janitor`).
+
+Warm shutdown (SIGTERM): the stage, part or materialization running stops at its next batch
+(:class:`worker.runtime.ShuttingDown`, raised by its ``should_cancel``) and is handed back,
+its claim not counted, with its message sent again at once; a prefork parent tells its
+children with :data:`SHUTDOWN_SIGNAL`. A message taken while the database refuses
+connections is sent again after ``STAGE_RETRY_DELAY_SECONDS`` (:func:`worker.runtime.
+resend_later`) instead of being acknowledged with the task's error and lost.
 
 Each process that runs tasks keeps its row in the worker registry (queues, devices, heartbeat;
 :mod:`worker.registry`), which job creation reads to refuse a device no live worker has.
@@ -46,10 +55,15 @@ of its own (:class:`worker.runtime.MaterializationLease`), as a stage is made.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +72,7 @@ from celery import Task
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -69,10 +84,12 @@ from persistence import jobs, stages
 from persistence.deletion import delete_objects
 from persistence.janitor import run_janitor
 from persistence.logs import log_context, use_json
+from persistence.lost_processes import release_dead_process
 from persistence.materializations import (
     MaterializationNotFound,
     fail_materialization,
     finish_materialization,
+    hand_back_materialization,
     materializations_to_redispatch,
     start_materialization,
 )
@@ -108,6 +125,7 @@ from rift.sweep import is_sweep
 from worker import webhooks as webhook_delivery
 from worker.candidates import (
     CANDIDATE_TASK_NAME,
+    enqueue_candidate,
     execute_candidate,
     record_sweep_interpolation,
     redispatch_stale_candidates,
@@ -117,8 +135,21 @@ from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_job
 from worker.prepared_runs import RunKey
 from worker.registry import WorkerRegistration
-from worker.runtime import MaterializationLease, StageReporter, WorkerResources
-from worker.shards import SHARD_TASK_NAME, execute_shard, redispatch_stale_shards, start_mrc_shards
+from worker.runtime import (
+    DATABASE_DOWN,
+    MaterializationLease,
+    ShuttingDown,
+    StageReporter,
+    WorkerResources,
+    resend_later,
+)
+from worker.shards import (
+    SHARD_TASK_NAME,
+    enqueue_shard,
+    execute_shard,
+    redispatch_stale_shards,
+    start_mrc_shards,
+)
 from worker.stages import FINETUNED, describe_device, job_manifest, prepare, run_stage
 
 logger = logging.getLogger(__name__)
@@ -144,7 +175,8 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     @app.task(name=MATERIALIZE_TASK_NAME, ignore_result=True, bind=True)
     def materialize(task: Task, materialization_id: str) -> str:
         """Make the weights of one materialization request; returns the outcome."""
-        return execute_materialization(resources, materialization_id, _request_id_of(task))
+        return execute_materialization(resources, materialization_id, _request_id_of(task),
+                                       app=app)
 
     @app.task(name=SHARD_TASK_NAME, ignore_result=True)
     def run_mrc_shard(job_id: str, shard: int) -> str:
@@ -161,7 +193,13 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
         """Re-send the messages of stages whose worker died; returns how many were sent."""
         return redispatch_stale_stages(app, resources)
 
-    loop = RecoveryLoop(app, resources)
+    controllers: list[Any] = []  # this process's WorkController, once it starts
+
+    def remember_controller(sender: Any = None, **_: Any) -> None:
+        controllers[:] = [sender]
+
+    loop = RecoveryLoop(app, resources, children=lambda: pool_child_pids(
+        controllers[0] if controllers else None))
 
     def start_recovery(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", app) is app:
@@ -170,10 +208,23 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     def stop_recovery(sender: Any = None, **_: Any) -> None:
         loop.stop()
 
-    def stop_chaining(**_: Any) -> None:
-        # A warm shutdown waits for the running task: it ends with the stage it runs, and the
-        # job's next stage goes back to the queue for another worker.
+    def stop_work(**_: Any) -> None:
+        # A warm shutdown waits for the running task: the work it runs stops at its next batch
+        # and goes back to the queue for another worker (ShuttingDown), so the process exits
+        # within seconds instead of after the stage (Docker's grace is 10 s). Run in Celery's
+        # signal handler of the main process, where the solo and thread pools run their tasks;
+        # a prefork pool's children never hear of the shutdown, so they are told.
         resources.stopping.set()
+        for pid in pool_child_pids(controllers[0] if controllers else None):
+            with contextlib.suppress(OSError):  # exited meanwhile
+                os.kill(pid, SHUTDOWN_SIGNAL)
+
+    def listen_for_shutdown(**_: Any) -> None:
+        # In a prefork child, before it takes a task: the parent's word that it is stopping.
+        # Not in a solo worker (which sends this signal too): there the flag would stay set with
+        # Celery still consuming, and every message taken would be sent straight back.
+        if current_process().name != "MainProcess":
+            signal.signal(SHUTDOWN_SIGNAL, lambda *_: resources.stopping.set())
 
     registration = WorkerRegistration(
         resources, queues=lambda: list(app.amqp.queues.consume_from))
@@ -212,7 +263,9 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     # weak=False: the handlers are closures that would otherwise be garbage-collected.
     worker_ready.connect(start_recovery, weak=False)
     worker_shutdown.connect(stop_recovery, weak=False)
-    worker_shutting_down.connect(stop_chaining, weak=False)
+    worker_init.connect(remember_controller, weak=False)
+    worker_shutting_down.connect(stop_work, weak=False)
+    worker_process_init.connect(listen_for_shutdown, weak=False)
     worker_process_init.connect(register_pool_child, weak=False)
     worker_ready.connect(register_main, weak=False)
     worker_process_shutdown.connect(deregister, weak=False)
@@ -223,6 +276,19 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     after_setup_logger.connect(json_logs, weak=False)
     after_setup_task_logger.connect(json_logs, weak=False)
     return resources
+
+
+#: The signal a prefork parent in a warm shutdown sends its pool children, which run the tasks
+#: (SIGUSR1 is billiard's soft time limit; SIGTERM its cold shutdown's kill).
+SHUTDOWN_SIGNAL = signal.SIGUSR2
+
+
+def pool_child_pids(controller: Any) -> list[int]:
+    """The process ids of a prefork pool's children (none for the solo and thread pools)."""
+    pool = getattr(getattr(controller, "pool", None), "_pool", None)
+    processes = getattr(pool, "_pool", None) or []
+    return [pid for pid in (getattr(process, "pid", None) for process in processes)
+            if isinstance(pid, int) and pid > 0]
 
 
 def _queue_size(app: RiftCelery, queue: str) -> int:
@@ -287,7 +353,8 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
         started = time.monotonic()
         step = _execute_stage(app, resources, job_id, stage, request_id)
         while True:
-            if step.outcome in ("done", "failed", "retry", "cancelled", "lease_lost"):
+            if step.outcome in ("done", "failed", "retry", "cancelled", "lease_lost",
+                                "handed_back"):
                 resources.metrics.observe_stage(step.stage, step.outcome,
                                                 time.monotonic() - started, step.device)
             if step.outcome == "done" and stages.next_stage(step.stage) is None:
@@ -303,6 +370,10 @@ def _execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, sta
                    request_id: str | None) -> _Step:
     settings = resources.settings
     owner = resources.worker_id
+    if resources.stopping.is_set():
+        # Taken as this worker began to stop: unclaimed, it goes straight back to the queue.
+        enqueue_stage(app, job_id, stage, request_id=request_id)
+        return _Step(stage, "resent")
     try:
         with resources.session() as session:
             claim, checkpoint, dataset = stages.claim_stage_with_inputs(
@@ -314,6 +385,12 @@ def _execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, sta
         logger.warning("stage %s of unknown job %s: message dropped", stage, job_id)
         resources.prepared_runs.discard_job(job_id)  # deleted
         return _Step(stage, "missing")
+    except DATABASE_DOWN as exc:
+        return _Step(stage, resend_later(
+            f"job {job_id} stage {stage}",
+            lambda delay: enqueue_stage(app, job_id, stage, countdown=delay,
+                                        request_id=request_id),
+            settings.stage_retry_delay_seconds, exc))
 
     if claim.outcome == ClaimOutcome.DONE:
         # A duplicate message, or the worker died between recording the stage and sending the
@@ -417,6 +494,9 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         reporter.close()
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return _Step(stage, "lease_lost", device)
+    except ShuttingDown:
+        reporter.close()
+        return _Step(stage, _hand_back(app, resources, job_id, stage, request_id), device)
     except RiftError as exc:
         reporter.close()
         return _Step(stage, _fail(resources, job_id, stage, exc.code, exc.message), device)
@@ -453,6 +533,25 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
     chained = _Claimed(job_id, following, next_claim, checkpoint, dataset,
                        {**attempts, str(following): next_claim.attempt}, request_id)
     return _Step(stage, "done", device, chained)
+
+
+def _hand_back(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
+               request_id: str | None) -> str:
+    """Give the stage back, its claim not counted, and send its message at once, for another
+    worker to run it from its start: this one is in a warm shutdown. Returns the outcome
+    ("handed_back"; "lease_lost" when the stage was no longer this worker's). If the database
+    cannot be reached the stage stays leased, and is taken over once its lease expires, as
+    after a crash."""
+    try:
+        with resources.session() as session:
+            stages.hand_back_stage(session, job_id, stage, owner=resources.worker_id)
+    except LeaseLost as exc:
+        logger.warning("job %s stage %s: %s", job_id, stage, exc)
+        return "lease_lost"
+    resources.prepared_runs.discard_job(job_id)
+    enqueue_stage(app, job_id, stage, request_id=request_id)
+    logger.info("job %s stage %s handed back: the worker is shutting down", job_id, stage)
+    return "handed_back"
 
 
 def _fail(resources: WorkerResources, job_id: str, stage: str, code: str, message: str) -> str:
@@ -519,27 +618,43 @@ def export_if_configured(resources: WorkerResources, job_id: str) -> None:
 
 
 def execute_materialization(resources: WorkerResources, materialization_id: str,
-                            request_id: str | None = None) -> str:
+                            request_id: str | None = None, *,
+                            app: RiftCelery | None = None) -> str:
     """Claim, make, store and record the weights of one materialization request under a lease
-    renewed by a heartbeat; returns the outcome ("skipped": not claimable now)."""
+    renewed by a heartbeat; returns the outcome ("skipped": not claimable now). In a warm
+    shutdown the request is queued again, its claim not counted, and its message sent with
+    ``app`` ("handed_back"; without ``app`` the recovery loop sends it later)."""
     from worker.materialize import materialization_key, materialize_weights  # torch: here only
 
     settings = resources.settings
     owner = resources.worker_id
-    with resources.session() as session:
-        row = start_materialization(session, materialization_id, owner=owner,
-                                    lease_seconds=settings.worker_lease_seconds,
-                                    max_attempts=settings.max_stage_attempts)
-        if row is None:
-            return "skipped"
-        job = session.get(Job, row.job_id)
-        if job is None:
-            # Deleted (with its project) between the claim and this read: nothing to make.
-            logger.info("materialization %s: its job was deleted", materialization_id)
-            return "deleted"
-        checkpoint = session.get(Checkpoint, job.checkpoint_id)
-        dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
-        finetuned = session.get(Artifact, (job.id, FINETUNED))
+    if resources.stopping.is_set() and app is not None:
+        # Taken as this worker began to stop: unclaimed, it goes straight back to the queue.
+        enqueue_materialization(app, materialization_id, request_id)
+        return "resent"
+    try:
+        with resources.session() as session:
+            row = start_materialization(session, materialization_id, owner=owner,
+                                        lease_seconds=settings.worker_lease_seconds,
+                                        max_attempts=settings.max_stage_attempts)
+            if row is None:
+                return "skipped"
+            job = session.get(Job, row.job_id)
+            if job is None:
+                # Deleted (with its project) between the claim and this read: nothing to make.
+                logger.info("materialization %s: its job was deleted", materialization_id)
+                return "deleted"
+            checkpoint = session.get(Checkpoint, job.checkpoint_id)
+            dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+            finetuned = session.get(Artifact, (job.id, FINETUNED))
+    except DATABASE_DOWN as exc:
+        if app is None:
+            raise
+        return resend_later(
+            f"materialization {materialization_id}",
+            lambda delay: enqueue_materialization(app, materialization_id, request_id,
+                                                  countdown=delay),
+            settings.stage_retry_delay_seconds, exc)
     key = materialization_key(job.id, row.artifact_name)
     lease = MaterializationLease(resources, materialization_id)
     lease.start()
@@ -558,6 +673,17 @@ def execute_materialization(resources: WorkerResources, materialization_id: str,
                 lease.stop()
         except LeaseLost as exc:
             return _materialization_lost(resources, materialization_id, key, exc)
+        except ShuttingDown:
+            try:
+                with resources.session() as session:
+                    hand_back_materialization(session, materialization_id, owner=owner)
+            except (LeaseLost, MaterializationNotFound) as exc:
+                return _materialization_lost(resources, materialization_id, key, exc)
+            if app is not None:
+                enqueue_materialization(app, materialization_id, request_id or row.request_id)
+            logger.info("materialization %s handed back: the worker is shutting down",
+                        materialization_id)
+            return "handed_back"
         except Exception as exc:
             logger.warning("materialization %s failed", materialization_id, exc_info=True)
             try:
@@ -657,11 +783,16 @@ class RecoveryLoop:
     and webhook messages (:func:`redispatch_late_webhooks`) and,
     every ``JANITOR_INTERVAL_SECONDS``, runs the janitor (:mod:`persistence.janitor`)."""
 
-    def __init__(self, app: RiftCelery, resources: WorkerResources) -> None:
+    def __init__(self, app: RiftCelery, resources: WorkerResources,
+                 children: Callable[[], list[int]] = list) -> None:
         self.app = app
         self.resources = resources
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The prefork pool's children (none for the other pools), and those seen last pass.
+        self._children = children
+        self._seen: set[int] = set()
+        self._gone: set[int] = set()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -672,12 +803,43 @@ class RecoveryLoop:
     def stop(self) -> None:
         self._stop.set()
 
+    def release_lost_children(self) -> int:
+        """Hand over at once the work of this process's pool children that exited since the
+        last pass (:func:`persistence.lost_processes.release_dead_process`: a child killed
+        mid-task, by the OOM-killer say, left its leases live and its registry row); returns
+        how many messages were sent. A pid back in the pool meanwhile is left to its lease."""
+        current = set(self._children())
+        # Kept until released (a pass that fails, the database down, tries them again next).
+        self._gone = (self._gone | (self._seen - current)) - current
+        self._seen = current
+        sent = 0
+        for pid in sorted(self._gone):
+            with self.resources.session() as session:
+                released = release_dead_process(session, f"{socket.gethostname()}:{pid}:")
+            self._gone.discard(pid)
+            for job_id, stage in released.stages:
+                enqueue_stage(self.app, job_id, stage)
+            for job_id, shard in released.shards:
+                enqueue_shard(self.app, job_id, shard)
+            for job_id, index in released.candidates:
+                enqueue_candidate(self.app, job_id, index)
+            for materialization_id in released.materializations:
+                enqueue_materialization(self.app, materialization_id)
+            count = (len(released.stages) + len(released.shards) + len(released.candidates)
+                     + len(released.materializations))
+            if count or released.workers:
+                logger.warning("pool process %d exited holding %d leases: sent again now",
+                               pid, count)
+            sent += count
+        return sent
+
     def _run(self) -> None:
         settings = self.resources.settings
         interval = settings.worker_recovery_interval_seconds
         next_janitor = time.monotonic()
         while True:
             try:
+                self.release_lost_children()
                 fail_overdue(self.resources)
                 redispatch_stale_stages(self.app, self.resources)
                 redispatch_stale_materializations(self.app, self.resources)

@@ -290,3 +290,23 @@ def test_a_queued_materialization_whose_message_was_lost_is_sent_again_once_per_
     assert (row.status, row.lease_owner, row.attempts) == ("running", "w1", 1)
     assert recover(again + period * 2 - timedelta(seconds=LEASE * 2)) == [row_id]  # w1 died
     assert _row(sessions, row_id).status == "queued"
+
+
+def test_a_materialization_handed_back_by_a_stopping_worker_is_queued_uncounted(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    job_id = _succeeded(sessions, new_job)
+    with sessions() as session:
+        row_id = materializations.request_materialization(session, job_id, 0.5,
+                                                          evaluate=False).row.id
+    for turn in range(4):  # more than MAX_STAGE_ATTEMPTS: never failed for it
+        with sessions() as session:
+            started = _start(session, row_id, owner=f"w{turn}")
+            assert started is not None and started.attempts == 1
+        with pytest.raises(LeaseLost), sessions() as session:
+            materializations.hand_back_materialization(session, row_id, owner="someone-else")
+        with sessions() as session:
+            materializations.hand_back_materialization(session, row_id, owner=f"w{turn}",
+                                                       now=T0 + timedelta(seconds=turn))
+        row = _row(sessions, row_id)
+        assert (row.status, row.attempts, row.lease_owner, row.dispatched_at) == (
+            "queued", 0, None, T0 + timedelta(seconds=turn))

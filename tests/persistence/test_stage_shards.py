@@ -295,3 +295,26 @@ def test_a_candidate_that_keeps_failing_fails_the_job_in_the_finetune_stage(
                                                        "finetune")
     assert "candidate 1" in (job.error_message or "") and "boom" in (job.error_message or "")
     assert _claim_candidate(sessions, job_id, 0, "w1").outcome == ClaimOutcome.INACTIVE
+
+
+def test_a_part_handed_back_by_a_stopping_worker_waits_uncounted(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    job_id = _swept_job(sessions, new_job)
+    for turn in range(4):  # more than MAX_STAGE_ATTEMPTS: never failed for it
+        got = _claim_candidate(sessions, job_id, 1, f"w{turn}")
+        assert (got.outcome, got.attempt) == (ClaimOutcome.CLAIMED, 1)
+        with pytest.raises(LeaseLost), sessions() as session:
+            stage_shards.hand_back_part(session, CANDIDATES, job_id, 1, owner="someone-else")
+        with sessions() as session:
+            stage_shards.hand_back_part(session, CANDIDATES, job_id, 1, owner=f"w{turn}",
+                                        now=T0)
+        with sessions() as session:
+            part = stage_shards.list_candidates(session, job_id)[1]
+        assert (part.status, part.attempts, part.lease_owner) == ("pending", 0, None)
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+        handed = [e.payload for e in jobs.list_events(session, job_id)
+                  if e.kind == "stage_handed_back"]
+    assert (job.status, job.error_code) == ("running", None)
+    assert [(p["stage"], p["candidate"], p["attempt"]) for p in handed] == [
+        ("finetune", 1, 1)] * 4

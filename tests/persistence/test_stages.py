@@ -497,3 +497,38 @@ def test_a_failure_naming_a_file_that_is_not_utf8_is_stored(
         job = jobs.get_job(session, job_id)
         assert (job.status, job.error_message) == (
             "failed", "cannot read image /data/caf\\udce9/1.png")
+
+
+def test_a_stage_handed_back_by_a_stopping_worker_waits_uncounted_for_another(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    job_id = new_job()
+    # More hand-backs than MAX_STAGE_ATTEMPTS (3): a rolling deploy never fails the job.
+    for turn in range(4):
+        owner = f"w{turn}"
+        got = claim(sessions, job_id, owner=owner, now=T0 + timedelta(seconds=turn))
+        assert (got.outcome, got.attempt) == (ClaimOutcome.CLAIMED, 1)
+        # Only the holder hands it back.
+        with pytest.raises(stages.LeaseLost), sessions() as session:
+            stages.hand_back_stage(session, job_id, "mrc", owner="someone-else")
+        with sessions() as session:
+            stages.hand_back_stage(session, job_id, "mrc", owner=owner,
+                                   now=T0 + timedelta(seconds=turn))
+        row = stage_row(sessions, job_id, "mrc")
+        assert (row.status, row.attempts, row.lease_owner, row.lease_expires_at) == (
+            "pending", 0, None, None)
+        assert row.dispatched_at is not None  # its message is sent again now
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+        handed = [e.payload for e in jobs.list_events(session, job_id)
+                  if e.kind == "stage_handed_back"]
+    assert (job.status, job.attempts, job.error_code) == ("running", 0, None)
+    assert job.progress_message == stages.HANDED_BACK_MESSAGE
+    assert [(p["stage"], p["attempt"], p["worker"], p["reason"]) for p in handed] == [
+        ("mrc", 1, f"w{turn}", "worker_shutdown") for turn in range(4)]
+    # Not while the job has ended (cancelled meanwhile: the claim's holder writes nothing).
+    claim(sessions, job_id, owner="w9")
+    with sessions() as session:
+        jobs.request_cancel(session, job_id)
+        stages.mark_cancelled(session, job_id)
+    with pytest.raises(stages.LeaseLost), sessions() as session:
+        stages.hand_back_stage(session, job_id, "mrc", owner="w9")

@@ -1,0 +1,98 @@
+"""A worker whose database cannot be reached for a moment keeps its work: the message it takes
+then, and the stage it runs.
+
+A claim is the first thing a task does; when the database refuses it (restarting, failing over,
+too many connections), the task raised, Celery acknowledged the message (``acks_late``
+acknowledges a failed task too), and nothing waited for the stage: its row stays ``pending``
+and the recovery loop sends it again only ``QUEUED_RESEND_AFTER_SECONDS`` (1 h) later. Real
+worker process, Postgres (connections to the test's database refused, as a database restarting
+refuses them) and Redis. A running stage's report writes used to fail it at the first one
+that met the outage (its lease, renewed by a heartbeat that retries, had slack for it).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence import jobs
+from persistence.queue import RiftCelery, enqueue_stage
+from tests.service_fixtures import WorkerProcess, _admin_connection
+from tests.worker_jobs import wait_for
+
+pytestmark = pytest.mark.service
+
+EPOCHS = 400
+
+
+@contextmanager
+def database_refusing_connections(url: str) -> Iterator[None]:
+    """New connections to the database of ``url`` are refused and its open ones ended, until
+    the block ends."""
+    name = make_url(url).database
+    with _admin_connection() as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            yield
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+def test_a_message_taken_while_the_database_is_down_is_run_once_it_is_back(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], sender: RiftCelery, quick_config: dict[str, Any],
+        postgres_url: str) -> None:
+    worker = start_worker(STAGE_RETRY_DELAY_SECONDS="0.5")
+    job_id = submit(quick_config, send=False)
+    sessions.kw["bind"].dispose()  # the test's own pooled connections would be ended too
+    with database_refusing_connections(postgres_url):
+        enqueue_stage(sender, job_id, "mrc")
+        # The task met the refusal and ended (raised before; sent its message again now).
+        wait_for_log(worker, "Task rift.stage.mrc[", ("succeeded in", "raised unexpected"))
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", timeout=30,
+                   workers=(worker,))
+    assert job.status == "succeeded", job.error_message
+
+
+def wait_for_log(worker: WorkerProcess, start: str, ends: tuple[str, ...],
+                 timeout: float = 20.0) -> None:
+    """Wait for a line of the worker's log that has ``start`` and one of ``ends``."""
+    deadline = time.monotonic() + timeout
+    while not any(start in line and any(end in line for end in ends)
+                  for line in worker.log().splitlines()):
+        assert time.monotonic() < deadline, f"never logged {start!r}:\n{worker.log()[-3000:]}"
+        time.sleep(0.1)
+
+
+def test_a_running_stage_outlives_a_database_outage_shorter_than_its_lease(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], quick_config: dict[str, Any],
+        postgres_url: str) -> None:
+    spec = copy.deepcopy(quick_config)
+    spec["finetune"].update(epochs=EPOCHS, lr_milestones=[EPOCHS // 2])  # about 7 s
+    worker = start_worker(WORKER_LEASE_SECONDS="60")
+    job_id = submit(spec)
+    wait_for(sessions, job_id, lambda j: j.stage == "finetune" and j.stage_progress > 0,
+             "fine-tuning", workers=(worker,))
+    sessions.kw["bind"].dispose()
+    with database_refusing_connections(postgres_url):
+        time.sleep(1.0)  # several progress writes (every 0.2 s) fail
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", timeout=60,
+                   workers=(worker,))
+    assert job.status == "succeeded", job.error_message
+    with sessions() as session:
+        stages = {s.stage: s.attempts for s in job.stages}
+        events = [e.kind for e in jobs.list_events(session, job_id, limit=10_000)]
+    # The stage ran on, once: no retry, and none of its reports lost.
+    assert stages == {"mrc": 1, "finetune": 1, "interpolate": 1}
+    assert "stage_retry" not in events
+    assert events.count("epoch") == EPOCHS
