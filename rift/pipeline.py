@@ -78,7 +78,7 @@ from rift.preflight import (
     unjudged_warning,
 )
 from rift.robust_tally import RobustTally, percent
-from rift.run_warnings import configuration_warnings
+from rift.run_warnings import RunWarning, configuration_warnings
 from rift.scored_weights import unscored_kinds
 from rift.sequential_attack import (
     Attacked,
@@ -619,9 +619,10 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
         precision=config.precision, eval_batch_size=config.evaluation.batch_size,
         on_epoch=on_epoch, should_cancel=callbacks.should_cancel)
     diverged = result.diverged
-    if diverged is not None:
-        callbacks.event("warning", {"stage": "finetune", "message": (
-            f"{module!r}: {diverged.message()}" if is_sweep(config) else diverged.message())})
+    if diverged is not None:  # the run goes on with the best finite epoch; the user is told
+        callbacks.event("warning", RunWarning("finetune", (
+            f"{module!r}: {diverged.message()}" if is_sweep(config) else diverged.message())
+        ).as_payload())
     return FinetuneStageResult(module, [e.as_dict() for e in result.epochs], result.best_epoch,
                                time.perf_counter() - started, result.state_dict,
                                diverged.to_json() if diverged is not None else None)
@@ -1107,9 +1108,9 @@ def excluded_candidate(candidate: Candidate, error: FinetuneDiverged,
     """A candidate whose fine-tuning diverged in its first epoch, left out of the pick with a
     ``warning`` event: the others still finish the sweep. The same for a sequential sweep and a
     worker's candidate task."""
-    callbacks.event("warning", {"stage": "finetune", "message": (
+    callbacks.event("warning", RunWarning("finetune", (
         f"candidate {candidate.module!r} at lr {candidate.lr:g} is excluded from the sweep: "
-        f"{error.message}")})
+        f"{error.message}")).as_payload())
     return ExcludedCandidate(candidate, error.message, error.field)
 
 
