@@ -245,3 +245,16 @@ def test_a_sweep_candidate_that_diverges_is_excluded_and_the_job_goes_on(
     statuses = {c["status"] for c in api.client.get(
         f"/v1/jobs/{failed['id']}/curves").json()["candidates"]}
     assert statuses == {"failed"}
+
+    # A one-candidate job whose epoch 2 diverges: it succeeds with epoch 1 and says so.
+    single = copy.deepcopy(quick_config)
+    single["finetune"].update(module="conv1", lr=3.0, momentum=0.0, weight_decay=1.0,
+                              batch_size=16, bn_stats="freeze")
+    job = run_job(api, checkpoint["id"], single, (worker,))
+    diverged = job["metrics"]["finetune_diverged"]
+    assert (diverged["epoch"], diverged["kept_epoch"]) == (2, 1)
+    assert [e["epoch"] for e in api.client.get(
+        f"/v1/jobs/{job['id']}/curves").json()["epochs"]] == [1]
+    assert diverged["message"] in [e["payload"]["message"] for e in api.client.get(
+        f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["items"]
+        if e["kind"] == "warning"]
