@@ -17,7 +17,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import hashlib
 import json
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -114,6 +117,14 @@ ARMS: dict[str, Callable[[PreparedRun, str], StateDict]] = {
     "library": library, "library_nan_fill": library_nan_fill, "reference_loop": reference_loop}
 
 
+def _digest(state: StateDict) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _same(first: StateDict, second: StateDict) -> bool:
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
@@ -129,6 +140,8 @@ def main() -> None:
     parser.add_argument("--at-epochs", type=int, default=0,
                         help="PGD-train θ_AT this many epochs first (0: random weights)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+                        help="the arms to time (default all)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -145,14 +158,17 @@ def main() -> None:
             "device": "cpu", "deterministic": True})
         run = prepare_run(config, root / "model.safetensors")
         library(run, args.module)  # warm-up: thread pools, allocator, first-touch memory
-        seconds: dict[str, list[float]] = {name: [] for name in ARMS}
+        seconds: dict[str, list[float]] = {name: [] for name in args.arms}
+        faults: dict[str, list[int]] = {name: [] for name in args.arms}
         weights: dict[str, StateDict] = {}
-        names = list(ARMS)
+        names = list(args.arms)
         for repeat in range(args.repeats):
             for name in names[repeat % len(names):] + names[:repeat % len(names)]:
                 started = time.process_time()
+                faulted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 weights[name] = ARMS[name](run, args.module)
                 seconds[name].append(round(time.process_time() - started, 2))
+                faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faulted)
     median = {name: statistics.median(values) for name, values in seconds.items()}
     report: dict[str, Any] = {
         "benchmark": "finetune_speed", "threads": torch.get_num_threads(),
@@ -162,10 +178,17 @@ def main() -> None:
         "batch_size": config.finetune.batch_size,
         "at_epochs": args.at_epochs, "repeats": args.repeats,
         "cpu_seconds": seconds, "cpu_seconds_median": median,
-        "ratio_reference_loop_over_library": round(
+        # Minor page faults: pages of freshly mapped blocks touched for the first time.
+        "page_faults": faults,
+        **({"ratio_reference_loop_over_library": round(
             median["reference_loop"] / median["library"], 3),
-        "ratio_nan_fill_over_library": round(median["library_nan_fill"] / median["library"], 3),
-        "same_weights": {name: _same(weights["library"], weights[name]) for name in ARMS},
+            "ratio_nan_fill_over_library": round(
+                median["library_nan_fill"] / median["library"], 3)}
+           if set(ARMS) <= set(median) else {}),
+        "same_weights": {name: _same(weights[names[0]], weights[name]) for name in names},
+        # θ_FT's digest, to compare runs in separate processes (an allocator setting, say).
+        "theta_ft_sha256": _digest(weights[names[0]]),
+        "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "command": " ".join(["bench/finetune.py", *sys.argv[1:]]),
     }
     text = json.dumps(report, indent=2)
