@@ -10,6 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# PyTorch backs CPU tensors of 2 MiB and more with transparent huge pages (read once, when torch
+# starts): a CPU stage allocates and frees its activations every batch, and each 4 KiB page of a
+# fresh block faults in again. Measured on a ResNet-18 fine-tune: page faults 20x fewer, CPU time
+# 17 % less, the same weights bit for bit (README, Measured). The api never imports torch.
+ENV THP_MEM_ALLOC_ENABLE=1
+
 WORKDIR /app
 
 # Optional extras of pyproject.toml to install as well, comma-separated, e.g. MLflow export:

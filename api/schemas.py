@@ -310,8 +310,12 @@ class CandidateCurveOut(BaseModel):
     index: int = Field(description="Position in the sweep (lowest MRC first, then lr_grid order).")
     module: str
     lr: float
-    status: Literal["pending", "running", "done", "failed", "cancelled"]
+    status: Literal["pending", "running", "done", "failed", "cancelled"] = Field(
+        description="'failed': excluded from the pick (see 'reason'), the others still ran.")
     attempts: int
+    reason: str | None = Field(
+        None, description="Why the candidate was excluded from the pick (its fine-tuning "
+        "diverged in the first epoch, so it has no θ_FT and no curve); null otherwise.")
     chosen: bool = Field(description="The candidate the α rule picked across all curves.")
     chosen_alpha: float | None = Field(description="The α this candidate's own curve chose.")
     clean_accuracy: float | None = Field(description="Percent, at chosen_alpha, on the split "

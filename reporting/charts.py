@@ -50,15 +50,18 @@ class Curve:
 
 def sweep_curves(candidates: Sequence[Mapping[str, Any]], chosen: int | None) -> list[Curve]:
     """One curve per sweep candidate (``module``, ``lr``, ``points``, ``chosen_alpha``, as in
-    ``curves.json``), the chosen one first; named by module, with the rate when rates differ."""
+    ``curves.json``), the chosen one first; named by module, with the rate when rates differ.
+    A candidate excluded from the pick (``"excluded"``: its fine-tuning diverged) has no curve."""
     rates = {c.get("lr") for c in candidates}
     curves = [Curve(str(c.get("module")) + (f" (lr {float(c['lr']):g})" if len(rates) > 1 else ""),
                     list(c.get("points") or []),
                     float(c["chosen_alpha"]) if c.get("chosen_alpha") is not None else None)
               for c in candidates]
+    drawn = [not c.get("excluded") for c in candidates]
     if chosen is not None and 0 <= chosen < len(curves):
         curves.insert(0, curves.pop(chosen))
-    return curves
+        drawn.insert(0, drawn.pop(chosen))
+    return [curve for curve, shown in zip(curves, drawn, strict=True) if shown]
 
 
 def _number(value: Any) -> float | None:

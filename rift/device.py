@@ -67,11 +67,20 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
 def deterministic_kernels(enabled: bool) -> Iterator[None]:
     """Ask PyTorch for deterministic kernels while the block runs, then restore its settings.
 
-    On CPU this changes nothing. On CUDA, cuDNN's autotuner and some atomics-based kernels give
-    different low bits from run to run; MRC values differ by ~1e-6 and rankings of near-tied modules
-    can flip, so "same seed, same device, same result" needs this (at some speed cost). cuBLAS reads
-    ``CUBLAS_WORKSPACE_CONFIG`` when it first starts, so it is set here, before any CUDA work in a
-    fresh worker or CLI process; ops without a deterministic kernel warn instead of failing.
+    On CPU the kernels are the same either way. On CUDA, cuDNN's autotuner and some atomics-based
+    kernels give different low bits from run to run; MRC values differ by ~1e-6 and rankings of
+    near-tied modules can flip, so "same seed, same device, same result" needs this (at some speed
+    cost). cuBLAS reads ``CUBLAS_WORKSPACE_CONFIG`` when it first starts, so it is set here, before
+    any CUDA work in a fresh worker or CLI process; ops without a deterministic kernel warn instead
+    of failing.
+
+    PyTorch's deterministic mode also fills every new uninitialised tensor (``torch.empty``,
+    ``empty_like``: each activation, gradient and workspace) with NaN
+    (``torch.utils.deterministic.fill_uninitialized_memory``), a debugging aid for code that
+    reads memory it never wrote. That fill is turned off in the block: every kernel we run
+    writes its whole output, so results are bit for bit the same, and on one CPU thread the
+    fills were 20 % of a ResNet-18 fine-tuning step (torch.profiler: ``aten::fill_``, 3,346
+    calls in two epochs; ``bench/finetune.py`` measures the stage with and without).
 
     With ``enabled`` false the block gets the fastest kernels instead: cuDNN's autotuner is on
     (it times the convolution algorithms once per input shape and keeps the quickest).
@@ -88,10 +97,14 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
     previous = (torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled(),
                 torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    # A property of a module class, which torch's type stubs do not declare.
+    fills = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2:]
+        torch.utils.deterministic.fill_uninitialized_memory = fills  # type: ignore[attr-defined]

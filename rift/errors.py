@@ -92,6 +92,12 @@ class NumericalError(RiftError):
         self.field = field
 
 
+class FinetuneDiverged(NumericalError):
+    """Fine-tuning diverged in its first epoch: no finite epoch is left to keep as θ_FT (a later
+    epoch's divergence only ends training, ``rift.finetune.Divergence``). A sweep excludes such a
+    candidate and picks among the others."""
+
+
 class DeviceMemoryError(RiftError):
     """The device ran out of memory where no smaller batch gives the same result (or even the
     smallest did not fit). Not worth retrying as is: ``field`` names the setting to lower."""

@@ -6,6 +6,11 @@ mode, so BatchNorm running statistics (and those of an InstanceNorm that keeps t
 clean data unless ``bn_stats == "freeze"``. After
 every epoch the clean accuracy on the validation split is measured and the best epoch's weights are
 kept (the reference code picks it on the test set; a held-out split keeps test numbers honest).
+
+An epoch whose loss or tuned weights went NaN or infinite ends the training there: θ_FT is the
+best of the finite epochs before it, and the result says where it diverged (:class:`Divergence`),
+which the pipeline turns into a ``warning`` event. Only a first epoch that diverges leaves no
+weights to keep: that is a :class:`FinetuneDiverged` error.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from rift.checkpoints import load_into
 from rift.config import FinetuneSpec
 from rift.data import DatasetSplits, iterate_batches
 from rift.device import autocast
-from rift.errors import ConfigError, NumericalError
+from rift.errors import ConfigError, FinetuneDiverged
 from rift.evaluation import evaluate_accuracy
 from rift.model_state import frozen_except
 
@@ -54,16 +59,42 @@ class EpochMetrics:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Divergence:
+    """Where fine-tuning stopped because the loss or the tuned weights went NaN or infinite:
+    the epoch (1-based) and the learning rate it ran with, and the epoch kept instead (the best
+    finite one by validation accuracy). ``field`` is the setting to lower (``finetune.lr``, or
+    ``finetune.lr_grid`` in a sweep over rates)."""
+
+    epoch: int
+    lr: float
+    kept_epoch: int
+    field: str
+
+    def message(self) -> str:
+        """The ``warning`` event's text."""
+        return (f"fine-tuning diverged in epoch {self.epoch} at lr {self.lr:g}; kept epoch "
+                f"{self.kept_epoch}, the best finite epoch by validation accuracy; consider a "
+                f"smaller {self.field} (the training loss or the tuned weights went NaN or "
+                "infinite, and training stopped there)")
+
+    def to_json(self) -> dict[str, float | int | str]:
+        return {"epoch": self.epoch, "lr": self.lr, "kept_epoch": self.kept_epoch,
+                "field": self.field, "message": self.message()}
+
+
 @dataclass
 class FinetuneResult:
-    """What fine-tuning returns: the module tuned, every epoch's metrics, the best epoch (1-based,
-    by validation clean accuracy; ties go to the earlier epoch) and a CPU copy of the whole model's
-    state dict at that epoch (θ_FT of the interpolation step)."""
+    """What fine-tuning returns: the module tuned, every finished (finite) epoch's metrics, the
+    best epoch (1-based, by validation clean accuracy; ties go to the earlier epoch), a CPU copy
+    of the whole model's state dict at that epoch (θ_FT of the interpolation step), and where
+    training diverged if it did (its epochs stop before that one)."""
 
     module: str
     epochs: list[EpochMetrics]
     best_epoch: int
     state_dict: dict[str, Tensor] = field(repr=False)
+    diverged: Divergence | None = None
 
     @property
     def best_val_accuracy(self) -> float:
@@ -129,8 +160,10 @@ def finetune_module(
     Raises:
         ConfigError: unknown module name (field ``finetune.module``); every batch would hold one
             example for such a BatchNorm layer (field ``finetune.batch_size``).
-        NumericalError: the loss or the trained weights went NaN or infinite (field
-            ``finetune.lr``; ``finetune.lr_grid`` when the spec has one).
+        FinetuneDiverged: (a NumericalError) the loss or the trained weights went NaN or
+            infinite in the first epoch, so no epoch is left to keep (field ``finetune.lr``;
+            ``finetune.lr_grid`` when the spec has one). A later epoch that diverges ends
+            training instead; the result's ``diverged`` says where.
         JobCancelled: ``should_cancel()`` returned True.
     """
     module = trainable_module(model, module_name)
@@ -146,12 +179,12 @@ def finetune_module(
     with frozen_except(model, parameters, eval_mode=False), _restored(model, volatile):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            epochs, best_epoch, best_state = _train(
+            epochs, best_epoch, best_state, diverged = _train(
                 model, parameters, splits, spec, device=device, seed=seed, precision=precision,
                 eval_batch_size=eval_batch_size, on_epoch=on_epoch, should_cancel=should_cancel,
             )
         load_into(model, best_state)  # with the model's module versions (see load_into)
-    return FinetuneResult(module_name, epochs, best_epoch, best_state)
+    return FinetuneResult(module_name, epochs, best_epoch, best_state, diverged)
 
 
 def _train(
@@ -166,7 +199,7 @@ def _train(
     eval_batch_size: int,
     on_epoch: Callable[[EpochMetrics], None] | None,
     should_cancel: ShouldCancel | None,
-) -> tuple[list[EpochMetrics], int, dict[str, Tensor]]:
+) -> tuple[list[EpochMetrics], int, dict[str, Tensor], Divergence | None]:
     optimizer = torch.optim.SGD(
         parameters, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
     )
@@ -218,7 +251,17 @@ def _train(
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += labels.numel()
         scheduler.step()
-        _raise_if_diverged(loss_sum, parameters, epoch=epoch, lr=lr, spec=spec)
+        if not _finite(loss_sum, parameters):
+            field = "finetune.lr_grid" if spec.lr_grid is not None else "finetune.lr"
+            if not history:  # nothing finite to keep
+                raise FinetuneDiverged(
+                    f"fine-tuning diverged in epoch {epoch} at learning rate {lr:g}: the "
+                    f"training loss or the tuned weights are no longer finite (momentum "
+                    f"{spec.momentum:g}, weight_decay {spec.weight_decay:g}); use a smaller "
+                    f"{field}", field=field)
+            # The reference protocol keeps the best validation epoch; a later epoch's NaN does
+            # not undo the finite ones before it. Their best state was copied when measured.
+            return history, best_epoch, best_state, Divergence(epoch, lr, best_epoch, field)
         report = evaluate_accuracy(
             model, splits.validation, attack=None, batch_size=eval_batch_size, device=device,
             seed=seed, precision=precision, should_cancel=should_cancel,
@@ -239,30 +282,18 @@ def _train(
             best_state = _cpu_copy(model.state_dict())
         if on_epoch is not None:
             on_epoch(metrics)
-    return history, best_epoch, best_state
+    return history, best_epoch, best_state, None
 
 
-def _raise_if_diverged(loss_sum: Tensor, parameters: list[nn.Parameter], *, epoch: int,
-                       lr: float, spec: FinetuneSpec) -> None:
-    """Stop a fine-tune whose loss or trained weights went NaN or infinite (too high a rate, or
-    momentum and weight decay that amplify it). Before, training went on: the epochs recorded
-    a NaN loss, θ_FT was saved with NaN weights (which no reader accepts back), and every α > 0
-    of the curve measured a model answering one class. One check per epoch: the loss sum is
-    read then anyway, and NaN stays NaN in a sum.
-
-    Raises:
-        NumericalError: (field ``finetune.lr``, or ``finetune.lr_grid`` in a sweep over rates).
-    """
+def _finite(loss_sum: Tensor, parameters: list[nn.Parameter]) -> bool:
+    """Whether the epoch's loss and the trained weights are finite. A fine-tune that went NaN or
+    infinite (too high a rate, or momentum and weight decay that amplify it) used to go on: its
+    epochs recorded a NaN loss, θ_FT was saved with NaN weights (which no reader accepts back),
+    and every α > 0 of the curve measured a model answering one class. One check per epoch: the
+    loss sum is read then anyway, and NaN stays NaN in a sum."""
     with torch.no_grad():
-        finite = bool(torch.isfinite(loss_sum)) and all(
+        return bool(torch.isfinite(loss_sum)) and all(
             bool(torch.isfinite(parameter).all()) for parameter in parameters)
-    if finite:
-        return
-    field = "finetune.lr_grid" if spec.lr_grid is not None else "finetune.lr"
-    raise NumericalError(
-        f"fine-tuning diverged in epoch {epoch} at learning rate {lr:g}: the training loss or "
-        f"the tuned weights are no longer finite (momentum {spec.momentum:g}, weight_decay "
-        f"{spec.weight_decay:g}); use a smaller {field}", field=field)
 
 
 @contextmanager

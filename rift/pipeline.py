@@ -6,6 +6,9 @@ stages for the CLI and saves each stage's output in a folder, skipping stages al
 With ``finetune.candidates`` > 1 or a ``finetune.lr_grid``, the fine-tune and interpolation run once
 per candidate and the α rule picks across them (``rift.sweep``); each candidate's outputs are saved
 as it finishes, so a sweep resumed in the same folder runs only the candidates not yet done.
+A fine-tune that diverges after its first epoch keeps its best finite epoch and says so in a
+``warning`` event (``rift.finetune.Divergence``); a sweep candidate that diverges in its first
+epoch is excluded from the pick.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from rift.config import RiftConfig, as_config
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from rift.dataset_formats import imagefolder_channels_hint
 from rift.device import deterministic_kernels, resolve_device
-from rift.errors import CheckpointMismatchError, ConfigError
+from rift.errors import CheckpointMismatchError, ConfigError, FinetuneDiverged
 from rift.evaluation import (
     AccuracyReport,
     RandomStarts,
@@ -77,7 +80,7 @@ from rift.preflight import (
     unjudged_warning,
 )
 from rift.robust_tally import RobustTally, percent
-from rift.run_warnings import configuration_warnings
+from rift.run_warnings import RunWarning, configuration_warnings
 from rift.scored_weights import unscored_kinds
 from rift.sequential_attack import (
     Attacked,
@@ -105,9 +108,11 @@ from rift.stage_outputs import (
 from rift.sweep import (
     Candidate,
     CandidateOutcome,
+    ExcludedCandidate,
     curves_document,
     fewer_modules_than_asked,
     is_sweep,
+    outcome_from_json,
     sweep_candidates,
 )
 
@@ -584,10 +589,12 @@ class FinetuneStageResult:
     best_epoch: int
     seconds: float
     state_dict: StateDict = field(repr=False)
+    # Where training diverged (``rift.finetune.Divergence.to_json``): its epochs stop before it.
+    diverged: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"module": self.module, "epochs": self.epochs, "best_epoch": self.best_epoch,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "diverged": self.diverged}
 
 
 def finetune_splits(splits: DatasetSplits, selection_split: str) -> DatasetSplits:
@@ -627,8 +634,14 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
         config.finetune, device=run.device, seed=config.seed,
         precision=config.precision, eval_batch_size=config.evaluation.batch_size,
         on_epoch=on_epoch, should_cancel=callbacks.should_cancel)
+    diverged = result.diverged
+    if diverged is not None:  # the run goes on with the best finite epoch; the user is told
+        callbacks.event("warning", RunWarning("finetune", (
+            f"{module!r}: {diverged.message()}" if is_sweep(config) else diverged.message())
+        ).as_payload())
     return FinetuneStageResult(module, [e.as_dict() for e in result.epochs], result.best_epoch,
-                               time.perf_counter() - started, result.state_dict)
+                               time.perf_counter() - started, result.state_dict,
+                               diverged.to_json() if diverged is not None else None)
 
 
 # --------------------------------------------------------------------------- step 3: interpolate
@@ -978,7 +991,7 @@ def load_finetune(storage: StageStorage, *, with_weights: bool = True
         state = weights
     try:
         return FinetuneStageResult(saved["module"], saved["epochs"], saved["best_epoch"],
-                                   saved["seconds"], state)
+                                   saved["seconds"], state, saved.get("diverged"))
     except KeyError as exc:
         raise stage_outputs.unreadable(FINETUNE_JSON, f"no field {exc}") from exc
 
@@ -1106,6 +1119,17 @@ def candidate_outcome(candidate: Candidate, finetune: FinetuneStageResult,
         float(chosen["robust_accuracy"] or 0.0), interpolation.points, finetune.best_epoch)
 
 
+def excluded_candidate(candidate: Candidate, error: FinetuneDiverged,
+                       callbacks: PipelineCallbacks) -> ExcludedCandidate:
+    """A candidate whose fine-tuning diverged in its first epoch, left out of the pick with a
+    ``warning`` event: the others still finish the sweep. The same for a sequential sweep and a
+    worker's candidate task."""
+    callbacks.event("warning", RunWarning("finetune", (
+        f"candidate {candidate.module!r} at lr {candidate.lr:g} is excluded from the sweep: "
+        f"{error.message}")).as_payload())
+    return ExcludedCandidate(candidate, error.message, error.field)
+
+
 def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
               metadata: dict[str, str], callbacks: PipelineCallbacks | None = None,
               preflight: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -1116,7 +1140,12 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
     Each candidate's outcome, fine-tune record and θ_FT are saved under its prefix
     (``candidate-NN.``) as it finishes, and a candidate saved there (same module and rate) is not
     run again: a sweep cut short resumes where it stopped. Once the winner's outputs are
-    written, the other candidates' θ_FT are deleted (their records stay).
+    written, the other candidates' θ_FT are deleted (their records stay). A candidate whose
+    fine-tuning diverged in its first epoch is excluded (recorded with its reason, a ``warning``
+    event); the rule picks among the others.
+
+    Raises:
+        NumericalError: every candidate diverged in its first epoch (``rift.sweep.choose_across``).
     """
     callbacks = PipelineCallbacks.of(callbacks)
     config = run.config
@@ -1124,8 +1153,8 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
     fewer = fewer_modules_than_asked(config, candidates, mrc.rows)
     if fewer is not None:
         callbacks.event("warning", {"stage": "finetune", "message": fewer})
-    outcomes: list[CandidateOutcome] = []
-    curves_of: list[dict[str, Any]] = []
+    outcomes: list[CandidateOutcome | ExcludedCandidate] = []
+    curves_of: list[dict[str, Any] | None] = []
     for index, candidate in enumerate(candidates):
         saved_in = PrefixedStorage(storage, candidate_prefix(index))
         saved = _load_candidate(saved_in, candidate)
@@ -1136,13 +1165,20 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
         else:
             callbacks.event("stage_started", {"stage": "candidate", "module": candidate.module,
                                               "lr": candidate.lr})
-            finetune, interpolation = run_candidate(run, candidate, callbacks)
-            saved = {"outcome": candidate_outcome(candidate, finetune, interpolation).to_json(),
-                     "interpolation": interpolation.to_json()}
-            # θ_FT and its record first: candidate.json marks a candidate whose files are whole.
-            save_finetune(saved_in, finetune, {**metadata, "lr": repr(candidate.lr)})
+            try:
+                finetune, interpolation = run_candidate(run, candidate, callbacks)
+            except FinetuneDiverged as exc:
+                saved = {"outcome": excluded_candidate(candidate, exc, callbacks).to_json(),
+                         "interpolation": None}
+            else:
+                saved = {"outcome": candidate_outcome(candidate, finetune,
+                                                      interpolation).to_json(),
+                         "interpolation": interpolation.to_json()}
+                # θ_FT and its record first: candidate.json marks a candidate whose files are
+                # whole.
+                save_finetune(saved_in, finetune, {**metadata, "lr": repr(candidate.lr)})
             stage_outputs.write_json(saved_in, CANDIDATE_JSON, saved)
-        outcomes.append(CandidateOutcome.from_json(saved["outcome"]))
+        outcomes.append(outcome_from_json(saved["outcome"]))
         curves_of.append(saved["interpolation"])
     curves = curves_document(outcomes)
     winner = curves["chosen"]
@@ -1152,9 +1188,11 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
         raise ConfigError(f"the chosen candidate's {FINETUNED} is missing from {storage.folder}; "
                           "use --fresh to run the sweep again", field="output_dir")
     # θ_α* made again from θ_AT and the winner's θ_FT: the tensors its curve measured.
+    curve = curves_of[winner]
+    assert curve is not None  # choose_across never picks an excluded candidate
     interpolation = InterpolationStageResult(
-        **curves_of[winner], state_dict=interpolate_weights(
-            run.original_state, chosen.state_dict, float(curves_of[winner]["chosen_alpha"])))
+        **curve, state_dict=interpolate_weights(
+            run.original_state, chosen.state_dict, float(curve["chosen_alpha"])))
     stage_outputs.write_weights(storage, FINETUNED, chosen.state_dict,
                                 {**metadata, "kind": "finetuned", "module": chosen.module})
     # The table was written before the sweep, flagging the least critical module; the run tunes

@@ -1,4 +1,6 @@
 """Settings that run but make the result hard to trust: each is a ``warning`` event, not an error.
+(:class:`RunWarning` is also the payload of what a stage finds while it runs, e.g. a fine-tune
+that diverged and kept an earlier epoch, ``rift.pipeline``.)
 
 :func:`configuration_warnings` is checked once per run, before any stage
 (``rift.pipeline.run_preflight_stage``), and names the setting responsible:

@@ -7,6 +7,11 @@ from θ_AT and its interpolation curve. α = 0 is θ_AT for every candidate, so 
 same robust bar, and the rule over the union of the curves is the rule applied to each curve's
 own choice: best clean accuracy, then higher robust accuracy, then smaller α, then the earlier
 candidate (lower MRC, then the order of ``lr_grid``).
+
+A candidate whose fine-tuning diverged in its first epoch (``rift.errors.FinetuneDiverged``: no
+finite epoch to keep) is *excluded* (:class:`ExcludedCandidate`): it keeps its place in the list
+with the reason, and the rule picks among the others. Only when every candidate is excluded does
+the sweep fail (:func:`choose_across`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 import torch
 
 from rift.config import RiftConfig
-from rift.errors import ConfigError
+from rift.errors import ConfigError, NumericalError
 from rift.mrc import lowest_rows
 
 
@@ -52,6 +57,28 @@ class CandidateOutcome:
         return cls(Candidate(str(data["module"]), float(data["lr"])),
                    float(data["chosen_alpha"]), float(data["clean_accuracy"]),
                    float(data["robust_accuracy"]), list(data["points"]), int(data["best_epoch"]))
+
+
+@dataclass(frozen=True)
+class ExcludedCandidate:
+    """A candidate left out of the pick: its fine-tuning diverged in the first epoch, so it has
+    no θ_FT and no curve. ``reason`` is the error's message, ``field`` the setting it names."""
+
+    candidate: Candidate
+    reason: str
+    field: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"module": self.candidate.module, "lr": self.candidate.lr, "excluded": True,
+                "reason": self.reason, "field": self.field, "points": []}
+
+
+def outcome_from_json(data: Mapping[str, Any]) -> CandidateOutcome | ExcludedCandidate:
+    """What :meth:`CandidateOutcome.to_json` or :meth:`ExcludedCandidate.to_json` wrote."""
+    if data.get("excluded"):
+        return ExcludedCandidate(Candidate(str(data["module"]), float(data["lr"])),
+                                 str(data["reason"]), data.get("field"))
+    return CandidateOutcome.from_json(data)
 
 
 def candidates_from_mrc(rows: Sequence[Mapping[str, Any]], *, k: int, module: str | None,
@@ -99,15 +126,33 @@ def is_sweep(config: RiftConfig) -> bool:
     return config.finetune.candidates > 1 or config.finetune.lr_grid is not None
 
 
-def curves_document(outcomes: Sequence[CandidateOutcome]) -> dict[str, Any]:
-    """``curves.json`` and ``result.json["sweep"]``: every candidate's curve side by side and
-    the index :func:`choose_across` picks."""
-    return {"chosen": choose_across(outcomes), "candidates": [o.to_json() for o in outcomes]}
+def curves_document(outcomes: Sequence[CandidateOutcome | ExcludedCandidate]) -> dict[str, Any]:
+    """``curves.json`` and ``result.json["sweep"]``: every candidate's curve side by side (an
+    excluded one with ``"excluded": true`` and its reason) and the index :func:`choose_across`
+    picks."""
+    return {"chosen": choose_across(outcomes), "candidates": [o.to_json() for o in outcomes],
+            "excluded": [i for i, o in enumerate(outcomes) if isinstance(o, ExcludedCandidate)]}
 
 
-def choose_across(outcomes: Sequence[CandidateOutcome]) -> int:
-    """Index of the winning candidate under the α rule over all curves (see module docstring)."""
+def choose_across(outcomes: Sequence[CandidateOutcome | ExcludedCandidate]) -> int:
+    """Index of the winning candidate under the α rule over all curves (see module docstring),
+    excluded candidates left out.
+
+    Raises:
+        ConfigError: (field ``finetune.candidates``) no candidate at all.
+        NumericalError: every candidate was excluded (field ``finetune.lr_grid``, or
+            ``finetune.lr`` for a sweep over modules at one rate: the setting to lower).
+    """
     if not outcomes:
         raise ConfigError("no candidate was fine-tuned", field="finetune.candidates")
-    return min(range(len(outcomes)), key=lambda i: (
-        -outcomes[i].clean_accuracy, -outcomes[i].robust_accuracy, outcomes[i].chosen_alpha, i))
+    finished = {i: o for i, o in enumerate(outcomes) if isinstance(o, CandidateOutcome)}
+    if not finished:
+        excluded = [o for o in outcomes if isinstance(o, ExcludedCandidate)]
+        field = excluded[0].field or "finetune.lr_grid"
+        shown = "; ".join(f"{o.candidate.module!r} at lr {o.candidate.lr:g}" for o in excluded)
+        raise NumericalError(
+            f"fine-tuning diverged in the first epoch for every candidate of the sweep "
+            f"({shown}): no candidate has a finite θ_FT; use smaller rates in {field}",
+            field=field)
+    return min(finished, key=lambda i: (
+        -finished[i].clean_accuracy, -finished[i].robust_accuracy, finished[i].chosen_alpha, i))

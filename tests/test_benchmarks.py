@@ -60,6 +60,19 @@ def test_the_whole_job_comparison_runs_on_a_trained_synthetic_resnet(
 
 
 @pytest.mark.slow
+def test_the_fine_tune_comparison_ends_every_arm_with_the_same_weights(
+    tmp_path: Path, optional_worker_launcher: Launcher | None,
+) -> None:
+    report = _run_bench("finetune.py", "--train", "40", "--epochs", "2", "--repeats", "1",
+                        "--image-size", "8", tmp_path=tmp_path,
+                        launcher=optional_worker_launcher)
+    arms = {"library", "library_nan_fill", "reference_loop"}
+    assert report["benchmark"] == "finetune_speed" and set(report["cpu_seconds"]) == arms
+    # The library's stage, the NaN fill left on and the plain loop compute the same θ_FT.
+    assert report["same_weights"] == dict.fromkeys(arms, True)
+
+
+@pytest.mark.slow
 def test_the_batchnorm_folding_comparison_gives_the_same_curve(
         tmp_path: Path, optional_worker_launcher: Launcher | None) -> None:
     report = _run_bench("evaluation_speed.py", "--train", "32", "--test", "16", "--at-epochs",

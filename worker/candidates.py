@@ -9,7 +9,9 @@ claim it, fine-tune its module at its rate from θ_AT and measure its interpolat
 (:func:`rift.pipeline.run_candidate`), store its θ_FT under its own key (its attempt's, so a worker
 that lost its lease never overwrites the recorded one) and record its outcome and stage records.
 Pick: the task that records the last candidate (or, after a crash, a re-sent candidate task that
-finds its candidate done) applies :func:`rift.sweep.choose_across` to all outcomes, finishes
+finds its candidate done) applies :func:`rift.sweep.choose_across` to all outcomes (a candidate
+whose fine-tuning diverged in its first epoch is recorded as excluded and left out; the job fails
+only if every candidate is), finishes
 the fine-tune stage with the winner's records, as a one-candidate job would (and ``mrc.csv``
 again with the winner flagged, :func:`worker.stages.record_winner_table`), and deletes the
 other candidates' θ_FT and superseded attempts (best effort: a failure is a warning event, and
@@ -42,12 +44,16 @@ from persistence.time_limits import job_time_limit
 from persistence.transactions import EventKind, JobNotFound, load_stages
 from reporting.charts import sweep_curves
 from rift import stage_outputs
+from rift.cancellation import raise_if_cancelled
+from rift.errors import FinetuneDiverged, NumericalError
 from rift.interpolation import interpolate_weights
 from rift.pipeline import (
+    FinetuneStageResult,
     InterpolationStageResult,
     PipelineCallbacks,
     PreparedRun,
     candidate_outcome,
+    excluded_candidate,
     load_mrc,
     run_candidate,
     weights_metadata,
@@ -56,8 +62,10 @@ from rift.stage_outputs import FINETUNE_JSON, FINETUNED
 from rift.sweep import (
     Candidate,
     CandidateOutcome,
+    ExcludedCandidate,
     curves_document,
     fewer_modules_than_asked,
+    outcome_from_json,
     sweep_candidates,
 )
 from worker.runtime import (
@@ -170,29 +178,17 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
         run = prepare(claim.job, checkpoint, dataset, resources.store, settings.work_dir,
                       settings.worker_device, settings.data_root)
         candidate = Candidate(part.module, part.lr)
-        finetune, interpolation = run_candidate(run, candidate, callbacks)
-        callbacks.check_cancel()  # a worker that lost its lease meanwhile writes nothing
-        storage = CandidateStorage(resources.store, job_id, attempts[StageName.FINETUNE], index,
-                                   claim.attempt)
-        stage_outputs.write_weights(storage, FINETUNED, finetune.state_dict, {
-            **weights_metadata(run.config), "kind": "finetuned",
-            "module": candidate.module, "lr": repr(candidate.lr)})
-        weights = storage.written[FINETUNED]
-        outcome = candidate_outcome(candidate, finetune, interpolation)
-        result = {"outcome": outcome.to_json(), "finetune": finetune.to_json(),
-                  "interpolation": interpolation.to_json(), "worker": resources.worker_id,
-                  "finetuned": {"key": weights.key, "size": weights.size,
-                                "sha256": weights.sha256, "content_type": weights.content_type}}
-        if reporter.lease_lost:
-            raise LeaseLost(f"lost the lease on candidate {index} of job {job_id}")
-        reporter.flush()  # the candidate's events come before its part is recorded
-        with resources.session() as session:
-            stage_shards.finish_part(
-                session, CANDIDATES, job_id, index, owner=resources.worker_id, result=result,
-                summary={"module": candidate.module, "lr": candidate.lr,
-                         "chosen_alpha": outcome.chosen_alpha,
-                         "clean_accuracy": outcome.clean_accuracy,
-                         "robust_accuracy": outcome.robust_accuracy})
+        try:
+            finetune, interpolation = run_candidate(run, candidate, callbacks)
+        except FinetuneDiverged as exc:
+            # Not the job's failure: the other candidates may finish, and the pick leaves this
+            # one out (it fails the job only if every candidate is excluded).
+            record_excluded(resources, reporter, job_id, index,
+                            excluded_candidate(candidate, exc, callbacks))
+        else:
+            record_candidate(resources, reporter, job_id, index, claim.attempt,
+                             attempts[StageName.FINETUNE], run, candidate, finetune,
+                             interpolation)
     except Exception as exc:
         ended = settle_part_error(resources, CANDIDATES, job_id, index, claim.attempt, exc)
         if ended in ("retry", "handed_back"):
@@ -204,12 +200,59 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
     return pick_if_complete(app, resources, job_id)
 
 
+def record_candidate(resources: WorkerResources, reporter: PartReporter, job_id: str,
+                     index: int, attempt: int, stage_attempt: int, run: PreparedRun,
+                     candidate: Candidate, finetune: FinetuneStageResult,
+                     interpolation: InterpolationStageResult) -> None:
+    """Store candidate ``index``'s θ_FT under its attempt's key and record its outcome."""
+    raise_if_cancelled(reporter.should_cancel)  # a worker that lost its lease meanwhile writes nothing
+    storage = CandidateStorage(resources.store, job_id, stage_attempt, index, attempt)
+    stage_outputs.write_weights(storage, FINETUNED, finetune.state_dict, {
+        **weights_metadata(run.config), "kind": "finetuned",
+        "module": candidate.module, "lr": repr(candidate.lr)})
+    weights = storage.written[FINETUNED]
+    outcome = candidate_outcome(candidate, finetune, interpolation)
+    result = {"outcome": outcome.to_json(), "finetune": finetune.to_json(),
+              "interpolation": interpolation.to_json(), "worker": resources.worker_id,
+              "finetuned": {"key": weights.key, "size": weights.size,
+                            "sha256": weights.sha256, "content_type": weights.content_type}}
+    if reporter.lease_lost:
+        raise LeaseLost(f"lost the lease on candidate {index} of job {job_id}")
+    reporter.flush()  # the candidate's events come before its part is recorded
+    with resources.session() as session:
+        stage_shards.finish_part(
+            session, CANDIDATES, job_id, index, owner=resources.worker_id, result=result,
+            summary={"module": candidate.module, "lr": candidate.lr,
+                     "chosen_alpha": outcome.chosen_alpha,
+                     "clean_accuracy": outcome.clean_accuracy,
+                     "robust_accuracy": outcome.robust_accuracy})
+
+
+def record_excluded(resources: WorkerResources, reporter: PartReporter, job_id: str,
+                    index: int, excluded: ExcludedCandidate) -> None:
+    """Record candidate ``index`` as done but excluded from the pick (no θ_FT, no curve): its
+    result holds ``"excluded"`` with the reason, which ``/curves`` reports as a failed
+    candidate."""
+    if reporter.lease_lost:
+        raise LeaseLost(f"lost the lease on candidate {index} of job {job_id}")
+    reporter.flush()  # the warning event comes before the part is recorded
+    outcome = excluded.to_json()
+    with resources.session() as session:
+        stage_shards.finish_part(
+            session, CANDIDATES, job_id, index, owner=resources.worker_id,
+            result={"outcome": outcome, "excluded": {"reason": excluded.reason,
+                                                     "field": excluded.field},
+                    "worker": resources.worker_id},
+            summary={"module": excluded.candidate.module, "lr": excluded.candidate.lr,
+                     "excluded": excluded.reason})
+
+
 # --------------------------------------------------------------------------------------------
 # The pick (finishes the fine-tune stage) and the interpolate stage of a sweep
 # --------------------------------------------------------------------------------------------
-def outcomes_of(results: list[dict[str, Any]]) -> list[CandidateOutcome]:
-    """The recorded candidates' outcomes, in the sweep's order."""
-    return [CandidateOutcome.from_json(result["outcome"]) for result in results]
+def outcomes_of(results: list[dict[str, Any]]) -> list[CandidateOutcome | ExcludedCandidate]:
+    """The recorded candidates' outcomes (excluded ones included), in the sweep's order."""
+    return [outcome_from_json(result["outcome"]) for result in results]
 
 
 def pick_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> str:
@@ -221,7 +264,12 @@ def pick_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> st
         if results is None:
             return "done"
         attempts = {str(row.stage): row.attempts for row in load_stages(session, job_id)}
-    curves = curves_document(outcomes_of(results))
+    try:
+        curves = curves_document(outcomes_of(results))
+    except NumericalError as exc:  # every candidate excluded: nothing to pick
+        with resources.session() as session:
+            stages.fail_job(session, job_id, exc.code, exc.message, stage=StageName.FINETUNE)
+        return "failed"
     winner = results[curves["chosen"]]
     outcome = curves["candidates"][curves["chosen"]]
     finetune = winner["finetune"]
@@ -239,11 +287,15 @@ def pick_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> st
         selected_module=finetune["module"],
         metrics={"best_epoch": finetune["best_epoch"], "finetune_seconds": finetune["seconds"],
                  "sweep": {"chosen": curves["chosen"], "candidates": len(results),
-                           "module": outcome["module"], "lr": outcome["lr"]}},
+                           "module": outcome["module"], "lr": outcome["lr"],
+                           "excluded": curves["excluded"]},
+                 **({"finetune_diverged": finetune["diverged"]}
+                    if finetune.get("diverged") else {})},
         summary={"module": finetune["module"], "lr": outcome["lr"],
                  "epochs": len(finetune["epochs"]), "best_epoch": finetune["best_epoch"],
-                 "seconds": sum(r["finetune"]["seconds"] for r in results),
-                 "candidates": len(results), "chosen": curves["chosen"]})
+                 "seconds": sum(r["finetune"]["seconds"] for r in results if "finetune" in r),
+                 "candidates": len(results), "chosen": curves["chosen"],
+                 "excluded": curves["excluded"]})
     try:
         with resources.session() as session:
             stages.finish_stage(session, job_id, StageName.FINETUNE, owner=SHARDED_OWNER,

@@ -300,9 +300,12 @@ def _finetune(job: Job, run: PreparedRun, storage: ObjectStageStorage,
         epochs=result.epochs,
         artifacts=[_record(FINETUNED, storage.written[FINETUNED])],
         selected_module=module,
-        metrics={"best_epoch": result.best_epoch, "finetune_seconds": result.seconds},
+        metrics={"best_epoch": result.best_epoch, "finetune_seconds": result.seconds,
+                 # Training stopped at a diverged epoch and kept an earlier one (its warning
+                 # event says the same).
+                 **({"finetune_diverged": result.diverged} if result.diverged else {})},
         summary={"module": module, "epochs": len(result.epochs), "best_epoch": result.best_epoch,
-                 "seconds": result.seconds},
+                 "seconds": result.seconds, "diverged": result.diverged},
     )
 
 

@@ -104,9 +104,14 @@ def _candidate(row: SweepCandidate, winner: object, job_id: str,
     # Rows of candidates still running have no result yet: their outcome fields stay null.
     outcome = (row.result or {}).get("outcome") or {}
     alpha = outcome.get("chosen_alpha")
+    # A candidate excluded from the pick (its fine-tuning diverged) is a done part to the
+    # sweep's bookkeeping and a failed candidate to the reader.
+    excluded = bool(outcome.get("excluded"))
     return CandidateCurveOut(
         finetuned=_candidate_weights(row, winner, job_id, kept),
-        index=row.candidate, module=row.module, lr=row.lr, status=row.status,
+        index=row.candidate, module=row.module, lr=row.lr,
+        status="failed" if excluded else row.status,
+        reason=outcome.get("reason") if excluded else None,
         attempts=row.attempts, chosen=winner == row.candidate, chosen_alpha=alpha,
         clean_accuracy=outcome.get("clean_accuracy"),
         robust_accuracy=outcome.get("robust_accuracy"), best_epoch=outcome.get("best_epoch"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -357,3 +358,33 @@ def test_help_names_every_demo_option_and_shows_no_rst_quotes() -> None:
     options = [action for action in demo._actions if action.option_strings != ["-h", "--help"]]
     assert {action.dest for action in options} == {"out", "seed", "config_out"}
     assert all(action.help for action in options), [a.dest for a in options if not a.help]
+
+
+_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+_FAULTS_AFTER_CLI = """
+import contextlib, io, os, resource, runpy, sys
+sys.argv = ["rift", "architectures"]
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        runpy.run_module("rift", run_name="__main__")
+    except SystemExit:
+        pass
+import torch
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.ones(64 << 20, dtype=torch.uint8)  # 64 MiB, every page touched
+print(os.environ.get("THP_MEM_ALLOC_ENABLE"), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_the_command_line_backs_large_cpu_tensors_with_huge_pages() -> None:
+    """``python -m rift`` sets THP_MEM_ALLOC_ENABLE before torch starts (torch reads it once):
+    a 64 MiB tensor then faults in 2 MiB pages, not 16,384 pages of 4 KiB."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", _FAULTS_AFTER_CLI], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    setting, faults = done.stdout.split()
+    assert setting == "1"
+    if _HUGE_PAGES.exists() and "[never]" not in _HUGE_PAGES.read_text():
+        assert int(faults) < 4096, faults  # 16,384 without huge pages

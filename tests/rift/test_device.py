@@ -60,3 +60,12 @@ def test_deterministic_kernels_are_scoped() -> None:
         assert torch.are_deterministic_algorithms_enabled() == before[0]
         assert torch.backends.cudnn.benchmark  # the fastest kernels: the autotuner is on
     assert torch.backends.cudnn.benchmark == before[1]
+
+
+def test_deterministic_kernels_do_not_fill_new_tensors_with_nan() -> None:
+    """The fill cost a fine-tuning step time for nothing: every kernel writes its output
+    (bench/finetune.py: the same θ_FT with and without it). The setting is put back after."""
+    fills = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+    with deterministic_kernels(True):
+        assert not torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
+    assert torch.utils.deterministic.fill_uninitialized_memory == fills  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ from torch import nn
 
 from rift.config import ArchitectureSpec, FinetuneSpec
 from rift.data import DatasetSplits, ImageTensors
-from rift.errors import ConfigError, JobCancelled, NumericalError
+from rift.errors import ConfigError, FinetuneDiverged, JobCancelled, NumericalError
 from rift.evaluation import evaluate_accuracy
 from rift.finetune import EpochMetrics, finetune_module
 from rift.models import build_model
@@ -293,3 +293,32 @@ def test_a_diverging_fine_tune_is_a_numerical_error_naming_the_rate(
     with pytest.raises(NumericalError, match="fine-tuning diverged in epoch 1") as error:
         finetune_module(_model(), "conv1", splits, spec, device=CPU, seed=0)
     assert error.value.field == field
+    # No finite epoch to keep: the error a sweep excludes a candidate on (rift.sweep).
+    assert isinstance(error.value, FinetuneDiverged)
+
+
+def test_a_fine_tune_that_diverges_after_a_finite_epoch_keeps_the_best_finite_epoch(
+        splits: DatasetSplits) -> None:
+    """The reference protocol keeps the best validation epoch: a later epoch's NaN used to fail
+    the whole run although epoch 1 was fine. Now training stops at the diverged epoch and θ_FT is
+    epoch 1's weights, bit for bit those of a run that stopped there."""
+    # No momentum, weight decay 1 at rate 10: each step scales the weights by about -9, so the
+    # 24 steps of epoch 1 stay finite and epoch 2 overflows.
+    diverging = _spec(epochs=3, lr=10.0, momentum=0.0, weight_decay=1.0, batch_size=8,
+                      bn_stats="freeze", lr_milestones=[5])
+    model = _model()
+    seen: list[EpochMetrics] = []
+    result = finetune_module(model, "conv1", splits, diverging, device=CPU, seed=0,
+                             on_epoch=seen.append)
+    assert result.diverged is not None
+    assert (result.diverged.epoch, result.diverged.kept_epoch, result.best_epoch) == (2, 1, 1)
+    assert result.diverged.field == "finetune.lr"
+    assert "diverged in epoch 2 at lr 10; kept epoch 1" in result.diverged.message()
+    assert "consider a smaller finetune.lr" in result.diverged.message()
+    assert [m.epoch for m in result.epochs] == [1] and seen == result.epochs
+    one_epoch = finetune_module(_model(), "conv1", splits, diverging.model_copy(
+        update={"epochs": 1}), device=CPU, seed=0)
+    assert one_epoch.diverged is None
+    for name, value in one_epoch.state_dict.items():
+        assert torch.equal(result.state_dict[name], value), name
+        assert torch.equal(model.state_dict()[name], value), name  # the model holds θ_FT too

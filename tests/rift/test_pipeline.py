@@ -394,3 +394,29 @@ def test_a_fine_tune_that_costs_robustness_returns_theta_at_with_a_warning(
         assert torch.equal(result.state_dict[key], value), key
     warnings = [data for kind, data in events if kind == "warning"]
     assert len(warnings) == 1 and "unchanged" in warnings[0]["message"]
+
+
+def test_a_fine_tune_that_diverges_after_its_first_epoch_keeps_it_and_the_run_goes_on(
+        digits_checkpoint_path: Path, digits_job_config: dict, tmp_path: Path) -> None:
+    """Before, the NaN of epoch 2 failed the whole run although epoch 1 was finite. No
+    momentum and weight decay 1 at rate 3 on batches of 16 (measured on this model): epoch 1
+    stays finite, epoch 2 overflows."""
+    config = _fast(digits_job_config)
+    config = config.model_copy(update={"finetune": config.finetune.model_copy(update={
+        "module": "conv1", "epochs": 3, "lr_milestones": [2], "lr": 3.0, "momentum": 0.0,
+        "weight_decay": 1.0, "batch_size": 16, "bn_stats": "freeze"})})
+    events: list[tuple[str, dict]] = []
+    result = run_pipeline(config, digits_checkpoint_path, tmp_path,
+                          PipelineCallbacks(on_event=lambda kind, data: events.append(
+                              (kind, data))))
+    finetune = result["finetune"]
+    assert (finetune["best_epoch"], len(finetune["epochs"])) == (1, 1)
+    assert {k: finetune["diverged"][k] for k in ("epoch", "lr", "kept_epoch", "field")} == {
+        "epoch": 2, "lr": 3.0, "kept_epoch": 1, "field": "finetune.lr"}
+    assert json.loads((tmp_path / "finetune.json").read_text())["diverged"] == finetune["diverged"]
+    warnings = [data["message"] for kind, data in events
+                if kind == "warning" and data["stage"] == "finetune"]
+    assert warnings == [finetune["diverged"]["message"]]
+    assert warnings[0].startswith("fine-tuning diverged in epoch 2 at lr 3; kept epoch 1")
+    assert "consider a smaller finetune.lr" in warnings[0]
+    assert result["interpolation"]["points"]  # the run went on to the curve

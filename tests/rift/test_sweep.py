@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from rift.config import RiftConfig
-from rift.errors import ConfigError
-from rift.pipeline import run_pipeline
+from rift.errors import ConfigError, NumericalError
+from rift.pipeline import PipelineCallbacks, run_pipeline
 from rift.sweep import (
     Candidate,
     CandidateOutcome,
+    ExcludedCandidate,
     candidates_from_mrc,
     choose_across,
     fewer_modules_than_asked,
@@ -60,6 +61,65 @@ def test_choose_across_follows_the_rule_and_its_tie_breaks() -> None:
     assert choose_across([_outcome("a", 0.5, 81, 49), _outcome("b", 0.9, 81, 50)]) == 1
     assert choose_across([_outcome("a", 0.9, 81, 50), _outcome("b", 0.5, 81, 50)]) == 1
     assert choose_across([_outcome("a", 0.5, 81, 50), _outcome("b", 0.5, 81, 50)]) == 0
+
+
+def test_choose_across_leaves_excluded_candidates_out_and_fails_when_all_are() -> None:
+    excluded = ExcludedCandidate(Candidate("a", 10.0), "diverged", "finetune.lr_grid")
+    # The excluded candidate keeps its index; the rule picks among the others.
+    assert choose_across([excluded, _outcome("b", 0.5, 80, 50), _outcome("c", 0.5, 81, 50)]) == 2
+    with pytest.raises(NumericalError, match="every candidate") as raised:
+        choose_across([excluded, ExcludedCandidate(Candidate("a", 5.0), "diverged",
+                                                   "finetune.lr_grid")])
+    assert raised.value.field == "finetune.lr_grid"
+
+
+def _diverging_grid(config: dict[str, Any], lr_grid: list[float]) -> RiftConfig:
+    """conv1 of the digits model with no momentum and weight decay 1 on batches of 16: each step
+    scales the weights by about 1 - lr, so rate 10 overflows in epoch 1, rate 3 in epoch 2,
+    and 0.05 stays finite (measured on this model)."""
+    config["mrc"].update(steps=1, num_examples=64, batch_size=64)
+    config["finetune"].update(module="conv1", epochs=3, lr_milestones=[2], lr_grid=lr_grid,
+                              momentum=0.0, weight_decay=1.0, batch_size=16, bn_stats="freeze")
+    config["interpolation"]["alpha_step"] = 0.5
+    config["evaluation"]["max_examples"] = 120
+    config["preflight"] = {"examples": 0}
+    return RiftConfig.model_validate(config)
+
+
+def test_a_sweep_excludes_a_candidate_that_diverges_at_once_and_picks_among_the_rest(
+        digits_checkpoint_path: Path, digits_job_config: dict[str, Any], tmp_path: Path) -> None:
+    """Before, the first candidate's divergence failed the whole sweep."""
+    config = _diverging_grid(digits_job_config, [10.0, 3.0, 0.05])
+    warnings: list[str] = []
+
+    def record(kind: str, payload: dict[str, Any]) -> None:
+        if kind == "warning" and payload.get("stage") == "finetune":
+            warnings.append(payload["message"])
+
+    result = run_pipeline(config, digits_checkpoint_path, tmp_path,
+                          PipelineCallbacks(on_event=record))
+    sweep = result["sweep"]
+    first, second, third = sweep["candidates"]
+    assert sweep["excluded"] == [0] and sweep["chosen"] in (1, 2)
+    assert first["excluded"] and first["points"] == [] and first["lr"] == 10.0
+    assert "diverged in epoch 1" in first["reason"] and first["field"] == "finetune.lr_grid"
+    assert second["points"] and third["points"] and not second.get("excluded")
+    assert json.loads((tmp_path / "curves.json").read_text()) == sweep
+    assert not (tmp_path / "candidate-00.finetuned.safetensors").exists()
+    # The candidate that diverged in epoch 2 kept epoch 1 and said so; the excluded one too.
+    assert any("candidate 'conv1' at lr 10 is excluded" in w for w in warnings), warnings
+    assert any("'conv1': fine-tuning diverged in epoch 2 at lr 3; kept epoch 1" in w
+               and "finetune.lr_grid" in w for w in warnings), warnings
+    if sweep["chosen"] == 1:
+        assert result["finetune"]["diverged"]["kept_epoch"] == 1
+
+
+def test_a_sweep_whose_every_candidate_diverges_at_once_fails_naming_the_grid(
+        digits_checkpoint_path: Path, digits_job_config: dict[str, Any], tmp_path: Path) -> None:
+    config = _diverging_grid(digits_job_config, [10.0, 7.0])
+    with pytest.raises(NumericalError, match="every candidate") as raised:
+        run_pipeline(config, digits_checkpoint_path, tmp_path)
+    assert raised.value.field == "finetune.lr_grid"
 
 
 def test_the_sweep_chooses_by_the_rule_over_all_curves(

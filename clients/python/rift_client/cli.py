@@ -1038,6 +1038,9 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
             _Column("clean (%)", lambda c: _number(c.clean_accuracy)),
             _Column("robust (%)", lambda c: _number(c.robust_accuracy)),
             _Column("θ_FT", _candidate_weights)])
+        for candidate in curves.candidates:
+            if candidate.reason:
+                state.say(f"candidate {candidate.index} excluded: {candidate.reason}")
     if not (curves.epochs or curves.interpolation or curves.candidates):
         state.say("no curves yet")
 

@@ -258,8 +258,11 @@ class CandidateCurve(_Resource):
     index: int
     module: str
     lr: float
-    status: str
+    status: str = Field(description="'failed': excluded from the pick (see ``reason``).")
     attempts: int = 0
+    reason: str | None = Field(
+        None, description="Why the candidate was excluded from the pick (its fine-tuning "
+        "diverged in the first epoch); None otherwise, or from a server older than this field.")
     chosen: bool = Field(False, description="The candidate the α rule picked across all curves.")
     chosen_alpha: float | None = None
     clean_accuracy: float | None = None
