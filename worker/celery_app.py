@@ -8,6 +8,14 @@ worker`` also checks the schema and ``WORKER_DEVICE`` before it takes a message
 
 from __future__ import annotations
 
+import os
+
+# Before anything imports torch, which reads it once: CPU tensors of 2 MiB and more on
+# transparent huge pages (see rift/__main__.py; a value the operator set is kept, "0" = off).
+# The activations of a CPU stage's batches are larger than the 32 MiB glibc's mmap threshold
+# can reach (worker/allocator.py), so without it each batch faults them in again page by page.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 from typing import Any
 
 from celery.signals import worker_init
