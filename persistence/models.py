@@ -495,6 +495,7 @@ class JobEvent(Base):
     __tablename__ = "job_events"
 
     # BIGINT on Postgres; SQLite only auto-increments a column declared INTEGER PRIMARY KEY.
+    # Clients read the id as the event's identity and resume after it: one is never reused.
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -502,7 +503,11 @@ class JobEvent(Base):
     payload: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+    __table_args__ = (
+        Index("ix_job_events_job_id_id", "job_id", "id"),
+        # SQLite: ids are never given twice, as a Postgres sequence's (migration 0021).
+        {"sqlite_autoincrement": True},
+    )
 
 
 class Artifact(Base):
