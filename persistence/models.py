@@ -320,7 +320,7 @@ class Job(Base):
     @property
     def label_dict(self) -> dict[str, str]:
         """The labels as a mapping, keys in code point order (:func:`by_code_point`)."""
-        return {label.key: label.value for label in by_code_point(self.labels, lambda x: x.key)}
+        return {label.key: label.value for label in by_code_point(self.labels, lambda label: label.key)}
 
     @property
     def is_finished(self) -> bool:
