@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from persistence.migrate import upgrade_database
-from persistence.models import Artifact, Worker, utcnow
+from persistence.models import Artifact, Job, Worker, utcnow
 from persistence.settings import Settings
 from tests.api.conftest import _empty_postgres
 from tests.api.helpers import Api, RecordingDispatcher, digits_config, make_key, upload_checkpoint
@@ -127,3 +128,25 @@ def test_lists_sorted_by_text_come_in_one_order(apis: dict[str, Api],
 
     answers = same_answers(apis, lists)
     assert all(names == sorted(names) for names in answers.values()), answers
+
+
+def test_jobs_created_at_the_same_instant_are_listed_by_id(apis: dict[str, Api],
+                                                          small_cnn_file: Path) -> None:
+    # Before: the jobs keeping a checkpoint from deletion (409 referenced, details.job_ids) were
+    # ordered by created_at alone, so ties came in whatever order each database read them.
+    def referencing(api: Api) -> bool:
+        checkpoint = upload_checkpoint(api, small_cnn_file)
+        ids = [api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                                 "config": digits_config()}).json()["id"]
+               for _ in range(6)]
+        with api.sessions() as session:
+            session.execute(update(Job).where(Job.id.in_(ids)).values(
+                status="succeeded", created_at=utcnow()))
+            session.commit()
+        refused = api.client.delete(f"/v1/checkpoints/{checkpoint['id']}")
+        assert refused.status_code == 409, refused.text
+        listed = refused.json()["error"]["job_ids"]
+        assert sorted(listed) == sorted(ids)
+        return bool(listed == sorted(ids))
+
+    assert same_answers(apis, referencing)
