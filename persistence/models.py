@@ -505,7 +505,7 @@ class JobEvent(Base):
 
     __table_args__ = (
         Index("ix_job_events_job_id_id", "job_id", "id"),
-        # SQLite: ids are never given twice, as a Postgres sequence's (migration 0021).
+        # SQLite: ids are never given twice, as a Postgres sequence's (migration 0022).
         {"sqlite_autoincrement": True},
     )
 

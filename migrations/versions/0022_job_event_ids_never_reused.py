@@ -5,8 +5,8 @@ events' ids again, so a client that keys events by id took them for ones it had 
 API's poll for new events (``EVENT_NOTIFY=poll``, the embedded default), which looks for ids above
 the highest it has seen, missed them until an id passed that mark. Postgres: nothing to change.
 
-Revision ID: 0021
-Revises: 0020
+Revision ID: 0022
+Revises: 0021
 Create Date: 2026-11-27 02:20:00
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0021"
-down_revision: str | None = "0020"
+revision: str = "0022"
+down_revision: str | None = "0021"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
