@@ -62,11 +62,36 @@ def _connect(engine: Engine) -> Connection:
         raise SystemExit(f"rift: DATABASE_URL: the database {verb}: {reason}") from None
 
 
+def _sqlite_foreign_keys(connection: Connection, on: bool) -> None:
+    """Turn SQLite's foreign-key enforcement on or off for this connection. Only outside a
+    transaction: SQLite ignores the pragma inside one, so it goes to the driver's connection
+    before SQLAlchemy begins one."""
+    if connection.dialect.name == "sqlite":
+        connection.connection.driver_connection.execute(  # type: ignore[union-attr]
+            f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+
+
+def _check_sqlite_foreign_keys(connection: Connection) -> None:
+    """Refuse (and so roll back) a migration that left a row pointing at no row: the check
+    SQLite's own procedure for changing a table ends with, since enforcement was off."""
+    if connection.dialect.name != "sqlite":
+        return
+    broken = connection.execute(text("PRAGMA foreign_key_check")).all()
+    if broken:
+        raise SystemExit(f"rift: the migration left rows whose foreign keys point at no row "
+                         f"(table, rowid, parent): {[tuple(row[:3]) for row in broken[:5]]}")
+
+
 def run_migrations_online() -> None:
-    """Connect and migrate; SQLite gets the same pragmas as the service's own engine."""
+    """Connect and migrate; SQLite gets the same pragmas as the service's own engine, except
+    foreign keys: batch mode changes a SQLite table by copying it to a new one and dropping the
+    old, and with enforcement on, that DROP deletes the rows of every table referencing it
+    (ON DELETE CASCADE: a job's stages, events, labels...) or fails (RESTRICT: the upgrade
+    from 0001 of a database holding a job stopped at 0002's rebuild of ``checkpoints``)."""
     engine = create_db_engine(_database_url())
     try:
         with _connect(engine) as connection:
+            _sqlite_foreign_keys(connection, on=False)
             context.configure(
                 connection=connection,
                 target_metadata=target_metadata,
@@ -79,6 +104,8 @@ def run_migrations_online() -> None:
                 # one the run before it committed.
                 _serialize_migrations(connection)
                 context.run_migrations()
+                _check_sqlite_foreign_keys(connection)
+            _sqlite_foreign_keys(connection, on=True)
     finally:
         engine.dispose()
 

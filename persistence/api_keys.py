@@ -20,7 +20,16 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from persistence.models import ApiKey, Checkpoint, Dataset, Job, Project, new_id, utcnow
+from persistence.models import (
+    ApiKey,
+    Checkpoint,
+    Dataset,
+    Job,
+    Project,
+    by_code_point,
+    new_id,
+    utcnow,
+)
 
 KEY_PREFIX = "rift_"
 _KEY = re.compile(r"^rift_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})$")
@@ -124,7 +133,8 @@ def adopt_unowned(session: Session, project: Project) -> dict[str, int]:
 
 
 def list_projects(session: Session) -> list[Project]:
-    return list(session.execute(select(Project).order_by(Project.name)).scalars())
+    """Every project, by name."""
+    return by_code_point(session.execute(select(Project)).scalars(), lambda project: project.name)
 
 
 def check_key_request(scopes: list[str], name: str | None = None) -> list[str]:

@@ -6,10 +6,16 @@ lock instead of failing at once) and foreign keys (off by default in SQLite). Tr
 with ``BEGIN IMMEDIATE``: a transaction that reads and then writes would otherwise hold a read
 snapshot that SQLite cannot upgrade once another process has written, and fail with "database is
 locked" instead of waiting. Postgres goes through psycopg 3.
+
+JSON columns are read back with every object's keys in sorted order, on both backends: Postgres
+stores them as JSONB, which keeps keys in its own order (shorter keys first), while SQLite keeps
+the order they were written in, so the same job's ``config``, ``metrics`` and event payloads
+came back in different orders from the two.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +59,15 @@ def settings_refused_by_database(exc: BaseException) -> str | None:
     return reason[:300]
 
 
+def _sorted_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return dict(sorted(pairs))
+
+
+def load_json(text: str | bytes) -> Any:
+    """A JSON column's value, every object's keys sorted (see the module docstring)."""
+    return json.loads(text, object_pairs_hook=_sorted_object)
+
+
 #: Postgres connect timeout (s) of an engine made without settings (migrations, tests).
 DEFAULT_CONNECT_TIMEOUT_S = 5
 
@@ -71,7 +86,7 @@ def create_db_engine(url: str | URL, *, echo: bool = False,
     if parsed.get_backend_name() != "sqlite":
         size, overflow, timeout_s = pool
         # pre_ping: a worker idle for hours must not fail its first query on a dropped connection.
-        return create_engine(parsed, echo=echo, pool_pre_ping=True,
+        return create_engine(parsed, echo=echo, pool_pre_ping=True, json_deserializer=load_json,
                              pool_size=size, max_overflow=overflow, pool_timeout=timeout_s,
                              connect_args={"connect_timeout": connect_timeout_s})
 
@@ -81,6 +96,7 @@ def create_db_engine(url: str | URL, *, echo: bool = False,
     engine = create_engine(
         parsed,
         echo=echo,
+        json_deserializer=load_json,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
     )
     event.listen(engine, "connect", _configure_sqlite_connection)

@@ -35,6 +35,7 @@ from persistence.models import (
     MRCRow,
     StageStatus,
     SweepCandidate,
+    by_code_point,
     utcnow,
 )
 from persistence.pages import before_cursor, older_than, page_of
@@ -380,9 +381,9 @@ def _read_summaries(session: Session, query: Select[Any], *, with_spec: bool,
     labels_of: dict[str, dict[str, str]] = {job_id: {} for job_id in ids}
     stages_of: dict[str, list[StageSummary]] | None = None
     if ids:
-        for job_id, key, value in session.execute(
+        for job_id, key, value in by_code_point(session.execute(
                 select(JobLabel.job_id, JobLabel.key, JobLabel.value)
-                .where(JobLabel.job_id.in_(ids)).order_by(JobLabel.job_id, JobLabel.key)):
+                .where(JobLabel.job_id.in_(ids))).tuples(), lambda row: row[1]):
             labels_of[job_id][key] = value
         if with_stages:
             stages_of = {job_id: [] for job_id in ids}
@@ -449,8 +450,8 @@ def get_sweep_candidates(session: Session, job_id: str) -> list[SweepCandidate]:
 
 def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
     """The job's artifacts by name."""
-    query = select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)
-    return list(session.execute(query).scalars())
+    query = select(Artifact).where(Artifact.job_id == job_id)
+    return by_code_point(session.execute(query).scalars(), lambda artifact: artifact.name)
 
 
 def get_artifact(session: Session, job_id: str, name: str) -> Artifact | None:

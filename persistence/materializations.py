@@ -44,6 +44,7 @@ from persistence.transactions import (
     PersistenceError,
     load_job,
     lock_project,
+    storable_text,
     transaction,
 )
 
@@ -369,7 +370,7 @@ def fail_materialization(session: Session, materialization_id: str, message: str
 
 def _end_failed(row: Materialization, message: str, now: datetime) -> None:
     row.status = MaterializationStatus.FAILED
-    row.error_message = message[:4000]
+    row.error_message = storable_text(message)[:4000]
     row.finished_at = now
     row.lease_owner = None
     row.lease_expires_at = None

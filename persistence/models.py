@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -37,6 +38,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+T = TypeVar("T")
 
 
 class JobStatus(enum.StrEnum):
@@ -78,6 +81,14 @@ class DatasetKind(enum.StrEnum):
 #: were made with: changing a type there means recreating the table, which with foreign keys on
 #: would cascade-delete the rows that reference it.
 MODULE_NAME = Text().with_variant(String(255), "sqlite")
+
+
+def by_code_point(items: Iterable[T], key: Callable[[T], str]) -> list[T]:
+    """``items`` sorted by the text ``key`` gives, in Python (code point order), not by ORDER BY:
+    Postgres orders text by the database's collation (en_US puts "a_b" before "a-c" before "ab",
+    "a" before "B"), SQLite by code point, so a list sorted by the database came in a different
+    order from each."""
+    return sorted(items, key=key)
 
 
 def utcnow() -> datetime:
@@ -284,7 +295,6 @@ class Job(Base):
     dataset: Mapped[Dataset | None] = relationship(lazy="raise_on_sql")
     labels: Mapped[list[JobLabel]] = relationship(
         back_populates="job", cascade="all, delete-orphan", lazy="selectin",
-        order_by="JobLabel.key",
     )
     stages: Mapped[list[JobStage]] = relationship(
         back_populates="job", cascade="all, delete-orphan", lazy="selectin",
@@ -309,8 +319,8 @@ class Job(Base):
 
     @property
     def label_dict(self) -> dict[str, str]:
-        """The labels as a mapping."""
-        return {label.key: label.value for label in self.labels}
+        """The labels as a mapping, keys in code point order (:func:`by_code_point`)."""
+        return {label.key: label.value for label in by_code_point(self.labels, lambda label: label.key)}
 
     @property
     def is_finished(self) -> bool:
@@ -485,6 +495,7 @@ class JobEvent(Base):
     __tablename__ = "job_events"
 
     # BIGINT on Postgres; SQLite only auto-increments a column declared INTEGER PRIMARY KEY.
+    # Clients read the id as the event's identity and resume after it: one is never reused.
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -492,7 +503,11 @@ class JobEvent(Base):
     payload: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+    __table_args__ = (
+        Index("ix_job_events_job_id_id", "job_id", "id"),
+        # SQLite: ids are never given twice, as a Postgres sequence's (migration 0022).
+        {"sqlite_autoincrement": True},
+    )
 
 
 class Artifact(Base):

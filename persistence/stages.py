@@ -47,6 +47,7 @@ from persistence.transactions import (
     load_job,
     load_stages,
     log_event,
+    storable_text,
     touch,
     transaction,
 )
@@ -277,7 +278,7 @@ def _write_progress(session: Session, job_id: str, stage: str, fraction: float,
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.stage == stage)
         .values(stage_progress=min(max(float(fraction), 0.0), 1.0),
-                progress_message=message[:500] if message else None, updated_at=now)
+                progress_message=storable_text(message)[:500] if message else None, updated_at=now)
         .execution_options(synchronize_session=False)
     )
 
@@ -554,14 +555,6 @@ def fail_job(session: Session, job_id: str, code: str, message: str, *,
                 raise LeaseLost(f"worker {owner} does not hold stage '{stage}' of job {job_id}")
             _fail(session, job, row, code, message, now)
     return job
-
-
-def storable_text(text: str) -> str:
-    """``text`` with lone surrogates written as ``\\udcXX`` escapes: a file name that is not
-    UTF-8 (a tar packed on a Latin-1 system) reaches Python as such surrogates, and a library
-    error naming the file could not be stored (the database drivers encode UTF-8 and raised
-    UnicodeEncodeError, so the job was not marked failed)."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _fail(session: Session, job: Job, stage: JobStage | None, code: str, message: str,

@@ -134,10 +134,31 @@ def touch(job: Job, now: datetime) -> None:
     flag_modified(job, "updated_at")
 
 
+def storable_text(text: str) -> str:
+    """``text`` with lone surrogates written as ``\\udcXX`` escapes and NUL as ``\\x00``: a file
+    name that is not UTF-8 (a tar packed on a Latin-1 system) reaches Python as such surrogates,
+    and a library error naming the file could not be stored (the database drivers encode UTF-8
+    and raised UnicodeEncodeError, so the job was not marked failed). Postgres refuses NUL in
+    text and JSON (SQLite stores it), so an error quoting a name read from an upload failed to
+    be stored there only."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _storable(value: Any) -> Any:
+    """An event payload with :func:`storable_text` applied to every string in it."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, Mapping):
+        return {storable_text(str(key)): _storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(item) for item in value]
+    return value
+
+
 def log_event(session: Session, job_id: str, kind: str, payload: Mapping[str, Any],
               now: datetime) -> JobEvent:
     """Add an event to the session (written when the caller's transaction commits)."""
-    event = JobEvent(job_id=job_id, kind=str(kind), payload=dict(payload), created_at=now)
+    event = JobEvent(job_id=job_id, kind=str(kind), payload=_storable(payload), created_at=now)
     session.add(event)
     if kind in (EventKind.JOB_SUCCEEDED, EventKind.JOB_FAILED, EventKind.JOB_CANCELLED):
         # The webhook messages of a job's end join this transaction (an outbox): they exist if

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from persistence.models import Worker, utcnow
+from persistence.models import Worker, by_code_point, utcnow
 from persistence.transactions import transaction
 
 #: Heartbeats a worker may miss before it counts as gone: one missed renewal (a slow query, a
@@ -78,8 +78,9 @@ def live_workers(session: Session, *, heartbeat_seconds: float, queue: str | Non
     """The workers seen within :data:`LIVE_HEARTBEATS` heartbeats, by id; with ``queue``, only
     those consuming it."""
     rows = session.execute(select(Worker).where(
-        Worker.last_seen_at >= live_cutoff(heartbeat_seconds, now)).order_by(Worker.id)).scalars()
-    return [row for row in rows if queue is None or queue in (row.queues or [])]
+        Worker.last_seen_at >= live_cutoff(heartbeat_seconds, now))).scalars()
+    return [row for row in by_code_point(rows, lambda row: row.id)
+            if queue is None or queue in (row.queues or [])]
 
 
 def remove_stale_workers(session: Session, *, heartbeat_seconds: float,

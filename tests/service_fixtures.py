@@ -105,9 +105,10 @@ def migrated_database(template: str, prefix: str = "rift_test") -> Iterator[str]
 
 
 @contextlib.contextmanager
-def empty_database(prefix: str = "rift_test") -> Iterator[str]:
-    """A new Postgres database with no schema (for the migrations themselves); yields its URL,
-    drops it after. Skips the test when Postgres cannot be reached."""
+def empty_database(prefix: str = "rift_test", options: str = "") -> Iterator[str]:
+    """A new Postgres database with no schema (for the migrations themselves), made with the
+    CREATE DATABASE ``options`` (a collation); yields its URL, drops it after. Skips the test
+    when Postgres cannot be reached."""
     try:
         with _admin_connection():
             pass
@@ -115,7 +116,7 @@ def empty_database(prefix: str = "rift_test") -> Iterator[str]:
         pytest.skip(f"Postgres is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with _admin_connection() as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
+        connection.execute(f'CREATE DATABASE "{name}" {options}')
     try:
         yield _database_url(name)
     finally:

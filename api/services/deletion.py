@@ -25,7 +25,7 @@ def _refuse_if_used(session: Session, column: InstrumentedAttribute[str | None],
                     resource_id: str, what: str) -> None:
     rows = session.execute(
         select(Job.id, Job.status).where(column == resource_id)
-        .order_by(Job.created_at).limit(1000)).all()
+        .order_by(Job.created_at, Job.id).limit(1000)).all()
     active = [job_id for job_id, status in rows if status in ACTIVE]
     if active:
         raise Conflict(

@@ -9,13 +9,13 @@ from datetime import timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import delete, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages
 from persistence.db import create_db_engine
 from persistence.migrate import downgrade_database, upgrade_database
-from persistence.models import Base, InterpolationPoint, JobStatus, Project, StageStatus
+from persistence.models import Base, InterpolationPoint, Job, JobStatus, Project, StageStatus
 from persistence.pages import InvalidCursor
 from persistence.stages import ClaimOutcome, StageOutputs
 from tests.persistence.helpers import (
@@ -201,6 +201,19 @@ def test_events_page_by_id(sessions: sessionmaker[Session], new_job: Callable[..
     assert [e.kind for e in first] == ["job_created", "epoch", "epoch"]
     assert [e.payload["epoch"] for e in rest] == [2, 3, 4]
     assert first[0].created_at.tzinfo is not None
+
+
+def test_event_ids_are_never_given_twice(sessions: sessionmaker[Session],
+                                         new_job: Callable[..., str]) -> None:
+    # Before, on SQLite: the next event after deleting the job holding the newest ones got
+    # their ids again (the table's largest id + 1), as no Postgres sequence ever does.
+    kept, deleted = new_job(), new_job()
+    with sessions() as session:
+        given = [jobs.append_event(session, job_id, "epoch", {}).id
+                 for job_id in (kept, deleted, deleted)]
+        session.execute(delete(Job).where(Job.id == deleted))  # its events go with it
+        session.commit()
+        assert jobs.append_event(session, kept, "epoch", {}).id > max(given)
 
 
 # --------------------------------------------------------------------------------------------

@@ -310,3 +310,14 @@ def test_a_materialization_handed_back_by_a_stopping_worker_is_queued_uncounted(
         row = _row(sessions, row_id)
         assert (row.status, row.attempts, row.lease_owner, row.dispatched_at) == (
             "queued", 0, None, T0 + timedelta(seconds=turn))
+
+
+def test_a_failure_message_holding_nul_is_stored_on_both_databases(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # Before: Postgres refused the NUL (SQLite stored it), so the failure was not recorded.
+    job_id = _succeeded(sessions, new_job)
+    with sessions() as session:
+        row_id = materializations.request_materialization(session, job_id, 0.5,
+                                                          evaluate=False).row.id
+        materializations.fail_materialization(session, row_id, "no tensor 'a\x00b'")
+    assert _row(sessions, row_id).error_message == "no tensor 'a\\x00b'"

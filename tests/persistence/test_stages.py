@@ -532,3 +532,19 @@ def test_a_stage_handed_back_by_a_stopping_worker_waits_uncounted_for_another(
         stages.mark_cancelled(session, job_id)
     with pytest.raises(stages.LeaseLost), sessions() as session:
         stages.hand_back_stage(session, job_id, "mrc", owner="w9")
+
+
+def test_a_failure_message_holding_nul_is_stored_on_both_databases(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # Postgres refuses NUL in text and JSON (SQLite stores it): before, a library error quoting
+    # a name read from an upload ("key 'a\x00b'") could not be written there, so the job was
+    # not marked failed on Postgres, as it was on SQLite.
+    job_id = new_job()
+    claim(sessions, job_id, owner="w1")
+    with sessions() as session:
+        stages.fail_job(session, job_id, "invalid_checkpoint", "no weights under 'a\x00b'",
+                        owner="w1")
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+        assert (job.status, job.error_message) == ("failed", "no weights under 'a\\x00b'")
+        assert jobs.list_events(session, job_id)[-1].payload["message"] == job.error_message
