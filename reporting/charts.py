@@ -19,11 +19,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reporting.svg import BarSeries, LineSeries, Mark, Reference, bar_chart, line_chart
+from reporting.svg import (
+    BarSeries,
+    LineSeries,
+    Mark,
+    Reference,
+    bar_chart,
+    line_chart,
+    short_label,
+)
 
 #: File names under which the worker stores the charts as job artifacts.
 CHART_ARTIFACTS = {"mrc": "mrc.svg", "finetune": "finetune.svg", "alpha": "interpolation_alpha.svg",
                    "tradeoff": "interpolation.svg"}
+#: Characters of the module name in the α chart's title: the rest of the title takes 44 of the
+#: about 70 that 13 px bold text fits into the chart's 560 px; a longer name ran past both
+#: edges, cut off (its start and the title's with it). The whole name is the title's tooltip.
+TITLE_NAME_CHARS = 24
 
 
 @dataclass(frozen=True)
@@ -92,14 +104,15 @@ def mrc_chart(rows: Sequence[Mapping[str, Any]], selected: str | None) -> str:
                        [BarSeries("robust accuracy drop",
                                   [_number(r.get("robust_accuracy_drop")) for r in rows])],
                        y_label="drop (percentage points)", highlight=selected)
-    width = max(_width_of(top), _width_of(bottom))
+    width = max(chart_width(top), chart_width(bottom))
     height = _height_of(top) + _height_of(bottom)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart-figure" data-figure="mrc" '
             f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">\n{top}\n'
             f'<g transform="translate(0,{_height_of(top)})">\n{bottom}\n</g>\n</svg>')
 
 
-def _width_of(svg: str) -> int:
+def chart_width(svg: str) -> int:
+    """The width (px) a chart of this module is drawn at: its root element's ``width``."""
     return int(svg.split('width="', 1)[1].split('"', 1)[0])
 
 
@@ -144,9 +157,10 @@ def alpha_chart(curve: Curve) -> str:
         for key, label in (("clean_accuracy", "chosen"), ("robust_accuracy", "")):
             if (value := measured(chosen, key)) is not None:
                 marks.append(Mark(alpha, value, label))
-    return line_chart("alpha", f"Interpolation θ_α = (1 − α) θ_AT + α θ_FT ({curve.name})",
+    title = "Interpolation θ_α = (1 − α) θ_AT + α θ_FT ({})"
+    return line_chart("alpha", title.format(short_label(curve.name, TITLE_NAME_CHARS)),
                       [clean, robust], x_label="α", y_label="accuracy (%)",
-                      references=references, marks=marks)
+                      references=references, marks=marks, tooltip=title.format(curve.name))
 
 
 def tradeoff_chart(curves: Sequence[Curve]) -> str:

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from reporting.charts import Curve, job_charts
+from reporting.charts import Curve, chart_width, job_charts
+
+#: Charts wider than this (px; the page's 1200 px less its margins) keep their size and scroll
+#: sideways in their own box instead of scaling down to the page: the MRC chart of a model with
+#: 300 scored modules (6690 px) scaled to 1136 × 54 px, bars and labels too small to see.
+WIDE_CHART = 1150
 
 #: The page loads nothing: styles are inline, images are inline SVG.
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -25,7 +30,7 @@ _STYLE = """
 body{font-family:sans-serif;margin:24px;color:#222;max-width:1200px}
 @media (max-width:600px){body{margin:8px}}
 svg{max-width:100%;height:auto}figure{margin:0;min-width:0;max-width:100%}
-.scroll{overflow-x:auto;max-width:100%}.curve{min-width:0;max-width:100%}
+.scroll,.wide{overflow-x:auto;max-width:100%}.wide svg{max-width:none}.curve{min-width:0;max-width:100%}
 td.name,dd,h1,h3{overflow-wrap:anywhere}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
@@ -150,8 +155,10 @@ def _robust_legend(curves: Sequence[Curve]) -> str:
 def render_report(data: ReportData) -> str:
     """The whole HTML document."""
     charts = job_charts(data.mrc_rows, data.selected_module, data.epochs, data.curves)
-    chart_html = "".join(f"<figure class='figure' data-figure='{name}'>{svg}</figure>"
-                         for name, svg in charts.items()) or "<p>No results yet.</p>"
+    chart_html = "".join(
+        f"<figure class='figure{' wide' if chart_width(svg) > WIDE_CHART else ''}' "
+        f"data-figure='{name}'>{svg}</figure>" for name, svg in charts.items()
+    ) or "<p>No results yet.</p>"
     manifest = ("<p>No manifest recorded.</p>" if data.manifest is None else
                 f"<pre class='manifest'>{escape(json.dumps(data.manifest, indent=2))}</pre>")
     return (

@@ -133,8 +133,13 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     if not (math.isfinite(low) and math.isfinite(high)):
         return [0.0, 1.0]
     low, high = (min(max(v, -AXIS_LIMIT), AXIS_LIMIT) for v in (low, high))
-    if high <= low:
-        high = low + (abs(low) or 1.0)
+    if high <= low and low == 0.0:
+        high = 1.0  # bars all at 0 (or no value): the zero line at the bottom
+    elif high <= low:
+        # One value: centred in a range 10 % of its size. (It was [v, 2v]: a fine-tune of one
+        # epoch or the first α point drew its one point in the chart's corner, on the axis.)
+        pad = abs(low) * 0.05
+        low, high = low - pad, high + pad
     raw = (high - low) / max(count, 1)
     if raw < _TINY_STEP:
         high = low + 1.0
@@ -151,12 +156,15 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     return ticks
 
 
-def _open(frame: _Frame, chart: str, title: str) -> None:
+def _open(frame: _Frame, chart: str, title: str, tooltip: str | None = None) -> None:
+    """The chart's root element and its title; ``tooltip`` (default: ``title``) is the whole
+    title where the one drawn is shortened."""
+    tooltip = tooltip or title
     frame.parts.append(
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-chart={quoteattr(chart)} '
         f'width="{frame.width}" height="{frame.height}" viewBox="0 0 {frame.width} {frame.height}" '
-        f'role="img" aria-label={quoteattr(title)} style="{FONT}">')
-    frame.parts.append(f"<title>{escape(title)}</title>")
+        f'role="img" aria-label={quoteattr(tooltip)} style="{FONT}">')
+    frame.parts.append(f"<title>{escape(tooltip)}</title>")
     frame.parts.append(f'<rect width="{frame.width}" height="{frame.height}" fill="#fff"/>')
     frame.parts.append(f'<text class="title" x="{frame.width / 2:.1f}" y="18" text-anchor="middle" '
                        f'style="font-size:13px;font-weight:bold">{escape(title)}</text>')
@@ -278,10 +286,11 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
 
 def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label: str,
                y_label: str, references: Sequence[Reference] = (), marks: Sequence[Mark] = (),
-               width: int = 560, height: int = 340) -> str:
-    """Lines with a point per value, optional reference lines and highlighted marks."""
+               width: int = 560, height: int = 340, tooltip: str | None = None) -> str:
+    """Lines with a point per value, optional reference lines and highlighted marks;
+    ``tooltip``: the whole title where ``title`` is a shortened one."""
     frame = _framed(width, height, [s.name for s in series])
-    _open(frame, chart, title)
+    _open(frame, chart, title, tooltip)
     xs = [x for s in series for x, y in s.points if _finite(x) and _finite(y)]
     ys = [y for s in series for x, y in s.points if _finite(x) and _finite(y)]
     xs += [r.value for r in references if r.axis == "x" and _finite(r.value)]
