@@ -97,12 +97,17 @@ def _pairs(points: Sequence[Mapping[str, Any]], x_key: str,
 def mrc_chart(rows: Sequence[Mapping[str, Any]], selected: str | None) -> str:
     """Two panels over the modules in table order: MRC, and robust-accuracy drop (points)."""
     modules = [str(row.get("module", row.get("name", ""))) for row in rows]
+    # Rows mrc.table = "selection" stopped early hold lower bounds (the table shows "≥"): their
+    # bars are pale, and the legend says so. They were drawn as if measured to the end.
+    partial = [row.get("exact") is False for row in rows]
+    note = " (pale: stopped early, ≥)" if any(partial) else ""
     top = bar_chart("mrc", "Module robust criticality (MRC)", modules,
-                    [BarSeries("MRC", [_number(r.get("mrc")) for r in rows])],
+                    [BarSeries("MRC" + note, [_number(r.get("mrc")) for r in rows], partial)],
                     y_label="MRC (robust loss increase)", highlight=selected)
     bottom = bar_chart("robust-drop", "Robust accuracy drop at the worst perturbation", modules,
-                       [BarSeries("robust accuracy drop",
-                                  [_number(r.get("robust_accuracy_drop")) for r in rows])],
+                       [BarSeries("robust accuracy drop" + note,
+                                  [_number(r.get("robust_accuracy_drop")) for r in rows],
+                                  partial)],
                        y_label="drop (percentage points)", highlight=selected)
     width = max(chart_width(top), chart_width(bottom))
     height = _height_of(top) + _height_of(bottom)
@@ -192,7 +197,10 @@ def job_charts(mrc_rows: Sequence[Mapping[str, Any]], selected: str | None,
         charts["mrc"] = mrc_chart(mrc_rows, selected)
     if epochs:
         charts["finetune"] = finetune_chart(epochs)
-    if curves and curves[0].points:
-        charts["alpha"] = alpha_chart(curves[0])
-        charts["tradeoff"] = tradeoff_chart([c for c in curves if c.points])
+    measured = [c for c in curves if c.points]
+    # The first curve with points: while a sweep runs, its first candidate may not have
+    # finished when others have (their curves were left undrawn until it did).
+    if measured:
+        charts["alpha"] = alpha_chart(measured[0])
+        charts["tradeoff"] = tradeoff_chart(measured)
     return charts

@@ -18,8 +18,9 @@ from xml.sax import saxutils
 
 # Characters XML 1.0 forbids even escaped (C0 controls but tab and newlines, lone surrogates,
 # U+FFFE/U+FFFF): one in a module name (which the uploaded model chooses) made the whole chart
-# unreadable, since an SVG file is parsed as XML. They become U+FFFD.
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# unreadable, since an SVG file is parsed as XML. They become U+FFFD, and so do C1 controls (XML
+# allows them, but the report page draws these charts inline in HTML, where they are an error).
+_NOT_XML = re.compile("[^\t\n\r\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def escape(text: str) -> str:
@@ -55,10 +56,13 @@ def short_label(name: str, limit: int) -> str:
 
 @dataclass(frozen=True)
 class BarSeries:
-    """One value per category (None: no bar)."""
+    """One value per category (None: no bar). ``partial`` (optional, one flag per value): values
+    not measured to the end (an MRC stopped once it ruled its module out), drawn pale with
+    "≥" in their tooltip."""
 
     name: str
     values: Sequence[float | None]
+    partial: Sequence[bool] = ()
 
 
 @dataclass(frozen=True)
@@ -264,12 +268,15 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
             assert value is not None
             top, bottom = sorted((y_of(value), zero))
             colour = PALETTE[number % len(PALETTE)]
+            partial = index < len(item.partial) and item.partial[index]
+            pale = f' data-partial="true" fill-opacity="0.35" stroke="{colour}"' if partial else ""
             frame.parts.append(
                 f'<rect class="bar" data-category={quoteattr(category)} '
                 f'data-series={quoteattr(item.name)} data-value="{value:.6g}" '
                 f'x="{x0 + bar * number:.1f}" y="{top:.1f}" width="{bar:.1f}" '
-                f'height="{max(bottom - top, 0.5):.1f}" fill="{colour}">'
-                f"<title>{escape(category)}: {escape(item.name)} = {value:.4g}</title></rect>")
+                f'height="{max(bottom - top, 0.5):.1f}" fill="{colour}"{pale}>'
+                f"<title>{escape(category)}: {escape(item.name)} {'≥' if partial else '='} "
+                f"{value:.4g}</title></rect>")
         label_x = frame.left + group * (index + 0.5)
         label_y = frame.top + frame.plot_height + 8
         style = f' style="font-weight:bold;fill:{HIGHLIGHT}"' if category == highlight else ""

@@ -25,6 +25,9 @@ NUMERIC_ATTRIBUTES = frozenset({"x", "y", "x1", "x2", "y1", "y2", "cx", "cy", "r
 #: Words a page must never show: a value that was NaN, infinite, missing or undefined somewhere
 #: on its way to the page ("None" is Python's repr of a missing value).
 NOT_A_NUMBER = re.compile(r"(?<![\w.])(nan|NaN|inf|-inf|Infinity|undefined|None|null)(?![\w])")
+#: Characters that are a parse error in HTML text (C0 and C1 controls but whitespace, lone
+#: surrogates): a browser draws them as boxes.
+NOT_HTML_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?", re.IGNORECASE)
 
 
@@ -82,7 +85,8 @@ def parse_page(page: str) -> PageParts:
 def page_problems(page: str, *, max_bytes: int = 2_000_000) -> list[str]:
     """What a reader or a browser would find wrong with ``page``: markup beyond the page's own
     elements, an event-handler attribute, one ``<style>`` more, a NaN/undefined/Infinity shown as
-    text, a chart coordinate that is not a finite number, more than ``max_bytes``."""
+    text, a chart coordinate that is not a finite number, a control character, more than
+    ``max_bytes``."""
     problems = []
     parts = parse_page(page)
     foreign = sorted(set(parts.elements) - PAGE_ELEMENTS)
@@ -102,6 +106,9 @@ def page_problems(page: str, *, max_bytes: int = 2_000_000) -> list[str]:
             bad = [w for w in words if not _NUMBER.fullmatch(w) or not math.isfinite(float(w))]
             if bad:
                 problems.append(f"<{tag} {name}={value!r}>: not finite numbers {bad[:3]}")
+    controls = sorted({hex(ord(c)) for c in NOT_HTML_TEXT.findall(page)})
+    if controls:
+        problems.append(f"control characters {controls}")
     if len(page.encode()) > max_bytes:
         problems.append(f"{len(page.encode())} bytes")
     return problems

@@ -178,6 +178,9 @@ def test_report_and_metrics_in_every_state_in_a_real_browser(
                for kind, job_id in jobs.items()}
     assert outcome == {"single": "succeeded", "sweep": "succeeded", "sharded": "succeeded",
                        "selection": "succeeded", "cancelled": "cancelled"}, worker.log()[-3000:]
+    # A running job's page says which stage runs (it said "running" and, in MRC, nothing else).
+    running = [path for path in pages if "-running-" in path]
+    assert running and all(b"<dt>stage</dt><dd>" in pages[path][0] for path in running)
     # Every page as its parser sees it (text, markup, chart numbers) ...
     problems = {path: page_problems(body.decode()) for path, (body, _) in pages.items()}
     assert {path: found for path, found in problems.items() if found} == {}

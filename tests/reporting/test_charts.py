@@ -238,3 +238,21 @@ def test_alpha_chart_title_keeps_a_long_module_name_to_its_tail() -> None:
     assert shown.startswith("Interpolation θ_α") and shown.endswith("attn.qkv)")
     assert len(shown) <= 45 + TITLE_NAME_CHARS
     assert name in (root.findtext(f"{SVG}title") or "") and name in root.get("aria-label", "")
+
+
+def test_mrc_bars_of_rows_stopped_early_are_drawn_as_lower_bounds() -> None:
+    rows = [{"module": "conv1", "mrc": 0.6, "robust_accuracy_drop": 17.0, "exact": False},
+            {"module": "fc", "mrc": 0.25, "robust_accuracy_drop": 15.0, "exact": True}]
+    root = _parse(mrc_chart(rows, "fc"))
+    bars = {(e.get("data-series", "").split(" ")[0], e.get("data-category")): e
+            for e in root.iter(f"{SVG}rect") if e.get("class") == "bar"}
+    # mrc.table = "selection": conv1's MRC is at least 0.6 (the table says "≥ 0.6"); its bars
+    # looked like measured ones.
+    assert bars[("MRC", "conv1")].get("data-partial") == "true"
+    assert "≥ 0.6" in (bars[("MRC", "conv1")].findtext(f"{SVG}title") or "")
+    assert bars[("MRC", "fc")].get("data-partial") is None
+    assert "= 0.25" in (bars[("MRC", "fc")].findtext(f"{SVG}title") or "")
+    legend = " ".join(e.text or "" for e in root.iter(f"{SVG}text"))
+    assert "stopped early" in legend
+    full = _parse(mrc_chart([{**row, "exact": True} for row in rows], "fc"))
+    assert "stopped early" not in " ".join(e.text or "" for e in full.iter(f"{SVG}text"))
