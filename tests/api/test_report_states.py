@@ -197,4 +197,10 @@ def test_report_and_metrics_in_every_state_in_a_real_browser(
         assert found["scrollWidth"] == found["clientWidth"], (path, found)
         assert all(c["width"] >= c["natural"] - 1 for c in found["charts"]), (path, found)  # type: ignore[attr-defined]
         assert found["outside"] == [], (path, found["outside"])
+    # On a phone's width (Chromium's least window is 500 px; a frame can be narrower): charts
+    # scale down or scroll in their box, the page never scrolls sideways.
+    with StaticSite(pages, frame=(400, 800)) as site:
+        narrow = layout_of(load_page(site.url, timeout=180).dom)
+    assert {path: (found["scrollWidth"], found["clientWidth"]) for path, found in narrow.items()
+            if found["scrollWidth"] != found["clientWidth"]} == {}
     assert scrapes.count > 3
