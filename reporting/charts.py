@@ -102,12 +102,12 @@ def mrc_chart(rows: Sequence[Mapping[str, Any]], selected: str | None) -> str:
     partial = [row.get("exact") is False for row in rows]
     note = " (pale: stopped early, ≥)" if any(partial) else ""
     top = bar_chart("mrc", "Module robust criticality (MRC)", modules,
-                    [BarSeries("MRC" + note, [_number(r.get("mrc")) for r in rows], partial)],
+                    [BarSeries("MRC", [_number(r.get("mrc")) for r in rows], partial, note)],
                     y_label="MRC (robust loss increase)", highlight=selected)
     bottom = bar_chart("robust-drop", "Robust accuracy drop at the worst perturbation", modules,
-                       [BarSeries("robust accuracy drop" + note,
+                       [BarSeries("robust accuracy drop",
                                   [_number(r.get("robust_accuracy_drop")) for r in rows],
-                                  partial)],
+                                  partial, note)],
                        y_label="drop (percentage points)", highlight=selected)
     width = max(chart_width(top), chart_width(bottom))
     height = _height_of(top) + _height_of(bottom)

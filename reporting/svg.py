@@ -58,11 +58,12 @@ def short_label(name: str, limit: int) -> str:
 class BarSeries:
     """One value per category (None: no bar). ``partial`` (optional, one flag per value): values
     not measured to the end (an MRC stopped once it ruled its module out), drawn pale with
-    "≥" in their tooltip."""
+    "≥" in their tooltip. ``note``: added to the name in the legend only."""
 
     name: str
     values: Sequence[float | None]
     partial: Sequence[bool] = ()
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,8 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
     """Grouped bars: one group per category, one bar per series; the ``highlight`` category's
     label is drawn bold in the highlight colour (e.g. the module selected for fine-tuning)."""
     width = width or max(360, 90 + len(categories) * (10 + 12 * max(len(series), 1)))
-    frame = _framed(width, height, [s.name for s in series], bottom=110)
+    legend = [s.name + s.note for s in series]
+    frame = _framed(width, height, legend, bottom=110)
     _open(frame, chart, title)
     values = [float(v) for s in series for v in s.values if v is not None and math.isfinite(v)]
     ticks = nice_ticks(min([0.0, *values]), max([0.0, *values]) if values else 1.0)
@@ -287,7 +289,7 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
             "</text>")
     frame.parts.append(f'<line class="axis" x1="{frame.left}" x2="{frame.width - frame.right}" '
                        f'y1="{zero:.1f}" y2="{zero:.1f}" stroke="#333"/>')
-    _legend(frame, [s.name for s in series], [PALETTE[i % len(PALETTE)] for i in range(len(series))])
+    _legend(frame, legend, [PALETTE[i % len(PALETTE)] for i in range(len(series))])
     return _close(frame)
 
 

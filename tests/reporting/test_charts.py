@@ -244,7 +244,7 @@ def test_mrc_bars_of_rows_stopped_early_are_drawn_as_lower_bounds() -> None:
     rows = [{"module": "conv1", "mrc": 0.6, "robust_accuracy_drop": 17.0, "exact": False},
             {"module": "fc", "mrc": 0.25, "robust_accuracy_drop": 15.0, "exact": True}]
     root = _parse(mrc_chart(rows, "fc"))
-    bars = {(e.get("data-series", "").split(" ")[0], e.get("data-category")): e
+    bars = {(e.get("data-series"), e.get("data-category")): e
             for e in root.iter(f"{SVG}rect") if e.get("class") == "bar"}
     # mrc.table = "selection": conv1's MRC is at least 0.6 (the table says "≥ 0.6"); its bars
     # looked like measured ones.
