@@ -204,3 +204,16 @@ def test_report_and_metrics_in_every_state_in_a_real_browser(
     assert {path: (found["scrollWidth"], found["clientWidth"]) for path, found in narrow.items()
             if found["scrollWidth"] != found["clientWidth"]} == {}
     assert scrapes.count > 3
+    # The worker timed every part (2 MRC shards, 4 sweep candidates) and every stage attempt,
+    # the sharded ones too: they were missing, attempts outnumbering durations.
+    worker_samples = scrapes.last["worker"]
+
+    def total(name: str, stage: str) -> float:
+        return sum(value for (sample, labels), value in worker_samples.items()
+                   if sample == name and ("stage", stage) in labels)
+
+    assert total("rift_part_duration_seconds_count", "mrc") == 2
+    assert total("rift_part_duration_seconds_count", "finetune") == 4
+    for stage in ("mrc", "finetune", "interpolate"):
+        assert total("rift_stage_duration_seconds_count", stage) == total(
+            "rift_stage_attempts_total", stage), stage
