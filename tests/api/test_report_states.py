@@ -2,12 +2,12 @@
 consumers: headless Chromium (console, requests, layout) and ``prometheus_client``'s parser.
 
 Jobs run on a real Celery worker (Postgres, Redis) through the API: a plain job, a sweep, a
-sharded MRC, a ``selection`` table and curve, and one cancelled while fine-tuning. The report of
-each is fetched whenever its status or stage changes, and both metrics endpoints (the API's and
-the worker's) are scraped throughout. States no run makes on demand (a failure in each stage with
-a hostile message, hundreds of modules with hostile names, zero or one α point) are written into
-the database the way ``finish_stage`` and ``fail_job`` write them. Every page is then loaded in
-one Chromium start."""
+sharded MRC, a ``selection`` table and curve, one cancelled while fine-tuning and one on feature
+vectors (``mlp``). The report of each is fetched whenever its status or stage changes, and both
+metrics endpoints (the API's and the worker's) are scraped throughout. States no run makes on
+demand (a failure in each stage with a hostile message, hundreds of modules with hostile names,
+zero or one α point) are written into the database the way ``finish_stage`` and ``fail_job``
+write them. Every page is then loaded in one Chromium start."""
 
 from __future__ import annotations
 
@@ -52,6 +52,29 @@ def _configs(quick: dict[str, Any]) -> dict[str, dict[str, Any]]:
     cancelled["finetune"].update(epochs=40, lr_milestones=[])
     return {"single": single, "sweep": sweep, "sharded": sharded, "selection": selection,
             "cancelled": cancelled}
+
+
+def _tabular_job(api: Api, folder: Path) -> str:
+    """A job on feature vectors (an uploaded npz of shape (N, 30)) with the built-in ``mlp``."""
+    from rift.demo_tabular import make_tabular_checkpoint, tabular_demo_config, write_breast_cancer_npz
+
+    npz = write_breast_cancer_npz(folder / "bc.npz")
+    make_tabular_checkpoint(folder / "mlp.safetensors", npz, epochs=3)
+    dataset = api.client.post("/v1/datasets", files={"file": ("bc.npz", npz.read_bytes(),
+                                                              "application/zip")})
+    assert dataset.status_code == 201, dataset.text
+    config = tabular_demo_config("unused")
+    config["architecture"] = {"name": "mlp", "num_classes": 2, "hidden": [32, 32]}
+    config["dataset"] = {"name": "npz", "validation_fraction": 0.2}
+    config["mrc"].update(steps=2, num_examples=64)
+    config["finetune"].update(epochs=1, lr_milestones=[])
+    config["interpolation"]["alpha_step"] = 0.5
+    config.pop("device")
+    created = api.client.post("/v1/jobs", json={
+        "checkpoint_id": upload_checkpoint(api, folder / "mlp.safetensors")["id"],
+        "dataset_id": dataset.json()["id"], "config": config})
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
 
 
 def _report(api: Api, job_id: str) -> tuple[bytes, dict[str, str]]:
@@ -125,6 +148,7 @@ def test_report_and_metrics_in_every_state_in_a_real_browser(
             "labels": {"kind": kind, "note": HOSTILE.replace("\x07", "")}})
         assert created.status_code == 201, created.text
         jobs[kind] = created.json()["id"]
+    jobs["tabular"] = _tabular_job(api, tmp_path)
     snapshot("queued", jobs["single"])
 
     # States no run makes on demand, on jobs cancelled before any worker saw them.
@@ -177,7 +201,8 @@ def test_report_and_metrics_in_every_state_in_a_real_browser(
     outcome = {kind: api.client.get(f"/v1/jobs/{job_id}").json()["status"]
                for kind, job_id in jobs.items()}
     assert outcome == {"single": "succeeded", "sweep": "succeeded", "sharded": "succeeded",
-                       "selection": "succeeded", "cancelled": "cancelled"}, worker.log()[-3000:]
+                       "selection": "succeeded", "cancelled": "cancelled",
+                       "tabular": "succeeded"}, worker.log()[-3000:]
     # A running job's page says which stage runs (it said "running" and, in MRC, nothing else).
     running = [path for path in pages if "-running-" in path]
     assert running and all(b"<dt>stage</dt><dd>" in pages[path][0] for path in running)
