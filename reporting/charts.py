@@ -100,14 +100,13 @@ def mrc_chart(rows: Sequence[Mapping[str, Any]], selected: str | None) -> str:
     # Rows mrc.table = "selection" stopped early hold lower bounds (the table shows "≥"): their
     # bars are pale, and the legend says so. They were drawn as if measured to the end.
     partial = [row.get("exact") is False for row in rows]
-    note = " (pale: stopped early, ≥)" if any(partial) else ""
     top = bar_chart("mrc", "Module robust criticality (MRC)", modules,
-                    [BarSeries("MRC", [_number(r.get("mrc")) for r in rows], partial, note)],
+                    [BarSeries("MRC", [_number(r.get("mrc")) for r in rows], partial)],
                     y_label="MRC (robust loss increase)", highlight=selected)
     bottom = bar_chart("robust-drop", "Robust accuracy drop at the worst perturbation", modules,
                        [BarSeries("robust accuracy drop",
                                   [_number(r.get("robust_accuracy_drop")) for r in rows],
-                                  partial, note)],
+                                  partial)],
                        y_label="drop (percentage points)", highlight=selected)
     width = max(chart_width(top), chart_width(bottom))
     height = _height_of(top) + _height_of(bottom)

@@ -41,6 +41,10 @@ FONT = "font-family:sans-serif;font-size:11px"
 #: the 64 px left margin of the first bar and stay inside the 110 px bottom margin; a longer
 #: module name (``backbone.stages.3.blocks.2.attn.qkv``) was cut off at the SVG's edge.
 CATEGORY_CHARS = 16
+#: The legend entry of pale bars (values not measured to the end), and their fill's opacity as
+#: a hex alpha (0x59 ≈ 0.35, the bars' ``fill-opacity``).
+PARTIAL_LABEL = "stopped early (≥)"
+PARTIAL_ALPHA = "59"
 #: Characters of a legend entry (legends run along the bottom, one after another).
 LEGEND_CHARS = 32
 #: Pixels between two legend rows (11 px text).
@@ -58,12 +62,11 @@ def short_label(name: str, limit: int) -> str:
 class BarSeries:
     """One value per category (None: no bar). ``partial`` (optional, one flag per value): values
     not measured to the end (an MRC stopped once it ruled its module out), drawn pale with
-    "≥" in their tooltip. ``note``: added to the name in the legend only."""
+    "≥" in their tooltip, and the legend gets an entry saying so."""
 
     name: str
     values: Sequence[float | None]
     partial: Sequence[bool] = ()
-    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,11 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
     """Grouped bars: one group per category, one bar per series; the ``highlight`` category's
     label is drawn bold in the highlight colour (e.g. the module selected for fine-tuning)."""
     width = width or max(360, 90 + len(categories) * (10 + 12 * max(len(series), 1)))
-    legend = [s.name + s.note for s in series]
+    legend = [s.name for s in series]
+    colours = [PALETTE[i % len(PALETTE)] for i in range(len(series))]
+    if any(any(s.partial) for s in series):
+        legend.append(PARTIAL_LABEL)
+        colours.append(PALETTE[0] + PARTIAL_ALPHA)
     frame = _framed(width, height, legend, bottom=110)
     _open(frame, chart, title)
     values = [float(v) for s in series for v in s.values if v is not None and math.isfinite(v)]
@@ -289,7 +296,7 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
             "</text>")
     frame.parts.append(f'<line class="axis" x1="{frame.left}" x2="{frame.width - frame.right}" '
                        f'y1="{zero:.1f}" y2="{zero:.1f}" stroke="#333"/>')
-    _legend(frame, legend, [PALETTE[i % len(PALETTE)] for i in range(len(series))])
+    _legend(frame, legend, colours)
     return _close(frame)
 
 
