@@ -19,11 +19,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reporting.svg import BarSeries, LineSeries, Mark, Reference, bar_chart, line_chart
+from reporting.svg import (
+    BarSeries,
+    LineSeries,
+    Mark,
+    Reference,
+    bar_chart,
+    line_chart,
+    short_label,
+)
 
 #: File names under which the worker stores the charts as job artifacts.
 CHART_ARTIFACTS = {"mrc": "mrc.svg", "finetune": "finetune.svg", "alpha": "interpolation_alpha.svg",
                    "tradeoff": "interpolation.svg"}
+#: Characters of the module name in the α chart's title: the rest of the title takes 44 of the
+#: about 70 that 13 px bold text fits into the chart's 560 px; a longer name ran past both
+#: edges, cut off (its start and the title's with it). The whole name is the title's tooltip.
+TITLE_NAME_CHARS = 24
 
 
 @dataclass(frozen=True)
@@ -88,21 +100,26 @@ def _pairs(points: Sequence[Mapping[str, Any]], x_key: str,
 def mrc_chart(rows: Sequence[Mapping[str, Any]], selected: str | None) -> str:
     """Two panels over the modules in table order: MRC, and robust-accuracy drop (points)."""
     modules = [str(row.get("module", row.get("name", ""))) for row in rows]
+    # Rows mrc.table = "selection" stopped early hold lower bounds (the table shows "≥"): their
+    # bars are pale, and the legend says so. They were drawn as if measured to the end.
+    partial = [row.get("exact") is False for row in rows]
     top = bar_chart("mrc", "Module robust criticality (MRC)", modules,
-                    [BarSeries("MRC", [_number(r.get("mrc")) for r in rows])],
+                    [BarSeries("MRC", [_number(r.get("mrc")) for r in rows], partial)],
                     y_label="MRC (robust loss increase)", highlight=selected)
     bottom = bar_chart("robust-drop", "Robust accuracy drop at the worst perturbation", modules,
                        [BarSeries("robust accuracy drop",
-                                  [_number(r.get("robust_accuracy_drop")) for r in rows])],
+                                  [_number(r.get("robust_accuracy_drop")) for r in rows],
+                                  partial)],
                        y_label="drop (percentage points)", highlight=selected)
-    width = max(_width_of(top), _width_of(bottom))
+    width = max(chart_width(top), chart_width(bottom))
     height = _height_of(top) + _height_of(bottom)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart-figure" data-figure="mrc" '
             f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">\n{top}\n'
             f'<g transform="translate(0,{_height_of(top)})">\n{bottom}\n</g>\n</svg>')
 
 
-def _width_of(svg: str) -> int:
+def chart_width(svg: str) -> int:
+    """The width (px) a chart of this module is drawn at: its root element's ``width``."""
     return int(svg.split('width="', 1)[1].split('"', 1)[0])
 
 
@@ -147,9 +164,10 @@ def alpha_chart(curve: Curve) -> str:
         for key, label in (("clean_accuracy", "chosen"), ("robust_accuracy", "")):
             if (value := measured(chosen, key)) is not None:
                 marks.append(Mark(alpha, value, label))
-    return line_chart("alpha", f"Interpolation θ_α = (1 − α) θ_AT + α θ_FT ({curve.name})",
+    title = "Interpolation θ_α = (1 − α) θ_AT + α θ_FT ({})"
+    return line_chart("alpha", title.format(short_label(curve.name, TITLE_NAME_CHARS)),
                       [clean, robust], x_label="α", y_label="accuracy (%)",
-                      references=references, marks=marks)
+                      references=references, marks=marks, tooltip=title.format(curve.name))
 
 
 def tradeoff_chart(curves: Sequence[Curve]) -> str:
@@ -181,7 +199,10 @@ def job_charts(mrc_rows: Sequence[Mapping[str, Any]], selected: str | None,
         charts["mrc"] = mrc_chart(mrc_rows, selected)
     if epochs:
         charts["finetune"] = finetune_chart(epochs)
-    if curves and curves[0].points:
-        charts["alpha"] = alpha_chart(curves[0])
-        charts["tradeoff"] = tradeoff_chart([c for c in curves if c.points])
+    measured = [c for c in curves if c.points]
+    # The first curve with points: while a sweep runs, its first candidate may not have
+    # finished when others have (their curves were left undrawn until it did).
+    if measured:
+        charts["alpha"] = alpha_chart(measured[0])
+        charts["tradeoff"] = tradeoff_chart(measured)
     return charts

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from html import escape
+from html import escape as _html_escape
 from typing import Any
 
-from reporting.charts import Curve, job_charts
+from reporting.charts import Curve, chart_width, job_charts
+
+#: Charts wider than this (px; the page's 1200 px less its margins) keep their size and scroll
+#: sideways in their own box instead of scaling down to the page: the MRC chart of a model with
+#: 300 scored modules (6690 px) scaled to 1136 × 54 px, bars and labels too small to see.
+WIDE_CHART = 1150
 
 #: The page loads nothing: styles are inline, images are inline SVG.
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -25,7 +31,7 @@ _STYLE = """
 body{font-family:sans-serif;margin:24px;color:#222;max-width:1200px}
 @media (max-width:600px){body{margin:8px}}
 svg{max-width:100%;height:auto}figure{margin:0;min-width:0;max-width:100%}
-.scroll{overflow-x:auto;max-width:100%}.curve{min-width:0;max-width:100%}
+.scroll,.wide{overflow-x:auto;max-width:100%}.wide svg{max-width:none}.curve{min-width:0;max-width:100%}
 td.name,dd,h1,h3{overflow-wrap:anywhere}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
@@ -51,6 +57,22 @@ class ReportData:
     curves: Sequence[Curve] = ()
     manifest: Mapping[str, Any] | None = None
     error: str | None = None
+    #: The stage running or next to run, or where the job stopped; its progress (0–1) and
+    #: message while it runs.
+    stage: str | None = None
+    stage_progress: float | None = None
+    progress_message: str | None = None
+
+
+# C0 and C1 controls but tab and newlines, and lone surrogates: a parse error in HTML text (a
+# browser draws a box), and what a module name or an error message may hold. They become U+FFFD,
+# as in the charts (reporting.svg).
+_NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def escape(text: str, quote: bool = True) -> str:
+    """``text`` as HTML text or attribute value: markup escaped, control characters replaced."""
+    return _html_escape(_NOT_TEXT.sub("\ufffd", text), quote=quote)
 
 
 def _cell(value: Any, digits: int = 4) -> str:
@@ -61,10 +83,27 @@ def _cell(value: Any, digits: int = 4) -> str:
     return escape(str(value))
 
 
+def _stage(data: ReportData) -> str | None:
+    """Where the job is: the stage running with its progress, or the stage it stopped in. A
+    page of a running or failed job said only "running" or "failed", and a job in its MRC stage
+    showed nothing else at all ("No results yet")."""
+    if data.stage is None:
+        return None
+    if data.status in ("failed", "cancelled"):
+        return f"{data.stage} (stopped in it)"
+    progress = data.stage_progress
+    shown = data.stage
+    if data.status == "running" and progress is not None and math.isfinite(progress):
+        shown += f", {min(max(progress, 0.0), 1.0):.0%}"
+    return shown + (f": {data.progress_message}" if data.progress_message else "")
+
+
 def _summary(data: ReportData) -> str:
     before = data.metrics.get("before") or {}
     after = data.metrics.get("after") or {}
+    stage = _stage(data)
     items = [("job", data.job_id), ("status", data.status),
+             *([("stage", stage)] if stage is not None else []),
              ("fine-tuned module", data.selected_module or "–"),
              ("chosen α", _cell(data.chosen_alpha)),
              ("θ_AT clean / robust (%)",
@@ -150,8 +189,10 @@ def _robust_legend(curves: Sequence[Curve]) -> str:
 def render_report(data: ReportData) -> str:
     """The whole HTML document."""
     charts = job_charts(data.mrc_rows, data.selected_module, data.epochs, data.curves)
-    chart_html = "".join(f"<figure class='figure' data-figure='{name}'>{svg}</figure>"
-                         for name, svg in charts.items()) or "<p>No results yet.</p>"
+    chart_html = "".join(
+        f"<figure class='figure{' wide' if chart_width(svg) > WIDE_CHART else ''}' "
+        f"data-figure='{name}'>{svg}</figure>" for name, svg in charts.items()
+    ) or "<p>No results yet.</p>"
     manifest = ("<p>No manifest recorded.</p>" if data.manifest is None else
                 f"<pre class='manifest'>{escape(json.dumps(data.manifest, indent=2))}</pre>")
     return (

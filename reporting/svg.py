@@ -18,8 +18,9 @@ from xml.sax import saxutils
 
 # Characters XML 1.0 forbids even escaped (C0 controls but tab and newlines, lone surrogates,
 # U+FFFE/U+FFFF): one in a module name (which the uploaded model chooses) made the whole chart
-# unreadable, since an SVG file is parsed as XML. They become U+FFFD.
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# unreadable, since an SVG file is parsed as XML. They become U+FFFD, and so do C1 controls (XML
+# allows them, but the report page draws these charts inline in HTML, where they are an error).
+_NOT_XML = re.compile("[^\t\n\r\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def escape(text: str) -> str:
@@ -40,6 +41,10 @@ FONT = "font-family:sans-serif;font-size:11px"
 #: the 64 px left margin of the first bar and stay inside the 110 px bottom margin; a longer
 #: module name (``backbone.stages.3.blocks.2.attn.qkv``) was cut off at the SVG's edge.
 CATEGORY_CHARS = 16
+#: The legend entry of pale bars (values not measured to the end), and their fill's opacity as
+#: a hex alpha (0x59 ≈ 0.35, the bars' ``fill-opacity``).
+PARTIAL_LABEL = "stopped early (≥)"
+PARTIAL_ALPHA = "59"
 #: Characters of a legend entry (legends run along the bottom, one after another).
 LEGEND_CHARS = 32
 #: Pixels between two legend rows (11 px text).
@@ -55,10 +60,13 @@ def short_label(name: str, limit: int) -> str:
 
 @dataclass(frozen=True)
 class BarSeries:
-    """One value per category (None: no bar)."""
+    """One value per category (None: no bar). ``partial`` (optional, one flag per value): values
+    not measured to the end (an MRC stopped once it ruled its module out), drawn pale with
+    "≥" in their tooltip, and the legend gets an entry saying so."""
 
     name: str
     values: Sequence[float | None]
+    partial: Sequence[bool] = ()
 
 
 @dataclass(frozen=True)
@@ -133,8 +141,13 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     if not (math.isfinite(low) and math.isfinite(high)):
         return [0.0, 1.0]
     low, high = (min(max(v, -AXIS_LIMIT), AXIS_LIMIT) for v in (low, high))
-    if high <= low:
-        high = low + (abs(low) or 1.0)
+    if high <= low and low == 0.0:
+        high = 1.0  # bars all at 0 (or no value): the zero line at the bottom
+    elif high <= low:
+        # One value: centred in a range 10 % of its size. (It was [v, 2v]: a fine-tune of one
+        # epoch or the first α point drew its one point in the chart's corner, on the axis.)
+        pad = abs(low) * 0.05
+        low, high = low - pad, high + pad
     raw = (high - low) / max(count, 1)
     if raw < _TINY_STEP:
         high = low + 1.0
@@ -151,12 +164,15 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     return ticks
 
 
-def _open(frame: _Frame, chart: str, title: str) -> None:
+def _open(frame: _Frame, chart: str, title: str, tooltip: str | None = None) -> None:
+    """The chart's root element and its title; ``tooltip`` (default: ``title``) is the whole
+    title where the one drawn is shortened."""
+    tooltip = tooltip or title
     frame.parts.append(
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-chart={quoteattr(chart)} '
         f'width="{frame.width}" height="{frame.height}" viewBox="0 0 {frame.width} {frame.height}" '
-        f'role="img" aria-label={quoteattr(title)} style="{FONT}">')
-    frame.parts.append(f"<title>{escape(title)}</title>")
+        f'role="img" aria-label={quoteattr(tooltip)} style="{FONT}">')
+    frame.parts.append(f"<title>{escape(tooltip)}</title>")
     frame.parts.append(f'<rect width="{frame.width}" height="{frame.height}" fill="#fff"/>')
     frame.parts.append(f'<text class="title" x="{frame.width / 2:.1f}" y="18" text-anchor="middle" '
                        f'style="font-size:13px;font-weight:bold">{escape(title)}</text>')
@@ -234,7 +250,12 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
     """Grouped bars: one group per category, one bar per series; the ``highlight`` category's
     label is drawn bold in the highlight colour (e.g. the module selected for fine-tuning)."""
     width = width or max(360, 90 + len(categories) * (10 + 12 * max(len(series), 1)))
-    frame = _framed(width, height, [s.name for s in series], bottom=110)
+    legend = [s.name for s in series]
+    colours = [PALETTE[i % len(PALETTE)] for i in range(len(series))]
+    if any(any(s.partial) for s in series):
+        legend.append(PARTIAL_LABEL)
+        colours.append(PALETTE[0] + PARTIAL_ALPHA)
+    frame = _framed(width, height, legend, bottom=110)
     _open(frame, chart, title)
     values = [float(v) for s in series for v in s.values if v is not None and math.isfinite(v)]
     ticks = nice_ticks(min([0.0, *values]), max([0.0, *values]) if values else 1.0)
@@ -256,12 +277,15 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
             assert value is not None
             top, bottom = sorted((y_of(value), zero))
             colour = PALETTE[number % len(PALETTE)]
+            partial = index < len(item.partial) and item.partial[index]
+            pale = f' data-partial="true" fill-opacity="0.35" stroke="{colour}"' if partial else ""
             frame.parts.append(
                 f'<rect class="bar" data-category={quoteattr(category)} '
                 f'data-series={quoteattr(item.name)} data-value="{value:.6g}" '
                 f'x="{x0 + bar * number:.1f}" y="{top:.1f}" width="{bar:.1f}" '
-                f'height="{max(bottom - top, 0.5):.1f}" fill="{colour}">'
-                f"<title>{escape(category)}: {escape(item.name)} = {value:.4g}</title></rect>")
+                f'height="{max(bottom - top, 0.5):.1f}" fill="{colour}"{pale}>'
+                f"<title>{escape(category)}: {escape(item.name)} {'≥' if partial else '='} "
+                f"{value:.4g}</title></rect>")
         label_x = frame.left + group * (index + 0.5)
         label_y = frame.top + frame.plot_height + 8
         style = f' style="font-weight:bold;fill:{HIGHLIGHT}"' if category == highlight else ""
@@ -272,16 +296,17 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
             "</text>")
     frame.parts.append(f'<line class="axis" x1="{frame.left}" x2="{frame.width - frame.right}" '
                        f'y1="{zero:.1f}" y2="{zero:.1f}" stroke="#333"/>')
-    _legend(frame, [s.name for s in series], [PALETTE[i % len(PALETTE)] for i in range(len(series))])
+    _legend(frame, legend, colours)
     return _close(frame)
 
 
 def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label: str,
                y_label: str, references: Sequence[Reference] = (), marks: Sequence[Mark] = (),
-               width: int = 560, height: int = 340) -> str:
-    """Lines with a point per value, optional reference lines and highlighted marks."""
+               width: int = 560, height: int = 340, tooltip: str | None = None) -> str:
+    """Lines with a point per value, optional reference lines and highlighted marks;
+    ``tooltip``: the whole title where ``title`` is a shortened one."""
     frame = _framed(width, height, [s.name for s in series])
-    _open(frame, chart, title)
+    _open(frame, chart, title, tooltip)
     xs = [x for s in series for x, y in s.points if _finite(x) and _finite(y)]
     ys = [y for s in series for x, y in s.points if _finite(x) and _finite(y)]
     xs += [r.value for r in references if r.axis == "x" and _finite(r.value)]

@@ -2,9 +2,14 @@
 
 Recorded by this process as it runs tasks:
 
-- ``rift_stage_duration_seconds{stage, outcome}``: histogram of stage run times (claim to end);
+- ``rift_stage_duration_seconds{stage, outcome}``: histogram of stage run times (claim to end;
+  a sharded MRC or a sweep's fine-tuning ends its attempt with ``sharded`` once its parts are
+  sent);
+- ``rift_part_duration_seconds{stage, outcome}``: histogram of the run times of MRC shard
+  (``mrc``) and sweep candidate (``finetune``) tasks, which do those stages' work;
 - ``rift_stage_attempts_total{stage}``: stage claims this process won;
-- ``rift_gpu_seconds_total{stage}``: stage seconds run on a CUDA device;
+- ``rift_gpu_seconds_total{stage}``: stage seconds run on a CUDA device (not yet those of shard
+  and candidate tasks);
 - ``rift_materializations_total{outcome}``.
 
 Read from the database and the broker at scrape time (the same for every worker; aggregate with
@@ -23,7 +28,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -107,6 +113,10 @@ class WorkerMetrics:
                                        "Run time of a stage attempt in this worker.",
                                        ["stage", "outcome"], buckets=STAGE_BUCKETS,
                                        registry=self.registry)
+        self.part_seconds = Histogram("rift_part_duration_seconds",
+                                      "Run time of an MRC shard or sweep candidate task in this "
+                                      "worker.", ["stage", "outcome"], buckets=STAGE_BUCKETS,
+                                      registry=self.registry)
         self.attempts = Counter("rift_stage_attempts", "Stage claims won by this worker.",
                                 ["stage"], registry=self.registry)
         self.gpu_seconds = Counter("rift_gpu_seconds", "Stage seconds run on a CUDA device.",
@@ -122,6 +132,15 @@ class WorkerMetrics:
         self.stage_seconds.labels(stage, outcome).observe(seconds)
         if device is not None and device.startswith("cuda"):
             self.gpu_seconds.labels(stage).inc(seconds)
+
+    def timed_part(self, stage: str, run: Callable[[], str]) -> str:
+        """``run()`` (a shard or candidate task, returning its outcome), its run time recorded.
+        Those tasks recorded nothing: a sharded MRC or a sweep's fine-tuning, the bulk of their
+        jobs' time, was missing from every duration."""
+        started = time.monotonic()
+        outcome = run()
+        self.part_seconds.labels(stage, outcome).observe(time.monotonic() - started)
+        return outcome
 
     def serve(self, port: int) -> bool:
         """Start the HTTP server on ``port`` (once per process); False if the port is taken."""

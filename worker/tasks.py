@@ -181,12 +181,14 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     @app.task(name=SHARD_TASK_NAME, ignore_result=True)
     def run_mrc_shard(job_id: str, shard: int) -> str:
         """Score one shard of the job's MRC modules; returns the outcome."""
-        return execute_shard(app, resources, job_id, shard)
+        return resources.metrics.timed_part(
+            StageName.MRC.value, lambda: execute_shard(app, resources, job_id, shard))
 
     @app.task(name=CANDIDATE_TASK_NAME, ignore_result=True)
     def run_sweep_candidate(job_id: str, candidate: int) -> str:
         """Fine-tune and measure one candidate of the job's sweep; returns the outcome."""
-        return execute_candidate(app, resources, job_id, candidate)
+        return resources.metrics.timed_part(
+            StageName.FINETUNE.value, lambda: execute_candidate(app, resources, job_id, candidate))
 
     @app.task(name=RECOVER_TASK_NAME, ignore_result=True)
     def recover_stale_jobs() -> int:
@@ -353,8 +355,10 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
         started = time.monotonic()
         step = _execute_stage(app, resources, job_id, stage, request_id)
         while True:
+            # "sharded": the attempt ended by sending its parts (their own run times are
+            # rift_part_duration_seconds); it was left out, so attempts outnumbered durations.
             if step.outcome in ("done", "failed", "retry", "cancelled", "lease_lost",
-                                "handed_back"):
+                                "handed_back", "sharded"):
                 resources.metrics.observe_stage(step.stage, step.outcome,
                                                 time.monotonic() - started, step.device)
             if step.outcome == "done" and stages.next_stage(step.stage) is None:

@@ -102,6 +102,7 @@ def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: Stor
         chosen_alpha=job.chosen_alpha, metrics=job.metrics or {}, mrc_rows=mrc_rows, epochs=epochs,
         curves=_sweep(session, job) or _with_main_first(main, candidate_curves(job.metrics)),
         manifest=manifest,
-        error=f"{job.error_code}: {job.error_message}" if job.error_code else None)
+        error=f"{job.error_code}: {job.error_message}" if job.error_code else None,
+        stage=job.stage, stage_progress=job.stage_progress, progress_message=job.progress_message)
     return HTMLResponse(render_report(data),
                         headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})

@@ -122,3 +122,91 @@ class StaticPage:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+#: Run by the index of :class:`StaticSite` once every frame has loaded: for each page, whatever
+#: is laid out wider than its screen, and every chart's text drawn past the chart's own edges
+#: (cut off where the SVG ends). The frames are same-origin, so the index reads their layout;
+#: the pages themselves run no script (their CSP forbids it).
+LAYOUT_SCRIPT = """
+window.addEventListener('load', function () {
+  var out = {};
+  document.querySelectorAll('iframe').forEach(function (frame) {
+    var doc = frame.contentDocument, found = {charts: [], outside: []};
+    found.scrollWidth = doc.documentElement.scrollWidth;
+    found.clientWidth = doc.documentElement.clientWidth;
+    doc.querySelectorAll('svg.chart').forEach(function (svg) {
+      var box = svg.getBoundingClientRect();
+      found.charts.push({chart: svg.getAttribute('data-chart'), width: box.width,
+                         height: box.height, natural: svg.width.baseVal.value});
+      svg.querySelectorAll('text').forEach(function (text) {
+        var r = text.getBoundingClientRect();
+        if (r.width && (r.left < box.left - 1 || r.right > box.right + 1 ||
+                        r.top < box.top - 1 || r.bottom > box.bottom + 1))
+          found.outside.push(svg.getAttribute('data-chart') + ': ' + text.textContent);
+      });
+    });
+    out[frame.getAttribute('src')] = found;
+  });
+  var pre = document.createElement('pre');
+  pre.id = 'layout';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+"""
+
+
+def layout_of(dom: str) -> dict[str, dict[str, object]]:
+    """What :data:`LAYOUT_SCRIPT` measured, by page path, from the index's DOM."""
+    import html
+
+    found = re.search(r'<pre id="layout">(.*?)</pre>', dom, re.DOTALL)
+    assert found is not None, dom[-2000:]
+    return dict(json.loads(html.unescape(found.group(1))))
+
+
+class StaticSite:
+    """Serves several pages (path → bytes and response headers) on one loopback port, and at
+    ``/`` an index that shows each in an ``<iframe>`` of ``frame`` (width, height) pixels: one
+    browser start loads them all, each with its own headers (its Content-Security-Policy), and
+    the index measures their layout (:data:`LAYOUT_SCRIPT`, read with :func:`layout_of`). A
+    path not listed is a 404, which the NetLog shows as a request a page made."""
+
+    def __init__(self, pages: dict[str, tuple[bytes, dict[str, str]]],
+                 frame: tuple[int, int] = (1200, 800)) -> None:
+        import http.server
+        import threading
+        from html import escape
+
+        frames = "".join(f"<iframe src='{escape(path)}' width='{frame[0]}' "
+                         f"height='{frame[1]}'></iframe>" for path in pages)
+        # An empty icon: else the browser asks for /favicon.ico, a request no page made.
+        index = (f"<!DOCTYPE html><html><head><link rel='icon' href='data:,'>"
+                 f"<script>{LAYOUT_SCRIPT}</script></head><body>{frames}</body></html>").encode()
+        served = {"/": (index, {"content-type": "text/html; charset=utf-8"}), **pages}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body, headers = served.get(self.path, (b"", {}))
+                self.send_response(200 if self.path in served else 404)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.page_urls = [self.url + path.lstrip("/") for path in pages]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> StaticSite:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -15,7 +15,7 @@ import pytest
 
 from persistence.models import Artifact, EpochMetric, InterpolationPoint, Job, MRCRow
 from persistence.settings import Settings
-from tests.api.browser import StaticPage, load_page
+from tests.api.browser import StaticPage, StaticSite, layout_of, load_page
 from tests.api.helpers import Api, RecordingDispatcher, digits_config, upload_checkpoint
 from tests.service_fixtures import settings_from_env
 
@@ -188,3 +188,36 @@ def test_report_of_a_curve_with_unmeasured_points(report_api: Api, small_cnn_fil
     assert "≤ 55" in page.text and 'data-chart="alpha"' in page.text
     curves = report_api.client.get(f"/v1/jobs/{job_id}/curves").json()["interpolation"]
     assert [p["robust_accuracy"] for p in curves][:2] == [None, None]
+
+
+def test_report_charts_of_hundreds_of_modules_keep_their_size(report_api: Api,
+                                                              small_cnn_file: Path) -> None:
+    from tests.api.report_checks import page_problems
+
+    api = report_api
+    job_id = finished_job(api, small_cnn_file)
+    long_name = "backbone." + "stages.3.blocks.2." * 6 + "attn.qkv"
+    with api.sessions() as session:
+        for position in range(len(MODULES), 300):
+            session.add(MRCRow(job_id=job_id, position=position, module=f"blocks.{position}.conv",
+                               parameters=10, mrc=0.001 * position, worst_robust_loss=1.0,
+                               robust_accuracy_at_worst=40.0, robust_accuracy_drop=0.01 * position))
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.selected_module = long_name
+        session.commit()
+    page = api.client.get(f"/v1/jobs/{job_id}/report")
+    assert page_problems(page.text) == []
+    headers = {name: page.headers[name] for name in ("content-type", "content-security-policy")}
+    with StaticSite({"/report": (page.content, headers)}, frame=(1200, 800)) as site:
+        loaded = load_page(site.url)
+    assert loaded.console == []
+    layout = layout_of(loaded.dom)["/report"]
+    # Every chart at its own size: the MRC chart of 300 modules (6690 px) was scaled to the
+    # page, 1136 × 54 px; it scrolls sideways in its box now, and the page does not.
+    charts = {c["chart"]: c for c in layout["charts"]}  # type: ignore[attr-defined]
+    assert charts["mrc"]["natural"] > 6000
+    assert all(c["width"] >= c["natural"] - 1 for c in charts.values()), charts
+    assert layout["scrollWidth"] == layout["clientWidth"]
+    # No text drawn past a chart's edge (the α chart's title with the module name was).
+    assert layout["outside"] == []

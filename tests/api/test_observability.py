@@ -69,6 +69,18 @@ def test_metrics_count_requests_by_route_template(local_api: Api, small_cnn_file
     assert uploaded and uploaded[0] >= small_cnn_file.stat().st_size
 
 
+def test_metrics_count_unusual_methods_as_other(local_api: Api) -> None:
+    from api.observability import KNOWN_METHODS
+
+    for method in ("PROPFIND", "PURGE", "MKCOL", "LOCK", "GET"):
+        local_api.client.request(method, "/v1/jobs/a")
+    samples = [s for f in text_string_to_metric_families(local_api.client.get("/metrics").text)
+               for s in f.samples if s.name == "rift_http_requests_total"]
+    # Before: a series for each method a client sent (some 40 pass httptools, any with h11).
+    assert {s.labels["method"] for s in samples} == {"GET", "other"} <= KNOWN_METHODS | {"other"}
+    assert sum(s.value for s in samples if s.labels["method"] == "other") == 4
+
+
 def test_metrics_token_is_required_when_set(sqlite_url: str, tmp_path: Path,
                                             start_api: Callable[..., Api]) -> None:
     api = start_api(_settings(sqlite_url, tmp_path, METRICS_TOKEN="s3cret"),

@@ -216,3 +216,43 @@ def test_values_of_any_finite_magnitude_draw_a_readable_chart() -> None:
     labels = {e.text for e in tiny.iter(f"{SVG}text")  # the y axis's tick labels
               if e.get("class") is None and e.get("text-anchor") == "end"}
     assert len(labels) > 2, labels  # not every tick printed as "0"
+
+
+def test_one_value_is_drawn_inside_its_axis_not_on_it() -> None:
+    # A fine-tune of one epoch, the first α point: one value per axis. Its range was [v, 2v],
+    # the point drawn on the axis in the chart's corner.
+    for value in (80.5, 1.0, -3.0, 67.19, 1e-14):
+        ticks = nice_ticks(value, value)
+        span = ticks[-1] - ticks[0]
+        assert ticks[0] + span / 4 <= value <= ticks[-1] - span / 4, (value, ticks)
+    assert nice_ticks(0.0, 0.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]  # bars at 0: zero at the bottom
+
+
+def test_alpha_chart_title_keeps_a_long_module_name_to_its_tail() -> None:
+    from reporting.charts import TITLE_NAME_CHARS, alpha_chart
+
+    name = "backbone." + "stages.3.blocks.2." * 6 + "attn.qkv"
+    root = _parse(alpha_chart(_curve(name)))
+    shown = next(e for e in root.iter(f"{SVG}text") if e.get("class") == "title").text or ""
+    # Drawn: the formula and the name's tail; the name ran past both edges of the 560 px chart.
+    assert shown.startswith("Interpolation θ_α") and shown.endswith("attn.qkv)")
+    assert len(shown) <= 45 + TITLE_NAME_CHARS
+    assert name in (root.findtext(f"{SVG}title") or "") and name in root.get("aria-label", "")
+
+
+def test_mrc_bars_of_rows_stopped_early_are_drawn_as_lower_bounds() -> None:
+    rows = [{"module": "conv1", "mrc": 0.6, "robust_accuracy_drop": 17.0, "exact": False},
+            {"module": "fc", "mrc": 0.25, "robust_accuracy_drop": 15.0, "exact": True}]
+    root = _parse(mrc_chart(rows, "fc"))
+    bars = {(e.get("data-series"), e.get("data-category")): e
+            for e in root.iter(f"{SVG}rect") if e.get("class") == "bar"}
+    # mrc.table = "selection": conv1's MRC is at least 0.6 (the table says "≥ 0.6"); its bars
+    # looked like measured ones.
+    assert bars[("MRC", "conv1")].get("data-partial") == "true"
+    assert "≥ 0.6" in (bars[("MRC", "conv1")].findtext(f"{SVG}title") or "")
+    assert bars[("MRC", "fc")].get("data-partial") is None
+    assert "= 0.25" in (bars[("MRC", "fc")].findtext(f"{SVG}title") or "")
+    legend = " ".join(e.text or "" for e in root.iter(f"{SVG}text"))
+    assert "stopped early" in legend
+    full = _parse(mrc_chart([{**row, "exact": True} for row in rows], "fc"))
+    assert "stopped early" not in " ".join(e.text or "" for e in full.iter(f"{SVG}text"))

@@ -54,3 +54,38 @@ def test_an_mrc_row_stopped_early_shows_its_lower_bound() -> None:
     assert "1 module(s) were stopped early" in page
     assert "stopped early" not in render_report(ReportData(
         job_id="j", status="succeeded", mrc_rows=rows[1:]))
+
+
+def test_the_summary_says_which_stage_runs_or_where_the_job_stopped() -> None:
+    running = render_report(ReportData(job_id="j", status="running", stage="mrc",
+                                       stage_progress=0.42, progress_message="module 3 of 8"))
+    assert "<dt>stage</dt><dd>mrc, 42%: module 3 of 8</dd>" in running
+    failed = render_report(ReportData(job_id="j", status="failed", stage="finetune",
+                                      stage_progress=0.5, error="numerical_error: NaN loss"))
+    assert "<dt>stage</dt><dd>finetune (stopped in it)</dd>" in failed
+    assert "<dt>stage</dt>" not in render_report(ReportData(job_id="j", status="succeeded"))
+
+
+def test_control_characters_in_names_and_errors_become_replacement_characters() -> None:
+    from tests.api.report_checks import page_problems
+
+    name = "blocks.\x07bell\x1b[31m.\x85conv"
+    page = render_report(ReportData(
+        job_id="j", status="failed", selected_module=name, error="worker_lost: \x00\x08 gone",
+        mrc_rows=[{"module": name, "parameters": 1, "mrc": 0.5}],
+        curves=[Curve(name, [{"alpha": 0.0, "clean_accuracy": 1.0, "robust_accuracy": 2.0}])]))
+    # A control character in HTML text is a parse error, drawn as a box (the charts' SVG already
+    # replaced them: XML cannot hold them).
+    assert page_problems(page) == []
+    assert "blocks.\ufffdbell\ufffd[31m.\ufffdconv" in page
+
+
+def test_a_running_sweep_draws_the_candidates_finished_so_far() -> None:
+    from reporting.charts import job_charts
+
+    done = Curve("fc (lr 0.01)", [{"alpha": a, "clean_accuracy": 90.0 + a,
+                                   "robust_accuracy": 60.0 - a} for a in (0.0, 1.0)])
+    charts = job_charts([], None, [], [Curve("conv1 (lr 0.01)", []), done])
+    # The first candidate has not finished; the second's curve is drawn (it was not, until the
+    # first had finished).
+    assert set(charts) == {"alpha", "tradeoff"} and "fc (lr 0.01)" in charts["alpha"]
