@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Set
 from pathlib import Path
 
 import pytest
@@ -48,13 +49,23 @@ def _processes() -> dict[int, tuple[int, list[str]]]:
     return found
 
 
-def _validator_socket_of(parent: int, timeout: float = 60.0) -> str:
-    """The socket path of the validator server that process ``parent`` started."""
+def _validator_sockets(parent: int) -> set[str]:
+    """The socket paths of the validator servers that process ``parent`` started."""
+    return {argv[argv.index("--socket") + 1] for ppid, argv in _processes().values()
+            if ppid == parent and "validator" in argv and "--socket" in argv}
+
+
+def _validator_socket_of(parent: int, besides: Set[str] = frozenset(),
+                         timeout: float = 60.0) -> str:
+    """The socket path of the validator server that process ``parent`` started, other than
+    those of ``besides`` (servers it ran before: this test process may hold the private server
+    of an earlier test's API)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for ppid, argv in _processes().values():
-            if ppid == parent and "validator" in argv and "--socket" in argv:
-                return argv[argv.index("--socket") + 1]
+        started = _validator_sockets(parent) - besides
+        if started:
+            assert len(started) == 1, started
+            return started.pop()
         time.sleep(0.05)
     raise AssertionError(f"process {parent} started no validator server")
 
@@ -75,8 +86,9 @@ def _assert_all_gone(socket_path: str) -> None:
 
 def test_closing_while_the_server_starts_stops_it_at_once(tmp_path: Path) -> None:
     validator = Validator(Settings(store_root=tmp_path))  # type: ignore[call-arg]
+    before = _validator_sockets(os.getpid())
     validator.start()
-    socket_path = _validator_socket_of(os.getpid())
+    socket_path = _validator_socket_of(os.getpid(), before)
     time.sleep(0.3)  # well inside its torch import
     assert validator.state() == "starting"
     began = time.monotonic()
@@ -93,9 +105,10 @@ def test_an_app_shut_down_right_after_its_start_leaves_no_server(
     sessions = session_factory_from_settings(reliability_settings)
     try:
         app = create_app(reliability_settings, session_factory=sessions)
+        before = _validator_sockets(os.getpid())
         with TestClient(app) as client:  # the lifespan starts the validator in the background
             assert client.get("/healthz").status_code == 200
-            socket_path = _validator_socket_of(os.getpid())
+            socket_path = _validator_socket_of(os.getpid(), before)
         # The lifespan has ended: its server with it.
         assert not _holding(socket_path)
     finally:
