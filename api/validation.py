@@ -61,6 +61,9 @@ _SHARED_START_POLL_SECONDS = 0.05
 #: sockaddr_un's sun_path on Linux, its terminating zero included.
 _MAX_SOCKET_PATH_BYTES = 108
 _READ_BYTES = 1024 * 1024
+#: How long closing waits for a private server stopped mid-start to exit (it needs well under a
+#: second: its watcher polls its folder every 0.2 s).
+_CLOSE_WAIT_SECONDS = 10.0
 
 
 def fit_check_key(config: RiftConfig, request: Mapping[str, Any]) -> str:
@@ -138,6 +141,8 @@ class _Start:
         self.error: ServiceUnavailable | None = None
         #: Set by :meth:`Validator.close` while it runs: the server it starts is stopped at once.
         self.cancelled = False
+        #: A private server's folder, once made: removing it stops the server mid-start.
+        self.folder: Path | None = None
 
 
 class Validator:
@@ -208,12 +213,25 @@ class Validator:
         return self.state()
 
     def close(self) -> None:
-        """Stop this process's private validator server (a later check starts a new one); a
-        shared server serves other processes too and stops when idle."""
+        """Stop this process's private validator server (a later check starts a new one), even
+        one that still starts: it is gone when this returns; a shared server serves other
+        processes too and stops when idle."""
         with self._lock:
-            if self._start is not None:
-                self._start.cancelled = True
+            start = self._start
+            if start is not None and not start.done.is_set():
+                start.cancelled = True
+                if start.folder is not None:
+                    # The starting server watches its folder and exits, its children with
+                    # it, once the folder is gone (``validator/__main__.py``): stopped now,
+                    # not after its torch import and warm-up.
+                    shutil.rmtree(start.folder, ignore_errors=True)
+            else:
+                start = None
             self._stop_server()
+        if start is not None and self._shared_socket is None:
+            # The start's thread reaps the server; waiting for it here means nothing of the
+            # server is left once the API has closed (a process exiting next would orphan it).
+            start.done.wait(_CLOSE_WAIT_SECONDS)
 
     # -------------------------------------------------------------------------- operations
 
@@ -448,8 +466,17 @@ class Validator:
     def _start_private(self, start: _Start) -> None:
         """Start this process's server in a fresh 0700 folder."""
         folder = Path(tempfile.mkdtemp(prefix="rift-validator-"))  # mode 0700
+        with self._lock:
+            if start.cancelled:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise ServiceUnavailable("the validator is not available; retry later",
+                                         code="validation_failed")
+            start.folder = folder
         try:
-            server = self._launch(folder / "socket")
+            # It exits as soon as this process has ended, even killed, or has removed its
+            # folder (close() while it starts).
+            server = self._launch(folder / "socket", "--owner-pid", str(os.getpid()),
+                                  start=start)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -490,8 +517,9 @@ class Validator:
                     "(VALIDATION_QUEUE_TIMEOUT_SECONDS); retry later", code="validation_busy")
             time.sleep(_SHARED_START_POLL_SECONDS)
 
-    def _launch(self, path: Path, *options: str) -> ServerProcess:
-        """Start ``python -m validator`` on ``path`` and wait until it serves.
+    def _launch(self, path: Path, *options: str, start: _Start | None = None) -> ServerProcess:
+        """Start ``python -m validator`` on ``path`` and wait until it serves (``start``: the
+        start it is for, whose cancel makes a server that ends early no error to log).
 
         Raises:
             ApiError: (503) it did not start.
@@ -504,6 +532,9 @@ class Validator:
         if announced not in (b"ready", b"running"):
             server.kill()
             server.wait()
+            if start is not None and start.cancelled:
+                raise ServiceUnavailable("the validator is not available; retry later",
+                                         code="validation_failed")
             logger.error("the validator server did not start (it said %r)", announced[:200])
             raise ServiceUnavailable("the validator did not start; retry later",
                                      code="validation_failed")

@@ -9,13 +9,15 @@ exhaust its own child. The child is usually a spare, forked and warmed up before
 (``check_pool.py``), so a check pays neither a torch import nor a fork. At most ``--max-checks``
 children live at once, spares included.
 
-Two lifetimes. A private server (the default) belongs to the API process that started it and
-exits when that process is gone. A shared server (``--shared``, the API's ``VALIDATION_SOCKET``)
-serves every API process of the host: it detaches from the process that started it, holds the
-socket's server lock while it takes checks (``server_lock.py``), and exits after
-``--idle-exit`` seconds without a check, or on SIGTERM; either way it first removes its socket
-and lets the lock go, so that a new server can start while it answers the connections already
-made.
+Two lifetimes. A private server (the default) belongs to the API process that started it
+(``--owner-pid``) and exits, its children with it, as soon as that process is gone (even killed
+by SIGKILL) or has removed the server's folder (the API closing while the server still starts),
+whatever the server is doing then, its torch import and its spares' warm-up included. A shared
+server (``--shared``, the API's ``VALIDATION_SOCKET``) serves every API process of the host: it
+detaches from the process that started it (and outlives it, by design), holds the socket's
+server lock while it takes checks (``server_lock.py``), and exits after ``--idle-exit`` seconds
+without a check, or on SIGTERM; either way it first removes its socket and lets the lock go, so
+that a new server can start while it answers the connections already made.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +50,50 @@ WAITING_POLL_SECONDS = 0.05
 #: anyway (seconds): a check that comes sooner waits for a spare, or is forked on its path.
 SPARE_WARM_UP_SECONDS = 60.0
 _READ_BYTES = 1024 * 1024
+#: How often a private server looks whether its folder is still there (seconds); its owner's
+#: end wakes it at once where the kernel has pidfds.
+OWNER_POLL_SECONDS = 0.2
+
+
+def _owner_gone(owner: int, pidfd: int | None) -> bool:
+    if pidfd is not None:
+        # A pidfd is readable once its process has ended (a zombie included).
+        return bool(select.select([pidfd], [], [], OWNER_POLL_SECONDS)[0])
+    time.sleep(OWNER_POLL_SECONDS)
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, though not ours to signal
+        return False
+    return False
+
+
+def _watch_owner(owner: int, socket_path: str) -> None:
+    """In a thread of a private server: once ``owner`` has ended or the socket's folder is gone,
+    remove the socket (and the folder, where the owner could not: killed) and SIGKILL the
+    server's process group, its spares and checks included. A thread, not the accept loop: the
+    server spends its first seconds importing torch and warming up its spares, and an owner that
+    ends meanwhile (an API stopped or killed right after its start) must not leave it running
+    them to the end, holding the owner's stderr open."""
+    folder = os.path.dirname(socket_path)
+    pidfd: int | None
+    try:
+        pidfd = os.pidfd_open(owner)
+    except ProcessLookupError:
+        pidfd = None
+        gone = True
+    except (AttributeError, OSError):  # no pidfd here (an old kernel): poll the pid instead
+        pidfd, gone = None, False
+    else:
+        gone = False
+    while not gone and os.path.isdir(folder):
+        gone = _owner_gone(owner, pidfd)
+    with contextlib.suppress(OSError):
+        os.unlink(socket_path)
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)  # only when empty: the API made it for this server alone
+    os.killpg(os.getpid(), signal.SIGKILL)
 
 
 def _preload() -> None:
@@ -245,7 +292,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve every API process of the host: detach, and exit when idle")
     parser.add_argument("--idle-exit", type=float, default=600.0,
                         help="with --shared: seconds without a check after which the server exits")
+    parser.add_argument("--owner-pid", type=int, default=None,
+                        help="without --shared: exit, with every child, as soon as this process "
+                             "has ended or the socket's folder is removed")
     args = parser.parse_args(argv)
+    if args.owner_pid is not None and not args.shared:
+        # A group of its own, so that the watcher's SIGKILL reaches this server and its
+        # children and nothing else (a server started from a shell would share the shell's).
+        if os.getpgrp() != os.getpid():
+            os.setpgid(0, 0)
+        threading.Thread(target=_watch_owner, args=(args.owner_pid, args.socket),
+                         name="owner-watch", daemon=True).start()
     if args.shared and os.fork() != 0:
         # The starting API waits for this process only; the server lives on without it and
         # prints "ready" on the inherited pipe.

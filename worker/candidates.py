@@ -71,11 +71,18 @@ from rift.sweep import (
 from worker.runtime import (
     DATABASE_DOWN,
     PartReporter,
+    PartRun,
     WorkerResources,
     resend_later,
     settle_part_error,
 )
-from worker.stages import job_stage_storage, prepare, record_interpolation, record_winner_table
+from worker.stages import (
+    describe_device,
+    job_stage_storage,
+    prepare,
+    record_interpolation,
+    record_winner_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -138,13 +145,14 @@ def start_sweep(app: Celery, resources: WorkerResources, job: Job, run: Prepared
 # --------------------------------------------------------------------------------------------
 # One candidate
 # --------------------------------------------------------------------------------------------
-def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, index: int) -> str:
-    """Claim and run one candidate; pick the winner if it was the last. Returns what happened."""
+def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, index: int) -> PartRun:
+    """Claim and run one candidate; pick the winner if it was the last. Returns what
+    happened and the device it ran on (:class:`PartRun`)."""
     settings = resources.settings
     if resources.stopping.is_set():
         # Taken as this worker began to stop: unclaimed, it goes straight back to the queue.
         enqueue_candidate(app, job_id, index)
-        return "resent"
+        return PartRun("resent")
     try:
         with resources.session() as session:
             claim = stage_shards.claim_part(
@@ -156,15 +164,17 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
             dataset = (session.get(Dataset, claim.job.dataset_id)
                        if claim.job.dataset_id else None)
     except JobNotFound:
-        return "missing"
+        return PartRun("missing")
     except DATABASE_DOWN as exc:
-        return resend_later(f"job {job_id} candidate {index}",
-                            lambda delay: enqueue_candidate(app, job_id, index, countdown=delay),
-                            settings.stage_retry_delay_seconds, exc)
+        return PartRun(resend_later(
+            f"job {job_id} candidate {index}",
+            lambda delay: enqueue_candidate(app, job_id, index, countdown=delay),
+            settings.stage_retry_delay_seconds, exc))
     if claim.outcome == ClaimOutcome.DONE:
-        return pick_if_complete(app, resources, job_id)
+        # Only the merge of parts that ran elsewhere: no device of this task's to count.
+        return PartRun(pick_if_complete(app, resources, job_id))
     if claim.outcome != ClaimOutcome.CLAIMED or checkpoint is None:
-        return str(claim.outcome)
+        return PartRun(str(claim.outcome))
     part = claim.part
     assert isinstance(part, SweepCandidate)
 
@@ -174,9 +184,11 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
                                   should_cancel=reporter.should_cancel)
     reporter.start()
+    device: str | None = None  # resolved by prepare(); a failure before it ran on none
     try:
         run = prepare(claim.job, checkpoint, dataset, resources.store, settings.work_dir,
                       settings.worker_device, settings.data_root)
+        device = describe_device(run.device)
         candidate = Candidate(part.module, part.lr)
         try:
             finetune, interpolation = run_candidate(run, candidate, callbacks)
@@ -194,10 +206,10 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
         if ended in ("retry", "handed_back"):
             enqueue_candidate(app, job_id, index, countdown=(
                 settings.stage_retry_delay_seconds if ended == "retry" else None))
-        return ended
+        return PartRun(ended, device)
     finally:
         reporter.stop()
-    return pick_if_complete(app, resources, job_id)
+    return PartRun(pick_if_complete(app, resources, job_id), device)
 
 
 def record_candidate(resources: WorkerResources, reporter: PartReporter, job_id: str,

@@ -8,8 +8,11 @@ Recorded by this process as it runs tasks:
 - ``rift_part_duration_seconds{stage, outcome}``: histogram of the run times of MRC shard
   (``mrc``) and sweep candidate (``finetune``) tasks, which do those stages' work;
 - ``rift_stage_attempts_total{stage}``: stage claims this process won;
-- ``rift_gpu_seconds_total{stage}``: stage seconds run on a CUDA device (not yet those of shard
-  and candidate tasks);
+- ``rift_gpu_seconds_total{stage}``: seconds of stage attempts and of MRC shard and sweep
+  candidate tasks run on a CUDA device (a part counts under its stage, ``mrc`` or ``finetune``);
+- ``rift_device_seconds_total{stage, device}``: the same seconds by the type of device they ran
+  on (``cpu``, ``cuda``, ``mps``): ``device="cuda"`` is ``rift_gpu_seconds_total``, the others
+  show a CPU worker's time, which the GPU counter leaves out;
 - ``rift_materializations_total{outcome}``.
 
 Read from the database and the broker at scrape time (the same for every worker; aggregate with
@@ -30,7 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -39,6 +42,9 @@ from sqlalchemy import func, select
 
 from persistence.models import Job, JobStage, JobStatus, StageStatus
 from persistence.workers import live_workers
+
+if TYPE_CHECKING:
+    from worker.runtime import PartRun
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +125,13 @@ class WorkerMetrics:
                                       registry=self.registry)
         self.attempts = Counter("rift_stage_attempts", "Stage claims won by this worker.",
                                 ["stage"], registry=self.registry)
-        self.gpu_seconds = Counter("rift_gpu_seconds", "Stage seconds run on a CUDA device.",
+        self.gpu_seconds = Counter("rift_gpu_seconds",
+                                   "Seconds of stage and part tasks run on a CUDA device.",
                                    ["stage"], registry=self.registry)
+        self.device_seconds = Counter("rift_device_seconds",
+                                      "Seconds of stage and part tasks by the type of device "
+                                      "they ran on.", ["stage", "device"],
+                                      registry=self.registry)
         self.materializations = Counter("rift_materializations",
                                         "Materialization requests handled, by outcome.",
                                         ["outcome"], registry=self.registry)
@@ -130,17 +141,30 @@ class WorkerMetrics:
 
     def observe_stage(self, stage: str, outcome: str, seconds: float, device: str | None) -> None:
         self.stage_seconds.labels(stage, outcome).observe(seconds)
-        if device is not None and device.startswith("cuda"):
-            self.gpu_seconds.labels(stage).inc(seconds)
+        self._count_device_time(stage, seconds, device)
 
-    def timed_part(self, stage: str, run: Callable[[], str]) -> str:
-        """``run()`` (a shard or candidate task, returning its outcome), its run time recorded.
-        Those tasks recorded nothing: a sharded MRC or a sweep's fine-tuning, the bulk of their
-        jobs' time, was missing from every duration."""
+    def timed_part(self, stage: str, run: Callable[[], PartRun]) -> str:
+        """``run()`` (a shard or candidate task, returning its outcome and device), its run time
+        recorded, and counted as device time as a stage's is; returns the outcome. Those tasks
+        recorded nothing: a sharded MRC or a sweep's fine-tuning, the bulk of their jobs' time,
+        was missing from every duration, then from the GPU seconds (the device, resolved inside
+        the task, was not handed back)."""
         started = time.monotonic()
-        outcome = run()
-        self.part_seconds.labels(stage, outcome).observe(time.monotonic() - started)
+        outcome, device = run()
+        seconds = time.monotonic() - started
+        self.part_seconds.labels(stage, outcome).observe(seconds)
+        self._count_device_time(stage, seconds, device)
         return outcome
+
+    def _count_device_time(self, stage: str, seconds: float, device: str | None) -> None:
+        """``device`` as a job records it (``cpu``, ``cuda:0 (NVIDIA H100 ...)``); None: the task
+        ended before it resolved one, and ran on none."""
+        if device is None:
+            return
+        kind = device.split(":", 1)[0].split(" ", 1)[0]
+        self.device_seconds.labels(stage, kind).inc(seconds)
+        if kind == "cuda":
+            self.gpu_seconds.labels(stage).inc(seconds)
 
     def serve(self, port: int) -> bool:
         """Start the HTTP server on ``port`` (once per process); False if the port is taken."""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import exc as database_errors
 from sqlalchemy.orm import Session, sessionmaker
@@ -428,6 +428,16 @@ class StageReporter(LeaseHeartbeat):
 
     def _due(self) -> bool:
         return self._clock() - self._last_flush >= self._interval
+
+
+class PartRun(NamedTuple):
+    """What an MRC shard or sweep candidate task did (``outcome``, as a stage's) and the device
+    it resolved for the job (``device``, as recorded in the job: ``cpu``, ``cuda:0 (...)``; None
+    when it ended before resolving one), so that its run time counts as that device's time
+    (:meth:`worker.metrics.WorkerMetrics.timed_part`) as a stage's does."""
+
+    outcome: str
+    device: str | None = None
 
 
 class PartReporter(StageReporter):

@@ -44,12 +44,14 @@ from rift.pipeline import (
 from worker.runtime import (
     DATABASE_DOWN,
     PartReporter,
+    PartRun,
     WorkerResources,
     resend_later,
     settle_part_error,
 )
 from worker.stages import (
     SAFETENSORS,
+    describe_device,
     job_stage_storage,
     prepare,
     record_mrc,
@@ -103,13 +105,14 @@ def start_mrc_shards(app: Celery, resources: WorkerResources, job: Job, run: Pre
     return len(groups)
 
 
-def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: int) -> str:
-    """Claim and score one MRC shard; merge if it was the last. Returns what happened."""
+def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: int) -> PartRun:
+    """Claim and score one MRC shard; merge if it was the last. Returns what
+    happened and the device it ran on (:class:`PartRun`)."""
     settings = resources.settings
     if resources.stopping.is_set():
         # Taken as this worker began to stop: unclaimed, it goes straight back to the queue.
         enqueue_shard(app, job_id, shard)
-        return "resent"
+        return PartRun("resent")
     try:
         with resources.session() as session:
             claim = stage_shards.claim_shard(
@@ -120,15 +123,17 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
             dataset = (session.get(Dataset, claim.job.dataset_id)
                        if claim.job.dataset_id else None)
     except JobNotFound:
-        return "missing"
+        return PartRun("missing")
     except DATABASE_DOWN as exc:
-        return resend_later(f"job {job_id} MRC shard {shard}",
-                            lambda delay: enqueue_shard(app, job_id, shard, countdown=delay),
-                            settings.stage_retry_delay_seconds, exc)
+        return PartRun(resend_later(
+            f"job {job_id} MRC shard {shard}",
+            lambda delay: enqueue_shard(app, job_id, shard, countdown=delay),
+            settings.stage_retry_delay_seconds, exc))
     if claim.outcome == ClaimOutcome.DONE:
-        return merge_if_complete(app, resources, job_id)
+        # Only the merge of parts that ran elsewhere: no device of this task's to count.
+        return PartRun(merge_if_complete(app, resources, job_id))
     if claim.outcome != ClaimOutcome.CLAIMED or checkpoint is None:
-        return str(claim.outcome)
+        return PartRun(str(claim.outcome))
 
     # A shard keeps to the job's deadline too: the stage's time is the shards' time.
     reporter = PartReporter(
@@ -137,9 +142,11 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
                                   should_cancel=reporter.should_cancel)
     reporter.start()
+    device: str | None = None  # resolved by prepare(); a failure before it ran on none
     try:
         run = prepare(claim.job, checkpoint, dataset, resources.store, settings.work_dir,
                       settings.worker_device, settings.data_root)
+        device = describe_device(run.device)
         inputs = _load_inputs(resources, claim.inputs_key, run)
         result = score_modules(run, inputs, claim.modules, callbacks)
         part: dict[str, Any] = {**result.to_json(),
@@ -155,10 +162,10 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
         if ended in ("retry", "handed_back"):
             enqueue_shard(app, job_id, shard, countdown=(
                 settings.stage_retry_delay_seconds if ended == "retry" else None))
-        return ended
+        return PartRun(ended, device)
     finally:
         reporter.stop()
-    return merge_if_complete(app, resources, job_id)
+    return PartRun(merge_if_complete(app, resources, job_id), device)
 
 
 def _load_inputs(resources: WorkerResources, key: str, run: PreparedRun) -> MRCInputs:
