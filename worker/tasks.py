@@ -59,7 +59,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 import traceback
@@ -847,7 +846,7 @@ class RecoveryLoop:
         sent = 0
         for pid in sorted(self._gone):
             with self.resources.session() as session:
-                released = release_dead_process(session, f"{socket.gethostname()}:{pid}:")
+                released = release_dead_process(session, self.resources.owner_prefix(pid))
             self._gone.discard(pid)
             for job_id, stage in released.stages:
                 enqueue_stage(self.app, job_id, stage)
