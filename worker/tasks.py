@@ -575,11 +575,15 @@ def _hand_back(app: RiftCelery, resources: WorkerResources, job_id: str, stage: 
     after a crash."""
     try:
         with resources.session() as session:
-            stages.hand_back_stage(session, job_id, stage, owner=resources.worker_id)
+            cancelled = stages.hand_back_stage(session, job_id, stage,
+                                               owner=resources.worker_id)
     except LeaseLost as exc:
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return "lease_lost"
     resources.prepared_runs.discard_job(job_id)
+    if cancelled:  # asked for while the stage ran: ended now, nothing to send
+        logger.info("job %s stage %s: cancelled as it was handed back", job_id, stage)
+        return "cancelled"
     enqueue_stage(app, job_id, stage, request_id=request_id)
     logger.info("job %s stage %s handed back: the worker is shutting down", job_id, stage)
     return "handed_back"
