@@ -371,6 +371,16 @@ class StageReporter(LeaseHeartbeat):
             self._report()
         return self._cancel
 
+    def cancelled_at_end(self) -> bool:
+        """:meth:`should_cancel` for work that has finished, before it records its outputs:
+        the lease lost raises, a cancellation read returns True, but a warm shutdown does not
+        stop it (the work is done; handing it back would run it again from its start)."""
+        self._raise_write_error()
+        if self._lease_lost.is_set():
+            raise stages.LeaseLost(f"worker {self.owner} lost the lease on stage '{self.stage}' "
+                                   f"of job {self.job_id}")
+        return self._cancel
+
     def set_device(self, device: str) -> None:
         """Record the device the job runs on, with the next write."""
         with self._pending_lock:
