@@ -17,12 +17,14 @@ from pathlib import Path
 from api.validation import Validator
 from persistence.storage import ObjectStore
 from rift.checkpoint_format import (
+    MAX_SAFETENSORS_HEADER,
+    SAFETENSORS_DTYPE_BITS,
     SAFETENSORS_TORCH_DTYPES,
     decode_floats,
-    is_normalizer_candidate,
+    normalizer_keys,
     strip_wrapper_prefix,
 )
-from rift.errors import CheckpointEntryError
+from rift.errors import CheckpointEntryError, CheckpointError
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -58,17 +60,26 @@ def stored_checkpoint_tensors(
                 "the checkpoint is a safetensors file: one flat set of weights, without entries; "
                 "leave out checkpoint_entry")
         header_length = int.from_bytes(b"".join(store.iter_range(storage_key, 0, 8)), "little")
+        if header_length > MAX_SAFETENSORS_HEADER:
+            # Checked on upload; a stored object is not trusted to be the one checked.
+            raise CheckpointError(f"the stored safetensors checkpoint claims a "
+                                  f"{header_length}-byte header, more than the format's "
+                                  f"{MAX_SAFETENSORS_HEADER}")
         raw = b"".join(store.iter_range(storage_key, 8, 8 + header_length))
         header = json.loads(raw.decode("utf-8"))
         header.pop("__metadata__", None)
         data = 8 + header_length
-        # A few values each, read by ranges: the file was checked whole on upload.
-        normalizers = {
-            strip_wrapper_prefix(k): decode_floats(b"".join(store.iter_range(
-                storage_key, data + v["data_offsets"][0], data + v["data_offsets"][1])),
-                v["dtype"])
-            for k, v in header.items()
-            if is_normalizer_candidate(k, v["dtype"], math.prod(v["shape"]))}
+        # A few values each (a bounded number of tensors), read by ranges: the file was checked
+        # whole on upload, and a range is read only when its length is what dtype × shape take.
+        normalizers: dict[str, list[float]] = {}
+        for key in normalizer_keys((k, v["dtype"], math.prod(v["shape"]))
+                                   for k, v in header.items()):
+            begin, end = header[key]["data_offsets"]
+            dtype = header[key]["dtype"]
+            if end - begin != math.prod(header[key]["shape"]) * SAFETENSORS_DTYPE_BITS[dtype] // 8:
+                continue
+            normalizers[strip_wrapper_prefix(key)] = decode_floats(
+                b"".join(store.iter_range(storage_key, data + begin, data + end)), dtype)
         return CheckpointTensors(
             {strip_wrapper_prefix(k): tuple(v["shape"]) for k, v in header.items()},
             {strip_wrapper_prefix(k): SAFETENSORS_TORCH_DTYPES[v["dtype"]]

@@ -8,7 +8,9 @@ be quiet that long again; its registry row counts as live for 3 heartbeats. The 
 better: :func:`release_dead_process` expires the leases of the dead child's owner id now (its
 caller sends their messages again, and the claim that takes them over counts an attempt, as
 after any crash) and deletes its registry row. Only for ids of this host's own children that
-it saw exit: the owner id is ``host:pid:random``, and a pid says nothing on another host.
+it saw exit: the owner id is ``host:pid:random``, and a pid says nothing on another host; the
+caller passes ``host:pid:<family>`` (``worker.runtime.WorkerResources.owner_prefix``), since
+containers on the host's network share a hostname with pid namespaces of their own.
 """
 
 from __future__ import annotations

@@ -505,15 +505,18 @@ HANDED_BACK_MESSAGE = "handed back by a worker that is shutting down; waiting fo
 
 
 def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
-                    now: datetime | None = None) -> None:
+                    now: datetime | None = None) -> bool:
     """Give the stage back because its worker is shutting down (a warm shutdown: SIGTERM), for
     another worker to run it from its start; the caller sends its message again once this has
     committed. Unlike :func:`release_stage` the claim is not counted: the stage and the job get
     their attempt back (a rolling deploy must not use up ``MAX_STAGE_ATTEMPTS``), so the next
     claim has the same attempt number and the same object keys, which the stopped attempt never
     wrote (it stopped before its outputs). Logs a ``stage_handed_back`` event; the job stays
-    ``running`` with a progress message saying it waits. :class:`LeaseLost` if ``owner`` does
-    not hold the stage (another worker took it over, or the job ended)."""
+    ``running`` with a progress message saying it waits. Returns True when the job was
+    cancelled instead: its cancellation was asked for after the stage last read the flag, and
+    with no stage held any more it ends now (as a claim would end it), rather than showing
+    ``running`` until some worker takes the message. :class:`LeaseLost` if ``owner`` does not
+    hold the stage (another worker took it over, or the job ended)."""
     now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True, relations=False)
@@ -537,6 +540,12 @@ def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
         log_event(session, job_id, EventKind.STAGE_HANDED_BACK,
                   {"stage": stage, "attempt": handed[0] + 1, "worker": owner,
                    "reason": "worker_shutdown"}, now)
+        if job.cancel_requested:
+            stage_rows = load_stages(session, job_id)
+            if not any(lease_is_live(row, now) for row in stage_rows):
+                cancel_job(session, job, stage_rows, now)
+                return True
+        return False
 
 
 def fail_job(session: Session, job_id: str, code: str, message: str, *,

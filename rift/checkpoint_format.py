@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import struct
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,7 +24,7 @@ CheckpointFormat = Literal["safetensors", "torch"]
 # Prefixes added by nn.DataParallel / DistributedDataParallel and by torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # The safetensors format caps its header at 100 MB; a larger claimed length means a corrupt file.
-_MAX_SAFETENSORS_HEADER = 100_000_000
+MAX_SAFETENSORS_HEADER = 100_000_000
 # Bits per element of every safetensors dtype (sub-byte float formats included).
 SAFETENSORS_DTYPE_BITS = {
     "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
@@ -64,6 +65,36 @@ def is_normalizer_candidate(key: str, dtype: str, numel: int) -> bool:
     buffer, whose values inspection records."""
     return (key.rpartition(".")[2] in _NORMALIZER_NAMES and dtype in _FLOAT_FORMATS
             and 0 < numel <= MAX_NORMALIZER_VALUES)
+
+
+#: At most this many tensors have their values recorded on inspection: a file holding thousands
+#: of small tensors under normalisers' names would otherwise cost a read each (a range request
+#: to the object store, at every job creation from a stored checkpoint) and carry them all to
+#: the fit check. A normaliser is two tensors; the rest are compared by the job itself, which
+#: loads every value (``rift.pipeline``), and the fit check leaves them uncompared.
+MAX_NORMALIZER_TENSORS = 16
+_PARTNER = {**{mean: std for mean, std in NORMALIZER_PAIRS},
+            **{std: mean for mean, std in NORMALIZER_PAIRS}}
+
+
+def normalizer_keys(tensors: Iterable[tuple[str, str, int]]) -> list[str]:
+    """The keys, among ``tensors`` ((key, safetensors dtype name, number of values), in file
+    order), whose values inspection records: candidates (:func:`is_normalizer_candidate`) whose
+    partner in a normaliser pair (``mean`` beside ``std``, ...) is one too, at most
+    :data:`MAX_NORMALIZER_TENSORS` of them, pairs kept whole."""
+    candidates = [key for key, dtype, numel in tensors
+                  if is_normalizer_candidate(key, dtype, numel)]
+    present = set(candidates)
+    chosen: list[str] = []
+    for key in candidates:
+        module, dot, leaf = key.rpartition(".")
+        partner = f"{module}{dot}{_PARTNER[leaf]}"
+        if partner not in present or key in chosen:
+            continue
+        if len(chosen) + 2 > MAX_NORMALIZER_TENSORS:
+            break
+        chosen += [key, partner]
+    return chosen
 
 
 def decode_floats(raw: bytes, dtype: str) -> list[float]:
@@ -164,7 +195,7 @@ def read_safetensors_header(path: Path) -> tuple[list[TensorRecord], dict[str, s
         raise CheckpointError(f"safetensors file {name} is truncated: {size} bytes, no header")
     with path.open("rb") as handle:
         header_length = int.from_bytes(handle.read(8), "little")
-        if header_length > _MAX_SAFETENSORS_HEADER or 8 + header_length > size:
+        if header_length > MAX_SAFETENSORS_HEADER or 8 + header_length > size:
             raise CheckpointError(
                 f"safetensors file {name} is truncated or corrupt: its header claims "
                 f"{header_length} bytes but the file has {size} bytes"

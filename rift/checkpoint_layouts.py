@@ -50,8 +50,10 @@ class Normalizer:
     std_key: str
     mean: list[float] | None
     std: list[float] | None
-    #: The spacing of the stored float type near 1 (a bf16 normaliser is that coarse).
-    resolution: float = 0.0
+    #: The stored float types of the two tensors: the values the model applies are rounded to
+    #: them before they are compared (a bf16 normaliser holds 0.4914 as 0.4922).
+    mean_dtype: torch.dtype = torch.float64
+    std_dtype: torch.dtype = torch.float64
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,8 @@ def _normalizers(rest: Mapping[str, Tensor], channels: int | None) -> tuple[list
                     or (channels is not None and mean.numel() not in (1, channels))
                     or mean.numel() > max(channels or 0, 4)):
                 continue
-            resolution = max(torch.finfo(mean.dtype).eps, torch.finfo(std.dtype).eps)
-            found.append(Normalizer(key, std_key, _values(mean), _values(std), resolution))
+            found.append(Normalizer(key, std_key, _values(mean), _values(std), mean.dtype,
+                                    std.dtype))
             used.update((key, std_key))
     return found, [key for key in rest if key not in used]
 
@@ -221,6 +223,17 @@ def _per_channel(values: Sequence[float] | None, default: float, channels: int) 
     return [float(values[0])] * channels if len(values) == 1 else [float(v) for v in values]
 
 
+def _stored_as(values: list[float], dtype: torch.dtype) -> list[float]:
+    """``values`` as a tensor of ``dtype`` holds them."""
+    return [float(v) for v in torch.tensor(values, dtype=torch.float64).to(dtype).double()]
+
+
+def _held(normalizer: Normalizer, mean: Sequence[float], std: Sequence[float]) -> list[float]:
+    """``mean`` and ``std`` as ``normalizer``'s tensors would hold them."""
+    return [*_stored_as(list(mean), normalizer.mean_dtype),
+            *_stored_as(list(std), normalizer.std_dtype)]
+
+
 def _close(saved: Sequence[float], wanted: Sequence[float], tolerance: float) -> bool:
     return len(saved) == len(wanted) and all(abs(a - b) <= tolerance * max(1.0, abs(b))
                                              for a, b in zip(saved, wanted, strict=True))
@@ -233,8 +246,8 @@ def _shown(values: Sequence[float]) -> str:
 def check_normalizers(layout: FittedLayout, mean: Sequence[float] | None,
                       std: Sequence[float] | None, *, configured: bool = True) -> None:
     """Require every normaliser of ``layout`` to equal the ``mean``/``std`` the model applies
-    (None: no normalisation, i.e. mean 0 and std 1) within :data:`TOLERANCE` (or the spacing of
-    the normaliser's float type, if coarser: bf16's); normalisers without values (meta tensors)
+    (None: no normalisation, i.e. mean 0 and std 1) within :data:`TOLERANCE`, once rounded to
+    the normaliser's float type (bf16's, say); normalisers without values (meta tensors)
     are not compared. ``configured``: whether ``architecture.mean/std`` were set (else the
     values are the model's default, e.g. a torchvision model's ImageNet statistics), for the
     message.
@@ -253,13 +266,17 @@ def check_normalizers(layout: FittedLayout, mean: Sequence[float] | None,
         saved_std = _per_channel(normalizer.std, 1.0, channels)
         want_mean = _per_channel(mean, 0.0, channels)
         want_std = _per_channel(std, 1.0, channels)
-        tolerance = max(TOLERANCE, normalizer.resolution)
-        if _close([*saved_mean, *saved_std], [*want_mean, *want_std], tolerance):
+        # What the model applies, rounded as the normaliser's type would hold it: that type's
+        # rounding is no difference, but its spacing near 1 (bf16's 0.0078) is no tolerance
+        # for values below 1, where it let a std 1 % off pass as equal.
+        tolerance = TOLERANCE
+        if _close([*saved_mean, *saved_std], _held(normalizer, want_mean, want_std), tolerance):
             continue
         named = next((f"set architecture.normalization to {name!r}, or "
                       for name, (named_mean, named_std) in NAMED_NORMALIZATIONS.items()
                       if _close([*saved_mean, *saved_std],
-                                                 [*named_mean, *named_std], tolerance)), "")
+                                _held(normalizer, named_mean, named_std), tolerance)),
+                     "")
         if _close([*want_mean, *want_std], [0.0] * channels + [1.0] * channels, TOLERANCE):
             applied = "the model applies none (architecture.mean/std are not set)"
         else:

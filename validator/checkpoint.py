@@ -31,7 +31,7 @@ from rift.checkpoint_format import (
     TensorRecord,
     decode_floats,
     detect_checkpoint_format,
-    is_normalizer_candidate,
+    normalizer_keys,
     read_safetensors_header,
     strip_wrapper_prefix,
 )
@@ -76,7 +76,7 @@ class CheckpointInspection:
     #: of the first (each entry is checked in full).
     entries: list[str] = field(default_factory=list)
     #: The values of the tensors that may be an input normaliser's buffers
-    #: (``rift.checkpoint_format.is_normalizer_candidate``), by normalised key: job creation
+    #: (``rift.checkpoint_format.normalizer_keys``), by normalised key: job creation
     #: compares them with the job's normalisation (``validator/fit.py``).
     normalizers: dict[str, list[float]] = field(default_factory=dict)
 
@@ -183,13 +183,14 @@ def _inspect_safetensors(path: Path, display_name: str) -> CheckpointInspection:
     dtypes = {strip_wrapper_prefix(r.name): SAFETENSORS_TORCH_DTYPES[r.dtype] for r in records
               if r.dtype in SAFETENSORS_TORCH_DTYPES}
     normalizers: dict[str, list[float]] = {}
+    by_name = {record.name: record for record in records}
     with path.open("rb") as handle:
-        for record in records:
-            if is_normalizer_candidate(record.name, record.dtype,
-                                       int(np.prod(record.shape, dtype=np.int64))):
-                handle.seek(start + record.begin)
-                normalizers[strip_wrapper_prefix(record.name)] = decode_floats(
-                    handle.read(record.end - record.begin), record.dtype)
+        for name in normalizer_keys((r.name, r.dtype, int(np.prod(r.shape, dtype=np.int64)))
+                                    for r in records):
+            record = by_name[name]
+            handle.seek(start + record.begin)
+            normalizers[strip_wrapper_prefix(record.name)] = decode_floats(
+                handle.read(record.end - record.begin), record.dtype)
     return CheckpointInspection(
         "safetensors", len(records),
         sum(int(np.prod(r.shape, dtype=np.int64)) for r in records), shapes, dtypes,
@@ -243,9 +244,9 @@ def _inspect_torch(path: Path, display_name: str, entry: str | None) -> Checkpoi
                                 source)
     dtypes = {key: str(t.dtype).removeprefix("torch.") for key, t in state.items()}
     names = {torch_name: name for name, torch_name in SAFETENSORS_TORCH_DTYPES.items()}
-    normalizers = {key: [float(v) for v in t.detach().double().flatten().tolist()]
-                   for key, t in state.items()
-                   if is_normalizer_candidate(key, names.get(dtypes[key], ""), int(t.numel()))}
+    normalizers = {key: [float(v) for v in state[key].detach().double().flatten().tolist()]
+                   for key in normalizer_keys((key, names.get(dtypes[key], ""), int(t.numel()))
+                                              for key, t in state.items())}
     return CheckpointInspection("torch", len(state),
                                 sum(int(t.numel()) for t in state.values()), shapes, dtypes,
                                 found.entries, normalizers)

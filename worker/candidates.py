@@ -217,7 +217,9 @@ def record_candidate(resources: WorkerResources, reporter: PartReporter, job_id:
                      candidate: Candidate, finetune: FinetuneStageResult,
                      interpolation: InterpolationStageResult) -> None:
     """Store candidate ``index``'s θ_FT under its attempt's key and record its outcome."""
-    raise_if_cancelled(reporter.should_cancel)  # a worker that lost its lease meanwhile writes nothing
+    # A worker that lost its lease meanwhile writes nothing; one shutting down still records
+    # the candidate it finished, as a stage does (should_cancel would hand it back).
+    raise_if_cancelled(reporter.cancelled_at_end)
     storage = CandidateStorage(resources.store, job_id, stage_attempt, index, attempt)
     stage_outputs.write_weights(storage, FINETUNED, finetune.state_dict, {
         **weights_metadata(run.config), "kind": "finetuned",

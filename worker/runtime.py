@@ -96,6 +96,11 @@ class WorkerResources:
     #: (:class:`ShuttingDown`) and is handed back, and a stage it finishes sends the next
     #: stage's message instead of running that stage itself (see ``worker_chain_stages``).
     stopping: threading.Event = field(default_factory=threading.Event, repr=False)
+    #: Random, made where the resources are (the prefork parent, before it forks) and so shared
+    #: by its pool children: their owner ids begin ``host:pid:<family>`` (:meth:`owner_prefix`),
+    #: which no process of another parent has. Host and pid alone are not enough: containers on
+    #: the host's network share its hostname, each with its own pid namespace.
+    family: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     _handles: _ProcessHandles | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -112,7 +117,7 @@ class WorkerResources:
                 self._handles = _ProcessHandles(
                     pid=os.getpid(),
                     # Unique per process and start, so a restarted worker never reuses a lease.
-                    worker_id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+                    worker_id=self.owner_prefix(os.getpid()) + uuid.uuid4().hex[:8],
                     session_factory=factory,
                     store=self.settings.build_object_store(),
                     # Per process: a forked child starts with none of its parent's runs.
@@ -121,6 +126,11 @@ class WorkerResources:
                                                     thread_name_prefix="store-write"),
                 )
             return self._handles
+
+    def owner_prefix(self, pid: int) -> str:
+        """How the owner ids of process ``pid`` of this family (this process, or a pool child
+        it forked) begin: ``host:pid:<family>``."""
+        return f"{socket.gethostname()}:{pid}:{self.family}"
 
     @property
     def worker_id(self) -> str:
@@ -359,6 +369,16 @@ class StageReporter(LeaseHeartbeat):
             raise ShuttingDown(f"worker {self.owner} is shutting down")
         if not self._cancel and self._due():
             self._report()
+        return self._cancel
+
+    def cancelled_at_end(self) -> bool:
+        """:meth:`should_cancel` for work that has finished, before it records its outputs:
+        the lease lost raises, a cancellation read returns True, but a warm shutdown does not
+        stop it (the work is done; handing it back would run it again from its start)."""
+        self._raise_write_error()
+        if self._lease_lost.is_set():
+            raise stages.LeaseLost(f"worker {self.owner} lost the lease on stage '{self.stage}' "
+                                   f"of job {self.job_id}")
         return self._cancel
 
     def set_device(self, device: str) -> None:

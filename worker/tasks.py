@@ -59,12 +59,12 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from billiard import current_process
@@ -217,9 +217,7 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
         # signal handler of the main process, where the solo and thread pools run their tasks;
         # a prefork pool's children never hear of the shutdown, so they are told.
         resources.stopping.set()
-        for pid in pool_child_pids(controllers[0] if controllers else None):
-            with contextlib.suppress(OSError):  # exited meanwhile
-                os.kill(pid, SHUTDOWN_SIGNAL)
+        signal_pool_children(controllers[0] if controllers else None, SHUTDOWN_SIGNAL)
 
     def listen_for_shutdown(**_: Any) -> None:
         # In a prefork child, before it takes a task: the parent's word that it is stopping.
@@ -291,6 +289,35 @@ def pool_child_pids(controller: Any) -> list[int]:
     processes = getattr(pool, "_pool", None) or []
     return [pid for pid in (getattr(process, "pid", None) for process in processes)
             if isinstance(pid, int) and pid > 0]
+
+
+def _parent_pid(pid: int) -> int | None:
+    """The parent process id of ``pid`` as Linux's ``/proc`` tells it; None where it cannot
+    (no such process, or no ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last.
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+def signal_pool_children(controller: Any, signum: int) -> list[int]:
+    """Send ``signum`` to the prefork pool's children that are still this process's children;
+    returns the pids signalled. The pool lists a child that exited until it is replaced, and
+    once the pool has reaped it its pid may be another process's: SIGUSR2's default action ends
+    a process, so a pid whose parent is not this process is skipped (where ``/proc`` is
+    missing the pool's word is taken)."""
+    signalled: list[int] = []
+    have_proc = Path("/proc/self/stat").exists()
+    for pid in pool_child_pids(controller):
+        if have_proc and _parent_pid(pid) != os.getpid():
+            continue
+        with contextlib.suppress(OSError):  # exited meanwhile
+            os.kill(pid, signum)
+            signalled.append(pid)
+    return signalled
 
 
 def _queue_size(app: RiftCelery, queue: str) -> int:
@@ -548,11 +575,15 @@ def _hand_back(app: RiftCelery, resources: WorkerResources, job_id: str, stage: 
     after a crash."""
     try:
         with resources.session() as session:
-            stages.hand_back_stage(session, job_id, stage, owner=resources.worker_id)
+            cancelled = stages.hand_back_stage(session, job_id, stage,
+                                               owner=resources.worker_id)
     except LeaseLost as exc:
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return "lease_lost"
     resources.prepared_runs.discard_job(job_id)
+    if cancelled:  # asked for while the stage ran: ended now, nothing to send
+        logger.info("job %s stage %s: cancelled as it was handed back", job_id, stage)
+        return "cancelled"
     enqueue_stage(app, job_id, stage, request_id=request_id)
     logger.info("job %s stage %s handed back: the worker is shutting down", job_id, stage)
     return "handed_back"
@@ -819,7 +850,7 @@ class RecoveryLoop:
         sent = 0
         for pid in sorted(self._gone):
             with self.resources.session() as session:
-                released = release_dead_process(session, f"{socket.gethostname()}:{pid}:")
+                released = release_dead_process(session, self.resources.owner_prefix(pid))
             self._gone.discard(pid)
             for job_id, stage in released.stages:
                 enqueue_stage(self.app, job_id, stage)

@@ -548,3 +548,30 @@ def test_a_failure_message_holding_nul_is_stored_on_both_databases(
         job = jobs.get_job(session, job_id)
         assert (job.status, job.error_message) == ("failed", "no weights under 'a\\x00b'")
         assert jobs.list_events(session, job_id)[-1].payload["message"] == job.error_message
+
+
+def test_a_stage_handed_back_after_its_cancellation_was_asked_for_ends_the_job_cancelled(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # The user cancels while the stage runs (the flag set, the lease live), then SIGTERM comes
+    # before the stage's next read of the flag: handed back, the job stayed "running", "waiting
+    # for another worker", until some worker took the message — never, with all workers gone.
+    job_id = new_job()
+    claim(sessions, job_id, owner="w1")
+    with sessions() as session:
+        assert jobs.request_cancel(session, job_id, now=T0).status == "running"
+    with sessions() as session:
+        cancelled = stages.hand_back_stage(session, job_id, "mrc", owner="w1",
+                                           now=T0 + timedelta(seconds=1))
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+        assert job.status == "cancelled"
+        assert cancelled is True
+        assert [s.status for s in job.stages] == ["cancelled"] * 3
+        kinds = [e.kind for e in jobs.list_events(session, job_id)]
+    assert kinds[-2:] == ["stage_handed_back", "job_cancelled"]
+    # Without a cancellation the hand-back says so.
+    other = new_job()
+    claim(sessions, other, owner="w1")
+    with sessions() as session:
+        assert stages.hand_back_stage(session, other, "mrc", owner="w1",
+                                      now=T0 + timedelta(seconds=1)) is False

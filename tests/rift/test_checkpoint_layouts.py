@@ -269,3 +269,18 @@ def test_missing_batchnorm_statistics_are_named_as_such() -> None:
                        match=r"6 missing key\(s\): bn1\.running_mean.*BatchNorm running "
                        r"statistics, which the checkpoint lacks.*eval mode"):
         check_compatible(model, without)
+
+
+def test_a_bf16_normalisers_spacing_is_no_tolerance_for_values_below_one() -> None:
+    # bf16's spacing near 1 (0.0078) was the tolerance at every value: a std of 0.2 configured
+    # passed for a checkpoint normalised by (0.2023, 0.1994, 0.2010), 1 % apart, though bf16
+    # holds those to 0.0005. Compared as bf16 holds the configured values, they differ.
+    network = {key: value.bfloat16() if value.is_floating_point() else value
+               for key, value in _network().items()}
+    expected = build_model(_config_spec(), in_channels=3, image_size=8).state_dict()
+    layout = fit_layout(expected, {**network, "mu": torch.tensor(MEAN).bfloat16(),
+                                   "sigma": torch.tensor(STD).bfloat16()}, channels=3)
+    assert layout is not None
+    check_normalizers(layout, MEAN, STD)  # its own statistics: equal once rounded to bf16
+    with pytest.raises(CheckpointMismatchError, match=r"sigma \[0\.202"):
+        check_normalizers(layout, MEAN, [0.2, 0.2, 0.2])

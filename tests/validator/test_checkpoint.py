@@ -239,3 +239,17 @@ def test_a_normalisers_values_are_recorded(tmp_path: Path) -> None:
                           "module.model.fc.weight": torch.ones(3)}}, pt)
     assert inspect_checkpoint_file(pt, "n").normalizers == {
         "normalizer.new_mean": [0.5], "normalizer.new_std": [0.25]}
+
+
+def test_the_normaliser_values_recorded_are_bounded(tmp_path: Path) -> None:
+    # Thousands of small tensors under normalisers' names: each was read and carried to the
+    # fit check (and the API read each by a range request); now only whole pairs, bounded.
+    from rift.checkpoint_format import MAX_NORMALIZER_TENSORS
+
+    tensors = {f"b{i}.{leaf}": ("F32", [1], _float_bits("F32", [0.5]))
+               for i in range(500) for leaf in ("mean", "std")}
+    tensors["lonely.mu"] = ("F32", [1], _float_bits("F32", [0.5]))
+    normalizers = inspect_checkpoint_file(
+        write_safetensors(tmp_path / "many.safetensors", tensors), "many").normalizers
+    assert len(normalizers) == MAX_NORMALIZER_TENSORS
+    assert "lonely.mu" not in normalizers

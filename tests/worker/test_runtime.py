@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +19,7 @@ from persistence import jobs, materializations, stages
 from persistence.models import Materialization, utcnow
 from persistence.settings import Settings
 from persistence.stages import LeaseLost
+from tests.persistence.helpers import stage_row
 from worker.runtime import MaterializationLease, StageReporter, WorkerResources
 
 pytestmark = pytest.mark.service
@@ -205,3 +209,31 @@ def test_write_behind_error_is_raised_on_the_stage_thread(
             reporter.take_pending()  # the stage's end does not record over a lost write
     finally:
         reporter.stop()
+
+
+def test_a_lost_pool_childs_hand_over_spares_another_parents_process_with_its_pid(
+        submit: Callable[..., str], sessions: sessionmaker[Session],
+        service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    # Two worker containers on the host's network share its hostname, each with its own pid
+    # namespace: the other's pool child may have the very pid of this parent's dead child.
+    # Releasing "host:pid:" expired that live process's lease (and deleted its registry row),
+    # so its stage was taken over and run twice.
+    from worker.tasks import RecoveryLoop
+
+    job_id = submit(quick_config, send=False)
+    resources = WorkerResources(service_settings)
+    pid = 4_000_000 + 7  # beyond any real pid: a child only in this test's pool listing
+    neighbour = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex}"
+    with sessions() as session:
+        stages.claim_stage(session, job_id, "mrc", owner=neighbour, lease_seconds=600,
+                           max_attempts=3)
+    pool = [pid]
+    # No app: releasing anything would try to send its message (and fail the test).
+    loop = RecoveryLoop(None, resources, children=lambda: list(pool))  # type: ignore[arg-type]
+    assert loop.release_lost_children() == 0  # seen alive
+    pool.clear()  # this parent's child of that pid exited
+    assert loop.release_lost_children() == 0
+    row = stage_row(sessions, job_id, "mrc")
+    assert row.lease_owner == neighbour
+    assert row.lease_expires_at is not None and row.lease_expires_at > utcnow()
+    assert resources.worker_id.startswith(resources.owner_prefix(os.getpid()))
