@@ -32,6 +32,7 @@ from persistence.models import (
     EpochMetric,
     InterpolationPoint,
     Job,
+    JobEvent,
     JobStage,
     JobStatus,
     MRCRow,
@@ -124,6 +125,10 @@ class StageOutputs:
 
 
 _rows_affected = leases.rows_affected
+
+
+#: The pipeline's event of one scored MRC module (``rift.pipeline.score_modules``).
+MODULE_SCORED = "module_scored"
 
 
 def _stage_index(stage: str) -> int:
@@ -505,6 +510,7 @@ HANDED_BACK_MESSAGE = "handed back by a worker that is shutting down; waiting fo
 
 
 def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
+                    events: Sequence[tuple[str, Mapping[str, Any], datetime]] = (),
                     now: datetime | None = None) -> None:
     """Give the stage back because its worker is shutting down (a warm shutdown: SIGTERM), for
     another worker to run it from its start; the caller sends its message again once this has
@@ -513,12 +519,18 @@ def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
     claim has the same attempt number and the same object keys, which the stopped attempt never
     wrote (it stopped before its outputs). Logs a ``stage_handed_back`` event; the job stays
     ``running`` with a progress message saying it waits. :class:`LeaseLost` if ``owner`` does
-    not hold the stage (another worker took it over, or the job ended)."""
+    not hold the stage (another worker took it over, or the job ended).
+
+    ``events``: the stopped attempt's reports not yet written, written first in the same
+    transaction (its last ``module_scored`` rows, which the next attempt then does not compute
+    again: :func:`stored_mrc_rows`)."""
     now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True, relations=False)
         if job.status != JobStatus.RUNNING:
             raise LeaseLost(f"job {job_id} is {job.status}; stage '{stage}' was not handed back")
+        for kind, payload, when in events:
+            log_event(session, job_id, kind, payload, when)
         handed = session.execute(
             update(JobStage)
             .where(JobStage.job_id == job_id, JobStage.stage == stage,
@@ -636,3 +648,17 @@ def stages_to_redispatch(session: Session, *, stale_after: float, pending_after:
         for job_id, stage in found:
             log_event(session, job_id, EventKind.STAGE_RECOVERED, {"stage": stage}, now)
     return found
+
+
+def stored_mrc_rows(session: Session, job_id: str, inputs: str) -> list[dict[str, Any]]:
+    """The MRC rows earlier attempts of the job's MRC stage (or of its shards) reported as
+    ``module_scored`` events computed from inputs of digest ``inputs``
+    (``rift.mrc.mrc_inputs_digest``), first reported first: what a new attempt need not compute
+    again (``rift.pipeline.PipelineCallbacks.stored_rows``). Events are the store because they
+    are written as each module ends (at most ``PROGRESS_INTERVAL_SECONDS`` later, and at a
+    hand-back), while ``mrc_rows`` holds only a finished stage's table."""
+    query = (select(JobEvent.payload)
+             .where(JobEvent.job_id == job_id, JobEvent.kind == MODULE_SCORED)
+             .order_by(JobEvent.id))
+    return [dict(payload) for payload in session.execute(query).scalars()
+            if isinstance(payload, Mapping) and payload.get("inputs") == inputs]

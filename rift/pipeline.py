@@ -20,7 +20,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,8 @@ from rift.mrc import (
     lowest_rows,
     make_adversarial_set,
     module_robust_criticality,
+    mrc_inputs_digest,
+    row_from_dict,
     select_modules,
 )
 from rift.preflight import (
@@ -132,13 +134,17 @@ class PipelineCallbacks:
     on_progress: Callable[[str, float, str], None] | None = None  # (stage, fraction, message)
     on_event: Callable[[str, dict[str, Any]], None] | None = None  # (kind, JSON payload)
     should_cancel: ShouldCancel | None = None  # polled at every batch and attack step
+    # (inputs digest) -> the ``module_scored`` payloads stored earlier under that digest (an
+    # earlier attempt of the stage): those modules are not scored again (``score_modules``).
+    stored_rows: Callable[[str], Sequence[Mapping[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         # A threading.Event given as should_cancel (not its is_set) failed at the first poll,
         # deep in the run, with "'Event' object is not callable".
         for name, what in (("on_progress", "(stage, fraction, message)"),
                            ("on_event", "(kind, payload)"),
-                           ("should_cancel", "() returning True to stop, e.g. event.is_set")):
+                           ("should_cancel", "() returning True to stop, e.g. event.is_set"),
+                           ("stored_rows", "(inputs digest) returning stored MRC rows")):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"PipelineCallbacks.{name} must be a function {what}, not a "
@@ -506,9 +512,19 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
     _check_module_list(modules)
     spec = config.mrc if modules is None else config.mrc.model_copy(update={"modules": modules})
     run.reset_weights()
+    # Each row carries the digest of what it was computed from, so that another attempt of the
+    # stage (a worker stopped or lost midway) can take it instead of computing it again.
+    digest = mrc_inputs_digest(inputs.adversarial, inputs.labels, spec, seed=config.seed,
+                               precision=config.precision)
+    done: dict[str, ModuleCriticality] = {}
+    if callbacks.stored_rows is not None and spec.table == "full":
+        for payload in callbacks.stored_rows(digest):
+            stored = row_from_dict(payload)
+            if stored is not None:
+                done[stored.name] = stored
 
     def on_module(row: ModuleCriticality, index: int, total: int) -> None:
-        callbacks.event("module_scored", row.as_dict())
+        callbacks.event("module_scored", {**row.as_dict(), "inputs": digest})
         callbacks.progress("mrc", (index + 1) / total, f"scored {row.name}")
 
     on_backoff = _backoff_warning(callbacks, "mrc", (
@@ -525,7 +541,11 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
             on_warning=lambda message: callbacks.event("warning", {"stage": "mrc",
                                                                    "message": message}),
             candidates=config.finetune.candidates,
-            keep_exact=[config.finetune.module] if config.finetune.module is not None else [])
+            keep_exact=[config.finetune.module] if config.finetune.module is not None else [],
+            done=done)
+    if report.reused:
+        callbacks.event("mrc_resumed", {"modules": report.reused, "inputs": digest,
+                                        "scored": len(report.modules) - len(report.reused)})
     if report.unreachable:
         callbacks.event("warning", {"stage": "mrc", "message": (
             f"not scored: {_names(report.unreachable)}: the model's output in eval mode does "

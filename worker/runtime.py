@@ -430,6 +430,17 @@ class StageReporter(LeaseHeartbeat):
         return self._clock() - self._last_flush >= self._interval
 
 
+def stored_rows_of(resources: WorkerResources, job_id: str
+                   ) -> Callable[[str], list[dict[str, Any]]]:
+    """The MRC stage's ``stored_rows`` callback (``rift.pipeline.PipelineCallbacks``): the
+    rows earlier attempts of the job stored under a digest (``stages.stored_mrc_rows``)."""
+    def stored_rows(inputs: str) -> list[dict[str, Any]]:
+        with resources.session() as session:
+            return stages.stored_mrc_rows(session, job_id, inputs)
+    return stored_rows
+
+
+
 class PartReporter(StageReporter):
     """A :class:`StageReporter` whose heartbeat renews the lease of one part of a split stage (an
     MRC shard, a sweep candidate: :mod:`persistence.stage_shards`). Parts run side by side, so

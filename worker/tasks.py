@@ -63,8 +63,9 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from billiard import current_process
@@ -142,6 +143,7 @@ from worker.runtime import (
     StageReporter,
     WorkerResources,
     resend_later,
+    stored_rows_of,
 )
 from worker.shards import (
     SHARD_TASK_NAME,
@@ -435,7 +437,8 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         time_limit=job_time_limit(claim.job, settings.job_time_limit_seconds),
         write_behind=True)
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
-                                  should_cancel=reporter.should_cancel)
+                                  should_cancel=reporter.should_cancel,
+                                  stored_rows=stored_rows_of(resources, job_id))
     reporter.start()
     try:
         preparing = time.perf_counter()
@@ -499,8 +502,10 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return _Step(stage, "lease_lost", device)
     except ShuttingDown:
-        reporter.close()
-        return _Step(stage, _hand_back(app, resources, job_id, stage, request_id), device)
+        # The reports not yet written go with the hand-back: the MRC rows among them are what
+        # the next attempt does not compute again.
+        return _Step(stage, _hand_back(app, resources, job_id, stage, request_id,
+                                       _pending_events(reporter)), device)
     except RiftError as exc:
         reporter.close()
         return _Step(stage, _fail(resources, job_id, stage, exc.code, exc.message), device)
@@ -539,8 +544,20 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
     return _Step(stage, "done", device, chained)
 
 
+def _pending_events(reporter: StageReporter) -> list[tuple[str, dict[str, Any], datetime]]:
+    """The reporter's events not yet written (its writing ended), or none if it cannot say."""
+    try:
+        return list(reporter.take_pending().events)
+    except Exception:  # a failed write: the stage is handed back all the same
+        logger.warning("job %s: the stopped attempt's last reports are lost", reporter.job_id,
+                       exc_info=True)
+        reporter.close()
+        return []
+
+
 def _hand_back(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
-               request_id: str | None) -> str:
+               request_id: str | None,
+               events: Sequence[tuple[str, dict[str, Any], datetime]] = ()) -> str:
     """Give the stage back, its claim not counted, and send its message at once, for another
     worker to run it from its start: this one is in a warm shutdown. Returns the outcome
     ("handed_back"; "lease_lost" when the stage was no longer this worker's). If the database
@@ -548,7 +565,8 @@ def _hand_back(app: RiftCelery, resources: WorkerResources, job_id: str, stage: 
     after a crash."""
     try:
         with resources.session() as session:
-            stages.hand_back_stage(session, job_id, stage, owner=resources.worker_id)
+            stages.hand_back_stage(session, job_id, stage, owner=resources.worker_id,
+                                   events=events)
     except LeaseLost as exc:
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return "lease_lost"
