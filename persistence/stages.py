@@ -127,10 +127,6 @@ class StageOutputs:
 _rows_affected = leases.rows_affected
 
 
-#: The pipeline's event of one scored MRC module (``rift.pipeline.score_modules``).
-MODULE_SCORED = "module_scored"
-
-
 def _stage_index(stage: str) -> int:
     try:
         return STAGE_ORDER.index(StageName(stage))
@@ -523,7 +519,7 @@ def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
 
     ``events``: the stopped attempt's reports not yet written, written first in the same
     transaction (its last ``module_scored`` rows, which the next attempt then does not compute
-    again: :func:`stored_mrc_rows`)."""
+    again: :func:`stored_events`)."""
     now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True, relations=False)
@@ -650,15 +646,16 @@ def stages_to_redispatch(session: Session, *, stale_after: float, pending_after:
     return found
 
 
-def stored_mrc_rows(session: Session, job_id: str, inputs: str) -> list[dict[str, Any]]:
-    """The MRC rows earlier attempts of the job's MRC stage (or of its shards) reported as
-    ``module_scored`` events computed from inputs of digest ``inputs``
-    (``rift.mrc.mrc_inputs_digest``), first reported first: what a new attempt need not compute
-    again (``rift.pipeline.PipelineCallbacks.stored_rows``). Events are the store because they
-    are written as each module ends (at most ``PROGRESS_INTERVAL_SECONDS`` later, and at a
-    hand-back), while ``mrc_rows`` holds only a finished stage's table."""
+def stored_events(session: Session, job_id: str, kind: str, inputs: str) -> list[dict[str, Any]]:
+    """The payloads of the job's ``kind`` events computed from inputs of digest ``inputs``, first
+    reported first: what an earlier attempt of a stage stored as it went, which a new attempt
+    need not compute again (``rift.pipeline.PipelineCallbacks.stored_events``): MRC rows
+    (``module_scored``, digest ``rift.mrc.mrc_inputs_digest``) and α points
+    (``alpha_evaluated``). Events are the store because they are written as each module or
+    point ends (at most ``PROGRESS_INTERVAL_SECONDS`` later, and at a hand-back), while the
+    ``mrc_rows`` and ``interpolation_points`` tables hold only a finished stage's outputs."""
     query = (select(JobEvent.payload)
-             .where(JobEvent.job_id == job_id, JobEvent.kind == MODULE_SCORED)
+             .where(JobEvent.job_id == job_id, JobEvent.kind == kind)
              .order_by(JobEvent.id))
     return [dict(payload) for payload in session.execute(query).scalars()
             if isinstance(payload, Mapping) and payload.get("inputs") == inputs]

@@ -139,6 +139,13 @@ def selection_key(mrc: float, max_ascent_loss: float | None) -> tuple[float, flo
 _ROW_CHOICE_FIELDS = {"include", "exclude", "modules", "shards"}
 
 
+def update_digest(digest: Any, tensor: torch.Tensor) -> None:
+    """Feed ``tensor``'s dtype, shape and bytes (any dtype, bf16 too) to a hashlib digest."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    digest.update(f"{flat.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(flat.view(torch.uint8).numpy().tobytes())
+
+
 def mrc_inputs_digest(adversarial_images: torch.Tensor, labels: torch.Tensor, spec: MRCSpec, *,
                       seed: int, precision: str) -> str:
     """SHA-256 of everything a module's row is computed from besides the model's θ (fixed for a
@@ -150,9 +157,7 @@ def mrc_inputs_digest(adversarial_images: torch.Tensor, labels: torch.Tensor, sp
     :func:`module_robust_criticality`)."""
     digest = hashlib.sha256()
     for tensor in (adversarial_images, labels):
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{flat.dtype}{tuple(tensor.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
+        update_digest(digest, tensor)
     settings = spec.model_dump(mode="json", exclude=_ROW_CHOICE_FIELDS)
     digest.update(repr((sorted(settings.items()), seed, precision, adversarial_images.device.type,
                         torch.__version__)).encode())

@@ -430,15 +430,14 @@ class StageReporter(LeaseHeartbeat):
         return self._clock() - self._last_flush >= self._interval
 
 
-def stored_rows_of(resources: WorkerResources, job_id: str
-                   ) -> Callable[[str], list[dict[str, Any]]]:
-    """The MRC stage's ``stored_rows`` callback (``rift.pipeline.PipelineCallbacks``): the
-    rows earlier attempts of the job stored under a digest (``stages.stored_mrc_rows``)."""
-    def stored_rows(inputs: str) -> list[dict[str, Any]]:
+def stored_events_of(resources: WorkerResources, job_id: str
+                     ) -> Callable[[str, str], list[dict[str, Any]]]:
+    """A stage's ``stored_events`` callback (``rift.pipeline.PipelineCallbacks``): what earlier
+    attempts of the job stored under a digest (``stages.stored_events``)."""
+    def stored(kind: str, inputs: str) -> list[dict[str, Any]]:
         with resources.session() as session:
-            return stages.stored_mrc_rows(session, job_id, inputs)
-    return stored_rows
-
+            return stages.stored_events(session, job_id, kind, inputs)
+    return stored
 
 
 class PartReporter(StageReporter):

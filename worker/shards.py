@@ -49,7 +49,7 @@ from worker.runtime import (
     WorkerResources,
     resend_later,
     settle_part_error,
-    stored_rows_of,
+    stored_events_of,
 )
 from worker.stages import (
     SAFETENSORS,
@@ -139,7 +139,7 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
         time_limit=job_time_limit(claim.job, settings.job_time_limit_seconds))
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
                                   should_cancel=reporter.should_cancel,
-                                  stored_rows=stored_rows_of(resources, job_id))
+                                  stored_events=stored_events_of(resources, job_id))
     reporter.start()
     try:
         run = prepare(claim.job, checkpoint, dataset, resources.store, settings.work_dir,
@@ -156,7 +156,7 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
                                       result=part)
     except Exception as exc:
         if isinstance(exc, ShuttingDown):
-            # The rows scored so far are kept for the shard's next attempt (stored_rows_of).
+            # The rows scored so far are kept for the shard's next attempt (stored_events_of).
             with contextlib.suppress(Exception):
                 reporter.flush()
         ended = settle_part_error(resources, stage_shards.MRC_SHARDS, job_id, shard, claim.attempt, exc)

@@ -143,7 +143,7 @@ from worker.runtime import (
     StageReporter,
     WorkerResources,
     resend_later,
-    stored_rows_of,
+    stored_events_of,
 )
 from worker.shards import (
     SHARD_TASK_NAME,
@@ -438,7 +438,7 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         write_behind=True)
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
                                   should_cancel=reporter.should_cancel,
-                                  stored_rows=stored_rows_of(resources, job_id))
+                                  stored_events=stored_events_of(resources, job_id))
     reporter.start()
     try:
         preparing = time.perf_counter()
