@@ -38,7 +38,9 @@ limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the j
 Warm shutdown (SIGTERM): the stage, part or materialization running stops at its next batch
 (:class:`worker.runtime.ShuttingDown`, raised by its ``should_cancel``) and is handed back,
 its claim not counted, with its message sent again at once; a prefork parent tells its
-children with :data:`SHUTDOWN_SIGNAL`. A message taken while the database refuses
+children with :data:`SHUTDOWN_SIGNAL`. The next attempt of an MRC stage or shard (or of a full
+interpolation curve) skips the modules (α points) the stopped one reported, reading them from the
+job's events (``stored_events``: :mod:`rift.pipeline`). A message taken while the database refuses
 connections is sent again after ``STAGE_RETRY_DELAY_SECONDS`` (:func:`worker.runtime.
 resend_later`) instead of being acknowledged with the task's error and lost.
 
@@ -558,8 +560,10 @@ def _pending_events(reporter: StageReporter) -> list[tuple[str, dict[str, Any], 
 def _hand_back(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
                request_id: str | None,
                events: Sequence[tuple[str, dict[str, Any], datetime]] = ()) -> str:
-    """Give the stage back, its claim not counted, and send its message at once, for another
-    worker to run it from its start: this one is in a warm shutdown. Returns the outcome
+    """Give the stage back, its claim not counted, with the attempt's unwritten ``events``, and
+    send its message at once, for another worker to run it (from its start, but for the MRC rows
+    and α points those events and earlier ones stored: ``stages.stored_events``): this one is in
+    a warm shutdown. Returns the outcome
     ("handed_back"; "lease_lost" when the stage was no longer this worker's). If the database
     cannot be reached the stage stays leased, and is taken over once its lease expires, as
     after a crash."""
