@@ -32,6 +32,7 @@ from persistence.models import (
     EpochMetric,
     InterpolationPoint,
     Job,
+    JobEvent,
     JobStage,
     JobStatus,
     MRCRow,
@@ -505,6 +506,7 @@ HANDED_BACK_MESSAGE = "handed back by a worker that is shutting down; waiting fo
 
 
 def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
+                    events: Sequence[tuple[str, Mapping[str, Any], datetime]] = (),
                     now: datetime | None = None) -> bool:
     """Give the stage back because its worker is shutting down (a warm shutdown: SIGTERM), for
     another worker to run it from its start; the caller sends its message again once this has
@@ -516,12 +518,18 @@ def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
     cancelled instead: its cancellation was asked for after the stage last read the flag, and
     with no stage held any more it ends now (as a claim would end it), rather than showing
     ``running`` until some worker takes the message. :class:`LeaseLost` if ``owner`` does not
-    hold the stage (another worker took it over, or the job ended)."""
+    hold the stage (another worker took it over, or the job ended).
+
+    ``events``: the stopped attempt's reports not yet written, written first in the same
+    transaction (its last ``module_scored`` rows, which the next attempt then does not compute
+    again: :func:`stored_events`)."""
     now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True, relations=False)
         if job.status != JobStatus.RUNNING:
             raise LeaseLost(f"job {job_id} is {job.status}; stage '{stage}' was not handed back")
+        for kind, payload, when in events:
+            log_event(session, job_id, kind, payload, when)
         handed = session.execute(
             update(JobStage)
             .where(JobStage.job_id == job_id, JobStage.stage == stage,
@@ -645,3 +653,18 @@ def stages_to_redispatch(session: Session, *, stale_after: float, pending_after:
         for job_id, stage in found:
             log_event(session, job_id, EventKind.STAGE_RECOVERED, {"stage": stage}, now)
     return found
+
+
+def stored_events(session: Session, job_id: str, kind: str, inputs: str) -> list[dict[str, Any]]:
+    """The payloads of the job's ``kind`` events computed from inputs of digest ``inputs``, first
+    reported first: what an earlier attempt of a stage stored as it went, which a new attempt
+    need not compute again (``rift.pipeline.PipelineCallbacks.stored_events``): MRC rows
+    (``module_scored``, digest ``rift.mrc.mrc_inputs_digest``) and α points
+    (``alpha_evaluated``). Events are the store because they are written as each module or
+    point ends (at most ``PROGRESS_INTERVAL_SECONDS`` later, and at a hand-back), while the
+    ``mrc_rows`` and ``interpolation_points`` tables hold only a finished stage's outputs."""
+    query = (select(JobEvent.payload)
+             .where(JobEvent.job_id == job_id, JobEvent.kind == kind)
+             .order_by(JobEvent.id))
+    return [dict(payload) for payload in session.execute(query).scalars()
+            if isinstance(payload, Mapping) and payload.get("inputs") == inputs]

@@ -19,6 +19,7 @@ held outside the model (``rift.mrc_stacked``); the ascent loop (``_criticalities
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import itertools
 import logging
 import math
@@ -92,6 +93,8 @@ class MRCReport:
     unreachable: list[str] = field(default_factory=list)
     # Parameters no row covers (``rift.scored_weights``): never scored, never chosen.
     unscored: list[str] = field(default_factory=list)
+    # Rows taken as given (``done`` of ``module_robust_criticality``), not computed here.
+    reused: list[str] = field(default_factory=list)
 
     def lowest(self) -> ModuleCriticality:
         """The non-robust-critical module: the smallest MRC; ties go to the smaller
@@ -130,6 +133,52 @@ def selection_key(mrc: float, max_ascent_loss: float | None) -> tuple[float, flo
     tie = max_ascent_loss if max_ascent_loss is not None and not math.isnan(max_ascent_loss) \
         else math.inf
     return (mrc, tie)
+
+
+# The MRC settings that only choose which rows exist, not any row's values.
+_ROW_CHOICE_FIELDS = {"include", "exclude", "modules", "shards"}
+
+
+def update_digest(digest: Any, tensor: torch.Tensor) -> None:
+    """Feed ``tensor``'s dtype, shape and bytes (any dtype, bf16 too) to a hashlib digest."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    digest.update(f"{flat.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(flat.view(torch.uint8).numpy().tobytes())
+
+
+def mrc_inputs_digest(adversarial_images: torch.Tensor, labels: torch.Tensor, spec: MRCSpec, *,
+                      seed: int, precision: str) -> str:
+    """SHA-256 of everything a module's row is computed from besides the model's θ (fixed for a
+    job): the adversarial set and labels, bit for bit, the MRC settings that shape a row, the
+    seed, the precision, the device type and the torch version. Two rows computed under equal
+    digests from the same θ are the same computation (``_score_one`` restores every weight and
+    seeds each module's batch orders alike, so a row does not depend on the modules before it):
+    a row stored under this digest can stand for one computed again (``done`` of
+    :func:`module_robust_criticality`)."""
+    digest = hashlib.sha256()
+    for tensor in (adversarial_images, labels):
+        update_digest(digest, tensor)
+    settings = spec.model_dump(mode="json", exclude=_ROW_CHOICE_FIELDS)
+    digest.update(repr((sorted(settings.items()), seed, precision, adversarial_images.device.type,
+                        torch.__version__)).encode())
+    return digest.hexdigest()
+
+
+def row_from_dict(row: Mapping[str, Any]) -> ModuleCriticality | None:
+    """The row ``ModuleCriticality.as_dict`` made (e.g. a stored ``module_scored`` event's
+    payload); None if a field is missing or of another type (such a row is computed again)."""
+    values: dict[str, Any] = {}
+    for name, kind in (("name", str), ("parameters", int), ("mrc", float),
+                       ("worst_robust_loss", float), ("robust_accuracy_at_worst", float),
+                       ("robust_accuracy_drop", float), ("seconds", float),
+                       ("max_ascent_loss", float), ("passes", int), ("exact", bool)):
+        value = row.get(name)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # JSON writes 1.0 back as 1 on some paths
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return None
+        values[name] = value
+    return ModuleCriticality(**values)
 
 
 def perturbable_modules(model: nn.Module) -> list[str]:
@@ -857,6 +906,7 @@ def module_robust_criticality(
     candidates: int = 1,
     keep_exact: Collection[str] = (),
     screen: int = SCREEN_PASSES,
+    done: Mapping[str, ModuleCriticality] | None = None,
 ) -> MRCReport:
     """Score every selected module of ``model`` (``rift.scored_weights``) on a fixed adversarial
     set. Selected modules the output does not depend on are left out and listed in
@@ -877,6 +927,15 @@ def module_robust_criticality(
     ``on_module`` is still called once per module, in the order they are final; ``screen`` is
     the passes every module gets first (``rift.mrc_selection.SCREEN_PASSES``; bench/mrc.py
     compares settings).
+
+    ``done`` maps module names to rows computed earlier on the same inputs (the caller checks
+    :func:`mrc_inputs_digest`; e.g. by an attempt of the stage that was stopped): those rows are
+    taken as they are, not computed again, and listed in ``report.reused``; ``on_module`` is
+    called for the computed rows only (``index`` counts the reused ones first). Exact, as each
+    row is computed alone from the same inputs and seed. Only with ``spec.table == "full"``
+    (under "selection" which passes a module runs depends on the others' values, so ``done`` is
+    not used), and with ``mrc.module_batch`` > 1 only for whole groups at the table's start (a
+    row scored in a group may differ from its row alone by float rounding).
     """
     names = select_modules(model, spec)
     # A user's float64 or half model scores its own dtype's inputs (rift.model_state).
@@ -930,11 +989,38 @@ def module_robust_criticality(
                                               screen)
             return report
         group_size = modules_per_group(spec.module_batch, adversarial_images.device, precision)
-        for index, row in enumerate(_score_all(scoring, names, group_size, on_warning)):
+        reused = _reusable_rows(names, done or {}, group_size)
+        report.reused = [name for name in names if name in reused]
+        computed = _score_all(scoring, [name for name in names if name not in reused],
+                              group_size, on_warning)
+        scored = 0
+        for name in names:  # table order; the computed rows come in it too
+            if name in reused:
+                report.modules.append(reused[name])
+                continue
+            row = next(computed)
             report.modules.append(row)
             if on_module is not None:
-                on_module(row, index, len(names))
+                on_module(row, len(reused) + scored, len(names))
+            scored += 1
         return report
+
+
+def _reusable_rows(names: Sequence[str], done: Mapping[str, ModuleCriticality],
+                   group_size: int) -> dict[str, ModuleCriticality]:
+    """The rows of ``done`` that stand for ``names``' rows exactly: every exact one of them
+    scored alone, or with groups of ``group_size`` > 1 only the whole groups at the start
+    whose rows are all there (the groups a resumed run then makes are those an uninterrupted
+    run made)."""
+    usable = {name: row for name, row in done.items()
+              if row.exact and row.name == name and row.passes is not None}
+    if group_size <= 1:
+        return {name: usable[name] for name in names if name in usable}
+    prefix = 0
+    while prefix < len(names) and names[prefix] in usable:
+        prefix += 1
+    prefix -= prefix % group_size
+    return {name: usable[name] for name in names[:prefix]}
 
 
 def _trace_or_none(model: nn.Module, engine: str) -> fx.GraphModule | None:

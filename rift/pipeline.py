@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,10 @@ from rift.mrc import (
     lowest_rows,
     make_adversarial_set,
     module_robust_criticality,
+    mrc_inputs_digest,
+    row_from_dict,
     select_modules,
+    update_digest,
 )
 from rift.preflight import (
     PreflightReport,
@@ -132,13 +136,18 @@ class PipelineCallbacks:
     on_progress: Callable[[str, float, str], None] | None = None  # (stage, fraction, message)
     on_event: Callable[[str, dict[str, Any]], None] | None = None  # (kind, JSON payload)
     should_cancel: ShouldCancel | None = None  # polled at every batch and attack step
+    # (event kind, inputs digest) -> the payloads of that kind an earlier attempt of the stage
+    # stored under that digest: MRC rows (``module_scored``: ``score_modules``) and α points
+    # (``alpha_evaluated``: ``_measure_curve``) not computed again.
+    stored_events: Callable[[str, str], Sequence[Mapping[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         # A threading.Event given as should_cancel (not its is_set) failed at the first poll,
         # deep in the run, with "'Event' object is not callable".
         for name, what in (("on_progress", "(stage, fraction, message)"),
                            ("on_event", "(kind, payload)"),
-                           ("should_cancel", "() returning True to stop, e.g. event.is_set")):
+                           ("should_cancel", "() returning True to stop, e.g. event.is_set"),
+                           ("stored_events", "(kind, inputs digest) returning stored payloads")):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"PipelineCallbacks.{name} must be a function {what}, not a "
@@ -506,9 +515,19 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
     _check_module_list(modules)
     spec = config.mrc if modules is None else config.mrc.model_copy(update={"modules": modules})
     run.reset_weights()
+    # Each row carries the digest of what it was computed from, so that another attempt of the
+    # stage (a worker stopped or lost midway) can take it instead of computing it again.
+    digest = mrc_inputs_digest(inputs.adversarial, inputs.labels, spec, seed=config.seed,
+                               precision=config.precision)
+    done: dict[str, ModuleCriticality] = {}
+    if callbacks.stored_events is not None and spec.table == "full":
+        for payload in callbacks.stored_events("module_scored", digest):
+            stored = row_from_dict(payload)
+            if stored is not None:
+                done[stored.name] = stored
 
     def on_module(row: ModuleCriticality, index: int, total: int) -> None:
-        callbacks.event("module_scored", row.as_dict())
+        callbacks.event("module_scored", {**row.as_dict(), "inputs": digest})
         callbacks.progress("mrc", (index + 1) / total, f"scored {row.name}")
 
     on_backoff = _backoff_warning(callbacks, "mrc", (
@@ -525,7 +544,11 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
             on_warning=lambda message: callbacks.event("warning", {"stage": "mrc",
                                                                    "message": message}),
             candidates=config.finetune.candidates,
-            keep_exact=[config.finetune.module] if config.finetune.module is not None else [])
+            keep_exact=[config.finetune.module] if config.finetune.module is not None else [],
+            done=done)
+    if report.reused:
+        callbacks.event("mrc_resumed", {"modules": report.reused, "inputs": digest,
+                                        "scored": len(report.modules) - len(report.reused)})
     if report.unreachable:
         callbacks.event("warning", {"stage": "mrc", "message": (
             f"not scored: {_names(report.unreachable)}: the model's output in eval mode does "
@@ -724,6 +747,41 @@ def evaluate_weights(run: PreparedRun, state: Mapping[str, torch.Tensor] | None 
                          _evaluation_data(run, split), PipelineCallbacks.of(callbacks))
 
 
+def curve_inputs_digest(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
+                        data: ImageTensors) -> str:
+    """SHA-256 of everything an α point's robust count is computed from: θ_AT, θ_FT, the
+    evaluated examples, the attack, evaluation and interpolation settings, the seed, the
+    precision, the device type and the torch version (a stored ``alpha_evaluated`` count stands
+    for one computed again only under an equal digest)."""
+    digest = hashlib.sha256()
+    for state in (run.original_state, finetuned_state):
+        for name in sorted(state):
+            digest.update(name.encode())
+            update_digest(digest, state[name])
+    update_digest(digest, data.images)
+    update_digest(digest, data.labels)
+    config = run.config
+    digest.update(repr((config.attack.model_dump(mode="json"),
+                        config.evaluation.model_dump(mode="json"),
+                        config.interpolation.model_dump(mode="json"), config.seed,
+                        config.precision, run.device.type, torch.__version__)).encode())
+    return digest.hexdigest()
+
+
+def _stored_tally(payload: Mapping[str, Any], total: int) -> tuple[float, RobustTally] | None:
+    """An ``alpha_evaluated`` payload as (α, its complete count); None if it is not one."""
+    alpha = payload.get("alpha")
+    counts = [payload.get(key) for key in ("correct", "attacked", "total", "gradient_steps")]
+    if (not isinstance(alpha, int | float) or isinstance(alpha, bool)
+            or not all(isinstance(c, int) and not isinstance(c, bool) for c in counts)):
+        return None
+    try:
+        tally = RobustTally(*counts)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    return (float(alpha), tally) if tally.complete and tally.total == total else None
+
+
 def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
                    data: ImageTensors, callbacks: PipelineCallbacks) -> LazySelection:
     """Clean accuracy at every α; robust accuracy in full at every α (``curve: "full"``) or only
@@ -768,8 +826,33 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
         advance(1, f"clean α = {alpha:g}")
         return percent(int(correct.sum()), total) if total else 0.0
 
+    # A full curve's points are final as each is attacked: each is reported with the digest of
+    # what it was computed from, and another attempt of the stage takes the stored ones (not
+    # α = 0, whose outcomes order the others' attacks). Under "selection" where a point's attack
+    # stops depends on the points before it, so nothing is taken there.
+    digest = curve_inputs_digest(run, finetuned_state, data) if spec.curve == "full" else None
+    stored: dict[float, RobustTally] = {}
+    if digest is not None and callbacks.stored_events is not None:
+        for payload in callbacks.stored_events("alpha_evaluated", digest):
+            entry = _stored_tally(payload, total)
+            if entry is not None and entry[0] in grid[1:]:
+                stored[entry[0]] = entry[1]
+    taken: list[float] = []
+
     def robust(alpha: float, at_least: int) -> RobustTally:
         callbacks.check_cancel()
+        if baseline and alpha in stored:
+            taken.append(alpha)
+            advance(attack_cost, f"robust α = {alpha:g} (stored by an earlier attempt)")
+            return stored[alpha]
+        tally = attack(alpha, at_least)
+        if digest is not None:
+            callbacks.event("alpha_evaluated", {
+                "alpha": alpha, "correct": tally.correct, "attacked": tally.attacked,
+                "total": tally.total, "gradient_steps": tally.gradient_steps, "inputs": digest})
+        return tally
+
+    def attack(alpha: float, at_least: int) -> RobustTally:
         run.reset_weights(interpolate_weights(run.original_state, finetuned_state, alpha))
         order = likely_failures_first(clean_outcomes[alpha], baseline[0]) if baseline else None
         model = models()
@@ -787,8 +870,12 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
         advance(attack_cost * attacked.tally.attacked / max(total, 1), f"robust α = {alpha:g}")
         return attacked.tally
 
-    measure = measure_full_curve if spec.curve == "full" else select_alpha_lazily
-    measured = measure(grid, clean, robust, tolerance=spec.robust_tolerance)
+    if spec.curve == "full":
+        measured = measure_full_curve(grid, clean, robust, tolerance=spec.robust_tolerance)
+    else:
+        measured = select_alpha_lazily(grid, clean, robust, tolerance=spec.robust_tolerance)
+    if taken:
+        callbacks.event("interpolation_resumed", {"alphas": taken, "inputs": digest})
     for point in measured.curve():
         callbacks.event("interpolation_point", point)
     return measured

@@ -460,6 +460,16 @@ class PartRun(NamedTuple):
     device: str | None = None
 
 
+def stored_events_of(resources: WorkerResources, job_id: str
+                     ) -> Callable[[str, str], list[dict[str, Any]]]:
+    """A stage's ``stored_events`` callback (``rift.pipeline.PipelineCallbacks``): what earlier
+    attempts of the job stored under a digest (``stages.stored_events``)."""
+    def stored(kind: str, inputs: str) -> list[dict[str, Any]]:
+        with resources.session() as session:
+            return stages.stored_events(session, job_id, kind, inputs)
+    return stored
+
+
 class PartReporter(StageReporter):
     """A :class:`StageReporter` whose heartbeat renews the lease of one part of a split stage (an
     MRC shard, a sweep candidate: :mod:`persistence.stage_shards`). Parts run side by side, so

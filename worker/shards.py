@@ -13,6 +13,7 @@ and sends the next one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -45,9 +46,11 @@ from worker.runtime import (
     DATABASE_DOWN,
     PartReporter,
     PartRun,
+    ShuttingDown,
     WorkerResources,
     resend_later,
     settle_part_error,
+    stored_events_of,
 )
 from worker.stages import (
     SAFETENSORS,
@@ -140,7 +143,8 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
         resources, job_id, stage_shards.MRC_SHARDS, shard, started_at=claim.job.started_at,
         time_limit=job_time_limit(claim.job, settings.job_time_limit_seconds))
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
-                                  should_cancel=reporter.should_cancel)
+                                  should_cancel=reporter.should_cancel,
+                                  stored_events=stored_events_of(resources, job_id))
     reporter.start()
     device: str | None = None  # resolved by prepare(); a failure before it ran on none
     try:
@@ -158,6 +162,10 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
             stage_shards.finish_shard(session, job_id, shard, owner=resources.worker_id,
                                       result=part)
     except Exception as exc:
+        if isinstance(exc, ShuttingDown):
+            # The rows scored so far are kept for the shard's next attempt (stored_events_of).
+            with contextlib.suppress(Exception):
+                reporter.flush()
         ended = settle_part_error(resources, stage_shards.MRC_SHARDS, job_id, shard, claim.attempt, exc)
         if ended in ("retry", "handed_back"):
             enqueue_shard(app, job_id, shard, countdown=(

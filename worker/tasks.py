@@ -38,7 +38,9 @@ limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the j
 Warm shutdown (SIGTERM): the stage, part or materialization running stops at its next batch
 (:class:`worker.runtime.ShuttingDown`, raised by its ``should_cancel``) and is handed back,
 its claim not counted, with its message sent again at once; a prefork parent tells its
-children with :data:`SHUTDOWN_SIGNAL`. A message taken while the database refuses
+children with :data:`SHUTDOWN_SIGNAL`. The next attempt of an MRC stage or shard (or of a full
+interpolation curve) skips the modules (α points) the stopped one reported, reading them from the
+job's events (``stored_events``: :mod:`rift.pipeline`). A message taken while the database refuses
 connections is sent again after ``STAGE_RETRY_DELAY_SECONDS`` (:func:`worker.runtime.
 resend_later`) instead of being acknowledged with the task's error and lost.
 
@@ -62,8 +64,9 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +145,7 @@ from worker.runtime import (
     StageReporter,
     WorkerResources,
     resend_later,
+    stored_events_of,
 )
 from worker.shards import (
     SHARD_TASK_NAME,
@@ -462,7 +466,8 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         time_limit=job_time_limit(claim.job, settings.job_time_limit_seconds),
         write_behind=True)
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
-                                  should_cancel=reporter.should_cancel)
+                                  should_cancel=reporter.should_cancel,
+                                  stored_events=stored_events_of(resources, job_id))
     reporter.start()
     try:
         preparing = time.perf_counter()
@@ -526,8 +531,10 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return _Step(stage, "lease_lost", device)
     except ShuttingDown:
-        reporter.close()
-        return _Step(stage, _hand_back(app, resources, job_id, stage, request_id), device)
+        # The reports not yet written go with the hand-back: the MRC rows among them are what
+        # the next attempt does not compute again.
+        return _Step(stage, _hand_back(app, resources, job_id, stage, request_id,
+                                       _pending_events(reporter)), device)
     except RiftError as exc:
         reporter.close()
         return _Step(stage, _fail(resources, job_id, stage, exc.code, exc.message), device)
@@ -566,17 +573,31 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
     return _Step(stage, "done", device, chained)
 
 
+def _pending_events(reporter: StageReporter) -> list[tuple[str, dict[str, Any], datetime]]:
+    """The reporter's events not yet written (its writing ended), or none if it cannot say."""
+    try:
+        return list(reporter.take_pending().events)
+    except Exception:  # a failed write: the stage is handed back all the same
+        logger.warning("job %s: the stopped attempt's last reports are lost", reporter.job_id,
+                       exc_info=True)
+        reporter.close()
+        return []
+
+
 def _hand_back(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
-               request_id: str | None) -> str:
-    """Give the stage back, its claim not counted, and send its message at once, for another
-    worker to run it from its start: this one is in a warm shutdown. Returns the outcome
+               request_id: str | None,
+               events: Sequence[tuple[str, dict[str, Any], datetime]] = ()) -> str:
+    """Give the stage back, its claim not counted, with the attempt's unwritten ``events``, and
+    send its message at once, for another worker to run it (from its start, but for the MRC rows
+    and α points those events and earlier ones stored: ``stages.stored_events``): this one is in
+    a warm shutdown. Returns the outcome
     ("handed_back"; "lease_lost" when the stage was no longer this worker's). If the database
     cannot be reached the stage stays leased, and is taken over once its lease expires, as
     after a crash."""
     try:
         with resources.session() as session:
             cancelled = stages.hand_back_stage(session, job_id, stage,
-                                               owner=resources.worker_id)
+                                               owner=resources.worker_id, events=events)
     except LeaseLost as exc:
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return "lease_lost"

@@ -575,3 +575,31 @@ def test_a_stage_handed_back_after_its_cancellation_was_asked_for_ends_the_job_c
     with sessions() as session:
         assert stages.hand_back_stage(session, other, "mrc", owner="w1",
                                       now=T0 + timedelta(seconds=1)) is False
+
+
+def test_a_hand_back_writes_the_attempts_last_reports_which_the_next_attempt_reads_back(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # The rows a stopped MRC attempt scored since its last write go with the hand-back (before,
+    # the reporter dropped them), and stored_events gives the next attempt those of its kind and
+    # inputs digest, in order.
+    job_id = new_job()
+    claim(sessions, job_id, owner="w1")
+    row = {"name": "conv1", "mrc": 0.25, "max_ascent_loss": 1.0000000000000002, "passes": 2}
+    with sessions() as session:
+        stages.report_activity(session, job_id, "mrc", events=[
+            ("module_scored", {**row, "inputs": "a"}, T0),
+            ("module_scored", {**row, "name": "conv0", "inputs": "b"}, T0)])
+    with sessions() as session:
+        stages.hand_back_stage(session, job_id, "mrc", owner="w1", events=[
+            ("module_scored", {**row, "name": "fc", "inputs": "a"}, T0),
+            ("alpha_evaluated", {"alpha": 0.5, "inputs": "a"}, T0)])
+    with sessions() as session:
+        kinds = [e.kind for e in jobs.list_events(session, job_id)]
+        assert kinds[-3:] == ["module_scored", "alpha_evaluated", "stage_handed_back"]
+        stored = stages.stored_events(session, job_id, "module_scored", "a")
+    assert stored == [{**row, "inputs": "a"}, {**row, "name": "fc", "inputs": "a"}]
+    assert isinstance(stored[0]["max_ascent_loss"], float)  # the float back bit for bit
+    with sessions() as session:
+        assert stages.stored_events(session, job_id, "alpha_evaluated", "a") == [
+            {"alpha": 0.5, "inputs": "a"}]
+        assert stages.stored_events(session, job_id, "module_scored", "c") == []

@@ -1,0 +1,156 @@
+"""A stage taken over by another worker resumes from what the stopped attempt stored, where that
+is exact: the MRC stage scores only the modules whose rows (``module_scored`` events carrying the
+digest of the adversarial set and settings they were computed from) are not stored yet, and the
+interpolation stage (``curve: "full"``) attacks only the α points whose counts
+(``alpha_evaluated``) are not stored yet.
+
+Before, the second worker scored every module (attacked every α) again (hours of a long MRC stage on a spot
+machine). Real worker processes (solo pool), Postgres and Redis; a lease of 60 s so that its
+expiry cannot explain what is seen.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence import jobs
+from persistence.storage import ObjectStore
+from rift.interpolation import alpha_grid
+from tests.reliability.test_worker_shutdown import (
+    LEASE_S,
+    events,
+    stages_of,
+    terminate,
+    timeless,
+    tuned_weights,
+)
+from tests.service_fixtures import WorkerProcess
+from tests.worker_jobs import wait_for
+
+pytestmark = pytest.mark.service
+
+MRC_STEPS = 60  # seconds per convolution: the stage is still running when SIGTERM lands
+ALPHA_STEP = 0.025
+EVALUATED = 128  # examples attacked per α, each with ATTACK_STEPS steps
+ATTACK_STEPS = 10  # the whole full curve takes seconds
+
+
+def mrc_table(sessions: sessionmaker[Session], job_id: str) -> list[dict[str, Any]]:
+    """The job's MRC rows without their measured times."""
+    with sessions() as session:
+        return [{column: getattr(row, column) for column in (
+            "position", "module", "parameters", "mrc", "worst_robust_loss",
+            "robust_accuracy_at_worst", "robust_accuracy_drop", "max_ascent_loss", "passes",
+            "exact")} for row in jobs.get_mrc_rows(session, job_id)]
+
+
+def scored(log: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return [payload["name"] for kind, payload in log if kind == "module_scored"]
+
+
+def test_an_mrc_stage_handed_back_midway_scores_only_the_missing_modules_on_another_worker(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], store: ObjectStore, quick_config: dict[str, Any],
+        tmp_path: Path) -> None:
+    spec = copy.deepcopy(quick_config)
+    spec["mrc"].update(steps=MRC_STEPS, reshuffle=True)  # reshuffle: seeded batch orders too
+    first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    job_id = submit(spec)
+    wait_for(sessions, job_id, lambda job: job.stage == "mrc" and bool(
+        scored(events(sessions, job_id))), "a scored module", workers=(first,))
+
+    terminate(first)
+    assert first.process.returncode == 0, first.log()[-3000:]
+    mrc = stages_of(sessions, job_id)["mrc"]
+    assert (mrc.status, mrc.attempts) == ("pending", 0), first.log()[-3000:]
+    before = events(sessions, job_id)
+    stored = scored(before)
+
+    second = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(second,))
+    assert job.status == "succeeded", job.error_message
+    log = events(sessions, job_id)
+    handed = len(before)  # what the second worker reported follows
+    table = [row["module"] for row in mrc_table(sessions, job_id)]
+    assert 1 <= len(stored) < len(table), (stored, table)  # stopped mid-stage
+    # The second attempt scored the modules the first had not stored, and only those.
+    assert sorted(scored(log[handed:])) == sorted(name for name in table if name not in stored)
+    resumed = [payload for kind, payload in log[handed:] if kind == "mrc_resumed"]
+    assert [(p["modules"], p["scored"]) for p in resumed] == [
+        (stored, len(table) - len(stored))]
+
+    # The same job run without interruption gives the same table, choice and weights.
+    other_id = submit(spec)
+    other = wait_for(sessions, other_id, lambda j: j.is_finished, "the end", workers=(second,))
+    assert other.status == "succeeded", other.error_message
+    assert sorted(scored(events(sessions, other_id))) == sorted(table)  # nothing of the first
+    assert mrc_table(sessions, job_id) == mrc_table(sessions, other_id)
+    assert (job.selected_module, job.chosen_alpha) == (other.selected_module,
+                                                       other.chosen_alpha)
+    assert timeless(job.metrics) == timeless(other.metrics)
+    resumed_weights = tuned_weights(sessions, store, job_id, tmp_path / "resumed")
+    for name, tensors in tuned_weights(sessions, store, other_id, tmp_path / "other").items():
+        assert resumed_weights[name].keys() == tensors.keys()
+        assert all(torch.equal(resumed_weights[name][key], value)
+                   for key, value in tensors.items())
+
+
+def evaluated(log: list[tuple[str, dict[str, Any]]]) -> list[float]:
+    return [payload["alpha"] for kind, payload in log if kind == "alpha_evaluated"]
+
+
+def test_an_interpolation_handed_back_midway_attacks_only_the_missing_alphas_on_another_worker(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], store: ObjectStore, quick_config: dict[str, Any],
+        tmp_path: Path) -> None:
+    spec = copy.deepcopy(quick_config)
+    # Only a full curve is resumed ("selection" stops points on what ran before them).
+    spec["interpolation"].update(alpha_step=ALPHA_STEP, curve="full")  # 41 points
+    spec["evaluation"].update(max_examples=EVALUATED)
+    spec["attack"].update(steps=ATTACK_STEPS)
+    first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    job_id = submit(spec)
+    wait_for(sessions, job_id, lambda job: job.stage == "interpolate" and len(
+        evaluated(events(sessions, job_id))) >= 2, "an α > 0 attacked", timeout=60,
+        workers=(first,))
+
+    terminate(first)
+    assert first.process.returncode == 0, first.log()[-3000:]
+    interpolate = stages_of(sessions, job_id)["interpolate"]
+    assert (interpolate.status, interpolate.attempts) == ("pending", 0), first.log()[-3000:]
+    stored = evaluated(events(sessions, job_id))
+    grid = alpha_grid(ALPHA_STEP)
+    assert 2 <= len(stored) < len(grid) and stored == grid[:len(stored)]  # stopped mid-curve
+
+    second = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(second,))
+    assert job.status == "succeeded", job.error_message
+    log = events(sessions, job_id)
+    handed = next(i for i, (kind, _) in enumerate(log) if kind == "stage_handed_back")
+    # α = 0 again (its outcomes order the others' attacks), then only the points not stored.
+    assert evaluated(log[handed:]) == [0.0, *grid[len(stored):]]
+    assert [p["alphas"] for kind, p in log[handed:] if kind == "interpolation_resumed"] == [
+        stored[1:]]
+
+    other_id = submit(spec)
+    other = wait_for(sessions, other_id, lambda j: j.is_finished, "the end", workers=(second,))
+    assert other.status == "succeeded", other.error_message
+    with sessions() as session:
+        curves = [[(p.alpha, p.clean_accuracy, p.robust_accuracy)
+                   for p in jobs.get_interpolation_points(session, some)]
+                  for some in (job_id, other_id)]
+    assert curves[0] == curves[1] and len(curves[0]) == len(grid)
+    assert (job.selected_module, job.chosen_alpha) == (other.selected_module,
+                                                       other.chosen_alpha)
+    assert timeless(job.metrics) == timeless(other.metrics)
+    resumed_weights = tuned_weights(sessions, store, job_id, tmp_path / "resumed")
+    for name, tensors in tuned_weights(sessions, store, other_id, tmp_path / "other").items():
+        assert all(torch.equal(resumed_weights[name][key], value)
+                   for key, value in tensors.items())
