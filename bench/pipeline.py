@@ -17,6 +17,11 @@ curve). CPU time is the figure to compare on a shared machine. CPU-sized compari
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/pipeline.py --reference-cost \\
         --device cpu --train 256 --test 32 --alpha-step 0.1 --mrc-examples 32 \\
         --mrc-batch-size 16 --mrc-steps 3 --epochs 1 --attack-steps 3
+
+``--huge-pages-ab PAIRS`` runs that comparison in pairs of processes, ``THP_MEM_ALLOC_ENABLE``
+unset and ``1`` (torch reads it once, at start), and reports each stage per setting and whether
+every process computed the same bits. Without it, both flows run with the shell's setting
+(reported as ``thp_mem_alloc_enable``; unset is how the reference code runs).
 """
 
 from __future__ import annotations
