@@ -17,13 +17,23 @@ curve). CPU time is the figure to compare on a shared machine. CPU-sized compari
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/pipeline.py --reference-cost \\
         --device cpu --train 256 --test 32 --alpha-step 0.1 --mrc-examples 32 \\
         --mrc-batch-size 16 --mrc-steps 3 --epochs 1 --attack-steps 3
+
+``--huge-pages-ab PAIRS`` runs that comparison in pairs of processes, ``THP_MEM_ALLOC_ENABLE``
+unset and ``1`` (torch reads it once, at start), and reports each stage per setting and whether
+every process computed the same bits. Without it, both flows run with the shell's setting
+(reported as ``thp_mem_alloc_enable``; unset is how the reference code runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
+import os
+import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,25 +63,49 @@ T = TypeVar("T")
 
 
 class _Clock:
-    """Wall and CPU seconds of named steps. CPU time (``time.process_time``, one thread) is the
-    figure to compare on a shared machine: other processes' load stretches wall time, not it."""
+    """Wall and CPU seconds and minor page faults of named steps. CPU time
+    (``time.process_time``, one thread) is the figure to compare on a shared machine: other
+    processes' load stretches wall time, not it. Minor page faults are first touches of freshly
+    mapped pages (what ``THP_MEM_ALLOC_ENABLE`` changes: one fault per 2 MiB instead of 4 KiB)."""
 
     def __init__(self) -> None:
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
+        self.faults: dict[str, int] = {}
 
     def time(self, name: str, step: Callable[[], T]) -> T:
         wall, cpu = time.perf_counter(), time.process_time()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         value = step()
         self.wall[name] = time.perf_counter() - wall
         self.cpu[name] = time.process_time() - cpu
+        self.faults[name] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         return value
 
-    def summary(self) -> dict[str, dict[str, float]]:
+    def summary(self) -> dict[str, dict[str, Any]]:
         return {"wall_seconds": {k: round(v, 2) for k, v in self.wall.items()}
                 | {"total": round(sum(self.wall.values()), 2)},
                 "cpu_seconds": {k: round(v, 2) for k, v in self.cpu.items()}
-                | {"total": round(sum(self.cpu.values()), 2)}}
+                | {"total": round(sum(self.cpu.values()), 2)},
+                "page_faults": self.faults | {"total": sum(self.faults.values())}}
+
+
+def _digest(value: Any) -> str:
+    """SHA-256 of results, to compare runs in separate processes bit for bit: a state dict's
+    tensors byte for byte, anything else as JSON (floats written exactly, by repr)."""
+    digest = hashlib.sha256()
+    if isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values()):
+        for key in sorted(value):
+            digest.update(key.encode())
+            digest.update(value[key].detach().cpu().contiguous().numpy().tobytes())
+    else:
+        digest.update(json.dumps(value, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _mrc_digest(rows: list[dict[str, Any]]) -> str:
+    """The MRC table without its timings (``seconds`` differ from run to run)."""
+    return _digest([{k: v for k, v in row.items() if k != "seconds"} for row in rows])
 
 
 def _library_flow(config: RiftConfig, checkpoint: Path) -> dict[str, Any]:
@@ -87,7 +121,10 @@ def _library_flow(config: RiftConfig, checkpoint: Path) -> dict[str, Any]:
             "mrc_passes": sum(int(row.get("passes") or config.mrc.steps) for row in mrc.rows),
             "mrc_exact_rows": sum(1 for row in mrc.rows if row.get("exact", True)),
             "mrc_rows": len(mrc.rows),
-            "selected_module": mrc.selected_module, "chosen_alpha": interpolation.chosen_alpha}
+            "selected_module": mrc.selected_module, "chosen_alpha": interpolation.chosen_alpha,
+            "sha256": {"mrc_table": _mrc_digest(mrc.rows), "theta_ft": _digest(finetuned),
+                       "curve": _digest(interpolation.points),
+                       "theta_rift": _digest(interpolation.state_dict)}}
 
 
 def _reference_flow(config: RiftConfig, checkpoint: Path) -> dict[str, Any]:
@@ -95,10 +132,12 @@ def _reference_flow(config: RiftConfig, checkpoint: Path) -> dict[str, Any]:
     α curve on the unfolded model."""
     run, clock = prepare_run(config, checkpoint), _Clock()
 
+    values: dict[str, float] = {}
+
     def mrc() -> str:
         inputs = make_mrc_inputs(run)
-        values = reference_cost_mrc(run.model, inputs.adversarial, inputs.labels, config.mrc,
-                                    seed=config.seed)
+        values.update(reference_cost_mrc(run.model, inputs.adversarial, inputs.labels,
+                                         config.mrc, seed=config.seed))
         return min(values, key=values.__getitem__)
 
     module = clock.time("mrc", mrc)
@@ -111,7 +150,10 @@ def _reference_flow(config: RiftConfig, checkpoint: Path) -> dict[str, Any]:
     interpolation = clock.time("interpolation", lambda: run_interpolation_stage(run, finetuned))
     return {**clock.summary(), "robust_evaluations": interpolation.robust_evaluations,
             "attacked_examples": interpolation.attacked_examples,
-            "selected_module": module, "chosen_alpha": interpolation.chosen_alpha}
+            "selected_module": module, "chosen_alpha": interpolation.chosen_alpha,
+            "sha256": {"mrc_table": _digest(values), "theta_ft": _digest(finetuned),
+                       "curve": _digest(interpolation.points),
+                       "theta_rift": _digest(interpolation.state_dict)}}
 
 
 def _warm_up(config: RiftConfig, checkpoint: Path) -> None:
@@ -134,6 +176,10 @@ def _compare(config: RiftConfig, checkpoint: Path, job: str, output: Path | None
     _warm_up(config, checkpoint)
     report: dict[str, Any] = {
         "benchmark": "pipeline_reference_cost", "job": job, "threads": torch.get_num_threads(),
+        # Both flows run in this one process, so both have the same huge-pages setting: the
+        # reference flow is timed as the reference code runs only where this is None (unset;
+        # torch reads it once, at start; `python -m rift` and the worker set it to "1").
+        "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE"),
         "config": config.model_dump(mode="json", exclude={"dataset"})}
     if "library" in flows:
         report["library"] = _library_flow(config, checkpoint)
@@ -190,6 +236,103 @@ def _print_report(report: dict[str, Any], output: Path | None) -> None:
     print(text)
     if output is not None:
         output.write_text(text + "\n")
+
+
+STAGES = ("mrc", "finetune", "interpolation", "total")
+
+
+def _huge_pages_ab(pairs: int, output: Path | None) -> None:
+    """Run this bench's comparison (the same arguments, less ``--huge-pages-ab`` and
+    ``--output``) in ``pairs`` pairs of processes, one with ``THP_MEM_ALLOC_ENABLE`` unset and one
+    with it ``1`` (torch reads it once, at start, so one process per setting). The two of a pair
+    start together, so the shared machine's load hits both alike; which starts first alternates.
+    Reports each stage's CPU seconds and page faults per setting (medians, spread, paired ratios)
+    and whether every run computed the same results, bit for bit (SHA-256 of the MRC table, θ_FT,
+    the curve and the final weights)."""
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg in ("--huge-pages-ab", "--output"):
+            skip = True
+        elif not arg.startswith(("--huge-pages-ab=", "--output=")):
+            argv.append(arg)
+    settings = {"unset": None, "1": "1"}
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        for pair in range(pairs):
+            order = list(settings) if pair % 2 == 0 else list(reversed(settings))
+            children = {}
+            for name in order:
+                env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+                if settings[name] is not None:
+                    env["THP_MEM_ALLOC_ENABLE"] = settings[name]
+                path = Path(folder) / f"{pair}-{name}.json"
+                children[name] = (path, subprocess.Popen(
+                    [sys.executable, sys.argv[0], *argv, "--output", str(path)], env=env,
+                    stdout=subprocess.DEVNULL))
+            load = os.getloadavg()[0]
+            for name, (path, child) in children.items():
+                if child.wait() != 0:
+                    raise SystemExit(f"pair {pair}, THP {name}: exit status {child.returncode}")
+                runs.append({"pair": pair, "thp_mem_alloc_enable": settings[name],
+                             "started_first": name == order[0],
+                             "load_average_at_start": round(load, 2),
+                             **json.loads(path.read_text())})
+            print(json.dumps({"pair": pair, "done": True}), file=sys.stderr, flush=True)
+    text = json.dumps(_huge_pages_summary(runs, argv), indent=2)
+    print(text)
+    if output is not None:
+        output.write_text(text + "\n")
+
+
+def _huge_pages_summary(runs: list[dict[str, Any]], argv: list[str]) -> dict[str, Any]:
+    flows = [flow for flow in ("library", "reference_cost") if flow in runs[0]]
+    by_setting = {setting: [r for r in runs if r["thp_mem_alloc_enable"] == setting]
+                  for setting in (None, "1")}
+    report: dict[str, Any] = {
+        "benchmark": "pipeline_huge_pages", "job": runs[0]["job"], "threads": runs[0]["threads"],
+        "torch": torch.__version__, "pairs": len(by_setting["1"]),
+        "command": " ".join(["bench/pipeline.py", *sys.argv[1:]]),
+        "child_command": " ".join(["bench/pipeline.py", *argv]),
+        "config": runs[0]["config"]}
+    for flow in flows:
+        summary: dict[str, Any] = {}
+        for stage in STAGES:
+            row: dict[str, Any] = {}
+            for setting, label in ((None, "unset"), ("1", "thp")):
+                cpu = [r[flow]["cpu_seconds"][stage] for r in by_setting[setting]]
+                faults = [r[flow]["page_faults"][stage] for r in by_setting[setting]]
+                row[f"cpu_seconds_{label}"] = cpu
+                row[f"median_cpu_seconds_{label}"] = round(statistics.median(cpu), 2)
+                row[f"median_page_faults_{label}"] = int(statistics.median(faults))
+            row["median_ratio_unset_over_thp"] = round(
+                row["median_cpu_seconds_unset"] / max(row["median_cpu_seconds_thp"], 1e-9), 3)
+            # Each pair ran under the same load: its own ratio, and the spread of those.
+            paired = [u[flow]["cpu_seconds"][stage] / max(t[flow]["cpu_seconds"][stage], 1e-9)
+                      for u, t in zip(by_setting[None], by_setting["1"], strict=True)]
+            row["paired_ratios_unset_over_thp"] = [round(x, 3) for x in paired]
+            summary[stage] = row
+        digests = {json.dumps(r[flow]["sha256"], sort_keys=True) for r in runs}
+        summary["identical_results"] = len(digests) == 1
+        summary["sha256"] = runs[0][flow]["sha256"]
+        summary["selected_module"] = sorted({r[flow]["selected_module"] for r in runs})
+        summary["chosen_alpha"] = sorted({r[flow]["chosen_alpha"] for r in runs})
+        summary["attacked_examples"] = sorted({r[flow]["attacked_examples"] for r in runs})
+        report[flow] = summary
+    if len(flows) == 2:
+        # The whole job's ratio with both flows under one setting, and as users meet it: the
+        # reference code in a plain process (unset) against `python -m rift` or the worker (1).
+        library = {s: statistics.median(r["library"]["cpu_seconds"]["total"]
+                                        for r in by_setting[s]) for s in (None, "1")}
+        reference = {s: statistics.median(r["reference_cost"]["cpu_seconds"]["total"]
+                                          for r in by_setting[s]) for s in (None, "1")}
+        report["total_cpu_ratio_reference_over_library"] = {
+            "both_unset": round(reference[None] / library[None], 3),
+            "both_thp": round(reference["1"] / library["1"], 3),
+            "reference_unset_library_thp": round(reference[None] / library["1"], 3)}
+    report["runs"] = runs
+    return report
 
 
 def _digits_comparison(alpha_step: float, output: Path | None) -> None:
@@ -256,9 +399,17 @@ def main() -> None:
     parser.add_argument("--library-from", type=Path, default=None,
                         help="with --reference-from: measure nothing, merge this earlier "
                         "--flows library output with that --flows reference output")
+    parser.add_argument("--huge-pages-ab", type=int, default=None, metavar="PAIRS",
+                        help="with --reference-cost: run it in PAIRS pairs of processes, "
+                        "THP_MEM_ALLOC_ENABLE unset and 1, and compare the two settings")
     parser.add_argument("--output", type=Path, default=None,
                         help="also write the JSON report to this file")
     args = parser.parse_args()
+    if args.huge_pages_ab is not None:
+        if not args.reference_cost:
+            parser.error("--huge-pages-ab needs --reference-cost")
+        _huge_pages_ab(args.huge_pages_ab, args.output)
+        return
     if args.library_from is not None:
         if args.reference_from is None:
             parser.error("--library-from needs --reference-from")

@@ -13,8 +13,9 @@ includes the queue, the stages' preparation of their run, the database writes an
 The job's event timestamps break it down (``service_breakdown_median``, see :func:`_breakdown`);
 ``fixed_overhead_seconds_median`` is the service's time outside the library's stage compute less
 the direct run's, the figure the machine's load disturbs least. The checkpoint upload is timed
-separately. Both sides run with ``OMP_NUM_THREADS=1`` on the CPU. Jobs (``--job``): the digits
-demo job, or ``digits-long`` (see :func:`job_config`).
+separately. Both sides run with ``OMP_NUM_THREADS=1`` on the CPU and the same
+``THP_MEM_ALLOC_ENABLE`` (the environment's, else ``1`` as the worker sets it). Jobs
+(``--job``): the digits demo job, or ``digits-long`` (see :func:`job_config`).
 
 CPU seconds (Linux): the direct process's for its timed ``run_pipeline`` against the worker
 process's and the API process's for the service job (``/proc/<pid>/stat``, read before the
@@ -303,7 +304,11 @@ def main() -> None:
                    "DATABASE_URL": url, "BROKER_URL": "redis://127.0.0.1:6379/0",
                    "CELERY_QUEUE": f"rift-bench-{uuid.uuid4().hex[:8]}", "STORE_KIND": "local",
                    "STORE_ROOT": str(folder / "objects"), "WORK_DIR": str(folder / "work"),
-                   "WORKER_DEVICE": "cpu"}
+                   "WORKER_DEVICE": "cpu",
+                   # The worker's entry module turns huge pages on unless the environment says
+                   # otherwise (torch reads it once, at start); set here, the direct run's process
+                   # and the worker run with the same setting, whichever tree they come from.
+                   "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "1")}
             if tree == ROOT:
                 upgrade_database(url)
             else:  # the tree's own migrations: an older tree refuses a newer schema
@@ -374,6 +379,7 @@ def main() -> None:
         "benchmark": "service_overhead", "job": args.job, "tree": str(tree),
         "config": {key: config[key] for key in ("finetune", "interpolation")},
         "threads": 1, "repeats": args.repeats,
+        "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE", "1"),  # both sides
         "direct_seconds": [round(s, 2) for s in direct],
         "service_seconds": [round(s, 2) for s in service],
         "checkpoint_upload_seconds": round(upload_seconds, 3),

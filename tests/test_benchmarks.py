@@ -56,7 +56,31 @@ def test_the_whole_job_comparison_runs_on_a_trained_synthetic_resnet(
     assert 1 <= library["robust_evaluations"] <= 3
     for flow in (library, reference):
         assert set(flow["cpu_seconds"]) == {"mrc", "finetune", "interpolation", "total"}
+        assert set(flow["page_faults"]) == set(flow["cpu_seconds"])
+        assert set(flow["sha256"]) == {"mrc_table", "theta_ft", "curve", "theta_rift"}
     assert set(report["cpu_ratio_reference_over_library"]) == set(library["cpu_seconds"])
+    assert "thp_mem_alloc_enable" in report  # which huge-pages setting both flows ran with
+
+
+@pytest.mark.slow
+def test_the_huge_pages_comparison_runs_each_setting_in_its_own_process(
+    tmp_path: Path, optional_worker_launcher: Launcher | None,
+) -> None:
+    report = _run_bench(
+        "pipeline.py", "--reference-cost", "--device", "cpu", "--train", "48", "--test", "8",
+        "--alpha-step", "0.5", "--mrc-examples", "4", "--mrc-batch-size", "4", "--mrc-steps",
+        "1", "--epochs", "1", "--attack-steps", "1", "--image-size", "8", "--huge-pages-ab", "1",
+        tmp_path=tmp_path, launcher=optional_worker_launcher)
+    assert report["benchmark"] == "pipeline_huge_pages" and report["pairs"] == 1
+    # One child process per setting, each reporting what torch read at its start.
+    assert sorted(str(run["thp_mem_alloc_enable"]) for run in report["runs"]) == ["1", "None"]
+    assert "--huge-pages-ab" not in report["child_command"]
+    for flow in ("library", "reference_cost"):
+        # Huge pages change where tensors live, not what is computed: the same bits.
+        assert report[flow]["identical_results"] is True
+        assert report[flow]["mrc"]["cpu_seconds_unset"] and report[flow]["mrc"]["cpu_seconds_thp"]
+    assert set(report["total_cpu_ratio_reference_over_library"]) == {
+        "both_unset", "both_thp", "reference_unset_library_thp"}
 
 
 @pytest.mark.slow
