@@ -188,15 +188,15 @@ def test_a_sharded_mrc_shard_handed_back_midway_scores_only_its_missing_modules_
     before = events(sessions, job_id)
     stored = scored(before)
     with sessions() as session:
-        shards = {shard.shard: (shard.status, list(shard.modules))
+        shards = {shard.shard: (shard.status, shard.attempts, list(shard.modules))
                   for shard in list_shards(session, job_id)}
-    # The shard stopped midway went back to pending, its rows kept (possibly the first shard's
-    # whole table too, when the SIGTERM came during the second one).
-    stopped = [index for index, (status, modules) in shards.items()
+    # The shard stopped midway went back to pending with its attempt given back, its rows kept
+    # (the first shard's whole table too, when the SIGTERM came during the second one).
+    stopped = [index for index, (_, _, modules) in shards.items()
                if 1 <= len(set(stored) & set(modules)) < len(modules)]
-    assert len(stopped) == 1 and shards[stopped[0]][0] == "pending", (shards, stored,
-                                                                       first.log()[-3000:])
-    modules = shards[stopped[0]][1]
+    assert len(stopped) == 1 and shards[stopped[0]][:2] == ("pending", 0), (
+        shards, stored, first.log()[-3000:])
+    modules = shards[stopped[0]][2]
     kept = [name for name in stored if name in modules]
 
     second = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
