@@ -2,7 +2,8 @@
 is exact: the MRC stage scores only the modules whose rows (``module_scored`` events carrying the
 digest of the adversarial set and settings they were computed from) are not stored yet, and the
 interpolation stage (``curve: "full"``) attacks only the α points whose counts
-(``alpha_evaluated``) are not stored yet.
+(``alpha_evaluated``) are not stored yet. A sharded MRC stage does so per shard: a shard handed
+back midway scores only its own modules not stored on its next attempt.
 
 Before, the second worker scored every module (attacked every α) again (hours of a long MRC stage on a spot
 machine). Real worker processes (solo pool), Postgres and Redis; a lease of 60 s so that its
@@ -21,6 +22,8 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs
+from persistence.models import Job
+from persistence.stage_shards import list_shards
 from persistence.storage import ObjectStore
 from rift.interpolation import alpha_grid
 from tests.reliability.test_worker_shutdown import (
@@ -152,5 +155,74 @@ def test_an_interpolation_handed_back_midway_attacks_only_the_missing_alphas_on_
     assert timeless(job.metrics) == timeless(other.metrics)
     resumed_weights = tuned_weights(sessions, store, job_id, tmp_path / "resumed")
     for name, tensors in tuned_weights(sessions, store, other_id, tmp_path / "other").items():
+        assert all(torch.equal(resumed_weights[name][key], value)
+                   for key, value in tensors.items())
+
+
+def running_shard_midway(sessions: sessionmaker[Session], job_id: str
+                         ) -> Callable[[Job], bool]:
+    """True once a shard still running has some, not all, of its modules' rows stored."""
+    def midway(job: Job) -> bool:
+        if job.stage != "mrc":
+            return False
+        stored = set(scored(events(sessions, job_id)))
+        with sessions() as session:
+            return any(shard.status == "running" and 1 <= len(stored & set(shard.modules))
+                       < len(shard.modules) for shard in list_shards(session, job_id))
+    return midway
+
+
+def test_a_sharded_mrc_shard_handed_back_midway_scores_only_its_missing_modules_on_another_worker(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], store: ObjectStore, quick_config: dict[str, Any],
+        tmp_path: Path) -> None:
+    spec = copy.deepcopy(quick_config)
+    spec["mrc"].update(steps=MRC_STEPS, reshuffle=True, shards=2)
+    first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    job_id = submit(spec)
+    wait_for(sessions, job_id, running_shard_midway(sessions, job_id),
+             "a running shard with a scored module", workers=(first,))
+
+    terminate(first)
+    assert first.process.returncode == 0, first.log()[-3000:]
+    before = events(sessions, job_id)
+    stored = scored(before)
+    with sessions() as session:
+        shards = {shard.shard: (shard.status, shard.attempts, list(shard.modules))
+                  for shard in list_shards(session, job_id)}
+    # The shard stopped midway went back to pending with its attempt given back, its rows kept
+    # (the first shard's whole table too, when the SIGTERM came during the second one).
+    stopped = [index for index, (_, _, modules) in shards.items()
+               if 1 <= len(set(stored) & set(modules)) < len(modules)]
+    assert len(stopped) == 1 and shards[stopped[0]][:2] == ("pending", 0), (
+        shards, stored, first.log()[-3000:])
+    modules = shards[stopped[0]][2]
+    kept = [name for name in stored if name in modules]
+
+    second = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(second,))
+    assert job.status == "succeeded", job.error_message
+    log = events(sessions, job_id)[len(before):]
+    table = [row["module"] for row in mrc_table(sessions, job_id)]
+    # Every module was scored once over both workers; the stopped shard's second attempt
+    # scored only its modules the first attempt had not stored and said which it took.
+    assert sorted(stored + scored(log)) == sorted(table)
+    assert sorted(name for name in scored(log) if name in modules) == sorted(
+        name for name in modules if name not in kept)
+    resumed = [(p["modules"], p["scored"]) for kind, p in log if kind == "mrc_resumed"]
+    assert (kept, len(modules) - len(kept)) in resumed, resumed
+
+    # The same sharded job run without interruption gives the same table, choice and weights.
+    other_id = submit(spec)
+    other = wait_for(sessions, other_id, lambda j: j.is_finished, "the end", workers=(second,))
+    assert other.status == "succeeded", other.error_message
+    assert sorted(scored(events(sessions, other_id))) == sorted(table)  # nothing of the first
+    assert mrc_table(sessions, job_id) == mrc_table(sessions, other_id)
+    assert (job.selected_module, job.chosen_alpha) == (other.selected_module,
+                                                       other.chosen_alpha)
+    assert timeless(job.metrics) == timeless(other.metrics)
+    resumed_weights = tuned_weights(sessions, store, job_id, tmp_path / "resumed")
+    for name, tensors in tuned_weights(sessions, store, other_id, tmp_path / "other").items():
+        assert resumed_weights[name].keys() == tensors.keys()
         assert all(torch.equal(resumed_weights[name][key], value)
                    for key, value in tensors.items())
