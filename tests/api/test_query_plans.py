@@ -181,6 +181,21 @@ def test_a_page_after_a_cursor_reads_its_rows_only(seeded: Seeded) -> None:
     assert rows_read(nodes, "jobs") <= 11  # the page and the row telling that one follows
 
 
+def test_a_page_of_queued_jobs_reads_the_queue_once(seeded: Seeded) -> None:
+    """Before, each queued job on the page counted the queued jobs ahead of it (a correlated
+    count per row): a page of 20 of the 60 queued read about 20 x 50 index entries. Now the
+    queue is numbered once per page (a window over the queued jobs)."""
+    with seeded.sessions() as session:
+        queued = session.query(Job).filter_by(status="queued").count()
+        statement, parameters = captured(_engine(seeded), lambda: job_queries.list_jobs(
+            session, status="queued", limit=20, with_spec=False, with_stages=False), "jobs")
+    nodes = plan_nodes(_engine(seeded), statement, parameters)
+    assert wasted(nodes, "jobs") == []
+    read = sum(n["Actual Rows"] * n["Actual Loops"] for n in nodes
+               if n.get("Relation Name") == "jobs")
+    assert queued == 60 and read <= queued + 21, read  # the queue once, and the page
+
+
 def test_a_status_filtered_page_reads_its_rows_only(seeded: Seeded) -> None:
     """Before migration 0021 the filter read the project's jobs newest first and dropped those
     of other statuses."""
