@@ -1,6 +1,7 @@
 """The query parameters of every cursor-paged list (``GET /v1/jobs``, ``/v1/checkpoints``,
-``/v1/datasets``), declared once so that ``limit`` and ``cursor`` take the same values and
-answer the same 422s everywhere. The paging rule itself is :mod:`persistence.pages`."""
+``/v1/datasets``, ``/v1/webhooks``, a webhook's deliveries, ...), declared once so that
+``limit`` and ``cursor`` take the same values and answer the same 422s everywhere. The paging
+rule itself is :mod:`persistence.pages`."""
 
 from __future__ import annotations
 

@@ -67,3 +67,4 @@ class WebhookDeliveryOut(BaseModel):
 
 class WebhookDeliveryListOut(BaseModel):
     items: list[WebhookDeliveryOut] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")

@@ -304,6 +304,21 @@ def queue_position_column() -> ColumnElement[int | None]:
     return case((Job.status == JobStatus.QUEUED, count + 1), else_=None).label("queue_position")
 
 
+def _queue_positions() -> Any:
+    """Every queued job's id with its queue position, numbered in one pass over the queued
+    jobs in start order (the ``(status, created_at, id)`` index): the same numbers as
+    :func:`queue_position_column` (ids are unique, so the rank of ``(created_at, id)`` is one plus
+    the count ahead), at the cost of one read of the queue per page instead of one count of the
+    jobs ahead per queued row on the page (a page of 100 queued jobs in a queue of 1,962 read
+    1,465 pages; bench/api_load.py). Its own alias keeps it apart from the page's ``jobs``."""
+    queued = aliased(Job, name="queued_jobs")
+    return (select(queued.id.label("job_id"),
+                   func.row_number().over(order_by=(queued.created_at, queued.id))
+                   .label("position"))
+            .where(queued.status == JobStatus.QUEUED)
+            .subquery("queue_positions"))
+
+
 def queue_position(session: Session, job: Job) -> int | None:
     """1 for the next queued job to start, 2 for the one after, ...; None unless queued."""
     if job.status != JobStatus.QUEUED:
@@ -336,11 +351,13 @@ def list_jobs(
     50-job page's time when profiled."""
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    query = _summary_query(with_spec)
+    statuses = None if status is None else [status] if isinstance(status, str) else list(status)
+    # A page that can hold no queued job numbers no queue: its positions are all None.
+    numbered = statuses is None or JobStatus.QUEUED in statuses
+    query = _summary_query(with_spec, page=numbered)
     if project_id is not None:
         query = query.where(Job.project_id == project_id)
-    if status is not None:
-        statuses = [status] if isinstance(status, str) else list(status)
+    if statuses is not None:
         query = query.where(Job.status.in_(statuses))
     for key, value in (labels or {}).items():
         query = query.where(
@@ -367,9 +384,15 @@ def get_job_summary(session: Session, job_id: str) -> JobSummary:
     return found[0]
 
 
-def _summary_query(with_spec: bool) -> Select[Any]:
+def _summary_query(with_spec: bool, *, page: bool = False) -> Select[Any]:
+    """The summaries' query. ``page`` (a list page) joins the positions of the whole queue, read
+    once (:func:`_queue_positions`); one job counts the jobs ahead of it, fewer than the queue."""
     columns = [*_SUMMARY_COLUMNS, Job.spec] if with_spec else list(_SUMMARY_COLUMNS)
-    return select(*columns, queue_position_column())
+    if not page:
+        return select(*columns, queue_position_column())
+    positions = _queue_positions()
+    return (select(*columns, positions.c.position.label("queue_position"))
+            .select_from(Job).outerjoin(positions, positions.c.job_id == Job.id))
 
 
 def _read_summaries(session: Session, query: Select[Any], *, with_spec: bool,

@@ -1,5 +1,6 @@
 """Cursor pages, newest first: the one rule every listed collection (jobs, checkpoints, datasets,
-webhooks, a job's materializations) pages by, so that ``limit`` and ``cursor`` mean the same everywhere.
+webhooks, a job's materializations, a webhook's deliveries) pages by, so that ``limit`` and
+``cursor`` mean the same everywhere.
 
 A page is ordered by ``(created_at, id)`` descending; its cursor is the last row's pair, so the
 next page is the rows strictly before it in that order (keyset pagination: a row inserted
@@ -26,7 +27,8 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from persistence.transactions import PersistenceError
 
 #: The collections that are paged; each tags its cursors with its name.
-Collection = Literal["jobs", "checkpoints", "datasets", "webhooks", "materializations"]
+Collection = Literal["jobs", "checkpoints", "datasets", "webhooks", "materializations",
+                     "deliveries"]
 #: The longest row id a cursor may carry (ids are 32 characters: a longer one names no row).
 MAX_CURSOR_ID_CHARS = 64
 

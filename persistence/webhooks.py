@@ -185,20 +185,21 @@ def delete_endpoint(session: Session, project_id: str, endpoint_id: str) -> None
         session.delete(get_endpoint(session, project_id, endpoint_id, for_update=True))
 
 
-def list_deliveries(session: Session, endpoint_id: str, *, limit: int
-                    ) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
-    """The endpoint's newest ``limit`` messages with their attempts (two statements)."""
-    deliveries = list(session.execute(
-        select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
-        .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
-        .limit(limit)).scalars())
+def list_deliveries(session: Session, endpoint_id: str, *, limit: int, cursor: str | None = None
+                    ) -> Page[tuple[WebhookDelivery, list[WebhookAttempt]]]:
+    """One page of the endpoint's messages, newest first (:mod:`persistence.pages`), each with
+    its attempts (two statements; the ``(endpoint_id, created_at)`` index bounds the page)."""
+    page = newest_first(session, "deliveries",
+                        select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id),
+                        WebhookDelivery.created_at, WebhookDelivery.id, limit, cursor)
+    deliveries: list[WebhookDelivery] = page.items
     attempts: dict[str, list[WebhookAttempt]] = {d.id: [] for d in deliveries}
     if deliveries:
         for attempt in session.execute(
                 select(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(list(attempts)))
                 .order_by(WebhookAttempt.delivery_id, WebhookAttempt.attempt)).scalars():
             attempts[attempt.delivery_id].append(attempt)
-    return [(d, attempts[d.id]) for d in deliveries]
+    return Page([(d, attempts[d.id]) for d in deliveries], page.next_cursor)
 
 
 # --------------------------------------------------------------------------------------------

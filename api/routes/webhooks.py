@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -140,11 +139,12 @@ def delete_webhook(webhook_id: str, session: SessionDep, project_id: ProjectIdDe
             summary="The webhook's messages and each HTTP attempt, newest first")
 def list_deliveries(
     webhook_id: str, session: SessionDep, project_id: ProjectIdDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    limit: PageLimit = DEFAULT_PAGE_SIZE, cursor: PageCursor = None,
 ) -> WebhookDeliveryListOut:
     endpoint = webhooks.get_endpoint(session, project_id, _checked_id(webhook_id))
+    page = webhooks.list_deliveries(session, endpoint.id, limit=limit, cursor=cursor)
     items = []
-    for delivery, attempts in webhooks.list_deliveries(session, endpoint.id, limit=limit):
+    for delivery, attempts in page.items:
         items.append(WebhookDeliveryOut(
             id=delivery.id, event_type=delivery.event_type, job_id=delivery.job_id,
             status=delivery.status,  # type: ignore[arg-type]
@@ -153,6 +153,6 @@ def list_deliveries(
             created_at=delivery.created_at, updated_at=delivery.updated_at,
             attempt_log=[WebhookAttemptOut.model_validate(a, from_attributes=True)
                          for a in attempts]))
-    return WebhookDeliveryListOut(items=items)
+    return WebhookDeliveryListOut(items=items, next_cursor=page.next_cursor)
 
 

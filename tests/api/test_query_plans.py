@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.errors import Conflict
 from api.services.deletion import _refuse_if_used
 from persistence import jobs as job_queries
+from persistence import webhooks
 from persistence.api_keys import create_project
 from persistence.db import create_db_engine, create_session_factory
 from persistence.models import (
@@ -181,6 +182,21 @@ def test_a_page_after_a_cursor_reads_its_rows_only(seeded: Seeded) -> None:
     assert rows_read(nodes, "jobs") <= 11  # the page and the row telling that one follows
 
 
+def test_a_page_of_queued_jobs_reads_the_queue_once(seeded: Seeded) -> None:
+    """Before, each queued job on the page counted the queued jobs ahead of it (a correlated
+    count per row): a page of 20 of the 60 queued read about 20 x 50 index entries. Now the
+    queue is numbered once per page (a window over the queued jobs)."""
+    with seeded.sessions() as session:
+        queued = session.query(Job).filter_by(status="queued").count()
+        statement, parameters = captured(_engine(seeded), lambda: job_queries.list_jobs(
+            session, status="queued", limit=20, with_spec=False, with_stages=False), "jobs")
+    nodes = plan_nodes(_engine(seeded), statement, parameters)
+    assert wasted(nodes, "jobs") == []
+    read = sum(n["Actual Rows"] * n["Actual Loops"] for n in nodes
+               if n.get("Relation Name") == "jobs")
+    assert queued == 60 and read <= queued + 21, read  # the queue once, and the page
+
+
 def test_a_status_filtered_page_reads_its_rows_only(seeded: Seeded) -> None:
     """Before migration 0021 the filter read the project's jobs newest first and dropped those
     of other statuses."""
@@ -255,3 +271,23 @@ def leading_column(engine: Engine, index: str | None) -> str | None:
             "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
             "WHERE c.relname = %(name)s", {"name": index}).scalar_one()
+
+
+def test_a_delivery_page_after_a_cursor_reads_its_rows_only(seeded: Seeded) -> None:
+    """The delivery log is paged like the other lists (it had no cursor): a page after a cursor
+    is bounded by the ``(endpoint_id, created_at)`` index, not read from the log's start. The
+    index has no ``id``, so Postgres bounds it by ``created_at <=`` and drops the rows of the
+    cursor's own instant by filter (here the cursor's row alone: the seeded times differ)."""
+    with seeded.sessions() as session:
+        endpoint = _endpoint_of(session, seeded.projects[0])
+        first = webhooks.list_deliveries(session, endpoint, limit=5)
+        assert first.next_cursor is not None
+        statement, parameters = captured(_engine(seeded), lambda: webhooks.list_deliveries(
+            session, endpoint, limit=5, cursor=first.next_cursor), "webhook_deliveries")
+    nodes = plan_nodes(_engine(seeded), statement, parameters)
+    scans = [n for n in nodes if n.get("Relation Name") == "webhook_deliveries"]
+    assert [n.get("Index Name") for n in scans] == ["ix_webhook_deliveries_endpoint_id_created_at"]
+    assert "created_at <=" in scans[0]["Index Cond"]
+    # The page, the row telling that one follows, the one more the sort by (created_at, id) reads
+    # to close its last group of equal created_at, and the cursor's own row (dropped by filter).
+    assert rows_read(nodes, "webhook_deliveries") <= 5 + 3

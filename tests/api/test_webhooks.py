@@ -9,10 +9,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
 
+from persistence.models import WebhookDelivery, new_id, utcnow
 from persistence.settings import Settings
 from tests.api.helpers import Api, RecordingDispatcher, error_of, make_key
 from tests.api.test_job_list_queries import add_jobs
@@ -50,7 +53,8 @@ def test_register_list_read_delete(allowing_api: Api, receiver: Receiver) -> Non
     assert [h["id"] for h in listed] == [hook_id]
     assert "secret" not in listed[0]  # shown once
     assert "secret" not in api.client.get(f"/v1/webhooks/{hook_id}").json()
-    assert api.client.get(f"/v1/webhooks/{hook_id}/deliveries").json() == {"items": []}
+    assert api.client.get(f"/v1/webhooks/{hook_id}/deliveries").json() == {"items": [],
+                                                                         "next_cursor": None}
 
     # Before: a second endpoint for the same URL, so every message arrived twice.
     again = api.client.post("/v1/webhooks", json={"url": receiver.url})
@@ -293,3 +297,39 @@ def test_a_cancelled_job_is_delivered_signed_and_retried_by_a_worker(
     payload = json.loads(receiver.received[-1].body)
     assert payload["type"] == "job.cancelled"
     assert payload["data"]["job_id"] == job_id and payload["data"]["labels"]["team"] == "a"
+
+
+def test_the_delivery_log_is_paged_by_cursor(allowing_api: Api, receiver: Receiver) -> None:
+    """Before, ``/deliveries`` took no cursor: only the newest 100 messages could be read."""
+    api = allowing_api
+    hook_id = api.client.post("/v1/webhooks", json={"url": receiver.url}).json()["id"]
+    start = utcnow()
+    with api.sessions() as session:
+        # Two to a created_at: ties are broken by id, so no page repeats or skips one.
+        session.execute(insert(WebhookDelivery), [dict(
+            id=new_id(), endpoint_id=hook_id, job_id=new_id(), event_type="job.succeeded",
+            body="{}", status="succeeded", attempts=1, created_at=start + timedelta(seconds=i // 2),
+            updated_at=start) for i in range(5)])
+        session.commit()
+    every = api.client.get(f"/v1/webhooks/{hook_id}/deliveries", params={"limit": 100}).json()
+    assert len(every["items"]) == 5 and every["next_cursor"] is None
+    paged, cursor = [], None
+    while True:
+        page = api.client.get(f"/v1/webhooks/{hook_id}/deliveries",
+                              params={"limit": 2, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text
+        paged += [item["id"] for item in page.json()["items"]]
+        if (cursor := page.json()["next_cursor"]) is None:
+            break
+    assert paged == [item["id"] for item in every["items"]]
+    assert api.client.post("/v1/webhooks", json={"url": receiver.url + "/b"}).status_code == 201
+    webhooks_cursor = api.client.get("/v1/webhooks", params={"limit": 1}).json()["next_cursor"]
+    for query, field, code, says in [
+            ({"cursor": "garbage!"}, "cursor", "invalid_cursor", ""),
+            ({"cursor": webhooks_cursor}, "cursor", "invalid_cursor", "it pages webhooks"),
+            ({"limit": 101}, "limit", None, ""), ({"limit": 0}, "limit", None, "")]:
+        response = api.client.get(f"/v1/webhooks/{hook_id}/deliveries", params=query)
+        assert response.status_code == 422, response.text
+        error = error_of(response)
+        assert error["field"] == field and (code is None or error["code"] == code), error
+        assert says in error["message"]

@@ -606,6 +606,25 @@ def test_list_get_delete_and_deliveries_parse_the_apis_answers(
         (1, None, 5000.0), (2, 500, 12.5)]
 
 
+def test_deliveries_follow_the_cursor_until_limit(scripted: list[ScriptedServer]) -> None:
+    """Before, one page was read: at most 100 messages, and ``limit`` above 100 was a 422."""
+    server, client = _scripted_client(
+        scripted,
+        ScriptedReply(200, {"items": [{**DELIVERY, "id": f"msg_{i}"} for i in range(100)],
+                            "next_cursor": "c1"}),
+        ScriptedReply(200, {"items": [{**DELIVERY, "id": "msg_100"}, {**DELIVERY, "id": "x"}],
+                            "next_cursor": "c2"}),
+        ScriptedReply(200, {"items": [DELIVERY]}))
+    with client:
+        assert len(client.webhook_deliveries("wh_1", limit=101)) == 101
+        # A service from before the log was paged answers without a cursor: one page.
+        assert len(client.webhook_deliveries("wh_1", limit=150)) == 1
+    assert [r.path for r in server.seen] == [
+        "/v1/webhooks/wh_1/deliveries?limit=100",
+        "/v1/webhooks/wh_1/deliveries?limit=1&cursor=c1",
+        "/v1/webhooks/wh_1/deliveries?limit=100"]
+
+
 @pytest.mark.parametrize(("reply", "error", "code"), [
     (ScriptedReply(404, {"error": {"code": "webhook_not_found", "message": "no webhook",
                                    "field": "webhook_id"}}), NotFoundError, "webhook_not_found"),

@@ -35,7 +35,7 @@ def endpoint(sessions: sessionmaker[Session], events: list[str], project: str = 
 def messages(sessions: sessionmaker[Session], endpoint_id: str) -> list[dict[str, object]]:
     with sessions() as session:
         return [json.loads(d.body) for d, _ in
-                webhooks.list_deliveries(session, endpoint_id, limit=10)]
+                webhooks.list_deliveries(session, endpoint_id, limit=10).items]
 
 
 def test_each_kind_of_end_writes_its_message(
@@ -88,7 +88,7 @@ def test_rolled_back_end_writes_no_message_and_commit_sends_each_once(
         with transaction(session):
             log_event(session, job_id, EventKind.JOB_CANCELLED, {}, utcnow())
     with sessions() as session:
-        [(delivery, _)] = webhooks.list_deliveries(session, hook, limit=10)
+        [(delivery, _)] = webhooks.list_deliveries(session, hook, limit=10).items
     assert sent == [delivery.id]
 
 
@@ -101,7 +101,7 @@ def test_an_attempt_whose_endpoint_was_deleted_meanwhile_records_nothing(
     job_id = new_job()
     with sessions() as session:
         jobs.request_cancel(session, job_id)
-        [(delivery, _)] = webhooks.list_deliveries(session, hook, limit=10)
+        [(delivery, _)] = webhooks.list_deliveries(session, hook, limit=10).items
         now = utcnow()
         assert webhooks.claim_attempt(session, delivery.id, 0, now, now)
         webhooks.delete_endpoint(session, "default", hook)

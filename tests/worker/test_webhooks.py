@@ -74,7 +74,7 @@ def cancelled_job_message(sessions: sessionmaker[Session], url: str,
         job, _ = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint.id,
                                  labels={"team": "a"})
         jobs.request_cancel(session, job.id)
-        [(delivery, _)] = webhooks.list_deliveries(session, endpoint.id, limit=10)
+        [(delivery, _)] = webhooks.list_deliveries(session, endpoint.id, limit=10).items
         return endpoint.id, endpoint.secret, delivery.id
 
 
@@ -117,7 +117,7 @@ def test_signed_delivery_retried_after_500_then_succeeds(
     assert payload["data"]["labels"] == {"team": "a"}
 
     with sessions() as session:
-        [(delivery, attempts)] = webhooks.list_deliveries(session, endpoint_id, limit=10)
+        [(delivery, attempts)] = webhooks.list_deliveries(session, endpoint_id, limit=10).items
     assert delivery.status == "succeeded" and delivery.attempts == 2
     assert [(a.attempt, a.status_code) for a in attempts] == [(1, 500), (2, 204)]
     assert attempts[0].error == "the receiver answered HTTP 500" and attempts[1].error is None
@@ -149,7 +149,7 @@ def test_target_not_allowed_at_delivery_time_gets_no_request(
     assert deliver(resources, message_id, schedule_retry=lambda *_: None) == "retry"
     assert receiver.received == []
     with sessions() as session:
-        [(delivery, attempts)] = webhooks.list_deliveries(session, endpoint_id, limit=10)
+        [(delivery, attempts)] = webhooks.list_deliveries(session, endpoint_id, limit=10).items
     assert delivery.status == "pending" and delivery.last_status_code is None
     assert attempts[0].status_code is None
     assert attempts[0].error is not None and "127.0.0.1 (loopback)" in attempts[0].error
@@ -163,8 +163,8 @@ def test_only_subscribed_events_and_one_message_per_job_end(
         other = webhooks.create_endpoint(
             session, project_id=webhooks.DEFAULT_PROJECT_ID, url=receiver.url + "?other",
             event_types=["job.succeeded"], description=None, max_endpoints=5)
-        assert webhooks.list_deliveries(session, other.id, limit=10) == []
-        assert len(webhooks.list_deliveries(session, endpoint_id, limit=10)) == 1
+        assert webhooks.list_deliveries(session, other.id, limit=10).items == []
+        assert len(webhooks.list_deliveries(session, endpoint_id, limit=10).items) == 1
         with pytest.raises(webhooks.WebhookLimitReached):
             webhooks.create_endpoint(session, project_id=webhooks.DEFAULT_PROJECT_ID,
                                      url=receiver.url + "?third", event_types=["job.failed"],

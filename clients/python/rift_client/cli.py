@@ -1156,8 +1156,8 @@ def _delivery_line(delivery: WebhookDelivery) -> str:
 def webhooks_deliveries(
     ctx: typer.Context,
     webhook_id: str,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100,
-                                       help="Messages to show (the API's most: 100).")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1,
+                                       help="Messages to show (fetched 100 a page).")] = 20,
 ) -> None:
     """Show the webhook's newest messages, each with its attempts."""
     state = _state(ctx)

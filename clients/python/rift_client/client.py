@@ -480,6 +480,7 @@ class RiftClient:
         return self._run(self._core.delete_webhook(webhook_id=webhook_id))
 
     def webhook_deliveries(self, webhook_id: str, *, limit: int = 20) -> list[WebhookDelivery]:
-        """The webhook's newest ``limit`` messages (1 to 100: the API pages no further), newest
-        first, each with its attempts (status code, error, duration)."""
+        """The webhook's newest ``limit`` messages (any number from 1: more than a page's 100
+        are fetched page by page), newest first, each with its attempts (status code, error,
+        duration)."""
         return self._run(self._core.webhook_deliveries(webhook_id=webhook_id, limit=limit))

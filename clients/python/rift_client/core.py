@@ -137,6 +137,10 @@ def _every_item(fetch: Callable[[str | None], Flow[_Page[Any]]], limit: int | No
         cursor = page.next_cursor
 
 
+#: The most items the service puts in one page (``limit`` above it is a 422).
+_MAX_PAGE_SIZE = 100
+
+
 def _page_params(page_size: int, cursor: str | None, **filters: Any) -> dict[str, Any]:
     """The query of one page: ``limit``, ``cursor`` when given, and the filters that are set."""
     params: dict[str, Any] = {"limit": page_size}
@@ -919,5 +923,19 @@ class RiftCore:
         return self._delete(f"/v1/webhooks/{_seg('webhook_id', webhook_id)}")
 
     def webhook_deliveries(self, webhook_id: str, limit: int) -> Flow[list[WebhookDelivery]]:
-        return self._get_items(f"/v1/webhooks/{_seg('webhook_id', webhook_id)}/deliveries",
-                               WebhookDelivery, limit=limit)
+        """The newest ``limit`` messages, following ``next_cursor`` while more are wanted (a
+        page holds at most 100; a service from before the log was paged sends no cursor)."""
+        if limit < 1:
+            raise RiftUsageError(f"limit must be at least 1, got {limit}")
+        path = f"/v1/webhooks/{_seg('webhook_id', webhook_id)}/deliveries"
+        items: list[WebhookDelivery] = []
+        cursor: str | None = None
+        while len(items) < limit:
+            response = yield from self.request(
+                "GET", path, idempotent=True,
+                params=_page_params(min(_MAX_PAGE_SIZE, limit - len(items)), cursor))
+            items.extend(self._parse_items(response, WebhookDelivery))
+            cursor = response.json().get("next_cursor")
+            if not isinstance(cursor, str) or not cursor:
+                break
+        return items[:limit]
