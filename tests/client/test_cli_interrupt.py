@@ -101,7 +101,15 @@ def _riftctl(store: StallingStore, home: Path, out: Path) -> subprocess.Popen[by
                                                             os.environ.get("PYTHONPATH")]))})
     return subprocess.Popen([*riftctl_command(), "jobs", "download", JOB, NAME, "--out",
                              f"{out}/"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=_ctrl_c_as_in_a_terminal)
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT back to its default in the child, as in a terminal: an ignored SIGINT is
+    inherited across exec, and Python then installs no KeyboardInterrupt handler. A CI run
+    caught riftctl still in recv() 30 s after SIGINT (faulthandler's stack): the test process
+    it was started from ignored SIGINT at that moment."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_ctrl_c_keeps_the_part_and_the_next_download_resumes(store: StallingStore,
