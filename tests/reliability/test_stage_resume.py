@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs
@@ -28,11 +27,10 @@ from persistence.storage import ObjectStore
 from rift.interpolation import alpha_grid
 from tests.reliability.test_worker_shutdown import (
     LEASE_S,
+    assert_same_results,
     events,
     stages_of,
     terminate,
-    timeless,
-    tuned_weights,
 )
 from tests.service_fixtures import WorkerProcess
 from tests.worker_jobs import wait_for
@@ -95,14 +93,7 @@ def test_an_mrc_stage_handed_back_midway_scores_only_the_missing_modules_on_anot
     assert other.status == "succeeded", other.error_message
     assert sorted(scored(events(sessions, other_id))) == sorted(table)  # nothing of the first
     assert mrc_table(sessions, job_id) == mrc_table(sessions, other_id)
-    assert (job.selected_module, job.chosen_alpha) == (other.selected_module,
-                                                       other.chosen_alpha)
-    assert timeless(job.metrics) == timeless(other.metrics)
-    resumed_weights = tuned_weights(sessions, store, job_id, tmp_path / "resumed")
-    for name, tensors in tuned_weights(sessions, store, other_id, tmp_path / "other").items():
-        assert resumed_weights[name].keys() == tensors.keys()
-        assert all(torch.equal(resumed_weights[name][key], value)
-                   for key, value in tensors.items())
+    assert_same_results(sessions, store, job, other, (job_id, other_id), tmp_path)
 
 
 def evaluated(log: list[tuple[str, dict[str, Any]]]) -> list[float]:
@@ -150,13 +141,7 @@ def test_an_interpolation_handed_back_midway_attacks_only_the_missing_alphas_on_
                    for p in jobs.get_interpolation_points(session, some)]
                   for some in (job_id, other_id)]
     assert curves[0] == curves[1] and len(curves[0]) == len(grid)
-    assert (job.selected_module, job.chosen_alpha) == (other.selected_module,
-                                                       other.chosen_alpha)
-    assert timeless(job.metrics) == timeless(other.metrics)
-    resumed_weights = tuned_weights(sessions, store, job_id, tmp_path / "resumed")
-    for name, tensors in tuned_weights(sessions, store, other_id, tmp_path / "other").items():
-        assert all(torch.equal(resumed_weights[name][key], value)
-                   for key, value in tensors.items())
+    assert_same_results(sessions, store, job, other, (job_id, other_id), tmp_path)
 
 
 def running_shard_midway(sessions: sessionmaker[Session], job_id: str
@@ -218,11 +203,4 @@ def test_a_sharded_mrc_shard_handed_back_midway_scores_only_its_missing_modules_
     assert other.status == "succeeded", other.error_message
     assert sorted(scored(events(sessions, other_id))) == sorted(table)  # nothing of the first
     assert mrc_table(sessions, job_id) == mrc_table(sessions, other_id)
-    assert (job.selected_module, job.chosen_alpha) == (other.selected_module,
-                                                       other.chosen_alpha)
-    assert timeless(job.metrics) == timeless(other.metrics)
-    resumed_weights = tuned_weights(sessions, store, job_id, tmp_path / "resumed")
-    for name, tensors in tuned_weights(sessions, store, other_id, tmp_path / "other").items():
-        assert resumed_weights[name].keys() == tensors.keys()
-        assert all(torch.equal(resumed_weights[name][key], value)
-                   for key, value in tensors.items())
+    assert_same_results(sessions, store, job, other, (job_id, other_id), tmp_path)

@@ -85,6 +85,19 @@ def tuned_weights(sessions: sessionmaker[Session], store: ObjectStore, job_id: s
     return {name: checkpoints.load_state_dict(store.download_to(keys[name], folder / name))
             for name in (FINETUNED, TUNED)}
 
+def assert_same_results(sessions: sessionmaker[Session], store: ObjectStore, job: Any,
+                        other: Any, ids: tuple[str, str], scratch: Path) -> None:
+    """``job`` (interrupted) and ``other`` (the same spec run straight through) chose the same
+    module and α, report the same metrics (times aside), and stored the same tuned weights,
+    tensor for tensor. ``ids``: their job ids, in that order."""
+    assert (job.selected_module, job.chosen_alpha) == (other.selected_module,
+                                                       other.chosen_alpha)
+    assert timeless(job.metrics) == timeless(other.metrics)
+    interrupted = tuned_weights(sessions, store, ids[0], scratch / "interrupted")
+    for name, tensors in tuned_weights(sessions, store, ids[1], scratch / "other").items():
+        assert interrupted[name].keys() == tensors.keys()
+        assert all(torch.equal(interrupted[name][key], value) for key, value in tensors.items())
+
 
 def test_a_stage_is_handed_back_on_sigterm_and_finished_by_another_worker_alike(
         start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
@@ -139,13 +152,7 @@ def test_a_stage_is_handed_back_on_sigterm_and_finished_by_another_worker_alike(
     other_id = submit(spec)
     other = wait_for(sessions, other_id, lambda j: j.is_finished, "the end", workers=(second,))
     assert other.status == "succeeded", other.error_message
-    assert (job.selected_module, job.chosen_alpha) == (other.selected_module,
-                                                       other.chosen_alpha)
-    assert timeless(job.metrics) == timeless(other.metrics)
-    handed_back = tuned_weights(sessions, store, job_id, tmp_path / "handed-back")
-    for name, tensors in tuned_weights(sessions, store, other_id, tmp_path / "other").items():
-        assert handed_back[name].keys() == tensors.keys()
-        assert all(torch.equal(handed_back[name][key], value) for key, value in tensors.items())
+    assert_same_results(sessions, store, job, other, (job_id, other_id), tmp_path)
 
 
 def test_a_prefork_worker_hands_its_stage_back_and_its_children_leave_the_registry(
