@@ -580,8 +580,9 @@ class WebhookDelivery(Base):
         # A job ends once: one message per endpoint and event, whatever writes it twice.
         Index("uq_webhook_deliveries_endpoint_job_event", "endpoint_id", "job_id", "event_type",
               unique=True),
-        # The delivery log of an endpoint, newest first.
-        Index("ix_webhook_deliveries_endpoint_id_created_at", "endpoint_id", "created_at"),
+        # The delivery log of an endpoint, newest first, paged by (created_at, id) (0023).
+        Index("ix_webhook_deliveries_endpoint_id_created_at_id", "endpoint_id", "created_at",
+              "id"),
         # The workers' sweep for messages whose task was lost.
         Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
         # The messages already written for a job's end (migration 0021).

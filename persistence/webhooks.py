@@ -188,7 +188,7 @@ def delete_endpoint(session: Session, project_id: str, endpoint_id: str) -> None
 def list_deliveries(session: Session, endpoint_id: str, *, limit: int, cursor: str | None = None
                     ) -> Page[tuple[WebhookDelivery, list[WebhookAttempt]]]:
     """One page of the endpoint's messages, newest first (:mod:`persistence.pages`), each with
-    its attempts (two statements; the ``(endpoint_id, created_at)`` index bounds the page)."""
+    its attempts (two statements; the ``(endpoint_id, created_at, id)`` index bounds the page)."""
     page = newest_first(session, "deliveries",
                         select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id),
                         WebhookDelivery.created_at, WebhookDelivery.id, limit, cursor)

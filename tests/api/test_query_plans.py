@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, insert
+from sqlalchemy import Engine, delete, event, insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import Conflict
@@ -274,20 +274,35 @@ def leading_column(engine: Engine, index: str | None) -> str | None:
 
 
 def test_a_delivery_page_after_a_cursor_reads_its_rows_only(seeded: Seeded) -> None:
-    """The delivery log is paged like the other lists (it had no cursor): a page after a cursor
-    is bounded by the ``(endpoint_id, created_at)`` index, not read from the log's start. The
-    index has no ``id``, so Postgres bounds it by ``created_at <=`` and drops the rows of the
-    cursor's own instant by filter (here the cursor's row alone: the seeded times differ)."""
+    """The delivery log is paged like the other lists: a page after a cursor is bounded by the
+    ``(endpoint_id, created_at, id)`` index exactly, even when many messages share the cursor's
+    instant (one job end fans out to an endpoint's messages in one transaction, and a burst of
+    job ends can share a timestamp). Before migration 0023 the index lacked ``id``: Postgres
+    bounded it by ``created_at <=``, read every message of the cursor's instant again, dropped
+    those already shown by filter and sorted the rest (40 rows for this page of 5)."""
+    burst = 40
     with seeded.sessions() as session:
-        endpoint = _endpoint_of(session, seeded.projects[0])
-        first = webhooks.list_deliveries(session, endpoint, limit=5)
-        assert first.next_cursor is not None
-        statement, parameters = captured(_engine(seeded), lambda: webhooks.list_deliveries(
-            session, endpoint, limit=5, cursor=first.next_cursor), "webhook_deliveries")
-    nodes = plan_nodes(_engine(seeded), statement, parameters)
+        endpoint = new_id()
+        session.execute(insert(WebhookEndpoint), [dict(
+            id=endpoint, project_id=seeded.projects[0], url="https://example.invalid/burst",
+            secret="whsec_x", event_types=["job.succeeded"], created_at=utcnow())])
+        instant = utcnow()
+        session.execute(insert(WebhookDelivery), [dict(
+            id=new_id(), endpoint_id=endpoint, job_id=new_id(), event_type="job.succeeded",
+            body="{}", status="succeeded", attempts=1, created_at=instant, updated_at=instant)
+            for _ in range(burst)])
+        session.commit()
+        try:
+            first = webhooks.list_deliveries(session, endpoint, limit=5)
+            assert first.next_cursor is not None
+            statement, parameters = captured(_engine(seeded), lambda: webhooks.list_deliveries(
+                session, endpoint, limit=5, cursor=first.next_cursor), "webhook_deliveries")
+            nodes = plan_nodes(_engine(seeded), statement, parameters)
+        finally:
+            session.execute(delete(WebhookEndpoint).where(WebhookEndpoint.id == endpoint))
+            session.commit()
     scans = [n for n in nodes if n.get("Relation Name") == "webhook_deliveries"]
-    assert [n.get("Index Name") for n in scans] == ["ix_webhook_deliveries_endpoint_id_created_at"]
-    assert "created_at <=" in scans[0]["Index Cond"]
-    # The page, the row telling that one follows, the one more the sort by (created_at, id) reads
-    # to close its last group of equal created_at, and the cursor's own row (dropped by filter).
-    assert rows_read(nodes, "webhook_deliveries") <= 5 + 3
+    assert [n.get("Index Name") for n in scans] == [
+        "ix_webhook_deliveries_endpoint_id_created_at_id"]
+    assert wasted(nodes, "webhook_deliveries") == []
+    assert rows_read(nodes, "webhook_deliveries") <= 6  # the page and the row telling one follows
