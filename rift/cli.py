@@ -266,9 +266,11 @@ def print_warnings(kind: str, payload: dict[str, Any]) -> None:
         return
     from tqdm import tqdm
 
+    where = str(payload.get("stage", "run"))
+    if payload.get("candidate") is not None:  # a sweep candidate's (rift.sweep)
+        where += f", candidate {payload['candidate']}"
     # tqdm.write keeps an open progress bar intact below the line.
-    tqdm.write(f"warning ({payload.get('stage', 'run')}): {payload.get('message', '')}",
-               file=sys.stderr)
+    tqdm.write(f"warning ({where}): {payload.get('message', '')}", file=sys.stderr)
 
 
 def format_mrc_table(rows: list[dict[str, Any]], selected: str) -> str:

@@ -179,7 +179,10 @@ def test_warning_events_are_printed_one_line_each(capsys) -> None:
 
     print_warnings("warning", {"stage": "interpolate", "message": "no α > 0 kept it"})
     print_warnings("stage_started", {"stage": "mrc"})
-    assert capsys.readouterr().err == "warning (interpolate): no α > 0 kept it\n"
+    # A sweep candidate's warning says whose it is (the event names its index).
+    print_warnings("warning", {"stage": "finetune", "message": "diverged", "candidate": 2})
+    assert capsys.readouterr().err == ("warning (interpolate): no α > 0 kept it\n"
+                                       "warning (finetune, candidate 2): diverged\n")
 
 
 @pytest.mark.parametrize("argv", [["architectures"]])
