@@ -94,6 +94,14 @@ def sweep_size(config: Mapping[str, Any], num_modules: int | None = None) -> int
     return modules * (len(grid) if isinstance(grid, list) and grid else 1)
 
 
+def modules_bound(config: Mapping[str, Any], num_modules: int) -> int:
+    """The modules MRC may measure, at most: ``mrc.modules``'s length when it lists them, else
+    ``num_modules`` (the caller's bound, the checkpoint's tensor count)."""
+    mrc = config.get("mrc")
+    modules = mrc.get("modules") if isinstance(mrc, Mapping) else None
+    return len(modules) if isinstance(modules, list) else max(num_modules, 0)
+
+
 def estimate_cost(config: Mapping[str, Any], *, num_modules: int,
                   dataset_examples: tuple[int, int] | None = None) -> CostEstimate:
     """The cost of the job whose ``RiftConfig`` JSON is ``config``.
@@ -122,8 +130,7 @@ def estimate_cost(config: Mapping[str, Any], *, num_modules: int,
     examples = _int(mrc, "num_examples", 1024)
     adversarial = StageCost(forward=examples * (steps + 1), backward=examples * steps)
 
-    modules = mrc.get("modules")
-    count = len(modules) if isinstance(modules, list) else max(num_modules, 0)
+    count = modules_bound(config, num_modules)
     ascent = _int(mrc, "steps", 10)
     per_module = StageCost(forward=examples * 2 * ascent, backward=examples * ascent)
     mrc_cost = StageCost(forward=examples + count * per_module.forward,

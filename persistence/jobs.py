@@ -45,13 +45,13 @@ from persistence.transactions import (
     JobNotFound,
     PersistenceError,
     cancel_job,
-    lease_is_live,
     load_job,
     load_stages,
     lock_project,
     log_event,
     touch,
     transaction,
+    work_is_held,
 )
 
 
@@ -487,7 +487,8 @@ def get_artifact(session: Session, job_id: str, name: str) -> Artifact | None:
 # --------------------------------------------------------------------------------------------
 def request_cancel(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
     """Ask for the job to stop. A queued job, or a running one that no worker holds right now
-    (between stages), is cancelled at once; otherwise ``cancel_requested`` is set and the worker
+    (between stages; a stage handed to its MRC shards or sweep candidates is held while one of
+    them runs), is cancelled at once; otherwise ``cancel_requested`` is set and the worker
     stops at its next batch boundary. :class:`JobAlreadyFinished` if the job has ended."""
     now = now or utcnow()
     with transaction(session):
@@ -495,7 +496,7 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
         if job.status in TERMINAL_STATUSES:
             raise JobAlreadyFinished(job_id, job.status)
         stages = load_stages(session, job_id)
-        held = any(lease_is_live(stage, now) for stage in stages)
+        held = work_is_held(session, job_id, stages, now)
         job.cancel_requested = True
         touch(job, now)
         if held:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, aliased
 
+from persistence.cost import modules_bound, sweep_size
 from persistence.models import (
     Artifact,
     Checkpoint,
@@ -58,36 +59,37 @@ def materialization_bytes(session: Session, job_id: str) -> int:
     return int(size or 0)
 
 
-def job_reserved_copies(spec: Mapping[str, Any]) -> int:
-    """How many checkpoint-sized files a job with ``spec`` (``RiftConfig`` as JSON) stores at
-    most: θ_FT of each fine-tuned candidate (modules × learning rates; all but the winner's are
-    deleted when the sweep ends) and the tuned weights."""
-    finetune = spec.get("finetune") or {}
-    modules = int(finetune.get("candidates") or 1)
-    rates = len(finetune.get("lr_grid") or []) or 1
-    return modules * rates + 1
+def job_reserved_copies(spec: Mapping[str, Any], num_tensors: int) -> int:
+    """How many checkpoint-sized files a job with ``spec`` (``RiftConfig`` as JSON) on a
+    checkpoint of ``num_tensors`` tensors stores at most: θ_FT of each fine-tuned candidate
+    (``persistence.cost.sweep_size``, as the cost estimate counts them: one module when
+    ``finetune.module`` names it, never more modules than the checkpoint can hold; all but the
+    winner's are deleted when the sweep ends) and the tuned weights. (Before, every
+    ``finetune.candidates`` counted: 17 copies for a named module with ``candidates: 16``.)"""
+    return sweep_size(spec, modules_bound(spec, num_tensors)) + 1
 
 
-def job_reserved_bytes(checkpoint_size: int, spec: Mapping[str, Any]) -> int:
+def job_reserved_bytes(checkpoint_size: int, spec: Mapping[str, Any], num_tensors: int) -> int:
     """What a new job may store before it ends (see :func:`job_reserved_copies`)."""
-    return checkpoint_size * job_reserved_copies(spec)
+    return checkpoint_size * job_reserved_copies(spec, num_tensors)
 
 
 def _active_job_reservations(session: Session, project_id: str) -> int:
     """The bytes the project's queued and running jobs may still store: each job's reservation
     less the artifacts it has stored (counted with the artifacts)."""
     active = session.execute(
-        select(Job.id, Job.spec, Checkpoint.size).join(Checkpoint, Checkpoint.id == Job.checkpoint_id)
+        select(Job.id, Job.spec, Checkpoint.size, Checkpoint.num_tensors)
+        .join(Checkpoint, Checkpoint.id == Job.checkpoint_id)
         .where(Job.project_id == project_id,
                Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))).all()
     if not active:
         return 0
     stored = dict(session.execute(
         select(Artifact.job_id, func.sum(Artifact.size))
-        .where(Artifact.job_id.in_([job_id for job_id, _, _ in active]))
+        .where(Artifact.job_id.in_([job_id for job_id, _, _, _ in active]))
         .group_by(Artifact.job_id)).tuples().all())
-    return sum(max(0, job_reserved_bytes(size, spec) - int(stored.get(job_id) or 0))
-               for job_id, spec, size in active)
+    return sum(max(0, job_reserved_bytes(size, spec, tensors) - int(stored.get(job_id) or 0))
+               for job_id, spec, size, tensors in active)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from persistence.transactions import (
     log_event,
     touch,
     transaction,
+    work_is_held,
 )
 
 #: ``job_stages.lease_owner`` of a stage whose work was handed to its parts.
@@ -183,10 +184,9 @@ def claim_part(session: Session, kind: PartKind, job_id: str, index: int, *, own
             return PartClaim(ClaimOutcome.INACTIVE, job, row)
         if job.cancel_requested:
             # Nobody runs the job any more once no part holds a live lease: end it now.
-            parts = session.execute(_select_parts(kind, job_id)).scalars()
-            if not any(p.status == StageStatus.RUNNING and p.lease_expires_at is not None
-                       and p.lease_expires_at > now for p in parts):
-                cancel_job(session, job, load_stages(session, job_id), now)
+            stages = load_stages(session, job_id)
+            if not work_is_held(session, job_id, stages, now):
+                cancel_job(session, job, stages, now)
             return PartClaim(ClaimOutcome.INACTIVE, job, row)
         if row.status == StageStatus.DONE:
             return PartClaim(ClaimOutcome.DONE, job, row)
@@ -329,6 +329,31 @@ def hand_back_part(session: Session, kind: PartKind, job_id: str, index: int, *,
         log_event(session, job_id, EventKind.STAGE_HANDED_BACK,
                   {"stage": kind.stage.value, kind.event: index, "attempt": handed[0] + 1,
                    "worker": owner, "reason": "worker_shutdown"}, now)
+
+
+def stop_cancelled_part(session: Session, kind: PartKind, job_id: str, index: int, *,
+                        owner: str, now: datetime | None = None) -> bool:
+    """The part ``owner`` ran stopped because its job's cancellation was asked: it is marked
+    cancelled (its lease given up), and the job is cancelled once no other work of it is held
+    (:func:`persistence.transactions.work_is_held`): the last part to stop ends the job, as a
+    stage's worker does. Returns whether the job ended now."""
+    model = kind.model
+    now = now or utcnow()
+    with transaction(session):
+        job = load_job(session, job_id, for_update=True)
+        session.execute(
+            update(model)
+            .where(*_of(kind, job_id, index), model.lease_owner == owner,
+                   model.status == StageStatus.RUNNING)
+            .values(status=StageStatus.CANCELLED, lease_owner=None, lease_expires_at=None)
+            .execution_options(synchronize_session=False))
+        if job.status in TERMINAL_STATUSES:
+            return False
+        stages = load_stages(session, job_id)
+        if work_is_held(session, job_id, stages, now):
+            return False
+        cancel_job(session, job, stages, now)
+        return True
 
 
 def release_shard(session: Session, job_id: str, shard: int, *, owner: str, error: str) -> None:

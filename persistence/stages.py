@@ -51,6 +51,7 @@ from persistence.transactions import (
     storable_text,
     touch,
     transaction,
+    work_is_held,
 )
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -203,7 +204,7 @@ def _claim_locked(session: Session, job: Job, stage: str, terms: ClaimTerms,
         return StageClaim(ClaimOutcome.INACTIVE, job)
     stages = {row.stage: row for row in load_stages(session, job_id)}
     row = stages[stage]
-    if job.cancel_requested and not any(lease_is_live(s, now) for s in stages.values()):
+    if job.cancel_requested and not work_is_held(session, job_id, list(stages.values()), now):
         cancel_job(session, job, list(stages.values()), now)
         return StageClaim(ClaimOutcome.INACTIVE, job)
     if row.status == StageStatus.DONE:
@@ -550,7 +551,7 @@ def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
                    "reason": "worker_shutdown"}, now)
         if job.cancel_requested:
             stage_rows = load_stages(session, job_id)
-            if not any(lease_is_live(row, now) for row in stage_rows):
+            if not work_is_held(session, job_id, stage_rows, now):
                 cancel_job(session, job, stage_rows, now)
                 return True
         return False

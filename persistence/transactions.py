@@ -23,7 +23,16 @@ from sqlalchemy.orm import Session, lazyload
 from sqlalchemy.orm.attributes import flag_modified
 
 from persistence import leases
-from persistence.models import Job, JobEvent, JobStage, JobStatus, Project, StageStatus
+from persistence.models import (
+    Job,
+    JobEvent,
+    JobStage,
+    JobStatus,
+    MRCShard,
+    Project,
+    StageStatus,
+    SweepCandidate,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,6 +181,22 @@ def log_event(session: Session, job_id: str, kind: str, payload: Mapping[str, An
 def lease_is_live(stage: JobStage, now: datetime) -> bool:
     """True while a worker holds the stage under a lease that has not expired at ``now``."""
     return leases.is_live(stage, now)
+
+
+def work_is_held(session: Session, job_id: str, stages: Sequence[JobStage],
+                 now: datetime) -> bool:
+    """True while a worker holds any of the job's work under a live lease: one of ``stages``
+    (the job's), or a part of a split stage (an MRC shard, a sweep candidate), which holds the
+    work of a stage handed to its parts (that stage's own row then has no lease). A job whose
+    cancellation is asked ends only once this is False: before, a sweep's job was cancelled at
+    once while its candidates still ran, so it could be deleted under a candidate about to store
+    its θ_FT (left in the store, and the worker's recording failed on a missing job)."""
+    if any(lease_is_live(stage, now) for stage in stages):
+        return True
+    return any(session.execute(
+        select(model.job_id).where(model.job_id == job_id, model.status == StageStatus.RUNNING,
+                                   model.lease_expires_at > now).limit(1)).first() is not None
+        for model in (MRCShard, SweepCandidate))
 
 
 def cancel_job(session: Session, job: Job, stages: Sequence[JobStage], now: datetime) -> None:

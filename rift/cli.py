@@ -266,9 +266,11 @@ def print_warnings(kind: str, payload: dict[str, Any]) -> None:
         return
     from tqdm import tqdm
 
+    where = str(payload.get("stage", "run"))
+    if payload.get("candidate") is not None:  # a sweep candidate's (rift.sweep)
+        where += f", candidate {payload['candidate']}"
     # tqdm.write keeps an open progress bar intact below the line.
-    tqdm.write(f"warning ({payload.get('stage', 'run')}): {payload.get('message', '')}",
-               file=sys.stderr)
+    tqdm.write(f"warning ({where}): {payload.get('message', '')}", file=sys.stderr)
 
 
 def format_mrc_table(rows: list[dict[str, Any]], selected: str) -> str:
@@ -305,6 +307,22 @@ def format_interpolation_table(points: list[dict[str, float | None]], chosen: fl
     return "\n".join(lines)
 
 
+def format_sweep_table(sweep: dict[str, Any]) -> str:
+    """A sweep's candidates (``result.json["sweep"]``): each one's own α and accuracies there,
+    the one the rule picked across all flagged, an excluded one with its reason. Before, the CLI
+    printed the winner's curve alone and said nothing of the others."""
+    lines = [f"{'#':>3}  {'module':<32}{'lr':>10}{'alpha':>7}{'clean':>9}{'robust':>9}"]
+    for index, candidate in enumerate(sweep["candidates"]):
+        head = f"{index:>3}  {candidate['module']:<32}{candidate['lr']:>10g}"
+        if candidate.get("excluded"):
+            lines.append(f"{head}  excluded: {candidate.get('reason', '')}")
+            continue
+        flag = "  <- chosen" if index == sweep["chosen"] else ""
+        lines.append(f"{head}{candidate['chosen_alpha']:>7g}{candidate['clean_accuracy']:>8.2f}%"
+                     f"{candidate['robust_accuracy']:>8.2f}%{flag}")
+    return "\n".join(lines)
+
+
 def _command_run(args: argparse.Namespace) -> int:
     from rift.pipeline import PipelineCallbacks, run_pipeline
 
@@ -324,14 +342,20 @@ def _command_run(args: argparse.Namespace) -> int:
         bars.close()
     print("\nModule robust criticality (lowest = least critical):")
     print(format_mrc_table(result["mrc"]["rows"], result["selected_module"]))
-    print("\nInterpolation θ_α = (1 − α) θ_AT + α θ_FT:")
+    sweep = result.get("sweep")
+    if sweep is not None:
+        print("\nSweep candidates (each at its own curve's α; the rule picks across all):")
+        print(format_sweep_table(sweep))
+    print("\nInterpolation θ_α = (1 − α) θ_AT + α θ_FT"
+          + (" (the chosen candidate's):" if sweep is not None else ":"))
     print(format_interpolation_table(result["interpolation"]["points"], result["chosen_alpha"]))
     before, after = result["before"], result["after"]
     print(f"\nclean  {before['clean_accuracy']:.2f}% -> {after['clean_accuracy']:.2f}%   "
           f"robust {before['robust_accuracy']:.2f}% -> {after['robust_accuracy']:.2f}%   "
           f"(α = {result['chosen_alpha']:g}, module {result['selected_module']})")
     entry = f" (checkpoint entry {config.checkpoint_entry!r})" if config.checkpoint_entry else ""
-    print(f"wrote {args.out}/tuned.safetensors{entry} and {args.out}/result.json")
+    curves = f", {args.out}/curves.json (every candidate's curve)" if sweep is not None else ""
+    print(f"wrote {args.out}/tuned.safetensors{entry}{curves} and {args.out}/result.json")
     return 0
 
 

@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,19 @@ class PipelineCallbacks:
     def check_cancel(self) -> None:
         """Stop here if the run was cancelled (see :func:`rift.cancellation.raise_if_cancelled`)."""
         raise_if_cancelled(self.should_cancel)
+
+    def tagged(self, **fields: Any) -> PipelineCallbacks:
+        """These callbacks, with ``fields`` added to every event's payload (a sweep candidate's
+        index: the candidates of a service sweep run side by side, and their epochs, points and
+        warnings could not be told apart in the job's events)."""
+        on_event = self.on_event
+        if on_event is None:
+            return self
+
+        def tag(kind: str, payload: dict[str, Any]) -> None:
+            on_event(kind, {**payload, **fields})
+
+        return replace(self, on_event=tag)
 
 
 @dataclass
@@ -881,6 +894,21 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
     return measured
 
 
+def unchanged_weights_warning(config: RiftConfig) -> RunWarning:
+    """The warning of a run whose chosen α is 0 (θ_AT returned unchanged), with what to try; a
+    sweep's names its settings."""
+    if is_sweep(config):
+        rates = "finetune.lr_grid" if config.finetune.lr_grid is not None else "finetune.lr"
+        advice = (f"no candidate's α > 0 kept the robust accuracy of the original weights, so "
+                  f"they are returned unchanged; try smaller rates in {rates}, more "
+                  "finetune.candidates or a robust_tolerance")
+    else:
+        advice = ("no α > 0 kept the robust accuracy of the original weights, so they are "
+                  "returned unchanged; try a smaller finetune.lr, another finetune.module or a "
+                  "robust_tolerance")
+    return RunWarning("interpolate", advice)
+
+
 def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],
                              callbacks: PipelineCallbacks | None) -> InterpolationStageResult:
     callbacks = PipelineCallbacks.of(callbacks)
@@ -890,11 +918,12 @@ def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, tor
     measured = _measure_curve(run, finetuned_state, selection_data, callbacks)
     points, chosen = measured.curve(), measured.chosen
     baseline_robust = measured.robust[0.0]
-    if chosen.alpha == 0.0:
-        callbacks.event("warning", {"stage": "interpolate", "message": (
-            "no α > 0 kept the robust accuracy of the original weights, so they are returned "
-            "unchanged; try a smaller finetune.lr, another finetune.module or a "
-            "robust_tolerance")})
+    # A sweep candidate's own curve choosing θ_AT is not the run's result, which the rule
+    # across all candidates decides: the sweep says it then (``run_sweep``, the service's
+    # interpolate stage). Before, every such candidate warned that the weights were returned
+    # unchanged, also when another candidate won at α > 0.
+    if chosen.alpha == 0.0 and not is_sweep(config):
+        callbacks.event("warning", unchanged_weights_warning(config).as_payload())
     tuned = interpolate_weights(run.original_state, finetuned_state, chosen.alpha)
     before: dict[str, float | None]
     after: dict[str, float | None]
@@ -1245,17 +1274,19 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
     for index, candidate in enumerate(candidates):
         saved_in = PrefixedStorage(storage, candidate_prefix(index))
         saved = _load_candidate(saved_in, candidate)
+        # Every event of the candidate names it, as in the service, where candidates run side
+        # by side.
+        reports = callbacks.tagged(candidate=index)
         if saved is not None:
-            callbacks.event("stage_skipped", {"stage": "candidate", "module": candidate.module,
-                                              "lr": candidate.lr,
-                                              "reason": "output already saved"})
+            reports.event("stage_skipped", {"stage": "candidate", "module": candidate.module,
+                                            "lr": candidate.lr, "reason": "output already saved"})
         else:
-            callbacks.event("stage_started", {"stage": "candidate", "module": candidate.module,
-                                              "lr": candidate.lr})
+            reports.event("stage_started", {"stage": "candidate", "module": candidate.module,
+                                            "lr": candidate.lr})
             try:
-                finetune, interpolation = run_candidate(run, candidate, callbacks)
+                finetune, interpolation = run_candidate(run, candidate, reports)
             except FinetuneDiverged as exc:
-                saved = {"outcome": excluded_candidate(candidate, exc, callbacks).to_json(),
+                saved = {"outcome": excluded_candidate(candidate, exc, reports).to_json(),
                          "interpolation": None}
             else:
                 saved = {"outcome": candidate_outcome(candidate, finetune,
@@ -1280,6 +1311,8 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
     interpolation = InterpolationStageResult(
         **curve, state_dict=interpolate_weights(
             run.original_state, chosen.state_dict, float(curve["chosen_alpha"])))
+    if interpolation.chosen_alpha == 0.0:
+        callbacks.event("warning", unchanged_weights_warning(config).as_payload())
     stage_outputs.write_weights(storage, FINETUNED, chosen.state_dict,
                                 {**metadata, "kind": "finetuned", "module": chosen.module})
     # The table was written before the sweep, flagging the least critical module; the run tunes

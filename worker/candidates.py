@@ -56,6 +56,7 @@ from rift.pipeline import (
     excluded_candidate,
     load_mrc,
     run_candidate,
+    unchanged_weights_warning,
     weights_metadata,
 )
 from rift.stage_outputs import FINETUNE_JSON, FINETUNED
@@ -181,8 +182,10 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
     reporter = PartReporter(
         resources, job_id, CANDIDATES, index, started_at=claim.job.started_at,
         time_limit=job_time_limit(claim.job, settings.job_time_limit_seconds))
+    # Every event of the candidate names it: candidates run side by side, and their epochs,
+    # points and warnings could not be told apart in the job's events.
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
-                                  should_cancel=reporter.should_cancel)
+                                  should_cancel=reporter.should_cancel).tagged(candidate=index)
     reporter.start()
     device: str | None = None  # resolved by prepare(); a failure before it ran on none
     try:
@@ -384,9 +387,10 @@ def delete_candidate_objects(store: ObjectStore, job_id: str, stage_attempt: int
 
 
 def record_sweep_interpolation(resources: WorkerResources, job: Job, run: PreparedRun,
-                               attempts: Attempts) -> StageOutputs:
+                               attempts: Attempts, callbacks: PipelineCallbacks) -> StageOutputs:
     """The interpolate stage of a sweep: the winner's curve was measured by its candidate task,
-    so this records it (θ_α* made again from θ_AT and the winner's θ_FT), with every curve."""
+    so this records it (θ_α* made again from θ_AT and the winner's θ_FT), with every curve; a
+    winner at α = 0 is the job's ``warning`` (a candidate's own curve choosing θ_AT is not)."""
     with resources.session() as session:
         rows = stage_shards.list_candidates(session, job.id)
     results = [dict(row.result) for row in rows if row.result is not None]
@@ -403,6 +407,8 @@ def record_sweep_interpolation(resources: WorkerResources, job: Job, run: Prepar
     interpolation = InterpolationStageResult(
         **recorded, state_dict=interpolate_weights(run.original_state, weights,
                                                    float(recorded["chosen_alpha"])))
+    if interpolation.chosen_alpha == 0.0:
+        callbacks.event("warning", unchanged_weights_warning(run.config).as_payload())
     return record_interpolation(
         job, run, job_stage_storage(resources.store, job.id, attempts), interpolation,
         sweep_curves(curves["candidates"], curves["chosen"]), sweep=curves,

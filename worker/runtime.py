@@ -504,8 +504,11 @@ def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, j
     attempt would meet the same error, and a split stage with a part missing cannot finish.
     Anything else is retried until the part has had ``max_stage_attempts``."""
     if isinstance(exc, JobCancelled):
+        # The job ends with its last running part (before, the first part to stop ended it
+        # while the others still ran).
         with resources.session() as session:
-            stages.mark_cancelled(session, job_id)
+            stage_shards.stop_cancelled_part(session, kind, job_id, index,
+                                             owner=resources.worker_id)
         return "cancelled"
     if isinstance(exc, LeaseLost):
         logger.warning("job %s %s %d: %s", job_id, kind.noun, index, exc)

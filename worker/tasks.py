@@ -500,7 +500,8 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
             start_sweep(app, resources, claim.job, run, attempts, callbacks)
             return _Step(stage, "sharded", device)
         if stage == StageName.INTERPOLATE and is_sweep(run.config):
-            outputs = record_sweep_interpolation(resources, claim.job, run, attempts)
+            outputs = record_sweep_interpolation(resources, claim.job, run, attempts,
+                                                 callbacks)
         else:
             outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir,
                                 callbacks, attempts, manifest, resources.store_writer)

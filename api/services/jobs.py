@@ -191,7 +191,7 @@ def create_job_for(
         check_time_limit(spec.time_limit_seconds, settings.job_time_limit_seconds)
         # What the job may store (its tuned weights, each candidate's θ_FT) counts against the
         # stored-bytes quota from now on, as an upload's bytes would.
-        reserved = job_reserved_bytes(checkpoint_size, config_json)
+        reserved = job_reserved_bytes(checkpoint_size, config_json, num_tensors)
         # The job's own transaction (create_job) checks both limits under the project's lock,
         # with the same answers; checked here too only before storing an upload, which a
         # refusal would otherwise follow. A job on a stored checkpoint saves a transaction of

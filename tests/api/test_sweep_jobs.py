@@ -258,3 +258,40 @@ def test_a_sweep_candidate_that_diverges_is_excluded_and_the_job_goes_on(
     assert diverged["message"] in [e["payload"]["message"] for e in api.client.get(
         f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["items"]
         if e["kind"] == "warning"]
+
+
+def test_a_sweeps_events_name_their_candidate_and_only_its_result_at_alpha_0_warns(
+        start_worker: Callable[..., WorkerProcess], celery_api: Api,
+        digits_checkpoint_path: Path, digits_job_config: dict[str, Any]) -> None:
+    """Before, the candidates' events (epochs, α points, warnings) interleaved in the job's
+    events with nothing saying whose they were, and a candidate whose own curve kept α = 0
+    warned that the weights were returned unchanged although the job chose α = 1."""
+    from tests.sweep_configs import alpha_zero_loser
+
+    worker, api = start_worker(), celery_api
+    checkpoint = upload_checkpoint(api, digits_checkpoint_path)
+    config = alpha_zero_loser(digits_job_config, [1e-6, 0.05])
+
+    def events_of(job_id: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(e["kind"], e["payload"]) for e in api.client.get(
+            f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["items"]]
+
+    job = run_job(api, checkpoint["id"], config, (worker,))
+    own = [c["chosen_alpha"] for c in api.client.get(
+        f"/v1/jobs/{job['id']}/curves").json()["candidates"]]
+    assert own == [0.0, 1.0] and job["chosen_alpha"] == 1.0
+    events = events_of(job["id"])
+    assert not [p for kind, p in events if kind == "warning" and "unchanged" in p["message"]]
+    assert sorted((p["candidate"], p["lr"]) for kind, p in events if kind == "epoch") == [
+        (0, 1e-6), (1, 0.05)]
+    assert sorted(p["candidate"] for kind, p in events if kind == "interpolation_point") == [
+        0, 0, 0, 1, 1, 1]
+
+    # The losing rate alone: the job's result is θ_AT, and the job says so once.
+    config["finetune"]["lr_grid"] = [1e-6]
+    alone = run_job(api, checkpoint["id"], config, (worker,))
+    assert alone["chosen_alpha"] == 0.0
+    unchanged = [p for kind, p in events_of(alone["id"])
+                 if kind == "warning" and "unchanged" in p["message"]]
+    assert len(unchanged) == 1 and "candidate" not in unchanged[0]
+    assert "finetune.lr_grid" in unchanged[0]["message"]

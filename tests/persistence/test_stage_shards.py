@@ -297,6 +297,38 @@ def test_a_candidate_that_keeps_failing_fails_the_job_in_the_finetune_stage(
     assert _claim_candidate(sessions, job_id, 0, "w1").outcome == ClaimOutcome.INACTIVE
 
 
+@pytest.mark.parametrize("kind", ["candidates", "shards"])
+def test_a_cancelled_job_ends_with_its_last_running_part_not_before(
+        sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str) -> None:
+    """Before, a job whose stage was handed to its parts was cancelled at once (no stage held a
+    lease), so it could be deleted while a part still ran and then stored its files under the
+    deleted job; and the first part to stop ended it while others ran."""
+    if kind == "candidates":
+        job_id, part_kind = _swept_job(sessions, new_job), CANDIDATES
+    else:
+        job_id, part_kind = _sharded_job(sessions, new_job), stage_shards.MRC_SHARDS
+    for index, owner in ((0, "w1"), (1, "w2")):
+        with sessions() as session:
+            assert stage_shards.claim_part(
+                session, part_kind, job_id, index, owner=owner, lease_seconds=LEASE,
+                max_attempts=3, now=T0).outcome == ClaimOutcome.CLAIMED
+    soon = T0 + timedelta(seconds=1)
+    with sessions() as session:
+        asked = jobs.request_cancel(session, job_id, now=soon)
+        assert (asked.status, asked.cancel_requested) == ("running", True)
+    with sessions() as session:  # the first part stops: the other still runs
+        assert not stage_shards.stop_cancelled_part(session, part_kind, job_id, 0, owner="w1",
+                                                    now=soon)
+        assert jobs.get_job(session, job_id).status == "running"
+    with sessions() as session:  # the last one ends the job
+        assert stage_shards.stop_cancelled_part(session, part_kind, job_id, 1, owner="w2",
+                                                now=soon)
+        assert jobs.get_job(session, job_id).status == "cancelled"
+        assert [p.status for p in stage_shards.list_parts(session, part_kind, job_id)] == [
+            "cancelled", "cancelled"]
+        assert "job_cancelled" in event_kinds(sessions, job_id)
+
+
 def test_a_part_handed_back_by_a_stopping_worker_waits_uncounted(
         sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
     job_id = _swept_job(sessions, new_job)

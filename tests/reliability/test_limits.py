@@ -184,6 +184,29 @@ def test_a_job_reserves_what_it_may_store_until_it_ends(api: Api, small_cnn_file
     upload(api.client, "/v1/checkpoints", "n.safetensors", small_cnn_file.read_bytes())
 
 
+def test_a_sweeps_reservation_counts_the_candidates_it_can_run(api: Api,
+                                                                small_cnn_file: Path) -> None:
+    """As the cost estimate counts them (persistence.cost.sweep_size): one module when
+    finetune.module names it, at most the checkpoint's tensors. Before, every
+    finetune.candidates counted: 17 sizes for a named module with candidates 16 (413)."""
+    from rift import checkpoints
+
+    size = small_cnn_file.stat().st_size
+    tensors = len(checkpoints.load_state_dict(small_cnn_file))
+    checkpoint = upload(api.client, "/v1/checkpoints", "m.safetensors", small_cnn_file.read_bytes())
+    _set_limits(api, max_stored_bytes=4 * size)  # the checkpoint and 3 sizes more
+    named = create_job(api.client, checkpoint["id"], config=digits_config(
+        finetune={"epochs": 1, "candidates": 16, "module": "conv1", "lr_grid": [0.01, 0.05]}))
+    assert named.status_code == 201, named.text  # 2 rates' θ_FT + tuned: 3 sizes
+    assert api.client.get("/v1/usage").json()["stored_bytes"]["reserved_by_active_jobs"] == (
+        3 * size)
+    # Every module: no more than the checkpoint's tensors (an upper bound on its modules).
+    every = create_job(api.client, checkpoint["id"],
+                       config=digits_config(finetune={"epochs": 1, "candidates": 16}))
+    assert every.status_code == 413, every.text
+    assert every.json()["error"]["incoming"] == (min(16, tensors) + 1) * size
+
+
 def test_request_rate_in_process(api: Api, clients: Callable[..., httpx.Client]) -> None:
     _set_limits(api, max_requests_per_minute=5)
     inside_one_rate_window()

@@ -179,7 +179,10 @@ def test_warning_events_are_printed_one_line_each(capsys) -> None:
 
     print_warnings("warning", {"stage": "interpolate", "message": "no α > 0 kept it"})
     print_warnings("stage_started", {"stage": "mrc"})
-    assert capsys.readouterr().err == "warning (interpolate): no α > 0 kept it\n"
+    # A sweep candidate's warning says whose it is (the event names its index).
+    print_warnings("warning", {"stage": "finetune", "message": "diverged", "candidate": 2})
+    assert capsys.readouterr().err == ("warning (interpolate): no α > 0 kept it\n"
+                                       "warning (finetune, candidate 2): diverged\n")
 
 
 @pytest.mark.parametrize("argv", [["architectures"]])
@@ -317,6 +320,24 @@ def test_interpolation_table_shows_alpha_as_on_the_grid() -> None:
               for a in (0.0, 0.005, 0.01, 1.0)]
     alphas = [line.split()[0] for line in format_interpolation_table(points, 0.005).splitlines()]
     assert alphas == ["alpha", "0", "0.005", "0.01", "1"]
+
+
+def test_a_sweeps_candidates_are_printed_side_by_side() -> None:
+    # Before: `python -m rift run` printed the winner's curve alone; the other candidates were
+    # only in curves.json.
+    from rift.cli import format_sweep_table
+    from rift.sweep import Candidate, CandidateOutcome, ExcludedCandidate, curves_document
+
+    sweep = curves_document([
+        ExcludedCandidate(Candidate("conv1", 10.0), "diverged in epoch 1", "finetune.lr_grid"),
+        CandidateOutcome(Candidate("conv1", 0.05), 0.5, 91.0, 60.0, [], 1),
+        CandidateOutcome(Candidate("fc", 0.0001), 1.0, 92.5, 61.0, [], 1)])
+    rows = format_sweep_table(sweep).splitlines()[1:]
+    assert [row.split()[:3] for row in rows] == [["0", "conv1", "10"], ["1", "conv1", "0.05"],
+                                                ["2", "fc", "0.0001"]]
+    assert rows[0].endswith("excluded: diverged in epoch 1")
+    assert rows[1].split()[3:] == ["0.5", "91.00%", "60.00%"]
+    assert rows[2].endswith("<- chosen") and rows[2].split()[3:6] == ["1", "92.50%", "61.00%"]
 
 
 def test_demo_checkpoint_writes_the_matching_job_config(

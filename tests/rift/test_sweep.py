@@ -21,6 +21,7 @@ from rift.sweep import (
     choose_across,
     fewer_modules_than_asked,
 )
+from tests.sweep_configs import alpha_zero_loser
 
 ROWS = [{"name": "a", "mrc": 0.3}, {"name": "b", "mrc": 0.1}, {"name": "c", "mrc": 0.1},
         {"name": "d", "mrc": 0.05}]
@@ -232,3 +233,35 @@ def test_a_sweep_cut_short_resumes_with_the_candidates_not_yet_done(
 
     FolderStorage(folder).remove_outputs()
     assert not list(folder.glob("candidate-*"))
+
+
+def test_a_candidates_events_name_it_and_only_the_sweeps_result_at_alpha_0_warns(
+        digits_checkpoint_path: Path, digits_job_config: dict[str, Any], tmp_path: Path) -> None:
+    """Before, a candidate whose own curve chose α = 0 warned that the weights were "returned
+    unchanged" while another candidate won at α > 0 (the result's weights did change), and a
+    candidate's epochs, points and warnings did not say whose they were (in the service the
+    candidates run side by side, their events interleaved)."""
+    config = alpha_zero_loser(digits_job_config, [1e-6, 0.05])
+    events: list[tuple[str, dict[str, Any]]] = []
+    record = PipelineCallbacks(on_event=lambda kind, payload: events.append((kind, payload)))
+    result = run_pipeline(RiftConfig.model_validate(config), digits_checkpoint_path, tmp_path,
+                          record)
+    own = [c["chosen_alpha"] for c in result["sweep"]["candidates"]]
+    assert own == [0.0, 1.0] and result["chosen_alpha"] == 1.0
+    assert not [p for kind, p in events if kind == "warning" and "unchanged" in p["message"]]
+    # Each candidate's epochs and points carry its index (its epochs run at its rate).
+    epochs = [p for kind, p in events if kind == "epoch"]
+    assert [(p["candidate"], p["lr"]) for p in epochs] == [(0, 1e-6), (1, 0.05)]
+    points = [p["candidate"] for kind, p in events if kind == "interpolation_point"]
+    assert points == [0, 0, 0, 1, 1, 1]
+    assert all("candidate" not in p for _, p in events if p.get("stage") == "mrc")
+
+    # Run again with the losing rate alone: the sweep's result is θ_AT, and it says so once.
+    config["finetune"]["lr_grid"] = [1e-6]
+    events.clear()
+    again = run_pipeline(RiftConfig.model_validate(config), digits_checkpoint_path,
+                         tmp_path / "alone", record)
+    assert again["chosen_alpha"] == 0.0
+    unchanged = [p for kind, p in events if kind == "warning" and "unchanged" in p["message"]]
+    assert len(unchanged) == 1 and "candidate" not in unchanged[0]
+    assert "finetune.lr_grid" in unchanged[0]["message"]

@@ -141,8 +141,10 @@ def test_cancelling_a_sweep_stops_its_candidates(
                                              events(sessions, job_id)),
              "a candidate's fine-tuning", workers=(worker,))
     with sessions() as session:
-        # No stage holds a live lease (the candidates do): the job ends at once.
-        assert jobs.request_cancel(session, job_id).status == "cancelled"
+        # The running candidate holds the job (no stage holds a lease, its candidate does):
+        # it ends when the candidate stops, not at once (then it could be deleted under the
+        # candidate about to store its θ_FT).
+        assert jobs.request_cancel(session, job_id).status == "running"
     # The running candidate stops at its next batch; the waiting one is claimed and dropped.
     deadline = time.monotonic() + 60
     while not ("'cancelled'" in worker.log() and "'inactive'" in worker.log()):
@@ -153,5 +155,6 @@ def test_cancelling_a_sweep_stops_its_candidates(
         job = jobs.get_job(session, job_id)
     assert job.status == "cancelled"
     assert all(c.status != "done" and c.result is None for c in candidates)
+    assert [c.status for c in candidates] == ["cancelled", "pending"]
     assert [c.attempts for c in candidates] == [1, 0]
     assert not any(kind == "candidate_finished" for kind, _ in events(sessions, job_id))
