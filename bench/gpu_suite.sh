@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The GPU figures of the README's "Measured on one GPU" section, in one run on a lent H100/H200:
+# The GPU figures of the README's "Issue 8 on one H100" section, in one run on a lent H100/H200:
 # a whole ResNet-18 job at CIFAR-10 size (50,000 train, 10,000 test, the reference protocol's
 # defaults), a WRN-34-10 job at reduced size (per-stage images/s), and the tests that need CUDA.
 #
 #     OUT=/some/folder bash bench/gpu_suite.sh [resnet18] [wrn] [mrc] [stacked] [chunks] [tests]
 #     (default: all)
 #
-# The GPU image has PyTorch but not pydantic: wheels for it may sit in .gpuwheels/ (git-ignored;
+# The GPU image has PyTorch but not pydantic: wheels for it may sit in .gpuwheels/ (untracked and
+# not git-ignored, so that a copy of the working tree carries them; never commit them;
 # `pip download pydantic==<ours> --python-version 3.12 --only-binary=:all: -d .gpuwheels`).
 set -u
 py="${PYTHON:-python3}"

@@ -74,12 +74,16 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=32,
+                        help="side of the random images (ResNet-18 pools adaptively)")
+    parser.add_argument("--output", type=Path, help="also write the JSON report to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        np.savez(folder / "data.npz", x=rng.integers(0, 256, (512, 32, 32, 3), dtype=np.uint8),
+        np.savez(folder / "data.npz", x=rng.integers(0, 256, (512, args.image_size, args.image_size, 3),
+                                         dtype=np.uint8),
                  y=rng.integers(0, 10, 512))
         torch.manual_seed(0)
         model = build_model(ArchitectureSpec(name="resnet18", num_classes=10))
@@ -96,14 +100,18 @@ def main() -> None:
     for r in runs:
         r["speedup"] = round(base / r["stage_seconds"], 3)
         del r["table"]
-    print(json.dumps({
+    text = json.dumps({
         "benchmark": "mrc_workers", "arch": "resnet18", "device": "cpu",
         "cpu_cores": os.cpu_count(), "threads_per_worker": 1,
         "examples": args.examples, "batch_size": args.batch_size, "steps": args.steps,
+        "image_size": args.image_size,
         "same_table_for_every_worker_count": same, "runs": runs,
         "note": "shared 2-core machine: more than 2 workers cannot run at once, and other "
                 "processes compete for the cores, so figures are noisy",
-    }, indent=2))
+    }, indent=2)
+    if args.output is not None:
+        args.output.write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

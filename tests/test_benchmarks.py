@@ -155,6 +155,33 @@ def test_the_mrc_table_selection_comparison_chooses_the_full_tables_module(
     assert selection["passes_selection"] < report["passes_full"]
 
 
+@pytest.mark.slow
+def test_the_trained_mrc_selection_comparison_takes_sizes_and_prints_one_report(
+        tmp_path: Path, optional_worker_launcher: Launcher | None) -> None:
+    # The README's run trains a ResNet-18 for minutes; the size flags make it seconds.
+    report = _run_bench("mrc_selection_trained.py", "--train", "48", "--test", "8",
+                        "--image-size", "8", "--at-epochs", "1", "--attack-steps", "1",
+                        "--examples", "8", "--batch-size", "8", "--steps", "3",
+                        tmp_path=tmp_path, launcher=optional_worker_launcher)
+    assert report["benchmark"] == "mrc_selection_resnet18_trained"
+    assert report["passes_full"] == 3 * len(report["full"]["rows"])
+    assert report["passes_selection"] < report["passes_full"]
+    assert report["same_selected_module"] and report["exact_rows_identical"]
+
+
+@pytest.mark.slow
+def test_the_sharded_mrc_bench_merges_the_same_table_for_each_worker_count(
+        tmp_path: Path, optional_worker_launcher: Launcher | None) -> None:
+    report = _run_bench("mrc_workers.py", "--workers", "1", "2", "--examples", "4",
+                        "--batch-size", "4", "--steps", "1", "--image-size", "8",
+                        tmp_path=tmp_path, launcher=optional_worker_launcher)
+    assert report["benchmark"] == "mrc_workers" and report["image_size"] == 8
+    assert [run["workers"] for run in report["runs"]] == [1, 2]
+    # Two shards score every module once between them; the merge is the one-worker table.
+    assert [sum(run["shard_modules"]) for run in report["runs"]] == [21, 21]
+    assert report["same_table_for_every_worker_count"] is True
+
+
 @pytest.mark.service
 def test_the_validator_memory_comparison_finds_one_server_per_host_when_shared(
     tmp_path: Path, optional_worker_launcher: Launcher | None,
