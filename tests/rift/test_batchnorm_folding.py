@@ -323,31 +323,34 @@ def test_only_the_batchnorm_after_a_layer_used_nowhere_else_is_folded() -> None:
 def test_a_user_architecture_gets_the_same_curve_and_alpha_folded_or_not(
         plugin_path: Path, tmp_path: Path) -> None:
     """An installed architecture with BatchNorm in each place users put it (after a Linear
-    without affine parameters, which made the stage raise a TypeError with "auto"), fine-tuned
-    at the Linear whose BatchNorm folds: "auto" and "off", "full" and "selection" choose one α,
-    and each α's counts are the same folded or not."""
+    without affine parameters, which made the stage raise a TypeError with "auto"): "auto" and
+    "off", "full" and "selection" choose one α, and each α's counts are the same folded or not
+    (the full curve's, every point measured). θ_FT is another network with other BatchNorm
+    statistics, so that the points differ."""
     config = random_images_config(tmp_path, "batchnorm_layouts_net", tuned="proj",
                                   step_size=0.01, lr=0.5, mrc={"steps": 2})
     config = config.model_copy(update={
         "interpolation": config.interpolation.model_copy(update={"alpha_step": 0.25}),
         "evaluation": config.evaluation.model_copy(update={"max_examples": 12})})
-    torch.manual_seed(0)
-    model = build_model(config.architecture, in_channels=3, image_size=8)
-    _set_batchnorm(model, torch.Generator().manual_seed(1))
-    run = prepare_run(config, model.state_dict())
-    finetuned = run_finetune_stage(run, "proj").state_dict
+    states = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model(config.architecture, in_channels=3, image_size=8)
+        _set_batchnorm(model, torch.Generator().manual_seed(seed + 1))
+        states.append(model.state_dict())
+    run = prepare_run(config, states[0])
     probe = run.splits.test.images[:8].float() / 255
     folds = BatchNormFolding(run.model, probe)
     folded = folds.current()
     assert folds.folding is True  # the stem, grouped and Linear BatchNorms fold
     assert sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules()) == 2
     results = {}
-    for fold in ("off", "auto"):
-        for curve in ("full", "selection"):
-            run.config = config.model_copy(update={
-                "evaluation": config.evaluation.model_copy(update={"fold_batchnorm": fold}),
-                "interpolation": config.interpolation.model_copy(update={"curve": curve})})
-            results[fold, curve] = run_interpolation_stage(run, finetuned)
+    for fold, curve in (("off", "full"), ("auto", "full"), ("auto", "selection")):
+        run.config = config.model_copy(update={
+            "evaluation": config.evaluation.model_copy(update={"fold_batchnorm": fold}),
+            "interpolation": config.interpolation.model_copy(update={"curve": curve})})
+        results[fold, curve] = run_interpolation_stage(run, states[1])
     assert len({result.chosen_alpha for result in results.values()}) == 1
-    for curve in ("full", "selection"):
-        assert results["auto", curve].points == results["off", curve].points
+    plain = results["off", "full"].points
+    assert results["auto", "full"].points == plain
+    assert len({(p["clean_accuracy"], p["robust_accuracy"]) for p in plain}) > 1
