@@ -366,8 +366,9 @@ class EvaluationSpec(_Strict):
         "auto", description="Evaluations (clean passes and PGD of the interpolation stage) run a "
         "copy of the model with each eval-mode BatchNorm folded into the convolution before it: "
         "the same function up to float rounding, measured 6 % less CPU time for a ResNet-18 "
-        "interpolation stage on a CPU. 'auto' (default): on a CPU in fp32, for models torch.fx can trace "
-        "(checked against the model once per stage); 'off': never, for results bit-identical to "
+        "interpolation stage on a CPU. 'auto' (default): on a CPU in fp32, for models torch.fx can trace, "
+        "each BatchNorm whose fold is exact for any weights (checked against the model once per "
+        "stage); 'off': never, for results bit-identical to "
         "the unfolded model's (a PGD step follows the gradient's sign, so rounding can move an "
         "example's adversarial image).")
 

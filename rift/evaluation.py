@@ -111,6 +111,15 @@ def seeded_generator(device: torch.device, seed: int) -> torch.Generator:
     return generator
 
 
+def correct_predictions(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Whether each row of ``logits`` predicts its label: the argmax is the label and every logit
+    of the row is finite. torch's argmax takes a NaN (or the first +inf) for the largest value,
+    so a θ_α with NaN weights "predicted" class 0 for every example: on a test set where class 0
+    is common its clean and robust accuracy both read as that class's share, above θ_AT's, and
+    the α rule returned the NaN weights. Non-finite logits are never a correct answer."""
+    return (logits.argmax(1) == labels) & torch.isfinite(logits).all(1)
+
+
 @torch.no_grad()
 def _clean_logits(model: nn.Module, images: torch.Tensor, precision: str) -> torch.Tensor:
     with autocast(images.device, precision):
@@ -139,7 +148,8 @@ def evaluate_accuracy(
     try:
         for images, labels in iterate_batches(data, batch_size, device=device):
             raise_if_cancelled(should_cancel)
-            clean_correct += int((_clean_logits(model, images, precision).argmax(1) == labels).sum())
+            clean_correct += int(correct_predictions(
+                _clean_logits(model, images, precision), labels).sum())
             if attack is not None:
                 index = torch.arange(total, total + labels.numel())
                 noise = (example_noise(index, tuple(images.shape[1:]), seed)
@@ -148,7 +158,7 @@ def evaluate_accuracy(
                     model, images, labels, precision=precision, should_cancel=should_cancel,
                     noise=noise)
                 logits = _clean_logits(model, adversarial, precision)
-                robust_correct += int((logits.argmax(1) == labels).sum())
+                robust_correct += int(correct_predictions(logits, labels).sum())
                 # fp64 accumulation: robust losses are compared across tiny weight changes.
                 robust_loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
             total += labels.numel()

@@ -312,7 +312,8 @@ def select_alpha_lazily(
     least ``best + 1`` to win the tie-break (equal counts go to the smaller α). A point whose
     count can no longer reach that stops and is left with an upper bound only; a point that can
     is attacked in full, so every count that decides the answer, and the chosen point's robust
-    accuracy, are exact. Any exact rule must attack each point of higher clean accuracy until it
+    accuracy, are exact. A point no count can win (a smaller α of its group kept every example)
+    is not attacked at all. Any exact rule must attack each point of higher clean accuracy until it
     is shown to miss the bar.
 
     ``robust_tally`` must count the same examples in the same fixed order with the same per-example
@@ -335,6 +336,11 @@ def select_alpha_lazily(
         best: float | None = None
         for alpha in group:
             to_win = needed if best is None else max(needed, tallies[best].correct + 1)
+            if to_win > baseline.total and alpha not in tallies:
+                # No count can win: a smaller α of the group kept every example. Such a point
+                # was "attacked" for no example, counted as a PGD evaluation (the bench's
+                # pgd_evaluations_selection) and reported with a bound of 100 %.
+                continue
             if alpha not in tallies:
                 tallies[alpha] = robust_tally(alpha, to_win)
             tally = tallies[alpha]

@@ -89,7 +89,7 @@ from rift.scored_weights import unscored_kinds
 from rift.sequential_attack import (
     Attacked,
     attack_until,
-    clean_correct,
+    clean_outcomes,
     example_flops,
     likely_failures_first,
     stop_chunk,
@@ -811,7 +811,8 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
     attack_cost = run.attack.steps + 1
     budget = len(grid) * (1 + (attack_cost if spec.curve == "full" else 2))
     spent = 0.0
-    clean_outcomes: dict[float, torch.Tensor] = {}
+    correct_at: dict[float, torch.Tensor] = {}  # α → each example's clean outcome
+    non_finite: dict[float, int] = {}  # α → examples whose clean logits were NaN or infinite
     baseline: list[Attacked] = []
     # Every α is attacked from the same per-example starts: draw each once.
     starts = RandomStarts(config.seed, total)
@@ -831,11 +832,13 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
         run.reset_weights(interpolate_weights(run.original_state, finetuned_state, alpha))
         # Unfolded: a forward-only pass saves about what folding a copy costs (ResNet-18, 64
         # images on a CPU: ~40 ms of BatchNorm against a 63 ms fold).
-        correct = with_batch_backoff(lambda batch_size: clean_correct(
+        outcomes = with_batch_backoff(lambda batch_size: clean_outcomes(
             run.model, data, batch_size=batch_size, device=run.device,
             precision=config.precision, should_cancel=callbacks.should_cancel),
             config.evaluation.batch_size, on_backoff=warn)
-        clean_outcomes[alpha] = correct
+        correct = correct_at[alpha] = outcomes.correct
+        if not bool(outcomes.finite.all()):
+            non_finite[alpha] = int((~outcomes.finite).sum())
         advance(1, f"clean α = {alpha:g}")
         return percent(int(correct.sum()), total) if total else 0.0
 
@@ -867,7 +870,7 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
 
     def attack(alpha: float, at_least: int) -> RobustTally:
         run.reset_weights(interpolate_weights(run.original_state, finetuned_state, alpha))
-        order = likely_failures_first(clean_outcomes[alpha], baseline[0]) if baseline else None
+        order = likely_failures_first(correct_at[alpha], baseline[0]) if baseline else None
         model = models()
         # Per-example random starts: the chunk changes a count only through float rounding, so it
         # may shrink with the batch size on out-of-memory (both curve modes see the same sizes
@@ -889,6 +892,9 @@ def _measure_curve(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor]
         measured = select_alpha_lazily(grid, clean, robust, tolerance=spec.robust_tolerance)
     if taken:
         callbacks.event("interpolation_resumed", {"alphas": taken, "inputs": digest})
+    if non_finite:
+        callbacks.event("warning", {"stage": "interpolate", "message": non_finite_warning(
+            non_finite, total, measured.chosen.alpha)})
     for point in measured.curve():
         callbacks.event("interpolation_point", point)
     return measured
@@ -907,6 +913,21 @@ def unchanged_weights_warning(config: RiftConfig) -> RunWarning:
                   "returned unchanged; try a smaller finetune.lr, another finetune.module or a "
                   "robust_tolerance")
     return RunWarning("interpolate", advice)
+
+
+def non_finite_warning(non_finite: Mapping[float, int], total: int, chosen: float) -> str:
+    """The warning for α points whose clean logits were NaN or infinite on some examples
+    (``non_finite``: α → how many of ``total``): those examples count as misclassified, clean
+    and robust (``rift.evaluation.correct_predictions``), so such a point is chosen only on the
+    examples it does answer, and the user is told either way."""
+    shown = ", ".join(f"α = {alpha:g} ({count} of {total} examples)"
+                      for alpha, count in sorted(non_finite.items()))
+    verdict = (f"the chosen α = {chosen:g} is one of them: its weights give non-finite logits "
+               "on some inputs" if chosen in non_finite else f"the chosen α = {chosen:g} is not "
+               "one of them")
+    return (f"θ_α gave NaN or infinite logits at {shown}; those examples count as "
+            f"misclassified (clean and robust), and {verdict}. θ_FT or θ_AT may have diverged "
+            "or overflow float32: try a smaller finetune.lr")
 
 
 def _run_interpolation_stage(run: PreparedRun, finetuned_state: Mapping[str, torch.Tensor],

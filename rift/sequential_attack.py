@@ -27,7 +27,7 @@ from rift.attacks import PGD
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.data import ImageTensors, iterate_batches
 from rift.device import autocast
-from rift.evaluation import RandomStarts
+from rift.evaluation import RandomStarts, correct_predictions
 from rift.model_state import frozen_except
 from rift.robust_tally import RobustTally
 
@@ -93,18 +93,39 @@ def _margins(logits: Tensor, labels: Tensor) -> Tensor:
     return true - logits.scatter(1, labels.view(-1, 1), float("-inf")).amax(1)
 
 
+@dataclass(frozen=True, eq=False)
+class CleanOutcomes:
+    """One clean pass: ``correct`` (N,) bool on the CPU (:func:`correct_predictions`: a row
+    with a NaN or infinite logit is never correct) and ``finite`` (N,) bool, whether every
+    logit of the example was finite."""
+
+    correct: Tensor
+    finite: Tensor
+
+
 @torch.no_grad()
-def clean_correct(model: nn.Module, data: ImageTensors, *, batch_size: int, device: torch.device,
-                  precision: str = "fp32", should_cancel: ShouldCancel | None = None) -> Tensor:
-    """Whether each example is classified correctly: a (N,) bool tensor on the CPU."""
-    outcomes = []
+def clean_outcomes(model: nn.Module, data: ImageTensors, *, batch_size: int,
+                   device: torch.device, precision: str = "fp32",
+                   should_cancel: ShouldCancel | None = None) -> CleanOutcomes:
+    """Whether each example is classified correctly, and whether its logits were finite."""
+    correct, finite = [], []
     with frozen_except(model):
         for images, labels in iterate_batches(data, batch_size, device=device):
             raise_if_cancelled(should_cancel)
             with autocast(images.device, precision):
                 logits = model(images).float()
-            outcomes.append((logits.argmax(1) == labels).cpu())
-    return torch.cat(outcomes) if outcomes else torch.zeros(0, dtype=torch.bool)
+            correct.append(correct_predictions(logits, labels).cpu())
+            finite.append(torch.isfinite(logits).all(1).cpu())
+    if not correct:
+        return CleanOutcomes(torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.bool))
+    return CleanOutcomes(torch.cat(correct), torch.cat(finite))
+
+
+def clean_correct(model: nn.Module, data: ImageTensors, *, batch_size: int, device: torch.device,
+                  precision: str = "fp32", should_cancel: ShouldCancel | None = None) -> Tensor:
+    """Whether each example is classified correctly: a (N,) bool tensor on the CPU."""
+    return clean_outcomes(model, data, batch_size=batch_size, device=device, precision=precision,
+                          should_cancel=should_cancel).correct
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,7 +192,7 @@ def attack_until(
                                          should_cancel=should_cancel, noise=noise)
             with torch.no_grad(), autocast(adversarial.device, precision):
                 logits = model(adversarial).float()
-            kept = (logits.argmax(1) == labels).cpu()
+            kept = correct_predictions(logits, labels).cpu()
             robust[index] = kept
             margin[index] = _margins(logits, labels).cpu()
             correct += int(kept.sum())

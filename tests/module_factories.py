@@ -415,3 +415,32 @@ class SignalNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(F.relu(self.conv(x)).mean(2))
+
+
+class BatchNormLayoutsNet(nn.Module):
+    """BatchNorm where users put it besides after a plain convolution: after a bias-free conv
+    with reflect padding, after a grouped dilated conv (no affine, large eps, cumulative
+    momentum), after a conv whose output also feeds a skip branch, before a conv
+    (pre-activation), after a Linear (BatchNorm1d without affine parameters)."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect", bias=False)
+        self.stem_bn = nn.BatchNorm2d(8)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4)
+        self.grouped_bn = nn.BatchNorm2d(8, affine=False, eps=0.1, momentum=None)
+        self.branch = nn.Conv2d(8, 8, 1)
+        self.branch_bn = nn.BatchNorm2d(8)
+        self.pre_bn = nn.BatchNorm2d(8)
+        self.pre = nn.Conv2d(8, 8, 3, stride=2, padding=1, padding_mode="circular")
+        self.proj = nn.Linear(8, 16)
+        self.proj_bn = nn.BatchNorm1d(16, affine=False)
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.stem_bn(self.stem(x)))
+        x = F.relu(self.grouped_bn(self.grouped(x)))
+        skip = self.branch(x)
+        x = F.relu(self.branch_bn(skip)) + skip
+        x = self.pre(F.relu(self.pre_bn(x)))
+        return self.head(F.relu(self.proj_bn(self.proj(x.mean((2, 3))))))

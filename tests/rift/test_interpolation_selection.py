@@ -174,3 +174,17 @@ def test_refuses_an_empty_grid_and_a_negative_tolerance() -> None:
     with pytest.raises(ConfigError) as error:
         select_alpha_lazily([0.0], float, attack, tolerance=-1.0)
     assert error.value.field == "interpolation.robust_tolerance"
+
+
+def test_a_point_that_no_count_can_win_is_not_attacked_at_all() -> None:
+    # One clean group (a test set of one example, or θ_FT = θ_AT): α = 0 keeps every example,
+    # so a larger α would need more than all of them. Each was called and stopped before its
+    # first example, yet counted as a PGD evaluation with a robust_accuracy_at_most of 100 %.
+    alphas = alpha_grid(0.25)
+    attack = SimulatedAttack({a: [True] for a in alphas}, chunk=1)
+    result = select_alpha_lazily(alphas, lambda a: 100.0, attack)
+    assert result.chosen.alpha == 0.0 and result.chosen.robust_accuracy == 100.0
+    assert attack.calls == [(0.0, 0)]
+    assert result.robust_evaluations == 1 and result.attacked_examples == 1
+    assert all(p["robust_accuracy"] is None and p["robust_accuracy_at_most"] is None
+               for p in result.curve()[1:])
