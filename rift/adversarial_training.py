@@ -19,6 +19,7 @@ from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.data import DatasetSplits, iterate_batches
 from rift.device import autocast
 from rift.errors import ConfigError
+from rift.evaluation import correct_predictions
 
 Schedule = Literal["cosine", "step"]
 
@@ -109,7 +110,7 @@ def adversarially_train(
                 optimizer.step()
                 scheduler.step()
                 loss_sum += loss.detach().double() * labels.numel()
-                correct += (logits.detach().argmax(1) == labels).sum()
+                correct += correct_predictions(logits.detach(), labels).sum()
                 seen += labels.numel()
             history.append({
                 "epoch": epoch,

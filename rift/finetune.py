@@ -30,7 +30,7 @@ from rift.config import FinetuneSpec
 from rift.data import DatasetSplits, iterate_batches
 from rift.device import autocast
 from rift.errors import ConfigError, FinetuneDiverged
-from rift.evaluation import evaluate_accuracy
+from rift.evaluation import correct_predictions, evaluate_accuracy
 from rift.model_state import frozen_except
 
 _BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -248,7 +248,7 @@ def _train(
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach().double() * labels.numel()
-            correct += (logits.detach().argmax(1) == labels).sum()
+            correct += correct_predictions(logits.detach(), labels).sum()
             seen += labels.numel()
         scheduler.step()
         if not _finite(loss_sum, parameters):

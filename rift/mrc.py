@@ -37,6 +37,7 @@ from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import MRCSpec
 from rift.device import autocast
 from rift.errors import ConfigError, NumericalError
+from rift.evaluation import correct_predictions
 from rift.flat_weights import FlatWeights
 from rift.model_state import frozen_except, input_dtype
 from rift.mrc_selection import SCREEN_PASSES, run_selection
@@ -407,7 +408,7 @@ class _LossProbe:
                     logits = self.segment.suffix(*inputs).float()
                 loss_sum = F.cross_entropy(logits, labels, reduction="sum")
             batch_sums[0].add_(loss_sum.detach().double())
-            batch_sums[1].add_((logits.detach().argmax(1) == labels).sum())
+            batch_sums[1].add_(correct_predictions(logits.detach(), labels).sum())
             if weight is not None:
                 part = weight.flatten(torch.autograd.grad(loss_sum / size, weight.tensors))
                 grad = part if grad is None else grad.add_(part)

@@ -27,6 +27,7 @@ from torch.func import functional_call, vmap
 
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.device import autocast
+from rift.evaluation import correct_predictions
 from rift.flat_weights import FlatWeights
 from rift.segments import Segment
 
@@ -138,7 +139,7 @@ class StackedProbe:
         if sums is not None:
             for (loss_sum, hit_sum), loss, copy_logits in zip(sums, losses, logits, strict=True):
                 loss_sum.add_(loss.detach().double())
-                hit_sum.add_((copy_logits.detach().argmax(1) == labels).sum())
+                hit_sum.add_(correct_predictions(copy_logits.detach(), labels).sum())
         if not with_grad:
             return None
         size = len(labels)
