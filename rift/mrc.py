@@ -335,6 +335,27 @@ def unreachable_modules(model: nn.Module, names: Sequence[str], example: torch.T
     return unreachable
 
 
+def reachable_modules(model: nn.Module, names: Sequence[str], example: torch.Tensor
+                      ) -> tuple[list[str], list[str]]:
+    """``names`` split into the modules MRC scores and those it leaves out
+    (:func:`unreachable_modules`, in the model's current mode), both in the order of ``names``.
+    The one rule for the whole table and for planning its shards (``rift.mrc_shards``), so that
+    no shard is handed only modules that would be left out.
+
+    Raises:
+        ConfigError: none of ``names`` affects the output.
+    """
+    unreachable = unreachable_modules(model, names, example.to(input_dtype(model)))
+    if unreachable:
+        logger.warning("not scored, the output does not depend on them: %s", unreachable)
+    reachable = [name for name in names if name not in unreachable]
+    if not reachable:
+        raise ConfigError(
+            f"no selected module affects the model's output in eval mode "
+            f"({', '.join(unreachable)}), so none can be scored", field="mrc.modules")
+    return reachable, unreachable
+
+
 def weight_norm(weight: torch.Tensor, p: int | str) -> float:
     return float(weight.abs().max()) if p == "inf" else float(weight.norm(p=2))
 
@@ -937,18 +958,11 @@ def module_robust_criticality(
     not used), and with ``mrc.module_batch`` > 1 only for whole groups at the table's start (a
     row scored in a group may differ from its row alone by float rounding).
     """
-    names = select_modules(model, spec)
     # A user's float64 or half model scores its own dtype's inputs (rift.model_state).
     adversarial_images = adversarial_images.to(input_dtype(model))
     with frozen_except(model):
-        unreachable = unreachable_modules(model, names, adversarial_images[:1])
-        if unreachable:
-            logger.warning("not scored, the output does not depend on them: %s", unreachable)
-            names = [name for name in names if name not in unreachable]
-        if not names:
-            raise ConfigError(
-                f"no selected module affects the model's output in eval mode "
-                f"({', '.join(unreachable)}), so none can be scored", field="mrc.modules")
+        names, unreachable = reachable_modules(model, select_modules(model, spec),
+                                               adversarial_images[:1])
         traced = _trace_or_none(model, spec.engine)
         engine = "cached" if traced is not None else "full"
         image_batches = list(adversarial_images.split(spec.batch_size))

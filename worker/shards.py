@@ -33,7 +33,7 @@ from persistence.transactions import JobNotFound, load_stages
 from rift import checkpoints
 from rift.config import RiftConfig
 from rift.mrc import select_modules
-from rift.mrc_shards import estimate_module_costs, partition_modules
+from rift.mrc_shards import plan_shards
 from rift.pipeline import (
     MRCInputs,
     MRCStageResult,
@@ -41,6 +41,7 @@ from rift.pipeline import (
     PreparedRun,
     make_mrc_inputs,
     score_modules,
+    warn_unreachable,
 )
 from worker.runtime import (
     DATABASE_DOWN,
@@ -88,9 +89,10 @@ def start_mrc_shards(app: Celery, resources: WorkerResources, job: Job, run: Pre
         store_manifest(job_stage_storage(resources.store, job.id, {StageName.MRC: attempt}),
                        manifest)
     inputs = make_mrc_inputs(run, callbacks)
-    names = select_modules(run.model, run.config.mrc)
-    costs = estimate_module_costs(run.model, inputs.adversarial[:1], names)
-    groups = partition_modules(costs, run.config.mrc.shards)
+    plan = plan_shards(run.model, run.config.mrc, inputs.adversarial)
+    if plan.unreachable:
+        warn_unreachable(callbacks, plan.unreachable)  # no shard scores them, so none says so
+    groups = plan.groups
     key = stage_object_key(job.id, StageName.MRC, attempt, MRC_INPUTS)
     scratch = Path(tempfile.mkdtemp(dir=_mkdir(resources.settings.work_dir / "scratch")))
     try:
