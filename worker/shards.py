@@ -25,9 +25,11 @@ from celery import Celery
 
 from persistence import stage_shards, stages
 from persistence.models import Checkpoint, Dataset, Job, StageName
+from persistence.object_keys import SHARD_INPUTS_NAME, shard_inputs_key
 from persistence.queue import enqueue_stage
 from persistence.stage_shards import SHARDED_OWNER
 from persistence.stages import ClaimOutcome, LeaseLost
+from persistence.storage import ObjectStore
 from persistence.time_limits import job_time_limit
 from persistence.transactions import JobNotFound, load_stages
 from rift import checkpoints
@@ -59,7 +61,6 @@ from worker.stages import (
     job_stage_storage,
     prepare,
     record_mrc,
-    stage_object_key,
     store_manifest,
     stored_manifest,
 )
@@ -67,7 +68,6 @@ from worker.stages import (
 logger = logging.getLogger(__name__)
 
 SHARD_TASK_NAME = "rift.stage.mrc_shard"
-MRC_INPUTS = "adversarial.safetensors"
 
 
 def enqueue_shard(app: Celery, job_id: str, shard: int, countdown: float | None = None) -> None:
@@ -93,10 +93,10 @@ def start_mrc_shards(app: Celery, resources: WorkerResources, job: Job, run: Pre
     if plan.unreachable:
         warn_unreachable(callbacks, plan.unreachable)  # no shard scores them, so none says so
     groups = plan.groups
-    key = stage_object_key(job.id, StageName.MRC, attempt, MRC_INPUTS)
+    key = shard_inputs_key(job.id, attempt)
     scratch = Path(tempfile.mkdtemp(dir=_mkdir(resources.settings.work_dir / "scratch")))
     try:
-        path = scratch / MRC_INPUTS
+        path = scratch / SHARD_INPUTS_NAME
         checkpoints.save_safetensors(path, {"adversarial": inputs.adversarial,
                                             "labels": inputs.labels})
         resources.store.put_file(key, path, content_type=SAFETENSORS)
@@ -181,7 +181,7 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
 def _load_inputs(resources: WorkerResources, key: str, run: PreparedRun) -> MRCInputs:
     scratch = Path(tempfile.mkdtemp(dir=_mkdir(resources.settings.work_dir / "scratch")))
     try:
-        path = resources.store.download_to(key, scratch / MRC_INPUTS)
+        path = resources.store.download_to(key, scratch / SHARD_INPUTS_NAME)
         tensors = checkpoints.load_state_dict(path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -197,6 +197,8 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
             return "done"
         job = session.get(Job, job_id)
         attempts = {str(row.stage): row.attempts for row in load_stages(session, job_id)}
+        inputs_keys = list(dict.fromkeys(row.inputs_key
+                                         for row in stage_shards.list_shards(session, job_id)))
     assert job is not None
     order = list(parts[0]["module_order"])
     merged = MRCStageResult.merge(
@@ -214,10 +216,24 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
                                 outputs=outputs)
     except LeaseLost:
         return "done"  # another task recorded the merge first
+    delete_shard_inputs(resources.store, job_id, inputs_keys)
     following = stages.next_stage(StageName.MRC)
     if following is not None:
         enqueue_stage(app, job_id, following)
     return "merged"
+
+
+def delete_shard_inputs(store: ObjectStore, job_id: str, keys: list[str]) -> None:
+    """Delete the adversarial set the shards shared, once the merge is recorded: no shard runs
+    again (the stage is done), the table and the manifest are recorded, and later stages never
+    read it. A delete that fails is logged and left to the janitor (``persistence/janitor.py``),
+    which removes a done MRC stage's set; the job goes on either way."""
+    for key in keys:
+        try:
+            store.delete(key)
+        except Exception:
+            logger.warning("job %s: could not delete %s (the janitor will)", job_id, key,
+                           exc_info=True)
 
 
 def redispatch_stale_shards(app: Celery, resources: WorkerResources) -> int:
