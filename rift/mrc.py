@@ -18,6 +18,7 @@ held outside the model (``rift.mrc_stacked``); the ascent loop (``_criticalities
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import itertools
@@ -36,7 +37,7 @@ from rift.attacks import PGD
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import MRCSpec
 from rift.device import autocast
-from rift.errors import ConfigError, NumericalError
+from rift.errors import ConfigError, NumericalError, RiftError
 from rift.flat_weights import FlatWeights
 from rift.model_state import frozen_except, input_dtype
 from rift.mrc_selection import SCREEN_PASSES, run_selection
@@ -741,6 +742,20 @@ class _Scoring:
             exact=exact)
 
 
+@contextlib.contextmanager
+def _scoring_of(names: Sequence[str]) -> Iterator[None]:
+    """An unexpected error raised while scoring ``names`` says which module(s) it was (a note:
+    its type is kept, for the out-of-memory back-off and the worker's retries). A model whose
+    code fails on one module's perturbed weight failed a job, or one MRC shard of it, with an
+    error naming no module. Errors of this library already say what they are about."""
+    try:
+        yield
+    except Exception as exc:
+        if not isinstance(exc, RiftError):
+            exc.add_note(f"while scoring MRC module(s) {', '.join(names)}")
+        raise
+
+
 def _score_one(scoring: _Scoring, name: str) -> ModuleCriticality:
     """Module ``name`` alone, its weight perturbed in place (with out-of-memory back-off)."""
     started = time.perf_counter()
@@ -831,9 +846,10 @@ def _score_selection(scoring: _Scoring, names: Sequence[str], keep: int,
 
     def advance(index: int) -> tuple[float, float]:
         raise_if_cancelled(scoring.should_cancel)
-        if index not in modules:
-            modules[index] = _PausableModule(scoring, names[index])
-        return modules[index].advance()
+        with _scoring_of(names[index:index + 1]):
+            if index not in modules:
+                modules[index] = _PausableModule(scoring, names[index])
+            return modules[index].advance()
 
     def finish(index: int, exact: bool) -> None:
         rows[index] = modules.pop(index).finish(exact)
@@ -891,10 +907,12 @@ def _score_all(scoring: _Scoring, names: Sequence[str], group_size: int,
         raise_if_cancelled(scoring.should_cancel)
         group = names[position:position + group_size]
         if len(group) == 1 or scoring.micro is not None:
-            rows = [_score_one(scoring, group[0])]
+            with _scoring_of(group[:1]):
+                rows = [_score_one(scoring, group[0])]
         else:
             try:
-                rows = _score_group(scoring, group)
+                with _scoring_of(group):
+                    rows = _score_group(scoring, group)
             except torch.OutOfMemoryError:
                 group_size = max(1, len(group) // 2)
                 warn(f"out of memory scoring {len(group)} modules at once in the MRC ascent; "

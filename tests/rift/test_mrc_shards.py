@@ -103,3 +103,18 @@ def test_a_plan_with_no_module_the_output_depends_on_names_them() -> None:
         plan_shards(OddLayers().eval(), MRCSpec(modules=["aux"], shards=2),
                     torch.rand(2, 3, 8, 8))
     assert info.value.field == "mrc.modules"
+
+
+@pytest.mark.parametrize("settings", [{}, {"table": "selection"}, {"module_batch": 2}])
+def test_an_error_scoring_a_module_names_it(settings: dict[str, Any]) -> None:
+    """The model's own error keeps its type (the worker retries it) and gains a note naming the
+    module, in each way of scoring (one at a time, selection, stacked groups); the worker's job
+    message shows it (tests/worker/test_shard_failures.py)."""
+    from tests.module_factories import BadModuleNet
+
+    torch.manual_seed(0)
+    model = BadModuleNet().eval()
+    with pytest.raises(RuntimeError, match="differs from the checkpoint") as info:
+        module_robust_criticality(model, torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,)),
+                                  MRCSpec(steps=1, batch_size=8, **settings))
+    assert info.value.__notes__ == ["while scoring MRC module(s) bad"]
