@@ -24,7 +24,7 @@ from typing import Any
 from celery import Celery
 
 from persistence import stage_shards, stages
-from persistence.models import Checkpoint, Dataset, Job, StageName
+from persistence.models import TERMINAL_STATUSES, Checkpoint, Dataset, Job, StageName
 from persistence.object_keys import SHARD_INPUTS_NAME, shard_inputs_key
 from persistence.queue import enqueue_stage
 from persistence.stage_shards import SHARDED_OWNER
@@ -138,6 +138,8 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
         # Only the merge of parts that ran elsewhere: no device of this task's to count.
         return PartRun(merge_if_complete(app, resources, job_id))
     if claim.outcome != ClaimOutcome.CLAIMED or checkpoint is None:
+        if claim.job.status in TERMINAL_STATUSES:  # ended (maybe by this claim): set unused
+            delete_shard_inputs(resources.store, job_id, [claim.inputs_key])
         return PartRun(str(claim.outcome))
 
     # A shard keeps to the job's deadline too: the stage's time is the shards' time.
@@ -169,6 +171,10 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
             with contextlib.suppress(Exception):
                 reporter.flush()
         ended = settle_part_error(resources, stage_shards.MRC_SHARDS, job_id, shard, claim.attempt, exc)
+        if ended in ("failed", "cancelled"):
+            # The job ended: no shard reads the set again (one still running stops at its next
+            # batch, or, reading it now, meets a missing object and ends as the job has).
+            delete_shard_inputs(resources.store, job_id, [claim.inputs_key])
         if ended in ("retry", "handed_back"):
             enqueue_shard(app, job_id, shard, countdown=(
                 settings.stage_retry_delay_seconds if ended == "retry" else None))
@@ -224,10 +230,11 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
 
 
 def delete_shard_inputs(store: ObjectStore, job_id: str, keys: list[str]) -> None:
-    """Delete the adversarial set the shards shared, once the merge is recorded: no shard runs
-    again (the stage is done), the table and the manifest are recorded, and later stages never
-    read it. A delete that fails is logged and left to the janitor (``persistence/janitor.py``),
-    which removes a done MRC stage's set; the job goes on either way."""
+    """Delete the adversarial set the shards shared, once the merge is recorded (no shard runs
+    again, the table and the manifest are recorded, later stages never read it) or once a shard
+    task finds or leaves the job ended (failed, cancelled). A delete that fails is logged and
+    left to the janitor (``persistence/janitor.py``: a done MRC stage's set, an ended job's
+    attempt); the job goes on either way."""
     for key in keys:
         try:
             store.delete(key)

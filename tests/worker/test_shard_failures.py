@@ -72,3 +72,4 @@ def test_a_shard_failing_on_one_module_fails_the_job_naming_that_module(
     # running.
     assert "shard_started" not in kinds[kinds.index("job_failed"):]
     assert [s.shard for s in parts if s.status == "running"] in ([], [failing.shard])
+    assert not store.exists(failing.inputs_key)  # the shared set went with the job

@@ -61,3 +61,32 @@ def test_a_finished_sharded_job_leaves_no_adversarial_set_behind(
     assert set(artifacts.values()) <= stored
     if service_env["STORE_KIND"] == "s3":
         assert not Path(service_env["STORE_ROOT"]).exists()  # the shards went through S3
+
+
+def test_a_job_cancelled_while_its_shards_run_leaves_no_adversarial_set_behind(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], store: ObjectStore, service_env: dict[str, str],
+        quick_config: dict[str, Any]) -> None:
+    """Cancelled once a shard runs: the shard stops at its next batch and the job ends
+    cancelled, and its set goes with it (before, it waited for the janitor's grace period,
+    24 h by default); the other shard's message, taken after, runs nothing."""
+    worker = start_worker()
+    config = copy.deepcopy(quick_config)
+    config["mrc"].update(shards=2, steps=400)  # minutes: it is cancelled long before
+    job_id = submit(config)
+    def shard_started(_: object) -> bool:
+        with sessions() as session:
+            return any(e.kind == "shard_started"
+                       for e in jobs.list_events(session, job_id, limit=10_000))
+
+    wait_for(sessions, job_id, shard_started, "a shard running", workers=(worker,))
+    with sessions() as session:
+        jobs.request_cancel(session, job_id)
+        inputs_key = list_shards(session, job_id)[0].inputs_key
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(worker,))
+    assert job.status == "cancelled", job.error_message
+    wait_for(sessions, job_id, lambda _: not store.exists(inputs_key), "the set deleted",
+             timeout=30, workers=(worker,))
+    with sessions() as session:
+        kinds = [e.kind for e in jobs.list_events(session, job_id, limit=10_000)]
+    assert kinds.count("shard_finished") == 0 and "stage_finished" not in kinds
