@@ -29,7 +29,7 @@ from rift import checkpoints
 from rift.config import ArchitectureSpec, RiftConfig
 from rift.models import build_model
 from rift.mrc import select_modules
-from rift.mrc_shards import estimate_module_costs, partition_modules
+from rift.mrc_shards import plan_shards
 from rift.pipeline import MRCInputs, MRCStageResult, make_mrc_inputs, prepare_run, score_modules
 
 
@@ -51,8 +51,8 @@ def _stage(config: RiftConfig, checkpoint: Path, folder: Path, workers: int) -> 
     checkpoints.save_safetensors(inputs_path, {"adversarial": inputs.adversarial,
                                                "labels": inputs.labels})
     names = select_modules(run.model, config.mrc)
-    groups = partition_modules(estimate_module_costs(run.model, inputs.adversarial, names),
-                               workers)
+    groups = plan_shards(run.model, config.mrc.model_copy(update={"shards": workers}),
+                         inputs.adversarial).groups
     prepared = time.perf_counter() - started
     tasks = [(config.model_dump_json(), str(checkpoint), str(inputs_path), g) for g in groups]
     context = multiprocessing.get_context("spawn")

@@ -18,6 +18,10 @@ or a stage still running):
   attempt of a done fine-tune stage that are not an artifact (the winner's θ_FT is the stage's
   ``finetuned.safetensors``). The pick deletes them at once; this catches what a crash right
   after the pick, a failed delete or a candidate worker that lost its lease left;
+- a sharded MRC stage's shared adversarial set (``adversarial.safetensors``) in the recorded
+  attempt of a done MRC stage: the merge deletes it at once; this catches what a crash right
+  after the merge or a failed delete left (a failed or cancelled job's goes as a stalled
+  attempt's);
 - with ``ARTIFACT_RETENTION_DAYS`` > 0, the artifact rows and every object of jobs that finished
   longer ago (the job row, its tables and events stay);
 - the registry rows of worker processes not seen for 3 heartbeats (``WORKER_HEARTBEAT_SECONDS``,
@@ -60,6 +64,7 @@ from persistence.object_keys import (
     DATASETS_PREFIX,
     JOBS_PREFIX,
     is_candidate_object_key,
+    is_shard_inputs_key,
     parse_stage_object_key,
 )
 from persistence.settings import Settings, settings_or_exit
@@ -83,6 +88,7 @@ class JanitorReport:
     orphan_objects: list[str] = field(default_factory=list)
     stalled_attempt_objects: list[str] = field(default_factory=list)
     other_candidate_objects: list[str] = field(default_factory=list)
+    shard_inputs_objects: list[str] = field(default_factory=list)
     expired_objects: list[str] = field(default_factory=list)
     expired_jobs: list[str] = field(default_factory=list)
     stale_workers: list[str] = field(default_factory=list)
@@ -91,7 +97,7 @@ class JanitorReport:
     def removed(self) -> int:
         return (len(self.scratch_files) + len(self.partial_uploads) + len(self.orphan_objects)
                 + len(self.stalled_attempt_objects) + len(self.other_candidate_objects)
-                + len(self.expired_objects) + len(self.stale_workers))
+                + len(self.shard_inputs_objects) + len(self.expired_objects) + len(self.stale_workers))
 
     def summary(self) -> str:
         return ", ".join(f"{name}={len(value)}" for name, value in asdict(self).items())
@@ -226,6 +232,9 @@ def sweep_objects(session: Session, store: ObjectStore, cutoff: datetime,
         elif is_candidate_object_key(item.key) and _stage_done(job, part.stage):
             # Not the winner's θ_FT (an artifact, kept above): nothing reads it again.
             _remove(item, report.other_candidate_objects, doomed)
+        elif is_shard_inputs_key(item.key) and _stage_done(job, part.stage):
+            # The merge is recorded: no shard reads the set again.
+            _remove(item, report.shard_inputs_objects, doomed)
     if not dry_run:
         for key, reason in store.delete_many(doomed).items():
             logger.warning("janitor: could not delete %s (next pass retries): %s", key, reason)
@@ -312,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     environment; prints what was removed as JSON."""
     parser = argparse.ArgumentParser(prog="python -m persistence.janitor", description=(
         "Remove scratch files, partial uploads, objects without a row, stalled attempts' "
-        "objects and a finished sweep's other candidates' objects older than "
+        "objects, a finished sweep's other candidates' objects and a merged MRC stage's "
+        "shared adversarial set older than "
         "JANITOR_GRACE_SECONDS, expired artifacts (ARTIFACT_RETENTION_DAYS), and the registry "
         "rows of workers not seen for 3 heartbeats (WORKER_HEARTBEAT_SECONDS)."))
     parser.add_argument("--dry-run", action="store_true",

@@ -10,6 +10,9 @@ ingest, the workers' stages) and for the janitor that decides what is left over.
   candidate ``i`` of a sweep wrote (``worker/candidates.py``), under the fine-tune stage's attempt
   that started the sweep. Once the stage is done only the winner's θ_FT (the stage's recorded
   ``finetuned.safetensors``) is read again; the others are deleted.
+- ``jobs/<job id>/mrc/attempt-<k>/adversarial.safetensors``: the adversarial set the shards of a
+  sharded MRC stage share (``worker/shards.py``); nothing reads it once the merge is recorded,
+  so the merge deletes it (and the janitor what a crash or a failed delete left).
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ CANDIDATES_STAGE = "finetune"
 _CANDIDATE_NAME = "candidate-"
 _CANDIDATE_KEY = re.compile(rf"^{JOBS_PREFIX}[^/]+/{CANDIDATES_STAGE}/attempt-\d+/"
                             rf"{_CANDIDATE_NAME}\d+\.attempt-\d+\.[^/]+$")
+
+
+#: The stage whose shards share an adversarial set (persistence.models.StageName.MRC).
+SHARDS_STAGE = "mrc"
+#: The name of that set under the stage attempt that made it.
+SHARD_INPUTS_NAME = "adversarial.safetensors"
+_SHARD_INPUTS_KEY = re.compile(rf"^{JOBS_PREFIX}[^/]+/{SHARDS_STAGE}/attempt-\d+/"
+                               rf"{re.escape(SHARD_INPUTS_NAME)}$")
 
 
 @dataclass(frozen=True)
@@ -73,3 +84,14 @@ def candidate_objects_prefix(job_id: str, stage_attempt: int) -> str:
 def is_candidate_object_key(key: str) -> bool:
     """A key made by :func:`candidate_object_key`."""
     return _CANDIDATE_KEY.match(key) is not None
+
+
+def shard_inputs_key(job_id: str, stage_attempt: int) -> str:
+    """Where attempt ``stage_attempt`` of the MRC stage stores the adversarial set its shards
+    share."""
+    return stage_object_key(job_id, SHARDS_STAGE, stage_attempt, SHARD_INPUTS_NAME)
+
+
+def is_shard_inputs_key(key: str) -> bool:
+    """A key made by :func:`shard_inputs_key`."""
+    return _SHARD_INPUTS_KEY.match(key) is not None

@@ -18,6 +18,7 @@ held outside the model (``rift.mrc_stacked``); the ascent loop (``_criticalities
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import itertools
@@ -36,7 +37,7 @@ from rift.attacks import PGD
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import MRCSpec
 from rift.device import autocast
-from rift.errors import ConfigError, NumericalError
+from rift.errors import ConfigError, NumericalError, RiftError
 from rift.evaluation import correct_predictions
 from rift.flat_weights import FlatWeights
 from rift.model_state import frozen_except, input_dtype
@@ -334,6 +335,27 @@ def unreachable_modules(model: nn.Module, names: Sequence[str], example: torch.T
             unreachable.append(name)
         start += len(group)
     return unreachable
+
+
+def reachable_modules(model: nn.Module, names: Sequence[str], example: torch.Tensor
+                      ) -> tuple[list[str], list[str]]:
+    """``names`` split into the modules MRC scores and those it leaves out
+    (:func:`unreachable_modules`, in the model's current mode), both in the order of ``names``.
+    The one rule for the whole table and for planning its shards (``rift.mrc_shards``), so that
+    no shard is handed only modules that would be left out.
+
+    Raises:
+        ConfigError: none of ``names`` affects the output.
+    """
+    unreachable = unreachable_modules(model, names, example.to(input_dtype(model)))
+    if unreachable:
+        logger.warning("not scored, the output does not depend on them: %s", unreachable)
+    reachable = [name for name in names if name not in unreachable]
+    if not reachable:
+        raise ConfigError(
+            f"no selected module affects the model's output in eval mode "
+            f"({', '.join(unreachable)}), so none can be scored", field="mrc.modules")
+    return reachable, unreachable
 
 
 def weight_norm(weight: torch.Tensor, p: int | str) -> float:
@@ -721,6 +743,20 @@ class _Scoring:
             exact=exact)
 
 
+@contextlib.contextmanager
+def _scoring_of(names: Sequence[str]) -> Iterator[None]:
+    """An unexpected error raised while scoring ``names`` says which module(s) it was (a note:
+    its type is kept, for the out-of-memory back-off and the worker's retries). A model whose
+    code fails on one module's perturbed weight failed a job, or one MRC shard of it, with an
+    error naming no module. Errors of this library already say what they are about."""
+    try:
+        yield
+    except Exception as exc:
+        if not isinstance(exc, RiftError):
+            exc.add_note(f"while scoring MRC module(s) {', '.join(names)}")
+        raise
+
+
 def _score_one(scoring: _Scoring, name: str) -> ModuleCriticality:
     """Module ``name`` alone, its weight perturbed in place (with out-of-memory back-off)."""
     started = time.perf_counter()
@@ -811,9 +847,10 @@ def _score_selection(scoring: _Scoring, names: Sequence[str], keep: int,
 
     def advance(index: int) -> tuple[float, float]:
         raise_if_cancelled(scoring.should_cancel)
-        if index not in modules:
-            modules[index] = _PausableModule(scoring, names[index])
-        return modules[index].advance()
+        with _scoring_of(names[index:index + 1]):
+            if index not in modules:
+                modules[index] = _PausableModule(scoring, names[index])
+            return modules[index].advance()
 
     def finish(index: int, exact: bool) -> None:
         rows[index] = modules.pop(index).finish(exact)
@@ -871,10 +908,12 @@ def _score_all(scoring: _Scoring, names: Sequence[str], group_size: int,
         raise_if_cancelled(scoring.should_cancel)
         group = names[position:position + group_size]
         if len(group) == 1 or scoring.micro is not None:
-            rows = [_score_one(scoring, group[0])]
+            with _scoring_of(group[:1]):
+                rows = [_score_one(scoring, group[0])]
         else:
             try:
-                rows = _score_group(scoring, group)
+                with _scoring_of(group):
+                    rows = _score_group(scoring, group)
             except torch.OutOfMemoryError:
                 group_size = max(1, len(group) // 2)
                 warn(f"out of memory scoring {len(group)} modules at once in the MRC ascent; "
@@ -938,18 +977,11 @@ def module_robust_criticality(
     not used), and with ``mrc.module_batch`` > 1 only for whole groups at the table's start (a
     row scored in a group may differ from its row alone by float rounding).
     """
-    names = select_modules(model, spec)
     # A user's float64 or half model scores its own dtype's inputs (rift.model_state).
     adversarial_images = adversarial_images.to(input_dtype(model))
     with frozen_except(model):
-        unreachable = unreachable_modules(model, names, adversarial_images[:1])
-        if unreachable:
-            logger.warning("not scored, the output does not depend on them: %s", unreachable)
-            names = [name for name in names if name not in unreachable]
-        if not names:
-            raise ConfigError(
-                f"no selected module affects the model's output in eval mode "
-                f"({', '.join(unreachable)}), so none can be scored", field="mrc.modules")
+        names, unreachable = reachable_modules(model, select_modules(model, spec),
+                                               adversarial_images[:1])
         traced = _trace_or_none(model, spec.engine)
         engine = "cached" if traced is not None else "full"
         image_batches = list(adversarial_images.split(spec.batch_size))

@@ -11,12 +11,42 @@ the same stored adversarial set with all other weights at θ_AT (``rift.pipeline
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from rift.config import MRCSpec
 from rift.errors import ConfigError
+from rift.model_state import frozen_except
+from rift.mrc import reachable_modules, select_modules
 from rift.scored_weights import scored_parameters
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """The modules of each shard, and the selected modules no shard scores because the model's
+    eval-mode output does not depend on them (``rift.mrc.unreachable_modules``)."""
+
+    groups: list[list[str]]
+    unreachable: list[str]
+
+
+def plan_shards(model: nn.Module, spec: MRCSpec, example: torch.Tensor) -> ShardPlan:
+    """Split the modules ``spec`` selects into at most ``spec.shards`` groups balanced by
+    estimated cost (:func:`partition_modules`), on ``example`` (e.g. the adversarial set; its
+    first item is used). Modules the output does not depend on are left out here, as the
+    one-task table leaves them out: handed to a shard alone (more shards than scored modules, or
+    several such modules of cost 1 balanced onto one shard), they failed that shard, and with it
+    the job, with "no selected module affects the model's output".
+
+    Raises:
+        ConfigError: no selected module, or none affects the output.
+    """
+    with frozen_except(model):
+        names, unreachable = reachable_modules(model, select_modules(model, spec), example[:1])
+    costs = estimate_module_costs(model, example[:1], names)
+    return ShardPlan(partition_modules(costs, spec.shards), unreachable)
 
 
 @torch.no_grad()

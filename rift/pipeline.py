@@ -563,10 +563,7 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
         callbacks.event("mrc_resumed", {"modules": report.reused, "inputs": digest,
                                         "scored": len(report.modules) - len(report.reused)})
     if report.unreachable:
-        callbacks.event("warning", {"stage": "mrc", "message": (
-            f"not scored: {_names(report.unreachable)}: the model's output in eval mode does "
-            "not depend on their weights (e.g. an auxiliary head used only in training), so "
-            "fine-tuning them could not change its predictions")})
+        warn_unreachable(callbacks, report.unreachable)
     if report.unscored:
         kinds = unscored_kinds(run.model, report.unscored)
         callbacks.event("warning", {"stage": "mrc", "message": (
@@ -584,6 +581,15 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
     return MRCStageResult(rows, report.baseline_robust_loss, report.baseline_robust_accuracy,
                           report.lowest().name, report.engine, len(inputs.labels),
                           time.perf_counter() - started)
+
+
+def warn_unreachable(callbacks: PipelineCallbacks, names: list[str]) -> None:
+    """The ``warning`` event naming selected modules left out of the MRC table because the
+    output does not depend on them (by the stage, or by the planning of its shards)."""
+    callbacks.event("warning", {"stage": "mrc", "message": (
+        f"not scored: {_names(names)}: the model's output in eval mode does not depend on their "
+        "weights (e.g. an auxiliary head used only in training), so fine-tuning them could not "
+        "change its predictions")})
 
 
 # Why a kind of parameter (``rift.scored_weights.unscored_kinds``) has no row, for the warning.

@@ -27,7 +27,8 @@ AWKWARD_ARCHITECTURES = {"tied_weights_net": "TiedWeights", "odd_layers_net": "O
                              "weight_norm_net", "spectral_norm_net", "hook_weight_norm_net",
                              "hook_spectral_norm_net", "compiled_net", "data_parallel_net")},
                          "plain_conv_net": "PlainConvNet", "lazy_net": "LazyNet",
-                         "batchnorm_layouts_net": "BatchNormLayoutsNet"}
+                         "batchnorm_layouts_net": "BatchNormLayoutsNet",
+                         "bad_module_net": "BadModuleNet"}
 
 _SOURCE = '''
 """An operator's architecture: two linear layers over flattened inputs."""

@@ -444,3 +444,30 @@ class BatchNormLayoutsNet(nn.Module):
         x = F.relu(self.branch_bn(skip)) + skip
         x = self.pre(F.relu(self.pre_bn(x)))
         return self.head(F.relu(self.proj_bn(self.proj(x.mean((2, 3))))))
+
+
+class RefusesPerturbation(nn.Linear):
+    """A Linear whose forward fails once its weight differs from the one it was loaded with (a
+    model's own consistency check): MRC's ascent on this module fails, on every attempt."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.register_buffer("loaded", self.weight.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.equal(self.weight, self.loaded):
+            raise RuntimeError("the weight differs from the checkpoint's")
+        return super().forward(x)
+
+
+class BadModuleNet(nn.Module):
+    """A digits-shaped (1×8×8) network whose ``bad`` module cannot be scored."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.bad = RefusesPerturbation(4 * 8 * 8, 16)
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.bad(F.relu(self.stem(x)).flatten(1))))

@@ -492,6 +492,15 @@ class PartReporter(StageReporter):
         """Progress within a part is not recorded (see the class docstring)."""
 
 
+def error_summary(exc: BaseException) -> str:
+    """An unexpected error as the job's message gives it: ``Type: first line`` (a driver error
+    carries whole SQL statements after it), then the notes the library added, e.g. which MRC
+    module was being scored (``rift.mrc``)."""
+    first_line = (str(exc).splitlines() or [""])[0][:300]
+    notes = "; ".join(str(note) for note in getattr(exc, "__notes__", ()))
+    return f"{type(exc).__name__}: {first_line}" + (f" ({notes[:300]})" if notes else "")
+
+
 def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, job_id: str,
                       index: int, attempt: int, exc: Exception) -> str:
     """End a part of a split stage (MRC shard, sweep candidate) that raised ``exc``; call it from
@@ -534,7 +543,7 @@ def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, j
         if attempt >= resources.settings.max_stage_attempts:
             stages.fail_job(session, job_id, "stage_failed_repeatedly",
                             f"{kind.noun} {index} failed {attempt} times; last error: "
-                            f"{type(exc).__name__}: {str(exc)[:300]}", stage=kind.stage)
+                            f"{error_summary(exc)}", stage=kind.stage)
             return "failed"
         stage_shards.release_part(session, kind, job_id, index, owner=resources.worker_id,
                                   error=traceback.format_exc(limit=5))

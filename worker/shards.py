@@ -24,16 +24,18 @@ from typing import Any
 from celery import Celery
 
 from persistence import stage_shards, stages
-from persistence.models import Checkpoint, Dataset, Job, StageName
+from persistence.models import TERMINAL_STATUSES, Checkpoint, Dataset, Job, StageName
+from persistence.object_keys import SHARD_INPUTS_NAME, shard_inputs_key
 from persistence.queue import enqueue_stage
 from persistence.stage_shards import SHARDED_OWNER
 from persistence.stages import ClaimOutcome, LeaseLost
+from persistence.storage import ObjectStore
 from persistence.time_limits import job_time_limit
 from persistence.transactions import JobNotFound, load_stages
 from rift import checkpoints
 from rift.config import RiftConfig
 from rift.mrc import select_modules
-from rift.mrc_shards import estimate_module_costs, partition_modules
+from rift.mrc_shards import plan_shards
 from rift.pipeline import (
     MRCInputs,
     MRCStageResult,
@@ -41,6 +43,7 @@ from rift.pipeline import (
     PreparedRun,
     make_mrc_inputs,
     score_modules,
+    warn_unreachable,
 )
 from worker.runtime import (
     DATABASE_DOWN,
@@ -58,7 +61,6 @@ from worker.stages import (
     job_stage_storage,
     prepare,
     record_mrc,
-    stage_object_key,
     store_manifest,
     stored_manifest,
 )
@@ -66,7 +68,6 @@ from worker.stages import (
 logger = logging.getLogger(__name__)
 
 SHARD_TASK_NAME = "rift.stage.mrc_shard"
-MRC_INPUTS = "adversarial.safetensors"
 
 
 def enqueue_shard(app: Celery, job_id: str, shard: int, countdown: float | None = None) -> None:
@@ -88,13 +89,14 @@ def start_mrc_shards(app: Celery, resources: WorkerResources, job: Job, run: Pre
         store_manifest(job_stage_storage(resources.store, job.id, {StageName.MRC: attempt}),
                        manifest)
     inputs = make_mrc_inputs(run, callbacks)
-    names = select_modules(run.model, run.config.mrc)
-    costs = estimate_module_costs(run.model, inputs.adversarial[:1], names)
-    groups = partition_modules(costs, run.config.mrc.shards)
-    key = stage_object_key(job.id, StageName.MRC, attempt, MRC_INPUTS)
+    plan = plan_shards(run.model, run.config.mrc, inputs.adversarial)
+    if plan.unreachable:
+        warn_unreachable(callbacks, plan.unreachable)  # no shard scores them, so none says so
+    groups = plan.groups
+    key = shard_inputs_key(job.id, attempt)
     scratch = Path(tempfile.mkdtemp(dir=_mkdir(resources.settings.work_dir / "scratch")))
     try:
-        path = scratch / MRC_INPUTS
+        path = scratch / SHARD_INPUTS_NAME
         checkpoints.save_safetensors(path, {"adversarial": inputs.adversarial,
                                             "labels": inputs.labels})
         resources.store.put_file(key, path, content_type=SAFETENSORS)
@@ -136,6 +138,8 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
         # Only the merge of parts that ran elsewhere: no device of this task's to count.
         return PartRun(merge_if_complete(app, resources, job_id))
     if claim.outcome != ClaimOutcome.CLAIMED or checkpoint is None:
+        if claim.job.status in TERMINAL_STATUSES:  # ended (maybe by this claim): set unused
+            delete_shard_inputs(resources.store, job_id, [claim.inputs_key])
         return PartRun(str(claim.outcome))
 
     # A shard keeps to the job's deadline too: the stage's time is the shards' time.
@@ -167,6 +171,10 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
             with contextlib.suppress(Exception):
                 reporter.flush()
         ended = settle_part_error(resources, stage_shards.MRC_SHARDS, job_id, shard, claim.attempt, exc)
+        if ended in ("failed", "cancelled"):
+            # The job ended: no shard reads the set again (one still running stops at its next
+            # batch, or, reading it now, meets a missing object and ends as the job has).
+            delete_shard_inputs(resources.store, job_id, [claim.inputs_key])
         if ended in ("retry", "handed_back"):
             enqueue_shard(app, job_id, shard, countdown=(
                 settings.stage_retry_delay_seconds if ended == "retry" else None))
@@ -179,7 +187,7 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
 def _load_inputs(resources: WorkerResources, key: str, run: PreparedRun) -> MRCInputs:
     scratch = Path(tempfile.mkdtemp(dir=_mkdir(resources.settings.work_dir / "scratch")))
     try:
-        path = resources.store.download_to(key, scratch / MRC_INPUTS)
+        path = resources.store.download_to(key, scratch / SHARD_INPUTS_NAME)
         tensors = checkpoints.load_state_dict(path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -195,6 +203,8 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
             return "done"
         job = session.get(Job, job_id)
         attempts = {str(row.stage): row.attempts for row in load_stages(session, job_id)}
+        inputs_keys = list(dict.fromkeys(row.inputs_key
+                                         for row in stage_shards.list_shards(session, job_id)))
     assert job is not None
     order = list(parts[0]["module_order"])
     merged = MRCStageResult.merge(
@@ -212,10 +222,25 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
                                 outputs=outputs)
     except LeaseLost:
         return "done"  # another task recorded the merge first
+    delete_shard_inputs(resources.store, job_id, inputs_keys)
     following = stages.next_stage(StageName.MRC)
     if following is not None:
         enqueue_stage(app, job_id, following)
     return "merged"
+
+
+def delete_shard_inputs(store: ObjectStore, job_id: str, keys: list[str]) -> None:
+    """Delete the adversarial set the shards shared, once the merge is recorded (no shard runs
+    again, the table and the manifest are recorded, later stages never read it) or once a shard
+    task finds or leaves the job ended (failed, cancelled). A delete that fails is logged and
+    left to the janitor (``persistence/janitor.py``: a done MRC stage's set, an ended job's
+    attempt); the job goes on either way."""
+    for key in keys:
+        try:
+            store.delete(key)
+        except Exception:
+            logger.warning("job %s: could not delete %s (the janitor will)", job_id, key,
+                           exc_info=True)
 
 
 def redispatch_stale_shards(app: Celery, resources: WorkerResources) -> int:

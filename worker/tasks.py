@@ -144,6 +144,7 @@ from worker.runtime import (
     ShuttingDown,
     StageReporter,
     WorkerResources,
+    error_summary,
     resend_later,
     stored_events_of,
 )
@@ -629,9 +630,7 @@ def _retry_or_fail(app: RiftCelery, resources: WorkerResources, job_id: str, sta
     allowed attempt, fail the job (while still holding the lease, so no other worker is racing)."""
     settings = resources.settings
     logger.exception("job %s stage %s: unexpected error on attempt %d", job_id, stage, attempt)
-    # The job's message gets the first line only: driver errors carry whole SQL statements after it.
-    first_line = (str(exc).splitlines() or [""])[0][:300]
-    error = f"{type(exc).__name__}: {first_line}"
+    error = error_summary(exc)
     with resources.session() as session:
         if attempt >= settings.max_stage_attempts:
             stages.fail_job(

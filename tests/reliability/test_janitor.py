@@ -17,7 +17,7 @@ from persistence import jobs
 from persistence.db import session_factory_from_settings
 from persistence.janitor import ARTIFACTS_EXPIRED, expire_artifact_rows, run_janitor
 from persistence.models import Artifact, Checkpoint, Job, JobStage, utcnow
-from persistence.object_keys import candidate_object_key, stage_object_key
+from persistence.object_keys import candidate_object_key, shard_inputs_key, stage_object_key
 from persistence.records import create_checkpoint
 from persistence.settings import Settings
 from persistence.storage import LocalObjectStore
@@ -158,6 +158,31 @@ def test_the_janitor_removes_a_finished_sweeps_other_candidates_only(
         report = run_janitor(session, store, settings)
     assert set(report.other_candidate_objects) == others
     assert report.removed == len(others)
+    assert {o.key for o in store.list_objects("jobs/")} == kept
+
+
+def test_the_janitor_removes_a_merged_mrc_stages_shared_adversarial_set_only(
+        settings: Settings, sessions: sessionmaker[Session]) -> None:
+    """The merge deletes the set its shards shared; a crash right after it (or a failed delete)
+    left it in the done stage's recorded attempt, which the janitor keeps, for good. A stage
+    whose shards still run keeps its set (a re-run shard reads it); a failed job's goes as a
+    stalled attempt's."""
+    store = LocalObjectStore(settings.store_root)
+    with sessions() as session:
+        checkpoint = _stored_checkpoint(session, store)
+        merged = _job(session, checkpoint.id, "running", {
+            "mrc": ("done", 2), "finetune": ("running", 1)})
+        sharding = _job(session, checkpoint.id, "running", {"mrc": ("running", 1)})
+        failed = _job(session, checkpoint.id, "failed", {"mrc": ("failed", 1)})
+    left = shard_inputs_key(merged, 2)
+    kept = {stage_object_key(merged, "mrc", 2, "mrc.json"), shard_inputs_key(sharding, 1)}
+    for key in {left, shard_inputs_key(failed, 1)} | kept:
+        store.put_bytes(key, b"x")
+
+    with sessions() as session:
+        report = run_janitor(session, store, settings)
+    assert report.shard_inputs_objects == [left]
+    assert report.stalled_attempt_objects == [shard_inputs_key(failed, 1)]
     assert {o.key for o in store.list_objects("jobs/")} == kept
 
 

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from rift import checkpoints
-from rift.config import RiftConfig
+from rift.config import MRCSpec, RiftConfig
 from rift.errors import ConfigError
-from rift.mrc import select_modules
-from rift.mrc_shards import estimate_module_costs, partition_modules
+from rift.mrc import merge_reports, module_robust_criticality, select_modules
+from rift.mrc_shards import estimate_module_costs, partition_modules, plan_shards
 from rift.pipeline import MRCInputs, MRCStageResult, make_mrc_inputs, prepare_run, score_modules
 
 
@@ -64,3 +64,57 @@ def test_merged_shards_equal_the_single_task_table(digits_checkpoint_path: Path,
     assert without_time(merged.rows) == without_time(whole.rows)
     assert merged.selected_module == whole.selected_module
     assert merged.baseline_robust_loss == whole.baseline_robust_loss
+
+
+@pytest.mark.parametrize("shards", [1, 2, 4, 5, 9])
+def test_every_planned_shard_scores_and_merges_to_the_single_task_table(shards: int) -> None:
+    """OddLayers' ``aux`` head is never called in eval mode: the one-task table leaves it out
+    with a warning. Planned among the shards (cost 1, so alone in a shard once there are as many
+    shards as modules), its shard raised "no selected module affects the model's output" and
+    failed the job; now no shard is given it, and the merge equals the one-task table for any
+    shard count, more shards than modules included."""
+    from tests.module_factories import OddLayers
+
+    torch.manual_seed(0)
+    model = OddLayers().eval()
+    images, labels = torch.rand(12, 3, 8, 8), torch.randint(0, 4, (12,))
+    spec = MRCSpec(steps=2, batch_size=6, shards=shards)
+    whole = module_robust_criticality(model, images, labels, spec)
+    assert whole.unreachable == ["aux"]
+
+    plan = plan_shards(model, spec, images)
+    # What each shard task does with its group (it raised for a group of only "aux").
+    parts = [module_robust_criticality(model, images, labels, spec.model_copy(
+        update={"modules": group})) for group in plan.groups]
+    assert plan.unreachable == ["aux"]
+    assert sorted(name for group in plan.groups for name in group) == sorted(
+        row.name for row in whole.modules)
+    assert len(plan.groups) == min(shards, len(whole.modules)) and all(plan.groups)
+    merged = merge_reports(parts, select_modules(model, spec))
+    assert [row.as_dict() | {"seconds": 0} for row in merged.modules] == [
+        row.as_dict() | {"seconds": 0} for row in whole.modules]
+    assert merged.lowest().name == whole.lowest().name
+
+
+def test_a_plan_with_no_module_the_output_depends_on_names_them() -> None:
+    from tests.module_factories import OddLayers
+
+    with pytest.raises(ConfigError, match="aux") as info:
+        plan_shards(OddLayers().eval(), MRCSpec(modules=["aux"], shards=2),
+                    torch.rand(2, 3, 8, 8))
+    assert info.value.field == "mrc.modules"
+
+
+@pytest.mark.parametrize("settings", [{}, {"table": "selection"}, {"module_batch": 2}])
+def test_an_error_scoring_a_module_names_it(settings: dict[str, Any]) -> None:
+    """The model's own error keeps its type (the worker retries it) and gains a note naming the
+    module, in each way of scoring (one at a time, selection, stacked groups); the worker's job
+    message shows it (tests/worker/test_shard_failures.py)."""
+    from tests.module_factories import BadModuleNet
+
+    torch.manual_seed(0)
+    model = BadModuleNet().eval()
+    with pytest.raises(RuntimeError, match="differs from the checkpoint") as info:
+        module_robust_criticality(model, torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,)),
+                                  MRCSpec(steps=1, batch_size=8, **settings))
+    assert info.value.__notes__ == ["while scoring MRC module(s) bad"]
