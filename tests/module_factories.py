@@ -415,3 +415,40 @@ class SignalNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(F.relu(self.conv(x)).mean(2))
+
+
+class CheckpointedNet(nn.Module):
+    """A residual block under activation checkpointing (``torch.utils.checkpoint``), as timm's
+    ``set_grad_checkpointing()`` or Hugging Face's ``gradient_checkpointing_enable()`` leave a
+    model: reentrant or not, in every mode or (as Hugging Face does) in train mode only."""
+
+    def __init__(self, classes: int = 4, reentrant: bool = True,
+                 train_only: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(8, 8, 3, padding=1))
+        self.head = nn.Linear(8, classes)
+        self.reentrant, self.train_only = reentrant, train_only
+
+    def forward(self, x: Tensor) -> Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        x = F.relu(self.stem(x))
+        if self.training or not self.train_only:
+            x = x + checkpoint(self.block, x, use_reentrant=self.reentrant)
+        else:
+            x = x + self.block(x)
+        return self.head(F.relu(x).mean((2, 3)))
+
+
+def reentrant_checkpoint_net(classes: int = 4) -> CheckpointedNet:
+    return CheckpointedNet(classes)
+
+
+def train_mode_checkpoint_net(classes: int = 4) -> CheckpointedNet:
+    return CheckpointedNet(classes, train_only=True)
+
+
+def checkpoint_net(classes: int = 4) -> CheckpointedNet:
+    return CheckpointedNet(classes, reentrant=False)

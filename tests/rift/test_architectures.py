@@ -204,6 +204,8 @@ def _awkward_config(folder: Path, architecture: str, tuned: str) -> RiftConfig:
     ("object_output_net", "stem", ["stem", "head"], ["aux"]),  # a dataclass's .logits
     # Built in float16 by its builder: run in float32 (it failed its first forward).
     ("half_precision_net", "conv2", ["conv1", "conv2", "head"], []),
+    # Activation checkpointing with use_reentrant=False: differentiable, runs as usual.
+    ("checkpoint_net", "block.0", ["stem", "block.0", "block.2", "head"], []),
 ])
 def test_awkward_architectures_run_end_to_end_without_a_silent_wrong_result(
         plugin_path: Path, tmp_path: Path, architecture: str, tuned: str, rows: list[str],
@@ -268,6 +270,44 @@ def test_batchnorm_without_running_statistics_is_refused_naming_the_layer(
     with pytest.raises(ConfigError, match=r"without running statistics.*\['batch'\]") as error:
         prepare_run(config, state)
     assert error.value.field == "architecture"
+
+
+def test_reentrant_activation_checkpointing_is_refused_naming_it(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """``torch.utils.checkpoint(..., use_reentrant=True)`` in forward (timm's
+    ``set_grad_checkpointing()``): ``autograd.grad``, which PGD and MRC use, cannot go through
+    it. Before: torch's RuntimeError ("incompatible with .grad()") as a traceback from the
+    first model check."""
+    from rift.pipeline import prepare_run
+
+    config = _awkward_config(tmp_path, "reentrant_checkpoint_net", "stem")
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    with pytest.raises(ConfigError, match=r"runs 1 part\(s\) of its forward under "
+                       r"torch.utils.checkpoint with use_reentrant=True.*use_reentrant=False"
+                       ) as error:
+        prepare_run(config, state)
+    assert error.value.field == "architecture"
+
+
+def test_fine_tuning_a_module_the_train_mode_loss_has_no_gradient_for_is_refused(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """Hugging Face style: reentrant checkpointing in train mode only. Every layer but the tuned
+    one is frozen, so a checkpointed block's input needs no gradient and the block's layers get
+    none. Before: torch's "element 0 of tensors does not require grad" after the MRC stage. A
+    module before the block still trains (its gradient reaches the block's input)."""
+    from rift.pipeline import prepare_run, run_finetune_stage
+
+    config = _awkward_config(tmp_path, "train_mode_checkpoint_net", "block.0")
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    run = prepare_run(config, state)
+    with pytest.raises(ConfigError, match=r"no gradient with respect to 'block.0' "
+                       r"\(block.0.weight, block.0.bias\), so fine-tuning could not change it"
+                       ) as error:
+        run_finetune_stage(run, "block.0")
+    assert error.value.field == "architecture"
+    tuned = run_finetune_stage(run, "stem").state_dict
+    assert not torch.equal(tuned["stem.weight"], state["stem.weight"])
+    assert torch.equal(tuned["block.0.weight"], state["block.0.weight"])
 
 
 def test_an_output_with_no_unambiguous_logits_is_refused_naming_what_it_holds(
