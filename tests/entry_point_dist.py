@@ -28,7 +28,8 @@ AWKWARD_ARCHITECTURES = {"tied_weights_net": "TiedWeights", "odd_layers_net": "O
                              "hook_spectral_norm_net", "compiled_net", "data_parallel_net",
                              "reentrant_checkpoint_net", "train_mode_checkpoint_net",
                              "checkpoint_net")},
-                         "plain_conv_net": "PlainConvNet", "lazy_net": "LazyNet"}
+                         "plain_conv_net": "PlainConvNet", "lazy_net": "LazyNet",
+                         "recurrent_net": "RecurrentNet"}
 
 _SOURCE = '''
 """An operator's architecture: two linear layers over flattened inputs."""

@@ -204,6 +204,8 @@ def _awkward_config(folder: Path, architecture: str, tuned: str) -> RiftConfig:
     ("object_output_net", "stem", ["stem", "head"], ["aux"]),  # a dataclass's .logits
     # Built in float16 by its builder: run in float32 (it failed its first forward).
     ("half_precision_net", "conv2", ["conv1", "conv2", "head"], []),
+    # An LSTM between two Linear layers: its weights are named, not scored.
+    ("recurrent_net", "embed", ["embed", "head"], ["parameters of LSTM layers: rnn.weight_ih_l0"]),
     # Activation checkpointing with use_reentrant=False: differentiable, runs as usual.
     ("checkpoint_net", "block.0", ["stem", "block.0", "block.2", "head"], []),
 ])
@@ -270,6 +272,33 @@ def test_batchnorm_without_running_statistics_is_refused_naming_the_layer(
     with pytest.raises(ConfigError, match=r"without running statistics.*\['batch'\]") as error:
         prepare_run(config, state)
     assert error.value.field == "architecture"
+
+
+def test_recurrent_layers_run_without_cudnn_only_where_it_has_no_backward(
+        plugin_path: Path) -> None:
+    """cuDNN's RNN kernels cannot be differentiated in eval mode ("cudnn RNN backward can only
+    be called in training mode" on a GPU: every LSTM job failed in its first model check, PGD's
+    and MRC's gradients being taken in eval mode). A built model's LSTM runs torch's own kernels
+    there, and only there (no_grad evaluation and training keep cuDNN); the setting is put
+    back after its forward, also when forward raises."""
+    spec = ArchitectureSpec(name="recurrent_net", num_classes=4)
+    model = build_model(spec, in_channels=3, image_size=8)
+    seen: list[bool] = []
+    model.get_submodule("rnn").register_forward_pre_hook(
+        lambda *_: seen.append(torch.backends.cudnn.enabled))
+    images = torch.rand(2, 3, 8, 8)
+    assert torch.backends.cudnn.enabled
+    model.eval()
+    model(images.requires_grad_(True)).sum().backward()
+    with torch.no_grad():
+        model(images)
+    model.train()
+    model(images)
+    assert seen == [False, True, True] and torch.backends.cudnn.enabled
+    model.eval()
+    with pytest.raises(RuntimeError):
+        model(torch.rand(2, 3, 8, 5))  # 20 features per row: the LSTM refuses them
+    assert torch.backends.cudnn.enabled
 
 
 def test_reentrant_activation_checkpointing_is_refused_naming_it(
