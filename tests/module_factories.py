@@ -468,3 +468,13 @@ class RecurrentNet(nn.Module):
         rows = x.permute(0, 2, 1, 3).flatten(2)  # (N, 3, 8, 8) -> (N, 8 rows, 24)
         out, _ = self.rnn(F.relu(self.embed(rows)))
         return self.head(out[:, -1])
+
+
+def scripted_net(classes: int = 4) -> nn.Module:
+    """A builder that returns its network compiled to TorchScript."""
+    return torch.jit.script(PlainConvNet(classes))
+
+
+def network_and_transforms_net(classes: int = 4) -> tuple[nn.Module, str]:
+    """A builder that returns the network with its preprocessing, as some model zoos do."""
+    return PlainConvNet(classes), "transforms"

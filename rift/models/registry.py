@@ -186,8 +186,28 @@ def _build(spec: ArchitectureSpec, channels: int, size: int,
             field="architecture.name",
         )
     # An operator's network may return its logits inside a dict or tuple (logits_output).
-    return return_logits(unwrapped(
-        builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std)))
+    return return_logits(_python_module(spec.name, unwrapped(
+        builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std))))
+
+
+def _python_module(name: str, built: object) -> nn.Module:
+    """What an installed builder returned, when it is a Python ``nn.Module``. Before, a builder
+    returning ``(model, transforms)``, ``None`` or ``torch.jit.script(net)`` was refused with
+    "type object 'tuple' has no attribute 'forward'" or "'_CachedForward' object has no
+    attribute '__getattr__'", naming neither the builder nor what it returned."""
+    if not isinstance(built, nn.Module):
+        raise ConfigError(
+            f"the builder of installed architecture {name!r} returned "
+            f"{type(built).__name__!r}, not an nn.Module: return the network itself (not a "
+            "tuple of the network and its transforms)", field="architecture")
+    if isinstance(built, torch.jit.ScriptModule):
+        raise ConfigError(
+            f"the builder of installed architecture {name!r} returned a TorchScript module "
+            f"({type(built).__name__}, from torch.jit.script or torch.jit.trace): RiFT traces "
+            "the Python module with torch.fx and swaps its weights with torch.func, which a "
+            "TorchScript module does not allow; return the nn.Module before scripting it",
+            field="architecture")
+    return built
 
 
 def unwrapped(model: nn.Module) -> nn.Module:

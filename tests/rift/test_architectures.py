@@ -301,6 +301,22 @@ def test_recurrent_layers_run_without_cudnn_only_where_it_has_no_backward(
     assert torch.backends.cudnn.enabled
 
 
+@pytest.mark.parametrize(("architecture", "message"), [
+    ("scripted_net", r"returned a TorchScript module \(RecursiveScriptModule, from "
+                     r"torch.jit.script or torch.jit.trace\).*return the nn.Module before"),
+    ("network_and_transforms_net", r"returned 'tuple', not an nn.Module: return the network"),
+])
+def test_a_builder_returning_no_python_module_is_refused_saying_what_it_returned(
+        plugin_path: Path, architecture: str, message: str) -> None:
+    """Before: "'_CachedForward' object has no attribute '__getattr__'" (TorchScript) and "type
+    object 'tuple' has no attribute 'forward'", naming neither the builder nor its result."""
+    with pytest.raises(ConfigError, match=rf"installed architecture {architecture!r} {message}"
+                       ) as error:
+        build_model(ArchitectureSpec(name=architecture, num_classes=4), in_channels=3,
+                    image_size=8)
+    assert error.value.field == "architecture"
+
+
 def test_reentrant_activation_checkpointing_is_refused_naming_it(
         plugin_path: Path, tmp_path: Path) -> None:
     """``torch.utils.checkpoint(..., use_reentrant=True)`` in forward (timm's
