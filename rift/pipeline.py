@@ -85,7 +85,7 @@ from rift.preflight import (
 )
 from rift.robust_tally import RobustTally, percent
 from rift.run_warnings import RunWarning, configuration_warnings
-from rift.scored_weights import unscored_kinds
+from rift.scored_weights import PRUNED, unscored_kinds
 from rift.sequential_attack import (
     Attacked,
     attack_until,
@@ -575,7 +575,12 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
 
 # Why a kind of parameter (``rift.scored_weights.unscored_kinds``) has no row, for the warning.
 _UNSCORED_WHY = {"raw Parameter": "raw Parameters held by the model's own code, not a layer's "
-                                  "weight (e.g. class tokens, position tables, layer scales)"}
+                                  "weight (e.g. class tokens, position tables, layer scales)",
+                 PRUNED: "parameters of layers pruned with torch.nn.utils.prune, whose weight "
+                         "a hook makes from weight_orig × weight_mask at every call (no "
+                         "Parameter to perturb or train; to score them, make the pruning "
+                         "permanent with prune.remove(module, 'weight') before saving, and "
+                         "fine-tuning may then move the pruned entries)"}
 
 
 def _names(names: list[str], limit: int = 8) -> str:
