@@ -28,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
-from torch.nn.utils import prune
 from torch.nn.parameter import UninitializedParameter
+from torch.nn.utils import prune
 
 _WEIGHT_MODULES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)
 # Parameters outside the table by design, not worth a warning: MRC perturbs weights, not these.
