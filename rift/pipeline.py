@@ -551,9 +551,12 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
                                         "scored": len(report.modules) - len(report.reused)})
     if report.unreachable:
         callbacks.event("warning", {"stage": "mrc", "message": (
-            f"not scored: {_names(report.unreachable)}: the model's output in eval mode does "
-            "not depend on their weights (e.g. an auxiliary head used only in training), so "
-            "fine-tuning them could not change its predictions")})
+            f"not scored: {_names(report.unreachable)}: the model's output in eval mode gets "
+            "no gradient from their weights: it does not depend on them (e.g. an auxiliary "
+            "head used only in training), or the path to it is cut (a .detach(), "
+            "torch.no_grad(), or torch.utils.checkpoint with use_reentrant=True around a part "
+            "whose input needs no gradient), so MRC cannot score them nor fine-tuning train "
+            "them")})
     if report.unscored:
         kinds = unscored_kinds(run.model, report.unscored)
         callbacks.event("warning", {"stage": "mrc", "message": (

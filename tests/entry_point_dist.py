@@ -29,7 +29,8 @@ AWKWARD_ARCHITECTURES = {"tied_weights_net": "TiedWeights", "odd_layers_net": "O
                              "reentrant_checkpoint_net", "train_mode_checkpoint_net",
                              "checkpoint_net", "scripted_net", "network_and_transforms_net")},
                          "plain_conv_net": "PlainConvNet", "lazy_net": "LazyNet",
-                         "recurrent_net": "RecurrentNet"}
+                         "recurrent_net": "RecurrentNet",
+                         "checkpointed_positions_net": "CheckpointedPositions"}
 
 _SOURCE = '''
 """An operator's architecture: two linear layers over flattened inputs."""

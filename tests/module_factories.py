@@ -478,3 +478,22 @@ def scripted_net(classes: int = 4) -> nn.Module:
 def network_and_transforms_net(classes: int = 4) -> tuple[nn.Module, str]:
     """A builder that returns the network with its preprocessing, as some model zoos do."""
     return PlainConvNet(classes), "transforms"
+
+
+class CheckpointedPositions(nn.Module):
+    """A position table a Linear makes from fixed coordinates (a buffer) under reentrant
+    checkpointing: the input check sees no checkpoint (the input's path has none), and no
+    gradient reaches ``positions``, though the output depends on it."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.register_buffer("coords", torch.linspace(-1, 1, 16).view(1, 16))
+        self.positions = nn.Linear(16, 8 * 8 * 8)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        table = checkpoint(self.positions, self.coords, use_reentrant=True).view(1, 8, 8, 8)
+        return self.head(F.relu(self.stem(x) + table).mean((2, 3)))

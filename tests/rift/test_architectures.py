@@ -206,6 +206,10 @@ def _awkward_config(folder: Path, architecture: str, tuned: str) -> RiftConfig:
     ("half_precision_net", "conv2", ["conv1", "conv2", "head"], []),
     # An LSTM between two Linear layers: its weights are named, not scored.
     ("recurrent_net", "embed", ["embed", "head"], ["parameters of LSTM layers: rnn.weight_ih_l0"]),
+    # A position table made under reentrant checkpointing from a buffer: no gradient reaches
+    # it, and the warning names the cut as a cause (it said "does not depend on", an aux head).
+    ("checkpointed_positions_net", "stem", ["stem", "head"],
+     ["not scored: positions", "torch.utils.checkpoint with use_reentrant=True"]),
     # Activation checkpointing with use_reentrant=False: differentiable, runs as usual.
     ("checkpoint_net", "block.0", ["stem", "block.0", "block.2", "head"], []),
 ])
