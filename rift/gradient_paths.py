@@ -56,9 +56,9 @@ def reentrant_message(name: str, segments: int) -> str:
     """Why a model whose eval-mode output holds ``segments`` reentrant checkpoints is refused."""
     return (f"architecture {name!r} runs {segments} part(s) of its forward under "
             "torch.utils.checkpoint with use_reentrant=True (activation checkpointing): "
-            "torch.autograd.grad cannot differentiate through it, and PGD and MRC take their "
-            "gradients that way, and a checkpointed part whose input needs no gradient gives "
-            f"none to the layers inside it, so fine-tuning one of them would not move it; {_FIX}")
+            "torch.autograd.grad, which PGD and MRC use, cannot differentiate through it, and a "
+            "checkpointed part whose input needs no gradient gives none to the layers inside "
+            f"it (fine-tuning one would not move it); {_FIX}")
 
 
 def untrainable_message(module: str, parameters: Sequence[str]) -> str:
