@@ -31,6 +31,7 @@ from rift.data import DatasetSplits, iterate_batches
 from rift.device import autocast
 from rift.errors import ConfigError, FinetuneDiverged
 from rift.evaluation import correct_predictions, evaluate_accuracy
+from rift.gradient_paths import untrainable_message
 from rift.model_state import frozen_except
 
 _BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -181,6 +182,9 @@ def finetune_module(
             torch.manual_seed(seed)
             epochs, best_epoch, best_state, diverged = _train(
                 model, parameters, splits, spec, device=device, seed=seed, precision=precision,
+                module_name=module_name,
+                parameter_names=[f"{module_name}.{name}"
+                                 for name, _ in module.named_parameters(recurse=False)],
                 eval_batch_size=eval_batch_size, on_epoch=on_epoch, should_cancel=should_cancel,
             )
         load_into(model, best_state)  # with the model's module versions (see load_into)
@@ -196,6 +200,8 @@ def _train(
     device: torch.device,
     seed: int,
     precision: str,
+    module_name: str,
+    parameter_names: list[str],
     eval_batch_size: int,
     on_epoch: Callable[[EpochMetrics], None] | None,
     should_cancel: ShouldCancel | None,
@@ -245,7 +251,12 @@ def _train(
                 logits = _logits(model(images), len(labels), classes)
             loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
+            first_step = not history and seen == 0
+            if first_step and not loss.requires_grad:
+                _refuse_untrainable(module_name, parameter_names)
             loss.backward()
+            if first_step and all(p.grad is None for p in parameters):
+                _refuse_untrainable(module_name, parameter_names)
             optimizer.step()
             loss_sum += loss.detach().double() * labels.numel()
             correct += correct_predictions(logits.detach(), labels).sum()
@@ -283,6 +294,12 @@ def _train(
         if on_epoch is not None:
             on_epoch(metrics)
     return history, best_epoch, best_state, None
+
+
+def _refuse_untrainable(module_name: str, parameter_names: list[str]) -> None:
+    """The tuned module got no gradient on the first training step (the optimiser would skip
+    its weights every step: θ_FT = θ_AT, reported as fine-tuned, or a crash in backward)."""
+    raise ConfigError(untrainable_message(module_name, parameter_names), field="architecture")
 
 
 def _finite(loss_sum: Tensor, parameters: list[nn.Parameter]) -> bool:

@@ -42,6 +42,8 @@ values alone cannot be sure, returns a warning for the run's ``warning`` events:
   first example must get the same output in a batch of two beside the second example as
   beside the third (batches of one size, so the same kernels: the repeat tolerance holds).
   A BatchNorm module without running statistics is refused before, by name.
+* **Reentrant activation checkpointing** (``torch.utils.checkpoint(..., use_reentrant=True)``
+  on the input's path): ``autograd.grad`` cannot go through it (:mod:`rift.gradient_paths`).
 * **A forward that writes into its input** (``x -= mean`` in place): the job's data, or the
   attack's inputs, would change under the caller.
 
@@ -63,6 +65,7 @@ from torch.overrides import TorchFunctionMode
 from rift.attacks import PGD
 from rift.data import ImageTensors, iterate_batches
 from rift.errors import ConfigError
+from rift.gradient_paths import reentrant_checkpoints, reentrant_message
 from rift.model_state import frozen_except
 from rift.models.token_inputs import EmbeddingReads, token_input_message
 
@@ -274,6 +277,9 @@ def _check_input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.
                     "respect to the weights. "
                     "Remove torch.no_grad()/.detach() from forward and return the logits",
                     field="architecture")
+            segments = reentrant_checkpoints(logits)
+            if segments:
+                raise ConfigError(reentrant_message(name, segments), field="architecture")
             loss = F.cross_entropy(logits.float(), labels)
             (grad,) = torch.autograd.grad(loss, inputs, allow_unused=True)
         if grad is None:

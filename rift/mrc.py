@@ -43,7 +43,7 @@ from rift.flat_weights import FlatWeights
 from rift.model_state import frozen_except, input_dtype
 from rift.mrc_selection import SCREEN_PASSES, run_selection
 from rift.mrc_stacked import FP32_ONLY, StackedProbe, modules_per_group, reshuffled_batches
-from rift.scored_weights import scored_parameters, scored_weights, unscored_kinds
+from rift.scored_weights import is_pruned, scored_parameters, scored_weights, unscored_kinds
 from rift.segments import (
     Segment,
     full_model_segment,
@@ -245,6 +245,12 @@ def _refused_modules(model: nn.Module, refused: list[str], candidates: list[str]
         if name in aliases:
             reasons.append(f"{name!r} shares its weight with {aliases[name]!r} (a shared weight "
                            "is scored once, under the first module holding it)")
+        elif name in modules and is_pruned(modules[name]):
+            reasons.append(
+                f"{name!r} is pruned with torch.nn.utils.prune: a hook makes its weight from "
+                "weight_orig × weight_mask at every call, so it holds no weight Parameter MRC "
+                "could perturb (make the pruning permanent with prune.remove(module, 'weight') "
+                "before saving to score it)")
         elif name in modules:
             inside = [row for row in candidates if row.startswith(f"{name}.")]
             reasons.append(

@@ -85,7 +85,7 @@ from rift.preflight import (
 )
 from rift.robust_tally import RobustTally, percent
 from rift.run_warnings import RunWarning, configuration_warnings
-from rift.scored_weights import unscored_kinds
+from rift.scored_weights import PRUNED, unscored_kinds
 from rift.sequential_attack import (
     Attacked,
     attack_until,
@@ -587,14 +587,21 @@ def warn_unreachable(callbacks: PipelineCallbacks, names: list[str]) -> None:
     """The ``warning`` event naming selected modules left out of the MRC table because the
     output does not depend on them (by the stage, or by the planning of its shards)."""
     callbacks.event("warning", {"stage": "mrc", "message": (
-        f"not scored: {_names(names)}: the model's output in eval mode does not depend on their "
-        "weights (e.g. an auxiliary head used only in training), so fine-tuning them could not "
-        "change its predictions")})
+        f"not scored: {_names(names)}: the model's output in eval mode gets no gradient from "
+        "their weights: it does not depend on them (e.g. an auxiliary head used only in "
+        "training), or the path to it is cut (a .detach(), torch.no_grad(), or "
+        "torch.utils.checkpoint with use_reentrant=True around a part whose input needs no "
+        "gradient), so MRC cannot score them nor fine-tuning train them")})
 
 
 # Why a kind of parameter (``rift.scored_weights.unscored_kinds``) has no row, for the warning.
 _UNSCORED_WHY = {"raw Parameter": "raw Parameters held by the model's own code, not a layer's "
-                                  "weight (e.g. class tokens, position tables, layer scales)"}
+                                  "weight (e.g. class tokens, position tables, layer scales)",
+                 PRUNED: "parameters of layers pruned with torch.nn.utils.prune, whose weight "
+                         "a hook makes from weight_orig × weight_mask at every call (no "
+                         "Parameter to perturb or train; to score them, make the pruning "
+                         "permanent with prune.remove(module, 'weight') before saving, and "
+                         "fine-tuning may then move the pruned entries)"}
 
 
 def _names(names: list[str], limit: int = 8) -> str:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
+from torch.nn.utils import prune
 
 _WEIGHT_MODULES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)
 # Parameters outside the table by design, not worth a warning: MRC perturbs weights, not these.
@@ -102,5 +103,20 @@ def unscored_kinds(model: nn.Module, names: list[str]) -> dict[str, list[str]]:
     for name in names:
         owner = model.get_submodule(name.rpartition(".")[0])
         layer = type(owner).__module__.startswith("torch.nn.")
-        kinds.setdefault(type(owner).__name__ if layer else "raw Parameter", []).append(name)
+        kind = (PRUNED if is_pruned(owner) else type(owner).__name__ if layer
+                else "raw Parameter")
+        kinds.setdefault(kind, []).append(name)
     return kinds
+
+
+#: The kind of :func:`unscored_kinds` for the parameters of a layer pruned with
+#: ``torch.nn.utils.prune``: its ``weight`` is a plain tensor that a forward pre-hook makes from
+#: ``weight_orig × weight_mask`` before every call, so it is no Parameter to perturb or train
+#: (perturbing it in place would be overwritten by the hook), and the layer has no row.
+PRUNED = "pruned layer"
+
+
+def is_pruned(module: nn.Module) -> bool:
+    """Whether ``module`` is pruned with ``torch.nn.utils.prune`` (see :data:`PRUNED`)."""
+    return any(isinstance(hook, prune.BasePruningMethod)
+               for hook in module._forward_pre_hooks.values())

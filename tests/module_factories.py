@@ -471,3 +471,85 @@ class BadModuleNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(F.relu(self.bad(F.relu(self.stem(x)).flatten(1))))
+
+
+class CheckpointedNet(nn.Module):
+    """A residual block under activation checkpointing (``torch.utils.checkpoint``), as timm's
+    ``set_grad_checkpointing()`` or Hugging Face's ``gradient_checkpointing_enable()`` leave a
+    model: reentrant or not, in every mode or (as Hugging Face does) in train mode only."""
+
+    def __init__(self, classes: int = 4, reentrant: bool = True,
+                 train_only: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(8, 8, 3, padding=1))
+        self.head = nn.Linear(8, classes)
+        self.reentrant, self.train_only = reentrant, train_only
+
+    def forward(self, x: Tensor) -> Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        x = F.relu(self.stem(x))
+        if self.training or not self.train_only:
+            x = x + checkpoint(self.block, x, use_reentrant=self.reentrant)
+        else:
+            x = x + self.block(x)
+        return self.head(F.relu(x).mean((2, 3)))
+
+
+def reentrant_checkpoint_net(classes: int = 4) -> CheckpointedNet:
+    return CheckpointedNet(classes)
+
+
+def train_mode_checkpoint_net(classes: int = 4) -> CheckpointedNet:
+    return CheckpointedNet(classes, train_only=True)
+
+
+def checkpoint_net(classes: int = 4) -> CheckpointedNet:
+    return CheckpointedNet(classes, reentrant=False)
+
+
+class RecurrentNet(nn.Module):
+    """Image rows read as a sequence by a two-layer LSTM with dropout between its layers (a
+    recurrent layer's weights are no MRC row: named in a warning)."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Linear(24, 12)
+        self.rnn = nn.LSTM(12, 8, num_layers=2, batch_first=True, dropout=0.5)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.permute(0, 2, 1, 3).flatten(2)  # (N, 3, 8, 8) -> (N, 8 rows, 24)
+        out, _ = self.rnn(F.relu(self.embed(rows)))
+        return self.head(out[:, -1])
+
+
+def scripted_net(classes: int = 4) -> nn.Module:
+    """A builder that returns its network compiled to TorchScript."""
+    return torch.jit.script(PlainConvNet(classes))
+
+
+def network_and_transforms_net(classes: int = 4) -> tuple[nn.Module, str]:
+    """A builder that returns the network with its preprocessing, as some model zoos do."""
+    return PlainConvNet(classes), "transforms"
+
+
+class CheckpointedPositions(nn.Module):
+    """A position table a Linear makes from fixed coordinates (a buffer) under reentrant
+    checkpointing: the input check sees no checkpoint (the input's path has none), and no
+    gradient reaches ``positions``, though the output depends on it."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.register_buffer("coords", torch.linspace(-1, 1, 16).view(1, 16))
+        self.positions = nn.Linear(16, 8 * 8 * 8)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        table = checkpoint(self.positions, self.coords, use_reentrant=True).view(1, 8, 8, 8)
+        return self.head(F.relu(self.stem(x) + table).mean((2, 3)))

@@ -29,6 +29,7 @@ from rift.model_state import frozen_except
 from rift.models.logits_output import return_logits
 from rift.models.mlp import mlp
 from rift.models.preact_resnet import preact_resnet18
+from rift.models.recurrent import differentiable_in_eval_mode
 from rift.models.resnet import resnet18, resnet34
 from rift.models.small_cnn import small_cnn
 from rift.models.token_inputs import EmbeddingReads, token_input_message
@@ -119,6 +120,8 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
     GoogLeNet or Inception v3 trained with its auxiliary heads is built with them). Lazy layers
     (``nn.LazyLinear``, ``nn.LazyConv2d``...) are given their shapes by one eval-mode pass of a
     zero input of C × ``image_size`` × ``image_width`` (default: square) before it is returned.
+    Recurrent layers run without cuDNN in eval mode with gradients enabled (cuDNN has no
+    backward there): :mod:`rift.models.recurrent`.
 
     Raises:
         UnknownArchitectureError: the name is not known; the message lists the known names.
@@ -129,7 +132,8 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
     size = spec.image_size if spec.image_size is not None else image_size
     try:
         model = _build(spec, channels, size, checkpoint_keys)
-        return float32_model(_materialize_lazy(model, spec, (channels, size, image_width or size)))
+        model = float32_model(_materialize_lazy(model, spec, (channels, size, image_width or size)))
+        return differentiable_in_eval_mode(model)
     except RiftError:
         raise
     except Exception as exc:
@@ -182,8 +186,28 @@ def _build(spec: ArchitectureSpec, channels: int, size: int,
             field="architecture.name",
         )
     # An operator's network may return its logits inside a dict or tuple (logits_output).
-    return return_logits(unwrapped(
-        builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std)))
+    return return_logits(_python_module(spec.name, unwrapped(
+        builder(num_classes=spec.num_classes, in_channels=channels, mean=mean, std=std))))
+
+
+def _python_module(name: str, built: object) -> nn.Module:
+    """What an installed builder returned, when it is a Python ``nn.Module``. Before, a builder
+    returning ``(model, transforms)``, ``None`` or ``torch.jit.script(net)`` was refused with
+    "type object 'tuple' has no attribute 'forward'" or "'_CachedForward' object has no
+    attribute '__getattr__'", naming neither the builder nor what it returned."""
+    if not isinstance(built, nn.Module):
+        raise ConfigError(
+            f"the builder of installed architecture {name!r} returned "
+            f"{type(built).__name__!r}, not an nn.Module: return the network itself (not a "
+            "tuple of the network and its transforms)", field="architecture")
+    if isinstance(built, torch.jit.ScriptModule):
+        raise ConfigError(
+            f"the builder of installed architecture {name!r} returned a TorchScript module "
+            f"({type(built).__name__}, from torch.jit.script or torch.jit.trace): RiFT traces "
+            "the Python module with torch.fx and swaps its weights with torch.func, which a "
+            "TorchScript module does not allow; return the nn.Module before scripting it",
+            field="architecture")
+    return built
 
 
 def unwrapped(model: nn.Module) -> nn.Module:

@@ -204,6 +204,14 @@ def _awkward_config(folder: Path, architecture: str, tuned: str) -> RiftConfig:
     ("object_output_net", "stem", ["stem", "head"], ["aux"]),  # a dataclass's .logits
     # Built in float16 by its builder: run in float32 (it failed its first forward).
     ("half_precision_net", "conv2", ["conv1", "conv2", "head"], []),
+    # An LSTM between two Linear layers: its weights are named, not scored.
+    ("recurrent_net", "embed", ["embed", "head"], ["parameters of LSTM layers: rnn.weight_ih_l0"]),
+    # A position table made under reentrant checkpointing from a buffer: no gradient reaches
+    # it, and the warning names the cut as a cause (it said "does not depend on", an aux head).
+    ("checkpointed_positions_net", "stem", ["stem", "head"],
+     ["not scored: positions", "torch.utils.checkpoint with use_reentrant=True"]),
+    # Activation checkpointing with use_reentrant=False: differentiable, runs as usual.
+    ("checkpoint_net", "block.0", ["stem", "block.0", "block.2", "head"], []),
 ])
 def test_awkward_architectures_run_end_to_end_without_a_silent_wrong_result(
         plugin_path: Path, tmp_path: Path, architecture: str, tuned: str, rows: list[str],
@@ -270,6 +278,87 @@ def test_batchnorm_without_running_statistics_is_refused_naming_the_layer(
     assert error.value.field == "architecture"
 
 
+def test_recurrent_layers_run_without_cudnn_only_where_it_has_no_backward(
+        plugin_path: Path) -> None:
+    """cuDNN's RNN kernels cannot be differentiated in eval mode ("cudnn RNN backward can only
+    be called in training mode" on a GPU: every LSTM job failed in its first model check, PGD's
+    and MRC's gradients being taken in eval mode). A built model's LSTM runs torch's own kernels
+    there, and only there (no_grad evaluation and training keep cuDNN); the setting is put
+    back after its forward, also when forward raises."""
+    spec = ArchitectureSpec(name="recurrent_net", num_classes=4)
+    model = build_model(spec, in_channels=3, image_size=8)
+    seen: list[bool] = []
+    model.get_submodule("rnn").register_forward_pre_hook(
+        lambda *_: seen.append(torch.backends.cudnn.enabled))
+    images = torch.rand(2, 3, 8, 8)
+    assert torch.backends.cudnn.enabled
+    model.eval()
+    model(images.requires_grad_(True)).sum().backward()
+    with torch.no_grad():
+        model(images)
+    model.train()
+    model(images)
+    assert seen == [False, True, True] and torch.backends.cudnn.enabled
+    model.eval()
+    with pytest.raises(RuntimeError):
+        model(torch.rand(2, 3, 8, 5))  # 20 features per row: the LSTM refuses them
+    assert torch.backends.cudnn.enabled
+
+
+@pytest.mark.parametrize(("architecture", "message"), [
+    ("scripted_net", r"returned a TorchScript module \(RecursiveScriptModule, from "
+                     r"torch.jit.script or torch.jit.trace\).*return the nn.Module before"),
+    ("network_and_transforms_net", r"returned 'tuple', not an nn.Module: return the network"),
+])
+def test_a_builder_returning_no_python_module_is_refused_saying_what_it_returned(
+        plugin_path: Path, architecture: str, message: str) -> None:
+    """Before: "'_CachedForward' object has no attribute '__getattr__'" (TorchScript) and "type
+    object 'tuple' has no attribute 'forward'", naming neither the builder nor its result."""
+    with pytest.raises(ConfigError, match=rf"installed architecture {architecture!r} {message}"
+                       ) as error:
+        build_model(ArchitectureSpec(name=architecture, num_classes=4), in_channels=3,
+                    image_size=8)
+    assert error.value.field == "architecture"
+
+
+def test_reentrant_activation_checkpointing_is_refused_naming_it(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """``torch.utils.checkpoint(..., use_reentrant=True)`` in forward (timm's
+    ``set_grad_checkpointing()``): ``autograd.grad``, which PGD and MRC use, cannot go through
+    it. Before: torch's RuntimeError ("incompatible with .grad()") as a traceback from the
+    first model check."""
+    from rift.pipeline import prepare_run
+
+    config = _awkward_config(tmp_path, "reentrant_checkpoint_net", "stem")
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    with pytest.raises(ConfigError, match=r"runs 1 part\(s\) of its forward under "
+                       r"torch.utils.checkpoint with use_reentrant=True.*use_reentrant=False"
+                       ) as error:
+        prepare_run(config, state)
+    assert error.value.field == "architecture"
+
+
+def test_fine_tuning_a_module_the_train_mode_loss_has_no_gradient_for_is_refused(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """Hugging Face style: reentrant checkpointing in train mode only. Every layer but the tuned
+    one is frozen, so a checkpointed block's input needs no gradient and the block's layers get
+    none. Before: torch's "element 0 of tensors does not require grad" after the MRC stage. A
+    module before the block still trains (its gradient reaches the block's input)."""
+    from rift.pipeline import prepare_run, run_finetune_stage
+
+    config = _awkward_config(tmp_path, "train_mode_checkpoint_net", "block.0")
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    run = prepare_run(config, state)
+    with pytest.raises(ConfigError, match=r"no gradient with respect to 'block.0' "
+                       r"\(block.0.weight, block.0.bias\), so fine-tuning could not change it"
+                       ) as error:
+        run_finetune_stage(run, "block.0")
+    assert error.value.field == "architecture"
+    tuned = run_finetune_stage(run, "stem").state_dict
+    assert not torch.equal(tuned["stem.weight"], state["stem.weight"])
+    assert torch.equal(tuned["block.0.weight"], state["block.0.weight"])
+
+
 def test_an_output_with_no_unambiguous_logits_is_refused_naming_what_it_holds(
         plugin_path: Path, tmp_path: Path) -> None:
     """(logits, auxiliary logits): two tensors of one shape, either could be the logits."""
@@ -304,6 +393,9 @@ def test_fine_tuning_a_tied_module_warns_naming_the_modules_it_moves_too(
     from rift.pipeline import PipelineCallbacks, prepare_run, run_finetune_stage
 
     config = _awkward_config(tmp_path, "tied_weights_net", "b")
+    # Seeded: drawn from whatever state earlier tests in the process left, the ReLU stack can
+    # come out dead (zero input gradient), which the model checks rightly refuse.
+    torch.manual_seed(0)
     run = prepare_run(config, build_model(config.architecture, in_channels=3,
                                           image_size=8).state_dict())
     warned: list[str] = []

@@ -288,6 +288,21 @@ def test_naming_a_module_mrc_does_not_score_says_what_it_is(residual_setup) -> N
         select_modules(container, _spec(modules=["block"]))
 
 
+def test_naming_a_pruned_layer_in_mrc_modules_says_it_is_pruned() -> None:
+    """Before: "'c' is a Conv2d, which MRC does not score (it scores convolutions ...)"."""
+    from torch.nn.utils import prune
+
+    model = nn.Sequential()
+    model.add_module("c", nn.Conv2d(3, 4, 1))
+    model.add_module("d", nn.Conv2d(4, 4, 1))
+    prune.l1_unstructured(model.c, "weight", amount=0.5)
+    with pytest.raises(ConfigError, match=r"'c' is pruned with torch.nn.utils.prune: .* no "
+                                          r"weight Parameter MRC could perturb .*prune.remove"
+                       ) as error:
+        select_modules(model, _spec(modules=["c"]))
+    assert error.value.field == "mrc.modules"
+
+
 def test_subset_tables_merge_to_the_whole_table(residual_setup) -> None:
     from rift.mrc import merge_reports
 

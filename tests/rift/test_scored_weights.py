@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from rift.config import ArchitectureSpec
 from rift.models import build_model
@@ -15,6 +16,7 @@ from tests.module_factories import (
     BilinearEmbeddingNet,
     CrossAttentionNet,
     OddLayers,
+    PlainConvNet,
     TiedWeights,
 )
 
@@ -64,6 +66,19 @@ def test_bilinear_is_scored_and_an_embedding_table_is_named_by_its_layer() -> No
     assert scored.unscored == ["positions.weight"]
     assert unscored_kinds(model, scored.unscored) == {"Embedding": ["positions.weight"]}
     assert unscored_kinds(AttentionNet(), ["cls_token"]) == {"raw Parameter": ["cls_token"]}
+
+
+def test_a_pruned_layer_is_named_as_pruned_not_as_a_convolution_mrc_skips() -> None:
+    """``torch.nn.utils.prune`` leaves ``weight`` a plain tensor made by a hook from
+    ``weight_orig`` and ``weight_mask``: no row. Before, the warning listed c2.weight_orig and
+    c2.bias as "parameters of Conv2d layers", beside "MRC scores the weights of convolution"."""
+    model = PlainConvNet()
+    prune.l1_unstructured(model.conv2, "weight", amount=0.5)
+    prune.random_unstructured(model.conv2, "weight", amount=0.2)  # a PruningContainer
+    scored = scored_weights(model)
+    assert scored.modules == ["conv1", "head"]
+    assert unscored_kinds(model, scored.unscored) == {
+        "pruned layer": ["conv2.bias", "conv2.weight_orig"]}
 
 
 def test_a_lazy_layer_before_its_first_call_has_no_row() -> None:
