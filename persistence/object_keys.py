@@ -10,6 +10,12 @@ ingest, the workers' stages) and for the janitor that decides what is left over.
   candidate ``i`` of a sweep wrote (``worker/candidates.py``), under the fine-tune stage's attempt
   that started the sweep. Once the stage is done only the winner's θ_FT (the stage's recorded
   ``finetuned.safetensors``) is read again; the others are deleted.
+- ``jobs/<job id>/finetune/epoch-state/<name>``: the state a running fine-tune keeps at the end of
+  each epoch (``rift.finetune_resume``), ``stage.safetensors`` for the stage and
+  ``candidate-<i>.safetensors`` for sweep candidate ``i``. Outside the attempts: the next attempt
+  (a hand-back keeps the attempt, a takeover counts a new one) continues from it. Deleted when
+  the fine-tune (candidate) is recorded or the job is cancelled; the janitor removes any left
+  once the stage is done or the job has ended.
 """
 
 from __future__ import annotations
@@ -27,6 +33,11 @@ CANDIDATES_STAGE = "finetune"
 _CANDIDATE_NAME = "candidate-"
 _CANDIDATE_KEY = re.compile(rf"^{JOBS_PREFIX}[^/]+/{CANDIDATES_STAGE}/attempt-\d+/"
                             rf"{_CANDIDATE_NAME}\d+\.attempt-\d+\.[^/]+$")
+
+
+_EPOCH_STATE_DIR = "epoch-state"
+_EPOCH_STATE_KEY = re.compile(
+    rf"^{JOBS_PREFIX}(?P<job>[^/]+)/{CANDIDATES_STAGE}/{_EPOCH_STATE_DIR}/[^/]+$")
 
 
 @dataclass(frozen=True)
@@ -73,3 +84,20 @@ def candidate_objects_prefix(job_id: str, stage_attempt: int) -> str:
 def is_candidate_object_key(key: str) -> bool:
     """A key made by :func:`candidate_object_key`."""
     return _CANDIDATE_KEY.match(key) is not None
+
+
+def epoch_state_key(job_id: str, candidate: int | None = None) -> str:
+    """Where the job's fine-tune stage (or sweep candidate ``candidate``) keeps its epoch state."""
+    name = "stage" if candidate is None else f"{_CANDIDATE_NAME}{candidate}"
+    return f"{JOBS_PREFIX}{job_id}/{CANDIDATES_STAGE}/{_EPOCH_STATE_DIR}/{name}.safetensors"
+
+
+def epoch_states_prefix(job_id: str) -> str:
+    """The prefix of every epoch state of the job (the stage's and its candidates')."""
+    return f"{JOBS_PREFIX}{job_id}/{CANDIDATES_STAGE}/{_EPOCH_STATE_DIR}/"
+
+
+def epoch_state_job(key: str) -> str | None:
+    """The job id of a key made by :func:`epoch_state_key`; None for others."""
+    match = _EPOCH_STATE_KEY.match(key)
+    return match["job"] if match is not None else None

@@ -51,6 +51,12 @@ from rift.evaluation import (
     seeded_generator,
 )
 from rift.finetune import EpochMetrics, finetune_module, tied_elsewhere, trainable_module
+from rift.finetune_resume import (
+    EpochStateStore,
+    FinetuneResume,
+    device_settings,
+    finetune_inputs_digest,
+)
 from rift.interpolation import (
     LazySelection,
     alpha_grid,
@@ -140,6 +146,10 @@ class PipelineCallbacks:
     # stored under that digest: MRC rows (``module_scored``: ``score_modules``) and α points
     # (``alpha_evaluated``: ``_measure_curve``) not computed again.
     stored_events: Callable[[str, str], Sequence[Mapping[str, Any]]] | None = None
+    # Where fine-tuning keeps its state at the end of each epoch, for another attempt of the
+    # stage (or candidate) to continue from (``rift.finetune_resume``; a worker's is an object
+    # under the job's prefix). Not a function: an object with ``load()`` and ``save(data)``.
+    epoch_state: EpochStateStore | None = None
 
     def __post_init__(self) -> None:
         # A threading.Event given as should_cancel (not its is_set) failed at the first poll,
@@ -152,6 +162,11 @@ class PipelineCallbacks:
             if value is not None and not callable(value):
                 raise TypeError(f"PipelineCallbacks.{name} must be a function {what}, not a "
                                 f"{type(value).__name__}")
+        store = self.epoch_state
+        if store is not None and not all(callable(getattr(store, method, None))
+                                         for method in ("load", "save")):
+            raise TypeError(f"PipelineCallbacks.epoch_state must have load() and save(data) "
+                            f"methods, not be a {type(store).__name__}")
 
     @staticmethod
     def of(callbacks: PipelineCallbacks | None) -> PipelineCallbacks:
@@ -644,6 +659,9 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
 
     callbacks.progress("finetune", 0.0, f"fine-tuning {module}")
     trainable_module(run.model, module)  # an unknown name: ConfigError, not get_submodule's
+    splits = finetune_splits(run.splits, config.finetune.selection_split)
+    resume = (FinetuneResume(callbacks.epoch_state, finetune_inputs_digest_of(run, module, splits))
+              if callbacks.epoch_state is not None else None)
     shared = tied_elsewhere(run.model, module)
     if shared:
         held = "; ".join(f"{name} is also held by {', '.join(others)}"
@@ -653,10 +671,13 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
             f"weights): {held}. Fine-tuning moves them there too, so θ_FT changes more than "
             f"{module!r}; the MRC row of a tied weight is under the first module holding it")})
     result = finetune_module(
-        run.model, module, finetune_splits(run.splits, config.finetune.selection_split),
-        config.finetune, device=run.device, seed=config.seed,
+        run.model, module, splits, config.finetune, device=run.device, seed=config.seed,
         precision=config.precision, eval_batch_size=config.evaluation.batch_size,
-        on_epoch=on_epoch, should_cancel=callbacks.should_cancel)
+        on_epoch=on_epoch, should_cancel=callbacks.should_cancel, resume=resume)
+    if result.resumed_epochs and resume is not None:
+        callbacks.event("finetune_resumed", {"module": module, "epochs": result.resumed_epochs,
+                                             "trained": len(result.epochs) -
+                                             result.resumed_epochs, "inputs": resume.inputs})
     diverged = result.diverged
     if diverged is not None:  # the run goes on with the best finite epoch; the user is told
         callbacks.event("warning", RunWarning("finetune", (
@@ -665,6 +686,17 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
     return FinetuneStageResult(module, [e.as_dict() for e in result.epochs], result.best_epoch,
                                time.perf_counter() - started, result.state_dict,
                                diverged.to_json() if diverged is not None else None)
+
+
+def finetune_inputs_digest_of(run: PreparedRun, module: str, splits: DatasetSplits) -> str:
+    """The digest a fine-tune epoch state is stored and taken under
+    (:func:`rift.finetune_resume.finetune_inputs_digest`): θ_AT, the examples ``splits`` trains
+    and validates on, the module, the fine-tune settings, the seed, the precision, the evaluation
+    batch size, deterministic kernels, the device type and the torch version."""
+    config = run.config
+    return finetune_inputs_digest(run.original_state, splits, module, [
+        config.finetune.model_dump(mode="json"), config.seed, config.precision,
+        config.evaluation.batch_size, config.deterministic, *device_settings(run.device)])
 
 
 # --------------------------------------------------------------------------- step 3: interpolate

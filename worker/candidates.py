@@ -68,6 +68,7 @@ from rift.sweep import (
     outcome_from_json,
     sweep_candidates,
 )
+from worker.epoch_states import ObjectEpochStateStore, discard_epoch_states
 from worker.runtime import (
     DATABASE_DOWN,
     PartReporter,
@@ -181,8 +182,9 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
     reporter = PartReporter(
         resources, job_id, CANDIDATES, index, started_at=claim.job.started_at,
         time_limit=job_time_limit(claim.job, settings.job_time_limit_seconds))
+    epoch_state = ObjectEpochStateStore(resources.store, job_id, index)
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
-                                  should_cancel=reporter.should_cancel)
+                                  should_cancel=reporter.should_cancel, epoch_state=epoch_state)
     reporter.start()
     device: str | None = None  # resolved by prepare(); a failure before it ran on none
     try:
@@ -206,9 +208,12 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
         if ended in ("retry", "handed_back"):
             enqueue_candidate(app, job_id, index, countdown=(
                 settings.stage_retry_delay_seconds if ended == "retry" else None))
+        elif ended in ("failed", "cancelled"):  # the job has ended: no candidate resumes
+            discard_epoch_states(resources.store, job_id)
         return PartRun(ended, device)
     finally:
         reporter.stop()
+    epoch_state.discard()  # recorded: no attempt of the candidate runs again
     return PartRun(pick_if_complete(app, resources, job_id), device)
 
 
