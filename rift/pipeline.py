@@ -113,6 +113,7 @@ from rift.stage_outputs import (
     PrefixedStorage,
     RunIdentity,
     StageStorage,
+    StoredEpochState,
     candidate_prefix,
 )
 from rift.sweep import (
@@ -1201,8 +1202,9 @@ def _run_stages(config: RiftConfig, run: PreparedRun, storage: FolderStorage,
         callbacks.event("stage_skipped", {"stage": "finetune", "reason": "output already saved"})
     else:
         callbacks.event("stage_started", {"stage": "finetune", "module": module})
-        finetune = run_finetune_stage(run, module, callbacks)
+        finetune = run_finetune_stage(run, module, _in_folder(callbacks, storage))
         save_finetune(storage, finetune, metadata)
+        StoredEpochState(storage).discard()  # finetune.json holds the result from here
         callbacks.event("stage_finished", {"stage": "finetune", "seconds": finetune.seconds})
 
     callbacks.event("stage_started", {"stage": "interpolate"})
@@ -1212,6 +1214,15 @@ def _run_stages(config: RiftConfig, run: PreparedRun, storage: FolderStorage,
     save_interpolation(storage, interpolation, metadata, module, result)
     callbacks.event("stage_finished", {"stage": "interpolate", "seconds": interpolation.seconds})
     return result
+
+
+def _in_folder(callbacks: PipelineCallbacks, storage: FolderStorage | PrefixedStorage
+               ) -> PipelineCallbacks:
+    """``callbacks`` keeping fine-tuning's epoch state in the run folder (unless they name a
+    store of their own): a run stopped mid-fine-tune continues from its last epoch."""
+    if callbacks.epoch_state is not None:
+        return callbacks
+    return dataclasses.replace(callbacks, epoch_state=StoredEpochState(storage))
 
 
 def run_candidate(run: PreparedRun, candidate: Candidate,
@@ -1285,7 +1296,8 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
             callbacks.event("stage_started", {"stage": "candidate", "module": candidate.module,
                                               "lr": candidate.lr})
             try:
-                finetune, interpolation = run_candidate(run, candidate, callbacks)
+                finetune, interpolation = run_candidate(run, candidate,
+                                                        _in_folder(callbacks, saved_in))
             except FinetuneDiverged as exc:
                 saved = {"outcome": excluded_candidate(candidate, exc, callbacks).to_json(),
                          "interpolation": None}
@@ -1297,6 +1309,7 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
                 # whole.
                 save_finetune(saved_in, finetune, {**metadata, "lr": repr(candidate.lr)})
             stage_outputs.write_json(saved_in, CANDIDATE_JSON, saved)
+            StoredEpochState(saved_in).discard()  # candidate.json holds its result from here
         outcomes.append(outcome_from_json(saved["outcome"]))
         curves_of.append(saved["interpolation"])
     curves = curves_document(outcomes)
