@@ -247,6 +247,8 @@ def _train(
         best_epoch, best_accuracy = stored.best_epoch, stored.best_accuracy
         # The frozen weights are θ_AT's, as in the best epoch: only the moving ones were kept.
         best_state = {**_cpu_copy(model.state_dict()), **stored.best}
+        if resume is not None and resume.on_resumed is not None:
+            resume.on_resumed(len(history))
     resumed = len(history)
     for epoch in range(resumed + 1, spec.epochs + 1):
         started = time.perf_counter()

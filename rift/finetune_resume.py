@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,10 +46,12 @@ class EpochStateStore(Protocol):
 @dataclass(frozen=True)
 class FinetuneResume:
     """Resume ``finetune_module`` from ``store`` when it holds a state of digest ``inputs``, and
-    keep the state there after every epoch."""
+    keep the state there after every epoch. ``on_resumed`` is told the number of epochs taken
+    from the store, before the first epoch trained."""
 
     store: EpochStateStore
     inputs: str
+    on_resumed: Callable[[int], None] | None = None
 
 
 @dataclass

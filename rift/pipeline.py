@@ -661,8 +661,17 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
     callbacks.progress("finetune", 0.0, f"fine-tuning {module}")
     trainable_module(run.model, module)  # an unknown name: ConfigError, not get_submodule's
     splits = finetune_splits(run.splits, config.finetune.selection_split)
-    resume = (FinetuneResume(callbacks.epoch_state, finetune_inputs_digest_of(run, module, splits))
-              if callbacks.epoch_state is not None else None)
+    resume: FinetuneResume | None = None
+    if callbacks.epoch_state is not None:
+        digest = finetune_inputs_digest_of(run, module, splits)
+
+        def on_resumed(epochs: int) -> None:
+            callbacks.event("finetune_resumed", {"module": module, "epochs": epochs,
+                                                 "trained": total - epochs, "inputs": digest})
+            callbacks.progress("finetune", epochs / total,
+                               f"continuing from epoch {epochs}/{total} (stored)")
+
+        resume = FinetuneResume(callbacks.epoch_state, digest, on_resumed)
     shared = tied_elsewhere(run.model, module)
     if shared:
         held = "; ".join(f"{name} is also held by {', '.join(others)}"
@@ -675,10 +684,6 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
         run.model, module, splits, config.finetune, device=run.device, seed=config.seed,
         precision=config.precision, eval_batch_size=config.evaluation.batch_size,
         on_epoch=on_epoch, should_cancel=callbacks.should_cancel, resume=resume)
-    if result.resumed_epochs and resume is not None:
-        callbacks.event("finetune_resumed", {"module": module, "epochs": result.resumed_epochs,
-                                             "trained": len(result.epochs) -
-                                             result.resumed_epochs, "inputs": resume.inputs})
     diverged = result.diverged
     if diverged is not None:  # the run goes on with the best finite epoch; the user is told
         callbacks.event("warning", RunWarning("finetune", (

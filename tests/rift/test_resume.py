@@ -140,6 +140,8 @@ def test_a_run_stopped_mid_fine_tune_continues_from_its_last_epoch(tabular: dict
         on_event=lambda kind, data: seen.append((kind, data))))
     assert [data["epochs"] for kind, data in seen if kind == "finetune_resumed"] == [2]
     assert [data["epoch"] for kind, data in seen if kind == "epoch"] == [3, 4, 5]
+    kinds = [kind for kind, _ in seen]
+    assert kinds.index("finetune_resumed") < kinds.index("epoch")  # said before training on
     timeless = [[{k: v for k, v in e.items() if k != "seconds"} for e in result["finetune"]
                  ["epochs"]] for result in (resumed, straight)]
     assert timeless[0] == timeless[1]
