@@ -259,3 +259,36 @@ def test_a_fine_tune_handed_back_midway_continues_from_its_last_epoch_on_another
     assert metrics[0] == metrics[1] and len(metrics[0]) == EPOCHS
     assert_same_results(sessions, store, job, other, (job_id, other_id), tmp_path)
     assert list(store.list_objects(epoch_states_prefix(other_id))) == []
+
+
+def test_a_sweep_candidate_handed_back_midway_continues_from_its_last_epoch(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], store: ObjectStore, quick_config: dict[str, Any],
+        tmp_path: Path) -> None:
+    spec = copy.deepcopy(quick_config)
+    spec["finetune"].update(epochs=EPOCHS, lr_milestones=[EPOCHS - 10], candidates=2)
+    first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    job_id = submit(spec)
+    wait_for(sessions, job_id, lambda job: len(epochs_reported(events(sessions, job_id))) >= 2,
+             "two epochs of the first candidate", workers=(first,))
+
+    terminate(first)
+    assert first.process.returncode == 0, first.log()[-3000:]
+    done = epochs_reported(events(sessions, job_id))
+    assert 2 <= len(done) < EPOCHS  # candidate 0 stopped midway; candidate 1 never started
+    state = decode_epoch_state(store.get_bytes(epoch_state_key(job_id, 0)))
+    assert state is not None and state.epoch == len(done)
+
+    second = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(second,))
+    assert job.status == "succeeded", job.error_message
+    log = events(sessions, job_id)
+    assert [(p["epochs"], p["inputs"]) for kind, p in log if kind == "finetune_resumed"] == [
+        (len(done), state.inputs)]  # candidate 0 continued; candidate 1 started afresh
+    assert len(epochs_reported(log)) == 2 * EPOCHS  # no epoch trained twice
+    assert list(store.list_objects(epoch_states_prefix(job_id))) == []
+
+    other_id = submit(spec)
+    other = wait_for(sessions, other_id, lambda j: j.is_finished, "the end", workers=(second,))
+    assert other.status == "succeeded", other.error_message
+    assert_same_results(sessions, store, job, other, (job_id, other_id), tmp_path)
