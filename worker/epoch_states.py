@@ -27,14 +27,23 @@ class ObjectEpochStateStore:
         self.store = store
         self.key = epoch_state_key(job_id, candidate)
 
+    # The state only saves work: a store that fails to give or take it costs the epochs since
+    # the last state written, never the stage (which would be retried or failed for it).
     def load(self) -> bytes | None:
         try:
             return self.store.get_bytes(self.key)
         except ObjectNotFound:
             return None
+        except Exception as exc:  # StoreError and transport errors: start from the beginning
+            logger.warning("could not read the epoch state %s: %s", self.key, type(exc).__name__)
+            return None
 
     def save(self, data: bytes) -> None:
-        self.store.put_bytes(self.key, data, content_type=CONTENT_TYPE)
+        try:
+            self.store.put_bytes(self.key, data, content_type=CONTENT_TYPE)
+        except Exception as exc:  # StoreError and transport errors: the last state stays
+            logger.warning("could not store the epoch state %s: %s", self.key,
+                           type(exc).__name__)
 
     def discard(self) -> None:
         """Delete the state (best effort: the janitor removes one left behind)."""
