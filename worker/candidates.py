@@ -22,6 +22,7 @@ tensors the candidate measured), ``result.json`` with ``"sweep"``, and ``curves.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -73,6 +74,7 @@ from worker.runtime import (
     DATABASE_DOWN,
     PartReporter,
     PartRun,
+    ShuttingDown,
     WorkerResources,
     resend_later,
     settle_part_error,
@@ -204,6 +206,11 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
                              attempts[StageName.FINETUNE], run, candidate, finetune,
                              interpolation)
     except Exception as exc:
+        if isinstance(exc, ShuttingDown):
+            # Its last epoch events, as an MRC shard's rows: the stored epoch state holds those
+            # epochs, which the next attempt does not train (and so does not report) again.
+            with contextlib.suppress(Exception):
+                reporter.flush()
         ended = settle_part_error(resources, CANDIDATES, job_id, index, claim.attempt, exc)
         if ended in ("retry", "handed_back"):
             enqueue_candidate(app, job_id, index, countdown=(
