@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from rift.config import RiftConfig
 from rift.demo_tabular import make_tabular_checkpoint, tabular_demo_config, write_breast_cancer_npz
 from rift.errors import CheckpointMismatchError, ConfigError, JobCancelled, StageOutputError
-from rift.pipeline import PipelineCallbacks, run_pipeline
+from rift.pipeline import PipelineCallbacks, prepare_run, run_finetune_stage, run_pipeline
 from rift.stage_outputs import EPOCH_STATE, FolderStorage
 
 
@@ -150,3 +150,45 @@ def test_a_run_stopped_mid_fine_tune_continues_from_its_last_epoch(tabular: dict
     tuned = [load_file(folder / "finetuned.safetensors") for folder in (out, tmp_path / "straight")]
     assert all(torch.equal(tuned[0][key], value) for key, value in tuned[1].items())
     assert not (out / EPOCH_STATE).exists()  # finetune.json holds the result now
+
+
+class _MemoryState:
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+
+    def load(self) -> bytes | None:
+        return self.data
+
+    def save(self, data: bytes) -> None:
+        self.data = data
+
+
+def test_a_stored_epoch_state_is_taken_only_by_the_same_run(tabular: dict[str, Path]) -> None:
+    raw = _config(tabular["npz"]).model_dump(mode="json")
+    raw["finetune"].update(epochs=4, lr_milestones=[])
+    config = RiftConfig.model_validate(raw)
+    store = _MemoryState()
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def tune(settings: RiftConfig, stop: bool = False) -> None:
+        seen.clear()
+        run = prepare_run(settings, tabular["a"])
+        module = "head"
+        run_finetune_stage(run, module, PipelineCallbacks(
+            on_event=lambda kind, data: seen.append((kind, data)), epoch_state=store,
+            should_cancel=lambda: stop and any(kind == "epoch" for kind, _ in seen)))
+
+    with pytest.raises(JobCancelled):
+        tune(config, stop=True)  # one epoch stored
+    for other in (config.model_copy(update={"seed": config.seed + 1}),
+                  config.model_copy(update={"finetune": config.finetune.model_copy(
+                      update={"lr": config.finetune.lr / 2})}),
+                  config.model_copy(update={"evaluation": config.evaluation.model_copy(
+                      update={"batch_size": config.evaluation.batch_size + 1})})):
+        stored = store.data
+        tune(other)
+        assert "finetune_resumed" not in [kind for kind, _ in seen]
+        assert [data["epoch"] for kind, data in seen if kind == "epoch"] == [1, 2, 3, 4]
+        store.data = stored  # the first run's state again
+    tune(config)
+    assert [data["epochs"] for kind, data in seen if kind == "finetune_resumed"] == [1]
