@@ -22,6 +22,9 @@ or a stage still running):
   attempt of a done MRC stage: the merge deletes it at once; this catches what a crash right
   after the merge or a failed delete left (a failed or cancelled job's goes as a stalled
   attempt's);
+- fine-tune epoch states (``jobs/<id>/finetune/epoch-state/``, :mod:`rift.finetune_resume`) of
+  a done fine-tune stage or an ended job: their workers delete them then; this catches a crash
+  or a failed delete;
 - with ``ARTIFACT_RETENTION_DAYS`` > 0, the artifact rows and every object of jobs that finished
   longer ago (the job row, its tables and events stay);
 - the registry rows of worker processes not seen for 3 heartbeats (``WORKER_HEARTBEAT_SECONDS``,
@@ -60,9 +63,11 @@ from persistence.models import (
     utcnow,
 )
 from persistence.object_keys import (
+    CANDIDATES_STAGE,
     CHECKPOINTS_PREFIX,
     DATASETS_PREFIX,
     JOBS_PREFIX,
+    epoch_state_job,
     is_candidate_object_key,
     is_shard_inputs_key,
     parse_stage_object_key,
@@ -89,6 +94,7 @@ class JanitorReport:
     stalled_attempt_objects: list[str] = field(default_factory=list)
     other_candidate_objects: list[str] = field(default_factory=list)
     shard_inputs_objects: list[str] = field(default_factory=list)
+    epoch_state_objects: list[str] = field(default_factory=list)
     expired_objects: list[str] = field(default_factory=list)
     expired_jobs: list[str] = field(default_factory=list)
     stale_workers: list[str] = field(default_factory=list)
@@ -97,7 +103,8 @@ class JanitorReport:
     def removed(self) -> int:
         return (len(self.scratch_files) + len(self.partial_uploads) + len(self.orphan_objects)
                 + len(self.stalled_attempt_objects) + len(self.other_candidate_objects)
-                + len(self.shard_inputs_objects) + len(self.expired_objects) + len(self.stale_workers))
+                + len(self.shard_inputs_objects) + len(self.epoch_state_objects)
+                + len(self.expired_objects) + len(self.stale_workers))
 
     def summary(self) -> str:
         return ", ".join(f"{name}={len(value)}" for name, value in asdict(self).items())
@@ -214,10 +221,16 @@ def sweep_objects(session: Session, store: ObjectStore, cutoff: datetime,
 
     old_job_objects = [item for item in store.list_objects(JOBS_PREFIX) if item.modified < cutoff]
     parsed = {item.key: parse_stage_object_key(item.key) for item in old_job_objects}
-    job_ids = sorted({part.job_id for part in parsed.values() if part is not None})
+    epoch_states = {item.key: owner for item in old_job_objects
+                    if (owner := epoch_state_job(item.key)) is not None}
+    job_ids = sorted({part.job_id for part in parsed.values() if part is not None}
+                     | set(epoch_states.values()))
     jobs = _job_views(session, job_ids)
     artifacts = _recorded_keys(session, Artifact.storage_key, list(parsed))
     for item in old_job_objects:
+        if item.key in epoch_states:
+            _sweep_epoch_state(item, jobs.get(epoch_states[item.key]), report, doomed)
+            continue
         part = parsed[item.key]
         if part is None or (item.key in artifacts and not _expired(jobs.get(part.job_id),
                                                                    retention_cutoff)):
@@ -238,6 +251,17 @@ def sweep_objects(session: Session, store: ObjectStore, cutoff: datetime,
     if not dry_run:
         for key, reason in store.delete_many(doomed).items():
             logger.warning("janitor: could not delete %s (next pass retries): %s", key, reason)
+
+
+def _sweep_epoch_state(item: ObjectInfo, job: _JobView | None, report: JanitorReport,
+                       doomed: list[str]) -> None:
+    """A fine-tune's epoch state (``persistence.object_keys.epoch_state_key``) is read only while
+    the stage runs: removed once the job is gone or has ended or the stage is done (its worker
+    deletes it then; this catches a crash or a failed delete)."""
+    if job is None:
+        _remove(item, report.orphan_objects, doomed)
+    elif job.status in TERMINAL_STATUSES or _stage_done(job, CANDIDATES_STAGE):
+        _remove(item, report.epoch_state_objects, doomed)
 
 
 def _remove(item: ObjectInfo, into: list[str], doomed: list[str]) -> None:

@@ -13,6 +13,12 @@ ingest, the workers' stages) and for the janitor that decides what is left over.
 - ``jobs/<job id>/mrc/attempt-<k>/adversarial.safetensors``: the adversarial set the shards of a
   sharded MRC stage share (``worker/shards.py``); nothing reads it once the merge is recorded,
   so the merge deletes it (and the janitor what a crash or a failed delete left).
+- ``jobs/<job id>/finetune/epoch-state/<name>``: the state a running fine-tune keeps at the end of
+  each epoch (``rift.finetune_resume``), ``stage.safetensors`` for the stage and
+  ``candidate-<i>.safetensors`` for sweep candidate ``i``. Outside the attempts: the next attempt
+  (a hand-back keeps the attempt, a takeover counts a new one) continues from it. Deleted when
+  the fine-tune (candidate) is recorded or the job is cancelled; the janitor removes any left
+  once the stage is done or the job has ended.
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ SHARDS_STAGE = "mrc"
 SHARD_INPUTS_NAME = "adversarial.safetensors"
 _SHARD_INPUTS_KEY = re.compile(rf"^{JOBS_PREFIX}[^/]+/{SHARDS_STAGE}/attempt-\d+/"
                                rf"{re.escape(SHARD_INPUTS_NAME)}$")
+
+
+_EPOCH_STATE_DIR = "epoch-state"
+_EPOCH_STATE_KEY = re.compile(
+    rf"^{JOBS_PREFIX}(?P<job>[^/]+)/{CANDIDATES_STAGE}/{_EPOCH_STATE_DIR}/[^/]+$")
 
 
 @dataclass(frozen=True)
@@ -95,3 +106,20 @@ def shard_inputs_key(job_id: str, stage_attempt: int) -> str:
 def is_shard_inputs_key(key: str) -> bool:
     """A key made by :func:`shard_inputs_key`."""
     return _SHARD_INPUTS_KEY.match(key) is not None
+
+
+def epoch_state_key(job_id: str, candidate: int | None = None) -> str:
+    """Where the job's fine-tune stage (or sweep candidate ``candidate``) keeps its epoch state."""
+    name = "stage" if candidate is None else f"{_CANDIDATE_NAME}{candidate}"
+    return f"{JOBS_PREFIX}{job_id}/{CANDIDATES_STAGE}/{_EPOCH_STATE_DIR}/{name}.safetensors"
+
+
+def epoch_states_prefix(job_id: str) -> str:
+    """The prefix of every epoch state of the job (the stage's and its candidates')."""
+    return f"{JOBS_PREFIX}{job_id}/{CANDIDATES_STAGE}/{_EPOCH_STATE_DIR}/"
+
+
+def epoch_state_job(key: str) -> str | None:
+    """The job id of a key made by :func:`epoch_state_key`; None for others."""
+    match = _EPOCH_STATE_KEY.match(key)
+    return match["job"] if match is not None else None

@@ -31,6 +31,7 @@ from rift.data import DatasetSplits, iterate_batches
 from rift.device import autocast
 from rift.errors import ConfigError, FinetuneDiverged
 from rift.evaluation import correct_predictions, evaluate_accuracy
+from rift.finetune_resume import EpochState, FinetuneResume, encode_epoch_state, load_epoch_state
 from rift.gradient_paths import untrainable_message
 from rift.model_state import frozen_except
 
@@ -96,6 +97,8 @@ class FinetuneResult:
     best_epoch: int
     state_dict: dict[str, Tensor] = field(repr=False)
     diverged: Divergence | None = None
+    # Epochs taken from a stored state (``resume``) rather than trained by this call.
+    resumed_epochs: int = 0
 
     @property
     def best_val_accuracy(self) -> float:
@@ -135,6 +138,7 @@ def finetune_module(
     eval_batch_size: int = 256,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     should_cancel: ShouldCancel | None = None,
+    resume: FinetuneResume | None = None,
 ) -> FinetuneResult:
     """Fine-tune the own parameters (weight, bias) of ``module_name`` on clean training images.
 
@@ -158,6 +162,11 @@ def finetune_module(
     e.g. a ResNet's last stage on 8×8 images) cannot train on a batch of one: with ``bn_stats ==
     "update"`` a final batch of one example is then left out of each (shuffled) epoch.
 
+    With ``resume`` the state at the end of each epoch but the last is saved to its store
+    (:mod:`rift.finetune_resume`), and a state stored there under the same inputs digest is
+    continued from: the epochs it holds are not trained again, and the result equals a run
+    never interrupted, tensor for tensor (``resumed_epochs`` says how many were taken).
+
     Raises:
         ConfigError: unknown module name (field ``finetune.module``); every batch would hold one
             example for such a BatchNorm layer (field ``finetune.batch_size``).
@@ -180,15 +189,16 @@ def finetune_module(
     with frozen_except(model, parameters, eval_mode=False), _restored(model, volatile):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            epochs, best_epoch, best_state, diverged = _train(
+            epochs, best_epoch, best_state, diverged, resumed = _train(
                 model, parameters, splits, spec, device=device, seed=seed, precision=precision,
                 module_name=module_name,
                 parameter_names=[f"{module_name}.{name}"
                                  for name, _ in module.named_parameters(recurse=False)],
                 eval_batch_size=eval_batch_size, on_epoch=on_epoch, should_cancel=should_cancel,
+                resume=resume,
             )
         load_into(model, best_state)  # with the model's module versions (see load_into)
-    return FinetuneResult(module_name, epochs, best_epoch, best_state, diverged)
+    return FinetuneResult(module_name, epochs, best_epoch, best_state, diverged, resumed)
 
 
 def _train(
@@ -205,7 +215,8 @@ def _train(
     eval_batch_size: int,
     on_epoch: Callable[[EpochMetrics], None] | None,
     should_cancel: ShouldCancel | None,
-) -> tuple[list[EpochMetrics], int, dict[str, Tensor], Divergence | None]:
+    resume: FinetuneResume | None = None,
+) -> tuple[list[EpochMetrics], int, dict[str, Tensor], Divergence | None, int]:
     optimizer = torch.optim.SGD(
         parameters, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
     )
@@ -234,7 +245,18 @@ def _train(
     best_epoch = 0
     best_accuracy = -1.0
     best_state: dict[str, Tensor] = {}
-    for epoch in range(1, spec.epochs + 1):
+    moving = _moving_state_keys(model, parameters)
+    stored = load_epoch_state(resume) if resume is not None else None
+    if stored is not None and stored.epoch <= spec.epochs:
+        _restore(stored, model, optimizer, scheduler, generator, device)
+        history = [EpochMetrics(**metrics) for metrics in stored.history]
+        best_epoch, best_accuracy = stored.best_epoch, stored.best_accuracy
+        # The frozen weights are θ_AT's, as in the best epoch: only the moving ones were kept.
+        best_state = {**_cpu_copy(model.state_dict()), **stored.best}
+        if resume is not None and resume.on_resumed is not None:
+            resume.on_resumed(len(history))
+    resumed = len(history)
+    for epoch in range(resumed + 1, spec.epochs + 1):
         started = time.perf_counter()
         lr = float(optimizer.param_groups[0]["lr"])
         _set_train_mode(model, freeze_bn=spec.bn_stats == "freeze")
@@ -272,7 +294,8 @@ def _train(
                     f"{field}", field=field)
             # The reference protocol keeps the best validation epoch; a later epoch's NaN does
             # not undo the finite ones before it. Their best state was copied when measured.
-            return history, best_epoch, best_state, Divergence(epoch, lr, best_epoch, field)
+            return (history, best_epoch, best_state, Divergence(epoch, lr, best_epoch, field),
+                    resumed)
         report = evaluate_accuracy(
             model, splits.validation, attack=None, batch_size=eval_batch_size, device=device,
             seed=seed, precision=precision, should_cancel=should_cancel,
@@ -291,9 +314,55 @@ def _train(
             best_accuracy = metrics.val_accuracy
             best_epoch = epoch
             best_state = _cpu_copy(model.state_dict())
+        if resume is not None and epoch < spec.epochs:  # after the last, the outputs follow
+            resume.store.save(encode_epoch_state(EpochState(
+                resume.inputs, epoch, [m.as_dict() for m in history], best_epoch, best_accuracy,
+                _moving_tensors(model, parameters), {key: best_state[key] for key in moving},
+                optimizer.state_dict(), scheduler.state_dict(), generator.get_state(),
+                torch.get_rng_state(),
+                torch.cuda.get_rng_state(device) if device.type == "cuda" else None)))
         if on_epoch is not None:
             on_epoch(metrics)
-    return history, best_epoch, best_state, None
+    return history, best_epoch, best_state, None, resumed
+
+
+def _moving_tensors(model: nn.Module, parameters: list[nn.Parameter]) -> dict[str, Tensor]:
+    """What training changes, by name: the tuned parameters and every buffer (non-persistent
+    ones too: a running statistic kept out of the state dict still shapes the next epoch)."""
+    tuned = {id(parameter) for parameter in parameters}
+    moving: dict[str, Tensor] = {f"parameter:{name}": value
+                                 for name, value in model.named_parameters()
+                                 if id(value) in tuned}
+    moving.update({f"buffer:{name}": value for name, value in model.named_buffers()})
+    return moving
+
+
+def _moving_state_keys(model: nn.Module, parameters: list[nn.Parameter]) -> list[str]:
+    """The state-dict keys of the tuned parameters (under every name a tied one has) and of
+    the persistent buffers: the part of the best epoch's state that differs from θ_AT."""
+    tuned = {id(parameter) for parameter in parameters}
+    names = {name for name, value in model.named_parameters(remove_duplicate=False)
+             if id(value) in tuned}
+    names.update(name for name, _ in model.named_buffers(remove_duplicate=False))
+    return [key for key in model.state_dict() if key in names]
+
+
+def _restore(state: EpochState, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
+             device: torch.device) -> None:
+    """Put training back where ``state`` left it (the model holds θ_AT before)."""
+    with torch.no_grad():
+        for key, value in state.model.items():
+            kind, _, name = key.partition(":")
+            target = model.get_parameter(name) if kind == "parameter" else model.get_buffer(name)
+            target.copy_(value)
+    optimizer.load_state_dict(state.optimizer)
+    # The milestones are the spec's (left out of the stored state): only the position moves.
+    scheduler.load_state_dict({**scheduler.state_dict(), **state.scheduler})
+    generator.set_state(state.generator)
+    torch.set_rng_state(state.rng)
+    if device.type == "cuda" and state.cuda_rng is not None:
+        torch.cuda.set_rng_state(state.cuda_rng, device)
 
 
 def _refuse_untrainable(module_name: str, parameter_names: list[str]) -> None:

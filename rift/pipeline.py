@@ -51,6 +51,12 @@ from rift.evaluation import (
     seeded_generator,
 )
 from rift.finetune import EpochMetrics, finetune_module, tied_elsewhere, trainable_module
+from rift.finetune_resume import (
+    EpochStateStore,
+    FinetuneResume,
+    device_settings,
+    finetune_inputs_digest,
+)
 from rift.interpolation import (
     LazySelection,
     alpha_grid,
@@ -107,6 +113,7 @@ from rift.stage_outputs import (
     PrefixedStorage,
     RunIdentity,
     StageStorage,
+    StoredEpochState,
     candidate_prefix,
 )
 from rift.sweep import (
@@ -140,6 +147,10 @@ class PipelineCallbacks:
     # stored under that digest: MRC rows (``module_scored``: ``score_modules``) and α points
     # (``alpha_evaluated``: ``_measure_curve``) not computed again.
     stored_events: Callable[[str, str], Sequence[Mapping[str, Any]]] | None = None
+    # Where fine-tuning keeps its state at the end of each epoch, for another attempt of the
+    # stage (or candidate) to continue from (``rift.finetune_resume``; a worker's is an object
+    # under the job's prefix). Not a function: an object with ``load()`` and ``save(data)``.
+    epoch_state: EpochStateStore | None = None
 
     def __post_init__(self) -> None:
         # A threading.Event given as should_cancel (not its is_set) failed at the first poll,
@@ -152,6 +163,11 @@ class PipelineCallbacks:
             if value is not None and not callable(value):
                 raise TypeError(f"PipelineCallbacks.{name} must be a function {what}, not a "
                                 f"{type(value).__name__}")
+        store = self.epoch_state
+        if store is not None and not all(callable(getattr(store, method, None))
+                                         for method in ("load", "save")):
+            raise TypeError(f"PipelineCallbacks.epoch_state must have load() and save(data) "
+                            f"methods, not be a {type(store).__name__}")
 
     @staticmethod
     def of(callbacks: PipelineCallbacks | None) -> PipelineCallbacks:
@@ -670,6 +686,18 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
 
     callbacks.progress("finetune", 0.0, f"fine-tuning {module}")
     trainable_module(run.model, module)  # an unknown name: ConfigError, not get_submodule's
+    splits = finetune_splits(run.splits, config.finetune.selection_split)
+    resume: FinetuneResume | None = None
+    if callbacks.epoch_state is not None:
+        digest = finetune_inputs_digest_of(run, module, splits)
+
+        def on_resumed(epochs: int) -> None:
+            callbacks.event("finetune_resumed", {"module": module, "epochs": epochs,
+                                                 "trained": total - epochs, "inputs": digest})
+            callbacks.progress("finetune", epochs / total,
+                               f"continuing from epoch {epochs}/{total} (stored)")
+
+        resume = FinetuneResume(callbacks.epoch_state, digest, on_resumed)
     shared = tied_elsewhere(run.model, module)
     if shared:
         held = "; ".join(f"{name} is also held by {', '.join(others)}"
@@ -679,10 +707,9 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
             f"weights): {held}. Fine-tuning moves them there too, so θ_FT changes more than "
             f"{module!r}; the MRC row of a tied weight is under the first module holding it")})
     result = finetune_module(
-        run.model, module, finetune_splits(run.splits, config.finetune.selection_split),
-        config.finetune, device=run.device, seed=config.seed,
+        run.model, module, splits, config.finetune, device=run.device, seed=config.seed,
         precision=config.precision, eval_batch_size=config.evaluation.batch_size,
-        on_epoch=on_epoch, should_cancel=callbacks.should_cancel)
+        on_epoch=on_epoch, should_cancel=callbacks.should_cancel, resume=resume)
     diverged = result.diverged
     if diverged is not None:  # the run goes on with the best finite epoch; the user is told
         callbacks.event("warning", RunWarning("finetune", (
@@ -691,6 +718,17 @@ def _run_finetune_stage(run: PreparedRun, module: str, callbacks: PipelineCallba
     return FinetuneStageResult(module, [e.as_dict() for e in result.epochs], result.best_epoch,
                                time.perf_counter() - started, result.state_dict,
                                diverged.to_json() if diverged is not None else None)
+
+
+def finetune_inputs_digest_of(run: PreparedRun, module: str, splits: DatasetSplits) -> str:
+    """The digest a fine-tune epoch state is stored and taken under
+    (:func:`rift.finetune_resume.finetune_inputs_digest`): θ_AT, the examples ``splits`` trains
+    and validates on, the module, the fine-tune settings, the seed, the precision, the evaluation
+    batch size, deterministic kernels, the device type and the torch version."""
+    config = run.config
+    return finetune_inputs_digest(run.original_state, splits, module, [
+        config.finetune.model_dump(mode="json"), config.seed, config.precision,
+        config.evaluation.batch_size, config.deterministic, *device_settings(run.device)])
 
 
 # --------------------------------------------------------------------------- step 3: interpolate
@@ -1232,8 +1270,9 @@ def _run_stages(config: RiftConfig, run: PreparedRun, storage: FolderStorage,
         callbacks.event("stage_skipped", {"stage": "finetune", "reason": "output already saved"})
     else:
         callbacks.event("stage_started", {"stage": "finetune", "module": module})
-        finetune = run_finetune_stage(run, module, callbacks)
+        finetune = run_finetune_stage(run, module, _in_folder(callbacks, storage))
         save_finetune(storage, finetune, metadata)
+        StoredEpochState(storage).discard()  # finetune.json holds the result from here
         callbacks.event("stage_finished", {"stage": "finetune", "seconds": finetune.seconds})
 
     callbacks.event("stage_started", {"stage": "interpolate"})
@@ -1243,6 +1282,15 @@ def _run_stages(config: RiftConfig, run: PreparedRun, storage: FolderStorage,
     save_interpolation(storage, interpolation, metadata, module, result)
     callbacks.event("stage_finished", {"stage": "interpolate", "seconds": interpolation.seconds})
     return result
+
+
+def _in_folder(callbacks: PipelineCallbacks, storage: FolderStorage | PrefixedStorage
+               ) -> PipelineCallbacks:
+    """``callbacks`` keeping fine-tuning's epoch state in the run folder (unless they name a
+    store of their own): a run stopped mid-fine-tune continues from its last epoch."""
+    if callbacks.epoch_state is not None:
+        return callbacks
+    return dataclasses.replace(callbacks, epoch_state=StoredEpochState(storage))
 
 
 def run_candidate(run: PreparedRun, candidate: Candidate,
@@ -1318,7 +1366,8 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
             reports.event("stage_started", {"stage": "candidate", "module": candidate.module,
                                             "lr": candidate.lr})
             try:
-                finetune, interpolation = run_candidate(run, candidate, reports)
+                finetune, interpolation = run_candidate(run, candidate,
+                                                        _in_folder(reports, saved_in))
             except FinetuneDiverged as exc:
                 saved = {"outcome": excluded_candidate(candidate, exc, reports).to_json(),
                          "interpolation": None}
@@ -1330,6 +1379,7 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
                 # whole.
                 save_finetune(saved_in, finetune, {**metadata, "lr": repr(candidate.lr)})
             stage_outputs.write_json(saved_in, CANDIDATE_JSON, saved)
+            StoredEpochState(saved_in).discard()  # candidate.json holds its result from here
         outcomes.append(outcome_from_json(saved["outcome"]))
         curves_of.append(saved["interpolation"])
     curves = curves_document(outcomes)

@@ -11,6 +11,9 @@ Files (names are the same everywhere):
     candidate-NN.candidate.json,           a sequential sweep's candidate NN (folder runs):
     candidate-NN.finetune.json,            its outcome and curve, its fine-tune record and θ_FT
     candidate-NN.finetuned.safetensors     (the losers' θ_FT deleted once the sweep is done)
+    finetune.epoch-state.safetensors       folder runs: fine-tuning's state at its last epoch
+    (candidate-NN. too)                    (``rift.finetune_resume``), until finetune.json is
+                                           saved: a run stopped mid-fine-tune continues there
     .rift.lock                             folder runs only: locked by the run using the folder
 """
 
@@ -42,6 +45,7 @@ CURVES_JSON = "curves.json"  # a sweep's candidates side by side (rift.sweep)
 RUN_JSON = "run.json"
 LOCK_FILE = ".rift.lock"  # folder runs: held by the run using the folder (FolderStorage.lock)
 CANDIDATE_JSON = "candidate.json"  # under a candidate's prefix (candidate_prefix)
+EPOCH_STATE = "finetune.epoch-state.safetensors"  # folder runs (StoredEpochState)
 _CANDIDATE_GLOB = "candidate-*"
 # The stage that writes each file (a worker stores each stage's files under that stage's keys).
 STAGE_OF_FILE = {MRC_JSON: "mrc", MRC_CSV: "mrc", FINETUNE_JSON: "finetune",
@@ -135,7 +139,7 @@ class FolderStorage:
     def remove_outputs(self) -> None:
         """Delete every stage file, a sweep's candidate files and ``run.json`` (``--fresh``);
         other files stay."""
-        for name in (*STAGE_OF_FILE, RUN_JSON):
+        for name in (*STAGE_OF_FILE, RUN_JSON, EPOCH_STATE):
             self.remove(name)
         for path in self.folder.glob(_CANDIDATE_GLOB):
             path.unlink(missing_ok=True)
@@ -164,6 +168,23 @@ class PrefixedStorage:
 
     def remove(self, name: str) -> None:
         self.inner.remove(self.prefix + name)
+
+
+class StoredEpochState:
+    """Fine-tuning's epoch state (``rift.finetune_resume.EpochStateStore``) as the file
+    ``EPOCH_STATE`` of a folder run's storage (a candidate's prefixed one too)."""
+
+    def __init__(self, storage: FolderStorage | PrefixedStorage) -> None:
+        self.storage = storage
+
+    def load(self) -> bytes | None:
+        return self.storage.read_bytes(EPOCH_STATE)
+
+    def save(self, data: bytes) -> None:
+        self.storage.write_bytes(EPOCH_STATE, data, content_type(EPOCH_STATE))
+
+    def discard(self) -> None:
+        self.storage.remove(EPOCH_STATE)
 
 
 def content_type(name: str) -> str:

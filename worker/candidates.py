@@ -22,6 +22,7 @@ tensors the candidate measured), ``result.json`` with ``"sweep"``, and ``curves.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -69,10 +70,12 @@ from rift.sweep import (
     outcome_from_json,
     sweep_candidates,
 )
+from worker.epoch_states import ObjectEpochStateStore, discard_epoch_states
 from worker.runtime import (
     DATABASE_DOWN,
     PartReporter,
     PartRun,
+    ShuttingDown,
     WorkerResources,
     resend_later,
     settle_part_error,
@@ -184,8 +187,10 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
         time_limit=job_time_limit(claim.job, settings.job_time_limit_seconds))
     # Every event of the candidate names it: candidates run side by side, and their epochs,
     # points and warnings could not be told apart in the job's events.
+    epoch_state = ObjectEpochStateStore(resources.store, job_id, index)
     callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
-                                  should_cancel=reporter.should_cancel).tagged(candidate=index)
+                                  should_cancel=reporter.should_cancel,
+                                  epoch_state=epoch_state).tagged(candidate=index)
     reporter.start()
     device: str | None = None  # resolved by prepare(); a failure before it ran on none
     try:
@@ -205,13 +210,21 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
                              attempts[StageName.FINETUNE], run, candidate, finetune,
                              interpolation)
     except Exception as exc:
+        if isinstance(exc, ShuttingDown):
+            # Its last epoch events, as an MRC shard's rows: the stored epoch state holds those
+            # epochs, which the next attempt does not train (and so does not report) again.
+            with contextlib.suppress(Exception):
+                reporter.flush()
         ended = settle_part_error(resources, CANDIDATES, job_id, index, claim.attempt, exc)
         if ended in ("retry", "handed_back"):
             enqueue_candidate(app, job_id, index, countdown=(
                 settings.stage_retry_delay_seconds if ended == "retry" else None))
+        elif ended in ("failed", "cancelled"):  # the job has ended: no candidate resumes
+            discard_epoch_states(resources.store, job_id)
         return PartRun(ended, device)
     finally:
         reporter.stop()
+    epoch_state.discard()  # recorded: no attempt of the candidate runs again
     return PartRun(pick_if_complete(app, resources, job_id), device)
 
 

@@ -134,6 +134,7 @@ from worker.candidates import (
     redispatch_stale_candidates,
     start_sweep,
 )
+from worker.epoch_states import ObjectEpochStateStore, discard_epoch_states
 from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_job
 from worker.prepared_runs import RunKey
@@ -158,6 +159,10 @@ from worker.shards import (
 from worker.stages import FINETUNED, describe_device, job_manifest, prepare, run_stage
 
 logger = logging.getLogger(__name__)
+
+# Outcomes of a fine-tune stage attempt after which its epoch state is not read again: recorded,
+# or the job ended (a "retry" or "handed_back" attempt is continued from it).
+_ENDS_A_FINETUNE = frozenset({"done", "failed", "cancelled"})
 
 
 def register_tasks(app: RiftCelery) -> WorkerResources:
@@ -395,6 +400,9 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
                                                 time.monotonic() - started, step.device)
             if step.outcome == "done" and stages.next_stage(step.stage) is None:
                 export_if_configured(resources, job_id)
+            if step.stage == StageName.FINETUNE and step.outcome in _ENDS_A_FINETUNE:
+                # Recorded, or the job ended: no attempt continues from the epoch state.
+                discard_epoch_states(resources.store, job_id)
             if step.chained is None:
                 return step.outcome
             started = time.monotonic()
@@ -466,9 +474,12 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         resources, job_id, stage, started_at=claim.job.started_at,
         time_limit=job_time_limit(claim.job, settings.job_time_limit_seconds),
         write_behind=True)
-    callbacks = PipelineCallbacks(on_progress=reporter.on_progress, on_event=reporter.on_event,
-                                  should_cancel=reporter.should_cancel,
-                                  stored_events=stored_events_of(resources, job_id))
+    callbacks = PipelineCallbacks(
+        on_progress=reporter.on_progress, on_event=reporter.on_event,
+        should_cancel=reporter.should_cancel, stored_events=stored_events_of(resources, job_id),
+        # A hand-back or a takeover continues fine-tuning from the last epoch stored here.
+        epoch_state=(ObjectEpochStateStore(resources.store, job_id)
+                     if stage == StageName.FINETUNE else None))
     reporter.start()
     try:
         preparing = time.perf_counter()

@@ -17,7 +17,12 @@ from persistence import jobs
 from persistence.db import session_factory_from_settings
 from persistence.janitor import ARTIFACTS_EXPIRED, expire_artifact_rows, run_janitor
 from persistence.models import Artifact, Checkpoint, Job, JobStage, utcnow
-from persistence.object_keys import candidate_object_key, shard_inputs_key, stage_object_key
+from persistence.object_keys import (
+    candidate_object_key,
+    epoch_state_key,
+    shard_inputs_key,
+    stage_object_key,
+)
 from persistence.records import create_checkpoint
 from persistence.settings import Settings
 from persistence.storage import LocalObjectStore
@@ -317,3 +322,29 @@ def test_a_retention_sized_sweep_on_s3_deletes_a_thousand_keys_per_request(
         assert sorted(report.orphan_objects) == orphans
         assert proxy.requests.get("DELETE", 0) == 0 and proxy.requests["POST"] == 2
     assert list(direct.list_objects()) == []
+
+
+def test_the_janitor_removes_fine_tune_epoch_states_once_nothing_resumes_from_them(
+        settings: Settings, sessions: sessionmaker[Session]) -> None:
+    store = LocalObjectStore(settings.store_root)
+    with sessions() as session:
+        checkpoint = _stored_checkpoint(session, store)
+        tuning = _job(session, checkpoint.id, "running", {
+            "mrc": ("done", 1), "finetune": ("pending", 0)})  # handed back: resumes from it
+        tuned = _job(session, checkpoint.id, "running", {
+            "mrc": ("done", 1), "finetune": ("done", 1), "interpolate": ("running", 1)})
+        cancelled = _job(session, checkpoint.id, "cancelled", {
+            "mrc": ("done", 1), "finetune": ("cancelled", 1)})
+    # Left by a worker that crashed after recording the stage, or as the job was cancelled.
+    left = {epoch_state_key(tuned), epoch_state_key(tuned, 2), epoch_state_key(cancelled),
+            epoch_state_key("job-that-is-gone")}
+    kept = {epoch_state_key(tuning), epoch_state_key(tuning, 1)}
+    for key in left | kept:
+        store.put_bytes(key, b"x")
+
+    with sessions() as session:
+        report = run_janitor(session, store, settings)
+    assert set(report.epoch_state_objects) | set(report.orphan_objects) == left
+    assert report.orphan_objects == [epoch_state_key("job-that-is-gone")]
+    assert report.removed == len(left)
+    assert {o.key for o in store.list_objects("jobs/")} == kept

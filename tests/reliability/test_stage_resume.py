@@ -1,7 +1,8 @@
 """A stage taken over by another worker resumes from what the stopped attempt stored, where that
 is exact: the MRC stage scores only the modules whose rows (``module_scored`` events carrying the
-digest of the adversarial set and settings they were computed from) are not stored yet, and the
-interpolation stage (``curve: "full"``) attacks only the α points whose counts
+digest of the adversarial set and settings they were computed from) are not stored yet, the
+fine-tune stage trains only the epochs after its last stored epoch state (``finetune_resumed``),
+and the interpolation stage (``curve: "full"``) attacks only the α points whose counts
 (``alpha_evaluated``) are not stored yet. A sharded MRC stage does so per shard: a shard handed
 back midway scores only its own modules not stored on its next attempt.
 
@@ -22,10 +23,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs
 from persistence.models import Job
+from persistence.object_keys import epoch_state_key, epoch_states_prefix
 from persistence.stage_shards import list_shards
 from persistence.storage import ObjectStore
+from rift.finetune_resume import decode_epoch_state
 from rift.interpolation import alpha_grid
 from tests.reliability.test_worker_shutdown import (
+    EPOCHS,
     LEASE_S,
     assert_same_results,
     events,
@@ -203,4 +207,88 @@ def test_a_sharded_mrc_shard_handed_back_midway_scores_only_its_missing_modules_
     assert other.status == "succeeded", other.error_message
     assert sorted(scored(events(sessions, other_id))) == sorted(table)  # nothing of the first
     assert mrc_table(sessions, job_id) == mrc_table(sessions, other_id)
+    assert_same_results(sessions, store, job, other, (job_id, other_id), tmp_path)
+
+
+def epochs_reported(log: list[tuple[str, dict[str, Any]]]) -> list[int]:
+    return [payload["epoch"] for kind, payload in log if kind == "epoch"]
+
+
+def test_a_fine_tune_handed_back_midway_continues_from_its_last_epoch_on_another_worker(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], store: ObjectStore, quick_config: dict[str, Any],
+        tmp_path: Path) -> None:
+    spec = copy.deepcopy(quick_config)
+    # A milestone after the stop: the resumed schedule must still decay there.
+    spec["finetune"].update(epochs=EPOCHS, lr_milestones=[EPOCHS - 10], momentum=0.9)
+    first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    job_id = submit(spec)
+    wait_for(sessions, job_id, lambda job: job.stage == "finetune" and len(
+        epochs_reported(events(sessions, job_id))) >= 2, "two epochs", workers=(first,))
+
+    terminate(first)
+    assert first.process.returncode == 0, first.log()[-3000:]
+    finetune = stages_of(sessions, job_id)["finetune"]
+    assert (finetune.status, finetune.attempts) == ("pending", 0), first.log()[-3000:]
+    before = events(sessions, job_id)
+    done = epochs_reported(before)
+    assert 2 <= len(done) < EPOCHS and done == list(range(1, len(done) + 1))  # stopped midway
+    # The state of the last epoch reported, under the job's prefix.
+    state = decode_epoch_state(store.get_bytes(epoch_state_key(job_id)))
+    assert state is not None and state.epoch == len(done)
+
+    second = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(second,))
+    assert job.status == "succeeded", job.error_message
+    log = events(sessions, job_id)
+    handed = len(before)  # what the second worker reported follows
+    # The second attempt trained only the epochs after the stored one.
+    assert epochs_reported(log[handed:]) == list(range(len(done) + 1, EPOCHS + 1))
+    assert [(p["epochs"], p["trained"], p["inputs"]) for kind, p in log[handed:]
+            if kind == "finetune_resumed"] == [(len(done), EPOCHS - len(done), state.inputs)]
+    assert not store.exists(epoch_state_key(job_id))  # deleted once the stage was recorded
+
+    # The same job run without interruption: the same epochs, choice and weights.
+    other_id = submit(spec)
+    other = wait_for(sessions, other_id, lambda j: j.is_finished, "the end", workers=(second,))
+    assert other.status == "succeeded", other.error_message
+    assert "finetune_resumed" not in {kind for kind, _ in events(sessions, other_id)}
+    with sessions() as session:
+        metrics = [[(e.epoch, e.lr, e.train_loss, e.train_accuracy, e.val_accuracy)
+                    for e in jobs.get_epoch_metrics(session, some)] for some in (job_id, other_id)]
+    assert metrics[0] == metrics[1] and len(metrics[0]) == EPOCHS
+    assert_same_results(sessions, store, job, other, (job_id, other_id), tmp_path)
+    assert list(store.list_objects(epoch_states_prefix(other_id))) == []
+
+
+def test_a_sweep_candidate_handed_back_midway_continues_from_its_last_epoch(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], store: ObjectStore, quick_config: dict[str, Any],
+        tmp_path: Path) -> None:
+    spec = copy.deepcopy(quick_config)
+    spec["finetune"].update(epochs=EPOCHS, lr_milestones=[EPOCHS - 10], candidates=2)
+    first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    job_id = submit(spec)
+    wait_for(sessions, job_id, lambda job: len(epochs_reported(events(sessions, job_id))) >= 2,
+             "two epochs of the first candidate", workers=(first,))
+
+    terminate(first)
+    assert first.process.returncode == 0, first.log()[-3000:]
+    done = epochs_reported(events(sessions, job_id))
+    assert 2 <= len(done) < EPOCHS  # candidate 0 stopped midway; candidate 1 never started
+    state = decode_epoch_state(store.get_bytes(epoch_state_key(job_id, 0)))
+    assert state is not None and state.epoch == len(done)
+
+    second = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(second,))
+    assert job.status == "succeeded", job.error_message
+    log = events(sessions, job_id)
+    assert [(p["epochs"], p["inputs"]) for kind, p in log if kind == "finetune_resumed"] == [
+        (len(done), state.inputs)]  # candidate 0 continued; candidate 1 started afresh
+    assert len(epochs_reported(log)) == 2 * EPOCHS  # no epoch trained twice
+    assert list(store.list_objects(epoch_states_prefix(job_id))) == []
+
+    other_id = submit(spec)
+    other = wait_for(sessions, other_id, lambda j: j.is_finished, "the end", workers=(second,))
+    assert other.status == "succeeded", other.error_message
     assert_same_results(sessions, store, job, other, (job_id, other_id), tmp_path)

@@ -194,6 +194,10 @@ def test_a_callback_that_is_not_a_function_is_named_at_once() -> None:
         PipelineCallbacks(should_cancel=threading.Event())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="on_event must be a function"):
         PipelineCallbacks(on_event=[])  # type: ignore[arg-type]
+    # The epoch state's store is an object, not a function: a dict of bytes would fail at the
+    # end of the first epoch.
+    with pytest.raises(TypeError, match=r"epoch_state must have load\(\) and save\(data\)"):
+        PipelineCallbacks(epoch_state={})  # type: ignore[arg-type]
 
 
 def test_the_checkpoint_is_read_before_the_data(settings: dict[str, Any], tmp_path: Path

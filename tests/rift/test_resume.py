@@ -8,12 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from rift.config import RiftConfig
 from rift.demo_tabular import make_tabular_checkpoint, tabular_demo_config, write_breast_cancer_npz
-from rift.errors import CheckpointMismatchError, ConfigError, StageOutputError
-from rift.pipeline import PipelineCallbacks, run_pipeline
-from rift.stage_outputs import FolderStorage
+from rift.errors import CheckpointMismatchError, ConfigError, JobCancelled, StageOutputError
+from rift.pipeline import PipelineCallbacks, prepare_run, run_finetune_stage, run_pipeline
+from rift.stage_outputs import EPOCH_STATE, FolderStorage
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +116,79 @@ def test_a_folder_in_use_is_refused_and_fresh_deletes_nothing(tabular: dict[str,
     with FolderStorage(out).lock(), pytest.raises(ConfigError, match="another run is using"):
         run_pipeline(_config(tabular["npz"]), tabular["a"], out, fresh=True)
     assert (out / "mrc.json").read_text() == "{}"
+
+
+def test_a_run_stopped_mid_fine_tune_continues_from_its_last_epoch(tabular: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    raw = _config(tabular["npz"]).model_dump(mode="json")
+    raw["finetune"].update(epochs=5, lr_milestones=[4], momentum=0.9)
+    config = RiftConfig.model_validate(raw)
+    straight = run_pipeline(config, tabular["a"], tmp_path / "straight")
+    out = tmp_path / "run"
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def stop_in_epoch_three() -> bool:  # polled at every batch: stops epoch 3's first
+        return sum(kind == "epoch" for kind, _ in seen) >= 2
+
+    with pytest.raises(JobCancelled):
+        run_pipeline(config, tabular["a"], out, PipelineCallbacks(
+            on_event=lambda kind, data: seen.append((kind, data)),
+            should_cancel=stop_in_epoch_three))
+    assert (out / EPOCH_STATE).is_file()
+    seen.clear()
+    resumed = run_pipeline(config, tabular["a"], out, PipelineCallbacks(
+        on_event=lambda kind, data: seen.append((kind, data))))
+    assert [data["epochs"] for kind, data in seen if kind == "finetune_resumed"] == [2]
+    assert [data["epoch"] for kind, data in seen if kind == "epoch"] == [3, 4, 5]
+    kinds = [kind for kind, _ in seen]
+    assert kinds.index("finetune_resumed") < kinds.index("epoch")  # said before training on
+    timeless = [[{k: v for k, v in e.items() if k != "seconds"} for e in result["finetune"]
+                 ["epochs"]] for result in (resumed, straight)]
+    assert timeless[0] == timeless[1]
+    assert (resumed["chosen_alpha"], resumed["after"]) == (straight["chosen_alpha"],
+                                                           straight["after"])
+    tuned = [load_file(folder / "finetuned.safetensors") for folder in (out, tmp_path / "straight")]
+    assert all(torch.equal(tuned[0][key], value) for key, value in tuned[1].items())
+    assert not (out / EPOCH_STATE).exists()  # finetune.json holds the result now
+
+
+class _MemoryState:
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+
+    def load(self) -> bytes | None:
+        return self.data
+
+    def save(self, data: bytes) -> None:
+        self.data = data
+
+
+def test_a_stored_epoch_state_is_taken_only_by_the_same_run(tabular: dict[str, Path]) -> None:
+    raw = _config(tabular["npz"]).model_dump(mode="json")
+    raw["finetune"].update(epochs=4, lr_milestones=[])
+    config = RiftConfig.model_validate(raw)
+    store = _MemoryState()
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def tune(settings: RiftConfig, stop: bool = False) -> None:
+        seen.clear()
+        run = prepare_run(settings, tabular["a"])
+        module = "head"
+        run_finetune_stage(run, module, PipelineCallbacks(
+            on_event=lambda kind, data: seen.append((kind, data)), epoch_state=store,
+            should_cancel=lambda: stop and any(kind == "epoch" for kind, _ in seen)))
+
+    with pytest.raises(JobCancelled):
+        tune(config, stop=True)  # one epoch stored
+    for other in (config.model_copy(update={"seed": config.seed + 1}),
+                  config.model_copy(update={"finetune": config.finetune.model_copy(
+                      update={"lr": config.finetune.lr / 2})}),
+                  config.model_copy(update={"evaluation": config.evaluation.model_copy(
+                      update={"batch_size": config.evaluation.batch_size + 1})})):
+        stored = store.data
+        tune(other)
+        assert "finetune_resumed" not in [kind for kind, _ in seen]
+        assert [data["epoch"] for kind, data in seen if kind == "epoch"] == [1, 2, 3, 4]
+        store.data = stored  # the first run's state again
+    tune(config)
+    assert [data["epochs"] for kind, data in seen if kind == "finetune_resumed"] == [1]
