@@ -245,10 +245,11 @@ def renew_shard_lease(session: Session, job_id: str, shard: int, *, owner: str,
 
 def finish_part(session: Session, kind: PartKind, job_id: str, index: int, *, owner: str,
                 result: dict[str, Any], summary: dict[str, Any] | None = None,
-                now: datetime | None = None) -> None:
+                now: datetime | None = None) -> bool:
     """Record the part's result and mark it done, only while ``owner`` holds its lease and the
     job runs (else :class:`LeaseLost`, nothing written); the job's progress becomes the share of
-    parts done. ``summary`` goes into the ``<event>_finished`` event."""
+    parts done. ``summary`` goes into the ``<event>_finished`` event. Returns whether the job
+    ended now: its cancellation was asked and no other part holds work."""
     now = now or utcnow()
     model = kind.model
     with transaction(session):
@@ -274,12 +275,22 @@ def finish_part(session: Session, kind: PartKind, job_id: str, index: int, *, ow
         log_event(session, job_id, f"{kind.event}_finished",
                   {"stage": kind.stage.value, kind.event: index, "done": finished,
                    "total": len(statuses), **(summary or {})}, now)
+        if job.cancel_requested:
+            # Finished past its last cancellation poll: recorded, and the last part to stop
+            # ends the job, as in stop_cancelled_part. Before, with a sibling already stopped
+            # for the cancellation (never done: no merge or pick runs) nothing ended the job,
+            # which stayed running with no work held, forever.
+            stage_rows = load_stages(session, job_id)
+            if not work_is_held(session, job_id, stage_rows, now):
+                cancel_job(session, job, stage_rows, now)
+                return True
+        return False
 
 
 def finish_shard(session: Session, job_id: str, shard: int, *, owner: str,
-                 result: dict[str, Any], now: datetime | None = None) -> None:
+                 result: dict[str, Any], now: datetime | None = None) -> bool:
     """:func:`finish_part` of an MRC shard: ``result`` is its part of the MRC table."""
-    finish_part(session, MRC_SHARDS, job_id, shard, owner=owner, result=result,
+    return finish_part(session, MRC_SHARDS, job_id, shard, owner=owner, result=result,
                 summary={"seconds": result.get("seconds")}, now=now)
 
 

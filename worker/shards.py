@@ -163,8 +163,8 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
             raise LeaseLost(f"lost the lease on MRC shard {shard} of job {job_id}")
         reporter.flush()
         with resources.session() as session:
-            stage_shards.finish_shard(session, job_id, shard, owner=resources.worker_id,
-                                      result=part)
+            cancelled = stage_shards.finish_shard(session, job_id, shard,
+                                                  owner=resources.worker_id, result=part)
     except Exception as exc:
         if isinstance(exc, ShuttingDown):
             # The rows scored so far are kept for the shard's next attempt (stored_events_of).
@@ -181,6 +181,9 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
         return PartRun(ended, device)
     finally:
         reporter.stop()
+    if cancelled:  # the last shard running of a cancelled job: nothing reads the set again
+        delete_shard_inputs(resources.store, job_id, [claim.inputs_key])
+        return PartRun("cancelled", device)
     return PartRun(merge_if_complete(app, resources, job_id), device)
 
 

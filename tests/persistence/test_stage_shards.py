@@ -329,6 +329,35 @@ def test_a_cancelled_job_ends_with_its_last_running_part_not_before(
         assert "job_cancelled" in event_kinds(sessions, job_id)
 
 
+@pytest.mark.parametrize("kind", ["candidates", "shards"])
+def test_a_part_finishing_past_the_cancellation_after_its_sibling_stopped_ends_the_job(
+        sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str) -> None:
+    """One part stops for the cancellation while the other, past its last poll, finishes: the
+    stopped one is never done, so no merge or pick runs. Before, nothing ended the job, which
+    stayed running with no work held (and no recovery pass finds a cancelled part)."""
+    if kind == "candidates":
+        job_id, part_kind = _swept_job(sessions, new_job), CANDIDATES
+    else:
+        job_id, part_kind = _sharded_job(sessions, new_job), stage_shards.MRC_SHARDS
+    for index, owner in ((0, "w1"), (1, "w2")):
+        with sessions() as session:
+            assert stage_shards.claim_part(
+                session, part_kind, job_id, index, owner=owner, lease_seconds=LEASE,
+                max_attempts=3, now=T0).outcome == ClaimOutcome.CLAIMED
+    soon = T0 + timedelta(seconds=1)
+    with sessions() as session:
+        jobs.request_cancel(session, job_id, now=soon)
+        assert not stage_shards.stop_cancelled_part(session, part_kind, job_id, 0, owner="w1",
+                                                    now=soon)
+    with sessions() as session:
+        assert stage_shards.finish_part(session, part_kind, job_id, 1, owner="w2",
+                                        result=_part(MRC_ROWS[0]), now=soon)
+        assert jobs.get_job(session, job_id).status == "cancelled"
+        assert [p.status for p in stage_shards.list_parts(session, part_kind, job_id)] == [
+            "cancelled", "done"]
+    assert event_kinds(sessions, job_id)[-2:] == [f"{part_kind.event}_finished", "job_cancelled"]
+
+
 def test_a_part_handed_back_by_a_stopping_worker_waits_uncounted(
         sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
     job_id = _swept_job(sessions, new_job)
