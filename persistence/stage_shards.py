@@ -314,11 +314,14 @@ def release_part(session: Session, kind: PartKind, job_id: str, index: int, *, o
 
 
 def hand_back_part(session: Session, kind: PartKind, job_id: str, index: int, *, owner: str,
-                   now: datetime | None = None) -> None:
+                   now: datetime | None = None) -> bool:
     """Give the part back because its worker is shutting down (see
     :func:`persistence.stages.hand_back_stage`): pending again with its attempt given back, a
     ``stage_handed_back`` event naming the part; the caller sends its message again once this
-    has committed. :class:`LeaseLost` if ``owner`` does not hold the part or the job ended."""
+    has committed. :class:`LeaseLost` if ``owner`` does not hold the part or the job ended.
+    Returns True when the job was cancelled instead (its cancellation was asked while the part
+    ran and no other work of it is held), as ``hand_back_stage`` does: the caller sends
+    nothing."""
     model = kind.model
     now = now or utcnow()
     with transaction(session):
@@ -340,6 +343,16 @@ def hand_back_part(session: Session, kind: PartKind, job_id: str, index: int, *,
         log_event(session, job_id, EventKind.STAGE_HANDED_BACK,
                   {"stage": kind.stage.value, kind.event: index, "attempt": handed[0] + 1,
                    "worker": owner, "reason": "worker_shutdown"}, now)
+        if job.cancel_requested:
+            # Asked while the part ran (held work, so not cancelled then), and the worker shut
+            # down before its next cancellation poll: before, the job stayed running with
+            # nothing running it until a worker took the message again (none, while the whole
+            # pool was down).
+            stage_rows = load_stages(session, job_id)
+            if not work_is_held(session, job_id, stage_rows, now):
+                cancel_job(session, job, stage_rows, now)
+                return True
+        return False
 
 
 def stop_cancelled_part(session: Session, kind: PartKind, job_id: str, index: int, *,

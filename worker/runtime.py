@@ -525,11 +525,13 @@ def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, j
     if isinstance(exc, ShuttingDown):
         try:
             with resources.session() as session:
-                stage_shards.hand_back_part(session, kind, job_id, index,
-                                            owner=resources.worker_id)
+                cancelled = stage_shards.hand_back_part(session, kind, job_id, index,
+                                                        owner=resources.worker_id)
         except LeaseLost as lost:
             logger.warning("job %s %s %d: %s", job_id, kind.noun, index, lost)
             return "lease_lost"
+        if cancelled:  # its cancellation was asked and nothing else runs: ended, not resent
+            return "cancelled"
         logger.info("job %s %s %d handed back: the worker is shutting down", job_id, kind.noun,
                     index)
         return "handed_back"

@@ -358,6 +358,34 @@ def test_a_part_finishing_past_the_cancellation_after_its_sibling_stopped_ends_t
     assert event_kinds(sessions, job_id)[-2:] == [f"{part_kind.event}_finished", "job_cancelled"]
 
 
+@pytest.mark.parametrize("kind", ["candidates", "shards"])
+def test_the_last_part_handed_back_after_a_cancellation_ends_the_job(
+        sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str) -> None:
+    """The cancellation is asked while the parts run (held: the job waits for them), and their
+    workers shut down before their next poll: the last hand-back ends the job, as a stage's
+    hand-back does. Before, the job stayed running with nothing running it until some worker
+    took a part's message again (none while the whole pool was down)."""
+    if kind == "candidates":
+        job_id, part_kind = _swept_job(sessions, new_job), CANDIDATES
+    else:
+        job_id, part_kind = _sharded_job(sessions, new_job), stage_shards.MRC_SHARDS
+    for index, owner in ((0, "w1"), (1, "w2")):
+        with sessions() as session:
+            assert stage_shards.claim_part(
+                session, part_kind, job_id, index, owner=owner, lease_seconds=LEASE,
+                max_attempts=3, now=T0).outcome == ClaimOutcome.CLAIMED
+    soon = T0 + timedelta(seconds=1)
+    with sessions() as session:
+        jobs.request_cancel(session, job_id, now=soon)
+        assert not stage_shards.hand_back_part(session, part_kind, job_id, 0, owner="w1",
+                                               now=soon)
+        assert jobs.get_job(session, job_id).status == "running"  # part 1 still runs
+    with sessions() as session:
+        assert stage_shards.hand_back_part(session, part_kind, job_id, 1, owner="w2", now=soon)
+        assert jobs.get_job(session, job_id).status == "cancelled"
+    assert event_kinds(sessions, job_id)[-1] == "job_cancelled"
+
+
 def test_a_part_handed_back_by_a_stopping_worker_waits_uncounted(
         sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
     job_id = _swept_job(sessions, new_job)
