@@ -1267,6 +1267,9 @@ def _run_stages(config: RiftConfig, run: PreparedRun, storage: FolderStorage,
     module = module_to_tune(config, mrc)
     finetune = load_finetune(storage)
     if finetune is not None:
+        # A run stopped between saving finetune.json and deleting the state left it: nothing
+        # resumes from it now (it stayed in the folder until --fresh).
+        StoredEpochState(storage).discard()
         callbacks.event("stage_skipped", {"stage": "finetune", "reason": "output already saved"})
     else:
         callbacks.event("stage_started", {"stage": "finetune", "module": module})
@@ -1360,6 +1363,7 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
         # by side.
         reports = callbacks.tagged(candidate=index)
         if saved is not None:
+            StoredEpochState(saved_in).discard()  # one a stop after candidate.json left
             reports.event("stage_skipped", {"stage": "candidate", "module": candidate.module,
                                             "lr": candidate.lr, "reason": "output already saved"})
         else:

@@ -192,3 +192,18 @@ def test_a_stored_epoch_state_is_taken_only_by_the_same_run(tabular: dict[str, P
         store.data = stored  # the first run's state again
     tune(config)
     assert [data["epochs"] for kind, data in seen if kind == "finetune_resumed"] == [1]
+
+
+def test_a_state_left_beside_a_saved_fine_tune_is_removed_by_the_next_run(
+        tabular: dict[str, Path], tmp_path: Path) -> None:
+    """A run stopped after saving finetune.json, before deleting the epoch state, left the state
+    in the folder: the next run skipped the stage and kept it (until --fresh)."""
+    out = tmp_path / "run"
+    config = _config(tabular["npz"])
+    run_pipeline(config, tabular["a"], out)
+    (out / EPOCH_STATE).write_bytes(b"left by a stop")
+    (out / "result.json").unlink()
+    events: list[str] = []
+    run_pipeline(config, tabular["a"], out, _events(events))
+    assert "stage_skipped:finetune" in events
+    assert not (out / EPOCH_STATE).exists()
