@@ -31,7 +31,13 @@ from rift.data import DatasetSplits, iterate_batches
 from rift.device import autocast
 from rift.errors import ConfigError, FinetuneDiverged
 from rift.evaluation import correct_predictions, evaluate_accuracy
-from rift.finetune_resume import EpochState, FinetuneResume, encode_epoch_state, load_epoch_state
+from rift.finetune_resume import (
+    EpochState,
+    FinetuneResume,
+    encode_epoch_state,
+    load_epoch_state,
+    resumable_on,
+)
 from rift.gradient_paths import untrainable_message
 from rift.model_state import frozen_except
 
@@ -246,6 +252,8 @@ def _train(
     best_accuracy = -1.0
     best_state: dict[str, Tensor] = {}
     moving = _moving_state_keys(model, parameters)
+    if resume is not None and not resumable_on(device):
+        resume = None  # its RNG is not in the state: an exact resume is not possible there
     stored = load_epoch_state(resume) if resume is not None else None
     if stored is not None and stored.epoch <= spec.epochs:
         _restore(stored, model, optimizer, scheduler, generator, device)

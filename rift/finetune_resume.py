@@ -97,6 +97,17 @@ def finetune_inputs_digest(initial_state: Mapping[str, Tensor], splits: DatasetS
     return digest.hexdigest()
 
 
+#: Devices whose random state the epoch state holds (the CPU generator always, CUDA's beside
+#: it). Another device's generator (``mps``, ``xpu``: dropout draws from it) is not saved, so a
+#: resumed run there would differ from an uninterrupted one: fine-tuning starts over instead.
+RESUMABLE_DEVICE_TYPES = ("cpu", "cuda")
+
+
+def resumable_on(device: torch.device) -> bool:
+    """Whether a fine-tune on ``device`` can continue exactly from a stored epoch state."""
+    return device.type in RESUMABLE_DEVICE_TYPES
+
+
 def device_settings(device: torch.device) -> list[str]:
     """What of ``device`` belongs in the digest: its type (a state made on a GPU is not resumed
     on a CPU, whose kernels round differently)."""

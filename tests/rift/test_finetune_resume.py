@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import rift.finetune_resume
 from rift.config import FinetuneSpec
 from rift.data import DatasetSplits, ImageTensors
 from rift.errors import JobCancelled
@@ -20,6 +21,7 @@ from rift.finetune_resume import (
     decode_epoch_state,
     encode_epoch_state,
     finetune_inputs_digest,
+    resumable_on,
 )
 
 CPU = torch.device("cpu")
@@ -123,6 +125,23 @@ def test_a_state_under_other_inputs_is_not_resumed_from(splits: DatasetSplits) -
     _assert_same(result, straight)
     last = decode_epoch_state(store.data)
     assert last is not None and (last.inputs, last.epoch) == ("inputs-b", EPOCHS - 1)
+
+
+def test_a_device_whose_random_state_is_not_saved_neither_stores_nor_resumes(
+        splits: DatasetSplits, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On ``mps`` or ``xpu`` the state would lack the device generator dropout draws from, so a
+    resumed run would differ from an uninterrupted one, silently: fine-tuning there starts over
+    instead. Played on the CPU by taking it off the list of devices whose state is saved."""
+    assert resumable_on(CPU) and resumable_on(torch.device("cuda"))
+    assert not resumable_on(torch.device("mps")) and not resumable_on(torch.device("xpu"))
+    store = MemoryStore()
+    with pytest.raises(JobCancelled):
+        _run(splits, FinetuneResume(store, "inputs"), stop_after_saves=2)
+    monkeypatch.setattr(rift.finetune_resume, "RESUMABLE_DEVICE_TYPES", ("cuda",))
+    saved = store.data
+    result = _run(splits, FinetuneResume(store, "inputs"))
+    assert result.resumed_epochs == 0 and store.data == saved  # not read, not written
+    _assert_same(result, _run(splits))
 
 
 def test_a_damaged_state_is_not_resumed_from(splits: DatasetSplits) -> None:
