@@ -319,17 +319,27 @@ def report_activity(session: Session, job_id: str, stage: str, *,
                     device: str | None = None, now: datetime | None = None) -> bool:
     """What a running stage reports, in one transaction: its events ``(kind, payload, when)`` in
     order, its latest progress ``(fraction, message)``, the device it runs on (see
-    :func:`set_job_device`); returns :func:`should_stop` read after them. One round trip and
-    commit instead of one per event, progress write, device write and check."""
+    :func:`set_job_device`); returns :func:`should_stop`. One round trip and commit instead of
+    one per event, progress write, device write and check.
+
+    A job that has ended gets none of them (True is returned): the recovery loop fails a job
+    past its time limit whose worker is late to its own check (a long step, a starved CPU), and
+    that worker's reports must not follow the job's ``job_failed``. The job's row is locked
+    first (as :func:`fail_job` locks it), so no end commits between the check and the writes."""
     now = now or utcnow()
     with transaction(session):
+        row = session.execute(
+            select(Job.cancel_requested, Job.status).where(Job.id == job_id).with_for_update()
+        ).one_or_none()
+        if row is None or row.status in TERMINAL_STATUSES:
+            return True
         for kind, payload, when in events:
             log_event(session, job_id, kind, payload, when)
         if progress is not None:
             _write_progress(session, job_id, stage, progress[0], progress[1], now)
         if device is not None:
             _write_device(session, job_id, device)
-        return _must_stop(session, job_id)
+        return bool(row.cancel_requested)
 
 
 # --------------------------------------------------------------------------------------------

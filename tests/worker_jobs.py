@@ -102,3 +102,31 @@ def wait_for(sessions: sessionmaker[Session], job_id: str, condition: Callable[[
             pytest.fail(f"job {job_id} never reached {what}: status={job.status} "
                         f"stage={job.stage} error={job.error_code} {job.error_message}\n{logs}")
         time.sleep(0.1)
+
+
+def wait_while_progressing(sessions: sessionmaker[Session], job_id: str,
+                           condition: Callable[[Job], bool], what: str, stall_timeout: float,
+                           workers: tuple[WorkerProcess, ...] = ()) -> Job:
+    """:func:`wait_for` with a deadline tied to the job's progress: fail only once its stage and
+    progress stay the same for ``stall_timeout`` seconds. A loaded machine runs a long stage
+    many times slower (the 7 s fine-tuning of the outage test took 32 s beside four CPU
+    burners, and over 60 s in a full suite under a load of 20), and a fixed
+    timeout failed it for being slow; a stage whose reports stopped reaching the database (a
+    wedged reporter, a hung stage) still fails here, after ``stall_timeout``."""
+    seen: tuple[str | None, float] | None = None
+    deadline = time.monotonic() + stall_timeout
+    while True:
+        with sessions() as session:
+            job = jobs.get_job(session, job_id)
+        if condition(job):
+            return job
+        now = (job.stage, job.stage_progress)
+        if now != seen:
+            seen, deadline = now, time.monotonic() + stall_timeout
+        elif time.monotonic() > deadline:
+            logs = "\n".join(f"--- {w.name}\n{w.log()[-3000:]}" for w in workers)
+            pytest.fail(f"job {job_id} never reached {what}: no progress for {stall_timeout} s "
+                        f"at status={job.status} stage={job.stage} "
+                        f"progress={job.stage_progress} error={job.error_code} "
+                        f"{job.error_message}\n{logs}")
+        time.sleep(0.1)

@@ -577,6 +577,25 @@ def test_a_stage_handed_back_after_its_cancellation_was_asked_for_ends_the_job_c
                                       now=T0 + timedelta(seconds=1)) is False
 
 
+def test_a_running_stages_reports_are_not_written_once_its_job_has_ended(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    # The recovery loop fails a job past its time limit while its worker still runs the stage:
+    # that worker's next reports must not follow the job's job_failed.
+    job_id = new_job()
+    claim(sessions, job_id, owner="w1")
+    with sessions() as session:
+        assert stages.report_activity(session, job_id, "mrc", events=[("epoch", {"i": 1}, T0)],
+                                      progress=(0.5, "half")) is False
+        stages.fail_job(session, job_id, "timeout", "past its limit")
+    with sessions() as session:
+        assert stages.report_activity(session, job_id, "mrc", events=[("epoch", {"i": 2}, T0)],
+                                      progress=(0.75, "more"), device="cpu") is True
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+    assert event_kinds(sessions, job_id)[-2:] == ["epoch", "job_failed"]
+    assert (job.stage_progress, job.progress_message, job.device) == (0.5, "half", None)
+
+
 def test_a_hand_back_writes_the_attempts_last_reports_which_the_next_attempt_reads_back(
         sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
     # The rows a stopped MRC attempt scored since its last write go with the hand-back (before,

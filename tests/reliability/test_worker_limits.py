@@ -18,7 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages
 from persistence.models import JobStage, utcnow
+from persistence.time_limits import fail_overdue_jobs
 from tests.reliability.conftest import event_kinds
+from tests.reliability.test_worker_database_outage import wait_for_log
 from tests.service_fixtures import WorkerProcess
 from tests.worker_jobs import wait_for
 
@@ -66,11 +68,16 @@ def test_a_job_past_its_time_limit_fails_with_code_timeout(
     limit = 3.0
     # The service's JOB_TIME_LIMIT_SECONDS, or the job's own time_limit_seconds under the
     # service's default of hours.
+    # The recovery loop fails a job a lease length past its limit (a worker that died or hung);
+    # under a load of 20 it won the race at the default 4 s (the worker had not yet reached a
+    # check: building the run is none), and the job ended as it should but by the other party.
+    # A lease far beyond the assertions leaves this test to the worker's own check.
+    lease = "60"
     if whose == "service":
-        worker = start_worker(JOB_TIME_LIMIT_SECONDS=str(limit))
+        worker = start_worker(JOB_TIME_LIMIT_SECONDS=str(limit), WORKER_LEASE_SECONDS=lease)
         job_id = submit(_endless_adversarial_set(quick_config))
     else:
-        worker = start_worker()
+        worker = start_worker(WORKER_LEASE_SECONDS=lease)
         job_id = submit(_endless_adversarial_set(quick_config), time_limit_seconds=limit)
     job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", timeout=60,
                    workers=(worker,))
@@ -82,6 +89,34 @@ def test_a_job_past_its_time_limit_fails_with_code_timeout(
     assert limit <= ran < limit + PROMPT_S
     assert {s.stage: s.status for s in job.stages}["mrc"] == "failed"
     assert "failed in stage mrc: timeout" in worker.log()  # the worker itself stopped it
+    assert "past its time limit" not in worker.log()
+
+
+def test_a_job_the_recovery_loop_fails_while_its_worker_runs_gets_no_report_after_its_end(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], quick_config: dict[str, Any]) -> None:
+    # The race the test above avoids: the recovery loop fails a job past its limit while its
+    # live worker, late to its own check, still fine-tunes. The worker's reports (an event per
+    # epoch) used to be written after the job's end, behind its job_failed; now the worker
+    # writes nothing more, stops at its next check and holds no lease.
+    spec = copy.deepcopy(quick_config)
+    spec["finetune"].update(epochs=1000, lr_milestones=[500])  # minutes: only the end stops it
+    worker = start_worker()
+    job_id = submit(spec)
+    wait_for(sessions, job_id, lambda j: j.stage == "finetune" and j.stage_progress > 0,
+             "fine-tuning", workers=(worker,))
+    with sessions() as session:
+        # What the loop does for a job past limit and grace (here: any running job).
+        assert fail_overdue_jobs(session, limit_seconds=0.0, grace_seconds=0.0) == [job_id]
+    wait_for_log(worker, "Task rift.stage.mrc[", ("succeeded in",), timeout=PROMPT_S * 4)
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+        kinds = [e.kind for e in jobs.list_events(session, job_id, limit=100_000)]
+    assert (job.status, job.error_code) == ("failed", "timeout")
+    assert "epoch" in kinds  # it was reporting
+    assert kinds[-1] == "job_failed" and kinds.count("job_failed") == 1, kinds[-5:]
+    finetune = next(s for s in job.stages if s.stage == "finetune")
+    assert (finetune.status, finetune.lease_owner) == ("failed", None)
 
 
 @pytest.mark.parametrize("whose", ["service", "job"])
