@@ -44,7 +44,7 @@ from persistence.transactions import (
     EventKind,
     JobNotFound,
     PersistenceError,
-    cancel_job,
+    end_stopped_job,
     load_job,
     load_stages,
     lock_project,
@@ -502,5 +502,5 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
         if held:
             log_event(session, job_id, EventKind.CANCEL_REQUESTED, {"stage": job.stage}, now)
         else:
-            cancel_job(session, job, stages, now)
+            end_stopped_job(session, job, stages, now)
     return job
