@@ -175,8 +175,9 @@ def claim_part(session: Session, kind: PartKind, job_id: str, index: int, *, own
                lease_seconds: float, max_attempts: int, now: datetime | None = None) -> PartClaim:
     """Take part ``index`` for ``owner``: granted if it is pending or its lease expired, and it
     was claimed fewer than ``max_attempts`` times. DONE: the part finished before (the caller
-    may try the merge). EXHAUSTED fails the job with ``stage_failed_repeatedly``. A job whose
-    cancellation was asked and whose parts hold no live lease is cancelled now (INACTIVE)."""
+    may try the merge). EXHAUSTED fails the job with ``stage_failed_repeatedly`` (pending while
+    a sibling part runs). A job asked to stop (a cancellation, a pending failure) whose parts
+    hold no live lease is ended now: cancelled, or failed with its pending failure (INACTIVE)."""
     now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
