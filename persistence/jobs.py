@@ -44,7 +44,7 @@ from persistence.transactions import (
     EventKind,
     JobNotFound,
     PersistenceError,
-    cancel_job,
+    end_stopped_job,
     load_job,
     load_stages,
     lock_project,
@@ -488,8 +488,9 @@ def get_artifact(session: Session, job_id: str, name: str) -> Artifact | None:
 def request_cancel(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
     """Ask for the job to stop. A queued job, or a running one that no worker holds right now
     (between stages; a stage handed to its MRC shards or sweep candidates is held while one of
-    them runs), is cancelled at once; otherwise ``cancel_requested`` is set and the worker
-    stops at its next batch boundary. :class:`JobAlreadyFinished` if the job has ended."""
+    them runs), is cancelled at once (failed instead when a part's failure is pending:
+    :func:`persistence.transactions.end_stopped_job`); otherwise ``cancel_requested`` is set and
+    the worker stops at its next batch boundary. :class:`JobAlreadyFinished` if the job ended."""
     now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
@@ -502,5 +503,5 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
         if held:
             log_event(session, job_id, EventKind.CANCEL_REQUESTED, {"stage": job.stage}, now)
         else:
-            cancel_job(session, job, stages, now)
+            end_stopped_job(session, job, stages, now)
     return job

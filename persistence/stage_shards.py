@@ -45,10 +45,11 @@ from persistence.models import (
     SweepCandidate,
     utcnow,
 )
-from persistence.stages import ClaimOutcome, LeaseLost, _fail
+from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.transactions import (
     EventKind,
-    cancel_job,
+    end_stopped_job,
+    fail_when_parts_stop,
     load_job,
     load_stages,
     log_event,
@@ -174,8 +175,9 @@ def claim_part(session: Session, kind: PartKind, job_id: str, index: int, *, own
                lease_seconds: float, max_attempts: int, now: datetime | None = None) -> PartClaim:
     """Take part ``index`` for ``owner``: granted if it is pending or its lease expired, and it
     was claimed fewer than ``max_attempts`` times. DONE: the part finished before (the caller
-    may try the merge). EXHAUSTED fails the job with ``stage_failed_repeatedly``. A job whose
-    cancellation was asked and whose parts hold no live lease is cancelled now (INACTIVE)."""
+    may try the merge). EXHAUSTED fails the job with ``stage_failed_repeatedly`` (pending while
+    a sibling part runs). A job asked to stop (a cancellation, a pending failure) whose parts
+    hold no live lease is ended now: cancelled, or failed with its pending failure (INACTIVE)."""
     now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
@@ -186,7 +188,7 @@ def claim_part(session: Session, kind: PartKind, job_id: str, index: int, *, own
             # Nobody runs the job any more once no part holds a live lease: end it now.
             stages = load_stages(session, job_id)
             if not work_is_held(session, job_id, stages, now):
-                cancel_job(session, job, stages, now)
+                end_stopped_job(session, job, stages, now)
             return PartClaim(ClaimOutcome.INACTIVE, job, row)
         if row.status == StageStatus.DONE:
             return PartClaim(ClaimOutcome.DONE, job, row)
@@ -210,10 +212,12 @@ def claim_part(session: Session, kind: PartKind, job_id: str, index: int, *, own
         if row.attempts >= max_attempts:
             stage = session.execute(select(JobStage).where(
                 JobStage.job_id == job_id, JobStage.stage == kind.stage)).scalar_one()
-            _fail(session, job, stage, "stage_failed_repeatedly",
-                  f"{kind.noun} {index} was started {row.attempts} times (MAX_STAGE_ATTEMPTS="
-                  f"{max_attempts}) without finishing. Last error: "
-                  f"{row.last_error or 'the worker process died'}", now)
+            # Its siblings may still run: they stop first (fail_when_parts_stop).
+            fail_when_parts_stop(
+                session, job, stage, "stage_failed_repeatedly",
+                f"{kind.noun} {index} was started {row.attempts} times (MAX_STAGE_ATTEMPTS="
+                f"{max_attempts}) without finishing. Last error: "
+                f"{row.last_error or 'the worker process died'}", now)
             return PartClaim(ClaimOutcome.EXHAUSTED, job, row)
         return PartClaim(ClaimOutcome.INACTIVE, job, row)
 
@@ -282,7 +286,7 @@ def finish_part(session: Session, kind: PartKind, job_id: str, index: int, *, ow
             # which stayed running with no work held, forever.
             stage_rows = load_stages(session, job_id)
             if not work_is_held(session, job_id, stage_rows, now):
-                cancel_job(session, job, stage_rows, now)
+                end_stopped_job(session, job, stage_rows, now)  # failed if a failure waits
                 return True
         return False
 
@@ -350,7 +354,7 @@ def hand_back_part(session: Session, kind: PartKind, job_id: str, index: int, *,
             # pool was down).
             stage_rows = load_stages(session, job_id)
             if not work_is_held(session, job_id, stage_rows, now):
-                cancel_job(session, job, stage_rows, now)
+                end_stopped_job(session, job, stage_rows, now)  # failed if a failure waits
                 return True
         return False
 
@@ -376,8 +380,33 @@ def stop_cancelled_part(session: Session, kind: PartKind, job_id: str, index: in
         stages = load_stages(session, job_id)
         if work_is_held(session, job_id, stages, now):
             return False
-        cancel_job(session, job, stages, now)
+        end_stopped_job(session, job, stages, now)
         return True
+
+
+def fail_part(session: Session, kind: PartKind, job_id: str, index: int, *, owner: str,
+              code: str, message: str, now: datetime | None = None) -> bool:
+    """Part ``index`` failed the job (a library error, missing inputs, its attempts used up): it
+    is marked failed (the lease ``owner`` held given up, the error kept), and the job fails with
+    ``code`` and ``message`` once no sibling part runs; until then the failure is pending and
+    the siblings are asked to stop (:func:`persistence.transactions.fail_when_parts_stop`). A
+    job that ended meanwhile is left. Returns whether the job ended now."""
+    model = kind.model
+    now = now or utcnow()
+    with transaction(session):
+        job = load_job(session, job_id, for_update=True)
+        session.execute(
+            update(model)
+            .where(*_of(kind, job_id, index), model.lease_owner == owner,
+                   model.status == StageStatus.RUNNING)
+            .values(status=StageStatus.FAILED, lease_owner=None, lease_expires_at=None,
+                    last_error=message[:4000], finished_at=now)
+            .execution_options(synchronize_session=False))
+        if job.status in TERMINAL_STATUSES:
+            return False
+        stage = session.execute(select(JobStage).where(
+            JobStage.job_id == job_id, JobStage.stage == kind.stage)).scalar_one()
+        return fail_when_parts_stop(session, job, stage, code, message, now)
 
 
 def release_shard(session: Session, job_id: str, shard: int, *, owner: str, error: str) -> None:

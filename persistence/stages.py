@@ -43,7 +43,9 @@ from persistence.models import (
 from persistence.transactions import (
     EventKind,
     PersistenceError,
-    cancel_job,
+    end_stopped_job,
+    fail_now,
+    fail_when_parts_stop,
     lease_is_live,
     load_job,
     load_stages,
@@ -205,7 +207,7 @@ def _claim_locked(session: Session, job: Job, stage: str, terms: ClaimTerms,
     stages = {row.stage: row for row in load_stages(session, job_id)}
     row = stages[stage]
     if job.cancel_requested and not work_is_held(session, job_id, list(stages.values()), now):
-        cancel_job(session, job, list(stages.values()), now)
+        end_stopped_job(session, job, list(stages.values()), now)
         return StageClaim(ClaimOutcome.INACTIVE, job)
     if row.status == StageStatus.DONE:
         return StageClaim(ClaimOutcome.DONE, job)
@@ -233,7 +235,7 @@ def _claim_locked(session: Session, job: Job, stage: str, terms: ClaimTerms,
         if lease_is_live(row, now):
             return StageClaim(ClaimOutcome.HELD, job)
         if row.attempts >= max_attempts:
-            _fail(session, job, row, "stage_failed_repeatedly",
+            fail_now(session, job, row, "stage_failed_repeatedly",
                   f"stage '{stage}' was started {row.attempts} times (MAX_STAGE_ATTEMPTS="
                   f"{max_attempts}) without finishing; its worker crashed or failed each "
                   f"time. Last error: {row.last_error or 'the worker process died'}", now)
@@ -562,46 +564,34 @@ def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
         if job.cancel_requested:
             stage_rows = load_stages(session, job_id)
             if not work_is_held(session, job_id, stage_rows, now):
-                cancel_job(session, job, stage_rows, now)
+                end_stopped_job(session, job, stage_rows, now)
                 return True
         return False
 
 
 def fail_job(session: Session, job_id: str, code: str, message: str, *,
-             stage: str | None = None, owner: str | None = None,
+             stage: str | None = None, owner: str | None = None, force: bool = False,
              now: datetime | None = None) -> Job:
     """End the job as failed with an error ``code`` and a ``message`` for the user; the stage
     (default: the job's current one) is marked failed. No-op if the job already ended. With
-    ``owner`` (a worker), only while that worker holds the stage, else :class:`LeaseLost`."""
+    ``owner`` (a worker), only while that worker holds the stage, else :class:`LeaseLost`.
+    Without ``owner``, while a part of a split stage still runs the failure only becomes
+    pending and the job ends with its last part (:func:`persistence.transactions.
+    fail_when_parts_stop`; ``force``: now, whatever runs)."""
     now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
         if job.status not in TERMINAL_STATUSES:
             stage = stage or job.stage
             row = _load_stage(session, job_id, stage) if stage else None
-            if owner is not None and (row is None or row.lease_owner != owner):
-                raise LeaseLost(f"worker {owner} does not hold stage '{stage}' of job {job_id}")
-            _fail(session, job, row, code, message, now)
+            if owner is not None:
+                if row is None or row.lease_owner != owner:
+                    raise LeaseLost(f"worker {owner} does not hold stage '{stage}' of job "
+                                    f"{job_id}")
+                fail_now(session, job, row, code, message, now)
+            else:
+                fail_when_parts_stop(session, job, row, code, message, now, force=force)
     return job
-
-
-def _fail(session: Session, job: Job, stage: JobStage | None, code: str, message: str,
-          now: datetime) -> None:
-    message = storable_text(message)
-    job.status = JobStatus.FAILED
-    job.error_code = code
-    job.error_message = message
-    job.finished_at = now
-    touch(job, now)
-    if stage is not None:
-        job.stage = stage.stage
-        stage.status = StageStatus.FAILED
-        stage.lease_owner = None
-        stage.lease_expires_at = None
-        stage.finished_at = now
-        stage.last_error = message
-    log_event(session, job.id, EventKind.JOB_FAILED,
-           {"stage": job.stage, "code": code, "message": message}, now)
 
 
 def mark_cancelled(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
@@ -610,7 +600,7 @@ def mark_cancelled(session: Session, job_id: str, *, now: datetime | None = None
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
         if job.status not in TERMINAL_STATUSES:
-            cancel_job(session, job, load_stages(session, job_id), now)
+            end_stopped_job(session, job, load_stages(session, job_id), now)
     return job
 
 

@@ -60,7 +60,12 @@ def fail_overdue_jobs(session: Session, *, limit_seconds: float, grace_seconds: 
                       now: datetime | None = None) -> list[str]:
     """Fail with code ``timeout`` every queued or running job started more than its limit (its
     own, else ``limit_seconds``) plus ``grace_seconds`` ago; returns their ids. Each is one
-    transaction (:func:`persistence.stages.fail_job`), a no-op for a job that ended meanwhile."""
+    transaction (:func:`persistence.stages.fail_job`), a no-op for a job that ended meanwhile.
+    A job whose MRC shards or sweep candidates still run under live leases is failed as a part's
+    failure fails it: the timeout becomes pending, the parts are asked to stop, and the last one
+    to stop ends the job (its id is returned all the same). One still held ``grace_seconds``
+    later (a part whose process hangs while its heartbeat renews the lease) is failed then
+    whatever runs, so no job stays ``running`` for ever."""
     now = now or utcnow()
     # Active jobs are few (at most the queue); each one's own limit is applied here.
     active = session.execute(
@@ -72,6 +77,7 @@ def fail_overdue_jobs(session: Session, *, limit_seconds: float, grace_seconds: 
     for job_id, started_at, own_seconds in active:
         limit = TimeLimit.of(own_seconds, limit_seconds)
         if limit.seconds_left(started_at, now) < -grace_seconds:
-            fail_job(session, job_id, TIMEOUT_CODE, limit.message(), now=now)
+            fail_job(session, job_id, TIMEOUT_CODE, limit.message(), now=now,
+                     force=limit.seconds_left(started_at, now) < -2 * grace_seconds)
             overdue.append(job_id)
     return overdue

@@ -24,6 +24,7 @@ from sqlalchemy.orm.attributes import flag_modified
 
 from persistence import leases
 from persistence.models import (
+    TERMINAL_STATUSES,
     Job,
     JobEvent,
     JobStage,
@@ -80,6 +81,7 @@ class EventKind(enum.StrEnum):
     STAGE_RECOVERED = "stage_recovered"
     STAGE_HANDED_BACK = "stage_handed_back"
     CANCEL_REQUESTED = "cancel_requested"
+    FAILURE_PENDING = "failure_pending"
     JOB_SUCCEEDED = "job_succeeded"
     JOB_FAILED = "job_failed"
     JOB_CANCELLED = "job_cancelled"
@@ -193,10 +195,84 @@ def work_is_held(session: Session, job_id: str, stages: Sequence[JobStage],
     its θ_FT (left in the store, and the worker's recording failed on a missing job)."""
     if any(lease_is_live(stage, now) for stage in stages):
         return True
+    return parts_hold_work(session, job_id, now)
+
+
+def parts_hold_work(session: Session, job_id: str, now: datetime) -> bool:
+    """True while an MRC shard or sweep candidate of the job runs under a live lease."""
     return any(session.execute(
         select(model.job_id).where(model.job_id == job_id, model.status == StageStatus.RUNNING,
                                    model.lease_expires_at > now).limit(1)).first() is not None
         for model in (MRCShard, SweepCandidate))
+
+
+def failure_is_pending(job: Job) -> bool:
+    """True while the job runs on with a failure recorded (:func:`fail_when_parts_stop`): its
+    ``error_code`` is set only once it failed, or while its parts stop for such a failure."""
+    return job.status not in TERMINAL_STATUSES and job.error_code is not None
+
+
+def fail_when_parts_stop(session: Session, job: Job, stage: JobStage | None, code: str,
+                         message: str, now: datetime, *, force: bool = False) -> bool:
+    """Fail the locked ``job`` with ``code`` and ``message``, or, while a sibling part of a
+    split stage (an MRC shard, a sweep candidate) still runs under a live lease, record the
+    failure as pending: ``error_code``/``error_message`` set, ``cancel_requested`` set so that
+    the running parts stop at their next batch as for a cancellation, a ``failure_pending``
+    event; the status stays ``running``. The last part to stop (or a claim once its lease
+    expired) then ends the job failed with that error (:func:`end_stopped_job`). A failure
+    already pending is kept: the job's error is the first failure's. ``force`` fails it now
+    whatever runs (the recovery loop's last word on a job past its time limit). Returns whether
+    the job ended now.
+
+    Before, the first failing part failed the job at once while its siblings still ran, so a
+    ``DELETE`` in that window was accepted and a sibling then stored its θ_FT or rows under the
+    deleted job (an orphan object, an error in that worker's log)."""
+    first = job.error_code is None
+    if first:
+        job.error_code, job.error_message = code, storable_text(message)
+    if not force and parts_hold_work(session, job.id, now):
+        job.cancel_requested = True
+        touch(job, now)
+        if first:
+            log_event(session, job.id, EventKind.FAILURE_PENDING,
+                      {"stage": stage.stage if stage is not None else job.stage, "code": code,
+                       "message": storable_text(message)}, now)
+        return False
+    fail_now(session, job, stage, job.error_code or code, job.error_message or message, now)
+    return True
+
+
+def end_stopped_job(session: Session, job: Job, stages: Sequence[JobStage],
+                    now: datetime) -> None:
+    """End the locked ``job`` whose work has all stopped after it was asked to stop: failed with
+    its pending failure's error if one waits (:func:`fail_when_parts_stop`), else cancelled."""
+    if failure_is_pending(job):
+        stage = next((row for row in stages if row.stage == job.stage), None)
+        assert job.error_code is not None
+        fail_now(session, job, stage, job.error_code, job.error_message or job.error_code, now)
+    else:
+        cancel_job(session, job, stages, now)
+
+
+def fail_now(session: Session, job: Job, stage: JobStage | None, code: str, message: str,
+             now: datetime) -> None:
+    """End the job as failed with an error ``code`` and ``message``; ``stage`` (if any) is marked
+    failed, its lease dropped, and becomes the job's stage."""
+    message = storable_text(message)
+    job.status = JobStatus.FAILED
+    job.error_code = code
+    job.error_message = message
+    job.finished_at = now
+    touch(job, now)
+    if stage is not None:
+        job.stage = stage.stage
+        stage.status = StageStatus.FAILED
+        stage.lease_owner = None
+        stage.lease_expires_at = None
+        stage.finished_at = now
+        stage.last_error = message
+    log_event(session, job.id, EventKind.JOB_FAILED,
+              {"stage": job.stage, "code": code, "message": message}, now)
 
 
 def cancel_job(session: Session, job: Job, stages: Sequence[JobStage], now: datetime) -> None:

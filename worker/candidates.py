@@ -77,6 +77,7 @@ from worker.runtime import (
     PartRun,
     ShuttingDown,
     WorkerResources,
+    job_has_ended,
     resend_later,
     settle_part_error,
 )
@@ -219,7 +220,9 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
         if ended in ("retry", "handed_back"):
             enqueue_candidate(app, job_id, index, countdown=(
                 settings.stage_retry_delay_seconds if ended == "retry" else None))
-        elif ended in ("failed", "cancelled"):  # the job has ended: no candidate resumes
+        elif ended in ("failed", "cancelled") and job_has_ended(resources, job_id):
+            # No candidate resumes. While a sibling still runs (the job ends with its last
+            # running part) it keeps storing its epoch states: the last one deletes them all.
             discard_epoch_states(resources.store, job_id)
         return PartRun(ended, device)
     finally:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from persistence import materializations, stage_shards, stages
 from persistence.db import session_factory_from_settings
 from persistence.event_notify import build_publisher, install_publisher
-from persistence.models import utcnow
+from persistence.models import TERMINAL_STATUSES, Job, utcnow
 from persistence.settings import Settings
 from persistence.stages import LeaseLost
 from persistence.storage import ObjectNotFound, ObjectStore
@@ -501,6 +501,15 @@ def error_summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line}" + (f" ({notes[:300]})" if notes else "")
 
 
+def job_has_ended(resources: WorkerResources, job_id: str) -> bool:
+    """Whether the job ended (or is gone). A part that stopped for its job's failure or
+    cancellation ends the job only if it was the last running part; until then what the parts
+    share (an MRC shard set, a sweep's epoch states) is still in use by the others."""
+    with resources.session() as session:
+        job = session.get(Job, job_id)
+        return job is None or job.status in TERMINAL_STATUSES
+
+
 def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, job_id: str,
                       index: int, attempt: int, exc: Exception) -> str:
     """End a part of a split stage (MRC shard, sweep candidate) that raised ``exc``; call it from
@@ -510,7 +519,9 @@ def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, j
     counted, and the caller sends it again at once).
 
     Errors of the library (the time limit included) and missing inputs fail the job: another
-    attempt would meet the same error, and a split stage with a part missing cannot finish.
+    attempt would meet the same error, and a split stage with a part missing cannot finish. The
+    part is marked failed; while a sibling part runs the job's failure is pending and the
+    siblings stop first (:func:`persistence.stage_shards.fail_part`).
     Anything else is retried until the part has had ``max_stage_attempts``."""
     if isinstance(exc, JobCancelled):
         # The job ends with its last running part (before, the first part to stop ended it
@@ -538,14 +549,16 @@ def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, j
     if isinstance(exc, RiftError | ObjectNotFound):
         code = exc.code if isinstance(exc, RiftError) else "missing_object"
         with resources.session() as session:
-            stages.fail_job(session, job_id, code, exc.message, stage=kind.stage)
+            stage_shards.fail_part(session, kind, job_id, index, owner=resources.worker_id,
+                                   code=code, message=exc.message)
         return "failed"
     logger.exception("job %s %s %d: unexpected error", job_id, kind.noun, index)
     with resources.session() as session:
         if attempt >= resources.settings.max_stage_attempts:
-            stages.fail_job(session, job_id, "stage_failed_repeatedly",
-                            f"{kind.noun} {index} failed {attempt} times; last error: "
-                            f"{error_summary(exc)}", stage=kind.stage)
+            stage_shards.fail_part(session, kind, job_id, index, owner=resources.worker_id,
+                                   code="stage_failed_repeatedly",
+                                   message=f"{kind.noun} {index} failed {attempt} times; last "
+                                           f"error: {error_summary(exc)}")
             return "failed"
         stage_shards.release_part(session, kind, job_id, index, owner=resources.worker_id,
                                   error=traceback.format_exc(limit=5))

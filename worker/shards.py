@@ -51,6 +51,7 @@ from worker.runtime import (
     PartRun,
     ShuttingDown,
     WorkerResources,
+    job_has_ended,
     resend_later,
     settle_part_error,
     stored_events_of,
@@ -171,9 +172,11 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
             with contextlib.suppress(Exception):
                 reporter.flush()
         ended = settle_part_error(resources, stage_shards.MRC_SHARDS, job_id, shard, claim.attempt, exc)
-        if ended in ("failed", "cancelled"):
-            # The job ended: no shard reads the set again (one still running stops at its next
-            # batch, or, reading it now, meets a missing object and ends as the job has).
+        if ended in ("failed", "cancelled") and job_has_ended(resources, job_id):
+            # No shard reads the set again. While a sibling still runs the job waits for it
+            # (a failure or cancellation ends the job with its last running part): the set is
+            # kept for it (deleted before, a sibling still preparing met a missing object and
+            # failed with that instead of stopping), and the last part to stop deletes it.
             delete_shard_inputs(resources.store, job_id, [claim.inputs_key])
         if ended in ("retry", "handed_back"):
             enqueue_shard(app, job_id, shard, countdown=(

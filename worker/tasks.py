@@ -830,7 +830,9 @@ def fail_overdue(resources: WorkerResources) -> list[str]:
         overdue = fail_overdue_jobs(session, limit_seconds=settings.job_time_limit_seconds,
                                     grace_seconds=settings.worker_lease_seconds)
     for job_id in overdue:
-        logger.warning("job %s failed: past its time limit", job_id)
+        # Its shards or candidates still running: failed once they stopped (fail_job).
+        logger.warning("job %s failed (or failing, its running parts asked to stop): past its "
+                       "time limit", job_id)
     return overdue
 def redispatch_late_webhooks(app: RiftCelery, resources: WorkerResources) -> int:
     """Send again the webhook messages whose task is a lease length (WORKER_LEASE_SECONDS)

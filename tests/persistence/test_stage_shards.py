@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import jobs, stage_shards, stages
+from persistence import jobs, stage_shards, stages, time_limits
 from persistence.models import Job
 from persistence.stage_shards import CANDIDATES, SHARDED_OWNER
 from persistence.stages import ClaimOutcome, LeaseLost, StageOutputs
@@ -407,3 +407,122 @@ def test_a_part_handed_back_by_a_stopping_worker_waits_uncounted(
     assert (job.status, job.error_code) == ("running", None)
     assert [(p["stage"], p["candidate"], p["attempt"]) for p in handed] == [
         ("finetune", 1, 1)] * 4
+
+
+def _two_running_parts(sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str
+                       ) -> tuple[str, stage_shards.PartKind]:
+    """A swept or sharded job whose two parts run, part 0 on w1 and part 1 on w2."""
+    if kind == "candidates":
+        job_id, part_kind = _swept_job(sessions, new_job), CANDIDATES
+    else:
+        job_id, part_kind = _sharded_job(sessions, new_job), stage_shards.MRC_SHARDS
+    for index, owner in ((0, "w1"), (1, "w2")):
+        with sessions() as session:
+            assert stage_shards.claim_part(
+                session, part_kind, job_id, index, owner=owner, lease_seconds=LEASE,
+                max_attempts=3, now=T0).outcome == ClaimOutcome.CLAIMED
+    return job_id, part_kind
+
+
+@pytest.mark.parametrize("kind", ["candidates", "shards"])
+def test_a_failed_part_fails_the_job_with_its_last_running_sibling_not_before(
+        sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str) -> None:
+    """Before, the first part to fail failed the job at once while its sibling still ran: a
+    DELETE was accepted then, and the sibling stored its θ_FT or rows under the deleted job."""
+    job_id, part_kind = _two_running_parts(sessions, new_job, kind)
+    soon = T0 + timedelta(seconds=1)
+    with sessions() as session:
+        assert not stage_shards.fail_part(session, part_kind, job_id, 0, owner="w1",
+                                          code="numerical_error", message="loss is NaN",
+                                          now=soon)
+        job = jobs.get_job(session, job_id)
+        # The window: running, asked to stop, the error already shown.
+        assert (job.status, job.cancel_requested, job.error_code, job.finished_at) == (
+            "running", True, "numerical_error", None)
+    with sessions() as session:  # a later failure (the sibling's time limit) does not replace it
+        assert not stages.fail_job(session, job_id, "timeout", "too long", now=soon).is_finished
+    with sessions() as session:  # the sibling stops as for a cancellation and ends the job
+        assert stage_shards.stop_cancelled_part(session, part_kind, job_id, 1, owner="w2",
+                                                now=soon)
+        job = jobs.get_job(session, job_id)
+        assert (job.status, job.error_code, job.error_message, job.stage) == (
+            "failed", "numerical_error", "loss is NaN", part_kind.stage.value)
+        assert [(p.status, p.lease_owner, p.last_error) for p in stage_shards.list_parts(
+            session, part_kind, job_id)] == [("failed", None, "loss is NaN"),
+                                             ("cancelled", None, None)]
+    kinds = event_kinds(sessions, job_id)
+    assert kinds.count("failure_pending") == 1 and kinds.count("job_failed") == 1
+    assert "job_cancelled" not in kinds
+
+
+@pytest.mark.parametrize("kind", ["candidates", "shards"])
+def test_a_pending_failure_ends_the_job_once_its_siblings_lease_expired(
+        sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str) -> None:
+    """The sibling's worker died: its re-sent message's claim ends the job with the failure
+    (not cancelled), as a user's cancel request then does too."""
+    job_id, part_kind = _two_running_parts(sessions, new_job, kind)
+    with sessions() as session:
+        stage_shards.fail_part(session, part_kind, job_id, 1, owner="w2", code="missing_object",
+                               message="gone", now=T0)
+    later = T0 + timedelta(seconds=LEASE * 3)
+    with sessions() as session:
+        assert stage_shards.claim_part(session, part_kind, job_id, 0, owner="w3",
+                                       lease_seconds=LEASE, max_attempts=3,
+                                       now=later).outcome == ClaimOutcome.INACTIVE
+        job = jobs.get_job(session, job_id)
+    assert (job.status, job.error_code) == ("failed", "missing_object")
+
+
+def test_the_recovery_loops_timeout_waits_for_running_parts_then_forces(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    """The time-limit path behaves as a part's failure: pending while a part runs (and asked to
+    stop); a part that never stops (hung, its lease renewed) does not keep the job for ever."""
+    job_id, part_kind = _two_running_parts(sessions, new_job, "candidates")
+    with sessions() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(started_at=T0))
+        session.commit()
+    grace = LEASE
+    past = T0 + timedelta(seconds=10 + grace + 1)
+    for index, owner in ((0, "w1"), (1, "w2")):  # both heartbeats renewed their leases
+        with sessions() as session:
+            assert stage_shards.renew_part_lease(session, part_kind, job_id, index, owner=owner,
+                                                 lease_seconds=LEASE, now=past)
+    with sessions() as session:
+        assert time_limits.fail_overdue_jobs(session, limit_seconds=10, grace_seconds=grace,
+                                             now=past) == [job_id]
+        job = jobs.get_job(session, job_id)
+        assert (job.status, job.cancel_requested, job.error_code) == ("running", True, "timeout")
+        assert stage_shards.stop_cancelled_part(session, part_kind, job_id, 0, owner="w1",
+                                                now=past) is False
+    hung = past + timedelta(seconds=grace)
+    with sessions() as session:
+        assert stage_shards.renew_part_lease(session, part_kind, job_id, 1, owner="w2",
+                                             lease_seconds=LEASE, now=hung)
+        assert time_limits.fail_overdue_jobs(session, limit_seconds=10, grace_seconds=grace,
+                                             now=hung) == [job_id]
+        job = jobs.get_job(session, job_id)
+    assert (job.status, job.error_code) == ("failed", "timeout")
+
+
+@pytest.mark.parametrize("kind", ["candidates", "shards"])
+def test_a_pending_failure_ends_the_job_failed_when_the_last_part_finishes_or_is_handed_back(
+        sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str) -> None:
+    """The last running part past its last poll finishes (or its worker shuts down and hands it
+    back) after a sibling failed: the job ends with the sibling's failure, not cancelled."""
+    for last in ("finish", "hand_back"):
+        job_id, part_kind = _two_running_parts(sessions, new_job, kind)
+        soon = T0 + timedelta(seconds=1)
+        with sessions() as session:
+            stage_shards.fail_part(session, part_kind, job_id, 0, owner="w1",
+                                   code="numerical_error", message="loss is NaN", now=soon)
+        with sessions() as session:
+            if last == "finish":
+                assert stage_shards.finish_part(session, part_kind, job_id, 1, owner="w2",
+                                                result=_part(MRC_ROWS[0]), now=soon)
+            else:
+                assert stage_shards.hand_back_part(session, part_kind, job_id, 1, owner="w2",
+                                                   now=soon)
+            job = jobs.get_job(session, job_id)
+        assert (job.status, job.error_code) == ("failed", "numerical_error"), last
+        kinds = event_kinds(sessions, job_id)
+        assert kinds.count("job_failed") == 1 and "job_cancelled" not in kinds, last

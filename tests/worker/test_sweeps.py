@@ -15,13 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import jobs
-from persistence.models import Job
-from persistence.object_keys import candidate_object_key, stage_object_key
+from persistence import jobs, time_limits
+from persistence.deletion import ACTIVE, delete_objects, job_objects
+from persistence.models import Job, utcnow
+from persistence.object_keys import (
+    candidate_object_key,
+    epoch_states_prefix,
+    stage_object_key,
+)
 from persistence.stage_shards import list_candidates
-from persistence.storage import LocalObjectStore, ObjectInfo, StoreUnavailable
+from persistence.storage import LocalObjectStore, ObjectInfo, ObjectStore, StoreUnavailable
 from tests.service_fixtures import WorkerProcess
 from tests.worker_jobs import wait_for
 from worker.candidates import discard_other_candidates
@@ -158,3 +164,54 @@ def test_cancelling_a_sweep_stops_its_candidates(
     assert [c.status for c in candidates] == ["cancelled", "pending"]
     assert [c.attempts for c in candidates] == [1, 0]
     assert not any(kind == "candidate_finished" for kind, _ in events(sessions, job_id))
+
+
+def test_a_sweep_failed_past_its_time_limit_ends_with_its_last_running_candidate(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], store: ObjectStore,
+        quick_config: dict[str, Any]) -> None:
+    """The recovery loop fails a job past its time limit while both candidates run on two
+    workers. Before, the job was `failed` at once while they ran: a DELETE then was accepted and
+    a candidate stored its θ_FT under the deleted job (an orphan the janitor removed 24 h later)
+    and logged an error. Now the failure waits for the candidates to stop (asked as a cancel
+    asks), the job is not deletable meanwhile, and nothing is left once it is deleted."""
+    spec = copy.deepcopy(quick_config)
+    spec["finetune"].update(epochs=400, lr_milestones=[300], candidates=2)
+    workers = (start_worker(), start_worker())
+    job_id = submit(spec)
+
+    def both_tuning(job: Job) -> bool:
+        with sessions() as session:
+            running = [c for c in list_candidates(session, job_id) if c.status == "running"]
+        return len(running) == 2 and any(kind == "epoch" for kind, _ in events(sessions, job_id))
+
+    job = wait_for(sessions, job_id, both_tuning, "both candidates' fine-tuning", workers=workers)
+    assert job.started_at is not None
+    now = utcnow()
+    ran = (now - job.started_at).total_seconds()
+    with sessions() as session:
+        # Past its limit by more than the grace, not yet by twice the grace (then it is forced).
+        assert time_limits.fail_overdue_jobs(session, limit_seconds=ran / 4,
+                                             grace_seconds=ran / 2, now=now) == [job_id]
+        job = jobs.get_job(session, job_id)
+    # The window: still running (a DELETE answers 409 job_active), asked to stop, error shown.
+    assert (job.status, job.cancel_requested, job.error_code) == ("running", True, "timeout")
+    assert job.status in ACTIVE
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=workers)
+    assert (job.status, job.error_code, job.stage) == ("failed", "timeout", "finetune")
+    # The last candidate to stop deletes the epoch states once it has ended the job (the first
+    # to stop leaves them to it: the other one still stores its own).
+    deadline = time.monotonic() + 30
+    while list(store.list_objects(epoch_states_prefix(job_id))):
+        assert time.monotonic() < deadline, [w.log()[-2000:] for w in workers]
+        time.sleep(0.2)
+    with sessions() as session:
+        assert [c.status for c in list_candidates(session, job_id)] == ["cancelled", "cancelled"]
+        # DELETE /v1/jobs/{id}: the rows, then every object under the job's prefix.
+        session.execute(delete(Job).where(Job.id == job_id, Job.status.not_in(ACTIVE)))
+        session.commit()
+    delete_objects(store, job_objects(store, [job_id]))
+    time.sleep(2)  # a candidate still running would store its θ_FT meanwhile
+    assert job_objects(store, [job_id]) == []
+    for worker in workers:
+        assert " ERROR" not in worker.log() and "Traceback" not in worker.log(), worker.log()
