@@ -77,14 +77,26 @@ def delete_dataset(session: Session, store: ObjectStore, caller: Caller, dataset
     delete_objects(store, [key])
 
 
+def _still_active(job: Job) -> str:
+    """Why an active job cannot be deleted yet, and what to do: a job already asked to stop (a
+    cancellation, or a part's failure waiting for its running siblings) needs no cancel, only
+    time for its running parts to reach their next batch."""
+    if not job.cancel_requested:
+        return (f"job {job.id} is {job.status}: cancel it first (POST /v1/jobs/{job.id}/cancel), "
+                "then delete it once it has stopped")
+    why = (f"its failure ({job.error_code}) waits for its running parts to stop"
+           if job.error_code else "it was cancelled and its running parts are stopping")
+    return (f"job {job.id} is still {job.status}: {why}; delete it once its status is final "
+            f"(GET /v1/jobs/{job.id})")
+
+
 def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str) -> None:
     """Delete a finished job with its records, artifacts and every other object its stages
     wrote (409 while it is queued/running)."""
     job = owned_job(session, caller.project_id, job_id)
     if job.status in ACTIVE:
-        raise Conflict(f"job {job.id} is {job.status}: cancel it first (POST "
-                       f"/v1/jobs/{job.id}/cancel), then delete it once it has stopped",
-                       field="job_id", code="job_active", details={"status": job.status})
+        raise Conflict(_still_active(job), field="job_id", code="job_active",
+                       details={"status": job.status, "cancel_requested": job.cancel_requested})
     keys = list(session.execute(
         select(Artifact.storage_key).where(Artifact.job_id == job.id)).scalars())
     # The status is re-checked in the DELETE itself, so a job that started meanwhile stays.

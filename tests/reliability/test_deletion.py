@@ -47,6 +47,16 @@ def test_delete_job_then_its_inputs(api: Api, small_cnn_file: Path) -> None:
     assert refused.json()["error"]["code"] == "job_active"
     assert refused.json()["error"]["field"] == "job_id"
     assert "cancel" in refused.json()["error"]["message"]
+    assert refused.json()["error"]["cancel_requested"] is False
+    with api.sessions() as session:  # a part failed; its running siblings are stopping
+        session.execute(update(Job).where(Job.id == job["id"]).values(
+            cancel_requested=True, error_code="numerical_error", error_message="loss is NaN"))
+        session.commit()
+    stopping = api.client.delete(f"/v1/jobs/{job['id']}")
+    assert stopping.status_code == 409 and stopping.json()["error"]["code"] == "job_active"
+    assert stopping.json()["error"]["cancel_requested"] is True
+    message = stopping.json()["error"]["message"]
+    assert "numerical_error" in message and "cancel it first" not in message
     with api.sessions() as session:  # the job ended; it produced an artifact
         session.execute(update(Job).where(Job.id == job["id"]).values(status="cancelled"))
         session.add(Artifact(job_id=job["id"], name="tuned.safetensors",
