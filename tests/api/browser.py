@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.quiet_http import QuietHTTPServer
+
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 #: Flags that keep the browser's own background traffic (updates, sync, accounts) down and make
 #: every host name but loopback unresolvable, so nothing leaves the machine.
@@ -111,7 +113,7 @@ class StaticPage:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/report"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -198,7 +200,7 @@ class StaticSite:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
         self.page_urls = [self.url + path.lstrip("/") for path in pages]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
