@@ -199,7 +199,7 @@ class LeaseHeartbeat:
                 logger.warning("could not renew the lease of %s", self._what, exc_info=True)
                 continue
             if not held:
-                if self.work_ended():
+                if self._ended_meanwhile():
                     logger.info("%s: the job has ended; its lease ended with it", self._what)
                     self._job_ended.set()
                     return
@@ -215,6 +215,14 @@ class LeaseHeartbeat:
         """After a failed renewal: whether the work's job has ended (none here; see
         :class:`StageReporter`), so no other worker holds it."""
         return False
+
+    def _ended_meanwhile(self) -> bool:
+        try:
+            return self.work_ended()
+        except Exception:  # cannot tell (the database away): stop as for a lost lease
+            logger.warning("%s: could not read whether its job ended", self._what,
+                           exc_info=True)
+            return False
 
     @property
     def lease_lost(self) -> bool:
