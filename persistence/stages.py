@@ -68,6 +68,14 @@ class LeaseLost(PersistenceError):
     code = "lease_lost"
 
 
+class JobEnded(PersistenceError):
+    """The job had ended before the worker running it could end it itself (the recovery loop
+    failed it past its time limit while the worker was late to its own check): nothing was
+    written, and the worker must not report the end as its own."""
+
+    code = "job_ended"
+
+
 # --------------------------------------------------------------------------------------------
 # Values
 # --------------------------------------------------------------------------------------------
@@ -577,10 +585,14 @@ def fail_job(session: Session, job_id: str, code: str, message: str, *,
     ``owner`` (a worker), only while that worker holds the stage, else :class:`LeaseLost`.
     Without ``owner``, while a part of a split stage still runs the failure only becomes
     pending and the job ends with its last part (:func:`persistence.transactions.
-    fail_when_parts_stop`; ``force``: now, whatever runs)."""
+    fail_when_parts_stop`; ``force``: now, whatever runs). With ``owner``, a job that already
+    ended raises :class:`JobEnded` instead: the worker's end was not the job's."""
     now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
+        if job.status in TERMINAL_STATUSES and owner is not None:
+            raise JobEnded(f"job {job_id} had already ended ({job.status}); worker {owner} "
+                           "recorded nothing")
         if job.status not in TERMINAL_STATUSES:
             stage = stage or job.stage
             row = _load_stage(session, job_id, stage) if stage else None
@@ -595,12 +607,16 @@ def fail_job(session: Session, job_id: str, code: str, message: str, *,
 
 
 def mark_cancelled(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
-    """End the job as cancelled (the worker's answer to ``JobCancelled``); no-op if it ended."""
+    """End the job as cancelled (the worker's answer to ``JobCancelled``). A job that already
+    ended (the stage's reports read it as ended, as they read a cancellation) raises
+    :class:`JobEnded`, nothing written: that end was another's (the recovery loop's, past the
+    time limit), which the worker must not log and count as its cancellation."""
     now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
-        if job.status not in TERMINAL_STATUSES:
-            end_stopped_job(session, job, load_stages(session, job_id), now)
+        if job.status in TERMINAL_STATUSES:
+            raise JobEnded(f"job {job_id} had already ended ({job.status}); not cancelled now")
+        end_stopped_job(session, job, load_stages(session, job_id), now)
     return job
 
 

@@ -204,12 +204,12 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
         except FinetuneDiverged as exc:
             # Not the job's failure: the other candidates may finish, and the pick leaves this
             # one out (it fails the job only if every candidate is excluded).
-            record_excluded(resources, reporter, job_id, index,
-                            excluded_candidate(candidate, exc, callbacks))
+            cancelled = record_excluded(resources, reporter, job_id, index,
+                                        excluded_candidate(candidate, exc, callbacks))
         else:
-            record_candidate(resources, reporter, job_id, index, claim.attempt,
-                             attempts[StageName.FINETUNE], run, candidate, finetune,
-                             interpolation)
+            cancelled = record_candidate(resources, reporter, job_id, index, claim.attempt,
+                                         attempts[StageName.FINETUNE], run, candidate,
+                                         finetune, interpolation)
     except Exception as exc:
         if isinstance(exc, ShuttingDown):
             # Its last epoch events, as an MRC shard's rows: the stored epoch state holds those
@@ -228,14 +228,22 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
     finally:
         reporter.stop()
     epoch_state.discard()  # recorded: no attempt of the candidate runs again
+    if cancelled:
+        # Recorded past its last cancellation poll, the last part to stop: its finish ended
+        # the job (reported "done" before). No candidate resumes: the siblings that stopped
+        # for the cancellation left their epoch states to the last one, as in the error path.
+        discard_epoch_states(resources.store, job_id)
+        return PartRun("cancelled", device)
     return PartRun(pick_if_complete(app, resources, job_id), device)
 
 
 def record_candidate(resources: WorkerResources, reporter: PartReporter, job_id: str,
                      index: int, attempt: int, stage_attempt: int, run: PreparedRun,
                      candidate: Candidate, finetune: FinetuneStageResult,
-                     interpolation: InterpolationStageResult) -> None:
-    """Store candidate ``index``'s θ_FT under its attempt's key and record its outcome."""
+                     interpolation: InterpolationStageResult) -> bool:
+    """Store candidate ``index``'s θ_FT under its attempt's key and record its outcome.
+    Returns whether recording it ended the job (:func:`persistence.stage_shards.finish_part`:
+    its cancellation was asked and nothing else runs)."""
     # A worker that lost its lease meanwhile writes nothing; one shutting down still records
     # the candidate it finished, as a stage does (should_cancel would hand it back).
     raise_if_cancelled(reporter.cancelled_at_end)
@@ -253,7 +261,7 @@ def record_candidate(resources: WorkerResources, reporter: PartReporter, job_id:
         raise LeaseLost(f"lost the lease on candidate {index} of job {job_id}")
     reporter.flush()  # the candidate's events come before its part is recorded
     with resources.session() as session:
-        stage_shards.finish_part(
+        return stage_shards.finish_part(
             session, CANDIDATES, job_id, index, owner=resources.worker_id, result=result,
             summary={"module": candidate.module, "lr": candidate.lr,
                      "chosen_alpha": outcome.chosen_alpha,
@@ -262,16 +270,16 @@ def record_candidate(resources: WorkerResources, reporter: PartReporter, job_id:
 
 
 def record_excluded(resources: WorkerResources, reporter: PartReporter, job_id: str,
-                    index: int, excluded: ExcludedCandidate) -> None:
+                    index: int, excluded: ExcludedCandidate) -> bool:
     """Record candidate ``index`` as done but excluded from the pick (no θ_FT, no curve): its
     result holds ``"excluded"`` with the reason, which ``/curves`` reports as a failed
-    candidate."""
+    candidate. Returns whether recording it ended the job (as :func:`record_candidate`)."""
     if reporter.lease_lost:
         raise LeaseLost(f"lost the lease on candidate {index} of job {job_id}")
     reporter.flush()  # the warning event comes before the part is recorded
     outcome = excluded.to_json()
     with resources.session() as session:
-        stage_shards.finish_part(
+        return stage_shards.finish_part(
             session, CANDIDATES, job_id, index, owner=resources.worker_id,
             result={"outcome": outcome, "excluded": {"reason": excluded.reason,
                                                      "field": excluded.field},

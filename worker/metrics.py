@@ -4,7 +4,8 @@ Recorded by this process as it runs tasks:
 
 - ``rift_stage_duration_seconds{stage, outcome}``: histogram of stage run times (claim to end;
   a sharded MRC or a sweep's fine-tuning ends its attempt with ``sharded`` once its parts are
-  sent);
+  sent; ``job_ended`` when the job had ended by another's hand, the recovery loop's past its
+  time limit, before the attempt could end it);
 - ``rift_part_duration_seconds{stage, outcome}``: histogram of the run times of MRC shard
   (``mrc``) and sweep candidate (``finetune``) tasks, which do those stages' work;
 - ``rift_stage_attempts_total{stage}``: stage claims this process won;

@@ -29,7 +29,7 @@ from persistence.settings import Settings
 from persistence.stages import LeaseLost
 from persistence.storage import ObjectNotFound, ObjectStore
 from persistence.time_limits import TimeLimit
-from persistence.transactions import EventKind
+from persistence.transactions import EventKind, JobNotFound
 from persistence.webhooks import install_delivery_dispatch
 from rift.errors import JobCancelled, RiftError, TimeLimitExceeded
 from worker.prepared_runs import PreparedRunCache
@@ -173,6 +173,10 @@ class LeaseHeartbeat:
         self._what = what  # in log lines: "job <id> stage <stage>"
         self._lease_seconds = resources.settings.worker_lease_seconds
         self._lease_lost = threading.Event()
+        # The renewal failed because the job ended (the recovery loop failed it past its time
+        # limit), not because another worker took the work: the work stops as for a
+        # cancellation, and the end is reported as the job's, not as a lease lost.
+        self._job_ended = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -195,6 +199,10 @@ class LeaseHeartbeat:
                 logger.warning("could not renew the lease of %s", self._what, exc_info=True)
                 continue
             if not held:
+                if self._ended_meanwhile():
+                    logger.info("%s: the job has ended; its lease ended with it", self._what)
+                    self._job_ended.set()
+                    return
                 logger.warning("%s: lease lost to another worker", self._what)
                 self._lease_lost.set()
                 return
@@ -202,6 +210,19 @@ class LeaseHeartbeat:
     def renew(self) -> bool:
         """Extend the lease; False once this worker no longer holds it."""
         raise NotImplementedError
+
+    def work_ended(self) -> bool:
+        """After a failed renewal: whether the work's job has ended (none here; see
+        :class:`StageReporter`), so no other worker holds it."""
+        return False
+
+    def _ended_meanwhile(self) -> bool:
+        try:
+            return self.work_ended()
+        except Exception:  # cannot tell (the database away): stop as for a lost lease
+            logger.warning("%s: could not read whether its job ended", self._what,
+                           exc_info=True)
+            return False
 
     @property
     def lease_lost(self) -> bool:
@@ -308,7 +329,8 @@ class StageReporter(LeaseHeartbeat):
             self._closed = True
             with self._pending_lock:
                 device, self._device = self._device, None
-        if device is None or self._lease_lost.is_set():  # another worker's job row now
+        # Another worker's job row now, or an ended job's (which gets no reports).
+        if device is None or self._lease_lost.is_set() or self._job_ended.is_set():
             return
         try:
             with self.resources.session() as session:
@@ -341,6 +363,12 @@ class StageReporter(LeaseHeartbeat):
             return stages.renew_lease(session, self.job_id, self.stage, owner=self.owner,
                                       lease_seconds=self._lease_seconds)
 
+    def work_ended(self) -> bool:
+        """Whether the job ended (or is gone): the recovery loop's failure past the time limit
+        clears the stage's lease, which a worker late to its own check then fails to renew.
+        Before, that read as "lease lost to another worker" (a warning, outcome ``lease_lost``)."""
+        return job_has_ended(self.resources, self.job_id)
+
     # -- pipeline callbacks ----------------------------------------------------------------
     def on_progress(self, stage: str, fraction: float, message: str) -> None:
         self._raise_write_error()
@@ -361,6 +389,8 @@ class StageReporter(LeaseHeartbeat):
         if self._lease_lost.is_set():
             raise stages.LeaseLost(f"worker {self.owner} lost the lease on stage '{self.stage}' "
                                    f"of job {self.job_id}")
+        if self._job_ended.is_set():
+            return True  # stops as for a cancellation; the end is the job's (JobEnded)
         if self._deadline is not None and self._clock() >= self._deadline:
             self.flush()
             assert self._time_limit is not None
@@ -379,7 +409,7 @@ class StageReporter(LeaseHeartbeat):
         if self._lease_lost.is_set():
             raise stages.LeaseLost(f"worker {self.owner} lost the lease on stage '{self.stage}' "
                                    f"of job {self.job_id}")
-        return self._cancel
+        return self._cancel or self._job_ended.is_set()
 
     def set_device(self, device: str) -> None:
         """Record the device the job runs on, with the next write."""
@@ -514,15 +544,27 @@ def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, j
                       index: int, attempt: int, exc: Exception) -> str:
     """End a part of a split stage (MRC shard, sweep candidate) that raised ``exc``; call it from
     the ``except`` block. Returns the task's outcome: "cancelled", "lease_lost", "failed",
-    "retry" (the part is released and the caller sends it again after the retry delay) or
+    "retry" (the part is released and the caller sends it again after the retry delay),
     "handed_back" (the worker is shutting down: the part is pending again, its attempt not
-    counted, and the caller sends it again at once).
+    counted, and the caller sends it again at once) or "job_ended" (the job was deleted as the
+    part stopped: nothing is left to record; before, ``JobNotFound`` reached the worker's log as
+    the task's error).
 
     Errors of the library (the time limit included) and missing inputs fail the job: another
     attempt would meet the same error, and a split stage with a part missing cannot finish. The
     part is marked failed; while a sibling part runs the job's failure is pending and the
     siblings stop first (:func:`persistence.stage_shards.fail_part`).
     Anything else is retried until the part has had ``max_stage_attempts``."""
+    try:
+        return _settle_part(resources, kind, job_id, index, attempt, exc)
+    except JobNotFound:
+        logger.info("job %s %s %d stopped: the job was deleted meanwhile", job_id, kind.noun,
+                    index)
+        return "job_ended"
+
+
+def _settle_part(resources: WorkerResources, kind: stage_shards.PartKind, job_id: str,
+                 index: int, attempt: int, exc: Exception) -> str:
     if isinstance(exc, JobCancelled):
         # The job ends with its last running part (before, the first part to stop ended it
         # while the others still ran).

@@ -117,7 +117,7 @@ from persistence.queue import (
     enqueue_stage,
     enqueue_webhook,
 )
-from persistence.stages import ClaimOutcome, ClaimTerms, LeaseLost
+from persistence.stages import ClaimOutcome, ClaimTerms, JobEnded, LeaseLost
 from persistence.storage import ObjectNotFound
 from persistence.time_limits import fail_overdue_jobs, job_time_limit
 from persistence.transactions import JobNotFound
@@ -162,7 +162,7 @@ logger = logging.getLogger(__name__)
 
 # Outcomes of a fine-tune stage attempt after which its epoch state is not read again: recorded,
 # or the job ended (a "retry" or "handed_back" attempt is continued from it).
-_ENDS_A_FINETUNE = frozenset({"done", "failed", "cancelled"})
+_ENDS_A_FINETUNE = frozenset({"done", "failed", "cancelled", "job_ended"})
 
 
 def register_tasks(app: RiftCelery) -> WorkerResources:
@@ -394,8 +394,10 @@ def execute_stage(app: RiftCelery, resources: WorkerResources, job_id: str, stag
         while True:
             # "sharded": the attempt ended by sending its parts (their own run times are
             # rift_part_duration_seconds); it was left out, so attempts outnumbered durations.
+            # "job_ended": another ended the job first (the recovery loop, past its time
+            # limit); counted as that, not as this attempt's failure or cancellation.
             if step.outcome in ("done", "failed", "retry", "cancelled", "lease_lost",
-                                "handed_back", "sharded"):
+                                "handed_back", "sharded", "job_ended"):
                 resources.metrics.observe_stage(step.stage, step.outcome,
                                                 time.monotonic() - started, step.device)
             if step.outcome == "done" and stages.next_stage(step.stage) is None:
@@ -534,10 +536,7 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
                 events=pending.events, device=pending.device)
     except JobCancelled:
         reporter.close()  # no report of the stage follows its end (each branch below)
-        with resources.session() as session:
-            stages.mark_cancelled(session, job_id)
-        logger.info("job %s cancelled during stage %s", job_id, stage)
-        return _Step(stage, "cancelled", device)
+        return _Step(stage, _cancel(resources, job_id, stage), device)
     except LeaseLost as exc:
         # Another worker took the stage over (this one stalled past its lease): it owns it now.
         reporter.close()
@@ -564,6 +563,8 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         except LeaseLost as lost:
             logger.warning("job %s stage %s: %s", job_id, stage, lost)
             return _Step(stage, "lease_lost", device)
+        except (JobEnded, JobNotFound) as ended:
+            return _Step(stage, _ended_before(job_id, stage, ended), device)
     finally:
         reporter.stop()
 
@@ -623,6 +624,29 @@ def _hand_back(app: RiftCelery, resources: WorkerResources, job_id: str, stage: 
     return "handed_back"
 
 
+def _ended_before(job_id: str, stage: str, exc: JobEnded | JobNotFound) -> str:
+    """The outcome of a stage whose job ended (or was deleted) before its worker could end it:
+    the recovery loop fails a job past its time limit a lease after it, and a worker late to
+    its own check then meets the job's end in its reports (read as a cancellation) or at its
+    own ``fail_job``. Before, it logged and counted that end as its own ("cancelled during
+    stage", "failed in stage ...: timeout")."""
+    logger.info("job %s stage %s: the job had already ended; nothing recorded (%s)", job_id,
+                stage, exc)
+    return "job_ended"
+
+
+def _cancel(resources: WorkerResources, job_id: str, stage: str) -> str:
+    """End the job as cancelled after its stage stopped for it (``JobCancelled``); returns the
+    outcome: "cancelled", or "job_ended" when that stop was the job's end by another."""
+    try:
+        with resources.session() as session:
+            stages.mark_cancelled(session, job_id)
+    except (JobEnded, JobNotFound) as exc:
+        return _ended_before(job_id, stage, exc)
+    logger.info("job %s cancelled during stage %s", job_id, stage)
+    return "cancelled"
+
+
 def _fail(resources: WorkerResources, job_id: str, stage: str, code: str, message: str) -> str:
     try:
         with resources.session() as session:
@@ -631,6 +655,8 @@ def _fail(resources: WorkerResources, job_id: str, stage: str, code: str, messag
     except LeaseLost as exc:
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return "lease_lost"
+    except (JobEnded, JobNotFound) as exc:
+        return _ended_before(job_id, stage, exc)
     logger.info("job %s failed in stage %s: %s", job_id, stage, code)
     return "failed"
 

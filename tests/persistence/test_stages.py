@@ -528,8 +528,10 @@ def test_a_stage_handed_back_by_a_stopping_worker_waits_uncounted_for_another(
     # Not while the job has ended (cancelled meanwhile: the claim's holder writes nothing).
     claim(sessions, job_id, owner="w9")
     with sessions() as session:
-        jobs.request_cancel(session, job_id)
-        stages.mark_cancelled(session, job_id)
+        # Its lease (claimed at T0) expired: nothing holds work, so the request ends the job.
+        assert jobs.request_cancel(session, job_id).status == "cancelled"
+    with pytest.raises(stages.JobEnded), sessions() as session:
+        stages.mark_cancelled(session, job_id)  # a late worker's cancel: the end was not its
     with pytest.raises(stages.LeaseLost), sessions() as session:
         stages.hand_back_stage(session, job_id, "mrc", owner="w9")
 

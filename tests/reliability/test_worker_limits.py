@@ -117,6 +117,12 @@ def test_a_job_the_recovery_loop_fails_while_its_worker_runs_gets_no_report_afte
     assert kinds[-1] == "job_failed" and kinds.count("job_failed") == 1, kinds[-5:]
     finetune = next(s for s in job.stages if s.stage == "finetune")
     assert (finetune.status, finetune.lease_owner) == ("failed", None)
+    # The end is logged (and counted) as the job's, not as the worker's own cancellation,
+    # failure or lost lease (tests/worker/test_ended_outcomes.py).
+    log = worker.log()
+    assert "succeeded in" in log and "'job_ended'" in log, log[-3000:]
+    assert not any(line in log for line in ("cancelled during stage", "failed in stage",
+                                            "lease lost to another worker")), log[-3000:]
 
 
 @pytest.mark.parametrize("whose", ["service", "job"])
