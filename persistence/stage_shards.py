@@ -279,16 +279,11 @@ def finish_part(session: Session, kind: PartKind, job_id: str, index: int, *, ow
         log_event(session, job_id, f"{kind.event}_finished",
                   {"stage": kind.stage.value, kind.event: index, "done": finished,
                    "total": len(statuses), **(summary or {})}, now)
-        if job.cancel_requested:
-            # Finished past its last cancellation poll: recorded, and the last part to stop
-            # ends the job, as in stop_cancelled_part. Before, with a sibling already stopped
-            # for the cancellation (never done: no merge or pick runs) nothing ended the job,
-            # which stayed running with no work held, forever.
-            stage_rows = load_stages(session, job_id)
-            if not work_is_held(session, job_id, stage_rows, now):
-                end_stopped_job(session, job, stage_rows, now)  # failed if a failure waits
-                return True
-        return False
+        # Finished past its last cancellation poll: recorded, and the last part to stop ends
+        # the job, as in stop_cancelled_part. Before, with a sibling already stopped for the
+        # cancellation (never done: no merge or pick runs) nothing ended the job, which stayed
+        # running with no work held, forever.
+        return _end_if_last_to_stop(session, job, now)
 
 
 def finish_shard(session: Session, job_id: str, shard: int, *, owner: str,
@@ -347,16 +342,24 @@ def hand_back_part(session: Session, kind: PartKind, job_id: str, index: int, *,
         log_event(session, job_id, EventKind.STAGE_HANDED_BACK,
                   {"stage": kind.stage.value, kind.event: index, "attempt": handed[0] + 1,
                    "worker": owner, "reason": "worker_shutdown"}, now)
-        if job.cancel_requested:
-            # Asked while the part ran (held work, so not cancelled then), and the worker shut
-            # down before its next cancellation poll: before, the job stayed running with
-            # nothing running it until a worker took the message again (none, while the whole
-            # pool was down).
-            stage_rows = load_stages(session, job_id)
-            if not work_is_held(session, job_id, stage_rows, now):
-                end_stopped_job(session, job, stage_rows, now)  # failed if a failure waits
-                return True
+        # Asked while the part ran (held work, so not ended then), and the worker shut down
+        # before its next cancellation poll: before, the job stayed running with nothing
+        # running it until a worker took the message again (none, while the whole pool was
+        # down).
+        return _end_if_last_to_stop(session, job, now)
+
+
+def _end_if_last_to_stop(session: Session, job: Job, now: datetime) -> bool:
+    """End the locked ``job`` if it was asked to stop (a cancellation or a pending failure)
+    and no work of it is held any more: cancelled, or failed with the pending failure
+    (:func:`persistence.transactions.end_stopped_job`). Returns whether it ended."""
+    if not job.cancel_requested:
         return False
+    stage_rows = load_stages(session, job.id)
+    if work_is_held(session, job.id, stage_rows, now):
+        return False
+    end_stopped_job(session, job, stage_rows, now)
+    return True
 
 
 def stop_cancelled_part(session: Session, kind: PartKind, job_id: str, index: int, *,
