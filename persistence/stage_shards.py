@@ -283,7 +283,7 @@ def finish_part(session: Session, kind: PartKind, job_id: str, index: int, *, ow
         # the job, as in stop_cancelled_part. Before, with a sibling already stopped for the
         # cancellation (never done: no merge or pick runs) nothing ended the job, which stayed
         # running with no work held, forever.
-        return _end_if_last_to_stop(session, job, now)
+        return job.cancel_requested and _end_if_last_to_stop(session, job, now)
 
 
 def finish_shard(session: Session, job_id: str, shard: int, *, owner: str,
@@ -346,15 +346,13 @@ def hand_back_part(session: Session, kind: PartKind, job_id: str, index: int, *,
         # before its next cancellation poll: before, the job stayed running with nothing
         # running it until a worker took the message again (none, while the whole pool was
         # down).
-        return _end_if_last_to_stop(session, job, now)
+        return job.cancel_requested and _end_if_last_to_stop(session, job, now)
 
 
 def _end_if_last_to_stop(session: Session, job: Job, now: datetime) -> bool:
-    """End the locked ``job`` if it was asked to stop (a cancellation or a pending failure)
-    and no work of it is held any more: cancelled, or failed with the pending failure
+    """End the locked, active ``job`` asked to stop (a cancellation or a pending failure) once
+    no work of it is held any more: cancelled, or failed with the pending failure
     (:func:`persistence.transactions.end_stopped_job`). Returns whether it ended."""
-    if not job.cancel_requested:
-        return False
     stage_rows = load_stages(session, job.id)
     if work_is_held(session, job.id, stage_rows, now):
         return False
@@ -380,11 +378,7 @@ def stop_cancelled_part(session: Session, kind: PartKind, job_id: str, index: in
             .execution_options(synchronize_session=False))
         if job.status in TERMINAL_STATUSES:
             return False
-        stages = load_stages(session, job_id)
-        if work_is_held(session, job_id, stages, now):
-            return False
-        end_stopped_job(session, job, stages, now)
-        return True
+        return _end_if_last_to_stop(session, job, now)
 
 
 def fail_part(session: Session, kind: PartKind, job_id: str, index: int, *, owner: str,

@@ -297,12 +297,9 @@ def test_a_candidate_that_keeps_failing_fails_the_job_in_the_finetune_stage(
     assert _claim_candidate(sessions, job_id, 0, "w1").outcome == ClaimOutcome.INACTIVE
 
 
-@pytest.mark.parametrize("kind", ["candidates", "shards"])
-def test_a_cancelled_job_ends_with_its_last_running_part_not_before(
-        sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str) -> None:
-    """Before, a job whose stage was handed to its parts was cancelled at once (no stage held a
-    lease), so it could be deleted while a part still ran and then stored its files under the
-    deleted job; and the first part to stop ended it while others ran."""
+def _two_running_parts(sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str
+                       ) -> tuple[str, stage_shards.PartKind]:
+    """A swept or sharded job whose two parts run, part 0 on w1 and part 1 on w2."""
     if kind == "candidates":
         job_id, part_kind = _swept_job(sessions, new_job), CANDIDATES
     else:
@@ -312,6 +309,16 @@ def test_a_cancelled_job_ends_with_its_last_running_part_not_before(
             assert stage_shards.claim_part(
                 session, part_kind, job_id, index, owner=owner, lease_seconds=LEASE,
                 max_attempts=3, now=T0).outcome == ClaimOutcome.CLAIMED
+    return job_id, part_kind
+
+
+@pytest.mark.parametrize("kind", ["candidates", "shards"])
+def test_a_cancelled_job_ends_with_its_last_running_part_not_before(
+        sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str) -> None:
+    """Before, a job whose stage was handed to its parts was cancelled at once (no stage held a
+    lease), so it could be deleted while a part still ran and then stored its files under the
+    deleted job; and the first part to stop ended it while others ran."""
+    job_id, part_kind = _two_running_parts(sessions, new_job, kind)
     soon = T0 + timedelta(seconds=1)
     with sessions() as session:
         asked = jobs.request_cancel(session, job_id, now=soon)
@@ -335,15 +342,7 @@ def test_a_part_finishing_past_the_cancellation_after_its_sibling_stopped_ends_t
     """One part stops for the cancellation while the other, past its last poll, finishes: the
     stopped one is never done, so no merge or pick runs. Before, nothing ended the job, which
     stayed running with no work held (and no recovery pass finds a cancelled part)."""
-    if kind == "candidates":
-        job_id, part_kind = _swept_job(sessions, new_job), CANDIDATES
-    else:
-        job_id, part_kind = _sharded_job(sessions, new_job), stage_shards.MRC_SHARDS
-    for index, owner in ((0, "w1"), (1, "w2")):
-        with sessions() as session:
-            assert stage_shards.claim_part(
-                session, part_kind, job_id, index, owner=owner, lease_seconds=LEASE,
-                max_attempts=3, now=T0).outcome == ClaimOutcome.CLAIMED
+    job_id, part_kind = _two_running_parts(sessions, new_job, kind)
     soon = T0 + timedelta(seconds=1)
     with sessions() as session:
         jobs.request_cancel(session, job_id, now=soon)
@@ -365,15 +364,7 @@ def test_the_last_part_handed_back_after_a_cancellation_ends_the_job(
     workers shut down before their next poll: the last hand-back ends the job, as a stage's
     hand-back does. Before, the job stayed running with nothing running it until some worker
     took a part's message again (none while the whole pool was down)."""
-    if kind == "candidates":
-        job_id, part_kind = _swept_job(sessions, new_job), CANDIDATES
-    else:
-        job_id, part_kind = _sharded_job(sessions, new_job), stage_shards.MRC_SHARDS
-    for index, owner in ((0, "w1"), (1, "w2")):
-        with sessions() as session:
-            assert stage_shards.claim_part(
-                session, part_kind, job_id, index, owner=owner, lease_seconds=LEASE,
-                max_attempts=3, now=T0).outcome == ClaimOutcome.CLAIMED
+    job_id, part_kind = _two_running_parts(sessions, new_job, kind)
     soon = T0 + timedelta(seconds=1)
     with sessions() as session:
         jobs.request_cancel(session, job_id, now=soon)
@@ -407,21 +398,6 @@ def test_a_part_handed_back_by_a_stopping_worker_waits_uncounted(
     assert (job.status, job.error_code) == ("running", None)
     assert [(p["stage"], p["candidate"], p["attempt"]) for p in handed] == [
         ("finetune", 1, 1)] * 4
-
-
-def _two_running_parts(sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str
-                       ) -> tuple[str, stage_shards.PartKind]:
-    """A swept or sharded job whose two parts run, part 0 on w1 and part 1 on w2."""
-    if kind == "candidates":
-        job_id, part_kind = _swept_job(sessions, new_job), CANDIDATES
-    else:
-        job_id, part_kind = _sharded_job(sessions, new_job), stage_shards.MRC_SHARDS
-    for index, owner in ((0, "w1"), (1, "w2")):
-        with sessions() as session:
-            assert stage_shards.claim_part(
-                session, part_kind, job_id, index, owner=owner, lease_seconds=LEASE,
-                max_attempts=3, now=T0).outcome == ClaimOutcome.CLAIMED
-    return job_id, part_kind
 
 
 @pytest.mark.parametrize("kind", ["candidates", "shards"])
