@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from rift.config import RiftConfig, unused_settings
+from rift.config import RiftConfig, dataset_names, unused_settings
 from rift.errors import RiftError
 from rift.setting_names import describe_errors as describe_setting_errors
 from rift.setting_names import field_path, origin_key
@@ -172,6 +172,7 @@ def _build_config(args: argparse.Namespace, origins: dict[str, str]) -> RiftConf
         "--seed": ("seed", args.seed), "--precision": ("precision", args.precision),
         "--checkpoint-entry": ("checkpoint_entry", args.checkpoint_entry),
     }
+    _refuse_dataset_path(args.dataset, args.data_path)
     for flag, (dotted, value) in shortcuts.items():
         if value is not None:
             _set_path(tree, dotted, value, flag)
@@ -197,6 +198,32 @@ def _build_config(args: argparse.Namespace, origins: dict[str, str]) -> RiftConf
     if strict:
         raise _ConfigErrors(strict)
     return config
+
+
+def _refuse_dataset_path(dataset: str | None, data_path: str | None) -> None:
+    """``--dataset data.npz`` (a file or folder where a dataset's kind is asked for) is the
+    first thing a user of their own data types; the choice list alone did not say that the
+    path goes to ``--data-path``.
+
+    Raises:
+        ConfigInputError: naming ``--dataset`` and the two flags to give instead.
+    """
+    if dataset is None or dataset in dataset_names():
+        return
+    path = Path(dataset).expanduser()
+    if path.suffix.lower() == ".npz" or path.is_file():
+        kind = "npz"
+    elif path.is_dir():
+        kind = "imagefolder"
+    else:
+        return  # a mistyped name: the validation's "did you mean" says the rest
+    fix = f"--dataset {kind} --data-path {dataset}"
+    if data_path is not None and data_path != dataset:
+        fix = f"--dataset {kind} (--data-path is already {data_path})"
+    raise ConfigInputError(
+        f"invalid configuration: dataset.name: --dataset takes a kind of dataset "
+        f"({', '.join(dataset_names())}), not a path (got {dataset!r}); for your own data "
+        f"give {fix}")
 
 
 def _validate_lax(tree: dict[str, Any], args: argparse.Namespace) -> RiftConfig:

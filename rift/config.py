@@ -383,6 +383,11 @@ REFERENCE_PROTOCOL: dict[str, dict[str, object]] = {
 }
 
 
+def dataset_names() -> tuple[str, ...]:
+    """The values ``dataset.name`` takes, in the order the schema lists them."""
+    return get_args(DatasetSpec.model_fields["name"].annotation)
+
+
 def unused_settings(tree: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
     """Settings a config as given (JSON, before defaults) sets that the run would not use, as
     (path, why) pairs. Checked where a config is first given (the API's job creation, the CLI),

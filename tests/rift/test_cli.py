@@ -263,6 +263,23 @@ def test_a_config_file_json_cannot_take_as_meant_is_one_line(
     assert err.startswith(f"error: --config {tmp_path / name}: ") and line in err
 
 
+@pytest.mark.parametrize(("value", "fix"), [
+    ("train.npz", "give --dataset npz --data-path train.npz"),
+    ("FOLDER", "give --dataset imagefolder --data-path FOLDER"),
+])
+def test_a_path_given_as_the_dataset_says_which_flags_take_it(
+        tmp_path: Path, capsys, value: str, fix: str) -> None:
+    # Before: only the list of kinds ("Input should be 'cifar10', ... or 'imagefolder'"), which
+    # does not say where a file of one's own goes.
+    value = value.replace("FOLDER", str(tmp_path))
+    code = main(["run", "--checkpoint", "x.pt", "--arch", "small_cnn", "--dataset", value,
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: invalid configuration: dataset.name: --dataset takes a kind")
+    assert err.rstrip().endswith(fix.replace("FOLDER", str(tmp_path))), err
+
+
 def test_set_values_stay_text_read_laxly_also_over_a_strict_file(tmp_path: Path) -> None:
     # --set values are text by nature: "yes" and "0.01" are read as meant, and a file's
     # setting that --set replaces is not held against the file.
