@@ -6,25 +6,18 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, StoreDep, ValidatorDep
-from api.errors import InvalidInput
 from api.idempotency import IdempotencyKey
-from api.ingest import store_checkpoint, validate_checkpoint_upload
 from api.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageCursor, PageLimit
 from api.schemas import CheckpointFormat, CheckpointOut, CheckpointPageOut
 from api.services import deletion
 from api.services.ownership import owned_checkpoint
+from api.services.upload_flow import CHECKPOINT_UPLOADS, FILE_FIELD, UploadServices, accept_upload
 from api.services.upload_records import checkpoint_out, list_checkpoints_for
-from api.services.upload_replay import upload_key
-from api.services.uploads import check_declared_upload, replay_or_check_quota
-from api.uploads import RawFilename, receive_upload, scratch_dir, upload_request_body
-from persistence.models import Checkpoint
+from api.uploads import RawFilename, upload_request_body
 
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
-
-FILE_FIELD = "file"
 
 
 @router.post(
@@ -54,26 +47,9 @@ async def upload_checkpoint(request: Request, response: Response, caller: Caller
                             store: StoreDep, validator: ValidatorDep,
                             filename: RawFilename = None,
                             idempotency_key: IdempotencyKey = None) -> CheckpointOut:
-    await run_in_threadpool(check_declared_upload, factory, caller, request, Checkpoint,
-                            idempotency_key)
-    upload = await receive_upload(
-        request, file_field=FILE_FIELD, max_file_bytes=settings.max_checkpoint_bytes,
-        scratch_dir=scratch_dir(settings))
-    with upload:
-        if upload.file is None:
-            raise InvalidInput(f"the form field '{FILE_FIELD}' (the checkpoint file) is missing",
-                               field=FILE_FIELD)
-        file = upload.file
-        key = upload_key(caller, idempotency_key, file)
-        replay = await run_in_threadpool(
-            replay_or_check_quota, factory, caller, Checkpoint, "checkpoint", key, file.size)
-        if replay is not None:
-            row, created = replay, False
-        else:
-            inspection = await run_in_threadpool(
-                validate_checkpoint_upload, validator, file, FILE_FIELD)
-            row, created = await run_in_threadpool(
-                store_checkpoint, factory, store, file, inspection, caller, key)
+    row, created = await accept_upload(
+        CHECKPOINT_UPLOADS, request, caller, UploadServices(settings, factory, store, validator),
+        idempotency_key)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/checkpoints/{row.id}"
     return checkpoint_out(row)

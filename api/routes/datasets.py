@@ -10,27 +10,22 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from api.dataset_validation import BUILTIN_GEOMETRY
 from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, StoreDep, ValidatorDep
-from api.errors import InvalidInput, NotFound
+from api.errors import NotFound
 from api.idempotency import IdempotencyKey
-from api.ingest import store_dataset, validate_dataset_upload
 from api.job_requests import BUILTIN_CLASSES
 from api.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageCursor, PageLimit
 from api.schemas import DatasetOut, DatasetPageOut
 from api.services import deletion
 from api.services.ownership import find_owned
+from api.services.upload_flow import DATASET_UPLOADS, FILE_FIELD, UploadServices, accept_upload
 from api.services.upload_records import dataset_out, list_datasets_for
-from api.services.upload_replay import upload_key
-from api.services.uploads import check_declared_upload, replay_or_check_quota
-from api.uploads import RawFilename, receive_upload, scratch_dir, upload_request_body
+from api.uploads import RawFilename, upload_request_body
 from persistence.models import Dataset, DatasetKind
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
-
-FILE_FIELD = "file"
 
 
 @router.post(
@@ -61,26 +56,9 @@ async def upload_dataset(request: Request, response: Response, caller: CallerDep
                          store: StoreDep, validator: ValidatorDep,
                          filename: RawFilename = None,
                          idempotency_key: IdempotencyKey = None) -> DatasetOut:
-    await run_in_threadpool(check_declared_upload, factory, caller, request, Dataset,
-                            idempotency_key)
-    upload = await receive_upload(
-        request, file_field=FILE_FIELD, max_file_bytes=settings.max_dataset_bytes,
-        scratch_dir=scratch_dir(settings))
-    with upload:
-        if upload.file is None:
-            raise InvalidInput(f"the form field '{FILE_FIELD}' (the archive) is missing",
-                               field=FILE_FIELD)
-        file = upload.file
-        key = upload_key(caller, idempotency_key, file)
-        replay = await run_in_threadpool(
-            replay_or_check_quota, factory, caller, Dataset, "dataset", key, file.size)
-        if replay is not None:
-            row, created = replay, False
-        else:
-            inspection = await run_in_threadpool(
-                validate_dataset_upload, validator, file, FILE_FIELD)
-            row, created = await run_in_threadpool(
-                store_dataset, factory, store, file, inspection, caller, key)
+    row, created = await accept_upload(
+        DATASET_UPLOADS, request, caller, UploadServices(settings, factory, store, validator),
+        idempotency_key)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return dataset_out(row)
