@@ -120,13 +120,19 @@ def lowest_rows(rows: Sequence[Mapping[str, Any]], k: int) -> list[int]:
             "selection"`` completes every module that can be chosen, so this is a bug, not a
             choice to make on a bound.
     """
-    order = sorted(range(len(rows)), key=lambda i: (
-        *selection_key(float(rows[i]["mrc"]), rows[i].get("max_ascent_loss")), i))[:k]
+    order = selection_order(rows)[:k]
     bounds = [str(rows[i]["name"]) for i in order if rows[i].get("exact") is False]
     if bounds:
         raise RuntimeError(f"the MRC selection rule would choose {bounds}, whose values are lower "
                            "bounds (stopped early by mrc.table = 'selection'): a bug, please report")
     return order
+
+
+def selection_order(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Every row's index in the selection rule's order (``selection_key``, then table order),
+    lower bounds included: :func:`lowest_rows` is its first ``k``, checked."""
+    return sorted(range(len(rows)), key=lambda i: (
+        *selection_key(float(rows[i]["mrc"]), rows[i].get("max_ascent_loss")), i))
 
 
 def selection_key(mrc: float, max_ascent_loss: float | None) -> tuple[float, float]:

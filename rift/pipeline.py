@@ -64,6 +64,7 @@ from rift.interpolation import (
     measure_full_curve,
     select_alpha_lazily,
 )
+from rift.measured_warnings import mrc_table_warnings, not_robust_warning
 from rift.model_checks import check_model_outputs
 from rift.models import build_model, check_model_accepts
 from rift.models.normalization import applied_normalization
@@ -420,6 +421,11 @@ def run_preflight_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = 
     for finding in (unjudged, collapsed, normalization):
         if finding is not None:
             callbacks.event("warning", {"stage": "preflight", "message": finding})
+    not_robust = not_robust_warning(config, report.robust_accuracy,
+                                    f"the preflight's {report.examples} test examples",
+                                    "preflight")
+    if not_robust is not None:
+        callbacks.event("warning", not_robust.as_payload())
     callbacks.event("preflight", report.as_dict())
     callbacks.progress("preflight", 1.0, f"clean {report.clean_accuracy:.1f}%")
     return report
@@ -1022,7 +1028,19 @@ def run_mrc_stage(run: PreparedRun, callbacks: PipelineCallbacks | None = None,
     """Score modules (all selected by the config, or exactly ``modules``) on a fixed adversarial
     set drawn from the training split and made once on θ_AT (docs/algorithm.md, step 1)."""
     with run.restored(), deterministic_kernels(run.config.deterministic):
-        return _run_mrc_stage(run, callbacks, modules)
+        result = _run_mrc_stage(run, callbacks, modules)
+    warn_mrc_table(run.config, result, PipelineCallbacks.of(callbacks))
+    return result
+
+
+def warn_mrc_table(config: RiftConfig, mrc: MRCStageResult, callbacks: PipelineCallbacks
+                   ) -> None:
+    """A ``warning`` event for each finding of :func:`rift.measured_warnings.mrc_table_warnings`
+    on the finished table (θ_AT not robust on the MRC set, a choice decided by a tie)."""
+    for warning in mrc_table_warnings(config, mrc.rows,
+                                      baseline_robust_accuracy=mrc.baseline_robust_accuracy,
+                                      examples=mrc.examples):
+        callbacks.event("warning", warning.as_payload())
 
 
 def run_finetune_stage(run: PreparedRun, module: str | MRCStageResult,
@@ -1255,6 +1273,7 @@ def _run_stages(config: RiftConfig, run: PreparedRun, storage: FolderStorage,
     mrc = load_mrc(storage)
     if mrc is not None:
         callbacks.event("stage_skipped", {"stage": "mrc", "reason": "output already saved"})
+        warn_mrc_table(config, mrc, callbacks)  # this run's choice rests on it as much
     else:
         callbacks.event("stage_started", {"stage": "mrc"})
         mrc = run_mrc_stage(run, callbacks)
