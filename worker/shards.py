@@ -24,7 +24,7 @@ from typing import Any
 from celery import Celery
 
 from persistence import stage_shards, stages
-from persistence.models import TERMINAL_STATUSES, Checkpoint, Dataset, Job, StageName
+from persistence.models import TERMINAL_STATUSES, Checkpoint, Dataset, Job, StageName, utcnow
 from persistence.object_keys import SHARD_INPUTS_NAME, shard_inputs_key
 from persistence.queue import enqueue_stage
 from persistence.stage_shards import SHARDED_OWNER
@@ -34,6 +34,7 @@ from persistence.time_limits import job_time_limit
 from persistence.transactions import JobNotFound, load_stages
 from rift import checkpoints
 from rift.config import RiftConfig
+from rift.measured_warnings import mrc_table_warnings
 from rift.mrc import select_modules
 from rift.mrc_shards import plan_shards
 from rift.pipeline import (
@@ -218,14 +219,23 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
          for part in parts], order)
 
     storage = job_stage_storage(resources.store, job_id, attempts)
-    outputs = record_mrc(RiftConfig.model_validate(job.spec), merged, storage)
+    config = RiftConfig.model_validate(job.spec)
+    outputs = record_mrc(config, merged, storage)
     manifest = stored_manifest(storage)
     if manifest is not None:
         outputs.artifacts = [*outputs.artifacts, manifest]
+    # No shard saw the whole table: the table's warnings (θ_AT not robust, a choice decided by a
+    # tie) are the merge's, written with the stage's end so that a merge lost to another writes
+    # none.
+    now = utcnow()
+    warnings = [("warning", warning.as_payload(), now) for warning in mrc_table_warnings(
+        config, merged.rows, baseline_robust_accuracy=merged.baseline_robust_accuracy,
+        examples=merged.examples)]
     try:
         with resources.session() as session:
-            stages.finish_stage(session, job_id, StageName.MRC, owner=SHARDED_OWNER,
-                                outputs=outputs)
+            stages.finish_stage_and_claim_next(session, job_id, StageName.MRC,
+                                               owner=SHARDED_OWNER, outputs=outputs,
+                                               events=warnings, now=now)
     except LeaseLost:
         return "done"  # another task recorded the merge first
     delete_shard_inputs(resources.store, job_id, inputs_keys)
