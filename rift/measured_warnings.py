@@ -5,13 +5,13 @@ goes on, but a figure it measured says its result means little. Each is a ``warn
   exactly 0 % on θ_AT, from the preflight's sample when the preflight ran, else from the MRC
   baseline on the MRC adversarial set. Not one example withstands the attack: the checkpoint is
   not adversarially trained, or not for this attack (``attack.eps``/``norm``/``steps``), or is fed
-  inputs on another scale (``architecture.normalization``). Then MRC measures a loss the attack
-  has already pushed up (the untrained mobilenet_v3_small of the lead's report: every module's
-  MRC exactly 0, the worst loss ln 5 on 5 classes), the α rule's bar (robust accuracy at least
-  θ_AT's) is met by every α, and the chosen module rests on nothing. Only exactly 0: an
-  adversarially trained checkpoint's robust accuracy varies with the data (about 50 % on
-  CIFAR-10, 25 % on CIFAR-100, lower on harder sets and stronger attacks) and no fixed small
-  figure above 0 separates "weakly robust" from "not robust"; 0 of n does, and names no guess.
+  inputs on another scale (``architecture.normalization``). Then MRC scores modules on examples
+  the model already gets all wrong (an untrained torchvision mobilenet_v3_small on random data:
+  every module's MRC exactly 0), the α rule's bar (robust accuracy at least θ_AT's) is met by
+  every α, and the chosen module rests on nothing. Only exactly 0: an adversarially trained
+  checkpoint's robust accuracy varies with the data (about 50 % on CIFAR-10, 25 % on CIFAR-100,
+  lower on harder sets and stronger attacks), so no fixed small figure above 0 separates "weakly
+  robust" from "not robust"; none of n examples surviving is unambiguous.
 * **An MRC choice decided by a tie** (:func:`tie_warning`): the chosen module's MRC equals,
   exactly, that of another exact row, or with ``finetune.candidates: k`` the k-th lowest ties
   with a row left out. The selection rule then chose by the ascent's ``max_ascent_loss``, or by
@@ -47,13 +47,14 @@ def not_robust_warning(config: RiftConfig, robust_accuracy: float | None, measur
     normalization = config.architecture.normalization or (
         "mean/std given" if config.architecture.mean is not None else "none")
     return RunWarning(stage, (
-        f"θ_AT's robust accuracy is 0 % on {measured_on} (PGD, attack.norm {attack.norm}, "
-        f"attack.eps {attack.eps:.4g}, attack.steps {attack.steps}): not one example withstands "
-        "the attack, so the checkpoint is not robust under it. It may not be adversarially "
-        "trained, or trained for another attack (check attack.eps/norm/steps), or fed inputs "
-        f"on another scale (architecture.normalization: {normalization}). The MRC table "
-        "measures a loss the attack already maximises, the α rule's bar (robust accuracy at "
-        "least θ_AT's 0 %) is met by every α, and the module chosen means little"))
+        f"θ_AT's robust accuracy is 0 % on {measured_on}, under PGD with attack.norm "
+        f"{attack.norm}, attack.eps {attack.eps:.4g}, attack.steps {attack.steps}: not one "
+        "example withstands the attack, so the checkpoint is not robust under it. It may not "
+        "be adversarially trained, or trained for another attack (check attack.eps/norm/steps), "
+        f"or fed inputs on another scale (architecture.normalization: {normalization}). MRC "
+        "then scores modules on adversarial examples the model already gets all wrong, the α "
+        "rule's bar (robust accuracy at least θ_AT's 0 %) is met by every α, and the module "
+        "chosen means little"))
 
 
 def tie_warning(rows: Sequence[Mapping[str, Any]], candidates: int) -> RunWarning | None:
