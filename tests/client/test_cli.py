@@ -279,6 +279,42 @@ def test_dataset_upload_get_delete(cli: Cli, tmp_path: Path) -> None:
     assert cli("datasets", "get", record["id"]).exit_code == 3
 
 
+def test_a_dataset_file_given_as_dataset_is_uploaded_for_the_job(
+        cli: Cli, tmp_path: Path, checkpoint_file: Path) -> None:
+    import io
+
+    import numpy as np
+
+    path = tmp_path / "digits.npz"
+    buffer = io.BytesIO()
+    np.savez(buffer, x=varied_images((60, 8, 8), np.float32), y=np.arange(60) % 10)
+    path.write_bytes(buffer.getvalue())
+    config = tmp_path / "npz.json"
+    config.write_text(json.dumps({**digits_config(), "dataset": {"name": "npz"}}))
+    # Before: the service's 422 "pass its id as 'dataset_id'", a request field riftctl builds.
+    missing = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file),
+                  "--config", str(config))
+    assert missing.exit_code == 2 and missing.error()["field"] == "--dataset", missing.stderr
+    assert "--dataset ID" in missing.error()["message"]
+    # Before: "--dataset digits.npz" was sent as an id (422 on its pattern, exit 3).
+    absent = cli("jobs", "create", "--checkpoint", str(checkpoint_file), "--config",
+                 str(config), "--dataset", str(tmp_path / "absent.npz"))
+    assert absent.exit_code == 2 and "not a dataset id" in absent.stderr
+    made = cli("jobs", "create", "--checkpoint", str(checkpoint_file), "--config", str(config),
+               "--dataset", str(path), "--idempotency-key", "npz-1")
+    assert made.exit_code == 0, made.stderr
+    job = cli("-o", "json", "jobs", "get", made.stdout.split()[1]).json()
+    stored = cli("-o", "json", "datasets", "list").json()
+    assert [d["id"] for d in stored] == [job["dataset_id"]]
+    assert stored[0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert f"uploaded digits.npz as dataset {job['dataset_id']}" in made.stderr
+    # Run again under the same key: the same job, and no second copy of the data.
+    again = cli("jobs", "create", "--checkpoint", str(checkpoint_file), "--config", str(config),
+                "--dataset", str(path), "--idempotency-key", "npz-1")
+    assert again.exit_code == 0 and again.stdout == made.stdout, again.stderr
+    assert cli("-o", "json", "datasets", "list").json() == stored
+
+
 def test_materialize_errors_and_wait_timeout(cli: Cli, config_file: Path,
                                              checkpoint_file: Path, tmp_path: Path,
                                              cli_launcher: Launcher | None) -> None:

@@ -641,6 +641,35 @@ def _wait(state: State, client: RiftClient, job_id: str, timeout: float | None,
         return client.wait(job_id, timeout, poll_interval=poll_interval, on_update=update)
 
 
+def _file_or_id(value: str, noun: str, option: str) -> Path:
+    """``value`` as a path; a usage error naming ``option`` when it is neither a file nor an id
+    (sent as an id, a mistyped file name came back as a 422 on the id's pattern, exit 3)."""
+    path = Path(value)
+    if not path.is_file() and not CHECKPOINT_ID.fullmatch(value):
+        why = "a folder" if path.is_dir() else "no such file"
+        raise typer.BadParameter(f"{value}: {why}, and not a {noun} id (ids are letters, digits, "
+                                 f"'_' and '-'; `riftctl {noun}s list` shows them)",
+                                 param_hint=option)
+    return path
+
+
+# The datasets a job reads from an upload (``dataset_id``); the others are built in.
+_UPLOADED_DATASET_KINDS = ("npz", "imagefolder")
+
+
+def _check_dataset_given(job_config: dict[str, Any], dataset: str | None) -> None:
+    """A config naming an uploaded kind of dataset with no ``--dataset``: a usage error saying
+    what to give (the service's 422 says "pass its id as 'dataset_id'", a field of the request
+    riftctl builds, not an option of this command)."""
+    section = job_config.get("dataset")
+    name = section.get("name") if isinstance(section, dict) else None
+    if dataset is None and name in _UPLOADED_DATASET_KINDS:
+        raise typer.BadParameter(
+            f"the config's dataset.name is {name!r}, which is read from an uploaded dataset: give "
+            f"--dataset ID (`riftctl datasets upload FILE` prints it) or --dataset FILE to upload "
+            "it with the job", param_hint="--dataset")
+
+
 @jobs_app.command("create")
 def jobs_create(
     ctx: typer.Context,
@@ -648,7 +677,9 @@ def jobs_create(
         "--checkpoint", "-c", help="A checkpoint id, or a checkpoint file to send with the job "
         "(in the same request).")],
     config: Annotated[Path, typer.Option("--config", help="JSON file with the job's RiftConfig.")],
-    dataset: Annotated[str | None, typer.Option("--dataset", help="An uploaded dataset's id.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="An uploaded dataset's id, or an .npz / ImageFolder tar to upload "
+        "first (for config.dataset.name npz or imagefolder).")] = None,
     checkpoint_entry: Annotated[str | None, typer.Option(
         "--checkpoint-entry", help="The weights to tune when the checkpoint holds several (a "
         "model and its EMA): an entry its upload lists, e.g. state_dict_ema (sets "
@@ -674,14 +705,17 @@ def jobs_create(
         job_config["checkpoint_entry"] = checkpoint_entry
     spec = {"config": job_config, "labels": _labels(label or []),
             "dataset_id": dataset, "time_limit_seconds": time_limit}
-    checkpoint_file = Path(checkpoint)
-    if not checkpoint_file.is_file() and not CHECKPOINT_ID.fullmatch(checkpoint):
-        # Sent as an id, a mistyped file name came back as a 422 on the id's pattern (exit 3).
-        why = "a folder" if checkpoint_file.is_dir() else "no such file"
-        raise typer.BadParameter(f"{checkpoint}: {why}, and not a checkpoint id (ids are letters, "
-                                 "digits, '_' and '-'; `riftctl checkpoints list` shows them)",
-                                 param_hint="--checkpoint")
+    checkpoint_file = _file_or_id(checkpoint, "checkpoint", "--checkpoint")
+    dataset_file = _file_or_id(dataset, "dataset", "--dataset") if dataset is not None else None
+    _check_dataset_given(job_config, dataset)
     with _client(state) as client:
+        if dataset_file is not None and dataset_file.is_file():
+            # Uploaded on its own (a dataset serves many jobs): kept if the job is refused, and
+            # under the job's Idempotency-Key (a key per kind of resource) a re-run reuses it.
+            stored = _upload(state, dataset_file, None, lambda p, name, cb: client.upload_dataset(
+                p, filename=name, progress=cb, idempotency_key=idempotency_key))
+            spec["dataset_id"] = stored.id
+            state.note(f"uploaded {dataset_file.name} as dataset {stored.id}")
         if checkpoint_file.is_file():
             # The file goes in the job's own request (one multipart POST under one
             # Idempotency-Key): a re-run, or a job refused, leaves no stray checkpoint behind.
