@@ -216,7 +216,9 @@ def create_job(
         updated_at=now, project_id=project_id, cost_estimate=cost_estimate,
         request_id=request_id, time_limit_seconds=time_limit_seconds,
     )
-    job.labels = [JobLabel(key=k, value=v) for k, v in sorted((labels or {}).items())]
+    # The job's project and instant are copied onto its labels: the label filter's index.
+    job.labels = [JobLabel(key=k, value=v, project_id=project_id, created_at=now)
+                  for k, v in sorted((labels or {}).items())]
     # The first stage's message goes out once this commits: it waits from now.
     job.stages = [JobStage(stage=stage, position=i, status=StageStatus.PENDING, attempts=0,
                            dispatched_at=now if i == 0 else None)
@@ -359,15 +361,29 @@ def list_jobs(
         query = query.where(Job.project_id == project_id)
     if statuses is not None:
         query = query.where(Job.status.in_(statuses))
-    for key, value in (labels or {}).items():
+    unwalked = dict(labels or {})
+    created_at, row_id = Job.created_at, Job.id
+    if project_id is not None and unwalked:
+        # The page walks the project's entries of one label newest first (its index,
+        # ix_job_labels_project_id_key_value_created_at_job_id) and looks each job up by id;
+        # ordered and bounded by the label's copies of (created_at, id), which are the job's.
+        # Filtering the jobs by an EXISTS instead read every job carrying the label in every
+        # project, or walked the project's jobs probing each for the label.
+        key, value = next(iter(unwalked.items()))
+        del unwalked[key]
+        walked = aliased(JobLabel)
+        query = query.join(walked, walked.job_id == Job.id).where(
+            walked.project_id == project_id, walked.key == key, walked.value == value)
+        created_at, row_id = walked.created_at, walked.job_id
+    for key, value in unwalked.items():
         query = query.where(
             select(JobLabel.job_id)
             .where(JobLabel.job_id == Job.id, JobLabel.key == key, JobLabel.value == value)
             .exists()
         )
     if cursor is not None:
-        query = query.where(before_cursor("jobs", cursor, Job.created_at, Job.id))
-    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+        query = query.where(before_cursor("jobs", cursor, created_at, row_id))
+    query = query.order_by(created_at.desc(), row_id.desc()).limit(limit + 1)
     page = page_of("jobs", _read_summaries(session, query, with_spec=with_spec,
                                            with_stages=with_stages), limit,
                    lambda job: (job.created_at, job.id))
