@@ -167,11 +167,14 @@ def captured(engine: Engine, run: Callable[[], Any], table: str) -> tuple[str, A
     return seen[0]
 
 
-def plan_nodes(engine: Engine, statement: str, parameters: Any) -> list[dict[str, Any]]:
-    """Every node of the statement's executed plan (EXPLAIN ANALYZE, index paths only)."""
+def plan_nodes(engine: Engine, statement: str, parameters: Any, *,
+               index_paths_only: bool = True) -> list[dict[str, Any]]:
+    """Every node of the statement's executed plan (EXPLAIN ANALYZE; index paths only unless
+    ``index_paths_only`` is False: the planner's own choice)."""
     with engine.connect() as connection:
-        connection.exec_driver_sql("SET enable_seqscan = off")
-        connection.exec_driver_sql("SET enable_bitmapscan = off")
+        if index_paths_only:
+            connection.exec_driver_sql("SET enable_seqscan = off")
+            connection.exec_driver_sql("SET enable_bitmapscan = off")
         found = connection.exec_driver_sql(
             f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters).scalar_one()
         connection.rollback()
@@ -274,6 +277,29 @@ def test_a_label_filtered_page_reads_its_rows_only(seeded: Seeded) -> None:
     # reads the queued jobs under another alias, queued_jobs).
     assert sum(n["Actual Rows"] * n["Actual Loops"] for n in labels) <= 21
     assert rows_read(nodes, "jobs") <= 21
+
+
+def test_a_page_filtered_by_two_labels_reads_the_project_only(seeded: Seeded) -> None:
+    """With a second label each entry of the first is checked for it within the project: no
+    job or label entry of another project is read. The planner's own plan (sequential scans
+    allowed): without the project in the second label's condition it read every project's
+    entries of that label, by a sequential scan of job_labels here."""
+    project = seeded.labelled
+    with seeded.sessions() as session:
+        statement, parameters = captured(_engine(seeded), lambda: job_queries.list_jobs(
+            session, project_id=project, labels={"team": "x", "run": "1500"}, limit=20,
+            with_spec=False, with_stages=False), "jobs")
+    nodes = plan_nodes(_engine(seeded), statement, parameters, index_paths_only=False)
+    assert wasted(nodes, "jobs") == []
+    labels = [n for n in nodes if n.get("Relation Name") == "job_labels"]
+    assert labels and all(
+        leading_column(_engine(seeded), n.get("Index Name")) == "project_id"
+        or n.get("Index Name") == "pk_job_labels" for n in labels), [
+        (n["Node Type"], n.get("Index Name"), n.get("Filter")) for n in labels]
+    # At most the project's team=x entries (a tenth of LABELLED_JOBS) and one probe of each.
+    assert sum(n["Actual Rows"] * n["Actual Loops"] + n.get("Rows Removed by Filter", 0)
+               for n in labels) <= 2 * LABELLED_JOBS // 10
+    assert rows_read(nodes, "jobs") == 1
 
 
 def test_the_active_job_count_reads_active_jobs_only(seeded: Seeded) -> None:

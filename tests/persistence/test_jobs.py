@@ -381,6 +381,16 @@ def test_a_projects_label_filter_pages_as_the_unfiltered_list_does(
                                   labels={"team": "x"}, limit=100).jobs
         assert [job.id for job in queued_x] == [
             job.id for job in everything if job.label_dict["team"] == "x"]
+        # A page that numbers no queue (no queued status asked) is built without its join.
+        assert [job.id for job in jobs.list_jobs(
+            session, project_id="pa", status=["running", "queued"], labels={"team": "x"},
+            limit=3).jobs] == [job.id for job in queued_x][:3]
+        assert jobs.list_jobs(session, project_id="pa", status="running",
+                              labels={"team": "x"}).jobs == []
+        assert [job.id for job in jobs.list_jobs(session, project_id="pb",
+                                                 labels={"team": "x"}).jobs] == [
+            job_id for project, job_id, labels in reversed(made)
+            if project == "pb" and labels["team"] == "x" and job_id != deleted]
         # Each label row holds its job's project and instant.
         rows = session.execute(select(JobLabel.job_id, JobLabel.project_id, JobLabel.created_at,
                                       Job.project_id, Job.created_at)
