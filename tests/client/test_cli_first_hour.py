@@ -243,3 +243,24 @@ def test_a_materializations_accuracies_are_shown_to_two_decimals(tmp_path: Path)
     assert result.exit_code == 0, result.stderr
     # Before: "clean 90.8686%, robust 66.3697%", where `jobs get` printed 14 decimals.
     assert "clean 90.87%, robust 66.37%" in result.stdout
+
+
+def test_a_sweep_candidates_alpha_reads_as_on_its_curve(tmp_path: Path) -> None:
+    """A 0.00015 grid's α = 0.13095: the candidates' table rounded it to 0.131 (4 significant
+    digits, as an accuracy), an α the curve above it does not have."""
+    point = {"alpha": 0.13095, "clean_accuracy": 91.0, "robust_accuracy": 64.0,
+             "robust_accuracy_at_most": None, "chosen": True}
+    candidate = {"index": 0, "module": "fc", "lr": 0.01, "status": "done", "attempts": 1,
+                 "chosen": True, "chosen_alpha": 0.13095, "clean_accuracy": 91.0,
+                 "robust_accuracy": 64.0, "best_epoch": 1, "points": [point]}
+    curves = {"job_id": "job_1", "status": "succeeded", "selected_module": "fc", "epochs": [],
+              "chosen_alpha": 0.13095, "metrics": {}, "candidates": [candidate],
+              "chosen_candidate": 0, "interpolation": [point]}
+    server = ScriptedServer([ScriptedReply(200, curves)])
+    try:
+        result = run_riftctl(["jobs", "curves", "job_1"], url=server.url, api_key="rift_test",
+                             home=tmp_path)
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.stderr
+    assert "0.131 " not in result.stdout and result.stdout.count("0.13095") == 3, result.stdout

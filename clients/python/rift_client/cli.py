@@ -1034,7 +1034,8 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
             _Column("module", lambda c: c.module, overflow="fold"),
             _Column("lr", lambda c: f"{c.lr:g}"),
             _Column("status", lambda c: c.status),
-            _Column("α", lambda c: _number(c.chosen_alpha)),
+            # α as the curves show it (4 significant digits showed 0.13095 as 0.131).
+            _Column("α", lambda c: "–" if c.chosen_alpha is None else f"{c.chosen_alpha:g}"),
             _Column("clean (%)", lambda c: _number(c.clean_accuracy)),
             _Column("robust (%)", lambda c: _number(c.robust_accuracy)),
             _Column("θ_FT", _candidate_weights)])
