@@ -75,6 +75,9 @@ class Curve:
     name: str
     points: Sequence[Mapping[str, Any]]
     chosen_alpha: float | None = None
+    #: A sweep's curve whose candidate the rule picked across all curves: its α is the job's
+    #: (every candidate's curve marks its own α).
+    picked: bool = False
 
     def chosen_point(self) -> Mapping[str, Any] | None:
         if self.chosen_alpha is None:
@@ -96,8 +99,9 @@ def sweep_curves(candidates: Sequence[Mapping[str, Any]], chosen: int | None) ->
     rates = {c.get("lr") for c in candidates}
     curves = [Curve(str(c.get("module")) + (f" (lr {float(c['lr']):g})" if len(rates) > 1 else ""),
                     list(c.get("points") or []),
-                    float(c["chosen_alpha"]) if c.get("chosen_alpha") is not None else None)
-              for c in candidates]
+                    float(c["chosen_alpha"]) if c.get("chosen_alpha") is not None else None,
+                    picked=index == chosen)
+              for index, c in enumerate(candidates)]
     drawn = [not c.get("excluded") for c in candidates]
     if chosen is not None and 0 <= chosen < len(curves):
         curves.insert(0, curves.pop(chosen))

@@ -172,14 +172,29 @@ def _curve_tables(curves: Sequence[Curve], split: str) -> str:
                         f"<td>{_alpha_cell(point['alpha'])}</td>"
                         f"<td>{_cell(point.get('clean_accuracy'))}</td>"
                         f"<td>{_robust_cell(point)}</td></tr>")
+        # Every candidate's curve highlights its own α; only the picked one's is the job's.
+        heading = escape(curve.name) + (" (chosen candidate)" if curve.picked else "")
         blocks.append(f"<div class='curve' data-curve='{escape(curve.name, quote=True)}'>"
-                      f"<h3>{escape(curve.name)}</h3><table><tr><th>α</th>"
+                      f"<h3>{heading}</h3><table><tr><th>α</th>"
                       f"<th>clean (%, {escape(split)})</th><th>robust (%, {escape(split)})</th>"
                       f"</tr>{''.join(rows)}</table></div>")
     if not blocks:
         return "<p>No curve yet.</p>"
-    return (f"<div class='curves'>{''.join(blocks)}</div>{_split_note(split)}"
-            f"{_robust_legend(curves)}")
+    return (f"<div class='curves'>{''.join(blocks)}</div>{_sweep_note(curves)}"
+            f"{_split_note(split)}{_robust_legend(curves)}")
+
+
+def _sweep_note(curves: Sequence[Curve]) -> str:
+    """Which highlighted α is the job's: in a sweep every candidate's table highlights the α its
+    own curve chose, and they read as several chosen α."""
+    if len(curves) < 2:
+        return ""
+    picked = next((curve.name for curve in curves if curve.picked), None)
+    note = ("Each candidate's table highlights the α its own curve chose; "
+            + (f"the job's weights are those of {picked} at its α (the rule across all curves)."
+               if picked is not None else "the rule across all curves picks once every "
+               "candidate has finished."))
+    return f"<p class='note'>{escape(note)}</p>"
 
 
 def _split_note(split: str) -> str:

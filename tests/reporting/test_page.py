@@ -131,3 +131,25 @@ def test_an_alpha_is_shown_whole_however_fine_its_grid() -> None:
     assert "<dt>chosen α</dt><dd>0.13095</dd>" in page
     assert "<tr class=selected><td>0.13095</td>" in page
     assert "α = 0.13095" in page  # the charts' marks
+
+
+def test_a_sweeps_page_says_which_candidates_alpha_is_the_jobs() -> None:
+    """Every candidate's table highlights its own α, as the job's α is highlighted: nothing said
+    which candidate's weights the job returned (fc at lr 0.01 read as chosen as conv1's)."""
+    from reporting.charts import sweep_curves
+
+    def outcome(module: str, lr: float, alpha: float) -> dict[str, object]:
+        return {"module": module, "lr": lr, "chosen_alpha": alpha,
+                "points": [{"alpha": a, "clean_accuracy": 90.0 + a, "robust_accuracy": 70.0}
+                           for a in (0.0, alpha)]}
+
+    candidates = [outcome("fc", 0.01, 1.0), outcome("conv1", 0.05, 0.6)]
+    page = render_report(ReportData(job_id="j", status="succeeded", chosen_alpha=0.6,
+                                    selected_module="conv1",
+                                    curves=sweep_curves(candidates, chosen=1)))
+    assert "<h3>conv1 (lr 0.05) (chosen candidate)</h3>" in page
+    assert "<h3>fc (lr 0.01)</h3>" in page
+    assert "weights are those of conv1 (lr 0.05) at its α" in page
+    running = render_report(ReportData(job_id="j", status="running",
+                                       curves=sweep_curves(candidates, chosen=None)))
+    assert "(chosen candidate)" not in running and "picks once every candidate" in running
