@@ -294,10 +294,13 @@ def format_mrc_table(rows: list[dict[str, Any]], selected: str) -> str:
     return "\n".join(lines)
 
 
-def format_interpolation_table(points: list[dict[str, float | None]], chosen: float) -> str:
+def format_interpolation_table(points: list[dict[str, float | None]], chosen: float,
+                               split: str = "test") -> str:
     # α as on the grid ("g"): with a fixed two decimals, alpha_step 0.005 printed 0.005 as 0.01
     # and 0.01 again, and the chosen row could not be told from its neighbour.
-    lines = [f"{'alpha':>7}{'clean':>9}{'robust':>10}"]
+    # The split named: with α chosen on the validation split the α = 0 row is not the before
+    # line's θ_AT (the test split's), and nothing said so.
+    lines = [f"{'alpha':>7}{'clean':>9}{'robust':>10}  (%, {split} split)"]
     unmeasured = bounded = False
     for point in points:
         flag = "  <- chosen" if point["alpha"] == chosen else ""
@@ -362,11 +365,12 @@ def _command_run(args: argparse.Namespace) -> int:
         print(format_sweep_table(sweep))
     print("\nInterpolation θ_α = (1 − α) θ_AT + α θ_FT"
           + (" (the chosen candidate's):" if sweep is not None else ":"))
-    print(format_interpolation_table(result["interpolation"]["points"], result["chosen_alpha"]))
+    print(format_interpolation_table(result["interpolation"]["points"], result["chosen_alpha"],
+                                     result["interpolation"]["selection_split"]))
     before, after = result["before"], result["after"]
     print(f"\nclean  {before['clean_accuracy']:.2f}% -> {after['clean_accuracy']:.2f}%   "
           f"robust {before['robust_accuracy']:.2f}% -> {after['robust_accuracy']:.2f}%   "
-          f"(α = {result['chosen_alpha']:g}, module {result['selected_module']})")
+          f"(test split; α = {result['chosen_alpha']:g}, module {result['selected_module']})")
     entry = f" (checkpoint entry {config.checkpoint_entry!r})" if config.checkpoint_entry else ""
     curves = f", {args.out}/curves.json (every candidate's curve)" if sweep is not None else ""
     print(f"wrote {args.out}/tuned.safetensors{entry}{curves} and {args.out}/result.json")
