@@ -773,7 +773,10 @@ def _evaluation_models(run: PreparedRun, data: ImageTensors) -> Callable[[], nn.
 def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTensors,
               callbacks: PipelineCallbacks, *, attacked: bool = True) -> AccuracyReport:
     """The one evaluation of weights outside the curve: the stage's ``before``/``after`` when
-    α is chosen on another split, and :func:`evaluate_weights` (a materialization's)."""
+    α is chosen on another split, and :func:`evaluate_weights` (a materialization's). Counted
+    as the curve counts them: clean on the model itself, robust attacking the folded copy (the
+    folded copy's clean pass could flip a near-tie example, and a re-evaluation of the chosen
+    weights then disagreed with the job's ``after``)."""
     run.reset_weights(state)
     model = _evaluation_models(run, data)() if attacked else run.model
 
@@ -781,7 +784,7 @@ def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTe
         return evaluate_accuracy(
             model, data, attack=run.attack if attacked else None, batch_size=batch_size,
             device=run.device, seed=run.config.seed, precision=run.config.precision,
-            should_cancel=callbacks.should_cancel)
+            should_cancel=callbacks.should_cancel, clean_model=run.model)
 
     warn = _backoff_warning(callbacks, "interpolate", EVALUATION_BACKOFF)
 

@@ -20,7 +20,7 @@ from persistence.models import Checkpoint, Dataset, Job, StageName
 from persistence.object_keys import stage_object_key
 from persistence.stages import ArtifactRecord, StageOutputs
 from persistence.storage import ObjectStore, StoredObject
-from reporting.charts import CHART_ARTIFACTS, Curve, job_charts
+from reporting.charts import CHART_ARTIFACTS, Curve, Splits, job_charts
 from rift.config import RiftConfig
 from rift.manifest import build_manifest
 from rift.pipeline import (
@@ -342,7 +342,9 @@ def record_interpolation(job: Job, run: PreparedRun, storage: ObjectStageStorage
     save_interpolation(storage, result, {**_metadata(run), **(metadata or {})}, module, document)
     # The report page's charts as files too (drawn by the same torch-free module as the page).
     charts = job_charts([{**row, "module": row["name"]} for row in mrc.rows], module,
-                        finetune.epochs, curves)
+                        finetune.epochs, curves,
+                        Splits(run.config.interpolation.selection_split,
+                               run.config.finetune.selection_split))
     stored_charts = {  # all sent before any is waited for
         CHART_ARTIFACTS[name]: storage.write_extra(StageName.INTERPOLATE, CHART_ARTIFACTS[name],
                                                    svg.encode("utf-8"), SVG)

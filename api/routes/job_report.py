@@ -25,7 +25,7 @@ from persistence.jobs import (
 )
 from persistence.models import Job
 from persistence.storage import StoreError
-from reporting.charts import Curve, sweep_curves
+from reporting.charts import Curve, Splits, sweep_curves
 from reporting.page import CONTENT_SECURITY_POLICY, ReportData, render_report
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: Stor
         curves=_sweep(session, job) or _with_main_first(main, candidate_curves(job.metrics)),
         manifest=manifest,
         error=f"{job.error_code}: {job.error_message}" if job.error_code else None,
-        stage=job.stage, stage_progress=job.stage_progress, progress_message=job.progress_message)
+        stage=job.stage, stage_progress=job.stage_progress, progress_message=job.progress_message,
+        splits=Splits.of_config(job.spec))
     return HTMLResponse(render_report(data),
                         headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})

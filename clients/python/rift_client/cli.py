@@ -787,7 +787,9 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
     for moment in ("before", "after"):
         values = metrics.get(moment)
         if isinstance(values, dict):
-            state.say(f"  {moment}: clean {_percent(values.get('clean_accuracy'))}, robust "
+            # The test split's, whichever split α was chosen on (the curve's, `jobs curves`).
+            state.say(f"  {moment} (test split): clean "
+                      f"{_percent(values.get('clean_accuracy'))}, robust "
                       f"{_percent(values.get('robust_accuracy'))}")
 
 
@@ -1048,6 +1050,11 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
             _Column("train acc. (%)", lambda e: _number(e.train_accuracy)),
             _Column("val acc. (%)", lambda e: _number(e.val_accuracy))])
     if curves.interpolation:
+        split = (curves.metrics or {}).get("selection_split")
+        if isinstance(split, str) and split != "test":
+            # Its α = 0 row is then not the before of `jobs get` (the test split's).
+            state.say(f"interpolation curve on the {split} split, where α is chosen; the job's "
+                      "before/after are the test split's")
         _show_list(state, curves.interpolation, [
             _Column("", lambda p: _chosen(p.chosen), no_wrap=True),
             _Column("α", lambda p: f"{p.alpha:g}", no_wrap=True),
@@ -1068,7 +1075,8 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
             _Column("module", lambda c: c.module, overflow="fold"),
             _Column("lr", lambda c: f"{c.lr:g}"),
             _Column("status", lambda c: c.status),
-            _Column("α", lambda c: _number(c.chosen_alpha)),
+            # α as the curves show it (4 significant digits showed 0.13095 as 0.131).
+            _Column("α", lambda c: "–" if c.chosen_alpha is None else f"{c.chosen_alpha:g}"),
             _Column("clean (%)", lambda c: _number(c.clean_accuracy)),
             _Column("robust (%)", lambda c: _number(c.robust_accuracy)),
             _Column("θ_FT", _candidate_weights)])
