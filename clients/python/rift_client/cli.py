@@ -613,11 +613,26 @@ def _describe(job: Job) -> str:
     return text
 
 
+def _warning_lines(job: Job) -> list[str]:
+    """The job's warnings, ``warning (stage): message`` each, and a line saying how many more
+    the job has when the API's list stopped short of them."""
+    shown = job.warnings or []
+    lines = [warning.line() for warning in shown]
+    more = (job.warnings_total or 0) - len(shown)
+    if more > 0:
+        lines.append(f"warning: {more} more not shown (riftctl jobs events {job.id})")
+    return lines
+
+
 def _finish(state: State, job: Job) -> None:
-    """Print the final job and exit 1 unless it succeeded."""
+    """Print the final job and exit 1 unless it succeeded. Its warnings go to stderr first, one
+    line each, in text output (also with --quiet: they are about the result, not progress; JSON
+    carries them in the job)."""
     if state.json:
         state.emit(job)
     else:
+        for line in _warning_lines(job):
+            state.err.print(line, highlight=False, soft_wrap=True)
         state.say(f"job {job.id} {job.status}" + (
             f": {job.error.code}: {job.error.message}" if job.error else "") + (
             f" (module {job.selected_module}, α = {job.chosen_alpha:g})"
@@ -789,6 +804,8 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
         if isinstance(values, dict):
             state.say(f"  {moment}: clean {_percent(values.get('clean_accuracy'))}, robust "
                       f"{_percent(values.get('robust_accuracy'))}")
+    for line in _warning_lines(job):
+        state.say(f"  {line}")
 
 
 @jobs_app.command("wait")
