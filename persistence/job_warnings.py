@@ -61,7 +61,9 @@ def job_warnings(session: Session, job_ids: Sequence[str], *,
     if not job_ids:
         return found
     stage = JobEvent.payload["stage"].as_string()
-    candidate = JobEvent.payload["candidate"].as_integer()
+    # Read as text, not cast in SQL: a cast that failed on one odd payload would fail the
+    # job's every read (the workers write integers; anything else is shown as no candidate).
+    candidate = JobEvent.payload["candidate"].as_string()
     message = JobEvent.payload["message"].as_string()
     grouped = (
         select(JobEvent.job_id, stage.label("stage"), candidate.label("candidate"),
@@ -84,12 +86,18 @@ def job_warnings(session: Session, job_ids: Sequence[str], *,
     totals: dict[str, int] = {}
     for row in session.execute(query).mappings():
         items.setdefault(row["job_id"], []).append(JobWarning(
-            stage=row["stage"], candidate=row["candidate"], message=row["message"] or "",
+            stage=row["stage"], candidate=_index(row["candidate"]), message=row["message"] or "",
             at=row["at"], count=int(row["count"])))
         totals[row["job_id"]] = int(row["total"])
     for job_id, listed in items.items():
         found[job_id] = JobWarnings(listed, totals[job_id])
     return found
+
+
+def _index(value: object) -> int | None:
+    """A candidate index as the database gave it (JSON text, or SQLite's own integer)."""
+    text = str(value) if value is not None else ""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def warnings_of(session: Session, job_id: str, *, limit: int = MAX_JOB_WARNINGS) -> JobWarnings:

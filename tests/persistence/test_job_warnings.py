@@ -57,3 +57,17 @@ def test_the_list_is_bounded_and_says_how_many_there_are(sessions: sessionmaker[
         found = warnings_of(session, job, limit=3)
     assert [w.message for w in found.items] == ["w0", "w1", "w2"]
     assert found.total == 7 and found.truncated
+
+
+def test_a_payload_of_another_shape_is_read_not_refused(sessions: sessionmaker[Session],
+                                                        new_job: Callable[..., str]) -> None:
+    """An odd payload (a candidate that is not an index, no message) is one more warning, not
+    a failed read of the job (a cast in SQL would raise on Postgres)."""
+    job = new_job()
+    with sessions() as session:
+        jobs.append_event(session, job, "warning", {"stage": "mrc", "candidate": "x"},
+                          now=T0)
+        jobs.append_event(session, job, "warning", {"stage": "mrc", "candidate": 1.5,
+                                                    "message": "m"}, now=T0)
+        found = warnings_of(session, job)
+    assert [(w.candidate, w.message) for w in found.items] == [(None, ""), (None, "m")]
