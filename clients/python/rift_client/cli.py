@@ -778,7 +778,7 @@ def jobs_list(
 
 @jobs_app.command("get")
 def jobs_get(ctx: typer.Context, job_id: str) -> None:
-    """Show a job."""
+    """Show a job, with its warnings."""
     state = _state(ctx)
     with _client(state) as client:
         job = client.get_job(job_id)
@@ -818,7 +818,8 @@ def jobs_wait(
         "--poll-interval", min=0.1,
         help="Seconds between two looks when the event stream cannot be followed.")] = 2.0,
 ) -> None:
-    """Wait for a job to finish; exit 0 if it succeeded, 1 if it failed or was cancelled."""
+    """Wait for a job to finish (its warnings then on stderr); exit 0 if it succeeded, 1 if it
+    failed or was cancelled."""
     state = _state(ctx)
     with _client(state) as client:
         job = _wait(state, client, job_id, timeout, poll_interval)
