@@ -1,8 +1,9 @@
 """The job report as one self-contained HTML page: inline CSS and inline SVG charts, no script and
 no external resource (it opens offline, and its Content-Security-Policy can forbid everything else).
 
-Sections: summary (status, module, α, before/after), the charts of :mod:`reporting.charts`, the
-MRC table, the interpolation points of each curve side by side, and the job's manifest.
+Sections: summary (status, module, α, before/after), the job's warnings, the charts of
+:mod:`reporting.charts`, the MRC table, the interpolation points of each curve side by side, and
+the job's manifest.
 """
 
 from __future__ import annotations
@@ -40,7 +41,19 @@ th{background:#f4f4f4}td.name,th.name{text-align:left}tr.selected td{background:
 pre{background:#f7f7f7;padding:8px;font-size:11px;overflow:auto;max-height:480px}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13px}dt{font-weight:bold}
 p.note{font-size:12px;color:#555;max-width:720px}
+dl.warnings{background:#fff8e1;border-left:4px solid #e0a100;padding:8px}
 """
+
+
+@dataclass(frozen=True)
+class ReportWarning:
+    """One of the job's warnings: where (``stage``, and a sweep ``candidate``), what, and how
+    many times it was written."""
+
+    stage: str | None
+    message: str
+    count: int = 1
+    candidate: int | None = None
 
 
 @dataclass
@@ -66,6 +79,9 @@ class ReportData:
     #: the test split's): the page names them, as the α=0 row and θ_AT's accuracies differ when
     #: α is chosen on the validation split.
     splits: Splits = field(default_factory=Splits)
+    #: The job's warnings (at most the API's bound) and how many distinct ones it has.
+    warnings: Sequence[ReportWarning] = ()
+    warnings_total: int = 0
 
 
 # C0 and C1 controls but tab and newlines, and lone surrogates: a parse error in HTML text (a
@@ -123,6 +139,25 @@ def _summary(data: ReportData) -> str:
     if data.error:
         items.append(("error", data.error))
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items) + "</dl>"
+
+
+def _warnings(data: ReportData) -> str:
+    """The run's warnings, right under the summary: a result the page shows may be one to
+    doubt (no α > 0 kept the robustness, a module MRC could not score, ...), and a reader who
+    only looks at the charts must see that first."""
+    if not data.warnings:
+        return "<p class='warnings-none'>No warnings.</p>"
+    items = []
+    for warning in data.warnings:
+        where = warning.stage or "run"
+        if warning.candidate is not None:
+            where += f", candidate {warning.candidate}"
+        repeated = f" (×{warning.count})" if warning.count > 1 else ""
+        items.append(f"<dt>{escape(where)}</dt><dd>{escape(warning.message + repeated)}</dd>")
+    left_off = data.warnings_total - len(data.warnings)
+    more = (f"<p class='note'>{left_off} more warning(s) not shown: the job's events hold them "
+            f"all (GET /v1/jobs/{escape(data.job_id)}/events).</p>" if left_off > 0 else "")
+    return f"<dl class='warnings'>{''.join(items)}</dl>{more}"
 
 
 def _mrc_table(data: ReportData) -> str:
@@ -241,6 +276,7 @@ def render_report(data: ReportData) -> str:
         f"<meta http-equiv='Content-Security-Policy' content=\"{CONTENT_SECURITY_POLICY}\">"
         f"<title>RiFT job {escape(data.job_id)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>RiFT job {escape(data.job_id)}</h1>{_summary(data)}"
+        f"<h2>Warnings</h2>{_warnings(data)}"
         f"<h2>Charts</h2><div class='charts'>{chart_html}</div>"
         f"<h2>Module robust criticality</h2>{_mrc_table(data)}"
         f"<h2>Interpolation</h2>{_curve_tables(data.curves, data.splits.curve)}"

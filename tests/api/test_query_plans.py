@@ -27,10 +27,12 @@ from persistence import jobs as job_queries
 from persistence import webhooks
 from persistence.api_keys import create_project
 from persistence.db import create_db_engine, create_session_factory
+from persistence.job_warnings import job_warnings
 from persistence.models import (
     Checkpoint,
     Dataset,
     Job,
+    JobEvent,
     JobLabel,
     WebhookDelivery,
     WebhookEndpoint,
@@ -396,3 +398,30 @@ def test_a_delivery_page_after_a_cursor_reads_its_rows_only(seeded: Seeded) -> N
         "ix_webhook_deliveries_endpoint_id_created_at_id"]
     assert wasted(nodes, "webhook_deliveries") == []
     assert rows_read(nodes, "webhook_deliveries") <= 6  # the page and the row telling one follows
+
+
+def test_a_jobs_warnings_read_that_jobs_events_only(seeded: Seeded) -> None:
+    """GET /v1/jobs/{id} reads the job's warnings from the event log (no column or index of
+    their own): through the ``(job_id, id)`` index, so the rows read are the job's own events
+    (the kind is a filter on those), never the log of every job."""
+    jobs_with_events = seeded.finished[:3]
+    per_job = 40  # a warning in every fourth event, the rest epochs and the like
+    with seeded.sessions() as session:
+        session.execute(insert(JobEvent), [dict(
+            job_id=job_id, kind="warning" if i % 4 == 0 else "epoch",
+            payload={"stage": "mrc", "message": f"w{i % 8}"}, created_at=utcnow())
+            for job_id in jobs_with_events for i in range(per_job)])
+        session.commit()
+        try:
+            statement, parameters = captured(_engine(seeded), lambda: job_warnings(
+                session, [jobs_with_events[1]]), "job_events")
+            found = job_warnings(session, [jobs_with_events[1]])[jobs_with_events[1]]
+            nodes = plan_nodes(_engine(seeded), statement, parameters)
+        finally:
+            session.execute(delete(JobEvent).where(JobEvent.job_id.in_(jobs_with_events)))
+            session.commit()
+    assert [w.message for w in found.items] == ["w0", "w4"] and found.items[0].count == 5
+    scans = [n for n in nodes if n.get("Relation Name") == "job_events"]
+    assert scans and all(leading_column(_engine(seeded), n.get("Index Name")) == "job_id"
+                         for n in scans), scans
+    assert rows_read(nodes, "job_events") == per_job

@@ -4,7 +4,7 @@ points (``rift.interpolation``: early-stopped attacks leave only ``robust_accura
 from __future__ import annotations
 
 from reporting.charts import Curve
-from reporting.page import ReportData, render_report
+from reporting.page import ReportData, ReportWarning, render_report
 
 
 def test_a_selection_curve_shows_exact_bounded_and_unmeasured_points() -> None:
@@ -153,3 +153,39 @@ def test_a_sweeps_page_says_which_candidates_alpha_is_the_jobs() -> None:
     running = render_report(ReportData(job_id="j", status="running",
                                        curves=sweep_curves(candidates, chosen=None)))
     assert "(chosen candidate)" not in running and "picks once every candidate" in running
+
+
+def _warnings_section(page: str) -> str:
+    """The page's Warnings section: from its heading to the next."""
+    start = page.index("<h2>Warnings</h2>")
+    return page[start:page.index("<h2>", start + 1)]
+
+
+def test_the_warnings_follow_the_summary_escaped_with_their_stage_and_count() -> None:
+    from tests.api.report_checks import page_problems
+
+    page = render_report(ReportData(job_id="j", status="succeeded", warnings=[
+        ReportWarning("interpolate", "no α > 0 kept the robust accuracy <b>of θ_AT</b>", 2),
+        ReportWarning("finetune", "diverged & \x07skipped", 1, candidate=3),
+        ReportWarning(None, "<script>alert(1)</script>")], warnings_total=3))
+    assert page.index("</dl>") < page.index("<h2>Warnings</h2>") < page.index("<h2>Charts</h2>")
+    section = _warnings_section(page)
+    assert ("<dt>interpolate</dt><dd>no α &gt; 0 kept the robust accuracy &lt;b&gt;of "
+            "θ_AT&lt;/b&gt; (×2)</dd>") in section
+    assert "<dt>finetune, candidate 3</dt><dd>diverged &amp; \ufffdskipped</dd>" in section
+    assert "<dt>run</dt><dd>&lt;script&gt;alert(1)&lt;/script&gt;</dd>" in section
+    assert "<script" not in page and "<b>" not in page
+    assert page_problems(page) == []
+    assert "not shown" not in section
+
+
+def test_a_job_without_warnings_says_none_and_a_cut_list_says_how_many_more() -> None:
+    from tests.api.report_checks import page_problems
+
+    quiet = render_report(ReportData(job_id="j", status="succeeded"))
+    assert _warnings_section(quiet) == "<h2>Warnings</h2><p class='warnings-none'>No warnings.</p>"
+    assert page_problems(quiet) == []
+    cut = render_report(ReportData(job_id="j", status="succeeded",
+                                   warnings=[ReportWarning("mrc", "w0")], warnings_total=101))
+    assert "100 more warning(s) not shown" in _warnings_section(cut)
+    assert "GET /v1/jobs/j/events" in _warnings_section(cut)

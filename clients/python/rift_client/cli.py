@@ -613,11 +613,26 @@ def _describe(job: Job) -> str:
     return text
 
 
+def _warning_lines(job: Job) -> list[str]:
+    """The job's warnings, ``warning (stage): message`` each, and a line saying how many more
+    the job has when the API's list stopped short of them."""
+    shown = job.warnings or []
+    lines = [warning.line() for warning in shown]
+    more = (job.warnings_total or 0) - len(shown)
+    if more > 0:
+        lines.append(f"warning: {more} more not shown (riftctl jobs events {job.id})")
+    return lines
+
+
 def _finish(state: State, job: Job) -> None:
-    """Print the final job and exit 1 unless it succeeded."""
+    """Print the final job and exit 1 unless it succeeded. Its warnings go to stderr first, one
+    line each, in text output (also with --quiet: they are about the result, not progress; JSON
+    carries them in the job)."""
     if state.json:
         state.emit(job)
     else:
+        for line in _warning_lines(job):
+            state.err.print(line, highlight=False, soft_wrap=True)
         state.say(f"job {job.id} {job.status}" + (
             f": {job.error.code}: {job.error.message}" if job.error else "") + (
             f" (module {job.selected_module}, α = {job.chosen_alpha:g})"
@@ -763,7 +778,7 @@ def jobs_list(
 
 @jobs_app.command("get")
 def jobs_get(ctx: typer.Context, job_id: str) -> None:
-    """Show a job."""
+    """Show a job, with its warnings."""
     state = _state(ctx)
     with _client(state) as client:
         job = client.get_job(job_id)
@@ -791,6 +806,8 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
             state.say(f"  {moment} (test split): clean "
                       f"{_percent(values.get('clean_accuracy'))}, robust "
                       f"{_percent(values.get('robust_accuracy'))}")
+    for line in _warning_lines(job):
+        state.say(f"  {line}")
 
 
 @jobs_app.command("wait")
@@ -803,7 +820,8 @@ def jobs_wait(
         "--poll-interval", min=0.1,
         help="Seconds between two looks when the event stream cannot be followed.")] = 2.0,
 ) -> None:
-    """Wait for a job to finish; exit 0 if it succeeded, 1 if it failed or was cancelled."""
+    """Wait for a job to finish (its warnings then on stderr); exit 0 if it succeeded, 1 if it
+    failed or was cancelled."""
     state = _state(ctx)
     with _client(state) as client:
         job = _wait(state, client, job_id, timeout, poll_interval)
