@@ -519,6 +519,8 @@ class JobEvent(Base):
 
     __table_args__ = (
         Index("ix_job_events_job_id_id", "job_id", "id"),
+        # A job's events of one kind (its warnings at every GET, a resumed stage's rows).
+        Index("ix_job_events_job_id_kind_id", "job_id", "kind", "id"),
         # SQLite: ids are never given twice, as a Postgres sequence's (migration 0022).
         {"sqlite_autoincrement": True},
     )
