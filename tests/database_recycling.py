@@ -70,9 +70,12 @@ def reusable(admin: Any, name: str) -> bool:
             and others_connected(admin, name) == 0)
 
 
-def truncate_database(connection: Any) -> None:
+def truncate_database(connection: Any, lock_timeout_s: float = 5.0) -> None:
     """Truncate every table of the public schema except ``alembic_version`` and restart every
-    sequence, in one transaction (``connection``: psycopg, autocommit off)."""
+    sequence, in one transaction (``connection``: psycopg, autocommit off). A lock someone
+    still holds fails it after ``lock_timeout_s`` (the database is then dropped) instead of
+    stalling the pool behind it."""
+    connection.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
     tables = [row[0] for row in connection.execute(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
         "AND tablename <> 'alembic_version' ORDER BY 1")]

@@ -5,6 +5,7 @@ dropped instead."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 
 from persistence.migrate import downgrade_database
+from tests.database_recycling import truncate_database
 from tests.service_fixtures import DatabasePool, _conninfo, _database_url
 
 pytestmark = pytest.mark.service
@@ -86,3 +88,27 @@ def test_a_database_still_connected_to_is_dropped_not_handed_out(pool: DatabaseP
         third = pool.take()
     assert first not in (second, third) and pool.recycled == 0
     eventually(lambda: not exists(first))
+
+
+def test_emptying_gives_up_on_a_lock_someone_holds_instead_of_waiting(
+        pool: DatabasePool) -> None:
+    first = pool.take()
+    raised: list[BaseException] = []
+
+    def empty() -> None:
+        with psycopg.connect(_conninfo(first)) as connection:
+            try:
+                truncate_database(connection, lock_timeout_s=0.5)
+            except psycopg.Error as exc:
+                raised.append(exc)
+
+    with psycopg.connect(_conninfo(first)) as holder:
+        holder.execute("LOCK TABLE projects IN ACCESS SHARE MODE")  # held until the block ends
+        emptying = threading.Thread(target=empty)
+        emptying.start()
+        emptying.join(timeout=30)
+        stalled = emptying.is_alive()
+    emptying.join()  # the holder let go: a stalled TRUNCATE goes through now
+    assert not stalled, "TRUNCATE waited on the lock instead of giving up"
+    assert [type(exc) for exc in raised] == [psycopg.errors.LockNotAvailable]
+    pool.give_back(first)
