@@ -163,6 +163,8 @@ class DatabasePool:
         #: must still have to be handed out again.
         self._fingerprint: tuple[Any, ...] | None = None
         self.recycled = 0
+        #: Databases taken and not given back yet (dropped by close()).
+        self._out: set[str] = set()
         self._stopping = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="database-pool", daemon=True)
@@ -172,12 +174,15 @@ class DatabasePool:
         """The name of a fresh clone (or of one emptied back to a fresh clone's state), for
         one test."""
         try:
-            return self._ready.get(timeout=timeout)
+            name = self._ready.get(timeout=timeout)
         except queue.Empty:
             raise RuntimeError(f"no database clone within {timeout} s: {self._error!r}") from None
+        self._out.add(name)
+        return name
 
     def give_back(self, name: str) -> None:
         """Empty the test's database for another test, or drop it, later."""
+        self._out.discard(name)
         self._returned.put(name)
 
     def _clone(self) -> str:
@@ -231,12 +236,16 @@ class DatabasePool:
                 time.sleep(0.5)
 
     def close(self) -> None:
-        """Stop the thread and drop every database left, ready, given back or used."""
+        """Stop the thread and drop every database left: ready, given back, to drop, or still
+        taken."""
         self._stopping.set()
         self._thread.join(timeout=60)
         for pending in (self._ready, self._returned, self._to_drop):
             while not pending.empty():
                 _drop_database(pending.get())
+        for name in sorted(self._out):
+            _drop_database(name)
+        self._out.clear()
 
 
 @pytest.fixture(scope="session")
