@@ -171,7 +171,9 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
                       settings.worker_device, settings.data_root)
         device = describe_device(run.device)
         inputs = _load_inputs(resources, claim.inputs_key, run)
-        result = score_modules(run, inputs, claim.modules, callbacks)
+        # The table's own warnings (settings not used, unscored parameters) once, by shard 0.
+        result = score_modules(run, inputs, claim.modules, callbacks,
+                               table_warnings=shard == 0)
         # Where its rows were computed, for the merge to compare (worker/shard_platforms.py).
         part: dict[str, Any] = {**result.to_json(),
                                 "module_order": select_modules(run.model, run.config.mrc),

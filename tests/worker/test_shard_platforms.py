@@ -6,7 +6,8 @@ persistence level (no GPU on this machine: a CUDA shard is a recorded device str
 ``tests/worker/test_device_time.py`` does), on the real database, store and broker.
 
 A real sharded job on a worker also records its shards' device and torch version, and keeps
-its preflight report (``metrics.preflight``, ``result.json``), which the sharded path dropped.
+its preflight report (``metrics.preflight``, ``result.json``), which the sharded path dropped;
+and a warning about the table's settings comes once, not once per shard.
 """
 
 from __future__ import annotations
@@ -141,8 +142,10 @@ def test_a_sharded_job_records_its_shards_platforms_and_keeps_its_preflight(
         start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
         sessions: sessionmaker[Session], store: ObjectStore, quick_config: dict[str, Any]
         ) -> None:
+    """Also: a setting the table does not use is said once, not once per shard."""
     worker = start_worker()
-    config = {**quick_config, "mrc": {**quick_config["mrc"], "shards": 2}}
+    config = {**quick_config, "mrc": {**quick_config["mrc"], "shards": 2, "module_batch": 2,
+                                      "table": "selection"}}
     job_id = submit(config)
     job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(worker,))
     assert job.status == "succeeded", job.error_message
@@ -155,5 +158,6 @@ def test_a_sharded_job_records_its_shards_platforms_and_keeps_its_preflight(
     assert json.loads(store.get_bytes(keys["result.json"]))["preflight"] == preflight
     manifest = _manifest(sessions, store, job_id)
     assert [s["device"] for s in manifest["mrc_shards"]] == [CPU, CPU]
-    assert "warnings" not in manifest and not any(
-        "more than one kind" in w for w in _warnings(sessions, job_id))
+    warnings = _warnings(sessions, job_id)
+    assert "warnings" not in manifest and not any("more than one kind" in w for w in warnings)
+    assert len([w for w in warnings if "mrc.module_batch 2 is not used" in w]) == 1, warnings
