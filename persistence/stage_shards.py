@@ -47,6 +47,7 @@ from persistence.models import (
 )
 from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.transactions import (
+    SHARDED_OWNER,
     EventKind,
     end_stopped_job,
     fail_when_parts_stop,
@@ -58,8 +59,6 @@ from persistence.transactions import (
     work_is_held,
 )
 
-#: ``job_stages.lease_owner`` of a stage whose work was handed to its parts.
-SHARDED_OWNER = "shards"
 SHARD_EVENT = "shard_finished"
 CANDIDATE_EVENT = "candidate_finished"
 
