@@ -239,16 +239,16 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
     outputs = record_mrc(RiftConfig.model_validate(job.spec), merged, storage,
                          preflight=(job.metrics or {}).get("preflight"))
     manifest = load_manifest(storage)
+    platforms = shard_platforms(parts)
+    warning = mixed_platforms_warning(platforms, manifest)
     events: list[tuple[str, dict[str, Any], datetime]] = []
+    if warning is not None:
+        events.append(("warning", {"stage": StageName.MRC.value, "message": warning}, utcnow()))
     if manifest is not None:
         # The manifest names the prepare step's device; the shards' go beside it.
-        platforms = shard_platforms(parts)
-        warning = mixed_platforms_warning(platforms, manifest)
         manifest = {**manifest, "mrc_shards": platforms}
         if warning is not None:
             manifest["warnings"] = [*manifest.get("warnings", []), warning]
-            events.append(("warning", {"stage": StageName.MRC.value, "message": warning},
-                           utcnow()))
         outputs.artifacts = [*outputs.artifacts, store_manifest(storage, manifest)]
     try:
         with resources.session() as session:
