@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from persistence.job_warnings import MAX_JOB_WARNINGS
 from rift.config import RiftConfig
 
 #: Label keys: letters, digits and ``_ . - /``, starting with a letter or digit (64 at most, the
@@ -197,23 +198,56 @@ class JobSummaryOut(BaseModel):
     links: JobLinks
 
 
+class JobWarningOut(BaseModel):
+    """A ``warning`` event of the job (its events hold each one): the run went on, but the
+    result may not be what was asked for (no α > 0 kept θ_AT's robustness, a module MRC could
+    not score, a preflight finding, a batch that shrank, ...). The same warning written again
+    (a retried stage writes it once per attempt) is one item with its ``count``."""
+
+    stage: str | None = Field(
+        description="What it concerns: run (the whole run), preflight, mrc, finetune, "
+        "interpolate or export (MLflow); null if the event named none.")
+    candidate: int | None = Field(
+        None, description="The sweep candidate it concerns (its index in GET .../curves); null "
+        "for the job's own.")
+    message: str
+    at: datetime = Field(description="When it was first written.")
+    count: int = Field(description="Times it was written (1 unless repeated).")
+
+
+_WARNINGS_DESCRIPTION = (
+    "The job's warnings, first written first, repeats counted once; at most "
+    f"{MAX_JOB_WARNINGS} (warnings_total says how many there are). Empty: none.")
+_WARNINGS_TOTAL_DESCRIPTION = (
+    f"Distinct warnings the job has; more than len(warnings) when the list stops at "
+    f"{MAX_JOB_WARNINGS} (the job's events hold them all).")
+
+
 class JobListItemOut(JobSummaryOut):
     config: dict[str, Any] | None = Field(
         None, description="Only with ?expand=config: the job's RiftConfig.")
     stages: list[StageOut] | None = Field(
         None, description="Only with ?expand=stages: the job's stages.")
+    warnings: list[JobWarningOut] | None = Field(
+        None, description="Only with ?expand=warnings (GET /v1/jobs/{id} always has them): "
+        + _WARNINGS_DESCRIPTION)
+    warnings_total: int | None = Field(
+        None, description="Only with ?expand=warnings: " + _WARNINGS_TOTAL_DESCRIPTION)
 
 
 class JobOut(JobSummaryOut):
-    """A job in full: its stages and its config, defaults filled in."""
+    """A job in full: its stages, its config (defaults filled in) and its warnings."""
 
     stages: list[StageOut]
     config: dict[str, Any] = Field(description="The job's RiftConfig, defaults filled in.")
+    warnings: list[JobWarningOut] = Field(description=_WARNINGS_DESCRIPTION)
+    warnings_total: int = Field(description=_WARNINGS_TOTAL_DESCRIPTION)
 
 
 class JobPageOut(BaseModel):
     items: list[JobListItemOut] = Field(
-        description="Summaries, newest first; ?expand=config,stages adds those fields.")
+        description="Summaries, newest first; ?expand=config,stages,warnings adds those "
+        "fields.")
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")
 
 

@@ -140,8 +140,10 @@ def seed(database_url: str, *, projects: int, jobs: int, big_share: float,
                     metrics={"clean_accuracy": 80.0} if status == "succeeded" else None,
                     error_code="stage_failed" if status == "failed" else None))
                 ids_by_status.setdefault(status, []).append(job_id)
-                labels += [dict(job_id=job_id, key="team", value=f"t{i % 10}"),
-                           dict(job_id=job_id, key="run", value=str(i))]
+                labels += [dict(job_id=job_id, key="team", value=f"t{i % 10}",
+                                project_id=project_id, created_at=created),
+                           dict(job_id=job_id, key="run", value=str(i),
+                                project_id=project_id, created_at=created)]
                 for position, name in enumerate(STAGE_ORDER):
                     stages.append(dict(job_id=job_id, stage=name, position=position,
                                        status="done" if status == "succeeded" else "pending",

@@ -61,11 +61,11 @@ def small_checkpoint(folder: Path) -> bytes:
     return path.read_bytes()
 
 
-def validator_processes() -> dict[int, dict[str, Any]]:
+def validator_processes(proc: Path = Path("/proc")) -> dict[int, dict[str, Any]]:
     """Every running ``python -m validator`` process (servers and their forked children): its
-    command line, socket, parent pid, RSS and PSS (kB)."""
+    command line, socket, parent pid, RSS and PSS (kB). ``proc``: the procfs to read."""
     servers = {}
-    for entry in Path("/proc").iterdir():
+    for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
@@ -76,10 +76,12 @@ def validator_processes() -> dict[int, dict[str, Any]]:
             memory = {line.split(":")[0]: int(line.split()[1])
                       for line in (entry / "smaps_rollup").read_text().splitlines()[1:]
                       if line.split()[-1] == "kB"}
+            # The stat line's fields after the command name (which may hold spaces): state,
+            # ppid. Read inside the try: a check's child (of this run or of anything else on
+            # the host) may exit between the reads, and its entry then vanishes.
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        # The stat line's fields after the command name (which may hold spaces): state, ppid.
-        parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         servers[int(entry.name)] = {"command": b" ".join(command).decode(errors="replace"),
                                     "socket": socket, "parent": parent,
                                     "rss_kb": memory.get("Rss", 0), "pss_kb": memory.get("Pss", 0)}

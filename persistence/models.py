@@ -328,7 +328,12 @@ class Job(Base):
 
 
 class JobLabel(Base):
-    """A ``key=value`` label of a job: a table, so filtering is the same SQL on every backend."""
+    """A ``key=value`` label of a job: a table, so filtering is the same SQL on every backend.
+
+    ``project_id`` and ``created_at`` are copies of the job's (written with the label, never
+    changed: neither changes on a job) so that a project's jobs carrying a label are one range
+    of an index in the job list's order (migration 0024). Without them a label filter read
+    every job carrying the label in every project."""
 
     __tablename__ = "job_labels"
 
@@ -336,10 +341,19 @@ class JobLabel(Base):
         ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(255))
+    # No foreign key: the job's own one ties the row to the project (and a project is deleted
+    # after its jobs).
+    project_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime]
 
     job: Mapped[Job] = relationship(back_populates="labels")
 
-    __table_args__ = (Index("ix_job_labels_key_value", "key", "value"),)
+    __table_args__ = (
+        # A project's jobs with ``key=value``, newest first: a filtered page walks it from the
+        # cursor, as an unfiltered one walks ix_jobs_project_id_created_at_id.
+        Index("ix_job_labels_project_id_key_value_created_at_job_id",
+              "project_id", "key", "value", "created_at", "job_id"),
+    )
 
 
 class JobStage(Base):
@@ -505,6 +519,8 @@ class JobEvent(Base):
 
     __table_args__ = (
         Index("ix_job_events_job_id_id", "job_id", "id"),
+        # A job's events of one kind (its warnings at every GET, a resumed stage's rows).
+        Index("ix_job_events_job_id_kind_id", "job_id", "kind", "id"),
         # SQLite: ids are never given twice, as a Postgres sequence's (migration 0022).
         {"sqlite_autoincrement": True},
     )

@@ -25,7 +25,7 @@ The MRC-shard functions (``claim_shard``, ``finish_shard``...) are the generic o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -47,6 +47,7 @@ from persistence.models import (
 )
 from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.transactions import (
+    SHARDED_OWNER,
     EventKind,
     end_stopped_job,
     fail_when_parts_stop,
@@ -58,8 +59,6 @@ from persistence.transactions import (
     work_is_held,
 )
 
-#: ``job_stages.lease_owner`` of a stage whose work was handed to its parts.
-SHARDED_OWNER = "shards"
 SHARD_EVENT = "shard_finished"
 CANDIDATE_EVENT = "candidate_finished"
 
@@ -124,9 +123,11 @@ def _load_part(session: Session, kind: PartKind, job_id: str, index: int) -> Par
 
 
 def _hand_over(session: Session, kind: PartKind, job_id: str, owner: str, parts: Sequence[Part],
-               event: str, payload: dict[str, Any], now: datetime) -> None:
+               event: str, payload: dict[str, Any], now: datetime,
+               metrics: Mapping[str, Any] | None = None) -> None:
     """Hand ``kind.stage`` from ``owner`` to its ``parts`` (earlier parts replaced), if ``owner``
-    holds the stage's lease and the job runs; else :class:`LeaseLost`."""
+    holds the stage's lease and the job runs; else :class:`LeaseLost`. ``metrics`` are merged
+    into the job's (what the owner measured before handing over, for the merge to record)."""
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
         handed = _rows_affected(session,
@@ -141,21 +142,25 @@ def _hand_over(session: Session, kind: PartKind, job_id: str, owner: str, parts:
         session.add_all(parts)
         job.stage_progress = 0.0
         job.progress_message = f"0 of {len(parts)} {kind.plural} done"
+        if metrics:
+            job.metrics = {**(job.metrics or {}), **metrics}
         touch(job, now)
         log_event(session, job_id, event, payload, now)
 
 
 def start_shards(session: Session, job_id: str, *, owner: str, groups: Sequence[Sequence[str]],
-                 inputs_key: str, now: datetime | None = None) -> None:
+                 inputs_key: str, metrics: Mapping[str, Any] | None = None,
+                 now: datetime | None = None) -> None:
     """Record one pending shard per module group and hand the MRC stage over to them, if ``owner``
-    holds the stage's lease (else :class:`LeaseLost`). Shards of an earlier attempt are replaced."""
+    holds the stage's lease (else :class:`LeaseLost`). Shards of an earlier attempt are replaced.
+    ``metrics`` go into the job's metrics (the preflight report, which the merge records)."""
     now = now or utcnow()
     shards = [MRCShard(job_id=job_id, shard=index, modules=list(modules), inputs_key=inputs_key,
                        status=StageStatus.PENDING, attempts=0, created_at=now,
                        dispatched_at=now)
               for index, modules in enumerate(groups)]
     _hand_over(session, MRC_SHARDS, job_id, owner, shards, "mrc_sharded",
-               {"shards": len(groups), "modules": sum(len(g) for g in groups)}, now)
+               {"shards": len(groups), "modules": sum(len(g) for g in groups)}, now, metrics)
 
 
 def start_candidates(session: Session, job_id: str, *, owner: str,

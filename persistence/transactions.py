@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, lazyload
 from sqlalchemy.orm.attributes import flag_modified
 
@@ -31,6 +31,7 @@ from persistence.models import (
     JobStatus,
     MRCShard,
     Project,
+    StageName,
     StageStatus,
     SweepCandidate,
 )
@@ -254,6 +255,27 @@ def end_stopped_job(session: Session, job: Job, stages: Sequence[JobStage],
         cancel_job(session, job, stages, now)
 
 
+#: ``job_stages.lease_owner`` of a stage whose work was handed to its parts
+#: (``persistence.stage_shards``: MRC shards, sweep candidates).
+SHARDED_OWNER = "shards"
+_PARTS_OF: dict[StageName, type[MRCShard] | type[SweepCandidate]] = {
+    StageName.MRC: MRCShard, StageName.FINETUNE: SweepCandidate}
+
+
+def _cancel_waiting_parts(session: Session, job_id: str, stage: JobStage) -> None:
+    """Mark the parts of ``stage`` (if handed to parts) that never started ``cancelled`` as its
+    job ends: they will not run (no message is sent again for an ended job), and before they
+    read ``pending`` for good (a cancelled sweep's ``GET /curves`` showed its candidates not
+    started as waiting to run). Parts that ran keep the status their task recorded."""
+    model = _PARTS_OF.get(StageName(stage.stage))
+    if model is None or stage.lease_owner != SHARDED_OWNER:
+        return
+    session.execute(update(model)
+                    .where(model.job_id == job_id, model.status == StageStatus.PENDING)
+                    .values(status=StageStatus.CANCELLED)
+                    .execution_options(synchronize_session=False))
+
+
 def fail_now(session: Session, job: Job, stage: JobStage | None, code: str, message: str,
              now: datetime) -> None:
     """End the job as failed with an error ``code`` and ``message``; ``stage`` (if any) is marked
@@ -265,6 +287,7 @@ def fail_now(session: Session, job: Job, stage: JobStage | None, code: str, mess
     job.finished_at = now
     touch(job, now)
     if stage is not None:
+        _cancel_waiting_parts(session, job.id, stage)
         job.stage = stage.stage
         stage.status = StageStatus.FAILED
         stage.lease_owner = None
@@ -283,6 +306,7 @@ def cancel_job(session: Session, job: Job, stages: Sequence[JobStage], now: date
     touch(job, now)
     for stage in stages:
         if stage.status in (StageStatus.PENDING, StageStatus.RUNNING):
+            _cancel_waiting_parts(session, job.id, stage)
             stage.status = StageStatus.CANCELLED
             stage.lease_owner = None
             stage.lease_expires_at = None

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import and_, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from persistence.job_warnings import warnings_of
 from persistence.leases import rows_affected
 from persistence.models import (
     Job,
@@ -205,8 +206,11 @@ def list_deliveries(session: Session, endpoint_id: str, *, limit: int, cursor: s
 # --------------------------------------------------------------------------------------------
 # The outbox
 # --------------------------------------------------------------------------------------------
-def job_payload(job: Job, event_type: str, now: datetime) -> dict[str, Any]:
-    """The message body: the Standard Webhooks envelope ``{type, timestamp, data}``."""
+def job_payload(job: Job, event_type: str, now: datetime, warnings_total: int = 0
+                ) -> dict[str, Any]:
+    """The message body: the Standard Webhooks envelope ``{type, timestamp, data}``;
+    ``warnings_total`` is the job's count of distinct warnings (``persistence.job_warnings``),
+    so that a receiver acting on a result knows to look at them."""
     error = ({"code": job.error_code, "message": job.error_message}
              if job.error_code else None)
     return {
@@ -216,6 +220,7 @@ def job_payload(job: Job, event_type: str, now: datetime) -> dict[str, Any]:
             "job_id": job.id, "status": job.status, "labels": job.label_dict,
             "metrics": job.metrics, "error": error,
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+            "warnings_total": warnings_total,
             "links": {"self": f"/v1/jobs/{job.id}"},
         },
     }
@@ -240,7 +245,10 @@ def enqueue_job_notifications(session: Session, job_id: str, kind: str, now: dat
         select(WebhookDelivery.endpoint_id).where(
             WebhookDelivery.job_id == job_id, WebhookDelivery.event_type == event_type)
     ).scalars())
-    body = json.dumps(job_payload(job, event_type, now), separators=(",", ":"), sort_keys=True)
+    # Counted only when a message is sent: one statement over the job's own events.
+    warnings_total = warnings_of(session, job_id, limit=1).total
+    body = json.dumps(job_payload(job, event_type, now, warnings_total), separators=(",", ":"),
+                      sort_keys=True)
     deliveries = []
     for endpoint in endpoints:
         if endpoint.id in already:

@@ -9,7 +9,9 @@
   (one point per α), θ_AT's robust accuracy as a vertical line, each chosen α marked (Fig C.5).
 
 Inputs are plain rows as the API and the worker hold them (dicts with the pipeline's keys), so both
-sides draw the same pictures. Accuracies are percentages.
+sides draw the same pictures. Accuracies are percentages, each labelled with the split it was
+measured on (:class:`Splits`): a job may choose α on the validation split and report its before and
+after on the test split, and the unlabelled charts read as the test numbers.
 """
 
 from __future__ import annotations
@@ -39,6 +41,33 @@ TITLE_NAME_CHARS = 24
 
 
 @dataclass(frozen=True)
+class Splits:
+    """Which split each chart's accuracies were measured on: ``curve`` the interpolation curves'
+    (``interpolation.selection_split``), ``epochs`` the fine-tuning epochs' (``finetune.
+    selection_split``). The defaults are the configuration's."""
+
+    curve: str = "test"
+    epochs: str = "validation"
+
+    @classmethod
+    def of_config(cls, config: Mapping[str, Any] | None) -> Splits:
+        """The splits of a job's configuration as JSON (its ``spec``; torch-free, so the API can
+        read it), the defaults where a section or setting is missing."""
+        config = config or {}
+        curve = (config.get("interpolation") or {}).get("selection_split")
+        epochs = (config.get("finetune") or {}).get("selection_split")
+        return cls(curve if isinstance(curve, str) else cls.curve,
+                   epochs if isinstance(epochs, str) else cls.epochs)
+
+
+def alpha_text(alpha: float) -> str:
+    """α as on its grid: grid values are rounded to 10 decimals (``rift.interpolation``), so 10
+    significant digits show every one whole; 4 (a table's usual) showed 0.13095 of a 0.00015 grid
+    as 0.131, an α the job never measured."""
+    return f"{alpha:.10g}"
+
+
+@dataclass(frozen=True)
 class Curve:
     """One interpolation curve: ``points`` have ``alpha``, ``clean_accuracy``, ``robust_accuracy``;
     ``name`` says what was fine-tuned (the module); ``chosen_alpha`` is None when none was chosen."""
@@ -46,6 +75,9 @@ class Curve:
     name: str
     points: Sequence[Mapping[str, Any]]
     chosen_alpha: float | None = None
+    #: A sweep's curve whose candidate the rule picked across all curves: its α is the job's
+    #: (every candidate's curve marks its own α).
+    picked: bool = False
 
     def chosen_point(self) -> Mapping[str, Any] | None:
         if self.chosen_alpha is None:
@@ -67,8 +99,9 @@ def sweep_curves(candidates: Sequence[Mapping[str, Any]], chosen: int | None) ->
     rates = {c.get("lr") for c in candidates}
     curves = [Curve(str(c.get("module")) + (f" (lr {float(c['lr']):g})" if len(rates) > 1 else ""),
                     list(c.get("points") or []),
-                    float(c["chosen_alpha"]) if c.get("chosen_alpha") is not None else None)
-              for c in candidates]
+                    float(c["chosen_alpha"]) if c.get("chosen_alpha") is not None else None,
+                    picked=index == chosen)
+              for index, c in enumerate(candidates)]
     drawn = [not c.get("excluded") for c in candidates]
     if chosen is not None and 0 <= chosen < len(curves):
         curves.insert(0, curves.pop(chosen))
@@ -127,8 +160,10 @@ def _height_of(svg: str) -> int:
     return int(svg.split('height="', 1)[1].split('"', 1)[0])
 
 
-def finetune_chart(epochs: Sequence[Mapping[str, Any]]) -> str:
-    """Training and validation accuracy per epoch; the best validation epoch is marked."""
+def finetune_chart(epochs: Sequence[Mapping[str, Any]], split: str = "validation") -> str:
+    """Training accuracy and the accuracy on the epoch-choosing ``split`` per epoch (the
+    ``val_accuracy`` of the rows: the test split's under ``finetune.selection_split: "test"``);
+    the best epoch is marked."""
     def series(name: str, key: str) -> LineSeries:
         return LineSeries(name, [(float(e["epoch"]), v) for e in epochs
                                  if (v := _number(e.get(key))) is not None])
@@ -140,12 +175,13 @@ def finetune_chart(epochs: Sequence[Mapping[str, Any]]) -> str:
         marks.append(Mark(float(best["epoch"]), float(best["val_accuracy"]),
                           f"best epoch {best['epoch']}"))
     return line_chart("finetune", "Fine-tuning", [series("train accuracy", "train_accuracy"),
-                                                  series("validation accuracy", "val_accuracy")],
+                                                  series(f"{split} accuracy", "val_accuracy")],
                       x_label="epoch", y_label="accuracy (%)", marks=marks)
 
 
-def alpha_chart(curve: Curve) -> str:
-    """Clean and robust accuracy against α, θ_AT's robust accuracy as a line, chosen α marked."""
+def alpha_chart(curve: Curve, split: str = "test") -> str:
+    """Clean and robust accuracy (on ``split``) against α, θ_AT's robust accuracy as a line,
+    chosen α marked."""
     points = sorted(curve.points, key=lambda p: float(p["alpha"]))
     clean = LineSeries("clean accuracy", [(x, y) for _, x, y in
                                           _pairs(points, "alpha", "clean_accuracy")])
@@ -160,18 +196,18 @@ def alpha_chart(curve: Curve) -> str:
     chosen = curve.chosen_point()
     if chosen is not None:
         alpha = float(chosen["alpha"])
-        references.append(Reference("x", alpha, f"α = {alpha:g}"))
+        references.append(Reference("x", alpha, f"α = {alpha_text(alpha)}"))
         for key, label in (("clean_accuracy", "chosen"), ("robust_accuracy", "")):
             if (value := measured(chosen, key)) is not None:
                 marks.append(Mark(alpha, value, label))
     title = "Interpolation θ_α = (1 − α) θ_AT + α θ_FT ({})"
     return line_chart("alpha", title.format(short_label(curve.name, TITLE_NAME_CHARS)),
-                      [clean, robust], x_label="α", y_label="accuracy (%)",
+                      [clean, robust], x_label="α", y_label=f"accuracy (%, {split} split)",
                       references=references, marks=marks, tooltip=title.format(curve.name))
 
 
-def tradeoff_chart(curves: Sequence[Curve]) -> str:
-    """Clean against robust accuracy, one curve per candidate module (Fig C.5)."""
+def tradeoff_chart(curves: Sequence[Curve], split: str = "test") -> str:
+    """Clean against robust accuracy (on ``split``), one curve per candidate module (Fig C.5)."""
     series = []
     marks = []
     for curve in curves:
@@ -179,30 +215,34 @@ def tradeoff_chart(curves: Sequence[Curve]) -> str:
                         "robust_accuracy", "clean_accuracy")
         series.append(LineSeries(
             curve.name, [(x, y) for _, x, y in points],
-            labels=[f"α = {float(p['alpha']):g}" for p, _, _ in points]))
+            labels=[f"α = {alpha_text(float(p['alpha']))}" for p, _, _ in points]))
         chosen = curve.chosen_point()
         if chosen is not None and _pairs([chosen], "robust_accuracy", "clean_accuracy"):
             marks.append(Mark(float(chosen["robust_accuracy"]), float(chosen["clean_accuracy"]),
-                              f"α = {float(chosen['alpha']):g}"))
+                              f"α = {alpha_text(float(chosen['alpha']))}"))
     baseline = next((b for c in curves if (b := c.baseline_robust_accuracy()) is not None), None)
     references = [] if baseline is None else [Reference("x", baseline, "θ_AT robustness")]
     return line_chart("tradeoff", "Clean vs robust accuracy along α", series,
-                      x_label="robust accuracy (%)", y_label="clean accuracy (%)",
+                      x_label=f"robust accuracy (%, {split} split)",
+                      y_label=f"clean accuracy (%, {split} split)",
                       references=references, marks=marks)
 
 
 def job_charts(mrc_rows: Sequence[Mapping[str, Any]], selected: str | None,
-               epochs: Sequence[Mapping[str, Any]], curves: Sequence[Curve]) -> dict[str, str]:
-    """Every chart of a job, keyed as :data:`CHART_ARTIFACTS`; charts without data are left out."""
+               epochs: Sequence[Mapping[str, Any]], curves: Sequence[Curve],
+               splits: Splits | None = None) -> dict[str, str]:
+    """Every chart of a job, keyed as :data:`CHART_ARTIFACTS`; charts without data are left out.
+    ``splits``: what the accuracies were measured on (default: the configuration's defaults)."""
+    splits = splits or Splits()
     charts: dict[str, str] = {}
     if mrc_rows:
         charts["mrc"] = mrc_chart(mrc_rows, selected)
     if epochs:
-        charts["finetune"] = finetune_chart(epochs)
+        charts["finetune"] = finetune_chart(epochs, splits.epochs)
     measured = [c for c in curves if c.points]
     # The first curve with points: while a sweep runs, its first candidate may not have
     # finished when others have (their curves were left undrawn until it did).
     if measured:
-        charts["alpha"] = alpha_chart(measured[0])
-        charts["tradeoff"] = tradeoff_chart(measured)
+        charts["alpha"] = alpha_chart(measured[0], splits.curve)
+        charts["tradeoff"] = tradeoff_chart(measured, splits.curve)
     return charts

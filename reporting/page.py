@@ -1,8 +1,9 @@
 """The job report as one self-contained HTML page: inline CSS and inline SVG charts, no script and
 no external resource (it opens offline, and its Content-Security-Policy can forbid everything else).
 
-Sections: summary (status, module, α, before/after), the charts of :mod:`reporting.charts`, the
-MRC table, the interpolation points of each curve side by side, and the job's manifest.
+Sections: summary (status, module, α, before/after), the job's warnings, the charts of
+:mod:`reporting.charts`, the MRC table, the interpolation points of each curve side by side, and
+the job's manifest.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from html import escape as _html_escape
 from typing import Any
 
-from reporting.charts import Curve, chart_width, job_charts
+from reporting.charts import Curve, Splits, alpha_text, chart_width, job_charts
 
 #: Charts wider than this (px; the page's 1200 px less its margins) keep their size and scroll
 #: sideways in their own box instead of scaling down to the page: the MRC chart of a model with
@@ -40,7 +41,19 @@ th{background:#f4f4f4}td.name,th.name{text-align:left}tr.selected td{background:
 pre{background:#f7f7f7;padding:8px;font-size:11px;overflow:auto;max-height:480px}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13px}dt{font-weight:bold}
 p.note{font-size:12px;color:#555;max-width:720px}
+dl.warnings{background:#fff8e1;border-left:4px solid #e0a100;padding:8px}
 """
+
+
+@dataclass(frozen=True)
+class ReportWarning:
+    """One of the job's warnings: where (``stage``, and a sweep ``candidate``), what, and how
+    many times it was written."""
+
+    stage: str | None
+    message: str
+    count: int = 1
+    candidate: int | None = None
 
 
 @dataclass
@@ -62,6 +75,13 @@ class ReportData:
     stage: str | None = None
     stage_progress: float | None = None
     progress_message: str | None = None
+    #: The splits the curves and epochs were measured on (the summary's before/after are always
+    #: the test split's): the page names them, as the α=0 row and θ_AT's accuracies differ when
+    #: α is chosen on the validation split.
+    splits: Splits = field(default_factory=Splits)
+    #: The job's warnings (at most the API's bound) and how many distinct ones it has.
+    warnings: Sequence[ReportWarning] = ()
+    warnings_total: int = 0
 
 
 # C0 and C1 controls but tab and newlines, and lone surrogates: a parse error in HTML text (a
@@ -81,6 +101,11 @@ def _cell(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return escape(f"{value:.{digits}g}") if math.isfinite(value) else escape(str(value))
     return escape(str(value))
+
+
+def _alpha_cell(alpha: Any) -> str:
+    """An α whole (:func:`reporting.charts.alpha_text`), "–" for none."""
+    return escape(alpha_text(float(alpha))) if isinstance(alpha, int | float) else _cell(alpha)
 
 
 def _stage(data: ReportData) -> str | None:
@@ -105,14 +130,34 @@ def _summary(data: ReportData) -> str:
     items = [("job", data.job_id), ("status", data.status),
              *([("stage", stage)] if stage is not None else []),
              ("fine-tuned module", data.selected_module or "–"),
-             ("chosen α", _cell(data.chosen_alpha)),
-             ("θ_AT clean / robust (%)",
+             ("chosen α", _alpha_cell(data.chosen_alpha)),
+             # The test split's, whichever split α was chosen on (rift.pipeline's before/after).
+             ("θ_AT clean / robust (%, test split)",
               f"{_cell(before.get('clean_accuracy'))} / {_cell(before.get('robust_accuracy'))}"),
-             ("RiFT clean / robust (%)",
+             ("RiFT clean / robust (%, test split)",
               f"{_cell(after.get('clean_accuracy'))} / {_cell(after.get('robust_accuracy'))}")]
     if data.error:
         items.append(("error", data.error))
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items) + "</dl>"
+
+
+def _warnings(data: ReportData) -> str:
+    """The run's warnings, right under the summary: a result the page shows may be one to
+    doubt (no α > 0 kept the robustness, a module MRC could not score, ...), and a reader who
+    only looks at the charts must see that first."""
+    if not data.warnings:
+        return "<p class='warnings-none'>No warnings.</p>"
+    items = []
+    for warning in data.warnings:
+        where = warning.stage or "run"
+        if warning.candidate is not None:
+            where += f", candidate {warning.candidate}"
+        repeated = f" (×{warning.count})" if warning.count > 1 else ""
+        items.append(f"<dt>{escape(where)}</dt><dd>{escape(warning.message + repeated)}</dd>")
+    left_off = data.warnings_total - len(data.warnings)
+    more = (f"<p class='note'>{left_off} more warning(s) not shown: the job's events hold them "
+            f"all (GET /v1/jobs/{escape(data.job_id)}/events).</p>" if left_off > 0 else "")
+    return f"<dl class='warnings'>{''.join(items)}</dl>{more}"
 
 
 def _mrc_table(data: ReportData) -> str:
@@ -151,22 +196,51 @@ def _robust_cell(point: Mapping[str, Any]) -> str:
     return _cell(point.get("robust_accuracy"))
 
 
-def _curve_tables(curves: Sequence[Curve]) -> str:
+def _curve_tables(curves: Sequence[Curve], split: str) -> str:
     blocks = []
     for curve in curves:
         rows = []
         for point in sorted(curve.points, key=lambda p: float(p["alpha"])):
             chosen = (curve.chosen_alpha is not None
                       and math.isclose(float(point["alpha"]), curve.chosen_alpha, abs_tol=1e-9))
-            rows.append(f"<tr{' class=selected' if chosen else ''}><td>{_cell(point['alpha'])}</td>"
+            rows.append(f"<tr{' class=selected' if chosen else ''}>"
+                        f"<td>{_alpha_cell(point['alpha'])}</td>"
                         f"<td>{_cell(point.get('clean_accuracy'))}</td>"
                         f"<td>{_robust_cell(point)}</td></tr>")
+        # Every candidate's curve highlights its own α; only the picked one's is the job's.
+        heading = escape(curve.name) + (" (chosen candidate)" if curve.picked else "")
         blocks.append(f"<div class='curve' data-curve='{escape(curve.name, quote=True)}'>"
-                      f"<h3>{escape(curve.name)}</h3><table><tr><th>α</th><th>clean (%)</th>"
-                      f"<th>robust (%)</th></tr>{''.join(rows)}</table></div>")
+                      f"<h3>{heading}</h3><table><tr><th>α</th>"
+                      f"<th>clean (%, {escape(split)})</th><th>robust (%, {escape(split)})</th>"
+                      f"</tr>{''.join(rows)}</table></div>")
     if not blocks:
         return "<p>No curve yet.</p>"
-    return f"<div class='curves'>{''.join(blocks)}</div>{_robust_legend(curves)}"
+    return (f"<div class='curves'>{''.join(blocks)}</div>{_sweep_note(curves)}"
+            f"{_split_note(split)}{_robust_legend(curves)}")
+
+
+def _sweep_note(curves: Sequence[Curve]) -> str:
+    """Which highlighted α is the job's: in a sweep every candidate's table highlights the α its
+    own curve chose, and they read as several chosen α."""
+    if len(curves) < 2:
+        return ""
+    picked = next((curve.name for curve in curves if curve.picked), None)
+    note = ("Each candidate's table highlights the α its own curve chose; "
+            + (f"the job's weights are those of {picked} at its α (the rule across all curves)."
+               if picked is not None else "the rule across all curves picks once every "
+               "candidate has finished."))
+    return f"<p class='note'>{escape(note)}</p>"
+
+
+def _split_note(split: str) -> str:
+    """Why the α = 0 row is not θ_AT's accuracy in the summary: the curve's split is not the
+    test split (interpolation.selection_split "validation")."""
+    if split == "test":
+        return ""
+    note = (f"The curves are measured on the {split} split, where α is chosen "
+            "(interpolation.selection_split); the summary gives θ_AT and the chosen weights on "
+            "the test split.")
+    return f"<p class='note'>{escape(note)}</p>"
 
 
 def _robust_legend(curves: Sequence[Curve]) -> str:
@@ -188,7 +262,8 @@ def _robust_legend(curves: Sequence[Curve]) -> str:
 
 def render_report(data: ReportData) -> str:
     """The whole HTML document."""
-    charts = job_charts(data.mrc_rows, data.selected_module, data.epochs, data.curves)
+    charts = job_charts(data.mrc_rows, data.selected_module, data.epochs, data.curves,
+                        data.splits)
     chart_html = "".join(
         f"<figure class='figure{' wide' if chart_width(svg) > WIDE_CHART else ''}' "
         f"data-figure='{name}'>{svg}</figure>" for name, svg in charts.items()
@@ -201,7 +276,8 @@ def render_report(data: ReportData) -> str:
         f"<meta http-equiv='Content-Security-Policy' content=\"{CONTENT_SECURITY_POLICY}\">"
         f"<title>RiFT job {escape(data.job_id)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>RiFT job {escape(data.job_id)}</h1>{_summary(data)}"
+        f"<h2>Warnings</h2>{_warnings(data)}"
         f"<h2>Charts</h2><div class='charts'>{chart_html}</div>"
         f"<h2>Module robust criticality</h2>{_mrc_table(data)}"
-        f"<h2>Interpolation</h2>{_curve_tables(data.curves)}"
+        f"<h2>Interpolation</h2>{_curve_tables(data.curves, data.splits.curve)}"
         f"<h2>Manifest</h2>{manifest}</body></html>")

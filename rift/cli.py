@@ -321,17 +321,34 @@ def format_mrc_table(rows: list[dict[str, Any]], selected: str) -> str:
     return "\n".join(lines)
 
 
-def format_interpolation_table(points: list[dict[str, float | None]], chosen: float) -> str:
+def format_interpolation_table(points: list[dict[str, float | None]], chosen: float,
+                               split: str = "test") -> str:
     # α as on the grid ("g"): with a fixed two decimals, alpha_step 0.005 printed 0.005 as 0.01
     # and 0.01 again, and the chosen row could not be told from its neighbour.
-    lines = [f"{'alpha':>7}{'clean':>9}{'robust':>9}"]
+    # The split named: with α chosen on the validation split the α = 0 row is not the before
+    # line's θ_AT (the test split's), and nothing said so.
+    lines = [f"{'alpha':>7}{'clean':>9}{'robust':>10}  (%, {split} split)"]
+    unmeasured = bounded = False
     for point in points:
         flag = "  <- chosen" if point["alpha"] == chosen else ""
-        robust = point["robust_accuracy"]
-        # None: not attacked, it could not change the choice (interpolation.curve "selection").
-        shown = f"{robust:>8.2f}%" if robust is not None else f"{'-':>9}"
+        robust, bound = point["robust_accuracy"], point.get("robust_accuracy_at_most")
+        # None: not attacked in full (interpolation.curve "selection"); a point whose attack
+        # stopped early has an upper bound, shown as one (as the report page and riftctl do;
+        # it read "-", the mark of a point never attacked).
+        if robust is not None:
+            shown = f"{robust:>9.2f}%"
+        elif bound is not None:
+            bounded = True
+            shown = f"{'≤ ' + format(bound, '.2f'):>9}%"
+        else:
+            unmeasured = True
+            shown = f"{'-':>10}"
         lines.append(f"{point['alpha']:>7g}{point['clean_accuracy']:>8.2f}%{shown}{flag}")
-    return "\n".join(lines)
+    notes = (["-: not attacked (only the points that could be chosen are; interpolation.curve "
+              "'full' measures every α)"] if unmeasured else []) + (
+        ["≤ x: attack stopped once the point could no longer be chosen, x an upper bound"]
+        if bounded else [])
+    return "\n".join(lines + notes)
 
 
 def format_sweep_table(sweep: dict[str, Any]) -> str:
@@ -375,11 +392,12 @@ def _command_run(args: argparse.Namespace) -> int:
         print(format_sweep_table(sweep))
     print("\nInterpolation θ_α = (1 − α) θ_AT + α θ_FT"
           + (" (the chosen candidate's):" if sweep is not None else ":"))
-    print(format_interpolation_table(result["interpolation"]["points"], result["chosen_alpha"]))
+    print(format_interpolation_table(result["interpolation"]["points"], result["chosen_alpha"],
+                                     result["interpolation"]["selection_split"]))
     before, after = result["before"], result["after"]
     print(f"\nclean  {before['clean_accuracy']:.2f}% -> {after['clean_accuracy']:.2f}%   "
           f"robust {before['robust_accuracy']:.2f}% -> {after['robust_accuracy']:.2f}%   "
-          f"(α = {result['chosen_alpha']:g}, module {result['selected_module']})")
+          f"(test split; α = {result['chosen_alpha']:g}, module {result['selected_module']})")
     entry = f" (checkpoint entry {config.checkpoint_entry!r})" if config.checkpoint_entry else ""
     curves = f", {args.out}/curves.json (every candidate's curve)" if sweep is not None else ""
     print(f"wrote {args.out}/tuned.safetensors{entry}{curves} and {args.out}/result.json")

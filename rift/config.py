@@ -34,6 +34,8 @@ MAX_SEED = 2**31 - 1
 MAX_CHECKPOINT_ENTRY_CHARS = 256
 # 'auto', 'cpu', or an accelerator with an optional small index (ASCII digits only).
 DEVICE_PATTERN = r"^(auto|cpu|mps|(cuda|xpu)(:[0-9]{1,2})?)$"
+#: The most modules ``mrc.module_batch`` scores at once.
+MAX_MODULE_BATCH = 64
 
 
 class _Strict(BaseModel):
@@ -242,7 +244,7 @@ class MRCSpec(_Strict):
     reshuffle: bool = Field(
         False, description="Draw a new batch order of the adversarial set for every ascent "
         "pass (the reference code does); default: the same batches every pass.")
-    module_batch: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+    module_batch: Annotated[int, Field(ge=1, le=MAX_MODULE_BATCH)] | Literal["auto"] = Field(
         1, description="Modules whose ascent passes run together, as K perturbed copies of "
         "each batch in one forward/backward (torch.func.vmap over stacked weights): the same "
         "table up to float rounding, for more memory and some recomputation; halved on "
@@ -259,6 +261,23 @@ class MRCSpec(_Strict):
         "bound (exact = false, passes < mrc.steps), not their MRC; the chosen rows are exact "
         "and equal to the full table's. Scores one module at a time (mrc.module_batch is "
         "ignored). See rift/mrc_selection.py.")
+
+    @field_validator("module_batch", mode="before")
+    @classmethod
+    def _auto_or_group_size(cls, value: object) -> object:
+        # A union's members each refused a bad value in their own words, and the first error's
+        # path carried pydantic's member tag: the API named "config.mrc.module_batch.
+        # constrained-int", no field of the request. One check, one message, the field itself.
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                               and 1 <= value <= MAX_MODULE_BATCH):
+            return value
+        hint = ""
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            hint = "; did you mean 'auto'?"
+        elif isinstance(value, float) and value.is_integer():
+            hint = f"; write {int(value)}"
+        raise ValueError(f"'auto' or a whole number of modules from 1 to {MAX_MODULE_BATCH}"
+                         f"{hint}")
 
     @field_validator("modules")
     @classmethod

@@ -136,12 +136,20 @@ def evaluate_accuracy(
     seed: int = 0,
     precision: str = "fp32",
     should_cancel: ShouldCancel | None = None,
+    clean_model: nn.Module | None = None,
 ) -> AccuracyReport:
     """Clean accuracy and, when ``attack`` is given, robust accuracy under it (model in eval mode),
     with per-example random starts (:func:`example_noise`). A float64 or half model is given
-    its inputs in its own dtype (:func:`rift.model_state.input_dtype`)."""
-    was_training = model.training
+    its inputs in its own dtype (:func:`rift.model_state.input_dtype`).
+
+    ``clean_model`` (default ``model``) is the one whose clean pass is counted: the interpolation
+    stage counts clean accuracy on the model itself and attacks a BatchNorm-folded copy
+    (``rift.batchnorm_folding``), whose logits differ by rounding, enough to flip an example at
+    a near tie; an evaluation that is to give the stage's numbers does the same."""
+    clean_model = model if clean_model is None else clean_model
+    was_training, clean_was_training = model.training, clean_model.training
     model.eval()
+    clean_model.eval()
     clean_correct = robust_correct = 0
     robust_loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     total = 0
@@ -149,7 +157,7 @@ def evaluate_accuracy(
         for images, labels in iterate_batches(data, batch_size, device=device):
             raise_if_cancelled(should_cancel)
             clean_correct += int(correct_predictions(
-                _clean_logits(model, images, precision), labels).sum())
+                _clean_logits(clean_model, images, precision), labels).sum())
             if attack is not None:
                 index = torch.arange(total, total + labels.numel())
                 noise = (example_noise(index, tuple(images.shape[1:]), seed)
@@ -164,6 +172,7 @@ def evaluate_accuracy(
             total += labels.numel()
     finally:
         model.train(was_training)
+        clean_model.train(clean_was_training)
     if total == 0:
         return AccuracyReport(0.0, None, None, 0)
     return AccuracyReport(

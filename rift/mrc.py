@@ -905,16 +905,13 @@ def _score_all(scoring: _Scoring, names: Sequence[str], group_size: int,
     later groups keep the smaller size. Once the baseline or a module needed batches in parts
     (``_LossProbe``), modules are scored one at a time: K copies of a batch cannot fit where one
     did not. A group the stacked forward cannot run (an operation ``torch.func.vmap`` refuses)
-    is scored one module at a time, as are all later ones, and so is every module in bf16
-    (``rift.mrc_stacked.FP32_ONLY``). Each is logged and passed to ``on_warning``."""
+    is scored one module at a time, as are all later ones. Each is logged and passed to
+    ``on_warning``."""
     def warn(message: str) -> None:
         logger.warning("%s", message)
         if on_warning is not None:
             on_warning(message)
 
-    if group_size > 1 and scoring.precision != "fp32":
-        warn(FP32_ONLY)
-        group_size = 1
     position = 0
     while position < len(names):
         raise_if_cancelled(scoring.should_cancel)
@@ -959,6 +956,7 @@ def module_robust_criticality(
     keep_exact: Collection[str] = (),
     screen: int = SCREEN_PASSES,
     done: Mapping[str, ModuleCriticality] | None = None,
+    warn_settings: bool = True,
 ) -> MRCReport:
     """Score every selected module of ``model`` (``rift.scored_weights``) on a fixed adversarial
     set. Selected modules the output does not depend on are left out and listed in
@@ -988,6 +986,10 @@ def module_robust_criticality(
     (under "selection" which passes a module runs depends on the others' values, so ``done`` is
     not used), and with ``mrc.module_batch`` > 1 only for whole groups at the table's start (a
     row scored in a group may differ from its row alone by float rounding).
+
+    ``warn_settings`` False: the warnings that follow from the settings alone (``module_batch``
+    not used under ``table = "selection"`` or in bf16) are logged, not passed to
+    ``on_warning``: each shard of a sharded table would say them again, so one shard does.
     """
     # A user's float64 or half model scores its own dtype's inputs (rift.model_state).
     adversarial_images = adversarial_images.to(input_dtype(model))
@@ -1014,14 +1016,16 @@ def module_robust_criticality(
                            precision, seed, should_cancel, on_backoff, probe.micro,
                            on_warning=on_warning)
         del probe
+        def setting_warning(message: str) -> None:
+            logger.warning("%s", message)
+            if on_warning is not None and warn_settings:
+                on_warning(message)
+
         if spec.table == "selection":
             if isinstance(spec.module_batch, int) and spec.module_batch > 1:
-                message = ("mrc.table 'selection' scores one module at a time (it pauses and "
-                           "resumes modules one by one): mrc.module_batch "
-                           f"{spec.module_batch} is not used")
-                logger.warning("%s", message)
-                if on_warning is not None:
-                    on_warning(message)
+                setting_warning("mrc.table 'selection' scores one module at a time (it pauses "
+                                "and resumes modules one by one): mrc.module_batch "
+                                f"{spec.module_batch} is not used")
 
             final = itertools.count()  # modules final so far: the progress index
 
@@ -1034,6 +1038,9 @@ def module_robust_criticality(
                                               screen)
             return report
         group_size = modules_per_group(spec.module_batch, adversarial_images.device, precision)
+        if group_size > 1 and precision != "fp32":
+            setting_warning(FP32_ONLY)  # every module one at a time (rows reused alike)
+            group_size = 1
         reused = _reusable_rows(names, done or {}, group_size)
         report.reused = [name for name in names if name in reused]
         computed = _score_all(scoring, [name for name in names if name not in reused],

@@ -542,9 +542,13 @@ def make_mrc_inputs(run: PreparedRun, callbacks: PipelineCallbacks | None = None
 
 
 def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None = None,
-                  callbacks: PipelineCallbacks | None = None) -> MRCStageResult:
+                  callbacks: PipelineCallbacks | None = None, *,
+                  table_warnings: bool = True) -> MRCStageResult:
     """Score modules (all selected by the config, or exactly ``modules``) on ``inputs``; one shard
-    of a sharded MRC stage, or the whole stage. ``seconds`` excludes making the inputs."""
+    of a sharded MRC stage, or the whole stage. ``seconds`` excludes making the inputs.
+    ``table_warnings`` False: no ``warning`` event about the table as a whole (settings not
+    used, parameters no row covers, no fx trace), which every shard would give alike: a
+    sharded stage's job had each one once per shard; one shard gives them."""
     callbacks = PipelineCallbacks.of(callbacks)
     config, started = run.config, time.perf_counter()
     _check_module_list(modules)
@@ -580,13 +584,13 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
                                                                    "message": message}),
             candidates=config.finetune.candidates,
             keep_exact=[config.finetune.module] if config.finetune.module is not None else [],
-            done=done)
+            done=done, warn_settings=table_warnings)
     if report.reused:
         callbacks.event("mrc_resumed", {"modules": report.reused, "inputs": digest,
                                         "scored": len(report.modules) - len(report.reused)})
     if report.unreachable:
         warn_unreachable(callbacks, report.unreachable)
-    if report.unscored:
+    if report.unscored and table_warnings:
         kinds = unscored_kinds(run.model, report.unscored)
         callbacks.event("warning", {"stage": "mrc", "message": (
             f"{len(report.unscored)} parameter(s) are outside the MRC table, so they are never "
@@ -595,7 +599,7 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
             "parameters are left out by design): " + "; ".join(
                 f"{_UNSCORED_WHY.get(kind, f'parameters of {kind} layers')}: {_names(names)}"
                 for kind, names in kinds.items()))})
-    if report.engine == "full" and spec.engine == "auto":
+    if report.engine == "full" and spec.engine == "auto" and table_warnings:
         callbacks.event("warning", {"stage": "mrc", "message": (
             "the model could not be traced with torch.fx, so MRC ran full forward passes "
             "(same values, slower)")})
@@ -779,7 +783,10 @@ def _evaluation_models(run: PreparedRun, data: ImageTensors) -> Callable[[], nn.
 def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTensors,
               callbacks: PipelineCallbacks, *, attacked: bool = True) -> AccuracyReport:
     """The one evaluation of weights outside the curve: the stage's ``before``/``after`` when
-    α is chosen on another split, and :func:`evaluate_weights` (a materialization's)."""
+    α is chosen on another split, and :func:`evaluate_weights` (a materialization's). Counted
+    as the curve counts them: clean on the model itself, robust attacking the folded copy (the
+    folded copy's clean pass could flip a near-tie example, and a re-evaluation of the chosen
+    weights then disagreed with the job's ``after``)."""
     run.reset_weights(state)
     model = _evaluation_models(run, data)() if attacked else run.model
 
@@ -787,7 +794,7 @@ def _evaluate(run: PreparedRun, state: Mapping[str, torch.Tensor], data: ImageTe
         return evaluate_accuracy(
             model, data, attack=run.attack if attacked else None, batch_size=batch_size,
             device=run.device, seed=run.config.seed, precision=run.config.precision,
-            should_cancel=callbacks.should_cancel)
+            should_cancel=callbacks.should_cancel, clean_model=run.model)
 
     warn = _backoff_warning(callbacks, "interpolate", EVALUATION_BACKOFF)
 

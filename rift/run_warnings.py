@@ -34,6 +34,11 @@ that diverged and kept an earlier epoch, ``rift.pipeline``.)
   numbers are those of a 1000-way problem scored on 10 classes. Right for a 1000-class model
   meant to be judged on a subset; wrong for a checkpoint trained on the 10 classes, whose head
   has 10 outputs (a head narrower than the labels is an error in ``prepare_run``).
+* **α chosen on examples θ_FT trained on.** ``finetune.selection_split: "test"`` trains on the
+  training and validation splits together (``rift.pipeline.finetune_splits``), so with
+  ``interpolation.selection_split: "validation"`` the α curve is measured on θ_FT's own training
+  examples: its clean accuracy there grows with α for memorisation, not generalisation, and the
+  rule leans to larger α than held-out data would pick.
 * **Class folders named by numbers.** ImageFolder classes are the folders in text order (as
   torchvision's): folders ``1`` to ``10`` give class 1 to folder ``10``, not ``2``. A checkpoint
   trained with the numeric order would see every label but the first moved.
@@ -109,6 +114,13 @@ def configuration_warnings(config: RiftConfig, splits: DatasetSplits, device: to
             f"α is chosen on {count} {_SPLIT_WORDS[split]} examples ({origin}), {too_few}")))
 
     found.extend(_class_warnings(splits, split, evaluated_examples(splits, split, cap).labels))
+    if split == "validation" and config.finetune.selection_split == "test":
+        found.append(RunWarning("interpolate", (
+            "α is chosen on the validation split (interpolation.selection_split 'validation'), "
+            "which the fine-tuning trained on (finetune.selection_split 'test' trains on the "
+            "training and validation splits together and picks its epoch on the test split): "
+            "the curve's clean accuracy is measured on θ_FT's own training examples and favours "
+            "larger α; set finetune.selection_split 'validation', or choose α on the test split")))
     found.extend(_numbered_folder_warnings(splits.class_names))
     found.extend(_attack_warnings(config.attack))
 

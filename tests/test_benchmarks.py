@@ -213,3 +213,28 @@ def test_the_api_load_bench_finds_constant_statements_and_index_plans(
         assert abs(big[name]["statements"] - route["statements"]) <= 1, name
     assert report["plans"]["count_active_jobs_big"]["nodes"][1] == (
         "Index Only Scan on jobs using ix_jobs_project_id_status_created_at_id")
+
+
+def test_the_validator_memory_scan_skips_a_process_that_exits_between_its_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check's child (of the bench or of anything else on the host) that exits after its
+    command line was read left no ``stat`` to read: the scan skips it instead of failing the
+    whole measurement (it did, in a suite beside other engineers' runs)."""
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "bench"))  # the script's own sibling imports
+    import importlib
+
+    validator_memory = importlib.import_module("validator_memory")
+    proc = tmp_path / "proc"
+    smaps = "00400000-ffffffff ---p 00000000 00:00 0 [rollup]\nRss: 2048 kB\nPss: 1024 kB\n"
+    for pid, with_stat in ((100, True), (200, False)):
+        entry = proc / str(pid)
+        entry.mkdir(parents=True)
+        (entry / "cmdline").write_bytes(b"python\0-m\0validator\0--socket\0/s/validator.sock\0")
+        (entry / "smaps_rollup").write_text(smaps)
+        if with_stat:  # the command name may hold spaces and parentheses
+            (entry / "stat").write_text(f"{pid} (py thon) S 1 {pid} {pid} 0 -1\n")
+    (proc / "self").mkdir()  # not a process id
+    found = validator_memory.validator_processes(proc)
+    assert list(found) == [100]
+    assert (found[100]["parent"], found[100]["socket"]) == (1, "/s/validator.sock")
+    assert (found[100]["rss_kb"], found[100]["pss_kb"]) == (2048, 1024)

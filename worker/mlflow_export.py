@@ -3,7 +3,8 @@ extra installed): one run per job in ``MLFLOW_EXPERIMENT`` with
 
 - params: the job's config flattened (``finetune.lr``...), the selected module, the chosen α;
 - metrics: before/after accuracies, MRC per module (``mrc.<module>``), the fine-tuning curve
-  (step = epoch) and the interpolation curve (step = α × 1000, as MLflow steps are integers);
+  (step = epoch) and the interpolation curve (step = α × 10,000, as MLflow steps are integers:
+  one step per point of the finest α grid, ``interpolation.alpha_step`` 1e-4);
 - artifacts: the job's files (MRC CSV, result, manifest, charts) and the tuned weights;
 - a new version of the registered model ``MLFLOW_MODEL_NAME`` whose source is the logged weights,
   tagged with ``job_id``, ``checkpoint_sha256`` and ``chosen_alpha``.
@@ -39,6 +40,10 @@ MAX_METRIC_KEY_CHARS = 250
 #: A character MLflow accepts in a metric key besides ``/`` (its pattern ``[/\w.\- :]``, less
 #: ``:``, which it refuses on Windows).
 _KEY_CHAR = re.compile(r"[\w.\- ]")
+#: Interpolation steps per unit of α: α values of a grid differ by alpha_step ≥ 1e-4
+#: (``rift.config.InterpolationSpec``), so each point gets its own step. With 1000, a 0.0005
+#: grid logged α = 0.0005 at step 0, over α = 0.
+ALPHA_STEPS = 10_000
 
 
 @dataclass(frozen=True)
@@ -199,14 +204,17 @@ def _metrics(export: JobExport) -> list[Any]:
             add(f"{when}.{key}", value)
     for row in export.mrc_rows:
         module = str(row["module"])
-        # A lower bound (stopped early by mrc.table = "selection") is not the module's MRC.
-        add(metric_key("mrc_at_least" if row.get("exact") is False else "mrc", module), row["mrc"])
-        add(metric_key("robust_accuracy_drop", module), row["robust_accuracy_drop"])
+        # A row stopped early by mrc.table = "selection": its MRC is a lower bound, and its drop
+        # is where the ascent stopped, neither the module's value (as on the report page).
+        stopped = row.get("exact") is False
+        add(metric_key("mrc_at_least" if stopped else "mrc", module), row["mrc"])
+        add(metric_key("robust_accuracy_drop_at_stop" if stopped else "robust_accuracy_drop",
+                       module), row["robust_accuracy_drop"])
     for epoch in export.epochs:
         for key in ("train_loss", "train_accuracy", "val_accuracy"):
             add(f"finetune.{key}", epoch[key], int(epoch["epoch"]))
     for point in export.points:
-        step = round(float(point["alpha"]) * 1000)
+        step = round(float(point["alpha"]) * ALPHA_STEPS)
         add("interpolation.clean_accuracy", point["clean_accuracy"], step)
         add("interpolation.robust_accuracy", point["robust_accuracy"], step)
     return found

@@ -18,6 +18,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +58,28 @@ from worker.runtime import (
     settle_part_error,
     stored_events_of,
 )
+from worker.shard_platforms import (
+    DEVICE_KEY,
+    TORCH_KEY,
+    mixed_platforms_warning,
+    platform_of,
+    shard_platforms,
+)
 from worker.stages import (
     SAFETENSORS,
     describe_device,
     job_stage_storage,
+    load_manifest,
     prepare,
     record_mrc,
     store_manifest,
-    stored_manifest,
 )
 
 logger = logging.getLogger(__name__)
 
 SHARD_TASK_NAME = "rift.stage.mrc_shard"
+# Keys of a recorded part besides the MRCStageResult's own.
+_NOT_RESULT = {"module_order", DEVICE_KEY, TORCH_KEY}
 
 
 def enqueue_shard(app: Celery, job_id: str, shard: int, countdown: float | None = None) -> None:
@@ -81,12 +91,15 @@ def enqueue_shard(app: Celery, job_id: str, shard: int, countdown: float | None 
 
 def start_mrc_shards(app: Celery, resources: WorkerResources, job: Job, run: PreparedRun,
                      callbacks: PipelineCallbacks, attempt: int,
-                     manifest: Mapping[str, Any] | None = None) -> int:
+                     manifest: Mapping[str, Any] | None = None,
+                     preflight: Mapping[str, Any] | None = None) -> int:
     """The prepare step: adversarial set stored once, shards recorded and sent; returns their
     number. The caller holds the MRC stage's lease; afterwards the shards hold the work.
     ``manifest`` (:func:`worker.stages.job_manifest`, made here where the job's device was
     resolved, as a one-task stage makes it) is stored among the stage attempt's files; the merge
-    records it."""
+    records it. ``preflight`` (the report the caller's preflight check made) goes into the job's
+    metrics with the hand-over, where the merge reads it: the job's ``metrics.preflight`` and
+    ``result.json`` then hold it as a one-task stage's do (they were null)."""
     if manifest is not None:
         store_manifest(job_stage_storage(resources.store, job.id, {StageName.MRC: attempt}),
                        manifest)
@@ -106,7 +119,8 @@ def start_mrc_shards(app: Celery, resources: WorkerResources, job: Job, run: Pre
         shutil.rmtree(scratch, ignore_errors=True)
     with resources.session() as session:
         stage_shards.start_shards(session, job.id, owner=resources.worker_id, groups=groups,
-                                  inputs_key=key)
+                                  inputs_key=key,
+                                  metrics={"preflight": dict(preflight) if preflight else None})
     for index in range(len(groups)):
         enqueue_shard(app, job.id, index)
     return len(groups)
@@ -158,9 +172,13 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
                       settings.worker_device, settings.data_root)
         device = describe_device(run.device)
         inputs = _load_inputs(resources, claim.inputs_key, run)
-        result = score_modules(run, inputs, claim.modules, callbacks)
+        # The table's own warnings (settings not used, unscored parameters) once, by shard 0.
+        result = score_modules(run, inputs, claim.modules, callbacks,
+                               table_warnings=shard == 0)
+        # Where its rows were computed, for the merge to compare (worker/shard_platforms.py).
         part: dict[str, Any] = {**result.to_json(),
-                                "module_order": select_modules(run.model, run.config.mrc)}
+                                "module_order": select_modules(run.model, run.config.mrc),
+                                **platform_of(device)}
         if reporter.lease_lost:
             raise LeaseLost(f"lost the lease on MRC shard {shard} of job {job_id}")
         reporter.flush()
@@ -215,27 +233,36 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
     assert job is not None
     order = list(parts[0]["module_order"])
     merged = MRCStageResult.merge(
-        [MRCStageResult.from_json({k: v for k, v in part.items() if k != "module_order"})
+        [MRCStageResult.from_json({k: v for k, v in part.items() if k not in _NOT_RESULT})
          for part in parts], order)
 
     storage = job_stage_storage(resources.store, job_id, attempts)
     config = RiftConfig.model_validate(job.spec)
-    outputs = record_mrc(config, merged, storage)
-    manifest = stored_manifest(storage)
-    if manifest is not None:
-        outputs.artifacts = [*outputs.artifacts, manifest]
-    # No shard saw the whole table: the table's warnings (θ_AT not robust, a choice decided by a
-    # tie) are the merge's, written with the stage's end so that a merge lost to another writes
-    # none.
+    outputs = record_mrc(config, merged, storage, preflight=(job.metrics or {}).get("preflight"))
+    manifest = load_manifest(storage)
+    platforms = shard_platforms(parts)
+    warning = mixed_platforms_warning(platforms, manifest)
     now = utcnow()
-    warnings = [("warning", warning.as_payload(), now) for warning in mrc_table_warnings(
+    events: list[tuple[str, dict[str, Any], datetime]] = []
+    if warning is not None:
+        events.append(("warning", {"stage": StageName.MRC.value, "message": warning}, now))
+    # No shard saw the whole table: the table's warnings (θ_AT not robust, a choice decided by a
+    # tie) are the merge's.
+    events.extend(("warning", found.as_payload(), now) for found in mrc_table_warnings(
         config, merged.rows, baseline_robust_accuracy=merged.baseline_robust_accuracy,
-        examples=merged.examples)]
+        examples=merged.examples))
+    if manifest is not None:
+        # The manifest names the prepare step's device; the shards' go beside it.
+        manifest = {**manifest, "mrc_shards": platforms}
+        if warning is not None:
+            manifest["warnings"] = [*manifest.get("warnings", []), warning]
+        outputs.artifacts = [*outputs.artifacts, store_manifest(storage, manifest)]
     try:
         with resources.session() as session:
+            # The warnings are written with the merge, so once, whichever task records it.
             stages.finish_stage_and_claim_next(session, job_id, StageName.MRC,
                                                owner=SHARDED_OWNER, outputs=outputs,
-                                               events=warnings, now=now)
+                                               events=events, now=now)
     except LeaseLost:
         return "done"  # another task recorded the merge first
     delete_shard_inputs(resources.store, job_id, inputs_keys)

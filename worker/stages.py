@@ -7,7 +7,6 @@ artifact records are written by :func:`persistence.stages.finish_stage` in one t
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future, wait
@@ -20,7 +19,7 @@ from persistence.models import Checkpoint, Dataset, Job, StageName
 from persistence.object_keys import stage_object_key
 from persistence.stages import ArtifactRecord, StageOutputs
 from persistence.storage import ObjectStore, StoredObject
-from reporting.charts import CHART_ARTIFACTS, Curve, job_charts
+from reporting.charts import CHART_ARTIFACTS, Curve, Splits, job_charts
 from rift.config import RiftConfig
 from rift.manifest import build_manifest
 from rift.pipeline import (
@@ -57,9 +56,9 @@ from rift.stage_outputs import (
 from worker.inputs import fetch_checkpoint, fetch_dataset
 
 __all__ = ["FINETUNED", "SAFETENSORS", "ObjectStageStorage", "describe_device", "job_manifest",
-           "job_stage_storage", "prepare", "record_interpolation", "record_mrc",
-           "record_winner_table", "run_stage",
-           "stage_object_key", "store_manifest", "stored_manifest"]
+           "job_stage_storage", "load_manifest", "prepare", "record_interpolation",
+           "record_mrc", "record_winner_table", "run_stage", "stage_object_key",
+           "store_manifest"]
 
 SAFETENSORS = "application/octet-stream"
 MANIFEST_JSON = "manifest.json"
@@ -212,16 +211,15 @@ def _write_manifest(storage: ObjectStageStorage, manifest: Mapping[str, Any]
     return storage.write_extra(StageName.MRC, MANIFEST_JSON, _json(manifest), JSON)
 
 
-def stored_manifest(storage: ObjectStageStorage) -> ArtifactRecord | None:
-    """The record of the ``manifest.json`` stored earlier among the MRC stage's files (by the
-    prepare step of a sharded MRC stage, for the merge to record), read back for its size and
-    digest; None when there is none (shards sent by a worker that did not store it)."""
+def load_manifest(storage: ObjectStageStorage) -> dict[str, Any] | None:
+    """The ``manifest.json`` stored earlier among the MRC stage's files (by the prepare step of a
+    sharded MRC stage, for the merge to complete and record), or None when there is none (shards
+    sent by a worker that did not store it)."""
     key = storage.key(StageName.MRC, MANIFEST_JSON)
     if not storage.store.exists(key):
         return None
-    data = storage.store.get_bytes(key)
-    return ArtifactRecord(name=MANIFEST_JSON, storage_key=key, size=len(data),
-                          sha256=hashlib.sha256(data).hexdigest(), content_type=JSON)
+    document = json.loads(storage.store.get_bytes(key))
+    return document if isinstance(document, dict) else None
 
 
 def _json(document: Mapping[str, Any]) -> bytes:
@@ -342,7 +340,9 @@ def record_interpolation(job: Job, run: PreparedRun, storage: ObjectStageStorage
     save_interpolation(storage, result, {**_metadata(run), **(metadata or {})}, module, document)
     # The report page's charts as files too (drawn by the same torch-free module as the page).
     charts = job_charts([{**row, "module": row["name"]} for row in mrc.rows], module,
-                        finetune.epochs, curves)
+                        finetune.epochs, curves,
+                        Splits(run.config.interpolation.selection_split,
+                               run.config.finetune.selection_split))
     stored_charts = {  # all sent before any is waited for
         CHART_ARTIFACTS[name]: storage.write_extra(StageName.INTERPOLATE, CHART_ARTIFACTS[name],
                                                    svg.encode("utf-8"), SVG)

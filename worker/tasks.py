@@ -502,11 +502,11 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
                     if stage == StageName.MRC else None)
         if stage == StageName.MRC and run.config.mrc.shards > 1:
             # A checkpoint near chance on the job's data fails here, before any shard is sent.
-            run_preflight_stage(run, callbacks)
+            preflight = run_preflight_stage(run, callbacks)
             reporter.flush()
             # The shards hold the work from here; the last one finishes the stage.
             start_mrc_shards(app, resources, claim.job, run, callbacks, claim.attempt,
-                             manifest)
+                             manifest, preflight.as_dict() if preflight is not None else None)
             return _Step(stage, "sharded", device)
         if stage == StageName.FINETUNE and is_sweep(run.config):
             reporter.flush()

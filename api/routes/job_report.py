@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import CallerDep, SessionDep, StoreDep
 from api.routes.jobs import load_job
+from persistence.job_warnings import warnings_of
 from persistence.jobs import (
     get_artifact,
     get_epoch_metrics,
@@ -25,8 +26,8 @@ from persistence.jobs import (
 )
 from persistence.models import Job
 from persistence.storage import StoreError
-from reporting.charts import Curve, sweep_curves
-from reporting.page import CONTENT_SECURITY_POLICY, ReportData, render_report
+from reporting.charts import Curve, Splits, sweep_curves
+from reporting.page import CONTENT_SECURITY_POLICY, ReportData, ReportWarning, render_report
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +98,17 @@ def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: Stor
             manifest = json.loads(store.get_bytes(manifest_row.storage_key))
         except (StoreError, ValueError):
             logger.warning("job %s: manifest.json could not be read", job.id, exc_info=True)
+    warnings = warnings_of(session, job.id)
     data = ReportData(
         job_id=job.id, status=job.status, selected_module=job.selected_module,
         chosen_alpha=job.chosen_alpha, metrics=job.metrics or {}, mrc_rows=mrc_rows, epochs=epochs,
         curves=_sweep(session, job) or _with_main_first(main, candidate_curves(job.metrics)),
         manifest=manifest,
         error=f"{job.error_code}: {job.error_message}" if job.error_code else None,
-        stage=job.stage, stage_progress=job.stage_progress, progress_message=job.progress_message)
+        stage=job.stage, stage_progress=job.stage_progress, progress_message=job.progress_message,
+        splits=Splits.of_config(job.spec),
+        warnings=[ReportWarning(w.stage, w.message, w.count, w.candidate)
+                  for w in warnings.items],
+        warnings_total=warnings.total)
     return HTMLResponse(render_report(data),
                         headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})

@@ -211,7 +211,7 @@ def _labels(values: list[str]) -> dict[str, str]:
 
 
 #: What ``?expand=`` may add to list items.
-EXPANDABLE = ("config", "stages")
+EXPANDABLE = ("config", "stages", "warnings")
 
 
 def _expand(values: list[str]) -> frozenset[str]:
@@ -219,7 +219,8 @@ def _expand(values: list[str]) -> frozenset[str]:
     for name in sorted(wanted):
         if name not in EXPANDABLE:
             raise InvalidInput(f"cannot expand '{name[:40]}'{_did_you_mean(name, EXPANDABLE)}; "
-                               f"use {' or '.join(EXPANDABLE)}", field="expand")
+                               f"use {', '.join(EXPANDABLE[:-1])} or {EXPANDABLE[-1]}",
+                               field="expand")
     return wanted
 
 
@@ -232,8 +233,9 @@ def list_jobs_route(
     label: Annotated[list[str], Query(description="key:value; repeat to require several")] = [],  # noqa: B006
     limit: PageLimit = DEFAULT_PAGE_SIZE,
     cursor: PageCursor = None,
-    expand: Annotated[list[str], Query(description="config and/or stages: add them to each "
-                                       "item (comma-separate or repeat)")] = [],  # noqa: B006
+    expand: Annotated[list[str], Query(description="config, stages and/or warnings: add them "
+                                       "to each item (comma-separate or repeat); warnings "
+                                       "cost one more query for the page")] = [],  # noqa: B006
 ) -> JobPageOut:
     statuses = _statuses(status)
     labels = _labels(label)
@@ -242,7 +244,9 @@ def list_jobs_route(
     return JobPageOut(items=items, next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="A job's status")
+@router.get("/{job_id}", response_model=JobOut, summary="A job's status",
+            description="The job with its stages, config and warnings (the run's 'warning' "
+            "events, repeats counted once: read them before trusting the result).")
 def read_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
     return read_job_for(session, caller, job_id)
 

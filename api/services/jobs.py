@@ -33,7 +33,15 @@ from api.job_requests import (
     unknown_checkpoint,
     unknown_dataset,
 )
-from api.schemas import JobError, JobLinks, JobListItemOut, JobOut, JobSpec, StageOut
+from api.schemas import (
+    JobError,
+    JobLinks,
+    JobListItemOut,
+    JobOut,
+    JobSpec,
+    JobWarningOut,
+    StageOut,
+)
 from api.services.ownership import owned_job, owned_job_summary
 from api.services.quotas import (
     active_jobs_exceeded,
@@ -48,6 +56,7 @@ from api.uploads import UploadedFile, scratch_dir
 from api.validation import Validator
 from persistence.cost import estimate_cost
 from persistence.eta import estimate_finish
+from persistence.job_warnings import JobWarnings, job_warnings, warnings_of
 from persistence.jobs import (
     ActiveJobLimitReached,
     JobPage,
@@ -97,29 +106,39 @@ def _stages(stages: Sequence[JobStage | StageSummary]) -> list[StageOut]:
     return [StageOut.model_validate(s, from_attributes=True) for s in stages]
 
 
-def full_job_out(job: Job | JobSummary, position: int | None) -> JobOut:
+def _warnings(found: JobWarnings) -> dict[str, Any]:
+    return dict(warnings=[JobWarningOut(stage=w.stage, candidate=w.candidate, message=w.message,
+                                        at=w.at, count=w.count) for w in found.items],
+                warnings_total=found.total)
+
+
+def full_job_out(job: Job | JobSummary, position: int | None, warnings: JobWarnings) -> JobOut:
     """The API view of a job (labels and stages loaded) at queue ``position``."""
     assert job.stages is not None and job.spec is not None
     return JobOut(**_summary_fields(job, position), stages=_stages(job.stages), config=job.spec,
-                  estimated_finish=estimate_finish(job, job.stages, utcnow()))
+                  estimated_finish=estimate_finish(job, job.stages, utcnow()),
+                  **_warnings(warnings))
 
 
 def job_out(session: Session, job: Job) -> JobOut:
-    """The API view of a job (labels and stages loaded); reads its queue position."""
-    return full_job_out(job, queue_position(session, job))
+    """The API view of a job (labels and stages loaded); reads its queue position and its
+    warnings."""
+    return full_job_out(job, queue_position(session, job), warnings_of(session, job.id))
 
 
-def list_item_out(job: JobSummary) -> JobListItemOut:
-    """A list item: the summary, plus the config and stages when they were read."""
+def list_item_out(job: JobSummary, warnings: JobWarnings | None = None) -> JobListItemOut:
+    """A list item: the summary, plus the config, stages and warnings when they were read."""
     return JobListItemOut(
         **_summary_fields(job, job.queue_position), config=job.spec,
-        stages=_stages(job.stages) if job.stages is not None else None)
+        stages=_stages(job.stages) if job.stages is not None else None,
+        **(_warnings(warnings) if warnings is not None else {}))
 
 
 def read_job_for(session: Session, caller: Caller, job_id: str) -> JobOut:
-    """The caller's job by id, read as plain rows (three statements)."""
+    """The caller's job by id, read as plain rows (four statements: the job, its labels, its
+    stages, its warnings)."""
     summary = owned_job_summary(session, caller.project_id, job_id)
-    return full_job_out(summary, summary.queue_position)
+    return full_job_out(summary, summary.queue_position, warnings_of(session, summary.id))
 
 
 @dataclass(frozen=True)
@@ -294,11 +313,15 @@ def list_jobs_for(session: Session, caller: Caller, *, statuses: list[str] | Non
                   labels: dict[str, str], limit: int, cursor: str | None,
                   expand: frozenset[str] = frozenset()) -> tuple[JobPage, list[JobListItemOut]]:
     """A page of the caller's jobs (never another project's), with their list views; ``expand``
-    may add ``config`` and ``stages`` to each item. A constant number of statements."""
+    may add ``config``, ``stages`` and ``warnings`` to each item. A constant number of
+    statements (the warnings: one for the page)."""
     page = list_jobs(session, status=statuses, labels=labels, limit=limit, cursor=cursor,
                      project_id=caller.project_id, with_spec="config" in expand,
                      with_stages="stages" in expand)
-    return page, [list_item_out(job) for job in page.jobs]
+    if "warnings" not in expand:
+        return page, [list_item_out(job) for job in page.jobs]
+    found = job_warnings(session, [job.id for job in page.jobs])
+    return page, [list_item_out(job, found[job.id]) for job in page.jobs]
 
 
 def cancel_job_for(session: Session, caller: Caller, job_id: str) -> JobOut:

@@ -97,17 +97,24 @@ def test_expand_adds_config_and_stages(api: Api) -> None:
     item = response.json()["items"][0]
     assert item["config"]["attack"]["eps"] == SPEC["config"]["attack"]["eps"]
     assert [s["stage"] for s in item["stages"]] == ["mrc", "finetune", "interpolate"]
+    # The warnings of the page's jobs: one statement more, whatever the page's size.
+    for limit in (1, 3):
+        with counted_statements(api) as statements:
+            response = api.client.get("/v1/jobs", params={"expand": "warnings", "limit": limit})
+        assert len(statements) <= 4, statements  # the key, the page, its labels, its warnings
+        assert [item["warnings"] for item in response.json()["items"]] == [[]] * limit
     bad = api.client.get("/v1/jobs", params={"expand": "checkpoint"})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "expand"
 
 
-def test_job_by_id_takes_at_most_4_statements(api: Api) -> None:
-    """The API key, then the job with its queue position, its labels, its stages."""
+def test_job_by_id_takes_at_most_5_statements(api: Api) -> None:
+    """The API key, then the job with its queue position, its labels, its stages, its
+    warnings."""
     ids = add_jobs(api, 5)
     with counted_statements(api) as statements:
         response = api.client.get(f"/v1/jobs/{ids[3]}")
     assert response.status_code == 200
     body = response.json()
     assert body["queue_position"] == 4 and body["config"]["attack"]["eps"] > 0
-    assert len(body["stages"]) == 3
-    assert len(statements) <= 4, statements
+    assert len(body["stages"]) == 3 and body["warnings"] == []
+    assert len(statements) <= 5, statements

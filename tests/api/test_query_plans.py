@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,10 +27,13 @@ from persistence import jobs as job_queries
 from persistence import webhooks
 from persistence.api_keys import create_project
 from persistence.db import create_db_engine, create_session_factory
+from persistence.job_warnings import job_warnings
 from persistence.models import (
     Checkpoint,
     Dataset,
     Job,
+    JobEvent,
+    JobLabel,
     WebhookDelivery,
     WebhookEndpoint,
     new_id,
@@ -40,6 +43,7 @@ from persistence.webhooks import enqueue_job_notifications
 from tests.service_fixtures import migrated_database
 
 JOBS_PER_PROJECT = 150
+LABELLED_JOBS = 2000
 #: queued, running, succeeded, failed, cancelled in a fixed cycle (a fifth of each).
 CYCLE = ("queued", "succeeded", "running", "failed", "succeeded", "cancelled", "queued",
          "succeeded", "failed", "running")
@@ -47,8 +51,10 @@ CYCLE = ("queued", "succeeded", "running", "failed", "succeeded", "cancelled", "
 
 class Seeded:
     def __init__(self, sessions: sessionmaker[Session], projects: list[str],
-                 checkpoints: list[str], datasets: list[str], finished: list[str]) -> None:
+                 checkpoints: list[str], datasets: list[str], finished: list[str],
+                 labelled: str) -> None:
         self.sessions = sessions
+        self.labelled = labelled
         self.projects = projects
         self.checkpoints = checkpoints
         self.datasets = datasets
@@ -81,7 +87,7 @@ def seeded(_postgres_template: str) -> Iterator[Seeded]:
                 session.execute(insert(WebhookEndpoint), [dict(
                     id=endpoint, project_id=project.id, url="https://example.invalid/h",
                     secret="whsec_x", event_types=["job.succeeded"], created_at=start)])
-            jobs, deliveries = [], []
+            jobs, deliveries, labels = [], [], []
             for i in range(2 * JOBS_PER_PROJECT):
                 p = i % 2
                 status = CYCLE[(i // 2) % len(CYCLE)]
@@ -91,20 +97,55 @@ def seeded(_postgres_template: str) -> Iterator[Seeded]:
                                  dataset_id=datasets[p], cancel_requested=False, attempts=0,
                                  stage_progress=0.0, created_at=created, updated_at=created,
                                  project_id=projects[p]))
+                # A tenth of each project's jobs carries team=x (the rest team=y), as in
+                # bench/api_load.py; every job has a label of its own (run=i).
+                labels += [dict(job_id=job_id, key="team", value="x" if i % 10 < 2 else "y",
+                                project_id=projects[p], created_at=created),
+                           dict(job_id=job_id, key="run", value=str(i), project_id=projects[p],
+                                created_at=created)]
                 if status == "succeeded":
                     finished.append(job_id)
                     deliveries.append(dict(
                         id=new_id(), endpoint_id=_endpoint_of(session, projects[p]),
                         job_id=job_id, event_type="job.succeeded", body="{}",
                         status="succeeded", attempts=1, created_at=created, updated_at=created))
+            labelled = _seed_labelled_project(session, start)
             session.execute(insert(Job), jobs)
+            session.execute(insert(JobLabel), labels)
             session.execute(insert(WebhookDelivery), deliveries)
             session.commit()
         with engine.connect() as connection:
             connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
                 "VACUUM ANALYZE")
-        yield Seeded(sessions, projects, checkpoints, datasets, finished)
+        yield Seeded(sessions, projects, checkpoints, datasets, finished, labelled)
         engine.dispose()
+
+
+def _seed_labelled_project(session: Session, start: datetime) -> str:
+    """A third project of LABELLED_JOBS finished jobs, interleaved in time with the other two's,
+    a tenth carrying team=x: the label filter's plan is measured on it. Big enough that, as at
+    organisation size, reading the project's jobs costs more than the page (on 150 jobs the
+    planner may hash them all whatever the indexes); finished, so the queue is unchanged."""
+    project = create_project(session, "plans-labels")
+    checkpoint = new_id()
+    session.execute(insert(Checkpoint), [dict(
+        id=checkpoint, filename="m.safetensors", size=1, sha256="0" * 64, format="safetensors",
+        storage_key=f"c/{checkpoint}", num_tensors=1, num_parameters=1, created_at=start,
+        project_id=project.id)])
+    jobs, labels = [], []
+    for i in range(LABELLED_JOBS):
+        job_id = new_id()
+        created = start + timedelta(milliseconds=150 * i)
+        jobs.append(dict(id=job_id, status="succeeded", spec={}, checkpoint_id=checkpoint,
+                         cancel_requested=False, attempts=0, stage_progress=1.0,
+                         created_at=created, updated_at=created, project_id=project.id))
+        labels += [dict(job_id=job_id, key="team", value="x" if i % 10 == 0 else "y",
+                        project_id=project.id, created_at=created),
+                   dict(job_id=job_id, key="run", value=str(i), project_id=project.id,
+                        created_at=created)]
+    session.execute(insert(Job), jobs)
+    session.execute(insert(JobLabel), labels)
+    return project.id
 
 
 def _endpoint_of(session: Session, project_id: str) -> str:
@@ -128,11 +169,14 @@ def captured(engine: Engine, run: Callable[[], Any], table: str) -> tuple[str, A
     return seen[0]
 
 
-def plan_nodes(engine: Engine, statement: str, parameters: Any) -> list[dict[str, Any]]:
-    """Every node of the statement's executed plan (EXPLAIN ANALYZE, index paths only)."""
+def plan_nodes(engine: Engine, statement: str, parameters: Any, *,
+               index_paths_only: bool = True) -> list[dict[str, Any]]:
+    """Every node of the statement's executed plan (EXPLAIN ANALYZE; index paths only unless
+    ``index_paths_only`` is False: the planner's own choice)."""
     with engine.connect() as connection:
-        connection.exec_driver_sql("SET enable_seqscan = off")
-        connection.exec_driver_sql("SET enable_bitmapscan = off")
+        if index_paths_only:
+            connection.exec_driver_sql("SET enable_seqscan = off")
+            connection.exec_driver_sql("SET enable_bitmapscan = off")
         found = connection.exec_driver_sql(
             f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", parameters).scalar_one()
         connection.rollback()
@@ -210,6 +254,54 @@ def test_a_status_filtered_page_reads_its_rows_only(seeded: Seeded) -> None:
     nodes = plan_nodes(_engine(seeded), statement, parameters)
     assert wasted(nodes, "jobs") == []
     assert rows_read(nodes, "jobs") <= 6
+
+
+def test_a_label_filtered_page_reads_its_rows_only(seeded: Seeded) -> None:
+    """A page of a project's jobs carrying a label, after a cursor, reads the page's label
+    entries and jobs only. Before migration 0024 ``job_labels`` had neither project nor time:
+    the filter walked the project's jobs newest first probing each for the label (nine in ten
+    read for nothing here), or read every job carrying the label in every project (8,867 pages
+    for a label on a tenth of the jobs in bench/api_load.py)."""
+    project = seeded.labelled
+    with seeded.sessions() as session:
+        first = job_queries.list_jobs(session, project_id=project, labels={"team": "x"},
+                                      limit=20, with_spec=False, with_stages=False)
+        assert first.next_cursor is not None
+        statement, parameters = captured(_engine(seeded), lambda: job_queries.list_jobs(
+            session, project_id=project, labels={"team": "x"}, limit=20,
+            cursor=first.next_cursor, with_spec=False, with_stages=False), "jobs")
+    nodes = plan_nodes(_engine(seeded), statement, parameters)
+    assert wasted(nodes, "jobs") == [] and wasted(nodes, "job_labels") == []
+    labels = [n for n in nodes if n.get("Relation Name") == "job_labels"]
+    assert [leading_column(_engine(seeded), n.get("Index Name")) for n in labels] == [
+        "project_id"], labels
+    # The page and the row telling that one follows, of each table (the queue's numbering
+    # reads the queued jobs under another alias, queued_jobs).
+    assert sum(n["Actual Rows"] * n["Actual Loops"] for n in labels) <= 21
+    assert rows_read(nodes, "jobs") <= 21
+
+
+def test_a_page_filtered_by_two_labels_reads_the_project_only(seeded: Seeded) -> None:
+    """With a second label each entry of the first is checked for it within the project: no
+    job or label entry of another project is read. The planner's own plan (sequential scans
+    allowed): without the project in the second label's condition it read every project's
+    entries of that label, by a sequential scan of job_labels here."""
+    project = seeded.labelled
+    with seeded.sessions() as session:
+        statement, parameters = captured(_engine(seeded), lambda: job_queries.list_jobs(
+            session, project_id=project, labels={"team": "x", "run": "1500"}, limit=20,
+            with_spec=False, with_stages=False), "jobs")
+    nodes = plan_nodes(_engine(seeded), statement, parameters, index_paths_only=False)
+    assert wasted(nodes, "jobs") == []
+    labels = [n for n in nodes if n.get("Relation Name") == "job_labels"]
+    assert labels and all(
+        leading_column(_engine(seeded), n.get("Index Name")) == "project_id"
+        or n.get("Index Name") == "pk_job_labels" for n in labels), [
+        (n["Node Type"], n.get("Index Name"), n.get("Filter")) for n in labels]
+    # At most the project's team=x entries (a tenth of LABELLED_JOBS) and one probe of each.
+    assert sum(n["Actual Rows"] * n["Actual Loops"] + n.get("Rows Removed by Filter", 0)
+               for n in labels) <= 2 * LABELLED_JOBS // 10
+    assert rows_read(nodes, "jobs") == 1
 
 
 def test_the_active_job_count_reads_active_jobs_only(seeded: Seeded) -> None:
@@ -306,3 +398,29 @@ def test_a_delivery_page_after_a_cursor_reads_its_rows_only(seeded: Seeded) -> N
         "ix_webhook_deliveries_endpoint_id_created_at_id"]
     assert wasted(nodes, "webhook_deliveries") == []
     assert rows_read(nodes, "webhook_deliveries") <= 6  # the page and the row telling one follows
+
+
+def test_a_jobs_warnings_read_that_jobs_events_only(seeded: Seeded) -> None:
+    """GET /v1/jobs/{id} reads the job's warnings from the event log: through the ``(job_id,
+    kind, id)`` index (migration 0025), so the rows read are the job's own warnings, never its
+    other events (before: every event of the job, the kind a filter) nor the log of every job."""
+    jobs_with_events = seeded.finished[:3]
+    per_job = 40  # a warning in every fourth event, the rest epochs and the like
+    with seeded.sessions() as session:
+        session.execute(insert(JobEvent), [dict(
+            job_id=job_id, kind="warning" if i % 4 == 0 else "epoch",
+            payload={"stage": "mrc", "message": f"w{i % 8}"}, created_at=utcnow())
+            for job_id in jobs_with_events for i in range(per_job)])
+        session.commit()
+        try:
+            statement, parameters = captured(_engine(seeded), lambda: job_warnings(
+                session, [jobs_with_events[1]]), "job_events")
+            found = job_warnings(session, [jobs_with_events[1]])[jobs_with_events[1]]
+            nodes = plan_nodes(_engine(seeded), statement, parameters)
+        finally:
+            session.execute(delete(JobEvent).where(JobEvent.job_id.in_(jobs_with_events)))
+            session.commit()
+    assert [w.message for w in found.items] == ["w0", "w4"] and found.items[0].count == 5
+    scans = [n for n in nodes if n.get("Relation Name") == "job_events"]
+    assert [n.get("Index Name") for n in scans] == ["ix_job_events_job_id_kind_id"], scans
+    assert rows_read(nodes, "job_events") == per_job // 4  # its warnings only

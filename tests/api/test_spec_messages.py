@@ -77,6 +77,13 @@ def spec(**sections: Any) -> str:
     # Before: accepted; the module was listed twice.
     ({"mrc": {"modules": ["conv1", "conv1"]}}, "config.mrc.modules",
      "each module may appear once; repeated: ['conv1']"),
+    # Before: field "config.mrc.module_batch.constrained-int" (pydantic's union member tag, no
+    # field of the request) and each member's own refusal ("Input should be 'auto'").
+    ({"mrc": {"module_batch": 0}}, "config.mrc.module_batch",
+     "config.mrc.module_batch: 'auto' or a whole number of modules from 1 to 64; got the number 0"),
+    ({"mrc": {"module_batch": 65}}, "config.mrc.module_batch", "from 1 to 64; got the number 65"),
+    ({"mrc": {"module_batch": "AUTO"}}, "config.mrc.module_batch", "did you mean 'auto'?"),
+    ({"mrc": {"module_batch": 2.0}}, "config.mrc.module_batch", "write 2"),
     # Before: accepted, and lr never used (the grid's rates are the ones run).
     ({"finetune": {"lr": 0.1, "lr_grid": [0.01, 0.05]}}, "config.finetune.lr",
      "'lr_grid' sets the rates that are run and 0.1 is not among them"),

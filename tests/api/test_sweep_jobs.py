@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from api.dispatch import CeleryDispatcher
+from reporting.page import escape
 from tests.api.helpers import JOB_TIMEOUT_S, Api, run_job, upload_checkpoint, wait_for_end
 from tests.service_fixtures import WorkerProcess, settings_from_env
 
@@ -295,3 +296,10 @@ def test_a_sweeps_events_name_their_candidate_and_only_its_result_at_alpha_0_war
                  if kind == "warning" and "unchanged" in p["message"]]
     assert len(unchanged) == 1 and "candidate" not in unchanged[0]
     assert "finetune.lr_grid" in unchanged[0]["message"]
+    # The job itself says so where a user who never reads its events looks: the job (polled
+    # until it ended) and its report page; the job that chose α = 1 does not.
+    assert [w["message"] for w in alone["warnings"] if "unchanged" in w["message"]] == [
+        unchanged[0]["message"]]
+    assert escape(unchanged[0]["message"]) in api.client.get(
+        f"/v1/jobs/{alone['id']}/report").text
+    assert not [w for w in job["warnings"] if "unchanged" in w["message"]]

@@ -279,6 +279,42 @@ def test_dataset_upload_get_delete(cli: Cli, tmp_path: Path) -> None:
     assert cli("datasets", "get", record["id"]).exit_code == 3
 
 
+def test_a_dataset_file_given_as_dataset_is_uploaded_for_the_job(
+        cli: Cli, tmp_path: Path, checkpoint_file: Path) -> None:
+    import io
+
+    import numpy as np
+
+    path = tmp_path / "digits.npz"
+    buffer = io.BytesIO()
+    np.savez(buffer, x=varied_images((60, 8, 8), np.float32), y=np.arange(60) % 10)
+    path.write_bytes(buffer.getvalue())
+    config = tmp_path / "npz.json"
+    config.write_text(json.dumps({**digits_config(), "dataset": {"name": "npz"}}))
+    # Before: the service's 422 "pass its id as 'dataset_id'", a request field riftctl builds.
+    missing = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file),
+                  "--config", str(config))
+    assert missing.exit_code == 2 and missing.error()["field"] == "--dataset", missing.stderr
+    assert "--dataset ID" in missing.error()["message"]
+    # Before: "--dataset digits.npz" was sent as an id (422 on its pattern, exit 3).
+    absent = cli("jobs", "create", "--checkpoint", str(checkpoint_file), "--config",
+                 str(config), "--dataset", str(tmp_path / "absent.npz"))
+    assert absent.exit_code == 2 and "not a dataset id" in absent.stderr
+    made = cli("jobs", "create", "--checkpoint", str(checkpoint_file), "--config", str(config),
+               "--dataset", str(path), "--idempotency-key", "npz-1")
+    assert made.exit_code == 0, made.stderr
+    job = cli("-o", "json", "jobs", "get", made.stdout.split()[1]).json()
+    stored = cli("-o", "json", "datasets", "list").json()
+    assert [d["id"] for d in stored] == [job["dataset_id"]]
+    assert stored[0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert f"uploaded digits.npz as dataset {job['dataset_id']}" in made.stderr
+    # Run again under the same key: the same job, and no second copy of the data.
+    again = cli("jobs", "create", "--checkpoint", str(checkpoint_file), "--config", str(config),
+                "--dataset", str(path), "--idempotency-key", "npz-1")
+    assert again.exit_code == 0 and again.stdout == made.stdout, again.stderr
+    assert cli("-o", "json", "datasets", "list").json() == stored
+
+
 def test_materialize_errors_and_wait_timeout(cli: Cli, config_file: Path,
                                              checkpoint_file: Path, tmp_path: Path,
                                              cli_launcher: Launcher | None) -> None:
@@ -486,3 +522,58 @@ def test_mrc_and_curves_as_tables_and_json(cli: Cli, queued_api: RunningApi, api
     assert "≤ 38.5" in curves.stdout and "41" in curves.stdout
     missing = cli("-o", "json", "jobs", "mrc", "0123456789abcdef0123456789abcdef")
     assert missing.exit_code == 3 and missing.error()["code"] == "job_not_found"
+
+
+def test_a_jobs_warnings_in_get_wait_and_json(cli: Cli, queued_api: RunningApi,
+                                              checkpoint_file: Path, config_file: Path) -> None:
+    """``jobs get`` lists the job's warnings; ``jobs wait`` (as ``jobs create --wait``) prints
+    them on stderr when the job has ended, also with --quiet; JSON carries them in the job."""
+    from persistence import jobs
+    from persistence.db import session_factory_from_settings
+    from persistence.models import Job, utcnow
+
+    created = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file),
+                  "--config", str(config_file))
+    assert created.exit_code == 0, created.stderr
+    warned = created.json()["id"]
+    again = cli("-o", "json", "jobs", "create", "--checkpoint", created.json()["checkpoint_id"],
+                "--config", str(config_file))
+    assert again.exit_code == 0, again.stderr
+    quiet = again.json()["id"]
+    unchanged = "no α > 0 kept the robust accuracy of the original weights [try a smaller lr]"
+    sessions = session_factory_from_settings(queued_api.settings)
+    try:
+        with sessions() as session:
+            for payload in ({"stage": "interpolate", "message": unchanged},
+                            {"stage": "finetune", "candidate": 1, "message": "<b>diverged</b>"},
+                            {"stage": "interpolate", "message": unchanged}):
+                jobs.append_event(session, warned, "warning", payload)
+            for job_id in (warned, quiet):  # ended, as a worker ends them
+                row = session.get(Job, job_id)
+                assert row is not None
+                row.status, row.finished_at = "succeeded", utcnow()
+            session.commit()
+    finally:
+        sessions.kw["bind"].dispose()
+    lines = [f"warning (interpolate): {unchanged} (×2)",
+             "warning (finetune, candidate 1): <b>diverged</b>"]
+
+    waited = cli("jobs", "wait", warned)
+    assert waited.exit_code == 0, waited.stderr
+    assert [line for line in waited.stderr.splitlines() if line.startswith("warning")] == lines
+    assert waited.stdout.strip() == f"job {warned} succeeded" and "warning" not in waited.stdout
+    assert "warning (interpolate)" in cli("--quiet", "jobs", "wait", warned).stderr
+    shown = cli("jobs", "get", warned)
+    assert shown.exit_code == 0, shown.stderr
+    assert [line.strip() for line in shown.stdout.splitlines()
+            if line.strip().startswith("warning")] == lines
+    as_json = cli("-o", "json", "jobs", "wait", warned)
+    assert as_json.exit_code == 0 and "warning" not in as_json.stderr
+    assert [(w["stage"], w["count"]) for w in as_json.json()["warnings"]] == [
+        ("interpolate", 2), ("finetune", 1)]
+    assert as_json.json()["warnings_total"] == 2
+
+    for args in (("jobs", "wait", quiet), ("jobs", "get", quiet)):
+        none = cli(*args)
+        assert none.exit_code == 0, none.stderr
+        assert "warning" not in none.stderr + none.stdout

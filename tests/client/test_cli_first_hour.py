@@ -92,8 +92,8 @@ def test_a_jobs_accuracies_are_shown_to_two_decimals(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert result.exit_code == 0, result.stderr
-    assert "before: clean 90.42%, robust 66.37%" in result.stdout
-    assert "after: clean 92.20%, robust –" in result.stdout
+    assert "before (test split): clean 90.42%, robust 66.37%" in result.stdout
+    assert "after (test split): clean 92.20%, robust –" in result.stdout
 
 
 def test_a_report_out_written_with_a_slash_is_a_folder(tmp_path: Path) -> None:
@@ -243,3 +243,48 @@ def test_a_materializations_accuracies_are_shown_to_two_decimals(tmp_path: Path)
     assert result.exit_code == 0, result.stderr
     # Before: "clean 90.8686%, robust 66.3697%", where `jobs get` printed 14 decimals.
     assert "clean 90.87%, robust 66.37%" in result.stdout
+
+
+def test_a_sweep_candidates_alpha_reads_as_on_its_curve(tmp_path: Path) -> None:
+    """A 0.00015 grid's α = 0.13095: the candidates' table rounded it to 0.131 (4 significant
+    digits, as an accuracy), an α the curve above it does not have."""
+    point = {"alpha": 0.13095, "clean_accuracy": 91.0, "robust_accuracy": 64.0,
+             "robust_accuracy_at_most": None, "chosen": True}
+    candidate = {"index": 0, "module": "fc", "lr": 0.01, "status": "done", "attempts": 1,
+                 "chosen": True, "chosen_alpha": 0.13095, "clean_accuracy": 91.0,
+                 "robust_accuracy": 64.0, "best_epoch": 1, "points": [point]}
+    curves = {"job_id": "job_1", "status": "succeeded", "selected_module": "fc", "epochs": [],
+              "chosen_alpha": 0.13095, "metrics": {}, "candidates": [candidate],
+              "chosen_candidate": 0, "interpolation": [point]}
+    server = ScriptedServer([ScriptedReply(200, curves)])
+    try:
+        result = run_riftctl(["jobs", "curves", "job_1"], url=server.url, api_key="rift_test",
+                             home=tmp_path)
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.stderr
+    assert "0.131 " not in result.stdout and result.stdout.count("0.13095") == 3, result.stdout
+
+
+def test_curves_and_job_name_the_split_of_their_accuracies(tmp_path: Path) -> None:
+    """α chosen on the validation split: the curve's α = 0 row and the job's before (test split)
+    differ, and neither command said which split it showed."""
+    point = {"alpha": 0.0, "clean_accuracy": 90.67, "robust_accuracy": 72.67,
+             "robust_accuracy_at_most": None, "chosen": True}
+    metrics = {"selection_split": "validation",
+               "before": {"clean_accuracy": 91.33, "robust_accuracy": 69.33}}
+    curves = {"job_id": "job_1", "status": "succeeded", "selected_module": "fc", "epochs": [],
+              "chosen_alpha": 0.0, "metrics": metrics, "candidates": [],
+              "chosen_candidate": None, "interpolation": [point]}
+    server = ScriptedServer([ScriptedReply(200, curves),
+                             ScriptedReply(200, _job(chosen_alpha=0.0, metrics=metrics))])
+    try:
+        shown = run_riftctl(["jobs", "curves", "job_1"], url=server.url, api_key="rift_test",
+                            home=tmp_path)
+        job = run_riftctl(["jobs", "get", "job_1"], url=server.url, api_key="rift_test",
+                          home=tmp_path)
+    finally:
+        server.stop()
+    assert shown.exit_code == 0 and job.exit_code == 0, shown.stderr + job.stderr
+    assert "interpolation curve on the validation split" in _flat(shown.stdout)
+    assert "before (test split): clean 91.33%" in job.stdout

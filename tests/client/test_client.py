@@ -226,6 +226,34 @@ def test_cancel_wait_and_delete(rift: RiftClient, checkpoint_file: Path, tmp_pat
         rift.get_checkpoint(checkpoint.id)
 
 
+def test_a_jobs_warnings_are_typed_items_of_the_job(rift: RiftClient, queued_api: RunningApi,
+                                                    checkpoint_file: Path) -> None:
+    from persistence import jobs
+    from persistence.db import session_factory_from_settings
+    from rift_client import JobWarning
+
+    checkpoint = _upload(rift, checkpoint_file)
+    warned, quiet = (rift.create_job({"config": digits_config()}, checkpoint_id=checkpoint.id)
+                     for _ in range(2))
+    sessions = session_factory_from_settings(queued_api.settings)
+    try:
+        with sessions() as session:
+            for payload in ({"stage": "finetune", "candidate": 1, "message": "diverged"},
+                            {"stage": "interpolate", "message": "no α > 0 kept it"},
+                            {"stage": "interpolate", "message": "no α > 0 kept it"}):
+                jobs.append_event(session, warned.id, "warning", payload)
+    finally:
+        sessions.kw["bind"].dispose()
+    job = rift.get_job(warned.id)
+    assert job.warnings is not None and all(type(w) is JobWarning for w in job.warnings)
+    assert [w.line() for w in job.warnings] == [
+        "warning (finetune, candidate 1): diverged", "warning (interpolate): no α > 0 kept it (×2)"]
+    assert job.warnings_total == 2
+    assert rift.get_job(quiet.id).warnings == [] and rift.get_job(quiet.id).warnings_total == 0
+    # A list item has none unless the list asks for them (the client's list does not).
+    assert {j.id: j.warnings for j in rift.list_jobs()} == {warned.id: None, quiet.id: None}
+
+
 def test_an_upload_under_a_key_is_stored_once(rift: RiftClient, checkpoint_file: Path) -> None:
     first = rift.upload_checkpoint(checkpoint_file, idempotency_key="nightly-ck")
     again = rift.upload_checkpoint(checkpoint_file, idempotency_key="nightly-ck")
@@ -499,6 +527,7 @@ def test_webhook_round_trip_with_a_signed_delivery(rift: RiftClient, queued_api:
         message = verify_webhook(hook.secret, received.headers, received.body)
         assert message.id == pending.id and message.type == "job.cancelled"
         assert message.data.job_id == job.id and message.data.status == "cancelled"
+        assert message.data.warnings_total == 0  # the job wrote none
         [sent] = rift.webhook_deliveries(hook.id, limit=1)
         assert sent.id == pending.id and sent.status == "succeeded" and sent.finished
         assert [(a.attempt, a.status_code, a.error) for a in sent.attempt_log] == [

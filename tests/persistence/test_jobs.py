@@ -9,13 +9,21 @@ from datetime import timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import delete, inspect, text
+from sqlalchemy import delete, inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages
 from persistence.db import create_db_engine
 from persistence.migrate import downgrade_database, upgrade_database
-from persistence.models import Base, InterpolationPoint, Job, JobStatus, Project, StageStatus
+from persistence.models import (
+    Base,
+    InterpolationPoint,
+    Job,
+    JobLabel,
+    JobStatus,
+    Project,
+    StageStatus,
+)
 from persistence.pages import InvalidCursor
 from persistence.stages import ClaimOutcome, StageOutputs
 from tests.persistence.helpers import (
@@ -23,6 +31,7 @@ from tests.persistence.helpers import (
     MRC_ROWS,
     SPEC,
     T0,
+    add_project,
     claim,
     event_kinds,
     finish,
@@ -326,3 +335,94 @@ def test_list_jobs_filters_by_status_and_labels_and_pages(
         assert [j.id for j in queued_b] == [ids[2], ids[0]]
         with pytest.raises(InvalidCursor):
             jobs.list_jobs(session, cursor="not-a-cursor")
+
+
+def test_a_projects_label_filter_pages_as_the_unfiltered_list_does(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    """A label-filtered page of a project walks the labels' copies of the job's project and
+    instant (migration 0024): the same jobs in the same order as filtering the project's whole
+    list, across pages, with several labels, jobs sharing an instant, another project's jobs
+    carrying the same label in between, and a deleted job."""
+    for project in ("pa", "pb"):
+        add_project(sessions, project)
+    made: list[tuple[str, str, dict[str, str]]] = []  # (project, id, labels), oldest first
+    for i in range(24):
+        project = ("pa", "pb")[i % 2]
+        labels = {"team": "x" if i % 3 else "y", "n": str(i % 5)}
+        # Three jobs at each instant: the cursor's id breaks ties.
+        made.append((project, new_job(labels=labels, now=T0 + timedelta(seconds=i // 3),
+                                      project_id=project), labels))
+    deleted = made[14][1]  # pa's, team=x
+    with sessions() as session:
+        session.execute(delete(Job).where(Job.id == deleted))
+        session.commit()
+        everything = jobs.list_jobs(session, project_id="pa", limit=100).jobs
+        assert deleted not in [job.id for job in everything]
+
+        def walk(labels: dict[str, str], limit: int) -> list[str]:
+            seen, cursor = [], None
+            while True:
+                page = jobs.list_jobs(session, project_id="pa", labels=labels, limit=limit,
+                                      cursor=cursor, with_spec=False)
+                seen += [job.id for job in page.jobs]
+                assert len(page.jobs) <= limit
+                if page.next_cursor is None:
+                    return seen
+                cursor = page.next_cursor
+
+        for labels in ({"team": "x"}, {"team": "y"}, {"n": "1"}, {"team": "x", "n": "3"},
+                       {"n": "3", "team": "x"}, {"team": "z"}):
+            wanted = [job.id for job in everything
+                      if all(job.label_dict.get(k) == v for k, v in labels.items())]
+            assert labels == {"team": "z"} or wanted, labels
+            for limit in (1, 2, 5, 100):
+                assert walk(labels, limit) == wanted, (labels, limit)
+        queued_x = jobs.list_jobs(session, project_id="pa", status="queued",
+                                  labels={"team": "x"}, limit=100).jobs
+        assert [job.id for job in queued_x] == [
+            job.id for job in everything if job.label_dict["team"] == "x"]
+        # A page that numbers no queue (no queued status asked) is built without its join.
+        assert [job.id for job in jobs.list_jobs(
+            session, project_id="pa", status=["running", "queued"], labels={"team": "x"},
+            limit=3).jobs] == [job.id for job in queued_x][:3]
+        assert jobs.list_jobs(session, project_id="pa", status="running",
+                              labels={"team": "x"}).jobs == []
+        assert [job.id for job in jobs.list_jobs(session, project_id="pb",
+                                                 labels={"team": "x"}).jobs] == [
+            job_id for project, job_id, labels in reversed(made)
+            if project == "pb" and labels["team"] == "x" and job_id != deleted]
+        # Each label row holds its job's project and instant.
+        rows = session.execute(select(JobLabel.job_id, JobLabel.project_id, JobLabel.created_at,
+                                      Job.project_id, Job.created_at)
+                               .join(Job, Job.id == JobLabel.job_id)).all()
+        assert len(rows) == 2 * 23
+        assert all(row[1] == row[3] and row[2] == row[4] for row in rows)
+
+
+def test_migration_0024_copies_the_jobs_project_and_instant_onto_their_labels(
+        db_url: str, sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    add_project(sessions, "pa")
+    ids = [new_job(labels={"team": "x", "n": str(i)}, now=T0 + timedelta(seconds=i),
+                   project_id="pa" if i % 2 else None) for i in range(4)]
+    engine = create_db_engine(db_url)
+    try:
+        def columns() -> set[str]:
+            return {c["name"] for c in inspect(engine).get_columns("job_labels")}
+
+        downgrade_database(db_url, "0023")
+        assert columns() == {"job_id", "key", "value"}
+        upgrade_database(db_url)
+        assert "created_at" in columns() and "project_id" in columns()
+        with sessions() as session:
+            copies = {(row.job_id, row.key): (row.project_id, row.created_at)
+                      for row in session.execute(select(JobLabel)).scalars()}
+            assert copies == {(job_id, key): ("pa" if i % 2 else None,
+                                              T0 + timedelta(seconds=i))
+                              for i, job_id in enumerate(ids) for key in ("n", "team")}
+            page = jobs.list_jobs(session, project_id="pa", labels={"team": "x"}, limit=1)
+            assert [job.id for job in page.jobs] == [ids[3]]
+            assert [job.id for job in jobs.list_jobs(
+                session, project_id="pa", labels={"team": "x"}, cursor=page.next_cursor).jobs
+            ] == [ids[1]]
+    finally:
+        engine.dispose()

@@ -502,3 +502,46 @@ def test_a_pending_failure_ends_the_job_failed_when_the_last_part_finishes_or_is
         assert (job.status, job.error_code) == ("failed", "numerical_error"), last
         kinds = event_kinds(sessions, job_id)
         assert kinds.count("job_failed") == 1 and "job_cancelled" not in kinds, last
+
+
+@pytest.mark.parametrize("kind", ["candidates", "shards"])
+@pytest.mark.parametrize("end", ["cancel", "fail"])
+def test_parts_that_never_started_read_cancelled_once_their_job_ends(
+        sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str,
+        end: str) -> None:
+    """Part 0 runs, part 1 never started when the job ends (cancelled, or failed by part 0).
+    Before, part 1 read ``pending`` for good: a cancelled sweep's ``GET /curves`` showed its
+    candidates not started as waiting to run, though nothing sends them again."""
+    if kind == "candidates":
+        job_id, part_kind = _swept_job(sessions, new_job), CANDIDATES
+    else:
+        job_id, part_kind = _sharded_job(sessions, new_job), stage_shards.MRC_SHARDS
+    with sessions() as session:
+        assert stage_shards.claim_part(session, part_kind, job_id, 0, owner="w1",
+                                       lease_seconds=LEASE, max_attempts=3,
+                                       now=T0).outcome == ClaimOutcome.CLAIMED
+    soon = T0 + timedelta(seconds=1)
+    with sessions() as session:
+        if end == "cancel":
+            jobs.request_cancel(session, job_id, now=soon)
+            assert stage_shards.stop_cancelled_part(session, part_kind, job_id, 0, owner="w1",
+                                                    now=soon)
+        else:
+            assert stage_shards.fail_part(session, part_kind, job_id, 0, owner="w1",
+                                          code="numerical_error", message="loss is NaN",
+                                          now=soon)
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+        assert job.status == ("cancelled" if end == "cancel" else "failed")
+        assert [(p.status, p.lease_owner) for p in stage_shards.list_parts(
+            session, part_kind, job_id)] == [
+            ("cancelled" if end == "cancel" else "failed", None), ("cancelled", None)]
+
+
+def test_a_job_cancelled_before_its_parts_started_cancels_them_all(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    job_id = _swept_job(sessions, new_job)
+    with sessions() as session:
+        assert jobs.request_cancel(session, job_id, now=T0).status == "cancelled"
+        assert [p.status for p in stage_shards.list_parts(session, CANDIDATES, job_id)] == [
+            "cancelled", "cancelled"]

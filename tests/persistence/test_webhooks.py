@@ -68,6 +68,28 @@ def test_each_kind_of_end_writes_its_message(
     assert messages(sessions, elsewhere) == []
 
 
+def test_the_message_counts_the_jobs_warnings(
+        sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
+    """A receiver acting on a job.succeeded message learns that the result comes with warnings
+    (before, only the job's events said so)."""
+    hook = endpoint(sessions, ["job.succeeded", "job.cancelled"])
+    warned, quiet = new_job(), new_job()
+    for _ in range(2):  # a retried stage writes its warning again: one warning
+        with sessions() as session:
+            jobs.append_event(session, warned, EventKind.WARNING,
+                              {"stage": "interpolate", "message": "no α > 0 kept it"})
+    with sessions() as session:
+        jobs.append_event(session, warned, EventKind.WARNING, {"stage": "mrc", "message": "x"})
+    for stage in ("mrc", "finetune", "interpolate"):
+        claim(sessions, warned, stage)
+        finish(sessions, warned, stage)
+    with sessions() as session:
+        jobs.request_cancel(session, quiet)
+    data = {m["data"]["job_id"]: m["data"] for m in messages(sessions, hook)}  # type: ignore[index]
+    assert data[warned]["warnings_total"] == 2  # type: ignore[index]
+    assert data[quiet]["warnings_total"] == 0  # type: ignore[index]
+
+
 def test_rolled_back_end_writes_no_message_and_commit_sends_each_once(
         sessions: sessionmaker[Session], new_job: Callable[..., str]) -> None:
     hook = endpoint(sessions, list(webhooks.EVENT_TYPES))

@@ -37,7 +37,7 @@ from tests.reliability.test_worker_shutdown import (
     terminate,
 )
 from tests.service_fixtures import WorkerProcess
-from tests.worker_jobs import wait_for
+from tests.worker_jobs import JOB_TIMEOUT_S, wait_for, wait_while_progressing
 
 pytestmark = pytest.mark.service
 
@@ -79,7 +79,8 @@ def test_an_mrc_stage_handed_back_midway_scores_only_the_missing_modules_on_anot
     stored = scored(before)
 
     second = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
-    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(second,))
+    job = wait_while_progressing(
+        sessions, job_id, lambda j: j.is_finished, "the end", JOB_TIMEOUT_S, workers=(second,))
     assert job.status == "succeeded", job.error_message
     log = events(sessions, job_id)
     handed = len(before)  # what the second worker reported follows
@@ -93,7 +94,8 @@ def test_an_mrc_stage_handed_back_midway_scores_only_the_missing_modules_on_anot
 
     # The same job run without interruption gives the same table, choice and weights.
     other_id = submit(spec)
-    other = wait_for(sessions, other_id, lambda j: j.is_finished, "the end", workers=(second,))
+    other = wait_while_progressing(
+        sessions, other_id, lambda j: j.is_finished, "the end", JOB_TIMEOUT_S, workers=(second,))
     assert other.status == "succeeded", other.error_message
     assert sorted(scored(events(sessions, other_id))) == sorted(table)  # nothing of the first
     assert mrc_table(sessions, job_id) == mrc_table(sessions, other_id)
@@ -128,7 +130,8 @@ def test_an_interpolation_handed_back_midway_attacks_only_the_missing_alphas_on_
     assert 2 <= len(stored) < len(grid) and stored == grid[:len(stored)]  # stopped mid-curve
 
     second = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
-    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(second,))
+    job = wait_while_progressing(
+        sessions, job_id, lambda j: j.is_finished, "the end", JOB_TIMEOUT_S, workers=(second,))
     assert job.status == "succeeded", job.error_message
     log = events(sessions, job_id)
     handed = next(i for i, (kind, _) in enumerate(log) if kind == "stage_handed_back")
@@ -138,7 +141,8 @@ def test_an_interpolation_handed_back_midway_attacks_only_the_missing_alphas_on_
         stored[1:]]
 
     other_id = submit(spec)
-    other = wait_for(sessions, other_id, lambda j: j.is_finished, "the end", workers=(second,))
+    other = wait_while_progressing(
+        sessions, other_id, lambda j: j.is_finished, "the end", JOB_TIMEOUT_S, workers=(second,))
     assert other.status == "succeeded", other.error_message
     with sessions() as session:
         curves = [[(p.alpha, p.clean_accuracy, p.robust_accuracy)
@@ -189,7 +193,8 @@ def test_a_sharded_mrc_shard_handed_back_midway_scores_only_its_missing_modules_
     kept = [name for name in stored if name in modules]
 
     second = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
-    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(second,))
+    job = wait_while_progressing(
+        sessions, job_id, lambda j: j.is_finished, "the end", JOB_TIMEOUT_S, workers=(second,))
     assert job.status == "succeeded", job.error_message
     log = events(sessions, job_id)[len(before):]
     table = [row["module"] for row in mrc_table(sessions, job_id)]
@@ -203,7 +208,8 @@ def test_a_sharded_mrc_shard_handed_back_midway_scores_only_its_missing_modules_
 
     # The same sharded job run without interruption gives the same table, choice and weights.
     other_id = submit(spec)
-    other = wait_for(sessions, other_id, lambda j: j.is_finished, "the end", workers=(second,))
+    other = wait_while_progressing(
+        sessions, other_id, lambda j: j.is_finished, "the end", JOB_TIMEOUT_S, workers=(second,))
     assert other.status == "succeeded", other.error_message
     assert sorted(scored(events(sessions, other_id))) == sorted(table)  # nothing of the first
     assert mrc_table(sessions, job_id) == mrc_table(sessions, other_id)
@@ -238,7 +244,8 @@ def test_a_fine_tune_handed_back_midway_continues_from_its_last_epoch_on_another
     assert state is not None and state.epoch == len(done)
 
     second = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
-    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(second,))
+    job = wait_while_progressing(
+        sessions, job_id, lambda j: j.is_finished, "the end", JOB_TIMEOUT_S, workers=(second,))
     assert job.status == "succeeded", job.error_message
     log = events(sessions, job_id)
     handed = len(before)  # what the second worker reported follows
@@ -250,7 +257,8 @@ def test_a_fine_tune_handed_back_midway_continues_from_its_last_epoch_on_another
 
     # The same job run without interruption: the same epochs, choice and weights.
     other_id = submit(spec)
-    other = wait_for(sessions, other_id, lambda j: j.is_finished, "the end", workers=(second,))
+    other = wait_while_progressing(
+        sessions, other_id, lambda j: j.is_finished, "the end", JOB_TIMEOUT_S, workers=(second,))
     assert other.status == "succeeded", other.error_message
     assert "finetune_resumed" not in {kind for kind, _ in events(sessions, other_id)}
     with sessions() as session:
@@ -280,7 +288,8 @@ def test_a_sweep_candidate_handed_back_midway_continues_from_its_last_epoch(
     assert state is not None and state.epoch == len(done)
 
     second = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
-    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(second,))
+    job = wait_while_progressing(
+        sessions, job_id, lambda j: j.is_finished, "the end", JOB_TIMEOUT_S, workers=(second,))
     assert job.status == "succeeded", job.error_message
     log = events(sessions, job_id)
     assert [(p["epochs"], p["inputs"]) for kind, p in log if kind == "finetune_resumed"] == [
@@ -289,6 +298,7 @@ def test_a_sweep_candidate_handed_back_midway_continues_from_its_last_epoch(
     assert list(store.list_objects(epoch_states_prefix(job_id))) == []
 
     other_id = submit(spec)
-    other = wait_for(sessions, other_id, lambda j: j.is_finished, "the end", workers=(second,))
+    other = wait_while_progressing(
+        sessions, other_id, lambda j: j.is_finished, "the end", JOB_TIMEOUT_S, workers=(second,))
     assert other.status == "succeeded", other.error_message
     assert_same_results(sessions, store, job, other, (job_id, other_id), tmp_path)

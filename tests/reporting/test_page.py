@@ -4,7 +4,7 @@ points (``rift.interpolation``: early-stopped attacks leave only ``robust_accura
 from __future__ import annotations
 
 from reporting.charts import Curve
-from reporting.page import ReportData, render_report
+from reporting.page import ReportData, ReportWarning, render_report
 
 
 def test_a_selection_curve_shows_exact_bounded_and_unmeasured_points() -> None:
@@ -89,3 +89,103 @@ def test_a_running_sweep_draws_the_candidates_finished_so_far() -> None:
     # The first candidate has not finished; the second's curve is drawn (it was not, until the
     # first had finished).
     assert set(charts) == {"alpha", "tradeoff"} and "fc (lr 0.01)" in charts["alpha"]
+
+
+def test_the_page_names_the_split_of_each_accuracy() -> None:
+    """α chosen on the validation split: the curve's α = 0 row (θ_AT on validation) and the
+    summary's θ_AT accuracies (test split) differ; the page said neither split, and the
+    fine-tuning chart called the epochs' accuracy 'validation' under finetune.selection_split
+    'test' (the reference protocol)."""
+    from reporting.charts import Splits
+
+    points = [{"alpha": 0.0, "clean_accuracy": 90.67, "robust_accuracy": 72.67},
+              {"alpha": 1.0, "clean_accuracy": 94.0, "robust_accuracy": 73.33}]
+    data = ReportData(
+        job_id="j", status="succeeded", chosen_alpha=1.0,
+        metrics={"before": {"clean_accuracy": 91.33, "robust_accuracy": 69.33},
+                 "after": {"clean_accuracy": 94.67, "robust_accuracy": 72.0}},
+        epochs=[{"epoch": 1, "train_accuracy": 80.0, "val_accuracy": 79.0}],
+        curves=[Curve("fc", points, 1.0)],
+        splits=Splits.of_config({"interpolation": {"selection_split": "validation"},
+                                 "finetune": {"selection_split": "test"}}))
+    page = render_report(data)
+    assert "<dt>θ_AT clean / robust (%, test split)</dt><dd>91.33 / 69.33</dd>" in page
+    assert "<dt>RiFT clean / robust (%, test split)</dt><dd>94.67 / 72</dd>" in page
+    assert "<th>clean (%, validation)</th><th>robust (%, validation)</th>" in page
+    assert "The curves are measured on the validation split" in page
+    assert "accuracy (%, validation split)" in page  # the α chart's axis
+    assert "test accuracy" in page and "validation accuracy" not in page  # the epochs' chart
+    default = render_report(ReportData(job_id="j", status="succeeded", chosen_alpha=1.0,
+                                       epochs=data.epochs, curves=data.curves))
+    assert "<th>clean (%, test)</th>" in default and "The curves are measured" not in default
+    assert "validation accuracy" in default
+
+
+def test_an_alpha_is_shown_whole_however_fine_its_grid() -> None:
+    """A 0.00015 grid holds α = 0.13095; four significant digits showed it as 0.131 in the
+    summary and the curve table, an α the job never measured."""
+    points = [{"alpha": 0.0, "clean_accuracy": 90.0, "robust_accuracy": 64.0},
+              {"alpha": 0.13095, "clean_accuracy": 91.0, "robust_accuracy": 64.0}]
+    page = render_report(ReportData(job_id="j", status="succeeded", chosen_alpha=0.13095,
+                                    curves=[Curve("fc", points, 0.13095)]))
+    assert "<dt>chosen α</dt><dd>0.13095</dd>" in page
+    assert "<tr class=selected><td>0.13095</td>" in page
+    assert "α = 0.13095" in page  # the charts' marks
+
+
+def test_a_sweeps_page_says_which_candidates_alpha_is_the_jobs() -> None:
+    """Every candidate's table highlights its own α, as the job's α is highlighted: nothing said
+    which candidate's weights the job returned (fc at lr 0.01 read as chosen as conv1's)."""
+    from reporting.charts import sweep_curves
+
+    def outcome(module: str, lr: float, alpha: float) -> dict[str, object]:
+        return {"module": module, "lr": lr, "chosen_alpha": alpha,
+                "points": [{"alpha": a, "clean_accuracy": 90.0 + a, "robust_accuracy": 70.0}
+                           for a in (0.0, alpha)]}
+
+    candidates = [outcome("fc", 0.01, 1.0), outcome("conv1", 0.05, 0.6)]
+    page = render_report(ReportData(job_id="j", status="succeeded", chosen_alpha=0.6,
+                                    selected_module="conv1",
+                                    curves=sweep_curves(candidates, chosen=1)))
+    assert "<h3>conv1 (lr 0.05) (chosen candidate)</h3>" in page
+    assert "<h3>fc (lr 0.01)</h3>" in page
+    assert "weights are those of conv1 (lr 0.05) at its α" in page
+    running = render_report(ReportData(job_id="j", status="running",
+                                       curves=sweep_curves(candidates, chosen=None)))
+    assert "(chosen candidate)" not in running and "picks once every candidate" in running
+
+
+def _warnings_section(page: str) -> str:
+    """The page's Warnings section: from its heading to the next."""
+    start = page.index("<h2>Warnings</h2>")
+    return page[start:page.index("<h2>", start + 1)]
+
+
+def test_the_warnings_follow_the_summary_escaped_with_their_stage_and_count() -> None:
+    from tests.api.report_checks import page_problems
+
+    page = render_report(ReportData(job_id="j", status="succeeded", warnings=[
+        ReportWarning("interpolate", "no α > 0 kept the robust accuracy <b>of θ_AT</b>", 2),
+        ReportWarning("finetune", "diverged & \x07skipped", 1, candidate=3),
+        ReportWarning(None, "<script>alert(1)</script>")], warnings_total=3))
+    assert page.index("</dl>") < page.index("<h2>Warnings</h2>") < page.index("<h2>Charts</h2>")
+    section = _warnings_section(page)
+    assert ("<dt>interpolate</dt><dd>no α &gt; 0 kept the robust accuracy &lt;b&gt;of "
+            "θ_AT&lt;/b&gt; (×2)</dd>") in section
+    assert "<dt>finetune, candidate 3</dt><dd>diverged &amp; \ufffdskipped</dd>" in section
+    assert "<dt>run</dt><dd>&lt;script&gt;alert(1)&lt;/script&gt;</dd>" in section
+    assert "<script" not in page and "<b>" not in page
+    assert page_problems(page) == []
+    assert "not shown" not in section
+
+
+def test_a_job_without_warnings_says_none_and_a_cut_list_says_how_many_more() -> None:
+    from tests.api.report_checks import page_problems
+
+    quiet = render_report(ReportData(job_id="j", status="succeeded"))
+    assert _warnings_section(quiet) == "<h2>Warnings</h2><p class='warnings-none'>No warnings.</p>"
+    assert page_problems(quiet) == []
+    cut = render_report(ReportData(job_id="j", status="succeeded",
+                                   warnings=[ReportWarning("mrc", "w0")], warnings_total=101))
+    assert "100 more warning(s) not shown" in _warnings_section(cut)
+    assert "GET /v1/jobs/j/events" in _warnings_section(cut)

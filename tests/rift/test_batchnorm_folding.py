@@ -354,3 +354,64 @@ def test_a_user_architecture_gets_the_same_curve_and_alpha_folded_or_not(
     plain = results["off", "full"].points
     assert results["auto", "full"].points == plain
     assert len({(p["clean_accuracy"], p["robust_accuracy"]) for p in plain}) > 1
+
+
+def _near_ties(model: nn.Module, folded: nn.Module, images: Tensor, labels: Tensor
+               ) -> tuple[Tensor, Tensor]:
+    """Images on the model's decision boundary where it and its folded copy disagree on
+    correctness: from each example the model gets right, bisect toward one it gets wrong until
+    the step is at float resolution (the two compute the boundary with different rounding);
+    all pairs at once, one batch per halving."""
+    with torch.no_grad():
+        right = model(images).argmax(1) == labels
+    start, end, label = images[right], images[~right][:1], labels[right]
+    low = torch.zeros(len(start), 1, 1, 1, dtype=torch.float64)
+    high = torch.ones_like(low)
+
+    def at(t: Tensor) -> Tensor:
+        return ((1 - t) * start.double() + t * end.double()).float()
+
+    def correct(net: nn.Module, t: Tensor) -> Tensor:
+        with torch.no_grad():
+            return net(at(t)).argmax(1) == label
+
+    for _ in range(32):  # to 2^-32: below a float32 image's resolution
+        middle = (low + high) / 2
+        keeps = correct(model, middle).view(-1, 1, 1, 1)
+        low, high = torch.where(keeps, middle, low), torch.where(keeps, high, middle)
+    found = [(at(t)[differ], label[differ]) for t in (low, high)
+             if (differ := correct(model, t) != correct(folded, t)).any()]
+    assert found, "no near tie found: the test cannot tell the two counts apart"
+    return torch.cat([f[0] for f in found])[:8], torch.cat([f[1] for f in found])[:8]
+
+
+def test_a_re_evaluation_counts_clean_accuracy_as_the_curve_does(
+        digits_checkpoint_path: Path, digits_job_config: dict) -> None:
+    """The curve counts clean accuracy on the model and attacks a folded copy; evaluate_weights
+    (a materialization's numbers, the stage's before/after on another split) counted clean on the
+    folded copy, whose rounding flips an example at a near tie: re-evaluating the job's weights
+    gave another clean accuracy than the job's before/after."""
+    import dataclasses
+
+    from rift.data import ImageTensors, iterate_batches
+    from rift.pipeline import _evaluation_models, evaluate_weights
+
+    digits_job_config["attack"]["steps"] = 1
+    digits_job_config["interpolation"]["alpha_step"] = 1.0
+    digits_job_config["preflight"] = {"examples": 0}
+    run = prepare_run(RiftConfig.model_validate(digits_job_config), digits_checkpoint_path)
+    images, labels = next(iterate_batches(run.splits.test, 64, device=run.device))
+    folded = _evaluation_models(run, ImageTensors(images, labels))()
+    ties, tie_labels = _near_ties(run.model, folded, images, labels)
+    with torch.no_grad():  # the two counts differ on these examples: the test can tell
+        assert (run.model(ties).argmax(1) == tie_labels).sum() != \
+            (folded(ties).argmax(1) == tie_labels).sum()
+    run.splits = dataclasses.replace(run.splits, test=ImageTensors(ties, tie_labels))
+    stage = run_interpolation_stage(run, run.original_state)  # θ_FT = θ_AT: every α is θ_AT
+    assert stage.selection_split == "test"
+    again = evaluate_weights(run)
+    assert (again.clean_accuracy, again.robust_accuracy) == (
+        stage.before["clean_accuracy"], stage.before["robust_accuracy"])
+    tuned = evaluate_weights(run, stage.state_dict)
+    assert (tuned.clean_accuracy, tuned.robust_accuracy) == (
+        stage.after["clean_accuracy"], stage.after["robust_accuracy"])

@@ -426,3 +426,45 @@ def test_the_command_line_backs_large_cpu_tensors_with_huge_pages() -> None:
     assert setting == "1"
     if _HUGE_PAGES.exists() and "[never]" not in _HUGE_PAGES.read_text():
         assert int(faults) < 4096, faults  # 16,384 without huge pages
+
+
+def test_interpolation_table_shows_a_stopped_points_bound_as_a_bound() -> None:
+    """A selection curve's point whose attack stopped early has only an upper bound: the table
+    printed "-", the mark of a point never attacked, and said nothing of either."""
+    from rift.cli import format_interpolation_table
+
+    points = [{"alpha": 0.0, "clean_accuracy": 90.0, "robust_accuracy": 70.0},
+              {"alpha": 0.5, "clean_accuracy": 91.0, "robust_accuracy": None,
+               "robust_accuracy_at_most": None},
+              {"alpha": 1.0, "clean_accuracy": 92.0, "robust_accuracy": None,
+               "robust_accuracy_at_most": 68.5}]
+    lines = format_interpolation_table(points, 0.0).splitlines()
+    assert lines[1].split() == ["0", "90.00%", "70.00%", "<-", "chosen"]
+    assert lines[2].split() == ["0.5", "91.00%", "-"]
+    assert lines[3].split() == ["1", "92.00%", "≤", "68.50%"]
+    assert lines[4].startswith("-: not attacked") and lines[5].startswith("≤ x: attack stopped")
+    full = format_interpolation_table(points[:1], 0.0)
+    assert "not attacked" not in full and "≤" not in full
+
+
+def test_run_names_the_split_of_the_curve_and_of_before_and_after(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    """α chosen on the validation split: the printed curve's α = 0 row (90.67, validation) and
+    the before line's θ_AT (91.33, test) differed with no word on which split is which."""
+    import rift.pipeline
+
+    row = {"name": "fc", "parameters": 650, "mrc": 0.24, "robust_accuracy_at_worst": 57.8,
+           "robust_accuracy_drop": 18.8, "exact": True}
+    result = {"mrc": {"rows": [row]}, "selected_module": "fc", "chosen_alpha": 1.0,
+              "interpolation": {"selection_split": "validation", "points": [
+                  {"alpha": 0.0, "clean_accuracy": 90.67, "robust_accuracy": 72.67},
+                  {"alpha": 1.0, "clean_accuracy": 94.0, "robust_accuracy": 73.33}]},
+              "before": {"clean_accuracy": 91.33, "robust_accuracy": 69.33},
+              "after": {"clean_accuracy": 94.67, "robust_accuracy": 72.0}}
+    monkeypatch.setattr(rift.pipeline, "run_pipeline", lambda *args, **kwargs: result)
+    (tmp_path / "ck.safetensors").write_bytes(b"x")
+    assert main(["run", "--checkpoint", str(tmp_path / "ck.safetensors"), "--arch", "small_cnn",
+                 "--dataset", "digits", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "alpha    clean    robust  (%, validation split)" in out
+    assert "robust 69.33% -> 72.00%   (test split; α = 1, module fc)" in out

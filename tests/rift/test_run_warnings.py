@@ -218,3 +218,18 @@ def test_a_head_wider_than_the_data_classes_is_named(digits_job_config: dict) ->
         "architecture.num_classes is 1000 but the data has 10 classes (labels 0 to 9): the "
         "model's other 990 outputs are classes no example holds")
     assert "set architecture.num_classes to 10" in warning.message
+
+
+def test_alpha_chosen_on_the_examples_the_fine_tuning_trained_on(
+        digits_job_config: dict) -> None:
+    """finetune.selection_split 'test' trains on training + validation examples; choosing α on
+    the validation split then measures the curve on θ_FT's training data, without a word."""
+    leaky = _config(digits_job_config, finetune={"selection_split": "test"},
+                    interpolation={"selection_split": "validation"})
+    [warning] = _warnings(leaky)
+    assert warning.stage == "interpolate"
+    assert "which the fine-tuning trained on" in warning.message
+    # Either split choice alone is quiet.
+    assert _warnings(_config(digits_job_config, finetune={"selection_split": "test"})) == []
+    assert _warnings(_config(digits_job_config,
+                             interpolation={"selection_split": "validation"})) == []

@@ -171,5 +171,6 @@ def test_a_candidate_whose_finish_ended_the_cancelled_job_reports_cancelled(
     assert run.outcome == "cancelled"
     with sessions() as session:
         assert jobs.get_job(session, job_id).status == "cancelled"
+        # The other never ran: cancelled with the job (it read "pending" for good before).
         assert [c.status for c in stage_shards.list_candidates(session, job_id)] == [
-            "done", "pending"]
+            "done", "cancelled"]

@@ -54,7 +54,7 @@ def test_export_logs_the_run_and_registers_a_model_version(tmp_path: Path) -> No
     assert run.data.metrics["mrc.fc"] == 0.1
     assert run.data.tags["rift.job_id"] == "job1"
     history = client.get_metric_history(first.run_id, "interpolation.clean_accuracy")
-    assert sorted((m.step, m.value) for m in history) == [(0, 90.0), (500, 92.0)]
+    assert sorted((m.step, m.value) for m in history) == [(0, 90.0), (5000, 92.0)]
     assert [m.value for m in sorted(client.get_metric_history(first.run_id, "finetune.val_accuracy"),
                                     key=lambda m: m.step)] == [79.0, 81.0]
     logged = {f.path for f in client.list_artifacts(first.run_id)}
@@ -109,3 +109,34 @@ def test_an_overlong_module_name_keeps_its_tail_in_the_metric_key() -> None:
     key = metric_key("mrc", "backbone." + "x" * 300 + ".attn.qkv")
     assert len(key) == 250 and key.startswith("mrc.x") and ".attn.qkv-" in key
     assert metric_key("mrc", "layer1.0.conv1") == "mrc.layer1.0.conv1"  # names MLflow takes: as is
+
+
+def test_every_alpha_of_the_finest_grid_gets_its_own_step() -> None:
+    """α × 1000 put α = 0.0005 (an alpha_step of 0.0005, which the config allows) at step 0,
+    over α = 0: MLflow's curve showed two values at one step."""
+    from rift.interpolation import alpha_grid
+    from worker.mlflow_export import _metrics
+
+    for step in (0.0005, 1e-4, 0.00015):
+        grid = alpha_grid(step)
+        export = JobExport(job_id="j", checkpoint_sha256="", config={}, selected_module="fc",
+                           chosen_alpha=0.0, metrics={}, mrc_rows=[], epochs=[],
+                           points=[{"alpha": a, "clean_accuracy": 1.0, "robust_accuracy": None}
+                                   for a in grid])
+        steps = [m.step for m in _metrics(export) if m.key == "interpolation.clean_accuracy"]
+        assert len(set(steps)) == len(grid), step
+
+
+def test_an_mrc_row_stopped_early_is_exported_under_bound_names() -> None:
+    """A row mrc.table = "selection" stopped early holds a lower bound of its MRC and the drop
+    where its ascent stopped: the drop was logged as the module's robust_accuracy_drop."""
+    from worker.mlflow_export import _metrics
+
+    export = JobExport(
+        job_id="j", checkpoint_sha256="", config={}, selected_module="fc", chosen_alpha=0.0,
+        metrics={}, epochs=[], points=[],
+        mrc_rows=[{"module": "conv1", "mrc": 1.0, "robust_accuracy_drop": 31.25, "exact": False},
+                  {"module": "fc", "mrc": 0.2, "robust_accuracy_drop": 18.75, "exact": True}])
+    logged = {m.key: m.value for m in _metrics(export)}
+    assert logged == {"mrc_at_least.conv1": 1.0, "robust_accuracy_drop_at_stop.conv1": 31.25,
+                      "mrc.fc": 0.2, "robust_accuracy_drop.fc": 18.75}

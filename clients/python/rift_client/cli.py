@@ -613,11 +613,26 @@ def _describe(job: Job) -> str:
     return text
 
 
+def _warning_lines(job: Job) -> list[str]:
+    """The job's warnings, ``warning (stage): message`` each, and a line saying how many more
+    the job has when the API's list stopped short of them."""
+    shown = job.warnings or []
+    lines = [warning.line() for warning in shown]
+    more = (job.warnings_total or 0) - len(shown)
+    if more > 0:
+        lines.append(f"warning: {more} more not shown (riftctl jobs events {job.id})")
+    return lines
+
+
 def _finish(state: State, job: Job) -> None:
-    """Print the final job and exit 1 unless it succeeded."""
+    """Print the final job and exit 1 unless it succeeded. Its warnings go to stderr first, one
+    line each, in text output (also with --quiet: they are about the result, not progress; JSON
+    carries them in the job)."""
     if state.json:
         state.emit(job)
     else:
+        for line in _warning_lines(job):
+            state.err.print(line, highlight=False, soft_wrap=True)
         state.say(f"job {job.id} {job.status}" + (
             f": {job.error.code}: {job.error.message}" if job.error else "") + (
             f" (module {job.selected_module}, α = {job.chosen_alpha:g})"
@@ -641,6 +656,35 @@ def _wait(state: State, client: RiftClient, job_id: str, timeout: float | None,
         return client.wait(job_id, timeout, poll_interval=poll_interval, on_update=update)
 
 
+def _file_or_id(value: str, noun: str, option: str) -> Path:
+    """``value`` as a path; a usage error naming ``option`` when it is neither a file nor an id
+    (sent as an id, a mistyped file name came back as a 422 on the id's pattern, exit 3)."""
+    path = Path(value)
+    if not path.is_file() and not CHECKPOINT_ID.fullmatch(value):
+        why = "a folder" if path.is_dir() else "no such file"
+        raise typer.BadParameter(f"{value}: {why}, and not a {noun} id (ids are letters, digits, "
+                                 f"'_' and '-'; `riftctl {noun}s list` shows them)",
+                                 param_hint=option)
+    return path
+
+
+# The datasets a job reads from an upload (``dataset_id``); the others are built in.
+_UPLOADED_DATASET_KINDS = ("npz", "imagefolder")
+
+
+def _check_dataset_given(job_config: dict[str, Any], dataset: str | None) -> None:
+    """A config naming an uploaded kind of dataset with no ``--dataset``: a usage error saying
+    what to give (the service's 422 says "pass its id as 'dataset_id'", a field of the request
+    riftctl builds, not an option of this command)."""
+    section = job_config.get("dataset")
+    name = section.get("name") if isinstance(section, dict) else None
+    if dataset is None and name in _UPLOADED_DATASET_KINDS:
+        raise typer.BadParameter(
+            f"the config's dataset.name is {name!r}, which is read from an uploaded dataset: give "
+            f"--dataset ID (`riftctl datasets upload FILE` prints it) or --dataset FILE to upload "
+            "it with the job", param_hint="--dataset")
+
+
 @jobs_app.command("create")
 def jobs_create(
     ctx: typer.Context,
@@ -648,7 +692,9 @@ def jobs_create(
         "--checkpoint", "-c", help="A checkpoint id, or a checkpoint file to send with the job "
         "(in the same request).")],
     config: Annotated[Path, typer.Option("--config", help="JSON file with the job's RiftConfig.")],
-    dataset: Annotated[str | None, typer.Option("--dataset", help="An uploaded dataset's id.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="An uploaded dataset's id, or an .npz / ImageFolder tar to upload "
+        "first (for config.dataset.name npz or imagefolder).")] = None,
     checkpoint_entry: Annotated[str | None, typer.Option(
         "--checkpoint-entry", help="The weights to tune when the checkpoint holds several (a "
         "model and its EMA): an entry its upload lists, e.g. state_dict_ema (sets "
@@ -674,14 +720,17 @@ def jobs_create(
         job_config["checkpoint_entry"] = checkpoint_entry
     spec = {"config": job_config, "labels": _labels(label or []),
             "dataset_id": dataset, "time_limit_seconds": time_limit}
-    checkpoint_file = Path(checkpoint)
-    if not checkpoint_file.is_file() and not CHECKPOINT_ID.fullmatch(checkpoint):
-        # Sent as an id, a mistyped file name came back as a 422 on the id's pattern (exit 3).
-        why = "a folder" if checkpoint_file.is_dir() else "no such file"
-        raise typer.BadParameter(f"{checkpoint}: {why}, and not a checkpoint id (ids are letters, "
-                                 "digits, '_' and '-'; `riftctl checkpoints list` shows them)",
-                                 param_hint="--checkpoint")
+    checkpoint_file = _file_or_id(checkpoint, "checkpoint", "--checkpoint")
+    dataset_file = _file_or_id(dataset, "dataset", "--dataset") if dataset is not None else None
+    _check_dataset_given(job_config, dataset)
     with _client(state) as client:
+        if dataset_file is not None and dataset_file.is_file():
+            # Uploaded on its own (a dataset serves many jobs): kept if the job is refused, and
+            # under the job's Idempotency-Key (a key per kind of resource) a re-run reuses it.
+            stored = _upload(state, dataset_file, None, lambda p, name, cb: client.upload_dataset(
+                p, filename=name, progress=cb, idempotency_key=idempotency_key))
+            spec["dataset_id"] = stored.id
+            state.note(f"uploaded {dataset_file.name} as dataset {stored.id}")
         if checkpoint_file.is_file():
             # The file goes in the job's own request (one multipart POST under one
             # Idempotency-Key): a re-run, or a job refused, leaves no stray checkpoint behind.
@@ -729,7 +778,7 @@ def jobs_list(
 
 @jobs_app.command("get")
 def jobs_get(ctx: typer.Context, job_id: str) -> None:
-    """Show a job."""
+    """Show a job, with its warnings."""
     state = _state(ctx)
     with _client(state) as client:
         job = client.get_job(job_id)
@@ -753,8 +802,12 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
     for moment in ("before", "after"):
         values = metrics.get(moment)
         if isinstance(values, dict):
-            state.say(f"  {moment}: clean {_percent(values.get('clean_accuracy'))}, robust "
+            # The test split's, whichever split α was chosen on (the curve's, `jobs curves`).
+            state.say(f"  {moment} (test split): clean "
+                      f"{_percent(values.get('clean_accuracy'))}, robust "
                       f"{_percent(values.get('robust_accuracy'))}")
+    for line in _warning_lines(job):
+        state.say(f"  {line}")
 
 
 @jobs_app.command("wait")
@@ -767,7 +820,8 @@ def jobs_wait(
         "--poll-interval", min=0.1,
         help="Seconds between two looks when the event stream cannot be followed.")] = 2.0,
 ) -> None:
-    """Wait for a job to finish; exit 0 if it succeeded, 1 if it failed or was cancelled."""
+    """Wait for a job to finish (its warnings then on stderr); exit 0 if it succeeded, 1 if it
+    failed or was cancelled."""
     state = _state(ctx)
     with _client(state) as client:
         job = _wait(state, client, job_id, timeout, poll_interval)
@@ -1014,6 +1068,11 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
             _Column("train acc. (%)", lambda e: _number(e.train_accuracy)),
             _Column("val acc. (%)", lambda e: _number(e.val_accuracy))])
     if curves.interpolation:
+        split = (curves.metrics or {}).get("selection_split")
+        if isinstance(split, str) and split != "test":
+            # Its α = 0 row is then not the before of `jobs get` (the test split's).
+            state.say(f"interpolation curve on the {split} split, where α is chosen; the job's "
+                      "before/after are the test split's")
         _show_list(state, curves.interpolation, [
             _Column("", lambda p: _chosen(p.chosen), no_wrap=True),
             _Column("α", lambda p: f"{p.alpha:g}", no_wrap=True),
@@ -1034,7 +1093,8 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
             _Column("module", lambda c: c.module, overflow="fold"),
             _Column("lr", lambda c: f"{c.lr:g}"),
             _Column("status", lambda c: c.status),
-            _Column("α", lambda c: _number(c.chosen_alpha)),
+            # α as the curves show it (4 significant digits showed 0.13095 as 0.131).
+            _Column("α", lambda c: "–" if c.chosen_alpha is None else f"{c.chosen_alpha:g}"),
             _Column("clean (%)", lambda c: _number(c.clean_accuracy)),
             _Column("robust (%)", lambda c: _number(c.robust_accuracy)),
             _Column("θ_FT", _candidate_weights)])

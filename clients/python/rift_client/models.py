@@ -135,6 +135,27 @@ class Stage(_Resource):
     finished_at: datetime | None = None
 
 
+class JobWarning(_Resource):
+    """One of the job's warnings: the run went on, but the result may not be what was asked
+    for. The same warning written again (a retried stage) is one item with its ``count``."""
+
+    stage: str | None = Field(None, description="What it concerns: run, preflight, mrc, "
+                              "finetune, interpolate, export; None if the event named none.")
+    candidate: int | None = Field(None, description="The sweep candidate it concerns; None for "
+                                  "the job's own.")
+    message: str
+    at: datetime = Field(description="When it was first written.")
+    count: int = Field(1, description="Times it was written.")
+
+    def line(self) -> str:
+        """``warning (stage): message``, as riftctl and the library's CLI print it."""
+        where = self.stage or "run"
+        if self.candidate is not None:
+            where += f", candidate {self.candidate}"
+        repeated = f" (×{self.count})" if self.count > 1 else ""
+        return f"warning ({where}): {self.message}{repeated}"
+
+
 class Job(_Resource):
     id: str
     status: str
@@ -167,6 +188,13 @@ class Job(_Resource):
         None, description="When a running job should end (GET by id only).")
     config: dict[str, Any] | None = Field(
         None, description="The job's RiftConfig; list items carry it only with expand=config.")
+    warnings: list[JobWarning] | None = Field(
+        None, description="The job's warnings, first written first (at most 100: see "
+        "warnings_total); list items carry them only with expand=warnings; None from a server "
+        "older than them.")
+    warnings_total: int | None = Field(
+        None, description="Distinct warnings the job has; more than len(warnings) when the "
+        "list was cut.")
     links: dict[str, str | None] = Field(default_factory=dict)
 
     @property
@@ -399,6 +427,9 @@ class WebhookJobData(_Resource):
     metrics: dict[str, Any] | None = None
     error: JobError | None = None
     finished_at: datetime | None = None
+    warnings_total: int | None = Field(
+        None, description="How many distinct warnings the job had when it ended, as the job's "
+        "own warnings_total (GET the job for them); None from a server older than this count.")
     links: dict[str, str | None] = Field(default_factory=dict)
 
 
