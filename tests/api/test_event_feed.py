@@ -26,6 +26,9 @@ from tests.service_fixtures import settings_from_env
 pytestmark = pytest.mark.service
 
 STREAMS = 200
+# Half an idle stream's recheck (60 s by default): an event every stream has sooner was pushed,
+# not found by the recheck.
+PUSHED_WITHIN_S = Settings.model_fields["event_stream_recheck_seconds"].default / 2
 
 
 class Streams:
@@ -132,7 +135,8 @@ def test_idle_streams_do_not_query_and_new_events_are_pushed(
         written_at = time.monotonic()
         with worker_sessions() as session:
             jobs.append_event(session, job_id, "warning", {"message": "live"})
-        streams.wait_until(lambda: len(streams.kinds("warning")) == STREAMS, timeout=10)
+        streams.wait_until(lambda: len(streams.kinds("warning")) == STREAMS,
+                           timeout=PUSHED_WITHIN_S)
         latencies = sorted(t - written_at for t in streams.kinds("warning"))
 
     if feed_settings.event_notify == "poll":
@@ -140,13 +144,13 @@ def test_idle_streams_do_not_query_and_new_events_are_pushed(
         assert idle_statements <= 2 * (3.0 / 0.5 + 2), statements
     else:
         assert idle_statements == 0, statements
-    # The event is pushed: without a wake-up no stream would read before its 60 s recheck (and
-    # wait_until above would time out at 10 s). The bounds are loose because they measure the
-    # API process's CPU too: with the suite's other processes on the same 2 cores, the first of
-    # 200 streams once had it after 1.6 s (all within 20 ms of each other: the process was
-    # starved, not a wake-up lost), and writing it out to all 200 once took past 1.5 s.
-    assert latencies[0] < 3.0, latencies[:5]
-    assert latencies[-1] < 5.0, latencies[-5:]
+    # The event is pushed: without a wake-up no stream would read before its 60 s recheck, and
+    # wait_until above would time out at PUSHED_WITHIN_S, half of that. Only that bound proves
+    # the push; how soon the last of 200 streams has it measures the API process's CPU (with the
+    # suite's other processes on the same 2 cores: 1.6 s for the first stream once, all within
+    # 20 ms of each other, the process starved, not a wake-up lost; 5.5 s for the last on a
+    # machine twice as slow), which is no pass/fail matter.
+    assert latencies[-1] < PUSHED_WITHIN_S, latencies[-5:]
     assert streams.kinds("end") == []  # the job is still queued: every stream stays open
 
 
