@@ -1016,6 +1016,7 @@ def module_robust_criticality(
                            precision, seed, should_cancel, on_backoff, probe.micro,
                            on_warning=on_warning)
         del probe
+
         def setting_warning(message: str) -> None:
             logger.warning("%s", message)
             if on_warning is not None and warn_settings:
