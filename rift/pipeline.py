@@ -1150,6 +1150,11 @@ def build_result(config: RiftConfig, mrc: MRCStageResult, finetune: FinetuneStag
         # The weights of the checkpoint that were tuned (None: its only ones).
         "checkpoint_entry": config.checkpoint_entry,
         "device": device,
+        # Two modules a reader could mistake for each other, each under a name that says which
+        # it is: the one tuned (a sweep's winner, or ``finetune.module``) and the table's least
+        # critical one. ``selected_module`` (here and in ``mrc``) keep their meanings for readers.
+        "tuned_module": finetune.module,
+        "lowest_mrc_module": mrc.selected_module,
         "selected_module": finetune.module,
         "mrc": mrc.to_json(),
         "finetune": finetune.to_json(),

@@ -573,6 +573,13 @@ def test_a_jobs_warnings_in_get_wait_and_json(cli: Cli, queued_api: RunningApi,
         ("interpolate", 2), ("finetune", 1)]
     assert as_json.json()["warnings_total"] == 2
 
+    listed = cli("jobs", "list")  # a column counts each job's distinct warnings
+    assert listed.exit_code == 0, listed.stderr
+    assert "warnings" in listed.stdout.splitlines()[1]
+    rows = {job_id: line.split() for line in listed.stdout.splitlines()
+            for job_id in (warned, quiet) if job_id in line}
+    assert "2" in rows[warned] and "2" not in rows[quiet]  # the quiet job's cell is empty
+
     for args in (("jobs", "wait", quiet), ("jobs", "get", quiet)):
         none = cli(*args)
         assert none.exit_code == 0, none.stderr

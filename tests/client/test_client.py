@@ -250,8 +250,17 @@ def test_a_jobs_warnings_are_typed_items_of_the_job(rift: RiftClient, queued_api
         "warning (finetune, candidate 1): diverged", "warning (interpolate): no α > 0 kept it (×2)"]
     assert job.warnings_total == 2
     assert rift.get_job(quiet.id).warnings == [] and rift.get_job(quiet.id).warnings_total == 0
-    # A list item has none unless the list asks for them (the client's list does not).
+    # A list item has none unless the list asks for them.
     assert {j.id: j.warnings for j in rift.list_jobs()} == {warned.id: None, quiet.id: None}
+    expanded = {j.id: j for j in rift.list_jobs(expand="warnings")}
+    assert [w.line() for w in expanded[warned.id].warnings or []] == [
+        w.line() for w in job.warnings]
+    assert (expanded[warned.id].warnings_total, expanded[quiet.id].warnings) == (2, [])
+    both = rift.list_jobs_page(expand=["warnings", "config"]).items
+    assert all(j.config is not None and j.warnings is not None for j in both)
+    with pytest.raises(UnprocessableEntityError) as refused:  # the service names the value
+        rift.list_jobs_page(expand="warning")
+    assert refused.value.field == "expand" and "warnings" in str(refused.value)
 
 
 def test_an_upload_under_a_key_is_stored_once(rift: RiftClient, checkpoint_file: Path) -> None:

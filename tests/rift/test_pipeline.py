@@ -320,7 +320,8 @@ def test_mrc_csv_flags_the_module_that_is_tuned(digits_checkpoint_path: Path,
     assert result["mrc"]["selected_module"] != "conv2"  # the table's own choice is another
     with open(tmp_path / "mrc.csv", newline="") as table:
         flagged = [row["name"] for row in csv.DictReader(table) if row["selected"] == "True"]
-    assert flagged == ["conv2"] == [result["selected_module"]]
+    assert flagged == ["conv2"] == [result["selected_module"]] == [result["tuned_module"]]
+    assert result["lowest_mrc_module"] == result["mrc"]["selected_module"]
 
 
 def test_too_few_classes_is_a_config_error(digits_checkpoint_path: Path,

@@ -166,6 +166,9 @@ def test_mrc_csv_flags_the_sweep_winner_not_the_least_critical_module(
     result = run_pipeline(RiftConfig.model_validate(digits_job_config), digits_checkpoint_path,
                           tmp_path)
     assert result["selected_module"] != result["mrc"]["selected_module"]
+    # result.json names both without ambiguity.
+    assert (result["tuned_module"], result["lowest_mrc_module"]) == (
+        result["selected_module"], result["mrc"]["selected_module"])
     with open(tmp_path / "mrc.csv", newline="") as table:
         flagged = [row["name"] for row in csv.DictReader(table) if row["selected"] == "True"]
     assert flagged == [result["selected_module"]]

@@ -281,15 +281,17 @@ class AsyncRiftClient:
 
     async def list_jobs_page(self, *, status: str | Sequence[str] | None = None,
                              labels: Mapping[str, str] | None = None, page_size: int = 20,
-                             cursor: str | None = None) -> JobPage:
+                             cursor: str | None = None,
+                             expand: str | Sequence[str] | None = None) -> JobPage:
         return await self._run(self._core.list_jobs_page(status=status, labels=labels, page_size=page_size,
-                                                         cursor=cursor))
+                                                         cursor=cursor, expand=expand))
 
     def list_jobs(self, *, status: str | Sequence[str] | None = None,
                   labels: Mapping[str, str] | None = None, page_size: int = 20,
-                  limit: int | None = None) -> AsyncIterator[Job]:
+                  limit: int | None = None,
+                  expand: str | Sequence[str] | None = None) -> AsyncIterator[Job]:
         return self._steps(self._core.list_jobs(status=status, labels=labels, page_size=page_size,
-                                                limit=limit))
+                                                limit=limit, expand=expand))
 
     async def cancel(self, job_id: str) -> Job:
         return await self._run(self._core.cancel(job_id=job_id))

@@ -764,13 +764,16 @@ def jobs_list(
     state = _state(ctx)
     labels = _labels(label or [])
     with _client(state) as client:
+        # With their warnings (one query more per page on the service), so a result that
+        # "succeeded" with something to say stands out in the list as it does in `jobs get`.
         jobs = list(client.list_jobs(status=status or None, labels=labels or None,
-                                     page_size=min(limit, 100), limit=limit))
+                                     page_size=min(limit, 100), limit=limit, expand="warnings"))
     _show_list(state, jobs, [
         _id_column(jobs),
         _Column("status", lambda j: j.status, no_wrap=True, min_width=9),
         _Column("stage", lambda j: j.stage or "-"),
         _Column("progress", lambda j: f"{j.progress * 100:.0f}%" if not j.finished else "-"),
+        _Column("warnings", lambda j: str(j.warnings_total or "")),
         _created_column(),
         _Column("labels", lambda j: ", ".join(f"{k}={v}" for k, v in j.labels.items())),
     ], empty="no jobs" + (" match" if status or labels else ""))

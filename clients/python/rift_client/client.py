@@ -318,18 +318,22 @@ class RiftClient:
 
     def list_jobs_page(self, *, status: str | Sequence[str] | None = None,
                        labels: Mapping[str, str] | None = None, page_size: int = 20,
-                       cursor: str | None = None) -> JobPage:
-        """One page of jobs, newest first; pass its ``next_cursor`` as ``cursor`` for the next."""
+                       cursor: str | None = None,
+                       expand: str | Sequence[str] | None = None) -> JobPage:
+        """One page of jobs, newest first; pass its ``next_cursor`` as ``cursor`` for the next.
+        ``expand`` ("config", "stages", "warnings", one or several) fills those fields of each
+        item, which a list otherwise leaves None."""
         return self._run(self._core.list_jobs_page(status=status, labels=labels, page_size=page_size,
-                                                   cursor=cursor))
+                                                   cursor=cursor, expand=expand))
 
     def list_jobs(self, *, status: str | Sequence[str] | None = None,
                   labels: Mapping[str, str] | None = None, page_size: int = 20,
-                  limit: int | None = None) -> Iterator[Job]:
+                  limit: int | None = None,
+                  expand: str | Sequence[str] | None = None) -> Iterator[Job]:
         """All jobs matching the filters, newest first, fetched page by page as iterated
-        (at most ``limit`` of them when given)."""
+        (at most ``limit`` of them when given); ``expand`` as for :meth:`list_jobs_page`."""
         return self._steps(self._core.list_jobs(status=status, labels=labels, page_size=page_size,
-                                                limit=limit))
+                                                limit=limit, expand=expand))
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one at its next batch; a finished one

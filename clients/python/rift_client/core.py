@@ -150,6 +150,11 @@ def _page_params(page_size: int, cursor: str | None, **filters: Any) -> dict[str
     return params
 
 
+def _listed(value: str | Sequence[str] | None) -> list[str]:
+    """A query parameter given as one value or several, as the list sent (repeated)."""
+    return [value] if isinstance(value, str) else list(value or [])
+
+
 def header_token(what: str, value: str, *, secret: bool = False) -> str:
     """``value`` if it can be sent as a header value as it is; else :class:`RiftUsageError`
     naming ``what`` and the first character at fault (a secret is never quoted)."""
@@ -533,17 +538,18 @@ class RiftCore:
 
     def list_jobs_page(self, status: str | Sequence[str] | None,
                        labels: Mapping[str, str] | None, page_size: int,
-                       cursor: str | None) -> Flow[JobPage]:
+                       cursor: str | None, expand: str | Sequence[str] | None = None,
+                       ) -> Flow[JobPage]:
         return self._get("/v1/jobs", JobPage, **_page_params(
-            page_size, cursor,
-            status=[status] if isinstance(status, str) else list(status or []),
-            label=[f"{k}:{v}" for k, v in (labels or {}).items()]))
+            page_size, cursor, status=_listed(status),
+            label=[f"{k}:{v}" for k, v in (labels or {}).items()], expand=_listed(expand)))
 
     def list_jobs(self, status: str | Sequence[str] | None, labels: Mapping[str, str] | None,
-                  page_size: int, limit: int | None) -> Flow[None]:
+                  page_size: int, limit: int | None,
+                  expand: str | Sequence[str] | None = None) -> Flow[None]:
         item_limit(limit)
-        return _every_item(lambda cursor: self.list_jobs_page(status, labels, page_size, cursor),
-                           limit)
+        return _every_item(
+            lambda cursor: self.list_jobs_page(status, labels, page_size, cursor, expand), limit)
 
     def cancel(self, job_id: str) -> Flow[Job]:
         response = yield from self.request("POST", f"/v1/jobs/{_seg('job_id', job_id)}/cancel",
