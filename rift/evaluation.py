@@ -21,7 +21,7 @@ from rift.attacks import PGD
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.data import DatasetSplits, ImageTensors, iterate_batches
 from rift.device import autocast
-from rift.model_state import input_dtype
+from rift.model_state import input_dtype, restore_training_modes, training_modes
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,8 @@ def evaluate_accuracy(
     (``rift.batchnorm_folding``), whose logits differ by rounding, enough to flip an example at
     a near tie; an evaluation that is to give the stage's numbers does the same."""
     clean_model = model if clean_model is None else clean_model
-    was_training, clean_was_training = model.training, clean_model.training
+    # Every submodule's own mode, restored as it was (a caller's frozen BatchNorm stays frozen).
+    modes = training_modes(model) + training_modes(clean_model)
     model.eval()
     clean_model.eval()
     clean_correct = robust_correct = 0
@@ -171,8 +172,7 @@ def evaluate_accuracy(
                 robust_loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
             total += labels.numel()
     finally:
-        model.train(was_training)
-        clean_model.train(clean_was_training)
+        restore_training_modes(modes)
     if total == 0:
         return AccuracyReport(0.0, None, None, 0)
     return AccuracyReport(

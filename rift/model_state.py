@@ -20,8 +20,9 @@ from torch import nn
 def frozen_except(model: nn.Module, trainable: Iterable[nn.Parameter] = (), *,
                   eval_mode: bool = True) -> Iterator[nn.Module]:
     """Freeze every parameter of ``model`` except ``trainable`` (those get ``requires_grad``),
-    in eval mode unless ``eval_mode=False``; on exit, the mode and every flag are restored."""
-    was_training = model.training
+    in eval mode unless ``eval_mode=False``; on exit, every submodule's mode and every flag are
+    restored."""
+    modes = training_modes(model)
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
     try:
         for parameter in model.parameters():
@@ -34,7 +35,22 @@ def frozen_except(model: nn.Module, trainable: Iterable[nn.Parameter] = (), *,
     finally:
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
-        model.train(was_training)
+        restore_training_modes(modes)
+
+
+def training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Each submodule of ``model`` (itself included) with its ``training`` flag, for
+    :func:`restore_training_modes`. ``model.train(was_training)`` alone set every submodule to
+    the top-level flag: a caller's BatchNorm frozen with ``bn.eval()`` inside a model in train
+    mode came back from an attack or an evaluation in train mode, its running statistics then
+    silently following the caller's next batches."""
+    return [(module, module.training) for module in model.modules()]
+
+
+def restore_training_modes(modes: Iterable[tuple[nn.Module, bool]]) -> None:
+    """Put back the flags :func:`training_modes` recorded, module by module."""
+    for module, training in modes:
+        module.training = training
 
 
 def input_dtype(model: nn.Module) -> torch.dtype:

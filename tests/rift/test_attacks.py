@@ -59,6 +59,23 @@ def test_pgd_restores_mode_and_leaves_parameters_alone(batch) -> None:
         assert torch.equal(value, before[key]), key  # eval mode: BN statistics untouched
 
 
+
+def test_attack_and_evaluation_keep_a_frozen_batchnorm_frozen(batch) -> None:
+    """A caller fine-tuning with BatchNorm frozen (model in train mode, ``bn.eval()``) gets each
+    submodule's mode back, not the top-level one: the BatchNorm came back in train mode, and its
+    running statistics then silently followed the caller's next batches."""
+    images, labels = batch
+    model = _model().train()
+    model[1].eval()
+    data, cpu = ImageTensors(images, labels), torch.device("cpu")
+    PGD(eps=0.1, step_size=0.02, steps=2).perturb(model, images, labels)
+    assert model.training and not model[1].training
+    evaluate_accuracy(model, data, attack=PGD(0.1, 0.02, 1), batch_size=8, device=cpu)
+    assert model.training and not model[1].training
+    statistics = model[1].running_mean.clone()
+    model(images)  # the caller's next training batch
+    assert torch.equal(model[1].running_mean, statistics)
+
 def test_pgd_is_deterministic_for_a_seeded_generator(batch) -> None:
     images, labels = batch
     model, attack = _model().eval(), PGD(eps=0.1, step_size=0.02, steps=3)
