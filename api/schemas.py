@@ -271,8 +271,13 @@ class MRCRowOut(BaseModel):
     parameters: int
     mrc: float = Field(description="Worst-case robust-loss increase (docs/algorithm.md, step 1).")
     worst_robust_loss: float
-    robust_accuracy_at_worst: float | None = Field(description="Percent.")
-    robust_accuracy_drop: float | None = Field(description="Percentage points.")
+    # Not a robust accuracy of θ + Δ: the fixed set is never attacked again (docs/algorithm.md).
+    robust_accuracy_at_worst: float | None = Field(
+        description="Percent, on the fixed MRC adversarial set made on θ_AT (not attacked again "
+        "at the worst perturbation).")
+    robust_accuracy_drop: float | None = Field(
+        description="Percentage points, on the same fixed set: usually smaller than the drop a "
+        "fresh attack of the perturbed network shows.")
     seconds: float | None
     max_ascent_loss: float | None = Field(
         None, description="Largest robust loss after an ascent pass, Δ = 0 not counted (may be "

@@ -157,7 +157,10 @@ class PGD:
         if self.norm == "linf":
             delta = (noise * 2 - 1) * self.eps
         else:
-            # Uniform direction (normalised Gaussian-ish via the uniform draw) scaled into the ball.
+            # A point at distance eps/2 in the direction of a uniform draw from the cube [-1, 1]^d
+            # (the per-example noise is uniform): neither the direction nor the radius is uniform
+            # over the ball. Kept (a change would move every L2 figure already reported); README
+            # "Attacks" says so.
             direction = noise * 2 - 1
             direction = direction / _per_example_l2(direction).clamp_min(_TINY)
             delta = direction * self.eps * 0.5
