@@ -5,12 +5,15 @@ compares the tensors themselves (``torch.equal``). Imports no torch: the API dig
 safetensors file's byte ranges, the validator a PyTorch file's tensors (as numpy arrays).
 
 Values are digested in a canonical form, so that equal digests mean what ``torch.equal`` calls
-equal: floating-point values as float64 with negative zeros made positive (``-0.0 == 0.0``, and
-a bf16 copy of float32 weights holding the same values is the same network), integers and
-booleans as int64, complex values as complex128. Digests are only ever compared within one
-file, made by one side. Left as raw bytes (compared exactly): safetensors' 8-, 6- and 4-bit
-floats and uint64, which numpy cannot read as values; a copy in such a type and another one
-differs from its original.
+equal: floating-point values of 32 bits or fewer as float32 (which holds every float16, bf16
+and float8 value exactly: a bf16 copy of float32 weights holding the same values is the same
+network), float64 values as float64, each with negative zeros made positive (``-0.0 == 0.0``),
+integers and booleans as int64, complex values as complex128. Digests are only ever compared
+within one file, made by one side. Left different where ``torch.equal`` may call them equal: a
+float64 copy of float32 weights (widening every float32 to float64 doubled the bytes hashed at
+each job creation from a PyTorch file, for a layout nobody saves), and safetensors' 8-, 6- and
+4-bit floats and uint64, kept as raw bytes (numpy cannot read them as values), beside a copy in
+another type.
 """
 
 from __future__ import annotations
@@ -21,21 +24,23 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 #: Safetensors dtypes read as numpy arrays (little-endian), by the kind they are digested as.
-_REAL = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+_REAL32 = {"F16": "<f2", "F32": "<f4"}
 _INTEGER = {"BOOL": "u1", "U8": "u1", "I8": "i1", "I16": "<i2", "U16": "<u2", "I32": "<i4",
             "U32": "<u4", "I64": "<i8"}
 _COMPLEX = {"C64": "<c8"}
-_ELEMENT_BYTES = {**{name: np.dtype(code).itemsize
-                     for name, code in {**_REAL, **_INTEGER, **_COMPLEX}.items()}, "BF16": 2}
+_TYPED = {**_REAL32, "F64": "<f8", **_INTEGER, **_COMPLEX}
+_ELEMENT_BYTES = {**{name: np.dtype(code).itemsize for name, code in _TYPED.items()}, "BF16": 2}
+#: What each kind of values is digested as.
+_CANONICAL = {"real32": "<f4", "real64": "<f8", "integer": "<i8", "complex": "<c16"}
 
 
 class ValueDigest:
-    """A running digest of one tensor's values of one kind (``real``, ``integer``, ``complex``,
-    or ``raw:<dtype>`` for bytes compared as they are) and shape."""
+    """A running digest of one tensor's values of one kind (``real32``, ``real64``,
+    ``integer``, ``complex``, or ``raw:<dtype>`` for bytes compared as they are) and shape."""
 
     def __init__(self, kind: str, shape: Sequence[int]) -> None:
         self._kind = kind
-        self._hash = hashlib.blake2b(digest_size=16)
+        self._hash = hashlib.sha256()  # hardware-accelerated where blake2b is not
         self._hash.update(f"{kind}{tuple(int(d) for d in shape)}".encode())
 
     def add(self, values: np.ndarray | bytes) -> None:
@@ -43,22 +48,21 @@ class ValueDigest:
         if isinstance(values, bytes):
             self._hash.update(values)
             return
-        if self._kind == "real":
-            values = np.asarray(values, dtype="<f8") + 0.0  # -0.0 + 0.0 is +0.0
-        elif self._kind == "integer":
-            values = np.asarray(values, dtype="<i8")
-        elif self._kind == "complex":
-            values = np.asarray(values, dtype="<c16") + 0.0
-        self._hash.update(values.tobytes())
+        canonical = np.asarray(values, dtype=_CANONICAL.get(self._kind))
+        if self._kind != "integer":
+            canonical = canonical + canonical.dtype.type(0)  # -0.0 + 0.0 is +0.0
+        self._hash.update(np.ascontiguousarray(canonical).data)
 
     def hexdigest(self) -> str:
-        return self._hash.hexdigest()
+        return self._hash.hexdigest()[:32]
 
 
 def safetensors_kind(dtype: str) -> str:
     """The kind a tensor of safetensors ``dtype`` is digested as."""
-    if dtype in _REAL or dtype == "BF16":
-        return "real"
+    if dtype in _REAL32 or dtype == "BF16":
+        return "real32"
+    if dtype == "F64":
+        return "real64"
     if dtype in _INTEGER:
         return "integer"
     if dtype in _COMPLEX:
@@ -70,7 +74,7 @@ def _values(raw: bytes, dtype: str) -> np.ndarray | bytes:
     if dtype == "BF16":  # bf16 is float32's upper half
         halves = np.frombuffer(raw, dtype="<u2").astype("<u4")
         return (halves << 16).view("<f4")
-    code = _REAL.get(dtype) or _INTEGER.get(dtype) or _COMPLEX.get(dtype)
+    code = _TYPED.get(dtype)
     return raw if code is None else np.frombuffer(raw, dtype=code)
 
 

@@ -298,7 +298,7 @@ def _kind(tensor: Tensor) -> str:
     import torch
 
     if tensor.is_floating_point():
-        return "real"
+        return "real64" if tensor.dtype == torch.float64 else "real32"
     if tensor.is_complex():
         return "complex"
     if tensor.dtype != torch.uint64:
@@ -311,8 +311,10 @@ def _digested_values(piece: Tensor, digest_kind: str) -> Any:
     import torch
 
     flat = piece.detach().reshape(-1)
-    if digest_kind == "real":
-        return flat.to(torch.float64).numpy()
+    if digest_kind == "real32":  # float16, bf16 and float8 values are float32 ones exactly
+        return flat.to(torch.float32).numpy()
+    if digest_kind == "real64":
+        return flat.numpy()
     if digest_kind == "complex":
         return flat.to(torch.complex128).numpy()
     if digest_kind == "integer":
