@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.auth import AdminDep, Caller, CallerDep
+from api.checkpoint_validation import StoredTensorsCache
 from api.dispatch import Dispatcher
 from api.event_feed import EventFeed
 from api.limits import RateLimiter, StreamSlots
@@ -79,10 +80,15 @@ StreamSlotsDep = Annotated[StreamSlots, Depends(get_stream_slots)]
 ValidatorDep = Annotated[Validator, Depends(get_validator)]
 
 
-def get_job_services(settings: SettingsDep, store: StoreDep, factory: SessionFactoryDep,
+def get_stored_tensors(request: Request) -> StoredTensorsCache:
+    return request.app.state.stored_tensors  # type: ignore[no-any-return]
+
+
+def get_job_services(request: Request, settings: SettingsDep, store: StoreDep, factory: SessionFactoryDep,
                      dispatcher: DispatcherDep, validator: ValidatorDep) -> JobServices:
     return JobServices(settings=settings, store=store, session_factory=factory,
-                       dispatcher=dispatcher, validator=validator)
+                       dispatcher=dispatcher, validator=validator,
+                       stored_tensors=get_stored_tensors(request))
 
 
 JobServicesDep = Annotated[JobServices, Depends(get_job_services)]

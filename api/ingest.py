@@ -39,9 +39,11 @@ DATASET_SUFFIX = {"npz": "npz", "imagefolder": "tar"}
 
 def validate_checkpoint_upload(validator: Validator, file: UploadedFile, field: str,
                                entry: str | None = None,
-                               entry_field: str | None = None) -> CheckpointInspection:
+                               entry_field: str | None = None, *,
+                               digests: bool = False) -> CheckpointInspection:
     """Check the uploaded checkpoint completely, in the sandboxed validator (with ``entry``,
-    that weights entry; the others are still listed).
+    that weights entry; the others are still listed; ``digests``: with a PyTorch file's value
+    digests, for a job's fit check).
 
     Raises:
         InvalidInput: (422, ``field``) the reason the file is not an acceptable checkpoint, or
@@ -50,7 +52,7 @@ def validate_checkpoint_upload(validator: Validator, file: UploadedFile, field: 
         ServiceUnavailable: (503) no validation slot, or the validator failed.
     """
     try:
-        return validator.inspect_checkpoint(file.path, file.filename, entry)
+        return validator.inspect_checkpoint(file.path, file.filename, entry, digests=digests)
     except CheckpointEntryError as exc:
         raise from_rift_error(exc, field=entry_field or field) from exc
     except RiftError as exc:

@@ -11,14 +11,19 @@ client sends.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from api.checkpoint_validation import CheckpointTensors, stored_checkpoint_tensors
+from api.checkpoint_validation import (
+    CheckpointTensors,
+    StoredTensorsCache,
+    stored_checkpoint_tensors,
+)
 from api.dataset_validation import Geometry, dataset_geometry, uploaded_dataset_geometry
 from api.errors import InvalidInput, WordedValidationError, from_rift_error
 from api.schemas import JobSpec
@@ -37,6 +42,12 @@ from rift.errors import CheckpointEntryError, CheckpointMismatchError, ConfigErr
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 DATASET_PATH_PREFIX = "dataset:"
+#: Fit checks run for one job at most: each but the last names the keys whose value digests it
+#: needs (a network's and its possible copies'), which grow from one round to the next only
+#: when three or more prefixes hold the network.
+MAX_FIT_ROUNDS = 3
+#: The value digests of the named keys (``api.checkpoint_validation.safetensors_digests``).
+DigestReader = Callable[[list[str]], dict[str, str]]
 #: The job field that names which weights of a checkpoint to tune.
 CHECKPOINT_ENTRY_FIELD = "config.checkpoint_entry"
 UPLOADED_KINDS = ("npz", "imagefolder")
@@ -279,11 +290,16 @@ def _check_in_channels(config: RiftConfig, geometry: Geometry) -> None:
 
 
 def check_job_fits(validator: Validator, config: RiftConfig, tensors: CheckpointTensors,
-                   geometry: Geometry, checkpoint_field: str) -> None:
+                   geometry: Geometry, checkpoint_field: str,
+                   digest_reader: DigestReader | None = None) -> CheckpointTensors:
     """Check in the validator process that the checkpoint fits the job's model (built on the
     meta device for ``geometry``), that the model takes inputs of that geometry, and that the
     spec's module names exist; then that ``architecture.in_channels``, when set, is the images'
-    channel count.
+    channel count. Where the check needs to know whether the network under one key prefix is a
+    copy of the one under another (``rift.checkpoint_layouts``), ``digest_reader`` digests the
+    values of the keys it names (a safetensors file's, read by ranges) and the check runs again
+    with them; without one, or past :data:`MAX_FIT_ROUNDS`, the job's own load decides.
+    Returns ``tensors`` with the digests read.
 
     Raises:
         ApiError: (422) attack.domain bounds that do not match the inputs; checkpoint mismatch
@@ -294,11 +310,25 @@ def check_job_fits(validator: Validator, config: RiftConfig, tensors: Checkpoint
     """
     _check_domain_size(config, geometry)
     _check_attack_radius(config, geometry)
+    digests = dict(tensors.digests)
+    final = digest_reader is None
     try:
-        validator.check_fit(config, tensors.shapes, dtypes=tensors.dtypes,
-                            normalizers=tensors.normalizers, in_channels=geometry.channels,
-                            image_size=geometry.image_size, num_features=geometry.num_features,
-                            image_width=geometry.image_width)
+        for round_number in range(MAX_FIT_ROUNDS):
+            final = final or round_number == MAX_FIT_ROUNDS - 1
+            unknown = validator.check_fit(
+                config, tensors.shapes, dtypes=tensors.dtypes, normalizers=tensors.normalizers,
+                digests=digests, final=final, in_channels=geometry.channels,
+                image_size=geometry.image_size, num_features=geometry.num_features,
+                image_width=geometry.image_width)
+            wanted = [key for key in unknown if key not in digests]
+            if final or not wanted:
+                break
+            assert digest_reader is not None
+            read = digest_reader(wanted)
+            # None can be read (a stored range of the wrong length): the next round answers
+            # with those values taken as equal, and the job's own load tells.
+            final = not read
+            digests.update(read)
     except ConfigError as exc:
         # A model built for other channels cannot take the data either: the specific 422 first.
         _check_in_channels(config, geometry)
@@ -311,14 +341,17 @@ def check_job_fits(validator: Validator, config: RiftConfig, tensors: Checkpoint
         raise error from exc
     # After the checkpoint: a checkpoint that does not fit the model is the first thing to fix.
     _check_in_channels(config, geometry)
+    return replace(tensors, digests=digests)
 
 
 def checkpoint_tensors(
     session: Session, store: ObjectStore, checkpoint_id: str, scratch_dir: Path,
     validator: Validator, project_id: str, entry: str | None = None,
+    cache: StoredTensorsCache | None = None,
 ) -> tuple[Checkpoint, CheckpointTensors]:
     """The uploaded checkpoint ``checkpoint_id`` (``project_id``'s) and its keys' shapes and
-    dtypes (those of its weights entry ``entry`` when given).
+    dtypes (those of its weights entry ``entry`` when given); a safetensors file's from
+    ``cache`` when it holds them (kept there once read).
 
     Raises:
         InvalidInput: (422, field ``checkpoint_id``) no such checkpoint, or a stored PyTorch file
@@ -328,6 +361,9 @@ def checkpoint_tensors(
     session.commit()
     if row is None:
         raise unknown_checkpoint(checkpoint_id)
+    cached = cache.get(row.id, row.sha256) if cache is not None and entry is None else None
+    if cached is not None:
+        return row, cached
     try:
         tensors = stored_checkpoint_tensors(store, row.storage_key, row.format, scratch_dir,
                                             validator, entry)
@@ -338,6 +374,9 @@ def checkpoint_tensors(
         raise from_rift_error(exc, field=CHECKPOINT_ENTRY_FIELD) from exc
     except RiftError as exc:
         raise from_rift_error(exc, field="checkpoint_id") from exc
+    if cache is not None and row.format == "safetensors":
+        # A PyTorch file is inspected again each time: only the validator reads its pickle.
+        cache.put(row.id, row.sha256, tensors)
     return row, tensors
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.accept import check_accept
 from api.auth import get_caller
+from api.checkpoint_validation import StoredTensorsCache
 from api.content_encoding import RequestDecoding
 from api.dispatch import CeleryDispatcher, Dispatcher
 from api.docs import document_models, install_offline_docs
@@ -137,6 +138,7 @@ def create_app(
     app.state.stream_slots = StreamSlots()
     app.state.event_feed = feed
     app.state.validator = checks
+    app.state.stored_tensors = StoredTensorsCache()
     app.state.metrics = ApiMetrics()
     install_error_handlers(app)
     # Innermost, so that a route's reads see decoded bytes and its errors reach the handlers.

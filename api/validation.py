@@ -68,8 +68,8 @@ _CLOSE_WAIT_SECONDS = 10.0
 
 def fit_check_key(config: RiftConfig, request: Mapping[str, Any]) -> str:
     """What a fit check reads (``validator/fit.py``: the architecture, the MRC module selection,
-    the fine-tuned module, the checkpoint's shapes, dtypes and normaliser values, the data's
-    geometry), as a digest:
+    the fine-tuned module, the checkpoint's shapes, dtypes, normaliser values and value digests,
+    the data's geometry), as a digest:
     jobs that differ elsewhere (learning rate, epochs, attack, seed) get the same answer. A fit
     check that reads more of the config must add it here. A pass remembered across a change of
     the validator's code (a new architecture plug-in, a shared server restarted) only moves a
@@ -79,7 +79,8 @@ def fit_check_key(config: RiftConfig, request: Mapping[str, Any]) -> str:
                 **{name: request[name] for name in ("shapes", "dtypes", "in_channels",
                                                    "image_size", "num_features",
                                                    "image_width")},
-                "normalizers": request.get("normalizers") or {}}
+                "normalizers": request.get("normalizers") or {},
+                "digests": request.get("digests") or {}}
     encoded = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
@@ -235,10 +236,11 @@ class Validator:
 
     # -------------------------------------------------------------------------- operations
 
-    def inspect_checkpoint(self, path: Path, display_name: str,
-                           entry: str | None = None) -> CheckpointInspection:
+    def inspect_checkpoint(self, path: Path, display_name: str, entry: str | None = None, *,
+                           digests: bool = False) -> CheckpointInspection:
         """Validate a checkpoint file completely (its weights entry ``entry``, if given, else
-        every entry).
+        every entry); ``digests``: with a PyTorch file's value digests (for job creation's fit
+        check: ``CheckpointInspection.digests``).
 
         Raises:
             RiftError: (CheckpointError) the file is not an acceptable checkpoint;
@@ -249,6 +251,8 @@ class Validator:
                                    "display_name": display_name}
         if entry is not None:
             request["entry"] = entry
+        if digests:
+            request["digests"] = True
         result = self._run(request, extra_memory=path.stat().st_size)
         return CheckpointInspection.from_json(result)
 
@@ -268,13 +272,21 @@ class Validator:
                   in_channels: int | None, image_size: int | None,
                   num_features: int | None, image_width: int | None = None,
                   dtypes: Mapping[str, str] | None = None,
-                  normalizers: Mapping[str, list[float]] | None = None) -> None:
+                  normalizers: Mapping[str, list[float]] | None = None,
+                  digests: Mapping[str, str] | None = None, final: bool = False) -> list[str]:
         """Require the checkpoint of ``shapes`` (and ``dtypes``: key → torch dtype name, where
         known; ``normalizers``: the values of the tensors that may be an input normaliser's,
-        which must equal what the model applies) to fit ``config``'s architecture built for
-        the dataset's geometry
+        which must equal what the model applies; ``digests``: of the values, where known) to
+        fit ``config``'s architecture built for the dataset's geometry
         (``image_width`` None: square images), the model to take inputs of that geometry, and
         the spec's module names to exist in it.
+
+        Returns:
+            The keys whose digests the answer needs (``validator/fit.py``: a network under one
+            prefix that may or may not be a copy of the one under another): ask again with
+            them. Empty: the checkpoint fits. With ``final`` (no more digests can be read),
+            always empty: the values still unknown are taken as equal. A pass is remembered,
+            an answer needing digests is not.
 
         Raises:
             RiftError: CheckpointMismatchError, ConfigError or UnknownArchitectureError.
@@ -285,20 +297,21 @@ class Validator:
         request = {"op": "fit", "config": config.model_dump(mode="json"),
                    "shapes": {key: list(shape) for key, shape in shapes.items()},
                    "dtypes": dict(dtypes or {}), "normalizers": dict(normalizers or {}),
-                   **geometry}
+                   "digests": dict(digests or {}), "final": final, **geometry}
         key = fit_check_key(config, request)
         size = self._settings.validation_fit_cache_size
         with self._fits_lock:
             if key in self._passed_fits:
                 self._passed_fits.move_to_end(key)
-                return
-        self._run(request)
-        if size == 0:
-            return
+                return []
+        unknown = [str(name) for name in self._run(request).get("unknown_values") or []]
+        if size == 0 or unknown:
+            return unknown
         with self._fits_lock:
             self._passed_fits[key] = None
             while len(self._passed_fits) > size:
                 self._passed_fits.popitem(last=False)
+        return []
 
     def probe(self, sleep_seconds: float = 0.0, *, allocate_bytes: int = 0,
               busy_seconds: float = 0.0) -> dict[str, Any]:

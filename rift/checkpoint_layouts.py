@@ -25,7 +25,7 @@ check (``rift.checkpoints.check_compatible``), whose error lists the keys.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -129,38 +129,69 @@ def _normalizers(rest: Mapping[str, Tensor], channels: int | None) -> tuple[list
     return found, [key for key in rest if key not in used]
 
 
-def _equal(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
-    """Same keys, shapes and values (tensors without values, on the meta device, count as
-    equal: only their shapes are known)."""
-    return set(a) == set(b) and all(
-        a[key].shape == value.shape
-        and (value.is_meta or a[key].is_meta or torch.equal(a[key], value))
-        for key, value in b.items())
+@dataclass(frozen=True)
+class _Values:
+    """How two tensors of ``state`` are compared: by their values; where either has none (the
+    meta device: job creation's fit check), by their digests (``rift.tensor_digest``) when both
+    are known, else taken as equal (only their shapes are known), the keys then added to
+    ``unknown``."""
+
+    state: Mapping[str, Tensor]
+    digests: Mapping[str, str]
+    unknown: set[str] | None
+
+    def equal(self, key_a: str, key_b: str) -> bool:
+        a, b = self.state[key_a], self.state[key_b]
+        if a.shape != b.shape:
+            return False
+        if not (a.is_meta or b.is_meta):
+            return torch.equal(a, b)
+        digest_a, digest_b = self.digests.get(key_a), self.digests.get(key_b)
+        if digest_a is not None and digest_b is not None:
+            return digest_a == digest_b
+        if self.unknown is not None:
+            self.unknown.update(key for key, digest in ((key_a, digest_a), (key_b, digest_b))
+                                if digest is None)
+        return True
 
 
-def _copies(rest: Mapping[str, Tensor], weights: Mapping[str, Tensor], anchor: str
-            ) -> tuple[list[str], list[str]]:
-    """Prefixes under which ``rest`` holds the same keys as ``weights`` with equal values (the
-    attacker's reference to the network), and the keys that are no such copy."""
+def _equal(values: _Values, prefix_a: str, keys_a: Iterable[str], prefix_b: str,
+           keys_b: Iterable[str]) -> bool:
+    """Whether the keys under ``prefix_a`` and ``prefix_b`` (relative to them) are the same
+    and hold equal tensors."""
+    keys = set(keys_a)
+    return keys == set(keys_b) and all(values.equal(prefix_a + key, prefix_b + key)
+                                       for key in keys)
+
+
+def _copies(values: _Values, rest: Mapping[str, Tensor], prefix: str,
+            weights: Mapping[str, Tensor], anchor: str) -> tuple[list[str], list[str]]:
+    """Prefixes under which ``rest`` holds the same keys as ``weights`` (read under ``prefix``)
+    with equal values (the attacker's reference to the network), and the keys that are no such
+    copy."""
     copies: list[str] = []
     left = dict(rest)
-    for prefix in _prefixes(rest, anchor):
-        copy = {key[len(prefix):]: value for key, value in rest.items()
-                if key.startswith(prefix)}
-        if not _equal(copy, weights):
+    for other in _prefixes(rest, anchor):
+        copy = [key[len(other):] for key in rest if key.startswith(other)]
+        if not _equal(values, other, copy, prefix, weights):
             continue
-        copies.append(prefix)
+        copies.append(other)
         for key in copy:
-            left.pop(prefix + key, None)
+            left.pop(other + key, None)
     return copies, list(left)
 
 
 def fit_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *,
-               channels: int | None = None) -> FittedLayout | None:
+               channels: int | None = None, digests: Mapping[str, str] | None = None,
+               unknown: set[str] | None = None) -> FittedLayout | None:
     """``state`` taken out of a training wrapper's layout for a model whose ``state_dict()``
     is ``expected`` (see the module docstring), or None when ``state`` needs no such reading
     (it fits as it is) or is no layout recognised here. ``channels``: the model's input
     channels, which a normaliser's buffers must have (or 1); None: any up to 4.
+
+    Tensors without values (the meta device) are compared by ``digests`` (key of ``state`` →
+    ``rift.tensor_digest`` digest) where both are given; otherwise they count as equal, and
+    their keys are added to ``unknown``: an answer that read them so holds only if they are.
 
     Raises:
         CheckpointMismatchError: several prefixes each hold all of the model's keys, with
@@ -172,6 +203,7 @@ def fit_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *,
     anchor = next((key for key in expected if not key.endswith(_OPTIONAL_SUFFIX)), None)
     if anchor is None:
         return None
+    values = _Values(state, digests or {}, unknown)
     fitting: list[str] = []
     networks: list[tuple[str, dict[str, Tensor]]] = []  # different ones only
     for prefix in _prefixes(state, anchor):
@@ -179,11 +211,12 @@ def fit_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *,
         if not _model_fits(weights, expected):
             continue
         fitting.append(prefix)
-        if not any(_equal(weights, other) for _, other in networks):
+        if not any(_equal(values, prefix, weights, other_prefix, other)
+                   for other_prefix, other in networks):
             networks.append((prefix, weights))
         rest = {key: value for key, value in state.items()
                 if not (key.startswith(prefix) and key[len(prefix):] in expected)}
-        copies, left = _copies(rest, weights, anchor)
+        copies, left = _copies(values, rest, prefix, weights, anchor)
         normalizers, left = _normalizers({key: rest[key] for key in left}, channels)
         if left:
             continue

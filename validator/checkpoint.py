@@ -36,6 +36,7 @@ from rift.checkpoint_format import (
     strip_wrapper_prefix,
 )
 from rift.errors import CheckpointEntryError, CheckpointError, RiftError
+from rift.tensor_digest import ValueDigest
 from validator.torch_records import storage_size_problem
 
 if TYPE_CHECKING:
@@ -79,6 +80,10 @@ class CheckpointInspection:
     #: (``rift.checkpoint_format.normalizer_keys``), by normalised key: job creation
     #: compares them with the job's normalisation (``validator/fit.py``).
     normalizers: dict[str, list[float]] = field(default_factory=dict)
+    #: A PyTorch file's tensors of the chosen entry (or the first) by normalised key → digest
+    #: of their values (``rift.tensor_digest``), when asked for: job creation tells a
+    #: wrapper's copy of its network from a second network by them (``validator/fit.py``).
+    digests: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,13 +93,15 @@ class CheckpointInspection:
         shapes = {key: tuple(shape) for key, shape in data["shapes"].items()}
         return cls(data["format"], data["num_tensors"], data["num_parameters"], shapes,
                    dict(data.get("dtypes") or {}), list(data.get("entries") or []),
-                   dict(data.get("normalizers") or {}))
+                   dict(data.get("normalizers") or {}), dict(data.get("digests") or {}))
 
 
-def inspect_checkpoint_file(path: Path, display_name: str,
-                            entry: str | None = None) -> CheckpointInspection:
+def inspect_checkpoint_file(path: Path, display_name: str, entry: str | None = None, *,
+                            digests: bool = False) -> CheckpointInspection:
     """Validate the checkpoint file at ``path`` completely and summarise it: the weights of its
-    entry ``entry`` (a key path such as ``"ema"``), or without one every entry's.
+    entry ``entry`` (a key path such as ``"ema"``), or without one every entry's. ``digests``:
+    digest a PyTorch file's tensors as they are checked (``CheckpointInspection.digests``; a
+    safetensors file's are read by the API from its byte ranges where needed).
 
     Raises:
         CheckpointEntryError: ``entry`` leads to no weights (a safetensors file has no entries).
@@ -109,7 +116,7 @@ def inspect_checkpoint_file(path: Path, display_name: str,
                     f"checkpoint {display_name} is a safetensors file: one flat set of weights, "
                     "without entries; leave out checkpoint_entry")
             return _inspect_safetensors(path, display_name)
-        return _inspect_torch(path, display_name, entry)
+        return _inspect_torch(path, display_name, entry, digests)
     except CheckpointEntryError as exc:
         raise CheckpointEntryError(exc.message.replace(path.name, display_name),
                                    exc.entries) from exc
@@ -224,7 +231,8 @@ def _scan_record(handle: Any, start: int, record: TensorRecord,
 # ------------------------------------------------------------------------------------ PyTorch
 
 
-def _inspect_torch(path: Path, display_name: str, entry: str | None) -> CheckpointInspection:
+def _inspect_torch(path: Path, display_name: str, entry: str | None,
+                   digests: bool) -> CheckpointInspection:
     from rift.checkpoints import load_checkpoint_entries
 
     source = f"checkpoint {display_name}"
@@ -237,8 +245,11 @@ def _inspect_torch(path: Path, display_name: str, entry: str | None) -> Checkpoi
         problem = storage_size_problem(path)
         if problem is not None:
             raise CheckpointError(f"PyTorch checkpoint {display_name} is corrupt: {problem}")
-    for name, state in found.weights.items():
-        _check_finite_pieces(state, f"{source} (entry {name!r})" if name else source, mapped)
+    digested: dict[str, str] = {}
+    for index, (name, state) in enumerate(found.weights.items()):
+        # The chosen entry's digests (or the first's) only: the weights the job reads.
+        _check_finite_pieces(state, f"{source} (entry {name!r})" if name else source, mapped,
+                             digested if digests and index == 0 else None)
     state = next(iter(found.weights.values()))
     shapes = _normalised_shapes([(k, tuple(int(d) for d in t.shape)) for k, t in state.items()],
                                 source)
@@ -249,26 +260,66 @@ def _inspect_torch(path: Path, display_name: str, entry: str | None) -> Checkpoi
                                               for key, t in state.items())}
     return CheckpointInspection("torch", len(state),
                                 sum(int(t.numel()) for t in state.values()), shapes, dtypes,
-                                found.entries, normalizers)
+                                found.entries, normalizers, digested)
 
 
-def _check_finite_pieces(state: dict[str, Tensor], source: str, mapped: bool) -> None:
+def _check_finite_pieces(state: dict[str, Tensor], source: str, mapped: bool,
+                         digests: dict[str, str] | None = None) -> None:
+    """Refuse non-finite values; with ``digests``, digest every tensor into it on the way
+    (by normalised key), its pages read once."""
     from rift.checkpoints import count_non_finite
 
     bad: list[str] = []
     for key, tensor in state.items():
-        if not (tensor.is_floating_point() or tensor.is_complex()):
+        checked = tensor.is_floating_point() or tensor.is_complex()
+        if not checked and digests is None:
             continue
+        kind = _kind(tensor)
+        digest = None if digests is None else ValueDigest(kind, tensor.shape)
         nan = inf = 0
         for piece in _pieces(tensor, CHUNK_BYTES // max(1, tensor.element_size())):
-            piece_nan, piece_inf = count_non_finite(piece)  # fp8 included
-            nan += piece_nan
-            inf += piece_inf
+            if checked:
+                piece_nan, piece_inf = count_non_finite(piece)  # fp8 included
+                nan += piece_nan
+                inf += piece_inf
+            if digest is not None:
+                digest.add(_digested_values(piece, kind))
             if mapped:
                 _release(piece)
+        if digest is not None and digests is not None:
+            digests[strip_wrapper_prefix(key)] = digest.hexdigest()
         if nan or inf:
             bad.append(f"{key} ({nan} NaN, {inf} Inf)")
     _report_non_finite(bad, source)
+
+
+def _kind(tensor: Tensor) -> str:
+    """The kind ``rift.tensor_digest`` digests ``tensor``'s values as."""
+    import torch
+
+    if tensor.is_floating_point():
+        return "real64" if tensor.dtype == torch.float64 else "real32"
+    if tensor.is_complex():
+        return "complex"
+    if tensor.dtype != torch.uint64:
+        return "integer"  # bool and every integer type fit int64
+    return f"raw:{tensor.dtype}"
+
+
+def _digested_values(piece: Tensor, digest_kind: str) -> Any:
+    """``piece``'s values as ``rift.tensor_digest.ValueDigest.add`` takes them."""
+    import torch
+
+    flat = piece.detach().reshape(-1)
+    if digest_kind == "real32":  # float16, bf16 and float8 values are float32 ones exactly
+        return flat.to(torch.float32).numpy()
+    if digest_kind == "real64":
+        return flat.numpy()
+    if digest_kind == "complex":
+        return flat.to(torch.complex128).numpy()
+    if digest_kind == "integer":
+        return flat.to(torch.int64).numpy()
+    return flat.contiguous().view(torch.uint8).numpy().tobytes()
 
 
 def _pieces(tensor: Tensor, limit: int) -> Iterator[Tensor]:

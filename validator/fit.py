@@ -32,11 +32,13 @@ def check_checkpoint_fits(
     *,
     dtypes: Mapping[str, str] | None = None,
     normalizers: Mapping[str, Sequence[float]] | None = None,
+    digests: Mapping[str, str] | None = None,
+    final: bool = False,
     in_channels: int | None,
     image_size: int | None,
     num_features: int | None = None,
     image_width: int | None = None,
-) -> None:
+) -> list[str]:
     """Build ``config.architecture`` on the meta device for the dataset's geometry (images of
     ``in_channels`` × ``image_size``², or feature vectors of ``num_features`` values, which the
     library reads as ``num_features``-channel 1×1 images; ``image_width`` None: square) and
@@ -49,6 +51,16 @@ def check_checkpoint_fits(
     ``normalizers`` (key → values, for the tensors that may be an input normaliser's) are
     compared with the normalisation the model applies when the checkpoint's layout holds a
     normaliser (``rift.checkpoint_layouts``), as the job compares them.
+    ``digests`` (key → ``rift.tensor_digest`` digest of its stored values, where known) tell
+    whether a network under one key prefix is a copy of the one under another, as the job
+    tells from the values (``rift.checkpoint_layouts``): a training wrapper's two different
+    networks (a model and its EMA) are refused, its equal copies left out.
+
+    Returns:
+        The keys whose values the answer took as equal without their digests (meta tensors
+        carry none), before any other check: the caller gives their digests and asks again.
+        Empty: the answer holds; with ``final`` (no more digests to be had) it always is, the
+        values unknown taken as equal and the job's own load left to tell.
 
     Raises:
         CheckpointMismatchError: with the missing, unexpected and mismatched keys, or the keys
@@ -80,6 +92,7 @@ def check_checkpoint_fits(
             meta_state[key] = torch.tensor(values, dtype=torch.float64).reshape(
                 meta_state[key].shape).to(meta_state[key].dtype)
     mismatch: CheckpointMismatchError | None = None
+    unknown: set[str] = set()
     for channels in options:
         model = _meta_model(config, channels, size, num_features, shapes)
         # As the job does (rift.pipeline.prepare_run): parametrized weights become plain ones,
@@ -89,7 +102,8 @@ def check_checkpoint_fits(
             fold_parametrized_weights(model)
         # A training wrapper's layout (rift.checkpoint_layouts), as the job reads it.
         try:
-            layout = fit_layout(model.state_dict(), meta_state, channels=channels)
+            layout = fit_layout(model.state_dict(), meta_state, channels=channels,
+                                digests=digests, unknown=unknown)
             fitted = meta_state if layout is None else layout.state_dict
             check_compatible(model, fitted)
             break
@@ -97,9 +111,15 @@ def check_checkpoint_fits(
             mismatch = mismatch or exc  # the first option's keys are the ones reported
     else:
         assert mismatch is not None
+        if unknown and not final:  # read with values taken as equal: it may be another refusal
+            return sorted(unknown)
         from rift.architecture_hint import with_architecture_hint
 
         raise with_architecture_hint(mismatch, config.architecture, shapes, options, size)
+    if unknown and not final:
+        # The layout was read with values taken as equal: nothing else is checked until it is
+        # read from the digests, as the job would read it.
+        return sorted(unknown)
     if layout is not None:  # the layout of the channel count that fits
         mean, std = _applied_normalization(model, config, channels)
         check_normalizers(layout, mean, std, configured=config.architecture.mean is not None)
@@ -117,6 +137,7 @@ def check_checkpoint_fits(
         _probe(model, config, (num_features, 1, 1))
     elif in_channels is not None and image_size is not None:
         _probe(model, config, (in_channels, image_size, image_width or image_size))
+    return []
 
 
 def _applied_normalization(model: nn.Module, config: RiftConfig, channels: int

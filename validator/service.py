@@ -26,7 +26,8 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         from validator.checkpoint import inspect_checkpoint_file
 
         return inspect_checkpoint_file(Path(request["path"]), request["display_name"],
-                                       entry=request.get("entry")).to_json()
+                                       entry=request.get("entry"),
+                                       digests=bool(request.get("digests"))).to_json()
     if op == "dataset":
         from validator.dataset import inspect_dataset_file
 
@@ -38,13 +39,15 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
 
         config = RiftConfig.model_validate(request["config"])
         shapes = {key: tuple(shape) for key, shape in request["shapes"].items()}
-        check_checkpoint_fits(config, shapes, dtypes=request.get("dtypes"),
-                              normalizers=request.get("normalizers"),
-                              in_channels=request.get("in_channels"),
-                              image_size=request.get("image_size"),
-                              num_features=request.get("num_features"),
-                              image_width=request.get("image_width"))
-        return {}
+        unknown = check_checkpoint_fits(config, shapes, dtypes=request.get("dtypes"),
+                                        normalizers=request.get("normalizers"),
+                                        digests=request.get("digests"),
+                                        final=bool(request.get("final")),
+                                        in_channels=request.get("in_channels"),
+                                        image_size=request.get("image_size"),
+                                        num_features=request.get("num_features"),
+                                        image_width=request.get("image_width"))
+        return {"unknown_values": unknown}
     if op == "probe":
         # started/finished: CLOCK_MONOTONIC, shared by the processes of a machine.
         started = time.monotonic()

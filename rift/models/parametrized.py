@@ -76,11 +76,19 @@ def folded_layout(model: nn.Module) -> dict[str, tuple[str, ...]]:
 
 def holds_folded_weights(model: nn.Module, keys: Iterable[str]) -> bool:
     """Whether checkpoint ``keys`` hold ``model``'s parametrized weights as plain tensors (the
-    model must be folded before loading them), rather than the parametrizations' tensors."""
+    model must be folded before loading them), rather than the parametrizations' tensors; at
+    the top level or under a training wrapper's prefix (``model.conv.weight``: a Lightning
+    module's, read by ``rift.checkpoint_layouts``), since the model's keys, which that layout
+    is read against, depend on the answer."""
     layout = folded_layout(model)
     present = set(keys)
-    return bool(layout) and any(plain in present for plain in layout) and not any(
-        key in present for held in layout.values() for key in held)
+    prefixes = {key[: len(key) - len(plain)] for plain in layout for key in present
+                if key == plain or key.endswith("." + plain)}
+    for prefix in sorted(prefixes, key=len):
+        under = {key[len(prefix):] for key in present if key.startswith(prefix)}
+        if not any(key in under for held in layout.values() for key in held):
+            return True
+    return False
 
 
 def _steps(module: nn.Module, tensor: str) -> nn.ModuleList:

@@ -221,11 +221,20 @@ def test_a_bf16_normaliser_is_compared_at_its_own_precision() -> None:
         check_normalizers(layout, *NAMED_NORMALIZATIONS["cifar10"])
 
 
-def test_the_fit_check_at_job_creation_reads_the_layout() -> None:
-    state = _robustness_checkpoint(_network())["model"]
-    shapes = {key.removeprefix("module."): tuple(value.shape) for key, value in state.items()}
-    values = {key.removeprefix("module."): value.flatten().tolist()
-              for key, value in state.items() if key.endswith(("new_mean", "new_std"))}
+def _inspected(folder: Path, checkpoint: dict[str, Any]) -> Any:
+    """What the validator records of ``checkpoint`` saved with torch.save, with the value
+    digests job creation asks for."""
+    from validator.checkpoint import inspect_checkpoint_file
+
+    torch.save(checkpoint, folder / "checkpoint.pt")
+    return inspect_checkpoint_file(folder / "checkpoint.pt", "checkpoint.pt", digests=True)
+
+
+def test_the_fit_check_at_job_creation_reads_the_layout(tmp_path: Path) -> None:
+    inspection = _inspected(tmp_path, _robustness_checkpoint(_network()))
+    shapes, values, digests = inspection.shapes, inspection.normalizers, inspection.digests
+    assert set(values) == {"normalizer.new_mean", "normalizer.new_std",
+                           "attacker.normalize.new_mean", "attacker.normalize.new_std"}
     from rift.config import RiftConfig
 
     def job(**architecture: Any) -> RiftConfig:
@@ -233,12 +242,13 @@ def test_the_fit_check_at_job_creation_reads_the_layout() -> None:
             "architecture": {**_config_spec().model_dump(), **architecture},
             "dataset": {"name": "npz", "path": "d.npz"}})
 
-    check_checkpoint_fits(job(mean=MEAN, std=STD), shapes, normalizers=values, in_channels=3,
-                          image_size=8)
+    assert check_checkpoint_fits(job(mean=MEAN, std=STD), shapes, normalizers=values,
+                                 digests=digests, in_channels=3, image_size=8) == []
     # The normaliser's values, recorded on inspection, are compared as the job compares them.
     with pytest.raises(CheckpointMismatchError,
                        match=r"normalizer\.new_mean \[0\.4914.*the model applies none"):
-        check_checkpoint_fits(job(), shapes, normalizers=values, in_channels=3, image_size=8)
+        check_checkpoint_fits(job(), shapes, normalizers=values, digests=digests, in_channels=3,
+                              image_size=8)
     # A torchvision model applies ImageNet's statistics by default, not an identity normaliser.
     resnet = job(name="torchvision:resnet18")
     with torch.device("meta"):
@@ -250,15 +260,16 @@ def test_the_fit_check_at_job_creation_reads_the_layout() -> None:
                        r"0\.456, 0\.406\], std \[0\.229, 0\.224, 0\.225\] \(its default"):
         check_checkpoint_fits(resnet, wrapped, normalizers=identity, in_channels=3, image_size=8)
     # Without values (a row inspected before they were recorded) only the layout is checked.
-    check_checkpoint_fits(job(), shapes, in_channels=3, image_size=8)
+    assert check_checkpoint_fits(job(), shapes, digests=digests, in_channels=3,
+                                 image_size=8) == []
     with pytest.raises(CheckpointMismatchError, match=r"1 key\(s\) .*: criterion\.weight"):
-        check_checkpoint_fits(job(), {**shapes, "criterion.weight": (4,)}, in_channels=3,
-                              image_size=8)
+        check_checkpoint_fits(job(), {**shapes, "criterion.weight": (4,)}, digests=digests,
+                              in_channels=3, image_size=8)
     # A grey ImageFolder's channels are not known: the other count is still tried.
     grey = {key.removeprefix("module."): tuple(value.shape) for key, value in
             _robustness_checkpoint(_network(in_channels=1))["model"].items()
             if not key.endswith(("new_mean", "new_std"))}
-    check_checkpoint_fits(job(), grey, in_channels=None, image_size=8)
+    assert check_checkpoint_fits(job(), grey, in_channels=None, image_size=8, final=True) == []
 
 
 def test_missing_batchnorm_statistics_are_named_as_such() -> None:
@@ -284,3 +295,42 @@ def test_a_bf16_normalisers_spacing_is_no_tolerance_for_values_below_one() -> No
     check_normalizers(layout, MEAN, STD)  # its own statistics: equal once rounded to bf16
     with pytest.raises(CheckpointMismatchError, match=r"sigma \[0\.202"):
         check_normalizers(layout, MEAN, [0.2, 0.2, 0.2])
+
+
+def test_the_fit_check_tells_two_networks_from_a_copy_by_their_digests(tmp_path: Path) -> None:
+    """A LightningModule's model and its EMA (two different networks) passed the fit check at
+    job creation, whose tensors carry no values, as a network and its copy, and the job then
+    refused them: the check now compares the digests of the stored values, as the job compares
+    the values."""
+    from rift.config import RiftConfig
+
+    config = RiftConfig.model_validate({"architecture": _config_spec().model_dump(),
+                                        "dataset": {"name": "npz", "path": "d.npz"}})
+    network = _network()
+    ema = {key: value + 1 if value.is_floating_point() else value
+           for key, value in network.items()}
+    two = _inspected(tmp_path, {"state_dict": {**_prefixed("model.", network),
+                                               **_prefixed("ema_model.", ema)}})
+    # Without digests the answer would take the values as equal: it names the keys it needs.
+    needed = check_checkpoint_fits(config, two.shapes, in_channels=3, image_size=8)
+    assert set(needed) == set(two.shapes)
+    with pytest.raises(CheckpointMismatchError) as refused:
+        check_checkpoint_fits(config, two.shapes, digests=two.digests, in_channels=3,
+                              image_size=8)
+    assert "2 networks of this architecture with different values, under the key prefixes " \
+           "'model.', 'ema_model.'" in refused.value.message
+    # The job's own refusal, word for word.
+    with pytest.raises(CheckpointMismatchError) as job:
+        prepare_run(_config(tmp_path), tmp_path / "checkpoint.pt")
+    assert job.value.message == refused.value.message
+
+    # Equal copies (bf16 ones too: torch.equal compares values, so do the digests) pass.
+    copy = {key: value.to(torch.bfloat16) if value.is_floating_point() else value
+            for key, value in network.items()}
+    network = {key: value.to(torch.bfloat16).float() if value.is_floating_point() else value
+               for key, value in network.items()}
+    same = _inspected(tmp_path, {"state_dict": {**_prefixed("model.", network),
+                                                **_prefixed("ema_model.", copy)}})
+    assert check_checkpoint_fits(config, same.shapes, digests=same.digests, in_channels=3,
+                                 image_size=8) == []
+    assert _loaded(prepare_run(_config(tmp_path), tmp_path / "checkpoint.pt"), network)

@@ -124,3 +124,21 @@ def test_the_fit_check_scores_the_parametrized_layers_as_the_job_does(
     for weights in (state, _folded(config, state)):
         check_checkpoint_fits(config, {k: tuple(v.shape) for k, v in weights.items()},
                               in_channels=3, image_size=8)
+
+
+@pytest.mark.parametrize("architecture", ["weight_norm_net", "hook_weight_norm_net"])
+def test_plain_weights_under_a_wrappers_prefix_load_into_the_parametrized_architecture(
+        plugin_path: Path, tmp_path: Path, architecture: str) -> None:
+    """A LightningModule's checkpoint of a weight-normed network saved after
+    remove_parametrizations (``model.conv2.weight``): the folded-weights test looked for
+    ``conv2.weight`` before the wrapper's prefix was read, and the job and the fit check at job
+    creation refused it as a key mismatch."""
+    config = _config(tmp_path, architecture)
+    folded = _folded(config, _trained_state(config))
+    wrapped = {f"model.{key}": value for key, value in folded.items()}
+    run = prepare_run(config, wrapped)
+    assert list(run.original_state) == list(folded)
+    assert all(torch.equal(run.original_state[k], v) for k, v in folded.items())
+    assert any("prefix 'model.'" in warning for warning in run.model_warnings)
+    check_checkpoint_fits(config, {k: tuple(v.shape) for k, v in wrapped.items()},
+                          in_channels=3, image_size=8)
