@@ -5,15 +5,16 @@ compares the tensors themselves (``torch.equal``). Imports no torch: the API dig
 safetensors file's byte ranges, the validator a PyTorch file's tensors (as numpy arrays).
 
 Values are digested in a canonical form, so that equal digests mean what ``torch.equal`` calls
-equal: floating-point values of 32 bits or fewer as float32 (which holds every float16, bf16
-and float8 value exactly: a bf16 copy of float32 weights holding the same values is the same
-network), float64 values as float64, each with negative zeros made positive (``-0.0 == 0.0``),
-integers and booleans as int64, complex values as complex128. Digests are only ever compared
-within one file, made by one side. Left different where ``torch.equal`` may call them equal: a
-float64 copy of float32 weights (widening every float32 to float64 doubled the bytes hashed at
-each job creation from a PyTorch file, for a layout nobody saves), and safetensors' 8-, 6- and
-4-bit floats and uint64, kept as raw bytes (numpy cannot read them as values), beside a copy in
-another type.
+equal: floating-point values as float32 (which holds every float16, bf16 and float8 value
+exactly: a bf16 copy of float32 weights holding the same values is the same network), with
+negative zeros made positive (``-0.0 == 0.0``), integers and booleans as int64, complex values
+as complex128. float64 values are rounded to float32 too, so a float64 copy of float32 weights
+is a copy, as the job reads it; two float64 networks that differ only below float32's precision
+then digest alike, and the job, which compares the values themselves, refuses them instead of
+job creation: a refusal at creation must never be one the job would not make. Digests are
+only ever compared within one file, made by one side. Left different where ``torch.equal`` may
+call them equal: safetensors' 8-, 6- and 4-bit floats and uint64, kept as raw bytes (numpy
+cannot read them as values), beside a copy in another type.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ _COMPLEX = {"C64": "<c8"}
 _TYPED = {**_REAL32, "F64": "<f8", **_INTEGER, **_COMPLEX}
 _ELEMENT_BYTES = {**{name: np.dtype(code).itemsize for name, code in _TYPED.items()}, "BF16": 2}
 #: What each kind of values is digested as.
-_CANONICAL = {"real32": "<f4", "real64": "<f8", "integer": "<i8", "complex": "<c16"}
+_CANONICAL = {"real32": "<f4", "integer": "<i8", "complex": "<c16"}
 
 
 class ValueDigest:
-    """A running digest of one tensor's values of one kind (``real32``, ``real64``,
-    ``integer``, ``complex``, or ``raw:<dtype>`` for bytes compared as they are) and shape."""
+    """A running digest of one tensor's values of one kind (``real32``, ``integer``,
+    ``complex``, or ``raw:<dtype>`` for bytes compared as they are) and shape."""
 
     def __init__(self, kind: str, shape: Sequence[int]) -> None:
         self._kind = kind
@@ -59,10 +60,8 @@ class ValueDigest:
 
 def safetensors_kind(dtype: str) -> str:
     """The kind a tensor of safetensors ``dtype`` is digested as."""
-    if dtype in _REAL32 or dtype == "BF16":
+    if dtype in _REAL32 or dtype in ("BF16", "F64"):
         return "real32"
-    if dtype == "F64":
-        return "real64"
     if dtype in _INTEGER:
         return "integer"
     if dtype in _COMPLEX:

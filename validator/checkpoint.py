@@ -298,7 +298,7 @@ def _kind(tensor: Tensor) -> str:
     import torch
 
     if tensor.is_floating_point():
-        return "real64" if tensor.dtype == torch.float64 else "real32"
+        return "real32"  # float64 too: rounded, so a float64 copy is a copy (rift.tensor_digest)
     if tensor.is_complex():
         return "complex"
     if tensor.dtype != torch.uint64:
@@ -313,8 +313,6 @@ def _digested_values(piece: Tensor, digest_kind: str) -> Any:
     flat = piece.detach().reshape(-1)
     if digest_kind == "real32":  # float16, bf16 and float8 values are float32 ones exactly
         return flat.to(torch.float32).numpy()
-    if digest_kind == "real64":
-        return flat.numpy()
     if digest_kind == "complex":
         return flat.to(torch.complex128).numpy()
     if digest_kind == "integer":

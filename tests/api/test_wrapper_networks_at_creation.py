@@ -97,6 +97,13 @@ def test_a_file_sent_with_the_job_is_checked_alike(api: Api, tmp_path: Path, nam
     created = api.client.post("/v1/jobs", files={"checkpoint": (name, copy.read_bytes()),
                                                  "spec": (None, spec)})
     assert created.status_code == 201, created.text
+    # A float64 copy of the float32 network is a copy too, as the job (torch.equal) reads it.
+    state = _lightning_state(ema_seed=0)
+    wide = _save({key: value.double() if key.startswith("ema_model.") and value.is_floating_point()
+                  else value for key, value in state.items()}, tmp_path / name)
+    created = api.client.post("/v1/jobs", files={"checkpoint": (name, wide.read_bytes()),
+                                                 "spec": (None, spec)})
+    assert created.status_code == 201, created.text
 
 
 def test_a_stored_safetensors_header_is_read_once(api_settings: Settings,

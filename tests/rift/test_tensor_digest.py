@@ -21,5 +21,8 @@ def test_digests_compare_values_as_torch_equal_does() -> None:
     assert _digest(values, "F32", chunk=3) == reference  # chunks cut inside an element
     assert _digest([0.5, -1.25, 3.0, -0.0], "F32") == reference  # torch.equal: -0.0 == 0.0
     assert _digest(values, "BF16") == reference  # the same values in another type
+    # A float64 copy of float32 weights is a copy, as the job (torch.equal) reads it.
+    assert _digest(values, "F64") == reference
+    assert _digest([0.5, -1.25, 3.0, 1e-8], "F64") != reference
     assert _digest([0.5, -1.25, 3.0, 1e-8], "F32") != reference
     assert safetensors_digest([np.asarray(values, "<f4").tobytes()], "F32", (2, 2)) != reference
