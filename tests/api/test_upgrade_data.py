@@ -157,3 +157,67 @@ def test_an_old_jobs_weights_at_another_alpha_are_made_after_the_upgrade(
     assert (row["status"], row["error"]) == ("succeeded", None)
     weights = api.client.get(f"/v1/jobs/{job_id}/artifacts/tuned@0.25.safetensors")
     assert weights.status_code == 200 and len(weights.content) > 0
+
+
+#: A job bfc43a5 recorded for ``REPLAYED_REQUEST`` under ``Idempotency-Key: job-1``: its ids,
+#: the key and request hash as that release stored them (copied from its database).
+RECORDED_JOB = {"id": "a3c8d8fc05cb4877a2e8da224eb18c51", "project": "9b6719fe9c194c669ca3798e705361d3",
+                "checkpoint": "5f1a0c0852ac4af990d72db229182c66",
+                "key": "532edff17ffd426c5166d380c91d6605777611653bf07222e923bb22618e725f",
+                "hash": "58ac893c818e2015248d19cc2f5e2244234ec1965b0ddc093c332b1f7f129d3e"}
+REPLAYED_REQUEST: dict[str, Any] = {
+    "checkpoint_id": RECORDED_JOB["checkpoint"], "labels": {"a": "b"},
+    "config": {"architecture": {"name": "small_cnn", "num_classes": 10},
+               "dataset": {"name": "digits"}, "device": "cpu", "finetune": {"epochs": 1}}}
+
+
+def test_a_job_request_retried_across_the_upgrade_is_answered_with_its_job(
+        tmp_path: Path, start_api: Callable[..., Api]) -> None:
+    # Before: 409 idempotency_conflict ("... with a different request"): this release's hash
+    # of the same request covers settings added since (mrc.table, evaluation.fold_batchnorm).
+    url = f"sqlite:///{tmp_path / 'rift.db'}"
+    upgrade_database(url, "0010")
+    spec = copy.deepcopy(RELEASE_0010_SPEC)
+    spec["finetune"].update(epochs=1, lr_milestones=[5])
+    spec["attack"].update(eps=8 / 255, step_size=2 / 255, steps=10)
+    spec["mrc"].update(steps=10, num_examples=1024)
+    spec["interpolation"]["alpha_step"] = 0.05
+    spec["preflight"]["examples"] = 256
+    now = datetime.now(UTC).replace(tzinfo=None)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as c:
+            c.execute(sa.text("INSERT INTO projects (id, name, created_at) VALUES (:p, 'tests', "
+                              ":n)"), {"p": RECORDED_JOB["project"], "n": now})
+            c.execute(sa.text(
+                "INSERT INTO checkpoints (id, filename, size, sha256, format, storage_key, "
+                "num_tensors, num_parameters, created_at, project_id) VALUES (:c, "
+                "'m.safetensors', 98600, :sha, 'safetensors', 'checkpoints/c.safetensors', 20, "
+                "1000, :n, :p)"),
+                {"c": RECORDED_JOB["checkpoint"], "sha": "a" * 64, "n": now,
+                 "p": RECORDED_JOB["project"]})
+            c.execute(sa.text(
+                "INSERT INTO jobs (id, status, stage_progress, spec, checkpoint_id, "
+                "idempotency_key, request_hash, cancel_requested, attempts, created_at, "
+                "updated_at, project_id, cost_estimate) VALUES (:j, 'queued', 0.0, :spec, :c, "
+                ":k, :h, false, 0, :n, :n, :p, 1000)"),
+                {"j": RECORDED_JOB["id"], "spec": json.dumps(spec), "c": RECORDED_JOB["checkpoint"],
+                 "k": RECORDED_JOB["key"], "h": RECORDED_JOB["hash"], "n": now,
+                 "p": RECORDED_JOB["project"]})
+            c.execute(sa.text("INSERT INTO job_labels VALUES (:j, 'a', 'b')"),
+                      {"j": RECORDED_JOB["id"]})
+    finally:
+        engine.dispose()
+    upgrade_database(url)
+    settings = settings_from_env({
+        "DATABASE_URL": url, "BROKER_URL": "memory://", "STORE_KIND": "local",
+        "STORE_ROOT": str(tmp_path / "objects"), "WORK_DIR": str(tmp_path / "work")})
+    api = start_api(settings, dispatcher=RecordingDispatcher())
+    replayed = api.client.post("/v1/jobs", json=REPLAYED_REQUEST,
+                               headers={"Idempotency-Key": "job-1"})
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.json()["id"] == RECORDED_JOB["id"]
+    # Another request under that key is still refused; the labels are part of the request.
+    other = api.client.post("/v1/jobs", json={**REPLAYED_REQUEST, "labels": {"a": "c"}},
+                            headers={"Idempotency-Key": "job-1"})
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_conflict"
