@@ -95,7 +95,8 @@ def test_a_stored_spec_takes_the_meaning_its_release_ran_it_with(case: str) -> N
 def _insert_release_0010_rows(url: str, store: LocalObjectStore, checkpoint_file: Path,
                               spec: dict[str, Any]) -> str:
     """A project, a checkpoint and a succeeded job with its fine-tuned weights, as the 0010
-    release's API and worker wrote them; returns the job's id."""
+    release's API and worker wrote them (a job still queued differs in its status only, as
+    far as a worker reading its config is concerned); returns the job's id."""
     now = datetime.now(UTC).replace(tzinfo=None)
     checkpoint_key = "checkpoints/c0010.safetensors"
     finetuned_key = "jobs/j0010/finetune/attempt-1/finetuned.safetensors"
@@ -157,6 +158,29 @@ def test_an_old_jobs_weights_at_another_alpha_are_made_after_the_upgrade(
     assert (row["status"], row["error"]) == ("succeeded", None)
     weights = api.client.get(f"/v1/jobs/{job_id}/artifacts/tuned@0.25.safetensors")
     assert weights.status_code == 200 and len(weights.content) > 0
+
+
+@pytest.mark.parametrize("case", sorted(OLD_SETTINGS))
+def test_an_old_jobs_stage_reads_its_config_after_the_upgrade(
+        case: str, tmp_path: Path, small_cnn_file: Path) -> None:
+    # Before: a job queued across the upgrade failed its first stage three times on this read.
+    from persistence.db import session_factory_from_settings
+    from persistence.models import Job
+    from worker.stages import job_config
+
+    url = f"sqlite:///{tmp_path / 'rift.db'}"
+    settings = settings_from_env({"DATABASE_URL": url, "STORE_KIND": "local",
+                                  "STORE_ROOT": str(tmp_path / "objects")})
+    upgrade_database(url, "0010")
+    job_id = _insert_release_0010_rows(url, LocalObjectStore(settings.store_root),
+                                       small_cnn_file, _old_spec(case))
+    upgrade_database(url)
+    section, setting, _, ran_with = OLD_SETTINGS[case]
+    with session_factory_from_settings(settings)() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        config = job_config(job, dataset_path=None, device="cpu")
+    assert getattr(getattr(config, section), setting) == ran_with
 
 
 #: A job bfc43a5 recorded for ``REPLAYED_REQUEST`` under ``Idempotency-Key: job-1``: its ids,
