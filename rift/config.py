@@ -163,6 +163,8 @@ class DatasetSpec(_Strict):
         # Other sources ignored it: an npz "resized" to 32 px ran at its stored size.
         name = info.data.get("name")
         if value is not None and name not in (None, "imagefolder"):
+            if from_storage(info):
+                return None  # a job accepted before the check ran at the stored size
             raise ValueError(f"'image_size' resizes 'imagefolder' images only; '{name}' images "
                              "are used at their stored size")
         return value
@@ -281,9 +283,12 @@ class MRCSpec(_Strict):
 
     @field_validator("modules")
     @classmethod
-    def _each_module_once(cls, value: list[str] | None) -> list[str] | None:
+    def _each_module_once(cls, value: list[str] | None,
+                          info: ValidationInfo) -> list[str] | None:
         # A module named twice was listed (and costed) twice for one score.
         if value is not None and len(set(value)) < len(value):
+            if from_storage(info):
+                return list(dict.fromkeys(value))  # the one score each such job got
             repeated = sorted({name for name in value if value.count(name) > 1})
             raise ValueError(f"each module may appear once; repeated: {repeated}")
         return value
@@ -313,20 +318,25 @@ class FinetuneSpec(_Strict):
 
     @field_validator("module")
     @classmethod
-    def _names_a_module(cls, value: str | None) -> str | None:
+    def _names_a_module(cls, value: str | None, info: ValidationInfo) -> str | None:
         # "" is falsy: the single-module run took it as "not given" (the lowest-MRC module), a
         # sweep as a module name. Either reading would surprise someone; ask for one.
         if value is not None and not value.strip():
+            if from_storage(info):
+                return None  # as the single run took it (a sweep found no module '' and failed)
             raise ValueError("'module' must name a module, e.g. 'layer4.1.conv2'; leave it out "
                              "(or null) to tune the lowest-MRC module")
         return value
 
     @field_validator("lr_grid")
     @classmethod
-    def _positive_rates(cls, value: list[float] | None) -> list[float] | None:
+    def _positive_rates(cls, value: list[float] | None,
+                        info: ValidationInfo) -> list[float] | None:
         if value is not None and any(not (0.0 < lr <= 10.0) for lr in value):
             raise ValueError("every learning rate must lie in (0, 10]")
         if value is not None and len(set(value)) < len(value):
+            if from_storage(info):
+                return list(dict.fromkeys(value))  # the twin candidates gave the same result
             repeated = sorted({lr for lr in value if value.count(lr) > 1})
             # The same (module, lr) twice would fine-tune and attack the same candidate twice.
             raise ValueError(f"each learning rate may appear once; repeated: {repeated}")
@@ -338,9 +348,12 @@ class FinetuneSpec(_Strict):
 
     @field_validator("lr_milestones")
     @classmethod
-    def _sorted_positive(cls, value: list[int]) -> list[int]:
+    def _sorted_positive(cls, value: list[int], info: ValidationInfo) -> list[int]:
         # Strictly: [5, 5] decayed twice after epoch 5 (lr_gamma²), a likely typo for [5, 10].
-        if any(m < 1 for m in value) or any(a >= b for a, b in itertools.pairwise(value)):
+        # A stored job's [5, 5] keeps that meaning (MultiStepLR counts a repeated milestone).
+        repeats_allowed = from_storage(info)
+        if any(m < 1 for m in value) or any(
+                a > b or (a == b and not repeats_allowed) for a, b in itertools.pairwise(value)):
             raise ValueError("milestones must be positive epoch numbers in increasing order, "
                              "each once")
         return value
@@ -482,6 +495,30 @@ class RiftConfig(_Strict):
     deterministic: bool = Field(
         True, description="Deterministic GPU kernels: the same seed on the same device gives the "
         "same result (slower on GPU; no effect on CPU).")
+
+
+#: The validation context of a stored spec (:func:`stored_config`).
+STORED_SPEC_CONTEXT = "stored_spec"
+
+
+def from_storage(info: ValidationInfo) -> bool:
+    """Whether the settings being checked are a stored job's, read back (:func:`stored_config`),
+    rather than a new request's."""
+    return isinstance(info.context, Mapping) and bool(info.context.get(STORED_SPEC_CONTEXT))
+
+
+def stored_config(spec: Mapping[str, Any]) -> RiftConfig:
+    """A job's stored config (``jobs.spec``), read as the release that accepted it ran it.
+
+    Checks added since refuse settings that earlier releases accepted, stored and ran: there,
+    each such setting takes the meaning it had when the job ran (``dataset.image_size`` on a
+    source other than ``imagefolder``: ignored; a module in ``mrc.modules`` or a rate in
+    ``finetune.lr_grid`` given twice: once; ``finetune.module`` blank: not given; a repeated
+    ``finetune.lr_milestones`` entry: decays twice). Before, a worker refused such a job's
+    config: its materializations failed with "ValidationError", and a job queued or running
+    across the upgrade failed its stage three times. New requests stay as strict as before
+    (:class:`RiftConfig` ``.model_validate``)."""
+    return RiftConfig.model_validate(dict(spec), context={STORED_SPEC_CONTEXT: True})
 
 
 def as_config(config: RiftConfig | Mapping[str, Any]) -> RiftConfig:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from rift.config import RiftConfig
+from rift.config import RiftConfig, stored_config
 
 MANIFEST_VERSION = 1
 PACKAGE = "rift-service"
@@ -113,5 +113,7 @@ def build_manifest(config: RiftConfig, *, checkpoint_sha256: str, device: str,
 
 
 def config_from_manifest(manifest: Mapping[str, Any]) -> RiftConfig:
-    """The config a manifest recorded, validated again."""
-    return RiftConfig.model_validate(manifest["config"])
+    """The config a manifest recorded, validated again as the run that wrote it read it
+    (:func:`rift.config.stored_config`: an earlier release's manifest holds settings checks added
+    since refuse)."""
+    return stored_config(manifest["config"])

@@ -25,7 +25,7 @@ from persistence.storage import ObjectStore
 from rift import checkpoints
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.checkpoint_layouts import fit_layout
-from rift.config import RiftConfig
+from rift.config import stored_config
 from rift.evaluation import AccuracyReport
 from rift.interpolation import interpolate_weights, theta_at_in_run_layout
 from rift.pipeline import PipelineCallbacks, evaluate_weights
@@ -62,7 +62,7 @@ def materialize_weights(row: Materialization, job: Job, checkpoint: Checkpoint,
     scratch = Path(tempfile.mkdtemp(dir=work_dir / "scratch", prefix=f"{job.id}-alpha-"))
     try:
         # The entry the job tuned (a model and its EMA): θ_AT is that one's weights.
-        entry = RiftConfig.model_validate(job.spec).checkpoint_entry
+        entry = stored_config(job.spec).checkpoint_entry
         theta_ft = checkpoints.load_state_dict(
             store.download_to(finetuned.storage_key, scratch / FINETUNED))
         # θ_AT as the run held it (the file's fp16 values cast, absent BatchNorm counters 0);

@@ -34,7 +34,7 @@ from persistence.storage import ObjectStore
 from persistence.time_limits import job_time_limit
 from persistence.transactions import JobNotFound, load_stages
 from rift import checkpoints
-from rift.config import RiftConfig
+from rift.config import stored_config
 from rift.measured_warnings import mrc_table_warnings
 from rift.mrc import select_modules
 from rift.mrc_shards import plan_shards
@@ -237,7 +237,7 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
          for part in parts], order)
 
     storage = job_stage_storage(resources.store, job_id, attempts)
-    config = RiftConfig.model_validate(job.spec)
+    config = stored_config(job.spec)
     outputs = record_mrc(config, merged, storage, preflight=(job.metrics or {}).get("preflight"))
     manifest = load_manifest(storage)
     platforms = shard_platforms(parts)

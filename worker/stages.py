@@ -20,7 +20,7 @@ from persistence.object_keys import stage_object_key
 from persistence.stages import ArtifactRecord, StageOutputs
 from persistence.storage import ObjectStore, StoredObject
 from reporting.charts import CHART_ARTIFACTS, Curve, Splits, job_charts
-from rift.config import RiftConfig
+from rift.config import RiftConfig, stored_config
 from rift.manifest import build_manifest
 from rift.pipeline import (
     InterpolationStageResult,
@@ -136,7 +136,7 @@ def job_config(job: Job, *, dataset_path: Path | None, device: str | None,
     """The job's config as the worker runs it: an uploaded dataset's local path filled in, built-in
     datasets read from the worker's ``data_root`` (never a folder the client named, never a
     download), and the device overridden when the worker is told to use a particular one."""
-    config = RiftConfig.model_validate(job.spec)
+    config = stored_config(job.spec)
     if dataset_path is not None:
         config = config.model_copy(update={
             "dataset": config.dataset.model_copy(update={"path": str(dataset_path)})})
@@ -194,7 +194,7 @@ def job_manifest(job: Job, checkpoint: Checkpoint, dataset: Dataset | None, run:
     config is the job's spec as submitted (the worker's own data folder and device override are
     not part of it), the device the one this worker resolved."""
     return build_manifest(
-        RiftConfig.model_validate(job.spec), checkpoint_sha256=checkpoint.sha256,
+        stored_config(job.spec), checkpoint_sha256=checkpoint.sha256,
         dataset_sha256=dataset.sha256 if dataset is not None else None,
         device=describe_device(run.device), commit=commit,
         extra={"job_id": job.id, "checkpoint_id": checkpoint.id,

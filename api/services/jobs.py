@@ -28,6 +28,7 @@ from api.checkpoint_validation import (
     uploaded_safetensors_ranges,
 )
 from api.dispatch import Dispatcher, DispatchError
+from api.earlier_requests import asks_for_recorded_job
 from api.errors import ApiError, PayloadTooLarge, ServiceUnavailable, TooManyRequests
 from api.idempotency import idempotency_conflict, scoped_idempotency_key
 from api.ingest import store_checkpoint, validate_checkpoint_upload
@@ -183,7 +184,8 @@ def create_job_for(
     stored_key = (scoped_idempotency_key(caller.project_id, idempotency_key)
                   if idempotency_key is not None else None)
     with factory() as session:
-        existing = _replayed_job(session, stored_key, idempotency_key, request_hash)
+        existing = _replayed_job(session, stored_key, idempotency_key, request_hash, spec,
+                                 reference or "")
         if existing is not None:
             return job_out(session, existing), False
 
@@ -244,7 +246,8 @@ def create_job_for(
                 # retrying at once) may have recorded its job since the lookup above: that job,
                 # which fills the quota, is this request's answer, not a refusal.
                 session.rollback()
-                existing = _replayed_job(session, stored_key, idempotency_key, request_hash)
+                existing = _replayed_job(session, stored_key, idempotency_key, request_hash,
+                                         spec, reference or "")
                 if existing is None:
                     raise
                 return job_out(session, existing), False
@@ -302,13 +305,16 @@ def _uploaded_digests(upload: UploadedFile, keys: list[str]) -> dict[str, str]:
 
 
 def _replayed_job(session: Session, stored_key: str | None, idempotency_key: str | None,
-                  request_hash: str) -> Job | None:
+                  request_hash: str, spec: JobSpec, checkpoint_ref: str) -> Job | None:
     """The job recorded under the request's Idempotency-Key, or None (no key, or a new one);
-    409 ``idempotency_conflict`` if it was recorded for another request."""
+    409 ``idempotency_conflict`` if it was recorded for another request. A job an earlier
+    release recorded has another hash for the same request (settings added since): it is
+    compared with the request instead (:mod:`api.earlier_requests`)."""
     if stored_key is None or idempotency_key is None:
         return None
     existing = crud.job_by_idempotency_key(session, stored_key)
-    if existing is not None and existing.request_hash != request_hash:
+    if (existing is not None and existing.request_hash != request_hash
+            and not asks_for_recorded_job(session, existing, spec, checkpoint_ref)):
         raise idempotency_conflict(idempotency_key, "job", existing.id)
     return existing
 
