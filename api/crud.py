@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from persistence.models import Checkpoint, Job
+from persistence.storage_ledger import delete_job_rows, delete_upload
 
 
 def job_by_idempotency_key(session: Session, key: str) -> Job | None:
@@ -19,13 +20,13 @@ def job_by_idempotency_key(session: Session, key: str) -> Job | None:
 def delete_job(session: Session, job_id: str) -> None:
     """Remove a job that could not be queued; labels, stages and events go with it (the
     foreign keys cascade). Commits."""
-    session.execute(delete(Job).where(Job.id == job_id))
+    delete_job_rows(session, job_id)  # its reservation off the project's ledger
     session.commit()
 
 
 def delete_checkpoint(session: Session, checkpoint_id: str) -> None:
     """Remove a checkpoint row that no job references (the foreign key refuses otherwise)."""
-    session.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id))
+    delete_upload(session, Checkpoint, checkpoint_id)
     session.commit()
 
 

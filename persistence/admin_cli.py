@@ -6,6 +6,7 @@ the database; the settings come from the environment like every entry point's).
     rift-admin projects adopt NAME     # give NAME the rows made before projects existed
     rift-admin projects limits NAME [--max-active-jobs N|default ...]   # prints the limits
     rift-admin projects usage NAME     # what it uses of its limits, as the quotas count
+    rift-admin projects recount-storage NAME|--all [--dry-run]   # ledger vs rows, repaired
     rift-admin projects delete NAME [--force]   # with everything it stores
     rift-admin keys create --project NAME [--scope read|write|admin ...] [--name LABEL]
     rift-admin keys list [--project NAME]
@@ -61,6 +62,7 @@ from persistence.deletion import (
     delete_project,
 )
 from persistence.models import ApiKey, Project
+from persistence.records import recount_stored_bytes
 from persistence.schema import SchemaNotCurrent, check_schema
 from persistence.settings import Settings, settings_or_exit
 from persistence.usage import ProjectLimits, ProjectUsage, project_usage
@@ -114,6 +116,14 @@ def _parser() -> argparse.ArgumentParser:
         "usage", help="a project's usage against its limits, as GET /v1/usage and the quota "
         "checks count it; prints name<TAB>value", parents=[common])
     usage.add_argument("name")
+    recount = projects.add_parser(
+        "recount-storage", help="count a project's stored bytes from its rows, compare with "
+        "the stored-bytes ledger the quota reads and repair it; prints "
+        "project<TAB>kind<TAB>difference (rows minus ledger) for each kind that differed",
+        parents=[common])
+    recount.add_argument("name", nargs="?")
+    recount.add_argument("--all", action="store_true", help="every project")
+    recount.add_argument("--dry-run", action="store_true", help="compare only, repair nothing")
     remove = projects.add_parser(
         "delete", help="delete a project with its keys, webhooks, jobs, checkpoints, datasets "
         "and their stored objects (refused while it has queued or running jobs)",
@@ -242,6 +252,21 @@ def _projects_usage(session: Session, args: argparse.Namespace, settings: Settin
     return Output(dict(rows), [f"{name}\t{value}" for name, value in rows])
 
 
+def _projects_recount_storage(session: Session, args: argparse.Namespace, _: Settings) -> Output:
+    if args.all == (args.name is not None):
+        raise AdminError("name one project, or --all (not both)")
+    projects = list_projects(session) if args.all else [_found(session, args.name)]
+    found = {project.name: recount_stored_bytes(session, project.id, repair=not args.dry_run)
+             for project in projects}
+    differed = {name: differences for name, differences in found.items() if differences}
+    return Output(
+        {"projects": len(projects), "differences": differed, "repaired": not args.dry_run},
+        [f"{name}\t{kind}\t{difference}" for name, differences in differed.items()
+         for kind, difference in differences.items()],
+        f"{len(projects)} projects counted, {len(differed)} differed from their ledger"
+        + ("" if args.dry_run or not differed else " (repaired)"))
+
+
 def _projects_delete(session: Session, args: argparse.Namespace, settings: Settings) -> Output:
     gone = delete_project(session, settings.build_object_store(), _found(session, args.name),
                           force=args.force, wait_s=settings.project_delete_wait_seconds)
@@ -290,6 +315,7 @@ COMMANDS: dict[tuple[str, str], Command] = {
     ("projects", "create"): _projects_create, ("projects", "list"): _projects_list,
     ("projects", "adopt"): _projects_adopt, ("projects", "limits"): _projects_limits,
     ("projects", "usage"): _projects_usage, ("projects", "delete"): _projects_delete,
+    ("projects", "recount-storage"): _projects_recount_storage,
     ("keys", "create"): _keys_create, ("keys", "list"): _keys_list,
     ("keys", "revoke"): _keys_revoke}
 

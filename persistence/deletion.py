@@ -35,6 +35,7 @@ from persistence.models import (
     Job,
     JobStatus,
     Project,
+    StoredBytesEntry,
     WebhookEndpoint,
     utcnow,
 )
@@ -239,6 +240,8 @@ def _delete_rows_then_objects(session: Session, store: ObjectStore, name: str,
         counts = {model.__tablename__: _rowcount(session.execute(
             delete(model).where(model.project_id == project_id)))
             for model in (Job, WebhookEndpoint, Checkpoint, Dataset, ApiKey)}
+        # Its stored-bytes ledger goes with it (no foreign key: persistence.storage_ledger).
+        session.execute(delete(StoredBytesEntry).where(StoredBytesEntry.project_id == project_id))
         session.execute(delete(Project).where(Project.id == project_id))
     objects = delete_objects(store, dict.fromkeys([*keys, *job_objects(store, job_ids)]))
     logger.info("deleted project %s (%s): %s, %d objects", name, project_id, counts, objects)

@@ -52,6 +52,7 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from persistence import storage_ledger
 from persistence.models import (
     TERMINAL_STATUSES,
     Artifact,
@@ -59,6 +60,7 @@ from persistence.models import (
     Dataset,
     Job,
     JobStage,
+    Materialization,
     StageStatus,
     utcnow,
 )
@@ -98,6 +100,8 @@ class JanitorReport:
     expired_objects: list[str] = field(default_factory=list)
     expired_jobs: list[str] = field(default_factory=list)
     stale_workers: list[str] = field(default_factory=list)
+    # Stored-bytes ledger rows folded into one per project and kind (persistence.storage_ledger).
+    ledger_rows_folded: int = 0
 
     @property
     def removed(self) -> int:
@@ -107,7 +111,8 @@ class JanitorReport:
                 + len(self.expired_objects) + len(self.stale_workers))
 
     def summary(self) -> str:
-        return ", ".join(f"{name}={len(value)}" for name, value in asdict(self).items())
+        return ", ".join(f"{name}={len(value) if isinstance(value, list) else value}"
+                         for name, value in asdict(self).items())
 
 
 def run_janitor(session: Session, store: ObjectStore, settings: Settings, *,
@@ -126,6 +131,9 @@ def run_janitor(session: Session, store: ObjectStore, settings: Settings, *,
     sweep_objects(session, store, cutoff, retention_cutoff, report, dry_run=dry_run)
     report.stale_workers = remove_stale_workers(
         session, heartbeat_seconds=settings.worker_heartbeat_seconds, now=now, dry_run=dry_run)
+    if not dry_run:
+        # The quota check sums a project's ledger: folded, it reads a row per kind.
+        report.ledger_rows_folded = storage_ledger.fold(session)
     return report
 
 
@@ -327,14 +335,34 @@ def expire_artifact_rows(session: Session, retention_cutoff: datetime, now: date
             return expired
         deleted = []
         for job_id in expired:
-            result = session.execute(delete(Artifact).where(Artifact.job_id == job_id))
             # Every worker runs the janitor (a fleet started together, at the same moments):
             # another pass that deleted these rows first is the one that logs their expiry.
-            if getattr(result, "rowcount", 1):
+            if _expire_job_artifacts(session, job_id):
                 log_event(session, job_id, ARTIFACTS_EXPIRED,
                           {"retention_days_cutoff": retention_cutoff.isoformat()}, now)
                 deleted.append(job_id)
     return deleted
+
+
+def _expire_job_artifacts(session: Session, job_id: str) -> bool:
+    """Delete the job's artifact rows, their bytes off its project's stored-bytes ledger, and
+    settle its materializations (one queued or running reserved its θ_FT's size, gone now);
+    False if none was left. Locks in the order of a materialization's end (the job, FOR KEY
+    SHARE; its materializations; then the artifacts), so neither waits for the other, and a
+    DELETE of the job waits for this (it sums what this leaves)."""
+    project_id = session.execute(
+        select(Job.project_id).where(Job.id == job_id)
+        .with_for_update(read=True, key_share=True)).scalar_one_or_none()
+    materializations = list(session.execute(
+        select(Materialization).where(Materialization.job_id == job_id)
+        .order_by(Materialization.id).with_for_update()
+        .execution_options(populate_existing=True)).scalars())
+    sizes = session.execute(delete(Artifact).where(Artifact.job_id == job_id)
+                            .returning(Artifact.size)).scalars().all()
+    storage_ledger.artifact_written(session, project_id, sum(sizes), 0)
+    for row in materializations:
+        storage_ledger.settle_materialization(session, row, project_id)
+    return bool(sizes)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from persistence.models import (
     STAGE_ORDER,
     TERMINAL_STATUSES,
     Artifact,
+    Checkpoint,
     EpochMetric,
     InterpolationPoint,
     Job,
@@ -39,7 +40,8 @@ from persistence.models import (
     utcnow,
 )
 from persistence.pages import before_cursor, older_than, page_of
-from persistence.records import hold_stored_bytes
+from persistence.records import hold_stored_bytes, job_reserved_bytes
+from persistence.storage_ledger import settle_job_reservation
 from persistence.transactions import (
     EventKind,
     JobNotFound,
@@ -238,6 +240,13 @@ def create_job(
             if max_active_jobs is not None and project_id is not None:
                 _hold_active_job_slot(session, project_id, max_active_jobs)
             hold_stored_bytes(session, project_id, reserved_bytes, max_stored_bytes)
+            # Its reservation as the reference count reads it (from its spec and checkpoint,
+            # whatever the caller passed), on the project's ledger from now until it ends.
+            checkpoint = session.get(Checkpoint, checkpoint_id)
+            job.reserved_bytes = 0 if checkpoint is None else job_reserved_bytes(
+                checkpoint.size, job.spec, checkpoint.num_tensors)
+            job.reserved_bytes_left = 0
+            settle_job_reservation(session, job, artifacts=0)
             session.add(job)
             session.flush()
             log_event(session, job.id, EventKind.JOB_CREATED, {"labels": dict(labels or {})}, now)

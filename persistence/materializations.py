@@ -39,6 +39,7 @@ from persistence.models import (
 from persistence.pages import Page, newest_first
 from persistence.records import hold_stored_bytes, materialization_bytes
 from persistence.stages import ArtifactRecord, LeaseLost
+from persistence.storage_ledger import artifact_written, settle_materialization
 from persistence.transactions import (
     JobNotFound,
     PersistenceError,
@@ -151,6 +152,7 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
                 # reservation, so neither limit is counted again; a worker of the old attempt
                 # that is merely late finds its lease gone and records nothing.
                 _requeue(row, evaluate, request_id, now)
+                settle_materialization(session, row, job.project_id)
                 return MaterializationRequest(row, True)
             if row.status == MaterializationStatus.QUEUED:
                 # Not started: its worker reads the row when it starts (after this commits), so
@@ -166,6 +168,7 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
             if row.status == MaterializationStatus.FAILED:
                 _hold(session, job, max_stored_bytes)
             _requeue(row, evaluate, request_id, now)
+            settle_materialization(session, row, job.project_id)
             return MaterializationRequest(row, True)
         _check_pending(session, job, max_pending)
         _hold(session, job, max_stored_bytes)
@@ -175,6 +178,7 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
         session.add(row)
         try:
             session.flush()
+            settle_materialization(session, row, job.project_id)
         except IntegrityError:
             # A concurrent request for the same α won: answer with its row.
             session.rollback()
@@ -286,6 +290,7 @@ def start_materialization(session: Session, materialization_id: str, *, owner: s
             if row.status in (MaterializationStatus.QUEUED, MaterializationStatus.RUNNING) \
                     and not leases.is_live(row, now) and row.attempts >= max_attempts:
                 _exhaust(row, max_attempts, now)
+                settle_materialization(session, row)
             return None
         row.started_at = row.started_at or now
     return row
@@ -342,18 +347,38 @@ def finish_materialization(session: Session, materialization_id: str, artifact: 
     :class:`MaterializationNotFound` if the job was deleted meanwhile."""
     now = now or utcnow()
     with transaction(session):
+        job = _held_job_of(session, materialization_id)
         row = _held(session, materialization_id, owner)
+        before = session.execute(select(Artifact.size).where(
+            Artifact.job_id == row.job_id, Artifact.name == artifact.name)).scalar_one_or_none()
         session.merge(Artifact(job_id=row.job_id, name=artifact.name,
                                storage_key=artifact.storage_key, size=artifact.size,
                                sha256=artifact.sha256, content_type=artifact.content_type,
                                created_at=now))
+        artifact_written(session, job.project_id, before, artifact.size)
         row.status = MaterializationStatus.SUCCEEDED
         row.clean_accuracy = clean_accuracy
         row.robust_accuracy = robust_accuracy
         row.finished_at = now
         row.lease_owner = None
         row.lease_expires_at = None
+        settle_materialization(session, row, job.project_id)
     return row
+
+
+def _held_job_of(session: Session, materialization_id: str) -> Job:
+    """The job of the materialization, held (FOR KEY SHARE) before the row itself, the order
+    of :func:`request_materialization` and of a job's DELETE (job, then its rows): the DELETE
+    waits until this transaction has written the artifact and the ledger's change, and sums
+    what this wrote. :class:`MaterializationNotFound` once the row or its job is gone."""
+    job_id = session.execute(select(Materialization.job_id)
+                             .where(Materialization.id == materialization_id)).scalar_one_or_none()
+    try:
+        if job_id is None:
+            raise JobNotFound(materialization_id)
+        return _held_job(session, job_id)
+    except JobNotFound:
+        raise MaterializationNotFound(f"no materialization '{materialization_id}'") from None
 
 
 def fail_materialization(session: Session, materialization_id: str, message: str, *,
@@ -366,6 +391,7 @@ def fail_materialization(session: Session, materialization_id: str, message: str
         except MaterializationNotFound:
             return
         _end_failed(row, message, now or utcnow())
+        settle_materialization(session, row)
 
 
 def _end_failed(row: Materialization, message: str, now: datetime) -> None:
@@ -405,6 +431,7 @@ def materializations_to_redispatch(session: Session, *, max_attempts: int, resen
         for row in rows:
             if row.attempts >= max_attempts:
                 _exhaust(row, max_attempts, now)
+                settle_materialization(session, row)
                 continue
             row.status = MaterializationStatus.QUEUED
             row.lease_owner = None

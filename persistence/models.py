@@ -290,6 +290,11 @@ class Job(Base):
     cost_estimate: Mapped[int | None] = mapped_column(BigInteger)  # example-passes
     # The job's own wall-clock limit (seconds); NULL: the service's JOB_TIME_LIMIT_SECONDS.
     time_limit_seconds: Mapped[float | None] = mapped_column(Float)
+    # What the job may store before it ends (persistence.records.job_reserved_bytes), and the
+    # part of it its artifacts have not taken yet while it is queued or running (0 once it
+    # ended): its share of the stored-bytes ledger's ``active_jobs`` (migration 0026).
+    reserved_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    reserved_bytes_left: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     checkpoint: Mapped[Checkpoint] = relationship(lazy="raise_on_sql")
     dataset: Mapped[Dataset | None] = relationship(lazy="raise_on_sql")
@@ -656,6 +661,9 @@ class Materialization(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # While queued or running and its weights are not stored: the size of its job's θ_FT (what
+    # it will store); else 0. Its share of the stored-bytes ledger (migration 0026).
+    reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = (
         # One materialization per α of a job: asking again returns the one already made.
@@ -663,6 +671,30 @@ class Materialization(Base):
         CheckConstraint(_in("status", MaterializationStatus), name="status"),
         # Recovery looks for running materializations whose lease has expired.
         Index("ix_materializations_status_lease_expires_at", "status", "lease_expires_at"),
+    )
+
+
+class StoredBytesEntry(Base):
+    """One change of a project's stored bytes (``persistence.storage_ledger``): the quota
+    check sums the project's rows, by ``kind``, instead of its checkpoints, datasets,
+    artifacts and reservations; the janitor folds them into one row per project and kind
+    (migration 0026)."""
+
+    __tablename__ = "stored_bytes_ledger"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    # No foreign key, on purpose: its check would take a share lock on the project's row at
+    # every append, and the writers (a materialization's end under its row's lock, say) would
+    # wait for a quota check holding the project's row while it waits for theirs. The project's
+    # deletion deletes its rows (persistence.deletion).
+    project_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    delta: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        # The sum reads this index only (delta in it), never the table.
+        Index("ix_stored_bytes_ledger_project_id_kind_delta", "project_id", "kind", "delta"),
     )
 
 

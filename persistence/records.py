@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, aliased
 
+from persistence import storage_ledger
 from persistence.cost import modules_bound, sweep_size
 from persistence.models import (
     Artifact,
@@ -32,6 +33,7 @@ from persistence.models import (
     utcnow,
 )
 from persistence.pages import Collection, Page, before_cursor, page_of
+from persistence.storage_ledger import MATERIALIZED_LIKE
 from persistence.transactions import PersistenceError, lock_project
 
 Upload = TypeVar("Upload", Checkpoint, Dataset)
@@ -46,10 +48,6 @@ class StorageQuotaReached(PersistenceError):
         super().__init__(f"the project stores {used} bytes; {incoming} more would pass its "
                          f"limit of {limit}")
         self.used, self.incoming, self.limit = used, incoming, limit
-
-
-#: The artifact a materialization's weights are the size of: θ_α has θ_FT's tensors.
-MATERIALIZED_LIKE = "finetuned.safetensors"
 
 
 def materialization_bytes(session: Session, job_id: str) -> int:
@@ -110,7 +108,9 @@ class StoredBytes:
 
 
 def stored_bytes_by_kind(session: Session, project_id: str) -> StoredBytes:
-    """Bytes the project keeps in the object store: checkpoints, datasets and job artifacts,
+    """The reference count (``rift-admin projects recount-storage`` compares the ledger with
+    it; the quota checks read :func:`ledger_stored_bytes_by_kind`, which equals it). Bytes the
+    project keeps in the object store: checkpoints, datasets and job artifacts,
     plus the bytes reserved by its materializations still queued or running (each the size of
     its job's θ_FT) and by its jobs still queued or running (:func:`job_reserved_bytes`), so
     that requests made before a worker writes them count against the quota too."""
@@ -147,10 +147,47 @@ def stored_bytes_by_kind(session: Session, project_id: str) -> StoredBytes:
     )
 
 
+def ledger_stored_bytes_by_kind(session: Session, project_id: str) -> StoredBytes:
+    """:func:`stored_bytes_by_kind` as the project's stored-bytes ledger sums it
+    (:mod:`persistence.storage_ledger`): a few index rows, whatever the project's history."""
+    sums = storage_ledger.totals(session, project_id)
+    return StoredBytes(
+        checkpoints=sums[storage_ledger.CHECKPOINTS], datasets=sums[storage_ledger.DATASETS],
+        artifacts=sums[storage_ledger.ARTIFACTS],
+        reserved_by_materializations=sums[storage_ledger.MATERIALIZATIONS],
+        reserved_by_active_jobs=sums[storage_ledger.ACTIVE_JOBS])
+
+
+def _by_kind(stored: StoredBytes) -> dict[str, int]:
+    return {storage_ledger.CHECKPOINTS: stored.checkpoints,
+            storage_ledger.DATASETS: stored.datasets, storage_ledger.ARTIFACTS: stored.artifacts,
+            storage_ledger.MATERIALIZATIONS: stored.reserved_by_materializations,
+            storage_ledger.ACTIVE_JOBS: stored.reserved_by_active_jobs}
+
+
+def recount_stored_bytes(session: Session, project_id: str, *,
+                         repair: bool = False) -> dict[str, int]:
+    """How far the project's ledger is from :func:`stored_bytes_by_kind`: reference − ledger by
+    kind (``storage_ledger.KINDS``), kinds that agree left out. With ``repair``, the remainders
+    of its jobs and materializations are settled and the ledger corrected to the reference.
+    Commits. Rows changing meanwhile (a job ending during the count) can show as a difference
+    that is none: compare again before repairing on a busy project."""
+    reference = _by_kind(stored_bytes_by_kind(session, project_id))
+    counted = storage_ledger.totals(session, project_id)
+    differences = {kind: reference[kind] - counted[kind] for kind in storage_ledger.KINDS
+                   if reference[kind] != counted[kind]}
+    session.commit()
+    if repair and differences:
+        storage_ledger.settle_project(session, project_id)
+        storage_ledger.correct(session, project_id,
+                               _by_kind(stored_bytes_by_kind(session, project_id)))
+        session.commit()
+    return differences
+
+
 def stored_bytes(session: Session, project_id: str) -> int:
-    """The project's stored bytes as ``max_stored_bytes`` counts them
-    (:func:`stored_bytes_by_kind`)."""
-    return stored_bytes_by_kind(session, project_id).total
+    """The project's stored bytes as ``max_stored_bytes`` counts them (its ledger's sum)."""
+    return ledger_stored_bytes_by_kind(session, project_id).total
 
 
 def hold_stored_bytes(session: Session, project_id: str | None, incoming: int,
@@ -198,6 +235,7 @@ def create_checkpoint(
         request_hash=request_hash, entries=entries,
     )
     session.add(checkpoint)
+    storage_ledger.add(session, project_id, storage_ledger.CHECKPOINTS, size)
     session.commit()
     return checkpoint
 
@@ -246,6 +284,7 @@ def create_dataset(
         request_hash=request_hash,
     )
     session.add(dataset)
+    storage_ledger.add(session, project_id, storage_ledger.DATASETS, size)
     session.commit()
     return dataset
 

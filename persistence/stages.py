@@ -40,6 +40,7 @@ from persistence.models import (
     StageStatus,
     utcnow,
 )
+from persistence.storage_ledger import artifact_written, settle_job_reservation
 from persistence.transactions import (
     EventKind,
     PersistenceError,
@@ -404,7 +405,7 @@ def finish_stage_and_claim_next(
                             f"job {job_id}; its outputs were not recorded")
         for kind, payload, when in events:
             log_event(session, job_id, kind, payload, when)
-        _insert_outputs(session, job_id, outputs, now)
+        stored = _insert_outputs(session, job, outputs, now)
         if outputs.selected_module is not None:
             job.selected_module = outputs.selected_module
         if outputs.chosen_alpha is not None:
@@ -432,10 +433,17 @@ def finish_stage_and_claim_next(
                 # Its message goes out once this commits. (A chained stage is claimed above, or
                 # its job ended: no message, and no statement more on the finishing path.)
                 _mark_dispatched(session, job_id, following, now)
+        # Its artifacts take their bytes from its reservation (all of it once it ended).
+        if stored is not None or job.status == JobStatus.SUCCEEDED:
+            settle_job_reservation(session, job, artifacts=stored)
     return job, claim
 
 
-def _insert_outputs(session: Session, job_id: str, outputs: StageOutputs, now: datetime) -> None:
+def _insert_outputs(session: Session, job: Job, outputs: StageOutputs,
+                    now: datetime) -> int | None:
+    """Add the stage's rows; returns the bytes of the job's artifacts afterwards if the stage
+    recorded any (None otherwise), each insert or replacement on its project's ledger."""
+    job_id = job.id
     for position, row in enumerate(outputs.mrc_rows):
         session.add(MRCRow(
             job_id=job_id, position=position, module=row.get("name", row.get("module")),
@@ -465,20 +473,28 @@ def _insert_outputs(session: Session, job_id: str, outputs: StageOutputs, now: d
     # An artifact re-recorded under the same name replaces the row, never duplicates; the rows
     # already there are read in one statement (session.merge would read them one by one).
     names = [artifact.name for artifact in outputs.artifacts]
+    if not names:
+        return None
+    # All the job's rows (a handful), not only those named: their bytes are what its
+    # reservation is lowered by, read in the same statement.
     existing = {row.name: row for row in session.execute(
-        select(Artifact).where(Artifact.job_id == job_id, Artifact.name.in_(names))).scalars()
-    } if names else {}
+        select(Artifact).where(Artifact.job_id == job_id)).scalars()}
+    stored = sum(row.size for row in existing.values())
     for artifact in outputs.artifacts:
         values = {"storage_key": artifact.storage_key, "size": artifact.size,
                   "sha256": artifact.sha256, "content_type": artifact.content_type,
                   "created_at": now}
         recorded = existing.get(artifact.name)
+        before = None if recorded is None else recorded.size
         if recorded is None:
             existing[artifact.name] = Artifact(job_id=job_id, name=artifact.name, **values)
             session.add(existing[artifact.name])
         else:
             for column, value in values.items():
                 setattr(recorded, column, value)
+        artifact_written(session, job.project_id, before, artifact.size)
+        stored += artifact.size - (before or 0)
+    return stored
 
 
 def _mark_dispatched(session: Session, job_id: str, stage: str, now: datetime) -> None:

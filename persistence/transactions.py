@@ -35,6 +35,7 @@ from persistence.models import (
     StageStatus,
     SweepCandidate,
 )
+from persistence.storage_ledger import settle_job_reservation
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +295,7 @@ def fail_now(session: Session, job: Job, stage: JobStage | None, code: str, mess
         stage.lease_expires_at = None
         stage.finished_at = now
         stage.last_error = message
+    settle_job_reservation(session, job)  # ended: what it did not store is free again
     log_event(session, job.id, EventKind.JOB_FAILED,
               {"stage": job.stage, "code": code, "message": message}, now)
 
@@ -312,4 +314,5 @@ def cancel_job(session: Session, job: Job, stages: Sequence[JobStage], now: date
             stage.lease_expires_at = None
             if stage.started_at is not None:
                 stage.finished_at = now
+    settle_job_reservation(session, job)  # ended: what it did not store is free again
     log_event(session, job.id, EventKind.JOB_CANCELLED, {"stage": job.stage}, now)

@@ -1,8 +1,8 @@
 """A project's limits and what it uses of them, counted exactly as the quota checks count.
 
 :class:`ProjectLimits` is what every check compares with (the API's caller carries one), and
-:func:`project_usage` reads the same counters the checks read (``count_active_jobs``,
-``stored_bytes_by_kind``), so GET /v1/usage, ``rift-admin projects usage`` and the 413/429
+:func:`project_usage` reads the same counters the checks read (``count_active_jobs``, the
+stored-bytes ledger's ``ledger_stored_bytes_by_kind``), so GET /v1/usage, ``rift-admin projects usage`` and the 413/429
 answers cannot disagree.
 """
 
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from persistence.jobs import count_active_jobs
 from persistence.models import Project
-from persistence.records import StoredBytes, stored_bytes_by_kind
+from persistence.records import StoredBytes, ledger_stored_bytes_by_kind
 from persistence.settings import Settings
 
 
@@ -57,5 +57,5 @@ def project_usage(session: Session, *, project_id: str, project_name: str,
                   limits: ProjectLimits) -> ProjectUsage:
     """The project's usage against ``limits``, from the counters the quota checks use."""
     return ProjectUsage(project_name=project_name, limits=limits,
-                        stored=stored_bytes_by_kind(session, project_id),
+                        stored=ledger_stored_bytes_by_kind(session, project_id),
                         active_jobs=count_active_jobs(session, project_id))

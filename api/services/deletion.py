@@ -9,7 +9,7 @@ inputs). A job that has not finished is 409 ``job_active``: cancel it first.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -19,6 +19,7 @@ from api.services.ownership import owned_checkpoint, owned_dataset, owned_job
 from persistence.deletion import ACTIVE, LISTED_JOBS, delete_objects, job_objects
 from persistence.models import Artifact, Checkpoint, Dataset, Job
 from persistence.storage import ObjectStore
+from persistence.storage_ledger import delete_job_rows, delete_upload
 
 
 def _refuse_if_used(session: Session, column: InstrumentedAttribute[str | None],
@@ -48,13 +49,13 @@ def _delete_unused_row(session: Session, model: type[Checkpoint | Dataset],
     the answer is the 409 the check gives now, not a 500. A concurrent DELETE of the same row
     that won makes this one a 404, as it would be sent after it (not a second 204)."""
     try:
-        result = session.execute(delete(model).where(model.id == resource_id))
+        deleted = delete_upload(session, model, resource_id)  # its bytes off the ledger
         session.commit()
     except IntegrityError:
         session.rollback()
         _refuse_if_used(session, column, resource_id, what)
         raise
-    if not getattr(result, "rowcount", 1):
+    if not deleted:
         owned = owned_checkpoint if model is Checkpoint else owned_dataset
         owned(session, project_id, resource_id, fresh=True)
 
@@ -100,8 +101,7 @@ def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str
     keys = list(session.execute(
         select(Artifact.storage_key).where(Artifact.job_id == job.id)).scalars())
     # The status is re-checked in the DELETE itself, so a job that started meanwhile stays.
-    result = session.execute(delete(Job).where(Job.id == job.id, Job.status.not_in(ACTIVE)))
-    deleted = getattr(result, "rowcount", 1)
+    deleted = delete_job_rows(session, job.id, Job.status.not_in(ACTIVE))
     session.commit()
     if not deleted:
         # Gone: a concurrent DELETE of the same job won (404, as a DELETE sent after it gets).

@@ -144,3 +144,63 @@ def test_a_database_refusing_the_url_stops_the_migration_with_one_line() -> None
     assert err.strip().splitlines() == [
         'rift: DATABASE_URL: the database refused this connection: FATAL: database '
         '"rift_no_such_database" does not exist']
+
+
+def test_the_upgrade_to_0026_fills_the_ledger_as_the_reference_counts(empty_url: str) -> None:
+    """A database of 0025 holding a project's checkpoint, dataset, jobs active and ended with
+    artifacts, and materializations: after the upgrade its stored-bytes ledger (what the quota
+    check reads) equals the reference count from the rows, by kind."""
+    from persistence.db import create_db_engine, create_session_factory
+    from persistence.records import ledger_stored_bytes_by_kind, stored_bytes_by_kind
+    from tests.persistence.helpers import SPEC
+
+    upgrade_database(empty_url, "0025")
+    now = datetime.now(UTC)
+    engine = sa.create_engine(empty_url)
+    try:
+        with engine.begin() as c:
+            c.execute(sa.text("INSERT INTO projects (id, name, created_at) "
+                              "VALUES ('p1', 'p1', :n)"), {"n": now})
+            c.execute(sa.text(
+                "INSERT INTO checkpoints (id, filename, size, sha256, format, storage_key, "
+                "num_tensors, num_parameters, created_at, project_id) VALUES ('c1', "
+                "'m.safetensors', 1000, :h, 'safetensors', 'k/c1', 4, 20, :n, 'p1')"),
+                {"h": "a" * 64, "n": now})
+            c.execute(sa.text(
+                "INSERT INTO datasets (id, filename, kind, size, sha256, storage_key, created_at, "
+                "project_id) VALUES ('d1', 'd.npz', 'npz', 70, :h, 'k/d1', :n, 'p1')"),
+                {"h": "b" * 64, "n": now})
+            # Queued; running with 300 bytes stored; succeeded with θ_FT of 400 bytes.
+            for job, status, stored in (("q", "queued", 0), ("r", "running", 300),
+                                        ("s", "succeeded", 400)):
+                c.execute(sa.text(
+                    "INSERT INTO jobs (id, status, stage_progress, spec, checkpoint_id, "
+                    "cancel_requested, attempts, created_at, updated_at, project_id) VALUES "
+                    "(:j, :s, 0, :spec, 'c1', false, 0, :n, :n, 'p1')"),
+                    {"j": job, "s": status, "spec": json.dumps(SPEC), "n": now})
+                if stored:
+                    c.execute(sa.text(
+                        "INSERT INTO artifacts VALUES (:j, 'finetuned.safetensors', 'k', :size, "
+                        ":h, 'application/octet-stream', :n)"),
+                        {"j": job, "size": stored, "h": "c" * 64, "n": now})
+            # Two materializations queued: one to make (reserves θ_FT), one whose weights exist.
+            for row, name in (("m1", "tuned@0.5.safetensors"), ("m2", "tuned@0.7.safetensors")):
+                c.execute(sa.text(
+                    "INSERT INTO materializations (id, job_id, alpha, evaluate, status, "
+                    "artifact_name, attempts, created_at) VALUES (:m, 's', 0.5, false, 'queued', "
+                    ":name, 0, :n)"), {"m": row, "name": name, "n": now})
+            c.execute(sa.text(
+                "INSERT INTO artifacts VALUES ('s', 'tuned@0.7.safetensors', 'k', 500, :h, "
+                "'application/octet-stream', :n)"), {"h": "c" * 64, "n": now})
+    finally:
+        engine.dispose()
+    upgrade_database(empty_url)
+    engine = create_db_engine(empty_url)
+    try:
+        with create_session_factory(engine)() as session:
+            reference = stored_bytes_by_kind(session, "p1")
+            assert reference.reserved_by_active_jobs > 0
+            assert reference.reserved_by_materializations == 400
+            assert ledger_stored_bytes_by_kind(session, "p1") == reference
+    finally:
+        engine.dispose()

@@ -15,6 +15,7 @@ from persistence.records import (
     create_checkpoint,
     create_dataset,
     stored_bytes,
+    stored_bytes_by_kind,
 )
 from tests.persistence.helpers import race
 
@@ -48,24 +49,31 @@ def test_an_upload_over_the_quota_is_not_recorded(sessions: sessionmaker[Session
         assert stored_bytes(session, project_id) == 1000
 
 
-def test_the_stored_bytes_are_summed_in_one_statement(sessions: sessionmaker[Session]) -> None:
-    # Job creation counts them in its transaction on the way to the queue: the four sums were
-    # four round trips.
-    project_id = _project(sessions, "counted")
+def _statements(sessions: sessionmaker[Session], count: Callable[[], int]) -> list[str]:
     statements: list[str] = []
 
     def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
         statements.append(statement)
 
+    event.listen(sessions.kw["bind"], "before_cursor_execute", note)
+    try:
+        assert count() == 600
+    finally:
+        event.remove(sessions.kw["bind"], "before_cursor_execute", note)
+    return [s for s in statements if not s.upper().startswith("BEGIN")]
+
+
+def test_the_stored_bytes_are_summed_in_one_statement(sessions: sessionmaker[Session]) -> None:
+    # Job creation counts them in its transaction on the way to the queue: the four sums were
+    # four round trips; the quota now reads the project's ledger, in one.
+    project_id = _project(sessions, "counted")
     with sessions() as session:
         _checkpoint(session, project_id, 600, limit=1000)
-        event.listen(sessions.kw["bind"], "before_cursor_execute", note)
-        try:
-            assert stored_bytes(session, project_id) == 600
-        finally:
-            event.remove(sessions.kw["bind"], "before_cursor_execute", note)
-    # The sums, then the active jobs' reservations.
-    assert len([s for s in statements if not s.upper().startswith("BEGIN")]) == 2, statements
+        reference = _statements(sessions, lambda: stored_bytes_by_kind(session, project_id).total)
+        quota = _statements(sessions, lambda: stored_bytes(session, project_id))
+    # The reference: the sums, then the active jobs' reservations.
+    assert len(reference) == 2, reference
+    assert len(quota) == 1 and "stored_bytes_ledger" in quota[0], quota
 
 
 def test_concurrent_uploads_never_pass_the_stored_bytes_quota(

@@ -1,0 +1,205 @@
+"""The stored-bytes ledger equals the reference count (``stored_bytes_by_kind``) after every
+step of a mixed history, on SQLite and Postgres (``persistence.storage_ledger``)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence import jobs, stages, storage_ledger
+from persistence.janitor import expire_artifact_rows
+from persistence.materializations import (
+    finish_materialization,
+    request_materialization,
+    start_materialization,
+)
+from persistence.models import Checkpoint
+from persistence.records import (
+    StorageQuotaReached,
+    create_checkpoint,
+    ledger_stored_bytes_by_kind,
+    stored_bytes_by_kind,
+)
+from persistence.stages import ArtifactRecord, StageOutputs
+from persistence.transactions import lock_project
+from tests.persistence.helpers import SPEC, T0, add_project, claim, finish
+
+PROJECT = "ledgered"
+
+
+def _artifact(name: str, size: int) -> ArtifactRecord:
+    return ArtifactRecord(name=name, storage_key=f"k/{name}", size=size, sha256="0" * 64,
+                          content_type="application/octet-stream")
+
+
+def _check(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        reference = stored_bytes_by_kind(session, PROJECT)
+        assert ledger_stored_bytes_by_kind(session, PROJECT) == reference
+        return reference.total
+
+
+def _refused_at_the_same_point(sessions: sessionmaker[Session], used: int) -> None:
+    """An upload that fits the limit exactly is stored, one byte more is refused, counting
+    what the reference counts (reservations included)."""
+    with sessions() as session, pytest.raises(StorageQuotaReached) as refused:
+        create_checkpoint(session, filename="n.safetensors", size=10, sha256="0" * 64,
+                          format="safetensors", storage_key="checkpoints/n", num_tensors=4,
+                          num_parameters=10, project_id=PROJECT, max_stored_bytes=used + 9)
+    assert refused.value.used == used
+    with sessions() as session:
+        fits = create_checkpoint(
+            session, filename="n.safetensors", size=10, sha256="0" * 64, format="safetensors",
+            storage_key="checkpoints/n", num_tensors=4, num_parameters=10, project_id=PROJECT,
+            max_stored_bytes=used + 10).id
+    _check(sessions)
+    with sessions() as session:
+        assert storage_ledger.delete_upload(session, Checkpoint, fits)
+        session.commit()
+
+
+def test_the_ledger_equals_the_reference_after_every_step(
+        sessions: sessionmaker[Session]) -> None:
+    add_project(sessions, PROJECT)
+    with sessions() as session:
+        checkpoint_id = create_checkpoint(
+            session, filename="m.safetensors", size=1000, sha256="0" * 64, format="safetensors",
+            storage_key="checkpoints/m", num_tensors=4, num_parameters=10,
+            project_id=PROJECT).id
+    _check(sessions)
+    with sessions() as session, pytest.raises(StorageQuotaReached):
+        create_checkpoint(session, filename="n.safetensors", size=10**9, sha256="0" * 64,
+                          format="safetensors", storage_key="checkpoints/n", num_tensors=4,
+                          num_parameters=10, project_id=PROJECT, max_stored_bytes=10**6)
+    _check(sessions)
+
+    def new_job() -> str:
+        with sessions() as session:
+            job, _ = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint_id,
+                                     project_id=PROJECT, now=T0)
+            return job.id
+
+    done, cancelled, failed, lost = new_job(), new_job(), new_job(), new_job()
+    _check(sessions)
+    # Its worker lost twice: the claim after the lease expired finds its attempts spent.
+    claim(sessions, lost, "mrc", max_attempts=1)
+    assert claim(sessions, lost, "mrc", max_attempts=1, now=T0 + timedelta(hours=1)).outcome \
+        == stages.ClaimOutcome.EXHAUSTED
+    _check(sessions)
+    # Succeeds, its θ_FT rewritten larger than the whole reservation on the way.
+    claim(sessions, done, "mrc")
+    finish(sessions, done, "mrc", outputs=StageOutputs(selected_module="fc"))
+    claim(sessions, done, "finetune")
+    _check(sessions)
+    finish(sessions, done, "finetune", outputs=StageOutputs(
+        artifacts=[_artifact("finetuned.safetensors", 700), _artifact("finetuned.safetensors", 5000)]))
+    _check(sessions)
+    claim(sessions, done, "interpolate")
+    finish(sessions, done, "interpolate", outputs=StageOutputs(
+        artifacts=[_artifact("tuned.safetensors", 900)]))
+    _check(sessions)
+    # Cancelled while queued; failed while running with an artifact stored.
+    with sessions() as session:
+        jobs.request_cancel(session, cancelled, now=T0)
+    _check(sessions)
+    claim(sessions, failed, "mrc")
+    finish(sessions, failed, "mrc", outputs=StageOutputs(
+        selected_module="fc", artifacts=[_artifact("manifest.json", 50)]))
+    _check(sessions)
+    with sessions() as session:
+        stages.fail_job(session, failed, "numerical_error", "loss is NaN", now=T0)
+    _check(sessions)
+    # A materialization reserves θ_FT's size, then stores its weights.
+    with sessions() as session:
+        row = request_materialization(session, done, 0.5, evaluate=False, now=T0).row
+        materialization_id = row.id
+    _check(sessions)
+    with sessions() as session:
+        assert start_materialization(session, materialization_id, owner="w", lease_seconds=30,
+                                     max_attempts=3, now=T0) is not None
+    with sessions() as session:
+        finish_materialization(session, materialization_id, _artifact(row.artifact_name, 4000),
+                               owner="w", clean_accuracy=None, robust_accuracy=None, now=T0)
+    _check(sessions)
+    with sessions() as session:  # queued again, then expired with its job's artifacts
+        request_materialization(session, done, 0.25, evaluate=False, now=T0)
+    used = _check(sessions)
+    _refused_at_the_same_point(sessions, used)
+    with sessions() as session:
+        assert sorted(expire_artifact_rows(session, T0 + timedelta(days=400), T0)) == sorted(
+            [done, failed])
+    _check(sessions)
+    # A job that ended after the expiry, with a materialization queued when it is deleted.
+    late = new_job()
+    for stage in ("mrc", "finetune", "interpolate"):
+        claim(sessions, late, stage)
+        finish(sessions, late, stage, outputs=StageOutputs(
+            selected_module="fc", artifacts=[_artifact(f"{stage}.bin", 300)]
+            + ([_artifact("finetuned.safetensors", 800)] if stage == "finetune" else [])))
+    with sessions() as session:
+        request_materialization(session, late, 0.5, evaluate=False, now=T0)
+    _check(sessions)
+    with sessions() as session:
+        assert storage_ledger.fold(session, min_rows=1) > 0
+    _check(sessions)
+    with sessions() as session:
+        for job_id in (done, cancelled, failed, lost, late):
+            assert storage_ledger.delete_job_rows(session, job_id)
+        session.commit()
+    _check(sessions)
+    with sessions() as session:
+        assert storage_ledger.delete_upload(session, Checkpoint, checkpoint_id)
+        session.commit()
+    assert _check(sessions) == 0
+
+
+def test_a_materialization_ends_while_a_quota_check_holds_the_project(
+        sessions: sessionmaker[Session]) -> None:
+    """The writers append to the ledger without waiting for the project's row: a quota check
+    holding it (an upload, a job creation, a materialization request, which then waits for the
+    materialization's row) does not hold up the end of a materialization that holds that row.
+    With a foreign key from the ledger to ``projects`` the append took a share lock on the
+    project's row and waited here: with the request's wait, a deadlock."""
+    if sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("SQLite serialises every writing transaction")
+    add_project(sessions, PROJECT)
+    with sessions() as session:
+        checkpoint_id = create_checkpoint(
+            session, filename="m.safetensors", size=1000, sha256="0" * 64, format="safetensors",
+            storage_key="checkpoints/m", num_tensors=4, num_parameters=10,
+            project_id=PROJECT).id
+        job, _ = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint_id,
+                                 project_id=PROJECT, now=T0)
+        job_id = job.id
+    for stage in ("mrc", "finetune", "interpolate"):
+        claim(sessions, job_id, stage)
+        finish(sessions, job_id, stage, outputs=StageOutputs(
+            selected_module="fc",
+            artifacts=[_artifact("finetuned.safetensors", 800)] if stage == "finetune" else []))
+    with sessions() as session:
+        row = request_materialization(session, job_id, 0.5, evaluate=False, now=T0).row
+        assert start_materialization(session, row.id, owner="w", lease_seconds=30,
+                                     max_attempts=3, now=T0) is not None
+    _check(sessions)
+
+    def end() -> None:
+        with sessions() as session:
+            finish_materialization(session, row.id, _artifact(row.artifact_name, 900),
+                                   owner="w", clean_accuracy=None, robust_accuracy=None, now=T0)
+
+    holder = sessions()
+    pool = ThreadPoolExecutor(1)
+    try:
+        lock_project(holder, PROJECT)  # a quota check under way
+        ended = pool.submit(end)
+        try:
+            ended.result(timeout=10)
+        finally:
+            holder.rollback()
+            holder.close()
+    finally:
+        pool.shutdown()
+    _check(sessions)
