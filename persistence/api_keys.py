@@ -22,14 +22,12 @@ from sqlalchemy.orm import Session
 
 from persistence.models import (
     ApiKey,
-    Checkpoint,
-    Dataset,
-    Job,
     Project,
     by_code_point,
     new_id,
     utcnow,
 )
+from persistence.storage_ledger import adopt_unowned_rows
 
 KEY_PREFIX = "rift_"
 _KEY = re.compile(r"^rift_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})$")
@@ -123,13 +121,10 @@ def create_project(session: Session, name: str, *, exist_ok: bool = False) -> Pr
 def adopt_unowned(session: Session, project: Project) -> dict[str, int]:
     """Give ``project`` every checkpoint, dataset and job that has no project (rows made before
     projects existed, which no key can see); returns how many of each. Commits."""
-    counts: dict[str, int] = {}
-    for name, model in (("checkpoints", Checkpoint), ("datasets", Dataset), ("jobs", Job)):
-        result = session.execute(update(model).where(model.project_id.is_(None))
-                                 .values(project_id=project.id))
-        counts[name] = int(getattr(result, "rowcount", 0) or 0)
+    # Their bytes count against its stored-bytes quota from now: added to its ledger.
+    moved = adopt_unowned_rows(session, project.id)
     session.commit()
-    return counts
+    return {name: moved[name] for name in ("checkpoints", "datasets", "jobs")}
 
 
 def list_projects(session: Session) -> list[Project]:

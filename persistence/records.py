@@ -165,6 +165,20 @@ def _by_kind(stored: StoredBytes) -> dict[str, int]:
             storage_ledger.ACTIVE_JOBS: stored.reserved_by_active_jobs}
 
 
+def _fill_reservations(session: Session, project_id: str) -> None:
+    """Give the project's active jobs that have none (rows written by other means than
+    ``jobs.create_job``) their ``reserved_bytes``, as job creation computes it."""
+    missing = session.execute(
+        select(Job, Checkpoint.size, Checkpoint.num_tensors)
+        .join(Checkpoint, Checkpoint.id == Job.checkpoint_id)
+        .where(Job.project_id == project_id, Job.reserved_bytes.is_(None),
+               Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .with_for_update(of=Job)).all()
+    for job, size, tensors in missing:
+        job.reserved_bytes = job_reserved_bytes(size, job.spec, tensors)
+    session.commit()
+
+
 def recount_stored_bytes(session: Session, project_id: str, *,
                          repair: bool = False) -> dict[str, int]:
     """How far the project's ledger is from :func:`stored_bytes_by_kind`: reference − ledger by
@@ -178,6 +192,7 @@ def recount_stored_bytes(session: Session, project_id: str, *,
                    if reference[kind] != counted[kind]}
     session.commit()
     if repair and differences:
+        _fill_reservations(session, project_id)
         storage_ledger.settle_project(session, project_id)
         storage_ledger.correct(session, project_id,
                                _by_kind(stored_bytes_by_kind(session, project_id)))

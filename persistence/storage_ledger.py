@@ -20,7 +20,7 @@ recount-storage`` compares the ledger with the reference and repairs it.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from persistence.models import (
@@ -152,6 +152,42 @@ def delete_upload(session: Session, model: type[Checkpoint] | type[Dataset],
     for project_id, size in deleted:
         add(session, project_id, CHECKPOINTS if model is Checkpoint else DATASETS, -int(size))
     return bool(deleted)
+
+
+def adopt_unowned_rows(session: Session, project_id: str) -> dict[str, int]:
+    """Give the project every checkpoint, dataset and job with none (``rift-admin projects
+    adopt``), their bytes, artifacts and remainders added to its ledger; returns how many rows
+    of each moved. The jobs are locked first, then their materializations: a writer of their
+    artifacts or remainders holds the job (or, ending a materialization alone, its row) and
+    appends under the job's project as it reads it after this commits; the rows each UPDATE
+    returns are the rows it moved, so a row inserted meanwhile is counted if moved."""
+    session.execute(select(Job.id).where(Job.project_id.is_(None)).with_for_update()).all()
+    moved_jobs = session.execute(
+        update(Job).where(Job.project_id.is_(None)).values(project_id=project_id)
+        .returning(Job.id, Job.reserved_bytes_left)).all()
+    job_ids = [job_id for job_id, _ in moved_jobs]
+    artifacts = reserved = 0
+    for start in range(0, len(job_ids), 500):
+        batch = job_ids[start:start + 500]
+        session.execute(select(Materialization.id).where(Materialization.job_id.in_(batch))
+                        .with_for_update()).all()
+        artifacts += int(session.execute(select(func.coalesce(func.sum(Artifact.size), 0))
+                                         .where(Artifact.job_id.in_(batch))).scalar_one())
+        reserved += int(session.execute(
+            select(func.coalesce(func.sum(Materialization.reserved_bytes), 0))
+            .where(Materialization.job_id.in_(batch))).scalar_one())
+    add(session, project_id, ARTIFACTS, artifacts)
+    add(session, project_id, MATERIALIZATIONS, reserved)
+    add(session, project_id, ACTIVE_JOBS, sum(int(left or 0) for _, left in moved_jobs))
+    counts = {"jobs": len(moved_jobs)}
+    for name, model, kind in (("checkpoints", Checkpoint, CHECKPOINTS),
+                              ("datasets", Dataset, DATASETS)):
+        sizes = session.execute(update(model).where(model.project_id.is_(None))
+                                .values(project_id=project_id).returning(model.size)).scalars()
+        moved = [int(size) for size in sizes]
+        add(session, project_id, kind, sum(moved))
+        counts[name] = len(moved)
+    return counts
 
 
 def fold(session: Session, *, min_rows: int = 2 * len(KINDS)) -> int:

@@ -2,8 +2,8 @@
 
 :class:`ProjectLimits` is what every check compares with (the API's caller carries one), and
 :func:`project_usage` reads the same counters the checks read (``count_active_jobs``, the
-stored-bytes ledger's ``ledger_stored_bytes_by_kind``), so GET /v1/usage, ``rift-admin projects usage`` and the 413/429
-answers cannot disagree.
+stored-bytes ledger's ``ledger_stored_bytes_by_kind``), so GET /v1/usage, ``rift-admin projects
+usage`` and the 413/429 answers cannot disagree.
 """
 
 from __future__ import annotations

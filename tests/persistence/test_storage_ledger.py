@@ -10,17 +10,19 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages, storage_ledger
+from persistence.api_keys import adopt_unowned
 from persistence.janitor import expire_artifact_rows
 from persistence.materializations import (
     finish_materialization,
     request_materialization,
     start_materialization,
 )
-from persistence.models import Checkpoint
+from persistence.models import Checkpoint, Job, JobStage, Project
 from persistence.records import (
     StorageQuotaReached,
     create_checkpoint,
     ledger_stored_bytes_by_kind,
+    recount_stored_bytes,
     stored_bytes_by_kind,
 )
 from persistence.stages import ArtifactRecord, StageOutputs
@@ -202,4 +204,63 @@ def test_a_materialization_ends_while_a_quota_check_holds_the_project(
             holder.close()
     finally:
         pool.shutdown()
+    _check(sessions)
+
+
+def test_adopted_rows_are_added_to_the_ledger(sessions: sessionmaker[Session]) -> None:
+    """``rift-admin projects adopt`` gives a project the rows made before projects existed:
+    their bytes, artifacts and remainders count against its quota from then on."""
+    add_project(sessions, PROJECT)
+    with sessions() as session:
+        checkpoint_id = create_checkpoint(
+            session, filename="m.safetensors", size=1000, sha256="0" * 64, format="safetensors",
+            storage_key="checkpoints/m", num_tensors=4, num_parameters=10).id
+        ended, queued = (jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint_id,
+                                         now=T0)[0].id for _ in range(2))
+    for stage in ("mrc", "finetune", "interpolate"):
+        claim(sessions, ended, stage)
+        finish(sessions, ended, stage, outputs=StageOutputs(
+            selected_module="fc",
+            artifacts=[_artifact("finetuned.safetensors", 800)] if stage == "finetune" else []))
+    with sessions() as session:
+        request_materialization(session, ended, 0.5, evaluate=False, now=T0)
+    assert _check(sessions) == 0
+    with sessions() as session:
+        project = session.get_one(Project, PROJECT)
+        assert adopt_unowned(session, project) == {"checkpoints": 1, "datasets": 0, "jobs": 2}
+    with sessions() as session:
+        stored = stored_bytes_by_kind(session, PROJECT)
+        assert stored.reserved_by_active_jobs > 0 and stored.reserved_by_materializations == 800
+    assert _check(sessions) == stored.total
+    assert queued
+
+
+def test_a_repaired_ledger_stays_equal_as_the_jobs_go_on(sessions: sessionmaker[Session]) -> None:
+    """Rows written by other means than the writers (a bulk load, a restore): the recount
+    repairs the ledger and the remainders of the rows, so the ends that follow stay exact
+    (a lump correction alone would leave the active job's reservation in the ledger for good
+    once it ended)."""
+    add_project(sessions, PROJECT)
+    with sessions() as session:
+        checkpoint_id = create_checkpoint(
+            session, filename="m.safetensors", size=1000, sha256="0" * 64, format="safetensors",
+            storage_key="checkpoints/m", num_tensors=4, num_parameters=10,
+            project_id=PROJECT).id
+        job = Job(status="queued", spec=SPEC, checkpoint_id=checkpoint_id, project_id=PROJECT,
+                  stages=[JobStage(stage=stage, position=i, status="pending", attempts=0)
+                          for i, stage in enumerate(("mrc", "finetune", "interpolate"))])
+        session.add(job)
+        session.commit()
+        job_id = job.id
+        assert recount_stored_bytes(session, PROJECT) == {
+            "active_jobs": stored_bytes_by_kind(session, PROJECT).reserved_by_active_jobs}
+        assert recount_stored_bytes(session, PROJECT, repair=True)
+        assert recount_stored_bytes(session, PROJECT) == {}
+    _check(sessions)
+    claim(sessions, job_id, "mrc")
+    finish(sessions, job_id, "mrc", outputs=StageOutputs(
+        selected_module="fc", artifacts=[_artifact("manifest.json", 50)]))
+    _check(sessions)
+    with sessions() as session:
+        stages.fail_job(session, job_id, "numerical_error", "loss is NaN", now=T0)
     _check(sessions)

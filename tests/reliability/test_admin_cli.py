@@ -157,6 +157,39 @@ def test_rift_admin_adopt_gives_unowned_rows_to_a_project(api: Api, rift_admin: 
     client.close()
 
 
+def test_rift_admin_recount_storage_shows_and_repairs_a_ledger_off_its_rows(
+        api: Api, rift_admin: AdminCli) -> None:
+    from persistence.models import StoredBytesEntry
+    from persistence.records import create_checkpoint, stored_bytes, stored_bytes_by_kind
+
+    with api.sessions() as session:
+        create_checkpoint(session, filename="m.safetensors", size=700, sha256="1" * 64,
+                          format="safetensors", storage_key="checkpoints/m.safetensors",
+                          num_tensors=2, num_parameters=20, project_id=api.project_id)
+        # A change the ledger missed (as a writer without its append would leave it).
+        session.add(StoredBytesEntry(project_id=api.project_id, kind="checkpoints", delta=-500))
+        session.commit()
+        assert stored_bytes(session, api.project_id) == 200
+    assert rift_admin("projects", "recount-storage").returncode == 2  # neither NAME nor --all
+    assert rift_admin("projects", "recount-storage", "tests", "--all").returncode == 2
+    assert rift_admin("projects", "recount-storage", "nobody").returncode == 2
+    shown = rift_admin("projects", "recount-storage", "tests", "--dry-run")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == "tests\tcheckpoints\t500\n"
+    with api.sessions() as session:
+        assert stored_bytes(session, api.project_id) == 200  # a dry run repairs nothing
+    repaired = rift_admin("projects", "recount-storage", "--all", "--output", "json")
+    assert repaired.returncode == 0, repaired.stderr
+    assert json.loads(repaired.stdout)["differences"] == {"tests": {"checkpoints": 500}}
+    assert "(repaired)" in repaired.stderr
+    with api.sessions() as session:
+        assert stored_bytes(session, api.project_id) == stored_bytes_by_kind(
+            session, api.project_id).total == 700
+    again = rift_admin("projects", "recount-storage", "tests")
+    assert again.returncode == 0 and again.stdout == ""
+    assert "0 differed" in again.stderr
+
+
 def test_rift_admin_limits_refusals_and_exit_codes(api: Api, rift_admin: AdminCli) -> None:
     assert rift_admin("projects", "create", "vision").returncode == 0
     limits = rift_admin("projects", "limits", "vision", "--max-active-jobs", "3",
