@@ -186,6 +186,15 @@ def seed(database_url: str, *, projects: int, jobs: int, big_share: float,
                                     "queued": ids_by_status.get("queued", [])[-1:],
                                     "running": ids_by_status.get("running", [])[-20:]})
         session.commit()
+        # The stored-bytes ledger of the rows written above, as the upgrade to migration 0026
+        # (or `rift-admin projects recount-storage --all`) fills it, folded as the janitor
+        # leaves it.
+        from persistence.records import recount_stored_bytes
+        from persistence.storage_ledger import fold
+
+        for project in out["projects"]:
+            recount_stored_bytes(session, project["id"], repair=True)
+        fold(session)
     with factory.kw["bind"].connect() as connection:
         # As autovacuum keeps a live database: statistics, and the visibility map that lets
         # counts be answered from an index alone.
@@ -313,6 +322,50 @@ def measure_routes(database_url: str, data: dict[str, Any], repeat: int) -> dict
             results[which] = {"jobs_in_project": project["jobs"], "routes": out}
     engine.dispose()
     return results
+
+
+def quota_pages(database_url: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The statements and 8 KiB pages of the big project's stored-bytes count: the reference
+    from its rows (``stored_bytes_by_kind``, what every quota check ran before migration
+    0026) and the ledger's sum (what it runs now), each run again under EXPLAIN (ANALYZE,
+    BUFFERS)."""
+    from sqlalchemy import event
+
+    from persistence.db import session_factory_from_settings
+    from persistence.records import ledger_stored_bytes_by_kind, stored_bytes_by_kind
+    from persistence.settings import Settings
+
+    factory = session_factory_from_settings(Settings(database_url=database_url))
+    engine = factory.kw["bind"]
+    big = data["projects"][0]["id"]
+    out: dict[str, Any] = {}
+    seen: list[tuple[str, Any]] = []
+
+    def record(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append((statement, parameters))
+
+    for name, count in (("reference", stored_bytes_by_kind),
+                        ("ledger", ledger_stored_bytes_by_kind)):
+        seen.clear()
+        with factory() as session:
+            event.listen(engine, "before_cursor_execute", record)
+            total = count(session, big).total
+            event.remove(engine, "before_cursor_execute", record)
+            session.rollback()
+        pages, ms = 0, 0.0
+        with engine.connect() as connection:
+            for statement, parameters in seen:
+                plan = connection.exec_driver_sql(
+                    f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}",
+                    parameters).scalar_one()[0]
+                pages += plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
+                ms += plan["Execution Time"]
+            connection.rollback()
+        out[name] = {"stored_bytes": total, "statements": len(seen), "db_pages": pages,
+                     "db_ms": round(ms, 2)}
+    engine.dispose()
+    return out
 
 
 def explain_plans(database_url: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -552,6 +605,7 @@ def main() -> None:
         result["seed_s"] = round(time.perf_counter() - began, 1)
         result["routes"] = measure_routes(url, data, args.repeat)
         result["plans"] = explain_plans(url, data)
+        result["quota"] = quota_pages(url, data)
         if not args.skip_concurrent:
             result["concurrent"] = concurrent_polling(url, data, args.clients, args.duration,
                                                       args.workers, args.streams,

@@ -184,20 +184,35 @@ def recount_stored_bytes(session: Session, project_id: str, *,
     """How far the project's ledger is from :func:`stored_bytes_by_kind`: reference − ledger by
     kind (``storage_ledger.KINDS``), kinds that agree left out. With ``repair``, the remainders
     of its jobs and materializations are settled and the ledger corrected to the reference.
-    Commits. Rows changing meanwhile (a job ending during the count) can show as a difference
-    that is none: compare again before repairing on a busy project."""
-    reference = _by_kind(stored_bytes_by_kind(session, project_id))
-    counted = storage_ledger.totals(session, project_id)
-    differences = {kind: reference[kind] - counted[kind] for kind in storage_ledger.KINDS
-                   if reference[kind] != counted[kind]}
+    Commits. Both are read from one snapshot of the database (every writer commits its rows
+    and its ledger change together, so a snapshot holds both or neither): writers running
+    meanwhile neither show as a difference nor are corrected away."""
+    _one_snapshot(session)
+    differences = _differences(session, project_id)
     session.commit()
     if repair and differences:
         _fill_reservations(session, project_id)
         storage_ledger.settle_project(session, project_id)
-        storage_ledger.correct(session, project_id,
-                               _by_kind(stored_bytes_by_kind(session, project_id)))
+        _one_snapshot(session)
+        for kind, difference in _differences(session, project_id).items():
+            storage_ledger.add(session, project_id, kind, difference)
         session.commit()
     return differences
+
+
+def _one_snapshot(session: Session) -> None:
+    """Start a transaction whose reads all see one snapshot: REPEATABLE READ on Postgres (its
+    READ COMMITTED takes one per statement); a SQLite transaction reads one already."""
+    session.commit()
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+def _differences(session: Session, project_id: str) -> dict[str, int]:
+    reference = _by_kind(stored_bytes_by_kind(session, project_id))
+    counted = storage_ledger.totals(session, project_id)
+    return {kind: reference[kind] - counted[kind] for kind in storage_ledger.KINDS
+            if reference[kind] != counted[kind]}
 
 
 def stored_bytes(session: Session, project_id: str) -> int:

@@ -238,13 +238,3 @@ def settle_project(session: Session, project_id: str) -> None:
         settle_materialization(session, row, project_id)
     session.commit()
 
-
-def correct(session: Session, project_id: str, reference: dict[str, int]) -> dict[str, int]:
-    """Append to the project's ledger, by kind, what it lacks against ``reference`` (the
-    counts from the rows); returns those differences (reference − ledger, zeros left out)."""
-    counted = totals(session, project_id)
-    differences = {kind: reference[kind] - counted[kind] for kind in KINDS
-                   if reference[kind] != counted[kind]}
-    for kind, difference in differences.items():
-        add(session, project_id, kind, difference)
-    return differences

@@ -203,7 +203,8 @@ def test_the_api_load_bench_finds_constant_statements_and_index_plans(
         tmp_path: Path, optional_worker_launcher: Launcher | None) -> None:
     """bench/api_load.py at a tiny size (its HTTP server phase left out): every route answers,
     a route takes about as many statements for a big project as for a small one (no N+1; an
-    empty page skips its labels query), and the quota count is an index-only scan."""
+    empty page skips its labels query), the active-job count is an index-only scan, and the
+    stored-bytes ledger sums to the reference count."""
     report = _run_bench(
         "api_load.py", "--projects", "3", "--jobs", "90", "--big-share", "0.5", "--repeat", "1",
         "--skip-concurrent", tmp_path=tmp_path, launcher=optional_worker_launcher)
@@ -213,6 +214,10 @@ def test_the_api_load_bench_finds_constant_statements_and_index_plans(
         assert abs(big[name]["statements"] - route["statements"]) <= 1, name
     assert report["plans"]["count_active_jobs_big"]["nodes"][1] == (
         "Index Only Scan on jobs using ix_jobs_project_id_status_created_at_id")
+    # The quota's count: the ledger's sum, in one statement, equal to the reference's.
+    quota = report["quota"]
+    assert quota["ledger"]["stored_bytes"] == quota["reference"]["stored_bytes"] > 0
+    assert quota["ledger"]["statements"] == 1 < quota["reference"]["statements"]
 
 
 def test_the_validator_memory_scan_skips_a_process_that_exits_between_its_reads(

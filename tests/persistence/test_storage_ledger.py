@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages, storage_ledger
@@ -264,3 +265,33 @@ def test_a_repaired_ledger_stays_equal_as_the_jobs_go_on(sessions: sessionmaker[
     with sessions() as session:
         stages.fail_job(session, job_id, "numerical_error", "loss is NaN", now=T0)
     _check(sessions)
+
+
+def test_a_recount_during_an_upload_finds_no_difference(sessions: sessionmaker[Session]) -> None:
+    """An upload committed between the recount's reading of the rows and of the ledger: read
+    from one snapshot, both lack it (or both hold it). Read one statement after another (READ
+    COMMITTED), the ledger held it and the rows not: a difference of minus its size, which
+    the repair then wrote into the ledger, for good."""
+    if sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("a SQLite transaction reads one snapshot; its writers wait for each other")
+    add_project(sessions, PROJECT)
+    engine = sessions.kw["bind"]
+    uploaded: list[str] = []
+
+    def upload_meanwhile(_c: object, _cur: object, statement: str, *_: object) -> None:
+        if "FROM stored_bytes_ledger" in statement and not uploaded:
+            uploaded.append("started")
+            with sessions() as other:
+                uploaded.append(create_checkpoint(
+                    other, filename="m.safetensors", size=1000, sha256="0" * 64,
+                    format="safetensors", storage_key="checkpoints/m", num_tensors=4,
+                    num_parameters=10, project_id=PROJECT).id)
+
+    event.listen(engine, "before_cursor_execute", upload_meanwhile)
+    try:
+        with sessions() as session:
+            assert recount_stored_bytes(session, PROJECT, repair=True) == {}
+    finally:
+        event.remove(engine, "before_cursor_execute", upload_meanwhile)
+    assert len(uploaded) == 2
+    assert _check(sessions) == 1000
