@@ -347,12 +347,13 @@ def expire_artifact_rows(session: Session, retention_cutoff: datetime, now: date
 def _expire_job_artifacts(session: Session, job_id: str) -> bool:
     """Delete the job's artifact rows, their bytes off its project's stored-bytes ledger, and
     settle its materializations (one queued or running reserved its θ_FT's size, gone now);
-    False if none was left. Locks in the order of a materialization's end (the job, FOR KEY
-    SHARE; its materializations; then the artifacts), so neither waits for the other, and a
-    DELETE of the job waits for this (it sums what this leaves)."""
+    False if none was left. The job's row is locked first (FOR UPDATE, as a DELETE of it), the
+    order of every writer of its materializations: a request for one, which holds the job (FOR
+    KEY SHARE) while it reserves θ_FT's size, is then counted before this (and settled here)
+    or after it (finding θ_FT gone), never with the size this removes; a DELETE of the job
+    sums what this leaves."""
     project_id = session.execute(
-        select(Job.project_id).where(Job.id == job_id)
-        .with_for_update(read=True, key_share=True)).scalar_one_or_none()
+        select(Job.project_id).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
     materializations = list(session.execute(
         select(Materialization).where(Materialization.job_id == job_id)
         .order_by(Materialization.id).with_for_update()

@@ -283,7 +283,10 @@ def start_materialization(session: Session, materialization_id: str, *, owner: s
             .values(**leases.claimed_values(Materialization, owner=owner,
                                             lease_seconds=lease_seconds, now=now))
             .execution_options(synchronize_session=False))
-        row = session.get(Materialization, materialization_id, populate_existing=True)
+        # Locked (held already if claimed): two workers finding it out of attempts at once end
+        # it one after the other, so its reservation leaves the ledger once.
+        row = session.get(Materialization, materialization_id, populate_existing=True,
+                          with_for_update=True)
         if row is None:
             return None
         if claimed != 1:

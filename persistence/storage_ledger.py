@@ -20,7 +20,7 @@ recount-storage`` compares the ledger with the reference and repairs it.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from persistence.models import (
@@ -120,22 +120,23 @@ def settle_materialization(session: Session, row: Materialization,
     row.reserved_bytes = value
 
 
-def delete_job_rows(session: Session, job_id: str, *conditions: object) -> bool:
+def delete_job_rows(session: Session, job_id: str, *conditions: ColumnElement[bool]) -> bool:
     """Delete the job (its artifacts and materializations go with it, ON DELETE CASCADE) if it
     exists and meets ``conditions``, taking what it counted off its project's ledger; False if
-    no such job. The job's row is locked first: the writers of its artifacts and
-    materializations hold it (KEY SHARE at least) while they write, so the sums read here
-    are the rows deleted."""
+    no such job. The job's row is locked first, then its materializations' (the order of
+    every writer holding both): the writers of its artifacts hold the job (KEY SHARE at
+    least) and those ending a materialization alone hold its row, so the sums read here are
+    those of the rows deleted."""
     found = session.execute(
         select(Job.project_id, Job.reserved_bytes_left)
-        .where(Job.id == job_id, *conditions).with_for_update()).one_or_none()  # type: ignore[arg-type]
+        .where(Job.id == job_id, *conditions).with_for_update()).one_or_none()
     if found is None:
         return False
     project_id, left = found
     artifacts = job_artifact_bytes(session, job_id)
-    reserved = int(session.execute(
-        select(func.coalesce(func.sum(Materialization.reserved_bytes), 0))
-        .where(Materialization.job_id == job_id)).scalar_one())
+    reserved = sum(int(size) for size in session.execute(
+        select(Materialization.reserved_bytes).where(Materialization.job_id == job_id)
+        .order_by(Materialization.id).with_for_update()).scalars())
     session.execute(delete(Job).where(Job.id == job_id))
     add(session, project_id, ARTIFACTS, -artifacts)
     add(session, project_id, MATERIALIZATIONS, -reserved)

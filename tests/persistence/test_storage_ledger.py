@@ -3,17 +3,23 @@ step of a mixed history, on SQLite and Postgres (``persistence.storage_ledger``)
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import TypeVar
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stages, storage_ledger
 from persistence.api_keys import adopt_unowned
 from persistence.janitor import expire_artifact_rows
 from persistence.materializations import (
+    fail_materialization,
     finish_materialization,
     request_materialization,
     start_materialization,
@@ -28,14 +34,70 @@ from persistence.records import (
 )
 from persistence.stages import ArtifactRecord, StageOutputs
 from persistence.transactions import lock_project
-from tests.persistence.helpers import SPEC, T0, add_project, claim, finish
+from tests.persistence.helpers import SPEC, T0, add_project, claim, finish, race
 
 PROJECT = "ledgered"
+T = TypeVar("T")
 
 
 def _artifact(name: str, size: int) -> ArtifactRecord:
     return ArtifactRecord(name=name, storage_key=f"k/{name}", size=size, sha256="0" * 64,
                           content_type="application/octet-stream")
+
+
+@contextmanager
+def _meanwhile(sessions: sessionmaker[Session], after: Callable[[str], bool],
+               action: Callable[[], T]) -> Iterator[Callable[..., T]]:
+    """Within the block, once this thread has run a statement ``after`` matches, start
+    ``action`` in another thread and go on when it has ended or waits for a lock (Postgres):
+    a concurrent writer interleaved at that point. Yields ``result(timeout)``: what it
+    returned."""
+    engine, here = sessions.kw["bind"], threading.get_ident()
+    pool = ThreadPoolExecutor(1)
+    started: list[Future[T]] = []
+
+    def interleave(_c: object, _cur: object, statement: str, *_: object) -> None:
+        if threading.get_ident() != here or started or not after(statement):
+            return
+        started.append(pool.submit(action))
+        with sessions() as watcher:
+            deadline = time.monotonic() + 10
+            while not started[0].done() and time.monotonic() < deadline:
+                if watcher.execute(text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND datname = current_database()")).scalar_one():
+                    return
+                watcher.commit()
+                time.sleep(0.02)
+
+    def result(timeout: float) -> T:
+        assert started, "the statement never ran"
+        return started[0].result(timeout)
+
+    event.listen(engine, "after_cursor_execute", interleave)
+    try:
+        yield result
+    finally:
+        event.remove(engine, "after_cursor_execute", interleave)
+        pool.shutdown()
+
+
+def _succeeded_job(sessions: sessionmaker[Session], theta_ft: int) -> str:
+    """A job of the project (made now, on a new checkpoint of 1,000 bytes) run to its end,
+    with a θ_FT of ``theta_ft`` bytes."""
+    with sessions() as session:
+        checkpoint_id = create_checkpoint(
+            session, filename="m.safetensors", size=1000, sha256="0" * 64, format="safetensors",
+            storage_key="checkpoints/m", num_tensors=4, num_parameters=10,
+            project_id=PROJECT).id
+        job_id = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint_id,
+                                 project_id=PROJECT, now=T0)[0].id
+    for stage in ("mrc", "finetune", "interpolate"):
+        claim(sessions, job_id, stage)
+        finish(sessions, job_id, stage, outputs=StageOutputs(
+            selected_module="fc", artifacts=[_artifact("finetuned.safetensors", theta_ft)]
+            if stage == "finetune" else []))
+    return job_id
 
 
 def _check(sessions: sessionmaker[Session]) -> int:
@@ -294,4 +356,88 @@ def test_a_recount_during_an_upload_finds_no_difference(sessions: sessionmaker[S
     finally:
         event.remove(engine, "before_cursor_execute", upload_meanwhile)
     assert len(uploaded) == 2
+    assert _check(sessions) == 1000
+
+
+def test_workers_ending_a_materialization_out_of_attempts_at_once_release_it_once(
+        sessions: sessionmaker[Session]) -> None:
+    """Its worker died on the last attempt; several workers given its message again find it
+    out of attempts at the same moment and each ends it failed: its reservation leaves the
+    ledger once (each read the row unlocked before, and each took it off)."""
+    add_project(sessions, PROJECT)
+    with sessions() as session:
+        checkpoint_id = create_checkpoint(
+            session, filename="m.safetensors", size=1000, sha256="0" * 64, format="safetensors",
+            storage_key="checkpoints/m", num_tensors=4, num_parameters=10,
+            project_id=PROJECT).id
+        job_id = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint_id,
+                                 project_id=PROJECT, now=T0)[0].id
+    for stage in ("mrc", "finetune", "interpolate"):
+        claim(sessions, job_id, stage)
+        finish(sessions, job_id, stage, outputs=StageOutputs(
+            selected_module="fc",
+            artifacts=[_artifact("finetuned.safetensors", 800)] if stage == "finetune" else []))
+    with sessions() as session:
+        row_id = request_materialization(session, job_id, 0.5, evaluate=False, now=T0).row.id
+        assert start_materialization(session, row_id, owner="dead", lease_seconds=30,
+                                     max_attempts=1, now=T0) is not None
+    _check(sessions)
+    later = T0 + timedelta(hours=1)
+
+    def take_over(start: Callable[[], None]) -> None:
+        with sessions() as session:
+            start()
+            assert start_materialization(session, row_id, owner="late", lease_seconds=30,
+                                         max_attempts=1, now=later) is None
+
+    seen = race(4, take_over, StorageQuotaReached)
+    assert seen.errors == [] and len(seen.values) == 4
+    assert _check(sessions) == 1000 + 800
+
+
+def test_an_expiry_while_a_materialization_is_requested_counts_it_once(
+        sessions: sessionmaker[Session]) -> None:
+    """The janitor expires a job's artifacts while a request for a new α of it has read θ_FT's
+    size to reserve it: the expiry waits for the request (the job's row), then settles the new
+    row to nothing. Holding the job as the request does (FOR KEY SHARE), it went first and did
+    not see the request's row: the reservation of a θ_FT gone stayed in the ledger."""
+    if sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("SQLite serialises every writing transaction")
+    add_project(sessions, PROJECT)
+    job_id = _succeeded_job(sessions, 800)
+
+    def expire() -> list[str]:
+        with sessions() as session:
+            return expire_artifact_rows(session, T0 + timedelta(days=400), T0)
+
+    # Once the request has read θ_FT's size for its reservation, before it commits.
+    with _meanwhile(sessions, lambda statement: "FROM artifacts" in statement
+                    and "EXISTS" in statement, expire) as expiring, sessions() as session:
+        request_materialization(session, job_id, 0.5, evaluate=False, now=T0)
+    assert expiring(timeout=20) == [job_id]
+    assert _check(sessions) == 1000
+
+
+def test_a_job_deleted_while_its_materialization_fails_counts_it_once(
+        sessions: sessionmaker[Session]) -> None:
+    """A job's DELETE sums its materializations' reservations while a worker fails one (its
+    row alone held): the DELETE holds them first, so the failure waits and finds it gone.
+    Read unlocked, both took the reservation off the ledger."""
+    if sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("SQLite serialises every writing transaction")
+    add_project(sessions, PROJECT)
+    job_id = _succeeded_job(sessions, 800)
+    with sessions() as session:
+        row_id = request_materialization(session, job_id, 0.5, evaluate=False, now=T0).row.id
+    assert _check(sessions) == 1000 + 800 + 800
+
+    def fail() -> None:
+        with sessions() as session:
+            fail_materialization(session, row_id, "out of memory", now=T0)
+
+    with _meanwhile(sessions, lambda statement: "FROM materializations" in statement,
+                    fail) as failing, sessions() as session:
+        assert storage_ledger.delete_job_rows(session, job_id)
+        session.commit()
+    failing(timeout=20)
     assert _check(sessions) == 1000
