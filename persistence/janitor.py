@@ -330,7 +330,9 @@ def expire_artifact_rows(session: Session, retention_cutoff: datetime, now: date
             select(Job.id).where(Job.status.in_(TERMINAL_STATUSES),
                                  Job.finished_at < retention_cutoff,
                                  select(Artifact.job_id).where(Artifact.job_id == Job.id)
-                                 .exists())).scalars())
+                                 .exists())
+            # One order for every pass: each locks the jobs one after another.
+            .order_by(Job.id)).scalars())
         if dry_run:
             return expired
         deleted = []

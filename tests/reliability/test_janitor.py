@@ -239,7 +239,9 @@ def test_two_janitors_at_once_log_one_expiry_per_job(
         session.commit()
     cutoff, passes = utcnow() - timedelta(days=7), []
     with sessions() as first, sessions() as watcher:
-        # The first pass has deleted the rows and not committed yet.
+        # The first pass has deleted the rows and not committed yet (holding the job's row
+        # first, as a pass does since the stored-bytes ledger: persistence.janitor).
+        first.execute(select(Job.id).where(Job.id == old).with_for_update())
         first.execute(delete(Artifact).where(Artifact.job_id == old))
         second = threading.Thread(target=lambda: passes.append(_expire(sessions, cutoff)))
         second.start()
