@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import event, text
@@ -141,9 +141,9 @@ def test_the_ledger_equals_the_reference_after_every_step(
                           num_parameters=10, project_id=PROJECT, max_stored_bytes=10**6)
     _check(sessions)
 
-    def new_job() -> str:
+    def new_job(spec: dict[str, Any] = SPEC) -> str:
         with sessions() as session:
-            job, _ = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint_id,
+            job, _ = jobs.create_job(session, spec=spec, checkpoint_id=checkpoint_id,
                                      project_id=PROJECT, now=T0)
             return job.id
 
@@ -166,6 +166,18 @@ def test_the_ledger_equals_the_reference_after_every_step(
     finish(sessions, done, "interpolate", outputs=StageOutputs(
         artifacts=[_artifact("tuned.safetensors", 900)]))
     _check(sessions)
+    # A sweep (2 modules x 2 rates: 4 θ_FT and the tuned weights reserved), its winner's θ_FT
+    # stored, then its tuned weights.
+    sweep = new_job({**SPEC, "finetune": {"candidates": 2, "lr_grid": [0.1, 0.01]}})
+    with sessions() as session:
+        assert session.get_one(Job, sweep).reserved_bytes == 5 * 1000
+    _check(sessions)
+    for stage, stored in (("mrc", []), ("finetune", [_artifact("finetuned.safetensors", 1000)]),
+                          ("interpolate", [_artifact("tuned.safetensors", 1000)])):
+        claim(sessions, sweep, stage)
+        finish(sessions, sweep, stage, outputs=StageOutputs(selected_module="fc",
+                                                            artifacts=stored))
+        _check(sessions)
     # Cancelled while queued; failed while running with an artifact stored.
     with sessions() as session:
         jobs.request_cancel(session, cancelled, now=T0)
@@ -195,7 +207,7 @@ def test_the_ledger_equals_the_reference_after_every_step(
     _refused_at_the_same_point(sessions, used)
     with sessions() as session:
         assert sorted(expire_artifact_rows(session, T0 + timedelta(days=400), T0)) == sorted(
-            [done, failed])
+            [done, failed, sweep])
     _check(sessions)
     # A job that ended after the expiry, with a materialization queued when it is deleted.
     late = new_job()
@@ -211,7 +223,7 @@ def test_the_ledger_equals_the_reference_after_every_step(
         assert storage_ledger.fold(session, min_rows=1) > 0
     _check(sessions)
     with sessions() as session:
-        for job_id in (done, cancelled, failed, lost, late):
+        for job_id in (done, cancelled, failed, lost, late, sweep):
             assert storage_ledger.delete_job_rows(session, job_id)
         session.commit()
     _check(sessions)
