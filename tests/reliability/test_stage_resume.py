@@ -29,7 +29,6 @@ from persistence.storage import ObjectStore
 from rift.finetune_resume import decode_epoch_state
 from rift.interpolation import alpha_grid
 from tests.reliability.test_worker_shutdown import (
-    EPOCHS,
     LEASE_S,
     assert_same_results,
     events,
@@ -41,10 +40,19 @@ from tests.worker_jobs import JOB_TIMEOUT_S, wait_for, wait_while_progressing
 
 pytestmark = pytest.mark.service
 
-MRC_STEPS = 400  # about a second per module on a quiet 2-core machine (60 was done before SIGTERM)
-ALPHA_STEP = 0.025
-EVALUATED = 128  # examples attacked per α, each with ATTACK_STEPS steps
-ATTACK_STEPS = 10  # the whole full curve takes seconds
+# Each stage is stretched only as far as the SIGTERM needs: the test sends it within a poll
+# (0.1 s) of the first unit stored (a module, an epoch, an α), and the stage must still have units
+# left then. Every job runs that stage about twice over (the resumed job, then the same spec
+# straight through), so its size is most of each test's time: 2.5 times smaller than before
+# (MRC 400 steps, 150 epochs, 41 α points of 128 examples), the margin left after the first unit
+# is still seconds on the loaded 2-core machine (21 modules took 7.8 s at a load of 10 at 400
+# steps, 150 epochs 15 s, 41 α points 12 s).
+MRC_STEPS = 160
+SHARDED_MRC_STEPS = 200  # a shard holds half the modules: half the margin at the same steps
+EPOCHS = 60
+ALPHA_STEP = 0.05  # 21 points
+EVALUATED = 96  # examples attacked per α, each with ATTACK_STEPS steps
+ATTACK_STEPS = 10
 
 
 def mrc_table(sessions: sessionmaker[Session], job_id: str) -> list[dict[str, Any]]:
@@ -112,7 +120,7 @@ def test_an_interpolation_handed_back_midway_attacks_only_the_missing_alphas_on_
         tmp_path: Path) -> None:
     spec = copy.deepcopy(quick_config)
     # Only a full curve is resumed ("selection" stops points on what ran before them).
-    spec["interpolation"].update(alpha_step=ALPHA_STEP, curve="full")  # 41 points
+    spec["interpolation"].update(alpha_step=ALPHA_STEP, curve="full")
     spec["evaluation"].update(max_examples=EVALUATED)
     spec["attack"].update(steps=ATTACK_STEPS)
     first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
@@ -170,7 +178,7 @@ def test_a_sharded_mrc_shard_handed_back_midway_scores_only_its_missing_modules_
         sessions: sessionmaker[Session], store: ObjectStore, quick_config: dict[str, Any],
         tmp_path: Path) -> None:
     spec = copy.deepcopy(quick_config)
-    spec["mrc"].update(steps=MRC_STEPS, reshuffle=True, shards=2)
+    spec["mrc"].update(steps=SHARDED_MRC_STEPS, reshuffle=True, shards=2)
     first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
     job_id = submit(spec)
     wait_for(sessions, job_id, running_shard_midway(sessions, job_id),

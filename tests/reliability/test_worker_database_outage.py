@@ -13,9 +13,11 @@ that met the outage (its lease, renewed by a heartbeat that retries, had slack f
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -29,7 +31,10 @@ from tests.worker_jobs import wait_for, wait_while_progressing
 
 pytestmark = pytest.mark.service
 
-EPOCHS = 400
+# Long enough that the stage is still running when the 1 s outage ends (checked below), so that
+# the outage falls inside it: 160 epochs take about 3 s on a quiet 2-core machine, 15 s at a
+# load of 10 (400 did before, most of the test's time).
+EPOCHS = 160
 #: How long the job may show no progress before the stage counts as wedged: a progress write is
 #: due every 0.2 s (PROGRESS_INTERVAL_SECONDS) and an epoch takes 20–200 ms, loaded or not.
 STALL_S = 30.0
@@ -81,7 +86,7 @@ def test_a_running_stage_outlives_a_database_outage_shorter_than_its_lease(
         sessions: sessionmaker[Session], quick_config: dict[str, Any],
         postgres_url: str) -> None:
     spec = copy.deepcopy(quick_config)
-    spec["finetune"].update(epochs=EPOCHS, lr_milestones=[EPOCHS // 2])  # about 7 s
+    spec["finetune"].update(epochs=EPOCHS, lr_milestones=[EPOCHS // 2])
     worker = start_worker(WORKER_LEASE_SECONDS="60")
     job_id = submit(spec)
     wait_for(sessions, job_id, lambda j: j.stage == "finetune" and j.stage_progress > 0,
@@ -89,6 +94,7 @@ def test_a_running_stage_outlives_a_database_outage_shorter_than_its_lease(
     sessions.kw["bind"].dispose()
     with database_refusing_connections(postgres_url):
         time.sleep(1.0)  # several progress writes (every 0.2 s) fail
+    back = datetime.now(UTC)
     # The fine-tuning runs on at whatever pace the machine allows (a full suite under a load
     # of 20 took it past a fixed 60 s); a stage wedged by the outage stops progressing.
     job = wait_while_progressing(sessions, job_id, lambda j: j.is_finished, "the end",
@@ -101,3 +107,15 @@ def test_a_running_stage_outlives_a_database_outage_shorter_than_its_lease(
     assert stages == {"mrc": 1, "finetune": 1, "interpolate": 1}
     assert "stage_retry" not in events
     assert events.count("epoch") == EPOCHS
+    # The outage fell inside the stage: the worker ended the fine-tuning after the database was
+    # back (its log's clock is this machine's).
+    assert stage_done_at(worker, job_id, "finetune") > back, worker.log()[-3000:]
+
+
+def stage_done_at(worker: WorkerProcess, job_id: str, stage: str) -> datetime:
+    """When the worker logged the job's stage as done (its JSON log line's ``ts``)."""
+    done = f"job {job_id} stage {stage} done"
+    for line in worker.log().splitlines():
+        if done in line:
+            return datetime.fromisoformat(json.loads(line)["ts"])
+    raise AssertionError(f"never logged {done!r}:\n{worker.log()[-3000:]}")
