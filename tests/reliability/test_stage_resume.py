@@ -43,12 +43,13 @@ pytestmark = pytest.mark.service
 # Each stage is stretched only as far as the SIGTERM needs: the test sends it within a poll
 # (0.1 s) of the first unit stored (a module, an epoch, an α), and the stage must still have units
 # left then. Every job runs that stage about twice over (the resumed job, then the same spec
-# straight through), so its size is most of each test's time: 2.5 times smaller than before
-# (MRC 400 steps, 150 epochs, 41 α points of 128 examples), the margin left after the first unit
-# is still seconds on the loaded 2-core machine (21 modules took 7.8 s at a load of 10 at 400
-# steps, 150 epochs 15 s, 41 α points 12 s).
+# straight through), so its size is most of each test's time under load: 2.5 times smaller than
+# before (400 steps, 150 epochs, 41 α points of 128 examples) still leaves about a second after
+# the first unit on a quiet 2-core machine (the 3 modules after the first: 0.9 s; 58 epochs:
+# 1.2 s), several at a load of 10.
 MRC_STEPS = 160
-SHARDED_MRC_STEPS = 200  # a shard holds half the modules: half the margin at the same steps
+# A shard of the digits model's 4 modules holds 2: one module is all the margin there.
+SHARDED_MRC_STEPS = 400
 EPOCHS = 60
 ALPHA_STEP = 0.05  # 21 points
 EVALUATED = 96  # examples attacked per α, each with ATTACK_STEPS steps
