@@ -43,7 +43,8 @@ def _score_shard(task: tuple[str, str, str, list[str]]) -> dict[str, Any]:
     return {**result.to_json(), "wall_seconds": time.perf_counter() - started}
 
 
-def _stage(config: RiftConfig, checkpoint: Path, folder: Path, workers: int) -> dict[str, Any]:
+def _stage(config: RiftConfig, checkpoint: Path, folder: Path, workers: int,
+           start_method: str = "spawn") -> dict[str, Any]:
     started = time.perf_counter()
     run = prepare_run(config, checkpoint)
     inputs = make_mrc_inputs(run)
@@ -55,7 +56,7 @@ def _stage(config: RiftConfig, checkpoint: Path, folder: Path, workers: int) -> 
                          inputs.adversarial).groups
     prepared = time.perf_counter() - started
     tasks = [(config.model_dump_json(), str(checkpoint), str(inputs_path), g) for g in groups]
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(start_method)
     with context.Pool(len(groups)) as pool:
         parts = pool.map(_score_shard, tasks)
     merged = MRCStageResult.merge(
@@ -76,6 +77,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=32,
                         help="side of the random images (ResNet-18 pools adaptively)")
+    parser.add_argument("--start-method", choices=["spawn", "fork"], default="spawn",
+                        help="how the worker processes start: spawn (a fresh interpreter each, "
+                        "as on a worker machine; their start-up is timed) or fork (copies of "
+                        "this process, torch already imported: seconds less per worker, for a "
+                        "smoke run that checks the merged tables, not the times)")
     parser.add_argument("--output", type=Path, help="also write the JSON report to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -94,7 +100,8 @@ def main() -> None:
             "mrc": {"num_examples": args.examples, "batch_size": args.batch_size,
                     "steps": args.steps},
             "device": "cpu"})
-        runs = [_stage(config, folder / "model.safetensors", folder, n) for n in args.workers]
+        runs = [_stage(config, folder / "model.safetensors", folder, n, args.start_method)
+                for n in args.workers]
     base = runs[0]["stage_seconds"]
     same = all(r["table"] == runs[0]["table"] for r in runs)
     for r in runs:
@@ -104,7 +111,7 @@ def main() -> None:
         "benchmark": "mrc_workers", "arch": "resnet18", "device": "cpu",
         "cpu_cores": os.cpu_count(), "threads_per_worker": 1,
         "examples": args.examples, "batch_size": args.batch_size, "steps": args.steps,
-        "image_size": args.image_size,
+        "image_size": args.image_size, "start_method": args.start_method,
         "same_table_for_every_worker_count": same, "runs": runs,
         "note": "shared 2-core machine: more than 2 workers cannot run at once, and other "
                 "processes compete for the cores, so figures are noisy",
