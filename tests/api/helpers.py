@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.dispatch import DispatchError
 from persistence.models import Checkpoint, Dataset, Job
 from persistence.settings import Settings
+from persistence.storage import LocalObjectStore
 from tests.preloaded_launcher import Launcher
 from tests.service_fixtures import WorkerProcess, launch_worker
 
@@ -33,6 +35,19 @@ def varied_images(shape: tuple[int, ...], dtype: Any = np.uint8, seed: int = 0) 
 
 KIB = 1024
 MIB = 1024 * KIB
+
+
+class CountingStore(LocalObjectStore):
+    """A real local store that counts the ranges read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.ranges: list[tuple[int, int | None]] = []
+
+    def iter_range(self, key: str, start: int = 0, end: int | None = None,
+                   chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        self.ranges.append((start, end))
+        return super().iter_range(key, start, end, chunk_size)
 
 
 class RecordingDispatcher:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +16,7 @@ from api.checkpoint_validation import stored_checkpoint_tensors
 from persistence.storage import LocalObjectStore
 from rift.checkpoint_format import MAX_NORMALIZER_TENSORS
 from rift.errors import CheckpointError
-
-
-class CountingStore(LocalObjectStore):
-    """A real local store that counts the ranges read."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.ranges: list[tuple[int, int | None]] = []
-
-    def iter_range(self, key: str, start: int = 0, end: int | None = None,
-                   chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        self.ranges.append((start, end))
-        return super().iter_range(key, start, end, chunk_size)
+from tests.api.helpers import CountingStore
 
 
 def _safetensors(header: dict[str, object], data: bytes) -> bytes:

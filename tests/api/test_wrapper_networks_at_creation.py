@@ -9,35 +9,22 @@ safetensors checkpoint's header is read once per API process, not at every job c
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from persistence.settings import Settings
-from persistence.storage import LocalObjectStore
 from tests.api.helpers import (
     Api,
+    CountingStore,
     RecordingDispatcher,
     digits_config,
     error_of,
     small_cnn_state,
     upload_checkpoint,
 )
-
-
-class CountingStore(LocalObjectStore):
-    """A real local store that counts the ranges read."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.ranges: list[tuple[int, int | None]] = []
-
-    def iter_range(self, key: str, start: int = 0, end: int | None = None,
-                   chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        self.ranges.append((start, end))
-        return super().iter_range(key, start, end, chunk_size)
 
 
 def _lightning_state(ema_seed: int) -> dict[str, Any]:

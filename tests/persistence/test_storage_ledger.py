@@ -377,18 +377,7 @@ def test_workers_ending_a_materialization_out_of_attempts_at_once_release_it_onc
     out of attempts at the same moment and each ends it failed: its reservation leaves the
     ledger once (each read the row unlocked before, and each took it off)."""
     add_project(sessions, PROJECT)
-    with sessions() as session:
-        checkpoint_id = create_checkpoint(
-            session, filename="m.safetensors", size=1000, sha256="0" * 64, format="safetensors",
-            storage_key="checkpoints/m", num_tensors=4, num_parameters=10,
-            project_id=PROJECT).id
-        job_id = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint_id,
-                                 project_id=PROJECT, now=T0)[0].id
-    for stage in ("mrc", "finetune", "interpolate"):
-        claim(sessions, job_id, stage)
-        finish(sessions, job_id, stage, outputs=StageOutputs(
-            selected_module="fc",
-            artifacts=[_artifact("finetuned.safetensors", 800)] if stage == "finetune" else []))
+    job_id = _succeeded_job(sessions, theta_ft=800)
     with sessions() as session:
         row_id = request_materialization(session, job_id, 0.5, evaluate=False, now=T0).row.id
         assert start_materialization(session, row_id, owner="dead", lease_seconds=30,
