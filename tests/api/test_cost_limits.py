@@ -1,0 +1,71 @@
+"""The per-job cost limit (``max_job_cost``) against the data a job really runs on, on SQLite and
+Postgres: an uploaded npz's test split counts in the estimate, and a refusal leaves no job, no
+queued message and no stored object behind."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import update
+
+from persistence.cost import estimate_cost
+from persistence.models import Project
+from tests.api.helpers import Api, digits_config, error_of, upload_checkpoint, varied_images
+
+pytestmark = [pytest.mark.service]
+
+
+def _npz(train: int, test: int) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, x=varied_images((train, 8, 8, 1)), y=np.arange(train) % 10,
+             x_test=varied_images((test, 8, 8, 1), seed=1), y_test=np.arange(test) % 10)
+    return buffer.getvalue()
+
+
+def test_an_npz_test_split_larger_than_its_training_split_counts_in_the_cost(
+        api: Api, small_cnn_file: Path) -> None:
+    # Before: the row recorded x's 20 examples only and the estimate took them as the test
+    # split too, so 2,000 test examples attacked at every α were not counted: a job many times
+    # the limit passed it (8 times here).
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    uploaded = api.client.post("/v1/datasets", files={"file": ("d.npz", _npz(20, 2000))})
+    assert uploaded.status_code == 201, uploaded.text
+    dataset = uploaded.json()
+    config = digits_config(dataset={"name": "npz"})
+    body = {"checkpoint_id": checkpoint["id"], "dataset_id": dataset["id"], "config": config}
+
+    def estimate(train: int, test: int) -> int:
+        return estimate_cost({**config, "dataset": {"name": "npz"}},
+                             num_modules=checkpoint["num_tensors"],
+                             dataset_examples=(train, test)).total
+
+    at_least = estimate(20, 2000)
+    train_only = estimate(20, 20)
+    assert at_least > 8 * train_only
+    with api.sessions() as session:
+        session.execute(update(Project).where(Project.id == api.project_id)
+                        .values(max_job_cost=train_only))
+        session.commit()
+    objects = sorted(api.stored_files())
+
+    refused = api.client.post("/v1/jobs", json=body)
+    assert refused.status_code == 422, refused.text
+    error = error_of(refused)
+    assert (error["code"], error["field"], error["limit"]) == (
+        "cost_limit_exceeded", "max_job_cost", train_only)
+    assert error["estimate"]["total"] >= at_least
+    assert str(train_only) in error["message"]
+    assert (api.count_jobs(), api.dispatcher.enqueued) == (0, [])
+    assert sorted(api.stored_files()) == objects
+    assert dataset["num_examples"] == 2020  # the count that bounds each split
+
+    with api.sessions() as session:
+        session.execute(update(Project).where(Project.id == api.project_id)
+                        .values(max_job_cost=None))
+        session.commit()
+    created = api.client.post("/v1/jobs", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["cost_estimate"] == error["estimate"]["total"]
