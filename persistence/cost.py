@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rift.alpha_grid import alpha_grid
+
 #: Training / test examples of the built-in datasets (before ``max_*_examples`` caps). digits:
 #: scikit-learn's 1797 images, a quarter held out as test (``rift.data.digits.TEST_FRACTION``; the
 #: library's split sizes are checked in tests/persistence/test_cost.py, this module imports no torch).
@@ -157,8 +159,9 @@ def estimate_cost(config: Mapping[str, Any], *, num_modules: int,
         fitted, watched = train, validation
     tune = StageCost(forward=runs * epochs * (fitted + watched), backward=runs * epochs * fitted)
 
-    alpha_step = interpolation.get("alpha_step") or 0.05
-    alphas = math.floor(1.0 / float(alpha_step) + 1e-9) + 1
+    # The library's own grid: floor(1 / step) + 1 missed the end point 1.0 whenever the step
+    # does not divide 1 (0.3: 0, 0.3, 0.6, 0.9 and 1.0 are 5 points, not 4).
+    alphas = len(alpha_grid(float(interpolation.get("alpha_step") or 0.05)))
     # The curve is measured on interpolation.selection_split; on the validation split (which
     # may be larger than the test split: up to half the pool), before and after are measured
     # on the test split besides, two more attacked evaluations.

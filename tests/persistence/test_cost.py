@@ -104,3 +104,13 @@ def test_the_splits_and_shards_a_job_really_runs_on_are_counted() -> None:
     assert estimate_cost(sharded, num_modules=8).mrc.forward == one.forward + 3 * 100
     assert estimate_cost(sharded, num_modules=2).mrc.forward == \
         estimate_cost(_config(mrc={"num_examples": 100}), num_modules=2).mrc.forward + 100
+
+
+@pytest.mark.parametrize("step", [0.3, 0.6, 0.51, 0.07, 0.05, 0.01, 1.0])
+def test_the_curve_counts_every_point_of_the_librarys_grid(step: float) -> None:
+    # Before: floor(1 / step) + 1 points, one short whenever the step does not divide 1 (the
+    # grid always ends with 1.0): alpha_step 0.6 attacks 3 points and was counted as 2.
+    points = {0.3: 5, 0.6: 3, 0.51: 3, 0.07: 16, 0.05: 21, 0.01: 101, 1.0: 2}[step]
+    cost = estimate_cost(_config(interpolation={"alpha_step": step}), num_modules=1)
+    steps = _config()["attack"]["steps"]
+    assert cost.interpolation.backward == points * BUILTIN_SIZES["digits"][1] * steps
