@@ -69,3 +69,35 @@ def test_an_npz_test_split_larger_than_its_training_split_counts_in_the_cost(
     created = api.client.post("/v1/jobs", json=body)
     assert created.status_code == 201, created.text
     assert created.json()["cost_estimate"] == error["estimate"]["total"]
+
+
+def test_the_largest_spec_is_estimated_whole_and_stored_under_the_largest_limit(
+        api: Api, small_cnn_file: Path) -> None:
+    # Every field at the largest value the service takes, a 16-candidate sweep, 256 shards and
+    # both selection splits chosen for the most work: the estimate is one exact integer, over
+    # the default limit, and stored unchanged (BIGINT) under the largest limit an admin can set.
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    config = digits_config(
+        attack={"steps": 200}, evaluation={"batch_size": 8},
+        mrc={"steps": 200, "num_examples": 100_000, "batch_size": 8, "shards": 256},
+        finetune={"epochs": 200, "batch_size": 8, "candidates": 16, "selection_split": "test"},
+        interpolation={"alpha_step": 0.01, "selection_split": "validation"},
+        dataset={"name": "digits", "validation_fraction": 0.49})
+    body = {"checkpoint_id": checkpoint["id"], "config": config}
+    refused = api.client.post("/v1/jobs", json=body)
+    assert refused.status_code == 422, refused.text
+    estimate = error_of(refused)["estimate"]
+    assert error_of(refused)["code"] == "cost_limit_exceeded"
+    assert all(isinstance(stage["total"], int) and stage["total"] > 0
+               for stage in estimate["stages"].values())
+    assert estimate["total"] == sum(stage["total"] for stage in estimate["stages"].values())
+    with api.sessions() as session:
+        session.execute(update(Project).where(Project.id == api.project_id)
+                        .values(max_job_cost=2**63 - 1))
+        session.commit()
+    created = api.client.post("/v1/jobs", json=body)
+    assert created.status_code == 201, created.text
+    job = api.client.get(f"/v1/jobs/{created.json()['id']}").json()
+    assert job["cost_estimate"] == estimate["total"]
+    assert job["cost_estimate"] == estimate_cost(
+        job["config"], num_modules=checkpoint["num_tensors"]).total
