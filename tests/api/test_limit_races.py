@@ -153,3 +153,30 @@ def test_one_materialization_slot_left_admits_one_of_the_alphas_sent_at_once(
     assert api.count(Materialization) == 2
     assert len(api.dispatcher.enqueued) == 1 + 2
     assert api.client.get("/v1/usage").json()["active_jobs"]["used"] == 0
+
+
+def test_streams_opened_at_once_never_pass_the_keys_limit(api: Api, checkpoint_id: str) -> None:
+    _set_limits(api, max_streams_per_key=2)
+    job = _job(api.client, checkpoint_id).json()
+    url = f"{api.url}/v1/jobs/{job['id']}/events"
+    headers = {"Authorization": f"Bearer {api.key}", "Accept": "text/event-stream"}
+    count = 5
+    start, answered = threading.Barrier(count), threading.Barrier(count)
+
+    def one(_: int) -> tuple[int, dict[str, Any]]:
+        start.wait()
+        with httpx.stream("GET", url, headers=headers, timeout=30) as response:
+            error: dict[str, Any] = {}
+            if response.status_code != 200:
+                response.read()
+                error = error_of(response)
+            answered.wait(20)  # every stream is answered while the others are still open
+            return response.status_code, error
+
+    with ThreadPoolExecutor(count) as pool:
+        answers = list(pool.map(one, range(count)))
+    assert sorted(code for code, _ in answers) == [200, 200, 429, 429, 429]
+    for code, error in answers:
+        if code == 429:
+            assert (error["field"], error["limit"], error["used"]) == (
+                "max_streams_per_key", 2, 2), error
