@@ -5,6 +5,7 @@ queued message and no stored object behind."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from sqlalchemy import update
 
 from persistence.cost import estimate_cost
-from persistence.models import Project
+from persistence.models import Checkpoint, Project
 from tests.api.helpers import Api, digits_config, error_of, upload_checkpoint, varied_images
 
 pytestmark = [pytest.mark.service]
@@ -101,3 +102,26 @@ def test_the_largest_spec_is_estimated_whole_and_stored_under_the_largest_limit(
     assert job["cost_estimate"] == estimate["total"]
     assert job["cost_estimate"] == estimate_cost(
         job["config"], num_modules=checkpoint["num_tensors"]).total
+
+
+@pytest.mark.parametrize("limit", ["max_job_cost", "max_active_jobs"])
+def test_a_job_refused_for_a_limit_with_its_checkpoint_attached_stores_nothing(
+        api: Api, small_cnn_file: Path, limit: str) -> None:
+    # The checkpoint sent with the job (multipart) is checked, then refused with the job:
+    # no checkpoint row, no stored object, no scratch file, no queued message.
+    with api.sessions() as session:
+        session.execute(update(Project).where(Project.id == api.project_id).values(**{limit: 1}))
+        session.commit()
+    if limit == "max_active_jobs":
+        kept = upload_checkpoint(api, small_cnn_file)["id"]
+        assert api.client.post("/v1/jobs", json={"checkpoint_id": kept,
+                                                 "config": digits_config()}).status_code == 201
+    before = (api.count(Checkpoint), api.stored_files(), api.dispatcher.enqueued[:])
+    refused = api.client.post(
+        "/v1/jobs", files={"checkpoint": ("m.safetensors", small_cnn_file.read_bytes())},
+        data={"spec": json.dumps({"config": digits_config()})})
+    assert refused.status_code == (422 if limit == "max_job_cost" else 429), refused.text
+    error = error_of(refused)
+    assert (error["field"], error["limit"]) == (limit, 1)
+    assert (api.count(Checkpoint), api.stored_files(), api.dispatcher.enqueued) == before
+    assert api.scratch_files() == []
