@@ -78,13 +78,17 @@ def get_caller(
                     scopes=effective_scopes(key.scopes), limits=ProjectLimits.of(project, settings))
     caller.require(required_scope(request.method, request.url.path))
     limit = caller.limits.max_requests_per_minute
-    retry = limiter.hit(project_rate_key(project.id), limit, 60)
+    rate_key = project_rate_key(project.id)
+    retry = limiter.hit(rate_key, limit, 60)
     if retry is not None:
+        # Read again only when refusing: the count is the current use a refusal names (None
+        # when the shared counter cannot be read now).
+        used = limiter.current(rate_key, 60).used
         raise TooManyRequests(
             f"more than {limit} requests per minute for project '{project.name}' "
             "(max_requests_per_minute); retry later", field="max_requests_per_minute",
             headers={"Retry-After": retry_after_header(retry)},
-            details={"limit": limit})
+            details={"quota": "max_requests_per_minute", "limit": limit, "used": used})
     return caller
 
 

@@ -314,7 +314,7 @@ def from_persistence_error(exc: PersistenceError) -> ApiError | None:
                         details={"webhook_id": exc.endpoint_id})
     if isinstance(exc, WebhookLimitReached):
         return Conflict(exc.message, field="WEBHOOK_MAX_ENDPOINTS", code=exc.code,
-                        details={"limit": exc.limit})
+                        details={"limit": exc.limit, "used": exc.used})
     # Left: the quota errors, which the services catch where they happen (to delete what was
     # stored, and to answer with api/services/quotas.py's limit and Retry-After), and a
     # worker's lost lease. One reaching the handler is a bug, answered as one.

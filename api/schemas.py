@@ -111,7 +111,8 @@ class DatasetOut(BaseModel):
     num_classes: int | None = Field(
         None, description="Largest label + 1 (npz), class folders (ImageFolder); a job's "
         "architecture.num_classes must be at least this.")
-    num_examples: int | None = Field(None, description="Training examples (known at upload).")
+    num_examples: int | None = Field(None, description="Examples in the file, known at upload: "
+                                     "an npz's x and x_test, an ImageFolder's images.")
     label_min: int | None = Field(None, description="Smallest label (train and test).")
     label_max: int | None = Field(None, description="Largest label (train and test).")
     image_sizes_differ: bool | None = Field(

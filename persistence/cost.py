@@ -12,7 +12,11 @@ counts what docs/algorithm.md describes, as upper bounds where the spec leaves a
 - ``finetune``: ``finetune.epochs`` epochs over the training examples (forward and backward), and
   a clean forward pass over the validation split after each epoch.
 - ``interpolation``: at each α, a clean forward pass over the test examples, and an attack
-  (``attack.steps`` forward+backward, plus a forward) on them.
+  (``attack.steps`` forward+backward, plus a forward) on them; with ``selection_split``
+  ``validation``, the curve's examples are the validation split's, and the test split is
+  measured twice more (before and after).
+- ``mrc.shards``: each shard measures the reference loss once more; ``finetune.selection_split``
+  ``test`` fine-tunes on the validation split too and measures the whole test split each epoch.
 - a sweep (``finetune.candidates`` > 1 or ``finetune.lr_grid``) fine-tunes and interpolates once
   per (module, lr) candidate: ``finetune`` and ``interpolation`` count :func:`sweep_size` times.
 
@@ -26,6 +30,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from rift.alpha_grid import alpha_grid
 
 #: Training / test examples of the built-in datasets (before ``max_*_examples`` caps). digits:
 #: scikit-learn's 1797 images, a quarter held out as test (``rift.data.digits.TEST_FRACTION``; the
@@ -119,12 +125,13 @@ def estimate_cost(config: Mapping[str, Any], *, num_modules: int,
     evaluation = config.get("evaluation") or {}
     dataset = config.get("dataset") or {}
 
-    train, test = dataset_examples or BUILTIN_SIZES.get(str(dataset.get("name")), (0, 0))
-    train = _cap(train, dataset.get("max_train_examples"))
-    test = _cap(_cap(test, dataset.get("max_test_examples")), evaluation.get("max_examples"))
+    pool, test_split = dataset_examples or BUILTIN_SIZES.get(str(dataset.get("name")), (0, 0))
+    pool = _cap(pool, dataset.get("max_train_examples"))
+    test_split = _cap(test_split, dataset.get("max_test_examples"))
+    test = _cap(test_split, evaluation.get("max_examples"))
     validation_fraction = float(dataset.get("validation_fraction") or 0.1)
-    validation = math.ceil(train * validation_fraction)
-    train -= validation
+    validation = math.ceil(pool * validation_fraction)
+    train = pool - validation
 
     steps = _int(attack, "steps", 10)
     examples = _int(mrc, "num_examples", 1024)
@@ -136,13 +143,33 @@ def estimate_cost(config: Mapping[str, Any], *, num_modules: int,
     mrc_cost = StageCost(forward=examples + count * per_module.forward,
                          backward=count * per_module.backward)
 
+    # Each shard of a sharded MRC stage measures the reference loss again (one forward pass);
+    # there are never more shards than modules.
+    shards = min(max(_int(mrc, "shards", 1), 1), max(count, 1))
+    mrc_cost = StageCost(forward=mrc_cost.forward + (shards - 1) * examples,
+                         backward=mrc_cost.backward)
+
     runs = sweep_size(config, count)
     epochs = _int(finetune, "epochs", 10)
-    tune = StageCost(forward=runs * epochs * (train + validation), backward=runs * epochs * train)
+    # finetune.selection_split "test" trains on the whole pool, validation split included, and
+    # measures the whole test split after each epoch (not capped by evaluation.max_examples).
+    if finetune.get("selection_split") == "test":
+        fitted, watched = pool, test_split
+    else:
+        fitted, watched = train, validation
+    tune = StageCost(forward=runs * epochs * (fitted + watched), backward=runs * epochs * fitted)
 
-    alpha_step = interpolation.get("alpha_step") or 0.05
-    alphas = math.floor(1.0 / float(alpha_step) + 1e-9) + 1
-    interp = StageCost(forward=runs * alphas * test * (1 + steps + 1),
-                       backward=runs * alphas * test * steps)
+    # The library's own grid: floor(1 / step) + 1 missed the end point 1.0 whenever the step
+    # does not divide 1 (0.3: 0, 0.3, 0.6, 0.9 and 1.0 are 5 points, not 4).
+    alphas = len(alpha_grid(float(interpolation.get("alpha_step") or 0.05)))
+    # The curve is measured on interpolation.selection_split; on the validation split (which
+    # may be larger than the test split: up to half the pool), before and after are measured
+    # on the test split besides, two more attacked evaluations.
+    if interpolation.get("selection_split") == "validation":
+        attacked = alphas * _cap(validation, evaluation.get("max_examples")) + 2 * test
+    else:
+        attacked = alphas * test
+    interp = StageCost(forward=runs * attacked * (1 + steps + 1),
+                       backward=runs * attacked * steps)
     return CostEstimate(adversarial_set=adversarial, mrc=mrc_cost, finetune=tune,
                         interpolation=interp)

@@ -232,7 +232,7 @@ class Dataset(Base):
     image_height: Mapped[int | None] = mapped_column(Integer)
     image_width: Mapped[int | None] = mapped_column(Integer)
     num_features: Mapped[int | None] = mapped_column(Integer)  # feature vectors only
-    num_examples: Mapped[int | None] = mapped_column(BigInteger)  # training examples
+    num_examples: Mapped[int | None] = mapped_column(BigInteger)  # every example: x + x_test
     num_classes: Mapped[int | None] = mapped_column(Integer)  # label_max + 1 (npz), folders
     label_min: Mapped[int | None] = mapped_column(BigInteger)
     label_max: Mapped[int | None] = mapped_column(BigInteger)

@@ -69,10 +69,11 @@ class WebhookNotFound(PersistenceError):
 class WebhookLimitReached(PersistenceError):
     code = "webhook_limit_reached"
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the project already has {limit} webhooks (WEBHOOK_MAX_ENDPOINTS); "
-                         "delete one first")
-        self.limit = limit
+    def __init__(self, limit: int, used: int | None = None) -> None:
+        used = limit if used is None else used
+        super().__init__(f"the project already has {used} webhooks, its limit "
+                         f"WEBHOOK_MAX_ENDPOINTS is {limit}; delete one first")
+        self.limit, self.used = limit, used
 
 
 class WebhookUrlTaken(PersistenceError):
@@ -135,7 +136,7 @@ def create_endpoint(session: Session, *, project_id: str, url: str, event_types:
             if comparable_url(other.url) == wanted:
                 raise WebhookUrlTaken(url, other.id)
         if len(existing) >= max_endpoints:
-            raise WebhookLimitReached(max_endpoints)
+            raise WebhookLimitReached(max_endpoints, len(existing))
         endpoint = WebhookEndpoint(
             id=new_id(), project_id=project_id, url=url, secret=new_secret(),
             event_types=sorted(set(event_types)), description=description, created_at=utcnow(),

@@ -109,7 +109,7 @@ class DatasetInspection:
     greyscale, else 3 (H, W: those of an image in those folders). ``image_sizes_differ``: an
     ImageFolder whose images in those folders are not all of one size (a job must then set
     ``dataset.image_size``, which resizes them). ``num_features`` is set for feature vectors
-    only. ``num_examples`` counts training examples (npz ``x``) or image
+    only. ``num_examples`` counts every example: npz ``x`` and ``x_test``, or the image
     files (tar). ``label_min``/``label_max`` span every label (train and test); ``num_classes``
     is ``label_max + 1`` for npz (labels are class indices), the class folders for ImageFolder.
     """
@@ -312,6 +312,7 @@ def _inspect_npz_archive(path: str, display_name: str,
         x = headers["x"]
         layout = npz_layout(x.shape, x.dtype, "x", SERVICE_MIN_IMAGE_SIDE)
         count = x.shape[0]
+        test_count = 0
         check_has_examples(count, "x", display_name)
         if label_count(headers["y"].shape, headers["y"].dtype, "y") != count:
             raise DatasetError(f"key 'y' has {headers['y'].shape[0]} labels but 'x' has "
@@ -362,7 +363,9 @@ def _inspect_npz_archive(path: str, display_name: str,
         raise DatasetError(one_class_problem("key 'y'", int(low)))
     return DatasetInspection(
         kind="npz", content=layout.content, image_shape=layout.image_shape,
-        num_features=layout.num_features, num_examples=count,
+        # Both splits: the job's cost estimate bounds each split by this count (the row keeps
+        # no other), and an x_test far larger than x was attacked at every α uncounted.
+        num_features=layout.num_features, num_examples=count + test_count,
         num_classes=num_classes_from_labels(int(labels.maximum)),
         label_min=int(labels.minimum), label_max=int(labels.maximum))
 

@@ -201,7 +201,8 @@ def read_events(
                     f"this API key already has {limit_streams} open event streams "
                     "(max_streams_per_key); close one first", field="max_streams_per_key",
                     code="quota_exceeded", headers={"Retry-After": "5"},
-                    details={"quota": "max_streams_per_key", "limit": limit_streams})
+                    details={"quota": "max_streams_per_key", "limit": limit_streams,
+                             "used": slots.open_for_key(caller.key_id)})
             return _HeldStream(
                 _stream(factory, feed, job.id, after, settings.event_stream_recheck_seconds,
                         caller.key_id),

@@ -103,7 +103,8 @@ def materialize(job_id: str, body: MaterializeIn, response: Response, session: S
         raise TooManyRequests(exc.message, field="max_pending_materializations",
                               code="quota_exceeded", headers={"Retry-After": "30"},
                               details={"quota": "max_pending_materializations",
-                                       "limit": exc.limit, "pending": exc.pending}) from exc
+                                       "limit": exc.limit, "used": exc.pending,
+                                       "pending": exc.pending}) from exc
     if requested.must_dispatch:
         try:
             dispatcher.enqueue_materialization(requested.row.id)

@@ -225,7 +225,8 @@ def create_job_for(
         config_json = spec.config.model_dump(mode="json")
         examples = None
         if dataset.row is not None and dataset.row.num_examples is not None:
-            # The upload's test split is not recorded: its size bounds both splits.
+            # The row keeps one count, every example of the file (x and x_test of an npz):
+            # it bounds both splits.
             examples = (dataset.row.num_examples, dataset.row.num_examples)
         estimate = estimate_cost(config_json, num_modules=num_tensors, dataset_examples=examples)
         check_cost(caller, estimate)

@@ -70,7 +70,8 @@ def test_register_list_read_delete(allowing_api: Api, receiver: Receiver) -> Non
     assert second.json()["secret"] != body["secret"]
     third = api.client.post("/v1/webhooks", json={"url": receiver.url + "?third"})
     assert third.status_code == 409 and error_of(third)["code"] == "webhook_limit_reached"
-    assert error_of(third)["field"] == "WEBHOOK_MAX_ENDPOINTS"
+    assert (error_of(third)["field"], error_of(third)["limit"], error_of(third)["used"]) == (
+        "WEBHOOK_MAX_ENDPOINTS", 2, 2)
 
     # Paged like the job list, newest first. Before: one unpaged list.
     first_page = api.client.get("/v1/webhooks", params={"limit": 1}).json()

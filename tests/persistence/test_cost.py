@@ -71,3 +71,46 @@ def test_builtin_digits_size_is_the_librarys_split() -> None:
     splits = load_dataset(spec, seed=0)
     train = splits.train.labels.numel() + splits.validation.labels.numel()
     assert BUILTIN_SIZES["digits"] == (train, splits.test.labels.numel())
+
+
+def test_the_splits_and_shards_a_job_really_runs_on_are_counted() -> None:
+    # Before: the curve was counted on the test split whatever split it ran on (a validation
+    # split of 45 % of CIFAR-10's pool is 22,500 examples, against a test split of 10,000), its
+    # before/after on the test split not at all; fine-tuning with selection on the test split
+    # was counted as training without the validation split and watching it; and each MRC
+    # shard's reference pass was not counted.
+    dataset = {"name": "cifar10", "validation_fraction": 0.45}
+    base = _config(dataset=dataset, architecture={"name": "resnet18"},
+                   interpolation={"alpha_step": 0.5})
+    on_validation = _config(dataset=dataset, architecture={"name": "resnet18"},
+                            interpolation={"alpha_step": 0.5, "selection_split": "validation"})
+    steps = base["attack"]["steps"]
+    assert estimate_cost(base, num_modules=8).interpolation.backward == 3 * 10_000 * steps
+    assert estimate_cost(on_validation, num_modules=8).interpolation.backward == \
+        (3 * 22_500 + 2 * 10_000) * steps
+    capped = _config(dataset=dataset, architecture={"name": "resnet18"},
+                     evaluation={"max_examples": 100},
+                     interpolation={"alpha_step": 0.5, "selection_split": "validation"})
+    assert estimate_cost(capped, num_modules=8).interpolation.backward == (3 * 100 + 2 * 100) * steps
+
+    on_test = _config(dataset=dataset, architecture={"name": "resnet18"},
+                      finetune={"selection_split": "test", "epochs": 2},
+                      evaluation={"max_examples": 100})
+    tune = estimate_cost(on_test, num_modules=8).finetune
+    assert (tune.forward, tune.backward) == (2 * (50_000 + 10_000), 2 * 50_000)
+
+    sharded = _config(mrc={"shards": 4, "num_examples": 100})
+    one = estimate_cost(_config(mrc={"num_examples": 100}), num_modules=8).mrc
+    assert estimate_cost(sharded, num_modules=8).mrc.forward == one.forward + 3 * 100
+    assert estimate_cost(sharded, num_modules=2).mrc.forward == \
+        estimate_cost(_config(mrc={"num_examples": 100}), num_modules=2).mrc.forward + 100
+
+
+@pytest.mark.parametrize("step", [0.3, 0.6, 0.51, 0.07, 0.05, 0.01, 1.0])
+def test_the_curve_counts_every_point_of_the_librarys_grid(step: float) -> None:
+    # Before: floor(1 / step) + 1 points, one short whenever the step does not divide 1 (the
+    # grid always ends with 1.0): alpha_step 0.6 attacks 3 points and was counted as 2.
+    points = {0.3: 5, 0.6: 3, 0.51: 3, 0.07: 16, 0.05: 21, 0.01: 101, 1.0: 2}[step]
+    cost = estimate_cost(_config(interpolation={"alpha_step": step}), num_modules=1)
+    steps = _config()["attack"]["steps"]
+    assert cost.interpolation.backward == points * BUILTIN_SIZES["digits"][1] * steps

@@ -219,7 +219,8 @@ def test_request_rate_in_process(api: Api, clients: Callable[..., httpx.Client])
     limited = answers[5]
     assert limited.status_code == 429
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
-    assert limited.json()["error"]["field"] == "max_requests_per_minute"
+    error = limited.json()["error"]
+    assert (error["field"], error["limit"], error["used"]) == ("max_requests_per_minute", 5, 6)
     assert clients("other-team").get("/v1/jobs").status_code == 200  # per project
 
 
@@ -260,7 +261,8 @@ def test_open_streams_per_key(api: Api, checkpoint: dict) -> None:
     assert opened.wait(10)
     second = api.client.get(f"/v1/jobs/{job['id']}/events", headers={"Accept": "text/event-stream"})
     assert second.status_code == 429
-    assert second.json()["error"]["field"] == "max_streams_per_key"
+    error = second.json()["error"]
+    assert (error["field"], error["limit"], error["used"]) == ("max_streams_per_key", 1, 1)
     assert api.client.get(f"/v1/jobs/{job['id']}/events").status_code == 200  # pages still work
     done.set()
     api.client.post(f"/v1/jobs/{job['id']}/cancel")  # the stream ends with the job
