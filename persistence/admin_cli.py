@@ -235,14 +235,31 @@ def _projects_adopt(session: Session, args: argparse.Namespace, _: Settings) -> 
                    + f" now belong to project '{found.name}'"])
 
 
-def _projects_limits(session: Session, args: argparse.Namespace, _: Settings) -> Output:
+def _projects_limits(session: Session, args: argparse.Namespace, settings: Settings) -> Output:
     found = _found(session, args.name)
     given = {limit: None if getattr(args, limit) is _DEFAULT else getattr(args, limit)
              for limit in LIMIT_MAXIMA if getattr(args, limit) is not None}
     set_project_limits(session, found, given)
     limits = _limits_data(found)
     return Output({"project": found.name, "limits": limits},
-                  [f"{limit}\t{'' if value is None else value}" for limit, value in limits.items()])
+                  [f"{limit}\t{'' if value is None else value}" for limit, value in limits.items()],
+                  _over_limits_note(session, found, settings) if given else None)
+
+
+def _over_limits_note(session: Session, project: Project, settings: Settings) -> str | None:
+    """What the project already uses beyond its limits as now set: accepted (what runs goes
+    on, what is stored stays), but the operator lowering a limit should know that nothing new
+    is admitted until the use falls under it."""
+    usage = project_usage(session, project_id=project.id, project_name=project.name,
+                          limits=ProjectLimits.of(project, settings))
+    over = [f"{name} {used} above its limit {limit}" for name, used, limit in (
+        ("active_jobs", usage.active_jobs, usage.limits.max_active_jobs),
+        ("stored_bytes", usage.stored.total, usage.limits.max_stored_bytes)) if used > limit]
+    if not over:
+        return None
+    return (f"project '{project.name}' already uses more than these limits ({'; '.join(over)}): "
+            "what runs goes on and what is stored stays, but no job or upload is admitted "
+            "until the use is under them")
 
 
 def _projects_usage(session: Session, args: argparse.Namespace, settings: Settings) -> Output:

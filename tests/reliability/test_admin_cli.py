@@ -313,8 +313,15 @@ def test_rift_admin_as_a_script_runs_it(api: Api, small_cnn_file: Path,
                         small_cnn_file.read_bytes())
     first, second = (create_job(api.client, checkpoint["id"]) for _ in range(2))
     assert first.status_code == second.status_code == 201, (first.text, second.text)
-    limits = as_json("projects", "limits", "tests", "--max-active-jobs", "1")
-    assert limits["limits"]["max_active_jobs"] == 1
+    lowered = rift_admin("projects", "limits", "tests", "--max-active-jobs", "1", "--output",
+                         "json")
+    assert lowered.returncode == 0, lowered.stderr
+    assert json.loads(lowered.stdout)["limits"]["max_active_jobs"] == 1
+    # Accepted, with a note on stderr naming the use above the new limit.
+    assert "active_jobs 2 above its limit 1" in lowered.stderr, lowered.stderr
+    assert "above its limit" not in rift_admin("projects", "limits", "tests",
+                                               "--max-active-jobs", "2").stderr
+    assert as_json("projects", "limits", "tests", "--max-active-jobs", "1")
     refused = create_job(api.client, checkpoint["id"])
     assert refused.status_code == 429 and refused.json()["error"]["field"] == "max_active_jobs"
     usage = as_json("projects", "usage", "tests")
