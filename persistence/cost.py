@@ -4,6 +4,10 @@ One example-pass is one example through the model once, forward or backward; a t
 batch of ``b`` examples costs ``b`` forward plus ``b`` backward example-passes. The estimate
 counts what docs/algorithm.md describes, as upper bounds where the spec leaves a choice open:
 
+- ``preflight``: θ_AT measured on ``preflight.examples`` test examples (at most the test
+  split's) before any stage: a clean pass, an attack and a pass on its images, one clean pass
+  for the collapsed-predictions check and one per input normalisation the comparison may try
+  (:data:`PREFLIGHT_NORMALIZATION_PASSES`); nothing with ``preflight.examples`` 0.
 - ``adversarial_set``: ``mrc.num_examples`` examples, each attacked with ``attack.steps`` PGD
   steps (a forward and a backward each) plus one forward pass to take the clean loss.
 - ``mrc``: for each candidate module, ``mrc.steps`` ascent passes over the adversarial set
@@ -32,6 +36,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from rift.alpha_grid import alpha_grid
+from rift.config import NAMED_NORMALIZATIONS
+
+#: Clean passes over the preflight's sample that the normalisation comparison may make
+#: (``rift.normalization_check``): none, each named normalisation, the [0, 255] scale and the
+#: sample's own statistics (an upper bound: only those with the data's channel count run).
+PREFLIGHT_NORMALIZATION_PASSES = len(NAMED_NORMALIZATIONS) + 3
 
 #: Training / test examples of the built-in datasets (before ``max_*_examples`` caps). digits:
 #: scikit-learn's 1797 images, a quarter held out as test (``rift.data.digits.TEST_FRACTION``; the
@@ -63,17 +73,20 @@ class CostEstimate:
     mrc: StageCost
     finetune: StageCost
     interpolation: StageCost
+    preflight: StageCost = StageCost(0, 0)
+
+    def _parts(self) -> tuple[tuple[str, StageCost], ...]:
+        return (("preflight", self.preflight), ("adversarial_set", self.adversarial_set),
+                ("mrc", self.mrc), ("finetune", self.finetune),
+                ("interpolation", self.interpolation))
 
     @property
     def total(self) -> int:
-        return sum(s.total for s in (self.adversarial_set, self.mrc, self.finetune,
-                                     self.interpolation))
+        return sum(s.total for _, s in self._parts())
 
     def to_json(self) -> dict[str, Any]:
         stages = {name: {"forward": s.forward, "backward": s.backward, "total": s.total}
-                  for name, s in (("adversarial_set", self.adversarial_set), ("mrc", self.mrc),
-                                  ("finetune", self.finetune),
-                                  ("interpolation", self.interpolation))}
+                  for name, s in self._parts()}
         return {"unit": "example-passes", "total": self.total, "stages": stages}
 
 
@@ -134,6 +147,11 @@ def estimate_cost(config: Mapping[str, Any], *, num_modules: int,
     train = pool - validation
 
     steps = _int(attack, "steps", 10)
+    preflight = config.get("preflight") or {}
+    checked = min(max(_int(preflight, "examples", 256), 0), test_split)
+    preflight_cost = StageCost(
+        forward=checked * (1 + steps + 1 + 1 + PREFLIGHT_NORMALIZATION_PASSES),
+        backward=checked * steps)
     examples = _int(mrc, "num_examples", 1024)
     adversarial = StageCost(forward=examples * (steps + 1), backward=examples * steps)
 
@@ -172,4 +190,4 @@ def estimate_cost(config: Mapping[str, Any], *, num_modules: int,
     interp = StageCost(forward=runs * attacked * (1 + steps + 1),
                        backward=runs * attacked * steps)
     return CostEstimate(adversarial_set=adversarial, mrc=mrc_cost, finetune=tune,
-                        interpolation=interp)
+                        interpolation=interp, preflight=preflight_cost)

@@ -37,7 +37,8 @@ def stage_work_estimate(spec: Mapping[str, Any], num_modules: int | None = None
     name = dataset.get("name") if isinstance(dataset, Mapping) else None
     cost = estimate_cost(spec, num_modules=num_modules or DEFAULT_MODULES,
                          dataset_examples=None if name in BUILTIN_SIZES else DEFAULT_SIZES)
-    return {"mrc": float(cost.adversarial_set.total + cost.mrc.total),
+    # The preflight runs in the first stage, before its adversarial set.
+    return {"mrc": float(cost.preflight.total + cost.adversarial_set.total + cost.mrc.total),
             "finetune": float(cost.finetune.total),
             "interpolate": float(cost.interpolation.total)}
 

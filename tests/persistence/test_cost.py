@@ -6,7 +6,12 @@ from typing import Any
 
 import pytest
 
-from persistence.cost import BUILTIN_SIZES, estimate_cost, sweep_size
+from persistence.cost import (
+    BUILTIN_SIZES,
+    PREFLIGHT_NORMALIZATION_PASSES,
+    estimate_cost,
+    sweep_size,
+)
 from rift.config import RiftConfig
 
 
@@ -114,3 +119,19 @@ def test_the_curve_counts_every_point_of_the_librarys_grid(step: float) -> None:
     cost = estimate_cost(_config(interpolation={"alpha_step": step}), num_modules=1)
     steps = _config()["attack"]["steps"]
     assert cost.interpolation.backward == points * BUILTIN_SIZES["digits"][1] * steps
+
+
+def test_the_preflight_is_counted_on_the_examples_it_measures() -> None:
+    """It measured up to 100,000 test examples (clean, attacked, its checks' passes) and was
+    counted nowhere, so a job could pass ``max_job_cost`` by its preflight alone."""
+    base = {"attack": {"steps": 3}, "dataset": {"name": "digits"}}
+    skipped = estimate_cost(_config(**base, preflight={"examples": 0}), num_modules=4)
+    sampled = estimate_cost(_config(**base, preflight={"examples": 100}), num_modules=4)
+    whole = estimate_cost(_config(**base, preflight={"examples": 100_000}), num_modules=4)
+    assert skipped.preflight.total == 0
+    passes = 1 + 3 + 1 + 1 + PREFLIGHT_NORMALIZATION_PASSES
+    assert (sampled.preflight.forward, sampled.preflight.backward) == (100 * passes, 100 * 3)
+    _, test = BUILTIN_SIZES["digits"]  # never more than the test split holds
+    assert (whole.preflight.forward, whole.preflight.backward) == (test * passes, test * 3)
+    assert sampled.total - skipped.total == sampled.preflight.total
+    assert sampled.to_json()["stages"]["preflight"]["total"] == sampled.preflight.total

@@ -48,7 +48,8 @@ def test_a_maximal_spec_is_refused_with_its_estimate(api: Api, checkpoint: dict)
     assert error["code"] == "cost_limit_exceeded" and error["field"] == "max_job_cost"
     estimate = error["estimate"]
     assert estimate["unit"] == "example-passes" and estimate["total"] > error["limit"]
-    assert set(estimate["stages"]) == {"adversarial_set", "mrc", "finetune", "interpolation"}
+    assert set(estimate["stages"]) == {"preflight", "adversarial_set", "mrc", "finetune",
+                                      "interpolation"}
     assert str(estimate["total"]) in error["message"] and str(error["limit"]) in error["message"]
     assert api.count_jobs() == 0
     # The usual job is accepted and shows its estimate.
