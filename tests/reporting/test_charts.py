@@ -278,3 +278,18 @@ def test_a_sweeps_marks_at_one_alpha_keep_one_readable_label() -> None:
     assert 1 <= len(labels) < 16
     for (x1, y1), (x2, y2) in itertools.combinations(labels, 2):
         assert abs(x1 - x2) >= width or abs(y1 - y2) >= 12, (x1, y1, x2, y2)
+
+
+def test_point_tooltips_name_a_long_series_as_its_legend_does() -> None:
+    """A point's tooltip named its series in full: a sweep's 16 curves of 101 points repeated
+    a 200-character module name 1,616 times (a third of a megabyte of the page). The legend
+    entry's tooltip and every point's data-series keep the whole name."""
+    name = "backbone." + "stages.3.blocks.11." * 11 + "attn.qkv"
+    assert len(name) > 200
+    root = _parse(tradeoff_chart([_curve(name)]))
+    points = [c for c in root.iter(f"{SVG}circle") if c.get("class") == "point"]
+    assert len(points) == 5 and {c.get("data-series") for c in points} == {name}
+    short = "…" + name[-(LEGEND_CHARS - 1):]
+    assert all((c.findtext(f"{SVG}title") or "").startswith(f"{short} α = ") for c in points)
+    legend = next(e for e in root.iter(f"{SVG}g") if e.get("class") == "legend")
+    assert [t.findtext(f"{SVG}title") for t in legend.iter(f"{SVG}text")] == [name]
