@@ -23,6 +23,11 @@ from reporting.charts import Curve, Splits, alpha_text, chart_width, job_charts
 #: 300 scored modules (6690 px) scaled to 1136 × 54 px, bars and labels too small to see.
 WIDE_CHART = 1150
 
+#: Warnings listed open under the summary; the rest (up to the API's 100) fold into a
+#: ``<details>`` below them: a sweep's 100 warnings of 2 lines each pushed the charts about
+#: 3,000 px down the page.
+WARNINGS_SHOWN = 10
+
 #: The page loads nothing: styles are inline, images are inline SVG.
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -42,6 +47,7 @@ pre{background:#f7f7f7;padding:8px;font-size:11px;overflow:auto;max-height:480px
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13px}dt{font-weight:bold}
 p.note{font-size:12px;color:#555;max-width:720px}
 dl.warnings{background:#fff8e1;border-left:4px solid #e0a100;padding:8px}
+details.more-warnings summary{cursor:pointer;font-size:13px}
 """
 
 
@@ -144,20 +150,27 @@ def _summary(data: ReportData) -> str:
 def _warnings(data: ReportData) -> str:
     """The run's warnings, right under the summary: a result the page shows may be one to
     doubt (no α > 0 kept the robustness, a module MRC could not score, ...), and a reader who
-    only looks at the charts must see that first."""
+    only looks at the charts must see that first. The first :data:`WARNINGS_SHOWN` are open, the
+    rest folded (:data:`WARNINGS_SHOWN` says why)."""
     if not data.warnings:
         return "<p class='warnings-none'>No warnings.</p>"
-    items = []
-    for warning in data.warnings:
-        where = warning.stage or "run"
-        if warning.candidate is not None:
-            where += f", candidate {warning.candidate}"
-        repeated = f" (×{warning.count})" if warning.count > 1 else ""
-        items.append(f"<dt>{escape(where)}</dt><dd>{escape(warning.message + repeated)}</dd>")
+    items = [_warning_item(warning) for warning in data.warnings]
+    shown, folded = items[:WARNINGS_SHOWN], items[WARNINGS_SHOWN:]
+    rest = (f"<details class='more-warnings'><summary>{len(folded)} more warning(s)</summary>"
+            f"<dl class='warnings'>{''.join(folded)}</dl></details>" if folded else "")
     left_off = data.warnings_total - len(data.warnings)
     more = (f"<p class='note'>{left_off} more warning(s) not shown: the job's events hold them "
             f"all (GET /v1/jobs/{escape(data.job_id)}/events).</p>" if left_off > 0 else "")
-    return f"<dl class='warnings'>{''.join(items)}</dl>{more}"
+    return f"<dl class='warnings'>{''.join(shown)}</dl>{rest}{more}"
+
+
+def _warning_item(warning: ReportWarning) -> str:
+    """One warning as a ``<dt>`` (where) and ``<dd>`` (what, and how many times)."""
+    where = warning.stage or "run"
+    if warning.candidate is not None:
+        where += f", candidate {warning.candidate}"
+    repeated = f" (×{warning.count})" if warning.count > 1 else ""
+    return f"<dt>{escape(where)}</dt><dd>{escape(warning.message + repeated)}</dd>"
 
 
 def _mrc_table(data: ReportData) -> str:

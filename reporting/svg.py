@@ -361,6 +361,10 @@ def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label:
         frame.parts.append(f'<path class="series" data-series={quoteattr(item.name)} d="{path}" '
                            f'fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
         labels = list(item.labels) if len(item.labels) == len(item.points) else []
+        # Each point's tooltip names its series as the legend does (the legend entry's tooltip
+        # and data-series hold the whole name): 16 curves of 101 points repeated a 200-character
+        # module name 1,616 times, a third of a megabyte of the page.
+        point_name = short_label(item.name, LEGEND_CHARS)
         for index, (x, y) in enumerate(item.points):
             if not (_finite(x) and _finite(y)):
                 continue
@@ -368,24 +372,54 @@ def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label:
             tip = f"{labels[index]}: " if labels else ""
             frame.parts.append(
                 f'<circle class="point" data-series={quoteattr(item.name)} cx="{px:.1f}" '
-                f'cy="{py:.1f}" r="3" fill="{colour}"><title>{escape(item.name)} {escape(tip)}'
+                f'cy="{py:.1f}" r="3" fill="{colour}"><title>{escape(point_name)} {escape(tip)}'
                 f"({x:.4g}, {y:.4g})</title></circle>")
 
+    drawn: list[tuple[float, float, float, float]] = []
     for mark in marks:
         if not (_finite(mark.x) and _finite(mark.y)):
             continue
         px, py = at(mark.x, mark.y)
-        frame.parts.append(
-            f'<circle class="mark" data-label={quoteattr(mark.label)} cx="{px:.1f}" cy="{py:.1f}" '
-            f'r="7" fill="none" stroke="{HIGHLIGHT}" stroke-width="2.5"/>')
         # Labels of marks near the right edge go to their left, so they stay inside the chart.
         near_right = px > frame.left + 0.75 * frame.plot_width
         text_x, anchor = (px - 9, "end") if near_right else (px + 9, "start")
-        frame.parts.append(f'<text x="{text_x:.1f}" y="{py - 9:.1f}" text-anchor="{anchor}" '
-                           f'fill="{HIGHLIGHT}" style="font-weight:bold">{escape(mark.label)}</text>')
+        box = _label_box(text_x, py - 9, anchor, mark.label)
+        # A label over one already drawn is left out (the ring keeps it as a tooltip): a
+        # sweep's 16 curves that chose one α drew 16 "α = 0.37" on top of each other, a blot.
+        shown = bool(mark.label) and not any(_overlap(box, other) for other in drawn)
+        tooltip = f"<title>{escape(mark.label)}</title>" if mark.label else ""
+        frame.parts.append(
+            f'<circle class="mark" data-label={quoteattr(mark.label)} cx="{px:.1f}" cy="{py:.1f}" '
+            f'r="7" fill="none" stroke="{HIGHLIGHT}" stroke-width="2.5">{tooltip}</circle>')
+        if shown:
+            drawn.append(box)
+            frame.parts.append(
+                f'<text class="mark-label" x="{text_x:.1f}" y="{py - 9:.1f}" '
+                f'text-anchor="{anchor}" fill="{HIGHLIGHT}" style="font-weight:bold">'
+                f"{escape(mark.label)}</text>")
     _legend(frame, [s.name for s in series], colours,
             [_dashed(item, number) for number, item in enumerate(series)])
     return _close(frame)
+
+
+#: Width (px) of a character of a mark's label (11 px bold sans-serif, a little generous) and
+#: the label's height: the box :func:`_label_box` estimates without a font at hand.
+MARK_CHAR_WIDTH = 7.0
+MARK_LABEL_HEIGHT = 12.0
+
+
+def _label_box(x: float, baseline: float, anchor: str,
+               label: str) -> tuple[float, float, float, float]:
+    """The box (left, top, right, bottom) a mark's label about covers, drawn at ``x`` with
+    ``anchor`` ("start" or "end") on ``baseline``."""
+    width = MARK_CHAR_WIDTH * len(label)
+    left = x - width if anchor == "end" else x
+    return left, baseline - MARK_LABEL_HEIGHT, left + width, baseline
+
+
+def _overlap(one: tuple[float, float, float, float],
+             other: tuple[float, float, float, float]) -> bool:
+    return one[0] < other[2] and other[0] < one[2] and one[1] < other[3] and other[1] < one[3]
 
 
 def _dashed(series: LineSeries, number: int) -> bool:

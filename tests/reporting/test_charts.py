@@ -256,3 +256,40 @@ def test_mrc_bars_of_rows_stopped_early_are_drawn_as_lower_bounds() -> None:
     assert "stopped early" in legend
     full = _parse(mrc_chart([{**row, "exact": True} for row in rows], "fc"))
     assert "stopped early" not in " ".join(e.text or "" for e in full.iter(f"{SVG}text"))
+
+
+def test_a_sweeps_marks_at_one_alpha_keep_one_readable_label() -> None:
+    """16 candidates that chose the same α have their rings close together: each label was
+    drawn, 16 "α = 0.37" on top of each other. Labels that would overlap are left out; every
+    ring stays, its label as data-label and tooltip."""
+    alphas = [round(i * 0.01, 10) for i in range(101)]
+    curves = [Curve(f"backbone.stages.3.blocks.{i}.attn.qkv",
+                    [{"alpha": a, "clean_accuracy": 80 + 5 * a + i * 0.1,
+                      "robust_accuracy": 45 - 3 * a * a - i * 0.05} for a in alphas], 0.37)
+              for i in range(16)]
+    root = _parse(tradeoff_chart(curves))
+    rings = [e for e in root.iter(f"{SVG}circle") if e.get("class") == "mark"]
+    assert [e.get("data-label") for e in rings] == ["α = 0.37"] * 16
+    assert all(e.findtext(f"{SVG}title") == "α = 0.37" for e in rings)
+    width = 7.0 * len("α = 0.37")  # at most: 11 px bold is narrower than 7 px a character
+    # Each drawn label's left edge (it ends at x when anchored at its end) and baseline.
+    labels = [(float(e.get("x", 0)) - (width if e.get("text-anchor") == "end" else 0.0),
+               float(e.get("y", 0))) for e in root.iter(f"{SVG}text") if e.text == "α = 0.37"]
+    assert 1 <= len(labels) < 16
+    for (x1, y1), (x2, y2) in itertools.combinations(labels, 2):
+        assert abs(x1 - x2) >= width or abs(y1 - y2) >= 12, (x1, y1, x2, y2)
+
+
+def test_point_tooltips_name_a_long_series_as_its_legend_does() -> None:
+    """A point's tooltip named its series in full: a sweep's 16 curves of 101 points repeated
+    a 200-character module name 1,616 times (a third of a megabyte of the page). The legend
+    entry's tooltip and every point's data-series keep the whole name."""
+    name = "backbone." + "stages.3.blocks.11." * 11 + "attn.qkv"
+    assert len(name) > 200
+    root = _parse(tradeoff_chart([_curve(name)]))
+    points = [c for c in root.iter(f"{SVG}circle") if c.get("class") == "point"]
+    assert len(points) == 5 and {c.get("data-series") for c in points} == {name}
+    short = "…" + name[-(LEGEND_CHARS - 1):]
+    assert all((c.findtext(f"{SVG}title") or "").startswith(f"{short} α = ") for c in points)
+    legend = next(e for e in root.iter(f"{SVG}g") if e.get("class") == "legend")
+    assert [t.findtext(f"{SVG}title") for t in legend.iter(f"{SVG}text")] == [name]

@@ -189,3 +189,28 @@ def test_a_job_without_warnings_says_none_and_a_cut_list_says_how_many_more() ->
                                    warnings=[ReportWarning("mrc", "w0")], warnings_total=101))
     assert "100 more warning(s) not shown" in _warnings_section(cut)
     assert "GET /v1/jobs/j/events" in _warnings_section(cut)
+
+
+def test_a_hundred_warnings_fold_after_the_first_ones_and_the_charts_stay_near_the_top() -> None:
+    """100 warnings (the API's bound) of a sweep, two lines each, were all listed open: the
+    charts began about 3,000 px down. The first ones stay open, the rest fold into a
+    <details>; every one is still on the page, escaped."""
+    from tests.api.report_checks import page_problems
+
+    warnings = [ReportWarning("finetune", f"w{i} <img src=x onerror=alert({i})> é✓", 1,
+                              candidate=i % 16) for i in range(100)]
+    page = render_report(ReportData(job_id="j", status="succeeded", warnings=warnings,
+                                    warnings_total=130))
+    section = _warnings_section(page)
+    open_part = section.split("<details", 1)[0]
+    shown = open_part.count("<dt>")
+    assert 1 <= shown <= 20
+    folded = section[len(open_part):]
+    assert folded.startswith(f"<details class='more-warnings'><summary>{100 - shown} more "
+                             "warning(s)</summary>")
+    assert folded.count("<dt>") == 100 - shown
+    assert all(f"<dd>w{i} &lt;img src=x onerror=alert({i})&gt; é✓</dd>" in section
+               for i in range(100))
+    assert "<img" not in page
+    assert "30 more warning(s) not shown" in section
+    assert page_problems(page) == []
