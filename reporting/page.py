@@ -88,6 +88,8 @@ class ReportData:
     #: The job's warnings (at most the API's bound) and how many distinct ones it has.
     warnings: Sequence[ReportWarning] = ()
     warnings_total: int = 0
+    #: The job's labels (key → value), as the API lists them: how a team finds its runs.
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 # C0 and C1 controls but tab and newlines, and lone surrogates: a parse error in HTML text (a
@@ -134,6 +136,8 @@ def _summary(data: ReportData) -> str:
     after = data.metrics.get("after") or {}
     stage = _stage(data)
     items = [("job", data.job_id), ("status", data.status),
+             *([("labels", ", ".join(f"{key}={value}" for key, value in data.labels.items()))]
+               if data.labels else []),
              *([("stage", stage)] if stage is not None else []),
              ("fine-tuned module", data.selected_module or "–"),
              ("chosen α", _alpha_cell(data.chosen_alpha)),

@@ -109,6 +109,6 @@ def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: Stor
         splits=Splits.of_config(job.spec),
         warnings=[ReportWarning(w.stage, w.message, w.count, w.candidate)
                   for w in warnings.items],
-        warnings_total=warnings.total)
+        warnings_total=warnings.total, labels=job.label_dict)
     return HTMLResponse(render_report(data),
                         headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})

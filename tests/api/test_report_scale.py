@@ -132,6 +132,7 @@ def test_a_big_sweep_jobs_report_and_json_routes(report_api: Api, small_cnn_file
     # 6 in the MRC chart's two panels), under the bound below.
     assert page_problems(page, max_bytes=2_500_000) == []
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count("k31." + "x" * 50 + "=") == 1  # the summary lists every label once
     # Every row and curve is there: the MRC table's 500, 16 curve tables of 101 α.
     assert page.count("<td class='name'>") == MODULE_COUNT
     assert page.count("<div class='curve'") == 16

@@ -66,6 +66,14 @@ def test_the_summary_says_which_stage_runs_or_where_the_job_stopped() -> None:
     assert "<dt>stage</dt>" not in render_report(ReportData(job_id="j", status="succeeded"))
 
 
+def test_the_summary_lists_the_jobs_labels_escaped() -> None:
+    """The labels a team finds its runs by were on the job's JSON only, not on its page."""
+    page = render_report(ReportData(job_id="j", status="succeeded",
+                                    labels={"team": "vision", "run": "<b>nightly</b>"}))
+    assert "<dt>labels</dt><dd>team=vision, run=&lt;b&gt;nightly&lt;/b&gt;</dd>" in page
+    assert "<dt>labels</dt>" not in render_report(ReportData(job_id="j", status="succeeded"))
+
+
 def test_control_characters_in_names_and_errors_become_replacement_characters() -> None:
     from tests.api.report_checks import page_problems
 
