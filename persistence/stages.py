@@ -439,6 +439,26 @@ def finish_stage_and_claim_next(
     return job, claim
 
 
+def recorded_finish(session: Session, job_id: str, stage: str, *, owner: str,
+                    attempt: int) -> tuple[Job, StageClaim | None] | None:
+    """Whether a :func:`finish_stage_and_claim_next` of ``attempt`` committed although its
+    caller saw an error (a database outage that took the commit's answer): None if the stage
+    is not done at that attempt (the finish was refused, or never reached the database; a
+    takeover's claim counts a later attempt). Else what that call would have returned: the job,
+    and the next stage's claim it made for ``owner`` (None if it made none). Reads only."""
+    job = load_job(session, job_id, relations=False)
+    rows = {row.stage: row for row in load_stages(session, job_id)}
+    row = rows[stage]
+    if row.status != StageStatus.DONE or row.attempts != attempt:
+        return None
+    following = next_stage(stage)
+    held = rows.get(following) if following is not None else None
+    if held is None or held.status != StageStatus.RUNNING or held.lease_owner != owner:
+        return job, None
+    attempts = {str(name): other.attempts for name, other in rows.items()}
+    return job, StageClaim(ClaimOutcome.CLAIMED, job, held.attempts, attempts)
+
+
 def _insert_outputs(session: Session, job: Job, outputs: StageOutputs,
                     now: datetime) -> int | None:
     """Add the stage's rows; returns the bytes of the job's artifacts afterwards if the stage

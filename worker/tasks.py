@@ -135,6 +135,7 @@ from worker.candidates import (
     start_sweep,
 )
 from worker.epoch_states import ObjectEpochStateStore, discard_epoch_states
+from worker.finishing import record_finish
 from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_job
 from worker.prepared_runs import RunKey
@@ -529,11 +530,12 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         terms = (ClaimTerms(owner, settings.worker_lease_seconds, settings.max_stage_attempts)
                  if following is not None and resources.chains_stages else None)
         pending = reporter.take_pending()
-        with resources.session() as session:
-            # The stage's last events come before its stage_finished, in the same commit.
-            _, next_claim = stages.finish_stage_and_claim_next(
+        # The stage's last events come before its stage_finished, in the same commit; tried
+        # again through a database outage while the lease holds (worker.finishing).
+        _, next_claim = record_finish(reporter, claim.attempt, lambda session: (
+            stages.finish_stage_and_claim_next(
                 session, job_id, stage, owner=owner, outputs=outputs, next_terms=terms,
-                events=pending.events, device=pending.device)
+                events=pending.events, device=pending.device)))
     except JobCancelled:
         reporter.close()  # no report of the stage follows its end (each branch below)
         return _Step(stage, _cancel(resources, job_id, stage), device)

@@ -119,3 +119,42 @@ def stage_done_at(worker: WorkerProcess, job_id: str, stage: str) -> datetime:
         if done in line:
             return datetime.fromisoformat(json.loads(line)["ts"])
     raise AssertionError(f"never logged {done!r}:\n{worker.log()[-3000:]}")
+
+
+#: Epochs of the fine-tuning whose end meets the outage: enough that it is still running when
+#: the outage begins (at the stage's claim), few enough that it ends inside it (1.5–15 s).
+FINISHING_EPOCHS = 80
+
+
+def test_a_stage_finishing_during_an_outage_shorter_than_its_lease_is_recorded_once_back(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], quick_config: dict[str, Any],
+        postgres_url: str) -> None:
+    """The fine-tuning ends while the database refuses connections: its finishing transaction
+    is tried again until the database is back, and the job ends then, each stage run once.
+    Before, the stage's error handling met the same outage and the job waited ``running`` for
+    the lease (30 s here) to expire, and the stage ran again from its start."""
+    spec = copy.deepcopy(quick_config)
+    spec["finetune"].update(epochs=FINISHING_EPOCHS, lr_milestones=[FINISHING_EPOCHS // 2])
+    worker = start_worker(WORKER_LEASE_SECONDS="30")
+    job_id = submit(spec)
+    wait_for(sessions, job_id, lambda j: j.stage == "finetune", "fine-tuning",
+             workers=(worker,))
+    sessions.kw["bind"].dispose()
+    with database_refusing_connections(postgres_url):
+        # Held until the fine-tuning has ended and met the outage at its finish (with the
+        # change: tried again; before: its error handling raised too).
+        wait_for_log(worker, f"job {job_id} stage finetune: ",
+                     ("could not record its end", "unexpected error on attempt"), timeout=40)
+        time.sleep(0.5)  # a try or two more meet the outage
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", timeout=15,
+                   workers=(worker,))
+    assert job.status == "succeeded", job.error_message
+    with sessions() as session:
+        stages = {s.stage: s.attempts for s in job.stages}
+        events = [e.kind for e in jobs.list_events(session, job_id, limit=10_000)]
+    assert stages == {"mrc": 1, "finetune": 1, "interpolate": 1}
+    assert "stage_retry" not in events
+    assert events.count("stage_finished") == 3
+    assert events.count("epoch") == FINISHING_EPOCHS  # its last reports went with its end
+    assert "unexpected error" not in worker.log()

@@ -1,0 +1,109 @@
+"""A stage's finishing transaction whose commit landed but whose answer the database outage took
+(the connection lost after the server committed): the worker reads that the finish landed and
+goes on from it, instead of taking it as refused. Real database, store and library run, in
+process (worker/finishing.py); the answer is lost by a listener of the test on the worker's
+real sessions, which raises the driver's connection error after the commit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import exc as database_errors
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence import jobs
+from persistence.models import JobEvent
+from persistence.queue import RiftCelery
+from persistence.settings import Settings
+from worker.finishing import record_finish
+from worker.metrics import WorkerMetrics
+from worker.runtime import StageReporter, WorkerResources
+from worker.tasks import execute_stage
+
+pytestmark = pytest.mark.service
+
+
+@contextmanager
+def answer_lost_after_commit(stage: str) -> Iterator[list[str]]:
+    """The first transaction that records ``stage`` as finished is committed on the server, then
+    its caller gets the driver's connection error instead of the answer, as when the connection
+    drops before the answer arrives. Yields the stages whose answer was lost."""
+    lost: list[str] = []
+
+    def mark(session: Session) -> None:
+        if not lost and any(isinstance(obj, JobEvent) and obj.kind == "stage_finished"
+                            and obj.payload.get("stage") == stage for obj in session.new):
+            session.connection().info["lose_answer"] = True
+
+    def commit_then_lose(connection: Connection) -> None:
+        if connection.info.pop("lose_answer", False):
+            driver_connection = connection.connection.dbapi_connection
+            assert driver_connection is not None
+            driver_connection.commit()  # the server commits; its answer is "lost" below
+            lost.append(stage)
+            raise database_errors.OperationalError(
+                "COMMIT", None, psycopg.OperationalError("server closed the connection "
+                                                         "unexpectedly"))
+
+    event.listen(Session, "before_commit", mark)
+    event.listen(Engine, "commit", commit_then_lose)
+    try:
+        yield lost
+    finally:
+        event.remove(Session, "before_commit", mark)
+        event.remove(Engine, "commit", commit_then_lose)
+
+
+def test_a_finish_whose_answer_was_lost_is_not_taken_as_refused(
+        submit: Callable[..., str], sessions: sessionmaker[Session], sender: RiftCelery,
+        service_settings: Settings, quick_config: dict[str, Any],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Before, the worker took the error as the stage's own: it gave the stage back, which
+    found it done (``lease_lost``), and the next stage, which the lost commit had claimed for
+    this worker, waited for its lease to expire."""
+    job_id = submit(quick_config, send=False)
+    resources = WorkerResources(service_settings)
+    resources.metrics = WorkerMetrics(resources, lambda queue: 0)
+    with answer_lost_after_commit("finetune") as lost, \
+            caplog.at_level(logging.INFO, logger="worker"):
+        # mrc, then finetune and interpolate chained on the same worker.
+        outcome = execute_stage(sender, resources, job_id, "mrc")
+    assert lost == ["finetune"]
+    assert outcome == "done"
+    assert "its end had been recorded" in caplog.text
+    with sessions() as session:
+        job = jobs.get_job(session, job_id)
+        events = [e.kind for e in jobs.list_events(session, job_id, limit=10_000)]
+    assert job.status == "succeeded", job.error_message
+    assert {s.stage: s.attempts for s in job.stages} == {"mrc": 1, "finetune": 1,
+                                                          "interpolate": 1}
+    assert events.count("stage_finished") == 3  # recorded once
+    assert "stage_retry" not in events
+
+
+def test_a_finish_is_tried_again_for_at_most_a_lease_length(service_settings: Settings) -> None:
+    """A database that does not come back (here: nothing listens on its port) ends the tries a
+    lease length after the first, with the last connection error (the stage is then left to its
+    lease, as before); the waits double up to their cap. The clock and the waits are the test's:
+    the tries and reads are real."""
+    settings = service_settings.model_copy(update={
+        "database_url": "postgresql+psycopg://postgres@127.0.0.1:1/absent",
+        "worker_lease_seconds": 5.0})
+    reporter = StageReporter(WorkerResources(settings), "job-1", "finetune")
+    now = [0.0]
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    with pytest.raises(database_errors.OperationalError):
+        record_finish(reporter, 1, lambda session: session.execute(text("SELECT 1")).one(),
+                      clock=lambda: now[0], sleep=wait)
+    assert waits == [0.2, 0.4, 0.8, 1.6, 2.0]  # 5.0 s: the lease; one more would pass it

@@ -1,0 +1,93 @@
+"""Recording a finished stage through a database outage.
+
+A stage's outputs are stored before its finishing transaction records them; when that
+transaction met an unreachable database (a restart, a failover), the stage used to be given
+back through the same database, which failed too, and waited for its lease to expire: the
+recovery loop then ran it again from its start (hours of fine-tuning, for a two-second
+failover). Here the worker, still holding the lease (its heartbeat thread renews it through the
+outage, :class:`worker.runtime.LeaseHeartbeat`), tries the transaction again until the database
+answers, for at most a lease length. A commit whose answer the outage took cannot be told from
+one refused by its error, so each try first reads whether the earlier one landed
+(:func:`persistence.stages.recorded_finish`): the finish is then taken as done, not made twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy import exc as database_errors
+from sqlalchemy.orm import Session
+
+from persistence import stages
+from persistence.models import Job
+from persistence.stages import LeaseLost, StageClaim
+from worker.runtime import DATABASE_DOWN, StageReporter
+
+logger = logging.getLogger(__name__)
+
+#: The first wait before a try again, doubled each time up to the second: short, so the stage
+#: ends soon after the database is back; capped, so a long outage costs a connection attempt
+#: every few seconds, not a stream of them.
+FIRST_RETRY_DELAY_S = 0.2
+MAX_RETRY_DELAY_S = 2.0
+
+Finish = Callable[[Session], tuple[Job, StageClaim | None]]
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached (not that it refused the
+    statement): :data:`worker.runtime.DATABASE_DOWN`, or a driver error that invalidated its
+    connection."""
+    return isinstance(exc, DATABASE_DOWN) or (
+        isinstance(exc, database_errors.DBAPIError) and exc.connection_invalidated)
+
+
+def record_finish(reporter: StageReporter, attempt: int, finish: Finish, *,
+                  clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], None] = time.sleep) -> tuple[Job, StageClaim | None]:
+    """Run ``finish`` (the stage's finishing transaction, given a session) for attempt
+    ``attempt`` of ``reporter``'s stage, and return what it returns. When it meets an
+    unreachable database, try again after a capped exponential backoff, each try preceded by a
+    read of whether an earlier one committed unseen (then what that commit made is returned).
+    Raises the last error once a lease length (``WORKER_LEASE_SECONDS``) has passed since the
+    first, :class:`LeaseLost` once the heartbeat found the stage taken over, and any other
+    error at once."""
+    resources = reporter.resources
+    try:
+        with resources.session() as session:
+            return finish(session)
+    except Exception as exc:
+        if not database_unreachable(exc):
+            raise
+        error = exc
+    deadline = clock() + resources.settings.worker_lease_seconds
+    delay = FIRST_RETRY_DELAY_S
+    while True:
+        if reporter.lease_lost:
+            raise LeaseLost(f"lost the lease on stage '{reporter.stage}' of job "
+                            f"{reporter.job_id} while the database was unreachable")
+        if clock() + delay > deadline:
+            logger.warning("job %s stage %s: the database stayed unreachable for a lease length;"
+                           " its end is left to the lease", reporter.job_id, reporter.stage)
+            raise error
+        logger.warning("job %s stage %s: could not record its end, the database is unreachable "
+                       "(%s: %s); trying again in %.1f s", reporter.job_id, reporter.stage,
+                       type(error).__name__, (str(error).splitlines() or [""])[0][:300], delay)
+        sleep(delay)
+        delay = min(delay * 2, MAX_RETRY_DELAY_S)
+        try:
+            with resources.session() as session:
+                landed = stages.recorded_finish(session, reporter.job_id, reporter.stage,
+                                                owner=reporter.owner, attempt=attempt)
+            if landed is not None:
+                logger.info("job %s stage %s: its end had been recorded (the answer was lost "
+                            "to the outage)", reporter.job_id, reporter.stage)
+                return landed
+            with resources.session() as session:
+                return finish(session)
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            error = exc
