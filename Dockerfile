@@ -54,4 +54,7 @@ ENV REQUEST_HEAD_MAX_BYTES=65536
 # line, instead of uvicorn restarting each worker process for ever. No uvicorn access log: the API
 # logs one JSON `request` line per request itself, with its request id (the same words as
 # compose's api command after its migration; tests/test_deployment_files.py holds them alike).
-CMD ["sh", "-c", "python -m api.preflight && exec uvicorn api.main:create_app --factory --host 0.0.0.0 --port 8000 --http api.http_protocol:HttpToolsProtocol --h11-max-incomplete-event-size \"${REQUEST_HEAD_MAX_BYTES}\" --workers \"${API_WORKERS}\" --no-access-log"]
+# PROMETHEUS_MULTIPROC_DIR: the uvicorn processes' metric files, summed by each scrape of
+# /metrics (api/multiprocess_metrics.py), in RAM; preflight empties it. Set here, not as an ENV:
+# the workers run this image too, and the variable switches every process's prometheus_client.
+CMD ["sh", "-c", "export PROMETHEUS_MULTIPROC_DIR=\"${PROMETHEUS_MULTIPROC_DIR:-/dev/shm/rift-api-metrics}\" && python -m api.preflight && exec uvicorn api.main:create_app --factory --host 0.0.0.0 --port 8000 --http api.http_protocol:HttpToolsProtocol --h11-max-incomplete-event-size \"${REQUEST_HEAD_MAX_BYTES}\" --workers \"${API_WORKERS}\" --no-access-log"]

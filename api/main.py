@@ -139,7 +139,7 @@ def create_app(
     app.state.event_feed = feed
     app.state.validator = checks
     app.state.stored_tensors = StoredTensorsCache()
-    app.state.metrics = ApiMetrics()
+    app.state.metrics = ApiMetrics(settings.prometheus_multiproc_dir)
     install_error_handlers(app)
     # Innermost, so that a route's reads see decoded bytes and its errors reach the handlers.
     app.add_middleware(RequestDecoding, max_json_bytes=MAX_FIELD_BYTES,

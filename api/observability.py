@@ -13,18 +13,22 @@ binds it for the request's logs, returns it in the ``X-Request-ID`` response hea
   (checkpoints, datasets, multipart jobs), counting the bytes of the request body received.
 
 Each app has its own :class:`ApiMetrics` registry (no process-global collectors), served by
-``GET /metrics`` at the root (see :mod:`api.routes.metrics`).
+``GET /metrics`` at the root (see :mod:`api.routes.metrics`). With several uvicorn processes
+(``PROMETHEUS_MULTIPROC_DIR``), a scrape sums every process's values:
+:mod:`api.multiprocess_metrics`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.multiprocess_metrics import shared_exposition
 from persistence.logs import clean_request_id, log_context
 
 logger = logging.getLogger(__name__)
@@ -42,9 +46,19 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class ApiMetrics:
-    """The API's collectors, in a registry of their own."""
+    """The API's collectors, in a registry of their own; with ``multiprocess_dir`` (the setting
+    ``PROMETHEUS_MULTIPROC_DIR``) their values are also written there, and
+    :meth:`exposition` sums those of all the API's processes."""
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        if multiprocess_dir is not None:
+            # prometheus_client picks its value storage when imported, from the variable
+            # itself: a setting given any other way would leave each process counting alone.
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be in the environment before "
+                                   "prometheus_client is imported")
+            multiprocess_dir.mkdir(parents=True, exist_ok=True)
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry(auto_describe=True)
         self.latency = Histogram("rift_http_request_duration_seconds",
                                  "Time from request start to the last response byte.",
@@ -56,6 +70,13 @@ class ApiMetrics:
                                     ["kind"], registry=self.registry)
         self.uploads = Counter("rift_uploads", "Upload requests, by status code.",
                                ["kind", "status"], registry=self.registry)
+
+    def exposition(self) -> bytes:
+        """The metrics in the text exposition format: this process's, or with a multiprocess
+        directory the sums over all the API's processes."""
+        if self.multiprocess_dir is not None:
+            return shared_exposition(self.multiprocess_dir)
+        return generate_latest(self.registry)
 
 
 def _route_template(scope: Scope) -> str:

@@ -6,16 +6,23 @@ Checks the settings, the schema and the object store's bucket and keys
 a failure; but uvicorn's supervisor restarts a worker process that stops, for ever, so with several
 processes the one-line reason would scroll away in a restart loop. Run first (the image's
 command does), a failure stops the container once, with that line and status 1. Imports no torch.
+
+It also empties ``PROMETHEUS_MULTIPROC_DIR`` (when set), before any API process writes there:
+files of an earlier run would be added to this one's metrics (:mod:`api.multiprocess_metrics`).
 """
 
 from __future__ import annotations
 
+from api.multiprocess_metrics import reset_directory
 from persistence.settings import settings_or_exit
 from persistence.startup import check_service_start
 
 
 def main() -> None:
-    check_service_start(settings_or_exit())
+    settings = settings_or_exit()
+    check_service_start(settings)
+    if settings.prometheus_multiproc_dir is not None:
+        reset_directory(settings.prometheus_multiproc_dir)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,15 @@ def check_log_level(level: str) -> str:
     return name
 
 
+def check_not_blank(value: object) -> object:
+    """Refuse an empty or blank value (before parsing): for a variable whose mere presence
+    changes behaviour (prometheus_client takes an empty ``PROMETHEUS_MULTIPROC_DIR`` as the
+    current directory), "set but empty" must not silently mean either "off" or ".". """
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("empty: unset the variable, or name a directory")
+    return value
+
+
 def check_device_name(name: str | None) -> str | None:
     """A device name of :data:`rift.config.DEVICE_PATTERN`, or None (also for an empty value)."""
     if not name:

@@ -330,6 +330,12 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         None, description="When set, GET /metrics on the API requires 'Authorization: Bearer "
         "<token>'; unset, /metrics is open (scrapers usually sit on a private network).")
+    prometheus_multiproc_dir: Path | None = Field(
+        None, description="Directory where each API process writes its metric values, so that a "
+        "scrape of GET /metrics (answered by any one of the uvicorn --workers processes) sums "
+        "all of them; unset: each process counts alone, right for one process only. The start "
+        "command's 'python -m api.preflight' empties it (a RAM-backed directory, such as "
+        "/dev/shm/..., fits). prometheus_client reads this variable itself when imported.")
     worker_metrics_port: int = Field(
         0, ge=0, le=65535,
         description="TCP port on which each worker process serves Prometheus metrics; 0: off. "
@@ -371,6 +377,11 @@ class Settings(BaseSettings):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return setting_checks.check_http_url(value)
+
+    @field_validator("prometheus_multiproc_dir", mode="before")
+    @classmethod
+    def _multiproc_dir(cls, value: object) -> object:
+        return setting_checks.check_not_blank(value)
 
     @field_validator("log_level")
     @classmethod

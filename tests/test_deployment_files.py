@@ -117,12 +117,18 @@ def test_commands_name_the_entry_points(services: dict[str, dict[str, Any]]) -> 
     assert "REQUEST_HEAD_MAX_BYTES" in services["api"]["environment"]
     assert "celery -A worker.celery_app worker" in command_text(services["worker"])
     assert services["api"]["image"] == services["worker"]["image"]  # one image, two roles
+    # The API's processes share their metrics through files; a worker (same image) must not
+    # switch prometheus_client to them (its metrics are its own, on its own port).
+    assert services["api"]["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith("${")
+    assert all("PROMETHEUS_MULTIPROC_DIR" not in (service.get("environment") or {})
+               for name, service in services.items() if name != "api")
 
 
 def test_dockerfile_base_and_default_command() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
-    assert re.search(r'^CMD \["sh", "-c", "python -m api\.preflight && '
+    assert re.search(r'^CMD \["sh", "-c", "export PROMETHEUS_MULTIPROC_DIR=\\"\$\{'
+                     r'PROMETHEUS_MULTIPROC_DIR:-/dev/shm/[^}]+\}\\" && python -m api\.preflight && '
                      r'exec uvicorn api\.main:create_app --factory .*'
                      r'--workers \\"\$\{API_WORKERS\}\\"[^\]]*"\]', text, re.MULTILINE)
     assert re.search(r"^ENV API_WORKERS=\d+", text, re.MULTILINE)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import SettingsDep
 from api.errors import ApiError
@@ -37,4 +37,4 @@ def read_metrics(settings: SettingsDep, metrics: MetricsDep,
             raise ApiError("GET /metrics needs 'Authorization: Bearer <METRICS_TOKEN>'",
                            field="Authorization", code="unauthorized", status_code=401,
                            headers={"WWW-Authenticate": "Bearer"})
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -49,6 +49,8 @@ BAD_VALUES = [
     ("WORKER_DEVICE", "gpu", "unknown device 'gpu'"),
     ("WEBHOOK_ALLOW_LIST", "10.0.0.0/33", "'10.0.0.0/33'"),
     ("CORS_ALLOW_ORIGINS", "https://console.example.org", "JSON"),
+    # prometheus_client would write its files into the current directory.
+    ("PROMETHEUS_MULTIPROC_DIR", " ", "empty"),
 ]
 
 

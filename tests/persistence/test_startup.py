@@ -136,6 +136,18 @@ def test_a_store_root_that_is_a_file_stops_the_start(sqlite_url: str, tmp_path: 
                                                    "root ") and "check STORE_ROOT" in lines[0]
 
 
+def test_the_start_empties_the_metrics_directory(sqlite_url: str, tmp_path: Path) -> None:
+    # Files of an earlier run would be summed into this run's metrics (api/multiprocess_metrics).
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "counter_4242.db").write_bytes(b"an earlier run's counts")
+    result = run_preflight(tmp_path, DATABASE_URL=sqlite_url, BROKER_URL="memory://",
+                           STORE_ROOT=str(tmp_path / "objects"),
+                           PROMETHEUS_MULTIPROC_DIR=str(metrics))
+    assert result.returncode == 0, result.stderr
+    assert list(metrics.iterdir()) == []
+
+
 @pytest.fixture
 def s3_checking_keys(tmp_path: Path) -> Iterator[str]:
     """A moto S3 server of its own that checks access keys (``INITIAL_NO_AUTH_ACTION_COUNT=0``:
