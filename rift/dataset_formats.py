@@ -94,6 +94,25 @@ def check_npz_keys(keys: Iterable[str], display_name: str) -> None:
                            "'y_test' or neither")
 
 
+def check_npz_member_names(names: Iterable[str], display_name: str) -> None:
+    """Refuse an npz whose zip members name one array twice: the same member name twice, or
+    ``x`` beside ``x.npy``. A zip reader opens the last of duplicate names, and numpy's
+    ``archive["x"]`` opens a member named ``x`` before ``x.npy``, while the upload read
+    ``x.npy``: the job would have trained on an array the upload never checked.
+
+    Raises:
+        DatasetError: naming the array and its members.
+    """
+    seen: dict[str, str] = {}
+    for name in names:
+        key = name.removesuffix(".npy")
+        if key in seen:
+            raise DatasetError(
+                f"{display_name} holds array {key!r} twice (zip members {seen[key]!r} and "
+                f"{name!r}): each array may be stored once, as '<key>.npy' (np.savez)")
+        seen[key] = name
+
+
 #: Names other tools give the arrays an npz dataset keeps under ``x`` and ``y`` (Keras'
 #: ``mnist.npz`` holds ``x_train``/``y_train``), compared in lower case.
 _KEY_SYNONYMS = {

@@ -49,6 +49,7 @@ from rift.dataset_formats import (
     check_enough_examples,
     check_has_examples,
     check_npz_keys,
+    check_npz_member_names,
     check_tar_member,
     class_folders_problem,
     imagefolder_channels,
@@ -299,6 +300,7 @@ def _inspect_npz_archive(path: str, display_name: str,
                          max_unpacked_bytes: int) -> DatasetInspection:
     with open_zip(path, display_name) as archive:
         infos = archive.infolist()
+        check_npz_member_names((i.filename for i in infos), display_name)
         unpacked = sum(i.file_size for i in infos)
         if unpacked > max_unpacked_bytes:
             raise DatasetError(
