@@ -118,7 +118,7 @@ def load_npz(spec: DatasetSpec) -> SourceData:
             names = list(archive.files)
             check_npz_keys(names, str(path))
             arrays = {key: archive[key] for key in names if key in NPZ_KEYS}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+    except (ValueError, OverflowError, OSError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"cannot read 'path' {path} as .npz: {exc}") from exc
     x, layout = _inputs(arrays["x"], "x")
     train = ImageTensors(x, _labels(arrays["y"], "y", x.shape[0], "x"))

@@ -62,3 +62,24 @@ def test_an_array_stored_once_beside_other_members_is_read_by_both(tmp_path: Pat
                                          ("notes", b"not an array")])
     assert inspect_dataset_file(path, "d.npz", 10**8).num_examples == 20
     assert load_dataset(DatasetSpec(name="npz", path=path), seed=0).num_classes == 3
+
+
+def _header_only(shape: tuple[int, ...]) -> bytes:
+    """An ``.npy`` of float32 ``shape`` without its data."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 2**31, 2**31), (4, 2**62), (4, 1, 2**32, 2**30)])
+def test_a_shape_whose_size_overflows_int64_is_refused(tmp_path: Path,
+                                                      shape: tuple[int, ...]) -> None:
+    # Before: numpy's int64 product of the shape wrapped to 0, so a member holding only its
+    # header matched it; the upload recorded 2**31 × 2**31 images (or 2**62 features, past the
+    # row's integer column) and the job failed reading the file.
+    path = _archive(tmp_path / "d.npz", [("x.npy", _header_only(shape)),
+                                         ("y.npy", _npy(np.arange(4) % 2))])
+    with pytest.raises(DatasetError, match=r"key 'x' is truncated or corrupt: shape .* needs "
+                                           r"\d{19,} bytes, the member has 128"):
+        inspect_dataset_file(path, "d.npz", 10**8)
