@@ -536,6 +536,10 @@ def imagefolder_root(files: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
     return ()
 
 
+#: The longest file or folder name Linux file systems keep (NAME_MAX).
+MAX_PATH_PART_BYTES = 255
+
+
 def tar_member_problem(member: tarfile.TarInfo) -> str | None:
     """Why a tar member is refused, or None: absolute paths, backslashes, ``..``, links and
     anything but plain files and folders are refused, so extraction cannot write outside its
@@ -545,6 +549,13 @@ def tar_member_problem(member: tarfile.TarInfo) -> str | None:
         return "is an absolute path"
     if "\\" in name:
         return "contains a backslash"
+    if "\x00" in name:
+        # From a PAX path record (the plain header ends a name at its first NUL): accepted
+        # before, and extraction then failed ("embedded null byte").
+        return "contains a NUL byte"
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_PATH_PART_BYTES
+           for part in PurePosixPath(name).parts):
+        return f"has a path part longer than {MAX_PATH_PART_BYTES} bytes (no file system keeps it)"
     if ".." in PurePosixPath(name).parts:
         return "contains '..'"
     if member.issym() or member.islnk():
