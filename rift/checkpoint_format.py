@@ -232,6 +232,10 @@ def read_safetensors_header(path: Path) -> tuple[list[TensorRecord], dict[str, s
     return records, metadata
 
 
+#: The largest size (and running product of sizes) a tensor's shape may hold: torch's int64.
+_MAX_DIMENSION = 2**63 - 1
+
+
 def _tensor_record(file_name: str, key: str, info: object, data_size: int) -> TensorRecord:
     where = f"safetensors file {file_name}, tensor {key!r}"
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
@@ -258,6 +262,11 @@ def _tensor_record(file_name: str, key: str, info: object, data_size: int) -> Te
     numel = 1
     for dim in shape:
         numel *= dim
+        # Left to right, as the safetensors reader multiplies (in 64 bits): a zero dimension
+        # after [2**32, 2**32] made the product 0 here, and torch's sizes are int64.
+        if dim > _MAX_DIMENSION or numel > _MAX_DIMENSION:
+            raise CheckpointError(f"{where}: shape {shape} has more than {_MAX_DIMENSION} "
+                                  "elements along a dimension or before one (int64)")
     if numel * SAFETENSORS_DTYPE_BITS[dtype] != 8 * (end - begin):
         raise CheckpointError(
             f"{where}: {end - begin} bytes stored but dtype {dtype} × shape {shape} needs "

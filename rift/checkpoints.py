@@ -147,6 +147,8 @@ def _load_raw(path: Path, fmt: CheckpointFormat, mmap: bool = False) -> object:
 
 # torch's refusals (and rift.checkpoint_pickle's), in our words, with the global they name.
 _REFUSALS = (
+    # rift.data.pickled_arrays' own words (no advice of torch's in them).
+    (r"(a pickled numpy [^\n]+)", "{}"),
     (r"refused call of GLOBAL ([\w.]+)",
      "it calls {} on loading, which runs code: no checkpoint needs that, so the file is taken "
      "for an attack"),

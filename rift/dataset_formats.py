@@ -94,6 +94,25 @@ def check_npz_keys(keys: Iterable[str], display_name: str) -> None:
                            "'y_test' or neither")
 
 
+def check_npz_member_names(names: Iterable[str], display_name: str) -> None:
+    """Refuse an npz whose zip members name one array twice: the same member name twice, or
+    ``x`` beside ``x.npy``. A zip reader opens the last of duplicate names, and numpy's
+    ``archive["x"]`` opens a member named ``x`` before ``x.npy``, while the upload read
+    ``x.npy``: the job would have trained on an array the upload never checked.
+
+    Raises:
+        DatasetError: naming the array and its members.
+    """
+    seen: dict[str, str] = {}
+    for name in names:
+        key = name.removesuffix(".npy")
+        if key in seen:
+            raise DatasetError(
+                f"{display_name} holds array {key!r} twice (zip members {seen[key]!r} and "
+                f"{name!r}): each array may be stored once, as '<key>.npy' (np.savez)")
+        seen[key] = name
+
+
 #: Names other tools give the arrays an npz dataset keeps under ``x`` and ``y`` (Keras'
 #: ``mnist.npz`` holds ``x_train``/``y_train``), compared in lower case.
 _KEY_SYNONYMS = {
@@ -517,6 +536,10 @@ def imagefolder_root(files: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
     return ()
 
 
+#: The longest file or folder name Linux file systems keep (NAME_MAX).
+MAX_PATH_PART_BYTES = 255
+
+
 def tar_member_problem(member: tarfile.TarInfo) -> str | None:
     """Why a tar member is refused, or None: absolute paths, backslashes, ``..``, links and
     anything but plain files and folders are refused, so extraction cannot write outside its
@@ -526,6 +549,13 @@ def tar_member_problem(member: tarfile.TarInfo) -> str | None:
         return "is an absolute path"
     if "\\" in name:
         return "contains a backslash"
+    if "\x00" in name:
+        # From a PAX path record (the plain header ends a name at its first NUL): accepted
+        # before, and extraction then failed ("embedded null byte").
+        return "contains a NUL byte"
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_PATH_PART_BYTES
+           for part in PurePosixPath(name).parts):
+        return f"has a path part longer than {MAX_PATH_PART_BYTES} bytes (no file system keeps it)"
     if ".." in PurePosixPath(name).parts:
         return "contains '..'"
     if member.issym() or member.islnk():

@@ -26,6 +26,7 @@ their geometry was recorded.
 from __future__ import annotations
 
 import io
+import math
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -49,6 +50,7 @@ from rift.dataset_formats import (
     check_enough_examples,
     check_has_examples,
     check_npz_keys,
+    check_npz_member_names,
     check_tar_member,
     class_folders_problem,
     imagefolder_channels,
@@ -224,7 +226,8 @@ def read_npz_header(archive: zipfile.ZipFile, key: str) -> NpyHeader:
     with archive.open(info) as member:
         header = read_npy_header(member, key)
         header_end = member.tell()
-    expected = header_end + int(np.prod(header.shape, dtype=np.int64)) * header.dtype.itemsize
+    # Python's integers: numpy's int64 product wraps, and (4, 1, 2**31, 2**31) counted 0 bytes.
+    expected = header_end + math.prod(header.shape) * header.dtype.itemsize
     if info.file_size != expected:
         raise DatasetError(
             f"key '{key}' is truncated or corrupt: shape {list(header.shape)} of {header.dtype} "
@@ -299,6 +302,7 @@ def _inspect_npz_archive(path: str, display_name: str,
                          max_unpacked_bytes: int) -> DatasetInspection:
     with open_zip(path, display_name) as archive:
         infos = archive.infolist()
+        check_npz_member_names((i.filename for i in infos), display_name)
         unpacked = sum(i.file_size for i in infos)
         if unpacked > max_unpacked_bytes:
             raise DatasetError(

@@ -65,15 +65,29 @@ class _StorageNames(pickle.Unpickler):
         return _Inert()
 
 
+def _repeated_name(names: list[str]) -> str | None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
 def storage_size_problem(path: Path) -> str | None:
     """Why a storage of the PyTorch zip file at ``path`` does not fit its record, or None."""
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
-        pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-        if len(pickles) != 1:
+        repeated = _repeated_name(names)
+        if repeated is not None:
+            # Python's zipfile (this check) and torch's reader may not take the same copy: a
+            # second data.pkl made this check skip the file, which the job then failed to read.
+            return f"the zip holds {repeated!r} more than once"
+        # torch reads the folder of the zip's first member (PytorchStreamReader).
+        prefix = names[0].split("/", 1)[0] + "/" if names else ""
+        if prefix + "data.pkl" not in names:
             return None  # not torch's layout: the loader has judged it already
-        prefix = pickles[0][: -len("data.pkl")]
-        with archive.open(pickles[0]) as handle:
+        with archive.open(prefix + "data.pkl") as handle:
             reader = _StorageNames(handle)
             reader.load()
         sizes = {n[len(prefix) + len("data/"):]: archive.getinfo(n).file_size

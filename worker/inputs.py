@@ -62,7 +62,10 @@ def _member_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
     if problem is not None:
         raise DatasetError(
             f"the dataset archive cannot be extracted: member {member.name!r} {problem}")
-    return tarfile.data_filter(member, path)
+    # No modification time is set: a PAX mtime of -1e300 passed the upload and extraction
+    # failed ("timestamp out of range"); the files' times are never read. (tarfile skips a
+    # None mtime; its stubs say float.)
+    return tarfile.data_filter(member, path).replace(mtime=None, deep=False)  # type: ignore[arg-type]
 
 
 def _extract_tar(archive: Path, destination: Path) -> None:

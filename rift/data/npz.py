@@ -31,6 +31,7 @@ from rift.dataset_formats import (
     check_enough_examples,
     check_has_examples,
     check_npz_keys,
+    check_npz_member_names,
     label_count,
     npz_layout,
     num_classes_from_labels,
@@ -90,6 +91,8 @@ def _refuse_object_arrays(path: Path) -> None:
     # alongside) are never loaded, and the upload accepts them (it reads them only for their
     # CRC); refusing them here failed the job of an accepted upload.
     with zipfile.ZipFile(path) as archive:
+        # Checked on upload; a stored file is not trusted to be the one checked.
+        check_npz_member_names(archive.namelist(), str(path))
         for name in archive.namelist():
             if name.removesuffix(".npy") in NPZ_KEYS and name.endswith(".npy"):
                 with archive.open(name) as member:
@@ -115,7 +118,7 @@ def load_npz(spec: DatasetSpec) -> SourceData:
             names = list(archive.files)
             check_npz_keys(names, str(path))
             arrays = {key: archive[key] for key in names if key in NPZ_KEYS}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+    except (ValueError, OverflowError, OSError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"cannot read 'path' {path} as .npz: {exc}") from exc
     x, layout = _inputs(arrays["x"], "x")
     train = ImageTensors(x, _labels(arrays["y"], "y", x.shape[0], "x"))

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from rift.data.pickled_arrays import PickledArray, checked_constructor
 from rift.errors import DatasetError
 
 # (module, name) pairs that rebuild numpy arrays and scalars; numpy 2 renamed numpy.core to
@@ -40,6 +41,8 @@ def numpy_global(module: str, name: str) -> Any:
     Raises:
         pickle.UnpicklingError: numpy has no such object.
     """
+    if (module, name) == ("numpy", "ndarray"):
+        return PickledArray  # its dtype checked when the pickle sets its state
     if module == "numpy":
         return getattr(np, name)
     if module.startswith("numpy.core."):
@@ -49,9 +52,10 @@ def numpy_global(module: str, name: str) -> Any:
         candidates = [module]
     for candidate in candidates:
         try:
-            return getattr(importlib.import_module(candidate), name)
+            found = getattr(importlib.import_module(candidate), name)
         except (ImportError, AttributeError):
             continue
+        return checked_constructor(found) if name in ("scalar", "_frombuffer") else found
     raise pickle.UnpicklingError(f"cannot resolve {module}.{name}")
 
 

@@ -103,6 +103,24 @@ def test_a_form_encoded_body_is_not_taken_for_the_file(api: Api, small_cnn_file:
     api.assert_nothing_stored()
 
 
+def test_a_forged_numpy_dtype_is_refused(api: Api, tmp_path: Path) -> None:
+    # An object array whose pickled dtype lost its flags held raw bytes as object pointers:
+    # accepted before, and reading an element crashed the reader (second security review).
+    import torch
+
+    from tests.rift.test_pickled_arrays import ForgedArray, ForgedDtype
+
+    path = tmp_path / "forged.pt"
+    torch.save({"state_dict": {"w": torch.ones(4)}, "args": ForgedArray(ForgedDtype("O8", 0))},
+               path)
+    response = api.client.post("/v1/checkpoints", files={"file": ("forged.pt", path.read_bytes())})
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["code"] == "invalid_checkpoint" and error["field"] == "file"
+    assert "a forged dtype" in error["message"]
+    api.assert_nothing_stored()
+
+
 @pytest.mark.parametrize("container", ["zip", "raw_pickle"])
 def test_pickle_with_code_is_refused_without_running_it(
     api: Api, tmp_path: Path, container: str

@@ -175,10 +175,33 @@ def encrypted_flag(zip_bytes: bytes) -> bytes:
     return bytes(data)
 
 
+def _with_member(npz: bytes, name: str, array: np.ndarray) -> bytes:
+    """``npz`` with one more member ``name`` holding ``array`` as an ``.npy``."""
+    member = io.BytesIO()
+    np.save(member, array)
+    buffer = io.BytesIO(npz)
+    with zipfile.ZipFile(buffer, "a") as archive:
+        archive.writestr(name, member.getvalue())
+    return buffer.getvalue()
+
+
+def _header_only_x(shape: tuple[int, ...]) -> bytes:
+    """An npz whose ``x`` is the ``.npy`` header of float32 ``shape`` alone, and its labels."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    buffer = io.BytesIO(npz_bytes(y=np.arange(shape[0]) % 2))
+    with zipfile.ZipFile(buffer, "a") as archive:
+        archive.writestr("x.npy", header.getvalue())
+    return buffer.getvalue()
+
+
 def test_bad_npz_archives_are_refused(api: Api) -> None:
     x = varied_images((5, 8, 8), np.float32)
     buffer = io.BytesIO()
     np.savez(buffer, x=x, y=np.zeros(5, dtype=np.int64))
+    nan_x = x.copy()
+    nan_x[0, 0, 0] = np.nan
     cases = {
         "no y": (npz_bytes(x=x), "'y'"),
         "objects": (npz_bytes(x=x, y=np.array([object()] * 5, dtype=object)), "objects"),
@@ -188,6 +211,11 @@ def test_bad_npz_archives_are_refused(api: Api) -> None:
         "float labels": (npz_bytes(x=x, y=np.zeros(5)), "integers"),
         "truncated": (npz_bytes(x=x, y=np.zeros(5, dtype=np.int64))[:-40], "npz"),
         "encrypted": (encrypted_flag(buffer.getvalue()), "encrypted"),
+        # numpy's archive["x"] opens a member "x" before "x.npy": the job read the NaN copy.
+        # numpy's int64 product of this shape wraps to 0: a bare header matched it.
+        "shape past int64": (_header_only_x((4, 2**62)), "needs 73786976294838206592 bytes"),
+        "x beside x.npy": (_with_member(buffer.getvalue(), "x", nan_x),
+                           "holds array 'x' twice (zip members 'x.npy' and 'x')"),
         "too many channels": (npz_bytes(x=np.zeros((5, 8, 8, 32), np.uint8),
                                         y=np.zeros(5, dtype=np.int64)), "channels"),
         "empty images": (npz_bytes(x=np.zeros((4, 0, 0, 1), np.uint8),
