@@ -94,6 +94,7 @@ from persistence.materializations import (
     finish_materialization,
     hand_back_materialization,
     materializations_to_redispatch,
+    recorded_materialization,
     start_materialization,
 )
 from persistence.models import (
@@ -532,10 +533,13 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         pending = reporter.take_pending()
         # The stage's last events come before its stage_finished, in the same commit; tried
         # again through a database outage while the lease holds (worker.finishing).
-        _, next_claim = record_finish(reporter, claim.attempt, lambda session: (
-            stages.finish_stage_and_claim_next(
+        _, next_claim = record_finish(
+            reporter,
+            lambda session: stages.finish_stage_and_claim_next(
                 session, job_id, stage, owner=owner, outputs=outputs, next_terms=terms,
-                events=pending.events, device=pending.device)))
+                events=pending.events, device=pending.device),
+            lambda session: stages.recorded_finish(session, job_id, stage, owner=owner,
+                                                   attempt=claim.attempt))
     except JobCancelled:
         reporter.close()  # no report of the stage follows its end (each branch below)
         return _Step(stage, _cancel(resources, job_id, stage), device)
@@ -734,6 +738,7 @@ def execute_materialization(resources: WorkerResources, materialization_id: str,
                                         max_attempts=settings.max_stage_attempts)
             if row is None:
                 return "skipped"
+            attempt = row.attempts
             job = session.get(Job, row.job_id)
             if job is None:
                 # Deleted (with its project) between the claim and this read: nothing to make.
@@ -792,10 +797,16 @@ def execute_materialization(resources: WorkerResources, materialization_id: str,
             resources.metrics.materializations.labels("failed").inc()
             return "failed"
         try:
-            with resources.session() as session:
-                finish_materialization(session, materialization_id, made.artifact, owner=owner,
-                                       clean_accuracy=made.clean_accuracy,
-                                       robust_accuracy=made.robust_accuracy)
+            # Tried again through a database outage (worker.finishing). The lease is no longer
+            # renewed: a worker taking the request over once it expires makes the finish
+            # refused (LeaseLost), and its own claim a later attempt, which `landed` tells.
+            record_finish(
+                lease,
+                lambda session: finish_materialization(
+                    session, materialization_id, made.artifact, owner=owner,
+                    clean_accuracy=made.clean_accuracy, robust_accuracy=made.robust_accuracy),
+                lambda session: recorded_materialization(session, materialization_id,
+                                                         attempt=attempt))
         except (LeaseLost, MaterializationNotFound) as exc:
             return _materialization_lost(resources, materialization_id, key, exc)
         resources.metrics.materializations.labels("succeeded").inc()

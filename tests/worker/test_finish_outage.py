@@ -17,28 +17,47 @@ from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy import exc as database_errors
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import jobs
-from persistence.models import JobEvent
+from persistence import jobs, stage_shards, stages
+from persistence.materializations import get_materialization, request_materialization
+from persistence.models import JobEvent, Materialization
 from persistence.queue import RiftCelery
 from persistence.settings import Settings
 from worker.finishing import record_finish
 from worker.metrics import WorkerMetrics
 from worker.runtime import StageReporter, WorkerResources
-from worker.tasks import execute_stage
+from worker.shards import execute_shard
+from worker.tasks import execute_materialization, execute_stage
 
 pytestmark = pytest.mark.service
 
 
+def event_added(kind: str, **payload: Any) -> Callable[[Session], bool]:
+    """Whether the session's transaction adds a ``kind`` event whose payload holds ``payload``."""
+    return lambda session: any(
+        isinstance(obj, JobEvent) and obj.kind == kind
+        and all(obj.payload.get(key) == value for key, value in payload.items())
+        for obj in session.new)
+
+
+def materialization_succeeds(session: Session) -> bool:
+    """Whether the session's transaction marks a materialization succeeded."""
+    return any(isinstance(obj, Materialization) and obj.status == "succeeded"
+               for obj in session.dirty)
+
+
 @contextmanager
-def answer_lost_after_commit(stage: str) -> Iterator[list[str]]:
-    """The first transaction that records ``stage`` as finished is committed on the server, then
-    its caller gets the driver's connection error instead of the answer, as when the connection
-    drops before the answer arrives. Yields the stages whose answer was lost."""
+def answer_lost_after_commit(name: str,
+                             records: Callable[[Session], bool] | None = None
+                             ) -> Iterator[list[str]]:
+    """The first transaction that ``records`` (default: records stage ``name`` as finished) is
+    committed on the server, then its caller gets the driver's connection error instead of the
+    answer, as when the connection drops before the answer arrives. Yields the names whose
+    answer was lost."""
     lost: list[str] = []
+    records = records or event_added("stage_finished", stage=name)
 
     def mark(session: Session) -> None:
-        if not lost and any(isinstance(obj, JobEvent) and obj.kind == "stage_finished"
-                            and obj.payload.get("stage") == stage for obj in session.new):
+        if not lost and records(session):
             session.connection().info["lose_answer"] = True
 
     def commit_then_lose(connection: Connection) -> None:
@@ -46,7 +65,7 @@ def answer_lost_after_commit(stage: str) -> Iterator[list[str]]:
             driver_connection = connection.connection.dbapi_connection
             assert driver_connection is not None
             driver_connection.commit()  # the server commits; its answer is "lost" below
-            lost.append(stage)
+            lost.append(name)
             raise database_errors.OperationalError(
                 "COMMIT", None, psycopg.OperationalError("server closed the connection "
                                                          "unexpectedly"))
@@ -104,6 +123,57 @@ def test_a_finish_is_tried_again_for_at_most_a_lease_length(service_settings: Se
         now[0] += seconds
 
     with pytest.raises(database_errors.OperationalError):
-        record_finish(reporter, 1, lambda session: session.execute(text("SELECT 1")).one(),
+        record_finish(reporter, lambda session: session.execute(text("SELECT 1")).one(),
+                      lambda session: stages.recorded_finish(session, "job-1", "finetune",
+                                                             owner=reporter.owner, attempt=1),
                       clock=lambda: now[0], sleep=wait)
     assert waits == [0.2, 0.4, 0.8, 1.6, 2.0]  # 5.0 s: the lease; one more would pass it
+
+
+def test_an_mrc_shard_whose_finish_answer_was_lost_is_recorded_once(
+        submit: Callable[..., str], sessions: sessionmaker[Session], sender: RiftCelery,
+        service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    """Before, the shard's finish error went to its error handling: the shard, recorded done by
+    the lost commit, was no longer this worker's to release (``lease_lost``), and the task that
+    recorded the last part never tried the merge."""
+    quick_config["mrc"]["shards"] = 2
+    job_id = submit(quick_config, send=False)
+    resources = WorkerResources(service_settings)
+    resources.metrics = WorkerMetrics(resources, lambda queue: 0)
+    assert execute_stage(sender, resources, job_id, "mrc") == "sharded"
+    assert execute_shard(sender, resources, job_id, 0).outcome == "done"  # shard 1 still waits
+    with answer_lost_after_commit("shard 1", event_added("shard_finished", shard=1)) as lost:
+        outcome = execute_shard(sender, resources, job_id, 1).outcome
+    assert lost == ["shard 1"]
+    assert outcome == "merged"  # it went on from its recorded part to the merge
+    with sessions() as session:
+        shards = {row.shard: (row.status, row.attempts)
+                  for row in stage_shards.list_shards(session, job_id)}
+        events = [e.kind for e in jobs.list_events(session, job_id, limit=10_000)]
+        job = jobs.get_job(session, job_id)
+    assert shards == {0: ("done", 1), 1: ("done", 1)}
+    assert events.count("shard_finished") == 2  # recorded once each
+    assert job.stage == "finetune", job.error_message
+
+
+def test_a_materialization_whose_finish_answer_was_lost_succeeds(
+        submit: Callable[..., str], sessions: sessionmaker[Session], sender: RiftCelery,
+        service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    """Before, the driver's error left the task (the request stayed running until its lease
+    expired, then was made again); now the worker reads that its finish landed."""
+    job_id = submit(quick_config, send=False)
+    resources = WorkerResources(service_settings)
+    resources.metrics = WorkerMetrics(resources, lambda queue: 0)
+    assert execute_stage(sender, resources, job_id, "mrc") == "done"
+    with sessions() as session:
+        assert jobs.get_job(session, job_id).status == "succeeded"
+    with sessions() as session:
+        materialization_id = request_materialization(session, job_id, 0.5,
+                                                     evaluate=False).row.id
+    with answer_lost_after_commit("materialization", materialization_succeeds) as lost:
+        outcome = execute_materialization(resources, materialization_id)
+    assert lost == ["materialization"]
+    assert outcome == "succeeded"
+    with sessions() as session:
+        row = get_materialization(session, job_id, materialization_id)
+        assert (row.status, row.attempts) == ("succeeded", 1)
