@@ -26,7 +26,7 @@ from worker.finishing import record_finish
 from worker.metrics import WorkerMetrics
 from worker.runtime import StageReporter, WorkerResources
 from worker.shards import execute_shard
-from worker.tasks import execute_materialization, execute_stage
+from worker.tasks import _fail, _hand_back, _retry_or_fail, execute_materialization, execute_stage
 
 pytestmark = pytest.mark.service
 
@@ -56,7 +56,9 @@ def answer_lost_after_commit(name: str,
     lost: list[str] = []
     records = records or event_added("stage_finished", stage=name)
 
-    def mark(session: Session) -> None:
+    def mark(session: Session, _: object) -> None:
+        # After each flush (new and dirty still hold what it wrote): a query in the
+        # transaction may have flushed its rows before the commit.
         if not lost and records(session):
             session.connection().info["lose_answer"] = True
 
@@ -70,12 +72,12 @@ def answer_lost_after_commit(name: str,
                 "COMMIT", None, psycopg.OperationalError("server closed the connection "
                                                          "unexpectedly"))
 
-    event.listen(Session, "before_commit", mark)
+    event.listen(Session, "after_flush", mark)
     event.listen(Engine, "commit", commit_then_lose)
     try:
         yield lost
     finally:
-        event.remove(Session, "before_commit", mark)
+        event.remove(Session, "after_flush", mark)
         event.remove(Engine, "commit", commit_then_lose)
 
 
@@ -177,3 +179,52 @@ def test_a_materialization_whose_finish_answer_was_lost_succeeds(
     with sessions() as session:
         row = get_materialization(session, job_id, materialization_id)
         assert (row.status, row.attempts) == ("succeeded", 1)
+
+
+def _claimed(submit: Callable[..., str], sessions: sessionmaker[Session],
+             resources: WorkerResources, config: dict[str, Any]) -> StageReporter:
+    """A job whose MRC stage ``resources``' worker claimed (attempt 1), and its reporter."""
+    job_id = submit(config, send=False)
+    with sessions() as session:
+        claim = stages.claim_stage(session, job_id, "mrc", owner=resources.worker_id,
+                                   lease_seconds=600, max_attempts=3)
+    assert claim.attempt == 1
+    return StageReporter(resources, job_id, "mrc")
+
+
+def _stage_row(sessions: sessionmaker[Session], job_id: str) -> tuple[str, int, str | None]:
+    with sessions() as session:
+        row = next(s for s in jobs.get_job(session, job_id).stages if s.stage == "mrc")
+        return row.status, row.attempts, row.lease_owner
+
+
+@pytest.mark.parametrize("end", ["retry", "hand_back", "fail"])
+def test_a_stage_given_up_whose_answer_was_lost_is_not_taken_as_refused(
+        end: str, submit: Callable[..., str], sessions: sessionmaker[Session],
+        sender: RiftCelery, service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    """The release after an unexpected error, the hand-back of a warm shutdown and a failure:
+    before, the driver's error left the task, and the stage (released, handed back or failed
+    by the lost commit) was reported as the task's error."""
+    resources = WorkerResources(service_settings)
+    reporter = _claimed(submit, sessions, resources, quick_config)
+    job_id = reporter.job_id
+    written = {"retry": "stage_retry", "hand_back": "stage_handed_back",
+               "fail": "job_failed"}[end]
+    with answer_lost_after_commit(end, event_added(written, stage="mrc")) as lost:
+        if end == "retry":
+            try:
+                raise RuntimeError("an unexpected error")
+            except RuntimeError as exc:
+                outcome = _retry_or_fail(sender, reporter, 1, exc)
+        elif end == "hand_back":
+            outcome = _hand_back(sender, reporter, 1, None)
+        else:
+            outcome = _fail(reporter, 1, "model_error", "the model is broken")
+    assert lost == [end]
+    assert outcome == {"retry": "retry", "hand_back": "handed_back", "fail": "failed"}[end]
+    with sessions() as session:
+        events = [e.kind for e in jobs.list_events(session, job_id, limit=10_000)]
+    assert events.count(written) == 1  # recorded once
+    assert _stage_row(sessions, job_id) == {"retry": ("pending", 1, None),
+                                            "hand_back": ("pending", 0, None),
+                                            "fail": ("failed", 1, None)}[end]
