@@ -19,9 +19,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, stage_shards, stages
 from persistence.materializations import get_materialization, request_materialization
-from persistence.models import JobEvent, Materialization
+from persistence.models import JobEvent, Materialization, utcnow
 from persistence.queue import RiftCelery
 from persistence.settings import Settings
+from tests.persistence.helpers import MRC_ROWS
+from tests.sweep_configs import alpha_zero_loser
+from worker.candidates import execute_candidate
 from worker.finishing import record_finish
 from worker.metrics import WorkerMetrics
 from worker.runtime import StageReporter, WorkerResources
@@ -179,6 +182,36 @@ def test_a_materialization_whose_finish_answer_was_lost_succeeds(
     with sessions() as session:
         row = get_materialization(session, job_id, materialization_id)
         assert (row.status, row.attempts) == ("succeeded", 1)
+
+
+def test_a_sweep_candidate_whose_finish_answer_was_lost_is_recorded_once(
+        submit: Callable[..., str], sessions: sessionmaker[Session], sender: RiftCelery,
+        service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    """As an MRC shard's: before, the candidate, recorded done by the lost commit, was no longer
+    this worker's to release (``lease_lost``)."""
+    grid = [0.01, 0.05]
+    job_id = submit(alpha_zero_loser(quick_config, grid), send=False)
+    resources = WorkerResources(service_settings)
+    owner, now = resources.worker_id, utcnow()
+    with sessions() as session:  # MRC recorded, the sweep started: its candidates wait
+        stages.claim_stage(session, job_id, "mrc", owner=owner, lease_seconds=600,
+                           max_attempts=3, now=now)
+        stages.finish_stage(session, job_id, "mrc", owner=owner,
+                            outputs=stages.StageOutputs(mrc_rows=MRC_ROWS), now=now)
+        stages.claim_stage(session, job_id, "finetune", owner=owner, lease_seconds=600,
+                           max_attempts=3, now=now)
+        stage_shards.start_candidates(session, job_id, owner=owner,
+                                      candidates=[("fc", lr) for lr in grid], now=now)
+    with answer_lost_after_commit("candidate 0",
+                                  event_added("candidate_finished", candidate=0)) as lost:
+        outcome = execute_candidate(sender, resources, job_id, 0).outcome
+    assert lost == ["candidate 0"]
+    assert outcome == "done"  # candidate 1 still waits: no pick yet
+    with sessions() as session:
+        rows = [(c.status, c.attempts) for c in stage_shards.list_candidates(session, job_id)]
+        events = [e.kind for e in jobs.list_events(session, job_id, limit=10_000)]
+    assert rows == [("done", 1), ("pending", 0)]
+    assert events.count("candidate_finished") == 1
 
 
 def _claimed(submit: Callable[..., str], sessions: sessionmaker[Session],
