@@ -369,6 +369,20 @@ def finish_materialization(session: Session, materialization_id: str, artifact: 
     return row
 
 
+def recorded_materialization(session: Session, materialization_id: str, *,
+                             attempt: int) -> Materialization | None:
+    """Whether a :func:`finish_materialization` of the claim ``attempt`` committed although its
+    caller saw an error (a database outage that took the commit's answer): the row it made
+    succeeded, or None (refused, never reached the database, or a takeover's: a later claim
+    counts a later attempt). Reads only; :class:`MaterializationNotFound` if it is gone."""
+    row = session.get(Materialization, materialization_id, populate_existing=True)
+    if row is None:
+        raise MaterializationNotFound(f"no materialization '{materialization_id}'")
+    if row.status != MaterializationStatus.SUCCEEDED or row.attempts != attempt:
+        return None
+    return row
+
+
 def _held_job_of(session: Session, materialization_id: str) -> Job:
     """The job of the materialization, held (FOR KEY SHARE) before the row itself, the order
     of :func:`request_materialization` and of a job's DELETE (job, then its rows): the DELETE

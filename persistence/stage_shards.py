@@ -291,6 +291,21 @@ def finish_part(session: Session, kind: PartKind, job_id: str, index: int, *, ow
         return job.cancel_requested and _end_if_last_to_stop(session, job, now)
 
 
+def recorded_part_finish(session: Session, kind: PartKind, job_id: str, index: int, *,
+                         attempt: int) -> bool | None:
+    """Whether a :func:`finish_part` of the part's claim ``attempt`` committed although its
+    caller saw an error (a database outage that took the commit's answer): None if the part is
+    not done at that attempt (refused, or never reached the database; a takeover's claim counts
+    a later attempt). Else what that call would have returned as near as a read can tell:
+    whether the job has ended after a cancellation (the part's finish, or a later sibling's,
+    ended it; either way nothing runs the job any more). Reads only."""
+    row = _load_part(session, kind, job_id, index)
+    if row.status != StageStatus.DONE or row.attempts != attempt:
+        return None
+    job = load_job(session, job_id, relations=False)
+    return job.cancel_requested and job.status in TERMINAL_STATUSES
+
+
 def finish_shard(session: Session, job_id: str, shard: int, *, owner: str,
                  result: dict[str, Any], now: datetime | None = None) -> bool:
     """:func:`finish_part` of an MRC shard: ``result`` is its part of the MRC table."""

@@ -613,6 +613,51 @@ def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
         return False
 
 
+def recorded_release(session: Session, job_id: str, stage: str, *, attempt: int,
+                     error: str) -> int | None:
+    """Whether a :func:`release_stage` of claim ``attempt`` committed although its caller saw an
+    error (a database outage that took the commit's answer): the stage pending again at that
+    attempt with that ``error`` (None if not: a takeover's claim counts a later attempt, a
+    hand-back an earlier one); else what that call returned, the attempts used. Reads only."""
+    row = _load_stage(session, job_id, stage)
+    if (row.status != StageStatus.PENDING or row.attempts != attempt
+            or row.last_error != error[:4000]):
+        return None
+    return row.attempts
+
+
+def recorded_hand_back(session: Session, job_id: str, stage: str, *, owner: str,
+                       attempt: int) -> bool | None:
+    """Whether a :func:`hand_back_stage` of claim ``attempt`` by ``owner`` committed although its
+    caller saw an error: None if the stage is still leased to ``owner`` or no
+    ``stage_handed_back`` event of that claim exists; else what that call would have returned
+    as near as a read can tell: whether the job has ended after a cancellation. Reads only."""
+    row = _load_stage(session, job_id, stage)
+    if row.status == StageStatus.RUNNING and row.lease_owner == owner:
+        return None
+    handed = session.execute(select(JobEvent.payload).where(
+        JobEvent.job_id == job_id, JobEvent.kind == EventKind.STAGE_HANDED_BACK)).scalars()
+    if not any(payload.get("stage") == stage and payload.get("worker") == owner
+               and payload.get("attempt") == attempt for payload in handed):
+        return None
+    job = load_job(session, job_id, relations=False)
+    return job.cancel_requested and job.status in TERMINAL_STATUSES
+
+
+def recorded_failure(session: Session, job_id: str, stage: str, code: str, message: str, *,
+                     attempt: int) -> Job | None:
+    """Whether a :func:`fail_job` of the stage's claim ``attempt`` committed although its caller
+    saw an error: the job failed with that ``code`` and ``message`` in that stage, at that
+    attempt (None if not); else the job, as that call returned it. Reads only."""
+    job = load_job(session, job_id, relations=False)
+    row = _load_stage(session, job_id, stage)
+    if (job.status != JobStatus.FAILED or job.error_code != code
+            or job.error_message != storable_text(message) or row.status != StageStatus.FAILED
+            or row.attempts != attempt):
+        return None
+    return job
+
+
 def fail_job(session: Session, job_id: str, code: str, message: str, *,
              stage: str | None = None, owner: str | None = None, force: bool = False,
              now: datetime | None = None) -> Job:

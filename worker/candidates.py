@@ -71,6 +71,7 @@ from rift.sweep import (
     sweep_candidates,
 )
 from worker.epoch_states import ObjectEpochStateStore, discard_epoch_states
+from worker.finishing import record_finish
 from worker.runtime import (
     DATABASE_DOWN,
     PartReporter,
@@ -204,7 +205,7 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
         except FinetuneDiverged as exc:
             # Not the job's failure: the other candidates may finish, and the pick leaves this
             # one out (it fails the job only if every candidate is excluded).
-            cancelled = record_excluded(resources, reporter, job_id, index,
+            cancelled = record_excluded(resources, reporter, job_id, index, claim.attempt,
                                         excluded_candidate(candidate, exc, callbacks))
         else:
             cancelled = record_candidate(resources, reporter, job_id, index, claim.attempt,
@@ -260,32 +261,39 @@ def record_candidate(resources: WorkerResources, reporter: PartReporter, job_id:
     if reporter.lease_lost:
         raise LeaseLost(f"lost the lease on candidate {index} of job {job_id}")
     reporter.flush()  # the candidate's events come before its part is recorded
-    with resources.session() as session:
-        return stage_shards.finish_part(
-            session, CANDIDATES, job_id, index, owner=resources.worker_id, result=result,
-            summary={"module": candidate.module, "lr": candidate.lr,
-                     "chosen_alpha": outcome.chosen_alpha,
-                     "clean_accuracy": outcome.clean_accuracy,
-                     "robust_accuracy": outcome.robust_accuracy})
+    return _finish_candidate(reporter, job_id, index, attempt, result, {
+        "module": candidate.module, "lr": candidate.lr, "chosen_alpha": outcome.chosen_alpha,
+        "clean_accuracy": outcome.clean_accuracy, "robust_accuracy": outcome.robust_accuracy})
 
 
 def record_excluded(resources: WorkerResources, reporter: PartReporter, job_id: str,
-                    index: int, excluded: ExcludedCandidate) -> bool:
+                    index: int, attempt: int, excluded: ExcludedCandidate) -> bool:
     """Record candidate ``index`` as done but excluded from the pick (no θ_FT, no curve): its
     result holds ``"excluded"`` with the reason, which ``/curves`` reports as a failed
     candidate. Returns whether recording it ended the job (as :func:`record_candidate`)."""
     if reporter.lease_lost:
         raise LeaseLost(f"lost the lease on candidate {index} of job {job_id}")
     reporter.flush()  # the warning event comes before the part is recorded
-    outcome = excluded.to_json()
-    with resources.session() as session:
-        return stage_shards.finish_part(
-            session, CANDIDATES, job_id, index, owner=resources.worker_id,
-            result={"outcome": outcome, "excluded": {"reason": excluded.reason,
-                                                     "field": excluded.field},
-                    "worker": resources.worker_id},
-            summary={"module": excluded.candidate.module, "lr": excluded.candidate.lr,
-                     "excluded": excluded.reason})
+    return _finish_candidate(
+        reporter, job_id, index, attempt,
+        {"outcome": excluded.to_json(),
+         "excluded": {"reason": excluded.reason, "field": excluded.field},
+         "worker": resources.worker_id},
+        {"module": excluded.candidate.module, "lr": excluded.candidate.lr,
+         "excluded": excluded.reason})
+
+
+def _finish_candidate(reporter: PartReporter, job_id: str, index: int, attempt: int,
+                      result: dict[str, Any], summary: dict[str, Any]) -> bool:
+    """Record the candidate's part (:func:`persistence.stage_shards.finish_part`), tried again
+    through a database outage while the lease holds (worker.finishing)."""
+    return record_finish(
+        reporter,
+        lambda session: stage_shards.finish_part(
+            session, CANDIDATES, job_id, index, owner=reporter.owner, result=result,
+            summary=summary),
+        lambda session: stage_shards.recorded_part_finish(session, CANDIDATES, job_id, index,
+                                                          attempt=attempt))
 
 
 # --------------------------------------------------------------------------------------------

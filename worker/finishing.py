@@ -1,14 +1,16 @@
-"""Recording a finished stage through a database outage.
+"""Recording the end of leased work (a stage, an MRC shard, a sweep candidate, a
+materialization) through a database outage.
 
-A stage's outputs are stored before its finishing transaction records them; when that
-transaction met an unreachable database (a restart, a failover), the stage used to be given
+The work's outputs are stored before its finishing transaction records them; when that
+transaction met an unreachable database (a restart, a failover), the work used to be given
 back through the same database, which failed too, and waited for its lease to expire: the
 recovery loop then ran it again from its start (hours of fine-tuning, for a two-second
 failover). Here the worker, still holding the lease (its heartbeat thread renews it through the
 outage, :class:`worker.runtime.LeaseHeartbeat`), tries the transaction again until the database
 answers, for at most a lease length. A commit whose answer the outage took cannot be told from
-one refused by its error, so each try first reads whether the earlier one landed
-(:func:`persistence.stages.recorded_finish`): the finish is then taken as done, not made twice.
+one refused by its error, so each try first reads whether the earlier one landed (the caller's
+``landed``, e.g. :func:`persistence.stages.recorded_finish`): the finish is then taken as done,
+not made twice.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from sqlalchemy import exc as database_errors
 from sqlalchemy.orm import Session
 
-from persistence import stages
-from persistence.models import Job
-from persistence.stages import LeaseLost, StageClaim
-from worker.runtime import DATABASE_DOWN, StageReporter
+from persistence.stages import LeaseLost
+from worker.runtime import DATABASE_DOWN, LeaseHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 FIRST_RETRY_DELAY_S = 0.2
 MAX_RETRY_DELAY_S = 2.0
 
-Finish = Callable[[Session], tuple[Job, StageClaim | None]]
+T = TypeVar("T")
 
 
 def database_unreachable(exc: BaseException) -> bool:
@@ -44,17 +45,19 @@ def database_unreachable(exc: BaseException) -> bool:
         isinstance(exc, database_errors.DBAPIError) and exc.connection_invalidated)
 
 
-def record_finish(reporter: StageReporter, attempt: int, finish: Finish, *,
+def record_finish(lease: LeaseHeartbeat, finish: Callable[[Session], T],
+                  landed: Callable[[Session], T | None], *,
                   clock: Callable[[], float] = time.monotonic,
-                  sleep: Callable[[float], None] = time.sleep) -> tuple[Job, StageClaim | None]:
-    """Run ``finish`` (the stage's finishing transaction, given a session) for attempt
-    ``attempt`` of ``reporter``'s stage, and return what it returns. When it meets an
-    unreachable database, try again after a capped exponential backoff, each try preceded by a
-    read of whether an earlier one committed unseen (then what that commit made is returned).
-    Raises the last error once a lease length (``WORKER_LEASE_SECONDS``) has passed since the
-    first, :class:`LeaseLost` once the heartbeat found the stage taken over, and any other
-    error at once."""
-    resources = reporter.resources
+                  sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run ``finish`` (the work's finishing transaction, given a session) under ``lease``, and
+    return what it returns. When it meets an unreachable database, try again after a capped
+    exponential backoff, each try preceded by ``landed``: a read of whether an earlier try
+    committed unseen, None if not, else what that try would have returned (returned then).
+    ``landed`` must be exact (what the transaction writes, at this claim's attempt): a finish
+    made by a takeover is not this one's. Raises the last error once a lease length
+    (``WORKER_LEASE_SECONDS``) has passed since the first, :class:`LeaseLost` once the
+    heartbeat found the work taken over, and any other error at once."""
+    resources = lease.resources
     try:
         with resources.session() as session:
             return finish(session)
@@ -65,26 +68,25 @@ def record_finish(reporter: StageReporter, attempt: int, finish: Finish, *,
     deadline = clock() + resources.settings.worker_lease_seconds
     delay = FIRST_RETRY_DELAY_S
     while True:
-        if reporter.lease_lost:
-            raise LeaseLost(f"lost the lease on stage '{reporter.stage}' of job "
-                            f"{reporter.job_id} while the database was unreachable")
+        if lease.lease_lost:
+            raise LeaseLost(f"lost the lease on {lease.what} while the database was "
+                            "unreachable")
         if clock() + delay > deadline:
-            logger.warning("job %s stage %s: the database stayed unreachable for a lease length;"
-                           " its end is left to the lease", reporter.job_id, reporter.stage)
+            logger.warning("%s: the database stayed unreachable for a lease length; its end is "
+                           "left to the lease", lease.what)
             raise error
-        logger.warning("job %s stage %s: could not record its end, the database is unreachable "
-                       "(%s: %s); trying again in %.1f s", reporter.job_id, reporter.stage,
-                       type(error).__name__, (str(error).splitlines() or [""])[0][:300], delay)
+        logger.warning("%s: could not record its end, the database is unreachable (%s: %s); "
+                       "trying again in %.1f s", lease.what, type(error).__name__,
+                       (str(error).splitlines() or [""])[0][:300], delay)
         sleep(delay)
         delay = min(delay * 2, MAX_RETRY_DELAY_S)
         try:
             with resources.session() as session:
-                landed = stages.recorded_finish(session, reporter.job_id, reporter.stage,
-                                                owner=reporter.owner, attempt=attempt)
-            if landed is not None:
-                logger.info("job %s stage %s: its end had been recorded (the answer was lost "
-                            "to the outage)", reporter.job_id, reporter.stage)
-                return landed
+                made = landed(session)
+            if made is not None:
+                logger.info("%s: its end had been recorded (the answer was lost to the "
+                            "outage)", lease.what)
+                return made
             with resources.session() as session:
                 return finish(session)
         except Exception as exc:

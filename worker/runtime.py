@@ -228,6 +228,11 @@ class LeaseHeartbeat:
     def lease_lost(self) -> bool:
         return self._lease_lost.is_set()
 
+    @property
+    def what(self) -> str:
+        """The leased work, in log lines: "job <id> stage <stage>", "materialization <id>"."""
+        return self._what
+
 
 @dataclass
 class PendingReports:
@@ -511,6 +516,7 @@ class PartReporter(StageReporter):
         super().__init__(resources, job_id, kind.stage, time_limit=time_limit,
                          started_at=started_at)
         self.kind, self.index = kind, index
+        self._what = f"job {job_id} {kind.noun} {index}"
 
     def renew(self) -> bool:
         with self.resources.session() as session:

@@ -47,6 +47,7 @@ from rift.pipeline import (
     score_modules,
     warn_unreachable,
 )
+from worker.finishing import record_finish
 from worker.runtime import (
     DATABASE_DOWN,
     PartReporter,
@@ -182,9 +183,13 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
         if reporter.lease_lost:
             raise LeaseLost(f"lost the lease on MRC shard {shard} of job {job_id}")
         reporter.flush()
-        with resources.session() as session:
-            cancelled = stage_shards.finish_shard(session, job_id, shard,
-                                                  owner=resources.worker_id, result=part)
+        # Tried again through a database outage while the lease holds (worker.finishing).
+        cancelled = record_finish(
+            reporter,
+            lambda session: stage_shards.finish_shard(session, job_id, shard,
+                                                      owner=resources.worker_id, result=part),
+            lambda session: stage_shards.recorded_part_finish(
+                session, stage_shards.MRC_SHARDS, job_id, shard, attempt=claim.attempt))
     except Exception as exc:
         if isinstance(exc, ShuttingDown):
             # The rows scored so far are kept for the shard's next attempt (stored_events_of).

@@ -94,6 +94,7 @@ from persistence.materializations import (
     finish_materialization,
     hand_back_materialization,
     materializations_to_redispatch,
+    recorded_materialization,
     start_materialization,
 )
 from persistence.models import (
@@ -532,10 +533,13 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         pending = reporter.take_pending()
         # The stage's last events come before its stage_finished, in the same commit; tried
         # again through a database outage while the lease holds (worker.finishing).
-        _, next_claim = record_finish(reporter, claim.attempt, lambda session: (
-            stages.finish_stage_and_claim_next(
+        _, next_claim = record_finish(
+            reporter,
+            lambda session: stages.finish_stage_and_claim_next(
                 session, job_id, stage, owner=owner, outputs=outputs, next_terms=terms,
-                events=pending.events, device=pending.device)))
+                events=pending.events, device=pending.device),
+            lambda session: stages.recorded_finish(session, job_id, stage, owner=owner,
+                                                   attempt=claim.attempt))
     except JobCancelled:
         reporter.close()  # no report of the stage follows its end (each branch below)
         return _Step(stage, _cancel(resources, job_id, stage), device)
@@ -547,21 +551,21 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
     except ShuttingDown:
         # The reports not yet written go with the hand-back: the MRC rows among them are what
         # the next attempt does not compute again.
-        return _Step(stage, _hand_back(app, resources, job_id, stage, request_id,
+        return _Step(stage, _hand_back(app, reporter, claim.attempt, request_id,
                                        _pending_events(reporter)), device)
     except RiftError as exc:
         reporter.close()
-        return _Step(stage, _fail(resources, job_id, stage, exc.code, exc.message), device)
+        return _Step(stage, _fail(reporter, claim.attempt, exc.code, exc.message), device)
     except ObjectNotFound as exc:
         reporter.close()
         return _Step(stage, _fail(
-            resources, job_id, stage, "missing_object",
+            reporter, claim.attempt, "missing_object",
             f"an input of the job is missing from the object store: {exc.message}"), device)
     except Exception as exc:
         reporter.close()
         try:
-            return _Step(stage, _retry_or_fail(app, resources, job_id, stage, claim.attempt, exc,
-                                               request_id), device)
+            return _Step(stage, _retry_or_fail(app, reporter, claim.attempt, exc, request_id),
+                         device)
         except LeaseLost as lost:
             logger.warning("job %s stage %s: %s", job_id, stage, lost)
             return _Step(stage, "lease_lost", device)
@@ -600,20 +604,25 @@ def _pending_events(reporter: StageReporter) -> list[tuple[str, dict[str, Any], 
         return []
 
 
-def _hand_back(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
-               request_id: str | None,
+def _hand_back(app: RiftCelery, reporter: StageReporter, attempt: int, request_id: str | None,
                events: Sequence[tuple[str, dict[str, Any], datetime]] = ()) -> str:
     """Give the stage back, its claim not counted, with the attempt's unwritten ``events``, and
     send its message at once, for another worker to run it (from its start, but for the MRC rows
     and α points those events and earlier ones stored: ``stages.stored_events``): this one is in
     a warm shutdown. Returns the outcome
-    ("handed_back"; "lease_lost" when the stage was no longer this worker's). If the database
-    cannot be reached the stage stays leased, and is taken over once its lease expires, as
-    after a crash."""
+    ("handed_back"; "lease_lost" when the stage was no longer this worker's). Tried again
+    through a database outage while the lease holds (worker.finishing, for claim ``attempt``);
+    past that the stage stays leased, and is taken over once its lease expires, as after a
+    crash."""
+    resources, job_id, stage, owner = (reporter.resources, reporter.job_id, reporter.stage,
+                                       reporter.owner)
     try:
-        with resources.session() as session:
-            cancelled = stages.hand_back_stage(session, job_id, stage,
-                                               owner=resources.worker_id, events=events)
+        cancelled = record_finish(
+            reporter,
+            lambda session: stages.hand_back_stage(session, job_id, stage, owner=owner,
+                                                   events=events),
+            lambda session: stages.recorded_hand_back(session, job_id, stage, owner=owner,
+                                                      attempt=attempt))
     except LeaseLost as exc:
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return "lease_lost"
@@ -649,11 +658,12 @@ def _cancel(resources: WorkerResources, job_id: str, stage: str) -> str:
     return "cancelled"
 
 
-def _fail(resources: WorkerResources, job_id: str, stage: str, code: str, message: str) -> str:
+def _fail(reporter: StageReporter, attempt: int, code: str, message: str) -> str:
+    """Fail the job in the reporter's stage (claim ``attempt``), tried again through a database
+    outage while the lease holds (worker.finishing); returns the outcome."""
+    job_id, stage = reporter.job_id, reporter.stage
     try:
-        with resources.session() as session:
-            stages.fail_job(session, job_id, code, message, stage=stage,
-                            owner=resources.worker_id)
+        _fail_recorded(reporter, attempt, code, message)
     except LeaseLost as exc:
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return "lease_lost"
@@ -663,23 +673,39 @@ def _fail(resources: WorkerResources, job_id: str, stage: str, code: str, messag
     return "failed"
 
 
-def _retry_or_fail(app: RiftCelery, resources: WorkerResources, job_id: str, stage: str,
-                   attempt: int, exc: Exception, request_id: str | None = None) -> str:
+def _fail_recorded(reporter: StageReporter, attempt: int, code: str, message: str) -> None:
+    """:func:`persistence.stages.fail_job` of the reporter's stage by its worker, tried again
+    through a database outage while the lease holds (worker.finishing)."""
+    job_id, stage, owner = reporter.job_id, reporter.stage, reporter.owner
+    record_finish(
+        reporter,
+        lambda session: stages.fail_job(session, job_id, code, message, stage=stage,
+                                        owner=owner),
+        lambda session: stages.recorded_failure(session, job_id, stage, code, message,
+                                                attempt=attempt))
+
+
+def _retry_or_fail(app: RiftCelery, reporter: StageReporter, attempt: int, exc: Exception,
+                   request_id: str | None = None) -> str:
     """After an unexpected error: give the stage back for another attempt, or, on the last
-    allowed attempt, fail the job (while still holding the lease, so no other worker is racing)."""
+    allowed attempt, fail the job (while still holding the lease, so no other worker is racing).
+    Either is tried again through a database outage while the lease holds (worker.finishing)."""
+    resources, job_id, stage, owner = (reporter.resources, reporter.job_id, reporter.stage,
+                                       reporter.owner)
     settings = resources.settings
     logger.exception("job %s stage %s: unexpected error on attempt %d", job_id, stage, attempt)
-    error = error_summary(exc)
-    with resources.session() as session:
-        if attempt >= settings.max_stage_attempts:
-            stages.fail_job(
-                session, job_id, "stage_failed_repeatedly",
-                f"stage '{stage}' failed {attempt} times (MAX_STAGE_ATTEMPTS="
-                f"{settings.max_stage_attempts}); last error: {error}",
-                stage=stage, owner=resources.worker_id)
-            return "failed"
-        stages.release_stage(session, job_id, stage, owner=resources.worker_id,
-                             error=traceback.format_exc(limit=5))
+    if attempt >= settings.max_stage_attempts:
+        _fail_recorded(reporter, attempt, "stage_failed_repeatedly",
+                       f"stage '{stage}' failed {attempt} times (MAX_STAGE_ATTEMPTS="
+                       f"{settings.max_stage_attempts}); last error: {error_summary(exc)}")
+        return "failed"
+    # Read here, in the caller's except block: a try again runs in record_finish's own.
+    error = traceback.format_exc(limit=5)
+    record_finish(
+        reporter,
+        lambda session: stages.release_stage(session, job_id, stage, owner=owner, error=error),
+        lambda session: stages.recorded_release(session, job_id, stage, attempt=attempt,
+                                                error=error))
     enqueue_stage(app, job_id, stage, countdown=settings.stage_retry_delay_seconds,
                   request_id=request_id)
     return "retry"
@@ -734,6 +760,7 @@ def execute_materialization(resources: WorkerResources, materialization_id: str,
                                         max_attempts=settings.max_stage_attempts)
             if row is None:
                 return "skipped"
+            attempt = row.attempts
             job = session.get(Job, row.job_id)
             if job is None:
                 # Deleted (with its project) between the claim and this read: nothing to make.
@@ -792,10 +819,16 @@ def execute_materialization(resources: WorkerResources, materialization_id: str,
             resources.metrics.materializations.labels("failed").inc()
             return "failed"
         try:
-            with resources.session() as session:
-                finish_materialization(session, materialization_id, made.artifact, owner=owner,
-                                       clean_accuracy=made.clean_accuracy,
-                                       robust_accuracy=made.robust_accuracy)
+            # Tried again through a database outage (worker.finishing). The lease is no longer
+            # renewed: a worker taking the request over once it expires makes the finish
+            # refused (LeaseLost), and its own claim a later attempt, which `landed` tells.
+            record_finish(
+                lease,
+                lambda session: finish_materialization(
+                    session, materialization_id, made.artifact, owner=owner,
+                    clean_accuracy=made.clean_accuracy, robust_accuracy=made.robust_accuracy),
+                lambda session: recorded_materialization(session, materialization_id,
+                                                         attempt=attempt))
         except (LeaseLost, MaterializationNotFound) as exc:
             return _materialization_lost(resources, materialization_id, key, exc)
         resources.metrics.materializations.labels("succeeded").inc()

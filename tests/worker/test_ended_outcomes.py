@@ -31,7 +31,7 @@ from tests.sweep_configs import alpha_zero_loser
 from worker import candidates
 from worker.candidates import execute_candidate
 from worker.metrics import WorkerMetrics
-from worker.runtime import WorkerResources, settle_part_error
+from worker.runtime import StageReporter, WorkerResources, settle_part_error
 from worker.tasks import _fail, execute_stage
 
 pytestmark = pytest.mark.service
@@ -109,7 +109,8 @@ def test_a_late_workers_own_timeout_is_not_logged_as_its_failure(
                            lease_seconds=600, max_attempts=3)
     _fail_overdue(sessions, job_id)
     with caplog.at_level(logging.INFO, logger="worker"):
-        assert _fail(resources, job_id, "mrc", "timeout", "past its limit") == "job_ended"
+        assert _fail(StageReporter(resources, job_id, "mrc"), 1, "timeout",
+                     "past its limit") == "job_ended"
     assert "failed in stage" not in caplog.text
     assert _events(sessions, job_id).count("job_failed") == 1
 

@@ -17,28 +17,52 @@ from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy import exc as database_errors
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import jobs
-from persistence.models import JobEvent
+from persistence import jobs, stage_shards, stages
+from persistence.materializations import get_materialization, request_materialization
+from persistence.models import JobEvent, Materialization, utcnow
 from persistence.queue import RiftCelery
 from persistence.settings import Settings
+from tests.persistence.helpers import MRC_ROWS
+from tests.sweep_configs import alpha_zero_loser
+from worker.candidates import execute_candidate
 from worker.finishing import record_finish
 from worker.metrics import WorkerMetrics
 from worker.runtime import StageReporter, WorkerResources
-from worker.tasks import execute_stage
+from worker.shards import execute_shard
+from worker.tasks import _fail, _hand_back, _retry_or_fail, execute_materialization, execute_stage
 
 pytestmark = pytest.mark.service
 
 
-@contextmanager
-def answer_lost_after_commit(stage: str) -> Iterator[list[str]]:
-    """The first transaction that records ``stage`` as finished is committed on the server, then
-    its caller gets the driver's connection error instead of the answer, as when the connection
-    drops before the answer arrives. Yields the stages whose answer was lost."""
-    lost: list[str] = []
+def event_added(kind: str, **payload: Any) -> Callable[[Session], bool]:
+    """Whether the session's transaction adds a ``kind`` event whose payload holds ``payload``."""
+    return lambda session: any(
+        isinstance(obj, JobEvent) and obj.kind == kind
+        and all(obj.payload.get(key) == value for key, value in payload.items())
+        for obj in session.new)
 
-    def mark(session: Session) -> None:
-        if not lost and any(isinstance(obj, JobEvent) and obj.kind == "stage_finished"
-                            and obj.payload.get("stage") == stage for obj in session.new):
+
+def materialization_succeeds(session: Session) -> bool:
+    """Whether the session's transaction marks a materialization succeeded."""
+    return any(isinstance(obj, Materialization) and obj.status == "succeeded"
+               for obj in session.dirty)
+
+
+@contextmanager
+def answer_lost_after_commit(name: str,
+                             records: Callable[[Session], bool] | None = None
+                             ) -> Iterator[list[str]]:
+    """The first transaction that ``records`` (default: records stage ``name`` as finished) is
+    committed on the server, then its caller gets the driver's connection error instead of the
+    answer, as when the connection drops before the answer arrives. Yields the names whose
+    answer was lost."""
+    lost: list[str] = []
+    records = records or event_added("stage_finished", stage=name)
+
+    def mark(session: Session, _: object) -> None:
+        # After each flush (new and dirty still hold what it wrote): a query in the
+        # transaction may have flushed its rows before the commit.
+        if not lost and records(session):
             session.connection().info["lose_answer"] = True
 
     def commit_then_lose(connection: Connection) -> None:
@@ -46,17 +70,17 @@ def answer_lost_after_commit(stage: str) -> Iterator[list[str]]:
             driver_connection = connection.connection.dbapi_connection
             assert driver_connection is not None
             driver_connection.commit()  # the server commits; its answer is "lost" below
-            lost.append(stage)
+            lost.append(name)
             raise database_errors.OperationalError(
                 "COMMIT", None, psycopg.OperationalError("server closed the connection "
                                                          "unexpectedly"))
 
-    event.listen(Session, "before_commit", mark)
+    event.listen(Session, "after_flush", mark)
     event.listen(Engine, "commit", commit_then_lose)
     try:
         yield lost
     finally:
-        event.remove(Session, "before_commit", mark)
+        event.remove(Session, "after_flush", mark)
         event.remove(Engine, "commit", commit_then_lose)
 
 
@@ -104,6 +128,136 @@ def test_a_finish_is_tried_again_for_at_most_a_lease_length(service_settings: Se
         now[0] += seconds
 
     with pytest.raises(database_errors.OperationalError):
-        record_finish(reporter, 1, lambda session: session.execute(text("SELECT 1")).one(),
+        record_finish(reporter, lambda session: session.execute(text("SELECT 1")).one(),
+                      lambda session: stages.recorded_finish(session, "job-1", "finetune",
+                                                             owner=reporter.owner, attempt=1),
                       clock=lambda: now[0], sleep=wait)
     assert waits == [0.2, 0.4, 0.8, 1.6, 2.0]  # 5.0 s: the lease; one more would pass it
+
+
+def test_an_mrc_shard_whose_finish_answer_was_lost_is_recorded_once(
+        submit: Callable[..., str], sessions: sessionmaker[Session], sender: RiftCelery,
+        service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    """Before, the shard's finish error went to its error handling: the shard, recorded done by
+    the lost commit, was no longer this worker's to release (``lease_lost``), and the task that
+    recorded the last part never tried the merge."""
+    quick_config["mrc"]["shards"] = 2
+    job_id = submit(quick_config, send=False)
+    resources = WorkerResources(service_settings)
+    resources.metrics = WorkerMetrics(resources, lambda queue: 0)
+    assert execute_stage(sender, resources, job_id, "mrc") == "sharded"
+    assert execute_shard(sender, resources, job_id, 0).outcome == "done"  # shard 1 still waits
+    with answer_lost_after_commit("shard 1", event_added("shard_finished", shard=1)) as lost:
+        outcome = execute_shard(sender, resources, job_id, 1).outcome
+    assert lost == ["shard 1"]
+    assert outcome == "merged"  # it went on from its recorded part to the merge
+    with sessions() as session:
+        shards = {row.shard: (row.status, row.attempts)
+                  for row in stage_shards.list_shards(session, job_id)}
+        events = [e.kind for e in jobs.list_events(session, job_id, limit=10_000)]
+        job = jobs.get_job(session, job_id)
+    assert shards == {0: ("done", 1), 1: ("done", 1)}
+    assert events.count("shard_finished") == 2  # recorded once each
+    assert job.stage == "finetune", job.error_message
+
+
+def test_a_materialization_whose_finish_answer_was_lost_succeeds(
+        submit: Callable[..., str], sessions: sessionmaker[Session], sender: RiftCelery,
+        service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    """Before, the driver's error left the task (the request stayed running until its lease
+    expired, then was made again); now the worker reads that its finish landed."""
+    job_id = submit(quick_config, send=False)
+    resources = WorkerResources(service_settings)
+    resources.metrics = WorkerMetrics(resources, lambda queue: 0)
+    assert execute_stage(sender, resources, job_id, "mrc") == "done"
+    with sessions() as session:
+        assert jobs.get_job(session, job_id).status == "succeeded"
+    with sessions() as session:
+        materialization_id = request_materialization(session, job_id, 0.5,
+                                                     evaluate=False).row.id
+    with answer_lost_after_commit("materialization", materialization_succeeds) as lost:
+        outcome = execute_materialization(resources, materialization_id)
+    assert lost == ["materialization"]
+    assert outcome == "succeeded"
+    with sessions() as session:
+        row = get_materialization(session, job_id, materialization_id)
+        assert (row.status, row.attempts) == ("succeeded", 1)
+
+
+def test_a_sweep_candidate_whose_finish_answer_was_lost_is_recorded_once(
+        submit: Callable[..., str], sessions: sessionmaker[Session], sender: RiftCelery,
+        service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    """As an MRC shard's: before, the candidate, recorded done by the lost commit, was no longer
+    this worker's to release (``lease_lost``)."""
+    grid = [0.01, 0.05]
+    job_id = submit(alpha_zero_loser(quick_config, grid), send=False)
+    resources = WorkerResources(service_settings)
+    owner, now = resources.worker_id, utcnow()
+    with sessions() as session:  # MRC recorded, the sweep started: its candidates wait
+        stages.claim_stage(session, job_id, "mrc", owner=owner, lease_seconds=600,
+                           max_attempts=3, now=now)
+        stages.finish_stage(session, job_id, "mrc", owner=owner,
+                            outputs=stages.StageOutputs(mrc_rows=MRC_ROWS), now=now)
+        stages.claim_stage(session, job_id, "finetune", owner=owner, lease_seconds=600,
+                           max_attempts=3, now=now)
+        stage_shards.start_candidates(session, job_id, owner=owner,
+                                      candidates=[("fc", lr) for lr in grid], now=now)
+    with answer_lost_after_commit("candidate 0",
+                                  event_added("candidate_finished", candidate=0)) as lost:
+        outcome = execute_candidate(sender, resources, job_id, 0).outcome
+    assert lost == ["candidate 0"]
+    assert outcome == "done"  # candidate 1 still waits: no pick yet
+    with sessions() as session:
+        rows = [(c.status, c.attempts) for c in stage_shards.list_candidates(session, job_id)]
+        events = [e.kind for e in jobs.list_events(session, job_id, limit=10_000)]
+    assert rows == [("done", 1), ("pending", 0)]
+    assert events.count("candidate_finished") == 1
+
+
+def _claimed(submit: Callable[..., str], sessions: sessionmaker[Session],
+             resources: WorkerResources, config: dict[str, Any]) -> StageReporter:
+    """A job whose MRC stage ``resources``' worker claimed (attempt 1), and its reporter."""
+    job_id = submit(config, send=False)
+    with sessions() as session:
+        claim = stages.claim_stage(session, job_id, "mrc", owner=resources.worker_id,
+                                   lease_seconds=600, max_attempts=3)
+    assert claim.attempt == 1
+    return StageReporter(resources, job_id, "mrc")
+
+
+def _stage_row(sessions: sessionmaker[Session], job_id: str) -> tuple[str, int, str | None]:
+    with sessions() as session:
+        row = next(s for s in jobs.get_job(session, job_id).stages if s.stage == "mrc")
+        return row.status, row.attempts, row.lease_owner
+
+
+@pytest.mark.parametrize("end", ["retry", "hand_back", "fail"])
+def test_a_stage_given_up_whose_answer_was_lost_is_not_taken_as_refused(
+        end: str, submit: Callable[..., str], sessions: sessionmaker[Session],
+        sender: RiftCelery, service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    """The release after an unexpected error, the hand-back of a warm shutdown and a failure:
+    before, the driver's error left the task, and the stage (released, handed back or failed
+    by the lost commit) was reported as the task's error."""
+    resources = WorkerResources(service_settings)
+    reporter = _claimed(submit, sessions, resources, quick_config)
+    job_id = reporter.job_id
+    written = {"retry": "stage_retry", "hand_back": "stage_handed_back",
+               "fail": "job_failed"}[end]
+    with answer_lost_after_commit(end, event_added(written, stage="mrc")) as lost:
+        if end == "retry":
+            try:
+                raise RuntimeError("an unexpected error")
+            except RuntimeError as exc:
+                outcome = _retry_or_fail(sender, reporter, 1, exc)
+        elif end == "hand_back":
+            outcome = _hand_back(sender, reporter, 1, None)
+        else:
+            outcome = _fail(reporter, 1, "model_error", "the model is broken")
+    assert lost == [end]
+    assert outcome == {"retry": "retry", "hand_back": "handed_back", "fail": "failed"}[end]
+    with sessions() as session:
+        events = [e.kind for e in jobs.list_events(session, job_id, limit=10_000)]
+    assert events.count(written) == 1  # recorded once
+    assert _stage_row(sessions, job_id) == {"retry": ("pending", 1, None),
+                                            "hand_back": ("pending", 0, None),
+                                            "fail": ("failed", 1, None)}[end]
