@@ -383,6 +383,31 @@ def recorded_materialization(session: Session, materialization_id: str, *,
     return row
 
 
+def recorded_materialization_hand_back(session: Session, materialization_id: str, *,
+                                       attempt: int) -> bool | None:
+    """Whether a :func:`hand_back_materialization` of the claim ``attempt`` committed although
+    its caller saw an error: the row queued again with that claim given back (``attempt`` - 1
+    attempts; a takeover's claim counts a later attempt, a re-sent expired lease keeps its
+    count); else None (also when the row is gone: the hand-back then says so). Reads only."""
+    row = session.get(Materialization, materialization_id, populate_existing=True)
+    if (row is None or row.status != MaterializationStatus.QUEUED
+            or row.attempts != max(attempt - 1, 0)):
+        return None
+    return True
+
+
+def recorded_materialization_failure(session: Session, materialization_id: str, message: str, *,
+                                     attempt: int) -> bool | None:
+    """Whether a :func:`fail_materialization` of the claim ``attempt`` committed although its
+    caller saw an error: the row failed at that attempt with that ``message``; else None (also
+    when the row is gone: the failure then leaves it, as it does). Reads only."""
+    row = session.get(Materialization, materialization_id, populate_existing=True)
+    if (row is None or row.status != MaterializationStatus.FAILED or row.attempts != attempt
+            or row.error_message != storable_text(message)[:4000]):
+        return None
+    return True
+
+
 def _held_job_of(session: Session, materialization_id: str) -> Job:
     """The job of the materialization, held (FOR KEY SHARE) before the row itself, the order
     of :func:`request_materialization` and of a job's DELETE (job, then its rows): the DELETE

@@ -37,6 +37,7 @@ from persistence import leases, resend
 from persistence.models import (
     TERMINAL_STATUSES,
     Job,
+    JobEvent,
     JobStage,
     JobStatus,
     MRCShard,
@@ -367,6 +368,51 @@ def hand_back_part(session: Session, kind: PartKind, job_id: str, index: int, *,
         # running it until a worker took the message again (none, while the whole pool was
         # down).
         return job.cancel_requested and _end_if_last_to_stop(session, job, now)
+
+
+def recorded_part_release(session: Session, kind: PartKind, job_id: str, index: int, *,
+                          attempt: int, error: str) -> bool | None:
+    """Whether a :func:`release_part` of the part's claim ``attempt`` committed although its
+    caller saw an error (a database outage that took the commit's answer): the part pending
+    again at that attempt with that ``error`` (None if not: a takeover's claim counts a later
+    attempt, a hand-back an earlier one); else True. Reads only."""
+    row = _load_part(session, kind, job_id, index)
+    if (row.status != StageStatus.PENDING or row.attempts != attempt
+            or row.last_error != error[:4000]):
+        return None
+    return True
+
+
+def recorded_part_hand_back(session: Session, kind: PartKind, job_id: str, index: int, *,
+                            owner: str, attempt: int) -> bool | None:
+    """Whether a :func:`hand_back_part` of claim ``attempt`` by ``owner`` committed although
+    its caller saw an error: None if the part is still leased to ``owner`` or no
+    ``stage_handed_back`` event of that claim of the part exists; else what that call would have
+    returned as near as a read can tell: whether the job has ended after a cancellation. Reads
+    only."""
+    row = _load_part(session, kind, job_id, index)
+    if row.status == StageStatus.RUNNING and row.lease_owner == owner:
+        return None
+    handed = session.execute(select(JobEvent.payload).where(
+        JobEvent.job_id == job_id, JobEvent.kind == EventKind.STAGE_HANDED_BACK)).scalars()
+    if not any(payload.get("stage") == kind.stage.value and payload.get(kind.event) == index
+               and payload.get("worker") == owner and payload.get("attempt") == attempt
+               for payload in handed):
+        return None
+    job = load_job(session, job_id, relations=False)
+    return job.cancel_requested and job.status in TERMINAL_STATUSES
+
+
+def recorded_part_failure(session: Session, kind: PartKind, job_id: str, index: int, *,
+                          attempt: int, message: str) -> bool | None:
+    """Whether a :func:`fail_part` of the part's claim ``attempt`` committed although its caller
+    saw an error: the part failed at that attempt with that ``message`` (None if not); else
+    whether the job has ended (its failure pending while a sibling runs). Reads only."""
+    row = _load_part(session, kind, job_id, index)
+    if (row.status != StageStatus.FAILED or row.attempts != attempt
+            or row.last_error != message[:4000]):
+        return None
+    return load_job(session, job_id, relations=False).status in TERMINAL_STATUSES
 
 
 def _end_if_last_to_stop(session: Session, job: Job, now: datetime) -> bool:

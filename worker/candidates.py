@@ -217,7 +217,7 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
             # epochs, which the next attempt does not train (and so does not report) again.
             with contextlib.suppress(Exception):
                 reporter.flush()
-        ended = settle_part_error(resources, CANDIDATES, job_id, index, claim.attempt, exc)
+        ended = settle_part_error(reporter, CANDIDATES, job_id, index, claim.attempt, exc)
         if ended in ("retry", "handed_back"):
             enqueue_candidate(app, job_id, index, countdown=(
                 settings.stage_retry_delay_seconds if ended == "retry" else None))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy import exc as database_errors
@@ -35,6 +36,26 @@ FIRST_RETRY_DELAY_S = 0.2
 MAX_RETRY_DELAY_S = 2.0
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class _Unreachable:
+    """What a try met instead of an answer: the database could not be reached."""
+
+    error: Exception
+
+
+def _unless_unreachable(lease: LeaseHeartbeat, work: Callable[[Session], R]) -> R | _Unreachable:
+    """Run ``work`` in a session of its own and return what it returns; an unreachable
+    database is returned (kept for the next try), any other error raised."""
+    try:
+        with lease.resources.session() as session:
+            return work(session)
+    except Exception as exc:
+        if not database_unreachable(exc):
+            raise
+        return _Unreachable(exc)
 
 
 def database_unreachable(exc: BaseException) -> bool:
@@ -57,15 +78,11 @@ def record_finish(lease: LeaseHeartbeat, finish: Callable[[Session], T],
     made by a takeover is not this one's. Raises the last error once a lease length
     (``WORKER_LEASE_SECONDS``) has passed since the first, :class:`LeaseLost` once the
     heartbeat found the work taken over, and any other error at once."""
-    resources = lease.resources
-    try:
-        with resources.session() as session:
-            return finish(session)
-    except Exception as exc:
-        if not database_unreachable(exc):
-            raise
-        error = exc
-    deadline = clock() + resources.settings.worker_lease_seconds
+    outcome = _unless_unreachable(lease, finish)
+    if not isinstance(outcome, _Unreachable):
+        return outcome
+    error = outcome.error
+    deadline = clock() + lease.resources.settings.worker_lease_seconds
     delay = FIRST_RETRY_DELAY_S
     while True:
         if lease.lease_lost:
@@ -80,16 +97,15 @@ def record_finish(lease: LeaseHeartbeat, finish: Callable[[Session], T],
                        (str(error).splitlines() or [""])[0][:300], delay)
         sleep(delay)
         delay = min(delay * 2, MAX_RETRY_DELAY_S)
-        try:
-            with resources.session() as session:
-                made = landed(session)
-            if made is not None:
-                logger.info("%s: its end had been recorded (the answer was lost to the "
-                            "outage)", lease.what)
-                return made
-            with resources.session() as session:
-                return finish(session)
-        except Exception as exc:
-            if not database_unreachable(exc):
-                raise
-            error = exc
+        made = _unless_unreachable(lease, landed)
+        if isinstance(made, _Unreachable):
+            error = made.error
+            continue
+        if made is not None:
+            logger.info("%s: its end had been recorded (the answer was lost to the "
+                        "outage)", lease.what)
+            return made
+        outcome = _unless_unreachable(lease, finish)
+        if not isinstance(outcome, _Unreachable):
+            return outcome
+        error = outcome.error

@@ -546,10 +546,12 @@ def job_has_ended(resources: WorkerResources, job_id: str) -> bool:
         return job is None or job.status in TERMINAL_STATUSES
 
 
-def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, job_id: str,
+def settle_part_error(lease: LeaseHeartbeat, kind: stage_shards.PartKind, job_id: str,
                       index: int, attempt: int, exc: Exception) -> str:
-    """End a part of a split stage (MRC shard, sweep candidate) that raised ``exc``; call it from
-    the ``except`` block. Returns the task's outcome: "cancelled", "lease_lost", "failed",
+    """End a part of a split stage (MRC shard, sweep candidate) that raised ``exc``, held under
+    ``lease`` (its reporter, still renewing it); call it from the ``except`` block. Its release,
+    hand-back and failure are tried again through a database outage (:mod:`worker.finishing`).
+    Returns the task's outcome: "cancelled", "lease_lost", "failed",
     "retry" (the part is released and the caller sends it again after the retry delay),
     "handed_back" (the worker is shutting down: the part is pending again, its attempt not
     counted, and the caller sends it again at once) or "job_ended" (the job was deleted as the
@@ -562,30 +564,36 @@ def settle_part_error(resources: WorkerResources, kind: stage_shards.PartKind, j
     siblings stop first (:func:`persistence.stage_shards.fail_part`).
     Anything else is retried until the part has had ``max_stage_attempts``."""
     try:
-        return _settle_part(resources, kind, job_id, index, attempt, exc)
+        return _settle_part(lease, kind, job_id, index, attempt, exc)
     except JobNotFound:
         logger.info("job %s %s %d stopped: the job was deleted meanwhile", job_id, kind.noun,
                     index)
         return "job_ended"
 
 
-def _settle_part(resources: WorkerResources, kind: stage_shards.PartKind, job_id: str,
+def _settle_part(lease: LeaseHeartbeat, kind: stage_shards.PartKind, job_id: str,
                  index: int, attempt: int, exc: Exception) -> str:
+    # Here, not at the top: worker.finishing builds on this module's LeaseHeartbeat.
+    from worker.finishing import record_finish
+
+    resources, owner = lease.resources, lease.owner
     if isinstance(exc, JobCancelled):
         # The job ends with its last running part (before, the first part to stop ended it
         # while the others still ran).
         with resources.session() as session:
-            stage_shards.stop_cancelled_part(session, kind, job_id, index,
-                                             owner=resources.worker_id)
+            stage_shards.stop_cancelled_part(session, kind, job_id, index, owner=owner)
         return "cancelled"
     if isinstance(exc, LeaseLost):
         logger.warning("job %s %s %d: %s", job_id, kind.noun, index, exc)
         return "lease_lost"
     if isinstance(exc, ShuttingDown):
         try:
-            with resources.session() as session:
-                cancelled = stage_shards.hand_back_part(session, kind, job_id, index,
-                                                        owner=resources.worker_id)
+            cancelled = record_finish(
+                lease,
+                lambda session: stage_shards.hand_back_part(session, kind, job_id, index,
+                                                            owner=owner),
+                lambda session: stage_shards.recorded_part_hand_back(
+                    session, kind, job_id, index, owner=owner, attempt=attempt))
         except LeaseLost as lost:
             logger.warning("job %s %s %d: %s", job_id, kind.noun, index, lost)
             return "lease_lost"
@@ -596,21 +604,39 @@ def _settle_part(resources: WorkerResources, kind: stage_shards.PartKind, job_id
         return "handed_back"
     if isinstance(exc, RiftError | ObjectNotFound):
         code = exc.code if isinstance(exc, RiftError) else "missing_object"
-        with resources.session() as session:
-            stage_shards.fail_part(session, kind, job_id, index, owner=resources.worker_id,
-                                   code=code, message=exc.message)
+        _fail_part(lease, kind, job_id, index, attempt, code, exc.message)
         return "failed"
     logger.exception("job %s %s %d: unexpected error", job_id, kind.noun, index)
-    with resources.session() as session:
-        if attempt >= resources.settings.max_stage_attempts:
-            stage_shards.fail_part(session, kind, job_id, index, owner=resources.worker_id,
-                                   code="stage_failed_repeatedly",
-                                   message=f"{kind.noun} {index} failed {attempt} times; last "
-                                           f"error: {error_summary(exc)}")
-            return "failed"
-        stage_shards.release_part(session, kind, job_id, index, owner=resources.worker_id,
-                                  error=traceback.format_exc(limit=5))
+    if attempt >= resources.settings.max_stage_attempts:
+        _fail_part(lease, kind, job_id, index, attempt, "stage_failed_repeatedly",
+                   f"{kind.noun} {index} failed {attempt} times; last error: "
+                   f"{error_summary(exc)}")
+        return "failed"
+    # Read here, in the caller's except block: a try again runs in record_finish's own.
+    error = traceback.format_exc(limit=5)
+
+    def release(session: Session) -> bool:
+        stage_shards.release_part(session, kind, job_id, index, owner=owner, error=error)
+        return True
+
+    record_finish(lease, release,
+                  lambda session: stage_shards.recorded_part_release(
+                      session, kind, job_id, index, attempt=attempt, error=error))
     return "retry"
+
+
+def _fail_part(lease: LeaseHeartbeat, kind: stage_shards.PartKind, job_id: str, index: int,
+               attempt: int, code: str, message: str) -> None:
+    """:func:`persistence.stage_shards.fail_part` of the part held under ``lease``, tried again
+    through a database outage."""
+    from worker.finishing import record_finish  # as in _settle_part
+
+    record_finish(
+        lease,
+        lambda session: stage_shards.fail_part(session, kind, job_id, index, owner=lease.owner,
+                                               code=code, message=message),
+        lambda session: stage_shards.recorded_part_failure(session, kind, job_id, index,
+                                                           attempt=attempt, message=message))
 
 
 class MaterializationLease(LeaseHeartbeat):

@@ -195,7 +195,7 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
             # The rows scored so far are kept for the shard's next attempt (stored_events_of).
             with contextlib.suppress(Exception):
                 reporter.flush()
-        ended = settle_part_error(resources, stage_shards.MRC_SHARDS, job_id, shard, claim.attempt, exc)
+        ended = settle_part_error(reporter, stage_shards.MRC_SHARDS, job_id, shard, claim.attempt, exc)
         if ended in ("failed", "cancelled") and job_has_ended(resources, job_id):
             # No shard reads the set again. While a sibling still runs the job waits for it
             # (a failure or cancellation ends the job with its last running part): the set is

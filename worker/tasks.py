@@ -82,6 +82,7 @@ from celery.signals import (
     worker_shutdown,
     worker_shutting_down,
 )
+from sqlalchemy.orm import Session
 
 from persistence import jobs, stages
 from persistence.deletion import delete_objects
@@ -95,6 +96,8 @@ from persistence.materializations import (
     hand_back_materialization,
     materializations_to_redispatch,
     recorded_materialization,
+    recorded_materialization_failure,
+    recorded_materialization_hand_back,
     start_materialization,
 )
 from persistence.models import (
@@ -797,8 +800,13 @@ def execute_materialization(resources: WorkerResources, materialization_id: str,
             return _materialization_lost(resources, materialization_id, key, exc)
         except ShuttingDown:
             try:
-                with resources.session() as session:
-                    hand_back_materialization(session, materialization_id, owner=owner)
+                # Tried again through a database outage, as the finish below.
+                record_finish(
+                    lease,
+                    lambda session: _handed_back_materialization(session, materialization_id,
+                                                                 owner=owner),
+                    lambda session: recorded_materialization_hand_back(
+                        session, materialization_id, attempt=attempt))
             except (LeaseLost, MaterializationNotFound) as exc:
                 return _materialization_lost(resources, materialization_id, key, exc)
             if app is not None:
@@ -808,12 +816,15 @@ def execute_materialization(resources: WorkerResources, materialization_id: str,
             return "handed_back"
         except Exception as exc:
             logger.warning("materialization %s failed", materialization_id, exc_info=True)
+            message = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
             try:
-                with resources.session() as session:
-                    fail_materialization(
-                        session, materialization_id,
-                        f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}",
-                        owner=owner)
+                # Tried again through a database outage, as the finish below.
+                record_finish(
+                    lease,
+                    lambda session: _failed_materialization(session, materialization_id,
+                                                            message, owner=owner),
+                    lambda session: recorded_materialization_failure(
+                        session, materialization_id, message, attempt=attempt))
             except LeaseLost as lost:
                 return _materialization_lost(resources, materialization_id, key, lost)
             resources.metrics.materializations.labels("failed").inc()
@@ -834,6 +845,22 @@ def execute_materialization(resources: WorkerResources, materialization_id: str,
         resources.metrics.materializations.labels("succeeded").inc()
         logger.info("materialized %s (alpha %s)", row.artifact_name, row.alpha)
         return "succeeded"
+
+
+def _handed_back_materialization(session: Session, materialization_id: str, *,
+                                 owner: str) -> bool:
+    """:func:`persistence.materializations.hand_back_materialization`, True once it committed
+    (for :func:`worker.finishing.record_finish`, whose read-back answers True too)."""
+    hand_back_materialization(session, materialization_id, owner=owner)
+    return True
+
+
+def _failed_materialization(session: Session, materialization_id: str, message: str, *,
+                            owner: str) -> bool:
+    """:func:`persistence.materializations.fail_materialization`, True once it committed (as
+    :func:`_handed_back_materialization`)."""
+    fail_materialization(session, materialization_id, message, owner=owner)
+    return True
 
 
 def _materialization_lost(resources: WorkerResources, materialization_id: str, key: str,

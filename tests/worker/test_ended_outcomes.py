@@ -31,7 +31,7 @@ from tests.sweep_configs import alpha_zero_loser
 from worker import candidates
 from worker.candidates import execute_candidate
 from worker.metrics import WorkerMetrics
-from worker.runtime import StageReporter, WorkerResources, settle_part_error
+from worker.runtime import PartReporter, StageReporter, WorkerResources, settle_part_error
 from worker.tasks import _fail, execute_stage
 
 pytestmark = pytest.mark.service
@@ -135,7 +135,8 @@ def test_a_part_stopping_as_its_job_is_deleted_ends_quietly(
         session.execute(delete(Job).where(Job.id == job_id))
         session.commit()
     with caplog.at_level(logging.INFO, logger="worker"):
-        assert settle_part_error(resources, MRC_SHARDS, job_id, 0, 1,
+        assert settle_part_error(PartReporter(resources, job_id, MRC_SHARDS, 0), MRC_SHARDS,
+                                 job_id, 0, 1,
                                  JobCancelled("the job was cancelled")) == "job_ended"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 

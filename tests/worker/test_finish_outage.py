@@ -13,21 +13,30 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Engine, delete, event, text
 from sqlalchemy import exc as database_errors
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 from persistence import jobs, stage_shards, stages
 from persistence.materializations import get_materialization, request_materialization
-from persistence.models import JobEvent, Materialization, utcnow
+from persistence.models import Artifact, JobEvent, Materialization, MRCShard, utcnow
 from persistence.queue import RiftCelery
 from persistence.settings import Settings
+from persistence.stage_shards import MRC_SHARDS
+from persistence.storage import ObjectNotFound
+from rift.stage_outputs import FINETUNED
 from tests.persistence.helpers import MRC_ROWS
 from tests.sweep_configs import alpha_zero_loser
 from worker.candidates import execute_candidate
 from worker.finishing import record_finish
 from worker.metrics import WorkerMetrics
-from worker.runtime import StageReporter, WorkerResources
+from worker.runtime import (
+    PartReporter,
+    ShuttingDown,
+    StageReporter,
+    WorkerResources,
+    settle_part_error,
+)
 from worker.shards import execute_shard
 from worker.tasks import _fail, _hand_back, _retry_or_fail, execute_materialization, execute_stage
 
@@ -42,28 +51,37 @@ def event_added(kind: str, **payload: Any) -> Callable[[Session], bool]:
         for obj in session.new)
 
 
-def materialization_succeeds(session: Session) -> bool:
-    """Whether the session's transaction marks a materialization succeeded."""
-    return any(isinstance(obj, Materialization) and obj.status == "succeeded"
-               for obj in session.dirty)
+def materialization_becomes(status: str) -> Callable[[Session], bool]:
+    """Whether the session's transaction marks a materialization ``status``."""
+    return lambda session: any(isinstance(obj, Materialization) and obj.status == status
+                               for obj in session.dirty)
+
+
+materialization_succeeds = materialization_becomes("succeeded")
 
 
 @contextmanager
 def answer_lost_after_commit(name: str,
-                             records: Callable[[Session], bool] | None = None
-                             ) -> Iterator[list[str]]:
-    """The first transaction that ``records`` (default: records stage ``name`` as finished) is
-    committed on the server, then its caller gets the driver's connection error instead of the
-    answer, as when the connection drops before the answer arrives. Yields the names whose
-    answer was lost."""
+                             records: Callable[[Session], bool] | None = None, *,
+                             updating: type | None = None) -> Iterator[list[str]]:
+    """The first transaction that ``records`` (default: records stage ``name`` as finished) or,
+    with ``updating`` (a model), that runs an UPDATE statement on its rows (written without
+    the session's objects: ``records`` cannot see them) is committed on the server, then its
+    caller gets the driver's connection error instead of the answer, as when the connection
+    drops before the answer arrives. Yields the names whose answer was lost."""
     lost: list[str] = []
     records = records or event_added("stage_finished", stage=name)
 
     def mark(session: Session, _: object) -> None:
         # After each flush (new and dirty still hold what it wrote): a query in the
         # transaction may have flushed its rows before the commit.
-        if not lost and records(session):
+        if not lost and updating is None and records(session):
             session.connection().info["lose_answer"] = True
+
+    def mark_update(state: ORMExecuteState) -> None:
+        if (not lost and updating is not None and state.is_update
+                and state.bind_mapper is not None and state.bind_mapper.class_ is updating):
+            state.session.connection().info["lose_answer"] = True
 
     def commit_then_lose(connection: Connection) -> None:
         if connection.info.pop("lose_answer", False):
@@ -76,11 +94,13 @@ def answer_lost_after_commit(name: str,
                                                          "unexpectedly"))
 
     event.listen(Session, "after_flush", mark)
+    event.listen(Session, "do_orm_execute", mark_update)
     event.listen(Engine, "commit", commit_then_lose)
     try:
         yield lost
     finally:
         event.remove(Session, "after_flush", mark)
+        event.remove(Session, "do_orm_execute", mark_update)
         event.remove(Engine, "commit", commit_then_lose)
 
 
@@ -261,3 +281,70 @@ def test_a_stage_given_up_whose_answer_was_lost_is_not_taken_as_refused(
     assert _stage_row(sessions, job_id) == {"retry": ("pending", 1, None),
                                             "hand_back": ("pending", 0, None),
                                             "fail": ("failed", 1, None)}[end]
+
+
+@pytest.mark.parametrize("end", ["retry", "hand_back", "fail"])
+def test_a_part_given_up_whose_answer_was_lost_is_not_taken_as_refused(
+        end: str, submit: Callable[..., str], sessions: sessionmaker[Session],
+        service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    """An MRC shard's release after an unexpected error, hand-back in a warm shutdown and
+    failure (``settle_part_error``), as a stage's: before, the driver's error left the task,
+    and the shard (released, handed back or failed by the lost commit) waited for its lease."""
+    job_id = submit(quick_config, send=False)
+    resources = WorkerResources(service_settings)
+    owner = resources.worker_id
+    with sessions() as session:  # MRC split in two shards, shard 1 claimed (attempt 1)
+        stages.claim_stage(session, job_id, "mrc", owner=owner, lease_seconds=600,
+                           max_attempts=3)
+        stage_shards.start_shards(session, job_id, owner=owner, groups=[["fc"], ["conv"]],
+                                  inputs_key="unused")
+        assert stage_shards.claim_part(session, MRC_SHARDS, job_id, 1, owner=owner,
+                                       lease_seconds=600, max_attempts=3).attempt == 1
+    errors: dict[str, Exception] = {"retry": RuntimeError("an unexpected error"),
+                                    "hand_back": ShuttingDown("the worker is shutting down"),
+                                    "fail": ObjectNotFound("inputs/shard-1")}
+    with answer_lost_after_commit(end, updating=MRCShard) as lost:
+        try:
+            raise errors[end]
+        except Exception as exc:
+            outcome = settle_part_error(PartReporter(resources, job_id, MRC_SHARDS, 1),
+                                        MRC_SHARDS, job_id, 1, 1, exc)
+    assert lost == [end]
+    assert outcome == {"retry": "retry", "hand_back": "handed_back", "fail": "failed"}[end]
+    with sessions() as session:
+        shards = {row.shard: (row.status, row.attempts, row.lease_owner)
+                  for row in stage_shards.list_shards(session, job_id)}
+        events = [e.kind for e in jobs.list_events(session, job_id, limit=10_000)]
+    assert shards[1] == {"retry": ("pending", 1, None), "hand_back": ("pending", 0, None),
+                         "fail": ("failed", 1, None)}[end]
+    assert events.count("stage_handed_back") == (end == "hand_back")  # recorded once
+
+
+@pytest.mark.parametrize("end", ["hand_back", "fail"])
+def test_a_materialization_given_up_whose_answer_was_lost_is_not_taken_as_refused(
+        end: str, submit: Callable[..., str], sessions: sessionmaker[Session],
+        sender: RiftCelery, service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    """Its hand-back in a warm shutdown and its failure, as its finish: before, the driver's
+    error left the task, and the request (queued again or failed by the lost commit) was
+    reported as the task's error."""
+    job_id = submit(quick_config, send=False)
+    resources = WorkerResources(service_settings)
+    resources.metrics = WorkerMetrics(resources, lambda queue: 0)
+    assert execute_stage(sender, resources, job_id, "mrc") == "done"
+    with sessions() as session:
+        materialization_id = request_materialization(session, job_id, 0.5,
+                                                     evaluate=False).row.id
+        if end == "fail":  # its weights gone: the request fails
+            session.execute(delete(Artifact).where(Artifact.job_id == job_id,
+                                                   Artifact.name == FINETUNED))
+        session.commit()
+    if end == "hand_back":
+        resources.stopping.set()  # claimed, then stopped at its first cancellation poll
+    status = {"hand_back": "queued", "fail": "failed"}[end]
+    with answer_lost_after_commit(end, materialization_becomes(status)) as lost:
+        outcome = execute_materialization(resources, materialization_id)
+    assert (lost, outcome) == ([end], {"hand_back": "handed_back", "fail": "failed"}[end])
+    with sessions() as session:
+        row = get_materialization(session, job_id, materialization_id)
+        assert (row.status, row.attempts) == {"hand_back": ("queued", 0),
+                                              "fail": ("failed", 1)}[end]
