@@ -34,6 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -115,6 +116,13 @@ class WorkerMetrics:
     """The collectors of one worker process and its HTTP server."""
 
     def __init__(self, resources: Any, queue_size: Any) -> None:
+        # PROMETHEUS_MULTIPROC_DIR is the API's setting, but prometheus_client reads it in every
+        # process that imports it: a worker given it (a shared environment file) keeps its
+        # values in files there, and its first metric failed with FileNotFoundError where the
+        # folder did not exist. Each worker process still serves its own registry.
+        shared = resources.settings.prometheus_multiproc_dir
+        if shared is not None:
+            Path(shared).mkdir(parents=True, exist_ok=True)
         self.registry = CollectorRegistry(auto_describe=True)
         self.stage_seconds = Histogram("rift_stage_duration_seconds",
                                        "Run time of a stage attempt in this worker.",
