@@ -213,6 +213,22 @@ def _median_ms(call: Any, repeat: int) -> float:
     return round(statistics.median(times), 2)
 
 
+def explained_work(engine: Any, statements: list[tuple[str, Any]]) -> dict[str, float]:
+    """``statements`` (SELECTs with their parameters) run again under EXPLAIN (ANALYZE,
+    BUFFERS): the 8 KiB pages they touched and their execution time in the database. Pages do
+    not depend on how busy the machine is, wall times do."""
+    pages, ms = 0, 0.0
+    with engine.connect() as connection:
+        for statement, parameters in statements:
+            plan = connection.exec_driver_sql(
+                f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}",
+                parameters).scalar_one()[0]
+            pages += plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
+            ms += plan["Execution Time"]
+        connection.rollback()
+    return {"pages": pages, "ms": round(ms, 2)}
+
+
 def measure_routes(database_url: str, data: dict[str, Any], repeat: int) -> dict[str, Any]:
     """Statements, median latency and bytes of each read route, for the big project and a small
     one (in-process: the engine's statements are counted)."""
@@ -234,21 +250,9 @@ def measure_routes(database_url: str, data: dict[str, Any], repeat: int) -> dict
             seen.append((statement, parameters))
 
     def database_work() -> dict[str, float]:
-        """The captured SELECTs run again under EXPLAIN (ANALYZE, BUFFERS): the 8 KiB pages they
-        touched and their execution time in the database. Pages do not depend on how busy the
-        machine is, wall times do."""
-        pages, ms = 0, 0.0
-        with engine.connect() as connection:
-            for statement, parameters in list(seen):
-                if not statement.lstrip().upper().startswith("SELECT"):
-                    continue
-                plan = connection.exec_driver_sql(
-                    f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}",
-                    parameters).scalar_one()[0]
-                pages += plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
-                ms += plan["Execution Time"]
-            connection.rollback()
-        return {"pages": pages, "ms": round(ms, 2)}
+        """The captured SELECTs' database work (:func:`explained_work`)."""
+        return explained_work(engine, [(statement, parameters) for statement, parameters in seen
+                                       if statement.lstrip().upper().startswith("SELECT")])
 
     results: dict[str, Any] = {}
     with TestClient(create_app(settings, session_factory=factory)) as client:
@@ -353,17 +357,9 @@ def quota_pages(database_url: str, data: dict[str, Any]) -> dict[str, Any]:
             total = count(session, big).total
             event.remove(engine, "before_cursor_execute", record)
             session.rollback()
-        pages, ms = 0, 0.0
-        with engine.connect() as connection:
-            for statement, parameters in seen:
-                plan = connection.exec_driver_sql(
-                    f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}",
-                    parameters).scalar_one()[0]
-                pages += plan["Plan"]["Shared Hit Blocks"] + plan["Plan"]["Shared Read Blocks"]
-                ms += plan["Execution Time"]
-            connection.rollback()
-        out[name] = {"stored_bytes": total, "statements": len(seen), "db_pages": pages,
-                     "db_ms": round(ms, 2)}
+        work = explained_work(engine, seen)
+        out[name] = {"stored_bytes": total, "statements": len(seen), "db_pages": work["pages"],
+                     "db_ms": work["ms"]}
     engine.dispose()
     return out
 
