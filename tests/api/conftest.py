@@ -118,6 +118,16 @@ def start_api(shared_validator: Validator) -> Iterator[Callable[..., Api]]:
 
 
 @pytest.fixture
+def report_api(sqlite_url: str, tmp_path: Path, start_api: Callable[..., Api]) -> Api:
+    """An API on SQLite whose jobs are written straight into the database by the report
+    tests (nothing is queued: a recording dispatcher)."""
+    settings: Settings = settings_from_env({
+        "DATABASE_URL": sqlite_url, "BROKER_URL": "memory://", "STORE_KIND": "local",
+        "STORE_ROOT": str(tmp_path / "objects"), "WORK_DIR": str(tmp_path / "work")})
+    return start_api(settings, dispatcher=RecordingDispatcher())
+
+
+@pytest.fixture
 def api(api_settings: Settings, start_api: Callable[..., Api]) -> Api:
     """The API on a fresh database with a recording dispatcher (jobs stay queued)."""
     return start_api(api_settings, dispatcher=RecordingDispatcher())

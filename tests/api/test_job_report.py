@@ -8,27 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from persistence.models import Artifact, EpochMetric, InterpolationPoint, Job, MRCRow
-from persistence.settings import Settings
 from tests.api.browser import StaticPage, StaticSite, layout_of, load_page
-from tests.api.helpers import Api, RecordingDispatcher, digits_config, upload_checkpoint
-from tests.service_fixtures import settings_from_env
+from tests.api.helpers import Api, digits_config, upload_checkpoint
 
 MODULES = ["conv1", "conv2", "conv3", "fc"]
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
-
-
-@pytest.fixture
-def report_api(sqlite_url: str, tmp_path: Path, start_api: Callable[..., Api]) -> Api:
-    settings: Settings = settings_from_env({
-        "DATABASE_URL": sqlite_url, "BROKER_URL": "memory://", "STORE_KIND": "local",
-        "STORE_ROOT": str(tmp_path / "objects"), "WORK_DIR": str(tmp_path / "work")})
-    return start_api(settings, dispatcher=RecordingDispatcher())
 
 
 def finished_job(api: Api, checkpoint: Path, *, candidates: bool = True) -> str:

@@ -7,10 +7,7 @@ markup and non-ASCII text. Written into the database as a worker writes them (no
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from persistence.models import (
     EpochMetric,
@@ -21,11 +18,9 @@ from persistence.models import (
     SweepCandidate,
     utcnow,
 )
-from persistence.settings import Settings
 from tests.api.browser import StaticPage, chromium_binary, load_page
-from tests.api.helpers import Api, RecordingDispatcher, digits_config, upload_checkpoint
+from tests.api.helpers import Api, digits_config, upload_checkpoint
 from tests.api.report_checks import page_problems
-from tests.service_fixtures import settings_from_env
 
 MODULE_COUNT = 500
 RATES = [0.001, 0.003, 0.01, 0.03]
@@ -40,14 +35,6 @@ def module_name(index: int) -> str:
     """A 200+ character dotted path, unique by its index, with markup and non-ASCII text."""
     stem = ".".join(f"stages.{index % 4}.blocks.{index % 12}.attn.qkv_projection" for _ in range(3))
     return f"backbone.{HOSTILE}.ünïcødé.{stem}.stages.{index // 12}.blocks.{index % 12}.attn.qkv"
-
-
-@pytest.fixture
-def report_api(sqlite_url: str, tmp_path: Path, start_api: Callable[..., Api]) -> Api:
-    settings: Settings = settings_from_env({
-        "DATABASE_URL": sqlite_url, "BROKER_URL": "memory://", "STORE_KIND": "local",
-        "STORE_ROOT": str(tmp_path / "objects"), "WORK_DIR": str(tmp_path / "work")})
-    return start_api(settings, dispatcher=RecordingDispatcher())
 
 
 def big_sweep_job(api: Api, checkpoint: Path) -> str:
