@@ -289,9 +289,18 @@ def _check_in_channels(config: RiftConfig, geometry: Geometry) -> None:
         details={"dataset_channels": geometry.channels, "architecture_in_channels": wanted})
 
 
+@dataclass(frozen=True)
+class JobFit:
+    """What job creation's fit check leaves: the checkpoint's tensors with the digests it read,
+    and the model's forward FLOPs on one input of the data's geometry (None: not counted)."""
+
+    tensors: CheckpointTensors
+    example_flops: float | None
+
+
 def check_job_fits(validator: Validator, config: RiftConfig, tensors: CheckpointTensors,
                    geometry: Geometry, checkpoint_field: str,
-                   digest_reader: DigestReader | None = None) -> CheckpointTensors:
+                   digest_reader: DigestReader | None = None) -> JobFit:
     """Check in the validator process that the checkpoint fits the job's model (built on the
     meta device for ``geometry``), that the model takes inputs of that geometry, and that the
     spec's module names exist; then that ``architecture.in_channels``, when set, is the images'
@@ -299,7 +308,7 @@ def check_job_fits(validator: Validator, config: RiftConfig, tensors: Checkpoint
     copy of the one under another (``rift.checkpoint_layouts``), ``digest_reader`` digests the
     values of the keys it names (a safetensors file's, read by ranges) and the check runs again
     with them; without one, or past :data:`MAX_FIT_ROUNDS`, the job's own load decides.
-    Returns ``tensors`` with the digests read.
+    Returns ``tensors`` with the digests read, and the FLOPs the last answer counted.
 
     Raises:
         ApiError: (422) attack.domain bounds that do not match the inputs; checkpoint mismatch
@@ -315,12 +324,12 @@ def check_job_fits(validator: Validator, config: RiftConfig, tensors: Checkpoint
     try:
         for round_number in range(MAX_FIT_ROUNDS):
             final = final or round_number == MAX_FIT_ROUNDS - 1
-            unknown = validator.check_fit(
+            answer = validator.check_fit(
                 config, tensors.shapes, dtypes=tensors.dtypes, normalizers=tensors.normalizers,
                 digests=digests, final=final, in_channels=geometry.channels,
                 image_size=geometry.image_size, num_features=geometry.num_features,
                 image_width=geometry.image_width)
-            wanted = [key for key in unknown if key not in digests]
+            wanted = [key for key in answer.unknown_values if key not in digests]
             if final or not wanted:
                 break
             assert digest_reader is not None
@@ -341,7 +350,7 @@ def check_job_fits(validator: Validator, config: RiftConfig, tensors: Checkpoint
         raise error from exc
     # After the checkpoint: a checkpoint that does not fit the model is the first thing to fix.
     _check_in_channels(config, geometry)
-    return replace(tensors, digests=digests)
+    return JobFit(replace(tensors, digests=digests), answer.example_flops)
 
 
 def checkpoint_tensors(

@@ -189,6 +189,12 @@ class JobSummaryOut(BaseModel):
     cost_estimate: int | None = Field(
         None, description="Estimated example-passes (forward and backward, all stages), "
         "compared with the project's max_job_cost when the job was created.")
+    cost_gflop: float | None = Field(
+        None, description="The estimate's compute in GFLOP: forward example-passes times the "
+        "model's forward FLOPs on one example plus backward ones times twice that, compared with "
+        "the project's max_job_gflop when the job was created; None when the model's FLOPs "
+        "could not be counted (the dataset's image size or channels unknown before the job "
+        "runs) or the job predates the count.")
     time_limit_seconds: float | None = Field(
         None, description="The job's own wall-clock limit (seconds); None: the service's "
         "JOB_TIME_LIMIT_SECONDS.")
@@ -478,6 +484,9 @@ class UsageOut(BaseModel):
     active_jobs: ActiveJobsOut
     max_job_cost: int = Field(description="Largest cost estimate of one job (example-passes; "
                               "422 cost_limit_exceeded beyond).")
+    max_job_gflop: int = Field(description="Largest compute estimate of one job (GFLOP; 422 "
+                               "cost_limit_exceeded beyond; not applied to a job whose model's "
+                               "FLOPs could not be counted).")
     max_requests_per_minute: int = Field(description="Requests per minute of the whole project "
                                          "(429 rate_limited beyond).")
     max_streams_per_key: int = Field(description="Open event streams per API key.")

@@ -41,6 +41,7 @@ from persistence.settings import Settings
 from rift.config import RiftConfig
 from validator.checkpoint import CheckpointInspection
 from validator.dataset import DatasetInspection
+from validator.fit import FitAnswer
 from validator.protocol import decode_error
 from validator.server_lock import server_alive, starting_server
 
@@ -164,8 +165,10 @@ class Validator:
         self._server: ServerProcess | None = None
         self._folder: Path | None = None
         self._start: _Start | None = None
-        # Keys of the fit checks that passed (see fit_check_key), least recently used first.
-        self._passed_fits: OrderedDict[str, None] = OrderedDict()
+        # Keys of the fit checks that passed (see fit_check_key), least recently used first,
+        # with the model's forward FLOPs per example the check counted (the key holds all the
+        # count depends on: the architecture and the geometry).
+        self._passed_fits: OrderedDict[str, float | None] = OrderedDict()
         self._fits_lock = threading.Lock()
         self._shared_socket = Path(settings.validation_socket) if settings.validation_socket else None
         if self._shared_socket is not None:
@@ -273,7 +276,7 @@ class Validator:
                   num_features: int | None, image_width: int | None = None,
                   dtypes: Mapping[str, str] | None = None,
                   normalizers: Mapping[str, list[float]] | None = None,
-                  digests: Mapping[str, str] | None = None, final: bool = False) -> list[str]:
+                  digests: Mapping[str, str] | None = None, final: bool = False) -> FitAnswer:
         """Require the checkpoint of ``shapes`` (and ``dtypes``: key → torch dtype name, where
         known; ``normalizers``: the values of the tensors that may be an input normaliser's,
         which must equal what the model applies; ``digests``: of the values, where known) to
@@ -282,11 +285,13 @@ class Validator:
         the spec's module names to exist in it.
 
         Returns:
-            The keys whose digests the answer needs (``validator/fit.py``: a network under one
-            prefix that may or may not be a copy of the one under another): ask again with
-            them. Empty: the checkpoint fits. With ``final`` (no more digests can be read),
-            always empty: the values still unknown are taken as equal. A pass is remembered,
-            an answer needing digests is not.
+            ``unknown_values``: the keys whose digests the answer needs (``validator/fit.py``: a
+            network under one prefix that may or may not be a copy of the one under another):
+            ask again with them. Empty: the checkpoint fits. With ``final`` (no more digests
+            can be read), always empty: the values still unknown are taken as equal.
+            ``example_flops``: the model's forward FLOPs on one input of the geometry (None:
+            not counted). A pass is remembered with its count, an answer needing digests is
+            not.
 
         Raises:
             RiftError: CheckpointMismatchError, ConfigError or UnknownArchitectureError.
@@ -303,15 +308,18 @@ class Validator:
         with self._fits_lock:
             if key in self._passed_fits:
                 self._passed_fits.move_to_end(key)
-                return []
-        unknown = [str(name) for name in self._run(request).get("unknown_values") or []]
+                return FitAnswer([], self._passed_fits[key])
+        result = self._run(request)
+        unknown = [str(name) for name in result.get("unknown_values") or []]
+        counted = result.get("example_flops")
+        flops = float(counted) if isinstance(counted, int | float) and counted > 0 else None
         if size == 0 or unknown:
-            return unknown
+            return FitAnswer(unknown, flops)
         with self._fits_lock:
-            self._passed_fits[key] = None
+            self._passed_fits[key] = flops
             while len(self._passed_fits) > size:
                 self._passed_fits.popitem(last=False)
-        return []
+        return FitAnswer([], flops)
 
     def probe(self, sleep_seconds: float = 0.0, *, allocate_bytes: int = 0,
               busy_seconds: float = 0.0) -> dict[str, Any]:

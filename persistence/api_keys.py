@@ -151,6 +151,7 @@ LIMIT_MAXIMA: dict[str, int] = {
     "max_active_jobs": 100_000,
     "max_stored_bytes": 2**63 - 1,
     "max_job_cost": 2**63 - 1,
+    "max_job_gflop": 2**63 - 1,
     "max_requests_per_minute": 1_000_000,
     "max_streams_per_key": 100_000,
 }

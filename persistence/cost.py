@@ -26,6 +26,10 @@ counts what docs/algorithm.md describes, as upper bounds where the spec leaves a
 
 The number of candidate modules is an upper bound given by the caller (the checkpoint's tensor
 count: every module holds at least one tensor), unless ``mrc.modules`` lists them.
+
+An example-pass of a ResNet-50 is not one of ``small_cnn``: with the model's forward FLOPs on one
+example (counted by the fit check at job creation, ``validator/fit.py``), the estimate also
+gives the job's compute in GFLOP (:attr:`CostEstimate.gflop`), which ``max_job_gflop`` bounds.
 """
 
 from __future__ import annotations
@@ -65,15 +69,26 @@ class StageCost:
         return self.forward + self.backward
 
 
+#: A backward example-pass counted as this many forward ones in FLOPs: backpropagating through
+#: a convolution or a matrix product takes two products of the forward's size (the gradient with
+#: respect to its input and the one with respect to its weights), as ``torch.utils.flop_counter``
+#: counts them (a ResNet-18 at 32×32: 2.0× its forward count with the weights' gradients). An
+#: attack's backward needs the input's gradient only (1.0× there), so this is an upper bound.
+BACKWARD_FLOPS_FACTOR = 2
+
+
 @dataclass(frozen=True)
 class CostEstimate:
-    """Example-passes per stage; ``total`` is what limits are compared with."""
+    """Example-passes per stage; ``total`` is what ``max_job_cost`` is compared with.
+    ``example_flops``: the model's forward FLOPs on one example (None: unknown), which makes
+    ``gflop`` the one ``max_job_gflop`` is compared with."""
 
     adversarial_set: StageCost
     mrc: StageCost
     finetune: StageCost
     interpolation: StageCost
     preflight: StageCost = StageCost(0, 0)
+    example_flops: float | None = None
 
     def _parts(self) -> tuple[tuple[str, StageCost], ...]:
         return (("preflight", self.preflight), ("adversarial_set", self.adversarial_set),
@@ -84,10 +99,23 @@ class CostEstimate:
     def total(self) -> int:
         return sum(s.total for _, s in self._parts())
 
+    @property
+    def gflop(self) -> float | None:
+        """The job's compute in GFLOP: forward example-passes × F plus backward ones × 2F (see
+        :data:`BACKWARD_FLOPS_FACTOR`), F the forward FLOPs of one example; None when unknown."""
+        if self.example_flops is None:
+            return None
+        forward = sum(s.forward for _, s in self._parts())
+        backward = sum(s.backward for _, s in self._parts())
+        return (forward + BACKWARD_FLOPS_FACTOR * backward) * self.example_flops / 1e9
+
     def to_json(self) -> dict[str, Any]:
         stages = {name: {"forward": s.forward, "backward": s.backward, "total": s.total}
                   for name, s in self._parts()}
-        return {"unit": "example-passes", "total": self.total, "stages": stages}
+        return {"unit": "example-passes", "total": self.total, "stages": stages,
+                "gflop": self.gflop,
+                "example_gflop": (None if self.example_flops is None
+                                  else self.example_flops / 1e9)}
 
 
 def _int(section: Mapping[str, Any], key: str, default: int) -> int:
@@ -122,7 +150,8 @@ def modules_bound(config: Mapping[str, Any], num_modules: int) -> int:
 
 
 def estimate_cost(config: Mapping[str, Any], *, num_modules: int,
-                  dataset_examples: tuple[int, int] | None = None) -> CostEstimate:
+                  dataset_examples: tuple[int, int] | None = None,
+                  example_flops: float | None = None) -> CostEstimate:
     """The cost of the job whose ``RiftConfig`` JSON is ``config``.
 
     Args:
@@ -130,6 +159,8 @@ def estimate_cost(config: Mapping[str, Any], *, num_modules: int,
         num_modules: upper bound on the modules MRC measures (ignored when ``mrc.modules`` is set).
         dataset_examples: (train, test) examples of an uploaded dataset; built-in datasets are
             looked up in :data:`BUILTIN_SIZES`. Unknown sizes count as 0 for that stage.
+        example_flops: the model's forward FLOPs on one example (the fit check's count); None:
+            unknown, and the estimate has no ``gflop``.
     """
     attack = config.get("attack") or {}
     mrc = config.get("mrc") or {}
@@ -190,4 +221,5 @@ def estimate_cost(config: Mapping[str, Any], *, num_modules: int,
     interp = StageCost(forward=runs * attacked * (1 + steps + 1),
                        backward=runs * attacked * steps)
     return CostEstimate(adversarial_set=adversarial, mrc=mrc_cost, finetune=tune,
-                        interpolation=interp, preflight=preflight_cost)
+                        interpolation=interp, preflight=preflight_cost,
+                        example_flops=example_flops if example_flops else None)

@@ -139,6 +139,7 @@ class JobSummary:
     updated_at: datetime
     project_id: str | None
     cost_estimate: int | None
+    cost_gflop: float | None
     time_limit_seconds: float | None
     queue_position: int | None
     label_dict: dict[str, str]
@@ -150,7 +151,7 @@ _SUMMARY_NAMES = (
     "id", "status", "stage", "stage_progress", "progress_message", "cancel_requested",
     "checkpoint_id", "dataset_id", "device", "attempts", "selected_module", "chosen_alpha",
     "metrics", "error_code", "error_message", "created_at", "started_at", "finished_at",
-    "updated_at", "project_id", "cost_estimate", "time_limit_seconds")
+    "updated_at", "project_id", "cost_estimate", "cost_gflop", "time_limit_seconds")
 _SUMMARY_COLUMNS = tuple(getattr(Job, name) for name in _SUMMARY_NAMES)
 
 
@@ -182,6 +183,7 @@ def create_job(
     now: datetime | None = None,
     project_id: str | None = None,
     cost_estimate: int | None = None,
+    cost_gflop: float | None = None,
     request_id: str | None = None,
     max_active_jobs: int | None = None,
     time_limit_seconds: float | None = None,
@@ -216,7 +218,7 @@ def create_job(
         checkpoint_id=checkpoint_id, dataset_id=dataset_id, idempotency_key=idempotency_key,
         request_hash=request_hash, cancel_requested=False, attempts=0, created_at=now,
         updated_at=now, project_id=project_id, cost_estimate=cost_estimate,
-        request_id=request_id, time_limit_seconds=time_limit_seconds,
+        cost_gflop=cost_gflop, request_id=request_id, time_limit_seconds=time_limit_seconds,
     )
     # The job's project and instant are copied onto its labels: the label filter's index.
     job.labels = [JobLabel(key=k, value=v, project_id=project_id, created_at=now)

@@ -157,6 +157,7 @@ class Project(Base):
     max_job_cost: Mapped[int | None] = mapped_column(BigInteger)  # example-passes
     max_requests_per_minute: Mapped[int | None] = mapped_column(Integer)
     max_streams_per_key: Mapped[int | None] = mapped_column(Integer)
+    max_job_gflop: Mapped[int | None] = mapped_column(BigInteger)  # GFLOP (migration 0027)
 
 
 class ApiKey(Base):
@@ -288,6 +289,9 @@ class Job(Base):
     project_id: Mapped[str | None] = mapped_column(
         ForeignKey("projects.id", ondelete="RESTRICT"), index=True)
     cost_estimate: Mapped[int | None] = mapped_column(BigInteger)  # example-passes
+    # The estimate's compute (persistence.cost.CostEstimate.gflop); NULL: the model's FLOPs
+    # were not counted at creation (unknown geometry, or a job from before migration 0027).
+    cost_gflop: Mapped[float | None] = mapped_column(Float)
     # The job's own wall-clock limit (seconds); NULL: the service's JOB_TIME_LIMIT_SECONDS.
     time_limit_seconds: Mapped[float | None] = mapped_column(Float)
     # What the job may store before it ends (persistence.records.job_reserved_bytes), and the

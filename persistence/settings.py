@@ -224,6 +224,13 @@ class Settings(BaseSettings):
         description="Largest cost estimate of one job, in example-passes (persistence/cost.py). "
         "A ResNet-18 RiFT run on CIFAR-10 with the paper's settings is about 1e7; the default "
         "allows 100 times that and refuses specs that would hold a worker for days.")
+    default_max_job_gflop: int = Field(
+        1_000_000_000, ge=1,
+        description="Largest compute estimate of one job, in GFLOP (persistence/cost.py: its "
+        "example-passes times the model's FLOPs on one example, counted at job creation). A "
+        "ResNet-18 RiFT run on CIFAR-10 with the paper's settings is about 1.5e7; the default "
+        "(1e18 FLOP) allows about 68 times that, some 3 hours of an H100 at the pace of the "
+        "README's whole-job run.")
     default_max_requests_per_minute: int = Field(
         1200, ge=1, description="Requests per minute per project (429 with Retry-After beyond); "
         "counted in Redis when BROKER_URL is Redis, else in the API process.")

@@ -25,6 +25,7 @@ class ProjectLimits:
     max_active_jobs: int
     max_stored_bytes: int
     max_job_cost: int
+    max_job_gflop: int
     max_requests_per_minute: int
     max_streams_per_key: int
 
@@ -37,6 +38,7 @@ class ProjectLimits:
             max_active_jobs=pick(project.max_active_jobs, settings.default_max_active_jobs),
             max_stored_bytes=pick(project.max_stored_bytes, settings.default_max_stored_bytes),
             max_job_cost=pick(project.max_job_cost, settings.default_max_job_cost),
+            max_job_gflop=pick(project.max_job_gflop, settings.default_max_job_gflop),
             max_requests_per_minute=pick(project.max_requests_per_minute,
                                          settings.default_max_requests_per_minute),
             max_streams_per_key=pick(project.max_streams_per_key,

@@ -2,13 +2,15 @@
 device (shapes only, no memory, no weights) and compared with the checkpoint's keys and shapes;
 the module names the spec selects must exist in it; and, when the dataset's geometry is known, one
 meta input of that shape goes through the model (a network that cannot take the data, such as an
-AlexNet for 32×32 images, is refused at job creation instead of failing when the job starts).
-Imports torch; runs in the validator process.
+AlexNet for 32×32 images, is refused at job creation instead of failing when the job starts),
+its forward FLOPs counted on the way (the unit of the job's compute estimate,
+``persistence.cost``). Imports torch; runs in the validator process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from rift.config import RiftConfig
@@ -26,6 +28,18 @@ DEFAULT_IMAGE_SIZE = 32
 UNKNOWN_CHANNELS = (3, 1)
 
 
+@dataclass(frozen=True)
+class FitAnswer:
+    """What a fit check found: ``unknown_values``, the keys whose value digests the answer
+    needs (empty: it holds); ``example_flops``, the model's forward FLOPs on one input of the
+    dataset's geometry as ``torch.utils.flop_counter`` counts them (as
+    ``rift.sequential_attack.example_flops`` does), None when the geometry is unknown, the
+    probe did not run (digests still wanted, an op with no meta kernel) or counted nothing."""
+
+    unknown_values: list[str] = field(default_factory=list)
+    example_flops: float | None = None
+
+
 def check_checkpoint_fits(
     config: RiftConfig,
     shapes: Mapping[str, tuple[int, ...]],
@@ -38,7 +52,7 @@ def check_checkpoint_fits(
     image_size: int | None,
     num_features: int | None = None,
     image_width: int | None = None,
-) -> list[str]:
+) -> FitAnswer:
     """Build ``config.architecture`` on the meta device for the dataset's geometry (images of
     ``in_channels`` × ``image_size``², or feature vectors of ``num_features`` values, which the
     library reads as ``num_features``-channel 1×1 images; ``image_width`` None: square) and
@@ -57,10 +71,11 @@ def check_checkpoint_fits(
     networks (a model and its EMA) are refused, its equal copies left out.
 
     Returns:
-        The keys whose values the answer took as equal without their digests (meta tensors
-        carry none), before any other check: the caller gives their digests and asks again.
-        Empty: the answer holds; with ``final`` (no more digests to be had) it always is, the
-        values unknown taken as equal and the job's own load left to tell.
+        ``unknown_values``: the keys whose values the answer took as equal without their
+        digests (meta tensors carry none), before any other check: the caller gives their
+        digests and asks again. Empty: the answer holds; with ``final`` (no more digests to be
+        had) it always is, the values unknown taken as equal and the job's own load left to
+        tell. ``example_flops``: the forward FLOPs of one input, counted during the probe.
 
     Raises:
         CheckpointMismatchError: with the missing, unexpected and mismatched keys, or the keys
@@ -112,14 +127,14 @@ def check_checkpoint_fits(
     else:
         assert mismatch is not None
         if unknown and not final:  # read with values taken as equal: it may be another refusal
-            return sorted(unknown)
+            return FitAnswer(sorted(unknown))
         from rift.architecture_hint import with_architecture_hint
 
         raise with_architecture_hint(mismatch, config.architecture, shapes, options, size)
     if unknown and not final:
         # The layout was read with values taken as equal: nothing else is checked until it is
         # read from the digests, as the job would read it.
-        return sorted(unknown)
+        return FitAnswer(sorted(unknown))
     if layout is not None:  # the layout of the channel count that fits
         mean, std = _applied_normalization(model, config, channels)
         check_normalizers(layout, mean, std, configured=config.architecture.mean is not None)
@@ -134,10 +149,11 @@ def check_checkpoint_fits(
     if config.finetune.module is not None:
         trainable_module(model, config.finetune.module)
     if num_features is not None:
-        _probe(model, config, (num_features, 1, 1))
-    elif in_channels is not None and image_size is not None:
-        _probe(model, config, (in_channels, image_size, image_width or image_size))
-    return []
+        return FitAnswer(example_flops=_probe(model, config, (num_features, 1, 1)))
+    if in_channels is not None and image_size is not None:
+        return FitAnswer(example_flops=_probe(
+            model, config, (in_channels, image_size, image_width or image_size)))
+    return FitAnswer()
 
 
 def _applied_normalization(model: nn.Module, config: RiftConfig, channels: int
@@ -191,18 +207,27 @@ def _meta_model(config: RiftConfig, channels: int, size: int, num_features: int 
             f"{type(exc).__name__}: {exc}", field="architecture") from exc
 
 
-def _probe(model: nn.Module, config: RiftConfig, image_shape: tuple[int, int, int]) -> None:
-    """One meta input of ``image_shape`` through ``model`` (see ``check_model_accepts``)."""
+def _probe(model: nn.Module, config: RiftConfig, image_shape: tuple[int, int, int]
+           ) -> float | None:
+    """One meta input of ``image_shape`` through ``model`` (see ``check_model_accepts``); its
+    forward FLOPs (None: nothing counted, or an op with no meta kernel stopped the pass)."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from rift.models.registry import check_model_accepts
 
     try:
-        check_model_accepts(model, config.architecture, image_shape, device=torch.device("meta"))
+        # The probe's one forward pass is the count's: the counter reads shapes only, so meta
+        # tensors give the count a real input of that shape would.
+        with FlopCounterMode(display=False) as counter:
+            check_model_accepts(model, config.architecture, image_shape,
+                                device=torch.device("meta"))
     except ConfigError as exc:
         if _meta_limitation(exc.__cause__):
-            return  # an op with no meta kernel: the job's own check, on real tensors, decides
+            return None  # an op with no meta kernel: the job's own check, on real tensors, decides
         raise
+    flops = counter.get_total_flops()
+    return float(flops) if flops > 0 else None
 
 
 def _meta_limitation(cause: BaseException | None) -> bool:

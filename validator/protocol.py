@@ -26,7 +26,7 @@ from rift.errors import (
 #: ``checkpoint``: {path, display_name, entry?, digests?}; ``dataset``: {path, display_name,
 #: max_unpacked_bytes}; ``fit``: {config, shapes, dtypes?, normalizers?, digests?, final?,
 #: in_channels, image_size, num_features, image_width} → {unknown_values: keys whose value
-#: digests the answer needs};
+#: digests the answer needs, example_flops: the model's forward FLOPs on one input, or null};
 #: ``probe``: {sleep_seconds?, allocate_bytes?, busy_seconds?} (what the sandbox looks like from
 #: inside: environment variable names, limits, pids, and when it ran; after sleeping, allocating
 #: and spending CPU seconds as asked, to show the limits at work).

@@ -39,15 +39,16 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
 
         config = RiftConfig.model_validate(request["config"])
         shapes = {key: tuple(shape) for key, shape in request["shapes"].items()}
-        unknown = check_checkpoint_fits(config, shapes, dtypes=request.get("dtypes"),
-                                        normalizers=request.get("normalizers"),
-                                        digests=request.get("digests"),
-                                        final=bool(request.get("final")),
-                                        in_channels=request.get("in_channels"),
-                                        image_size=request.get("image_size"),
-                                        num_features=request.get("num_features"),
-                                        image_width=request.get("image_width"))
-        return {"unknown_values": unknown}
+        answer = check_checkpoint_fits(config, shapes, dtypes=request.get("dtypes"),
+                                       normalizers=request.get("normalizers"),
+                                       digests=request.get("digests"),
+                                       final=bool(request.get("final")),
+                                       in_channels=request.get("in_channels"),
+                                       image_size=request.get("image_size"),
+                                       num_features=request.get("num_features"),
+                                       image_width=request.get("image_width"))
+        return {"unknown_values": answer.unknown_values,
+                "example_flops": answer.example_flops}
     if op == "probe":
         # started/finished: CLOCK_MONOTONIC, shared by the processes of a machine.
         started = time.monotonic()

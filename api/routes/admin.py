@@ -54,6 +54,7 @@ class ProjectLimitsIn(_Body):
     max_active_jobs: int | None = Field(None, ge=1, le=LIMIT_MAXIMA["max_active_jobs"])
     max_stored_bytes: int | None = Field(None, ge=1, le=LIMIT_MAXIMA["max_stored_bytes"])
     max_job_cost: int | None = Field(None, ge=1, le=LIMIT_MAXIMA["max_job_cost"])
+    max_job_gflop: int | None = Field(None, ge=1, le=LIMIT_MAXIMA["max_job_gflop"])
     max_requests_per_minute: int | None = Field(None, ge=1,
                                                 le=LIMIT_MAXIMA["max_requests_per_minute"])
     max_streams_per_key: int | None = Field(None, ge=1, le=LIMIT_MAXIMA["max_streams_per_key"])
@@ -70,6 +71,7 @@ class ProjectOut(BaseModel):
     max_active_jobs: int | None
     max_stored_bytes: int | None
     max_job_cost: int | None
+    max_job_gflop: int | None
     max_requests_per_minute: int | None
     max_streams_per_key: int | None
 

@@ -56,6 +56,7 @@ from api.services.ownership import owned_job, owned_job_summary
 from api.services.quotas import (
     active_jobs_exceeded,
     check_active_jobs,
+    check_compute,
     check_cost,
     check_job_storage,
     check_time_limit,
@@ -101,7 +102,7 @@ def _summary_fields(job: Job | JobSummary, position: int | None) -> dict[str, An
         device=job.device, attempts=job.attempts, selected_module=job.selected_module,
         chosen_alpha=job.chosen_alpha, metrics=job.metrics, error=error,
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-        updated_at=job.updated_at, cost_estimate=job.cost_estimate,
+        updated_at=job.updated_at, cost_estimate=job.cost_estimate, cost_gflop=job.cost_gflop,
         time_limit_seconds=job.time_limit_seconds,
         links=JobLinks(
             self=job_link(job.id), events=job_link(job.id, "/events"),
@@ -216,8 +217,9 @@ def create_job_for(
                 digest_reader = partial(_uploaded_digests, upload)
         # Before the fit check, which would otherwise try the first entry's weights.
         check_checkpoint_entry(tensors.entries, entry)
-        fitted = check_job_fits(services.validator, spec.config, tensors, dataset.geometry,
-                                checkpoint_field, digest_reader)
+        fit = check_job_fits(services.validator, spec.config, tensors, dataset.geometry,
+                             checkpoint_field, digest_reader)
+        fitted = fit.tensors
         if upload is None and row.format == "safetensors" and fitted.digests != tensors.digests:
             # The next job from this checkpoint asks for them at once, and reads none.
             services.stored_tensors.put(row.id, row.sha256, fitted)
@@ -228,8 +230,10 @@ def create_job_for(
             # The row keeps one count, every example of the file (x and x_test of an npz):
             # it bounds both splits.
             examples = (dataset.row.num_examples, dataset.row.num_examples)
-        estimate = estimate_cost(config_json, num_modules=num_tensors, dataset_examples=examples)
+        estimate = estimate_cost(config_json, num_modules=num_tensors, dataset_examples=examples,
+                                 example_flops=fit.example_flops)
         check_cost(caller, estimate)
+        check_compute(caller, estimate)
         check_time_limit(spec.time_limit_seconds, settings.job_time_limit_seconds)
         # What the job may store (its tuned weights, each candidate's θ_FT) counts against the
         # stored-bytes quota from now on, as an upload's bytes would.
@@ -263,7 +267,8 @@ def create_job_for(
                 session, spec=config_json, checkpoint_id=checkpoint_id or "",
                 dataset_id=spec.dataset_id, labels=spec.labels, idempotency_key=stored_key,
                 request_hash=request_hash, project_id=caller.project_id,
-                cost_estimate=estimate.total, request_id=current_request_id(),
+                cost_estimate=estimate.total, cost_gflop=estimate.gflop,
+                request_id=current_request_id(),
                 max_active_jobs=caller.limits.max_active_jobs,
                 time_limit_seconds=spec.time_limit_seconds, reserved_bytes=reserved,
                 max_stored_bytes=caller.limits.max_stored_bytes)

@@ -1,4 +1,5 @@
-"""Per-project quotas, checked where resources are made: active jobs, stored bytes, job cost.
+"""Per-project quotas, checked where resources are made: active jobs, stored bytes, job cost
+(example-passes and GFLOP).
 
 Active jobs and stored bytes are counted again where the row is inserted, under a lock on the
 project's row (``persistence.jobs.create_job``, ``persistence.records``), so concurrent requests
@@ -93,6 +94,23 @@ def check_cost(caller: Caller, estimate: CostEstimate) -> None:
             f"limit max_job_cost of {limit}; lower epochs, attack.steps, mrc.num_examples, "
             "mrc.steps or raise interpolation.alpha_step",
             field="max_job_cost", code="cost_limit_exceeded",
+            details={"limit": limit, "estimate": estimate.to_json()})
+
+
+def check_compute(caller: Caller, estimate: CostEstimate) -> None:
+    """Raise 422 ``cost_limit_exceeded`` (field ``max_job_gflop``) if the job's compute estimate
+    passes the project's limit. A job whose model's FLOPs were not counted (``gflop`` None) is
+    not checked: its example-passes still are, against ``max_job_cost``."""
+    limit = caller.limits.max_job_gflop
+    gflop = estimate.gflop
+    if gflop is not None and gflop > limit:
+        raise InvalidInput(
+            f"the job's compute estimate is {gflop:.4g} GFLOP ({estimate.total} example-passes of "
+            f"a model of {estimate.to_json()['example_gflop']:.4g} GFLOP per example forward), "
+            f"over the project's limit max_job_gflop of {limit}; use a smaller model or lower "
+            "epochs, attack.steps, mrc.num_examples, mrc.steps or raise "
+            "interpolation.alpha_step",
+            field="max_job_gflop", code="cost_limit_exceeded",
             details={"limit": limit, "estimate": estimate.to_json()})
 
 

@@ -37,6 +37,7 @@ def usage_out(usage: ProjectUsage, *, project_id: str, key_id: str | None,
             reserved_by_materializations=stored.reserved_by_materializations),
         active_jobs=ActiveJobsOut(used=usage.active_jobs, limit=limits.max_active_jobs),
         max_job_cost=limits.max_job_cost,
+        max_job_gflop=limits.max_job_gflop,
         max_requests_per_minute=limits.max_requests_per_minute,
         max_streams_per_key=limits.max_streams_per_key,
         requests_this_minute=RequestWindowOut(

@@ -156,11 +156,15 @@ def test_a_passed_fit_check_is_remembered_by_what_it_reads(make_validator: MakeV
         return config.model_copy(update={"finetune": config.finetune.model_copy(update=changes)})
 
     validator = make_validator()
-    validator.check_fit(config, shapes, in_channels=1, image_size=8, num_features=None)
+    first = validator.check_fit(config, shapes, in_channels=1, image_size=8, num_features=None)
+    # The model's forward FLOPs on one 1×8×8 input, counted by the check (small_cnn: 314,624).
+    assert first.unknown_values == [] and first.example_flops == 314_624
     validator.close()  # a check that reaches the validator starts its server again
     other_training = with_finetune(lr=0.5, epochs=2).model_copy(update={"seed": 7})
-    validator.check_fit(other_training, shapes, in_channels=1, image_size=8, num_features=None)
+    again = validator.check_fit(other_training, shapes, in_channels=1, image_size=8,
+                                num_features=None)
     assert validator._server is None  # answered from what the first check found
+    assert again == first  # the count with it: a job's compute estimate needs it too
 
     # What the check reads is part of the key: another module, model or geometry is checked.
     def key(spec: RiftConfig, **geometry: object) -> str:

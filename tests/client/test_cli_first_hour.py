@@ -288,3 +288,30 @@ def test_curves_and_job_name_the_split_of_their_accuracies(tmp_path: Path) -> No
     assert shown.exit_code == 0 and job.exit_code == 0, shown.stderr + job.stderr
     assert "interpolation curve on the validation split" in _flat(shown.stdout)
     assert "before (test split): clean 91.33%" in job.stdout
+
+
+def test_jobs_get_and_usage_show_the_compute_estimate_and_its_limit(tmp_path: Path) -> None:
+    # Before: neither the job's cost estimate nor the GFLOP figure was printed anywhere.
+    usage = {"project": "vision",
+             "stored_bytes": {"used": 0, "limit": 1, "checkpoints": 0, "datasets": 0,
+                              "artifacts": 0, "reserved_by_active_jobs": 0,
+                              "reserved_by_materializations": 0},
+             "active_jobs": {"used": 0, "limit": 20}, "max_job_cost": 1000000000,
+             "max_job_gflop": 1000000000, "max_requests_per_minute": 1200,
+             "max_streams_per_key": 10}
+    server = ScriptedServer([
+        ScriptedReply(200, _job(cost_estimate=292_344, cost_gflop=91.9812)),
+        ScriptedReply(200, _job(cost_estimate=292_344, cost_gflop=None)),
+        ScriptedReply(200, usage)])
+    try:
+        counted, uncounted, limits = (
+            run_riftctl(args, url=server.url, api_key="rift_test", home=tmp_path)
+            for args in (["jobs", "get", "job_1"], ["jobs", "get", "job_1"], ["usage"]))
+        assert counted.exit_code == 0, counted.stderr
+        assert "cost estimate: 292344 example-passes, 91.98 GFLOP" in counted.stdout
+        assert uncounted.exit_code == 0, uncounted.stderr
+        assert "cost estimate: 292344 example-passes\n" in uncounted.stdout
+        assert limits.exit_code == 0, limits.stderr
+        assert "max_job_gflop: 1000000000 GFLOP" in limits.stdout
+    finally:
+        server.stop()

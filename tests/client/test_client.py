@@ -79,6 +79,7 @@ def test_usage_counts_what_the_quotas_count(rift: RiftClient, queued_api: Runnin
     assert empty.stored_bytes.used == 0 and empty.active_jobs.used == 0
     assert empty.stored_bytes.limit == queued_api.settings.default_max_stored_bytes
     assert empty.max_job_cost == queued_api.settings.default_max_job_cost
+    assert empty.max_job_gflop == queued_api.settings.default_max_job_gflop
     checkpoint = _upload(rift, checkpoint_file)
     rift.create_job(JobSpec(config=digits_config()), checkpoint_id=checkpoint.id)
     usage = rift.usage()  # the job stays queued here, holding its reservation

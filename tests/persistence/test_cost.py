@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from persistence.cost import (
+    BACKWARD_FLOPS_FACTOR,
     BUILTIN_SIZES,
     PREFLIGHT_NORMALIZATION_PASSES,
     estimate_cost,
@@ -135,3 +136,26 @@ def test_the_preflight_is_counted_on_the_examples_it_measures() -> None:
     assert (whole.preflight.forward, whole.preflight.backward) == (test * passes, test * 3)
     assert sampled.total - skipped.total == sampled.preflight.total
     assert sampled.to_json()["stages"]["preflight"]["total"] == sampled.preflight.total
+
+
+def test_the_compute_estimate_weighs_each_pass_by_the_models_flops() -> None:
+    """An example-pass of a ResNet-18 counted as one of small_cnn; the GFLOP figure weighs
+    forward passes by the model's forward FLOPs F and backward ones by 2F."""
+    config = _config(attack={"steps": 3}, mrc={"steps": 2, "num_examples": 100})
+    unknown = estimate_cost(config, num_modules=5)
+    assert unknown.gflop is None and unknown.to_json()["gflop"] is None
+    flops = 5.6e6
+    cost = estimate_cost(config, num_modules=5, example_flops=flops)
+    stages = cost.to_json()["stages"].values()
+    forward = sum(stage["forward"] for stage in stages)
+    backward = sum(stage["backward"] for stage in stages)
+    assert BACKWARD_FLOPS_FACTOR == 2
+    assert cost.gflop == pytest.approx((forward * flops + backward * 2 * flops) / 1e9)
+    assert cost.to_json()["gflop"] == cost.gflop
+    assert cost.to_json()["example_gflop"] == pytest.approx(flops / 1e9)
+    # The example-passes do not change with the model's size; the compute does, in proportion.
+    bigger = estimate_cost(config, num_modules=5, example_flops=198 * flops)
+    assert bigger.total == cost.total == unknown.total
+    assert bigger.gflop == pytest.approx(198 * cost.gflop)
+    # A count of 0 (nothing counted) is unknown, not free.
+    assert estimate_cost(config, num_modules=5, example_flops=0.0).gflop is None

@@ -204,3 +204,42 @@ def test_the_upgrade_to_0026_fills_the_ledger_as_the_reference_counts(empty_url:
             assert ledger_stored_bytes_by_kind(session, "p1") == reference
     finally:
         engine.dispose()
+
+
+def test_0027_adds_the_compute_columns_empty_and_takes_them_away(empty_url: str) -> None:
+    """A job created before the FLOP count has no compute estimate (NULL, never made up), a
+    project no limit of its own (the setting's); the downgrade keeps the rows."""
+    upgrade_database(empty_url, "0026")
+    now = datetime.now(UTC)
+    engine = sa.create_engine(empty_url)
+    try:
+        with engine.begin() as c:
+            c.execute(sa.text("INSERT INTO projects (id, name, created_at) "
+                              "VALUES ('p1', 'p1', :n)"), {"n": now})
+            c.execute(sa.text(
+                "INSERT INTO checkpoints (id, filename, size, sha256, format, storage_key, "
+                "num_tensors, num_parameters, created_at, project_id) VALUES ('c1', "
+                "'m.safetensors', 10, :h, 'safetensors', 'k/c1', 2, 20, :n, 'p1')"),
+                {"h": "a" * 64, "n": now})
+            c.execute(sa.text(
+                "INSERT INTO jobs (id, status, stage_progress, spec, checkpoint_id, "
+                "cancel_requested, attempts, created_at, updated_at, project_id, "
+                "cost_estimate) VALUES ('j1', 'succeeded', 1, '{}', 'c1', false, 3, :n, :n, "
+                "'p1', 1000)"), {"n": now})
+        upgrade_database(empty_url, "0027")
+        with engine.begin() as c:
+            assert c.execute(sa.text("SELECT cost_estimate, cost_gflop FROM jobs")).one() == \
+                (1000, None)
+            assert c.execute(sa.text("SELECT max_job_gflop FROM projects")).scalar_one() is None
+            c.execute(sa.text("UPDATE jobs SET cost_gflop = 12.5"))
+            c.execute(sa.text("UPDATE projects SET max_job_gflop = :big"), {"big": 2**63 - 1})
+            assert c.execute(sa.text("SELECT max_job_gflop FROM projects")).scalar_one() == \
+                2**63 - 1
+        downgrade_database(empty_url, "0026")
+        columns = {table: {column["name"] for column in sa.inspect(engine).get_columns(table)}
+                   for table in ("jobs", "projects")}
+        assert "cost_gflop" not in columns["jobs"] and "cost_estimate" in columns["jobs"]
+        assert "max_job_gflop" not in columns["projects"]
+        assert _row_counts(engine, ["jobs", "projects"]) == {"jobs": 1, "projects": 1}
+    finally:
+        engine.dispose()

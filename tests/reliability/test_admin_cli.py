@@ -230,6 +230,13 @@ def test_admin_route_changes_a_projects_limits(
     assert reset.json()["max_active_jobs"] is None and reset.json()["max_requests_per_minute"] == 2
     bad = admin.patch("/v1/admin/projects/team-a", json={"max_job_cost": 0})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "max_job_cost"
+    # The compute limit as the others: set, shown, refused out of range naming it.
+    gflop = admin.patch("/v1/admin/projects/team-a", json={"max_job_gflop": 10**9})
+    assert gflop.status_code == 200 and gflop.json()["max_job_gflop"] == 10**9, gflop.text
+    bad = admin.patch("/v1/admin/projects/team-a", json={"max_job_gflop": 0})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "max_job_gflop"
+    seen = admin.get("/v1/admin/projects/team-a/usage").json()
+    assert seen["max_job_gflop"] == 10**9
     assert admin.patch("/v1/admin/projects/team-a", json={"name": "b"}).status_code == 422
     missing = admin.patch("/v1/admin/projects/nope", json={})
     assert missing.status_code == 404 and missing.json()["error"]["field"] == "name"
@@ -249,7 +256,8 @@ def test_rift_admin_projects_usage_and_delete(api: Api, small_cnn_file: Path,
                         small_cnn_file.read_bytes())
     job = create_job(api.client, checkpoint["id"])
     assert job.status_code == 201, job.text
-    assert rift_admin("projects", "limits", "tests", "--max-job-cost", "5000").returncode == 0
+    assert rift_admin("projects", "limits", "tests", "--max-job-cost", "5000",
+                      "--max-job-gflop", "7000").returncode == 0
 
     shown = rift_admin("projects", "usage", "tests")
     assert shown.returncode == 0, shown.stderr
@@ -261,6 +269,7 @@ def test_rift_admin_projects_usage_and_delete(api: Api, small_cnn_file: Path,
     assert int(lines["max_stored_bytes"]) == seen["stored_bytes"]["limit"]
     assert int(lines["active_jobs"]) == seen["active_jobs"]["used"] == 1
     assert int(lines["max_job_cost"]) == seen["max_job_cost"] == 5000
+    assert int(lines["max_job_gflop"]) == seen["max_job_gflop"] == 7000
     assert rift_admin("projects", "usage", "nobody").returncode == 2
 
     refused = rift_admin("projects", "delete", "tests")

@@ -53,6 +53,7 @@ def test_usage_is_what_the_quota_answers_say(api: Api, small_cnn_file: Path,
                          "reserved_by_materializations": 0},
         "active_jobs": {"used": 0, "limit": settings.default_max_active_jobs},
         "max_job_cost": settings.default_max_job_cost,
+        "max_job_gflop": settings.default_max_job_gflop,
         "max_requests_per_minute": settings.default_max_requests_per_minute,
         "max_streams_per_key": settings.default_max_streams_per_key}
 
@@ -85,11 +86,12 @@ def test_usage_is_what_the_quota_answers_say(api: Api, small_cnn_file: Path,
 
     # At the limits, the refusals name the same numbers.
     _set_limits(api, max_stored_bytes=stored["used"] + size - 1, max_active_jobs=1,
-                max_job_cost=987_654_321, max_requests_per_minute=1000, max_streams_per_key=3)
+                max_job_cost=987_654_321, max_job_gflop=123_456_789,
+                max_requests_per_minute=1000, max_streams_per_key=3)
     usage = _usage(api.client)
     assert usage["stored_bytes"]["limit"] == stored["used"] + size - 1
-    assert (usage["max_job_cost"], usage["max_requests_per_minute"],
-            usage["max_streams_per_key"]) == (987_654_321, 1000, 3)
+    assert (usage["max_job_cost"], usage["max_job_gflop"], usage["max_requests_per_minute"],
+            usage["max_streams_per_key"]) == (987_654_321, 123_456_789, 1000, 3)
     refused = api.client.post("/v1/checkpoints",
                               files={"file": ("n.safetensors", small_cnn_file.read_bytes())})
     assert refused.status_code == 413, refused.text

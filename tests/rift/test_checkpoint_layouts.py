@@ -243,7 +243,8 @@ def test_the_fit_check_at_job_creation_reads_the_layout(tmp_path: Path) -> None:
             "dataset": {"name": "npz", "path": "d.npz"}})
 
     assert check_checkpoint_fits(job(mean=MEAN, std=STD), shapes, normalizers=values,
-                                 digests=digests, in_channels=3, image_size=8) == []
+                                 digests=digests, in_channels=3,
+                                 image_size=8).unknown_values == []
     # The normaliser's values, recorded on inspection, are compared as the job compares them.
     with pytest.raises(CheckpointMismatchError,
                        match=r"normalizer\.new_mean \[0\.4914.*the model applies none"):
@@ -261,7 +262,7 @@ def test_the_fit_check_at_job_creation_reads_the_layout(tmp_path: Path) -> None:
         check_checkpoint_fits(resnet, wrapped, normalizers=identity, in_channels=3, image_size=8)
     # Without values (a row inspected before they were recorded) only the layout is checked.
     assert check_checkpoint_fits(job(), shapes, digests=digests, in_channels=3,
-                                 image_size=8) == []
+                                 image_size=8).unknown_values == []
     with pytest.raises(CheckpointMismatchError, match=r"1 key\(s\) .*: criterion\.weight"):
         check_checkpoint_fits(job(), {**shapes, "criterion.weight": (4,)}, digests=digests,
                               in_channels=3, image_size=8)
@@ -269,7 +270,8 @@ def test_the_fit_check_at_job_creation_reads_the_layout(tmp_path: Path) -> None:
     grey = {key.removeprefix("module."): tuple(value.shape) for key, value in
             _robustness_checkpoint(_network(in_channels=1))["model"].items()
             if not key.endswith(("new_mean", "new_std"))}
-    assert check_checkpoint_fits(job(), grey, in_channels=None, image_size=8, final=True) == []
+    assert check_checkpoint_fits(job(), grey, in_channels=None, image_size=8,
+                                 final=True).unknown_values == []
 
 
 def test_missing_batchnorm_statistics_are_named_as_such() -> None:
@@ -312,7 +314,7 @@ def test_the_fit_check_tells_two_networks_from_a_copy_by_their_digests(tmp_path:
     two = _inspected(tmp_path, {"state_dict": {**_prefixed("model.", network),
                                                **_prefixed("ema_model.", ema)}})
     # Without digests the answer would take the values as equal: it names the keys it needs.
-    needed = check_checkpoint_fits(config, two.shapes, in_channels=3, image_size=8)
+    needed = check_checkpoint_fits(config, two.shapes, in_channels=3, image_size=8).unknown_values
     assert set(needed) == set(two.shapes)
     with pytest.raises(CheckpointMismatchError) as refused:
         check_checkpoint_fits(config, two.shapes, digests=two.digests, in_channels=3,
@@ -332,5 +334,5 @@ def test_the_fit_check_tells_two_networks_from_a_copy_by_their_digests(tmp_path:
     same = _inspected(tmp_path, {"state_dict": {**_prefixed("model.", network),
                                                 **_prefixed("ema_model.", copy)}})
     assert check_checkpoint_fits(config, same.shapes, digests=same.digests, in_channels=3,
-                                 image_size=8) == []
+                                 image_size=8).unknown_values == []
     assert _loaded(prepare_run(_config(tmp_path), tmp_path / "checkpoint.pt"), network)

@@ -85,7 +85,8 @@ def test_an_op_meta_tensors_cannot_run_is_left_to_the_job() -> None:
     with torch.device("meta"):
         model = _ReadsValues()
     config = _mlp_config()
-    fit._probe(model, config, (4, 1, 1))  # no error: the job's real-tensor check decides
+    # No error: the job's real-tensor check decides; and no FLOP count (the pass stopped).
+    assert fit._probe(model, config, (4, 1, 1)) is None
     with torch.device("meta"):
         wrong = nn.Sequential(nn.Flatten(), nn.Linear(5, 10))
     with pytest.raises(ConfigError, match="cannot take"):
@@ -182,3 +183,40 @@ def test_a_checkpoint_of_another_built_in_architecture_is_named() -> None:
         "these weights fit the architecture 'small_cnn', not 'resnet18': set architecture.name "
         "to 'small_cnn'. the checkpoint does not fit")
     assert caught.value.missing and caught.value.unexpected  # the lists are kept
+
+
+def _real_forward_flops(config: RiftConfig, shape: tuple[int, int, int]) -> int:
+    """torch's count of one real example through the real model (as the library's
+    ``rift.sequential_attack.example_flops`` counts it)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = rift.models.build_model(config.architecture, in_channels=shape[0],
+                                    image_size=shape[1]).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(1, *shape))
+    return int(counter.get_total_flops())
+
+
+def test_the_fit_check_counts_the_models_forward_flops_on_the_datas_geometry() -> None:
+    """The unit of the compute estimate (``persistence.cost``): a ResNet-18 example costs
+    what a real forward pass of it costs, about 198 times one of small_cnn at 3×32×32, where
+    the example-pass count alone made them equal."""
+    counts = {}
+    for name in ("small_cnn", "resnet18"):
+        config = _config(name)
+        with torch.device("meta"):
+            model = rift.models.build_model(config.architecture, in_channels=3, image_size=32)
+        answer = check_checkpoint_fits(config, _shapes(model), in_channels=3, image_size=32)
+        assert answer.unknown_values == []
+        assert answer.example_flops == _real_forward_flops(config, (3, 32, 32))
+        counts[name] = answer.example_flops
+    assert counts["resnet18"] / counts["small_cnn"] == pytest.approx(198.2, abs=0.1)
+    # The count follows the input's size, as a real pass's does.
+    config = _config()
+    with torch.device("meta"):
+        model = rift.models.build_model(config.architecture, in_channels=3, image_size=16)
+    smaller = check_checkpoint_fits(config, _shapes(model), in_channels=3, image_size=16)
+    assert smaller.example_flops == _real_forward_flops(config, (3, 16, 16))
+    # Without the geometry no input goes through the model: nothing is counted.
+    assert check_checkpoint_fits(config, _shapes(model), in_channels=None,
+                                 image_size=None).example_flops is None

@@ -382,6 +382,8 @@ def usage(ctx: typer.Context) -> None:
     state.say(f"active jobs: {_share(record.active_jobs.used, record.active_jobs.limit)} "
               "(max_active_jobs)")
     state.say(f"max_job_cost: {record.max_job_cost} example-passes")
+    if record.max_job_gflop is not None:
+        state.say(f"max_job_gflop: {record.max_job_gflop} GFLOP")
     window = record.requests_this_minute
     if window is None:  # a server older than the live counts
         state.say(f"max_requests_per_minute: {record.max_requests_per_minute}")
@@ -791,6 +793,7 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
     state.say(f"job {job.id}: {_describe(job)}")
     fields = {"checkpoint": job.checkpoint_id, "dataset": job.dataset_id, "device": job.device,
               "selected module": job.selected_module, "chosen α": job.chosen_alpha,
+              "cost estimate": _cost(job),
               "labels": ", ".join(f"{k}={v}" for k, v in job.labels.items()) or None,
               "error": f"{job.error.code}: {job.error.message}" if job.error else None,
               # To the second, as the list tables print times (not "17:49:25.801126+00:00").
@@ -1005,6 +1008,15 @@ def _percent(value: Any) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"{value:.2f}%"
     return "–" if value is None else str(value)
+
+
+def _cost(job: Job) -> str | None:
+    """The job's cost estimate as `jobs get` prints it: example-passes, and GFLOP when the
+    service counted the model's FLOPs; None when the job has no estimate."""
+    if job.cost_estimate is None:
+        return None
+    text = f"{job.cost_estimate} example-passes"
+    return text if job.cost_gflop is None else f"{text}, {job.cost_gflop:.4g} GFLOP"
 
 
 def _number(value: float | None) -> str:

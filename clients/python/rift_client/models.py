@@ -114,6 +114,7 @@ class Usage(_Resource):
     stored_bytes: StoredBytes
     active_jobs: ActiveJobs
     max_job_cost: int
+    max_job_gflop: int | None = Field(None, description="None from a server older than it.")
     max_requests_per_minute: int
     max_streams_per_key: int
     requests_this_minute: RequestWindow | None = Field(
@@ -182,6 +183,9 @@ class Job(_Resource):
     finished_at: datetime | None = None
     updated_at: datetime
     cost_estimate: int | None = Field(None, description="Estimated example-passes, all stages.")
+    cost_gflop: float | None = Field(
+        None, description="Estimated compute in GFLOP, all stages; None when the model's FLOPs "
+        "were not counted (or from a server older than the count).")
     time_limit_seconds: float | None = Field(
         None, description="The job's own wall-clock limit; None: the service's.")
     estimated_finish: datetime | None = Field(
