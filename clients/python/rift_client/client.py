@@ -13,11 +13,11 @@
 The base URL defaults to ``RIFT_API_URL`` and the key to ``RIFT_API_KEY``; the key is sent as
 ``Authorization: Bearer <key>`` on every request (and dropped by httpx when a download is
 redirected to another host, such as a presigned S3 URL). Error answers raise
-:class:`~rift_client.errors.RiftAPIError` subclasses; 429 and 503 are retried first (see
-:mod:`rift_client.retry`). Uploads wait up to ``upload_timeout`` (15 min) for their answer, which
-comes once the service has checked the file; every other read, up to ``timeout``. Webhooks are
-registered here (``create_webhook``) and checked by their receiver with
-:func:`rift_client.webhooks.verify_webhook`.
+:class:`~rift_client.errors.RiftAPIError` subclasses; 429 and 503 are retried first, and a
+proxy's 502 and 504 for idempotent calls (see :mod:`rift_client.retry`). Uploads wait up to
+``upload_timeout`` (15 min) for their answer, which comes once the service has checked the
+file; every other read, up to ``timeout``. Webhooks are registered here (``create_webhook``)
+and checked by their receiver with :func:`rift_client.webhooks.verify_webhook`.
 
 What each call sends, retries and parses is in :mod:`rift_client.core`, shared with
 :class:`~rift_client.async_client.AsyncRiftClient`; this class performs its I/O with httpx's

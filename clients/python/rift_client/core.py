@@ -304,7 +304,7 @@ class RiftCore:
                 raise self._unreadable(method, path, exc) from exc
             if response.status_code < 400:
                 return response
-            delay = self.retry.delay_for(response, retry)
+            delay = self.retry.delay_for(response, retry, idempotent=idempotent)
             if delay is None:
                 raise api_error_from_response(response)
             yield Sleep(delay)

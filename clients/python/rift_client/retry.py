@@ -1,10 +1,12 @@
 """When and how long to wait before sending a request again.
 
 Retried: answers 429 (rate limited, over a quota) and 503 (the database, broker or store is
-down: the service did nothing), for every method; a connection that could not be opened (the
-request never left), for every method; a connection lost after the request was sent, only for
-idempotent requests (the service may have acted on it). The delay is the answer's
-``Retry-After`` when it has one (seconds or an HTTP date), else exponential backoff with jitter.
+down: the service did nothing), for every method; a proxy's 502 and 504 (the service behind it
+restarting, or slow to answer: it may have acted), and a connection lost after the request was
+sent, only for idempotent requests (reads, deletes, and the POSTs sent under an
+Idempotency-Key); a connection that could not be opened (the request never left), for every
+method. The delay is the answer's ``Retry-After`` when it has one (seconds or an HTTP date),
+else exponential backoff with jitter.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+#: Answers saying the service did nothing (429: rate limited or over a quota; 503: a dependency
+#: down): retried for every method.
 RETRY_STATUSES = frozenset({429, 503})
+#: A proxy's answers when the service behind it refused the connection, dropped it or did not
+#: answer in time (502, 504: a restart, a deploy). The service may have acted on the request,
+#: so only idempotent requests are retried; before, neither was, and a GET through a proxy
+#: failed at the first 502 of a restart.
+GATEWAY_STATUSES = frozenset({502, 504})
 
 
 @dataclass(frozen=True)
@@ -37,9 +46,13 @@ class RetryPolicy:
         ceiling = min(self.max_backoff_s, self.backoff_s * (2 ** retry))
         return random.uniform(ceiling / 2, ceiling)
 
-    def delay_for(self, response: httpx.Response, retry: int) -> float | None:
-        """Seconds to wait before retrying after ``response``, or None not to retry it."""
-        if response.status_code not in RETRY_STATUSES or retry >= self.max_retries:
+    def delay_for(self, response: httpx.Response, retry: int, *,
+                  idempotent: bool = True) -> float | None:
+        """Seconds to wait before retrying after ``response`` (the answer to a request that is
+        ``idempotent`` or not), or None not to retry it."""
+        status = response.status_code
+        retryable = status in RETRY_STATUSES or (idempotent and status in GATEWAY_STATUSES)
+        if not retryable or retry >= self.max_retries:
             return None
         after = retry_after_seconds(response.headers.get("retry-after"))
         if after is None:
