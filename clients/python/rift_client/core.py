@@ -34,10 +34,9 @@ from rift_client.arguments import path_segment as _seg
 from rift_client.errors import (
     ChecksumMismatchError,
     NotFoundError,
-    RateLimitError,
+    RiftClientError,
     RiftConnectionError,
     RiftUsageError,
-    ServiceUnavailableError,
     UnexpectedResponseError,
     WaitTimeoutError,
     api_error_from_response,
@@ -77,7 +76,7 @@ from rift_client.models import (
     Webhook,
     WebhookDelivery,
 )
-from rift_client.retry import RetryPolicy, sent_nothing
+from rift_client.retry import Outage, RetryPolicy, is_outage, sent_nothing
 from rift_client.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -565,41 +564,35 @@ class RiftCore:
     def _wait(self, job_id: str, timeout: float | None, poll_interval: float,
               on_update: Callable[[Job], None] | None, follow_events: bool) -> Flow[Job]:
         deadline = None if timeout is None else time.monotonic() + timeout
+        # Once the job has been read, the service down for longer than a request's retries (a
+        # restart, a deploy: the job runs on) does not end the wait: it looks again every
+        # poll_interval until the service answers, the outage has lasted the policy's
+        # max_outage_s, or the deadline has passed. Before, a restart of more than a few seconds
+        # ended `riftctl jobs wait` with exit 3 while the job ran on.
+        outage = Outage(self.retry.max_outage_s)
 
-        def read() -> Flow[Job]:
-            job = yield from self.get_job(job_id)
+        def read(last: Job | None) -> Flow[Job]:
+            """The job read again; ``last`` when the look failed within a tolerated outage
+            (None: the first look, whose failure is raised: a wrong URL or id says so at once)."""
+            try:
+                job = yield from self.get_job(job_id)
+            except RiftClientError as exc:
+                if last is None or not outage.tolerate(exc, deadline):
+                    raise
+                return last
+            outage.over()
             if on_update is not None:
                 on_update(job)
             return job
 
-        job = yield from read()
+        job = yield from read(None)
         if job.finished:
             return job
         if follow_events:
-            last_read = time.monotonic()
-            # Only new events matter here: start after the latest one instead of replaying all.
-            latest = yield from self._latest_event_id(job_id)
-            events = self._events(job_id, after=latest, max_reconnects=0,
-                                  read_timeout=WAIT_STREAM_READ_TIMEOUT_S,
-                                  timeout=None if deadline is None
-                                  else max(deadline - time.monotonic(), 0.0),
-                                  retry_answers=False)
-            try:
-                while (yield from next_item(events)) is not END:
-                    if time.monotonic() - last_read >= poll_interval:
-                        job, last_read = (yield from read()), time.monotonic()
-                        if job.finished:
-                            return job
-                # The stream ended: the job has finished, or the time is up.
-                job = yield from read()
-                if job.finished:
-                    return job
-            except (RiftConnectionError, RateLimitError, ServiceUnavailableError):
-                # A stream that drops, or that is refused (the key's stream limit, a busy
-                # service): poll instead.
-                pass
-            finally:
-                events.close()
+            job = yield from self._wait_on_events(job_id, job, deadline, poll_interval, read,
+                                                  outage)
+            if job.finished:
+                return job
         while True:
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -610,9 +603,47 @@ class RiftCore:
                 yield Sleep(min(poll_interval, left))
             else:
                 yield Sleep(poll_interval)
-            job = yield from read()
+            job = yield from read(job)
             if job.finished:
                 return job
+
+    def _wait_on_events(self, job_id: str, job: Job, deadline: float | None,
+                        poll_interval: float, read: Callable[[Job], Flow[Job]],
+                        outage: Outage) -> Flow[Job]:
+        """Follow the job's event stream until it ends (the job finished, or the time is up),
+        reading the job at most every ``poll_interval`` s while events arrive: the job last
+        read. A stream that cannot be opened or drops (the key's stream limit, a busy or
+        restarting service) hands over to polling: the job as last read is returned."""
+        last_read = time.monotonic()
+        try:
+            # Only new events matter here: start after the latest one instead of replaying all.
+            latest = yield from self._latest_event_id(job_id)
+        except RiftClientError as exc:
+            if not outage.tolerate(exc, deadline):
+                raise
+            return job
+        events = self._events(job_id, after=latest, max_reconnects=0,
+                              read_timeout=WAIT_STREAM_READ_TIMEOUT_S,
+                              timeout=None if deadline is None
+                              else max(deadline - time.monotonic(), 0.0),
+                              retry_answers=False)
+        try:
+            while True:
+                try:
+                    event = yield from next_item(events)
+                except RiftClientError as exc:
+                    if not is_outage(exc):
+                        raise
+                    return job  # the stream dropped, or was refused: poll instead
+                if event is END:
+                    # The stream ended: the job has finished, or the time is up.
+                    return (yield from read(job))
+                if time.monotonic() - last_read >= poll_interval:
+                    job, last_read = (yield from read(job)), time.monotonic()
+                    if job.finished:
+                        return job
+        finally:
+            events.close()
 
     def _latest_event_id(self, job_id: str) -> Flow[int]:
         """The id of the job's latest event so far (0 when it has none), paging through them."""
@@ -763,12 +794,20 @@ class RiftCore:
                               on_update: Callable[[Materialization], None] | None
                               ) -> Flow[Materialization]:
         deadline = None if timeout is None else time.monotonic() + timeout
+        outage = Outage(self.retry.max_outage_s)  # lived through as a job's wait does
+        record: Materialization | None = None
         while True:
-            record = yield from self.get_materialization(job_id, materialization_id)
-            if on_update is not None:
-                on_update(record)
-            if record.finished:
-                return record
+            try:
+                record = yield from self.get_materialization(job_id, materialization_id)
+            except RiftClientError as exc:
+                if record is None or not outage.tolerate(exc, deadline):
+                    raise
+            else:
+                outage.over()
+                if on_update is not None:
+                    on_update(record)
+                if record.finished:
+                    return record
             if deadline is None:
                 yield Sleep(poll_interval)
                 continue

@@ -7,6 +7,9 @@ sent, only for idempotent requests (reads, deletes, and the POSTs sent under an
 Idempotency-Key); a connection that could not be opened (the request never left), for every
 method. The delay is the answer's ``Retry-After`` when it has one (seconds or an HTTP date),
 else exponential backoff with jitter.
+
+A wait (``wait``, ``wait_materialization``) outlives an outage longer than one request's
+retries: :class:`Outage` decides how long it keeps looking.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 import httpx
+
+from rift_client.errors import RiftAPIError, RiftClientError, RiftConnectionError
 
 #: Answers saying the service did nothing (429: rate limited or over a quota; 503: a dependency
 #: down): retried for every method.
@@ -34,12 +39,17 @@ class RetryPolicy:
     ``backoff_s``: the first delay without Retry-After, doubled per retry up to ``max_backoff_s``
     (seconds), each drawn uniformly from its upper half so that many clients spread out.
     ``max_retry_after_s``: the longest Retry-After honoured; a longer one is not waited for
-    (the error is raised, carrying the header), since a caller would rather know."""
+    (the error is raised, carrying the header), since a caller would rather know.
+    ``max_outage_s``: how long ``wait`` and ``wait_materialization`` go on looking while the
+    service cannot be reached or answers 429/502/503/504 past each request's retries (a restart,
+    a deploy: the job runs on meanwhile), before raising that error; their ``timeout`` still
+    ends them."""
 
     max_retries: int = 4
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     max_retry_after_s: float = 300.0
+    max_outage_s: float = 300.0
 
     def backoff(self, retry: int) -> float:
         """The delay before retry number ``retry`` (0-based) when the server named none."""
@@ -80,3 +90,35 @@ def retry_after_seconds(value: str | None, *, now: float | None = None) -> float
 def sent_nothing(exc: httpx.TransportError) -> bool:
     """Whether the request certainly never reached the server (safe to retry for any method)."""
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised once a request's retries were spent) says the service is down or
+    busy for now, not that the request is wrong: no connection, or 429/502/503/504."""
+    if isinstance(exc, RiftConnectionError):
+        return True
+    return isinstance(exc, RiftAPIError) and \
+        exc.status_code in RETRY_STATUSES | GATEWAY_STATUSES
+
+
+class Outage:
+    """The outage a wait is living through: since when its looks have failed (None: the last
+    one succeeded), and whether it may go on looking after another failure."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.since: float | None = None
+
+    def tolerate(self, exc: RiftClientError, deadline: float | None) -> bool:
+        """True to look again later after ``exc``; False to raise it (not an outage, one that
+        has lasted ``limit_s``, or the wait's ``deadline`` passed)."""
+        now = time.monotonic()
+        if not is_outage(exc):
+            return False
+        if self.since is None:
+            self.since = now
+        return now - self.since < self.limit_s and (deadline is None or now < deadline)
+
+    def over(self) -> None:
+        """A look succeeded."""
+        self.since = None
