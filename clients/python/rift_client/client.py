@@ -437,8 +437,9 @@ class RiftClient:
 
         The file is written as ``<path>.part`` and renamed only once its size and SHA-256 match
         the service's record (:class:`ChecksumMismatchError` otherwise, the partial file
-        removed). A connection lost mid-way is resumed with a Range request, at most
-        ``resume_attempts`` times. Presigned-URL redirects (S3) are followed.
+        removed). A connection lost mid-way is resumed with a Range request, up to
+        ``resume_attempts`` times in a row without a new byte (a connection that brought some
+        starts the count again). Presigned-URL redirects (S3) are followed.
         """
         return self._run(self._core.download(job_id=job_id, name=name, path=path, progress=progress,
                                              resume_attempts=resume_attempts))

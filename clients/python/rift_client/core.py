@@ -877,9 +877,11 @@ class RiftCore:
                  received: int, failures: int, progress: ProgressCallback | None,
                  resume_attempts: int) -> Flow[tuple[int, int, Any]]:
         """Fetch the artifact's bytes from ``received`` on into ``out`` and ``digest`` (resuming
-        with Range after a dropped connection, up to ``resume_attempts`` times):
-        ``(received, failures, digest)``, the digest a new one when the file came again whole."""
+        with Range after a dropped connection, up to ``resume_attempts`` times in a row without
+        a new byte): ``(received, failures, digest)``, the digest a new one when the file came
+        again whole."""
         while True:
+            before = received
             # identity: the bytes on the wire are the file's, so a Range can resume it.
             headers = {"Accept-Encoding": "identity"}
             if received:
@@ -906,10 +908,14 @@ class RiftCore:
             except httpx.TransportError as exc:
                 if received >= artifact.size:
                     return received, failures, digest  # everything arrived; the checks decide
-                failures += 1
+                # Counted in a row: a connection that brought bytes before it dropped starts the
+                # count again. Before, every drop counted, so a large file through a link (or a
+                # proxy) that cuts long connections failed after resume_attempts drops, each of
+                # them resumed fine.
+                failures = failures + 1 if received == before else 1
                 if failures > resume_attempts:
                     raise RiftConnectionError(
-                        f"downloading {name} of job {job_id} failed {failures} times "
+                        f"downloading {name} of job {job_id} failed {failures} times in a row "
                         f"(last: {exc!r}) after {received} bytes; {received} bytes are kept "
                         "in its .part file, which the next download resumes") from exc
             yield Close(response)
