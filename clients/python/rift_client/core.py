@@ -265,6 +265,16 @@ def _received_any(partial: Path) -> bool:
         return False
 
 
+def _named_write_error(exc: BaseException, target: Path) -> OSError | None:
+    """A failed write of a download (a full disk, a file size limit) as an ``OSError`` naming
+    ``target``; None for any other error. The write's own error names no file ("[Errno 28] No
+    space left on device"), so riftctl said just that, not what it was saving, nor where."""
+    if not isinstance(exc, OSError) or exc.filename is not None:
+        return None
+    return OSError(exc.errno, f"{exc.strerror or exc} (saving the download; nothing was "
+                   "kept)", str(target))
+
+
 def _restart(out: IO[bytes]) -> None:
     """The partial file emptied: a download whose range was not honoured starts again."""
     out.seek(0)
@@ -870,6 +880,9 @@ class RiftCore:
                                      | GeneratorExit | RiftConnectionError)
             if not (interrupted and _received_any(partial)):
                 partial.unlink(missing_ok=True)
+            named = _named_write_error(exc, target)
+            if named is not None:
+                raise named from exc
             raise
         return target
 
@@ -935,8 +948,11 @@ class RiftCore:
         try:
             partial.write_bytes(response.content)
             partial.replace(target)
-        except BaseException:
+        except BaseException as exc:
             partial.unlink(missing_ok=True)
+            named = _named_write_error(exc, target)
+            if named is not None:
+                raise named from exc
             raise
         return target
 
