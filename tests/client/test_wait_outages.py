@@ -1,6 +1,7 @@
-"""``wait`` and ``wait_materialization`` through an outage longer than one request's retries (the
-API restarting behind a proxy, a deploy): they go on looking until the service answers again,
-up to ``RetryPolicy.max_outage_s``, instead of ending while the job runs on. The outage is a
+"""``wait``, ``wait_materialization`` and ``stream_events`` through an outage longer than one
+request's retries (the API restarting behind a proxy, a deploy): they go on looking until the
+service answers again, up to ``RetryPolicy.max_outage_s``, instead of ending while the job runs
+on. The outage is a
 real TCP proxy in front of the real API that drops a counted number of connections before
 answering; nothing in the tests depends on how long anything takes."""
 
@@ -113,3 +114,27 @@ def test_wait_materialization_lives_through_an_outage(scripted: list[ScriptedSer
                                              on_update=lambda m: seen.append(m.status))
     assert record.status == "succeeded" and seen == ["running", "succeeded"]
     assert len(server.seen) == 6  # one look, one failed (3 tries), one more 502, the end
+
+
+def test_stream_events_reopens_through_an_outage_with_nothing_lost_or_repeated(
+        rift: RiftClient, queued_api: RunningApi, api_key: str | None,
+        checkpoint_file: Path) -> None:
+    job = _queued_job(rift, checkpoint_file)
+    proxy = CuttingProxy(queued_api.url, marker=job.id.encode(), cut_after=0, times=0)
+    ids: list[int] = []
+    kinds: list[str] = []
+    try:
+        with RiftClient(proxy.url, api_key=api_key, retry=_policy(60)) as client:
+            for event in client.stream_events(job.id, timeout=120):
+                ids.append(event.id)
+                kinds.append(event.kind)
+                if len(ids) == 1:  # the service goes down under the open stream
+                    proxy.cuts_left = 4  # one reopening fails its 3 tries, the next gets in
+                    proxy.drop_open_connections()
+                    rift.cancel(job.id)
+    finally:
+        proxy.stop()
+    # Before, the reopening that failed its retries ended the iteration: RiftConnectionError.
+    assert proxy.cuts_done == 4
+    assert kinds[0] == "job_created" and kinds[-1] == "job_cancelled"
+    assert ids == sorted(set(ids))

@@ -372,7 +372,9 @@ class RiftClient:
         A dropped connection (or one silent for ``read_timeout`` s) is reopened with
         ``Last-Event-ID`` set to the last event received, so no event is lost or repeated;
         after ``max_reconnects`` reopenings in a row that brought no new event,
-        :class:`RiftConnectionError` is raised.
+        :class:`RiftConnectionError` is raised. A reopening the service does not answer (no
+        connection, or 429/502/503/504 past the request's retries: a restart) is tried again
+        every reconnect delay for up to the retry policy's ``max_outage_s``, then raised.
         """
         return self._steps(self._core.stream_events(job_id=job_id, after=after, max_reconnects=max_reconnects,
                                                     read_timeout=read_timeout, timeout=timeout))

@@ -677,12 +677,18 @@ class RiftCore:
         wait_times(timeout, read_timeout, interval_name="read_timeout")
         _seg("job_id", job_id)
         return self._events(job_id, after=after, max_reconnects=max_reconnects,
-                            read_timeout=read_timeout, timeout=timeout, retry_answers=True)
+                            read_timeout=read_timeout, timeout=timeout, retry_answers=True,
+                            outage=Outage(self.retry.max_outage_s))
 
     def _events(self, job_id: str, *, after: int, max_reconnects: int, read_timeout: float,
-                timeout: float | None, retry_answers: bool) -> Flow[None]:
-        """Emits the job's events from the first with id > ``after`` (see ``stream_events``)."""
+                timeout: float | None, retry_answers: bool,
+                outage: Outage | None = None) -> Flow[None]:
+        """Emits the job's events from the first with id > ``after`` (see ``stream_events``).
+        With an ``outage``, a reopening that fails once the stream has been open (the service
+        restarting) is tried again every reconnect delay while the outage may last; without,
+        it is raised (``wait`` polls instead)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        opened = False
 
         def time_left() -> float:
             return float("inf") if deadline is None else deadline - time.monotonic()
@@ -696,9 +702,21 @@ class RiftCore:
             if last:
                 headers["Last-Event-ID"] = str(last)
             problem = "the stream ended before the job did"
-            response = yield from self.open_stream(
-                path, headers=headers, params={"after": last},
-                read_timeout=min(read_timeout, time_left()), retry_answers=retry_answers)
+            try:
+                response = yield from self.open_stream(
+                    path, headers=headers, params={"after": last},
+                    read_timeout=min(read_timeout, time_left()), retry_answers=retry_answers)
+            except RiftClientError as exc:
+                # Before, one reopening that failed its retries ended the stream (riftctl jobs
+                # events, exit 3) when the service took more than a few seconds to restart. A
+                # first opening that fails is raised: a wrong URL or job says so at once.
+                if outage is None or not opened or not outage.tolerate(exc, deadline):
+                    raise
+                yield Sleep(min(delay, max(time_left(), 0.0)))
+                continue
+            opened = True
+            if outage is not None:
+                outage.over()
             ended = False  # the job's end, or the time given: no reconnecting
             try:
                 lines = yield Lines(response)
