@@ -889,13 +889,15 @@ class RiftCore:
                         expected=artifact.sha256, actual=actual)
             partial.replace(target)
         except BaseException as exc:
-            # Interrupted (Ctrl-C, a cancelled asyncio task) or cut off for good: what arrived
-            # is kept under the .part name (never the target's) for the next call to resume.
-            # Anything else (a checksum mismatch, an API error, a full disk) leaves nothing.
+            # Interrupted (Ctrl-C, a cancelled asyncio task) or cut off for good (no connection,
+            # or a resume answered 429/502/503/504 past its retries: a busy store, a restart):
+            # what arrived is kept under the .part name (never the target's) for the next call
+            # to resume; before, such an answer deleted it, gigabytes fetched again. Anything
+            # else (a checksum mismatch, another API error, a full disk) leaves nothing.
             # An interrupt that lands in the I/O the runner performs reaches this flow as
             # GeneratorExit (the runner passes on Exceptions only, and the flow is closed).
             interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError
-                                     | GeneratorExit | RiftConnectionError)
+                                     | GeneratorExit) or is_outage(exc)
             if not (interrupted and _received_any(partial)):
                 partial.unlink(missing_ok=True)
             named = _named_write_error(exc, target)
