@@ -15,6 +15,7 @@ from rift_client import Job, RetryPolicy, RiftClient, RiftConnectionError, Serve
 from tests.api.helpers import digits_config
 from tests.client.conftest import RunningApi
 from tests.client.helpers import CuttingProxy, ScriptedReply, ScriptedServer
+from tests.client.test_retry import JOB as _JOB
 
 pytestmark = pytest.mark.service
 
@@ -138,3 +139,21 @@ def test_stream_events_reopens_through_an_outage_with_nothing_lost_or_repeated(
     assert proxy.cuts_done == 4
     assert kinds[0] == "job_created" and kinds[-1] == "job_cancelled"
     assert ids == sorted(set(ids))
+
+
+def test_a_wait_keeps_the_retry_after_the_request_did_not_wait_out(
+        scripted: list[ScriptedServer]) -> None:
+    # A Retry-After past max_retry_after_s is not waited for by the request (it raises at
+    # once); the wait then looks again only once that time has passed. Before, it looked again
+    # after poll_interval, ignoring the rate limit.
+    running = {**_JOB, "status": "running"}
+    limited = ScriptedReply(429, {"error": {"code": "rate_limited", "message": "slow down",
+                                            "field": None}}, {"Retry-After": "2"})
+    server = ScriptedServer([ScriptedReply(200, running), limited,
+                             ScriptedReply(200, {**_JOB, "status": "succeeded"})])
+    scripted.append(server)
+    policy = RetryPolicy(max_retries=2, max_retry_after_s=1, max_outage_s=60)
+    with RiftClient(server.url, retry=policy) as client:
+        done = client.wait("job_1", timeout=120, poll_interval=0.01, follow_events=False)
+    assert done.status == "succeeded" and len(server.seen) == 3
+    assert server.seen[2].at - server.seen[1].at >= 1.9

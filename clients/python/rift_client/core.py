@@ -610,9 +610,9 @@ class RiftCore:
                     raise WaitTimeoutError(
                         f"job {job_id} was still {job.status} after {timeout:g} s",
                         job_id=job_id, last_status=job.status)
-                yield Sleep(min(poll_interval, left))
+                yield Sleep(min(outage.delay(poll_interval), left))
             else:
-                yield Sleep(poll_interval)
+                yield Sleep(outage.delay(poll_interval))
             job = yield from read(job)
             if job.finished:
                 return job
@@ -712,7 +712,7 @@ class RiftCore:
                 # first opening that fails is raised: a wrong URL or job says so at once.
                 if outage is None or not opened or not outage.tolerate(exc, deadline):
                     raise
-                yield Sleep(min(delay, max(time_left(), 0.0)))
+                yield Sleep(min(outage.delay(delay), max(time_left(), 0.0)))
                 continue
             opened = True
             if outage is not None:
@@ -837,7 +837,7 @@ class RiftCore:
                 if record.finished:
                     return record
             if deadline is None:
-                yield Sleep(poll_interval)
+                yield Sleep(outage.delay(poll_interval))
                 continue
             left = deadline - time.monotonic()
             if left <= 0:
@@ -845,7 +845,7 @@ class RiftCore:
                     f"materialization {materialization_id} (α = {record.alpha:g}) of job {job_id} "
                     f"was still {record.status} after {timeout:g} s", job_id=job_id,
                     last_status=record.status, materialization_id=materialization_id)
-            yield Sleep(min(poll_interval, left))
+            yield Sleep(min(outage.delay(poll_interval), left))
 
     def download(self, job_id: str, name: str, path: str | os.PathLike[str],
                  progress: ProgressCallback | None, resume_attempts: int) -> Flow[Path]:

@@ -103,11 +103,13 @@ def is_outage(exc: BaseException) -> bool:
 
 class Outage:
     """The outage a wait is living through: since when its looks have failed (None: the last
-    one succeeded), and whether it may go on looking after another failure."""
+    one succeeded), whether it may go on looking after another failure, and how long the
+    service asked it to stay away (``pause_s``, the last failure's ``Retry-After``)."""
 
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
         self.since: float | None = None
+        self.pause_s = 0.0
 
     def tolerate(self, exc: RiftClientError, deadline: float | None) -> bool:
         """True to look again later after ``exc``; False to raise it (not an outage, one that
@@ -117,8 +119,19 @@ class Outage:
             return False
         if self.since is None:
             self.since = now
+        # A Retry-After the request did not wait out (past max_retry_after_s, or its retries
+        # spent) is honoured by the next look: looking again every poll_interval would ignore
+        # a rate limit the service asked the client to keep.
+        headers = exc.headers if isinstance(exc, RiftAPIError) else None
+        self.pause_s = (retry_after_seconds(headers.get("retry-after")) or 0.0) \
+            if headers is not None else 0.0
         return now - self.since < self.limit_s and (deadline is None or now < deadline)
+
+    def delay(self, interval: float) -> float:
+        """Seconds before the next look: ``interval``, or longer when the service asked."""
+        return max(interval, self.pause_s)
 
     def over(self) -> None:
         """A look succeeded."""
         self.since = None
+        self.pause_s = 0.0
