@@ -109,6 +109,13 @@ class CuttingProxy:
         with self._lock:
             return [bytes(s).decode("latin-1") for s in self.sent]
 
+    def drop_open_connections(self) -> None:
+        """Close every connection open now, as a server that goes down does: a stream being
+        read ends mid-way. New connections are forwarded as before."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        _close(*sockets)
+
     def stop(self) -> None:
         self._stopped.set()
         self._listener.close()

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import resource
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,7 @@ import pytest
 import safetensors.numpy
 
 from tests.client.conftest import FinishedJob, RunningApi
-from tests.client.helpers import run_riftctl
+from tests.client.helpers import CLI_TIMEOUT_S, CLIENT_SOURCE, riftctl_command, run_riftctl
 from tests.preloaded_launcher import Launcher
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
@@ -93,6 +97,36 @@ def test_events_and_download_of_a_finished_job(
     assert code == 0 and "sha256 verified" in out and (tmp_path / "one" / "mrc.csv").is_file()
     code, _, err = riftctl("jobs", "download", job_id, "nothing.bin")
     assert code == 3 and "nothing.bin" in err
+
+
+def _small_files_only() -> None:
+    """In the riftctl process: no file may grow past 16 KiB (a full disk, as near as a test
+    gets without one: the write fails with an errno and no file name)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+
+
+def test_a_download_that_cannot_be_written_names_the_file(
+        live_service: RunningApi, live_api_key: str | None, finished_job: FinishedJob,
+        tmp_path: Path) -> None:
+    # Before, the error was "[Errno 27] File too large" ("No space left on device" on a full
+    # disk) with "path": null: nothing said what was being saved, nor where.
+    out = tmp_path / "weights"
+    env = {k: v for k, v in os.environ.items() if k not in ("RIFTCTL_CONFIG", "XDG_CONFIG_HOME")}
+    env.update({"HOME": str(tmp_path), "RIFT_API_URL": live_service.url,
+                "RIFT_API_KEY": live_api_key or "",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(CLIENT_SOURCE),
+                                                            os.environ.get("PYTHONPATH")]))})
+    done = subprocess.run([*riftctl_command(), "-o", "json", "jobs", "download",
+                           finished_job.job.id, "tuned.safetensors", "--out", f"{out}/"],
+                          env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+                          preexec_fn=_small_files_only, check=False)
+    assert done.returncode == 2, done.stderr
+    error = json.loads(done.stderr.strip().splitlines()[-1])["error"]
+    assert error["code"] == "local_file_error"
+    assert error["path"] == str(out / "tuned.safetensors")
+    assert "File too large" in error["message"] and "nothing was kept" in error["message"]
+    assert list(out.iterdir()) == []  # neither the file nor a .part
 
 
 def test_report_of_a_finished_job(live_service: RunningApi, live_api_key: str | None,

@@ -138,6 +138,26 @@ def test_list_jobs_follows_the_cursor_pages(rift: RiftClient, checkpoint_file: P
     assert list(rift.list_jobs(status="running")) == []
 
 
+def test_a_walk_over_pages_is_not_disturbed_by_jobs_created_meanwhile(
+        rift: RiftClient, checkpoint_file: Path) -> None:
+    # A pipeline listing jobs while another submits them: keyset cursors (created_at, id), so a
+    # job created during the walk lands before its start (not listed), and none of the jobs
+    # there from the start is repeated or skipped, as an offset would.
+    checkpoint = _upload(rift, checkpoint_file)
+
+    def create() -> str:
+        return rift.create_job({"config": digits_config()}, checkpoint_id=checkpoint.id).id
+
+    existing = [create() for _ in range(7)]
+    walked: list[str] = []
+    meanwhile: list[str] = []
+    for job in rift.list_jobs(page_size=3):
+        walked.append(job.id)
+        meanwhile.append(create())
+    assert walked == existing[::-1]
+    assert [job.id for job in rift.list_jobs(page_size=3)] == (existing + meanwhile)[::-1]
+
+
 def _npz_file(folder: Path, name: str, examples: int) -> Path:
     path = folder / name
     buffer = io.BytesIO()

@@ -129,6 +129,28 @@ def test_download_verifies_and_resumes(finished_job: FinishedJob, live_service: 
     assert int(ranges[0].split("=")[1].rstrip("-")) > 0
 
 
+def test_a_download_cut_again_and_again_goes_on_while_each_connection_brings_bytes(
+        finished_job: FinishedJob, live_service: RunningApi, live_api_key: str | None,
+        live: RiftClient, proxies: list[CuttingProxy], tmp_path: Path) -> None:
+    """``resume_attempts`` counts drops in a row without a new byte. Before, it counted every
+    drop, so a file cut more often than that (a link or proxy that ends long connections) failed
+    though each resumed connection brought more of it."""
+    job_id = finished_job.job.id
+    tuned = next(a for a in live.list_artifacts(job_id) if a.name == "tuned.safetensors")
+    cuts = 4
+    proxy = CuttingProxy(live_service.url, marker=b"/artifacts/tuned.safetensors",
+                         cut_after=tuned.size // (cuts + 2), times=cuts)
+    proxies.append(proxy)
+    target = tmp_path / "tuned.safetensors"
+    with RiftClient(proxy.url, api_key=live_api_key, retry=FAST_RETRY) as client:
+        assert client.download(job_id, "tuned.safetensors", target, resume_attempts=1) == target
+    assert proxy.cuts_done == cuts
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == tuned.sha256
+    starts = [int(line.split("=")[1].rstrip("-")) for text in proxy.requests_text()
+              for line in text.splitlines() if line.lower().startswith("range:")]
+    assert len(starts) == cuts and starts == sorted(set(starts)) and starts[0] > 0, starts
+
+
 def test_download_refuses_corrupted_bytes(finished_job: FinishedJob, live_service: RunningApi,
                                           live: RiftClient, tmp_path: Path) -> None:
     job_id = finished_job.job.id

@@ -19,6 +19,7 @@ from rift_client import (
     RetryPolicy,
     RiftClient,
     RiftConnectionError,
+    ServerError,
     ServiceUnavailableError,
 )
 from rift_client.retry import retry_after_seconds
@@ -226,3 +227,37 @@ def test_an_upload_past_its_timeout_is_sent_again_under_the_same_key(
     keys = [r.headers["idempotency-key"] for r in server.seen]
     assert len(keys) == 3 and len(set(keys)) == 1 and keys[0].startswith("rift-client-")
     assert [len(r.body) for r in server.seen] == [7000] * 3  # the whole file each time
+
+
+BAD_GATEWAY = ScriptedReply(502, raw=b"<html><body>502 Bad Gateway</body></html>",
+                            content_type="text/html")
+GATEWAY_TIMEOUT = ScriptedReply(504, raw=b"<html><body>504 Gateway Time-out</body></html>",
+                                content_type="text/html")
+
+
+def test_a_proxys_502_and_504_are_retried_for_reads(scripted: list[ScriptedServer]) -> None:
+    # What nginx or a load balancer answers while the API behind it restarts. Before, the first
+    # 502 of a deploy failed the read (ServerError, exit 3 for riftctl).
+    server = _serve(scripted, BAD_GATEWAY, GATEWAY_TIMEOUT, ScriptedReply(200, JOB))
+    policy = RetryPolicy(max_retries=2, backoff_s=0.01, max_backoff_s=0.01)
+    with RiftClient(server.url, retry=policy) as client:
+        assert client.get_job("job_1").id == "job_1"
+    assert [r.method for r in server.seen] == ["GET"] * 3
+
+
+def test_a_proxys_502_is_retried_for_a_keyed_job_creation_but_not_for_a_cancel(
+        scripted: list[ScriptedServer]) -> None:
+    # The service may have acted before the proxy gave up: a POST under an Idempotency-Key is
+    # safe to send again (the service returns the job made the first time), a cancel is not.
+    server = _serve(scripted, BAD_GATEWAY, ScriptedReply(201, JOB))
+    policy = RetryPolicy(max_retries=2, backoff_s=0.01, max_backoff_s=0.01)
+    with RiftClient(server.url, retry=policy) as client:
+        assert client.create_job({"config": {"seed": 1}}, checkpoint_id="ck_1").id == "job_1"
+        keys = [r.headers["idempotency-key"] for r in server.seen]
+        assert len(keys) == 2 and keys[0] == keys[1]
+        server.seen.clear()
+        server.replies = [GATEWAY_TIMEOUT]
+        with pytest.raises(ServerError) as refused:
+            client.cancel("job_1")
+    assert len(server.seen) == 1
+    assert refused.value.status_code == 504 and refused.value.code == "http_504"

@@ -59,6 +59,7 @@ from rift_client.client import RiftClient
 from rift_client.config import ConfigError, resolve_config
 from rift_client.errors import (
     ChecksumMismatchError,
+    FileChangedError,
     RiftAPIError,
     RiftConnectionError,
     RiftUsageError,
@@ -200,6 +201,9 @@ def _client(state: State) -> Iterator[RiftClient]:
             yield client
     except RiftUsageError as exc:
         _fail(state, EXIT_USAGE, str(exc), {"code": "usage_error", "message": str(exc)})
+    except FileChangedError as exc:
+        _fail(state, EXIT_USAGE, str(exc), {"code": "file_changed", "message": str(exc),
+                                            "path": exc.filename})
     except OSError as exc:
         message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
         _fail(state, EXIT_USAGE, message, {"code": "local_file_error", "message": message,

@@ -13,11 +13,11 @@
 The base URL defaults to ``RIFT_API_URL`` and the key to ``RIFT_API_KEY``; the key is sent as
 ``Authorization: Bearer <key>`` on every request (and dropped by httpx when a download is
 redirected to another host, such as a presigned S3 URL). Error answers raise
-:class:`~rift_client.errors.RiftAPIError` subclasses; 429 and 503 are retried first (see
-:mod:`rift_client.retry`). Uploads wait up to ``upload_timeout`` (15 min) for their answer, which
-comes once the service has checked the file; every other read, up to ``timeout``. Webhooks are
-registered here (``create_webhook``) and checked by their receiver with
-:func:`rift_client.webhooks.verify_webhook`.
+:class:`~rift_client.errors.RiftAPIError` subclasses; 429 and 503 are retried first, and a
+proxy's 502 and 504 for idempotent calls (see :mod:`rift_client.retry`). Uploads wait up to
+``upload_timeout`` (15 min) for their answer, which comes once the service has checked the
+file; every other read, up to ``timeout``. Webhooks are registered here (``create_webhook``)
+and checked by their receiver with :func:`rift_client.webhooks.verify_webhook`.
 
 What each call sends, retries and parses is in :mod:`rift_client.core`, shared with
 :class:`~rift_client.async_client.AsyncRiftClient`; this class performs its I/O with httpx's
@@ -372,7 +372,9 @@ class RiftClient:
         A dropped connection (or one silent for ``read_timeout`` s) is reopened with
         ``Last-Event-ID`` set to the last event received, so no event is lost or repeated;
         after ``max_reconnects`` reopenings in a row that brought no new event,
-        :class:`RiftConnectionError` is raised.
+        :class:`RiftConnectionError` is raised. A reopening the service does not answer (no
+        connection, or 429/502/503/504 past the request's retries: a restart) is tried again
+        every reconnect delay for up to the retry policy's ``max_outage_s``, then raised.
         """
         return self._steps(self._core.stream_events(job_id=job_id, after=after, max_reconnects=max_reconnects,
                                                     read_timeout=read_timeout, timeout=timeout))
@@ -437,8 +439,9 @@ class RiftClient:
 
         The file is written as ``<path>.part`` and renamed only once its size and SHA-256 match
         the service's record (:class:`ChecksumMismatchError` otherwise, the partial file
-        removed). A connection lost mid-way is resumed with a Range request, at most
-        ``resume_attempts`` times. Presigned-URL redirects (S3) are followed.
+        removed). A connection lost mid-way is resumed with a Range request, up to
+        ``resume_attempts`` times in a row without a new byte (a connection that brought some
+        starts the count again). Presigned-URL redirects (S3) are followed.
         """
         return self._run(self._core.download(job_id=job_id, name=name, path=path, progress=progress,
                                              resume_attempts=resume_attempts))

@@ -34,10 +34,9 @@ from rift_client.arguments import path_segment as _seg
 from rift_client.errors import (
     ChecksumMismatchError,
     NotFoundError,
-    RateLimitError,
+    RiftClientError,
     RiftConnectionError,
     RiftUsageError,
-    ServiceUnavailableError,
     UnexpectedResponseError,
     WaitTimeoutError,
     api_error_from_response,
@@ -77,7 +76,7 @@ from rift_client.models import (
     Webhook,
     WebhookDelivery,
 )
-from rift_client.retry import RetryPolicy, sent_nothing
+from rift_client.retry import Outage, RetryPolicy, is_outage, sent_nothing
 from rift_client.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -266,6 +265,16 @@ def _received_any(partial: Path) -> bool:
         return False
 
 
+def _named_write_error(exc: BaseException, target: Path) -> OSError | None:
+    """A failed write of a download (a full disk, a file size limit) as an ``OSError`` naming
+    ``target``; None for any other error. The write's own error names no file ("[Errno 28] No
+    space left on device"), so riftctl said just that, not what it was saving, nor where."""
+    if not isinstance(exc, OSError) or exc.filename is not None:
+        return None
+    return OSError(exc.errno, f"{exc.strerror or exc} (saving the download; nothing was "
+                   "kept)", str(target))
+
+
 def _restart(out: IO[bytes]) -> None:
     """The partial file emptied: a download whose range was not honoured starts again."""
     out.seek(0)
@@ -304,7 +313,7 @@ class RiftCore:
                 raise self._unreadable(method, path, exc) from exc
             if response.status_code < 400:
                 return response
-            delay = self.retry.delay_for(response, retry)
+            delay = self.retry.delay_for(response, retry, idempotent=idempotent)
             if delay is None:
                 raise api_error_from_response(response)
             yield Sleep(delay)
@@ -565,41 +574,35 @@ class RiftCore:
     def _wait(self, job_id: str, timeout: float | None, poll_interval: float,
               on_update: Callable[[Job], None] | None, follow_events: bool) -> Flow[Job]:
         deadline = None if timeout is None else time.monotonic() + timeout
+        # Once the job has been read, the service down for longer than a request's retries (a
+        # restart, a deploy: the job runs on) does not end the wait: it looks again every
+        # poll_interval until the service answers, the outage has lasted the policy's
+        # max_outage_s, or the deadline has passed. Before, a restart of more than a few seconds
+        # ended `riftctl jobs wait` with exit 3 while the job ran on.
+        outage = Outage(self.retry.max_outage_s)
 
-        def read() -> Flow[Job]:
-            job = yield from self.get_job(job_id)
+        def read(last: Job | None) -> Flow[Job]:
+            """The job read again; ``last`` when the look failed within a tolerated outage
+            (None: the first look, whose failure is raised: a wrong URL or id says so at once)."""
+            try:
+                job = yield from self.get_job(job_id)
+            except RiftClientError as exc:
+                if last is None or not outage.tolerate(exc, deadline):
+                    raise
+                return last
+            outage.over()
             if on_update is not None:
                 on_update(job)
             return job
 
-        job = yield from read()
+        job = yield from read(None)
         if job.finished:
             return job
         if follow_events:
-            last_read = time.monotonic()
-            # Only new events matter here: start after the latest one instead of replaying all.
-            latest = yield from self._latest_event_id(job_id)
-            events = self._events(job_id, after=latest, max_reconnects=0,
-                                  read_timeout=WAIT_STREAM_READ_TIMEOUT_S,
-                                  timeout=None if deadline is None
-                                  else max(deadline - time.monotonic(), 0.0),
-                                  retry_answers=False)
-            try:
-                while (yield from next_item(events)) is not END:
-                    if time.monotonic() - last_read >= poll_interval:
-                        job, last_read = (yield from read()), time.monotonic()
-                        if job.finished:
-                            return job
-                # The stream ended: the job has finished, or the time is up.
-                job = yield from read()
-                if job.finished:
-                    return job
-            except (RiftConnectionError, RateLimitError, ServiceUnavailableError):
-                # A stream that drops, or that is refused (the key's stream limit, a busy
-                # service): poll instead.
-                pass
-            finally:
-                events.close()
+            job = yield from self._wait_on_events(job_id, job, deadline, poll_interval, read,
+                                                  outage)
+            if job.finished:
+                return job
         while True:
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -607,12 +610,50 @@ class RiftCore:
                     raise WaitTimeoutError(
                         f"job {job_id} was still {job.status} after {timeout:g} s",
                         job_id=job_id, last_status=job.status)
-                yield Sleep(min(poll_interval, left))
+                yield Sleep(min(outage.delay(poll_interval), left))
             else:
-                yield Sleep(poll_interval)
-            job = yield from read()
+                yield Sleep(outage.delay(poll_interval))
+            job = yield from read(job)
             if job.finished:
                 return job
+
+    def _wait_on_events(self, job_id: str, job: Job, deadline: float | None,
+                        poll_interval: float, read: Callable[[Job], Flow[Job]],
+                        outage: Outage) -> Flow[Job]:
+        """Follow the job's event stream until it ends (the job finished, or the time is up),
+        reading the job at most every ``poll_interval`` s while events arrive: the job last
+        read. A stream that cannot be opened or drops (the key's stream limit, a busy or
+        restarting service) hands over to polling: the job as last read is returned."""
+        last_read = time.monotonic()
+        try:
+            # Only new events matter here: start after the latest one instead of replaying all.
+            latest = yield from self._latest_event_id(job_id)
+        except RiftClientError as exc:
+            if not outage.tolerate(exc, deadline):
+                raise
+            return job
+        events = self._events(job_id, after=latest, max_reconnects=0,
+                              read_timeout=WAIT_STREAM_READ_TIMEOUT_S,
+                              timeout=None if deadline is None
+                              else max(deadline - time.monotonic(), 0.0),
+                              retry_answers=False)
+        try:
+            while True:
+                try:
+                    event = yield from next_item(events)
+                except RiftClientError as exc:
+                    if not is_outage(exc):
+                        raise
+                    return job  # the stream dropped, or was refused: poll instead
+                if event is END:
+                    # The stream ended: the job has finished, or the time is up.
+                    return (yield from read(job))
+                if time.monotonic() - last_read >= poll_interval:
+                    job, last_read = (yield from read(job)), time.monotonic()
+                    if job.finished:
+                        return job
+        finally:
+            events.close()
 
     def _latest_event_id(self, job_id: str) -> Flow[int]:
         """The id of the job's latest event so far (0 when it has none), paging through them."""
@@ -636,12 +677,18 @@ class RiftCore:
         wait_times(timeout, read_timeout, interval_name="read_timeout")
         _seg("job_id", job_id)
         return self._events(job_id, after=after, max_reconnects=max_reconnects,
-                            read_timeout=read_timeout, timeout=timeout, retry_answers=True)
+                            read_timeout=read_timeout, timeout=timeout, retry_answers=True,
+                            outage=Outage(self.retry.max_outage_s))
 
     def _events(self, job_id: str, *, after: int, max_reconnects: int, read_timeout: float,
-                timeout: float | None, retry_answers: bool) -> Flow[None]:
-        """Emits the job's events from the first with id > ``after`` (see ``stream_events``)."""
+                timeout: float | None, retry_answers: bool,
+                outage: Outage | None = None) -> Flow[None]:
+        """Emits the job's events from the first with id > ``after`` (see ``stream_events``).
+        With an ``outage``, a reopening that fails once the stream has been open (the service
+        restarting) is tried again every reconnect delay while the outage may last; without,
+        it is raised (``wait`` polls instead)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        opened = False
 
         def time_left() -> float:
             return float("inf") if deadline is None else deadline - time.monotonic()
@@ -655,9 +702,21 @@ class RiftCore:
             if last:
                 headers["Last-Event-ID"] = str(last)
             problem = "the stream ended before the job did"
-            response = yield from self.open_stream(
-                path, headers=headers, params={"after": last},
-                read_timeout=min(read_timeout, time_left()), retry_answers=retry_answers)
+            try:
+                response = yield from self.open_stream(
+                    path, headers=headers, params={"after": last},
+                    read_timeout=min(read_timeout, time_left()), retry_answers=retry_answers)
+            except RiftClientError as exc:
+                # Before, one reopening that failed its retries ended the stream (riftctl jobs
+                # events, exit 3) when the service took more than a few seconds to restart. A
+                # first opening that fails is raised: a wrong URL or job says so at once.
+                if outage is None or not opened or not outage.tolerate(exc, deadline):
+                    raise
+                yield Sleep(min(outage.delay(delay), max(time_left(), 0.0)))
+                continue
+            opened = True
+            if outage is not None:
+                outage.over()
             ended = False  # the job's end, or the time given: no reconnecting
             try:
                 lines = yield Lines(response)
@@ -763,14 +822,22 @@ class RiftCore:
                               on_update: Callable[[Materialization], None] | None
                               ) -> Flow[Materialization]:
         deadline = None if timeout is None else time.monotonic() + timeout
+        outage = Outage(self.retry.max_outage_s)  # lived through as a job's wait does
+        record: Materialization | None = None
         while True:
-            record = yield from self.get_materialization(job_id, materialization_id)
-            if on_update is not None:
-                on_update(record)
-            if record.finished:
-                return record
+            try:
+                record = yield from self.get_materialization(job_id, materialization_id)
+            except RiftClientError as exc:
+                if record is None or not outage.tolerate(exc, deadline):
+                    raise
+            else:
+                outage.over()
+                if on_update is not None:
+                    on_update(record)
+                if record.finished:
+                    return record
             if deadline is None:
-                yield Sleep(poll_interval)
+                yield Sleep(outage.delay(poll_interval))
                 continue
             left = deadline - time.monotonic()
             if left <= 0:
@@ -778,7 +845,7 @@ class RiftCore:
                     f"materialization {materialization_id} (α = {record.alpha:g}) of job {job_id} "
                     f"was still {record.status} after {timeout:g} s", job_id=job_id,
                     last_status=record.status, materialization_id=materialization_id)
-            yield Sleep(min(poll_interval, left))
+            yield Sleep(min(outage.delay(poll_interval), left))
 
     def download(self, job_id: str, name: str, path: str | os.PathLike[str],
                  progress: ProgressCallback | None, resume_attempts: int) -> Flow[Path]:
@@ -822,15 +889,20 @@ class RiftCore:
                         expected=artifact.sha256, actual=actual)
             partial.replace(target)
         except BaseException as exc:
-            # Interrupted (Ctrl-C, a cancelled asyncio task) or cut off for good: what arrived
-            # is kept under the .part name (never the target's) for the next call to resume.
-            # Anything else (a checksum mismatch, an API error, a full disk) leaves nothing.
+            # Interrupted (Ctrl-C, a cancelled asyncio task) or cut off for good (no connection,
+            # or a resume answered 429/502/503/504 past its retries: a busy store, a restart):
+            # what arrived is kept under the .part name (never the target's) for the next call
+            # to resume; before, such an answer deleted it, gigabytes fetched again. Anything
+            # else (a checksum mismatch, another API error, a full disk) leaves nothing.
             # An interrupt that lands in the I/O the runner performs reaches this flow as
             # GeneratorExit (the runner passes on Exceptions only, and the flow is closed).
             interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError
-                                     | GeneratorExit | RiftConnectionError)
+                                     | GeneratorExit) or is_outage(exc)
             if not (interrupted and _received_any(partial)):
                 partial.unlink(missing_ok=True)
+            named = _named_write_error(exc, target)
+            if named is not None:
+                raise named from exc
             raise
         return target
 
@@ -838,9 +910,11 @@ class RiftCore:
                  received: int, failures: int, progress: ProgressCallback | None,
                  resume_attempts: int) -> Flow[tuple[int, int, Any]]:
         """Fetch the artifact's bytes from ``received`` on into ``out`` and ``digest`` (resuming
-        with Range after a dropped connection, up to ``resume_attempts`` times):
-        ``(received, failures, digest)``, the digest a new one when the file came again whole."""
+        with Range after a dropped connection, up to ``resume_attempts`` times in a row without
+        a new byte): ``(received, failures, digest)``, the digest a new one when the file came
+        again whole."""
         while True:
+            before = received
             # identity: the bytes on the wire are the file's, so a Range can resume it.
             headers = {"Accept-Encoding": "identity"}
             if received:
@@ -867,10 +941,14 @@ class RiftCore:
             except httpx.TransportError as exc:
                 if received >= artifact.size:
                     return received, failures, digest  # everything arrived; the checks decide
-                failures += 1
+                # Counted in a row: a connection that brought bytes before it dropped starts the
+                # count again. Before, every drop counted, so a large file through a link (or a
+                # proxy) that cuts long connections failed after resume_attempts drops, each of
+                # them resumed fine.
+                failures = failures + 1 if received == before else 1
                 if failures > resume_attempts:
                     raise RiftConnectionError(
-                        f"downloading {name} of job {job_id} failed {failures} times "
+                        f"downloading {name} of job {job_id} failed {failures} times in a row "
                         f"(last: {exc!r}) after {received} bytes; {received} bytes are kept "
                         "in its .part file, which the next download resumes") from exc
             yield Close(response)
@@ -890,8 +968,11 @@ class RiftCore:
         try:
             partial.write_bytes(response.content)
             partial.replace(target)
-        except BaseException:
+        except BaseException as exc:
             partial.unlink(missing_ok=True)
+            named = _named_write_error(exc, target)
+            if named is not None:
+                raise named from exc
             raise
         return target
 

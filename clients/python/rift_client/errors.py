@@ -47,6 +47,25 @@ class ChecksumMismatchError(RiftClientError):
         self.actual = actual
 
 
+class FileChangedError(RiftClientError, OSError):
+    """A file that changed while it was being uploaded (it grew, shrank, or was written to): the
+    bytes sent would be no one version of it, so the request is cut off before its last byte and
+    the service stores nothing. Upload it again once whatever writes it has finished. An
+    ``OSError`` too (``filename`` names the file), as every problem of a local file is."""
+
+    def __init__(self, path: str, change: str) -> None:
+        message = (f"{path} {change} while it was being uploaded; nothing was stored: upload it "
+                   "again once it is complete")
+        super().__init__(message)
+        self.message = message
+        self.filename = path
+        self.strerror = f"the file {change} while it was being uploaded"
+
+    def __str__(self) -> str:
+        # OSError's own str() would be "[Errno None] ...": the message says it all.
+        return self.message
+
+
 class WaitTimeoutError(RiftClientError):
     """A job did not finish within the time given to :meth:`RiftClient.wait` (or a
     materialization within that given to :meth:`RiftClient.wait_materialization`: then

@@ -18,6 +18,7 @@ connection before it goes on (a reconnection).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import IO, Any, TypeVar
 
 import httpx
 
-from rift_client.errors import RiftConnectionError
+from rift_client.errors import FileChangedError
 
 T = TypeVar("T")
 
@@ -149,7 +150,14 @@ class FileBody:
     (the parts of a multipart form around it): hashes the file's bytes and reports
     ``progress(sent, size)``. Each pass starts from the beginning (a retried request sends the
     file again) and sends at most the ``size`` bytes counted in ``length``. (It has no ``read``
-    method: httpx would take it for a file and read it whole, bypassing the hashing.)"""
+    method: httpx would take it for a file and read it whole, bypassing the hashing.)
+
+    A file that changes during a pass raises :class:`FileChangedError` before the pass's last
+    chunk, so the service receives an incomplete body and stores nothing: one that shrank (no
+    bytes where ``size`` promised some), grew (bytes past ``size``: before, the first ``size``
+    bytes were sent, their hash matched the service's, and a checkpoint still being written was
+    stored cut short without a word), or was written to (its modification time moved: a file
+    rewritten in place was stored half old, half new)."""
 
     path: Path
     size: int
@@ -157,6 +165,8 @@ class FileBody:
     prefix: bytes = b""
     suffix: bytes = b""
     sha256: Any = field(default_factory=hashlib.sha256)
+    #: The file's modification time when this pass opened it.
+    _opened_mtime_ns: int = field(default=0, init=False, repr=False)
 
     @property
     def length(self) -> int:
@@ -165,13 +175,21 @@ class FileBody:
     def open_pass(self) -> IO[bytes]:
         """Begin a pass: a fresh hash, and the file opened at its start."""
         self.sha256 = hashlib.sha256()
-        return self.path.open("rb")
+        handle = self.path.open("rb")
+        self._opened_mtime_ns = os.fstat(handle.fileno()).st_mtime_ns
+        return handle
 
     def read_chunk(self, handle: IO[bytes], sent: int) -> bytes:
-        """The next chunk after ``sent`` bytes of the file, hashed."""
+        """The next chunk after ``sent`` bytes of the file, hashed; the last one only once the
+        file is known not to have changed since the pass began."""
         chunk = handle.read(min(CHUNK_BYTES, self.size - sent))
         if not chunk:
-            raise RiftConnectionError(f"{self.path} shrank while it was being uploaded")
+            raise FileChangedError(str(self.path), "shrank")
+        if sent + len(chunk) >= self.size:
+            if handle.read(1):
+                raise FileChangedError(str(self.path), "grew")
+            if os.fstat(handle.fileno()).st_mtime_ns != self._opened_mtime_ns:
+                raise FileChangedError(str(self.path), "was written to")
         self.sha256.update(chunk)
         return chunk
 

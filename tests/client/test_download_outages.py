@@ -1,0 +1,114 @@
+"""A download whose resume is answered 503 (or 429/502/504) past its retries, a store busy or
+restarting: what arrived stays in ``<name>.part`` and the next call resumes it with a Range
+request. Before, the error deleted the ``.part``, so the bytes already fetched (gigabytes of a
+large file) were fetched again. A real HTTP server on loopback cuts the first answer half way,
+then answers ranges with 503 until the test lets it serve them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rift_client import RetryPolicy, RiftClient, ServiceUnavailableError
+from tests.quiet_http import QuietHTTPServer
+
+JOB = "job_1"
+NAME = "tuned.safetensors"
+BODY = bytes(range(256)) * 1024  # 256 KiB
+HALF = len(BODY) // 2
+
+
+class BusyStore:
+    """Lists one artifact; its first GET sends half the file and hangs up; a GET with a Range
+    is answered 503 while ``busy`` is set, else 206 with the rest. Remembers each Range."""
+
+    def __init__(self) -> None:
+        self.ranges: list[str | None] = []
+        self.busy = True
+        store = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] == f"/v1/jobs/{JOB}/artifacts":
+                    listing = {"items": [{
+                        "name": NAME, "size": len(BODY),
+                        "sha256": hashlib.sha256(BODY).hexdigest(),
+                        "content_type": "application/octet-stream",
+                        "created_at": "2026-11-26T00:00:00Z",
+                        "url": f"/v1/jobs/{JOB}/artifacts/{NAME}"}]}
+                    self._send(200, json.dumps(listing).encode(),
+                               {"Content-Type": "application/json"})
+                    return
+                wanted = self.headers.get("Range")
+                store.ranges.append(wanted)
+                if wanted is None:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(BODY)))
+                    self.end_headers()
+                    self.wfile.write(BODY[:HALF])
+                    self.close_connection = True
+                    return
+                if store.busy:
+                    error = {"error": {"code": "store_unavailable", "message": "busy",
+                                       "field": None}}
+                    self._send(503, json.dumps(error).encode(),
+                               {"Content-Type": "application/json"})
+                    return
+                start = int(wanted.split("=")[1].rstrip("-"))
+                self._send(206, BODY[start:],
+                           {"Content-Range": f"bytes {start}-{len(BODY) - 1}/{len(BODY)}"})
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def store() -> Iterator[BusyStore]:
+    server = BusyStore()
+    yield server
+    server.stop()
+
+
+def test_a_resume_refused_by_a_busy_store_keeps_the_part_for_the_next_call(
+        store: BusyStore, tmp_path: Path) -> None:
+    target = tmp_path / NAME
+    partial = tmp_path / f"{NAME}.part"
+    policy = RetryPolicy(max_retries=2, backoff_s=0.01, max_backoff_s=0.01)
+    with RiftClient(store.url, retry=policy) as client:
+        with pytest.raises(ServiceUnavailableError):
+            client.download(JOB, NAME, target)
+        assert not target.exists()
+        assert partial.read_bytes() == BODY[:HALF]  # before: deleted
+        assert store.ranges == [None] + [f"bytes={HALF}-"] * 3
+
+        store.busy = False
+        assert client.download(JOB, NAME, target) == target
+    assert target.read_bytes() == BODY and not partial.exists()
+    assert store.ranges[4:] == [f"bytes={HALF}-"]  # resumed, not fetched again whole
