@@ -114,13 +114,18 @@ def syntax_error_message(reason: str, document: bytes | str | None, position: in
 
 
 def parse_json(raw: bytes | str, loc: tuple[Any, ...]) -> Any:
-    """Parse ``raw`` as strict JSON (no NaN/Infinity, no NUL or lone surrogates in strings, no
-    key given twice in one object).
+    """Parse ``raw`` as strict JSON (UTF-8 bytes, no NaN/Infinity, no NUL or lone surrogates in
+    strings, no key given twice in one object).
 
     Raises:
         WordedValidationError: (422) located at ``loc``.
     """
     try:
+        if isinstance(raw, bytes):
+            # json.loads guesses UTF-16 and UTF-32 from a bytes document's first bytes, so such
+            # a body was read; JSON between systems is UTF-8 (RFC 8259 §8.1), as this API says
+            # it takes. A leading byte order mark may be ignored (ibid.): "utf-8-sig" drops it.
+            raw = raw.decode("utf-8-sig")
         value = json.loads(raw, parse_constant=_reject_constant,
                            object_pairs_hook=_JsonObject.from_pairs)
     except json.JSONDecodeError as exc:
