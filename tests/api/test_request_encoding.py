@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import socket
 import zlib
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,46 @@ def test_limits_count_decoded_bytes_and_bad_data_is_named(api: Api) -> None:
             error = error_of(response)
             assert (error["code"], error["field"]) == ("invalid_encoded_body",
                                                        "Content-Encoding"), response.text
+
+
+def first_answer(api: Api, request: bytes) -> tuple[int, bytes]:
+    """The status and body of the first answer to ``request`` sent over a raw socket (an
+    interim 100 Continue counts: it is what the test looks for)."""
+    host, port = api.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            assert chunk, body
+            body += chunk
+    return status, body
+
+
+def test_a_json_body_declared_past_the_limit_is_refused_before_it_is_sent(api: Api) -> None:
+    # curl sends "Expect: 100-continue" for a body over 1 MiB and waits for the answer. Before:
+    # "100 Continue" (uvicorn sends it when the body is first read), then the 413 once 1 MiB
+    # of the body had arrived.
+    _, admin_key = make_key(api.sessions, "ops", ("admin",))
+    for path, key in (("/v1/webhooks", api.key), ("/v1/admin/projects", admin_key),
+                      ("/v1/jobs", api.key)):
+        request = (f"POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {2 * MIB}\r\n"
+                   "Expect: 100-continue\r\nConnection: close\r\n\r\n").encode()
+        status, body = first_answer(api, request)
+        assert status == 413, (path, status)
+        error = json.loads(body)["error"]
+        assert (error["field"], error["limit_bytes"]) == ("body", MIB), (path, error)
+        if path != "/v1/jobs":  # which reads its body itself, and words its own 413
+            assert f"is {2 * MIB} bytes (Content-Length)" in error["message"], (path, error)
 
 
 def test_other_content_encodings_are_refused_naming_the_header(api: Api) -> None:
