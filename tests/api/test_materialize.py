@@ -28,6 +28,9 @@ def test_alphas_agreeing_to_six_digits_are_one_materialization_at_the_rounded_al
     assert first.json()["artifact"] == "tuned@0.3.safetensors"
     again = api.client.post(base, json={"alpha": 0.3})
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    # Before: no Location (the status to follow was only in the body's "url").
+    assert first.headers["location"] == again.headers["location"] == first.json()["url"] == (
+        f"/v1/jobs/{job_id}/materializations/{first.json()['id']}")
     assert again.json()["alpha"] == 0.3
     other = api.client.post(base, json={"alpha": 0.300001})
     assert other.status_code == 202 and other.json()["alpha"] == 0.300001
