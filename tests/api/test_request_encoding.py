@@ -220,6 +220,33 @@ def test_boolean_query_parameters_take_true_or_false(api: Api, small_cnn_file: P
         assert error_of(refused)["code"] == "project_has_active_jobs", refused.text
 
 
+def test_integer_query_parameters_take_decimal_digits(api: Api, small_cnn_file: Path) -> None:
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    job = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                            "config": digits_config()}).json()
+    for value in ("1_0", " 1", "1 ", "+1", "1.0", "1e1", "0x1", "\u0661", "ten"):
+        # Before: pydantic read 1_0 as 10 and " 1", "+1", "1.0" as 1 (200).
+        for path, name in (("/v1/jobs", "limit"), (f"/v1/jobs/{job['id']}/events", "after")):
+            response = api.client.get(path, params={name: value})
+            assert response.status_code == 422, (name, value, response.text)
+            error = error_of(response)
+            assert (error["code"], error["field"]) == ("invalid_integer", name), error
+    # Digits pass the check; the route's range still names its bound.
+    assert api.client.get("/v1/jobs", params={"limit": "07"}).status_code == 200
+    below = api.client.get("/v1/jobs", params={"limit": "-1"})
+    assert below.status_code == 422 and "greater than or equal to 1" in below.text
+
+    from api.main import create_app
+    from api.request_input import _query_params_of
+
+    app = create_app(api.settings, session_factory=api.sessions,
+                     dispatcher=RecordingDispatcher(), validator=object())  # type: ignore[arg-type]
+    integers = {(route.path, name) for route in api_routes(app.routes)
+                for name in _query_params_of(route).integer}
+    # Every list's limit and the events' after: found by type, so a new one gets the rule.
+    assert {name for _, name in integers} == {"limit", "after"} and len(integers) >= 6
+
+
 def test_a_streamed_answer_to_a_request_declaring_a_coding_ends(api: Api,
                                                                  small_cnn_file: Path) -> None:
     # The decoding receive hands the client's disconnect on once the (empty) body is over: a
