@@ -64,6 +64,11 @@ def get_caller(
     limiter: Annotated[RateLimiter, Depends(_state_rate_limiter)],
 ) -> Caller:
     """Authenticate the request's key, check the method's scope and count the request."""
+    given = len(request.headers.getlist("authorization"))
+    if given > 1:
+        # Which one counts would be a guess: this app read the first, a proxy in front of it
+        # may check or add another. Two keys are never meant, so none is used.
+        raise Unauthorized(f"the request has {given} Authorization headers; send one")
     if credentials is None:
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>' (create one with "
                            "rift-admin keys create)")
