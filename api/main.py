@@ -27,6 +27,7 @@ from api.dispatch import CeleryDispatcher, Dispatcher
 from api.docs import document_models, install_offline_docs
 from api.errors import install_error_handlers
 from api.event_feed import EventFeed, LocalPublisher, build_event_feed
+from api.expect_continue import KeyBeforeBody
 from api.head_requests import HeadAsGet
 from api.json_validators import JsonValidators
 from api.limits import RateLimiter, StreamSlots, rate_limiter_for
@@ -146,6 +147,8 @@ def create_app(
     app.add_middleware(RequestDecoding, max_json_bytes=MAX_FIELD_BYTES,
                        max_streamed_bytes=max(settings.max_checkpoint_bytes,
                                               settings.max_dataset_bytes) + 2 * MAX_FIELD_BYTES)
+    # Its check runs when the route first reads the body, after the size check above.
+    app.add_middleware(KeyBeforeBody)
     # Inside HEAD's conversion, so that a HEAD gets the GET's ETag and 304.
     app.add_middleware(JsonValidators)
     # Inside the observability middleware, so that logs and metrics still say HEAD.

@@ -158,6 +158,29 @@ def test_a_json_body_declared_past_the_limit_is_refused_before_it_is_sent(api: A
             assert f"is {2 * MIB} bytes (Content-Length)" in error["message"], (path, error)
 
 
+def test_a_refused_key_is_answered_before_the_body_is_asked_for(api: Api) -> None:
+    # FastAPI reads a JSON body before the key guard runs. Before: "100 Continue", and the 401
+    # or 403 only once the body had been sent.
+    _, reader = make_key(api.sessions, "tests", ("read",))
+    for path in ("/v1/webhooks", "/v1/admin/projects"):
+        for key, status, field in (("rift_0123456789ab_" + "A" * 43, 401, "Authorization"),
+                                   (reader, 403, "Authorization")):
+            request = (f"POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n"
+                       "Content-Type: application/json\r\nContent-Length: 1000\r\n"
+                       "Expect: 100-continue\r\nConnection: close\r\n\r\n").encode()
+            answered, body = first_answer(api, request)
+            assert answered == status, (path, status, answered)
+            assert json.loads(body)["error"]["field"] == field
+    # A key that may: told to go on, and the body is read as ever.
+    request = (f"POST /v1/webhooks HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {api.key}"
+               "\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+               "Expect: 100-continue\r\nConnection: close\r\n\r\n").encode()
+    assert first_answer(api, request)[0] == 100
+    with_body = api.client.post("/v1/webhooks", content=b"{}", headers={
+        "Content-Type": "application/json", "Expect": "100-continue"})
+    assert with_body.status_code == 422 and error_of(with_body)["field"] == "url"
+
+
 def test_other_content_encodings_are_refused_naming_the_header(api: Api) -> None:
     for coding in ("br", "zstd", "gzip, gzip", "compress"):
         for path, content_type in (("/v1/jobs", "application/json"),
