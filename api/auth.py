@@ -10,10 +10,11 @@ admin implies both). A missing, malformed, unknown or revoked key is a 401 with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import State
 
 from api.errors import Forbidden, TooManyRequests, Unauthorized
 from api.limits import RateLimiter, project_rate_key, retry_after_header
@@ -58,10 +59,11 @@ def _state_rate_limiter(request: Request) -> RateLimiter:
     return request.app.state.rate_limiter  # type: ignore[no-any-return]
 
 
-def authorized_caller(state: Any, authorization: list[str], token: str | None, method: str,
+def authorized_caller(state: State, authorization: list[str], token: str | None, method: str,
                       path: str) -> Caller:
     """The caller whose key ``token`` is (``authorization``: every Authorization header sent),
-    with the scope ``method`` on ``path`` needs; not counted against the rate limit.
+    with the scope ``method`` on ``path`` needs; not counted against the rate limit. ``state``
+    is the app's (its settings and session factory).
 
     Raises:
         Unauthorized: no key, several, or one unknown, malformed or revoked (401).

@@ -31,7 +31,14 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from python_multipart.multipart import parse_options_header
 
-from api.errors import InvalidInput, NotFound, UnsupportedMediaType, WordedValidationError, quote
+from api.errors import (
+    InvalidInput,
+    NotFound,
+    UnsupportedMediaType,
+    WordedValidationError,
+    quote,
+    shorten,
+)
 from api.schemas import MAX_LABELS
 
 
@@ -250,8 +257,10 @@ _INTEGER = re.compile(r"-?[0-9]+")
 
 def _check_integer(name: str, value: str) -> None:
     if not _INTEGER.fullmatch(value):
+        # Worded as the other 422s on what was sent ("got the text ...").
+        sent = json.dumps(shorten(value, 40), ensure_ascii=False)
         raise InvalidInput(f"the query parameter {quote(name)} takes a whole number in decimal "
-                           f"digits (like 20), not {quote(value)}", field=name,
+                           f"digits (like 20); got the text {sent}", field=name,
                            code="invalid_integer")
 
 
