@@ -14,6 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import State
 
 from api.errors import Forbidden, TooManyRequests, Unauthorized
 from api.limits import RateLimiter, project_rate_key, retry_after_header
@@ -58,34 +59,54 @@ def _state_rate_limiter(request: Request) -> RateLimiter:
     return request.app.state.rate_limiter  # type: ignore[no-any-return]
 
 
+def authorized_caller(state: State, authorization: list[str], token: str | None, method: str,
+                      path: str) -> Caller:
+    """The caller whose key ``token`` is (``authorization``: every Authorization header sent),
+    with the scope ``method`` on ``path`` needs; not counted against the rate limit. ``state``
+    is the app's (its settings and session factory).
+
+    Raises:
+        Unauthorized: no key, several, or one unknown, malformed or revoked (401).
+        Forbidden: the key lacks the scope (403).
+    """
+    if len(authorization) > 1:
+        # Which one counts would be a guess: this app read the first, a proxy in front of it
+        # may check or add another. Two keys are never meant, so none is used.
+        raise Unauthorized(f"the request has {len(authorization)} Authorization headers; "
+                           "send one")
+    if token is None:
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>' (create one with "
+                           "rift-admin keys create)")
+    settings: Settings = state.settings
+    with state.session_factory() as session:
+        found = authenticate(session, token)
+    if found is None:
+        raise Unauthorized("the API key is not valid (unknown, malformed or revoked)")
+    key, project = found
+    caller = Caller(project_id=project.id, project_name=project.name, key_id=key.id,
+                    scopes=effective_scopes(key.scopes), limits=ProjectLimits.of(project, settings))
+    caller.require(required_scope(method, path))
+    return caller
+
+
 def get_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     limiter: Annotated[RateLimiter, Depends(_state_rate_limiter)],
 ) -> Caller:
     """Authenticate the request's key, check the method's scope and count the request."""
-    if credentials is None:
-        raise Unauthorized("send an API key as 'Authorization: Bearer <key>' (create one with "
-                           "rift-admin keys create)")
-    state = request.app.state
-    settings: Settings = state.settings
-    with state.session_factory() as session:
-        found = authenticate(session, credentials.credentials)
-    if found is None:
-        raise Unauthorized("the API key is not valid (unknown, malformed or revoked)")
-    key, project = found
-    caller = Caller(project_id=project.id, project_name=project.name, key_id=key.id,
-                    scopes=effective_scopes(key.scopes), limits=ProjectLimits.of(project, settings))
-    caller.require(required_scope(request.method, request.url.path))
+    caller = authorized_caller(request.app.state, request.headers.getlist("authorization"),
+                               credentials.credentials if credentials else None,
+                               request.method, request.url.path)
     limit = caller.limits.max_requests_per_minute
-    rate_key = project_rate_key(project.id)
+    rate_key = project_rate_key(caller.project_id)
     retry = limiter.hit(rate_key, limit, 60)
     if retry is not None:
         # Read again only when refusing: the count is the current use a refusal names (None
         # when the shared counter cannot be read now).
         used = limiter.current(rate_key, 60).used
         raise TooManyRequests(
-            f"more than {limit} requests per minute for project '{project.name}' "
+            f"more than {limit} requests per minute for project '{caller.project_name}' "
             "(max_requests_per_minute); retry later", field="max_requests_per_minute",
             headers={"Retry-After": retry_after_header(retry)},
             details={"quota": "max_requests_per_minute", "limit": limit, "used": used})

@@ -1,6 +1,7 @@
-"""Conditional GET for stored files (RFC 9110 §13): ``If-None-Match`` / ``If-Modified-Since``
-answer 304 when the client's copy is current, and ``If-Range`` decides whether a ``Range`` is
-honoured. One home for these rules, so every download route answers alike.
+"""Conditional GET for stored files (RFC 9110 §13): ``If-Match`` / ``If-Unmodified-Since``
+answer 412 when the file is not the one the client names, ``If-None-Match`` /
+``If-Modified-Since`` 304 when the client's copy is current, and ``If-Range`` decides whether a
+``Range`` is honoured. One home for these rules, so every download route answers alike.
 
 An artifact's strong ETag is its quoted SHA-256 and its ``Last-Modified`` its row's
 ``created_at``, rounded down to the second as HTTP dates are: a file re-recorded under the same
@@ -48,6 +49,30 @@ def none_match(header: str, etag: str) -> bool:
         return True
     wanted = _opaque(etag)
     return any(_opaque(tag) == wanted for tag in header.split(","))
+
+
+def _strong_match(header: str, etag: str) -> bool:
+    """Whether ``If-Match: header`` matches ``etag``: ``*`` or a listed tag compared strongly
+    (§8.8.3.2: a weak tag never matches)."""
+    if header.strip() == "*":
+        return True
+    return any(tag.strip() == etag for tag in header.split(","))
+
+
+def failed_precondition(headers: Mapping[str, str], *, etag: str,
+                        last_modified: datetime) -> str | None:
+    """The header whose condition the file fails (412, §13.2.2 steps 1-2), None when none does.
+
+    A client resuming a download with ``If-Match`` (or ``If-Unmodified-Since``) asks for bytes
+    of the file it began: the answer must not be bytes of another file under the same name.
+    ``If-Unmodified-Since`` is ignored beside ``If-Match``, and when it is not a valid date."""
+    if_match = headers.get("if-match")
+    if if_match is not None:
+        return None if _strong_match(if_match, etag) else "If-Match"
+    since = parse_http_date(headers.get("if-unmodified-since"))
+    if since is not None and last_modified.astimezone(UTC).replace(microsecond=0) > since:
+        return "If-Unmodified-Since"
+    return None
 
 
 def is_not_modified(headers: Mapping[str, str], *, etag: str, last_modified: datetime) -> bool:

@@ -78,6 +78,15 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The request's ``Content-Length`` (None: absent; the server refuses a malformed one)."""
+    for name, value in headers:
+        if name == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isascii() and text.isdigit() else None
+    return None
+
+
 class _Decoder:
     """One request body's decoding state: compressed bytes fed in, decoded pieces taken out one
     at a time (never more than PIECE_BYTES decoded ahead of the route)."""
@@ -169,11 +178,22 @@ class RequestDecoding:
     def _counting(self, scope: Scope, receive: Receive) -> Receive:
         """``receive`` for a body sent as it is: the same limits as a decoded one. A JSON body
         FastAPI reads whole would otherwise be held in memory whatever its size; the streamed
-        routes apply their own limits first (``max_streamed_bytes`` is only a backstop)."""
+        routes apply their own limits first (``max_streamed_bytes`` is only a backstop).
+
+        A ``Content-Length`` past the limit is refused before the first byte is read: uvicorn
+        answers ``Expect: 100-continue`` with "100 Continue" when the body is first read, so a
+        client waiting for it (curl does, for bodies over 1 MiB) was told to send the body, and
+        the 413 came only after the limit's worth of it had arrived."""
         received = 0
+        declared = _content_length(scope["headers"])
 
         async def counted_receive() -> Message:
             nonlocal received
+            limit, what = self._limit(scope)
+            if received == 0 and declared is not None and declared > limit:
+                raise PayloadTooLarge(
+                    f"{what} is {declared} bytes (Content-Length), larger than the limit of "
+                    f"{limit} bytes", field="body", details={"limit_bytes": limit})
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -150,6 +150,14 @@ class InvalidInput(ApiError):
     code = "invalid_input"
 
 
+class PreconditionFailed(ApiError):
+    """An ``If-Match`` / ``If-Unmodified-Since`` the current file does not meet (RFC 9110
+    §13.1.1, §13.1.4): the request is not carried out."""
+
+    status_code = 412
+    code = "precondition_failed"
+
+
 class RangeNotSatisfiable(ApiError):
     status_code = 416
     code = "range_not_satisfiable"

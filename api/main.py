@@ -27,7 +27,9 @@ from api.dispatch import CeleryDispatcher, Dispatcher
 from api.docs import document_models, install_offline_docs
 from api.errors import install_error_handlers
 from api.event_feed import EventFeed, LocalPublisher, build_event_feed
+from api.expect_continue import KeyBeforeBody
 from api.head_requests import HeadAsGet
+from api.json_validators import JsonValidators
 from api.limits import RateLimiter, StreamSlots, rate_limiter_for
 from api.observability import ApiMetrics, ObservabilityMiddleware
 from api.request_input import check_request_input
@@ -145,6 +147,10 @@ def create_app(
     app.add_middleware(RequestDecoding, max_json_bytes=MAX_FIELD_BYTES,
                        max_streamed_bytes=max(settings.max_checkpoint_bytes,
                                               settings.max_dataset_bytes) + 2 * MAX_FIELD_BYTES)
+    # Its check runs when the route first reads the body, after the size check above.
+    app.add_middleware(KeyBeforeBody)
+    # Inside HEAD's conversion, so that a HEAD gets the GET's ETag and 304.
+    app.add_middleware(JsonValidators)
     # Inside the observability middleware, so that logs and metrics still say HEAD.
     app.add_middleware(HeadAsGet)
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
@@ -154,8 +160,8 @@ def create_app(
             CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_credentials=False,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID",
-                           "Range"],
-            expose_headers=["Location", "Retry-After", "Content-Range"])
+                           "Range", "If-None-Match", "If-Match"],
+            expose_headers=["Location", "Retry-After", "Content-Range", "ETag"])
     install_offline_docs(app)
     document_models(app, JobCreate)
 

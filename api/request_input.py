@@ -10,7 +10,8 @@
   otherwise list every job as if unfiltered), hold a value (``?status=`` listed every job), and
   one that takes a single value may be given once (``?limit=1&limit=50`` would otherwise
   silently use the last); a boolean one (``?force=``, ``?redirect=``) takes ``true`` or ``false``
-  in any letter case, nothing else (422 ``invalid_boolean``).
+  in any letter case, nothing else (422 ``invalid_boolean``), and an integer one (``?limit=``,
+  ``?after=``) decimal digits only (422 ``invalid_integer``: ``1_0`` was read as 10).
 - **Path parameters** holding NUL cannot name any stored resource: a 404 naming the parameter,
   answered before the value reaches the database (which would refuse it with an error that can
   name no field).
@@ -19,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 import typing
@@ -29,7 +31,14 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from python_multipart.multipart import parse_options_header
 
-from api.errors import InvalidInput, NotFound, UnsupportedMediaType, WordedValidationError, quote
+from api.errors import (
+    InvalidInput,
+    NotFound,
+    UnsupportedMediaType,
+    WordedValidationError,
+    quote,
+    shorten,
+)
 from api.schemas import MAX_LABELS
 
 
@@ -114,13 +123,18 @@ def syntax_error_message(reason: str, document: bytes | str | None, position: in
 
 
 def parse_json(raw: bytes | str, loc: tuple[Any, ...]) -> Any:
-    """Parse ``raw`` as strict JSON (no NaN/Infinity, no NUL or lone surrogates in strings, no
-    key given twice in one object).
+    """Parse ``raw`` as strict JSON (UTF-8 bytes, no NaN/Infinity, no NUL or lone surrogates in
+    strings, no key given twice in one object).
 
     Raises:
         WordedValidationError: (422) located at ``loc``.
     """
     try:
+        if isinstance(raw, bytes):
+            # json.loads guesses UTF-16 and UTF-32 from a bytes document's first bytes, so such
+            # a body was read; JSON between systems is UTF-8 (RFC 8259 §8.1), as this API says
+            # it takes. A leading byte order mark may be ignored (ibid.): "utf-8-sig" drops it.
+            raw = raw.decode("utf-8-sig")
         value = json.loads(raw, parse_constant=_reject_constant,
                            object_pairs_hook=_JsonObject.from_pairs)
     except json.JSONDecodeError as exc:
@@ -183,10 +197,19 @@ def _is_boolean(annotation: Any) -> bool:
     return annotation is bool
 
 
+def _is_integer(annotation: Any) -> bool:
+    # int, int | None: a count or an id (``limit``, ``after``).
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return len(args) == 1 and _is_integer(args[0])
+    return annotation is int
+
+
 class _QueryParams(typing.NamedTuple):
     accepted: frozenset[str]
     repeatable: frozenset[str]
     boolean: frozenset[str]
+    integer: frozenset[str]
 
 
 def _query_params_of(route: APIRoute) -> _QueryParams:
@@ -196,6 +219,7 @@ def _query_params_of(route: APIRoute) -> _QueryParams:
     names: set[str] = set()
     repeatable: set[str] = set()
     boolean: set[str] = set()
+    integer: set[str] = set()
     pending: list[Dependant] = [route.dependant]
     while pending:
         dependant = pending.pop()
@@ -205,8 +229,11 @@ def _query_params_of(route: APIRoute) -> _QueryParams:
                 repeatable.add(field.alias)
             if _is_boolean(field.field_info.annotation):
                 boolean.add(field.alias)
+            if _is_integer(field.field_info.annotation):
+                integer.add(field.alias)
         pending.extend(dependant.dependencies)
-    return _QueryParams(frozenset(names), frozenset(repeatable), frozenset(boolean))
+    return _QueryParams(frozenset(names), frozenset(repeatable), frozenset(boolean),
+                        frozenset(integer))
 
 
 #: The words a boolean query parameter takes, in any letter case (Python's ``requests`` sends
@@ -222,13 +249,28 @@ def _check_boolean(name: str, value: str) -> None:
                            details={"accepted": list(BOOLEAN_WORDS)})
 
 
+#: How an integer query parameter is written: ASCII digits, a minus sign allowed (the route's
+#: range then names the bound). Pydantic alone also read "1_0" as 10, and " 1", "+1" and "1.0"
+#: as 1, so a value mangled on its way (a template, a float formatted) was used as a guess.
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _check_integer(name: str, value: str) -> None:
+    if not _INTEGER.fullmatch(value):
+        # Worded as the other 422s on what was sent ("got the text ...").
+        sent = json.dumps(shorten(value, 40), ensure_ascii=False)
+        raise InvalidInput(f"the query parameter {quote(name)} takes a whole number in decimal "
+                           f"digits (like 20); got the text {sent}", field=name,
+                           code="invalid_integer")
+
+
 #: How many times a parameter that may repeat (``status``, ``label``, ``expand``) may be given:
 #: a job has at most MAX_LABELS labels, so more label conditions than that can match no job.
 MAX_REPEATED_VALUES = MAX_LABELS
 
 
 def _check_query_params(request: Request, route: APIRoute) -> None:
-    accepted, repeatable, boolean = _query_params_of(route)
+    accepted, repeatable, boolean, integer = _query_params_of(route)
     for name in dict.fromkeys(request.query_params.keys()):
         if name not in accepted:
             raise InvalidInput(
@@ -252,9 +294,11 @@ def _check_query_params(request: Request, route: APIRoute) -> None:
         if count > 1 and name not in repeatable:
             raise InvalidInput(f"the query parameter {quote(name)} is given {count} times; it "
                                "takes one value", field=name, code="repeated_parameter")
-        if name in boolean:
-            for value in values:
+        for value in values:
+            if name in boolean:
                 _check_boolean(name, value)
+            elif name in integer:
+                _check_integer(name, value)
 
 
 async def check_request_input(request: Request) -> None:

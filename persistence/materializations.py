@@ -97,8 +97,10 @@ def canonical_alpha(alpha: float) -> float:
 
     Without it the row kept the α of whichever request came first, and a later request that
     named the same artifact (0.3 after 0.3000001) got weights made at an α it did not ask for,
-    with no sign of it."""
-    return float(f"{alpha:.{ALPHA_DIGITS}g}")
+    with no sign of it. Negative zero is zero: ``-0.0`` (a valid JSON number, within α's
+    range) was a second materialization of θ_0, named ``tuned@-0.safetensors``."""
+    # Adding 0.0 turns -0.0 into 0.0 and leaves every other number as it is (IEEE 754).
+    return float(f"{alpha:.{ALPHA_DIGITS}g}") + 0.0
 
 
 def artifact_name(alpha: float) -> str:

@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 
 from api.auth import Caller
 from api.byte_ranges import MAX_RANGES, MultipartRanges, parse_ranges
-from api.conditional import http_date, is_not_modified, range_allowed
+from api.conditional import failed_precondition, http_date, is_not_modified, range_allowed
 from api.deps import CallerDep, SessionDep, SettingsDep, StoreDep
-from api.errors import Conflict, NotFound
+from api.errors import Conflict, NotFound, PreconditionFailed, quote
 from api.routes.jobs import job_link, load_job
 from api.schemas import (
     ArtifactListOut,
@@ -184,7 +184,8 @@ def _missing_artifact(session: Session, job: Job, name: str) -> NotFound | Confl
         f"several ranges in one header, at most {MAX_RANGES} (206 multipart/byteranges, one "
         "part per range, overlapping or adjacent ranges merged; more ranges, or any "
         "malformed one: the whole file, 200) under 'If-Range' (strong ETag or the "
-        "Last-Modified date), and 'If-None-Match' / 'If-Modified-Since' (304). A missing "
+        "Last-Modified date), 'If-Match' / 'If-Unmodified-Since' (412 when the file is "
+        "another) and 'If-None-Match' / 'If-Modified-Since' (304). A missing "
         "artifact: 404 if the job succeeded, else 409 job_not_succeeded naming its status. "
         "With the S3 store and ?redirect=true (default: S3_REDIRECT_DOWNLOADS), answers 307 "
         "to a short-lived presigned URL instead; a request for several ranges is streamed "
@@ -200,6 +201,7 @@ def _missing_artifact(session: Session, job: Job, name: str) -> NotFound | Confl
                304: {"description": "Not modified"},
                307: {"description": "Presigned URL"},
                409: {"description": "The job has not succeeded (its status named)"},
+               412: {"description": "If-Match or If-Unmodified-Since not met"},
                416: {"description": "Range not satisfiable"}},
 )
 def download_artifact(
@@ -226,7 +228,14 @@ def download_artifact(
         # Names are plain ASCII (_ARTIFACT_NAME), so the quoted form needs no escaping.
         "Content-Disposition": f'attachment; filename="{artifact.name}"',
     }
-    # Before the redirect too: a client holding the current copy needs neither URL nor bytes.
+    # Before the redirect too: a client holding the current copy needs neither URL nor bytes,
+    # and one asking for another file's bytes must get neither.
+    failed = failed_precondition(request.headers, etag=etag, last_modified=artifact.created_at)
+    if failed is not None:
+        raise PreconditionFailed(
+            f"the artifact {quote(artifact.name)} does not meet the request's {failed} "
+            f"(its ETag is {etag}, Last-Modified {headers['Last-Modified']})", field=failed,
+            headers={"ETag": etag, "Last-Modified": headers["Last-Modified"]})
     if is_not_modified(request.headers, etag=etag, last_modified=artifact.created_at):
         return Response(status_code=304, headers=headers)
     range_header = (request.headers.get("range")

@@ -113,7 +113,11 @@ def materialize(job_id: str, body: MaterializeIn, response: Response, session: S
             raise ServiceUnavailable(f"{exc}; retry later", code="broker_unavailable") from exc
     else:
         response.status_code = 200
-    return materialization_out(requested.row)
+    out = materialization_out(requested.row)
+    # Where to follow it (RFC 9110 §15.3.3: a 202 points at the request's status), as
+    # POST /v1/jobs' Location does; it was only in the body's "url".
+    response.headers["Location"] = out.url
+    return out
 
 
 @router.get("/{job_id}/materializations", response_model=MaterializationListOut,

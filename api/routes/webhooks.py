@@ -67,7 +67,7 @@ async def create_webhook(body: WebhookCreate, response: Response, session: Sessi
     replay = await run_in_threadpool(_replayed, session, key)
     if replay is not None:
         response.status_code = 200
-        return _created_out(replay)
+        return _located(response, _created_out(replay))
     allow = AllowList.parse(settings.webhook_allow_list)
     try:
         # Resolving the host blocks: off the event loop.
@@ -88,8 +88,15 @@ async def create_webhook(body: WebhookCreate, response: Response, session: Sessi
         if replay is None:
             raise
         response.status_code = 200
-        return _created_out(replay)
-    return _created_out(endpoint)
+        return _located(response, _created_out(replay))
+    return _located(response, _created_out(endpoint))
+
+
+def _located(response: Response, created: WebhookCreatedOut) -> WebhookCreatedOut:
+    """``created`` with the ``Location`` of its endpoint, as the other creating routes answer
+    (a generic client follows a 201's ``Location``; this route sent none)."""
+    response.headers["Location"] = f"/v1/webhooks/{created.id}"
+    return created
 
 
 def _registration_key(project_id: str, key: str | None,

@@ -226,6 +226,29 @@ def test_conditional_downloads(api: Api, job_id: str) -> None:
         response = api.client.get(url, headers={"Range": "bytes=10-19", "If-Range": if_range})
         assert response.status_code == status, if_range
         assert response.content == (PAYLOAD[10:20] if status == 206 else PAYLOAD)
+    # If-Match / If-Unmodified-Since (RFC 9110 13.1.1, 13.1.4): a client resuming the file it
+    # began gets 412 naming the header if the name now holds another file. Before: ignored,
+    # 200 (or 206) with the other file's bytes.
+    for headers, field in [({"If-Match": '"other"'}, "If-Match"),
+                           ({"If-Match": f"W/{etag}"}, "If-Match"),  # compared strongly
+                           ({"If-Match": '"other"', "Range": "bytes=10-19"}, "If-Match"),
+                           ({"If-Unmodified-Since": earlier}, "If-Unmodified-Since")]:
+        for method in ("GET", "HEAD"):
+            response = api.client.request(method, url, headers=headers)
+            assert response.status_code == 412, (method, headers)
+            assert response.headers["etag"] == etag
+            if method == "GET":
+                error = error_of(response)
+                assert (error["code"], error["field"]) == ("precondition_failed", field)
+    for headers in [{"If-Match": etag}, {"If-Match": "*"}, {"If-Match": f'"other", {etag}'},
+                    {"If-Unmodified-Since": modified}, {"If-Unmodified-Since": later},
+                    {"If-Unmodified-Since": "not a date"},
+                    # If-Match decides when present: If-Unmodified-Since is then ignored.
+                    {"If-Match": etag, "If-Unmodified-Since": earlier}]:
+        response = api.client.get(url, headers=headers)
+        assert response.status_code == 200 and response.content == PAYLOAD, headers
+    resumed = api.client.get(url, headers={"If-Match": etag, "Range": "bytes=10-19"})
+    assert resumed.status_code == 206 and resumed.content == PAYLOAD[10:20]
 
 
 class DeletingStore(LocalObjectStore):

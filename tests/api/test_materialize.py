@@ -28,6 +28,9 @@ def test_alphas_agreeing_to_six_digits_are_one_materialization_at_the_rounded_al
     assert first.json()["artifact"] == "tuned@0.3.safetensors"
     again = api.client.post(base, json={"alpha": 0.3})
     assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    # Before: no Location (the status to follow was only in the body's "url").
+    assert first.headers["location"] == again.headers["location"] == first.json()["url"] == (
+        f"/v1/jobs/{job_id}/materializations/{first.json()['id']}")
     assert again.json()["alpha"] == 0.3
     other = api.client.post(base, json={"alpha": 0.300001})
     assert other.status_code == 202 and other.json()["alpha"] == 0.300001
@@ -41,6 +44,15 @@ def test_alphas_agreeing_to_six_digits_are_one_materialization_at_the_rounded_al
                           ({"limt": 1}, "limt")):
         refused = api.client.get(path, params=params)
         assert refused.status_code == 422 and error_of(refused)["field"] == field, refused.text
+    zero = api.client.post(base, json={"alpha": 0})
+    assert zero.status_code == 202 and zero.json()["artifact"] == "tuned@0.safetensors"
+    # Before: a second materialization of θ_0, 202 with the artifact "tuned@-0.safetensors".
+    negative_zero = api.client.post(base, content=b'{"alpha": -0.0}',
+                                    headers={"Content-Type": "application/json"})
+    assert negative_zero.status_code == 200, negative_zero.text
+    assert negative_zero.json()["id"] == zero.json()["id"]
+    assert negative_zero.json()["alpha"] == 0.0
+    assert negative_zero.json()["artifact"] == "tuned@0.safetensors"
 
 
 def test_materializations_past_the_pending_limit_are_429_naming_it(

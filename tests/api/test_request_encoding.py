@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import socket
 import zlib
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,69 @@ def test_limits_count_decoded_bytes_and_bad_data_is_named(api: Api) -> None:
                                                        "Content-Encoding"), response.text
 
 
+def first_answer(api: Api, request: bytes) -> tuple[int, bytes]:
+    """The status and body of the first answer to ``request`` sent over a raw socket (an
+    interim 100 Continue counts: it is what the test looks for)."""
+    host, port = api.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            assert chunk, body
+            body += chunk
+    return status, body
+
+
+def test_a_json_body_declared_past_the_limit_is_refused_before_it_is_sent(api: Api) -> None:
+    # curl sends "Expect: 100-continue" for a body over 1 MiB and waits for the answer. Before:
+    # "100 Continue" (uvicorn sends it when the body is first read), then the 413 once 1 MiB
+    # of the body had arrived.
+    _, admin_key = make_key(api.sessions, "ops", ("admin",))
+    for path, key in (("/v1/webhooks", api.key), ("/v1/admin/projects", admin_key),
+                      ("/v1/jobs", api.key)):
+        request = (f"POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {2 * MIB}\r\n"
+                   "Expect: 100-continue\r\nConnection: close\r\n\r\n").encode()
+        status, body = first_answer(api, request)
+        assert status == 413, (path, status)
+        error = json.loads(body)["error"]
+        assert (error["field"], error["limit_bytes"]) == ("body", MIB), (path, error)
+        if path != "/v1/jobs":  # which reads its body itself, and words its own 413
+            assert f"is {2 * MIB} bytes (Content-Length)" in error["message"], (path, error)
+
+
+def test_a_refused_key_is_answered_before_the_body_is_asked_for(api: Api) -> None:
+    # FastAPI reads a JSON body before the key guard runs. Before: "100 Continue", and the 401
+    # or 403 only once the body had been sent.
+    _, reader = make_key(api.sessions, "tests", ("read",))
+    for path in ("/v1/webhooks", "/v1/admin/projects"):
+        for key, status, field in (("rift_0123456789ab_" + "A" * 43, 401, "Authorization"),
+                                   (reader, 403, "Authorization")):
+            request = (f"POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n"
+                       "Content-Type: application/json\r\nContent-Length: 1000\r\n"
+                       "Expect: 100-continue\r\nConnection: close\r\n\r\n").encode()
+            answered, body = first_answer(api, request)
+            assert answered == status, (path, status, answered)
+            assert json.loads(body)["error"]["field"] == field
+    # A key that may: told to go on, and the body is read as ever.
+    request = (f"POST /v1/webhooks HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {api.key}"
+               "\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+               "Expect: 100-continue\r\nConnection: close\r\n\r\n").encode()
+    assert first_answer(api, request)[0] == 100
+    with_body = api.client.post("/v1/webhooks", content=b"{}", headers={
+        "Content-Type": "application/json", "Expect": "100-continue"})
+    assert with_body.status_code == 422 and error_of(with_body)["field"] == "url"
+
+
 def test_other_content_encodings_are_refused_naming_the_header(api: Api) -> None:
     for coding in ("br", "zstd", "gzip, gzip", "compress"):
         for path, content_type in (("/v1/jobs", "application/json"),
@@ -177,6 +241,33 @@ def test_boolean_query_parameters_take_true_or_false(api: Api, small_cnn_file: P
             assert got.status_code == 409, (word, got.text)
         refused = admin.delete("/v1/admin/projects/tests", params={"force": "False"})
         assert error_of(refused)["code"] == "project_has_active_jobs", refused.text
+
+
+def test_integer_query_parameters_take_decimal_digits(api: Api, small_cnn_file: Path) -> None:
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    job = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                            "config": digits_config()}).json()
+    for value in ("1_0", " 1", "1 ", "+1", "1.0", "1e1", "0x1", "\u0661", "ten"):
+        # Before: pydantic read 1_0 as 10 and " 1", "+1", "1.0" as 1 (200).
+        for path, name in (("/v1/jobs", "limit"), (f"/v1/jobs/{job['id']}/events", "after")):
+            response = api.client.get(path, params={name: value})
+            assert response.status_code == 422, (name, value, response.text)
+            error = error_of(response)
+            assert (error["code"], error["field"]) == ("invalid_integer", name), error
+    # Digits pass the check; the route's range still names its bound.
+    assert api.client.get("/v1/jobs", params={"limit": "07"}).status_code == 200
+    below = api.client.get("/v1/jobs", params={"limit": "-1"})
+    assert below.status_code == 422 and "greater than or equal to 1" in below.text
+
+    from api.main import create_app
+    from api.request_input import _query_params_of
+
+    app = create_app(api.settings, session_factory=api.sessions,
+                     dispatcher=RecordingDispatcher(), validator=object())  # type: ignore[arg-type]
+    integers = {(route.path, name) for route in api_routes(app.routes)
+                for name in _query_params_of(route).integer}
+    # Every list's limit and the events' after: found by type, so a new one gets the rule.
+    assert {name for _, name in integers} == {"limit", "after"} and len(integers) >= 6
 
 
 def test_a_streamed_answer_to_a_request_declaring_a_coding_ends(api: Api,

@@ -165,6 +165,10 @@ def test_a_registration_sent_again_under_its_key_returns_the_first_with_its_secr
                             headers={"Idempotency-Key": "hook-1"})
     assert again.status_code == 200, again.text
     assert again.json() == first.json() and again.json()["secret"].startswith("whsec_")
+    # Before: neither answer had a Location (the other creating routes send one).
+    assert first.headers["location"] == again.headers["location"] == (
+        f"/v1/webhooks/{first.json()['id']}")
+    assert api.client.get(first.headers["location"]).json()["url"] == receiver.url
     other = api.client.post("/v1/webhooks", json={"url": receiver.url, "events": ["job.failed"]},
                             headers={"Idempotency-Key": "hook-1"})
     assert other.status_code == 409

@@ -48,6 +48,13 @@ def test_every_route_needs_a_key(api: Api) -> None:
             assert response.json()["error"]["code"] == "unauthorized"
         # A key in the query string is not read either.
         assert anonymous.request(method, path, params={"api_key": api.key}).status_code == 401
+    # Two Authorization headers, the valid key first or last. Before: the first was used (200).
+    for keys in ((api.key, "not-a-key"), ("not-a-key", api.key), (api.key, api.key)):
+        response = httpx.get(f"{api.url}/v1/jobs",
+                             headers=[("Authorization", f"Bearer {key}") for key in keys])
+        assert response.status_code == 401, (keys, response.text)
+        error = response.json()["error"]
+        assert error["field"] == "Authorization" and "2 Authorization headers" in error["message"]
     readyz_once_started(api)  # the validator the API started with itself serves: ready
     for path in OPEN_PATHS | {"/healthz", "/readyz", "/docs", "/openapi.json"}:
         assert anonymous.get(path).status_code == 200, path
@@ -195,5 +202,13 @@ def test_cors_only_for_configured_origins(reliability_settings: Settings,
     response = opened.client.options("/v1/jobs", headers=preflight)
     assert response.headers["access-control-allow-origin"] == "https://console.example"
     assert "access-control-allow-credentials" not in response.headers
+    # A page may revalidate (If-None-Match) and read the ETag. Before: the preflight refused
+    # the header, and the ETag was hidden from the page.
+    revalidating = opened.client.options("/v1/jobs", headers={
+        **preflight, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization, if-none-match"})
+    assert revalidating.status_code == 200, revalidating.text
+    listed = opened.client.get("/v1/jobs", headers={"Origin": "https://console.example"})
+    assert "etag" in listed.headers["access-control-expose-headers"].lower()
     other = opened.client.get("/v1/jobs", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other.headers
