@@ -40,6 +40,12 @@ class CliConfig:
     timeout: float
     upload_timeout: float
     source: Path | None
+    #: Where ``api_url`` and ``api_key`` came from, in words ("RIFT_API_URL", "--api-key",
+    #: "api_url in ~/.config/riftctl/config.toml"); None for a key given nowhere. An error
+    #: about the URL or the key names them: a stale RIFT_API_URL or key left in a shell is
+    #: the usual cause, and the user may not know which of the four places was read.
+    api_url_origin: str = "the default"
+    api_key_origin: str | None = None
 
 
 def config_path(env: Mapping[str, str]) -> tuple[Path | None, bool]:
@@ -90,12 +96,28 @@ def resolve_config(*, url: str | None, api_key: str | None, timeout: float | Non
         source = path
     file_url = data.get("api_url")
     file_key = data.get("api_key")
+    api_url, api_url_origin = _first_given(
+        (url, "--url"), (env.get("RIFT_API_URL"), "RIFT_API_URL"),
+        (file_url if isinstance(file_url, str) else None, f"api_url in {source}"))
+    chosen_key, api_key_origin = _first_given(
+        (api_key, "--api-key"), (env.get("RIFT_API_KEY"), "RIFT_API_KEY"),
+        (file_key if isinstance(file_key, str) else None, f"api_key in {source}"))
     return CliConfig(
-        api_url=url or env.get("RIFT_API_URL") or (file_url if isinstance(file_url, str) else None)
-        or DEFAULT_BASE_URL,
-        api_key=api_key or env.get("RIFT_API_KEY") or (file_key if isinstance(file_key, str) else None),
+        api_url=api_url or DEFAULT_BASE_URL,
+        api_key=chosen_key,
         timeout=timeout or _seconds(data.get("timeout"), DEFAULT_TIMEOUT_S),
         upload_timeout=upload_timeout or _seconds(data.get("upload_timeout"),
                                                   DEFAULT_UPLOAD_TIMEOUT_S),
         source=source,
+        api_url_origin=api_url_origin or f"the default, {DEFAULT_BASE_URL} (no --url, RIFT_API_URL "
+                                          "or api_url in a config file)",
+        api_key_origin=api_key_origin,
     )
+
+
+def _first_given(*candidates: tuple[str | None, str]) -> tuple[str | None, str | None]:
+    """The first value that is set (not None or empty) and where it came from."""
+    for value, origin in candidates:
+        if value:
+            return value, origin
+    return None, None
