@@ -74,6 +74,34 @@ def test_a_path_with_a_trailing_slash_is_a_404_naming_the_path_without_it(api: A
     assert "path_meant" not in unknown and "/docs" in unknown["message"]
 
 
+def test_an_empty_path_segment_names_the_parameter_left_empty(api: Api) -> None:
+    # The README's curl lines with JOB_ID empty (its job refused): before, "use
+    # '/v1/jobs/events'", a path whose job id is "events", and DELETE "use '/v1/jobs'", a 405.
+    cases: list[tuple[str, str, str | None]] = [
+        ("GET", "/v1/jobs//events", "job_id"),
+        ("POST", "/v1/jobs//cancel", "job_id"),
+        ("HEAD", "/v1/jobs//mrc", "job_id"),
+        ("GET", "/v1/jobs//artifacts/tuned.safetensors", "job_id"),
+        ("GET", f"/v1/jobs/{MISSING}/materializations/", None),  # the list: path_meant
+        ("DELETE", "/v1/checkpoints/", "checkpoint_id"),
+        ("DELETE", "/v1/jobs/", "job_id"),
+        ("DELETE", "/v1/webhooks/", "webhook_id"),
+    ]
+    for method, path, field in cases:
+        response = api.client.request(method, path)
+        assert response.status_code == 404, (method, path, response.text)
+        if method == "HEAD" or field is None:
+            continue
+        error = error_of(response)
+        assert (error["code"], error["field"]) == ("not_found", field), (path, response.text)
+        assert "path_meant" not in error and f"{{{field}}}" in error["message"], response.text
+    # A trailing slash on a path that serves the method keeps its path_meant, and says the
+    # parameter could be what is missing.
+    listed = error_of(api.client.get("/v1/jobs/"))
+    assert (listed["field"], listed["path_meant"]) == ("path", "/v1/jobs")
+    assert "or give {job_id}" in listed["message"]
+
+
 def test_deleting_a_built_in_dataset_says_it_is_built_in(api: Api) -> None:
     response = api.client.delete("/v1/datasets/digits")
     assert response.status_code == 404, response.text
