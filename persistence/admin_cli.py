@@ -33,6 +33,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -54,7 +55,7 @@ from persistence.api_keys import (
     revoke_key,
     set_project_limits,
 )
-from persistence.db import session_factory_from_settings
+from persistence.db import normalise_database_url, session_factory_from_settings
 from persistence.deletion import (
     ProjectAlreadyDeleted,
     ProjectHasActiveJobs,
@@ -63,7 +64,7 @@ from persistence.deletion import (
 )
 from persistence.models import ApiKey, Project
 from persistence.records import recount_stored_bytes
-from persistence.schema import SchemaNotCurrent, check_schema
+from persistence.schema import MIGRATE_COMMAND, SchemaNotCurrent, check_schema
 from persistence.settings import Settings, settings_or_exit
 from persistence.usage import ProjectLimits, ProjectUsage, project_usage
 
@@ -346,9 +347,31 @@ def _print(output: Output, form: str) -> None:
         print(output.note, file=sys.stderr)
 
 
+def _missing_sqlite_file(settings: Settings) -> str | None:
+    """Why rift-admin will not open ``DATABASE_URL`` when it names a SQLite file that does not
+    exist, else None. Opening it would make an empty database (and its folder) and then report
+    it never migrated: the usual cause is a shell without the service's DATABASE_URL, where the
+    default ``./var/rift.db`` is relative to whatever folder rift-admin was run in."""
+    url = normalise_database_url(settings.database_url)
+    database = url.database
+    if (url.get_backend_name() != "sqlite" or not database or database == ":memory:"
+            or database.startswith("file:") or Path(database).exists()):
+        return None
+    where = ("DATABASE_URL" if "database_url" in settings.model_fields_set
+             else f"DATABASE_URL is not set: its default, {settings.database_url}, relative to "
+                  f"the current folder")
+    return (f"no database file at {Path(database).resolve()} ({where}): run rift-admin with the "
+            f"service's DATABASE_URL, or make this database with `{MIGRATE_COMMAND}`")
+
+
 def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = settings or settings_or_exit()
+    missing = _missing_sqlite_file(settings)
+    if missing is not None:
+        # Before: an empty var/rift.db made wherever rift-admin ran, then "never migrated".
+        print(f"rift-admin: {missing}", file=sys.stderr)
+        return 1
     factory = session_factory_from_settings(settings)
     try:
         engine = factory.kw.get("bind")
