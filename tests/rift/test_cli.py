@@ -89,6 +89,14 @@ def test_missing_checkpoint_file_is_a_clear_error(tmp_path: Path, capsys) -> Non
     assert "nope.safetensors" in capsys.readouterr().err
 
 
+def test_a_built_in_dataset_without_its_folder_names_the_flag(
+        digits_checkpoint_path: Path, tmp_path: Path, capsys) -> None:
+    code = main(["run", "--checkpoint", str(digits_checkpoint_path), "--arch", "small_cnn",
+                 "--dataset", "cifar10", "--device", "cpu", "--out", str(tmp_path / "out")])
+    # Before: "needs 'root'", a word the command line has no flag for.
+    assert code == 2 and "--data-root" in capsys.readouterr().err
+
+
 def test_checkpoint_folder_and_out_file_are_clear_errors(tmp_path: Path, capsys) -> None:
     (tmp_path / "file").write_text("x")
     code = main(["run", "--checkpoint", str(tmp_path), "--arch", "small_cnn", "--dataset",
