@@ -19,6 +19,7 @@ Exit codes (for CI jobs and scripts):
     3  API error (an error answer, the service unreachable, a checksum mismatch, an answer
        that is not the API's)
     4  ``wait`` gave up: the job was still running when --timeout passed
+    130  interrupted (Ctrl-C): a download keeps its ``.part``, which the next one resumes
 
 Progress bars and messages go to stderr, results to stdout; ``--output json`` prints results as
 JSON (``jobs events``: one JSON object per line) so that scripts can parse them.
@@ -134,8 +135,9 @@ class State:
 
 app = RiftTyper(help="Command line of the RiFT service (Robust Critical Fine-Tuning).",
                   epilog="Exit codes: 0 success, 1 job failed or cancelled, 2 usage error, "
-                  "3 API error (or service unreachable, checksum mismatch), 4 wait timed out. "
-                  "Config file: RIFTCTL_CONFIG or ~/.config/riftctl/config.toml (api_url, "
+                  "3 API error (or service unreachable, checksum mismatch), 4 wait timed out, "
+                  "130 interrupted (a download keeps its .part to resume). Config file: "
+                  "RIFTCTL_CONFIG or ~/.config/riftctl/config.toml (api_url, "
                   "api_key, timeout, upload_timeout).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 checkpoints_app = RiftTyper(help="Upload, list, show and delete checkpoints.",
