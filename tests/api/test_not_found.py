@@ -102,6 +102,16 @@ def test_an_empty_path_segment_names_the_parameter_left_empty(api: Api) -> None:
     assert "or give {job_id}" in listed["message"]
 
 
+def test_a_near_miss_of_a_built_in_dataset_says_which(api: Api) -> None:
+    # `riftctl datasets get cifar`: before, the built-ins listed but none suggested, where
+    # the same word as a job's dataset.name got "did you mean 'cifar10'?".
+    for name, meant in [("cifar", "cifar10"), ("CIFAR-100", "cifar100"), ("Digits", "digits")]:
+        error = error_of(api.client.get(f"/v1/datasets/{name}"))
+        assert (error["code"], error["field"]) == ("dataset_not_found", "dataset_id")
+        assert error["message"].endswith(f"; did you mean '{meant}'?"), error
+    assert "did you mean" not in error_of(api.client.get(f"/v1/datasets/{MISSING}"))["message"]
+
+
 def test_deleting_a_built_in_dataset_says_it_is_built_in(api: Api) -> None:
     response = api.client.delete("/v1/datasets/digits")
     assert response.status_code == 404, response.text
