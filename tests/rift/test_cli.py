@@ -476,3 +476,17 @@ def test_run_names_the_split_of_the_curve_and_of_before_and_after(
     out = capsys.readouterr().out
     assert "alpha    clean    robust  (%, validation split)" in out
     assert "robust 69.33% -> 72.00%   (test split; α = 1, module fc)" in out
+
+
+def test_every_option_of_run_says_what_it_sets() -> None:
+    import argparse
+
+    parser = make_parser()
+    commands = next(action for action in parser._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    run = commands.choices["run"]
+    # Before: --num-classes, --precision and --seed bare, and --out's default unsaid.
+    bare = [action.option_strings for action in run._actions if not action.help]
+    assert bare == [], bare
+    out = next(action for action in run._actions if "--out" in action.option_strings)
+    assert str(out.default) in (out.help or "")
