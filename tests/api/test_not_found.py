@@ -112,6 +112,21 @@ def test_a_near_miss_of_a_built_in_dataset_says_which(api: Api) -> None:
     assert "did you mean" not in error_of(api.client.get(f"/v1/datasets/{MISSING}"))["message"]
 
 
+def test_a_built_in_dataset_given_as_dataset_id_says_to_name_it_in_the_config(
+        api: Api, small_cnn_file: Path) -> None:
+    # `riftctl jobs create --dataset digits` (GET /v1/datasets/digits answers, so it looks like
+    # an id). Before: "no dataset with id 'digits' (upload one with POST /v1/datasets, ...)".
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    response = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                                 "dataset_id": "digits",
+                                                 "config": digits_config()})
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert (error["code"], error["field"]) == ("unknown_dataset", "dataset_id")
+    assert error["message"].startswith("'digits' is a built-in dataset, not an upload: name it "
+                                       "in config.dataset.name and send no dataset_id"), error
+
+
 def test_deleting_a_built_in_dataset_says_it_is_built_in(api: Api) -> None:
     response = api.client.delete("/v1/datasets/digits")
     assert response.status_code == 404, response.text
