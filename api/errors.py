@@ -468,6 +468,12 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
             if empty is not None:
                 message += f", or give {{{empty}}} (an empty variable in the URL?)"
             details["path_meant"] = meant
+        elif (once := _version_given_twice(request)) is not None:
+            # A base URL that ends in /v1 (RIFT_API_URL=http://host:8000/v1): the clients add
+            # /v1 themselves, so every request of theirs was "no route '/v1/v1/jobs'".
+            message = (f"no route {quote(path)}: /v1 is given twice; use {quote(once)} (a "
+                       "client's base URL ends in /v1? give it without: the client adds /v1)")
+            details["path_meant"] = once
         else:
             message = f"no route {quote(path)}: see /docs for the API's paths"
     if exc.status_code == 405 and message == "Method Not Allowed":
@@ -522,6 +528,15 @@ def _empty_parameter(request: Request) -> tuple[str | None, bool]:
                 if names:
                     return names[0], index == len(segments) - 1
     return None, False
+
+
+def _version_given_twice(request: Request) -> str | None:
+    """``/v1/jobs`` for a request to ``/v1/v1/jobs`` when some route serves it, else None."""
+    path = request.url.path
+    if not path.startswith("/v1/v1/"):
+        return None
+    once = path[len("/v1"):]
+    return once if any(_serves(request, once, method) for method in _METHODS) else None
 
 
 def _serves(request: Request, path: str, method: str) -> bool:

@@ -102,6 +102,17 @@ def test_an_empty_path_segment_names_the_parameter_left_empty(api: Api) -> None:
     assert "or give {job_id}" in listed["message"]
 
 
+def test_v1_given_twice_names_the_path_meant(api: Api) -> None:
+    # RIFT_API_URL=http://host:8000/v1: the clients add /v1, so every request went to /v1/v1/...
+    # and was "no route '/v1/v1/jobs': see /docs for the API's paths".
+    for method, path in [("GET", "/v1/v1/jobs"), ("POST", f"/v1/v1/jobs/{MISSING}/cancel")]:
+        error = error_of(api.client.request(method, path))
+        assert (error["code"], error["field"], error["path_meant"]) == (
+            "not_found", "path", path[len("/v1"):]), error
+        assert "/v1 is given twice" in error["message"] and "base URL" in error["message"]
+    assert "path_meant" not in error_of(api.client.get("/v1/v1/nothing"))
+
+
 def test_a_near_miss_of_a_built_in_dataset_says_which(api: Api) -> None:
     # `riftctl datasets get cifar`: before, the built-ins listed but none suggested, where
     # the same word as a job's dataset.name got "did you mean 'cifar10'?".
