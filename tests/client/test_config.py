@@ -82,3 +82,17 @@ def test_it_says_where_the_url_and_the_key_came_from(tmp_path: Path) -> None:
                              env={"XDG_CONFIG_HOME": str(tmp_path), "RIFT_API_URL": ""})
     assert nothing.api_url_origin.startswith(f"the default, {DEFAULT_BASE_URL}")
     assert nothing.api_key_origin is None
+
+
+@pytest.mark.parametrize(("text", "meant"), [
+    ('apikey = "rift_x"\n', "'apikey' → 'api_key'"),
+    ('api-url = "http://h:1"\n', "'api-url' → 'api_url'"),
+    ("upload_timout = 60\n", "'upload_timout' → 'upload_timeout'"),
+])
+def test_a_near_miss_of_a_key_names_the_key_meant(tmp_path: Path, text: str, meant: str) -> None:
+    path = tmp_path / "riftctl.toml"
+    path.write_text(text)
+    # Before: the unknown key and the four known ones, the reader left to compare them.
+    with pytest.raises(ConfigError) as caught:
+        resolve_config(url=None, api_key=None, timeout=None, env={"RIFTCTL_CONFIG": str(path)})
+    assert f"(did you mean {meant}?)" in str(caught.value)

@@ -16,6 +16,7 @@ Keep it readable by you alone (``chmod 600``): it holds a secret.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -67,7 +68,13 @@ def read_config_file(path: Path) -> dict[str, object]:
         raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from exc
     unknown = sorted(set(data) - KNOWN_KEYS)
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {path}; known: "
+        # A near miss (apikey, api-url, upload_timout) is named: ignoring it, as before this
+        # check, sent no key, and a list of four names still left the reader to compare.
+        guesses = [f"{key!r} → {guess[0]!r}" for key in unknown
+                   if (guess := difflib.get_close_matches(key.replace("-", "_").lower(),
+                                                          sorted(KNOWN_KEYS), n=1, cutoff=0.75))]
+        meant = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {path}{meant}; known: "
                           f"{', '.join(sorted(KNOWN_KEYS))}")
     for key in ("api_url", "api_key"):
         if key in data and not isinstance(data[key], str):
