@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, compile_path
 
 from persistence.deletion import (
     ProjectAlreadyDeleted,
@@ -459,11 +459,29 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404 and message == "Not Found":
         path = request.url.path
         meant = _path_meant(request)
-        if meant is not None:
+        empty, last = _empty_parameter(request)
+        # A trailing slash on a path that serves the method is most likely a slip (GET
+        # /v1/jobs/); an empty segment inside the path never is.
+        slip = last and meant is not None and _serves(request, meant, request.method)
+        if empty is not None and not slip:
+            # `$RIFT/v1/jobs/$JOB_ID/events` with JOB_ID unset: collapsing the slashes gave
+            # /v1/jobs/events, an id of "events"; name the parameter left empty instead.
+            message = (f"no route {quote(path)}: its path has an empty segment where "
+                       f"{{{empty}}} goes (an empty variable in the URL?)")
+            field = empty
+        elif meant is not None:
             # No redirect (see create_app): name the path that exists instead.
             message = (f"no route {quote(path)}: the API's paths have no trailing or doubled "
                        f"slash; use {quote(meant)}")
+            if empty is not None:
+                message += f", or give {{{empty}}} (an empty variable in the URL?)"
             details["path_meant"] = meant
+        elif (once := _version_given_twice(request)) is not None:
+            # A base URL that ends in /v1 (RIFT_API_URL=http://host:8000/v1): the clients add
+            # /v1 themselves, so every request of theirs was "no route '/v1/v1/jobs'".
+            message = (f"no route {quote(path)}: /v1 is given twice; use {quote(once)} (a "
+                       "client's base URL ends in /v1? give it without: the client adds /v1)")
+            details["path_meant"] = once
         else:
             message = f"no route {quote(path)}: see /docs for the API's paths"
     if exc.status_code == 405 and message == "Method Not Allowed":
@@ -489,6 +507,49 @@ def _path_meant(request: Request) -> str | None:
         if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
             return meant
     return None
+
+
+#: Put in an empty path segment to learn which path parameter it stands for: no id has it.
+_EMPTY_SEGMENT = "rift-empty-segment"
+
+
+def _empty_parameter(request: Request) -> tuple[str | None, bool]:
+    """The path parameter an empty segment of the request's path stands where, when the path
+    with that segment filled is a route of the request's method (``/v1/jobs//events`` and
+    ``DELETE /v1/jobs/``: job_id), and whether that segment is the last. Else (None, False)."""
+    segments = request.url.path.split("/")
+    for index in range(1, len(segments)):
+        if segments[index]:
+            continue
+        filled = "/".join([*segments[:index], _EMPTY_SEGMENT, *segments[index + 1:]])
+        # The schema's path templates, not the router: FastAPI nests included routers in
+        # private classes whose matches do not expose the path parameters.
+        method = "get" if request.method == "HEAD" else request.method.lower()
+        for template, operations in request.app.openapi()["paths"].items():
+            if method not in operations:
+                continue
+            regex, _, _ = compile_path(template)
+            found = regex.match(filled)
+            if found is not None:
+                names = [name for name, value in found.groupdict().items()
+                         if value == _EMPTY_SEGMENT]
+                if names:
+                    return names[0], index == len(segments) - 1
+    return None, False
+
+
+def _version_given_twice(request: Request) -> str | None:
+    """``/v1/jobs`` for a request to ``/v1/v1/jobs`` when some route serves it, else None."""
+    path = request.url.path
+    if not path.startswith("/v1/v1/"):
+        return None
+    once = path[len("/v1"):]
+    return once if any(_serves(request, once, method) for method in _METHODS) else None
+
+
+def _serves(request: Request, path: str, method: str) -> bool:
+    scope = {**request.scope, "path": path, "method": method}
+    return any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes)
 
 
 def allowed_methods(request: Request) -> list[str]:

@@ -63,6 +63,12 @@ def unknown_checkpoint(checkpoint_id: str) -> InvalidInput:
 
 def unknown_dataset(dataset_id: str) -> InvalidInput:
     """The 422 for a job naming a dataset the caller's project does not have."""
+    if dataset_id in BUILTIN_CLASSES:
+        # `riftctl jobs create --dataset digits`: GET /v1/datasets/digits answers, so a
+        # built-in looks like an id; it is chosen by the config alone.
+        return InvalidInput(f"'{dataset_id}' is a built-in dataset, not an upload: name it in "
+                            f"config.dataset.name and send no dataset_id", field="dataset_id",
+                            code="unknown_dataset")
     return InvalidInput(f"no dataset with id '{dataset_id}' (upload one with POST "
                         "/v1/datasets, or use a built-in name in config.dataset.name)",
                         field="dataset_id", code="unknown_dataset")

@@ -33,6 +33,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -54,7 +55,7 @@ from persistence.api_keys import (
     revoke_key,
     set_project_limits,
 )
-from persistence.db import session_factory_from_settings
+from persistence.db import normalise_database_url, session_factory_from_settings
 from persistence.deletion import (
     ProjectAlreadyDeleted,
     ProjectHasActiveJobs,
@@ -63,7 +64,7 @@ from persistence.deletion import (
 )
 from persistence.models import ApiKey, Project
 from persistence.records import recount_stored_bytes
-from persistence.schema import SchemaNotCurrent, check_schema
+from persistence.schema import MIGRATE_COMMAND, SchemaNotCurrent, check_schema
 from persistence.settings import Settings, settings_or_exit
 from persistence.usage import ProjectLimits, ProjectUsage, project_usage
 
@@ -85,14 +86,24 @@ def _refuse_whole_key(session: Session, given: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rift-admin", description="Projects and API keys.")
+    # The help says what a first run needs: the service's DATABASE_URL (else ./var/rift.db
+    # here), and the exit codes scripts branch on.
+    parser = argparse.ArgumentParser(
+        prog="rift-admin", description="Projects and API keys of a RiFT service, written "
+        "straight to its database: run with the service's settings in the environment "
+        "(DATABASE_URL; default sqlite:///./var/rift.db, relative to the current folder).",
+        epilog="Exit codes: 0 done, 1 the database cannot be reached or is not migrated, "
+        "2 a refused request (nothing changed). --output json on any command: one JSON "
+        "document on stdout.")
     groups = parser.add_subparsers(dest="group", required=True)
     # Every command takes --output, after its other arguments as scripts write them.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--output", choices=["text", "json"], default="text",
                         help="json: one JSON document on stdout, for scripts (default: text)")
 
-    projects = groups.add_parser("projects", help="projects").add_subparsers(
+    projects = groups.add_parser(
+        "projects", help="create, list and delete projects; their limits, usage and stored bytes"
+    ).add_subparsers(
         dest="command", required=True)
     create = projects.add_parser("create", help="create a project", parents=[common])
     create.add_argument("name")
@@ -110,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument("name")
     for limit in LIMIT_MAXIMA:
         limits.add_argument(f"--{limit.replace('_', '-')}", dest=limit, type=_limit_value,
-                            metavar="N|default")
+                            metavar="N|default",
+                            help=f"'default': back to DEFAULT_{limit.upper()}")
 
     usage = projects.add_parser(
         "usage", help="a project's usage against its limits, as GET /v1/usage and the quota "
@@ -133,19 +145,21 @@ def _parser() -> argparse.ArgumentParser:
                         help="revoke its keys and cancel its jobs first, waiting up to "
                         "PROJECT_DELETE_WAIT_SECONDS for them to stop")
 
-    keys = groups.add_parser("keys", help="API keys").add_subparsers(dest="command",
-                                                                      required=True)
+    keys = groups.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
+        dest="command", required=True)
     key_create = keys.add_parser("create", help="create a key; prints it alone on stdout",
                                  parents=[common])
-    key_create.add_argument("--project", required=True)
+    key_create.add_argument("--project", required=True,
+                            help="the project the key acts for (made when missing, said on "
+                            "stderr)")
     key_create.add_argument("--scope", action="append", choices=[s.value for s in Scope],
                             help="repeat for several (default: read and write)")
     key_create.add_argument("--name", help="a label for the key")
     key_list = keys.add_parser("list", help="list keys (never their secrets)", parents=[common])
-    key_list.add_argument("--project")
+    key_list.add_argument("--project", help="this project's keys only (default: all)")
     revoke = keys.add_parser("revoke", help="revoke a key by its id (again: exit 0)",
                              parents=[common])
-    revoke.add_argument("key_id")
+    revoke.add_argument("key_id", help="the key's id: the first column of `keys list`")
     return parser
 
 
@@ -346,9 +360,31 @@ def _print(output: Output, form: str) -> None:
         print(output.note, file=sys.stderr)
 
 
+def _missing_sqlite_file(settings: Settings) -> str | None:
+    """Why rift-admin will not open ``DATABASE_URL`` when it names a SQLite file that does not
+    exist, else None. Opening it would make an empty database (and its folder) and then report
+    it never migrated: the usual cause is a shell without the service's DATABASE_URL, where the
+    default ``./var/rift.db`` is relative to whatever folder rift-admin was run in."""
+    url = normalise_database_url(settings.database_url)
+    database = url.database
+    if (url.get_backend_name() != "sqlite" or not database or database == ":memory:"
+            or database.startswith("file:") or Path(database).exists()):
+        return None
+    where = ("DATABASE_URL" if "database_url" in settings.model_fields_set
+             else f"DATABASE_URL is not set: its default, {settings.database_url}, relative to "
+                  f"the current folder")
+    return (f"no database file at {Path(database).resolve()} ({where}): run rift-admin with the "
+            f"service's DATABASE_URL, or make this database with `{MIGRATE_COMMAND}`")
+
+
 def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = settings or settings_or_exit()
+    missing = _missing_sqlite_file(settings)
+    if missing is not None:
+        # Before: an empty var/rift.db made wherever rift-admin ran, then "never migrated".
+        print(f"rift-admin: {missing}", file=sys.stderr)
+        return 1
     factory = session_factory_from_settings(settings)
     try:
         engine = factory.kw.get("bind")

@@ -449,18 +449,21 @@ def make_parser() -> argparse.ArgumentParser:
                      "state_dict_ema or model.state_dict (sets checkpoint_entry)")
     run.add_argument("--config", help="JSON file with a RiftConfig (flags override it)")
     run.add_argument("--arch", help="architecture name, e.g. resnet18")
-    run.add_argument("--num-classes", type=int)
+    run.add_argument("--num-classes", type=int,
+                     help="the model's output classes (architecture.num_classes; default 10)")
     run.add_argument("--dataset", help="cifar10, cifar100, svhn, mnist, digits, npz, imagefolder")
     run.add_argument("--data-root", help="data directory for built-in datasets")
     run.add_argument("--data-path", help="file or folder for npz / imagefolder")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    run.add_argument("--precision", choices=["fp32", "bf16"])
-    run.add_argument("--seed", type=int)
+    run.add_argument("--precision", choices=["fp32", "bf16"],
+                     help="arithmetic of the run (precision; default fp32)")
+    run.add_argument("--seed", type=int, help="seed of every random choice (seed; default 0)")
     run.add_argument("--set", action="append", type=_parse_override, metavar="KEY=VALUE",
                      help="override any config field, e.g. --set mrc.steps=5 (JSON values; an "
                      "object is merged into the section)")
     run.add_argument("--out", default="rift-output",
-                     help="output folder; a run with the same checkpoint, dataset and config "
+                     help="output folder (default: rift-output); a run with the same "
+                     "checkpoint, dataset and config "
                      "resumes from the stages saved there, any other run is refused")
     run.add_argument("--fresh", action="store_true",
                      help="delete the stage outputs already in --out and start over")

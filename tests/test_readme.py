@@ -289,3 +289,62 @@ def test_every_curl_example_names_a_served_route(app: FastAPI) -> None:
             f"README: {method} {found.group(1)} is not a route of the app ({line.strip()[:100]})"
         checked += 1
     assert checked >= 12, checked
+
+
+_DEFAULT = re.compile(r"`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)` \(([^)]*)\)")
+_UNITS = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "h": 3600, "s": 1}
+
+
+def _documented_default(text: str) -> object:
+    """The default a Settings-table parenthesis states, or ``...`` where it states none: a
+    leading `quoted` value (the first of `choices`\\|`listed`), else its first words, up to
+    ``;``, ``:``, ``,`` or ``|``, as a number with an optional unit (`2 GiB`, `6 h`, `1e9`,
+    `0 = keep`), true/false, or empty/unset."""
+    quoted = re.match(r"`([^`]*)`(?:$|;|\\\|)", text)  # `value`, `value`; ..., `choice`\|`other`
+    if quoted:
+        return quoted.group(1)
+    head = re.split(r"[;:,|]", text, maxsplit=1)[0].strip()
+    if head in ("true", "false"):
+        return head == "true"
+    if head in ("unset", "empty"):
+        return None
+    number = re.fullmatch(r"(\d+(?:\.\d+)?(?:e\d+)?)(?: (KiB|MiB|GiB|h|s))?(?: = \w+| per \w+"
+                          r"| passed .*| of it)?", head)
+    if number:
+        return float(number.group(1)) * _UNITS.get(number.group(2) or "s", 1)
+    return ...
+
+
+def test_settings_table_defaults_are_the_codes() -> None:
+    # A default in the table that the code no longer has (a limit raised, a unit changed) sends
+    # an operator tuning the wrong number; the table states most defaults in parentheses.
+    checked = 0
+    for name, text in _DEFAULT.findall(_section(README, "## Settings")):
+        stated = _documented_default(text)
+        field = Settings.model_fields.get(name.lower())
+        if stated is ... or field is None:
+            continue
+        actual = field.get_default(call_default_factory=True)
+        if stated is None:
+            assert actual in (None, ""), f"README: {name} ({text}); the code's default is {actual!r}"
+        elif isinstance(stated, bool) or isinstance(actual, bool):
+            assert actual is stated, f"README: {name} ({text}); the code's default is {actual!r}"
+        elif isinstance(stated, float):
+            assert float(actual) == stated, f"README: {name} ({text}); the code's default is {actual!r}"
+        else:
+            assert str(actual) == stated, f"README: {name} ({text}); the code's default is {actual!r}"
+        checked += 1
+    assert checked >= 40, checked
+
+
+def test_routes_section_names_every_query_parameter_and_only_those(app: FastAPI) -> None:
+    # A query parameter renamed in the code (`?kind=` for `?format=`) or one the README invents
+    # is a 422 `unknown_parameter` for whoever copies it.
+    served = {parameter["name"] for operations in app.openapi()["paths"].values()
+              for operation in operations.values()
+              for parameter in operation.get("parameters", []) if parameter["in"] == "query"}
+    section = _section(README, "## Routes")
+    named = set(re.findall(r"[`?&]([a-z_]+)=", section))
+    assert named - served == set(), "query parameters in the README's Routes, served by no route"
+    mentioned = set(re.findall(r"`\??([a-z_]+)=?[^`]*`", section))
+    assert served - mentioned == set(), "query parameters of the app the Routes section omits"

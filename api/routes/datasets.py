@@ -24,6 +24,7 @@ from api.services.upload_flow import DATASET_UPLOADS, FILE_FIELD, UploadServices
 from api.services.upload_records import dataset_out, list_datasets_for
 from api.uploads import RawFilename, upload_request_body
 from persistence.models import Dataset, DatasetKind
+from rift.setting_names import closest_choice
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -92,8 +93,12 @@ def read_dataset(dataset_id: str, session: SessionDep, caller: CallerDep) -> Dat
                           num_classes=BUILTIN_CLASSES[dataset_id])
     row = find_owned(session, Dataset, caller.project_id, dataset_id)
     if row is None:
+        # A near miss of a built-in name (`cifar`, `CIFAR-10`) is told which one, as the
+        # config's dataset.name is in POST /v1/jobs.
+        guess = closest_choice(dataset_id, list(BUILTIN_GEOMETRY))
+        meant = f"; did you mean {guess!r}?" if guess is not None else ""
         raise NotFound(f"no dataset with id '{dataset_id[:64]}' (built-in: "
-                       f"{', '.join(BUILTIN_GEOMETRY)})", field="dataset_id",
+                       f"{', '.join(BUILTIN_GEOMETRY)}){meant}", field="dataset_id",
                        code="dataset_not_found")
     return dataset_out(row)
 

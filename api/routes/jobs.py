@@ -195,8 +195,12 @@ def _labels(values: list[str]) -> dict[str, str]:
     for value in values:
         key, sep, wanted = value.partition(":")
         if not sep or not _LABEL_KEY.fullmatch(key):
+            # riftctl and the job's labels write key=value; the query says key:value.
+            alike = value.replace("=", ":", 1)
+            hint = (f"; did you mean {quote(alike)}?" if "=" in value and ":" not in value
+                    and _LABEL_KEY.fullmatch(alike.partition(":")[0]) else "")
             raise InvalidInput(f"label filter {quote(value)} must be key:value with a key of letters, "
-                               "digits and _ . - /", field="label")
+                               f"digits and _ . - /{hint}", field="label")
         if len(wanted) > 255 or any(ord(c) < 32 or ord(c) == 127 for c in wanted):
             raise InvalidInput("a label value is at most 255 printable characters",
                                field="label")

@@ -33,7 +33,9 @@ def _torchvision_datasets():  # type: ignore[no-untyped-def]
 
 def _root(spec: DatasetSpec) -> Path:
     if not spec.root:
-        raise DatasetError(f"dataset '{spec.name}' needs 'root', the folder that holds its files")
+        # Named as each reader gives it: `python -m rift run` has no flag called 'root'.
+        raise DatasetError(f"dataset '{spec.name}' needs 'root' (dataset.root; --data-root of "
+                           "`python -m rift run`), the folder that holds its files")
     return Path(spec.root)
 
 

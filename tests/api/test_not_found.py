@@ -74,6 +74,70 @@ def test_a_path_with_a_trailing_slash_is_a_404_naming_the_path_without_it(api: A
     assert "path_meant" not in unknown and "/docs" in unknown["message"]
 
 
+def test_an_empty_path_segment_names_the_parameter_left_empty(api: Api) -> None:
+    # The README's curl lines with JOB_ID empty (its job refused): before, "use
+    # '/v1/jobs/events'", a path whose job id is "events", and DELETE "use '/v1/jobs'", a 405.
+    cases: list[tuple[str, str, str | None]] = [
+        ("GET", "/v1/jobs//events", "job_id"),
+        ("POST", "/v1/jobs//cancel", "job_id"),
+        ("HEAD", "/v1/jobs//mrc", "job_id"),
+        ("GET", "/v1/jobs//artifacts/tuned.safetensors", "job_id"),
+        ("GET", f"/v1/jobs/{MISSING}/materializations/", None),  # the list: path_meant
+        ("DELETE", "/v1/checkpoints/", "checkpoint_id"),
+        ("DELETE", "/v1/jobs/", "job_id"),
+        ("DELETE", "/v1/webhooks/", "webhook_id"),
+    ]
+    for method, path, field in cases:
+        response = api.client.request(method, path)
+        assert response.status_code == 404, (method, path, response.text)
+        if method == "HEAD" or field is None:
+            continue
+        error = error_of(response)
+        assert (error["code"], error["field"]) == ("not_found", field), (path, response.text)
+        assert "path_meant" not in error and f"{{{field}}}" in error["message"], response.text
+    # A trailing slash on a path that serves the method keeps its path_meant, and says the
+    # parameter could be what is missing.
+    listed = error_of(api.client.get("/v1/jobs/"))
+    assert (listed["field"], listed["path_meant"]) == ("path", "/v1/jobs")
+    assert "or give {job_id}" in listed["message"]
+
+
+def test_v1_given_twice_names_the_path_meant(api: Api) -> None:
+    # RIFT_API_URL=http://host:8000/v1: the clients add /v1, so every request went to /v1/v1/...
+    # and was "no route '/v1/v1/jobs': see /docs for the API's paths".
+    for method, path in [("GET", "/v1/v1/jobs"), ("POST", f"/v1/v1/jobs/{MISSING}/cancel")]:
+        error = error_of(api.client.request(method, path))
+        assert (error["code"], error["field"], error["path_meant"]) == (
+            "not_found", "path", path[len("/v1"):]), error
+        assert "/v1 is given twice" in error["message"] and "base URL" in error["message"]
+    assert "path_meant" not in error_of(api.client.get("/v1/v1/nothing"))
+
+
+def test_a_near_miss_of_a_built_in_dataset_says_which(api: Api) -> None:
+    # `riftctl datasets get cifar`: before, the built-ins listed but none suggested, where
+    # the same word as a job's dataset.name got "did you mean 'cifar10'?".
+    for name, meant in [("cifar", "cifar10"), ("CIFAR-100", "cifar100"), ("Digits", "digits")]:
+        error = error_of(api.client.get(f"/v1/datasets/{name}"))
+        assert (error["code"], error["field"]) == ("dataset_not_found", "dataset_id")
+        assert error["message"].endswith(f"; did you mean '{meant}'?"), error
+    assert "did you mean" not in error_of(api.client.get(f"/v1/datasets/{MISSING}"))["message"]
+
+
+def test_a_built_in_dataset_given_as_dataset_id_says_to_name_it_in_the_config(
+        api: Api, small_cnn_file: Path) -> None:
+    # `riftctl jobs create --dataset digits` (GET /v1/datasets/digits answers, so it looks like
+    # an id). Before: "no dataset with id 'digits' (upload one with POST /v1/datasets, ...)".
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    response = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                                 "dataset_id": "digits",
+                                                 "config": digits_config()})
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert (error["code"], error["field"]) == ("unknown_dataset", "dataset_id")
+    assert error["message"].startswith("'digits' is a built-in dataset, not an upload: name it "
+                                       "in config.dataset.name and send no dataset_id"), error
+
+
 def test_deleting_a_built_in_dataset_says_it_is_built_in(api: Api) -> None:
     response = api.client.delete("/v1/datasets/digits")
     assert response.status_code == 404, response.text

@@ -241,6 +241,18 @@ def test_query_parameters_must_be_known_and_single_valued(api: Api, small_cnn_fi
     assert raw.status_code == 201 and raw.json()["filename"] == "mine.safetensors", raw.text
 
 
+def test_a_label_filter_written_key_equals_value_suggests_key_colon_value(api: Api) -> None:
+    # riftctl's --label and a job's labels read team=vision; the query says team:vision.
+    # Before: "must be key:value ..." without the filter it meant.
+    response = api.client.get("/v1/jobs", params={"label": "team=vision"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == "label"
+    assert error["message"].endswith("; did you mean 'team:vision'?"), error
+    plain = api.client.get("/v1/jobs", params={"label": "team"}).json()["error"]["message"]
+    assert "did you mean" not in plain
+
+
 def test_a_key_can_be_made_without_a_body(api: Api) -> None:
     # Before: 422 "body: Field required", although every field of the body has a default.
     _, admin_key = make_key(api.sessions, "ops", ("admin",))

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.client.helpers import ScriptedReply, ScriptedServer, run_riftctl
 
 SHA = "8f3933a72a18903895fbf0c4e9a084c4f289bb3f79447fb546f8acdb2fab99f8"
@@ -315,3 +317,37 @@ def test_jobs_get_and_usage_show_the_compute_estimate_and_its_limit(tmp_path: Pa
         assert "max_job_gflop: 1000000000 GFLOP" in limits.stdout
     finally:
         server.stop()
+
+
+def test_a_refused_url_names_where_riftctl_read_it(tmp_path: Path) -> None:
+    # Before: "check the URL (riftctl --url, RIFT_API_URL or the config file's api_url)": all
+    # four places listed, the one read not named (a stale RIFT_API_URL left in the shell).
+    from_env = run_riftctl(["jobs", "list"], url="http://127.0.0.1:9", api_key="rift_test",
+                           home=tmp_path)
+    assert from_env.exit_code == 3
+    assert "the URL came from RIFT_API_URL" in _flat(from_env.stderr), from_env.stderr
+    config = tmp_path / "riftctl.toml"
+    config.write_text('api_url = "http://127.0.0.1:9"\n')
+    from_file = run_riftctl(["-o", "json", "jobs", "list"], url=None, api_key="rift_test",
+                            home=tmp_path, env={"RIFTCTL_CONFIG": str(config)})
+    error = json.loads(from_file.stderr)["error"]
+    assert error["code"] == "connection_error" and error["hint"] == f"the URL came from api_url in {config}"
+
+
+@pytest.mark.parametrize(("api_key", "hint"), [
+    (None, "riftctl sent no API key: set RIFT_API_KEY, give --api-key or put api_key in the "
+           "config file"),
+    ("rift_revoked_key", "the key sent came from RIFT_API_KEY"),
+])
+def test_a_401_says_which_key_was_sent_or_how_to_give_one(api_key: str | None, hint: str,
+                                                          tmp_path: Path) -> None:
+    server = ScriptedServer([ScriptedReply(401, {"error": {
+        "code": "unauthorized", "message": "the API key is not valid", "field": "Authorization"}})])
+    try:
+        result = run_riftctl(["jobs", "list"], url=server.url, api_key=api_key, home=tmp_path)
+    finally:
+        server.stop()
+    # Before: the service's words alone; a first user with no key, or a stale RIFT_API_KEY in
+    # the shell, was not told where riftctl reads one.
+    assert result.exit_code == 3
+    assert hint in _flat(result.stderr), result.stderr

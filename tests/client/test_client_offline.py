@@ -40,6 +40,20 @@ def test_a_refused_connection_says_where_the_url_comes_from(
     assert "GET http://127.0.0.1:9/v1/jobs/job_1" in str(caught.value)
     assert "no service answers at http://127.0.0.1:9" in str(caught.value)
     assert "RIFT_API_URL" in str(caught.value)
+    # Before: "check the URL (riftctl --url, RIFT_API_URL or the config file's api_url)", places
+    # a Python caller never set; now the one this client read, and an attribute riftctl reads.
+    assert "(the URL is RIFT_API_URL's)" in str(caught.value)
+    assert "riftctl" not in str(caught.value)
+    assert caught.value.unreachable_url == "http://127.0.0.1:9"
+
+
+def test_a_refused_url_given_as_the_argument_names_no_other_place() -> None:
+    with RiftClient("http://127.0.0.1:9", api_key="rift_test",
+                    retry=RetryPolicy(max_retries=0)) as client, \
+            pytest.raises(RiftConnectionError) as caught:
+        client.get_job("job_1")
+    assert "no service answers at http://127.0.0.1:9: check the URL" in str(caught.value)
+    assert "RIFT_API_URL" not in str(caught.value) and "riftctl" not in str(caught.value)
 
 
 def test_a_config_passed_as_the_spec_is_one_line_saying_so() -> None:

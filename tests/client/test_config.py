@@ -62,3 +62,37 @@ def test_a_named_file_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         resolve_config(url=None, api_key=None, timeout=None,
                        env={"RIFTCTL_CONFIG": str(tmp_path / "absent.toml")})
+
+
+def test_it_says_where_the_url_and_the_key_came_from(tmp_path: Path) -> None:
+    """riftctl names the place in the errors a wrong URL or key causes (a stale RIFT_API_URL
+    or key left in the shell, a forgotten config file)."""
+    path = tmp_path / "riftctl.toml"
+    path.write_text('api_url = "http://file:1"\napi_key = "rift_file"\n')
+    env = {"RIFTCTL_CONFIG": str(path)}
+    from_file = resolve_config(url=None, api_key=None, timeout=None, env=env)
+    assert (from_file.api_url_origin, from_file.api_key_origin) == (
+        f"api_url in {path}", f"api_key in {path}")
+    from_env = resolve_config(url=None, api_key=None, timeout=None,
+                              env={**env, "RIFT_API_URL": "http://env:2", "RIFT_API_KEY": "k"})
+    assert (from_env.api_url_origin, from_env.api_key_origin) == ("RIFT_API_URL", "RIFT_API_KEY")
+    from_flags = resolve_config(url="http://flag:3", api_key="rift_flag", timeout=None, env=env)
+    assert (from_flags.api_url_origin, from_flags.api_key_origin) == ("--url", "--api-key")
+    nothing = resolve_config(url=None, api_key=None, timeout=None,
+                             env={"XDG_CONFIG_HOME": str(tmp_path), "RIFT_API_URL": ""})
+    assert nothing.api_url_origin.startswith(f"the default, {DEFAULT_BASE_URL}")
+    assert nothing.api_key_origin is None
+
+
+@pytest.mark.parametrize(("text", "meant"), [
+    ('apikey = "rift_x"\n', "'apikey' → 'api_key'"),
+    ('api-url = "http://h:1"\n', "'api-url' → 'api_url'"),
+    ("upload_timout = 60\n", "'upload_timout' → 'upload_timeout'"),
+])
+def test_a_near_miss_of_a_key_names_the_key_meant(tmp_path: Path, text: str, meant: str) -> None:
+    path = tmp_path / "riftctl.toml"
+    path.write_text(text)
+    # Before: the unknown key and the four known ones, the reader left to compare them.
+    with pytest.raises(ConfigError) as caught:
+        resolve_config(url=None, api_key=None, timeout=None, env={"RIFTCTL_CONFIG": str(path)})
+    assert f"(did you mean {meant}?)" in str(caught.value)

@@ -89,6 +89,14 @@ def test_missing_checkpoint_file_is_a_clear_error(tmp_path: Path, capsys) -> Non
     assert "nope.safetensors" in capsys.readouterr().err
 
 
+def test_a_built_in_dataset_without_its_folder_names_the_flag(
+        digits_checkpoint_path: Path, tmp_path: Path, capsys) -> None:
+    code = main(["run", "--checkpoint", str(digits_checkpoint_path), "--arch", "small_cnn",
+                 "--dataset", "cifar10", "--device", "cpu", "--out", str(tmp_path / "out")])
+    # Before: "needs 'root'", a word the command line has no flag for.
+    assert code == 2 and "--data-root" in capsys.readouterr().err
+
+
 def test_checkpoint_folder_and_out_file_are_clear_errors(tmp_path: Path, capsys) -> None:
     (tmp_path / "file").write_text("x")
     code = main(["run", "--checkpoint", str(tmp_path), "--arch", "small_cnn", "--dataset",
@@ -468,3 +476,17 @@ def test_run_names_the_split_of_the_curve_and_of_before_and_after(
     out = capsys.readouterr().out
     assert "alpha    clean    robust  (%, validation split)" in out
     assert "robust 69.33% -> 72.00%   (test split; α = 1, module fc)" in out
+
+
+def test_every_option_of_run_says_what_it_sets() -> None:
+    import argparse
+
+    parser = make_parser()
+    commands = next(action for action in parser._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    run = commands.choices["run"]
+    # Before: --num-classes, --precision and --seed bare, and --out's default unsaid.
+    bare = [action.option_strings for action in run._actions if not action.help]
+    assert bare == [], bare
+    out = next(action for action in run._actions if "--out" in action.option_strings)
+    assert str(out.default) in (out.help or "")

@@ -19,6 +19,7 @@ Exit codes (for CI jobs and scripts):
     3  API error (an error answer, the service unreachable, a checksum mismatch, an answer
        that is not the API's)
     4  ``wait`` gave up: the job was still running when --timeout passed
+    130  interrupted (Ctrl-C): a download keeps its ``.part``, which the next one resumes
 
 Progress bars and messages go to stderr, results to stdout; ``--output json`` prints results as
 JSON (``jobs events``: one JSON object per line) so that scripts can parse them.
@@ -101,6 +102,9 @@ class State:
     quiet: bool
     out: Console
     err: Console
+    #: Where the URL and the key were read (``CliConfig``), named by the errors they cause.
+    url_origin: str = "--url"
+    key_origin: str | None = None
 
     @property
     def json(self) -> bool:
@@ -132,8 +136,9 @@ class State:
 
 app = RiftTyper(help="Command line of the RiFT service (Robust Critical Fine-Tuning).",
                   epilog="Exit codes: 0 success, 1 job failed or cancelled, 2 usage error, "
-                  "3 API error (or service unreachable, checksum mismatch), 4 wait timed out. "
-                  "Config file: RIFTCTL_CONFIG or ~/.config/riftctl/config.toml (api_url, "
+                  "3 API error (or service unreachable, checksum mismatch), 4 wait timed out, "
+                  "130 interrupted (a download keeps its .part to resume). Config file: "
+                  "RIFTCTL_CONFIG or ~/.config/riftctl/config.toml (api_url, "
                   "api_key, timeout, upload_timeout).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 checkpoints_app = RiftTyper(help="Upload, list, show and delete checkpoints.",
@@ -182,7 +187,8 @@ def main_options(
         # "[/prefix]", a field "labels.x.[key]", a label value), which rich would otherwise read
         # as style tags, and crash on.
         output=output, quiet=quiet, out=Console(markup=False),
-        err=Console(stderr=True, markup=False))
+        err=Console(stderr=True, markup=False),
+        url_origin=config.api_url_origin, key_origin=config.api_key_origin)
 
 
 def _state(ctx: typer.Context) -> State:
@@ -212,18 +218,32 @@ def _client(state: State) -> Iterator[RiftClient]:
         _fail(state, EXIT_API_ERROR, str(exc), {
             "status": exc.status_code, "code": "unexpected_response", "message": str(exc)})
     except RiftAPIError as exc:
-        _fail(state, EXIT_API_ERROR, str(exc), {
+        hint = _key_hint(state) if exc.status_code == 401 else None
+        _fail(state, EXIT_API_ERROR, f"{exc}; {hint}" if hint else str(exc), {
             "status": exc.status_code, "code": exc.code, "message": exc.message,
-            "field": exc.field, **exc.details})
-    except (RiftConnectionError, ChecksumMismatchError) as exc:
-        code = "checksum_mismatch" if isinstance(exc, ChecksumMismatchError) else "connection_error"
-        _fail(state, EXIT_API_ERROR, str(exc), {"code": code, "message": str(exc)})
+            "field": exc.field, **exc.details, **({"hint": hint} if hint else {})})
+    except RiftConnectionError as exc:
+        # Nothing answers at the URL: say which of the four places gave it (a stale
+        # RIFT_API_URL in the shell, a config file's api_url the user forgot about).
+        hint = f"the URL came from {state.url_origin}" if exc.unreachable_url else None
+        _fail(state, EXIT_API_ERROR, f"{exc}; {hint}" if hint else str(exc), {
+            "code": "connection_error", "message": str(exc), **({"hint": hint} if hint else {})})
+    except ChecksumMismatchError as exc:
+        _fail(state, EXIT_API_ERROR, str(exc), {"code": "checksum_mismatch", "message": str(exc)})
     except WaitTimeoutError as exc:
         _fail(state, EXIT_WAIT_TIMEOUT, str(exc), {
             "code": "wait_timeout", "message": str(exc), "field": "--timeout",
             "job_id": exc.job_id,
             "status": exc.last_status,
             **({"materialization_id": exc.materialization_id} if exc.materialization_id else {})})
+
+
+def _key_hint(state: State) -> str:
+    """For a 401: which key was sent, or that none was, and where to give one."""
+    if state.key_origin is None:
+        return ("riftctl sent no API key: set RIFT_API_KEY, give --api-key or put api_key in "
+                "the config file")
+    return f"the key sent came from {state.key_origin}"
 
 
 def _fail(state: State, exit_code: int, message: str, error: dict[str, Any]) -> None:

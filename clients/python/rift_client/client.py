@@ -91,9 +91,13 @@ def client_settings(base_url: str | None, api_key: str | None, timeout: float,
                     ) -> tuple[RiftCore, dict[str, str]]:
     """The core of a client and the headers of its every request, from its arguments and the
     environment (``RIFT_API_URL``, ``RIFT_API_KEY``); both clients are made with this."""
-    core = RiftCore(checked_base_url(base_url or os.environ.get("RIFT_API_URL")
-                                     or DEFAULT_BASE_URL),
-                    retry or RetryPolicy(), timeout, upload_timeout)
+    from_env = os.environ.get("RIFT_API_URL")
+    # Named in the error of a URL where nothing answers (before, it listed riftctl's places to
+    # a Python caller who may have set none of them).
+    origin = (None if base_url else "RIFT_API_URL's" if from_env else
+              "the default: no base_url given and RIFT_API_URL unset")
+    core = RiftCore(checked_base_url(base_url or from_env or DEFAULT_BASE_URL),
+                    retry or RetryPolicy(), timeout, upload_timeout, url_origin=origin)
     key = api_key if api_key is not None else os.environ.get("RIFT_API_KEY")
     headers = {"User-Agent": f"rift-client/{__version__}", "Accept": "application/json"}
     if key:

@@ -16,6 +16,7 @@ Keep it readable by you alone (``chmod 600``): it holds a secret.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -40,6 +41,12 @@ class CliConfig:
     timeout: float
     upload_timeout: float
     source: Path | None
+    #: Where ``api_url`` and ``api_key`` came from, in words ("RIFT_API_URL", "--api-key",
+    #: "api_url in ~/.config/riftctl/config.toml"); None for a key given nowhere. An error
+    #: about the URL or the key names them: a stale RIFT_API_URL or key left in a shell is
+    #: the usual cause, and the user may not know which of the four places was read.
+    api_url_origin: str = "the default"
+    api_key_origin: str | None = None
 
 
 def config_path(env: Mapping[str, str]) -> tuple[Path | None, bool]:
@@ -61,7 +68,13 @@ def read_config_file(path: Path) -> dict[str, object]:
         raise ConfigError(f"the config file {path} is not valid TOML: {exc}") from exc
     unknown = sorted(set(data) - KNOWN_KEYS)
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {path}; known: "
+        # A near miss (apikey, api-url, upload_timout) is named: ignoring it, as before this
+        # check, sent no key, and a list of four names still left the reader to compare.
+        guesses = [f"{key!r} → {guess[0]!r}" for key in unknown
+                   if (guess := difflib.get_close_matches(key.replace("-", "_").lower(),
+                                                          sorted(KNOWN_KEYS), n=1, cutoff=0.75))]
+        meant = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {path}{meant}; known: "
                           f"{', '.join(sorted(KNOWN_KEYS))}")
     for key in ("api_url", "api_key"):
         if key in data and not isinstance(data[key], str):
@@ -90,12 +103,28 @@ def resolve_config(*, url: str | None, api_key: str | None, timeout: float | Non
         source = path
     file_url = data.get("api_url")
     file_key = data.get("api_key")
+    api_url, api_url_origin = _first_given(
+        (url, "--url"), (env.get("RIFT_API_URL"), "RIFT_API_URL"),
+        (file_url if isinstance(file_url, str) else None, f"api_url in {source}"))
+    chosen_key, api_key_origin = _first_given(
+        (api_key, "--api-key"), (env.get("RIFT_API_KEY"), "RIFT_API_KEY"),
+        (file_key if isinstance(file_key, str) else None, f"api_key in {source}"))
     return CliConfig(
-        api_url=url or env.get("RIFT_API_URL") or (file_url if isinstance(file_url, str) else None)
-        or DEFAULT_BASE_URL,
-        api_key=api_key or env.get("RIFT_API_KEY") or (file_key if isinstance(file_key, str) else None),
+        api_url=api_url or DEFAULT_BASE_URL,
+        api_key=chosen_key,
         timeout=timeout or _seconds(data.get("timeout"), DEFAULT_TIMEOUT_S),
         upload_timeout=upload_timeout or _seconds(data.get("upload_timeout"),
                                                   DEFAULT_UPLOAD_TIMEOUT_S),
         source=source,
+        api_url_origin=api_url_origin or f"the default, {DEFAULT_BASE_URL} (no --url, RIFT_API_URL "
+                                          "or api_url in a config file)",
+        api_key_origin=api_key_origin,
     )
+
+
+def _first_given(*candidates: tuple[str | None, str]) -> tuple[str | None, str | None]:
+    """The first value that is set (not None or empty) and where it came from."""
+    for value, origin in candidates:
+        if value:
+            return value, origin
+    return None, None

@@ -290,6 +290,9 @@ class RiftCore:
     retry: RetryPolicy
     timeout: float
     upload_timeout: float
+    #: How the base URL was chosen when the caller did not give it ("RIFT_API_URL's", "the
+    #: default"), for the error of a URL where nothing answers; None when given as an argument.
+    url_origin: str | None = None
 
     # ------------------------------------------------------------------------------ plumbing
 
@@ -357,8 +360,10 @@ class RiftCore:
         elsewhere = path.startswith(("http://", "https://"))  # a presigned store URL
         text = f"{method} {path if elsewhere else self.base_url + path}: {exc!r}"
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and not elsewhere:
-            text += (f"; no service answers at {self.base_url}: check the URL (riftctl --url, "
-                     "RIFT_API_URL or the config file's api_url) and that the service is running")
+            origin = f" (the URL is {self.url_origin})" if self.url_origin else ""
+            text += (f"; no service answers at {self.base_url}{origin}: check the URL and that "
+                     "the service is running")
+            return RiftConnectionError(text, unreachable_url=self.base_url)
         return RiftConnectionError(text)
 
     def _unreadable(self, method: str, path: str, exc: Exception) -> UnexpectedResponseError:

@@ -14,7 +14,13 @@ class RiftClientError(Exception):
 
 
 class RiftConnectionError(RiftClientError):
-    """The service could not be reached (after the retries allowed)."""
+    """The service could not be reached (after the retries allowed). ``unreachable_url`` is the
+    base URL when nothing answered there at all (connection refused, no such host): most often
+    a wrong URL, which ``riftctl`` then says where it read; None for other failures."""
+
+    def __init__(self, message: str, *, unreachable_url: str | None = None) -> None:
+        super().__init__(message)
+        self.unreachable_url = unreachable_url
 
 
 class RiftUsageError(RiftClientError, ValueError):
