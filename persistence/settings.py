@@ -493,20 +493,40 @@ def load_settings(**values: Any) -> Settings:
 MISSPELLING_CUTOFF = 0.88
 
 
+#: Prefixes an operator may put in front of a setting's name, taking the service's variables to
+#: be namespaced as many services' are (the clients' own are: ``RIFT_API_URL``); they are not.
+GUESSED_PREFIXES = ("RIFT_",)
+
+
 def misspelt_settings(environ: Mapping[str, str]) -> list[str]:
     """``'NAME' is not a setting (did you mean 'SETTING'?)`` for each upper-case variable of
-    ``environ`` that is not a setting but nearly spells one. Such a variable is ignored, so the
-    setting kept its default: a ``DATABSE_URL`` ran the service on the embedded SQLite file."""
+    ``environ`` that is not a setting but nearly spells one, also behind a guessed prefix
+    (``RIFT_DATABASE_URL``, ``RIFT_DATABSE_URL``). Such a variable is ignored, so the setting
+    kept its default: a ``DATABSE_URL`` ran the service on the embedded SQLite file."""
     fields = list(Settings.model_fields)
     found = []
     for name in sorted(environ):
         if (not re.fullmatch(r"[A-Z][A-Z0-9_]+", name) or name.lower() in fields
                 or name in RENAMED_VARIABLES.values()):
             continue
-        close = difflib.get_close_matches(name.lower(), fields, n=1, cutoff=MISSPELLING_CUTOFF)
-        if close:
-            found.append(f"{name} is not a setting (did you mean {close[0].upper()}?)")
+        meant = _setting_meant(name, fields)
+        if meant is not None:
+            setting, prefix = meant
+            hint = f" settings have no {prefix} prefix" if prefix else ""
+            found.append(f"{name} is not a setting (did you mean {setting.upper()}?{hint})")
     return found
+
+
+def _setting_meant(name: str, fields: list[str]) -> tuple[str, str] | None:
+    """The setting ``name`` nearly spells, with the guessed prefix it carries ('' for none)."""
+    candidates = [("", name)] + [(prefix, name.removeprefix(prefix))
+                                 for prefix in GUESSED_PREFIXES if name.startswith(prefix)]
+    for prefix, candidate in candidates:
+        close = difflib.get_close_matches(candidate.lower(), fields, n=1,
+                                          cutoff=MISSPELLING_CUTOFF)
+        if close:
+            return close[0], prefix
+    return None
 
 
 def settings_or_exit(**values: Any) -> Settings:

@@ -172,3 +172,22 @@ def test_a_misspelt_variable_stops_the_start_with_one_line(tmp_path: Path) -> No
     assert result.stderr.strip().splitlines() == [
         "rift: invalid settings: DATABSE_URL is not a setting (did you mean DATABASE_URL?); "
         "rename or unset it"], result.stderr
+
+
+def test_a_setting_behind_a_rift_prefix_is_named_with_the_setting_meant() -> None:
+    # Was ignored: an operator taking the variables to be namespaced (as the clients' RIFT_API_URL
+    # is) set RIFT_DATABASE_URL, and the service ran on its embedded SQLite file.
+    environ = {"RIFT_DATABASE_URL": "postgresql+psycopg://db/rift", "RIFT_DATABSE_URL": "x",
+               "RIFT_STORE_KIND": "s3",
+               # The clients', the demo's, the tests' and compose's own RIFT_ variables.
+               "RIFT_API_URL": "u", "RIFT_API_KEY": "k", "RIFT_DEMO_DIR": "d",
+               "RIFT_DEMO_PORT": "8000", "RIFT_DATA_DIR": "./data", "RIFT_TEST_CACHE": "c",
+               "RIFT_TEST_REDIS_URL": "redis://r", "RIFT_TEST_POSTGRES_ADMIN_URL": "p",
+               "RIFT_TEST_FORK_WORKERS": "1", "RIFT_TEST_PROCESSES": "2"}
+    assert misspelt_settings(environ) == [
+        "RIFT_DATABASE_URL is not a setting (did you mean DATABASE_URL? settings have no RIFT_ "
+        "prefix)",
+        "RIFT_DATABSE_URL is not a setting (did you mean DATABASE_URL? settings have no RIFT_ "
+        "prefix)",
+        "RIFT_STORE_KIND is not a setting (did you mean STORE_KIND? settings have no RIFT_ "
+        "prefix)"]
