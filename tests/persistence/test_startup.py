@@ -183,3 +183,16 @@ def test_s3_keys_refused_stop_the_start(sqlite_url: str, s3_checking_keys: str,
     assert result.stderr.strip().splitlines() == [
         f"rift: object store: access to bucket 'rift' at {s3_checking_keys} was denied (403); "
         "check S3_ACCESS_KEY and S3_SECRET_KEY"]
+
+
+def test_a_work_dir_that_cannot_be_made_stops_the_start(sqlite_url: str, tmp_path: Path) -> None:
+    # It was not checked: the API started, /readyz said ready, and every upload answered 500
+    # (FileNotFoundError from spooling it under WORK_DIR/uploads).
+    (tmp_path / "scratch").write_text("not a folder")
+    result = run_preflight(tmp_path, DATABASE_URL=sqlite_url, BROKER_URL="memory://",
+                           STORE_ROOT=str(tmp_path / "objects"),
+                           WORK_DIR=str(tmp_path / "scratch" / "work"))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"rift: WORK_DIR: {str(tmp_path / 'scratch' / 'work')!r} is not a writable folder "
+        "(ENOTDIR: Not a directory); set WORK_DIR to a folder this user may write"]
