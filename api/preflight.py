@@ -13,16 +13,31 @@ files of an earlier run would be added to this one's metrics (:mod:`api.multipro
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from api.multiprocess_metrics import reset_directory
 from persistence.settings import settings_or_exit
-from persistence.startup import check_service_start
+from persistence.startup import check_service_start, os_reason, probe_writable_folder
 
 
 def main() -> None:
     settings = settings_or_exit()
     check_service_start(settings)
     if settings.prometheus_multiproc_dir is not None:
-        reset_directory(settings.prometheus_multiproc_dir)
+        prepare_metrics_directory(settings.prometheus_multiproc_dir)
+
+
+def prepare_metrics_directory(directory: Path) -> None:
+    """Empty ``directory`` and prove it writable, or stop with one line: every API process
+    writes its metric files there from its first request on (was a traceback here, or, for a
+    folder that exists but is not writable, API processes failing after the start)."""
+    try:
+        probe_writable_folder(directory)
+        reset_directory(directory)
+    except OSError as exc:
+        raise SystemExit(f"rift: PROMETHEUS_MULTIPROC_DIR: {str(directory)!r} is not a "
+                         f"writable folder ({os_reason(exc)}); name one this user may write, "
+                         "or unset it") from None
 
 
 if __name__ == "__main__":

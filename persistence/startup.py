@@ -72,18 +72,27 @@ def refuse_misconfigured_broker(settings: Settings) -> None:
         client.close()
 
 
+def probe_writable_folder(folder: Path) -> None:
+    """Create ``folder`` when missing and write (and drop) a file in it; raises ``OSError``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder, prefix=".probe-"):
+        pass
+
+
+def os_reason(exc: OSError) -> str:
+    """``ENOTDIR: Not a directory``: the error's name and text, without the path repeated."""
+    return f"{errno.errorcode.get(exc.errno or 0, 'error')}: {exc.strerror or exc}"
+
+
 def refuse_unwritable_work_dir(work_dir: Path) -> None:
     """Stop the process when ``WORK_DIR`` cannot hold its scratch files (a file in the way, no
     permission, a read-only mount); log when the disk is merely full or failing. The API spools
     every upload there and a worker fetches every input there: before, the API started and
     answered each upload 500 (``FileNotFoundError``) while ``/readyz`` said ready."""
     try:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=work_dir, prefix=".probe-"):
-            pass
+        probe_writable_folder(work_dir)
     except OSError as exc:
-        reason = f"{errno.errorcode.get(exc.errno or 0, 'error')}: {exc.strerror or exc}"
-        message = f"WORK_DIR: {str(work_dir)!r} is not a writable folder ({reason})"
+        message = f"WORK_DIR: {str(work_dir)!r} is not a writable folder ({os_reason(exc)})"
         if exc.errno in PASSING_LOCAL_ERRORS:
             logger.warning("%s at start", message)
             return

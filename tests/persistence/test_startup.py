@@ -148,6 +148,20 @@ def test_the_start_empties_the_metrics_directory(sqlite_url: str, tmp_path: Path
     assert list(metrics.iterdir()) == []
 
 
+def test_a_metrics_directory_that_cannot_be_made_stops_the_start(sqlite_url: str,
+                                                                 tmp_path: Path) -> None:
+    # Was NotADirectoryError's traceback from api.preflight.
+    (tmp_path / "shm").write_text("not a folder")
+    metrics = tmp_path / "shm" / "rift-api-metrics"
+    result = run_preflight(tmp_path, DATABASE_URL=sqlite_url, BROKER_URL="memory://",
+                           STORE_ROOT=str(tmp_path / "objects"),
+                           PROMETHEUS_MULTIPROC_DIR=str(metrics))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"rift: PROMETHEUS_MULTIPROC_DIR: {str(metrics)!r} is not a writable folder (ENOTDIR: "
+        "Not a directory); name one this user may write, or unset it"]
+
+
 @pytest.fixture
 def s3_checking_keys(tmp_path: Path) -> Iterator[str]:
     """A moto S3 server of its own that checks access keys (``INITIAL_NO_AUTH_ACTION_COUNT=0``:
