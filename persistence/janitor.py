@@ -384,7 +384,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="list what would be removed, remove nothing")
     args = parser.parse_args(argv)
     from persistence.db import session_factory_from_settings
-
     from persistence.schema import require_usable_database
 
     settings = settings_or_exit()
