@@ -51,6 +51,16 @@ def check_database_url(url: str) -> str:
     return url
 
 
+def database_backend(url: str) -> str:
+    """'sqlite' or 'postgresql' for a URL :func:`check_database_url` accepted."""
+    return "postgresql" if url.startswith("postgres://") else make_url(url).get_backend_name()
+
+
+def is_redis_url(url: str) -> bool:
+    """Whether a broker URL names Redis (which also carries the live events' pub/sub)."""
+    return url.split("://", 1)[0].lower() in ("redis", "rediss")
+
+
 def check_broker_url(url: str) -> str:
     """A Celery broker URL of a transport the service supports, with a well-formed address."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""

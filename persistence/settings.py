@@ -405,6 +405,15 @@ class Settings(BaseSettings):
         if (self.s3_access_key is None) != (self.s3_secret_key is None):
             raise ValueError("S3_ACCESS_KEY and S3_SECRET_KEY: set both or neither (neither: "
                              "boto3's own chain, e.g. an instance role)")
+        # The API would stop in create_app with kombu's "Redis URL must specify one of the
+        # following schemes" traceback ('redis'), or listen on no Postgres at all ('postgres').
+        if (self.event_notify == "postgres"
+                and setting_checks.database_backend(self.database_url) != "postgresql"):
+            raise ValueError("EVENT_NOTIFY: 'postgres' needs a Postgres DATABASE_URL (LISTEN/"
+                             "NOTIFY); use 'auto' or 'poll'")
+        if self.event_notify == "redis" and not setting_checks.is_redis_url(self.broker_url):
+            raise ValueError("EVENT_NOTIFY: 'redis' needs a Redis BROKER_URL (pub/sub on the "
+                             "broker's Redis); use 'auto' or 'poll'")
         if self.webhook_retry_base_seconds > self.webhook_retry_max_seconds:
             raise ValueError("WEBHOOK_RETRY_BASE_SECONDS: must not exceed "
                              "WEBHOOK_RETRY_MAX_SECONDS")

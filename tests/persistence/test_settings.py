@@ -102,6 +102,12 @@ def test_urls_are_never_quoted_in_the_error(clean_env: pytest.MonkeyPatch) -> No
     ({"S3_ACCESS_KEY": "AKIA"}, "S3_ACCESS_KEY and S3_SECRET_KEY: set both or neither"),
     ({"WEBHOOK_RETRY_BASE_SECONDS": "60", "WEBHOOK_RETRY_MAX_SECONDS": "10"},
      "WEBHOOK_RETRY_BASE_SECONDS: must not exceed WEBHOOK_RETRY_MAX_SECONDS"),
+    # Passed, then the API stopped in create_app with kombu's ValueError traceback ('redis'),
+    # or its streams listened on no Postgres ('postgres' on the embedded SQLite).
+    ({"EVENT_NOTIFY": "redis", "BROKER_URL": "sqla+sqlite:///var/broker.db"},
+     "EVENT_NOTIFY: 'redis' needs a Redis BROKER_URL"),
+    ({"EVENT_NOTIFY": "postgres", "DATABASE_URL": "sqlite:///var/rift.db"},
+     "EVENT_NOTIFY: 'postgres' needs a Postgres DATABASE_URL"),
 ])
 def test_settings_that_contradict_each_other(clean_env: pytest.MonkeyPatch, env: dict[str, str],
                                              words: str) -> None:
@@ -124,6 +130,9 @@ def test_good_values_pass_and_empty_optionals_mean_unset(clean_env: pytest.Monke
     assert settings.s3_public_endpoint_url is None and settings.worker_device is None
     assert settings.log_level == "DEBUG"
     assert load_settings(broker_url="sqla+sqlite:///var/broker.db").broker_url.startswith("sqla")
+    # The Postgres DATABASE_URL and the Redis BROKER_URL above carry either notification.
+    assert load_settings(event_notify="postgres").event_notify == "postgres"
+    assert load_settings(event_notify="redis").event_notify == "redis"
 
 
 def _entry_point_env(**bad: str) -> dict[str, str]:
