@@ -48,6 +48,18 @@ def check_database_url(url: str) -> str:
                          "use 'postgresql+psycopg://...' (psycopg 3)")
     if backend == "postgresql" and not parsed.host:
         raise ValueError("a Postgres URL needs a host ('postgresql+psycopg://user@host/db')")
+    if backend == "postgresql" and "@" in (parsed.host or ""):
+        # SQLAlchemy splits at the first '@': 'user:p@ss@db' is the host 'ss@db', which no
+        # resolver knows, so the service started and stayed unready, "unreachable" for ever.
+        raise ValueError("the host part holds an '@': write an '@' in the user name or "
+                         "password as %40 ('postgresql+psycopg://user:p%40ss@host/db')")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ValueError(f"bad port {parsed.port} (1 to 65535)")
+    if backend == "sqlite" and parsed.host:
+        # SQLAlchemy refused it at the first connection, with a traceback.
+        raise ValueError(f"a SQLite URL has no host, so three slashes before a relative path "
+                         f"and four before an absolute one ('sqlite:///var/rift.db', "
+                         f"'sqlite:////data/rift.db'), not 'sqlite://{parsed.host}'")
     return url
 
 

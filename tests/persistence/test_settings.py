@@ -39,6 +39,11 @@ BAD_VALUES = [
     ("DATABASE_URL", "mysql://u@host/db", "'mysql' is not supported"),
     ("DATABASE_URL", "postgresql+asyncpg://u@host/db", "'asyncpg' is not installed"),
     ("DATABASE_URL", "postgresql+psycopg:///db", "needs a host"),
+    # An '@' of the password unescaped: the service started, "unreachable" for ever.
+    ("DATABASE_URL", "postgresql+psycopg://rift:p@ss@db:5432/rift", "as %40"),
+    ("DATABASE_URL", "postgresql+psycopg://rift@db:65536/rift", "bad port 65536"),
+    # Two slashes: SQLAlchemy's ArgumentError traceback at the first connection.
+    ("DATABASE_URL", "sqlite://var/rift.db", "three slashes before a relative path"),
     ("BROKER_URL", "127.0.0.1:6379", "redis://host:6379/0"),
     ("BROKER_URL", "kafka://broker:9092", "'kafka'"),
     ("BROKER_URL", "redis://redis:notaport/0", "bad port"),
