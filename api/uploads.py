@@ -11,6 +11,7 @@ anything reaches the object store is what guarantees that a rejected upload leav
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -27,7 +28,14 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from api.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, quote
+from api.errors import (
+    BadRequest,
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    quote,
+)
 from api.request_input import is_json_media_type
 from persistence.settings import Settings
 
@@ -110,12 +118,23 @@ def safe_filename(name: str | None, default: str = "upload") -> str:
     return name[-_MAX_FILENAME:]
 
 
+def _scratch_unavailable(exc: OSError) -> ServiceUnavailable:
+    """A scratch folder that cannot be written (a full disk, WORK_DIR replaced or unmounted
+    since the start): the service's trouble, not the request's, so a 503 to retry, not a 500."""
+    reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    return ServiceUnavailable(f"the API cannot spool the upload to its scratch folder "
+                              f"(WORK_DIR: {reason}); retry later", code="scratch_unavailable")
+
+
 class _ScratchFile:
     """A scratch file being written: counts, hashes, and refuses bytes past ``limit``."""
 
     def __init__(self, directory: Path, limit: int, field_name: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=directory, prefix="upload-", suffix=".part")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=directory, prefix="upload-", suffix=".part")
+        except OSError as exc:
+            raise _scratch_unavailable(exc) from exc
         self.path = Path(name)
         self._handle: BinaryIO = os.fdopen(fd, "wb")
         self._sha256 = hashlib.sha256()
@@ -132,7 +151,10 @@ class _ScratchFile:
                 details={"limit_bytes": self.limit},
             )
         self._sha256.update(data)
-        self._handle.write(data)
+        try:
+            self._handle.write(data)
+        except OSError as exc:
+            raise _scratch_unavailable(exc) from exc
 
     def close(self) -> None:
         self._handle.close()

@@ -82,6 +82,26 @@ def test_s3_bucket_missing(api_settings: Settings, moto_s3_endpoint: str, small_
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_scratch_folder_gone_answers_uploads_503_not_500(
+        api_settings: Settings, small_cnn_file: Path, tmp_path: Path,
+        start_api: Callable[..., Api]) -> None:
+    # WORK_DIR unmounted or replaced since the start (or its disk full): each upload was a 500
+    # internal_error (FileNotFoundError / NotADirectoryError / ENOSPC from the spooling).
+    (tmp_path / "gone").write_text("a file where the scratch folder was")
+    api = start_api(api_settings.model_copy(update={"work_dir": tmp_path / "gone" / "work"}),
+                    dispatcher=RecordingDispatcher())
+    raw = api.client.post("/v1/checkpoints", params={"filename": "model.safetensors"},
+                          content=small_cnn_file.read_bytes(),
+                          headers={"Content-Type": "application/octet-stream"})
+    for response in (raw, upload(api, small_cnn_file)):  # raw body, then multipart
+        assert response.status_code == 503, response.text
+        error = error_of(response)
+        assert error["code"] == "scratch_unavailable"
+        assert "WORK_DIR: ENOTDIR" in error["message"]
+        assert response.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_s3_server_going_away(api_settings: Settings, small_cnn_file: Path,
                               start_api: Callable[..., Api]) -> None:
     server_module = pytest.importorskip("moto.server", reason="moto[server] is not installed")
