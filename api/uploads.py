@@ -11,7 +11,6 @@ anything reaches the object store is what guarantees that a rejected upload leav
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
@@ -32,9 +31,9 @@ from api.errors import (
     BadRequest,
     InvalidInput,
     PayloadTooLarge,
-    ServiceUnavailable,
     UnsupportedMediaType,
     quote,
+    scratch_unavailable,
 )
 from api.request_input import is_json_media_type
 from persistence.settings import Settings
@@ -118,14 +117,6 @@ def safe_filename(name: str | None, default: str = "upload") -> str:
     return name[-_MAX_FILENAME:]
 
 
-def _scratch_unavailable(exc: OSError) -> ServiceUnavailable:
-    """A scratch folder that cannot be written (a full disk, WORK_DIR replaced or unmounted
-    since the start): the service's trouble, not the request's, so a 503 to retry, not a 500."""
-    reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-    return ServiceUnavailable(f"the API cannot spool the upload to its scratch folder "
-                              f"(WORK_DIR: {reason}); retry later", code="scratch_unavailable")
-
-
 class _ScratchFile:
     """A scratch file being written: counts, hashes, and refuses bytes past ``limit``."""
 
@@ -134,7 +125,7 @@ class _ScratchFile:
             directory.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=directory, prefix="upload-", suffix=".part")
         except OSError as exc:
-            raise _scratch_unavailable(exc) from exc
+            raise scratch_unavailable(exc) from exc
         self.path = Path(name)
         self._handle: BinaryIO = os.fdopen(fd, "wb")
         self._sha256 = hashlib.sha256()
@@ -154,7 +145,7 @@ class _ScratchFile:
         try:
             self._handle.write(data)
         except OSError as exc:
-            raise _scratch_unavailable(exc) from exc
+            raise scratch_unavailable(exc) from exc
 
     def close(self) -> None:
         self._handle.close()
