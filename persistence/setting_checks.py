@@ -100,6 +100,28 @@ def check_http_url(url: str | None) -> str | None:
     return url
 
 
+#: What boto3 accepts as a bucket name (checked by it before any request, with a traceback);
+#: S3 and MinIO refuse more (upper case, '_') when the bucket is made, which `createbucket` says.
+_BUCKET_NAME = re.compile(r"^[a-zA-Z0-9.\-_]{1,255}$")
+#: What botocore accepts as a region name (``InvalidRegionError`` otherwise, at the first client).
+_REGION_NAME = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
+
+
+def check_bucket_name(name: str | None) -> str | None:
+    """A bucket's bare name: not a URL, not a path (``s3://rift``, ``rift/prefix``)."""
+    if name and _BUCKET_NAME.match(name) is None:
+        raise ValueError("expected a bucket's bare name (letters, digits, '.', '-'), not a URL "
+                         "or a path")
+    return name
+
+
+def check_region_name(name: str) -> str:
+    """An AWS-style region name (``us-east-1``); empty means boto3's default."""
+    if name and _REGION_NAME.match(name) is None:
+        raise ValueError("expected a region name such as 'us-east-1'")
+    return name
+
+
 def check_log_level(level: str) -> str:
     """A :mod:`logging` level name (any case), returned in upper case."""
     name = level.strip().upper()

@@ -378,6 +378,16 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         return setting_checks.check_http_url(value)
 
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket(cls, value: str | None) -> str | None:
+        return setting_checks.check_bucket_name(value)
+
+    @field_validator("s3_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return setting_checks.check_region_name(value)
+
     @field_validator("prometheus_multiproc_dir", mode="before")
     @classmethod
     def _multiproc_dir(cls, value: object) -> object:

@@ -48,6 +48,10 @@ BAD_VALUES = [
     ("BROKER_URL", "kafka://broker:9092", "'kafka'"),
     ("BROKER_URL", "redis://redis:notaport/0", "bad port"),
     ("BROKER_URL", "sqla+nosuchdb://x", "not supported"),
+    # boto3's ParamValidationError / botocore's InvalidRegionError tracebacks at the start.
+    ("S3_BUCKET", "s3://rift", "bare name"),
+    ("S3_BUCKET", "rift/jobs", "bare name"),
+    ("S3_REGION", "us east 1", "'us-east-1'"),
     ("S3_ENDPOINT_URL", "minio:9000", "http://host:port"),
     ("S3_PUBLIC_ENDPOINT_URL", "ftp://files", "http://host:port"),
     ("S3_ENDPOINT_URL", "http://minio:port/", "bad port"),
