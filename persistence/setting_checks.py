@@ -85,6 +85,12 @@ def check_broker_url(url: str) -> str:
         check_database_url(url.split("+", 1)[1])
         return url
     _check_port(url)
+    database = urlsplit(url).path.strip("/")
+    if transport in ("redis", "rediss") and database and not database.isdigit():
+        # kombu refuses it at every connection ("Database is int between 0 and limit - 1"):
+        # the workers crashed with a traceback and every job was answered 503.
+        raise ValueError(f"the Redis database number must be a whole number "
+                         f"('redis://host:6379/0'), not {database[:20]!r}")
     return url
 
 

@@ -47,6 +47,7 @@ BAD_VALUES = [
     ("BROKER_URL", "127.0.0.1:6379", "redis://host:6379/0"),
     ("BROKER_URL", "kafka://broker:9092", "'kafka'"),
     ("BROKER_URL", "redis://redis:notaport/0", "bad port"),
+    ("BROKER_URL", "redis://redis:6379/rift", "database number must be a whole number"),
     ("BROKER_URL", "sqla+nosuchdb://x", "not supported"),
     # boto3's ParamValidationError / botocore's InvalidRegionError tracebacks at the start.
     ("S3_BUCKET", "s3://rift", "bare name"),
