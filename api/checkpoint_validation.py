@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from api.errors import scratch_unavailable
 from api.validation import Validator
 from persistence.storage import ObjectStore
 from rift.checkpoint_format import (
@@ -172,8 +173,12 @@ def stored_checkpoint_tensors(
             {strip_wrapper_prefix(k): SAFETENSORS_TORCH_DTYPES[v["dtype"]]
              for k, v in header.items() if v["dtype"] in SAFETENSORS_TORCH_DTYPES},
             normalizers=normalizers, ranges=_ranges(header, data))
-    scratch_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="checkpoint-") as folder:
+    try:
+        scratch_dir.mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.TemporaryDirectory(dir=scratch_dir, prefix="checkpoint-")
+    except OSError as exc:
+        raise scratch_unavailable(exc) from exc
+    with scratch as folder:
         local = store.download_to(storage_key, Path(folder) / "checkpoint.pt")
         inspection = validator.inspect_checkpoint(local, storage_key, entry, digests=True)
         return CheckpointTensors(inspection.shapes, inspection.dtypes, inspection.entries,

@@ -8,6 +8,7 @@ request field at fault (dotted, e.g. ``config.attack.eps``) or is null. Request 
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import re
@@ -179,6 +180,15 @@ class ServiceUnavailable(ApiError):
     def __init__(self, message: str, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.headers.setdefault("Retry-After", str(UNAVAILABLE_RETRY_AFTER_S))
+
+
+def scratch_unavailable(exc: OSError) -> ServiceUnavailable:
+    """A scratch folder under ``WORK_DIR`` that cannot be written (a full disk, the folder
+    unmounted or replaced since the start): the service's trouble, not the request's, so a 503
+    to retry, not a 500."""
+    reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    return ServiceUnavailable(f"the API cannot write to its scratch folder (WORK_DIR: {reason}); "
+                              "retry later", code="scratch_unavailable")
 
 
 #: How many characters of a client's input an error may quote: enough to recognise it, and an

@@ -94,7 +94,10 @@ def create_app(
     # A cancel the API commits may owe webhook messages: their delivery task leaves after it.
     install_delivery_dispatch(factory, queue.enqueue_webhook)
 
-    checks = validator or Validator(settings)
+    try:
+        checks = validator or Validator(settings)
+    except ValueError as exc:  # VALIDATION_SOCKET's folder: one line, as for every setting
+        raise SystemExit(f"rift: {exc}") from None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -27,7 +27,14 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from api.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, quote
+from api.errors import (
+    BadRequest,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    quote,
+    scratch_unavailable,
+)
 from api.request_input import is_json_media_type
 from persistence.settings import Settings
 
@@ -114,8 +121,11 @@ class _ScratchFile:
     """A scratch file being written: counts, hashes, and refuses bytes past ``limit``."""
 
     def __init__(self, directory: Path, limit: int, field_name: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=directory, prefix="upload-", suffix=".part")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=directory, prefix="upload-", suffix=".part")
+        except OSError as exc:
+            raise scratch_unavailable(exc) from exc
         self.path = Path(name)
         self._handle: BinaryIO = os.fdopen(fd, "wb")
         self._sha256 = hashlib.sha256()
@@ -132,7 +142,10 @@ class _ScratchFile:
                 details={"limit_bytes": self.limit},
             )
         self._sha256.update(data)
-        self._handle.write(data)
+        try:
+            self._handle.write(data)
+        except OSError as exc:
+            raise scratch_unavailable(exc) from exc
 
     def close(self) -> None:
         self._handle.close()

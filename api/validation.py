@@ -172,7 +172,7 @@ class Validator:
         self._fits_lock = threading.Lock()
         self._shared_socket = Path(settings.validation_socket) if settings.validation_socket else None
         if self._shared_socket is not None:
-            _require_socket_path(self._shared_socket)
+            require_socket_path(self._shared_socket)
 
     def start(self) -> None:
         """Start the server now, in the background, unless it runs or is starting already
@@ -580,7 +580,7 @@ def _stop_process(server: ServerProcess) -> None:
         server.wait()
 
 
-def _require_socket_path(path: Path) -> None:
+def require_socket_path(path: Path) -> None:
     """Check a shared socket path; create its folder (mode 0700) when missing. A folder others
     could write to is refused: they could put a socket of their own in the validator's place.
 

@@ -7,6 +7,8 @@ the ``alembic`` command line falls back to ``Settings().database_url``.
 from __future__ import annotations
 
 from alembic import context
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
@@ -62,6 +64,25 @@ def _connect(engine: Engine) -> Connection:
         raise SystemExit(f"rift: DATABASE_URL: the database {verb}: {reason}") from None
 
 
+def _refuse_unknown_revision(connection: Connection) -> None:
+    """Stop with one line when the database was migrated by a newer release (a revision this
+    code's migrations/ lacks): rolling the code back, compose's `alembic upgrade head` ended
+    in Alembic's "Can't locate revision identified by '0027'" (a traceback under `python -m
+    persistence.migrate`) and the container restarted for ever."""
+    command = getattr(config.cmd_opts, "cmd", None)
+    if command is not None and command[0].__name__ == "stamp":
+        return  # `alembic stamp --purge REV`: the operator overrides the record on purpose
+    current = MigrationContext.configure(connection).get_current_revision()
+    if current is None:
+        return
+    script = ScriptDirectory.from_config(config)
+    if current not in {revision.revision for revision in script.walk_revisions()}:
+        raise SystemExit(f"rift: the database schema is at migration {current}, which this code "
+                         "does not know: the database was migrated by a newer release; deploy "
+                         "that release, or with its code run `alembic downgrade "
+                         f"{script.get_current_head()}` first")
+
+
 def _sqlite_foreign_keys(connection: Connection, on: bool) -> None:
     """Turn SQLite's foreign-key enforcement on or off for this connection. Only outside a
     transaction: SQLite ignores the pragma inside one, so it goes to the driver's connection
@@ -103,6 +124,7 @@ def run_migrations_online() -> None:
                 # Before run_migrations reads the current revision, so a waiting run reads the
                 # one the run before it committed.
                 _serialize_migrations(connection)
+                _refuse_unknown_revision(connection)
                 context.run_migrations()
                 _check_sqlite_foreign_keys(connection)
             _sqlite_foreign_keys(connection, on=True)

@@ -18,11 +18,11 @@ ever prints a secret. Every command takes ``--output json``: one JSON document o
 the text lines show, and for ``keys create`` the key with its id), notes still on stderr.
 Re-running ``keys revoke`` or ``projects limits`` changes nothing and exits 0.
 
-Exit status: 0 done, 1 the database cannot be reached or is not migrated (one line on stderr,
-no traceback), 2 a
-refused request (bad argument, unknown project or key, a name taken, a project with queued or
-running jobs); a refused command changes nothing, except ``projects delete --force``, which has
-revoked the project's keys and cancelled its jobs before it finds a worker still stopping one.
+Exit status: 0 done, 1 the database cannot be reached, refuses DATABASE_URL's database, role
+or password, or is not migrated (one line on stderr, no traceback), 2 a refused request (bad
+argument, unknown project or key, a name taken, a project with queued or running jobs); a
+refused command changes nothing, except ``projects delete --force``, which has revoked the
+project's keys and cancelled its jobs before it finds a worker still stopping one.
 """
 
 from __future__ import annotations
@@ -55,7 +55,11 @@ from persistence.api_keys import (
     revoke_key,
     set_project_limits,
 )
-from persistence.db import normalise_database_url, session_factory_from_settings
+from persistence.db import (
+    normalise_database_url,
+    session_factory_from_settings,
+    settings_refused_by_database,
+)
 from persistence.deletion import (
     ProjectAlreadyDeleted,
     ProjectHasActiveJobs,
@@ -403,9 +407,16 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
         print(f"rift-admin: {exc}", file=sys.stderr)
         return 1
     except OperationalError as exc:
-        print(f"rift-admin: cannot reach the database (DATABASE_URL): "
-              f"{str(exc.orig).splitlines()[0][:200] if exc.orig else type(exc).__name__}",
-              file=sys.stderr)
+        # A server that answered and refused DATABASE_URL's database, role or password is worded
+        # as the services word it (persistence.schema): it was reached; the URL is what is wrong.
+        refused = settings_refused_by_database(exc)
+        if refused is not None:
+            print(f"rift-admin: DATABASE_URL: the database refused this connection: {refused}",
+                  file=sys.stderr)
+        else:
+            print(f"rift-admin: cannot reach the database (DATABASE_URL): "
+                  f"{str(exc.orig).splitlines()[0][:200] if exc.orig else type(exc).__name__}",
+                  file=sys.stderr)
         return 1
     finally:
         engine = factory.kw.get("bind")

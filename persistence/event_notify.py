@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from persistence.db import normalise_database_url
 from persistence.models import JobEvent
+from persistence.setting_checks import is_redis_url
 from persistence.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -46,10 +47,6 @@ def notify_mode(settings: Settings) -> NotifyMode:
     if is_redis_url(settings.broker_url):
         return "redis"
     return "poll"
-
-
-def is_redis_url(url: str) -> bool:
-    return url.split("://", 1)[0].lower() in ("redis", "rediss")
 
 
 def postgres_conninfo(settings: Settings) -> str:

@@ -384,10 +384,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="list what would be removed, remove nothing")
     args = parser.parse_args(argv)
     from persistence.db import session_factory_from_settings
+    from persistence.schema import require_usable_database
 
     settings = settings_or_exit()
     factory = session_factory_from_settings(settings)
     try:
+        require_usable_database(factory.kw["bind"], then="then run the janitor again")
         with factory() as session:
             report = run_janitor(session, settings.build_object_store(), settings,
                                  dry_run=args.dry_run)

@@ -97,3 +97,19 @@ def refuse_outdated_schema(engine: Engine) -> None:
                              f"{refused}") from None
         logger.warning("database unreachable at start (DATABASE_URL), schema not checked: %s",
                        " ".join(str(getattr(exc, "orig", None) or exc).split())[:300])
+
+
+def require_usable_database(engine: Engine, *, then: str) -> None:
+    """For a one-shot command (the janitor): stop (``SystemExit``, one line naming
+    ``DATABASE_URL``, never the URL) when the schema is not current or the database cannot be
+    opened at all. Unlike a service, such a command has nothing to wait for: before, it ended
+    in SQLAlchemy's traceback ("no such table", "connection refused")."""
+    try:
+        check_schema(engine, then=then)
+    except SchemaNotCurrent as exc:
+        raise SystemExit(f"rift: {exc.message}") from None
+    except Exception as exc:  # the driver's connection errors (OperationalError, OSError...)
+        refused = settings_refused_by_database(exc)
+        reason = refused or " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        verb = "refused this connection" if refused else "cannot be reached"
+        raise SystemExit(f"rift: DATABASE_URL: the database {verb}: {reason}") from None

@@ -48,7 +48,29 @@ def check_database_url(url: str) -> str:
                          "use 'postgresql+psycopg://...' (psycopg 3)")
     if backend == "postgresql" and not parsed.host:
         raise ValueError("a Postgres URL needs a host ('postgresql+psycopg://user@host/db')")
+    if backend == "postgresql" and "@" in (parsed.host or ""):
+        # SQLAlchemy splits at the first '@': 'user:p@ss@db' is the host 'ss@db', which no
+        # resolver knows, so the service started and stayed unready, "unreachable" for ever.
+        raise ValueError("the host part holds an '@': write an '@' in the user name or "
+                         "password as %40 ('postgresql+psycopg://user:p%40ss@host/db')")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ValueError(f"bad port {parsed.port} (1 to 65535)")
+    if backend == "sqlite" and parsed.host:
+        # SQLAlchemy refused it at the first connection, with a traceback.
+        raise ValueError(f"a SQLite URL has no host, so three slashes before a relative path "
+                         f"and four before an absolute one ('sqlite:///var/rift.db', "
+                         f"'sqlite:////data/rift.db'), not 'sqlite://{parsed.host}'")
     return url
+
+
+def database_backend(url: str) -> str:
+    """'sqlite' or 'postgresql' for a URL :func:`check_database_url` accepted."""
+    return "postgresql" if url.startswith("postgres://") else make_url(url).get_backend_name()
+
+
+def is_redis_url(url: str) -> bool:
+    """Whether a broker URL names Redis (which also carries the live events' pub/sub)."""
+    return url.split("://", 1)[0].lower() in ("redis", "rediss")
 
 
 def check_broker_url(url: str) -> str:
@@ -63,6 +85,12 @@ def check_broker_url(url: str) -> str:
         check_database_url(url.split("+", 1)[1])
         return url
     _check_port(url)
+    database = urlsplit(url).path.strip("/")
+    if transport in ("redis", "rediss") and database and not database.isdigit():
+        # kombu refuses it at every connection ("Database is int between 0 and limit - 1"):
+        # the workers crashed with a traceback and every job was answered 503.
+        raise ValueError(f"the Redis database number must be a whole number "
+                         f"('redis://host:6379/0'), not {database[:20]!r}")
     return url
 
 
@@ -76,6 +104,28 @@ def check_http_url(url: str | None) -> str | None:
         raise ValueError("expected 'http://host:port' or 'https://host'")
     _check_port(url)
     return url
+
+
+#: What boto3 accepts as a bucket name (checked by it before any request, with a traceback);
+#: S3 and MinIO refuse more (upper case, '_') when the bucket is made, which `createbucket` says.
+_BUCKET_NAME = re.compile(r"^[a-zA-Z0-9.\-_]{1,255}$")
+#: What botocore accepts as a region name (``InvalidRegionError`` otherwise, at the first client).
+_REGION_NAME = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
+
+
+def check_bucket_name(name: str | None) -> str | None:
+    """A bucket's bare name: not a URL, not a path (``s3://rift``, ``rift/prefix``)."""
+    if name and _BUCKET_NAME.match(name) is None:
+        raise ValueError("expected a bucket's bare name (letters, digits, '.', '-'), not a URL "
+                         "or a path")
+    return name
+
+
+def check_region_name(name: str) -> str:
+    """An AWS-style region name (``us-east-1``); empty means boto3's default."""
+    if name and _REGION_NAME.match(name) is None:
+        raise ValueError("expected a region name such as 'us-east-1'")
+    return name
 
 
 def check_log_level(level: str) -> str:

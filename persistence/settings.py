@@ -385,6 +385,16 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         return setting_checks.check_http_url(value)
 
+    @field_validator("s3_bucket")
+    @classmethod
+    def _bucket(cls, value: str | None) -> str | None:
+        return setting_checks.check_bucket_name(value)
+
+    @field_validator("s3_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return setting_checks.check_region_name(value)
+
     @field_validator("prometheus_multiproc_dir", mode="before")
     @classmethod
     def _multiproc_dir(cls, value: object) -> object:
@@ -412,6 +422,15 @@ class Settings(BaseSettings):
         if (self.s3_access_key is None) != (self.s3_secret_key is None):
             raise ValueError("S3_ACCESS_KEY and S3_SECRET_KEY: set both or neither (neither: "
                              "boto3's own chain, e.g. an instance role)")
+        # The API would stop in create_app with kombu's "Redis URL must specify one of the
+        # following schemes" traceback ('redis'), or listen on no Postgres at all ('postgres').
+        if (self.event_notify == "postgres"
+                and setting_checks.database_backend(self.database_url) != "postgresql"):
+            raise ValueError("EVENT_NOTIFY: 'postgres' needs a Postgres DATABASE_URL (LISTEN/"
+                             "NOTIFY); use 'auto' or 'poll'")
+        if self.event_notify == "redis" and not setting_checks.is_redis_url(self.broker_url):
+            raise ValueError("EVENT_NOTIFY: 'redis' needs a Redis BROKER_URL (pub/sub on the "
+                             "broker's Redis); use 'auto' or 'poll'")
         if self.webhook_retry_base_seconds > self.webhook_retry_max_seconds:
             raise ValueError("WEBHOOK_RETRY_BASE_SECONDS: must not exceed "
                              "WEBHOOK_RETRY_MAX_SECONDS")
@@ -500,20 +519,40 @@ def load_settings(**values: Any) -> Settings:
 MISSPELLING_CUTOFF = 0.88
 
 
+#: Prefixes an operator may put in front of a setting's name, taking the service's variables to
+#: be namespaced as many services' are (the clients' own are: ``RIFT_API_URL``); they are not.
+GUESSED_PREFIXES = ("RIFT_",)
+
+
 def misspelt_settings(environ: Mapping[str, str]) -> list[str]:
     """``'NAME' is not a setting (did you mean 'SETTING'?)`` for each upper-case variable of
-    ``environ`` that is not a setting but nearly spells one. Such a variable is ignored, so the
-    setting kept its default: a ``DATABSE_URL`` ran the service on the embedded SQLite file."""
+    ``environ`` that is not a setting but nearly spells one, also behind a guessed prefix
+    (``RIFT_DATABASE_URL``, ``RIFT_DATABSE_URL``). Such a variable is ignored, so the setting
+    kept its default: a ``DATABSE_URL`` ran the service on the embedded SQLite file."""
     fields = list(Settings.model_fields)
     found = []
     for name in sorted(environ):
         if (not re.fullmatch(r"[A-Z][A-Z0-9_]+", name) or name.lower() in fields
                 or name in RENAMED_VARIABLES.values()):
             continue
-        close = difflib.get_close_matches(name.lower(), fields, n=1, cutoff=MISSPELLING_CUTOFF)
-        if close:
-            found.append(f"{name} is not a setting (did you mean {close[0].upper()}?)")
+        meant = _setting_meant(name, fields)
+        if meant is not None:
+            setting, prefix = meant
+            hint = f" settings have no {prefix} prefix" if prefix else ""
+            found.append(f"{name} is not a setting (did you mean {setting.upper()}?{hint})")
     return found
+
+
+def _setting_meant(name: str, fields: list[str]) -> tuple[str, str] | None:
+    """The setting ``name`` nearly spells, with the guessed prefix it carries ('' for none)."""
+    candidates = [("", name)] + [(prefix, name.removeprefix(prefix))
+                                 for prefix in GUESSED_PREFIXES if name.startswith(prefix)]
+    for prefix, candidate in candidates:
+        close = difflib.get_close_matches(candidate.lower(), fields, n=1,
+                                          cutoff=MISSPELLING_CUTOFF)
+        if close:
+            return close[0], prefix
+    return None
 
 
 def settings_or_exit(**values: Any) -> Settings:

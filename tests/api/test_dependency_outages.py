@@ -6,6 +6,7 @@ downgraded under the running API.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,14 @@ from persistence.db import session_factory_from_settings
 from persistence.migrate import downgrade_database
 from persistence.schema import MIGRATE_COMMAND
 from persistence.settings import Settings
-from tests.api.helpers import Api, RecordingDispatcher, error_of, free_port, readyz_once_started
+from tests.api.helpers import (
+    Api,
+    RecordingDispatcher,
+    digits_config,
+    error_of,
+    free_port,
+    readyz_once_started,
+)
 from tests.service_fixtures import settings_from_env
 
 pytestmark = pytest.mark.service
@@ -78,6 +86,44 @@ def test_s3_bucket_missing(api_settings: Settings, moto_s3_endpoint: str, small_
     error = error_of(response)
     assert error["code"] == "store_unavailable"
     assert bucket in error["message"] and "does not exist" in error["message"]
+    assert response.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_scratch_folder_gone_answers_uploads_503_not_500(
+        api_settings: Settings, small_cnn_file: Path, tmp_path: Path,
+        start_api: Callable[..., Api]) -> None:
+    # WORK_DIR unmounted or replaced since the start (or its disk full): each upload was a 500
+    # internal_error (FileNotFoundError / NotADirectoryError / ENOSPC from the spooling).
+    (tmp_path / "gone").write_text("a file where the scratch folder was")
+    api = start_api(api_settings.model_copy(update={"work_dir": tmp_path / "gone" / "work"}),
+                    dispatcher=RecordingDispatcher())
+    raw = api.client.post("/v1/checkpoints", params={"filename": "model.safetensors"},
+                          content=small_cnn_file.read_bytes(),
+                          headers={"Content-Type": "application/octet-stream"})
+    for response in (raw, upload(api, small_cnn_file)):  # raw body, then multipart
+        assert response.status_code == 503, response.text
+        error = error_of(response)
+        assert error["code"] == "scratch_unavailable"
+        assert "WORK_DIR: ENOTDIR" in error["message"]
+        assert response.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_scratch_folder_gone_answers_a_pytorch_checkpoints_job_503_not_500(
+        api: Api, small_cnn_torch_file: Path) -> None:
+    # A job on a stored PyTorch checkpoint reads its tensors from a copy under WORK_DIR: with
+    # the folder gone since the start, job creation was a 500 internal_error.
+    stored = api.client.post("/v1/checkpoints", params={"filename": "model.pt"},
+                             content=small_cnn_torch_file.read_bytes(),
+                             headers={"Content-Type": "application/octet-stream"})
+    assert stored.status_code == 201, stored.text
+    shutil.rmtree(api.settings.work_dir)
+    api.settings.work_dir.write_text("a file where the scratch folder was")
+    response = api.client.post("/v1/jobs", json={"checkpoint_id": stored.json()["id"],
+                                                 "config": digits_config()})
+    assert response.status_code == 503, response.text
+    assert error_of(response)["code"] == "scratch_unavailable"
     assert response.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
 
 

@@ -53,3 +53,18 @@ def test_a_missing_sqlite_file_is_named_and_not_made(
     err = capsys.readouterr().err
     assert named == 1 and f"{tmp_path / 'elsewhere' / 'rift.db'} (DATABASE_URL)" in err
     assert not os.path.exists(tmp_path / "elsewhere")
+
+
+def test_a_database_refusing_the_url_is_named_as_refused_not_unreachable(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Was "cannot reach the database (DATABASE_URL): connection failed: ... FATAL: ...", though
+    # the server answered; the services say it as below (persistence/schema.py).
+    settings = Settings(
+        database_url="postgresql+psycopg://postgres@127.0.0.1:5432/rift_admin_no_such_database",
+        broker_url="memory://", log_format="text")
+    code = run(["projects", "list"], settings=settings)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines() == [
+        'rift-admin: DATABASE_URL: the database refused this connection: FATAL: database '
+        '"rift_admin_no_such_database" does not exist']

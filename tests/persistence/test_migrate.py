@@ -146,6 +146,30 @@ def test_a_database_refusing_the_url_stops_the_migration_with_one_line() -> None
         '"rift_no_such_database" does not exist']
 
 
+@pytest.mark.parametrize("command", [["-m", "persistence.migrate"],
+                                     ["-m", "alembic", "upgrade", "head"]])
+def test_a_database_of_a_newer_release_stops_the_migration_with_one_line(
+        empty_url: str, command: list[str]) -> None:
+    # Rolling the code back: `python -m persistence.migrate` ended in a 70-line traceback and
+    # compose's `alembic upgrade head` in "FAILED: Can't locate revision identified by '0999'".
+    upgrade_database(empty_url)
+    engine = sa.create_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text("UPDATE alembic_version SET version_num = '0999'"))
+    finally:
+        engine.dispose()
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env.update(PYTHONPATH=str(ROOT), DATABASE_URL=empty_url)
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "rift: the database schema is at migration 0999, which this code does not know: the "
+        "database was migrated by a newer release; deploy that release, or with its code run "
+        f"`alembic downgrade {expected_revision()}` first"]
+
+
 def test_the_upgrade_to_0026_fills_the_ledger_as_the_reference_counts(empty_url: str) -> None:
     """A database of 0025 holding a project's checkpoint, dataset, jobs active and ended with
     artifacts, and materializations: after the upgrade its stored-bytes ledger (what the quota

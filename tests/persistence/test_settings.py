@@ -39,10 +39,20 @@ BAD_VALUES = [
     ("DATABASE_URL", "mysql://u@host/db", "'mysql' is not supported"),
     ("DATABASE_URL", "postgresql+asyncpg://u@host/db", "'asyncpg' is not installed"),
     ("DATABASE_URL", "postgresql+psycopg:///db", "needs a host"),
+    # An '@' of the password unescaped: the service started, "unreachable" for ever.
+    ("DATABASE_URL", "postgresql+psycopg://rift:p@ss@db:5432/rift", "as %40"),
+    ("DATABASE_URL", "postgresql+psycopg://rift@db:65536/rift", "bad port 65536"),
+    # Two slashes: SQLAlchemy's ArgumentError traceback at the first connection.
+    ("DATABASE_URL", "sqlite://var/rift.db", "three slashes before a relative path"),
     ("BROKER_URL", "127.0.0.1:6379", "redis://host:6379/0"),
     ("BROKER_URL", "kafka://broker:9092", "'kafka'"),
     ("BROKER_URL", "redis://redis:notaport/0", "bad port"),
+    ("BROKER_URL", "redis://redis:6379/rift", "database number must be a whole number"),
     ("BROKER_URL", "sqla+nosuchdb://x", "not supported"),
+    # boto3's ParamValidationError / botocore's InvalidRegionError tracebacks at the start.
+    ("S3_BUCKET", "s3://rift", "bare name"),
+    ("S3_BUCKET", "rift/jobs", "bare name"),
+    ("S3_REGION", "us east 1", "'us-east-1'"),
     ("S3_ENDPOINT_URL", "minio:9000", "http://host:port"),
     ("S3_PUBLIC_ENDPOINT_URL", "ftp://files", "http://host:port"),
     ("S3_ENDPOINT_URL", "http://minio:port/", "bad port"),
@@ -102,6 +112,12 @@ def test_urls_are_never_quoted_in_the_error(clean_env: pytest.MonkeyPatch) -> No
     ({"S3_ACCESS_KEY": "AKIA"}, "S3_ACCESS_KEY and S3_SECRET_KEY: set both or neither"),
     ({"WEBHOOK_RETRY_BASE_SECONDS": "60", "WEBHOOK_RETRY_MAX_SECONDS": "10"},
      "WEBHOOK_RETRY_BASE_SECONDS: must not exceed WEBHOOK_RETRY_MAX_SECONDS"),
+    # Passed, then the API stopped in create_app with kombu's ValueError traceback ('redis'),
+    # or its streams listened on no Postgres ('postgres' on the embedded SQLite).
+    ({"EVENT_NOTIFY": "redis", "BROKER_URL": "sqla+sqlite:///var/broker.db"},
+     "EVENT_NOTIFY: 'redis' needs a Redis BROKER_URL"),
+    ({"EVENT_NOTIFY": "postgres", "DATABASE_URL": "sqlite:///var/rift.db"},
+     "EVENT_NOTIFY: 'postgres' needs a Postgres DATABASE_URL"),
 ])
 def test_settings_that_contradict_each_other(clean_env: pytest.MonkeyPatch, env: dict[str, str],
                                              words: str) -> None:
@@ -124,6 +140,9 @@ def test_good_values_pass_and_empty_optionals_mean_unset(clean_env: pytest.Monke
     assert settings.s3_public_endpoint_url is None and settings.worker_device is None
     assert settings.log_level == "DEBUG"
     assert load_settings(broker_url="sqla+sqlite:///var/broker.db").broker_url.startswith("sqla")
+    # The Postgres DATABASE_URL and the Redis BROKER_URL above carry either notification.
+    assert load_settings(event_notify="postgres").event_notify == "postgres"
+    assert load_settings(event_notify="redis").event_notify == "redis"
 
 
 def _entry_point_env(**bad: str) -> dict[str, str]:
@@ -172,3 +191,22 @@ def test_a_misspelt_variable_stops_the_start_with_one_line(tmp_path: Path) -> No
     assert result.stderr.strip().splitlines() == [
         "rift: invalid settings: DATABSE_URL is not a setting (did you mean DATABASE_URL?); "
         "rename or unset it"], result.stderr
+
+
+def test_a_setting_behind_a_rift_prefix_is_named_with_the_setting_meant() -> None:
+    # Was ignored: an operator taking the variables to be namespaced (as the clients' RIFT_API_URL
+    # is) set RIFT_DATABASE_URL, and the service ran on its embedded SQLite file.
+    environ = {"RIFT_DATABASE_URL": "postgresql+psycopg://db/rift", "RIFT_DATABSE_URL": "x",
+               "RIFT_STORE_KIND": "s3",
+               # The clients', the demo's, the tests' and compose's own RIFT_ variables.
+               "RIFT_API_URL": "u", "RIFT_API_KEY": "k", "RIFT_DEMO_DIR": "d",
+               "RIFT_DEMO_PORT": "8000", "RIFT_DATA_DIR": "./data", "RIFT_TEST_CACHE": "c",
+               "RIFT_TEST_REDIS_URL": "redis://r", "RIFT_TEST_POSTGRES_ADMIN_URL": "p",
+               "RIFT_TEST_FORK_WORKERS": "1", "RIFT_TEST_PROCESSES": "2"}
+    assert misspelt_settings(environ) == [
+        "RIFT_DATABASE_URL is not a setting (did you mean DATABASE_URL? settings have no RIFT_ "
+        "prefix)",
+        "RIFT_DATABSE_URL is not a setting (did you mean DATABASE_URL? settings have no RIFT_ "
+        "prefix)",
+        "RIFT_STORE_KIND is not a setting (did you mean STORE_KIND? settings have no RIFT_ "
+        "prefix)"]

@@ -148,6 +148,52 @@ def test_the_start_empties_the_metrics_directory(sqlite_url: str, tmp_path: Path
     assert list(metrics.iterdir()) == []
 
 
+def test_a_metrics_directory_that_cannot_be_made_stops_the_start(sqlite_url: str,
+                                                                 tmp_path: Path) -> None:
+    # Was NotADirectoryError's traceback from api.preflight.
+    (tmp_path / "shm").write_text("not a folder")
+    metrics = tmp_path / "shm" / "rift-api-metrics"
+    result = run_preflight(tmp_path, DATABASE_URL=sqlite_url, BROKER_URL="memory://",
+                           STORE_ROOT=str(tmp_path / "objects"),
+                           PROMETHEUS_MULTIPROC_DIR=str(metrics))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"rift: PROMETHEUS_MULTIPROC_DIR: {str(metrics)!r} is not a writable folder (ENOTDIR: "
+        "Not a directory); name one this user may write, or unset it"]
+
+
+def test_a_validation_socket_in_a_folder_others_may_write_stops_the_start(
+        sqlite_url: str, tmp_path: Path) -> None:
+    # api.preflight passed it; then each uvicorn process's create_app raised ValueError with a
+    # traceback and uvicorn's supervisor restarted the processes for ever.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    result = run_preflight(tmp_path, DATABASE_URL=sqlite_url, BROKER_URL="memory://",
+                           STORE_ROOT=str(tmp_path / "objects"),
+                           VALIDATION_SOCKET=str(shared / "validator.sock"))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"rift: VALIDATION_SOCKET: the folder {shared} must belong to this user (uid "
+        f"{os.getuid()}) and be writable by no one else (it is uid {os.getuid()}, mode 777)"]
+
+
+def test_the_app_refuses_a_validation_socket_folder_with_one_line(sqlite_url: str,
+                                                                  tmp_path: Path) -> None:
+    # `uvicorn --factory api.main:create_app` without the preflight: was a ValueError traceback.
+    (tmp_path / "run").write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env.update(PYTHONPATH=str(ROOT), LOG_FORMAT="text", DATABASE_URL=sqlite_url,
+               BROKER_URL="memory://", STORE_ROOT=str(tmp_path / "objects"),
+               VALIDATION_SOCKET=str(tmp_path / "run" / "validator.sock"))
+    result = subprocess.run([sys.executable, "-c", "from api.main import create_app; create_app()"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1:] == [
+        f"rift: VALIDATION_SOCKET: cannot make the folder {tmp_path / 'run'}: File exists"]
+    assert "Traceback" not in result.stderr
+
+
 @pytest.fixture
 def s3_checking_keys(tmp_path: Path) -> Iterator[str]:
     """A moto S3 server of its own that checks access keys (``INITIAL_NO_AUTH_ACTION_COUNT=0``:
@@ -183,3 +229,16 @@ def test_s3_keys_refused_stop_the_start(sqlite_url: str, s3_checking_keys: str,
     assert result.stderr.strip().splitlines() == [
         f"rift: object store: access to bucket 'rift' at {s3_checking_keys} was denied (403); "
         "check S3_ACCESS_KEY and S3_SECRET_KEY"]
+
+
+def test_a_work_dir_that_cannot_be_made_stops_the_start(sqlite_url: str, tmp_path: Path) -> None:
+    # It was not checked: the API started, /readyz said ready, and every upload answered 500
+    # (FileNotFoundError from spooling it under WORK_DIR/uploads).
+    (tmp_path / "scratch").write_text("not a folder")
+    result = run_preflight(tmp_path, DATABASE_URL=sqlite_url, BROKER_URL="memory://",
+                           STORE_ROOT=str(tmp_path / "objects"),
+                           WORK_DIR=str(tmp_path / "scratch" / "work"))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"rift: WORK_DIR: {str(tmp_path / 'scratch' / 'work')!r} is not a writable folder "
+        "(ENOTDIR: Not a directory); set WORK_DIR to a folder this user may write"]
