@@ -63,6 +63,12 @@ def terminate(worker: WorkerProcess) -> float:
     """SIGTERM (a warm shutdown); returns the seconds the process took to exit."""
     sent = time.monotonic()
     worker.process.send_signal(signal.SIGTERM)
+    return exit_after(worker, sent)
+
+
+def exit_after(worker: WorkerProcess, sent: float) -> float:
+    """Wait for the worker sent SIGTERM at ``sent`` (``time.monotonic``) to exit; returns the
+    seconds since."""
     try:
         worker.process.wait(timeout=EXIT_S)
     except subprocess.TimeoutExpired:
