@@ -34,7 +34,7 @@ from persistence.storage import ObjectStore
 from rift import checkpoints
 from tests.reliability.succeeded_jobs import materialization, perturbed, succeeded_job, wait_until
 from tests.service_fixtures import WorkerProcess
-from tests.worker_jobs import wait_for
+from tests.worker_jobs import signal_when, wait_for
 from worker.stages import FINETUNED, TUNED
 
 pytestmark = pytest.mark.service
@@ -113,9 +113,9 @@ def test_a_stage_is_handed_back_on_sigterm_and_finished_by_another_worker_alike(
     spec["finetune"].update(epochs=EPOCHS, lr_milestones=[EPOCHS // 2])  # seconds: stopped mid-way
     first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
     job_id = submit(spec)
-    wait_for(sessions, job_id, fine_tuning(sessions, job_id), "fine-tuning", workers=(first,))
-
-    took = terminate(first)
+    # Read and sent with the worker stopped: the fine-tuning read as running is stopped mid-way.
+    signal_when(first, sessions, job_id, fine_tuning(sessions, job_id), "fine-tuning")
+    took = exit_after(first, time.monotonic())
     assert first.process.returncode == 0, first.log()[-3000:]
     assert took < EXIT_S
     # Handed back, not failed nor cancelled: the stage waits, its claim not counted, with its
