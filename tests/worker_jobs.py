@@ -153,27 +153,39 @@ def _stopped(pid: int) -> bool:
 def signal_when(worker: WorkerProcess, sessions: sessionmaker[Session], job_id: str,
                 condition: Callable[[Job], bool], what: str, sig: int = signal.SIGTERM,
                 timeout: float = JOB_TIMEOUT_S) -> Job:
-    """Send ``sig`` to a solo-pool ``worker`` once ``condition`` holds for its job, reading the
-    job while the worker is stopped (SIGSTOP), so the signal meets the job as read: the work
-    after it is still to do when the worker continues (SIGCONT) with the signal pending.
-    Polling and then signalling let the work go on meanwhile (a poll and its queries, seconds
-    under load), and a short last unit ended before the signal. The reads see what the worker
-    committed; a commit it had sent just before it stopped may land after them, so the
-    condition should leave more than one unit to do. Returns the job as read."""
+    """Send ``sig`` to a solo-pool ``worker`` once ``condition`` holds for its job, read while the
+    worker is stopped (:func:`signal_when_stopped`). Returns the job as read."""
+    read: list[Job] = []
+
+    def holds() -> bool:
+        with sessions() as session:
+            read[:] = [jobs.get_job(session, job_id)]
+        return condition(read[0])
+
+    signal_when_stopped(worker, holds, f"job {job_id}: {what}", sig, timeout)
+    return read[0]
+
+
+def signal_when_stopped(worker: WorkerProcess, check: Callable[[], bool], what: str,
+                        sig: int = signal.SIGTERM, timeout: float = JOB_TIMEOUT_S) -> None:
+    """Send ``sig`` to a solo-pool ``worker`` once ``check()`` holds, running each check while
+    the worker is stopped (SIGSTOP), so the signal meets the work as read: what was left then
+    is still to do when the worker continues (SIGCONT) with the signal pending. Polling and
+    then signalling let the work go on meanwhile (a poll and its queries, seconds under load),
+    and a short last unit ended before the signal. The reads see what the worker committed; a
+    commit it had sent just before it stopped may land after them, so ``check`` should leave
+    more than one unit to do."""
     deadline = time.monotonic() + timeout
     while True:
         os.kill(worker.pid, signal.SIGSTOP)
         try:
             while not _stopped(worker.pid):
                 time.sleep(0.001)
-            with sessions() as session:
-                job = jobs.get_job(session, job_id)
-            if condition(job):
+            if check():
                 os.kill(worker.pid, sig)  # pending until the SIGCONT below
-                return job
+                return
         finally:
             os.kill(worker.pid, signal.SIGCONT)
         if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} never reached {what}: status={job.status} "
-                        f"stage={job.stage}\n--- {worker.name}\n{worker.log()[-3000:]}")
+            pytest.fail(f"never reached {what}\n--- {worker.name}\n{worker.log()[-3000:]}")
         time.sleep(0.1)
