@@ -6,6 +6,8 @@ name (``sessions``, ``store``) takes precedence there."""
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -129,4 +131,61 @@ def wait_while_progressing(sessions: sessionmaker[Session], job_id: str,
                         f"at status={job.status} stage={job.stage} "
                         f"progress={job.stage_progress} error={job.error_code} "
                         f"{job.error_message}\n{logs}")
+        time.sleep(0.1)
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of process ``pid`` is stopped (state ``T``) or the process is gone."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for task in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{task}/stat").read_bytes()
+        except FileNotFoundError:
+            continue
+        if stat[stat.rfind(b")") + 2:].split()[0] not in (b"T", b"t", b"Z", b"X"):
+            return False
+    return True
+
+
+def signal_when(worker: WorkerProcess, sessions: sessionmaker[Session], job_id: str,
+                condition: Callable[[Job], bool], what: str, sig: int = signal.SIGTERM,
+                timeout: float = JOB_TIMEOUT_S) -> Job:
+    """Send ``sig`` to a solo-pool ``worker`` once ``condition`` holds for its job, read while the
+    worker is stopped (:func:`signal_when_stopped`). Returns the job as read."""
+    read: list[Job] = []
+
+    def holds() -> bool:
+        with sessions() as session:
+            read[:] = [jobs.get_job(session, job_id)]
+        return condition(read[0])
+
+    signal_when_stopped(worker, holds, f"job {job_id}: {what}", sig, timeout)
+    return read[0]
+
+
+def signal_when_stopped(worker: WorkerProcess, check: Callable[[], bool], what: str,
+                        sig: int = signal.SIGTERM, timeout: float = JOB_TIMEOUT_S) -> None:
+    """Send ``sig`` to a solo-pool ``worker`` once ``check()`` holds, running each check while
+    the worker is stopped (SIGSTOP), so the signal meets the work as read: what was left then
+    is still to do when the worker continues (SIGCONT) with the signal pending. Polling and
+    then signalling let the work go on meanwhile (a poll and its queries, seconds under load),
+    and a short last unit ended before the signal. The reads see what the worker committed; a
+    commit it had sent just before it stopped may land after them, so ``check`` should leave
+    more than one unit to do."""
+    deadline = time.monotonic() + timeout
+    while True:
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            while not _stopped(worker.pid):
+                time.sleep(0.001)
+            if check():
+                os.kill(worker.pid, sig)  # pending until the SIGCONT below
+                return
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        if time.monotonic() > deadline:
+            pytest.fail(f"never reached {what}\n--- {worker.name}\n{worker.log()[-3000:]}")
         time.sleep(0.1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +37,21 @@ def make_shared(socket_path: Path, validator_launch: ServerLauncher) -> MakeShar
                          launch=validator_launch)
 
     return make
+
+
+def counting_connections(validator: Validator) -> threading.Semaphore:
+    """Released each time ``validator`` has connected to its server. The server admits
+    connections in the order they were made and, on SIGTERM, still serves those made before."""
+    made = threading.Semaphore(0)
+    connect = validator._connect
+
+    def connect_and_count() -> socket.socket:
+        connection = connect()
+        made.release()
+        return connection
+
+    validator._connect = connect_and_count  # type: ignore[method-assign]
+    return made
 
 
 def _overlapping(spans: list[tuple[float, float]]) -> int:
@@ -88,10 +104,14 @@ def test_a_full_host_answers_busy_naming_the_limit(make_shared: MakeShared) -> N
     # The server up first: a check waits for its start at most the queue timeout too.
     first.start()
     assert first.wait_ready(120) == "ready"
+    # The second check connects once the first one's connection is made: the server admits
+    # connections in order, so the first holds the slot. (A fixed 0.5 s let the second go first
+    # when a loaded machine started the holder's thread late, and it then found the slot free.)
+    made = counting_connections(first)
     holder = threading.Thread(target=first.probe, kwargs={"sleep_seconds": 2.0})
     holder.start()
     try:
-        time.sleep(0.5)
+        assert made.acquire(timeout=60)
         with pytest.raises(ServiceUnavailable, match="VALIDATION_MAX_CONCURRENCY") as caught:
             second.probe()
         assert caught.value.code == "validation_busy"
@@ -118,12 +138,16 @@ def test_sigterm_serves_the_checks_already_waiting(make_shared: MakeShared,
                                                   socket_path: Path) -> None:
     validator = make_shared(validation_max_concurrency=1)
     server = validator.probe()["server_pid"]
+    made = counting_connections(validator)
     results: list[dict[str, object]] = []
     threads = [threading.Thread(target=lambda: results.append(validator.probe(sleep_seconds=0.5)))
                for _ in range(3)]
     for thread in threads:
         thread.start()
-    time.sleep(0.3)  # one check runs, two wait for the slot
+    # All three connected (one check runs, two wait for the slot), waited for: after a fixed
+    # 0.3 s a thread started late connected after the SIGTERM, to another server.
+    for _ in threads:
+        assert made.acquire(timeout=60)
     os.kill(server, signal.SIGTERM)
     for thread in threads:
         thread.join()

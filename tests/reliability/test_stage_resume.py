@@ -14,6 +14,7 @@ expiry cannot explain what is seen.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,17 +33,20 @@ from tests.reliability.test_worker_shutdown import (
     LEASE_S,
     assert_same_results,
     events,
+    exit_after,
     stages_of,
-    terminate,
 )
 from tests.service_fixtures import WorkerProcess
-from tests.worker_jobs import JOB_TIMEOUT_S, wait_for, wait_while_progressing
+from tests.worker_jobs import JOB_TIMEOUT_S, signal_when, wait_while_progressing
 
 pytestmark = pytest.mark.service
 
 # Each stage is stretched only as far as the SIGTERM needs: the test sends it within a poll
 # (0.1 s) of the first unit stored (a module, an epoch, an α), and the stage must still have units
-# left then. Every job runs that stage about twice over (the resumed job, then the same spec
+# left then, so the tests read and signal with the worker stopped (``signal_when``): the MRC
+# stage's modules are few and the last is short, and a poll and its queries under load outlasted
+# them.
+# Every job runs that stage about twice over (the resumed job, then the same spec
 # straight through), so its size is most of each test's time under load: 2.5 times smaller than
 # before (400 steps, 150 epochs, 41 α points of 128 examples) still leaves about a second after
 # the first unit on a quiet 2-core machine (the 3 modules after the first: 0.9 s; 58 epochs:
@@ -78,10 +82,9 @@ def test_an_mrc_stage_handed_back_midway_scores_only_the_missing_modules_on_anot
     spec["mrc"].update(steps=MRC_STEPS, reshuffle=True)  # reshuffle: seeded batch orders too
     first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
     job_id = submit(spec)
-    wait_for(sessions, job_id, lambda job: job.stage == "mrc" and bool(
-        scored(events(sessions, job_id))), "a scored module", workers=(first,))
-
-    terminate(first)
+    signal_when(first, sessions, job_id, lambda job: job.stage == "mrc" and bool(
+        scored(events(sessions, job_id))), "a scored module")
+    exit_after(first, time.monotonic())
     assert first.process.returncode == 0, first.log()[-3000:]
     mrc = stages_of(sessions, job_id)["mrc"]
     assert (mrc.status, mrc.attempts) == ("pending", 0), first.log()[-3000:]
@@ -127,11 +130,9 @@ def test_an_interpolation_handed_back_midway_attacks_only_the_missing_alphas_on_
     spec["attack"].update(steps=ATTACK_STEPS)
     first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
     job_id = submit(spec)
-    wait_for(sessions, job_id, lambda job: job.stage == "interpolate" and len(
-        evaluated(events(sessions, job_id))) >= 2, "an α > 0 attacked", timeout=60,
-        workers=(first,))
-
-    terminate(first)
+    signal_when(first, sessions, job_id, lambda job: job.stage == "interpolate" and len(
+        evaluated(events(sessions, job_id))) >= 2, "an α > 0 attacked", timeout=60)
+    exit_after(first, time.monotonic())
     assert first.process.returncode == 0, first.log()[-3000:]
     interpolate = stages_of(sessions, job_id)["interpolate"]
     assert (interpolate.status, interpolate.attempts) == ("pending", 0), first.log()[-3000:]
@@ -191,10 +192,9 @@ def test_a_sharded_mrc_shard_handed_back_midway_scores_only_its_missing_modules_
     spec["mrc"].update(steps=SHARDED_MRC_STEPS, reshuffle=True, shards=2)
     first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
     job_id = submit(spec)
-    wait_for(sessions, job_id, running_shard_midway(sessions, job_id),
-             "a running shard with a scored module", workers=(first,))
-
-    terminate(first)
+    signal_when(first, sessions, job_id, running_shard_midway(sessions, job_id),
+                "a running shard with a scored module")
+    exit_after(first, time.monotonic())
     assert first.process.returncode == 0, first.log()[-3000:]
     before = events(sessions, job_id)
     stored = scored(before)
@@ -247,10 +247,9 @@ def test_a_fine_tune_handed_back_midway_continues_from_its_last_epoch_on_another
     spec["finetune"].update(epochs=EPOCHS, lr_milestones=[EPOCHS - 10], momentum=0.9)
     first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
     job_id = submit(spec)
-    wait_for(sessions, job_id, lambda job: job.stage == "finetune" and len(
-        epochs_reported(events(sessions, job_id))) >= 2, "two epochs", workers=(first,))
-
-    terminate(first)
+    signal_when(first, sessions, job_id, lambda job: job.stage == "finetune" and len(
+        epochs_reported(events(sessions, job_id))) >= 2, "two epochs")
+    exit_after(first, time.monotonic())
     assert first.process.returncode == 0, first.log()[-3000:]
     finetune = stages_of(sessions, job_id)["finetune"]
     assert (finetune.status, finetune.attempts) == ("pending", 0), first.log()[-3000:]
@@ -295,10 +294,10 @@ def test_a_sweep_candidate_handed_back_midway_continues_from_its_last_epoch(
     spec["finetune"].update(epochs=EPOCHS, lr_milestones=[EPOCHS - 10], candidates=2)
     first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
     job_id = submit(spec)
-    wait_for(sessions, job_id, lambda job: len(epochs_reported(events(sessions, job_id))) >= 2,
-             "two epochs of the first candidate", workers=(first,))
-
-    terminate(first)
+    signal_when(first, sessions, job_id,
+                lambda job: len(epochs_reported(events(sessions, job_id))) >= 2,
+                "two epochs of the first candidate")
+    exit_after(first, time.monotonic())
     assert first.process.returncode == 0, first.log()[-3000:]
     done = epochs_reported(events(sessions, job_id))
     assert 2 <= len(done) < EPOCHS  # candidate 0 stopped midway; candidate 1 never started

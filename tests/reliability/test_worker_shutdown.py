@@ -32,9 +32,10 @@ from persistence.queue import RiftCelery, enqueue_materialization
 from persistence.stage_shards import list_candidates
 from persistence.storage import ObjectStore
 from rift import checkpoints
-from tests.reliability.succeeded_jobs import materialization, perturbed, succeeded_job, wait_until
+from tests.reliability.succeeded_jobs import materialization, perturbed, succeeded_job
 from tests.service_fixtures import WorkerProcess
-from tests.worker_jobs import wait_for
+from tests.worker_jobs import signal_when, signal_when_stopped, wait_for
+from worker.materialize import materialization_key
 from worker.stages import FINETUNED, TUNED
 
 pytestmark = pytest.mark.service
@@ -63,6 +64,12 @@ def terminate(worker: WorkerProcess) -> float:
     """SIGTERM (a warm shutdown); returns the seconds the process took to exit."""
     sent = time.monotonic()
     worker.process.send_signal(signal.SIGTERM)
+    return exit_after(worker, sent)
+
+
+def exit_after(worker: WorkerProcess, sent: float) -> float:
+    """Wait for the worker sent SIGTERM at ``sent`` (``time.monotonic``) to exit; returns the
+    seconds since."""
     try:
         worker.process.wait(timeout=EXIT_S)
     except subprocess.TimeoutExpired:
@@ -107,9 +114,9 @@ def test_a_stage_is_handed_back_on_sigterm_and_finished_by_another_worker_alike(
     spec["finetune"].update(epochs=EPOCHS, lr_milestones=[EPOCHS // 2])  # seconds: stopped mid-way
     first = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
     job_id = submit(spec)
-    wait_for(sessions, job_id, fine_tuning(sessions, job_id), "fine-tuning", workers=(first,))
-
-    took = terminate(first)
+    # Read and sent with the worker stopped: the fine-tuning read as running is stopped mid-way.
+    signal_when(first, sessions, job_id, fine_tuning(sessions, job_id), "fine-tuning")
+    took = exit_after(first, time.monotonic())
     assert first.process.returncode == 0, first.log()[-3000:]
     assert took < EXIT_S
     # Handed back, not failed nor cancelled: the stage waits, its claim not counted, with its
@@ -250,11 +257,12 @@ def test_a_materialization_is_handed_back_on_sigterm(
         row_id = request_materialization(session, job_id, 0.5, evaluate=True).row.id
     worker = start_worker(WORKER_LEASE_SECONDS=LEASE_S)
     enqueue_materialization(sender, row_id)
-    wait_until(lambda: materialization(sessions, row_id).status == "running",
-               "the materialization's start", (worker,))
-    time.sleep(1.0)  # into the evaluation
-
-    terminate(worker)
+    # Into the evaluation (its weights stored before it), read and sent with the worker stopped:
+    # after a fixed 1 s the evaluation's end could come first on a fast machine.
+    key = materialization_key(job_id, materialization(sessions, row_id).artifact_name)
+    signal_when_stopped(worker, lambda: materialization(sessions, row_id).status == "running"
+                        and store.exists(key), "the materialization's evaluation")
+    exit_after(worker, time.monotonic())
     assert worker.process.returncode == 0, worker.log()[-3000:]
     row = materialization(sessions, row_id)
     assert (row.status, row.attempts, row.lease_owner) == ("queued", 0, None), \

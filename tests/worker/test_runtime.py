@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -108,14 +109,18 @@ def test_a_materialization_lease_taken_over_stops_its_evaluation(
         assert materializations.start_materialization(
             session, row_id, owner=resources.worker_id, lease_seconds=0.3,
             max_attempts=3) is not None
+    with sessions() as session:
+        first = session.get_one(Materialization, row_id).lease_expires_at
+    assert first is not None
     lease = MaterializationLease(resources, row_id)
     lease.start()
     try:
-        time.sleep(0.6)  # past the first lease: alive only if the heartbeat renewed it
+        # Renewed past the first lease's end: the heartbeat beat on (every 0.1 s) after it.
+        # Waited for, not slept for: "not expired now" after a fixed 0.6 s fails whenever a
+        # loaded machine keeps the heartbeat thread off the CPU for 0.3 s.
+        eventually(lambda: expiry(sessions, row_id) > first + timedelta(seconds=0.3))
         with sessions() as session:
-            held = session.get_one(Materialization, row_id)
-            assert held.lease_owner == resources.worker_id
-            assert held.lease_expires_at is not None and held.lease_expires_at > utcnow()
+            assert session.get_one(Materialization, row_id).lease_owner == resources.worker_id
         assert not lease.should_cancel()
         with sessions() as session:
             session.execute(update(Materialization).where(Materialization.id == row_id)
@@ -129,6 +134,13 @@ def test_a_materialization_lease_taken_over_stops_its_evaluation(
             lease.should_cancel()
     finally:
         lease.stop()
+
+
+def expiry(sessions: sessionmaker[Session], row_id: str) -> datetime:
+    with sessions() as session:
+        expires = session.get_one(Materialization, row_id).lease_expires_at
+    assert expires is not None
+    return expires
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -9,6 +9,7 @@ sequential sweep are in tests/api/test_sweep_jobs.py.
 from __future__ import annotations
 
 import copy
+import signal
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from persistence.object_keys import (
 from persistence.stage_shards import list_candidates
 from persistence.storage import LocalObjectStore, ObjectInfo, ObjectStore, StoreUnavailable
 from tests.service_fixtures import WorkerProcess
-from tests.worker_jobs import wait_for
+from tests.worker_jobs import signal_when, wait_for
 from worker.candidates import discard_other_candidates
 from worker.stages import FINETUNED
 
@@ -107,8 +108,11 @@ def test_a_lost_candidate_is_re_run_alone(
         return any(kind == "candidate_started" for kind, _ in log) and any(
             kind == "epoch" for kind, _ in log)
 
-    wait_for(sessions, job_id, tuning_candidate, "a candidate's fine-tuning", workers=(first,))
-    first.kill()  # SIGKILL: its candidate's lease is left to expire
+    # SIGKILL: its candidate's lease is left to expire. Sent with the worker stopped at the
+    # read, so the candidate read as tuning is still running then.
+    signal_when(first, sessions, job_id, tuning_candidate, "a candidate's fine-tuning",
+                signal.SIGKILL)
+    first.kill()  # reaps it
     with sessions() as session:
         running = [c.candidate for c in list_candidates(session, job_id) if c.status == "running"]
     assert len(running) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +31,7 @@ from rift.config import RiftConfig
 from rift.interpolation import interpolate_weights
 from rift.pipeline import run_pipeline
 from tests.service_fixtures import WorkerProcess
-from tests.worker_jobs import wait_for
+from tests.worker_jobs import signal_when, wait_for
 from worker.registry import local_devices
 from worker.stages import FINETUNED, TUNED
 
@@ -191,8 +192,10 @@ def test_a_killed_worker_is_replaced_without_recomputing_mrc(
         return job.stage == "finetune" and any(
             kind == "epoch" for kind, _ in events(sessions, job_id))
 
-    wait_for(sessions, job_id, fine_tuning, "fine-tuning", workers=(first,))
-    first.kill()  # SIGKILL: no cleanup, no acknowledgement, the lease is left to expire
+    # SIGKILL: no cleanup, no acknowledgement, the lease is left to expire. Sent with the worker
+    # stopped at the read, so the fine-tuning read as running cannot end before it.
+    signal_when(first, sessions, job_id, fine_tuning, "fine-tuning", signal.SIGKILL)
+    first.kill()  # reaps it
     assert stage_rows(sessions, job_id)["finetune"].status == "running"
     killed = registry_row(sessions, first)  # no clean shutdown: the row stays
 
