@@ -41,7 +41,7 @@ from rift.checkpoints import CheckpointSource
 from rift.config import RiftConfig, as_config
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from rift.dataset_formats import imagefolder_channels_hint
-from rift.device import deterministic_kernels, resolve_device
+from rift.device import deterministic_kernels, resolve_device, to_channels_last
 from rift.errors import CheckpointMismatchError, ConfigError, FinetuneDiverged
 from rift.evaluation import (
     AccuracyReport,
@@ -319,7 +319,7 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
         folded = fold_parametrized_weights(model)
     model.to(device)
     if config.channels_last:
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     check_model_accepts(model, config.architecture, splits.image_shape, device=device)
     select_modules(model, config.mrc)  # a model with no scored layer, a selection of none
     if config.finetune.module is not None:

@@ -462,3 +462,25 @@ def test_a_builder_returning_a_wrapped_network_runs_the_network_inside(
     assert [row["name"] for row in result["mrc"]["rows"]] == ["conv1", "conv2", "head"]
     assert set(checkpoints.load_state_dict(tmp_path / "out" / "tuned.safetensors")) == set(
         PlainConvNet().state_dict())
+
+
+def test_channels_last_runs_a_model_with_a_conv3d(plugin_path: Path, tmp_path: Path) -> None:
+    """``channels_last: true`` on a model holding a 5-D weight (``Conv3d``): torch's
+    ``model.to(memory_format=torch.channels_last)`` raised "required rank 4 tensor to use
+    channels_last format" in ``prepare_run``, a RuntimeError traceback before any stage. Now
+    4-D tensors take channels-last, 5-D ones channels-last-3d, and the logits are the
+    model's."""
+    from rift.data.batches import to_float_images
+    from rift.pipeline import prepare_run
+
+    config = _awkward_config(tmp_path, "odd_layers_net", "sequence")
+    torch.manual_seed(0)
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    plain = prepare_run(config, state)
+    run = prepare_run(config.model_copy(update={"channels_last": True}), state)
+    assert run.model.get_submodule("volume").weight.is_contiguous(
+        memory_format=torch.channels_last_3d)
+    assert run.model.get_submodule("up").weight.is_contiguous(memory_format=torch.channels_last)
+    images = to_float_images(run.splits.test.images[:4])
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(images), plain.model(images))
