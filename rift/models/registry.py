@@ -311,7 +311,8 @@ def refuse_batch_statistics(model: nn.Module, spec: ArchitectureSpec) -> None:
 
 
 #: Square image sizes tried when a model refuses the data's (MNIST, CIFAR, STL/Tiny-ImageNet,
-#: ImageNet crops and resizes, Inception's, ViT-384's), besides 2× and 4× the data's.
+#: ImageNet crops and resizes, Inception's, ViT-384's), besides 2× and 4× the data's (and, for
+#: non-square data, its height and width).
 HINT_SIZES = (28, 32, 64, 96, 128, 224, 256, 299, 384)
 #: Seconds the input-form hint may spend trying forms (each on the meta device where the model
 #: runs there, else one real zero input): a hint is not worth a long wait for an error.
@@ -354,7 +355,11 @@ def _size_hint(model: nn.Module, spec: ArchitectureSpec, image_shape: tuple[int,
     """The square sizes (of :data:`HINT_SIZES`, 2× and 4× the data's) at which ``model`` runs,
     with the data's channels or else the other of 1 and 3, as the end of the error message."""
     channels, height, width = image_shape
-    sizes = sorted({*HINT_SIZES, 2 * height, 4 * height} - {0})
+    # Non-square data: also its own sides as squares. A model built for the data's height (a
+    # torchvision ViT is built for image_size = the height) refused 16×12 images with no hint,
+    # since neither 16×16 nor 12×12 was among the sizes tried.
+    sides = {height, width} if height != width else set()
+    sizes = sorted({*HINT_SIZES, 2 * height, 4 * height, *sides} - {0})
     for option in (channels, {1: 3, 3: 1}.get(channels)):
         if option is None:
             continue
