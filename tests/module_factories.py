@@ -308,6 +308,27 @@ def with_running_statistics(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
+class CalibratedConv(nn.Conv2d):
+    """A layer keeping calibration metadata as extra state (``get_extra_state``), as
+    quantisation and FP8 libraries' layers do: its state dict holds a dict, not a tensor."""
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"calibrated": True}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.calibration = state
+
+
+class ExtraStateNet(nn.Module):
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = CalibratedConv(3, 6, 3, padding=1)
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.conv(x)).mean((2, 3)))
+
+
 class TokenClassifier(nn.Module):
     """A sequence classifier: an ``nn.Embedding`` looks up its input as token ids, mean-pooled
     into a linear head. ``cast=False`` looks up the float input as given (the lookup fails);

@@ -133,6 +133,7 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
     try:
         model = _build(spec, channels, size, checkpoint_keys)
         model = float32_model(_materialize_lazy(model, spec, (channels, size, image_width or size)))
+        refuse_non_tensor_state(model, spec)
         return differentiable_in_eval_mode(model)
     except RiftError:
         raise
@@ -271,6 +272,31 @@ def float32_model(model: nn.Module) -> nn.Module:
     if any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors):
         model.float()
     return model
+
+
+def refuse_non_tensor_state(model: nn.Module, spec: ArchitectureSpec) -> None:
+    """Refuse ``model`` when its state dict holds values that are not tensors: a module's
+    ``get_extra_state`` returning a dict or another object (``<module>._extra_state``). RiFT
+    reads, checks, interpolates and saves weights as tensors (safetensors), so such a model
+    could never run: its own ``state_dict()`` was refused as "a dict where a tensor is
+    expected" with the checkpoint containers RiFT knows, and a checkpoint without the entry as
+    "1 missing key(s)" pointing at architecture.name, neither naming the module.
+
+    Raises:
+        ConfigError: (field ``architecture``) naming the entries and the modules' classes.
+    """
+    found = [f"{key} (a {type(value).__name__}, from "
+             f"{type(model.get_submodule(key.rpartition('.')[0])).__name__}.get_extra_state)"
+             if key.endswith("_extra_state") else f"{key} (a {type(value).__name__})"
+             for key, value in model.state_dict().items() if not isinstance(value, torch.Tensor)]
+    if found:
+        raise ConfigError(
+            f"architecture {spec.name!r} keeps state that is not a tensor in its state dict: "
+            f"{', '.join(found[:4])}{' …' if len(found) > 4 else ''}. RiFT reads, checks, "
+            "interpolates and saves weights as tensors only (safetensors), so it cannot carry "
+            "that state from the checkpoint to the weights it writes; return a tensor from "
+            "get_extra_state, or keep that state out of the state dict (a plain attribute set "
+            "in __init__)", field="architecture")
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

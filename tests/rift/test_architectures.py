@@ -484,3 +484,23 @@ def test_channels_last_runs_a_model_with_a_conv3d(plugin_path: Path, tmp_path: P
     images = to_float_images(run.splits.test.images[:4])
     with torch.no_grad():
         torch.testing.assert_close(run.model(images), plain.model(images))
+
+
+def test_a_model_keeping_non_tensor_extra_state_is_refused_naming_the_module(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """A layer whose ``get_extra_state`` returns a dict (quantisation or FP8 metadata) puts a
+    non-tensor in the state dict: its own ``state_dict()`` was refused as "'conv._extra_state'
+    is a dict where a tensor is expected" beside the checkpoint containers RiFT knows, and a
+    checkpoint of its tensors alone as "1 missing key(s)" pointing at architecture.name."""
+    from rift.pipeline import prepare_run
+
+    spec = ArchitectureSpec(name="extra_state_net", num_classes=4)
+    with pytest.raises(ConfigError) as refused:
+        build_model(spec, in_channels=3, image_size=8)
+    assert refused.value.field == "architecture"
+    assert ("conv._extra_state (a dict, from CalibratedConv.get_extra_state)"
+            in refused.value.message)
+    config = _awkward_config(tmp_path, "extra_state_net", "conv")
+    with pytest.raises(ConfigError, match="not a tensor in its state dict"):
+        prepare_run(config, {"conv.weight": torch.zeros(6, 3, 3, 3), "conv.bias": torch.zeros(6),
+                             "head.weight": torch.zeros(4, 6), "head.bias": torch.zeros(4)})
