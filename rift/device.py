@@ -109,20 +109,3 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2:]
         torch.utils.deterministic.fill_uninitialized_memory = fills  # type: ignore[attr-defined]
 
-
-def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` (in place; returned) with its 4-D parameters and buffers in channels-last
-    memory format and its 5-D ones (``Conv3d``, ``BatchNorm3d`` inputs' weights) in
-    channels-last-3d: ``channels_last: true``. torch's ``model.to(memory_format=
-    torch.channels_last)`` raises "required rank 4 tensor to use channels_last format" at the
-    first 5-D weight, so a model with a ``Conv3d`` failed its run before any stage; tensors of
-    other ranks have no such format and are left as they are. Values are unchanged (only the
-    strides), so results are the model's."""
-    def convert(tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.dim() == 4:
-            return tensor.contiguous(memory_format=torch.channels_last)
-        if tensor.dim() == 5:
-            return tensor.contiguous(memory_format=torch.channels_last_3d)
-        return tensor
-
-    return model._apply(convert)

@@ -36,12 +36,13 @@ from rift.attacks import PGD
 from rift.batch_backoff import out_of_memory_names, with_batch_backoff
 from rift.batchnorm_folding import FOLD_CHECK_EXAMPLES, BatchNormFolding, folds_on
 from rift.cancellation import ShouldCancel, raise_if_cancelled
+from rift.channels_last import check_accepts_channels_last, to_channels_last
 from rift.checkpoint_layouts import check_normalizers, fit_layout
 from rift.checkpoints import CheckpointSource
 from rift.config import RiftConfig, as_config
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from rift.dataset_formats import imagefolder_channels_hint
-from rift.device import deterministic_kernels, resolve_device, to_channels_last
+from rift.device import deterministic_kernels, resolve_device
 from rift.errors import CheckpointMismatchError, ConfigError, FinetuneDiverged
 from rift.evaluation import (
     AccuracyReport,
@@ -320,7 +321,10 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
     model.to(device)
     if config.channels_last:
         to_channels_last(model)
-    check_model_accepts(model, config.architecture, splits.image_shape, device=device)
+        check_accepts_channels_last(model, config.architecture, splits.image_shape,
+                                    device=device)
+    else:
+        check_model_accepts(model, config.architecture, splits.image_shape, device=device)
     select_modules(model, config.mrc)  # a model with no scored layer, a selection of none
     if config.finetune.module is not None:
         # Before any stage: a name that is no module of the model (a typo, "fc " for "fc")

@@ -329,6 +329,20 @@ class ExtraStateNet(nn.Module):
         return self.head(F.relu(self.conv(x)).mean((2, 3)))
 
 
+class ViewFlattenNet(nn.Module):
+    """A hand-written CNN flattening with ``.view``, as many CIFAR code bases do: fine in the
+    default memory format, an error on a channels-last activation."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.avg_pool2d(F.relu(self.conv(x)), 2)
+        return self.fc(out.view(out.size(0), -1))
+
+
 class TokenClassifier(nn.Module):
     """A sequence classifier: an ``nn.Embedding`` looks up its input as token ids, mean-pooled
     into a linear head. ``cast=False`` looks up the float input as given (the lookup fails);

@@ -504,3 +504,22 @@ def test_a_model_keeping_non_tensor_extra_state_is_refused_naming_the_module(
     with pytest.raises(ConfigError, match="not a tensor in its state dict"):
         prepare_run(config, {"conv.weight": torch.zeros(6, 3, 3, 3), "conv.bias": torch.zeros(6),
                              "head.weight": torch.zeros(4, 6), "head.bias": torch.zeros(4)})
+
+
+def test_a_model_failing_only_in_channels_last_format_names_the_setting(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """``out.view(out.size(0), -1)`` on a channels-last activation raises "view size is not
+    compatible"; with ``channels_last: true`` that was "architecture ... cannot take the
+    dataset's 3×8×8 (C×H×W) inputs", as if the data were wrong. The same model runs without
+    the setting."""
+    from rift.pipeline import prepare_run
+
+    config = _awkward_config(tmp_path, "view_flatten_net", "conv")
+    torch.manual_seed(0)
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    prepare_run(config, state)
+    with pytest.raises(ConfigError) as refused:
+        prepare_run(config.model_copy(update={"channels_last": True}), state)
+    assert refused.value.field == "channels_last"
+    assert "fails with channels_last: true" in refused.value.message
+    assert "view size is not compatible" in refused.value.message
