@@ -130,8 +130,10 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
     """
     channels = spec.in_channels if spec.in_channels is not None else in_channels
     size = spec.image_size if spec.image_size is not None else image_size
+    # architecture.image_size is a square side; otherwise the data's width where it is given.
+    width = image_width if spec.image_size is None and image_width is not None else size
     try:
-        model = _build(spec, channels, size, checkpoint_keys)
+        model = _build(spec, channels, size, width, checkpoint_keys)
         model = float32_model(_materialize_lazy(model, spec, (channels, size, image_width or size)))
         refuse_non_tensor_state(model, spec)
         return differentiable_in_eval_mode(model)
@@ -146,7 +148,7 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
             f"{_one_line(exc)}", field="architecture") from exc
 
 
-def _build(spec: ArchitectureSpec, channels: int, size: int,
+def _build(spec: ArchitectureSpec, channels: int, size: int, width: int,
            checkpoint_keys: Iterable[str]) -> nn.Module:
     mean: Sequence[float] | None = spec.mean
     std: Sequence[float] | None = spec.std
@@ -162,8 +164,10 @@ def _build(spec: ArchitectureSpec, channels: int, size: int,
             auxiliary_heads=holds_auxiliary_heads(name, checkpoint_keys),
         )
     if spec.name == MLP:
+        # C·H·W of the data: with H × H, non-square images (8×12) were refused as "mat1 and
+        # mat2 shapes cannot be multiplied (1x288 and 192x64)".
         features = spec.input_features if spec.input_features is not None \
-            else channels * size * size
+            else channels * size * width
         return mlp(num_classes=spec.num_classes, in_channels=channels, input_features=features,
                    hidden=spec.hidden, mean=mean, std=std)
     if spec.input_features is not None or spec.hidden is not None:

@@ -523,3 +523,22 @@ def test_a_model_failing_only_in_channels_last_format_names_the_setting(
     assert refused.value.field == "channels_last"
     assert "fails with channels_last: true" in refused.value.message
     assert "view size is not compatible" in refused.value.message
+
+
+def test_the_built_in_mlp_takes_non_square_images(tmp_path: Path) -> None:
+    """``mlp`` on 8×12 images was built for 3·8·8 features, so its own checkpoint for the data
+    was refused: "cannot take the dataset's 3×8×12 (C×H×W) inputs: mat1 and mat2 shapes cannot
+    be multiplied (1x288 and 192x64)"."""
+    from rift.pipeline import prepare_run
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (40, 8, 12, 3), dtype=np.uint8),
+             y=np.arange(40) % 4)
+    config = RiftConfig.model_validate({
+        "architecture": {"name": "mlp", "num_classes": 4},
+        "dataset": {"name": "npz", "path": str(tmp_path / "d.npz")}, "device": "cpu"})
+    state = build_model(config.architecture, in_channels=3, image_size=8,
+                        image_width=12).state_dict()
+    assert tuple(state["layers.0.weight"].shape[1:]) == (3 * 8 * 12,)
+    run = prepare_run(config, state)
+    assert run.splits.image_shape == (3, 8, 12)
