@@ -542,3 +542,25 @@ def test_the_built_in_mlp_takes_non_square_images(tmp_path: Path) -> None:
     assert tuple(state["layers.0.weight"].shape[1:]) == (3 * 8 * 12,)
     run = prepare_run(config, state)
     assert run.splits.image_shape == (3, 8, 12)
+
+
+def test_a_module_registered_under_two_names_is_named_by_its_first() -> None:
+    """``self.again = self.block`` registers one module twice; ``named_modules`` lists it once,
+    as ``block``. ``mrc.modules: ["again"]`` was "unknown module(s)" and ``finetune.module:
+    "again"`` "is not a module of the model", although ``model.again`` is one."""
+    from rift.config import MRCSpec
+    from rift.finetune import trainable_module
+    from rift.mrc import select_modules
+
+    model = torch.nn.Module()
+    model.block = torch.nn.Conv2d(3, 4, 3)
+    model.again = model.block
+    with pytest.raises(ConfigError) as mrc_refused:
+        select_modules(model, MRCSpec(modules=["again"]))
+    assert mrc_refused.value.message == (
+        "'again' is the module 'block' registered under a second name: its row is 'block'")
+    with pytest.raises(ConfigError) as finetune_refused:
+        trainable_module(model, "again")
+    assert "'again' is the module 'block' registered under a second name" in (
+        finetune_refused.value.message)
+    assert finetune_refused.value.field == "finetune.module"
