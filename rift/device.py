@@ -108,4 +108,3 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2:]
         torch.utils.deterministic.fill_uninitialized_memory = fills  # type: ignore[attr-defined]
-
