@@ -40,6 +40,7 @@ from rift.finetune_resume import (
 )
 from rift.gradient_paths import untrainable_message
 from rift.model_state import frozen_except
+from rift.scored_weights import second_names
 
 _BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
 # Layers with running statistics that eval mode uses: BatchNorm, and InstanceNorm built with
@@ -123,7 +124,10 @@ def trainable_module(model: nn.Module, module_name: str) -> nn.Module:
         valid = [name for name, m in modules.items()
                  if name and list(m.parameters(recurse=False))]
         shown = ", ".join(valid[:_NAMES_SHOWN]) + (" …" if len(valid) > _NAMES_SHOWN else "")
-        reason = ("is not a module of the model" if module is None
+        first = second_names(model).get(module_name) if module is None else None
+        reason = (f"is the module {first!r} registered under a second name (its rows, events "
+                  f"and results use the first): name it {first!r}" if first is not None
+                  else "is not a module of the model" if module is None
                   else f"is a {type(module).__name__}, which has no parameters of its own")
         raise ConfigError(
             f"finetune.module {module_name!r} {reason}; modules with parameters: {shown}",

@@ -294,13 +294,29 @@ def _check_input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.
     _refuse_token_ids(tables, len(images), name)
     where = ("at the clean inputs and at random points within attack.eps" if len(points) > 1
              else "at the clean inputs")
+    zeros = all_zero_weights(model)
+    cause = (
+        f"Architecture {name!r} holds weights that are all zero: {', '.join(zeros[:5])}"
+        f"{' …' if len(zeros) > 5 else ''} (an untrained or zero-initialised layer: torchvision "
+        "initialises a VisionTransformer's head to zero, so an untrained ViT has one), so its "
+        "logits do not depend on the input; give the checkpoint of a trained model" if zeros
+        else f"Architecture {name!r} has a step in its forward (rounding, quantisation, argmax, "
+        "a hard threshold) or outputs so saturated that the loss is flat; attack a "
+        "differentiable version of the model (e.g. a straight-through estimator for the "
+        "rounding)")
     raise ConfigError(
         f"the gradient of the loss with respect to the input is exactly zero for all "
         f"{len(images)} examples checked ({where}): PGD cannot move the input, so every robust "
-        f"accuracy would silently be the clean one. Architecture {name!r} has a step in its "
-        "forward (rounding, quantisation, argmax, a hard threshold) or outputs so saturated "
-        "that the loss is flat; attack a differentiable version of the model (e.g. a "
-        "straight-through estimator for the rounding)", field="architecture")
+        f"accuracy would silently be the clean one. {cause}", field="architecture")
+
+
+def all_zero_weights(model: nn.Module) -> list[str]:
+    """Names of ``model``'s weight tensors (parameters of two or more dimensions) whose every
+    value is zero. Where the input gradient is zero everywhere, such a layer is the likely cause
+    (a zero-initialised head left untrained), not a step in forward, which the message named
+    alone before; biases are left out, being zero by design in many initialisations."""
+    return [key for key, parameter in model.named_parameters()
+            if parameter.dim() >= 2 and parameter.numel() > 0 and not bool(parameter.any())]
 
 
 def _refuse_token_ids(tables: EmbeddingReads, batch: int, name: str) -> None:

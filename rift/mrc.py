@@ -43,7 +43,13 @@ from rift.flat_weights import FlatWeights
 from rift.model_state import frozen_except, input_dtype
 from rift.mrc_selection import SCREEN_PASSES, run_selection
 from rift.mrc_stacked import FP32_ONLY, StackedProbe, modules_per_group, reshuffled_batches
-from rift.scored_weights import is_pruned, scored_parameters, scored_weights, unscored_kinds
+from rift.scored_weights import (
+    is_pruned,
+    scored_parameters,
+    scored_weights,
+    second_names,
+    unscored_kinds,
+)
 from rift.segments import (
     Segment,
     full_model_segment,
@@ -264,7 +270,11 @@ def _refused_modules(model: nn.Module, refused: list[str], candidates: list[str]
                 "scores convolutions, linear and bilinear layers and attention projections: "
                 "rift/scored_weights.py)" + (f"; the scored modules inside it are e.g. "
                                               f"{inside[:8]}" if inside else ""))
-    unknown = [name for name in refused if name not in aliases and name not in modules]
+    second = second_names(model)
+    reasons.extend(f"{name!r} is the module {second[name]!r} registered under a second name: "
+                   f"its row is {second[name]!r}" for name in refused if name in second)
+    unknown = [name for name in refused
+               if name not in aliases and name not in modules and name not in second]
     if unknown:
         reasons.append(f"unknown module(s) {unknown}; conv/linear modules of this model are "
                        f"e.g. {candidates[:8]}")

@@ -36,6 +36,7 @@ from rift.attacks import PGD
 from rift.batch_backoff import out_of_memory_names, with_batch_backoff
 from rift.batchnorm_folding import FOLD_CHECK_EXAMPLES, BatchNormFolding, folds_on
 from rift.cancellation import ShouldCancel, raise_if_cancelled
+from rift.channels_last import check_accepts_channels_last, to_channels_last
 from rift.checkpoint_layouts import check_normalizers, fit_layout
 from rift.checkpoints import CheckpointSource
 from rift.config import RiftConfig, as_config
@@ -319,8 +320,11 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
         folded = fold_parametrized_weights(model)
     model.to(device)
     if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    check_model_accepts(model, config.architecture, splits.image_shape, device=device)
+        to_channels_last(model)
+        check_accepts_channels_last(model, config.architecture, splits.image_shape,
+                                    device=device)
+    else:
+        check_model_accepts(model, config.architecture, splits.image_shape, device=device)
     select_modules(model, config.mrc)  # a model with no scored layer, a selection of none
     if config.finetune.module is not None:
         # Before any stage: a name that is no module of the model (a typo, "fc " for "fc")

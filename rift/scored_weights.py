@@ -94,6 +94,23 @@ def scored_weights(model: nn.Module) -> ScoredWeights:
     return ScoredWeights(modules, aliases, unscored)
 
 
+def second_names(model: nn.Module) -> dict[str, str]:
+    """Names under which ``model`` holds a module it already holds under an earlier name (one
+    module object registered twice, ``self.again = self.block``) → that first name.
+    ``named_modules`` lists such a module once, under its first name, so the MRC table, the
+    tuned module and the event names use that one; the second name was refused as "not a
+    module of the model" or an unknown module although ``model.again`` is one."""
+    first: dict[int, str] = {}
+    found: dict[str, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if id(module) in first:
+            if name != first[id(module)]:
+                found[name] = first[id(module)]
+        else:
+            first[id(module)] = name
+    return found
+
+
 def unscored_kinds(model: nn.Module, names: list[str]) -> dict[str, list[str]]:
     """The parameters ``names`` of ``model`` (``ScoredWeights.unscored``) by why they have no
     row: under ``"raw Parameter"`` those a model's own code holds directly (class tokens,

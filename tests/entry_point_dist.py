@@ -19,6 +19,8 @@ AWKWARD_ARCHITECTURES = {"tied_weights_net": "TiedWeights", "odd_layers_net": "O
                          "half_precision_net": "half_precision_net",
                          "dropout_left_on_net": "DropoutLeftOn",
                          "token_classifier_net": "TokenClassifier",
+                         "extra_state_net": "ExtraStateNet",
+                         "view_flatten_net": "ViewFlattenNet",
                          "imagenet_size_net": "FixedInputSizeNet",
                          **{name: name for name in (
                              "dict_output_net", "namedtuple_output_net", "tuple_output_net",

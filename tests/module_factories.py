@@ -308,6 +308,41 @@ def with_running_statistics(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
+class CalibratedConv(nn.Conv2d):
+    """A layer keeping calibration metadata as extra state (``get_extra_state``), as
+    quantisation and FP8 libraries' layers do: its state dict holds a dict, not a tensor."""
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"calibrated": True}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.calibration = state
+
+
+class ExtraStateNet(nn.Module):
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = CalibratedConv(3, 6, 3, padding=1)
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.relu(self.conv(x)).mean((2, 3)))
+
+
+class ViewFlattenNet(nn.Module):
+    """A hand-written CNN flattening with ``.view``, as many CIFAR code bases do: fine in the
+    default memory format, an error on a channels-last activation."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.avg_pool2d(F.relu(self.conv(x)), 2)
+        return self.fc(out.view(out.size(0), -1))
+
+
 class TokenClassifier(nn.Module):
     """A sequence classifier: an ``nn.Embedding`` looks up its input as token ids, mean-pooled
     into a linear head. ``cast=False`` looks up the float input as given (the lookup fails);

@@ -109,7 +109,8 @@ def check_checkpoint_fits(
     mismatch: CheckpointMismatchError | None = None
     unknown: set[str] = set()
     for channels in options:
-        model = _meta_model(config, channels, size, num_features, shapes)
+        model = _meta_model(config, channels, size, num_features, shapes,
+                            None if num_features is not None else image_width)
         # As the job does (rift.pipeline.prepare_run): parametrized weights become plain ones,
         # before the checks when the checkpoint holds them plain, else after them.
         folded_first = holds_folded_weights(model, shapes)
@@ -188,7 +189,7 @@ def _torch_dtype(name: str) -> torch.dtype | None:
 
 
 def _meta_model(config: RiftConfig, channels: int, size: int, num_features: int | None,
-                checkpoint_keys: Iterable[str]) -> nn.Module:
+                checkpoint_keys: Iterable[str], image_width: int | None = None) -> nn.Module:
     import torch
 
     from rift.models import build_model
@@ -196,7 +197,7 @@ def _meta_model(config: RiftConfig, channels: int, size: int, num_features: int 
     try:
         with torch.device("meta"):
             return build_model(config.architecture, in_channels=channels, image_size=size,
-                               checkpoint_keys=checkpoint_keys)
+                               checkpoint_keys=checkpoint_keys, image_width=image_width)
     except RiftError:
         raise
     except Exception as exc:  # e.g. a torchvision model that cannot take these options

@@ -130,9 +130,12 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
     """
     channels = spec.in_channels if spec.in_channels is not None else in_channels
     size = spec.image_size if spec.image_size is not None else image_size
+    # architecture.image_size is a square side; otherwise the data's width where it is given.
+    width = image_width if spec.image_size is None and image_width is not None else size
     try:
-        model = _build(spec, channels, size, checkpoint_keys)
+        model = _build(spec, channels, size, width, checkpoint_keys)
         model = float32_model(_materialize_lazy(model, spec, (channels, size, image_width or size)))
+        refuse_non_tensor_state(model, spec)
         return differentiable_in_eval_mode(model)
     except RiftError:
         raise
@@ -145,7 +148,7 @@ def build_model(spec: ArchitectureSpec, *, in_channels: int = 3, image_size: int
             f"{_one_line(exc)}", field="architecture") from exc
 
 
-def _build(spec: ArchitectureSpec, channels: int, size: int,
+def _build(spec: ArchitectureSpec, channels: int, size: int, width: int,
            checkpoint_keys: Iterable[str]) -> nn.Module:
     mean: Sequence[float] | None = spec.mean
     std: Sequence[float] | None = spec.std
@@ -161,8 +164,10 @@ def _build(spec: ArchitectureSpec, channels: int, size: int,
             auxiliary_heads=holds_auxiliary_heads(name, checkpoint_keys),
         )
     if spec.name == MLP:
+        # C·H·W of the data: with H × H, non-square images (8×12) were refused as "mat1 and
+        # mat2 shapes cannot be multiplied (1x288 and 192x64)".
         features = spec.input_features if spec.input_features is not None \
-            else channels * size * size
+            else channels * size * width
         return mlp(num_classes=spec.num_classes, in_channels=channels, input_features=features,
                    hidden=spec.hidden, mean=mean, std=std)
     if spec.input_features is not None or spec.hidden is not None:
@@ -273,6 +278,31 @@ def float32_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def refuse_non_tensor_state(model: nn.Module, spec: ArchitectureSpec) -> None:
+    """Refuse ``model`` when its state dict holds values that are not tensors: a module's
+    ``get_extra_state`` returning a dict or another object (``<module>._extra_state``). RiFT
+    reads, checks, interpolates and saves weights as tensors (safetensors), so such a model
+    could never run: its own ``state_dict()`` was refused as "a dict where a tensor is
+    expected" with the checkpoint containers RiFT knows, and a checkpoint without the entry as
+    "1 missing key(s)" pointing at architecture.name, neither naming the module.
+
+    Raises:
+        ConfigError: (field ``architecture``) naming the entries and the modules' classes.
+    """
+    found = [f"{key} (a {type(value).__name__}, from "
+             f"{type(model.get_submodule(key.rpartition('.')[0])).__name__}.get_extra_state)"
+             if key.endswith("_extra_state") else f"{key} (a {type(value).__name__})"
+             for key, value in model.state_dict().items() if not isinstance(value, torch.Tensor)]
+    if found:
+        raise ConfigError(
+            f"architecture {spec.name!r} keeps state that is not a tensor in its state dict: "
+            f"{', '.join(found[:4])}{' …' if len(found) > 4 else ''}. RiFT reads, checks, "
+            "interpolates and saves weights as tensors only (safetensors), so it cannot carry "
+            "that state from the checkpoint to the weights it writes; return a tensor from "
+            "get_extra_state, or keep that state out of the state dict (a plain attribute set "
+            "in __init__)", field="architecture")
+
+
 def _one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[:limit] + "…"
@@ -311,7 +341,8 @@ def refuse_batch_statistics(model: nn.Module, spec: ArchitectureSpec) -> None:
 
 
 #: Square image sizes tried when a model refuses the data's (MNIST, CIFAR, STL/Tiny-ImageNet,
-#: ImageNet crops and resizes, Inception's, ViT-384's), besides 2× and 4× the data's.
+#: ImageNet crops and resizes, Inception's, ViT-384's), besides 2× and 4× the data's (and, for
+#: non-square data, its height and width).
 HINT_SIZES = (28, 32, 64, 96, 128, 224, 256, 299, 384)
 #: Seconds the input-form hint may spend trying forms (each on the meta device where the model
 #: runs there, else one real zero input): a hint is not worth a long wait for an error.
@@ -354,7 +385,11 @@ def _size_hint(model: nn.Module, spec: ArchitectureSpec, image_shape: tuple[int,
     """The square sizes (of :data:`HINT_SIZES`, 2× and 4× the data's) at which ``model`` runs,
     with the data's channels or else the other of 1 and 3, as the end of the error message."""
     channels, height, width = image_shape
-    sizes = sorted({*HINT_SIZES, 2 * height, 4 * height} - {0})
+    # Non-square data: also its own sides as squares. A model built for the data's height (a
+    # torchvision ViT is built for image_size = the height) refused 16×12 images with no hint,
+    # since neither 16×16 nor 12×12 was among the sizes tried.
+    sides = {height, width} if height != width else set()
+    sizes = sorted({*HINT_SIZES, 2 * height, 4 * height, *sides} - {0})
     for option in (channels, {1: 3, 3: 1}.get(channels)):
         if option is None:
             continue

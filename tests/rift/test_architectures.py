@@ -462,3 +462,105 @@ def test_a_builder_returning_a_wrapped_network_runs_the_network_inside(
     assert [row["name"] for row in result["mrc"]["rows"]] == ["conv1", "conv2", "head"]
     assert set(checkpoints.load_state_dict(tmp_path / "out" / "tuned.safetensors")) == set(
         PlainConvNet().state_dict())
+
+
+def test_channels_last_runs_a_model_with_a_conv3d(plugin_path: Path, tmp_path: Path) -> None:
+    """``channels_last: true`` on a model holding a 5-D weight (``Conv3d``): torch's
+    ``model.to(memory_format=torch.channels_last)`` raised "required rank 4 tensor to use
+    channels_last format" in ``prepare_run``, a RuntimeError traceback before any stage. Now
+    4-D tensors take channels-last, 5-D ones channels-last-3d, and the logits are the
+    model's."""
+    from rift.data.batches import to_float_images
+    from rift.pipeline import prepare_run
+
+    config = _awkward_config(tmp_path, "odd_layers_net", "sequence")
+    torch.manual_seed(0)
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    plain = prepare_run(config, state)
+    run = prepare_run(config.model_copy(update={"channels_last": True}), state)
+    assert run.model.get_submodule("volume").weight.is_contiguous(
+        memory_format=torch.channels_last_3d)
+    assert run.model.get_submodule("up").weight.is_contiguous(memory_format=torch.channels_last)
+    images = to_float_images(run.splits.test.images[:4])
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(images), plain.model(images))
+
+
+def test_a_model_keeping_non_tensor_extra_state_is_refused_naming_the_module(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """A layer whose ``get_extra_state`` returns a dict (quantisation or FP8 metadata) puts a
+    non-tensor in the state dict: its own ``state_dict()`` was refused as "'conv._extra_state'
+    is a dict where a tensor is expected" beside the checkpoint containers RiFT knows, and a
+    checkpoint of its tensors alone as "1 missing key(s)" pointing at architecture.name."""
+    from rift.pipeline import prepare_run
+
+    spec = ArchitectureSpec(name="extra_state_net", num_classes=4)
+    with pytest.raises(ConfigError) as refused:
+        build_model(spec, in_channels=3, image_size=8)
+    assert refused.value.field == "architecture"
+    assert ("conv._extra_state (a dict, from CalibratedConv.get_extra_state)"
+            in refused.value.message)
+    config = _awkward_config(tmp_path, "extra_state_net", "conv")
+    with pytest.raises(ConfigError, match="not a tensor in its state dict"):
+        prepare_run(config, {"conv.weight": torch.zeros(6, 3, 3, 3), "conv.bias": torch.zeros(6),
+                             "head.weight": torch.zeros(4, 6), "head.bias": torch.zeros(4)})
+
+
+def test_a_model_failing_only_in_channels_last_format_names_the_setting(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """``out.view(out.size(0), -1)`` on a channels-last activation raises "view size is not
+    compatible"; with ``channels_last: true`` that was "architecture ... cannot take the
+    dataset's 3×8×8 (C×H×W) inputs", as if the data were wrong. The same model runs without
+    the setting."""
+    from rift.pipeline import prepare_run
+
+    config = _awkward_config(tmp_path, "view_flatten_net", "conv")
+    torch.manual_seed(0)
+    state = build_model(config.architecture, in_channels=3, image_size=8).state_dict()
+    prepare_run(config, state)
+    with pytest.raises(ConfigError) as refused:
+        prepare_run(config.model_copy(update={"channels_last": True}), state)
+    assert refused.value.field == "channels_last"
+    assert "fails with channels_last: true" in refused.value.message
+    assert "view size is not compatible" in refused.value.message
+
+
+def test_the_built_in_mlp_takes_non_square_images(tmp_path: Path) -> None:
+    """``mlp`` on 8×12 images was built for 3·8·8 features, so its own checkpoint for the data
+    was refused: "cannot take the dataset's 3×8×12 (C×H×W) inputs: mat1 and mat2 shapes cannot
+    be multiplied (1x288 and 192x64)"."""
+    from rift.pipeline import prepare_run
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (40, 8, 12, 3), dtype=np.uint8),
+             y=np.arange(40) % 4)
+    config = RiftConfig.model_validate({
+        "architecture": {"name": "mlp", "num_classes": 4},
+        "dataset": {"name": "npz", "path": str(tmp_path / "d.npz")}, "device": "cpu"})
+    state = build_model(config.architecture, in_channels=3, image_size=8,
+                        image_width=12).state_dict()
+    assert tuple(state["layers.0.weight"].shape[1:]) == (3 * 8 * 12,)
+    run = prepare_run(config, state)
+    assert run.splits.image_shape == (3, 8, 12)
+
+
+def test_a_module_registered_under_two_names_is_named_by_its_first() -> None:
+    """``self.again = self.block`` registers one module twice; ``named_modules`` lists it once,
+    as ``block``. ``mrc.modules: ["again"]`` was "unknown module(s)" and ``finetune.module:
+    "again"`` "is not a module of the model", although ``model.again`` is one."""
+    from rift.config import MRCSpec
+    from rift.finetune import trainable_module
+    from rift.mrc import select_modules
+
+    model = torch.nn.Module()
+    model.block = torch.nn.Conv2d(3, 4, 3)
+    model.again = model.block
+    with pytest.raises(ConfigError) as mrc_refused:
+        select_modules(model, MRCSpec(modules=["again"]))
+    assert mrc_refused.value.message == (
+        "'again' is the module 'block' registered under a second name: its row is 'block'")
+    with pytest.raises(ConfigError) as finetune_refused:
+        trainable_module(model, "again")
+    assert "'again' is the module 'block' registered under a second name" in (
+        finetune_refused.value.message)
+    assert finetune_refused.value.field == "finetune.module"

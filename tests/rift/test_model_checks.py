@@ -148,6 +148,21 @@ def test_meaningless_models_are_refused_naming_the_fix(case: str) -> None:
     assert words in refused.value.message and refused.value.field == "architecture"
 
 
+def test_a_zero_gradient_from_an_all_zero_head_names_the_weights_not_a_step() -> None:
+    """An untrained torchvision ViT has its head initialised to zero, so its logits are constant
+    and the input gradient is zero; the refusal blamed "a step in its forward (rounding,
+    quantisation, argmax...)" and told to use a straight-through estimator. It now names the
+    all-zero weights."""
+    torch.manual_seed(0)
+    model = Net(None)
+    nn.init.zeros_(model.head.weight)
+    with pytest.raises(ConfigError) as refused:
+        _check(model)
+    message = refused.value.message
+    assert "exactly zero for all 32 examples" in message
+    assert "all zero: head.weight" in message and "a step in its forward" not in message
+
+
 def test_cross_entropy_on_log_probabilities_is_cross_entropy_on_the_logits() -> None:
     """Why a final log_softmax passes: log_softmax(log_softmax(z)) = log_softmax(z), so the
     loss and its gradient are the model's; on probabilities they are not."""

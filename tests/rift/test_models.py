@@ -355,6 +355,10 @@ def test_googlenet_with_auxiliary_heads_in_its_checkpoint_keeps_them_and_returns
      "it runs on 28×28 inputs (sizes tried: 16, 28,"),
     (nn.Sequential(nn.Flatten(), nn.Linear(784, 4)), (3, 32, 32),
      "it runs on 28×28 inputs with 1 channel(s) (the data has 3)"),
+    # Non-square data for a model built for its height (as a torchvision ViT is built): its
+    # sides were not among the sizes tried, so no hint at all.
+    (FixedInputSizeNet(size=16), (3, 16, 12),
+     "it runs on 16×16 inputs (sizes tried: 12, 16, 28,"),
     (ChannelLastNet(), (3, 32, 32),
      "it does take channel-last images, (N, 32, 32, 3) (N, H, W, C): RiFT passes images "
      "channel-first"),

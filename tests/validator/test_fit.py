@@ -50,16 +50,28 @@ def test_a_feature_dataset_is_built_as_one_pixel_images_of_its_width() -> None:
                               num_features=29)
 
 
-def _mlp_config() -> RiftConfig:
+def _mlp_config(**architecture: int) -> RiftConfig:
     return RiftConfig.model_validate({
-        "architecture": {"name": "mlp", "num_classes": 10, "hidden": [8]},
+        "architecture": {"name": "mlp", "num_classes": 10, "hidden": [8], **architecture},
         "dataset": {"name": "digits"}})
 
 
-def test_a_model_that_cannot_take_the_data_is_refused_naming_the_shape() -> None:
-    # An mlp built for 8×8 images has the same weights whatever the width it will be fed, so
-    # the shapes match; only running an input of the data's 8×12 shape shows it cannot work.
+def test_an_mlp_for_non_square_images_takes_their_width() -> None:
+    """The built-in mlp's input features are C·H·W of the data: it was built for C·H·H, so
+    8×12 images were refused at job creation and in the job ("mat1 and mat2 shapes cannot be
+    multiplied (1x96 and 64x8)") with the mlp's own checkpoint for them."""
     config = _mlp_config()
+    with torch.device("meta"):
+        mlp = rift.models.build_model(config.architecture, in_channels=1, image_size=8,
+                                      image_width=12)
+    assert _shapes(mlp)["layers.0.weight"] == (8, 96)
+    check_checkpoint_fits(config, _shapes(mlp), in_channels=1, image_size=8, image_width=12)
+
+
+def test_a_model_that_cannot_take_the_data_is_refused_naming_the_shape() -> None:
+    # An mlp for 64 input features has the same weights whatever the width it will be fed, so
+    # the shapes match; only running an input of the data's 8×12 shape shows it cannot work.
+    config = _mlp_config(input_features=64)
     with torch.device("meta"):
         mlp = rift.models.build_model(config.architecture, in_channels=1, image_size=8)
     check_checkpoint_fits(config, _shapes(mlp), in_channels=1, image_size=8)
