@@ -351,3 +351,5 @@ def test_a_401_says_which_key_was_sent_or_how_to_give_one(api_key: str | None, h
     # the shell, was not told where riftctl reads one.
     assert result.exit_code == 3
     assert hint in _flat(result.stderr), result.stderr
+    # One hint, riftctl's: the client's own (api_key=, for Python callers) is not added too.
+    assert "api_key=" not in _flat(result.stderr), result.stderr

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from rift_client import RiftClient, RiftConnectionError, RiftUsageError
+from rift_client import AuthenticationError, RiftClient, RiftConnectionError, RiftUsageError
 from rift_client.retry import RetryPolicy
 from tests.client.helpers import ScriptedReply, ScriptedServer
 
@@ -163,3 +163,23 @@ def test_a_file_in_the_way_of_a_folder_destination_is_named_before_any_request(
         server.stop()
     assert caught.value.filename == f"{tmp_path / 'weights'}/"
     assert server.seen == []
+
+
+@pytest.mark.parametrize("api_key", [None, "rift_revoked_key"])
+def test_a_401_to_a_request_with_no_key_says_how_to_give_one(
+        api_key: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RIFT_API_KEY", raising=False)
+    server = ScriptedServer([ScriptedReply(401, {"error": {
+        "code": "unauthorized", "message": "missing API key", "field": "Authorization"}})])
+    try:
+        with RiftClient(server.url, api_key=api_key) as client, \
+                pytest.raises(AuthenticationError) as caught:
+            client.get_job("job_1")
+    finally:
+        server.stop()
+    # Before: "GET /v1/jobs/job_1 401 unauthorized: missing API key (field: Authorization)" alone,
+    # with no word of where this client reads a key.
+    hint = "no API key was sent: pass api_key= to the client or set RIFT_API_KEY"
+    assert (hint in str(caught.value)) is (api_key is None)
+    assert caught.value.key_sent is (api_key is not None)
+    assert hint not in caught.value.summary()

@@ -219,7 +219,9 @@ def _client(state: State) -> Iterator[RiftClient]:
             "status": exc.status_code, "code": "unexpected_response", "message": str(exc)})
     except RiftAPIError as exc:
         hint = _key_hint(state) if exc.status_code == 401 else None
-        _fail(state, EXIT_API_ERROR, f"{exc}; {hint}" if hint else str(exc), {
+        # summary(): the answer without the client's own hint for a 401, which names
+        # api_key= (a Python argument) where riftctl's names its own places.
+        _fail(state, EXIT_API_ERROR, f"{exc.summary()}; {hint}" if hint else str(exc), {
             "status": exc.status_code, "code": exc.code, "message": exc.message,
             "field": exc.field, **exc.details, **({"hint": hint} if hint else {})})
     except RiftConnectionError as exc:

@@ -126,6 +126,10 @@ class RiftAPIError(RiftClientError):
         self.path = path
 
     def __str__(self) -> str:
+        return self.summary()
+
+    def summary(self) -> str:
+        """The answer in one line: method, path, status, code, message and field."""
         where = f"{self.method} {self.path} " if self.method else ""
         field = f" (field: {self.field})" if self.field else ""
         return f"{where}{self.status_code} {self.code}: {self.message}{field}"
@@ -135,8 +139,20 @@ class BadRequestError(RiftAPIError):
     """400."""
 
 
+#: Said by a 401 to a request that carried no key: the service's words ("missing API key")
+#: do not say where this client reads one.
+NO_KEY_HINT = "no API key was sent: pass api_key= to the client or set RIFT_API_KEY"
+
+
 class AuthenticationError(RiftAPIError):
-    """401: no API key, or one the service does not know."""
+    """401: no API key, or one the service does not know. ``key_sent`` is False when the
+    request carried no ``Authorization`` header; ``str()`` then says how to give a key
+    (``summary()`` is the answer alone, for a caller with its own word on it, as riftctl)."""
+
+    key_sent: bool = True
+
+    def __str__(self) -> str:
+        return self.summary() if self.key_sent else f"{self.summary()}; {NO_KEY_HINT}"
 
 
 class PermissionDeniedError(RiftAPIError):
@@ -211,6 +227,9 @@ def api_error_from_response(response: httpx.Response) -> RiftAPIError:
         message = response.text.strip()[:500] or response.reason_phrase or code
         field, details = None, {}
     request = response.request
-    return error_class(response.status_code)(
+    raised = error_class(response.status_code)(
         message, status_code=response.status_code, code=code, field=field, details=details,
         headers=response.headers, method=request.method, path=request.url.path)
+    if isinstance(raised, AuthenticationError):
+        raised.key_sent = "authorization" in request.headers
+    return raised
