@@ -353,3 +353,28 @@ def test_a_401_says_which_key_was_sent_or_how_to_give_one(api_key: str | None, h
     assert hint in _flat(result.stderr), result.stderr
     # One hint, riftctl's: the client's own (api_key=, for Python callers) is not added too.
     assert "api_key=" not in _flat(result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_jobs_wait_says_when_an_outage_begins_and_ends(output: str, tmp_path: Path) -> None:
+    # One look fails its 5 tries (Retry-After 0: no backoff to sit through), the next answers.
+    down = ScriptedReply(503, {"error": {"code": "service_unavailable", "message": "restarting",
+                                         "field": None}}, {"Retry-After": "0"})
+    server = ScriptedServer([ScriptedReply(200, _job(status="running")), *[down] * 5,
+                             ScriptedReply(200, _job(status="succeeded"))])
+    try:
+        result = run_riftctl(["--output", output, "jobs", "wait", "job_1", "--poll-interval",
+                              "0.1"], url=server.url, api_key="rift_test", home=tmp_path)
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.stderr
+    err = _flat(result.stderr)
+    # Before: nothing on stderr while the wait went on through the outage.
+    began = "the service is not answering"
+    ended = "the service answers again; waiting for job job_1"
+    if output == "text":
+        assert began in err and "503 service_unavailable: restarting" in err, err
+        assert "for up to 300 s" in err and err.index(began) < err.index(ended), err
+    else:  # JSON output: the job on stdout, nothing more on stderr
+        assert began not in err and ended not in err, err
+        assert json.loads(result.stdout)["status"] == "succeeded"

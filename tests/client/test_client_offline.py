@@ -183,3 +183,23 @@ def test_a_401_to_a_request_with_no_key_says_how_to_give_one(
     assert (hint in str(caught.value)) is (api_key is None)
     assert caught.value.key_sent is (api_key is not None)
     assert hint not in caught.value.summary()
+
+
+def test_wait_tells_on_outage_when_the_service_stops_and_starts_answering() -> None:
+    from tests.client.test_retry import JOB
+
+    down = ScriptedReply(502, raw=b"bad gateway", content_type="text/plain")
+    server = ScriptedServer([ScriptedReply(200, {**JOB, "status": "running"}), *[down] * 3,
+                             ScriptedReply(200, {**JOB, "status": "succeeded"})])
+    told: list[str | None] = []
+    try:
+        with RiftClient(server.url, retry=RetryPolicy(max_retries=2, backoff_s=0.01,
+                                                      max_backoff_s=0.01)) as client:
+            done = client.wait("job_1", timeout=120, poll_interval=0.01, follow_events=False,
+                               on_outage=lambda exc: told.append(
+                                   None if exc is None else type(exc).__name__))
+    finally:
+        server.stop()
+    # One call as the look fails its retries (the outage begins), one as the next answers.
+    assert done.status == "succeeded"
+    assert told == ["ServerError", None]

@@ -34,6 +34,7 @@ import httpx
 
 from rift_client.client import RiftClient, client_settings
 from rift_client.core import DEFAULT_UPLOAD_TIMEOUT_S, STREAM_READ_TIMEOUT_S
+from rift_client.errors import RiftClientError
 from rift_client.flows import (
     END,
     Blocking,
@@ -297,9 +298,11 @@ class AsyncRiftClient:
         return await self._run(self._core.cancel(job_id=job_id))
 
     async def wait(self, job_id: str, timeout: float | None = None, *, poll_interval: float = 1.0,
-                   on_update: Callable[[Job], None] | None = None, follow_events: bool = True) -> Job:
+                   on_update: Callable[[Job], None] | None = None, follow_events: bool = True,
+                   on_outage: Callable[[RiftClientError | None], None] | None = None) -> Job:
         return await self._run(self._core.wait(job_id=job_id, timeout=timeout, poll_interval=poll_interval,
-                                               on_update=on_update, follow_events=follow_events))
+                                               on_update=on_update, follow_events=follow_events,
+                                               on_outage=on_outage))
 
     # -------------------------------------------------------------------------------- events
 

@@ -62,6 +62,7 @@ from rift_client.errors import (
     ChecksumMismatchError,
     FileChangedError,
     RiftAPIError,
+    RiftClientError,
     RiftConnectionError,
     RiftUsageError,
     UnexpectedResponseError,
@@ -681,7 +682,17 @@ def _wait(state: State, client: RiftClient, job_id: str, timeout: float | None,
             bar.update(task, completed=len(STAGES) if job.finished else done,
                        description=f"job {job_id}: {_describe(job)}")
 
-        return client.wait(job_id, timeout, poll_interval=poll_interval, on_update=update)
+        def outage(error: RiftClientError | None) -> None:
+            # The wait goes on through an outage (up to RetryPolicy.max_outage_s) in silence
+            # otherwise: the user could not tell a stalled job from an unreachable service.
+            if error is not None:
+                state.note(f"the service is not answering ({error}); still waiting for job "
+                           f"{job_id}, for up to {client.retry.max_outage_s:g} s")
+            else:
+                state.note(f"the service answers again; waiting for job {job_id}")
+
+        return client.wait(job_id, timeout, poll_interval=poll_interval, on_update=update,
+                           on_outage=outage)
 
 
 def _file_or_id(value: str, noun: str, option: str) -> Path:

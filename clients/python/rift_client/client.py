@@ -44,6 +44,7 @@ from rift_client.core import (
     checked_base_url,
     header_token,
 )
+from rift_client.errors import RiftClientError
 from rift_client.flows import (
     END,
     Blocking,
@@ -345,7 +346,8 @@ class RiftClient:
         return self._run(self._core.cancel(job_id=job_id))
 
     def wait(self, job_id: str, timeout: float | None = None, *, poll_interval: float = 1.0,
-             on_update: Callable[[Job], None] | None = None, follow_events: bool = True) -> Job:
+             on_update: Callable[[Job], None] | None = None, follow_events: bool = True,
+             on_outage: Callable[[RiftClientError | None], None] | None = None) -> Job:
         """Wait until the job has finished and return it (whatever its final status).
 
         With ``follow_events`` (the default) it follows the job's event stream, so the end is
@@ -355,10 +357,13 @@ class RiftClient:
         ``WAIT_STREAM_READ_TIMEOUT_S``) hands over to polling every ``poll_interval`` s, which is
         all ``follow_events=False`` does. ``on_update(job)`` sees every state read. Raises
         :class:`WaitTimeoutError` when ``timeout`` seconds pass first (None: wait as long as it
-        takes).
+        takes). ``on_outage(error)`` is called when the service stops answering (a look failed
+        its retries; the wait goes on up to ``RetryPolicy.max_outage_s``) and
+        ``on_outage(None)`` when it answers again.
         """
         return self._run(self._core.wait(job_id=job_id, timeout=timeout, poll_interval=poll_interval,
-                                         on_update=on_update, follow_events=follow_events))
+                                         on_update=on_update, follow_events=follow_events,
+                                         on_outage=on_outage))
 
     # -------------------------------------------------------------------------------- events
 

@@ -571,20 +571,22 @@ class RiftCore:
         return self._parse(response, Job)
 
     def wait(self, job_id: str, timeout: float | None, poll_interval: float,
-             on_update: Callable[[Job], None] | None, follow_events: bool) -> Flow[Job]:
+             on_update: Callable[[Job], None] | None, follow_events: bool,
+             on_outage: Callable[[RiftClientError | None], None] | None = None) -> Flow[Job]:
         wait_times(timeout, poll_interval)
         _seg("job_id", job_id)
-        return self._wait(job_id, timeout, poll_interval, on_update, follow_events)
+        return self._wait(job_id, timeout, poll_interval, on_update, follow_events, on_outage)
 
     def _wait(self, job_id: str, timeout: float | None, poll_interval: float,
-              on_update: Callable[[Job], None] | None, follow_events: bool) -> Flow[Job]:
+              on_update: Callable[[Job], None] | None, follow_events: bool,
+              on_outage: Callable[[RiftClientError | None], None] | None) -> Flow[Job]:
         deadline = None if timeout is None else time.monotonic() + timeout
         # Once the job has been read, the service down for longer than a request's retries (a
         # restart, a deploy: the job runs on) does not end the wait: it looks again every
         # poll_interval until the service answers, the outage has lasted the policy's
         # max_outage_s, or the deadline has passed. Before, a restart of more than a few seconds
         # ended `riftctl jobs wait` with exit 3 while the job ran on.
-        outage = Outage(self.retry.max_outage_s)
+        outage = Outage(self.retry.max_outage_s, on_outage)
 
         def read(last: Job | None) -> Flow[Job]:
             """The job read again; ``last`` when the look failed within a tolerated outage

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
@@ -104,12 +105,16 @@ def is_outage(exc: BaseException) -> bool:
 class Outage:
     """The outage a wait is living through: since when its looks have failed (None: the last
     one succeeded), whether it may go on looking after another failure, and how long the
-    service asked it to stay away (``pause_s``, the last failure's ``Retry-After``)."""
+    service asked it to stay away (``pause_s``, the last failure's ``Retry-After``).
+    ``on_change`` is told when an outage begins (the first failure it tolerates) and when it
+    ends (the first look that succeeds after it), with None then."""
 
-    def __init__(self, limit_s: float) -> None:
+    def __init__(self, limit_s: float,
+                 on_change: Callable[[RiftClientError | None], None] | None = None) -> None:
         self.limit_s = limit_s
         self.since: float | None = None
         self.pause_s = 0.0
+        self.on_change = on_change
 
     def tolerate(self, exc: RiftClientError, deadline: float | None) -> bool:
         """True to look again later after ``exc``; False to raise it (not an outage, one that
@@ -117,15 +122,19 @@ class Outage:
         now = time.monotonic()
         if not is_outage(exc):
             return False
-        if self.since is None:
-            self.since = now
+        began = self.since is None
+        since = now if self.since is None else self.since
+        self.since = since
         # A Retry-After the request did not wait out (past max_retry_after_s, or its retries
         # spent) is honoured by the next look: looking again every poll_interval would ignore
         # a rate limit the service asked the client to keep.
         headers = exc.headers if isinstance(exc, RiftAPIError) else None
         self.pause_s = (retry_after_seconds(headers.get("retry-after")) or 0.0) \
             if headers is not None else 0.0
-        return now - self.since < self.limit_s and (deadline is None or now < deadline)
+        tolerated = now - since < self.limit_s and (deadline is None or now < deadline)
+        if began and tolerated and self.on_change is not None:
+            self.on_change(exc)
+        return tolerated
 
     def delay(self, interval: float) -> float:
         """Seconds before the next look: ``interval``, or longer when the service asked."""
@@ -133,5 +142,7 @@ class Outage:
 
     def over(self) -> None:
         """A look succeeded."""
+        if self.since is not None and self.on_change is not None:
+            self.on_change(None)
         self.since = None
         self.pause_s = 0.0
