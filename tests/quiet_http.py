@@ -6,7 +6,8 @@ in the suite's output, which read like a failure."""
 from __future__ import annotations
 
 import sys
-from http.server import ThreadingHTTPServer
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 _HUNG_UP = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
@@ -19,3 +20,19 @@ class QuietHTTPServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], _HUNG_UP):
             return
         super().handle_error(request, client_address)
+
+
+class LoopbackServer:
+    """A :class:`QuietHTTPServer` for ``handler`` on a free loopback port, served from a daemon
+    thread: ``url`` to reach it, ``stop()`` to shut it down and free the port."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._httpd = QuietHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)

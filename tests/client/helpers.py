@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tests.preloaded_launcher import Launcher
-from tests.quiet_http import QuietHTTPServer
+from tests.quiet_http import LoopbackServer
 
 CLI_TIMEOUT_S = 300.0
 #: The rift_client sources of this checkout.
@@ -207,15 +207,11 @@ class ScriptedServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer(Handler)
+        self.url = self._server.url
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.client.helpers import CLIENT_SOURCE, riftctl_command
-from tests.quiet_http import QuietHTTPServer
+from tests.quiet_http import LoopbackServer
 
 JOB = "job_1"
 NAME = "tuned.safetensors"
@@ -77,14 +77,12 @@ class StallingStore:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self._server = LoopbackServer(Handler)
+        self.url = self._server.url
 
     def stop(self) -> None:
         self.release.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from rift_client import RetryPolicy, RiftClient, ServiceUnavailableError
-from tests.quiet_http import QuietHTTPServer
+from tests.quiet_http import LoopbackServer
 
 JOB = "job_1"
 NAME = "tuned.safetensors"
@@ -78,15 +77,11 @@ class BusyStore:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer(Handler)
+        self.url = self._server.url
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
 
 @pytest.fixture
