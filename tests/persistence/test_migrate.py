@@ -170,6 +170,18 @@ def test_a_database_of_a_newer_release_stops_the_migration_with_one_line(
         f"`alembic downgrade {expected_revision()}` first"]
 
 
+def _insert_project_p1_with_checkpoint_c1(c: sa.Connection, now: datetime, *, size: int,
+                                          tensors: int) -> None:
+    """Project ``p1`` and its safetensors checkpoint ``c1``, raw rows at an old revision."""
+    c.execute(sa.text("INSERT INTO projects (id, name, created_at) VALUES ('p1', 'p1', :n)"),
+              {"n": now})
+    c.execute(sa.text(
+        "INSERT INTO checkpoints (id, filename, size, sha256, format, storage_key, num_tensors, "
+        "num_parameters, created_at, project_id) VALUES ('c1', 'm.safetensors', :size, :h, "
+        "'safetensors', 'k/c1', :tensors, 20, :n, 'p1')"),
+        {"size": size, "tensors": tensors, "h": "a" * 64, "n": now})
+
+
 def test_the_upgrade_to_0026_fills_the_ledger_as_the_reference_counts(empty_url: str) -> None:
     """A database of 0025 holding a project's checkpoint, dataset, jobs active and ended with
     artifacts, and materializations: after the upgrade its stored-bytes ledger (what the quota
@@ -183,13 +195,7 @@ def test_the_upgrade_to_0026_fills_the_ledger_as_the_reference_counts(empty_url:
     engine = sa.create_engine(empty_url)
     try:
         with engine.begin() as c:
-            c.execute(sa.text("INSERT INTO projects (id, name, created_at) "
-                              "VALUES ('p1', 'p1', :n)"), {"n": now})
-            c.execute(sa.text(
-                "INSERT INTO checkpoints (id, filename, size, sha256, format, storage_key, "
-                "num_tensors, num_parameters, created_at, project_id) VALUES ('c1', "
-                "'m.safetensors', 1000, :h, 'safetensors', 'k/c1', 4, 20, :n, 'p1')"),
-                {"h": "a" * 64, "n": now})
+            _insert_project_p1_with_checkpoint_c1(c, now, size=1000, tensors=4)
             c.execute(sa.text(
                 "INSERT INTO datasets (id, filename, kind, size, sha256, storage_key, created_at, "
                 "project_id) VALUES ('d1', 'd.npz', 'npz', 70, :h, 'k/d1', :n, 'p1')"),
@@ -238,13 +244,7 @@ def test_0027_adds_the_compute_columns_empty_and_takes_them_away(empty_url: str)
     engine = sa.create_engine(empty_url)
     try:
         with engine.begin() as c:
-            c.execute(sa.text("INSERT INTO projects (id, name, created_at) "
-                              "VALUES ('p1', 'p1', :n)"), {"n": now})
-            c.execute(sa.text(
-                "INSERT INTO checkpoints (id, filename, size, sha256, format, storage_key, "
-                "num_tensors, num_parameters, created_at, project_id) VALUES ('c1', "
-                "'m.safetensors', 10, :h, 'safetensors', 'k/c1', 2, 20, :n, 'p1')"),
-                {"h": "a" * 64, "n": now})
+            _insert_project_p1_with_checkpoint_c1(c, now, size=10, tensors=2)
             c.execute(sa.text(
                 "INSERT INTO jobs (id, status, stage_progress, spec, checkpoint_id, "
                 "cancel_requested, attempts, created_at, updated_at, project_id, "
