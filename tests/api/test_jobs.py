@@ -334,16 +334,16 @@ def test_jobs_on_uploaded_datasets(api: Api, checkpoint_id: str) -> None:
 
 
 def test_a_model_that_cannot_take_the_uploaded_images_is_422(api: Api, tmp_path: Path) -> None:
-    # An mlp for 8×8 images has the weights of one for 8×12 ones (its input width is fixed by
-    # the height alone), so only a forward pass of the data's shape, made at creation on the
-    # meta device, shows that the job could never start.
+    # An mlp for 64 input features has the same weights whatever the width it will be fed, so
+    # only a forward pass of the data's shape, made at creation on the meta device, shows that
+    # the job on 8×12 images could never start.
     import io
 
     from rift.checkpoints import save_safetensors
     from rift.config import ArchitectureSpec
     from rift.models import build_model
 
-    architecture = {"name": "mlp", "num_classes": 10, "hidden": [8]}
+    architecture = {"name": "mlp", "num_classes": 10, "hidden": [8], "input_features": 64}
     model = build_model(ArchitectureSpec(**architecture), in_channels=1, image_size=8)
     path = tmp_path / "mlp.safetensors"
     save_safetensors(path, {k: v.detach().clone() for k, v in model.state_dict().items()})
