@@ -78,6 +78,7 @@ def record_finish(lease: LeaseHeartbeat, finish: Callable[[Session], T],
     made by a takeover is not this one's. Raises the last error once a lease length
     (``WORKER_LEASE_SECONDS``) has passed since the first, :class:`LeaseLost` once the
     heartbeat found the work taken over, and any other error at once."""
+    lease.begin_finish()
     outcome = _unless_unreachable(lease, finish)
     if not isinstance(outcome, _Unreachable):
         return outcome

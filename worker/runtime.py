@@ -177,6 +177,8 @@ class LeaseHeartbeat:
         # limit), not because another worker took the work: the work stops as for a
         # cancellation, and the end is reported as the job's, not as a lease lost.
         self._job_ended = threading.Event()
+        # Set once the work's end is being recorded (:meth:`begin_finish`).
+        self._finishing = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -190,6 +192,17 @@ class LeaseHeartbeat:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
+    def begin_finish(self) -> None:
+        """The work's end is about to be recorded. Its own commit clears the lease, so a
+        renewal that finds the lease gone from now on may be that commit's doing: the heartbeat
+        then ends without flagging the lease as lost. The finishing transactions check that
+        this worker still holds the work themselves. Before, a beat between the commit and
+        :meth:`stop` logged "lease lost to another worker" for a stage that had just ended
+        well; and a finish retried through a database outage whose first try had committed
+        unseen could raise :class:`LeaseLost` (a beat after the outage) instead of reading
+        that try back."""
+        self._finishing.set()
+
     def _heartbeat(self) -> None:
         period = self._lease_seconds / 3
         while not self._stop.wait(period):
@@ -199,6 +212,9 @@ class LeaseHeartbeat:
                 logger.warning("could not renew the lease of %s", self._what, exc_info=True)
                 continue
             if not held:
+                if self._finishing.is_set():
+                    logger.debug("%s: its lease ended with its finish", self._what)
+                    return
                 if self._ended_meanwhile():
                     logger.info("%s: the job has ended; its lease ended with it", self._what)
                     self._job_ended.set()

@@ -17,7 +17,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import jobs, materializations, stages
-from persistence.models import Materialization, utcnow
+from persistence.models import JobStage, Materialization, utcnow
 from persistence.settings import Settings
 from persistence.stages import LeaseLost
 from tests.persistence.helpers import stage_row
@@ -249,3 +249,37 @@ def test_a_lost_pool_childs_hand_over_spares_another_parents_process_with_its_pi
     assert row.lease_owner == neighbour
     assert row.lease_expires_at is not None and row.lease_expires_at > utcnow()
     assert resources.worker_id.startswith(resources.owner_prefix(os.getpid()))
+
+
+@pytest.mark.parametrize("finishing", [True, False])
+def test_a_renewal_after_the_works_own_finish_is_not_a_lease_lost(
+        finishing: bool, submit: Callable[..., str], sessions: sessionmaker[Session],
+        service_settings: Settings, quick_config: dict[str, Any]) -> None:
+    # The stage's finish commits (clearing its lease) before its reporter stops; a heartbeat
+    # beating in between found the lease gone and logged "lease lost to another worker" (a CI
+    # run's worker log showed it for an MRC stage that had just ended well). Once the finish
+    # has begun, that renewal ends the heartbeat quietly; before it, a lease gone is still a
+    # lease lost (the control case).
+    job_id = submit(quick_config, send=False)
+    settings = service_settings.model_copy(update={"worker_lease_seconds": 0.3})
+    resources = WorkerResources(settings)
+    with sessions() as session:
+        stages.claim_stage(session, job_id, "mrc", owner=resources.worker_id,
+                           lease_seconds=0.3, max_attempts=3)
+    reporter = StageReporter(resources, job_id, "mrc")
+    reporter.start()
+    try:
+        if finishing:
+            reporter.begin_finish()
+        with sessions() as session:  # what the finish's commit does to the lease
+            session.execute(update(JobStage).where(JobStage.job_id == job_id,
+                                                   JobStage.stage == "mrc")
+                            .values(status="done", lease_owner=None, lease_expires_at=None))
+            session.commit()
+        heartbeat = reporter._thread
+        assert heartbeat is not None
+        # The heartbeat ends at its first renewal after the commit, either way.
+        eventually(lambda: not heartbeat.is_alive())
+        assert reporter.lease_lost is not finishing
+    finally:
+        reporter.stop()
