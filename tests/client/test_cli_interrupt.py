@@ -12,14 +12,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.client.helpers import CLIENT_SOURCE, riftctl_command
-from tests.quiet_http import LoopbackServer
+from tests.quiet_http import LoopbackServer, QuietHandler
 
 JOB = "job_1"
 NAME = "tuned.safetensors"
@@ -36,17 +34,7 @@ class StallingStore:
         self.release = threading.Event()
         store = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path.startswith(f"/v1/jobs/{JOB}/artifacts?") or \
                         self.path == f"/v1/jobs/{JOB}/artifacts":
@@ -55,7 +43,7 @@ class StallingStore:
                         "content_type": "application/octet-stream",
                         "created_at": "2026-11-26T00:00:00Z", "url": f"/v1/jobs/{JOB}/artifacts/{NAME}",
                         "some_field_of_a_newer_server": 1}]}
-                    self._send(200, json.dumps(listing).encode(),
+                    self.send_body(200, json.dumps(listing).encode(),
                                {"Content-Type": "application/json"})
                     return
                 wanted = self.headers.get("Range")
@@ -72,10 +60,7 @@ class StallingStore:
                 status = 206 if wanted else 200
                 extra = {"Content-Range": f"bytes {start}-{len(BODY) - 1}/{len(BODY)}"} \
                     if wanted else {}
-                self._send(status, BODY[start:], extra)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+                self.send_body(status, BODY[start:], extra)
 
         self._server = LoopbackServer(Handler)
         self.url = self._server.url

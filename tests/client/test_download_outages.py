@@ -9,14 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from rift_client import RetryPolicy, RiftClient, ServiceUnavailableError
-from tests.quiet_http import LoopbackServer
+from tests.quiet_http import LoopbackServer, QuietHandler
 
 JOB = "job_1"
 NAME = "tuned.safetensors"
@@ -33,17 +31,7 @@ class BusyStore:
         self.busy = True
         store = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == f"/v1/jobs/{JOB}/artifacts":
                     listing = {"items": [{
@@ -52,7 +40,7 @@ class BusyStore:
                         "content_type": "application/octet-stream",
                         "created_at": "2026-11-26T00:00:00Z",
                         "url": f"/v1/jobs/{JOB}/artifacts/{NAME}"}]}
-                    self._send(200, json.dumps(listing).encode(),
+                    self.send_body(200, json.dumps(listing).encode(),
                                {"Content-Type": "application/json"})
                     return
                 wanted = self.headers.get("Range")
@@ -67,15 +55,12 @@ class BusyStore:
                 if store.busy:
                     error = {"error": {"code": "store_unavailable", "message": "busy",
                                        "field": None}}
-                    self._send(503, json.dumps(error).encode(),
+                    self.send_body(503, json.dumps(error).encode(),
                                {"Content-Type": "application/json"})
                     return
                 start = int(wanted.split("=")[1].rstrip("-"))
-                self._send(206, BODY[start:],
+                self.send_body(206, BODY[start:],
                            {"Content-Range": f"bytes {start}-{len(BODY) - 1}/{len(BODY)}"})
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
         self._server = LoopbackServer(Handler)
         self.url = self._server.url
