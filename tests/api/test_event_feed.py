@@ -182,7 +182,11 @@ def test_stream_resumes_with_last_event_id_and_ends_on_a_pushed_finish(
 
 def test_a_listener_logs_an_outage_once_and_its_end(caplog: pytest.LogCaptureFixture) -> None:
     """Redis (a scratch server of this test) stopped under a listening feed, then started again:
-    one warning with the traceback, retries at debug level, one info line when it is back."""
+    one warning with the traceback, retries at debug level, one info line when it is back.
+
+    The server is stopped and started off the event loop, and each phase waits for what it
+    expects rather than for a fixed time: on a loaded CI machine a second of outage once saw
+    only two attempts."""
     import logging
 
     from api.event_feed import EventFeed, RedisSource
@@ -191,15 +195,26 @@ def test_a_listener_logs_an_outage_once_and_its_end(caplog: pytest.LogCaptureFix
     server = RedisServer().start()
     retry_s = 0.05
 
+    def feed_records(level: int, text: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records
+                if r.name == "api.event_feed" and r.levelno == level and text in r.message]
+
+    async def until(what: str, condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
+            await asyncio.sleep(0.02)
+
     async def scenario() -> None:
         feed = EventFeed(RedisSource(server.url, retry_s))
         await feed.start()
         try:
             await asyncio.sleep(0.5)
-            server.stop()
-            await asyncio.sleep(1.0)  # about 20 retries
-            server.start()
-            await asyncio.sleep(1.0)
+            await asyncio.to_thread(server.stop)
+            await until("three retries", lambda: len(feed_records(logging.DEBUG, "lost Redis")) >= 3)
+            await asyncio.to_thread(server.start)
+            await until("recovery line", lambda: bool(feed_records(logging.INFO, "back after")))
+            await asyncio.sleep(0.2)  # nothing more is logged once it is back
         finally:
             await feed.stop()
 
@@ -208,13 +223,12 @@ def test_a_listener_logs_an_outage_once_and_its_end(caplog: pytest.LogCaptureFix
         asyncio.run(scenario())
     finally:
         server.stop()
-    records = [r for r in caplog.records if r.name == "api.event_feed"]
-    warnings = [r for r in records if r.levelno == logging.WARNING]
-    retries = [r for r in records if r.levelno == logging.DEBUG and "lost Redis" in r.message]
-    back = [r for r in records if r.levelno == logging.INFO and "back after" in r.message]
+    warnings = feed_records(logging.WARNING, "")
+    retries = feed_records(logging.DEBUG, "lost Redis")
+    back = feed_records(logging.INFO, "back after")
     assert len(warnings) == 1 and warnings[0].exc_info is not None, warnings
     assert len(retries) >= 3
-    assert len(back) == 1
+    assert len(back) == 1 and f"back after {len(retries) + 1} failed attempts" in back[0].message
 
 
 def test_the_postgres_listener_gives_up_on_a_silent_host(caplog: pytest.LogCaptureFixture) -> None:
