@@ -179,12 +179,17 @@ def get_endpoint(session: Session, project_id: str, endpoint_id: str, *,
     return endpoint
 
 
-def delete_endpoint(session: Session, project_id: str, endpoint_id: str) -> None:
-    """Remove the endpoint and its delivery log; messages not yet sent are dropped."""
+def delete_endpoint(session: Session, project_id: str, endpoint_id: str, *,
+                    check: Callable[[WebhookEndpoint], None] | None = None) -> None:
+    """Remove the endpoint and its delivery log; messages not yet sent are dropped. ``check``
+    sees the locked row first and may raise to keep it (a request's ``If-Match``)."""
     with transaction(session):
         # Locked: of two DELETEs at once, the second waits and then finds the row gone (404, as
         # a DELETE sent after the first gets) instead of deleting nothing and answering 204.
-        session.delete(get_endpoint(session, project_id, endpoint_id, for_update=True))
+        endpoint = get_endpoint(session, project_id, endpoint_id, for_update=True)
+        if check is not None:
+            check(endpoint)
+        session.delete(endpoint)
 
 
 def list_deliveries(session: Session, endpoint_id: str, *, limit: int, cursor: str | None = None
