@@ -35,7 +35,7 @@ from persistence.materializations import (
     MaterializationNotFound,
     MaterializationRunning,
 )
-from persistence.pages import InvalidCursor
+from persistence.pages import CursorOfAnotherList, InvalidCursor
 from persistence.storage import (
     InvalidRange,
     ObjectNotFound,
@@ -323,6 +323,8 @@ def from_persistence_error(exc: PersistenceError) -> ApiError | None:
         return Conflict(exc.message, field="evaluate", code=exc.code)
     if isinstance(exc, MaterializationNotFound):
         return NotFound(exc.message, field="materialization_id", code=exc.code)
+    if isinstance(exc, CursorOfAnotherList):
+        return BadRequest(exc.message, field="cursor", code=exc.code)
     if isinstance(exc, InvalidCursor):
         return InvalidInput(exc.message, field="cursor", code=exc.code)
     if isinstance(exc, WebhookNotFound):

@@ -35,7 +35,7 @@ from persistence.models import (
     utcnow,
 )
 from persistence.outbound import comparable_url
-from persistence.pages import Page, newest_first
+from persistence.pages import Page, list_binding, newest_first
 from persistence.transactions import EventKind, PersistenceError, lock_project, transaction
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,8 @@ def page_endpoints(session: Session, project_id: str, *, limit: int,
     """One page of the project's endpoints, newest first (:mod:`persistence.pages`)."""
     return newest_first(session, "webhooks",
                         select(WebhookEndpoint).where(WebhookEndpoint.project_id == project_id),
-                        WebhookEndpoint.created_at, WebhookEndpoint.id, limit, cursor)
+                        WebhookEndpoint.created_at, WebhookEndpoint.id, limit, cursor,
+                        list_binding(project_id))
 
 
 def get_endpoint(session: Session, project_id: str, endpoint_id: str, *,
@@ -198,7 +199,8 @@ def list_deliveries(session: Session, endpoint_id: str, *, limit: int, cursor: s
     its attempts (two statements; the ``(endpoint_id, created_at, id)`` index bounds the page)."""
     page = newest_first(session, "deliveries",
                         select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id),
-                        WebhookDelivery.created_at, WebhookDelivery.id, limit, cursor)
+                        WebhookDelivery.created_at, WebhookDelivery.id, limit, cursor,
+                        list_binding(endpoint_id))
     deliveries: list[WebhookDelivery] = page.items
     attempts: dict[str, list[WebhookAttempt]] = {d.id: [] for d in deliveries}
     if deliveries:
