@@ -284,8 +284,10 @@ class AsyncRiftClient:
         return await self._run(self._core.get_job(job_id=job_id))
 
     async def delete_job(self, job_id: str, *, if_match: str | None = None) -> None:
-        """Delete the job; ``if_match`` (its ``.etag`` from ``get_job``, or ``*``): only
-        if unchanged since read, else :class:`PreconditionFailedError` (412)."""
+        """Delete a finished job with its records and artifacts (a queued or running one is a
+        :class:`ConflictError`, code ``job_active``: cancel it first). A checkpoint or dataset
+        used by finished jobs can be deleted once those jobs are. ``if_match``: see
+        :meth:`delete_checkpoint` (the job's ``.etag`` from ``get_job``)."""
         return await self._run(self._core.delete_job(job_id=job_id, if_match=if_match))
 
     async def list_jobs_page(self, *, status: str | Sequence[str] | None = None,
@@ -381,8 +383,8 @@ class AsyncRiftClient:
         return await self._run(self._core.get_webhook(webhook_id=webhook_id))
 
     async def delete_webhook(self, webhook_id: str, *, if_match: str | None = None) -> None:
-        """Delete the webhook; ``if_match`` (its ``.etag`` from ``get_webhook``, or ``*``): only
-        if unchanged since read, else :class:`PreconditionFailedError` (412)."""
+        """Delete a webhook with its delivery log; messages not yet sent are dropped.
+        ``if_match``: see :meth:`delete_checkpoint` (its ``.etag`` from ``get_webhook``)."""
         return await self._run(self._core.delete_webhook(webhook_id=webhook_id, if_match=if_match))
 
     async def webhook_deliveries(self, webhook_id: str, *, limit: int = 20) -> list[WebhookDelivery]:
