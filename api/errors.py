@@ -152,8 +152,9 @@ class InvalidInput(ApiError):
 
 
 class PreconditionFailed(ApiError):
-    """An ``If-Match`` / ``If-Unmodified-Since`` the current file does not meet (RFC 9110
-    §13.1.1, §13.1.4): the request is not carried out."""
+    """An ``If-Match`` / ``If-Unmodified-Since`` the current file, or the resource a PATCH or
+    DELETE would change, does not meet (RFC 9110 §13.1.1, §13.1.4): the request is not carried
+    out."""
 
     status_code = 412
     code = "precondition_failed"
