@@ -51,7 +51,7 @@ def none_match(header: str, etag: str) -> bool:
     return any(_opaque(tag) == wanted for tag in header.split(","))
 
 
-def _strong_match(header: str, etag: str) -> bool:
+def strong_match(header: str, etag: str) -> bool:
     """Whether ``If-Match: header`` matches ``etag``: ``*`` or a listed tag compared strongly
     (§8.8.3.2: a weak tag never matches)."""
     if header.strip() == "*":
@@ -68,7 +68,7 @@ def failed_precondition(headers: Mapping[str, str], *, etag: str,
     ``If-Unmodified-Since`` is ignored beside ``If-Match``, and when it is not a valid date."""
     if_match = headers.get("if-match")
     if if_match is not None:
-        return None if _strong_match(if_match, etag) else "If-Match"
+        return None if strong_match(if_match, etag) else "If-Match"
     since = parse_http_date(headers.get("if-unmodified-since"))
     if since is not None and last_modified.astimezone(UTC).replace(microsecond=0) > since:
         return "If-Unmodified-Since"

@@ -35,7 +35,7 @@ from persistence.materializations import (
     MaterializationNotFound,
     MaterializationRunning,
 )
-from persistence.pages import InvalidCursor
+from persistence.pages import CursorOfAnotherList, InvalidCursor
 from persistence.storage import (
     InvalidRange,
     ObjectNotFound,
@@ -152,8 +152,9 @@ class InvalidInput(ApiError):
 
 
 class PreconditionFailed(ApiError):
-    """An ``If-Match`` / ``If-Unmodified-Since`` the current file does not meet (RFC 9110
-    §13.1.1, §13.1.4): the request is not carried out."""
+    """An ``If-Match`` / ``If-Unmodified-Since`` the current file, or the resource a PATCH or
+    DELETE would change, does not meet (RFC 9110 §13.1.1, §13.1.4): the request is not carried
+    out."""
 
     status_code = 412
     code = "precondition_failed"
@@ -323,6 +324,8 @@ def from_persistence_error(exc: PersistenceError) -> ApiError | None:
         return Conflict(exc.message, field="evaluate", code=exc.code)
     if isinstance(exc, MaterializationNotFound):
         return NotFound(exc.message, field="materialization_id", code=exc.code)
+    if isinstance(exc, CursorOfAnotherList):
+        return BadRequest(exc.message, field="cursor", code=exc.code)
     if isinstance(exc, InvalidCursor):
         return InvalidInput(exc.message, field="cursor", code=exc.code)
     if isinstance(exc, WebhookNotFound):

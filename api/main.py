@@ -48,6 +48,7 @@ from api.routes import (
     webhooks,
 )
 from api.schemas import JobCreate
+from api.server_wide import ServerWideRequests
 from api.uploads import MAX_FIELD_BYTES
 from api.validation import Validator
 from persistence.db import session_factory_from_settings
@@ -156,6 +157,7 @@ def create_app(
     app.add_middleware(JsonValidators)
     # Inside the observability middleware, so that logs and metrics still say HEAD.
     app.add_middleware(HeadAsGet)
+    app.add_middleware(ServerWideRequests)
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
     if settings.cors_allow_origins:
         # No credentials: keys travel in a header a page must set itself, never in cookies.

@@ -13,7 +13,8 @@ from fastapi import Query
 #: ``limit``, not a silently shorter one).
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-#: A cursor this service issues is about 105 characters; far longer input is refused unread.
+#: A cursor this service issues is at most about 130 characters (with its list's binding); far longer
+#: input is refused unread.
 MAX_CURSOR_CHARS = 512
 
 PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE,

@@ -39,7 +39,7 @@ from persistence.models import (
     by_code_point,
     utcnow,
 )
-from persistence.pages import before_cursor, older_than, page_of
+from persistence.pages import before_cursor, list_binding, older_than, page_of
 from persistence.records import hold_stored_bytes, job_reserved_bytes
 from persistence.storage_ledger import settle_job_reservation
 from persistence.transactions import (
@@ -370,8 +370,12 @@ def list_jobs(
     query = _summary_query(with_spec, page=numbered)
     if statuses is not None:
         query = query.where(Job.status.in_(statuses))
+    # The list a cursor belongs to: the project and the filters, in a canonical order (the
+    # same statuses or labels given in another order are the same list).
+    binding = list_binding(project_id, ",".join(sorted(set(statuses or []))),
+                           ",".join(f"{k}:{v}" for k, v in sorted((labels or {}).items())))
     if project_id is not None and labels:
-        entries = _labelled_entries(project_id, labels, statuses, cursor, limit)
+        entries = _labelled_entries(project_id, labels, statuses, cursor, limit, binding)
         # The page's jobs by id. Their project is checked again, but as no index condition:
         # ``project_id = ...`` would let the planner read all the project's jobs by their
         # project index and hash them (it did, for 5,000), instead of the page's by id.
@@ -388,17 +392,17 @@ def list_jobs(
                 .exists()
             )
         if cursor is not None:
-            query = query.where(before_cursor("jobs", cursor, Job.created_at, Job.id))
+            query = query.where(before_cursor("jobs", cursor, Job.created_at, Job.id, binding))
         query = query.order_by(Job.created_at.desc(), Job.id.desc())
     query = query.limit(limit + 1)
     page = page_of("jobs", _read_summaries(session, query, with_spec=with_spec,
                                            with_stages=with_stages), limit,
-                   lambda job: (job.created_at, job.id))
+                   lambda job: (job.created_at, job.id), binding)
     return JobPage(page.items, page.next_cursor)
 
 
 def _labelled_entries(project_id: str, labels: Mapping[str, str], statuses: list[str] | None,
-                      cursor: str | None, limit: int) -> Subquery:
+                      cursor: str | None, limit: int, binding: str) -> Subquery:
     """The ids and instants of the project's jobs on the page after ``cursor`` carrying every
     label, newest first, ``limit + 1`` of them: a walk of the first label's entries in the
     project (ix_job_labels_project_id_key_value_created_at_job_id, from the cursor), each
@@ -424,7 +428,8 @@ def _labelled_entries(project_id: str, labels: Mapping[str, str], statuses: list
         entries = entries.where(select(job.id).where(
             job.id == walked.job_id, job.status.in_(statuses)).exists())
     if cursor is not None:
-        entries = entries.where(before_cursor("jobs", cursor, walked.created_at, walked.job_id))
+        entries = entries.where(before_cursor("jobs", cursor, walked.created_at, walked.job_id,
+                                              binding))
     return (entries.order_by(walked.created_at.desc(), walked.job_id.desc()).limit(limit + 1)
             .subquery("labelled"))
 

@@ -36,7 +36,7 @@ from persistence.models import (
     MaterializationStatus,
     utcnow,
 )
-from persistence.pages import Page, newest_first
+from persistence.pages import Page, list_binding, newest_first
 from persistence.records import hold_stored_bytes, materialization_bytes
 from persistence.stages import ArtifactRecord, LeaseLost
 from persistence.storage_ledger import artifact_written, settle_materialization
@@ -266,7 +266,8 @@ def page_materializations(session: Session, job_id: str, *, limit: int,
     """One page of the job's materializations, newest first (:mod:`persistence.pages`)."""
     return newest_first(session, "materializations",
                         select(Materialization).where(Materialization.job_id == job_id),
-                        Materialization.created_at, Materialization.id, limit, cursor)
+                        Materialization.created_at, Materialization.id, limit, cursor,
+                        list_binding(job_id))
 
 
 def start_materialization(session: Session, materialization_id: str, *, owner: str,

@@ -32,7 +32,7 @@ from persistence.models import (
     new_id,
     utcnow,
 )
-from persistence.pages import Collection, Page, before_cursor, page_of
+from persistence.pages import Collection, Page, before_cursor, list_binding, page_of
 from persistence.storage_ledger import MATERIALIZED_LIKE
 from persistence.transactions import PersistenceError, lock_project
 
@@ -331,10 +331,11 @@ def list_checkpoints(session: Session, *, project_id: str, limit: int, cursor: s
     query = select(Checkpoint).where(Checkpoint.project_id == project_id)
     if format is not None:
         query = query.where(Checkpoint.format == format)
+    binding = list_binding(project_id, format)
     if cursor is not None:
         query = query.where(
-            before_cursor("checkpoints", cursor, Checkpoint.created_at, Checkpoint.id))
-    return _newest_first(session, "checkpoints", query, Checkpoint, limit)
+            before_cursor("checkpoints", cursor, Checkpoint.created_at, Checkpoint.id, binding))
+    return _newest_first(session, "checkpoints", query, Checkpoint, limit, binding)
 
 
 def list_datasets(session: Session, *, project_id: str, limit: int, cursor: str | None = None,
@@ -345,18 +346,20 @@ def list_datasets(session: Session, *, project_id: str, limit: int, cursor: str 
     query = select(Dataset).where(Dataset.project_id == project_id)
     if kind is not None:
         query = query.where(Dataset.kind == kind)
+    binding = list_binding(project_id, kind)
     if cursor is not None:
-        query = query.where(before_cursor("datasets", cursor, Dataset.created_at, Dataset.id))
-    return _newest_first(session, "datasets", query, Dataset, limit)
+        query = query.where(before_cursor("datasets", cursor, Dataset.created_at, Dataset.id,
+                                          binding))
+    return _newest_first(session, "datasets", query, Dataset, limit, binding)
 
 
 def _newest_first(session: Session, collection: Collection, query: Select[Any],
-                  model: type[Upload], limit: int) -> Page[Upload]:
+                  model: type[Upload], limit: int, binding: str) -> Page[Upload]:
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     query = query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
     rows: list[Upload] = list(session.execute(query).scalars())
-    return page_of(collection, rows, limit, _sort_key)
+    return page_of(collection, rows, limit, _sort_key, binding)
 
 
 def _sort_key(row: Checkpoint | Dataset) -> tuple[datetime, str]:

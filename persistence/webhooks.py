@@ -35,7 +35,7 @@ from persistence.models import (
     utcnow,
 )
 from persistence.outbound import comparable_url
-from persistence.pages import Page, newest_first
+from persistence.pages import Page, list_binding, newest_first
 from persistence.transactions import EventKind, PersistenceError, lock_project, transaction
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,8 @@ def page_endpoints(session: Session, project_id: str, *, limit: int,
     """One page of the project's endpoints, newest first (:mod:`persistence.pages`)."""
     return newest_first(session, "webhooks",
                         select(WebhookEndpoint).where(WebhookEndpoint.project_id == project_id),
-                        WebhookEndpoint.created_at, WebhookEndpoint.id, limit, cursor)
+                        WebhookEndpoint.created_at, WebhookEndpoint.id, limit, cursor,
+                        list_binding(project_id))
 
 
 def get_endpoint(session: Session, project_id: str, endpoint_id: str, *,
@@ -179,12 +180,17 @@ def get_endpoint(session: Session, project_id: str, endpoint_id: str, *,
     return endpoint
 
 
-def delete_endpoint(session: Session, project_id: str, endpoint_id: str) -> None:
-    """Remove the endpoint and its delivery log; messages not yet sent are dropped."""
+def delete_endpoint(session: Session, project_id: str, endpoint_id: str, *,
+                    check: Callable[[WebhookEndpoint], None] | None = None) -> None:
+    """Remove the endpoint and its delivery log; messages not yet sent are dropped. ``check``
+    sees the locked row first and may raise to keep it (a request's ``If-Match``)."""
     with transaction(session):
         # Locked: of two DELETEs at once, the second waits and then finds the row gone (404, as
         # a DELETE sent after the first gets) instead of deleting nothing and answering 204.
-        session.delete(get_endpoint(session, project_id, endpoint_id, for_update=True))
+        endpoint = get_endpoint(session, project_id, endpoint_id, for_update=True)
+        if check is not None:
+            check(endpoint)
+        session.delete(endpoint)
 
 
 def list_deliveries(session: Session, endpoint_id: str, *, limit: int, cursor: str | None = None
@@ -193,7 +199,8 @@ def list_deliveries(session: Session, endpoint_id: str, *, limit: int, cursor: s
     its attempts (two statements; the ``(endpoint_id, created_at, id)`` index bounds the page)."""
     page = newest_first(session, "deliveries",
                         select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id),
-                        WebhookDelivery.created_at, WebhookDelivery.id, limit, cursor)
+                        WebhookDelivery.created_at, WebhookDelivery.id, limit, cursor,
+                        list_binding(endpoint_id))
     deliveries: list[WebhookDelivery] = page.items
     attempts: dict[str, list[WebhookAttempt]] = {d.id: [] for d in deliveries}
     if deliveries:

@@ -8,10 +8,11 @@ A new key is shown once, in the answer that creates it; lists never show secrets
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -22,6 +23,7 @@ from api.errors import Conflict, InvalidInput, NotFound
 from api.schemas import UsageOut
 from api.services.usage import project_usage_out
 from api.services.workers import list_live_workers
+from api.write_conditions import WriteConditionsDep, require_unchanged
 from persistence.api_keys import (
     LIMIT_MAXIMA,
     PROJECT_NAME_PATTERN,
@@ -137,8 +139,16 @@ def _key_out(key: ApiKey, project: Project) -> KeyOut:
                   revoked_at=key.revoked_at)
 
 
-def _project(session: SessionDep, name: str) -> Project:
-    project = project_by_name(session, name)
+def _project(session: SessionDep, name: str, *, lock: bool = False) -> Project:
+    """The project ``name`` or a 404; ``lock``: read fresh and row-locked until the transaction
+    ends, so that a write's ``If-Match`` is checked against the row it changes
+    (:mod:`api.write_conditions`)."""
+    if lock:
+        project = session.execute(
+            select(Project).where(Project.name == name).with_for_update()
+            .execution_options(populate_existing=True)).scalar_one_or_none()
+    else:
+        project = project_by_name(session, name)
     if project is None:
         raise NotFound(f"no project named '{name[:64]}'", field="name", code="project_not_found")
     return project
@@ -170,11 +180,26 @@ def create_project_route(body: ProjectCreate, session: SessionDep,
     return _project_out(project)
 
 
+@router.get("/projects/{name}", response_model=ProjectOut, summary="A project and its limits",
+            description="Its ETag is the one PATCH and DELETE compare an If-Match with.")
+def read_project(name: str, session: SessionDep) -> ProjectOut:
+    return _project_out(_project(session, name))
+
+
+_PRECONDITION: dict[int | str, dict[str, Any]] = {412: {
+    "description": "If-Match names another ETag than the resource's GET answers now (it "
+    "changed since it was read)"}}
+
+
 @router.patch("/projects/{name}", response_model=ProjectOut, summary="Change a project's limits",
               description="Only the limits in the body change; null sets one back to the "
-              "setting's default. rift-admin projects limits does the same.")
-def update_project_limits(name: str, body: ProjectLimitsIn, session: SessionDep) -> ProjectOut:
-    project = _project(session, name)
+              "setting's default. rift-admin projects limits does the same. If-Match: only if "
+              "the project is unchanged since GET /v1/admin/projects/{name} (else 412).",
+              responses=_PRECONDITION)
+def update_project_limits(name: str, body: ProjectLimitsIn, session: SessionDep,
+                          conditions: WriteConditionsDep) -> ProjectOut:
+    project = _project(session, name, lock=conditions.present)
+    require_unchanged(conditions, _project_out(project))
     try:
         return _project_out(set_project_limits(session, project,
                                                body.model_dump(include=body.model_fields_set)))
@@ -198,12 +223,18 @@ def read_project_usage(name: str, session: SessionDep, settings: SettingsDep,
     "objects. While the project has queued or running jobs: 409 project_has_active_jobs, "
     "unless ?force=true, which revokes its keys, cancels the jobs and waits up to "
     "PROJECT_DELETE_WAIT_SECONDS for their workers to stop (409 jobs_stopping if they have "
-    "not: retry). rift-admin projects delete does the same.",
+    "not: retry). rift-admin projects delete does the same. If-Match: only if the project is "
+    "unchanged since GET /v1/admin/projects/{name} (else 412).",
     responses={404: {"description": "No such project"},
-               409: {"description": "Queued or running jobs (see the description)"}})
+               409: {"description": "Queued or running jobs (see the description)"},
+               **_PRECONDITION})
 def delete_project_route(name: str, session: SessionDep, settings: SettingsDep, store: StoreDep,
-                         force: bool = False) -> Response:
-    delete_project(session, store, _project(session, name), force=force,
+                         conditions: WriteConditionsDep, force: bool = False) -> Response:
+    # The lock holds until the deletion's own transaction commits (without force: the check
+    # and the deletion are one transaction; with force, its key revocation commits first).
+    project = _project(session, name, lock=conditions.present)
+    require_unchanged(conditions, _project_out(project))
+    delete_project(session, store, project, force=force,
                    wait_s=settings.project_delete_wait_seconds)
     return Response(status_code=204)
 
@@ -221,7 +252,8 @@ _DEFAULT_KEY = KeyCreate()
 @router.post("/projects/{name}/keys", status_code=201, response_model=NewKeyOut,
              summary="Create a key (shown once)",
              description="The body may be left out: a read and write key without a name.")
-def create_key_route(name: str, session: SessionDep, body: KeyCreate = _DEFAULT_KEY) -> NewKeyOut:
+def create_key_route(name: str, session: SessionDep, response: Response,
+                     body: KeyCreate = _DEFAULT_KEY) -> NewKeyOut:
     project = _project(session, name)
     try:
         new = create_key(session, project, [str(s) for s in body.scopes], body.name)
@@ -230,13 +262,37 @@ def create_key_route(name: str, session: SessionDep, body: KeyCreate = _DEFAULT_
     except IntegrityError:
         _gone_meanwhile(session, name)
         raise
+    response.headers["Location"] = f"/v1/admin/projects/{project.name}/keys/{new.row.id}"
     return NewKeyOut(**_key_out(new.row, project).model_dump(), key=new.key)
 
 
-@router.delete("/projects/{name}/keys/{key_id}", response_model=KeyOut,
-               summary="Revoke a key (it answers 401 from now on)")
-def revoke_key_route(name: str, key_id: str, session: SessionDep) -> KeyOut:
+def _key(session: Session, project: Project, key_id: str, *, lock: bool = False) -> ApiKey:
+    """The project's key or a 404 (``lock``: fresh and row-locked, as :func:`_project`)."""
+    row = session.get(ApiKey, key_id[:64], with_for_update=lock or None, populate_existing=lock)
+    if row is None or row.project_id != project.id:
+        raise NotFound(f"project '{project.name}' has no key '{key_id[:64]}'", field="key_id",
+                       code="key_not_found")
+    return row
+
+
+@router.get("/projects/{name}/keys/{key_id}", response_model=KeyOut, summary="A key",
+            description="Never its secret. Its ETag is the one DELETE compares an If-Match "
+            "with (last_used_at is part of it: a key in use changes).")
+def read_key(name: str, key_id: str, session: SessionDep) -> KeyOut:
     project = _project(session, name)
+    return _key_out(_key(session, project, key_id), project)
+
+
+@router.delete("/projects/{name}/keys/{key_id}", response_model=KeyOut,
+               summary="Revoke a key (it answers 401 from now on)",
+               description="If-Match: only if the key is unchanged since GET "
+               "/v1/admin/projects/{name}/keys/{key_id} (else 412).", responses=_PRECONDITION)
+def revoke_key_route(name: str, key_id: str, session: SessionDep,
+                     conditions: WriteConditionsDep) -> KeyOut:
+    project = _project(session, name)
+    if conditions.present:
+        require_unchanged(conditions, _key_out(_key(session, project, key_id, lock=True),
+                                               project))
     row = revoke_key(session, key_id[:64], project.id)
     if row is None:
         raise NotFound(f"project '{project.name}' has no key '{key_id[:64]}'", field="key_id",

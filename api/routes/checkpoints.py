@@ -16,6 +16,7 @@ from api.services.ownership import owned_checkpoint
 from api.services.upload_flow import CHECKPOINT_UPLOADS, FILE_FIELD, UploadServices, accept_upload
 from api.services.upload_records import checkpoint_out, list_checkpoints_for
 from api.uploads import RawFilename, upload_request_body
+from api.write_conditions import WriteConditionsDep
 
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
 
@@ -78,9 +79,12 @@ def read_checkpoint(checkpoint_id: str, session: SessionDep, caller: CallerDep) 
 @router.delete(
     "/{checkpoint_id}", status_code=204, response_class=Response, summary="Delete a checkpoint",
     description="Removes the record and the stored file. 409 while a job uses it (queued or "
-    "running: in_use; finished jobs: referenced, delete them first).",
-    responses={409: {"description": "Used by a job"}})
+    "running: in_use; finished jobs: referenced, delete them first). If-Match: only "
+    "if it is unchanged since its GET (else 412).",
+    responses={409: {"description": "Used by a job"},
+               412: {"description": "If-Match names another ETag"}})
 def delete_checkpoint(checkpoint_id: str, session: SessionDep, store: StoreDep,
-                      caller: CallerDep) -> Response:
-    deletion.delete_checkpoint(session, store, caller, checkpoint_id)
+                      caller: CallerDep,
+                      conditions: WriteConditionsDep) -> Response:
+    deletion.delete_checkpoint(session, store, caller, checkpoint_id, conditions)
     return Response(status_code=204)

@@ -23,6 +23,7 @@ from api.services.ownership import find_owned
 from api.services.upload_flow import DATASET_UPLOADS, FILE_FIELD, UploadServices, accept_upload
 from api.services.upload_records import dataset_out, list_datasets_for
 from api.uploads import RawFilename, upload_request_body
+from api.write_conditions import WriteConditionsDep
 from persistence.models import Dataset, DatasetKind
 from rift.setting_names import closest_choice
 
@@ -106,14 +107,17 @@ def read_dataset(dataset_id: str, session: SessionDep, caller: CallerDep) -> Dat
 @router.delete(
     "/{dataset_id}", status_code=204, response_class=Response, summary="Delete a dataset",
     description="Removes the record and the stored archive. 409 while a job uses it (queued or "
-    "running: in_use; finished jobs: referenced, delete them first).",
-    responses={409: {"description": "Used by a job"}})
+    "running: in_use; finished jobs: referenced, delete them first). If-Match: only "
+    "if it is unchanged since its GET (else 412).",
+    responses={409: {"description": "Used by a job"},
+               412: {"description": "If-Match names another ETag"}})
 def delete_dataset(dataset_id: str, session: SessionDep, store: StoreDep,
-                   caller: CallerDep) -> Response:
+                   caller: CallerDep,
+                   conditions: WriteConditionsDep) -> Response:
     if dataset_id in BUILTIN_GEOMETRY:
         # "no dataset with id 'digits'" read as if the built-in dataset were missing.
         raise NotFound(f"'{dataset_id}' is a built-in dataset, not an upload: there is nothing "
                        "to delete (uploads: GET /v1/datasets)", field="dataset_id",
                        code="dataset_not_found")
-    deletion.delete_dataset(session, store, caller, dataset_id)
+    deletion.delete_dataset(session, store, caller, dataset_id, conditions)
     return Response(status_code=204)

@@ -39,6 +39,7 @@ from api.services.jobs import (
 )
 from api.services.ownership import owned_job
 from api.uploads import MAX_FIELD_BYTES, receive_upload, scratch_dir
+from api.write_conditions import WriteConditionsDep
 from persistence.models import Job, JobStatus
 from rift.setting_names import closest_choice
 
@@ -272,8 +273,11 @@ def cancel_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobOut:
 @router.delete(
     "/{job_id}", status_code=204, response_class=Response, summary="Delete a finished job",
     description="Removes the job, its records (stages, events, MRC table, curves) and its "
-    "artifacts. A queued or running job is 409 job_active: cancel it first.",
-    responses={409: {"description": "The job has not finished"}})
-def delete_job(job_id: str, session: SessionDep, store: StoreDep, caller: CallerDep) -> Response:
-    deletion.delete_job(session, store, caller, job_id)
+    "artifacts. A queued or running job is 409 job_active: cancel it first. If-Match: only "
+    "if it is unchanged since its GET (else 412); If-Unmodified-Since: since its updated_at.",
+    responses={409: {"description": "The job has not finished"},
+               412: {"description": "If-Match names another ETag"}})
+def delete_job(job_id: str, session: SessionDep, store: StoreDep, caller: CallerDep,
+               conditions: WriteConditionsDep) -> Response:
+    deletion.delete_job(session, store, caller, job_id, conditions)
     return Response(status_code=204)

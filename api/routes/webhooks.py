@@ -23,6 +23,7 @@ from api.webhook_schemas import (
     WebhookListOut,
     WebhookOut,
 )
+from api.write_conditions import WriteConditionsDep, require_unchanged
 from persistence import webhooks
 from persistence.models import WebhookEndpoint
 from persistence.outbound import AllowList, TargetRefused, check_target
@@ -136,9 +137,14 @@ def read_webhook(webhook_id: str, session: SessionDep, project_id: ProjectIdDep)
 
 
 @router.delete("/{webhook_id}", status_code=204, response_class=Response,
-               summary="Delete a webhook (and its delivery log)")
-def delete_webhook(webhook_id: str, session: SessionDep, project_id: ProjectIdDep) -> Response:
-    webhooks.delete_endpoint(session, project_id, _checked_id(webhook_id))
+               summary="Delete a webhook (and its delivery log)",
+               description="If-Match: only if the webhook is unchanged since its GET (else 412).",
+               responses={412: {"description": "If-Match names another ETag"}})
+def delete_webhook(webhook_id: str, session: SessionDep, project_id: ProjectIdDep,
+                   conditions: WriteConditionsDep) -> Response:
+    webhooks.delete_endpoint(
+        session, project_id, _checked_id(webhook_id),
+        check=lambda endpoint: require_unchanged(conditions, webhook_out(endpoint)))
     return Response(status_code=204)
 
 

@@ -5,6 +5,10 @@ their rows, also used when a whole project is deleted).
 A checkpoint or dataset that a queued or running job uses is 409 ``in_use``; one that finished
 jobs still reference is 409 ``referenced`` (delete those jobs first: a job's record names its
 inputs). A job that has not finished is 409 ``job_active``: cancel it first.
+
+With an ``If-Match`` (or, for a job, ``If-Unmodified-Since``) the row is read locked, checked
+against the representation its GET answers (:mod:`api.write_conditions`) and deleted in the
+same transaction.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from api.auth import Caller
 from api.errors import Conflict
+from api.services.jobs import job_out
 from api.services.ownership import owned_checkpoint, owned_dataset, owned_job
+from api.services.upload_records import checkpoint_out, dataset_out
+from api.write_conditions import WriteConditions, require_unchanged
 from persistence.deletion import ACTIVE, LISTED_JOBS, delete_objects, job_objects
 from persistence.models import Artifact, Checkpoint, Dataset, Job
 from persistence.storage import ObjectStore
@@ -60,9 +67,14 @@ def _delete_unused_row(session: Session, model: type[Checkpoint | Dataset],
         owned(session, project_id, resource_id, fresh=True)
 
 
+#: No precondition: the default of the functions below.
+UNCONDITIONAL = WriteConditions(if_match=None, if_unmodified_since=None)
+
+
 def delete_checkpoint(session: Session, store: ObjectStore, caller: Caller,
-                      checkpoint_id: str) -> None:
-    row = owned_checkpoint(session, caller.project_id, checkpoint_id)
+                      checkpoint_id: str, conditions: WriteConditions = UNCONDITIONAL) -> None:
+    row = owned_checkpoint(session, caller.project_id, checkpoint_id, lock=conditions.present)
+    require_unchanged(conditions, checkpoint_out(row))
     _refuse_if_used(session, Job.checkpoint_id, row.id, "checkpoint")
     key = row.storage_key
     _delete_unused_row(session, Checkpoint, Job.checkpoint_id, row.id, "checkpoint",
@@ -70,8 +82,10 @@ def delete_checkpoint(session: Session, store: ObjectStore, caller: Caller,
     delete_objects(store, [key])
 
 
-def delete_dataset(session: Session, store: ObjectStore, caller: Caller, dataset_id: str) -> None:
-    row = owned_dataset(session, caller.project_id, dataset_id)
+def delete_dataset(session: Session, store: ObjectStore, caller: Caller, dataset_id: str,
+                   conditions: WriteConditions = UNCONDITIONAL) -> None:
+    row = owned_dataset(session, caller.project_id, dataset_id, lock=conditions.present)
+    require_unchanged(conditions, dataset_out(row))
     _refuse_if_used(session, Job.dataset_id, row.id, "dataset")
     key = row.storage_key
     _delete_unused_row(session, Dataset, Job.dataset_id, row.id, "dataset", caller.project_id)
@@ -91,10 +105,13 @@ def _still_active(job: Job) -> str:
             f"(GET /v1/jobs/{job.id})")
 
 
-def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str) -> None:
+def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str,
+               conditions: WriteConditions = UNCONDITIONAL) -> None:
     """Delete a finished job with its records, artifacts and every other object its stages
     wrote (409 while it is queued/running)."""
-    job = owned_job(session, caller.project_id, job_id)
+    job = owned_job(session, caller.project_id, job_id, lock=conditions.present)
+    if conditions.present:
+        require_unchanged(conditions, job_out(session, job), updated_at=job.updated_at)
     if job.status in ACTIVE:
         raise Conflict(_still_active(job), field="job_id", code="job_active",
                        details={"status": job.status, "cancel_requested": job.cancel_requested})

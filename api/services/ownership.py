@@ -20,19 +20,20 @@ Owned = TypeVar("Owned", Checkpoint, Dataset)
 
 
 def find_owned(session: Session, model: type[Owned], project_id: str,
-               resource_id: str, *, fresh: bool = False) -> Owned | None:
+               resource_id: str, *, fresh: bool = False, lock: bool = False) -> Owned | None:
     """The ``model`` row ``resource_id`` if ``project_id`` owns it, else None; ``fresh``: read
     from the database even when the session holds the row already (a concurrent request may
-    have deleted it since)."""
+    have deleted it since); ``lock``: fresh, and row-locked until the transaction ends."""
     if not is_resource_id(resource_id):
         return None
-    row = session.get(model, resource_id, populate_existing=fresh)
+    row = session.get(model, resource_id, populate_existing=fresh or lock,
+                      with_for_update=lock or None)
     return row if row is not None and row.project_id == project_id else None
 
 
 def owned_checkpoint(session: Session, project_id: str, checkpoint_id: str, *,
-                     fresh: bool = False) -> Checkpoint:
-    row = find_owned(session, Checkpoint, project_id, checkpoint_id, fresh=fresh)
+                     fresh: bool = False, lock: bool = False) -> Checkpoint:
+    row = find_owned(session, Checkpoint, project_id, checkpoint_id, fresh=fresh, lock=lock)
     if row is None:
         raise NotFound(f"no checkpoint with id '{checkpoint_id[:64]}'", field="checkpoint_id",
                        code="checkpoint_not_found")
@@ -40,8 +41,8 @@ def owned_checkpoint(session: Session, project_id: str, checkpoint_id: str, *,
 
 
 def owned_dataset(session: Session, project_id: str, dataset_id: str, *,
-                  fresh: bool = False) -> Dataset:
-    row = find_owned(session, Dataset, project_id, dataset_id, fresh=fresh)
+                  fresh: bool = False, lock: bool = False) -> Dataset:
+    row = find_owned(session, Dataset, project_id, dataset_id, fresh=fresh, lock=lock)
     if row is None:
         raise NotFound(f"no dataset with id '{dataset_id[:64]}'", field="dataset_id",
                        code="dataset_not_found")
@@ -52,12 +53,13 @@ def _job_not_found(job_id: str) -> NotFound:
     return NotFound(f"no job with id '{job_id[:64]}'", field="job_id", code="job_not_found")
 
 
-def owned_job(session: Session, project_id: str, job_id: str) -> Job:
-    """The job (labels and stages loaded, fresh) if ``project_id`` owns it; else a 404."""
+def owned_job(session: Session, project_id: str, job_id: str, *, lock: bool = False) -> Job:
+    """The job (labels and stages loaded, fresh) if ``project_id`` owns it; else a 404.
+    ``lock``: its row is locked until the transaction ends."""
     job = None
     if is_resource_id(job_id):
         try:
-            job = load_job(session, job_id)
+            job = load_job(session, job_id, for_update=lock)
         except JobNotFound:
             job = None
     if job is None or job.project_id != project_id:

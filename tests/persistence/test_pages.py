@@ -9,7 +9,14 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from persistence.pages import InvalidCursor, decode_cursor, encode_cursor, page_of
+from persistence.pages import (
+    CursorOfAnotherList,
+    InvalidCursor,
+    decode_cursor,
+    encode_cursor,
+    list_binding,
+    page_of,
+)
 
 AT = datetime(2026, 11, 26, 8, 30, 0, 123456, tzinfo=UTC)
 
@@ -33,6 +40,21 @@ def test_job_cursors_from_before_the_tag_still_page_jobs() -> None:
     assert decode_cursor("jobs", legacy) == (AT, "b" * 32)
     with pytest.raises(InvalidCursor):
         decode_cursor("checkpoints", legacy)
+
+
+def test_a_cursor_is_bound_to_its_list_and_unbound_ones_still_read() -> None:
+    mine, theirs = list_binding("project-a", None), list_binding("project-b", None)
+    assert mine != theirs and mine != list_binding("project-a", "npz")
+    cursor = encode_cursor("datasets", AT, "d" * 32, mine)
+    assert decode_cursor("datasets", cursor, mine) == (AT, "d" * 32)
+    with pytest.raises(CursorOfAnotherList, match="another list of datasets"):
+        decode_cursor("datasets", cursor, theirs)
+    # Another collection is still told as such (checked first).
+    with pytest.raises(InvalidCursor, match="it pages datasets"):
+        decode_cursor("checkpoints", cursor, mine)
+    # Issued before the binding (three fields): read, not checked.
+    unbound = encode_cursor("datasets", AT, "d" * 32)
+    assert decode_cursor("datasets", unbound, theirs) == (AT, "d" * 32)
 
 
 def test_an_offset_is_read_as_the_same_instant_in_utc() -> None:

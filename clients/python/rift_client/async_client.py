@@ -236,8 +236,11 @@ class AsyncRiftClient:
     async def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
         return await self._run(self._core.get_checkpoint(checkpoint_id=checkpoint_id))
 
-    async def delete_checkpoint(self, checkpoint_id: str) -> None:
-        return await self._run(self._core.delete_checkpoint(checkpoint_id=checkpoint_id))
+    async def delete_checkpoint(self, checkpoint_id: str, *, if_match: str | None = None) -> None:
+        """Delete the checkpoint; ``if_match`` (its ``.etag`` from ``get_checkpoint``, or
+        ``*``): only if unchanged since read, else :class:`PreconditionFailedError` (412)."""
+        return await self._run(self._core.delete_checkpoint(checkpoint_id=checkpoint_id,
+                                           if_match=if_match))
 
     async def upload_dataset(self, path: str | os.PathLike[str], *, filename: str | None = None,
                              progress: ProgressCallback | None = None,
@@ -256,8 +259,11 @@ class AsyncRiftClient:
     async def get_dataset(self, dataset_id: str) -> Dataset:
         return await self._run(self._core.get_dataset(dataset_id=dataset_id))
 
-    async def delete_dataset(self, dataset_id: str) -> None:
-        return await self._run(self._core.delete_dataset(dataset_id=dataset_id))
+    async def delete_dataset(self, dataset_id: str, *, if_match: str | None = None) -> None:
+        """Delete the dataset; ``if_match`` (its ``.etag`` from ``get_dataset``, or
+        ``*``): only if unchanged since read, else :class:`PreconditionFailedError` (412)."""
+        return await self._run(self._core.delete_dataset(dataset_id=dataset_id,
+                                           if_match=if_match))
 
     # --------------------------------------------------------------------------------- usage
 
@@ -277,8 +283,12 @@ class AsyncRiftClient:
     async def get_job(self, job_id: str) -> Job:
         return await self._run(self._core.get_job(job_id=job_id))
 
-    async def delete_job(self, job_id: str) -> None:
-        return await self._run(self._core.delete_job(job_id=job_id))
+    async def delete_job(self, job_id: str, *, if_match: str | None = None) -> None:
+        """Delete a finished job with its records and artifacts (a queued or running one is a
+        :class:`ConflictError`, code ``job_active``: cancel it first). A checkpoint or dataset
+        used by finished jobs can be deleted once those jobs are. ``if_match``: see
+        :meth:`delete_checkpoint` (the job's ``.etag`` from ``get_job``)."""
+        return await self._run(self._core.delete_job(job_id=job_id, if_match=if_match))
 
     async def list_jobs_page(self, *, status: str | Sequence[str] | None = None,
                              labels: Mapping[str, str] | None = None, page_size: int = 20,
@@ -372,8 +382,10 @@ class AsyncRiftClient:
     async def get_webhook(self, webhook_id: str) -> Webhook:
         return await self._run(self._core.get_webhook(webhook_id=webhook_id))
 
-    async def delete_webhook(self, webhook_id: str) -> None:
-        return await self._run(self._core.delete_webhook(webhook_id=webhook_id))
+    async def delete_webhook(self, webhook_id: str, *, if_match: str | None = None) -> None:
+        """Delete a webhook with its delivery log; messages not yet sent are dropped.
+        ``if_match``: see :meth:`delete_checkpoint` (its ``.etag`` from ``get_webhook``)."""
+        return await self._run(self._core.delete_webhook(webhook_id=webhook_id, if_match=if_match))
 
     async def webhook_deliveries(self, webhook_id: str, *, limit: int = 20) -> list[WebhookDelivery]:
         return await self._run(self._core.webhook_deliveries(webhook_id=webhook_id, limit=limit))

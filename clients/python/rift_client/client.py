@@ -254,8 +254,11 @@ class RiftClient:
     def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
         return self._run(self._core.get_checkpoint(checkpoint_id=checkpoint_id))
 
-    def delete_checkpoint(self, checkpoint_id: str) -> None:
-        return self._run(self._core.delete_checkpoint(checkpoint_id=checkpoint_id))
+    def delete_checkpoint(self, checkpoint_id: str, *, if_match: str | None = None) -> None:
+        """Delete the checkpoint; ``if_match`` (its ``.etag`` from ``get_checkpoint``, or
+        ``*``): only if unchanged since read, else :class:`PreconditionFailedError` (412)."""
+        return self._run(self._core.delete_checkpoint(checkpoint_id=checkpoint_id,
+                                     if_match=if_match))
 
     def upload_dataset(self, path: str | os.PathLike[str], *, filename: str | None = None,
                        progress: ProgressCallback | None = None,
@@ -281,8 +284,11 @@ class RiftClient:
         """An uploaded dataset, or a built-in one by name (``cifar10``, ``digits``, ...)."""
         return self._run(self._core.get_dataset(dataset_id=dataset_id))
 
-    def delete_dataset(self, dataset_id: str) -> None:
-        return self._run(self._core.delete_dataset(dataset_id=dataset_id))
+    def delete_dataset(self, dataset_id: str, *, if_match: str | None = None) -> None:
+        """Delete the dataset; ``if_match`` (its ``.etag`` from ``get_dataset``, or
+        ``*``): only if unchanged since read, else :class:`PreconditionFailedError` (412)."""
+        return self._run(self._core.delete_dataset(dataset_id=dataset_id,
+                                     if_match=if_match))
 
     # --------------------------------------------------------------------------------- usage
 
@@ -315,11 +321,12 @@ class RiftClient:
     def get_job(self, job_id: str) -> Job:
         return self._run(self._core.get_job(job_id=job_id))
 
-    def delete_job(self, job_id: str) -> None:
+    def delete_job(self, job_id: str, *, if_match: str | None = None) -> None:
         """Delete a finished job with its records and artifacts (a queued or running one is a
         :class:`ConflictError`, code ``job_active``: cancel it first). A checkpoint or dataset
-        used by finished jobs can be deleted once those jobs are."""
-        return self._run(self._core.delete_job(job_id=job_id))
+        used by finished jobs can be deleted once those jobs are. ``if_match``: see
+        :meth:`delete_checkpoint` (the job's ``.etag`` from ``get_job``)."""
+        return self._run(self._core.delete_job(job_id=job_id, if_match=if_match))
 
     def list_jobs_page(self, *, status: str | Sequence[str] | None = None,
                        labels: Mapping[str, str] | None = None, page_size: int = 20,
@@ -491,9 +498,10 @@ class RiftClient:
     def get_webhook(self, webhook_id: str) -> Webhook:
         return self._run(self._core.get_webhook(webhook_id=webhook_id))
 
-    def delete_webhook(self, webhook_id: str) -> None:
-        """Delete a webhook with its delivery log; messages not yet sent are dropped."""
-        return self._run(self._core.delete_webhook(webhook_id=webhook_id))
+    def delete_webhook(self, webhook_id: str, *, if_match: str | None = None) -> None:
+        """Delete a webhook with its delivery log; messages not yet sent are dropped.
+        ``if_match``: see :meth:`delete_checkpoint` (its ``.etag`` from ``get_webhook``)."""
+        return self._run(self._core.delete_webhook(webhook_id=webhook_id, if_match=if_match))
 
     def webhook_deliveries(self, webhook_id: str, *, limit: int = 20) -> list[WebhookDelivery]:
         """The webhook's newest ``limit`` messages (any number from 1: more than a page's 100

@@ -75,6 +75,7 @@ from rift_client.models import (
     Usage,
     Webhook,
     WebhookDelivery,
+    _Resource,
 )
 from rift_client.retry import Outage, RetryPolicy, is_outage, sent_nothing
 from rift_client.sse import SSEDecoder
@@ -402,7 +403,11 @@ class RiftCore:
 
     def _get(self, path: str, model: type[Model], **params: Any) -> Flow[Model]:
         response = yield from self.request("GET", path, idempotent=True, params=params or None)
-        return self._parse(response, model)
+        parsed = self._parse(response, model)
+        if isinstance(parsed, _Resource):
+            # Kept for if_match= (the resource's .etag), outside the model's value.
+            parsed._etag = response.headers.get("etag")
+        return parsed
 
     def _get_items(self, path: str, model: type[Model],
                    **params: Any) -> Flow[list[Model]]:
@@ -422,8 +427,14 @@ class RiftCore:
             if not isinstance(cursor, str) or not cursor:
                 return items
 
-    def _delete(self, path: str) -> Flow[None]:
-        yield from self.request("DELETE", path, idempotent=True)
+    def _delete(self, path: str, if_match: str | None = None) -> Flow[None]:
+        """DELETE ``path``; with ``if_match`` (an ETag: a resource's ``.etag``) only if it is
+        unchanged since read, else :class:`PreconditionFailedError` (412)."""
+        if if_match is not None and not if_match.strip():
+            raise RiftUsageError("if_match must be an ETag (a resource's .etag) or '*', not "
+                                 "an empty string")
+        yield from self.request("DELETE", path, idempotent=True,
+                                headers={"If-Match": if_match} if if_match is not None else None)
 
     # ------------------------------------------------------------------------------- service
 
@@ -491,8 +502,8 @@ class RiftCore:
     def get_checkpoint(self, checkpoint_id: str) -> Flow[Checkpoint]:
         return self._get(f"/v1/checkpoints/{_seg('checkpoint_id', checkpoint_id)}", Checkpoint)
 
-    def delete_checkpoint(self, checkpoint_id: str) -> Flow[None]:
-        return self._delete(f"/v1/checkpoints/{_seg('checkpoint_id', checkpoint_id)}")
+    def delete_checkpoint(self, checkpoint_id: str, if_match: str | None = None) -> Flow[None]:
+        return self._delete(f"/v1/checkpoints/{_seg('checkpoint_id', checkpoint_id)}", if_match)
 
     def list_datasets_page(self, kind: str | None, page_size: int,
                            cursor: str | None) -> Flow[DatasetPage]:
@@ -505,8 +516,8 @@ class RiftCore:
     def get_dataset(self, dataset_id: str) -> Flow[Dataset]:
         return self._get(f"/v1/datasets/{_seg('dataset_id', dataset_id)}", Dataset)
 
-    def delete_dataset(self, dataset_id: str) -> Flow[None]:
-        return self._delete(f"/v1/datasets/{_seg('dataset_id', dataset_id)}")
+    def delete_dataset(self, dataset_id: str, if_match: str | None = None) -> Flow[None]:
+        return self._delete(f"/v1/datasets/{_seg('dataset_id', dataset_id)}", if_match)
 
     def usage(self) -> Flow[Usage]:
         return self._get("/v1/usage", Usage)
@@ -547,8 +558,8 @@ class RiftCore:
     def get_job(self, job_id: str) -> Flow[Job]:
         return self._get(f"/v1/jobs/{_seg('job_id', job_id)}", Job)
 
-    def delete_job(self, job_id: str) -> Flow[None]:
-        return self._delete(f"/v1/jobs/{_seg('job_id', job_id)}")
+    def delete_job(self, job_id: str, if_match: str | None = None) -> Flow[None]:
+        return self._delete(f"/v1/jobs/{_seg('job_id', job_id)}", if_match)
 
     def list_jobs_page(self, status: str | Sequence[str] | None,
                        labels: Mapping[str, str] | None, page_size: int,
@@ -1013,8 +1024,8 @@ class RiftCore:
     def get_webhook(self, webhook_id: str) -> Flow[Webhook]:
         return self._get(f"/v1/webhooks/{_seg('webhook_id', webhook_id)}", Webhook)
 
-    def delete_webhook(self, webhook_id: str) -> Flow[None]:
-        return self._delete(f"/v1/webhooks/{_seg('webhook_id', webhook_id)}")
+    def delete_webhook(self, webhook_id: str, if_match: str | None = None) -> Flow[None]:
+        return self._delete(f"/v1/webhooks/{_seg('webhook_id', webhook_id)}", if_match)
 
     def webhook_deliveries(self, webhook_id: str, limit: int) -> Flow[list[WebhookDelivery]]:
         """The newest ``limit`` messages, following ``next_cursor`` while more are wanted (a

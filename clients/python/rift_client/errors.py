@@ -171,6 +171,17 @@ class PayloadTooLargeError(RiftAPIError):
     """413: the upload is over the service's limit (``details['limit_bytes']``)."""
 
 
+class PreconditionFailedError(RiftAPIError):
+    """412: an ``if_match=`` that no longer names the resource's ETag (it changed since it was
+    read, or a download's file was replaced); nothing was changed. ``current_etag`` is the
+    ETag the resource has now (read it again before deciding to retry)."""
+
+    @property
+    def current_etag(self) -> str | None:
+        etag = self.details.get("etag")
+        return str(etag) if isinstance(etag, str) else self.headers.get("etag")
+
+
 class UnprocessableEntityError(RiftAPIError):
     """422: a well-formed request with invalid content; ``field`` names it."""
 
@@ -193,6 +204,7 @@ _BY_STATUS: dict[int, type[RiftAPIError]] = {
     403: PermissionDeniedError,
     404: NotFoundError,
     409: ConflictError,
+    412: PreconditionFailedError,
     413: PayloadTooLargeError,
     422: UnprocessableEntityError,
     429: RateLimitError,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 #: Job statuses; a job in one of TERMINAL_STATUSES changes no more.
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
@@ -25,6 +25,26 @@ MIN_TIME_LIMIT_SECONDS = 1.0
 
 class _Resource(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+    #: The ``ETag`` the service answered a ``get_*`` of this resource with; not a field of the
+    #: body, so not part of the model's value (equality, hashing, dumps ignore it).
+    _etag: str | None = PrivateAttr(default=None)
+
+    @property
+    def etag(self) -> str | None:
+        """The ETag the resource was read with (a ``get_*`` answer; None for list items and
+        answers to writes): pass it as ``if_match=`` to a delete that must not act on a
+        resource changed since it was read."""
+        return self._etag
+
+    def __eq__(self, other: object) -> bool:
+        # Two reads of the same resource are equal whether or not one carried its ETag.
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return (type(self) is type(other) and self.__dict__ == other.__dict__
+                and self.__pydantic_extra__ == other.__pydantic_extra__)
+
+    __hash__ = BaseModel.__hash__
 
 
 class Checkpoint(_Resource):
