@@ -1,6 +1,7 @@
 """What a worker checks once, before it takes any message: the database schema is current, the
 object store accepts its bucket and keys (:mod:`persistence.startup`), ``DATA_ROOT`` is a folder
-it may read, and the device ``WORKER_DEVICE`` names exists here. A failure stops the worker with
+it may read, the MLflow client is installed when ``MLFLOW_TRACKING_URI`` is set, and the device
+``WORKER_DEVICE`` names exists here. A failure stops the worker with
 one line (``SystemExit``), since every stage it took would otherwise fail: a missing table as an
 unexpected error, a missing bucket as an unavailable store, a missing device as
 ``invalid_config`` on every job, a data folder that is a file as a dataset error.
@@ -13,6 +14,7 @@ here, before the fork, would break CUDA in the pool's children (:mod:`worker.reg
 from __future__ import annotations
 
 import errno
+import importlib.util
 import logging
 import os
 import subprocess
@@ -86,9 +88,28 @@ def refuse_unreadable_data_root(data_root: Path, *, named: bool) -> None:
                          "datasets, readable by this user") from None
 
 
+#: How the MLflow client is installed, for the refusal below (pyproject's ``mlflow`` extra).
+MLFLOW_EXTRA_HINT = ("pip install 'rift-service[mlflow]' (the image: docker build --build-arg "
+                     "EXTRAS=mlflow .)")
+
+
+def refuse_mlflow_without_client(tracking_uri: str | None) -> None:
+    """Stop the worker when ``MLFLOW_TRACKING_URI`` is set but the ``mlflow`` package (the
+    ``mlflow`` extra) is not installed. Before, the worker started, ran every job to success
+    and then failed each export (``ModuleNotFoundError``, a ``warning`` event per job): the
+    operator asked for an export that could never happen, and found out job by job. Only the
+    worker exports, so only the worker checks (the API never reads the setting). Looked up, not
+    imported: the prefork parent stays free of MLflow's import (the export imports it)."""
+    if tracking_uri and importlib.util.find_spec("mlflow") is None:
+        # The URI is not repeated: it may carry a password.
+        raise SystemExit("rift: MLFLOW_TRACKING_URI is set, but the mlflow package is not "
+                         f"installed here: {MLFLOW_EXTRA_HINT}, or unset MLFLOW_TRACKING_URI")
+
+
 def check_worker_start(settings: Settings) -> None:
-    """The service's checks (schema, object store), the built-in datasets' folder, then the
-    device; returns when the worker may start."""
+    """The service's checks (schema, object store), the built-in datasets' folder, the MLflow
+    client, then the device; returns when the worker may start."""
     check_service_start(settings)
     refuse_unreadable_data_root(settings.data_root, named="data_root" in settings.model_fields_set)
+    refuse_mlflow_without_client(settings.mlflow_tracking_uri)
     refuse_missing_device(settings.worker_device)
