@@ -34,6 +34,7 @@ from rift_client.arguments import path_segment as _seg
 from rift_client.errors import (
     ChecksumMismatchError,
     NotFoundError,
+    RiftAPIError,
     RiftClientError,
     RiftConnectionError,
     RiftUsageError,
@@ -263,6 +264,12 @@ def _received_any(partial: Path) -> bool:
         return partial.stat().st_size > 0
     except FileNotFoundError:
         return False
+
+
+def _server_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a 5xx answer: the server (or the object store behind a presigned
+    redirect) failed, not the request; the bytes already received are still the file's."""
+    return isinstance(exc, RiftAPIError) and exc.status_code >= 500
 
 
 def _named_write_error(exc: BaseException, target: Path) -> OSError | None:
@@ -897,14 +904,16 @@ class RiftCore:
             partial.replace(target)
         except BaseException as exc:
             # Interrupted (Ctrl-C, a cancelled asyncio task) or cut off for good (no connection,
-            # or a resume answered 429/502/503/504 past its retries: a busy store, a restart):
-            # what arrived is kept under the .part name (never the target's) for the next call
-            # to resume; before, such an answer deleted it, gigabytes fetched again. Anything
-            # else (a checksum mismatch, another API error, a full disk) leaves nothing.
+            # a resume answered 429 or any 5xx past its retries: a busy store, a restart, an
+            # object store's 500 InternalError): what arrived is kept under the .part name
+            # (never the target's) for the next call to resume; before, such an answer deleted
+            # it, gigabytes fetched again. Anything else (a checksum mismatch, a 4xx such as
+            # the artifact gone, a full disk) leaves nothing; a file that changed on the service
+            # is not one of these: its resume is answered whole (If-Range) and started again.
             # An interrupt that lands in the I/O the runner performs reaches this flow as
             # GeneratorExit (the runner passes on Exceptions only, and the flow is closed).
             interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError
-                                     | GeneratorExit) or is_outage(exc)
+                                     | GeneratorExit) or is_outage(exc) or _server_error(exc)
             if not (interrupted and _received_any(partial)):
                 partial.unlink(missing_ok=True)
             named = _named_write_error(exc, target)
