@@ -33,6 +33,7 @@ from rift_client.arguments import (
 from rift_client.arguments import path_segment as _seg
 from rift_client.errors import (
     ChecksumMismatchError,
+    ConflictError,
     NotFoundError,
     RiftAPIError,
     RiftClientError,
@@ -306,8 +307,11 @@ class RiftCore:
     def request(self, method: str, path: str, *, idempotent: bool,
                 params: Mapping[str, Any] | None = None, json: Any = None,
                 headers: Mapping[str, str] | None = None, body: FileBody | None = None,
-                timeout: httpx.Timeout | None = None) -> Flow[httpx.Response]:
-        """Send a request, retrying as :mod:`rift_client.retry` says; an error answer raises."""
+                timeout: httpx.Timeout | None = None,
+                lost: list[httpx.TransportError] | None = None) -> Flow[httpx.Response]:
+        """Send a request, retrying as :mod:`rift_client.retry` says; an error answer raises.
+        ``lost`` collects the errors of the attempts that may have reached the service (the
+        connection lost after sending) and were sent again."""
         retry = 0
         while True:
             try:
@@ -315,6 +319,8 @@ class RiftCore:
                                       params=params, json=json, headers=headers, body=body)
             except httpx.TransportError as exc:
                 if (idempotent or sent_nothing(exc)) and retry < self.retry.max_retries:
+                    if lost is not None and not sent_nothing(exc):
+                        lost.append(exc)
                     yield Sleep(self.retry.backoff(retry))
                     retry += 1
                     continue
@@ -573,8 +579,21 @@ class RiftCore:
             lambda cursor: self.list_jobs_page(status, labels, page_size, cursor, expand), limit)
 
     def cancel(self, job_id: str) -> Flow[Job]:
-        response = yield from self.request("POST", f"/v1/jobs/{_seg('job_id', job_id)}/cancel",
-                                           idempotent=False)
+        # Idempotent: asking again only asks again (the job ends once), so an answer lost with
+        # its connection is asked again like a read; before, it raised RiftConnectionError
+        # though the job was cancelled.
+        lost: list[httpx.TransportError] = []
+        try:
+            response = yield from self.request(
+                "POST", f"/v1/jobs/{_seg('job_id', job_id)}/cancel", idempotent=True, lost=lost)
+        except ConflictError as exc:
+            # The lost attempt cancelled a job that could end at once (a queued one), so the
+            # service answers this one 409 job_finished: that is the cancel's success.
+            # Without a lost attempt, the 409 is the caller's (the job had ended before).
+            if not (lost and exc.code == "job_finished"
+                    and exc.details.get("status") == "cancelled"):
+                raise
+            return (yield from self.get_job(job_id))
         return self._parse(response, Job)
 
     def wait(self, job_id: str, timeout: float | None, poll_interval: float,
