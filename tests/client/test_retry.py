@@ -119,6 +119,8 @@ def test_retry_after_parsing() -> None:
 
 
 def test_a_connection_lost_after_sending_is_retried_only_when_idempotent() -> None:
+    # Every call of the client is idempotent now (cancel too, since it was found not retried):
+    # the one left is the core's request sent as not idempotent.
     import threading
 
     listener = socket.create_server(("127.0.0.1", 0))
@@ -145,11 +147,15 @@ def test_a_connection_lost_after_sending_is_retried_only_when_idempotent() -> No
     try:
         with RiftClient(url, retry=policy) as client:
             with pytest.raises(RiftConnectionError):
-                client.cancel("job_1")
+                client._run(client._core.request("POST", "/v1/jobs/job_1/cancel",
+                                                 idempotent=False))
             assert len(accepted) == 1  # the service may have acted: not sent again
             with pytest.raises(RiftConnectionError):
                 client.get_job("job_1")
             assert len(accepted) == 4  # a read is safe to repeat: 1 + 2 retries
+            with pytest.raises(RiftConnectionError):
+                client.cancel("job_1")
+            assert len(accepted) == 7  # asking twice cancels once: 1 + 2 retries (was 1)
     finally:
         stop.set()
         thread.join(timeout=5)
@@ -245,10 +251,11 @@ def test_a_proxys_502_and_504_are_retried_for_reads(scripted: list[ScriptedServe
     assert [r.method for r in server.seen] == ["GET"] * 3
 
 
-def test_a_proxys_502_is_retried_for_a_keyed_job_creation_but_not_for_a_cancel(
+def test_a_proxys_502_is_retried_for_a_keyed_job_creation_and_a_cancel(
         scripted: list[ScriptedServer]) -> None:
     # The service may have acted before the proxy gave up: a POST under an Idempotency-Key is
-    # safe to send again (the service returns the job made the first time), a cancel is not.
+    # safe to send again (the service returns the job made the first time), and so is a cancel
+    # (asking again only asks again); a cancel was not retried.
     server = _serve(scripted, BAD_GATEWAY, ScriptedReply(201, JOB))
     policy = RetryPolicy(max_retries=2, backoff_s=0.01, max_backoff_s=0.01)
     with RiftClient(server.url, retry=policy) as client:
@@ -256,8 +263,12 @@ def test_a_proxys_502_is_retried_for_a_keyed_job_creation_but_not_for_a_cancel(
         keys = [r.headers["idempotency-key"] for r in server.seen]
         assert len(keys) == 2 and keys[0] == keys[1]
         server.seen.clear()
+        server.replies = [GATEWAY_TIMEOUT, ScriptedReply(200, JOB)]
+        assert client.cancel("job_1").id == "job_1"
+        assert [r.path for r in server.seen] == ["/v1/jobs/job_1/cancel"] * 2
+        server.seen.clear()
         server.replies = [GATEWAY_TIMEOUT]
         with pytest.raises(ServerError) as refused:
             client.cancel("job_1")
-    assert len(server.seen) == 1
+    assert len(server.seen) == 3  # 1 + 2 retries, then the last 504 is raised
     assert refused.value.status_code == 504 and refused.value.code == "http_504"
