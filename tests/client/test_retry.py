@@ -15,6 +15,7 @@ import pytest
 
 from rift_client import (
     ChecksumMismatchError,
+    ConflictError,
     RateLimitError,
     RetryPolicy,
     RiftClient,
@@ -266,6 +267,22 @@ def test_a_proxys_502_is_retried_for_a_keyed_job_creation_and_a_cancel(
         server.replies = [GATEWAY_TIMEOUT, ScriptedReply(200, JOB)]
         assert client.cancel("job_1").id == "job_1"
         assert [r.path for r in server.seen] == ["/v1/jobs/job_1/cancel"] * 2
+        # The proxy gave up after the service cancelled the queued job: the retry is answered
+        # 409 job_finished (cancelled), which is this cancel's success: the job is returned.
+        server.seen.clear()
+        finished = ScriptedReply(409, {"error": {
+            "code": "job_finished", "field": "job_id", "status": "cancelled",
+            "message": "job job_1 has already finished with status 'cancelled'"}})
+        server.replies = [BAD_GATEWAY, finished, ScriptedReply(200, {**JOB,
+                                                                     "status": "cancelled"})]
+        assert client.cancel("job_1").status == "cancelled"
+        assert [(r.method, r.path) for r in server.seen] == [
+            ("POST", "/v1/jobs/job_1/cancel"), ("POST", "/v1/jobs/job_1/cancel"),
+            ("GET", "/v1/jobs/job_1")]
+        server.seen.clear()
+        server.replies = [finished]  # no lost attempt: the 409 is the caller's
+        with pytest.raises(ConflictError):
+            client.cancel("job_1")
         server.seen.clear()
         server.replies = [GATEWAY_TIMEOUT]
         with pytest.raises(ServerError) as refused:

@@ -78,7 +78,7 @@ from rift_client.models import (
     Webhook,
     WebhookDelivery,
 )
-from rift_client.retry import Outage, RetryPolicy, is_outage, sent_nothing
+from rift_client.retry import GATEWAY_STATUSES, Outage, RetryPolicy, is_outage, sent_nothing
 from rift_client.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -308,10 +308,10 @@ class RiftCore:
                 params: Mapping[str, Any] | None = None, json: Any = None,
                 headers: Mapping[str, str] | None = None, body: FileBody | None = None,
                 timeout: httpx.Timeout | None = None,
-                lost: list[httpx.TransportError] | None = None) -> Flow[httpx.Response]:
+                lost: list[str] | None = None) -> Flow[httpx.Response]:
         """Send a request, retrying as :mod:`rift_client.retry` says; an error answer raises.
-        ``lost`` collects the errors of the attempts that may have reached the service (the
-        connection lost after sending) and were sent again."""
+        ``lost`` collects why each attempt that the service may have acted on (the connection
+        lost after sending, a proxy's 502/504) was sent again."""
         retry = 0
         while True:
             try:
@@ -320,7 +320,7 @@ class RiftCore:
             except httpx.TransportError as exc:
                 if (idempotent or sent_nothing(exc)) and retry < self.retry.max_retries:
                     if lost is not None and not sent_nothing(exc):
-                        lost.append(exc)
+                        lost.append(repr(exc))
                     yield Sleep(self.retry.backoff(retry))
                     retry += 1
                     continue
@@ -332,6 +332,8 @@ class RiftCore:
             delay = self.retry.delay_for(response, retry, idempotent=idempotent)
             if delay is None:
                 raise api_error_from_response(response)
+            if lost is not None and response.status_code in GATEWAY_STATUSES:
+                lost.append(f"HTTP {response.status_code}")
             yield Sleep(delay)
             retry += 1
 
@@ -582,13 +584,14 @@ class RiftCore:
         # Idempotent: asking again only asks again (the job ends once), so an answer lost with
         # its connection is asked again like a read; before, it raised RiftConnectionError
         # though the job was cancelled.
-        lost: list[httpx.TransportError] = []
+        lost: list[str] = []
         try:
             response = yield from self.request(
                 "POST", f"/v1/jobs/{_seg('job_id', job_id)}/cancel", idempotent=True, lost=lost)
         except ConflictError as exc:
-            # The lost attempt cancelled a job that could end at once (a queued one), so the
-            # service answers this one 409 job_finished: that is the cancel's success.
+            # The lost attempt (its answer cut, or a proxy's 502/504) cancelled a job that could
+            # end at once (a queued one), so the service answers this one 409 job_finished:
+            # that is the cancel's success.
             # Without a lost attempt, the 409 is the caller's (the job had ended before).
             if not (lost and exc.code == "job_finished"
                     and exc.details.get("status") == "cancelled"):
