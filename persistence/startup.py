@@ -5,10 +5,10 @@ database accepts ``DATABASE_URL`` and its schema is current, a Redis broker acce
 bucket and keys (or, local, ``STORE_ROOT`` is a folder it may write), and ``WORK_DIR`` is a
 folder it may write.
 
-A failure that an operator must fix (schema not current, credentials or names refused, bucket
-missing, a store root that is a file) stops the process with one line naming the setting
-(``SystemExit``); a dependency that merely cannot be reached yet (connection refused, timed out,
-a full disk) is logged and left to ``/readyz``, so a process started alongside its database,
+A failure that an operator must fix (schema not current, credentials missing or refused, names
+refused, bucket missing, a store root that is a file) stops the process with one line naming the
+setting (``SystemExit``); a dependency that merely cannot be reached yet (connection refused,
+timed out, a full disk) is logged and left to ``/readyz``, so a process started alongside its database,
 Redis or S3 server does not crash-loop.
 """
 

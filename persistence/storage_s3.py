@@ -19,7 +19,14 @@ from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as EndpointUnreachable
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
 from persistence.storage import (
@@ -51,6 +58,10 @@ DELETE_BATCH = 1000  # DeleteObjects refuses more keys than this in one request
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _AUTH_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
+#: The setting at fault for the refusals that say which key was wrong (a HEAD's bare 403, and
+#: AccessDenied, may be either key or the bucket's policy).
+_AUTH_SETTINGS = {"InvalidAccessKeyId": "the server does not know S3_ACCESS_KEY",
+                  "SignatureDoesNotMatch": "S3_SECRET_KEY is not the secret of S3_ACCESS_KEY"}
 
 
 class S3ObjectStore(BaseObjectStore):
@@ -150,12 +161,23 @@ class S3ObjectStore(BaseObjectStore):
                     f"{self._where} does not exist; create it first") from exc
             if code in _AUTH_CODES:
                 raise StoreMisconfigured(
-                    f"access to {self._where} was denied ({code}); check S3_ACCESS_KEY and "
-                    "S3_SECRET_KEY"
+                    f"access to {self._where} was denied ({code}); "
+                    f"{_AUTH_SETTINGS.get(code, 'check S3_ACCESS_KEY and S3_SECRET_KEY')}"
                 ) from exc
             message = exc.response.get("Error", {}).get("Message", "")
             raise StoreError(f"S3 request on {self._where} failed: {code} {message}") from exc
-        except BotoCoreError as exc:  # unreachable endpoint, timeouts, missing credentials
+        except (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError) as exc:
+            # Raised before anything is sent: no keys set and none in boto3's chain. It was
+            # reported as "cannot use" (and "unreachable" at start), sending the operator to
+            # the network; it is a setting to fix, so a starting process stops on it.
+            raise StoreMisconfigured(
+                f"no S3 credentials for {self._where} ({exc}); set S3_ACCESS_KEY and "
+                "S3_SECRET_KEY (or AWS's own variables, profile or instance role)") from exc
+        except EndpointUnreachable as exc:  # refused, timed out, closed: may pass by itself
+            raise StoreUnavailable(
+                f"cannot reach {self._where} ({exc}); if it lasts, check S3_ENDPOINT_URL"
+            ) from exc
+        except BotoCoreError as exc:
             raise StoreUnavailable(f"cannot use {self._where}: {exc}") from exc
 
     def _ensure_bucket(self) -> None:

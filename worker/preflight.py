@@ -1,8 +1,10 @@
 """What a worker checks once, before it takes any message: the database schema is current, the
-object store accepts its bucket and keys (:mod:`persistence.startup`), and the device
-``WORKER_DEVICE`` names exists here. A failure stops the worker with one line (``SystemExit``),
-since every stage it took would otherwise fail: a missing table as an unexpected error, a
-missing bucket as an unavailable store, a missing device as ``invalid_config`` on every job.
+object store accepts its bucket and keys (:mod:`persistence.startup`), ``DATA_ROOT`` is a folder
+it may read, the MLflow client is installed when ``MLFLOW_TRACKING_URI`` is set, and the device
+``WORKER_DEVICE`` names exists here. A failure stops the worker with
+one line (``SystemExit``), since every stage it took would otherwise fail: a missing table as an
+unexpected error, a missing bucket as an unavailable store, a missing device as
+``invalid_config`` on every job, a data folder that is a file as a dataset error.
 
 Connected to Celery's ``worker_init`` (only ``celery worker`` sends it, not ``celery inspect``), in
 the main process before the pool forks. The devices are counted in a child process: asking CUDA
@@ -11,12 +13,20 @@ here, before the fork, would break CUDA in the pool's children (:mod:`worker.reg
 
 from __future__ import annotations
 
+import errno
+import importlib.util
+import logging
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from persistence.settings import Settings
-from persistence.startup import check_service_start
+from persistence.startup import check_service_start, os_reason
+from persistence.storage import PASSING_LOCAL_ERRORS
 from rift.device_names import parse_device_name
+
+logger = logging.getLogger(__name__)
 
 #: Seconds the device count may take: a torch import plus CUDA's start, on a loaded host.
 DEVICE_PROBE_TIMEOUT_S = 120.0
@@ -46,8 +56,60 @@ def refuse_missing_device(worker_device: str | None) -> None:
             "where that device is, or set WORKER_DEVICE to one it has (or leave it unset)")
 
 
+def probe_readable_folder(folder: Path) -> None:
+    """List ``folder`` (its first entry): raises ``OSError`` when it is missing, not a folder,
+    or this user may not read or enter it. The built-in datasets are only ever read there."""
+    with os.scandir(folder) as entries:
+        next(entries, None)
+    if not os.access(folder, os.R_OK | os.X_OK):  # scandir needs read; the files need enter
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder))
+
+
+def refuse_unreadable_data_root(data_root: Path, *, named: bool) -> None:
+    """Stop the worker when ``DATA_ROOT`` is a file, a folder it may not read, or (``named``:
+    set by the operator) missing; log when it is missing at its default or the disk fails.
+
+    The worker only reads this folder (nothing is downloaded, so it is never made here: making it
+    would hide a volume that was not mounted). A path that is not a readable folder is a setting
+    (or a mount) an operator must fix, as for ``WORK_DIR`` and ``STORE_ROOT``: a worker started
+    on it took every job naming a built-in dataset and failed each one (``folder ... not found
+    under 'root'``). A missing default (``./var/data``) is only logged: a deployment that takes
+    uploaded datasets alone never reads it, and should not need an empty folder to start."""
+    try:
+        probe_readable_folder(data_root)
+    except OSError as exc:
+        message = f"DATA_ROOT: {str(data_root)!r} is not a readable folder ({os_reason(exc)})"
+        missing = exc.errno == errno.ENOENT
+        if exc.errno in PASSING_LOCAL_ERRORS or (missing and not named):
+            logger.warning("%s at start: jobs naming a built-in dataset (cifar10, cifar100, "
+                           "svhn, mnist) will fail until it is there", message)
+            return
+        raise SystemExit(f"rift: {message}; set DATA_ROOT to the folder holding the built-in "
+                         "datasets, readable by this user") from None
+
+
+#: How the MLflow client is installed, for the refusal below (pyproject's ``mlflow`` extra).
+MLFLOW_EXTRA_HINT = ("pip install 'rift-service[mlflow]' (the image: docker build --build-arg "
+                     "EXTRAS=mlflow .)")
+
+
+def refuse_mlflow_without_client(tracking_uri: str | None) -> None:
+    """Stop the worker when ``MLFLOW_TRACKING_URI`` is set but the ``mlflow`` package (the
+    ``mlflow`` extra) is not installed. Before, the worker started, ran every job to success
+    and then failed each export (``ModuleNotFoundError``, a ``warning`` event per job): the
+    operator asked for an export that could never happen, and found out job by job. Only the
+    worker exports, so only the worker checks (the API never reads the setting). Looked up, not
+    imported: the prefork parent stays free of MLflow's import (the export imports it)."""
+    if tracking_uri and importlib.util.find_spec("mlflow") is None:
+        # The URI is not repeated: it may carry a password.
+        raise SystemExit("rift: MLFLOW_TRACKING_URI is set, but the mlflow package is not "
+                         f"installed here: {MLFLOW_EXTRA_HINT}, or unset MLFLOW_TRACKING_URI")
+
+
 def check_worker_start(settings: Settings) -> None:
-    """The service's checks (schema, object store), then the device; returns when the worker
-    may start."""
+    """The service's checks (schema, object store), the built-in datasets' folder, the MLflow
+    client, then the device; returns when the worker may start."""
     check_service_start(settings)
+    refuse_unreadable_data_root(settings.data_root, named="data_root" in settings.model_fields_set)
+    refuse_mlflow_without_client(settings.mlflow_tracking_uri)
     refuse_missing_device(settings.worker_device)

@@ -24,6 +24,7 @@ from api.errors import error_body
 from api.schemas import CheckOut, HealthOut, ReadyOut
 from api.validation import Validator
 from persistence.schema import SchemaNotCurrent, check_schema
+from persistence.storage import StoreMisconfigured
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -47,6 +48,13 @@ async def _run_check(name: str, check: Callable[[], None]) -> CheckOut:
     except SchemaNotCurrent as exc:
         # Names revisions and the command to run, no address: the operator reads it here.
         return CheckOut(ok=False, error=exc.message)
+    except StoreMisconfigured as exc:
+        # Up, but refusing this deployment's bucket or keys (or none were found): an operator
+        # must fix a setting, which "unreachable" hid (the log line names it).
+        logger.warning("readiness: %s refuses this deployment's settings: %s", name,
+                       " ".join(str(exc).split())[:500])
+        return CheckOut(ok=False, error="refuses this deployment's settings (details in the "
+                                        "API log)")
     except Exception as exc:
         # The error text names hosts, ports and drivers: for the log, not for any caller.
         logger.warning("readiness: %s is down: %s", name, " ".join(str(exc).split())[:500])

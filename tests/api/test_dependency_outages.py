@@ -90,6 +90,33 @@ def test_s3_bucket_missing(api_settings: Settings, moto_s3_endpoint: str, small_
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_s3_with_no_credentials_names_the_settings(
+        api_settings: Settings, moto_s3_endpoint: str, small_cnn_file: Path, tmp_path: Path,
+        start_api: Callable[..., Api], monkeypatch: pytest.MonkeyPatch) -> None:
+    # No S3_ACCESS_KEY and nothing in boto3's chain: the 503 and /readyz said "cannot use
+    # bucket ...: Unable to locate credentials", as for a server down; now they name the keys.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    settings = _s3_settings(api_settings, moto_s3_endpoint, "rift").model_copy(update={
+        "s3_access_key": None, "s3_secret_key": None})
+    api = start_api(settings, dispatcher=RecordingDispatcher())
+    expected = (f"no S3 credentials for bucket 'rift' at {moto_s3_endpoint} (Unable to locate "
+                "credentials); set S3_ACCESS_KEY and S3_SECRET_KEY")
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["object_store"]["error"] == (
+        "refuses this deployment's settings (details in the API log)")
+    response = upload(api, small_cnn_file)
+    assert response.status_code == 503, response.text
+    error = error_of(response)
+    assert error["code"] == "store_unavailable" and error["message"].startswith(expected)
+    assert response.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_scratch_folder_gone_answers_uploads_503_not_500(
         api_settings: Settings, small_cnn_file: Path, tmp_path: Path,
         start_api: Callable[..., Api]) -> None:
@@ -147,9 +174,13 @@ def test_s3_server_going_away(api_settings: Settings, small_cnn_file: Path,
     assert ready.status_code == 503
     assert ready.json()["checks"]["object_store"]["ok"] is False
     assert ready.json()["checks"]["database"]["ok"] is True
+    assert ready.json()["checks"]["object_store"]["error"] == (
+        "unreachable (details in the API log)")
     again = upload(api, small_cnn_file)
     assert again.status_code == 503, again.text
     assert error_of(again)["code"] == "store_unavailable"
+    # An endpoint not answering names the endpoint's setting, not the keys.
+    assert error_of(again)["message"].endswith("; if it lasts, check S3_ENDPOINT_URL")
     assert again.headers["Retry-After"] == str(UNAVAILABLE_RETRY_AFTER_S)
 
 

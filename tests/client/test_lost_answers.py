@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rift_client import RiftClient
+from rift_client import ConflictError, RiftClient
 from tests.api.helpers import digits_config
 from tests.client.conftest import FAST_RETRY, RunningApi
 from tests.client.helpers import CuttingProxy
@@ -53,3 +53,28 @@ def test_a_job_whose_answer_was_lost_is_created_once(
     assert len(keys) == 2 and keys[0] == keys[1]
     assert [j.id for j in rift.list_jobs()] == [job.id]
     assert [c.id for c in rift.list_checkpoints()] == [job.checkpoint_id]
+
+
+def test_a_cancel_whose_answer_was_lost_is_asked_again(
+        rift: RiftClient, queued_api: RunningApi, api_key: str | None,
+        checkpoint_file: Path) -> None:
+    # The first cancel cancels the queued job, its answer is cut; the second is answered 409
+    # job_finished (cancelled). Before, cancel was not retried: RiftConnectionError,
+    # though the job was cancelled.
+    checkpoint = rift.upload_checkpoint(checkpoint_file)
+    job = rift.create_job({"config": digits_config()}, checkpoint_id=checkpoint.id)
+    marker = f"POST /v1/jobs/{job.id}/cancel ".encode()
+    proxy = CuttingProxy(queued_api.url, marker=marker, cut_after=0, times=1)
+    try:
+        with RiftClient(proxy.url, api_key=api_key, retry=FAST_RETRY) as client:
+            cancelled = client.cancel(job.id)
+            # Without a lost answer, a finished job's cancel is still the caller's 409.
+            with pytest.raises(ConflictError) as refused:
+                client.cancel(job.id)
+    finally:
+        proxy.stop()
+    assert proxy.cuts_done == 1
+    assert cancelled.id == job.id and cancelled.status == "cancelled"
+    assert refused.value.code == "job_finished"
+    assert sum(text.count(marker.decode()) for text in proxy.requests_text()) == 3
+    assert rift.get_job(job.id).status == "cancelled"

@@ -15,6 +15,7 @@ import pytest
 
 from rift_client import (
     ChecksumMismatchError,
+    ConflictError,
     RateLimitError,
     RetryPolicy,
     RiftClient,
@@ -119,6 +120,8 @@ def test_retry_after_parsing() -> None:
 
 
 def test_a_connection_lost_after_sending_is_retried_only_when_idempotent() -> None:
+    # Every call of the client is idempotent now (cancel too, since it was found not retried):
+    # the one left is the core's request sent as not idempotent.
     import threading
 
     listener = socket.create_server(("127.0.0.1", 0))
@@ -145,11 +148,15 @@ def test_a_connection_lost_after_sending_is_retried_only_when_idempotent() -> No
     try:
         with RiftClient(url, retry=policy) as client:
             with pytest.raises(RiftConnectionError):
-                client.cancel("job_1")
+                client._run(client._core.request("POST", "/v1/jobs/job_1/cancel",
+                                                 idempotent=False))
             assert len(accepted) == 1  # the service may have acted: not sent again
             with pytest.raises(RiftConnectionError):
                 client.get_job("job_1")
             assert len(accepted) == 4  # a read is safe to repeat: 1 + 2 retries
+            with pytest.raises(RiftConnectionError):
+                client.cancel("job_1")
+            assert len(accepted) == 7  # asking twice cancels once: 1 + 2 retries (was 1)
     finally:
         stop.set()
         thread.join(timeout=5)
@@ -245,10 +252,11 @@ def test_a_proxys_502_and_504_are_retried_for_reads(scripted: list[ScriptedServe
     assert [r.method for r in server.seen] == ["GET"] * 3
 
 
-def test_a_proxys_502_is_retried_for_a_keyed_job_creation_but_not_for_a_cancel(
+def test_a_proxys_502_is_retried_for_a_keyed_job_creation_and_a_cancel(
         scripted: list[ScriptedServer]) -> None:
     # The service may have acted before the proxy gave up: a POST under an Idempotency-Key is
-    # safe to send again (the service returns the job made the first time), a cancel is not.
+    # safe to send again (the service returns the job made the first time), and so is a cancel
+    # (asking again only asks again); a cancel was not retried.
     server = _serve(scripted, BAD_GATEWAY, ScriptedReply(201, JOB))
     policy = RetryPolicy(max_retries=2, backoff_s=0.01, max_backoff_s=0.01)
     with RiftClient(server.url, retry=policy) as client:
@@ -256,8 +264,28 @@ def test_a_proxys_502_is_retried_for_a_keyed_job_creation_but_not_for_a_cancel(
         keys = [r.headers["idempotency-key"] for r in server.seen]
         assert len(keys) == 2 and keys[0] == keys[1]
         server.seen.clear()
+        server.replies = [GATEWAY_TIMEOUT, ScriptedReply(200, JOB)]
+        assert client.cancel("job_1").id == "job_1"
+        assert [r.path for r in server.seen] == ["/v1/jobs/job_1/cancel"] * 2
+        # The proxy gave up after the service cancelled the queued job: the retry is answered
+        # 409 job_finished (cancelled), which is this cancel's success: the job is returned.
+        server.seen.clear()
+        finished = ScriptedReply(409, {"error": {
+            "code": "job_finished", "field": "job_id", "status": "cancelled",
+            "message": "job job_1 has already finished with status 'cancelled'"}})
+        server.replies = [BAD_GATEWAY, finished, ScriptedReply(200, {**JOB,
+                                                                     "status": "cancelled"})]
+        assert client.cancel("job_1").status == "cancelled"
+        assert [(r.method, r.path) for r in server.seen] == [
+            ("POST", "/v1/jobs/job_1/cancel"), ("POST", "/v1/jobs/job_1/cancel"),
+            ("GET", "/v1/jobs/job_1")]
+        server.seen.clear()
+        server.replies = [finished]  # no lost attempt: the 409 is the caller's
+        with pytest.raises(ConflictError):
+            client.cancel("job_1")
+        server.seen.clear()
         server.replies = [GATEWAY_TIMEOUT]
         with pytest.raises(ServerError) as refused:
             client.cancel("job_1")
-    assert len(server.seen) == 1
+    assert len(server.seen) == 3  # 1 + 2 retries, then the last 504 is raised
     assert refused.value.status_code == 504 and refused.value.code == "http_504"

@@ -242,3 +242,40 @@ def test_a_work_dir_that_cannot_be_made_stops_the_start(sqlite_url: str, tmp_pat
     assert result.stderr.strip().splitlines() == [
         f"rift: WORK_DIR: {str(tmp_path / 'scratch' / 'work')!r} is not a writable folder "
         "(ENOTDIR: Not a directory); set WORK_DIR to a folder this user may write"]
+
+
+def no_aws_credentials(cwd: Path) -> dict[str, str]:
+    """Variables that leave boto3's chain empty: no keys, no files, no instance role."""
+    return {"AWS_SHARED_CREDENTIALS_FILE": str(cwd / "no-credentials"),
+            "AWS_CONFIG_FILE": str(cwd / "no-config"), "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def test_s3_with_no_credentials_stops_the_start(sqlite_url: str, moto_s3_endpoint: str,
+                                                tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was logged as "object store unreachable at start" and the process served, every
+    # upload a 503 that sent the operator looking at the network.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)  # the child's env is built from os.environ
+    result = run_preflight(tmp_path, DATABASE_URL=sqlite_url, BROKER_URL="memory://",
+                           STORE_KIND="s3", S3_BUCKET="rift", S3_ENDPOINT_URL=moto_s3_endpoint,
+                           **no_aws_credentials(tmp_path))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"rift: object store: no S3 credentials for bucket 'rift' at {moto_s3_endpoint} "
+        "(Unable to locate credentials); set S3_ACCESS_KEY and S3_SECRET_KEY (or AWS's own "
+        "variables, profile or instance role)"]
+
+
+def test_an_unknown_access_key_names_s3_access_key(s3_checking_keys: str) -> None:
+    # A request that carries the error code (a HEAD's 403 has none) says which key is wrong.
+    from persistence.storage import StoreMisconfigured
+    from persistence.storage_s3 import S3ObjectStore
+
+    store = S3ObjectStore("rift", endpoint_url=s3_checking_keys, access_key="AKIANOTKNOWN",
+                          secret_key="not-the-secret", max_attempts=1)
+    with pytest.raises(StoreMisconfigured) as refused:
+        store.put_bytes("probe", b"x")
+    assert str(refused.value) == (
+        f"access to bucket 'rift' at {s3_checking_keys} was denied (InvalidAccessKeyId); the "
+        "server does not know S3_ACCESS_KEY")

@@ -349,7 +349,8 @@ class RiftClient:
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one at its next batch; a finished one
-        raises :class:`ConflictError`."""
+        raises :class:`ConflictError`. Retried like a read when the connection is lost after
+        sending (asking twice cancels once); a job that lost attempt cancelled is returned."""
         return self._run(self._core.cancel(job_id=job_id))
 
     def wait(self, job_id: str, timeout: float | None = None, *, poll_interval: float = 1.0,

@@ -33,7 +33,9 @@ from rift_client.arguments import (
 from rift_client.arguments import path_segment as _seg
 from rift_client.errors import (
     ChecksumMismatchError,
+    ConflictError,
     NotFoundError,
+    RiftAPIError,
     RiftClientError,
     RiftConnectionError,
     RiftUsageError,
@@ -77,7 +79,7 @@ from rift_client.models import (
     WebhookDelivery,
     _Resource,
 )
-from rift_client.retry import Outage, RetryPolicy, is_outage, sent_nothing
+from rift_client.retry import GATEWAY_STATUSES, Outage, RetryPolicy, is_outage, sent_nothing
 from rift_client.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -266,6 +268,12 @@ def _received_any(partial: Path) -> bool:
         return False
 
 
+def _server_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a 5xx answer: the server (or the object store behind a presigned
+    redirect) failed, not the request; the bytes already received are still the file's."""
+    return isinstance(exc, RiftAPIError) and exc.status_code >= 500
+
+
 def _named_write_error(exc: BaseException, target: Path) -> OSError | None:
     """A failed write of a download (a full disk, a file size limit) as an ``OSError`` naming
     ``target``; None for any other error. The write's own error names no file ("[Errno 28] No
@@ -300,8 +308,11 @@ class RiftCore:
     def request(self, method: str, path: str, *, idempotent: bool,
                 params: Mapping[str, Any] | None = None, json: Any = None,
                 headers: Mapping[str, str] | None = None, body: FileBody | None = None,
-                timeout: httpx.Timeout | None = None) -> Flow[httpx.Response]:
-        """Send a request, retrying as :mod:`rift_client.retry` says; an error answer raises."""
+                timeout: httpx.Timeout | None = None,
+                lost: list[str] | None = None) -> Flow[httpx.Response]:
+        """Send a request, retrying as :mod:`rift_client.retry` says; an error answer raises.
+        ``lost`` collects why each attempt that the service may have acted on (the connection
+        lost after sending, a proxy's 502/504) was sent again."""
         retry = 0
         while True:
             try:
@@ -309,6 +320,8 @@ class RiftCore:
                                       params=params, json=json, headers=headers, body=body)
             except httpx.TransportError as exc:
                 if (idempotent or sent_nothing(exc)) and retry < self.retry.max_retries:
+                    if lost is not None and not sent_nothing(exc):
+                        lost.append(repr(exc))
                     yield Sleep(self.retry.backoff(retry))
                     retry += 1
                     continue
@@ -320,6 +333,8 @@ class RiftCore:
             delay = self.retry.delay_for(response, retry, idempotent=idempotent)
             if delay is None:
                 raise api_error_from_response(response)
+            if lost is not None and response.status_code in GATEWAY_STATUSES:
+                lost.append(f"HTTP {response.status_code}")
             yield Sleep(delay)
             retry += 1
 
@@ -577,8 +592,22 @@ class RiftCore:
             lambda cursor: self.list_jobs_page(status, labels, page_size, cursor, expand), limit)
 
     def cancel(self, job_id: str) -> Flow[Job]:
-        response = yield from self.request("POST", f"/v1/jobs/{_seg('job_id', job_id)}/cancel",
-                                           idempotent=False)
+        # Idempotent: asking again only asks again (the job ends once), so an answer lost with
+        # its connection is asked again like a read; before, it raised RiftConnectionError
+        # though the job was cancelled.
+        lost: list[str] = []
+        try:
+            response = yield from self.request(
+                "POST", f"/v1/jobs/{_seg('job_id', job_id)}/cancel", idempotent=True, lost=lost)
+        except ConflictError as exc:
+            # The lost attempt (its answer cut, or a proxy's 502/504) cancelled a job that could
+            # end at once (a queued one), so the service answers this one 409 job_finished:
+            # that is the cancel's success.
+            # Without a lost attempt, the 409 is the caller's (the job had ended before).
+            if not (lost and exc.code == "job_finished"
+                    and exc.details.get("status") == "cancelled"):
+                raise
+            return (yield from self.get_job(job_id))
         return self._parse(response, Job)
 
     def wait(self, job_id: str, timeout: float | None, poll_interval: float,
@@ -908,14 +937,16 @@ class RiftCore:
             partial.replace(target)
         except BaseException as exc:
             # Interrupted (Ctrl-C, a cancelled asyncio task) or cut off for good (no connection,
-            # or a resume answered 429/502/503/504 past its retries: a busy store, a restart):
-            # what arrived is kept under the .part name (never the target's) for the next call
-            # to resume; before, such an answer deleted it, gigabytes fetched again. Anything
-            # else (a checksum mismatch, another API error, a full disk) leaves nothing.
+            # a resume answered 429 or any 5xx past its retries: a busy store, a restart, an
+            # object store's 500 InternalError): what arrived is kept under the .part name
+            # (never the target's) for the next call to resume; before, such an answer deleted
+            # it, gigabytes fetched again. Anything else (a checksum mismatch, a 4xx such as
+            # the artifact gone, a full disk) leaves nothing; a file that changed on the service
+            # is not one of these: its resume is answered whole (If-Range) and started again.
             # An interrupt that lands in the I/O the runner performs reaches this flow as
             # GeneratorExit (the runner passes on Exceptions only, and the flow is closed).
             interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError
-                                     | GeneratorExit) or is_outage(exc)
+                                     | GeneratorExit) or is_outage(exc) or _server_error(exc)
             if not (interrupted and _received_any(partial)):
                 partial.unlink(missing_ok=True)
             named = _named_write_error(exc, target)

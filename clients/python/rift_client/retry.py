@@ -3,8 +3,8 @@
 Retried: answers 429 (rate limited, over a quota) and 503 (the database, broker or store is
 down: the service did nothing), for every method; a proxy's 502 and 504 (the service behind it
 restarting, or slow to answer: it may have acted), and a connection lost after the request was
-sent, only for idempotent requests (reads, deletes, and the POSTs sent under an
-Idempotency-Key); a connection that could not be opened (the request never left), for every
+sent, only for idempotent requests (reads, deletes, a job's cancel, and the POSTs sent under
+an Idempotency-Key); a connection that could not be opened (the request never left), for every
 method. The delay is the answer's ``Retry-After`` when it has one (seconds or an HTTP date),
 else exponential backoff with jitter.
 
