@@ -129,7 +129,14 @@ class PGD:
         images = images.detach().to(torch.promote_types(dtype, torch.float32))
         if self.eps == 0 or self.steps == 0:
             return images.clone()
-        with frozen_except(model):
+        # The attack needs the input gradient even when the caller evaluates under
+        # ``torch.no_grad()`` or ``torch.inference_mode()`` (a common wrapper around an
+        # evaluation loop): it failed there with "element 0 of tensors does not require grad".
+        # Under inference mode the images are inference tensors, which autograd cannot record
+        # with, so they are copied out of it first.
+        with torch.inference_mode(False), torch.enable_grad(), frozen_except(model):
+            if images.is_inference():
+                images = images.clone()
             delta = self._initial_delta(images, generator, noise)
             for _ in range(self.steps):
                 raise_if_cancelled(should_cancel)
@@ -139,7 +146,10 @@ class PGD:
                 loss = F.cross_entropy(logits.float(), labels)
                 (grad,) = torch.autograd.grad(loss, delta)
                 delta = self._step(delta.detach(), grad, images)
-            return (images + delta).detach()
+            # Clamped once more: x + (clamp(x + δ) − x) is not always clamp(x + δ) in floating
+            # point, and the returned point fell up to one float step outside a bound (an L2
+            # attack in [0.1, 0.9] returned 0.099999994 < float32(0.1)).
+            return self._clamp(images + delta).detach()
 
     def _initial_delta(
         self, images: torch.Tensor, generator: torch.Generator | None,

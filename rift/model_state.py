@@ -38,6 +38,20 @@ def frozen_except(model: nn.Module, trainable: Iterable[nn.Parameter] = (), *,
         restore_training_modes(modes)
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode, every submodule's own mode put back on exit (parameters'
+    ``requires_grad`` untouched, unlike :func:`frozen_except`). For measurements that only read
+    the model: ``model.train(was_training)`` afterwards switched a BatchNorm the caller froze with
+    ``bn.eval()`` inside a training model back to train mode."""
+    modes = training_modes(model)
+    try:
+        model.eval()
+        yield model
+    finally:
+        restore_training_modes(modes)
+
+
 def training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
     """Each submodule of ``model`` (itself included) with its ``training`` flag, for
     :func:`restore_training_modes`. ``model.train(was_training)`` alone set every submodule to

@@ -18,7 +18,7 @@ from torch import nn
 
 from rift.config import MRCSpec
 from rift.errors import ConfigError
-from rift.model_state import frozen_except
+from rift.model_state import eval_mode, frozen_except
 from rift.mrc import reachable_modules, select_modules
 from rift.scored_weights import scored_parameters
 
@@ -62,12 +62,10 @@ def estimate_module_costs(model: nn.Module, example: torch.Tensor, names: list[s
         weights = scored_parameters(module)
         if weights:
             handles.append(module.register_forward_hook(_recorder(name, weights, order)))
-    was_training = model.training
-    model.eval()
     try:
-        model(example[:1])
+        with eval_mode(model):
+            model(example[:1])
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     costs: dict[str, float] = {}

@@ -32,6 +32,7 @@ from torch import nn
 from rift.config import NAMED_NORMALIZATIONS
 from rift.data import ImageTensors, iterate_batches
 from rift.device import autocast
+from rift.model_state import eval_mode
 
 #: Percentage points by which another normalisation must beat the configured one.
 MARGIN = 10.0
@@ -164,16 +165,11 @@ def _accuracy(model: nn.Module, sample: ImageTensors, candidate: Normalization,
 
     shift, scale = column(candidate.mean), column(candidate.std)
     own_mean, own_std = column(mean), column(std)
-    was_training = model.training
-    model.eval()
     correct = 0
-    try:
-        with torch.no_grad():
-            for images, labels in iterate_batches(sample, batch_size, device=device):
-                inputs = (images - shift) / scale * own_std + own_mean
-                with autocast(images.device, precision):
-                    predictions = model(inputs).argmax(1)
-                correct += int((predictions == labels).sum())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for images, labels in iterate_batches(sample, batch_size, device=device):
+            inputs = (images - shift) / scale * own_std + own_mean
+            with autocast(images.device, precision):
+                predictions = model(inputs).argmax(1)
+            correct += int((predictions == labels).sum())
     return 100.0 * correct / len(sample)

@@ -21,6 +21,7 @@ from rift.data import ImageTensors, iterate_batches
 from rift.device import autocast
 from rift.errors import RiftError
 from rift.evaluation import evaluate_accuracy
+from rift.model_state import eval_mode
 from rift.normalization_check import better_normalization
 
 #: A model answering one class for at least this share of the sample (and at least
@@ -159,16 +160,11 @@ def collapsed_predictions(model: nn.Module, data: ImageTensors, spec: PreflightS
     sample = _sample(data, spec.examples, seed)
     if len(sample) == 0:
         return None
-    was_training = model.training
-    model.eval()
     predictions = []
-    try:
-        with torch.no_grad():
-            for images, _ in iterate_batches(sample, batch_size, device=device):
-                with autocast(images.device, precision):
-                    predictions.append(model(images).argmax(1).cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for images, _ in iterate_batches(sample, batch_size, device=device):
+            with autocast(images.device, precision):
+                predictions.append(model(images).argmax(1).cpu())
     answered = torch.bincount(torch.cat(predictions))
     top = int(answered.argmax())
     share = float(answered[top]) / len(sample)

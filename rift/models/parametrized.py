@@ -31,6 +31,8 @@ from torch.nn.utils import parametrize, remove_spectral_norm, remove_weight_norm
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
+from rift.model_state import eval_mode
+
 # Parametrization classes of torch.nn.utils.parametrizations → the function users call.
 _KINDS = {"_WeightNorm": "weight_norm", "_SpectralNorm": "spectral_norm",
           "_Orthogonal": "orthogonal"}
@@ -109,9 +111,7 @@ def fold_parametrized_weights(model: nn.Module) -> list[FoldedWeight]:
     A frozen parametrization (its tensors without ``requires_grad``) gives a frozen Parameter."""
     layout = folded_layout(model)
     folded: list[FoldedWeight] = []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for name, module in model.named_modules():
             prefix = f"{name}." if name else ""
             if parametrize.is_parametrized(module):
@@ -127,8 +127,6 @@ def fold_parametrized_weights(model: nn.Module) -> list[FoldedWeight]:
                     else remove_spectral_norm
                 remove(module, hook.name)
                 folded.append(FoldedWeight(prefix + hook.name, kind, layout[prefix + hook.name]))
-    finally:
-        model.train(was_training)
     return folded
 
 

@@ -25,7 +25,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from rift.config import ArchitectureSpec
 from rift.errors import ConfigError, RiftError, UnknownArchitectureError
-from rift.model_state import frozen_except
+from rift.model_state import eval_mode, frozen_except
 from rift.models.logits_output import return_logits
 from rift.models.mlp import mlp
 from rift.models.preact_resnet import preact_resnet18
@@ -250,17 +250,14 @@ def _materialize_lazy(model: nn.Module, spec: ArchitectureSpec,
                for module in model.modules()):
         return model
     # Not frozen_except: an uninitialized parameter refuses requires_grad_.
-    was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *shape))
+        with eval_mode(model), torch.no_grad():
+            model(torch.zeros(1, *shape))
     except Exception as exc:
         raise ConfigError(
             f"architecture {spec.name!r} has lazy layers, whose shapes its first forward pass "
             f"decides, and that pass failed on a zero input of shape {(1, *shape)}: "
             f"{type(exc).__name__}: {_one_line(exc)}", field="architecture") from exc
-    finally:
-        model.train(was_training)
     return model
 
 

@@ -137,3 +137,42 @@ def test_check_inputs_refuses_data_the_domain_would_move() -> None:
     PGD(0.1, 0.05, 2).check_inputs(pixels, "test inputs")  # uint8 read as value / 255
     with pytest.raises(ConfigError, match="outside"):
         PGD(0.1, 0.05, 2, bounds=((0.0,), (0.5,))).check_inputs(pixels, "test inputs")
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_returns_points_inside_the_domain_bit_for_bit(norm: str, batch) -> None:
+    """Every coordinate of the returned point lies within the domain's float32 bounds: the last
+    step returned x + (clamp(x + δ) − x), which in floating point fell one float step outside
+    (an L2 attack in [0.1, 0.9] returned 0.099999994 below float32(0.1))."""
+    images, labels = batch
+    images = images * 0.8 + 0.1
+    low, high = torch.tensor(0.1), torch.tensor(0.9)
+    for seed in range(4):
+        attack = PGD(eps=0.3 if norm == "linf" else 1.5, step_size=0.1, steps=4, norm=norm,
+                     bounds=((0.1,), (0.9,)))
+        adversarial = attack.perturb(_model().eval(), images, labels,
+                                     generator=seeded_generator(torch.device("cpu"), seed))
+        assert bool((adversarial >= low).all()) and bool((adversarial <= high).all())
+
+
+def test_attacks_and_evaluations_run_under_no_grad_and_inference_mode(batch) -> None:
+    """PGD needs the input gradient; an evaluation loop wrapped in ``torch.no_grad()`` (or
+    ``inference_mode``) failed with "element 0 of tensors does not require grad". Now the
+    numbers are those of a call outside it."""
+    images, labels = batch
+    model, cpu = _model().eval(), torch.device("cpu")
+    attack = PGD(eps=0.1, step_size=0.02, steps=3)
+    data = ImageTensors(images, labels)
+    expected = attack.perturb(model, images, labels, generator=seeded_generator(cpu, 2))
+    report = evaluate_accuracy(model, data, attack=attack, batch_size=8, device=cpu, seed=1)
+    with torch.no_grad():
+        assert torch.equal(attack.perturb(model, images, labels,
+                                          generator=seeded_generator(cpu, 2)), expected)
+        assert evaluate_accuracy(model, data, attack=attack, batch_size=8, device=cpu,
+                                 seed=1) == report
+    with torch.inference_mode():
+        inference_images = images.clone()
+        assert torch.equal(attack.perturb(model, inference_images, labels,
+                                          generator=seeded_generator(cpu, 2)), expected)
+        assert evaluate_accuracy(model, ImageTensors(inference_images, labels), attack=attack,
+                                 batch_size=8, device=cpu, seed=1) == report
