@@ -48,6 +48,7 @@ from tests.database_recycling import (
     schema_fingerprint,
     truncate_database,
 )
+from tests.ports import PortTaken, on_a_free_port
 from tests.preloaded_launcher import ForkedProcess, Launcher
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -533,6 +534,27 @@ def start_worker(service_env: dict[str, str], tmp_path: Path,
     yield start
     for worker in started:
         worker.stop()
+
+
+def start_worker_serving_metrics(start_worker: Callable[..., WorkerProcess],
+                                 **overrides: str) -> tuple[WorkerProcess, int]:
+    """``start_worker(**overrides)`` with WORKER_METRICS_PORT set, once the worker serves its
+    metrics there: (the worker, the port). A worker whose port was taken before it bound it
+    (it logs so and serves none) is stopped and another started on a fresh port; before, the
+    test scraped nothing, or another process's metrics."""
+    def start(port: int) -> tuple[WorkerProcess, int]:
+        worker = start_worker(WORKER_METRICS_PORT=str(port), **overrides)
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while f"worker metrics served on port {port}" not in worker.log():
+            if f"port {port} is not free" in worker.log():
+                worker.stop()
+                raise PortTaken(f"worker metrics: port {port} is taken")
+            assert worker.process.poll() is None, worker.log()[-3000:]
+            assert time.monotonic() < deadline, worker.log()[-3000:]
+            time.sleep(0.1)
+        return worker, port
+
+    return on_a_free_port(start)
 
 
 @pytest.fixture

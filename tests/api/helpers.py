@@ -3,7 +3,6 @@ checkpoints and request shortcuts. Fixtures built on them live in ``conftest.py`
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,8 @@ from api.dispatch import DispatchError
 from persistence.models import Checkpoint, Dataset, Job
 from persistence.settings import Settings
 from persistence.storage import LocalObjectStore
+from tests.ports import free_port as free_port  # re-exported: the tests import it from here
+from tests.ports import listening_socket
 from tests.preloaded_launcher import Launcher
 from tests.service_fixtures import WorkerProcess, launch_worker
 
@@ -81,21 +82,18 @@ class RecordingDispatcher:
         pass
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ApiServer:
-    """A uvicorn server running an app in a background thread, reachable over real HTTP."""
+    """A uvicorn server running an app in a background thread, reachable over real HTTP. It
+    serves a socket this process bound and is listening on already (``listening_socket``):
+    a port chosen, closed and bound again later could be taken meanwhile by another process."""
 
     def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on")
+        self.socket = listening_socket()
+        self.port = int(self.socket.getsockname()[1])
+        config = uvicorn.Config(app, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
+                                       name="uvicorn", daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ApiServer:
@@ -110,6 +108,7 @@ class ApiServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.socket.close()
 
 
 @dataclass

@@ -20,7 +20,8 @@ from api.main import create_app
 from api.validation import Validator
 from persistence.db import session_factory_from_settings
 from persistence.settings import Settings
-from tests.api.helpers import RecordingDispatcher, free_port
+from tests.api.helpers import RecordingDispatcher
+from tests.ports import listening_socket
 
 pytestmark = [pytest.mark.service,
               pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
@@ -32,28 +33,30 @@ LIMIT = 16 * 1024
 def serve(api_settings: Settings, shared_validator: Validator) -> Iterator[Callable[[type], int]]:
     """``serve(protocol_class) -> port``: the test app under uvicorn with that protocol and a
     16 KiB head limit."""
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    servers: list[tuple[uvicorn.Server, threading.Thread, socket.socket]] = []
 
     def start(protocol: type) -> int:
         app = create_app(api_settings, session_factory=session_factory_from_settings(api_settings),
                          dispatcher=RecordingDispatcher(), validator=shared_validator)
-        port = free_port()
+        # Bound and listening before uvicorn runs: no window for another process to take it.
+        listener = listening_socket()
         server = uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="error", lifespan="on", http=protocol,
+            app, log_level="error", lifespan="on", http=protocol,
             h11_max_incomplete_event_size=LIMIT))
-        thread = threading.Thread(target=server.run, daemon=True)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
         thread.start()
         deadline = time.monotonic() + 20
         while not server.started:
             assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.01)
-        servers.append((server, thread))
-        return port
+        servers.append((server, thread, listener))
+        return int(listener.getsockname()[1])
 
     yield start
-    for server, thread in servers:
+    for server, thread, listener in servers:
         server.should_exit = True
         thread.join(timeout=10)
+        listener.close()
 
 
 def exchange(port: int, request: bytes) -> bytes:

@@ -24,8 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.dispatch import CeleryDispatcher
 from persistence.logs import configure_logging
-from tests.api.helpers import Api, digits_config, free_port, upload_checkpoint
-from tests.service_fixtures import WorkerProcess, settings_from_env
+from tests.api.helpers import Api, digits_config, upload_checkpoint
+from tests.service_fixtures import WorkerProcess, settings_from_env, start_worker_serving_metrics
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -84,14 +84,13 @@ def test_job_with_logs_metrics_manifest_report_mlflow_and_materialize(
 
     from rift.checkpoints import load_state_dict
 
-    port = free_port()
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    extra = {"WORKER_METRICS_PORT": str(port), "LOG_FORMAT": "json",
+    extra = {"LOG_FORMAT": "json",
              "MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_EXPERIMENT": "rift-e2e",
              "MLFLOW_MODEL_NAME": "rift-e2e-model",
              "MLFLOW_ARTIFACT_LOCATION": (tmp_path / "mlruns").as_uri()}
-    worker = start_worker(**extra)
-    settings = settings_from_env({**service_env, **extra})
+    worker, port = start_worker_serving_metrics(start_worker, **extra)
+    settings = settings_from_env({**service_env, **extra, "WORKER_METRICS_PORT": str(port)})
     api = start_api(settings, dispatcher=CeleryDispatcher(settings))
     api_logs = io.StringIO()
     handler = configure_logging("json", stream=api_logs)

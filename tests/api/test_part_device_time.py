@@ -17,8 +17,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.helpers import Api, free_port, upload_checkpoint, wait_for_end
-from tests.service_fixtures import WorkerProcess
+from tests.api.helpers import Api, upload_checkpoint, wait_for_end
+from tests.service_fixtures import WorkerProcess, start_worker_serving_metrics
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -36,8 +36,7 @@ def _totals(page: str) -> dict[tuple[str, str, str], float]:
 def test_shard_and_candidate_time_counts_as_device_time(
         start_worker: Callable[..., WorkerProcess], celery_api: Api,
         digits_checkpoint_path: Path, quick_config: dict[str, Any]) -> None:
-    port = free_port()
-    worker, api = start_worker(WORKER_METRICS_PORT=str(port)), celery_api
+    (worker, port), api = start_worker_serving_metrics(start_worker), celery_api
     sharded = copy.deepcopy(quick_config)
     sharded["mrc"]["shards"] = 2
     sweep = copy.deepcopy(quick_config)

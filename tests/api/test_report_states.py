@@ -23,9 +23,9 @@ import pytest
 from api.dispatch import CeleryDispatcher
 from persistence.models import EpochMetric, InterpolationPoint, Job, MRCRow
 from tests.api.browser import StaticSite, layout_of, load_page
-from tests.api.helpers import JOB_TIMEOUT_S, Api, free_port, upload_checkpoint
+from tests.api.helpers import JOB_TIMEOUT_S, Api, upload_checkpoint
 from tests.api.report_checks import counters_gone_back, page_problems, parse_metrics
-from tests.service_fixtures import WorkerProcess, settings_from_env
+from tests.service_fixtures import WorkerProcess, settings_from_env, start_worker_serving_metrics
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -132,7 +132,6 @@ def test_report_and_metrics_in_every_state_in_a_real_browser(
         service_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
         start_api: Callable[..., Api], digits_checkpoint_path: Path,
         quick_config: dict[str, Any], tmp_path: Path) -> None:
-    port = free_port()
     settings = settings_from_env(service_env)
     api = start_api(settings, dispatcher=CeleryDispatcher(settings))
     checkpoint = upload_checkpoint(api, digits_checkpoint_path)
@@ -183,7 +182,7 @@ def test_report_and_metrics_in_every_state_in_a_real_browser(
     for method, path in (("GET", f"/v1/jobs/{quote(HOSTILE)}/report"), ("PURGE", "/v1/jobs"),
                          ("GET", f"/static/{quote(HOSTILE)}"), ("GET", "/" + quote(HOSTILE))):
         assert api.client.request(method, path).status_code in (404, 405)
-    worker = start_worker(WORKER_METRICS_PORT=str(port))
+    worker, port = start_worker_serving_metrics(start_worker)
     scrapes = Scrapes(api, f"http://127.0.0.1:{port}/metrics")
     seen: dict[str, tuple[str, str | None]] = {}
     deadline = time.monotonic() + 2 * JOB_TIMEOUT_S

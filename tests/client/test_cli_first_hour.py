@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.client.helpers import ScriptedReply, ScriptedServer, run_riftctl
+from tests.preloaded_launcher import Launcher
 
 SHA = "8f3933a72a18903895fbf0c4e9a084c4f289bb3f79447fb546f8acdb2fab99f8"
 CHECKPOINT = {"id": "4d453b1b08b64fb396ca99de0e7b01f5", "filename": "model.safetensors",
@@ -319,19 +320,38 @@ def test_jobs_get_and_usage_show_the_compute_estimate_and_its_limit(tmp_path: Pa
         server.stop()
 
 
-def test_a_refused_url_names_where_riftctl_read_it(tmp_path: Path) -> None:
+def test_a_refused_url_names_where_riftctl_read_it(tmp_path: Path,
+                                                  cli_launcher: Launcher | None) -> None:
     # Before: "check the URL (riftctl --url, RIFT_API_URL or the config file's api_url)": all
     # four places listed, the one read not named (a stale RIFT_API_URL left in the shell).
-    from_env = run_riftctl(["jobs", "list"], url="http://127.0.0.1:9", api_key="rift_test",
-                           home=tmp_path)
+    # --retries 0: the hint is the same after any number of retries, and the default four
+    # retries' backoff made this test sit through 12-16 s of refused connections.
+    from_env = run_riftctl(["--retries", "0", "jobs", "list"], url="http://127.0.0.1:9",
+                           api_key="rift_test", home=tmp_path, launcher=cli_launcher)
     assert from_env.exit_code == 3
     assert "the URL came from RIFT_API_URL" in _flat(from_env.stderr), from_env.stderr
     config = tmp_path / "riftctl.toml"
     config.write_text('api_url = "http://127.0.0.1:9"\n')
-    from_file = run_riftctl(["-o", "json", "jobs", "list"], url=None, api_key="rift_test",
-                            home=tmp_path, env={"RIFTCTL_CONFIG": str(config)})
+    from_file = run_riftctl(["-o", "json", "--retries", "0", "jobs", "list"], url=None,
+                            api_key="rift_test", home=tmp_path,
+                            env={"RIFTCTL_CONFIG": str(config)}, launcher=cli_launcher)
     error = json.loads(from_file.stderr)["error"]
     assert error["code"] == "connection_error" and error["hint"] == f"the URL came from api_url in {config}"
+
+
+def test_retries_sets_how_often_a_refused_request_is_sent_again(
+        tmp_path: Path, cli_launcher: Launcher | None) -> None:
+    down = ScriptedReply(503, {"error": {"code": "service_unavailable", "message": "restarting",
+                                         "field": None}}, {"Retry-After": "0"})
+    # Two 503s, then an answer: the default four retries would reach it (exit 0).
+    server = ScriptedServer([down, down, ScriptedReply(200, {"items": [], "next_cursor": None})])
+    try:
+        result = run_riftctl(["--retries", "1", "jobs", "list"], url=server.url,
+                             api_key="rift_test", home=tmp_path, launcher=cli_launcher)
+    finally:
+        server.stop()
+    assert (result.exit_code, len(server.seen)) == (3, 2), result.stderr
+    assert "503" in _flat(result.stderr), result.stderr
 
 
 @pytest.mark.parametrize(("api_key", "hint"), [

@@ -50,7 +50,9 @@ def test_429_waits_for_retry_after_then_succeeds(scripted: list[ScriptedServer])
         job = client.get_job("job_1")
     assert job.id == "job_1" and len(server.seen) == 2
     waited = server.seen[1].at - server.seen[0].at
-    assert 0.95 <= waited < 3.0, waited
+    # At least the second asked for; the upper bound is loose (a loaded machine adds seconds)
+    # and still far below a Retry-After misread as minutes or an HTTP date.
+    assert 0.95 <= waited < 20.0, waited
     assert all(r.headers["authorization"] == "Bearer rift_test" for r in server.seen)
 
 
@@ -94,7 +96,8 @@ def test_a_retry_after_beyond_the_limit_is_not_waited_for(scripted: list[Scripte
     with RiftClient(server.url, retry=RetryPolicy(max_retry_after_s=60)) as client, \
             pytest.raises(ServiceUnavailableError) as error:
         client.get_job("job_1")
-    assert time.monotonic() - start < 2 and len(server.seen) == 1
+    # Not waited for: the hour asked, or the 60 s cap, would outlast this loose bound.
+    assert time.monotonic() - start < 30 and len(server.seen) == 1
     # A body that is not the API's envelope still gives a code and the status.
     assert error.value.code == "http_503" and error.value.status_code == 503
 
@@ -214,7 +217,8 @@ def test_an_upload_waits_for_its_check_past_the_read_timeout(
     path, record = _checkpoint_file(tmp_path)
     server = _serve(scripted, ScriptedReply(201, record, delay_s=1.0))
     no_retry = RetryPolicy(max_retries=0)
-    with RiftClient(server.url, timeout=0.3, upload_timeout=5.0, retry=no_retry) as client:
+    # 30 s for the upload: the 1 s check plus whatever a loaded machine adds (5 s was tight).
+    with RiftClient(server.url, timeout=0.3, upload_timeout=30.0, retry=no_retry) as client:
         assert client.upload_checkpoint(path).id == "ck_1"
         assert len(server.seen) == 1
         # Other requests keep the short read timeout.

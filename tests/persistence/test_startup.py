@@ -20,6 +20,7 @@ from sqlalchemy import make_url
 
 from persistence.settings import Settings
 from tests.api.helpers import free_port
+from tests.ports import PortTaken, on_a_free_port, says_port_taken
 from tests.service_fixtures import POSTGRES_ADMIN_URL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,25 +200,36 @@ def s3_checking_keys(tmp_path: Path) -> Iterator[str]:
     """A moto S3 server of its own that checks access keys (``INITIAL_NO_AUTH_ACTION_COUNT=0``:
     only IAM users' keys pass), as a real S3 does; the session's server accepts any key."""
     pytest.importorskip("moto.server", reason="moto[server] is not installed")
-    port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                               str(port)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
+    log = tmp_path / "moto.log"
+    servers: list[subprocess.Popen[bytes]] = []
+
+    def start(port: int) -> str:
+        with log.open("wb") as out:
+            server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                       "-p", str(port)], env=env, stdout=out,
+                                      stderr=subprocess.STDOUT)
+        servers.append(server)
         deadline = time.monotonic() + 60
         while True:
+            if server.poll() is not None:
+                if says_port_taken(log.read_text(errors="replace")):
+                    raise PortTaken(f"moto: port {port} is taken")
+                pytest.fail(f"moto's server exited:\n{log.read_text(errors='replace')[-2000:]}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                return f"http://127.0.0.1:{port}"
             except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
+                if time.monotonic() > deadline:
                     pytest.fail("moto's server did not start")
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+
+    try:
+        yield on_a_free_port(start)  # a fresh port if another process took the first
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 def test_s3_keys_refused_stop_the_start(sqlite_url: str, s3_checking_keys: str,

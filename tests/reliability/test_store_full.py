@@ -19,7 +19,8 @@ from sqlalchemy import func, select
 
 from persistence.db import session_factory_from_settings
 from persistence.models import Checkpoint
-from tests.api.helpers import free_port, make_key
+from tests.api.helpers import make_key
+from tests.ports import PortTaken, on_a_free_port, says_port_taken
 from tests.service_fixtures import PROJECT_ROOT, settings_from_env
 
 pytestmark = [pytest.mark.service]
@@ -45,31 +46,39 @@ def test_an_upload_to_a_full_local_store_is_503_and_leaves_nothing(
     env = {"DATABASE_URL": postgres_url, "BROKER_URL": "memory://", "STORE_KIND": "local",
            "STORE_ROOT": str(mount / "store"), "WORK_DIR": str(tmp_path / "work"),
            "LOG_FORMAT": "text"}
-    port = free_port()
     disk = shlex.quote(str(mount))
-    script = (f"mount -t tmpfs -o size=64k tmpfs {disk} && mkdir {disk}/store && "
-              f"{{ dd if=/dev/zero of={disk}/fill bs=4k 2>/dev/null; true; }} && "
-              f"exec {shlex.quote(sys.executable)} -m uvicorn --factory api.main:create_app "
-              f"--host 127.0.0.1 --port {port}")
     log = tmp_path / "api.log"
     settings = settings_from_env(env)
     sessions = session_factory_from_settings(settings)
-    with open(log, "wb") as out:
-        api = subprocess.Popen(["unshare", "-rm", "sh", "-c", script], cwd=PROJECT_ROOT,
-                               env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=out,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(port: int) -> tuple[subprocess.Popen[bytes], str]:
+        script = (f"mount -t tmpfs -o size=64k tmpfs {disk} && mkdir -p {disk}/store && "
+                  f"{{ dd if=/dev/zero of={disk}/fill bs=4k 2>/dev/null; true; }} && "
+                  f"exec {shlex.quote(sys.executable)} -m uvicorn --factory api.main:create_app "
+                  f"--host 127.0.0.1 --port {port}")
+        with open(log, "wb") as out:
+            api = subprocess.Popen(["unshare", "-rm", "sh", "-c", script], cwd=PROJECT_ROOT,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        started.append(api)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
         while True:
-            assert api.poll() is None, log.read_text()[-3000:]
+            if api.poll() is not None:
+                if says_port_taken(log.read_text(errors="replace")):
+                    raise PortTaken(f"the API: port {port} is taken")
+                raise AssertionError(log.read_text()[-3000:])
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
+                    return api, url
             except httpx.HTTPError:
                 pass
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
+
+    try:
+        api, url = on_a_free_port(start)  # a fresh port if another process took the first
         _, key = make_key(sessions, "tests")
         answer = httpx.post(f"{url}/v1/checkpoints", headers={"Authorization": f"Bearer {key}"},
                             files={"file": ("m.safetensors", small_cnn_file.read_bytes())},
@@ -87,6 +96,7 @@ def test_an_upload_to_a_full_local_store_is_503_and_leaves_nothing(
         assert _files_under(tmp_path / "work") == []
     finally:
         sessions.kw["bind"].dispose()
-        if api.poll() is None:
-            os.killpg(api.pid, signal.SIGKILL)
-        api.wait(timeout=30)
+        for api in started:
+            if api.poll() is None:
+                os.killpg(api.pid, signal.SIGKILL)
+            api.wait(timeout=30)

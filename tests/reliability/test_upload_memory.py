@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 from persistence.db import session_factory_from_settings
-from tests.api.helpers import free_port, make_key
+from tests.api.helpers import make_key
+from tests.ports import PortTaken, on_a_free_port, says_port_taken
 from tests.service_fixtures import settings_from_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
@@ -82,34 +83,43 @@ def file_chunks(path: Path, size: int = 1024**2) -> Iterator[bytes]:
 
 @pytest.fixture
 def api_process(postgres_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    port = free_port()
     log = tmp_path / "api.log"
     env = {**os.environ, "DATABASE_URL": postgres_url, "BROKER_URL": "memory://",
            "STORE_KIND": "local", "STORE_ROOT": str(tmp_path / "objects"),
            "WORK_DIR": str(tmp_path / "work"), "MAX_CHECKPOINT_BYTES": str(2 * CHECKPOINT_BYTES)}
-    with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-c", _SERVER, str(port)], cwd=PROJECT_ROOT,
-                                   env=env, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(port: int) -> tuple[subprocess.Popen[bytes], str, Path]:
+        with log.open("wb") as sink:
+            process = subprocess.Popen([sys.executable, "-c", _SERVER, str(port)],
+                                       cwd=PROJECT_ROOT, env=env, stdout=sink,
+                                       stderr=subprocess.STDOUT)
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
+            if process.poll() is not None:
+                if says_port_taken(log.read_text(errors="replace")):
+                    raise PortTaken(f"the API: port {port} is taken")
+                raise AssertionError(log.read_text()[-3000:])
             try:
                 if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
+                    return process, url, log
             except httpx.TransportError:
                 pass
-            assert process.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the API did not start"
             time.sleep(0.2)
-        yield process, url, log
+
+    try:
+        yield on_a_free_port(start)  # a fresh port if another process took the first
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def test_one_gib_checkpoint_upload_grows_no_process_by_more_than_100_mb(

@@ -81,6 +81,7 @@ from rift_client.models import (
     Webhook,
     WebhookDelivery,
 )
+from rift_client.retry import RetryPolicy
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_API_ERROR, EXIT_WAIT_TIMEOUT = 0, 1, 2, 3, 4
 STAGES = ("mrc", "finetune", "interpolate")
@@ -172,6 +173,9 @@ def main_options(
         "service checks the file first (default 900).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress "
                                         "messages on stderr (errors still).")] = False,
+    retries: Annotated[int | None, typer.Option(
+        "--retries", min=0, help="Retries of a request the service refused, or answered 429/503 "
+        f"(default {RetryPolicy().max_retries}, with backoff; 0: fail at the first).")] = None,
 ) -> None:
     """Command line of the RiFT service. Exit codes: 0 success, 1 job failed or cancelled,
     2 usage error, 3 API error, 4 wait timed out."""
@@ -183,7 +187,9 @@ def main_options(
     ctx.obj = State(
         make_client=lambda: RiftClient(config.api_url, api_key=config.api_key or "",
                                        timeout=config.timeout,
-                                       upload_timeout=config.upload_timeout),
+                                       upload_timeout=config.upload_timeout,
+                                       retry=None if retries is None
+                                       else RetryPolicy(max_retries=retries)),
         # No console markup: what is printed holds the service's and the user's text (a URL's
         # "[/prefix]", a field "labels.x.[key]", a label value), which rich would otherwise read
         # as style tags, and crash on.
@@ -1303,7 +1309,8 @@ _one_line_summaries(checkpoints_app, datasets_app, jobs_app, webhooks_app, app)
 
 
 #: Options of riftctl itself that take a value, as typed before the command.
-_ROOT_VALUE_OPTIONS = ("--url", "--api-key", "--output", "-o", "--timeout-http", "--upload-timeout")
+_ROOT_VALUE_OPTIONS = ("--url", "--api-key", "--output", "-o", "--timeout-http", "--upload-timeout",
+                       "--retries")
 
 
 def hoist_root_options(argv: Sequence[str]) -> list[str]:
