@@ -386,12 +386,29 @@ class ValueScan:
             if low < lowest or high > highest:
                 raise DatasetError(
                     f"key '{self.key}': float images must lie in [{lowest:g}, {highest:g}]; found "
-                    f"values in [{float(low):.4g}, {float(high):.4g}]; "
-                    f"{_pixel_range_hint(float(low))}")
+                    f"values in [{_bound_text(float(low))}, {_bound_text(float(high))}]; "
+                    f"{_pixel_range_hint(float(low), float(high))}")
 
 
-def _pixel_range_hint(low: float) -> str:
-    """How to bring float images into [0, 1], judged by their smallest value."""
+#: Float pixels at most this far outside [0, 1] are rounding noise or a resize's overshoot
+#: (bicubic and Lanczos ringing), not another scale: the fix is a clip, not a division.
+SLIGHT_OVERSHOOT = 0.01
+
+
+def _bound_text(value: float) -> str:
+    # Enough digits to show a value just outside [0, 1]: with 4 significant digits
+    # 1.0000001 printed as 1, and the message read "must lie in [0, 1]; found values in [0, 1]".
+    return f"{value:.10g}"
+
+
+def _pixel_range_hint(low: float, high: float) -> str:
+    """How to bring float images into [0, 1], judged by their smallest and largest values."""
+    lowest, highest = FLOAT_PIXEL_RANGE
+    overshoot = max(lowest - low, high - highest)
+    if overshoot <= SLIGHT_OVERSHOOT:
+        # Before: 1.0000001 was told to "divide by 255" and -1e-9 that the data "look normalised".
+        return (f"they leave [0, 1] by at most {overshoot:.3g}, rounding noise or a resize's "
+                "overshoot, not another scale: clip them, np.clip(x, 0, 1)")
     if low >= 0:
         return "store 8-bit pixels as uint8, or divide by 255"
     # Negative pixels are normalised data; eps is measured on [0, 1] pixels, so the

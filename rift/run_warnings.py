@@ -39,6 +39,9 @@ that diverged and kept an earlier epoch, ``rift.pipeline``.)
   ``interpolation.selection_split: "validation"`` the α curve is measured on θ_FT's own training
   examples: its clean accuracy there grows with α for memorisation, not generalisation, and the
   rule leans to larger α than held-out data would pick.
+* **A radius off the features' scale** (``rift.feature_scale``): on feature vectors, an
+  ``attack.eps`` below 1/255 of the features' typical range (0–255 pixel values saved as
+  features and attacked with an image radius such as 8/255) attacks nothing.
 * **Class folders named by numbers.** ImageFolder classes are the folders in text order (as
   torchvision's): folders ``1`` to ``10`` give class 1 to folder ``10``, not ``2``. A checkpoint
   trained with the numeric order would see every label but the first moved.
@@ -54,6 +57,7 @@ import torch
 from rift.config import AttackSpec, FinetuneSpec, RiftConfig
 from rift.data import DatasetSplits
 from rift.evaluation import evaluated_examples
+from rift.feature_scale import feature_scale_problem
 
 #: Fewer examples than this and one example moves an accuracy by more than one percentage point.
 MIN_ACCURACY_EXAMPLES = 100
@@ -123,6 +127,10 @@ def configuration_warnings(config: RiftConfig, splits: DatasetSplits, device: to
             "larger α; set finetune.selection_split 'validation', or choose α on the test split")))
     found.extend(_numbered_folder_warnings(splits.class_names))
     found.extend(_attack_warnings(config.attack))
+    if splits.image_shape[1:] == (1, 1):  # feature vectors: eps in the features' own units
+        scale = feature_scale_problem(config.attack, splits.train.images)
+        if scale is not None:
+            found.append(RunWarning("run", scale))
 
     if config.precision == "bf16" and device.type == "cpu":
         found.append(RunWarning("run", (

@@ -150,6 +150,23 @@ def test_float_pixels_outside_the_unit_range_say_how_to_fix_them(values: np.ndar
     assert ("divide by 255" in error.value.message) == (values.min() >= 0)
 
 
+@pytest.mark.parametrize(("values", "shown"), [
+    (np.array([0.0, 1.0000001]), "found values in [0, 1.0000001]; they leave [0, 1] by at most 1e-07"),
+    (np.array([-1e-9, 1.0]), "found values in [-1e-09, 1]; they leave [0, 1] by at most 1e-09"),
+    (np.array([-0.004, 1.008], np.float32), "by at most 0.008"),  # a bicubic resize's ringing
+])
+def test_float_pixels_just_outside_the_unit_range_are_told_to_clip(values: np.ndarray,
+                                                                   shown: str) -> None:
+    # Before: 1.0000001 read "must lie in [0, 1]; found values in [0, 1]; ... divide by 255",
+    # and -1e-9 that the pixels "look normalised".
+    with pytest.raises(DatasetError) as error:
+        ValueScan("images", "x").update(values)
+    assert shown in error.value.message
+    assert error.value.message.endswith("not another scale: clip them, np.clip(x, 0, 1)")
+    assert "divide by 255" not in error.value.message
+    assert "normalised" not in error.value.message
+
+
 @pytest.mark.parametrize(("keys", "hint"), [
     # Keras' mnist.npz; np.savez(path, x, y); upper case; other tools' names.
     (["x_train", "y_train", "x_test", "y_test"], "save 'x_train' as 'x'"),

@@ -233,3 +233,35 @@ def test_alpha_chosen_on_the_examples_the_fine_tuning_trained_on(
     assert _warnings(_config(digits_job_config, finetune={"selection_split": "test"})) == []
     assert _warnings(_config(digits_job_config,
                              interpolation={"selection_split": "validation"})) == []
+
+
+def test_an_attack_radius_off_the_features_scale_is_named(tmp_path: Path) -> None:
+    import numpy as np
+
+    def scale_warnings(x: Any, **attack: Any) -> list[str]:
+        path = tmp_path / "features.npz"
+        np.savez(path, x=x, y=np.arange(len(x)) % 2)
+        config = RiftConfig.model_validate({
+            "architecture": {"name": "mlp", "num_classes": 2},
+            "dataset": {"name": "npz", "path": str(path)}, "attack": attack})
+        return [w.message for w in _warnings(config) if "features' typical range" in w.message]
+
+    rng = np.random.default_rng(0)
+    # Flattened 8-bit images saved as features (fetch_openml's MNIST: 0-255 floats), attacked
+    # with the image radius 8/255: nothing moves by a grey level of their range.
+    pixels = rng.integers(0, 256, (40, 64)).astype(np.float32)
+    [message] = scale_warnings(pixels)
+    assert message.startswith("attack.eps 0.03137 is less than 1/255 of the features' typical "
+                              "range (")
+    assert "these look like 8-bit pixel values: save the images as a uint8 array" in message
+    assert scale_warnings(pixels, norm="l2", eps=0.5, step_size=0.1) != []  # same bound in L2
+    # Measured values on a wide scale: told to standardise, not that they are pixels.
+    wide = rng.normal(0, 1000, (40, 5))
+    [message] = scale_warnings(wide, eps=0.1, step_size=0.025)
+    assert message.endswith("standardise the features (eps is then in standard deviations) or "
+                            "give attack.eps in their units")
+    # Quiet: a radius on the features' scale, standardised features with the tabular demo's
+    # radius, and a constant feature beside them (no scale to judge by).
+    assert scale_warnings(pixels, eps=8.0, step_size=2.0) == []
+    standardised = np.hstack([rng.normal(0, 1, (40, 5)), np.full((40, 1), 7.0)])
+    assert scale_warnings(standardised, eps=0.25, step_size=0.0625, domain="none") == []
