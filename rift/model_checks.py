@@ -68,6 +68,7 @@ from rift.errors import ConfigError
 from rift.gradient_paths import reentrant_checkpoints, reentrant_message
 from rift.model_state import frozen_except
 from rift.models.token_inputs import EmbeddingReads, token_input_message
+from rift.scored_weights import scored_parameters
 
 #: Examples the checks run on (the first of the split they are given).
 CHECK_EXAMPLES = 32
@@ -317,6 +318,25 @@ def all_zero_weights(model: nn.Module) -> list[str]:
     alone before; biases are left out, being zero by design in many initialisations."""
     return [key for key, parameter in model.named_parameters()
             if parameter.dim() >= 2 and parameter.numel() > 0 and not bool(parameter.any())]
+
+
+def zero_weight_modules_warning(model: nn.Module, scored: list[str]) -> str | None:
+    """The warning for modules of ``scored`` (names MRC will score) whose weights are all zero,
+    else None. MRC perturbs a weight within ``mrc.eps·‖w‖``: for ‖w‖ = 0 that ball is {0}, so
+    such a module scores MRC exactly 0, the lowest any module can, and is chosen by definition
+    rather than for being the least critical (a residual branch's zero-initialised or pruned
+    conv leaves the input gradient intact, so the output check above does not refuse it)."""
+    zeros = [name for name in scored
+             if (weights := scored_parameters(model.get_submodule(name)))
+             and not any(bool(weight.any()) for weight in weights)]
+    if not zeros:
+        return None
+    listed = ", ".join(zeros[:5]) + (f" and {len(zeros) - 5} more" if len(zeros) > 5 else "")
+    return (f"module(s) {listed} hold weights that are all zero: MRC perturbs a weight within "
+            "mrc.eps times its norm, a ball of radius 0 here, so they score MRC exactly 0, the "
+            "lowest possible, and the choice falls on them by definition, not for being the "
+            "least robust-critical; name the module to fine-tune with finetune.module, or leave "
+            "them out with mrc.exclude")
 
 
 def _refuse_token_ids(tables: EmbeddingReads, batch: int, name: str) -> None:

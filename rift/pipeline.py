@@ -66,7 +66,7 @@ from rift.interpolation import (
     select_alpha_lazily,
 )
 from rift.measured_warnings import mrc_table_warnings, not_robust_warning
-from rift.model_checks import check_model_outputs
+from rift.model_checks import check_model_outputs, zero_weight_modules_warning
 from rift.models import build_model, check_model_accepts
 from rift.models.normalization import applied_normalization
 from rift.models.parametrized import (
@@ -325,7 +325,7 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
                                     device=device)
     else:
         check_model_accepts(model, config.architecture, splits.image_shape, device=device)
-    select_modules(model, config.mrc)  # a model with no scored layer, a selection of none
+    scored = select_modules(model, config.mrc)  # a model with no scored layer, a selection of none
     if config.finetune.module is not None:
         # Before any stage: a name that is no module of the model (a typo, "fc " for "fc")
         # failed only after the MRC stage, as an AttributeError of torch's get_submodule.
@@ -342,6 +342,10 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
     # of logits, dropout left on, no input gradient.
     model_warnings = check_model_outputs(model, splits.test, attack, device=device,
                                          name=config.architecture.name)
+    zero_weights = (zero_weight_modules_warning(model, scored)
+                    if config.finetune.module is None else None)
+    if zero_weights is not None:
+        model_warnings.append(zero_weights)
     if folded:
         model_warnings.append(folding_warning(folded))
     if layout is not None:

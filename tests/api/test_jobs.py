@@ -231,8 +231,10 @@ def test_attack_domain_errors_name_the_field(api: Api, checkpoint_id: str, domai
 
 @pytest.mark.parametrize(("attack", "says"), [
     ({"eps": 8, "step_size": 2}, "8 grey levels is eps = 8/255 = 0.03137"),
-    # digits are 1×8×8 in [0, 1]: the L2 diameter is 8.
-    ({"norm": "l2", "eps": 8, "step_size": 1}, "L2 diameter of attack.domain (8)"),
+    # digits are 1×8×8 in [0, 1]: the L2 diameter is 8, and from half of it every image can be
+    # moved to the mid-grey one.
+    ({"norm": "l2", "eps": 8, "step_size": 1}, "L2 diameter of attack.domain (8, half 4)"),
+    ({"eps": 0.5, "step_size": 0.1}, "could move every input to the same one"),
 ])
 def test_an_attack_radius_as_wide_as_the_inputs_is_refused_at_creation(
         api: Api, checkpoint_id: str, attack: dict[str, Any], says: str) -> None:

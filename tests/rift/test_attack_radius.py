@@ -1,4 +1,4 @@
-"""An attack radius as wide as the inputs' domain is refused, by the rule of rift.attack_radius,
+"""An attack radius of half the inputs' domain or more is refused, by the rule of rift.attack_radius,
 both on its own and when a run is prepared."""
 
 from __future__ import annotations
@@ -28,12 +28,15 @@ def test_the_diameter_is_the_largest_distance_in_the_domain(
 @pytest.mark.parametrize(("attack", "features", "shape", "refused"), [
     ({"eps": 8, "step_size": 2}, False, None, True),
     ({"eps": 1.0}, False, (1, 8, 8), True),
-    ({"eps": 0.999}, False, (1, 8, 8), False),
+    ({"eps": 0.5}, False, (1, 8, 8), True),  # every image can be moved to mid-grey
+    ({"eps": 0.499}, False, (1, 8, 8), False),
     ({"norm": "l2", "eps": 8}, False, (1, 8, 8), True),
-    ({"norm": "l2", "eps": 7.99}, False, (1, 8, 8), False),
+    ({"norm": "l2", "eps": 4}, False, (1, 8, 8), True),  # half the diagonal: the centre
+    ({"norm": "l2", "eps": 3.99}, False, (1, 8, 8), False),
     ({"norm": "l2", "eps": 64}, False, None, False),  # shape unknown: decided when the job runs
     ({"eps": 8}, True, (4, 1, 1), False),  # feature vectors: no bounds by default
-    ({"eps": 8, "domain": {"lower": [0], "upper": [10]}}, True, (4, 1, 1), False),
+    ({"eps": 4.9, "domain": {"lower": [0], "upper": [10]}}, True, (4, 1, 1), False),
+    ({"eps": 5, "domain": {"lower": [0], "upper": [10]}}, True, (4, 1, 1), True),
     ({"eps": 10, "domain": {"lower": [0], "upper": [10]}}, True, (4, 1, 1), True),
 ])
 def test_a_radius_covering_the_domain_is_refused(attack: dict, features: bool,
@@ -43,9 +46,22 @@ def test_a_radius_covering_the_domain_is_refused(attack: dict, features: bool,
     if not refused:
         check_attack_radius(spec, feature_vectors=features, input_shape=shape)
         return
-    with pytest.raises(ConfigError, match="could move any input to any other") as error:
+    with pytest.raises(ConfigError, match=r"could move (any input to any other|every input to "
+                                          r"the same one)") as error:
         check_attack_radius(spec, feature_vectors=features, input_shape=shape)
     assert error.value.field == "attack.eps"
+
+
+@pytest.mark.parametrize(("eps", "reach"), [
+    (0.6, "every input to the same one, the domain's centre"),
+    (1.0, "any input to any other"),
+])
+def test_the_refusal_says_what_the_radius_lets_the_attack_do(eps: float, reach: str) -> None:
+    spec = AttackSpec.model_validate({"eps": eps})
+    with pytest.raises(ConfigError) as error:
+        check_attack_radius(spec, feature_vectors=False, input_shape=(1, 8, 8))
+    assert f"could move {reach}" in str(error.value)
+    assert "half the L∞ diameter of attack.domain (1, half 0.5)" in str(error.value)
 
 
 def test_a_run_with_eps_in_grey_levels_is_refused_before_any_stage(

@@ -347,3 +347,42 @@ class CountsCalls(nn.Module):
 def test_a_forward_updating_a_buffer_it_reads_in_eval_mode_is_refused() -> None:
     with pytest.raises(ConfigError, match="updates a buffer it reads"):
         _check(CountsCalls())
+
+
+def test_a_scored_module_with_all_zero_weights_is_warned_before_any_stage(
+        digits_checkpoint_info: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zero-initialised side branch leaves the input gradient intact (the output check passes),
+    and its relative ball is {0}: MRC scores it exactly 0 and would choose it by definition."""
+    from safetensors.torch import load_file
+
+    from rift.models.small_cnn import SmallCNN
+    from rift.pipeline import prepare_run
+
+    class SideBranchCNN(SmallCNN):
+        def __init__(self, **options: object) -> None:
+            super().__init__(**options)  # type: ignore[arg-type]
+            self.side = nn.Linear(64, self.fc.out_features)  # digits: 1×8×8 inputs
+
+        def forward(self, x: Tensor) -> Tensor:
+            return super().forward(x) + self.side(x.flatten(1))
+
+    monkeypatch.setattr(registry, "_installed_builder",
+                        lambda name: SideBranchCNN if name == "side_branch_cnn" else None)
+    raw = copy.deepcopy(DIGITS_DEMO_CONFIG)
+    raw["device"] = "cpu"
+    assert not [w for w in prepare_run(RiftConfig.model_validate(raw),
+                                       digits_checkpoint_info["path"]).model_warnings
+                if "all zero" in w]
+    model = SideBranchCNN(num_classes=10, in_channels=1)
+    model.load_state_dict(load_file(str(digits_checkpoint_info["path"])), strict=False)
+    nn.init.zeros_(model.side.weight)
+    path = tmp_path / "side_branch.pt"
+    torch.save(model.state_dict(), path)
+    raw["architecture"]["name"] = "side_branch_cnn"
+    warned = [w for w in prepare_run(RiftConfig.model_validate(raw), path).model_warnings
+              if "all zero" in w]
+    assert len(warned) == 1 and warned[0].startswith("module(s) side hold weights"), warned
+    assert "finetune.module" in warned[0] and "mrc.exclude" in warned[0]
+    raw["finetune"] = {**raw.get("finetune", {}), "module": "fc"}  # no choice is made
+    assert not [w for w in prepare_run(RiftConfig.model_validate(raw), path).model_warnings
+                if "all zero" in w]
