@@ -59,20 +59,32 @@ def strong_match(header: str, etag: str) -> bool:
     return any(tag.strip() == etag for tag in header.split(","))
 
 
-def failed_precondition(headers: Mapping[str, str], *, etag: str,
-                        last_modified: datetime) -> str | None:
-    """The header whose condition the file fails (412, §13.2.2 steps 1-2), None when none does.
+def precondition_failed_by(if_match: str | None, if_unmodified_since: datetime | None, *,
+                           etag: str, last_modified: datetime | None) -> str | None:
+    """The header whose condition fails (412, §13.2.2 steps 1-2), None when none does.
 
-    A client resuming a download with ``If-Match`` (or ``If-Unmodified-Since``) asks for bytes
-    of the file it began: the answer must not be bytes of another file under the same name.
-    ``If-Unmodified-Since`` is ignored beside ``If-Match``, and when it is not a valid date."""
-    if_match = headers.get("if-match")
+    ``If-Unmodified-Since`` (already parsed: None when absent or not a valid date) is ignored
+    beside ``If-Match``, and for a resource without a ``last_modified``; naive means UTC."""
     if if_match is not None:
         return None if strong_match(if_match, etag) else "If-Match"
-    since = parse_http_date(headers.get("if-unmodified-since"))
-    if since is not None and last_modified.astimezone(UTC).replace(microsecond=0) > since:
+    if if_unmodified_since is None or last_modified is None:
+        return None
+    if last_modified.tzinfo is None:
+        last_modified = last_modified.replace(tzinfo=UTC)
+    if last_modified.astimezone(UTC).replace(microsecond=0) > if_unmodified_since:
         return "If-Unmodified-Since"
     return None
+
+
+def failed_precondition(headers: Mapping[str, str], *, etag: str,
+                        last_modified: datetime) -> str | None:
+    """:func:`precondition_failed_by` for a file's request headers.
+
+    A client resuming a download with ``If-Match`` (or ``If-Unmodified-Since``) asks for bytes
+    of the file it began: the answer must not be bytes of another file under the same name."""
+    return precondition_failed_by(headers.get("if-match"),
+                                  parse_http_date(headers.get("if-unmodified-since")),
+                                  etag=etag, last_modified=last_modified)
 
 
 def is_not_modified(headers: Mapping[str, str], *, etag: str, last_modified: datetime) -> bool:

@@ -17,7 +17,7 @@ passing a check made before either wrote.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -25,7 +25,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from api.conditional import parse_http_date, strong_match
+from api.conditional import parse_http_date, precondition_failed_by
 from api.errors import PreconditionFailed
 from api.json_validators import json_etag
 
@@ -67,13 +67,8 @@ def require_unchanged(conditions: WriteConditions, current: BaseModel, *,
     if not conditions.present:
         return
     etag = representation_etag(current)
-    failed: str | None = None
-    if conditions.if_match is not None:
-        failed = None if strong_match(conditions.if_match, etag) else "If-Match"
-    elif conditions.if_unmodified_since is not None and updated_at is not None:
-        changed = updated_at if updated_at.tzinfo else updated_at.replace(tzinfo=UTC)
-        if changed.astimezone(UTC).replace(microsecond=0) > conditions.if_unmodified_since:
-            failed = "If-Unmodified-Since"
+    failed = precondition_failed_by(conditions.if_match, conditions.if_unmodified_since,
+                                    etag=etag, last_modified=updated_at)
     if failed is None:
         return
     what = ("does not name the resource's current ETag" if failed == "If-Match"
