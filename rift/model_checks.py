@@ -317,7 +317,11 @@ def all_zero_weights(model: nn.Module) -> list[str]:
     (a zero-initialised head left untrained), not a step in forward, which the message named
     alone before; biases are left out, being zero by design in many initialisations."""
     return [key for key, parameter in model.named_parameters()
-            if parameter.dim() >= 2 and parameter.numel() > 0 and not bool(parameter.any())]
+            if parameter.dim() >= 2 and parameter.numel() > 0 and _all_zero(parameter)]
+
+
+def _all_zero(tensor: torch.Tensor) -> bool:
+    return not bool(tensor.any())
 
 
 def zero_weight_modules_warning(model: nn.Module, scored: list[str]) -> str | None:
@@ -328,7 +332,7 @@ def zero_weight_modules_warning(model: nn.Module, scored: list[str]) -> str | No
     conv leaves the input gradient intact, so the output check above does not refuse it)."""
     zeros = [name for name in scored
              if (weights := scored_parameters(model.get_submodule(name)))
-             and not any(bool(weight.any()) for weight in weights)]
+             and all(_all_zero(weight) for weight in weights)]
     if not zeros:
         return None
     listed = ", ".join(zeros[:5]) + (f" and {len(zeros) - 5} more" if len(zeros) > 5 else "")

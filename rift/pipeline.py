@@ -332,11 +332,11 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
         trainable_module(model, config.finetune.module)
     original = {key: value.detach().to("cpu", copy=True) for key, value in
                 model.state_dict().items()}
-    attack = PGD.from_spec(config.attack, feature_vectors=is_feature_vectors(splits))
+    attack = PGD.from_spec(config.attack, feature_vectors=splits.feature_vectors)
     for name in ("train", "validation", "test"):
         attack.check_inputs(getattr(splits, name).images, f"{name} inputs")
     # After the domain fits the data: a domain narrower than the data is the first thing to fix.
-    check_attack_radius(config.attack, feature_vectors=is_feature_vectors(splits),
+    check_attack_radius(config.attack, feature_vectors=splits.feature_vectors,
                         input_shape=splits.image_shape)
     # On real weights and data (the validator's fit check sees neither): probabilities instead
     # of logits, dropout left on, no input gradient.
@@ -378,11 +378,6 @@ def _sparse_labels_hint(splits: DatasetSplits) -> str:
     shown = ", ".join(str(int(label)) for label in used[:8]) + (", …" if len(used) > 8 else "")
     return (f"; the labels are class indices and only {len(used)} distinct ones are used "
             f"({shown}): renumber them 0 to {len(used) - 1}")
-
-
-def is_feature_vectors(splits: DatasetSplits) -> bool:
-    """Feature vectors travel as (N, F, 1, 1): one-pixel 'images' (rift.data.npz)."""
-    return splits.image_shape[1:] == (1, 1)
 
 
 # --------------------------------------------------------------------------- preflight

@@ -127,7 +127,7 @@ def configuration_warnings(config: RiftConfig, splits: DatasetSplits, device: to
             "larger α; set finetune.selection_split 'validation', or choose α on the test split")))
     found.extend(_numbered_folder_warnings(splits.class_names))
     found.extend(_attack_warnings(config.attack))
-    if splits.image_shape[1:] == (1, 1):  # feature vectors: eps in the features' own units
+    if splits.feature_vectors:  # eps in the features' own units
         scale = feature_scale_problem(config.attack, splits.train.images)
         if scale is not None:
             found.append(RunWarning("run", scale))

@@ -90,6 +90,12 @@ class DatasetSplits:
         return self.image_shape[0]
 
     @property
+    def feature_vectors(self) -> bool:
+        """Whether the examples are feature vectors, which travel as (N, F, 1, 1): one-pixel
+        'images' (``rift.data.npz``), used in their own units rather than read in [0, 1]."""
+        return self.image_shape[1:] == (1, 1)
+
+    @property
     def nbytes(self) -> int:
         """Memory held by the images and labels of all three splits."""
         return sum(part.images.nbytes + part.labels.nbytes
