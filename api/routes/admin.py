@@ -270,9 +270,13 @@ def _key(session: Session, project: Project, key_id: str, *, lock: bool = False)
     """The project's key or a 404 (``lock``: fresh and row-locked, as :func:`_project`)."""
     row = session.get(ApiKey, key_id[:64], with_for_update=lock or None, populate_existing=lock)
     if row is None or row.project_id != project.id:
-        raise NotFound(f"project '{project.name}' has no key '{key_id[:64]}'", field="key_id",
-                       code="key_not_found")
+        raise _no_such_key(project, key_id)
     return row
+
+
+def _no_such_key(project: Project, key_id: str) -> NotFound:
+    return NotFound(f"project '{project.name}' has no key '{key_id[:64]}'", field="key_id",
+                    code="key_not_found")
 
 
 @router.get("/projects/{name}/keys/{key_id}", response_model=KeyOut, summary="A key",
@@ -295,8 +299,7 @@ def revoke_key_route(name: str, key_id: str, session: SessionDep,
                                                project))
     row = revoke_key(session, key_id[:64], project.id)
     if row is None:
-        raise NotFound(f"project '{project.name}' has no key '{key_id[:64]}'", field="key_id",
-                       code="key_not_found")
+        raise _no_such_key(project, key_id)
     return _key_out(row, project)
 
 
