@@ -79,7 +79,9 @@ def test_a_failing_shard_fails_the_job_once_its_running_sibling_has_stopped(
     assert sorted((s.shard == failing.shard, s.status) for s in parts) == [
         (False, "cancelled"), (True, "failed")], [(s.status, s.last_error) for s in parts]
     assert ended.error_message == failing.last_error
-    assert not store.exists(failing.inputs_key)  # deleted by the last part to stop
+    # Deleted by the last part to stop, just after the commit that ended the job.
+    wait_for(sessions, job_id, lambda _: not store.exists(failing.inputs_key), "the set deleted",
+             timeout=30, workers=workers)
     for worker in workers:
         assert "LeaseLost" not in worker.log() and "lease_lost" not in worker.log()
 
@@ -128,4 +130,7 @@ def test_a_shard_failing_on_one_module_fails_the_job_naming_that_module(
     # running.
     assert "shard_started" not in kinds[kinds.index("job_failed"):]
     assert [s.shard for s in parts if s.status == "running"] in ([], [failing.shard])
-    assert not store.exists(failing.inputs_key)  # the shared set went with the job
+    # The shared set goes with the job: deleted by the failing part just after the commit that
+    # ended the job (CI once read it in between).
+    wait_for(sessions, job.id, lambda _: not store.exists(failing.inputs_key), "the set deleted",
+             timeout=30, workers=(worker,))
