@@ -24,6 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, compile_path
 
+from api.route_methods import ROUTED_METHODS, methods_at
 from persistence.deletion import (
     ProjectAlreadyDeleted,
     ProjectHasActiveJobs,
@@ -566,22 +567,14 @@ def _serves(request: Request, path: str, method: str) -> bool:
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at the request's path. Starlette's own ``Allow`` names
-    only the first route that matched the path, while each method is a route of its own here
-    (``PUT /v1/jobs/{id}`` said ``Allow: GET`` although DELETE exists); HEAD goes with GET
-    (``api/head_requests.py``)."""
-    methods: set[str] = set()
-    for method in _METHODS:
-        # Routing's own matcher, asked once per method, so nested routers count too.
-        scope = {**request.scope, "method": method}
-        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
-            methods.add(method)
-    if "GET" in methods:
-        methods.add("HEAD")
-    return sorted(methods)
+    """Every method some route serves at the request's path (:func:`api.route_methods.methods_at`,
+    OPTIONS included). Starlette's own ``Allow`` names only the first route that matched the
+    path, while each method is a route of its own here (``PUT /v1/jobs/{id}`` said
+    ``Allow: GET`` although DELETE exists)."""
+    return methods_at(request.app, request.scope)
 
 
-_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+_METHODS = ROUTED_METHODS
 
 
 async def _database_error_handler(request: Request, exc: Exception) -> JSONResponse:

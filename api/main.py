@@ -6,8 +6,9 @@ dispatcher and rate limiter. Everything a request needs hangs on ``app.state``; 
 module-level globals.
 
 Every ``/v1`` route but the probes requires an API key (:mod:`api.auth`); the probes, ``/docs``
-and ``/openapi.json`` do not. CORS headers are sent only to the origins in
-``CORS_ALLOW_ORIGINS`` (none by default).
+and ``/openapi.json`` do not. ``OPTIONS`` on any route answers its ``Allow`` (:mod:`api.route_options`);
+CORS headers are sent only to the origins in ``CORS_ALLOW_ORIGINS`` (none by default:
+:mod:`api.cors`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp
 
 from api.accept import check_accept
 from api.auth import get_caller
 from api.checkpoint_validation import StoredTensorsCache
 from api.content_encoding import RequestDecoding
+from api.cors import CorsHeaders, CorsPolicy
 from api.dispatch import CeleryDispatcher, Dispatcher
 from api.docs import document_models, install_offline_docs
 from api.errors import install_error_handlers
@@ -33,6 +35,7 @@ from api.json_validators import JsonValidators
 from api.limits import RateLimiter, StreamSlots, rate_limiter_for
 from api.observability import ApiMetrics, ObservabilityMiddleware
 from api.request_input import check_request_input
+from api.route_options import RouteOptions
 from api.routes import (
     admin,
     checkpoints,
@@ -60,6 +63,19 @@ from persistence.storage import ObjectStore
 from persistence.webhooks import install_delivery_dispatch
 
 API_PREFIX = "/v1"
+
+
+class ServiceApp(FastAPI):
+    """FastAPI with the CORS layer (:mod:`api.cors`) around its whole middleware stack.
+
+    ``add_middleware`` puts a layer inside Starlette's ``ServerErrorMiddleware``, which sends
+    the 500 of an unexpected error itself: added so, the CORS headers missed that answer."""
+
+    cors_policy: CorsPolicy | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return stack if self.cors_policy is None else CorsHeaders(stack, self.cors_policy)
 
 
 def create_app(
@@ -118,7 +134,7 @@ def create_app(
         if engine is not None and session_factory is None:
             engine.dispose()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="RiFT service",
         version="0.1.0",
         description=(
@@ -157,16 +173,12 @@ def create_app(
     app.add_middleware(JsonValidators)
     # Inside the observability middleware, so that logs and metrics still say HEAD.
     app.add_middleware(HeadAsGet)
+    # Outside HEAD's conversion (an OPTIONS is never one), inside the observability middleware,
+    # so that an OPTIONS is logged and counted as every request is.
+    app.add_middleware(RouteOptions)
     app.add_middleware(ServerWideRequests)
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
-    if settings.cors_allow_origins:
-        # No credentials: keys travel in a header a page must set itself, never in cookies.
-        app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_credentials=False,
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID",
-                           "Range", "If-None-Match", "If-Match"],
-            expose_headers=["Location", "Retry-After", "Content-Range", "ETag"])
+    app.cors_policy = CorsPolicy.from_setting(settings.cors_allow_origins)
     install_offline_docs(app)
     document_models(app, JobCreate)
 

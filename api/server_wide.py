@@ -18,6 +18,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_body
+from api.route_methods import ALLOW_ORDER
 
 #: The one expectation this server meets (compared case-insensitively, §10.1.1).
 MET_EXPECTATION = "100-continue"
@@ -28,12 +29,8 @@ def server_methods(app: Any) -> list[str]:
     of the routes, cached by FastAPI), with HEAD and OPTIONS, in a stable order."""
     methods = {"HEAD", "OPTIONS"}
     for item in app.openapi().get("paths", {}).values():
-        methods.update(name.upper() for name in item if name.upper() in _ORDER)
-    return sorted(methods, key=_ORDER.index)
-
-
-#: Methods in the order ``Allow`` lists them.
-_ORDER = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        methods.update(name.upper() for name in item if name.upper() in ALLOW_ORDER)
+    return sorted(methods, key=ALLOW_ORDER.index)
 
 
 async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]

@@ -12,6 +12,7 @@ server behind a well-formed URL answers is the readiness probe's question (``/re
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
 from urllib.parse import urlsplit
@@ -169,6 +170,67 @@ def check_allow_list(text: str) -> str:
                 raise ValueError(f"entry {entry!r} is neither an IP network ('10.1.0.0/16') "
                                  "nor a host name") from None
     return text
+
+
+def check_cors_origins(value: object) -> object:
+    """``CORS_ALLOW_ORIGINS``: origins separated by commas (or a JSON list of them, the form
+    this setting had first), each normalised to how a browser writes ``Origin`` (lower case,
+    no default port, no trailing '/'), or ``*`` alone. Any other form would match no browser's
+    ``Origin``, so the pages it was meant for were refused without a word."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                entries = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a valid JSON list ({exc.msg}); or write the origins "
+                                 "comma-separated: 'https://a.example,https://b.example'") from None
+        else:
+            entries = text.split(",")
+    elif isinstance(value, (list, tuple)):
+        entries = list(value)
+    else:
+        return value  # not text nor a list: pydantic's type check names it
+    if not isinstance(entries, list) or not all(isinstance(entry, str) for entry in entries):
+        raise ValueError("expected origins, comma-separated ('https://a.example,"
+                         "https://b.example') or a JSON list of strings")
+    origins = [_origin(entry.strip()) for entry in entries if entry.strip()]
+    if "*" in origins and len(origins) > 1:
+        raise ValueError("'*' (any origin) stands alone; list exact origins, or give '*' only")
+    return list(dict.fromkeys(origins))
+
+
+def _origin(entry: str) -> str:
+    """``entry`` as a browser's ``Origin`` header writes it (``*`` kept), or ``ValueError``."""
+    if entry == "*":
+        return entry
+    form = "an origin is 'https://host' or 'http://host:port', as a browser sends it in Origin"
+    parts = urlsplit(entry)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{entry!r} is not an origin: {form}")
+    if parts.username is not None:
+        raise ValueError(f"{entry!r} is not an origin: no user name in it; {form}")
+    host = parts.hostname  # lower case, an IPv6 address without its brackets
+    if _HOST_NAME.match(host) is None:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            # 'https://*.example.org' among them: origins are matched exactly.
+            raise ValueError(f"{entry!r} is not an origin: {host!r} is not a host name nor an "
+                             "IP address (no wildcards: list each origin)") from None
+        if ":" in host:
+            host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{entry!r} is not an origin: bad port ({exc})") from None
+    default = 443 if scheme == "https" else 80
+    origin = f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in entry or "#" in entry:
+        raise ValueError(f"{entry!r} is not an origin: it has a path, query or fragment; "
+                         f"did you mean {origin!r}?")
+    return origin
 
 
 def _check_port(url: str) -> None:

@@ -14,10 +14,10 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from persistence import setting_checks
@@ -210,10 +210,15 @@ class Settings(BaseSettings):
         "default 'auto' picks CUDA when present.")
 
     # --- access and per-project limits (a project's own column, when set, wins) ----------------
-    cors_allow_origins: list[str] = Field(
+    # NoDecode: read by the check below, which takes a comma-separated value as well as the
+    # JSON list this setting was first written as.
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Origins (e.g. 'https://console.example.org') whose browser pages may call "
-        "the API; empty: no CORS headers, so browsers refuse cross-origin calls. JSON list.")
+        description="Origins whose browser pages may call the API, comma-separated, each "
+        "'scheme://host[:port]' as a browser sends it in Origin (e.g. "
+        "'https://console.example.org,http://localhost:3000'), or '*' alone for any origin; a "
+        "JSON list is read too. Credentials (cookies) are never allowed: pages send the key in "
+        "Authorization. Empty: no CORS headers, so browsers refuse cross-origin calls.")
     default_max_active_jobs: int = Field(
         20, ge=1, description="Queued + running jobs a project may have at once (429 beyond).")
     default_max_stored_bytes: int = Field(
@@ -414,6 +419,11 @@ class Settings(BaseSettings):
     @classmethod
     def _allow_list(cls, value: str) -> str:
         return setting_checks.check_allow_list(value)
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _cors_origins(cls, value: object) -> object:
+        return setting_checks.check_cors_origins(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

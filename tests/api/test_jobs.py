@@ -259,12 +259,12 @@ def test_unknown_routes_and_methods_name_what_is_wrong(api: Api) -> None:
     assert missing.status_code == 404 and error_of(missing)["field"] == "path"
     wrong_method = api.client.put("/v1/jobs")
     assert wrong_method.status_code == 405 and error_of(wrong_method)["field"] == "method"
-    assert wrong_method.headers["allow"] == "GET, HEAD, POST"
+    assert wrong_method.headers["allow"] == "GET, HEAD, POST, OPTIONS"
     # Every method the path has, not only the first route's (it said "Allow: GET" here).
     on_a_job = api.client.put("/v1/jobs/0123456789abcdef0123456789abcdef")
     assert on_a_job.status_code == 405
-    assert on_a_job.headers["allow"] == "DELETE, GET, HEAD"
-    assert "allowed: DELETE, GET, HEAD" in error_of(on_a_job)["message"]
+    assert on_a_job.headers["allow"] == "GET, HEAD, DELETE, OPTIONS"
+    assert "allowed: GET, HEAD, DELETE, OPTIONS" in error_of(on_a_job)["message"]
 
 
 def test_idempotent_retry(api: Api, checkpoint_id: str) -> None:

@@ -58,7 +58,8 @@ BAD_VALUES = [
     ("S3_ENDPOINT_URL", "http://minio:port/", "bad port"),
     ("WORKER_DEVICE", "gpu", "unknown device 'gpu'"),
     ("WEBHOOK_ALLOW_LIST", "10.0.0.0/33", "'10.0.0.0/33'"),
-    ("CORS_ALLOW_ORIGINS", "https://console.example.org", "JSON"),
+    ("CORS_ALLOW_ORIGINS", '["https://console.example.org"', "not a valid JSON list"),
+    ("CORS_ALLOW_ORIGINS", "https://console.example.org/app", "did you mean"),
     # prometheus_client would write its files into the current directory.
     ("PROMETHEUS_MULTIPROC_DIR", " ", "empty"),
 ]
@@ -133,12 +134,13 @@ def test_good_values_pass_and_empty_optionals_mean_unset(clean_env: pytest.Monke
         "STORE_KIND": "s3", "S3_BUCKET": "rift", "S3_ENDPOINT_URL": "http://minio:9000",
         "S3_PUBLIC_ENDPOINT_URL": "", "WORKER_DEVICE": "", "LOG_LEVEL": "debug",
         "WEBHOOK_ALLOW_LIST": "10.1.0.0/16, hooks.internal, 127.0.0.1, ::1",
-        "CORS_ALLOW_ORIGINS": '["https://console.example.org"]',
+        "CORS_ALLOW_ORIGINS": "https://console.example.org, http://localhost:3000",
     }.items():
         clean_env.setenv(name, value)
     settings = load_settings()
     assert settings.s3_public_endpoint_url is None and settings.worker_device is None
     assert settings.log_level == "DEBUG"
+    assert settings.cors_allow_origins == ["https://console.example.org", "http://localhost:3000"]
     assert load_settings(broker_url="sqla+sqlite:///var/broker.db").broker_url.startswith("sqla")
     # The Postgres DATABASE_URL and the Redis BROKER_URL above carry either notification.
     assert load_settings(event_notify="postgres").event_notify == "postgres"
