@@ -58,9 +58,11 @@ from rift_client.cli_help import RiftTyper
 from rift_client.cli_input import STDIN, as_regular_file, is_stream
 from rift_client.client import RiftClient
 from rift_client.config import ConfigError, resolve_config
+from rift_client.core import header_token
 from rift_client.errors import (
     ChecksumMismatchError,
     FileChangedError,
+    PreconditionFailedError,
     RiftAPIError,
     RiftClientError,
     RiftConnectionError,
@@ -80,6 +82,7 @@ from rift_client.models import (
     MRCRow,
     Webhook,
     WebhookDelivery,
+    _Resource,
 )
 from rift_client.retry import RetryPolicy
 
@@ -224,6 +227,16 @@ def _client(state: State) -> Iterator[RiftClient]:
     except UnexpectedResponseError as exc:
         _fail(state, EXIT_API_ERROR, str(exc), {
             "status": exc.status_code, "code": "unexpected_response", "message": str(exc)})
+    except PreconditionFailedError as exc:
+        # The header riftctl sent is the option the user typed: named as such, with the tag
+        # to pass instead once the resource's `get` shows it is still to be deleted.
+        hint = (f"its current ETag is {exc.current_etag}: `get` it again, and give --if-match "
+                f"{_shell_word(exc.current_etag)} to act on it as it is now"
+                if exc.current_etag else None)
+        _fail(state, EXIT_API_ERROR, f"{exc.summary()}; {hint}" if hint else str(exc), {
+            "status": exc.status_code, "code": exc.code, "message": exc.message,
+            **exc.details, "field": "--if-match" if exc.field == "If-Match" else exc.field,
+            **({"hint": hint} if hint else {})})
     except RiftAPIError as exc:
         hint = _key_hint(state) if exc.status_code == 401 else None
         # summary(): the answer without the client's own hint for a 401, which names
@@ -272,14 +285,20 @@ def _transfer_progress(state: State) -> Progress:
                     disable=not state.progress_shown, transient=True)
 
 
-def _show_record(state: State, record: BaseModel, title: str) -> None:
+def _with_etag(record: _Resource) -> dict[str, Any]:
+    """A fetched record as JSON with the ETag it was read with (``etag``: what ``delete
+    --if-match`` takes; not a field of the service's body, which is its header's)."""
+    return {**record.model_dump(mode="json"), "etag": record.etag}
+
+
+def _show_record(state: State, record: _Resource, title: str) -> None:
     if state.json:
-        state.emit(record)
+        state.emit(_with_etag(record))
         return
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # a SHA-256 whole on a narrow terminal, not "8f39…"
-    for key, value in record.model_dump(mode="json").items():
+    for key, value in _with_etag(record).items():
         if value is None or value == {} or value == []:
             continue
         text = json.dumps(value) if isinstance(value, dict | list) else str(value)
@@ -300,13 +319,42 @@ def _print_table(state: State, table: Table) -> None:
     Console(file=state.out.file, width=width, markup=False).print(table)
 
 
-def _show_fetched(ctx: typer.Context, fetch: Callable[[RiftClient], BaseModel],
+def _show_fetched(ctx: typer.Context, fetch: Callable[[RiftClient], _Resource],
                   title: str) -> None:
     """The body of every ``get`` command: fetch one record and show it."""
     state = _state(ctx)
     with _client(state) as client:
         record = fetch(client)
     _show_record(state, record, title)
+
+
+def _shell_word(etag: str) -> str:
+    """``etag`` as typed in a shell: single-quoted, so that its double quotes reach riftctl."""
+    return f"'{etag}'"
+
+
+def _if_match(value: str | None) -> str | None:
+    """``--if-match``'s value as the header sends it: an ETag as ``get`` shows it (``"…"``),
+    also when the shell dropped its double quotes (``--if-match "ab12…"`` arrives as ``ab12…``:
+    quoted again here, else it could never match), or ``*``."""
+    if value is None:
+        return None
+    tag = value.strip()
+    if not tag:
+        raise typer.BadParameter("must be an ETag (as `get` shows it) or '*', not empty",
+                                 param_hint="--if-match")
+    try:
+        header_token("--if-match", tag)
+    except RiftUsageError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--if-match") from None
+    return tag if tag == "*" or '"' in tag else f'"{tag}"'
+
+
+def _if_match_option(kind: str) -> Any:
+    return typer.Option(
+        "--if-match", metavar="ETAG", callback=_if_match,
+        help=f"Only if the {kind} is unchanged since `{kind}s get` showed this ETag (else "
+        "exit 3 with the current one, and nothing is deleted); '*': any.")
 
 
 def _delete(ctx: typer.Context, delete: Callable[[RiftClient], None], kind: str,
@@ -515,9 +563,11 @@ def checkpoints_get(ctx: typer.Context, checkpoint_id: str) -> None:
 
 
 @checkpoints_app.command("delete")
-def checkpoints_delete(ctx: typer.Context, checkpoint_id: str) -> None:
+def checkpoints_delete(ctx: typer.Context, checkpoint_id: str, if_match: Annotated[
+        str | None, _if_match_option("checkpoint")] = None) -> None:
     """Delete a checkpoint."""
-    _delete(ctx, lambda client: client.delete_checkpoint(checkpoint_id), "checkpoint", checkpoint_id)
+    _delete(ctx, lambda client: client.delete_checkpoint(checkpoint_id, if_match=if_match),
+            "checkpoint", checkpoint_id)
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -577,9 +627,10 @@ def datasets_get(ctx: typer.Context, dataset_id: str) -> None:
 
 
 @datasets_app.command("delete")
-def datasets_delete(ctx: typer.Context, dataset_id: str) -> None:
+def datasets_delete(ctx: typer.Context, dataset_id: str, if_match: Annotated[
+        str | None, _if_match_option("dataset")] = None) -> None:
     """Delete an uploaded dataset."""
-    _delete(ctx, lambda client: client.delete_dataset(dataset_id), "dataset", dataset_id)
+    _delete(ctx, lambda client: client.delete_dataset(dataset_id, if_match=if_match), "dataset", dataset_id)
 
 
 # -------------------------------------------------------------------------------------- jobs
@@ -831,7 +882,7 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
     with _client(state) as client:
         job = client.get_job(job_id)
     if state.json:
-        state.emit(job)
+        state.emit(_with_etag(job))
         return
     state.say(f"job {job.id}: {_describe(job)}")
     fields = {"checkpoint": job.checkpoint_id, "dataset": job.dataset_id, "device": job.device,
@@ -841,7 +892,8 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
               "error": f"{job.error.code}: {job.error.message}" if job.error else None,
               # To the second, as the list tables print times (not "17:49:25.801126+00:00").
               "created": job.created_at.strftime(TIME_FORMAT),
-              "finished": job.finished_at.strftime(TIME_FORMAT) if job.finished_at else None}
+              "finished": job.finished_at.strftime(TIME_FORMAT) if job.finished_at else None,
+              "etag": job.etag}
     for key, value in fields.items():
         if value is not None:
             state.say(f"  {key}: {value}")
@@ -932,9 +984,10 @@ def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
 
 
 @jobs_app.command("delete")
-def jobs_delete(ctx: typer.Context, job_id: str) -> None:
+def jobs_delete(ctx: typer.Context, job_id: str, if_match: Annotated[
+        str | None, _if_match_option("job")] = None) -> None:
     """Delete a finished job with its records and artifacts (cancel a running one first)."""
-    _delete(ctx, lambda client: client.delete_job(job_id), "job", job_id)
+    _delete(ctx, lambda client: client.delete_job(job_id, if_match=if_match), "job", job_id)
 
 
 @jobs_app.command("download")
@@ -1252,9 +1305,10 @@ def webhooks_get(ctx: typer.Context, webhook_id: str) -> None:
 
 
 @webhooks_app.command("delete")
-def webhooks_delete(ctx: typer.Context, webhook_id: str) -> None:
+def webhooks_delete(ctx: typer.Context, webhook_id: str, if_match: Annotated[
+        str | None, _if_match_option("webhook")] = None) -> None:
     """Delete a webhook and its delivery log (messages not yet sent are dropped)."""
-    _delete(ctx, lambda client: client.delete_webhook(webhook_id), "webhook", webhook_id)
+    _delete(ctx, lambda client: client.delete_webhook(webhook_id, if_match=if_match), "webhook", webhook_id)
 
 
 def _delivery_line(delivery: WebhookDelivery) -> str:
