@@ -75,6 +75,7 @@ def test_projects_and_their_keys(cli: Cli, queued_api: RunningApi) -> None:  # n
 @pytest.mark.parametrize(("args", "field"), [
     (("admin", "projects", "create", "p", "--limit", "max_jobs=1"), "--limit"),
     (("admin", "projects", "create", "p", "--limit", "max_active_jobs=0"), "--limit"),
+    (("admin", "projects", "create", "p", "--limit", "max_active_jobs=²"), "--limit"),
     (("admin", "projects", "limits", "p", "--limit", "max_active_jobs=1", "--limit",
       "max_active_jobs=2"), "--limit"),
     (("admin", "keys", "create", "p", "--scope", "root"), "--scope"),

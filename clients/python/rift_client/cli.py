@@ -1384,7 +1384,7 @@ def _limits(values: list[str]) -> dict[str, int | None]:
             raise typer.BadParameter(f"'{name}' is given twice", param_hint="--limit")
         if raw == "default":
             limits[name] = None
-        elif raw.isdigit() and int(raw) >= 1:
+        elif raw.isascii() and raw.isdigit() and int(raw) >= 1:
             limits[name] = int(raw)
         else:
             raise typer.BadParameter(f"'{value}': the value must be a whole number from 1, or "
