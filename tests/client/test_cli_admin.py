@@ -19,6 +19,7 @@ def test_projects_and_their_keys(cli: Cli, queued_api: RunningApi) -> None:  # n
                "max_active_jobs=3")
     assert made.exit_code == 0, made.stderr
     assert made.json()["max_active_jobs"] == 3 and made.json()["max_job_cost"] is None
+    assert "etag" not in made.json()  # a write's answer carries none: `get` shows it
     taken = cli("-o", "json", "admin", "projects", "create", "vision")
     assert taken.exit_code == 3 and taken.error()["code"] == "project_exists"
     table = cli("admin", "projects", "list")

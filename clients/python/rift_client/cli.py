@@ -243,8 +243,8 @@ def _client(state: State) -> Iterator[RiftClient]:
         _fail(state, EXIT_API_ERROR, str(exc), {
             "status": exc.status_code, "code": "unexpected_response", "message": str(exc)})
     except PreconditionFailedError as exc:
-        # The header riftctl sent is the option the user typed: named as such, with the tag
-        # to pass instead once the resource's `get` shows it is still to be deleted.
+        # Only --if-match sends the header: named as the option the user typed, with the tag
+        # to give instead once the resource's `get` shows it is still to be changed.
         hint = (f"its current ETag is {exc.current_etag}: `get` it again, and give --if-match "
                 f"{_shell_word(exc.current_etag)} to act on it as it is now"
                 if exc.current_etag else None)
@@ -301,9 +301,11 @@ def _transfer_progress(state: State) -> Progress:
 
 
 def _with_etag(record: _Resource) -> dict[str, Any]:
-    """A fetched record as JSON with the ETag it was read with (``etag``: what ``delete
-    --if-match`` takes; not a field of the service's body, which is its header's)."""
-    return {**record.model_dump(mode="json"), "etag": record.etag}
+    """A record as JSON, a fetched one with the ETag it was read with (``etag``: what
+    ``--if-match`` takes; not a field of the service's body, which is its header's; the
+    answer to a write has none)."""
+    fields = record.model_dump(mode="json")
+    return fields if record.etag is None else {**fields, "etag": record.etag}
 
 
 def _show_record(state: State, record: _Resource, title: str) -> None:
@@ -650,7 +652,8 @@ def datasets_get(ctx: typer.Context, dataset_id: str) -> None:
 def datasets_delete(ctx: typer.Context, dataset_id: str, if_match: Annotated[
         str | None, _if_match_option("dataset")] = None) -> None:
     """Delete an uploaded dataset."""
-    _delete(ctx, lambda client: client.delete_dataset(dataset_id, if_match=if_match), "dataset", dataset_id)
+    _delete(ctx, lambda client: client.delete_dataset(dataset_id, if_match=if_match),
+            "dataset", dataset_id)
 
 
 # -------------------------------------------------------------------------------------- jobs
