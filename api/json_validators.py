@@ -9,6 +9,10 @@ The tag is a digest of exactly the bytes sent, so it changes whenever the answer
 a queue position, a new item on a list page); ``Cache-Control: no-cache`` makes a cache ask
 again each time rather than serve a stored copy of a job that may have moved on.
 
+A route that sets its own ``ETag`` (one that leaves out fields changing without a write, so
+that ``If-Match`` on the resource's writes does not fail over them: an API key's) keeps it, and
+its answer is never a 304 (see below).
+
 Only JSON answers sent whole (one body message, as ``JSONResponse`` sends) are tagged; streams
 (event streams, downloads, which set their own validators) pass through untouched.
 """
@@ -62,11 +66,16 @@ class JsonValidators:
                 await send(held)
                 await send(message)
                 return
-            etag = json_etag(body)
             headers = MutableHeaders(raw=list(held.get("headers", [])))
+            own = headers.get("etag")
+            etag = own or json_etag(body)
             headers["ETag"] = etag
             headers["Cache-Control"] = "no-cache"
-            if if_none_match is not None and none_match(if_none_match, etag):
+            # A route's own tag leaves out fields that move without a write (a key's
+            # last_used_at, api.write_conditions.representation_etag): a 304 for it would tell
+            # a client holding an older copy of those fields that its copy is current, so such
+            # an answer always comes whole.
+            if own is None and if_none_match is not None and none_match(if_none_match, etag):
                 for name in _BODY_HEADERS:
                     del headers[name]
                 await send({"type": "http.response.start", "status": 304,

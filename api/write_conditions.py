@@ -53,20 +53,25 @@ def write_conditions(request: Request) -> WriteConditions:
 WriteConditionsDep = Annotated[WriteConditions, Depends(write_conditions)]
 
 
-def representation_etag(current: BaseModel) -> str:
+def representation_etag(current: BaseModel, *, volatile: frozenset[str] = frozenset()) -> str:
     """The ``ETag`` the resource's GET answers for ``current``: the tag of the same JSON bytes
-    (FastAPI's encoding of a response model, then ``JSONResponse``'s rendering)."""
-    return json_etag(bytes(JSONResponse(jsonable_encoder(current)).body))
+    (FastAPI's encoding of a response model, then ``JSONResponse``'s rendering). ``volatile``:
+    fields left out of the tag because they move without any write a client could conflict
+    with (a key's ``last_used_at``); the GET then sends this tag itself
+    (:mod:`api.json_validators` keeps a route's own ``ETag``)."""
+    return json_etag(bytes(JSONResponse(jsonable_encoder(current, exclude=set(volatile))).body))
 
 
 def require_unchanged(conditions: WriteConditions, current: BaseModel, *,
-                      updated_at: datetime | None = None) -> None:
+                      updated_at: datetime | None = None,
+                      volatile: frozenset[str] = frozenset()) -> None:
     """Raise 412 when the resource, as ``current`` shows it now, fails the request's
     precondition. ``updated_at``: the resource's last change, for ``If-Unmodified-Since``
-    (ignored for a resource without one, and beside ``If-Match``, §13.2.2)."""
+    (ignored for a resource without one, and beside ``If-Match``, §13.2.2); ``volatile``: as
+    :func:`representation_etag`, the same set its GET's tag leaves out."""
     if not conditions.present:
         return
-    etag = representation_etag(current)
+    etag = representation_etag(current, volatile=volatile)
     failed = precondition_failed_by(conditions.if_match, conditions.if_unmodified_since,
                                     etag=etag, last_modified=updated_at)
     if failed is None:

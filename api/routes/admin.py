@@ -23,7 +23,7 @@ from api.errors import Conflict, InvalidInput, NotFound
 from api.schemas import UsageOut
 from api.services.usage import project_usage_out
 from api.services.workers import list_live_workers
-from api.write_conditions import WriteConditionsDep, require_unchanged
+from api.write_conditions import WriteConditionsDep, representation_etag, require_unchanged
 from persistence.api_keys import (
     LIMIT_MAXIMA,
     PROJECT_NAME_PATTERN,
@@ -279,12 +279,22 @@ def _no_such_key(project: Project, key_id: str) -> NotFound:
                     code="key_not_found")
 
 
+#: What a key's ETag leaves out: its use moves last_used_at (at most once a minute,
+#: persistence.api_keys.LAST_USED_RESOLUTION), which no client writes, so a tag including it
+#: failed the If-Match of a revoke whenever the key had been used since it was read.
+_KEY_VOLATILE = frozenset({"last_used_at"})
+
+
 @router.get("/projects/{name}/keys/{key_id}", response_model=KeyOut, summary="A key",
             description="Never its secret. Its ETag is the one DELETE compares an If-Match "
-            "with (last_used_at is part of it: a key in use changes).")
-def read_key(name: str, key_id: str, session: SessionDep) -> KeyOut:
+            "with: it covers everything but last_used_at, so a key in use keeps its ETag (and "
+            "an If-None-Match never gets a 304 here: the answer always comes whole, with the "
+            "current last_used_at).")
+def read_key(name: str, key_id: str, session: SessionDep, response: Response) -> KeyOut:
     project = _project(session, name)
-    return _key_out(_key(session, project, key_id), project)
+    key = _key_out(_key(session, project, key_id), project)
+    response.headers["ETag"] = representation_etag(key, volatile=_KEY_VOLATILE)
+    return key
 
 
 @router.delete("/projects/{name}/keys/{key_id}", response_model=KeyOut,
@@ -296,7 +306,7 @@ def revoke_key_route(name: str, key_id: str, session: SessionDep,
     project = _project(session, name)
     if conditions.present:
         require_unchanged(conditions, _key_out(_key(session, project, key_id, lock=True),
-                                               project))
+                                               project), volatile=_KEY_VOLATILE)
     row = revoke_key(session, key_id[:64], project.id)
     if row is None:
         raise _no_such_key(project, key_id)

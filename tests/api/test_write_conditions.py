@@ -109,6 +109,39 @@ def test_if_match_on_the_project_routes(api: Api) -> None:
         assert admin.get(path).status_code == 404
 
 
+def test_a_key_in_use_keeps_the_etag_its_revoke_compares_with(api: Api) -> None:
+    """A key's ETag leaves out last_used_at: its use (a write no client makes) does not fail
+    the If-Match of a revoke by a client that read it before; a revocation does."""
+    _, admin_key = make_key(api.sessions, "ops", ("admin",))
+    _, used_key = make_key(api.sessions, "team")
+    with api.client_for(admin_key) as admin:
+        (listed,) = admin.get("/v1/admin/projects/team/keys").json()["items"]
+        key_path = f"/v1/admin/projects/team/keys/{listed['id']}"
+        read = admin.get(key_path)
+        assert read.status_code == 200 and read.json()["last_used_at"] is None
+        held = read.headers["etag"]
+        with api.client_for(used_key) as user:  # its first use records last_used_at
+            assert user.get("/v1/usage").status_code == 200
+        used = admin.get(key_path)
+        assert used.json()["last_used_at"] is not None
+        # Before: the tag was the body's digest, so it changed here and the revoke got 412.
+        assert used.headers["etag"] == held
+        # The tag leaves last_used_at out, so it never answers 304: the body comes whole.
+        again = admin.get(key_path, headers={"If-None-Match": held})
+        assert again.status_code == 200 and again.json() == used.json()
+        assert admin.head(key_path).headers["etag"] == held
+
+        # A change a writer acts on (the revocation) still changes it: a revoke holding the
+        # tag read before it is refused, naming the current one.
+        revoked = admin.delete(key_path, headers={"If-Match": held})
+        assert revoked.status_code == 200, revoked.text
+        assert revoked.json()["revoked_at"] is not None
+        current = admin.get(key_path).headers["etag"]
+        assert current != held
+        _refused(admin.delete(key_path, headers={"If-Match": held}), current)
+        assert admin.delete(key_path, headers={"If-Match": current}).status_code == 200
+
+
 def test_if_match_on_deletes_of_uploads_webhooks_and_jobs(allowing_api: Api,
                                                           small_cnn_file: Path) -> None:
     api = allowing_api

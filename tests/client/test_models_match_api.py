@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 import api.schemas as api_schemas
 import api.webhook_schemas as webhook_schemas
+from api.routes import admin
 from api.routes.materialize import MaterializationOut
 from rift_client import models
 
@@ -43,6 +44,10 @@ PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (models.CreatedWebhook, webhook_schemas.WebhookCreatedOut),
     (models.WebhookAttempt, webhook_schemas.WebhookAttemptOut),
     (models.WebhookDelivery, webhook_schemas.WebhookDeliveryOut),
+    (models.Project, admin.ProjectOut),
+    (models.ApiKey, admin.KeyOut),
+    (models.CreatedApiKey, admin.NewKeyOut),
+    (models.Worker, admin.WorkerOut),
 ]
 
 
@@ -61,6 +66,15 @@ def test_every_client_resource_is_checked() -> None:
                  if isinstance(value, type) and issubclass(value, models._Resource)
                  and value is not models._Resource}
     assert resources - not_responses == {client.__name__ for client, _ in PAIRS}
+
+
+def test_the_project_limits_and_key_scopes_are_the_apis() -> None:
+    from typing import get_args
+
+    from persistence.api_keys import LIMIT_MAXIMA
+
+    assert set(models.PROJECT_LIMITS) == set(LIMIT_MAXIMA) == set(admin.ProjectLimitsIn.model_fields)
+    assert get_args(admin.ScopeName) == models.KEY_SCOPES
 
 
 def test_the_shortest_time_limit_is_the_apis() -> None:

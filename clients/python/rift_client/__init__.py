@@ -36,11 +36,15 @@ from rift_client.errors import (
     WebhookVerificationError,
 )
 from rift_client.models import (
+    KEY_SCOPES,
+    PROJECT_LIMITS,
     TERMINAL_STATUSES,
     WEBHOOK_EVENT_TYPES,
+    ApiKey,
     Artifact,
     CandidateCurve,
     Checkpoint,
+    CreatedApiKey,
     CreatedWebhook,
     Curves,
     Dataset,
@@ -50,18 +54,23 @@ from rift_client.models import (
     JobWarning,
     Materialization,
     MRCTable,
+    Project,
     Usage,
     Webhook,
     WebhookAttempt,
     WebhookDelivery,
     WebhookMessage,
+    Worker,
 )
 from rift_client.retry import RetryPolicy
 from rift_client.webhooks import verify_webhook
 
 __all__ = [
+    "KEY_SCOPES",
+    "PROJECT_LIMITS",
     "TERMINAL_STATUSES",
     "WEBHOOK_EVENT_TYPES",
+    "ApiKey",
     "Artifact",
     "AsyncClient",
     "AsyncRiftClient",
@@ -71,6 +80,7 @@ __all__ = [
     "Checkpoint",
     "ChecksumMismatchError",
     "ConflictError",
+    "CreatedApiKey",
     "CreatedWebhook",
     "Curves",
     "Dataset",
@@ -85,6 +95,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PreconditionFailedError",
+    "Project",
     "RateLimitError",
     "RetryPolicy",
     "RiftAPIError",
@@ -103,6 +114,7 @@ __all__ = [
     "WebhookDelivery",
     "WebhookMessage",
     "WebhookVerificationError",
+    "Worker",
     "__version__",
     "verify_webhook",
 ]

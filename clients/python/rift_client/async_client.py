@@ -52,9 +52,11 @@ from rift_client.flows import (
     advance,
 )
 from rift_client.models import (
+    ApiKey,
     Artifact,
     Checkpoint,
     CheckpointPage,
+    CreatedApiKey,
     CreatedWebhook,
     Curves,
     Dataset,
@@ -66,9 +68,11 @@ from rift_client.models import (
     JobSpec,
     Materialization,
     MRCTable,
+    Project,
     Usage,
     Webhook,
     WebhookDelivery,
+    Worker,
 )
 from rift_client.retry import RetryPolicy
 
@@ -389,6 +393,50 @@ class AsyncRiftClient:
 
     async def webhook_deliveries(self, webhook_id: str, *, limit: int = 20) -> list[WebhookDelivery]:
         return await self._run(self._core.webhook_deliveries(webhook_id=webhook_id, limit=limit))
+
+    # --------------------------------------------------------------------------------- admin
+
+    async def list_projects(self) -> list[Project]:
+        return await self._run(self._core.list_projects())
+
+    async def create_project(self, name: str, *,
+                             limits: Mapping[str, int | None] | None = None) -> Project:
+        return await self._run(self._core.create_project(name=name, limits=limits))
+
+    async def get_project(self, name: str) -> Project:
+        return await self._run(self._core.get_project(name=name))
+
+    async def set_project_limits(self, name: str, limits: Mapping[str, int | None], *,
+                                 if_match: str | None = None) -> Project:
+        return await self._run(self._core.set_project_limits(name=name, limits=limits,
+                                                             if_match=if_match))
+
+    async def delete_project(self, name: str, *, force: bool = False,
+                             if_match: str | None = None) -> None:
+        return await self._run(self._core.delete_project(name=name, force=force,
+                                                         if_match=if_match))
+
+    async def project_usage(self, name: str) -> Usage:
+        return await self._run(self._core.project_usage(name=name))
+
+    async def list_keys(self, project: str) -> list[ApiKey]:
+        return await self._run(self._core.list_keys(project=project))
+
+    async def create_key(self, project: str, *, scopes: Sequence[str] | None = None,
+                         name: str | None = None) -> CreatedApiKey:
+        return await self._run(self._core.create_key(project=project, scopes=scopes, name=name))
+
+    async def get_key(self, project: str, key_id: str) -> ApiKey:
+        return await self._run(self._core.get_key(project=project, key_id=key_id))
+
+    async def revoke_key(self, project: str, key_id: str, *,
+                         if_match: str | None = None) -> ApiKey:
+        return await self._run(self._core.revoke_key(project=project, key_id=key_id,
+                                                     if_match=if_match))
+
+    async def list_workers(self) -> list[Worker]:
+        return await self._run(self._core.list_workers())
+
 
 def _share_docs(cls: type, like: type) -> None:
     """Give ``cls``'s public methods the documentation of ``like``'s namesakes (written once)."""

@@ -34,6 +34,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -58,9 +59,11 @@ from rift_client.cli_help import RiftTyper
 from rift_client.cli_input import STDIN, as_regular_file, is_stream
 from rift_client.client import RiftClient
 from rift_client.config import ConfigError, resolve_config
+from rift_client.core import header_token
 from rift_client.errors import (
     ChecksumMismatchError,
     FileChangedError,
+    PreconditionFailedError,
     RiftAPIError,
     RiftClientError,
     RiftConnectionError,
@@ -69,17 +72,23 @@ from rift_client.errors import (
     WaitTimeoutError,
 )
 from rift_client.models import (
+    KEY_SCOPES,
     MIN_TIME_LIMIT_SECONDS,
+    PROJECT_LIMITS,
     SUCCEEDED,
     WEBHOOK_EVENT_TYPES,
+    ApiKey,
     CandidateCurve,
     Event,
     InterpolationPoint,
     Job,
     Materialization,
     MRCRow,
+    Project,
+    Usage,
     Webhook,
     WebhookDelivery,
+    _Resource,
 )
 from rift_client.retry import RetryPolicy
 
@@ -153,6 +162,15 @@ app.add_typer(checkpoints_app, name="checkpoints")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(webhooks_app, name="webhooks")
+admin_app = RiftTyper(help="Operator commands (a key with the admin scope): projects, their "
+                      "limits and keys, the live workers.", no_args_is_help=True)
+admin_projects_app = RiftTyper(help="Create, list, show, limit and delete projects.",
+                               no_args_is_help=True)
+admin_keys_app = RiftTyper(help="Create, list, show and revoke a project's API keys.",
+                           no_args_is_help=True)
+admin_app.add_typer(admin_projects_app, name="projects")
+admin_app.add_typer(admin_keys_app, name="keys")
+app.add_typer(admin_app, name="admin")
 
 
 @app.callback()
@@ -224,6 +242,16 @@ def _client(state: State) -> Iterator[RiftClient]:
     except UnexpectedResponseError as exc:
         _fail(state, EXIT_API_ERROR, str(exc), {
             "status": exc.status_code, "code": "unexpected_response", "message": str(exc)})
+    except PreconditionFailedError as exc:
+        # Only --if-match sends the header: named as the option the user typed, with the tag
+        # to give instead once the resource's `get` shows it is still to be changed.
+        hint = (f"its current ETag is {exc.current_etag}: `get` it again, and give --if-match "
+                f"{_shell_word(exc.current_etag)} to act on it as it is now"
+                if exc.current_etag else None)
+        _fail(state, EXIT_API_ERROR, f"{exc.summary()}; {hint}" if hint else str(exc), {
+            "status": exc.status_code, "code": exc.code, "message": exc.message,
+            **exc.details, "field": "--if-match" if exc.field == "If-Match" else exc.field,
+            **({"hint": hint} if hint else {})})
     except RiftAPIError as exc:
         hint = _key_hint(state) if exc.status_code == 401 else None
         # summary(): the answer without the client's own hint for a 401, which names
@@ -272,14 +300,22 @@ def _transfer_progress(state: State) -> Progress:
                     disable=not state.progress_shown, transient=True)
 
 
-def _show_record(state: State, record: BaseModel, title: str) -> None:
+def _with_etag(record: _Resource) -> dict[str, Any]:
+    """A record as JSON, a fetched one with the ETag it was read with (``etag``: what
+    ``--if-match`` takes; not a field of the service's body, which is its header's; the
+    answer to a write has none)."""
+    fields = record.model_dump(mode="json")
+    return fields if record.etag is None else {**fields, "etag": record.etag}
+
+
+def _show_record(state: State, record: _Resource, title: str) -> None:
     if state.json:
-        state.emit(record)
+        state.emit(_with_etag(record))
         return
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # a SHA-256 whole on a narrow terminal, not "8f39…"
-    for key, value in record.model_dump(mode="json").items():
+    for key, value in _with_etag(record).items():
         if value is None or value == {} or value == []:
             continue
         text = json.dumps(value) if isinstance(value, dict | list) else str(value)
@@ -300,13 +336,42 @@ def _print_table(state: State, table: Table) -> None:
     Console(file=state.out.file, width=width, markup=False).print(table)
 
 
-def _show_fetched(ctx: typer.Context, fetch: Callable[[RiftClient], BaseModel],
+def _show_fetched(ctx: typer.Context, fetch: Callable[[RiftClient], _Resource],
                   title: str) -> None:
     """The body of every ``get`` command: fetch one record and show it."""
     state = _state(ctx)
     with _client(state) as client:
         record = fetch(client)
     _show_record(state, record, title)
+
+
+def _shell_word(etag: str) -> str:
+    """``etag`` as typed in a shell: single-quoted, so that its double quotes reach riftctl."""
+    return f"'{etag}'"
+
+
+def _if_match(value: str | None) -> str | None:
+    """``--if-match``'s value as the header sends it: an ETag as ``get`` shows it (``"…"``),
+    also when the shell dropped its double quotes (``--if-match "ab12…"`` arrives as ``ab12…``:
+    quoted again here, else it could never match), or ``*``."""
+    if value is None:
+        return None
+    tag = value.strip()
+    if not tag:
+        raise typer.BadParameter("must be an ETag (as `get` shows it) or '*', not empty",
+                                 param_hint="--if-match")
+    try:
+        header_token("--if-match", tag)
+    except RiftUsageError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--if-match") from None
+    return tag if tag == "*" or '"' in tag else f'"{tag}"'
+
+
+def _if_match_option(kind: str, get: str | None = None) -> Any:
+    return typer.Option(
+        "--if-match", metavar="ETAG", callback=_if_match,
+        help=f"Only if the {kind} is unchanged since `{get or kind + 's get'}` showed this "
+        "ETag (else exit 3 with the current one, and nothing is changed); '*': any.")
 
 
 def _delete(ctx: typer.Context, delete: Callable[[RiftClient], None], kind: str,
@@ -401,6 +466,11 @@ def usage(ctx: typer.Context) -> None:
     state = _state(ctx)
     with _client(state) as client:
         record = client.usage()
+    _show_usage(state, record)
+
+
+def _show_usage(state: State, record: Usage) -> None:
+    """A project's usage (``riftctl usage``, ``riftctl admin projects usage``)."""
     if state.json:
         state.emit(record)
         return
@@ -515,9 +585,11 @@ def checkpoints_get(ctx: typer.Context, checkpoint_id: str) -> None:
 
 
 @checkpoints_app.command("delete")
-def checkpoints_delete(ctx: typer.Context, checkpoint_id: str) -> None:
+def checkpoints_delete(ctx: typer.Context, checkpoint_id: str, if_match: Annotated[
+        str | None, _if_match_option("checkpoint")] = None) -> None:
     """Delete a checkpoint."""
-    _delete(ctx, lambda client: client.delete_checkpoint(checkpoint_id), "checkpoint", checkpoint_id)
+    _delete(ctx, lambda client: client.delete_checkpoint(checkpoint_id, if_match=if_match),
+            "checkpoint", checkpoint_id)
 
 
 # ---------------------------------------------------------------------------------- datasets
@@ -577,9 +649,11 @@ def datasets_get(ctx: typer.Context, dataset_id: str) -> None:
 
 
 @datasets_app.command("delete")
-def datasets_delete(ctx: typer.Context, dataset_id: str) -> None:
+def datasets_delete(ctx: typer.Context, dataset_id: str, if_match: Annotated[
+        str | None, _if_match_option("dataset")] = None) -> None:
     """Delete an uploaded dataset."""
-    _delete(ctx, lambda client: client.delete_dataset(dataset_id), "dataset", dataset_id)
+    _delete(ctx, lambda client: client.delete_dataset(dataset_id, if_match=if_match),
+            "dataset", dataset_id)
 
 
 # -------------------------------------------------------------------------------------- jobs
@@ -831,7 +905,7 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
     with _client(state) as client:
         job = client.get_job(job_id)
     if state.json:
-        state.emit(job)
+        state.emit(_with_etag(job))
         return
     state.say(f"job {job.id}: {_describe(job)}")
     fields = {"checkpoint": job.checkpoint_id, "dataset": job.dataset_id, "device": job.device,
@@ -841,7 +915,8 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
               "error": f"{job.error.code}: {job.error.message}" if job.error else None,
               # To the second, as the list tables print times (not "17:49:25.801126+00:00").
               "created": job.created_at.strftime(TIME_FORMAT),
-              "finished": job.finished_at.strftime(TIME_FORMAT) if job.finished_at else None}
+              "finished": job.finished_at.strftime(TIME_FORMAT) if job.finished_at else None,
+              "etag": job.etag}
     for key, value in fields.items():
         if value is not None:
             state.say(f"  {key}: {value}")
@@ -932,9 +1007,10 @@ def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
 
 
 @jobs_app.command("delete")
-def jobs_delete(ctx: typer.Context, job_id: str) -> None:
+def jobs_delete(ctx: typer.Context, job_id: str, if_match: Annotated[
+        str | None, _if_match_option("job")] = None) -> None:
     """Delete a finished job with its records and artifacts (cancel a running one first)."""
-    _delete(ctx, lambda client: client.delete_job(job_id), "job", job_id)
+    _delete(ctx, lambda client: client.delete_job(job_id, if_match=if_match), "job", job_id)
 
 
 @jobs_app.command("download")
@@ -1252,9 +1328,10 @@ def webhooks_get(ctx: typer.Context, webhook_id: str) -> None:
 
 
 @webhooks_app.command("delete")
-def webhooks_delete(ctx: typer.Context, webhook_id: str) -> None:
+def webhooks_delete(ctx: typer.Context, webhook_id: str, if_match: Annotated[
+        str | None, _if_match_option("webhook")] = None) -> None:
     """Delete a webhook and its delivery log (messages not yet sent are dropped)."""
-    _delete(ctx, lambda client: client.delete_webhook(webhook_id), "webhook", webhook_id)
+    _delete(ctx, lambda client: client.delete_webhook(webhook_id, if_match=if_match), "webhook", webhook_id)
 
 
 def _delivery_line(delivery: WebhookDelivery) -> str:
@@ -1294,6 +1371,198 @@ def webhooks_deliveries(
                       f"{took}" + (f": {attempt.error}" if attempt.error else ""))
 
 
+# ------------------------------------------------------------------------------------- admin
+
+
+def _limits(values: list[str]) -> dict[str, int | None]:
+    """``--limit NAME=VALUE`` options as the limits sent: VALUE a whole number from 1, or
+    ``default`` (the service's setting: null)."""
+    limits: dict[str, int | None] = {}
+    for value in values:
+        name, sep, raw = value.partition("=")
+        if not sep or name not in PROJECT_LIMITS:
+            raise typer.BadParameter(f"'{value}' is not NAME=VALUE with NAME one of "
+                                     f"{', '.join(PROJECT_LIMITS)}", param_hint="--limit")
+        if name in limits:
+            raise typer.BadParameter(f"'{name}' is given twice", param_hint="--limit")
+        if raw == "default":
+            limits[name] = None
+        elif raw.isascii() and raw.isdigit() and int(raw) >= 1:
+            limits[name] = int(raw)
+        else:
+            raise typer.BadParameter(f"'{value}': the value must be a whole number from 1, or "
+                                     "'default' (the service's setting)", param_hint="--limit")
+    return limits
+
+
+def _limit_option(help: str) -> Any:
+    return typer.Option("--limit", "-l", metavar="NAME=VALUE", help=help)
+
+
+def _limit_column(name: str) -> _Column[Project]:
+    def cell(project: Project) -> str:
+        value = getattr(project, name)
+        return "default" if value is None else str(value)
+
+    return _Column(name.removeprefix("max_"), cell, no_wrap=True)
+
+
+def _show_projects(state: State, projects: Sequence[Project]) -> None:
+    _show_list(state, projects, [
+        _Column("name", lambda p: p.name, no_wrap=True),
+        *(_limit_column(name) for name in PROJECT_LIMITS),
+        _created_column(),
+    ], empty="no projects")
+
+
+@admin_projects_app.command("list")
+def admin_projects_list(ctx: typer.Context) -> None:
+    """List every project with its own limits ('default': the service's setting)."""
+    state = _state(ctx)
+    with _client(state) as client:
+        projects = client.list_projects()
+    _show_projects(state, projects)
+
+
+@admin_projects_app.command("create")
+def admin_projects_create(
+    ctx: typer.Context, name: str,
+    limit: Annotated[list[str] | None, _limit_option(
+        f"A limit of its own ({', '.join(PROJECT_LIMITS)}); repeatable (default: the "
+        "service's settings).")] = None,
+) -> None:
+    """Create a project."""
+    state = _state(ctx)
+    limits = _limits(limit or [])
+    with _client(state) as client:
+        project = client.create_project(name, limits=limits)
+    _show_record(state, project, f"project {project.name}")
+
+
+@admin_projects_app.command("get")
+def admin_projects_get(ctx: typer.Context, name: str) -> None:
+    """Show a project, its limits and its ETag."""
+    _show_fetched(ctx, lambda client: client.get_project(name), f"project {name}")
+
+
+@admin_projects_app.command("limits")
+def admin_projects_limits(
+    ctx: typer.Context, name: str,
+    limit: Annotated[list[str], _limit_option(
+        f"NAME=VALUE ({', '.join(PROJECT_LIMITS)}; VALUE 'default': back to the service's "
+        "setting); repeatable, the others stay.")],
+    if_match: Annotated[str | None, _if_match_option("project", get="admin projects get")] = None,
+) -> None:
+    """Change a project's limits."""
+    state = _state(ctx)
+    limits = _limits(limit)
+    with _client(state) as client:
+        project = client.set_project_limits(name, limits, if_match=if_match)
+    _show_record(state, project, f"project {project.name}")
+
+
+@admin_projects_app.command("usage")
+def admin_projects_usage(ctx: typer.Context, name: str) -> None:
+    """Show a project's usage against its limits, as `riftctl usage` shows its own."""
+    state = _state(ctx)
+    with _client(state) as client:
+        usage = client.project_usage(name)
+    _show_usage(state, usage)
+
+
+@admin_projects_app.command("delete")
+def admin_projects_delete(
+    ctx: typer.Context, name: str,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Also with queued or running jobs: revoke its keys, cancel the jobs "
+        "and wait for their workers (else exit 3, project_has_active_jobs).")] = False,
+    if_match: Annotated[str | None, _if_match_option("project", get="admin projects get")] = None,
+) -> None:
+    """Delete a project and everything it stores (its keys answer 401 at once)."""
+    _delete(ctx, lambda client: client.delete_project(name, force=force, if_match=if_match),
+            "project", name)
+
+
+def _show_keys(state: State, keys: Sequence[ApiKey]) -> None:
+    def when(value: datetime | None) -> str:
+        return value.strftime(TIME_FORMAT) if value else "-"
+
+    _show_list(state, keys, [
+        _id_column(keys),
+        _Column("prefix", lambda k: k.prefix, no_wrap=True),
+        _Column("scopes", lambda k: " ".join(k.scopes), no_wrap=True),
+        _Column("name", lambda k: k.name or ""),
+        _created_column(),
+        _Column("last used", lambda k: when(k.last_used_at), no_wrap=True),
+        _Column("revoked", lambda k: when(k.revoked_at), no_wrap=True),
+    ], empty="no keys")
+
+
+@admin_keys_app.command("list")
+def admin_keys_list(ctx: typer.Context, project: str) -> None:
+    """List a project's keys, revoked ones included (never their secrets)."""
+    state = _state(ctx)
+    with _client(state) as client:
+        keys = client.list_keys(project)
+    _show_keys(state, keys)
+
+
+@admin_keys_app.command("create")
+def admin_keys_create(
+    ctx: typer.Context, project: str,
+    scope: Annotated[list[str] | None, typer.Option(
+        "--scope", "-s", help=f"{', '.join(KEY_SCOPES)}; repeatable (default: read and "
+        "write).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A name to tell it by.")] = None,
+) -> None:
+    """Create a key of a project; prints its secret, shown this once."""
+    state = _state(ctx)
+    unknown = [s for s in scope or [] if s not in KEY_SCOPES]
+    if unknown:
+        raise typer.BadParameter(f"{', '.join(unknown)}: not one of {', '.join(KEY_SCOPES)}",
+                                 param_hint="--scope")
+    with _client(state) as client:
+        key = client.create_key(project, scopes=scope or None, name=name)
+    if state.json:
+        state.emit(key)
+    else:
+        state.say(f"key {key.id} of project {key.project} ({' '.join(key.scopes)})")
+        state.say(f"secret {key.key} (shown once: store it now)")
+
+
+@admin_keys_app.command("get")
+def admin_keys_get(ctx: typer.Context, project: str, key_id: str) -> None:
+    """Show a key (no secret) and its ETag."""
+    _show_fetched(ctx, lambda client: client.get_key(project, key_id), f"key {key_id}")
+
+
+@admin_keys_app.command("revoke")
+def admin_keys_revoke(ctx: typer.Context, project: str, key_id: str, if_match: Annotated[
+        str | None, _if_match_option("key", get="admin keys get")] = None) -> None:
+    """Revoke a key (it answers 401 from now on)."""
+    state = _state(ctx)
+    with _client(state) as client:
+        key = client.revoke_key(project, key_id, if_match=if_match)
+    if state.json:
+        state.emit(key)
+    else:
+        state.say(f"revoked key {key.id} of project {key.project}")
+
+
+@admin_app.command("workers")
+def admin_workers(ctx: typer.Context) -> None:
+    """List the live workers (seen within 3 heartbeats), their queues and devices."""
+    state = _state(ctx)
+    with _client(state) as client:
+        workers = client.list_workers()
+    _show_list(state, workers, [
+        _id_column(workers),
+        _Column("queues", lambda w: ", ".join(w.queues)),
+        _Column("devices", lambda w: ", ".join(f"{k}:{v}" for k, v in w.devices.items())),
+        _Column("last seen", lambda w: w.last_seen_at.strftime(TIME_FORMAT), no_wrap=True),
+    ], empty="no live workers")
+
+
 def _one_line_summaries(*groups: typer.Typer) -> None:
     """Give every command a one-line summary for its group's command list: typer prints a
     command's docstring there with its line breaks, so a summary wrapped in the source broke
@@ -1305,7 +1574,8 @@ def _one_line_summaries(*groups: typer.Typer) -> None:
                 info.short_help = " ".join(text.split("\n\n")[0].split())
 
 
-_one_line_summaries(checkpoints_app, datasets_app, jobs_app, webhooks_app, app)
+_one_line_summaries(checkpoints_app, datasets_app, jobs_app, webhooks_app, admin_projects_app,
+                    admin_keys_app, admin_app, app)
 
 
 #: Options of riftctl itself that take a value, as typed before the command.

@@ -61,9 +61,11 @@ from rift_client.flows import (
     advance,
 )
 from rift_client.models import (
+    ApiKey,
     Artifact,
     Checkpoint,
     CheckpointPage,
+    CreatedApiKey,
     CreatedWebhook,
     Curves,
     Dataset,
@@ -75,9 +77,11 @@ from rift_client.models import (
     JobSpec,
     Materialization,
     MRCTable,
+    Project,
     Usage,
     Webhook,
     WebhookDelivery,
+    Worker,
 )
 from rift_client.retry import RetryPolicy
 
@@ -509,3 +513,71 @@ class RiftClient:
         are fetched page by page), newest first, each with its attempts (status code, error,
         duration)."""
         return self._run(self._core.webhook_deliveries(webhook_id=webhook_id, limit=limit))
+
+    # --------------------------------------------------------------------------------- admin
+    # The /v1/admin routes, for a key with the admin scope (an operator's: it manages every
+    # project); any other key gets PermissionDeniedError (403).
+
+    def list_projects(self) -> list[Project]:
+        """Every project with its own limits (admin scope)."""
+        return self._run(self._core.list_projects())
+
+    def create_project(self, name: str, *,
+                       limits: Mapping[str, int | None] | None = None) -> Project:
+        """Create a project (admin scope; a name taken: :class:`ConflictError`
+        ``project_exists``), with its own ``limits`` (names of ``models.PROJECT_LIMITS``; one
+        left out or None: the service's setting). Not retried once sent: a lost answer is a
+        :class:`RiftConnectionError`; ``get_project`` then says whether it was made."""
+        return self._run(self._core.create_project(name=name, limits=limits))
+
+    def get_project(self, name: str) -> Project:
+        """A project and its limits (admin scope); its ``.etag`` is what
+        ``set_project_limits`` and ``delete_project`` take as ``if_match``."""
+        return self._run(self._core.get_project(name=name))
+
+    def set_project_limits(self, name: str, limits: Mapping[str, int | None], *,
+                           if_match: str | None = None) -> Project:
+        """Change the project's limits named in ``limits`` (the others stay; None sets one
+        back to the service's setting): the project as it is now. ``if_match``: see
+        :meth:`delete_checkpoint` (its ``.etag`` from ``get_project``)."""
+        return self._run(self._core.set_project_limits(name=name, limits=limits,
+                                                       if_match=if_match))
+
+    def delete_project(self, name: str, *, force: bool = False,
+                       if_match: str | None = None) -> None:
+        """Delete a project and everything it stores (its keys answer 401 at once). With
+        queued or running jobs: :class:`ConflictError` ``project_has_active_jobs``, unless
+        ``force``, which revokes its keys, cancels the jobs and waits for their workers (the
+        service's PROJECT_DELETE_WAIT_SECONDS; ``jobs_stopping`` if they have not stopped:
+        call again). ``if_match``: see :meth:`delete_checkpoint` (from ``get_project``)."""
+        return self._run(self._core.delete_project(name=name, force=force, if_match=if_match))
+
+    def project_usage(self, name: str) -> Usage:
+        """A project's usage against its limits, as :meth:`usage` answers its own keys."""
+        return self._run(self._core.project_usage(name=name))
+
+    def list_keys(self, project: str) -> list[ApiKey]:
+        """The project's API keys, revoked ones included (never their secrets)."""
+        return self._run(self._core.list_keys(project=project))
+
+    def create_key(self, project: str, *, scopes: Sequence[str] | None = None,
+                   name: str | None = None) -> CreatedApiKey:
+        """A new key of the project with ``scopes`` (of ``models.KEY_SCOPES``; default read
+        and write) and an optional ``name``; its secret (``.key``) is shown this once. Not
+        retried once sent (a retry would make a second key)."""
+        return self._run(self._core.create_key(project=project, scopes=scopes, name=name))
+
+    def get_key(self, project: str, key_id: str) -> ApiKey:
+        """One of the project's keys (no secret); its ``.etag`` covers everything but
+        ``last_used_at``, so a key in use keeps it (``revoke_key``'s ``if_match``)."""
+        return self._run(self._core.get_key(project=project, key_id=key_id))
+
+    def revoke_key(self, project: str, key_id: str, *, if_match: str | None = None) -> ApiKey:
+        """Revoke the key (it answers 401 from now on; revoking again changes nothing): the
+        key as it is now. ``if_match``: see :meth:`delete_checkpoint` (from ``get_key``)."""
+        return self._run(self._core.revoke_key(project=project, key_id=key_id,
+                                               if_match=if_match))
+
+    def list_workers(self) -> list[Worker]:
+        """The live worker processes (seen within 3 heartbeats), their queues and devices."""
+        return self._run(self._core.list_workers())

@@ -60,9 +60,12 @@ from rift_client.flows import (
     next_item,
 )
 from rift_client.models import (
+    PROJECT_LIMITS,
+    ApiKey,
     Artifact,
     Checkpoint,
     CheckpointPage,
+    CreatedApiKey,
     CreatedWebhook,
     Curves,
     Dataset,
@@ -74,9 +77,11 @@ from rift_client.models import (
     JobSpec,
     Materialization,
     MRCTable,
+    Project,
     Usage,
     Webhook,
     WebhookDelivery,
+    Worker,
     _Resource,
 )
 from rift_client.retry import GATEWAY_STATUSES, Outage, RetryPolicy, is_outage, sent_nothing
@@ -155,6 +160,41 @@ def _page_params(page_size: int, cursor: str | None, **filters: Any) -> dict[str
 def _listed(value: str | Sequence[str] | None) -> list[str]:
     """A query parameter given as one value or several, as the list sent (repeated)."""
     return [value] if isinstance(value, str) else list(value or [])
+
+
+def _string_list(what: str, values: Sequence[str], items: str) -> list[str]:
+    """``values`` (event types, scopes) as the JSON list sent; a lone string, which would be
+    sent as its letters, is a :class:`RiftUsageError` naming ``what``, a list of ``items``."""
+    if isinstance(values, str):
+        raise RiftUsageError(f"{what} must be a list of {items}, not the string "
+                             f"{values[:100]!r}")
+    return list(values)
+
+
+def _if_match_headers(if_match: str | None) -> dict[str, str] | None:
+    """The headers of a write made only if the resource is unchanged (``if_match``: its
+    ``.etag`` or ``*``); None for an unconditional one."""
+    if if_match is None:
+        return None
+    if not if_match.strip():
+        raise RiftUsageError("if_match must be an ETag (a resource's .etag) or '*', not "
+                             "an empty string")
+    return {"If-Match": if_match}
+
+
+def _project_limits(limits: Mapping[str, int | None] | None) -> dict[str, int | None]:
+    """``limits`` as the body's fields; a name that is not a limit is a
+    :class:`RiftUsageError` naming the known ones (the service would refuse it as well)."""
+    if limits is None:
+        return {}
+    if not isinstance(limits, Mapping):
+        raise RiftUsageError(f"limits must be a mapping of limit names to values, not "
+                             f"{limits!r:.100}")
+    unknown = sorted(set(limits) - set(PROJECT_LIMITS))
+    if unknown:
+        raise RiftUsageError(f"limits: {', '.join(map(str, unknown))} is not a project limit "
+                             f"(known: {', '.join(PROJECT_LIMITS)})")
+    return dict(limits)
 
 
 def header_token(what: str, value: str, *, secret: bool = False) -> str:
@@ -442,14 +482,12 @@ class RiftCore:
             if not isinstance(cursor, str) or not cursor:
                 return items
 
-    def _delete(self, path: str, if_match: str | None = None) -> Flow[None]:
+    def _delete(self, path: str, if_match: str | None = None,
+                params: Mapping[str, Any] | None = None) -> Flow[None]:
         """DELETE ``path``; with ``if_match`` (an ETag: a resource's ``.etag``) only if it is
         unchanged since read, else :class:`PreconditionFailedError` (412)."""
-        if if_match is not None and not if_match.strip():
-            raise RiftUsageError("if_match must be an ETag (a resource's .etag) or '*', not "
-                                 "an empty string")
-        yield from self.request("DELETE", path, idempotent=True,
-                                headers={"If-Match": if_match} if if_match is not None else None)
+        yield from self.request("DELETE", path, idempotent=True, params=params,
+                                headers=_if_match_headers(if_match))
 
     # ------------------------------------------------------------------------------- service
 
@@ -1031,10 +1069,7 @@ class RiftCore:
                        idempotency_key: str | None) -> Flow[CreatedWebhook]:
         body: dict[str, Any] = {"url": url}
         if events is not None:
-            if isinstance(events, str):  # a lone "job.failed" would be sent as its letters
-                raise RiftUsageError(f"events must be a list of event types, not the string "
-                                     f"{events[:100]!r}")
-            body["events"] = list(events)
+            body["events"] = _string_list("events", events, "event types")
         if description is not None:
             body["description"] = description
         return self._create_webhook(body, _idempotency_key(idempotency_key))
@@ -1075,3 +1110,81 @@ class RiftCore:
             if not isinstance(cursor, str) or not cursor:
                 break
         return items[:limit]
+
+    # --------------------------------------------------------------------------------- admin
+    # The /v1/admin routes: an operator's key (the admin scope) manages every project.
+
+    def _project_path(self, name: str) -> str:
+        return f"/v1/admin/projects/{_seg('name', name)}"
+
+    def _key_path(self, project: str, key_id: str) -> str:
+        return f"{self._project_path(project)}/keys/{_seg('key_id', key_id)}"
+
+    def list_projects(self) -> Flow[list[Project]]:
+        return self._get_items("/v1/admin/projects", Project)
+
+    def create_project(self, name: str,
+                       limits: Mapping[str, int | None] | None) -> Flow[Project]:
+        body = {"name": name, **_project_limits(limits)}
+        return self._create_project(body)
+
+    def _create_project(self, body: dict[str, Any]) -> Flow[Project]:
+        # Not retried once sent: a second POST after a lost answer would be 409 project_exists
+        # for the project the first one made.
+        response = yield from self.request("POST", "/v1/admin/projects", idempotent=False,
+                                           json=body)
+        return self._parse(response, Project)
+
+    def get_project(self, name: str) -> Flow[Project]:
+        return self._get(self._project_path(name), Project)
+
+    def set_project_limits(self, name: str, limits: Mapping[str, int | None],
+                           if_match: str | None) -> Flow[Project]:
+        path, body = self._project_path(name), _project_limits(limits)
+        return self._set_project_limits(path, body, _if_match_headers(if_match))
+
+    def _set_project_limits(self, path: str, body: dict[str, Any],
+                            headers: dict[str, str] | None) -> Flow[Project]:
+        # Idempotent: the same values set twice are set once.
+        response = yield from self.request("PATCH", path, idempotent=True, json=body,
+                                           headers=headers)
+        return self._parse(response, Project)
+
+    def delete_project(self, name: str, force: bool, if_match: str | None) -> Flow[None]:
+        return self._delete(self._project_path(name), if_match,
+                            params={"force": "true"} if force else None)
+
+    def project_usage(self, name: str) -> Flow[Usage]:
+        return self._get(f"{self._project_path(name)}/usage", Usage)
+
+    def list_keys(self, project: str) -> Flow[list[ApiKey]]:
+        return self._get_items(f"{self._project_path(project)}/keys", ApiKey)
+
+    def create_key(self, project: str, scopes: Sequence[str] | None,
+                   name: str | None) -> Flow[CreatedApiKey]:
+        body: dict[str, Any] = {}
+        if scopes is not None:
+            body["scopes"] = _string_list("scopes", scopes, "scopes")
+        if name is not None:
+            body["name"] = name
+        return self._create_key(f"{self._project_path(project)}/keys", body)
+
+    def _create_key(self, path: str, body: dict[str, Any]) -> Flow[CreatedApiKey]:
+        # Not retried once sent: a retry after a lost answer would make a second key.
+        response = yield from self.request("POST", path, idempotent=False, json=body)
+        return self._parse(response, CreatedApiKey)
+
+    def get_key(self, project: str, key_id: str) -> Flow[ApiKey]:
+        return self._get(self._key_path(project, key_id), ApiKey)
+
+    def revoke_key(self, project: str, key_id: str, if_match: str | None) -> Flow[ApiKey]:
+        return self._revoke_key(self._key_path(project, key_id), if_match)
+
+    def _revoke_key(self, path: str, if_match: str | None) -> Flow[ApiKey]:
+        # Idempotent: revoking twice revokes once (the answer is the key's record).
+        response = yield from self.request("DELETE", path, idempotent=True,
+                                           headers=_if_match_headers(if_match))
+        return self._parse(response, ApiKey)
+
+    def list_workers(self) -> Flow[list[Worker]]:
+        return self._get_items("/v1/admin/workers", Worker)

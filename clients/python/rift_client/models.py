@@ -466,3 +466,63 @@ class WebhookMessage(_Resource):
     type: str = Field(description="One of WEBHOOK_EVENT_TYPES.")
     timestamp: datetime = Field(description="When the message was made (not sent).")
     data: WebhookJobData
+
+
+#: A project's own limits (``create_project(limits=)``, ``set_project_limits``), as the service's
+#: admin routes name them; a limit left null is the service's setting of the same name.
+PROJECT_LIMITS = ("max_active_jobs", "max_stored_bytes", "max_job_cost", "max_job_gflop",
+                  "max_requests_per_minute", "max_streams_per_key")
+#: The scopes an API key may hold (``create_key(scopes=)``; default read and write).
+KEY_SCOPES = ("read", "write", "admin")
+
+
+class Project(_Resource):
+    """A project and its own limits (``GET /v1/admin/projects/{name}``; an admin key's view).
+    A limit that is None is the service's default (its setting of the same name)."""
+
+    id: str
+    name: str
+    created_at: datetime
+    max_active_jobs: int | None = None
+    max_stored_bytes: int | None = None
+    max_job_cost: int | None = None
+    max_job_gflop: int | None = None
+    max_requests_per_minute: int | None = None
+    max_streams_per_key: int | None = None
+
+
+class ApiKey(_Resource):
+    """A project's API key, never its secret (``GET /v1/admin/projects/{name}/keys/{id}``). Its
+    ``.etag`` leaves ``last_used_at`` out: a key in use keeps it."""
+
+    id: str
+    project: str
+    prefix: str = Field(description="The public part of the key, rift_<prefix>_….")
+    scopes: list[str] = Field(description="Of KEY_SCOPES.")
+    name: str | None = None
+    created_at: datetime
+    last_used_at: datetime | None = Field(None, description="Written at most once a minute.")
+    revoked_at: datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        """Whether the key is revoked (it answers 401)."""
+        return self.revoked_at is not None
+
+
+class CreatedApiKey(ApiKey):
+    """The answer to a key's creation: the key and its secret, shown this once."""
+
+    key: str = Field(description="rift_<prefix>_<secret>: store it now, it is not shown again.")
+
+
+class Worker(_Resource):
+    """A live worker process (seen within 3 heartbeats), as ``GET /v1/admin/workers`` lists it."""
+
+    id: str = Field(description="host:pid:random, also the lease owner of the stages it runs.")
+    hostname: str
+    queues: list[str]
+    devices: dict[str, int] = Field(description="Its devices by type, e.g. {'cpu': 1, 'cuda': 2}.")
+    device_override: str | None = None
+    started_at: datetime
+    last_seen_at: datetime
