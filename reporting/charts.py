@@ -130,20 +130,22 @@ def _pairs(points: Sequence[Mapping[str, Any]], x_key: str,
             if (x := measured(p, x_key)) is not None and (y := measured(p, y_key)) is not None]
 
 
-def mrc_chart(rows: Sequence[Mapping[str, Any]], selected: str | None) -> str:
-    """Two panels over the modules in table order: MRC, and robust-accuracy drop (points)."""
+def mrc_chart(rows: Sequence[Mapping[str, Any]], selected: str | None, *,
+              compact: bool = False) -> str:
+    """Two panels over the modules in table order: MRC, and robust-accuracy drop (points).
+    ``compact``: for a page whose table names the modules (:func:`reporting.svg.bar_chart`)."""
     modules = [str(row.get("module", row.get("name", ""))) for row in rows]
     # Rows mrc.table = "selection" stopped early hold lower bounds (the table shows "≥"): their
     # bars are pale, and the legend says so. They were drawn as if measured to the end.
     partial = [row.get("exact") is False for row in rows]
     top = bar_chart("mrc", "Module robust criticality (MRC)", modules,
                     [BarSeries("MRC", [_number(r.get("mrc")) for r in rows], partial)],
-                    y_label="MRC (robust loss increase)", highlight=selected)
+                    y_label="MRC (robust loss increase)", highlight=selected, compact=compact)
     bottom = bar_chart("robust-drop", "Robust accuracy drop at the worst perturbation", modules,
                        [BarSeries("robust accuracy drop",
                                   [_number(r.get("robust_accuracy_drop")) for r in rows],
                                   partial)],
-                       y_label="drop (percentage points)", highlight=selected)
+                       y_label="drop (percentage points)", highlight=selected, compact=compact)
     width = max(chart_width(top), chart_width(bottom))
     height = _height_of(top) + _height_of(bottom)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart-figure" data-figure="mrc" '
@@ -160,7 +162,8 @@ def _height_of(svg: str) -> int:
     return int(svg.split('height="', 1)[1].split('"', 1)[0])
 
 
-def finetune_chart(epochs: Sequence[Mapping[str, Any]], split: str = "validation") -> str:
+def finetune_chart(epochs: Sequence[Mapping[str, Any]], split: str = "validation", *,
+                   compact: bool = False) -> str:
     """Training accuracy and the accuracy on the epoch-choosing ``split`` per epoch (the
     ``val_accuracy`` of the rows: the test split's under ``finetune.selection_split: "test"``);
     the best epoch is marked."""
@@ -176,10 +179,10 @@ def finetune_chart(epochs: Sequence[Mapping[str, Any]], split: str = "validation
                           f"best epoch {best['epoch']}"))
     return line_chart("finetune", "Fine-tuning", [series("train accuracy", "train_accuracy"),
                                                   series(f"{split} accuracy", "val_accuracy")],
-                      x_label="epoch", y_label="accuracy (%)", marks=marks)
+                      x_label="epoch", y_label="accuracy (%)", marks=marks, compact=compact)
 
 
-def alpha_chart(curve: Curve, split: str = "test") -> str:
+def alpha_chart(curve: Curve, split: str = "test", *, compact: bool = False) -> str:
     """Clean and robust accuracy (on ``split``) against α, θ_AT's robust accuracy as a line,
     chosen α marked."""
     points = sorted(curve.points, key=lambda p: float(p["alpha"]))
@@ -203,10 +206,12 @@ def alpha_chart(curve: Curve, split: str = "test") -> str:
     title = "Interpolation θ_α = (1 − α) θ_AT + α θ_FT ({})"
     return line_chart("alpha", title.format(short_label(curve.name, TITLE_NAME_CHARS)),
                       [clean, robust], x_label="α", y_label=f"accuracy (%, {split} split)",
-                      references=references, marks=marks, tooltip=title.format(curve.name))
+                      references=references, marks=marks, tooltip=title.format(curve.name),
+                      compact=compact)
 
 
-def tradeoff_chart(curves: Sequence[Curve], split: str = "test") -> str:
+def tradeoff_chart(curves: Sequence[Curve], split: str = "test", *,
+                   compact: bool = False) -> str:
     """Clean against robust accuracy (on ``split``), one curve per candidate module (Fig C.5)."""
     series = []
     marks = []
@@ -225,24 +230,27 @@ def tradeoff_chart(curves: Sequence[Curve], split: str = "test") -> str:
     return line_chart("tradeoff", "Clean vs robust accuracy along α", series,
                       x_label=f"robust accuracy (%, {split} split)",
                       y_label=f"clean accuracy (%, {split} split)",
-                      references=references, marks=marks)
+                      references=references, marks=marks, compact=compact)
 
 
 def job_charts(mrc_rows: Sequence[Mapping[str, Any]], selected: str | None,
                epochs: Sequence[Mapping[str, Any]], curves: Sequence[Curve],
-               splits: Splits | None = None) -> dict[str, str]:
+               splits: Splits | None = None, *, compact: bool = False) -> dict[str, str]:
     """Every chart of a job, keyed as :data:`CHART_ARTIFACTS`; charts without data are left out.
-    ``splits``: what the accuracies were measured on (default: the configuration's defaults)."""
+    ``splits``: what the accuracies were measured on (default: the configuration's defaults).
+    ``compact``: drawn for the report page, whose tables hold every name and value: one path per
+    series instead of an element per bar or point (:func:`reporting.svg.bar_chart`,
+    :func:`reporting.svg.line_chart`); the stored artifacts stand alone and keep them."""
     splits = splits or Splits()
     charts: dict[str, str] = {}
     if mrc_rows:
-        charts["mrc"] = mrc_chart(mrc_rows, selected)
+        charts["mrc"] = mrc_chart(mrc_rows, selected, compact=compact)
     if epochs:
-        charts["finetune"] = finetune_chart(epochs, splits.epochs)
+        charts["finetune"] = finetune_chart(epochs, splits.epochs, compact=compact)
     measured = [c for c in curves if c.points]
     # The first curve with points: while a sweep runs, its first candidate may not have
     # finished when others have (their curves were left undrawn until it did).
     if measured:
-        charts["alpha"] = alpha_chart(measured[0], splits.curve)
-        charts["tradeoff"] = tradeoff_chart(measured, splits.curve)
+        charts["alpha"] = alpha_chart(measured[0], splits.curve, compact=compact)
+        charts["tradeoff"] = tradeoff_chart(measured, splits.curve, compact=compact)
     return charts

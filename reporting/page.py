@@ -28,6 +28,10 @@ WIDE_CHART = 1150
 #: 3,000 px down the page.
 WARNINGS_SHOWN = 10
 
+#: MRC rows in one open table; a longer table opens with its modules of lowest MRC and folds
+#: the rest (:func:`_mrc_table`).
+MRC_ROWS_SHOWN = 25
+
 #: The page loads nothing: styles are inline, images are inline SVG.
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -47,7 +51,8 @@ pre{background:#f7f7f7;padding:8px;font-size:11px;overflow:auto;max-height:480px
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13px}dt{font-weight:bold}
 p.note{font-size:12px;color:#555;max-width:720px}
 dl.warnings{background:#fff8e1;border-left:4px solid #e0a100;padding:8px}
-details.more-warnings summary{cursor:pointer;font-size:13px}
+details.more-warnings summary,details.mrc-all summary{cursor:pointer;font-size:13px}
+td.row{color:#555}details.mrc-all{margin-top:8px}
 """
 
 
@@ -178,30 +183,53 @@ def _warning_item(warning: ReportWarning) -> str:
 
 
 def _mrc_table(data: ReportData) -> str:
+    """The MRC table. Past :data:`MRC_ROWS_SHOWN` rows, the modules of lowest MRC (those the
+    selection rule tries first) come first in a short table and the whole table, in table order,
+    folds into a ``<details>``: a browser lays out the 500 rows of a big model only when asked.
+    The "#" column is the row's number in table order, which the MRC chart's labels start with
+    (they do not repeat the whole name)."""
     if not data.mrc_rows:
         return "<p>No MRC table yet.</p>"
-    head = ("<tr><th class='name'>module</th><th>parameters</th><th>MRC</th>"
-            "<th>worst robust loss</th><th>robust acc. at worst (%)</th><th>drop (points)</th></tr>")
-    rows = []
-    bounds = 0
-    for row in data.mrc_rows:
-        module = str(row.get("module", row.get("name", "")))
-        selected = " class='selected'" if module == data.selected_module else ""
-        # A row stopped early by mrc.table = "selection" holds lower bounds: "≥ value".
-        at_least = "≥ " if row.get("exact") is False else ""
-        bounds += bool(at_least)
-        rows.append(f"<tr{selected}><td class='name'>{escape(module)}</td>"
-                    f"<td>{_cell(row.get('parameters'))}</td>"
-                    f"<td>{at_least}{_cell(row.get('mrc'))}</td>"
-                    f"<td>{at_least}{_cell(row.get('worst_robust_loss'))}</td>"
-                    f"<td>{_cell(row.get('robust_accuracy_at_worst'))}</td>"
-                    f"<td>{_cell(row.get('robust_accuracy_drop'))}</td></tr>")
+    rows = [(number, row) for number, row in enumerate(data.mrc_rows, start=1)]
+    bounds = sum(row.get("exact") is False for row in data.mrc_rows)
     note = (f"<p class='note'>≥: {bounds} module(s) were stopped early (mrc.table = "
             "'selection'): their MRC is at least the value shown, enough to rule them out; "
             "their accuracy columns are where the ascent stopped. The chosen rows are exact."
             "</p>" if bounds else "")
-    return (f"<div class='scroll'><table class='mrc-table'>{head}{''.join(rows)}</table></div>"
-            f"{note}")
+    if len(rows) <= MRC_ROWS_SHOWN:
+        return f"{_mrc_rows_table(data, rows)}{note}"
+    lowest = sorted(rows, key=lambda item: _mrc_order(item[1].get("mrc")))[:MRC_ROWS_SHOWN]
+    return (f"<p class='note'>The {MRC_ROWS_SHOWN} modules of lowest MRC, which the selection "
+            f"tries first; all {len(rows)} follow in table order.</p>"
+            f"{_mrc_rows_table(data, lowest)}<details class='mrc-all'><summary>All "
+            f"{len(rows)} modules, in table order</summary>{_mrc_rows_table(data, rows)}"
+            f"</details>{note}")
+
+
+def _mrc_order(mrc: Any) -> tuple[bool, float]:
+    """Lowest MRC first; a missing or non-finite value last."""
+    known = isinstance(mrc, int | float) and math.isfinite(mrc)
+    return (not known, float(mrc) if known else 0.0)
+
+
+def _mrc_rows_table(data: ReportData, rows: Sequence[tuple[int, Mapping[str, Any]]]) -> str:
+    head = ("<tr><th>#</th><th class='name'>module</th><th>parameters</th><th>MRC</th>"
+            "<th>worst robust loss</th><th>robust acc. at worst (%)</th><th>drop (points)</th>"
+            "</tr>")
+    cells = []
+    for number, row in rows:
+        module = str(row.get("module", row.get("name", "")))
+        selected = " class='selected'" if module == data.selected_module else ""
+        # A row stopped early by mrc.table = "selection" holds lower bounds: "≥ value".
+        at_least = "≥ " if row.get("exact") is False else ""
+        cells.append(f"<tr{selected}><td class='row'>{number}</td>"
+                     f"<td class='name'>{escape(module)}</td>"
+                     f"<td>{_cell(row.get('parameters'))}</td>"
+                     f"<td>{at_least}{_cell(row.get('mrc'))}</td>"
+                     f"<td>{at_least}{_cell(row.get('worst_robust_loss'))}</td>"
+                     f"<td>{_cell(row.get('robust_accuracy_at_worst'))}</td>"
+                     f"<td>{_cell(row.get('robust_accuracy_drop'))}</td></tr>")
+    return f"<div class='scroll'><table class='mrc-table'>{head}{''.join(cells)}</table></div>"
 
 
 def _robust_cell(point: Mapping[str, Any]) -> str:
@@ -279,8 +307,10 @@ def _robust_legend(curves: Sequence[Curve]) -> str:
 
 def render_report(data: ReportData) -> str:
     """The whole HTML document."""
+    # Compact: the tables below hold every name and value once; the charts draw one path per
+    # series and refer to MRC rows by number (job_charts says what the files keep instead).
     charts = job_charts(data.mrc_rows, data.selected_module, data.epochs, data.curves,
-                        data.splits)
+                        data.splits, compact=True)
     chart_html = "".join(
         f"<figure class='figure{' wide' if chart_width(svg) > WIDE_CHART else ''}' "
         f"data-figure='{name}'>{svg}</figure>" for name, svg in charts.items()

@@ -5,7 +5,9 @@ No torch and no third-party import, so the API (which renders the report page) a
 (which store the same charts as artifacts) share this module. Every element a reader or a test
 looks for carries a class: ``svg.chart`` with ``data-chart``, ``rect.bar`` with ``data-category``
 and ``data-series``, ``path.series`` / ``circle.point`` with ``data-series``, ``line.reference``
-with ``data-label``, ``g.legend``. Text is XML-escaped; numbers are finite or the value is left out.
+with ``data-label``, ``g.legend``; drawn ``compact`` (for the report page, whose tables hold
+every name and value), a series' bars are one ``path.bars`` and its points one ``path.points``.
+Text is XML-escaped; numbers are finite or the value is left out.
 """
 
 from __future__ import annotations
@@ -246,9 +248,15 @@ def _close(frame: _Frame) -> str:
 
 def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequence[BarSeries], *,
               y_label: str, highlight: str | None = None, width: int | None = None,
-              height: int = 320) -> str:
+              height: int = 320, compact: bool = False) -> str:
     """Grouped bars: one group per category, one bar per series; the ``highlight`` category's
-    label is drawn bold in the highlight colour (e.g. the module selected for fine-tuning)."""
+    label is drawn bold in the highlight colour (e.g. the module selected for fine-tuning).
+
+    ``compact`` (the report page, whose table names every category whole): the bars of a series
+    are one ``path.bars`` (a second, pale one for partial values) instead of a ``rect.bar`` each
+    with a tooltip, and a category's label starts with its number (1-based, the table's "#"
+    column) and has no tooltip with the whole name: 500 modules of 200-character names drew
+    6 names and 2 elements per module, about 1 MB of a 2.2 MB page (``bench/report_size.py``)."""
     width = width or max(360, 90 + len(categories) * (10 + 12 * max(len(series), 1)))
     legend = [s.name for s in series]
     colours = [PALETTE[i % len(PALETTE)] for i in range(len(series))]
@@ -268,6 +276,9 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
     group = frame.plot_width / max(len(categories), 1)
     bar = min(24.0, group * 0.8 / max(len(series), 1))
     zero = y_of(0.0)
+    #: compact: the outline of every bar of a series, by (series number, partial).
+    outlines: dict[tuple[int, bool], list[str]] = {}
+    labels: list[str] = []
     for index, category in enumerate(categories):
         x0 = frame.left + group * index + (group - bar * len(series)) / 2
         for number, item in enumerate(series):
@@ -276,24 +287,49 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
                 continue
             assert value is not None
             top, bottom = sorted((y_of(value), zero))
+            bottom = max(bottom, top + 0.5)  # a bar of 0 stays visible
             colour = PALETTE[number % len(PALETTE)]
             partial = index < len(item.partial) and item.partial[index]
+            x = x0 + bar * number
+            if compact:
+                outlines.setdefault((number, partial), []).append(
+                    f"M{x:.1f},{bottom:.1f}V{top:.1f}H{x + bar:.1f}V{bottom:.1f}Z")
+                continue
             pale = f' data-partial="true" fill-opacity="0.35" stroke="{colour}"' if partial else ""
             frame.parts.append(
                 f'<rect class="bar" data-category={quoteattr(category)} '
                 f'data-series={quoteattr(item.name)} data-value="{value:.6g}" '
-                f'x="{x0 + bar * number:.1f}" y="{top:.1f}" width="{bar:.1f}" '
-                f'height="{max(bottom - top, 0.5):.1f}" fill="{colour}"{pale}>'
+                f'x="{x:.1f}" y="{top:.1f}" width="{bar:.1f}" '
+                f'height="{bottom - top:.1f}" fill="{colour}"{pale}>'
                 f"<title>{escape(category)}: {escape(item.name)} {'≥' if partial else '='} "
                 f"{value:.4g}</title></rect>")
         label_x = frame.left + group * (index + 0.5)
         label_y = frame.top + frame.plot_height + 8
         style = f' style="font-weight:bold;fill:{HIGHLIGHT}"' if category == highlight else ""
+        shown = escape(short_label(category, CATEGORY_CHARS))
+        if compact:
+            # The category's number, then as much of its tail as fits; no tooltip (the table's
+            # row of that number has the name and values). Coordinates are in the labels'
+            # group, rotated -45° about the origin: the point drawn is (label_x, label_y),
+            # without a rotation attribute per label.
+            number_text = f"{index + 1} "
+            shown = number_text + escape(short_label(
+                category, max(CATEGORY_CHARS - len(number_text), 4)))
+            u, v = (label_x - label_y) / math.sqrt(2), (label_x + label_y) / math.sqrt(2)
+            labels.append(f'<text x="{u:.1f}" y="{v:.1f}"{style}>{shown}</text>')
+            continue
         frame.parts.append(
             f'<text class="category" x="{label_x:.1f}" y="{label_y:.1f}" text-anchor="end" '
             f'transform="rotate(-45 {label_x:.1f} {label_y:.1f})"{style}>'
-            f"{escape(short_label(category, CATEGORY_CHARS))}<title>{escape(category)}</title>"
-            "</text>")
+            f"{shown}<title>{escape(category)}</title></text>")
+    for (number, partial), outline in outlines.items():
+        colour = PALETTE[number % len(PALETTE)]
+        pale = f' data-partial="true" fill-opacity="0.35" stroke="{colour}"' if partial else ""
+        frame.parts.append(f'<path class="bars" data-series={quoteattr(series[number].name)} '
+                           f'd="{"".join(outline)}" fill="{colour}"{pale}/>')
+    if labels:
+        frame.parts.append('<g class="categories" text-anchor="end" transform="rotate(-45)">'
+                           + "".join(labels) + "</g>")
     frame.parts.append(f'<line class="axis" x1="{frame.left}" x2="{frame.width - frame.right}" '
                        f'y1="{zero:.1f}" y2="{zero:.1f}" stroke="#333"/>')
     _legend(frame, legend, colours)
@@ -302,9 +338,15 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
 
 def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label: str,
                y_label: str, references: Sequence[Reference] = (), marks: Sequence[Mark] = (),
-               width: int = 560, height: int = 340, tooltip: str | None = None) -> str:
+               width: int = 560, height: int = 340, tooltip: str | None = None,
+               compact: bool = False) -> str:
     """Lines with a point per value, optional reference lines and highlighted marks;
-    ``tooltip``: the whole title where ``title`` is a shortened one."""
+    ``tooltip``: the whole title where ``title`` is a shortened one.
+
+    ``compact`` (the report page, whose tables list every point): a series' points are one
+    ``path.points`` of dots (zero-length subpaths with round caps) instead of a
+    ``circle.point`` with a tooltip each: a sweep's 16 curves of 101 points drew 1,616 circles,
+    each naming its series whole, 0.7 MB of the page."""
     frame = _framed(width, height, [s.name for s in series])
     _open(frame, chart, title, tooltip)
     xs = [x for s in series for x, y in s.points if _finite(x) and _finite(y)]
@@ -360,6 +402,12 @@ def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label:
         dash = ' stroke-dasharray="6 3"' if _dashed(item, number) else ""
         frame.parts.append(f'<path class="series" data-series={quoteattr(item.name)} d="{path}" '
                            f'fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+        if compact:
+            dots = "".join(f"M{px:.1f},{py:.1f}Z" for px, py in (at(x, y) for x, y in points))
+            frame.parts.append(f'<path class="points" data-series={quoteattr(item.name)} '
+                               f'd="{dots}" stroke="{colour}" stroke-width="6" '
+                               'stroke-linecap="round" fill="none"/>')
+            continue
         labels = list(item.labels) if len(item.labels) == len(item.points) else []
         # Each point's tooltip names its series as the legend does (the legend entry's tooltip
         # and data-series hold the whole name): 16 curves of 101 points repeated a 200-character

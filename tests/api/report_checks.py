@@ -102,7 +102,9 @@ def page_problems(page: str, *, max_bytes: int = 2_000_000) -> list[str]:
         problems.append(f"shows {match.group(0)!r}: …{shown[max(0, match.start() - 60):match.end() + 20]}…")
     for tag, name, value in parts.attributes:
         if name in NUMERIC_ATTRIBUTES:
-            words = re.sub(r"rotate|translate|[MLZ,()\s]", " ", value).split()
+            # Path commands the charts draw with: moves, lines, horizontal and vertical lines
+            # (a bar's outline), closes (a dot is a closed path of length 0).
+            words = re.sub(r"rotate|translate|[MLHVZ,()\s]", " ", value).split()
             bad = [w for w in words if not _NUMBER.fullmatch(w) or not math.isfinite(float(w))]
             if bad:
                 problems.append(f"<{tag} {name}={value!r}>: not finite numbers {bad[:3]}")

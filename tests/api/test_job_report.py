@@ -62,6 +62,13 @@ def _count(pattern: str, text: str) -> int:
     return len(re.findall(pattern, text))
 
 
+def _shapes(element: str, series: str, dom: str) -> int:
+    """Bars or dots the page's compact chart draws in one ``path.{element}`` of ``series``:
+    each is a closed subpath of its ``d``."""
+    paths = re.findall(rf'<path class="{element}" data-series="{series}" d="([^"]*)"', dom)
+    return sum(d.count("Z") for d in paths)
+
+
 def test_report_page_in_headless_chromium(report_api: Api, small_cnn_file: Path,
                                           tmp_path: Path) -> None:
     api = report_api
@@ -79,19 +86,21 @@ def test_report_page_in_headless_chromium(report_api: Api, small_cnn_file: Path,
         page = load_page(served.url, screenshot=screenshot)
     url = served.url
     dom = page.dom
-    # Figures C.1–C.4: one MRC bar and one drop bar per module, the selected module highlighted.
+    # Figures C.1–C.4: one MRC bar and one drop bar per module (one path per series on the
+    # page), the selected module highlighted.
     for chart in ("mrc", "robust-drop", "finetune", "alpha", "tradeoff"):
         assert f'data-chart="{chart}"' in dom, chart
-    assert _count(r'<rect class="bar"[^>]*data-series="MRC"', dom) == len(MODULES)
-    assert _count(r'<rect class="bar"[^>]*data-series="robust accuracy drop"', dom) == len(MODULES)
+    assert _shapes("bars", "MRC", dom) == len(MODULES)
+    assert _shapes("bars", "robust accuracy drop", dom) == len(MODULES)
     # Fig C.5: a curve per candidate (the job's module first), θ_AT's robustness, chosen α marked.
     assert _count(r'<path class="series" data-series="conv1"', dom) == 1
     assert _count(r'<path class="series" data-series="fc"', dom) == 1
     assert 'data-label="θ_AT robustness"' in dom and 'data-label="θ_AT robust accuracy"' in dom
     assert 'data-label="α = 0.5"' in dom and 'data-label="α = 0.25"' in dom
-    assert _count(r'<circle class="point" data-series="conv1"', dom) >= len(ALPHAS)
+    assert _shapes("points", "conv1", dom) >= len(ALPHAS)
     # The MRC table (selected row flagged), both curves' tables and the manifest.
-    assert _count(r"<tr class=\"selected\"><td class=\"name\">conv1</td>", dom) == 1
+    assert _count(r"<tr class=\"selected\"><td class=\"row\">1</td><td class=\"name\">conv1</td>",
+                  dom) == 1
     assert "data-curve=\"fc\"" in dom and "data-curve=\"conv1\"" in dom
     assert '"checkpoint_sha256"' in dom
     # Self-contained: no script, no request beyond the page itself, nothing on the console.

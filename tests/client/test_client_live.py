@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,7 +252,8 @@ def test_results_of_a_real_job_over_http(finished_job: FinishedJob, live_service
         assert kinds[-2:] == ["job_succeeded", "end"]  # the stream says it is done
         report = http.get(f"/v1/jobs/{job.id}/report")
         assert report.status_code == 200 and job.selected_module is not None
-        assert f"<tr class='selected'><td class='name'>{job.selected_module}</td>" in report.text
+        assert re.search(r"<tr class='selected'><td class='row'>\d+</td><td class='name'>"
+                         + re.escape(job.selected_module) + "</td>", report.text)
         assert 'data-chart="alpha"' in report.text and 'data-chart="mrc"' in report.text
 
 

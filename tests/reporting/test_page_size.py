@@ -1,0 +1,112 @@
+"""The report page of a big result stays small and still shows every module: an MRC table of 500
+modules with long dotted names holding markup, a sweep of 4 modules × 4 learning rates with
+21-point α curves (``bench/report_size.py`` measures the same page). Before, the charts drew
+each module's whole name 6 times and an element with a tooltip per bar and per point: about
+1.5 MB for this page (0.39 MB now), 2.2 MB with 101-point curves."""
+
+from __future__ import annotations
+
+import re
+
+from reporting.charts import sweep_curves
+from reporting.page import ReportData, ReportWarning, escape, render_report
+from tests.api.report_checks import page_problems
+
+MODULES = 500
+SWEEP_MODULES = 4
+RATES = [0.001, 0.003, 0.01, 0.03]
+ALPHAS = [round(i * 0.05, 10) for i in range(21)]
+#: What the page may weigh for this result (it was 1.51 MB; it is 0.39 MB).
+MAX_BYTES = 450_000
+HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&amp; é✓"
+
+
+def module_name(index: int) -> str:
+    """A unique dotted path of 200+ characters with markup and non-ASCII text."""
+    stem = ".".join(f"stages.{index % 4}.blocks.{index % 12}.attn.qkv_projection" for _ in range(3))
+    return f"backbone.{HOSTILE}.ünïcødé.{stem}.stages.{index // 12}.blocks.{index % 12}.attn.qkv"
+
+
+def big_report() -> tuple[ReportData, list[str]]:
+    names = [module_name(i) for i in range(MODULES)]
+    # MRC falls then rises along the table, so the lowest are not the table's first rows.
+    rows = [{"module": name, "parameters": 1000 + i, "mrc": abs(i - 300) * 0.001 + 0.0005,
+             "worst_robust_loss": 1.5, "robust_accuracy_at_worst": 50.0,
+             "robust_accuracy_drop": 0.02 * i, "passes": 10, "exact": i % 50 != 7}
+            for i, name in enumerate(names)]
+    outcomes = [{"module": module, "lr": rate, "chosen_alpha": 0.35,
+                 "points": [{"alpha": a, "clean_accuracy": 80 + 5 * a + index * 0.1,
+                             "robust_accuracy": 45 - 3 * a * a - index * 0.05} for a in ALPHAS]}
+                for index, (module, rate) in enumerate(
+                    (module, rate) for module in names[:SWEEP_MODULES] for rate in RATES)]
+    data = ReportData(
+        job_id="j", status="succeeded", selected_module=names[300], chosen_alpha=0.35,
+        metrics={"before": {"clean_accuracy": 80.0, "robust_accuracy": 45.0},
+                 "after": {"clean_accuracy": 81.9, "robust_accuracy": 44.6}},
+        mrc_rows=rows, curves=sweep_curves(outcomes, 0),
+        epochs=[{"epoch": e, "train_accuracy": 80.0 + e, "val_accuracy": 79.0 + e % 2}
+                for e in (1, 2, 3)],
+        warnings=[ReportWarning("finetune", f"w{i} in {names[i]}", 1, i % 16) for i in range(100)],
+        warnings_total=100, manifest={"job_id": "j"})
+    return data, names
+
+
+def _chart(page: str, name: str) -> str:
+    return page.split(f"data-figure='{name}'", 1)[1].split("</figure>", 1)[0]
+
+
+def test_a_500_module_sweeps_page_stays_small_and_names_every_module() -> None:
+    data, names = big_report()
+    page = render_report(data)
+    size = len(page.encode())
+    assert size <= MAX_BYTES, size
+    assert page_problems(page, max_bytes=MAX_BYTES) == []
+    assert "<script" not in page and "<img" not in page
+    # Every module, escaped, in the whole table (folded) in table order, numbered as the chart.
+    folded = page.split("<details class='mrc-all'>", 1)[1].split("</details>", 1)[0]
+    cells = re.findall(r"<td class='row'>(\d+)</td><td class='name'>([^<]*)</td>", folded)
+    assert cells == [(str(i + 1), escape(name)) for i, name in enumerate(names)]
+    # The charts hold no whole name of a module: the MRC chart labels each by number and tail.
+    mrc = _chart(page, "mrc")
+    assert not any(escape(name) in mrc for name in names)
+    labels = re.findall(r'<text x="[-\d.]+" y="[-\d.]+"[^>]*>(\d+) …', mrc)
+    assert labels == [str(i + 1) for i in range(MODULES)] * 2  # both panels
+
+
+def test_the_big_pages_charts_draw_one_path_per_series() -> None:
+    data, _ = big_report()
+    page = render_report(data)
+    mrc = _chart(page, "mrc")
+    assert "<rect class=\"bar\"" not in mrc
+    bars = {(series, 'data-partial' in rest): d.count("Z") for series, d, rest in re.findall(
+        r'<path class="bars" data-series="([^"]*)" d="([^"]*)"([^>]*)>', mrc)}
+    partial = sum(i % 50 == 7 for i in range(MODULES))
+    assert bars == {("MRC", False): MODULES - partial, ("MRC", True): partial,
+                    ("robust accuracy drop", False): MODULES - partial,
+                    ("robust accuracy drop", True): partial}
+    trade = _chart(page, "tradeoff")
+    assert "<circle class=\"point\"" not in trade
+    dots = re.findall(r'<path class="points" data-series="[^"]*" d="([^"]*)"', trade)
+    assert [d.count("Z") for d in dots] == [len(ALPHAS)] * len(RATES) * SWEEP_MODULES
+    # Every point's values are still on the page: its curve's table.
+    assert page.count("<tr><td>") + page.count("<tr class=selected><td>") == 16 * len(ALPHAS)
+
+
+def test_a_long_mrc_table_opens_with_its_lowest_mrc_rows() -> None:
+    from reporting.page import MRC_ROWS_SHOWN
+
+    data, names = big_report()
+    page = render_report(data)
+    section = page.split("<h2>Module robust criticality</h2>", 1)[1].split("<h2>", 1)[0]
+    first = section.split("<details", 1)[0]
+    shown = re.findall(r"<td class='row'>(\d+)</td>", first)
+    lowest = sorted(range(MODULES), key=lambda i: data.mrc_rows[i]["mrc"])[:MRC_ROWS_SHOWN]
+    assert shown == [str(i + 1) for i in lowest]
+    # The module fine-tuned (lowest MRC here) is highlighted in both tables.
+    assert section.count(f"<tr class='selected'><td class='row'>301</td><td class='name'>"
+                         f"{escape(names[300])}</td>") == 2
+    # A table that fits stays one open table.
+    small = render_report(ReportData(job_id="j", status="succeeded",
+                                     mrc_rows=data.mrc_rows[:MRC_ROWS_SHOWN]))
+    assert "<details class='mrc-all'>" not in small
+    assert small.count("<td class='name'>") == MRC_ROWS_SHOWN
