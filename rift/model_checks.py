@@ -188,6 +188,7 @@ def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> list[str
             "'x -= mean' or 'x.clamp_(...)'): the job's images and the attack's inputs would "
             "change under it. Make forward write new tensors ('x = x - mean')",
             field="architecture")
+    _refuse_non_finite(first, name)
     scale = max(1.0, float(first.abs().max()))
     if not torch.allclose(first, second, rtol=_REPEAT_RTOL, atol=_REPEAT_RTOL * scale):
         difference = float((first - second).abs().max())
@@ -212,6 +213,22 @@ def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> list[str
             "to be its own: use running statistics or a per-example normalisation in eval "
             "mode", field="architecture")
     return _check_output_kind(first.double(), made_by, len(images), name)
+
+
+def _refuse_non_finite(outputs: torch.Tensor, name: str) -> None:
+    """Refuse outputs holding NaN or +inf (-inf is a masked class, which softmax takes). Before,
+    a forward taking the log of a zero pixel was told "dropout or noise stays active in eval
+    mode" (NaN differs from itself in the comparison of two passes)."""
+    bad = torch.isnan(outputs) | (outputs == float("inf"))
+    rows = bad.reshape(len(outputs), -1).any(1)
+    if bool(rows.any()):
+        raise ConfigError(
+            f"architecture {name!r} returns NaN or +inf in eval mode for {int(rows.sum())} of "
+            f"the first {len(outputs)} test examples (e.g. the log or reciprocal of a zero "
+            "pixel, a division by a zero norm, an overflow): cross-entropy on them is NaN, so "
+            "attacks, MRC and fine-tuning would follow no gradient, and every such example "
+            "would count as an error. Make forward finite on the data (e.g. torch.log(x + "
+            "1e-6), or clamp before dividing)", field="architecture")
 
 
 def _probability_total(totals: torch.Tensor) -> float | None:

@@ -427,3 +427,20 @@ def test_a_buffer_written_in_training_only_or_kept_out_of_the_state_dict_passes(
             return super().forward(x)
 
     assert _check(TrainingOnly()) == []
+
+
+def test_outputs_with_nan_are_refused_as_such_not_as_dropout_left_on() -> None:
+    """The log of a zero pixel gives NaN logits. Before: "dropout or noise stays active in eval
+    mode" (NaN differs from itself when two passes are compared)."""
+    class LogOfPixels(Net):
+        def forward(self, x: Tensor) -> Tensor:
+            return super().forward(torch.log(x - x.amin()))  # the darkest pixel: log(0)
+
+    with pytest.raises(ConfigError, match=r"returns NaN or \+inf in eval mode for \d+ of the "
+                                          r"first 32 test examples.*log") as refused:
+        _check(LogOfPixels())
+    assert "dropout" not in refused.value.message
+
+
+def test_minus_infinity_for_a_masked_class_passes() -> None:
+    assert _check(Net(lambda _, z: z.masked_fill(torch.arange(4) == 3, float("-inf")))) == []
