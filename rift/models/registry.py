@@ -25,7 +25,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from rift.config import ArchitectureSpec
 from rift.errors import ConfigError, RiftError, UnknownArchitectureError
-from rift.model_state import eval_mode, frozen_except
+from rift.model_state import eval_mode, frozen_except, functional_call_restoring
 from rift.models.logits_output import return_logits
 from rift.models.mlp import mlp
 from rift.models.preact_resnet import preact_resnet18
@@ -358,7 +358,7 @@ def _takes(model: nn.Module, shape: tuple[int, ...], num_classes: int,
         meta_state = {name: tensor.to("meta") for name, tensor in [
             *model.named_parameters(remove_duplicate=False),
             *model.named_buffers(remove_duplicate=False)]}
-        attempts.append(lambda: torch.func.functional_call(
+        attempts.append(lambda: functional_call_restoring(
             model, meta_state, (torch.zeros(shape, device="meta"),)))
     attempts.append(lambda: model(torch.zeros(shape, device=device)))
     for attempt in attempts:
