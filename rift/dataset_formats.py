@@ -231,7 +231,30 @@ def npz_layout(shape: tuple[int, ...], dtype: np.dtype[Any], key: str,
         raise DatasetError(
             f"key '{key}': shape {list(shape)} gives {height}×{width} images; each side must be "
             f"at least {min_image_side} pixels")
+    refuse_one_pixel_images(
+        (height, width), f"key '{key}': shape {list(shape)} gives 1×1 images of {channels} "
+        "channel(s)", f"save them as (N, {channels}) feature vectors ("
+        f"({key}.reshape(len({key}), -1) / 255).astype(np.float32) for 8-bit pixels) and set "
+        "attack.domain 'unit' to keep the attack in [0, 1]")
     return NpzLayout("images", (int(channels), int(height), int(width)), last)
+
+
+def refuse_one_pixel_images(size: tuple[int, int], what: str, remedy: str) -> None:
+    """Refuse images of 1×1 pixels (``size`` is (H, W)), naming ``what`` and the ``remedy``.
+
+    Every stage takes (N, F, 1, 1) inputs for feature vectors (``DatasetSplits.feature_vectors``
+    judges by that shape): no [0, 1] box for the attack (``attack.domain`` 'auto'), ``eps`` and
+    the feature-scale warning in the values' own units. Before, (N, 1, 1, 3) uint8 pixels were
+    read in [0, 1] yet attacked outside it, and warned about as 0–255 features with the advice
+    to save them as the uint8 images they were.
+
+    Raises:
+        DatasetError: ``size`` is (1, 1).
+    """
+    if tuple(size) == (1, 1):
+        raise DatasetError(
+            f"{what}, which RiFT cannot tell from feature vectors (it passes those as (N, F, 1, "
+            f"1), attacked in their own units without the [0, 1] box of pixels): {remedy}")
 
 
 def _channels_last(shape: tuple[int, ...], dtype: np.dtype[Any], key: str) -> bool:

@@ -46,6 +46,10 @@ values alone cannot be sure, returns a warning for the run's ``warning`` events:
   on the input's path): ``autograd.grad`` cannot go through it (:mod:`rift.gradient_paths`).
 * **A forward that writes into its input** (``x -= mean`` in place): the job's data, or the
   attack's inputs, would change under the caller.
+* **A forward that writes into the model's own state in eval mode** (a persistent buffer or a
+  parameter: a call counter, a running average updated outside ``if self.training``): every
+  attack, MRC pass and evaluation would move it, so the weights a run saves, those "returned
+  unchanged" at α = 0 included, were not the checkpoint's, with no word.
 
 One batch in fp32 (at most :data:`CHECK_EXAMPLES` examples): two forward passes, two of two
 examples, and one or two forward and backward passes: cheap beside any stage.
@@ -139,10 +143,30 @@ def check_model_outputs(model: nn.Module, data: ImageTensors, attack: PGD, *,
     images, labels = next(iterate_batches(data.head(CHECK_EXAMPLES), CHECK_EXAMPLES,
                                           device=device))
     devices = [device] if device.type == "cuda" else []
+    state = {key: value.detach().clone() for key, value in model.state_dict().items()}
     with torch.random.fork_rng(devices=devices), frozen_except(model):
         warnings = _check_passes(model, images, name)
         _check_input_gradient(model, images, labels, attack, name)
+    _refuse_state_writes(model, state, name)
     return warnings
+
+
+def _refuse_state_writes(model: nn.Module, before: dict[str, torch.Tensor], name: str) -> None:
+    """Refuse ``model`` when the checks' eval-mode passes changed an entry of its state dict.
+    Measured before: a call counter and a running mean updated in eval mode were saved, moved,
+    in ``tuned.safetensors`` at α = 0 ("returned unchanged") and in θ_FT outside the tuned
+    module, with no word; the run's own copy of θ_AT was taken after one probe pass too."""
+    written = [key for key, value in model.state_dict().items()
+               if key in before and not torch.equal(value, before[key])]
+    if written:
+        raise ConfigError(
+            f"architecture {name!r} changes its own state dict in forward in eval mode: "
+            f"{', '.join(written[:6])}{' …' if len(written) > 6 else ''} (e.g. a call counter "
+            "or a running average updated outside 'if self.training:'). Every attack, MRC pass "
+            "and evaluation would move them, so the weights the run saves (also those returned "
+            "unchanged at α = 0) would not be the checkpoint's. Update them in training only, "
+            "or keep them out of the state dict (register_buffer(..., persistent=False))",
+            field="architecture")
 
 
 def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> list[str]:
@@ -164,6 +188,7 @@ def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> list[str
             "'x -= mean' or 'x.clamp_(...)'): the job's images and the attack's inputs would "
             "change under it. Make forward write new tensors ('x = x - mean')",
             field="architecture")
+    _refuse_non_finite(first, name)
     scale = max(1.0, float(first.abs().max()))
     if not torch.allclose(first, second, rtol=_REPEAT_RTOL, atol=_REPEAT_RTOL * scale):
         difference = float((first - second).abs().max())
@@ -188,6 +213,22 @@ def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> list[str
             "to be its own: use running statistics or a per-example normalisation in eval "
             "mode", field="architecture")
     return _check_output_kind(first.double(), made_by, len(images), name)
+
+
+def _refuse_non_finite(outputs: torch.Tensor, name: str) -> None:
+    """Refuse outputs holding NaN or +inf (-inf is a masked class, which softmax takes). Before,
+    a forward taking the log of a zero pixel was told "dropout or noise stays active in eval
+    mode" (NaN differs from itself in the comparison of two passes)."""
+    bad = torch.isnan(outputs) | (outputs == float("inf"))
+    rows = bad.reshape(len(outputs), -1).any(1)
+    if bool(rows.any()):
+        raise ConfigError(
+            f"architecture {name!r} returns NaN or +inf in eval mode for {int(rows.sum())} of "
+            f"the first {len(outputs)} test examples (e.g. the log or reciprocal of a zero "
+            "pixel, a division by a zero norm, an overflow): cross-entropy on them is NaN, so "
+            "attacks, MRC and fine-tuning would follow no gradient, and every such example "
+            "would count as an error. Make forward finite on the data (e.g. torch.log(x + "
+            "1e-6), or clamp before dividing)", field="architecture")
 
 
 def _probability_total(totals: torch.Tensor) -> float | None:

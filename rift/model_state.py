@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -78,3 +79,25 @@ def input_dtype(model: nn.Module) -> torch.dtype:
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float32
+
+
+def functional_call_restoring(model: nn.Module, tensors: dict[str, torch.Tensor],
+                              args: tuple[Any, ...]) -> Any:
+    """``torch.func.functional_call(model, tensors, args)`` that leaves every submodule holding
+    its own parameters and buffers afterwards, whatever happened inside.
+
+    torch's own restore fails on a module registered under two names (``self.blocks =
+    nn.ModuleList([self.block, self.block])``): it records the second name's "original" after
+    swapping the first, so the model kept the tensor passed in instead of its ``Parameter``
+    (measured on torch 2.14: ``model.block.weight is tensors["block.weight"]``). Under
+    ``vmap`` (the stacked MRC engine) that tensor is a batched one, and the next
+    ``state_dict()`` failed with "your tensor may have escaped from inside a function being
+    vmapped"; elsewhere the module's weight silently stopped being a parameter."""
+    held = [(module, dict(module._parameters), dict(module._buffers))
+            for module in model.modules()]
+    try:
+        return torch.func.functional_call(model, tensors, args)
+    finally:
+        for module, parameters, buffers in held:
+            module._parameters.update(parameters)
+            module._buffers.update(buffers)

@@ -23,12 +23,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.device import autocast
 from rift.evaluation import correct_predictions
 from rift.flat_weights import FlatWeights
+from rift.model_state import functional_call_restoring
 from rift.segments import Segment
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class StackedProbe:
     def _logits(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """(K, batch, classes) logits of the K copies, in fp32."""
         def one_copy(weights: dict[str, torch.Tensor], *cached: torch.Tensor) -> torch.Tensor:
-            return functional_call(self.segment.suffix, weights, cached).float()
+            return functional_call_restoring(self.segment.suffix, weights, cached).float()
 
         in_dims = (0, *(None for _ in inputs))  # the weights vary, the cached inputs are shared
         return vmap(one_copy, in_dims=in_dims)(self._stacked(), *inputs)

@@ -56,6 +56,7 @@ from rift.dataset_formats import (
     is_hidden,
     is_image_file,
     parse_annotations,
+    refuse_one_pixel_images,
 )
 from rift.errors import DatasetError
 from rift.image_content import (
@@ -217,6 +218,9 @@ def load_imagefolder(spec: DatasetSpec) -> SourceData:
                 size, resize = first.size, False
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise DatasetError(f"cannot read image {reference}: {exc}") from exc
+    refuse_one_pixel_images(
+        (size[1], size[0]), f"dataset 'imagefolder': {reference} is a 1×1 image",
+        "set dataset.image_size to resize the images (at least 8)")
     # Greyness is learnt while decoding, so the tree is read once: every image goes into a
     # 3-channel buffer, and one channel is kept when the whole tree (train and held-out) is grey.
     # Each buffer is dropped once its tensor is made, so a grey tree never needs more memory

@@ -25,7 +25,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from rift.config import ArchitectureSpec
 from rift.errors import ConfigError, RiftError, UnknownArchitectureError
-from rift.model_state import eval_mode, frozen_except
+from rift.model_state import eval_mode, frozen_except, functional_call_restoring
 from rift.models.logits_output import return_logits
 from rift.models.mlp import mlp
 from rift.models.preact_resnet import preact_resnet18
@@ -358,7 +358,7 @@ def _takes(model: nn.Module, shape: tuple[int, ...], num_classes: int,
         meta_state = {name: tensor.to("meta") for name, tensor in [
             *model.named_parameters(remove_duplicate=False),
             *model.named_buffers(remove_duplicate=False)]}
-        attempts.append(lambda: torch.func.functional_call(
+        attempts.append(lambda: functional_call_restoring(
             model, meta_state, (torch.zeros(shape, device="meta"),)))
     attempts.append(lambda: model(torch.zeros(shape, device=device)))
     for attempt in attempts:
@@ -511,4 +511,22 @@ def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
         raise ConfigError(
             f"architecture {spec.name!r} returns {got} for one of the dataset's {shape}; RiFT "
             f"needs logits of shape {expected} (batch, architecture.num_classes)"
-            + (f"; {SINGLE_LOGIT_HINT}" if got == (1, 1) else ""), field="architecture")
+            + (f"; {SINGLE_LOGIT_HINT}" if got == (1, 1) else _output_shape_hint(got, expected)),
+            field="architecture")
+
+
+def _output_shape_hint(got: tuple[int, ...] | str, expected: tuple[int, int]) -> str:
+    """What to change in forward when its output holds the logits in another shape. Before, a
+    fully convolutional head's (1, C, 1, 1) and a ``.squeeze()`` that drops the batch
+    dimension of a batch of one, (C,), were told the expected shape alone (the latter runs on
+    larger batches, so the cause was not to be seen)."""
+    if not isinstance(got, tuple):
+        return ""
+    if got == expected[1:]:
+        return ("; forward drops the batch dimension for a batch of one (x.squeeze() removes "
+                "every dimension of size 1): use x.flatten(1), since stages also give batches "
+                "of one example")
+    if len(got) > 2 and got[:2] == expected and all(side == 1 for side in got[2:]):
+        return ("; the logits keep their spatial dimensions of size 1 (a 1×1 convolution as "
+                "the head): return x.flatten(1)")
+    return ""

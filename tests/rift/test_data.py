@@ -369,6 +369,33 @@ def _tree(root: Path, per_class: int = 4) -> None:
             _png(root / name / f"{i}.png", colour)
 
 
+@pytest.mark.parametrize("x", [
+    _rng().integers(0, 256, (12, 1, 1, 3), dtype=np.uint8),  # N×H×W×C
+    _rng().random((12, 3, 1, 1)).astype(np.float32),  # N×C×H×W
+], ids=["uint8", "float"])
+def test_one_pixel_images_are_refused_naming_the_feature_vector_form(
+        tmp_path: Path, x: np.ndarray) -> None:
+    """Every stage takes (N, F, 1, 1) for feature vectors: before, uint8 1×1 pixels were read in
+    [0, 1] but attacked without its box and warned about as 0-255 features, with the advice to
+    save them as the uint8 images they were."""
+    np.savez(tmp_path / "pixels.npz", x=x, y=np.arange(12) % 3)
+    with pytest.raises(DatasetError, match=r"key 'x': shape \[12, .*\] gives 1×1 images of 3 "
+                                           r"channel\(s\).*save them as \(N, 3\) feature "
+                                           r"vectors.*attack.domain 'unit'"):
+        load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "pixels.npz")), seed=0)
+
+
+def test_imagefolder_of_one_pixel_images_is_refused_naming_image_size(tmp_path: Path) -> None:
+    for name, colour in _COLOURS.items():
+        for i in range(4):
+            _png(tmp_path / name / f"{i}.png", colour, size=(1, 1))
+    with pytest.raises(DatasetError, match=r"1×1 image.*dataset.image_size"):
+        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path)), seed=0)
+    resized = load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path), image_size=8),
+                           seed=0)
+    assert resized.image_shape == (3, 8, 8)
+
+
 def test_imagefolder_train_and_val(tmp_path: Path) -> None:
     _tree(tmp_path / "train")
     _tree(tmp_path / "val", per_class=2)

@@ -386,3 +386,61 @@ def test_a_scored_module_with_all_zero_weights_is_warned_before_any_stage(
     raw["finetune"] = {**raw.get("finetune", {}), "module": "fc"}  # no choice is made
     assert not [w for w in prepare_run(RiftConfig.model_validate(raw), path).model_warnings
                 if "all zero" in w]
+
+
+class KeepsStatistics(Net):
+    """Counts its calls and keeps a running mean of its features in eval mode too, neither
+    read by forward: its outputs repeat, so only its state dict shows the writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.register_buffer("feature_mean", torch.zeros(8))
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            self.calls += 1
+            self.feature_mean.mul_(0.9).add_(0.1 * F.relu(self.conv(x)).mean((0, 2, 3)))
+        return super().forward(x)
+
+
+def test_a_forward_writing_its_state_dict_in_eval_mode_is_refused_naming_the_entries() -> None:
+    """Before, such a model ran to the end, and its weights saved at α = 0 ("returned
+    unchanged") held other counter and mean values than its checkpoint."""
+    with pytest.raises(ConfigError, match=r"changes its own state dict in forward in eval "
+                                          r"mode: calls, feature_mean") as refused:
+        _check(KeepsStatistics())
+    assert refused.value.field == "architecture"
+
+
+def test_a_buffer_written_in_training_only_or_kept_out_of_the_state_dict_passes() -> None:
+    class TrainingOnly(Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+            self.register_buffer("scratch", torch.zeros(()), persistent=False)
+
+        def forward(self, x: Tensor) -> Tensor:
+            self.scratch += 1  # outside the state dict, never read
+            if self.training:
+                self.calls += 1
+            return super().forward(x)
+
+    assert _check(TrainingOnly()) == []
+
+
+def test_outputs_with_nan_are_refused_as_such_not_as_dropout_left_on() -> None:
+    """The log of a zero pixel gives NaN logits. Before: "dropout or noise stays active in eval
+    mode" (NaN differs from itself when two passes are compared)."""
+    class LogOfPixels(Net):
+        def forward(self, x: Tensor) -> Tensor:
+            return super().forward(torch.log(x - x.amin()))  # the darkest pixel: log(0)
+
+    with pytest.raises(ConfigError, match=r"returns NaN or \+inf in eval mode for \d+ of the "
+                                          r"first 32 test examples.*log") as refused:
+        _check(LogOfPixels())
+    assert "dropout" not in refused.value.message
+
+
+def test_minus_infinity_for_a_masked_class_passes() -> None:
+    assert _check(Net(lambda _, z: z.masked_fill(torch.arange(4) == 3, float("-inf")))) == []

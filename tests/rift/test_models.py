@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.fx
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -422,4 +423,34 @@ def test_a_single_logit_binary_head_is_told_how_to_give_two_logits() -> None:
                        r"torch.cat\(\[torch.zeros_like\(z\), z\], 1\)") as error:
         check_model_accepts(single, ArchitectureSpec(name="mine", num_classes=2), (3, 8, 8),
                             device=torch.device("cpu"))
+    assert error.value.field == "architecture"
+
+
+class _SqueezedLogits(nn.Module):
+    """A 1×1 convolution as the head, then ``squeeze()``: (N, C) for N > 1, (C,) for one."""
+
+    def __init__(self, squeeze: bool) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.head = nn.Conv2d(6, 4, 1)
+        self.squeeze = squeeze
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(F.adaptive_avg_pool2d(F.relu(self.stem(x)), 1))
+        return logits.squeeze() if self.squeeze else logits
+
+
+@pytest.mark.parametrize(("squeeze", "words"), [
+    (True, r"returns \(4,\).*drops the batch dimension for a batch of one.*x.flatten\(1\)"),
+    (False, r"returns \(1, 4, 1, 1\).*spatial dimensions of size 1.*x.flatten\(1\)"),
+])
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_logits_in_another_shape_are_told_how_to_flatten(squeeze: bool, words: str,
+                                                          device: str) -> None:
+    """Before: only "needs logits of shape (1, 4)", where the squeezed model gives (N, 4) on
+    any batch but one."""
+    with pytest.raises(ConfigError, match=words) as error:
+        check_model_accepts(_SqueezedLogits(squeeze).to(device),
+                            ArchitectureSpec(name="mine", num_classes=4), (3, 8, 8),
+                            device=torch.device(device))
     assert error.value.field == "architecture"

@@ -306,3 +306,42 @@ def test_a_job_with_module_batch_gets_the_same_mrc_stage_and_hears_of_a_fallback
     warnings = [data for kind, data in events if kind == "warning"]
     assert [data["stage"] for data in warnings] == ["mrc"]
     assert "scoring one module at a time" in warnings[0]["message"]
+
+
+class AliasedBlock(nn.Module):
+    """One convolution registered under three names (``block``, ``blocks.0``, ``blocks.1``)
+    and applied twice, as a weight-shared recurrent block is often written."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.block = nn.Conv2d(6, 6, 3, padding=1)
+        self.blocks = nn.ModuleList([self.block, self.block])
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        for block in self.blocks:
+            x = F.relu(block(x)) + x
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("engine", ["full", "cached"])
+def test_a_module_registered_under_two_names_keeps_its_parameters_in_groups(
+        group_sizes: list[int], engine: str) -> None:
+    """torch's functional_call left such a model holding the stacked weight it was given, not
+    its Parameter: the full engine's stage then failed with "your tensor may have escaped from
+    inside a function being vmapped" (a traceback) at the next state_dict()."""
+    torch.manual_seed(1)
+    model = AliasedBlock().eval()
+    held = {name: parameter for name, parameter in model.named_parameters()}
+    images, labels = torch.rand(12, 3, 8, 8), torch.randint(0, 4, (12,))
+    spec = MRCSpec(steps=2, batch_size=6, num_examples=12, eps=0.5, engine=engine)
+    alone = module_robust_criticality(model, images, labels, spec)
+    grouped = module_robust_criticality(model, images, labels,
+                                        spec.model_copy(update={"module_batch": 3}))
+    _assert_same_table(grouped, alone)
+    assert group_sizes
+    assert {name: parameter for name, parameter in model.named_parameters()} == held
+    assert all(isinstance(p, nn.Parameter) for p in model.parameters())
+    model.state_dict()
