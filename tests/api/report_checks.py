@@ -145,3 +145,14 @@ def counters_gone_back(before: Mapping[Series, float], after: Mapping[Series, fl
         elif after[key] < value:
             wrong.append(f"{key}: {value} -> {after[key]}")
     return wrong
+
+
+#: Markup a label, a module name or a warning may hold: none of it may become an element.
+HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&amp; é✓🙂"
+
+
+def hostile_module_name(index: int) -> str:
+    """A 200+ character dotted path, unique by its index, with markup and non-ASCII text: the
+    module names of the big-report tests (page size, headless rendering)."""
+    stem = ".".join(f"stages.{index % 4}.blocks.{index % 12}.attn.qkv_projection" for _ in range(3))
+    return f"backbone.{HOSTILE}.ünïcødé.{stem}.stages.{index // 12}.blocks.{index % 12}.attn.qkv"

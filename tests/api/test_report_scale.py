@@ -20,21 +20,13 @@ from persistence.models import (
 )
 from tests.api.browser import StaticPage, chromium_binary, load_page
 from tests.api.helpers import Api, digits_config, upload_checkpoint
-from tests.api.report_checks import page_problems
+from tests.api.report_checks import HOSTILE, hostile_module_name, page_problems
 
 MODULE_COUNT = 500
 RATES = [0.001, 0.003, 0.01, 0.03]
 SWEEP_MODULES = 4
 ALPHAS = [round(i * 0.01, 10) for i in range(101)]
 WARNINGS = 130
-#: Markup a label, a module name or a warning may hold: none of it may become an element.
-HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&amp; é✓🙂"
-
-
-def module_name(index: int) -> str:
-    """A 200+ character dotted path, unique by its index, with markup and non-ASCII text."""
-    stem = ".".join(f"stages.{index % 4}.blocks.{index % 12}.attn.qkv_projection" for _ in range(3))
-    return f"backbone.{HOSTILE}.ünïcødé.{stem}.stages.{index // 12}.blocks.{index % 12}.attn.qkv"
 
 
 def big_sweep_job(api: Api, checkpoint: Path) -> str:
@@ -46,7 +38,7 @@ def big_sweep_job(api: Api, checkpoint: Path) -> str:
                                                 "labels": labels})
     assert created.status_code == 201, created.text
     job_id = str(created.json()["id"])
-    names = [module_name(i) for i in range(MODULE_COUNT)]
+    names = [hostile_module_name(i) for i in range(MODULE_COUNT)]
     assert min(len(n) for n in names) > 200
     with api.sessions() as session:
         for position, module in enumerate(names):
@@ -97,7 +89,7 @@ def _legend_entries(page: str, chart: str) -> list[str]:
 def test_a_big_sweep_jobs_report_and_json_routes(report_api: Api, small_cnn_file: Path) -> None:
     api = report_api
     job_id = big_sweep_job(api, small_cnn_file)
-    names = [module_name(i) for i in range(MODULE_COUNT)]
+    names = [hostile_module_name(i) for i in range(MODULE_COUNT)]
     # The JSON routes: whole, whatever the page shortens.
     job = api.client.get(f"/v1/jobs/{job_id}")
     assert job.status_code == 200 and len(job.json()["labels"]) == 32

@@ -10,7 +10,7 @@ import re
 
 from reporting.charts import sweep_curves
 from reporting.page import ReportData, ReportWarning, escape, render_report
-from tests.api.report_checks import page_problems
+from tests.api.report_checks import hostile_module_name, page_problems
 
 MODULES = 500
 SWEEP_MODULES = 4
@@ -18,17 +18,10 @@ RATES = [0.001, 0.003, 0.01, 0.03]
 ALPHAS = [round(i * 0.05, 10) for i in range(21)]
 #: What the page may weigh for this result (it was 1.51 MB; it is 0.39 MB).
 MAX_BYTES = 450_000
-HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&amp; é✓"
-
-
-def module_name(index: int) -> str:
-    """A unique dotted path of 200+ characters with markup and non-ASCII text."""
-    stem = ".".join(f"stages.{index % 4}.blocks.{index % 12}.attn.qkv_projection" for _ in range(3))
-    return f"backbone.{HOSTILE}.ünïcødé.{stem}.stages.{index // 12}.blocks.{index % 12}.attn.qkv"
 
 
 def big_report() -> tuple[ReportData, list[str]]:
-    names = [module_name(i) for i in range(MODULES)]
+    names = [hostile_module_name(i) for i in range(MODULES)]
     # MRC falls then rises along the table, so the lowest are not the table's first rows.
     rows = [{"module": name, "parameters": 1000 + i, "mrc": abs(i - 300) * 0.001 + 0.0005,
              "worst_robust_loss": 1.5, "robust_accuracy_at_worst": 50.0,
