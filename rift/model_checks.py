@@ -157,7 +157,7 @@ def _refuse_state_writes(model: nn.Module, before: dict[str, torch.Tensor], name
     in ``tuned.safetensors`` at α = 0 ("returned unchanged") and in θ_FT outside the tuned
     module, with no word; the run's own copy of θ_AT was taken after one probe pass too."""
     written = [key for key, value in model.state_dict().items()
-               if key in before and not torch.equal(value, before[key])]
+               if key in before and not _same_values(value, before[key])]
     if written:
         raise ConfigError(
             f"architecture {name!r} changes its own state dict in forward in eval mode: "
@@ -167,6 +167,15 @@ def _refuse_state_writes(model: nn.Module, before: dict[str, torch.Tensor], name
             "unchanged at α = 0) would not be the checkpoint's. Update them in training only, "
             "or keep them out of the state dict (register_buffer(..., persistent=False))",
             field="architecture")
+
+
+def _same_values(now: torch.Tensor, before: torch.Tensor) -> bool:
+    # NaN differs from itself: a buffer holding NaN as a marker (a statistic not yet seen)
+    # and left alone is unchanged.
+    if torch.equal(now, before):
+        return True
+    return (now.is_floating_point() and now.shape == before.shape and now.dtype == before.dtype
+            and bool(torch.isclose(now, before, rtol=0, atol=0, equal_nan=True).all()))
 
 
 def _check_passes(model: nn.Module, images: torch.Tensor, name: str) -> list[str]:

@@ -419,6 +419,8 @@ def test_a_buffer_written_in_training_only_or_kept_out_of_the_state_dict_passes(
             super().__init__()
             self.register_buffer("calls", torch.zeros((), dtype=torch.long))
             self.register_buffer("scratch", torch.zeros(()), persistent=False)
+            # NaN as a "not yet seen" marker, left alone in eval mode: unchanged (NaN != NaN).
+            self.register_buffer("first_seen", torch.full((2,), float("nan")))
 
         def forward(self, x: Tensor) -> Tensor:
             self.scratch += 1  # outside the state dict, never read
