@@ -27,7 +27,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from api.errors import WordedValidationError
 from persistence.cost import sweep_size
 from rift.config import RiftConfig
 
@@ -97,12 +96,9 @@ def _sweep_errors(config: dict[str, Any], loc: tuple[Any, ...]) -> list[dict[str
              "input": None}]
 
 
-def check_service_bounds(config: dict[str, Any], loc: tuple[Any, ...]) -> None:
-    """Refuse a validated config (as JSON) that passes the service's bounds.
-
-    Raises:
-        WordedValidationError: (422) one error per field at fault, located under ``loc``.
-    """
+def service_bound_errors(config: dict[str, Any], loc: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """Where a config (as JSON) passes the service's bounds: one pydantic-style error per field
+    at fault, located under ``loc`` (the caller reports them with the schema's own, as a 422)."""
     errors: list[dict[str, Any]] = []
     for path, low, high in FIELD_BOUNDS:
         value = _lookup(config, path)
@@ -122,5 +118,4 @@ def check_service_bounds(config: dict[str, Any], loc: tuple[Any, ...]) -> None:
     for where, what in _walk(config, loc):
         errors.append({"type": "too_long", "loc": where, "msg": f"this service allows {what}",
                        "input": None})
-    if errors:
-        raise WordedValidationError(errors)
+    return errors

@@ -201,3 +201,21 @@ def test_a_whole_number_within_the_services_bounds_still_meets_them() -> None:
     error = answer(spec(mrc={"batch_size": 4}))
     assert error["field"] == "config.mrc.batch_size"
     assert "this service requires at least 8" in error["message"]
+
+
+def test_a_bound_and_a_mistyped_key_are_named_in_one_answer() -> None:
+    # Before: the service's bound alone ("config.finetune.epochs"); the typo came in the next
+    # answer, once the bound was met.
+    error = answer(spec(finetune={"epochs": 500, "lrr": 0.01}))
+    assert error["field"] == "config.finetune.epochs"
+    assert error["fields"] == ["config.finetune.epochs", "config.finetune.lrr"], error
+    assert "this service allows at most 200" in error["message"]
+    assert "did you mean 'lr'?" in error["message"]
+
+
+def test_a_field_past_both_bounds_is_named_once_with_the_services() -> None:
+    # 2000 is past the library's 1000 and the service's 200: the tighter, the service's, is said.
+    error = answer(spec(attack={"steps": 2000}))
+    assert error["fields"] == ["config.attack.steps"], error
+    assert "this service allows at most 200" in error["message"]
+    assert "1000" not in error["message"], error["message"]
