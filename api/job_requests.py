@@ -28,7 +28,7 @@ from api.dataset_validation import Geometry, dataset_geometry, uploaded_dataset_
 from api.errors import InvalidInput, WordedValidationError, from_rift_error
 from api.schemas import JobSpec
 from api.services.ownership import Owned, find_owned
-from api.spec_limits import check_service_bounds
+from api.spec_limits import service_bound_errors
 from api.spec_messages import refine_errors
 from api.validation import Validator
 from persistence.jobs import request_fingerprint
@@ -93,26 +93,31 @@ def _prefill_dataset_path(body: Any) -> None:
 
 def validate_body(body: Any, model: type[ModelT], loc: tuple[Any, ...]) -> ModelT:
     """Validate parsed JSON against ``model`` in strict mode (``"epochs": "10"`` is refused, not
-    read as 10), then the service's bounds of a job config; errors are 422s whose ``loc``
-    starts with ``loc``."""
+    read as 10), with the service's bounds of a job config and its unused settings; errors are
+    422s whose ``loc`` starts with ``loc``, all of them in one answer."""
     _prefill_dataset_path(body)
+    early: list[dict[str, Any]] = []
     if isinstance(body, dict) and isinstance(body.get("config"), dict):
-        check_service_bounds(body["config"], (*loc, "config"))
-        unused = unused_settings(body["config"])
-        if unused:
-            raise WordedValidationError([
-                {"type": "value_error", "loc": (*loc, "config", *path), "msg": why}
-                for path, why in unused])
+        early.extend(service_bound_errors(body["config"], (*loc, "config")))
+        early.extend({"type": "value_error", "loc": (*loc, "config", *path), "msg": why}
+                     for path, why in unused_settings(body["config"]))
     try:
         # Strict in JSON mode: JSON strings still become enums and paths, arrays tuples.
-        return model.model_validate_json(json.dumps(body), strict=True)
+        validated = model.model_validate_json(json.dumps(body), strict=True)
     except ValidationError as exc:
+        # The schema's errors beside the service's: an answer with the bound alone ("epochs":
+        # 500) hid a mistyped key of the same spec until the bound was met.
+        named = {tuple(error["loc"]) for error in early}
         errors = [
             {**error, "loc": (*loc, *error["loc"])}
             for error in refine_errors(
                 exc.errors(include_url=False), model)
         ]
-        raise WordedValidationError(errors) from None
+        raise WordedValidationError(
+            early + [error for error in errors if tuple(error["loc"]) not in named]) from None
+    if early:
+        raise WordedValidationError(early)
+    return validated
 
 
 def fingerprint(spec: JobSpec, checkpoint_ref: str) -> str:

@@ -25,8 +25,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from api.errors import WordedValidationError
+from pydantic import BaseModel
+
 from persistence.cost import sweep_size
+from rift.config import RiftConfig
 
 MAX_LIST_ITEMS = 256
 MAX_STRING_CHARS = 200
@@ -44,6 +46,20 @@ FIELD_BOUNDS: tuple[tuple[tuple[str, ...], float | None, float | None], ...] = (
     (("interpolation", "alpha_step"), 0.01, None),
     (("finetune", "candidates"), None, MAX_SWEEP_CANDIDATES),
 )
+
+
+def _integer_setting(path: tuple[str, ...]) -> bool:
+    """Whether the library's schema types the setting at ``path`` as an integer."""
+    model: type[BaseModel] = RiftConfig
+    for part in path[:-1]:
+        annotation = model.model_fields[part].annotation
+        assert isinstance(annotation, type) and issubclass(annotation, BaseModel), path
+        model = annotation
+    return model.model_fields[path[-1]].annotation is int
+
+
+#: The bounded settings that take whole numbers, read from the schema.
+INTEGER_FIELDS = frozenset(path for path, _, _ in FIELD_BOUNDS if _integer_setting(path))
 
 
 def _walk(value: Any, loc: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
@@ -80,16 +96,17 @@ def _sweep_errors(config: dict[str, Any], loc: tuple[Any, ...]) -> list[dict[str
              "input": None}]
 
 
-def check_service_bounds(config: dict[str, Any], loc: tuple[Any, ...]) -> None:
-    """Refuse a validated config (as JSON) that passes the service's bounds.
-
-    Raises:
-        WordedValidationError: (422) one error per field at fault, located under ``loc``.
-    """
+def service_bound_errors(config: dict[str, Any], loc: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """Where a config (as JSON) passes the service's bounds: one pydantic-style error per field
+    at fault, located under ``loc`` (the caller reports them with the schema's own, as a 422)."""
     errors: list[dict[str, Any]] = []
     for path, low, high in FIELD_BOUNDS:
         value = _lookup(config, path)
         if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if isinstance(value, float) and path in INTEGER_FIELDS:
+            # The schema refuses it and says what to write ("write 16" for 16.0); the bound
+            # alone sent 3.5 batches to "at least 8", and 8.0 then to "write 8".
             continue
         if high is not None and value > high:
             errors.append({"type": "less_than_equal", "loc": (*loc, *path),
@@ -101,5 +118,4 @@ def check_service_bounds(config: dict[str, Any], loc: tuple[Any, ...]) -> None:
     for where, what in _walk(config, loc):
         errors.append({"type": "too_long", "loc": where, "msg": f"this service allows {what}",
                        "input": None})
-    if errors:
-        raise WordedValidationError(errors)
+    return errors

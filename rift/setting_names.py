@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, get_args
@@ -54,8 +55,24 @@ def settings_at(model: type[BaseModel], path: Sequence[str | int]) -> list[str]:
     return sorted(model.model_fields)
 
 
+#: Names other tools give a setting, which no spelling distance leads to: torchattacks' PGD
+#: calls the step size ``alpha``, optimisers take ``learning_rate``/``wd``, papers say
+#: "radius". Suggested only where the setting they point to exists (``alpha`` is the attack's
+#: step size, but near ``interpolation.alpha_step`` the spelling rule answers).
+SETTING_ALIASES: dict[str, str] = {
+    "learning_rate": "lr", "lrs": "lr_grid", "lr_list": "lr_grid", "learning_rates": "lr_grid",
+    "wd": "weight_decay", "bs": "batch_size", "alpha": "step_size", "radius": "eps",
+    "iterations": "steps", "iters": "steps", "norm": "p", "model": "architecture",
+    "arch": "architecture",
+}
+
+
 def closest_setting(name: str, known: Sequence[str]) -> str | None:
-    """The known name ``name`` was most likely meant to be (case and ``-`` ignored), or None."""
+    """The known name ``name`` was most likely meant to be (case and ``-`` ignored; another
+    tool's name for it, :data:`SETTING_ALIASES`), or None."""
+    alias = SETTING_ALIASES.get(name.lower().replace("-", "_"))
+    if alias is not None and alias in known:
+        return alias
     folded = {k.lower(): k for k in known}
     matches = difflib.get_close_matches(name.lower().replace("-", "_"), list(folded), n=1,
                                         cutoff=0.6)
@@ -66,14 +83,25 @@ def _folded(text: str) -> str:
     return text.lower().replace("-", "").replace("_", "").replace(" ", "")
 
 
+#: The shortest abbreviation of a choice that is suggested ("va" could be many words).
+MIN_ABBREVIATION_CHARS = 3
+
+
 def closest_choice(value: str, choices: Sequence[str]) -> str | None:
     """The choice ``value`` was most likely meant to be (``"cifar-10"`` → ``"cifar10"``,
-    ``"Digits"`` → ``"digits"``; case, ``-``, ``_`` and spaces ignored), or None."""
+    ``"Digits"`` → ``"digits"``; case, ``-``, ``_`` and spaces ignored; ``"val"`` →
+    ``"validation"``, the one choice it begins), or None."""
     folded: dict[str, str] = {}
     for choice in choices:
         folded.setdefault(_folded(choice), choice)
     if _folded(value) in folded:
         return folded[_folded(value)]
+    # An abbreviation ("val" for 'validation', "ref" for 'reference') is too short for the
+    # similarity ratio below; it names the one choice it begins, when only one does.
+    starts = [choice for key, choice in folded.items()
+              if len(_folded(value)) >= MIN_ABBREVIATION_CHARS and key.startswith(_folded(value))]
+    if len(starts) == 1:
+        return starts[0]
     matches = difflib.get_close_matches(_folded(value), list(folded), n=1, cutoff=0.75)
     return folded[matches[0]] if matches else None
 
@@ -108,11 +136,13 @@ NUMBER_ERROR_TYPES = frozenset({"int_type", "float_type", "literal_error"})
 
 
 def _is_number_text(value: str) -> bool:
+    # Only a number JSON can write: "inf", "NaN", "Infinity" and "1e999" parse as floats, but
+    # unquoted they are no JSON at all (or an infinite number, refused), so "write numbers without
+    # quotes" sent the user to another error; for mrc.p, "inf" in quotes is the right value.
     try:
-        float(value)
+        return math.isfinite(float(value))
     except ValueError:
         return False
-    return True
 
 
 def number_hint(value: Any, kind: str) -> str:

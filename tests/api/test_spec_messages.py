@@ -37,6 +37,17 @@ def spec(**sections: Any) -> str:
     ({"attack": {"domain": {"lower": [0], "uper": [1]}}}, "config.attack.domain.upper",
      "Field required"),
     ({"mrc": {"qqq": 1}}, "config.mrc.qqq", "unknown setting 'qqq'; known: allow_negative, "),
+    # Before: no suggestion, only the known names (another tool's name, no spelling away).
+    ({"finetune": {"learning_rate": 0.01}}, "config.finetune.learning_rate",
+     "unknown setting 'learning_rate'; did you mean 'lr'?"),
+    ({"attack": {"alpha": 0.01}}, "config.attack.alpha",
+     "unknown setting 'alpha'; did you mean 'step_size'?"),
+    ({"mrc": {"radius": 0.1}}, "config.mrc.radius", "unknown setting 'radius'; did you mean 'eps'?"),
+    ({"model": {"name": "small_cnn"}}, "config.model",
+     "unknown setting 'model'; did you mean 'architecture'?"),
+    # An alias pointing to no setting of the section leaves the spelling rule to answer.
+    ({"interpolation": {"alpha": 0.1}}, "config.interpolation.alpha",
+     "unknown setting 'alpha'; did you mean 'alpha_step'?"),
     # Before: "Input should be a valid number" for "0.01", "a valid integer" for 2.0.
     ({"finetune": {"lr": "0.01"}}, "config.finetune.lr",
      'Input should be a valid number; got the text "0.01" (write numbers without quotes)'),
@@ -87,6 +98,21 @@ def spec(**sections: Any) -> str:
     # Before: accepted, and lr never used (the grid's rates are the ones run).
     ({"finetune": {"lr": 0.1, "lr_grid": [0.01, 0.05]}}, "config.finetune.lr",
      "'lr_grid' sets the rates that are run and 0.1 is not among them"),
+    # Before: the choices listed, none suggested (too short for the similarity ratio).
+    ({"interpolation": {"selection_split": "val"}}, "config.interpolation.selection_split",
+     'got the text "val"; did you mean \'validation\'?'),
+    ({"protocol": "ref"}, "config.protocol", 'got the text "ref"; did you mean \'reference\'?'),
+    # Before: "(write numbers without quotes)" too, for text JSON cannot write as a number
+    # (and for mrc.p, whose 'inf' is text).
+    ({"mrc": {"p": "INF"}}, "config.mrc.p", 'got the text "INF"; did you mean \'inf\'?'),
+    ({"attack": {"norm": "inf"}}, "config.attack.norm",
+     'got the text "inf"; did you mean \'linf\'?'),
+    # Before: "this service requires at least 8" (the service's bound, checked first), and 8.0
+    # was then refused with "write 8".
+    ({"finetune": {"batch_size": 3.5}}, "config.finetune.batch_size",
+     "Input should be a valid integer; got the number 3.5"),
+    ({"mrc": {"batch_size": 4.0}}, "config.mrc.batch_size",
+     "Input should be a valid integer; got the number 4.0 (write 4)"),
 ])
 def test_a_wrong_setting_says_what_to_write(sections: dict[str, Any], field: str,
                                             message: str) -> None:
@@ -151,3 +177,45 @@ def test_a_bad_label_key_names_the_key() -> None:
     body["labels"] = {"é": "x"}
     error = answer(json.dumps(body))
     assert error["field"] == "labels.é", error
+
+
+@pytest.mark.parametrize("text", ["inf", "-Infinity", "NaN", "1e999"])
+def test_text_json_cannot_write_as_a_number_is_not_told_to_drop_its_quotes(text: str) -> None:
+    # Before: "(write numbers without quotes)", which sent the user to a JSON syntax error or
+    # to "Input should be a finite number".
+    error = answer(spec(finetune={"lr": text}))
+    assert error["field"] == "config.finetune.lr"
+    assert f'got the text "{text}"' in error["message"]
+    assert "without quotes" not in error["message"], error["message"]
+
+
+def test_an_infinite_count_is_refused_as_no_integer() -> None:
+    # Before: "this service allows at most 200" for 1e999 steps (JSON's overflowing number).
+    error = answer(spec(attack={"steps": "STEPS"}).replace('"STEPS"', "1e999"))
+    assert error["field"] == "config.attack.steps"
+    assert "Input should be a valid integer; got the number inf" in error["message"], error
+
+
+def test_a_whole_number_within_the_services_bounds_still_meets_them() -> None:
+    # Skipping the bound for a float left it to the schema; a whole int is bounded as before.
+    error = answer(spec(mrc={"batch_size": 4}))
+    assert error["field"] == "config.mrc.batch_size"
+    assert "this service requires at least 8" in error["message"]
+
+
+def test_a_bound_and_a_mistyped_key_are_named_in_one_answer() -> None:
+    # Before: the service's bound alone ("config.finetune.epochs"); the typo came in the next
+    # answer, once the bound was met.
+    error = answer(spec(finetune={"epochs": 500, "lrr": 0.01}))
+    assert error["field"] == "config.finetune.epochs"
+    assert error["fields"] == ["config.finetune.epochs", "config.finetune.lrr"], error
+    assert "this service allows at most 200" in error["message"]
+    assert "did you mean 'lr'?" in error["message"]
+
+
+def test_a_field_past_both_bounds_is_named_once_with_the_services() -> None:
+    # 2000 is past the library's 1000 and the service's 200: the tighter, the service's, is said.
+    error = answer(spec(attack={"steps": 2000}))
+    assert error["fields"] == ["config.attack.steps"], error
+    assert "this service allows at most 200" in error["message"]
+    assert "1000" not in error["message"], error["message"]

@@ -205,6 +205,8 @@ def test_listing_commands(argv: list[str], capsys) -> None:
     # input_type, a URL), never saying which flag or file held the value.
     ([], {"mrc": {"stepz": 1}}, "mrc.stepz: unknown setting 'stepz'; did you mean 'steps'?"),
     ([], {"finetune": {"LR": 1}}, "finetune.LR: unknown setting 'LR'; did you mean 'lr'?"),
+    ([], {"finetune": {"learning_rate": 0.01}}, "finetune.learning_rate: unknown setting "
+     "'learning_rate'; did you mean 'lr'?"),
     ([], {"protocol": "reference", "mrc": {"steps": 3}}, "mrc.steps: protocol 'reference' "
      "sets mrc.steps to 10"),
     ([], {"architecture": {"name": "small_cnn", "mean": [0.5]}}, "architecture.std: give both"),
@@ -225,6 +227,10 @@ def test_listing_commands(argv: list[str], capsys) -> None:
      '"cifar-10", from --dataset)'),
     ([], {"attack": {"norm": "L_2"}}, "attack.norm: Input should be 'linf' or 'l2'; did you "
      "mean 'l2'? (got \"L_2\", from --config"),
+    # An abbreviation names the one choice it begins (before: only the list).
+    (["--set", "interpolation.selection_split=val"], None, "interpolation.selection_split: "
+     "Input should be 'test' or 'validation'; did you mean 'validation'? (from --set "
+     "interpolation.selection_split=val)"),
     # A config file is read as strictly as the API reads a job's config (before: "0.01" ran
     # as 0.01, 2.0 as 2, "yes" as true), with the API's hints.
     ([], {"finetune": {"lr": "0.01"}}, 'finetune.lr: Input should be a valid number (got '
