@@ -16,9 +16,14 @@ Exit codes (for CI jobs and scripts):
     1  the job failed or was cancelled (materialize --wait: the materialization failed)
     2  usage error (bad option, missing file, invalid config file or JSON, a URL or key that
        cannot be used, a local file that cannot be read or written)
-    3  API error (an error answer, the service unreachable, a checksum mismatch, an answer
-       that is not the API's)
+    3  the service refused the request (an error answer not listed below: 409, 422, 429,
+       ...), or a checksum mismatch
     4  ``wait`` gave up: the job was still running when --timeout passed
+    5  authentication or permission: the key is missing, unknown, revoked (401) or lacks the
+       scope (403)
+    6  not found (404): no such job, upload, webhook or artifact (in the key's project)
+    7  the service cannot be used: unreachable, a server error (5xx, 503 once the retries are
+       spent), or an answer that is not the API's (the URL names another server)
     130  interrupted (Ctrl-C): a download keeps its ``.part``, which the next one resumes
 
 Progress bars and messages go to stderr, results to stdout; ``--output json`` prints results as
@@ -59,12 +64,16 @@ from rift_client.cli_input import STDIN, as_regular_file, is_stream
 from rift_client.client import RiftClient
 from rift_client.config import ConfigError, resolve_config
 from rift_client.errors import (
+    AuthenticationError,
     ChecksumMismatchError,
     FileChangedError,
+    NotFoundError,
+    PermissionDeniedError,
     RiftAPIError,
     RiftClientError,
     RiftConnectionError,
     RiftUsageError,
+    ServerError,
     UnexpectedResponseError,
     WaitTimeoutError,
 )
@@ -84,6 +93,10 @@ from rift_client.models import (
 from rift_client.retry import RetryPolicy
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_API_ERROR, EXIT_WAIT_TIMEOUT = 0, 1, 2, 3, 4
+# A script tells "fix the key", "wrong id" and "try again later" apart by these; all three were
+# exit 3 with every other refusal, so a CI step could not retry an outage without also
+# retrying a typo.
+EXIT_AUTH, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 5, 6, 7
 STAGES = ("mrc", "finetune", "interpolate")
 #: What the service accepts as a resource id (api/schemas.py RESOURCE_ID_PATTERN): a
 #: ``--checkpoint`` that is neither a file nor this is a mistyped file name.
@@ -138,8 +151,10 @@ class State:
 
 app = RiftTyper(help="Command line of the RiFT service (Robust Critical Fine-Tuning).",
                   epilog="Exit codes: 0 success, 1 job failed or cancelled, 2 usage error, "
-                  "3 API error (or service unreachable, checksum mismatch), 4 wait timed out, "
-                  "130 interrupted (a download keeps its .part to resume). Config file: "
+                  "3 refused by the service (or checksum mismatch), 4 wait timed out, "
+                  "5 key missing, invalid or without the scope (401/403), 6 not found (404), "
+                  "7 service unreachable or failing (5xx, not the API), 130 interrupted "
+                  "(a download keeps its .part to resume). Config file: "
                   "RIFTCTL_CONFIG or ~/.config/riftctl/config.toml (api_url, "
                   "api_key, timeout, upload_timeout).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -178,7 +193,8 @@ def main_options(
         f"(default {RetryPolicy().max_retries}, with backoff; 0: fail at the first).")] = None,
 ) -> None:
     """Command line of the RiFT service. Exit codes: 0 success, 1 job failed or cancelled,
-    2 usage error, 3 API error, 4 wait timed out."""
+    2 usage error, 3 refused by the service, 4 wait timed out, 5 auth, 6 not found,
+    7 service unreachable or failing."""
     try:
         config = resolve_config(url=url, api_key=api_key, timeout=timeout,
                                 upload_timeout=upload_timeout)
@@ -222,20 +238,20 @@ def _client(state: State) -> Iterator[RiftClient]:
         _fail(state, EXIT_USAGE, message, {"code": "local_file_error", "message": message,
                                            "path": exc.filename})
     except UnexpectedResponseError as exc:
-        _fail(state, EXIT_API_ERROR, str(exc), {
+        _fail(state, EXIT_UNAVAILABLE, str(exc), {
             "status": exc.status_code, "code": "unexpected_response", "message": str(exc)})
     except RiftAPIError as exc:
         hint = _key_hint(state) if exc.status_code == 401 else None
         # summary(): the answer without the client's own hint for a 401, which names
         # api_key= (a Python argument) where riftctl's names its own places.
-        _fail(state, EXIT_API_ERROR, f"{exc.summary()}; {hint}" if hint else str(exc), {
-            "status": exc.status_code, "code": exc.code, "message": exc.message,
-            "field": exc.field, **exc.details, **({"hint": hint} if hint else {})})
+        _fail(state, api_error_exit_code(exc), f"{exc.summary()}; {hint}" if hint else str(exc), {
+            **_renamed_details(exc.details), "status": exc.status_code, "code": exc.code,
+            "message": exc.message, "field": exc.field, **({"hint": hint} if hint else {})})
     except RiftConnectionError as exc:
         # Nothing answers at the URL: say which of the four places gave it (a stale
         # RIFT_API_URL in the shell, a config file's api_url the user forgot about).
         hint = f"the URL came from {state.url_origin}" if exc.unreachable_url else None
-        _fail(state, EXIT_API_ERROR, f"{exc}; {hint}" if hint else str(exc), {
+        _fail(state, EXIT_UNAVAILABLE, f"{exc}; {hint}" if hint else str(exc), {
             "code": "connection_error", "message": str(exc), **({"hint": hint} if hint else {})})
     except ChecksumMismatchError as exc:
         _fail(state, EXIT_API_ERROR, str(exc), {"code": "checksum_mismatch", "message": str(exc)})
@@ -243,8 +259,28 @@ def _client(state: State) -> Iterator[RiftClient]:
         _fail(state, EXIT_WAIT_TIMEOUT, str(exc), {
             "code": "wait_timeout", "message": str(exc), "field": "--timeout",
             "job_id": exc.job_id,
-            "status": exc.last_status,
+            "status": exc.last_status, "job_status": exc.last_status,
             **({"materialization_id": exc.materialization_id} if exc.materialization_id else {})})
+
+
+def _renamed_details(details: dict[str, Any]) -> dict[str, Any]:
+    """An error answer's extra keys for the JSON error line, the job's ``status`` (of a 409
+    ``job_finished``, ``job_active``, ``job_not_succeeded``) as ``job_status``: spread as they
+    were, it overwrote the HTTP status, so ``error["status"]`` read 409 for one 409 and
+    ``"failed"`` for the next."""
+    return {("job_status" if key == "status" else key): value for key, value in details.items()}
+
+
+def api_error_exit_code(exc: RiftAPIError) -> int:
+    """The exit code of an error answer: auth (401/403), not found (404) and the service's own
+    failures (5xx) each have theirs; any other refusal is ``EXIT_API_ERROR``."""
+    if isinstance(exc, AuthenticationError | PermissionDeniedError):
+        return EXIT_AUTH
+    if isinstance(exc, NotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, ServerError):
+        return EXIT_UNAVAILABLE
+    return EXIT_API_ERROR
 
 
 def _key_hint(state: State) -> str:
@@ -962,7 +998,7 @@ def jobs_download(
                            "(they are made when it succeeds)")
                 _fail(state, EXIT_API_ERROR, message, {
                     "code": "job_not_succeeded", "message": message, "field": "job_id",
-                    "status": job.status})
+                    "status": job.status, "job_status": job.status})
         with _transfer_progress(state) as progress:
             for name in names or list(by_name):
                 artifact = by_name.get(name) or client.get_artifact(job_id, name)
@@ -1081,7 +1117,8 @@ def _chosen(flag: bool) -> str:
 @jobs_app.command("mrc")
 def jobs_mrc(ctx: typer.Context, job_id: str) -> None:
     """Show the job's MRC table: one row per module, the one selected for fine-tuning marked *
-    (the rows so far while it runs). --output json prints the API's table as it is."""
+    (recorded when the MRC stage ends; `jobs events` shows each module as it is scored).
+    --output json prints the API's table as it is."""
     state = _state(ctx)
     with _client(state) as client:
         table = client.get_mrc(job_id)
@@ -1098,7 +1135,12 @@ def jobs_mrc(ctx: typer.Context, job_id: str) -> None:
         _Column("MRC", lambda r: _at_least(r) + _number(r.mrc), no_wrap=True),
         _Column("worst robust loss", lambda r: _at_least(r) + _number(r.worst_robust_loss)),
         _Column("robust acc. at worst (%)", lambda r: _number(r.robust_accuracy_at_worst)),
-        _Column("drop (points)", lambda r: _number(r.robust_accuracy_drop))])
+        _Column("drop (points)", lambda r: _number(r.robust_accuracy_drop))],
+        # A job that failed or was cancelled before MRC scored a module printed a table of
+        # headers alone, which read as a fault of riftctl.
+        empty="no MRC rows" + (f" yet: they are recorded when the MRC stage ends (riftctl jobs "
+                               f"events {job_id} shows each module as it is scored)"
+                               if table.status in ("queued", "running") else ""))
 
 
 def _at_least(row: MRCRow) -> str:
@@ -1284,6 +1326,8 @@ def webhooks_deliveries(
     if state.json:
         state.emit(deliveries)
         return
+    if not deliveries:  # it printed nothing at all, as if the command had not run
+        state.say(f"no deliveries yet for webhook {webhook_id}")
     for delivery in deliveries:
         state.say(_delivery_line(delivery))
         for attempt in delivery.attempt_log:
