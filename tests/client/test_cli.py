@@ -316,6 +316,37 @@ def test_a_dataset_file_given_as_dataset_is_uploaded_for_the_job(
     assert cli("-o", "json", "datasets", "list").json() == stored
 
 
+def test_a_library_config_naming_its_data_file_runs_with_that_file_as_dataset(
+        cli: Cli, tmp_path: Path, checkpoint_file: Path) -> None:
+    """A config written for ``python -m rift run`` (the tabular demo's) keeps its data file in
+    ``dataset.path``. Before, ``--dataset FILE`` uploaded the file and the job was then refused,
+    422 "leave out 'path'"; without ``--dataset`` the usage error did not name the file."""
+    import io
+
+    import numpy as np
+
+    path = tmp_path / "dïgits.npz"
+    buffer = io.BytesIO()
+    np.savez(buffer, x=varied_images((60, 8, 8), np.float32), y=np.arange(60) % 10)
+    path.write_bytes(buffer.getvalue())
+    config = tmp_path / "library.json"
+    config.write_text(json.dumps({**digits_config(),
+                                  "dataset": {"name": "npz", "path": str(path)}}))
+    missing = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file),
+                  "--config", str(config))
+    assert missing.exit_code == 2, missing.stderr
+    assert f"--dataset {path} (the config's dataset.path)" in missing.error()["message"]
+    made = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file),
+               "--config", str(config), "--dataset", str(path))
+    assert made.exit_code == 0, made.stderr
+    job = cli("-o", "json", "jobs", "get", made.json()["id"]).json()
+    assert job["status"] == "queued" and job["dataset_id"]
+    text = cli("jobs", "create", "--checkpoint", str(checkpoint_file), "--config", str(config),
+               "--dataset", job["dataset_id"])
+    assert text.exit_code == 0, text.stderr
+    assert f"left out the config's dataset.path ({path})" in " ".join(text.stderr.split())
+
+
 def test_materialize_errors_and_wait_timeout(cli: Cli, config_file: Path,
                                              checkpoint_file: Path, tmp_path: Path,
                                              cli_launcher: Launcher | None) -> None:

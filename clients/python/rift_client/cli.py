@@ -760,10 +760,25 @@ def _check_dataset_given(job_config: dict[str, Any], dataset: str | None) -> Non
     section = job_config.get("dataset")
     name = section.get("name") if isinstance(section, dict) else None
     if dataset is None and name in _UPLOADED_DATASET_KINDS:
+        local = section.get("path") if isinstance(section, dict) else None
+        given = (f"--dataset {local} (the config's dataset.path)" if isinstance(local, str)
+                 and Path(local).exists() else "--dataset FILE")
         raise typer.BadParameter(
             f"the config's dataset.name is {name!r}, which is read from an uploaded dataset: give "
-            f"--dataset ID (`riftctl datasets upload FILE` prints it) or --dataset FILE to upload "
+            f"--dataset ID (`riftctl datasets upload FILE` prints it) or {given} to upload "
             "it with the job", param_hint="--dataset")
+
+
+def _drop_local_dataset_path(state: State, job_config: dict[str, Any], dataset: str) -> None:
+    """A config written for the library (``python -m rift run``, the tabular demo's) names its
+    data file in ``dataset.path``; the service reads the uploaded dataset instead and refused
+    the job (422 "leave out 'path'") after ``--dataset FILE`` had been uploaded. With
+    ``--dataset`` given, the path is left out of the request, saying so."""
+    section = job_config.get("dataset")
+    if isinstance(section, dict) and "path" in section:
+        path = section.pop("path")
+        state.note(f"left out the config's dataset.path ({path}): the job reads --dataset "
+                    f"{dataset}")
 
 
 @jobs_app.command("create")
@@ -804,6 +819,8 @@ def jobs_create(
     checkpoint_file = _file_or_id(checkpoint, "checkpoint", "--checkpoint")
     dataset_file = _file_or_id(dataset, "dataset", "--dataset") if dataset is not None else None
     _check_dataset_given(job_config, dataset)
+    if dataset is not None:
+        _drop_local_dataset_path(state, job_config, dataset)
     with _client(state) as client:
         if dataset_file is not None and dataset_file.is_file():
             # Uploaded on its own (a dataset serves many jobs): kept if the job is refused, and
