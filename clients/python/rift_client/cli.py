@@ -108,6 +108,16 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
+class StdoutConsole(Console):
+    """The console of results: a reader that closes the pipe raises ``BrokenPipeError``, which
+    every command ends on quietly (``cli_help.RiftCommand``); rich's own answer is exit 1,
+    the code of a failed job."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 @dataclass
 class State:
     """What every command needs: how to build the client, how to print, and where."""
@@ -209,7 +219,7 @@ def main_options(
         # No console markup: what is printed holds the service's and the user's text (a URL's
         # "[/prefix]", a field "labels.x.[key]", a label value), which rich would otherwise read
         # as style tags, and crash on.
-        output=output, quiet=quiet, out=Console(markup=False),
+        output=output, quiet=quiet, out=StdoutConsole(markup=False),
         err=Console(stderr=True, markup=False),
         url_origin=config.api_url_origin, key_origin=config.api_key_origin)
 
@@ -233,6 +243,8 @@ def _client(state: State) -> Iterator[RiftClient]:
     except FileChangedError as exc:
         _fail(state, EXIT_USAGE, str(exc), {"code": "file_changed", "message": str(exc),
                                             "path": exc.filename})
+    except BrokenPipeError:
+        raise  # stdout closed by its reader, not a local file: RiftCommand.invoke ends quietly
     except OSError as exc:
         message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
         _fail(state, EXIT_USAGE, message, {"code": "local_file_error", "message": message,
@@ -333,7 +345,7 @@ def _print_table(state: State, table: Table) -> None:
     unbounded = state.out.options.update_width(1_000_000)
     width = state.out.measure(table, options=unbounded).maximum
     # Console.print clamps its width= to the console's, hence a console of the table's width.
-    Console(file=state.out.file, width=width, markup=False).print(table)
+    StdoutConsole(file=state.out.file, width=width, markup=False).print(table)
 
 
 def _show_fetched(ctx: typer.Context, fetch: Callable[[RiftClient], BaseModel],
