@@ -182,6 +182,18 @@ def _warning_item(warning: ReportWarning) -> str:
     return f"<dt>{escape(where)}</dt><dd>{escape(warning.message + repeated)}</dd>"
 
 
+def _absent(data: ReportData, what: str) -> str:
+    """The line for a section the job has nothing in. "yet" only while it may still come: a
+    cancelled or failed job's page said "No MRC table yet", promising what will never come."""
+    if data.status in ("queued", "running"):
+        return f"<p>No {what} yet.</p>"
+    if data.status == "cancelled":
+        return f"<p>No {what}: the job was cancelled first.</p>"
+    if data.status == "failed":
+        return f"<p>No {what}: the job failed first.</p>"
+    return f"<p>No {what} recorded.</p>"
+
+
 def _mrc_table(data: ReportData) -> str:
     """The MRC table. Past :data:`MRC_ROWS_SHOWN` rows, the modules of lowest MRC (those the
     selection rule tries first) come first in a short table and the whole table, in table order,
@@ -189,7 +201,7 @@ def _mrc_table(data: ReportData) -> str:
     The "#" column is the row's number in table order, which the MRC chart's labels start with
     (they do not repeat the whole name)."""
     if not data.mrc_rows:
-        return "<p>No MRC table yet.</p>"
+        return _absent(data, "MRC table")
     rows = [(number, row) for number, row in enumerate(data.mrc_rows, start=1)]
     bounds = sum(row.get("exact") is False for row in data.mrc_rows)
     note = (f"<p class='note'>≥: {bounds} module(s) were stopped early (mrc.table = "
@@ -241,7 +253,7 @@ def _robust_cell(point: Mapping[str, Any]) -> str:
     return _cell(point.get("robust_accuracy"))
 
 
-def _curve_tables(curves: Sequence[Curve], split: str) -> str:
+def _curve_tables(data: ReportData, curves: Sequence[Curve], split: str) -> str:
     blocks = []
     for curve in curves:
         rows = []
@@ -259,7 +271,7 @@ def _curve_tables(curves: Sequence[Curve], split: str) -> str:
                       f"<th>clean (%, {escape(split)})</th><th>robust (%, {escape(split)})</th>"
                       f"</tr>{''.join(rows)}</table></div>")
     if not blocks:
-        return "<p>No curve yet.</p>"
+        return _absent(data, "curve")
     return (f"<div class='curves'>{''.join(blocks)}</div>{_sweep_note(curves)}"
             f"{_split_note(split)}{_robust_legend(curves)}")
 
@@ -314,7 +326,7 @@ def render_report(data: ReportData) -> str:
     chart_html = "".join(
         f"<figure class='figure{' wide' if chart_width(svg) > WIDE_CHART else ''}' "
         f"data-figure='{name}'>{svg}</figure>" for name, svg in charts.items()
-    ) or "<p>No results yet.</p>"
+    ) or _absent(data, "results")
     manifest = ("<p>No manifest recorded.</p>" if data.manifest is None else
                 f"<pre class='manifest'>{escape(json.dumps(data.manifest, indent=2))}</pre>")
     return (
@@ -326,5 +338,5 @@ def render_report(data: ReportData) -> str:
         f"<h2>Warnings</h2>{_warnings(data)}"
         f"<h2>Charts</h2><div class='charts'>{chart_html}</div>"
         f"<h2>Module robust criticality</h2>{_mrc_table(data)}"
-        f"<h2>Interpolation</h2>{_curve_tables(data.curves, data.splits.curve)}"
+        f"<h2>Interpolation</h2>{_curve_tables(data, data.curves, data.splits.curve)}"
         f"<h2>Manifest</h2>{manifest}</body></html>")

@@ -2,7 +2,7 @@
 ``run_riftctl``) against the real API with jobs left queued: uploads (and their own timeout),
 records, lists of uploads and jobs, job creation, cancelling, webhooks, the config file,
 ``--output json`` and the documented exit codes (0 success, 1 job failed or cancelled, 2 usage
-error, 3 API error, 4 wait timed out)."""
+error, 3 refused by the service, 4 wait timed out, 5 auth, 6 not found, 7 unreachable)."""
 
 from __future__ import annotations
 
@@ -154,22 +154,23 @@ def test_checkpoint_upload_get_and_job_lifecycle(cli: Cli, checkpoint_file: Path
     assert active.error()["code"] == "job_active" and active.error()["field"] == "job_id"
     deleted = cli("-o", "json", "jobs", "delete", job["id"])
     assert deleted.exit_code == 0 and deleted.json() == {"deleted": job["id"]}
-    assert cli("jobs", "get", job["id"]).exit_code == 3
+    assert cli("jobs", "get", job["id"]).exit_code == 6
 
 
-def test_api_errors_exit_3_with_the_error(cli: Cli, config_file: Path, cli_launcher: Launcher | None) -> None:
+def test_api_errors_exit_with_their_code_and_the_error(cli: Cli, config_file: Path,
+                                                       cli_launcher: Launcher | None) -> None:
     missing = cli("-o", "json", "jobs", "get", "no-such-job")
-    assert missing.exit_code == 3 and missing.stdout == ""
+    assert missing.exit_code == 6 and missing.stdout == ""
     error = missing.error()
     assert error["status"] == 404 and error["code"] == "job_not_found" and error["field"] == "job_id"
     text = cli("jobs", "get", "no-such-job")
-    assert text.exit_code == 3 and "job_not_found" in text.stderr and "job_id" in text.stderr
+    assert text.exit_code == 6 and "job_not_found" in text.stderr and "job_id" in text.stderr
     invalid = cli("-o", "json", "jobs", "create", "--checkpoint", "ck_nothing", "--config",
                   str(config_file))
     assert invalid.exit_code == 3 and invalid.error()["field"] == "checkpoint_id"
     unreachable = run_riftctl(["jobs", "list"], url="http://127.0.0.1:9", api_key=None,
                               home=cli.home, launcher=cli_launcher)
-    assert unreachable.exit_code == 3 and "127.0.0.1:9" in unreachable.stderr
+    assert unreachable.exit_code == 7 and "127.0.0.1:9" in unreachable.stderr
 
 
 def test_usage_errors_exit_2(cli: Cli, tmp_path: Path, config_file: Path) -> None:
@@ -256,7 +257,7 @@ def test_checkpoint_delete(cli: Cli, queued_api: RunningApi, checkpoint_file: Pa
     deleted = cli("-o", "json", "checkpoints", "delete", record["id"])
     assert deleted.exit_code == 0 and deleted.json() == {"deleted": record["id"]}
     gone = cli("-o", "json", "checkpoints", "get", record["id"])
-    assert gone.exit_code == 3 and gone.error()["status"] == 404
+    assert gone.exit_code == 6 and gone.error()["status"] == 404
 
 
 def test_dataset_upload_get_delete(cli: Cli, tmp_path: Path) -> None:
@@ -276,7 +277,7 @@ def test_dataset_upload_get_delete(cli: Cli, tmp_path: Path) -> None:
     assert shown.exit_code == 0 and record["sha256"] in shown.stdout
     deleted = cli("-o", "json", "datasets", "delete", record["id"])
     assert deleted.exit_code == 0 and deleted.json() == {"deleted": record["id"]}
-    assert cli("datasets", "get", record["id"]).exit_code == 3
+    assert cli("datasets", "get", record["id"]).exit_code == 6
 
 
 def test_a_dataset_file_given_as_dataset_is_uploaded_for_the_job(
@@ -313,6 +314,37 @@ def test_a_dataset_file_given_as_dataset_is_uploaded_for_the_job(
                 "--dataset", str(path), "--idempotency-key", "npz-1")
     assert again.exit_code == 0 and again.stdout == made.stdout, again.stderr
     assert cli("-o", "json", "datasets", "list").json() == stored
+
+
+def test_a_library_config_naming_its_data_file_runs_with_that_file_as_dataset(
+        cli: Cli, tmp_path: Path, checkpoint_file: Path) -> None:
+    """A config written for ``python -m rift run`` (the tabular demo's) keeps its data file in
+    ``dataset.path``. Before, ``--dataset FILE`` uploaded the file and the job was then refused,
+    422 "leave out 'path'"; without ``--dataset`` the usage error did not name the file."""
+    import io
+
+    import numpy as np
+
+    path = tmp_path / "dïgits.npz"
+    buffer = io.BytesIO()
+    np.savez(buffer, x=varied_images((60, 8, 8), np.float32), y=np.arange(60) % 10)
+    path.write_bytes(buffer.getvalue())
+    config = tmp_path / "library.json"
+    config.write_text(json.dumps({**digits_config(),
+                                  "dataset": {"name": "npz", "path": str(path)}}))
+    missing = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file),
+                  "--config", str(config))
+    assert missing.exit_code == 2, missing.stderr
+    assert f"--dataset {path} (the config's dataset.path)" in missing.error()["message"]
+    made = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file),
+               "--config", str(config), "--dataset", str(path))
+    assert made.exit_code == 0, made.stderr
+    job = cli("-o", "json", "jobs", "get", made.json()["id"]).json()
+    assert job["status"] == "queued" and job["dataset_id"]
+    text = cli("jobs", "create", "--checkpoint", str(checkpoint_file), "--config", str(config),
+               "--dataset", job["dataset_id"])
+    assert text.exit_code == 0, text.stderr
+    assert f"left out the config's dataset.path ({path})" in " ".join(text.stderr.split())
 
 
 def test_materialize_errors_and_wait_timeout(cli: Cli, config_file: Path,
@@ -377,7 +409,7 @@ def test_what_riftctl_cannot_use_or_write_exits_2_without_a_traceback(
     assert str(a_file / "weights") in download.stderr
 
 
-def test_a_url_naming_another_server_exits_3_naming_it(cli: Cli, cli_launcher: Launcher | None) -> None:
+def test_a_url_naming_another_server_exits_7_naming_it(cli: Cli, cli_launcher: Launcher | None) -> None:
     server = ScriptedServer([ScriptedReply(200, raw=b"<html>sign in</html>",
                                            content_type="text/html")])
     try:
@@ -385,7 +417,7 @@ def test_a_url_naming_another_server_exits_3_naming_it(cli: Cli, cli_launcher: L
                              api_key="rift_test", home=cli.home, launcher=cli_launcher)
     finally:
         server.stop()
-    assert result.exit_code == 3 and "Traceback" not in result.stderr
+    assert result.exit_code == 7 and "Traceback" not in result.stderr
     error = result.error()
     assert error["code"] == "unexpected_response" and error["status"] == 200
     assert server.url in error["message"]
@@ -435,7 +467,7 @@ def test_webhooks_create_list_get_deliveries_delete(cli: Cli, checkpoint_file: P
     for args in (("webhooks", "get", hook["id"]), ("webhooks", "deliveries", hook["id"]),
                  ("webhooks", "delete", hook["id"])):
         gone = cli("-o", "json", *args)
-        assert gone.exit_code == 3 and gone.error()["code"] == "webhook_not_found"
+        assert gone.exit_code == 6 and gone.error()["code"] == "webhook_not_found"
         assert gone.error()["field"] == "webhook_id"
 
 
@@ -522,7 +554,7 @@ def test_mrc_and_curves_as_tables_and_json(cli: Cli, queued_api: RunningApi, api
     assert curves.exit_code == 0, curves.stderr
     assert "≤ 38.5" in curves.stdout and "41" in curves.stdout
     missing = cli("-o", "json", "jobs", "mrc", "0123456789abcdef0123456789abcdef")
-    assert missing.exit_code == 3 and missing.error()["code"] == "job_not_found"
+    assert missing.exit_code == 6 and missing.error()["code"] == "job_not_found"
 
 
 def test_a_jobs_warnings_in_get_wait_and_json(cli: Cli, queued_api: RunningApi,

@@ -70,7 +70,7 @@ def test_projects_and_their_keys(cli: Cli, queued_api: RunningApi) -> None:  # n
     assert busy.exit_code == 3 and "412" in busy.stderr
     gone = cli("-o", "json", "admin", "projects", "delete", "vision", "--force")
     assert gone.exit_code == 0 and gone.json() == {"deleted": "vision"}
-    assert cli("admin", "projects", "get", "vision").exit_code == 3
+    assert cli("admin", "projects", "get", "vision").exit_code == 6  # not found
 
 
 @pytest.mark.parametrize(("args", "field"), [

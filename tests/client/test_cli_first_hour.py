@@ -328,7 +328,7 @@ def test_a_refused_url_names_where_riftctl_read_it(tmp_path: Path,
     # retries' backoff made this test sit through 12-16 s of refused connections.
     from_env = run_riftctl(["--retries", "0", "jobs", "list"], url="http://127.0.0.1:9",
                            api_key="rift_test", home=tmp_path, launcher=cli_launcher)
-    assert from_env.exit_code == 3
+    assert from_env.exit_code == 7
     assert "the URL came from RIFT_API_URL" in _flat(from_env.stderr), from_env.stderr
     config = tmp_path / "riftctl.toml"
     config.write_text('api_url = "http://127.0.0.1:9"\n')
@@ -350,7 +350,7 @@ def test_retries_sets_how_often_a_refused_request_is_sent_again(
                              api_key="rift_test", home=tmp_path, launcher=cli_launcher)
     finally:
         server.stop()
-    assert (result.exit_code, len(server.seen)) == (3, 2), result.stderr
+    assert (result.exit_code, len(server.seen)) == (7, 2), result.stderr
     assert "503" in _flat(result.stderr), result.stderr
 
 
@@ -369,7 +369,7 @@ def test_a_401_says_which_key_was_sent_or_how_to_give_one(api_key: str | None, h
         server.stop()
     # Before: the service's words alone; a first user with no key, or a stale RIFT_API_KEY in
     # the shell, was not told where riftctl reads one.
-    assert result.exit_code == 3
+    assert result.exit_code == 5
     assert hint in _flat(result.stderr), result.stderr
     # One hint, riftctl's: the client's own (api_key=, for Python callers) is not added too.
     assert "api_key=" not in _flat(result.stderr), result.stderr

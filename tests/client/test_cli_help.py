@@ -46,6 +46,7 @@ def test_options_with_values_keep_their_type_and_flags_take_none() -> None:
 def test_the_top_help_lists_every_exit_code_of_the_readme() -> None:
     shown = " ".join(CliRunner().invoke(app, ["--help"], env={"COLUMNS": "160"}).output.split())
     # Before: 0 to 4, not the 130 of an interrupted command the README's table lists.
-    for code in ("0 success", "1 job failed", "2 usage error", "3 API error", "4 wait timed out",
+    for code in ("0 success", "1 job failed", "2 usage error", "3 refused by the service",
+                 "4 wait timed out", "5 key missing", "6 not found", "7 service unreachable",
                  "130 interrupted"):
         assert code in shown, shown

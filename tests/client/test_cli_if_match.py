@@ -61,7 +61,7 @@ def test_get_shows_the_etag_and_delete_takes_it(cli: Cli, checkpoint_file: Path,
         assert usage.exit_code == 2, usage.stderr
         assert usage.error()["field"] == "--if-match", usage.stderr
     assert cli("checkpoints", "delete", checkpoint["id"], "--if-match", held).exit_code == 0
-    assert cli("checkpoints", "get", checkpoint["id"]).exit_code == 3
+    assert cli("checkpoints", "get", checkpoint["id"]).exit_code == 6  # not found
 
     path = tmp_path / "tiny.npz"
     buffer = io.BytesIO()
@@ -76,4 +76,4 @@ def test_get_shows_the_etag_and_delete_takes_it(cli: Cli, checkpoint_file: Path,
     tag = _etag(cli, "webhooks", "get", hook["id"])
     assert cli("webhooks", "delete", hook["id"], "--if-match", '"0"').exit_code == 3
     assert cli("webhooks", "delete", hook["id"], "--if-match", "*").exit_code == 0
-    assert cli("webhooks", "get", hook["id"]).exit_code == 3
+    assert cli("webhooks", "get", hook["id"]).exit_code == 6  # not found

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.helpers import run_riftctl
+from tests.client.helpers import ScriptedReply, ScriptedServer, run_riftctl
 from tests.preloaded_launcher import Launcher
 
 #: Nothing listens there: a usage error is found before anything is sent.
@@ -47,7 +47,7 @@ def test_every_error_object_has_a_field(tmp_path: Path, cli_launcher: Launcher |
     script reading error["field"] got a KeyError for these and a value for API errors)."""
     refused = run_riftctl(["-o", "json", "jobs", "list"], url=NOWHERE, api_key=None,
                           home=tmp_path, launcher=cli_launcher)
-    assert refused.exit_code == 3
+    assert refused.exit_code == 7
     error = json.loads(refused.stderr)["error"]
     assert error["code"] == "connection_error" and "field" in error and error["field"] is None
     bad_key = run_riftctl(["-o", "json", "jobs", "list"], url=NOWHERE, api_key="two words",
@@ -56,3 +56,22 @@ def test_every_error_object_has_a_field(tmp_path: Path, cli_launcher: Launcher |
     assert json.loads(bad_key.stderr)["error"] == {
         "code": "usage_error", "field": None,
         "message": json.loads(bad_key.stderr)["error"]["message"]}
+
+
+def test_an_answers_http_status_is_not_overwritten_by_the_jobs(
+        tmp_path: Path, cli_launcher: Launcher | None) -> None:
+    """A 409 for a finished job carries the job's ``status``; spread into the JSON error line it
+    replaced the HTTP status, so ``error["status"]`` read ``"failed"`` there and 409 for a
+    materialize refused the same way."""
+    server = ScriptedServer([ScriptedReply(409, {"error": {
+        "code": "job_finished", "message": "job job_1 has already finished with status 'failed'",
+        "field": "job_id", "status": "failed"}})])
+    try:
+        result = run_riftctl(["-o", "json", "jobs", "cancel", "job_1"], url=server.url,
+                             api_key="rift_test", home=tmp_path, launcher=cli_launcher)
+    finally:
+        server.stop()
+    assert result.exit_code == 3, result.stderr
+    error = json.loads(result.stderr)["error"]
+    assert (error["status"], error["job_status"], error["code"], error["field"]) == (
+        409, "failed", "job_finished", "job_id")

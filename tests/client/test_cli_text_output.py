@@ -109,3 +109,30 @@ def test_a_sweeps_candidates_say_where_each_theta_ft_is(
     assert "θ_FT" in shown.stdout
     assert "finetuned.safetensors" in rows["layer0"]
     assert "deleted" in rows["layer1"] and rows["layer2"].rstrip("│ ").endswith("–")
+
+
+def test_empty_results_are_a_line_not_headers_or_silence(
+        tmp_path: Path, cli_launcher: Launcher | None) -> None:
+    """A job that failed before MRC scored a module printed the MRC table's headers alone, and a
+    webhook that had sent nothing printed nothing at all."""
+    server = ScriptedServer([
+        ScriptedReply(200, {"job_id": "job_1", "status": "failed", "selected_module": None,
+                            "rows": []}),
+        ScriptedReply(200, {"job_id": "job_1", "status": "running", "selected_module": None,
+                            "rows": []}),
+        ScriptedReply(200, {"items": [], "next_cursor": None})])
+    try:
+        failed = run_riftctl(["jobs", "mrc", "job_1"], url=server.url, api_key="rift_test",
+                             home=tmp_path, launcher=cli_launcher)
+        running = run_riftctl(["jobs", "mrc", "job_1"], url=server.url, api_key="rift_test",
+                              home=tmp_path, launcher=cli_launcher)
+        hooks = run_riftctl(["webhooks", "deliveries", "wh_1"], url=server.url,
+                            api_key="rift_test", home=tmp_path, launcher=cli_launcher)
+    finally:
+        server.stop()
+    assert failed.exit_code == running.exit_code == hooks.exit_code == 0
+    assert failed.stdout.splitlines() == ["job job_1: failed, selected module –", "no MRC rows"]
+    assert " ".join(running.stdout.split()).endswith(
+        "no MRC rows yet: they are recorded when the MRC stage ends (riftctl jobs events job_1 "
+        "shows each module as it is scored)")
+    assert hooks.stdout.strip() == "no deliveries yet for webhook wh_1"

@@ -66,6 +66,20 @@ def test_the_summary_says_which_stage_runs_or_where_the_job_stopped() -> None:
     assert "<dt>stage</dt>" not in render_report(ReportData(job_id="j", status="succeeded"))
 
 
+def test_an_ended_job_says_why_a_section_is_empty_without_promising_it() -> None:
+    """A cancelled or failed job's page said "No results yet", "No MRC table yet" and "No curve
+    yet", as if they would still come."""
+    running = render_report(ReportData(job_id="j", status="running", stage="mrc"))
+    assert all(f"No {what} yet." in running for what in ("results", "MRC table", "curve"))
+    cancelled = render_report(ReportData(job_id="j", status="cancelled", stage="mrc"))
+    failed = render_report(ReportData(job_id="j", status="failed", stage="finetune",
+                                      mrc_rows=[{"module": "fc", "parameters": 10, "mrc": 1.0}]))
+    assert " yet" not in cancelled and " yet" not in failed
+    assert all(f"No {what}: the job was cancelled first." in cancelled
+               for what in ("results", "MRC table", "curve"))
+    assert "No curve: the job failed first." in failed and "No MRC table" not in failed
+
+
 def test_the_summary_lists_the_jobs_labels_escaped() -> None:
     """The labels a team finds its runs by were on the job's JSON only, not on its page."""
     page = render_report(ReportData(job_id="j", status="succeeded",

@@ -16,9 +16,14 @@ Exit codes (for CI jobs and scripts):
     1  the job failed or was cancelled (materialize --wait: the materialization failed)
     2  usage error (bad option, missing file, invalid config file or JSON, a URL or key that
        cannot be used, a local file that cannot be read or written)
-    3  API error (an error answer, the service unreachable, a checksum mismatch, an answer
-       that is not the API's)
+    3  the service refused the request (an error answer not listed below: 409, 422, 429,
+       ...), or a checksum mismatch
     4  ``wait`` gave up: the job was still running when --timeout passed
+    5  authentication or permission: the key is missing, unknown, revoked (401) or lacks the
+       scope (403)
+    6  not found (404): no such job, upload, webhook or artifact (in the key's project)
+    7  the service cannot be used: unreachable, a server error (5xx, 503 once the retries are
+       spent), or an answer that is not the API's (the URL names another server)
     130  interrupted (Ctrl-C): a download keeps its ``.part``, which the next one resumes
 
 Progress bars and messages go to stderr, results to stdout; ``--output json`` prints results as
@@ -61,13 +66,17 @@ from rift_client.client import RiftClient
 from rift_client.config import ConfigError, resolve_config
 from rift_client.core import header_token
 from rift_client.errors import (
+    AuthenticationError,
     ChecksumMismatchError,
     FileChangedError,
+    NotFoundError,
+    PermissionDeniedError,
     PreconditionFailedError,
     RiftAPIError,
     RiftClientError,
     RiftConnectionError,
     RiftUsageError,
+    ServerError,
     UnexpectedResponseError,
     WaitTimeoutError,
 )
@@ -93,6 +102,10 @@ from rift_client.models import (
 from rift_client.retry import RetryPolicy
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_API_ERROR, EXIT_WAIT_TIMEOUT = 0, 1, 2, 3, 4
+# A script tells "fix the key", "wrong id" and "try again later" apart by these; all three were
+# exit 3 with every other refusal, so a CI step could not retry an outage without also
+# retrying a typo.
+EXIT_AUTH, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 5, 6, 7
 STAGES = ("mrc", "finetune", "interpolate")
 #: What the service accepts as a resource id (api/schemas.py RESOURCE_ID_PATTERN): a
 #: ``--checkpoint`` that is neither a file nor this is a mistyped file name.
@@ -102,6 +115,16 @@ CHECKPOINT_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 class OutputFormat(StrEnum):
     text = "text"
     json = "json"
+
+
+class StdoutConsole(Console):
+    """The console of results: a reader that closes the pipe raises ``BrokenPipeError``, which
+    every command ends on quietly (``cli_help.RiftCommand``); rich's own answer is exit 1,
+    the code of a failed job."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
 
 
 @dataclass
@@ -147,8 +170,10 @@ class State:
 
 app = RiftTyper(help="Command line of the RiFT service (Robust Critical Fine-Tuning).",
                   epilog="Exit codes: 0 success, 1 job failed or cancelled, 2 usage error, "
-                  "3 API error (or service unreachable, checksum mismatch), 4 wait timed out, "
-                  "130 interrupted (a download keeps its .part to resume). Config file: "
+                  "3 refused by the service (or checksum mismatch), 4 wait timed out, "
+                  "5 key missing, invalid or without the scope (401/403), 6 not found (404), "
+                  "7 service unreachable or failing (5xx, not the API), 130 interrupted "
+                  "(a download keeps its .part to resume). Config file: "
                   "RIFTCTL_CONFIG or ~/.config/riftctl/config.toml (api_url, "
                   "api_key, timeout, upload_timeout).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -196,7 +221,8 @@ def main_options(
         f"(default {RetryPolicy().max_retries}, with backoff; 0: fail at the first).")] = None,
 ) -> None:
     """Command line of the RiFT service. Exit codes: 0 success, 1 job failed or cancelled,
-    2 usage error, 3 API error, 4 wait timed out."""
+    2 usage error, 3 refused by the service, 4 wait timed out, 5 auth, 6 not found,
+    7 service unreachable or failing."""
     try:
         config = resolve_config(url=url, api_key=api_key, timeout=timeout,
                                 upload_timeout=upload_timeout)
@@ -211,7 +237,7 @@ def main_options(
         # No console markup: what is printed holds the service's and the user's text (a URL's
         # "[/prefix]", a field "labels.x.[key]", a label value), which rich would otherwise read
         # as style tags, and crash on.
-        output=output, quiet=quiet, out=Console(markup=False),
+        output=output, quiet=quiet, out=StdoutConsole(markup=False),
         err=Console(stderr=True, markup=False),
         url_origin=config.api_url_origin, key_origin=config.api_key_origin)
 
@@ -235,12 +261,14 @@ def _client(state: State) -> Iterator[RiftClient]:
     except FileChangedError as exc:
         _fail(state, EXIT_USAGE, str(exc), {"code": "file_changed", "message": str(exc),
                                             "path": exc.filename})
+    except BrokenPipeError:
+        raise  # stdout closed by its reader, not a local file: RiftCommand.invoke ends quietly
     except OSError as exc:
         message = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
         _fail(state, EXIT_USAGE, message, {"code": "local_file_error", "message": message,
                                            "path": exc.filename})
     except UnexpectedResponseError as exc:
-        _fail(state, EXIT_API_ERROR, str(exc), {
+        _fail(state, EXIT_UNAVAILABLE, str(exc), {
             "status": exc.status_code, "code": "unexpected_response", "message": str(exc)})
     except PreconditionFailedError as exc:
         # Only --if-match sends the header: named as the option the user typed, with the tag
@@ -256,14 +284,14 @@ def _client(state: State) -> Iterator[RiftClient]:
         hint = _key_hint(state) if exc.status_code == 401 else None
         # summary(): the answer without the client's own hint for a 401, which names
         # api_key= (a Python argument) where riftctl's names its own places.
-        _fail(state, EXIT_API_ERROR, f"{exc.summary()}; {hint}" if hint else str(exc), {
-            "status": exc.status_code, "code": exc.code, "message": exc.message,
-            "field": exc.field, **exc.details, **({"hint": hint} if hint else {})})
+        _fail(state, api_error_exit_code(exc), f"{exc.summary()}; {hint}" if hint else str(exc), {
+            **_renamed_details(exc.details), "status": exc.status_code, "code": exc.code,
+            "message": exc.message, "field": exc.field, **({"hint": hint} if hint else {})})
     except RiftConnectionError as exc:
         # Nothing answers at the URL: say which of the four places gave it (a stale
         # RIFT_API_URL in the shell, a config file's api_url the user forgot about).
         hint = f"the URL came from {state.url_origin}" if exc.unreachable_url else None
-        _fail(state, EXIT_API_ERROR, f"{exc}; {hint}" if hint else str(exc), {
+        _fail(state, EXIT_UNAVAILABLE, f"{exc}; {hint}" if hint else str(exc), {
             "code": "connection_error", "message": str(exc), **({"hint": hint} if hint else {})})
     except ChecksumMismatchError as exc:
         _fail(state, EXIT_API_ERROR, str(exc), {"code": "checksum_mismatch", "message": str(exc)})
@@ -271,8 +299,28 @@ def _client(state: State) -> Iterator[RiftClient]:
         _fail(state, EXIT_WAIT_TIMEOUT, str(exc), {
             "code": "wait_timeout", "message": str(exc), "field": "--timeout",
             "job_id": exc.job_id,
-            "status": exc.last_status,
+            "status": exc.last_status, "job_status": exc.last_status,
             **({"materialization_id": exc.materialization_id} if exc.materialization_id else {})})
+
+
+def _renamed_details(details: dict[str, Any]) -> dict[str, Any]:
+    """An error answer's extra keys for the JSON error line, the job's ``status`` (of a 409
+    ``job_finished``, ``job_active``, ``job_not_succeeded``) as ``job_status``: spread as they
+    were, it overwrote the HTTP status, so ``error["status"]`` read 409 for one 409 and
+    ``"failed"`` for the next."""
+    return {("job_status" if key == "status" else key): value for key, value in details.items()}
+
+
+def api_error_exit_code(exc: RiftAPIError) -> int:
+    """The exit code of an error answer: auth (401/403), not found (404) and the service's own
+    failures (5xx) each have theirs; any other refusal is ``EXIT_API_ERROR``."""
+    if isinstance(exc, AuthenticationError | PermissionDeniedError):
+        return EXIT_AUTH
+    if isinstance(exc, NotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, ServerError):
+        return EXIT_UNAVAILABLE
+    return EXIT_API_ERROR
 
 
 def _key_hint(state: State) -> str:
@@ -333,7 +381,7 @@ def _print_table(state: State, table: Table) -> None:
     unbounded = state.out.options.update_width(1_000_000)
     width = state.out.measure(table, options=unbounded).maximum
     # Console.print clamps its width= to the console's, hence a console of the table's width.
-    Console(file=state.out.file, width=width, markup=False).print(table)
+    StdoutConsole(file=state.out.file, width=width, markup=False).print(table)
 
 
 def _show_fetched(ctx: typer.Context, fetch: Callable[[RiftClient], _Resource],
@@ -798,10 +846,25 @@ def _check_dataset_given(job_config: dict[str, Any], dataset: str | None) -> Non
     section = job_config.get("dataset")
     name = section.get("name") if isinstance(section, dict) else None
     if dataset is None and name in _UPLOADED_DATASET_KINDS:
+        local = section.get("path") if isinstance(section, dict) else None
+        given = (f"--dataset {local} (the config's dataset.path)" if isinstance(local, str)
+                 and Path(local).exists() else "--dataset FILE")
         raise typer.BadParameter(
             f"the config's dataset.name is {name!r}, which is read from an uploaded dataset: give "
-            f"--dataset ID (`riftctl datasets upload FILE` prints it) or --dataset FILE to upload "
+            f"--dataset ID (`riftctl datasets upload FILE` prints it) or {given} to upload "
             "it with the job", param_hint="--dataset")
+
+
+def _drop_local_dataset_path(state: State, job_config: dict[str, Any], dataset: str) -> None:
+    """A config written for the library (``python -m rift run``, the tabular demo's) names its
+    data file in ``dataset.path``; the service reads the uploaded dataset instead and refused
+    the job (422 "leave out 'path'") after ``--dataset FILE`` had been uploaded. With
+    ``--dataset`` given, the path is left out of the request, saying so."""
+    section = job_config.get("dataset")
+    if isinstance(section, dict) and "path" in section:
+        path = section.pop("path")
+        state.note(f"left out the config's dataset.path ({path}): the job reads --dataset "
+                    f"{dataset}")
 
 
 @jobs_app.command("create")
@@ -842,6 +905,8 @@ def jobs_create(
     checkpoint_file = _file_or_id(checkpoint, "checkpoint", "--checkpoint")
     dataset_file = _file_or_id(dataset, "dataset", "--dataset") if dataset is not None else None
     _check_dataset_given(job_config, dataset)
+    if dataset is not None:
+        _drop_local_dataset_path(state, job_config, dataset)
     with _client(state) as client:
         if dataset_file is not None and dataset_file.is_file():
             # Uploaded on its own (a dataset serves many jobs): kept if the job is refused, and
@@ -1038,7 +1103,7 @@ def jobs_download(
                            "(they are made when it succeeds)")
                 _fail(state, EXIT_API_ERROR, message, {
                     "code": "job_not_succeeded", "message": message, "field": "job_id",
-                    "status": job.status})
+                    "status": job.status, "job_status": job.status})
         with _transfer_progress(state) as progress:
             for name in names or list(by_name):
                 artifact = by_name.get(name) or client.get_artifact(job_id, name)
@@ -1157,7 +1222,8 @@ def _chosen(flag: bool) -> str:
 @jobs_app.command("mrc")
 def jobs_mrc(ctx: typer.Context, job_id: str) -> None:
     """Show the job's MRC table: one row per module, the one selected for fine-tuning marked *
-    (the rows so far while it runs). --output json prints the API's table as it is."""
+    (recorded when the MRC stage ends; `jobs events` shows each module as it is scored).
+    --output json prints the API's table as it is."""
     state = _state(ctx)
     with _client(state) as client:
         table = client.get_mrc(job_id)
@@ -1174,7 +1240,12 @@ def jobs_mrc(ctx: typer.Context, job_id: str) -> None:
         _Column("MRC", lambda r: _at_least(r) + _number(r.mrc), no_wrap=True),
         _Column("worst robust loss", lambda r: _at_least(r) + _number(r.worst_robust_loss)),
         _Column("robust acc. at worst (%)", lambda r: _number(r.robust_accuracy_at_worst)),
-        _Column("drop (points)", lambda r: _number(r.robust_accuracy_drop))])
+        _Column("drop (points)", lambda r: _number(r.robust_accuracy_drop))],
+        # A job that failed or was cancelled before MRC scored a module printed a table of
+        # headers alone, which read as a fault of riftctl.
+        empty="no MRC rows" + (f" yet: they are recorded when the MRC stage ends (riftctl jobs "
+                               f"events {job_id} shows each module as it is scored)"
+                               if table.status in ("queued", "running") else ""))
 
 
 def _at_least(row: MRCRow) -> str:
@@ -1361,6 +1432,8 @@ def webhooks_deliveries(
     if state.json:
         state.emit(deliveries)
         return
+    if not deliveries:  # it printed nothing at all, as if the command had not run
+        state.say(f"no deliveries yet for webhook {webhook_id}")
     for delivery in deliveries:
         state.say(_delivery_line(delivery))
         for attempt in delivery.attempt_log:

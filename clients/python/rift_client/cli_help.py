@@ -1,4 +1,5 @@
-"""How ``riftctl --help`` shows its options: a flag without a value type.
+"""How ``riftctl --help`` shows its options: a flag without a value type (and how a command
+ends when its reader closes the pipe: see :class:`RiftCommand`).
 
 typer 0.29's rich help prints every option's value type, flags included, so ``--wait``,
 ``--quiet`` and ``--help`` itself read ``--wait <bool>`` as though they took a value (they take
@@ -11,6 +12,8 @@ accept and their help texts stay as they are.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -29,10 +32,23 @@ def _bare_flags(params: list[Any]) -> list[Any]:
 
 
 class RiftCommand(typer_core.TyperCommand):
-    """A command whose help shows flags without ``<bool>``."""
+    """A command whose help shows flags without ``<bool>``, and which ends quietly with exit 0
+    when its reader leaves early (``riftctl jobs curves JOB | head -1``)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _bare_flags(super().get_params(ctx))
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # click turns a closed stdout into exit 1, which riftctl's table reserves for a
+            # failed job, and a command writing JSON lines met it inside its client's error
+            # handling ("local_file_error: [Errno 32] Broken pipe", exit 2). The reader has
+            # what it wanted, as `rift-admin` treats it; stdout goes to /dev/null so that the
+            # interpreter's last flush is quiet too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
 
 
 class RiftGroup(typer_core.TyperGroup):
