@@ -73,13 +73,18 @@ NAMED_NORMALIZATIONS: dict[str, tuple[list[float], list[float]]] = {
 }
 
 
+#: The most classes a network may have (``ArchitectureSpec.num_classes``): labels are class
+#: indices, so an upload whose labels need more is refused (``api.ingest``).
+MAX_CLASSES = 100_000
+
+
 class ArchitectureSpec(_Strict):
     """Which network to build. ``mean``/``std`` are applied inside the model, so inputs are [0, 1]."""
 
     name: str = Field(description="Registry name, e.g. 'resnet18', 'wide_resnet34_10', "
                       "'small_cnn', 'mlp', 'torchvision:resnet50', or an installed "
                       "'rift.architectures' entry point (see `rift architectures`).")
-    num_classes: int = Field(10, ge=2, le=100_000)
+    num_classes: int = Field(10, ge=2, le=MAX_CLASSES)
     in_channels: int | None = Field(None, ge=1, le=16, description="Default: the dataset's.")
     image_size: int | None = Field(None, ge=8, le=1024, description="Default: the dataset's.")
     mean: list[float] | None = Field(None, description="Per-channel input mean; None: no shift.")
