@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from rift.dataset_formats import ImageChannels
 from rift.errors import ConfigError
@@ -55,6 +56,24 @@ class _Strict(BaseModel):
             if not _admits_bool(annotation):
                 raise ValueError("true/false is not a value of this setting")
         return value
+
+
+def _number_as_name(value: Any) -> Any:
+    """A whole number given where a module name (or pattern) is meant, as its text: nn.Sequential
+    and ModuleList name their children "0", "1", ..., which JSON, YAML and ``--set`` read as
+    numbers unless quoted. A fraction is refused, asking for quotes: "4.10" (the child "10" of
+    child "4") read as a number is 4.1, whose text names another module. Other values (true/false
+    included) are left to the field's check.
+
+    Raises:
+        PydanticCustomError: for a float; of type ``string_type``, as a number was before, so
+            that ``rift run --set`` still reads the text typed instead (``rift.cli``).
+    """
+    if isinstance(value, float):
+        raise PydanticCustomError(
+            "string_type", "module names are text, and a number may lose digits (4.10 reads as "
+            "4.1): quote it")
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _admits_bool(annotation: Any) -> bool:
@@ -286,6 +305,13 @@ class MRCSpec(_Strict):
         raise ValueError(f"'auto' or a whole number of modules from 1 to {MAX_MODULE_BATCH}"
                          f"{hint}")
 
+    @field_validator("include", "exclude", "modules", mode="before")
+    @classmethod
+    def _digit_names_as_text(cls, value: Any) -> Any:
+        # [0, 4] for the children of an nn.Sequential was refused "Input should be a valid
+        # string", saying neither why nor how to quote them.
+        return [_number_as_name(item) for item in value] if isinstance(value, list) else value
+
     @field_validator("modules")
     @classmethod
     def _each_module_once(cls, value: list[str] | None,
@@ -320,6 +346,12 @@ class FinetuneSpec(_Strict):
     lr_grid: list[float] | None = Field(
         None, min_length=1, max_length=16, description="Learning rates to try for every "
         "candidate module (seed, C.3); None: just 'lr'.")
+
+    @field_validator("module", mode="before")
+    @classmethod
+    def _digit_name_as_text(cls, value: Any) -> Any:
+        # 4 for an nn.Sequential's child "4" (only ``--set`` took it, as the text typed).
+        return _number_as_name(value)
 
     @field_validator("module")
     @classmethod

@@ -116,6 +116,25 @@ def test_bad_references_and_values_are_422(
     assert api.count(Job) == 0
 
 
+def test_module_names_given_as_numbers_are_read_as_names(api: Api, checkpoint_id: str) -> None:
+    # nn.Sequential names its children "0", "1", ...: a JSON 4 was refused "Input should be a
+    # valid string" (field config.mrc.modules.0); it is the module "4", which small_cnn lacks.
+    response = create(api, job_body(checkpoint_id, config=digits_config(
+        mrc={"modules": ["conv1", 4]})))
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["field"] == "config.mrc.modules"
+    assert "'4'" in error["message"] and "valid string" not in error["message"]
+    # A fraction has lost its text (4.10 reads as 4.1): quotes are asked for.
+    response = create(api, job_body(checkpoint_id, config=digits_config(
+        finetune={"module": 4.10})))
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["field"] == "config.finetune.module"
+    assert "a number may lose digits (4.10 reads as 4.1): quote it" in error["message"]
+    assert api.count(Job) == 0
+
+
 def test_out_of_range_numbers_are_422_not_infinity(api: Api, checkpoint_id: str) -> None:
     """1e400 is valid JSON that parses to inf; it must be refused, naming the field."""
     body = json.dumps(job_body(checkpoint_id, config=digits_config(
