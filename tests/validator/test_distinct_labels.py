@@ -25,8 +25,8 @@ def test_past_the_listed_bound_only_the_count_is_kept() -> None:
 
 
 def test_past_the_counted_bound_nothing_is_kept() -> None:
-    # More distinct labels than any network has classes: the upload is refused for its class
-    # count, and memory stays bounded meanwhile.
+    # A label needing more classes than any network has: the upload is refused for its class
+    # count, and memory stays bounded meanwhile (one flag per label below the limit).
     found = DistinctLabels(limit=10)
     found.update(np.arange(8))
     assert found.count == 8
