@@ -189,6 +189,8 @@ def store_dataset(
                 num_features=inspection.num_features, num_examples=inspection.num_examples,
                 num_classes=inspection.num_classes, label_min=inspection.label_min,
                 label_max=inspection.label_max,
+                num_distinct_labels=inspection.num_distinct_labels,
+                distinct_labels=inspection.distinct_labels,
                 image_sizes_differ=inspection.image_sizes_differ,
                 idempotency_key=upload_key.stored if upload_key else None,
                 request_hash=upload_key.request_hash if upload_key else None)))))

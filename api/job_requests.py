@@ -36,7 +36,11 @@ from persistence.models import Checkpoint, Dataset
 from persistence.storage import ObjectNotFound, ObjectStore
 from rift.attack_radius import check_attack_radius
 from rift.config import DomainBounds, RiftConfig, unused_settings
-from rift.dataset_formats import SERVICE_MIN_IMAGE_SIDE, imagefolder_channels_hint
+from rift.dataset_formats import (
+    SERVICE_MIN_IMAGE_SIDE,
+    imagefolder_channels_hint,
+    sparse_labels_hint,
+)
 from rift.errors import CheckpointEntryError, CheckpointMismatchError, ConfigError, RiftError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -238,14 +242,26 @@ def _check_classes(row: Dataset, num_classes: int) -> None:
         raise InvalidInput(
             f"dataset {row.id} has {row.num_classes} classes (labels {row.label_min} to "
             f"{row.label_max}) but architecture.num_classes is {num_classes}"
-            f"{_label_offset_hint(row)}",
+            f"{_labels_hint(row)}",
             field="config.architecture.num_classes", code="too_few_classes",
             details={"dataset_num_classes": row.num_classes,
                      "architecture_num_classes": num_classes})
 
 
+def _labels_hint(row: Dataset) -> str:
+    # Labels that skip numbers (0, 100, 200 count 201 classes): the fix is to renumber them, not
+    # to widen the network; worded as the library words it, from the labels the upload counted.
+    if (row.num_distinct_labels is not None and row.num_classes is not None
+            and row.label_min is not None and row.label_max is not None):
+        return sparse_labels_hint(
+            distinct=row.num_distinct_labels, num_classes=row.num_classes,
+            smallest=row.label_min, largest=row.label_max, labels=row.distinct_labels)
+    return _label_offset_hint(row)
+
+
 def _label_offset_hint(row: Dataset) -> str:
-    # Labels 1 to 10 count 11 classes: the fix is to renumber them, not to widen the network.
+    # A row recorded before migration 0028 knows only the labels' range. Labels 1 to 10 count
+    # 11 classes: the fix is to renumber them, not to widen the network.
     if not row.label_min or row.label_max is None:
         return ""
     return (f"; labels are class indices counted from 0, and these start at {row.label_min}: "

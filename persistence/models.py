@@ -237,6 +237,12 @@ class Dataset(Base):
     num_classes: Mapped[int | None] = mapped_column(Integer)  # label_max + 1 (npz), folders
     label_min: Mapped[int | None] = mapped_column(BigInteger)
     label_max: Mapped[int | None] = mapped_column(BigInteger)
+    # An npz's distinct labels (train and test): how many, and which (ascending) when there are
+    # at most 1,000 (validator.distinct_labels), so that job creation can say that labels
+    # skipping numbers (0, 100, 200) need renumbering. None on ImageFolder rows (their labels
+    # skip none), on rows recorded before migration 0028, and for the list past 1,000.
+    num_distinct_labels: Mapped[int | None] = mapped_column(Integer)
+    distinct_labels: Mapped[list[int] | None] = mapped_column(JSONType)
     # An ImageFolder whose images (in the folders the library reads) are not all of one size:
     # a job must resize them (dataset.image_size). None on rows recorded before it was stored.
     image_sizes_differ: Mapped[bool | None] = mapped_column(Boolean)

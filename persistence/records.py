@@ -11,7 +11,7 @@ concurrent uploads of one project queue there, so together they cannot pass the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -293,6 +293,8 @@ def create_dataset(
     num_classes: int | None = None,
     label_min: int | None = None,
     label_max: int | None = None,
+    num_distinct_labels: int | None = None,
+    distinct_labels: Sequence[int] | None = None,
     image_sizes_differ: bool | None = None,
     max_stored_bytes: int | None = None,
     idempotency_key: str | None = None,
@@ -309,7 +311,9 @@ def create_dataset(
         content=content,
         image_channels=channels, image_height=height, image_width=width,
         num_features=num_features, num_examples=num_examples, num_classes=num_classes,
-        label_min=label_min, label_max=label_max, image_sizes_differ=image_sizes_differ,
+        label_min=label_min, label_max=label_max, num_distinct_labels=num_distinct_labels,
+        distinct_labels=list(distinct_labels) if distinct_labels is not None else None,
+        image_sizes_differ=image_sizes_differ,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )

@@ -231,9 +231,10 @@ def _validate_lax(tree: dict[str, Any], args: argparse.Namespace) -> RiftConfig:
         return RiftConfig.model_validate(tree)
     except ValidationError as exc:
         # "--set finetune.module=4" parses as the number 4 (a module of an nn.Sequential is
-        # named "4"): where a setting takes text, the text typed is what was meant.
+        # named "4"): where a setting takes text, the text typed is what was meant. Not for a
+        # list: "[4.10]" is no text meant as a list (its number is refused, asking for quotes).
         typed = {dotted: raw for dotted, value, raw in args.set or []
-                 if not isinstance(value, str)}
+                 if not isinstance(value, str | list | dict)}
         wanted = {".".join(str(part) for part in error["loc"]) for error in exc.errors()
                   if error["type"] == "string_type"}
         if not wanted or not wanted <= typed.keys():

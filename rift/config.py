@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from rift.dataset_formats import ImageChannels
 from rift.errors import ConfigError
@@ -57,6 +58,24 @@ class _Strict(BaseModel):
         return value
 
 
+def _number_as_name(value: Any) -> Any:
+    """A whole number given where a module name (or pattern) is meant, as its text: nn.Sequential
+    and ModuleList name their children "0", "1", ..., which JSON, YAML and ``--set`` read as
+    numbers unless quoted. A fraction is refused, asking for quotes: "4.10" (the child "10" of
+    child "4") read as a number is 4.1, whose text names another module. Other values (true/false
+    included) are left to the field's check.
+
+    Raises:
+        PydanticCustomError: for a float; of type ``string_type``, as a number was before, so
+            that ``rift run --set`` still reads the text typed instead (``rift.cli``).
+    """
+    if isinstance(value, float):
+        raise PydanticCustomError(
+            "string_type", "module names are text, and a number may lose digits (4.10 reads as "
+            "4.1): quote it")
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def _admits_bool(annotation: Any) -> bool:
     """Whether ``bool`` appears anywhere in a field's type (``bool``, ``bool | None``, ...)."""
     return annotation is bool or any(_admits_bool(arg) for arg in get_args(annotation))
@@ -73,13 +92,18 @@ NAMED_NORMALIZATIONS: dict[str, tuple[list[float], list[float]]] = {
 }
 
 
+#: The most classes a network may have (``ArchitectureSpec.num_classes``): labels are class
+#: indices, so an upload whose labels need more is refused (``api.ingest``).
+MAX_CLASSES = 100_000
+
+
 class ArchitectureSpec(_Strict):
     """Which network to build. ``mean``/``std`` are applied inside the model, so inputs are [0, 1]."""
 
     name: str = Field(description="Registry name, e.g. 'resnet18', 'wide_resnet34_10', "
                       "'small_cnn', 'mlp', 'torchvision:resnet50', or an installed "
                       "'rift.architectures' entry point (see `rift architectures`).")
-    num_classes: int = Field(10, ge=2, le=100_000)
+    num_classes: int = Field(10, ge=2, le=MAX_CLASSES)
     in_channels: int | None = Field(None, ge=1, le=16, description="Default: the dataset's.")
     image_size: int | None = Field(None, ge=8, le=1024, description="Default: the dataset's.")
     mean: list[float] | None = Field(None, description="Per-channel input mean; None: no shift.")
@@ -281,6 +305,13 @@ class MRCSpec(_Strict):
         raise ValueError(f"'auto' or a whole number of modules from 1 to {MAX_MODULE_BATCH}"
                          f"{hint}")
 
+    @field_validator("include", "exclude", "modules", mode="before")
+    @classmethod
+    def _digit_names_as_text(cls, value: Any) -> Any:
+        # [0, 4] for the children of an nn.Sequential was refused "Input should be a valid
+        # string", saying neither why nor how to quote them.
+        return [_number_as_name(item) for item in value] if isinstance(value, list) else value
+
     @field_validator("modules")
     @classmethod
     def _each_module_once(cls, value: list[str] | None,
@@ -315,6 +346,12 @@ class FinetuneSpec(_Strict):
     lr_grid: list[float] | None = Field(
         None, min_length=1, max_length=16, description="Learning rates to try for every "
         "candidate module (seed, C.3); None: just 'lr'.")
+
+    @field_validator("module", mode="before")
+    @classmethod
+    def _digit_name_as_text(cls, value: Any) -> Any:
+        # 4 for an nn.Sequential's child "4" (only ``--set`` took it, as the text typed).
+        return _number_as_name(value)
 
     @field_validator("module")
     @classmethod

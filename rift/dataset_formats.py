@@ -447,6 +447,35 @@ def num_classes_from_labels(largest_label: int) -> int:
     return largest_label + 1
 
 
+#: Labels a sparse-labels hint names before "…": enough to show the pattern (3, 7 or 0, 100, 200).
+HINT_LABELS_SHOWN = 8
+
+
+def sparse_labels_hint(*, distinct: int, num_classes: int, smallest: int, largest: int,
+                       labels: Sequence[int] | None = None) -> str:
+    """The end of a "too few classes" message, for labels that skip numbers: a two-class set
+    labelled 3 and 7 counts 8 classes, one labelled 0, 100, 200 counts 201; said, since the fix is
+    to renumber them, not to widen the network. Empty when every class below ``num_classes``
+    has a label (``distinct == num_classes``).
+
+    ``distinct``: how many distinct labels the dataset uses, from ``smallest`` to ``largest``;
+    ``labels``: those labels in ascending order, when known (the first
+    :data:`HINT_LABELS_SHOWN` are named). The library (``rift.pipeline``) and the service's job
+    creation (``api.job_requests``, from what the upload's validation recorded) both word it here.
+    """
+    if distinct >= num_classes:
+        return ""
+    shown = ""
+    if labels:
+        more = ", …" if len(labels) > HINT_LABELS_SHOWN else ""
+        shown = f" ({', '.join(str(label) for label in labels[:HINT_LABELS_SHOWN])}{more})"
+    # Labels 1 to 10 are ten classes counted from 1: subtracting the smallest renumbers them.
+    shift = (f" (subtract {smallest})" if smallest > 0 and largest - smallest + 1 == distinct
+             else "")
+    return (f"; the labels are class indices and only {distinct} distinct ones are used"
+            f"{shown}: renumber them 0 to {distinct - 1}{shift}")
+
+
 # ------------------------------------------------------------------------- ImageFolder trees
 
 

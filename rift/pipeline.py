@@ -41,7 +41,7 @@ from rift.checkpoint_layouts import check_normalizers, fit_layout
 from rift.checkpoints import CheckpointSource
 from rift.config import RiftConfig, as_config
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
-from rift.dataset_formats import imagefolder_channels_hint
+from rift.dataset_formats import imagefolder_channels_hint, sparse_labels_hint
 from rift.device import deterministic_kernels, resolve_device
 from rift.errors import CheckpointMismatchError, ConfigError, FinetuneDiverged
 from rift.evaluation import (
@@ -369,15 +369,12 @@ def _input_channels_hint(exc: CheckpointMismatchError, channels: int) -> str:
 
 
 def _sparse_labels_hint(splits: DatasetSplits) -> str:
-    """For labels that skip numbers (a two-class set labelled 3 and 7 counts 8 classes): say
-    so, since the fix is to renumber them, not to widen the network."""
+    """For labels that skip numbers: see :func:`rift.dataset_formats.sparse_labels_hint`."""
     used = torch.cat([part.labels for part in (splits.train, splits.validation, splits.test)]
-                     ).unique()
-    if len(used) == splits.num_classes:
-        return ""
-    shown = ", ".join(str(int(label)) for label in used[:8]) + (", …" if len(used) > 8 else "")
-    return (f"; the labels are class indices and only {len(used)} distinct ones are used "
-            f"({shown}): renumber them 0 to {len(used) - 1}")
+                     ).unique()  # sorted
+    labels = [int(label) for label in used]
+    return sparse_labels_hint(distinct=len(labels), num_classes=splits.num_classes,
+                              smallest=labels[0], largest=labels[-1], labels=labels)
 
 
 # --------------------------------------------------------------------------- preflight

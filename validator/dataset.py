@@ -73,6 +73,7 @@ from rift.image_content import (
     faint_problem,
     one_class_problem,
 )
+from validator.distinct_labels import DistinctLabels
 from validator.image_sample import PixelSampler
 
 #: Bytes of array data read (and checked) at a time: bounds the checker's memory.
@@ -114,6 +115,10 @@ class DatasetInspection:
     only. ``num_examples`` counts every example: npz ``x`` and ``x_test``, or the image
     files (tar). ``label_min``/``label_max`` span every label (train and test); ``num_classes``
     is ``label_max + 1`` for npz (labels are class indices), the class folders for ImageFolder.
+    ``num_distinct_labels``: how many distinct labels an npz holds (train and test; fewer than
+    ``num_classes`` when they skip numbers), and ``distinct_labels`` those labels in ascending
+    order when there are at most ``validator.distinct_labels.LISTED_LABELS_MAX``; None for an
+    ImageFolder (its labels are its class folders' indices, none skipped).
     """
 
     kind: str
@@ -125,14 +130,17 @@ class DatasetInspection:
     label_min: int
     label_max: int
     image_sizes_differ: bool | None = None  # ImageFolder only
+    num_distinct_labels: int | None = None  # npz only
+    distinct_labels: tuple[int, ...] | None = None  # npz only
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DatasetInspection:
-        shape = data.get("image_shape")
-        return cls(**{**data, "image_shape": tuple(shape) if shape is not None else None})
+        shape, labels = data.get("image_shape"), data.get("distinct_labels")
+        return cls(**{**data, "image_shape": tuple(shape) if shape is not None else None,
+                      "distinct_labels": tuple(labels) if labels is not None else None})
 
 
 def sniff_kind(head: bytes) -> str | None:
@@ -244,7 +252,7 @@ def open_zip(source: str | IO[bytes], display_name: str) -> zipfile.ZipFile:
 
 
 def _scan_values(archive: zipfile.ZipFile, key: str, scan: ValueScan,
-                 examples: ExampleScan | None = None) -> None:
+                 examples: ExampleScan | DistinctLabels | None = None) -> None:
     """Read ``key``'s data in chunks and feed each to ``scan`` (then to ``examples``, once its
     values passed ``scan``'s rules); reading a member to its end also checks its CRC."""
     with archive.open(f"{key}.npy") as member:
@@ -335,11 +343,12 @@ def _inspect_npz_archive(path: str, display_name: str,
                                    f"'x_test' has {test_count} examples")
         check_enough_examples(count, "x_test" in headers, f"key 'x' in {display_name}", "x_test")
         labels = ValueScan("labels", "y")
+        distinct = DistinctLabels()
         train_labels: tuple[float | None, float | None] = (None, None)
         for key in headers:
             if key.startswith("y"):
                 labels.key = key
-                _scan_values(archive, key, labels)
+                _scan_values(archive, key, labels, distinct)
             else:
                 scan = ValueScan(layout.content, key)
                 header = headers[key]
@@ -371,7 +380,8 @@ def _inspect_npz_archive(path: str, display_name: str,
         # no other), and an x_test far larger than x was attacked at every α uncounted.
         num_features=layout.num_features, num_examples=count + test_count,
         num_classes=num_classes_from_labels(int(labels.maximum)),
-        label_min=int(labels.minimum), label_max=int(labels.maximum))
+        label_min=int(labels.minimum), label_max=int(labels.maximum),
+        num_distinct_labels=distinct.count, distinct_labels=distinct.listed())
 
 
 # --------------------------------------------------------------------------------------- tar

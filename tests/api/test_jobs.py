@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from persistence.models import Checkpoint, Job
+from persistence.models import Checkpoint, Dataset, Job
 from tests.api.helpers import (
     Api,
     digits_config,
@@ -113,6 +113,25 @@ def test_bad_references_and_values_are_422(
     response = create(api, {**job_body(checkpoint_id), **change})
     assert response.status_code == 422, response.text
     assert field in fields(response), response.json()
+    assert api.count(Job) == 0
+
+
+def test_module_names_given_as_numbers_are_read_as_names(api: Api, checkpoint_id: str) -> None:
+    # nn.Sequential names its children "0", "1", ...: a JSON 4 was refused "Input should be a
+    # valid string" (field config.mrc.modules.0); it is the module "4", which small_cnn lacks.
+    response = create(api, job_body(checkpoint_id, config=digits_config(
+        mrc={"modules": ["conv1", 4]})))
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["field"] == "config.mrc.modules"
+    assert "'4'" in error["message"] and "valid string" not in error["message"]
+    # A fraction has lost its text (4.10 reads as 4.1): quotes are asked for.
+    response = create(api, job_body(checkpoint_id, config=digits_config(
+        finetune={"module": 4.10})))
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["field"] == "config.finetune.module"
+    assert "a number may lose digits (4.10 reads as 4.1): quote it" in error["message"]
     assert api.count(Job) == 0
 
 
@@ -477,10 +496,67 @@ def test_labels_counted_from_one_are_explained_at_creation(api: Api, checkpoint_
     assert response.status_code == 422, response.text
     error = error_of(response)
     assert error["field"] == "config.architecture.num_classes"
+    # The upload counted the labels: worded as the library words it (rift.dataset_formats).
     assert error["message"].endswith(
-        "labels are class indices counted from 0, and these start at 1: renumber them 0 to 9 "
-        "(subtract 1) if no class is below it"), error["message"]
+        "the labels are class indices and only 10 distinct ones are used (1, 2, 3, 4, 5, 6, 7, "
+        "8, …): renumber them 0 to 9 (subtract 1)"), error["message"]
     assert api.count(Job) == 0
+
+
+def _upload_npz(api: Api, labels: np.ndarray) -> str:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, x=varied_images((len(labels), 8, 8), np.float32), y=labels)
+    response = api.client.post("/v1/datasets", files={"file": ("d.npz", buffer.getvalue())})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _forget_distinct_labels(api: Api, dataset_id: str) -> None:
+    """Make the row one recorded before migration 0028, which counted no distinct labels."""
+    with api.sessions() as session:
+        row = session.get(Dataset, dataset_id)
+        assert row is not None and row.num_distinct_labels is not None
+        row.num_distinct_labels = row.distinct_labels = None
+        session.commit()
+
+
+def test_labels_that_skip_numbers_are_explained_at_creation(api: Api, checkpoint_id: str) -> None:
+    # Three classes labelled 0, 100, 200 count 201: before, the 422 gave the counts alone,
+    # which invites widening the network to 201 outputs instead of renumbering.
+    dataset_id = _upload_npz(api, np.arange(30) % 3 * 100)
+    config = digits_config(dataset={"name": "npz"},
+                           architecture={"name": "small_cnn", "num_classes": 3})
+    response = create(api, job_body(checkpoint_id, dataset_id=dataset_id, config=config))
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert (error["code"], error["field"]) == ("too_few_classes",
+                                               "config.architecture.num_classes")
+    assert error["message"] == (
+        f"dataset {dataset_id} has 201 classes (labels 0 to 200) but architecture.num_classes "
+        "is 3; the labels are class indices and only 3 distinct ones are used (0, 100, 200): "
+        "renumber them 0 to 2")
+    assert api.count(Job) == 0
+
+    _forget_distinct_labels(api, dataset_id)  # a row from before: the counts alone, as before
+    response = create(api, job_body(checkpoint_id, dataset_id=dataset_id, config=config))
+    assert response.status_code == 422, response.text
+    assert error_of(response)["message"] == (
+        f"dataset {dataset_id} has 201 classes (labels 0 to 200) but architecture.num_classes "
+        "is 3")
+
+
+def test_labels_from_one_on_a_row_from_before_keep_the_range_hint(api: Api,
+                                                                  checkpoint_id: str) -> None:
+    dataset_id = _upload_npz(api, np.arange(20) % 10 + 1)
+    _forget_distinct_labels(api, dataset_id)
+    response = create(api, job_body(checkpoint_id, dataset_id=dataset_id,
+                                    config=digits_config(dataset={"name": "npz"})))
+    assert response.status_code == 422, response.text
+    assert error_of(response)["message"].endswith(
+        "labels are class indices counted from 0, and these start at 1: renumber them 0 to 9 "
+        "(subtract 1) if no class is below it"), error_of(response)["message"]
 
 
 def multipart(api: Api, checkpoint: tuple[str, bytes] | None, spec: str | None,

@@ -267,3 +267,39 @@ def test_0027_adds_the_compute_columns_empty_and_takes_them_away(empty_url: str)
         assert _row_counts(engine, ["jobs", "projects"]) == {"jobs": 1, "projects": 1}
     finally:
         engine.dispose()
+
+
+def test_0028_adds_the_distinct_labels_columns_empty_and_takes_them_away(empty_url: str) -> None:
+    """A dataset recorded before has no distinct labels (NULL: job creation's message then
+    falls back to the labels' range); a list of labels round-trips; the downgrade keeps rows."""
+    upgrade_database(empty_url, "0027")
+    now = datetime.now(UTC)
+    engine = sa.create_engine(empty_url)
+    try:
+        with engine.begin() as c:
+            _insert_project_p1_with_checkpoint_c1(c, now, size=10, tensors=2)
+            c.execute(sa.text(
+                "INSERT INTO datasets (id, filename, kind, size, sha256, storage_key, created_at, "
+                "project_id, num_classes, label_min, label_max) VALUES ('d1', 'd.npz', 'npz', "
+                "70, :h, 'k/d1', :n, 'p1', 201, 0, 200)"), {"h": "b" * 64, "n": now})
+            c.execute(sa.text(
+                "INSERT INTO jobs (id, status, stage_progress, spec, checkpoint_id, dataset_id, "
+                "cancel_requested, attempts, created_at, updated_at, project_id) VALUES "
+                "('j1', 'succeeded', 1, '{}', 'c1', 'd1', false, 3, :n, :n, 'p1')"), {"n": now})
+        upgrade_database(empty_url, "0028")
+        with engine.begin() as c:
+            assert c.execute(sa.text(
+                "SELECT num_classes, num_distinct_labels, distinct_labels FROM datasets")
+            ).one() == (201, None, None)
+            c.execute(sa.text("UPDATE datasets SET num_distinct_labels = 3, "
+                              "distinct_labels = :labels"), {"labels": "[0, 100, 2147483648]"})
+            stored = c.execute(sa.text("SELECT distinct_labels FROM datasets")).scalar_one()
+            assert (json.loads(stored) if isinstance(stored, str) else stored) == \
+                [0, 100, 2**31]
+        downgrade_database(empty_url, "0027")
+        columns = {column["name"] for column in sa.inspect(engine).get_columns("datasets")}
+        assert not columns & {"num_distinct_labels", "distinct_labels"}
+        assert "label_max" in columns
+        assert _row_counts(engine, ["datasets", "jobs"]) == {"datasets": 1, "jobs": 1}
+    finally:
+        engine.dispose()

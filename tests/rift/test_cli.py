@@ -49,6 +49,22 @@ def test_set_gives_text_settings_the_text_typed() -> None:
         build_config(args)
 
 
+def test_set_takes_digit_module_names_as_a_list_of_numbers() -> None:
+    # Before: "mrc.modules.0: Input should be a valid string", no word of quoting.
+    args = make_parser().parse_args([
+        "run", "--checkpoint", "x.pt", "--arch", "small_cnn", "--dataset", "digits",
+        "--set", "mrc.modules=[0,4]", "--set", "finetune.module=4.10"])
+    config = build_config(args)
+    assert config.mrc.modules == ["0", "4"]
+    assert config.finetune.module == "4.10"  # the text typed, not the number 4.1
+    args = make_parser().parse_args([
+        "run", "--checkpoint", "x.pt", "--arch", "small_cnn", "--dataset", "digits",
+        "--set", "mrc.modules=[4.10]"])
+    with pytest.raises(ConfigInputError, match=r"mrc\.modules: module names are text, and a "
+                                               r"number may lose digits .*: quote it"):
+        build_config(args)
+
+
 def test_invalid_values_exit_2_naming_the_field(tmp_path: Path, capsys) -> None:
     code = main(["run", "--checkpoint", "x.pt", "--arch", "resnet18", "--dataset", "cifar10",
                  "--set", "mrc.eps=-1", "--out", str(tmp_path / "out")])

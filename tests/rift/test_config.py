@@ -69,6 +69,33 @@ def test_booleans_are_not_numbers(changes: dict, field: str) -> None:
     assert config.attack.random_start is False and config.channels_last is True
 
 
+def test_module_names_given_as_whole_numbers_are_their_text() -> None:
+    # nn.Sequential names its children "0", "1", ...: before, [0, 4] from JSON, YAML or --set was
+    # refused "Input should be a valid string", saying neither why nor to quote them.
+    config = RiftConfig.model_validate({**BASE, "mrc": {"modules": [0, 4], "include": [1, "x*"],
+                                                        "exclude": [2]},
+                                        "finetune": {"module": 4}})
+    assert (config.mrc.modules, config.mrc.include, config.mrc.exclude) == (
+        ["0", "4"], ["1", "x*"], ["2"])
+    assert config.finetune.module == "4"
+    assert "mrc.modules" in _errors(mrc={"modules": [0, "0"]})  # still each module once
+    assert "mrc.modules" in _errors(mrc={"modules": [True]})  # true is no name
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"mrc": {"modules": ["0", 4.10]}}, "mrc.modules"),
+    ({"finetune": {"module": 4.10}}, "finetune.module"),
+])
+def test_a_fractional_module_name_asks_for_quotes(changes: dict, field: str) -> None:
+    # "4.10" (child "10" of child "4") read as a number is 4.1: its text would name another module.
+    with pytest.raises(ValidationError) as error:
+        RiftConfig.model_validate({**BASE, **changes})
+    [problem] = error.value.errors()
+    assert ".".join(map(str, problem["loc"])) == field
+    assert problem["msg"] == ("module names are text, and a number may lose digits (4.10 reads "
+                              "as 4.1): quote it")
+
+
 def test_one_class_names_the_single_logit_head_and_its_fix() -> None:
     """Before: "Input should be greater than or equal to 2" only."""
     with pytest.raises(ValidationError, match=r"num_classes 1: a single-logit binary head.*"

@@ -19,6 +19,7 @@ from rift.dataset_formats import (
     is_image_file,
     label_count,
     npz_layout,
+    sparse_labels_hint,
     tar_member_problem,
 )
 from rift.errors import DatasetError
@@ -198,3 +199,20 @@ def test_integer_images_other_than_uint8_say_how_to_convert() -> None:
         npz_layout((4, 8, 8, 3), np.dtype(np.int64), "x")
     with pytest.raises(DatasetError, match=r"got complex64$"):
         npz_layout((4, 8, 8, 3), np.dtype(np.complex64), "x")
+
+
+def test_labels_that_skip_numbers_are_told_to_be_renumbered() -> None:
+    # Worded once for the library and the service's job creation.
+    assert sparse_labels_hint(distinct=3, num_classes=201, smallest=0, largest=200,
+                              labels=[0, 100, 200]) == (
+        "; the labels are class indices and only 3 distinct ones are used (0, 100, 200): "
+        "renumber them 0 to 2")
+    # Ten classes labelled 1 to 10: renumbering is subtracting 1.
+    assert sparse_labels_hint(distinct=10, num_classes=11, smallest=1, largest=10,
+                              labels=range(1, 11)).endswith(
+        "(1, 2, 3, 4, 5, 6, 7, 8, …): renumber them 0 to 9 (subtract 1)")
+    # Past the listed bound the count alone is said; every class used: nothing to say.
+    assert sparse_labels_hint(distinct=1500, num_classes=3000, smallest=0, largest=2999) == (
+        "; the labels are class indices and only 1500 distinct ones are used: renumber them "
+        "0 to 1499")
+    assert sparse_labels_hint(distinct=12, num_classes=12, smallest=0, largest=11) == ""

@@ -54,6 +54,8 @@ def test_labels_give_classes_and_range(tmp_path: Path) -> None:
     # num_examples counts both splits: it bounds each in the job's cost estimate.
     assert (found.content, found.image_shape, found.num_examples) == ("images", (3, 8, 8), 43)
     assert (found.label_min, found.label_max, found.num_classes) == (2, 9, 10)
+    # The distinct labels of both splits (9 only in y_test), for job creation's message.
+    assert (found.num_distinct_labels, found.distinct_labels) == (6, (2, 3, 4, 5, 6, 9))
     assert type(found).from_json(found.to_json()) == found
 
 
