@@ -96,7 +96,7 @@ def test_events_and_download_of_a_finished_job(
     code, out, err = riftctl("jobs", "download", job_id, "mrc.csv", "--out", str(tmp_path / "one"))
     assert code == 0 and "sha256 verified" in out and (tmp_path / "one" / "mrc.csv").is_file()
     code, _, err = riftctl("jobs", "download", job_id, "nothing.bin")
-    assert code == 3 and "nothing.bin" in err
+    assert code == 6 and "nothing.bin" in err  # not found
 
 
 def _small_files_only() -> None:
