@@ -60,6 +60,9 @@ BAD_VALUES = [
     ("WEBHOOK_ALLOW_LIST", "10.0.0.0/33", "'10.0.0.0/33'"),
     ("CORS_ALLOW_ORIGINS", '["https://console.example.org"', "not a valid JSON list"),
     ("CORS_ALLOW_ORIGINS", "https://console.example.org/app", "did you mean"),
+    ("CORS_ALLOW_ORIGINS", "https://*.example.org", "no wildcards"),
+    ("CORS_ALLOW_ORIGINS", "*, https://console.example.org", "'*' (any origin) stands alone"),
+    ("CORS_ALLOW_ORIGINS", "console.example", "an origin is 'https://host'"),
     # prometheus_client would write its files into the current directory.
     ("PROMETHEUS_MULTIPROC_DIR", " ", "empty"),
 ]
