@@ -13,8 +13,16 @@ from typing import Any
 _HUNG_UP = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
+#: How often ``serve_forever`` looks for ``shutdown()``'s request: socketserver's 0.5 s was
+#: waited at the teardown of every test with a stand-in server (0.25-0.5 s each).
+SHUTDOWN_POLL_S = 0.02
+
+
 class QuietHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+
+    def serve_forever(self, poll_interval: float = SHUTDOWN_POLL_S) -> None:
+        super().serve_forever(poll_interval)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], _HUNG_UP):

@@ -120,3 +120,20 @@ def test_emptying_gives_up_on_a_lock_someone_holds_instead_of_waiting(
     assert not stalled, "TRUNCATE waited on the lock instead of giving up"
     assert [type(exc) for exc in raised] == [psycopg.errors.LockNotAvailable]
     pool.give_back(first)
+
+
+def test_the_tests_connections_commit_without_waiting_for_the_disk(postgres_url: str) -> None:
+    # The API's, the workers' and the tests' own connections (through DATABASE_URL), and the
+    # pool's: a commit waited 3.3 ms for its WAL to reach the disk here, 0.22 ms without.
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SHOW synchronous_commit")).scalar() == "off"
+    finally:
+        engine.dispose()
+    name = sa.make_url(postgres_url).database
+    assert name is not None
+    with psycopg.connect(_conninfo(name)) as connection:
+        assert connection.execute("SHOW synchronous_commit").fetchone() == ("off",)
