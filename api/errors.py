@@ -24,7 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, compile_path
 
-from api.route_methods import ROUTED_METHODS, methods_at
+from api.route_methods import methods_at
 from persistence.deletion import (
     ProjectAlreadyDeleted,
     ProjectHasActiveJobs,
@@ -515,12 +515,7 @@ def _path_meant(request: Request) -> str | None:
     meant = meant.rstrip("/") or "/"
     if meant == path:
         return None
-    scope = {**request.scope, "path": meant}
-    for method in _METHODS:
-        scope["method"] = method
-        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
-            return meant
-    return None
+    return meant if _served(request, meant) else None
 
 
 #: Put in an empty path segment to learn which path parameter it stands for: no id has it.
@@ -558,7 +553,12 @@ def _version_given_twice(request: Request) -> str | None:
     if not path.startswith("/v1/v1/"):
         return None
     once = path[len("/v1"):]
-    return once if any(_serves(request, once, method) for method in _METHODS) else None
+    return once if _served(request, once) else None
+
+
+def _served(request: Request, path: str) -> bool:
+    """Whether some route serves ``path`` with any method."""
+    return bool(methods_at(request.app, {**request.scope, "path": path}))
 
 
 def _serves(request: Request, path: str, method: str) -> bool:
@@ -572,9 +572,6 @@ def allowed_methods(request: Request) -> list[str]:
     path, while each method is a route of its own here (``PUT /v1/jobs/{id}`` said
     ``Allow: GET`` although DELETE exists)."""
     return methods_at(request.app, request.scope)
-
-
-_METHODS = ROUTED_METHODS
 
 
 async def _database_error_handler(request: Request, exc: Exception) -> JSONResponse:
