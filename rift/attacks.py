@@ -20,6 +20,7 @@ from rift.cancellation import ShouldCancel, raise_if_cancelled
 from rift.config import AttackSpec
 from rift.device import autocast
 from rift.errors import ConfigError
+from rift.inputs_in_domain import check_inputs_in_domain
 from rift.model_state import frozen_except, input_dtype
 
 _TINY = 1e-12
@@ -74,18 +75,8 @@ class PGD:
         low, high = images.amin(dim=dims).float(), images.amax(dim=dims).float()
         if images.dtype == torch.uint8:
             low, high = low / 255, high / 255
-        # float32 bounds, as _clamp uses: a float32 0.1 must fit an upper bound written as 0.1.
-        lower, upper = (torch.tensor(side, dtype=torch.float32, device=low.device)
-                        .expand(channels) for side in self.bounds)
-        outside = ((low < lower) | (high > upper)).nonzero().flatten().tolist()
-        if outside:
-            shown = ", ".join(f"channel/feature {c}: [{low[c]:.4g}, {high[c]:.4g}] vs "
-                              f"[{lower[c]:.4g}, {upper[c]:.4g}]" for c in outside[:4])
-            raise ConfigError(
-                f"the {what} lie outside attack.domain ({shown}"
-                f"{', …' if len(outside) > 4 else ''}); every attack step clamps into the "
-                "domain, which would move clean inputs by more than eps. Widen the bounds or "
-                "use 'none'", field="attack.domain")
+        # Compared in float32 by the rule job creation also applies to an upload's range.
+        check_inputs_in_domain(self.bounds, low.tolist(), high.tolist(), what)
 
     def clamp(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` moved into the attack's domain (unchanged without bounds)."""
