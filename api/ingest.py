@@ -191,6 +191,9 @@ def store_dataset(
                 label_max=inspection.label_max,
                 num_distinct_labels=inspection.num_distinct_labels,
                 distinct_labels=inspection.distinct_labels,
+                value_min=inspection.value_min, value_max=inspection.value_max,
+                channel_value_min=inspection.channel_value_min,
+                channel_value_max=inspection.channel_value_max,
                 image_sizes_differ=inspection.image_sizes_differ,
                 idempotency_key=upload_key.stored if upload_key else None,
                 request_hash=upload_key.request_hash if upload_key else None)))))

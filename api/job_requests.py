@@ -34,14 +34,19 @@ from api.validation import Validator
 from persistence.jobs import request_fingerprint
 from persistence.models import Checkpoint, Dataset
 from persistence.storage import ObjectNotFound, ObjectStore
-from rift.attack_radius import check_attack_radius
-from rift.config import DomainBounds, RiftConfig, unused_settings
+from rift.attack_radius import check_attack_radius, resolve_domain
+from rift.config import DatasetSpec, DomainBounds, RiftConfig, unused_settings
 from rift.dataset_formats import (
     SERVICE_MIN_IMAGE_SIDE,
     imagefolder_channels_hint,
     sparse_labels_hint,
 )
 from rift.errors import CheckpointEntryError, CheckpointMismatchError, ConfigError, RiftError
+from rift.inputs_in_domain import (
+    SHOWN_CHANNELS,
+    channels_outside_domain,
+    outside_domain_message,
+)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -281,6 +286,39 @@ def _check_domain_size(config: RiftConfig, geometry: Geometry) -> None:
             f"{size}", field="config.attack.domain.lower", code="domain_size_mismatch")
 
 
+def _check_domain_holds_values(config: RiftConfig, geometry: Geometry,
+                               row: Dataset | None) -> None:
+    # Inputs outside attack.domain ("unit" on features in [-3, 5], bounds narrower than the
+    # data) failed the job's first stage (rift.attacks checks the loaded inputs); refused here
+    # by the same rule and words, from the range the upload recorded. A row recorded before
+    # migration 0029 has none: its jobs keep the run-time check alone.
+    if row is None or row.value_min is None or row.value_max is None:
+        return
+    if not _reads_every_example(config.dataset, row):
+        return
+    bounds = resolve_domain(config.attack.domain, feature_vectors=geometry.num_features is not None)
+    if bounds is None:
+        return
+    if row.channel_value_min is not None and row.channel_value_max is not None:
+        outside = channels_outside_domain(bounds, row.channel_value_min, row.channel_value_max)
+    else:  # past 1,000 features only the overall range is recorded
+        outside = channels_outside_domain(bounds, [row.value_min], [row.value_max],
+                                          together=True)
+    if outside:
+        raise InvalidInput(
+            outside_domain_message(f"inputs of dataset {row.id} (x and x_test)", outside),
+            field="config.attack.domain", code="inputs_outside_domain",
+            details={"channels_outside": len(outside),
+                     "outside": [part.to_json() for part in outside[:SHOWN_CHANNELS]]})
+
+
+def _reads_every_example(spec: DatasetSpec, row: Dataset) -> bool:
+    # A job capped below the file's examples reads a subset, and the library checks only that:
+    # the whole file's range could refuse a job that would run.
+    caps = [cap for cap in (spec.max_train_examples, spec.max_test_examples) if cap is not None]
+    return not caps or (row.num_examples is not None and min(caps) >= row.num_examples)
+
+
 def _check_attack_radius(config: RiftConfig, geometry: Geometry) -> None:
     # An eps as wide as the inputs' domain (8 meant as 8/255) runs, and every robust accuracy
     # of the job then measures nothing; the library refuses it too, but only when the job runs.
@@ -327,7 +365,8 @@ class JobFit:
 
 def check_job_fits(validator: Validator, config: RiftConfig, tensors: CheckpointTensors,
                    geometry: Geometry, checkpoint_field: str,
-                   digest_reader: DigestReader | None = None) -> JobFit:
+                   digest_reader: DigestReader | None = None, *,
+                   dataset: Dataset | None = None) -> JobFit:
     """Check in the validator process that the checkpoint fits the job's model (built on the
     meta device for ``geometry``), that the model takes inputs of that geometry, and that the
     spec's module names exist; then that ``architecture.in_channels``, when set, is the images'
@@ -336,15 +375,19 @@ def check_job_fits(validator: Validator, config: RiftConfig, tensors: Checkpoint
     values of the keys it names (a safetensors file's, read by ranges) and the check runs again
     with them; without one, or past :data:`MAX_FIT_ROUNDS`, the job's own load decides.
     Returns ``tensors`` with the digests read, and the FLOPs the last answer counted.
+    ``dataset``: the uploaded dataset's row, whose recorded values ``attack.domain`` must hold.
 
     Raises:
-        ApiError: (422) attack.domain bounds that do not match the inputs; checkpoint mismatch
-            (field ``checkpoint_field``, with the missing,
-            unexpected and mismatched keys), unknown architecture or module names;
+        ApiError: (422) attack.domain bounds that do not match the inputs, or that the
+            dataset's recorded values lie outside (code ``inputs_outside_domain``); checkpoint
+            mismatch (field ``checkpoint_field``, with the missing, unexpected and mismatched
+            keys), unknown architecture or module names;
             ``architecture.in_channels`` unlike the data's (code ``channel_mismatch``); (503) the
             validator could not run.
     """
     _check_domain_size(config, geometry)
+    # As the library orders them: a domain narrower than the data is the first thing to fix.
+    _check_domain_holds_values(config, geometry, dataset)
     _check_attack_radius(config, geometry)
     digests = dict(tensors.digests)
     final = digest_reader is None

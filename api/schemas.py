@@ -115,6 +115,17 @@ class DatasetOut(BaseModel):
                                      "an npz's x and x_test, an ImageFolder's images.")
     label_min: int | None = Field(None, description="Smallest label (train and test).")
     label_max: int | None = Field(None, description="Largest label (train and test).")
+    value_min: float | None = Field(
+        None, description="Smallest input value of an npz (x and x_test), as jobs read it "
+        "(uint8 pixels as value / 255): an explicit attack.domain must hold the values. None "
+        "for ImageFolder uploads and for uploads recorded before it was stored.")
+    value_max: float | None = Field(None, description="Largest input value, as value_min.")
+    channel_value_min: list[float] | None = Field(
+        None, description="Each channel's (images) or feature's smallest input value, as "
+        "value_min; None also past 1,000 features.")
+    channel_value_max: list[float] | None = Field(
+        None, description="Each channel's or feature's largest input value, as "
+        "channel_value_min.")
     image_sizes_differ: bool | None = Field(
         None, description="An ImageFolder whose images are not all of one size (image_shape "
         "is then the first's): a job must set config.dataset.image_size to resize them. None "

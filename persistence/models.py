@@ -243,6 +243,16 @@ class Dataset(Base):
     # skip none), on rows recorded before migration 0028, and for the list past 1,000.
     num_distinct_labels: Mapped[int | None] = mapped_column(Integer)
     distinct_labels: Mapped[list[int] | None] = mapped_column(JSONType)
+    # An npz's smallest and largest input value (x and x_test, in the inputs' units: uint8
+    # pixels as value / 255), and each channel's (images) or feature's when there are at most
+    # 1,000 (validator.value_range), so that job creation can refuse an attack.domain the data
+    # lie outside, as the library would when the job runs. None on ImageFolder rows (a sample
+    # of their images is decoded), on rows recorded before migration 0029 (their jobs are
+    # checked when they run only), and for the lists past 1,000 features.
+    value_min: Mapped[float | None] = mapped_column(Float)
+    value_max: Mapped[float | None] = mapped_column(Float)
+    channel_value_min: Mapped[list[float] | None] = mapped_column(JSONType)
+    channel_value_max: Mapped[list[float] | None] = mapped_column(JSONType)
     # An ImageFolder whose images (in the folders the library reads) are not all of one size:
     # a job must resize them (dataset.image_size). None on rows recorded before it was stored.
     image_sizes_differ: Mapped[bool | None] = mapped_column(Boolean)

@@ -32,7 +32,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -75,6 +75,7 @@ from rift.image_content import (
 )
 from validator.distinct_labels import DistinctLabels
 from validator.image_sample import PixelSampler
+from validator.value_range import ChannelRanges
 
 #: Bytes of array data read (and checked) at a time: bounds the checker's memory.
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -119,6 +120,11 @@ class DatasetInspection:
     ``num_classes`` when they skip numbers), and ``distinct_labels`` those labels in ascending
     order when there are at most ``validator.distinct_labels.LISTED_LABELS_MAX``; None for an
     ImageFolder (its labels are its class folders' indices, none skipped).
+    ``value_min``/``value_max``: an npz's smallest and largest input value (``x`` and ``x_test``,
+    in the inputs' units: uint8 pixels as value / 255), and ``channel_value_min``/``_max`` each
+    channel's (images) or feature's, when there are at most
+    ``validator.value_range.RANGED_CHANNELS_MAX``; None for an ImageFolder (only a sample of its
+    images is decoded).
     """
 
     kind: str
@@ -132,15 +138,19 @@ class DatasetInspection:
     image_sizes_differ: bool | None = None  # ImageFolder only
     num_distinct_labels: int | None = None  # npz only
     distinct_labels: tuple[int, ...] | None = None  # npz only
+    value_min: float | None = None  # npz only
+    value_max: float | None = None  # npz only
+    channel_value_min: tuple[float, ...] | None = None  # npz only
+    channel_value_max: tuple[float, ...] | None = None  # npz only
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DatasetInspection:
-        shape, labels = data.get("image_shape"), data.get("distinct_labels")
-        return cls(**{**data, "image_shape": tuple(shape) if shape is not None else None,
-                      "distinct_labels": tuple(labels) if labels is not None else None})
+        tuples = ("image_shape", "distinct_labels", "channel_value_min", "channel_value_max")
+        return cls(**{**data, **{name: tuple(data[name]) for name in tuples
+                                 if data.get(name) is not None}})
 
 
 def sniff_kind(head: bytes) -> str | None:
@@ -251,10 +261,16 @@ def open_zip(source: str | IO[bytes], display_name: str) -> zipfile.ZipFile:
         raise DatasetError(f"{display_name} is not a readable .npz (zip) file: {exc}") from exc
 
 
+class _ChunkReader(Protocol):
+    """What reads an array's values chunk by chunk after they passed ``ValueScan``'s rules."""
+
+    def update(self, chunk: np.ndarray) -> None: ...
+
+
 def _scan_values(archive: zipfile.ZipFile, key: str, scan: ValueScan,
-                 examples: ExampleScan | DistinctLabels | None = None) -> None:
-    """Read ``key``'s data in chunks and feed each to ``scan`` (then to ``examples``, once its
-    values passed ``scan``'s rules); reading a member to its end also checks its CRC."""
+                 *readers: _ChunkReader) -> None:
+    """Read ``key``'s data in chunks and feed each to ``scan`` (then to each of ``readers``,
+    once its values passed ``scan``'s rules); reading a member to its end also checks its CRC."""
     with archive.open(f"{key}.npy") as member:
         header = read_npy_header(member, key)
         itemsize = header.dtype.itemsize
@@ -267,8 +283,8 @@ def _scan_values(archive: zipfile.ZipFile, key: str, scan: ValueScan,
                 raise DatasetError(f"key '{key}' is truncated")
             chunk = np.frombuffer(memoryview(buffer)[:filled], dtype=header.dtype)
             scan.update(chunk)
-            if examples is not None:
-                examples.update(chunk)
+            for reader in readers:
+                reader.update(chunk)
 
 
 def _read_through(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
@@ -344,6 +360,11 @@ def _inspect_npz_archive(path: str, display_name: str,
         check_enough_examples(count, "x_test" in headers, f"key 'x' in {display_name}", "x_test")
         labels = ValueScan("labels", "y")
         distinct = DistinctLabels()
+        images = layout.content == "images"
+        # uint8 pixels are read as value / 255 (x_test has x's dtype, checked above).
+        scale = 255.0 if images and x.dtype == np.uint8 else 1.0
+        ranges = ChannelRanges(layout.shape[0], scale=scale)
+        inputs: list[ValueScan] = []
         train_labels: tuple[float | None, float | None] = (None, None)
         for key in headers:
             if key.startswith("y"):
@@ -351,14 +372,16 @@ def _inspect_npz_archive(path: str, display_name: str,
                 _scan_values(archive, key, labels, distinct)
             else:
                 scan = ValueScan(layout.content, key)
+                inputs.append(scan)
                 header = headers[key]
-                images = layout.content == "images"
                 # Column-major values come example index fastest (see ColumnMajorExampleScan).
                 examples = (ColumnMajorExampleScan(key, header.shape[0], images=images)
                             if header.fortran_order else
                             ExampleScan(key, int(np.prod(header.shape[1:], dtype=np.int64)),
                                         images=images, itemsize=header.dtype.itemsize))
-                _scan_values(archive, key, scan, examples)
+                ranges.start(header.shape, _channel_axis(header.shape, layout.channels_last),
+                             fortran_order=header.fortran_order)
+                _scan_values(archive, key, scan, examples, ranges)
                 scan.finish()
                 faint = (faint_problem(key, scan.maximum) if layout.content == "images"
                          and header.dtype.kind == "f" and scan.maximum is not None else None)
@@ -381,7 +404,23 @@ def _inspect_npz_archive(path: str, display_name: str,
         num_features=layout.num_features, num_examples=count + test_count,
         num_classes=num_classes_from_labels(int(labels.maximum)),
         label_min=int(labels.minimum), label_max=int(labels.maximum),
-        num_distinct_labels=distinct.count, distinct_labels=distinct.listed())
+        num_distinct_labels=distinct.count, distinct_labels=distinct.listed(),
+        value_min=min(_known(scan.minimum) for scan in inputs) / scale,
+        value_max=max(_known(scan.maximum) for scan in inputs) / scale,
+        channel_value_min=ranges.minima, channel_value_max=ranges.maxima)
+
+
+def _channel_axis(shape: tuple[int, ...], channels_last: bool) -> int:
+    """The axis of an npz input array's channels (features of an N×F array); an N×H×W array
+    has one channel, for which any axis does."""
+    if len(shape) == 4:
+        return 3 if channels_last else 1
+    return 1 if len(shape) == 2 else 0
+
+
+def _known(value: float | None) -> float:
+    assert value is not None  # every input array holds an example (check_has_examples)
+    return value
 
 
 # --------------------------------------------------------------------------------------- tar

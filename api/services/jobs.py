@@ -218,7 +218,7 @@ def create_job_for(
         # Before the fit check, which would otherwise try the first entry's weights.
         check_checkpoint_entry(tensors.entries, entry)
         fit = check_job_fits(services.validator, spec.config, tensors, dataset.geometry,
-                             checkpoint_field, digest_reader)
+                             checkpoint_field, digest_reader, dataset=dataset.row)
         fitted = fit.tensors
         if upload is None and row.format == "safetensors" and fitted.digests != tensors.digests:
             # The next job from this checkpoint asks for them at once, and reads none.

@@ -24,7 +24,9 @@ def dataset_out(row: Dataset) -> DatasetOut:
         sha256=row.sha256, content=row.content,  # type: ignore[arg-type]
         image_shape=list(shape) if shape else None, num_features=row.num_features,
         num_classes=row.num_classes, num_examples=row.num_examples, label_min=row.label_min,
-        label_max=row.label_max, image_sizes_differ=row.image_sizes_differ,
+        label_max=row.label_max, value_min=row.value_min, value_max=row.value_max,
+        channel_value_min=row.channel_value_min, channel_value_max=row.channel_value_max,
+        image_sizes_differ=row.image_sizes_differ,
         created_at=row.created_at)
 
 

@@ -116,6 +116,12 @@ def test_feature_vectors_upload(api: Api) -> None:
     assert (record["kind"], record["content"]) == ("npz", "features")
     assert record["num_features"] == 7 and record["image_shape"] is None
     assert (record["num_classes"], record["label_min"], record["label_max"]) == (4, 0, 3)
+    # The inputs' range, over x and x_test, overall and per feature: what attack.domain must hold.
+    arrays = np.load(io.BytesIO(content))
+    both = np.concatenate([arrays["x"], arrays["x_test"]])
+    assert (record["value_min"], record["value_max"]) == (both.min(), both.max())
+    assert record["channel_value_min"] == both.min(axis=0).tolist()
+    assert record["channel_value_max"] == both.max(axis=0).tolist()
     assert api.client.get(f"/v1/datasets/{record['id']}").json() == record
 
 

@@ -303,3 +303,44 @@ def test_0028_adds_the_distinct_labels_columns_empty_and_takes_them_away(empty_u
         assert _row_counts(engine, ["datasets", "jobs"]) == {"datasets": 1, "jobs": 1}
     finally:
         engine.dispose()
+
+
+def test_0029_adds_the_value_range_columns_empty_and_takes_them_away(empty_url: str) -> None:
+    """A dataset recorded before has no value range (NULL: job creation leaves attack.domain to
+    the run-time check); doubles and per-channel lists round-trip; the downgrade keeps rows."""
+    upgrade_database(empty_url, "0028")
+    now = datetime.now(UTC)
+    engine = sa.create_engine(empty_url)
+    try:
+        with engine.begin() as c:
+            _insert_project_p1_with_checkpoint_c1(c, now, size=10, tensors=2)
+            c.execute(sa.text(
+                "INSERT INTO datasets (id, filename, kind, size, sha256, storage_key, created_at, "
+                "project_id, content, num_features, num_distinct_labels) VALUES ('d1', 'd.npz', "
+                "'npz', 70, :h, 'k/d1', :n, 'p1', 'features', 2, 3)"), {"h": "b" * 64, "n": now})
+            c.execute(sa.text(
+                "INSERT INTO jobs (id, status, stage_progress, spec, checkpoint_id, dataset_id, "
+                "cancel_requested, attempts, created_at, updated_at, project_id) VALUES "
+                "('j1', 'succeeded', 1, '{}', 'c1', 'd1', false, 3, :n, :n, 'p1')"), {"n": now})
+        upgrade_database(empty_url, "0029")
+        with engine.begin() as c:
+            assert c.execute(sa.text(
+                "SELECT num_distinct_labels, value_min, value_max, channel_value_min, "
+                "channel_value_max FROM datasets")).one() == (3, None, None, None, None)
+            # float32 values as doubles (0.1 in float32), and an 8-bit pixel / 255
+            low, high = -3.0000001192092896, 0.10000000149011612
+            c.execute(sa.text("UPDATE datasets SET value_min = :low, value_max = :high, "
+                              "channel_value_min = :lows, channel_value_max = :highs"),
+                      {"low": low, "high": high, "lows": json.dumps([low, 1 / 255]),
+                       "highs": json.dumps([0.0, high])})
+            row = c.execute(sa.text("SELECT value_min, value_max, channel_value_min, "
+                                    "channel_value_max FROM datasets")).one()
+            lists = [json.loads(v) if isinstance(v, str) else v for v in row[2:]]
+            assert (row[0], row[1], *lists) == (low, high, [low, 1 / 255], [0.0, high])
+        downgrade_database(empty_url, "0028")
+        columns = {column["name"] for column in sa.inspect(engine).get_columns("datasets")}
+        assert not columns & {"value_min", "value_max", "channel_value_min", "channel_value_max"}
+        assert "num_distinct_labels" in columns
+        assert _row_counts(engine, ["datasets", "jobs"]) == {"datasets": 1, "jobs": 1}
+    finally:
+        engine.dispose()

@@ -207,3 +207,31 @@ def test_an_archive_that_is_no_npz_nor_tar_says_what_to_send(tmp_path: Path) -> 
     (tmp_path / "d.npz.gz").write_bytes(gzip.compress((tmp_path / "d.npz").read_bytes()))
     with pytest.raises(DatasetError, match=r"compressed \.npz .*upload the \.npz itself"):
         inspect_dataset_file(str(tmp_path / "d.npz.gz"), "d.npz.gz", 10**9)
+
+
+def test_the_inputs_value_range_is_recorded_per_channel(tmp_path: Path) -> None:
+    # x and x_test both count (channel 1's largest value is in x_test); uint8 pixels are
+    # recorded as the library reads them, value / 255.
+    x, x_test = varied((40, 8, 8, 3)), varied((3, 8, 8, 3))
+    x[..., 1], x_test[..., 1] = np.minimum(x[..., 1], 200), np.minimum(x_test[..., 1], 200)
+    x_test[0, 0, 0, 1] = 240
+    path = write(tmp_path / "d.npz", x=x, y=np.arange(40) % 5, x_test=x_test,
+                 y_test=np.arange(3))
+    found = inspect_dataset_file(path, "d.npz", 10**9)
+    both = np.concatenate([x, x_test])
+    assert found.channel_value_min == tuple(float(v) / 255 for v in both.min(axis=(0, 1, 2)))
+    assert found.channel_value_max == tuple(float(v) / 255 for v in both.max(axis=(0, 1, 2)))
+    assert found.channel_value_max[1] == 240 / 255
+    assert (found.value_min, found.value_max) == (both.min() / 255, both.max() / 255)
+    assert type(found).from_json(found.to_json()) == found
+
+
+def test_features_past_the_bound_record_their_overall_range_only(tmp_path: Path) -> None:
+    features = np.random.default_rng(0).normal(size=(20, 1001)).astype(np.float32) * 3
+    path = write(tmp_path / "d.npz", x=np.asfortranarray(features), y=np.arange(20) % 2)
+    found = inspect_dataset_file(path, "d.npz", 10**9)
+    assert (found.value_min, found.value_max) == (float(features.min()), float(features.max()))
+    assert (found.channel_value_min, found.channel_value_max) == (None, None)
+    path = write(tmp_path / "e.npz", x=np.asfortranarray(features[:, :7]), y=np.arange(20) % 2)
+    found = inspect_dataset_file(path, "e.npz", 10**9)
+    assert found.channel_value_min == tuple(float(v) for v in features[:, :7].min(axis=0))

@@ -74,6 +74,12 @@ class Dataset(_Resource):
     num_examples: int | None = None
     label_min: int | None = None
     label_max: int | None = None
+    value_min: float | None = Field(None, description="Smallest input value (uint8 pixels as "
+                                    "value / 255); an explicit attack.domain must hold it.")
+    value_max: float | None = None
+    channel_value_min: list[float] | None = Field(
+        None, description="Per channel (images) or feature (up to 1,000).")
+    channel_value_max: list[float] | None = None
     image_sizes_differ: bool | None = None
     created_at: datetime | None = None
 
