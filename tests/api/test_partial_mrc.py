@@ -5,22 +5,29 @@
 
 The stage's claims, reports and finish are written through the persistence functions a worker
 calls (``claim_stage``, ``report_activity``, ``start_shards``, ``finish_stage_and_claim_next``),
-so no worker is needed here; ``tests/reliability/test_partial_mrc_worker.py`` runs a real one.
+so no worker is needed there; the last test runs a real Celery worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import stage_shards, stages
+from api.dispatch import CeleryDispatcher
+from persistence import jobs, stage_shards, stages
 from persistence.models import utcnow
+from persistence.settings import Settings
 from persistence.stages import StageOutputs
 from rift_client import AsyncRiftClient, RiftClient
 from tests.api.helpers import Api, digits_config, upload_checkpoint
+from tests.service_fixtures import WorkerProcess
+from tests.worker_jobs import JOB_TIMEOUT_S, read_while_stopped, wait_while_progressing
 
 pytestmark = pytest.mark.service
 
@@ -172,3 +179,53 @@ def test_a_sharded_stage_shows_its_shards_rows_in_table_order_and_keeps_them_if_
     got_async = asyncio.run(read())
     assert (got_async.complete, got_async.modules_scored, got_async.modules_total) == (
         False, 2, 4)
+
+
+#: Ascent passes per module: stretches the digits model's MRC stage (4 modules) so that a read
+#: between two reports finds some modules scored and others left (the reads run with the worker
+#: stopped, so no margin beyond one report interval is needed).
+WORKER_MRC_STEPS = 200
+
+
+def test_a_real_workers_mrc_stage_shows_its_rows_as_they_are_scored(
+        service_settings: Settings, start_api: Callable[..., Api],
+        start_worker: Callable[..., WorkerProcess], sessions: sessionmaker[Session],
+        digits_checkpoint_path: Path, quick_config: dict[str, Any]) -> None:
+    """A real Celery worker runs the job; read with the worker stopped midway through its MRC
+    stage, ``/mrc`` answers the rows it has reported, which are the final table's rows."""
+    api = start_api(service_settings, dispatcher=CeleryDispatcher(service_settings))
+    worker = start_worker()
+    uploaded = upload_checkpoint(api, digits_checkpoint_path)
+    spec = copy.deepcopy(quick_config)
+    spec["mrc"].update(steps=WORKER_MRC_STEPS)
+    created = api.client.post("/v1/jobs", json={"checkpoint_id": uploaded["id"],
+                                                "config": spec})
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+
+    def midway() -> dict[str, Any] | None:
+        with sessions() as session:
+            job = jobs.get_job(session, job_id)
+            reported = [e for e in jobs.list_events(session, job_id, limit=10_000)
+                        if e.kind == "module_scored"]
+        if job.stage != "mrc" or job.status != "running" or not 1 <= len(reported) <= 3:
+            return None
+        return mrc(api, job_id)
+
+    partial = read_while_stopped(worker, midway, "an MRC stage with some modules scored")
+    assert partial["complete"] is False and partial["modules_total"] == 4, partial
+    assert 1 <= partial["modules_scored"] == len(partial["rows"]) <= 3, partial
+
+    job = wait_while_progressing(sessions, job_id, lambda j: j.is_finished, "the end",
+                                 JOB_TIMEOUT_S, workers=(worker,))
+    assert job.status == "succeeded", job.error_message
+    final = mrc(api, job_id)
+    assert (final["complete"], final["modules_scored"], final["modules_total"]) == (True, 4, 4)
+    # The rows shown midway are the table's rows, at their places in it.
+    by_position = {r["position"]: r for r in final["rows"]}
+    for scored in partial["rows"]:
+        recorded = by_position[scored["position"]]
+        assert {k: v for k, v in scored.items() if k not in ("seconds", "selected")} == {
+            k: v for k, v in recorded.items() if k not in ("seconds", "selected")}
+    assert [r["position"] for r in partial["rows"]] == sorted(
+        r["position"] for r in partial["rows"])
