@@ -77,10 +77,6 @@ class ReportData:
     chosen_alpha: float | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
     mrc_rows: Sequence[Mapping[str, Any]] = ()
-    #: False: ``mrc_rows`` are the rows scored so far (the MRC stage runs, or the job stopped in
-    #: it), each with its ``position`` in the final table; ``mrc_total`` the rows it will have.
-    mrc_complete: bool = True
-    mrc_total: int | None = None
     epochs: Sequence[Mapping[str, Any]] = ()
     curves: Sequence[Curve] = ()
     manifest: Mapping[str, Any] | None = None
@@ -99,6 +95,10 @@ class ReportData:
     warnings_total: int = 0
     #: The job's labels (key → value), as the API lists them: how a team finds its runs.
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: False: ``mrc_rows`` are the rows scored so far (the MRC stage runs, or the job stopped in
+    #: it), each with its ``position`` in the final table; ``mrc_total`` the rows it will have.
+    mrc_complete: bool = True
+    mrc_total: int | None = None
 
 
 # C0 and C1 controls but tab and newlines, and lone surrogates: a parse error in HTML text (a
