@@ -181,10 +181,11 @@ def test_a_sharded_stage_shows_its_shards_rows_in_table_order_and_keeps_them_if_
         False, 2, 4)
 
 
-#: Ascent passes per module: stretches the digits model's MRC stage (4 modules) so that a read
-#: between two reports finds some modules scored and others left (the reads run with the worker
-#: stopped, so no margin beyond one report interval is needed).
-WORKER_MRC_STEPS = 200
+#: Ascent passes per module (the service's most) over twice the quick job's examples: stretches
+#: the digits model's MRC stage (4 modules) well past the report interval (0.2 s) per module,
+#: so that a read finds some modules scored and others left; the reads run with the worker
+#: stopped, so no further margin is needed.
+WORKER_MRC = {"steps": 200, "num_examples": 128, "batch_size": 128}
 
 
 def test_a_real_workers_mrc_stage_shows_its_rows_as_they_are_scored(
@@ -197,7 +198,7 @@ def test_a_real_workers_mrc_stage_shows_its_rows_as_they_are_scored(
     worker = start_worker()
     uploaded = upload_checkpoint(api, digits_checkpoint_path)
     spec = copy.deepcopy(quick_config)
-    spec["mrc"].update(steps=WORKER_MRC_STEPS)
+    spec["mrc"].update(WORKER_MRC)
     created = api.client.post("/v1/jobs", json={"checkpoint_id": uploaded["id"],
                                                 "config": spec})
     assert created.status_code == 201, created.text
