@@ -315,7 +315,19 @@ class MRCTableOut(BaseModel):
     job_id: str
     status: str
     selected_module: str | None
-    rows: list[MRCRowOut]
+    rows: list[MRCRowOut] = Field(description=(
+        "In table order. While the MRC stage runs (or once it failed or was cancelled): the "
+        "rows scored so far (complete false), each row's position its place in the final "
+        "table's order."))
+    complete: bool = Field(
+        True, description="True: the table the MRC stage recorded. False: the rows scored so "
+        "far, from the stage's module_scored events (the stage is running, or the job failed "
+        "or was cancelled before it ended); 'selected' is false on every row until the stage "
+        "ends.")
+    modules_scored: int = Field(0, description="Rows in this answer.")
+    modules_total: int | None = Field(
+        None, description="Rows the table will have; null before the MRC stage has reported "
+        "any module.")
 
 
 class EpochOut(BaseModel):

@@ -95,6 +95,10 @@ class ReportData:
     warnings_total: int = 0
     #: The job's labels (key → value), as the API lists them: how a team finds its runs.
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: False: ``mrc_rows`` are the rows scored so far (the MRC stage runs, or the job stopped in
+    #: it), each with its ``position`` in the final table; ``mrc_total`` the rows it will have.
+    mrc_complete: bool = True
+    mrc_total: int | None = None
 
 
 # C0 and C1 controls but tab and newlines, and lone surrogates: a parse error in HTML text (a
@@ -202,20 +206,36 @@ def _mrc_table(data: ReportData) -> str:
     (they do not repeat the whole name)."""
     if not data.mrc_rows:
         return _absent(data, "MRC table")
-    rows = [(number, row) for number, row in enumerate(data.mrc_rows, start=1)]
+    # The row's place in the final table, which a partial one (a sharded stage's rows arrive
+    # out of order) shows as it will be.
+    rows = [(row["position"] + 1 if isinstance(row.get("position"), int) else number, row)
+            for number, row in enumerate(data.mrc_rows, start=1)]
+    partial = "" if data.mrc_complete else f"<p class='note partial'>{_scored_so_far(data)}</p>"
     bounds = sum(row.get("exact") is False for row in data.mrc_rows)
     note = (f"<p class='note'>≥: {bounds} module(s) were stopped early (mrc.table = "
             "'selection'): their MRC is at least the value shown, enough to rule them out; "
             "their accuracy columns are where the ascent stopped. The chosen rows are exact."
             "</p>" if bounds else "")
     if len(rows) <= MRC_ROWS_SHOWN:
-        return f"{_mrc_rows_table(data, rows)}{note}"
+        return f"{partial}{_mrc_rows_table(data, rows)}{note}"
     lowest = sorted(rows, key=lambda item: _mrc_order(item[1].get("mrc")))[:MRC_ROWS_SHOWN]
-    return (f"<p class='note'>The {MRC_ROWS_SHOWN} modules of lowest MRC, which the selection "
+    return (f"{partial}<p class='note'>The {MRC_ROWS_SHOWN} modules of lowest MRC, which the selection "
             f"tries first; all {len(rows)} follow in table order.</p>"
             f"{_mrc_rows_table(data, lowest)}<details class='mrc-all'><summary>All "
             f"{len(rows)} modules, in table order</summary>{_mrc_rows_table(data, rows)}"
             f"</details>{note}")
+
+
+def _scored_so_far(data: ReportData) -> str:
+    """The note over a partial table: how many rows, and whether more will come."""
+    count = (f"{len(data.mrc_rows)} of {data.mrc_total}" if data.mrc_total is not None
+             else str(len(data.mrc_rows)))
+    if data.status in ("queued", "running"):
+        return (f"Scored so far: {count} modules (the MRC stage is running; the table is "
+                "complete when it ends, and the chart drawn then).")
+    ended = "was cancelled" if data.status == "cancelled" else data.status
+    return (f"Scored before the job {escape(ended)}: {count} modules; the MRC stage did not "
+            "finish, so no module was selected from this table.")
 
 
 def _mrc_order(mrc: Any) -> tuple[bool, float]:
@@ -321,8 +341,9 @@ def render_report(data: ReportData) -> str:
     """The whole HTML document."""
     # Compact: the tables below hold every name and value once; the charts draw one path per
     # series and refer to MRC rows by number (job_charts says what the files keep instead).
-    charts = job_charts(data.mrc_rows, data.selected_module, data.epochs, data.curves,
-                        data.splits, compact=True)
+    # A partial MRC table is not drawn: the chart numbers its bars 1..n, not by table position.
+    charts = job_charts(data.mrc_rows if data.mrc_complete else (), data.selected_module,
+                        data.epochs, data.curves, data.splits, compact=True)
     chart_html = "".join(
         f"<figure class='figure{' wide' if chart_width(svg) > WIDE_CHART else ''}' "
         f"data-figure='{name}'>{svg}</figure>" for name, svg in charts.items()

@@ -565,8 +565,16 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
             if stored is not None:
                 done[stored.name] = stored
 
+    # Where each row goes in the job's table (the order MRCStageResult.merge sorts a sharded
+    # table by), and for a one-task stage the table's size: what lets a reader of the events
+    # (GET /v1/jobs/{id}/mrc while the stage runs) show the rows scored so far in table order.
+    # A shard knows its own modules only; the job's shard records give the whole count.
+    order = {name: i for i, name in enumerate(select_modules(run.model, config.mrc))}
+
     def on_module(row: ModuleCriticality, index: int, total: int) -> None:
-        callbacks.event("module_scored", {**row.as_dict(), "inputs": digest})
+        table = {} if modules is not None else {"modules_total": total}
+        callbacks.event("module_scored", {**row.as_dict(), "inputs": digest,
+                                          "order": order.get(row.name), **table})
         callbacks.progress("mrc", (index + 1) / total, f"scored {row.name}")
 
     on_backoff = _backoff_warning(callbacks, "mrc", (

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +27,8 @@ from persistence.storage import ObjectStore
 from tests.service_fixtures import WorkerProcess
 
 JOB_TIMEOUT_S = 120.0
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -164,6 +166,28 @@ def signal_when(worker: WorkerProcess, sessions: sessionmaker[Session], job_id: 
 
     signal_when_stopped(worker, holds, f"job {job_id}: {what}", sig, timeout)
     return read[0]
+
+
+def read_while_stopped(worker: WorkerProcess, read: Callable[[], T | None], what: str,
+                       timeout: float = JOB_TIMEOUT_S) -> T:
+    """Call ``read()`` with the solo-pool ``worker`` stopped (SIGSTOP), every 0.1 s of its
+    running, until it returns something, and return that: the worker's work waits while it
+    reads (the database, the API), so what it reads is still what is left to do when the worker
+    continues (SIGCONT). A commit the worker sent just before it stopped may land during it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            while not _stopped(worker.pid):
+                time.sleep(0.001)
+            found = read()
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"never reached {what}\n--- {worker.name}\n{worker.log()[-3000:]}")
+        time.sleep(0.1)
 
 
 def signal_when_stopped(worker: WorkerProcess, check: Callable[[], bool], what: str,

@@ -1,7 +1,8 @@
 """``GET /v1/jobs/{id}/report``: the job's results as one self-contained HTML page (inline SVG
 charts, no script, nothing fetched from elsewhere), drawn by :mod:`reporting` from the database
 rows and the job's ``manifest.json``; a sweep's candidate curves are drawn side by side. It works
-for a running job too (what exists so far)."""
+for a running job too (what exists so far: a running MRC stage's rows scored so far,
+:mod:`persistence.mrc_tables`)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ from persistence.jobs import (
     get_artifact,
     get_epoch_metrics,
     get_interpolation_points,
-    get_mrc_rows,
     get_sweep_candidates,
 )
 from persistence.models import Job
+from persistence.mrc_tables import read_mrc_table
 from persistence.storage import StoreError
 from reporting.charts import Curve, Splits, sweep_curves
 from reporting.page import CONTENT_SECURITY_POLICY, ReportData, ReportWarning, render_report
@@ -78,12 +79,13 @@ def _with_main_first(main: Curve | None, others: Sequence[Curve]) -> list[Curve]
             summary="The job's report page (HTML with inline SVG charts, works offline)")
 def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: StoreDep) -> HTMLResponse:
     job = load_job(session, caller, job_id)
-    mrc_rows = [{"module": r.module, "parameters": r.parameters, "mrc": r.mrc,
-                 "worst_robust_loss": r.worst_robust_loss,
+    mrc = read_mrc_table(session, job.id)
+    mrc_rows = [{"position": r.position, "module": r.module, "parameters": r.parameters,
+                 "mrc": r.mrc, "worst_robust_loss": r.worst_robust_loss,
                  "robust_accuracy_at_worst": r.robust_accuracy_at_worst,
                  "robust_accuracy_drop": r.robust_accuracy_drop, "passes": r.passes,
                  "exact": r.exact}
-                for r in get_mrc_rows(session, job.id)]
+                for r in mrc.rows]
     epochs = [{"epoch": e.epoch, "train_accuracy": e.train_accuracy, "val_accuracy": e.val_accuracy,
                "train_loss": e.train_loss} for e in get_epoch_metrics(session, job.id)]
     points = [{"alpha": p.alpha, "clean_accuracy": p.clean_accuracy,
@@ -101,7 +103,8 @@ def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: Stor
     warnings = warnings_of(session, job.id)
     data = ReportData(
         job_id=job.id, status=job.status, selected_module=job.selected_module,
-        chosen_alpha=job.chosen_alpha, metrics=job.metrics or {}, mrc_rows=mrc_rows, epochs=epochs,
+        chosen_alpha=job.chosen_alpha, metrics=job.metrics or {}, mrc_rows=mrc_rows,
+        mrc_complete=mrc.complete, mrc_total=mrc.modules_total, epochs=epochs,
         curves=_sweep(session, job) or _with_main_first(main, candidate_curves(job.metrics)),
         manifest=manifest,
         error=f"{job.error_code}: {job.error_message}" if job.error_code else None,

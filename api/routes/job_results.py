@@ -1,4 +1,5 @@
-"""A job's results: the MRC table, the fine-tuning and interpolation curves, and the artifacts
+"""A job's results: the MRC table (the rows scored so far while its stage runs:
+:mod:`persistence.mrc_tables`), the fine-tuning and interpolation curves, and the artifacts
 (tuned weights, fine-tuned end point, MRC CSV, result.json) with HTTP Range support (one range,
 or several as multipart/byteranges: :mod:`api.byte_ranges`) and conditional GET
 (:mod:`api.conditional`), or a redirect to a short-lived presigned URL when the object store is
@@ -38,11 +39,11 @@ from persistence.jobs import (
     get_artifact,
     get_epoch_metrics,
     get_interpolation_points,
-    get_mrc_rows,
     get_sweep_candidates,
     list_artifacts,
 )
 from persistence.models import Artifact, Job, JobStatus, SweepCandidate
+from persistence.mrc_tables import read_mrc_table
 from persistence.stage_shards import DISCARDED_REASON
 from persistence.storage import ObjectNotFound, ObjectStore
 
@@ -55,10 +56,14 @@ _ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@\-]{0,63}")  # @: tuned@<Î
 
 
 @router.get("/{job_id}/mrc", response_model=MRCTableOut,
-            summary="Module robust criticality per module, the selected module flagged")
+            summary="Module robust criticality per module, the selected module flagged",
+            description="Once the MRC stage is done: the recorded table (complete true). "
+                        "Before (and for a job that failed or was cancelled during it): the "
+                        "rows scored so far, in table order, with complete false, "
+                        "modules_scored and modules_total; the ETag changes as rows arrive.")
 def read_mrc(job_id: str, session: SessionDep, caller: CallerDep) -> MRCTableOut:
     job = load_job(session, caller, job_id)
-    rows = get_mrc_rows(session, job.id)
+    table = read_mrc_table(session, job.id)
     return MRCTableOut(
         job_id=job.id, status=job.status, selected_module=job.selected_module,
         rows=[MRCRowOut(position=r.position, module=r.module, parameters=r.parameters, mrc=r.mrc,
@@ -66,7 +71,10 @@ def read_mrc(job_id: str, session: SessionDep, caller: CallerDep) -> MRCTableOut
                         robust_accuracy_at_worst=r.robust_accuracy_at_worst,
                         robust_accuracy_drop=r.robust_accuracy_drop, seconds=r.seconds,
                         max_ascent_loss=r.max_ascent_loss, passes=r.passes, exact=r.exact,
-                        selected=r.module == job.selected_module) for r in rows])
+                        selected=table.complete and r.module == job.selected_module)
+              for r in table.rows],
+        complete=table.complete, modules_scored=len(table.rows),
+        modules_total=table.modules_total)
 
 
 @router.get("/{job_id}/curves", response_model=CurvesOut,

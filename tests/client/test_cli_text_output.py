@@ -133,6 +133,34 @@ def test_empty_results_are_a_line_not_headers_or_silence(
     assert failed.exit_code == running.exit_code == hooks.exit_code == 0
     assert failed.stdout.splitlines() == ["job job_1: failed, selected module –", "no MRC rows"]
     assert " ".join(running.stdout.split()).endswith(
-        "no MRC rows yet: they are recorded when the MRC stage ends (riftctl jobs events job_1 "
-        "shows each module as it is scored)")
+        "no MRC rows yet: each module's row appears here as it is scored")
     assert hooks.stdout.strip() == "no deliveries yet for webhook wh_1"
+
+
+def _mrc_row(position: int, module: str) -> dict[str, object]:
+    return {"position": position, "module": module, "parameters": 10, "mrc": 0.5,
+            "worst_robust_loss": 1.5, "selected": False}
+
+
+def test_a_partial_mrc_table_says_how_many_of_how_many_are_scored(
+        tmp_path: Path, cli_launcher: Launcher | None) -> None:
+    """While the MRC stage runs, `jobs mrc` shows the rows scored so far and says so (the table
+    used to be empty until the stage ended); a job stopped in it says why no more will come."""
+    partial = {"job_id": "job_1", "selected_module": None, "complete": False,
+               "rows": [_mrc_row(0, "conv1"), _mrc_row(2, "fc1")], "modules_scored": 2}
+    server = ScriptedServer([
+        ScriptedReply(200, {**partial, "status": "running", "modules_total": 4}),
+        ScriptedReply(200, {**partial, "status": "cancelled", "modules_total": None})])
+    try:
+        running = run_riftctl(["jobs", "mrc", "job_1"], url=server.url, api_key="rift_test",
+                              home=tmp_path, launcher=cli_launcher)
+        cancelled = run_riftctl(["jobs", "mrc", "job_1"], url=server.url, api_key="rift_test",
+                                home=tmp_path, launcher=cli_launcher)
+    finally:
+        server.stop()
+    assert running.exit_code == cancelled.exit_code == 0, running.stderr + cancelled.stderr
+    lines = running.stdout.splitlines()
+    assert lines[1] == "partial: 2 of 4 scored (the MRC stage is running)"
+    assert "conv1" in running.stdout and "fc1" in running.stdout
+    assert cancelled.stdout.splitlines()[1] == (
+        "partial: 2 scored (the job was cancelled before the MRC stage ended)")

@@ -236,3 +236,23 @@ def test_a_hundred_warnings_fold_after_the_first_ones_and_the_charts_stay_near_t
     assert "<img" not in page
     assert "30 more warning(s) not shown" in section
     assert page_problems(page) == []
+
+
+def test_a_partial_mrc_table_says_so_and_numbers_rows_by_their_place_in_the_table() -> None:
+    """While the MRC stage runs the page shows the rows scored so far (a sharded stage's arrive
+    out of order: "#" is the row's place in the final table), says how many of how many, and
+    draws no MRC chart (its bars are numbered 1..n); the complete table has neither note."""
+    rows = [{"position": 1, "module": "conv2", "parameters": 10, "mrc": 0.2},
+            {"position": 3, "module": "fc2", "parameters": 10, "mrc": 0.1}]
+    running = render_report(ReportData(job_id="j", status="running", stage="mrc",
+                                       mrc_rows=rows, mrc_complete=False, mrc_total=4))
+    assert "Scored so far: 2 of 4 modules" in running
+    assert "<td class='row'>2</td><td class='name'>conv2</td>" in running
+    assert "<td class='row'>4</td><td class='name'>fc2</td>" in running
+    assert "data-figure='mrc'" not in running
+    cancelled = render_report(ReportData(job_id="j", status="cancelled", stage="mrc",
+                                         mrc_rows=rows, mrc_complete=False))
+    assert "Scored before the job was cancelled: 2 modules" in cancelled
+    done = render_report(ReportData(job_id="j", status="succeeded", mrc_rows=[
+        {**row, "position": i} for i, row in enumerate(rows)]))
+    assert "Scored" not in done and "data-figure='mrc'" in done

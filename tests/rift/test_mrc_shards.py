@@ -14,7 +14,14 @@ from rift.config import MRCSpec, RiftConfig
 from rift.errors import ConfigError
 from rift.mrc import merge_reports, module_robust_criticality, select_modules
 from rift.mrc_shards import estimate_module_costs, partition_modules, plan_shards
-from rift.pipeline import MRCInputs, MRCStageResult, make_mrc_inputs, prepare_run, score_modules
+from rift.pipeline import (
+    MRCInputs,
+    MRCStageResult,
+    PipelineCallbacks,
+    make_mrc_inputs,
+    prepare_run,
+    score_modules,
+)
 
 
 def test_partition_balances_cost_and_keeps_every_module_once() -> None:
@@ -54,9 +61,17 @@ def test_merged_shards_equal_the_single_task_table(digits_checkpoint_path: Path,
     names = select_modules(run.model, config.mrc)
     groups = partition_modules(estimate_module_costs(run.model, shared.adversarial, names), 2)
     assert len(groups) == 2
-    parts = [MRCStageResult.from_json(score_modules(run, shared, group).to_json())
+    events: list[dict[str, Any]] = []
+    callbacks = PipelineCallbacks(on_event=lambda kind, payload: events.append(payload)
+                                  if kind == "module_scored" else None)
+    parts = [MRCStageResult.from_json(score_modules(run, shared, group, callbacks).to_json())
              for group in reversed(groups)]  # finishing order must not matter
     merged = MRCStageResult.merge(parts, names)
+    # A shard's rows say their place in the whole table (a reader of the events orders the
+    # rows scored so far by it), not the table's size, which a shard does not know.
+    assert {p["name"]: p["order"] for p in events} == {
+        row["name"]: i for i, row in enumerate(merged.rows)}
+    assert not any("modules_total" in p for p in events)
 
     def without_time(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]

@@ -117,6 +117,11 @@ def test_result_files_and_tables(fidelity_run) -> None:
     assert result["chosen_alpha"] in alphas
     kinds = [kind for kind, _ in events]
     assert kinds.count("module_scored") == len(rows)
+    # Each row's event says where it goes in the table and the table's size, so that the
+    # service can show the rows scored so far in table order (persistence.mrc_tables).
+    scored = {p["name"]: (p["order"], p["modules_total"]) for k, p in events
+              if k == "module_scored"}
+    assert scored == {row["name"]: (i, len(rows)) for i, row in enumerate(rows)}
     assert kinds.count("epoch") == result["finetune"]["epochs"][-1]["epoch"]
     assert kinds.count("interpolation_point") == len(alphas)
 

@@ -93,6 +93,7 @@ from rift_client.models import (
     Job,
     Materialization,
     MRCRow,
+    MRCTable,
     Project,
     Usage,
     Webhook,
@@ -1221,9 +1222,9 @@ def _chosen(flag: bool) -> str:
 
 @jobs_app.command("mrc")
 def jobs_mrc(ctx: typer.Context, job_id: str) -> None:
-    """Show the job's MRC table: one row per module, the one selected for fine-tuning marked *
-    (recorded when the MRC stage ends; `jobs events` shows each module as it is scored).
-    --output json prints the API's table as it is."""
+    """Show the job's MRC table: one row per module, the one selected for fine-tuning marked *.
+    While the MRC stage runs (or after the job failed or was cancelled in it): the rows scored
+    so far, said partial. --output json prints the API's table as it is."""
     state = _state(ctx)
     with _client(state) as client:
         table = client.get_mrc(job_id)
@@ -1232,6 +1233,8 @@ def jobs_mrc(ctx: typer.Context, job_id: str) -> None:
         return
     state.say(f"job {table.job_id}: {table.status}, selected module "
               f"{table.selected_module or '–'}")
+    if table.complete is False and table.rows:  # none: the empty line below says so
+        state.say(_partial(table))
     _show_list(state, table.rows, [
         _Column("", lambda r: _chosen(r.selected), no_wrap=True),
         _Column("module", lambda r: r.module, overflow="fold"),
@@ -1243,9 +1246,18 @@ def jobs_mrc(ctx: typer.Context, job_id: str) -> None:
         _Column("drop (points)", lambda r: _number(r.robust_accuracy_drop))],
         # A job that failed or was cancelled before MRC scored a module printed a table of
         # headers alone, which read as a fault of riftctl.
-        empty="no MRC rows" + (f" yet: they are recorded when the MRC stage ends (riftctl jobs "
-                               f"events {job_id} shows each module as it is scored)"
+        empty="no MRC rows" + (" yet: each module's row appears here as it is scored"
                                if table.status in ("queued", "running") else ""))
+
+
+def _partial(table: MRCTable) -> str:
+    """The line over a table of the rows scored so far: how many, of how many, and why."""
+    scored = len(table.rows)
+    count = f"{scored} of {table.modules_total}" if table.modules_total is not None else str(scored)
+    ended = "was cancelled" if table.status == "cancelled" else table.status
+    why = ("the MRC stage is running" if table.status in ("queued", "running")
+           else f"the job {ended} before the MRC stage ended")
+    return f"partial: {count} scored ({why})"
 
 
 def _at_least(row: MRCRow) -> str:

@@ -274,6 +274,13 @@ class MRCTable(_Resource):
     status: str
     selected_module: str | None = None
     rows: list[MRCRow]
+    complete: bool | None = Field(
+        None, description="True: the table the MRC stage recorded. False: the rows scored so "
+        "far (the stage runs, or the job failed or was cancelled in it). None: a server from "
+        "before partial tables (its table was empty until the stage ended).")
+    modules_scored: int | None = Field(None, description="Rows in this answer.")
+    modules_total: int | None = Field(
+        None, description="Rows the table will have (None: not known yet).")
 
 
 class Epoch(_Resource):
