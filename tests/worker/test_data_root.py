@@ -120,3 +120,36 @@ def test_the_stage_is_handed_back_to_a_live_worker_that_holds_the_dataset(
     assert [(p["stage"], p["worker"]) for p in started][-3:] == [
         ("mrc", holder_row.id), ("finetune", holder_row.id), ("interpolate", holder_row.id)]
     assert stage_rows(sessions, job_id)["mrc"].attempts == 1
+
+
+def test_the_hand_backs_are_bounded_while_no_holder_takes_the_stage(
+        start_worker: Callable[..., WorkerProcess], submit: Callable[..., str],
+        sessions: sessionmaker[Session], mnist_config: dict[str, Any],
+        quick_config: dict[str, Any], tmp_path: Path) -> None:
+    held = tmp_path / "data"
+    mnist_of_digits(held)
+    holder = start_worker(DATA_ROOT=str(held))
+    holder_row = registry_row(sessions, holder)
+    long_spec = copy.deepcopy(quick_config)
+    long_spec["finetune"].update(epochs=1000, lr_milestones=[900])
+    busy_id = submit(long_spec)  # the holder busy for the whole test
+    wait_for(sessions, busy_id, lambda j: j.status == "running", "running", workers=(holder,))
+    empty = tmp_path / "empty-data"
+    empty.mkdir()
+    lacking = start_worker(DATA_ROOT=str(empty))
+    registry_row(sessions, lacking)
+    job_id = submit(mnist_config)
+    job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end",
+                   workers=(holder, lacking))
+    # MAX_STAGE_ATTEMPTS (3 in the tests) hand-backs per live worker of the queue (2).
+    handed = [p for kind, p in events_of(sessions, job_id) if kind == "stage_handed_back"]
+    assert len(handed) == 6, (job.error_code, job.error_message)
+    assert (job.status, job.error_code) == ("failed", "dataset_unavailable")
+    assert job.error_message is not None and job.error_message.endswith(
+        "(POST /v1/datasets); handed back 6 times for it, and no worker holding it took the "
+        "stage")
+    assert stage_rows(sessions, job_id)["mrc"].attempts == 1
+    with sessions() as session:
+        jobs.request_cancel(session, busy_id)
+        assert jobs.get_job(session, busy_id).status == "running"  # never interrupted by it
+    assert holder_row.datasets == ["mnist"]
