@@ -664,9 +664,13 @@ def _dataset_elsewhere(app: RiftCelery, reporter: StageReporter, attempt: int,
             handed = stages.count_hand_backs(session, job_id, stage,
                                              HandBackReason.DATASET_MISSING)
     except DATABASE_DOWN:
+        # Failing is written through the outage (worker.finishing); handing back would send the
+        # message round again with nothing known.
         logger.warning("job %s stage %s: could not read the worker registry", job_id, stage,
                        exc_info=True)
-        live, handed = [], 0
+        reporter.close()
+        return _fail(reporter, attempt, exc.code,
+                     exc.message + "; the worker registry could not be read to find another")
     holders = [w for w in live if w.id != reporter.owner
                and (w.datasets is None or exc.name in w.datasets)]
     if holders and handed < settings.max_stage_attempts * len(live):
