@@ -189,8 +189,10 @@ def create_job(
     time_limit_seconds: float | None = None,
     reserved_bytes: int = 0,
     max_stored_bytes: int | None = None,
+    warnings: Sequence[str] = (),
 ) -> tuple[Job, bool]:
     """Create a queued job with its labels and its three pending stages; returns (job, created).
+    Each of ``warnings`` becomes a ``warning`` event of no stage after its ``job_created``.
 
     With ``max_active_jobs`` (and ``project_id``), the project's queued and running jobs are
     counted in the transaction that inserts the job, under a lock on the project's row, so
@@ -252,6 +254,9 @@ def create_job(
             session.add(job)
             session.flush()
             log_event(session, job.id, EventKind.JOB_CREATED, {"labels": dict(labels or {})}, now)
+            for message in warnings:
+                log_event(session, job.id, EventKind.WARNING, {"stage": None, "message": message},
+                          now)
     except IntegrityError:
         # Lost a race on the unique idempotency key: the other request's job is the answer.
         if idempotency_key is None:

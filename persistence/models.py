@@ -724,7 +724,8 @@ class Worker(Base):
     janitor deletes the rows of those that died). ``id`` is the process's lease owner id, the
     ``lease_owner`` of the stages it runs; ``devices`` counts its devices by type
     (``{"cpu": 1, "cuda": 2}``); ``device_override`` is its ``WORKER_DEVICE``, which it runs every
-    job on whatever the job names."""
+    job on whatever the job names; ``datasets`` names the built-in datasets whose files its
+    ``DATA_ROOT`` holds (``rift.data_root``), NULL when it does not say (an older worker)."""
 
     __tablename__ = "workers"
 
@@ -735,3 +736,4 @@ class Worker(Base):
     device_override: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
+    datasets: Mapped[list[str] | None] = mapped_column(JSONType)

@@ -204,6 +204,14 @@ class Settings(BaseSettings):
         description="How often a worker process renews its row in the worker registry (s). A "
         "worker not seen for 3 of these counts as gone: job creation no longer counts its "
         "devices and the janitor deletes its row. One small UPDATE per process each time.")
+    worker_datasets_check_seconds: float = Field(
+        60.0, ge=0,
+        description="How often a worker process looks again at which built-in datasets its "
+        "DATA_ROOT holds (s), at its next heartbeat once this has passed; the registry row is "
+        "rewritten only when they changed, so a dataset copied in later is seen within this "
+        "plus a heartbeat. A look is one stat() per file of each dataset (at most 14), but a "
+        "hung network mount would hold the heartbeat with it, hence not at every beat. 0: at "
+        "every heartbeat.")
     work_dir: Path = Field(Path("./var/work"), description="Scratch space of the workers.")
     worker_device: str | None = Field(
         None, description="Overrides the job's 'device' (e.g. 'cpu'); None: the job's, whose "

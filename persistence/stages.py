@@ -562,10 +562,30 @@ def release_stage(session: Session, job_id: str, stage: str, *, owner: str, erro
 HANDED_BACK_MESSAGE = "handed back by a worker that is shutting down; waiting for another worker"
 
 
+class HandBackReason(enum.StrEnum):
+    """Why a worker gave a stage back uncounted (the ``reason`` of ``stage_handed_back``)."""
+
+    #: A warm shutdown (SIGTERM).
+    WORKER_SHUTDOWN = "worker_shutdown"
+    #: The job's built-in dataset is not in this worker's ``DATA_ROOT``, and another live
+    #: worker's is (``worker/tasks.py``).
+    DATASET_MISSING = "dataset_missing"
+
+
+#: The job's progress message while it waits, by reason.
+HAND_BACK_MESSAGES = {
+    HandBackReason.WORKER_SHUTDOWN: HANDED_BACK_MESSAGE,
+    HandBackReason.DATASET_MISSING: "handed back by a worker whose DATA_ROOT lacks the job's "
+    "dataset; waiting for a worker that holds it",
+}
+
+
 def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
                     events: Sequence[tuple[str, Mapping[str, Any], datetime]] = (),
-                    now: datetime | None = None) -> bool:
-    """Give the stage back because its worker is shutting down (a warm shutdown: SIGTERM), for
+                    now: datetime | None = None,
+                    reason: HandBackReason = HandBackReason.WORKER_SHUTDOWN) -> bool:
+    """Give the stage back because its worker is shutting down (a warm shutdown: SIGTERM), or
+    (``reason``) cannot read the job's dataset where another worker can, for
     another worker to run it from its start; the caller sends its message again once this has
     committed. Unlike :func:`release_stage` the claim is not counted: the stage and the job get
     their attempt back (a rolling deploy must not use up ``MAX_STAGE_ATTEMPTS``), so the next
@@ -600,17 +620,27 @@ def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
             raise LeaseLost(f"worker {owner} does not hold stage '{stage}' of job {job_id}")
         job.attempts = max(job.attempts - 1, 0)
         job.stage_progress = 0.0
-        job.progress_message = HANDED_BACK_MESSAGE
+        job.progress_message = HAND_BACK_MESSAGES[reason]
         touch(job, now)
         log_event(session, job_id, EventKind.STAGE_HANDED_BACK,
                   {"stage": stage, "attempt": handed[0] + 1, "worker": owner,
-                   "reason": "worker_shutdown"}, now)
+                   "reason": str(reason)}, now)
         if job.cancel_requested:
             stage_rows = load_stages(session, job_id)
             if not work_is_held(session, job_id, stage_rows, now):
                 end_stopped_job(session, job, stage_rows, now)
                 return True
         return False
+
+
+def count_hand_backs(session: Session, job_id: str, stage: str,
+                     reason: HandBackReason) -> int:
+    """How many times the job's ``stage`` was handed back for ``reason`` (its
+    ``stage_handed_back`` events). Reads only."""
+    return int(session.execute(select(func.count()).select_from(JobEvent).where(
+        JobEvent.job_id == job_id, JobEvent.kind == EventKind.STAGE_HANDED_BACK,
+        JobEvent.payload["stage"].as_string() == stage,
+        JobEvent.payload["reason"].as_string() == str(reason))).scalar_one())
 
 
 def recorded_release(session: Session, job_id: str, stage: str, *, attempt: int,

@@ -7,7 +7,10 @@ cleanly (:func:`deregister_worker`); the heartbeat thread is :mod:`worker.regist
 seen for :data:`LIVE_HEARTBEATS` heartbeats is gone (killed, host down, database unreachable
 from it): :func:`live_workers` leaves it out and the janitor deletes its row
 (:func:`remove_stale_workers`). The API reads the live workers to refuse a job whose device none
-of them has (``api/services/workers.py``) and lists them at ``GET /v1/admin/workers``.
+of them has, or whose built-in dataset none of them holds in its ``DATA_ROOT``
+(``api/services/workers.py``), and lists them at ``GET /v1/admin/workers``. The datasets are
+written at registration and, when they change (files copied in later), with a heartbeat
+(:func:`touch_worker`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ LIVE_HEARTBEATS = 3
 @dataclass(frozen=True)
 class WorkerInfo:
     """What a worker process registers: its id (the lease owner id of the stages it runs), host,
-    queues, device counts by type, ``WORKER_DEVICE`` and start time."""
+    queues, device counts by type, ``WORKER_DEVICE``, start time, and the built-in datasets its
+    ``DATA_ROOT`` holds (None: not reported, counted as holding any)."""
 
     id: str
     hostname: str
@@ -37,6 +41,7 @@ class WorkerInfo:
     devices: dict[str, int]
     device_override: str | None
     started_at: datetime
+    datasets: list[str] | None = None
 
 
 def register_worker(session: Session, info: WorkerInfo, *, now: datetime | None = None) -> None:
@@ -51,13 +56,18 @@ def register_worker(session: Session, info: WorkerInfo, *, now: datetime | None 
         row.hostname, row.queues, row.devices = info.hostname, list(info.queues), dict(info.devices)
         row.device_override, row.started_at, row.last_seen_at = (info.device_override,
                                                                  info.started_at, now)
+        row.datasets = None if info.datasets is None else sorted(info.datasets)
 
 
-def touch_worker(session: Session, worker_id: str, *, now: datetime | None = None) -> bool:
-    """Renew the worker's ``last_seen_at``; False when it has no row (register it again)."""
+def touch_worker(session: Session, worker_id: str, *, now: datetime | None = None,
+                 datasets: list[str] | None = None) -> bool:
+    """Renew the worker's ``last_seen_at``, and with ``datasets`` rewrite the datasets it holds
+    (they changed); False when it has no row (register it again)."""
+    values: dict[str, object] = {"last_seen_at": now or utcnow()}
+    if datasets is not None:
+        values["datasets"] = sorted(datasets)
     with transaction(session):
-        result = session.execute(update(Worker).where(Worker.id == worker_id)
-                                 .values(last_seen_at=now or utcnow()))
+        result = session.execute(update(Worker).where(Worker.id == worker_id).values(values))
     return bool(getattr(result, "rowcount", 0))
 
 

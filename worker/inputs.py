@@ -1,5 +1,6 @@
 """Bring a job's inputs from the object store to the worker's disk: the checkpoint, and the
-uploaded dataset archive (an ``.npz`` file, or a tar of an ImageFolder tree, extracted safely).
+uploaded dataset archive (an ``.npz`` file, or a tar of an ImageFolder tree, extracted safely);
+and check that a built-in dataset is in the worker's ``DATA_ROOT`` (:func:`require_in_data_root`).
 
 Inputs are cached under ``WORK_DIR/inputs/<kind>/<id>`` and shared by the stages of a job and by
 workers on the same machine: each is written to a temporary name and renamed into place, so a
@@ -16,8 +17,41 @@ from pathlib import Path
 
 from persistence.models import Checkpoint, Dataset, DatasetKind
 from persistence.storage import ObjectStore
+from rift.data_root import expected_layout, missing_files, reads_data_root
 from rift.dataset_formats import imagefolder_root, is_hidden, tar_member_problem
 from rift.errors import DatasetError
+
+#: Missing files a :class:`DatasetNotInDataRoot` message names (the layout names them all).
+MAX_NAMED_MISSING = 3
+
+
+class DatasetNotInDataRoot(DatasetError):
+    """A built-in dataset whose files this worker's ``DATA_ROOT`` lacks: the job reached a
+    worker without it (no live worker was registered when it was accepted, or the workers
+    changed since). The job's error names the dataset, the folder and the layout expected."""
+
+    code = "dataset_unavailable"
+
+    def __init__(self, name: str, data_root: Path, missing: list[str]) -> None:
+        named = ", ".join(missing[:MAX_NAMED_MISSING])
+        more = len(missing) - MAX_NAMED_MISSING
+        if more > 0:
+            named += f" and {more} more"
+        super().__init__(
+            f"dataset.name '{name}' is not in this worker's DATA_ROOT {str(data_root)!r} "
+            f"(missing {named}): place its files in the workers' DATA_ROOT in torchvision's "
+            f"layout ({expected_layout(name)}), or upload the data (POST /v1/datasets)")
+        self.name = name
+
+
+def require_in_data_root(name: str, data_root: Path) -> None:
+    """Raise :class:`DatasetNotInDataRoot` when ``name`` is a built-in dataset read from
+    ``DATA_ROOT`` and one of its files is not under ``data_root`` (before the checkpoint is
+    fetched or anything loaded: a few ``stat`` calls)."""
+    if reads_data_root(name):
+        missing = missing_files(name, data_root)
+        if missing:
+            raise DatasetNotInDataRoot(name, data_root, missing)
 
 
 def fetch_checkpoint(store: ObjectStore, checkpoint: Checkpoint, work_dir: Path) -> Path:

@@ -11,6 +11,11 @@ prefork parent, where asking CUDA before the fork would break CUDA in the childr
 a signal handler, which Celery waits on (a pool child must report up within seconds, and
 counting CUDA devices can take that long).
 
+The built-in datasets the process's ``DATA_ROOT`` holds (:func:`rift.data_root.datasets_present`)
+are looked at by the same thread, before the first write and again at the first heartbeat after
+each ``WORKER_DATASETS_CHECK_SECONDS``; the row's list is rewritten with that heartbeat when it
+changed (a dataset copied in, or removed, while the worker runs).
+
 A heartbeat that fails (database unreachable) is logged and tried again at the next one; it never
 reaches the tasks. A worker that could not write for 3 heartbeats counts as gone and the janitor
 may delete its row: the next heartbeat that succeeds registers it again.
@@ -22,11 +27,14 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 
 from persistence import workers
 from persistence.models import utcnow
+from rift.data_root import datasets_present
 from rift.device import visible_devices
 from rift.device_names import DEVICE_TYPES
 from worker.runtime import WorkerResources
@@ -44,18 +52,25 @@ class WorkerRegistration:
     """The registry row of the process that calls :meth:`start`, and its heartbeat thread.
 
     ``queues`` gives the queues the worker consumes; ``devices`` counts the devices (called once,
-    in the heartbeat thread). :meth:`start` and :meth:`stop` act once per process, so a handler
-    connected to several signals, or a forked copy of this object, does no harm.
+    in the heartbeat thread); ``datasets`` names the built-in datasets held (default: those of
+    the settings' ``data_root``; called in the heartbeat thread, at most every
+    ``worker_datasets_check_seconds``). :meth:`start` and :meth:`stop` act once per process, so
+    a handler connected to several signals, or a forked copy of this object, does no harm.
     """
 
     def __init__(self, resources: WorkerResources, queues: Callable[[], list[str]],
-                 devices: Callable[[], dict[str, int]] = local_devices) -> None:
+                 devices: Callable[[], dict[str, int]] = local_devices,
+                 datasets: Callable[[], list[str]] | None = None) -> None:
         self.resources = resources
         self._queues = queues
         self._devices = devices
+        self._datasets = datasets or (lambda: datasets_present(resources.settings.data_root))
         self._pid: int | None = None
         self._info: workers.WorkerInfo | None = None
         self._registered = False
+        self._held: list[str] = []  # the datasets of the last look
+        self._looked_at: float | None = None  # its time.monotonic()
+        self._written: list[str] | None = None  # the datasets the row holds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -70,6 +85,7 @@ class WorkerRegistration:
             return
         # A forked child starts afresh: its parent's thread, row and id are not its own.
         self._pid, self._info, self._registered = os.getpid(), None, False
+        self._looked_at, self._written = None, None
         self._stop = threading.Event()
         started_at = utcnow()
         self._thread = threading.Thread(target=self._run, args=(started_at,),
@@ -93,17 +109,36 @@ class WorkerRegistration:
                            self.resources.worker_id, exc_info=True)
 
     def beat(self) -> None:
-        """One heartbeat: register (first time, or when the row has gone), else renew
-        ``last_seen_at``. Raises what the database raises."""
+        """One heartbeat: look at the datasets if due, then register (first time, or when the
+        row has gone), else renew ``last_seen_at`` (and the datasets, when they changed). Raises
+        what the database raises."""
         info = self._info
         assert info is not None
+        self._look_at_datasets()
+        held = self._held
         with self.resources.session() as session:
-            if self._registered and workers.touch_worker(session, info.id):
-                return
-            workers.register_worker(session, info)
+            if self._registered:
+                changed = held if held != self._written else None
+                if workers.touch_worker(session, info.id, datasets=changed):
+                    if changed is not None:
+                        logger.info("worker %s: DATA_ROOT now holds %s", info.id,
+                                    ", ".join(held) or "no built-in dataset")
+                    self._written = held
+                    return
+            workers.register_worker(session, replace(info, datasets=held))
         if self._registered:
             logger.info("worker %s registered again (its row had been removed)", info.id)
-        self._registered = True
+        else:
+            logger.info("worker %s registered; DATA_ROOT holds %s", info.id,
+                        ", ".join(held) or "no built-in dataset")
+        self._registered, self._written = True, held
+
+    def _look_at_datasets(self) -> None:
+        """Look again at the datasets held once ``worker_datasets_check_seconds`` passed."""
+        period = self.resources.settings.worker_datasets_check_seconds
+        now = time.monotonic()
+        if self._looked_at is None or now - self._looked_at >= period:
+            self._held, self._looked_at = sorted(self._datasets()), now
 
     def _run(self, started_at: datetime) -> None:
         period = self.resources.settings.worker_heartbeat_seconds

@@ -53,7 +53,7 @@ from rift.stage_outputs import (
     content_type,
     write_json,
 )
-from worker.inputs import fetch_checkpoint, fetch_dataset
+from worker.inputs import fetch_checkpoint, fetch_dataset, require_in_data_root
 
 __all__ = ["FINETUNED", "SAFETENSORS", "ObjectStageStorage", "describe_device", "job_manifest",
            "job_stage_storage", "load_manifest", "prepare", "record_interpolation",
@@ -150,7 +150,11 @@ def job_config(job: Job, *, dataset_path: Path | None, device: str | None,
 
 def prepare(job: Job, checkpoint: Checkpoint, dataset: Dataset | None, store: ObjectStore,
             work_dir: Path, device: str | None, data_root: Path | None = None) -> PreparedRun:
-    """Fetch the job's inputs and build the run (model with θ_AT, data, device)."""
+    """Fetch the job's inputs and build the run (model with θ_AT, data, device).
+    :class:`worker.inputs.DatasetNotInDataRoot` first when a built-in dataset is not in
+    ``data_root``."""
+    if dataset is None and data_root is not None:
+        require_in_data_root(stored_config(job.spec).dataset.name, data_root)
     checkpoint_path = fetch_checkpoint(store, checkpoint, work_dir)
     dataset_path = fetch_dataset(store, dataset, work_dir) if dataset is not None else None
     config = job_config(job, dataset_path=dataset_path, device=device, data_root=data_root)

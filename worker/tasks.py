@@ -84,7 +84,7 @@ from celery.signals import (
 )
 from sqlalchemy.orm import Session
 
-from persistence import jobs, stages
+from persistence import jobs, stages, workers
 from persistence.deletion import delete_objects
 from persistence.janitor import run_janitor
 from persistence.logs import log_context, use_json
@@ -121,7 +121,7 @@ from persistence.queue import (
     enqueue_stage,
     enqueue_webhook,
 )
-from persistence.stages import ClaimOutcome, ClaimTerms, JobEnded, LeaseLost
+from persistence.stages import ClaimOutcome, ClaimTerms, HandBackReason, JobEnded, LeaseLost
 from persistence.storage import ObjectNotFound
 from persistence.time_limits import fail_overdue_jobs, job_time_limit
 from persistence.transactions import JobNotFound
@@ -140,6 +140,7 @@ from worker.candidates import (
 )
 from worker.epoch_states import ObjectEpochStateStore, discard_epoch_states
 from worker.finishing import record_finish
+from worker.inputs import DatasetNotInDataRoot
 from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_job
 from worker.prepared_runs import RunKey
@@ -556,6 +557,10 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         # the next attempt does not compute again.
         return _Step(stage, _hand_back(app, reporter, claim.attempt, request_id,
                                        _pending_events(reporter)), device)
+    except DatasetNotInDataRoot as exc:
+        # Before the check of RiftError, which it is: another worker may hold the dataset.
+        return _Step(stage, _dataset_elsewhere(app, reporter, claim.attempt, exc, request_id),
+                     device)
     except RiftError as exc:
         reporter.close()
         return _Step(stage, _fail(reporter, claim.attempt, exc.code, exc.message), device)
@@ -608,11 +613,14 @@ def _pending_events(reporter: StageReporter) -> list[tuple[str, dict[str, Any], 
 
 
 def _hand_back(app: RiftCelery, reporter: StageReporter, attempt: int, request_id: str | None,
-               events: Sequence[tuple[str, dict[str, Any], datetime]] = ()) -> str:
+               events: Sequence[tuple[str, dict[str, Any], datetime]] = (),
+               reason: HandBackReason = HandBackReason.WORKER_SHUTDOWN,
+               countdown: float | None = None) -> str:
     """Give the stage back, its claim not counted, with the attempt's unwritten ``events``, and
-    send its message at once, for another worker to run it (from its start, but for the MRC rows
-    and α points those events and earlier ones stored: ``stages.stored_events``): this one is in
-    a warm shutdown. Returns the outcome
+    send its message at once (or after ``countdown`` seconds), for another worker to run it
+    (from its start, but for the MRC rows and α points those events and earlier ones stored:
+    ``stages.stored_events``): this one is in a warm shutdown, or lacks the job's dataset
+    (``reason``). Returns the outcome
     ("handed_back"; "lease_lost" when the stage was no longer this worker's). Tried again
     through a database outage while the lease holds (worker.finishing, for claim ``attempt``);
     past that the stage stays leased, and is taken over once its lease expires, as after a
@@ -623,7 +631,7 @@ def _hand_back(app: RiftCelery, reporter: StageReporter, attempt: int, request_i
         cancelled = record_finish(
             reporter,
             lambda session: stages.hand_back_stage(session, job_id, stage, owner=owner,
-                                                   events=events),
+                                                   events=events, reason=reason),
             lambda session: stages.recorded_hand_back(session, job_id, stage, owner=owner,
                                                       attempt=attempt))
     except LeaseLost as exc:
@@ -633,9 +641,49 @@ def _hand_back(app: RiftCelery, reporter: StageReporter, attempt: int, request_i
     if cancelled:  # asked for while the stage ran: ended now, nothing to send
         logger.info("job %s stage %s: cancelled as it was handed back", job_id, stage)
         return "cancelled"
-    enqueue_stage(app, job_id, stage, request_id=request_id)
-    logger.info("job %s stage %s handed back: the worker is shutting down", job_id, stage)
+    enqueue_stage(app, job_id, stage, countdown=countdown, request_id=request_id)
+    logger.info("job %s stage %s handed back: %s", job_id, stage, reason)
     return "handed_back"
+
+
+def _dataset_elsewhere(app: RiftCelery, reporter: StageReporter, attempt: int,
+                       exc: DatasetNotInDataRoot, request_id: str | None) -> str:
+    """The job's built-in dataset is not in this worker's ``DATA_ROOT`` (found before anything
+    was fetched or run). When another live worker of the queue holds it (or does not say), hand
+    the stage back uncounted for one of them, after ``STAGE_RETRY_DELAY_SECONDS``; the message
+    goes to whichever worker takes it (Celery cannot address one), so this is bounded: at most
+    ``MAX_STAGE_ATTEMPTS`` hand-backs per live worker of the queue. Otherwise, or past that
+    bound, fail the job with the error's message (``dataset_unavailable``), which names the
+    dataset, this worker's ``DATA_ROOT`` and the files expected there. Returns the outcome."""
+    resources, job_id, stage = reporter.resources, reporter.job_id, reporter.stage
+    settings = resources.settings
+    try:
+        with resources.session() as session:
+            live = workers.live_workers(session, queue=settings.celery_queue,
+                                        heartbeat_seconds=settings.worker_heartbeat_seconds)
+            handed = stages.count_hand_backs(session, job_id, stage,
+                                             HandBackReason.DATASET_MISSING)
+    except DATABASE_DOWN:
+        # Failing is written through the outage (worker.finishing); handing back would send the
+        # message round again with nothing known.
+        logger.warning("job %s stage %s: could not read the worker registry", job_id, stage,
+                       exc_info=True)
+        reporter.close()
+        return _fail(reporter, attempt, exc.code,
+                     exc.message + "; the worker registry could not be read to find another")
+    holders = [w for w in live if w.id != reporter.owner
+               and (w.datasets is None or exc.name in w.datasets)]
+    if holders and handed < settings.max_stage_attempts * len(live):
+        logger.info("job %s stage %s: dataset %s is not in DATA_ROOT here; %d other live "
+                    "worker(s) hold it", job_id, stage, exc.name, len(holders))
+        return _hand_back(app, reporter, attempt, request_id, _pending_events(reporter),
+                          HandBackReason.DATASET_MISSING, settings.stage_retry_delay_seconds)
+    reporter.close()
+    if holders:
+        why = f"; handed back {handed} times for it, and no worker holding it took the stage"
+    else:
+        why = "; no other live worker holds it"
+    return _fail(reporter, attempt, exc.code, exc.message + why)
 
 
 def _ended_before(job_id: str, stage: str, exc: JobEnded | JobNotFound) -> str:

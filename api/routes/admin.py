@@ -113,6 +113,11 @@ class WorkerOut(BaseModel):
     devices: dict[str, int] = Field(description="Its devices by type, e.g. {\"cpu\": 1, "
                                     "\"cuda\": 2}.")
     device_override: str | None = Field(description="Its WORKER_DEVICE: every job runs there.")
+    datasets: list[str] | None = Field(
+        description="The built-in datasets (cifar10, cifar100, svhn, mnist) whose files its "
+        "DATA_ROOT holds, looked at every WORKER_DATASETS_CHECK_SECONDS; a job naming one that "
+        "no live worker holds is refused (422 dataset_unavailable). null: the worker does not "
+        "say (an earlier release), and counts as holding every one.")
     started_at: datetime
     last_seen_at: datetime = Field(description="Its last heartbeat (WORKER_HEARTBEAT_SECONDS).")
 
@@ -315,7 +320,7 @@ def revoke_key_route(name: str, key_id: str, session: SessionDep,
 
 @router.get("/workers", response_model=WorkerListOut, summary="Live workers",
             description="The worker processes seen within 3 heartbeats (WORKER_HEARTBEAT_SECONDS) "
-            "with their queues and devices, by id.")
+            "with their queues, devices and the built-in datasets their DATA_ROOT holds, by id.")
 def read_workers(session: SessionDep, settings: SettingsDep) -> WorkerListOut:
     return WorkerListOut(items=[WorkerOut.model_validate(w, from_attributes=True)
                                 for w in list_live_workers(session, settings)])

@@ -62,7 +62,7 @@ from api.services.quotas import (
     check_time_limit,
     job_storage_exceeded,
 )
-from api.services.workers import check_device_available
+from api.services.workers import check_dataset_available, check_device_available
 from api.uploads import UploadedFile, scratch_dir
 from api.validation import Validator
 from persistence.cost import estimate_cost
@@ -192,8 +192,12 @@ def create_job_for(
 
         # Before the file checks, which cost a validator run: a job no live worker can run is
         # refused at once (api/services/workers.py).
-        check_device_available(session, settings, spec.config.device)
+        runners = check_device_available(session, settings, spec.config.device)
         dataset = resolve_dataset(session, store, spec, caller.project_id)
+        # After the dataset rules (a 'root' or 'download' is refused as such), before the checks
+        # that cost a validator run.
+        unchecked = check_dataset_available(session, settings, runners,
+                                            spec.config.dataset.name)
         inspection = None
         entry = spec.config.checkpoint_entry
         digest_reader: DigestReader | None = None
@@ -271,7 +275,8 @@ def create_job_for(
                 request_id=current_request_id(),
                 max_active_jobs=caller.limits.max_active_jobs,
                 time_limit_seconds=spec.time_limit_seconds, reserved_bytes=reserved,
-                max_stored_bytes=caller.limits.max_stored_bytes)
+                max_stored_bytes=caller.limits.max_stored_bytes,
+                warnings=[unchecked] if unchecked is not None else [])
             if created:
                 try:
                     services.dispatcher.enqueue_job(job.id)

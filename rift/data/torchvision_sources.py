@@ -5,7 +5,8 @@ read here, in the same formats, rather than through torchvision's classes: those
 against the MD5 of the official release, which would refuse any other copy in that format (a
 re-packed mirror, or the tiny synthetic files the tests write), and CIFAR's pickles are read with
 a restricted unpickler (see ``safe_pickle.py``). MNIST's reader checks no checksums and parses
-the idx files without pickle, so torchvision's class reads it directly.
+the idx files without pickle, so torchvision's class reads it directly. The files each one needs
+are listed once, in :data:`rift.data_root.DATA_ROOT_FILES`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from rift.config import DatasetSpec
 from rift.data.safe_pickle import load_array_pickle
 from rift.data.tensors import ImageTensors, SourceData
+from rift.data_root import DATA_ROOT_FILES
 from rift.errors import DatasetError
 
 
@@ -97,9 +99,8 @@ def load_cifar10(spec: DatasetSpec) -> SourceData:
     if spec.download:
         _download(spec, lambda root: _torchvision_datasets().CIFAR10(root, train=True, download=True))
     folder = _root(spec) / "cifar-10-batches-py"
-    train_names = [f"data_batch_{i}" for i in range(1, 6)]
-    _require_folder(spec, folder, ", ".join([*train_names, "test_batch"]))
-    paths = [folder / name for name in [*train_names, "test_batch"]]
+    paths = [_root(spec) / relative for relative in DATA_ROOT_FILES["cifar10"]]
+    _require_folder(spec, folder, ", ".join(path.name for path in paths))
     for path in paths:
         _require_file(spec, path)
     train = _read_cifar_batches(paths[:5], "labels", 10)
@@ -112,11 +113,12 @@ def load_cifar100(spec: DatasetSpec) -> SourceData:
     if spec.download:
         _download(spec, lambda root: _torchvision_datasets().CIFAR100(root, train=True, download=True))
     folder = _root(spec) / "cifar-100-python"
+    train_path, test_path = (_root(spec) / relative for relative in DATA_ROOT_FILES["cifar100"])
     _require_folder(spec, folder, "train, test")
-    for name in ("train", "test"):
-        _require_file(spec, folder / name)
-    train = _read_cifar_batches([folder / "train"], "fine_labels", 100)
-    test = _read_cifar_batches([folder / "test"], "fine_labels", 100)
+    for path in (train_path, test_path):
+        _require_file(spec, path)
+    train = _read_cifar_batches([train_path], "fine_labels", 100)
+    test = _read_cifar_batches([test_path], "fine_labels", 100)
     return SourceData(train=train, test=test, num_classes=100)
 
 
@@ -157,7 +159,7 @@ def load_svhn(spec: DatasetSpec) -> SourceData:
         _download(spec, fetch)
     root = _root(spec)
     _require_folder(spec, root, "train_32x32.mat, test_32x32.mat")
-    paths = [root / "train_32x32.mat", root / "test_32x32.mat"]
+    paths = [root / relative for relative in DATA_ROOT_FILES["svhn"]]
     for path in paths:
         _require_file(spec, path)
     return SourceData(train=_read_svhn(paths[0]), test=_read_svhn(paths[1]), num_classes=10)
@@ -172,8 +174,7 @@ def load_mnist(spec: DatasetSpec) -> SourceData:
         _download(spec, lambda r: _torchvision_datasets().MNIST(r, train=True, download=True))
     else:
         _require_folder(spec, root / "MNIST" / "raw",
-                        "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte")
+                        ", ".join(Path(relative).name for relative in DATA_ROOT_FILES["mnist"]))
     splits = []
     for train in (True, False):
         try:

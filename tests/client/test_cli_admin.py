@@ -1,12 +1,16 @@
 """``riftctl admin`` (the client's admin calls) end to end against the real API with an admin
 key: projects created, listed, shown (with their ETag), limited (``--limit NAME=VALUE``,
 ``default`` for the service's setting; ``--if-match``) and deleted; keys created (the secret
-shown once), listed, shown and revoked; the live workers; usage errors naming the option."""
+shown once), listed, shown and revoked; the live workers with their datasets; usage errors naming
+the option."""
 
 from __future__ import annotations
 
 import pytest
 
+from persistence import workers
+from persistence.db import session_factory_from_settings
+from persistence.models import utcnow
 from tests.client.conftest import RunningApi
 from tests.client.helpers import run_riftctl
 from tests.client.test_cli import Cli, cli  # noqa: F401 (a fixture)
@@ -87,3 +91,30 @@ def test_usage_errors_name_the_option(cli: Cli, args: tuple[str, ...],  # noqa: 
     refused = cli("-o", "json", *args)
     assert refused.exit_code == 2, refused.stderr
     assert refused.error()["field"] == field
+
+
+def test_the_live_workers_with_their_datasets(cli: Cli, queued_api: RunningApi) -> None:  # noqa: F811
+    sessions = session_factory_from_settings(queued_api.settings)
+    try:
+        with sessions() as session:
+            for worker_id, datasets in (("a-host:1:aa", ["cifar10", "mnist"]),
+                                        ("b-host:2:bb", []), ("c-host:3:cc", None)):
+                workers.register_worker(session, workers.WorkerInfo(
+                    id=worker_id, hostname=worker_id.split(":")[0], queues=["rift"],
+                    devices={"cpu": 1}, device_override=None, started_at=utcnow(),
+                    datasets=datasets))
+    finally:
+        sessions.kw["bind"].dispose()
+    listed = cli("-o", "json", "admin", "workers")
+    assert listed.exit_code == 0, listed.stderr
+    assert [(w["id"], w["datasets"]) for w in listed.json()] == [
+        ("a-host:1:aa", ["cifar10", "mnist"]), ("b-host:2:bb", []), ("c-host:3:cc", None)]
+    table = cli("admin", "workers")
+    assert table.exit_code == 0, table.stderr
+    cells = [[cell.strip() for cell in line.strip().strip("│").split("│")]
+             for line in table.stdout.splitlines() if line.startswith("│")]
+    header = table.stdout.splitlines()[1]
+    assert [cell.strip() for cell in header.strip().strip("┃").split("┃")] == [
+        "id", "queues", "devices", "datasets", "last seen"]
+    assert [(row[0], row[3]) for row in cells] == [
+        ("a-host:1:aa", "cifar10, mnist"), ("b-host:2:bb", "none"), ("c-host:3:cc", "?")]

@@ -1,5 +1,6 @@
 """A worker process's registry row (worker/registry.py): the heartbeat thread registers it,
-renews it, survives a database that fails, and deletes it on stop; and the live workers gauge of
+renews it, survives a database that fails, and deletes it on stop; it says which built-in
+datasets the worker's DATA_ROOT holds, and again when they change; and the live workers gauge of
 worker/metrics.py. On a real migrated SQLite database (the real worker processes are checked in
 tests/worker/test_tasks.py)."""
 
@@ -8,6 +9,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from sqlalchemy.orm import Session
 from persistence import workers
 from persistence.models import Worker, utcnow
 from persistence.settings import Settings
+from rift.data_root import DATA_ROOT_FILES
 from rift.device import visible_devices
 from worker.metrics import WorkerMetrics
 from worker.registry import WorkerRegistration, local_devices
@@ -105,3 +109,73 @@ def test_worker_metrics_count_the_live_workers_by_queue(resources: WorkerResourc
     page = generate_latest(WorkerMetrics(resources, lambda queue: 0).registry).decode()
     assert 'rift_workers_live{queue="rift"} 2.0' in page
     assert 'rift_workers_live{queue="rift-webhooks"} 1.0' in page
+
+
+def place(data_root: Path, name: str) -> None:
+    """The files of the built-in dataset ``name`` under ``data_root`` (empty: the registry only
+    looks for them)."""
+    for relative in DATA_ROOT_FILES[name]:
+        (data_root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (data_root / relative).touch()
+
+
+def datasets_resources(sqlite_url: str, tmp_path: Path, check_seconds: float) -> WorkerResources:
+    return WorkerResources(Settings(
+        database_url=sqlite_url, store_root=tmp_path / "objects", work_dir=tmp_path / "work",
+        data_root=tmp_path / "data", worker_heartbeat_seconds=BEAT,
+        worker_datasets_check_seconds=check_seconds))
+
+
+def renewed_since(resources: WorkerResources, seen: datetime) -> bool:
+    row = worker_row(resources)
+    return row is not None and row.last_seen_at > seen
+
+
+def beats(resources: WorkerResources, count: int) -> Worker:
+    """The row after ``count`` more heartbeats renewed it."""
+    row = worker_row(resources)
+    for _ in range(count):
+        assert row is not None
+        wait_for(partial(renewed_since, resources, row.last_seen_at))
+        row = worker_row(resources)
+    assert row is not None
+    return row
+
+
+def test_the_row_says_which_datasets_data_root_holds_and_follows_changes(
+        sqlite_url: str, tmp_path: Path) -> None:
+    resources = datasets_resources(sqlite_url, tmp_path, check_seconds=0)
+    place(tmp_path / "data", "cifar10")
+    place(tmp_path / "data", "svhn")
+    (tmp_path / "data" / DATA_ROOT_FILES["svhn"][1]).unlink()  # half a dataset is none
+    registration = WorkerRegistration(resources, queues=lambda: ["rift"],
+                                      devices=lambda: {"cpu": 1})
+    registration.start()
+    try:
+        wait_for(lambda: worker_row(resources) is not None)
+        assert beats(resources, 0).datasets == ["cifar10"]
+        # Copied in while the worker runs: seen at a later heartbeat, without a restart.
+        place(tmp_path / "data", "mnist")
+        wait_for(lambda: (row := worker_row(resources)) is not None
+                 and row.datasets == ["cifar10", "mnist"])
+        (tmp_path / "data" / DATA_ROOT_FILES["cifar10"][0]).unlink()
+        wait_for(lambda: (row := worker_row(resources)) is not None
+                 and row.datasets == ["mnist"])
+    finally:
+        registration.stop()
+
+
+def test_the_datasets_are_looked_at_again_only_after_the_check_period(
+        sqlite_url: str, tmp_path: Path) -> None:
+    resources = datasets_resources(sqlite_url, tmp_path, check_seconds=3600)
+    (tmp_path / "data").mkdir()
+    registration = WorkerRegistration(resources, queues=lambda: ["rift"],
+                                      devices=lambda: {"cpu": 1})
+    registration.start()
+    try:
+        wait_for(lambda: worker_row(resources) is not None)
+        place(tmp_path / "data", "mnist")
+        # Heartbeats go on; the hour has not passed, so the folder is not looked at again.
+        assert beats(resources, 3).datasets == []
+    finally:
+        registration.stop()

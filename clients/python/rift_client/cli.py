@@ -1636,7 +1636,8 @@ def admin_keys_revoke(ctx: typer.Context, project: str, key_id: str, if_match: A
 
 @admin_app.command("workers")
 def admin_workers(ctx: typer.Context) -> None:
-    """List the live workers (seen within 3 heartbeats), their queues and devices."""
+    """List the live workers (seen within 3 heartbeats), their queues, devices and the built-in
+    datasets their DATA_ROOT holds."""
     state = _state(ctx)
     with _client(state) as client:
         workers = client.list_workers()
@@ -1644,6 +1645,9 @@ def admin_workers(ctx: typer.Context) -> None:
         _id_column(workers),
         _Column("queues", lambda w: ", ".join(w.queues)),
         _Column("devices", lambda w: ", ".join(f"{k}:{v}" for k, v in w.devices.items())),
+        # "?": a worker of an earlier release, which does not say (it counts as holding all).
+        _Column("datasets", lambda w: "?" if w.datasets is None else ", ".join(w.datasets)
+                or "none"),
         _Column("last seen", lambda w: w.last_seen_at.strftime(TIME_FORMAT), no_wrap=True),
     ], empty="no live workers")
 

@@ -537,5 +537,8 @@ class Worker(_Resource):
     queues: list[str]
     devices: dict[str, int] = Field(description="Its devices by type, e.g. {'cpu': 1, 'cuda': 2}.")
     device_override: str | None = None
+    datasets: list[str] | None = Field(
+        None, description="The built-in datasets (cifar10, cifar100, svhn, mnist) whose files its "
+        "DATA_ROOT holds; None: it does not say (an earlier release).")
     started_at: datetime
     last_seen_at: datetime
