@@ -9,8 +9,24 @@ from typing import Any
 import httpx
 
 
+def _rebuilt(cls: type[RiftClientError], args: tuple[Any, ...]) -> RiftClientError:
+    """An exception of ``cls`` holding ``args``, made without calling its ``__init__`` (its
+    attributes are restored from the pickled state next)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
+
+
 class RiftClientError(Exception):
-    """Base class of everything this package raises."""
+    """Base class of everything this package raises. Every one can be pickled with its
+    attributes (a worker process, a Celery task or a ``concurrent.futures`` pool re-raises it in
+    the caller's process)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own pickling calls cls(*self.args), the message alone: the keyword-only
+        # arguments of these classes (status_code, code, job_id, ...) made unpickling raise
+        # TypeError, so a pool's worker failed with that instead of the error it raised.
+        return _rebuilt, (type(self), self.args), self.__dict__
 
 
 class RiftConnectionError(RiftClientError):
@@ -64,8 +80,13 @@ class FileChangedError(RiftClientError, OSError):
                    "again once it is complete")
         super().__init__(message)
         self.message = message
+        self.change = change
         self.filename = path
         self.strerror = f"the file {change} while it was being uploaded"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # OSError keeps filename and strerror outside __dict__: made again from the arguments.
+        return type(self), (self.filename, self.change)
 
     def __str__(self) -> str:
         # OSError's own str() would be "[Errno None] ...": the message says it all.
@@ -127,6 +148,11 @@ class RiftAPIError(RiftClientError):
 
     def __str__(self) -> str:
         return self.summary()
+
+    def __repr__(self) -> str:
+        # The status and code a caller branches on, not only the message (Exception's repr).
+        return (f"{type(self).__name__}(status_code={self.status_code}, code={self.code!r}, "
+                f"field={self.field!r}, message={self.message!r})")
 
     def summary(self) -> str:
         """The answer in one line: method, path, status, code, message and field."""
