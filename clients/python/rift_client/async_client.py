@@ -32,9 +32,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from rift_client.client import RiftClient, client_settings
+from rift_client.client import RiftClient, client_settings, closed_message
 from rift_client.core import DEFAULT_UPLOAD_TIMEOUT_S, STREAM_READ_TIMEOUT_S
-from rift_client.errors import RiftClientError
+from rift_client.errors import RiftClientError, RiftUsageError
 from rift_client.flows import (
     END,
     Blocking,
@@ -101,7 +101,8 @@ async def _file_chunks(body: FileBody) -> AsyncIterator[bytes]:
 class AsyncRiftClient:
     """An asyncio client of one RiFT service: the arguments of :class:`RiftClient`, with an
     ``httpx.AsyncBaseTransport`` as ``transport``. Use it as ``async with``, or ``await
-    close()``."""
+    close()``, within one event loop: its connections belong to the loop of its first call, so
+    a call (or ``close()``) from another loop is a :class:`RiftUsageError`."""
 
     def __init__(
         self,
@@ -120,14 +121,38 @@ class AsyncRiftClient:
         self.upload_timeout = upload_timeout
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
                                        transport=transport)
+        #: The event loop of the first call: the pooled connections belong to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ----------------------------------------------------------------------------- lifecycle
 
     async def close(self) -> None:
+        # Closed from another loop than its calls': RiftUsageError (the connections can be
+        # closed only in theirs).
+        if not self._http.is_closed:
+            self._usable()
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncRiftClient:
+        self._usable()
         return self
+
+    def _usable(self) -> None:
+        """:class:`RiftUsageError` unless the client may send from the running event loop: it
+        is open, and this is the loop of its first call. Its pooled connections belong to that
+        loop; another loop (each ``asyncio.run`` makes a new one) that reused one failed with
+        "RuntimeError: Event loop is closed", or hung, and only once a connection was pooled."""
+        if self._http.is_closed:
+            raise RiftUsageError(closed_message(type(self).__name__))
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RiftUsageError(
+                f"this {type(self).__name__} was first used in another event loop, which its "
+                "connections belong to (each asyncio.run() makes a new loop): make, use and close "
+                "one client per event loop, e.g. with 'async with' inside the coroutine "
+                "asyncio.run runs")
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                               tb: TracebackType | None) -> None:
@@ -167,6 +192,7 @@ class AsyncRiftClient:
     async def _steps(self, flow: Flow[Any]) -> AsyncGenerator[Any, None]:
         """Run ``flow``, yielding what it emits; the streamed answers it opened are closed
         when it ends, however it ends (an abandoned iteration, a cancelled task)."""
+        self._usable()
         opened: list[httpx.Response] = []
         value: Any = None
         error: Exception | None = None
@@ -192,6 +218,7 @@ class AsyncRiftClient:
 
     async def _run(self, flow: Flow[T]) -> T:
         """Run a flow that emits nothing; its result."""
+        self._usable()
         opened: list[httpx.Response] = []
         value: Any = None
         error: Exception | None = None

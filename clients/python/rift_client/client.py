@@ -44,7 +44,7 @@ from rift_client.core import (
     checked_base_url,
     header_token,
 )
-from rift_client.errors import RiftClientError
+from rift_client.errors import RiftClientError, RiftUsageError
 from rift_client.flows import (
     END,
     Blocking,
@@ -110,6 +110,12 @@ def client_settings(base_url: str | None, api_key: str | None, timeout: float,
     return core, headers
 
 
+def closed_message(client: str) -> str:
+    """The error of a call to a closed client, called ``client``."""
+    return (f"this {client} is closed (close() was called, or its with block ended): make a "
+            "new one")
+
+
 class RiftClient:
     """A client of one RiFT service.
 
@@ -145,10 +151,19 @@ class RiftClient:
     # ----------------------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
+        """Close the connections; closing again does nothing, and a call after raises
+        :class:`RiftUsageError`."""
         self._http.close()
 
     def __enter__(self) -> RiftClient:
+        self._usable()
         return self
+
+    def _usable(self) -> None:
+        # Before, httpx's own "RuntimeError: Cannot send a request, as the client has been
+        # closed", which names neither this client nor what to do.
+        if self._http.is_closed:
+            raise RiftUsageError(closed_message(type(self).__name__))
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -186,6 +201,7 @@ class RiftClient:
     def _steps(self, flow: Flow[Any]) -> Generator[Any, None, Any]:
         """Run ``flow``, yielding what it emits, and return its result; the streamed answers
         it opened are closed when it ends, however it ends (an abandoned iteration included)."""
+        self._usable()
         opened: list[httpx.Response] = []
         value: Any = None
         error: Exception | None = None
