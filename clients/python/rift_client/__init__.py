@@ -12,6 +12,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from rift_client.client import RiftClient  # noqa: I001 (after __version__, which it imports)
+from rift_client.arguments import UploadSource
 from rift_client.async_client import AsyncClient, AsyncRiftClient
 from rift_client.errors import (
     AuthenticationError,
@@ -107,6 +108,7 @@ __all__ = [
     "ServiceUnavailableError",
     "UnexpectedResponseError",
     "UnprocessableEntityError",
+    "UploadSource",
     "Usage",
     "WaitTimeoutError",
     "Webhook",

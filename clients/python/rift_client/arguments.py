@@ -9,10 +9,13 @@ that does not exist (found after the request, as a path the caller never gave)."
 from __future__ import annotations
 
 import errno
+import io
 import math
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote
 
 from rift_client.errors import RiftUsageError
@@ -80,7 +83,68 @@ def save_target(path: str | os.PathLike[str], name_in_folder: str) -> Path:
     return target
 
 
-def sendable_file(what: str, path: str | os.PathLike[str]) -> tuple[Path, int]:
+#: What an upload sends: a file's path (streamed from disk), the bytes themselves, or a binary
+#: file object (an open file, ``io.BytesIO``) read from its current position to its end.
+UploadSource = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+
+#: The name an upload of bytes or of a nameless stream is sent under (the service's own default).
+UNNAMED_UPLOAD = "upload"
+
+
+@dataclass(frozen=True)
+class Sendable:
+    """An upload's source, checked: the regular file ``path``, or the seekable binary
+    ``stream`` from position ``start``; ``size`` bytes, sent under ``name``."""
+
+    name: str
+    size: int
+    path: Path | None = None
+    stream: IO[bytes] | None = None
+    start: int = 0
+
+    @property
+    def label(self) -> str:
+        """The source in messages: the file's path, or the stream's name."""
+        return str(self.path) if self.path is not None else self.name
+
+
+def sendable(what: str, source: UploadSource, filename: str | None = None) -> Sendable:
+    """``source`` checked before anything is sent: a path to a regular file (a missing one is
+    the ``FileNotFoundError`` naming it; a folder, pipe or device a :class:`RiftUsageError`),
+    bytes, or a seekable binary file object (each retry rewinds it to where it was). A text-mode
+    file is a ``TypeError`` (its bytes are not the file's); a stream that cannot be rewound (a
+    pipe, a socket) a :class:`RiftUsageError`: its size is unknown and a retry could not send
+    it again. ``filename`` (else the file's or stream's own name) is what the service keeps."""
+    if isinstance(source, str | os.PathLike):
+        path, size = _regular_file(what, source)
+        return Sendable(filename or path.name, size, path=path)
+    if isinstance(source, bytes | bytearray | memoryview):
+        content = bytes(source)
+        return Sendable(filename or UNNAMED_UPLOAD, len(content), stream=io.BytesIO(content))
+    kind = type(source).__name__
+    if isinstance(source, io.TextIOBase) or (
+            callable(getattr(source, "read", None)) and isinstance(source.read(0), str)):
+        raise TypeError(f"{what} is a file opened in text mode ({kind}); open it in binary mode "
+                        "('rb'): an upload sends the file's bytes")
+    if not callable(getattr(source, "read", None)):
+        raise TypeError(f"{what} must be a file's path (str or os.PathLike), bytes or a binary "
+                        f"file object, not {kind}")
+    seekable = getattr(source, "seekable", None)
+    if not (callable(seekable) and seekable()):
+        raise RiftUsageError(
+            f"{what} is a stream that cannot be rewound ({kind}: a pipe, a socket, an HTTP "
+            "body): its size is unknown and a retry could not send it again; read it into "
+            "bytes or save it to a file first")
+    start = source.tell()
+    end = source.seek(0, io.SEEK_END)
+    source.seek(start)
+    own_name = getattr(source, "name", None)
+    name = filename or (os.path.basename(own_name) if isinstance(own_name, str) else "") \
+        or UNNAMED_UPLOAD
+    return Sendable(name, end - start, stream=source, start=start)
+
+
+def _regular_file(what: str, path: str | os.PathLike[str]) -> tuple[Path, int]:
     """``path`` and its size when it is a regular file; else a :class:`RiftUsageError` naming
     ``what``. A pipe (``/dev/stdin`` fed by ``cat``, a ``<(...)`` substitution) or a device has
     no size to announce and cannot be read a second time for a retry: its size read as 0, so

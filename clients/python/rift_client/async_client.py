@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from rift_client.arguments import UploadSource
 from rift_client.client import RiftClient, client_settings, closed_message
 from rift_client.core import DEFAULT_UPLOAD_TIMEOUT_S, STREAM_READ_TIMEOUT_S
 from rift_client.errors import RiftClientError, RiftUsageError
@@ -95,7 +96,7 @@ async def _file_chunks(body: FileBody) -> AsyncIterator[bytes]:
         if body.suffix:
             yield body.suffix
     finally:
-        handle.close()
+        body.end_pass(handle)
 
 
 class AsyncRiftClient:
@@ -249,7 +250,7 @@ class AsyncRiftClient:
 
     # --------------------------------------------------------------------------------- files
 
-    async def upload_checkpoint(self, path: str | os.PathLike[str], *, filename: str | None = None,
+    async def upload_checkpoint(self, path: UploadSource, *, filename: str | None = None,
                                 progress: ProgressCallback | None = None,
                                 idempotency_key: str | None = None) -> Checkpoint:
         return await self._run(self._core.upload("/v1/checkpoints", Checkpoint, path, filename, progress,
@@ -273,7 +274,7 @@ class AsyncRiftClient:
         return await self._run(self._core.delete_checkpoint(checkpoint_id=checkpoint_id,
                                            if_match=if_match))
 
-    async def upload_dataset(self, path: str | os.PathLike[str], *, filename: str | None = None,
+    async def upload_dataset(self, path: UploadSource, *, filename: str | None = None,
                              progress: ProgressCallback | None = None,
                              idempotency_key: str | None = None) -> Dataset:
         return await self._run(self._core.upload("/v1/datasets", Dataset, path, filename, progress,
@@ -305,7 +306,7 @@ class AsyncRiftClient:
 
     async def create_job(self, spec: JobSpec | Mapping[str, Any], *,
                                checkpoint_id: str | None = None,
-                               checkpoint_file: str | os.PathLike[str] | None = None,
+                               checkpoint_file: UploadSource | None = None,
                                idempotency_key: str | None = None,
                                progress: ProgressCallback | None = None) -> Job:
         return await self._run(self._core.create_job(spec, checkpoint_id, checkpoint_file,

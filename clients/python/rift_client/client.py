@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import httpx
 
 from rift_client import __version__
+from rift_client.arguments import UploadSource
 from rift_client.core import (
     DEFAULT_BASE_URL,
     DEFAULT_UPLOAD_TIMEOUT_S,
@@ -246,12 +247,17 @@ class RiftClient:
 
     # --------------------------------------------------------------------------------- files
 
-    def upload_checkpoint(self, path: str | os.PathLike[str], *, filename: str | None = None,
+    def upload_checkpoint(self, path: UploadSource, *, filename: str | None = None,
                           progress: ProgressCallback | None = None,
                           idempotency_key: str | None = None) -> Checkpoint:
-        """Upload a safetensors or PyTorch checkpoint, streamed from disk. The SHA-256 computed
-        while sending is compared with the service's (:class:`ChecksumMismatchError` if they
-        differ). ``progress(sent_bytes, total_bytes)`` is called after each chunk.
+        """Upload a safetensors or PyTorch checkpoint: ``path`` names a file, streamed from
+        disk; or give the bytes, or a binary file object (an open file, ``io.BytesIO``) sent
+        from its current position to its end and rewound for a retry (a text-mode file is a
+        ``TypeError``; a pipe or other stream that cannot be rewound a :class:`RiftUsageError`).
+        ``filename`` is the name the service keeps (default: the file's or stream's own name,
+        else ``upload``). The SHA-256 computed while sending is compared with the service's
+        (:class:`ChecksumMismatchError` if they differ). ``progress(sent_bytes, total_bytes)``
+        is called after each chunk.
 
         The request carries an Idempotency-Key (a random one unless given), so a retry after a
         lost answer returns the checkpoint stored the first time; pass your own key to make a
@@ -280,7 +286,7 @@ class RiftClient:
         return self._run(self._core.delete_checkpoint(checkpoint_id=checkpoint_id,
                                      if_match=if_match))
 
-    def upload_dataset(self, path: str | os.PathLike[str], *, filename: str | None = None,
+    def upload_dataset(self, path: UploadSource, *, filename: str | None = None,
                        progress: ProgressCallback | None = None,
                        idempotency_key: str | None = None) -> Dataset:
         """Upload an .npz or an ImageFolder tar, like :meth:`upload_checkpoint`."""
@@ -320,12 +326,13 @@ class RiftClient:
     # ---------------------------------------------------------------------------------- jobs
 
     def create_job(self, spec: JobSpec | Mapping[str, Any], *, checkpoint_id: str | None = None,
-                   checkpoint_file: str | os.PathLike[str] | None = None,
+                   checkpoint_file: UploadSource | None = None,
                    idempotency_key: str | None = None,
                    progress: ProgressCallback | None = None) -> Job:
         """Start a job on a checkpoint: an uploaded one (``checkpoint_id``), or a local file
-        sent with the job in the same request (``checkpoint_file``; a multipart form, the file
-        streamed from disk, ``progress(sent_bytes, total_bytes)`` called after each chunk, and
+        sent with the job in the same request (``checkpoint_file``: a path, bytes or a binary
+        file object, as ``upload_checkpoint`` takes; a multipart form, the file streamed,
+        ``progress(sent_bytes, total_bytes)`` called after each chunk, and
         its SHA-256 compared with the service's: :class:`ChecksumMismatchError`). Exactly one
         of the two. ``spec`` is a :class:`JobSpec` or its dict (``{"config": {...},
         "dataset_id": ..., "labels": {...}, "time_limit_seconds": ...}``).

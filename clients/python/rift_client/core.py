@@ -24,10 +24,12 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from rift_client.arguments import (
+    Sendable,
+    UploadSource,
     finite_number,
     item_limit,
     save_target,
-    sendable_file,
+    sendable,
     wait_times,
 )
 from rift_client.arguments import path_segment as _seg
@@ -258,10 +260,10 @@ def _job_spec(spec: JobSpec | Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _multipart_job(spec: dict[str, Any], file: Path, progress: ProgressCallback | None
+def _multipart_job(spec: dict[str, Any], file: Sendable, progress: ProgressCallback | None
                    ) -> tuple[FileBody, str]:
     """The multipart form of ``POST /v1/jobs`` (the ``spec`` field, then the ``checkpoint``
-    file, streamed from disk) and its Content-Type."""
+    file, streamed from disk or from the caller's stream) and its Content-Type."""
     boundary = f"rift-{uuid.uuid4().hex}"
     # The exact name, any characters, in RFC 8187's filename* (which the service reads first);
     # a plain ASCII stand-in in filename for readers that do not.
@@ -274,7 +276,7 @@ def _multipart_job(spec: dict[str, Any], file: Path, progress: ProgressCallback 
          f'Content-Disposition: form-data; name="checkpoint"; filename="{plain}"; '
          f"filename*=utf-8''{quote(file.name, safe='')}\r\n"
          "Content-Type: application/octet-stream\r\n\r\n").encode()
-    body = FileBody(file, file.stat().st_size, progress, prefix=head,
+    body = FileBody(file, progress, prefix=head,
                     suffix=f"\r\n--{boundary}--\r\n".encode())
     return body, f"multipart/form-data; boundary={boundary}"
 
@@ -522,22 +524,22 @@ class RiftCore:
             timeout=httpx.Timeout(self.timeout, read=self.upload_timeout))
         return self._parse(response, model)
 
-    def _compare(self, file: Path, stored: str | None, body: FileBody) -> None:
+    def _compare(self, file: Sendable, stored: str | None, body: FileBody) -> None:
         local = body.sha256.hexdigest()
         if stored != local:
             raise ChecksumMismatchError(
                 f"the service stored {file.name} with SHA-256 {stored}, but the file "
                 f"sent has {local}", expected=local, actual=str(stored))
 
-    def upload(self, route: str, model: type[Upload], path: str | os.PathLike[str],
+    def upload(self, route: str, model: type[Upload], path: UploadSource,
                filename: str | None, progress: ProgressCallback | None,
                idempotency_key: str | None) -> Flow[Upload]:
-        file, size = sendable_file("path", path)
-        body = FileBody(file, size, progress)
+        file = sendable("path", path, filename)
+        body = FileBody(file, progress)
         record = yield from self._send_file(route, model, body,
                                             content_type="application/octet-stream",
                                             idempotency_key=idempotency_key,
-                                            params={"filename": filename or file.name})
+                                            params={"filename": file.name})
         self._compare(file, record.sha256, body)
         return record
 
@@ -578,7 +580,7 @@ class RiftCore:
     # ---------------------------------------------------------------------------------- jobs
 
     def create_job(self, spec: JobSpec | Mapping[str, Any], checkpoint_id: str | None,
-                   checkpoint_file: str | os.PathLike[str] | None,
+                   checkpoint_file: UploadSource | None,
                    idempotency_key: str | None, progress: ProgressCallback | None) -> Flow[Job]:
         if (checkpoint_id is None) == (checkpoint_file is None):
             raise RiftUsageError("give either checkpoint_id (an uploaded checkpoint) or "
@@ -587,7 +589,7 @@ class RiftCore:
         fields = _job_spec(spec)
         key = _idempotency_key(idempotency_key)
         if checkpoint_file is not None:
-            file, _ = sendable_file("checkpoint_file", checkpoint_file)
+            file = sendable("checkpoint_file", checkpoint_file)
             return self._create_job_with_file(fields, file, key, progress)
         # Sent in the body as given: the service names it if it is not an id.
         return self._create_job(fields, cast(str, checkpoint_id), key)
@@ -598,7 +600,7 @@ class RiftCore:
             headers={"Idempotency-Key": key})
         return self._parse(response, Job)
 
-    def _create_job_with_file(self, fields: dict[str, Any], file: Path, key: str,
+    def _create_job_with_file(self, fields: dict[str, Any], file: Sendable, key: str,
                               progress: ProgressCallback | None) -> Flow[Job]:
         body, content_type = _multipart_job(fields, file, progress)
         job = yield from self._send_file("/v1/jobs", Job, body, content_type=content_type,
