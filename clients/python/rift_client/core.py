@@ -281,6 +281,25 @@ def _multipart_job(spec: dict[str, Any], file: Sendable, progress: ProgressCallb
     return body, f"multipart/form-data; boundary={boundary}"
 
 
+def _within(timeout: httpx.Timeout, deadline: float | None) -> httpx.Timeout:
+    """``timeout`` cut to the time left before ``deadline`` (a ``time.monotonic()`` instant):
+    a wait's look at a slow service ends with the wait, not ``timeout`` later."""
+    if deadline is None:
+        return timeout
+    left = max(deadline - time.monotonic(), 0.01)
+
+    def cut(value: float | None) -> float:
+        return left if value is None else min(value, left)
+
+    return httpx.Timeout(connect=cut(timeout.connect), read=cut(timeout.read),
+                         write=cut(timeout.write), pool=cut(timeout.pool))
+
+
+def _before(deadline: float | None, delay: float) -> bool:
+    """Whether a retry after ``delay`` seconds would begin before ``deadline``."""
+    return deadline is None or time.monotonic() + delay < deadline
+
+
 def _write_hashed(out: IO[bytes], digest: Any, chunk: bytes) -> None:
     """A downloaded chunk appended to the partial file and to its running SHA-256."""
     out.write(chunk)
@@ -351,20 +370,26 @@ class RiftCore:
                 params: Mapping[str, Any] | None = None, json: Any = None,
                 headers: Mapping[str, str] | None = None, body: FileBody | None = None,
                 timeout: httpx.Timeout | None = None,
-                lost: list[str] | None = None) -> Flow[httpx.Response]:
+                lost: list[str] | None = None,
+                deadline: float | None = None) -> Flow[httpx.Response]:
         """Send a request, retrying as :mod:`rift_client.retry` says; an error answer raises.
         ``lost`` collects why each attempt that the service may have acted on (the connection
-        lost after sending, a proxy's 502/504) was sent again."""
+        lost after sending, a proxy's 502/504) was sent again. ``deadline`` (a
+        ``time.monotonic()`` instant, a wait's end): no attempt outlasts it, and no retry is
+        made that would begin after it (the last error is raised)."""
         retry = 0
         while True:
             try:
-                response = yield Send(method, path, timeout or httpx.Timeout(self.timeout),
+                response = yield Send(method, path,
+                                      _within(timeout or httpx.Timeout(self.timeout), deadline),
                                       params=params, json=json, headers=headers, body=body)
             except httpx.TransportError as exc:
-                if (idempotent or sent_nothing(exc)) and retry < self.retry.max_retries:
+                pause = self.retry.backoff(retry)
+                if (idempotent or sent_nothing(exc)) and retry < self.retry.max_retries \
+                        and _before(deadline, pause):
                     if lost is not None and not sent_nothing(exc):
                         lost.append(repr(exc))
-                    yield Sleep(self.retry.backoff(retry))
+                    yield Sleep(pause)
                     retry += 1
                     continue
                 raise self._connection_error(method, path, exc) from exc
@@ -373,7 +398,7 @@ class RiftCore:
             if response.status_code < 400:
                 return response
             delay = self.retry.delay_for(response, retry, idempotent=idempotent)
-            if delay is None:
+            if delay is None or not _before(deadline, delay):
                 raise api_error_from_response(response)
             if lost is not None and response.status_code in GATEWAY_STATUSES:
                 lost.append(f"HTTP {response.status_code}")
@@ -383,19 +408,22 @@ class RiftCore:
     def open_stream(self, path: str, *, headers: Mapping[str, str] | None = None,
                     params: Mapping[str, Any] | None = None, follow_redirects: bool = False,
                     read_timeout: float | None = None,
-                    retry_answers: bool = True) -> Flow[httpx.Response]:
+                    retry_answers: bool = True,
+                    deadline: float | None = None) -> Flow[httpx.Response]:
         """A streamed GET (retried like :meth:`request` until the answer's headers arrive;
-        with ``retry_answers=False`` a 429 or 503 is raised at once instead of waited out):
-        the open answer, its body left to the caller."""
+        with ``retry_answers=False`` a 429 or 503 is raised at once instead of waited out;
+        ``deadline`` as for :meth:`request`): the open answer, its body left to the caller."""
         timeout = httpx.Timeout(self.timeout, read=read_timeout or self.timeout)
         retry = 0
         while True:
             try:
-                response = yield Send("GET", path, timeout, params=params, headers=headers,
-                                      stream=True, follow_redirects=follow_redirects)
+                response = yield Send("GET", path, _within(timeout, deadline), params=params,
+                                      headers=headers, stream=True,
+                                      follow_redirects=follow_redirects)
             except httpx.TransportError as exc:
-                if retry < self.retry.max_retries:
-                    yield Sleep(self.retry.backoff(retry))
+                pause = self.retry.backoff(retry)
+                if retry < self.retry.max_retries and _before(deadline, pause):
+                    yield Sleep(pause)
                     retry += 1
                     continue
                 raise self._connection_error("GET", path, exc) from exc
@@ -406,7 +434,7 @@ class RiftCore:
             yield ReadBody(response)
             yield Close(response)
             delay = self.retry.delay_for(response, retry) if retry_answers else None
-            if delay is None:
+            if delay is None or not _before(deadline, delay):
                 raise api_error_from_response(response)
             yield Sleep(delay)
             retry += 1
@@ -458,8 +486,10 @@ class RiftCore:
         except ValueError as exc:
             raise self._unexpected(response, f"list of {model.__name__}", exc) from exc
 
-    def _get(self, path: str, model: type[Model], **params: Any) -> Flow[Model]:
-        response = yield from self.request("GET", path, idempotent=True, params=params or None)
+    def _get(self, path: str, model: type[Model], *, deadline: float | None = None,
+             **params: Any) -> Flow[Model]:
+        response = yield from self.request("GET", path, idempotent=True, params=params or None,
+                                           deadline=deadline)
         parsed = self._parse(response, model)
         if isinstance(parsed, _Resource):
             # Kept for if_match= (the resource's .etag), outside the model's value.
@@ -610,8 +640,8 @@ class RiftCore:
         self._compare(file, checkpoint.sha256, body)
         return job
 
-    def get_job(self, job_id: str) -> Flow[Job]:
-        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}", Job)
+    def get_job(self, job_id: str, deadline: float | None = None) -> Flow[Job]:
+        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}", Job, deadline=deadline)
 
     def delete_job(self, job_id: str, if_match: str | None = None) -> Flow[None]:
         return self._delete(f"/v1/jobs/{_seg('job_id', job_id)}", if_match)
@@ -672,11 +702,20 @@ class RiftCore:
             """The job read again; ``last`` when the look failed within a tolerated outage
             (None: the first look, whose failure is raised: a wrong URL or id says so at once)."""
             try:
-                job = yield from self.get_job(job_id)
+                job = yield from self.get_job(job_id, deadline)
             except RiftClientError as exc:
-                if last is None or not outage.tolerate(exc, deadline):
+                if last is None:
                     raise
-                return last
+                if outage.tolerate(exc, deadline):
+                    return last
+                if deadline is not None and time.monotonic() >= deadline:
+                    # The time given ran out during the look (a slow or hung service): the
+                    # wait's own error, not the look's.
+                    raise WaitTimeoutError(
+                        f"job {job_id} was still {last.status} after {timeout:g} s (the last "
+                        f"look got no answer in time: {exc})", job_id=job_id,
+                        last_status=last.status) from exc
+                raise
             outage.over()
             if on_update is not None:
                 on_update(job)
@@ -714,7 +753,7 @@ class RiftCore:
         last_read = time.monotonic()
         try:
             # Only new events matter here: start after the latest one instead of replaying all.
-            latest = yield from self._latest_event_id(job_id)
+            latest = yield from self._latest_event_id(job_id, deadline)
         except RiftClientError as exc:
             if not outage.tolerate(exc, deadline):
                 raise
@@ -742,11 +781,12 @@ class RiftCore:
         finally:
             events.close()
 
-    def _latest_event_id(self, job_id: str) -> Flow[int]:
+    def _latest_event_id(self, job_id: str, deadline: float | None) -> Flow[int]:
         """The id of the job's latest event so far (0 when it has none), paging through them."""
         latest = 0
         while True:
-            page = yield from self.list_events(job_id, after=latest, limit=EVENTS_PAGE_LIMIT)
+            page = yield from self.list_events(job_id, after=latest, limit=EVENTS_PAGE_LIMIT,
+                                               deadline=deadline)
             if not page.items:
                 return latest
             latest = page.items[-1].id
@@ -755,9 +795,10 @@ class RiftCore:
 
     # -------------------------------------------------------------------------------- events
 
-    def list_events(self, job_id: str, after: int, limit: int) -> Flow[EventPage]:
+    def list_events(self, job_id: str, after: int, limit: int,
+                    deadline: float | None = None) -> Flow[EventPage]:
         return self._get(f"/v1/jobs/{_seg('job_id', job_id)}/events", EventPage, after=after,
-                         limit=limit)
+                         limit=limit, deadline=deadline)
 
     def stream_events(self, job_id: str, after: int, max_reconnects: int, read_timeout: float,
                       timeout: float | None) -> Flow[None]:
@@ -792,7 +833,8 @@ class RiftCore:
             try:
                 response = yield from self.open_stream(
                     path, headers=headers, params={"after": last},
-                    read_timeout=min(read_timeout, time_left()), retry_answers=retry_answers)
+                    read_timeout=min(read_timeout, time_left()), retry_answers=retry_answers,
+                    deadline=deadline)
             except RiftClientError as exc:
                 # Before, one reopening that failed its retries ended the stream (riftctl jobs
                 # events, exit 3) when the service took more than a few seconds to restart. A
@@ -882,10 +924,11 @@ class RiftCore:
         response = yield from self.request("POST", path, idempotent=True, json=body)
         return self._parse(response, Materialization)
 
-    def get_materialization(self, job_id: str,
-                            materialization_id: str) -> Flow[Materialization]:
+    def get_materialization(self, job_id: str, materialization_id: str,
+                            deadline: float | None = None) -> Flow[Materialization]:
         return self._get(f"/v1/jobs/{_seg('job_id', job_id)}/materializations/"
-                         f"{_seg('materialization_id', materialization_id)}", Materialization)
+                         f"{_seg('materialization_id', materialization_id)}", Materialization,
+                         deadline=deadline)
 
     def list_materializations(self, job_id: str) -> Flow[list[Materialization]]:
         return self._list_materializations(job_id)
@@ -913,9 +956,13 @@ class RiftCore:
         record: Materialization | None = None
         while True:
             try:
-                record = yield from self.get_materialization(job_id, materialization_id)
+                record = yield from self.get_materialization(job_id, materialization_id,
+                                                             deadline)
             except RiftClientError as exc:
-                if record is None or not outage.tolerate(exc, deadline):
+                # A look that got no answer before the time given ran out ends in the wait's
+                # own WaitTimeoutError below, as the job's wait does.
+                time_up = deadline is not None and time.monotonic() >= deadline
+                if record is None or not (outage.tolerate(exc, deadline) or time_up):
                     raise
             else:
                 outage.over()
