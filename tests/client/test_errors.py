@@ -18,6 +18,7 @@ import pytest
 from rift_client import (
     AuthenticationError,
     ChecksumMismatchError,
+    DownloadInProgressError,
     FileChangedError,
     NotFoundError,
     RetryPolicy,
@@ -56,6 +57,7 @@ def _round_trip(error: RiftClientError) -> RiftClientError:
     UnexpectedResponseError("not JSON", status_code=200, method="GET", path="/v1/jobs"),
     ChecksumMismatchError("differs", expected="a" * 64, actual="b" * 64),
     FileChangedError("/data/model.safetensors", "grew"),
+    DownloadInProgressError("/weights/tuned.safetensors", "another download ..."),
     WaitTimeoutError("still running", job_id="job_1", last_status="running",
                      materialization_id="mat_1"),
     WebhookVerificationError("bad signature", reason="invalid_signature"),

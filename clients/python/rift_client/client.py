@@ -485,7 +485,10 @@ class RiftClient:
         the service's record (:class:`ChecksumMismatchError` otherwise, the partial file
         removed). A connection lost mid-way is resumed with a Range request, up to
         ``resume_attempts`` times in a row without a new byte (a connection that brought some
-        starts the count again). Presigned-URL redirects (S3) are followed.
+        starts the count again). Presigned-URL redirects (S3) are followed. An existing file at
+        ``path`` is replaced, once the new one is complete and checked. One call at a time
+        writes a ``.part``: a second download to the same path while one runs (another thread,
+        process or riftctl) raises :class:`DownloadInProgressError` and leaves it alone.
         """
         return self._run(self._core.download(job_id=job_id, name=name, path=path, progress=progress,
                                              resume_attempts=resume_attempts))

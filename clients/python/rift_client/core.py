@@ -7,6 +7,7 @@ own beyond performing the effects. The public methods' documentation is on ``Rif
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -23,6 +24,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from rift_client import partfile
 from rift_client.arguments import (
     Sendable,
     UploadSource,
@@ -306,27 +308,12 @@ def _write_hashed(out: IO[bytes], digest: Any, chunk: bytes) -> None:
     digest.update(chunk)
 
 
-def _hash_existing(partial: Path, size: int, digest: Any) -> int:
-    """The bytes a ``.part`` left by an earlier call holds, added to ``digest``; 0 (and the
-    file emptied) when there is none or it is longer than the artifact's ``size``."""
-    try:
-        held = partial.stat().st_size
-    except FileNotFoundError:
-        return 0
-    if held > size:
-        partial.unlink()
-        return 0
-    with partial.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return held
-
-
-def _received_any(partial: Path) -> bool:
-    try:
-        return partial.stat().st_size > 0
-    except FileNotFoundError:
-        return False
+def _held_any(out: IO[bytes]) -> bool:
+    """Whether the ``.part`` holds bytes to resume from (a write that failed on a full disk may
+    have left its buffer unwritten: what reached the file is what counts)."""
+    with contextlib.suppress(OSError):
+        out.flush()
+    return partfile.holds_any(out)
 
 
 def _server_error(exc: BaseException) -> bool:
@@ -992,36 +979,38 @@ class RiftCore:
     def _download(self, job_id: str, name: str, target: Path,
                   progress: ProgressCallback | None, resume_attempts: int) -> Flow[Path]:
         artifact = yield from self.get_artifact(job_id, name)
-        partial = target.with_name(target.name + ".part")
         digest = hashlib.sha256()
-        # What an earlier call left in <target>.part when it was interrupted (Ctrl-C, a
-        # cancelled task, the connection lost for good): resumed from its end, its bytes hashed
-        # first. Bytes of another file under the same name show as a checksum mismatch at the
-        # end, after which the file is fetched once more from its start.
-        received = yield Blocking(functools.partial(_hash_existing, partial, artifact.size,
-                                                    digest))
-        from_earlier_call = received > 0
+        # <target>.part, held by this call alone (partfile.py: two calls at once wrote into one
+        # .part, and the first to finish renamed both's bytes to the target as a success).
+        out = yield Blocking(functools.partial(partfile.claim, target))
         failures = 0
         try:
-            with partial.open("ab") as out:
-                while True:
-                    if received < artifact.size:
-                        received, failures, digest = yield from self._receive(
-                            job_id, name, artifact, out, digest, received, failures, progress,
-                            resume_attempts)
-                    actual = digest.hexdigest()
-                    if received == artifact.size and actual == artifact.sha256:
-                        break
-                    if from_earlier_call:  # the old .part held other bytes: start again
-                        from_earlier_call = False
-                        yield Blocking(functools.partial(_restart, out))
-                        digest, received = hashlib.sha256(), 0
-                        continue
-                    raise ChecksumMismatchError(
-                        f"{name}: received {received} bytes with SHA-256 {actual}; the service "
-                        f"reported {artifact.size} bytes with {artifact.sha256}",
-                        expected=artifact.sha256, actual=actual)
-            partial.replace(target)
+            # What an earlier call left in it when it was interrupted (Ctrl-C, a cancelled
+            # task, the connection lost for good): resumed from its end, its bytes hashed
+            # first. Bytes of another file under the same name show as a checksum mismatch at
+            # the end, after which the file is fetched once more from its start.
+            received = yield Blocking(functools.partial(partfile.hash_held, out, artifact.size,
+                                                        digest))
+            from_earlier_call = received > 0
+            while True:
+                if received < artifact.size:
+                    received, failures, digest = yield from self._receive(
+                        job_id, name, artifact, out, digest, received, failures, progress,
+                        resume_attempts)
+                actual = digest.hexdigest()
+                if received == artifact.size and actual == artifact.sha256:
+                    break
+                if from_earlier_call:  # the old .part held other bytes: start again
+                    from_earlier_call = False
+                    yield Blocking(functools.partial(_restart, out))
+                    digest, received = hashlib.sha256(), 0
+                    continue
+                raise ChecksumMismatchError(
+                    f"{name}: received {received} bytes with SHA-256 {actual}; the service "
+                    f"reported {artifact.size} bytes with {artifact.sha256}",
+                    expected=artifact.sha256, actual=actual)
+            out.flush()
+            partfile.finish(out, target)
         except BaseException as exc:
             # Interrupted (Ctrl-C, a cancelled asyncio task) or cut off for good (no connection,
             # a resume answered 429 or any 5xx past its retries: a busy store, a restart, an
@@ -1034,12 +1023,17 @@ class RiftCore:
             # GeneratorExit (the runner passes on Exceptions only, and the flow is closed).
             interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError
                                      | GeneratorExit) or is_outage(exc) or _server_error(exc)
-            if not (interrupted and _received_any(partial)):
-                partial.unlink(missing_ok=True)
+            if not (interrupted and _held_any(out)):
+                partfile.part_path(target).unlink(missing_ok=True)  # still held: ours
             named = _named_write_error(exc, target)
             if named is not None:
                 raise named from exc
             raise
+        finally:
+            # Flushed above on success; on a failed write (a full disk) what is left in the
+            # buffer must not replace the error being raised.
+            with contextlib.suppress(OSError):
+                out.close()
         return target
 
     def _receive(self, job_id: str, name: str, artifact: Artifact, out: IO[bytes], digest: Any,

@@ -4,6 +4,7 @@ at fault) and any extra keys of the error body in ``details``."""
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import httpx
@@ -91,6 +92,20 @@ class FileChangedError(RiftClientError, OSError):
     def __str__(self) -> str:
         # OSError's own str() would be "[Errno None] ...": the message says it all.
         return self.message
+
+
+class DownloadInProgressError(RiftClientError, BlockingIOError):
+    """Another download (another thread, process or ``riftctl``) is writing the same
+    destination's ``.part`` now; it was left alone. An ``OSError`` (``EAGAIN``, ``filename``
+    the destination), as every problem of a local file is: wait for that download to finish,
+    or save to another path."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(errno.EAGAIN, reason, target)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # OSError keeps filename and strerror outside __dict__: made again from the arguments.
+        return type(self), (self.filename, self.strerror)
 
 
 class WaitTimeoutError(RiftClientError):
