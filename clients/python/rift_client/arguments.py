@@ -43,6 +43,16 @@ def wait_times(timeout: float | None, poll_interval: float, *,
                              f"{poll_interval!r}")
 
 
+def positive_seconds(what: str, value: float) -> float:
+    """``value`` if it is a number of seconds above 0 and finite (a client's ``timeout``): httpx
+    took 0 as "give up at once", which read as "no service answers at <url>", and a negative or
+    NaN one failed each request with its own ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0 < value < math.inf:
+        raise RiftUsageError(f"{what} must be a number of seconds above 0, not {value!r}")
+    return float(value)
+
+
 def finite_number(what: str, value: float) -> float:
     """``value`` if it is a finite number (JSON has no NaN or infinity); the service checks the
     range itself and names the field."""
