@@ -120,10 +120,15 @@ class AsyncRiftClient:
         self.retry = self._core.retry
         self.timeout = timeout
         self.upload_timeout = upload_timeout
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
-                                       transport=transport)
+        self._http_options: dict[str, Any] = {
+            "base_url": self.base_url, "headers": headers, "timeout": timeout,
+            "transport": transport}
+        self._http = httpx.AsyncClient(**self._http_options)
         #: The event loop of the first call: the pooled connections belong to it.
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The process the connections were opened in, and a forked child's inherited pool.
+        self._pid = os.getpid()
+        self._inherited: list[httpx.AsyncClient] = []
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -145,6 +150,13 @@ class AsyncRiftClient:
         "RuntimeError: Event loop is closed", or hung, and only once a connection was pooled."""
         if self._http.is_closed:
             raise RiftUsageError(closed_message(type(self).__name__))
+        if os.getpid() != self._pid:
+            # A forked child: the pool and its loop are the parent's (see RiftClient._usable).
+            # The child opens its own; the inherited one is kept, unused and unclosed (closing
+            # it needs the parent's loop), so that its sockets are not collected with warnings.
+            self._inherited.append(self._http)
+            self._http = httpx.AsyncClient(**self._http_options)
+            self._loop, self._pid = None, os.getpid()
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop

@@ -149,8 +149,12 @@ class RiftClient:
         self.retry = self._core.retry
         self.timeout = timeout
         self.upload_timeout = upload_timeout
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
-                                  transport=transport)
+        self._http_options: dict[str, Any] = {
+            "base_url": self.base_url, "headers": headers, "timeout": timeout,
+            "transport": transport}
+        self._http = httpx.Client(**self._http_options)
+        #: The process the connections were opened in (see ``_usable``).
+        self._pid = os.getpid()
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -168,6 +172,16 @@ class RiftClient:
         # closed", which names neither this client nor what to do.
         if self._http.is_closed:
             raise RiftUsageError(closed_message(type(self).__name__))
+        if os.getpid() != self._pid:
+            # A forked child (a multiprocessing pool, a DataLoader worker, gunicorn --preload)
+            # inherited the parent's pooled connections: a request sent on one was answered to
+            # whichever process read first, so a child's get_job returned a sibling's job, or
+            # failed with "illegal status line". The child opens its own; its copies of the
+            # parent's sockets are closed, which sends nothing (the parent's stay open).
+            # A caller's transport= is the caller's to make fork-safe.
+            self._http.close()
+            self._http = httpx.Client(**self._http_options)
+            self._pid = os.getpid()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
