@@ -29,16 +29,30 @@ def _hanging_after(scripted: list[ScriptedServer], first: object) -> ScriptedSer
     return server
 
 
+@pytest.mark.parametrize("follow_events", [False, True], ids=["polling", "events"])
 def test_a_wait_on_a_service_that_stops_answering_ends_at_its_timeout(
-        scripted: list[ScriptedServer]) -> None:
+        scripted: list[ScriptedServer], follow_events: bool) -> None:
+    # Following events, the hung look is the one for the latest event id.
     server = _hanging_after(scripted, {**JOB, "status": "running"})
     # The client's own timeout (5 s per read) is longer than the wait's (0.5 s).
     with RiftClient(server.url, retry=RETRIES, timeout=5) as client, \
             pytest.raises(WaitTimeoutError) as raised:
-        client.wait("job_1", timeout=0.5, poll_interval=0.05, follow_events=False)
+        client.wait("job_1", timeout=0.5, poll_interval=0.05, follow_events=follow_events)
     assert raised.value.last_status == "running" and raised.value.job_id == "job_1"
-    assert isinstance(raised.value.__cause__, RiftConnectionError)
     assert len(server.seen) == 2  # the first look, one hung look: no retry after the end
+
+
+def test_a_short_wait_on_a_slow_service_still_makes_its_first_look(
+        scripted: list[ScriptedServer]) -> None:
+    # The first look says whether the job exists: made as any call is, even when it takes
+    # longer than the whole wait may (a slow service, not a hung one).
+    server = ScriptedServer([ScriptedReply(200, {**JOB, "status": "running"}, delay_s=1.0)])
+    scripted.append(server)
+    with RiftClient(server.url, retry=RETRIES, timeout=5) as client, \
+            pytest.raises(WaitTimeoutError) as raised:
+        client.wait("job_1", timeout=0.1, poll_interval=0.05, follow_events=False)
+    assert raised.value.last_status == "running"
+    assert len(server.seen) == 1
 
 
 def test_a_materialization_wait_on_a_service_that_stops_answering_ends_at_its_timeout(

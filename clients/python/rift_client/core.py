@@ -297,6 +297,11 @@ def _within(timeout: httpx.Timeout, deadline: float | None) -> httpx.Timeout:
                          write=cut(timeout.write), pool=cut(timeout.pool))
 
 
+def _passed(deadline: float | None) -> bool:
+    """Whether ``deadline`` (a ``time.monotonic()`` instant, or None: none) has passed."""
+    return deadline is not None and time.monotonic() >= deadline
+
+
 def _before(deadline: float | None, delay: float) -> bool:
     """Whether a retry after ``delay`` seconds would begin before ``deadline``."""
     return deadline is None or time.monotonic() + delay < deadline
@@ -689,13 +694,16 @@ class RiftCore:
             """The job read again; ``last`` when the look failed within a tolerated outage
             (None: the first look, whose failure is raised: a wrong URL or id says so at once)."""
             try:
-                job = yield from self.get_job(job_id, deadline)
+                # The first look is made as any call is (it says whether the job exists, and a
+                # short timeout must not turn a slow answer into an error); every later one
+                # ends with the wait.
+                job = yield from self.get_job(job_id, None if last is None else deadline)
             except RiftClientError as exc:
                 if last is None:
                     raise
                 if outage.tolerate(exc, deadline):
                     return last
-                if deadline is not None and time.monotonic() >= deadline:
+                if _passed(deadline):
                     # The time given ran out during the look (a slow or hung service): the
                     # wait's own error, not the look's.
                     raise WaitTimeoutError(
@@ -742,7 +750,8 @@ class RiftCore:
             # Only new events matter here: start after the latest one instead of replaying all.
             latest = yield from self._latest_event_id(job_id, deadline)
         except RiftClientError as exc:
-            if not outage.tolerate(exc, deadline):
+            # The time given ran out during the look: the polling loop raises WaitTimeoutError.
+            if not (outage.tolerate(exc, deadline) or _passed(deadline)):
                 raise
             return job
         events = self._events(job_id, after=latest, max_reconnects=0,
@@ -943,13 +952,13 @@ class RiftCore:
         record: Materialization | None = None
         while True:
             try:
-                record = yield from self.get_materialization(job_id, materialization_id,
-                                                             deadline)
+                # The first look as any call (see _wait); later ones end with the wait.
+                record = yield from self.get_materialization(
+                    job_id, materialization_id, None if record is None else deadline)
             except RiftClientError as exc:
                 # A look that got no answer before the time given ran out ends in the wait's
                 # own WaitTimeoutError below, as the job's wait does.
-                time_up = deadline is not None and time.monotonic() >= deadline
-                if record is None or not (outage.tolerate(exc, deadline) or time_up):
+                if record is None or not (outage.tolerate(exc, deadline) or _passed(deadline)):
                     raise
             else:
                 outage.over()
