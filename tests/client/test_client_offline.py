@@ -103,6 +103,7 @@ def test_arguments_a_helper_cannot_use_are_named_before_any_request(
     finally:
         server.stop()
     assert str(caught.value).startswith(named + " ")
+    assert caught.value.field == named
     assert server.seen == []
 
 
@@ -235,9 +236,31 @@ def test_a_client_made_with_times_it_cannot_use_names_them_before_any_request(
     finally:
         server.stop()
     assert str(caught.value).startswith(named + " ")
+    assert caught.value.field == named
     assert server.seen == []
 
 
 def test_unbounded_limits_of_a_retry_policy_are_allowed() -> None:
     policy = RetryPolicy(max_retry_after_s=math.inf, max_outage_s=math.inf, max_retries=0)
     assert policy.max_outage_s == math.inf
+
+
+@pytest.mark.parametrize(("call", "field"), [
+    (lambda tmp: RiftClient("ftp://example.com"), "base_url"),
+    (lambda tmp: RiftClient("http://127.0.0.1:9", api_key="rift_key\n"), "api_key"),
+    (lambda tmp: RiftClient("http://127.0.0.1:9").create_job(
+        {"config": {}}, checkpoint_id="ck_1", idempotency_key="two words"), "idempotency_key"),
+    (lambda tmp: RiftClient("http://127.0.0.1:9").create_job({"confg": {}}, checkpoint_id="c"),
+     "spec"),
+    (lambda tmp: RiftClient("http://127.0.0.1:9").upload_checkpoint(tmp), "path"),
+    (lambda tmp: RiftClient("http://127.0.0.1:9").create_job(
+        {"config": {}}, checkpoint_file=tmp), "checkpoint_file"),
+    (lambda tmp: RiftClient("http://127.0.0.1:9").delete_job("job_1", if_match=" "),
+     "if_match"),
+])
+def test_a_usage_error_names_the_argument_in_its_field(call: Any, field: str,
+                                                       tmp_path: Path) -> None:
+    # Before, the message alone named it: RiftAPIError had .field, RiftUsageError none.
+    with pytest.raises(RiftUsageError) as caught:
+        call(tmp_path)
+    assert caught.value.field == field

@@ -103,14 +103,14 @@ def client_settings(base_url: str | None, api_key: str | None, timeout: float,
     origin = (None if base_url else "RIFT_API_URL's" if from_env else
               "the default: no base_url given and RIFT_API_URL unset")
     if retry is not None and not isinstance(retry, RetryPolicy):
-        raise RiftUsageError(f"retry must be a RetryPolicy or None, not {retry!r:.100}")
+        raise RiftUsageError(f"retry must be a RetryPolicy or None, not {retry!r:.100}", field="retry")
     core = RiftCore(checked_base_url(base_url or from_env or DEFAULT_BASE_URL),
                     retry or RetryPolicy(), positive_seconds("timeout", timeout),
                     positive_seconds("upload_timeout", upload_timeout), url_origin=origin)
     key = api_key if api_key is not None else os.environ.get("RIFT_API_KEY")
     headers = {"User-Agent": f"rift-client/{__version__}", "Accept": "application/json"}
     if key:
-        headers["Authorization"] = f"Bearer {header_token('the API key', key, secret=True)}"
+        headers["Authorization"] = f"Bearer {header_token('the API key', key, secret=True, field='api_key')}"
     return core, headers
 
 

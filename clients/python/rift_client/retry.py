@@ -59,7 +59,7 @@ class RetryPolicy:
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) \
                 or self.max_retries < 0:
             raise RiftUsageError(f"max_retries must be a whole number of at least 0, not "
-                                 f"{self.max_retries!r}")
+                                 f"{self.max_retries!r}", field="max_retries")
         for name in ("backoff_s", "max_backoff_s", "max_retry_after_s", "max_outage_s"):
             value = getattr(self, name)
             # Infinity is allowed for the two limits only ("always honour", "never give up").
@@ -67,7 +67,7 @@ class RetryPolicy:
             if isinstance(value, bool) or not isinstance(value, int | float) \
                     or not value >= 0 or (finite and value == math.inf):
                 raise RiftUsageError(f"{name} must be a number of seconds of at least 0"
-                                     f"{' and finite' if finite else ''}, not {value!r}")
+                                     f"{' and finite' if finite else ''}, not {value!r}", field=name)
 
     def backoff(self, retry: int) -> float:
         """The delay before retry number ``retry`` (0-based) when the server named none."""
