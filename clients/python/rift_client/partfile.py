@@ -14,6 +14,7 @@ the first call's bytes alone. Where ``fcntl`` does not exist (Windows) nothing i
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +26,8 @@ try:
 except ImportError:  # Windows: no advisory locks of this kind
     fcntl = None  # type: ignore[assignment]
 
+#: What flock answers on a file system that has no such locks.
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
 #: Opening, locking and finding the path renamed under the lock (by the call that held it) is
 #: tried again this many times.
 _CLAIM_ATTEMPTS = 5
@@ -50,6 +53,11 @@ def claim(target: Path) -> IO[bytes]:
             raise DownloadInProgressError(
                 str(target), f"another download to this path is in progress (it holds "
                 f"{partial.name}); wait for it to finish, or save to another path") from None
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                out.close()
+                raise
+            return out  # a file system without locks (some FUSE mounts): unlocked, as before
         # The call that held it may have renamed it to the target just before letting go:
         # then this handle is the finished target, not a .part; open the name again.
         try:
