@@ -102,6 +102,10 @@ def test_file_objects_an_upload_cannot_use_are_refused_before_sending(
         # Its size is unknown and a retry could not read it again: no truncated body is sent.
         with pytest.raises(RiftUsageError, match="path is a stream that cannot be rewound"):
             client.upload_checkpoint(pipe)
+        read = io.BytesIO(b"weights")
+        read.read()  # hashed first, say: its rest is empty
+        with pytest.raises(RiftUsageError, match=r"path is at its end .* seek"):
+            client.upload_checkpoint(read)
         with pytest.raises(TypeError, match=r"path must be a file's path .* not int"):
             client.upload_dataset(3)  # type: ignore[arg-type]
     assert server.seen == []

@@ -149,6 +149,11 @@ def sendable(what: str, source: UploadSource, filename: str | None = None) -> Se
     start = source.tell()
     end = source.seek(0, io.SEEK_END)
     source.seek(start)
+    if start >= end > 0:
+        # Read already (hashed first, say): the empty rest would be sent, and refused as an
+        # empty file, with no word of where the bytes went.
+        raise RiftUsageError(f"{what} is at its end (position {start} of {end} bytes): nothing "
+                             "is left to send; seek(0) first to send it whole", field=what)
     own_name = getattr(source, "name", None)
     name = filename or (os.path.basename(own_name) if isinstance(own_name, str) else "") \
         or UNNAMED_UPLOAD
