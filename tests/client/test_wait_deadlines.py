@@ -9,12 +9,15 @@ look, and the tests count the requests, not the seconds."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from rift_client import RetryPolicy, RiftClient, RiftConnectionError, WaitTimeoutError
 from tests.client.helpers import ScriptedReply, ScriptedServer
 from tests.client.test_retry import JOB
 from tests.client.test_wait_outages import _materialization
+from tests.quiet_http import LoopbackServer, QuietHandler
 
 #: Longer than any test waits: the look is never answered.
 HUNG_S = 60.0
@@ -74,3 +77,26 @@ def test_an_event_stream_that_never_opens_is_not_retried_past_its_timeout(
             pytest.raises(RiftConnectionError):
         list(client.stream_events("job_1", timeout=0.5))
     assert len(server.seen) == 1
+
+
+def test_wait_until_ready_does_not_wait_on_a_hung_readyz_past_its_timeout() -> None:
+    # /readyz hangs until the test lets it answer 200, long after the 0.3 s given: a look that
+    # outlived the wait took that late 200 as ready.
+    answer = threading.Event()
+
+    class Handler(QuietHandler):
+        def do_GET(self) -> None:
+            answer.wait(timeout=60)
+            self.send_body(200, b"{}", {"Content-Type": "application/json"})
+
+    server = LoopbackServer(Handler)
+    release = threading.Timer(10.0, answer.set)
+    release.start()
+    try:
+        with RiftClient(server.url, retry=RETRIES, timeout=30) as client, \
+                pytest.raises(RiftConnectionError, match=r"was not ready within 0\.3 s"):
+            client.wait_until_ready(timeout=0.3, poll_interval=0.05)
+    finally:
+        release.cancel()
+        answer.set()
+        server.stop()

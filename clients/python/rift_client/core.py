@@ -518,9 +518,10 @@ class RiftCore:
 
     # ------------------------------------------------------------------------------- service
 
-    def ready(self) -> Flow[bool]:
+    def ready(self, deadline: float | None = None) -> Flow[bool]:
         try:
-            response = yield Send("GET", "/readyz", httpx.Timeout(self.timeout))
+            response = yield Send("GET", "/readyz",
+                                  _within(httpx.Timeout(self.timeout), deadline))
         except httpx.TransportError:
             return False
         return bool(response.status_code == 200)
@@ -528,10 +529,14 @@ class RiftCore:
     def wait_until_ready(self, timeout: float, poll_interval: float) -> Flow[None]:
         wait_times(timeout, poll_interval)
         deadline = time.monotonic() + timeout
-        while not (yield from self.ready()):
-            if time.monotonic() >= deadline:
+        # Each look ends with the wait: before, a /readyz that hung (a service starting, its
+        # database not yet answering) was waited on for the client's whole timeout (60 s),
+        # past the time given, and a late 200 was taken as ready.
+        while not (yield from self.ready(deadline)):
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise RiftConnectionError(f"{self.base_url} was not ready within {timeout:g} s")
-            yield Sleep(poll_interval)
+            yield Sleep(min(poll_interval, left))
 
     # --------------------------------------------------------------------------------- files
 
