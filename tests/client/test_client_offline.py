@@ -5,12 +5,19 @@ service nothing first (a scripted server, no API)."""
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rift_client import AuthenticationError, RiftClient, RiftConnectionError, RiftUsageError
+from rift_client import (
+    AsyncRiftClient,
+    AuthenticationError,
+    RiftClient,
+    RiftConnectionError,
+    RiftUsageError,
+)
 from rift_client.retry import RetryPolicy
 from tests.client.helpers import ScriptedReply, ScriptedServer
 
@@ -96,6 +103,7 @@ def test_arguments_a_helper_cannot_use_are_named_before_any_request(
     finally:
         server.stop()
     assert str(caught.value).startswith(named + " ")
+    assert caught.value.field == named
     assert server.seen == []
 
 
@@ -203,3 +211,56 @@ def test_wait_tells_on_outage_when_the_service_stops_and_starts_answering() -> N
     # One call as the look fails its retries (the outage begins), one as the next answers.
     assert done.status == "succeeded"
     assert told == ["ServerError", None]
+
+
+@pytest.mark.parametrize(("make", "named"), [
+    # Before: every request failed as "no service answers at <url>: check the URL".
+    (lambda url: RiftClient(url, timeout=0), "timeout"),
+    # Before: ValueError "Timeout value out of range" / "Invalid value NaN" at each request.
+    (lambda url: RiftClient(url, timeout=-1), "timeout"),
+    (lambda url: AsyncRiftClient(url, timeout=math.nan), "timeout"),
+    (lambda url: RiftClient(url, timeout="30"), "timeout"),
+    (lambda url: RiftClient(url, upload_timeout=-5), "upload_timeout"),
+    # Before: "sleep length must be non-negative" after the first 503.
+    (lambda url: RiftClient(url, retry=RetryPolicy(backoff_s=-1)), "backoff_s"),
+    (lambda url: RiftClient(url, retry=RetryPolicy(max_retries=-1)), "max_retries"),
+    (lambda url: RiftClient(url, retry=RetryPolicy(max_outage_s=math.nan)), "max_outage_s"),
+    (lambda url: RiftClient(url, retry=3), "retry"),
+])
+def test_a_client_made_with_times_it_cannot_use_names_them_before_any_request(
+        make: Any, named: str) -> None:
+    server = ScriptedServer([ScriptedReply(503, {"error": {"code": "busy"}})])
+    try:
+        with pytest.raises(RiftUsageError) as caught:
+            make(server.url)
+    finally:
+        server.stop()
+    assert str(caught.value).startswith(named + " ")
+    assert caught.value.field == named
+    assert server.seen == []
+
+
+def test_unbounded_limits_of_a_retry_policy_are_allowed() -> None:
+    policy = RetryPolicy(max_retry_after_s=math.inf, max_outage_s=math.inf, max_retries=0)
+    assert policy.max_outage_s == math.inf
+
+
+@pytest.mark.parametrize(("call", "field"), [
+    (lambda tmp: RiftClient("ftp://example.com"), "base_url"),
+    (lambda tmp: RiftClient("http://127.0.0.1:9", api_key="rift_key\n"), "api_key"),
+    (lambda tmp: RiftClient("http://127.0.0.1:9").create_job(
+        {"config": {}}, checkpoint_id="ck_1", idempotency_key="two words"), "idempotency_key"),
+    (lambda tmp: RiftClient("http://127.0.0.1:9").create_job({"confg": {}}, checkpoint_id="c"),
+     "spec"),
+    (lambda tmp: RiftClient("http://127.0.0.1:9").upload_checkpoint(tmp), "path"),
+    (lambda tmp: RiftClient("http://127.0.0.1:9").create_job(
+        {"config": {}}, checkpoint_file=tmp), "checkpoint_file"),
+    (lambda tmp: RiftClient("http://127.0.0.1:9").delete_job("job_1", if_match=" "),
+     "if_match"),
+])
+def test_a_usage_error_names_the_argument_in_its_field(call: Any, field: str,
+                                                       tmp_path: Path) -> None:
+    # Before, the message alone named it: RiftAPIError had .field, RiftUsageError none.
+    with pytest.raises(RiftUsageError) as caught:
+        call(tmp_path)
+    assert caught.value.field == field

@@ -12,12 +12,14 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from rift_client.client import RiftClient  # noqa: I001 (after __version__, which it imports)
+from rift_client.arguments import UploadSource
 from rift_client.async_client import AsyncClient, AsyncRiftClient
 from rift_client.errors import (
     AuthenticationError,
     BadRequestError,
     ChecksumMismatchError,
     ConflictError,
+    DownloadInProgressError,
     FileChangedError,
     NotFoundError,
     PayloadTooLargeError,
@@ -84,6 +86,7 @@ __all__ = [
     "CreatedWebhook",
     "Curves",
     "Dataset",
+    "DownloadInProgressError",
     "Event",
     "FileChangedError",
     "Job",
@@ -107,6 +110,7 @@ __all__ = [
     "ServiceUnavailableError",
     "UnexpectedResponseError",
     "UnprocessableEntityError",
+    "UploadSource",
     "Usage",
     "WaitTimeoutError",
     "Webhook",

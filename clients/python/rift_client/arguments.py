@@ -9,10 +9,13 @@ that does not exist (found after the request, as a path the caller never gave)."
 from __future__ import annotations
 
 import errno
+import io
 import math
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote
 
 from rift_client.errors import RiftUsageError
@@ -22,7 +25,7 @@ def path_segment(what: str, value: str) -> str:
     """``value`` as one path segment, escaped so that an id cannot reach another route; an
     empty one (which would name the collection instead) is a :class:`RiftUsageError`."""
     if not isinstance(value, str) or not value:
-        raise RiftUsageError(f"{what} must be a non-empty string, not {value!r}")
+        raise RiftUsageError(f"{what} must be a non-empty string, not {value!r}", field=what)
     return quote(value, safe="")
 
 
@@ -33,25 +36,36 @@ def wait_times(timeout: float | None, poll_interval: float, *,
     finite; 0 would poll the service without pause)."""
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
                                 or math.isnan(timeout)):
-        raise RiftUsageError(f"timeout must be a number of seconds or None, not {timeout!r}")
+        raise RiftUsageError(f"timeout must be a number of seconds or None, not {timeout!r}", field="timeout")
     if isinstance(poll_interval, bool) or not isinstance(poll_interval, int | float) \
             or not 0 < poll_interval < math.inf:
         raise RiftUsageError(f"{interval_name} must be a number of seconds above 0, not "
-                             f"{poll_interval!r}")
+                             f"{poll_interval!r}", field=interval_name)
+
+
+def positive_seconds(what: str, value: float) -> float:
+    """``value`` if it is a number of seconds above 0 and finite (a client's ``timeout``): httpx
+    took 0 as "give up at once", which read as "no service answers at <url>", and a negative or
+    NaN one failed each request with its own ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0 < value < math.inf:
+        raise RiftUsageError(f"{what} must be a number of seconds above 0, not {value!r}", field=what)
+    return float(value)
 
 
 def finite_number(what: str, value: float) -> float:
     """``value`` if it is a finite number (JSON has no NaN or infinity); the service checks the
     range itself and names the field."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise RiftUsageError(f"{what} must be a finite number, not {value!r}")
+        raise RiftUsageError(f"{what} must be a finite number, not {value!r}", field=what)
     return float(value)
 
 
 def item_limit(limit: int | None) -> int | None:
     """``limit`` of an iterating list: None (all) or a count of at least 0."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise RiftUsageError(f"limit must be None or a whole number of at least 0, not {limit!r}")
+        raise RiftUsageError(f"limit must be None or a whole number of at least 0, not {limit!r}",
+                             field="limit")
     return limit
 
 
@@ -80,7 +94,73 @@ def save_target(path: str | os.PathLike[str], name_in_folder: str) -> Path:
     return target
 
 
-def sendable_file(what: str, path: str | os.PathLike[str]) -> tuple[Path, int]:
+#: What an upload sends: a file's path (streamed from disk), the bytes themselves, or a binary
+#: file object (an open file, ``io.BytesIO``) read from its current position to its end.
+UploadSource = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+
+#: The name an upload of bytes or of a nameless stream is sent under (the service's own default).
+UNNAMED_UPLOAD = "upload"
+
+
+@dataclass(frozen=True)
+class Sendable:
+    """An upload's source, checked: the regular file ``path``, or the seekable binary
+    ``stream`` from position ``start``; ``size`` bytes, sent under ``name``."""
+
+    name: str
+    size: int
+    path: Path | None = None
+    stream: IO[bytes] | None = None
+    start: int = 0
+
+    @property
+    def label(self) -> str:
+        """The source in messages: the file's path, or the stream's name."""
+        return str(self.path) if self.path is not None else self.name
+
+
+def sendable(what: str, source: UploadSource, filename: str | None = None) -> Sendable:
+    """``source`` checked before anything is sent: a path to a regular file (a missing one is
+    the ``FileNotFoundError`` naming it; a folder, pipe or device a :class:`RiftUsageError`),
+    bytes, or a seekable binary file object (each retry rewinds it to where it was). A text-mode
+    file is a ``TypeError`` (its bytes are not the file's); a stream that cannot be rewound (a
+    pipe, a socket) a :class:`RiftUsageError`: its size is unknown and a retry could not send
+    it again. ``filename`` (else the file's or stream's own name) is what the service keeps."""
+    if isinstance(source, str | os.PathLike):
+        path, size = _regular_file(what, source)
+        return Sendable(filename or path.name, size, path=path)
+    if isinstance(source, bytes | bytearray | memoryview):
+        content = bytes(source)
+        return Sendable(filename or UNNAMED_UPLOAD, len(content), stream=io.BytesIO(content))
+    kind = type(source).__name__
+    if isinstance(source, io.TextIOBase) or (
+            callable(getattr(source, "read", None)) and isinstance(source.read(0), str)):
+        raise TypeError(f"{what} is a file opened in text mode ({kind}); open it in binary mode "
+                        "('rb'): an upload sends the file's bytes")
+    if not callable(getattr(source, "read", None)):
+        raise TypeError(f"{what} must be a file's path (str or os.PathLike), bytes or a binary "
+                        f"file object, not {kind}")
+    seekable = getattr(source, "seekable", None)
+    if not (callable(seekable) and seekable()):
+        raise RiftUsageError(
+            f"{what} is a stream that cannot be rewound ({kind}: a pipe, a socket, an HTTP "
+            "body): its size is unknown and a retry could not send it again; read it into "
+            "bytes or save it to a file first", field=what)
+    start = source.tell()
+    end = source.seek(0, io.SEEK_END)
+    source.seek(start)
+    if start >= end > 0:
+        # Read already (hashed first, say): the empty rest would be sent, and refused as an
+        # empty file, with no word of where the bytes went.
+        raise RiftUsageError(f"{what} is at its end (position {start} of {end} bytes): nothing "
+                             "is left to send; seek(0) first to send it whole", field=what)
+    own_name = getattr(source, "name", None)
+    name = filename or (os.path.basename(own_name) if isinstance(own_name, str) else "") \
+        or UNNAMED_UPLOAD
+    return Sendable(name, end - start, stream=source, start=start)
+
+
+def _regular_file(what: str, path: str | os.PathLike[str]) -> tuple[Path, int]:
     """``path`` and its size when it is a regular file; else a :class:`RiftUsageError` naming
     ``what``. A pipe (``/dev/stdin`` fed by ``cat``, a ``<(...)`` substitution) or a device has
     no size to announce and cannot be read a second time for a retry: its size read as 0, so
@@ -92,5 +172,5 @@ def sendable_file(what: str, path: str | os.PathLike[str]) -> tuple[Path, int]:
         raise RiftUsageError(
             f"{what} {str(file)[:200]!r} is {kind}, not a regular file: its size is unknown "
             "and a retry could not read it again; save it to a file first (riftctl "
-            "checkpoints/datasets upload - does that for standard input)")
+            "checkpoints/datasets upload - does that for standard input)", field=what)
     return file, info.st_size

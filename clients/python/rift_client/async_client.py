@@ -32,9 +32,10 @@ from typing import Any, TypeVar
 
 import httpx
 
-from rift_client.client import RiftClient, client_settings
+from rift_client.arguments import UploadSource
+from rift_client.client import RiftClient, client_settings, closed_message
 from rift_client.core import DEFAULT_UPLOAD_TIMEOUT_S, STREAM_READ_TIMEOUT_S
-from rift_client.errors import RiftClientError
+from rift_client.errors import RiftClientError, RiftUsageError
 from rift_client.flows import (
     END,
     Blocking,
@@ -95,13 +96,14 @@ async def _file_chunks(body: FileBody) -> AsyncIterator[bytes]:
         if body.suffix:
             yield body.suffix
     finally:
-        handle.close()
+        body.end_pass(handle)
 
 
 class AsyncRiftClient:
     """An asyncio client of one RiFT service: the arguments of :class:`RiftClient`, with an
     ``httpx.AsyncBaseTransport`` as ``transport``. Use it as ``async with``, or ``await
-    close()``."""
+    close()``, within one event loop: its connections belong to the loop of its first call, so
+    a call (or ``close()``) from another loop is a :class:`RiftUsageError`."""
 
     def __init__(
         self,
@@ -118,16 +120,52 @@ class AsyncRiftClient:
         self.retry = self._core.retry
         self.timeout = timeout
         self.upload_timeout = upload_timeout
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
-                                       transport=transport)
+        self._http_options: dict[str, Any] = {
+            "base_url": self.base_url, "headers": headers, "timeout": timeout,
+            "transport": transport}
+        self._http = httpx.AsyncClient(**self._http_options)
+        #: The event loop of the first call: the pooled connections belong to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: The process the connections were opened in, and a forked child's inherited pool.
+        self._pid = os.getpid()
+        self._inherited: list[httpx.AsyncClient] = []
 
     # ----------------------------------------------------------------------------- lifecycle
 
     async def close(self) -> None:
+        # Closed from another loop than its calls': RiftUsageError (the connections can be
+        # closed only in theirs).
+        if not self._http.is_closed:
+            self._usable()
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncRiftClient:
+        self._usable()
         return self
+
+    def _usable(self) -> None:
+        """:class:`RiftUsageError` unless the client may send from the running event loop: it
+        is open, and this is the loop of its first call. Its pooled connections belong to that
+        loop; another loop (each ``asyncio.run`` makes a new one) that reused one failed with
+        "RuntimeError: Event loop is closed", or hung, and only once a connection was pooled."""
+        if self._http.is_closed:
+            raise RiftUsageError(closed_message(type(self).__name__))
+        if os.getpid() != self._pid:
+            # A forked child: the pool and its loop are the parent's (see RiftClient._usable).
+            # The child opens its own; the inherited one is kept, unused and unclosed (closing
+            # it needs the parent's loop), so that its sockets are not collected with warnings.
+            self._inherited.append(self._http)
+            self._http = httpx.AsyncClient(**self._http_options)
+            self._loop, self._pid = None, os.getpid()
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RiftUsageError(
+                f"this {type(self).__name__} was first used in another event loop, which its "
+                "connections belong to (each asyncio.run() makes a new loop): make, use and close "
+                "one client per event loop, e.g. with 'async with' inside the coroutine "
+                "asyncio.run runs")
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                               tb: TracebackType | None) -> None:
@@ -167,6 +205,7 @@ class AsyncRiftClient:
     async def _steps(self, flow: Flow[Any]) -> AsyncGenerator[Any, None]:
         """Run ``flow``, yielding what it emits; the streamed answers it opened are closed
         when it ends, however it ends (an abandoned iteration, a cancelled task)."""
+        self._usable()
         opened: list[httpx.Response] = []
         value: Any = None
         error: Exception | None = None
@@ -192,6 +231,7 @@ class AsyncRiftClient:
 
     async def _run(self, flow: Flow[T]) -> T:
         """Run a flow that emits nothing; its result."""
+        self._usable()
         opened: list[httpx.Response] = []
         value: Any = None
         error: Exception | None = None
@@ -222,7 +262,7 @@ class AsyncRiftClient:
 
     # --------------------------------------------------------------------------------- files
 
-    async def upload_checkpoint(self, path: str | os.PathLike[str], *, filename: str | None = None,
+    async def upload_checkpoint(self, path: UploadSource, *, filename: str | None = None,
                                 progress: ProgressCallback | None = None,
                                 idempotency_key: str | None = None) -> Checkpoint:
         return await self._run(self._core.upload("/v1/checkpoints", Checkpoint, path, filename, progress,
@@ -246,7 +286,7 @@ class AsyncRiftClient:
         return await self._run(self._core.delete_checkpoint(checkpoint_id=checkpoint_id,
                                            if_match=if_match))
 
-    async def upload_dataset(self, path: str | os.PathLike[str], *, filename: str | None = None,
+    async def upload_dataset(self, path: UploadSource, *, filename: str | None = None,
                              progress: ProgressCallback | None = None,
                              idempotency_key: str | None = None) -> Dataset:
         return await self._run(self._core.upload("/v1/datasets", Dataset, path, filename, progress,
@@ -278,7 +318,7 @@ class AsyncRiftClient:
 
     async def create_job(self, spec: JobSpec | Mapping[str, Any], *,
                                checkpoint_id: str | None = None,
-                               checkpoint_file: str | os.PathLike[str] | None = None,
+                               checkpoint_file: UploadSource | None = None,
                                idempotency_key: str | None = None,
                                progress: ProgressCallback | None = None) -> Job:
         return await self._run(self._core.create_job(spec, checkpoint_id, checkpoint_file,

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import httpx
 
 from rift_client import __version__
+from rift_client.arguments import UploadSource, positive_seconds
 from rift_client.core import (
     DEFAULT_BASE_URL,
     DEFAULT_UPLOAD_TIMEOUT_S,
@@ -44,7 +45,7 @@ from rift_client.core import (
     checked_base_url,
     header_token,
 )
-from rift_client.errors import RiftClientError
+from rift_client.errors import RiftClientError, RiftUsageError
 from rift_client.flows import (
     END,
     Blocking,
@@ -101,13 +102,22 @@ def client_settings(base_url: str | None, api_key: str | None, timeout: float,
     # a Python caller who may have set none of them).
     origin = (None if base_url else "RIFT_API_URL's" if from_env else
               "the default: no base_url given and RIFT_API_URL unset")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise RiftUsageError(f"retry must be a RetryPolicy or None, not {retry!r:.100}", field="retry")
     core = RiftCore(checked_base_url(base_url or from_env or DEFAULT_BASE_URL),
-                    retry or RetryPolicy(), timeout, upload_timeout, url_origin=origin)
+                    retry or RetryPolicy(), positive_seconds("timeout", timeout),
+                    positive_seconds("upload_timeout", upload_timeout), url_origin=origin)
     key = api_key if api_key is not None else os.environ.get("RIFT_API_KEY")
     headers = {"User-Agent": f"rift-client/{__version__}", "Accept": "application/json"}
     if key:
-        headers["Authorization"] = f"Bearer {header_token('the API key', key, secret=True)}"
+        headers["Authorization"] = f"Bearer {header_token('the API key', key, secret=True, field='api_key')}"
     return core, headers
+
+
+def closed_message(client: str) -> str:
+    """The error of a call to a closed client, called ``client``."""
+    return (f"this {client} is closed (close() was called, or its with block ended): make a "
+            "new one")
 
 
 class RiftClient:
@@ -139,16 +149,39 @@ class RiftClient:
         self.retry = self._core.retry
         self.timeout = timeout
         self.upload_timeout = upload_timeout
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
-                                  transport=transport)
+        self._http_options: dict[str, Any] = {
+            "base_url": self.base_url, "headers": headers, "timeout": timeout,
+            "transport": transport}
+        self._http = httpx.Client(**self._http_options)
+        #: The process the connections were opened in (see ``_usable``).
+        self._pid = os.getpid()
 
     # ----------------------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
+        """Close the connections; closing again does nothing, and a call after raises
+        :class:`RiftUsageError`."""
         self._http.close()
 
     def __enter__(self) -> RiftClient:
+        self._usable()
         return self
+
+    def _usable(self) -> None:
+        # Before, httpx's own "RuntimeError: Cannot send a request, as the client has been
+        # closed", which names neither this client nor what to do.
+        if self._http.is_closed:
+            raise RiftUsageError(closed_message(type(self).__name__))
+        if os.getpid() != self._pid:
+            # A forked child (a multiprocessing pool, a DataLoader worker, gunicorn --preload)
+            # inherited the parent's pooled connections: a request sent on one was answered to
+            # whichever process read first, so a child's get_job returned a sibling's job, or
+            # failed with "illegal status line". The child opens its own; its copies of the
+            # parent's sockets are closed, which sends nothing (the parent's stay open).
+            # A caller's transport= is the caller's to make fork-safe.
+            self._http.close()
+            self._http = httpx.Client(**self._http_options)
+            self._pid = os.getpid()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -186,6 +219,7 @@ class RiftClient:
     def _steps(self, flow: Flow[Any]) -> Generator[Any, None, Any]:
         """Run ``flow``, yielding what it emits, and return its result; the streamed answers
         it opened are closed when it ends, however it ends (an abandoned iteration included)."""
+        self._usable()
         opened: list[httpx.Response] = []
         value: Any = None
         error: Exception | None = None
@@ -230,12 +264,17 @@ class RiftClient:
 
     # --------------------------------------------------------------------------------- files
 
-    def upload_checkpoint(self, path: str | os.PathLike[str], *, filename: str | None = None,
+    def upload_checkpoint(self, path: UploadSource, *, filename: str | None = None,
                           progress: ProgressCallback | None = None,
                           idempotency_key: str | None = None) -> Checkpoint:
-        """Upload a safetensors or PyTorch checkpoint, streamed from disk. The SHA-256 computed
-        while sending is compared with the service's (:class:`ChecksumMismatchError` if they
-        differ). ``progress(sent_bytes, total_bytes)`` is called after each chunk.
+        """Upload a safetensors or PyTorch checkpoint: ``path`` names a file, streamed from
+        disk; or give the bytes, or a binary file object (an open file, ``io.BytesIO``) sent
+        from its current position to its end and rewound for a retry (a text-mode file is a
+        ``TypeError``; a pipe or other stream that cannot be rewound a :class:`RiftUsageError`).
+        ``filename`` is the name the service keeps (default: the file's or stream's own name,
+        else ``upload``). The SHA-256 computed while sending is compared with the service's
+        (:class:`ChecksumMismatchError` if they differ). ``progress(sent_bytes, total_bytes)``
+        is called after each chunk.
 
         The request carries an Idempotency-Key (a random one unless given), so a retry after a
         lost answer returns the checkpoint stored the first time; pass your own key to make a
@@ -264,7 +303,7 @@ class RiftClient:
         return self._run(self._core.delete_checkpoint(checkpoint_id=checkpoint_id,
                                      if_match=if_match))
 
-    def upload_dataset(self, path: str | os.PathLike[str], *, filename: str | None = None,
+    def upload_dataset(self, path: UploadSource, *, filename: str | None = None,
                        progress: ProgressCallback | None = None,
                        idempotency_key: str | None = None) -> Dataset:
         """Upload an .npz or an ImageFolder tar, like :meth:`upload_checkpoint`."""
@@ -304,12 +343,13 @@ class RiftClient:
     # ---------------------------------------------------------------------------------- jobs
 
     def create_job(self, spec: JobSpec | Mapping[str, Any], *, checkpoint_id: str | None = None,
-                   checkpoint_file: str | os.PathLike[str] | None = None,
+                   checkpoint_file: UploadSource | None = None,
                    idempotency_key: str | None = None,
                    progress: ProgressCallback | None = None) -> Job:
         """Start a job on a checkpoint: an uploaded one (``checkpoint_id``), or a local file
-        sent with the job in the same request (``checkpoint_file``; a multipart form, the file
-        streamed from disk, ``progress(sent_bytes, total_bytes)`` called after each chunk, and
+        sent with the job in the same request (``checkpoint_file``: a path, bytes or a binary
+        file object, as ``upload_checkpoint`` takes; a multipart form, the file streamed,
+        ``progress(sent_bytes, total_bytes)`` called after each chunk, and
         its SHA-256 compared with the service's: :class:`ChecksumMismatchError`). Exactly one
         of the two. ``spec`` is a :class:`JobSpec` or its dict (``{"config": {...},
         "dataset_id": ..., "labels": {...}, "time_limit_seconds": ...}``).
@@ -462,7 +502,10 @@ class RiftClient:
         the service's record (:class:`ChecksumMismatchError` otherwise, the partial file
         removed). A connection lost mid-way is resumed with a Range request, up to
         ``resume_attempts`` times in a row without a new byte (a connection that brought some
-        starts the count again). Presigned-URL redirects (S3) are followed.
+        starts the count again). Presigned-URL redirects (S3) are followed. An existing file at
+        ``path`` is replaced, once the new one is complete and checked. One call at a time
+        writes a ``.part``: a second download to the same path while one runs (another thread,
+        process or riftctl) raises :class:`DownloadInProgressError` and leaves it alone.
         """
         return self._run(self._core.download(job_id=job_id, name=name, path=path, progress=progress,
                                              resume_attempts=resume_attempts))

@@ -7,6 +7,7 @@ own beyond performing the effects. The public methods' documentation is on ``Rif
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -23,11 +24,14 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from rift_client import partfile
 from rift_client.arguments import (
+    Sendable,
+    UploadSource,
     finite_number,
     item_limit,
     save_target,
-    sendable_file,
+    sendable,
     wait_times,
 )
 from rift_client.arguments import path_segment as _seg
@@ -167,7 +171,7 @@ def _string_list(what: str, values: Sequence[str], items: str) -> list[str]:
     sent as its letters, is a :class:`RiftUsageError` naming ``what``, a list of ``items``."""
     if isinstance(values, str):
         raise RiftUsageError(f"{what} must be a list of {items}, not the string "
-                             f"{values[:100]!r}")
+                             f"{values[:100]!r}", field=what)
     return list(values)
 
 
@@ -178,7 +182,7 @@ def _if_match_headers(if_match: str | None) -> dict[str, str] | None:
         return None
     if not if_match.strip():
         raise RiftUsageError("if_match must be an ETag (a resource's .etag) or '*', not "
-                             "an empty string")
+                             "an empty string", field="if_match")
     return {"If-Match": if_match}
 
 
@@ -189,26 +193,28 @@ def _project_limits(limits: Mapping[str, int | None] | None) -> dict[str, int | 
         return {}
     if not isinstance(limits, Mapping):
         raise RiftUsageError(f"limits must be a mapping of limit names to values, not "
-                             f"{limits!r:.100}")
+                             f"{limits!r:.100}", field="limits")
     unknown = sorted(set(limits) - set(PROJECT_LIMITS))
     if unknown:
         raise RiftUsageError(f"limits: {', '.join(map(str, unknown))} is not a project limit "
-                             f"(known: {', '.join(PROJECT_LIMITS)})")
+                             f"(known: {', '.join(PROJECT_LIMITS)})", field="limits")
     return dict(limits)
 
 
-def header_token(what: str, value: str, *, secret: bool = False) -> str:
+def header_token(what: str, value: str, *, secret: bool = False,
+                 field: str | None = None) -> str:
     """``value`` if it can be sent as a header value as it is; else :class:`RiftUsageError`
-    naming ``what`` and the first character at fault (a secret is never quoted)."""
+    naming ``what`` (the argument ``field``) and the first character at fault (a secret is
+    never quoted)."""
     if _HEADER_TOKEN.fullmatch(value):
         return value
     if not value:
-        raise RiftUsageError(f"{what} is empty")
+        raise RiftUsageError(f"{what} is empty", field=field)
     position, bad = next((i, ch) for i, ch in enumerate(value) if not _HEADER_TOKEN.match(ch))
     quoted = "" if secret else f" {value[:100]!r}"
     raise RiftUsageError(
         f"{what}{quoted} holds {bad!r} at position {position}; it may hold visible ASCII "
-        "characters only (no spaces, line breaks or non-ASCII letters)")
+        "characters only (no spaces, line breaks or non-ASCII letters)", field=field)
 
 
 def _job_spec_error(exc: ValidationError, spec: object) -> str:
@@ -226,7 +232,7 @@ def _job_spec_error(exc: ValidationError, spec: object) -> str:
 def _idempotency_key(given: str | None) -> str:
     """``given`` checked as a header value, else a fresh random key (one per call, so that every
     retry of the call sends the same one)."""
-    return header_token("the Idempotency-Key", given) if given else \
+    return header_token("the Idempotency-Key", given, field="idempotency_key") if given else \
         f"rift-client-{uuid.uuid4().hex}"
 
 
@@ -237,10 +243,11 @@ def checked_base_url(raw: str) -> str:
     try:
         url = httpx.URL(raw)
     except (httpx.InvalidURL, TypeError) as exc:
-        raise RiftUsageError(f"the base URL {raw[:200]!r} is not a valid URL: {exc}") from None
+        raise RiftUsageError(f"the base URL {raw[:200]!r} is not a valid URL: {exc}",
+                             field="base_url") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise RiftUsageError(f"the base URL {raw[:200]!r} must look like "
-                             "http(s)://host[:port][/prefix]")
+                             "http(s)://host[:port][/prefix]", field="base_url")
     return raw.rstrip("/")
 
 
@@ -249,7 +256,7 @@ def _job_spec(spec: JobSpec | Mapping[str, Any]) -> dict[str, Any]:
     try:
         job_spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
     except ValidationError as exc:
-        raise RiftUsageError(_job_spec_error(exc, spec)) from exc
+        raise RiftUsageError(_job_spec_error(exc, spec), field="spec") from exc
     body: dict[str, Any] = {"config": job_spec.config, "labels": job_spec.labels}
     if job_spec.dataset_id is not None:
         body["dataset_id"] = job_spec.dataset_id
@@ -258,10 +265,10 @@ def _job_spec(spec: JobSpec | Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _multipart_job(spec: dict[str, Any], file: Path, progress: ProgressCallback | None
+def _multipart_job(spec: dict[str, Any], file: Sendable, progress: ProgressCallback | None
                    ) -> tuple[FileBody, str]:
     """The multipart form of ``POST /v1/jobs`` (the ``spec`` field, then the ``checkpoint``
-    file, streamed from disk) and its Content-Type."""
+    file, streamed from disk or from the caller's stream) and its Content-Type."""
     boundary = f"rift-{uuid.uuid4().hex}"
     # The exact name, any characters, in RFC 8187's filename* (which the service reads first);
     # a plain ASCII stand-in in filename for readers that do not.
@@ -274,9 +281,33 @@ def _multipart_job(spec: dict[str, Any], file: Path, progress: ProgressCallback 
          f'Content-Disposition: form-data; name="checkpoint"; filename="{plain}"; '
          f"filename*=utf-8''{quote(file.name, safe='')}\r\n"
          "Content-Type: application/octet-stream\r\n\r\n").encode()
-    body = FileBody(file, file.stat().st_size, progress, prefix=head,
+    body = FileBody(file, progress, prefix=head,
                     suffix=f"\r\n--{boundary}--\r\n".encode())
     return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _within(timeout: httpx.Timeout, deadline: float | None) -> httpx.Timeout:
+    """``timeout`` cut to the time left before ``deadline`` (a ``time.monotonic()`` instant):
+    a wait's look at a slow service ends with the wait, not ``timeout`` later."""
+    if deadline is None:
+        return timeout
+    left = max(deadline - time.monotonic(), 0.01)
+
+    def cut(value: float | None) -> float:
+        return left if value is None else min(value, left)
+
+    return httpx.Timeout(connect=cut(timeout.connect), read=cut(timeout.read),
+                         write=cut(timeout.write), pool=cut(timeout.pool))
+
+
+def _passed(deadline: float | None) -> bool:
+    """Whether ``deadline`` (a ``time.monotonic()`` instant, or None: none) has passed."""
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _before(deadline: float | None, delay: float) -> bool:
+    """Whether a retry after ``delay`` seconds would begin before ``deadline``."""
+    return deadline is None or time.monotonic() + delay < deadline
 
 
 def _write_hashed(out: IO[bytes], digest: Any, chunk: bytes) -> None:
@@ -285,27 +316,12 @@ def _write_hashed(out: IO[bytes], digest: Any, chunk: bytes) -> None:
     digest.update(chunk)
 
 
-def _hash_existing(partial: Path, size: int, digest: Any) -> int:
-    """The bytes a ``.part`` left by an earlier call holds, added to ``digest``; 0 (and the
-    file emptied) when there is none or it is longer than the artifact's ``size``."""
-    try:
-        held = partial.stat().st_size
-    except FileNotFoundError:
-        return 0
-    if held > size:
-        partial.unlink()
-        return 0
-    with partial.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return held
-
-
-def _received_any(partial: Path) -> bool:
-    try:
-        return partial.stat().st_size > 0
-    except FileNotFoundError:
-        return False
+def _held_any(out: IO[bytes]) -> bool:
+    """Whether the ``.part`` holds bytes to resume from (a write that failed on a full disk may
+    have left its buffer unwritten: what reached the file is what counts)."""
+    with contextlib.suppress(OSError):
+        out.flush()
+    return partfile.holds_any(out)
 
 
 def _server_error(exc: BaseException) -> bool:
@@ -349,20 +365,26 @@ class RiftCore:
                 params: Mapping[str, Any] | None = None, json: Any = None,
                 headers: Mapping[str, str] | None = None, body: FileBody | None = None,
                 timeout: httpx.Timeout | None = None,
-                lost: list[str] | None = None) -> Flow[httpx.Response]:
+                lost: list[str] | None = None,
+                deadline: float | None = None) -> Flow[httpx.Response]:
         """Send a request, retrying as :mod:`rift_client.retry` says; an error answer raises.
         ``lost`` collects why each attempt that the service may have acted on (the connection
-        lost after sending, a proxy's 502/504) was sent again."""
+        lost after sending, a proxy's 502/504) was sent again. ``deadline`` (a
+        ``time.monotonic()`` instant, a wait's end): no attempt outlasts it, and no retry is
+        made that would begin after it (the last error is raised)."""
         retry = 0
         while True:
             try:
-                response = yield Send(method, path, timeout or httpx.Timeout(self.timeout),
+                response = yield Send(method, path,
+                                      _within(timeout or httpx.Timeout(self.timeout), deadline),
                                       params=params, json=json, headers=headers, body=body)
             except httpx.TransportError as exc:
-                if (idempotent or sent_nothing(exc)) and retry < self.retry.max_retries:
+                pause = self.retry.backoff(retry)
+                if (idempotent or sent_nothing(exc)) and retry < self.retry.max_retries \
+                        and _before(deadline, pause):
                     if lost is not None and not sent_nothing(exc):
                         lost.append(repr(exc))
-                    yield Sleep(self.retry.backoff(retry))
+                    yield Sleep(pause)
                     retry += 1
                     continue
                 raise self._connection_error(method, path, exc) from exc
@@ -371,7 +393,7 @@ class RiftCore:
             if response.status_code < 400:
                 return response
             delay = self.retry.delay_for(response, retry, idempotent=idempotent)
-            if delay is None:
+            if delay is None or not _before(deadline, delay):
                 raise api_error_from_response(response)
             if lost is not None and response.status_code in GATEWAY_STATUSES:
                 lost.append(f"HTTP {response.status_code}")
@@ -381,19 +403,22 @@ class RiftCore:
     def open_stream(self, path: str, *, headers: Mapping[str, str] | None = None,
                     params: Mapping[str, Any] | None = None, follow_redirects: bool = False,
                     read_timeout: float | None = None,
-                    retry_answers: bool = True) -> Flow[httpx.Response]:
+                    retry_answers: bool = True,
+                    deadline: float | None = None) -> Flow[httpx.Response]:
         """A streamed GET (retried like :meth:`request` until the answer's headers arrive;
-        with ``retry_answers=False`` a 429 or 503 is raised at once instead of waited out):
-        the open answer, its body left to the caller."""
+        with ``retry_answers=False`` a 429 or 503 is raised at once instead of waited out;
+        ``deadline`` as for :meth:`request`): the open answer, its body left to the caller."""
         timeout = httpx.Timeout(self.timeout, read=read_timeout or self.timeout)
         retry = 0
         while True:
             try:
-                response = yield Send("GET", path, timeout, params=params, headers=headers,
-                                      stream=True, follow_redirects=follow_redirects)
+                response = yield Send("GET", path, _within(timeout, deadline), params=params,
+                                      headers=headers, stream=True,
+                                      follow_redirects=follow_redirects)
             except httpx.TransportError as exc:
-                if retry < self.retry.max_retries:
-                    yield Sleep(self.retry.backoff(retry))
+                pause = self.retry.backoff(retry)
+                if retry < self.retry.max_retries and _before(deadline, pause):
+                    yield Sleep(pause)
                     retry += 1
                     continue
                 raise self._connection_error("GET", path, exc) from exc
@@ -404,7 +429,7 @@ class RiftCore:
             yield ReadBody(response)
             yield Close(response)
             delay = self.retry.delay_for(response, retry) if retry_answers else None
-            if delay is None:
+            if delay is None or not _before(deadline, delay):
                 raise api_error_from_response(response)
             yield Sleep(delay)
             retry += 1
@@ -456,8 +481,10 @@ class RiftCore:
         except ValueError as exc:
             raise self._unexpected(response, f"list of {model.__name__}", exc) from exc
 
-    def _get(self, path: str, model: type[Model], **params: Any) -> Flow[Model]:
-        response = yield from self.request("GET", path, idempotent=True, params=params or None)
+    def _get(self, path: str, model: type[Model], *, deadline: float | None = None,
+             **params: Any) -> Flow[Model]:
+        response = yield from self.request("GET", path, idempotent=True, params=params or None,
+                                           deadline=deadline)
         parsed = self._parse(response, model)
         if isinstance(parsed, _Resource):
             # Kept for if_match= (the resource's .etag), outside the model's value.
@@ -491,9 +518,10 @@ class RiftCore:
 
     # ------------------------------------------------------------------------------- service
 
-    def ready(self) -> Flow[bool]:
+    def ready(self, deadline: float | None = None) -> Flow[bool]:
         try:
-            response = yield Send("GET", "/readyz", httpx.Timeout(self.timeout))
+            response = yield Send("GET", "/readyz",
+                                  _within(httpx.Timeout(self.timeout), deadline))
         except httpx.TransportError:
             return False
         return bool(response.status_code == 200)
@@ -501,10 +529,14 @@ class RiftCore:
     def wait_until_ready(self, timeout: float, poll_interval: float) -> Flow[None]:
         wait_times(timeout, poll_interval)
         deadline = time.monotonic() + timeout
-        while not (yield from self.ready()):
-            if time.monotonic() >= deadline:
+        # Each look ends with the wait: before, a /readyz that hung (a service starting, its
+        # database not yet answering) was waited on for the client's whole timeout (60 s),
+        # past the time given, and a late 200 was taken as ready.
+        while not (yield from self.ready(deadline)):
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise RiftConnectionError(f"{self.base_url} was not ready within {timeout:g} s")
-            yield Sleep(poll_interval)
+            yield Sleep(min(poll_interval, left))
 
     # --------------------------------------------------------------------------------- files
 
@@ -522,22 +554,22 @@ class RiftCore:
             timeout=httpx.Timeout(self.timeout, read=self.upload_timeout))
         return self._parse(response, model)
 
-    def _compare(self, file: Path, stored: str | None, body: FileBody) -> None:
+    def _compare(self, file: Sendable, stored: str | None, body: FileBody) -> None:
         local = body.sha256.hexdigest()
         if stored != local:
             raise ChecksumMismatchError(
                 f"the service stored {file.name} with SHA-256 {stored}, but the file "
                 f"sent has {local}", expected=local, actual=str(stored))
 
-    def upload(self, route: str, model: type[Upload], path: str | os.PathLike[str],
+    def upload(self, route: str, model: type[Upload], path: UploadSource,
                filename: str | None, progress: ProgressCallback | None,
                idempotency_key: str | None) -> Flow[Upload]:
-        file, size = sendable_file("path", path)
-        body = FileBody(file, size, progress)
+        file = sendable("path", path, filename)
+        body = FileBody(file, progress)
         record = yield from self._send_file(route, model, body,
                                             content_type="application/octet-stream",
                                             idempotency_key=idempotency_key,
-                                            params={"filename": filename or file.name})
+                                            params={"filename": file.name})
         self._compare(file, record.sha256, body)
         return record
 
@@ -578,7 +610,7 @@ class RiftCore:
     # ---------------------------------------------------------------------------------- jobs
 
     def create_job(self, spec: JobSpec | Mapping[str, Any], checkpoint_id: str | None,
-                   checkpoint_file: str | os.PathLike[str] | None,
+                   checkpoint_file: UploadSource | None,
                    idempotency_key: str | None, progress: ProgressCallback | None) -> Flow[Job]:
         if (checkpoint_id is None) == (checkpoint_file is None):
             raise RiftUsageError("give either checkpoint_id (an uploaded checkpoint) or "
@@ -587,7 +619,7 @@ class RiftCore:
         fields = _job_spec(spec)
         key = _idempotency_key(idempotency_key)
         if checkpoint_file is not None:
-            file, _ = sendable_file("checkpoint_file", checkpoint_file)
+            file = sendable("checkpoint_file", checkpoint_file)
             return self._create_job_with_file(fields, file, key, progress)
         # Sent in the body as given: the service names it if it is not an id.
         return self._create_job(fields, cast(str, checkpoint_id), key)
@@ -598,7 +630,7 @@ class RiftCore:
             headers={"Idempotency-Key": key})
         return self._parse(response, Job)
 
-    def _create_job_with_file(self, fields: dict[str, Any], file: Path, key: str,
+    def _create_job_with_file(self, fields: dict[str, Any], file: Sendable, key: str,
                               progress: ProgressCallback | None) -> Flow[Job]:
         body, content_type = _multipart_job(fields, file, progress)
         job = yield from self._send_file("/v1/jobs", Job, body, content_type=content_type,
@@ -608,8 +640,8 @@ class RiftCore:
         self._compare(file, checkpoint.sha256, body)
         return job
 
-    def get_job(self, job_id: str) -> Flow[Job]:
-        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}", Job)
+    def get_job(self, job_id: str, deadline: float | None = None) -> Flow[Job]:
+        return self._get(f"/v1/jobs/{_seg('job_id', job_id)}", Job, deadline=deadline)
 
     def delete_job(self, job_id: str, if_match: str | None = None) -> Flow[None]:
         return self._delete(f"/v1/jobs/{_seg('job_id', job_id)}", if_match)
@@ -670,11 +702,23 @@ class RiftCore:
             """The job read again; ``last`` when the look failed within a tolerated outage
             (None: the first look, whose failure is raised: a wrong URL or id says so at once)."""
             try:
-                job = yield from self.get_job(job_id)
+                # The first look is made as any call is (it says whether the job exists, and a
+                # short timeout must not turn a slow answer into an error); every later one
+                # ends with the wait.
+                job = yield from self.get_job(job_id, None if last is None else deadline)
             except RiftClientError as exc:
-                if last is None or not outage.tolerate(exc, deadline):
+                if last is None:
                     raise
-                return last
+                if outage.tolerate(exc, deadline):
+                    return last
+                if _passed(deadline):
+                    # The time given ran out during the look (a slow or hung service): the
+                    # wait's own error, not the look's.
+                    raise WaitTimeoutError(
+                        f"job {job_id} was still {last.status} after {timeout:g} s (the last "
+                        f"look got no answer in time: {exc})", job_id=job_id,
+                        last_status=last.status) from exc
+                raise
             outage.over()
             if on_update is not None:
                 on_update(job)
@@ -712,9 +756,10 @@ class RiftCore:
         last_read = time.monotonic()
         try:
             # Only new events matter here: start after the latest one instead of replaying all.
-            latest = yield from self._latest_event_id(job_id)
+            latest = yield from self._latest_event_id(job_id, deadline)
         except RiftClientError as exc:
-            if not outage.tolerate(exc, deadline):
+            # The time given ran out during the look: the polling loop raises WaitTimeoutError.
+            if not (outage.tolerate(exc, deadline) or _passed(deadline)):
                 raise
             return job
         events = self._events(job_id, after=latest, max_reconnects=0,
@@ -740,11 +785,12 @@ class RiftCore:
         finally:
             events.close()
 
-    def _latest_event_id(self, job_id: str) -> Flow[int]:
+    def _latest_event_id(self, job_id: str, deadline: float | None) -> Flow[int]:
         """The id of the job's latest event so far (0 when it has none), paging through them."""
         latest = 0
         while True:
-            page = yield from self.list_events(job_id, after=latest, limit=EVENTS_PAGE_LIMIT)
+            page = yield from self.list_events(job_id, after=latest, limit=EVENTS_PAGE_LIMIT,
+                                               deadline=deadline)
             if not page.items:
                 return latest
             latest = page.items[-1].id
@@ -753,9 +799,10 @@ class RiftCore:
 
     # -------------------------------------------------------------------------------- events
 
-    def list_events(self, job_id: str, after: int, limit: int) -> Flow[EventPage]:
+    def list_events(self, job_id: str, after: int, limit: int,
+                    deadline: float | None = None) -> Flow[EventPage]:
         return self._get(f"/v1/jobs/{_seg('job_id', job_id)}/events", EventPage, after=after,
-                         limit=limit)
+                         limit=limit, deadline=deadline)
 
     def stream_events(self, job_id: str, after: int, max_reconnects: int, read_timeout: float,
                       timeout: float | None) -> Flow[None]:
@@ -790,7 +837,8 @@ class RiftCore:
             try:
                 response = yield from self.open_stream(
                     path, headers=headers, params={"after": last},
-                    read_timeout=min(read_timeout, time_left()), retry_answers=retry_answers)
+                    read_timeout=min(read_timeout, time_left()), retry_answers=retry_answers,
+                    deadline=deadline)
             except RiftClientError as exc:
                 # Before, one reopening that failed its retries ended the stream (riftctl jobs
                 # events, exit 3) when the service took more than a few seconds to restart. A
@@ -880,10 +928,11 @@ class RiftCore:
         response = yield from self.request("POST", path, idempotent=True, json=body)
         return self._parse(response, Materialization)
 
-    def get_materialization(self, job_id: str,
-                            materialization_id: str) -> Flow[Materialization]:
+    def get_materialization(self, job_id: str, materialization_id: str,
+                            deadline: float | None = None) -> Flow[Materialization]:
         return self._get(f"/v1/jobs/{_seg('job_id', job_id)}/materializations/"
-                         f"{_seg('materialization_id', materialization_id)}", Materialization)
+                         f"{_seg('materialization_id', materialization_id)}", Materialization,
+                         deadline=deadline)
 
     def list_materializations(self, job_id: str) -> Flow[list[Materialization]]:
         return self._list_materializations(job_id)
@@ -911,9 +960,13 @@ class RiftCore:
         record: Materialization | None = None
         while True:
             try:
-                record = yield from self.get_materialization(job_id, materialization_id)
+                # The first look as any call (see _wait); later ones end with the wait.
+                record = yield from self.get_materialization(
+                    job_id, materialization_id, None if record is None else deadline)
             except RiftClientError as exc:
-                if record is None or not outage.tolerate(exc, deadline):
+                # A look that got no answer before the time given ran out ends in the wait's
+                # own WaitTimeoutError below, as the job's wait does.
+                if record is None or not (outage.tolerate(exc, deadline) or _passed(deadline)):
                     raise
             else:
                 outage.over()
@@ -943,36 +996,38 @@ class RiftCore:
     def _download(self, job_id: str, name: str, target: Path,
                   progress: ProgressCallback | None, resume_attempts: int) -> Flow[Path]:
         artifact = yield from self.get_artifact(job_id, name)
-        partial = target.with_name(target.name + ".part")
         digest = hashlib.sha256()
-        # What an earlier call left in <target>.part when it was interrupted (Ctrl-C, a
-        # cancelled task, the connection lost for good): resumed from its end, its bytes hashed
-        # first. Bytes of another file under the same name show as a checksum mismatch at the
-        # end, after which the file is fetched once more from its start.
-        received = yield Blocking(functools.partial(_hash_existing, partial, artifact.size,
-                                                    digest))
-        from_earlier_call = received > 0
+        # <target>.part, held by this call alone (partfile.py: two calls at once wrote into one
+        # .part, and the first to finish renamed both's bytes to the target as a success).
+        out = yield Blocking(functools.partial(partfile.claim, target))
         failures = 0
         try:
-            with partial.open("ab") as out:
-                while True:
-                    if received < artifact.size:
-                        received, failures, digest = yield from self._receive(
-                            job_id, name, artifact, out, digest, received, failures, progress,
-                            resume_attempts)
-                    actual = digest.hexdigest()
-                    if received == artifact.size and actual == artifact.sha256:
-                        break
-                    if from_earlier_call:  # the old .part held other bytes: start again
-                        from_earlier_call = False
-                        yield Blocking(functools.partial(_restart, out))
-                        digest, received = hashlib.sha256(), 0
-                        continue
-                    raise ChecksumMismatchError(
-                        f"{name}: received {received} bytes with SHA-256 {actual}; the service "
-                        f"reported {artifact.size} bytes with {artifact.sha256}",
-                        expected=artifact.sha256, actual=actual)
-            partial.replace(target)
+            # What an earlier call left in it when it was interrupted (Ctrl-C, a cancelled
+            # task, the connection lost for good): resumed from its end, its bytes hashed
+            # first. Bytes of another file under the same name show as a checksum mismatch at
+            # the end, after which the file is fetched once more from its start.
+            received = yield Blocking(functools.partial(partfile.hash_held, out, artifact.size,
+                                                        digest))
+            from_earlier_call = received > 0
+            while True:
+                if received < artifact.size:
+                    received, failures, digest = yield from self._receive(
+                        job_id, name, artifact, out, digest, received, failures, progress,
+                        resume_attempts)
+                actual = digest.hexdigest()
+                if received == artifact.size and actual == artifact.sha256:
+                    break
+                if from_earlier_call:  # the old .part held other bytes: start again
+                    from_earlier_call = False
+                    yield Blocking(functools.partial(_restart, out))
+                    digest, received = hashlib.sha256(), 0
+                    continue
+                raise ChecksumMismatchError(
+                    f"{name}: received {received} bytes with SHA-256 {actual}; the service "
+                    f"reported {artifact.size} bytes with {artifact.sha256}",
+                    expected=artifact.sha256, actual=actual)
+            out.flush()
+            partfile.finish(out, target)
         except BaseException as exc:
             # Interrupted (Ctrl-C, a cancelled asyncio task) or cut off for good (no connection,
             # a resume answered 429 or any 5xx past its retries: a busy store, a restart, an
@@ -985,12 +1040,17 @@ class RiftCore:
             # GeneratorExit (the runner passes on Exceptions only, and the flow is closed).
             interrupted = isinstance(exc, KeyboardInterrupt | asyncio.CancelledError
                                      | GeneratorExit) or is_outage(exc) or _server_error(exc)
-            if not (interrupted and _received_any(partial)):
-                partial.unlink(missing_ok=True)
+            if not (interrupted and _held_any(out)):
+                partfile.part_path(target).unlink(missing_ok=True)  # still held: ours
             named = _named_write_error(exc, target)
             if named is not None:
                 raise named from exc
             raise
+        finally:
+            # Flushed above on success; on a failed write (a full disk) what is left in the
+            # buffer must not replace the error being raised.
+            with contextlib.suppress(OSError):
+                out.close()
         return target
 
     def _receive(self, job_id: str, name: str, artifact: Artifact, out: IO[bytes], digest: Any,
@@ -1097,7 +1157,7 @@ class RiftCore:
         """The newest ``limit`` messages, following ``next_cursor`` while more are wanted (a
         page holds at most 100; a service from before the log was paged sends no cursor)."""
         if limit < 1:
-            raise RiftUsageError(f"limit must be at least 1, got {limit}")
+            raise RiftUsageError(f"limit must be at least 1, got {limit}", field="limit")
         path = f"/v1/webhooks/{_seg('webhook_id', webhook_id)}/deliveries"
         items: list[WebhookDelivery] = []
         cursor: str | None = None

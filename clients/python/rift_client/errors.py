@@ -4,13 +4,30 @@ at fault) and any extra keys of the error body in ``details``."""
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import httpx
 
 
+def _rebuilt(cls: type[RiftClientError], args: tuple[Any, ...]) -> RiftClientError:
+    """An exception of ``cls`` holding ``args``, made without calling its ``__init__`` (its
+    attributes are restored from the pickled state next)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
+
+
 class RiftClientError(Exception):
-    """Base class of everything this package raises."""
+    """Base class of everything this package raises. Every one can be pickled with its
+    attributes (a worker process, a Celery task or a ``concurrent.futures`` pool re-raises it in
+    the caller's process)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own pickling calls cls(*self.args), the message alone: the keyword-only
+        # arguments of these classes (status_code, code, job_id, ...) made unpickling raise
+        # TypeError, so a pool's worker failed with that instead of the error it raised.
+        return _rebuilt, (type(self), self.args), self.__dict__
 
 
 class RiftConnectionError(RiftClientError):
@@ -28,7 +45,14 @@ class RiftUsageError(RiftClientError, ValueError):
     ``http(s)://host[:port][/prefix]``, an API key or Idempotency-Key with characters an HTTP
     header cannot carry (non-ASCII, spaces, a trailing newline from a file), a job spec that is
     not a :class:`~rift_client.models.JobSpec`. A ``ValueError`` too, as Python callers expect
-    of a bad argument."""
+    of a bad argument. ``field`` names the argument at fault (``timeout``, ``job_id``,
+    ``path``, ``api_key``, a ``RetryPolicy``'s ``backoff_s``, ...), as a
+    :class:`RiftAPIError`'s names the request field; None for a misuse of the client itself
+    (closed, another event loop, both or neither checkpoint)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UnexpectedResponseError(RiftClientError):
@@ -64,12 +88,31 @@ class FileChangedError(RiftClientError, OSError):
                    "again once it is complete")
         super().__init__(message)
         self.message = message
+        self.change = change
         self.filename = path
         self.strerror = f"the file {change} while it was being uploaded"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # OSError keeps filename and strerror outside __dict__: made again from the arguments.
+        return type(self), (self.filename, self.change)
 
     def __str__(self) -> str:
         # OSError's own str() would be "[Errno None] ...": the message says it all.
         return self.message
+
+
+class DownloadInProgressError(RiftClientError, BlockingIOError):
+    """Another download (another thread, process or ``riftctl``) is writing the same
+    destination's ``.part`` now; it was left alone. An ``OSError`` (``EAGAIN``, ``filename``
+    the destination), as every problem of a local file is: wait for that download to finish,
+    or save to another path."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(errno.EAGAIN, reason, target)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # OSError keeps filename and strerror outside __dict__: made again from the arguments.
+        return type(self), (self.filename, self.strerror)
 
 
 class WaitTimeoutError(RiftClientError):
@@ -127,6 +170,11 @@ class RiftAPIError(RiftClientError):
 
     def __str__(self) -> str:
         return self.summary()
+
+    def __repr__(self) -> str:
+        # The status and code a caller branches on, not only the message (Exception's repr).
+        return (f"{type(self).__name__}(status_code={self.status_code}, code={self.code!r}, "
+                f"field={self.field!r}, message={self.message!r})")
 
     def summary(self) -> str:
         """The answer in one line: method, path, status, code, message and field."""

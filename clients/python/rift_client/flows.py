@@ -21,11 +21,11 @@ import hashlib
 import os
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import httpx
 
+from rift_client.arguments import Sendable
 from rift_client.errors import FileChangedError
 
 T = TypeVar("T")
@@ -146,50 +146,64 @@ def next_item(flow: Flow[Any]) -> Flow[Any]:
 
 @dataclass
 class FileBody:
-    """A file sent as a request body in chunks, between an optional ``prefix`` and ``suffix``
-    (the parts of a multipart form around it): hashes the file's bytes and reports
-    ``progress(sent, size)``. Each pass starts from the beginning (a retried request sends the
-    file again) and sends at most the ``size`` bytes counted in ``length``. (It has no ``read``
-    method: httpx would take it for a file and read it whole, bypassing the hashing.)
+    """An upload's ``source`` (a file, or a binary stream from its start position) sent as a
+    request body in chunks, between an optional ``prefix`` and ``suffix`` (the parts of a
+    multipart form around it): hashes the source's bytes and reports ``progress(sent, size)``.
+    Each pass starts from the beginning (a retried request sends the file again: a stream is
+    rewound, and left open) and sends at most the ``size`` bytes counted in ``length``. (It has
+    no ``read`` method: httpx would take it for a file and read it whole, bypassing the hashing.)
 
-    A file that changes during a pass raises :class:`FileChangedError` before the pass's last
+    A source that changes during a pass raises :class:`FileChangedError` before the pass's last
     chunk, so the service receives an incomplete body and stores nothing: one that shrank (no
     bytes where ``size`` promised some), grew (bytes past ``size``: before, the first ``size``
     bytes were sent, their hash matched the service's, and a checkpoint still being written was
-    stored cut short without a word), or was written to (its modification time moved: a file
-    rewritten in place was stored half old, half new)."""
+    stored cut short without a word), or was written to (its modification time moved, for a
+    source with a file descriptor: a file rewritten in place was stored half old, half new)."""
 
-    path: Path
-    size: int
+    source: Sendable
     progress: ProgressCallback | None = None
     prefix: bytes = b""
     suffix: bytes = b""
     sha256: Any = field(default_factory=hashlib.sha256)
-    #: The file's modification time when this pass opened it.
-    _opened_mtime_ns: int = field(default=0, init=False, repr=False)
+    #: The source's modification time when this pass opened it (None: it has no descriptor).
+    _opened_mtime_ns: int | None = field(default=None, init=False, repr=False)
+
+    @property
+    def size(self) -> int:
+        return self.source.size
 
     @property
     def length(self) -> int:
         return len(self.prefix) + self.size + len(self.suffix)
 
     def open_pass(self) -> IO[bytes]:
-        """Begin a pass: a fresh hash, and the file opened at its start."""
+        """Begin a pass: a fresh hash, and the source opened (or rewound) at its start."""
         self.sha256 = hashlib.sha256()
-        handle = self.path.open("rb")
-        self._opened_mtime_ns = os.fstat(handle.fileno()).st_mtime_ns
+        if self.source.stream is not None:
+            handle = self.source.stream
+            handle.seek(self.source.start)
+        else:
+            assert self.source.path is not None
+            handle = self.source.path.open("rb")
+        self._opened_mtime_ns = _mtime_ns(handle)
         return handle
 
+    def end_pass(self, handle: IO[bytes]) -> None:
+        """End a pass: the file closed (a caller's stream stays open)."""
+        if handle is not self.source.stream:
+            handle.close()
+
     def read_chunk(self, handle: IO[bytes], sent: int) -> bytes:
-        """The next chunk after ``sent`` bytes of the file, hashed; the last one only once the
-        file is known not to have changed since the pass began."""
+        """The next chunk after ``sent`` bytes of the source, hashed; the last one only once the
+        source is known not to have changed since the pass began."""
         chunk = handle.read(min(CHUNK_BYTES, self.size - sent))
         if not chunk:
-            raise FileChangedError(str(self.path), "shrank")
+            raise FileChangedError(self.source.label, "shrank")
         if sent + len(chunk) >= self.size:
             if handle.read(1):
-                raise FileChangedError(str(self.path), "grew")
-            if os.fstat(handle.fileno()).st_mtime_ns != self._opened_mtime_ns:
-                raise FileChangedError(str(self.path), "was written to")
+                raise FileChangedError(self.source.label, "grew")
+            if _mtime_ns(handle) != self._opened_mtime_ns:
+                raise FileChangedError(self.source.label, "was written to")
         self.sha256.update(chunk)
         return chunk
 
@@ -198,7 +212,8 @@ class FileBody:
             self.progress(count, self.size)
 
     def __iter__(self) -> Iterator[bytes]:
-        with self.open_pass() as handle:
+        handle = self.open_pass()
+        try:
             if self.prefix:
                 yield self.prefix
             sent = 0
@@ -209,6 +224,17 @@ class FileBody:
                 self.sent(sent)
             if self.suffix:
                 yield self.suffix
+        finally:
+            self.end_pass(handle)
+
+
+def _mtime_ns(handle: IO[bytes]) -> int | None:
+    """The modification time of the file behind ``handle``; None for a stream without one
+    (``io.BytesIO``)."""
+    try:
+        return os.fstat(handle.fileno()).st_mtime_ns
+    except (OSError, AttributeError):  # io.UnsupportedOperation is an OSError
+        return None
 
 
 def advance(flow: Flow[Any], value: Any, error: Exception | None) -> tuple[bool, Any]:

@@ -14,6 +14,7 @@ retries: :class:`Outage` decides how long it keeps looking.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from rift_client.errors import RiftAPIError, RiftClientError, RiftConnectionError
+from rift_client.errors import RiftAPIError, RiftClientError, RiftConnectionError, RiftUsageError
 
 #: Answers saying the service did nothing (429: rate limited or over a quota; 503: a dependency
 #: down): retried for every method.
@@ -51,6 +52,22 @@ class RetryPolicy:
     max_backoff_s: float = 30.0
     max_retry_after_s: float = 300.0
     max_outage_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        # Checked here, not at the first retry: a negative backoff was "sleep length must be
+        # non-negative" after the first 503, and a NaN limit compared false with everything.
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) \
+                or self.max_retries < 0:
+            raise RiftUsageError(f"max_retries must be a whole number of at least 0, not "
+                                 f"{self.max_retries!r}", field="max_retries")
+        for name in ("backoff_s", "max_backoff_s", "max_retry_after_s", "max_outage_s"):
+            value = getattr(self, name)
+            # Infinity is allowed for the two limits only ("always honour", "never give up").
+            finite = name in ("backoff_s", "max_backoff_s")
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not value >= 0 or (finite and value == math.inf):
+                raise RiftUsageError(f"{name} must be a number of seconds of at least 0"
+                                     f"{' and finite' if finite else ''}, not {value!r}", field=name)
 
     def backoff(self, retry: int) -> float:
         """The delay before retry number ``retry`` (0-based) when the server named none."""
