@@ -147,9 +147,9 @@ def test_long_module_names_are_shortened_in_the_chart_and_kept_whole_in_tooltips
     top, bottom = _labels(_parse(svg))
     # The label drawn is the row's number and the name's tail, short enough to stay inside
     # the SVG; the top panel's tooltip keeps the whole name, the only place it is.
-    shown = ["1 …" + long_name[-(CATEGORY_CHARS - 3):], "2 fc"]
-    assert [t.text for t in top] == [t.text for t in bottom] == shown
-    assert all(len(text) <= CATEGORY_CHARS for text in shown)
+    drawn = ["1 …" + long_name[-(CATEGORY_CHARS - 3):], "2 fc"]
+    assert [t.text for t in top] == [t.text for t in bottom] == drawn
+    assert all(len(text) <= CATEGORY_CHARS for text in drawn)
     assert (top[0].findtext(f"{SVG}title") or "").startswith(f"1 {long_name}: MRC = 0.5")
     assert svg.count(long_name) == 1
     legend = tradeoff_chart([_curve(long_name, 0.5), _curve("fc", None)])
