@@ -66,16 +66,23 @@ API_PREFIX = "/v1"
 
 
 class ServiceApp(FastAPI):
-    """FastAPI with the CORS layer (:mod:`api.cors`) around its whole middleware stack.
+    """FastAPI with the observability layer (:mod:`api.observability`) and, inside it, the
+    CORS layer (:mod:`api.cors`) around its whole middleware stack.
 
     ``add_middleware`` puts a layer inside Starlette's ``ServerErrorMiddleware``, which sends
-    the 500 of an unexpected error itself: added so, the CORS headers missed that answer."""
+    the 500 of an unexpected error itself: added so, the CORS headers missed that answer.
+    Observability wraps CORS because CORS answers a preflight itself: with observability
+    inside it (an ``add_middleware`` layer), a preflight was not logged, counted or given an
+    ``X-Request-ID``. From outside, it also sees that 500 and gives it a request id."""
 
     cors_policy: CorsPolicy | None = None
+    metrics: ApiMetrics | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
-        return stack if self.cors_policy is None else CorsHeaders(stack, self.cors_policy)
+        if self.cors_policy is not None:
+            stack = CorsHeaders(stack, self.cors_policy)
+        return stack if self.metrics is None else ObservabilityMiddleware(stack, self.metrics)
 
 
 def create_app(
@@ -177,7 +184,7 @@ def create_app(
     # so that an OPTIONS is logged and counted as every request is.
     app.add_middleware(RouteOptions)
     app.add_middleware(ServerWideRequests)
-    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
+    app.metrics = app.state.metrics  # outermost, around CORS: see ServiceApp
     app.cors_policy = CorsPolicy.from_setting(settings.cors_allow_origins)
     install_offline_docs(app)
     document_models(app, JobCreate)

@@ -1,10 +1,13 @@
-"""Size and render time of the job report page (:func:`reporting.page.render_report`) for a big
-synthetic result: an MRC table of ``--modules`` modules (dotted names of about ``--name-chars``
+"""Size and render time of the job report page (:func:`reporting.page.render_report`) and of the
+chart files the worker stores beside it (``mrc.svg``, ``interpolation.svg``, ...:
+:func:`reporting.charts.job_charts`, drawn as ``worker.stages`` draws them) for a big synthetic
+result: an MRC table of ``--modules`` modules (dotted names of about ``--name-chars``
 characters, with markup to escape), a sweep of ``--candidates`` modules × ``--rates`` learning
 rates, each with a ``--points``-point α curve, three fine-tuning epochs and 100 warnings. No
 database or server: the page is drawn from the rows the route would pass. Prints JSON: the page's
 bytes, its bytes gzipped, the median render seconds, and the bytes of each section and chart (what
-dominates).
+dominates); under ``artifacts``, each stored chart file's bytes and bytes gzipped, and the median
+seconds to draw them all.
 
     PYTHONPATH=. .venv/bin/python bench/report_size.py
     PYTHONPATH=. .venv/bin/python bench/report_size.py --modules 500 --candidates 4 --rates 4 \\
@@ -21,7 +24,7 @@ import statistics
 import time
 from typing import Any
 
-from reporting.charts import sweep_curves
+from reporting.charts import CHART_ARTIFACTS, job_charts, sweep_curves
 from reporting.page import ReportData, ReportWarning, render_report
 
 #: Markup a module name may hold (the model chooses it): escaping lengthens it, as in a real page.
@@ -84,6 +87,22 @@ def breakdown(page: str) -> dict[str, int]:
     return sizes
 
 
+def artifacts(data: ReportData, repeats: int) -> dict[str, Any]:
+    """The stored chart files of ``data``'s job: bytes and gzip bytes of each, median seconds
+    to draw them all (the worker's call: the whole MRC table, not the page's compact charts)."""
+    seconds = []
+    charts: dict[str, str] = {}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        charts = job_charts(data.mrc_rows, data.selected_module, data.epochs, data.curves,
+                            data.splits)
+        seconds.append(time.perf_counter() - start)
+    files = {CHART_ARTIFACTS[name]: svg.encode("utf-8") for name, svg in charts.items()}
+    return {"render_s_median": round(statistics.median(seconds), 4),
+            "files": {name: {"bytes": len(body), "gzip_bytes": len(gzip.compress(body))}
+                      for name, body in files.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modules", type=int, default=500)
@@ -107,7 +126,8 @@ def main() -> None:
         "name_chars": args.name_chars, "bytes": len(encoded),
         "gzip_bytes": len(gzip.compress(encoded)),
         "render_s_median": round(statistics.median(seconds), 4),
-        "sections": breakdown(page)}, indent=2))
+        "sections": breakdown(page),
+        "artifacts": artifacts(data, args.repeats)}, indent=2))
 
 
 if __name__ == "__main__":

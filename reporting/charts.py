@@ -132,25 +132,40 @@ def _pairs(points: Sequence[Mapping[str, Any]], x_key: str,
 
 def mrc_chart(rows: Sequence[Mapping[str, Any]], selected: str | None, *,
               compact: bool = False) -> str:
-    """Two panels over the modules in table order: MRC, and robust-accuracy drop (points).
-    ``compact``: for a page whose table names the modules (:func:`reporting.svg.bar_chart`)."""
+    """Two panels over the modules in table order: MRC, and robust-accuracy drop (points), each
+    module labelled by its row number (``mrc.csv``'s, the table's "#") and its name's tail.
+    Unless ``compact`` (a page whose table names the modules), the top panel's label of each
+    module has a tooltip naming it whole with its two values: once per module, so that the
+    stored ``mrc.svg`` reads alone (it named each module 6 times, 0.7–1 MB for 500)."""
     modules = [str(row.get("module", row.get("name", ""))) for row in rows]
     # Rows mrc.table = "selection" stopped early hold lower bounds (the table shows "≥"): their
     # bars are pale, and the legend says so. They were drawn as if measured to the end.
     partial = [row.get("exact") is False for row in rows]
+    mrc = [_number(r.get("mrc")) for r in rows]
+    drop = [_number(r.get("robust_accuracy_drop")) for r in rows]
+    tooltips = () if compact else [
+        f"{index + 1} {module}: MRC {_bound(m, stopped)}, robust accuracy drop "
+        f"{_bound(d, stopped)}"
+        for index, (module, m, d, stopped) in enumerate(zip(modules, mrc, drop, partial,
+                                                             strict=True))]
     top = bar_chart("mrc", "Module robust criticality (MRC)", modules,
-                    [BarSeries("MRC", [_number(r.get("mrc")) for r in rows], partial)],
-                    y_label="MRC (robust loss increase)", highlight=selected, compact=compact)
+                    [BarSeries("MRC", mrc, partial)],
+                    y_label="MRC (robust loss increase)", highlight=selected, tooltips=tooltips)
     bottom = bar_chart("robust-drop", "Robust accuracy drop at the worst perturbation", modules,
-                       [BarSeries("robust accuracy drop",
-                                  [_number(r.get("robust_accuracy_drop")) for r in rows],
-                                  partial)],
-                       y_label="drop (percentage points)", highlight=selected, compact=compact)
+                       [BarSeries("robust accuracy drop", drop, partial)],
+                       y_label="drop (percentage points)", highlight=selected)
     width = max(chart_width(top), chart_width(bottom))
     height = _height_of(top) + _height_of(bottom)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart-figure" data-figure="mrc" '
             f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">\n{top}\n'
             f'<g transform="translate(0,{_height_of(top)})">\n{bottom}\n</g>\n</svg>')
+
+
+def _bound(value: float | None, stopped: bool) -> str:
+    """A value as a tooltip gives it: "≥ x" where its measure stopped early, "–" where none."""
+    if value is None:
+        return "–"
+    return f"{'≥' if stopped else '='} {value:.4g}"
 
 
 def chart_width(svg: str) -> int:
@@ -162,8 +177,7 @@ def _height_of(svg: str) -> int:
     return int(svg.split('height="', 1)[1].split('"', 1)[0])
 
 
-def finetune_chart(epochs: Sequence[Mapping[str, Any]], split: str = "validation", *,
-                   compact: bool = False) -> str:
+def finetune_chart(epochs: Sequence[Mapping[str, Any]], split: str = "validation") -> str:
     """Training accuracy and the accuracy on the epoch-choosing ``split`` per epoch (the
     ``val_accuracy`` of the rows: the test split's under ``finetune.selection_split: "test"``);
     the best epoch is marked."""
@@ -179,10 +193,10 @@ def finetune_chart(epochs: Sequence[Mapping[str, Any]], split: str = "validation
                           f"best epoch {best['epoch']}"))
     return line_chart("finetune", "Fine-tuning", [series("train accuracy", "train_accuracy"),
                                                   series(f"{split} accuracy", "val_accuracy")],
-                      x_label="epoch", y_label="accuracy (%)", marks=marks, compact=compact)
+                      x_label="epoch", y_label="accuracy (%)", marks=marks)
 
 
-def alpha_chart(curve: Curve, split: str = "test", *, compact: bool = False) -> str:
+def alpha_chart(curve: Curve, split: str = "test") -> str:
     """Clean and robust accuracy (on ``split``) against α, θ_AT's robust accuracy as a line,
     chosen α marked."""
     points = sorted(curve.points, key=lambda p: float(p["alpha"]))
@@ -206,21 +220,17 @@ def alpha_chart(curve: Curve, split: str = "test", *, compact: bool = False) -> 
     title = "Interpolation θ_α = (1 − α) θ_AT + α θ_FT ({})"
     return line_chart("alpha", title.format(short_label(curve.name, TITLE_NAME_CHARS)),
                       [clean, robust], x_label="α", y_label=f"accuracy (%, {split} split)",
-                      references=references, marks=marks, tooltip=title.format(curve.name),
-                      compact=compact)
+                      references=references, marks=marks, tooltip=title.format(curve.name))
 
 
-def tradeoff_chart(curves: Sequence[Curve], split: str = "test", *,
-                   compact: bool = False) -> str:
+def tradeoff_chart(curves: Sequence[Curve], split: str = "test") -> str:
     """Clean against robust accuracy (on ``split``), one curve per candidate module (Fig C.5)."""
     series = []
     marks = []
     for curve in curves:
         points = _pairs(sorted(curve.points, key=lambda p: float(p["alpha"])),
                         "robust_accuracy", "clean_accuracy")
-        series.append(LineSeries(
-            curve.name, [(x, y) for _, x, y in points],
-            labels=[f"α = {alpha_text(float(p['alpha']))}" for p, _, _ in points]))
+        series.append(LineSeries(curve.name, [(x, y) for _, x, y in points]))
         chosen = curve.chosen_point()
         if chosen is not None and _pairs([chosen], "robust_accuracy", "clean_accuracy"):
             marks.append(Mark(float(chosen["robust_accuracy"]), float(chosen["clean_accuracy"]),
@@ -230,7 +240,7 @@ def tradeoff_chart(curves: Sequence[Curve], split: str = "test", *,
     return line_chart("tradeoff", "Clean vs robust accuracy along α", series,
                       x_label=f"robust accuracy (%, {split} split)",
                       y_label=f"clean accuracy (%, {split} split)",
-                      references=references, marks=marks, compact=compact)
+                      references=references, marks=marks)
 
 
 def job_charts(mrc_rows: Sequence[Mapping[str, Any]], selected: str | None,
@@ -238,19 +248,20 @@ def job_charts(mrc_rows: Sequence[Mapping[str, Any]], selected: str | None,
                splits: Splits | None = None, *, compact: bool = False) -> dict[str, str]:
     """Every chart of a job, keyed as :data:`CHART_ARTIFACTS`; charts without data are left out.
     ``splits``: what the accuracies were measured on (default: the configuration's defaults).
-    ``compact``: drawn for the report page, whose tables hold every name and value: one path per
-    series instead of an element per bar or point (:func:`reporting.svg.bar_chart`,
-    :func:`reporting.svg.line_chart`); the stored artifacts stand alone and keep them."""
+    ``compact``: drawn for the report page, whose tables hold every name and value: the MRC
+    chart's labels have no tooltip naming the module (:func:`mrc_chart`); the stored artifacts
+    stand alone and keep one per module. Both draw a series as one path, not an element per bar
+    or point (:mod:`reporting.svg`)."""
     splits = splits or Splits()
     charts: dict[str, str] = {}
     if mrc_rows:
         charts["mrc"] = mrc_chart(mrc_rows, selected, compact=compact)
     if epochs:
-        charts["finetune"] = finetune_chart(epochs, splits.epochs, compact=compact)
+        charts["finetune"] = finetune_chart(epochs, splits.epochs)
     measured = [c for c in curves if c.points]
     # The first curve with points: while a sweep runs, its first candidate may not have
     # finished when others have (their curves were left undrawn until it did).
     if measured:
-        charts["alpha"] = alpha_chart(measured[0], splits.curve, compact=compact)
-        charts["tradeoff"] = tradeoff_chart(measured, splits.curve, compact=compact)
+        charts["alpha"] = alpha_chart(measured[0], splits.curve)
+        charts["tradeoff"] = tradeoff_chart(measured, splits.curve)
     return charts

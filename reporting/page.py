@@ -339,8 +339,8 @@ def _robust_legend(curves: Sequence[Curve]) -> str:
 
 def render_report(data: ReportData) -> str:
     """The whole HTML document."""
-    # Compact: the tables below hold every name and value once; the charts draw one path per
-    # series and refer to MRC rows by number (job_charts says what the files keep instead).
+    # Compact: the tables below hold every name and value once; the MRC chart refers to its
+    # rows by number, without the tooltip naming each module that the stored mrc.svg keeps.
     # A partial MRC table is not drawn: the chart numbers its bars 1..n, not by table position.
     charts = job_charts(data.mrc_rows if data.mrc_complete else (), data.selected_module,
                         data.epochs, data.curves, data.splits, compact=True)

@@ -3,10 +3,11 @@ named categories, and lines/points over a numeric x axis.
 
 No torch and no third-party import, so the API (which renders the report page) and the workers
 (which store the same charts as artifacts) share this module. Every element a reader or a test
-looks for carries a class: ``svg.chart`` with ``data-chart``, ``rect.bar`` with ``data-category``
-and ``data-series``, ``path.series`` / ``circle.point`` with ``data-series``, ``line.reference``
-with ``data-label``, ``g.legend``; drawn ``compact`` (for the report page, whose tables hold
-every name and value), a series' bars are one ``path.bars`` and its points one ``path.points``.
+looks for carries a class: ``svg.chart`` with ``data-chart``, ``path.bars`` (a series' bars) and
+``path.series`` / ``path.points`` (a curve's line and dots) with ``data-series``, ``g.categories``
+(the bars' labels), ``rect.selected`` (the highlighted category), ``line.reference`` with
+``data-label``, ``g.legend``. A series is one element, not one per bar or point: a 500-module
+MRC chart drew 2,000 elements and 3,000 tooltips (0.7–1 MB, ``bench/report_size.py``).
 Text is XML-escaped; numbers are finite or the value is left out.
 """
 
@@ -73,11 +74,10 @@ class BarSeries:
 
 @dataclass(frozen=True)
 class LineSeries:
-    """Points ``(x, y)`` joined in order; ``labels`` (one per point, optional) become tooltips."""
+    """Points ``(x, y)`` joined in order."""
 
     name: str
     points: Sequence[tuple[float, float]]
-    labels: Sequence[str] = ()
     dashed: bool = False
 
 
@@ -248,15 +248,17 @@ def _close(frame: _Frame) -> str:
 
 def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequence[BarSeries], *,
               y_label: str, highlight: str | None = None, width: int | None = None,
-              height: int = 320, compact: bool = False) -> str:
+              height: int = 320, tooltips: Sequence[str] = ()) -> str:
     """Grouped bars: one group per category, one bar per series; the ``highlight`` category's
-    label is drawn bold in the highlight colour (e.g. the module selected for fine-tuning).
+    column is shaded and its label drawn bold in the highlight colour (e.g. the module selected
+    for fine-tuning).
 
-    ``compact`` (the report page, whose table names every category whole): the bars of a series
-    are one ``path.bars`` (a second, pale one for partial values) instead of a ``rect.bar`` each
-    with a tooltip, and a category's label starts with its number (1-based, the table's "#"
-    column) and has no tooltip with the whole name: 500 modules of 200-character names drew
-    6 names and 2 elements per module, about 1 MB of a 2.2 MB page (``bench/report_size.py``)."""
+    The bars of a series are one ``path.bars`` (a second, pale one for partial values), and a
+    category's label is its number (1-based: the MRC table's "#" column and ``mrc.csv``'s row)
+    and as much of its name's tail as fits. ``tooltips`` (one per category, optional) become
+    the labels' tooltips. A ``rect.bar`` per bar with a tooltip, and a label's tooltip naming
+    the category whole, drew 500 modules of 200-character names 6 times each: about 1 MB of
+    chart (``bench/report_size.py``)."""
     width = width or max(360, 90 + len(categories) * (10 + 12 * max(len(series), 1)))
     legend = [s.name for s in series]
     colours = [PALETTE[i % len(PALETTE)] for i in range(len(series))]
@@ -276,11 +278,18 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
     group = frame.plot_width / max(len(categories), 1)
     bar = min(24.0, group * 0.8 / max(len(series), 1))
     zero = y_of(0.0)
-    #: compact: the outline of every bar of a series, by (series number, partial).
+    tips = list(tooltips) if len(tooltips) == len(categories) else []
+    #: The outline of every bar of a series, by (series number, partial).
     outlines: dict[tuple[int, bool], list[str]] = {}
     labels: list[str] = []
     for index, category in enumerate(categories):
         x0 = frame.left + group * index + (group - bar * len(series)) / 2
+        if category == highlight:
+            # Drawn under the bars: among hundreds of columns, a bold label alone is hard to find.
+            frame.parts.append(
+                f'<rect class="selected" x="{frame.left + group * index:.1f}" y="{frame.top}" '
+                f'width="{group:.1f}" height="{frame.plot_height:.1f}" fill="{HIGHLIGHT}" '
+                'fill-opacity="0.15"/>')
         for number, item in enumerate(series):
             value = item.values[index] if index < len(item.values) else None
             if not _finite(value):
@@ -288,40 +297,22 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
             assert value is not None
             top, bottom = sorted((y_of(value), zero))
             bottom = max(bottom, top + 0.5)  # a bar of 0 stays visible
-            colour = PALETTE[number % len(PALETTE)]
             partial = index < len(item.partial) and item.partial[index]
             x = x0 + bar * number
-            if compact:
-                outlines.setdefault((number, partial), []).append(
-                    f"M{x:.1f},{bottom:.1f}V{top:.1f}H{x + bar:.1f}V{bottom:.1f}Z")
-                continue
-            pale = f' data-partial="true" fill-opacity="0.35" stroke="{colour}"' if partial else ""
-            frame.parts.append(
-                f'<rect class="bar" data-category={quoteattr(category)} '
-                f'data-series={quoteattr(item.name)} data-value="{value:.6g}" '
-                f'x="{x:.1f}" y="{top:.1f}" width="{bar:.1f}" '
-                f'height="{bottom - top:.1f}" fill="{colour}"{pale}>'
-                f"<title>{escape(category)}: {escape(item.name)} {'≥' if partial else '='} "
-                f"{value:.4g}</title></rect>")
+            outlines.setdefault((number, partial), []).append(
+                f"M{x:.1f},{bottom:.1f}V{top:.1f}H{x + bar:.1f}V{bottom:.1f}Z")
         label_x = frame.left + group * (index + 0.5)
         label_y = frame.top + frame.plot_height + 8
         style = f' style="font-weight:bold;fill:{HIGHLIGHT}"' if category == highlight else ""
-        shown = escape(short_label(category, CATEGORY_CHARS))
-        if compact:
-            # The category's number, then as much of its tail as fits; no tooltip (the table's
-            # row of that number has the name and values). Coordinates are in the labels'
-            # group, rotated -45° about the origin: the point drawn is (label_x, label_y),
-            # without a rotation attribute per label.
-            number_text = f"{index + 1} "
-            shown = number_text + escape(short_label(
-                category, max(CATEGORY_CHARS - len(number_text), 4)))
-            u, v = (label_x - label_y) / math.sqrt(2), (label_x + label_y) / math.sqrt(2)
-            labels.append(f'<text x="{u:.1f}" y="{v:.1f}"{style}>{shown}</text>')
-            continue
-        frame.parts.append(
-            f'<text class="category" x="{label_x:.1f}" y="{label_y:.1f}" text-anchor="end" '
-            f'transform="rotate(-45 {label_x:.1f} {label_y:.1f})"{style}>'
-            f"{shown}<title>{escape(category)}</title></text>")
+        # The category's number, then as much of its tail as fits. Coordinates are in the
+        # labels' group, rotated -45° about the origin: the point drawn is (label_x, label_y),
+        # without a rotation attribute per label.
+        number_text = f"{index + 1} "
+        shown = number_text + escape(short_label(
+            category, max(CATEGORY_CHARS - len(number_text), 4)))
+        tip = f"<title>{escape(tips[index])}</title>" if tips else ""
+        u, v = (label_x - label_y) / math.sqrt(2), (label_x + label_y) / math.sqrt(2)
+        labels.append(f'<text x="{u:.1f}" y="{v:.1f}"{style}>{shown}{tip}</text>')
     for (number, partial), outline in outlines.items():
         colour = PALETTE[number % len(PALETTE)]
         pale = f' data-partial="true" fill-opacity="0.35" stroke="{colour}"' if partial else ""
@@ -338,15 +329,14 @@ def bar_chart(chart: str, title: str, categories: Sequence[str], series: Sequenc
 
 def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label: str,
                y_label: str, references: Sequence[Reference] = (), marks: Sequence[Mark] = (),
-               width: int = 560, height: int = 340, tooltip: str | None = None,
-               compact: bool = False) -> str:
+               width: int = 560, height: int = 340, tooltip: str | None = None) -> str:
     """Lines with a point per value, optional reference lines and highlighted marks;
     ``tooltip``: the whole title where ``title`` is a shortened one.
 
-    ``compact`` (the report page, whose tables list every point): a series' points are one
-    ``path.points`` of dots (zero-length subpaths with round caps) instead of a
-    ``circle.point`` with a tooltip each: a sweep's 16 curves of 101 points drew 1,616 circles,
-    each naming its series whole, 0.7 MB of the page."""
+    A series' points are one ``path.points`` of dots (zero-length subpaths with round caps),
+    without a tooltip each (the marks keep theirs): a ``circle.point`` with a tooltip per point
+    drew a sweep's 16 curves of 101 points as 1,616 elements, 0.7 MB (the values are in the
+    job's tables and ``curves.json``)."""
     frame = _framed(width, height, [s.name for s in series])
     _open(frame, chart, title, tooltip)
     xs = [x for s in series for x, y in s.points if _finite(x) and _finite(y)]
@@ -402,26 +392,10 @@ def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label:
         dash = ' stroke-dasharray="6 3"' if _dashed(item, number) else ""
         frame.parts.append(f'<path class="series" data-series={quoteattr(item.name)} d="{path}" '
                            f'fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
-        if compact:
-            dots = "".join(f"M{px:.1f},{py:.1f}Z" for px, py in (at(x, y) for x, y in points))
-            frame.parts.append(f'<path class="points" data-series={quoteattr(item.name)} '
-                               f'd="{dots}" stroke="{colour}" stroke-width="6" '
-                               'stroke-linecap="round" fill="none"/>')
-            continue
-        labels = list(item.labels) if len(item.labels) == len(item.points) else []
-        # Each point's tooltip names its series as the legend does (the legend entry's tooltip
-        # and data-series hold the whole name): 16 curves of 101 points repeated a 200-character
-        # module name 1,616 times, a third of a megabyte of the page.
-        point_name = short_label(item.name, LEGEND_CHARS)
-        for index, (x, y) in enumerate(item.points):
-            if not (_finite(x) and _finite(y)):
-                continue
-            px, py = at(x, y)
-            tip = f"{labels[index]}: " if labels else ""
-            frame.parts.append(
-                f'<circle class="point" data-series={quoteattr(item.name)} cx="{px:.1f}" '
-                f'cy="{py:.1f}" r="3" fill="{colour}"><title>{escape(point_name)} {escape(tip)}'
-                f"({x:.4g}, {y:.4g})</title></circle>")
+        dots = "".join(f"M{px:.1f},{py:.1f}Z" for px, py in (at(x, y) for x, y in points))
+        frame.parts.append(f'<path class="points" data-series={quoteattr(item.name)} '
+                           f'd="{dots}" stroke="{colour}" stroke-width="6" '
+                           'stroke-linecap="round" fill="none"/>')
 
     drawn: list[tuple[float, float, float, float]] = []
     for mark in marks:

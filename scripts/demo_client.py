@@ -2,10 +2,11 @@
 (``rift_client``, installed from ``clients/python``).
 
 Uploads a checkpoint, creates a job with the given config, follows its events live, downloads
-the artifacts (each SHA-256 checked by the client), and prints the MRC table, the fine-tuning
-epochs, the interpolation curve and the before/after accuracies. ``scripts/demo.sh`` starts the
-service and calls this; it works against any running instance (every instance wants a key,
-the embedded one included; it comes from ``RIFT_API_KEY``):
+the artifacts (each SHA-256 checked by the client) and the report page (``report.html``), and
+prints the MRC table, the fine-tuning epochs, the interpolation curve and the before/after
+accuracies. ``scripts/demo.sh`` starts the service and calls this; it works against any
+running instance (every instance wants a key, the embedded one included; it comes from
+``RIFT_API_KEY``):
 
     RIFT_API_KEY=$(rift-admin keys create --project demo) \
     python scripts/demo_client.py --url http://127.0.0.1:8000 \
@@ -122,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
         for artifact in client.list_artifacts(job.id):
             target = client.download(job.id, artifact.name, out)
             print(f"    {target} ({artifact.size} bytes, sha256 verified)")
+        # The report page, to open in a browser (which cannot send the key the route needs);
+        # scripts/report_screenshot.py makes docs/report.png from it.
+        print(f"    {client.download_report(job.id, out / 'report.html')} (the report page)")
 
     metrics = job.metrics or {}
     before, after = metrics.get("before", {}), metrics.get("after", {})

@@ -5,6 +5,7 @@ to them, errors included, readable by the page; other origins get no CORS header
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.main import create_app
 from api.validation import Validator
@@ -101,6 +103,28 @@ def test_a_preflight_from_an_allowed_origin_gets_the_paths_methods(cors_api: Api
     missing = anonymous.get("/v1/nothing-here", headers={"Origin": CONSOLE})
     assert missing.status_code == 404 and error_of(missing)["field"] == "path"
     assert missing.headers["access-control-allow-origin"] == CONSOLE
+
+
+def test_a_preflight_is_logged_counted_and_carries_a_request_id(
+        cors_api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    """The CORS layer answers a preflight itself; it sat outside the observability middleware,
+    so the answer had no X-Request-ID, no log line and no count (a plain OPTIONS had all)."""
+    caplog.set_level(logging.INFO, logger="api.observability")
+    anonymous = cors_api.client_for(None)
+    given = anonymous.options("/v1/jobs", headers={**_preflight("POST"),
+                                                  "X-Request-ID": "preflight-1"})
+    assert given.status_code == 204, given.text
+    assert given.headers["access-control-allow-origin"] == CONSOLE
+    assert given.headers["x-request-id"] == "preflight-1"
+    made = anonymous.options("/v1/jobs", headers=_preflight("GET"))
+    assert len(made.headers["x-request-id"]) == 32
+    logged = [r for r in caplog.records if r.name == "api.observability"
+              and getattr(r, "method", None) == "OPTIONS" and getattr(r, "status", None) == 204]
+    assert [r.path for r in logged] == ["/v1/jobs", "/v1/jobs"]  # type: ignore[attr-defined]
+    samples = [s for f in text_string_to_metric_families(cors_api.client.get("/metrics").text)
+               for s in f.samples if s.name == "rift_http_requests_total"
+               and s.labels["method"] == "OPTIONS" and s.labels["status"] == "204"]
+    assert sum(s.value for s in samples) == 2
 
 
 def test_another_origin_gets_no_cors_headers(cors_api: Api) -> None:
@@ -196,6 +220,8 @@ def test_an_unexpected_error_carries_the_origin(failing_api: str) -> None:
     assert error_of(response)["code"] == "internal_error"
     # Was missing: Starlette's CORSMiddleware sat inside the layer that sends the 500.
     assert response.headers["access-control-allow-origin"] == CONSOLE
+    # And a request id: the observability layer sat inside the one that sends the 500.
+    assert len(response.headers["x-request-id"]) == 32
 
 
 def _start(origins: str, tmp_path: Path, sqlite_url: str) -> subprocess.CompletedProcess[str]:

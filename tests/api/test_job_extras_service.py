@@ -136,9 +136,13 @@ def test_job_with_logs_metrics_manifest_report_mlflow_and_materialize(
         assert manifest["versions"]["torch"] == torch.__version__
         mrc_rows = api.client.get(f"/v1/jobs/{job_id}/mrc").json()["rows"]
         chart = ElementTree.fromstring(api.client.get(listing["mrc.svg"]["url"]).content)
-        bars = [e for e in chart.iter("{http://www.w3.org/2000/svg}rect")
-                if e.get("class") == "bar" and e.get("data-series") == "MRC"]
-        assert [b.get("data-category") for b in bars] == [r["module"] for r in mrc_rows]
+        # Each module by its row's number and whole name: the MRC panel's labels' tooltips.
+        top = next(g for g in chart.iter("{http://www.w3.org/2000/svg}g")
+                   if g.get("class") == "categories")
+        tips = [t.findtext("{http://www.w3.org/2000/svg}title") or ""
+                for t in top.iter("{http://www.w3.org/2000/svg}text")]
+        assert [tip.split(": MRC ", 1)[0] for tip in tips] == [
+            f"{number} {r['module']}" for number, r in enumerate(mrc_rows, 1)]
 
         report = api.client.get(f"/v1/jobs/{job_id}/report")
         assert report.status_code == 200 and 'data-chart="tradeoff"' in report.text

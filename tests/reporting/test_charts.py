@@ -1,4 +1,5 @@
-"""The torch-free charts: elements per data point, escaping, non-finite values, axis ticks."""
+"""The torch-free charts: shapes per data point, labels and tooltips, escaping, non-finite
+values, axis ticks."""
 
 from __future__ import annotations
 
@@ -18,6 +19,21 @@ def _parse(svg: str) -> ElementTree.Element:
     return ElementTree.fromstring(svg)  # well-formed XML, or this raises
 
 
+def _shapes(root: ElementTree.Element, element: str, series: str, *,
+            partial: bool | None = None) -> int:
+    """Bars (``element`` "bars") or dots ("points") drawn for ``series``: each is a closed
+    subpath of one of its paths (``partial``: only the pale bars, or only the others)."""
+    return sum((p.get("d") or "").count("Z") for p in root.iter(f"{SVG}path")
+               if p.get("class") == element and p.get("data-series") == series
+               and (partial is None or (p.get("data-partial") == "true") == partial))
+
+
+def _labels(root: ElementTree.Element) -> list[list[ElementTree.Element]]:
+    """The category labels of each bar panel, in order."""
+    return [list(g.iter(f"{SVG}text")) for g in root.iter(f"{SVG}g")
+            if g.get("class") == "categories"]
+
+
 def _curve(name: str = "fc", chosen: float | None = 0.5) -> Curve:
     points = [{"alpha": a / 4, "clean_accuracy": 90 + a, "robust_accuracy": 60 - a}
               for a in range(5)]
@@ -28,16 +44,22 @@ def test_mrc_chart_has_one_bar_per_module_and_panel() -> None:
     rows = [{"module": f"layer{i}", "mrc": 0.1 * i, "robust_accuracy_drop": float(i)}
             for i in range(6)]
     root = _parse(mrc_chart(rows, "layer2"))
-    bars = [e for e in root.iter(f"{SVG}rect") if e.get("class") == "bar"]
-    assert len(bars) == 12
-    assert {b.get("data-category") for b in bars} == {f"layer{i}" for i in range(6)}
-    highlighted = [e for e in root.iter(f"{SVG}text")
-                   if e.get("class") == "category" and "bold" in (e.get("style") or "")]
-    assert {e.text for e in highlighted} == {"layer2"}
-    # Bars are proportional: the tallest MRC bar belongs to the largest MRC.
-    mrc_bars = [b for b in bars if b.get("data-series") == "MRC"]
-    tallest = max(mrc_bars, key=lambda b: float(b.get("height", 0)))
-    assert tallest.get("data-category") == "layer5"
+    assert _shapes(root, "bars", "MRC") == _shapes(root, "bars", "robust accuracy drop") == 6
+    top, bottom = _labels(root)
+    assert [t.text for t in top] == [t.text for t in bottom] == [f"{i + 1} layer{i}"
+                                                                 for i in range(6)]
+    # Each module named whole once, with its values: the top panel's label's tooltip.
+    assert [t.findtext(f"{SVG}title") for t in top] == [
+        f"{i + 1} layer{i}: MRC = {0.1 * i:.4g}, robust accuracy drop = {i}" for i in range(6)]
+    assert all(t.find(f"{SVG}title") is None for t in bottom)
+    highlighted = [t.text for t in top + bottom if "bold" in (t.get("style") or "")]
+    assert highlighted == ["3 layer2", "3 layer2"]
+    assert len([e for e in root.iter(f"{SVG}rect") if e.get("class") == "selected"]) == 2
+    # Bars are proportional: the tallest MRC bar belongs to the largest MRC (table order).
+    path = next(p for p in root.iter(f"{SVG}path") if p.get("data-series") == "MRC")
+    heights = [float(bottom_y) - float(top_y) for bottom_y, top_y in
+               re.findall(r"M[\d.]+,([\d.]+)V([\d.]+)", path.get("d") or "")]
+    assert heights == sorted(heights) and heights[-1] > heights[1] > 0
 
 
 def test_names_are_escaped_and_non_finite_values_left_out() -> None:
@@ -47,8 +69,11 @@ def test_names_are_escaped_and_non_finite_values_left_out() -> None:
     svg = mrc_chart(rows, None)
     root = _parse(svg)
     assert "<script>" not in svg
-    bars = [e for e in root.iter(f"{SVG}rect") if e.get("class") == "bar"]
-    assert [b.get("data-category") for b in bars] == ["a&b", "a&b"]
+    assert _shapes(root, "bars", "MRC") == _shapes(root, "bars", "robust accuracy drop") == 1
+    top, _ = _labels(root)
+    assert [t.findtext(f"{SVG}title") for t in top] == [
+        "1 <script>alert(1)</script>: MRC –, robust accuracy drop –",
+        "2 a&b: MRC = 1, robust accuracy drop = 2"]
 
 
 def test_interpolation_charts_mark_the_chosen_alpha_and_the_baseline() -> None:
@@ -109,27 +134,24 @@ def test_points_not_attacked_are_left_out_of_the_robust_series() -> None:
         if point["alpha"] in (0.25, 0.75):
             point["robust_accuracy"] = None
     alpha = _parse(alpha_chart(curve))
-    robust_points = [e for e in alpha.iter(f"{SVG}circle")
-                     if e.get("class") == "point" and e.get("data-series") == "robust accuracy"]
-    clean_points = [e for e in alpha.iter(f"{SVG}circle")
-                    if e.get("class") == "point" and e.get("data-series") == "clean accuracy"]
-    assert (len(robust_points), len(clean_points)) == (3, 5)
-    tradeoff = _parse(tradeoff_chart([curve]))
-    assert len([e for e in tradeoff.iter(f"{SVG}circle") if e.get("class") == "point"]) == 3
+    assert (_shapes(alpha, "points", "robust accuracy"),
+            _shapes(alpha, "points", "clean accuracy")) == (3, 5)
+    assert _shapes(_parse(tradeoff_chart([curve])), "points", "fc") == 3
 
 
 def test_long_module_names_are_shortened_in_the_chart_and_kept_whole_in_tooltips() -> None:
     long_name = "backbone." + "stages.3.blocks.2." * 12 + "attn.qkv"
     rows = [{"module": long_name, "mrc": 0.5, "robust_accuracy_drop": 1.0},
             {"module": "fc", "mrc": 0.1, "robust_accuracy_drop": 0.5}]
-    root = _parse(mrc_chart(rows, long_name))
-    labels = {e.findtext(f"{SVG}title"): e.text for e in root.iter(f"{SVG}text")
-              if e.get("class") == "category"}
-    # The label drawn is the name's tail, short enough to stay inside the SVG; the tooltip and
-    # the bars' data attributes keep the whole name.
-    assert labels == {long_name: "…" + long_name[-(CATEGORY_CHARS - 1):], "fc": "fc"}
-    assert {b.get("data-category") for b in root.iter(f"{SVG}rect")
-            if b.get("class") == "bar"} == {long_name, "fc"}
+    svg = mrc_chart(rows, long_name)
+    top, bottom = _labels(_parse(svg))
+    # The label drawn is the row's number and the name's tail, short enough to stay inside
+    # the SVG; the top panel's tooltip keeps the whole name, the only place it is.
+    drawn = ["1 …" + long_name[-(CATEGORY_CHARS - 3):], "2 fc"]
+    assert [t.text for t in top] == [t.text for t in bottom] == drawn
+    assert all(len(text) <= CATEGORY_CHARS for text in drawn)
+    assert (top[0].findtext(f"{SVG}title") or "").startswith(f"1 {long_name}: MRC = 0.5")
+    assert svg.count(long_name) == 1
     legend = tradeoff_chart([_curve(long_name, 0.5), _curve("fc", None)])
     shown = [e.text for g in _parse(legend).iter(f"{SVG}g") if g.get("class") == "legend"
              for e in g.iter(f"{SVG}text")]
@@ -179,15 +201,13 @@ def test_unmeasured_and_non_finite_points_are_left_out_not_fatal() -> None:
               {"alpha": 1.0, "clean_accuracy": 82.0, "robust_accuracy": 41.0}]
     curve = Curve("fc", points, 0.5)
     alpha = _parse(alpha_chart(curve))
-    circles = {(c.get("data-series"), c.findtext(f"{SVG}title")) for c in alpha.iter(f"{SVG}circle")
-               if c.get("class") == "point"}
-    assert len([s for s, _ in circles if s == "clean accuracy"]) == 3  # α = 0, 0.75, 1
-    assert len([s for s, _ in circles if s == "robust accuracy"]) == 2  # α = 0.75, 1
+    assert _shapes(alpha, "points", "clean accuracy") == 3  # α = 0, 0.75, 1
+    assert _shapes(alpha, "points", "robust accuracy") == 2  # α = 0.75, 1
     references = {e.get("data-label") for e in alpha.iter(f"{SVG}line")
                   if e.get("class") == "reference"}
     assert references == {"α = 0.5"}  # no θ_AT line: α = 0 was not attacked
     trade = _parse(tradeoff_chart([curve, Curve("g", [{"alpha": 0.0}], 0.0)]))
-    assert len([c for c in trade.iter(f"{SVG}circle") if c.get("class") == "point"]) == 2
+    assert (_shapes(trade, "points", "fc"), _shapes(trade, "points", "g")) == (2, 0)
     page = render_report(ReportData(job_id="j", status="failed", curves=[curve],
                                     chosen_alpha=0.5, error="stage_failed: out of memory"))
     assert "≤ 40" in page and "stage_failed: out of memory" in page
@@ -244,14 +264,14 @@ def test_mrc_bars_of_rows_stopped_early_are_drawn_as_lower_bounds() -> None:
     rows = [{"module": "conv1", "mrc": 0.6, "robust_accuracy_drop": 17.0, "exact": False},
             {"module": "fc", "mrc": 0.25, "robust_accuracy_drop": 15.0, "exact": True}]
     root = _parse(mrc_chart(rows, "fc"))
-    bars = {(e.get("data-series"), e.get("data-category")): e
-            for e in root.iter(f"{SVG}rect") if e.get("class") == "bar"}
     # mrc.table = "selection": conv1's MRC is at least 0.6 (the table says "≥ 0.6"); its bars
     # looked like measured ones.
-    assert bars[("MRC", "conv1")].get("data-partial") == "true"
-    assert "≥ 0.6" in (bars[("MRC", "conv1")].findtext(f"{SVG}title") or "")
-    assert bars[("MRC", "fc")].get("data-partial") is None
-    assert "= 0.25" in (bars[("MRC", "fc")].findtext(f"{SVG}title") or "")
+    assert _shapes(root, "bars", "MRC", partial=True) == 1
+    assert _shapes(root, "bars", "MRC", partial=False) == 1
+    top, _ = _labels(root)
+    assert [t.findtext(f"{SVG}title") for t in top] == [
+        "1 conv1: MRC ≥ 0.6, robust accuracy drop ≥ 17",
+        "2 fc: MRC = 0.25, robust accuracy drop = 15"]
     legend = " ".join(e.text or "" for e in root.iter(f"{SVG}text"))
     assert "stopped early" in legend
     full = _parse(mrc_chart([{**row, "exact": True} for row in rows], "fc"))
@@ -280,16 +300,17 @@ def test_a_sweeps_marks_at_one_alpha_keep_one_readable_label() -> None:
         assert abs(x1 - x2) >= width or abs(y1 - y2) >= 12, (x1, y1, x2, y2)
 
 
-def test_point_tooltips_name_a_long_series_as_its_legend_does() -> None:
-    """A point's tooltip named its series in full: a sweep's 16 curves of 101 points repeated
-    a 200-character module name 1,616 times (a third of a megabyte of the page). The legend
-    entry's tooltip and every point's data-series keep the whole name."""
+def test_a_curves_points_are_one_path_and_its_legend_names_it_whole() -> None:
+    """Each point was a circle naming its series whole (``data-series``) with a tooltip: a
+    sweep's 16 curves of 101 points repeated a 200-character module name 1,616 times (0.7 MB
+    of interpolation.svg). A curve's points are one path of dots; the legend entry's tooltip
+    names the curve whole."""
     name = "backbone." + "stages.3.blocks.11." * 11 + "attn.qkv"
     assert len(name) > 200
-    root = _parse(tradeoff_chart([_curve(name)]))
-    points = [c for c in root.iter(f"{SVG}circle") if c.get("class") == "point"]
-    assert len(points) == 5 and {c.get("data-series") for c in points} == {name}
-    short = "…" + name[-(LEGEND_CHARS - 1):]
-    assert all((c.findtext(f"{SVG}title") or "").startswith(f"{short} α = ") for c in points)
+    svg = tradeoff_chart([_curve(name)])
+    root = _parse(svg)
+    assert not [c for c in root.iter(f"{SVG}circle") if c.get("class") == "point"]
+    assert _shapes(root, "points", name) == 5
+    assert svg.count(name) == 3  # the line's and the dots' data-series, the legend's tooltip
     legend = next(e for e in root.iter(f"{SVG}g") if e.get("class") == "legend")
     assert [t.findtext(f"{SVG}title") for t in legend.iter(f"{SVG}text")] == [name]

@@ -1,15 +1,18 @@
-"""The report page of a big result stays small and still shows every module: an MRC table of 500
-modules with long dotted names holding markup, a sweep of 4 modules × 4 learning rates with
-21-point α curves (``bench/report_size.py`` measures the same page). Before, the charts drew
-each module's whole name 6 times and an element with a tooltip per bar and per point: about
-1.5 MB for this page (0.39 MB now), 2.2 MB with 101-point curves."""
+"""The report page of a big result, and the chart files the worker stores beside it, stay small
+and still show every module: an MRC table of 500 modules with long dotted names holding markup,
+a sweep of 4 modules × 4 learning rates with 21-point α curves (``bench/report_size.py``
+measures the same page and files). Before, the charts drew each module's whole name 6 times
+and an element with a tooltip per bar and per point: about 1.5 MB for this page (0.39 MB now),
+2.2 MB with 101-point curves; 1.1 MB for this ``mrc.svg`` (0.25 MB now)."""
 
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ElementTree
 
-from reporting.charts import sweep_curves
+from reporting.charts import CHART_ARTIFACTS, job_charts, sweep_curves
 from reporting.page import ReportData, ReportWarning, escape, render_report
+from reporting.svg import escape as svg_escape
 from tests.api.report_checks import hostile_module_name, page_problems
 
 MODULES = 500
@@ -18,6 +21,10 @@ RATES = [0.001, 0.003, 0.01, 0.03]
 ALPHAS = [round(i * 0.05, 10) for i in range(21)]
 #: What the page may weigh for this result (it was 1.51 MB; it is 0.39 MB).
 MAX_BYTES = 450_000
+#: What the stored chart files may weigh for it: ``mrc.svg`` was 1,103,986 bytes (248,560 now,
+#: most of it each module's whole name, once), ``interpolation.svg`` 167,533 (32,503 now).
+MAX_FILE_BYTES = {"mrc.svg": 300_000, "interpolation.svg": 60_000}
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def big_report() -> tuple[ReportData, list[str]]:
@@ -103,3 +110,52 @@ def test_a_long_mrc_table_opens_with_its_lowest_mrc_rows() -> None:
                                      mrc_rows=data.mrc_rows[:MRC_ROWS_SHOWN]))
     assert "<details class='mrc-all'>" not in small
     assert small.count("<td class='name'>") == MRC_ROWS_SHOWN
+
+
+def test_the_stored_charts_of_a_500_module_sweep_stay_small_and_read_alone() -> None:
+    data, names = big_report()
+    # As the worker draws them (worker.stages): the files, not the page's compact charts.
+    charts = job_charts(data.mrc_rows, data.selected_module, data.epochs, data.curves,
+                        data.splits)
+    files = {CHART_ARTIFACTS[name]: svg for name, svg in charts.items()}
+    sizes = {name: len(svg.encode()) for name, svg in files.items()}
+    assert all(sizes[name] <= bound for name, bound in MAX_FILE_BYTES.items()), sizes
+    roots = {name: ElementTree.fromstring(svg) for name, svg in files.items()}  # valid XML
+
+    mrc = roots["mrc.svg"]
+    assert [e.text for e in mrc.iter(f"{SVG}text") if e.get("class") == "axis-label"] == [
+        "MRC (robust loss increase)", "drop (percentage points)"]
+    top, bottom = [list(g.iter(f"{SVG}text")) for g in mrc.iter(f"{SVG}g")
+                   if g.get("class") == "categories"]
+    numbers = [str(i + 1) for i in range(MODULES)]
+    assert [(t.text or "").split(" ", 1)[0] for t in top + bottom] == numbers * 2
+    # Every module named whole once, after its number (the MRC table's and mrc.csv's row),
+    # with its values: the tooltip of its label in the top panel.
+    tips = [t.findtext(f"{SVG}title") or "" for t in top]
+    assert [tip.split(": MRC ", 1)[0] for tip in tips] == [
+        f"{i + 1} {name}" for i, name in enumerate(names)]
+    assert all(files["mrc.svg"].count(svg_escape(name)) == 1 for name in names)
+    assert "MRC ≥ " in tips[7] and "MRC = " in tips[8]  # row 8 (i % 50 == 7) stopped early
+    # The selected module is marked in both panels: its column shaded, its label bold.
+    bold = [(t.text or "").split(" ", 1)[0] for t in top + bottom
+            if "bold" in (t.get("style") or "")]
+    assert bold == ["301", "301"]
+    assert len([e for e in mrc.iter(f"{SVG}rect") if e.get("class") == "selected"]) == 2
+    bars = [(p.get("data-series"), (p.get("d") or "").count("Z")) for p in mrc.iter(f"{SVG}path")
+            if p.get("class") == "bars"]
+    partial = sum(i % 50 == 7 for i in range(MODULES))
+    assert sorted(bars) == sorted([("MRC", MODULES - partial), ("MRC", partial),
+                                   ("robust accuracy drop", MODULES - partial),
+                                   ("robust accuracy drop", partial)])
+
+    trade = roots["interpolation.svg"]
+    assert [e.text for e in trade.iter(f"{SVG}text") if e.get("class") == "axis-label"] == [
+        "clean accuracy (%, test split)", "robust accuracy (%, test split)"]
+    legend = next(g for g in trade.iter(f"{SVG}g") if g.get("class") == "legend")
+    assert [t.findtext(f"{SVG}title") for t in legend.iter(f"{SVG}text")] == [
+        curve.name for curve in data.curves]
+    dots = [(p.get("d") or "").count("Z") for p in trade.iter(f"{SVG}path")
+            if p.get("class") == "points"]
+    assert dots == [len(ALPHAS)] * len(RATES) * SWEEP_MODULES
+    rings = [e for e in trade.iter(f"{SVG}circle") if e.get("class") == "mark"]
+    assert [e.get("data-label") for e in rings] == ["α = 0.35"] * len(RATES) * SWEEP_MODULES
