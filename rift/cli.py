@@ -501,7 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted{resume}", file=sys.stderr)
         return 130
     except RiftError as exc:
-        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        # The setting to change, as the service's errors and riftctl name it (" (field: x)").
+        field = f" (field: {exc.field})" if exc.field else ""
+        print(f"error ({exc.code}): {exc.message}{field}", file=sys.stderr)
         return 2
     except CliInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

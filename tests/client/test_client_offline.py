@@ -203,3 +203,41 @@ def test_wait_tells_on_outage_when_the_service_stops_and_starts_answering() -> N
     # One call as the look fails its retries (the outage begins), one as the next answers.
     assert done.status == "succeeded"
     assert told == ["ServerError", None]
+
+
+def test_a_usage_error_names_the_argument_at_fault_in_field(tmp_path: Path) -> None:
+    """``RiftUsageError.field`` is the argument, as ``RiftAPIError.field`` is the request field
+    the service refused. Before: the argument was in the message only, so a caller handling
+    both kinds of refusal had no field to read for this one."""
+    from rift_client import verify_webhook
+
+    server = ScriptedServer([])
+    try:
+        with RiftClient(server.url, api_key="rift_test") as client:
+            refusals = {
+                "job_id": lambda: client.get_job(""),
+                "poll_interval": lambda: client.wait("job_1", poll_interval=0),
+                "timeout": lambda: client.wait("job_1", timeout="soon"),  # type: ignore[arg-type]
+                "limit": lambda: client.list_jobs(limit=-1),
+                "alpha": lambda: client.materialize("job_1", float("nan")),
+                "path": lambda: client.upload_checkpoint(tmp_path),
+                "checkpoint_id": lambda: client.create_job(
+                    {"config": {"architecture": {"name": "small_cnn"}}}),
+                "spec.config": lambda: client.create_job({}, checkpoint_id="ck_1"),
+                "idempotency_key": lambda: client.create_job(
+                    {"config": {}}, checkpoint_id="ck_1", idempotency_key="a b"),
+            }
+            for field, call in refusals.items():
+                with pytest.raises(RiftUsageError) as caught:
+                    call()
+                assert caught.value.field == field, (field, str(caught.value))
+    finally:
+        server.stop()
+    assert server.seen == []
+    for field, call in {
+            "api_key": lambda: RiftClient(server.url, api_key="rift_key\n"),
+            "base_url": lambda: RiftClient("ftp://host", api_key="rift_test"),
+            "secret": lambda: verify_webhook("whsec_!!", {}, b"")}.items():
+        with pytest.raises(RiftUsageError) as caught:
+            call()
+        assert caught.value.field == field, (field, str(caught.value))

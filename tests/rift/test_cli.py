@@ -141,6 +141,23 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(
     assert code == 2 and "a folder; give a file name" in capsys.readouterr().err
 
 
+def test_a_library_error_prints_the_setting_at_fault(
+        digits_checkpoint_path: Path, tmp_path: Path, capsys) -> None:
+    """Every library error carries the setting to change (``RiftError.field``); the command
+    line printed the message alone, though the service answers with the field. Here also
+    ``finetune.module`` naming a BatchNorm, which MRC does not score (was tuned)."""
+    out = tmp_path / "out"
+    code = main(["run", "--checkpoint", str(digits_checkpoint_path), "--arch", "small_cnn",
+                 "--num-classes", "10", "--dataset", "digits", "--device", "cpu", "--quiet",
+                 "--out", str(out), "--set", "finetune.module=bn1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error (invalid_config): finetune.module 'bn1' is a BatchNorm2d, "
+                          "which MRC does not score")
+    assert err.rstrip().endswith("conv1, conv2, conv3, fc (field: finetune.module)")
+    assert not (out / "mrc.json").exists()
+
+
 class _EasyDict(dict):  # type: ignore[type-arg]
     """Like easydict.EasyDict (not installed): a training script's config saved beside the
     weights, which only its own code could rebuild."""

@@ -193,6 +193,27 @@ def test_an_entry_error_crosses_the_process_boundary_with_its_entries() -> None:
     assert (decoded.message, decoded.entries) == ("pick one", ["model", "ema"])
 
 
+def test_every_library_errors_field_crosses_the_process_boundary_and_reaches_the_422() -> None:
+    """``field`` belongs to every library error (``RiftError``). Before: only a ConfigError's
+    crossed the validator's boundary, and only a ConfigError's became the answer's field, so a
+    checkpoint or dataset error naming the setting to change (``checkpoint_entry``,
+    ``dataset.path``) answered with the request field alone."""
+    from api.errors import from_rift_error
+    from rift.errors import CheckpointError, ConfigError, DatasetError
+    from validator.protocol import decode_error, encode_error
+
+    for error in (ConfigError("bad module", field="finetune.module"),
+                  CheckpointError("which weights", field="checkpoint_entry"),
+                  DatasetError("no such file", field="dataset.path"),
+                  CheckpointEntryError("pick one", ["model", "ema"], field="checkpoint_entry")):
+        decoded = decode_error(encode_error(error))
+        assert type(decoded) is type(error) and decoded.field == error.field
+        answer = from_rift_error(decoded, field="checkpoint_id")
+        assert answer.field == f"config.{error.field}"
+    assert from_rift_error(CheckpointError("unreadable"), field="checkpoint_id").field \
+        == "checkpoint_id"  # no setting to blame: the request field, as before
+
+
 def test_a_storage_claiming_more_elements_than_its_record_holds_is_refused(tmp_path: Path) -> None:
     """The memory-mapped load slices a storage out of the whole file without comparing its
     claimed size with its record, so this file (4 floats stored, 2^31 - 1 claimed) passed the

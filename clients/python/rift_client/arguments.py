@@ -22,7 +22,7 @@ def path_segment(what: str, value: str) -> str:
     """``value`` as one path segment, escaped so that an id cannot reach another route; an
     empty one (which would name the collection instead) is a :class:`RiftUsageError`."""
     if not isinstance(value, str) or not value:
-        raise RiftUsageError(f"{what} must be a non-empty string, not {value!r}")
+        raise RiftUsageError(f"{what} must be a non-empty string, not {value!r}", field=what)
     return quote(value, safe="")
 
 
@@ -33,25 +33,27 @@ def wait_times(timeout: float | None, poll_interval: float, *,
     finite; 0 would poll the service without pause)."""
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
                                 or math.isnan(timeout)):
-        raise RiftUsageError(f"timeout must be a number of seconds or None, not {timeout!r}")
+        raise RiftUsageError(f"timeout must be a number of seconds or None, not {timeout!r}",
+                             field="timeout")
     if isinstance(poll_interval, bool) or not isinstance(poll_interval, int | float) \
             or not 0 < poll_interval < math.inf:
         raise RiftUsageError(f"{interval_name} must be a number of seconds above 0, not "
-                             f"{poll_interval!r}")
+                             f"{poll_interval!r}", field=interval_name)
 
 
 def finite_number(what: str, value: float) -> float:
     """``value`` if it is a finite number (JSON has no NaN or infinity); the service checks the
     range itself and names the field."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise RiftUsageError(f"{what} must be a finite number, not {value!r}")
+        raise RiftUsageError(f"{what} must be a finite number, not {value!r}", field=what)
     return float(value)
 
 
 def item_limit(limit: int | None) -> int | None:
     """``limit`` of an iterating list: None (all) or a count of at least 0."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise RiftUsageError(f"limit must be None or a whole number of at least 0, not {limit!r}")
+        raise RiftUsageError(f"limit must be None or a whole number of at least 0, not {limit!r}",
+                             field="limit")
     return limit
 
 
@@ -92,5 +94,5 @@ def sendable_file(what: str, path: str | os.PathLike[str]) -> tuple[Path, int]:
         raise RiftUsageError(
             f"{what} {str(file)[:200]!r} is {kind}, not a regular file: its size is unknown "
             "and a retry could not read it again; save it to a file first (riftctl "
-            "checkpoints/datasets upload - does that for standard input)")
+            "checkpoints/datasets upload - does that for standard input)", field=what)
     return file, info.st_size

@@ -167,7 +167,7 @@ def _string_list(what: str, values: Sequence[str], items: str) -> list[str]:
     sent as its letters, is a :class:`RiftUsageError` naming ``what``, a list of ``items``."""
     if isinstance(values, str):
         raise RiftUsageError(f"{what} must be a list of {items}, not the string "
-                             f"{values[:100]!r}")
+                             f"{values[:100]!r}", field=what)
     return list(values)
 
 
@@ -178,7 +178,7 @@ def _if_match_headers(if_match: str | None) -> dict[str, str] | None:
         return None
     if not if_match.strip():
         raise RiftUsageError("if_match must be an ETag (a resource's .etag) or '*', not "
-                             "an empty string")
+                             "an empty string", field="if_match")
     return {"If-Match": if_match}
 
 
@@ -189,26 +189,34 @@ def _project_limits(limits: Mapping[str, int | None] | None) -> dict[str, int | 
         return {}
     if not isinstance(limits, Mapping):
         raise RiftUsageError(f"limits must be a mapping of limit names to values, not "
-                             f"{limits!r:.100}")
+                             f"{limits!r:.100}", field="limits")
     unknown = sorted(set(limits) - set(PROJECT_LIMITS))
     if unknown:
         raise RiftUsageError(f"limits: {', '.join(map(str, unknown))} is not a project limit "
-                             f"(known: {', '.join(PROJECT_LIMITS)})")
+                             f"(known: {', '.join(PROJECT_LIMITS)})", field="limits")
     return dict(limits)
 
 
-def header_token(what: str, value: str, *, secret: bool = False) -> str:
+def header_token(what: str, value: str, *, field: str, secret: bool = False) -> str:
     """``value`` if it can be sent as a header value as it is; else :class:`RiftUsageError`
-    naming ``what`` and the first character at fault (a secret is never quoted)."""
+    naming ``what`` and the first character at fault (a secret is never quoted), its ``field``
+    the argument that gave it."""
     if _HEADER_TOKEN.fullmatch(value):
         return value
     if not value:
-        raise RiftUsageError(f"{what} is empty")
+        raise RiftUsageError(f"{what} is empty", field=field)
     position, bad = next((i, ch) for i, ch in enumerate(value) if not _HEADER_TOKEN.match(ch))
     quoted = "" if secret else f" {value[:100]!r}"
     raise RiftUsageError(
         f"{what}{quoted} holds {bad!r} at position {position}; it may hold visible ASCII "
-        "characters only (no spaces, line breaks or non-ASCII letters)")
+        "characters only (no spaces, line breaks or non-ASCII letters)", field=field)
+
+
+def _job_spec_field(exc: ValidationError) -> str:
+    """The argument at fault in a spec that is not a JobSpec: ``spec`` and the first error's
+    key path (``spec.config``, ``spec.labels``)."""
+    loc = exc.errors()[0]["loc"] if exc.errors() else ()
+    return ".".join(["spec", *(str(part) for part in loc)])
 
 
 def _job_spec_error(exc: ValidationError, spec: object) -> str:
@@ -226,7 +234,7 @@ def _job_spec_error(exc: ValidationError, spec: object) -> str:
 def _idempotency_key(given: str | None) -> str:
     """``given`` checked as a header value, else a fresh random key (one per call, so that every
     retry of the call sends the same one)."""
-    return header_token("the Idempotency-Key", given) if given else \
+    return header_token("the Idempotency-Key", given, field="idempotency_key") if given else \
         f"rift-client-{uuid.uuid4().hex}"
 
 
@@ -237,10 +245,11 @@ def checked_base_url(raw: str) -> str:
     try:
         url = httpx.URL(raw)
     except (httpx.InvalidURL, TypeError) as exc:
-        raise RiftUsageError(f"the base URL {raw[:200]!r} is not a valid URL: {exc}") from None
+        raise RiftUsageError(f"the base URL {raw[:200]!r} is not a valid URL: {exc}",
+                             field="base_url") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise RiftUsageError(f"the base URL {raw[:200]!r} must look like "
-                             "http(s)://host[:port][/prefix]")
+                             "http(s)://host[:port][/prefix]", field="base_url")
     return raw.rstrip("/")
 
 
@@ -249,7 +258,7 @@ def _job_spec(spec: JobSpec | Mapping[str, Any]) -> dict[str, Any]:
     try:
         job_spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
     except ValidationError as exc:
-        raise RiftUsageError(_job_spec_error(exc, spec)) from exc
+        raise RiftUsageError(_job_spec_error(exc, spec), field=_job_spec_field(exc)) from exc
     body: dict[str, Any] = {"config": job_spec.config, "labels": job_spec.labels}
     if job_spec.dataset_id is not None:
         body["dataset_id"] = job_spec.dataset_id
@@ -583,7 +592,8 @@ class RiftCore:
         if (checkpoint_id is None) == (checkpoint_file is None):
             raise RiftUsageError("give either checkpoint_id (an uploaded checkpoint) or "
                                  "checkpoint_file (a local file sent with the job), not "
-                                 f"{'both' if checkpoint_id is not None else 'neither'}")
+                                 f"{'both' if checkpoint_id is not None else 'neither'}",
+                                 field="checkpoint_id")
         fields = _job_spec(spec)
         key = _idempotency_key(idempotency_key)
         if checkpoint_file is not None:
@@ -1097,7 +1107,7 @@ class RiftCore:
         """The newest ``limit`` messages, following ``next_cursor`` while more are wanted (a
         page holds at most 100; a service from before the log was paged sends no cursor)."""
         if limit < 1:
-            raise RiftUsageError(f"limit must be at least 1, got {limit}")
+            raise RiftUsageError(f"limit must be at least 1, got {limit}", field="limit")
         path = f"/v1/webhooks/{_seg('webhook_id', webhook_id)}/deliveries"
         items: list[WebhookDelivery] = []
         cursor: str | None = None

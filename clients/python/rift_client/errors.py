@@ -28,7 +28,13 @@ class RiftUsageError(RiftClientError, ValueError):
     ``http(s)://host[:port][/prefix]``, an API key or Idempotency-Key with characters an HTTP
     header cannot carry (non-ASCII, spaces, a trailing newline from a file), a job spec that is
     not a :class:`~rift_client.models.JobSpec`. A ``ValueError`` too, as Python callers expect
-    of a bad argument."""
+    of a bad argument. ``field`` names the argument at fault as the call spells it
+    (``poll_interval``, ``checkpoint_file``, ``spec.config``), or None, as
+    :attr:`RiftAPIError.field` names the request field the service refused."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UnexpectedResponseError(RiftClientError):

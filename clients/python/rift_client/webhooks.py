@@ -52,7 +52,7 @@ def _secret_key(secret: str) -> bytes:
         return base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
     except (binascii.Error, ValueError):
         raise RiftUsageError("the webhook secret is not 'whsec_' followed by base64 (the "
-                             "'secret' of the registration's answer)") from None
+                             "'secret' of the registration's answer)", field="secret") from None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
