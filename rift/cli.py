@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -491,7 +492,15 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # a reader that left shows here, inside the handlers below
+        return code
+    except BrokenPipeError:
+        # The reader left early (`python -m rift architectures | head -1`): it has what it
+        # wanted, as riftctl and rift-admin treat it; this was "error: Broken pipe", exit 2.
+        # stdout goes to /dev/null so that the interpreter's last flush is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         # Ctrl-C: stage outputs are written whole or not at all (rift.stage_outputs), so the
         # folder holds only finished stages; the same command resumes after them.

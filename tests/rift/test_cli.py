@@ -529,3 +529,17 @@ def test_every_option_of_run_says_what_it_sets() -> None:
     assert bare == [], bare
     out = next(action for action in run._actions if "--out" in action.option_strings)
     assert str(out.default) in (out.help or "")
+
+
+@pytest.mark.parametrize("args", [["architectures"], ["--help"], ["run", "--help"]])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(args: list[str]) -> None:
+    """``python -m rift architectures | head -1``. Before: "error: Broken pipe", exit 2 (the
+    OSError handler's one line, for a reader that had what it wanted)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before a byte is written: every write fails
+    try:
+        done = subprocess.run([sys.executable, "-m", "rift", *args], stdout=write_end,
+                              stderr=subprocess.PIPE, timeout=120, text=True, check=False)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, "")
