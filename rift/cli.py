@@ -21,6 +21,27 @@ from rift.errors import RiftError
 from rift.setting_names import describe_errors as describe_setting_errors
 from rift.setting_names import field_path, origin_key
 
+#: The flags of ``run`` that set one setting each (flag → dotted setting).
+SHORTCUT_FLAGS = {
+    "--arch": "architecture.name", "--num-classes": "architecture.num_classes",
+    "--dataset": "dataset.name", "--data-root": "dataset.root", "--data-path": "dataset.path",
+    "--device": "device", "--seed": "seed", "--precision": "precision",
+    "--checkpoint-entry": "checkpoint_entry",
+}
+#: The flags that give a library error's ``field`` when it names no setting but an argument of
+#: the pipeline (``run_pipeline(output_dir=...)``).
+_ARGUMENT_FLAGS = {"output_dir": "--out"}
+
+
+def field_words(field: str) -> str:
+    """A library error's ``field`` as the command line's user knows it: the flag that sets it
+    beside the setting (``dataset.path, --data-path``), a flag alone for a pipeline argument
+    (``--out``), else the setting (``--set`` or the ``--config`` file gives it)."""
+    flags = {dotted: flag for flag, dotted in SHORTCUT_FLAGS.items()}
+    if field in flags:
+        return f"{field}, {flags[field]}"
+    return _ARGUMENT_FLAGS.get(field, field)
+
 
 class CliInputError(Exception):
     """A file or flag named on the command line cannot be used; the message is one line for the
@@ -165,16 +186,9 @@ def _file_errors_of_strict_parse(tree: dict[str, Any], origins: dict[str, str]
 
 def _build_config(args: argparse.Namespace, origins: dict[str, str]) -> RiftConfig:
     tree: dict[str, Any] = _read_config_file(Path(args.config)) if args.config else {}
-    shortcuts = {
-        "--arch": ("architecture.name", args.arch),
-        "--num-classes": ("architecture.num_classes", args.num_classes),
-        "--dataset": ("dataset.name", args.dataset), "--data-root": ("dataset.root", args.data_root),
-        "--data-path": ("dataset.path", args.data_path), "--device": ("device", args.device),
-        "--seed": ("seed", args.seed), "--precision": ("precision", args.precision),
-        "--checkpoint-entry": ("checkpoint_entry", args.checkpoint_entry),
-    }
     _refuse_dataset_path(args.dataset, args.data_path)
-    for flag, (dotted, value) in shortcuts.items():
+    for flag, dotted in SHORTCUT_FLAGS.items():
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
         if value is not None:
             _set_path(tree, dotted, value, flag)
             origins[dotted] = flag
@@ -258,6 +272,31 @@ def _check_writable_folder(folder: Path, flag: str) -> None:
     problem = output_folder_problem(folder)
     if problem is not None:
         raise CliInputError(f"{flag} {folder}: {problem}")
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: what
+    :func:`_check_writable_folder` will make."""
+    missing: list[Path] = []
+    for path in (folder, *folder.absolute().parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty, or holds only the lock file a
+    run leaves (released: the run has ended); stop at the first that holds anything else."""
+    from rift.stage_outputs import LOCK_FILE
+
+    for folder in folders:
+        try:
+            if [entry.name for entry in folder.iterdir()] == [LOCK_FILE]:
+                (folder / LOCK_FILE).unlink()
+            folder.rmdir()
+        except OSError:
+            return
 
 
 class _ProgressBars:
@@ -378,12 +417,19 @@ def _command_run(args: argparse.Namespace) -> int:
         raise CliInputError(f"--checkpoint {checkpoint}: "
                             f"{'a folder, not a file' if checkpoint.is_dir() else 'no such file'}")
     out = Path(args.out)
+    made = _missing_folders(out)
     _check_writable_folder(out, "--out")
     bars = _ProgressBars(enabled=not args.quiet)
     try:
         result = run_pipeline(config, checkpoint, Path(args.out),
                               PipelineCallbacks(on_progress=bars, on_event=print_warnings),
                               fresh=args.fresh)
+    except BaseException:
+        # A run refused before its first stage (a device CUDA lacks, a dataset file missing, a
+        # checkpoint of another architecture) left the --out folder it had made, empty: a
+        # folder that looks like a run's outputs and holds none. A stage saved is kept.
+        _remove_empty(made)
+        raise
     finally:
         bars.close()
     print("\nModule robust criticality (lowest = least critical):")
@@ -511,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except RiftError as exc:
         # The setting to change, as the service's errors and riftctl name it (" (field: x)").
-        field = f" (field: {exc.field})" if exc.field else ""
+        field = f" (field: {field_words(exc.field)})" if exc.field else ""
         print(f"error ({exc.code}): {exc.message}{field}", file=sys.stderr)
         return 2
     except CliInputError as exc:

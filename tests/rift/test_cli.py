@@ -543,3 +543,39 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(args: list[str]) ->
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_a_run_refused_before_its_first_stage_leaves_no_out_folder_behind(
+        digits_checkpoint_path: Path, tmp_path: Path, capsys) -> None:
+    """Before: every refusal after the --out check (a missing data file, a device CUDA lacks, a
+    checkpoint of another architecture) left the folder it had made, empty, parents included."""
+    out = tmp_path / "runs" / "first"
+    command = ["run", "--checkpoint", str(digits_checkpoint_path), "--arch", "small_cnn",
+               "--dataset", "npz", "--data-path", str(tmp_path / "missing.npz"),
+               "--device", "cpu", "--quiet", "--out"]
+    assert main([*command, str(out)]) == 2
+    assert "missing.npz" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    # A folder that was there before the run is the user's: kept, as is what it holds.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    assert main([*command, str(tmp_path / "mine")]) == 2
+    assert main([*command, str(tmp_path / "mine" / "new")]) == 2
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_a_library_errors_field_names_the_flag_that_sets_it(
+        digits_checkpoint_path: Path, tmp_path: Path, capsys) -> None:
+    """The field of a library error is printed with the flag that sets it (the user typed
+    --data-path, not dataset.path), and a pipeline argument as its flag (output_dir: --out)."""
+    (tmp_path / "notes.npz").write_text("not an archive")
+    code = main(["run", "--checkpoint", str(digits_checkpoint_path), "--arch", "small_cnn",
+                 "--dataset", "npz", "--data-path", str(tmp_path / "notes.npz"),
+                 "--device", "cpu", "--quiet", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.rstrip().endswith("(field: dataset.path, --data-path)")
+    from rift.cli import field_words
+
+    assert field_words("output_dir") == "--out" and field_words("device") == "device, --device"
+    assert field_words("finetune.module") == "finetune.module"
