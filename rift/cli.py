@@ -7,11 +7,12 @@ the MRC and interpolation tables and writes the weights and ``result.json`` to `
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
@@ -459,6 +460,7 @@ def _command_demo_checkpoint(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise CliInputError(f"--out {out}: a folder; give a file name, e.g. "
                             f"{out / 'digits.safetensors'}")
+    _refuse_existing(out, "--out", args.overwrite)
     _check_writable_folder(out.parent, "--out")
     config_out = Path(args.config_out) if args.config_out else None
     if config_out is not None:
@@ -466,6 +468,7 @@ def _command_demo_checkpoint(args: argparse.Namespace) -> int:
         if config_out.is_dir():
             raise CliInputError(f"--config-out {config_out}: a folder; give a file name, e.g. "
                                 f"{config_out / 'config.json'}")
+        _refuse_existing(config_out, "--config-out", args.overwrite)
         _check_writable_folder(config_out.parent, "--config-out")
     metrics = make_digits_checkpoint(out, seed=args.seed)
     if config_out is not None:
@@ -477,6 +480,19 @@ def _command_demo_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_existing(path: Path, flag: str, overwrite: bool) -> None:
+    """A file already at ``path`` was replaced without a word: ``demo-checkpoint --out
+    model.safetensors`` wrote over the user's own model of that name (and ``--config-out``
+    over their config).
+
+    Raises:
+        CliInputError: naming ``flag``, unless ``overwrite``.
+    """
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise CliInputError(f"{flag} {path}: a file of that name exists; give another name, or "
+                            "--overwrite to replace it")
+
+
 def _command_architectures(_: argparse.Namespace) -> int:
     from rift.models import list_architectures
 
@@ -484,10 +500,44 @@ def _command_architectures(_: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, as every other error of the command
+    (argparse printed the whole usage, up to eight lines, above its error), with the closest
+    option for a mistyped one (``--sed``: did you mean ``--seed``?). Subcommands' parsers are
+    of this class too (``add_subparsers`` makes them of the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}{self._closest_option(message)} "
+                     f"(`{self.prog} --help` lists the options)\n")
+
+    def _closest_option(self, message: str) -> str:
+        if not message.startswith("unrecognized arguments: "):
+            return ""
+        known = _option_strings(self)
+        for word in message.removeprefix("unrecognized arguments: ").split():
+            flag = word.split("=", 1)[0]
+            if flag.startswith("--"):
+                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+                if close:
+                    return f"; did you mean {close[0]}?"
+        return ""
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every long option of ``parser`` and of its subcommands' parsers."""
+    found: list[str] = []
+    for action in parser._actions:
+        found.extend(option for option in action.option_strings if option.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found.extend(_option_strings(sub))
+    return sorted(set(found))
+
+
 def make_parser() -> argparse.ArgumentParser:
     # The module docstring is reStructuredText; --help shows it without the ``quotes``.
     description = __doc__.splitlines()[0].replace("``", "")
-    parser = argparse.ArgumentParser(prog="python -m rift", description=description)
+    parser = _OneLineParser(prog="python -m rift", description=description)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run MRC, fine-tuning and interpolation")
@@ -528,6 +578,8 @@ def make_parser() -> argparse.ArgumentParser:
                       help="also write a matching job config (a RiftConfig as JSON) for "
                       "`python -m rift run --config`, `riftctl jobs create --config` or the "
                       "API's job 'config'")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace files already at --out and --config-out (else refused)")
     demo.set_defaults(handler=_command_demo_checkpoint)
 
     arch = commands.add_parser("architectures", help="list the architecture names")

@@ -441,7 +441,7 @@ def test_help_names_every_demo_option_and_shows_no_rst_quotes() -> None:
     commands = next(action for action in parser._actions if action.dest == "command")
     demo = commands.choices["demo-checkpoint"]  # type: ignore[attr-defined]
     options = [action for action in demo._actions if action.option_strings != ["-h", "--help"]]
-    assert {action.dest for action in options} == {"out", "seed", "config_out"}
+    assert {action.dest for action in options} == {"out", "seed", "config_out", "overwrite"}
     assert all(action.help for action in options), [a.dest for a in options if not a.help]
 
 
@@ -579,3 +579,51 @@ def test_a_library_errors_field_names_the_flag_that_sets_it(
 
     assert field_words("output_dir") == "--out" and field_words("device") == "device, --device"
     assert field_words("finetune.module") == "finetune.module"
+
+
+def test_demo_checkpoint_refuses_to_write_over_an_existing_file(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    """Before: ``demo-checkpoint --out model.safetensors`` replaced the user's own model of that
+    name without a word (and ``--config-out`` their config), after minutes of training."""
+    import rift.demo
+
+    trained: list[Path] = []
+
+    def fake_training(path: Path, *, seed: int) -> dict[str, Any]:  # the training is not tested here
+        trained.append(Path(path))
+        Path(path).write_bytes(b"new weights")
+        return {"path": str(path), "seed": seed}
+
+    monkeypatch.setattr(rift.demo, "make_digits_checkpoint", fake_training)
+    mine, config = tmp_path / "model.safetensors", tmp_path / "config.json"
+    mine.write_bytes(b"my own model")
+    assert main(["demo-checkpoint", "--out", str(mine)]) == 2
+    assert capsys.readouterr().err == (f"error: --out {mine}: a file of that name exists; give "
+                                       "another name, or --overwrite to replace it\n")
+    config.write_text("{}")
+    assert main(["demo-checkpoint", "--out", str(tmp_path / "new.safetensors"),
+                 "--config-out", str(config)]) == 2
+    assert "error: --config-out" in capsys.readouterr().err
+    assert trained == [] and mine.read_bytes() == b"my own model" and config.read_text() == "{}"
+    assert main(["demo-checkpoint", "--out", str(mine), "--config-out", str(config),
+                 "--overwrite"]) == 0
+    assert mine.read_bytes() == b"new weights" and json.loads(config.read_text())
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["run", "--checkpoint", "ck", "--num-classes", "abc"],
+     "error: python -m rift run: argument --num-classes: invalid int value: 'abc' "
+     "(`python -m rift run --help` lists the options)"),
+    (["run", "--checkpoint", "ck", "--sed", "3"],
+     "error: python -m rift: unrecognized arguments: --sed 3; did you mean --seed? "
+     "(`python -m rift --help` lists the options)"),
+    (["run", "--checkpoint", "ck", "--data_path=x.npz"], "did you mean --data-path?"),
+    (["runn"], "invalid choice: 'runn'"),
+])
+def test_a_usage_error_is_one_line(argv: list[str], line: str, capsys) -> None:
+    """Before: argparse printed the whole usage (up to eight lines) above its error, and no
+    suggestion for a mistyped option."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and line in err, err
