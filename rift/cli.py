@@ -461,6 +461,7 @@ def _command_demo_checkpoint(args: argparse.Namespace) -> int:
         raise CliInputError(f"--out {out}: a folder; give a file name, e.g. "
                             f"{out / 'digits.safetensors'}")
     _refuse_existing(out, "--out", args.overwrite)
+    made = _missing_folders(out.parent)
     _check_writable_folder(out.parent, "--out")
     config_out = Path(args.config_out) if args.config_out else None
     if config_out is not None:
@@ -469,8 +470,13 @@ def _command_demo_checkpoint(args: argparse.Namespace) -> int:
             raise CliInputError(f"--config-out {config_out}: a folder; give a file name, e.g. "
                                 f"{config_out / 'config.json'}")
         _refuse_existing(config_out, "--config-out", args.overwrite)
+        made += _missing_folders(config_out.parent)
         _check_writable_folder(config_out.parent, "--config-out")
-    metrics = make_digits_checkpoint(out, seed=args.seed)
+    try:
+        metrics = make_digits_checkpoint(out, seed=args.seed)
+    except BaseException:
+        _remove_empty(made)  # as a refused run's: no empty folders left by a stopped training
+        raise
     if config_out is not None:
         # The matching job's RiftConfig, as `riftctl jobs create --config` and the README's
         # examples read it: without it a first user had a checkpoint and no config to run.
@@ -602,9 +608,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         # Ctrl-C: stage outputs are written whole or not at all (rift.stage_outputs), so the
         # folder holds only finished stages; the same command resumes after them.
+        # A run stopped before its first save has no folder left (_remove_empty).
         out = getattr(args, "out", None)
         resume = (f"; the stages saved in {out} are kept, the same command resumes after them"
-                  if args.command == "run" else "")
+                  if args.command == "run" and out is not None and Path(out).is_dir() else
+                  "; nothing was saved" if args.command == "run" else "")
         print(f"interrupted{resume}", file=sys.stderr)
         return 130
     except RiftError as exc:

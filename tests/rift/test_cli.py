@@ -369,11 +369,18 @@ def test_ctrl_c_exits_130_saying_the_run_resumes(tmp_path: Path, capsys, monkeyp
 
     monkeypatch.setattr(rift.pipeline, "run_pipeline", interrupted)
     (tmp_path / "ck.safetensors").write_bytes(b"x")
+    (tmp_path / "out").mkdir()  # a folder of an earlier run's stages
     code = main(["run", "--checkpoint", str(tmp_path / "ck.safetensors"), "--arch", "small_cnn",
                  "--dataset", "digits", "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 130
     assert capsys.readouterr().err == (f"interrupted; the stages saved in {tmp_path / 'out'} are "
                                        "kept, the same command resumes after them\n")
+    # Stopped before its first save, in a folder it made: the folder is removed, and the line
+    # no longer promises stages (it named a folder that held none).
+    code = main(["run", "--checkpoint", str(tmp_path / "ck.safetensors"), "--arch", "small_cnn",
+                 "--dataset", "digits", "--out", str(tmp_path / "new"), "--quiet"])
+    assert code == 130 and not (tmp_path / "new").exists()
+    assert capsys.readouterr().err == "interrupted; nothing was saved\n"
 
 
 def test_interpolation_table_shows_alpha_as_on_the_grid() -> None:
