@@ -634,3 +634,17 @@ def test_a_usage_error_is_one_line(argv: list[str], line: str, capsys) -> None:
         main(argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.count("\n") == 1 and line in err, err
+
+
+def test_a_stopped_demo_training_leaves_no_folder_it_made(tmp_path: Path, capsys,
+                                                          monkeypatch) -> None:
+    import rift.demo
+
+    def stopped(path: Path, *, seed: int) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rift.demo, "make_digits_checkpoint", stopped)
+    code = main(["demo-checkpoint", "--out", str(tmp_path / "a" / "b" / "digits.safetensors"),
+                 "--config-out", str(tmp_path / "c" / "config.json")])
+    assert code == 130 and capsys.readouterr().err == "interrupted\n"
+    assert list(tmp_path.iterdir()) == []  # before: a/b and c were left, empty
