@@ -247,10 +247,7 @@ def from_rift_error(exc: RiftError, *, field: str | None = None) -> ApiError:
     """The :class:`ApiError` for a library error; ``field`` says which request field it concerns.
 
     Configuration and input-file errors are the client's (422); ``JobCancelled`` is a conflict.
-    An error naming the config setting at fault (``exc.field``, any class) is answered with
-    that setting (``config.finetune.module``) in place of ``field``.
     """
-    field = f"config.{exc.field}" if exc.field else field
     if isinstance(exc, CheckpointMismatchError):
         return InvalidInput(
             exc.message,
@@ -268,7 +265,10 @@ def from_rift_error(exc: RiftError, *, field: str | None = None) -> ApiError:
     if isinstance(exc, CheckpointEntryError):
         return InvalidInput(exc.message, field=field, code=exc.code,
                             details={"entries": exc.entries})
-    if isinstance(exc, UnknownArchitectureError | ConfigError | CheckpointError | DatasetError):
+    if isinstance(exc, UnknownArchitectureError | ConfigError):
+        config_field = f"config.{exc.field}" if exc.field else field
+        return InvalidInput(exc.message, field=config_field, code=exc.code)
+    if isinstance(exc, CheckpointError | DatasetError):
         return InvalidInput(exc.message, field=field, code=exc.code)
     if isinstance(exc, JobCancelled):
         return Conflict(exc.message, field=field, code=exc.code)

@@ -648,3 +648,14 @@ def test_a_stopped_demo_training_leaves_no_folder_it_made(tmp_path: Path, capsys
                  "--config-out", str(tmp_path / "c" / "config.json")])
     assert code == 130 and capsys.readouterr().err == "interrupted\n"
     assert list(tmp_path.iterdir()) == []  # before: a/b and c were left, empty
+
+
+def test_a_checkpoint_entry_error_names_its_flag(digits_checkpoint_path: Path, tmp_path: Path,
+                                                  capsys) -> None:
+    # Before: no field, so the line said "leave out checkpoint_entry", a word of the config
+    # file, to a user who had typed --checkpoint-entry.
+    code = main(["run", "--checkpoint", str(digits_checkpoint_path), "--arch", "small_cnn",
+                 "--dataset", "digits", "--checkpoint-entry", "ema", "--device", "cpu",
+                 "--quiet", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.rstrip().endswith("(field: checkpoint_entry, --checkpoint-entry)")
