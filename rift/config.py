@@ -487,8 +487,14 @@ def unused_settings(tree: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]
     not in RiftConfig: a stored config writes out every setting, the unused ones too.
 
     Now: ``finetune.lr`` beside a ``finetune.lr_grid`` without it (the grid's rates are the ones
-    run; the lr was dropped without a word).
+    run; the lr was dropped without a word); ``dataset.path`` on a dataset read from ``root``
+    or built in, ``dataset.root`` on one read from ``path`` or built in (``--dataset digits
+    --data-path mine.npz`` ran on the digits, the file never opened).
     """
+    return [*_unused_lr(tree), *_unused_dataset_location(tree)]
+
+
+def _unused_lr(tree: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
     finetune = tree.get("finetune")
     if not isinstance(finetune, Mapping) or "lr" not in finetune:
         return []
@@ -497,6 +503,32 @@ def unused_settings(tree: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]
         return [(("finetune", "lr"), f"'lr_grid' sets the rates that are run and {lr!r} is not "
                  "among them: add it to 'lr_grid', or leave 'lr' out")]
     return []
+
+
+#: Which datasets read their files from ``path`` and which from ``root`` (the rest are built
+#: into a package: ``digits``).
+_PATH_DATASETS = ("npz", "imagefolder")
+_ROOT_DATASETS = ("cifar10", "cifar100", "svhn", "mnist")
+
+
+def _unused_dataset_location(tree: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    dataset = tree.get("dataset")
+    if not isinstance(dataset, Mapping) or not isinstance(dataset.get("name"), str):
+        return []
+    name = dataset["name"]
+    if name not in (*_PATH_DATASETS, *_ROOT_DATASETS, "digits"):
+        return []  # an unknown name: the schema's "did you mean" says the rest
+    own = ("'digits' is scikit-learn's, bundled with it" if name == "digits" else
+           f"'{name}' reads 'path'" if name in _PATH_DATASETS else f"'{name}' reads 'root'")
+    found: list[tuple[tuple[str, ...], str]] = []
+    if dataset.get("path") is not None and name not in _PATH_DATASETS:
+        found.append((("dataset", "path"), f"'path' is read by the 'npz' and 'imagefolder' "
+                      f"datasets only and {own}: for your own data set 'name' to 'npz' or "
+                      "'imagefolder', or leave 'path' out"))
+    if dataset.get("root") is not None and name not in _ROOT_DATASETS:
+        found.append((("dataset", "root"), f"'root' is the folder of the "
+                      f"{', '.join(_ROOT_DATASETS)} files and {own}: leave 'root' out"))
+    return found
 
 
 def check_seed(seed: int) -> None:

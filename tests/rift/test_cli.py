@@ -659,3 +659,14 @@ def test_a_checkpoint_entry_error_names_its_flag(digits_checkpoint_path: Path, t
                  "--quiet", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and err.rstrip().endswith("(field: checkpoint_entry, --checkpoint-entry)")
+
+
+def test_a_data_path_the_dataset_does_not_read_is_refused_naming_the_flag(
+        digits_checkpoint_path: Path, tmp_path: Path, capsys) -> None:
+    code = main(["run", "--checkpoint", str(digits_checkpoint_path), "--arch", "small_cnn",
+                 "--dataset", "digits", "--data-path", str(tmp_path / "mine.npz"),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: invalid configuration: dataset.path: 'path' is "
+                                        "read by the 'npz' and 'imagefolder' datasets only")
+    assert err.rstrip().endswith("(from --data-path)") and not (tmp_path / "out").exists()

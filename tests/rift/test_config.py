@@ -124,3 +124,19 @@ def test_mrc_p_follows_the_integer_rules_and_its_errors_name_the_field_once() ->
     for wrong in (1, 3, 2.5, "Inf", float("inf"), None):
         assert _errors(mrc={"p": wrong}) == {"mrc.p"}
     assert RiftConfig.model_validate({**BASE, "mrc": {"p": "inf"}}).mrc.p == "inf"
+
+
+def test_a_dataset_location_the_dataset_does_not_read_is_an_unused_setting() -> None:
+    """Before: ``--dataset digits --data-path mine.npz`` ran on the digits, the file never
+    opened; ``root`` beside an npz was dropped the same way."""
+    from rift.config import unused_settings
+
+    def unused(**dataset: object) -> list[tuple[str, ...]]:
+        return [path for path, _ in unused_settings({"dataset": dataset})]
+
+    assert unused(name="digits", path="mine.npz") == [("dataset", "path")]
+    assert unused(name="cifar10", root="/data", path="x") == [("dataset", "path")]
+    assert unused(name="npz", path="x.npz", root="/data") == [("dataset", "root")]
+    assert unused(name="digits", root="/data") == [("dataset", "root")]
+    assert unused(name="npz", path="x.npz") == unused(name="cifar10", root="/d") == []
+    assert unused(name="digits", path=None, root=None) == unused(name="cifar-10", path="x") == []
