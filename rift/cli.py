@@ -90,6 +90,15 @@ def _parse_override(text: str) -> tuple[str, Any, str]:
         return key, raw, raw
 
 
+def _path_text(text: str) -> str:
+    """A path flag's value, refused when empty or blank: ``--out "$OUT"`` with ``OUT`` unset
+    wrote the run's outputs into the current folder (``Path("")`` is "."), and ``--checkpoint
+    ""`` was "--checkpoint .: a folder"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"an empty path ({text!r}); an unset shell variable?")
+    return text
+
+
 class _RepeatedKey(ValueError):
     pass
 
@@ -120,7 +129,18 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise CliInputError(f"--config {path}: expected a JSON object, got "
                             f"{type(tree).__name__}")
+    if isinstance(tree.get("config"), dict) and set(tree) <= _JOB_REQUEST_KEYS:
+        # A POST /v1/jobs body copied from the API's examples: every key was "unknown
+        # setting", and architecture and dataset "required", which hid the one fix.
+        raise CliInputError(f"--config {path}: a job request ({', '.join(sorted(tree))}), "
+                            "not a RiftConfig: its 'config' object is the RiftConfig; save "
+                            "that object alone and give it")
     return tree
+
+
+#: The keys of a ``POST /v1/jobs`` body (api/schemas.py JobCreate).
+_JOB_REQUEST_KEYS = frozenset({"config", "checkpoint_id", "dataset_id", "labels",
+                               "time_limit_seconds"})
 
 
 class ConfigInputError(CliInputError):
@@ -547,17 +567,18 @@ def make_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run MRC, fine-tuning and interpolation")
-    run.add_argument("--checkpoint", required=True, help=".safetensors or PyTorch state dict")
+    run.add_argument("--checkpoint", type=_path_text, required=True,
+                     help=".safetensors or PyTorch state dict")
     run.add_argument("--checkpoint-entry", metavar="KEY_PATH",
                      help="the weights to tune when the checkpoint holds several, e.g. ema, "
                      "state_dict_ema or model.state_dict (sets checkpoint_entry)")
-    run.add_argument("--config", help="JSON file with a RiftConfig (flags override it)")
+    run.add_argument("--config", type=_path_text, help="JSON file with a RiftConfig (flags override it)")
     run.add_argument("--arch", help="architecture name, e.g. resnet18")
     run.add_argument("--num-classes", type=int,
                      help="the model's output classes (architecture.num_classes; default 10)")
     run.add_argument("--dataset", help="cifar10, cifar100, svhn, mnist, digits, npz, imagefolder")
-    run.add_argument("--data-root", help="data directory for built-in datasets")
-    run.add_argument("--data-path", help="file or folder for npz / imagefolder")
+    run.add_argument("--data-root", type=_path_text, help="data directory for built-in datasets")
+    run.add_argument("--data-path", type=_path_text, help="file or folder for npz / imagefolder")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     run.add_argument("--precision", choices=["fp32", "bf16"],
                      help="arithmetic of the run (precision; default fp32)")
@@ -565,7 +586,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", type=_parse_override, metavar="KEY=VALUE",
                      help="override any config field, e.g. --set mrc.steps=5 (JSON values; an "
                      "object is merged into the section)")
-    run.add_argument("--out", default="rift-output",
+    run.add_argument("--out", type=_path_text, default="rift-output",
                      help="output folder (default: rift-output); a run with the same "
                      "checkpoint, dataset and config "
                      "resumes from the stages saved there, any other run is refused")
@@ -576,11 +597,11 @@ def make_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo-checkpoint",
                                help="adversarially train small_cnn on sklearn digits")
-    demo.add_argument("--out", required=True,
+    demo.add_argument("--out", type=_path_text, required=True,
                       help="the checkpoint file to write, e.g. digits.safetensors")
     demo.add_argument("--seed", type=int, default=0,
                       help="initial weights and training randomness (default 0)")
-    demo.add_argument("--config-out", metavar="CONFIG_JSON",
+    demo.add_argument("--config-out", type=_path_text, metavar="CONFIG_JSON",
                       help="also write a matching job config (a RiftConfig as JSON) for "
                       "`python -m rift run --config`, `riftctl jobs create --config` or the "
                       "API's job 'config'")

@@ -670,3 +670,32 @@ def test_a_data_path_the_dataset_does_not_read_is_refused_naming_the_flag(
     assert code == 2 and err.startswith("error: invalid configuration: dataset.path: 'path' is "
                                         "read by the 'npz' and 'imagefolder' datasets only")
     assert err.rstrip().endswith("(from --data-path)") and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag", ["--checkpoint", "--out", "--config", "--data-path"])
+def test_an_empty_path_flag_is_refused(flag: str, tmp_path: Path, capsys) -> None:
+    """``--out "$OUT"`` with OUT unset wrote the run's outputs into the current folder
+    (Path("") is "."); ``--checkpoint ""`` was "--checkpoint .: a folder, not a file"."""
+    argv = {"--checkpoint": "ck.safetensors", "--out": str(tmp_path / "out")}
+    argv[flag] = ""
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--arch", "small_cnn", "--dataset", "npz",
+              *(word for pair in argv.items() for word in pair)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert f"argument {flag}: an empty path ('')" in err and err.count("\n") == 1
+
+
+def test_a_job_request_given_as_the_config_says_where_the_config_is(
+        tmp_path: Path, capsys) -> None:
+    # Before: "config: unknown setting", "labels: unknown setting", architecture and dataset
+    # "required": four errors, none the fix.
+    request = tmp_path / "job.json"
+    request.write_text(json.dumps({"checkpoint_id": "ck_1", "labels": {}, "config": {
+        "architecture": {"name": "small_cnn"}, "dataset": {"name": "digits"}}}))
+    code = main(["run", "--checkpoint", str(tmp_path / "ck.safetensors"), "--config",
+                 str(request), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"error: --config {request}: a job request (checkpoint_id, config, labels), not a "
+        "RiftConfig: its 'config' object is the RiftConfig; save that object alone and give it\n")
