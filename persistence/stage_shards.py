@@ -448,7 +448,8 @@ def stop_cancelled_part(session: Session, kind: PartKind, job_id: str, index: in
 
 
 def fail_part(session: Session, kind: PartKind, job_id: str, index: int, *, owner: str,
-              code: str, message: str, now: datetime | None = None) -> bool:
+              code: str, message: str, now: datetime | None = None,
+              field: str | None = None) -> bool:
     """Part ``index`` failed the job (a library error, missing inputs, its attempts used up): it
     is marked failed (the lease ``owner`` held given up, the error kept), and the job fails with
     ``code`` and ``message`` once no sibling part runs; until then the failure is pending and
@@ -469,7 +470,7 @@ def fail_part(session: Session, kind: PartKind, job_id: str, index: int, *, owne
             return False
         stage = session.execute(select(JobStage).where(
             JobStage.job_id == job_id, JobStage.stage == kind.stage)).scalar_one()
-        return fail_when_parts_stop(session, job, stage, code, message, now)
+        return fail_when_parts_stop(session, job, stage, code, message, now, field=field)
 
 
 def release_shard(session: Session, job_id: str, shard: int, *, owner: str, error: str) -> None:

@@ -690,14 +690,15 @@ def recorded_failure(session: Session, job_id: str, stage: str, code: str, messa
 
 def fail_job(session: Session, job_id: str, code: str, message: str, *,
              stage: str | None = None, owner: str | None = None, force: bool = False,
-             now: datetime | None = None) -> Job:
+             now: datetime | None = None, field: str | None = None) -> Job:
     """End the job as failed with an error ``code`` and a ``message`` for the user; the stage
     (default: the job's current one) is marked failed. No-op if the job already ended. With
     ``owner`` (a worker), only while that worker holds the stage, else :class:`LeaseLost`.
     Without ``owner``, while a part of a split stage still runs the failure only becomes
     pending and the job ends with its last part (:func:`persistence.transactions.
     fail_when_parts_stop`; ``force``: now, whatever runs). With ``owner``, a job that already
-    ended raises :class:`JobEnded` instead: the worker's end was not the job's."""
+    ended raises :class:`JobEnded` instead: the worker's end was not the job's. ``field``: the
+    config setting a library error blames, kept in the failure's events."""
     now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
@@ -711,9 +712,10 @@ def fail_job(session: Session, job_id: str, code: str, message: str, *,
                 if row is None or row.lease_owner != owner:
                     raise LeaseLost(f"worker {owner} does not hold stage '{stage}' of job "
                                     f"{job_id}")
-                fail_now(session, job, row, code, message, now)
+                fail_now(session, job, row, code, message, now, field=field)
             else:
-                fail_when_parts_stop(session, job, row, code, message, now, force=force)
+                fail_when_parts_stop(session, job, row, code, message, now, force=force,
+                                     field=field)
     return job
 
 

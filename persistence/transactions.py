@@ -215,7 +215,8 @@ def failure_is_pending(job: Job) -> bool:
 
 
 def fail_when_parts_stop(session: Session, job: Job, stage: JobStage | None, code: str,
-                         message: str, now: datetime, *, force: bool = False) -> bool:
+                         message: str, now: datetime, *, force: bool = False,
+                         field: str | None = None) -> bool:
     """Fail the locked ``job`` with ``code`` and ``message``, or, while a sibling part of a
     split stage (an MRC shard, a sweep candidate) still runs under a live lease, record the
     failure as pending: ``error_code``/``error_message`` set, ``cancel_requested`` set so that
@@ -223,8 +224,9 @@ def fail_when_parts_stop(session: Session, job: Job, stage: JobStage | None, cod
     event; the status stays ``running``. The last part to stop (or a claim once its lease
     expired) then ends the job failed with that error (:func:`end_stopped_job`). A failure
     already pending is kept: the job's error is the first failure's. ``force`` fails it now
-    whatever runs (the recovery loop's last word on a job past its time limit). Returns whether
-    the job ended now.
+    whatever runs (the recovery loop's last word on a job past its time limit). ``field``: the
+    config setting a library error blames (``finetune.module``), put in the events' payloads
+    (the job row has no column for it). Returns whether the job ended now.
 
     Before, the first failing part failed the job at once while its siblings still ran, so a
     ``DELETE`` in that window was accepted and a sibling then stored its θ_FT or rows under the
@@ -238,9 +240,10 @@ def fail_when_parts_stop(session: Session, job: Job, stage: JobStage | None, cod
         if first:
             log_event(session, job.id, EventKind.FAILURE_PENDING,
                       {"stage": stage.stage if stage is not None else job.stage, "code": code,
-                       "message": storable_text(message)}, now)
+                       "message": storable_text(message), **_field_of(field)}, now)
         return False
-    fail_now(session, job, stage, job.error_code or code, job.error_message or message, now)
+    fail_now(session, job, stage, job.error_code or code, job.error_message or message, now,
+             field=field if first else None)
     return True
 
 
@@ -277,10 +280,16 @@ def _cancel_waiting_parts(session: Session, job_id: str, stage: JobStage) -> Non
                     .execution_options(synchronize_session=False))
 
 
+def _field_of(field: str | None) -> dict[str, str]:
+    """The ``field`` key of a failure event's payload: present only when a setting is blamed."""
+    return {"field": field} if field else {}
+
+
 def fail_now(session: Session, job: Job, stage: JobStage | None, code: str, message: str,
-             now: datetime) -> None:
+             now: datetime, *, field: str | None = None) -> None:
     """End the job as failed with an error ``code`` and ``message``; ``stage`` (if any) is marked
-    failed, its lease dropped, and becomes the job's stage."""
+    failed, its lease dropped, and becomes the job's stage. ``field``, the config setting a
+    library error blames, goes in the ``job_failed`` event's payload."""
     message = storable_text(message)
     job.status = JobStatus.FAILED
     job.error_code = code
@@ -297,7 +306,7 @@ def fail_now(session: Session, job: Job, stage: JobStage | None, code: str, mess
         stage.last_error = message
     settle_job_reservation(session, job)  # ended: what it did not store is free again
     log_event(session, job.id, EventKind.JOB_FAILED,
-              {"stage": job.stage, "code": code, "message": message}, now)
+              {"stage": job.stage, "code": code, "message": message, **_field_of(field)}, now)
 
 
 def cancel_job(session: Session, job: Job, stages: Sequence[JobStage], now: datetime) -> None:

@@ -265,7 +265,7 @@ def _select_entry(obj: object, entry: str, source: str) -> object:
                 f"{source} has no entry {entry!r} (no key {parts[index]!r} at {where}); "
                 + (f"its weights entries are {', '.join(map(repr, entries))}" if entries else
                    "its weights are at its top level: leave out checkpoint_entry"),
-                entries=entries)
+                entries=entries, field="checkpoint_entry")
         current, index = mapping[key], index + key.count(".") + 1
     return current
 
@@ -289,7 +289,7 @@ def _container(obj: object, source: str, entry: str | None) -> object:
         raise CheckpointEntryError(
             f"{source} holds different weights under {shown}{inside}: which to use cannot be "
             "told from the file (a model and its EMA, a student and its teacher); "
-            f"{_entry_advice(entries)}", entries=entries)
+            f"{_entry_advice(entries)}", entries=entries, field="checkpoint_entry")
     chosen = found[0][1]
     if entry is not None and not (isinstance(chosen, Mapping)
                                   and any(isinstance(v, Tensor) for v in chosen.values())):
@@ -298,7 +298,7 @@ def _container(obj: object, source: str, entry: str | None) -> object:
                   else "its weights are at its top level: leave out checkpoint_entry")
         raise CheckpointEntryError(
             f"{source}: entry {entry!r} holds a {describe_value(chosen)}, not weights (a "
-            f"mapping of tensors or a pickled model); {advice}", entries=entries)
+            f"mapping of tensors or a pickled model); {advice}", entries=entries, field="checkpoint_entry")
     return chosen
 
 

@@ -7,10 +7,12 @@ the MRC and interpolation tables and writes the weights and ``result.json`` to `
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
@@ -19,6 +21,27 @@ from rift.config import RiftConfig, dataset_names, unused_settings
 from rift.errors import RiftError
 from rift.setting_names import describe_errors as describe_setting_errors
 from rift.setting_names import field_path, origin_key
+
+#: The flags of ``run`` that set one setting each (flag → dotted setting).
+SHORTCUT_FLAGS = {
+    "--arch": "architecture.name", "--num-classes": "architecture.num_classes",
+    "--dataset": "dataset.name", "--data-root": "dataset.root", "--data-path": "dataset.path",
+    "--device": "device", "--seed": "seed", "--precision": "precision",
+    "--checkpoint-entry": "checkpoint_entry",
+}
+#: The flags that give a library error's ``field`` when it names no setting but an argument of
+#: the pipeline (``run_pipeline(output_dir=...)``).
+_ARGUMENT_FLAGS = {"output_dir": "--out"}
+
+
+def field_words(field: str) -> str:
+    """A library error's ``field`` as the command line's user knows it: the flag that sets it
+    beside the setting (``dataset.path, --data-path``), a flag alone for a pipeline argument
+    (``--out``), else the setting (``--set`` or the ``--config`` file gives it)."""
+    flags = {dotted: flag for flag, dotted in SHORTCUT_FLAGS.items()}
+    if field in flags:
+        return f"{field}, {flags[field]}"
+    return _ARGUMENT_FLAGS.get(field, field)
 
 
 class CliInputError(Exception):
@@ -67,6 +90,15 @@ def _parse_override(text: str) -> tuple[str, Any, str]:
         return key, raw, raw
 
 
+def _path_text(text: str) -> str:
+    """A path flag's value, refused when empty or blank: ``--out "$OUT"`` with ``OUT`` unset
+    wrote the run's outputs into the current folder (``Path("")`` is "."), and ``--checkpoint
+    ""`` was "--checkpoint .: a folder"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"an empty path ({text!r}); an unset shell variable?")
+    return text
+
+
 class _RepeatedKey(ValueError):
     pass
 
@@ -97,7 +129,18 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise CliInputError(f"--config {path}: expected a JSON object, got "
                             f"{type(tree).__name__}")
+    if isinstance(tree.get("config"), dict) and set(tree) <= _JOB_REQUEST_KEYS:
+        # A POST /v1/jobs body copied from the API's examples: every key was "unknown
+        # setting", and architecture and dataset "required", which hid the one fix.
+        raise CliInputError(f"--config {path}: a job request ({', '.join(sorted(tree))}), "
+                            "not a RiftConfig: its 'config' object is the RiftConfig; save "
+                            "that object alone and give it")
     return tree
+
+
+#: The keys of a ``POST /v1/jobs`` body (api/schemas.py JobCreate).
+_JOB_REQUEST_KEYS = frozenset({"config", "checkpoint_id", "dataset_id", "labels",
+                               "time_limit_seconds"})
 
 
 class ConfigInputError(CliInputError):
@@ -164,16 +207,9 @@ def _file_errors_of_strict_parse(tree: dict[str, Any], origins: dict[str, str]
 
 def _build_config(args: argparse.Namespace, origins: dict[str, str]) -> RiftConfig:
     tree: dict[str, Any] = _read_config_file(Path(args.config)) if args.config else {}
-    shortcuts = {
-        "--arch": ("architecture.name", args.arch),
-        "--num-classes": ("architecture.num_classes", args.num_classes),
-        "--dataset": ("dataset.name", args.dataset), "--data-root": ("dataset.root", args.data_root),
-        "--data-path": ("dataset.path", args.data_path), "--device": ("device", args.device),
-        "--seed": ("seed", args.seed), "--precision": ("precision", args.precision),
-        "--checkpoint-entry": ("checkpoint_entry", args.checkpoint_entry),
-    }
     _refuse_dataset_path(args.dataset, args.data_path)
-    for flag, (dotted, value) in shortcuts.items():
+    for flag, dotted in SHORTCUT_FLAGS.items():
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
         if value is not None:
             _set_path(tree, dotted, value, flag)
             origins[dotted] = flag
@@ -257,6 +293,31 @@ def _check_writable_folder(folder: Path, flag: str) -> None:
     problem = output_folder_problem(folder)
     if problem is not None:
         raise CliInputError(f"{flag} {folder}: {problem}")
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: what
+    :func:`_check_writable_folder` will make."""
+    missing: list[Path] = []
+    for path in (folder, *folder.absolute().parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty, or holds only the lock file a
+    run leaves (released: the run has ended); stop at the first that holds anything else."""
+    from rift.stage_outputs import LOCK_FILE
+
+    for folder in folders:
+        try:
+            if [entry.name for entry in folder.iterdir()] == [LOCK_FILE]:
+                (folder / LOCK_FILE).unlink()
+            folder.rmdir()
+        except OSError:
+            return
 
 
 class _ProgressBars:
@@ -377,12 +438,19 @@ def _command_run(args: argparse.Namespace) -> int:
         raise CliInputError(f"--checkpoint {checkpoint}: "
                             f"{'a folder, not a file' if checkpoint.is_dir() else 'no such file'}")
     out = Path(args.out)
+    made = _missing_folders(out)
     _check_writable_folder(out, "--out")
     bars = _ProgressBars(enabled=not args.quiet)
     try:
         result = run_pipeline(config, checkpoint, Path(args.out),
                               PipelineCallbacks(on_progress=bars, on_event=print_warnings),
                               fresh=args.fresh)
+    except BaseException:
+        # A run refused before its first stage (a device CUDA lacks, a dataset file missing, a
+        # checkpoint of another architecture) left the --out folder it had made, empty: a
+        # folder that looks like a run's outputs and holds none. A stage saved is kept.
+        _remove_empty(made)
+        raise
     finally:
         bars.close()
     print("\nModule robust criticality (lowest = least critical):")
@@ -412,6 +480,8 @@ def _command_demo_checkpoint(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise CliInputError(f"--out {out}: a folder; give a file name, e.g. "
                             f"{out / 'digits.safetensors'}")
+    _refuse_existing(out, "--out", args.overwrite)
+    made = _missing_folders(out.parent)
     _check_writable_folder(out.parent, "--out")
     config_out = Path(args.config_out) if args.config_out else None
     if config_out is not None:
@@ -419,8 +489,14 @@ def _command_demo_checkpoint(args: argparse.Namespace) -> int:
         if config_out.is_dir():
             raise CliInputError(f"--config-out {config_out}: a folder; give a file name, e.g. "
                                 f"{config_out / 'config.json'}")
+        _refuse_existing(config_out, "--config-out", args.overwrite)
+        made += _missing_folders(config_out.parent)
         _check_writable_folder(config_out.parent, "--config-out")
-    metrics = make_digits_checkpoint(out, seed=args.seed)
+    try:
+        metrics = make_digits_checkpoint(out, seed=args.seed)
+    except BaseException:
+        _remove_empty(made)  # as a refused run's: no empty folders left by a stopped training
+        raise
     if config_out is not None:
         # The matching job's RiftConfig, as `riftctl jobs create --config` and the README's
         # examples read it: without it a first user had a checkpoint and no config to run.
@@ -430,6 +506,19 @@ def _command_demo_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_existing(path: Path, flag: str, overwrite: bool) -> None:
+    """A file already at ``path`` was replaced without a word: ``demo-checkpoint --out
+    model.safetensors`` wrote over the user's own model of that name (and ``--config-out``
+    over their config).
+
+    Raises:
+        CliInputError: naming ``flag``, unless ``overwrite``.
+    """
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise CliInputError(f"{flag} {path}: a file of that name exists; give another name, or "
+                            "--overwrite to replace it")
+
+
 def _command_architectures(_: argparse.Namespace) -> int:
     from rift.models import list_architectures
 
@@ -437,24 +526,59 @@ def _command_architectures(_: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, as every other error of the command
+    (argparse printed the whole usage, up to eight lines, above its error), with the closest
+    option for a mistyped one (``--sed``: did you mean ``--seed``?). Subcommands' parsers are
+    of this class too (``add_subparsers`` makes them of the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}{self._closest_option(message)} "
+                     f"(`{self.prog} --help` lists the options)\n")
+
+    def _closest_option(self, message: str) -> str:
+        if not message.startswith("unrecognized arguments: "):
+            return ""
+        known = _option_strings(self)
+        for word in message.removeprefix("unrecognized arguments: ").split():
+            flag = word.split("=", 1)[0]
+            if flag.startswith("--"):
+                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+                if close:
+                    return f"; did you mean {close[0]}?"
+        return ""
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every long option of ``parser`` and of its subcommands' parsers."""
+    found: list[str] = []
+    for action in parser._actions:
+        found.extend(option for option in action.option_strings if option.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found.extend(_option_strings(sub))
+    return sorted(set(found))
+
+
 def make_parser() -> argparse.ArgumentParser:
     # The module docstring is reStructuredText; --help shows it without the ``quotes``.
     description = __doc__.splitlines()[0].replace("``", "")
-    parser = argparse.ArgumentParser(prog="python -m rift", description=description)
+    parser = _OneLineParser(prog="python -m rift", description=description)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run MRC, fine-tuning and interpolation")
-    run.add_argument("--checkpoint", required=True, help=".safetensors or PyTorch state dict")
+    run.add_argument("--checkpoint", type=_path_text, required=True,
+                     help=".safetensors or PyTorch state dict")
     run.add_argument("--checkpoint-entry", metavar="KEY_PATH",
                      help="the weights to tune when the checkpoint holds several, e.g. ema, "
                      "state_dict_ema or model.state_dict (sets checkpoint_entry)")
-    run.add_argument("--config", help="JSON file with a RiftConfig (flags override it)")
+    run.add_argument("--config", type=_path_text, help="JSON file with a RiftConfig (flags override it)")
     run.add_argument("--arch", help="architecture name, e.g. resnet18")
     run.add_argument("--num-classes", type=int,
                      help="the model's output classes (architecture.num_classes; default 10)")
     run.add_argument("--dataset", help="cifar10, cifar100, svhn, mnist, digits, npz, imagefolder")
-    run.add_argument("--data-root", help="data directory for built-in datasets")
-    run.add_argument("--data-path", help="file or folder for npz / imagefolder")
+    run.add_argument("--data-root", type=_path_text, help="data directory for built-in datasets")
+    run.add_argument("--data-path", type=_path_text, help="file or folder for npz / imagefolder")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     run.add_argument("--precision", choices=["fp32", "bf16"],
                      help="arithmetic of the run (precision; default fp32)")
@@ -462,7 +586,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", type=_parse_override, metavar="KEY=VALUE",
                      help="override any config field, e.g. --set mrc.steps=5 (JSON values; an "
                      "object is merged into the section)")
-    run.add_argument("--out", default="rift-output",
+    run.add_argument("--out", type=_path_text, default="rift-output",
                      help="output folder (default: rift-output); a run with the same "
                      "checkpoint, dataset and config "
                      "resumes from the stages saved there, any other run is refused")
@@ -473,14 +597,16 @@ def make_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo-checkpoint",
                                help="adversarially train small_cnn on sklearn digits")
-    demo.add_argument("--out", required=True,
+    demo.add_argument("--out", type=_path_text, required=True,
                       help="the checkpoint file to write, e.g. digits.safetensors")
     demo.add_argument("--seed", type=int, default=0,
                       help="initial weights and training randomness (default 0)")
-    demo.add_argument("--config-out", metavar="CONFIG_JSON",
+    demo.add_argument("--config-out", type=_path_text, metavar="CONFIG_JSON",
                       help="also write a matching job config (a RiftConfig as JSON) for "
                       "`python -m rift run --config`, `riftctl jobs create --config` or the "
                       "API's job 'config'")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace files already at --out and --config-out (else refused)")
     demo.set_defaults(handler=_command_demo_checkpoint)
 
     arch = commands.add_parser("architectures", help="list the architecture names")
@@ -491,17 +617,29 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # a reader that left shows here, inside the handlers below
+        return code
+    except BrokenPipeError:
+        # The reader left early (`python -m rift architectures | head -1`): it has what it
+        # wanted, as riftctl and rift-admin treat it; this was "error: Broken pipe", exit 2.
+        # stdout goes to /dev/null so that the interpreter's last flush is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         # Ctrl-C: stage outputs are written whole or not at all (rift.stage_outputs), so the
         # folder holds only finished stages; the same command resumes after them.
+        # A run stopped before its first save has no folder left (_remove_empty).
         out = getattr(args, "out", None)
         resume = (f"; the stages saved in {out} are kept, the same command resumes after them"
-                  if args.command == "run" else "")
+                  if args.command == "run" and out is not None and Path(out).is_dir() else
+                  "; nothing was saved" if args.command == "run" else "")
         print(f"interrupted{resume}", file=sys.stderr)
         return 130
     except RiftError as exc:
-        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        # The setting to change, as the service's errors and riftctl name it (" (field: x)").
+        field = f" (field: {field_words(exc.field)})" if exc.field else ""
+        print(f"error ({exc.code}): {exc.message}{field}", file=sys.stderr)
         return 2
     except CliInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

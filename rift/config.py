@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -239,7 +240,13 @@ class MRCSpec(_Strict):
     """Module Robust Criticality (docs/algorithm.md, step 1)."""
 
     eps: float = Field(0.1, gt=0.0, le=10.0, description="Relative radius of the weight ball.")
-    p: Literal[2, "inf"] = Field(2, description="Norm of the weight ball: 2 (Frobenius) or 'inf'.")
+    # A union, not Literal[2, "inf"]: a Literal matches 2.0 by equality even in a strict parse,
+    # so a job's "p": 2.0 was read as 2 where every integer setting refuses 2.0 ("write 2").
+    # As an int, 2 follows the integer rules: 2.0 refused in JSON configs, taken in Python.
+    p: Annotated[int, Field(ge=2, le=2)] | Literal["inf"] = Field(
+        2, description="Order of the norm of the weight ball: the integer 2 (Frobenius) or the "
+        "text 'inf' (largest absolute entry). No other order is implemented; float('inf') is "
+        "not taken for 'inf'.")
     steps: int = Field(10, ge=1, le=1000, description="Ascent passes over the adversarial set.")
     lr: float = Field(1.0, gt=0.0, le=1e6, description="Gradient-ascent learning rate.")
     batch_size: int = Field(512, ge=1, le=65536)
@@ -304,6 +311,23 @@ class MRCSpec(_Strict):
             hint = f"; write {int(value)}"
         raise ValueError(f"'auto' or a whole number of modules from 1 to {MAX_MODULE_BATCH}"
                          f"{hint}")
+
+    @field_validator("p", mode="wrap")
+    @classmethod
+    def _norm_order(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        # The union's members each refused a bad value in their own words (as module_batch's
+        # did); one error, typed as the member that refused: "int_type" for a 2.0 in strict
+        # JSON (the "write 2" hint), else the choice list ("Inf": "did you mean 'inf'?").
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            if isinstance(value, bool):  # _no_booleans_for_numbers' own words
+                raise
+            kinds = {error["type"] for error in exc.errors()}
+        if "int_type" in kinds and isinstance(value, float):
+            raise PydanticCustomError("int_type", "Input should be 2 or 'inf'") from None
+        raise PydanticCustomError("literal_error", "Input should be 2 or 'inf'",
+                                  {"expected": "2 or 'inf'"}) from None
 
     @field_validator("include", "exclude", "modules", mode="before")
     @classmethod
@@ -463,8 +487,14 @@ def unused_settings(tree: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]
     not in RiftConfig: a stored config writes out every setting, the unused ones too.
 
     Now: ``finetune.lr`` beside a ``finetune.lr_grid`` without it (the grid's rates are the ones
-    run; the lr was dropped without a word).
+    run; the lr was dropped without a word); ``dataset.path`` on a dataset read from ``root``
+    or built in, ``dataset.root`` on one read from ``path`` or built in (``--dataset digits
+    --data-path mine.npz`` ran on the digits, the file never opened).
     """
+    return [*_unused_lr(tree), *_unused_dataset_location(tree)]
+
+
+def _unused_lr(tree: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
     finetune = tree.get("finetune")
     if not isinstance(finetune, Mapping) or "lr" not in finetune:
         return []
@@ -473,6 +503,32 @@ def unused_settings(tree: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]
         return [(("finetune", "lr"), f"'lr_grid' sets the rates that are run and {lr!r} is not "
                  "among them: add it to 'lr_grid', or leave 'lr' out")]
     return []
+
+
+#: Which datasets read their files from ``path`` and which from ``root`` (the rest are built
+#: into a package: ``digits``).
+_PATH_DATASETS = ("npz", "imagefolder")
+_ROOT_DATASETS = ("cifar10", "cifar100", "svhn", "mnist")
+
+
+def _unused_dataset_location(tree: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    dataset = tree.get("dataset")
+    if not isinstance(dataset, Mapping) or not isinstance(dataset.get("name"), str):
+        return []
+    name = dataset["name"]
+    if name not in (*_PATH_DATASETS, *_ROOT_DATASETS, "digits"):
+        return []  # an unknown name: the schema's "did you mean" says the rest
+    own = ("'digits' is scikit-learn's, bundled with it" if name == "digits" else
+           f"'{name}' reads 'path'" if name in _PATH_DATASETS else f"'{name}' reads 'root'")
+    found: list[tuple[tuple[str, ...], str]] = []
+    if dataset.get("path") is not None and name not in _PATH_DATASETS:
+        found.append((("dataset", "path"), f"'path' is read by the 'npz' and 'imagefolder' "
+                      f"datasets only and {own}: for your own data set 'name' to 'npz' or "
+                      "'imagefolder', or leave 'path' out"))
+    if dataset.get("root") is not None and name not in _ROOT_DATASETS:
+        found.append((("dataset", "root"), f"'root' is the folder of the "
+                      f"{', '.join(_ROOT_DATASETS)} files and {own}: leave 'root' out"))
+    return found
 
 
 def check_seed(seed: int) -> None:

@@ -8,23 +8,23 @@ from __future__ import annotations
 
 
 class RiftError(Exception):
-    """Base class of every error the library raises on purpose."""
+    """Base class of every error the library raises on purpose. ``field`` is the dotted config
+    setting to change (``finetune.module``, ``mrc.batch_size``), where one is to blame, else
+    None: every error carries it in one place, so the CLI prints it and the service's job and
+    validation errors carry it whatever the error's class."""
 
     code: str = "rift_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.field = field
 
 
 class ConfigError(RiftError):
     """A setting is out of range or names something that does not exist (e.g. a module name)."""
 
     code = "invalid_config"
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 class UnknownArchitectureError(ConfigError):
@@ -44,8 +44,9 @@ class CheckpointEntryError(CheckpointError):
 
     code = "checkpoint_entry"
 
-    def __init__(self, message: str, entries: list[str] | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, entries: list[str] | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message, field)
         self.entries = list(entries or [])
 
 
@@ -60,8 +61,9 @@ class CheckpointMismatchError(CheckpointError):
         missing: list[str] | None = None,
         unexpected: list[str] | None = None,
         mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] | None = None,
+        field: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, field)
         self.missing = missing or []
         self.unexpected = unexpected or []
         # (key, shape in checkpoint, shape the model expects)
@@ -87,10 +89,6 @@ class NumericalError(RiftError):
 
     code = "non_finite_values"
 
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
 
 class FinetuneDiverged(NumericalError):
     """Fine-tuning diverged in its first epoch: no finite epoch is left to keep as θ_FT (a later
@@ -103,10 +101,6 @@ class DeviceMemoryError(RiftError):
     smallest did not fit). Not worth retrying as is: ``field`` names the setting to lower."""
 
     code = "out_of_device_memory"
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 class JobCancelled(RiftError):

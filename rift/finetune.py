@@ -40,7 +40,7 @@ from rift.finetune_resume import (
 )
 from rift.gradient_paths import untrainable_message
 from rift.model_state import frozen_except
-from rift.scored_weights import second_names
+from rift.scored_weights import scored_parameters, scored_weights, second_names, unscored_reason
 
 _BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
 # Layers with running statistics that eval mode uses: BatchNorm, and InstanceNorm built with
@@ -113,27 +113,34 @@ class FinetuneResult:
 
 
 def trainable_module(model: nn.Module, module_name: str) -> nn.Module:
-    """The submodule called ``module_name`` (a ``named_modules`` name, e.g. ``layer2.1.conv2``).
+    """The submodule called ``module_name`` (a ``named_modules`` name, e.g. ``layer2.1.conv2``),
+    which must be a module whose weights MRC scores (:func:`rift.scored_weights.
+    scored_parameters`: a convolution, Linear, Bilinear or attention, subclasses included, as in
+    ``mrc.modules``): RiFT fine-tunes a module the MRC table can rank. Its own parameters are
+    the ones trained (the scored weights and their biases).
 
     Raises:
-        ConfigError (field ``finetune.module``): no such module, or it has no parameters of its own.
+        ConfigError (field ``finetune.module``): no such module, or one MRC does not score (a
+            BatchNorm, a container, a pruned layer: tuned without a row before); the message
+            says what kind it is and names modules that may be given.
     """
     modules = dict(model.named_modules())
     module = modules.get(module_name) if module_name else None
-    if module is None or not list(module.parameters(recurse=False)):
-        valid = [name for name, m in modules.items()
-                 if name and list(m.parameters(recurse=False))]
-        shown = ", ".join(valid[:_NAMES_SHOWN]) + (" …" if len(valid) > _NAMES_SHOWN else "")
-        first = second_names(model).get(module_name) if module is None else None
-        reason = (f"is the module {first!r} registered under a second name (its rows, events "
-                  f"and results use the first): name it {first!r}" if first is not None
-                  else "is not a module of the model" if module is None
-                  else f"is a {type(module).__name__}, which has no parameters of its own")
-        raise ConfigError(
-            f"finetune.module {module_name!r} {reason}; modules with parameters: {shown}",
-            field="finetune.module",
-        )
-    return module
+    if module is not None and scored_parameters(module):
+        return module
+    scored = scored_weights(model)
+    rows = scored.modules
+    shown = ", ".join(rows[:_NAMES_SHOWN]) + (" …" if len(rows) > _NAMES_SHOWN else "")
+    first = second_names(model).get(module_name) if module is None else None
+    reason = (f"is the module {first!r} registered under a second name (its rows, events "
+              f"and results use the first): name it {first!r}" if first is not None
+              else "is not a module of the model" if module is None
+              else unscored_reason(model, module_name, scored))
+    raise ConfigError(
+        f"finetune.module {module_name!r} {reason}; modules MRC scores (one of these may be "
+        f"fine-tuned): {shown or 'none'}",
+        field="finetune.module",
+    )
 
 
 def finetune_module(

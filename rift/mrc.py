@@ -44,11 +44,12 @@ from rift.model_state import frozen_except, input_dtype
 from rift.mrc_selection import SCREEN_PASSES, run_selection
 from rift.mrc_stacked import FP32_ONLY, StackedProbe, modules_per_group, reshuffled_batches
 from rift.scored_weights import (
-    is_pruned,
+    ScoredWeights,
     scored_parameters,
     scored_weights,
     second_names,
     unscored_kinds,
+    unscored_reason,
 )
 from rift.segments import (
     Segment,
@@ -209,7 +210,7 @@ def select_modules(model: nn.Module, spec: MRCSpec) -> list[str]:
     if spec.modules is not None:
         refused = [name for name in spec.modules if name not in candidates]
         if refused:
-            raise ConfigError(_refused_modules(model, refused, candidates, scored.aliases),
+            raise ConfigError(_refused_modules(model, refused, scored),
                               field="mrc.modules")
         wanted = set(spec.modules)
         if candidates:
@@ -247,37 +248,20 @@ def _names(names: list[str], limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 
-def _refused_modules(model: nn.Module, refused: list[str], candidates: list[str],
-                     aliases: dict[str, str]) -> str:
+def _refused_modules(model: nn.Module, refused: list[str], scored: ScoredWeights) -> str:
     """Why each name of ``mrc.modules`` in ``refused`` has no row: a module MRC does not score
     (a BatchNorm, a container), a weight scored under another name, or no module at all."""
-    modules = dict(model.named_modules())
-    reasons: list[str] = []
-    for name in refused:
-        if name in aliases:
-            reasons.append(f"{name!r} shares its weight with {aliases[name]!r} (a shared weight "
-                           "is scored once, under the first module holding it)")
-        elif name in modules and is_pruned(modules[name]):
-            reasons.append(
-                f"{name!r} is pruned with torch.nn.utils.prune: a hook makes its weight from "
-                "weight_orig × weight_mask at every call, so it holds no weight Parameter MRC "
-                "could perturb (make the pruning permanent with prune.remove(module, 'weight') "
-                "before saving to score it)")
-        elif name in modules:
-            inside = [row for row in candidates if row.startswith(f"{name}.")]
-            reasons.append(
-                f"{name!r} is a {type(modules[name]).__name__}, which MRC does not score (it "
-                "scores convolutions, linear and bilinear layers and attention projections: "
-                "rift/scored_weights.py)" + (f"; the scored modules inside it are e.g. "
-                                              f"{inside[:8]}" if inside else ""))
+    reasons = [f"{name!r} {reason}" for name in refused
+               if (reason := unscored_reason(model, name, scored)) is not None]
     second = second_names(model)
     reasons.extend(f"{name!r} is the module {second[name]!r} registered under a second name: "
                    f"its row is {second[name]!r}" for name in refused if name in second)
+    modules = dict(model.named_modules())
     unknown = [name for name in refused
-               if name not in aliases and name not in modules and name not in second]
+               if name not in scored.aliases and name not in modules and name not in second]
     if unknown:
         reasons.append(f"unknown module(s) {unknown}; conv/linear modules of this model are "
-                       f"e.g. {candidates[:8]}")
+                       f"e.g. {scored.modules[:8]}")
     return "; ".join(reasons)
 
 

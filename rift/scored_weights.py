@@ -111,6 +111,34 @@ def second_names(model: nn.Module) -> dict[str, str]:
     return found
 
 
+#: What :func:`scored_parameters` scores, in words for a refusal.
+SCORED_KINDS = "convolutions, linear and bilinear layers and attention projections"
+
+
+def unscored_reason(model: nn.Module, name: str, scored: ScoredWeights) -> str | None:
+    """Why the module ``name`` of ``model`` has no row of ``scored`` (its
+    :func:`scored_weights`), as words that follow the quoted name: a weight scored under another
+    name, a pruned layer, or a module of a kind MRC does not score (a BatchNorm, a container,
+    with the scored modules inside it); None for a row or a name that is no module (or one
+    registered under a second name: :func:`second_names`). One wording for every setting that
+    names modules (``mrc.modules``, ``finetune.module``)."""
+    module = dict(model.named_modules()).get(name)
+    if name in scored.aliases:
+        return (f"shares its weight with {scored.aliases[name]!r} (a shared weight is scored "
+                "once, under the first module holding it)")
+    if module is None or name in scored.modules:
+        return None
+    if is_pruned(module):
+        return ("is pruned with torch.nn.utils.prune: a hook makes its weight from "
+                "weight_orig × weight_mask at every call, so it holds no weight Parameter MRC "
+                "could perturb (make the pruning permanent with prune.remove(module, 'weight') "
+                "before saving to score it)")
+    inside = [row for row in scored.modules if row.startswith(f"{name}.")]
+    return (f"is a {type(module).__name__}, which MRC does not score (it scores {SCORED_KINDS}: "
+            "rift/scored_weights.py)"
+            + (f"; the scored modules inside it are e.g. {inside[:8]}" if inside else ""))
+
+
 def unscored_kinds(model: nn.Module, names: list[str]) -> dict[str, list[str]]:
     """The parameters ``names`` of ``model`` (``ScoredWeights.unscored``) by why they have no
     row: under ``"raw Parameter"`` those a model's own code holds directly (class tokens,

@@ -40,9 +40,8 @@ _ERRORS: dict[str, type[RiftError]] = {
 
 def encode_error(exc: RiftError) -> dict[str, Any]:
     """A library error as JSON (its class, message and the fields the API maps to HTTP)."""
-    data: dict[str, Any] = {"type": type(exc).__name__, "message": exc.message}
-    if isinstance(exc, ConfigError):
-        data["field"] = exc.field
+    data: dict[str, Any] = {"type": type(exc).__name__, "message": exc.message,
+                            "field": exc.field}
     if isinstance(exc, CheckpointEntryError):
         data["entries"] = list(exc.entries)
     if isinstance(exc, CheckpointMismatchError):
@@ -55,15 +54,14 @@ def encode_error(exc: RiftError) -> dict[str, Any]:
 def decode_error(data: dict[str, Any]) -> RiftError:
     """The library error :func:`encode_error` encoded (a plain RiftError for unknown types)."""
     kind, message = data.get("type"), str(data.get("message", "validation failed"))
+    field = data.get("field") if isinstance(data.get("field"), str) else None
     if kind == "CheckpointMismatchError":
         return CheckpointMismatchError(
             message, missing=list(data.get("missing", [])),
             unexpected=list(data.get("unexpected", [])),
             mismatched=[(key, tuple(got), tuple(want))
-                        for key, got, want in data.get("mismatched", [])])
+                        for key, got, want in data.get("mismatched", [])], field=field)
     if kind == "CheckpointEntryError":
-        return CheckpointEntryError(message, [str(entry) for entry in data.get("entries", [])])
-    cls = _ERRORS.get(str(kind), RiftError)
-    if issubclass(cls, ConfigError):
-        return cls(message, field=data.get("field"))
-    return cls(message)
+        return CheckpointEntryError(message, [str(entry) for entry in data.get("entries", [])],
+                                    field=field)
+    return _ERRORS.get(str(kind), RiftError)(message, field=field)

@@ -620,7 +620,8 @@ def _settle_part(lease: LeaseHeartbeat, kind: stage_shards.PartKind, job_id: str
         return "handed_back"
     if isinstance(exc, RiftError | ObjectNotFound):
         code = exc.code if isinstance(exc, RiftError) else "missing_object"
-        _fail_part(lease, kind, job_id, index, attempt, code, exc.message)
+        _fail_part(lease, kind, job_id, index, attempt, code, exc.message,
+                   exc.field if isinstance(exc, RiftError) else None)
         return "failed"
     logger.exception("job %s %s %d: unexpected error", job_id, kind.noun, index)
     if attempt >= resources.settings.max_stage_attempts:
@@ -642,7 +643,7 @@ def _settle_part(lease: LeaseHeartbeat, kind: stage_shards.PartKind, job_id: str
 
 
 def _fail_part(lease: LeaseHeartbeat, kind: stage_shards.PartKind, job_id: str, index: int,
-               attempt: int, code: str, message: str) -> None:
+               attempt: int, code: str, message: str, field: str | None = None) -> None:
     """:func:`persistence.stage_shards.fail_part` of the part held under ``lease``, tried again
     through a database outage."""
     from worker.finishing import record_finish  # as in _settle_part
@@ -650,7 +651,7 @@ def _fail_part(lease: LeaseHeartbeat, kind: stage_shards.PartKind, job_id: str, 
     record_finish(
         lease,
         lambda session: stage_shards.fail_part(session, kind, job_id, index, owner=lease.owner,
-                                               code=code, message=message),
+                                               code=code, message=message, field=field),
         lambda session: stage_shards.recorded_part_failure(session, kind, job_id, index,
                                                            attempt=attempt, message=message))
 

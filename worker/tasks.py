@@ -563,7 +563,8 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
                      device)
     except RiftError as exc:
         reporter.close()
-        return _Step(stage, _fail(reporter, claim.attempt, exc.code, exc.message), device)
+        return _Step(stage, _fail(reporter, claim.attempt, exc.code, exc.message, exc.field),
+                     device)
     except ObjectNotFound as exc:
         reporter.close()
         return _Step(stage, _fail(
@@ -709,12 +710,14 @@ def _cancel(resources: WorkerResources, job_id: str, stage: str) -> str:
     return "cancelled"
 
 
-def _fail(reporter: StageReporter, attempt: int, code: str, message: str) -> str:
+def _fail(reporter: StageReporter, attempt: int, code: str, message: str,
+          field: str | None = None) -> str:
     """Fail the job in the reporter's stage (claim ``attempt``), tried again through a database
-    outage while the lease holds (worker.finishing); returns the outcome."""
+    outage while the lease holds (worker.finishing); returns the outcome. ``field``: the
+    setting a library error blames (its ``RiftError.field``), kept in the failure's event."""
     job_id, stage = reporter.job_id, reporter.stage
     try:
-        _fail_recorded(reporter, attempt, code, message)
+        _fail_recorded(reporter, attempt, code, message, field)
     except LeaseLost as exc:
         logger.warning("job %s stage %s: %s", job_id, stage, exc)
         return "lease_lost"
@@ -724,14 +727,15 @@ def _fail(reporter: StageReporter, attempt: int, code: str, message: str) -> str
     return "failed"
 
 
-def _fail_recorded(reporter: StageReporter, attempt: int, code: str, message: str) -> None:
+def _fail_recorded(reporter: StageReporter, attempt: int, code: str, message: str,
+                   field: str | None = None) -> None:
     """:func:`persistence.stages.fail_job` of the reporter's stage by its worker, tried again
     through a database outage while the lease holds (worker.finishing)."""
     job_id, stage, owner = reporter.job_id, reporter.stage, reporter.owner
     record_finish(
         reporter,
         lambda session: stages.fail_job(session, job_id, code, message, stage=stage,
-                                        owner=owner),
+                                        owner=owner, field=field),
         lambda session: stages.recorded_failure(session, job_id, stage, code, message,
                                                 attempt=attempt))
 

@@ -189,7 +189,8 @@ def load_imagefolder(spec: DatasetSpec) -> SourceData:
         # The service takes the tree as a tar; the library reads it unpacked.
         archive = " (an archive: unpack it and give the folder)" if root.is_file() and (
             tarfile.is_tarfile(root) or zipfile.is_zipfile(root)) else ""
-        raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder{archive}")
+        raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder{archive}",
+                           field="dataset.path")
     train_root = root / TRAIN_FOLDER if (root / TRAIN_FOLDER).is_dir() else root
     classes = [d.name for d in _visible_dirs(train_root)]
     if not classes:

@@ -99,11 +99,35 @@ def _refuse_object_arrays(path: Path) -> None:
                     read_npy_header(member, name.removesuffix(".npy"))
 
 
+#: How an .npz (a zip archive) and a .npy file begin; np.load reads anything else as a pickle,
+#: refused as "pickled (object) data" for a text file, an image or a CSV that is none.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _refuse_other_formats(path: Path) -> None:
+    """Raises DatasetError (field ``dataset.path``) when ``path`` begins as neither an .npz nor
+    an .npy file, saying what its first bytes are."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(8)
+    except OSError as exc:
+        raise DatasetError(f"cannot read 'path' {path}: {exc.strerror or exc}",
+                           field="dataset.path") from exc
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_NPY_MAGIC):
+        return
+    shown = "it is empty" if not head else f"its first bytes are {head!r}"
+    raise DatasetError(f"'path' {path} is not an .npz archive ({shown}); save the arrays with "
+                       "np.savez(path, x=..., y=...)", field="dataset.path")
+
+
 def load_npz(spec: DatasetSpec) -> SourceData:
     """Read ``spec.path``; raise DatasetError naming the key at fault."""
     path = Path(spec.path or "")
     if not path.is_file():
-        raise DatasetError(f"dataset 'npz': 'path' {path} is not a file")
+        kind = "a folder" if path.is_dir() else "not a file"
+        raise DatasetError(f"dataset 'npz': 'path' {path} is {kind}", field="dataset.path")
+    _refuse_other_formats(path)
     try:
         # allow_pickle=False: object arrays would unpickle code from a user-supplied file.
         loaded = np.load(path, allow_pickle=False)
@@ -112,14 +136,15 @@ def load_npz(spec: DatasetSpec) -> SourceData:
             raise DatasetError(
                 f"'path' {path} holds a single {loaded.dtype} array of shape "
                 f"{list(loaded.shape)} (a .npy file), not an .npz archive; save the arrays with "
-                "np.savez(path, x=..., y=...)")
+                "np.savez(path, x=..., y=...)", field="dataset.path")
         with loaded as archive:
             _refuse_object_arrays(path)
             names = list(archive.files)
             check_npz_keys(names, str(path))
             arrays = {key: archive[key] for key in names if key in NPZ_KEYS}
     except (ValueError, OverflowError, OSError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"cannot read 'path' {path} as .npz: {exc}") from exc
+        raise DatasetError(f"cannot read 'path' {path} as .npz: {exc}",
+                           field="dataset.path") from exc
     x, layout = _inputs(arrays["x"], "x")
     train = ImageTensors(x, _labels(arrays["y"], "y", x.shape[0], "x"))
     test = None

@@ -37,7 +37,8 @@ def _root(spec: DatasetSpec) -> Path:
     if not spec.root:
         # Named as each reader gives it: `python -m rift run` has no flag called 'root'.
         raise DatasetError(f"dataset '{spec.name}' needs 'root' (dataset.root; --data-root of "
-                           "`python -m rift run`), the folder that holds its files")
+                           "`python -m rift run`), the folder that holds its files",
+                           field="dataset.root")
     return Path(spec.root)
 
 
@@ -48,21 +49,23 @@ def _download(spec: DatasetSpec, fetch: Callable[[str], object]) -> None:
         root.mkdir(parents=True, exist_ok=True)
         fetch(str(root))
     except Exception as exc:  # network, disk or checksum failures all mean: no data
-        raise DatasetError(f"downloading '{spec.name}' into 'root' {root} failed: {exc}") from exc
+        raise DatasetError(f"downloading '{spec.name}' into 'root' {root} failed: {exc}",
+                           field="dataset.root") from exc
 
 
 def _require_folder(spec: DatasetSpec, folder: Path, expected: str) -> None:
     if not folder.is_dir():
         raise DatasetError(
             f"dataset '{spec.name}': folder {folder} not found under 'root' (looked for "
-            f"{expected}); download is off, so set 'download': true or put the files there")
+            f"{expected}); download is off, so set 'download': true or put the files there",
+            field="dataset.root")
 
 
 def _require_file(spec: DatasetSpec, path: Path) -> None:
     if not path.is_file():
         raise DatasetError(
             f"dataset '{spec.name}': file {path} not found under 'root'; download is off, so set "
-            "'download': true or put the file there")
+            "'download': true or put the file there", field="dataset.root")
 
 
 # --- CIFAR -----------------------------------------------------------------------------------

@@ -135,6 +135,22 @@ def test_module_names_given_as_numbers_are_read_as_names(api: Api, checkpoint_id
     assert api.count(Job) == 0
 
 
+def test_finetune_module_naming_a_module_mrc_does_not_score_is_422(
+        api: Api, checkpoint_id: str) -> None:
+    """Before: ``finetune.module: "bn1"`` (a BatchNorm, which has parameters) was accepted and
+    the job tuned a module the MRC table never ranks; ``mrc.modules: ["bn1"]`` was refused."""
+    response = create(api, job_body(checkpoint_id, config=digits_config(
+        finetune={"module": "bn1"})))
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["field"] == "config.finetune.module"
+    assert "'bn1' is a BatchNorm2d, which MRC does not score" in error["message"]
+    assert "conv1, conv2, conv3, fc" in error["message"]  # what may be named instead
+    assert api.count(Job) == 0
+    assert create(api, job_body(checkpoint_id, config=digits_config(
+        finetune={"module": "conv2"}))).status_code == 201
+
+
 def test_out_of_range_numbers_are_422_not_infinity(api: Api, checkpoint_id: str) -> None:
     """1e400 is valid JSON that parses to inf; it must be refused, naming the field."""
     body = json.dumps(job_body(checkpoint_id, config=digits_config(

@@ -105,6 +105,10 @@ def spec(**sections: Any) -> str:
     # Before: "(write numbers without quotes)" too, for text JSON cannot write as a number
     # (and for mrc.p, whose 'inf' is text).
     ({"mrc": {"p": "INF"}}, "config.mrc.p", 'got the text "INF"; did you mean \'inf\'?'),
+    # Before: accepted and stored as 2 (a Literal matches 2.0 by equality, even in a strict
+    # parse), where every integer setting refuses 2.0; the order of the norm is the integer 2.
+    ({"mrc": {"p": 2.0}}, "config.mrc.p", "Input should be 2 or 'inf'; got the number 2.0 (write 2)"),
+    ({"mrc": {"p": 1}}, "config.mrc.p", "Input should be 2 or 'inf'; got the number 1"),
     ({"attack": {"norm": "inf"}}, "config.attack.norm",
      'got the text "inf"; did you mean \'linf\'?'),
     # Before: "this service requires at least 8" (the service's bound, checked first), and 8.0

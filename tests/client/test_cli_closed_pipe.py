@@ -43,3 +43,27 @@ def test_a_closed_stdout_ends_the_command_quietly(args: list[str], reply: Script
         os.close(write_end)
         server.stop()
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
+
+
+def _run_with_a_closed_stdout(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before a byte is written: every write fails
+    try:
+        done = subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, env=env,
+                              timeout=120, text=True)
+    finally:
+        os.close(write_end)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["jobs", "--help"], ["jobs", "list", "--help"], ["-o", "json", "--help"],
+    ["-o", "json", "jobs", "list", "--help"],
+], ids=["root", "group", "command", "json-root", "json-command"])
+def test_help_read_by_a_closed_pipe_ends_quietly(args: list[str], tmp_path: Path) -> None:
+    """``riftctl --help | head -1``. Before: exit 1 (rich's console answers a closed stdout
+    with SystemExit(1) while click draws the help, before any command runs)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RIFTCTL_CONFIG", "XDG_CONFIG_HOME")}
+    env.update({"HOME": str(tmp_path), "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(CLIENT_SOURCE), env.get("PYTHONPATH")]))})
+    assert _run_with_a_closed_stdout([*riftctl_command(), *args], env) == (0, "")

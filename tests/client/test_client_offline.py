@@ -251,7 +251,7 @@ def test_unbounded_limits_of_a_retry_policy_are_allowed() -> None:
     (lambda tmp: RiftClient("http://127.0.0.1:9").create_job(
         {"config": {}}, checkpoint_id="ck_1", idempotency_key="two words"), "idempotency_key"),
     (lambda tmp: RiftClient("http://127.0.0.1:9").create_job({"confg": {}}, checkpoint_id="c"),
-     "spec"),
+     "spec.config"),
     (lambda tmp: RiftClient("http://127.0.0.1:9").upload_checkpoint(tmp), "path"),
     (lambda tmp: RiftClient("http://127.0.0.1:9").create_job(
         {"config": {}}, checkpoint_file=tmp), "checkpoint_file"),
@@ -264,3 +264,39 @@ def test_a_usage_error_names_the_argument_in_its_field(call: Any, field: str,
     with pytest.raises(RiftUsageError) as caught:
         call(tmp_path)
     assert caught.value.field == field
+def test_a_usage_error_names_the_argument_at_fault_in_field(tmp_path: Path) -> None:
+    """``RiftUsageError.field`` is the argument, as ``RiftAPIError.field`` is the request field
+    the service refused. Before: the argument was in the message only, so a caller handling
+    both kinds of refusal had no field to read for this one."""
+    from rift_client import verify_webhook
+
+    server = ScriptedServer([])
+    try:
+        with RiftClient(server.url, api_key="rift_test") as client:
+            refusals = {
+                "job_id": lambda: client.get_job(""),
+                "poll_interval": lambda: client.wait("job_1", poll_interval=0),
+                "timeout": lambda: client.wait("job_1", timeout="soon"),  # type: ignore[arg-type]
+                "limit": lambda: client.list_jobs(limit=-1),
+                "alpha": lambda: client.materialize("job_1", float("nan")),
+                "path": lambda: client.upload_checkpoint(tmp_path),
+                "checkpoint_id": lambda: client.create_job(
+                    {"config": {"architecture": {"name": "small_cnn"}}}),
+                "spec.config": lambda: client.create_job({}, checkpoint_id="ck_1"),
+                "idempotency_key": lambda: client.create_job(
+                    {"config": {}}, checkpoint_id="ck_1", idempotency_key="a b"),
+            }
+            for field, call in refusals.items():
+                with pytest.raises(RiftUsageError) as caught:
+                    call()
+                assert caught.value.field == field, (field, str(caught.value))
+    finally:
+        server.stop()
+    assert server.seen == []
+    for field, call in {
+            "api_key": lambda: RiftClient(server.url, api_key="rift_key\n"),
+            "base_url": lambda: RiftClient("ftp://host", api_key="rift_test"),
+            "secret": lambda: verify_webhook("whsec_!!", {}, b"")}.items():
+        with pytest.raises(RiftUsageError) as caught:
+            call()
+        assert caught.value.field == field, (field, str(caught.value))

@@ -141,6 +141,23 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(
     assert code == 2 and "a folder; give a file name" in capsys.readouterr().err
 
 
+def test_a_library_error_prints_the_setting_at_fault(
+        digits_checkpoint_path: Path, tmp_path: Path, capsys) -> None:
+    """Every library error carries the setting to change (``RiftError.field``); the command
+    line printed the message alone, though the service answers with the field. Here also
+    ``finetune.module`` naming a BatchNorm, which MRC does not score (was tuned)."""
+    out = tmp_path / "out"
+    code = main(["run", "--checkpoint", str(digits_checkpoint_path), "--arch", "small_cnn",
+                 "--num-classes", "10", "--dataset", "digits", "--device", "cpu", "--quiet",
+                 "--out", str(out), "--set", "finetune.module=bn1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error (invalid_config): finetune.module 'bn1' is a BatchNorm2d, "
+                          "which MRC does not score")
+    assert err.rstrip().endswith("conv1, conv2, conv3, fc (field: finetune.module)")
+    assert not (out / "mrc.json").exists()
+
+
 class _EasyDict(dict):  # type: ignore[type-arg]
     """Like easydict.EasyDict (not installed): a training script's config saved beside the
     weights, which only its own code could rebuild."""
@@ -352,11 +369,18 @@ def test_ctrl_c_exits_130_saying_the_run_resumes(tmp_path: Path, capsys, monkeyp
 
     monkeypatch.setattr(rift.pipeline, "run_pipeline", interrupted)
     (tmp_path / "ck.safetensors").write_bytes(b"x")
+    (tmp_path / "out").mkdir()  # a folder of an earlier run's stages
     code = main(["run", "--checkpoint", str(tmp_path / "ck.safetensors"), "--arch", "small_cnn",
                  "--dataset", "digits", "--out", str(tmp_path / "out"), "--quiet"])
     assert code == 130
     assert capsys.readouterr().err == (f"interrupted; the stages saved in {tmp_path / 'out'} are "
                                        "kept, the same command resumes after them\n")
+    # Stopped before its first save, in a folder it made: the folder is removed, and the line
+    # no longer promises stages (it named a folder that held none).
+    code = main(["run", "--checkpoint", str(tmp_path / "ck.safetensors"), "--arch", "small_cnn",
+                 "--dataset", "digits", "--out", str(tmp_path / "new"), "--quiet"])
+    assert code == 130 and not (tmp_path / "new").exists()
+    assert capsys.readouterr().err == "interrupted; nothing was saved\n"
 
 
 def test_interpolation_table_shows_alpha_as_on_the_grid() -> None:
@@ -424,7 +448,7 @@ def test_help_names_every_demo_option_and_shows_no_rst_quotes() -> None:
     commands = next(action for action in parser._actions if action.dest == "command")
     demo = commands.choices["demo-checkpoint"]  # type: ignore[attr-defined]
     options = [action for action in demo._actions if action.option_strings != ["-h", "--help"]]
-    assert {action.dest for action in options} == {"out", "seed", "config_out"}
+    assert {action.dest for action in options} == {"out", "seed", "config_out", "overwrite"}
     assert all(action.help for action in options), [a.dest for a in options if not a.help]
 
 
@@ -512,3 +536,166 @@ def test_every_option_of_run_says_what_it_sets() -> None:
     assert bare == [], bare
     out = next(action for action in run._actions if "--out" in action.option_strings)
     assert str(out.default) in (out.help or "")
+
+
+@pytest.mark.parametrize("args", [["architectures"], ["--help"], ["run", "--help"]])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(args: list[str]) -> None:
+    """``python -m rift architectures | head -1``. Before: "error: Broken pipe", exit 2 (the
+    OSError handler's one line, for a reader that had what it wanted)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before a byte is written: every write fails
+    try:
+        done = subprocess.run([sys.executable, "-m", "rift", *args], stdout=write_end,
+                              stderr=subprocess.PIPE, timeout=120, text=True, check=False)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_a_run_refused_before_its_first_stage_leaves_no_out_folder_behind(
+        digits_checkpoint_path: Path, tmp_path: Path, capsys) -> None:
+    """Before: every refusal after the --out check (a missing data file, a device CUDA lacks, a
+    checkpoint of another architecture) left the folder it had made, empty, parents included."""
+    out = tmp_path / "runs" / "first"
+    command = ["run", "--checkpoint", str(digits_checkpoint_path), "--arch", "small_cnn",
+               "--dataset", "npz", "--data-path", str(tmp_path / "missing.npz"),
+               "--device", "cpu", "--quiet", "--out"]
+    assert main([*command, str(out)]) == 2
+    assert "missing.npz" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    # A folder that was there before the run is the user's: kept, as is what it holds.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    assert main([*command, str(tmp_path / "mine")]) == 2
+    assert main([*command, str(tmp_path / "mine" / "new")]) == 2
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_a_library_errors_field_names_the_flag_that_sets_it(
+        digits_checkpoint_path: Path, tmp_path: Path, capsys) -> None:
+    """The field of a library error is printed with the flag that sets it (the user typed
+    --data-path, not dataset.path), and a pipeline argument as its flag (output_dir: --out)."""
+    (tmp_path / "notes.npz").write_text("not an archive")
+    code = main(["run", "--checkpoint", str(digits_checkpoint_path), "--arch", "small_cnn",
+                 "--dataset", "npz", "--data-path", str(tmp_path / "notes.npz"),
+                 "--device", "cpu", "--quiet", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.rstrip().endswith("(field: dataset.path, --data-path)")
+    from rift.cli import field_words
+
+    assert field_words("output_dir") == "--out" and field_words("device") == "device, --device"
+    assert field_words("finetune.module") == "finetune.module"
+
+
+def test_demo_checkpoint_refuses_to_write_over_an_existing_file(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    """Before: ``demo-checkpoint --out model.safetensors`` replaced the user's own model of that
+    name without a word (and ``--config-out`` their config), after minutes of training."""
+    import rift.demo
+
+    trained: list[Path] = []
+
+    def fake_training(path: Path, *, seed: int) -> dict[str, Any]:  # the training is not tested here
+        trained.append(Path(path))
+        Path(path).write_bytes(b"new weights")
+        return {"path": str(path), "seed": seed}
+
+    monkeypatch.setattr(rift.demo, "make_digits_checkpoint", fake_training)
+    mine, config = tmp_path / "model.safetensors", tmp_path / "config.json"
+    mine.write_bytes(b"my own model")
+    assert main(["demo-checkpoint", "--out", str(mine)]) == 2
+    assert capsys.readouterr().err == (f"error: --out {mine}: a file of that name exists; give "
+                                       "another name, or --overwrite to replace it\n")
+    config.write_text("{}")
+    assert main(["demo-checkpoint", "--out", str(tmp_path / "new.safetensors"),
+                 "--config-out", str(config)]) == 2
+    assert "error: --config-out" in capsys.readouterr().err
+    assert trained == [] and mine.read_bytes() == b"my own model" and config.read_text() == "{}"
+    assert main(["demo-checkpoint", "--out", str(mine), "--config-out", str(config),
+                 "--overwrite"]) == 0
+    assert mine.read_bytes() == b"new weights" and json.loads(config.read_text())
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["run", "--checkpoint", "ck", "--num-classes", "abc"],
+     "error: python -m rift run: argument --num-classes: invalid int value: 'abc' "
+     "(`python -m rift run --help` lists the options)"),
+    (["run", "--checkpoint", "ck", "--sed", "3"],
+     "error: python -m rift: unrecognized arguments: --sed 3; did you mean --seed? "
+     "(`python -m rift --help` lists the options)"),
+    (["run", "--checkpoint", "ck", "--data_path=x.npz"], "did you mean --data-path?"),
+    (["runn"], "invalid choice: 'runn'"),
+])
+def test_a_usage_error_is_one_line(argv: list[str], line: str, capsys) -> None:
+    """Before: argparse printed the whole usage (up to eight lines) above its error, and no
+    suggestion for a mistyped option."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and line in err, err
+
+
+def test_a_stopped_demo_training_leaves_no_folder_it_made(tmp_path: Path, capsys,
+                                                          monkeypatch) -> None:
+    import rift.demo
+
+    def stopped(path: Path, *, seed: int) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rift.demo, "make_digits_checkpoint", stopped)
+    code = main(["demo-checkpoint", "--out", str(tmp_path / "a" / "b" / "digits.safetensors"),
+                 "--config-out", str(tmp_path / "c" / "config.json")])
+    assert code == 130 and capsys.readouterr().err == "interrupted\n"
+    assert list(tmp_path.iterdir()) == []  # before: a/b and c were left, empty
+
+
+def test_a_checkpoint_entry_error_names_its_flag(digits_checkpoint_path: Path, tmp_path: Path,
+                                                  capsys) -> None:
+    # Before: no field, so the line said "leave out checkpoint_entry", a word of the config
+    # file, to a user who had typed --checkpoint-entry.
+    code = main(["run", "--checkpoint", str(digits_checkpoint_path), "--arch", "small_cnn",
+                 "--dataset", "digits", "--checkpoint-entry", "ema", "--device", "cpu",
+                 "--quiet", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.rstrip().endswith("(field: checkpoint_entry, --checkpoint-entry)")
+
+
+def test_a_data_path_the_dataset_does_not_read_is_refused_naming_the_flag(
+        digits_checkpoint_path: Path, tmp_path: Path, capsys) -> None:
+    code = main(["run", "--checkpoint", str(digits_checkpoint_path), "--arch", "small_cnn",
+                 "--dataset", "digits", "--data-path", str(tmp_path / "mine.npz"),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: invalid configuration: dataset.path: 'path' is "
+                                        "read by the 'npz' and 'imagefolder' datasets only")
+    assert err.rstrip().endswith("(from --data-path)") and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag", ["--checkpoint", "--out", "--config", "--data-path"])
+def test_an_empty_path_flag_is_refused(flag: str, tmp_path: Path, capsys) -> None:
+    """``--out "$OUT"`` with OUT unset wrote the run's outputs into the current folder
+    (Path("") is "."); ``--checkpoint ""`` was "--checkpoint .: a folder, not a file"."""
+    argv = {"--checkpoint": "ck.safetensors", "--out": str(tmp_path / "out")}
+    argv[flag] = ""
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--arch", "small_cnn", "--dataset", "npz",
+              *(word for pair in argv.items() for word in pair)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert f"argument {flag}: an empty path ('')" in err and err.count("\n") == 1
+
+
+def test_a_job_request_given_as_the_config_says_where_the_config_is(
+        tmp_path: Path, capsys) -> None:
+    # Before: "config: unknown setting", "labels: unknown setting", architecture and dataset
+    # "required": four errors, none the fix.
+    request = tmp_path / "job.json"
+    request.write_text(json.dumps({"checkpoint_id": "ck_1", "labels": {}, "config": {
+        "architecture": {"name": "small_cnn"}, "dataset": {"name": "digits"}}}))
+    code = main(["run", "--checkpoint", str(tmp_path / "ck.safetensors"), "--config",
+                 str(request), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"error: --config {request}: a job request (checkpoint_id, config, labels), not a "
+        "RiftConfig: its 'config' object is the RiftConfig; save that object alone and give it\n")

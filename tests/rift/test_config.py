@@ -102,3 +102,41 @@ def test_one_class_names_the_single_logit_head_and_its_fix() -> None:
                        r"set num_classes 2"):
         RiftConfig.model_validate({"architecture": {"name": "small_cnn", "num_classes": 1},
                                    "dataset": {"name": "digits"}})
+
+
+def test_mrc_p_follows_the_integer_rules_and_its_errors_name_the_field_once() -> None:
+    """``mrc.p`` is the order of the norm of the weight ball: the integer 2 or the text 'inf'.
+    Before: a ``Literal[2, "inf"]``, which matches 2.0 by equality even in a strict parse, so a
+    JSON config's ``2.0`` was read as 2 where ``mrc.steps: 2.0`` is refused. Now 2.0 follows the
+    integer rule in both parses: refused in strict JSON (the API, a ``--config`` file), taken
+    as 2 from a Python dict (as ``mrc.steps`` is)."""
+    import json
+
+    strict = {**BASE, "mrc": {"p": 2.0}}
+    with pytest.raises(ValidationError) as refused:
+        RiftConfig.model_validate_json(json.dumps(strict), strict=True)
+    (error,) = refused.value.errors()  # one error, at the field itself (no union member tag)
+    assert error["loc"] == ("mrc", "p") and error["type"] == "int_type"
+    with pytest.raises(ValidationError):
+        RiftConfig.model_validate_json(json.dumps({**BASE, "mrc": {"steps": 2.0}}), strict=True)
+    assert RiftConfig.model_validate(strict).mrc.p == 2
+    assert RiftConfig.model_validate({**BASE, "mrc": {"steps": 2.0}}).mrc.steps == 2
+    for wrong in (1, 3, 2.5, "Inf", float("inf"), None):
+        assert _errors(mrc={"p": wrong}) == {"mrc.p"}
+    assert RiftConfig.model_validate({**BASE, "mrc": {"p": "inf"}}).mrc.p == "inf"
+
+
+def test_a_dataset_location_the_dataset_does_not_read_is_an_unused_setting() -> None:
+    """Before: ``--dataset digits --data-path mine.npz`` ran on the digits, the file never
+    opened; ``root`` beside an npz was dropped the same way."""
+    from rift.config import unused_settings
+
+    def unused(**dataset: object) -> list[tuple[str, ...]]:
+        return [path for path, _ in unused_settings({"dataset": dataset})]
+
+    assert unused(name="digits", path="mine.npz") == [("dataset", "path")]
+    assert unused(name="cifar10", root="/data", path="x") == [("dataset", "path")]
+    assert unused(name="npz", path="x.npz", root="/data") == [("dataset", "root")]
+    assert unused(name="digits", root="/data") == [("dataset", "root")]
+    assert unused(name="npz", path="x.npz") == unused(name="cifar10", root="/d") == []
+    assert unused(name="digits", path=None, root=None) == unused(name="cifar-10", path="x") == []

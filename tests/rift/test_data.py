@@ -319,6 +319,26 @@ def test_npz_errors_name_the_key(tmp_path: Path, arrays: dict, key: str) -> None
         load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "bad.npz")), seed=0)
 
 
+@pytest.mark.parametrize(("content", "words"), [
+    (b"x,y\n0.1,3\n", "its first bytes are b'x,y\\n0.1,"),  # a CSV named .npz
+    (b"", "it is empty"),
+    (b"\x89PNG\r\n\x1a\n....", "its first bytes are b'\\x89PNG"),
+])
+def test_a_file_that_is_no_npz_says_so_naming_dataset_path(tmp_path: Path, content: bytes,
+                                                            words: str) -> None:
+    """Before: np.load read any such file as a pickle and refused it as "This file contains
+    pickled (object) data ... allow_pickle=", about a file that holds none."""
+    (tmp_path / "d.npz").write_bytes(content)
+    with pytest.raises(DatasetError) as refused:
+        load_npz(DatasetSpec(name="npz", path=str(tmp_path / "d.npz")))
+    assert refused.value.message.startswith(f"'path' {tmp_path / 'd.npz'} is not an .npz archive")
+    assert words in refused.value.message and "pickle" not in refused.value.message
+    assert refused.value.field == "dataset.path"
+    with pytest.raises(DatasetError) as folder:
+        load_npz(DatasetSpec(name="npz", path=str(tmp_path)))
+    assert folder.value.message.endswith("is a folder") and folder.value.field == "dataset.path"
+
+
 def test_npz_feature_vectors_load_as_one_pixel_float_images(tmp_path: Path) -> None:
     from rift.data.npz import load_npz
 

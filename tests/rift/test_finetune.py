@@ -148,8 +148,45 @@ def test_unknown_or_parameterless_module(splits: DatasetSplits) -> None:
     assert info.value.field == "finetune.module"
     assert "conv1" in info.value.message and "fc" in info.value.message
     relu_net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU())
-    with pytest.raises(ConfigError, match="'2' is a ReLU, which has no parameters of its own"):
+    with pytest.raises(ConfigError, match="'2' is a ReLU, which MRC does not score"):
         finetune_module(relu_net, "2", splits, _spec(), device=CPU, seed=0)
+
+
+class _ScaledLinear(nn.Linear):
+    """A custom layer MRC scores: a Linear subclass (its ``weight`` is perturbed)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * super().forward(x)
+
+
+class _Gain(nn.Module):
+    """A custom layer MRC does not score: a raw Parameter of its own code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain.view(1, -1, 1, 1)
+
+
+def test_finetune_module_must_be_a_module_mrc_scores(splits: DatasetSplits) -> None:
+    """RiFT fine-tunes a module the MRC table can rank. Before: any module with parameters of
+    its own was tuned, a BatchNorm (``bn1``) or a custom gain included, though MRC never
+    scores one; ``mrc.modules`` refused the same names."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), _Gain(),
+                          nn.Flatten(), _ScaledLinear(16 * 64, 10))
+    for name, kind in (("1", "BatchNorm2d"), ("2", "_Gain")):
+        with pytest.raises(ConfigError) as info:
+            finetune_module(model, name, splits, _spec(), device=CPU, seed=0)
+        assert info.value.field == "finetune.module"
+        assert f"'{name}' is a {kind}, which MRC does not score" in info.value.message
+        assert info.value.message.endswith("modules MRC scores (one of these may be "
+                                           "fine-tuned): 0, 4")
+    # A custom subclass of a scored kind is a row, and may be tuned.
+    result = finetune_module(model, "4", splits, _spec(epochs=1, lr_milestones=[]), device=CPU, seed=0)
+    assert result.module == "4"
 
 
 def _one_by_one_bn_model() -> nn.Module:

@@ -193,6 +193,27 @@ def test_an_entry_error_crosses_the_process_boundary_with_its_entries() -> None:
     assert (decoded.message, decoded.entries) == ("pick one", ["model", "ema"])
 
 
+def test_every_library_errors_field_crosses_the_process_boundary() -> None:
+    """``field`` belongs to every library error (``RiftError``). Before: only a ConfigError's
+    crossed the validator's boundary. The answer's field stays the request field the caller
+    names for any other class (an upload's dataset error is about the upload, not a job's
+    ``config.dataset.path``); a ConfigError's setting is the answer's, as before."""
+    from api.errors import from_rift_error
+    from rift.errors import CheckpointError, ConfigError, DatasetError
+    from validator.protocol import decode_error, encode_error
+
+    for error in (ConfigError("bad module", field="finetune.module"),
+                  CheckpointError("which weights", field="checkpoint_entry"),
+                  DatasetError("no such file", field="dataset.path"),
+                  CheckpointEntryError("pick one", ["model", "ema"], field="checkpoint_entry")):
+        decoded = decode_error(encode_error(error))
+        assert type(decoded) is type(error) and decoded.field == error.field
+    assert from_rift_error(ConfigError("bad", field="finetune.module"), field="x").field \
+        == "config.finetune.module"
+    assert from_rift_error(DatasetError("bad", field="dataset.path"), field="file").field \
+        == "file"
+
+
 def test_a_storage_claiming_more_elements_than_its_record_holds_is_refused(tmp_path: Path) -> None:
     """The memory-mapped load slices a storage out of the whole file without comparing its
     claimed size with its record, so this file (4 floats stored, 2^31 - 1 claimed) passed the

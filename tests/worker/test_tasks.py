@@ -318,6 +318,10 @@ def test_errors_fail_the_job_with_a_code(
     assert (job.status, job.error_code, job.stage) == ("failed", "non_finite_values", "finetune")
     assert "use a smaller finetune.lr" in (job.error_message or "")
     assert stage_rows(sessions, diverging_id)["finetune"].attempts == 1
+    # The setting the library error blames (RiftError.field) is in the failure's event: it was
+    # dropped where the worker turned the error into the job's (code and message only).
+    failed = [payload for kind, payload in events(sessions, diverging_id) if kind == "job_failed"]
+    assert failed[-1]["field"] == "finetune.lr", failed
 
 
 def test_a_sharded_mrc_stage_runs_on_several_workers_and_merges_once(

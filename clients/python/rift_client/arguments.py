@@ -36,7 +36,8 @@ def wait_times(timeout: float | None, poll_interval: float, *,
     finite; 0 would poll the service without pause)."""
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
                                 or math.isnan(timeout)):
-        raise RiftUsageError(f"timeout must be a number of seconds or None, not {timeout!r}", field="timeout")
+        raise RiftUsageError(f"timeout must be a number of seconds or None, not {timeout!r}",
+                             field="timeout")
     if isinstance(poll_interval, bool) or not isinstance(poll_interval, int | float) \
             or not 0 < poll_interval < math.inf:
         raise RiftUsageError(f"{interval_name} must be a number of seconds above 0, not "
@@ -49,7 +50,8 @@ def positive_seconds(what: str, value: float) -> float:
     NaN one failed each request with its own ValueError."""
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not 0 < value < math.inf:
-        raise RiftUsageError(f"{what} must be a number of seconds above 0, not {value!r}", field=what)
+        raise RiftUsageError(f"{what} must be a number of seconds above 0, not {value!r}",
+                             field=what)
     return float(value)
 
 

@@ -258,7 +258,8 @@ def _client(state: State) -> Iterator[RiftClient]:
         with state.make_client() as client:
             yield client
     except RiftUsageError as exc:
-        _fail(state, EXIT_USAGE, str(exc), {"code": "usage_error", "message": str(exc)})
+        _fail(state, EXIT_USAGE, str(exc), {"code": "usage_error", "message": str(exc),
+                                            "field": exc.field})
     except FileChangedError as exc:
         _fail(state, EXIT_USAGE, str(exc), {"code": "file_changed", "message": str(exc),
                                             "path": exc.filename})
@@ -410,7 +411,7 @@ def _if_match(value: str | None) -> str | None:
         raise typer.BadParameter("must be an ETag (as `get` shows it) or '*', not empty",
                                  param_hint="--if-match")
     try:
-        header_token("--if-match", tag)
+        header_token("--if-match", tag, field="--if-match")
     except RiftUsageError as exc:
         raise typer.BadParameter(str(exc), param_hint="--if-match") from None
     return tag if tag == "*" or '"' in tag else f'"{tag}"'

@@ -12,9 +12,10 @@ accept and their help texts stay as they are.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import typer
@@ -31,31 +32,77 @@ def _bare_flags(params: list[Any]) -> list[Any]:
     return params
 
 
+@contextlib.contextmanager
+def _quiet_when_the_reader_leaves() -> Iterator[None]:
+    """End with exit 0, silently, when stdout's reader closed the pipe (``| head -1``).
+
+    click turns a closed stdout into exit 1, which riftctl's table reserves for a failed job,
+    and a command writing JSON lines met it inside its client's error handling
+    ("local_file_error: [Errno 32] Broken pipe", exit 2). The reader has what it wanted, as
+    `rift-admin` treats it; stdout goes to /dev/null so that the interpreter's last flush is
+    quiet too. Used where output is written: a command's run, and making a command's context,
+    where click prints ``--help`` (and a group's usage) before any command runs."""
+    try:
+        yield
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
+
+
+@contextlib.contextmanager
+def _rich_exit_as_broken_pipe() -> Iterator[None]:
+    """While help is drawn: rich's console answers a closed stdout with ``SystemExit(1)``
+    (``Console.on_broken_pipe``, after pointing stdout at /dev/null), the only exit drawing can
+    raise; it is turned back into the ``BrokenPipeError`` that
+    :func:`_quiet_when_the_reader_leaves` ends on with exit 0."""
+    try:
+        yield
+    except SystemExit as exc:
+        if exc.code != 1:
+            raise
+        raise BrokenPipeError from None
+
+
 class RiftCommand(typer_core.TyperCommand):
     """A command whose help shows flags without ``<bool>``, and which ends quietly with exit 0
-    when its reader leaves early (``riftctl jobs curves JOB | head -1``)."""
+    when its reader leaves early (``riftctl jobs curves JOB | head -1``, ``riftctl jobs list
+    --help | head -1``)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _bare_flags(super().get_params(ctx))
 
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        with _rich_exit_as_broken_pipe():
+            super().format_help(ctx, formatter)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _quiet_when_the_reader_leaves():
+            return super().make_context(*args, **kwargs)
+
     def invoke(self, ctx: Any) -> Any:
-        try:
+        with _quiet_when_the_reader_leaves():
             return super().invoke(ctx)
-        except BrokenPipeError:
-            # click turns a closed stdout into exit 1, which riftctl's table reserves for a
-            # failed job, and a command writing JSON lines met it inside its client's error
-            # handling ("local_file_error: [Errno 32] Broken pipe", exit 2). The reader has
-            # what it wanted, as `rift-admin` treats it; stdout goes to /dev/null so that the
-            # interpreter's last flush is quiet too.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(0) from None
 
 
 class RiftGroup(typer_core.TyperGroup):
-    """A command group whose help shows flags without ``<bool>`` (``riftctl --quiet``)."""
+    """A command group whose help shows flags without ``<bool>`` (``riftctl --quiet``), and
+    which ends quietly with exit 0 when the reader of its help leaves early (``riftctl --help |
+    head -1``: the help is printed while the context is made, before any command runs)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _bare_flags(super().get_params(ctx))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        with _rich_exit_as_broken_pipe():
+            super().format_help(ctx, formatter)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _quiet_when_the_reader_leaves():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _quiet_when_the_reader_leaves():
+            return super().invoke(ctx)
 
 
 class RiftTyper(typer.Typer):

@@ -110,7 +110,8 @@ def client_settings(base_url: str | None, api_key: str | None, timeout: float,
     key = api_key if api_key is not None else os.environ.get("RIFT_API_KEY")
     headers = {"User-Agent": f"rift-client/{__version__}", "Accept": "application/json"}
     if key:
-        headers["Authorization"] = f"Bearer {header_token('the API key', key, secret=True, field='api_key')}"
+        token = header_token("the API key", key, field="api_key", secret=True)
+        headers["Authorization"] = f"Bearer {token}"
     return core, headers
 
 

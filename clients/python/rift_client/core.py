@@ -201,11 +201,10 @@ def _project_limits(limits: Mapping[str, int | None] | None) -> dict[str, int | 
     return dict(limits)
 
 
-def header_token(what: str, value: str, *, secret: bool = False,
-                 field: str | None = None) -> str:
+def header_token(what: str, value: str, *, field: str, secret: bool = False) -> str:
     """``value`` if it can be sent as a header value as it is; else :class:`RiftUsageError`
-    naming ``what`` (the argument ``field``) and the first character at fault (a secret is
-    never quoted)."""
+    naming ``what`` and the first character at fault (a secret is never quoted), its ``field``
+    the argument that gave it."""
     if _HEADER_TOKEN.fullmatch(value):
         return value
     if not value:
@@ -215,6 +214,13 @@ def header_token(what: str, value: str, *, secret: bool = False,
     raise RiftUsageError(
         f"{what}{quoted} holds {bad!r} at position {position}; it may hold visible ASCII "
         "characters only (no spaces, line breaks or non-ASCII letters)", field=field)
+
+
+def _job_spec_field(exc: ValidationError) -> str:
+    """The argument at fault in a spec that is not a JobSpec: ``spec`` and the first error's
+    key path (``spec.config``, ``spec.labels``)."""
+    loc = exc.errors()[0]["loc"] if exc.errors() else ()
+    return ".".join(["spec", *(str(part) for part in loc)])
 
 
 def _job_spec_error(exc: ValidationError, spec: object) -> str:
@@ -256,7 +262,7 @@ def _job_spec(spec: JobSpec | Mapping[str, Any]) -> dict[str, Any]:
     try:
         job_spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
     except ValidationError as exc:
-        raise RiftUsageError(_job_spec_error(exc, spec), field="spec") from exc
+        raise RiftUsageError(_job_spec_error(exc, spec), field=_job_spec_field(exc)) from exc
     body: dict[str, Any] = {"config": job_spec.config, "labels": job_spec.labels}
     if job_spec.dataset_id is not None:
         body["dataset_id"] = job_spec.dataset_id
@@ -615,7 +621,8 @@ class RiftCore:
         if (checkpoint_id is None) == (checkpoint_file is None):
             raise RiftUsageError("give either checkpoint_id (an uploaded checkpoint) or "
                                  "checkpoint_file (a local file sent with the job), not "
-                                 f"{'both' if checkpoint_id is not None else 'neither'}")
+                                 f"{'both' if checkpoint_id is not None else 'neither'}",
+                                 field="checkpoint_id")
         fields = _job_spec(spec)
         key = _idempotency_key(idempotency_key)
         if checkpoint_file is not None:

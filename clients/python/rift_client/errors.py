@@ -45,10 +45,11 @@ class RiftUsageError(RiftClientError, ValueError):
     ``http(s)://host[:port][/prefix]``, an API key or Idempotency-Key with characters an HTTP
     header cannot carry (non-ASCII, spaces, a trailing newline from a file), a job spec that is
     not a :class:`~rift_client.models.JobSpec`. A ``ValueError`` too, as Python callers expect
-    of a bad argument. ``field`` names the argument at fault (``timeout``, ``job_id``,
-    ``path``, ``api_key``, a ``RetryPolicy``'s ``backoff_s``, ...), as a
-    :class:`RiftAPIError`'s names the request field; None for a misuse of the client itself
-    (closed, another event loop, both or neither checkpoint)."""
+    of a bad argument. ``field`` names the argument at fault as the call spells it
+    (``timeout``, ``poll_interval``, ``checkpoint_file``, ``spec.config``, a ``RetryPolicy``'s
+    ``backoff_s``, ...), as :attr:`RiftAPIError.field` names the request field the service
+    refused; None for a misuse of the client itself (closed, another event loop, both or
+    neither checkpoint)."""
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
