@@ -721,7 +721,9 @@ def export_if_configured(resources: WorkerResources, job_id: str) -> None:
     if not settings.mlflow_tracking_uri:
         return
     target = MlflowTarget(settings.mlflow_tracking_uri, settings.mlflow_experiment,
-                          settings.mlflow_model_name, settings.mlflow_artifact_location)
+                          settings.mlflow_model_name, settings.mlflow_artifact_location,
+                          http_max_retries=settings.mlflow_http_max_retries,
+                          http_timeout_seconds=settings.mlflow_http_timeout_seconds)
     try:
         result = export_job(target, resources.session, resources.store, job_id, settings.work_dir)
         kind, payload = "mlflow_exported", {"run_id": result.run_id, "model": result.model_name,
