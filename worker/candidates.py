@@ -250,7 +250,8 @@ def record_candidate(resources: WorkerResources, reporter: PartReporter, job_id:
     raise_if_cancelled(reporter.cancelled_at_end)
     storage = CandidateStorage(resources.store, job_id, stage_attempt, index, attempt)
     stage_outputs.write_weights(storage, FINETUNED, finetune.state_dict, {
-        **weights_metadata(run.config), "kind": "finetuned",
+        **weights_metadata(run.config, checkpoint_sha256=run.checkpoint_sha256),
+        "job_id": job_id, "kind": "finetuned",
         "module": candidate.module, "lr": repr(candidate.lr)})
     weights = storage.written[FINETUNED]
     outcome = candidate_outcome(candidate, finetune, interpolation)

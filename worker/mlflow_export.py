@@ -142,8 +142,8 @@ def gather_job(session: Session, store: ObjectStore, job_id: str, directory: Pat
         if artifact.name == "curves.json":
             continue  # a sweep's curves: in result.json["sweep"]; the name is the run's own file
         files[artifact.name] = store.download_to(artifact.storage_key, directory / artifact.name)
-    labels = dict(session.execute(select(JobLabel.key, JobLabel.value)
-                                  .where(JobLabel.job_id == job_id)).tuples())
+    labels = {key: value for key, value in session.execute(
+        select(JobLabel.key, JobLabel.value).where(JobLabel.job_id == job_id))}
     tuned = files.get(TUNED)
     return JobExport(
         job_id=job.id, project_id=job.project_id, labels=labels,
