@@ -208,8 +208,11 @@ def export_to_mlflow(target: MlflowTarget, export: JobExport) -> ExportResult:
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    existing = client.search_model_versions(
-        f"name = '{_quoted(target.model_name)}' and run_id = '{run_id}'")
+    # By run id alone (hex: nothing to quote), the name compared here: a model name holding a
+    # quote or a backslash, quoted into the filter, matched nothing, and each export of the job
+    # made one more version.
+    existing = [v for v in client.search_model_versions(f"run_id = '{run_id}'")
+                if v.name == target.model_name]
     if existing:
         return ExportResult(run_id, target.model_name, str(existing[0].version))
     source = f"{run.info.artifact_uri.rstrip('/')}/{WEIGHTS_DIR}"
@@ -224,11 +227,6 @@ def export_to_mlflow(target: MlflowTarget, export: JobExport) -> ExportResult:
                                               "num_classes") if key in header}},
         description=f"RiFT job {export.job_id}: tuned weights ({TUNED})")
     return ExportResult(run_id, target.model_name, str(version.version))
-
-
-def _quoted(text: str) -> str:
-    """``text`` inside a single-quoted MLflow search string."""
-    return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _log_run(client: Any, experiment_id: str, export: JobExport) -> Any:

@@ -137,6 +137,14 @@ def refuse_unusable_mlflow_uri(tracking_uri: str | None, *, allow_file_store: bo
                          "MLFLOW_ALLOW_FILE_STORE=true")
 
 
+def refuse_unusable_mlflow_model_name(tracking_uri: str | None, model_name: str) -> None:
+    """Stop the worker when ``MLFLOW_MODEL_NAME`` holds ``/`` or ``:``, which MLflow's registry
+    refuses ("Invalid model name"): every job's export failed after its run was logged."""
+    if tracking_uri and ("/" in model_name or ":" in model_name):
+        raise SystemExit(f"rift: MLFLOW_MODEL_NAME {model_name!r} holds '/' or ':', which "
+                         "MLflow refuses in a registered model's name; choose another")
+
+
 def check_worker_start(settings: Settings) -> None:
     """The service's checks (schema, object store), the built-in datasets' folder, the MLflow
     client, then the device; returns when the worker may start."""
@@ -145,4 +153,5 @@ def check_worker_start(settings: Settings) -> None:
     refuse_mlflow_without_client(settings.mlflow_tracking_uri)
     refuse_unusable_mlflow_uri(settings.mlflow_tracking_uri,
                                allow_file_store=settings.mlflow_allow_file_store)
+    refuse_unusable_mlflow_model_name(settings.mlflow_tracking_uri, settings.mlflow_model_name)
     refuse_missing_device(settings.worker_device)

@@ -148,7 +148,8 @@ def test_exporting_a_job_again_gives_its_run_and_version_back(tmp_path: Path) ->
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    target = MlflowTarget(uri, "rift-test", "rift-tuned", (tmp_path / "artifacts").as_uri())
+    name = "rift's \\tuned \"ü\""  # quotes and a backslash: a filter string must not hold it
+    target = MlflowTarget(uri, "rift-test", name, (tmp_path / "artifacts").as_uri())
     export = _export(tmp_path, "job1")
     export.project_id = "p" * 32
     export.labels = {"team": "vision ü", "run:kind": "nightly"}
@@ -157,15 +158,20 @@ def test_exporting_a_job_again_gives_its_run_and_version_back(tmp_path: Path) ->
     first = export_to_mlflow(target, export)
     again = export_to_mlflow(target, export)
     assert again == first
+    other = export_to_mlflow(target, _export(tmp_path, "job2"))
+    assert (first.model_version, other.model_version) == ("1", "2")
+    assert export_to_mlflow(target, export) == first
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("rift-test").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("rift-test").experiment_id],
+                              filter_string="tags.`rift.job_id` = 'job1'")
     assert [r.info.run_id for r in runs] == [first.run_id]
-    assert [str(v.version) for v in client.search_model_versions("name = 'rift-tuned'")] == ["1"]
+    assert sorted(str(v.version) for v in client.search_model_versions()
+                  if v.name == name) == ["1", "2"]
     tags = runs[0].data.tags
     assert tags["rift.project_id"] == "p" * 32 and tags["rift.job_id"] == "job1"
     assert tags["rift.label.team"] == "vision ü" and tags["rift.label.run_kind"] == "nightly"
-    version = client.get_model_version("rift-tuned", "1").tags
+    version = client.get_model_version(name, "1").tags
     assert version["project_id"] == "p" * 32 and version["config_sha256"] == "c" * 64
     assert (version["rift_version"], version["architecture"], version["num_classes"]) == (
         "0.1.0", "small_cnn", "10")

@@ -126,3 +126,17 @@ def test_an_mlflow_file_store_stops_the_start_unless_mlflow_allows_it(sqlite_url
         allowed = start_checks(tmp_path, sqlite_url, DATA_ROOT=str(tmp_path),
                                MLFLOW_TRACKING_URI=uri, MLFLOW_ALLOW_FILE_STORE="true")
         assert allowed.returncode == 0, allowed.stderr
+
+
+def test_an_mlflow_model_name_mlflow_refuses_stops_the_start(sqlite_url: str,
+                                                              tmp_path: Path) -> None:
+    # Was: each job's run logged, then its model version refused ("Invalid model name ...
+    # Names cannot contain '/' or ':'"), a warning event per job.
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    result = start_checks(tmp_path, sqlite_url, DATA_ROOT=str(tmp_path),
+                          MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
+                          MLFLOW_MODEL_NAME="team/rift:tuned")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "rift: MLFLOW_MODEL_NAME 'team/rift:tuned' holds '/' or ':', which MLflow refuses in a "
+        "registered model's name; choose another"]
