@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -291,6 +292,29 @@ def _metrics(export: JobExport) -> list[Any]:
         add("interpolation.clean_accuracy", point["clean_accuracy"], step)
         add("interpolation.robust_accuracy", point["robust_accuracy"], step)
     return found
+
+
+def uri_secrets(uri: str) -> list[str]:
+    """What of a URI must not be shown: its user info (``user:password``, or a token alone as
+    the user), the password, and each as written and percent-decoded; longest first."""
+    parts = urlsplit(uri)
+    userinfo = parts.netloc.rpartition("@")[0]
+    found = {userinfo, unquote(userinfo)}
+    if parts.password:
+        found |= {parts.password, unquote(parts.password)}
+    return sorted((secret for secret in found if secret), key=len, reverse=True)
+
+
+def export_failure_message(exc: BaseException, tracking_uri: str) -> str:
+    """The job's ``warning`` event for a failed export: the error's first line, with the
+    tracking URI's credentials as ``***``. MLflow's HTTP errors quote the request's whole URL
+    ("API request to http://user:password@host/api/2.0/... failed"), and the event is read by
+    every key of the job's project."""
+    text = (str(exc).splitlines() or [""])[0]
+    for secret in uri_secrets(tracking_uri):
+        text = text.replace(secret, "***")
+    return (f"the job succeeded but its export to MLflow failed: {type(exc).__name__}: "
+            f"{text[:300]}")
 
 
 def export_job(target: MlflowTarget, session_factory: Any, store: ObjectStore, job_id: str,

@@ -141,7 +141,7 @@ from worker.candidates import (
 from worker.epoch_states import ObjectEpochStateStore, discard_epoch_states
 from worker.finishing import record_finish
 from worker.metrics import WorkerMetrics
-from worker.mlflow_export import MlflowTarget, export_job
+from worker.mlflow_export import MlflowTarget, export_failure_message, export_job
 from worker.prepared_runs import RunKey
 from worker.registry import WorkerRegistration
 from worker.runtime import (
@@ -732,10 +732,8 @@ def export_if_configured(resources: WorkerResources, job_id: str) -> None:
                     result.model_version)
     except Exception as exc:
         logger.warning("job %s: MLflow export failed", job_id, exc_info=True)
-        first_line = (str(exc).splitlines() or [""])[0][:300]
-        kind, payload = "warning", {"stage": "export", "message": (
-            f"the job succeeded but its export to MLflow failed: {type(exc).__name__}: "
-            f"{first_line}")}
+        kind, payload = "warning", {"stage": "export",
+                                    "message": export_failure_message(exc, target.tracking_uri)}
     try:
         with resources.session() as session:
             jobs.append_event(session, job_id, kind, payload)

@@ -161,3 +161,38 @@ def test_a_jobs_weights_and_export_carry_what_a_registry_needs(
     experiment = client.get_experiment_by_name("rift/registry ü")
     assert len(client.search_runs([experiment.experiment_id])) == 1
 
+
+
+def test_an_export_to_a_server_that_is_down_warns_without_its_password(
+        celery_api: Api, start_worker: Callable[..., WorkerProcess], tmp_path: Path,
+        digits_checkpoint_path: Path, digits_job_config: dict[str, Any]) -> None:
+    """The job stays succeeded and its warning says why, without the tracking URI's password:
+    MLflow quotes the request's whole URL in its error, which went into the event every key of
+    the project reads ("API request to http://rift:s3cret%21@127.0.0.1:1/api/2.0/...")."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = start_worker(MLFLOW_TRACKING_URI=f"http://rift:s3cret%21@127.0.0.1:{port}",
+                          MLFLOW_HTTP_MAX_RETRIES="0")
+    api = celery_api
+    checkpoint = upload_checkpoint(api, digits_checkpoint_path)
+    created = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                                "config": digits_job_config})
+    job_id = created.json()["id"]
+    assert wait_for_end(api, job_id, (worker,))["status"] == "succeeded", worker.log()[-3000:]
+    deadline = time.monotonic() + 120
+    while True:
+        events = api.client.get(f"/v1/jobs/{job_id}/events", params={"limit": 500}).json()
+        warned = [e["payload"]["message"] for e in events["items"]
+                  if e["kind"] == "warning" and e["payload"].get("stage") == "export"]
+        if warned:
+            break
+        assert time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    [message] = warned
+    assert message.startswith("the job succeeded but its export to MLflow failed: "
+                              "MlflowException: API request to http://***@127.0.0.1:"), message
+    assert "s3cret" not in message and "rift:" not in message
+    assert api.client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
