@@ -381,6 +381,18 @@ class Settings(BaseSettings):
     mlflow_artifact_location: str | None = Field(
         None, description="Artifact root for a new experiment (e.g. an s3:// or file:// URI); "
         "unset: the tracking server's default.")
+    mlflow_http_max_retries: int = Field(
+        2, ge=0, le=10, description="Retries of each MLflow HTTP request (MLflow's own "
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES, set from this in the exporting worker). MLflow's default "
+        "of 7 with exponential back-off kept a worker busy 246 s after each job while the "
+        "tracking server was down, before the export gave up with a warning event.")
+    mlflow_http_timeout_seconds: int = Field(
+        30, ge=1, le=600, description="Seconds one MLflow HTTP request may take (MLflow's "
+        "MLFLOW_HTTP_REQUEST_TIMEOUT, default 120, set from this in the exporting worker).")
+    mlflow_allow_file_store: bool = Field(
+        False, description="MLflow's own MLFLOW_ALLOW_FILE_STORE, read here too: MLflow 3 refuses "
+        "a file tracking store (a folder, file:// URI) unless it is true, so a worker whose "
+        "MLFLOW_TRACKING_URI is one stops at its start without it.")
 
     # --- checks beyond the types (persistence/setting_checks.py) -------------------------------
     @field_validator("database_url")

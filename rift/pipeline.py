@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rift import __version__ as rift_version
 from rift import checkpoints, stage_outputs
 from rift.architecture_hint import with_architecture_hint
 from rift.attack_radius import check_attack_radius
@@ -226,6 +227,9 @@ class PreparedRun:
     # What the model checks found likely but not certain (rift.model_checks), emitted as
     # ``warning`` events with the run's configuration warnings.
     model_warnings: list[str] = field(default_factory=list)
+    #: SHA-256 of θ_AT's checkpoint file when the caller knows it (the worker: the upload's; the
+    #: CLI: its run identity's), written into every weights file's header (weights_metadata).
+    checkpoint_sha256: str | None = None
 
     def reset_weights(self, state: Mapping[str, torch.Tensor] | None = None) -> None:
         """Load ``state`` (default θ_AT) into the model, in place."""
@@ -1139,10 +1143,24 @@ def mrc_table_csv(rows: list[dict[str, Any]], selected_module: str | None = None
     return buffer.getvalue()
 
 
-def weights_metadata(config: RiftConfig) -> dict[str, str]:
-    """The header every weights file of a run carries: its config, and the checkpoint entry
-    tuned when one was chosen (so the file itself says whose weights it holds)."""
-    metadata = {"config": config.model_dump_json()}
+def weights_metadata(config: RiftConfig, *, checkpoint_sha256: str | None = None
+                     ) -> dict[str, str]:
+    """The header every weights file of a run carries, so the file alone says what it holds and
+    where it came from (what a model registry records beside a version): the config and its
+    SHA-256 (of that JSON text), the architecture and number of classes to build before loading
+    it, the SHA-256 of θ_AT's checkpoint file when known, this library's version, and the
+    checkpoint entry tuned when one was chosen. safetensors headers hold strings only.
+
+    Before, a downloaded ``tuned.safetensors`` held only the config, kind, α and module (no θ_AT
+    digest, no version), and a materialized ``tuned@α`` not even the config."""
+    config_json = config.model_dump_json()
+    metadata = {"config": config_json,
+                "config_sha256": hashlib.sha256(config_json.encode("utf-8")).hexdigest(),
+                "architecture": config.architecture.name,
+                "num_classes": str(config.architecture.num_classes),
+                "rift_version": rift_version}
+    if checkpoint_sha256 is not None:
+        metadata["checkpoint_sha256"] = checkpoint_sha256
     if config.checkpoint_entry is not None:
         metadata["checkpoint_entry"] = config.checkpoint_entry
     return metadata
@@ -1280,7 +1298,9 @@ def run_pipeline(config: RiftConfig | Mapping[str, Any], checkpoint: CheckpointS
     with storage.lock():
         if fresh:  # after the checks above: a refused run deletes nothing
             storage.remove_outputs()
-        stage_outputs.check_run_identity(storage, run_identity(config, checkpoint, run))
+        identity = run_identity(config, checkpoint, run)
+        stage_outputs.check_run_identity(storage, identity)
+        run.checkpoint_sha256 = identity.checkpoint_sha256
         return _run_stages(config, run, storage, callbacks, preflight)
 
 
@@ -1288,7 +1308,7 @@ def _run_stages(config: RiftConfig, run: PreparedRun, storage: FolderStorage,
                 callbacks: PipelineCallbacks, preflight: PreflightReport | None
                 ) -> dict[str, Any]:
     """``run_pipeline``'s stages, in a folder it holds: each saved stage loaded, the others run."""
-    metadata = weights_metadata(config)
+    metadata = weights_metadata(config, checkpoint_sha256=run.checkpoint_sha256)
 
     mrc = load_mrc(storage)
     if mrc is not None:

@@ -58,7 +58,6 @@ from rift.pipeline import (
     load_mrc,
     run_candidate,
     unchanged_weights_warning,
-    weights_metadata,
 )
 from rift.stage_outputs import FINETUNE_JSON, FINETUNED
 from rift.sweep import (
@@ -85,6 +84,7 @@ from worker.runtime import (
 from worker.stages import (
     describe_device,
     job_stage_storage,
+    job_weights_metadata,
     prepare,
     record_interpolation,
     record_winner_table,
@@ -208,9 +208,10 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
             cancelled = record_excluded(resources, reporter, job_id, index, claim.attempt,
                                         excluded_candidate(candidate, exc, callbacks))
         else:
-            cancelled = record_candidate(resources, reporter, job_id, index, claim.attempt,
-                                         attempts[StageName.FINETUNE], run, candidate,
-                                         finetune, interpolation)
+            cancelled = record_candidate(
+                resources, reporter, job_id, index, claim.attempt, attempts[StageName.FINETUNE],
+                run, candidate, finetune, interpolation,
+                header=job_weights_metadata(claim.job, run.checkpoint_sha256))
     except Exception as exc:
         if isinstance(exc, ShuttingDown):
             # Its last epoch events, as an MRC shard's rows: the stored epoch state holds those
@@ -241,17 +242,19 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
 def record_candidate(resources: WorkerResources, reporter: PartReporter, job_id: str,
                      index: int, attempt: int, stage_attempt: int, run: PreparedRun,
                      candidate: Candidate, finetune: FinetuneStageResult,
-                     interpolation: InterpolationStageResult) -> bool:
+                     interpolation: InterpolationStageResult, *,
+                     header: Mapping[str, str]) -> bool:
     """Store candidate ``index``'s θ_FT under its attempt's key and record its outcome.
-    Returns whether recording it ended the job (:func:`persistence.stage_shards.finish_part`:
-    its cancellation was asked and nothing else runs)."""
+    ``header``: the job's weights header (:func:`worker.stages.job_weights_metadata`), as on
+    its other weights files. Returns whether recording it ended the job
+    (:func:`persistence.stage_shards.finish_part`: its cancellation was asked and nothing else
+    runs)."""
     # A worker that lost its lease meanwhile writes nothing; one shutting down still records
     # the candidate it finished, as a stage does (should_cancel would hand it back).
     raise_if_cancelled(reporter.cancelled_at_end)
     storage = CandidateStorage(resources.store, job_id, stage_attempt, index, attempt)
     stage_outputs.write_weights(storage, FINETUNED, finetune.state_dict, {
-        **weights_metadata(run.config), "kind": "finetuned",
-        "module": candidate.module, "lr": repr(candidate.lr)})
+        **header, "kind": "finetuned", "module": candidate.module, "lr": repr(candidate.lr)})
     weights = storage.written[FINETUNED]
     outcome = candidate_outcome(candidate, finetune, interpolation)
     result = {"outcome": outcome.to_json(), "finetune": finetune.to_json(),

@@ -30,7 +30,7 @@ from rift.evaluation import AccuracyReport
 from rift.interpolation import interpolate_weights, theta_at_in_run_layout
 from rift.pipeline import PipelineCallbacks, evaluate_weights
 from worker.inputs import fetch_checkpoint
-from worker.stages import FINETUNED, SAFETENSORS, prepare
+from worker.stages import FINETUNED, SAFETENSORS, job_weights_metadata, prepare
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,10 @@ def materialize_weights(row: Materialization, job: Job, checkpoint: Checkpoint,
                                data_root).original_state
         weights = interpolate_weights(theta_at, theta_ft, row.alpha)
         path = scratch / row.artifact_name
+        # The header of the job's own tuned.safetensors, at this α.
         checkpoints.save_safetensors(path, weights, {
-            "kind": "tuned", "alpha": repr(row.alpha), "job_id": job.id,
-            "module": job.selected_module or "",
-            **({"checkpoint_entry": entry} if entry is not None else {})})
+            **job_weights_metadata(job, checkpoint.sha256),
+            "kind": "tuned", "alpha": repr(row.alpha), "module": job.selected_module or ""})
         raise_if_cancelled(should_cancel)
         stored = store.put_file(materialization_key(job.id, row.artifact_name), path,
                                 content_type=SAFETENSORS)

@@ -6,8 +6,16 @@ extra installed): one run per job in ``MLFLOW_EXPERIMENT`` with
   (step = epoch) and the interpolation curve (step = α × 10,000, as MLflow steps are integers:
   one step per point of the finest α grid, ``interpolation.alpha_step`` 1e-4);
 - artifacts: the job's files (MRC CSV, result, manifest, charts) and the tuned weights;
+- tags: ``rift.job_id``, ``rift.project_id``, ``rift.checkpoint_sha256``,
+  ``rift.selected_module`` and each of the job's labels as ``rift.label.<key>``;
 - a new version of the registered model ``MLFLOW_MODEL_NAME`` whose source is the logged weights,
-  tagged with ``job_id``, ``checkpoint_sha256`` and ``chosen_alpha``.
+  tagged with ``job_id``, ``project_id``, ``checkpoint_sha256``, ``chosen_alpha``,
+  ``selected_module``, ``config_sha256`` and ``rift_version`` (the weights' own header's).
+
+One run and one version per job: exporting a job again (a redelivered task, an operator's retry)
+finds the finished run tagged with its id and returns it, registering the version only if the
+run has none yet. MLflow's HTTP retries and timeout come from the target
+(``MLFLOW_HTTP_MAX_RETRIES``, ``MLFLOW_HTTP_TIMEOUT_SECONDS``).
 
 No model flavour (mlflow.pytorch) is needed: the weights are a safetensors file. The worker calls
 :func:`export_job` after the job has succeeded; a failure only adds a ``warning`` event.
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -24,11 +33,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from persistence.jobs import get_epoch_metrics, get_interpolation_points, get_mrc_rows, list_artifacts
-from persistence.models import Checkpoint, Job
+from persistence.models import Checkpoint, Job, JobLabel
 from persistence.storage import ObjectStore
 
 TUNED = "tuned.safetensors"
@@ -52,6 +63,9 @@ class MlflowTarget:
     experiment: str
     model_name: str
     artifact_location: str | None = None
+    #: MLflow's per-request retries and timeout (seconds); see the settings of the same names.
+    http_max_retries: int = 2
+    http_timeout_seconds: int = 30
 
 
 @dataclass
@@ -68,6 +82,11 @@ class JobExport:
     epochs: Sequence[Mapping[str, Any]]
     points: Sequence[Mapping[str, Any]]
     files: dict[str, Path] = field(default_factory=dict)  # artifact name -> local path
+    project_id: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    #: The tuned weights' header (``rift.pipeline.weights_metadata``): its config and library
+    #: version digests go on the model version.
+    weights_metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,8 +143,13 @@ def gather_job(session: Session, store: ObjectStore, job_id: str, directory: Pat
         if artifact.name == "curves.json":
             continue  # a sweep's curves: in result.json["sweep"]; the name is the run's own file
         files[artifact.name] = store.download_to(artifact.storage_key, directory / artifact.name)
+    labels = {key: value for key, value in session.execute(
+        select(JobLabel.key, JobLabel.value).where(JobLabel.job_id == job_id))}
+    tuned = files.get(TUNED)
     return JobExport(
-        job_id=job.id, checkpoint_sha256=checkpoint.sha256 if checkpoint else "",
+        job_id=job.id, project_id=job.project_id, labels=labels,
+        weights_metadata=_safetensors_header(tuned) if tuned is not None else {},
+        checkpoint_sha256=checkpoint.sha256 if checkpoint else "",
         config=job.spec, selected_module=job.selected_module, chosen_alpha=job.chosen_alpha,
         metrics=job.metrics or {},
         mrc_rows=[{"module": r.module, "mrc": r.mrc, "robust_accuracy_drop": r.robust_accuracy_drop,
@@ -138,20 +162,83 @@ def gather_job(session: Session, store: ObjectStore, job_id: str, directory: Pat
         files=files)
 
 
+def _safetensors_header(path: Path) -> dict[str, str]:
+    """The str→str metadata of a safetensors file (its JSON header's ``__metadata__``), read
+    without torch: the 8-byte little-endian header length, then the header."""
+    with open(path, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size)) if 0 < size <= 100_000_000 else {}
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+
+
+def _use_http_limits(target: MlflowTarget) -> None:
+    """MLflow reads its HTTP retries and timeout from the environment at every request and has
+    no per-client option, so the exporting worker sets them there (its own process only)."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(target.http_max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(target.http_timeout_seconds)
+
+
+def _label_tag(key: str) -> str:
+    """A label's run tag: ``rift.label.<key>``, with characters MLflow refuses in a tag key
+    (as in a metric key) as ``_``."""
+    return "rift.label." + "".join(c if _KEY_CHAR.fullmatch(c) or c == "/" else "_" for c in key)
+
+
 def export_to_mlflow(target: MlflowTarget, export: JobExport) -> ExportResult:
-    """Log one job as an MLflow run and register its tuned weights as a new model version."""
-    from mlflow.entities import Param, RunTag
+    """Log one job as an MLflow run and register its tuned weights as a new model version; a
+    job exported before (a finished run tagged with its id) is returned as it is."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    _use_http_limits(target)
     client = MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
     experiment = client.get_experiment_by_name(target.experiment)
     experiment_id = (experiment.experiment_id if experiment is not None else
                      client.create_experiment(target.experiment,
                                               artifact_location=target.artifact_location))
-    run = client.create_run(experiment_id, run_name=f"rift-{export.job_id}",
-                            tags={"rift.job_id": export.job_id,
-                                  "rift.checkpoint_sha256": export.checkpoint_sha256})
+    # Job ids are hex: nothing to quote in the filter.
+    done = client.search_runs([experiment_id], max_results=1,
+                              filter_string=f"tags.`rift.job_id` = '{export.job_id}' "
+                                            "and attributes.status = 'FINISHED'")
+    run = done[0] if done else _log_run(client, experiment_id, export)
+    run_id = run.info.run_id
+
+    try:
+        client.create_registered_model(target.model_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    # By run id alone (hex: nothing to quote), the name compared here: a model name holding a
+    # quote or a backslash, quoted into the filter, matched nothing, and each export of the job
+    # made one more version.
+    existing = [v for v in client.search_model_versions(f"run_id = '{run_id}'")
+                if v.name == target.model_name]
+    if existing:
+        return ExportResult(run_id, target.model_name, str(existing[0].version))
+    source = f"{run.info.artifact_uri.rstrip('/')}/{WEIGHTS_DIR}"
+    header = export.weights_metadata
+    version = client.create_model_version(
+        target.model_name, source=source, run_id=run_id,
+        tags={"job_id": export.job_id, "project_id": str(export.project_id),
+              "checkpoint_sha256": export.checkpoint_sha256,
+              "chosen_alpha": str(export.chosen_alpha),
+              "selected_module": str(export.selected_module),
+              **{key: header[key] for key in ("config_sha256", "rift_version", "architecture",
+                                              "num_classes") if key in header}},
+        description=f"RiFT job {export.job_id}: tuned weights ({TUNED})")
+    return ExportResult(run_id, target.model_name, str(version.version))
+
+
+def _log_run(client: Any, experiment_id: str, export: JobExport) -> Any:
+    """A new run holding the job's params, metrics and artifacts, FINISHED (FAILED, and the
+    error raised, when logging fails)."""
+    from mlflow.entities import Param, RunTag
+
+    tags = {"rift.job_id": export.job_id, "rift.checkpoint_sha256": export.checkpoint_sha256,
+            **({"rift.project_id": export.project_id} if export.project_id else {}),
+            **{_label_tag(key): value for key, value in export.labels.items()}}
+    run = client.create_run(experiment_id, run_name=f"rift-{export.job_id}", tags=tags)
     run_id = run.info.run_id
     try:
         params = flatten(export.config)
@@ -173,20 +260,7 @@ def export_to_mlflow(target: MlflowTarget, export: JobExport) -> ExportResult:
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-
-    try:
-        client.create_registered_model(target.model_name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    source = f"{run.info.artifact_uri.rstrip('/')}/{WEIGHTS_DIR}"
-    version = client.create_model_version(
-        target.model_name, source=source, run_id=run_id,
-        tags={"job_id": export.job_id, "checkpoint_sha256": export.checkpoint_sha256,
-              "chosen_alpha": str(export.chosen_alpha),
-              "selected_module": str(export.selected_module)},
-        description=f"RiFT job {export.job_id}: tuned weights ({TUNED})")
-    return ExportResult(run_id, target.model_name, str(version.version))
+    return run
 
 
 def _metrics(export: JobExport) -> list[Any]:
@@ -218,6 +292,29 @@ def _metrics(export: JobExport) -> list[Any]:
         add("interpolation.clean_accuracy", point["clean_accuracy"], step)
         add("interpolation.robust_accuracy", point["robust_accuracy"], step)
     return found
+
+
+def uri_secrets(uri: str) -> list[str]:
+    """What of a URI must not be shown: its user info (``user:password``, or a token alone as
+    the user), the password, and each as written and percent-decoded; longest first."""
+    parts = urlsplit(uri)
+    userinfo = parts.netloc.rpartition("@")[0]
+    found = {userinfo, unquote(userinfo)}
+    if parts.password:
+        found |= {parts.password, unquote(parts.password)}
+    return sorted((secret for secret in found if secret), key=len, reverse=True)
+
+
+def export_failure_message(exc: BaseException, tracking_uri: str) -> str:
+    """The job's ``warning`` event for a failed export: the error's first line, with the
+    tracking URI's credentials as ``***``. MLflow's HTTP errors quote the request's whole URL
+    ("API request to http://user:password@host/api/2.0/... failed"), and the event is read by
+    every key of the job's project."""
+    text = (str(exc).splitlines() or [""])[0]
+    for secret in uri_secrets(tracking_uri):
+        text = text.replace(secret, "***")
+    return (f"the job succeeded but its export to MLflow failed: {type(exc).__name__}: "
+            f"{text[:300]}")
 
 
 def export_job(target: MlflowTarget, session_factory: Any, store: ObjectStore, job_id: str,

@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from persistence.settings import Settings
 from persistence.startup import check_service_start, os_reason
@@ -106,10 +107,51 @@ def refuse_mlflow_without_client(tracking_uri: str | None) -> None:
                          f"installed here: {MLFLOW_EXTRA_HINT}, or unset MLFLOW_TRACKING_URI")
 
 
+#: The URI schemes MLflow takes for a tracking store that also holds a model registry (its
+#: registry's list; ``postgresql+psycopg`` and the like count as their dialect); ``""`` and
+#: ``file`` are a file store.
+MLFLOW_SCHEMES = ("", "file", "databricks", "databricks-uc", "uc", "http", "https", "postgresql",
+                  "mysql", "sqlite", "mssql")
+
+
+def refuse_unusable_mlflow_uri(tracking_uri: str | None, *, allow_file_store: bool) -> None:
+    """Stop the worker when ``MLFLOW_TRACKING_URI`` names a store MLflow cannot use at all: an
+    unknown scheme (``htp://``, ``mlflow:5000``), or a file store while MLflow 3 refuses those
+    (``MLFLOW_ALLOW_FILE_STORE`` unset). Before, the worker started and every job's export failed
+    after the job (a ``warning`` event each, naming no setting). A server that is merely down
+    is not refused here: the export retries it after each job (``MLFLOW_HTTP_MAX_RETRIES``)."""
+    if not tracking_uri:
+        return
+    scheme = urlsplit(tracking_uri).scheme.lower().split("+", 1)[0]
+    if len(scheme) == 1:  # a Windows drive letter (C:\mlruns): a folder
+        scheme = ""
+    # The URI is not repeated: it may carry a password.
+    if scheme not in MLFLOW_SCHEMES:
+        raise SystemExit(f"rift: MLFLOW_TRACKING_URI has the scheme {scheme!r}, which MLflow "
+                         f"cannot track to; use one of {', '.join(s for s in MLFLOW_SCHEMES if s)}"
+                         " (e.g. http://mlflow:5000 or sqlite:///mlflow.db), or unset it")
+    if scheme in ("", "file") and not allow_file_store:
+        raise SystemExit("rift: MLFLOW_TRACKING_URI is a file store (a folder), which MLflow 3 "
+                         "refuses unless MLFLOW_ALLOW_FILE_STORE=true; use a database "
+                         "(sqlite:///mlflow.db) or a tracking server, or set "
+                         "MLFLOW_ALLOW_FILE_STORE=true")
+
+
+def refuse_unusable_mlflow_model_name(tracking_uri: str | None, model_name: str) -> None:
+    """Stop the worker when ``MLFLOW_MODEL_NAME`` holds ``/`` or ``:``, which MLflow's registry
+    refuses ("Invalid model name"): every job's export failed after its run was logged."""
+    if tracking_uri and ("/" in model_name or ":" in model_name):
+        raise SystemExit(f"rift: MLFLOW_MODEL_NAME {model_name!r} holds '/' or ':', which "
+                         "MLflow refuses in a registered model's name; choose another")
+
+
 def check_worker_start(settings: Settings) -> None:
     """The service's checks (schema, object store), the built-in datasets' folder, the MLflow
     client, then the device; returns when the worker may start."""
     check_service_start(settings)
     refuse_unreadable_data_root(settings.data_root, named="data_root" in settings.model_fields_set)
     refuse_mlflow_without_client(settings.mlflow_tracking_uri)
+    refuse_unusable_mlflow_uri(settings.mlflow_tracking_uri,
+                               allow_file_store=settings.mlflow_allow_file_store)
+    refuse_unusable_mlflow_model_name(settings.mlflow_tracking_uri, settings.mlflow_model_name)
     refuse_missing_device(settings.worker_device)

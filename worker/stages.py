@@ -56,9 +56,9 @@ from rift.stage_outputs import (
 from worker.inputs import fetch_checkpoint, fetch_dataset, require_in_data_root
 
 __all__ = ["FINETUNED", "SAFETENSORS", "ObjectStageStorage", "describe_device", "job_manifest",
-           "job_stage_storage", "load_manifest", "prepare", "record_interpolation",
-           "record_mrc", "record_winner_table", "run_stage", "stage_object_key",
-           "store_manifest"]
+           "job_stage_storage", "job_weights_metadata", "load_manifest", "prepare",
+           "record_interpolation", "record_mrc", "record_winner_table", "run_stage",
+           "stage_object_key", "store_manifest"]
 
 SAFETENSORS = "application/octet-stream"
 MANIFEST_JSON = "manifest.json"
@@ -158,7 +158,9 @@ def prepare(job: Job, checkpoint: Checkpoint, dataset: Dataset | None, store: Ob
     checkpoint_path = fetch_checkpoint(store, checkpoint, work_dir)
     dataset_path = fetch_dataset(store, dataset, work_dir) if dataset is not None else None
     config = job_config(job, dataset_path=dataset_path, device=device, data_root=data_root)
-    return prepare_run(config, checkpoint_path)
+    run = prepare_run(config, checkpoint_path)
+    run.checkpoint_sha256 = checkpoint.sha256
+    return run
 
 
 def run_stage(stage: str, job: Job, run: PreparedRun, store: ObjectStore, work_dir: Path,
@@ -235,8 +237,13 @@ def _record(name: str, stored: StoredObject) -> ArtifactRecord:
                           sha256=stored.sha256, content_type=stored.content_type)
 
 
-def _metadata(run: PreparedRun) -> dict[str, str]:
-    return weights_metadata(run.config)
+def job_weights_metadata(job: Job, checkpoint_sha256: str | None) -> dict[str, str]:
+    """The header of the job's weights files (:func:`rift.pipeline.weights_metadata`) with the
+    job's id."""
+    # The job's config as submitted (as manifest.json holds it), not run.config: that one has
+    # this worker's device and data folder in it.
+    return {**weights_metadata(stored_config(job.spec), checkpoint_sha256=checkpoint_sha256),
+            "job_id": job.id}
 
 
 def _mrc(job: Job, run: PreparedRun, storage: ObjectStageStorage,
@@ -297,7 +304,7 @@ def _finetune(job: Job, run: PreparedRun, storage: ObjectStageStorage,
         raise RuntimeError(f"job {job.id} has no selected module although MRC is done")
     result = run_finetune_stage(run, module, callbacks)
     callbacks.check_cancel()  # a worker that lost its lease meanwhile writes nothing
-    save_finetune(storage, result, _metadata(run))
+    save_finetune(storage, result, job_weights_metadata(job, run.checkpoint_sha256))
     return StageOutputs(
         epochs=result.epochs,
         artifacts=[_record(FINETUNED, storage.written[FINETUNED])],
@@ -341,7 +348,9 @@ def record_interpolation(job: Job, run: PreparedRun, storage: ObjectStageStorage
         document["sweep"] = dict(sweep)
         write_json(storage, CURVES_JSON, dict(sweep))
         extra.append(_record(CURVES_JSON, storage.written[CURVES_JSON]))
-    save_interpolation(storage, result, {**_metadata(run), **(metadata or {})}, module, document)
+    save_interpolation(storage, result,
+                       {**job_weights_metadata(job, run.checkpoint_sha256), **(metadata or {})},
+                       module, document)
     # The report page's charts as files too (drawn by the same torch-free module as the page).
     charts = job_charts([{**row, "module": row["name"]} for row in mrc.rows], module,
                         finetune.epochs, curves,

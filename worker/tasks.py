@@ -142,7 +142,7 @@ from worker.epoch_states import ObjectEpochStateStore, discard_epoch_states
 from worker.finishing import record_finish
 from worker.inputs import DatasetNotInDataRoot
 from worker.metrics import WorkerMetrics
-from worker.mlflow_export import MlflowTarget, export_job
+from worker.mlflow_export import MlflowTarget, export_failure_message, export_job
 from worker.prepared_runs import RunKey
 from worker.registry import WorkerRegistration
 from worker.runtime import (
@@ -773,7 +773,9 @@ def export_if_configured(resources: WorkerResources, job_id: str) -> None:
     if not settings.mlflow_tracking_uri:
         return
     target = MlflowTarget(settings.mlflow_tracking_uri, settings.mlflow_experiment,
-                          settings.mlflow_model_name, settings.mlflow_artifact_location)
+                          settings.mlflow_model_name, settings.mlflow_artifact_location,
+                          http_max_retries=settings.mlflow_http_max_retries,
+                          http_timeout_seconds=settings.mlflow_http_timeout_seconds)
     try:
         result = export_job(target, resources.session, resources.store, job_id, settings.work_dir)
         kind, payload = "mlflow_exported", {"run_id": result.run_id, "model": result.model_name,
@@ -782,10 +784,8 @@ def export_if_configured(resources: WorkerResources, job_id: str) -> None:
                     result.model_version)
     except Exception as exc:
         logger.warning("job %s: MLflow export failed", job_id, exc_info=True)
-        first_line = (str(exc).splitlines() or [""])[0][:300]
-        kind, payload = "warning", {"stage": "export", "message": (
-            f"the job succeeded but its export to MLflow failed: {type(exc).__name__}: "
-            f"{first_line}")}
+        kind, payload = "warning", {"stage": "export",
+                                    "message": export_failure_message(exc, target.tracking_uri)}
     try:
         with resources.session() as session:
             jobs.append_event(session, job_id, kind, payload)

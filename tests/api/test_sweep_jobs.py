@@ -194,6 +194,22 @@ def test_a_finished_sweep_keeps_only_the_winners_weights(
     tensors = safetensors.torch.load(api.client.get(row["artifact_url"]).content)
     assert tensors.keys() == theta_ft.keys()
     assert all(torch.equal(tensors[k], theta_ft[k]) for k in theta_ft)  # α = 1 is θ_FT
+    # The winner's θ_FT (a candidate's file) has the job's weights header, config and all, as
+    # tuned and tuned@α do: it held the worker's own config (its device and data folder in it)
+    # and no θ_AT digest.
+    headers = [weights_header(content) for content in (
+        finetuned.content, api.client.get(listing["tuned.safetensors"]["url"]).content,
+        api.client.get(row["artifact_url"]).content)]
+    assert {h["config_sha256"] for h in headers} == {headers[1]["config_sha256"]}
+    assert {h["checkpoint_sha256"] for h in headers} == {checkpoint["sha256"]}
+    assert {h["job_id"] for h in headers} == {job_id}
+    assert headers[0]["kind"] == "finetuned" and "lr" in headers[0]
+
+
+def weights_header(content: bytes) -> dict[str, str]:
+    """A safetensors file's header metadata (after its 8-byte little-endian length)."""
+    size = int.from_bytes(content[:8], "little")
+    return dict(json.loads(content[8:8 + size]).get("__metadata__", {}))
 
 
 def test_a_sweep_candidate_that_diverges_is_excluded_and_the_job_goes_on(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import rift
 from rift.cli import ConfigInputError, build_config, main, make_parser
 
 
@@ -207,6 +209,10 @@ def test_run_command_end_to_end(digits_checkpoint_path: Path, digits_job_config:
     with safe_open(str(out / "tuned.safetensors"), "pt") as tuned:
         assert sorted(tuned.keys()) == sorted(ema)
         assert tuned.metadata()["checkpoint_entry"] == "state_dict_ema"
+        # ... and where they came from: θ_AT's file digest (the run identity's), the version.
+        assert tuned.metadata()["checkpoint_sha256"] == hashlib.sha256(
+            (tmp_path / "ema.pt").read_bytes()).hexdigest()
+        assert tuned.metadata()["rift_version"] == rift.__version__
     assert f"{result['selected_module']}" in completed.stdout
     assert "<- fine-tuned" in completed.stdout and "<- chosen" in completed.stdout
     for row in result["mrc"]["rows"]:

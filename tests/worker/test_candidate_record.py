@@ -57,7 +57,7 @@ def test_a_candidate_finished_as_the_worker_stops_is_recorded_not_handed_back(
     run = SimpleNamespace(config=RiftConfig.model_validate(quick_config))
     resources.stopping.set()  # SIGTERM as the candidate's curve was finished
     record_candidate(resources, reporter, job_id, 0, 1, 1, run,  # type: ignore[arg-type]
-                     Candidate("fc", 0.01), finetune, interpolation)
+                     Candidate("fc", 0.01), finetune, interpolation, header={"job_id": job_id})
     with sessions() as session:
         part = stage_shards.list_candidates(session, job_id)[0]
     assert (part.status, part.lease_owner) == ("done", None)

@@ -140,3 +140,70 @@ def test_an_mrc_row_stopped_early_is_exported_under_bound_names() -> None:
     logged = {m.key: m.value for m in _metrics(export)}
     assert logged == {"mrc_at_least.conv1": 1.0, "robust_accuracy_drop_at_stop.conv1": 31.25,
                       "mrc.fc": 0.2, "robust_accuracy_drop.fc": 18.75}
+
+
+def test_exporting_a_job_again_gives_its_run_and_version_back(tmp_path: Path) -> None:
+    """A redelivered finishing task (or a retried export) created a second run and registered
+    version 2 of the same weights. The run also carries the project and the job's labels."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    name = "rift's \\tuned \"ü\""  # quotes and a backslash: a filter string must not hold it
+    target = MlflowTarget(uri, "rift-test", name, (tmp_path / "artifacts").as_uri())
+    export = _export(tmp_path, "job1")
+    export.project_id = "p" * 32
+    export.labels = {"team": "vision ü", "run:kind": "nightly"}
+    export.weights_metadata = {"config_sha256": "c" * 64, "rift_version": "0.1.0",
+                               "architecture": "small_cnn", "num_classes": "10"}
+    first = export_to_mlflow(target, export)
+    again = export_to_mlflow(target, export)
+    assert again == first
+    other = export_to_mlflow(target, _export(tmp_path, "job2"))
+    assert (first.model_version, other.model_version) == ("1", "2")
+    assert export_to_mlflow(target, export) == first
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("rift-test").experiment_id],
+                              filter_string="tags.`rift.job_id` = 'job1'")
+    assert [r.info.run_id for r in runs] == [first.run_id]
+    assert sorted(str(v.version) for v in client.search_model_versions()
+                  if v.name == name) == ["1", "2"]
+    tags = runs[0].data.tags
+    assert tags["rift.project_id"] == "p" * 32 and tags["rift.job_id"] == "job1"
+    assert tags["rift.label.team"] == "vision ü" and tags["rift.label.run_kind"] == "nightly"
+    version = client.get_model_version(name, "1").tags
+    assert version["project_id"] == "p" * 32 and version["config_sha256"] == "c" * 64
+    assert (version["rift_version"], version["architecture"], version["num_classes"]) == (
+        "0.1.0", "small_cnn", "10")
+
+
+def test_an_unreachable_tracking_server_is_tried_the_retries_asked(tmp_path: Path) -> None:
+    """MLflow's default retried each request 7 times with exponential back-off: the worker sat
+    246 s after each job before the export gave up. The target's limit applies now: a server
+    that drops every connection sees 1 + http_max_retries of them, then the export raises."""
+    import socket
+    import threading
+
+    from mlflow.exceptions import MlflowException
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            connection.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        with pytest.raises(MlflowException):
+            export_to_mlflow(MlflowTarget(uri, "e", "m", http_max_retries=1,
+                                          http_timeout_seconds=5), _export(tmp_path, "down"))
+    finally:
+        server.close()
+    assert len(accepted) == 2

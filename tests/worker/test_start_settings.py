@@ -95,3 +95,48 @@ def test_an_mlflow_uri_with_the_extra_installed_passes(sqlite_url: str, tmp_path
     result = start_checks(tmp_path, sqlite_url, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db")
     assert result.returncode == 0, result.stderr
     assert "MLFLOW" not in result.stderr
+
+
+@pytest.mark.parametrize("uri", ["htp://mlflow:5000", "mlflow:5000", "s3://bucket/mlruns"])
+def test_an_mlflow_uri_of_a_scheme_mlflow_cannot_track_to_stops_the_start(
+        sqlite_url: str, tmp_path: Path, uri: str) -> None:
+    # Was: the worker started and each job's export failed after it succeeded (a warning event
+    # per job: UnsupportedModelRegistryStoreURIException, naming no setting).
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    result = start_checks(tmp_path, sqlite_url, DATA_ROOT=str(tmp_path), MLFLOW_TRACKING_URI=uri)
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("rift: MLFLOW_TRACKING_URI has the scheme "), line
+    assert "http, https" in line and "sqlite:///mlflow.db" in line
+
+
+def test_an_mlflow_file_store_stops_the_start_unless_mlflow_allows_it(sqlite_url: str,
+                                                                      tmp_path: Path) -> None:
+    # MLflow 3 refuses a file store ("maintenance mode") unless MLFLOW_ALLOW_FILE_STORE=true:
+    # each job's export failed with that after the job.
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    for uri in ((tmp_path / "mlruns").as_uri(), "./mlruns"):
+        result = start_checks(tmp_path, sqlite_url, DATA_ROOT=str(tmp_path),
+                              MLFLOW_TRACKING_URI=uri)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            "rift: MLFLOW_TRACKING_URI is a file store (a folder), which MLflow 3 refuses unless "
+            "MLFLOW_ALLOW_FILE_STORE=true; use a database (sqlite:///mlflow.db) or a tracking "
+            "server, or set MLFLOW_ALLOW_FILE_STORE=true"]
+        allowed = start_checks(tmp_path, sqlite_url, DATA_ROOT=str(tmp_path),
+                               MLFLOW_TRACKING_URI=uri, MLFLOW_ALLOW_FILE_STORE="true")
+        assert allowed.returncode == 0, allowed.stderr
+
+
+def test_an_mlflow_model_name_mlflow_refuses_stops_the_start(sqlite_url: str,
+                                                              tmp_path: Path) -> None:
+    # Was: each job's run logged, then its model version refused ("Invalid model name ...
+    # Names cannot contain '/' or ':'"), a warning event per job.
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    result = start_checks(tmp_path, sqlite_url, DATA_ROOT=str(tmp_path),
+                          MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
+                          MLFLOW_MODEL_NAME="team/rift:tuned")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "rift: MLFLOW_MODEL_NAME 'team/rift:tuned' holds '/' or ':', which MLflow refuses in a "
+        "registered model's name; choose another"]
