@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -118,8 +119,16 @@ def test_a_preflight_is_logged_counted_and_carries_a_request_id(
     assert given.headers["x-request-id"] == "preflight-1"
     made = anonymous.options("/v1/jobs", headers=_preflight("GET"))
     assert len(made.headers["x-request-id"]) == 32
-    logged = [r for r in caplog.records if r.name == "api.observability"
-              and getattr(r, "method", None) == "OPTIONS" and getattr(r, "status", None) == 204]
+    # The layer logs and counts once the app has returned, which may be just after the client
+    # has read the answer's last byte: wait for the second record rather than race it.
+    deadline = time.monotonic() + 10
+    while True:
+        logged = [r for r in caplog.records if r.name == "api.observability"
+                  and getattr(r, "method", None) == "OPTIONS"
+                  and getattr(r, "status", None) == 204]
+        if len(logged) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     assert [r.path for r in logged] == ["/v1/jobs", "/v1/jobs"]  # type: ignore[attr-defined]
     samples = [s for f in text_string_to_metric_families(cors_api.client.get("/metrics").text)
                for s in f.samples if s.name == "rift_http_requests_total"
