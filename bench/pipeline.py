@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from reference_cost import reference_cost_mrc  # bench/ is on sys.path when run as a script
-from synthetic import write_template_dataset, write_theta_at
+from synthetic import job_config, write_template_dataset, write_theta_at
 
 from rift.checkpoints import save_safetensors
 from rift.config import ArchitectureSpec, AttackSpec, DatasetSpec, RiftConfig
@@ -432,20 +432,12 @@ def main() -> None:
                            device=args.device)
         else:
             dataset = _write_random_job(root, args.arch, args.train, args.test, args.image_size)
-        config = RiftConfig.model_validate({
-            "architecture": {"name": args.arch, "num_classes": 10},
-            "dataset": dataset.model_dump(),
-            # Random weights on random labels sit at chance, which the preflight check refuses.
-            **({} if args.at_epochs else {"preflight": {"examples": 0}}),
-            "interpolation": {"alpha_step": args.alpha_step},
-            "attack": {"steps": args.attack_steps},
-            "mrc": {"num_examples": args.mrc_examples, "batch_size": args.mrc_batch_size,
-                    "steps": args.mrc_steps, "table": args.mrc_table},
-            "finetune": {"epochs": args.epochs,
-                         "lr_milestones": [max(1, args.epochs // 2)] if args.epochs > 1 else []},
-            "device": args.device, "precision": args.precision,
-            "channels_last": args.channels_last, "deterministic": not args.nondeterministic,
-        })
+        config = RiftConfig.model_validate(job_config(
+            args.arch, dataset, trained=bool(args.at_epochs), alpha_step=args.alpha_step,
+            attack_steps=args.attack_steps, mrc_examples=args.mrc_examples,
+            mrc_batch_size=args.mrc_batch_size, mrc_steps=args.mrc_steps, epochs=args.epochs,
+            device=args.device, mrc_table=args.mrc_table, precision=args.precision,
+            channels_last=args.channels_last, deterministic=not args.nondeterministic))
         if args.reference_cost:
             job = f"{args.arch} CIFAR-shaped synthetic, " + (
                 f"PGD-trained {args.at_epochs} epochs" if args.at_epochs else "random weights")

@@ -15,7 +15,8 @@ The job's event timestamps break it down (``service_breakdown_median``, see :fun
 the direct run's, the figure the machine's load disturbs least. The checkpoint upload is timed
 separately. Both sides run with ``OMP_NUM_THREADS=1`` on the CPU and the same
 ``THP_MEM_ALLOC_ENABLE`` (the environment's, else ``1`` as the worker sets it). Jobs
-(``--job``): the digits demo job, or ``digits-long`` (see :func:`job_config`).
+(``--job``): the digits demo job, ``digits-long``, or ``resnet18-small`` (a ResNet-18 on
+CIFAR-shaped synthetic data, uploaded with ``POST /v1/datasets``; see :func:`make_job`).
 
 CPU seconds (Linux): the direct process's for its timed ``run_pipeline`` against the worker
 process's and the API process's for the service job (``/proc/<pid>/stat``, read before the
@@ -29,6 +30,7 @@ Redis on 127.0.0.1:6379. Requests carry a key the bench makes in its fresh datab
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/service_overhead.py --repeats 5
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/service_overhead.py --job digits-long
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/service_overhead.py --job resnet18-small
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python bench/service_overhead.py --tree /work/main
 """
 
@@ -45,19 +47,56 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, text
+from synthetic import job_config as synthetic_job_config  # bench/ is on sys.path as a script
+from synthetic import write_template_dataset, write_theta_at
 
 from persistence.migrate import upgrade_database
+from rift.config import AttackSpec
 from rift.demo import DIGITS_DEMO_CONFIG, make_digits_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 TERMINAL_EVENTS = ("job_succeeded", "job_failed", "job_cancelled")
+JOBS = ("digits", "digits-long", "resnet18-small")
+
+
+@dataclass(frozen=True)
+class SyntheticSizes:
+    """The ``resnet18-small`` job's sizes: a ResNet-18 (random weights) on CIFAR-shaped
+    template data, sized to 35-42 CPU-seconds of one thread (about 40 s wall on the quiet 2-core
+    machine the README's numbers come from, 1.5-3x that under load); tests pass smaller ones."""
+
+    train: int = 128
+    test: int = 32
+    epochs: int = 1
+    mrc_examples: int = 16
+    mrc_steps: int = 2
+    attack_steps: int = 2
+    alpha_step: float = 0.2
+
+
+@dataclass(frozen=True)
+class BenchJob:
+    """A job both sides run: its checkpoint, its config as ``run_pipeline`` reads it, and the
+    npz archive the service gets as an upload (None: a built-in dataset)."""
+
+    checkpoint: Path
+    config: dict[str, Any]
+    dataset: Path | None = None
+
+    def service_config(self) -> dict[str, Any]:
+        """The config ``POST /v1/jobs`` takes: an uploaded dataset's path is the service's."""
+        config = copy.deepcopy(self.config)
+        if self.dataset is not None:
+            config["dataset"].pop("path")
+        return config
 
 
 def job_config(job: str) -> dict[str, Any]:
@@ -72,15 +111,38 @@ def job_config(job: str) -> dict[str, Any]:
     return config
 
 
+def make_job(job: str, folder: Path, sizes: SyntheticSizes | None = None) -> BenchJob:
+    """Write job ``job``'s inputs under ``folder``: the digits checkpoint for ``digits`` and
+    ``digits-long`` (:func:`job_config`); for ``resnet18-small``, ``bench/synthetic.py``'s
+    template data and random-weight ResNet-18 with ``bench/pipeline.py``'s whole-job config
+    (the library's defaults, the preflight check off as on random weights), at ``sizes``."""
+    if job != "resnet18-small":
+        checkpoint = folder / "digits.safetensors"
+        if not checkpoint.exists():
+            make_digits_checkpoint(checkpoint, seed=0, device="cpu")
+        return BenchJob(checkpoint, job_config(job))
+    sizes = sizes or SyntheticSizes()
+    dataset = write_template_dataset(folder / "synthetic.npz", sizes.train, sizes.test)
+    attack = AttackSpec(steps=sizes.attack_steps)
+    write_theta_at(folder / "resnet18.safetensors", "resnet18", dataset, attack, at_epochs=0,
+                   device="cpu")
+    config = synthetic_job_config(
+        "resnet18", dataset, trained=False, alpha_step=sizes.alpha_step,
+        attack_steps=sizes.attack_steps, mrc_examples=sizes.mrc_examples,
+        mrc_batch_size=sizes.mrc_examples, mrc_steps=sizes.mrc_steps, epochs=sizes.epochs,
+        device="cpu")
+    return BenchJob(folder / "resnet18.safetensors", config, folder / "synthetic.npz")
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-def _direct(config: dict[str, Any], warm_up: dict[str, Any], checkpoint: Path, out: Path,
+def _direct(job: BenchJob, warm_up: BenchJob, out: Path,
             env: dict[str, str], tree: Path) -> tuple[float, float, float, float]:
-    """``run_pipeline`` in a fresh process: ``warm_up`` once (first-use costs), then ``config``,
+    """``run_pipeline`` in a fresh process: ``warm_up`` once (first-use costs), then ``job``,
     timed; returns its seconds, the library's own compute seconds of its three stages (as the
     service's breakdown counts them), those of its part outside them (building the run and
     the preflight check, timed again on their own), and the CPU seconds of the timed run."""
@@ -91,7 +153,7 @@ def _direct(config: dict[str, Any], warm_up: dict[str, Any], checkpoint: Path, o
         "from rift.pipeline import prepare_run, run_pipeline, run_preflight_stage\n"
         "config = RiftConfig.model_validate(json.loads(sys.argv[1]))\n"
         "warm_up = RiftConfig.model_validate(json.loads(sys.argv[2]))\n"
-        "run_pipeline(warm_up, sys.argv[3], Path(sys.argv[4]) / 'warm-up')\n"
+        "run_pipeline(warm_up, sys.argv[5], Path(sys.argv[4]) / 'warm-up')\n"
         "started, cpu = time.perf_counter(), time.process_time()\n"
         "result = run_pipeline(config, sys.argv[3], Path(sys.argv[4]) / 'timed')\n"
         "total, cpu = time.perf_counter() - started, time.process_time() - cpu\n"
@@ -99,8 +161,9 @@ def _direct(config: dict[str, Any], warm_up: dict[str, Any], checkpoint: Path, o
         "started = time.perf_counter()\n"
         "run_preflight_stage(prepare_run(config, sys.argv[3]))\n"
         "print(total, compute, time.perf_counter() - started, cpu)\n")
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(config), json.dumps(warm_up),
-                           str(checkpoint), str(out)], env=env, cwd=tree, check=True,
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(job.config),
+                           json.dumps(warm_up.config), str(job.checkpoint), str(out),
+                           str(warm_up.checkpoint)], env=env, cwd=tree, check=True,
                           capture_output=True, text=True)
     total, compute, fixed, cpu = done.stdout.strip().splitlines()[-1].split()
     return float(total), float(compute), float(fixed), float(cpu)
@@ -199,14 +262,15 @@ def _breakdown(events: list[dict[str, Any]], submitted: float, detected: float
             "detect": detected - end}
 
 
-def _service_job(client: httpx.Client, checkpoint_id: str, config: dict[str, Any],
+def _service_job(client: httpx.Client, body: dict[str, Any],
                  pids: dict[str, int] | None = None) -> tuple[float, dict[str, Any]]:
-    """One job through the service, timed from ``POST /v1/jobs`` to the client seeing its
-    ``job_succeeded`` event on the stream; returns the seconds and their breakdown, with the CPU
-    seconds the processes in ``pids`` (name -> pid) spent meanwhile."""
+    """One job through the service (``body``: its ``POST /v1/jobs`` request), timed from that
+    request to the client seeing its ``job_succeeded`` event on the stream; returns the seconds
+    and their breakdown, with the CPU seconds the processes in ``pids`` (name -> pid) spent
+    meanwhile."""
     cpu = {name: _cpu_seconds(pid) for name, pid in (pids or {}).items()}
     submitted, started = time.time(), time.perf_counter()
-    created = client.post("/v1/jobs", json={"checkpoint_id": checkpoint_id, "config": config})
+    created = client.post("/v1/jobs", json=body)
     created.raise_for_status()
     job_id = created.json()["id"]
     events, detected = _stream_events(client, job_id)
@@ -279,15 +343,35 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return first, third
 
 
+def _upload(client: httpx.Client, route: str, path: Path) -> tuple[str, float]:
+    """``POST`` the file at ``path`` to ``route``; returns the new resource's id and the
+    seconds the upload took (validation included)."""
+    started = time.perf_counter()
+    with path.open("rb") as handle:
+        uploaded = client.post(route, files={"file": (path.name, handle)})
+    uploaded.raise_for_status()
+    return str(uploaded.json()["id"]), time.perf_counter() - started
+
+
+def _job_body(client: httpx.Client, job: BenchJob) -> tuple[dict[str, Any], dict[str, float]]:
+    """Upload ``job``'s checkpoint (and dataset); returns the ``POST /v1/jobs`` body that runs
+    it and the seconds of each upload."""
+    checkpoint_id, seconds = _upload(client, "/v1/checkpoints", job.checkpoint)
+    body: dict[str, Any] = {"checkpoint_id": checkpoint_id, "config": job.service_config()}
+    uploads = {"checkpoint": seconds}
+    if job.dataset is not None:
+        body["dataset_id"], uploads["dataset"] = _upload(client, "/v1/datasets", job.dataset)
+    return body, uploads
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--job", choices=("digits", "digits-long"), default="digits")
+    parser.add_argument("--job", choices=JOBS, default="digits")
     parser.add_argument("--tree", type=Path, default=ROOT,
                         help="the checkout whose code runs the jobs (default: this one)")
     args = parser.parse_args()
     tree = args.tree.resolve()
-    config, warm_up_config = job_config(args.job), job_config("digits")
     database = f"rift_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -296,8 +380,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as name:
             folder = Path(name)
-            checkpoint = folder / "digits.safetensors"
-            make_digits_checkpoint(checkpoint, seed=0, device="cpu")
+            warm_up_job, job = make_job("digits", folder), make_job(args.job, folder)
+            config = job.config
             url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
             port = _free_port()
             env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1",
@@ -336,12 +420,8 @@ def main() -> None:
                     for log in ("api.log", "worker.log"):  # why it did not start
                         print((folder / log).read_text(errors="replace")[-3000:], file=sys.stderr)
                     raise
-                started = time.perf_counter()
-                with checkpoint.open("rb") as handle:
-                    uploaded = client.post("/v1/checkpoints",
-                                           files={"file": (checkpoint.name, handle)})
-                uploaded.raise_for_status()
-                upload_seconds = time.perf_counter() - started
+                body, upload_seconds = _job_body(client, job)
+                warm_up_body, _ = _job_body(client, warm_up_job)
                 direct: list[float] = []
                 direct_fixed: list[float] = []
                 direct_compute: list[float] = []
@@ -349,16 +429,15 @@ def main() -> None:
                 service: list[float] = []
                 pids = {"worker": processes[1].pid, "api": processes[0].pid}
                 parts: list[dict[str, Any]] = []
-                warm_up, _ = _service_job(client, uploaded.json()["id"], warm_up_config)
+                warm_up, _ = _service_job(client, warm_up_body)
                 for index in range(args.repeats):  # alternate, so drifts in load hit both
-                    seconds, compute, fixed, cpu = _direct(config, warm_up_config, checkpoint,
+                    seconds, compute, fixed, cpu = _direct(job, warm_up_job,
                                                            folder / f"direct-{index}", env, tree)
                     direct.append(seconds)
                     direct_compute.append(compute)
                     direct_fixed.append(fixed)
                     direct_cpu.append(cpu)
-                    seconds, breakdown = _service_job(client, uploaded.json()["id"], config,
-                                                      pids)
+                    seconds, breakdown = _service_job(client, body, pids)
                     service.append(seconds)
                     parts.append(breakdown)
     finally:
@@ -382,7 +461,9 @@ def main() -> None:
         "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE", "1"),  # both sides
         "direct_seconds": [round(s, 2) for s in direct],
         "service_seconds": [round(s, 2) for s in service],
-        "checkpoint_upload_seconds": round(upload_seconds, 3),
+        "checkpoint_upload_seconds": round(upload_seconds["checkpoint"], 3),
+        **({"dataset_upload_seconds": round(upload_seconds["dataset"], 3)}
+           if "dataset" in upload_seconds else {}),
         "service_warm_up_job_seconds": round(warm_up, 2),
         "overhead_seconds_median": round(statistics.median(service)
                                          - statistics.median(direct), 2),

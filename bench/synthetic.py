@@ -4,13 +4,15 @@ Nothing can be downloaded here, so the benchmarks that need a ResNet on 32×32×
 each class has a fixed random template and an image is (template + uniform noise) / 2, so clean
 accuracy can rise and robust accuracy is not at chance after a few epochs of PGD training. With
 ``at_epochs=0`` the weights stay random (only the BatchNorm statistics are randomised, or an
-untrained ResNet in eval mode predicts one class everywhere). Used by ``bench/interpolation.py``
-and ``bench/pipeline.py``; not part of the library.
+untrained ResNet in eval mode predicts one class everywhere). :func:`job_config` is the whole
+job's config on such data. Used by ``bench/interpolation.py``, ``bench/pipeline.py`` and
+``bench/service_overhead.py``; not part of the library.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,3 +59,25 @@ def write_theta_at(path: Path, arch: str, dataset: DatasetSpec, attack: AttackSp
                             device=resolve_device(device), seed=seed)
         model.cpu()
     save_safetensors(path, model.state_dict())
+
+
+def job_config(arch: str, dataset: DatasetSpec, *, trained: bool, alpha_step: float,
+               attack_steps: int, mrc_examples: int, mrc_batch_size: int, mrc_steps: int,
+               epochs: int, device: str, mrc_table: str = "full", precision: str = "fp32",
+               channels_last: bool = False, deterministic: bool = True) -> dict[str, Any]:
+    """The whole job's config (JSON, as ``RiftConfig`` reads it) on ``dataset`` for a 10-class
+    ``arch``; ``trained``: θ_AT was PGD-trained (:func:`write_theta_at` with ``at_epochs`` > 0).
+    Fine-tuning drops its learning rate once, halfway."""
+    return {
+        "architecture": {"name": arch, "num_classes": 10},
+        "dataset": dataset.model_dump(mode="json"),
+        # Random weights on random labels sit at chance, which the preflight check refuses.
+        **({} if trained else {"preflight": {"examples": 0}}),
+        "interpolation": {"alpha_step": alpha_step},
+        "attack": {"steps": attack_steps},
+        "mrc": {"num_examples": mrc_examples, "batch_size": mrc_batch_size, "steps": mrc_steps,
+                "table": mrc_table},
+        "finetune": {"epochs": epochs, "lr_milestones": [max(1, epochs // 2)] if epochs > 1 else []},
+        "device": device, "precision": precision, "channels_last": channels_last,
+        "deterministic": deterministic,
+    }

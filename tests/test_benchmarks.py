@@ -247,3 +247,34 @@ def test_the_validator_memory_scan_skips_a_process_that_exits_between_its_reads(
     assert list(found) == [100]
     assert (found[100]["parent"], found[100]["socket"]) == (1, "/s/validator.sock")
     assert (found[100]["rss_kb"], found[100]["pss_kb"]) == (2048, 1024)
+
+
+def test_the_service_overhead_bench_runs_its_resnet_job_on_an_uploaded_copy_of_the_same_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--job resnet18-small``: the direct run reads the npz the bench wrote; the service gets
+    the same job on an upload of it (no client path, which the service refuses), a request
+    its job parsing accepts (the service's own bounds included)."""
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "bench"))  # the script's own sibling imports
+    import importlib
+
+    import numpy as np
+
+    from api.job_requests import validate_body
+    from api.schemas import JobCreate
+    from rift.config import RiftConfig
+
+    service_overhead = importlib.import_module("service_overhead")
+    sizes = service_overhead.SyntheticSizes(train=16, test=8, mrc_examples=8)
+    job = service_overhead.make_job("resnet18-small", tmp_path, sizes)
+    direct = RiftConfig.model_validate(job.config)
+    assert (direct.architecture.name, direct.dataset.path) == ("resnet18", str(job.dataset))
+    assert job.checkpoint.is_file()
+    with np.load(job.dataset) as data:
+        assert data["x"].shape == (16, 32, 32, 3) and len(data["x_test"]) == 8
+    body = {"checkpoint_id": "ckpt_bench", "dataset_id": "ds_bench",
+            "config": job.service_config()}
+    accepted = validate_body(body, JobCreate, ("body",))
+    assert accepted.config.dataset.path == "dataset:ds_bench"
+    assert accepted.config.model_dump(exclude={"dataset"}) == direct.model_dump(
+        exclude={"dataset"})
+    assert "path" in job.config["dataset"]  # service_config left the direct run's config alone
