@@ -70,8 +70,8 @@ JOBS = ("digits", "digits-long", "resnet18-small")
 @dataclass(frozen=True)
 class SyntheticSizes:
     """The ``resnet18-small`` job's sizes: a ResNet-18 (random weights) on CIFAR-shaped
-    template data, sized to 35-42 CPU-seconds of one thread (about 40 s wall on the quiet 2-core
-    machine the README's numbers come from, 1.5-3x that under load); tests pass smaller ones."""
+    template data, sized to 31-42 CPU-seconds of one thread (about 31 s wall on the quiet 2-core
+    machine the README's numbers come from, up to 3x that under load); tests pass smaller ones."""
 
     train: int = 128
     test: int = 32
