@@ -148,6 +148,10 @@ class DatasetPageOut(BaseModel):
 class JobError(BaseModel):
     code: str
     message: str
+    field: str | None = Field(
+        description="The config setting the error blames (dotted, under the job's config, e.g. "
+        "'attack.domain'), as the error responses' field; null when none is blamed or the job "
+        "failed before the server kept it.")
 
 
 class StageOut(BaseModel):

@@ -133,6 +133,7 @@ class JobSummary:
     metrics: dict[str, Any] | None
     error_code: str | None
     error_message: str | None
+    error_field: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -150,8 +151,8 @@ class JobSummary:
 _SUMMARY_NAMES = (
     "id", "status", "stage", "stage_progress", "progress_message", "cancel_requested",
     "checkpoint_id", "dataset_id", "device", "attempts", "selected_module", "chosen_alpha",
-    "metrics", "error_code", "error_message", "created_at", "started_at", "finished_at",
-    "updated_at", "project_id", "cost_estimate", "cost_gflop", "time_limit_seconds")
+    "metrics", "error_code", "error_message", "error_field", "created_at", "started_at",
+    "finished_at", "updated_at", "project_id", "cost_estimate", "cost_gflop", "time_limit_seconds")
 _SUMMARY_COLUMNS = tuple(getattr(Job, name) for name in _SUMMARY_NAMES)
 
 

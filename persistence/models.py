@@ -290,6 +290,8 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # The config setting the failure's library error blames (RiftError.field), or NULL.
+    error_field: Mapped[str | None] = mapped_column(Text)
     device: Mapped[str | None] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # stage claims over all stages

@@ -698,7 +698,7 @@ def fail_job(session: Session, job_id: str, code: str, message: str, *,
     pending and the job ends with its last part (:func:`persistence.transactions.
     fail_when_parts_stop`; ``force``: now, whatever runs). With ``owner``, a job that already
     ended raises :class:`JobEnded` instead: the worker's end was not the job's. ``field``: the
-    config setting a library error blames, kept in the failure's events."""
+    config setting a library error blames, kept with the error and in the failure's events."""
     now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True)

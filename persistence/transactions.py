@@ -225,15 +225,15 @@ def fail_when_parts_stop(session: Session, job: Job, stage: JobStage | None, cod
     expired) then ends the job failed with that error (:func:`end_stopped_job`). A failure
     already pending is kept: the job's error is the first failure's. ``force`` fails it now
     whatever runs (the recovery loop's last word on a job past its time limit). ``field``: the
-    config setting a library error blames (``finetune.module``), put in the events' payloads
-    (the job row has no column for it). Returns whether the job ended now.
+    config setting a library error blames (``finetune.module``), kept with the error (the job's
+    ``error_field``) and put in both events' payloads. Returns whether the job ended now.
 
     Before, the first failing part failed the job at once while its siblings still ran, so a
     ``DELETE`` in that window was accepted and a sibling then stored its θ_FT or rows under the
     deleted job (an orphan object, an error in that worker's log)."""
     first = job.error_code is None
     if first:
-        job.error_code, job.error_message = code, storable_text(message)
+        _record_error(job, code, message, field)
     if not force and parts_hold_work(session, job.id, now):
         job.cancel_requested = True
         touch(job, now)
@@ -243,7 +243,7 @@ def fail_when_parts_stop(session: Session, job: Job, stage: JobStage | None, cod
                        "message": storable_text(message), **_field_of(field)}, now)
         return False
     fail_now(session, job, stage, job.error_code or code, job.error_message or message, now,
-             field=field if first else None)
+             field=field if first else job.error_field)
     return True
 
 
@@ -254,7 +254,9 @@ def end_stopped_job(session: Session, job: Job, stages: Sequence[JobStage],
     if failure_is_pending(job):
         stage = next((row for row in stages if row.stage == job.stage), None)
         assert job.error_code is not None
-        fail_now(session, job, stage, job.error_code, job.error_message or job.error_code, now)
+        # The pending failure's field too: before, only its ``failure_pending`` event had it.
+        fail_now(session, job, stage, job.error_code, job.error_message or job.error_code, now,
+                 field=job.error_field)
     else:
         cancel_job(session, job, stages, now)
 
@@ -285,15 +287,24 @@ def _field_of(field: str | None) -> dict[str, str]:
     return {"field": field} if field else {}
 
 
+def _record_error(job: Job, code: str, message: str, field: str | None) -> None:
+    """The one place a job's error is written: its ``code``, ``message`` and ``field`` (the
+    config setting a library error blames, or None) go together, so that none of them is left
+    from an earlier write."""
+    job.error_code = code
+    job.error_message = storable_text(message)
+    job.error_field = field
+
+
 def fail_now(session: Session, job: Job, stage: JobStage | None, code: str, message: str,
              now: datetime, *, field: str | None = None) -> None:
     """End the job as failed with an error ``code`` and ``message``; ``stage`` (if any) is marked
     failed, its lease dropped, and becomes the job's stage. ``field``, the config setting a
-    library error blames, goes in the ``job_failed`` event's payload."""
+    library error blames, is kept with the error and goes in the ``job_failed`` event's
+    payload."""
     message = storable_text(message)
     job.status = JobStatus.FAILED
-    job.error_code = code
-    job.error_message = message
+    _record_error(job, code, message, field)
     job.finished_at = now
     touch(job, now)
     if stage is not None:

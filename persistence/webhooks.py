@@ -219,7 +219,7 @@ def job_payload(job: Job, event_type: str, now: datetime, warnings_total: int = 
     """The message body: the Standard Webhooks envelope ``{type, timestamp, data}``;
     ``warnings_total`` is the job's count of distinct warnings (``persistence.job_warnings``),
     so that a receiver acting on a result knows to look at them."""
-    error = ({"code": job.error_code, "message": job.error_message}
+    error = ({"code": job.error_code, "message": job.error_message, "field": job.error_field}
              if job.error_code else None)
     return {
         "type": event_type,

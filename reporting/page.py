@@ -160,6 +160,15 @@ def _summary(data: ReportData) -> str:
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items) + "</dl>"
 
 
+def failure_line(code: str | None, message: str | None, field: str | None) -> str | None:
+    """The summary's ``error`` line of a failed job: ``code: message``, and the config setting
+    the error blames when known (``(field: attack.domain)``), as ``riftctl jobs get`` says it;
+    None when the job has no error."""
+    if not code:
+        return None
+    return f"{code}: {message or code}" + (f" (field: {field})" if field else "")
+
+
 def _warnings(data: ReportData) -> str:
     """The run's warnings, right under the summary: a result the page shows may be one to
     doubt (no α > 0 kept the robustness, a module MRC could not score, ...), and a reader who

@@ -28,7 +28,13 @@ from persistence.models import Job
 from persistence.mrc_tables import read_mrc_table
 from persistence.storage import StoreError
 from reporting.charts import Curve, Splits, sweep_curves
-from reporting.page import CONTENT_SECURITY_POLICY, ReportData, ReportWarning, render_report
+from reporting.page import (
+    CONTENT_SECURITY_POLICY,
+    ReportData,
+    ReportWarning,
+    failure_line,
+    render_report,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +113,7 @@ def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: Stor
         mrc_complete=mrc.complete, mrc_total=mrc.modules_total, epochs=epochs,
         curves=_sweep(session, job) or _with_main_first(main, candidate_curves(job.metrics)),
         manifest=manifest,
-        error=f"{job.error_code}: {job.error_message}" if job.error_code else None,
+        error=failure_line(job.error_code, job.error_message, job.error_field),
         stage=job.stage, stage_progress=job.stage_progress, progress_message=job.progress_message,
         splits=Splits.of_config(job.spec),
         warnings=[ReportWarning(w.stage, w.message, w.count, w.candidate)

@@ -92,8 +92,8 @@ def job_link(job_id: str, suffix: str = "") -> str:
 
 
 def _summary_fields(job: Job | JobSummary, position: int | None) -> dict[str, Any]:
-    error = (JobError(code=job.error_code, message=job.error_message or job.error_code)
-             if job.error_code else None)
+    error = (JobError(code=job.error_code, message=job.error_message or job.error_code,
+                      field=job.error_field) if job.error_code else None)
     return dict(
         id=job.id, status=job.status, stage=job.stage,
         progress=job.stage_progress, progress_message=job.progress_message,

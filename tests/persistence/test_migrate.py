@@ -344,3 +344,35 @@ def test_0029_adds_the_value_range_columns_empty_and_takes_them_away(empty_url: 
         assert _row_counts(engine, ["datasets", "jobs"]) == {"datasets": 1, "jobs": 1}
     finally:
         engine.dispose()
+
+
+def test_0031_adds_the_error_field_column_empty_and_takes_it_away(empty_url: str) -> None:
+    """A job that failed before keeps its code and message with no field (NULL: the job's JSON
+    says ``field: null``); a field round-trips; the downgrade keeps the rows and the error."""
+    upgrade_database(empty_url, "0030")
+    now = datetime.now(UTC)
+    engine = sa.create_engine(empty_url)
+    try:
+        with engine.begin() as c:
+            _insert_project_p1_with_checkpoint_c1(c, now, size=10, tensors=2)
+            c.execute(sa.text(
+                "INSERT INTO jobs (id, status, stage_progress, spec, checkpoint_id, "
+                "cancel_requested, attempts, created_at, updated_at, project_id, error_code, "
+                "error_message) VALUES ('j1', 'failed', 0, '{}', 'c1', false, 1, :n, :n, 'p1', "
+                "'invalid_config', 'outside attack.domain')"), {"n": now})
+        upgrade_database(empty_url, "0031")
+        with engine.begin() as c:
+            assert c.execute(sa.text("SELECT error_code, error_field FROM jobs")).one() == (
+                "invalid_config", None)
+            c.execute(sa.text("UPDATE jobs SET error_field = 'attack.domain'"))
+            assert c.execute(sa.text("SELECT error_field FROM jobs")).scalar_one() == \
+                "attack.domain"
+        downgrade_database(empty_url, "0030")
+        columns = {column["name"] for column in sa.inspect(engine).get_columns("jobs")}
+        assert "error_field" not in columns and "error_message" in columns
+        with engine.begin() as c:
+            assert c.execute(sa.text("SELECT error_code FROM jobs")).scalar_one() == \
+                "invalid_config"
+        assert _row_counts(engine, ["jobs"]) == {"jobs": 1}
+    finally:
+        engine.dispose()

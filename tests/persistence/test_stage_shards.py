@@ -432,6 +432,34 @@ def test_a_failed_part_fails_the_job_with_its_last_running_sibling_not_before(
 
 
 @pytest.mark.parametrize("kind", ["candidates", "shards"])
+def test_a_pending_failures_field_is_kept_on_the_job_and_in_its_final_job_failed_event(
+        sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str) -> None:
+    """The setting a part's library error blames (``RiftError.field``): before, only the
+    ``failure_pending`` event had it; the job row kept code and message only, and the
+    ``job_failed`` written as the last sibling stopped had no ``field``. A later failure (the
+    time limit's) replaces neither the field nor the code."""
+    job_id, part_kind = _two_running_parts(sessions, new_job, kind)
+    soon = T0 + timedelta(seconds=1)
+    with sessions() as session:
+        stage_shards.fail_part(session, part_kind, job_id, 0, owner="w1", code="invalid_config",
+                               message="the data lies outside attack.domain", now=soon,
+                               field="attack.domain")
+        assert jobs.get_job(session, job_id).error_field == "attack.domain"
+        stages.fail_job(session, job_id, "timeout", "too long", now=soon)
+    with sessions() as session:
+        assert stage_shards.stop_cancelled_part(session, part_kind, job_id, 1, owner="w2",
+                                                now=soon)
+        job = jobs.get_job(session, job_id)
+        assert (job.status, job.error_code, job.error_field) == (
+            "failed", "invalid_config", "attack.domain")
+        listed = jobs.list_jobs(session, limit=10).jobs
+        payloads = {e.kind: e.payload for e in jobs.list_events(session, job_id, limit=100)}
+    assert [j.error_field for j in listed if j.id == job_id] == ["attack.domain"]
+    assert payloads["failure_pending"]["field"] == "attack.domain"
+    assert payloads["job_failed"]["field"] == "attack.domain", payloads["job_failed"]
+
+
+@pytest.mark.parametrize("kind", ["candidates", "shards"])
 def test_a_pending_failure_ends_the_job_once_its_siblings_lease_expired(
         sessions: sessionmaker[Session], new_job: Callable[..., str], kind: str) -> None:
     """The sibling's worker died: its re-sent message's claim ends the job with the failure

@@ -794,6 +794,7 @@ def _finish(state: State, job: Job) -> None:
             state.err.print(line, highlight=False, soft_wrap=True)
         state.say(f"job {job.id} {job.status}" + (
             f": {job.error.code}: {job.error.message}" if job.error else "") + (
+            f" (field: {job.error.field})" if job.error and job.error.field else "") + (
             f" (module {job.selected_module}, α = {job.chosen_alpha:g})"
             if job.status == SUCCEEDED and job.chosen_alpha is not None else ""))
     if job.status != SUCCEEDED:
@@ -980,6 +981,8 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
               "cost estimate": _cost(job),
               "labels": ", ".join(f"{k}={v}" for k, v in job.labels.items()) or None,
               "error": f"{job.error.code}: {job.error.message}" if job.error else None,
+              # The config setting the error blames, as the report page's failure line says it.
+              "field": job.error.field if job.error else None,
               # To the second, as the list tables print times (not "17:49:25.801126+00:00").
               "created": job.created_at.strftime(TIME_FORMAT),
               "finished": job.finished_at.strftime(TIME_FORMAT) if job.finished_at else None,

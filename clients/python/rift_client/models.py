@@ -152,6 +152,9 @@ class Usage(_Resource):
 class JobError(_Resource):
     code: str
     message: str
+    field: str | None = Field(
+        None, description="The config setting the error blames (e.g. 'attack.domain'); None "
+        "when none is blamed, or from a server older than it.")
 
 
 class Stage(_Resource):
