@@ -617,3 +617,36 @@ def test_a_jobs_warnings_in_get_wait_and_json(cli: Cli, queued_api: RunningApi,
         none = cli(*args)
         assert none.exit_code == 0, none.stderr
         assert "warning" not in none.stderr + none.stdout
+
+
+def test_a_failed_jobs_error_field_in_get_wait_and_json(
+        cli: Cli, queued_api: RunningApi, checkpoint_file: Path, config_file: Path) -> None:
+    """The setting a failed job's library error blames: ``jobs get`` prints it on a line of its
+    own (``field: attack.domain``), ``jobs wait`` after the error, JSON as the API's
+    ``error.field``. Before, the job's error had code and message only."""
+    from persistence import stages
+    from persistence.db import session_factory_from_settings
+
+    created = cli("-o", "json", "jobs", "create", "--checkpoint", str(checkpoint_file),
+                  "--config", str(config_file))
+    assert created.exit_code == 0, created.stderr
+    job_id = created.json()["id"]
+    sessions = session_factory_from_settings(queued_api.settings)
+    try:
+        with sessions() as session:
+            stages.fail_job(session, job_id, "invalid_config", "outside attack.domain",
+                            field="attack.domain")
+    finally:
+        sessions.kw["bind"].dispose()
+    shown = cli("jobs", "get", job_id)
+    assert shown.exit_code == 0, shown.stderr
+    assert "  error: invalid_config: outside attack.domain\n" in shown.stdout
+    assert "  field: attack.domain\n" in shown.stdout, shown.stdout
+    as_json = cli("-o", "json", "jobs", "get", job_id)
+    assert as_json.json()["error"] == {"code": "invalid_config",
+                                       "message": "outside attack.domain",
+                                       "field": "attack.domain"}
+    waited = cli("jobs", "wait", job_id)
+    assert waited.exit_code == 1
+    assert (f"job {job_id} failed: invalid_config: outside attack.domain "
+            "(field: attack.domain)") in waited.stdout + waited.stderr

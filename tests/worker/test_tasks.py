@@ -322,6 +322,8 @@ def test_errors_fail_the_job_with_a_code(
     # dropped where the worker turned the error into the job's (code and message only).
     failed = [payload for kind, payload in events(sessions, diverging_id) if kind == "job_failed"]
     assert failed[-1]["field"] == "finetune.lr", failed
+    # ... and the job's own error keeps it (jobs.error_field): before, code and message only.
+    assert job.error_field == "finetune.lr"
 
 
 def test_a_sharded_mrc_stage_runs_on_several_workers_and_merges_once(
