@@ -63,7 +63,7 @@ def test_each_kind_of_end_writes_its_message(
     by_type = {m["type"]: m for m in messages(sessions, every)}
     assert by_type["job.succeeded"]["data"]["metrics"] == {"acc": 90.0}  # type: ignore[index]
     assert by_type["job.failed"]["data"]["error"] == {  # type: ignore[index]
-        "code": "invalid_config", "message": "bad"}
+        "code": "invalid_config", "message": "bad", "field": None}
     assert [m["type"] for m in messages(sessions, only_failed)] == ["job.failed"]
     assert messages(sessions, elsewhere) == []
 
