@@ -390,7 +390,6 @@ class AsyncRiftClient:
         return await self._run(self._core.materialize(job_id=job_id, alpha=alpha, evaluate=evaluate))
 
     async def export_to_mlflow(self, job_id: str) -> MlflowExport:
-        """As :meth:`RiftClient.export_to_mlflow`."""
         return await self._run(self._core.export_to_mlflow(job_id=job_id))
 
     async def get_materialization(self, job_id: str, materialization_id: str) -> Materialization:
