@@ -71,6 +71,14 @@ def test_a_job_whose_export_failed_is_exported_when_asked_again(
     assert failed["kind"] == "warning", failed
     first.stop()
 
+    # Taken by a worker without MLFLOW_TRACKING_URI: a warning saying so, not silence.
+    bare = start_worker()
+    asked = api.client.post(f"/v1/jobs/{job_id}/mlflow-export")
+    assert asked.status_code == 202, asked.text
+    unset = _outcome(api, job_id, asked.json()["event_id"], bare)
+    assert unset["kind"] == "warning" and "no MLFLOW_TRACKING_URI" in unset["payload"]["message"]
+    bare.stop()
+
     # The tracking server is back (here: the SQLite store the API is configured with).
     worker = start_worker(MLFLOW_TRACKING_URI=uri, MLFLOW_ARTIFACT_LOCATION=(
         tmp_path / "mlartifacts").as_uri())
