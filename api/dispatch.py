@@ -17,6 +17,7 @@ from persistence.queue import (
     create_celery_app,
     declare_queues,
     enqueue_materialization,
+    enqueue_mlflow_export,
     enqueue_stage,
     enqueue_webhook,
 )
@@ -44,6 +45,10 @@ class Dispatcher(Protocol):
 
     def enqueue_materialization(self, materialization_id: str) -> None:
         """Queue the making of θ_α for a materialization request; :class:`DispatchError`."""
+        ...
+
+    def enqueue_mlflow_export(self, job_id: str) -> None:
+        """Queue a succeeded job's MLflow export; :class:`DispatchError`."""
         ...
 
     def close(self) -> None:
@@ -79,6 +84,12 @@ class CeleryDispatcher:
     def enqueue_materialization(self, materialization_id: str) -> None:
         try:
             enqueue_materialization(self.app, materialization_id, request_id=current_request_id())
+        except Exception as exc:
+            raise DispatchError(f"the broker did not accept the request: {_short(exc)}") from exc
+
+    def enqueue_mlflow_export(self, job_id: str) -> None:
+        try:
+            enqueue_mlflow_export(self.app, job_id, request_id=current_request_id())
         except Exception as exc:
             raise DispatchError(f"the broker did not accept the request: {_short(exc)}") from exc
 

@@ -47,6 +47,7 @@ from api.routes import (
     jobs,
     materialize,
     metrics,
+    mlflow_export,
     usage,
     webhooks,
 )
@@ -197,7 +198,7 @@ def create_app(
                    dependencies=[Depends(get_caller), Depends(check_accept),
                                  Depends(check_request_input)])
     for module in (checkpoints, datasets, jobs, job_events, job_results, job_report, materialize,
-                   webhooks, usage, admin):
+                   mlflow_export, webhooks, usage, admin):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router, prefix=API_PREFIX)

@@ -28,6 +28,8 @@ STAGE_TASK_NAMES: dict[str, str] = {stage.value: f"rift.stage.{stage.value}"
 RECOVER_TASK_NAME = "rift.recover_stale_jobs"
 #: Celery task name of "make θ_α of a finished job" (``POST /v1/jobs/{id}/materialize``).
 MATERIALIZE_TASK_NAME = "rift.materialize"
+#: Celery task name of a succeeded job's MLflow export asked for again (POST .../mlflow-export).
+MLFLOW_EXPORT_TASK_NAME = "rift.mlflow_export"
 #: Message header carrying the request id of the API request behind a task (for the logs).
 REQUEST_ID_HEADER = "rift_request_id"
 #: Celery task name of a webhook delivery (on its own queue, WEBHOOK_QUEUE).
@@ -61,7 +63,8 @@ def create_celery_app(settings: Settings) -> RiftCelery:
         worker_prefetch_multiplier=1,
         task_default_queue=settings.celery_queue,
         task_routes={**{name: {"queue": settings.celery_queue}
-                        for name in [*STAGE_TASK_NAMES.values(), MATERIALIZE_TASK_NAME]},
+                        for name in [*STAGE_TASK_NAMES.values(), MATERIALIZE_TASK_NAME,
+                                     MLFLOW_EXPORT_TASK_NAME]},
                      WEBHOOK_TASK_NAME: {"queue": settings.webhook_queue}},
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
@@ -142,6 +145,14 @@ def enqueue_materialization(app: Celery, materialization_id: str,
     queue = settings.celery_queue if settings is not None else None
     app.send_task(MATERIALIZE_TASK_NAME, args=[materialization_id], queue=queue,
                   countdown=countdown, headers=_request_headers(request_id))
+
+
+def enqueue_mlflow_export(app: Celery, job_id: str, request_id: str | None = None) -> None:
+    """Send the message that exports a succeeded job to MLflow again."""
+    settings: Settings | None = getattr(app, "settings", None)
+    queue = settings.celery_queue if settings is not None else None
+    app.send_task(MLFLOW_EXPORT_TASK_NAME, args=[job_id], queue=queue,
+                  headers=_request_headers(request_id))
 
 
 def _request_headers(request_id: str | None) -> dict[str, str] | None:

@@ -50,7 +50,8 @@ Each process that runs tasks keeps its row in the worker registry (queues, devic
 Around a stage: logs carry the job id and the request id of the API request that created the job
 (from the message header, else the job row); the first stage stores the job's ``manifest.json``;
 stage times, attempts and GPU seconds go to :mod:`worker.metrics`; after the last stage, the job
-is exported to MLflow when ``MLFLOW_TRACKING_URI`` is set (a failure is a ``warning`` event only).
+is exported to MLflow when ``MLFLOW_TRACKING_URI`` is set (a failure is a ``warning`` event only);
+``rift.mlflow_export`` runs that export again when a user asks (``POST .../mlflow-export``).
 Also here: ``rift.materialize``, which makes θ_α of a succeeded job at another α under a lease
 of its own (:class:`worker.runtime.MaterializationLease`), as a stage is made.
 """
@@ -112,6 +113,7 @@ from persistence.models import (
 )
 from persistence.queue import (
     MATERIALIZE_TASK_NAME,
+    MLFLOW_EXPORT_TASK_NAME,
     RECOVER_TASK_NAME,
     REQUEST_ID_HEADER,
     STAGE_TASK_NAMES,
@@ -193,6 +195,11 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
         """Make the weights of one materialization request; returns the outcome."""
         return execute_materialization(resources, materialization_id, _request_id_of(task),
                                        app=app)
+
+    @app.task(name=MLFLOW_EXPORT_TASK_NAME, ignore_result=True)
+    def export_to_mlflow(job_id: str) -> None:
+        """Export a succeeded job to MLflow again; the outcome is one of its events."""
+        export_again(resources, job_id)
 
     @app.task(name=SHARD_TASK_NAME, ignore_result=True)
     def run_mrc_shard(job_id: str, shard: int) -> str:
@@ -766,6 +773,18 @@ def _retry_or_fail(app: RiftCelery, reporter: StageReporter, attempt: int, exc: 
     return "retry"
 
 
+def export_again(resources: WorkerResources, job_id: str) -> None:
+    """A succeeded job's export asked for again (``POST /v1/jobs/{id}/mlflow-export``): as after
+    its success, the outcome an event. A worker without ``MLFLOW_TRACKING_URI`` (the API's is
+    set) says so in a ``warning`` rather than leaving the request unanswered."""
+    if resources.settings.mlflow_tracking_uri:
+        export_if_configured(resources, job_id)
+        return
+    _record_export_event(resources, job_id, "warning", {
+        "stage": "export", "message": "the export to MLflow was asked for, but the worker that "
+        "took it has no MLFLOW_TRACKING_URI set"})
+
+
 def export_if_configured(resources: WorkerResources, job_id: str) -> None:
     """Export the succeeded job to MLflow when ``MLFLOW_TRACKING_URI`` is set. Never raises: the
     job has succeeded whatever happens here; a failure is logged and becomes a warning event."""
@@ -786,6 +805,11 @@ def export_if_configured(resources: WorkerResources, job_id: str) -> None:
         logger.warning("job %s: MLflow export failed", job_id, exc_info=True)
         kind, payload = "warning", {"stage": "export",
                                     "message": export_failure_message(exc, target.tracking_uri)}
+    _record_export_event(resources, job_id, kind, payload)
+
+
+def _record_export_event(resources: WorkerResources, job_id: str, kind: str,
+                         payload: dict[str, Any]) -> None:
     try:
         with resources.session() as session:
             jobs.append_event(session, job_id, kind, payload)

@@ -81,6 +81,11 @@ class RecordingDispatcher:
             raise DispatchError("the broker cannot be reached: connection refused (test)")
         self.enqueued.append(materialization_id)
 
+    def enqueue_mlflow_export(self, job_id: str) -> None:
+        if self.broker_down:
+            raise DispatchError("the broker cannot be reached: connection refused (test)")
+        self.enqueued.append(job_id)
+
     def close(self) -> None:
         pass
 

@@ -63,9 +63,11 @@ CASES_PER_OPERATION = 120
 
 #: Operations whose valid request is still refused, with the status: the job is marked
 #: succeeded without running, so it has no artifact files, and a finished job cannot be
-#: cancelled (both answers name the field: the mutations still reach the parameters first).
+#: cancelled, and this API has no MLFLOW_TRACKING_URI to export to (each answer names the field
+#: or setting: the mutations still reach the parameters first).
 BASELINE_REFUSED = {("GET", "/v1/jobs/{job_id}/artifacts/{name}"): 404,
-                    ("POST", "/v1/jobs/{job_id}/cancel"): 409}
+                    ("POST", "/v1/jobs/{job_id}/cancel"): 409,
+                    ("POST", "/v1/jobs/{job_id}/mlflow-export"): 409}
 
 
 #: The one answer that names another field than the mutated one, rightly: an upload route

@@ -68,6 +68,7 @@ from rift_client.models import (
     JobPage,
     JobSpec,
     Materialization,
+    MlflowExport,
     MRCTable,
     Project,
     Usage,
@@ -387,6 +388,9 @@ class AsyncRiftClient:
 
     async def materialize(self, job_id: str, alpha: float, *, evaluate: bool = False) -> Materialization:
         return await self._run(self._core.materialize(job_id=job_id, alpha=alpha, evaluate=evaluate))
+
+    async def export_to_mlflow(self, job_id: str) -> MlflowExport:
+        return await self._run(self._core.export_to_mlflow(job_id=job_id))
 
     async def get_materialization(self, job_id: str, materialization_id: str) -> Materialization:
         return await self._run(self._core.get_materialization(job_id=job_id,

@@ -1191,6 +1191,22 @@ def jobs_materialize(
         raise typer.Exit(EXIT_JOB_FAILED)
 
 
+@jobs_app.command("export-mlflow")
+def jobs_export_mlflow(ctx: typer.Context, job_id: str) -> None:
+    """Export a succeeded job to MLflow again (after a tracking server that was down, or a worker
+    lost during the export); a job exported before gets its run and version back, no second one.
+    A worker does it: the outcome is the job's next mlflow_exported or warning event (riftctl
+    jobs events JOB_ID)."""
+    state = _state(ctx)
+    with _client(state) as client:
+        queued = client.export_to_mlflow(job_id)
+    if state.json:
+        state.emit(queued.model_dump(mode="json"))
+    else:
+        state.say(f"export of job {queued.job_id} to MLflow {queued.status}; its outcome is the "
+                  f"next mlflow_exported or warning event after event {queued.event_id}")
+
+
 def _percent(value: Any) -> str:
     """An accuracy from a job's metrics, to 2 decimals ("90.42%", not "90.42316258351893%");
     what is not a number is shown as it is."""

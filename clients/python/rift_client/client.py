@@ -77,6 +77,7 @@ from rift_client.models import (
     JobPage,
     JobSpec,
     Materialization,
+    MlflowExport,
     MRCTable,
     Project,
     Usage,
@@ -474,6 +475,16 @@ class RiftClient:
         once it has finished (one whose worker died is queued again instead).
         """
         return self._run(self._core.materialize(job_id=job_id, alpha=alpha, evaluate=evaluate))
+
+    def export_to_mlflow(self, job_id: str) -> MlflowExport:
+        """Export a succeeded job to MLflow again (after a tracking server that was down, or a
+        worker lost during the export that follows a job's success). A worker does it: the
+        outcome is the job's next ``mlflow_exported`` event (``run_id``, ``model``, ``version``)
+        or ``warning`` (stage ``export``) after the answer's ``event_id``. Exporting a job that
+        was exported gives its run and version back, no second one. A job that has not
+        succeeded raises :class:`ConflictError` (``job_not_succeeded``), a service without
+        ``MLFLOW_TRACKING_URI`` :class:`ConflictError` (``mlflow_not_configured``)."""
+        return self._run(self._core.export_to_mlflow(job_id=job_id))
 
     def get_materialization(self, job_id: str, materialization_id: str) -> Materialization:
         return self._run(self._core.get_materialization(job_id=job_id, materialization_id=materialization_id))

@@ -80,6 +80,7 @@ from rift_client.models import (
     JobPage,
     JobSpec,
     Materialization,
+    MlflowExport,
     MRCTable,
     Project,
     Usage,
@@ -934,6 +935,12 @@ class RiftCore:
     def _materialize(self, path: str, body: dict[str, Any]) -> Flow[Materialization]:
         response = yield from self.request("POST", path, idempotent=True, json=body)
         return self._parse(response, Materialization)
+
+    def export_to_mlflow(self, job_id: str) -> Flow[MlflowExport]:
+        path = f"/v1/jobs/{_seg('job_id', job_id)}/mlflow-export"
+        # Retried like a read: the export finds the run a first attempt made.
+        response = yield from self.request("POST", path, idempotent=True)
+        return self._parse(response, MlflowExport)
 
     def get_materialization(self, job_id: str, materialization_id: str,
                             deadline: float | None = None) -> Flow[Materialization]:

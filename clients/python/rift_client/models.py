@@ -389,6 +389,17 @@ class Materialization(_Resource):
         return self.status in MATERIALIZATION_TERMINAL_STATUSES
 
 
+class MlflowExport(_Resource):
+    """A succeeded job's MLflow export asked for again (``POST /v1/jobs/{id}/mlflow-export``),
+    queued on a worker: its outcome is the job's next ``mlflow_exported`` event (run id, model,
+    version) or ``warning`` (stage ``export``) after ``event_id``."""
+
+    job_id: str
+    status: str = Field(description="'queued': a worker exports the job.")
+    event_id: int = Field(description="The request's mlflow_export_requested event.")
+    url: str = Field(description="The job's events after the request.")
+
+
 class JobSpec(BaseModel):
     """What a job runs: the RiftConfig (as the service documents it), an optional uploaded
     dataset and labels. The checkpoint is named separately (``RiftClient.create_job``)."""
