@@ -9,7 +9,8 @@ def alpha_zero_loser(config: dict[str, Any], lr_grid: list[float]) -> dict[str, 
     """``config`` (the digits job as a dict, changed in place and returned) made a quick sweep of
     fc over ``lr_grid``, its choice by clean accuracy alone (any robust accuracy qualifies).
     Measured: rate 1e-6 leaves every α at θ_AT's clean accuracy, so its own curve keeps α = 0;
-    rate 0.05 gains clean accuracy up to α = 1, which wins."""
+    rate 0.05 gains clean accuracy at some α > 0 (1.0 or 0.5: the cached test checkpoint's last
+    bits depend on the CPU that trained it), which wins."""
     config["dataset"]["max_train_examples"] = 300
     config["attack"].update(steps=3, step_size=0.05)
     config["mrc"].update(steps=1, num_examples=64, batch_size=64)

@@ -282,7 +282,7 @@ def test_a_sweeps_events_name_their_candidate_and_only_its_result_at_alpha_0_war
         digits_checkpoint_path: Path, digits_job_config: dict[str, Any]) -> None:
     """Before, the candidates' events (epochs, α points, warnings) interleaved in the job's
     events with nothing saying whose they were, and a candidate whose own curve kept α = 0
-    warned that the weights were returned unchanged although the job chose α = 1."""
+    warned that the weights were returned unchanged although the job chose an α > 0."""
     from tests.sweep_configs import alpha_zero_loser
 
     worker, api = start_worker(), celery_api
@@ -296,7 +296,8 @@ def test_a_sweeps_events_name_their_candidate_and_only_its_result_at_alpha_0_war
     job = run_job(api, checkpoint["id"], config, (worker,))
     own = [c["chosen_alpha"] for c in api.client.get(
         f"/v1/jobs/{job['id']}/curves").json()["candidates"]]
-    assert own == [0.0, 1.0] and job["chosen_alpha"] == 1.0
+    # Which α > 0 wins depends on the test checkpoint's last bits (1.0 on one CPU, 0.5 on another).
+    assert own[0] == 0.0 and own[1] > 0 and job["chosen_alpha"] == own[1]
     events = events_of(job["id"])
     assert not [p for kind, p in events if kind == "warning" and "unchanged" in p["message"]]
     assert sorted((p["candidate"], p["lr"]) for kind, p in events if kind == "epoch") == [

@@ -54,7 +54,7 @@ def test_every_error_object_has_a_field(tmp_path: Path, cli_launcher: Launcher |
                           home=tmp_path, launcher=cli_launcher)
     assert bad_key.exit_code == 2
     assert json.loads(bad_key.stderr)["error"] == {
-        "code": "usage_error", "field": None,
+        "code": "usage_error", "field": "api_key",  # the argument at fault, as the client names it
         "message": json.loads(bad_key.stderr)["error"]["message"]}
 
 

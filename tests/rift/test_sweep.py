@@ -250,7 +250,8 @@ def test_a_candidates_events_name_it_and_only_the_sweeps_result_at_alpha_0_warns
     result = run_pipeline(RiftConfig.model_validate(config), digits_checkpoint_path, tmp_path,
                           record)
     own = [c["chosen_alpha"] for c in result["sweep"]["candidates"]]
-    assert own == [0.0, 1.0] and result["chosen_alpha"] == 1.0
+    # Which α > 0 wins depends on the test checkpoint's last bits (1.0 on one CPU, 0.5 on another).
+    assert own[0] == 0.0 and own[1] > 0 and result["chosen_alpha"] == own[1]
     assert not [p for kind, p in events if kind == "warning" and "unchanged" in p["message"]]
     # Each candidate's epochs and points carry its index (its epochs run at its rate).
     epochs = [p for kind, p in events if kind == "epoch"]
