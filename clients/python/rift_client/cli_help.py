@@ -16,7 +16,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import typer
 from typer import core as typer_core
@@ -63,46 +63,35 @@ def _rich_exit_as_broken_pipe() -> Iterator[None]:
         raise BrokenPipeError from None
 
 
-class RiftCommand(typer_core.TyperCommand):
-    """A command whose help shows flags without ``<bool>``, and which ends quietly with exit 0
-    when its reader leaves early (``riftctl jobs curves JOB | head -1``, ``riftctl jobs list
-    --help | head -1``)."""
+class _RiftHelpAndPipes:
+    """What riftctl's commands and groups share: help that shows flags without ``<bool>``, and
+    a quiet exit 0 when the reader leaves early, whether while the help is printed (before any
+    command runs: ``riftctl --help | head -1``) or while a command writes
+    (``riftctl jobs curves JOB | head -1``). Put before the click class it changes, whose
+    methods ``super()`` reaches (typed Any: a mixin's ``super()`` is ``object`` to mypy)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
-        return _bare_flags(super().get_params(ctx))
+        return _bare_flags(cast(Any, super()).get_params(ctx))
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         with _rich_exit_as_broken_pipe():
-            super().format_help(ctx, formatter)
+            cast(Any, super()).format_help(ctx, formatter)
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         with _quiet_when_the_reader_leaves():
-            return super().make_context(*args, **kwargs)
+            return cast(Any, super()).make_context(*args, **kwargs)
 
     def invoke(self, ctx: Any) -> Any:
         with _quiet_when_the_reader_leaves():
-            return super().invoke(ctx)
+            return cast(Any, super()).invoke(ctx)
 
 
-class RiftGroup(typer_core.TyperGroup):
-    """A command group whose help shows flags without ``<bool>`` (``riftctl --quiet``), and
-    which ends quietly with exit 0 when the reader of its help leaves early (``riftctl --help |
-    head -1``: the help is printed while the context is made, before any command runs)."""
+class RiftCommand(_RiftHelpAndPipes, typer_core.TyperCommand):
+    """A riftctl command (:class:`_RiftHelpAndPipes`)."""
 
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _bare_flags(super().get_params(ctx))
 
-    def format_help(self, ctx: Any, formatter: Any) -> None:
-        with _rich_exit_as_broken_pipe():
-            super().format_help(ctx, formatter)
-
-    def make_context(self, *args: Any, **kwargs: Any) -> Any:
-        with _quiet_when_the_reader_leaves():
-            return super().make_context(*args, **kwargs)
-
-    def invoke(self, ctx: Any) -> Any:
-        with _quiet_when_the_reader_leaves():
-            return super().invoke(ctx)
+class RiftGroup(_RiftHelpAndPipes, typer_core.TyperGroup):
+    """A riftctl command group (:class:`_RiftHelpAndPipes`)."""
 
 
 class RiftTyper(typer.Typer):
