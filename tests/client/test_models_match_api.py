@@ -11,6 +11,7 @@ import api.schemas as api_schemas
 import api.webhook_schemas as webhook_schemas
 from api.routes import admin
 from api.routes.materialize import MaterializationOut
+from api.routes.mlflow_export import MlflowExportOut
 from rift_client import models
 
 PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
@@ -40,6 +41,7 @@ PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (models.Curves, api_schemas.CurvesOut),
     (models.Artifact, api_schemas.ArtifactOut),
     (models.Materialization, MaterializationOut),
+    (models.MlflowExport, MlflowExportOut),
     (models.Webhook, webhook_schemas.WebhookOut),
     (models.CreatedWebhook, webhook_schemas.WebhookCreatedOut),
     (models.WebhookAttempt, webhook_schemas.WebhookAttemptOut),
