@@ -304,8 +304,9 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # No index of its own (migration 0032): the composite indexes in __table_args__ lead with it.
     project_id: Mapped[str | None] = mapped_column(
-        ForeignKey("projects.id", ondelete="RESTRICT"), index=True)
+        ForeignKey("projects.id", ondelete="RESTRICT"))
     cost_estimate: Mapped[int | None] = mapped_column(BigInteger)  # example-passes
     # The estimate's compute (persistence.cost.CostEstimate.gflop); NULL: the model's FLOPs
     # were not counted at creation (unknown geometry, or a job from before migration 0027).
