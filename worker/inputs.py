@@ -40,7 +40,8 @@ class DatasetNotInDataRoot(DatasetError):
         super().__init__(
             f"dataset.name '{name}' is not in this worker's DATA_ROOT {str(data_root)!r} "
             f"(missing {named}): place its files in the workers' DATA_ROOT in torchvision's "
-            f"layout ({expected_layout(name)}), or upload the data (POST /v1/datasets)")
+            f"layout ({expected_layout(name)}), or upload the data (POST /v1/datasets)",
+            field="dataset.name")
         self.name = name
 
 

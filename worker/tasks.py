@@ -678,7 +678,8 @@ def _dataset_elsewhere(app: RiftCelery, reporter: StageReporter, attempt: int,
                        exc_info=True)
         reporter.close()
         return _fail(reporter, attempt, exc.code,
-                     exc.message + "; the worker registry could not be read to find another")
+                     exc.message + "; the worker registry could not be read to find another",
+                     exc.field)
     holders = [w for w in live if w.id != reporter.owner
                and (w.datasets is None or exc.name in w.datasets)]
     if holders and handed < settings.max_stage_attempts * len(live):
@@ -691,7 +692,7 @@ def _dataset_elsewhere(app: RiftCelery, reporter: StageReporter, attempt: int,
         why = f"; handed back {handed} times for it, and no worker holding it took the stage"
     else:
         why = "; no other live worker holds it"
-    return _fail(reporter, attempt, exc.code, exc.message + why)
+    return _fail(reporter, attempt, exc.code, exc.message + why, exc.field)
 
 
 def _ended_before(job_id: str, stage: str, exc: JobEnded | JobNotFound) -> str:

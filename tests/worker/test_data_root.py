@@ -66,7 +66,8 @@ def test_with_no_other_worker_holding_it_the_job_fails_naming_dataset_and_data_r
     assert registry_row(sessions, worker).datasets == []
     job_id = submit(mnist_config)
     job = wait_for(sessions, job_id, lambda j: j.is_finished, "the end", workers=(worker,))
-    assert (job.status, job.error_code) == ("failed", "dataset_unavailable")
+    assert (job.status, job.error_code, job.error_field) == (
+        "failed", "dataset_unavailable", "dataset.name")
     assert job.error_message == (
         f"dataset.name 'mnist' is not in this worker's DATA_ROOT {str(empty)!r} (missing "
         "MNIST/raw/train-images-idx3-ubyte, MNIST/raw/train-labels-idx1-ubyte, "
