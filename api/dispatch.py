@@ -47,8 +47,9 @@ class Dispatcher(Protocol):
         """Queue the making of θ_α for a materialization request; :class:`DispatchError`."""
         ...
 
-    def enqueue_mlflow_export(self, job_id: str) -> None:
-        """Queue a succeeded job's MLflow export; :class:`DispatchError`."""
+    def enqueue_mlflow_export(self, job_id: str, request_event_id: int) -> None:
+        """Queue a succeeded job's MLflow export asked for by event ``request_event_id``;
+        :class:`DispatchError`."""
         ...
 
     def close(self) -> None:
@@ -87,9 +88,10 @@ class CeleryDispatcher:
         except Exception as exc:
             raise DispatchError(f"the broker did not accept the request: {_short(exc)}") from exc
 
-    def enqueue_mlflow_export(self, job_id: str) -> None:
+    def enqueue_mlflow_export(self, job_id: str, request_event_id: int) -> None:
         try:
-            enqueue_mlflow_export(self.app, job_id, request_id=current_request_id())
+            enqueue_mlflow_export(self.app, job_id, request_event_id,
+                                  request_id=current_request_id())
         except Exception as exc:
             raise DispatchError(f"the broker did not accept the request: {_short(exc)}") from exc
 

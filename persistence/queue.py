@@ -147,11 +147,13 @@ def enqueue_materialization(app: Celery, materialization_id: str,
                   countdown=countdown, headers=_request_headers(request_id))
 
 
-def enqueue_mlflow_export(app: Celery, job_id: str, request_id: str | None = None) -> None:
-    """Send the message that exports a succeeded job to MLflow again."""
+def enqueue_mlflow_export(app: Celery, job_id: str, request_event_id: int,
+                          request_id: str | None = None) -> None:
+    """Send the message that exports a succeeded job to MLflow again, for the request recorded as
+    event ``request_event_id`` (its outcome event names it, so a waiting client finds its own)."""
     settings: Settings | None = getattr(app, "settings", None)
     queue = settings.celery_queue if settings is not None else None
-    app.send_task(MLFLOW_EXPORT_TASK_NAME, args=[job_id], queue=queue,
+    app.send_task(MLFLOW_EXPORT_TASK_NAME, args=[job_id, request_event_id], queue=queue,
                   headers=_request_headers(request_id))
 
 

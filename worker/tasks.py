@@ -197,9 +197,10 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
                                        app=app)
 
     @app.task(name=MLFLOW_EXPORT_TASK_NAME, ignore_result=True)
-    def export_to_mlflow(job_id: str) -> None:
-        """Export a succeeded job to MLflow again; the outcome is one of its events."""
-        export_again(resources, job_id)
+    def export_to_mlflow(job_id: str, request_event_id: int | None = None) -> None:
+        """Export a succeeded job to MLflow again; the outcome is one of its events, naming
+        the request's event (None: a message sent before requests were named)."""
+        export_again(resources, job_id, request_event_id)
 
     @app.task(name=SHARD_TASK_NAME, ignore_result=True)
     def run_mrc_shard(job_id: str, shard: int) -> str:
@@ -774,21 +775,26 @@ def _retry_or_fail(app: RiftCelery, reporter: StageReporter, attempt: int, exc: 
     return "retry"
 
 
-def export_again(resources: WorkerResources, job_id: str) -> None:
+def export_again(resources: WorkerResources, job_id: str,
+                 request_event_id: int | None = None) -> None:
     """A succeeded job's export asked for again (``POST /v1/jobs/{id}/mlflow-export``): as after
-    its success, the outcome an event. A worker without ``MLFLOW_TRACKING_URI`` (the API's is
-    set) says so in a ``warning`` rather than leaving the request unanswered."""
+    its success, the outcome an event, carrying ``request_event_id`` (the request's
+    ``mlflow_export_requested`` event) so that a client waiting for its request's outcome is not
+    answered by another request's. A worker without ``MLFLOW_TRACKING_URI`` (the API's is set)
+    says so in a ``warning`` rather than leaving the request unanswered."""
     if resources.settings.mlflow_tracking_uri:
-        export_if_configured(resources, job_id)
+        export_if_configured(resources, job_id, request_event_id)
         return
     _record_export_event(resources, job_id, "warning", {
         "stage": "export", "message": "the export to MLflow was asked for, but the worker that "
-        "took it has no MLFLOW_TRACKING_URI set"})
+        "took it has no MLFLOW_TRACKING_URI set"}, request_event_id)
 
 
-def export_if_configured(resources: WorkerResources, job_id: str) -> None:
+def export_if_configured(resources: WorkerResources, job_id: str,
+                         request_event_id: int | None = None) -> None:
     """Export the succeeded job to MLflow when ``MLFLOW_TRACKING_URI`` is set. Never raises: the
-    job has succeeded whatever happens here; a failure is logged and becomes a warning event."""
+    job has succeeded whatever happens here; a failure is logged and becomes a warning event
+    (both outcomes name ``request_event_id`` when a request asked for the export)."""
     settings = resources.settings
     if not settings.mlflow_tracking_uri:
         return
@@ -806,11 +812,13 @@ def export_if_configured(resources: WorkerResources, job_id: str) -> None:
         logger.warning("job %s: MLflow export failed", job_id, exc_info=True)
         kind, payload = "warning", {"stage": "export",
                                     "message": export_failure_message(exc, target.tracking_uri)}
-    _record_export_event(resources, job_id, kind, payload)
+    _record_export_event(resources, job_id, kind, payload, request_event_id)
 
 
 def _record_export_event(resources: WorkerResources, job_id: str, kind: str,
-                         payload: dict[str, Any]) -> None:
+                         payload: dict[str, Any], request_event_id: int | None = None) -> None:
+    if request_event_id is not None:
+        payload = {**payload, "request_event_id": request_event_id}
     try:
         with resources.session() as session:
             jobs.append_event(session, job_id, kind, payload)

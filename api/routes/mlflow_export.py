@@ -48,7 +48,7 @@ def export_to_mlflow(job_id: str, response: Response, session: SessionDep, calle
     # JobNotSucceeded is the 409 job_not_succeeded api/errors.py maps, naming job_id.
     event = request_mlflow_export(session, job.id, current_request_id())
     try:
-        dispatcher.enqueue_mlflow_export(job.id)
+        dispatcher.enqueue_mlflow_export(job.id, event.id)
     except DispatchError as exc:
         # The event stays: it says a request was made; the 503 says it was not queued.
         raise ServiceUnavailable(f"{exc}; retry later", code="broker_unavailable") from exc

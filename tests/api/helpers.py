@@ -81,7 +81,7 @@ class RecordingDispatcher:
             raise DispatchError("the broker cannot be reached: connection refused (test)")
         self.enqueued.append(materialization_id)
 
-    def enqueue_mlflow_export(self, job_id: str) -> None:
+    def enqueue_mlflow_export(self, job_id: str, request_event_id: int) -> None:
         if self.broker_down:
             raise DispatchError("the broker cannot be reached: connection refused (test)")
         self.enqueued.append(job_id)

@@ -71,12 +71,31 @@ def test_a_job_whose_export_failed_is_exported_when_asked_again(
     assert failed["kind"] == "warning", failed
     first.stop()
 
-    # Taken by a worker without MLFLOW_TRACKING_URI: a warning saying so, not silence.
+    # Asked while no worker runs: riftctl --wait gives up at its --timeout (exit 4).
+    cli = run_riftctl(["-o", "json", "jobs", "export-mlflow", job_id, "--wait", "--timeout",
+                       "0.5"], url=api.url, api_key=api.key, home=tmp_path)
+    assert cli.exit_code == 4, (cli.stdout, cli.stderr)
+    assert cli.error()["code"] == "wait_timeout"
+    # Two more requests queued behind it; taken by a worker without MLFLOW_TRACKING_URI: a
+    # warning for each saying so, not silence, each naming its request.
+    first_request = api.client.post(f"/v1/jobs/{job_id}/mlflow-export").json()["event_id"]
+    second_request = api.client.post(f"/v1/jobs/{job_id}/mlflow-export").json()["event_id"]
     bare = start_worker()
-    asked = api.client.post(f"/v1/jobs/{job_id}/mlflow-export")
-    assert asked.status_code == 202, asked.text
-    unset = _outcome(api, job_id, asked.json()["event_id"], bare)
-    assert unset["kind"] == "warning" and "no MLFLOW_TRACKING_URI" in unset["payload"]["message"]
+    with RiftClient(api.url, api_key=api.key) as rift:
+        unset = rift.wait_mlflow_export(job_id, second_request, 120, poll_interval=0.2)
+    assert not unset.exported and "no MLFLOW_TRACKING_URI" in str(unset.message), unset
+    # Its own outcome, not the first request's (which came after the second's request event).
+    events = api.client.get(f"/v1/jobs/{job_id}/events", params={"limit": 500}).json()["items"]
+    by_id = {event["id"]: event for event in events}
+    assert by_id[unset.event_id]["payload"]["request_event_id"] == second_request
+    answered = [event["payload"].get("request_event_id") for event in events
+                if event["kind"] == "warning" and event["id"] > first_request]
+    assert first_request in answered and answered.index(first_request) < answered.index(
+        second_request), answered
+    cli = run_riftctl(["jobs", "export-mlflow", job_id, "--wait"], url=api.url, api_key=api.key,
+                      home=tmp_path)
+    assert cli.exit_code == 1, (cli.stdout, cli.stderr)
+    assert "was not exported to MLflow" in cli.stdout and "no MLFLOW_TRACKING_URI" in cli.stdout
     bare.stop()
 
     # The tracking server is back (here: the SQLite store the API is configured with).
@@ -96,21 +115,32 @@ def test_a_job_whose_export_failed_is_exported_when_asked_again(
     assert run.info.status == "FINISHED" and run.data.tags["rift.job_id"] == job_id
     assert client.get_model_version(payload["model"], payload["version"]).run_id == payload["run_id"]
 
+    assert payload["request_event_id"] == body["event_id"]
+    made = (payload["run_id"], payload["model"], payload["version"])
+
     # Asked again, by the sync and async clients and riftctl: the same run and version each time.
     with RiftClient(api.url, api_key=api.key) as rift:
         again = rift.export_to_mlflow(job_id)
-    assert _outcome(api, job_id, again.event_id, worker)["payload"] == payload
+        outcome = rift.wait_mlflow_export(job_id, again.event_id, 120, poll_interval=0.2)
+    assert outcome.exported and outcome.request_event_id == again.event_id
+    assert (outcome.run_id, outcome.model, outcome.version) == made
 
-    async def ask() -> int:
+    async def ask() -> tuple[str | None, str | None, str | None]:
         async with AsyncRiftClient(api.url, api_key=api.key) as rift:
-            return (await rift.export_to_mlflow(job_id)).event_id
+            queued = await rift.export_to_mlflow(job_id)
+            done = await rift.wait_mlflow_export(job_id, queued.event_id, 120, poll_interval=0.2)
+            return done.run_id, done.model, done.version
 
     import asyncio
-    assert _outcome(api, job_id, asyncio.run(ask()), worker)["payload"] == payload
-    cli = run_riftctl(["-o", "json", "jobs", "export-mlflow", job_id], url=api.url,
+    assert asyncio.run(ask()) == made
+    cli = run_riftctl(["-o", "json", "jobs", "export-mlflow", job_id, "--wait"], url=api.url,
                       api_key=api.key, home=tmp_path)
     assert cli.exit_code == 0, cli.stderr
-    assert _outcome(api, job_id, json.loads(cli.stdout)["event_id"], worker)["payload"] == payload
+    answer = json.loads(cli.stdout)
+    assert answer["outcome"]["exported"] is True
+    assert (answer["outcome"]["run_id"], answer["outcome"]["model"],
+            answer["outcome"]["version"]) == made
+    assert _outcome(api, job_id, answer["event_id"], worker)["payload"]["run_id"] == made[0]
 
     experiment = client.get_experiment_by_name("rift")
     assert len(client.search_runs([experiment.experiment_id])) == 1

@@ -69,6 +69,7 @@ from rift_client.models import (
     JobSpec,
     Materialization,
     MlflowExport,
+    MlflowExportOutcome,
     MRCTable,
     Project,
     Usage,
@@ -391,6 +392,13 @@ class AsyncRiftClient:
 
     async def export_to_mlflow(self, job_id: str) -> MlflowExport:
         return await self._run(self._core.export_to_mlflow(job_id=job_id))
+
+    async def wait_mlflow_export(self, job_id: str, request_event_id: int,
+                                 timeout: float | None = None, *,
+                                 poll_interval: float = 1.0) -> MlflowExportOutcome:
+        return await self._run(self._core.wait_mlflow_export(
+            job_id=job_id, request_event_id=request_event_id, timeout=timeout,
+            poll_interval=poll_interval))
 
     async def get_materialization(self, job_id: str, materialization_id: str) -> Materialization:
         return await self._run(self._core.get_materialization(job_id=job_id,

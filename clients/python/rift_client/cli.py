@@ -13,7 +13,8 @@ Exit codes (for CI jobs and scripts):
 
     0  success (for wait/events/create --wait: the job succeeded; for materialize --wait:
        the weights were made)
-    1  the job failed or was cancelled (materialize --wait: the materialization failed)
+    1  the job failed or was cancelled (materialize --wait: the materialization failed;
+       export-mlflow --wait: the export failed)
     2  usage error (bad option, missing file, invalid config file or JSON, a URL or key that
        cannot be used, a local file that cannot be read or written)
     3  the service refused the request (an error answer not listed below: 409, 422, 429,
@@ -92,6 +93,7 @@ from rift_client.models import (
     InterpolationPoint,
     Job,
     Materialization,
+    MlflowExportOutcome,
     MRCRow,
     MRCTable,
     Project,
@@ -1192,19 +1194,42 @@ def jobs_materialize(
 
 
 @jobs_app.command("export-mlflow")
-def jobs_export_mlflow(ctx: typer.Context, job_id: str) -> None:
+def jobs_export_mlflow(
+    ctx: typer.Context,
+    job_id: str,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait for the export's outcome; exit 1 if the export failed.")] = False,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", min=0, help="With --wait: seconds before giving up (exit 4).")] = None,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", min=0.1,
+                                                 help="Seconds between two looks.")] = 1.0,
+) -> None:
     """Export a succeeded job to MLflow again (after a tracking server that was down, or a worker
     lost during the export); a job exported before gets its run and version back, no second one.
-    A worker does it: the outcome is the job's next mlflow_exported or warning event (riftctl
-    jobs events JOB_ID)."""
+    A worker does it: the outcome is the job's next mlflow_exported or warning event naming the
+    request (riftctl jobs events JOB_ID), or what --wait prints."""
     state = _state(ctx)
+    outcome: MlflowExportOutcome | None = None
     with _client(state) as client:
         queued = client.export_to_mlflow(job_id)
+        if wait:
+            state.note(f"export of job {queued.job_id} to MLflow queued; waiting")
+            outcome = client.wait_mlflow_export(queued.job_id, queued.event_id, timeout,
+                                                poll_interval=poll_interval)
     if state.json:
-        state.emit(queued.model_dump(mode="json"))
-    else:
+        state.emit(queued.model_dump(mode="json") if outcome is None
+                   else {**queued.model_dump(mode="json"),
+                         "outcome": outcome.model_dump(mode="json")})
+    elif outcome is None:
         state.say(f"export of job {queued.job_id} to MLflow {queued.status}; its outcome is the "
                   f"next mlflow_exported or warning event after event {queued.event_id}")
+    elif outcome.exported:
+        state.say(f"job {outcome.job_id} exported to MLflow: run {outcome.run_id}, model "
+                  f"{outcome.model} version {outcome.version}")
+    else:
+        state.say(f"job {outcome.job_id} was not exported to MLflow: {outcome.message}")
+    if outcome is not None and not outcome.exported:
+        raise typer.Exit(EXIT_JOB_FAILED)
 
 
 def _percent(value: Any) -> str:

@@ -78,6 +78,7 @@ from rift_client.models import (
     JobSpec,
     Materialization,
     MlflowExport,
+    MlflowExportOutcome,
     MRCTable,
     Project,
     Usage,
@@ -485,6 +486,18 @@ class RiftClient:
         succeeded raises :class:`ConflictError` (``job_not_succeeded``), a service without
         ``MLFLOW_TRACKING_URI`` :class:`ConflictError` (``mlflow_not_configured``)."""
         return self._run(self._core.export_to_mlflow(job_id=job_id))
+
+    def wait_mlflow_export(self, job_id: str, request_event_id: int,
+                           timeout: float | None = None, *,
+                           poll_interval: float = 1.0) -> MlflowExportOutcome:
+        """Wait for the outcome of the re-export :meth:`export_to_mlflow` queued (its answer's
+        ``event_id``) and return it: ``exported`` with the run id, model and version, or not,
+        with the warning's ``message`` (another request's outcome does not answer this one).
+        Raises :class:`WaitTimeoutError` when ``timeout`` seconds pass first (None: wait as long
+        as it takes; the outcome never comes when no worker runs)."""
+        return self._run(self._core.wait_mlflow_export(
+            job_id=job_id, request_event_id=request_event_id, timeout=timeout,
+            poll_interval=poll_interval))
 
     def get_materialization(self, job_id: str, materialization_id: str) -> Materialization:
         return self._run(self._core.get_materialization(job_id=job_id, materialization_id=materialization_id))

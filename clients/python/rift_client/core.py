@@ -65,6 +65,7 @@ from rift_client.flows import (
 )
 from rift_client.models import (
     PROJECT_LIMITS,
+    SUCCEEDED,
     ApiKey,
     Artifact,
     Checkpoint,
@@ -81,6 +82,7 @@ from rift_client.models import (
     JobSpec,
     Materialization,
     MlflowExport,
+    MlflowExportOutcome,
     MRCTable,
     Project,
     Usage,
@@ -305,6 +307,30 @@ def _within(timeout: httpx.Timeout, deadline: float | None) -> httpx.Timeout:
 
     return httpx.Timeout(connect=cut(timeout.connect), read=cut(timeout.read),
                          write=cut(timeout.write), pool=cut(timeout.pool))
+
+
+#: Events read per look while waiting for an export's outcome (the service allows 1,000).
+_EVENT_PAGE = 500
+
+
+def _export_outcome(job_id: str, request_event_id: int,
+                    event: Event) -> MlflowExportOutcome | None:
+    """The export's outcome if ``event`` is the one answering request ``request_event_id``: an
+    ``mlflow_exported`` event or an export ``warning`` naming it (another request's outcome, or
+    the export after the job's success, names another or none)."""
+    payload = event.payload
+    if payload.get("request_event_id") != request_event_id:
+        return None
+    if event.kind == "mlflow_exported":
+        return MlflowExportOutcome(
+            job_id=job_id, request_event_id=request_event_id, event_id=event.id, exported=True,
+            run_id=payload.get("run_id"), model=payload.get("model"),
+            version=None if payload.get("version") is None else str(payload["version"]))
+    if event.kind == "warning" and payload.get("stage") == "export":
+        return MlflowExportOutcome(job_id=job_id, request_event_id=request_event_id,
+                                   event_id=event.id, exported=False,
+                                   message=str(payload.get("message", "")))
+    return None
 
 
 def _passed(deadline: float | None) -> bool:
@@ -941,6 +967,49 @@ class RiftCore:
         # Retried like a read: the export finds the run a first attempt made.
         response = yield from self.request("POST", path, idempotent=True)
         return self._parse(response, MlflowExport)
+
+    def wait_mlflow_export(self, job_id: str, request_event_id: int, timeout: float | None,
+                           poll_interval: float) -> Flow[MlflowExportOutcome]:
+        wait_times(timeout, poll_interval)
+        _seg("job_id", job_id)
+        if isinstance(request_event_id, bool) or not isinstance(request_event_id, int):
+            raise RiftUsageError("request_event_id must be the event_id export_to_mlflow "
+                                 f"answered, not {request_event_id!r}", field="request_event_id")
+        return self._wait_mlflow_export(job_id, request_event_id, timeout, poll_interval)
+
+    def _wait_mlflow_export(self, job_id: str, request_event_id: int, timeout: float | None,
+                            poll_interval: float) -> Flow[MlflowExportOutcome]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        outage = Outage(self.retry.max_outage_s)  # lived through as a job's wait does
+        after, looked = request_event_id, False
+        while True:
+            try:
+                # The first look as any call (see _wait); later ones end with the wait.
+                page = yield from self.list_events(job_id, after, _EVENT_PAGE,
+                                                   deadline if looked else None)
+            except RiftClientError as exc:
+                if not looked or not (outage.tolerate(exc, deadline) or _passed(deadline)):
+                    raise
+            else:
+                looked = True
+                outage.over()
+                for event in page.items:
+                    outcome = _export_outcome(job_id, request_event_id, event)
+                    if outcome is not None:
+                        return outcome
+                after = max(after, page.next_after)
+                if len(page.items) == _EVENT_PAGE:
+                    continue  # more events already there: read them before pausing
+            if deadline is None:
+                yield Sleep(outage.delay(poll_interval))
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeoutError(
+                    f"the MLflow export of job {job_id} asked for by event {request_event_id} "
+                    f"had no outcome after {timeout:g} s (is a worker running?)", job_id=job_id,
+                    last_status=SUCCEEDED)  # only a succeeded job's export is queued
+            yield Sleep(min(outage.delay(poll_interval), left))
 
     def get_materialization(self, job_id: str, materialization_id: str,
                             deadline: float | None = None) -> Flow[Materialization]:

@@ -400,6 +400,22 @@ class MlflowExport(_Resource):
     url: str = Field(description="The job's events after the request.")
 
 
+class MlflowExportOutcome(_Resource):
+    """How a re-export asked for with :meth:`RiftClient.export_to_mlflow` ended: the job's
+    ``mlflow_exported`` event (``exported``: run id, model, version) or its export ``warning``
+    (``message`` says why), the one naming the request's ``event_id``."""
+
+    job_id: str
+    request_event_id: int = Field(description="The request's mlflow_export_requested event.")
+    event_id: int = Field(description="The outcome's event.")
+    exported: bool = Field(description="True: logged to MLflow; False: the warning's message "
+                           "says why not.")
+    run_id: str | None = None
+    model: str | None = None
+    version: str | None = Field(None, description="The registered model's version.")
+    message: str | None = Field(None, description="Why the export failed (exported False).")
+
+
 class JobSpec(BaseModel):
     """What a job runs: the RiftConfig (as the service documents it), an optional uploaded
     dataset and labels. The checkpoint is named separately (``RiftClient.create_job``)."""
