@@ -19,6 +19,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -145,10 +146,25 @@ def refuse_unusable_mlflow_model_name(tracking_uri: str | None, model_name: str)
                          "MLflow refuses in a registered model's name; choose another")
 
 
-def check_worker_start(settings: Settings) -> None:
-    """The service's checks (schema, object store), the built-in datasets' folder, the MLflow
-    client, then the device; returns when the worker may start."""
+def runs_stages(settings: Settings, queues: Collection[str] | None) -> bool:
+    """Whether a worker consuming ``queues`` (None: not known, taken as yes) takes the stage
+    queue, where every task that reads ``DATA_ROOT``, uses ``WORKER_DEVICE`` or exports to
+    MLflow is sent (:mod:`persistence.queue`); a webhook worker (``-Q rift-webhooks``) takes
+    none of them."""
+    return queues is None or settings.celery_queue in queues
+
+
+def check_worker_start(settings: Settings, queues: Collection[str] | None = None) -> None:
+    """The service's checks (schema, object store), then, for a worker of the stage queue
+    (``queues``: what it consumes), the built-in datasets' folder, the MLflow client and the
+    device; returns when the worker may start.
+
+    A webhook worker shares the stage workers' environment (compose's ``webhooks`` service:
+    ``DATA_ROOT=/data`` with no ``/data`` mounted, as it reads no dataset), so checking those
+    settings there stopped it at every start, and the webhooks were never delivered."""
     check_service_start(settings)
+    if not runs_stages(settings, queues):
+        return
     refuse_unreadable_data_root(settings.data_root, named="data_root" in settings.model_fields_set)
     refuse_mlflow_without_client(settings.mlflow_tracking_uri)
     refuse_unusable_mlflow_uri(settings.mlflow_tracking_uri,
