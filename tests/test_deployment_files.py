@@ -107,7 +107,7 @@ def test_service_environment(services: dict[str, dict[str, Any]], name: str) -> 
 
 def test_commands_name_the_entry_points(services: dict[str, dict[str, Any]]) -> None:
     api = command_text(services["api"])
-    assert re.search(r"alembic upgrade head && .*uvicorn api\.main:create_app --factory", api)
+    assert re.search(r"python -m api\.preflight && exec uvicorn api\.main:create_app --factory", api)
     # Several API processes in production, as many as API_WORKERS says.
     assert re.search(r'--workers "\$\$\{API_WORKERS:-\d+\}"', api)
     assert "API_WORKERS" in services["api"]["environment"]
@@ -122,6 +122,40 @@ def test_commands_name_the_entry_points(services: dict[str, dict[str, Any]]) -> 
     assert services["api"]["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith("${")
     assert all("PROMETHEUS_MULTIPROC_DIR" not in (service.get("environment") or {})
                for name, service in services.items() if name != "api")
+
+
+def image_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The services that run the service's own image (the API's)."""
+    return {name: service for name, service in services.items()
+            if service.get("image") == services["api"]["image"]}
+
+
+def test_every_service_of_the_image_can_build_it(services: dict[str, dict[str, Any]]) -> None:
+    # `webhooks` had no `build`: Debian's docker-compose 1.29 readies the services' images in
+    # dependency order, which puts webhooks before api and worker, and pulled rift-service from
+    # Docker Hub ("pull access denied") on a host that had not built it yet.
+    ours = image_services(services)
+    assert {"api", "worker", "webhooks", "migrate"} <= set(ours)
+    assert {name: service.get("build") for name, service in ours.items()} == {
+        name: services["api"]["build"] for name in ours}
+
+
+def test_the_database_is_migrated_once_before_any_service_uses_it(
+        services: dict[str, dict[str, Any]]) -> None:
+    # The api migrated in its own command while the workers started beside it: on a fresh
+    # database, or after an upgrade, worker and webhooks met a schema not yet (or not fully)
+    # migrated, stopped ("run python -m persistence.migrate") and restarted until the api was done.
+    migrate = services["migrate"]
+    assert command_text(migrate) == "python -m persistence.migrate"
+    assert str(migrate["restart"]) == "no"
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert migrate["environment"]["DATABASE_URL"] == services["api"]["environment"]["DATABASE_URL"]
+    for name, service in image_services(services).items():
+        if name == "migrate":
+            continue
+        assert service["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"}, name
+        assert not re.search(r"alembic|persistence\.migrate", command_text(service)), name
 
 
 def test_dockerfile_base_and_default_command() -> None:
