@@ -158,6 +158,19 @@ def test_the_database_is_migrated_once_before_any_service_uses_it(
         assert not re.search(r"alembic|persistence\.migrate", command_text(service)), name
 
 
+@pytest.mark.parametrize("name", ["worker", "webhooks"])
+def test_worker_healthchecks_ping_their_own_node_without_loading_torch(
+        services: dict[str, dict[str, Any]], name: str) -> None:
+    # Was `celery -A worker.celery_app inspect ping`: the worker module, and torch with it, loaded
+    # every 30 s (6 CPU s; 20 s on a loaded host, against the check's 15 s timeout).
+    node = re.search(r"--hostname=(\w+)@%h", command_text(services[name]))
+    assert node is not None, command_text(services[name])
+    test = services[name]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and "celery" not in test[1]
+    assert re.fullmatch(rf"python -m worker\.healthcheck {node.group(1)}@\$\$HOSTNAME --timeout \d+",
+                        test[1]), test[1]
+
+
 def test_dockerfile_base_and_default_command() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
