@@ -149,7 +149,7 @@ def test_a_duration_past_a_century_is_refused(clean_env: pytest.MonkeyPatch, nam
     message = str(raised.value)
     assert "\n" not in message
     # Named with this bound, or with a tighter one the setting had already.
-    assert (f"{name}: at most " in message and "(100 years; got " in message
+    assert ((f"{name}: at most " in message and "(100 years; got " in message)
             or f"{name}: Input should be less than or equal to" in message
             or f"{name}: must not exceed" in message), message
 
