@@ -392,9 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     factory = session_factory_from_settings(settings)
     try:
         require_usable_database(factory.kw["bind"], then="then run the janitor again")
+        store = settings.build_object_store()
+        # As the services' start checks it (a one-shot run has no later to wait for): a
+        # STORE_ROOT that is a file, a bucket missing or keys refused, a server not answering
+        # stop here with one line; before, a STORE_ROOT that is a file found nothing to remove
+        # and said so, status 0.
+        store.check()
         with factory() as session:
-            report = run_janitor(session, settings.build_object_store(), settings,
-                                 dry_run=args.dry_run)
+            report = run_janitor(session, store, settings, dry_run=args.dry_run)
     except StoreError as exc:
         # One line naming the bucket and the setting to check, as the services' start says it
         # (persistence.startup); was a 40-line traceback ending in the same words.
