@@ -171,6 +171,19 @@ def test_worker_healthchecks_ping_their_own_node_without_loading_torch(
                         test[1]), test[1]
 
 
+def test_workers_serving_metrics_run_one_pool_child(services: dict[str, dict[str, Any]]) -> None:
+    # A prefork worker serves WORKER_METRICS_PORT from its pool child; the webhooks worker ran 4
+    # children on port 9100: three warned "port is not free" at every start, and their counts
+    # were served by no one.
+    for name, service in image_services(services).items():
+        command = command_text(service)
+        if "celery" not in command:
+            continue
+        port = str((service.get("environment") or {}).get("WORKER_METRICS_PORT", "0"))
+        concurrency = re.search(r"--concurrency[= ](\d+)", command)
+        assert port == "0" or (concurrency is not None and concurrency.group(1) == "1"), name
+
+
 def test_dockerfile_base_and_default_command() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
