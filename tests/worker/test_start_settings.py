@@ -182,3 +182,16 @@ def test_a_stage_worker_still_checks_them_at_its_start(sqlite_url: str, tmp_path
         worker.discard()
     assert (f"rift: DATA_ROOT: {str(tmp_path / 'mnt' / 'data')!r} is not a readable folder "
             "(ENOENT: No such file or directory)") in worker.log()
+
+
+def test_a_worker_of_a_queue_the_service_never_sends_to_stops_the_start(
+        sqlite_url: str, tmp_path: Path) -> None:
+    # `-Q rfit` started a worker that waited for ever, counted as live, while jobs waited for it.
+    worker = launch_celery_worker(tmp_path, sqlite_url, "rift,rfit")
+    try:
+        assert worker.process.wait(timeout=120) == 1, worker.log()
+    finally:
+        worker.discard()
+    assert ("rift: this worker consumes 'rfit', where the service sends nothing: stages go to "
+            "CELERY_QUEUE ('rift'), webhook deliveries to WEBHOOK_QUEUE ('rift-webhooks')"
+            ) in worker.log()
