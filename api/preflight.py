@@ -18,11 +18,21 @@ from pathlib import Path
 
 from api.multiprocess_metrics import reset_directory
 from api.validation import require_socket_path
+from persistence.command_line import service_parser
 from persistence.settings import settings_or_exit
 from persistence.startup import check_service_start, os_reason, probe_writable_folder
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    # Read first: `--help` must not run the checks (they empty PROMETHEUS_MULTIPROC_DIR).
+    service_parser(
+        "python -m api.preflight",
+        "Check the API's settings, its database schema, broker, object store, WORK_DIR and "
+        "VALIDATION_SOCKET folder, and empty PROMETHEUS_MULTIPROC_DIR, before `uvicorn "
+        "--workers N` starts the API processes (the image's command runs it first).",
+        "Exit codes: 0 the API may start (a dependency not answering yet is only logged), 1 a "
+        "setting or the schema is at fault (one line naming it), 2 a usage error.",
+    ).parse_args(argv)
     settings = settings_or_exit()
     check_service_start(settings)
     if settings.validation_socket:

@@ -55,6 +55,7 @@ from persistence.api_keys import (
     revoke_key,
     set_project_limits,
 )
+from persistence.command_line import add_version
 from persistence.db import (
     normalise_database_url,
     session_factory_from_settings,
@@ -99,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 done, 1 the database cannot be reached or is not migrated, "
         "2 a refused request (nothing changed). --output json on any command: one JSON "
         "document on stdout.")
+    add_version(parser)
     groups = parser.add_subparsers(dest="group", required=True)
     # Every command takes --output, after its other arguments as scripts write them.
     common = argparse.ArgumentParser(add_help=False)

@@ -39,7 +39,6 @@ Running it twice at once is harmless: every removal tolerates a missing target.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -53,6 +52,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from persistence import storage_ledger
+from persistence.command_line import service_parser
 from persistence.models import (
     TERMINAL_STATUSES,
     Artifact,
@@ -75,7 +75,7 @@ from persistence.object_keys import (
     parse_stage_object_key,
 )
 from persistence.settings import Settings, settings_or_exit
-from persistence.storage import ObjectInfo, ObjectStore
+from persistence.storage import ObjectInfo, ObjectStore, StoreError
 from persistence.transactions import log_event, transaction
 from persistence.workers import remove_stale_workers
 
@@ -374,12 +374,14 @@ def _expire_job_artifacts(session: Session, job_id: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """``python -m persistence.janitor [--dry-run]``: one pass with the settings from the
     environment; prints what was removed as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m persistence.janitor", description=(
+    parser = service_parser("python -m persistence.janitor", (
         "Remove scratch files, partial uploads, objects without a row, stalled attempts' "
         "objects, a finished sweep's other candidates' objects and a merged MRC stage's "
         "shared adversarial set older than "
         "JANITOR_GRACE_SECONDS, expired artifacts (ARTIFACT_RETENTION_DAYS), and the registry "
-        "rows of workers not seen for 3 heartbeats (WORKER_HEARTBEAT_SECONDS)."))
+        "rows of workers not seen for 3 heartbeats (WORKER_HEARTBEAT_SECONDS)."),
+        "Exit codes: 0 done, 1 invalid settings, a database or object store that cannot be "
+        "used (one line naming the setting), 2 a usage error.")
     parser.add_argument("--dry-run", action="store_true",
                         help="list what would be removed, remove nothing")
     args = parser.parse_args(argv)
@@ -390,9 +392,18 @@ def main(argv: list[str] | None = None) -> int:
     factory = session_factory_from_settings(settings)
     try:
         require_usable_database(factory.kw["bind"], then="then run the janitor again")
+        store = settings.build_object_store()
+        # As the services' start checks it (a one-shot run has no later to wait for): a
+        # STORE_ROOT that is a file, a bucket missing or keys refused, a server not answering
+        # stop here with one line; before, a STORE_ROOT that is a file found nothing to remove
+        # and said so, status 0.
+        store.check()
         with factory() as session:
-            report = run_janitor(session, settings.build_object_store(), settings,
-                                 dry_run=args.dry_run)
+            report = run_janitor(session, store, settings, dry_run=args.dry_run)
+    except StoreError as exc:
+        # One line naming the bucket and the setting to check, as the services' start says it
+        # (persistence.startup); was a 40-line traceback ending in the same words.
+        raise SystemExit(f"rift: object store: {' '.join(str(exc).split())}") from None
     finally:
         bind = factory.kw.get("bind")
         if bind is not None:

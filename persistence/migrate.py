@@ -33,10 +33,22 @@ def downgrade_database(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
 
 
-def main() -> None:
-    """``python -m persistence.migrate``: upgrade the database named by DATABASE_URL."""
+def main(argv: list[str] | None = None) -> None:
+    """``python -m persistence.migrate``: upgrade the database named by DATABASE_URL. The
+    arguments are read first: ``--help`` and ``--version`` answer without touching a database,
+    and anything else (a revision) is refused rather than taken for "head"."""
+    from persistence.command_line import service_parser
     from persistence.settings import settings_or_exit
 
+    service_parser(
+        "python -m persistence.migrate",
+        "Upgrade the database named by DATABASE_URL to the newest migration of this code (as "
+        "`alembic upgrade head`), holding a lock so that several processes migrating at once "
+        "wait for each other.",
+        "Another revision: `alembic upgrade REV` or `alembic downgrade REV` from the folder "
+        "holding alembic.ini. Exit codes: 0 done (also when nothing was left to do), 1 invalid "
+        "settings or a database that cannot be opened or migrated, 2 a usage error.",
+    ).parse_args(argv)
     upgrade_database(settings_or_exit().database_url)
 
 

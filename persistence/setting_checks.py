@@ -27,6 +27,24 @@ DATABASE_BACKENDS = ("sqlite", "postgresql")
 #: Broker URL schemes the service is built and tested for: Redis in production, kombu's
 #: SQLAlchemy transport in the embedded mode, the in-memory transport in tests.
 BROKER_SCHEMES = ("redis", "rediss", "sqla", "memory")
+#: The longest duration a setting may name (100 years). Far longer values, written to mean
+#: "never" (JOB_TIME_LIMIT_SECONDS=1e12, ARTIFACT_RETENTION_DAYS=999999), passed and then
+#: overflowed where a deadline or cutoff is computed from them: "date value out of range" in
+#: every recovery pass, which then sent no expired lease's stage again, or in every janitor run;
+#: a wait longer than about 292 years fails in the thread that waits ("timestamp out of range").
+MAX_DURATION_SECONDS = 100 * 365 * 24 * 3600
+
+
+def check_durations(durations: dict[str, float]) -> None:
+    """Refuse a duration setting (``*_seconds``, ``*_days``, by field name) past
+    :data:`MAX_DURATION_SECONDS`; the message names the variable and the value."""
+    for name, value in durations.items():
+        limit = MAX_DURATION_SECONDS / (86400 if name.endswith("_days") else 1)
+        if value > limit:
+            raise ValueError(f"{name.upper()}: at most {limit:.0f} (100 years; got {value:g}): "
+                             "a longer one overflows the deadlines computed from it")
+
+
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
                         r"(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?$", re.IGNORECASE)
 

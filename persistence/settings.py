@@ -464,6 +464,9 @@ class Settings(BaseSettings):
         if self.webhook_retry_base_seconds > self.webhook_retry_max_seconds:
             raise ValueError("WEBHOOK_RETRY_BASE_SECONDS: must not exceed "
                              "WEBHOOK_RETRY_MAX_SECONDS")
+        setting_checks.check_durations({
+            name: getattr(self, name) for name in type(self).model_fields
+            if name.endswith(("_seconds", "_days"))})
         return self
 
     def build_object_store(self) -> ObjectStore:

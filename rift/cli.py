@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from rift import __version__
 from rift.config import RiftConfig, dataset_names, unused_settings
 from rift.errors import RiftError
 from rift.setting_names import describe_errors as describe_setting_errors
@@ -564,6 +565,8 @@ def make_parser() -> argparse.ArgumentParser:
     # The module docstring is reStructuredText; --help shows it without the ``quotes``.
     description = __doc__.splitlines()[0].replace("``", "")
     parser = _OneLineParser(prog="python -m rift", description=description)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the release of this library and exit")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run MRC, fine-tuning and interpolation")

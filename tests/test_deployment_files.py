@@ -107,7 +107,7 @@ def test_service_environment(services: dict[str, dict[str, Any]], name: str) -> 
 
 def test_commands_name_the_entry_points(services: dict[str, dict[str, Any]]) -> None:
     api = command_text(services["api"])
-    assert re.search(r"alembic upgrade head && .*uvicorn api\.main:create_app --factory", api)
+    assert re.search(r"python -m api\.preflight && exec uvicorn api\.main:create_app --factory", api)
     # Several API processes in production, as many as API_WORKERS says.
     assert re.search(r'--workers "\$\$\{API_WORKERS:-\d+\}"', api)
     assert "API_WORKERS" in services["api"]["environment"]
@@ -122,6 +122,66 @@ def test_commands_name_the_entry_points(services: dict[str, dict[str, Any]]) -> 
     assert services["api"]["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith("${")
     assert all("PROMETHEUS_MULTIPROC_DIR" not in (service.get("environment") or {})
                for name, service in services.items() if name != "api")
+
+
+def image_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The services that run the service's own image (the API's)."""
+    return {name: service for name, service in services.items()
+            if service.get("image") == services["api"]["image"]}
+
+
+def test_every_service_of_the_image_can_build_it(services: dict[str, dict[str, Any]]) -> None:
+    # `webhooks` had no `build`: Debian's docker-compose 1.29 readies the services' images in
+    # dependency order, which puts webhooks before api and worker, and pulled rift-service from
+    # Docker Hub ("pull access denied") on a host that had not built it yet.
+    ours = image_services(services)
+    assert {"api", "worker", "webhooks", "migrate"} <= set(ours)
+    assert {name: service.get("build") for name, service in ours.items()} == {
+        name: services["api"]["build"] for name in ours}
+
+
+def test_the_database_is_migrated_once_before_any_service_uses_it(
+        services: dict[str, dict[str, Any]]) -> None:
+    # The api migrated in its own command while the workers started beside it: on a fresh
+    # database, or after an upgrade, worker and webhooks met a schema not yet (or not fully)
+    # migrated, stopped ("run python -m persistence.migrate") and restarted until the api was done.
+    migrate = services["migrate"]
+    assert command_text(migrate) == "python -m persistence.migrate"
+    assert str(migrate["restart"]) == "no"
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert migrate["environment"]["DATABASE_URL"] == services["api"]["environment"]["DATABASE_URL"]
+    for name, service in image_services(services).items():
+        if name == "migrate":
+            continue
+        assert service["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"}, name
+        assert not re.search(r"alembic|persistence\.migrate", command_text(service)), name
+
+
+@pytest.mark.parametrize("name", ["worker", "webhooks"])
+def test_worker_healthchecks_ping_their_own_node_without_loading_torch(
+        services: dict[str, dict[str, Any]], name: str) -> None:
+    # Was `celery -A worker.celery_app inspect ping`: the worker module, and torch with it, loaded
+    # every 30 s (6 CPU s; 20 s on a loaded host, against the check's 15 s timeout).
+    node = re.search(r"--hostname=(\w+)@%h", command_text(services[name]))
+    assert node is not None, command_text(services[name])
+    test = services[name]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and "celery" not in test[1]
+    assert re.fullmatch(rf"python -m worker\.healthcheck {node.group(1)}@\$\$HOSTNAME --timeout \d+",
+                        test[1]), test[1]
+
+
+def test_workers_serving_metrics_run_one_pool_child(services: dict[str, dict[str, Any]]) -> None:
+    # A prefork worker serves WORKER_METRICS_PORT from its pool child; the webhooks worker ran 4
+    # children on port 9100: three warned "port is not free" at every start, and their counts
+    # were served by no one.
+    for name, service in image_services(services).items():
+        command = command_text(service)
+        if "celery" not in command:
+            continue
+        port = str((service.get("environment") or {}).get("WORKER_METRICS_PORT", "0"))
+        concurrency = re.search(r"--concurrency[= ](\d+)", command)
+        assert port == "0" or (concurrency is not None and concurrency.group(1) == "1"), name
 
 
 def test_dockerfile_base_and_default_command() -> None:

@@ -36,6 +36,7 @@ tune_malloc(app.settings.worker_malloc_threshold_bytes)
 
 @worker_init.connect(weak=False)
 def _preflight(sender: Any = None, **_: Any) -> None:
-    check_worker_start(app.settings)
+    # The queues of -Q are set up by now (WorkController.setup_queues runs before this signal).
+    check_worker_start(app.settings, queues=set(app.amqp.queues.consume_from))
     # Before the consumer declares them itself, racing an API that starts at the same moment.
     declare_queues(app, app.settings)

@@ -18,9 +18,9 @@ Recorded by this process as it runs tasks:
 
 Read from the database and the broker at scrape time (the same for every worker; aggregate with
 ``max``): ``rift_jobs{status}`` (jobs by state) and ``rift_queue_depth{queue}`` (messages waiting
-in the broker queue), plus ``rift_stages_waiting`` (stages ready to run that no worker has taken)
-and ``rift_workers_live{queue}`` (worker processes of the registry seen within 3 heartbeats, by
-queue consumed: :mod:`persistence.workers`).
+in the stage queue and in the webhook queue), plus ``rift_stages_waiting`` (stages ready to
+run that no worker has taken) and ``rift_workers_live{queue}`` (worker processes of the
+registry seen within 3 heartbeats, by queue consumed: :mod:`persistence.workers`).
 
 Each process has its own registry (no process-global collectors). Celery's prefork pool runs
 tasks in a child process, so the server is started where tasks run: in the pool child
@@ -104,12 +104,19 @@ class _StateCollector(Collector):
             logger.warning("metrics: the database could not be read", exc_info=True)
         depth = GaugeMetricFamily("rift_queue_depth", "Messages waiting in the broker queue.",
                                   labels=["queue"])
-        queue = self.resources.settings.celery_queue
-        try:
-            depth.add_metric([queue], float(self.queue_size(queue)))
+        settings = self.resources.settings
+        # The webhook queue too: its backlog (a receiver down, too few delivery workers) was
+        # visible nowhere.
+        measured = False
+        for queue in dict.fromkeys((settings.celery_queue, settings.webhook_queue)):
+            try:
+                depth.add_metric([queue], float(self.queue_size(queue)))
+                measured = True
+            except Exception:
+                logger.warning("metrics: the broker queue %s could not be measured", queue,
+                               exc_info=True)
+        if measured:
             yield depth
-        except Exception:
-            logger.warning("metrics: the broker queue could not be measured", exc_info=True)
 
 
 class WorkerMetrics:

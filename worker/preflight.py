@@ -19,6 +19,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -145,10 +146,41 @@ def refuse_unusable_mlflow_model_name(tracking_uri: str | None, model_name: str)
                          "MLflow refuses in a registered model's name; choose another")
 
 
-def check_worker_start(settings: Settings) -> None:
-    """The service's checks (schema, object store), the built-in datasets' folder, the MLflow
-    client, then the device; returns when the worker may start."""
+def runs_stages(settings: Settings, queues: Collection[str] | None) -> bool:
+    """Whether a worker consuming ``queues`` (None: not known, taken as yes) takes the stage
+    queue, where every task that reads ``DATA_ROOT``, uses ``WORKER_DEVICE`` or exports to
+    MLflow is sent (:mod:`persistence.queue`); a webhook worker (``-Q rift-webhooks``) takes
+    none of them."""
+    return queues is None or settings.celery_queue in queues
+
+
+def refuse_unknown_queues(settings: Settings, queues: Collection[str] | None) -> None:
+    """Stop the worker when ``-Q`` names a queue the service sends nothing to (every task goes to
+    ``CELERY_QUEUE`` or ``WEBHOOK_QUEUE``, :mod:`persistence.queue`). Before, ``-Q rfit`` (or a
+    ``CELERY_QUEUE`` set for the API and not for the worker) started a worker that waited for ever
+    while the jobs waited for it; it even counted as live in the registry, under its queue."""
+    known = (settings.celery_queue, settings.webhook_queue)
+    unknown = sorted(set(queues or ()) - set(known))
+    if unknown:
+        raise SystemExit(
+            f"rift: this worker consumes {', '.join(map(repr, unknown))}, where the service sends "
+            f"nothing: stages go to CELERY_QUEUE ({known[0]!r}), webhook deliveries to "
+            f"WEBHOOK_QUEUE ({known[1]!r}); pass those to -Q, or set the same CELERY_QUEUE and "
+            "WEBHOOK_QUEUE as the API")
+
+
+def check_worker_start(settings: Settings, queues: Collection[str] | None = None) -> None:
+    """The queues it consumes (``queues``, from ``-Q``; None: not known), the service's checks
+    (schema, object store), then, for a worker of the stage queue, the built-in datasets'
+    folder, the MLflow client and the device; returns when the worker may start.
+
+    A webhook worker shares the stage workers' environment (compose's ``webhooks`` service:
+    ``DATA_ROOT=/data`` with no ``/data`` mounted, as it reads no dataset), so checking those
+    settings there stopped it at every start, and the webhooks were never delivered."""
+    refuse_unknown_queues(settings, queues)
     check_service_start(settings)
+    if not runs_stages(settings, queues):
+        return
     refuse_unreadable_data_root(settings.data_root, named="data_root" in settings.model_fields_set)
     refuse_mlflow_without_client(settings.mlflow_tracking_uri)
     refuse_unusable_mlflow_uri(settings.mlflow_tracking_uri,

@@ -41,3 +41,31 @@ def test_the_janitor_on_a_database_not_answering_names_database_url(tmp_path: Pa
     assert len(lines) == 1 and lines[0].startswith(
         "rift: DATABASE_URL: the database cannot be reached: connection failed"), lines
     assert "secret" not in result.stderr
+
+
+def test_the_janitor_with_an_object_store_not_answering_says_so_in_one_line(
+        tmp_path: Path, sqlite_url: str) -> None:
+    # Was a 40-line traceback (StoreUnavailable raised from the janitor's first listing).
+    port = free_port()
+    result = run_janitor(tmp_path, DATABASE_URL=sqlite_url, STORE_KIND="s3", S3_BUCKET="rift",
+                         S3_ENDPOINT_URL=f"http://127.0.0.1:{port}", S3_ACCESS_KEY="rift",
+                         S3_SECRET_KEY="secret-key")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"rift: object store: cannot reach bucket 'rift' at http://127.0.0.1:{port}"), lines
+    assert lines[0].endswith("check S3_ENDPOINT_URL") and "secret-key" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_the_janitor_on_a_store_root_that_is_a_file_stops_naming_it(
+        tmp_path: Path, sqlite_url: str) -> None:
+    # Was status 0 and a report of nothing removed: the store's listing found no folder there.
+    store_root = tmp_path / "objects"
+    store_root.write_text("not a folder")
+    result = run_janitor(tmp_path, DATABASE_URL=sqlite_url)
+    assert result.returncode == 1, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rift: object store: ") and \
+        "STORE_ROOT" in lines[0], lines
+    assert result.stdout == ""

@@ -131,6 +131,37 @@ def test_settings_that_contradict_each_other(clean_env: pytest.MonkeyPatch, env:
         load_settings()
 
 
+#: Every setting that is a duration (a field named *_seconds or *_days).
+DURATIONS = sorted(name.upper() for name in Settings.model_fields
+                   if name.endswith(("_seconds", "_days")))
+
+
+@pytest.mark.parametrize("name", DURATIONS)
+def test_a_duration_past_a_century_is_refused(clean_env: pytest.MonkeyPatch, name: str) -> None:
+    # 1e12 s or 999999 days, written to mean "never", passed and overflowed where a deadline was
+    # computed from them: JOB_TIME_LIMIT_SECONDS in every recovery pass (no expired lease was
+    # taken over any more), ARTIFACT_RETENTION_DAYS and JANITOR_GRACE_SECONDS in every janitor
+    # run, the heartbeat and poll intervals in the thread that waits.
+    value = "999999" if name.endswith("_DAYS") else "1000000000000"
+    clean_env.setenv(name, value)
+    with pytest.raises(InvalidSettings) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "\n" not in message
+    # Named with this bound, or with a tighter one the setting had already.
+    assert ((f"{name}: at most " in message and "(100 years; got " in message)
+            or f"{name}: Input should be less than or equal to" in message
+            or f"{name}: must not exceed" in message), message
+
+
+def test_durations_of_a_century_pass(clean_env: pytest.MonkeyPatch) -> None:
+    for name in DURATIONS:
+        if name not in ("S3_PRESIGN_EXPIRY_S", "VALIDATION_CPU_SECONDS",
+                        "DATABASE_CONNECT_TIMEOUT_SECONDS", "MLFLOW_HTTP_TIMEOUT_SECONDS"):
+            clean_env.setenv(name, "36500" if name.endswith("_DAYS") else "3153600000")
+    assert load_settings().job_time_limit_seconds == 3153600000
+
+
 def test_good_values_pass_and_empty_optionals_mean_unset(clean_env: pytest.MonkeyPatch) -> None:
     for name, value in {
         "DATABASE_URL": "postgres://u:p@db:5432/rift", "BROKER_URL": "rediss://:p@r:6380/1",

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from persistence.settings import Settings
+from tests.service_fixtures import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The mlflow package made unfindable, as where the extra is not installed.
@@ -140,3 +141,57 @@ def test_an_mlflow_model_name_mlflow_refuses_stops_the_start(sqlite_url: str,
     assert result.stderr.strip().splitlines() == [
         "rift: MLFLOW_MODEL_NAME 'team/rift:tuned' holds '/' or ':', which MLflow refuses in a "
         "registered model's name; choose another"]
+
+
+def launch_celery_worker(tmp_path: Path, sqlite_url: str, queue: str) -> WorkerProcess:
+    """A real ``celery worker -Q queue`` with the stage workers' environment of compose: a
+    ``DATA_ROOT`` that is not mounted here and a ``WORKER_DEVICE`` this host lacks."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env.update(PYTHONPATH=str(ROOT), LOG_FORMAT="text", DATABASE_URL=sqlite_url,
+               BROKER_URL="memory://", STORE_ROOT=str(tmp_path / "objects"),
+               WORK_DIR=str(tmp_path / "work"), DATA_ROOT=str(tmp_path / "mnt" / "data"),
+               WORKER_DEVICE="cuda:7")
+    log_path = tmp_path / f"worker-{queue}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
+             "-Q", queue, "--without-gossip", "--without-mingle", "--without-heartbeat",
+             "--loglevel=INFO", "-n", f"{queue}@%h"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return WorkerProcess(process, log_path, queue)
+
+
+def test_a_webhook_worker_starts_without_the_stage_workers_data_and_device(
+        sqlite_url: str, tmp_path: Path) -> None:
+    # compose's `webhooks` service shares the stage worker's environment (DATA_ROOT=/data) but
+    # mounts no /data: it stopped at every start on the DATA_ROOT check, so no webhook was ever
+    # delivered. It reads no dataset, runs no model and exports nothing.
+    worker = launch_celery_worker(tmp_path, sqlite_url, Settings().webhook_queue)
+    try:
+        worker.wait_ready()
+        assert "DATA_ROOT" not in worker.log() and "WORKER_DEVICE" not in worker.log()
+    finally:
+        worker.discard()
+
+
+def test_a_stage_worker_still_checks_them_at_its_start(sqlite_url: str, tmp_path: Path) -> None:
+    worker = launch_celery_worker(tmp_path, sqlite_url, "rift,rift-webhooks")
+    try:
+        assert worker.process.wait(timeout=120) == 1, worker.log()
+    finally:
+        worker.discard()
+    assert (f"rift: DATA_ROOT: {str(tmp_path / 'mnt' / 'data')!r} is not a readable folder "
+            "(ENOENT: No such file or directory)") in worker.log()
+
+
+def test_a_worker_of_a_queue_the_service_never_sends_to_stops_the_start(
+        sqlite_url: str, tmp_path: Path) -> None:
+    # `-Q rfit` started a worker that waited for ever, counted as live, while jobs waited for it.
+    worker = launch_celery_worker(tmp_path, sqlite_url, "rift,rfit")
+    try:
+        assert worker.process.wait(timeout=120) == 1, worker.log()
+    finally:
+        worker.discard()
+    assert ("rift: this worker consumes 'rfit', where the service sends nothing: stages go to "
+            "CELERY_QUEUE ('rift'), webhook deliveries to WEBHOOK_QUEUE ('rift-webhooks')"
+            ) in worker.log()

@@ -61,6 +61,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from rift_client import __version__
 from rift_client.cli_help import RiftTyper
 from rift_client.cli_input import STDIN, as_regular_file, is_stream
 from rift_client.client import RiftClient
@@ -201,6 +202,12 @@ admin_app.add_typer(admin_keys_app, name="keys")
 app.add_typer(admin_app, name="admin")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"riftctl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
@@ -222,6 +229,9 @@ def main_options(
     retries: Annotated[int | None, typer.Option(
         "--retries", min=0, help="Retries of a request the service refused, or answered 429/503 "
         f"(default {RetryPolicy().max_retries}, with backoff; 0: fail at the first).")] = None,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the client's release and exit (the service's: GET /openapi.json).")] = False,
 ) -> None:
     """Command line of the RiFT service. Exit codes: 0 success, 1 job failed or cancelled,
     2 usage error, 3 refused by the service, 4 wait timed out, 5 auth, 6 not found,
