@@ -4,7 +4,9 @@ parameter), its project, its scopes, and the project's request rate.
 Every ``/v1`` route except the probes depends on :func:`get_caller`; GET and HEAD need the
 ``read`` scope, every other method ``write``, the admin routes ``admin`` (write implies read,
 admin implies both). A missing, malformed, unknown or revoked key is a 401 with
-``WWW-Authenticate: Bearer``; a key without the scope is a 403 naming it.
+``WWW-Authenticate: Bearer`` (``error="invalid_token"`` when a key was refused); a key without
+the scope is a 403 naming it, in the body and the challenge. The key is judged before anything
+else of the request, a JSON body included (:mod:`api.expect_continue`).
 """
 
 from __future__ import annotations

@@ -123,6 +123,12 @@ UNKNOWN_KEY = "rift_0123456789ab_" + "A" * 43
 #: A path segment each (percent-encoded where the character would not reach the app as it is).
 MALFORMED_SEGMENTS = ["x" * 300, "%2E%2E", "%C3%A9t%C3%A9", "%00", "%20%09", "%25", "%FF",
                       "a%2Fb", "%2E%2E%2F%2E%2E"]
+#: Each request of another project's ids is sent plain and with these: conditions that would
+#: pass (or fail) on the owner's resource, a range, a live event stream.
+CROSS_HEADERS: list[dict[str, str]] = [
+    {}, {"If-None-Match": "*", "Range": "bytes=0-3"},
+    {"If-Match": '"0"', "If-Unmodified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"},
+    {"Accept": "text/event-stream", "Last-Event-ID": "0"}]
 #: Headers that differ between any two answers whatever they are about.
 VOLATILE_HEADERS = frozenset({"date", "x-request-id", "server"})
 UNKNOWN_IDS = {"checkpoint_id": "0" * 32, "dataset_id": "1" * 32, "job_id": "2" * 32,
@@ -395,16 +401,24 @@ def test_another_projects_resources_answer_like_missing_ones(
                     continue  # a 403 before any id (checked above)
                 if access is Access.ADMIN and name == "admin":
                     continue  # an admin key manages every project (by design)
-                answer = _call(client, method, _fill(template, theirs), template)
-                what = (name, method, template)
-                _no_server_error(answer, what)
-                baseline = _call(client, method, _fill(template, unknown), template)
-                assert _shape(answer, theirs) == _shape(baseline, unknown), (what, answer.text)
-                assert not _leaks(answer, world.secrets), (what, _leaks(answer, world.secrets))
-                # Another project's resource is not found; an admin route tells any key but
-                # an admin's the scope, whether the project exists or not.
-                assert answer.status_code == (403 if access is Access.ADMIN else 404), (
-                    what, answer.text)
+                for headers in CROSS_HEADERS:
+                    if "Last-Event-ID" in headers and not template.endswith("/events"):
+                        continue  # a JSON route's 406, the same for any id
+                    answer = _call(client, method, _fill(template, theirs), template,
+                                   headers=headers)
+                    what = (name, method, template, headers)
+                    _no_server_error(answer, what)
+                    baseline = _call(client, method, _fill(template, unknown), template,
+                                     headers=headers)
+                    assert _shape(answer, theirs) == _shape(baseline, unknown), (
+                        what, answer.text)
+                    assert not _leaks(answer, world.secrets), (what, _leaks(answer,
+                                                                            world.secrets))
+                    # Another project's resource is not found (whatever a condition, a range or
+                    # a stream asked); an admin route tells any key but an admin's the scope,
+                    # whether the project exists or not.
+                    assert answer.status_code == (403 if access is Access.ADMIN else 404), (
+                        what, answer.text)
                 checked += 1
         assert checked >= 40
         # The owner's resources are all there still, untouched by the others' writes.
