@@ -38,7 +38,6 @@ from tests.api.helpers import (
     RecordingDispatcher,
     digits_config,
     make_key,
-    upload_checkpoint,
 )
 from tests.api.test_api_fuzz import dataset_npz
 from tests.service_fixtures import settings_from_env
@@ -170,7 +169,10 @@ def _build_world(api: Api, small_cnn_file: Path) -> World:
     _, owner_key = make_key(api.sessions, OWNER)
     owner = api.client_for(owner_key)
     try:
-        checkpoint = upload_checkpoint(_as(api, owner), small_cnn_file)
+        uploaded = owner.post("/v1/checkpoints", files={
+            "file": ("owner-weights.safetensors", small_cnn_file.read_bytes())})
+        assert uploaded.status_code == 201, uploaded.text
+        checkpoint = uploaded.json()
         dataset = owner.post("/v1/datasets", files={"file": ("owner-data.npz", dataset_npz())})
         assert dataset.status_code == 201, dataset.text
         job = owner.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
@@ -211,7 +213,7 @@ def _build_world(api: Api, small_cnn_file: Path) -> World:
         project_id = session.execute(select(Project.id).where(Project.name == OWNER)).scalar_one()
     secrets = [OWNER, project_id, checkpoint["sha256"], dataset.json()["sha256"], stored.sha256,
                "owner-secret-hook", hook.json()["secret"], owner_key.split("_")[1],
-               "owner-data.npz", small_cnn_file.name]
+               "owner-data.npz", "owner-weights.safetensors"]
     return World(owner_ids=owner_ids, secrets=secrets,
                  keys={"owner": owner_key, "stranger": stranger_key, "reader": reader_key,
                        "admin": admin_key, "revoked": revoked_key})
@@ -343,6 +345,8 @@ def test_every_keyed_route_refuses_a_missing_bad_or_weak_key_first(
         {"Authorization": f"Bearer {key[:-1]}\u00e9".encode()},  # UTF-8 bytes in the key
         {"Authorization": f"Bearer {key[:20]} {key[20:]}"},
         {"Authorization": f"Bearer {key}x"},
+        # The key's prefix with another secret of the right form: found, and its hash differs.
+        {"Authorization": f"Bearer {key[:-1]}{'B' if key[-1] != 'B' else 'C'}"},
         {"Authorization": f"Bearer {UNKNOWN_KEY}"},
         {"Authorization": f"Bearer {world.keys['revoked']}"},
         {"Cookie": f"Authorization=Bearer {key}"},
@@ -401,7 +405,10 @@ def test_another_projects_resources_answer_like_missing_ones(
                     continue  # a 403 before any id (checked above)
                 if access is Access.ADMIN and name == "admin":
                     continue  # an admin key manages every project (by design)
-                for headers in CROSS_HEADERS:
+                # The conditions, range and stream with one key and the full methods (HEAD is
+                # GET's answer without the body).
+                tried = CROSS_HEADERS if name == "stranger" and method != "HEAD" else [{}]
+                for headers in tried:
                     if "Last-Event-ID" in headers and not template.endswith("/events"):
                         continue  # a JSON route's 406, the same for any id
                     answer = _call(client, method, _fill(template, theirs), template,
@@ -421,6 +428,21 @@ def test_another_projects_resources_answer_like_missing_ones(
                         what, answer.text)
                 checked += 1
         assert checked >= 40
+        # Ids named in a body: a job on the owner's checkpoint, or on a checkpoint of one's own
+        # with the owner's dataset, is refused as for ids that do not exist.
+        stranger = clients["stranger"]
+        npz_config = {"architecture": {"name": "small_cnn", "num_classes": 10},
+                      "dataset": {"name": "npz"}, "device": "cpu"}
+        # (The dataset is looked up before the checkpoint: any checkpoint id will do.)
+        for field, body in (("checkpoint_id", {"config": digits_config()}),
+                            ("dataset_id", {"checkpoint_id": UNKNOWN_IDS["checkpoint_id"],
+                                            "config": npz_config})):
+            theirs, unknown = world.owner_ids[field], UNKNOWN_IDS[field]
+            answer = stranger.post("/v1/jobs", json={**body, field: theirs})
+            baseline = stranger.post("/v1/jobs", json={**body, field: unknown})
+            assert answer.status_code == 422, answer.text
+            assert _shape(answer, {field: theirs}) == _shape(baseline, {field: unknown})
+            assert not _leaks(answer, world.secrets), answer.text
         # The owner's resources are all there still, untouched by the others' writes.
         with api.client_for(world.keys["owner"]) as owner:
             ids = world.owner_ids
@@ -515,12 +537,13 @@ def test_a_json_body_is_not_read_before_the_key(matrix_api: Api,
     with api.sessions() as session:
         revoke_key(session, _key_id(api, revoked))
     values = {"job_id": UNKNOWN_IDS["job_id"], "name": "tests"}
-    bodies = [b"{", b"\xff\xfe", b'{"alpha": NaN}', b"[" * 5000, b"{" + b" " * (2 << 20) + b"}"]
+    bodies = [b"{", b"\xff\xfe", b'{"alpha": NaN}', b"[" * 5000]
+    oversize = b"{" + b" " * (2 << 20) + b"}"  # past the 1 MiB of a JSON body: was a 413
     for method, template in json_routes:
         path = _fill(template, values)
         for key, status in ((None, 401), (revoked, 401), (reader, 403)):
             with api.client_for(key) as client:
-                for content in bodies:
+                for content in bodies + ([oversize] if key is None else []):
                     response = client.request(method, path, content=content,
                                               headers={"Content-Type": "application/json"})
                     assert response.status_code == status, (template, key, content[:5],
