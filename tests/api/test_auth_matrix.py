@@ -588,3 +588,29 @@ def test_refusals_carry_the_bearer_challenge_naming_the_error(matrix_api: Api) -
             assert response.headers["www-authenticate"] == (
                 f'{realm}, error="insufficient_scope", scope="{scope}"')
             assert response.json()["error"]["required_scope"] == scope
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_open_routes_answer_whatever_key_is_sent(matrix_api: Api) -> None:
+    # The probes, the documentation and (METRICS_TOKEN unset) the metrics ignore the API key:
+    # a bad or revoked one is not a 401 there, and a good one reveals nothing more.
+    _, revoked = make_key(matrix_api.sessions, "tests")
+    with matrix_api.sessions() as session:
+        revoke_key(session, _key_id(matrix_api, revoked))
+    values = {"path": "swagger-ui/swagger-ui.css"}
+    for (method, template), access in sorted(ROUTES.items()):
+        if access not in (Access.OPEN, Access.OPERATOR):
+            continue
+        path = _fill(template, values)
+        answers = []
+        for key in (None, UNKNOWN_KEY, revoked, matrix_api.key):
+            with matrix_api.client_for(key) as client:
+                for sent in _methods(method):
+                    response = client.request(sent, path)
+                    # (/readyz may say 503 while the validator starts: the same to any key.)
+                    assert response.status_code in (200, 503), (sent, path, key,
+                                                                response.text[:200])
+                    assert "www-authenticate" not in response.headers, (sent, path)
+                    ready = None if path.endswith("readyz") else response.status_code
+                    answers.append((sent, ready, response.headers["content-type"]))
+        assert len(set(answers)) == len(_methods(method)), (path, answers)
