@@ -4,7 +4,9 @@ parameter), its project, its scopes, and the project's request rate.
 Every ``/v1`` route except the probes depends on :func:`get_caller`; GET and HEAD need the
 ``read`` scope, every other method ``write``, the admin routes ``admin`` (write implies read,
 admin implies both). A missing, malformed, unknown or revoked key is a 401 with
-``WWW-Authenticate: Bearer``; a key without the scope is a 403 naming it.
+``WWW-Authenticate: Bearer`` (``error="invalid_token"`` when a key was refused); a key without
+the scope is a 403 naming it, in the body and the challenge. The key is judged before anything
+else of the request, a JSON body included (:mod:`api.expect_continue`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,13 @@ class Caller:
         """Raise :class:`Forbidden` (403) unless the key has ``scope``."""
         if scope not in self.scopes:
             raise Forbidden(f"this API key lacks the '{scope}' scope this request needs",
-                            field="Authorization", details={"required_scope": str(scope)})
+                            scope=str(scope))
+
+
+#: The request-state key of a caller authenticated before the route ran (api.expect_continue:
+#: before FastAPI reads a JSON body), which :func:`get_caller` takes instead of looking the key
+#: up again.
+AUTHENTICATED_CALLER = "authenticated_caller"
 
 
 def _state_rate_limiter(request: Request) -> RateLimiter:
@@ -73,15 +81,19 @@ def authorized_caller(state: State, authorization: list[str], token: str | None,
         # Which one counts would be a guess: this app read the first, a proxy in front of it
         # may check or add another. Two keys are never meant, so none is used.
         raise Unauthorized(f"the request has {len(authorization)} Authorization headers; "
-                           "send one")
+                           "send one", error="invalid_request")
     if token is None:
-        raise Unauthorized("send an API key as 'Authorization: Bearer <key>' (create one with "
-                           "rift-admin keys create)")
+        # Which is wrong, without quoting the header: it may be a key sent without its scheme.
+        sent = ("the Authorization header is not 'Bearer <key>' (another scheme, or the key "
+                "without 'Bearer '): " if authorization else "")
+        raise Unauthorized(f"{sent}send an API key as 'Authorization: Bearer <key>' (create one "
+                           "with rift-admin keys create)")
     settings: Settings = state.settings
     with state.session_factory() as session:
         found = authenticate(session, token)
     if found is None:
-        raise Unauthorized("the API key is not valid (unknown, malformed or revoked)")
+        raise Unauthorized("the API key is not valid (unknown, malformed or revoked)",
+                           error="invalid_token")
     key, project = found
     caller = Caller(project_id=project.id, project_name=project.name, key_id=key.id,
                     scopes=effective_scopes(key.scopes), limits=ProjectLimits.of(project, settings))
@@ -95,9 +107,11 @@ def get_caller(
     limiter: Annotated[RateLimiter, Depends(_state_rate_limiter)],
 ) -> Caller:
     """Authenticate the request's key, check the method's scope and count the request."""
-    caller = authorized_caller(request.app.state, request.headers.getlist("authorization"),
-                               credentials.credentials if credentials else None,
-                               request.method, request.url.path)
+    caller: Caller | None = getattr(request.state, AUTHENTICATED_CALLER, None)
+    if caller is None:
+        caller = authorized_caller(request.app.state, request.headers.getlist("authorization"),
+                                   credentials.credentials if credentials else None,
+                                   request.method, request.url.path)
     limit = caller.limits.max_requests_per_minute
     rate_key = project_rate_key(caller.project_id)
     retry = limiter.hit(rate_key, limit, 60)

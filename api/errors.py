@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -96,23 +96,40 @@ class WordedValidationError(RequestValidationError):
     (:func:`api.spec_messages.refine_request_errors`)."""
 
 
+#: The Bearer challenge of every refusal of a key (RFC 6750 §3).
+BEARER_REALM = 'Bearer realm="rift"'
+
+
 class Unauthorized(ApiError):
-    """No key, or one that is unknown or revoked: 401 with the challenge RFC 6750 asks for."""
+    """No key, or one that is unknown or revoked: 401 with the challenge RFC 6750 asks for.
+    ``error``: the challenge's error code (§3.1), for a request that presented a key:
+    ``invalid_token`` (refused) or ``invalid_request`` (several), so that a client can tell a
+    bad key from a missing one, which gets the bare challenge (§3: no error code then)."""
 
     status_code = 401
     code = "unauthorized"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *,
+                 error: Literal["invalid_token", "invalid_request"] | None = None) -> None:
+        challenge = f'{BEARER_REALM}, error="{error}"' if error else BEARER_REALM
         super().__init__(message, field="Authorization",
-                         headers={"WWW-Authenticate": 'Bearer realm="rift"'})
+                         headers={"WWW-Authenticate": challenge})
 
 
 class Forbidden(ApiError):
     """The key is valid but lacks the scope the route needs (never used to hide resources:
-    another project's resource is a 404)."""
+    another project's resource is a 404). The challenge names the scope (RFC 6750 §3.1:
+    ``error="insufficient_scope"``), as the body's ``required_scope`` does; it was missing, so
+    a client reading the header only could not tell a weak key from any other 403."""
 
     status_code = 403
     code = "insufficient_scope"
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(
+            message, field="Authorization", details={"required_scope": scope},
+            headers={"WWW-Authenticate":
+                     f'{BEARER_REALM}, error="insufficient_scope", scope="{scope}"'})
 
 
 class TooManyRequests(ApiError):
@@ -304,7 +321,7 @@ def from_persistence_error(exc: PersistenceError) -> ApiError | None:
         return NotFound(exc.message, field="job_id", code=exc.code)
     if isinstance(exc, ProjectNotFound):
         # The caller's project was deleted while this request ran: its key no longer works.
-        return Unauthorized("the API key's project was deleted")
+        return Unauthorized("the API key's project was deleted", error="invalid_token")
     if isinstance(exc, ProjectAlreadyDeleted):
         return NotFound(exc.message, field="name", code=exc.code)
     if isinstance(exc, ProjectHasActiveJobs):

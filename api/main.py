@@ -171,12 +171,14 @@ def create_app(
     app.state.stored_tensors = StoredTensorsCache()
     app.state.metrics = ApiMetrics(settings.prometheus_multiproc_dir)
     install_error_handlers(app)
-    # Innermost, so that a route's reads see decoded bytes and its errors reach the handlers.
+    # Innermost: when FastAPI first reads a JSON body, the key is checked before anything of
+    # the body is (the decoding's size checks included), as every other route checks it first.
+    app.add_middleware(KeyBeforeBody)
+    # Inside everything else, so that a route's reads see decoded bytes and its errors reach
+    # the handlers.
     app.add_middleware(RequestDecoding, max_json_bytes=MAX_FIELD_BYTES,
                        max_streamed_bytes=max(settings.max_checkpoint_bytes,
                                               settings.max_dataset_bytes) + 2 * MAX_FIELD_BYTES)
-    # Its check runs when the route first reads the body, after the size check above.
-    app.add_middleware(KeyBeforeBody)
     # Inside HEAD's conversion, so that a HEAD gets the GET's ETag and 304.
     app.add_middleware(JsonValidators)
     # Inside the observability middleware, so that logs and metrics still say HEAD.
