@@ -193,7 +193,14 @@ class NpzLayout:
 
 
 def _is_real(dtype: np.dtype[Any]) -> bool:
-    return bool(np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
+    # By kind, not np.issubdtype: numpy counts timedelta64 as a signed integer, and its values
+    # then failed float() in the checks (the library crashed with a TypeError, the upload said
+    # "cannot read").
+    return dtype.kind in "iuf"
+
+
+def _is_integer(dtype: np.dtype[Any]) -> bool:
+    return dtype.kind in "iu"
 
 
 def npz_layout(shape: tuple[int, ...], dtype: np.dtype[Any], key: str,
@@ -204,18 +211,18 @@ def npz_layout(shape: tuple[int, ...], dtype: np.dtype[Any], key: str,
         DatasetError: wrong number of dimensions, dtype, channels or image size; names ``key``.
     """
     if len(shape) == 2:
-        if not _is_real(dtype) or dtype == np.bool_:
+        if not _is_real(dtype):
             raise DatasetError(f"key '{key}': feature vectors (N×F) must be integers or floats; "
                                f"got {dtype}")
         if shape[1] < 1:
             raise DatasetError(f"key '{key}': shape {list(shape)} has no features")
         return NpzLayout("features", (int(shape[1]),))
-    if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
+    if dtype != np.uint8 and dtype.kind != "f":
         # Integer pixels other than uint8: int64 from np.array of Python ints, uint16 from
         # 16-bit scans. Only the user knows their range, so the hint gives both readings.
         hint = (f" (save {key}.astype(np.uint8) if they are 8-bit pixels 0-255, or "
                 f"({key} / {key}.max()).astype(np.float32), e.g. / 65535 for 16-bit ones, as "
-                "pixels in [0, 1])" if np.issubdtype(dtype, np.integer) else "")
+                "pixels in [0, 1])" if _is_integer(dtype) else "")
         raise DatasetError(f"key '{key}': images must be uint8 or float; got {dtype}{hint}")
     if len(shape) == 3:
         channels, height, width, last = 1, shape[1], shape[2], False
@@ -237,6 +244,41 @@ def npz_layout(shape: tuple[int, ...], dtype: np.dtype[Any], key: str,
         f"({key}.reshape(len({key}), -1) / 255).astype(np.float32) for 8-bit pixels) and set "
         "attack.domain 'unit' to keep the attack in [0, 1]")
     return NpzLayout("images", (int(channels), int(height), int(width)), last)
+
+
+def _examples_text(layout: NpzLayout, shape: tuple[int, ...]) -> str:
+    if layout.content == "features":
+        return f"feature vectors of {layout.shape[0]} values (shape {list(shape)})"
+    channels, height, width = layout.shape
+    return f"{height}×{width} images of {channels} channel(s) (shape {list(shape)})"
+
+
+def check_test_inputs(train: NpzLayout, train_dtype: np.dtype[Any], train_shape: tuple[int, ...],
+                      test: NpzLayout, test_dtype: np.dtype[Any],
+                      test_shape: tuple[int, ...]) -> None:
+    """Require ``x_test`` (``test``, from its own shape by :func:`npz_layout`) to be read as ``x``
+    (``train``) is: examples of the same content and C×H×W (or F), and images of the same kind,
+    8-bit (uint8, read as value / 255) or float. Each array is read in its own memory layout
+    (N×H×W×C or N×C×H×W) and floats of any width as float32, so those may differ. Before, the
+    upload refused what the library read alike (float16 ``x`` beside float64 ``x_test``), and
+    the library's message compared the tensors after reading: "torch.uint8 (3, 8, 8) vs
+    torch.uint8 (3, 8, 8)" for an N×C×H×W ``x_test`` beside an N×H×W×C ``x``.
+
+    Raises:
+        DatasetError: naming ``x_test``, both shapes or dtypes, and the fix.
+    """
+    if (test.content, test.shape) != (train.content, train.shape):
+        raise DatasetError(
+            f"key 'x_test' holds {_examples_text(test, test_shape)} but 'x' holds "
+            f"{_examples_text(train, train_shape)}: test examples must be of the training "
+            "examples' kind and size")
+    if train.content == "images" and (train_dtype == np.uint8) != (test_dtype == np.uint8):
+        fix = ("(x_test * 255).round().astype(np.uint8)" if train_dtype == np.uint8
+               else "(x_test / 255).astype(np.float32)")
+        raise DatasetError(
+            f"key 'x_test' holds {test_dtype} images but 'x' holds {train_dtype} ones: store "
+            "both as 8-bit pixels (uint8, 0-255) or both as float pixels in [0, 1]; save "
+            f"x_test like x: {fix}")
 
 
 def refuse_one_pixel_images(size: tuple[int, int], what: str, remedy: str) -> None:
@@ -300,7 +342,7 @@ def label_count(shape: tuple[int, ...], dtype: np.dtype[Any], key: str) -> int:
     if len(shape) != 1:
         raise DatasetError(f"key '{key}' must be 1-D (one label per example); got shape "
                            f"{list(shape)}")
-    if not np.issubdtype(dtype, np.integer):
+    if not _is_integer(dtype):
         # Text labels are class names: astype(np.int64) would fail on them.
         hint = (f"number the class names: names, {key} = np.unique({key}, return_inverse=True)"
                 if dtype.kind in "US" else

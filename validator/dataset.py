@@ -52,6 +52,7 @@ from rift.dataset_formats import (
     check_npz_keys,
     check_npz_member_names,
     check_tar_member,
+    check_test_inputs,
     class_folders_problem,
     imagefolder_channels,
     imagefolder_root,
@@ -339,6 +340,9 @@ def _inspect_npz_archive(path: str, display_name: str,
         headers = {key: read_npz_header(archive, key) for key in NPZ_KEYS if key in keys}
         x = headers["x"]
         layout = npz_layout(x.shape, x.dtype, "x", SERVICE_MIN_IMAGE_SIDE)
+        # Each input array is read in its own memory layout (x_test may be N×C×H×W beside an
+        # N×H×W×C x).
+        layouts = {"x": layout}
         count = x.shape[0]
         test_count = 0
         check_has_examples(count, "x", display_name)
@@ -348,10 +352,8 @@ def _inspect_npz_archive(path: str, display_name: str,
         if "x_test" in headers:
             x_test = headers["x_test"]
             test_layout = npz_layout(x_test.shape, x_test.dtype, "x_test", SERVICE_MIN_IMAGE_SIDE)
-            if test_layout != layout or x_test.dtype != x.dtype:
-                raise DatasetError(
-                    f"key 'x_test' must match 'x' in layout and dtype: {x_test.dtype} "
-                    f"{list(x_test.shape[1:])} vs {x.dtype} {list(x.shape[1:])}")
+            check_test_inputs(layout, x.dtype, x.shape, test_layout, x_test.dtype, x_test.shape)
+            layouts["x_test"] = test_layout
             test_count = x_test.shape[0]
             check_has_examples(test_count, "x_test", display_name)
             if label_count(headers["y_test"].shape, headers["y_test"].dtype, "y_test") != test_count:
@@ -379,7 +381,8 @@ def _inspect_npz_archive(path: str, display_name: str,
                             if header.fortran_order else
                             ExampleScan(key, int(np.prod(header.shape[1:], dtype=np.int64)),
                                         images=images, itemsize=header.dtype.itemsize))
-                ranges.start(header.shape, _channel_axis(header.shape, layout.channels_last),
+                ranges.start(header.shape,
+                             _channel_axis(header.shape, layouts[key].channels_last),
                              fortran_order=header.fortran_order)
                 _scan_values(archive, key, scan, examples, ranges)
                 scan.finish()

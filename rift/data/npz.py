@@ -32,6 +32,7 @@ from rift.dataset_formats import (
     check_has_examples,
     check_npz_keys,
     check_npz_member_names,
+    check_test_inputs,
     label_count,
     npz_layout,
     num_classes_from_labels,
@@ -149,11 +150,13 @@ def load_npz(spec: DatasetSpec) -> SourceData:
     train = ImageTensors(x, _labels(arrays["y"], "y", x.shape[0], "x"))
     test = None
     if "x_test" in arrays:
-        x_test, test_layout = _inputs(arrays["x_test"], "x_test")
-        if test_layout != layout or x_test.dtype != x.dtype:
-            raise DatasetError(
-                f"key 'x_test' must match 'x' in layout and dtype: {x_test.dtype} "
-                f"{tuple(x_test.shape[1:])} vs {x.dtype} {tuple(x.shape[1:])}")
+        stored, stored_test = arrays["x"], arrays["x_test"]
+        # The stored arrays are compared, before x_test's values, as the upload compares them
+        # (not the tensors read).
+        check_test_inputs(layout, stored.dtype, stored.shape,
+                          npz_layout(stored_test.shape, stored_test.dtype, "x_test"),
+                          stored_test.dtype, stored_test.shape)
+        x_test, _ = _inputs(stored_test, "x_test")
         test = ImageTensors(x_test, _labels(arrays["y_test"], "y_test", x_test.shape[0], "x_test"))
     for key, part in (("x", train), ("x_test", test)):
         if part is not None:
