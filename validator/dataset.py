@@ -73,6 +73,7 @@ from rift.image_content import (
     check_summaries,
     faint_problem,
     one_class_problem,
+    unranged_pixels_problem,
 )
 from validator.distinct_labels import DistinctLabels
 from validator.image_sample import PixelSampler
@@ -439,6 +440,8 @@ class ImageProbe:
     grey: bool
     #: The file ends before its format says (see _truncated): the job would fail reading it.
     truncated: bool = False
+    #: Why the library refuses the file by its header alone (32-bit or float pixels), or None.
+    problem: str | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -480,6 +483,9 @@ class TarScan:
     #: Path prefix → the first member under it whose file ends before its format says
     #: (``ImageProbe.truncated``).
     truncated: dict[tuple[str, ...], str] = field(default_factory=dict)
+    #: Path prefix → why the library refuses the first image under it by its header
+    #: (``ImageProbe.problem``).
+    refused: dict[tuple[str, ...], str] = field(default_factory=dict)
 
 
 def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
@@ -503,6 +509,7 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
     colour: set[tuple[str, ...]] = set()
     unreadable: dict[tuple[str, ...], str] = {}
     truncated: dict[tuple[str, ...], str] = {}
+    refused: dict[tuple[str, ...], str] = {}
     counts: dict[tuple[str, ...], int] = {}
     sizes: dict[tuple[str, ...], tuple[int, int]] = {}
     mixed_sizes: set[tuple[str, ...]] = set()
@@ -556,7 +563,7 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                 reader = archive.extractfile(member)
                 data = reader.read(MAX_PROBE_IMAGE_BYTES) if reader is not None else b""
                 complete = member.size <= MAX_PROBE_IMAGE_BYTES
-                probe = _probe_image(data, complete)
+                probe = _probe_image(data, complete, member.name)
                 # An unreadable image counts for neither; one in a folder the library reads
                 # refuses the upload (see _imagefolder_layout). A file past the probe's bytes
                 # is not judged (a TIFF may keep its header at the end).
@@ -578,6 +585,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                                      complete=complete)
                     if probe.truncated:
                         truncated.setdefault(prefix, member.name)
+                    if probe.problem is not None:
+                        refused.setdefault(prefix, probe.problem)
                 elif complete:
                     unreadable.setdefault(prefix, member.name)
                 if not full:
@@ -586,7 +595,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
         raise DatasetError(f"{display_name} is not a readable tar archive: {exc}") from exc
     return TarScan(sorted(files), sorted(entries), num_images, first, sorted(colour), unreadable,
                    counts, sizes, mixed_sizes, sample, folders, annotated,
-                   annotated_files if names_kept < MAX_ANNOTATED_NAMES else None, truncated)
+                   annotated_files if names_kept < MAX_ANNOTATED_NAMES else None, truncated,
+                   refused)
 
 
 def _marked(parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -747,6 +757,12 @@ def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
                 f"{display_name}: {name!r} is truncated (the file ends before its image data "
                 "does: an interrupted copy or download?); the job would fail reading it: "
                 "replace or remove it")
+    for prefix, problem in sorted(scan.refused.items()):
+        # Every image's header is read, so an image off the decoded sample is found too (it
+        # was accepted, and the job failed decoding it).
+        if within(prefix, read):
+            raise DatasetError(f"{display_name}: {problem}; the job would fail reading it: "
+                               "replace or remove it")
     if scan.sample is not None:
         _check_pixels(scan.sample, root, tree, display_name)
     if len(classes) == 1:
@@ -794,7 +810,7 @@ def _check_pixels(sample: PixelSampler, root: tuple[str, ...], tree: _Tree,
         check_summaries(where, spread, summaries)
 
 
-def _probe_image(data: bytes, complete: bool) -> ImageProbe | None:
+def _probe_image(data: bytes, complete: bool, name: str) -> ImageProbe | None:
     # Only the header is parsed; the first MAX_PROBE_IMAGE_BYTES hold it for every format read
     # (a TIFF may keep its directory at the end: a larger one is then not probed). ``complete``:
     # ``data`` is the whole file, so whether it ends where its format says can be told.
@@ -808,9 +824,10 @@ def _probe_image(data: bytes, complete: bool) -> ImageProbe | None:
             palette = image.getpalette("RGB") if image.mode in PALETTE_MODES else None
             grey = is_grey_image(image.mode, palette)
             truncated = complete and _truncated(image, data)
+            problem = unranged_pixels_problem(image.mode, repr(name))
     except Exception:  # undecodable or a decompression bomb: the worker reports it precisely
         return None
-    return ImageProbe(height, width, grey, truncated)
+    return ImageProbe(height, width, grey, truncated, problem)
 
 
 #: Uncompressed images (BMP, PPM/PGM, raw TIFF) up to this many pixels are loaded to tell whether

@@ -350,6 +350,34 @@ def test_a_truncated_image_outside_the_sample_is_refused(tmp_path: Path) -> None
         load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "tree")), seed=0)
 
 
+@pytest.mark.parametrize(("pixels", "says"), [
+    (np.arange(256, dtype=np.int32).reshape(16, 16) * 4096, "32-bit integer pixels .mode 'I'."),
+    (np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16), "floating-point pixels .mode 'F'."),
+])
+def test_a_32_bit_or_float_image_outside_the_sample_is_refused(tmp_path: Path, pixels: np.ndarray,
+                                                               says: str) -> None:
+    # As above, ant/131 is never decoded by the sample. Before: a TIFF of 32-bit or float pixels
+    # there was accepted (only decoding refused it), and the job failed reading it; its header
+    # names the mode, so every such image is found.
+    path = tmp_path / "t.tar"
+    rng = np.random.default_rng(0)
+    names = [f"ant/{i:03d}.png" for i in range(140) if i != 131] + [f"bee/{i}.png" for i in range(3)]
+    members = {name: _png_bytes(Image.fromarray(rng.integers(0, 256, (16, 16), np.uint8)),
+                                format="PNG") for name in names}
+    members["ant/131.tif"] = _png_bytes(Image.fromarray(pixels), format="TIFF")
+    with tarfile.open(path, "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with pytest.raises(DatasetError, match=rf"t\.tar: image 'ant/131\.tif' has {says}"):
+        inspect_dataset_file(str(path), "t.tar", 10**9)
+    with tarfile.open(path) as archive:
+        archive.extractall(tmp_path / "tree", filter="data")
+    with pytest.raises(DatasetError, match=rf"131\.tif has {says}"):
+        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "tree")), seed=0)
+
+
 @pytest.mark.parametrize("options", [
     {"format": "PNG"}, {"format": "JPEG"}, {"format": "JPEG", "progressive": True},
     {"format": "BMP"}, {"format": "TIFF"}])
@@ -361,7 +389,7 @@ def test_the_truncation_check_agrees_with_pillow_at_every_cut(options: dict) -> 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 12, 3), np.uint8))
     data = _png_bytes(image, **options)
     for cut in range(len(data) // 3, len(data) + 1):
-        probe = _probe_image(data[:cut], complete=True)
+        probe = _probe_image(data[:cut], complete=True, name="x")
         if probe is None:
             continue  # the header itself is cut: refused as unreadable
         try:
