@@ -75,6 +75,25 @@ PALETTE_MODES = frozenset({"P", "PA"})
 # ------------------------------------------------------------------------------------ npz
 
 
+#: How an .npz (a zip archive) and a .npy file (one bare array) begin.
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+NPY_MAGIC = b"\x93NUMPY"
+#: How to make the file an npz dataset wants, ending the messages about other files.
+SAVE_NPZ = "save the arrays with np.savez(path, x=..., y=...)"
+
+
+def first_bytes_text(head: bytes) -> str:
+    """What a file that is no archive holds, from its first bytes ``head`` (a few suffice)."""
+    return "it is empty" if not head else f"its first bytes are {head[:8]!r}"
+
+
+def single_array_problem(what: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> str:
+    """The message for a .npy file (``what``: how the caller names it) given as a dataset: one
+    array of ``dtype`` and ``shape``, with no keys to find ``x`` and ``y`` under."""
+    return (f"{what} holds a single {dtype} array of shape {list(shape)} (a .npy file), not an "
+            f".npz archive; {SAVE_NPZ}")
+
+
 def check_npz_keys(keys: Iterable[str], display_name: str) -> None:
     """Require ``x`` and ``y``, and ``x_test`` and ``y_test`` together or not at all.
 

@@ -41,8 +41,10 @@ from rift.dataset_formats import (
     ANNOTATIONS,
     HELD_OUT_FOLDERS,
     IMAGE_SUFFIXES,
+    NPY_MAGIC,
     NPZ_KEYS,
     PALETTE_MODES,
+    SAVE_NPZ,
     SERVICE_MIN_IMAGE_SIDE,
     TRAIN_FOLDER,
     NpyHeader,
@@ -54,6 +56,7 @@ from rift.dataset_formats import (
     check_tar_member,
     check_test_inputs,
     class_folders_problem,
+    first_bytes_text,
     imagefolder_channels,
     imagefolder_root,
     is_grey_image,
@@ -65,6 +68,7 @@ from rift.dataset_formats import (
     parse_annotations,
     path_parts,
     read_npy_header,
+    single_array_problem,
 )
 from rift.errors import DatasetError
 from rift.image_content import (
@@ -195,9 +199,27 @@ def inspect_dataset_file(path: str, display_name: str, max_unpacked_bytes: int) 
         raise
     except Exception as exc:  # zlib, lzma, encrypted or exotic members: the upload's fault
         raise DatasetError(f"cannot read {display_name}: {type(exc).__name__}: {exc}") from exc
-    raise DatasetError(
-        f"{display_name} is neither an .npz file nor a tar archive of an ImageFolder tree"
-    )
+    raise DatasetError(_other_file_problem(head, display_name))
+
+
+def _other_file_problem(head: bytes, display_name: str) -> str:
+    """What a file that is neither an npz nor a tar (its first bytes ``head``) is, and what to
+    send, worded as the library words it for ``--data-path``. Before: "is neither an .npz file
+    nor a tar archive of an ImageFolder tree", for a .npy file, an empty file or a CSV alike."""
+    if head.startswith(NPY_MAGIC):
+        stream = io.BytesIO(head)
+        try:
+            read_header = (np.lib.format.read_array_header_1_0
+                           if np.lib.format.read_magic(stream) == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(stream)
+        except Exception:  # a damaged header, or one longer than the bytes read: said below
+            pass
+        else:
+            return single_array_problem(display_name, dtype, shape)
+    return (f"{display_name} is neither an .npz file nor a tar archive of an ImageFolder tree "
+            f"({first_bytes_text(head)}); {SAVE_NPZ}, or pack an ImageFolder tree (a folder of "
+            "class folders of images) with tar czf data.tgz -C FOLDER .")
 
 
 def _refuse_compressed_array_file(path: str, head: bytes, display_name: str) -> None:

@@ -25,7 +25,10 @@ import torch
 from rift.config import DatasetSpec
 from rift.data.tensors import ImageTensors, SourceData
 from rift.dataset_formats import (
+    NPY_MAGIC,
     NPZ_KEYS,
+    SAVE_NPZ,
+    ZIP_MAGIC,
     NpzLayout,
     ValueScan,
     check_enough_examples,
@@ -33,10 +36,12 @@ from rift.dataset_formats import (
     check_npz_keys,
     check_npz_member_names,
     check_test_inputs,
+    first_bytes_text,
     label_count,
     npz_layout,
     num_classes_from_labels,
     read_npy_header,
+    single_array_problem,
 )
 from rift.errors import DatasetError
 from rift.image_content import ExampleScan, faint_problem, one_class_problem
@@ -100,12 +105,6 @@ def _refuse_object_arrays(path: Path) -> None:
                     read_npy_header(member, name.removesuffix(".npy"))
 
 
-#: How an .npz (a zip archive) and a .npy file begin; np.load reads anything else as a pickle,
-#: refused as "pickled (object) data" for a text file, an image or a CSV that is none.
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-_NPY_MAGIC = b"\x93NUMPY"
-
-
 def _refuse_other_formats(path: Path) -> None:
     """Raises DatasetError (field ``dataset.path``) when ``path`` begins as neither an .npz nor
     an .npy file, saying what its first bytes are."""
@@ -115,11 +114,12 @@ def _refuse_other_formats(path: Path) -> None:
     except OSError as exc:
         raise DatasetError(f"cannot read 'path' {path}: {exc.strerror or exc}",
                            field="dataset.path") from exc
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_NPY_MAGIC):
+    # np.load reads anything else as a pickle, refused as "pickled (object) data" for a text
+    # file, an image or a CSV that is none.
+    if head.startswith(ZIP_MAGIC) or head.startswith(NPY_MAGIC):
         return
-    shown = "it is empty" if not head else f"its first bytes are {head!r}"
-    raise DatasetError(f"'path' {path} is not an .npz archive ({shown}); save the arrays with "
-                       "np.savez(path, x=..., y=...)", field="dataset.path")
+    raise DatasetError(f"'path' {path} is not an .npz archive ({first_bytes_text(head)}); "
+                       f"{SAVE_NPZ}", field="dataset.path")
 
 
 def load_npz(spec: DatasetSpec) -> SourceData:
@@ -134,10 +134,8 @@ def load_npz(spec: DatasetSpec) -> SourceData:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             # np.load reads a .npy file as one bare array, with no keys to find x and y under.
-            raise DatasetError(
-                f"'path' {path} holds a single {loaded.dtype} array of shape "
-                f"{list(loaded.shape)} (a .npy file), not an .npz archive; save the arrays with "
-                "np.savez(path, x=..., y=...)", field="dataset.path")
+            raise DatasetError(single_array_problem(f"'path' {path}", loaded.dtype, loaded.shape),
+                               field="dataset.path")
         with loaded as archive:
             _refuse_object_arrays(path)
             names = list(archive.files)

@@ -295,3 +295,34 @@ def test_x_test_unlike_x_gets_one_message_from_both(tmp_path: Path, arrays: dict
         inspect_dataset_file(path, "d.npz", 10**9)
     with pytest.raises(DatasetError, match=says):
         load_dataset(DatasetSpec(name="npz", path=path), seed=0)
+
+
+def _npy(path: Path) -> None:
+    with path.open("wb") as file:
+        np.save(file, varied((10, 8, 8)))
+
+
+@pytest.mark.parametrize(("make", "upload_says", "library_says"), [
+    # Before, the upload said only "is neither an .npz file nor a tar archive of an ImageFolder
+    # tree", for each of these, naming neither what the file was nor what to send.
+    (_npy, r"d\.npz holds a single uint8 array of shape \[10, 8, 8\] \(a \.npy file\), not an "
+           r"\.npz archive; save the arrays with np\.savez\(path, x=\.\.\., y=\.\.\.\)", None),
+    (lambda path: path.write_bytes(b""),
+     r"d\.npz is neither an \.npz file nor a tar archive of an ImageFolder tree \(it is empty\); "
+     r"save the arrays with np\.savez\(path, x=\.\.\., y=\.\.\.\), or pack an ImageFolder tree "
+     r".*tar czf data\.tgz -C FOLDER \.", r"\(it is empty\); save the arrays with np\.savez"),
+    (lambda path: path.write_bytes(b"a,b,label\n1,2,0\n"),
+     r"\(its first bytes are b'a,b,labe'\); save the arrays with np\.savez",
+     r"\(its first bytes are b'a,b,labe'\); save the arrays with np\.savez"),
+])
+def test_a_file_that_is_no_archive_says_what_it_is_and_what_to_send(
+        tmp_path: Path, make, upload_says: str, library_says: str | None) -> None:
+    from rift.config import DatasetSpec
+    from rift.data import load_dataset
+
+    path = tmp_path / "d.npz"
+    make(path)
+    with pytest.raises(DatasetError, match=upload_says):
+        inspect_dataset_file(str(path), "d.npz", 10**9)
+    with pytest.raises(DatasetError, match=library_says or upload_says.replace(r"d\.npz", ".*")):
+        load_dataset(DatasetSpec(name="npz", path=str(path)), seed=0)
