@@ -49,6 +49,7 @@ from rift.dataset_formats import (
     ANNOTATIONS,
     HELD_OUT_FOLDERS,
     IMAGE_SUFFIXES,
+    NPY_MAGIC,
     TRAIN_FOLDER,
     ImageChannels,
     class_folders_problem,
@@ -180,17 +181,37 @@ def _tensors(files: Labelled, pixels: _Pixels, channels: int) -> ImageTensors:
     return ImageTensors(images, torch.tensor([label for _, label in files], dtype=torch.int64))
 
 
+def _file_hint(path: Path) -> str:
+    """What the file given as the tree's folder is, and how to read it."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(NPY_MAGIC))
+        if head.startswith(NPY_MAGIC):
+            return (" (a .npy file, one array: save the arrays with np.savez(path, x=..., y=...) "
+                    "and read it with dataset 'npz')")
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                arrays = any(name.endswith(".npy") for name in archive.namelist())
+            # Before, an .npz was told to be unpacked, as a tar or zip of images is.
+            if arrays:
+                return " (an .npz of arrays: read it with dataset 'npz')"
+            return " (an archive: unpack it and give the folder)"
+        if tarfile.is_tarfile(path):
+            # The service takes the tree as a tar; the library reads it unpacked.
+            return " (an archive: unpack it and give the folder)"
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return ""
+
+
 def load_imagefolder(spec: DatasetSpec) -> SourceData:
     """uint8 images from the tree at ``spec.path`` (see the module docstring), N×C×H×W with C
     from ``spec.channels`` (see the module docstring); 16-bit images are scaled to 8 bits,
     32-bit integer and float images refused."""
     root = Path(spec.path or "")
     if not root.is_dir():
-        # The service takes the tree as a tar; the library reads it unpacked.
-        archive = " (an archive: unpack it and give the folder)" if root.is_file() and (
-            tarfile.is_tarfile(root) or zipfile.is_zipfile(root)) else ""
-        raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder{archive}",
-                           field="dataset.path")
+        raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder"
+                           f"{_file_hint(root) if root.is_file() else ''}", field="dataset.path")
     train_root = root / TRAIN_FOLDER if (root / TRAIN_FOLDER).is_dir() else root
     classes = [d.name for d in _visible_dirs(train_root)]
     if not classes:

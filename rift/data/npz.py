@@ -16,6 +16,7 @@ naming the key and an example.
 
 from __future__ import annotations
 
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -118,6 +119,13 @@ def _refuse_other_formats(path: Path) -> None:
     # file, an image or a CSV that is none.
     if head.startswith(ZIP_MAGIC) or head.startswith(NPY_MAGIC):
         return
+    if tarfile.is_tarfile(path):
+        # Before: "its first bytes are b'cat/0.pn'; save the arrays with np.savez": the tar of
+        # an ImageFolder tree the service takes as a dataset, given to the wrong reader.
+        raise DatasetError(
+            f"'path' {path} is a tar archive, not an .npz: an ImageFolder tree (class folders "
+            "of images, which the service takes as a tar) is read by dataset 'imagefolder' "
+            "from its folder: unpack it and give the folder", field="dataset.path")
     raise DatasetError(f"'path' {path} is not an .npz archive ({first_bytes_text(head)}); "
                        f"{SAVE_NPZ}", field="dataset.path")
 
