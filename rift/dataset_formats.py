@@ -592,6 +592,31 @@ def imagefolder_channels_hint(channels: int, wanted: int, field: str) -> str:
             f"{wanted}")
 
 
+def no_classes_problem(tree: str) -> str:
+    """The message for a tree (``tree``: its training folder, as the caller names it) without
+    class folders. The upload and the library word the tree problems here, so both say the same
+    (the library's said less: no fix, no layout)."""
+    return f"no class folders in {tree}; expected <class>/<image> or train/<class>/<image>"
+
+
+def empty_class_problem(folder: str, tree: str) -> str:
+    """The message for a class ``folder`` of the training folder ``tree`` holding no image."""
+    return (f"class folder {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+            f"every folder of {tree} is a class: add its images or remove it")
+
+
+def unknown_held_out_problem(held_out: str, unknown: Sequence[str], tree: str) -> str:
+    """The message for a held-out folder whose class folders ``unknown`` the training folder
+    ``tree`` lacks."""
+    return (f"{held_out} has class folder(s) {sorted(unknown)} that {tree} lacks; a held-out "
+            "class must be a training class (names compare exactly, letter case included)")
+
+
+def empty_held_out_problem(held_out: str) -> str:
+    """The message for a held-out folder whose class folders hold no image."""
+    return f"the held-out folder {held_out} holds no image files in its class folders"
+
+
 def class_folders_problem(classes: Sequence[str], subfolders: Callable[[str], list[str]],
                           where: str) -> str | None:
     """Why the class folders ``classes`` of a tree without ``train/`` (in ``where``) are not

@@ -56,6 +56,8 @@ from rift.dataset_formats import (
     check_tar_member,
     check_test_inputs,
     class_folders_problem,
+    empty_class_problem,
+    empty_held_out_problem,
     first_bytes_text,
     imagefolder_channels,
     imagefolder_root,
@@ -63,12 +65,14 @@ from rift.dataset_formats import (
     is_hidden,
     is_image_file,
     label_count,
+    no_classes_problem,
     npz_layout,
     num_classes_from_labels,
     parse_annotations,
     path_parts,
     read_npy_header,
     single_array_problem,
+    unknown_held_out_problem,
 )
 from rift.errors import DatasetError
 from rift.image_content import (
@@ -668,15 +672,11 @@ def _tree(folders: set[tuple[str, ...]], annotated: dict[tuple[str, ...], bytes 
     base = (TRAIN_FOLDER,) if (TRAIN_FOLDER,) in folders else ()
     classes = sorted(_children(folders, base))
     if not classes:
-        raise DatasetError(
-            f"{display_name}: no class folders in {where(base)}; expected <class>/<image> or "
-            "train/<class>/<image>")
+        raise DatasetError(f"{display_name}: {no_classes_problem(where(base))}")
     for name in classes:
         if not images_in((*base, name)):
             raise DatasetError(
-                f"{display_name}: class folder {where((*base, name))} holds no image files "
-                f"({', '.join(sorted(IMAGE_SUFFIXES))}); every folder of {where(base)} is a "
-                "class: add its images or remove it")
+                f"{display_name}: {empty_class_problem(where((*base, name)), where(base))}")
     if not base:
         problem = class_folders_problem(
             classes, lambda name: sorted(_children(folders, (name,))), display_name)
@@ -698,14 +698,11 @@ def _tree(folders: set[tuple[str, ...]], annotated: dict[tuple[str, ...], bytes 
             continue  # unlabelled (Tiny-ImageNet's test/images): not read
         unknown = sorted(sub - set(classes))
         if unknown:
-            raise DatasetError(
-                f"{display_name}: {where(held_out)} has class folder(s) {unknown} that "
-                f"{where(base)} lacks; a held-out class must be a training class (names compare "
-                "exactly, letter case included)")
+            raise DatasetError(f"{display_name}: "
+                               f"{unknown_held_out_problem(where(held_out), unknown, where(base))}")
         read: list[tuple[str, ...]] = [(name, label) for label in sorted(sub)]
         if not any(images_in(folder) for folder in read):
-            raise DatasetError(f"{display_name}: the held-out folder {where(held_out)} holds no "
-                               f"image files in its class folders")
+            raise DatasetError(f"{display_name}: {empty_held_out_problem(where(held_out))}")
         return _Tree(classes, base, held_out, read)
     return _Tree(classes, base, None, [])
 

@@ -262,6 +262,9 @@ def _wrapped_twice(root: Path) -> None:
     _classes(root / "me" / "data")
 
 
+_NO_IMAGE = (r"class folder .*cow holds no image files \(.*\); every folder of .* is a class: "
+             "add its images or remove it")
+
 REFUSED_TREES = {
     "class folders wrapped in two folders": (
         _wrapped_twice, r"the only class folder, 'me', holds folders \(\['data'\]\)",
@@ -275,17 +278,20 @@ REFUSED_TREES = {
         r"'wrapped/val/val_annotations.txt' line 3: images/v9.png is not in the archive",
         r"line 3: .*v9.png does not exist"),
 
+    # The library's words are the upload's (rift.dataset_formats): before, it named no fix.
     "an empty class folder": (_empty_class_folder, "class folder 'wrapped/cow' holds no image",
-                              "cow holds no image"),
+                              _NO_IMAGE),
     "a class folder of other files": (_class_folder_of_notes,
-                                      "class folder 'wrapped/cow' holds no image",
-                                      "cow holds no image"),
+                                      "class folder 'wrapped/cow' holds no image", _NO_IMAGE),
     "a held-out class train/ lacks": (_held_out_class_train_lacks,
                                       r"'wrapped/val' has class folder\(s\) \['cow'\] that "
-                                      "'wrapped/train' lacks", r"\['cow'\] that 'train' lacks"),
+                                      "'wrapped/train' lacks",
+                                      r"\['cow'\] that .*train lacks; a held-out class must be a "
+                                      r"training class \(names compare exactly"),
     "held-out class folders without images": (_held_out_class_folders_without_images,
                                               "the held-out folder 'wrapped/val' holds no image",
-                                              "held-out folder .* is empty"),
+                                              "the held-out folder .*val holds no image files in "
+                                              "its class folders"),
     "splits not named train/ and val/": (_splits_named_otherwise,
                                          "'Testing' holds folders .* named like a split",
                                          "'Testing' holds folders .* named like a split"),
