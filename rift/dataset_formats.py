@@ -714,7 +714,10 @@ def tar_member_problem(member: tarfile.TarInfo) -> str | None:
     if ".." in PurePosixPath(name).parts:
         return "contains '..'"
     if member.issym() or member.islnk():
-        return "is a link"
+        # Links to files are common in real trees (deduplicated or snapshot copies, which GNU
+        # tar stores as hard links): say how to store the files themselves.
+        return ("is a link (pack the tree with tar -h --hard-dereference to store the files "
+                "links point to)")
     if not (member.isfile() or member.isdir()):
         return "is not a regular file or folder (device, fifo, ...)"
     return None
