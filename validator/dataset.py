@@ -125,7 +125,7 @@ class DatasetInspection:
     ImageFolder whose images in those folders are not all of one size (a job must then set
     ``dataset.image_size``, which resizes them). ``num_features`` is set for feature vectors
     only. ``num_examples`` counts every example: npz ``x`` and ``x_test``, or the image
-    files (tar). ``label_min``/``label_max`` span every label (train and test); ``num_classes``
+    files of the folders the library reads (tar). ``label_min``/``label_max`` span every label (train and test); ``num_classes``
     is ``label_max + 1`` for npz (labels are class indices), the class folders for ImageFolder.
     ``num_distinct_labels``: how many distinct labels an npz holds (train and test; fewer than
     ``num_classes`` when they skip numbers), and ``distinct_labels`` those labels in ascending
@@ -804,7 +804,10 @@ def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
         shape = (imagefolder_channels("auto", all_grey), height, width)
     return DatasetInspection(
         kind="imagefolder", content="images", image_shape=shape, num_features=None,
-        num_examples=scan.num_images, num_classes=len(classes), label_min=0,
+        # The images the library reads (before: every image file, an unread stray or unlabelled
+        # one included, unlike the library's count).
+        num_examples=sum(images_in(folder) for folder in read), num_classes=len(classes),
+        label_min=0,
         label_max=len(classes) - 1, image_sizes_differ=sizes_differ)
 
 
