@@ -149,6 +149,12 @@ def _key_hint(key: str, present: set[str]) -> str:
     for name in (key, *_KEY_SYNONYMS[key]):
         if name in lower:
             return f": save '{lower[name]}' as '{key}'"
+    # A zip of a folder of .npy files (zip -r d.npz arrays/) keeps them as 'arrays/x.npy'.
+    nested = sorted(name for name in present if "/" in name
+                    and name.rsplit("/", 1)[1].lower() in (key, *_KEY_SYNONYMS[key]))
+    if nested:
+        return (f": '{nested[0]}.npy' lies in a folder of the zip; the arrays must be at its top "
+                "level: save them with np.savez(path, x=..., y=...) (or zip -j the .npy files)")
     return ""
 
 

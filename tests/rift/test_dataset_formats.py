@@ -178,6 +178,9 @@ def test_float_pixels_just_outside_the_unit_range_are_told_to_clip(values: np.nd
     (["arr_0", "arr_1"], r"saved without names .* np.savez\(path, x=..., y=...\)"),
     (["X", "Y"], "save 'X' as 'x'"),
     (["x", "labels"], "save 'labels' as 'y'"),
+    # zip -r d.npz arrays/: before, no hint.
+    (["arrays/x", "arrays/y"], r"'arrays/x\.npy' lies in a folder of the zip; the arrays must be "
+                               r"at its top level: .*zip -j"),
 ])
 def test_missing_keys_say_what_the_keys_present_were_meant_as(keys: list[str], hint: str) -> None:
     # Before: only "has no key 'x' (keys: [...]); an npz dataset needs 'x' ...".
