@@ -125,8 +125,9 @@ class DatasetInspection:
     ImageFolder whose images in those folders are not all of one size (a job must then set
     ``dataset.image_size``, which resizes them). ``num_features`` is set for feature vectors
     only. ``num_examples`` counts every example: npz ``x`` and ``x_test``, or the image
-    files of the folders the library reads (tar). ``label_min``/``label_max`` span every label (train and test); ``num_classes``
-    is ``label_max + 1`` for npz (labels are class indices), the class folders for ImageFolder.
+    files of the folders the library reads (tar). ``label_min``/``label_max`` span every label
+    (train and test); ``num_classes`` is ``label_max + 1`` for npz (labels are class indices),
+    the class folders for ImageFolder.
     ``num_distinct_labels``: how many distinct labels an npz holds (train and test; fewer than
     ``num_classes`` when they skip numbers), and ``distinct_labels`` those labels in ascending
     order when there are at most ``validator.distinct_labels.LISTED_LABELS_MAX``; None for an
