@@ -82,9 +82,21 @@ NPY_MAGIC = b"\x93NUMPY"
 SAVE_NPZ = "save the arrays with np.savez(path, x=..., y=...)"
 
 
+#: Formats users keep arrays in, by their first bytes, and how to turn them into an npz.
+_OTHER_FORMATS = (
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file: read its arrays with h5py"),
+    (b"MATLAB ", "a MATLAB file: read its arrays with scipy.io.loadmat (h5py for v7.3 files)"),
+    (b"\x80", "a Python pickle: unpickle it yourself, if you trust it"),
+)
+
+
 def first_bytes_text(head: bytes) -> str:
-    """What a file that is no archive holds, from its first bytes ``head`` (a few suffice)."""
-    return "it is empty" if not head else f"its first bytes are {head[:8]!r}"
+    """What a file that is no archive holds, from its first bytes ``head`` (at least 8): its
+    first bytes, and the format when it is one users keep arrays in."""
+    if not head:
+        return "it is empty"
+    known = next((f", {name}" for magic, name in _OTHER_FORMATS if head.startswith(magic)), "")
+    return f"its first bytes are {head[:8]!r}{known}"
 
 
 def single_array_problem(what: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> str:

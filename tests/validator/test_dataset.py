@@ -314,6 +314,13 @@ def _npy(path: Path) -> None:
     (lambda path: path.write_bytes(b"a,b,label\n1,2,0\n"),
      r"\(its first bytes are b'a,b,labe'\); save the arrays with np\.savez",
      r"\(its first bytes are b'a,b,labe'\); save the arrays with np\.savez"),
+    # Formats arrays are kept in are named, with the reader to load them (before: the bytes).
+    (lambda path: path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(600)),
+     r"an HDF5 file: read its arrays with h5py\); save the arrays with np\.savez",
+     r"an HDF5 file: read its arrays with h5py\); save the arrays with np\.savez"),
+    (lambda path: path.write_bytes(b"MATLAB 5.0 MAT-file, Platform: posix" + bytes(600)),
+     r"a MATLAB file: read its arrays with scipy\.io\.loadmat",
+     r"a MATLAB file: read its arrays with scipy\.io\.loadmat"),
 ])
 def test_a_file_that_is_no_archive_says_what_it_is_and_what_to_send(
         tmp_path: Path, make, upload_says: str, library_says: str | None) -> None:
