@@ -551,7 +551,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
         with tarfile.open(fileobj=handle, mode="r|*") as archive:
             for count, member in enumerate(archive, start=1):
                 check_tar_member(member, display_name)
-                first_copy = paths.add(member)
+                parts = path_parts(member.name)
+                first_copy = paths.add(member, parts)
                 if count > MAX_TAR_MEMBERS:
                     raise DatasetError(f"{display_name} has more than {MAX_TAR_MEMBERS} members")
                 unpacked += member.size
@@ -559,7 +560,6 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                     raise DatasetError(
                         f"{display_name} unpacks to more than the limit of {max_unpacked_bytes} "
                         "bytes")
-                parts = path_parts(member.name)
                 if not parts or any(is_hidden(p) for p in parts):
                     continue
                 inside = parts if member.isdir() else parts[:-1]
@@ -588,7 +588,7 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                 # (20,000 28×28 PNGs, one CPU core of our 2-core test machine).
                 reader = archive.extractfile(member)
                 data = reader.read(MAX_PROBE_IMAGE_BYTES) if reader is not None else b""
-                if not paths.read_image(member, data, first_copy):
+                if not paths.read_image(member, parts, data, first_copy):
                     continue
                 prefix = _marked(parts)[:4]
                 files.add(prefix)
