@@ -57,3 +57,18 @@ def with_architecture_hint(error: CheckpointMismatchError, spec: ArchitectureSpe
         f"these weights fit the architecture {name!r}, not {spec.name!r}: set "
         f"architecture.name to {name!r}. {error.message}", error.missing, error.unexpected,
         error.mismatched)
+
+
+def feature_vectors_hint(error: CheckpointMismatchError, num_features: int, field: str) -> str:
+    """The end of a mismatch message for feature vectors (an npz ``x`` of shape (N, F)) given to
+    a checkpoint of an image model (a convolution's 4-D weight mismatched): "" otherwise.
+    ``field`` names the architecture's name where the caller's user sets it. Before, the library
+    said the data's "images have 5 channel(s)" and to repeat an npz x along its channel axis,
+    and the service named no cause."""
+    if not any(len(saved) == 4 for _, saved, _ in error.mismatched):
+        return ""
+    return (f"; the dataset holds feature vectors of {num_features} values (an npz x of shape "
+            f"(N, F)), which an image model takes as {num_features}-channel 1×1 images: use a "
+            f"model for feature vectors ({field} 'mlp', or an installed one) and a checkpoint "
+            "trained on such vectors")
+

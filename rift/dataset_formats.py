@@ -75,6 +75,37 @@ PALETTE_MODES = frozenset({"P", "PA"})
 # ------------------------------------------------------------------------------------ npz
 
 
+#: How an .npz (a zip archive) and a .npy file (one bare array) begin.
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+NPY_MAGIC = b"\x93NUMPY"
+#: How to make the file an npz dataset wants, ending the messages about other files.
+SAVE_NPZ = "save the arrays with np.savez(path, x=..., y=...)"
+
+
+#: Formats users keep arrays in, by their first bytes, and how to turn them into an npz.
+_OTHER_FORMATS = (
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file: read its arrays with h5py"),
+    (b"MATLAB ", "a MATLAB file: read its arrays with scipy.io.loadmat (h5py for v7.3 files)"),
+    (b"\x80", "a Python pickle: unpickle it yourself, if you trust it"),
+)
+
+
+def first_bytes_text(head: bytes) -> str:
+    """What a file that is no archive holds, from its first bytes ``head`` (at least 8): its
+    first bytes, and the format when it is one users keep arrays in."""
+    if not head:
+        return "it is empty"
+    known = next((f", {name}" for magic, name in _OTHER_FORMATS if head.startswith(magic)), "")
+    return f"its first bytes are {head[:8]!r}{known}"
+
+
+def single_array_problem(what: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> str:
+    """The message for a .npy file (``what``: how the caller names it) given as a dataset: one
+    array of ``dtype`` and ``shape``, with no keys to find ``x`` and ``y`` under."""
+    return (f"{what} holds a single {dtype} array of shape {list(shape)} (a .npy file), not an "
+            f".npz archive; {SAVE_NPZ}")
+
+
 def check_npz_keys(keys: Iterable[str], display_name: str) -> None:
     """Require ``x`` and ``y``, and ``x_test`` and ``y_test`` together or not at all.
 
@@ -130,6 +161,12 @@ def _key_hint(key: str, present: set[str]) -> str:
     for name in (key, *_KEY_SYNONYMS[key]):
         if name in lower:
             return f": save '{lower[name]}' as '{key}'"
+    # A zip of a folder of .npy files (zip -r d.npz arrays/) keeps them as 'arrays/x.npy'.
+    nested = sorted(name for name in present if "/" in name
+                    and name.rsplit("/", 1)[1].lower() in (key, *_KEY_SYNONYMS[key]))
+    if nested:
+        return (f": '{nested[0]}.npy' lies in a folder of the zip; the arrays must be at its top "
+                "level: save them with np.savez(path, x=..., y=...) (or zip -j the .npy files)")
     return ""
 
 
@@ -193,7 +230,14 @@ class NpzLayout:
 
 
 def _is_real(dtype: np.dtype[Any]) -> bool:
-    return bool(np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
+    # By kind, not np.issubdtype: numpy counts timedelta64 as a signed integer, and its values
+    # then failed float() in the checks (the library crashed with a TypeError, the upload said
+    # "cannot read").
+    return dtype.kind in "iuf"
+
+
+def _is_integer(dtype: np.dtype[Any]) -> bool:
+    return dtype.kind in "iu"
 
 
 def npz_layout(shape: tuple[int, ...], dtype: np.dtype[Any], key: str,
@@ -204,18 +248,18 @@ def npz_layout(shape: tuple[int, ...], dtype: np.dtype[Any], key: str,
         DatasetError: wrong number of dimensions, dtype, channels or image size; names ``key``.
     """
     if len(shape) == 2:
-        if not _is_real(dtype) or dtype == np.bool_:
+        if not _is_real(dtype):
             raise DatasetError(f"key '{key}': feature vectors (N×F) must be integers or floats; "
                                f"got {dtype}")
         if shape[1] < 1:
             raise DatasetError(f"key '{key}': shape {list(shape)} has no features")
         return NpzLayout("features", (int(shape[1]),))
-    if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
+    if dtype != np.uint8 and dtype.kind != "f":
         # Integer pixels other than uint8: int64 from np.array of Python ints, uint16 from
         # 16-bit scans. Only the user knows their range, so the hint gives both readings.
         hint = (f" (save {key}.astype(np.uint8) if they are 8-bit pixels 0-255, or "
                 f"({key} / {key}.max()).astype(np.float32), e.g. / 65535 for 16-bit ones, as "
-                "pixels in [0, 1])" if np.issubdtype(dtype, np.integer) else "")
+                "pixels in [0, 1])" if _is_integer(dtype) else "")
         raise DatasetError(f"key '{key}': images must be uint8 or float; got {dtype}{hint}")
     if len(shape) == 3:
         channels, height, width, last = 1, shape[1], shape[2], False
@@ -237,6 +281,41 @@ def npz_layout(shape: tuple[int, ...], dtype: np.dtype[Any], key: str,
         f"({key}.reshape(len({key}), -1) / 255).astype(np.float32) for 8-bit pixels) and set "
         "attack.domain 'unit' to keep the attack in [0, 1]")
     return NpzLayout("images", (int(channels), int(height), int(width)), last)
+
+
+def _examples_text(layout: NpzLayout, shape: tuple[int, ...]) -> str:
+    if layout.content == "features":
+        return f"feature vectors of {layout.shape[0]} values (shape {list(shape)})"
+    channels, height, width = layout.shape
+    return f"{height}×{width} images of {channels} channel(s) (shape {list(shape)})"
+
+
+def check_test_inputs(train: NpzLayout, train_dtype: np.dtype[Any], train_shape: tuple[int, ...],
+                      test: NpzLayout, test_dtype: np.dtype[Any],
+                      test_shape: tuple[int, ...]) -> None:
+    """Require ``x_test`` (``test``, from its own shape by :func:`npz_layout`) to be read as ``x``
+    (``train``) is: examples of the same content and C×H×W (or F), and images of the same kind,
+    8-bit (uint8, read as value / 255) or float. Each array is read in its own memory layout
+    (N×H×W×C or N×C×H×W) and floats of any width as float32, so those may differ. Before, the
+    upload refused what the library read alike (float16 ``x`` beside float64 ``x_test``), and
+    the library's message compared the tensors after reading: "torch.uint8 (3, 8, 8) vs
+    torch.uint8 (3, 8, 8)" for an N×C×H×W ``x_test`` beside an N×H×W×C ``x``.
+
+    Raises:
+        DatasetError: naming ``x_test``, both shapes or dtypes, and the fix.
+    """
+    if (test.content, test.shape) != (train.content, train.shape):
+        raise DatasetError(
+            f"key 'x_test' holds {_examples_text(test, test_shape)} but 'x' holds "
+            f"{_examples_text(train, train_shape)}: test examples must be of the training "
+            "examples' kind and size")
+    if train.content == "images" and (train_dtype == np.uint8) != (test_dtype == np.uint8):
+        fix = ("(x_test * 255).round().astype(np.uint8)" if train_dtype == np.uint8
+               else "(x_test / 255).astype(np.float32)")
+        raise DatasetError(
+            f"key 'x_test' holds {test_dtype} images but 'x' holds {train_dtype} ones: store "
+            "both as 8-bit pixels (uint8, 0-255) or both as float pixels in [0, 1]; save "
+            f"x_test like x: {fix}")
 
 
 def refuse_one_pixel_images(size: tuple[int, int], what: str, remedy: str) -> None:
@@ -300,7 +379,7 @@ def label_count(shape: tuple[int, ...], dtype: np.dtype[Any], key: str) -> int:
     if len(shape) != 1:
         raise DatasetError(f"key '{key}' must be 1-D (one label per example); got shape "
                            f"{list(shape)}")
-    if not np.issubdtype(dtype, np.integer):
+    if not _is_integer(dtype):
         # Text labels are class names: astype(np.int64) would fail on them.
         hint = (f"number the class names: names, {key} = np.unique({key}, return_inverse=True)"
                 if dtype.kind in "US" else
@@ -531,6 +610,31 @@ def imagefolder_channels_hint(channels: int, wanted: int, field: str) -> str:
             f"{wanted}")
 
 
+def no_classes_problem(tree: str) -> str:
+    """The message for a tree (``tree``: its training folder, as the caller names it) without
+    class folders. The upload and the library word the tree problems here, so both say the same
+    (the library's said less: no fix, no layout)."""
+    return f"no class folders in {tree}; expected <class>/<image> or train/<class>/<image>"
+
+
+def empty_class_problem(folder: str, tree: str) -> str:
+    """The message for a class ``folder`` of the training folder ``tree`` holding no image."""
+    return (f"class folder {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+            f"every folder of {tree} is a class: add its images or remove it")
+
+
+def unknown_held_out_problem(held_out: str, unknown: Sequence[str], tree: str) -> str:
+    """The message for a held-out folder whose class folders ``unknown`` the training folder
+    ``tree`` lacks."""
+    return (f"{held_out} has class folder(s) {sorted(unknown)} that {tree} lacks; a held-out "
+            "class must be a training class (names compare exactly, letter case included)")
+
+
+def empty_held_out_problem(held_out: str) -> str:
+    """The message for a held-out folder whose class folders hold no image."""
+    return f"the held-out folder {held_out} holds no image files in its class folders"
+
+
 def class_folders_problem(classes: Sequence[str], subfolders: Callable[[str], list[str]],
                           where: str) -> str | None:
     """Why the class folders ``classes`` of a tree without ``train/`` (in ``where``) are not
@@ -628,7 +732,10 @@ def tar_member_problem(member: tarfile.TarInfo) -> str | None:
     if ".." in PurePosixPath(name).parts:
         return "contains '..'"
     if member.issym() or member.islnk():
-        return "is a link"
+        # Links to files are common in real trees (deduplicated or snapshot copies, which GNU
+        # tar stores as hard links): say how to store the files themselves.
+        return ("is a link (pack the tree with tar -h --hard-dereference to store the files "
+                "links point to)")
     if not (member.isfile() or member.isdir()):
         return "is not a regular file or folder (device, fifo, ...)"
     return None

@@ -55,11 +55,24 @@ def decode_8bit(image: Image.Image, name: object) -> tuple[Image.Image, bool]:
 
         wide = np.asarray(image).astype(np.uint32)
         return PILImage.fromarray(((wide + 128) // 257).astype(np.uint8), mode="L"), True
-    if image.mode in ("I", "F"):
-        raise DatasetError(
-            f"image {name} has {'32-bit integer' if image.mode == 'I' else 'floating-point'} "
-            f"pixels (mode {image.mode!r}) with no fixed range; save it with 8- or 16-bit pixels")
+    problem = unranged_pixels_problem(image.mode, name)
+    if problem is not None:
+        raise DatasetError(problem)
     return image.convert("L" if grey else "RGB"), grey
+
+
+#: Pillow modes of 32-bit integer and floating-point pixels, whose range no file states.
+UNRANGED_MODES = {"I": "32-bit integer", "F": "floating-point"}
+
+
+def unranged_pixels_problem(mode: str, name: object) -> str | None:
+    """Why an image of Pillow mode ``mode`` (from its header) is refused, naming ``name``, or
+    None. The library refuses such files when it decodes them (:func:`decode_8bit`), the upload
+    as soon as it reads their header, decoded or not."""
+    if mode not in UNRANGED_MODES:
+        return None
+    return (f"image {name} has {UNRANGED_MODES[mode]} pixels (mode {mode!r}) with no fixed "
+            "range; save it with 8- or 16-bit pixels")
 
 
 @dataclass(frozen=True)

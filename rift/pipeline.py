@@ -31,7 +31,7 @@ from torch import nn
 
 from rift import __version__ as rift_version
 from rift import checkpoints, stage_outputs
-from rift.architecture_hint import with_architecture_hint
+from rift.architecture_hint import feature_vectors_hint, with_architecture_hint
 from rift.attack_radius import check_attack_radius
 from rift.attacks import PGD
 from rift.batch_backoff import out_of_memory_names, with_batch_backoff
@@ -309,6 +309,8 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
             # The usual cause with a grey tree: a checkpoint trained on RGB copies of it.
             hint = imagefolder_channels_hint(channels, 3 if channels == 1 else 1,
                                              "dataset.channels")
+        elif splits.feature_vectors:
+            hint = feature_vectors_hint(exc, channels, "architecture.name")
         else:
             hint = _input_channels_hint(exc, channels)
         if not hint:

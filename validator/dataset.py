@@ -41,8 +41,10 @@ from rift.dataset_formats import (
     ANNOTATIONS,
     HELD_OUT_FOLDERS,
     IMAGE_SUFFIXES,
+    NPY_MAGIC,
     NPZ_KEYS,
     PALETTE_MODES,
+    SAVE_NPZ,
     SERVICE_MIN_IMAGE_SIDE,
     TRAIN_FOLDER,
     NpyHeader,
@@ -52,18 +54,25 @@ from rift.dataset_formats import (
     check_npz_keys,
     check_npz_member_names,
     check_tar_member,
+    check_test_inputs,
     class_folders_problem,
+    empty_class_problem,
+    empty_held_out_problem,
+    first_bytes_text,
     imagefolder_channels,
     imagefolder_root,
     is_grey_image,
     is_hidden,
     is_image_file,
     label_count,
+    no_classes_problem,
     npz_layout,
     num_classes_from_labels,
     parse_annotations,
     path_parts,
     read_npy_header,
+    single_array_problem,
+    unknown_held_out_problem,
 )
 from rift.errors import DatasetError
 from rift.image_content import (
@@ -72,9 +81,11 @@ from rift.image_content import (
     check_summaries,
     faint_problem,
     one_class_problem,
+    unranged_pixels_problem,
 )
 from validator.distinct_labels import DistinctLabels
 from validator.image_sample import PixelSampler
+from validator.tar_paths import TarPaths
 from validator.value_range import ChannelRanges
 
 #: Bytes of array data read (and checked) at a time: bounds the checker's memory.
@@ -114,8 +125,9 @@ class DatasetInspection:
     ImageFolder whose images in those folders are not all of one size (a job must then set
     ``dataset.image_size``, which resizes them). ``num_features`` is set for feature vectors
     only. ``num_examples`` counts every example: npz ``x`` and ``x_test``, or the image
-    files (tar). ``label_min``/``label_max`` span every label (train and test); ``num_classes``
-    is ``label_max + 1`` for npz (labels are class indices), the class folders for ImageFolder.
+    files of the folders the library reads (tar). ``label_min``/``label_max`` span every label
+    (train and test); ``num_classes`` is ``label_max + 1`` for npz (labels are class indices),
+    the class folders for ImageFolder.
     ``num_distinct_labels``: how many distinct labels an npz holds (train and test; fewer than
     ``num_classes`` when they skip numbers), and ``distinct_labels`` those labels in ascending
     order when there are at most ``validator.distinct_labels.LISTED_LABELS_MAX``; None for an
@@ -192,9 +204,27 @@ def inspect_dataset_file(path: str, display_name: str, max_unpacked_bytes: int) 
         raise
     except Exception as exc:  # zlib, lzma, encrypted or exotic members: the upload's fault
         raise DatasetError(f"cannot read {display_name}: {type(exc).__name__}: {exc}") from exc
-    raise DatasetError(
-        f"{display_name} is neither an .npz file nor a tar archive of an ImageFolder tree"
-    )
+    raise DatasetError(_other_file_problem(head, display_name))
+
+
+def _other_file_problem(head: bytes, display_name: str) -> str:
+    """What a file that is neither an npz nor a tar (its first bytes ``head``) is, and what to
+    send, worded as the library words it for ``--data-path``. Before: "is neither an .npz file
+    nor a tar archive of an ImageFolder tree", for a .npy file, an empty file or a CSV alike."""
+    if head.startswith(NPY_MAGIC):
+        stream = io.BytesIO(head)
+        try:
+            read_header = (np.lib.format.read_array_header_1_0
+                           if np.lib.format.read_magic(stream) == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(stream)
+        except Exception:  # a damaged header, or one longer than the bytes read: said below
+            pass
+        else:
+            return single_array_problem(display_name, dtype, shape)
+    return (f"{display_name} is neither an .npz file nor a tar archive of an ImageFolder tree "
+            f"({first_bytes_text(head)}); {SAVE_NPZ}, or pack an ImageFolder tree (a folder of "
+            "class folders of images) with tar czf data.tgz -C FOLDER .")
 
 
 def _refuse_compressed_array_file(path: str, head: bytes, display_name: str) -> None:
@@ -339,6 +369,9 @@ def _inspect_npz_archive(path: str, display_name: str,
         headers = {key: read_npz_header(archive, key) for key in NPZ_KEYS if key in keys}
         x = headers["x"]
         layout = npz_layout(x.shape, x.dtype, "x", SERVICE_MIN_IMAGE_SIDE)
+        # Each input array is read in its own memory layout (x_test may be N×C×H×W beside an
+        # N×H×W×C x).
+        layouts = {"x": layout}
         count = x.shape[0]
         test_count = 0
         check_has_examples(count, "x", display_name)
@@ -348,10 +381,8 @@ def _inspect_npz_archive(path: str, display_name: str,
         if "x_test" in headers:
             x_test = headers["x_test"]
             test_layout = npz_layout(x_test.shape, x_test.dtype, "x_test", SERVICE_MIN_IMAGE_SIDE)
-            if test_layout != layout or x_test.dtype != x.dtype:
-                raise DatasetError(
-                    f"key 'x_test' must match 'x' in layout and dtype: {x_test.dtype} "
-                    f"{list(x_test.shape[1:])} vs {x.dtype} {list(x.shape[1:])}")
+            check_test_inputs(layout, x.dtype, x.shape, test_layout, x_test.dtype, x_test.shape)
+            layouts["x_test"] = test_layout
             test_count = x_test.shape[0]
             check_has_examples(test_count, "x_test", display_name)
             if label_count(headers["y_test"].shape, headers["y_test"].dtype, "y_test") != test_count:
@@ -379,7 +410,8 @@ def _inspect_npz_archive(path: str, display_name: str,
                             if header.fortran_order else
                             ExampleScan(key, int(np.prod(header.shape[1:], dtype=np.int64)),
                                         images=images, itemsize=header.dtype.itemsize))
-                ranges.start(header.shape, _channel_axis(header.shape, layout.channels_last),
+                ranges.start(header.shape,
+                             _channel_axis(header.shape, layouts[key].channels_last),
                              fortran_order=header.fortran_order)
                 _scan_values(archive, key, scan, examples, ranges)
                 scan.finish()
@@ -436,6 +468,8 @@ class ImageProbe:
     grey: bool
     #: The file ends before its format says (see _truncated): the job would fail reading it.
     truncated: bool = False
+    #: Why the library refuses the file by its header alone (32-bit or float pixels), or None.
+    problem: str | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -477,6 +511,9 @@ class TarScan:
     #: Path prefix → the first member under it whose file ends before its format says
     #: (``ImageProbe.truncated``).
     truncated: dict[tuple[str, ...], str] = field(default_factory=dict)
+    #: Path prefix → why the library refuses the first image under it by its header
+    #: (``ImageProbe.problem``).
+    refused: dict[tuple[str, ...], str] = field(default_factory=dict)
 
 
 def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
@@ -500,6 +537,7 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
     colour: set[tuple[str, ...]] = set()
     unreadable: dict[tuple[str, ...], str] = {}
     truncated: dict[tuple[str, ...], str] = {}
+    refused: dict[tuple[str, ...], str] = {}
     counts: dict[tuple[str, ...], int] = {}
     sizes: dict[tuple[str, ...], tuple[int, int]] = {}
     mixed_sizes: set[tuple[str, ...]] = set()
@@ -508,10 +546,13 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
     decoded = 0
     max_decoded_bytes = max_unpacked_bytes * DECODED_PER_UNPACKED
     first: ImageProbe | None = None
+    paths = TarPaths(display_name)
     try:
         with tarfile.open(fileobj=handle, mode="r|*") as archive:
             for count, member in enumerate(archive, start=1):
                 check_tar_member(member, display_name)
+                parts = path_parts(member.name)
+                first_copy = paths.add(member, parts)
                 if count > MAX_TAR_MEMBERS:
                     raise DatasetError(f"{display_name} has more than {MAX_TAR_MEMBERS} members")
                 unpacked += member.size
@@ -519,7 +560,6 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                     raise DatasetError(
                         f"{display_name} unpacks to more than the limit of {max_unpacked_bytes} "
                         "bytes")
-                parts = path_parts(member.name)
                 if not parts or any(is_hidden(p) for p in parts):
                     continue
                 inside = parts if member.isdir() else parts[:-1]
@@ -543,17 +583,19 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                         names_kept += 1
                 if not is_image_file(parts[-1]):
                     continue
-                prefix = _marked(parts)[:4]
-                files.add(prefix)
-                counts[prefix] = counts.get(prefix, 0) + 1
-                num_images += 1
                 # The stream passes over every member's bytes anyway; parsing an image's header as
                 # well (no decoding) took 53 µs an image, against 40 µs for the member itself
                 # (20,000 28×28 PNGs, one CPU core of our 2-core test machine).
                 reader = archive.extractfile(member)
                 data = reader.read(MAX_PROBE_IMAGE_BYTES) if reader is not None else b""
+                if not paths.read_image(member, parts, data, first_copy):
+                    continue
+                prefix = _marked(parts)[:4]
+                files.add(prefix)
+                counts[prefix] = counts.get(prefix, 0) + 1
+                num_images += 1
                 complete = member.size <= MAX_PROBE_IMAGE_BYTES
-                probe = _probe_image(data, complete)
+                probe = _probe_image(data, complete, member.name)
                 # An unreadable image counts for neither; one in a folder the library reads
                 # refuses the upload (see _imagefolder_layout). A file past the probe's bytes
                 # is not judged (a TIFF may keep its header at the end).
@@ -575,6 +617,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
                                      complete=complete)
                     if probe.truncated:
                         truncated.setdefault(prefix, member.name)
+                    if probe.problem is not None:
+                        refused.setdefault(prefix, probe.problem)
                 elif complete:
                     unreadable.setdefault(prefix, member.name)
                 if not full:
@@ -583,7 +627,8 @@ def scan_tar(handle: IO[bytes], display_name: str, max_unpacked_bytes: int, *,
         raise DatasetError(f"{display_name} is not a readable tar archive: {exc}") from exc
     return TarScan(sorted(files), sorted(entries), num_images, first, sorted(colour), unreadable,
                    counts, sizes, mixed_sizes, sample, folders, annotated,
-                   annotated_files if names_kept < MAX_ANNOTATED_NAMES else None, truncated)
+                   annotated_files if names_kept < MAX_ANNOTATED_NAMES else None, truncated,
+                   refused)
 
 
 def _marked(parts: tuple[str, ...]) -> tuple[str, ...]:
@@ -628,15 +673,11 @@ def _tree(folders: set[tuple[str, ...]], annotated: dict[tuple[str, ...], bytes 
     base = (TRAIN_FOLDER,) if (TRAIN_FOLDER,) in folders else ()
     classes = sorted(_children(folders, base))
     if not classes:
-        raise DatasetError(
-            f"{display_name}: no class folders in {where(base)}; expected <class>/<image> or "
-            "train/<class>/<image>")
+        raise DatasetError(f"{display_name}: {no_classes_problem(where(base))}")
     for name in classes:
         if not images_in((*base, name)):
             raise DatasetError(
-                f"{display_name}: class folder {where((*base, name))} holds no image files "
-                f"({', '.join(sorted(IMAGE_SUFFIXES))}); every folder of {where(base)} is a "
-                "class: add its images or remove it")
+                f"{display_name}: {empty_class_problem(where((*base, name)), where(base))}")
     if not base:
         problem = class_folders_problem(
             classes, lambda name: sorted(_children(folders, (name,))), display_name)
@@ -658,14 +699,11 @@ def _tree(folders: set[tuple[str, ...]], annotated: dict[tuple[str, ...], bytes 
             continue  # unlabelled (Tiny-ImageNet's test/images): not read
         unknown = sorted(sub - set(classes))
         if unknown:
-            raise DatasetError(
-                f"{display_name}: {where(held_out)} has class folder(s) {unknown} that "
-                f"{where(base)} lacks; a held-out class must be a training class (names compare "
-                "exactly, letter case included)")
+            raise DatasetError(f"{display_name}: "
+                               f"{unknown_held_out_problem(where(held_out), unknown, where(base))}")
         read: list[tuple[str, ...]] = [(name, label) for label in sorted(sub)]
         if not any(images_in(folder) for folder in read):
-            raise DatasetError(f"{display_name}: the held-out folder {where(held_out)} holds no "
-                               f"image files in its class folders")
+            raise DatasetError(f"{display_name}: {empty_held_out_problem(where(held_out))}")
         return _Tree(classes, base, held_out, read)
     return _Tree(classes, base, None, [])
 
@@ -744,6 +782,12 @@ def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
                 f"{display_name}: {name!r} is truncated (the file ends before its image data "
                 "does: an interrupted copy or download?); the job would fail reading it: "
                 "replace or remove it")
+    for prefix, problem in sorted(scan.refused.items()):
+        # Every image's header is read, so an image off the decoded sample is found too (it
+        # was accepted, and the job failed decoding it).
+        if within(prefix, read):
+            raise DatasetError(f"{display_name}: {problem}; the job would fail reading it: "
+                               "replace or remove it")
     if scan.sample is not None:
         _check_pixels(scan.sample, root, tree, display_name)
     if len(classes) == 1:
@@ -761,7 +805,10 @@ def _imagefolder_layout(scan: TarScan, display_name: str) -> DatasetInspection:
         shape = (imagefolder_channels("auto", all_grey), height, width)
     return DatasetInspection(
         kind="imagefolder", content="images", image_shape=shape, num_features=None,
-        num_examples=scan.num_images, num_classes=len(classes), label_min=0,
+        # The images the library reads (before: every image file, an unread stray or unlabelled
+        # one included, unlike the library's count).
+        num_examples=sum(images_in(folder) for folder in read), num_classes=len(classes),
+        label_min=0,
         label_max=len(classes) - 1, image_sizes_differ=sizes_differ)
 
 
@@ -791,7 +838,7 @@ def _check_pixels(sample: PixelSampler, root: tuple[str, ...], tree: _Tree,
         check_summaries(where, spread, summaries)
 
 
-def _probe_image(data: bytes, complete: bool) -> ImageProbe | None:
+def _probe_image(data: bytes, complete: bool, name: str) -> ImageProbe | None:
     # Only the header is parsed; the first MAX_PROBE_IMAGE_BYTES hold it for every format read
     # (a TIFF may keep its directory at the end: a larger one is then not probed). ``complete``:
     # ``data`` is the whole file, so whether it ends where its format says can be told.
@@ -805,9 +852,10 @@ def _probe_image(data: bytes, complete: bool) -> ImageProbe | None:
             palette = image.getpalette("RGB") if image.mode in PALETTE_MODES else None
             grey = is_grey_image(image.mode, palette)
             truncated = complete and _truncated(image, data)
+            problem = unranged_pixels_problem(image.mode, repr(name))
     except Exception:  # undecodable or a decompression bomb: the worker reports it precisely
         return None
-    return ImageProbe(height, width, grey, truncated)
+    return ImageProbe(height, width, grey, truncated, problem)
 
 
 #: Uncompressed images (BMP, PPM/PGM, raw TIFF) up to this many pixels are loaded to tell whether

@@ -129,9 +129,15 @@ def check_checkpoint_fits(
         assert mismatch is not None
         if unknown and not final:  # read with values taken as equal: it may be another refusal
             return FitAnswer(sorted(unknown))
-        from rift.architecture_hint import with_architecture_hint
+        from rift.architecture_hint import feature_vectors_hint, with_architecture_hint
 
-        raise with_architecture_hint(mismatch, config.architecture, shapes, options, size)
+        hinted = with_architecture_hint(mismatch, config.architecture, shapes, options, size)
+        hint = ("" if num_features is None else
+                feature_vectors_hint(mismatch, num_features, "config.architecture.name"))
+        if hint:
+            raise CheckpointMismatchError(hinted.message + hint, hinted.missing,
+                                          hinted.unexpected, hinted.mismatched)
+        raise hinted
     if unknown and not final:
         # The layout was read with values taken as equal: nothing else is checked until it is
         # read from the digests, as the job would read it.

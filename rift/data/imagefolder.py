@@ -48,15 +48,19 @@ from rift.dataset_formats import (
     ANNOTATED_IMAGES,
     ANNOTATIONS,
     HELD_OUT_FOLDERS,
-    IMAGE_SUFFIXES,
+    NPY_MAGIC,
     TRAIN_FOLDER,
     ImageChannels,
     class_folders_problem,
+    empty_class_problem,
+    empty_held_out_problem,
     imagefolder_channels,
     is_hidden,
     is_image_file,
+    no_classes_problem,
     parse_annotations,
     refuse_one_pixel_images,
+    unknown_held_out_problem,
 )
 from rift.errors import DatasetError
 from rift.image_content import (
@@ -89,8 +93,8 @@ def _class_tree(folder: Path, classes: list[str]) -> Labelled:
     for index, name in enumerate(classes):
         in_class = _image_files(folder / name)
         if not in_class:
-            raise DatasetError(f"class folder {folder / name} holds no image files "
-                               f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise DatasetError(f"dataset 'imagefolder': "
+                               f"{empty_class_problem(str(folder / name), str(folder))}")
         files += [(path, index) for path in in_class]
     return files
 
@@ -121,7 +125,8 @@ def _held_out(root: Path, classes: list[str]) -> tuple[Path, Labelled] | None:
             continue  # unlabelled (no class folders): not usable for testing
         unknown = sorted(set(sub) - set(classes))
         if unknown:
-            raise DatasetError(f"{folder} has class folder(s) {unknown} that 'train' lacks")
+            raise DatasetError(f"dataset 'imagefolder': "
+                               f"{unknown_held_out_problem(str(folder), unknown, str(root / TRAIN_FOLDER))}")
         index = {c: i for i, c in enumerate(classes)}
         return folder, [(path, index[d]) for d in known for path in _image_files(folder / d)]
     return None
@@ -180,21 +185,41 @@ def _tensors(files: Labelled, pixels: _Pixels, channels: int) -> ImageTensors:
     return ImageTensors(images, torch.tensor([label for _, label in files], dtype=torch.int64))
 
 
+def _file_hint(path: Path) -> str:
+    """What the file given as the tree's folder is, and how to read it."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(NPY_MAGIC))
+        if head.startswith(NPY_MAGIC):
+            return (" (a .npy file, one array: save the arrays with np.savez(path, x=..., y=...) "
+                    "and read it with dataset 'npz')")
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                arrays = any(name.endswith(".npy") for name in archive.namelist())
+            # Before, an .npz was told to be unpacked, as a tar or zip of images is.
+            if arrays:
+                return " (an .npz of arrays: read it with dataset 'npz')"
+            return " (an archive: unpack it and give the folder)"
+        if tarfile.is_tarfile(path):
+            # The service takes the tree as a tar; the library reads it unpacked.
+            return " (an archive: unpack it and give the folder)"
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return ""
+
+
 def load_imagefolder(spec: DatasetSpec) -> SourceData:
     """uint8 images from the tree at ``spec.path`` (see the module docstring), N×C×H×W with C
     from ``spec.channels`` (see the module docstring); 16-bit images are scaled to 8 bits,
     32-bit integer and float images refused."""
     root = Path(spec.path or "")
     if not root.is_dir():
-        # The service takes the tree as a tar; the library reads it unpacked.
-        archive = " (an archive: unpack it and give the folder)" if root.is_file() and (
-            tarfile.is_tarfile(root) or zipfile.is_zipfile(root)) else ""
-        raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder{archive}",
-                           field="dataset.path")
+        raise DatasetError(f"dataset 'imagefolder': 'path' {root} is not a folder"
+                           f"{_file_hint(root) if root.is_file() else ''}", field="dataset.path")
     train_root = root / TRAIN_FOLDER if (root / TRAIN_FOLDER).is_dir() else root
     classes = [d.name for d in _visible_dirs(train_root)]
     if not classes:
-        raise DatasetError(f"dataset 'imagefolder': no class folders in {train_root}")
+        raise DatasetError(f"dataset 'imagefolder': {no_classes_problem(str(train_root))}")
     if train_root == root:
         problem = class_folders_problem(
             classes, lambda name: [d.name for d in _visible_dirs(root / name)],
@@ -207,8 +232,8 @@ def load_imagefolder(spec: DatasetSpec) -> SourceData:
     train_files = _class_tree(train_root, classes)
     held_out = _held_out(root, classes) if train_root != root else None
     test_files = held_out[1] if held_out is not None else None
-    if test_files is not None and not test_files:
-        raise DatasetError(f"dataset 'imagefolder': the held-out folder under {root} is empty")
+    if held_out is not None and not held_out[1]:
+        raise DatasetError(f"dataset 'imagefolder': {empty_held_out_problem(str(held_out[0]))}")
     reference = train_files[0][0]
     if spec.image_size:
         size, resize = (spec.image_size, spec.image_size), True

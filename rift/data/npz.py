@@ -16,6 +16,7 @@ naming the key and an example.
 
 from __future__ import annotations
 
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -25,17 +26,23 @@ import torch
 from rift.config import DatasetSpec
 from rift.data.tensors import ImageTensors, SourceData
 from rift.dataset_formats import (
+    NPY_MAGIC,
     NPZ_KEYS,
+    SAVE_NPZ,
+    ZIP_MAGIC,
     NpzLayout,
     ValueScan,
     check_enough_examples,
     check_has_examples,
     check_npz_keys,
     check_npz_member_names,
+    check_test_inputs,
+    first_bytes_text,
     label_count,
     npz_layout,
     num_classes_from_labels,
     read_npy_header,
+    single_array_problem,
 )
 from rift.errors import DatasetError
 from rift.image_content import ExampleScan, faint_problem, one_class_problem
@@ -99,12 +106,6 @@ def _refuse_object_arrays(path: Path) -> None:
                     read_npy_header(member, name.removesuffix(".npy"))
 
 
-#: How an .npz (a zip archive) and a .npy file begin; np.load reads anything else as a pickle,
-#: refused as "pickled (object) data" for a text file, an image or a CSV that is none.
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-_NPY_MAGIC = b"\x93NUMPY"
-
-
 def _refuse_other_formats(path: Path) -> None:
     """Raises DatasetError (field ``dataset.path``) when ``path`` begins as neither an .npz nor
     an .npy file, saying what its first bytes are."""
@@ -114,11 +115,19 @@ def _refuse_other_formats(path: Path) -> None:
     except OSError as exc:
         raise DatasetError(f"cannot read 'path' {path}: {exc.strerror or exc}",
                            field="dataset.path") from exc
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_NPY_MAGIC):
+    # np.load reads anything else as a pickle, refused as "pickled (object) data" for a text
+    # file, an image or a CSV that is none.
+    if head.startswith(ZIP_MAGIC) or head.startswith(NPY_MAGIC):
         return
-    shown = "it is empty" if not head else f"its first bytes are {head!r}"
-    raise DatasetError(f"'path' {path} is not an .npz archive ({shown}); save the arrays with "
-                       "np.savez(path, x=..., y=...)", field="dataset.path")
+    if tarfile.is_tarfile(path):
+        # Before: "its first bytes are b'cat/0.pn'; save the arrays with np.savez": the tar of
+        # an ImageFolder tree the service takes as a dataset, given to the wrong reader.
+        raise DatasetError(
+            f"'path' {path} is a tar archive, not an .npz: an ImageFolder tree (class folders "
+            "of images, which the service takes as a tar) is read by dataset 'imagefolder' "
+            "from its folder: unpack it and give the folder", field="dataset.path")
+    raise DatasetError(f"'path' {path} is not an .npz archive ({first_bytes_text(head)}); "
+                       f"{SAVE_NPZ}", field="dataset.path")
 
 
 def load_npz(spec: DatasetSpec) -> SourceData:
@@ -133,10 +142,8 @@ def load_npz(spec: DatasetSpec) -> SourceData:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             # np.load reads a .npy file as one bare array, with no keys to find x and y under.
-            raise DatasetError(
-                f"'path' {path} holds a single {loaded.dtype} array of shape "
-                f"{list(loaded.shape)} (a .npy file), not an .npz archive; save the arrays with "
-                "np.savez(path, x=..., y=...)", field="dataset.path")
+            raise DatasetError(single_array_problem(f"'path' {path}", loaded.dtype, loaded.shape),
+                               field="dataset.path")
         with loaded as archive:
             _refuse_object_arrays(path)
             names = list(archive.files)
@@ -149,11 +156,13 @@ def load_npz(spec: DatasetSpec) -> SourceData:
     train = ImageTensors(x, _labels(arrays["y"], "y", x.shape[0], "x"))
     test = None
     if "x_test" in arrays:
-        x_test, test_layout = _inputs(arrays["x_test"], "x_test")
-        if test_layout != layout or x_test.dtype != x.dtype:
-            raise DatasetError(
-                f"key 'x_test' must match 'x' in layout and dtype: {x_test.dtype} "
-                f"{tuple(x_test.shape[1:])} vs {x.dtype} {tuple(x.shape[1:])}")
+        stored, stored_test = arrays["x"], arrays["x_test"]
+        # The stored arrays are compared, before x_test's values, as the upload compares them
+        # (not the tensors read).
+        check_test_inputs(layout, stored.dtype, stored.shape,
+                          npz_layout(stored_test.shape, stored_test.dtype, "x_test"),
+                          stored_test.dtype, stored_test.shape)
+        x_test, _ = _inputs(stored_test, "x_test")
         test = ImageTensors(x_test, _labels(arrays["y_test"], "y_test", x_test.shape[0], "x_test"))
     for key, part in (("x", train), ("x_test", test)):
         if part is not None:

@@ -824,3 +824,26 @@ def test_npz_with_empty_images_is_refused(tmp_path) -> None:
     np.savez(path, x=np.zeros((4, 0, 0, 1), np.uint8), y=np.zeros(4, np.int64))
     with pytest.raises(DatasetError, match="at least 1 pixel"):
         load_dataset(DatasetSpec(name="npz", path=str(path)), seed=0)
+
+
+def test_a_dataset_file_given_to_the_other_reader_says_which_reads_it(tmp_path: Path) -> None:
+    """Before: the tar of an ImageFolder tree (what the service takes) given as an npz was
+    told "its first bytes are b'cat/0.pn'; save the arrays with np.savez", and an .npz given as
+    an ImageFolder to "unpack it and give the folder"."""
+    import tarfile
+
+    _tree(tmp_path / "tree")
+    with tarfile.open(tmp_path / "d.tgz", "w:gz") as archive:
+        archive.add(tmp_path / "tree", arcname=".")
+    with pytest.raises(DatasetError, match=r"is a tar archive, not an \.npz: an ImageFolder tree "
+                                           r".* dataset 'imagefolder'") as refused:
+        load_dataset(DatasetSpec(name="npz", path=str(tmp_path / "d.tgz")), seed=0)
+    assert refused.value.field == "dataset.path"
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 8, 8), np.uint8), y=np.zeros(4, np.int64))
+    with pytest.raises(DatasetError, match=r"is not a folder \(an \.npz of arrays: read it with "
+                                           r"dataset 'npz'\)"):
+        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "d.npz")), seed=0)
+    np.save(tmp_path / "x.npy", np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(DatasetError, match=r"is not a folder \(a \.npy file, one array: save the "
+                                           r"arrays with np\.savez"):
+        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "x.npy")), seed=0)

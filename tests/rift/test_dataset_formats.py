@@ -132,7 +132,11 @@ def test_tar_member_policy_and_image_names() -> None:
     assert tar_member_problem(member("/etc/x")) == "is an absolute path"
     assert tar_member_problem(member("a/../../x")) == "contains '..'"
     assert tar_member_problem(member("a\\x")) == "contains a backslash"
-    assert tar_member_problem(member("cat/l", tarfile.SYMTYPE)) == "is a link"
+    # Before: "is a link" alone; hard links come from trees of deduplicated files.
+    for kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+        assert tar_member_problem(member("cat/l", kind)) == (
+            "is a link (pack the tree with tar -h --hard-dereference to store the files links "
+            "point to)")
     assert "device" in (tar_member_problem(member("cat/d", tarfile.CHRTYPE)) or "")
     assert is_image_file("A.JPEG") and not is_image_file(".x.png") and not is_image_file("a.txt")
 
@@ -174,6 +178,9 @@ def test_float_pixels_just_outside_the_unit_range_are_told_to_clip(values: np.nd
     (["arr_0", "arr_1"], r"saved without names .* np.savez\(path, x=..., y=...\)"),
     (["X", "Y"], "save 'X' as 'x'"),
     (["x", "labels"], "save 'labels' as 'y'"),
+    # zip -r d.npz arrays/: before, no hint.
+    (["arrays/x", "arrays/y"], r"'arrays/x\.npy' lies in a folder of the zip; the arrays must be "
+                               r"at its top level: .*zip -j"),
 ])
 def test_missing_keys_say_what_the_keys_present_were_meant_as(keys: list[str], hint: str) -> None:
     # Before: only "has no key 'x' (keys: [...]); an npz dataset needs 'x' ...".

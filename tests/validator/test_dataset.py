@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rift.errors import DatasetError
 from validator import dataset as checker
@@ -235,3 +236,100 @@ def test_features_past_the_bound_record_their_overall_range_only(tmp_path: Path)
     path = write(tmp_path / "e.npz", x=np.asfortranarray(features[:, :7]), y=np.arange(20) % 2)
     found = inspect_dataset_file(path, "e.npz", 10**9)
     assert found.channel_value_min == tuple(float(v) for v in features[:, :7].min(axis=0))
+
+
+@pytest.mark.parametrize(("x", "x_test"), [
+    (varied((10, 8, 8, 3), np.float16), varied((4, 8, 8, 3), np.float64)),
+    (varied((10, 3, 8, 8), np.float32), varied((4, 3, 8, 8), np.float64)),
+    (np.arange(30).reshape(10, 3) % 7, np.linspace(0, 1, 12).reshape(4, 3)),  # int, float features
+    (varied((10, 8, 8, 3)), varied((4, 3, 8, 8))),  # N×H×W×C beside N×C×H×W
+])
+def test_x_test_read_like_x_is_accepted_by_both(tmp_path: Path, x: np.ndarray,
+                                                  x_test: np.ndarray) -> None:
+    """Floats of any width are read as float32 and each array in its own memory layout, so
+    these are the same data to the library. Before, the upload refused them ("must match 'x' in
+    layout and dtype: float64 [8, 8, 3] vs float16 [8, 8, 3]") and the library loaded them."""
+    from rift.config import DatasetSpec
+    from rift.data import load_dataset
+
+    path = write(tmp_path / "d.npz", x=x, y=np.arange(10) % 2, x_test=x_test,
+                 y_test=np.arange(4) % 2)
+    found = inspect_dataset_file(path, "d.npz", 10**9)
+    loaded = load_dataset(DatasetSpec(name="npz", path=path), seed=0)
+    assert found.num_examples == 14 and len(loaded.test) == 4
+    assert found.image_shape in (loaded.image_shape, None)
+    # The recorded range per channel is the loaded data's (each array's own channel axis).
+    scale = 255 if x.dtype == np.uint8 else 1
+    splits = (loaded.train, loaded.validation, loaded.test)
+    images = torch.cat([part.images.float().flatten(2) for part in splits]) / scale
+    assert found.channel_value_max == pytest.approx(images.amax(dim=(0, 2)).tolist())
+    assert found.channel_value_min == pytest.approx(images.amin(dim=(0, 2)).tolist())
+
+
+@pytest.mark.parametrize(("arrays", "says"), [
+    # Before, the library's message compared the tensors it had read: "torch.float32 (3, 8, 8)
+    # vs torch.uint8 (3, 8, 8)", and for an N×C×H×W x_test "torch.uint8 (3, 8, 8) vs
+    # torch.uint8 (3, 8, 8)"; the upload's named no fix.
+    ({"x_test": varied((4, 8, 8, 3), np.float32)},
+     r"key 'x_test' holds float32 images but 'x' holds uint8 ones: store both as 8-bit pixels "
+     r".*save x_test like x: \(x_test \* 255\)\.round\(\)\.astype\(np\.uint8\)"),
+    ({"x_test": varied((4, 8, 9, 3))},
+     r"key 'x_test' holds 8×9 images of 3 channel\(s\) \(shape \[4, 8, 9, 3\]\) but 'x' holds "
+     r"8×8 images of 3 channel\(s\) \(shape \[10, 8, 8, 3\]\)"),
+    # Before: numpy counts timedelta64 as an integer; the library crashed with a TypeError and
+    # the upload said "cannot read d.npz: TypeError: ...".
+    ({"y": (np.arange(10) % 2).astype("m8[s]")},
+     r"key 'y' must hold integers \(class indices\); got timedelta64\[s\]"),
+    ({"x": np.arange(30).reshape(10, 3).astype("m8[s]"), "x_test": np.ones((4, 3))},
+     r"key 'x': feature vectors \(N×F\) must be integers or floats; got timedelta64\[s\]"),
+])
+def test_x_test_unlike_x_gets_one_message_from_both(tmp_path: Path, arrays: dict,
+                                                     says: str) -> None:
+    from rift.config import DatasetSpec
+    from rift.data import load_dataset
+
+    good = {"x": varied((10, 8, 8, 3)), "y": np.arange(10) % 2, "x_test": varied((4, 8, 8, 3)),
+            "y_test": np.arange(4) % 2}
+    path = write(tmp_path / "d.npz", **{**good, **arrays})
+    with pytest.raises(DatasetError, match=says):
+        inspect_dataset_file(path, "d.npz", 10**9)
+    with pytest.raises(DatasetError, match=says):
+        load_dataset(DatasetSpec(name="npz", path=path), seed=0)
+
+
+def _npy(path: Path) -> None:
+    with path.open("wb") as file:
+        np.save(file, varied((10, 8, 8)))
+
+
+@pytest.mark.parametrize(("make", "upload_says", "library_says"), [
+    # Before, the upload said only "is neither an .npz file nor a tar archive of an ImageFolder
+    # tree", for each of these, naming neither what the file was nor what to send.
+    (_npy, r"d\.npz holds a single uint8 array of shape \[10, 8, 8\] \(a \.npy file\), not an "
+           r"\.npz archive; save the arrays with np\.savez\(path, x=\.\.\., y=\.\.\.\)", None),
+    (lambda path: path.write_bytes(b""),
+     r"d\.npz is neither an \.npz file nor a tar archive of an ImageFolder tree \(it is empty\); "
+     r"save the arrays with np\.savez\(path, x=\.\.\., y=\.\.\.\), or pack an ImageFolder tree "
+     r".*tar czf data\.tgz -C FOLDER \.", r"\(it is empty\); save the arrays with np\.savez"),
+    (lambda path: path.write_bytes(b"a,b,label\n1,2,0\n"),
+     r"\(its first bytes are b'a,b,labe'\); save the arrays with np\.savez",
+     r"\(its first bytes are b'a,b,labe'\); save the arrays with np\.savez"),
+    # Formats arrays are kept in are named, with the reader to load them (before: the bytes).
+    (lambda path: path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(600)),
+     r"an HDF5 file: read its arrays with h5py\); save the arrays with np\.savez",
+     r"an HDF5 file: read its arrays with h5py\); save the arrays with np\.savez"),
+    (lambda path: path.write_bytes(b"MATLAB 5.0 MAT-file, Platform: posix" + bytes(600)),
+     r"a MATLAB file: read its arrays with scipy\.io\.loadmat",
+     r"a MATLAB file: read its arrays with scipy\.io\.loadmat"),
+])
+def test_a_file_that_is_no_archive_says_what_it_is_and_what_to_send(
+        tmp_path: Path, make, upload_says: str, library_says: str | None) -> None:
+    from rift.config import DatasetSpec
+    from rift.data import load_dataset
+
+    path = tmp_path / "d.npz"
+    make(path)
+    with pytest.raises(DatasetError, match=upload_says):
+        inspect_dataset_file(str(path), "d.npz", 10**9)
+    with pytest.raises(DatasetError, match=library_says or upload_says.replace(r"d\.npz", ".*")):
+        load_dataset(DatasetSpec(name="npz", path=str(path)), seed=0)

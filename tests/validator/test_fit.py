@@ -50,6 +50,31 @@ def test_a_feature_dataset_is_built_as_one_pixel_images_of_its_width() -> None:
                               num_features=29)
 
 
+def test_feature_vectors_given_to_an_image_checkpoint_name_the_cause_in_both(
+        tmp_path: Path) -> None:
+    # Before: the library said the data's "images have 5 channel(s)" and to repeat an npz x
+    # along its channel axis; the job creation's check named no cause.
+    import numpy as np
+
+    from rift.pipeline import prepare_run
+
+    says = (r"conv1\.weight \(checkpoint \[16, 1, 3, 3\] vs model \[16, 5, 3, 3\]\); the dataset "
+            r"holds feature vectors of 5 values \(an npz x of shape \(N, F\)\), which an image "
+            r"model takes as 5-channel 1×1 images: use a model for feature vectors "
+            r"\({field} 'mlp', or an installed one\)")
+    config = RiftConfig.model_validate({
+        "architecture": {"name": "small_cnn", "num_classes": 4},
+        "dataset": {"name": "npz", "path": str(tmp_path / "f.npz")}, "device": "cpu"})
+    torch.manual_seed(0)
+    image_model = rift.models.build_model(config.architecture, in_channels=1, image_size=8)
+    with pytest.raises(CheckpointMismatchError, match=says.format(field="config.architecture.name")):
+        check_checkpoint_fits(config, _shapes(image_model), in_channels=None, image_size=None,
+                              num_features=5)
+    np.savez(tmp_path / "f.npz", x=np.random.default_rng(0).random((20, 5)), y=np.arange(20) % 4)
+    with pytest.raises(CheckpointMismatchError, match=says.format(field="architecture.name")):
+        prepare_run(config, image_model.state_dict())
+
+
 def _mlp_config(**architecture: int) -> RiftConfig:
     return RiftConfig.model_validate({
         "architecture": {"name": "mlp", "num_classes": 10, "hidden": [8], **architecture},

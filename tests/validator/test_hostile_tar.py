@@ -72,3 +72,46 @@ def test_a_modification_time_out_of_range_is_not_applied(tmp_path: Path) -> None
     assert inspect_dataset_file(str(archive), "d.tar", 10**8).num_classes == 2
     root = _extract(tmp_path, archive)
     assert (root / "dog" / "late.png").read_bytes() == _png(6)
+
+
+def _tar_of(path: Path, members: list[tuple[str, bytes | None]]) -> Path:
+    """A tar of ``members`` in order: (name, file bytes), or (name, None) for a folder."""
+    with tarfile.open(path, "w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                archive.addfile(info)
+            else:
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+_TREE = [(f"{label}/{i}.png", _png(3 * n + i)) for n, label in enumerate(("cat", "dog"))
+         for i in range(3)]
+
+
+def test_a_path_stored_as_a_file_and_a_folder_is_refused(tmp_path: Path) -> None:
+    # Before: accepted on upload; extraction failed ("Not a directory").
+    archive = _tar_of(tmp_path / "d.tar", [*_TREE, ("fox", b"notes"), ("fox/0.png", _png(9))])
+    with pytest.raises(DatasetError, match=r"member 'fox/0\.png' needs 'fox' to be a folder and a "
+                                           r"file at once .*tar czf data\.tgz -C FOLDER \."):
+        inspect_dataset_file(str(archive), "d.tar", 10**8)
+    with pytest.raises(DatasetError, match="cannot be extracted"):
+        _extract(tmp_path, archive)
+    archive = _tar_of(tmp_path / "e.tar", [*_TREE, ("cat/x", None), ("cat/x", b"notes")])
+    with pytest.raises(DatasetError, match=r"member 'cat/x' needs 'cat/x' to be a folder"):
+        inspect_dataset_file(str(archive), "e.tar", 10**8)
+
+
+def test_an_image_stored_twice_is_read_once_or_refused_when_the_copies_differ(
+        tmp_path: Path) -> None:
+    # tar -rf appends a second copy, which extraction keeps. Before: a broken first copy
+    # refused an upload whose job reads the good last one, and identical copies counted twice.
+    twice = _tar_of(tmp_path / "d.tar", [*_TREE, ("./cat/0.png", _png(0)), ("cat", None)])
+    assert inspect_dataset_file(str(twice), "d.tar", 10**8).num_examples == 6
+    appended = _tar_of(tmp_path / "e.tar", [("cat/0.png", b"broken"), *_TREE])
+    with pytest.raises(DatasetError, match=r"stores 'cat/0\.png' twice with different content "
+                                           r".*extraction keeps the last copy"):
+        inspect_dataset_file(str(appended), "e.tar", 10**8)

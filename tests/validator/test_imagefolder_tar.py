@@ -143,7 +143,11 @@ def test_an_unreadable_image_is_refused_where_the_library_reads_it(tmp_path: Pat
             load_dataset(DatasetSpec(name="imagefolder", path=str(_unpacked(tmp_path, member))),
                          seed=0)
     found = inspect_dataset_file(archive_with("test/images/0-broken.png"), "t.tar", 10**9)
-    assert found.image_shape == (1, 9, 7) and found.num_examples == 9
+    # The unread test/images/ file does not count: num_examples is what a job reads. Before: 9.
+    assert found.image_shape == (1, 9, 7) and found.num_examples == 8
+    loaded = load_dataset(DatasetSpec(name="imagefolder", path=str(
+        _unpacked(tmp_path, "test/images/0-broken.png"))), seed=0)
+    assert len(loaded.train) + len(loaded.validation) + len(loaded.test) == 8
 
 
 def _unpacked(tmp_path: Path, member: str) -> Path:
@@ -151,6 +155,7 @@ def _unpacked(tmp_path: Path, member: str) -> Path:
     for part in ("train", "val"):
         for image in (tmp_path / "tree" / part).rglob("*.png"):
             _save(tree / image.relative_to(tmp_path / "tree"), Image.open(image))
+    (tree / member).parent.mkdir(parents=True, exist_ok=True)
     (tree / member).write_bytes(b"not a png")
     return tree
 
@@ -262,6 +267,9 @@ def _wrapped_twice(root: Path) -> None:
     _classes(root / "me" / "data")
 
 
+_NO_IMAGE = (r"class folder .*cow holds no image files \(.*\); every folder of .* is a class: "
+             "add its images or remove it")
+
 REFUSED_TREES = {
     "class folders wrapped in two folders": (
         _wrapped_twice, r"the only class folder, 'me', holds folders \(\['data'\]\)",
@@ -275,17 +283,20 @@ REFUSED_TREES = {
         r"'wrapped/val/val_annotations.txt' line 3: images/v9.png is not in the archive",
         r"line 3: .*v9.png does not exist"),
 
+    # The library's words are the upload's (rift.dataset_formats): before, it named no fix.
     "an empty class folder": (_empty_class_folder, "class folder 'wrapped/cow' holds no image",
-                              "cow holds no image"),
+                              _NO_IMAGE),
     "a class folder of other files": (_class_folder_of_notes,
-                                      "class folder 'wrapped/cow' holds no image",
-                                      "cow holds no image"),
+                                      "class folder 'wrapped/cow' holds no image", _NO_IMAGE),
     "a held-out class train/ lacks": (_held_out_class_train_lacks,
                                       r"'wrapped/val' has class folder\(s\) \['cow'\] that "
-                                      "'wrapped/train' lacks", r"\['cow'\] that 'train' lacks"),
+                                      "'wrapped/train' lacks",
+                                      r"\['cow'\] that .*train lacks; a held-out class must be a "
+                                      r"training class \(names compare exactly"),
     "held-out class folders without images": (_held_out_class_folders_without_images,
                                               "the held-out folder 'wrapped/val' holds no image",
-                                              "held-out folder .* is empty"),
+                                              "the held-out folder .*val holds no image files in "
+                                              "its class folders"),
     "splits not named train/ and val/": (_splits_named_otherwise,
                                          "'Testing' holds folders .* named like a split",
                                          "'Testing' holds folders .* named like a split"),
@@ -350,6 +361,34 @@ def test_a_truncated_image_outside_the_sample_is_refused(tmp_path: Path) -> None
         load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "tree")), seed=0)
 
 
+@pytest.mark.parametrize(("pixels", "says"), [
+    (np.arange(256, dtype=np.int32).reshape(16, 16) * 4096, "32-bit integer pixels .mode 'I'."),
+    (np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16), "floating-point pixels .mode 'F'."),
+])
+def test_a_32_bit_or_float_image_outside_the_sample_is_refused(tmp_path: Path, pixels: np.ndarray,
+                                                               says: str) -> None:
+    # As above, ant/131 is never decoded by the sample. Before: a TIFF of 32-bit or float pixels
+    # there was accepted (only decoding refused it), and the job failed reading it; its header
+    # names the mode, so every such image is found.
+    path = tmp_path / "t.tar"
+    rng = np.random.default_rng(0)
+    names = [f"ant/{i:03d}.png" for i in range(140) if i != 131] + [f"bee/{i}.png" for i in range(3)]
+    members = {name: _png_bytes(Image.fromarray(rng.integers(0, 256, (16, 16), np.uint8)),
+                                format="PNG") for name in names}
+    members["ant/131.tif"] = _png_bytes(Image.fromarray(pixels), format="TIFF")
+    with tarfile.open(path, "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with pytest.raises(DatasetError, match=rf"t\.tar: image 'ant/131\.tif' has {says}"):
+        inspect_dataset_file(str(path), "t.tar", 10**9)
+    with tarfile.open(path) as archive:
+        archive.extractall(tmp_path / "tree", filter="data")
+    with pytest.raises(DatasetError, match=rf"131\.tif has {says}"):
+        load_dataset(DatasetSpec(name="imagefolder", path=str(tmp_path / "tree")), seed=0)
+
+
 @pytest.mark.parametrize("options", [
     {"format": "PNG"}, {"format": "JPEG"}, {"format": "JPEG", "progressive": True},
     {"format": "BMP"}, {"format": "TIFF"}])
@@ -361,7 +400,7 @@ def test_the_truncation_check_agrees_with_pillow_at_every_cut(options: dict) -> 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 12, 3), np.uint8))
     data = _png_bytes(image, **options)
     for cut in range(len(data) // 3, len(data) + 1):
-        probe = _probe_image(data[:cut], complete=True)
+        probe = _probe_image(data[:cut], complete=True, name="x")
         if probe is None:
             continue  # the header itself is cut: refused as unreadable
         try:
