@@ -1,7 +1,8 @@
 """The janitor: removes what crashed or finished work left behind, never anything in use.
 
 What it removes, each only once older than ``JANITOR_GRACE_SECONDS`` (so it cannot race an upload
-or a stage still running):
+or a stage still running; a scratch folder a live process holds is kept whatever its age,
+:mod:`persistence.scratch_folders`):
 
 - scratch files: uploads the API spooled (``WORK_DIR/uploads``), the workers' stage scratch
   folders (``WORK_DIR/scratch``) and half-downloaded inputs (``WORK_DIR/inputs/**/.*``) of
@@ -74,6 +75,7 @@ from persistence.object_keys import (
     is_shard_inputs_key,
     parse_stage_object_key,
 )
+from persistence.scratch_folders import claimed_for_removal
 from persistence.settings import Settings, settings_or_exit
 from persistence.storage import ObjectInfo, ObjectStore, StoreError
 from persistence.transactions import log_event, transaction
@@ -158,7 +160,9 @@ def _modified(path: Path) -> datetime | None:
 def sweep_scratch(roots: Iterable[tuple[Path, bool]], cutoff: datetime, *,
                   dry_run: bool = False) -> list[str]:
     """Remove the entries of each folder last modified before ``cutoff``; returns their paths.
-    A folder counts as modified when any file in it was (a stage still writing keeps it)."""
+    A folder counts as modified when any file in it was (a stage still writing keeps it); one
+    whose process holds it (:func:`persistence.scratch_folders.held_scratch_folder`) is kept
+    whatever its age."""
     removed = []
     for root, hidden_only in roots:
         if not root.is_dir():
@@ -169,13 +173,16 @@ def sweep_scratch(roots: Iterable[tuple[Path, bool]], cutoff: datetime, *,
             newest = _newest(entry)
             if newest is None or newest >= cutoff:
                 continue
-            removed.append(str(entry))
-            if dry_run:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+            with claimed_for_removal(entry) as free:
+                if not free:
+                    continue  # a live process holds it (persistence.scratch_folders), however old
+                removed.append(str(entry))
+                if dry_run:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
     return removed
 
 

@@ -10,12 +10,11 @@ crash or a concurrent worker never leaves a half-written input behind.
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
 from persistence.models import Checkpoint, Dataset, DatasetKind
+from persistence.scratch_folders import held_scratch_folder
 from persistence.storage import ObjectStore
 from rift.data_root import expected_layout, missing_files, reads_data_root
 from rift.dataset_formats import imagefolder_root, is_hidden, tar_member_problem
@@ -75,9 +74,7 @@ def fetch_dataset(store: ObjectStore, dataset: Dataset, work_dir: Path) -> Path:
 
     folder = base / dataset.id
     if not folder.is_dir():
-        base.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=base, prefix=f".{dataset.id}."))
-        try:
+        with held_scratch_folder(base, prefix=f".{dataset.id}.") as staging:
             archive = store.download_to(dataset.storage_key, staging / "archive.tar")
             _extract_tar(archive, staging / "tree")
             archive.unlink()
@@ -86,8 +83,6 @@ def fetch_dataset(store: ObjectStore, dataset: Dataset, work_dir: Path) -> Path:
             except OSError:
                 if not folder.is_dir():  # not a concurrent worker's copy: a real error
                     raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return _imagefolder_root(folder)
 
 

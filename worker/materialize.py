@@ -14,12 +14,11 @@ request was taken over (or whose job was deleted) stops instead of working on fo
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from persistence.models import Artifact, Checkpoint, Dataset, Job, Materialization
+from persistence.scratch_folders import held_scratch_folder
 from persistence.stages import ArtifactRecord
 from persistence.storage import ObjectStore
 from rift import checkpoints
@@ -58,9 +57,7 @@ def materialize_weights(row: Materialization, job: Job, checkpoint: Checkpoint,
                         work_dir: Path, device: str | None, data_root: Path | None,
                         should_cancel: ShouldCancel | None = None) -> MaterializedWeights:
     """Interpolate, store and (if asked) evaluate; returns the artifact to record."""
-    (work_dir / "scratch").mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=work_dir / "scratch", prefix=f"{job.id}-alpha-"))
-    try:
+    with held_scratch_folder(work_dir / "scratch", prefix=f"{job.id}-alpha-") as scratch:
         # The entry the job tuned (a model and its EMA): θ_AT is that one's weights.
         entry = stored_config(job.spec).checkpoint_entry
         theta_ft = checkpoints.load_state_dict(
@@ -94,6 +91,4 @@ def materialize_weights(row: Materialization, job: Job, checkpoint: Checkpoint,
         record = ArtifactRecord(name=row.artifact_name, storage_key=stored.key, size=stored.size,
                                 sha256=stored.sha256, content_type=stored.content_type)
         return MaterializedWeights(record, evaluation)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 

@@ -27,8 +27,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from persistence.jobs import get_epoch_metrics, get_interpolation_points, get_mrc_rows, list_artifacts
 from persistence.models import Checkpoint, Job, JobLabel
+from persistence.scratch_folders import held_scratch_folder
 from persistence.storage import ObjectStore
 
 TUNED = "tuned.safetensors"
@@ -320,11 +319,7 @@ def export_failure_message(exc: BaseException, tracking_uri: str) -> str:
 def export_job(target: MlflowTarget, session_factory: Any, store: ObjectStore, job_id: str,
                work_dir: Path) -> ExportResult:
     """Gather a job from the database and store, and export it (files in a scratch folder)."""
-    (work_dir / "scratch").mkdir(parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(dir=work_dir / "scratch", prefix=f"{job_id}-mlflow-"))
-    try:
+    with held_scratch_folder(work_dir / "scratch", prefix=f"{job_id}-mlflow-") as directory:
         with session_factory() as session:
             export = gather_job(session, store, job_id, directory)
         return export_to_mlflow(target, export)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)

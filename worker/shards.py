@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +26,7 @@ from persistence import stage_shards, stages
 from persistence.models import TERMINAL_STATUSES, Checkpoint, Dataset, Job, StageName, utcnow
 from persistence.object_keys import SHARD_INPUTS_NAME, shard_inputs_key
 from persistence.queue import enqueue_stage
+from persistence.scratch_folders import held_scratch_folder
 from persistence.stage_shards import SHARDED_OWNER
 from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.storage import ObjectStore
@@ -110,14 +109,11 @@ def start_mrc_shards(app: Celery, resources: WorkerResources, job: Job, run: Pre
         warn_unreachable(callbacks, plan.unreachable)  # no shard scores them, so none says so
     groups = plan.groups
     key = shard_inputs_key(job.id, attempt)
-    scratch = Path(tempfile.mkdtemp(dir=_mkdir(resources.settings.work_dir / "scratch")))
-    try:
+    with held_scratch_folder(resources.settings.work_dir / "scratch") as scratch:
         path = scratch / SHARD_INPUTS_NAME
         checkpoints.save_safetensors(path, {"adversarial": inputs.adversarial,
                                             "labels": inputs.labels})
         resources.store.put_file(key, path, content_type=SAFETENSORS)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     with resources.session() as session:
         stage_shards.start_shards(session, job.id, owner=resources.worker_id, groups=groups,
                                   inputs_key=key,
@@ -215,12 +211,9 @@ def execute_shard(app: Celery, resources: WorkerResources, job_id: str, shard: i
 
 
 def _load_inputs(resources: WorkerResources, key: str, run: PreparedRun) -> MRCInputs:
-    scratch = Path(tempfile.mkdtemp(dir=_mkdir(resources.settings.work_dir / "scratch")))
-    try:
+    with held_scratch_folder(resources.settings.work_dir / "scratch") as scratch:
         path = resources.store.download_to(key, scratch / SHARD_INPUTS_NAME)
         tensors = checkpoints.load_state_dict(path)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return MRCInputs(tensors["adversarial"].to(run.device), tensors["labels"].to(run.device))
 
 
