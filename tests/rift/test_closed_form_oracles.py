@@ -17,6 +17,11 @@ Nothing here asks the library for an expected value: each one is a formula writt
 * Theorem A.4 with biases and BatchNorm: rescaling a convolution's weight and bias by β and
   the BatchNorm after it to match is the same function, and every row of the table, not only
   the rescaled layer's, keeps its MRC.
+* Fine-tuning (step 2) against a plain loop written from docs/algorithm.md: the whole model in
+  train mode (every BatchNorm's statistics follow the batches), SGD with momentum 0.9 and weight
+  decay over the module's own weight and bias only, the rate × 0.1 after the milestone epoch,
+  batches in the order of one ``randperm`` per epoch from a generator seeded with the seed, and
+  the epoch of best validation accuracy kept (the earlier on ties).
 * The α rule's bar: with θ_FT = θ_AT every θ_α is θ_AT, so every point of the curve must give
   θ_AT's own clean and robust accuracy, although each α > 0 is attacked in another example
   order and chunking than the bar: the same attack, the same per-example starts and the same
@@ -40,7 +45,12 @@ from rift.config import MRCSpec, RiftConfig
 from rift.data import ImageTensors
 from rift.evaluation import evaluate_accuracy
 from rift.mrc import module_robust_criticality
-from rift.pipeline import evaluate_weights, prepare_run, run_interpolation_stage
+from rift.pipeline import (
+    evaluate_weights,
+    prepare_run,
+    run_finetune_stage,
+    run_interpolation_stage,
+)
 
 _CPU = torch.device("cpu")
 _PIXELS = 16  # 1×4×4 images
@@ -271,3 +281,58 @@ def test_a_curve_of_identical_weights_meets_the_bar_with_equality_at_every_alpha
     # The bar is what evaluating θ_AT alone gives (a materialization's numbers).
     alone = evaluate_weights(run)
     assert (alone.clean_accuracy, alone.robust_accuracy) == bar
+
+
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+
+def test_fine_tuning_is_the_plain_loop_of_the_protocol(digits_checkpoint_path: Path,
+                                                       digits_job_config: dict[str, Any]) -> None:
+    raw = digits_job_config
+    raw["dataset"]["augment"] = "none"  # batches then depend on the shuffle alone
+    raw["finetune"].update(module="conv2", epochs=4, lr=0.05, lr_milestones=[2], lr_gamma=0.1,
+                           batch_size=64, momentum=0.9, weight_decay=5e-4)
+    raw["preflight"] = {"examples": 0}
+    run = prepare_run(RiftConfig.model_validate(raw), digits_checkpoint_path)
+    result = run_finetune_stage(run, "conv2")
+
+    model = copy.deepcopy(run.model)
+    model.load_state_dict(run.original_state)
+    train, validation = run.splits.train, run.splits.validation
+    images, labels = _pixels(train.images), train.labels
+    tuned = [model.conv2.weight]  # small_cnn's conv2 has no bias
+    assert list(model.conv2.parameters()) == tuned
+    for parameter in model.parameters():
+        parameter.requires_grad_(any(parameter is t for t in tuned))
+    optimiser = torch.optim.SGD(tuned, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    shuffle = torch.Generator().manual_seed(0)
+    best, best_epoch, best_state, accuracies = -1.0, 0, {}, []
+    for epoch in range(1, 5):
+        if epoch == 3:  # after milestone epoch 2
+            for group in optimiser.param_groups:
+                group["lr"] = 0.005
+        model.train()
+        order = torch.randperm(len(labels), generator=shuffle)
+        for start in range(0, len(labels), 64):
+            index = order[start:start + 64]
+            loss = F.cross_entropy(model(images[index]), labels[index])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        model.eval()
+        with torch.no_grad():
+            hits = int((model(_pixels(validation.images)).argmax(1) == validation.labels).sum())
+        accuracies.append(100.0 * hits / len(validation.labels))
+        if accuracies[-1] > best:
+            best, best_epoch = accuracies[-1], epoch
+            best_state = {key: value.clone() for key, value in model.state_dict().items()}
+
+    assert [epoch["val_accuracy"] for epoch in result.epochs] == accuracies
+    assert result.best_epoch == best_epoch
+    moved = {key for key in best_state if not torch.equal(best_state[key], run.original_state[key])}
+    assert "conv2.weight" in moved and "bn1.running_mean" in moved and "bn3.running_var" in moved
+    assert all(key == "conv2.weight" or "running" in key or "num_batches" in key for key in moved)
+    for key, value in best_state.items():
+        torch.testing.assert_close(result.state_dict[key], value, rtol=1e-6, atol=1e-7,
+                                   msg=key)
