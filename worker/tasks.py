@@ -85,7 +85,7 @@ from celery.signals import (
 )
 from sqlalchemy.orm import Session
 
-from persistence import jobs, stages, workers
+from persistence import jobs, named_locks, stages, workers
 from persistence.deletion import delete_objects
 from persistence.janitor import run_janitor
 from persistence.logs import log_context, use_json
@@ -775,6 +775,11 @@ def _retry_or_fail(app: RiftCelery, reporter: StageReporter, attempt: int, exc: 
     return "retry"
 
 
+#: How long an export waits for another export of the same job to end, in MLflow requests'
+#: time (MLFLOW_HTTP_TIMEOUT_SECONDS each): past it, a warning asks the user to try again.
+EXPORT_LOCK_WAIT_REQUESTS = 10
+
+
 def export_again(resources: WorkerResources, job_id: str,
                  request_event_id: int | None = None) -> None:
     """A succeeded job's export asked for again (``POST /v1/jobs/{id}/mlflow-export``): as after
@@ -803,11 +808,24 @@ def export_if_configured(resources: WorkerResources, job_id: str,
                           http_max_retries=settings.mlflow_http_max_retries,
                           http_timeout_seconds=settings.mlflow_http_timeout_seconds)
     try:
-        result = export_job(target, resources.session, resources.store, job_id, settings.work_dir)
+        # One export of a job at a time, whichever workers run them: two at once (the export
+        # after success and a re-export, or two re-exports) each found no run of the job and
+        # logged one. The second now waits, then finds the first's run by its tag.
+        with named_locks.held(resources.session, settings.work_dir / "locks",
+                              f"mlflow-export:{job_id}",
+                              timeout=EXPORT_LOCK_WAIT_REQUESTS * target.http_timeout_seconds):
+            result = export_job(target, resources.session, resources.store, job_id,
+                                settings.work_dir)
         kind, payload = "mlflow_exported", {"run_id": result.run_id, "model": result.model_name,
                                             "version": result.model_version}
         logger.info("job %s exported to MLflow: model %s version %s", job_id, result.model_name,
                     result.model_version)
+    except named_locks.LockTimeout as exc:
+        logger.warning("job %s: MLflow export not run: %s", job_id, exc)
+        kind, payload = "warning", {"stage": "export", "message": (
+            "the export to MLflow was not run: another export of this job was still running "
+            f"after {exc.waited:g} s; ask again (POST /v1/jobs/{job_id}/mlflow-export) once it "
+            "has ended")}
     except Exception as exc:
         logger.warning("job %s: MLflow export failed", job_id, exc_info=True)
         kind, payload = "warning", {"stage": "export",
