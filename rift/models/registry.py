@@ -237,7 +237,27 @@ def unwrapped(model: nn.Module) -> nn.Module:
         elif isinstance(model, nn.DataParallel | DistributedDataParallel):
             model = model.module
         else:
-            return model
+            break
+    if compiled is not None:
+        _uncompile_blocks(model, compiled)
+    return model
+
+
+def _uncompile_blocks(model: nn.Module, compiled: type) -> None:
+    """Put each ``torch.compile``d block inside ``model`` (``self.backbone =
+    torch.compile(backbone)``) back as the block itself. Before, its modules and keys held
+    ``_orig_mod.`` (``finetune.module`` naming the block was "an OptimizedModule, which MRC does
+    not score", and a checkpoint of the plain network was refused), and each stage's call of it
+    compiled it. Checkpoint keys are read without ``_orig_mod.``
+    (``rift.checkpoint_format.strip_wrapper_prefix``). A ``DataParallel`` block stays: a network
+    may name a submodule ``module``, so ``module.`` inside a key cannot be read as a wrapper's."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            inner: nn.Module = child
+            while isinstance(inner, compiled) and isinstance(inner._orig_mod, nn.Module):
+                inner = inner._orig_mod
+            if inner is not child:
+                setattr(parent, name, inner)
 
 
 def _materialize_lazy(model: nn.Module, spec: ArchitectureSpec,
