@@ -284,6 +284,24 @@ def test_missing_batchnorm_statistics_are_named_as_such() -> None:
         check_compatible(model, without)
 
 
+def test_a_checkpoint_of_pruned_layers_is_told_to_remove_the_pruning() -> None:
+    # torch.nn.utils.prune keeps weight_orig and weight_mask in the state dict instead of
+    # weight: this was told as a missing and two unexpected keys, "check architecture.name".
+    import torch.nn.utils.prune as prune
+
+    model = build_model(_config_spec(), in_channels=3, image_size=8)
+    pruned = build_model(_config_spec(), in_channels=3, image_size=8)
+    prune.l1_unstructured(pruned.conv1, "weight", amount=0.3)
+    prune.l1_unstructured(pruned.fc, "bias", amount=0.5)
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"conv1\.weight, fc\.bias were saved from layers pruned with "
+                       r"torch\.nn\.utils\.prune.*prune\.remove\(module, name\)"):
+        check_compatible(model, pruned.state_dict())
+    for module, name in ((pruned.conv1, "weight"), (pruned.fc, "bias")):
+        prune.remove(module, name)
+    check_compatible(model, pruned.state_dict())  # the fix it names loads
+
+
 def test_a_bf16_normalisers_spacing_is_no_tolerance_for_values_below_one() -> None:
     # bf16's spacing near 1 (0.0078) was the tolerance at every value: a std of 0.2 configured
     # passed for a checkpoint normalised by (0.2023, 0.1994, 0.2010), 1 % apart, though bf16
