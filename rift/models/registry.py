@@ -238,7 +238,7 @@ def unwrapped(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             break
-    if compiled is not None:
+    if compiled is not None and isinstance(model, nn.Module):  # else refused by the caller
         _uncompile_blocks(model, compiled)
     return model
 
