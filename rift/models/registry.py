@@ -26,7 +26,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from rift.config import ArchitectureSpec
 from rift.errors import ConfigError, RiftError, UnknownArchitectureError
 from rift.model_state import eval_mode, frozen_except, functional_call_restoring
-from rift.models.logits_output import return_logits
+from rift.models.logits_output import return_logits, structure_note
 from rift.models.mlp import mlp
 from rift.models.preact_resnet import preact_resnet18
 from rift.models.recurrent import differentiable_in_eval_mode
@@ -528,9 +528,11 @@ def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
     expected = (1, spec.num_classes)
     got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
     if got != expected:
+        with frozen_except(model), torch.no_grad():
+            read_from = structure_note(model, probe)
         raise ConfigError(
             f"architecture {spec.name!r} returns {got} for one of the dataset's {shape}; RiFT "
-            f"needs logits of shape {expected} (batch, architecture.num_classes)"
+            f"needs logits of shape {expected} (batch, architecture.num_classes)" + read_from
             + (f"; {SINGLE_LOGIT_HINT}" if got == (1, 1) else _output_shape_hint(got, expected)),
             field="architecture")
 
