@@ -23,6 +23,8 @@ CheckpointFormat = Literal["safetensors", "torch"]
 
 # Prefixes added by nn.DataParallel / DistributedDataParallel and by torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+#: ``torch.compile``'s attribute inside a key, where a block of the network was compiled.
+COMPILED_COMPONENT = "._orig_mod."
 # The safetensors format caps its header at 100 MB; a larger claimed length means a corrupt file.
 MAX_SAFETENSORS_HEADER = 100_000_000
 # Bits per element of every safetensors dtype (sub-byte float formats included).
@@ -277,7 +279,11 @@ def _tensor_record(file_name: str, key: str, info: object, data_size: int) -> Te
 
 
 def strip_wrapper_prefix(key: str) -> str:
-    """Remove leading ``module.`` / ``_orig_mod.`` prefixes, however many and in any order."""
+    """Remove leading ``module.`` / ``_orig_mod.`` prefixes, however many and in any order, and
+    ``torch.compile``'s ``_orig_mod.`` anywhere: a block compiled inside the network
+    (``self.backbone = torch.compile(self.backbone)``) saves ``backbone._orig_mod.*``, and the
+    built model holds the block itself (``rift.models.registry.unwrapped``). ``module.`` inside
+    a key is left: a network may name a submodule ``module``."""
     stripped = True
     while stripped:
         stripped = False
@@ -285,4 +291,6 @@ def strip_wrapper_prefix(key: str) -> str:
             if key.startswith(prefix):
                 key = key[len(prefix):]
                 stripped = True
+    while COMPILED_COMPONENT in key:
+        key = key.replace(COMPILED_COMPONENT, ".")
     return key

@@ -8,14 +8,16 @@ network: the Madry lab's ``robustness`` library saves an ``AttackerModel``
 ``attacker.normalize.*``/``attacker.model.*`` to the same tensors); PyTorch Lightning saves the
 LightningModule (``model.*`` or whatever its attribute is); RobustBench-style models keep
 ``mu``/``sigma`` buffers, or are an ``nn.Sequential`` of a normaliser and the network (``0.mean``,
-``0.std``, ``1.*``). The built-in architectures apply ``architecture.mean/std`` themselves from
-buffers outside their state dict (``rift.models.normalization``), so none of these keys has a
-place in the model.
+``0.std``, ``1.*``); PyTorch's own EMA and SWA wrapper (``torch.optim.swa_utils.AveragedModel``)
+saves the network under ``module.`` beside its update counter ``n_averaged``. The built-in
+architectures apply ``architecture.mean/std`` themselves from buffers outside their state dict
+(``rift.models.normalization``), so none of these keys has a place in the model.
 
 :func:`fit_layout` recognises such a file only when it is unambiguous: the keys under one prefix
 are exactly the model's (names and shapes; a missing ``num_batches_tracked`` allowed), and every
-other key is either a normaliser pair (see :data:`NORMALIZER_PAIRS`) or an equal copy of those
-weights under another prefix. A normaliser's values must then equal what the model applies
+other key is either a normaliser pair (see :data:`NORMALIZER_PAIRS`), an ``AveragedModel``'s
+counter beside them (:data:`AVERAGING_COUNTER`) or an equal copy of those weights under another
+prefix. A normaliser's values must then equal what the model applies
 (:func:`check_normalizers`: ``architecture.mean/std``, or the builder's default when unset,
 ImageNet's for torchvision models): the network was trained on inputs normalised by them, and
 dropping them or applying them twice would tune a model fed inputs it never saw. Two different
@@ -39,6 +41,12 @@ from rift.errors import CheckpointMismatchError
 #: float32 storage of the published constants, and the 4 digits they are usually written with.
 TOLERANCE = 5e-4
 _OPTIONAL_SUFFIX = "num_batches_tracked"
+#: ``torch.optim.swa_utils.AveragedModel``'s count of averaged updates, a one-value buffer saved
+#: beside the network it wraps (``module.*``; ``module.`` is stripped on reading): bookkeeping of
+#: the averaging, no weight of the network. It was refused as "1 unexpected key(s): n_averaged"
+#: with "check 'architecture.name'", PyTorch's own EMA of the right network included.
+AVERAGING_COUNTER = "n_averaged"
+_AVERAGED_MODULE = "module."
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,8 @@ class FittedLayout:
     prefix: str
     copies: list[str] = field(default_factory=list)
     normalizers: list[Normalizer] = field(default_factory=list)
+    #: ``AveragedModel`` counters left out (:data:`AVERAGING_COUNTER`).
+    counters: list[str] = field(default_factory=list)
 
     def note(self) -> str:
         """One sentence saying which keys were used and which left out, for a run's events."""
@@ -76,6 +86,9 @@ class FittedLayout:
             keys = ", ".join(f"{n.mean_key}/{n.std_key}" for n in self.normalizers)
             parts.append(f"the input normaliser ({keys}) equals the one the model applies "
                          "itself (architecture.mean/std), so it was left out")
+        if self.counters:
+            parts.append("the update counter of torch.optim.swa_utils.AveragedModel ("
+                         + ", ".join(self.counters) + ") was left out")
         return "; ".join(parts)
 
 
@@ -127,6 +140,19 @@ def _normalizers(rest: Mapping[str, Tensor], channels: int | None) -> tuple[list
                                     std.dtype))
             used.update((key, std_key))
     return found, [key for key in rest if key not in used]
+
+
+def _averaging_counters(rest: Sequence[str], state: Mapping[str, Tensor], prefix: str
+                        ) -> tuple[list[str], list[str]]:
+    """The ``AveragedModel`` counters among ``rest`` and the keys that are none: a one-value
+    ``n_averaged`` beside the network read under ``prefix``, i.e. at the level of the
+    ``AveragedModel`` whose ``module.`` holds it (``module.`` itself is stripped on reading, so
+    a top-level counter goes with an unprefixed network)."""
+    parent = prefix.removesuffix(_AVERAGED_MODULE) if prefix.endswith(_AVERAGED_MODULE) else None
+    owners = {prefix} if not prefix else set() if parent is None else {parent}
+    counters = [key for key in rest if state[key].numel() == 1
+                and any(key == owner + AVERAGING_COUNTER for owner in owners)]
+    return counters, [key for key in rest if key not in counters]
 
 
 @dataclass(frozen=True)
@@ -218,9 +244,10 @@ def fit_layout(expected: Mapping[str, Tensor], state: Mapping[str, Tensor], *,
                 if not (key.startswith(prefix) and key[len(prefix):] in expected)}
         copies, left = _copies(values, rest, prefix, weights, anchor)
         normalizers, left = _normalizers({key: rest[key] for key in left}, channels)
+        counters, left = _averaging_counters(left, state, prefix)
         if left:
             continue
-        return FittedLayout(weights, prefix, copies, normalizers)
+        return FittedLayout(weights, prefix, copies, normalizers, counters)
     others = {key: value for key, value in state.items()
               if not any(key.startswith(prefix) and key[len(prefix):] in expected
                          for prefix in fitting)}

@@ -25,7 +25,7 @@ import pickle
 import re
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -544,6 +544,14 @@ def check_compatible(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None
                      "RiFT attacks, scores and evaluates the model in eval mode, where BatchNorm "
                      "normalises with them, so they cannot be left at their initial values; "
                      "save the whole model.state_dict() (buffers included) after training")
+    pruned = _pruned_keys(missing, unexpected)
+    if pruned:
+        # Told only as missing and unexpected keys, this sent users to architecture.name.
+        parts.append(f"{_preview(pruned)} {'was' if len(pruned) == 1 else 'were'} saved from "
+                     "layers pruned with torch.nn.utils.prune (the checkpoint holds "
+                     "<name>_orig and <name>_mask, whose product the layer applied): call "
+                     "torch.nn.utils.prune.remove(module, name) on each pruned layer before "
+                     "saving its state_dict, which stores the pruned weight under its own key")
     prefix = _extra_prefix(unexpected, set(expected)) if missing else None
     if prefix is not None:
         parts.append(f"every unexpected key is a model key with the extra prefix {prefix!r} "
@@ -628,6 +636,13 @@ def check_tied(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
             f"the architecture ties {len(differing)} group(s) of keys to one tensor, but the "
             f"checkpoint holds different values under them: {_preview(shown)}; it was saved "
             "from a model without these ties (check 'architecture.name')")
+
+
+def _pruned_keys(missing: Sequence[str], unexpected: Sequence[str]) -> list[str]:
+    """The missing keys the checkpoint holds as ``torch.nn.utils.prune``'s pair
+    (``<key>_orig`` and ``<key>_mask``)."""
+    held = set(unexpected)
+    return [key for key in missing if f"{key}_orig" in held and f"{key}_mask" in held]
 
 
 def _extra_prefix(unexpected: list[str], model_keys: set[str]) -> str | None:

@@ -66,7 +66,10 @@ def interpolate_weights(
             result[key] = start.detach().clone()
         else:
             work_dtype = torch.promote_types(start.dtype, torch.float32)
-            mixed = torch.lerp(start.detach().to(work_dtype), end.detach().to(work_dtype), alpha)
+            low, high = start.detach().to(work_dtype), end.detach().to(work_dtype)
+            # Equal entries stay as they are: lerp of two equal infinities (an attention mask's
+            # -inf in a buffer) is NaN, where (1 − α)·a + α·a is a.
+            mixed = torch.where(low == high, low, torch.lerp(low, high, alpha))
             result[key] = mixed.to(start.dtype)
     return result
 

@@ -28,6 +28,7 @@ AWKWARD_ARCHITECTURES = {"tied_weights_net": "TiedWeights", "odd_layers_net": "O
                              "two_logits_net", "features_first_in_training_net",
                              "weight_norm_net", "spectral_norm_net", "hook_weight_norm_net",
                              "hook_spectral_norm_net", "compiled_net", "data_parallel_net",
+                             "compiled_block_net",
                              "reentrant_checkpoint_net", "train_mode_checkpoint_net",
                              "checkpoint_net", "scripted_net", "network_and_transforms_net")},
                          "plain_conv_net": "PlainConvNet", "lazy_net": "LazyNet",

@@ -440,6 +440,15 @@ def data_parallel_net(classes: int = 4) -> nn.Module:
     return nn.DataParallel(PlainConvNet(classes))
 
 
+def compiled_block_net(classes: int = 4) -> nn.Module:
+    """A network with one block compiled (``self.conv2 = torch.compile(self.conv2)``, as
+    training code compiles a backbone): its keys and module names hold ``_orig_mod.`` inside
+    (``conv2._orig_mod.weight``)."""
+    model = PlainConvNet(classes)
+    model.conv2 = torch.compile(model.conv2)  # type: ignore[assignment]
+    return model
+
+
 class SignalNet(nn.Module):
     """A Conv1d network for (N, C, T) signals (audio), as a 3-D npz array holds them."""
 

@@ -95,6 +95,26 @@ def _describe(output: object, limit: int = 6) -> str:
 _SUBCLASSES: dict[type[nn.Module], type[nn.Module]] = {}
 
 
+def structure_note(model: nn.Module, *inputs: Tensor) -> str:
+    """Where ``model`` (made by :func:`return_logits`) read its logits out of a tuple or list
+    by position on ``inputs``, a clause saying so, for an error about the logits' shape; else
+    "". A forward returning ``(features, logits)`` was told "returns (1, 16) ... needs logits of
+    shape (1, 4)", as if it returned one tensor."""
+    base = type(model)
+    if base not in _SUBCLASSES.values():
+        return ""
+    try:
+        output = base.__mro__[1].forward(model, *inputs)  # type: ignore[attr-defined]
+    except Exception:  # it ran just before: nothing to add where a second pass cannot
+        return ""
+    if not isinstance(output, tuple | list) or isinstance(output, Mapping) or (
+            _LOGITS in (getattr(output, "_fields", None) or ())):
+        return ""
+    return (f"; its forward returns a {type(output).__name__} ({_describe(output)}), whose "
+            "first element RiFT reads as the logits: return the logits first, or a dict with "
+            "a 'logits' entry")
+
+
 def return_logits(model: nn.Module) -> nn.Module:
     """``model``, its class swapped for one whose ``forward`` returns :func:`logits_of` of the
     original output (the same object, returned for chaining). Idempotent."""

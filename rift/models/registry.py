@@ -26,7 +26,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from rift.config import ArchitectureSpec
 from rift.errors import ConfigError, RiftError, UnknownArchitectureError
 from rift.model_state import eval_mode, frozen_except, functional_call_restoring
-from rift.models.logits_output import return_logits
+from rift.models.logits_output import return_logits, structure_note
 from rift.models.mlp import mlp
 from rift.models.preact_resnet import preact_resnet18
 from rift.models.recurrent import differentiable_in_eval_mode
@@ -237,7 +237,27 @@ def unwrapped(model: nn.Module) -> nn.Module:
         elif isinstance(model, nn.DataParallel | DistributedDataParallel):
             model = model.module
         else:
-            return model
+            break
+    if compiled is not None and isinstance(model, nn.Module):  # else refused by the caller
+        _uncompile_blocks(model, compiled)
+    return model
+
+
+def _uncompile_blocks(model: nn.Module, compiled: type) -> None:
+    """Put each ``torch.compile``d block inside ``model`` (``self.backbone =
+    torch.compile(backbone)``) back as the block itself. Before, its modules and keys held
+    ``_orig_mod.`` (``finetune.module`` naming the block was "an OptimizedModule, which MRC does
+    not score", and a checkpoint of the plain network was refused), and each stage's call of it
+    compiled it. Checkpoint keys are read without ``_orig_mod.``
+    (``rift.checkpoint_format.strip_wrapper_prefix``). A ``DataParallel`` block stays: a network
+    may name a submodule ``module``, so ``module.`` inside a key cannot be read as a wrapper's."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            inner: nn.Module = child
+            while isinstance(inner, compiled) and isinstance(inner._orig_mod, nn.Module):
+                inner = inner._orig_mod
+            if inner is not child:
+                setattr(parent, name, inner)
 
 
 def _materialize_lazy(model: nn.Module, spec: ArchitectureSpec,
@@ -508,9 +528,11 @@ def check_model_accepts(model: nn.Module, spec: ArchitectureSpec,
     expected = (1, spec.num_classes)
     got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
     if got != expected:
+        with frozen_except(model), torch.no_grad():
+            read_from = structure_note(model, probe)
         raise ConfigError(
             f"architecture {spec.name!r} returns {got} for one of the dataset's {shape}; RiFT "
-            f"needs logits of shape {expected} (batch, architecture.num_classes)"
+            f"needs logits of shape {expected} (batch, architecture.num_classes)" + read_from
             + (f"; {SINGLE_LOGIT_HINT}" if got == (1, 1) else _output_shape_hint(got, expected)),
             field="architecture")
 

@@ -447,12 +447,16 @@ def test_lazy_layers_get_their_shapes_before_the_checkpoint_is_checked(
     assert all(torch.equal(run.original_state[k], v) for k, v in state.items())
 
 
-@pytest.mark.parametrize("architecture", ["compiled_net", "data_parallel_net"])
+@pytest.mark.parametrize("architecture", ["compiled_net", "data_parallel_net",
+                                          "compiled_block_net"])
 def test_a_builder_returning_a_wrapped_network_runs_the_network_inside(
         plugin_path: Path, tmp_path: Path, architecture: str) -> None:
     """``torch.compile(net)`` or ``nn.DataParallel(net)`` from a builder. Before: every
     checkpoint refused (missing ``_orig_mod.*``/``module.*`` keys: checkpoints are read without
-    those prefixes), and ``finetune.module`` failed with "DataParallel has no attribute"."""
+    those prefixes), and ``finetune.module`` failed with "DataParallel has no attribute". A
+    block compiled inside the network (``compiled_block_net``: ``conv2._orig_mod.weight``) was
+    "an OptimizedModule, which MRC does not score" as ``finetune.module``, and the plain
+    network's checkpoint was refused."""
     from rift.pipeline import run_pipeline
     from tests.module_factories import PlainConvNet
 
@@ -462,6 +466,28 @@ def test_a_builder_returning_a_wrapped_network_runs_the_network_inside(
     assert [row["name"] for row in result["mrc"]["rows"]] == ["conv1", "conv2", "head"]
     assert set(checkpoints.load_state_dict(tmp_path / "out" / "tuned.safetensors")) == set(
         PlainConvNet().state_dict())
+
+
+def test_a_checkpoint_of_a_network_with_a_compiled_block_loads_into_the_network(
+        plugin_path: Path, tmp_path: Path) -> None:
+    """Saved from training code that compiled a block (``self.conv2 =
+    torch.compile(self.conv2)``): ``conv2._orig_mod.weight`` was an unexpected key beside a
+    missing ``conv2.weight``, in the job and at ``POST /v1/jobs`` (whose inspection reads keys
+    the same way, ``strip_wrapper_prefix``)."""
+    from rift.checkpoint_format import strip_wrapper_prefix
+    from rift.pipeline import prepare_run
+    from tests.module_factories import compiled_block_net
+
+    saved = compiled_block_net().state_dict()
+    assert "conv2._orig_mod.weight" in saved
+    torch.save(saved, tmp_path / "c.pt")
+    run = prepare_run(_awkward_config(tmp_path, "plain_conv_net", "conv2"), tmp_path / "c.pt")
+    held = run.model.state_dict()
+    assert all(torch.equal(held[strip_wrapper_prefix(key)], value)
+               for key, value in saved.items())
+    # Leading wrappers as before; "module." inside a key is a submodule's own name.
+    assert strip_wrapper_prefix("module._orig_mod.a._orig_mod.b.weight") == "a.b.weight"
+    assert strip_wrapper_prefix("a.module.weight") == "a.module.weight"
 
 
 def test_channels_last_runs_a_model_with_a_conv3d(plugin_path: Path, tmp_path: Path) -> None:

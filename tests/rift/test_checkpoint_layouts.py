@@ -284,6 +284,24 @@ def test_missing_batchnorm_statistics_are_named_as_such() -> None:
         check_compatible(model, without)
 
 
+def test_a_checkpoint_of_pruned_layers_is_told_to_remove_the_pruning() -> None:
+    # torch.nn.utils.prune keeps weight_orig and weight_mask in the state dict instead of
+    # weight: this was told as a missing and two unexpected keys, "check architecture.name".
+    import torch.nn.utils.prune as prune
+
+    model = build_model(_config_spec(), in_channels=3, image_size=8)
+    pruned = build_model(_config_spec(), in_channels=3, image_size=8)
+    prune.l1_unstructured(pruned.conv1, "weight", amount=0.3)
+    prune.l1_unstructured(pruned.fc, "bias", amount=0.5)
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"conv1\.weight, fc\.bias were saved from layers pruned with "
+                       r"torch\.nn\.utils\.prune.*prune\.remove\(module, name\)"):
+        check_compatible(model, pruned.state_dict())
+    for module, name in ((pruned.conv1, "weight"), (pruned.fc, "bias")):
+        prune.remove(module, name)
+    check_compatible(model, pruned.state_dict())  # the fix it names loads
+
+
 def test_a_bf16_normalisers_spacing_is_no_tolerance_for_values_below_one() -> None:
     # bf16's spacing near 1 (0.0078) was the tolerance at every value: a std of 0.2 configured
     # passed for a checkpoint normalised by (0.2023, 0.1994, 0.2010), 1 % apart, though bf16
@@ -336,3 +354,41 @@ def test_the_fit_check_tells_two_networks_from_a_copy_by_their_digests(tmp_path:
     assert check_checkpoint_fits(config, same.shapes, digests=same.digests, in_channels=3,
                                  image_size=8).unknown_values == []
     assert _loaded(prepare_run(_config(tmp_path), tmp_path / "checkpoint.pt"), network)
+
+
+def test_torchs_averaged_model_checkpoint_runs_without_its_update_counter(
+        tmp_path: Path) -> None:
+    # torch.optim.swa_utils.AveragedModel (PyTorch's own EMA and SWA) saves the network under
+    # "module." beside its counter "n_averaged": refused as "1 unexpected key(s): n_averaged"
+    # telling to check architecture.name, in the job and at job creation.
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from rift.config import RiftConfig
+
+    model = build_model(_config_spec(), in_channels=3, image_size=8)
+    model.load_state_dict(_network())
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999))
+    ema.update_parameters(model)
+    saved = ema.state_dict()
+    assert "n_averaged" in saved
+    path = tmp_path / "ema.pt"
+    torch.save(saved, path)
+    run = prepare_run(_config(tmp_path), path)
+    assert _loaded(run, _network())
+    assert any("AveragedModel (n_averaged) was left out" in warning
+               for warning in run.model_warnings)
+    # Under a Lightning module's attribute, the counter beside its own "module.".
+    lightning = {f"ema.{key}": value for key, value in saved.items()}
+    layout = fit_layout(run.model.state_dict(), lightning, channels=3)
+    assert layout is not None and layout.prefix == "ema.module."
+    assert layout.counters == ["ema.n_averaged"]
+    # Only the counter of the wrapper holding the network: elsewhere it is an unknown key.
+    with pytest.raises(CheckpointMismatchError, match=r"other\.n_averaged"):
+        check_compatible(run.model, {**_network(), "other.n_averaged": torch.tensor(1)})
+    assert fit_layout(run.model.state_dict(), {**_network(), "other.n_averaged":
+                                               torch.tensor(1)}, channels=3) is None
+    config = RiftConfig.model_validate({"architecture": _config_spec().model_dump(),
+                                        "dataset": {"name": "npz", "path": "d.npz"}})
+    shapes = {key.removeprefix("module."): tuple(value.shape) for key, value in saved.items()}
+    assert check_checkpoint_fits(config, shapes, dtypes={"n_averaged": "int64"}, in_channels=3,
+                                 image_size=8).unknown_values == []

@@ -121,3 +121,13 @@ def test_select_alpha_ties_and_fallback() -> None:
     assert select_alpha(none, baseline_robust_accuracy=50.0).alpha == 0.0
     with pytest.raises(ConfigError):
         select_alpha([], baseline_robust_accuracy=50.0)
+
+
+def test_equal_infinite_entries_stay_as_they_are() -> None:
+    # A mask buffer holding -inf in both state dicts: torch.lerp(-inf, -inf, α) is NaN.
+    mask = torch.tensor([0.0, float("-inf"), float("inf")])
+    theta_at = {"mask": mask, "w": torch.tensor([1.0, 2.0, float("nan")])}
+    theta_ft = {"mask": mask.clone(), "w": torch.tensor([3.0, 2.0, 1.0])}
+    mixed = interpolate_weights(theta_at, theta_ft, 0.25)
+    assert torch.equal(mixed["mask"], mask)
+    assert mixed["w"][:2].tolist() == [1.5, 2.0] and mixed["w"][2].isnan()

@@ -69,3 +69,32 @@ def test_the_model_returns_its_logits_keeps_its_names_and_traces(form: str) -> N
     segment = split_at_parameters(trace(model), [model.head.weight])
     assert segment is not None
     assert torch.allclose(segment.suffix(*segment.prefix(images)), logits)
+
+
+def test_logits_of_the_wrong_width_read_from_a_tuple_are_told_as_its_first_element() -> None:
+    # (features, logits) was told "returns (1, 16) ... needs logits of shape (1, 4)", as if
+    # forward returned one tensor; a namedtuple's or a dict's logits add no such words.
+    from rift.config import ArchitectureSpec
+    from rift.models.registry import check_model_accepts
+
+    class FeaturesFirst(torch.nn.Module):
+        def __init__(self, form: str) -> None:
+            super().__init__()
+            self.body, self.head, self.form = torch.nn.Linear(12, 16), torch.nn.Linear(16, 5), form
+
+        def forward(self, x: torch.Tensor) -> object:
+            features = self.body(x.flatten(1))
+            logits = self.head(features)
+            return ((features, logits) if self.form == "tuple"
+                    else Reversed(features, logits) if self.form == "namedtuple" else features)
+
+    spec = ArchitectureSpec(name="own_net", num_classes=4)
+    for form, words in (("tuple", r"\(1, 16\).*its forward returns a tuple \(tensor \(1, 16\), "
+                         r"tensor \(1, 5\)\), whose first element RiFT reads as the logits"),
+                        ("namedtuple", r"needs logits of shape \(1, 4\) \(batch, architecture"
+                         r"\.num_classes\)$"),
+                        ("tensor", r"returns \(1, 16\).*num_classes\)$")):
+        model = return_logits(FeaturesFirst(form))
+        with pytest.raises(ConfigError, match=words):
+            check_model_accepts(model, spec, (3, 2, 2), device=torch.device("cpu"))
+        assert model.training  # its mode is put back
