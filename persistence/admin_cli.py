@@ -66,11 +66,13 @@ from persistence.deletion import (
     ProjectHasActiveJobs,
     ProjectInputsReferenced,
     delete_project,
+    project_storage_keys,
 )
 from persistence.models import ApiKey, Project
 from persistence.records import recount_stored_bytes
 from persistence.schema import MIGRATE_COMMAND, SchemaNotCurrent, check_schema
 from persistence.settings import Settings, settings_or_exit
+from persistence.storage import ObjectStore
 from persistence.usage import ProjectLimits, ProjectUsage, project_usage
 
 
@@ -304,8 +306,33 @@ def _projects_recount_storage(session: Session, args: argparse.Namespace, _: Set
         + ("" if args.dry_run or not differed else " (repaired)"))
 
 
+# How many of a project's objects are looked for before deleting it: enough that a store that
+# merely lost a few still counts as the service's, few enough to cost nothing on S3.
+STORE_PROBE_KEYS = 5
+
+
+def _check_store_is_the_services(session: Session, store: ObjectStore, project: Project,
+                                 settings: Settings) -> None:
+    """Refuse (nothing deleted) when the store these settings name holds none of the project's
+    objects its rows name: rift-admin run with DATABASE_URL alone (the "Use it" minimum) names
+    the default ./var/objects, so the rows went and the files stayed, unaccounted, in the
+    service's store, while the summary counted them as deleted."""
+    keys = project_storage_keys(session, project.id)[:STORE_PROBE_KEYS]
+    if not keys or any(store.exists(key) for key in keys):
+        return
+    where = (f"STORE_ROOT={Path(settings.store_root).resolve()}" if settings.store_kind == "local"
+             else f"S3_BUCKET={settings.s3_bucket}")
+    raise AdminError(
+        f"the object store these settings name (STORE_KIND={settings.store_kind}, {where}) holds "
+        f"none of the stored objects of project '{project.name}' (looked for {keys[0]}): run "
+        f"rift-admin with the service's store settings as well as its DATABASE_URL; nothing "
+        f"deleted")
+
+
 def _projects_delete(session: Session, args: argparse.Namespace, settings: Settings) -> Output:
-    gone = delete_project(session, settings.build_object_store(), _found(session, args.name),
+    store, project = settings.build_object_store(), _found(session, args.name)
+    _check_store_is_the_services(session, store, project, settings)
+    gone = delete_project(session, store, project,
                           force=args.force, wait_s=settings.project_delete_wait_seconds)
     return Output({"deleted": asdict(gone)}, note=(
         f"deleted project '{gone.name}': {gone.jobs} jobs, {gone.checkpoints} checkpoints, "

@@ -208,6 +208,17 @@ def delete_project(session: Session, store: ObjectStore, project: Project, *, fo
                 raise
 
 
+def project_storage_keys(session: Session, project_id: str) -> list[str]:
+    """The storage keys its rows name: its jobs' artifacts, its checkpoints and datasets."""
+    return [*session.execute(select(Artifact.storage_key)
+                             .join(Job, Job.id == Artifact.job_id)
+                             .where(Job.project_id == project_id)).scalars(),
+            *session.execute(select(Checkpoint.storage_key)
+                             .where(Checkpoint.project_id == project_id)).scalars(),
+            *session.execute(select(Dataset.storage_key)
+                             .where(Dataset.project_id == project_id)).scalars()]
+
+
 def _delete_rows_then_objects(session: Session, store: ObjectStore, name: str,
                               project_id: str) -> DeletedProject:
     """:func:`delete_project`'s rows (one transaction under the project's lock), then its
@@ -225,13 +236,7 @@ def _delete_rows_then_objects(session: Session, store: ObjectStore, name: str,
             raise ProjectHasActiveJobs(name, active, stopping=False)
         job_ids = list(session.execute(select(Job.id).where(Job.project_id == project_id))
                        .scalars())
-        keys = [*session.execute(select(Artifact.storage_key)
-                                 .join(Job, Job.id == Artifact.job_id)
-                                 .where(Job.project_id == project_id)).scalars(),
-                *session.execute(select(Checkpoint.storage_key)
-                                 .where(Checkpoint.project_id == project_id)).scalars(),
-                *session.execute(select(Dataset.storage_key)
-                                 .where(Dataset.project_id == project_id)).scalars()]
+        keys = project_storage_keys(session, project_id)
         # Jobs before their inputs (the foreign keys restrict); each job's own tables go with
         # it (ON DELETE CASCADE), as do each webhook's deliveries and the keys.
         foreign = _foreign_jobs_using_inputs(session, project_id)

@@ -179,6 +179,51 @@ def test_every_riftctl_line_names_real_commands_and_options() -> None:
                 command = sub
 
 
+def _riftctl_leaf(words: list[str]) -> tuple[Any, list[str]] | None:
+    """The command a riftctl line runs and the positional arguments it gives it (elisions
+    ``...``/``…`` dropped), or None for a ``--help`` line; options are the test above's."""
+    command: Any = typer.main.get_command(riftctl_app)
+    positional: list[str] = []
+    value_next = False
+    for word in hoist_root_options(words):
+        if value_next:
+            value_next = False
+        elif word == "--help":
+            return None
+        elif word.startswith("-") and word != "-":
+            option = _option(command, word.split("=", 1)[0])
+            value_next = option is not None and not (option.is_flag or option.count or "=" in word)
+        elif hasattr(command, "commands") and word in command.commands:
+            command = command.commands[word]
+        elif word not in ("...", "…"):
+            positional.append(word)
+    return command, positional
+
+
+def test_every_riftctl_example_gives_its_command_the_arguments_it_takes() -> None:
+    # The test above checks names; a copied line also needs its positional arguments: one
+    # dropped (`admin keys get KEY_ID` once the project became an argument) or one too many is
+    # typer's "Missing argument" / "Got unexpected extra argument" for whoever pastes it.
+    # Code lines only: prose names commands without their arguments (`riftctl jobs get`).
+    checked = 0
+    for text in (README, CLIENT_README):
+        for words in _command_lines(text, "riftctl", inline=False):
+            shown = "riftctl " + " ".join(words)
+            leaf = _riftctl_leaf(words)
+            if leaf is None:
+                continue
+            command, given = leaf
+            assert not hasattr(command, "commands"), f"{shown}: names no command of {command.name}"
+            arguments = [p for p in command.params if p.param_type_name == "argument"]
+            required = sum(max(p.nargs, 1) for p in arguments if p.required)
+            most = None if any(p.nargs == -1 for p in arguments) else sum(p.nargs for p in arguments)
+            assert len(given) >= required, f"{shown}: {command.name} needs {required} argument(s)"
+            assert most is None or len(given) <= most, \
+                f"{shown}: {command.name} takes at most {most} argument(s), given {given}"
+            checked += 1
+    assert checked > 40, checked
+
+
 def test_every_rift_admin_line_parses() -> None:
     # Whole commands only: prose names part of one (`rift-admin keys create`).
     lines = [*_command_lines(README, "rift-admin", inline=False),

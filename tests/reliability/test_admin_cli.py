@@ -351,3 +351,26 @@ def test_rift_admin_read_by_a_pipe_closed_early_exits_quietly(api: Api) -> None:
     done = subprocess.run(["bash", "-c", pipeline], env=env, cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_rift_admin_projects_delete_refuses_a_store_that_is_not_the_services(
+        api: Api, small_cnn_file: Path, optional_api_launcher: Launcher | None,
+        tmp_path: Path) -> None:
+    # "Use it" asks for DATABASE_URL at least: run so, rift-admin named the default
+    # ./var/objects as the store, deleted the rows, counted the objects as deleted and left
+    # every file in the service's store, where nothing accounts for it any more.
+    from tests.reliability.conftest import upload
+
+    checkpoint = upload(api.client, "/v1/checkpoints", "m.safetensors",
+                        small_cnn_file.read_bytes())
+    stored = api.stored_files()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "STORE_KIND", "STORE_ROOT")}
+    env.update(DATABASE_URL=api.settings.database_url)  # no store settings: the default folder
+    refused = run_python_module(optional_api_launcher, "persistence.admin_cli",
+                                ["projects", "delete", "tests"], env=env, cwd=tmp_path, timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    assert "STORE_ROOT=" in refused.stderr and "nothing deleted" in refused.stderr
+    assert f"checkpoints/{checkpoint['id']}" in refused.stderr
+    assert api.client.get(f"/v1/checkpoints/{checkpoint['id']}").status_code == 200
+    assert api.stored_files() == stored
