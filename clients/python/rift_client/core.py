@@ -333,6 +333,20 @@ def _export_outcome(job_id: str, request_event_id: int,
     return None
 
 
+def _pause(deadline: float | None, outage: Outage, poll_interval: float,
+           timed_out: WaitTimeoutError) -> Flow[None]:
+    """A wait's pause before its next look: ``poll_interval`` (longer during an outage), cut to
+    what is left before ``deadline``; ``timed_out`` (saying what was still awaited at this
+    look) raised once nothing is left."""
+    if deadline is None:
+        yield Sleep(outage.delay(poll_interval))
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise timed_out
+    yield Sleep(min(outage.delay(poll_interval), left))
+
+
 def _passed(deadline: float | None) -> bool:
     """Whether ``deadline`` (a ``time.monotonic()`` instant, or None: none) has passed."""
     return deadline is not None and time.monotonic() >= deadline
@@ -1000,16 +1014,10 @@ class RiftCore:
                 after = max(after, page.next_after)
                 if len(page.items) == _EVENT_PAGE:
                     continue  # more events already there: read them before pausing
-            if deadline is None:
-                yield Sleep(outage.delay(poll_interval))
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WaitTimeoutError(
-                    f"the MLflow export of job {job_id} asked for by event {request_event_id} "
-                    f"had no outcome after {timeout:g} s (is a worker running?)", job_id=job_id,
-                    last_status=SUCCEEDED)  # only a succeeded job's export is queued
-            yield Sleep(min(outage.delay(poll_interval), left))
+            yield from _pause(deadline, outage, poll_interval, WaitTimeoutError(
+                f"the MLflow export of job {job_id} asked for by event {request_event_id} had "
+                f"no outcome after {timeout:g} s (is a worker running?)", job_id=job_id,
+                last_status=SUCCEEDED))  # only a succeeded job's export is queued
 
     def get_materialization(self, job_id: str, materialization_id: str,
                             deadline: float | None = None) -> Flow[Materialization]:
@@ -1057,16 +1065,10 @@ class RiftCore:
                     on_update(record)
                 if record.finished:
                     return record
-            if deadline is None:
-                yield Sleep(outage.delay(poll_interval))
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WaitTimeoutError(
-                    f"materialization {materialization_id} (α = {record.alpha:g}) of job {job_id} "
-                    f"was still {record.status} after {timeout:g} s", job_id=job_id,
-                    last_status=record.status, materialization_id=materialization_id)
-            yield Sleep(min(outage.delay(poll_interval), left))
+            yield from _pause(deadline, outage, poll_interval, WaitTimeoutError(
+                f"materialization {materialization_id} (α = {record.alpha:g}) of job {job_id} "
+                f"was still {record.status} after {timeout:g} s", job_id=job_id,
+                last_status=record.status, materialization_id=materialization_id))
 
     def download(self, job_id: str, name: str, path: str | os.PathLike[str],
                  progress: ProgressCallback | None, resume_attempts: int) -> Flow[Path]:
