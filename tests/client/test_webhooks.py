@@ -100,3 +100,29 @@ def test_a_signed_body_that_is_not_a_message_and_a_secret_that_is_not_one() -> N
         assert reason(secret, signed(secret, body), body) == "invalid_body"
     with pytest.raises(RiftUsageError, match="whsec_"):
         verify_webhook("whsec_not base64!", signed(secret), BODY, now=NOW)
+
+
+def test_headers_as_the_standard_library_and_other_frameworks_give_them() -> None:
+    """``http.server`` hands a receiver an ``email.message.Message``, Flask a werkzeug
+    ``Headers``: neither is a ``Mapping``, which ``headers`` was typed as, so a type-checked
+    receiver failed its check though the call worked. The annotation now names what is used
+    (``items()``), and both kinds pass it and verify."""
+    from email.message import Message
+    from typing import get_type_hints
+
+    secret = new_secret()
+    stdlib = Message()
+    for name, value in signed(secret).items():
+        stdlib[name.title()] = value
+
+    class FrameworkHeaders:  # werkzeug-like: items() and nothing of a Mapping
+        def __init__(self, pairs: dict[str, str]) -> None:
+            self._pairs = list(pairs.items())
+
+        def items(self) -> list[tuple[str, str]]:
+            return self._pairs
+
+    accepted = get_type_hints(verify_webhook)["headers"]
+    for headers in (stdlib, FrameworkHeaders(signed(secret)), signed(secret)):
+        assert isinstance(headers, accepted)
+        assert verify_webhook(secret, headers, BODY, now=NOW).id == "msg_1"

@@ -33,7 +33,8 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
 
 from rift_client.errors import RiftUsageError, WebhookVerificationError
 from rift_client.models import WebhookMessage
@@ -55,7 +56,17 @@ def _secret_key(secret: str) -> bytes:
                              "'secret' of the registration's answer)", field="secret") from None
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
+@runtime_checkable
+class Headers(Protocol):
+    """A request's headers as any framework gives them: anything with ``items()`` of (name,
+    value) pairs. Typed as ``Mapping`` before, so a receiver on the standard library's
+    ``http.server`` (its ``email.message.Message``) or on Flask (werkzeug ``Headers``), neither of
+    them a ``Mapping``, failed its type check though the call worked."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+def _header(headers: Headers, name: str) -> str:
     # Frameworks differ in the case they give header names; HTTP names are case-insensitive.
     for key, value in headers.items():
         if key.lower() == name:
@@ -63,7 +74,7 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     raise WebhookVerificationError(f"the request has no {name} header", reason="missing_header")
 
 
-def verify_webhook(secret: str, headers: Mapping[str, str], body: bytes | str, *,
+def verify_webhook(secret: str, headers: Headers, body: bytes | str, *,
                    tolerance_s: float = DEFAULT_TOLERANCE_S,
                    now: float | None = None) -> WebhookMessage:
     """Check a webhook request's signature and timestamp and return its message.
