@@ -5,7 +5,6 @@ carries a request's own strings (ids, file names), which would grow a series per
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from persistence.settings import Settings
 from tests.api.helpers import Api, RecordingDispatcher
+from tests.api.report_checks import exposition_problems
 from tests.service_fixtures import settings_from_env
 
 UNIQUE = "zq7unique"
@@ -41,34 +41,7 @@ def test_every_family_is_well_formed_and_no_label_carries_a_requests_strings(
     text = client.get("/metrics").text
     assert UNIQUE not in text, [line for line in text.splitlines() if UNIQUE in line][:5]
 
-    helps = set(re.findall(r"^# HELP (\S+) \S", text, re.M))
-    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
-    families = list(text_string_to_metric_families(text))
-    assert families
-    for family in families:
-        exposed = family.name + ("_total" if family.type == "counter" else "")
-        assert exposed in helps or family.name in helps, family.name
-        assert types.get(exposed, types.get(family.name)) == family.type, family.name
-        assert re.fullmatch(r"[a-z_][a-z0-9_]*", family.name), family.name
-        # Base units only: seconds, bytes (not ms, kb).
-        assert not re.search(r"_(ms|milliseconds|minutes|hours|kb|mb|kilobytes|megabytes)"
-                             r"(_|$)", family.name), family.name
-        if family.type == "counter":
-            assert {s.name for s in family.samples} <= {family.name + "_total",
-                                                        family.name + "_created"}, family.name
-        if family.type == "histogram":
-            assert family.name.endswith(("_seconds", "_bytes")), family.name
-            for labels in {tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
-                           for s in family.samples}:
-                bounds = [float(s.labels["le"]) for s in family.samples
-                          if s.name.endswith("_bucket")
-                          and tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
-                          == labels]
-                assert bounds == sorted(bounds) and bounds[-1] == float("inf"), family.name
-                counts = [s.value for s in family.samples if s.name.endswith("_bucket")
-                          and tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
-                          == labels]
-                assert counts == sorted(counts), family.name  # cumulative
+    assert exposition_problems(text) == []
 
 
 def test_the_apps_own_routes_and_static_files_are_counted_by_their_template(
@@ -87,3 +60,14 @@ def test_the_apps_own_routes_and_static_files_are_counted_by_their_template(
     assert counted[("/openapi.json", "200")] == 1
     assert counted[("/static/{path}", "200")] == 1 and counted[("/static/{path}", "404")] == 1
     assert counted[("<unmatched>", "404")] == 1 and ("<unmatched>", "200") not in counted
+
+
+
+def test_the_checker_names_each_kind_of_problem() -> None:
+    bad = ("# TYPE x_latency_ms histogram\n"
+           'x_latency_ms_bucket{le="1.0"} 2\nx_latency_ms_bucket{le="+Inf"} 1\n'
+           "x_latency_ms_count 1\nx_latency_ms_sum 1\n")
+    assert exposition_problems(bad) == [
+        "x_latency_ms: no HELP", "x_latency_ms: not in base units",
+        "x_latency_ms: a histogram not in seconds or bytes",
+        "x_latency_ms{}: buckets not sorted, cumulative, to +Inf"]
