@@ -126,3 +126,20 @@ def test_headers_as_the_standard_library_and_other_frameworks_give_them() -> Non
     for headers in (stdlib, FrameworkHeaders(signed(secret)), signed(secret)):
         assert isinstance(headers, accepted)
         assert verify_webhook(secret, headers, BODY, now=NOW).id == "msg_1"
+
+
+def test_forged_headers_and_bodies_raise_only_verification_errors() -> None:
+    """What a sender controls (the headers, the body's bytes) must end in a
+    WebhookVerificationError, the one exception a receiver's handler is told to catch: a
+    timestamp of 400 digits raised OverflowError, of 5,000 ValueError, and text that no body
+    decodes to UnicodeEncodeError, each a 500 from the receiver."""
+    secret = new_secret()
+    for stamp in ("9" * 16, "9" * 400, "9" * 5000):
+        assert reason(secret, {**signed(secret), "webhook-timestamp": stamp}) == \
+            "invalid_timestamp"
+    assert reason(secret, signed(secret), "\ud800" + BODY.decode()) == "invalid_body"
+    # Text decoded with surrogateescape (bytes that are not UTF-8 kept) is the same bytes.
+    odd = BODY[:-1] + b' \xff}'
+    text = odd.decode("utf-8", "surrogateescape")
+    assert reason(secret, signed(secret, odd), text) == "invalid_body"  # signed, not JSON text
+    assert reason(secret, signed(secret), text) == "invalid_signature"
