@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.multiprocess_metrics import shared_exposition
@@ -89,12 +90,29 @@ def _route_template(scope: Scope) -> str:
     made ``GET /v1/jobs/jobs`` the series ``/v1/{job_id}/{job_id}``."""
     route = scope.get("route")
     if route is None:
-        return "<unmatched>"
+        return _plain_route_template(scope)
     segments = str(scope.get("path", "")).split("/")
     own = str(getattr(route, "path_format", "") or "").lstrip("/").split("/")
     if len(own) > len(segments):  # not a path this route could have matched; keep it bounded
         return "<unmatched>"
     return "/".join(segments[:len(segments) - len(own)] + own)
+
+
+def _plain_route_template(scope: Scope) -> str:
+    """The template of a route the app itself holds that is not a FastAPI route (a Starlette
+    ``Route``: ``/openapi.json``; a ``Mount``: ``/static/{path}``): FastAPI marks only its own
+    routes in the scope, so those requests were all counted as ``<unmatched>``, mixed with the
+    404s of unknown paths. Found by the endpoint the match put in the scope; such a route is
+    the app's own, so its template is whole (no router prefix), and a mount's ``{path}`` stays
+    a placeholder (never the file asked for)."""
+    endpoint = scope.get("endpoint")
+    app = scope.get("app")
+    if endpoint is not None:
+        for route in getattr(app, "routes", ()):
+            if isinstance(route, Mount | Route) and endpoint in (
+                    getattr(route, "endpoint", None), getattr(route, "app", None)):
+                return str(route.path_format)
+    return "<unmatched>"
 
 
 def _is_multipart(scope: Scope) -> bool:

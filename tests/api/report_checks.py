@@ -156,3 +156,44 @@ def hostile_module_name(index: int) -> str:
     module names of the big-report tests (page size, headless rendering)."""
     stem = ".".join(f"stages.{index % 4}.blocks.{index % 12}.attn.qkv_projection" for _ in range(3))
     return f"backbone.{HOSTILE}.ünïcødé.{stem}.stages.{index // 12}.blocks.{index % 12}.attn.qkv"
+
+
+def exposition_problems(text: str) -> list[str]:
+    """What a Prometheus operator would object to in an exposition (empty: none): a family
+    without HELP or TYPE, a name against the conventions (``_total`` counters, base units),
+    a histogram not in seconds or bytes, or with unsorted or non-cumulative buckets."""
+    problems: list[str] = []
+    helps = set(re.findall(r"^# HELP (\S+) \S", text, re.M))
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    families = list(text_string_to_metric_families(text))
+    if not families:
+        return ["no families"]
+    for family in families:
+        name = family.name
+        exposed = name + ("_total" if family.type == "counter" else "")
+        if exposed not in helps and name not in helps:
+            problems.append(f"{name}: no HELP")
+        if types.get(exposed, types.get(name)) != family.type:
+            problems.append(f"{name}: TYPE missing or not {family.type}")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            problems.append(f"{name}: not snake_case")
+        if re.search(r"_(ms|milliseconds|minutes|hours|kb|mb|kilobytes|megabytes)(_|$)", name):
+            problems.append(f"{name}: not in base units")
+        if family.type == "counter" and not {s.name for s in family.samples} <= {
+                name + "_total", name + "_created"}:
+            problems.append(f"{name}: a counter sample without _total")
+        if family.type != "histogram":
+            continue
+        if not name.endswith(("_seconds", "_bytes")):
+            problems.append(f"{name}: a histogram not in seconds or bytes")
+        series: dict[tuple[tuple[str, str], ...], list[tuple[float, float]]] = {}
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                key = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+                series.setdefault(key, []).append((float(sample.labels["le"]), sample.value))
+        for key, buckets in series.items():
+            bounds = [bound for bound, _ in buckets]
+            counts = [count for _, count in buckets]
+            if bounds != sorted(bounds) or bounds[-1] != float("inf") or counts != sorted(counts):
+                problems.append(f"{name}{dict(key)}: buckets not sorted, cumulative, to +Inf")
+    return problems

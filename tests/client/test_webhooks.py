@@ -100,3 +100,46 @@ def test_a_signed_body_that_is_not_a_message_and_a_secret_that_is_not_one() -> N
         assert reason(secret, signed(secret, body), body) == "invalid_body"
     with pytest.raises(RiftUsageError, match="whsec_"):
         verify_webhook("whsec_not base64!", signed(secret), BODY, now=NOW)
+
+
+def test_headers_as_the_standard_library_and_other_frameworks_give_them() -> None:
+    """``http.server`` hands a receiver an ``email.message.Message``, Flask a werkzeug
+    ``Headers``: neither is a ``Mapping``, which ``headers`` was typed as, so a type-checked
+    receiver failed its check though the call worked. The annotation now names what is used
+    (``items()``), and both kinds pass it and verify."""
+    from email.message import Message
+    from typing import get_type_hints
+
+    secret = new_secret()
+    stdlib = Message()
+    for name, value in signed(secret).items():
+        stdlib[name.title()] = value
+
+    class FrameworkHeaders:  # werkzeug-like: items() and nothing of a Mapping
+        def __init__(self, pairs: dict[str, str]) -> None:
+            self._pairs = list(pairs.items())
+
+        def items(self) -> list[tuple[str, str]]:
+            return self._pairs
+
+    accepted = get_type_hints(verify_webhook)["headers"]
+    for headers in (stdlib, FrameworkHeaders(signed(secret)), signed(secret)):
+        assert isinstance(headers, accepted)
+        assert verify_webhook(secret, headers, BODY, now=NOW).id == "msg_1"
+
+
+def test_forged_headers_and_bodies_raise_only_verification_errors() -> None:
+    """What a sender controls (the headers, the body's bytes) must end in a
+    WebhookVerificationError, the one exception a receiver's handler is told to catch: a
+    timestamp of 400 digits raised OverflowError, of 5,000 ValueError, and text that no body
+    decodes to UnicodeEncodeError, each a 500 from the receiver."""
+    secret = new_secret()
+    for stamp in ("9" * 16, "9" * 400, "9" * 5000):
+        assert reason(secret, {**signed(secret), "webhook-timestamp": stamp}) == \
+            "invalid_timestamp"
+    assert reason(secret, signed(secret), "\ud800" + BODY.decode()) == "invalid_body"
+    # Text decoded with surrogateescape (bytes that are not UTF-8 kept) is the same bytes.
+    odd = BODY[:-1] + b' \xff}'
+    text = odd.decode("utf-8", "surrogateescape")
+    assert reason(secret, signed(secret, odd), text) == "invalid_body"  # signed, not JSON text
+    assert reason(secret, signed(secret), text) == "invalid_signature"

@@ -47,3 +47,15 @@ def test_the_webhook_queue_is_measured_beside_the_stage_queue() -> None:
 @pytest.mark.filterwarnings("ignore")
 def test_a_queue_that_cannot_be_measured_leaves_the_other() -> None:
     assert depths({"gpu": OSError("broker down"), "hooks": 2}) == {"hooks": 2.0}
+
+
+def test_a_workers_exposition_follows_the_conventions_an_operator_relies_on() -> None:
+    from tests.api.report_checks import exposition_problems
+
+    resources = SimpleNamespace(settings=Settings(celery_queue="gpu", webhook_queue="hooks",
+                                                  prometheus_multiproc_dir=None),
+                                session=_no_database)
+    metrics = WorkerMetrics(resources, lambda queue: 3)
+    metrics.observe_stage("mrc", "done", 2.0, "cuda:0 (NVIDIA H100 80GB HBM3)")
+    metrics.materializations.labels("succeeded").inc()
+    assert exposition_problems(generate_latest(metrics.registry).decode()) == []

@@ -272,3 +272,41 @@ def test_a_receiver_trickling_its_answer_is_cut_off_at_the_attempts_timeout() ->
     assert result.status_code is None
     assert result.error == "no answer within 1 s (WEBHOOK_TIMEOUT_SECONDS, the whole attempt)"
     assert elapsed < 10.0
+
+
+def test_a_failed_jobs_message_verifies_and_its_error_parses_in_the_client(
+        sessions: sessionmaker[Session]) -> None:
+    """The body a receiver gets for ``job.failed`` (written by the transaction that fails the
+    job, with the error's code, message and blamed field), read by ``verify_webhook`` as the
+    service signs it: every documented field, the error as the client's ``JobError``."""
+    from persistence.models import WebhookDelivery
+    from persistence.stages import fail_job
+    from rift_client import verify_webhook
+    from worker.webhooks import sign
+
+    with sessions() as session:
+        endpoint = webhooks.create_endpoint(
+            session, project_id=webhooks.DEFAULT_PROJECT_ID, url="https://hooks.example/rift",
+            event_types=["job.failed"], description=None, max_endpoints=5)
+        checkpoint = create_checkpoint(
+            session, filename="m.safetensors", size=1, sha256="0" * 64, format="safetensors",
+            storage_key="checkpoints/m", num_tensors=1, num_parameters=1)
+        job, _ = jobs.create_job(session, spec=SPEC, checkpoint_id=checkpoint.id,
+                                 labels={"run": "<b>"})
+        fail_job(session, job.id, "numerical_error", "loss became NaN", force=True,
+                 field="finetune.lr")
+        [(delivery, _)] = webhooks.list_deliveries(session, endpoint.id, limit=10).items
+        body = session.get(WebhookDelivery, delivery.id).body.encode()
+        secret = endpoint.secret
+    stamp = int(time.time())
+    headers = {"webhook-id": delivery.id, "webhook-timestamp": str(stamp),
+               "webhook-signature": sign(secret, delivery.id, stamp, body)}
+    message = verify_webhook(secret, headers, body)
+    assert (message.type, message.data.status, message.data.job_id) == (
+        "job.failed", "failed", job.id)
+    assert message.data.error is not None
+    assert (message.data.error.code, message.data.error.message, message.data.error.field) == (
+        "numerical_error", "loss became NaN", "finetune.lr")
+    assert message.data.finished_at is not None and message.data.finished_at.tzinfo is not None
+    assert message.data.labels == {"run": "<b>"} and message.data.warnings_total == 0
+    assert message.data.links == {"self": f"/v1/jobs/{job.id}"}

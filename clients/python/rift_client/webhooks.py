@@ -33,7 +33,8 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
 
 from rift_client.errors import RiftUsageError, WebhookVerificationError
 from rift_client.models import WebhookMessage
@@ -44,6 +45,8 @@ SECRET_PREFIX = "whsec_"
 #: the service stamps each attempt afresh, so a retried message is never too old.
 DEFAULT_TOLERANCE_S = 300.0
 SIGNATURE_VERSION = "v1"
+#: Unix seconds have 10 digits until the year 2286; more than this is no timestamp.
+MAX_TIMESTAMP_DIGITS = 15
 
 
 def _secret_key(secret: str) -> bytes:
@@ -55,7 +58,32 @@ def _secret_key(secret: str) -> bytes:
                              "'secret' of the registration's answer)", field="secret") from None
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
+@runtime_checkable
+class Headers(Protocol):
+    """A request's headers as any framework gives them: anything with ``items()`` of (name,
+    value) pairs. Typed as ``Mapping`` before, so a receiver on the standard library's
+    ``http.server`` (its ``email.message.Message``) or on Flask (werkzeug ``Headers``), neither of
+    them a ``Mapping``, failed its type check though the call worked."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+def _raw_body(body: bytes | str) -> bytes:
+    """The body's bytes; text back to the bytes it was decoded from. Text decoded with
+    ``errors="surrogateescape"`` (which keeps bytes that are not UTF-8) is encoded back the same
+    way; text that no bytes decode to (a lone surrogate) raised UnicodeEncodeError, not a
+    WebhookVerificationError."""
+    if not isinstance(body, str):
+        return bytes(body)
+    try:
+        return body.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise WebhookVerificationError(
+            f"the body is text that no request body decodes to ({exc.reason} at character "
+            f"{exc.start}): pass the raw bytes as received", reason="invalid_body") from None
+
+
+def _header(headers: Headers, name: str) -> str:
     # Frameworks differ in the case they give header names; HTTP names are case-insensitive.
     for key, value in headers.items():
         if key.lower() == name:
@@ -63,7 +91,7 @@ def _header(headers: Mapping[str, str], name: str) -> str:
     raise WebhookVerificationError(f"the request has no {name} header", reason="missing_header")
 
 
-def verify_webhook(secret: str, headers: Mapping[str, str], body: bytes | str, *,
+def verify_webhook(secret: str, headers: Headers, body: bytes | str, *,
                    tolerance_s: float = DEFAULT_TOLERANCE_S,
                    now: float | None = None) -> WebhookMessage:
     """Check a webhook request's signature and timestamp and return its message.
@@ -82,11 +110,14 @@ def verify_webhook(secret: str, headers: Mapping[str, str], body: bytes | str, *
         RiftUsageError: ``secret`` is not a webhook secret.
     """
     key = _secret_key(secret)
-    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    raw = _raw_body(body)
     message_id = _header(headers, "webhook-id")
     stamp = _header(headers, "webhook-timestamp").strip()
     signatures = _header(headers, "webhook-signature")
-    if not (stamp.isascii() and stamp.isdigit()):
+    # Bounded before int(): 400 digits raised OverflowError (comparing with the clock), 5,000
+    # ValueError (Python's limit on int()), neither of them a WebhookVerificationError, so a
+    # forged request answered with a 500 where the receiver's handler expected one kind.
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= MAX_TIMESTAMP_DIGITS):
         raise WebhookVerificationError(f"webhook-timestamp {stamp[:40]!r} is not Unix seconds",
                                        reason="invalid_timestamp")
     skew = (time.time() if now is None else now) - int(stamp)
