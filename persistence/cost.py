@@ -141,6 +141,15 @@ def sweep_size(config: Mapping[str, Any], num_modules: int | None = None) -> int
     return modules * (len(grid) if isinstance(grid, list) and grid else 1)
 
 
+def chosen_sweep_lr(metrics: Mapping[str, Any] | None) -> float | None:
+    """The learning rate of a sweep's chosen candidate, as the pick records it in the job's
+    ``metrics["sweep"]``; None for a one-candidate job (its rate is ``finetune.lr``) or before
+    the pick."""
+    sweep = (metrics or {}).get("sweep")
+    lr = sweep.get("lr") if isinstance(sweep, Mapping) else None
+    return float(lr) if isinstance(lr, int | float) and not isinstance(lr, bool) else None
+
+
 def modules_bound(config: Mapping[str, Any], num_modules: int) -> int:
     """The modules MRC may measure, at most: ``mrc.modules``'s length when it lists them, else
     ``num_modules`` (the caller's bound, the checkpoint's tensor count)."""

@@ -29,7 +29,13 @@ from rift.evaluation import AccuracyReport
 from rift.interpolation import interpolate_weights, theta_at_in_run_layout
 from rift.pipeline import PipelineCallbacks, evaluate_weights
 from worker.inputs import fetch_checkpoint
-from worker.stages import FINETUNED, SAFETENSORS, job_weights_metadata, prepare
+from worker.stages import (
+    FINETUNED,
+    SAFETENSORS,
+    chosen_candidate_metadata,
+    job_weights_metadata,
+    prepare,
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,8 @@ def materialize_weights(row: Materialization, job: Job, checkpoint: Checkpoint,
         # The header of the job's own tuned.safetensors, at this α.
         checkpoints.save_safetensors(path, weights, {
             **job_weights_metadata(job, checkpoint.sha256),
-            "kind": "tuned", "alpha": repr(row.alpha), "module": job.selected_module or ""})
+            "kind": "tuned", "alpha": repr(row.alpha), "module": job.selected_module or "",
+            **chosen_candidate_metadata(job)})
         raise_if_cancelled(should_cancel)
         stored = store.put_file(materialization_key(job.id, row.artifact_name), path,
                                 content_type=SAFETENSORS)

@@ -1,16 +1,19 @@
 """Optional export of a finished job to MLflow (``MLFLOW_TRACKING_URI`` set; the ``mlflow``
 extra installed): one run per job in ``MLFLOW_EXPERIMENT`` with
 
-- params: the job's config flattened (``finetune.lr``...), the selected module, the chosen α;
+- params: the job's config flattened (``finetune.lr``...), the selected module, the chosen α
+  and, for a sweep, the chosen candidate's rate (``selected_lr``);
 - metrics: before/after accuracies, MRC per module (``mrc.<module>``), the fine-tuning curve
   (step = epoch) and the interpolation curve (step = α × 10,000, as MLflow steps are integers:
   one step per point of the finest α grid, ``interpolation.alpha_step`` 1e-4);
 - artifacts: the job's files (MRC CSV, result, manifest, charts) and the tuned weights;
 - tags: ``rift.job_id``, ``rift.project_id``, ``rift.checkpoint_sha256``,
-  ``rift.selected_module`` and each of the job's labels as ``rift.label.<key>``;
+  ``rift.selected_module`` (and a sweep's ``rift.selected_lr``) and each of the job's labels as
+  ``rift.label.<key>``;
 - a new version of the registered model ``MLFLOW_MODEL_NAME`` whose source is the logged weights,
   tagged with ``job_id``, ``project_id``, ``checkpoint_sha256``, ``chosen_alpha``,
-  ``selected_module``, ``config_sha256`` and ``rift_version`` (the weights' own header's).
+  ``selected_module`` (a sweep's ``selected_lr``), ``config_sha256`` and ``rift_version`` (the
+  weights' own header's).
 
 One run and one version per job: exporting a job again (a redelivered task, an operator's retry)
 finds the finished run tagged with its id and returns it, registering the version only if the
@@ -36,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from persistence.cost import chosen_sweep_lr
 from persistence.jobs import get_epoch_metrics, get_interpolation_points, get_mrc_rows, list_artifacts
 from persistence.models import Checkpoint, Job, JobLabel
 from persistence.scratch_folders import held_scratch_folder
@@ -171,6 +175,14 @@ def _safetensors_header(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
 
 
+def chosen_lr(export: JobExport) -> str | None:
+    """A sweep's chosen learning rate as text, or None for a one-candidate job. The flattened
+    config alone names the whole ``lr_grid`` and a ``finetune.lr`` the sweep did not use, so the
+    rate that made the weights is logged beside the selected module."""
+    lr = chosen_sweep_lr(export.metrics)
+    return repr(lr) if lr is not None else None
+
+
 def _use_http_limits(target: MlflowTarget) -> None:
     """MLflow reads its HTTP retries and timeout from the environment at every request and has
     no per-client option, so the exporting worker sets them there (its own process only)."""
@@ -223,6 +235,7 @@ def export_to_mlflow(target: MlflowTarget, export: JobExport) -> ExportResult:
               "checkpoint_sha256": export.checkpoint_sha256,
               "chosen_alpha": str(export.chosen_alpha),
               "selected_module": str(export.selected_module),
+              **({"selected_lr": lr} if (lr := chosen_lr(export)) is not None else {}),
               **{key: header[key] for key in ("config_sha256", "rift_version", "architecture",
                                               "num_classes") if key in header}},
         description=f"RiFT job {export.job_id}: tuned weights ({TUNED})")
@@ -243,9 +256,12 @@ def _log_run(client: Any, experiment_id: str, export: JobExport) -> Any:
         params = flatten(export.config)
         params["selected_module"] = str(export.selected_module)
         params["chosen_alpha"] = str(export.chosen_alpha)
+        chosen = {"selected_module": str(export.selected_module)}
+        if (lr := chosen_lr(export)) is not None:
+            params["selected_lr"] = chosen["selected_lr"] = lr
         metrics = _metrics(export)
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
-                         tags=[RunTag("rift.selected_module", str(export.selected_module))])
+                         tags=[RunTag(f"rift.{k}", v) for k, v in chosen.items()])
         for start in range(0, len(metrics), 900):  # MLflow takes at most 1000 per batch
             client.log_batch(run_id, metrics=metrics[start:start + 900])
         client.log_text(run_id, json.dumps(list(export.mrc_rows), indent=2), "mrc_table.json")

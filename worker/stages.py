@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from persistence.cost import chosen_sweep_lr
 from persistence.models import Checkpoint, Dataset, Job, StageName
 from persistence.object_keys import stage_object_key
 from persistence.stages import ArtifactRecord, StageOutputs
@@ -244,6 +245,14 @@ def job_weights_metadata(job: Job, checkpoint_sha256: str | None) -> dict[str, s
     # this worker's device and data folder in it.
     return {**weights_metadata(stored_config(job.spec), checkpoint_sha256=checkpoint_sha256),
             "job_id": job.id}
+
+
+def chosen_candidate_metadata(job: Job) -> dict[str, str]:
+    """The header entries naming a sweep's chosen candidate beyond its module: ``lr``, as the
+    interpolate stage writes it into ``tuned.safetensors`` (empty for a one-candidate job, whose
+    rate is the config's ``finetune.lr``)."""
+    lr = chosen_sweep_lr(job.metrics)
+    return {"lr": repr(lr)} if lr is not None else {}
 
 
 def _mrc(job: Job, run: PreparedRun, storage: ObjectStageStorage,

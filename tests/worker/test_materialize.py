@@ -121,3 +121,35 @@ def test_a_materializations_evaluation_is_the_interpolation_stages(tmp_path: Pat
     assert made.evaluation == expected
     assert {"clean_accuracy": made.clean_accuracy, "robust_accuracy": made.robust_accuracy} == (
         result["after"])
+
+
+@pytest.mark.parametrize(("metrics", "lr"), [
+    ({"sweep": {"chosen": 1, "candidates": 2, "module": "conv2", "lr": 0.05}}, "0.05"),
+    ({}, None),  # one candidate: its rate is the config's finetune.lr
+])
+def test_materialized_weights_name_a_sweeps_chosen_rate_as_tuned_safetensors_does(
+        tmp_path: Path, metrics: dict[str, object], lr: str | None) -> None:
+    # A sweep's tuned.safetensors names the chosen candidate's module and lr; tuned@α of the
+    # same job named the module only, so a file downloaded alone could not say which of
+    # lr_grid's rates made it (the config in the header lists the whole grid).
+    config = _config(tmp_path, "small_cnn", "conv2")
+    torch.manual_seed(0)
+    model = build_model(config.architecture, in_channels=3, image_size=8)
+    checkpoint = tmp_path / "theta_at.pt"
+    checkpoints.save_torch(checkpoint, model.state_dict())
+    store = LocalObjectStore(tmp_path / "store")
+    store.put_file("checkpoints/c1", checkpoint)
+    finetuned = tmp_path / "finetuned.safetensors"
+    checkpoints.save_safetensors(finetuned, model.state_dict(), {})
+    store.put_file("jobs/j1/finetuned.safetensors", finetuned)
+    made = materialize_weights(
+        Materialization(job_id="j1", alpha=0.5, artifact_name="tuned@0.5.safetensors",
+                        evaluate=False),
+        Job(id="j1", spec=config.model_dump(mode="json"), selected_module="conv2",
+            metrics=metrics),
+        Checkpoint(id="c1", format="torch", storage_key="checkpoints/c1"), None,
+        Artifact(storage_key="jobs/j1/finetuned.safetensors"), store, tmp_path / "work",
+        device=None, data_root=None)
+    header = checkpoints.read_safetensors_metadata(
+        store.download_to(made.artifact.storage_key, tmp_path / "got.safetensors"))
+    assert (header["module"], header["alpha"], header.get("lr")) == ("conv2", "0.5", lr)

@@ -207,3 +207,29 @@ def test_an_unreachable_tracking_server_is_tried_the_retries_asked(tmp_path: Pat
     finally:
         server.close()
     assert len(accepted) == 2
+
+
+def test_a_sweeps_chosen_rate_is_a_param_and_tags_its_run_and_version(tmp_path: Path) -> None:
+    # A sweep's flattened config names the whole lr_grid and a finetune.lr (default 0.001) it
+    # did not run: before, nothing in MLflow said which rate made the registered weights.
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    target = MlflowTarget(uri, "rift-test", "rift-tuned", (tmp_path / "artifacts").as_uri())
+    sweep = _export(tmp_path, "sweep1")
+    sweep.config = {"finetune": {"lr": 0.001, "lr_grid": [0.01, 0.05], "candidates": 2}}
+    sweep.metrics = {**sweep.metrics, "sweep": {"chosen": 3, "candidates": 4, "module": "fc",
+                                                "lr": 0.05, "excluded": []}}
+    exported = export_to_mlflow(target, sweep)
+    single = export_to_mlflow(target, _export(tmp_path, "single1"))
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(exported.run_id)
+    assert run.data.params["selected_lr"] == "0.05"
+    assert run.data.tags["rift.selected_lr"] == "0.05"
+    assert client.get_model_version("rift-tuned", exported.model_version).tags[
+        "selected_lr"] == "0.05"
+    # One candidate: its rate is finetune.lr, nothing more to say.
+    assert "selected_lr" not in client.get_run(single.run_id).data.params
+    assert "selected_lr" not in client.get_model_version("rift-tuned",
+                                                         single.model_version).tags
