@@ -164,3 +164,39 @@ def test_a_partial_mrc_table_says_how_many_of_how_many_are_scored(
     assert "conv1" in running.stdout and "fc1" in running.stdout
     assert cancelled.stdout.splitlines()[1] == (
         "partial: 2 scored (the job was cancelled before the MRC stage ended)")
+
+
+def test_a_sweeps_chosen_rate_is_shown_beside_its_module(
+        tmp_path: Path, cli_launcher: Launcher | None) -> None:
+    # Before: "module fc" alone, though a sweep of fc over lr_grid [0.01, 0.05] has two
+    # candidates tuning fc; which rate made the result was only in --output json.
+    job = {"id": "job_1", "status": "succeeded", "checkpoint_id": "ck_1",
+           "selected_module": "fc", "chosen_alpha": 0.5, "created_at": "2026-11-26T17:49:00Z",
+           "updated_at": "2026-11-26T17:49:02Z", "finished_at": "2026-11-26T17:49:02Z",
+           "metrics": {"sweep": {"chosen": 1, "candidates": 2, "module": "fc", "lr": 0.05,
+                                 "excluded": []}}}
+    single = {**job, "id": "job_2", "metrics": {}}
+
+    def candidate(index: int, lr: float) -> dict:
+        return {"index": index, "module": "fc", "lr": lr, "status": "done", "attempts": 1,
+                "chosen": index == 1, "chosen_alpha": 0.5, "clean_accuracy": 80.0,
+                "robust_accuracy": 40.0, "best_epoch": 1, "points": [], "finetuned": None}
+
+    curves = {"job_id": "job_1", "status": "succeeded", "selected_module": "fc",
+              "epochs": [], "interpolation": [], "chosen_alpha": 0.5, "metrics": None,
+              "candidates": [candidate(0, 0.01), candidate(1, 0.05)], "chosen_candidate": 1}
+    server = ScriptedServer([ScriptedReply(200, job), ScriptedReply(200, single),
+                             ScriptedReply(200, curves), ScriptedReply(200, job)])
+    try:
+        shown = [run_riftctl(args, url=server.url, api_key="rift_test", home=tmp_path,
+                             launcher=cli_launcher)
+                 for args in (["jobs", "get", "job_1"], ["jobs", "get", "job_2"],
+                              ["jobs", "curves", "job_1"], ["jobs", "wait", "job_1"])]
+    finally:
+        server.stop()
+    assert all(result.exit_code == 0 for result in shown), [r.stderr for r in shown]
+    assert "  chosen lr: 0.05" in shown[0].stdout.splitlines()
+    assert "chosen lr" not in shown[1].stdout  # one candidate: its rate is finetune.lr
+    assert shown[2].stdout.splitlines()[0] == (
+        "job job_1: succeeded, module fc, lr 0.05, chosen α 0.5")
+    assert shown[3].stdout.strip() == "job job_1 succeeded (module fc, lr 0.05, α = 0.5)"

@@ -784,6 +784,21 @@ def _describe(job: Job) -> str:
     return text
 
 
+def _chosen_lr(metrics: dict[str, Any] | None) -> float | None:
+    """A sweep's chosen learning rate (``metrics["sweep"]["lr"]``, recorded by its pick); None
+    for a one-candidate job, whose rate is its config's ``finetune.lr``."""
+    sweep = (metrics or {}).get("sweep")
+    lr = sweep.get("lr") if isinstance(sweep, dict) else None
+    return float(lr) if isinstance(lr, int | float) and not isinstance(lr, bool) else None
+
+
+def _chosen_candidate(job: Job) -> str:
+    """``module fc, lr 0.05`` for a sweep (which of its candidates the result is), else
+    ``module fc``."""
+    lr = _chosen_lr(job.metrics)
+    return f"module {job.selected_module}" + (f", lr {lr:g}" if lr is not None else "")
+
+
 def _warning_lines(job: Job) -> list[str]:
     """The job's warnings, ``warning (stage): message`` each, and a line saying how many more
     the job has when the API's list stopped short of them."""
@@ -807,7 +822,7 @@ def _finish(state: State, job: Job) -> None:
         state.say(f"job {job.id} {job.status}" + (
             f": {job.error.code}: {job.error.message}" if job.error else "") + (
             f" (field: {job.error.field})" if job.error and job.error.field else "") + (
-            f" (module {job.selected_module}, α = {job.chosen_alpha:g})"
+            f" ({_chosen_candidate(job)}, α = {job.chosen_alpha:g})"
             if job.status == SUCCEEDED and job.chosen_alpha is not None else ""))
     if job.status != SUCCEEDED:
         raise typer.Exit(EXIT_JOB_FAILED)
@@ -989,7 +1004,9 @@ def jobs_get(ctx: typer.Context, job_id: str) -> None:
         return
     state.say(f"job {job.id}: {_describe(job)}")
     fields = {"checkpoint": job.checkpoint_id, "dataset": job.dataset_id, "device": job.device,
-              "selected module": job.selected_module, "chosen α": job.chosen_alpha,
+              "selected module": job.selected_module,
+              # A sweep's: which of its lr_grid's rates the result was tuned with.
+              "chosen lr": _chosen_lr(job.metrics), "chosen α": job.chosen_alpha,
               "cost estimate": _cost(job),
               "labels": ", ".join(f"{k}={v}" for k, v in job.labels.items()) or None,
               "error": f"{job.error.code}: {job.error.message}" if job.error else None,
@@ -1330,8 +1347,13 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
         state.emit(curves)
         return
     chosen = "–" if curves.chosen_alpha is None else f"{curves.chosen_alpha:g}"
-    state.say(f"job {curves.job_id}: {curves.status}, module {curves.selected_module or '–'}, "
-              f"chosen α {chosen}")
+    picked = (curves.candidates[curves.chosen_candidate]
+              if curves.chosen_candidate is not None
+              and 0 <= curves.chosen_candidate < len(curves.candidates) else None)
+    # A sweep's result is one candidate's: its rate too (the module alone may be several).
+    rate = f", lr {picked.lr:g}" if picked is not None else ""
+    state.say(f"job {curves.job_id}: {curves.status}, module {curves.selected_module or '–'}"
+              f"{rate}, chosen α {chosen}")
     if curves.epochs:
         _show_list(state, curves.epochs, [
             _Column("epoch", lambda e: str(e.epoch), no_wrap=True),
