@@ -140,6 +140,13 @@ def _stage(data: ReportData) -> str | None:
     return shown + (f": {data.progress_message}" if data.progress_message else "")
 
 
+def _chosen_lr(metrics: Mapping[str, Any]) -> float | None:
+    """A sweep's chosen rate (``metrics["sweep"]["lr"]``, recorded by its pick), or None."""
+    sweep = metrics.get("sweep")
+    lr = sweep.get("lr") if isinstance(sweep, Mapping) else None
+    return float(lr) if isinstance(lr, int | float) and not isinstance(lr, bool) else None
+
+
 def _summary(data: ReportData) -> str:
     before = data.metrics.get("before") or {}
     after = data.metrics.get("after") or {}
@@ -149,6 +156,9 @@ def _summary(data: ReportData) -> str:
                if data.labels else []),
              *([("stage", stage)] if stage is not None else []),
              ("fine-tuned module", data.selected_module or "–"),
+             # A sweep's: one module may be several candidates, one per rate of lr_grid.
+             *([("chosen learning rate", f"{lr:g}")]
+               if (lr := _chosen_lr(data.metrics)) is not None else []),
              ("chosen α", _alpha_cell(data.chosen_alpha)),
              # The test split's, whichever split α was chosen on (rift.pipeline's before/after).
              ("θ_AT clean / robust (%, test split)",

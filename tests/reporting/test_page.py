@@ -256,3 +256,13 @@ def test_a_partial_mrc_table_says_so_and_numbers_rows_by_their_place_in_the_tabl
     done = render_report(ReportData(job_id="j", status="succeeded", mrc_rows=[
         {**row, "position": i} for i, row in enumerate(rows)]))
     assert "Scored" not in done and "data-figure='mrc'" in done
+
+
+def test_the_summary_names_a_sweeps_chosen_rate_beside_its_module() -> None:
+    # A sweep of fc over lr_grid [0.01, 0.05]: "fine-tuned module fc" named two candidates.
+    sweep = {"sweep": {"chosen": 1, "candidates": 2, "module": "fc", "lr": 0.05, "excluded": []}}
+    page = render_report(ReportData(job_id="j", status="succeeded", selected_module="fc",
+                                    metrics=sweep))
+    assert "<dt>chosen learning rate</dt><dd>0.05</dd>" in page
+    assert "chosen learning rate" not in render_report(ReportData(
+        job_id="j", status="succeeded", selected_module="fc"))
