@@ -67,6 +67,14 @@ def alpha_text(alpha: float) -> str:
     return f"{alpha:.10g}"
 
 
+def rate_text(lr: float) -> str:
+    """A learning rate as ``:g`` writes it (``0.05``, ``10``, ``1e-05``) where that is the rate
+    itself, else whole (``0.0010000001``): ``:g`` keeps 6 significant digits, so two rates of a
+    grid could read alike and their candidates' curves carry one name."""
+    text = f"{lr:g}"
+    return text if float(text) == lr else repr(float(lr))
+
+
 @dataclass(frozen=True)
 class Curve:
     """One interpolation curve: ``points`` have ``alpha``, ``clean_accuracy``, ``robust_accuracy``;
@@ -97,7 +105,7 @@ def sweep_curves(candidates: Sequence[Mapping[str, Any]], chosen: int | None) ->
     ``curves.json``), the chosen one first; named by module, with the rate when rates differ.
     A candidate excluded from the pick (``"excluded"``: its fine-tuning diverged) has no curve."""
     rates = {c.get("lr") for c in candidates}
-    curves = [Curve(str(c.get("module")) + (f" (lr {float(c['lr']):g})" if len(rates) > 1 else ""),
+    curves = [Curve(str(c.get("module")) + (f" (lr {rate_text(float(c['lr']))})" if len(rates) > 1 else ""),
                     list(c.get("points") or []),
                     float(c["chosen_alpha"]) if c.get("chosen_alpha") is not None else None,
                     picked=index == chosen)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from html import escape as _html_escape
 from typing import Any
 
-from reporting.charts import Curve, Splits, alpha_text, chart_width, job_charts
+from reporting.charts import Curve, Splits, alpha_text, chart_width, job_charts, rate_text
 
 #: Charts wider than this (px; the page's 1200 px less its margins) keep their size and scroll
 #: sideways in their own box instead of scaling down to the page: the MRC chart of a model with
@@ -157,7 +157,7 @@ def _summary(data: ReportData) -> str:
              *([("stage", stage)] if stage is not None else []),
              ("fine-tuned module", data.selected_module or "–"),
              # A sweep's: one module may be several candidates, one per rate of lr_grid.
-             *([("chosen learning rate", f"{lr:g}")]
+             *([("chosen learning rate", rate_text(lr))]
                if (lr := _chosen_lr(data.metrics)) is not None else []),
              ("chosen α", _alpha_cell(data.chosen_alpha)),
              # The test split's, whichever split α was chosen on (rift.pipeline's before/after).

@@ -184,7 +184,8 @@ def test_a_sweeps_chosen_rate_is_shown_beside_its_module(
 
     curves = {"job_id": "job_1", "status": "succeeded", "selected_module": "fc",
               "epochs": [], "interpolation": [], "chosen_alpha": 0.5, "metrics": None,
-              "candidates": [candidate(0, 0.01), candidate(1, 0.05)], "chosen_candidate": 1}
+              "candidates": [candidate(0, 0.05000001), candidate(1, 0.05)],
+              "chosen_candidate": 1}
     server = ScriptedServer([ScriptedReply(200, job), ScriptedReply(200, single),
                              ScriptedReply(200, curves), ScriptedReply(200, job)])
     try:
@@ -199,4 +200,6 @@ def test_a_sweeps_chosen_rate_is_shown_beside_its_module(
     assert "chosen lr" not in shown[1].stdout  # one candidate: its rate is finetune.lr
     assert shown[2].stdout.splitlines()[0] == (
         "job job_1: succeeded, module fc, lr 0.05, chosen α 0.5")
+    # Two rates alike to 6 significant digits (":g") are told apart in the candidates' table.
+    assert " 0.05000001 " in shown[2].stdout
     assert shown[3].stdout.strip() == "job job_1 succeeded (module fc, lr 0.05, α = 0.5)"

@@ -314,3 +314,14 @@ def test_a_curves_points_are_one_path_and_its_legend_names_it_whole() -> None:
     assert svg.count(name) == 3  # the line's and the dots' data-series, the legend's tooltip
     legend = next(e for e in root.iter(f"{SVG}g") if e.get("class") == "legend")
     assert [t.findtext(f"{SVG}title") for t in legend.iter(f"{SVG}text")] == [name]
+
+
+def test_a_sweeps_curves_are_named_apart_whatever_its_rates() -> None:
+    # ":g" keeps 6 significant digits: two rates of a grid closer than that gave two
+    # candidates' curves (their charts' legend, the report's tables) one name.
+    from reporting.charts import sweep_curves
+
+    candidates = [{"module": "fc", "lr": lr, "points": [], "chosen_alpha": None}
+                  for lr in (0.001, 0.0010000001, 10.0, 1e-05)]
+    assert [curve.name for curve in sweep_curves(candidates, None)] == [
+        "fc (lr 0.001)", "fc (lr 0.0010000001)", "fc (lr 10)", "fc (lr 1e-05)"]

@@ -784,6 +784,13 @@ def _describe(job: Job) -> str:
     return text
 
 
+def _rate(lr: float) -> str:
+    """A learning rate as ``:g`` writes it where that is the rate itself, else whole: ``:g``
+    keeps 6 significant digits, and two rates of a grid could read alike."""
+    text = f"{lr:g}"
+    return text if float(text) == lr else repr(float(lr))
+
+
 def _chosen_lr(metrics: dict[str, Any] | None) -> float | None:
     """A sweep's chosen learning rate (``metrics["sweep"]["lr"]``, recorded by its pick); None
     for a one-candidate job, whose rate is its config's ``finetune.lr``."""
@@ -796,7 +803,7 @@ def _chosen_candidate(job: Job) -> str:
     """``module fc, lr 0.05`` for a sweep (which of its candidates the result is), else
     ``module fc``."""
     lr = _chosen_lr(job.metrics)
-    return f"module {job.selected_module}" + (f", lr {lr:g}" if lr is not None else "")
+    return f"module {job.selected_module}" + (f", lr {_rate(lr)}" if lr is not None else "")
 
 
 def _warning_lines(job: Job) -> list[str]:
@@ -1351,7 +1358,7 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
               if curves.chosen_candidate is not None
               and 0 <= curves.chosen_candidate < len(curves.candidates) else None)
     # A sweep's result is one candidate's: its rate too (the module alone may be several).
-    rate = f", lr {picked.lr:g}" if picked is not None else ""
+    rate = f", lr {_rate(picked.lr)}" if picked is not None else ""
     state.say(f"job {curves.job_id}: {curves.status}, module {curves.selected_module or '–'}"
               f"{rate}, chosen α {chosen}")
     if curves.epochs:
@@ -1385,7 +1392,7 @@ def jobs_curves(ctx: typer.Context, job_id: str) -> None:
             _Column("", lambda c: _chosen(c.chosen), no_wrap=True),
             _Column("#", lambda c: str(c.index), no_wrap=True),
             _Column("module", lambda c: c.module, overflow="fold"),
-            _Column("lr", lambda c: f"{c.lr:g}"),
+            _Column("lr", lambda c: _rate(c.lr)),
             _Column("status", lambda c: c.status),
             # α as the curves show it (4 significant digits showed 0.13095 as 0.131).
             _Column("α", lambda c: "–" if c.chosen_alpha is None else f"{c.chosen_alpha:g}"),
