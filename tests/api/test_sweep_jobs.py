@@ -204,6 +204,9 @@ def test_a_finished_sweep_keeps_only_the_winners_weights(
     assert {h["checkpoint_sha256"] for h in headers} == {checkpoint["sha256"]}
     assert {h["job_id"] for h in headers} == {job_id}
     assert headers[0]["kind"] == "finetuned" and "lr" in headers[0]
+    # Each names the chosen candidate: its module and its rate (tuned@α named the module only).
+    chosen = curves["candidates"][winner]
+    assert {(h["module"], float(h["lr"])) for h in headers} == {(chosen["module"], chosen["lr"])}
 
 
 def weights_header(content: bytes) -> dict[str, str]:
