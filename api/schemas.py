@@ -470,6 +470,14 @@ class ActiveJobsOut(BaseModel):
                        "quota_exceeded.")
 
 
+class PendingMaterializationsOut(BaseModel):
+    used: int = Field(description="Queued and running materializations (POST "
+                      "/v1/jobs/{id}/materialize).")
+    limit: int = Field(description="max_pending_materializations (the MATERIALIZE_MAX_PENDING "
+                       "setting, the same for every project): one more is refused with 429 "
+                       "quota_exceeded.")
+
+
 class RequestWindowOut(BaseModel):
     """The project's requests in the current fixed one-minute window, as the rate check counts
     them (this request included, for GET /v1/usage)."""
@@ -509,6 +517,7 @@ class UsageOut(BaseModel):
     project: str
     stored_bytes: StoredBytesOut
     active_jobs: ActiveJobsOut
+    pending_materializations: PendingMaterializationsOut
     max_job_cost: int = Field(description="Largest cost estimate of one job (example-passes; "
                               "422 cost_limit_exceeded beyond).")
     max_job_gflop: int = Field(description="Largest compute estimate of one job (GFLOP; 422 "

@@ -291,6 +291,21 @@ async def _drain(request: Request) -> None:
         return
 
 
+def declared_file_bytes(request: Request) -> int:
+    """The fewest bytes the request's file can have, from its Content-Length (0 without one).
+
+    A multipart body's length counts its framing (boundaries, part headers) too, up to
+    ``_MULTIPART_OVERHEAD``: a check before the body is read (the stored-bytes quota) that took
+    the whole length for the file refused a file that fits, and named the framing as bytes to
+    store. The exact size is checked once the file is received."""
+    value = request.headers.get("content-length")
+    if value is None or not value.isascii() or not value.isdigit():
+        return 0
+    media_type, _ = parse_options_header(request.headers.get("content-type"))
+    framing = _MULTIPART_OVERHEAD if media_type == b"multipart/form-data" else 0
+    return max(0, int(value) - framing)
+
+
 def _content_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     if value is None:

@@ -223,6 +223,8 @@ def _usage_rows(usage: ProjectUsage) -> list[tuple[str, object]]:
         ("stored_bytes.reserved_by_active_jobs", stored.reserved_by_active_jobs),
         ("stored_bytes.reserved_by_materializations", stored.reserved_by_materializations),
         ("active_jobs", usage.active_jobs), ("max_active_jobs", limits.max_active_jobs),
+        ("pending_materializations", usage.pending_materializations),
+        ("max_pending_materializations", limits.max_pending_materializations),
         ("max_job_cost", limits.max_job_cost), ("max_job_gflop", limits.max_job_gflop),
         ("max_requests_per_minute", limits.max_requests_per_minute),
         ("max_streams_per_key", limits.max_streams_per_key)]

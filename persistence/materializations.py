@@ -225,13 +225,19 @@ def _check_pending(session: Session, job: Job, limit: int | None) -> None:
     if limit is None or job.project_id is None:
         return
     lock_project(session, job.project_id)
-    pending = session.execute(
-        select(func.count()).select_from(Materialization).join(Job)
-        .where(Job.project_id == job.project_id,
-               Materialization.status.in_([MaterializationStatus.QUEUED,
-                                           MaterializationStatus.RUNNING]))).scalar_one()
+    pending = count_pending_materializations(session, job.project_id)
     if pending >= limit:
         raise TooManyPendingMaterializations(pending, limit)
+
+
+def count_pending_materializations(session: Session, project_id: str) -> int:
+    """The project's queued and running materializations, as ``max_pending`` counts them (and
+    GET /v1/usage shows them)."""
+    return int(session.execute(
+        select(func.count()).select_from(Materialization).join(Job)
+        .where(Job.project_id == project_id,
+               Materialization.status.in_([MaterializationStatus.QUEUED,
+                                           MaterializationStatus.RUNNING]))).scalar_one())
 
 
 def _hold(session: Session, job: Job, limit: int | None) -> None:

@@ -2,7 +2,8 @@
 
 :class:`ProjectLimits` is what every check compares with (the API's caller carries one), and
 :func:`project_usage` reads the same counters the checks read (``count_active_jobs``, the
-stored-bytes ledger's ``ledger_stored_bytes_by_kind``), so GET /v1/usage, ``rift-admin projects
+stored-bytes ledger's ``ledger_stored_bytes_by_kind``,
+``count_pending_materializations``), so GET /v1/usage, ``rift-admin projects
 usage`` and the 413/429 answers cannot disagree.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from persistence.jobs import count_active_jobs
+from persistence.materializations import count_pending_materializations
 from persistence.models import Project
 from persistence.records import StoredBytes, ledger_stored_bytes_by_kind
 from persistence.settings import Settings
@@ -28,6 +30,8 @@ class ProjectLimits:
     max_job_gflop: int
     max_requests_per_minute: int
     max_streams_per_key: int
+    # A setting (MATERIALIZE_MAX_PENDING), the same for every project: no column of its own.
+    max_pending_materializations: int
 
     @classmethod
     def of(cls, project: Project, settings: Settings) -> ProjectLimits:
@@ -42,7 +46,8 @@ class ProjectLimits:
             max_requests_per_minute=pick(project.max_requests_per_minute,
                                          settings.default_max_requests_per_minute),
             max_streams_per_key=pick(project.max_streams_per_key,
-                                     settings.default_max_streams_per_key))
+                                     settings.default_max_streams_per_key),
+            max_pending_materializations=settings.materialize_max_pending)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class ProjectUsage:
     limits: ProjectLimits
     stored: StoredBytes
     active_jobs: int  # queued + running, as max_active_jobs counts them
+    pending_materializations: int  # queued + running, as max_pending_materializations counts
 
 
 def project_usage(session: Session, *, project_id: str, project_name: str,
@@ -60,4 +66,6 @@ def project_usage(session: Session, *, project_id: str, project_name: str,
     """The project's usage against ``limits``, from the counters the quota checks use."""
     return ProjectUsage(project_name=project_name, limits=limits,
                         stored=ledger_stored_bytes_by_kind(session, project_id),
-                        active_jobs=count_active_jobs(session, project_id))
+                        active_jobs=count_active_jobs(session, project_id),
+                        pending_materializations=count_pending_materializations(session,
+                                                                                project_id))

@@ -15,7 +15,7 @@ from datetime import datetime
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CallerDep, DispatcherDep, SessionDep, SettingsDep
+from api.deps import CallerDep, DispatcherDep, SessionDep
 from api.dispatch import DispatchError
 from api.errors import ServiceUnavailable, TooManyRequests
 from api.paging import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
@@ -88,15 +88,14 @@ def materialization_out(row: Materialization) -> MaterializationOut:
                         429: {"description": "The project has MATERIALIZE_MAX_PENDING "
                               "materializations queued or running"}})
 def materialize(job_id: str, body: MaterializeIn, response: Response, session: SessionDep,
-                caller: CallerDep, dispatcher: DispatcherDep,
-                settings: SettingsDep) -> MaterializationOut:
+                caller: CallerDep, dispatcher: DispatcherDep) -> MaterializationOut:
     job = load_job(session, caller, job_id)
     # JobNotSucceeded is the 409 api/errors.py maps once, naming job_id.
     try:
         requested = request_materialization(
             session, job.id, body.alpha, evaluate=body.evaluate, request_id=current_request_id(),
             max_stored_bytes=caller.limits.max_stored_bytes,
-            max_pending=settings.materialize_max_pending)
+            max_pending=caller.limits.max_pending_materializations)
     except StorageQuotaReached as exc:
         raise storage_exceeded(caller, exc.used, exc.incoming, exc.limit) from exc
     except TooManyPendingMaterializations as exc:

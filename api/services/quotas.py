@@ -58,20 +58,25 @@ def check_job_storage(session: Session, caller: Caller, uploading: int, reserved
     limit = caller.limits.max_stored_bytes
     used = stored_bytes(session, caller.project_id)
     if used + uploading + reserved > limit:
-        raise job_storage_exceeded(caller, used + uploading, reserved, limit)
+        raise job_storage_exceeded(caller, used, reserved, limit, uploading=uploading)
 
 
-def job_storage_exceeded(caller: Caller, used: int, reserved: int,
-                         limit: int) -> PayloadTooLarge:
-    """The 413 for a job whose outputs may not fit the project's stored-bytes quota."""
+def job_storage_exceeded(caller: Caller, used: int, reserved: int, limit: int, *,
+                         uploading: int = 0) -> PayloadTooLarge:
+    """The 413 for a job whose outputs may not fit the project's stored-bytes quota.
+
+    ``used`` is what the project stores and reserves now (GET /v1/usage's figure); the
+    checkpoint sent with the job (``uploading``, not stored yet) is incoming with the
+    reservation: counted in ``used`` it made the answer's use disagree with the usage's."""
+    sent = (f"the checkpoint sent with it ({uploading} bytes) and " if uploading else "")
     return PayloadTooLarge(
-        f"the job may store up to {reserved} bytes (its tuned weights and each fine-tuned "
-        f"candidate's, each the checkpoint's size), which would take project "
-        f"'{caller.project_name}' to {used + reserved} bytes, over its quota max_stored_bytes "
-        f"of {limit}; delete checkpoints, datasets or jobs first",
+        f"{sent}the job may store up to {reserved} bytes (its tuned weights and each "
+        f"fine-tuned candidate's, each the checkpoint's size), which would take project "
+        f"'{caller.project_name}' from {used} to {used + uploading + reserved} bytes, over its "
+        f"quota max_stored_bytes of {limit}; delete checkpoints, datasets or jobs first",
         field="max_stored_bytes", code="quota_exceeded",
         details={"quota": "max_stored_bytes", "limit": limit, "used": used,
-                 "incoming": reserved})
+                 "incoming": uploading + reserved})
 
 
 def storage_exceeded(caller: Caller, used: int, incoming: int, limit: int) -> PayloadTooLarge:

@@ -13,15 +13,16 @@ from api.errors import PayloadTooLarge
 from api.idempotency import RequestKey
 from api.services.quotas import check_storage
 from api.services.upload_replay import Upload, key_recorded, replayed_upload
+from api.uploads import declared_file_bytes
 
 
 def check_upload_quota(factory: sessionmaker[Session], caller: Caller, request: Request | None,
                        size: int | None = None) -> None:
-    """Raise 413 ``quota_exceeded`` if storing ``size`` bytes (default: the request's declared
-    Content-Length, or 0 when it has none) would pass the project's ``max_stored_bytes``."""
+    """Raise 413 ``quota_exceeded`` if storing ``size`` bytes (default: the fewest the request's
+    declared Content-Length allows its file, 0 without one) would pass the project's
+    ``max_stored_bytes``."""
     if size is None:
-        length = request.headers.get("content-length") if request is not None else None
-        size = int(length) if length is not None and length.isascii() and length.isdigit() else 0
+        size = declared_file_bytes(request) if request is not None else 0
     with factory() as session:
         check_storage(session, caller, size)
         session.commit()

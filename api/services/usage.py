@@ -12,6 +12,7 @@ from api.limits import RateLimiter, StreamSlots, project_rate_key
 from api.schemas import (
     ActiveJobsOut,
     EventStreamsOut,
+    PendingMaterializationsOut,
     RequestWindowOut,
     StoredBytesOut,
     UsageOut,
@@ -36,6 +37,8 @@ def usage_out(usage: ProjectUsage, *, project_id: str, key_id: str | None,
             reserved_by_active_jobs=stored.reserved_by_active_jobs,
             reserved_by_materializations=stored.reserved_by_materializations),
         active_jobs=ActiveJobsOut(used=usage.active_jobs, limit=limits.max_active_jobs),
+        pending_materializations=PendingMaterializationsOut(
+            used=usage.pending_materializations, limit=limits.max_pending_materializations),
         max_job_cost=limits.max_job_cost,
         max_job_gflop=limits.max_job_gflop,
         max_requests_per_minute=limits.max_requests_per_minute,

@@ -204,7 +204,8 @@ def test_the_compute_limit_applies_only_where_the_flops_were_counted() -> None:
     from persistence.usage import ProjectLimits
 
     limits = ProjectLimits(max_active_jobs=1, max_stored_bytes=1, max_job_cost=10**12,
-                           max_job_gflop=100, max_requests_per_minute=1, max_streams_per_key=1)
+                           max_job_gflop=100, max_requests_per_minute=1, max_streams_per_key=1,
+                           max_pending_materializations=1)
     caller = Caller(project_id="p", project_name="p", key_id="k", scopes=frozenset(),
                     limits=limits)
     config = digits_config()

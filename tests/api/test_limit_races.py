@@ -152,7 +152,11 @@ def test_one_materialization_slot_left_admits_one_of_the_alphas_sent_at_once(
     # A materialization is no job: it takes no job slot, and the refused left no row or message.
     assert api.count(Materialization) == 2
     assert len(api.dispatcher.enqueued) == 1 + 2
-    assert api.client.get("/v1/usage").json()["active_jobs"]["used"] == 0
+    usage = api.client.get("/v1/usage").json()
+    assert usage["active_jobs"]["used"] == 0
+    # The count and limit the 429 named are in the usage too (before, GET /v1/usage showed
+    # every limit but this one, so a client could not see how near it was).
+    assert usage["pending_materializations"] == {"used": 2, "limit": 2}
 
 
 def test_streams_opened_at_once_never_pass_the_keys_limit(api: Api, checkpoint_id: str) -> None:

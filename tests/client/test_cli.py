@@ -69,6 +69,8 @@ def test_usage(cli: Cli, checkpoint_file: Path) -> None:
     limit = usage["stored_bytes"]["limit"]
     assert f"stored bytes: {size} of {limit}" in text.stdout
     assert f"active jobs: 0 of {usage['active_jobs']['limit']}" in text.stdout
+    pending = usage["pending_materializations"]
+    assert f"materializations queued or running: 0 of {pending['limit']}" in text.stdout
     # The live counts: this process's requests (the JSON call above among them), no stream.
     assert usage["requests_this_minute"]["used"] >= 1
     assert "requests this minute: " in text.stdout and " of " in text.stdout.split(

@@ -268,6 +268,8 @@ def test_rift_admin_projects_usage_and_delete(api: Api, small_cnn_file: Path,
     assert int(lines["stored_bytes.reserved_by_active_jobs"]) == 2 * checkpoint["size"]
     assert int(lines["max_stored_bytes"]) == seen["stored_bytes"]["limit"]
     assert int(lines["active_jobs"]) == seen["active_jobs"]["used"] == 1
+    assert (int(lines["pending_materializations"]), int(lines["max_pending_materializations"])) == (
+        seen["pending_materializations"]["used"], seen["pending_materializations"]["limit"])
     assert int(lines["max_job_cost"]) == seen["max_job_cost"] == 5000
     assert int(lines["max_job_gflop"]) == seen["max_job_gflop"] == 7000
     assert rift_admin("projects", "usage", "nobody").returncode == 2

@@ -52,6 +52,7 @@ def test_usage_is_what_the_quota_answers_say(api: Api, small_cnn_file: Path,
                          "datasets": 0, "artifacts": 0, "reserved_by_active_jobs": 0,
                          "reserved_by_materializations": 0},
         "active_jobs": {"used": 0, "limit": settings.default_max_active_jobs},
+        "pending_materializations": {"used": 0, "limit": settings.materialize_max_pending},
         "max_job_cost": settings.default_max_job_cost,
         "max_job_gflop": settings.default_max_job_gflop,
         "max_requests_per_minute": settings.default_max_requests_per_minute,
@@ -83,6 +84,7 @@ def test_usage_is_what_the_quota_answers_say(api: Api, small_cnn_file: Path,
     with api.sessions() as session:
         assert stored["used"] == stored_bytes(session, api.project_id)
     assert usage["active_jobs"]["used"] == 1 and queued["status"] == "queued"
+    assert usage["pending_materializations"]["used"] == 1
 
     # At the limits, the refusals name the same numbers.
     _set_limits(api, max_stored_bytes=stored["used"] + size - 1, max_active_jobs=1,

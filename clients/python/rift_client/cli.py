@@ -546,6 +546,10 @@ def _show_usage(state: State, record: Usage) -> None:
               f"by materializations {stored.reserved_by_materializations}")
     state.say(f"active jobs: {_share(record.active_jobs.used, record.active_jobs.limit)} "
               "(max_active_jobs)")
+    pending = record.pending_materializations
+    if pending is not None:  # None: a server older than the count
+        state.say(f"materializations queued or running: {_share(pending.used, pending.limit)} "
+                  "(max_pending_materializations)")
     state.say(f"max_job_cost: {record.max_job_cost} example-passes")
     if record.max_job_gflop is not None:
         state.say(f"max_job_gflop: {record.max_job_gflop} GFLOP")

@@ -112,6 +112,11 @@ class ActiveJobs(_Resource):
     limit: int
 
 
+class PendingMaterializations(_Resource):
+    used: int = Field(description="Queued and running materializations.")
+    limit: int = Field(description="max_pending_materializations (a service setting).")
+
+
 class RequestWindow(_Resource):
     """Requests counted against ``max_requests_per_minute`` in the current minute."""
 
@@ -139,6 +144,8 @@ class Usage(_Resource):
     project: str
     stored_bytes: StoredBytes
     active_jobs: ActiveJobs
+    pending_materializations: PendingMaterializations | None = Field(
+        None, description="None from a server older than it.")
     max_job_cost: int
     max_job_gflop: int | None = Field(None, description="None from a server older than it.")
     max_requests_per_minute: int
