@@ -21,6 +21,7 @@ PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (models.DatasetPage, api_schemas.DatasetPageOut),
     (models.StoredBytes, api_schemas.StoredBytesOut),
     (models.ActiveJobs, api_schemas.ActiveJobsOut),
+    (models.PendingMaterializations, api_schemas.PendingMaterializationsOut),
     (models.Usage, api_schemas.UsageOut),
     (models.RequestWindow, api_schemas.RequestWindowOut),
     (models.EventStreams, api_schemas.EventStreamsOut),

@@ -334,17 +334,25 @@ def _export_outcome(job_id: str, request_event_id: int,
 
 
 def _pause(deadline: float | None, outage: Outage, poll_interval: float,
-           timed_out: WaitTimeoutError) -> Flow[None]:
+           timed_out: Callable[[], WaitTimeoutError]) -> Flow[None]:
     """A wait's pause before its next look: ``poll_interval`` (longer during an outage), cut to
-    what is left before ``deadline``; ``timed_out`` (saying what was still awaited at this
-    look) raised once nothing is left."""
+    what is left before ``deadline``; ``timed_out()`` raised once nothing is left (made only
+    then: without a deadline there is no timeout to word)."""
     if deadline is None:
         yield Sleep(outage.delay(poll_interval))
         return
     left = deadline - time.monotonic()
     if left <= 0:
-        raise timed_out
+        raise timed_out()
     yield Sleep(min(outage.delay(poll_interval), left))
+
+
+def _materialization_timeout(job_id: str, record: Materialization,
+                             timeout: float | None) -> WaitTimeoutError:
+    return WaitTimeoutError(
+        f"materialization {record.id} (α = {record.alpha:g}) of job {job_id} was still "
+        f"{record.status} after {timeout:g} s", job_id=job_id, last_status=record.status,
+        materialization_id=record.id)
 
 
 def _passed(deadline: float | None) -> bool:
@@ -1014,7 +1022,7 @@ class RiftCore:
                 after = max(after, page.next_after)
                 if len(page.items) == _EVENT_PAGE:
                     continue  # more events already there: read them before pausing
-            yield from _pause(deadline, outage, poll_interval, WaitTimeoutError(
+            yield from _pause(deadline, outage, poll_interval, lambda: WaitTimeoutError(
                 f"the MLflow export of job {job_id} asked for by event {request_event_id} had "
                 f"no outcome after {timeout:g} s (is a worker running?)", job_id=job_id,
                 last_status=SUCCEEDED))  # only a succeeded job's export is queued
@@ -1065,10 +1073,8 @@ class RiftCore:
                     on_update(record)
                 if record.finished:
                     return record
-            yield from _pause(deadline, outage, poll_interval, WaitTimeoutError(
-                f"materialization {materialization_id} (α = {record.alpha:g}) of job {job_id} "
-                f"was still {record.status} after {timeout:g} s", job_id=job_id,
-                last_status=record.status, materialization_id=materialization_id))
+            yield from _pause(deadline, outage, poll_interval, functools.partial(
+                _materialization_timeout, job_id, record, timeout))
 
     def download(self, job_id: str, name: str, path: str | os.PathLike[str],
                  progress: ProgressCallback | None, resume_attempts: int) -> Flow[Path]:
