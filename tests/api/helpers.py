@@ -26,7 +26,7 @@ from persistence.storage import LocalObjectStore
 from tests.ports import free_port as free_port  # re-exported: the tests import it from here
 from tests.ports import listening_socket
 from tests.preloaded_launcher import Launcher
-from tests.service_fixtures import WorkerProcess, launch_worker
+from tests.service_fixtures import WorkerProcess, launch_worker, settings_from_env
 
 
 def varied_images(shape: tuple[int, ...], dtype: Any = np.uint8, seed: int = 0) -> np.ndarray:
@@ -324,3 +324,16 @@ def spawn_worker(env: dict[str, str], log_path: Path,
     import uuid
 
     return launch_worker(env, log_path, f"api-{uuid.uuid4().hex[:6]}", launcher)
+
+
+def unthrottled_settings(api_settings: Settings, **extra: str) -> Settings:
+    """``api_settings``' database, store and upload bounds, with loopback webhook targets allowed
+    and no request-rate limit in the way of a test making thousands of requests (``extra``:
+    more variables, e.g. ``DEFAULT_MAX_ACTIVE_JOBS``)."""
+    return settings_from_env({
+        "DATABASE_URL": api_settings.database_url, "BROKER_URL": "memory://",
+        "STORE_KIND": "local", "STORE_ROOT": str(api_settings.store_root),
+        "WORK_DIR": str(api_settings.work_dir), "WEBHOOK_ALLOW_LIST": "127.0.0.1",
+        "MAX_CHECKPOINT_BYTES": str(api_settings.max_checkpoint_bytes),
+        "MAX_DATASET_BYTES": str(api_settings.max_dataset_bytes),
+        "DEFAULT_MAX_REQUESTS_PER_MINUTE": "1000000", **extra})

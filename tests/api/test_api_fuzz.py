@@ -45,11 +45,11 @@ from tests.api.helpers import (
     RecordingDispatcher,
     digits_config,
     make_key,
+    unthrottled_settings,
     upload_checkpoint,
     varied_images,
 )
 from tests.api.test_request_input import api_routes, succeeded_job
-from tests.service_fixtures import settings_from_env
 
 pytestmark = pytest.mark.service
 
@@ -83,13 +83,7 @@ def fuzz_api(api_settings: Settings, start_api: Callable[..., Api]) -> Api:
     """The API with loopback webhook targets allowed (so a webhook body reaches the database)
     and no request-rate or active-job limit in the way of a few thousand requests (the valid
     ones among them create jobs)."""
-    settings = settings_from_env({
-        "DATABASE_URL": api_settings.database_url, "BROKER_URL": "memory://",
-        "STORE_KIND": "local", "STORE_ROOT": str(api_settings.store_root),
-        "WORK_DIR": str(api_settings.work_dir), "WEBHOOK_ALLOW_LIST": "127.0.0.1",
-        "MAX_CHECKPOINT_BYTES": str(api_settings.max_checkpoint_bytes),
-        "MAX_DATASET_BYTES": str(api_settings.max_dataset_bytes),
-        "DEFAULT_MAX_REQUESTS_PER_MINUTE": "1000000", "DEFAULT_MAX_ACTIVE_JOBS": "100000"})
+    settings = unthrottled_settings(api_settings, DEFAULT_MAX_ACTIVE_JOBS="100000")
     return start_api(settings, dispatcher=RecordingDispatcher())
 
 

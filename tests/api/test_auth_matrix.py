@@ -38,9 +38,9 @@ from tests.api.helpers import (
     RecordingDispatcher,
     digits_config,
     make_key,
+    unthrottled_settings,
 )
 from tests.api.test_api_fuzz import dataset_npz
-from tests.service_fixtures import settings_from_env
 
 pytestmark = pytest.mark.service
 
@@ -138,14 +138,7 @@ UNKNOWN_IDS = {"checkpoint_id": "0" * 32, "dataset_id": "1" * 32, "job_id": "2" 
 def matrix_api(api_settings: Settings, start_api: Callable[..., Api]) -> Api:
     """The API (SQLite and Postgres) with loopback webhook targets allowed and no request-rate
     limit in the way of the matrix's requests."""
-    settings = settings_from_env({
-        "DATABASE_URL": api_settings.database_url, "BROKER_URL": "memory://",
-        "STORE_KIND": "local", "STORE_ROOT": str(api_settings.store_root),
-        "WORK_DIR": str(api_settings.work_dir), "WEBHOOK_ALLOW_LIST": "127.0.0.1",
-        "MAX_CHECKPOINT_BYTES": str(api_settings.max_checkpoint_bytes),
-        "MAX_DATASET_BYTES": str(api_settings.max_dataset_bytes),
-        "DEFAULT_MAX_REQUESTS_PER_MINUTE": "1000000"})
-    return start_api(settings, dispatcher=RecordingDispatcher())
+    return start_api(unthrottled_settings(api_settings), dispatcher=RecordingDispatcher())
 
 
 @dataclass
