@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import torch
 
 from rift.errors import ConfigError, StageOutputError
+from rift.safetensors_bytes import safetensors_bytes
 
 MRC_JSON = "mrc.json"
 MRC_CSV = "mrc.csv"
@@ -226,12 +227,11 @@ def write_text(storage: StageStorage, name: str, text: str) -> None:
 
 def write_weights(storage: StageStorage, name: str, state_dict: Mapping[str, torch.Tensor],
                   metadata: Mapping[str, str]) -> None:
-    """``state_dict`` as safetensors bytes (CPU, contiguous, no shared storage)."""
-    from safetensors.torch import save
-
+    """``state_dict`` as safetensors bytes (CPU, contiguous, no shared storage), the same bytes
+    for the same tensors and metadata (:mod:`rift.safetensors_bytes`)."""
     tensors = {key: value.detach().to("cpu").contiguous().clone()
                for key, value in state_dict.items()}
-    storage.write_bytes(name, save(tensors, metadata=dict(metadata)), content_type(name))
+    storage.write_bytes(name, safetensors_bytes(tensors, metadata), content_type(name))
 
 
 def read_weights(storage: StageStorage, name: str) -> StateDict | None:
