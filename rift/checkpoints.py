@@ -759,7 +759,11 @@ def save_safetensors(
         raise CheckpointError("safetensors metadata must map str to str")
     tensors = _cpu_tensors(state_dict)
     data = safetensors_bytes(tensors, metadata)
-    _atomic_write(Path(path), lambda target: Path(target).write_bytes(data))
+
+    def write(target: str) -> None:
+        Path(target).write_bytes(data)
+
+    _atomic_write(Path(path), write)
 
 
 def save_torch(path: str | Path, state_dict: Mapping[str, Tensor]) -> None:

@@ -42,11 +42,13 @@ from rift.pipeline import (
     save_finetune,
     save_interpolation,
     save_mrc,
+    splits_fingerprint,
     weights_metadata,
 )
 from rift.stage_outputs import (
     CURVES_JSON,
     FINETUNED,
+    MANIFEST_JSON,
     MRC_CSV,
     RESULT_JSON,
     STAGE_OF_FILE,
@@ -62,7 +64,6 @@ __all__ = ["FINETUNED", "SAFETENSORS", "ObjectStageStorage", "describe_device", 
            "stage_object_key", "store_manifest"]
 
 SAFETENSORS = "application/octet-stream"
-MANIFEST_JSON = "manifest.json"
 JSON = "application/json"
 SVG = "image/svg+xml"
 
@@ -203,7 +204,8 @@ def job_manifest(job: Job, checkpoint: Checkpoint, dataset: Dataset | None, run:
     return build_manifest(
         stored_config(job.spec), checkpoint_sha256=checkpoint.sha256,
         dataset_sha256=dataset.sha256 if dataset is not None else None,
-        device=describe_device(run.device), commit=commit,
+        splits_sha256=splits_fingerprint(run.splits), device=describe_device(run.device),
+        commit=commit,
         extra={"job_id": job.id, "checkpoint_id": checkpoint.id,
                "dataset_id": dataset.id if dataset is not None else None})
 
