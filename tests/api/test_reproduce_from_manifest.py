@@ -1,8 +1,8 @@
 """A researcher reproducing a finished job from what the service recorded: every artifact's listed
 SHA-256 is the bytes served, ``manifest.json`` names the inputs (the checkpoint's SHA-256, the
 examples read, the thread count, the versions), and its config, submitted again as it stands,
-gives the same MRC table, module, α, curve, metrics and tuned weights; so does the library run
-from the same manifest on this machine. Real worker (Postgres, Redis, local store)."""
+gives the same MRC table, module, α, curve, metrics and tuned weights (its MRC stage split over
+shards, the same table); so does the library run from the same manifest on this machine. Real worker (Postgres, Redis, local store)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,16 @@ def test_a_job_submitted_again_from_its_manifest_gives_the_same_results(
         one, other = safetensors.torch.load(files[name]), safetensors.torch.load(again[name])
         assert one.keys() == other.keys()
         assert all(torch.equal(one[key], other[key]) for key in one), name
+
+    # Its MRC stage split over shards: the same table, module and α.
+    sharded_config = copy.deepcopy(manifest["config"])
+    sharded_config["mrc"]["shards"] = 2
+    sharded = run_job(api, checkpoint["id"], sharded_config, (worker,))
+    assert (sharded["selected_module"], sharded["chosen_alpha"]) == (first["selected_module"],
+                                                                     first["chosen_alpha"])
+    rows = api.client.get(f"/v1/jobs/{first['id']}/mrc").json()["rows"]
+    sharded_rows = api.client.get(f"/v1/jobs/{sharded['id']}/mrc").json()["rows"]
+    assert _timeless(sharded_rows) == _timeless(rows)
 
     # The library, from the same manifest, with the thread count it records.
     threads = torch.get_num_threads()
