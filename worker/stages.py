@@ -352,8 +352,11 @@ def record_interpolation(job: Job, run: PreparedRun, storage: ObjectStageStorage
         raise RuntimeError(f"job {job.id}: the MRC or fine-tune record is missing although both "
                            "stages are done")
     preflight = (job.metrics or {}).get("preflight")
-    document = {"job_id": job.id, **build_result(run.config, mrc, finetune, result,
-                                                 str(run.device), preflight)}
+    # The job's config as submitted, as manifest.json and the job hold it: run.config has this
+    # worker's data folder (and device) in it, which a new job refuses ("'root' is not
+    # accepted"), so result.json's config could not be submitted again.
+    document = {"job_id": job.id, **build_result(stored_config(job.spec), mrc, finetune,
+                                                 result, str(run.device), preflight)}
     extra: list[ArtifactRecord] = []
     if sweep is not None:
         document["sweep"] = dict(sweep)

@@ -2,7 +2,9 @@
 SHA-256 is the bytes served, ``manifest.json`` names the inputs (the checkpoint's SHA-256, the
 examples read, the thread count, the versions), and its config, submitted again as it stands,
 gives the same MRC table, module, α, curve, metrics and tuned weights (its MRC stage split over
-shards, the same table); so does the library run from the same manifest on this machine. Real worker (Postgres, Redis, local store)."""
+shards, the same table); so does the library run from the same manifest on this machine.
+``result.json`` holds that config too (it held the worker's, with its data folder, which a new
+job refuses). Real worker (Postgres, Redis, local store)."""
 
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ def test_a_job_submitted_again_from_its_manifest_gives_the_same_results(
         assert _timeless(api.client.get(f"/v1/jobs/{first['id']}/{route}").json()) == _timeless(
             api.client.get(f"/v1/jobs/{second['id']}/{route}").json()), route
     result, result_again = json.loads(files["result.json"]), json.loads(again["result.json"])
+    assert result["config"] == manifest["config"] == first["config"]
     assert _timeless(result) == _timeless(result_again)
     tuned = safetensors.torch.load(files["tuned.safetensors"])
     for name in ("tuned.safetensors", "finetuned.safetensors"):
