@@ -753,6 +753,11 @@ def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+#: Keys that make a JSON object with a ``config`` a run's record: ``manifest.json``'s version,
+#: ``result.json``'s chosen α.
+_RUN_RECORD_KEYS = frozenset({"manifest_version", "chosen_alpha"})
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     _existing_file(path, "--config")
     try:
@@ -767,6 +772,11 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise typer.BadParameter(f"{path} must hold a JSON object (the job's RiftConfig)",
                                  param_hint="--config")
+    if isinstance(config.get("config"), dict) and _RUN_RECORD_KEYS & set(config):
+        # A job's manifest.json or result.json (or a library run folder's): its 'config' is the
+        # full config the job ran, what a rerun submits (the riftctl twin of `rift run
+        # --config`, rift/cli.py; this client imports no rift).
+        return dict(config["config"])
     if isinstance(config.get("config"), dict) and "architecture" not in config:
         # A POST /v1/jobs body saved from curl or the docs: sent as the config, every key of it
         # came back "unknown setting".
@@ -914,7 +924,9 @@ def jobs_create(
     checkpoint: Annotated[str, typer.Option(
         "--checkpoint", "-c", help="A checkpoint id, or a checkpoint file to send with the job "
         "(in the same request).")],
-    config: Annotated[Path, typer.Option("--config", help="JSON file with the job's RiftConfig.")],
+    config: Annotated[Path, typer.Option(
+        "--config", help="JSON file with the job's RiftConfig, or a job's manifest.json or "
+        "result.json (its config: the job again).")],
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="An uploaded dataset's id, or an .npz / ImageFolder tar to upload "
         "first (for config.dataset.name npz or imagefolder).")] = None,
