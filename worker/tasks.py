@@ -533,9 +533,12 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         else:
             outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir,
                                 callbacks, attempts, manifest, resources.store_writer)
-        # In the stage_finished event: where a stage's time went besides the library's own.
+        # In the stage_finished event: where a stage's time went besides the library's own,
+        # and the device it ran on (the job's device is the last stage's, manifest.json's the
+        # MRC stage's: a stage taken over elsewhere was recorded nowhere).
         outputs.summary = {**outputs.summary, "prepare_seconds": round(prepare_seconds, 4),
-                           "prepared_run": "cached" if taken.cached else "built"}
+                           "prepared_run": "cached" if taken.cached else "built",
+                           "device": device}
         if reporter.lease_lost:
             raise LeaseLost(f"lost the lease on stage '{stage}' of job {job_id}")
         following = stages.next_stage(stage)

@@ -75,6 +75,11 @@ def test_a_job_submitted_again_from_its_manifest_gives_the_same_results(
     assert manifest["dataset"]["splits_sha256"] == splits_fingerprint(splits)
     assert isinstance(manifest["torch_threads"], int) and manifest["torch_threads"] >= 1
     assert manifest["versions"]["torch"] == torch.__version__
+    # Each stage says which device ran it (a stage may run on another worker than the MRC's).
+    finished = [e["payload"] for e in api.client.get(f"/v1/jobs/{first['id']}/events").json()["items"]
+                if e["kind"] == "stage_finished"]
+    assert [(e["stage"], e["device"]) for e in finished] == [
+        ("mrc", "cpu"), ("finetune", "cpu"), ("interpolate", "cpu")]
 
     # Submitted again as recorded: the same results.
     second = run_job(api, checkpoint["id"], manifest["config"], (worker,))
