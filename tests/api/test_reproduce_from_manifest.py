@@ -78,8 +78,8 @@ def test_a_job_submitted_again_from_its_manifest_gives_the_same_results(
     # Each stage says which device ran it (a stage may run on another worker than the MRC's).
     finished = [e["payload"] for e in api.client.get(f"/v1/jobs/{first['id']}/events").json()["items"]
                 if e["kind"] == "stage_finished"]
-    assert [(e["stage"], e["device"]) for e in finished] == [
-        ("mrc", "cpu"), ("finetune", "cpu"), ("interpolate", "cpu")]
+    assert [(e["stage"], e["device"], e["torch_threads"]) for e in finished] == [
+        (stage, "cpu", manifest["torch_threads"]) for stage in ("mrc", "finetune", "interpolate")]
 
     # Submitted again as recorded: the same results.
     second = run_job(api, checkpoint["id"], manifest["config"], (worker,))
