@@ -16,7 +16,8 @@ normalisations with the data's channel count (``architecture.normalization``), a
 per-feature statistics. Limits: a normalisation outside that list is not found (only a worse
 configured one is seen, when one of the list beats it); the comparison assumes the model applies
 the configured mean/std as ``(x - mean) / std`` at its input, as the built-in and torchvision
-architectures do (an installed builder ignoring them would be compared wrongly); below
+architectures do (an installed builder ignoring them is refused before, by
+:mod:`rift.models.normalization_applied`); below
 :data:`MIN_EXAMPLES` examples the comparison is not made (one example would be worth more than
 a point).
 """
