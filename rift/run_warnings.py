@@ -41,7 +41,9 @@ that diverged and kept an earlier epoch, ``rift.pipeline``.)
   rule leans to larger α than held-out data would pick.
 * **A radius off the features' scale** (``rift.feature_scale``): on feature vectors, an
   ``attack.eps`` below 1/255 of the features' typical range (0–255 pixel values saved as
-  features and attacked with an image radius such as 8/255) attacks nothing.
+  features and attacked with an image radius such as 8/255) attacks nothing; features that all
+  lie in [0, 1] under ``attack.domain: "auto"`` (unbounded for feature vectors) are pushed past
+  0 and 1, where the same values as images are kept in the box.
 * **Class folders named by numbers.** ImageFolder classes are the folders in text order (as
   torchvision's): folders ``1`` to ``10`` give class 1 to folder ``10``, not ``2``. A checkpoint
   trained with the numeric order would see every label but the first moved.
@@ -57,7 +59,7 @@ import torch
 from rift.config import AttackSpec, FinetuneSpec, RiftConfig
 from rift.data import DatasetSplits
 from rift.evaluation import evaluated_examples
-from rift.feature_scale import feature_scale_problem
+from rift.feature_scale import feature_scale_problem, unbounded_unit_features
 
 #: Fewer examples than this and one example moves an accuracy by more than one percentage point.
 MIN_ACCURACY_EXAMPLES = 100
@@ -131,6 +133,9 @@ def configuration_warnings(config: RiftConfig, splits: DatasetSplits, device: to
         scale = feature_scale_problem(config.attack, splits.train.images)
         if scale is not None:
             found.append(RunWarning("run", scale))
+        unbounded = unbounded_unit_features(config.attack, splits.train.images)
+        if unbounded is not None:
+            found.append(RunWarning("run", unbounded))
 
     if config.precision == "bf16" and device.type == "cpu":
         found.append(RunWarning("run", (
