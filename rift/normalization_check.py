@@ -15,12 +15,10 @@ normalisations with the data's channel count (``architecture.normalization``), t
 pixel scale (mean 0, std 1/255) and the [-1, 1] scale (mean 0.5, std 0.5); for feature vectors
 only none and the sample's own per-feature statistics. Limits: a normalisation outside that
 list is not found (only a worse configured one is seen, when one of the list beats it); the
-comparison assumes the model applies
-the configured mean/std as ``(x - mean) / std`` at its input, as the built-in and torchvision
-architectures do (an installed builder ignoring them is refused before, by
-:mod:`rift.models.normalization_applied`); below
-:data:`MIN_EXAMPLES` examples the comparison is not made (one example would be worth more than
-a point).
+comparison assumes the model applies the configured mean/std as ``(x - mean) / std`` at its
+input, as the built-in and torchvision architectures do (an installed builder ignoring them is
+refused before, by :mod:`rift.models.normalization_applied`); below :data:`MIN_EXAMPLES`
+examples the comparison is not made (one example would be worth more than a point).
 """
 
 from __future__ import annotations
