@@ -615,3 +615,11 @@ class GatedBranch(nn.Module):
         x = F.relu(self.stem(x))
         x = x + self.gate * self.branch(x)
         return self.head(x.mean((2, 3)))
+
+
+def drops_normalization_net(classes: int = 4) -> nn.Module:
+    """A builder's network that reuses the built-in small CNN without passing the ``mean``/
+    ``std`` it was given on: RiFT's input buffers stay unset, so it applies no normalisation."""
+    from rift.models.small_cnn import SmallCNN
+
+    return SmallCNN(num_classes=classes, in_channels=3)

@@ -21,7 +21,7 @@ from torch import nn
 from rift.config import ArchitectureSpec
 from rift.errors import ConfigError
 from rift.model_state import eval_mode
-from rift.models.normalization import applied_normalization
+from rift.models.normalization import MEAN_BUFFER, applied_normalization
 from rift.models.registry import build_model
 
 # The seed both copies are built from: a builder drawing its initial weights from torch's
@@ -44,6 +44,7 @@ def refuse_ignored_normalization(model: nn.Module, spec: ArchitectureSpec,
     """
     if spec.mean is None or spec.std is None:
         return
+    refuse_unset_input_buffers(model, spec)
     applied = applied_normalization(model)
     if applied is not None:
         # RiFT's buffers (a builder reusing a built-in network, or registering them itself):
@@ -88,6 +89,20 @@ def _refuse(spec: ArchitectureSpec, evidence: str) -> None:
         "inputs its own way",
         field=("architecture.normalization" if spec.normalization is not None
                else "architecture.mean"))
+
+
+def refuse_unset_input_buffers(model: nn.Module, spec: ArchitectureSpec) -> None:
+    """Refuse ``spec`` when it sets ``mean``/``std`` and ``model`` holds RiFT's input buffers
+    unset (a builder reusing a built-in network without passing them on). Needs no values, so
+    the fit check at ``POST /v1/jobs`` (a meta model) refuses it as the job would; a network
+    without these buffers needs :func:`refuse_ignored_normalization`'s forward passes.
+
+    Raises:
+        ConfigError: as :func:`refuse_ignored_normalization`.
+    """
+    if spec.mean is not None and MEAN_BUFFER in model._buffers and \
+            model._buffers[MEAN_BUFFER] is None:
+        _refuse(spec, "its input buffers (input_mean, input_std) are unset, so it applies none")
 
 
 def _seeded_build(spec: ArchitectureSpec, channels: int, height: int, width: int) -> nn.Module:

@@ -83,17 +83,24 @@ def test_networks_applying_mean_and_std_pass(monkeypatch: pytest.MonkeyPatch, na
     _check(name, mean=[0.5], std=[0.25])
 
 
-def test_a_builder_leaving_the_input_buffers_unset_is_refused_by_their_values(
+def test_a_builder_leaving_the_input_buffers_unset_or_other_is_refused_by_them(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A builder reusing a built-in network without passing mean/std on: its input buffers
-    say it applies none."""
+    """A builder reusing a built-in network without passing mean/std on (its input buffers
+    unset: no normalisation), or passing fixed values of its own."""
     def drops(*, num_classes: int, in_channels: int, mean: Sequence[float] | None = None,
               std: Sequence[float] | None = None) -> nn.Module:
         return SmallCNN(num_classes=num_classes, in_channels=in_channels)
 
-    _install(monkeypatch, {"drops": drops})
-    with pytest.raises(ConfigError, match=r"its input buffers hold mean \[0.0\], std \[1.0\]"):
+    def fixed(*, num_classes: int, in_channels: int, mean: Sequence[float] | None = None,
+              std: Sequence[float] | None = None) -> nn.Module:
+        return SmallCNN(num_classes=num_classes, in_channels=in_channels, mean=[0.5], std=[0.5])
+
+    _install(monkeypatch, {"drops": drops, "fixed": fixed})
+    with pytest.raises(ConfigError, match=r"input buffers \(input_mean, input_std\) are unset"):
         _check("drops", normalization="cifar10")
+    with pytest.raises(ConfigError, match=r"its input buffers hold mean \[0.5, 0.5, 0.5\]"):
+        _check("fixed", normalization="cifar10")
+    _check("fixed", mean=[0.5], std=[0.5])
 
 
 def test_pipeline_refuses_the_digits_model_under_a_builder_dropping_the_normalisation(
