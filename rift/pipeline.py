@@ -71,6 +71,7 @@ from rift.measured_warnings import mrc_table_warnings, not_robust_warning
 from rift.model_checks import check_model_outputs, zero_weight_modules_warning
 from rift.models import build_model, check_model_accepts
 from rift.models.normalization import applied_normalization
+from rift.models.normalization_applied import refuse_ignored_normalization
 from rift.models.parametrized import (
     fold_parametrized_weights,
     folding_warning,
@@ -332,6 +333,9 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
                                     device=device)
     else:
         check_model_accepts(model, config.architecture, splits.image_shape, device=device)
+    # An installed builder given architecture.mean/std that drops them (they are its keyword
+    # arguments): the run would record a normalisation it never applied.
+    refuse_ignored_normalization(model, config.architecture, splits.image_shape)
     scored = select_modules(model, config.mrc)  # a model with no scored layer, a selection of none
     if config.finetune.module is not None:
         # Before any stage: a name that is no module of the model (a typo, "fc " for "fc")
