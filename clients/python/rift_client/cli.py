@@ -38,6 +38,7 @@ import inspect
 import json
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -745,8 +746,9 @@ class _RepeatedKeyError(ValueError):
 def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads keeps the last of a key given twice ({"lr": 0.1, "lr": 0.2} sent 0.2), and the
     # service, which refuses it, never sees the file.
-    keys = [key for key, _ in pairs]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    # Counted once: a count per key was quadratic in the keys of a --config file.
+    counts = Counter(key for key, _ in pairs)
+    repeated = sorted(key for key, count in counts.items() if count > 1)
     if repeated:
         raise _RepeatedKeyError(f"the key {repeated[0]!r} is given more than once in one object; "
                                 "give it once")
