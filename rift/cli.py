@@ -20,6 +20,7 @@ from pydantic_core import ErrorDetails
 from rift import __version__
 from rift.config import RiftConfig, dataset_names, unused_settings
 from rift.errors import RiftError
+from rift.repeats import repeated
 from rift.setting_names import describe_errors as describe_setting_errors
 from rift.setting_names import field_path, origin_key
 
@@ -106,10 +107,9 @@ class _RepeatedKey(ValueError):
 
 def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads keeps the last of a key given twice: {"lr": 0.1, "lr": 0.2} ran at 0.2.
-    keys = [key for key, _ in pairs]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:
-        raise _RepeatedKey(f"the key {repeated[0]!r} is given more than once in one object")
+    twice = repeated(key for key, _ in pairs)
+    if twice:
+        raise _RepeatedKey(f"the key {twice[0]!r} is given more than once in one object")
     return dict(pairs)
 
 
