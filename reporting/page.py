@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from html import escape as _html_escape
 from typing import Any
 
@@ -53,6 +54,10 @@ p.note{font-size:12px;color:#555;max-width:720px}
 dl.warnings{background:#fff8e1;border-left:4px solid #e0a100;padding:8px}
 details.more-warnings summary,details.mrc-all summary{cursor:pointer;font-size:13px}
 td.row{color:#555}details.mrc-all{margin-top:8px}
+@media print{body{margin:0;max-width:none}pre{max-height:none;overflow:visible;white-space:pre-wrap}
+.scroll,.wide{overflow:visible}.wide svg{max-width:100%}
+details::details-content{content-visibility:visible;display:block}details>summary{display:none}
+tr,figure,dt,dd{break-inside:avoid}h2,h3{break-after:avoid}}
 """
 
 
@@ -99,6 +104,14 @@ class ReportData:
     #: it), each with its ``position`` in the final table; ``mrc_total`` the rows it will have.
     mrc_complete: bool = True
     mrc_total: int | None = None
+    #: When the job was created, started and finished (timezone-aware; naive ones are UTC): a
+    #: saved page read later had no date at all, and which run it was could not be told.
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: ``interpolation.robust_tolerance``: the points of robust accuracy the chosen α may lose
+    #: against θ_AT; None when the configuration does not say (the summary leaves it out).
+    robust_tolerance: float | None = None
 
 
 # C0 and C1 controls but tab and newlines, and lone surrogates: a parse error in HTML text (a
@@ -147,11 +160,52 @@ def _chosen_lr(metrics: Mapping[str, Any]) -> float | None:
     return float(lr) if isinstance(lr, int | float) and not isinstance(lr, bool) else None
 
 
+def _time(when: datetime | None) -> str:
+    """A time in UTC to the second, the zone named (``2026-11-28 06:10:31 UTC``), "–" for none."""
+    if when is None:
+        return "–"
+    aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _accuracy(values: Mapping[str, Any], key: str) -> float | None:
+    value = values.get(key)
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _change(before: Mapping[str, Any], after: Mapping[str, Any]) -> str | None:
+    """RiFT less θ_AT in points, signed, as the summary rounds them: a reader deciding whether to
+    ship the weights subtracted the two lines above it by hand."""
+    parts = []
+    for key, word in (("clean_accuracy", "clean"), ("robust_accuracy", "robust")):
+        old, new = _accuracy(before, key), _accuracy(after, key)
+        if old is None or new is None:
+            return None
+        text = f"{new - old:+.4g}"
+        parts.append(f"{word} {'−' + text[1:] if text.startswith('-') else text}")
+    return " / ".join(parts)
+
+
+def _tolerance(data: ReportData) -> str | None:
+    """The rule the chosen α met, in its units: a page showing only θ_AT's and RiFT's robust
+    accuracy left a reader to guess whether a drop was allowed."""
+    if data.robust_tolerance is None or not math.isfinite(data.robust_tolerance):
+        return None
+    less = f" less {data.robust_tolerance:g}" if data.robust_tolerance else ""
+    return (f"{data.robust_tolerance:g} points: the chosen α keeps robust accuracy ≥ θ_AT's{less} "
+            f"on the {data.splits.curve} split, and has the best clean accuracy of those that do")
+
+
 def _summary(data: ReportData) -> str:
     before = data.metrics.get("before") or {}
     after = data.metrics.get("after") or {}
     stage = _stage(data)
+    change = _change(before, after)
+    tolerance = _tolerance(data)
     items = [("job", data.job_id), ("status", data.status),
+             ("created / started / finished",
+              " / ".join(_time(when) for when in (data.created_at, data.started_at,
+                                                   data.finished_at))),
              *([("labels", ", ".join(f"{key}={value}" for key, value in data.labels.items()))]
                if data.labels else []),
              *([("stage", stage)] if stage is not None else []),
@@ -164,7 +218,9 @@ def _summary(data: ReportData) -> str:
              ("θ_AT clean / robust (%, test split)",
               f"{_cell(before.get('clean_accuracy'))} / {_cell(before.get('robust_accuracy'))}"),
              ("RiFT clean / robust (%, test split)",
-              f"{_cell(after.get('clean_accuracy'))} / {_cell(after.get('robust_accuracy'))}")]
+              f"{_cell(after.get('clean_accuracy'))} / {_cell(after.get('robust_accuracy'))}"),
+             *([("RiFT − θ_AT (points, test split)", change)] if change is not None else []),
+             *([("robust tolerance", tolerance)] if tolerance is not None else [])]
     if data.error:
         items.append(("error", data.error))
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items) + "</dl>"

@@ -3,7 +3,7 @@ points (``rift.interpolation``: early-stopped attacks leave only ``robust_accura
 
 from __future__ import annotations
 
-from reporting.charts import Curve
+from reporting.charts import Curve, Splits
 from reporting.page import ReportData, ReportWarning, render_report
 
 
@@ -266,3 +266,24 @@ def test_the_summary_names_a_sweeps_chosen_rate_beside_its_module() -> None:
     assert "<dt>chosen learning rate</dt><dd>0.05</dd>" in page
     assert "chosen learning rate" not in render_report(ReportData(
         job_id="j", status="succeeded", selected_module="fc"))
+
+
+def test_the_summary_dates_the_job_in_utc_and_gives_the_change_and_tolerance() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    metrics = {"before": {"clean_accuracy": 80.0, "robust_accuracy": 50.25},
+               "after": {"clean_accuracy": 84.5, "robust_accuracy": 50.0}}
+    page = render_report(ReportData(
+        job_id="j", status="succeeded", selected_module="fc", chosen_alpha=0.4, metrics=metrics,
+        created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2))),
+        started_at=datetime(2026, 1, 2, 1, 5, 0),  # naive, as SQLite returns it: UTC
+        robust_tolerance=0.5, splits=Splits(curve="validation")))
+    assert ("<dt>created / started / finished</dt><dd>2026-01-02 01:04:05 UTC / "
+            "2026-01-02 01:05:00 UTC / –</dd>") in page
+    assert "<dt>RiFT − θ_AT (points, test split)</dt><dd>clean +4.5 / robust −0.25</dd>" in page
+    assert ("<dt>robust tolerance</dt><dd>0.5 points: the chosen α keeps robust accuracy ≥ "
+            "θ_AT&#x27;s less 0.5 on the validation split") in page
+    # Without both accuracies, no change; without the setting, no tolerance line.
+    bare = render_report(ReportData(job_id="j", status="running"))
+    assert "RiFT − θ_AT" not in bare and "robust tolerance" not in bare
+    assert "<dd>– / – / –</dd>" in bare
