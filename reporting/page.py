@@ -53,7 +53,7 @@ dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13
 p.note{font-size:12px;color:#555;max-width:720px}
 dl.warnings{background:#fff8e1;border-left:4px solid #e0a100;padding:8px}
 details.more-warnings summary,details.mrc-all summary{cursor:pointer;font-size:13px}
-td.row{color:#555}details.mrc-all{margin-top:8px}
+td.row{color:#555}details.mrc-all{margin-top:8px}span.mark{font-weight:normal;color:#555}
 @media print{body{margin:0;max-width:none}pre{max-height:none;overflow:visible;white-space:pre-wrap}
 .scroll,.wide{overflow:visible}.wide svg{max-width:100%}
 details::details-content{content-visibility:visible;display:block}details>summary{display:none}
@@ -330,7 +330,7 @@ def _mrc_rows_table(data: ReportData, rows: Sequence[tuple[int, Mapping[str, Any
         # A row stopped early by mrc.table = "selection" holds lower bounds: "≥ value".
         at_least = "≥ " if row.get("exact") is False else ""
         cells.append(f"<tr{selected}><td class='row'>{number}</td>"
-                     f"<td class='name'>{escape(module)}</td>"
+                     f"<td class='name'>{escape(module)}{_mark(selected, 'fine-tuned')}</td>"
                      f"<td>{_cell(row.get('parameters'))}</td>"
                      f"<td>{at_least}{_cell(row.get('mrc'))}</td>"
                      f"<td>{at_least}{_cell(row.get('worst_robust_loss'))}</td>"
@@ -348,15 +348,26 @@ def _robust_cell(point: Mapping[str, Any]) -> str:
     return _cell(point.get("robust_accuracy"))
 
 
+def _mark(shown: Any, what: str) -> str:
+    """The words a highlighted row carries besides its colour and weight: a screen reader, a
+    grey print or a colour-blind reader got no sign of which module was tuned or which α chosen."""
+    return f"<span class='mark'> ({escape(what)})</span>" if shown else ""
+
+
 def _curve_tables(data: ReportData, curves: Sequence[Curve], split: str) -> str:
     blocks = []
+    # The job's curve: a sweep's picked candidate, else, once the job has chosen, the first (its
+    # module's); a running sweep has none yet.
+    first = curves[0] if curves and data.chosen_alpha is not None else None
+    jobs = next((curve for curve in curves if curve.picked), first)
     for curve in curves:
+        what = "chosen α" if curve is jobs else "this candidate's best α"
         rows = []
         for point in sorted(curve.points, key=lambda p: float(p["alpha"])):
             chosen = (curve.chosen_alpha is not None
                       and math.isclose(float(point["alpha"]), curve.chosen_alpha, abs_tol=1e-9))
             rows.append(f"<tr{' class=selected' if chosen else ''}>"
-                        f"<td>{_alpha_cell(point['alpha'])}</td>"
+                        f"<td>{_alpha_cell(point['alpha'])}{_mark(chosen, what)}</td>"
                         f"<td>{_cell(point.get('clean_accuracy'))}</td>"
                         f"<td>{_robust_cell(point)}</td></tr>")
         # Every candidate's curve highlights its own α; only the picked one's is the job's.

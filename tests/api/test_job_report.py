@@ -99,7 +99,8 @@ def test_report_page_in_headless_chromium(report_api: Api, small_cnn_file: Path,
     assert 'data-label="α = 0.5"' in dom and 'data-label="α = 0.25"' in dom
     assert _shapes("points", "conv1", dom) >= len(ALPHAS)
     # The MRC table (selected row flagged), both curves' tables and the manifest.
-    assert _count(r"<tr class=\"selected\"><td class=\"row\">1</td><td class=\"name\">conv1</td>",
+    assert _count(r"<tr class=\"selected\"><td class=\"row\">1</td><td class=\"name\">conv1"
+                  r"<span class=\"mark\"> \(fine-tuned\)</span></td>",
                   dom) == 1
     assert "data-curve=\"fc\"" in dom and "data-curve=\"conv1\"" in dom
     assert '"checkpoint_sha256"' in dom

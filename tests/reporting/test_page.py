@@ -151,7 +151,7 @@ def test_an_alpha_is_shown_whole_however_fine_its_grid() -> None:
     page = render_report(ReportData(job_id="j", status="succeeded", chosen_alpha=0.13095,
                                     curves=[Curve("fc", points, 0.13095)]))
     assert "<dt>chosen α</dt><dd>0.13095</dd>" in page
-    assert "<tr class=selected><td>0.13095</td>" in page
+    assert "<tr class=selected><td>0.13095<span class='mark'> (chosen α)</span></td>" in page
     assert "α = 0.13095" in page  # the charts' marks
 
 
@@ -287,3 +287,35 @@ def test_the_summary_dates_the_job_in_utc_and_gives_the_change_and_tolerance() -
     bare = render_report(ReportData(job_id="j", status="running"))
     assert "RiFT − θ_AT" not in bare and "robust tolerance" not in bare
     assert "<dd>– / – / –</dd>" in bare
+
+
+def test_the_tuned_module_and_chosen_alpha_are_named_in_words_not_only_coloured() -> None:
+    # Their rows were told apart by a background colour and bold type alone: nothing a screen
+    # reader reads out, nor a grey print shows.
+    from reporting.charts import sweep_curves
+
+    def outcome(module: str, lr: float, alpha: float) -> dict[str, object]:
+        return {"module": module, "lr": lr, "chosen_alpha": alpha,
+                "points": [{"alpha": a, "clean_accuracy": 90.0 + a, "robust_accuracy": 70.0}
+                           for a in (0.0, 0.5, 1.0)]}
+
+    candidates = [outcome("fc", 0.01, 1.0), outcome("conv1", 0.05, 0.5)]
+    rows = [{"module": "fc", "mrc": 0.2}, {"module": "conv1", "mrc": 0.1}]
+    page = render_report(ReportData(job_id="j", status="succeeded", chosen_alpha=0.5,
+                                    selected_module="conv1", mrc_rows=rows,
+                                    curves=sweep_curves(candidates, chosen=1)))
+    assert ("<td class='name'>conv1<span class='mark'> (fine-tuned)</span></td>" in page
+            and page.count("(fine-tuned)") == 1)
+    conv1 = page.split("data-curve='conv1 (lr 0.05)'", 1)[1].split("</table>", 1)[0]
+    fc = page.split("data-curve='fc (lr 0.01)'", 1)[1].split("</table>", 1)[0]
+    assert "<td>0.5<span class='mark'> (chosen α)</span></td>" in conv1
+    assert "<td>1<span class='mark'> (this candidate&#x27;s best α)</span></td>" in fc
+    assert page.count("(chosen α)") == 1
+    # A running sweep has picked none: no α is the job's yet.
+    running = render_report(ReportData(job_id="j", status="running",
+                                       curves=sweep_curves(candidates, chosen=None)))
+    assert "(chosen α)" not in running and running.count("best α)") == 2
+    points = [{"alpha": a, "clean_accuracy": 90.0, "robust_accuracy": 70.0} for a in (0.0, 0.5)]
+    one = render_report(ReportData(job_id="j", status="succeeded", chosen_alpha=0.5,
+                                   curves=[Curve("fc", points, 0.5)]))
+    assert one.count("<span class='mark'> (chosen α)</span>") == 1
