@@ -429,7 +429,8 @@ def render_report(data: ReportData) -> str:
     # rows by number, without the tooltip naming each module that the stored mrc.svg keeps.
     # A partial MRC table is not drawn: the chart numbers its bars 1..n, not by table position.
     charts = job_charts(data.mrc_rows if data.mrc_complete else (), data.selected_module,
-                        data.epochs, data.curves, data.splits, compact=True)
+                        data.epochs, data.curves, data.splits, compact=True,
+                        tolerance=data.robust_tolerance or 0.0)
     chart_html = "".join(
         f"<figure class='figure{' wide' if chart_width(svg) > WIDE_CHART else ''}' "
         f"data-figure='{name}'>{svg}</figure>" for name, svg in charts.items()
