@@ -56,7 +56,7 @@ details.more-warnings summary,details.mrc-all summary{cursor:pointer;font-size:1
 td.row{color:#555}details.mrc-all{margin-top:8px}span.mark{font-weight:normal;color:#555}
 @media print{body{margin:0;max-width:none}pre{max-height:none;overflow:visible;white-space:pre-wrap}
 .scroll,.wide{overflow:visible}.wide svg{max-width:100%}
-details::details-content{content-visibility:visible;display:block}details>summary{display:none}
+details::details-content{content-visibility:visible;display:block}
 tr,figure,dt,dd{break-inside:avoid}h2,h3{break-after:avoid}}
 """
 
@@ -223,7 +223,23 @@ def _summary(data: ReportData) -> str:
              *([("robust tolerance", tolerance)] if tolerance is not None else [])]
     if data.error:
         items.append(("error", data.error))
+    if (next_step := _next_step(data)) is not None:
+        items.append(("what next", next_step))
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items) + "</dl>"
+
+
+def _next_step(data: ReportData) -> str | None:
+    """Where a stopped job's reader goes from here: its page said that it failed or was
+    cancelled, and no more (nothing on where its log is, nor that a rerun is a new job)."""
+    if data.status not in ("failed", "cancelled"):
+        return None
+    where = (f"The job's events (GET /v1/jobs/{data.job_id}/events, riftctl jobs events "
+             f"{data.job_id}) hold each stage's log; ")
+    rerun = ("to run it again, submit a new job with its configuration (GET /v1/jobs/"
+             f"{data.job_id}, \"config\")")
+    if data.status == "cancelled":
+        return where + rerun + "."
+    return where + "correct the setting the error names, if it names one; " + rerun + "."
 
 
 def failure_line(code: str | None, message: str | None, field: str | None) -> str | None:

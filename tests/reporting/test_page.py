@@ -319,3 +319,17 @@ def test_the_tuned_module_and_chosen_alpha_are_named_in_words_not_only_coloured(
     one = render_report(ReportData(job_id="j", status="succeeded", chosen_alpha=0.5,
                                    curves=[Curve("fc", points, 0.5)]))
     assert one.count("<span class='mark'> (chosen α)</span>") == 1
+
+
+def test_a_stopped_jobs_page_says_where_its_log_is_and_how_to_run_it_again() -> None:
+    # A failed or cancelled job's page said so and no more: a reader who only has the page did
+    # not learn where the stage's log is, nor that a rerun is a new job with its configuration.
+    failed = render_report(ReportData(job_id="j1", status="failed", stage="finetune",
+                                      error="numerical_error: loss is NaN (field: finetune.lr)"))
+    assert ("<dt>what next</dt><dd>The job&#x27;s events (GET /v1/jobs/j1/events, riftctl jobs "
+            "events j1) hold each stage&#x27;s log; correct the setting the error names") in failed
+    assert "submit a new job with its configuration (GET /v1/jobs/j1, &quot;config&quot;)" in failed
+    cancelled = render_report(ReportData(job_id="j1", status="cancelled", stage="mrc"))
+    assert "<dt>what next</dt>" in cancelled and "the error names" not in cancelled
+    for status in ("queued", "running", "succeeded"):
+        assert "what next" not in render_report(ReportData(job_id="j1", status=status))
