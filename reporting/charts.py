@@ -204,19 +204,29 @@ def finetune_chart(epochs: Sequence[Mapping[str, Any]], split: str = "validation
                       x_label="epoch", y_label="accuracy (%)", marks=marks)
 
 
-def alpha_chart(curve: Curve, split: str = "test") -> str:
-    """Clean and robust accuracy (on ``split``) against α, θ_AT's robust accuracy as a line,
-    chosen α marked."""
+def _bar(baseline: float | None, tolerance: float, axis: str) -> list[Reference]:
+    """θ_AT's robust accuracy as a line and, with a tolerance, the bar the chosen α had to keep
+    (``interpolation.robust_tolerance`` below it): a chosen point under θ_AT's line read as a
+    loss of robustness the rule did not allow."""
+    if baseline is None:
+        return []
+    lines = [Reference(axis, baseline, "θ_AT robust accuracy" if axis == "y" else "θ_AT robustness")]
+    if tolerance > 0 and math.isfinite(tolerance):
+        lines.append(Reference(axis, baseline - tolerance, f"robust bar: θ_AT − {tolerance:g}",
+                               opposite=True))
+    return lines
+
+
+def alpha_chart(curve: Curve, split: str = "test", tolerance: float = 0.0) -> str:
+    """Clean and robust accuracy (on ``split``) against α, θ_AT's robust accuracy (and the bar
+    ``tolerance`` points below it) as lines, chosen α marked."""
     points = sorted(curve.points, key=lambda p: float(p["alpha"]))
     clean = LineSeries("clean accuracy", [(x, y) for _, x, y in
                                           _pairs(points, "alpha", "clean_accuracy")])
     # In 'selection' curves the points that could not change the choice were never attacked.
     robust = LineSeries("robust accuracy", [(x, y) for _, x, y in
                                             _pairs(points, "alpha", "robust_accuracy")])
-    references = []
-    baseline = curve.baseline_robust_accuracy()
-    if baseline is not None:
-        references.append(Reference("y", baseline, "θ_AT robust accuracy"))
+    references = _bar(curve.baseline_robust_accuracy(), tolerance, "y")
     marks = []
     chosen = curve.chosen_point()
     if chosen is not None:
@@ -231,7 +241,7 @@ def alpha_chart(curve: Curve, split: str = "test") -> str:
                       references=references, marks=marks, tooltip=title.format(curve.name))
 
 
-def tradeoff_chart(curves: Sequence[Curve], split: str = "test") -> str:
+def tradeoff_chart(curves: Sequence[Curve], split: str = "test", tolerance: float = 0.0) -> str:
     """Clean against robust accuracy (on ``split``), one curve per candidate module (Fig C.5)."""
     series = []
     marks = []
@@ -244,7 +254,7 @@ def tradeoff_chart(curves: Sequence[Curve], split: str = "test") -> str:
             marks.append(Mark(float(chosen["robust_accuracy"]), float(chosen["clean_accuracy"]),
                               f"α = {alpha_text(float(chosen['alpha']))}"))
     baseline = next((b for c in curves if (b := c.baseline_robust_accuracy()) is not None), None)
-    references = [] if baseline is None else [Reference("x", baseline, "θ_AT robustness")]
+    references = _bar(baseline, tolerance, "x")
     return line_chart("tradeoff", "Clean vs robust accuracy along α", series,
                       x_label=f"robust accuracy (%, {split} split)",
                       y_label=f"clean accuracy (%, {split} split)",
@@ -253,9 +263,11 @@ def tradeoff_chart(curves: Sequence[Curve], split: str = "test") -> str:
 
 def job_charts(mrc_rows: Sequence[Mapping[str, Any]], selected: str | None,
                epochs: Sequence[Mapping[str, Any]], curves: Sequence[Curve],
-               splits: Splits | None = None, *, compact: bool = False) -> dict[str, str]:
+               splits: Splits | None = None, *, compact: bool = False,
+               tolerance: float = 0.0) -> dict[str, str]:
     """Every chart of a job, keyed as :data:`CHART_ARTIFACTS`; charts without data are left out.
     ``splits``: what the accuracies were measured on (default: the configuration's defaults).
+    ``tolerance``: ``interpolation.robust_tolerance``, drawn as a bar under θ_AT's robustness.
     ``compact``: drawn for the report page, whose tables hold every name and value: the MRC
     chart's labels have no tooltip naming the module (:func:`mrc_chart`); the stored artifacts
     stand alone and keep one per module. Both draw a series as one path, not an element per bar
@@ -270,6 +282,6 @@ def job_charts(mrc_rows: Sequence[Mapping[str, Any]], selected: str | None,
     # The first curve with points: while a sweep runs, its first candidate may not have
     # finished when others have (their curves were left undrawn until it did).
     if measured:
-        charts["alpha"] = alpha_chart(measured[0], splits.curve)
-        charts["tradeoff"] = tradeoff_chart(measured, splits.curve)
+        charts["alpha"] = alpha_chart(measured[0], splits.curve, tolerance)
+        charts["tradeoff"] = tradeoff_chart(measured, splits.curve, tolerance)
     return charts

@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from html import escape as _html_escape
 from typing import Any
 
@@ -52,7 +53,11 @@ dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13
 p.note{font-size:12px;color:#555;max-width:720px}
 dl.warnings{background:#fff8e1;border-left:4px solid #e0a100;padding:8px}
 details.more-warnings summary,details.mrc-all summary{cursor:pointer;font-size:13px}
-td.row{color:#555}details.mrc-all{margin-top:8px}
+td.row{color:#555}details.mrc-all{margin-top:8px}span.mark{font-weight:normal;color:#555}
+@media print{body{margin:0;max-width:none}pre{max-height:none;overflow:visible;white-space:pre-wrap}
+.scroll,.wide{overflow:visible}.wide svg{max-width:100%}
+details::details-content{content-visibility:visible;display:block}
+tr,figure,dt,dd{break-inside:avoid}h2,h3{break-after:avoid}}
 """
 
 
@@ -99,6 +104,14 @@ class ReportData:
     #: it), each with its ``position`` in the final table; ``mrc_total`` the rows it will have.
     mrc_complete: bool = True
     mrc_total: int | None = None
+    #: When the job was created, started and finished (timezone-aware; naive ones are UTC): a
+    #: saved page read later had no date at all, and which run it was could not be told.
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: ``interpolation.robust_tolerance``: the points of robust accuracy the chosen α may lose
+    #: against θ_AT; None when the configuration does not say (the summary leaves it out).
+    robust_tolerance: float | None = None
 
 
 # C0 and C1 controls but tab and newlines, and lone surrogates: a parse error in HTML text (a
@@ -147,11 +160,52 @@ def _chosen_lr(metrics: Mapping[str, Any]) -> float | None:
     return float(lr) if isinstance(lr, int | float) and not isinstance(lr, bool) else None
 
 
+def _time(when: datetime | None) -> str:
+    """A time in UTC to the second, the zone named (``2026-11-28 06:10:31 UTC``), "–" for none."""
+    if when is None:
+        return "–"
+    aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _accuracy(values: Mapping[str, Any], key: str) -> float | None:
+    value = values.get(key)
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _change(before: Mapping[str, Any], after: Mapping[str, Any]) -> str | None:
+    """RiFT less θ_AT in points, signed, as the summary rounds them: a reader deciding whether to
+    ship the weights subtracted the two lines above it by hand."""
+    parts = []
+    for key, word in (("clean_accuracy", "clean"), ("robust_accuracy", "robust")):
+        old, new = _accuracy(before, key), _accuracy(after, key)
+        if old is None or new is None:
+            return None
+        text = f"{new - old:+.4g}"
+        parts.append(f"{word} {'−' + text[1:] if text.startswith('-') else text}")
+    return " / ".join(parts)
+
+
+def _tolerance(data: ReportData) -> str | None:
+    """The rule the chosen α met, in its units: a page showing only θ_AT's and RiFT's robust
+    accuracy left a reader to guess whether a drop was allowed."""
+    if data.robust_tolerance is None or not math.isfinite(data.robust_tolerance):
+        return None
+    less = f" less {data.robust_tolerance:g}" if data.robust_tolerance else ""
+    return (f"{data.robust_tolerance:g} points: the chosen α keeps robust accuracy ≥ θ_AT's{less} "
+            f"on the {data.splits.curve} split, and has the best clean accuracy of those that do")
+
+
 def _summary(data: ReportData) -> str:
     before = data.metrics.get("before") or {}
     after = data.metrics.get("after") or {}
     stage = _stage(data)
+    change = _change(before, after)
+    tolerance = _tolerance(data)
     items = [("job", data.job_id), ("status", data.status),
+             ("created / started / finished",
+              " / ".join(_time(when) for when in (data.created_at, data.started_at,
+                                                   data.finished_at))),
              *([("labels", ", ".join(f"{key}={value}" for key, value in data.labels.items()))]
                if data.labels else []),
              *([("stage", stage)] if stage is not None else []),
@@ -164,10 +218,28 @@ def _summary(data: ReportData) -> str:
              ("θ_AT clean / robust (%, test split)",
               f"{_cell(before.get('clean_accuracy'))} / {_cell(before.get('robust_accuracy'))}"),
              ("RiFT clean / robust (%, test split)",
-              f"{_cell(after.get('clean_accuracy'))} / {_cell(after.get('robust_accuracy'))}")]
+              f"{_cell(after.get('clean_accuracy'))} / {_cell(after.get('robust_accuracy'))}"),
+             *([("RiFT − θ_AT (points, test split)", change)] if change is not None else []),
+             *([("robust tolerance", tolerance)] if tolerance is not None else [])]
     if data.error:
         items.append(("error", data.error))
+    if (next_step := _next_step(data)) is not None:
+        items.append(("what next", next_step))
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items) + "</dl>"
+
+
+def _next_step(data: ReportData) -> str | None:
+    """Where a stopped job's reader goes from here: its page said that it failed or was
+    cancelled, and no more (nothing on where its log is, nor that a rerun is a new job)."""
+    if data.status not in ("failed", "cancelled"):
+        return None
+    where = (f"The job's events (GET /v1/jobs/{data.job_id}/events, riftctl jobs events "
+             f"{data.job_id}) hold each stage's log; ")
+    rerun = ("to run it again, submit a new job with its configuration (GET /v1/jobs/"
+             f"{data.job_id}, \"config\")")
+    if data.status == "cancelled":
+        return where + rerun + "."
+    return where + "correct the setting the error names, if it names one; " + rerun + "."
 
 
 def failure_line(code: str | None, message: str | None, field: str | None) -> str | None:
@@ -274,7 +346,7 @@ def _mrc_rows_table(data: ReportData, rows: Sequence[tuple[int, Mapping[str, Any
         # A row stopped early by mrc.table = "selection" holds lower bounds: "≥ value".
         at_least = "≥ " if row.get("exact") is False else ""
         cells.append(f"<tr{selected}><td class='row'>{number}</td>"
-                     f"<td class='name'>{escape(module)}</td>"
+                     f"<td class='name'>{escape(module)}{_mark(selected, 'fine-tuned')}</td>"
                      f"<td>{_cell(row.get('parameters'))}</td>"
                      f"<td>{at_least}{_cell(row.get('mrc'))}</td>"
                      f"<td>{at_least}{_cell(row.get('worst_robust_loss'))}</td>"
@@ -292,15 +364,26 @@ def _robust_cell(point: Mapping[str, Any]) -> str:
     return _cell(point.get("robust_accuracy"))
 
 
+def _mark(shown: Any, what: str) -> str:
+    """The words a highlighted row carries besides its colour and weight: a screen reader, a
+    grey print or a colour-blind reader got no sign of which module was tuned or which α chosen."""
+    return f"<span class='mark'> ({escape(what)})</span>" if shown else ""
+
+
 def _curve_tables(data: ReportData, curves: Sequence[Curve], split: str) -> str:
     blocks = []
+    # The job's curve: a sweep's picked candidate, else, once the job has chosen, the first (its
+    # module's); a running sweep has none yet.
+    first = curves[0] if curves and data.chosen_alpha is not None else None
+    jobs = next((curve for curve in curves if curve.picked), first)
     for curve in curves:
+        what = "chosen α" if curve is jobs else "this candidate's best α"
         rows = []
         for point in sorted(curve.points, key=lambda p: float(p["alpha"])):
             chosen = (curve.chosen_alpha is not None
                       and math.isclose(float(point["alpha"]), curve.chosen_alpha, abs_tol=1e-9))
             rows.append(f"<tr{' class=selected' if chosen else ''}>"
-                        f"<td>{_alpha_cell(point['alpha'])}</td>"
+                        f"<td>{_alpha_cell(point['alpha'])}{_mark(chosen, what)}</td>"
                         f"<td>{_cell(point.get('clean_accuracy'))}</td>"
                         f"<td>{_robust_cell(point)}</td></tr>")
         # Every candidate's curve highlights its own α; only the picked one's is the job's.
@@ -362,7 +445,8 @@ def render_report(data: ReportData) -> str:
     # rows by number, without the tooltip naming each module that the stored mrc.svg keeps.
     # A partial MRC table is not drawn: the chart numbers its bars 1..n, not by table position.
     charts = job_charts(data.mrc_rows if data.mrc_complete else (), data.selected_module,
-                        data.epochs, data.curves, data.splits, compact=True)
+                        data.epochs, data.curves, data.splits, compact=True,
+                        tolerance=data.robust_tolerance or 0.0)
     chart_html = "".join(
         f"<figure class='figure{' wide' if chart_width(svg) > WIDE_CHART else ''}' "
         f"data-figure='{name}'>{svg}</figure>" for name, svg in charts.items()

@@ -88,6 +88,9 @@ class Reference:
     axis: str
     value: float
     label: str
+    #: The label on the line's other side (below a horizontal line, at the foot of a vertical
+    #: one): a second line close to another (the robust bar under θ_AT's) keeps its label apart.
+    opposite: bool = False
 
 
 @dataclass(frozen=True)
@@ -367,12 +370,13 @@ def line_chart(chart: str, title: str, series: Sequence[LineSeries], *, x_label:
             continue
         if reference.axis == "y":
             (x1, y1), (x2, y2) = at(x_low, reference.value), at(x_high, reference.value)
-            text_x, text_y, anchor = x2 - 4, y1 - 4, "end"
+            text_x, text_y, anchor = x2 - 4, (y1 + 12 if reference.opposite else y1 - 4), "end"
         else:
             (x1, y1), (x2, y2) = at(reference.value, y_low), at(reference.value, y_high)
             # Labels of lines in the right half go to their left, so they stay inside the chart.
             right_half = x1 > frame.left + frame.plot_width / 2
-            text_x, text_y = (x1 - 4, y2 + 12) if right_half else (x1 + 4, y2 + 12)
+            text_y = y1 - 4 if reference.opposite else y2 + 12
+            text_x = x1 - 4 if right_half else x1 + 4
             anchor = "end" if right_half else "start"
         frame.parts.append(
             f'<line class="reference" data-label={quoteattr(reference.label)} x1="{x1:.1f}" '

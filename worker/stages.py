@@ -369,7 +369,8 @@ def record_interpolation(job: Job, run: PreparedRun, storage: ObjectStageStorage
     charts = job_charts([{**row, "module": row["name"]} for row in mrc.rows], module,
                         finetune.epochs, curves,
                         Splits(run.config.interpolation.selection_split,
-                               run.config.finetune.selection_split))
+                               run.config.finetune.selection_split),
+                        tolerance=run.config.interpolation.robust_tolerance)
     stored_charts = {  # all sent before any is waited for
         CHART_ARTIFACTS[name]: storage.write_extra(StageName.INTERPOLATE, CHART_ARTIFACTS[name],
                                                    svg.encode("utf-8"), SVG)

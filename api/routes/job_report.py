@@ -81,6 +81,13 @@ def _with_main_first(main: Curve | None, others: Sequence[Curve]) -> list[Curve]
     return ([main] if main is not None else []) + rest
 
 
+def _robust_tolerance(spec: Mapping[str, Any] | None) -> float | None:
+    """``interpolation.robust_tolerance`` of the job's configuration, None where it is absent."""
+    section = (spec or {}).get("interpolation")
+    value = section.get("robust_tolerance") if isinstance(section, Mapping) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 @router.get("/{job_id}/report", response_class=HTMLResponse,
             summary="The job's report page (HTML with inline SVG charts, works offline)")
 def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: StoreDep) -> HTMLResponse:
@@ -118,6 +125,8 @@ def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: Stor
         splits=Splits.of_config(job.spec),
         warnings=[ReportWarning(w.stage, w.message, w.count, w.candidate)
                   for w in warnings.items],
-        warnings_total=warnings.total, labels=job.label_dict)
+        warnings_total=warnings.total, labels=job.label_dict,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        robust_tolerance=_robust_tolerance(job.spec))
     return HTMLResponse(render_report(data),
                         headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 PAGE_ELEMENTS = frozenset({
     "html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "dl", "dt", "dd", "div",
     "table", "tr", "th", "td", "p", "pre", "figure", "svg", "g", "rect", "text", "line", "path",
-    "circle", "details", "summary"})
+    "circle", "details", "summary", "span"})
 #: Attributes that hold numbers the browser draws with.
 NUMERIC_ATTRIBUTES = frozenset({"x", "y", "x1", "x2", "y1", "y2", "cx", "cy", "r", "width",
                                 "height", "d", "transform", "viewbox", "data-value"})

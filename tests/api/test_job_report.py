@@ -99,7 +99,8 @@ def test_report_page_in_headless_chromium(report_api: Api, small_cnn_file: Path,
     assert 'data-label="α = 0.5"' in dom and 'data-label="α = 0.25"' in dom
     assert _shapes("points", "conv1", dom) >= len(ALPHAS)
     # The MRC table (selected row flagged), both curves' tables and the manifest.
-    assert _count(r"<tr class=\"selected\"><td class=\"row\">1</td><td class=\"name\">conv1</td>",
+    assert _count(r"<tr class=\"selected\"><td class=\"row\">1</td><td class=\"name\">conv1"
+                  r"<span class=\"mark\"> \(fine-tuned\)</span></td>",
                   dom) == 1
     assert "data-curve=\"fc\"" in dom and "data-curve=\"conv1\"" in dom
     assert '"checkpoint_sha256"' in dom
@@ -217,3 +218,28 @@ def test_report_charts_of_hundreds_of_modules_keep_their_size(report_api: Api,
     assert layout["scrollWidth"] == layout["clientWidth"]
     # No text drawn past a chart's edge (the α chart's title with the module name was).
     assert layout["outside"] == []
+
+
+def test_report_dates_the_run_and_states_the_rule_its_alpha_met(report_api: Api,
+                                                                  small_cnn_file: Path) -> None:
+    # A saved page read later had no date, and showed θ_AT's and RiFT's accuracies without the
+    # tolerance the chosen α was held to nor the change between them.
+    from datetime import UTC, datetime
+
+    job_id = finished_job(report_api, small_cnn_file, candidates=False)
+    with report_api.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.started_at = datetime(2026, 3, 1, 9, 0, 5, tzinfo=UTC)
+        job.finished_at = datetime(2026, 3, 1, 9, 42, 0, tzinfo=UTC)
+        job.spec = {**job.spec, "interpolation": {**job.spec["interpolation"],
+                                                  "robust_tolerance": 0.5}}
+        session.commit()
+    created = datetime.fromisoformat(report_api.client.get(f"/v1/jobs/{job_id}").json()["created_at"])
+    page = report_api.client.get(f"/v1/jobs/{job_id}/report").text
+    when = (f"<dt>created / started / finished</dt><dd>"
+            f"{created.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC / 2026-03-01 09:00:05 UTC / "
+            "2026-03-01 09:42:00 UTC</dd>")
+    assert when in page
+    assert "<dt>RiFT − θ_AT (points, test split)</dt><dd>clean +1.5 / robust −0.5</dd>" in page
+    assert "<dt>robust tolerance</dt><dd>0.5 points: the chosen α keeps robust accuracy ≥ " in page

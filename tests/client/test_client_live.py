@@ -253,7 +253,8 @@ def test_results_of_a_real_job_over_http(finished_job: FinishedJob, live_service
         report = http.get(f"/v1/jobs/{job.id}/report")
         assert report.status_code == 200 and job.selected_module is not None
         assert re.search(r"<tr class='selected'><td class='row'>\d+</td><td class='name'>"
-                         + re.escape(job.selected_module) + "</td>", report.text)
+                         + re.escape(job.selected_module)
+                         + "<span class='mark'> \\(fine-tuned\\)</span></td>", report.text)
         assert 'data-chart="alpha"' in report.text and 'data-chart="mrc"' in report.text
 
 

@@ -325,3 +325,21 @@ def test_a_sweeps_curves_are_named_apart_whatever_its_rates() -> None:
                   for lr in (0.001, 0.0010000001, 10.0, 1e-05)]
     assert [curve.name for curve in sweep_curves(candidates, None)] == [
         "fc (lr 0.001)", "fc (lr 0.0010000001)", "fc (lr 10)", "fc (lr 1e-05)"]
+
+
+def test_a_robust_tolerance_draws_the_bar_the_chosen_alpha_kept() -> None:
+    # θ_AT's robust accuracy is 60; with a tolerance of 1.5 the rule allows 58.5. Only θ_AT's line
+    # was drawn, and a chosen point under it read as robustness lost against the rule.
+    def lines(root: ElementTree.Element) -> dict[str, list[float]]:
+        return {str(e.get("data-label")): [float(e.get(k) or "nan") for k in ("x1", "y1", "x2", "y2")]
+                for e in root.iter(f"{SVG}line") if e.get("class") == "reference"}
+
+    alpha = lines(_parse(alpha_chart(_curve(), tolerance=1.5)))
+    theta, bar = alpha["θ_AT robust accuracy"], alpha["robust bar: θ_AT − 1.5"]
+    assert theta[1] == theta[3] and bar[1] == bar[3] and bar[1] > theta[1]  # lower on the page
+    trade = lines(_parse(tradeoff_chart([_curve()], tolerance=1.5)))
+    assert trade["robust bar: θ_AT − 1.5"][0] < trade["θ_AT robustness"][0]
+    assert set(lines(_parse(alpha_chart(_curve())))) == {"θ_AT robust accuracy", "α = 0.5"}
+    page = render_report(ReportData("j", "succeeded", "fc", 0.5, curves=[_curve()],
+                                    robust_tolerance=1.5))
+    assert page.count('data-label="robust bar: θ_AT − 1.5"') == 2

@@ -3,7 +3,7 @@ points (``rift.interpolation``: early-stopped attacks leave only ``robust_accura
 
 from __future__ import annotations
 
-from reporting.charts import Curve
+from reporting.charts import Curve, Splits
 from reporting.page import ReportData, ReportWarning, render_report
 
 
@@ -151,7 +151,7 @@ def test_an_alpha_is_shown_whole_however_fine_its_grid() -> None:
     page = render_report(ReportData(job_id="j", status="succeeded", chosen_alpha=0.13095,
                                     curves=[Curve("fc", points, 0.13095)]))
     assert "<dt>chosen α</dt><dd>0.13095</dd>" in page
-    assert "<tr class=selected><td>0.13095</td>" in page
+    assert "<tr class=selected><td>0.13095<span class='mark'> (chosen α)</span></td>" in page
     assert "α = 0.13095" in page  # the charts' marks
 
 
@@ -266,3 +266,70 @@ def test_the_summary_names_a_sweeps_chosen_rate_beside_its_module() -> None:
     assert "<dt>chosen learning rate</dt><dd>0.05</dd>" in page
     assert "chosen learning rate" not in render_report(ReportData(
         job_id="j", status="succeeded", selected_module="fc"))
+
+
+def test_the_summary_dates_the_job_in_utc_and_gives_the_change_and_tolerance() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    metrics = {"before": {"clean_accuracy": 80.0, "robust_accuracy": 50.25},
+               "after": {"clean_accuracy": 84.5, "robust_accuracy": 50.0}}
+    page = render_report(ReportData(
+        job_id="j", status="succeeded", selected_module="fc", chosen_alpha=0.4, metrics=metrics,
+        created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2))),
+        started_at=datetime(2026, 1, 2, 1, 5, 0),  # naive, as SQLite returns it: UTC
+        robust_tolerance=0.5, splits=Splits(curve="validation")))
+    assert ("<dt>created / started / finished</dt><dd>2026-01-02 01:04:05 UTC / "
+            "2026-01-02 01:05:00 UTC / –</dd>") in page
+    assert "<dt>RiFT − θ_AT (points, test split)</dt><dd>clean +4.5 / robust −0.25</dd>" in page
+    assert ("<dt>robust tolerance</dt><dd>0.5 points: the chosen α keeps robust accuracy ≥ "
+            "θ_AT&#x27;s less 0.5 on the validation split") in page
+    # Without both accuracies, no change; without the setting, no tolerance line.
+    bare = render_report(ReportData(job_id="j", status="running"))
+    assert "RiFT − θ_AT" not in bare and "robust tolerance" not in bare
+    assert "<dd>– / – / –</dd>" in bare
+
+
+def test_the_tuned_module_and_chosen_alpha_are_named_in_words_not_only_coloured() -> None:
+    # Their rows were told apart by a background colour and bold type alone: nothing a screen
+    # reader reads out, nor a grey print shows.
+    from reporting.charts import sweep_curves
+
+    def outcome(module: str, lr: float, alpha: float) -> dict[str, object]:
+        return {"module": module, "lr": lr, "chosen_alpha": alpha,
+                "points": [{"alpha": a, "clean_accuracy": 90.0 + a, "robust_accuracy": 70.0}
+                           for a in (0.0, 0.5, 1.0)]}
+
+    candidates = [outcome("fc", 0.01, 1.0), outcome("conv1", 0.05, 0.5)]
+    rows = [{"module": "fc", "mrc": 0.2}, {"module": "conv1", "mrc": 0.1}]
+    page = render_report(ReportData(job_id="j", status="succeeded", chosen_alpha=0.5,
+                                    selected_module="conv1", mrc_rows=rows,
+                                    curves=sweep_curves(candidates, chosen=1)))
+    assert ("<td class='name'>conv1<span class='mark'> (fine-tuned)</span></td>" in page
+            and page.count("(fine-tuned)") == 1)
+    conv1 = page.split("data-curve='conv1 (lr 0.05)'", 1)[1].split("</table>", 1)[0]
+    fc = page.split("data-curve='fc (lr 0.01)'", 1)[1].split("</table>", 1)[0]
+    assert "<td>0.5<span class='mark'> (chosen α)</span></td>" in conv1
+    assert "<td>1<span class='mark'> (this candidate&#x27;s best α)</span></td>" in fc
+    assert page.count("(chosen α)") == 1
+    # A running sweep has picked none: no α is the job's yet.
+    running = render_report(ReportData(job_id="j", status="running",
+                                       curves=sweep_curves(candidates, chosen=None)))
+    assert "(chosen α)" not in running and running.count("best α)") == 2
+    points = [{"alpha": a, "clean_accuracy": 90.0, "robust_accuracy": 70.0} for a in (0.0, 0.5)]
+    one = render_report(ReportData(job_id="j", status="succeeded", chosen_alpha=0.5,
+                                   curves=[Curve("fc", points, 0.5)]))
+    assert one.count("<span class='mark'> (chosen α)</span>") == 1
+
+
+def test_a_stopped_jobs_page_says_where_its_log_is_and_how_to_run_it_again() -> None:
+    # A failed or cancelled job's page said so and no more: a reader who only has the page did
+    # not learn where the stage's log is, nor that a rerun is a new job with its configuration.
+    failed = render_report(ReportData(job_id="j1", status="failed", stage="finetune",
+                                      error="numerical_error: loss is NaN (field: finetune.lr)"))
+    assert ("<dt>what next</dt><dd>The job&#x27;s events (GET /v1/jobs/j1/events, riftctl jobs "
+            "events j1) hold each stage&#x27;s log; correct the setting the error names") in failed
+    assert "submit a new job with its configuration (GET /v1/jobs/j1, &quot;config&quot;)" in failed
+    cancelled = render_report(ReportData(job_id="j1", status="cancelled", stage="mrc"))
+    assert "<dt>what next</dt>" in cancelled and "the error names" not in cancelled
+    for status in ("queued", "running", "succeeded"):
+        assert "what next" not in render_report(ReportData(job_id="j1", status=status))

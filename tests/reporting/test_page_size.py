@@ -64,7 +64,8 @@ def test_a_500_module_sweeps_page_stays_small_and_names_every_module() -> None:
     assert "<script" not in page and "<img" not in page
     # Every module, escaped, in the whole table (folded) in table order, numbered as the chart.
     folded = page.split("<details class='mrc-all'>", 1)[1].split("</details>", 1)[0]
-    cells = re.findall(r"<td class='row'>(\d+)</td><td class='name'>([^<]*)</td>", folded)
+    cells = re.findall(r"<td class='row'>(\d+)</td><td class='name'>([^<]*)"
+                       r"(?:<span class='mark'>[^<]*</span>)?</td>", folded)
     assert cells == [(str(i + 1), escape(name)) for i, name in enumerate(names)]
     # The charts hold no whole name of a module: the MRC chart labels each by number and tail.
     mrc = _chart(page, "mrc")
@@ -104,7 +105,7 @@ def test_a_long_mrc_table_opens_with_its_lowest_mrc_rows() -> None:
     assert shown == [str(i + 1) for i in lowest]
     # The module fine-tuned (lowest MRC here) is highlighted in both tables.
     assert section.count(f"<tr class='selected'><td class='row'>301</td><td class='name'>"
-                         f"{escape(names[300])}</td>") == 2
+                         f"{escape(names[300])}<span class='mark'> (fine-tuned)</span></td>") == 2
     # A table that fits stays one open table.
     small = render_report(ReportData(job_id="j", status="succeeded",
                                      mrc_rows=data.mrc_rows[:MRC_ROWS_SHOWN]))
