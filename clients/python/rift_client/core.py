@@ -245,18 +245,31 @@ def _idempotency_key(given: str | None) -> str:
         f"rift-client-{uuid.uuid4().hex}"
 
 
+#: The ``user:password@`` of a URL, kept out of messages.
+_USERINFO = re.compile(r"//[^/?#]*@")
+
+
 def checked_base_url(raw: str) -> str:
     """The service's base URL without a trailing slash, or :class:`RiftUsageError` when it is
     not ``http(s)://host[:port][/prefix]`` (httpx would raise its own ``InvalidURL`` when the
     client is made, or fail every request as a connection error after all the retries)."""
+    shown = _USERINFO.sub("//…@", raw)[:200] if isinstance(raw, str) else raw
     try:
         url = httpx.URL(raw)
     except (httpx.InvalidURL, TypeError) as exc:
-        raise RiftUsageError(f"the base URL {raw[:200]!r} is not a valid URL: {exc}",
+        raise RiftUsageError(f"the base URL {shown!r} is not a valid URL: {exc}",
                              field="base_url") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise RiftUsageError(f"the base URL {raw[:200]!r} must look like "
+        raise RiftUsageError(f"the base URL {shown!r} must look like "
                              "http(s)://host[:port][/prefix]", field="base_url")
+    if url.userinfo:
+        # httpx sends a URL's user:password as Basic auth, which replaced the Bearer key on
+        # every request (each one a 401 that blamed the Authorization header), and every
+        # connection error printed the password with the URL.
+        raise RiftUsageError(
+            f"the base URL {shown!r} holds a user name or password (before '@'): httpx would "
+            "send them in place of the API key, which the service refuses; give the URL "
+            "without them and the key as api_key= or RIFT_API_KEY", field="base_url")
     return raw.rstrip("/")
 
 
