@@ -13,6 +13,7 @@ import io
 import math
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -141,7 +142,7 @@ def sendable(what: str, source: UploadSource, filename: str | None = None) -> Se
                         "('rb'): an upload sends the file's bytes")
     if not callable(getattr(source, "read", None)):
         raise TypeError(f"{what} must be a file's path (str or os.PathLike), bytes or a binary "
-                        f"file object, not {kind}")
+                        f"file object, not {kind}{_save_first_hint(source)}")
     seekable = getattr(source, "seekable", None)
     if not (callable(seekable) and seekable()):
         raise RiftUsageError(
@@ -160,6 +161,24 @@ def sendable(what: str, source: UploadSource, filename: str | None = None) -> Se
     name = filename or (os.path.basename(own_name) if isinstance(own_name, str) else "") \
         or UNNAMED_UPLOAD
     return Sendable(name, end - start, stream=source, start=start)
+
+
+def _save_first_hint(source: object) -> str:
+    """What to do with an object a notebook holds in place of a file: a model, a state dict, a
+    tensor or an array is sent as a file saved from it (the client has no torch to save it
+    with). Before, only "not OrderedDict", which says what is wrong but not what to pass."""
+    if callable(getattr(source, "state_dict", None)):
+        return ("; save its weights to a file or buffer first: buffer = io.BytesIO(); "
+                "torch.save(model.state_dict(), buffer); buffer.seek(0), then pass buffer (or "
+                "the path of safetensors.torch.save_file(model.state_dict(), path))")
+    if isinstance(source, Mapping):
+        return ("; a state dict is sent as a file saved from it: buffer = io.BytesIO(); "
+                "torch.save(state_dict, buffer); buffer.seek(0), then pass buffer (or the "
+                "bytes of safetensors.torch.save(state_dict))")
+    if callable(getattr(source, "__array__", None)):
+        return ("; save it to a file or buffer first (torch.save or numpy.savez to an "
+                "io.BytesIO, seek(0), then pass the buffer)")
+    return ""
 
 
 def _regular_file(what: str, path: str | os.PathLike[str]) -> tuple[Path, int]:
