@@ -72,13 +72,21 @@ def item_limit(limit: int | None) -> int | None:
     return limit
 
 
+def local_path_text(path: str | os.PathLike[str]) -> str:
+    """``path`` with a leading ``~`` or ``~user`` made the home folder, as a shell would have:
+    a notebook's ``"~/weights/"`` (and riftctl's ``--out=~/weights``, which no shell expands)
+    made a folder literally called ``~`` in the working directory, and ``"~/model.pt"`` was
+    "no such file". Anything else, a trailing separator included, is kept as written."""
+    return os.path.expanduser(os.fspath(path))
+
+
 def save_target(path: str | os.PathLike[str], name_in_folder: str) -> Path:
     """Where a download goes: ``path``, or ``path / name_in_folder`` when ``path`` is an existing
     folder or is written as one (``"weights/"``, a trailing separator: the folder is then made
     when missing, as ``riftctl jobs download --out`` makes it); a missing parent folder of a
     file is a :class:`FileNotFoundError` naming the caller's path, raised before anything is
     asked of the service."""
-    text = os.fspath(path)
+    text = local_path_text(path)
     # Path("weights/") is Path("weights"): without this look at the text, "weights/" named a
     # file called weights when the folder did not exist yet.
     separators = tuple(sep for sep in (os.sep, os.altsep, "/") if sep)
@@ -89,7 +97,7 @@ def save_target(path: str | os.PathLike[str], name_in_folder: str) -> Path:
                                      "that name is in the way", text)
         folder.mkdir(parents=True, exist_ok=True)
         return folder / name_in_folder
-    given = Path(path)
+    given = Path(text)
     target = given / name_in_folder if given.is_dir() else given
     if not target.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, f"no folder {str(target.parent)!r} to save the "
@@ -186,7 +194,7 @@ def _regular_file(what: str, path: str | os.PathLike[str]) -> tuple[Path, int]:
     ``what``. A pipe (``/dev/stdin`` fed by ``cat``, a ``<(...)`` substitution) or a device has
     no size to announce and cannot be read a second time for a retry: its size read as 0, so
     an empty body was sent, and the service refused a file that "is empty"."""
-    file = Path(path)
+    file = Path(local_path_text(path))
     info = file.stat()  # a missing file: the OSError naming it
     if not stat.S_ISREG(info.st_mode):
         kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a pipe or device"

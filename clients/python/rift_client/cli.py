@@ -62,6 +62,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rift_client import __version__
+from rift_client.arguments import local_path_text
 from rift_client.cli_help import RiftTyper
 from rift_client.cli_input import STDIN, as_regular_file, is_stream
 from rift_client.client import RiftClient
@@ -864,10 +865,16 @@ def _wait(state: State, client: RiftClient, job_id: str, timeout: float | None,
                            on_outage=outage)
 
 
+def _home_expanded(value: Path | None) -> Path | None:
+    """A path option's value with ``~`` made the home folder: no shell expands it in
+    ``--out=~/weights`` or in a quoted value (see ``local_path_text``)."""
+    return None if value is None else Path(local_path_text(value))
+
+
 def _file_or_id(value: str, noun: str, option: str) -> Path:
     """``value`` as a path; a usage error naming ``option`` when it is neither a file nor an id
     (sent as an id, a mistyped file name came back as a 422 on the id's pattern, exit 3)."""
-    path = Path(value)
+    path = Path(local_path_text(value))
     if not path.is_file() and not CHECKPOINT_ID.fullmatch(value):
         why = "a folder" if path.is_dir() else "no such file"
         raise typer.BadParameter(f"{value}: {why}, and not a {noun} id (ids are letters, digits, "
@@ -914,7 +921,8 @@ def jobs_create(
     checkpoint: Annotated[str, typer.Option(
         "--checkpoint", "-c", help="A checkpoint id, or a checkpoint file to send with the job "
         "(in the same request).")],
-    config: Annotated[Path, typer.Option("--config", help="JSON file with the job's RiftConfig.")],
+    config: Annotated[Path, typer.Option("--config", help="JSON file with the job's RiftConfig.",
+                                         callback=_home_expanded)],
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="An uploaded dataset's id, or an .npz / ImageFolder tar to upload "
         "first (for config.dataset.name npz or imagefolder).")] = None,
@@ -1129,7 +1137,8 @@ def jobs_download(
     job_id: str,
     names: Annotated[list[str] | None, typer.Argument(
         help="Artifacts to download (default: all).", show_default=False)] = None,
-    out: Annotated[Path, typer.Option("--out", "-d", help="Folder to save them in.")] = Path("."),
+    out: Annotated[Path, typer.Option("--out", "-d", help="Folder to save them in.",
+                                      callback=_home_expanded)] = Path("."),
 ) -> None:
     """Download a job's artifacts (tuned weights, MRC table, ...), checking each SHA-256."""
     state = _state(ctx)
@@ -1194,7 +1203,7 @@ def jobs_materialize(
         "(exit 4).")] = None,
     download: Annotated[Path | None, typer.Option(
         "--download", "-d", help="Folder to save tuned@<α>.safetensors in once made, its "
-        "SHA-256 checked (implies --wait).")] = None,
+        "SHA-256 checked (implies --wait).", callback=_home_expanded)] = None,
     poll_interval: Annotated[float, typer.Option("--poll-interval", min=0.1,
                                                  help="Seconds between two looks.")] = 1.0,
 ) -> None:
