@@ -72,6 +72,31 @@ def item_limit(limit: int | None) -> int | None:
     return limit
 
 
+def json_document(what: str, value: object) -> object:
+    """``value`` as JSON can carry it, checked before anything is sent: numpy and torch numbers
+    and arrays (a notebook's ``np.float32`` rate, an ``np.int64`` from ``argmax``, a tensor's
+    ``.max()``) become the Python numbers and lists they hold (their own ``tolist()``); NaN,
+    infinity and any other object are a :class:`RiftUsageError` naming where they stand
+    (``spec.config.finetune.lr``). Before, json's "Object of type int64 is not JSON
+    serializable" or "Out of range float values are not JSON compliant", naming neither."""
+    if value is None or isinstance(value, str | int):  # bool is an int
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RiftUsageError(f"{what} is {value!r}, which JSON cannot carry: give a finite "
+                                 "number", field=what)
+        return value
+    if isinstance(value, Mapping):  # its keys are strings: JobSpec checked them
+        return {key: json_document(f"{what}.{key}", item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_document(f"{what}[{index}]", item) for index, item in enumerate(value)]
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist) and hasattr(value, "dtype"):  # numpy's and torch's, of any shape
+        return json_document(what, tolist())
+    raise RiftUsageError(f"{what} is a {type(value).__name__} ({value!r:.60}), which JSON cannot "
+                         "carry: give a number, string, bool, None, list or dict", field=what)
+
+
 def local_path_text(path: str | os.PathLike[str]) -> str:
     """``path`` with a leading ``~`` or ``~user`` made the home folder, as a shell would have:
     a notebook's ``"~/weights/"`` (and riftctl's ``--out=~/weights``, which no shell expands)

@@ -30,6 +30,7 @@ from rift_client.arguments import (
     UploadSource,
     finite_number,
     item_limit,
+    json_document,
     save_target,
     sendable,
     wait_times,
@@ -279,7 +280,8 @@ def _job_spec(spec: JobSpec | Mapping[str, Any]) -> dict[str, Any]:
         job_spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
     except ValidationError as exc:
         raise RiftUsageError(_job_spec_error(exc, spec), field=_job_spec_field(exc)) from exc
-    body: dict[str, Any] = {"config": job_spec.config, "labels": job_spec.labels}
+    body: dict[str, Any] = {"config": json_document("spec.config", job_spec.config),
+                            "labels": job_spec.labels}
     if job_spec.dataset_id is not None:
         body["dataset_id"] = job_spec.dataset_id
     if job_spec.time_limit_seconds is not None:
