@@ -16,7 +16,8 @@ Exit codes (for CI jobs and scripts):
     1  the job failed or was cancelled (materialize --wait: the materialization failed;
        export-mlflow --wait: the export failed)
     2  usage error (bad option, missing file, invalid config file or JSON, a URL or key that
-       cannot be used, a local file that cannot be read or written)
+       cannot be used, a TLS certificate not trusted here, a local file that cannot be read or
+       written)
     3  the service refused the request (an error answer not listed below: 409, 422, 429,
        ...), or a checksum mismatch
     4  ``wait`` gave up: the job was still running when --timeout passed
@@ -81,6 +82,7 @@ from rift_client.errors import (
     RiftUsageError,
     ServerError,
     UnexpectedResponseError,
+    UntrustedCertificateError,
     WaitTimeoutError,
 )
 from rift_client.models import (
@@ -302,6 +304,11 @@ def _client(state: State) -> Iterator[RiftClient]:
         _fail(state, api_error_exit_code(exc), f"{exc.summary()}; {hint}" if hint else str(exc), {
             **_renamed_details(exc.details), "status": exc.status_code, "code": exc.code,
             "message": exc.message, "field": exc.field, **({"hint": hint} if hint else {})})
+    except UntrustedCertificateError as exc:
+        # This machine's trust, not the service's health: exit 2 (fix the setup), not 7 (a
+        # CI step's "try again later", which no retry would end).
+        _fail(state, EXIT_USAGE, str(exc), {"code": "untrusted_certificate", "message": str(exc),
+                                            "reason": exc.reason})
     except RiftConnectionError as exc:
         # Nothing answers at the URL: say which of the four places gave it (a stale
         # RIFT_API_URL in the shell, a config file's api_url the user forgot about).

@@ -45,6 +45,7 @@ from rift_client.errors import (
     RiftConnectionError,
     RiftUsageError,
     UnexpectedResponseError,
+    UntrustedCertificateError,
     WaitTimeoutError,
     api_error_from_response,
 )
@@ -92,7 +93,14 @@ from rift_client.models import (
     Worker,
     _Resource,
 )
-from rift_client.retry import GATEWAY_STATUSES, Outage, RetryPolicy, is_outage, sent_nothing
+from rift_client.retry import (
+    GATEWAY_STATUSES,
+    Outage,
+    RetryPolicy,
+    is_outage,
+    sent_nothing,
+    untrusted_certificate,
+)
 from rift_client.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -451,7 +459,7 @@ class RiftCore:
             except httpx.TransportError as exc:
                 pause = self.retry.backoff(retry)
                 if (idempotent or sent_nothing(exc)) and retry < self.retry.max_retries \
-                        and _before(deadline, pause):
+                        and _before(deadline, pause) and not untrusted_certificate(exc):
                     if lost is not None and not sent_nothing(exc):
                         lost.append(repr(exc))
                     yield Sleep(pause)
@@ -487,7 +495,8 @@ class RiftCore:
                                       follow_redirects=follow_redirects)
             except httpx.TransportError as exc:
                 pause = self.retry.backoff(retry)
-                if retry < self.retry.max_retries and _before(deadline, pause):
+                if retry < self.retry.max_retries and _before(deadline, pause) \
+                        and not untrusted_certificate(exc):
                     yield Sleep(pause)
                     retry += 1
                     continue
@@ -509,7 +518,16 @@ class RiftCore:
         """The error for a request that got no answer. One that could not even connect says
         where the URL came from (a wrong or unset RIFT_API_URL is the usual cause)."""
         elsewhere = path.startswith(("http://", "https://"))  # a presigned store URL
-        text = f"{method} {path if elsewhere else self.base_url + path}: {exc!r}"
+        url = path if elsewhere else self.base_url + path
+        certificate = untrusted_certificate(exc)
+        if certificate is not None:
+            reason = certificate.verify_message or str(certificate)
+            return UntrustedCertificateError(
+                f"{method} {url}: the server's TLS certificate is not trusted here ({reason}); "
+                "give the CA bundle (PEM) that signed it in SSL_CERT_FILE (httpx trusts "
+                "certifi's list, not the system's), or transport=httpx.HTTPTransport("
+                "verify=ssl.create_default_context(cafile=...))", reason=reason)
+        text = f"{method} {url}: {exc!r}"
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and not elsewhere:
             origin = f" (the URL is {self.url_origin})" if self.url_origin else ""
             text += (f"; no service answers at {self.base_url}{origin}: check the URL and that "
