@@ -56,9 +56,11 @@ def test_an_untrusted_certificate_is_named_at_once_and_ssl_cert_file_trusts_it(
         assert proxy.connections == 1  # no retry: none could pass the check
         assert "SSL_CERT_FILE" in str(raised.value) and "no service answers" not in str(raised.value)
         assert raised.value.reason and isinstance(raised.value, RiftConnectionError)
-        # A wait is no outage to live through.
+        # A wait is no outage to live through, nor is a service starting.
         with pytest.raises(UntrustedCertificateError):
             rift.wait("job_1", timeout=60)
+        with pytest.raises(UntrustedCertificateError):
+            rift.wait_until_ready(timeout=30)
         assert time.monotonic() - started < 5
 
     async def from_async() -> None:
@@ -71,6 +73,7 @@ def test_an_untrusted_certificate_is_named_at_once_and_ssl_cert_file_trusts_it(
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     with RiftClient(proxy.url, api_key=api_key, retry=PATIENT) as rift:
         assert rift.list_jobs_page().items == [] and rift.usage().project == "client-tests"
+        rift.wait_until_ready(timeout=30)
 
 
 def test_riftctl_exits_2_naming_the_certificate_and_works_with_ssl_cert_file(

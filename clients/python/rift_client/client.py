@@ -258,7 +258,8 @@ class RiftClient:
 
     def ready(self) -> bool:
         """Whether the service answers ``/readyz`` with 200 (database, broker and store up, upload
-        validator started)."""
+        validator started); :class:`UntrustedCertificateError` when its TLS certificate is not
+        trusted here (no later look would pass)."""
         return self._run(self._core.ready())
 
     def wait_until_ready(self, timeout: float = 60.0, *, poll_interval: float = 0.5) -> None:

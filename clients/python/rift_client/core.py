@@ -610,7 +610,11 @@ class RiftCore:
         try:
             response = yield Send("GET", "/readyz",
                                   _within(httpx.Timeout(self.timeout), deadline))
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
+            # Not ready yet, unless the certificate check failed: no later look would pass it
+            # (before, wait_until_ready looked until its timeout, then said "not ready").
+            if untrusted_certificate(exc) is not None:
+                raise self._connection_error("GET", "/readyz", exc) from exc
             return False
         return bool(response.status_code == 200)
 
