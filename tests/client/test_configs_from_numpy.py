@@ -3,8 +3,12 @@
 the numbers they hold, in the JSON request and in the multipart one, by both clients; NaN,
 infinity and other objects are a ``RiftUsageError`` naming the key, before anything is sent.
 
+The same numbers given as arguments (``materialize``'s α, ``wait``'s ``timeout``, a ``limit``,
+a project limit, the client's ``timeout``) are taken as the numbers they are.
+
 Before: ``TypeError: Object of type int64 is not JSON serializable`` and ``ValueError: Out of
-range float values are not JSON compliant``, naming neither the key nor what to do."""
+range float values are not JSON compliant``, naming neither the key nor what to do; and
+"alpha must be a finite number, not np.float32(0.5)"."""
 
 from __future__ import annotations
 
@@ -17,7 +21,13 @@ import numpy as np
 import pytest
 import torch
 
-from rift_client import AsyncRiftClient, RiftClient, RiftUsageError
+from rift_client import (
+    AsyncRiftClient,
+    ConflictError,
+    RiftClient,
+    RiftUsageError,
+    WaitTimeoutError,
+)
 from tests.api.helpers import digits_config, small_cnn_state
 from tests.client.conftest import FAST_RETRY, RunningApi
 
@@ -86,3 +96,27 @@ def test_values_json_cannot_carry_are_named_before_sending(
         assert raised.value.field == field and field in str(raised.value)
     assert rift.list_jobs_page().items == []
     assert [c.id for c in rift.list_checkpoints()] == [checkpoint.id]  # no multipart copy
+
+
+def test_numpy_and_torch_numbers_are_taken_as_arguments(queued_api: RunningApi,
+                                                        api_key: str | None) -> None:
+    with RiftClient(queued_api.url, api_key=api_key, retry=FAST_RETRY,
+                    timeout=np.float32(30)) as rift:
+        assert type(rift.timeout) is float
+        checkpoint = rift.upload_checkpoint(_weights(), filename="cnn.pt")
+        jobs = [rift.create_job({"config": digits_config()}, checkpoint_id=checkpoint.id)
+                for _ in range(2)]
+        assert [job.id for job in rift.list_jobs(limit=np.int64(1))] == [jobs[1].id]
+        with pytest.raises(WaitTimeoutError):
+            rift.wait(jobs[0].id, timeout=np.float32(0.3), poll_interval=torch.tensor(0.1))
+        # Sent, and answered by the service: the job has not succeeded.
+        with pytest.raises(ConflictError, match="succeeded"):
+            rift.materialize(jobs[0].id, np.float32(0.5))
+        with pytest.raises(ConflictError, match="succeeded"):
+            rift.materialize(jobs[0].id, torch.tensor(0.25))
+        project = rift.set_project_limits("client-tests", {"max_active_jobs": np.int64(7)})
+        assert project.max_active_jobs == 7
+        # A bool is still no number, nor an array of several.
+        for alpha in (np.bool_(True), np.array([0.5, 0.6])):
+            with pytest.raises(RiftUsageError, match="alpha must be a finite number"):
+                rift.materialize(jobs[0].id, alpha)  # type: ignore[arg-type]

@@ -30,11 +30,24 @@ def path_segment(what: str, value: str) -> str:
     return quote(value, safe="")
 
 
+def plain_scalar(value: object) -> object:
+    """A numpy or torch scalar (``np.float32(0.5)``, ``np.int64(5)`` from ``argmax``,
+    ``torch.tensor(0.35)``) as the Python number it holds (its own ``item()``); anything else
+    as it is. The number checks below take their values through this: before, they refused
+    such a value as "must be a finite number, not np.float32(0.5)", and a project limit of
+    ``np.int64(4)`` failed in json ("Object of type int64 is not JSON serializable")."""
+    item = getattr(value, "item", None)
+    if callable(item) and hasattr(value, "dtype") and tuple(getattr(value, "shape", (1,))) == ():
+        return item()
+    return value
+
+
 def wait_times(timeout: float | None, poll_interval: float, *,
-               interval_name: str = "poll_interval") -> None:
-    """Check a wait's ``timeout`` (None, or a number: one not above 0 means no time left) and
-    its ``poll_interval`` (or the interval called ``interval_name``: seconds, above 0 and
-    finite; 0 would poll the service without pause)."""
+               interval_name: str = "poll_interval") -> tuple[float | None, float]:
+    """A wait's ``timeout`` (None, or a number: one not above 0 means no time left) and its
+    ``poll_interval`` (or the interval called ``interval_name``: seconds, above 0 and finite;
+    0 would poll the service without pause), checked, as Python numbers."""
+    timeout, poll_interval = plain_scalar(timeout), plain_scalar(poll_interval)  # type: ignore[assignment]
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
                                 or math.isnan(timeout)):
         raise RiftUsageError(f"timeout must be a number of seconds or None, not {timeout!r}",
@@ -43,12 +56,14 @@ def wait_times(timeout: float | None, poll_interval: float, *,
             or not 0 < poll_interval < math.inf:
         raise RiftUsageError(f"{interval_name} must be a number of seconds above 0, not "
                              f"{poll_interval!r}", field=interval_name)
+    return timeout, poll_interval
 
 
 def positive_seconds(what: str, value: float) -> float:
     """``value`` if it is a number of seconds above 0 and finite (a client's ``timeout``): httpx
     took 0 as "give up at once", which read as "no service answers at <url>", and a negative or
     NaN one failed each request with its own ValueError."""
+    value = plain_scalar(value)  # type: ignore[assignment]
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not 0 < value < math.inf:
         raise RiftUsageError(f"{what} must be a number of seconds above 0, not {value!r}",
@@ -59,6 +74,7 @@ def positive_seconds(what: str, value: float) -> float:
 def finite_number(what: str, value: float) -> float:
     """``value`` if it is a finite number (JSON has no NaN or infinity); the service checks the
     range itself and names the field."""
+    value = plain_scalar(value)  # type: ignore[assignment]
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise RiftUsageError(f"{what} must be a finite number, not {value!r}", field=what)
     return float(value)
@@ -66,6 +82,7 @@ def finite_number(what: str, value: float) -> float:
 
 def item_limit(limit: int | None) -> int | None:
     """``limit`` of an iterating list: None (all) or a count of at least 0."""
+    limit = plain_scalar(limit)  # type: ignore[assignment]
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise RiftUsageError(f"limit must be None or a whole number of at least 0, not {limit!r}",
                              field="limit")

@@ -150,10 +150,10 @@ class RiftClient:
         self._core, headers = client_settings(base_url, api_key, timeout, upload_timeout, retry)
         self.base_url = self._core.base_url
         self.retry = self._core.retry
-        self.timeout = timeout
-        self.upload_timeout = upload_timeout
+        self.timeout = self._core.timeout  # a plain float, also when given np.float32
+        self.upload_timeout = self._core.upload_timeout
         self._http_options: dict[str, Any] = {
-            "base_url": self.base_url, "headers": headers, "timeout": timeout,
+            "base_url": self.base_url, "headers": headers, "timeout": self.timeout,
             "transport": transport}
         self._http = httpx.Client(**self._http_options)
         #: The process the connections were opened in (see ``_usable``).

@@ -31,6 +31,7 @@ from rift_client.arguments import (
     finite_number,
     item_limit,
     json_document,
+    plain_scalar,
     save_target,
     sendable,
     wait_times,
@@ -210,7 +211,7 @@ def _project_limits(limits: Mapping[str, int | None] | None) -> dict[str, int | 
     if unknown:
         raise RiftUsageError(f"limits: {', '.join(map(str, unknown))} is not a project limit "
                              f"(known: {', '.join(PROJECT_LIMITS)})", field="limits")
-    return dict(limits)
+    return {name: plain_scalar(value) for name, value in limits.items()}  # type: ignore[misc]
 
 
 def header_token(what: str, value: str, *, field: str, secret: bool = False) -> str:
@@ -619,7 +620,8 @@ class RiftCore:
         return bool(response.status_code == 200)
 
     def wait_until_ready(self, timeout: float, poll_interval: float) -> Flow[None]:
-        wait_times(timeout, poll_interval)
+        given, poll_interval = wait_times(timeout, poll_interval)
+        timeout = timeout if given is None else given
         deadline = time.monotonic() + timeout
         # Each look ends with the wait: before, a /readyz that hung (a service starting, its
         # database not yet answering) was waited on for the client's whole timeout (60 s),
@@ -672,7 +674,7 @@ class RiftCore:
 
     def list_checkpoints(self, format: str | None, page_size: int,
                          limit: int | None) -> Flow[None]:
-        item_limit(limit)
+        limit = item_limit(limit)
         return _every_item(lambda cursor: self.list_checkpoints_page(format, page_size, cursor),
                            limit)
 
@@ -687,7 +689,7 @@ class RiftCore:
         return self._get("/v1/datasets", DatasetPage, **_page_params(page_size, cursor, kind=kind))
 
     def list_datasets(self, kind: str | None, page_size: int, limit: int | None) -> Flow[None]:
-        item_limit(limit)
+        limit = item_limit(limit)
         return _every_item(lambda cursor: self.list_datasets_page(kind, page_size, cursor), limit)
 
     def get_dataset(self, dataset_id: str) -> Flow[Dataset]:
@@ -750,7 +752,7 @@ class RiftCore:
     def list_jobs(self, status: str | Sequence[str] | None, labels: Mapping[str, str] | None,
                   page_size: int, limit: int | None,
                   expand: str | Sequence[str] | None = None) -> Flow[None]:
-        item_limit(limit)
+        limit = item_limit(limit)
         return _every_item(
             lambda cursor: self.list_jobs_page(status, labels, page_size, cursor, expand), limit)
 
@@ -776,7 +778,7 @@ class RiftCore:
     def wait(self, job_id: str, timeout: float | None, poll_interval: float,
              on_update: Callable[[Job], None] | None, follow_events: bool,
              on_outage: Callable[[RiftClientError | None], None] | None = None) -> Flow[Job]:
-        wait_times(timeout, poll_interval)
+        timeout, poll_interval = wait_times(timeout, poll_interval)
         _seg("job_id", job_id)
         return self._wait(job_id, timeout, poll_interval, on_update, follow_events, on_outage)
 
@@ -899,7 +901,7 @@ class RiftCore:
 
     def stream_events(self, job_id: str, after: int, max_reconnects: int, read_timeout: float,
                       timeout: float | None) -> Flow[None]:
-        wait_times(timeout, read_timeout, interval_name="read_timeout")
+        timeout, read_timeout = wait_times(timeout, read_timeout, interval_name="read_timeout")
         _seg("job_id", job_id)
         return self._events(job_id, after=after, max_reconnects=max_reconnects,
                             read_timeout=read_timeout, timeout=timeout, retry_answers=True,
@@ -1029,7 +1031,7 @@ class RiftCore:
 
     def wait_mlflow_export(self, job_id: str, request_event_id: int, timeout: float | None,
                            poll_interval: float) -> Flow[MlflowExportOutcome]:
-        wait_times(timeout, poll_interval)
+        timeout, poll_interval = wait_times(timeout, poll_interval)
         _seg("job_id", job_id)
         if isinstance(request_event_id, bool) or not isinstance(request_event_id, int):
             raise RiftUsageError("request_event_id must be the event_id export_to_mlflow "
@@ -1083,7 +1085,7 @@ class RiftCore:
                              poll_interval: float,
                              on_update: Callable[[Materialization], None] | None
                              ) -> Flow[Materialization]:
-        wait_times(timeout, poll_interval)
+        timeout, poll_interval = wait_times(timeout, poll_interval)
         return self._wait_materialization(job_id, materialization_id, timeout, poll_interval,
                                           on_update)
 
