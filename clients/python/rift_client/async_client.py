@@ -117,7 +117,8 @@ class AsyncRiftClient:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._core, headers = client_settings(base_url, api_key, timeout, upload_timeout, retry)
+        self._core, headers = client_settings(base_url, api_key, timeout, upload_timeout, retry,
+                                              environment_proxies=transport is None)
         self.base_url = self._core.base_url
         self.retry = self._core.retry
         self.timeout = self._core.timeout  # a plain float, also when given np.float32

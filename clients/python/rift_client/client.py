@@ -86,6 +86,7 @@ from rift_client.models import (
     WebhookDelivery,
     Worker,
 )
+from rift_client.proxies import environment_proxy
 from rift_client.retry import RetryPolicy
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_UPLOAD_TIMEOUT_S", "ProgressCallback", "RiftClient",
@@ -95,10 +96,11 @@ T = TypeVar("T")
 
 
 def client_settings(base_url: str | None, api_key: str | None, timeout: float,
-                    upload_timeout: float, retry: RetryPolicy | None
-                    ) -> tuple[RiftCore, dict[str, str]]:
+                    upload_timeout: float, retry: RetryPolicy | None, *,
+                    environment_proxies: bool = True) -> tuple[RiftCore, dict[str, str]]:
     """The core of a client and the headers of its every request, from its arguments and the
-    environment (``RIFT_API_URL``, ``RIFT_API_KEY``); both clients are made with this."""
+    environment (``RIFT_API_URL``, ``RIFT_API_KEY``, and the proxy variables httpx reads unless
+    the caller gave a transport: ``environment_proxies``); both clients are made with this."""
     from_env = os.environ.get("RIFT_API_URL")
     # Named in the error of a URL where nothing answers (before, it listed riftctl's places to
     # a Python caller who may have set none of them).
@@ -106,9 +108,12 @@ def client_settings(base_url: str | None, api_key: str | None, timeout: float,
               "the default: no base_url given and RIFT_API_URL unset")
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise RiftUsageError(f"retry must be a RetryPolicy or None, not {retry!r:.100}", field="retry")
-    core = RiftCore(checked_base_url(base_url or from_env or DEFAULT_BASE_URL),
-                    retry or RetryPolicy(), positive_seconds("timeout", timeout),
-                    positive_seconds("upload_timeout", upload_timeout), url_origin=origin)
+    checked = checked_base_url(base_url or from_env or DEFAULT_BASE_URL)
+    url = httpx.URL(checked)
+    core = RiftCore(checked, retry or RetryPolicy(), positive_seconds("timeout", timeout),
+                    positive_seconds("upload_timeout", upload_timeout), url_origin=origin,
+                    via_proxy=environment_proxy(url.scheme, url.host) if environment_proxies
+                    else None)
     key = api_key if api_key is not None else os.environ.get("RIFT_API_KEY")
     headers = {"User-Agent": f"rift-client/{__version__}", "Accept": "application/json"}
     if key:
@@ -147,7 +152,8 @@ class RiftClient:
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._core, headers = client_settings(base_url, api_key, timeout, upload_timeout, retry)
+        self._core, headers = client_settings(base_url, api_key, timeout, upload_timeout, retry,
+                                              environment_proxies=transport is None)
         self.base_url = self._core.base_url
         self.retry = self._core.retry
         self.timeout = self._core.timeout  # a plain float, also when given np.float32

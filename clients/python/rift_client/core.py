@@ -94,6 +94,7 @@ from rift_client.models import (
     Worker,
     _Resource,
 )
+from rift_client.proxies import shown_url
 from rift_client.retry import (
     GATEWAY_STATUSES,
     Outage,
@@ -255,15 +256,11 @@ def _idempotency_key(given: str | None) -> str:
         f"rift-client-{uuid.uuid4().hex}"
 
 
-#: The ``user:password@`` of a URL, kept out of messages.
-_USERINFO = re.compile(r"//[^/?#]*@")
-
-
 def checked_base_url(raw: str) -> str:
     """The service's base URL without a trailing slash, or :class:`RiftUsageError` when it is
     not ``http(s)://host[:port][/prefix]`` (httpx would raise its own ``InvalidURL`` when the
     client is made, or fail every request as a connection error after all the retries)."""
-    shown = _USERINFO.sub("//…@", raw)[:200] if isinstance(raw, str) else raw
+    shown = shown_url(raw)[:200] if isinstance(raw, str) else raw
     try:
         url = httpx.URL(raw)
     except (httpx.InvalidURL, TypeError) as exc:
@@ -437,6 +434,9 @@ class RiftCore:
     #: How the base URL was chosen when the caller did not give it ("RIFT_API_URL's", "the
     #: default"), for the error of a URL where nothing answers; None when given as an argument.
     url_origin: str | None = None
+    #: The environment's proxy the requests go through (``rift_client.proxies``), for the
+    #: error of a connection that failed: the proxy's, not the service's; None: direct.
+    via_proxy: str | None = None
 
     # ------------------------------------------------------------------------------ plumbing
 
@@ -529,6 +529,14 @@ class RiftCore:
                 "certifi's list, not the system's), or transport=httpx.HTTPTransport("
                 "verify=ssl.create_default_context(cafile=...))", reason=reason)
         text = f"{method} {url}: {exc!r}"
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and not elsewhere \
+                and self.via_proxy:
+            # Before: "no service answers at <url>: check ... that the service is running",
+            # about a service that was running; the connection that failed was the proxy's.
+            host = httpx.URL(self.base_url).host
+            return RiftConnectionError(
+                f"{text}; the requests go through the proxy {self.via_proxy}, which did not "
+                f"answer: set NO_PROXY={host} to reach the service directly, or check the proxy")
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and not elsewhere:
             origin = f" (the URL is {self.url_origin})" if self.url_origin else ""
             text += (f"; no service answers at {self.base_url}{origin}: check the URL and that "
