@@ -176,13 +176,15 @@ class State:
 
 
 app = RiftTyper(help="Command line of the RiFT service (Robust Critical Fine-Tuning).",
-                  epilog="Exit codes: 0 success, 1 job failed or cancelled, 2 usage error, "
+                  epilog="Exit codes: 0 success, 1 job failed or cancelled, 2 usage error "
+                  "(or a TLS certificate not trusted: SSL_CERT_FILE names a CA bundle), "
                   "3 refused by the service (or checksum mismatch), 4 wait timed out, "
                   "5 key missing, invalid or without the scope (401/403), 6 not found (404), "
                   "7 service unreachable or failing (5xx, not the API), 130 interrupted "
                   "(a download keeps its .part to resume). Config file: "
                   "RIFTCTL_CONFIG or ~/.config/riftctl/config.toml (api_url, "
-                  "api_key, timeout, upload_timeout).",
+                  "api_key, timeout, upload_timeout). Proxies: HTTP_PROXY, HTTPS_PROXY, "
+                  "NO_PROXY.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 checkpoints_app = RiftTyper(help="Upload, list, show and delete checkpoints.",
                               no_args_is_help=True)
