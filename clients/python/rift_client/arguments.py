@@ -22,12 +22,25 @@ from urllib.parse import quote
 from rift_client.errors import RiftUsageError
 
 
+def checked_id(what: str, value: str) -> str:
+    """``value`` if it is a non-empty string; else a :class:`RiftUsageError` naming ``what``.
+    A resource the client returned, given in place of its id (``rift.wait(job)``,
+    ``create_job(..., checkpoint_id=checkpoint)``), is told to pass its ``.id``: before, the
+    message quoted the whole model (a job's config included, thousands of characters), and a
+    ``checkpoint_id`` failed in json ("Object of type Checkpoint is not JSON serializable")."""
+    if isinstance(value, str) and value:
+        return value
+    own_id = getattr(value, "id", None)
+    if isinstance(own_id, str):
+        raise RiftUsageError(f"{what} must be an id (a string), not a {type(value).__name__}: "
+                             f"pass its .id ({own_id!r})", field=what)
+    raise RiftUsageError(f"{what} must be a non-empty string, not {value!r:.100}", field=what)
+
+
 def path_segment(what: str, value: str) -> str:
     """``value`` as one path segment, escaped so that an id cannot reach another route; an
     empty one (which would name the collection instead) is a :class:`RiftUsageError`."""
-    if not isinstance(value, str) or not value:
-        raise RiftUsageError(f"{what} must be a non-empty string, not {value!r}", field=what)
-    return quote(value, safe="")
+    return quote(checked_id(what, value), safe="")
 
 
 def plain_scalar(value: object) -> object:

@@ -28,6 +28,7 @@ from rift_client import partfile
 from rift_client.arguments import (
     Sendable,
     UploadSource,
+    checked_id,
     finite_number,
     item_limit,
     json_document,
@@ -724,8 +725,10 @@ class RiftCore:
         if checkpoint_file is not None:
             file = sendable("checkpoint_file", checkpoint_file)
             return self._create_job_with_file(fields, file, key, progress)
-        # Sent in the body as given: the service names it if it is not an id.
-        return self._create_job(fields, cast(str, checkpoint_id), key)
+        # Sent in the body as given (the service names it if it is not an id's pattern), once
+        # it is a string.
+        return self._create_job(fields, checked_id("checkpoint_id", cast(str, checkpoint_id)),
+                                key)
 
     def _create_job(self, fields: dict[str, Any], checkpoint_id: str, key: str) -> Flow[Job]:
         response = yield from self.request(
