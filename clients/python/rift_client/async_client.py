@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import httpx
 
 from rift_client.arguments import UploadSource
-from rift_client.client import RiftClient, client_settings, closed_message
+from rift_client.client import RiftClient, client_pickle, client_settings, closed_message
 from rift_client.core import DEFAULT_UPLOAD_TIMEOUT_S, STREAM_READ_TIMEOUT_S
 from rift_client.errors import RiftClientError, RiftUsageError
 from rift_client.flows import (
@@ -141,6 +141,9 @@ class AsyncRiftClient:
         if not self._http.is_closed:
             self._usable()
         await self._http.aclose()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return client_pickle(self)
 
     async def __aenter__(self) -> AsyncRiftClient:
         self._usable()

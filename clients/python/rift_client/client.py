@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -89,6 +89,9 @@ from rift_client.models import (
 from rift_client.proxies import environment_proxy
 from rift_client.retry import RetryPolicy
 
+if TYPE_CHECKING:
+    from rift_client.async_client import AsyncRiftClient
+
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_UPLOAD_TIMEOUT_S", "ProgressCallback", "RiftClient",
            "client_settings"]
 
@@ -120,6 +123,28 @@ def client_settings(base_url: str | None, api_key: str | None, timeout: float,
         token = header_token("the API key", key, field="api_key", secret=True)
         headers["Authorization"] = f"Bearer {token}"
     return core, headers
+
+
+def client_pickle(client: RiftClient | AsyncRiftClient) -> tuple[Any, tuple[Any, ...]]:
+    """How a client pickles (``__reduce__``): as its settings, rebuilt in the receiving process
+    with connections of its own (joblib's workers, a spawn-started process pool, dask), as a
+    requests ``Session`` pickles. Before, "TypeError: cannot pickle '_thread.RLock' object",
+    naming neither the client nor what to do. The key travels with it (as it would in the
+    arguments of a client made there); a caller's ``transport=`` cannot be rebuilt."""
+    options = client._http_options
+    if options["transport"] is not None:
+        raise TypeError(f"a {type(client).__name__} made with transport= cannot be pickled: make "
+                        "one in each process instead")
+    # "": no key, also where the receiving process has RIFT_API_KEY set.
+    key = options["headers"].get("Authorization", "").removeprefix("Bearer ")
+    return _rebuilt_client, (type(client), client.base_url, key, client.timeout,
+                             client.upload_timeout, client.retry)
+
+
+def _rebuilt_client(kind: type[Any], base_url: str, api_key: str, timeout: float,
+                    upload_timeout: float, retry: RetryPolicy) -> Any:
+    return kind(base_url, api_key=api_key, timeout=timeout, upload_timeout=upload_timeout,
+                retry=retry)
 
 
 def closed_message(client: str) -> str:
@@ -171,6 +196,9 @@ class RiftClient:
         """Close the connections; closing again does nothing, and a call after raises
         :class:`RiftUsageError`."""
         self._http.close()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return client_pickle(self)
 
     def __enter__(self) -> RiftClient:
         self._usable()
