@@ -1779,12 +1779,13 @@ _ROOT_VALUE_OPTIONS = ("--url", "--api-key", "--output", "-o", "--timeout-http",
 
 
 def hoist_root_options(argv: Sequence[str]) -> list[str]:
-    """``argv`` with ``--output text|json`` and ``--quiet`` moved before the command when typed
-    after it (``riftctl jobs list --output json``): they are options of riftctl itself, and
-    there they were "No such option: --output" (``jobs download``: "Possible options: --out",
-    the wrong hint). No command has options of those names, so moving them (with the value
-    after ``--output``/``-o``, which riftctl then checks) changes no meaning; nothing after
-    ``--`` moves."""
+    """``argv`` with riftctl's own options (``--output``, ``--quiet``, and since the notebook
+    hunt ``--url``, ``--api-key``, ``--retries``, ``--timeout-http``, ``--upload-timeout``)
+    moved before the command when typed after it (``riftctl jobs list --output json``, a CI
+    step's ``riftctl jobs get ID --url $URL``): there they were "No such option: --output"
+    (``jobs download``: "Possible options: --out", the wrong hint). No command has options of
+    those names, so moving them (with the value after one that takes a value, which riftctl
+    then checks) changes no meaning; nothing after ``--`` moves."""
     start = 0
     while start < len(argv) and argv[start].startswith("-"):
         start += 2 if argv[start] in _ROOT_VALUE_OPTIONS else 1
@@ -1797,11 +1798,12 @@ def hoist_root_options(argv: Sequence[str]) -> list[str]:
         if word == "--":
             kept.extend(tail[index:])
             break
-        if word in ("--output", "-o") and index + 1 < len(tail):
+        if word in _ROOT_VALUE_OPTIONS and index + 1 < len(tail):
             moved.extend(tail[index:index + 2])
             index += 2
             continue
-        if word.startswith("--output=") or word in ("--quiet", "-q"):
+        if (word.split("=", 1)[0] in _ROOT_VALUE_OPTIONS and "=" in word) \
+                or word in ("--quiet", "-q"):
             moved.append(word)
         else:
             kept.append(word)
