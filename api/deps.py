@@ -18,12 +18,13 @@ from api.event_feed import EventFeed
 from api.limits import RateLimiter, StreamSlots
 from api.services.jobs import JobServices
 from api.validation import Validator
+from api.validation_shares import ValidationShares
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
 
 __all__ = ["AdminDep", "Caller", "CallerDep", "DispatcherDep", "EventFeedDep", "JobServicesDep",
            "ProjectIdDep", "RateLimiterDep", "SessionDep", "SessionFactoryDep", "SettingsDep",
-           "StoreDep", "StreamSlotsDep", "ValidatorDep"]
+           "StoreDep", "StreamSlotsDep", "ValidationSharesDep", "ValidatorDep"]
 
 
 def get_settings(request: Request) -> Settings:
@@ -69,6 +70,10 @@ def get_validator(request: Request) -> Validator:
     return request.app.state.validator  # type: ignore[no-any-return]
 
 
+def get_validation_shares(request: Request) -> ValidationShares:
+    return request.app.state.validation_shares  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
@@ -78,6 +83,7 @@ EventFeedDep = Annotated[EventFeed, Depends(get_event_feed)]
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 StreamSlotsDep = Annotated[StreamSlots, Depends(get_stream_slots)]
 ValidatorDep = Annotated[Validator, Depends(get_validator)]
+ValidationSharesDep = Annotated[ValidationShares, Depends(get_validation_shares)]
 
 
 def get_stored_tensors(request: Request) -> StoredTensorsCache:
@@ -85,9 +91,10 @@ def get_stored_tensors(request: Request) -> StoredTensorsCache:
 
 
 def get_job_services(request: Request, settings: SettingsDep, store: StoreDep, factory: SessionFactoryDep,
-                     dispatcher: DispatcherDep, validator: ValidatorDep) -> JobServices:
+                     dispatcher: DispatcherDep, validator: ValidatorDep,
+                     shares: ValidationSharesDep) -> JobServices:
     return JobServices(settings=settings, store=store, session_factory=factory,
-                       dispatcher=dispatcher, validator=validator,
+                       dispatcher=dispatcher, validator=validator, validation_shares=shares,
                        stored_tensors=get_stored_tensors(request))
 
 

@@ -55,6 +55,7 @@ from api.schemas import JobCreate
 from api.server_wide import ServerWideRequests
 from api.uploads import MAX_FIELD_BYTES
 from api.validation import Validator
+from api.validation_shares import ValidationShares
 from persistence.db import session_factory_from_settings
 from persistence.event_notify import EventPublisher, build_publisher, install_publisher, notify_mode
 from persistence.logs import configure_logging
@@ -166,6 +167,7 @@ def create_app(
     app.state.dispatcher = queue
     app.state.rate_limiter = limiter
     app.state.stream_slots = StreamSlots()
+    app.state.validation_shares = ValidationShares()
     app.state.event_feed = feed
     app.state.validator = checks
     app.state.stored_tensors = StoredTensorsCache()

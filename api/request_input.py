@@ -40,6 +40,7 @@ from api.errors import (
     shorten,
 )
 from api.schemas import MAX_LABELS
+from rift.repeats import repeated
 
 
 def _invalid(loc: tuple[Any, ...], message: str, kind: str = "value_error") -> WordedValidationError:
@@ -59,8 +60,7 @@ class _JsonObject(dict[str, Any]):
     @classmethod
     def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _JsonObject:
         made = cls(pairs)
-        keys = [key for key, _ in pairs]
-        made.repeated = sorted({key for key in keys if keys.count(key) > 1})
+        made.repeated = repeated(key for key, _ in pairs) if len(made) < len(pairs) else []
         return made
 
 

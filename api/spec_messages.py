@@ -18,13 +18,14 @@ The answer echoes at most a short scalar of the input, never an object or a list
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from api.errors import shorten
+from api.errors import MAX_REPORTED_ERRORS, shorten
 from rift.config import SettingValueError
 from rift.setting_names import (
     choice_suggestion,
@@ -68,12 +69,12 @@ def _union_prefix(loc: Sequence[Any]) -> tuple[Any, ...] | None:
     return None
 
 
-def _off_branch(error: dict[str, Any], others: Sequence[Any]) -> bool:
+def _off_branch(error: dict[str, Any], unions: Counter[tuple[Any, ...] | None]) -> bool:
     """Whether ``error`` is a union member's that the value was plainly not meant as (the name
-    member for an object, the object member for text) while ``others`` hold the other member's."""
+    member for an object, the object member for text) while other errors hold the other
+    member's (``unions``: how many errors each union setting has)."""
     prefix = _union_prefix(error["loc"])
-    if prefix is None or not any(other is not error and _union_prefix(other["loc"]) == prefix
-                                 for other in others):
+    if prefix is None or unions[prefix] < 2:
         return False
     value = error.get("input")
     if isinstance(value, dict):
@@ -87,10 +88,16 @@ def refine_errors(errors: Sequence[Any], model: type[BaseModel] | None, *,
                   text_only: bool = False) -> list[dict[str, Any]]:
     """``errors`` (pydantic's, with their input, located under ``model``; None: not in a body,
     so no unknown key) with the messages above, and without their input. ``text_only``: the
-    input is a query parameter's or header's text (see :func:`_sent`)."""
+    input is a query parameter's or header's text (see :func:`_sent`). At most
+    :data:`~api.errors.MAX_REPORTED_ERRORS`, the most an answer shows: wording each of 40,000
+    unknown keys (a "did you mean" search each) took seconds."""
     refined: list[dict[str, Any]] = []
+    # Counted once: comparing each error with every other was quadratic in the errors.
+    unions = Counter(_union_prefix(error["loc"]) for error in errors)
     for original in errors:
-        if _off_branch(original, errors):
+        if len(refined) >= MAX_REPORTED_ERRORS:
+            break
+        if _off_branch(original, unions):
             continue
         error = dict(original)
         ctx = error.pop("ctx", None) or {}
@@ -137,7 +144,7 @@ def refine_request_errors(errors: Sequence[Any], model: type[BaseModel] | None,
     from api.request_input import syntax_error_message  # it imports api.errors, as this does
 
     refined: list[dict[str, Any]] = []
-    for error in errors:
+    for error in errors[:MAX_REPORTED_ERRORS]:
         loc = tuple(error.get("loc", ()))
         source, rest = (loc[0], loc[1:]) if loc else ("", ())
         if error.get("type") == "json_invalid" and source == "body":

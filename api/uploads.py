@@ -11,6 +11,7 @@ anything reaches the object store is what guarantees that a rejected upload leav
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import re
@@ -89,6 +90,9 @@ class ReceivedUpload:
 #: header parser drops: a client naming a non-ASCII file this way lost the name.
 _EXTENDED_FILENAME = re.compile(rb"""filename\*\s*=\s*([A-Za-z0-9!#$&+\-^_`{}~]+)'[^']*'([^;\s]+)""",
                                 re.IGNORECASE)
+#: RFC 8187 §3.2.1: the charsets ``filename*`` must support, the only ones read here (by their
+#: codec's name, so aliases such as ``utf8`` or ``latin-1`` count).
+_EXTENDED_CHARSETS = frozenset({"utf-8", "iso8859-1"})
 
 
 def disposition_filename(header: bytes | None, options: dict[bytes, bytes]) -> str | None:
@@ -96,13 +100,22 @@ def disposition_filename(header: bytes | None, options: dict[bytes, bytes]) -> s
     ``filename*`` when given (RFC 6266 prefers it), else ``filename``; None without either."""
     match = _EXTENDED_FILENAME.search(header or b"")
     if match is not None:
-        charset = match.group(1).decode("ascii")
-        try:
+        # Only the two charsets RFC 8187 asks for: the name went to Python's codec registry
+        # as sent, whose codecs include ones that raise for errors="replace" ('idna',
+        # 'undefined': a 500) or read escapes ('unicode_escape',
+        # 'utf-7'). Another charset falls back to the plain parameter.
+        charset = _codec_name(match.group(1).decode("ascii"))
+        if charset in _EXTENDED_CHARSETS:
             return unquote(match.group(2).decode("ascii"), encoding=charset, errors="replace")
-        except LookupError:  # an unknown charset: fall back to the plain parameter
-            pass
     raw = options.get(b"filename")
     return raw.decode("utf-8", "replace") if raw else None
+
+
+def _codec_name(charset: str) -> str | None:
+    try:
+        return codecs.lookup(charset).name
+    except LookupError:
+        return None
 
 
 def safe_filename(name: str | None, default: str = "upload") -> str:

@@ -3,11 +3,12 @@ forgery (SSRF).
 
 A target must be ``http`` or ``https``, carry no credentials, and its host must resolve only to
 public addresses: loopback, private (RFC 1918, unique-local), link-local (169.254.0.0/16, where
-cloud metadata services answer), carrier-grade NAT, multicast, reserved and unspecified addresses
-are refused, also when written as IPv4-mapped IPv6. An allow-list (``WEBHOOK_ALLOW_LIST``) may let
-named networks or host names through. The check runs when an endpoint is registered and again
-before every delivery, and the delivery connects to the very address that was checked (a DNS
-answer that changes in between, "DNS rebinding", cannot redirect it); redirects are not followed.
+cloud metadata services answer), IPv6 site-local, carrier-grade NAT, multicast, reserved and
+unspecified addresses are refused, also when written as IPv4-mapped IPv6. An allow-list
+(``WEBHOOK_ALLOW_LIST``) may let named networks or host names through. The check runs when an
+endpoint is registered and again before every delivery, and the delivery connects to the very
+address that was checked (a DNS answer that changes in between, "DNS rebinding", cannot redirect
+it); redirects are not followed.
 Shared by the API (registration) and the workers (delivery); no network traffic but DNS.
 """
 
@@ -99,9 +100,13 @@ def refusal_reason(address: IPAddress) -> str | None:
         embedded = address.ipv4_mapped or address.sixtofour
         if embedded is not None:
             return refusal_reason(embedded)
-    # Most specific first: Python counts loopback and link-local as private too.
+    # Most specific first: Python counts loopback and link-local as private too. Site-local
+    # (fec0::/10) is deprecated but still routed inside the networks that used it, and Python
+    # counts it as global.
+    site_local = isinstance(address, ipaddress.IPv6Address) and address.is_site_local
     for reason, flag in (("loopback", address.is_loopback),
                          ("link-local", address.is_link_local),
+                         ("site-local", site_local),
                          ("multicast", address.is_multicast),
                          ("unspecified", address.is_unspecified),
                          ("reserved", address.is_reserved), ("private", address.is_private)):

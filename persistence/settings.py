@@ -111,6 +111,13 @@ class Settings(BaseSettings):
         description="Validation processes run at once (each may take up to "
         "VALIDATION_MEMORY_BYTES) by one API process, or by the whole host when VALIDATION_SOCKET "
         "is set; further uploads wait for a slot.")
+    validation_max_pending_per_project: int = Field(
+        8, ge=1,
+        description="Uploads and job creations one project may have waiting for or in the "
+        "validator at once, per API process; one more is a 429 validation_pending_limit at once. "
+        "Each waiting one holds one of the process's 40 worker threads (every synchronous route "
+        "runs in them) for up to VALIDATION_QUEUE_TIMEOUT_SECONDS: one project's burst held "
+        "them all. 8: a fifth of them, above a client's parallel uploads.")
     validation_fit_cache_size: int = Field(
         1024, ge=0,
         description="Fit checks that passed, remembered by each API process (api/validation.py) "

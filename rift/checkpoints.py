@@ -48,6 +48,7 @@ from rift.checkpoint_pickle import (
     module_state_dict,
 )
 from rift.errors import CheckpointEntryError, CheckpointError, CheckpointMismatchError
+from rift.safetensors_bytes import safetensors_bytes
 
 __all__ = ["WRAPPER_PREFIXES", "CheckpointFormat", "detect_checkpoint_format",
            "strip_wrapper_prefix"]
@@ -757,9 +758,12 @@ def save_safetensors(
     ):
         raise CheckpointError("safetensors metadata must map str to str")
     tensors = _cpu_tensors(state_dict)
-    from safetensors.torch import save_file
+    data = safetensors_bytes(tensors, metadata)
 
-    _atomic_write(Path(path), lambda target: save_file(tensors, target, metadata=metadata))
+    def write(target: str) -> None:
+        Path(target).write_bytes(data)
+
+    _atomic_write(Path(path), write)
 
 
 def save_torch(path: str | Path, state_dict: Mapping[str, Tensor]) -> None:

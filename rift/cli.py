@@ -20,6 +20,7 @@ from pydantic_core import ErrorDetails
 from rift import __version__
 from rift.config import RiftConfig, dataset_names, unused_settings
 from rift.errors import RiftError
+from rift.repeats import repeated
 from rift.setting_names import describe_errors as describe_setting_errors
 from rift.setting_names import field_path, origin_key
 
@@ -106,10 +107,9 @@ class _RepeatedKey(ValueError):
 
 def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads keeps the last of a key given twice: {"lr": 0.1, "lr": 0.2} ran at 0.2.
-    keys = [key for key, _ in pairs]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:
-        raise _RepeatedKey(f"the key {repeated[0]!r} is given more than once in one object")
+    twice = repeated(key for key, _ in pairs)
+    if twice:
+        raise _RepeatedKey(f"the key {twice[0]!r} is given more than once in one object")
     return dict(pairs)
 
 
@@ -130,6 +130,11 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise CliInputError(f"--config {path}: expected a JSON object, got "
                             f"{type(tree).__name__}")
+    if isinstance(tree.get("config"), dict) and _RUN_RECORD_KEYS & set(tree):
+        # A run's manifest.json or result.json (the service's or a run folder's): its 'config'
+        # is the full config the run used, what a rerun is given (every other key of the
+        # record was an "unknown setting", and architecture and dataset "required").
+        return dict(tree["config"])
     if isinstance(tree.get("config"), dict) and set(tree) <= _JOB_REQUEST_KEYS:
         # A POST /v1/jobs body copied from the API's examples: every key was "unknown
         # setting", and architecture and dataset "required", which hid the one fix.
@@ -138,6 +143,10 @@ def _read_config_file(path: Path) -> dict[str, Any]:
                             "that object alone and give it")
     return tree
 
+
+#: Keys that make a JSON object with a ``config`` a run's record: ``manifest.json``'s
+#: version, ``result.json``'s chosen α (``rift.manifest``, ``rift.pipeline.build_result``).
+_RUN_RECORD_KEYS = frozenset({"manifest_version", "chosen_alpha"})
 
 #: The keys of a ``POST /v1/jobs`` body (api/schemas.py JobCreate).
 _JOB_REQUEST_KEYS = frozenset({"config", "checkpoint_id", "dataset_id", "labels",
@@ -575,7 +584,9 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-entry", metavar="KEY_PATH",
                      help="the weights to tune when the checkpoint holds several, e.g. ema, "
                      "state_dict_ema or model.state_dict (sets checkpoint_entry)")
-    run.add_argument("--config", type=_path_text, help="JSON file with a RiftConfig (flags override it)")
+    run.add_argument("--config", type=_path_text,
+                     help="JSON file with a RiftConfig, or a run's manifest.json or result.json "
+                     "(its config; flags override it)")
     run.add_argument("--arch", help="architecture name, e.g. resnet18")
     run.add_argument("--num-classes", type=int,
                      help="the model's output classes (architecture.num_classes; default 10)")

@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from rift.dataset_formats import ImageChannels
 from rift.errors import ConfigError
+from rift.repeats import repeated
 from rift.setting_names import SettingValueError, describe_errors
 
 Norm = Literal["linf", "l2"]
@@ -344,8 +345,7 @@ class MRCSpec(_Strict):
         if value is not None and len(set(value)) < len(value):
             if from_storage(info):
                 return list(dict.fromkeys(value))  # the one score each such job got
-            repeated = sorted({name for name in value if value.count(name) > 1})
-            raise ValueError(f"each module may appear once; repeated: {repeated}")
+            raise ValueError(f"each module may appear once; repeated: {repeated(value)}")
         return value
 
 
@@ -398,9 +398,8 @@ class FinetuneSpec(_Strict):
         if value is not None and len(set(value)) < len(value):
             if from_storage(info):
                 return list(dict.fromkeys(value))  # the twin candidates gave the same result
-            repeated = sorted({lr for lr in value if value.count(lr) > 1})
             # The same (module, lr) twice would fine-tune and attack the same candidate twice.
-            raise ValueError(f"each learning rate may appear once; repeated: {repeated}")
+            raise ValueError(f"each learning rate may appear once; repeated: {repeated(value)}")
         return value
     selection_split: Literal["validation", "test"] = Field(
         "validation", description="'validation': train on the training split less the "

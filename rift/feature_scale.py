@@ -1,4 +1,4 @@
-"""Whether ``attack.eps`` is on the scale of a feature-vector dataset at all.
+"""Whether ``attack.eps`` and ``attack.domain`` fit the scale of a feature-vector dataset.
 
 Images are read in [0, 1] whatever their dtype (uint8 pixels are divided by 255), so an image
 radius such as 8/255 always means 8 grey levels. Feature vectors, an npz ``x`` of shape (N, F),
@@ -14,6 +14,12 @@ scale is fixed.
 
 A warning, not an error: values alone cannot tell a deliberately tiny radius from a scale
 mix-up.
+
+:func:`unbounded_unit_features` names the other side: ``attack.domain: "auto"`` keeps feature
+vectors unbounded, so features that all lie in [0, 1] (flattened [0, 1] images, binary or
+min-max scaled columns) are pushed past 0 and 1, where the same values stored as images are
+kept in the box: the digits θ_AT fed its 8×8 test images as 64 features scored PGD-10 robust
+59.0 % unbounded against 65.9 % in [0, 1], with no word.
 """
 
 from __future__ import annotations
@@ -54,3 +60,23 @@ def feature_scale_problem(spec: AttackSpec, features: torch.Tensor) -> str | Non
             "or divide the features by their largest value, or give attack.eps in their units")
     return message + ("standardise the features (eps is then in standard deviations) or give "
                       "attack.eps in their units")
+
+
+def unbounded_unit_features(spec: AttackSpec, features: torch.Tensor) -> str | None:
+    """The warning text when ``spec.domain`` is ``"auto"`` (no bounds for feature vectors) while
+    every value of ``features`` lies in [0, 1] and some lie within ``eps`` of 0 or 1, where
+    keeping them in [0, 1] would change the attack; else None. An explicit ``"none"`` is the
+    user's choice and stays quiet."""
+    if spec.domain != "auto" or spec.eps == 0 or features.numel() == 0:
+        return None
+    low, high = float(features.min()), float(features.max())
+    if low < 0 or high > 1 or (low > spec.eps and high < 1 - spec.eps):
+        return None
+    return (
+        f"every feature value lies in [0, 1] (training split: {low:.4g} to {high:.4g}), but "
+        "attack.domain 'auto' keeps feature vectors unbounded, so PGD moves them past 0 and "
+        "1 (flattened [0, 1] images saved as features are attacked outside the image box: the "
+        "digits θ_AT's test images as 64 features scored PGD-10 robust 59.0 % unbounded, "
+        "65.9 % kept in [0, 1]); if the features are pixels or otherwise bounded, set "
+        "attack.domain 'unit' (or per-feature bounds, {\"lower\": [...], \"upper\": [...]}); "
+        "set attack.domain 'none' to attack them unbounded without this warning")

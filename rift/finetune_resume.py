@@ -29,6 +29,7 @@ from torch import Tensor
 
 from rift.data import DatasetSplits
 from rift.mrc import update_digest
+from rift.safetensors_bytes import safetensors_bytes
 
 FORMAT = "rift.finetune_epoch_state/1"
 _METADATA_KEY = "rift_finetune_state"
@@ -116,8 +117,6 @@ def device_settings(device: torch.device) -> list[str]:
 
 def encode_epoch_state(state: EpochState) -> bytes:
     """``state`` as the bytes of one safetensors file."""
-    from safetensors.torch import save
-
     tensors: dict[str, Tensor] = {}
     for prefix, group in (("model", state.model), ("best", state.best)):
         for name, value in group.items():
@@ -148,7 +147,7 @@ def encode_epoch_state(state: EpochState) -> bytes:
     # weights, a best state that is the current one).
     plain_tensors = {key: value.detach().to("cpu").contiguous().clone()
                      for key, value in tensors.items()}
-    return bytes(save(plain_tensors, metadata={_METADATA_KEY: json.dumps(document)}))
+    return safetensors_bytes(plain_tensors, {_METADATA_KEY: json.dumps(document)})
 
 
 def decode_epoch_state(data: bytes) -> EpochState | None:

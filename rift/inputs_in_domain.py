@@ -9,6 +9,10 @@ an upload's validation recorded (``api.job_requests``). Values and bounds are co
 as the attack clamps (a float32 0.1 fits an upper bound written as 0.1); uint8 pixels are given
 as value / 255. One bound applies to every channel, else bound ``c`` to channel ``c``.
 
+:func:`image_domain_problem` names the other side for images, which are always read in
+[0, 1]: a domain reaching past 0 or 1 (bounds written in the normalised units the model sees
+after its own ``(x - mean) / std``, or ``"none"``) lets the attack make inputs no image holds.
+
 Imports no torch.
 """
 
@@ -19,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rift.attack_radius import Bounds
+from rift.attack_radius import Bounds, resolve_domain
+from rift.config import AttackSpec
 from rift.errors import ConfigError
 
 #: Channels/features a message names before "…".
@@ -93,3 +98,27 @@ def check_inputs_in_domain(bounds: Bounds, low: Sequence[float], high: Sequence[
     outside = channels_outside_domain(bounds, low, high)
     if outside:
         raise ConfigError(outside_domain_message(what, outside), field="attack.domain")
+
+
+def image_domain_problem(spec: AttackSpec) -> str | None:
+    """The warning text when ``spec.domain`` lets PGD move image values outside [0, 1] (a bound
+    below 0 or above 1, or ``"none"``), else None. Images are read in [0, 1] (8-bit pixels
+    / 255) before the model normalises them, so such points are no image: measured on the
+    digits θ_AT, PGD-10 robust 59.0 % with MNIST's normalised range [-0.4242, 2.8215] as the
+    bounds, as with none, against 65.9 % in [0, 1], with no word. A warning: the bounds are the
+    user's explicit choice."""
+    bounds = resolve_domain(spec.domain, feature_vectors=False)
+    if bounds is None:
+        allowed = "attack.domain 'none' lets PGD move image values anywhere"
+    else:
+        lower, upper = min(bounds[0]), max(bounds[1])
+        if lower >= 0 and upper <= 1:
+            return None
+        allowed = (f"attack.domain's bounds (from {lower:.4g} to {upper:.4g}) let PGD move "
+                   "image values outside [0, 1]")
+    return (
+        f"{allowed}, but images are read in [0, 1] (8-bit pixels divided by 255) and normalised "
+        "by the model afterwards, so the attack makes inputs no image holds and the robust "
+        "accuracies are not those of images (the digits θ_AT: PGD-10 robust 59.0 % with "
+        "MNIST's normalised range as the bounds, 65.9 % in [0, 1]); give the bounds in [0, 1] "
+        "units (attack.domain 'unit', the default for images), not in normalised units")

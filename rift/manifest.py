@@ -1,9 +1,13 @@
 """The reproducibility manifest of a run (``manifest.json``): what went in and what ran it.
 
 It records the SHA-256 of the checkpoint and of the dataset (an uploaded file's, or None for a
-built-in dataset, named in the config), the full config (defaults filled in), the seed and the
-deterministic flag, the device, and the versions of this package, Python, torch, torchvision,
-CUDA and cuDNN, plus the git commit of the code when known. :func:`config_from_manifest` gives
+built-in dataset, named in the config) and of the examples the run read (``splits_sha256``: every
+image and label of its train, validation and test splits, as ``run.json``'s
+``dataset_fingerprint``, so a built-in dataset's copy or a changed split is told apart too), the
+full config (defaults filled in), the seed and the deterministic flag, the device and torch's CPU
+thread count (``torch_threads``: another count changes θ_FT in its last bits), and the versions
+of this package, Python, torch, torchvision, scikit-learn (the digits source), CUDA and cuDNN,
+plus the git commit of the code when known. :func:`config_from_manifest` gives
 the config back, so a run can be repeated from its manifest: on the CPU the same inputs and
 config give bit-identical weights (``tests/rift/test_manifest.py``).
 """
@@ -86,6 +90,7 @@ def _software_versions() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": _version("torchvision"),
+        "scikit-learn": _version("scikit-learn"),
         "cuda": torch.version.cuda,
         "cudnn": cudnn,
         "platform": platform.platform(),
@@ -93,20 +98,26 @@ def _software_versions() -> dict[str, Any]:
 
 
 def build_manifest(config: RiftConfig, *, checkpoint_sha256: str, device: str,
-                   dataset_sha256: str | None = None, commit: str | None = None,
-                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   dataset_sha256: str | None = None, splits_sha256: str | None = None,
+                   commit: str | None = None, extra: Mapping[str, Any] | None = None
+                   ) -> dict[str, Any]:
     """The manifest document. ``device`` as the run resolved it (``cpu``, ``cuda:0 (H100)``);
-    ``commit`` defaults to :func:`git_commit`; ``extra`` adds keys (e.g. the job id)."""
+    ``splits_sha256`` the loaded splits' fingerprint
+    (:func:`rift.pipeline.splits_fingerprint`); ``commit`` defaults to :func:`git_commit`;
+    ``extra`` adds keys (e.g. the job id). The thread count is this process's now: build the
+    manifest in the process that runs the job."""
     return {
         "manifest_version": MANIFEST_VERSION,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **dict(extra or {}),
         "checkpoint_sha256": checkpoint_sha256,
-        "dataset": {"name": config.dataset.name, "sha256": dataset_sha256},
+        "dataset": {"name": config.dataset.name, "sha256": dataset_sha256,
+                    "splits_sha256": splits_sha256},
         "config": config.model_dump(mode="json"),
         "seed": config.seed,
         "deterministic": config.deterministic,
         "device": device,
+        "torch_threads": torch.get_num_threads(),
         "versions": software_versions(),
         "git_commit": commit or git_commit(),
     }

@@ -66,10 +66,12 @@ from rift.interpolation import (
     measure_full_curve,
     select_alpha_lazily,
 )
+from rift.manifest import build_manifest
 from rift.measured_warnings import mrc_table_warnings, not_robust_warning
 from rift.model_checks import check_model_outputs, zero_weight_modules_warning
 from rift.models import build_model, check_model_accepts
 from rift.models.normalization import applied_normalization
+from rift.models.normalization_applied import refuse_ignored_normalization
 from rift.models.parametrized import (
     fold_parametrized_weights,
     folding_warning,
@@ -331,6 +333,9 @@ def _prepare_run(config: RiftConfig, checkpoint: CheckpointSource, device: torch
                                     device=device)
     else:
         check_model_accepts(model, config.architecture, splits.image_shape, device=device)
+    # An installed builder given architecture.mean/std that drops them (they are its keyword
+    # arguments): the run would record a normalisation it never applied.
+    refuse_ignored_normalization(model, config.architecture, splits.image_shape)
     scored = select_modules(model, config.mrc)  # a model with no scored layer, a selection of none
     if config.finetune.module is not None:
         # Before any stage: a name that is no module of the model (a typo, "fc " for "fc")
@@ -1269,11 +1274,16 @@ def run_identity(config: RiftConfig, checkpoint: CheckpointSource, run: Prepared
                       if isinstance(checkpoint, str | os.PathLike)
                       else stage_outputs.tensors_fingerprint(checkpoints.checkpoint_weights(
                           checkpoint, entry=config.checkpoint_entry, check_finite=False)))
-    splits = run.splits
-    dataset = stage_outputs.tensors_fingerprint({
+    return RunIdentity(checkpoint_sha, splits_fingerprint(run.splits),
+                       config.model_dump(mode="json"))
+
+
+def splits_fingerprint(splits: DatasetSplits) -> str:
+    """SHA-256 over every image and label of the train, validation and test splits: the examples
+    a run read, whatever file or download they came from."""
+    return stage_outputs.tensors_fingerprint({
         f"{name}.{part}": getattr(getattr(splits, name), part)
         for name in ("train", "validation", "test") for part in ("images", "labels")})
-    return RunIdentity(checkpoint_sha, dataset, config.model_dump(mode="json"))
 
 
 def run_pipeline(config: RiftConfig | Mapping[str, Any], checkpoint: CheckpointSource,
@@ -1287,7 +1297,8 @@ def run_pipeline(config: RiftConfig | Mapping[str, Any], checkpoint: CheckpointS
     ConfigError (field ``output_dir``).
 
     Writes ``mrc.json``, ``mrc.csv``, ``finetune.json``, ``finetuned.safetensors``,
-    ``tuned.safetensors``, ``result.json`` and ``run.json``; returns the ``result.json`` document.
+    ``tuned.safetensors``, ``result.json``, ``run.json`` and, with the MRC stage's outputs, the
+    service's ``manifest.json`` (:mod:`rift.manifest`); returns the ``result.json`` document.
     """
     callbacks = PipelineCallbacks.of(callbacks)
     config = as_config(config)
@@ -1303,13 +1314,23 @@ def run_pipeline(config: RiftConfig | Mapping[str, Any], checkpoint: CheckpointS
         identity = run_identity(config, checkpoint, run)
         stage_outputs.check_run_identity(storage, identity)
         run.checkpoint_sha256 = identity.checkpoint_sha256
-        return _run_stages(config, run, storage, callbacks, preflight)
+        # The job's record as the service stores it, so a CLI run can be repeated (or submitted
+        # to the service) from it alike: a file dataset's SHA-256 beside the splits' fingerprint.
+        dataset_file = (Path(config.dataset.path).expanduser()
+                        if config.dataset.name == "npz" and config.dataset.path else None)
+        manifest = build_manifest(
+            config, checkpoint_sha256=identity.checkpoint_sha256,
+            dataset_sha256=(stage_outputs.file_sha256(dataset_file)
+                            if dataset_file is not None and dataset_file.is_file() else None),
+            splits_sha256=identity.dataset_fingerprint, device=str(run.device))
+        return _run_stages(config, run, storage, callbacks, preflight, manifest)
 
 
 def _run_stages(config: RiftConfig, run: PreparedRun, storage: FolderStorage,
-                callbacks: PipelineCallbacks, preflight: PreflightReport | None
-                ) -> dict[str, Any]:
-    """``run_pipeline``'s stages, in a folder it holds: each saved stage loaded, the others run."""
+                callbacks: PipelineCallbacks, preflight: PreflightReport | None,
+                manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """``run_pipeline``'s stages, in a folder it holds: each saved stage loaded, the others run;
+    ``manifest`` is saved with the MRC stage's outputs (it describes the run that made them)."""
     metadata = weights_metadata(config, checkpoint_sha256=run.checkpoint_sha256)
 
     mrc = load_mrc(storage)
@@ -1320,6 +1341,7 @@ def _run_stages(config: RiftConfig, run: PreparedRun, storage: FolderStorage,
         callbacks.event("stage_started", {"stage": "mrc"})
         mrc = run_mrc_stage(run, callbacks)
         save_mrc(storage, mrc, module_to_tune(config, mrc))
+        stage_outputs.write_json(storage, stage_outputs.MANIFEST_JSON, manifest)
         callbacks.event("stage_finished", {"stage": "mrc", "seconds": mrc.seconds})
 
     if is_sweep(config):

@@ -41,7 +41,11 @@ that diverged and kept an earlier epoch, ``rift.pipeline``.)
   rule leans to larger α than held-out data would pick.
 * **A radius off the features' scale** (``rift.feature_scale``): on feature vectors, an
   ``attack.eps`` below 1/255 of the features' typical range (0–255 pixel values saved as
-  features and attacked with an image radius such as 8/255) attacks nothing.
+  features and attacked with an image radius such as 8/255) attacks nothing; features that all
+  lie in [0, 1] under ``attack.domain: "auto"`` (unbounded for feature vectors) are pushed past
+  0 and 1, where the same values as images are kept in the box; on images (read in [0, 1]), an
+  ``attack.domain`` reaching past 0 or 1 (bounds in normalised units, ``"none"``)
+  (``rift.inputs_in_domain.image_domain_problem``).
 * **Class folders named by numbers.** ImageFolder classes are the folders in text order (as
   torchvision's): folders ``1`` to ``10`` give class 1 to folder ``10``, not ``2``. A checkpoint
   trained with the numeric order would see every label but the first moved.
@@ -57,7 +61,8 @@ import torch
 from rift.config import AttackSpec, FinetuneSpec, RiftConfig
 from rift.data import DatasetSplits
 from rift.evaluation import evaluated_examples
-from rift.feature_scale import feature_scale_problem
+from rift.feature_scale import feature_scale_problem, unbounded_unit_features
+from rift.inputs_in_domain import image_domain_problem
 
 #: Fewer examples than this and one example moves an accuracy by more than one percentage point.
 MIN_ACCURACY_EXAMPLES = 100
@@ -127,10 +132,17 @@ def configuration_warnings(config: RiftConfig, splits: DatasetSplits, device: to
             "larger α; set finetune.selection_split 'validation', or choose α on the test split")))
     found.extend(_numbered_folder_warnings(splits.class_names))
     found.extend(_attack_warnings(config.attack))
+    if not splits.feature_vectors:  # images are read in [0, 1]
+        outside = image_domain_problem(config.attack)
+        if outside is not None:
+            found.append(RunWarning("run", outside))
     if splits.feature_vectors:  # eps in the features' own units
         scale = feature_scale_problem(config.attack, splits.train.images)
         if scale is not None:
             found.append(RunWarning("run", scale))
+        unbounded = unbounded_unit_features(config.attack, splits.train.images)
+        if unbounded is not None:
+            found.append(RunWarning("run", unbounded))
 
     if config.precision == "bf16" and device.type == "cpu":
         found.append(RunWarning("run", (

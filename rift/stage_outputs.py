@@ -8,6 +8,8 @@ Files (names are the same everywhere):
     tuned.safetensors, result.json         interpolation stage: θ_α* and the run's result document
     run.json                               folder runs only: what the outputs belong to (see
                                            ``RunIdentity``)
+    manifest.json                          what reproduces the run (``rift.manifest``): written
+                                           with the MRC stage's outputs
     candidate-NN.candidate.json,           a sequential sweep's candidate NN (folder runs):
     candidate-NN.finetune.json,            its outcome and curve, its fine-tune record and θ_FT
     candidate-NN.finetuned.safetensors     (the losers' θ_FT deleted once the sweep is done)
@@ -34,6 +36,7 @@ from typing import Any, Protocol
 import torch
 
 from rift.errors import ConfigError, StageOutputError
+from rift.safetensors_bytes import safetensors_bytes
 
 MRC_JSON = "mrc.json"
 MRC_CSV = "mrc.csv"
@@ -43,6 +46,7 @@ TUNED = "tuned.safetensors"
 RESULT_JSON = "result.json"
 CURVES_JSON = "curves.json"  # a sweep's candidates side by side (rift.sweep)
 RUN_JSON = "run.json"
+MANIFEST_JSON = "manifest.json"
 LOCK_FILE = ".rift.lock"  # folder runs: held by the run using the folder (FolderStorage.lock)
 CANDIDATE_JSON = "candidate.json"  # under a candidate's prefix (candidate_prefix)
 EPOCH_STATE = "finetune.epoch-state.safetensors"  # folder runs (StoredEpochState)
@@ -137,9 +141,10 @@ class FolderStorage:
         (self.folder / name).unlink(missing_ok=True)
 
     def remove_outputs(self) -> None:
-        """Delete every stage file, a sweep's candidate files and ``run.json`` (``--fresh``);
+        """Delete every stage file, a sweep's candidate files, ``run.json`` and ``manifest.json``
+        (``--fresh``);
         other files stay."""
-        for name in (*STAGE_OF_FILE, RUN_JSON, EPOCH_STATE):
+        for name in (*STAGE_OF_FILE, RUN_JSON, MANIFEST_JSON, EPOCH_STATE):
             self.remove(name)
         for path in self.folder.glob(_CANDIDATE_GLOB):
             path.unlink(missing_ok=True)
@@ -226,12 +231,11 @@ def write_text(storage: StageStorage, name: str, text: str) -> None:
 
 def write_weights(storage: StageStorage, name: str, state_dict: Mapping[str, torch.Tensor],
                   metadata: Mapping[str, str]) -> None:
-    """``state_dict`` as safetensors bytes (CPU, contiguous, no shared storage)."""
-    from safetensors.torch import save
-
+    """``state_dict`` as safetensors bytes (CPU, contiguous, no shared storage), the same bytes
+    for the same tensors and metadata (:mod:`rift.safetensors_bytes`)."""
     tensors = {key: value.detach().to("cpu").contiguous().clone()
                for key, value in state_dict.items()}
-    storage.write_bytes(name, save(tensors, metadata=dict(metadata)), content_type(name))
+    storage.write_bytes(name, safetensors_bytes(tensors, metadata), content_type(name))
 
 
 def read_weights(storage: StageStorage, name: str) -> StateDict | None:

@@ -597,3 +597,29 @@ class CheckpointedPositions(nn.Module):
 
         table = checkpoint(self.positions, self.coords, use_reentrant=True).view(1, 8, 8, 8)
         return self.head(F.relu(self.stem(x) + table).mean((2, 3)))
+
+
+class GatedBranch(nn.Module):
+    """A residual branch behind a gate buffer (a block pruned by a zero gate): with ``gate`` 0
+    the output does not depend on ``branch``, which autograd still reaches (zero gradients,
+    not none)."""
+
+    def __init__(self, classes: int = 10, gate: float = 0.0) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.branch = nn.Conv2d(8, 8, 1)
+        self.register_buffer("gate", torch.tensor(gate))
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.stem(x))
+        x = x + self.gate * self.branch(x)
+        return self.head(x.mean((2, 3)))
+
+
+def drops_normalization_net(classes: int = 4) -> nn.Module:
+    """A builder's network that reuses the built-in small CNN without passing the ``mean``/
+    ``std`` it was given on: RiFT's input buffers stay unset, so it applies no normalisation."""
+    from rift.models.small_cnn import SmallCNN
+
+    return SmallCNN(num_classes=classes, in_channels=3)

@@ -88,6 +88,7 @@ def check_checkpoint_fits(
     from rift.checkpoint_layouts import check_normalizers, fit_layout
     from rift.checkpoints import check_compatible, check_dtypes
     from rift.finetune import trainable_module
+    from rift.models.normalization_applied import refuse_unset_input_buffers
     from rift.models.parametrized import fold_parametrized_weights, holds_folded_weights
     from rift.models.registry import refuse_batch_statistics
     from rift.mrc import select_modules
@@ -152,6 +153,7 @@ def check_checkpoint_fits(
     if not folded_first:
         fold_parametrized_weights(model)
     refuse_batch_statistics(model, config.architecture)  # needs no geometry: checked always
+    refuse_unset_input_buffers(model, config.architecture)  # mean/std given, not applied
     select_modules(model, config.mrc)
     if config.finetune.module is not None:
         trainable_module(model, config.finetune.module)

@@ -42,11 +42,13 @@ from rift.pipeline import (
     save_finetune,
     save_interpolation,
     save_mrc,
+    splits_fingerprint,
     weights_metadata,
 )
 from rift.stage_outputs import (
     CURVES_JSON,
     FINETUNED,
+    MANIFEST_JSON,
     MRC_CSV,
     RESULT_JSON,
     STAGE_OF_FILE,
@@ -62,7 +64,6 @@ __all__ = ["FINETUNED", "SAFETENSORS", "ObjectStageStorage", "describe_device", 
            "stage_object_key", "store_manifest"]
 
 SAFETENSORS = "application/octet-stream"
-MANIFEST_JSON = "manifest.json"
 JSON = "application/json"
 SVG = "image/svg+xml"
 
@@ -203,7 +204,8 @@ def job_manifest(job: Job, checkpoint: Checkpoint, dataset: Dataset | None, run:
     return build_manifest(
         stored_config(job.spec), checkpoint_sha256=checkpoint.sha256,
         dataset_sha256=dataset.sha256 if dataset is not None else None,
-        device=describe_device(run.device), commit=commit,
+        splits_sha256=splits_fingerprint(run.splits), device=describe_device(run.device),
+        commit=commit,
         extra={"job_id": job.id, "checkpoint_id": checkpoint.id,
                "dataset_id": dataset.id if dataset is not None else None})
 
@@ -350,8 +352,11 @@ def record_interpolation(job: Job, run: PreparedRun, storage: ObjectStageStorage
         raise RuntimeError(f"job {job.id}: the MRC or fine-tune record is missing although both "
                            "stages are done")
     preflight = (job.metrics or {}).get("preflight")
-    document = {"job_id": job.id, **build_result(run.config, mrc, finetune, result,
-                                                 str(run.device), preflight)}
+    # The job's config as submitted, as manifest.json and the job hold it: run.config has this
+    # worker's data folder (and device) in it, which a new job refuses ("'root' is not
+    # accepted"), so result.json's config could not be submitted again.
+    document = {"job_id": job.id, **build_result(stored_config(job.spec), mrc, finetune,
+                                                 result, str(run.device), preflight)}
     extra: list[ArtifactRecord] = []
     if sweep is not None:
         document["sweep"] = dict(sweep)

@@ -71,6 +71,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from billiard import current_process
 from celery import Task
 from celery.signals import (
@@ -533,9 +534,13 @@ def _run_claimed(app: RiftCelery, resources: WorkerResources, held: _Claimed) ->
         else:
             outputs = run_stage(stage, claim.job, run, resources.store, settings.work_dir,
                                 callbacks, attempts, manifest, resources.store_writer)
-        # In the stage_finished event: where a stage's time went besides the library's own.
+        # In the stage_finished event: where a stage's time went besides the library's own,
+        # and the device and CPU thread count it ran with (the job's device is the last
+        # stage's, manifest.json's the MRC stage's: a stage taken over elsewhere was recorded
+        # nowhere, and another thread count changes θ_FT in its last bits).
         outputs.summary = {**outputs.summary, "prepare_seconds": round(prepare_seconds, 4),
-                           "prepared_run": "cached" if taken.cached else "built"}
+                           "prepared_run": "cached" if taken.cached else "built",
+                           "device": device, "torch_threads": torch.get_num_threads()}
         if reporter.lease_lost:
             raise LeaseLost(f"lost the lease on stage '{stage}' of job {job_id}")
         following = stages.next_stage(stage)

@@ -7,7 +7,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, StoreDep, ValidatorDep
+from api.deps import (
+    CallerDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    StoreDep,
+    ValidationSharesDep,
+    ValidatorDep,
+)
 from api.idempotency import IdempotencyKey
 from api.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageCursor, PageLimit
 from api.schemas import CheckpointFormat, CheckpointOut, CheckpointPageOut
@@ -46,10 +54,12 @@ router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
 async def upload_checkpoint(request: Request, response: Response, caller: CallerDep,
                             settings: SettingsDep, factory: SessionFactoryDep,
                             store: StoreDep, validator: ValidatorDep,
+                            shares: ValidationSharesDep,
                             filename: RawFilename = None,
                             idempotency_key: IdempotencyKey = None) -> CheckpointOut:
     row, created = await accept_upload(
-        CHECKPOINT_UPLOADS, request, caller, UploadServices(settings, factory, store, validator),
+        CHECKPOINT_UPLOADS, request, caller, UploadServices(settings, factory, store, validator,
+                                                        shares),
         idempotency_key)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/checkpoints/{row.id}"

@@ -12,7 +12,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from api.dataset_validation import BUILTIN_GEOMETRY
-from api.deps import CallerDep, SessionDep, SessionFactoryDep, SettingsDep, StoreDep, ValidatorDep
+from api.deps import (
+    CallerDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    StoreDep,
+    ValidationSharesDep,
+    ValidatorDep,
+)
 from api.errors import NotFound
 from api.idempotency import IdempotencyKey
 from api.job_requests import BUILTIN_CLASSES
@@ -56,10 +64,12 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 async def upload_dataset(request: Request, response: Response, caller: CallerDep,
                          settings: SettingsDep, factory: SessionFactoryDep,
                          store: StoreDep, validator: ValidatorDep,
+                         shares: ValidationSharesDep,
                          filename: RawFilename = None,
                          idempotency_key: IdempotencyKey = None) -> DatasetOut:
     row, created = await accept_upload(
-        DATASET_UPLOADS, request, caller, UploadServices(settings, factory, store, validator),
+        DATASET_UPLOADS, request, caller, UploadServices(settings, factory, store, validator,
+                                                        shares),
         idempotency_key)
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/datasets/{row.id}"

@@ -65,6 +65,7 @@ from api.services.quotas import (
 from api.services.workers import check_dataset_available, check_device_available
 from api.uploads import UploadedFile, scratch_dir
 from api.validation import Validator
+from api.validation_shares import ValidationShares
 from persistence.cost import estimate_cost
 from persistence.eta import estimate_finish
 from persistence.job_warnings import JobWarnings, job_warnings, warnings_of
@@ -161,6 +162,8 @@ class JobServices:
     session_factory: sessionmaker[Session]
     dispatcher: Dispatcher
     validator: Validator
+    #: Each project's checks in the validator (VALIDATION_MAX_PENDING_PER_PROJECT).
+    validation_shares: ValidationShares
     #: Stored safetensors checkpoints' headers, read once per API process.
     stored_tensors: StoredTensorsCache
 
@@ -201,28 +204,31 @@ def create_job_for(
         inspection = None
         entry = spec.config.checkpoint_entry
         digest_reader: DigestReader | None = None
-        if upload is None:
-            assert checkpoint_id is not None
-            row, tensors = checkpoint_tensors(session, store, checkpoint_id,
-                                              scratch_dir(settings), services.validator,
-                                              caller.project_id, entry, services.stored_tensors)
-            num_tensors, checkpoint_size, uploading = row.num_tensors, row.size, 0
-            if row.format == "safetensors":
-                read = store_reader(store, row.storage_key)
-                digest_reader = partial(safetensors_digests, read, tensors.ranges)
-        else:
-            inspection = validate_checkpoint_upload(services.validator, upload, CHECKPOINT_FIELD,
-                                                    entry, CHECKPOINT_ENTRY_FIELD, digests=True)
-            tensors = CheckpointTensors(inspection.shapes, inspection.dtypes, inspection.entries,
-                                        inspection.normalizers, inspection.digests)
-            num_tensors, checkpoint_size, uploading = (inspection.num_tensors, upload.size,
-                                                       upload.size)
-            if inspection.format == "safetensors":
-                digest_reader = partial(_uploaded_digests, upload)
-        # Before the fit check, which would otherwise try the first entry's weights.
-        check_checkpoint_entry(tensors.entries, entry)
-        fit = check_job_fits(services.validator, spec.config, tensors, dataset.geometry,
-                             checkpoint_field, digest_reader, dataset=dataset.row)
+        # The checkpoint's and the fit's validator runs, one project's share of them at a time.
+        with services.validation_shares.hold(caller.project_id,
+                                             settings.validation_max_pending_per_project):
+            if upload is None:
+                assert checkpoint_id is not None
+                row, tensors = checkpoint_tensors(session, store, checkpoint_id,
+                                                  scratch_dir(settings), services.validator,
+                                                  caller.project_id, entry, services.stored_tensors)
+                num_tensors, checkpoint_size, uploading = row.num_tensors, row.size, 0
+                if row.format == "safetensors":
+                    read = store_reader(store, row.storage_key)
+                    digest_reader = partial(safetensors_digests, read, tensors.ranges)
+            else:
+                inspection = validate_checkpoint_upload(services.validator, upload, CHECKPOINT_FIELD,
+                                                        entry, CHECKPOINT_ENTRY_FIELD, digests=True)
+                tensors = CheckpointTensors(inspection.shapes, inspection.dtypes, inspection.entries,
+                                            inspection.normalizers, inspection.digests)
+                num_tensors, checkpoint_size, uploading = (inspection.num_tensors, upload.size,
+                                                           upload.size)
+                if inspection.format == "safetensors":
+                    digest_reader = partial(_uploaded_digests, upload)
+            # Before the fit check, which would otherwise try the first entry's weights.
+            check_checkpoint_entry(tensors.entries, entry)
+            fit = check_job_fits(services.validator, spec.config, tensors, dataset.geometry,
+                                 checkpoint_field, digest_reader, dataset=dataset.row)
         fitted = fit.tensors
         if upload is None and row.format == "safetensors" and fitted.digests != tensors.digests:
             # The next job from this checkpoint asks for them at once, and reads none.

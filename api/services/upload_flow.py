@@ -22,6 +22,7 @@ from api.services.upload_replay import upload_key
 from api.services.uploads import check_declared_upload, replay_or_check_quota
 from api.uploads import UploadedFile, receive_upload, scratch_dir
 from api.validation import Validator
+from api.validation_shares import ValidationShares
 from persistence.models import Checkpoint, Dataset
 from persistence.settings import Settings
 from persistence.storage import ObjectStore
@@ -66,6 +67,7 @@ class UploadServices:
     factory: sessionmaker[Session]
     store: ObjectStore
     validator: Validator
+    shares: ValidationShares
 
 
 async def accept_upload(kind: UploadKind[Row, Inspection], request: Request, caller: Caller,
@@ -79,6 +81,8 @@ async def accept_upload(kind: UploadKind[Row, Inspection], request: Request, cal
         PayloadTooLarge: (413) over the kind's size limit or the project's stored-bytes quota.
         Conflict: (409) the Idempotency-Key was used with another file.
         ServiceUnavailable: (503) no validation slot, or the object store failed.
+        TooManyRequests: (429) the project's VALIDATION_MAX_PENDING_PER_PROJECT checks are
+            in flight already.
     """
     await run_in_threadpool(check_declared_upload, services.factory, caller, request,
                             kind.model, idempotency_key)
@@ -95,6 +99,9 @@ async def accept_upload(kind: UploadKind[Row, Inspection], request: Request, cal
                                          kind.model, kind.noun, key, file.size)
         if replay is not None:
             return replay, False
-        inspection = await run_in_threadpool(kind.validate, services.validator, file, FILE_FIELD)
+        with services.shares.hold(caller.project_id,
+                                  services.settings.validation_max_pending_per_project):
+            inspection = await run_in_threadpool(kind.validate, services.validator, file,
+                                                 FILE_FIELD)
         return await run_in_threadpool(kind.store, services.factory, services.store, file,
                                        inspection, caller, key)

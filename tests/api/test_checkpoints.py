@@ -90,6 +90,26 @@ def test_rfc6266_extended_file_names_are_kept(api: Api, small_cnn_file: Path) ->
     assert part.json()["filename"] == "\u20ac.safetensors"
 
 
+@pytest.mark.parametrize("charset", ["idna", "undefined", "punycode", "unicode_escape", "utf-7",
+                                     "hex", "no-such-charset"])
+def test_an_extended_file_name_in_another_charset_falls_back_to_the_plain_name(
+        api: Api, small_cnn_file: Path, charset: str) -> None:
+    # Before: the charset went to Python's codec registry as sent, and 'idna' or 'undefined'
+    # raised there (a 500, or a dropped connection mid-body); 'unicode_escape' read "\x41" as "A".
+    content = small_cnn_file.read_bytes()
+    value = f"filename=\"plain.safetensors\"; filename*={charset}''%5Cx41%FF.safetensors"
+    raw = api.client.post("/v1/checkpoints", content=content, headers={
+        "Content-Type": "application/octet-stream", "Content-Disposition": f"attachment; {value}"})
+    assert raw.status_code == 201, raw.text
+    assert raw.json()["filename"] == "plain.safetensors"
+    body = (f"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; {value}\r\n\r\n"
+            .encode() + content + b"\r\n--b0undary--\r\n")
+    part = api.client.post("/v1/checkpoints", content=body, headers={
+        "Content-Type": "multipart/form-data; boundary=b0undary"})
+    assert part.status_code == 201, part.text
+    assert part.json()["filename"] == "plain.safetensors"
+
+
 @pytest.mark.parametrize("route", ["/v1/checkpoints", "/v1/datasets"])
 def test_a_form_encoded_body_is_not_taken_for_the_file(api: Api, small_cnn_file: Path,
                                                        route: str) -> None:

@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.routing import APIRoute
 
@@ -16,6 +18,7 @@ from api.validation import Validator
 from persistence.models import Job
 from persistence.settings import Settings
 from tests.api.helpers import (
+    MIB,
     Api,
     RecordingDispatcher,
     digits_config,
@@ -279,3 +282,40 @@ def test_a_raw_upload_typed_as_json_or_as_no_media_type_is_a_415(api: Api,
     raw = api.client.post("/v1/checkpoints", content=small_cnn_file.read_bytes(),
                           headers={"Content-Type": "application/x-safetensors"})
     assert raw.status_code == 201, raw.text
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_long_lists_and_many_keys_within_the_body_limit_are_refused_at_once(api: Api) -> None:
+    # Each item's repeats were counted with list.count, quadratic in the list: one body under
+    # the 1 MiB limit held an API worker for 50 s (50,000 label keys, each route alike) or 13 s
+    # (100,000 module names, before the 256-item bound was applied). Linear, each answer takes
+    # well under a second here; the client's timeout is a hang guard, far from both.
+    client = httpx.Client(base_url=api.url, timeout=10,
+                          headers={"Authorization": f"Bearer {api.key}"})
+    keys = ", ".join(f'"k{i}": "v"' for i in range(50_000))
+    modules = ", ".join(['"conv1"'] * 100_000)
+    rates = ", ".join(["0.01"] * 100_000)
+
+    def job_with(section: str, name: str, items: str) -> str:
+        config = {**digits_config(), section: {name: "@"}}
+        return json.dumps({"checkpoint_id": "c", "config": config}).replace('"@"', f"[{items}]")
+
+    cases = [
+        ("/v1/jobs", '{"labels": {' + keys + ', "k7": "v"}, "config": {}}', "labels.k7",
+         "given more than once"),
+        ("/v1/webhooks", '{"url": "https://example.com/h", "x": {' + keys + '}}', "x",
+         "unknown setting"),
+        ("/v1/jobs", job_with("mrc", "modules", modules), "config.mrc.modules", "at most 256"),
+        ("/v1/jobs", job_with("finetune", "lr_grid", rates), "config.finetune.lr_grid",
+         "at most 256"),
+    ]
+    try:
+        for path, body, field, said in cases:
+            assert len(body) < MIB
+            response = client.post(path, content=body,
+                                   headers={"Content-Type": "application/json"})
+            assert response.status_code == 422, (path, field, response.text[:300])
+            error = error_of(response)
+            assert error["field"] == field and said in error["message"], (path, error)
+    finally:
+        client.close()

@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 from fastapi.exceptions import RequestValidationError
 
-from api.errors import validation_error_body
+from api.errors import MAX_REPORTED_ERRORS, validation_error_body
 from api.job_requests import validate_body
 from api.request_input import parse_json
 from api.schemas import JobCreate
+from api.spec_messages import refine_request_errors
+from api.webhook_schemas import WebhookCreate
 
 
 def answer(raw: str) -> dict[str, Any]:
@@ -223,3 +225,18 @@ def test_a_field_past_both_bounds_is_named_once_with_the_services() -> None:
     assert error["fields"] == ["config.attack.steps"], error
     assert "this service allows at most 200" in error["message"]
     assert "1000" not in error["message"], error["message"]
+
+
+def test_only_the_errors_an_answer_reports_are_worded() -> None:
+    # 40,000 unknown keys fit in a 1 MiB body; each was worded (a "did you mean" search) and
+    # encoded before the answer kept its first 50: 6 s of an API worker for one request.
+    keys = {f"setting{i}": 1 for i in range(1000)}
+    with pytest.raises(RequestValidationError) as caught:
+        validate_body(parse_json(json.dumps({"checkpoint_id": "ck_1", "config": keys}),
+                                 ("body",)), JobCreate, ("body",))
+    errors = caught.value.errors()
+    assert len(errors) == MAX_REPORTED_ERRORS
+    assert "unknown setting 'setting0'" in validation_error_body(errors)["error"]["message"]
+    webhook = [{"type": "extra_forbidden", "loc": ("body", f"x{i}"), "msg": "Extra inputs",
+                "input": 1} for i in range(1000)]
+    assert len(refine_request_errors(webhook, WebhookCreate)) == MAX_REPORTED_ERRORS

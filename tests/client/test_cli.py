@@ -652,3 +652,23 @@ def test_a_failed_jobs_error_field_in_get_wait_and_json(
     assert waited.exit_code == 1
     assert (f"job {job_id} failed: invalid_config: outside attack.domain "
             "(field: attack.domain)") in waited.stdout + waited.stderr
+
+
+def test_a_jobs_manifest_or_result_given_as_the_config_creates_the_job_again(
+        cli: Cli, checkpoint_file: Path, tmp_path: Path) -> None:
+    """A job's manifest.json or result.json, downloaded, is what a researcher repeats it from:
+    its config is the one sent. Before, the file was refused as "a whole job request"."""
+    uploaded = cli("--output", "json", "checkpoints", "upload", str(checkpoint_file)).json()
+    config = digits_config()
+    for name, record in (("manifest.json", {"manifest_version": 1, "config": config,
+                                            "checkpoint_sha256": uploaded["sha256"]}),
+                         ("result.json", {"config": config, "chosen_alpha": 0.5})):
+        path = tmp_path / name
+        path.write_text(json.dumps(record))
+        created = cli("-o", "json", "jobs", "create", "--checkpoint", uploaded["id"],
+                      "--config", str(path))
+        assert created.exit_code == 0, created.stderr
+        from rift.config import RiftConfig
+
+        assert RiftConfig.model_validate(created.json()["config"]) == \
+            RiftConfig.model_validate(config), name

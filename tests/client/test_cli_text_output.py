@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rift_client import RiftClient
+from tests.client.conftest import RunningApi
 from tests.client.helpers import ScriptedReply, ScriptedServer, run_riftctl
 from tests.preloaded_launcher import Launcher
 
@@ -203,3 +205,20 @@ def test_a_sweeps_chosen_rate_is_shown_beside_its_module(
     # Two rates alike to 6 significant digits (":g") are told apart in the candidates' table.
     assert " 0.05000001 " in shown[2].stdout
     assert shown[3].stdout.strip() == "job job_1 succeeded (module fc, lr 0.05, α = 0.5)"
+
+
+def test_control_characters_of_the_services_text_are_printed_as_escapes(
+        tmp_path: Path, queued_api: RunningApi, api_key: str | None, rift: RiftClient,
+        cli_launcher: Launcher | None) -> None:
+    # A teammate's webhook description (any text the API takes) printed raw: ESC sequences
+    # cleared the reader's screen or set its title, U+009B is a one-character CSI, U+202E
+    # showed the rest reversed. rich removes BEL, BS, VT, FF and CR only.
+    hostile = "ok\x1b[2J\x1b]0;pwned\x07\x9b31m\u202eevil"
+    hook = rift.create_webhook("http://127.0.0.1:9/hook", description=hostile)
+    for command in (["webhooks", "list"], ["webhooks", "get", hook.id]):
+        result = run_riftctl(command, url=queued_api.url, api_key=api_key, home=tmp_path,
+                             launcher=cli_launcher)
+        assert result.exit_code == 0, result.stderr
+        assert not any(c in result.stdout for c in "\x1b\x07\x9b\u202e"), repr(result.stdout)
+        flat = "".join(result.stdout.replace("│", " ").split())
+        assert "ok\\x1b[2J\\x1b]0;pwned\\x07\\x9b31m\\u202eevil" in flat, repr(result.stdout)

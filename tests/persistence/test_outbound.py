@@ -25,6 +25,7 @@ def fixed(*addresses: str):  # type: ignore[no-untyped-def]
     ("http://[::1]:8080/", "loopback"),
     ("http://[fe80::1]/", "link-local"),
     ("http://[fd00::1]/", "private"),
+    ("http://[fec0::1]/", "site-local"),  # deprecated, still internal; Python: global
     ("http://[::ffff:127.0.0.1]/", "loopback"),
     # 6to4 addresses embed an IPv4 host: 127.0.0.1, 10.0.0.1, 169.254.169.254
     ("http://[2002:7f00:1::]/", "loopback"),

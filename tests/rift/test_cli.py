@@ -705,3 +705,29 @@ def test_a_job_request_given_as_the_config_says_where_the_config_is(
     assert capsys.readouterr().err == (
         f"error: --config {request}: a job request (checkpoint_id, config, labels), not a "
         "RiftConfig: its 'config' object is the RiftConfig; save that object alone and give it\n")
+
+
+def test_a_runs_manifest_or_result_given_as_the_config_reruns_it(
+        digits_checkpoint_path: Path, digits_job_config: dict, tmp_path: Path) -> None:
+    """The record of a run (a run folder's or a job's manifest.json, its result.json) is what a
+    researcher has to repeat it: given as --config, its config is the one read. Before, every
+    recorded key was an "unknown setting" and architecture and dataset "required"."""
+    digits_job_config["attack"].update(steps=2)
+    digits_job_config["mrc"].update(steps=1, num_examples=64, batch_size=64)
+    digits_job_config["finetune"].update(epochs=1, lr_milestones=[])
+    digits_job_config["interpolation"]["alpha_step"] = 0.5
+    digits_job_config["evaluation"]["max_examples"] = 64
+    digits_job_config["preflight"] = {"examples": 0}
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(digits_job_config))
+    first = tmp_path / "first"
+    assert main(["run", "--checkpoint", str(digits_checkpoint_path), "--config", str(spec),
+                 "--out", str(first), "--quiet"]) == 0
+    for record in ("manifest.json", "result.json"):
+        again = tmp_path / record
+        assert main(["run", "--checkpoint", str(digits_checkpoint_path), "--config",
+                     str(first / record), "--out", str(again), "--quiet"]) == 0
+        assert (again / "tuned.safetensors").read_bytes() == \
+            (first / "tuned.safetensors").read_bytes(), record
+        assert json.loads((again / "run.json").read_text())["config"] == \
+            json.loads((first / "run.json").read_text())["config"]

@@ -36,7 +36,7 @@ def test_manifest_records_inputs_config_and_versions(digits_checkpoint_path: Pat
                               extra={"job_id": "j1"})
     assert digest == hashlib.sha256(digits_checkpoint_path.read_bytes()).hexdigest()
     assert manifest["checkpoint_sha256"] == digest and manifest["job_id"] == "j1"
-    assert manifest["dataset"] == {"name": "digits", "sha256": None}
+    assert manifest["dataset"] == {"name": "digits", "sha256": None, "splits_sha256": None}
     assert manifest["seed"] == config.seed and manifest["deterministic"] is True
     assert manifest["device"] == "cpu"
     versions = manifest["versions"]
@@ -72,3 +72,29 @@ def test_rerun_from_the_manifest_is_bit_identical_on_cpu(digits_checkpoint_path:
     assert [r["mrc"] for r in first_result["mrc"]["rows"]] == [
         r["mrc"] for r in second_result["mrc"]["rows"]]
     assert first_result["interpolation"]["points"] == second_result["interpolation"]["points"]
+
+
+def test_a_cli_run_stores_the_manifest_and_a_rerun_from_it_writes_the_same_files(
+        digits_checkpoint_path: Path, tmp_path: Path) -> None:
+    """The library's run folder holds the service's manifest.json, with what a bit-identical
+    rerun needs beyond the config (the examples read, the thread count); a rerun from it alone
+    writes byte-identical weights files."""
+    import rift
+
+    config = _fast_config()
+    run_pipeline(config, digits_checkpoint_path, tmp_path / "first")
+    manifest = json.loads((tmp_path / "first" / "manifest.json").read_text())
+    identity = json.loads((tmp_path / "first" / "run.json").read_text())
+    assert manifest["checkpoint_sha256"] == sha256_file(digits_checkpoint_path)
+    assert manifest["dataset"] == {"name": "digits", "sha256": None,
+                                   "splits_sha256": identity["dataset_fingerprint"]}
+    assert manifest["device"] == "cpu" and manifest["torch_threads"] == torch.get_num_threads()
+    assert manifest["versions"]["scikit-learn"]  # the digits images come from it
+    assert manifest["versions"]["rift-service"] == rift.__version__
+    assert config_from_manifest(manifest) == config
+
+    run_pipeline(config_from_manifest(manifest), digits_checkpoint_path, tmp_path / "second")
+    for name in ("finetuned.safetensors", "tuned.safetensors"):
+        assert (tmp_path / "first" / name).read_bytes() == \
+            (tmp_path / "second" / name).read_bytes(), name
+

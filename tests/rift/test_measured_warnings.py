@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rift.config import RiftConfig
+from rift.errors import ConfigError
 from rift.measured_warnings import mrc_table_warnings, not_robust_warning, tie_warning
 from rift.models import registry
 from rift.pipeline import (
@@ -205,10 +206,13 @@ def test_a_tied_mrc_choice_warns_in_the_stage_and_again_when_a_run_reloads_the_t
     assert "branch_a was chosen by definition order" in ties[0]["message"]
 
     # A run whose saved table is loaded (the stage skipped) still says its choice is a tie.
+    # (Fine-tuning the gated branch is then refused: the output does not depend on it.)
     out = tmp_path / "run"
-    run_pipeline(config, state, out)
+    with pytest.raises(ConfigError, match="'branch_a' would change nothing"):
+        run_pipeline(config, state, out)
     events.clear()
-    run_pipeline(config, state, out, callbacks)
+    with pytest.raises(ConfigError, match="'branch_a' would change nothing"):
+        run_pipeline(config, state, out, callbacks)
     assert ("stage_skipped", {"stage": "mrc", "reason": "output already saved"}) in events
     assert [w["message"] for w in _warnings(events) if "decided by a tie" in w["message"]] == [
         ties[0]["message"]]

@@ -197,6 +197,26 @@ def test_an_installed_architecture_returning_a_dict_with_logits_is_accepted(
     check_checkpoint_fits(config, _shapes(model), in_channels=3, image_size=8)
 
 
+def test_an_installed_builder_dropping_the_normalisation_given_is_refused_at_creation(
+        plugin_path: Path) -> None:
+    """A builder that reuses a built-in network and drops ``mean``/``std``: the job refuses it
+    (``rift.models.normalization_applied``), and the meta model's unset input buffers already
+    say so here (before: accepted, and the job ran unnormalised with no word)."""
+    raw = {"architecture": {"name": "drops_normalization_net", "num_classes": 4},
+           "dataset": {"name": "digits"}}
+    with torch.device("meta"):
+        model = rift.models.build_model(RiftConfig.model_validate(raw).architecture,
+                                        in_channels=3, image_size=8)
+    check_checkpoint_fits(RiftConfig.model_validate(raw), _shapes(model), in_channels=3,
+                          image_size=8)
+    raw["architecture"]["normalization"] = "cifar10"
+    with pytest.raises(ConfigError, match=r"'drops_normalization_net' ignores the input "
+                       r"normalisation it is given .*input buffers .* are unset") as caught:
+        check_checkpoint_fits(RiftConfig.model_validate(raw), _shapes(model), in_channels=3,
+                              image_size=8)
+    assert caught.value.field == "architecture.normalization"
+
+
 def test_a_googlenet_trained_with_its_auxiliary_heads_fits() -> None:
     """torchvision's GoogLeNet trained from scratch keeps aux1/aux2 in its state dict; the
     model is built with them (before: 20 unexpected keys, a 422 at creation)."""

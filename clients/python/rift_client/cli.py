@@ -39,6 +39,7 @@ import inspect
 import json
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -107,6 +108,7 @@ from rift_client.models import (
     _Resource,
 )
 from rift_client.retry import RetryPolicy
+from rift_client.terminal_text import TerminalConsole, terminal_safe
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_API_ERROR, EXIT_WAIT_TIMEOUT = 0, 1, 2, 3, 4
 # A script tells "fix the key", "wrong id" and "try again later" apart by these; all three were
@@ -124,7 +126,7 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
-class StdoutConsole(Console):
+class StdoutConsole(TerminalConsole):
     """The console of results: a reader that closes the pipe raises ``BrokenPipeError``, which
     every command ends on quietly (``cli_help.RiftCommand``); rich's own answer is exit 1,
     the code of a failed job."""
@@ -256,7 +258,7 @@ def main_options(
         # "[/prefix]", a field "labels.x.[key]", a label value), which rich would otherwise read
         # as style tags, and crash on.
         output=output, quiet=quiet, out=StdoutConsole(markup=False),
-        err=Console(stderr=True, markup=False),
+        err=TerminalConsole(stderr=True, markup=False),
         url_origin=config.api_url_origin, key_origin=config.api_key_origin)
 
 
@@ -755,12 +757,18 @@ class _RepeatedKeyError(ValueError):
 def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads keeps the last of a key given twice ({"lr": 0.1, "lr": 0.2} sent 0.2), and the
     # service, which refuses it, never sees the file.
-    keys = [key for key, _ in pairs]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    # Counted once: a count per key was quadratic in the keys of a --config file.
+    counts = Counter(key for key, _ in pairs)
+    repeated = sorted(key for key, count in counts.items() if count > 1)
     if repeated:
         raise _RepeatedKeyError(f"the key {repeated[0]!r} is given more than once in one object; "
                                 "give it once")
     return dict(pairs)
+
+
+#: Keys that make a JSON object with a ``config`` a run's record: ``manifest.json``'s version,
+#: ``result.json``'s chosen α.
+_RUN_RECORD_KEYS = frozenset({"manifest_version", "chosen_alpha"})
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -777,6 +785,11 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise typer.BadParameter(f"{path} must hold a JSON object (the job's RiftConfig)",
                                  param_hint="--config")
+    if isinstance(config.get("config"), dict) and _RUN_RECORD_KEYS & set(config):
+        # A job's manifest.json or result.json (or a library run folder's): its 'config' is the
+        # full config the job ran, what a rerun submits (the riftctl twin of `rift run
+        # --config`, rift/cli.py; this client imports no rift).
+        return dict(config["config"])
     if isinstance(config.get("config"), dict) and "architecture" not in config:
         # A POST /v1/jobs body saved from curl or the docs: sent as the config, every key of it
         # came back "unknown setting".
@@ -859,7 +872,7 @@ def _wait(state: State, client: RiftClient, job_id: str, timeout: float | None,
         def update(job: Job) -> None:
             done = STAGES.index(job.stage) + job.progress if job.stage in STAGES else 0.0
             bar.update(task, completed=len(STAGES) if job.finished else done,
-                       description=f"job {job_id}: {_describe(job)}")
+                       description=terminal_safe(f"job {job_id}: {_describe(job)}"))
 
         def outage(error: RiftClientError | None) -> None:
             # The wait goes on through an outage (up to RetryPolicy.max_outage_s) in silence
@@ -930,8 +943,9 @@ def jobs_create(
     checkpoint: Annotated[str, typer.Option(
         "--checkpoint", "-c", help="A checkpoint id, or a checkpoint file to send with the job "
         "(in the same request).")],
-    config: Annotated[Path, typer.Option("--config", help="JSON file with the job's RiftConfig.",
-                                         callback=_home_expanded)],
+    config: Annotated[Path, typer.Option(
+        "--config", help="JSON file with the job's RiftConfig, or a job's manifest.json or "
+        "result.json (its config: the job again).", callback=_home_expanded)],
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="An uploaded dataset's id, or an .npz / ImageFolder tar to upload "
         "first (for config.dataset.name npz or imagefolder).")] = None,
