@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.client.conftest import RunningApi
 from tests.client.helpers import ScriptedReply, ScriptedServer, run_riftctl
 from tests.preloaded_launcher import Launcher
 
@@ -198,6 +199,19 @@ def test_output_and_quiet_after_the_command_are_riftctls_own() -> None:
     # Nothing after "--" moves; a line without them is unchanged.
     assert hoist_root_options(["jobs", "get", "--", "-q"]) == ["jobs", "get", "--", "-q"]
     assert hoist_root_options(["-o", "json", "usage"]) == ["-o", "json", "usage"]
+
+
+@pytest.mark.service
+def test_connection_options_after_the_command_are_riftctls_own(
+        queued_api: RunningApi, api_key: str | None, tmp_path: Path,
+        cli_launcher: Launcher | None) -> None:
+    # A CI step appends them to the command it runs: before, "No such option: --url", exit 2.
+    assert api_key is not None
+    result = run_riftctl(["jobs", "list", "--url", queued_api.url, f"--api-key={api_key}",
+                          "--retries", "0", "--timeout-http=30", "--upload-timeout", "60",
+                          "-o", "json"], url=None, api_key=None, home=tmp_path,
+                         launcher=cli_launcher)
+    assert result.exit_code == 0 and json.loads(result.stdout) == [], result.stderr
 
 
 def test_a_listing_asked_as_json_after_the_command_is_json(tmp_path: Path) -> None:

@@ -96,3 +96,13 @@ def test_a_near_miss_of_a_key_names_the_key_meant(tmp_path: Path, text: str, mea
     with pytest.raises(ConfigError) as caught:
         resolve_config(url=None, api_key=None, timeout=None, env={"RIFTCTL_CONFIG": str(path)})
     assert f"(did you mean {meant}?)" in str(caught.value)
+
+
+def test_the_key_is_out_of_the_configs_repr(tmp_path: Path) -> None:
+    path = tmp_path / "riftctl.toml"
+    path.write_text('api_key = "rift_abc_from-the-file"\n')
+    for config in (resolve_config(url=None, api_key="rift_abc_from-a-flag", timeout=None, env={}),
+                   resolve_config(url=None, api_key=None, timeout=None,
+                                  env={"RIFTCTL_CONFIG": str(path)})):
+        assert config.api_key and config.api_key not in repr(config)
+        assert config.api_key not in str(config) and "api_url=" in repr(config)

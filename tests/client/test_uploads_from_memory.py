@@ -109,3 +109,26 @@ def test_file_objects_an_upload_cannot_use_are_refused_before_sending(
         with pytest.raises(TypeError, match=r"path must be a file's path .* not int"):
             client.upload_dataset(3)  # type: ignore[arg-type]
     assert server.seen == []
+
+
+def test_a_model_a_state_dict_or_a_tensor_is_refused_saying_how_to_send_it(
+        rift: RiftClient, queued_api: RunningApi) -> None:
+    # A notebook holds the model, not a file: before, "not OrderedDict" / "not Linear", which
+    # says what is wrong but not what to pass instead.
+    import numpy as np
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    for source, hint in ((model, r"torch\.save\(model\.state_dict\(\), buffer\)"),
+                         (model.state_dict(), r"torch\.save\(state_dict, buffer\)"),
+                         (torch.zeros(3), r"io\.BytesIO"), (np.zeros(3), r"numpy\.savez")):
+        with pytest.raises(TypeError, match=hint):
+            rift.upload_checkpoint(source)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"checkpoint_file must be .*" + hint):
+            rift.create_job({"config": digits_config()}, checkpoint_file=source)  # type: ignore[arg-type]
+    assert rift.list_checkpoints_page().items == [] and rift.list_jobs_page().items == []
+    # What the message says to do is accepted as it is written.
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    assert rift.upload_checkpoint(buffer, filename="linear.pt").format == "torch"

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import httpx
 
 from rift_client.arguments import UploadSource
-from rift_client.client import RiftClient, client_settings, closed_message
+from rift_client.client import RiftClient, client_pickle, client_settings, closed_message
 from rift_client.core import DEFAULT_UPLOAD_TIMEOUT_S, STREAM_READ_TIMEOUT_S
 from rift_client.errors import RiftClientError, RiftUsageError
 from rift_client.flows import (
@@ -117,13 +117,14 @@ class AsyncRiftClient:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._core, headers = client_settings(base_url, api_key, timeout, upload_timeout, retry)
+        self._core, headers = client_settings(base_url, api_key, timeout, upload_timeout, retry,
+                                              environment_proxies=transport is None)
         self.base_url = self._core.base_url
         self.retry = self._core.retry
-        self.timeout = timeout
-        self.upload_timeout = upload_timeout
+        self.timeout = self._core.timeout  # a plain float, also when given np.float32
+        self.upload_timeout = self._core.upload_timeout
         self._http_options: dict[str, Any] = {
-            "base_url": self.base_url, "headers": headers, "timeout": timeout,
+            "base_url": self.base_url, "headers": headers, "timeout": self.timeout,
             "transport": transport}
         self._http = httpx.AsyncClient(**self._http_options)
         #: The event loop of the first call: the pooled connections belong to it.
@@ -140,6 +141,9 @@ class AsyncRiftClient:
         if not self._http.is_closed:
             self._usable()
         await self._http.aclose()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return client_pickle(self)
 
     async def __aenter__(self) -> AsyncRiftClient:
         self._usable()

@@ -16,7 +16,8 @@ Exit codes (for CI jobs and scripts):
     1  the job failed or was cancelled (materialize --wait: the materialization failed;
        export-mlflow --wait: the export failed)
     2  usage error (bad option, missing file, invalid config file or JSON, a URL or key that
-       cannot be used, a local file that cannot be read or written)
+       cannot be used, a TLS certificate not trusted here, a local file that cannot be read or
+       written)
     3  the service refused the request (an error answer not listed below: 409, 422, 429,
        ...), or a checksum mismatch
     4  ``wait`` gave up: the job was still running when --timeout passed
@@ -63,6 +64,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rift_client import __version__
+from rift_client.arguments import local_path_text
 from rift_client.cli_help import RiftTyper
 from rift_client.cli_input import STDIN, as_regular_file, is_stream
 from rift_client.client import RiftClient
@@ -81,6 +83,7 @@ from rift_client.errors import (
     RiftUsageError,
     ServerError,
     UnexpectedResponseError,
+    UntrustedCertificateError,
     WaitTimeoutError,
 )
 from rift_client.models import (
@@ -175,13 +178,15 @@ class State:
 
 
 app = RiftTyper(help="Command line of the RiFT service (Robust Critical Fine-Tuning).",
-                  epilog="Exit codes: 0 success, 1 job failed or cancelled, 2 usage error, "
+                  epilog="Exit codes: 0 success, 1 job failed or cancelled, 2 usage error "
+                  "(or a TLS certificate not trusted: SSL_CERT_FILE names a CA bundle), "
                   "3 refused by the service (or checksum mismatch), 4 wait timed out, "
                   "5 key missing, invalid or without the scope (401/403), 6 not found (404), "
                   "7 service unreachable or failing (5xx, not the API), 130 interrupted "
                   "(a download keeps its .part to resume). Config file: "
                   "RIFTCTL_CONFIG or ~/.config/riftctl/config.toml (api_url, "
-                  "api_key, timeout, upload_timeout).",
+                  "api_key, timeout, upload_timeout). Proxies: HTTP_PROXY, HTTPS_PROXY, "
+                  "NO_PROXY.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 checkpoints_app = RiftTyper(help="Upload, list, show and delete checkpoints.",
                               no_args_is_help=True)
@@ -303,6 +308,11 @@ def _client(state: State) -> Iterator[RiftClient]:
         _fail(state, api_error_exit_code(exc), f"{exc.summary()}; {hint}" if hint else str(exc), {
             **_renamed_details(exc.details), "status": exc.status_code, "code": exc.code,
             "message": exc.message, "field": exc.field, **({"hint": hint} if hint else {})})
+    except UntrustedCertificateError as exc:
+        # This machine's trust, not the service's health: exit 2 (fix the setup), not 7 (a
+        # CI step's "try again later", which no retry would end).
+        _fail(state, EXIT_USAGE, str(exc), {"code": "untrusted_certificate", "message": str(exc),
+                                            "reason": exc.reason})
     except RiftConnectionError as exc:
         # Nothing answers at the URL: say which of the four places gave it (a stale
         # RIFT_API_URL in the shell, a config file's api_url the user forgot about).
@@ -877,10 +887,16 @@ def _wait(state: State, client: RiftClient, job_id: str, timeout: float | None,
                            on_outage=outage)
 
 
+def _home_expanded(value: Path | None) -> Path | None:
+    """A path option's value with ``~`` made the home folder: no shell expands it in
+    ``--out=~/weights`` or in a quoted value (see ``local_path_text``)."""
+    return None if value is None else Path(local_path_text(value))
+
+
 def _file_or_id(value: str, noun: str, option: str) -> Path:
     """``value`` as a path; a usage error naming ``option`` when it is neither a file nor an id
     (sent as an id, a mistyped file name came back as a 422 on the id's pattern, exit 3)."""
-    path = Path(value)
+    path = Path(local_path_text(value))
     if not path.is_file() and not CHECKPOINT_ID.fullmatch(value):
         why = "a folder" if path.is_dir() else "no such file"
         raise typer.BadParameter(f"{value}: {why}, and not a {noun} id (ids are letters, digits, "
@@ -929,7 +945,7 @@ def jobs_create(
         "(in the same request).")],
     config: Annotated[Path, typer.Option(
         "--config", help="JSON file with the job's RiftConfig, or a job's manifest.json or "
-        "result.json (its config: the job again).")],
+        "result.json (its config: the job again).", callback=_home_expanded)],
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="An uploaded dataset's id, or an .npz / ImageFolder tar to upload "
         "first (for config.dataset.name npz or imagefolder).")] = None,
@@ -1144,7 +1160,8 @@ def jobs_download(
     job_id: str,
     names: Annotated[list[str] | None, typer.Argument(
         help="Artifacts to download (default: all).", show_default=False)] = None,
-    out: Annotated[Path, typer.Option("--out", "-d", help="Folder to save them in.")] = Path("."),
+    out: Annotated[Path, typer.Option("--out", "-d", help="Folder to save them in.",
+                                      callback=_home_expanded)] = Path("."),
 ) -> None:
     """Download a job's artifacts (tuned weights, MRC table, ...), checking each SHA-256."""
     state = _state(ctx)
@@ -1209,7 +1226,7 @@ def jobs_materialize(
         "(exit 4).")] = None,
     download: Annotated[Path | None, typer.Option(
         "--download", "-d", help="Folder to save tuned@<α>.safetensors in once made, its "
-        "SHA-256 checked (implies --wait).")] = None,
+        "SHA-256 checked (implies --wait).", callback=_home_expanded)] = None,
     poll_interval: Annotated[float, typer.Option("--poll-interval", min=0.1,
                                                  help="Seconds between two looks.")] = 1.0,
 ) -> None:
@@ -1776,12 +1793,13 @@ _ROOT_VALUE_OPTIONS = ("--url", "--api-key", "--output", "-o", "--timeout-http",
 
 
 def hoist_root_options(argv: Sequence[str]) -> list[str]:
-    """``argv`` with ``--output text|json`` and ``--quiet`` moved before the command when typed
-    after it (``riftctl jobs list --output json``): they are options of riftctl itself, and
-    there they were "No such option: --output" (``jobs download``: "Possible options: --out",
-    the wrong hint). No command has options of those names, so moving them (with the value
-    after ``--output``/``-o``, which riftctl then checks) changes no meaning; nothing after
-    ``--`` moves."""
+    """``argv`` with riftctl's own options (``--output``, ``--quiet``, and since the notebook
+    hunt ``--url``, ``--api-key``, ``--retries``, ``--timeout-http``, ``--upload-timeout``)
+    moved before the command when typed after it (``riftctl jobs list --output json``, a CI
+    step's ``riftctl jobs get ID --url $URL``): there they were "No such option: --output"
+    (``jobs download``: "Possible options: --out", the wrong hint). No command has options of
+    those names, so moving them (with the value after one that takes a value, which riftctl
+    then checks) changes no meaning; nothing after ``--`` moves."""
     start = 0
     while start < len(argv) and argv[start].startswith("-"):
         start += 2 if argv[start] in _ROOT_VALUE_OPTIONS else 1
@@ -1794,11 +1812,12 @@ def hoist_root_options(argv: Sequence[str]) -> list[str]:
         if word == "--":
             kept.extend(tail[index:])
             break
-        if word in ("--output", "-o") and index + 1 < len(tail):
+        if word in _ROOT_VALUE_OPTIONS and index + 1 < len(tail):
             moved.extend(tail[index:index + 2])
             index += 2
             continue
-        if word.startswith("--output=") or word in ("--quiet", "-q"):
+        if (word.split("=", 1)[0] in _ROOT_VALUE_OPTIONS and "=" in word) \
+                or word in ("--quiet", "-q"):
             moved.append(word)
         else:
             kept.append(word)

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -86,7 +86,11 @@ from rift_client.models import (
     WebhookDelivery,
     Worker,
 )
+from rift_client.proxies import environment_proxy
 from rift_client.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from rift_client.async_client import AsyncRiftClient
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_UPLOAD_TIMEOUT_S", "ProgressCallback", "RiftClient",
            "client_settings"]
@@ -95,10 +99,11 @@ T = TypeVar("T")
 
 
 def client_settings(base_url: str | None, api_key: str | None, timeout: float,
-                    upload_timeout: float, retry: RetryPolicy | None
-                    ) -> tuple[RiftCore, dict[str, str]]:
+                    upload_timeout: float, retry: RetryPolicy | None, *,
+                    environment_proxies: bool = True) -> tuple[RiftCore, dict[str, str]]:
     """The core of a client and the headers of its every request, from its arguments and the
-    environment (``RIFT_API_URL``, ``RIFT_API_KEY``); both clients are made with this."""
+    environment (``RIFT_API_URL``, ``RIFT_API_KEY``, and the proxy variables httpx reads unless
+    the caller gave a transport: ``environment_proxies``); both clients are made with this."""
     from_env = os.environ.get("RIFT_API_URL")
     # Named in the error of a URL where nothing answers (before, it listed riftctl's places to
     # a Python caller who may have set none of them).
@@ -106,15 +111,40 @@ def client_settings(base_url: str | None, api_key: str | None, timeout: float,
               "the default: no base_url given and RIFT_API_URL unset")
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise RiftUsageError(f"retry must be a RetryPolicy or None, not {retry!r:.100}", field="retry")
-    core = RiftCore(checked_base_url(base_url or from_env or DEFAULT_BASE_URL),
-                    retry or RetryPolicy(), positive_seconds("timeout", timeout),
-                    positive_seconds("upload_timeout", upload_timeout), url_origin=origin)
+    checked = checked_base_url(base_url or from_env or DEFAULT_BASE_URL)
+    url = httpx.URL(checked)
+    core = RiftCore(checked, retry or RetryPolicy(), positive_seconds("timeout", timeout),
+                    positive_seconds("upload_timeout", upload_timeout), url_origin=origin,
+                    via_proxy=environment_proxy(url.scheme, url.host) if environment_proxies
+                    else None)
     key = api_key if api_key is not None else os.environ.get("RIFT_API_KEY")
     headers = {"User-Agent": f"rift-client/{__version__}", "Accept": "application/json"}
     if key:
         token = header_token("the API key", key, field="api_key", secret=True)
         headers["Authorization"] = f"Bearer {token}"
     return core, headers
+
+
+def client_pickle(client: RiftClient | AsyncRiftClient) -> tuple[Any, tuple[Any, ...]]:
+    """How a client pickles (``__reduce__``): as its settings, rebuilt in the receiving process
+    with connections of its own (joblib's workers, a spawn-started process pool, dask), as a
+    requests ``Session`` pickles. Before, "TypeError: cannot pickle '_thread.RLock' object",
+    naming neither the client nor what to do. The key travels with it (as it would in the
+    arguments of a client made there); a caller's ``transport=`` cannot be rebuilt."""
+    options = client._http_options
+    if options["transport"] is not None:
+        raise TypeError(f"a {type(client).__name__} made with transport= cannot be pickled: make "
+                        "one in each process instead")
+    # "": no key, also where the receiving process has RIFT_API_KEY set.
+    key = options["headers"].get("Authorization", "").removeprefix("Bearer ")
+    return _rebuilt_client, (type(client), client.base_url, key, client.timeout,
+                             client.upload_timeout, client.retry)
+
+
+def _rebuilt_client(kind: type[Any], base_url: str, api_key: str, timeout: float,
+                    upload_timeout: float, retry: RetryPolicy) -> Any:
+    return kind(base_url, api_key=api_key, timeout=timeout, upload_timeout=upload_timeout,
+                retry=retry)
 
 
 def closed_message(client: str) -> str:
@@ -147,13 +177,14 @@ class RiftClient:
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._core, headers = client_settings(base_url, api_key, timeout, upload_timeout, retry)
+        self._core, headers = client_settings(base_url, api_key, timeout, upload_timeout, retry,
+                                              environment_proxies=transport is None)
         self.base_url = self._core.base_url
         self.retry = self._core.retry
-        self.timeout = timeout
-        self.upload_timeout = upload_timeout
+        self.timeout = self._core.timeout  # a plain float, also when given np.float32
+        self.upload_timeout = self._core.upload_timeout
         self._http_options: dict[str, Any] = {
-            "base_url": self.base_url, "headers": headers, "timeout": timeout,
+            "base_url": self.base_url, "headers": headers, "timeout": self.timeout,
             "transport": transport}
         self._http = httpx.Client(**self._http_options)
         #: The process the connections were opened in (see ``_usable``).
@@ -165,6 +196,9 @@ class RiftClient:
         """Close the connections; closing again does nothing, and a call after raises
         :class:`RiftUsageError`."""
         self._http.close()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return client_pickle(self)
 
     def __enter__(self) -> RiftClient:
         self._usable()
@@ -258,7 +292,8 @@ class RiftClient:
 
     def ready(self) -> bool:
         """Whether the service answers ``/readyz`` with 200 (database, broker and store up, upload
-        validator started)."""
+        validator started); :class:`UntrustedCertificateError` when its TLS certificate is not
+        trusted here (no later look would pass)."""
         return self._run(self._core.ready())
 
     def wait_until_ready(self, timeout: float = 60.0, *, poll_interval: float = 0.5) -> None:

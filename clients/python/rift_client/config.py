@@ -20,7 +20,7 @@ import difflib
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rift_client.client import DEFAULT_BASE_URL, DEFAULT_UPLOAD_TIMEOUT_S
@@ -37,7 +37,8 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class CliConfig:
     api_url: str
-    api_key: str | None
+    #: Out of repr(): a debugging print or a traceback's locals would show the key.
+    api_key: str | None = field(repr=False)
     timeout: float
     upload_timeout: float
     source: Path | None

@@ -28,8 +28,11 @@ from rift_client import partfile
 from rift_client.arguments import (
     Sendable,
     UploadSource,
+    checked_id,
     finite_number,
     item_limit,
+    json_document,
+    plain_scalar,
     save_target,
     sendable,
     wait_times,
@@ -44,6 +47,7 @@ from rift_client.errors import (
     RiftConnectionError,
     RiftUsageError,
     UnexpectedResponseError,
+    UntrustedCertificateError,
     WaitTimeoutError,
     api_error_from_response,
 )
@@ -91,7 +95,15 @@ from rift_client.models import (
     Worker,
     _Resource,
 )
-from rift_client.retry import GATEWAY_STATUSES, Outage, RetryPolicy, is_outage, sent_nothing
+from rift_client.proxies import shown_url
+from rift_client.retry import (
+    GATEWAY_STATUSES,
+    Outage,
+    RetryPolicy,
+    is_outage,
+    sent_nothing,
+    untrusted_certificate,
+)
 from rift_client.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -201,7 +213,7 @@ def _project_limits(limits: Mapping[str, int | None] | None) -> dict[str, int | 
     if unknown:
         raise RiftUsageError(f"limits: {', '.join(map(str, unknown))} is not a project limit "
                              f"(known: {', '.join(PROJECT_LIMITS)})", field="limits")
-    return dict(limits)
+    return {name: plain_scalar(value) for name, value in limits.items()}  # type: ignore[misc]
 
 
 def header_token(what: str, value: str, *, field: str, secret: bool = False) -> str:
@@ -249,14 +261,23 @@ def checked_base_url(raw: str) -> str:
     """The service's base URL without a trailing slash, or :class:`RiftUsageError` when it is
     not ``http(s)://host[:port][/prefix]`` (httpx would raise its own ``InvalidURL`` when the
     client is made, or fail every request as a connection error after all the retries)."""
+    shown = shown_url(raw)[:200] if isinstance(raw, str) else raw
     try:
         url = httpx.URL(raw)
     except (httpx.InvalidURL, TypeError) as exc:
-        raise RiftUsageError(f"the base URL {raw[:200]!r} is not a valid URL: {exc}",
+        raise RiftUsageError(f"the base URL {shown!r} is not a valid URL: {exc}",
                              field="base_url") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise RiftUsageError(f"the base URL {raw[:200]!r} must look like "
+        raise RiftUsageError(f"the base URL {shown!r} must look like "
                              "http(s)://host[:port][/prefix]", field="base_url")
+    if url.userinfo:
+        # httpx sends a URL's user:password as Basic auth, which replaced the Bearer key on
+        # every request (each one a 401 that blamed the Authorization header), and every
+        # connection error printed the password with the URL.
+        raise RiftUsageError(
+            f"the base URL {shown!r} holds a user name or password (before '@'): httpx would "
+            "send them in place of the API key, which the service refuses; give the URL "
+            "without them and the key as api_key= or RIFT_API_KEY", field="base_url")
     return raw.rstrip("/")
 
 
@@ -266,7 +287,8 @@ def _job_spec(spec: JobSpec | Mapping[str, Any]) -> dict[str, Any]:
         job_spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
     except ValidationError as exc:
         raise RiftUsageError(_job_spec_error(exc, spec), field=_job_spec_field(exc)) from exc
-    body: dict[str, Any] = {"config": job_spec.config, "labels": job_spec.labels}
+    body: dict[str, Any] = {"config": json_document("spec.config", job_spec.config),
+                            "labels": job_spec.labels}
     if job_spec.dataset_id is not None:
         body["dataset_id"] = job_spec.dataset_id
     if job_spec.time_limit_seconds is not None:
@@ -413,6 +435,9 @@ class RiftCore:
     #: How the base URL was chosen when the caller did not give it ("RIFT_API_URL's", "the
     #: default"), for the error of a URL where nothing answers; None when given as an argument.
     url_origin: str | None = None
+    #: The environment's proxy the requests go through (``rift_client.proxies``), for the
+    #: error of a connection that failed: the proxy's, not the service's; None: direct.
+    via_proxy: str | None = None
 
     # ------------------------------------------------------------------------------ plumbing
 
@@ -436,7 +461,7 @@ class RiftCore:
             except httpx.TransportError as exc:
                 pause = self.retry.backoff(retry)
                 if (idempotent or sent_nothing(exc)) and retry < self.retry.max_retries \
-                        and _before(deadline, pause):
+                        and _before(deadline, pause) and not untrusted_certificate(exc):
                     if lost is not None and not sent_nothing(exc):
                         lost.append(repr(exc))
                     yield Sleep(pause)
@@ -472,7 +497,8 @@ class RiftCore:
                                       follow_redirects=follow_redirects)
             except httpx.TransportError as exc:
                 pause = self.retry.backoff(retry)
-                if retry < self.retry.max_retries and _before(deadline, pause):
+                if retry < self.retry.max_retries and _before(deadline, pause) \
+                        and not untrusted_certificate(exc):
                     yield Sleep(pause)
                     retry += 1
                     continue
@@ -494,7 +520,24 @@ class RiftCore:
         """The error for a request that got no answer. One that could not even connect says
         where the URL came from (a wrong or unset RIFT_API_URL is the usual cause)."""
         elsewhere = path.startswith(("http://", "https://"))  # a presigned store URL
-        text = f"{method} {path if elsewhere else self.base_url + path}: {exc!r}"
+        url = path if elsewhere else self.base_url + path
+        certificate = untrusted_certificate(exc)
+        if certificate is not None:
+            reason = certificate.verify_message or str(certificate)
+            return UntrustedCertificateError(
+                f"{method} {url}: the server's TLS certificate is not trusted here ({reason}); "
+                "give the CA bundle (PEM) that signed it in SSL_CERT_FILE (httpx trusts "
+                "certifi's list, not the system's), or transport=httpx.HTTPTransport("
+                "verify=ssl.create_default_context(cafile=...))", reason=reason)
+        text = f"{method} {url}: {exc!r}"
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and not elsewhere \
+                and self.via_proxy:
+            # Before: "no service answers at <url>: check ... that the service is running",
+            # about a service that was running; the connection that failed was the proxy's.
+            host = httpx.URL(self.base_url).host
+            return RiftConnectionError(
+                f"{text}; the requests go through the proxy {self.via_proxy}, which did not "
+                f"answer: set NO_PROXY={host} to reach the service directly, or check the proxy")
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout) and not elsewhere:
             origin = f" (the URL is {self.url_origin})" if self.url_origin else ""
             text += (f"; no service answers at {self.base_url}{origin}: check the URL and that "
@@ -577,12 +620,17 @@ class RiftCore:
         try:
             response = yield Send("GET", "/readyz",
                                   _within(httpx.Timeout(self.timeout), deadline))
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
+            # Not ready yet, unless the certificate check failed: no later look would pass it
+            # (before, wait_until_ready looked until its timeout, then said "not ready").
+            if untrusted_certificate(exc) is not None:
+                raise self._connection_error("GET", "/readyz", exc) from exc
             return False
         return bool(response.status_code == 200)
 
     def wait_until_ready(self, timeout: float, poll_interval: float) -> Flow[None]:
-        wait_times(timeout, poll_interval)
+        given, poll_interval = wait_times(timeout, poll_interval)
+        timeout = timeout if given is None else given
         deadline = time.monotonic() + timeout
         # Each look ends with the wait: before, a /readyz that hung (a service starting, its
         # database not yet answering) was waited on for the client's whole timeout (60 s),
@@ -635,7 +683,7 @@ class RiftCore:
 
     def list_checkpoints(self, format: str | None, page_size: int,
                          limit: int | None) -> Flow[None]:
-        item_limit(limit)
+        limit = item_limit(limit)
         return _every_item(lambda cursor: self.list_checkpoints_page(format, page_size, cursor),
                            limit)
 
@@ -650,7 +698,7 @@ class RiftCore:
         return self._get("/v1/datasets", DatasetPage, **_page_params(page_size, cursor, kind=kind))
 
     def list_datasets(self, kind: str | None, page_size: int, limit: int | None) -> Flow[None]:
-        item_limit(limit)
+        limit = item_limit(limit)
         return _every_item(lambda cursor: self.list_datasets_page(kind, page_size, cursor), limit)
 
     def get_dataset(self, dataset_id: str) -> Flow[Dataset]:
@@ -677,8 +725,10 @@ class RiftCore:
         if checkpoint_file is not None:
             file = sendable("checkpoint_file", checkpoint_file)
             return self._create_job_with_file(fields, file, key, progress)
-        # Sent in the body as given: the service names it if it is not an id.
-        return self._create_job(fields, cast(str, checkpoint_id), key)
+        # Sent in the body as given (the service names it if it is not an id's pattern), once
+        # it is a string.
+        return self._create_job(fields, checked_id("checkpoint_id", cast(str, checkpoint_id)),
+                                key)
 
     def _create_job(self, fields: dict[str, Any], checkpoint_id: str, key: str) -> Flow[Job]:
         response = yield from self.request(
@@ -713,7 +763,7 @@ class RiftCore:
     def list_jobs(self, status: str | Sequence[str] | None, labels: Mapping[str, str] | None,
                   page_size: int, limit: int | None,
                   expand: str | Sequence[str] | None = None) -> Flow[None]:
-        item_limit(limit)
+        limit = item_limit(limit)
         return _every_item(
             lambda cursor: self.list_jobs_page(status, labels, page_size, cursor, expand), limit)
 
@@ -739,7 +789,7 @@ class RiftCore:
     def wait(self, job_id: str, timeout: float | None, poll_interval: float,
              on_update: Callable[[Job], None] | None, follow_events: bool,
              on_outage: Callable[[RiftClientError | None], None] | None = None) -> Flow[Job]:
-        wait_times(timeout, poll_interval)
+        timeout, poll_interval = wait_times(timeout, poll_interval)
         _seg("job_id", job_id)
         return self._wait(job_id, timeout, poll_interval, on_update, follow_events, on_outage)
 
@@ -862,7 +912,7 @@ class RiftCore:
 
     def stream_events(self, job_id: str, after: int, max_reconnects: int, read_timeout: float,
                       timeout: float | None) -> Flow[None]:
-        wait_times(timeout, read_timeout, interval_name="read_timeout")
+        timeout, read_timeout = wait_times(timeout, read_timeout, interval_name="read_timeout")
         _seg("job_id", job_id)
         return self._events(job_id, after=after, max_reconnects=max_reconnects,
                             read_timeout=read_timeout, timeout=timeout, retry_answers=True,
@@ -992,7 +1042,7 @@ class RiftCore:
 
     def wait_mlflow_export(self, job_id: str, request_event_id: int, timeout: float | None,
                            poll_interval: float) -> Flow[MlflowExportOutcome]:
-        wait_times(timeout, poll_interval)
+        timeout, poll_interval = wait_times(timeout, poll_interval)
         _seg("job_id", job_id)
         if isinstance(request_event_id, bool) or not isinstance(request_event_id, int):
             raise RiftUsageError("request_event_id must be the event_id export_to_mlflow "
@@ -1046,7 +1096,7 @@ class RiftCore:
                              poll_interval: float,
                              on_update: Callable[[Materialization], None] | None
                              ) -> Flow[Materialization]:
-        wait_times(timeout, poll_interval)
+        timeout, poll_interval = wait_times(timeout, poll_interval)
         return self._wait_materialization(job_id, materialization_id, timeout, poll_interval,
                                           on_update)
 

@@ -40,6 +40,19 @@ class RiftConnectionError(RiftClientError):
         self.unreachable_url = unreachable_url
 
 
+class UntrustedCertificateError(RiftConnectionError):
+    """The service answered over TLS with a certificate this machine does not trust (a company
+    CA, a self-signed one): ``reason`` is the check's own words. Not retried and not an outage
+    (a wait ends at once): trying again cannot change it. httpx trusts ``certifi``'s list, not
+    the system's; ``SSL_CERT_FILE`` (a PEM bundle) adds a CA for the clients and ``riftctl``.
+    Before, it read "no service answers at <url>: check ... that the service is running",
+    after 4 retries (and a wait looked again for up to 5 minutes)."""
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class RiftUsageError(RiftClientError, ValueError):
     """An argument the client cannot use, found before anything is sent: a base URL that is not
     ``http(s)://host[:port][/prefix]``, an API key or Idempotency-Key with characters an HTTP

@@ -459,7 +459,10 @@ class CreatedWebhook(Webhook):
     """The answer to a registration: the endpoint and its signing secret, shown this once (and
     again only to a retry under the same Idempotency-Key)."""
 
-    secret: str = Field(description="whsec_<base64>: pass it to rift_client.verify_webhook.")
+    # Left out of repr() and str(): a notebook cell's echo, a log line or a traceback's locals
+    # would show it to whoever reads them (before, the whole whsec_ secret); read .secret.
+    secret: str = Field(repr=False, description="whsec_<base64>: pass it to "
+                        "rift_client.verify_webhook.")
 
 
 class WebhookAttempt(_Resource):
@@ -563,7 +566,9 @@ class ApiKey(_Resource):
 class CreatedApiKey(ApiKey):
     """The answer to a key's creation: the key and its secret, shown this once."""
 
-    key: str = Field(description="rift_<prefix>_<secret>: store it now, it is not shown again.")
+    # Out of repr() and str() as CreatedWebhook.secret is (the public part is ``prefix``).
+    key: str = Field(repr=False, description="rift_<prefix>_<secret>: store it now, it is not "
+                     "shown again.")
 
 
 class Worker(_Resource):

@@ -5,8 +5,8 @@ down: the service did nothing), for every method; a proxy's 502 and 504 (the ser
 restarting, or slow to answer: it may have acted), and a connection lost after the request was
 sent, only for idempotent requests (reads, deletes, a job's cancel, and the POSTs sent under
 an Idempotency-Key); a connection that could not be opened (the request never left), for every
-method. The delay is the answer's ``Retry-After`` when it has one (seconds or an HTTP date),
-else exponential backoff with jitter.
+method, unless its certificate check failed (no retry passes that). The delay is the answer's
+``Retry-After`` when it has one (seconds or an HTTP date), else exponential backoff with jitter.
 
 A wait (``wait``, ``wait_materialization``) outlives an outage longer than one request's
 retries: :class:`Outage` decides how long it keeps looking.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,13 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from rift_client.errors import RiftAPIError, RiftClientError, RiftConnectionError, RiftUsageError
+from rift_client.errors import (
+    RiftAPIError,
+    RiftClientError,
+    RiftConnectionError,
+    RiftUsageError,
+    UntrustedCertificateError,
+)
 
 #: Answers saying the service did nothing (429: rate limited or over a quota; 503: a dependency
 #: down): retried for every method.
@@ -110,9 +117,23 @@ def sent_nothing(exc: httpx.TransportError) -> bool:
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
+def untrusted_certificate(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The failed certificate check behind a transport error (httpx wraps it twice), if any:
+    no retry can pass it."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` (raised once a request's retries were spent) says the service is down or
-    busy for now, not that the request is wrong: no connection, or 429/502/503/504."""
+    busy for now, not that the request is wrong: no connection, or 429/502/503/504 (a
+    certificate this machine does not trust is no outage)."""
+    if isinstance(exc, UntrustedCertificateError):
+        return False
     if isinstance(exc, RiftConnectionError):
         return True
     return isinstance(exc, RiftAPIError) and \
