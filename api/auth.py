@@ -21,6 +21,7 @@ from starlette.datastructures import State
 from api.errors import Forbidden, TooManyRequests, Unauthorized
 from api.limits import RateLimiter, project_rate_key, retry_after_header
 from persistence.api_keys import Scope, authenticate, effective_scopes
+from persistence.audit import Actor
 from persistence.settings import Settings
 from persistence.usage import ProjectLimits
 
@@ -49,6 +50,13 @@ class Caller:
     key_id: str
     scopes: frozenset[Scope]
     limits: ProjectLimits
+    #: The key's public prefix (rift_<prefix>_…), which the audit trail names it by.
+    key_prefix: str = ""
+
+    @property
+    def actor(self) -> Actor:
+        """The key as the audit trail records who made a change."""
+        return Actor.key(self.key_id, self.key_prefix)
 
     def require(self, scope: Scope) -> None:
         """Raise :class:`Forbidden` (403) unless the key has ``scope``."""
@@ -96,7 +104,8 @@ def authorized_caller(state: State, authorization: list[str], token: str | None,
                            error="invalid_token")
     key, project = found
     caller = Caller(project_id=project.id, project_name=project.name, key_id=key.id,
-                    scopes=effective_scopes(key.scopes), limits=ProjectLimits.of(project, settings))
+                    scopes=effective_scopes(key.scopes), limits=ProjectLimits.of(project, settings),
+                    key_prefix=key.prefix)
     caller.require(required_scope(method, path))
     return caller
 

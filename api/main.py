@@ -38,6 +38,7 @@ from api.request_input import check_request_input
 from api.route_options import RouteOptions
 from api.routes import (
     admin,
+    audit,
     checkpoints,
     datasets,
     health,
@@ -202,7 +203,7 @@ def create_app(
                    dependencies=[Depends(get_caller), Depends(check_accept),
                                  Depends(check_request_input)])
     for module in (checkpoints, datasets, jobs, job_events, job_results, job_report, materialize,
-                   mlflow_export, webhooks, usage, admin):
+                   mlflow_export, webhooks, usage, audit, admin):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router, prefix=API_PREFIX)

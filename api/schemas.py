@@ -530,3 +530,30 @@ class UsageOut(BaseModel):
         description="Requests counted against max_requests_per_minute in the current minute.")
     event_streams: EventStreamsOut = Field(
         description="Event streams open now against max_streams_per_key.")
+
+
+class AuditEventOut(BaseModel):
+    """One change and who made it (persistence.audit). Never a secret: a key is named by its
+    id and public prefix."""
+
+    id: str
+    occurred_at: datetime = Field(description="When the change committed (UTC).")
+    project_id: str | None = Field(description="The project changed; kept after its deletion.")
+    actor: Literal["api_key", "rift-admin"] = Field(
+        description="api_key: a request with an API key; rift-admin: the command line.")
+    actor_key_id: str | None = Field(description="The acting key's id (null for rift-admin).")
+    actor_key_prefix: str | None = Field(
+        description="The acting key's public prefix, rift_<prefix>_… (null for rift-admin).")
+    action: str = Field(description="e.g. job.created, job.cancelled, key.revoked, "
+                        "project.deleted.")
+    resource_kind: str = Field(description="job, checkpoint, dataset, key, project, ...")
+    resource_id: str | None
+    request_id: str | None = Field(description="The request's X-Request-ID, as the API logs "
+                                   "it (null from rift-admin).")
+    details: dict[str, Any] | None = Field(description="A few facts of the change, e.g. the "
+                                           "limits changed (from, to).")
+
+
+class AuditEventPageOut(BaseModel):
+    items: list[AuditEventOut] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page.")

@@ -11,6 +11,7 @@ the database; the settings come from the environment like every entry point's).
     rift-admin keys create --project NAME [--scope read|write|admin ...] [--name LABEL]
     rift-admin keys list [--project NAME]
     rift-admin keys revoke KEY_ID
+    rift-admin audit list [--project NAME|ID] [--limit N] [--json]   # who did what, newest first
 
 ``keys create`` prints the new key alone on stdout (``KEY=$(rift-admin keys create ...)``); it is
 shown this once and creates the project if it does not exist (saying so on stderr). Nothing else
@@ -55,6 +56,7 @@ from persistence.api_keys import (
     revoke_key,
     set_project_limits,
 )
+from persistence.audit import Actor, page_audit_events
 from persistence.command_line import add_version
 from persistence.db import (
     normalise_database_url,
@@ -74,6 +76,9 @@ from persistence.schema import MIGRATE_COMMAND, SchemaNotCurrent, check_schema
 from persistence.settings import Settings, settings_or_exit
 from persistence.storage import ObjectStore
 from persistence.usage import ProjectLimits, ProjectUsage, project_usage
+
+#: Who the audit trail says made the changes of this command line: no key, the operator.
+_CLI = Actor.admin_cli()
 
 
 def _refuse_whole_key(session: Session, given: str) -> None:
@@ -168,7 +173,25 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by its id (again: exit 0)",
                              parents=[common])
     revoke.add_argument("key_id", help="the key's id: the first column of `keys list`")
+
+    audit = groups.add_parser("audit", help="the audit trail: who changed what").add_subparsers(
+        dest="command", required=True)
+    audit_list = audit.add_parser(
+        "list", help="audit events, newest first; prints occurred_at<TAB>project<TAB>actor"
+        "<TAB>action<TAB>resource_id<TAB>request_id", parents=[common])
+    audit_list.add_argument("--project", help="this project's events only (its name, or its "
+                            "id for a deleted project's trail; default: every project's)")
+    audit_list.add_argument("--limit", type=int, default=AUDIT_LIST_DEFAULT,
+                            help=f"at most this many, 1 to {AUDIT_LIST_MAX} (default "
+                            f"{AUDIT_LIST_DEFAULT})")
+    audit_list.add_argument("--json", dest="output", action="store_const", const="json",
+                            help="the same as --output json")
     return parser
+
+
+#: ``audit list``: how many events by default, and at most (one statement each).
+AUDIT_LIST_DEFAULT = 50
+AUDIT_LIST_MAX = 10_000
 
 
 _DEFAULT = object()  # "default" on the command line: the limit's column back to NULL
@@ -239,7 +262,7 @@ def _found(session: Session, name: str) -> Project:
 
 def _projects_create(session: Session, args: argparse.Namespace, _: Settings) -> Output:
     existing = project_by_name(session, args.name) if args.exist_ok else None
-    project = existing or create_project(session, args.name)
+    project = existing or create_project(session, args.name, actor=_CLI)
     return Output({**_project_data(project), "created": existing is None},
                   [f"{project.id}\t{project.name}"],
                   None if existing is None else f"project '{project.name}' exists already")
@@ -263,7 +286,7 @@ def _projects_limits(session: Session, args: argparse.Namespace, settings: Setti
     found = _found(session, args.name)
     given = {limit: None if getattr(args, limit) is _DEFAULT else getattr(args, limit)
              for limit in LIMIT_MAXIMA if getattr(args, limit) is not None}
-    set_project_limits(session, found, given)
+    set_project_limits(session, found, given, actor=_CLI)
     limits = _limits_data(found)
     return Output({"project": found.name, "limits": limits},
                   [f"{limit}\t{'' if value is None else value}" for limit, value in limits.items()],
@@ -335,7 +358,8 @@ def _projects_delete(session: Session, args: argparse.Namespace, settings: Setti
     store, project = settings.build_object_store(), _found(session, args.name)
     _check_store_is_the_services(session, store, project, settings)
     gone = delete_project(session, store, project,
-                          force=args.force, wait_s=settings.project_delete_wait_seconds)
+                          force=args.force, wait_s=settings.project_delete_wait_seconds,
+                          actor=_CLI)
     return Output({"deleted": asdict(gone)}, note=(
         f"deleted project '{gone.name}': {gone.jobs} jobs, {gone.checkpoints} checkpoints, "
         f"{gone.datasets} datasets, {gone.webhooks} webhooks, {gone.keys} keys, "
@@ -345,8 +369,8 @@ def _projects_delete(session: Session, args: argparse.Namespace, settings: Setti
 def _keys_create(session: Session, args: argparse.Namespace, _: Settings) -> Output:
     check_key_request(args.scope or [], args.name)  # before making the project
     existed = project_by_name(session, args.project) is not None
-    project = create_project(session, args.project, exist_ok=True)
-    new = create_key(session, project, args.scope or [], args.name)
+    project = create_project(session, args.project, exist_ok=True, actor=_CLI)
+    new = create_key(session, project, args.scope or [], args.name, actor=_CLI)
     # A mistyped --project makes a new project: say so, where a script's log shows it.
     made = "" if existed else f" (a new project: '{project.name}' did not exist)"
     return Output({"key": new.key, **_key_data(new.row, project.name),
@@ -369,11 +393,43 @@ def _keys_list(session: Session, args: argparse.Namespace, _: Settings) -> Outpu
 
 def _keys_revoke(session: Session, args: argparse.Namespace, _: Settings) -> Output:
     _refuse_whole_key(session, args.key_id)
-    row = revoke_key(session, args.key_id)
+    row = revoke_key(session, args.key_id, actor=_CLI)
     if row is None:
         raise AdminError(f"no key with id '{args.key_id}' (`rift-admin keys list` shows the ids)")
     names = {p.id: p.name for p in session.query(Project).all()}
     return Output(_key_data(row, names.get(row.project_id, "?")), note=f"revoked key {row.id}")
+
+
+def _audit_list(session: Session, args: argparse.Namespace, _: Settings) -> Output:
+    if not 1 <= args.limit <= AUDIT_LIST_MAX:
+        raise AdminError(f"--limit must be between 1 and {AUDIT_LIST_MAX}, not {args.limit}")
+    project_id = None
+    if args.project is not None:
+        found = project_by_name(session, args.project)
+        # A deleted project has no name to find: its trail is asked for by its id.
+        project_id = found.id if found is not None else _project_id_or_refuse(args.project)
+    names = {p.id: p.name for p in session.query(Project).all()}
+    page = page_audit_events(session, project_id=project_id, limit=args.limit, cursor=None,
+                             every_project=True)
+    events = [{"id": e.id, "occurred_at": e.occurred_at.isoformat(), "project_id": e.project_id,
+               "project": names.get(e.project_id or ""), "actor": e.actor,
+               "actor_key_id": e.actor_key_id, "actor_key_prefix": e.actor_key_prefix,
+               "action": e.action, "resource_kind": e.resource_kind,
+               "resource_id": e.resource_id, "request_id": e.request_id, "details": e.details}
+              for e in page.items]
+    lines = ["\t".join([e.occurred_at.isoformat(),
+                        names.get(e.project_id or "") or e.project_id or "",
+                        f"rift_{e.actor_key_prefix}_…" if e.actor_key_prefix else e.actor,
+                        e.action, e.resource_id or "", e.request_id or ""])
+             for e in page.items]
+    return Output(events, lines)
+
+
+def _project_id_or_refuse(given: str) -> str:
+    if len(given) == 32 and all(c in "0123456789abcdef" for c in given):
+        return given
+    raise AdminError(f"no project named '{given}' (a deleted project's trail is listed by its "
+                     "id: the project_id column of `rift-admin audit list`)")
 
 
 Command = Callable[[Session, argparse.Namespace, Settings], Output]
@@ -383,7 +439,7 @@ COMMANDS: dict[tuple[str, str], Command] = {
     ("projects", "usage"): _projects_usage, ("projects", "delete"): _projects_delete,
     ("projects", "recount-storage"): _projects_recount_storage,
     ("keys", "create"): _keys_create, ("keys", "list"): _keys_list,
-    ("keys", "revoke"): _keys_revoke}
+    ("keys", "revoke"): _keys_revoke, ("audit", "list"): _audit_list}
 
 
 def _print(output: Output, form: str) -> None:

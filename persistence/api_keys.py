@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from persistence.audit import Actor, record_audit_event
 from persistence.models import (
     ApiKey,
     Project,
@@ -93,8 +94,10 @@ def project_by_name(session: Session, name: str) -> Project | None:
     return session.execute(select(Project).where(Project.name == name)).scalar_one_or_none()
 
 
-def create_project(session: Session, name: str, *, exist_ok: bool = False) -> Project:
-    """Create the project ``name`` (or return it when ``exist_ok``). Commits."""
+def create_project(session: Session, name: str, *, exist_ok: bool = False,
+                   actor: Actor | None = None) -> Project:
+    """Create the project ``name`` (or return it when ``exist_ok``), recording ``actor``'s
+    ``project.created`` with it (none when it existed). Commits."""
     check_project_name(name)
     existing = project_by_name(session, name)
     if existing is not None:
@@ -103,6 +106,9 @@ def create_project(session: Session, name: str, *, exist_ok: bool = False) -> Pr
         raise AdminError(f"project '{name}' already exists")
     project = Project(id=new_id(), name=name, created_at=utcnow())
     session.add(project)
+    if actor is not None:
+        record_audit_event(session, actor, "project.created", project_id=project.id,
+                           resource_id=project.id, details={"name": name})
     try:
         session.commit()
     except IntegrityError:
@@ -157,26 +163,34 @@ LIMIT_MAXIMA: dict[str, int] = {
 }
 
 
-def set_project_limits(session: Session, project: Project, limits: dict[str, int | None]
-                       ) -> Project:
+def set_project_limits(session: Session, project: Project, limits: dict[str, int | None],
+                       *, actor: Actor | None = None) -> Project:
     """Set the given limits of ``project`` (None: back to the setting's default); the others
     stay. :class:`AdminError` naming the limit for an unknown one or a value out of 1..its
-    maximum, before anything is changed. Commits."""
+    maximum, before anything is changed. ``actor``'s ``project.limits_changed`` names the
+    limits that changed (from, to); none is recorded when none did. Commits."""
     for limit, value in limits.items():
         if limit not in LIMIT_MAXIMA:
             raise AdminError(f"unknown limit '{limit[:64]}'; one of {', '.join(LIMIT_MAXIMA)}")
         if value is not None and not 1 <= value <= LIMIT_MAXIMA[limit]:
             raise AdminError(f"{limit} must be between 1 and {LIMIT_MAXIMA[limit]}, "
                              f"not {value}")
+    changed = {limit: {"from": getattr(project, limit), "to": value}
+               for limit, value in limits.items() if getattr(project, limit) != value}
     for limit, value in limits.items():
         setattr(project, limit, value)
+    if actor is not None and changed:
+        record_audit_event(session, actor, "project.limits_changed", project_id=project.id,
+                           resource_id=project.id, details={"name": project.name,
+                                                            "limits": changed})
     session.commit()
     return project
 
 
 def create_key(session: Session, project: Project, scopes: list[str],
-               name: str | None = None) -> NewKey:
-    """A new key of ``project`` with ``scopes`` (default ``read write``). Commits."""
+               name: str | None = None, *, actor: Actor | None = None) -> NewKey:
+    """A new key of ``project`` with ``scopes`` (default ``read write``), recorded as
+    ``actor``'s ``key.created`` (its id, prefix and scopes; never the secret). Commits."""
     chosen = check_key_request(scopes, name)
     prefix = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
@@ -184,6 +198,9 @@ def create_key(session: Session, project: Project, scopes: list[str],
                  secret_hash=hash_secret(secret), scopes=" ".join(chosen), name=name,
                  created_at=utcnow())
     session.add(row)
+    if actor is not None:
+        record_audit_event(session, actor, "key.created", project_id=project.id,
+                           resource_id=row.id, details={"prefix": prefix, "scopes": chosen})
     session.commit()
     return NewKey(row=row, key=f"{KEY_PREFIX}{prefix}_{secret}")
 
@@ -195,14 +212,20 @@ def list_keys(session: Session, project_id: str | None = None) -> list[ApiKey]:
     return list(session.execute(query).scalars())
 
 
-def revoke_key(session: Session, key_id: str, project_id: str | None = None) -> ApiKey | None:
-    """Revoke the key (idempotent); None if there is no such key (in ``project_id``). Commits."""
+def revoke_key(session: Session, key_id: str, project_id: str | None = None, *,
+               actor: Actor | None = None) -> ApiKey | None:
+    """Revoke the key (idempotent); None if there is no such key (in ``project_id``). The first
+    revocation is recorded as ``actor``'s ``key.revoked``; a repeat changes nothing and records
+    nothing. Commits."""
     row = session.get(ApiKey, key_id)
     if row is None or (project_id is not None and row.project_id != project_id):
         session.commit()
         return None
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+        if actor is not None:
+            record_audit_event(session, actor, "key.revoked", project_id=row.project_id,
+                               resource_id=row.id, details={"prefix": row.prefix})
     session.commit()
     return row
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from persistence.audit import Actor, record_audit_event
 from persistence.jobs import JobAlreadyFinished, request_cancel
 from persistence.models import (
     ApiKey,
@@ -181,14 +182,16 @@ def wait_until_stopped(session: Session, project_id: str, timeout_s: float, *,
 
 
 def delete_project(session: Session, store: ObjectStore, project: Project, *, force: bool,
-                   wait_s: float) -> DeletedProject:
+                   wait_s: float, actor: Actor | None = None) -> DeletedProject:
     """Delete the project, its keys, webhooks, jobs (with everything recorded about them:
     stages, events, artifacts, materializations), checkpoints and datasets, then their stored
     objects. :class:`ProjectHasActiveJobs` while it has queued or running jobs, unless ``force``
-    (see the module docstring), which waits up to ``wait_s`` for them to stop."""
+    (see the module docstring), which waits up to ``wait_s`` for them to stop. The rows' deletion
+    records ``actor``'s ``project.deleted`` in its transaction (the trail outlives the project:
+    ``audit_events.project_id`` is no foreign key)."""
     name, project_id = project.name, project.id
     if not force:
-        return _delete_rows_then_objects(session, store, name, project_id)
+        return _delete_rows_then_objects(session, store, name, project_id, actor, force)
     # Twice at most: a job request of one of its keys that authenticated before the keys were
     # revoked (a CI loop submitting while the project goes) may insert its job after the first
     # round of cancellations; the second round cancels it, instead of a 409 that told the
@@ -202,7 +205,7 @@ def delete_project(session: Session, store: ObjectStore, project: Project, *, fo
             if still:
                 raise ProjectHasActiveJobs(name, still, stopping=True)
         try:
-            return _delete_rows_then_objects(session, store, name, project_id)
+            return _delete_rows_then_objects(session, store, name, project_id, actor, force)
         except ProjectHasActiveJobs:
             if not rounds_left:
                 raise
@@ -220,7 +223,8 @@ def project_storage_keys(session: Session, project_id: str) -> list[str]:
 
 
 def _delete_rows_then_objects(session: Session, store: ObjectStore, name: str,
-                              project_id: str) -> DeletedProject:
+                              project_id: str, actor: Actor | None = None,
+                              force: bool = False) -> DeletedProject:
     """:func:`delete_project`'s rows (one transaction under the project's lock), then its
     objects; :class:`ProjectHasActiveJobs` (nothing deleted) while it has active jobs."""
     with transaction(session):
@@ -248,6 +252,15 @@ def _delete_rows_then_objects(session: Session, store: ObjectStore, name: str,
         # Its stored-bytes ledger goes with it (no foreign key: persistence.storage_ledger).
         session.execute(delete(StoredBytesEntry).where(StoredBytesEntry.project_id == project_id))
         session.execute(delete(Project).where(Project.id == project_id))
+        if actor is not None:
+            record_audit_event(session, actor, "project.deleted", project_id=project_id,
+                               resource_id=project_id,
+                               details={"name": name, "force": force,
+                                        "jobs": counts["jobs"],
+                                        "checkpoints": counts["checkpoints"],
+                                        "datasets": counts["datasets"],
+                                        "webhooks": counts["webhook_endpoints"],
+                                        "keys": counts["api_keys"]})
     objects = delete_objects(store, dict.fromkeys([*keys, *job_objects(store, job_ids)]))
     logger.info("deleted project %s (%s): %s, %d objects", name, project_id, counts, objects)
     return DeletedProject(name=name, jobs=counts["jobs"], checkpoints=counts["checkpoints"],

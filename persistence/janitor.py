@@ -53,6 +53,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from persistence import storage_ledger
+from persistence.audit import prune_audit_events
 from persistence.command_line import service_parser
 from persistence.models import (
     TERMINAL_STATUSES,
@@ -104,6 +105,8 @@ class JanitorReport:
     stale_workers: list[str] = field(default_factory=list)
     # Stored-bytes ledger rows folded into one per project and kind (persistence.storage_ledger).
     ledger_rows_folded: int = 0
+    # Audit events older than AUDIT_RETENTION_DAYS (persistence.audit).
+    audit_events_pruned: int = 0
 
     @property
     def removed(self) -> int:
@@ -136,6 +139,8 @@ def run_janitor(session: Session, store: ObjectStore, settings: Settings, *,
     if not dry_run:
         # The quota check sums a project's ledger: folded, it reads a row per kind.
         report.ledger_rows_folded = storage_ledger.fold(session)
+    report.audit_events_pruned = prune_audit_events(session, settings.audit_retention_days,
+                                                    now, dry_run=dry_run)
     return report
 
 
@@ -386,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         "objects, a finished sweep's other candidates' objects and a merged MRC stage's "
         "shared adversarial set older than "
         "JANITOR_GRACE_SECONDS, expired artifacts (ARTIFACT_RETENTION_DAYS), and the registry "
-        "rows of workers not seen for 3 heartbeats (WORKER_HEARTBEAT_SECONDS)."),
+        "rows of workers not seen for 3 heartbeats (WORKER_HEARTBEAT_SECONDS), and audit "
+        "events older than AUDIT_RETENTION_DAYS."),
         "Exit codes: 0 done, 1 invalid settings, a database or object store that cannot be "
         "used (one line naming the setting), 2 a usage error.")
     parser.add_argument("--dry-run", action="store_true",

@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, Select, Subquery, case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from persistence.audit import Actor, record_audit_event
 from persistence.models import (
     STAGE_ORDER,
     TERMINAL_STATUSES,
@@ -191,9 +192,11 @@ def create_job(
     reserved_bytes: int = 0,
     max_stored_bytes: int | None = None,
     warnings: Sequence[str] = (),
+    actor: Actor | None = None,
 ) -> tuple[Job, bool]:
     """Create a queued job with its labels and its three pending stages; returns (job, created).
     Each of ``warnings`` becomes a ``warning`` event of no stage after its ``job_created``.
+    ``actor``'s ``job.created`` is recorded in the job's transaction (not for a replay).
 
     With ``max_active_jobs`` (and ``project_id``), the project's queued and running jobs are
     counted in the transaction that inserts the job, under a lock on the project's row, so
@@ -258,6 +261,11 @@ def create_job(
             for message in warnings:
                 log_event(session, job.id, EventKind.WARNING, {"stage": None, "message": message},
                           now)
+            if actor is not None:
+                record_audit_event(session, actor, "job.created", project_id=project_id,
+                                   resource_id=job.id,
+                                   details={"checkpoint_id": checkpoint_id,
+                                            "dataset_id": dataset_id}, now=now)
     except IntegrityError:
         # Lost a race on the unique idempotency key: the other request's job is the answer.
         if idempotency_key is None:
@@ -551,12 +559,14 @@ def get_artifact(session: Session, job_id: str, name: str) -> Artifact | None:
 # --------------------------------------------------------------------------------------------
 # Cancellation
 # --------------------------------------------------------------------------------------------
-def request_cancel(session: Session, job_id: str, *, now: datetime | None = None) -> Job:
+def request_cancel(session: Session, job_id: str, *, now: datetime | None = None,
+                   actor: Actor | None = None) -> Job:
     """Ask for the job to stop. A queued job, or a running one that no worker holds right now
     (between stages; a stage handed to its MRC shards or sweep candidates is held while one of
     them runs), is cancelled at once (failed instead when a part's failure is pending:
     :func:`persistence.transactions.end_stopped_job`); otherwise ``cancel_requested`` is set and
-    the worker stops at its next batch boundary. :class:`JobAlreadyFinished` if the job ended."""
+    the worker stops at its next batch boundary. :class:`JobAlreadyFinished` if the job ended
+    (nothing recorded); else ``actor``'s ``job.cancelled`` is recorded with the request."""
     now = now or utcnow()
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
@@ -566,6 +576,9 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
         held = work_is_held(session, job_id, stages, now)
         job.cancel_requested = True
         touch(job, now)
+        if actor is not None:
+            record_audit_event(session, actor, "job.cancelled", project_id=job.project_id,
+                               resource_id=job_id, details={"status": job.status}, now=now)
         if held:
             log_event(session, job_id, EventKind.CANCEL_REQUESTED, {"stage": job.stage}, now)
         else:

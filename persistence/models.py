@@ -740,3 +740,32 @@ class Worker(Base):
     started_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
     datasets: Mapped[list[str] | None] = mapped_column(JSONType)
+
+
+class AuditEvent(Base):
+    """Who did what (:mod:`persistence.audit`): one row per change a key or ``rift-admin``
+    made, written in the change's own transaction (migration 0033). ``project_id`` is a plain
+    value, no foreign key: a project's trail outlives its deletion (the janitor prunes it after
+    ``AUDIT_RETENTION_DAYS``). ``actor_key_id``/``actor_key_prefix`` name the acting key (never
+    its secret); both NULL with ``actor`` ``rift-admin`` for the command line."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    occurred_at: Mapped[datetime]
+    project_id: Mapped[str | None] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(16))
+    actor_key_id: Mapped[str | None] = mapped_column(String(32))
+    actor_key_prefix: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    resource_kind: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+    __table_args__ = (
+        # A project's page, newest first (GET /v1/audit-events), and the admin's across
+        # projects; the janitor's prune reads the second by time.
+        Index("ix_audit_events_project_id_occurred_at_id", "project_id", "occurred_at", "id"),
+        Index("ix_audit_events_occurred_at_id", "occurred_at", "id"),
+    )

@@ -36,7 +36,7 @@ from persistence.transactions import PersistenceError
 
 #: The collections that are paged; each tags its cursors with its name.
 Collection = Literal["jobs", "checkpoints", "datasets", "webhooks", "materializations",
-                     "deliveries"]
+                     "deliveries", "audit_events"]
 #: The longest row id a cursor may carry (ids are 32 characters: a longer one names no row).
 MAX_CURSOR_ID_CHARS = 64
 

@@ -289,6 +289,12 @@ class Settings(BaseSettings):
         description="The janitor deletes the stored files (artifacts, intermediate records) of "
         "jobs that finished more than this many days ago, and their artifact rows; the job row, "
         "its tables and events stay. 0 keeps them for ever.")
+    audit_retention_days: int = Field(
+        365, ge=0,
+        description="The janitor deletes audit events (GET /v1/audit-events: who created, "
+        "cancelled or deleted what) older than this many days; a deleted project's trail too. "
+        "0 keeps them for ever. A year answers the usual 'who deleted this' and bounds the "
+        "table.")
     test_upload_pause: str | None = Field(
         None,
         description="Test only, never set in a deployment: 'PHASE:SECONDS' makes every object "

@@ -10,17 +10,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from api.auth import require_admin
+from api.auth import AdminDep, require_admin
 from api.deps import RateLimiterDep, SessionDep, SettingsDep, StoreDep, StreamSlotsDep
 from api.errors import Conflict, InvalidInput, NotFound
-from api.schemas import UsageOut
+from api.paging import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
+from api.routes.audit import ActionFilter, ResourceFilter
+from api.schemas import AuditEventPageOut, UsageOut
+from api.services.audit import audit_page_out
 from api.services.usage import project_usage_out
 from api.services.workers import list_live_workers
 from api.write_conditions import WriteConditionsDep, representation_etag, require_unchanged
@@ -174,13 +177,14 @@ def read_projects(session: SessionDep) -> ProjectListOut:
 
 @router.post("/projects", status_code=201, response_model=ProjectOut, summary="Create a project",
              responses={409: {"description": "The name is taken"}})
-def create_project_route(body: ProjectCreate, session: SessionDep,
+def create_project_route(body: ProjectCreate, session: SessionDep, caller: AdminDep,
                          response: Response) -> ProjectOut:
     try:
-        project = create_project(session, body.name)
+        project = create_project(session, body.name, actor=caller.actor)
     except AdminError as exc:
         raise Conflict(str(exc), field="name", code="project_exists") from exc
-    set_project_limits(session, project, body.model_dump(include=set(LIMIT_MAXIMA)))
+    set_project_limits(session, project, body.model_dump(include=set(LIMIT_MAXIMA)),
+                       actor=caller.actor)
     response.headers["Location"] = f"/v1/admin/projects/{project.name}"
     return _project_out(project)
 
@@ -202,12 +206,12 @@ _PRECONDITION: dict[int | str, dict[str, Any]] = {412: {
               "the project is unchanged since GET /v1/admin/projects/{name} (else 412).",
               responses=_PRECONDITION)
 def update_project_limits(name: str, body: ProjectLimitsIn, session: SessionDep,
-                          conditions: WriteConditionsDep) -> ProjectOut:
+                          conditions: WriteConditionsDep, caller: AdminDep) -> ProjectOut:
     project = _project(session, name, lock=conditions.present)
     require_unchanged(conditions, _project_out(project))
     try:
-        return _project_out(set_project_limits(session, project,
-                                               body.model_dump(include=body.model_fields_set)))
+        return _project_out(set_project_limits(
+            session, project, body.model_dump(include=body.model_fields_set), actor=caller.actor))
     except StaleDataError:
         _gone_meanwhile(session, name)
         raise
@@ -234,13 +238,14 @@ def read_project_usage(name: str, session: SessionDep, settings: SettingsDep,
                409: {"description": "Queued or running jobs (see the description)"},
                **_PRECONDITION})
 def delete_project_route(name: str, session: SessionDep, settings: SettingsDep, store: StoreDep,
-                         conditions: WriteConditionsDep, force: bool = False) -> Response:
+                         conditions: WriteConditionsDep, caller: AdminDep,
+                         force: bool = False) -> Response:
     # The lock holds until the deletion's own transaction commits (without force: the check
     # and the deletion are one transaction; with force, its key revocation commits first).
     project = _project(session, name, lock=conditions.present)
     require_unchanged(conditions, _project_out(project))
     delete_project(session, store, project, force=force,
-                   wait_s=settings.project_delete_wait_seconds)
+                   wait_s=settings.project_delete_wait_seconds, actor=caller.actor)
     return Response(status_code=204)
 
 
@@ -257,11 +262,12 @@ _DEFAULT_KEY = KeyCreate()
 @router.post("/projects/{name}/keys", status_code=201, response_model=NewKeyOut,
              summary="Create a key (shown once)",
              description="The body may be left out: a read and write key without a name.")
-def create_key_route(name: str, session: SessionDep, response: Response,
+def create_key_route(name: str, session: SessionDep, response: Response, caller: AdminDep,
                      body: KeyCreate = _DEFAULT_KEY) -> NewKeyOut:
     project = _project(session, name)
     try:
-        new = create_key(session, project, [str(s) for s in body.scopes], body.name)
+        new = create_key(session, project, [str(s) for s in body.scopes], body.name,
+                         actor=caller.actor)
     except AdminError as exc:
         raise InvalidInput(str(exc), field="scopes") from exc
     except IntegrityError:
@@ -307,15 +313,29 @@ def read_key(name: str, key_id: str, session: SessionDep, response: Response) ->
                description="If-Match: only if the key is unchanged since GET "
                "/v1/admin/projects/{name}/keys/{key_id} (else 412).", responses=_PRECONDITION)
 def revoke_key_route(name: str, key_id: str, session: SessionDep,
-                     conditions: WriteConditionsDep) -> KeyOut:
+                     conditions: WriteConditionsDep, caller: AdminDep) -> KeyOut:
     project = _project(session, name)
     if conditions.present:
         require_unchanged(conditions, _key_out(_key(session, project, key_id, lock=True),
                                                project), volatile=_KEY_VOLATILE)
-    row = revoke_key(session, key_id[:64], project.id)
+    row = revoke_key(session, key_id[:64], project.id, actor=caller.actor)
     if row is None:
         raise _no_such_key(project, key_id)
     return _key_out(row, project)
+
+
+@router.get("/audit-events", response_model=AuditEventPageOut,
+            summary="Every project's audit trail, newest first",
+            description="As GET /v1/audit-events, across projects; ?project_id= one project's "
+            "(a deleted project's too: its trail outlives it). rift-admin audit list does the "
+            "same.")
+def read_audit_events(session: SessionDep, limit: PageLimit = DEFAULT_PAGE_SIZE,
+                      cursor: PageCursor = None,
+                      project_id: Annotated[str | None, Query(max_length=64)] = None,
+                      action: ActionFilter = None,
+                      resource_id: ResourceFilter = None) -> AuditEventPageOut:
+    return audit_page_out(session, project_id=project_id, limit=limit, cursor=cursor,
+                          action=action, resource_id=resource_id, every_project=True)
 
 
 @router.get("/workers", response_model=WorkerListOut, summary="Live workers",

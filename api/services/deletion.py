@@ -13,6 +13,8 @@ same transaction.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -23,6 +25,7 @@ from api.services.jobs import job_out
 from api.services.ownership import owned_checkpoint, owned_dataset, owned_job
 from api.services.upload_records import checkpoint_out, dataset_out
 from api.write_conditions import WriteConditions, require_unchanged
+from persistence.audit import record_audit_event
 from persistence.deletion import ACTIVE, LISTED_JOBS, delete_objects, job_objects
 from persistence.models import Artifact, Checkpoint, Dataset, Job
 from persistence.storage import ObjectStore
@@ -50,13 +53,19 @@ def _refuse_if_used(session: Session, column: InstrumentedAttribute[str | None],
 
 def _delete_unused_row(session: Session, model: type[Checkpoint | Dataset],
                        column: InstrumentedAttribute[str | None], resource_id: str,
-                       what: str, project_id: str) -> None:
+                       what: Literal["checkpoint", "dataset"], caller: Caller) -> None:
     """Delete the row that :func:`_refuse_if_used` found unused. A job naming it may have been
     committed since (a concurrent POST /v1/jobs): the foreign key then refuses the delete, and
     the answer is the 409 the check gives now, not a 500. A concurrent DELETE of the same row
-    that won makes this one a 404, as it would be sent after it (not a second 204)."""
+    that won makes this one a 404, as it would be sent after it (not a second 204). The
+    deletion's audit event commits with it."""
+    project_id = caller.project_id
     try:
         deleted = delete_upload(session, model, resource_id)  # its bytes off the ledger
+        if deleted:
+            record_audit_event(session, caller.actor, "checkpoint.deleted" if what == "checkpoint"
+                               else "dataset.deleted", project_id=project_id,
+                               resource_id=resource_id)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -77,8 +86,7 @@ def delete_checkpoint(session: Session, store: ObjectStore, caller: Caller,
     require_unchanged(conditions, checkpoint_out(row))
     _refuse_if_used(session, Job.checkpoint_id, row.id, "checkpoint")
     key = row.storage_key
-    _delete_unused_row(session, Checkpoint, Job.checkpoint_id, row.id, "checkpoint",
-                       caller.project_id)
+    _delete_unused_row(session, Checkpoint, Job.checkpoint_id, row.id, "checkpoint", caller)
     delete_objects(store, [key])
 
 
@@ -88,7 +96,7 @@ def delete_dataset(session: Session, store: ObjectStore, caller: Caller, dataset
     require_unchanged(conditions, dataset_out(row))
     _refuse_if_used(session, Job.dataset_id, row.id, "dataset")
     key = row.storage_key
-    _delete_unused_row(session, Dataset, Job.dataset_id, row.id, "dataset", caller.project_id)
+    _delete_unused_row(session, Dataset, Job.dataset_id, row.id, "dataset", caller)
     delete_objects(store, [key])
 
 
@@ -119,6 +127,9 @@ def delete_job(session: Session, store: ObjectStore, caller: Caller, job_id: str
         select(Artifact.storage_key).where(Artifact.job_id == job.id)).scalars())
     # The status is re-checked in the DELETE itself, so a job that started meanwhile stays.
     deleted = delete_job_rows(session, job.id, Job.status.not_in(ACTIVE))
+    if deleted:
+        record_audit_event(session, caller.actor, "job.deleted", project_id=caller.project_id,
+                           resource_id=job.id, details={"status": job.status})
     session.commit()
     if not deleted:
         # Gone: a concurrent DELETE of the same job won (404, as a DELETE sent after it gets).

@@ -282,7 +282,7 @@ def create_job_for(
                 max_active_jobs=caller.limits.max_active_jobs,
                 time_limit_seconds=spec.time_limit_seconds, reserved_bytes=reserved,
                 max_stored_bytes=caller.limits.max_stored_bytes,
-                warnings=[unchecked] if unchecked is not None else [])
+                warnings=[unchecked] if unchecked is not None else [], actor=caller.actor)
             if created:
                 try:
                     services.dispatcher.enqueue_job(job.id)
@@ -376,4 +376,4 @@ def list_jobs_for(session: Session, caller: Caller, *, statuses: list[str] | Non
 def cancel_job_for(session: Session, caller: Caller, job_id: str) -> JobOut:
     """Cancel the caller's job (409 once it has finished)."""
     owned_job(session, caller.project_id, job_id)
-    return job_out(session, request_cancel(session, job_id))
+    return job_out(session, request_cancel(session, job_id, actor=caller.actor))

@@ -95,6 +95,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/v1/webhooks/{webhook_id}"): Access.WRITE,
     ("GET", "/v1/webhooks/{webhook_id}/deliveries"): Access.READ,
     ("GET", "/v1/usage"): Access.READ,
+    ("GET", "/v1/audit-events"): Access.READ,
     ("GET", "/v1/admin/projects"): Access.ADMIN,
     ("POST", "/v1/admin/projects"): Access.ADMIN,
     ("GET", "/v1/admin/projects/{name}"): Access.ADMIN,
@@ -106,6 +107,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/v1/admin/projects/{name}/keys/{key_id}"): Access.ADMIN,
     ("DELETE", "/v1/admin/projects/{name}/keys/{key_id}"): Access.ADMIN,
     ("GET", "/v1/admin/workers"): Access.ADMIN,
+    ("GET", "/v1/admin/audit-events"): Access.ADMIN,
 }
 KEYED = (Access.READ, Access.WRITE, Access.ADMIN)
 #: Valid bodies, so that an answer is about the key or the ids, never the body.

@@ -1,0 +1,132 @@
+"""The audit trail over HTTP (SQLite and Postgres): each change a key makes is recorded once,
+naming the acting key by id and prefix (never its secret) and the request id, in the change's
+own transaction: an idempotent replay, a refused change (409, 422) or a repeat that changes
+nothing records nothing. A project's events are its keys' alone; the admin's list keeps a
+deleted project's trail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from persistence.models import ApiKey
+from tests.api.helpers import Api, digits_config, error_of, make_key, upload_checkpoint
+
+pytestmark = pytest.mark.service
+
+
+def events(client: httpx.Client, path: str = "/v1/audit-events", **params: Any
+           ) -> list[dict[str, Any]]:
+    """Every event the list answers (all pages, newest first)."""
+    found: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = client.get(path, params={**params, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text
+        found += page.json()["items"]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            return found
+
+
+def key_row(api: Api, key: str) -> ApiKey:
+    prefix = key.split("_")[1]
+    with api.sessions() as session:
+        return session.execute(select(ApiKey).where(ApiKey.prefix == prefix)).scalar_one()
+
+
+def test_job_and_checkpoint_changes_are_recorded_once_with_the_key(
+        api: Api, small_cnn_file: Path) -> None:
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    body = {"checkpoint_id": checkpoint["id"], "config": digits_config()}
+    first = api.client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "audit-1"})
+    assert first.status_code == 201, first.text
+    replay = api.client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "audit-1"})
+    assert replay.status_code == 200, replay.text
+    refused = api.client.post("/v1/jobs", json={**body, "config": digits_config(device="tpu")})
+    assert refused.status_code == 422, refused.text
+    job_id = first.json()["id"]
+    cancelled = api.client.post(f"/v1/jobs/{job_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert api.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409  # already ended
+    # The checkpoint is still named by the job: 409, nothing recorded.
+    assert api.client.delete(f"/v1/checkpoints/{checkpoint['id']}").status_code == 409
+    deleted = api.client.delete(f"/v1/jobs/{job_id}")
+    assert deleted.status_code == 204, deleted.text
+    assert api.client.delete(f"/v1/jobs/{job_id}").status_code == 404
+    assert api.client.delete(f"/v1/checkpoints/{checkpoint['id']}").status_code == 204
+
+    found = events(api.client, limit=1)  # paged one by one: the cursor walks them all
+    assert [(e["action"], e["resource_id"]) for e in found] == [
+        ("checkpoint.deleted", checkpoint["id"]), ("job.deleted", job_id),
+        ("job.cancelled", job_id), ("job.created", job_id)]
+    row = key_row(api, api.key)
+    for event in found:
+        assert (event["project_id"], event["actor"], event["actor_key_id"],
+                event["actor_key_prefix"]) == (api.project_id, "api_key", row.id, row.prefix)
+    by_action = {e["action"]: e for e in found}
+    assert by_action["job.created"]["request_id"] == first.headers["x-request-id"]
+    assert by_action["job.deleted"]["request_id"] == deleted.headers["x-request-id"]
+    assert by_action["job.deleted"]["resource_kind"] == "job"
+    secret = api.key.split("_", 2)[2]
+    assert secret not in api.client.get("/v1/audit-events").text
+
+    assert [e["action"] for e in events(api.client, action="job.cancelled")] == ["job.cancelled"]
+    assert [e["action"] for e in events(api.client, resource_id=checkpoint["id"])] == [
+        "checkpoint.deleted"]
+    unknown = api.client.get("/v1/audit-events", params={"action": "job.renamed"})
+    assert unknown.status_code == 422 and "action" in unknown.text
+
+    _, other_key = make_key(api.sessions, "other")
+    with api.client_for(other_key) as other:
+        assert events(other) == []
+        assert events(other, resource_id=job_id) == []
+        # A cursor of this project's list is refused on the other's, not read.
+        cursor = api.client.get("/v1/audit-events", params={"limit": 1}).json()["next_cursor"]
+        foreign = other.get("/v1/audit-events", params={"cursor": cursor})
+        assert foreign.status_code == 400 and error_of(foreign)["field"] == "cursor"
+
+
+def test_admin_changes_are_recorded_and_outlive_the_project(api: Api) -> None:
+    _, admin_key = make_key(api.sessions, "ops", ("admin",))
+    admin_row = key_row(api, admin_key)
+    with api.client_for(admin_key) as admin:
+        assert admin.post("/v1/admin/projects", json={"name": "vision"}).status_code == 201
+        taken = admin.post("/v1/admin/projects", json={"name": "vision"})
+        assert taken.status_code == 409
+        limits = admin.patch("/v1/admin/projects/vision", json={"max_active_jobs": 3})
+        assert limits.status_code == 200, limits.text
+        # The same limits again change nothing: nothing recorded.
+        assert admin.patch("/v1/admin/projects/vision",
+                           json={"max_active_jobs": 3}).status_code == 200
+        refused = admin.post("/v1/admin/projects/vision/keys", json={"scopes": ["root"]})
+        assert refused.status_code == 422
+        made = admin.post("/v1/admin/projects/vision/keys", json={"name": "ci"})
+        assert made.status_code == 201, made.text
+        new_key = made.json()
+        assert admin.delete(f"/v1/admin/projects/vision/keys/{new_key['id']}").status_code == 200
+        assert admin.delete(f"/v1/admin/projects/vision/keys/{new_key['id']}").status_code == 200
+        project_id = admin.get("/v1/admin/projects/vision").json()["id"]
+        assert admin.delete("/v1/admin/projects/vision").status_code == 204
+
+        trail = events(admin, "/v1/admin/audit-events", project_id=project_id)
+        assert [e["action"] for e in trail] == [
+            "project.deleted", "key.revoked", "key.created", "project.limits_changed",
+            "project.created"]
+        assert all(e["actor_key_id"] == admin_row.id for e in trail)
+        assert all(e["actor_key_prefix"] == admin_row.prefix for e in trail)
+        by_action = {e["action"]: e for e in trail}
+        assert by_action["project.limits_changed"]["details"]["limits"] == {
+            "max_active_jobs": {"from": None, "to": 3}}
+        assert by_action["key.created"]["resource_id"] == new_key["id"]
+        assert new_key["key"].split("_", 2)[2] not in admin.get("/v1/admin/audit-events").text
+        assert by_action["project.deleted"]["details"]["keys"] == 1
+        # Across projects: the tests project's key made nothing, so these are all of them.
+        assert len(events(admin, "/v1/admin/audit-events")) == len(trail)
+
+    # A project's own key never sees the admin's list.
+    assert api.client.get("/v1/admin/audit-events").status_code == 403
