@@ -126,7 +126,7 @@ def store_checkpoint(
                 session, checkpoint_id=checkpoint_id, filename=file.filename, size=file.size,
                 sha256=file.sha256, format=inspection.format, storage_key=key,
                 num_tensors=inspection.num_tensors, num_parameters=inspection.num_parameters,
-                entries=inspection.entries,
+                entries=inspection.entries, actor=caller.actor,
                 project_id=caller.project_id, max_stored_bytes=caller.limits.max_stored_bytes,
                 idempotency_key=upload_key.stored if upload_key else None,
                 request_hash=upload_key.request_hash if upload_key else None)))))
@@ -194,6 +194,6 @@ def store_dataset(
                 value_min=inspection.value_min, value_max=inspection.value_max,
                 channel_value_min=inspection.channel_value_min,
                 channel_value_max=inspection.channel_value_max,
-                image_sizes_differ=inspection.image_sizes_differ,
+                image_sizes_differ=inspection.image_sizes_differ, actor=caller.actor,
                 idempotency_key=upload_key.stored if upload_key else None,
                 request_hash=upload_key.request_hash if upload_key else None)))))

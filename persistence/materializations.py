@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from persistence import leases, resend
+from persistence.audit import Actor, record_audit_event
 from persistence.models import (
     Artifact,
     Job,
@@ -117,7 +118,8 @@ class MaterializationRequest:
 def request_materialization(session: Session, job_id: str, alpha: float, *, evaluate: bool,
                             request_id: str | None = None, now: datetime | None = None,
                             max_stored_bytes: int | None = None,
-                            max_pending: int | None = None) -> MaterializationRequest:
+                            max_pending: int | None = None,
+                            actor: Actor | None = None) -> MaterializationRequest:
     """Record a request for θ_α of a succeeded job. An α already done (with evaluation, when it
     is asked now) or in progress is returned as it is; a failed one, or one done without the
     evaluation asked now, is queued again.
@@ -127,67 +129,88 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
     upload's (:func:`persistence.records.stored_bytes` counts queued and running ones), so
     neither repeated nor concurrent requests can pass it: :class:`StorageQuotaReached`. Each
     request that queues work counts against ``max_pending`` queued or running materializations
-    of the project, under the same lock: :class:`TooManyPendingMaterializations`."""
+    of the project, under the same lock: :class:`TooManyPendingMaterializations`. A request
+    that queues work records ``actor``'s ``materialization.requested`` in its transaction; one
+    answered with the row as it is records nothing."""
     now = now or utcnow()
     alpha = canonical_alpha(alpha)
     name = artifact_name(alpha)
     with transaction(session):
-        project_id = load_job(session, job_id).project_id
-        if project_id is not None:
-            # Before looking for the α: a request for the same α sent at the same moment, which
-            # held the lock first, has then recorded (or queued again) its row, and this one is
-            # answered with it instead of being counted as one more against the limits (a 429
-            # or 413 for an α already asked for) or queueing it a second time.
-            lock_project(session, project_id)
-        job = _held_job(session, job_id)
-        if job.status != JobStatus.SUCCEEDED:
-            raise JobNotSucceeded(f"job {job_id} is {job.status}; weights at another α can be made "
-                                  "once it has succeeded")
-        # Row-locked: a worker starts and finishes it under the same lock, so its status cannot
-        # change between the checks below and this request's write.
-        row = _by_name(session, job_id, name, for_update=True)
-        if row is not None:
-            enough = row.evaluate or not evaluate
-            if row.status == MaterializationStatus.RUNNING and not leases.is_live(row, now):
-                # Its worker died (the lease expired before the recovery loop saw it): queued
-                # again now, with what is asked now. It still counts as pending and holds its
-                # reservation, so neither limit is counted again; a worker of the old attempt
-                # that is merely late finds its lease gone and records nothing.
-                _requeue(row, evaluate, request_id, now)
-                settle_materialization(session, row, job.project_id)
-                return MaterializationRequest(row, True)
-            if row.status == MaterializationStatus.QUEUED:
-                # Not started: its worker reads the row when it starts (after this commits), so
-                # an evaluation asked now joins it; its message is on the queue already (or, if
-                # it was lost, is sent again by the workers' recovery loop).
-                row.evaluate = row.evaluate or evaluate
-                return MaterializationRequest(row, False)
-            if row.status == MaterializationStatus.RUNNING and not enough:
-                raise MaterializationRunning(name)
-            if row.status != MaterializationStatus.FAILED and enough:
-                return MaterializationRequest(row, False)
-            _check_pending(session, job, max_pending)
-            if row.status == MaterializationStatus.FAILED:
-                _hold(session, job, max_stored_bytes)
+        requested = _request_in_transaction(session, job_id, alpha, name, evaluate=evaluate,
+                                            request_id=request_id, now=now,
+                                            max_stored_bytes=max_stored_bytes,
+                                            max_pending=max_pending)
+        if actor is not None and requested.must_dispatch:
+            job = session.get(Job, job_id)  # loaded above: no statement
+            record_audit_event(session, actor, "materialization.requested",
+                               project_id=job.project_id if job else None,
+                               resource_id=requested.row.id,
+                               details={"job_id": job_id, "alpha": alpha,
+                                        "evaluate": evaluate}, now=now)
+    return requested
+
+
+def _request_in_transaction(session: Session, job_id: str, alpha: float, name: str, *,
+                            evaluate: bool, request_id: str | None, now: datetime,
+                            max_stored_bytes: int | None, max_pending: int | None
+                            ) -> MaterializationRequest:
+    """:func:`request_materialization`'s work, in the caller's transaction."""
+    project_id = load_job(session, job_id).project_id
+    if project_id is not None:
+        # Before looking for the α: a request for the same α sent at the same moment, which
+        # held the lock first, has then recorded (or queued again) its row, and this one is
+        # answered with it instead of being counted as one more against the limits (a 429
+        # or 413 for an α already asked for) or queueing it a second time.
+        lock_project(session, project_id)
+    job = _held_job(session, job_id)
+    if job.status != JobStatus.SUCCEEDED:
+        raise JobNotSucceeded(f"job {job_id} is {job.status}; weights at another α can be made "
+                              "once it has succeeded")
+    # Row-locked: a worker starts and finishes it under the same lock, so its status cannot
+    # change between the checks below and this request's write.
+    row = _by_name(session, job_id, name, for_update=True)
+    if row is not None:
+        enough = row.evaluate or not evaluate
+        if row.status == MaterializationStatus.RUNNING and not leases.is_live(row, now):
+            # Its worker died (the lease expired before the recovery loop saw it): queued
+            # again now, with what is asked now. It still counts as pending and holds its
+            # reservation, so neither limit is counted again; a worker of the old attempt
+            # that is merely late finds its lease gone and records nothing.
             _requeue(row, evaluate, request_id, now)
             settle_materialization(session, row, job.project_id)
             return MaterializationRequest(row, True)
+        if row.status == MaterializationStatus.QUEUED:
+            # Not started: its worker reads the row when it starts (after this commits), so
+            # an evaluation asked now joins it; its message is on the queue already (or, if
+            # it was lost, is sent again by the workers' recovery loop).
+            row.evaluate = row.evaluate or evaluate
+            return MaterializationRequest(row, False)
+        if row.status == MaterializationStatus.RUNNING and not enough:
+            raise MaterializationRunning(name)
+        if row.status != MaterializationStatus.FAILED and enough:
+            return MaterializationRequest(row, False)
         _check_pending(session, job, max_pending)
-        _hold(session, job, max_stored_bytes)
-        row = Materialization(job_id=job_id, alpha=alpha, evaluate=evaluate, artifact_name=name,
-                              status=MaterializationStatus.QUEUED, request_id=request_id,
-                              created_at=now, dispatched_at=now)
-        session.add(row)
-        try:
-            session.flush()
-            settle_materialization(session, row, job.project_id)
-        except IntegrityError:
-            # A concurrent request for the same α won: answer with its row.
-            session.rollback()
-            existing = _by_name(session, job_id, name)
-            if existing is None:
-                raise
-            return MaterializationRequest(existing, False)
+        if row.status == MaterializationStatus.FAILED:
+            _hold(session, job, max_stored_bytes)
+        _requeue(row, evaluate, request_id, now)
+        settle_materialization(session, row, job.project_id)
+        return MaterializationRequest(row, True)
+    _check_pending(session, job, max_pending)
+    _hold(session, job, max_stored_bytes)
+    row = Materialization(job_id=job_id, alpha=alpha, evaluate=evaluate, artifact_name=name,
+                          status=MaterializationStatus.QUEUED, request_id=request_id,
+                          created_at=now, dispatched_at=now)
+    session.add(row)
+    try:
+        session.flush()
+        settle_materialization(session, row, job.project_id)
+    except IntegrityError:
+        # A concurrent request for the same α won: answer with its row.
+        session.rollback()
+        existing = _by_name(session, job_id, name)
+        if existing is None:
+            raise
+        return MaterializationRequest(existing, False)
     return MaterializationRequest(row, True)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from persistence.audit import Actor, record_audit_event
 from persistence.materializations import JobNotSucceeded
 from persistence.models import JobEvent, JobStatus, utcnow
 from persistence.transactions import load_job, log_event, transaction
@@ -19,9 +20,11 @@ from persistence.transactions import load_job, log_event, transaction
 EXPORT_REQUESTED = "mlflow_export_requested"
 
 
-def request_mlflow_export(session: Session, job_id: str, request_id: str | None) -> JobEvent:
-    """Record the request as a job event; :class:`JobNotSucceeded` unless the job succeeded
-    (only a succeeded job has the tuned weights and results an export logs)."""
+def request_mlflow_export(session: Session, job_id: str, request_id: str | None, *,
+                          actor: Actor | None = None) -> JobEvent:
+    """Record the request as a job event (and ``actor``'s ``mlflow_export.requested``);
+    :class:`JobNotSucceeded` unless the job succeeded (only a succeeded job has the tuned
+    weights and results an export logs)."""
     with transaction(session):
         # Row-locked: a deletion of the job waits for (or comes before) this event's write.
         job = load_job(session, job_id, for_update=True, relations=False)
@@ -30,4 +33,7 @@ def request_mlflow_export(session: Session, job_id: str, request_id: str | None)
                                   "once it has succeeded")
         event = log_event(session, job_id, EXPORT_REQUESTED, {"request_id": request_id},
                           utcnow())
+        if actor is not None:
+            record_audit_event(session, actor, "mlflow_export.requested",
+                               project_id=job.project_id, resource_id=job_id)
     return event

@@ -20,6 +20,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, aliased
 
 from persistence import storage_ledger
+from persistence.audit import Actor, record_audit_event
 from persistence.cost import modules_bound, sweep_size
 from persistence.models import (
     Artifact,
@@ -249,13 +250,15 @@ def create_checkpoint(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     entries: list[str] | None = None,
+    actor: Actor | None = None,
 ) -> Checkpoint:
     """Record a validated checkpoint (``format``: ``safetensors`` or ``torch``; size in bytes;
     ``entries``: the key paths of its weights entries).
 
     ``checkpoint_id`` lets the caller choose the id before storing the bytes under a key that
-    contains it. Commits. Raises :class:`StorageQuotaReached` (nothing recorded) when
-    ``max_stored_bytes`` is given and the project would pass it.
+    contains it. ``actor``'s ``checkpoint.uploaded`` commits with the row. Commits. Raises
+    :class:`StorageQuotaReached` (nothing recorded) when ``max_stored_bytes`` is given and the
+    project would pass it.
     """
     hold_stored_bytes(session, project_id, size, max_stored_bytes)
     checkpoint = Checkpoint(
@@ -266,6 +269,10 @@ def create_checkpoint(
     )
     session.add(checkpoint)
     storage_ledger.add(session, project_id, storage_ledger.CHECKPOINTS, size)
+    if actor is not None:
+        record_audit_event(session, actor, "checkpoint.uploaded", project_id=project_id,
+                           resource_id=checkpoint.id,
+                           details={"filename": filename[:128], "size": size})
     session.commit()
     return checkpoint
 
@@ -303,10 +310,12 @@ def create_dataset(
     max_stored_bytes: int | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    actor: Actor | None = None,
 ) -> Dataset:
     """Record an uploaded dataset archive (``kind``: ``npz`` or ``imagefolder``) with what its
     validation found (``content``: ``images`` or ``features``; ``image_shape`` (C, H, W)).
-    Commits. Raises :class:`StorageQuotaReached` as :func:`create_checkpoint` does."""
+    ``actor``'s ``dataset.uploaded`` commits with the row. Commits. Raises
+    :class:`StorageQuotaReached` as :func:`create_checkpoint` does."""
     hold_stored_bytes(session, project_id, size, max_stored_bytes)
     channels, height, width = image_shape if image_shape is not None else (None, None, None)
     dataset = Dataset(
@@ -326,6 +335,10 @@ def create_dataset(
     )
     session.add(dataset)
     storage_ledger.add(session, project_id, storage_ledger.DATASETS, size)
+    if actor is not None:
+        record_audit_event(session, actor, "dataset.uploaded", project_id=project_id,
+                           resource_id=dataset.id,
+                           details={"filename": filename[:128], "size": size})
     session.commit()
     return dataset
 

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import and_, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from persistence.audit import Actor, record_audit_event
 from persistence.job_warnings import warnings_of
 from persistence.leases import rows_affected
 from persistence.models import (
@@ -115,11 +116,13 @@ def project_of_job(job: Job) -> str:
 def create_endpoint(session: Session, *, project_id: str, url: str, event_types: Sequence[str],
                     description: str | None, max_endpoints: int,
                     idempotency_key: str | None = None,
-                    request_hash: str | None = None) -> WebhookEndpoint:
+                    request_hash: str | None = None,
+                    actor: Actor | None = None) -> WebhookEndpoint:
     """Register an endpoint with a new secret; :class:`WebhookUrlTaken` when the project has
     one for ``url``; :class:`WebhookLimitReached` past the limit;
     :class:`IdempotencyKeyTaken` when another registration recorded ``idempotency_key`` first
-    (looked for before the limit: a retried registration is not a new one)."""
+    (looked for before the limit: a retried registration is not a new one). ``actor``'s
+    ``webhook.created`` commits with it (its events, not its URL, which may carry a token)."""
     with transaction(session):
         # Counted under the project's lock: concurrent registrations could otherwise all see
         # room for one more and together pass the limit.
@@ -142,6 +145,10 @@ def create_endpoint(session: Session, *, project_id: str, url: str, event_types:
             event_types=sorted(set(event_types)), description=description, created_at=utcnow(),
             idempotency_key=idempotency_key, request_hash=request_hash)
         session.add(endpoint)
+        if actor is not None:
+            record_audit_event(session, actor, "webhook.created", project_id=project_id,
+                               resource_id=endpoint.id,
+                               details={"events": endpoint.event_types})
     return endpoint
 
 
@@ -181,7 +188,8 @@ def get_endpoint(session: Session, project_id: str, endpoint_id: str, *,
 
 
 def delete_endpoint(session: Session, project_id: str, endpoint_id: str, *,
-                    check: Callable[[WebhookEndpoint], None] | None = None) -> None:
+                    check: Callable[[WebhookEndpoint], None] | None = None,
+                    actor: Actor | None = None) -> None:
     """Remove the endpoint and its delivery log; messages not yet sent are dropped. ``check``
     sees the locked row first and may raise to keep it (a request's ``If-Match``)."""
     with transaction(session):
@@ -191,6 +199,9 @@ def delete_endpoint(session: Session, project_id: str, endpoint_id: str, *,
         if check is not None:
             check(endpoint)
         session.delete(endpoint)
+        if actor is not None:
+            record_audit_event(session, actor, "webhook.deleted", project_id=project_id,
+                               resource_id=endpoint_id)
 
 
 def list_deliveries(session: Session, endpoint_id: str, *, limit: int, cursor: str | None = None

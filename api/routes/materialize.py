@@ -95,7 +95,7 @@ def materialize(job_id: str, body: MaterializeIn, response: Response, session: S
         requested = request_materialization(
             session, job.id, body.alpha, evaluate=body.evaluate, request_id=current_request_id(),
             max_stored_bytes=caller.limits.max_stored_bytes,
-            max_pending=caller.limits.max_pending_materializations)
+            max_pending=caller.limits.max_pending_materializations, actor=caller.actor)
     except StorageQuotaReached as exc:
         raise storage_exceeded(caller, exc.used, exc.incoming, exc.limit) from exc
     except TooManyPendingMaterializations as exc:

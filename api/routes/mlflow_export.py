@@ -46,7 +46,8 @@ def export_to_mlflow(job_id: str, response: Response, session: SessionDep, calle
         raise Conflict("this service exports to no MLflow: MLFLOW_TRACKING_URI is not set",
                        field="MLFLOW_TRACKING_URI", code="mlflow_not_configured")
     # JobNotSucceeded is the 409 job_not_succeeded api/errors.py maps, naming job_id.
-    event = request_mlflow_export(session, job.id, current_request_id())
+    event = request_mlflow_export(session, job.id, current_request_id(),
+                                  actor=caller.actor)
     try:
         dispatcher.enqueue_mlflow_export(job.id, event.id)
     except DispatchError as exc:

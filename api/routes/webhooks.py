@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ProjectIdDep, SessionDep, SettingsDep
+from api.deps import CallerDep, ProjectIdDep, SessionDep, SettingsDep
 from api.errors import InvalidInput, NotFound
 from api.idempotency import IdempotencyKey, RequestKey
 from api.paging import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
@@ -62,7 +62,7 @@ def _checked_id(webhook_id: str) -> str:
                422: {"description": "Invalid or forbidden URL"}},
 )
 async def create_webhook(body: WebhookCreate, response: Response, session: SessionDep,
-                         settings: SettingsDep, project_id: ProjectIdDep,
+                         settings: SettingsDep, project_id: ProjectIdDep, caller: CallerDep,
                          idempotency_key: IdempotencyKey = None) -> WebhookCreatedOut:
     key = _registration_key(project_id, idempotency_key, body)
     replay = await run_in_threadpool(_replayed, session, key)
@@ -81,7 +81,7 @@ async def create_webhook(body: WebhookCreate, response: Response, session: Sessi
             event_types=body.events, description=body.description,
             max_endpoints=settings.webhook_max_endpoints,
             idempotency_key=key.stored if key else None,
-            request_hash=key.request_hash if key else None)
+            request_hash=key.request_hash if key else None, actor=caller.actor)
     except (webhooks.IdempotencyKeyTaken, IntegrityError):
         # A concurrent registration under the same key recorded first: answer with it.
         session.rollback()
@@ -141,10 +141,11 @@ def read_webhook(webhook_id: str, session: SessionDep, project_id: ProjectIdDep)
                description="If-Match: only if the webhook is unchanged since its GET (else 412).",
                responses={412: {"description": "If-Match names another ETag"}})
 def delete_webhook(webhook_id: str, session: SessionDep, project_id: ProjectIdDep,
-                   conditions: WriteConditionsDep) -> Response:
+                   conditions: WriteConditionsDep, caller: CallerDep) -> Response:
     webhooks.delete_endpoint(
         session, project_id, _checked_id(webhook_id),
-        check=lambda endpoint: require_unchanged(conditions, webhook_out(endpoint)))
+        check=lambda endpoint: require_unchanged(conditions, webhook_out(endpoint)),
+        actor=caller.actor)
     return Response(status_code=204)
 
 

@@ -6,6 +6,7 @@ deleted project's trail."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,17 @@ import pytest
 from sqlalchemy import select
 
 from persistence.models import ApiKey
-from tests.api.helpers import Api, digits_config, error_of, make_key, upload_checkpoint
+from persistence.settings import Settings
+from tests.api.helpers import (
+    Api,
+    RecordingDispatcher,
+    digits_config,
+    error_of,
+    make_key,
+    upload_checkpoint,
+)
+from tests.api.test_api_fuzz import dataset_npz
+from tests.api.test_request_input import succeeded_job
 
 pytestmark = pytest.mark.service
 
@@ -63,7 +74,8 @@ def test_job_and_checkpoint_changes_are_recorded_once_with_the_key(
     found = events(api.client, limit=1)  # paged one by one: the cursor walks them all
     assert [(e["action"], e["resource_id"]) for e in found] == [
         ("checkpoint.deleted", checkpoint["id"]), ("job.deleted", job_id),
-        ("job.cancelled", job_id), ("job.created", job_id)]
+        ("job.cancelled", job_id), ("job.created", job_id),
+        ("checkpoint.uploaded", checkpoint["id"])]
     row = key_row(api, api.key)
     for event in found:
         assert (event["project_id"], event["actor"], event["actor_key_id"],
@@ -77,7 +89,7 @@ def test_job_and_checkpoint_changes_are_recorded_once_with_the_key(
 
     assert [e["action"] for e in events(api.client, action="job.cancelled")] == ["job.cancelled"]
     assert [e["action"] for e in events(api.client, resource_id=checkpoint["id"])] == [
-        "checkpoint.deleted"]
+        "checkpoint.deleted", "checkpoint.uploaded"]
     unknown = api.client.get("/v1/audit-events", params={"action": "job.renamed"})
     assert unknown.status_code == 422 and "action" in unknown.text
 
@@ -130,3 +142,62 @@ def test_admin_changes_are_recorded_and_outlive_the_project(api: Api) -> None:
 
     # A project's own key never sees the admin's list.
     assert api.client.get("/v1/admin/audit-events").status_code == 403
+
+
+def test_uploads_and_webhooks_are_recorded_once_per_change(
+        api_settings: Settings, start_api: Callable[..., Api]) -> None:
+    api = start_api(api_settings.model_copy(update={"webhook_allow_list": "127.0.0.1"}),
+                    dispatcher=RecordingDispatcher())
+    upload = {"files": {"file": ("d.npz", dataset_npz())}, "headers": {"Idempotency-Key": "d-1"}}
+    dataset = api.client.post("/v1/datasets", **upload)  # type: ignore[arg-type]
+    assert dataset.status_code == 201, dataset.text
+    assert api.client.post("/v1/datasets", **upload).status_code == 200  # type: ignore[arg-type]
+    bad = api.client.post("/v1/datasets", files={"file": ("d.npz", b"not an npz")})
+    assert bad.status_code == 422
+    dataset_id = dataset.json()["id"]
+    assert api.client.delete(f"/v1/datasets/{dataset_id}").status_code == 204
+
+    hook = {"url": "http://127.0.0.1:9/hook?token=s3cr3t", "events": ["job.failed"]}
+    made = api.client.post("/v1/webhooks", json=hook, headers={"Idempotency-Key": "w-1"})
+    assert made.status_code == 201, made.text
+    again = api.client.post("/v1/webhooks", json=hook, headers={"Idempotency-Key": "w-1"})
+    assert again.status_code == 200
+    taken = api.client.post("/v1/webhooks", json=hook)  # the same URL: 409, nothing recorded
+    assert taken.status_code == 409
+    webhook_id = made.json()["id"]
+    assert api.client.delete(f"/v1/webhooks/{webhook_id}").status_code == 204
+
+    found = events(api.client)
+    assert [(e["action"], e["resource_id"]) for e in found] == [
+        ("webhook.deleted", webhook_id), ("webhook.created", webhook_id),
+        ("dataset.deleted", dataset_id), ("dataset.uploaded", dataset_id)]
+    text = api.client.get("/v1/audit-events").text
+    # Neither the webhook's signing secret nor its URL (which may carry a token) is kept.
+    assert made.json()["secret"] not in text and "s3cr3t" not in text
+
+
+def test_materialization_and_mlflow_requests_are_recorded_when_they_queue_work(
+        api_settings: Settings, start_api: Callable[..., Api], small_cnn_file: Path,
+        tmp_path: Path) -> None:
+    api = start_api(api_settings.model_copy(update={
+        "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}),
+        dispatcher=RecordingDispatcher())
+    queued = api.client.post("/v1/jobs", json={"checkpoint_id": upload_checkpoint(
+        api, small_cnn_file)["id"], "config": digits_config()}).json()["id"]
+    # Refused while the job is queued: nothing recorded.
+    assert api.client.post(f"/v1/jobs/{queued}/materialize",
+                           json={"alpha": 0.5}).status_code == 409
+    assert api.client.post(f"/v1/jobs/{queued}/mlflow-export").status_code == 409
+    job_id = succeeded_job(api, small_cnn_file)
+    first = api.client.post(f"/v1/jobs/{job_id}/materialize", json={"alpha": 0.5})
+    assert first.status_code == 202, first.text
+    # The same α again: answered with the queued row, no new work, nothing recorded.
+    assert api.client.post(f"/v1/jobs/{job_id}/materialize",
+                           json={"alpha": 0.5}).status_code == 200
+    assert api.client.post(f"/v1/jobs/{job_id}/mlflow-export").status_code == 202
+
+    found = events(api.client, resource_id=first.json()["id"])
+    assert [e["action"] for e in found] == ["materialization.requested"]
+    assert found[0]["details"] == {"job_id": job_id, "alpha": 0.5, "evaluate": False}
+    assert [e["resource_id"] for e in events(api.client, action="mlflow_export.requested")] == [
+        job_id]
