@@ -51,6 +51,8 @@ PAIRS: list[tuple[type[BaseModel], type[BaseModel]]] = [
     (models.ApiKey, admin.KeyOut),
     (models.CreatedApiKey, admin.NewKeyOut),
     (models.Worker, admin.WorkerOut),
+    (models.AuditEvent, api_schemas.AuditEventOut),
+    (models.AuditEventPage, api_schemas.AuditEventPageOut),
 ]
 
 

@@ -55,6 +55,8 @@ from rift_client.flows import (
 from rift_client.models import (
     ApiKey,
     Artifact,
+    AuditEvent,
+    AuditEventPage,
     Checkpoint,
     CheckpointPage,
     CreatedApiKey,
@@ -297,6 +299,18 @@ class AsyncRiftClient:
                              idempotency_key: str | None = None) -> Dataset:
         return await self._run(self._core.upload("/v1/datasets", Dataset, path, filename, progress,
                                                  idempotency_key))
+
+    async def list_audit_events_page(self, *, action: str | None = None,
+                                     resource_id: str | None = None, page_size: int = 20,
+                                     cursor: str | None = None) -> AuditEventPage:
+        return await self._run(self._core.list_audit_events_page(
+            action=action, resource_id=resource_id, page_size=page_size, cursor=cursor))
+
+    def list_audit_events(self, *, action: str | None = None, resource_id: str | None = None,
+                          page_size: int = 20, limit: int | None = None
+                          ) -> AsyncIterator[AuditEvent]:
+        return self._steps(self._core.list_audit_events(
+            action=action, resource_id=resource_id, page_size=page_size, limit=limit))
 
     async def list_datasets_page(self, *, kind: str | None = None, page_size: int = 20,
                                  cursor: str | None = None) -> DatasetPage:

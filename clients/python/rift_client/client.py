@@ -64,6 +64,8 @@ from rift_client.flows import (
 from rift_client.models import (
     ApiKey,
     Artifact,
+    AuditEvent,
+    AuditEventPage,
     Checkpoint,
     CheckpointPage,
     CreatedApiKey,
@@ -347,6 +349,22 @@ class RiftClient:
         """Upload an .npz or an ImageFolder tar, like :meth:`upload_checkpoint`."""
         return self._run(self._core.upload("/v1/datasets", Dataset, path, filename, progress,
                                            idempotency_key))
+
+    def list_audit_events_page(self, *, action: str | None = None,
+                               resource_id: str | None = None, page_size: int = 20,
+                               cursor: str | None = None) -> AuditEventPage:
+        """One page of the project's audit trail, newest first (``action``, e.g.
+        ``job.deleted``, or ``resource_id`` keeps those); pass its ``next_cursor`` as
+        ``cursor`` for the next."""
+        return self._run(self._core.list_audit_events_page(
+            action=action, resource_id=resource_id, page_size=page_size, cursor=cursor))
+
+    def list_audit_events(self, *, action: str | None = None, resource_id: str | None = None,
+                          page_size: int = 20, limit: int | None = None) -> Iterator[AuditEvent]:
+        """Who changed what in the project (which key created, cancelled or deleted a job,
+        ...), newest first, fetched page by page as iterated (at most ``limit``)."""
+        return self._steps(self._core.list_audit_events(
+            action=action, resource_id=resource_id, page_size=page_size, limit=limit))
 
     def list_datasets_page(self, *, kind: str | None = None, page_size: int = 20,
                            cursor: str | None = None) -> DatasetPage:

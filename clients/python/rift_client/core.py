@@ -72,6 +72,7 @@ from rift_client.models import (
     SUCCEEDED,
     ApiKey,
     Artifact,
+    AuditEventPage,
     Checkpoint,
     CheckpointPage,
     CreatedApiKey,
@@ -692,6 +693,17 @@ class RiftCore:
 
     def delete_checkpoint(self, checkpoint_id: str, if_match: str | None = None) -> Flow[None]:
         return self._delete(f"/v1/checkpoints/{_seg('checkpoint_id', checkpoint_id)}", if_match)
+
+    def list_audit_events_page(self, action: str | None, resource_id: str | None,
+                               page_size: int, cursor: str | None) -> Flow[AuditEventPage]:
+        return self._get("/v1/audit-events", AuditEventPage, **_page_params(
+            page_size, cursor, action=action, resource_id=resource_id))
+
+    def list_audit_events(self, action: str | None, resource_id: str | None, page_size: int,
+                          limit: int | None) -> Flow[None]:
+        limit = item_limit(limit)
+        return _every_item(lambda cursor: self.list_audit_events_page(
+            action, resource_id, page_size, cursor), limit)
 
     def list_datasets_page(self, kind: str | None, page_size: int,
                            cursor: str | None) -> Flow[DatasetPage]:

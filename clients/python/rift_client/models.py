@@ -95,6 +95,27 @@ class DatasetPage(_Resource):
     next_cursor: str | None = None
 
 
+class AuditEvent(_Resource):
+    """One change and who made it (``GET /v1/audit-events``); never a secret."""
+
+    id: str
+    occurred_at: datetime
+    project_id: str | None = None
+    actor: str = Field(description="'api_key' or 'rift-admin' (the command line).")
+    actor_key_id: str | None = None
+    actor_key_prefix: str | None = Field(None, description="The acting key's public prefix.")
+    action: str = Field(description="e.g. 'job.created', 'key.revoked', 'project.deleted'.")
+    resource_kind: str
+    resource_id: str | None = None
+    request_id: str | None = None
+    details: dict[str, Any] | None = None
+
+
+class AuditEventPage(_Resource):
+    items: list[AuditEvent]
+    next_cursor: str | None = None
+
+
 class StoredBytes(_Resource):
     """Bytes counted against ``max_stored_bytes``; ``used`` is the sum of the parts."""
 
