@@ -262,6 +262,22 @@ def test_checkpoint_delete(cli: Cli, queued_api: RunningApi, checkpoint_file: Pa
     assert gone.exit_code == 6 and gone.error()["status"] == 404
 
 
+def test_audit_list(cli: Cli, checkpoint_file: Path) -> None:
+    record = cli("-o", "json", "checkpoints", "upload", str(checkpoint_file)).json()
+    assert cli("checkpoints", "delete", record["id"]).exit_code == 0
+    listed = cli("-o", "json", "audit", "list")
+    assert listed.exit_code == 0, listed.stderr
+    assert [(e["action"], e["resource_id"]) for e in listed.json()] == [
+        ("checkpoint.deleted", record["id"]), ("checkpoint.uploaded", record["id"])]
+    only = cli("-o", "json", "audit", "list", "--action", "checkpoint.uploaded", "-n", "5")
+    assert [e["action"] for e in only.json()] == ["checkpoint.uploaded"]
+    table = cli("audit", "list", "--resource", record["id"])
+    assert table.exit_code == 0 and "checkpoint.deleted" in table.stdout
+    assert cli("audit", "list", "--resource", "nothing-here").stdout.startswith("no audit events")
+    refused = cli("-o", "json", "audit", "list", "--action", "job.renamed")
+    assert refused.exit_code == 3 and refused.error()["field"] == "action"
+
+
 def test_dataset_upload_get_delete(cli: Cli, tmp_path: Path) -> None:
     import io
 

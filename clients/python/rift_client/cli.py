@@ -198,6 +198,9 @@ app.add_typer(checkpoints_app, name="checkpoints")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(webhooks_app, name="webhooks")
+audit_app = RiftTyper(help="The project's audit trail: which key changed what, and when.",
+                      no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 admin_app = RiftTyper(help="Operator commands (a key with the admin scope): projects, their "
                       "limits and keys, the live workers.", no_args_is_help=True)
 admin_projects_app = RiftTyper(help="Create, list, show, limit and delete projects.",
@@ -718,6 +721,33 @@ def datasets_list(
         _Column("filename", lambda d: d.filename or "-", overflow="fold"),
     ], empty="no uploaded datasets" + (f" of kind {kind}" if kind else "")
        + " (built-in ones are not uploads: `riftctl datasets get NAME` shows them)")
+
+
+@audit_app.command("list")
+def audit_list(
+    ctx: typer.Context,
+    action: Annotated[str | None, typer.Option(
+        "--action", "-a", help="Only this action, e.g. job.deleted or key.revoked.")] = None,
+    resource: Annotated[str | None, typer.Option(
+        "--resource", "-r", help="Only events about this resource id (a job's, ...).")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Events to show.")] = 20,
+) -> None:
+    """List who changed what in the project (jobs created, cancelled, deleted; uploads;
+    keys; limits), newest first, with the acting key's prefix and the request id."""
+    state = _state(ctx)
+    with _client(state) as client:
+        records = list(client.list_audit_events(action=action, resource_id=resource,
+                                                page_size=min(limit, 100), limit=limit))
+    _show_list(state, records, [
+        _Column("when", lambda e: e.occurred_at.strftime(TIME_FORMAT), no_wrap=True,
+                min_width=19),
+        _Column("action", lambda e: e.action, no_wrap=True),
+        _Column("resource", lambda e: e.resource_id or "-", no_wrap=True),
+        _Column("by", lambda e: f"rift_{e.actor_key_prefix}_…" if e.actor_key_prefix
+                else e.actor, no_wrap=True),
+        _Column("request", lambda e: e.request_id or "-", overflow="fold"),
+    ], empty="no audit events" + (f" of action {action}" if action else "")
+       + (f" about {resource}" if resource else ""))
 
 
 @datasets_app.command("get")
