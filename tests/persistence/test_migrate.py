@@ -376,3 +376,35 @@ def test_0031_adds_the_error_field_column_empty_and_takes_it_away(empty_url: str
         assert _row_counts(engine, ["jobs"]) == {"jobs": 1}
     finally:
         engine.dispose()
+
+
+def test_0033_adds_audit_events_that_outlive_their_project_and_takes_them_away(
+        empty_url: str) -> None:
+    """An event's ``project_id`` is no foreign key: deleting the project keeps its trail (a
+    cascade would delete the record of who deleted it). The downgrade drops the table; the
+    upgrade makes it again, empty."""
+    upgrade_database(empty_url, "0032")
+    now = datetime.now(UTC)
+    engine = sa.create_engine(empty_url)
+    try:
+        with engine.begin() as c:
+            _insert_project_p1_with_checkpoint_c1(c, now, size=10, tensors=2)
+        upgrade_database(empty_url, "0033")
+        with engine.begin() as c:
+            c.execute(sa.text(
+                "INSERT INTO audit_events (id, occurred_at, project_id, actor, action, "
+                "resource_kind, resource_id, details) VALUES ('e1', :n, 'p1', 'rift-admin', "
+                "'project.deleted', 'project', 'p1', :d)"), {"n": now, "d": '{"name": "p1"}'})
+            c.execute(sa.text("DELETE FROM checkpoints"))
+            c.execute(sa.text("DELETE FROM projects"))
+        assert _row_counts(engine, ["audit_events", "projects"]) == {"audit_events": 1,
+                                                                      "projects": 0}
+        indexes = {i["name"] for i in sa.inspect(engine).get_indexes("audit_events")}
+        assert indexes == {"ix_audit_events_project_id_occurred_at_id",
+                           "ix_audit_events_occurred_at_id"}
+        downgrade_database(empty_url, "0032")
+        assert "audit_events" not in sa.inspect(engine).get_table_names()
+        upgrade_database(empty_url, "0033")
+        assert _row_counts(engine, ["audit_events"]) == {"audit_events": 0}
+    finally:
+        engine.dispose()
