@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -21,7 +21,7 @@ from api.auth import AdminDep, require_admin
 from api.deps import RateLimiterDep, SessionDep, SettingsDep, StoreDep, StreamSlotsDep
 from api.errors import Conflict, InvalidInput, NotFound
 from api.paging import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
-from api.routes.audit import ActionFilter, ResourceFilter
+from api.routes.audit import ActionFilter, ProjectFilter, ResourceFilter
 from api.schemas import AuditEventPageOut, UsageOut
 from api.services.audit import audit_page_out
 from api.services.usage import project_usage_out
@@ -331,7 +331,7 @@ def revoke_key_route(name: str, key_id: str, session: SessionDep,
             "same.")
 def read_audit_events(session: SessionDep, limit: PageLimit = DEFAULT_PAGE_SIZE,
                       cursor: PageCursor = None,
-                      project_id: Annotated[str | None, Query(max_length=64)] = None,
+                      project_id: ProjectFilter = None,
                       action: ActionFilter = None,
                       resource_id: ResourceFilter = None) -> AuditEventPageOut:
     return audit_page_out(session, project_id=project_id, limit=limit, cursor=cursor,

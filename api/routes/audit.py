@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import ProjectIdDep, SessionDep
 from api.paging import DEFAULT_PAGE_SIZE, PageCursor, PageLimit
-from api.schemas import AuditEventPageOut
+from api.schemas import RESOURCE_ID_PATTERN, AuditEventPageOut
 from api.services.audit import audit_page_out
 from persistence.audit import Action
 
@@ -17,8 +17,12 @@ router = APIRouter(tags=["audit"])
 
 #: The filters, declared once for this route and the admin's.
 ActionFilter = Annotated[Action | None, Query(description="Only events of this action.")]
-ResourceFilter = Annotated[str | None, Query(max_length=64,
+# An id's characters only: a NUL would reach the database (Postgres refuses it unnamed).
+ResourceFilter = Annotated[str | None, Query(pattern=RESOURCE_ID_PATTERN,
                                              description="Only events about this resource id.")]
+ProjectFilter = Annotated[str | None, Query(pattern=RESOURCE_ID_PATTERN,
+                                            description="Only this project's events (its id: "
+                                            "a deleted project's too).")]
 
 
 @router.get("/audit-events", response_model=AuditEventPageOut,
