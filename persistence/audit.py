@@ -67,6 +67,13 @@ def record_audit_event(session: Session, actor: Actor, action: Action, *,
     return event
 
 
+def withdraw_audit_events(session: Session, resource_id: str) -> None:
+    """Delete the events of ``resource_id`` (not committed: with the row's removal): for a
+    row made and then removed by the same request that failed (a job its broker did not take, a
+    multipart job's checkpoint when the job was refused), whose answer says nothing was made."""
+    session.execute(delete(AuditEvent).where(AuditEvent.resource_id == resource_id))
+
+
 def page_audit_events(session: Session, *, project_id: str | None, limit: int,
                       cursor: str | None, action: str | None = None,
                       resource_id: str | None = None,

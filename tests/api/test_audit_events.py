@@ -6,6 +6,7 @@ deleted project's trail."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -204,3 +205,19 @@ def test_materialization_and_mlflow_requests_are_recorded_when_they_queue_work(
     assert found[0]["details"] == {"job_id": job_id, "alpha": 0.5, "evaluate": False}
     assert [e["resource_id"] for e in events(api.client, action="mlflow_export.requested")] == [
         job_id]
+
+
+def test_a_job_the_broker_did_not_take_leaves_no_trail(api: Api, small_cnn_file: Path) -> None:
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    api.dispatcher.broker_down = True
+    # The job row is written, then removed when its message cannot be sent (503): its event
+    # goes with it, and so does the multipart request's own checkpoint's.
+    down = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                             "config": digits_config()})
+    assert down.status_code == 503, down.text
+    multipart = api.client.post("/v1/jobs", files={
+        "checkpoint": ("c.safetensors", small_cnn_file.read_bytes()),
+        "spec": (None, json.dumps({"config": digits_config()}))})
+    assert multipart.status_code == 503, multipart.text
+    assert [(e["action"], e["resource_id"]) for e in events(api.client)] == [
+        ("checkpoint.uploaded", checkpoint["id"])]
