@@ -101,7 +101,10 @@ def prune_audit_events(session: Session, retention_days: int, now: datetime | No
         return 0
     older = AuditEvent.occurred_at < (now or utcnow()) - timedelta(days=retention_days)
     if dry_run:
-        return int(session.execute(select(func.count()).where(older)).scalar_one())
+        count = int(session.execute(select(func.count()).where(older)).scalar_one())
+        # Ended at once: on SQLite every transaction holds the write lock (BEGIN IMMEDIATE).
+        session.commit()
+        return count
     result = session.execute(delete(AuditEvent).where(older))
     session.commit()
     return int(getattr(result, "rowcount", 0) or 0)
