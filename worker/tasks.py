@@ -143,6 +143,7 @@ from worker.candidates import (
 from worker.epoch_states import ObjectEpochStateStore, discard_epoch_states
 from worker.finishing import record_finish
 from worker.inputs import DatasetNotInDataRoot
+from worker.message_compat import ArgumentsCheckedTask, leave_incompatible_messages
 from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_failure_message, export_job
 from worker.prepared_runs import RunKey
@@ -177,44 +178,46 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     """Register the stage tasks, the recovery loop and the worker registry's heartbeat on
     ``app``; returns the process handles."""
     resources = WorkerResources(app.settings)
+    # A rolling deploy's other release sends tasks or arguments this one lacks: never dropped.
+    leave_incompatible_messages(app)
     resources.webhook_sender = lambda delivery_id: enqueue_webhook(app, delivery_id)
     resources.metrics = WorkerMetrics(resources, lambda queue: _queue_size(app, queue))
 
     for stage in STAGE_ORDER:
         _register_stage_task(app, resources, stage.value)
 
-    @app.task(name=WEBHOOK_TASK_NAME, ignore_result=True)
+    @app.task(name=WEBHOOK_TASK_NAME, base=ArgumentsCheckedTask, ignore_result=True)
     def deliver_webhook(delivery_id: str) -> str:
         """Make the next attempt of a webhook message; a failed one re-sends itself later."""
         return webhook_delivery.deliver(
             resources, delivery_id,
             schedule_retry=lambda message, delay: enqueue_webhook(app, message, countdown=delay))
 
-    @app.task(name=MATERIALIZE_TASK_NAME, ignore_result=True, bind=True)
+    @app.task(name=MATERIALIZE_TASK_NAME, base=ArgumentsCheckedTask, ignore_result=True, bind=True)
     def materialize(task: Task, materialization_id: str) -> str:
         """Make the weights of one materialization request; returns the outcome."""
         return execute_materialization(resources, materialization_id, _request_id_of(task),
                                        app=app)
 
-    @app.task(name=MLFLOW_EXPORT_TASK_NAME, ignore_result=True)
+    @app.task(name=MLFLOW_EXPORT_TASK_NAME, base=ArgumentsCheckedTask, ignore_result=True)
     def export_to_mlflow(job_id: str, request_event_id: int | None = None) -> None:
         """Export a succeeded job to MLflow again; the outcome is one of its events, naming
         the request's event (None: a message sent before requests were named)."""
         export_again(resources, job_id, request_event_id)
 
-    @app.task(name=SHARD_TASK_NAME, ignore_result=True)
+    @app.task(name=SHARD_TASK_NAME, base=ArgumentsCheckedTask, ignore_result=True)
     def run_mrc_shard(job_id: str, shard: int) -> str:
         """Score one shard of the job's MRC modules; returns the outcome."""
         return resources.metrics.timed_part(
             StageName.MRC.value, lambda: execute_shard(app, resources, job_id, shard))
 
-    @app.task(name=CANDIDATE_TASK_NAME, ignore_result=True)
+    @app.task(name=CANDIDATE_TASK_NAME, base=ArgumentsCheckedTask, ignore_result=True)
     def run_sweep_candidate(job_id: str, candidate: int) -> str:
         """Fine-tune and measure one candidate of the job's sweep; returns the outcome."""
         return resources.metrics.timed_part(
             StageName.FINETUNE.value, lambda: execute_candidate(app, resources, job_id, candidate))
 
-    @app.task(name=RECOVER_TASK_NAME, ignore_result=True)
+    @app.task(name=RECOVER_TASK_NAME, base=ArgumentsCheckedTask, ignore_result=True)
     def recover_stale_jobs() -> int:
         """Re-send the messages of stages whose worker died; returns how many were sent."""
         return redispatch_stale_stages(app, resources)
@@ -370,7 +373,7 @@ def _register_stage_task(app: RiftCelery, resources: WorkerResources, stage: str
 
     run.__name__ = f"run_{stage}_stage"
     run.__doc__ = f"Run the '{stage}' stage of the job ``job_id``; returns the outcome."
-    app.task(name=STAGE_TASK_NAMES[stage], ignore_result=True, bind=True)(run)
+    app.task(name=STAGE_TASK_NAMES[stage], base=ArgumentsCheckedTask, ignore_result=True, bind=True)(run)
 
 
 @dataclass
