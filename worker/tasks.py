@@ -86,6 +86,7 @@ from celery.signals import (
 from sqlalchemy.orm import Session
 
 from persistence import jobs, named_locks, stages, workers
+from persistence.broker_loss import broker_lost_messages, forget_marker, marker_key
 from persistence.deletion import delete_objects
 from persistence.janitor import run_janitor
 from persistence.logs import log_context, use_json
@@ -123,6 +124,7 @@ from persistence.queue import (
     enqueue_stage,
     enqueue_webhook,
 )
+from persistence.settings import Settings
 from persistence.stages import ClaimOutcome, ClaimTerms, HandBackReason, JobEnded, LeaseLost
 from persistence.storage import ObjectNotFound
 from persistence.time_limits import fail_overdue_jobs, job_time_limit
@@ -985,15 +987,17 @@ def _materialization_lost(resources: WorkerResources, materialization_id: str, k
     return "lease_lost"
 
 
-def redispatch_stale_materializations(app: RiftCelery, resources: WorkerResources) -> int:
+def redispatch_stale_materializations(app: RiftCelery, resources: WorkerResources, *,
+                                      resend_after: float | None = None) -> int:
     """Queue and send again the materializations whose worker died (lease expired), and send
-    again those queued ``QUEUED_RESEND_AFTER_SECONDS`` without a worker (message lost); those
-    claimed ``MAX_STAGE_ATTEMPTS`` times are failed instead."""
+    again those queued ``resend_after`` seconds (default ``QUEUED_RESEND_AFTER_SECONDS``)
+    without a worker (message lost); those claimed ``MAX_STAGE_ATTEMPTS`` times are failed
+    instead."""
     settings = resources.settings
     with resources.session() as session:
         stale = materializations_to_redispatch(
             session, max_attempts=settings.max_stage_attempts,
-            resend_after=settings.queued_resend_after_seconds)
+            resend_after=_or_setting(resend_after, settings))
     for materialization_id in stale:
         logger.warning("materialization %s: re-sending it (its lease expired or its message "
                        "is late)", materialization_id)
@@ -1001,18 +1005,46 @@ def redispatch_stale_materializations(app: RiftCelery, resources: WorkerResource
     return len(stale)
 
 
-def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources) -> int:
-    """Send again the stages whose worker died or whose next message was lost."""
+def _or_setting(resend_after: float | None, settings: Settings) -> float:
+    return settings.queued_resend_after_seconds if resend_after is None else resend_after
+
+
+def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources, *,
+                            resend_after: float | None = None) -> int:
+    """Send again the stages (MRC shards, sweep candidates) whose worker died or whose message
+    was sent ``resend_after`` seconds ago (default ``QUEUED_RESEND_AFTER_SECONDS``) and is
+    not taken yet (lost)."""
+    pending_after = _or_setting(resend_after, resources.settings)
     with resources.session() as session:
         stale = stages.stages_to_redispatch(
             session, stale_after=resources.settings.worker_lease_seconds,
-            pending_after=resources.settings.queued_resend_after_seconds)
+            pending_after=pending_after)
     for job_id, stage in stale:
         logger.warning("job %s: re-sending stage %s (its lease expired or its message is late)",
                        job_id, stage)
         enqueue_stage(app, job_id, stage)
-    return (len(stale) + redispatch_stale_shards(app, resources)
-            + redispatch_stale_candidates(app, resources))
+    return (len(stale) + redispatch_stale_shards(app, resources, resend_after=pending_after)
+            + redispatch_stale_candidates(app, resources, resend_after=pending_after))
+
+
+def redispatch_after_broker_loss(app: RiftCelery, resources: WorkerResources) -> int:
+    """When the broker lost its messages (:mod:`persistence.broker_loss`), send every waiting
+    stage, part and materialization again now; returns how many were sent."""
+    settings = resources.settings
+    if not broker_lost_messages(settings):
+        return 0
+    try:
+        sent = (redispatch_stale_stages(app, resources, resend_after=0)
+                + redispatch_stale_materializations(app, resources, resend_after=0))
+    except Exception:
+        forget_marker(settings)  # the next pass tries again
+        raise
+    if sent:
+        logger.warning("the broker (BROKER_URL) lost its messages, or this queue was never "
+                       "marked (key %s missing: Redis restarted without persistence or "
+                       "flushed): sent %d waiting stages, parts and materializations again",
+                       marker_key(settings), sent)
+    return sent
 
 
 def fail_overdue(resources: WorkerResources) -> list[str]:
@@ -1104,6 +1136,7 @@ class RecoveryLoop:
             try:
                 self.release_lost_children()
                 fail_overdue(self.resources)
+                redispatch_after_broker_loss(self.app, self.resources)
                 redispatch_stale_stages(self.app, self.resources)
                 redispatch_stale_materializations(self.app, self.resources)
                 redispatch_late_webhooks(self.app, self.resources)
