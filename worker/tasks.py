@@ -86,7 +86,7 @@ from celery.signals import (
 from sqlalchemy.orm import Session
 
 from persistence import jobs, named_locks, stages, workers
-from persistence.broker_loss import broker_lost_messages, forget_marker, marker_key
+from persistence.broker_loss import BrokerLossWatch, marker_key
 from persistence.deletion import delete_objects
 from persistence.janitor import run_janitor
 from persistence.logs import log_context, use_json
@@ -1027,23 +1027,21 @@ def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources, *,
             + redispatch_stale_candidates(app, resources, resend_after=pending_after))
 
 
-def redispatch_after_broker_loss(app: RiftCelery, resources: WorkerResources) -> int:
+def redispatch_after_broker_loss(app: RiftCelery, resources: WorkerResources,
+                                 watch: BrokerLossWatch) -> int:
     """When the broker lost its messages (:mod:`persistence.broker_loss`), send every waiting
     stage, part and materialization again now; returns how many were sent."""
-    settings = resources.settings
-    if not broker_lost_messages(settings):
+    if not watch.lost_messages():
         return 0
     try:
         sent = (redispatch_stale_stages(app, resources, resend_after=0)
                 + redispatch_stale_materializations(app, resources, resend_after=0))
     except Exception:
-        forget_marker(settings)  # the next pass tries again
+        watch.resend_failed()  # the next pass tries again
         raise
-    if sent:
-        logger.warning("the broker (BROKER_URL) lost its messages, or this queue was never "
-                       "marked (key %s missing: Redis restarted without persistence or "
-                       "flushed): sent %d waiting stages, parts and materializations again",
-                       marker_key(settings), sent)
+    logger.warning("the broker (BROKER_URL) lost its messages (its marker %s was replaced: "
+                   "Redis restarted without persistence, or flushed): sent %d waiting stages, "
+                   "parts and materializations again", marker_key(resources.settings), sent)
     return sent
 
 
@@ -1075,7 +1073,8 @@ class RecoveryLoop:
     ``WORKER_RECOVERY_INTERVAL_SECONDS`` (no beat process needed), fails the jobs past their time
     limit (:func:`fail_overdue`), re-sends stale stages and parts
     (:func:`redispatch_stale_stages`), materializations (:func:`redispatch_stale_materializations`)
-    and webhook messages (:func:`redispatch_late_webhooks`) and,
+    and webhook messages (:func:`redispatch_late_webhooks`), all waiting work at once when the
+    broker lost its messages (:func:`redispatch_after_broker_loss`) and,
     every ``JANITOR_INTERVAL_SECONDS``, runs the janitor (:mod:`persistence.janitor`)."""
 
     def __init__(self, app: RiftCelery, resources: WorkerResources,
@@ -1087,6 +1086,7 @@ class RecoveryLoop:
         # The prefork pool's children (none for the other pools), and those seen last pass.
         self._children = children
         self._seen: set[int] = set()
+        self._broker_watch = BrokerLossWatch(resources.settings)
         self._gone: set[int] = set()
 
     def start(self) -> None:
@@ -1136,12 +1136,16 @@ class RecoveryLoop:
             try:
                 self.release_lost_children()
                 fail_overdue(self.resources)
-                redispatch_after_broker_loss(self.app, self.resources)
                 redispatch_stale_stages(self.app, self.resources)
                 redispatch_stale_materializations(self.app, self.resources)
                 redispatch_late_webhooks(self.app, self.resources)
             except Exception:
                 logger.warning("recovery pass failed; will retry", exc_info=True)
+            try:
+                redispatch_after_broker_loss(self.app, self.resources, self._broker_watch)
+            except Exception as exc:  # Redis down: the pass above did the database's part
+                logger.warning("recovery pass: cannot check whether the broker (BROKER_URL) "
+                               "lost its messages: %s; will retry", error_summary(exc))
             if time.monotonic() >= next_janitor:
                 next_janitor = time.monotonic() + settings.janitor_interval_seconds
                 try:
