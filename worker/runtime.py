@@ -55,9 +55,9 @@ def resend_later(what: str, resend: Callable[[float], None], delay: float,
     acknowledges a failed task too), and the work would wait for the recovery loop's
     ``QUEUED_RESEND_AFTER_SECONDS``; a claim that did commit unseen holds a lease that expires,
     as after a crash."""
-    logger.warning("%s: the database cannot be reached (%s: %s); its message is sent again in "
-                   "%.1f s", what, type(exc).__name__, (str(exc).splitlines() or [""])[0][:300],
-                   delay)
+    logger.warning("%s: the database (DATABASE_URL) cannot be reached (%s: %s); its message "
+                   "is sent again in %.1f s", what, type(exc).__name__,
+                   (str(exc).splitlines() or [""])[0][:300], delay)
     resend(delay)
     return "database_unavailable"
 

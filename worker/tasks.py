@@ -1139,6 +1139,10 @@ class RecoveryLoop:
                 redispatch_stale_stages(self.app, self.resources)
                 redispatch_stale_materializations(self.app, self.resources)
                 redispatch_late_webhooks(self.app, self.resources)
+            except DATABASE_DOWN as exc:
+                # Expected in an outage, every interval: one line naming the setting, no trace.
+                logger.warning("recovery pass: the database (DATABASE_URL) cannot be reached "
+                               "(%s); will retry in %g s", error_summary(exc), interval)
             except Exception:
                 logger.warning("recovery pass failed; will retry", exc_info=True)
             try:
@@ -1153,6 +1157,9 @@ class RecoveryLoop:
                         report = run_janitor(session, self.resources.store, settings)
                     if report.removed:
                         logger.info("janitor: %s", report.summary())
+                except DATABASE_DOWN as exc:
+                    logger.warning("janitor pass: the database (DATABASE_URL) cannot be reached "
+                                   "(%s); will retry", error_summary(exc))
                 except Exception:
                     logger.warning("janitor pass failed; will retry", exc_info=True)
             if self._stop.wait(interval):
