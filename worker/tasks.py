@@ -30,9 +30,10 @@ Recovery: a worker re-sends, on start and every ``WORKER_RECOVERY_INTERVAL_SECON
 parts and materializations whose lease expired (the worker running them was killed) and, once
 ``QUEUED_RESEND_AFTER_SECONDS`` have passed since their message was sent, those nobody took (the
 message was lost before any worker took it: :mod:`persistence.resend`), and the webhook messages
-a lease length late; a prefork parent hands over at once the work of its pool children that
-exited holding leases (:mod:`persistence.lost_processes`); it fails the jobs past their time
-limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the janitor
+a lease length late, and every waiting row at once when the broker lost its messages
+(:mod:`persistence.broker_loss`); a prefork parent hands over at once the work of its pool
+children that exited holding leases (:mod:`persistence.lost_processes`); it fails the jobs past
+their time limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the janitor
 (:mod:`persistence.janitor`).
 
 Warm shutdown (SIGTERM): the stage, part or materialization running stops at its next batch
@@ -43,6 +44,10 @@ interpolation curve) skips the modules (α points) the stopped one reported, rea
 job's events (``stored_events``: :mod:`rift.pipeline`). A message taken while the database refuses
 connections is sent again after ``STAGE_RETRY_DELAY_SECONDS`` (:func:`worker.runtime.
 resend_later`) instead of being acknowledged with the task's error and lost.
+
+A message this release cannot take (a rolling deploy's other release sent it) goes back to the
+queue for a worker that can (:mod:`worker.message_compat`); outputs written as work ends wait out
+a short store outage (:mod:`worker.store_writes`).
 
 Each process that runs tasks keeps its row in the worker registry (queues, devices, heartbeat;
 :mod:`worker.registry`), which job creation reads to refuse a device no live worker has.
