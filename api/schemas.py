@@ -439,8 +439,10 @@ class CheckOut(BaseModel):
     ok: bool
     error: str | None = None
     state: str | None = Field(
-        None, description="The validator's only: ready, starting, failed or stopped (it starts "
-        "with the next upload: a shared server that exited idle, or VALIDATION_WARM_START=false).")
+        None, description="The validator's: ready, starting, failed or stopped (it starts "
+        "with the next upload: a shared server that exited idle, or VALIDATION_WARM_START=false). "
+        "The database's: schema_ahead when a newer release migrated it (a rolling deploy; still "
+        "ok, error says which revision).")
 
 
 class ReadyOut(BaseModel):

@@ -463,12 +463,14 @@ class _KeyStorage:
         raise RuntimeError("read-only")
 
 
-def redispatch_stale_candidates(app: Celery, resources: WorkerResources) -> int:
+def redispatch_stale_candidates(app: Celery, resources: WorkerResources, *,
+                                resend_after: float | None = None) -> int:
     """Send again the candidates whose worker died, and the pick nobody recorded."""
     with resources.session() as session:
         stale = stage_shards.parts_to_redispatch(
             session, CANDIDATES, stale_after=resources.settings.worker_lease_seconds,
-            pending_after=resources.settings.queued_resend_after_seconds)
+            pending_after=(resources.settings.queued_resend_after_seconds
+                           if resend_after is None else resend_after))
     for job_id, index in stale:
         logger.warning("job %s: re-sending sweep candidate %d", job_id, index)
         enqueue_candidate(app, job_id, index)

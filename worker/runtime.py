@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import exc as database_errors
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,6 +33,7 @@ from persistence.transactions import EventKind, JobNotFound
 from persistence.webhooks import install_delivery_dispatch
 from rift.errors import JobCancelled, RiftError, TimeLimitExceeded
 from worker.prepared_runs import PreparedRunCache
+from worker.store_writes import PatientObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,9 @@ def resend_later(what: str, resend: Callable[[float], None], delay: float,
     acknowledges a failed task too), and the work would wait for the recovery loop's
     ``QUEUED_RESEND_AFTER_SECONDS``; a claim that did commit unseen holds a lease that expires,
     as after a crash."""
-    logger.warning("%s: the database cannot be reached (%s: %s); its message is sent again in "
-                   "%.1f s", what, type(exc).__name__, (str(exc).splitlines() or [""])[0][:300],
-                   delay)
+    logger.warning("%s: the database (DATABASE_URL) cannot be reached (%s: %s); its message "
+                   "is sent again in %.1f s", what, type(exc).__name__,
+                   (str(exc).splitlines() or [""])[0][:300], delay)
     resend(delay)
     return "database_unavailable"
 
@@ -119,7 +120,10 @@ class WorkerResources:
                     # Unique per process and start, so a restarted worker never reuses a lease.
                     worker_id=self.owner_prefix(os.getpid()) + uuid.uuid4().hex[:8],
                     session_factory=factory,
-                    store=self.settings.build_object_store(),
+                    # Outputs written as work ends wait out a short store outage.
+                    store=cast(ObjectStore, PatientObjectStore(
+                        self.settings.build_object_store(),
+                        give_up_after_s=self.settings.worker_lease_seconds)),
                     # Per process: a forked child starts with none of its parent's runs.
                     prepared_runs=PreparedRunCache(self.settings.worker_prepared_run_cache_bytes),
                     store_writer=ThreadPoolExecutor(STORE_WRITERS,

@@ -284,12 +284,14 @@ def delete_shard_inputs(store: ObjectStore, job_id: str, keys: list[str]) -> Non
                            exc_info=True)
 
 
-def redispatch_stale_shards(app: Celery, resources: WorkerResources) -> int:
+def redispatch_stale_shards(app: Celery, resources: WorkerResources, *,
+                            resend_after: float | None = None) -> int:
     """Send again the shards whose worker died, and the merge nobody recorded."""
     with resources.session() as session:
         stale = stage_shards.shards_to_redispatch(
             session, stale_after=resources.settings.worker_lease_seconds,
-            pending_after=resources.settings.queued_resend_after_seconds)
+            pending_after=(resources.settings.queued_resend_after_seconds
+                           if resend_after is None else resend_after))
     for job_id, shard in stale:
         logger.warning("job %s: re-sending MRC shard %d", job_id, shard)
         enqueue_shard(app, job_id, shard)
