@@ -40,6 +40,7 @@ from rift.finetune_resume import (
 )
 from rift.gradient_paths import untrainable_message
 from rift.model_state import frozen_except
+from rift.rate_text import rate_text
 from rift.scored_weights import scored_parameters, scored_weights, second_names, unscored_reason
 
 _BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -82,7 +83,7 @@ class Divergence:
 
     def message(self) -> str:
         """The ``warning`` event's text."""
-        return (f"fine-tuning diverged in epoch {self.epoch} at lr {self.lr:g}; kept epoch "
+        return (f"fine-tuning diverged in epoch {self.epoch} at lr {rate_text(self.lr)}; kept epoch "
                 f"{self.kept_epoch}, the best finite epoch by validation accuracy; consider a "
                 f"smaller {self.field} (the training loss or the tuned weights went NaN or "
                 "infinite, and training stopped there)")
@@ -310,7 +311,7 @@ def _train(
             field = "finetune.lr_grid" if spec.lr_grid is not None else "finetune.lr"
             if not history:  # nothing finite to keep
                 raise FinetuneDiverged(
-                    f"fine-tuning diverged in epoch {epoch} at learning rate {lr:g}: the "
+                    f"fine-tuning diverged in epoch {epoch} at learning rate {rate_text(lr)}: the "
                     f"training loss or the tuned weights are no longer finite (momentum "
                     f"{spec.momentum:g}, weight_decay {spec.weight_decay:g}); use a smaller "
                     f"{field}", field=field)

@@ -94,6 +94,7 @@ from rift.preflight import (
     preflight_check,
     unjudged_warning,
 )
+from rift.rate_text import rate_text
 from rift.robust_tally import RobustTally, percent
 from rift.run_warnings import RunWarning, configuration_warnings
 from rift.scored_weights import PRUNED, unscored_kinds
@@ -1409,7 +1410,7 @@ def excluded_candidate(candidate: Candidate, error: FinetuneDiverged,
     ``warning`` event: the others still finish the sweep. The same for a sequential sweep and a
     worker's candidate task."""
     callbacks.event("warning", RunWarning("finetune", (
-        f"candidate {candidate.module!r} at lr {candidate.lr:g} is excluded from the sweep: "
+        f"candidate {candidate.module!r} at lr {rate_text(candidate.lr)} is excluded from the sweep: "
         f"{error.message}")).as_payload())
     return ExcludedCandidate(candidate, error.message, error.field)
 

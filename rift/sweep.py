@@ -25,6 +25,7 @@ import torch
 from rift.config import RiftConfig
 from rift.errors import ConfigError, NumericalError
 from rift.mrc import lowest_rows
+from rift.rate_text import rate_text
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def choose_across(outcomes: Sequence[CandidateOutcome | ExcludedCandidate]) -> i
     if not finished:
         excluded = [o for o in outcomes if isinstance(o, ExcludedCandidate)]
         field = excluded[0].field or "finetune.lr_grid"
-        shown = "; ".join(f"{o.candidate.module!r} at lr {o.candidate.lr:g}" for o in excluded)
+        shown = "; ".join(f"{o.candidate.module!r} at lr {rate_text(o.candidate.lr)}" for o in excluded)
         raise NumericalError(
             f"fine-tuning diverged in the first epoch for every candidate of the sweep "
             f"({shown}): no candidate has a finite θ_FT; use smaller rates in {field}",

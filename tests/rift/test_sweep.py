@@ -12,6 +12,7 @@ import pytest
 
 from rift.config import RiftConfig
 from rift.errors import ConfigError, NumericalError
+from rift.finetune import Divergence
 from rift.pipeline import PipelineCallbacks, run_pipeline
 from rift.sweep import (
     Candidate,
@@ -72,6 +73,19 @@ def test_choose_across_leaves_excluded_candidates_out_and_fails_when_all_are() -
         choose_across([excluded, ExcludedCandidate(Candidate("a", 5.0), "diverged",
                                                    "finetune.lr_grid")])
     assert raised.value.field == "finetune.lr_grid"
+
+
+def test_messages_about_candidates_write_rates_that_round_alike_whole() -> None:
+    """Two rates of a grid that ``:g`` writes alike (6 significant digits) were named alike in
+    the sweep's failure and the diverged candidates' messages: which one diverged could not be
+    told. They read as the curves' names do (``rift.rate_text``)."""
+    close = [ExcludedCandidate(Candidate("a", lr), "diverged", "finetune.lr_grid")
+             for lr in (0.001, 0.0010000001)]
+    with pytest.raises(NumericalError) as raised:
+        choose_across(close)
+    assert "'a' at lr 0.001;" in str(raised.value)
+    assert "'a' at lr 0.0010000001)" in str(raised.value)
+    assert "at lr 0.0010000001;" in Divergence(2, 0.0010000001, 1, "finetune.lr_grid").message()
 
 
 def _diverging_grid(config: dict[str, Any], lr_grid: list[float]) -> RiftConfig:
