@@ -21,7 +21,7 @@ from rift.errors import ConfigError, ModuleWithoutEffect
 from rift.models import registry
 from rift.mrc import merge_reports, module_robust_criticality
 from rift.pipeline import PipelineCallbacks, prepare_run, run_mrc_stage, run_pipeline
-from tests.module_factories import GatedBranch
+from tests.module_factories import GatedBranch, TrainDroppedBranch
 
 SMALL_MRC = {"steps": 1, "num_examples": 32, "batch_size": 32}
 
@@ -85,9 +85,9 @@ class GatedBranchNet(nn.Module):
     weight 0 the branch's output is the gate's bias whatever its weights, so both branch
     convolutions get exactly zero gradients (connected, so scored) and MRC exactly 0."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, **_: Any) -> None:
+    def __init__(self, num_classes: int = 10, **_: Any) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
         self.branch_a = nn.Conv2d(8, 8, 3, padding=1)
         self.branch_b = nn.Conv2d(8, 8, 3, padding=1)
         self.gate = nn.BatchNorm2d(8)
@@ -99,23 +99,6 @@ class GatedBranchNet(nn.Module):
         return self.head(out.mean((2, 3)))
 
 
-class TrainDroppedBranch(nn.Module):
-    """A branch dropped in train mode (stochastic depth at rate 1): the eval-mode output, which
-    MRC scores, depends on it, so the table does not flag it; the train-mode loss does not, so
-    fine-tuning it is refused."""
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, **_: Any) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1)
-        self.branch = nn.Conv2d(8, 8, 1)
-        self.head = nn.Linear(8, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.stem(x))
-        x = x + (0.0 if self.training else 1.0) * self.branch(x)
-        return self.head(x.mean((2, 3)))
-
-
 def _config(base: dict[str, Any], **sections: dict[str, Any]) -> RiftConfig:
     raw = copy.deepcopy(base)
     for section, values in sections.items():
@@ -125,7 +108,7 @@ def _config(base: dict[str, Any], **sections: dict[str, Any]) -> RiftConfig:
 
 def _install(monkeypatch: pytest.MonkeyPatch, name: str, cls: type[nn.Module]) -> None:
     monkeypatch.setattr(registry, "_installed_builder", lambda wanted: (
-        (lambda **options: cls(**options)) if wanted == name else None))
+        (lambda num_classes, **_: cls(num_classes)) if wanted == name else None))
 
 
 _FAST = {"preflight": {"examples": 0}, "mrc": SMALL_MRC,
