@@ -19,6 +19,7 @@ held outside the model (``rift.mrc_stacked``); the ascent loop (``_criticalities
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import hashlib
 import itertools
@@ -1072,7 +1073,9 @@ def module_robust_criticality(
         scored = 0
         for name in names:  # table order; the computed rows come in it too
             if name in reused:
-                report.modules.append(reused[name])
+                # A row stored before the flag existed is flagged as this call found.
+                report.modules.append(dataclasses.replace(
+                    reused[name], zero_gradient=name in scoring.zero_gradient))
                 continue
             row = next(computed)
             report.modules.append(row)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from rift.config import MRCSpec, RiftConfig
 from rift.errors import ConfigError, ModuleWithoutEffect
 from rift.models import registry
-from rift.mrc import merge_reports, module_robust_criticality
+from rift.mrc import merge_reports, module_robust_criticality, row_from_dict
 from rift.pipeline import PipelineCallbacks, prepare_run, run_mrc_stage, run_pipeline
 from tests.module_factories import GatedBranch, TrainDroppedBranch
 
@@ -67,6 +67,23 @@ def test_a_gated_branch_is_flagged_and_the_next_module_chosen_in_every_table() -
     torch.manual_seed(0)
     opened = module_robust_criticality(GatedBranch(gate=1.0).eval(), images, labels, spec)
     assert not any(row.zero_gradient for row in opened.modules) and not opened.zero_gradient
+
+
+def test_a_row_reused_from_a_stage_recorded_before_the_flag_is_flagged() -> None:
+    """A stopped MRC stage resumed (``done``) takes its stored rows as they are; one stored
+    before ``zero_gradient`` existed read as False and the gated branch was chosen again."""
+    torch.manual_seed(0)
+    model = GatedBranch().eval()
+    images, labels = _inputs()
+    spec = MRCSpec(steps=2, batch_size=16, eps=0.5)
+    whole = module_robust_criticality(model, images, labels, spec)
+    stored = {row.name: row_from_dict({k: v for k, v in row.as_dict().items()
+                                       if k != "zero_gradient"}) for row in whole.modules[:2]}
+    assert stored["branch"] is not None and not stored["branch"].zero_gradient
+    resumed = module_robust_criticality(model, images, labels, spec, done=stored)
+    assert resumed.reused == ["stem", "branch"]
+    assert [row.name for row in resumed.modules if row.zero_gradient] == ["branch"]
+    assert resumed.lowest().name == whole.lowest().name != "branch"
 
 
 def test_a_table_of_flagged_modules_only_chooses_none() -> None:
