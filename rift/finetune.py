@@ -29,7 +29,7 @@ from rift.checkpoints import load_into
 from rift.config import FinetuneSpec
 from rift.data import DatasetSplits, iterate_batches
 from rift.device import autocast
-from rift.errors import ConfigError, FinetuneDiverged
+from rift.errors import ConfigError, FinetuneDiverged, ModuleWithoutEffect
 from rift.evaluation import correct_predictions, evaluate_accuracy
 from rift.finetune_resume import (
     EpochState,
@@ -400,7 +400,7 @@ def _refuse_dead_module(module_name: str, parameter_names: list[str], examples: 
     every input). Measured: the digits θ_AT with a 1×1 convolution added behind a zero gate
     scored MRC exactly 0 there, was chosen and "fine-tuned" with no word, and the run reported
     clean 90.6 → 91.1 % and robust 65.9 → 67.5 % for it, the BatchNorm statistics' change alone."""
-    raise ConfigError(
+    raise ModuleWithoutEffect(
         f"fine-tuning {module_name!r} would change nothing: the loss's gradient with respect to "
         f"its weights ({', '.join(parameter_names)}) is exactly zero on all {examples} examples "
         "of the first training batch, so the model's output does not depend on them (a branch "

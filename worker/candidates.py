@@ -46,7 +46,7 @@ from persistence.transactions import EventKind, JobNotFound, load_stages
 from reporting.charts import sweep_curves
 from rift import stage_outputs
 from rift.cancellation import raise_if_cancelled
-from rift.errors import FinetuneDiverged, NumericalError
+from rift.errors import NumericalError
 from rift.interpolation import interpolate_weights
 from rift.pipeline import (
     FinetuneStageResult,
@@ -54,6 +54,7 @@ from rift.pipeline import (
     PipelineCallbacks,
     PreparedRun,
     candidate_outcome,
+    excludable,
     excluded_candidate,
     load_mrc,
     run_candidate,
@@ -202,7 +203,7 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
         candidate = Candidate(part.module, part.lr)
         try:
             finetune, interpolation = run_candidate(run, candidate, callbacks)
-        except FinetuneDiverged as exc:
+        except excludable(run.config) as exc:
             # Not the job's failure: the other candidates may finish, and the pick leaves this
             # one out (it fails the job only if every candidate is excluded).
             cancelled = record_excluded(resources, reporter, job_id, index, claim.attempt,

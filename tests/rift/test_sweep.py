@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,12 @@ def test_fewer_modules_than_asked_is_explained() -> None:
     message = fewer_modules_than_asked(
         named, candidates_from_mrc(ROWS, k=3, module="a", lrs=[0.1]), ROWS)
     assert message is not None and "finetune.module names 'a'" in message
+    # Rows flagged zero_gradient (rift.mrc_zero_gradient) are never chosen: not counted.
+    flagged = [*ROWS, {"name": "gated", "mrc": 0.0, "zero_gradient": True}]
+    assert fewer_modules_than_asked(
+        many, candidates_from_mrc(flagged, k=64, module=None, lrs=[0.1]), flagged) == (
+        "finetune.candidates is 64 but 4 module(s) are tried: the MRC table has only 4 "
+        "module(s) that can be chosen (1 more flagged zero_gradient: gated)")
     three = RiftConfig.model_validate({**base, "finetune": {"candidates": 3}})
     assert fewer_modules_than_asked(
         three, candidates_from_mrc(ROWS, k=3, module=None, lrs=[0.1]), ROWS) is None
@@ -73,6 +80,14 @@ def test_choose_across_leaves_excluded_candidates_out_and_fails_when_all_are() -
         choose_across([excluded, ExcludedCandidate(Candidate("a", 5.0), "diverged",
                                                    "finetune.lr_grid")])
     assert raised.value.field == "finetune.lr_grid"
+    # One refused for a zero gradient (its module does not affect the output): not "diverged".
+    gated = ExcludedCandidate(Candidate("gated", 0.1), "fine-tuning 'gated' would change nothing",
+                              "finetune.module")
+    with pytest.raises(ConfigError, match=re.escape(
+            "every candidate of the sweep was excluded: 'a' at lr 10: diverged; 'gated' at lr "
+            "0.1: fine-tuning 'gated' would change nothing")) as refused:
+        choose_across([excluded, gated])
+    assert refused.value.field == "finetune.module"
 
 
 def test_messages_about_candidates_write_rates_that_round_alike_whole() -> None:
