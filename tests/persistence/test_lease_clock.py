@@ -3,7 +3,8 @@
 each one's clock, a worker whose clock lags by more than a lease wrote leases the others read as
 expired (its work taken over), and one whose clock ran ahead read everyone's as expired (it took
 their work). Each case below is a worker with a skewed clock (``tests/clock_skew.py``) against
-a worker with a right one: the lease stays with its holder.
+a worker with a right one: the lease (of a stage, an MRC shard, a materialization; a worker's
+heartbeat) stays with its holder.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import models, stages
+from persistence import materializations, models, stage_shards, stages, workers
 from persistence.db_clock import db_now
 from persistence.models import utcnow
 from persistence.stages import ClaimOutcome
 from tests.clock_skew import skewed_datetime
-from tests.persistence.helpers import LEASE
+from tests.persistence.helpers import LEASE, claim, finish
 
 SKEW = 4 * LEASE  # seconds: far more than a lease
+RESEND = 3600.0  # QUEUED_RESEND_AFTER_SECONDS
+CASES = pytest.mark.parametrize(("holder", "other"), [(-SKEW, 0.0), (0.0, SKEW)],
+                                ids=["holder-behind", "other-ahead"])
 
 
 @pytest.fixture
@@ -37,8 +41,7 @@ def test_the_database_clock_is_postgres_time_not_this_process(
     assert abs((told - utcnow()).total_seconds() - SKEW) < 5  # the server's, not ours
 
 
-@pytest.mark.parametrize(("holder", "other"), [(-SKEW, 0.0), (0.0, SKEW)],
-                         ids=["holder-behind", "other-ahead"])
+@CASES
 def test_a_lease_is_live_for_every_worker_whatever_their_clocks(
         sessions: sessionmaker[Session], new_job: Callable[..., str],
         monkeypatch: pytest.MonkeyPatch, holder: float, other: float) -> None:
@@ -66,3 +69,80 @@ def test_a_lease_is_live_for_every_worker_whatever_their_clocks(
     with sessions() as session:
         row = session.get_one(models.JobStage, (job_id, "mrc"))
         assert (row.lease_owner, row.attempts) == ("holder", 1)
+
+
+@CASES
+def test_an_mrc_shard_lease_is_live_for_every_worker_whatever_their_clocks(
+        sessions: sessionmaker[Session], new_job: Callable[..., str],
+        monkeypatch: pytest.MonkeyPatch, holder: float, other: float) -> None:
+    job_id = new_job(now=None)
+    with sessions() as session:
+        assert stages.claim_stage(session, job_id, "mrc", owner="w0", lease_seconds=LEASE,
+                                  max_attempts=3).outcome == ClaimOutcome.CLAIMED
+    with sessions() as session:
+        stage_shards.start_shards(session, job_id, owner="w0", groups=[["conv1"]],
+                                  inputs_key="jobs/x/mrc/attempt-1/adversarial.safetensors")
+    with monkeypatch.context() as clock:
+        clock.setattr(models, "datetime", skewed_datetime(holder))
+        with sessions() as session:
+            assert stage_shards.claim_shard(session, job_id, 0, owner="holder",
+                                            lease_seconds=LEASE, max_attempts=3
+                                            ).outcome == ClaimOutcome.CLAIMED
+        with sessions() as session:
+            assert stage_shards.renew_part_lease(session, stage_shards.MRC_SHARDS, job_id, 0,
+                                                 owner="holder", lease_seconds=LEASE)
+    with monkeypatch.context() as clock:
+        clock.setattr(models, "datetime", skewed_datetime(other))
+        with sessions() as session:
+            assert stage_shards.shards_to_redispatch(session, stale_after=LEASE,
+                                                     pending_after=RESEND) == []
+        with sessions() as session:
+            assert stage_shards.claim_shard(session, job_id, 0, owner="other",
+                                            lease_seconds=LEASE, max_attempts=3
+                                            ).outcome == ClaimOutcome.HELD
+
+
+@CASES
+def test_a_materialization_lease_is_live_for_every_worker_whatever_their_clocks(
+        sessions: sessionmaker[Session], new_job: Callable[..., str],
+        monkeypatch: pytest.MonkeyPatch, holder: float, other: float) -> None:
+    job_id = new_job()
+    for stage in ("mrc", "finetune", "interpolate"):
+        claim(sessions, job_id, stage)
+        finish(sessions, job_id, stage)
+    with sessions() as session:
+        row_id = materializations.request_materialization(session, job_id, 0.5,
+                                                          evaluate=False).row.id
+    with monkeypatch.context() as clock:
+        clock.setattr(models, "datetime", skewed_datetime(holder))
+        with sessions() as session:
+            assert materializations.start_materialization(
+                session, row_id, owner="holder", lease_seconds=LEASE, max_attempts=3) is not None
+    with monkeypatch.context() as clock:
+        clock.setattr(models, "datetime", skewed_datetime(other))
+        with sessions() as session:
+            assert materializations.materializations_to_redispatch(
+                session, max_attempts=3, resend_after=RESEND) == []
+        with sessions() as session:
+            assert materializations.start_materialization(
+                session, row_id, owner="other", lease_seconds=LEASE, max_attempts=3) is None
+
+
+@CASES
+def test_a_workers_heartbeat_is_live_for_every_worker_whatever_their_clocks(
+        sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch,
+        holder: float, other: float) -> None:
+    heartbeat = LEASE / 3  # live for LIVE_HEARTBEATS of them: far less than the skew
+    with monkeypatch.context() as clock:
+        clock.setattr(models, "datetime", skewed_datetime(holder))
+        with sessions() as session:
+            workers.register_worker(session, workers.WorkerInfo(
+                id="host:1:aa", hostname="host", queues=["rift"], devices={"cpu": 1},
+                device_override=None, started_at=utcnow()))
+    with monkeypatch.context() as clock:
+        clock.setattr(models, "datetime", skewed_datetime(other))
+        with sessions() as session:
+            assert [w.id for w in workers.live_workers(session, heartbeat_seconds=heartbeat)] \
+                == ["host:1:aa"]
+        with sessions() as session:
+            assert workers.remove_stale_workers(session, heartbeat_seconds=heartbeat) == []
