@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import materializations, models, stage_shards, stages, workers
+from persistence import materializations, models, stage_shards, stages, time_limits, workers
 from persistence.db_clock import db_now
 from persistence.models import utcnow
 from persistence.stages import ClaimOutcome
@@ -146,3 +146,24 @@ def test_a_workers_heartbeat_is_live_for_every_worker_whatever_their_clocks(
                 == ["host:1:aa"]
         with sessions() as session:
             assert workers.remove_stale_workers(session, heartbeat_seconds=heartbeat) == []
+
+
+@CASES
+def test_a_jobs_time_limit_is_judged_by_the_database_clock(
+        sessions: sessionmaker[Session], new_job: Callable[..., str],
+        monkeypatch: pytest.MonkeyPatch, holder: float, other: float) -> None:
+    # Before: a job whose claimer lagged looked two minutes older to every other worker's
+    # recovery pass, and every job looked two minutes older to a pass whose clock ran ahead:
+    # either failed it with `timeout` with most of its limit left.
+    job_id = new_job(now=None)
+    with monkeypatch.context() as clock:
+        clock.setattr(models, "datetime", skewed_datetime(holder))
+        with sessions() as session:
+            assert stages.claim_stage(session, job_id, "mrc", owner="holder",
+                                      lease_seconds=LEASE, max_attempts=3
+                                      ).outcome == ClaimOutcome.CLAIMED
+    with monkeypatch.context() as clock:
+        clock.setattr(models, "datetime", skewed_datetime(other))
+        with sessions() as session:
+            assert time_limits.fail_overdue_jobs(session, limit_seconds=2 * LEASE,
+                                                 grace_seconds=LEASE) == []
