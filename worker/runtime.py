@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import materializations, stage_shards, stages
 from persistence.db import session_factory_from_settings
+from persistence.db_clock import db_now
 from persistence.event_notify import build_publisher, install_publisher
 from persistence.models import TERMINAL_STATUSES, Job, utcnow
 from persistence.settings import Settings
@@ -312,9 +313,11 @@ class StageReporter(LeaseHeartbeat):
         self._interval = resources.settings.progress_interval_seconds
         self._last_flush = clock()  # the first write an interval after the stage's start
         self._cancel = False
-        # The job's deadline on this process's clock (None: not enforced here).
+        # The job's deadline on this process's clock (None: not enforced here). ``started_at``
+        # is the database's time (persistence/db_clock.py), so the time left is measured by it
+        # too: by this process's own clock, one running ahead would fail jobs early.
         self._time_limit = time_limit
-        self._deadline = (clock() + time_limit.seconds_left(started_at)
+        self._deadline = (clock() + time_limit.seconds_left(started_at, self._db_now(started_at))
                           if time_limit is not None else None)
         # What waits to be written; the stage's thread adds, the writer takes (_pending_lock).
         self._events: list[tuple[str, dict[str, Any], datetime]] = []
@@ -328,6 +331,13 @@ class StageReporter(LeaseHeartbeat):
         self._writer: threading.Thread | None = None
         self._wake = threading.Event()
         self._error: Exception | None = None
+
+    def _db_now(self, started_at: datetime | None) -> datetime | None:
+        """The database's time, when there is a start to measure from (else no round trip)."""
+        if started_at is None:
+            return None
+        with self.resources.session() as session:
+            return db_now(session)
 
     # -- writer -------------------------------------------------------------------------------
     def start(self) -> None:

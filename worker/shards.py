@@ -240,6 +240,7 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
     manifest = load_manifest(storage)
     platforms = shard_platforms(parts)
     warning = mixed_platforms_warning(platforms, manifest)
+    # The events' own time (display); the next stage's lease takes the database's clock.
     now = utcnow()
     events: list[tuple[str, dict[str, Any], datetime]] = []
     if warning is not None:
@@ -260,7 +261,7 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
             # The warnings are written with the merge, so once, whichever task records it.
             stages.finish_stage_and_claim_next(session, job_id, StageName.MRC,
                                                owner=SHARDED_OWNER, outputs=outputs,
-                                               events=events, now=now)
+                                               events=events)
     except LeaseLost:
         return "done"  # another task recorded the merge first
     delete_shard_inputs(resources.store, job_id, inputs_keys)
