@@ -310,6 +310,10 @@ class MRCRowOut(BaseModel):
         None, description="False: the module was stopped early by mrc.table = 'selection' and "
         "mrc, worst_robust_loss and max_ascent_loss are lower bounds (enough to rule it out); "
         "true or null (recorded before): its own values.")
+    zero_gradient: bool | None = Field(
+        None, description="True: the module's weight gradient was exactly zero on every MRC "
+        "batch (the output does not depend on it): its MRC is 0 by construction and the "
+        "selection never chooses it. Null: recorded before the flag was (unknown).")
     selected: bool = Field(description="The module fine-tuned: the lowest MRC, unless "
                            "finetune.module named another or a sweep's rule picked another "
                            "candidate (the job's metrics.lowest_mrc_module names the lowest).")

@@ -440,6 +440,9 @@ class MRCRow(Base):
     # module stopped early by mrc.table = "selection"). NULL on rows recorded before: exact.
     passes: Mapped[int | None] = mapped_column(Integer)
     exact: Mapped[bool | None] = mapped_column(Boolean)
+    # The module's weight gradient was exactly zero on every MRC batch (rift.mrc_zero_gradient):
+    # MRC 0 by construction, never chosen. NULL on rows recorded before: unknown.
+    zero_gradient: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class EpochMetric(Base):

@@ -475,6 +475,8 @@ def _insert_outputs(session: Session, job: Job, outputs: StageOutputs,
             max_ascent_loss=_float(row.get("max_ascent_loss")),
             passes=None if row.get("passes") is None else int(row["passes"]),
             exact=None if row.get("exact") is None else bool(row["exact"]),
+            zero_gradient=(None if row.get("zero_gradient") is None
+                           else bool(row["zero_gradient"])),
         ))
     for row in outputs.epochs:
         session.add(EpochMetric(

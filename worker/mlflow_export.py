@@ -167,7 +167,8 @@ def gather_job(session: Session, store: ObjectStore, job_id: str, directory: Pat
         config=job.spec, selected_module=job.selected_module, chosen_alpha=job.chosen_alpha,
         metrics=job.metrics or {},
         mrc_rows=[{"module": r.module, "mrc": r.mrc, "robust_accuracy_drop": r.robust_accuracy_drop,
-                   "exact": r.exact} for r in get_mrc_rows(session, job_id)],
+                   "exact": r.exact, "zero_gradient": r.zero_gradient}
+                  for r in get_mrc_rows(session, job_id)],
         epochs=[{"epoch": e.epoch, "train_loss": e.train_loss, "train_accuracy": e.train_accuracy,
                  "val_accuracy": e.val_accuracy} for e in get_epoch_metrics(session, job_id)],
         points=[{"alpha": p.alpha, "clean_accuracy": p.clean_accuracy,
@@ -320,7 +321,11 @@ def _metrics(export: JobExport) -> list[Any]:
         # A row stopped early by mrc.table = "selection": its MRC is a lower bound, and its drop
         # is where the ascent stopped, neither the module's value (as on the report page).
         stopped = row.get("exact") is False
-        add(metric_key("mrc_at_least" if stopped else "mrc", module), row["mrc"])
+        # A row flagged zero_gradient: MRC 0 by construction, never chosen; under mrc.* it read
+        # as the lowest, the module to tune.
+        name = ("mrc_zero_gradient" if row.get("zero_gradient")
+                else "mrc_at_least" if stopped else "mrc")
+        add(metric_key(name, module), row["mrc"])
         add(metric_key("robust_accuracy_drop_at_stop" if stopped else "robust_accuracy_drop",
                        module), row["robust_accuracy_drop"])
     for epoch in export.epochs:

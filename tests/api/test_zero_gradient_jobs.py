@@ -63,6 +63,13 @@ def test_a_job_tunes_the_next_module_past_a_zero_gated_branch_in_one_task_and_in
                   if e["kind"] == "module_scored"}
         assert scored["branch"]["zero_gradient"] is True and scored["branch"]["mrc"] == 0.0
         assert scored[job["selected_module"]]["zero_gradient"] is False
+        # The recorded table carries the flag: it read as an ordinary MRC 0, the lowest.
+        rows = {row["module"]: row for row in
+                api.client.get(f"/v1/jobs/{job['id']}/mrc").json()["rows"]}
+        assert rows["branch"]["zero_gradient"] is True and rows["branch"]["mrc"] == 0.0
+        assert rows[job["selected_module"]]["zero_gradient"] is False
+        report = api.client.get(f"/v1/jobs/{job['id']}/report").text
+        assert "branch<span class='mark'> (no effect: not chosen)</span>" in report
 
     torch.manual_seed(0)
     checkpoints.save_safetensors(tmp_path / "dropped.safetensors",

@@ -142,6 +142,23 @@ def test_an_mrc_row_stopped_early_is_exported_under_bound_names() -> None:
                       "mrc.fc": 0.2, "robust_accuracy_drop.fc": 18.75}
 
 
+def test_an_mrc_row_flagged_zero_gradient_is_not_exported_as_an_mrc() -> None:
+    """A row whose weight gradient was zero on every MRC batch has MRC 0 by construction and is
+    never chosen: logged as mrc.<module>, it read as the lowest MRC, the module to tune."""
+    from worker.mlflow_export import _metrics
+
+    export = JobExport(
+        job_id="j", checkpoint_sha256="", config={}, selected_module="fc", chosen_alpha=0.0,
+        metrics={}, epochs=[], points=[],
+        mrc_rows=[{"module": "branch", "mrc": 0.0, "robust_accuracy_drop": 0.0,
+                   "exact": True, "zero_gradient": True},
+                  {"module": "fc", "mrc": 0.2, "robust_accuracy_drop": 18.75, "exact": True,
+                   "zero_gradient": None}])
+    logged = {m.key: m.value for m in _metrics(export)}
+    assert logged == {"mrc_zero_gradient.branch": 0.0, "robust_accuracy_drop.branch": 0.0,
+                      "mrc.fc": 0.2, "robust_accuracy_drop.fc": 18.75}
+
+
 def test_exporting_a_job_again_gives_its_run_and_version_back(tmp_path: Path) -> None:
     """A redelivered finishing task (or a retried export) created a second run and registered
     version 2 of the same weights. The run also carries the project and the job's labels."""

@@ -289,6 +289,9 @@ class MRCRow(_Resource):
     passes: int | None = Field(None, description="Ascent passes run (None: not recorded).")
     exact: bool | None = Field(
         None, description="False: stopped early by mrc.table 'selection'; mrc is a lower bound.")
+    zero_gradient: bool | None = Field(
+        None, description="True: the output does not depend on the module (zero weight "
+        "gradient on every MRC batch); MRC 0 by construction, never chosen. None: unknown.")
     selected: bool = False
 
 
