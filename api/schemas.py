@@ -310,6 +310,10 @@ class MRCRowOut(BaseModel):
         None, description="False: the module was stopped early by mrc.table = 'selection' and "
         "mrc, worst_robust_loss and max_ascent_loss are lower bounds (enough to rule it out); "
         "true or null (recorded before): its own values.")
+    zero_gradient: bool | None = Field(
+        None, description="True: the module's weight gradient was exactly zero on every MRC "
+        "batch (the output does not depend on it): its MRC is 0 by construction and the "
+        "selection never chooses it. Null: recorded before the flag was (unknown).")
     selected: bool = Field(description="The module fine-tuned: the lowest MRC, unless "
                            "finetune.module named another or a sweep's rule picked another "
                            "candidate (the job's metrics.lowest_mrc_module names the lowest).")
@@ -439,8 +443,10 @@ class CheckOut(BaseModel):
     ok: bool
     error: str | None = None
     state: str | None = Field(
-        None, description="The validator's only: ready, starting, failed or stopped (it starts "
-        "with the next upload: a shared server that exited idle, or VALIDATION_WARM_START=false).")
+        None, description="The validator's: ready, starting, failed or stopped (it starts "
+        "with the next upload: a shared server that exited idle, or VALIDATION_WARM_START=false). "
+        "The database's: schema_ahead when a newer release migrated it (a rolling deploy; still "
+        "ok, error says which revision).")
 
 
 class ReadyOut(BaseModel):

@@ -227,8 +227,9 @@ def _project_data(project: Project) -> dict[str, Any]:
 
 
 def _key_data(key: ApiKey, project_name: str) -> dict[str, Any]:
-    """A key as ``keys list`` shows it: never its secret."""
-    return {"id": key.id, "project": project_name, "prefix": f"rift_{key.prefix}_",
+    """A key as ``keys list`` shows it: never its secret. ``prefix`` is the stored one, as the
+    admin API gives it (the text table writes it as the key starts, ``rift_<prefix>_…``)."""
+    return {"id": key.id, "project": project_name, "prefix": key.prefix,
             "scopes": key.scopes.split(), "name": key.name,
             "created_at": key.created_at.isoformat(),
             "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
@@ -385,7 +386,7 @@ def _keys_list(session: Session, args: argparse.Namespace, _: Settings) -> Outpu
     keys = [_key_data(key, names.get(key.project_id, "?"))
             for key in list_keys(session, project_id)]
     lines = ["id\tproject\tprefix\tscopes\tname\tcreated_at\tlast_used_at\trevoked_at"]
-    lines += ["\t".join([key["id"], key["project"], key["prefix"] + "…", ",".join(key["scopes"]),
+    lines += ["\t".join([key["id"], key["project"], f"rift_{key['prefix']}_…", ",".join(key["scopes"]),
                          key["name"] or "", key["created_at"], key["last_used_at"] or "",
                          key["revoked_at"] or ""]) for key in keys]
     return Output(keys, lines)

@@ -123,6 +123,8 @@ class JanitorReport:
 def run_janitor(session: Session, store: ObjectStore, settings: Settings, *,
                 now: datetime | None = None, dry_run: bool = False) -> JanitorReport:
     """One pass over the scratch folders, the store's partial writes and its objects."""
+    # Workers' heartbeats are the database's time (persistence/db_clock.py): judged by it too.
+    heartbeat_now = now
     now = now or utcnow()
     cutoff = now - timedelta(seconds=settings.janitor_grace_seconds)
     report = JanitorReport()
@@ -135,7 +137,8 @@ def run_janitor(session: Session, store: ObjectStore, settings: Settings, *,
                                                    dry_run=dry_run)
     sweep_objects(session, store, cutoff, retention_cutoff, report, dry_run=dry_run)
     report.stale_workers = remove_stale_workers(
-        session, heartbeat_seconds=settings.worker_heartbeat_seconds, now=now, dry_run=dry_run)
+        session, heartbeat_seconds=settings.worker_heartbeat_seconds, now=heartbeat_now,
+        dry_run=dry_run)
     if not dry_run:
         # The quota check sums a project's ledger: folded, it reads a row per kind.
         report.ledger_rows_folded = storage_ledger.fold(session)

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from persistence.audit import Actor, record_audit_event
+from persistence.db_clock import db_now
 from persistence.models import (
     STAGE_ORDER,
     TERMINAL_STATUSES,
@@ -212,7 +213,7 @@ def create_job(
     ``spec`` is ``RiftConfig.model_dump(mode="json")``. The caller enqueues the first stage
     (``mrc``) after this returns, so a worker never sees an uncommitted job.
     """
-    now = now or utcnow()
+    now = now or db_now(session)
     if idempotency_key is not None:
         existing = _job_by_idempotency_key(session, idempotency_key)
         if existing is not None:
@@ -567,7 +568,7 @@ def request_cancel(session: Session, job_id: str, *, now: datetime | None = None
     :func:`persistence.transactions.end_stopped_job`); otherwise ``cancel_requested`` is set and
     the worker stops at its next batch boundary. :class:`JobAlreadyFinished` if the job ended
     (nothing recorded); else ``actor``'s ``job.cancelled`` is recorded with the request."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
         if job.status in TERMINAL_STATUSES:

@@ -22,8 +22,9 @@ from typing import Any
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.orm import Session
 
+from persistence.db_clock import db_now
 from persistence.leases import RUNNING, LeasedModel
-from persistence.models import JobStage, Materialization, Worker, utcnow
+from persistence.models import JobStage, Materialization, Worker
 from persistence.stage_shards import CANDIDATES, MRC_SHARDS, PartKind
 from persistence.transactions import EventKind, log_event, transaction
 
@@ -72,7 +73,7 @@ def release_dead_process(session: Session, owner_prefix: str, *,
     for parts) with ``reason: "worker_process_lost"``, and delete its registry rows, in one
     transaction; returns what was released, whose messages the caller sends once this has
     committed. Nothing is counted here: the claim that takes the work over counts its attempt."""
-    now = now or utcnow()
+    now = now or db_now(session)
     released = ReleasedWork()
     with transaction(session):
         released.stages = [(job_id, str(stage)) for job_id, stage in session.execute(

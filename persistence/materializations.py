@@ -29,13 +29,13 @@ from sqlalchemy.orm import Session
 
 from persistence import leases, resend
 from persistence.audit import Actor, record_audit_event
+from persistence.db_clock import db_now
 from persistence.models import (
     Artifact,
     Job,
     JobStatus,
     Materialization,
     MaterializationStatus,
-    utcnow,
 )
 from persistence.pages import Page, list_binding, newest_first
 from persistence.records import hold_stored_bytes, materialization_bytes
@@ -132,7 +132,7 @@ def request_materialization(session: Session, job_id: str, alpha: float, *, eval
     of the project, under the same lock: :class:`TooManyPendingMaterializations`. A request
     that queues work records ``actor``'s ``materialization.requested`` in its transaction; one
     answered with the row as it is records nothing."""
-    now = now or utcnow()
+    now = now or db_now(session)
     alpha = canonical_alpha(alpha)
     name = artifact_name(alpha)
     with transaction(session):
@@ -306,7 +306,7 @@ def start_materialization(session: Session, materialization_id: str, *, owner: s
     granted if it is queued, or running under an expired lease (its worker died and this is its
     message sent again), and was claimed fewer than ``max_attempts`` times. None otherwise (done
     already, held by a live worker, unknown); one out of attempts is failed now."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         claimed = leases.rows_affected(session, update(Materialization)
             .where(Materialization.id == materialization_id,
@@ -337,7 +337,7 @@ def hand_back_materialization(session: Session, materialization_id: str, *, owne
     not counted, for another worker; the caller sends its message once this has committed.
     :class:`persistence.stages.LeaseLost` if ``owner`` does not hold it,
     :class:`MaterializationNotFound` if it is gone."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         row = _held(session, materialization_id, owner)
         row.status = MaterializationStatus.QUEUED
@@ -351,7 +351,7 @@ def renew_materialization_lease(session: Session, materialization_id: str, *, ow
                                 lease_seconds: float, now: datetime | None = None) -> bool:
     """Extend ``owner``'s lease; False once it no longer holds it (another worker took the
     request over, or its job was deleted)."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         return leases.renew(session, Materialization,
                             [Materialization.id == materialization_id], owner=owner,
@@ -380,7 +380,7 @@ def finish_materialization(session: Session, materialization_id: str, artifact: 
     if ``owner`` still holds its lease: else :class:`persistence.stages.LeaseLost` and nothing
     is written (a worker taken over while late must not overwrite its successor's result).
     :class:`MaterializationNotFound` if the job was deleted meanwhile."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         job = _held_job_of(session, materialization_id)
         row = _held(session, materialization_id, owner)
@@ -464,7 +464,7 @@ def fail_materialization(session: Session, materialization_id: str, message: str
             row = _held(session, materialization_id, owner)
         except MaterializationNotFound:
             return
-        _end_failed(row, message, now or utcnow())
+        _end_failed(row, message, now or db_now(session))
         settle_materialization(session, row)
 
 
@@ -491,7 +491,7 @@ def materializations_to_redispatch(session: Session, *, max_attempts: int, resen
     took it, or waits in a long queue; :mod:`persistence.resend`). One claimed ``max_attempts``
     times already is failed instead (the API shows its error). Every worker runs this loop; the
     rows are locked and re-checked, so each is sent once per pass of one worker."""
-    now = now or utcnow()
+    now = now or db_now(session)
     expired = and_(Materialization.status == MaterializationStatus.RUNNING,
                    # No lease at all: running since before migration 0019; its worker is gone.
                    or_(Materialization.lease_expires_at.is_(None),

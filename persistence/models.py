@@ -440,6 +440,9 @@ class MRCRow(Base):
     # module stopped early by mrc.table = "selection"). NULL on rows recorded before: exact.
     passes: Mapped[int | None] = mapped_column(Integer)
     exact: Mapped[bool | None] = mapped_column(Boolean)
+    # The module's weight gradient was exactly zero on every MRC batch (rift.mrc_zero_gradient):
+    # MRC 0 by construction, never chosen. NULL on rows recorded before: unknown.
+    zero_gradient: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class EpochMetric(Base):
@@ -744,7 +747,7 @@ class Worker(Base):
 
 class AuditEvent(Base):
     """Who did what (:mod:`persistence.audit`): one row per change a key or ``rift-admin``
-    made, written in the change's own transaction (migration 0033). ``project_id`` is a plain
+    made, written in the change's own transaction (migration 0034). ``project_id`` is a plain
     value, no foreign key: a project's trail outlives its deletion (the janitor prunes it after
     ``AUDIT_RETENTION_DAYS``). ``actor_key_id``/``actor_key_prefix`` name the acting key (never
     its secret); both NULL with ``actor`` ``rift-admin`` for the command line."""

@@ -51,6 +51,7 @@ class TableRow:
     max_ascent_loss: float | None
     passes: int | None
     exact: bool | None
+    zero_gradient: bool | None = None  # None: recorded before the flag was (unknown)
 
     @classmethod
     def recorded(cls, row: MRCRow) -> TableRow:
@@ -58,7 +59,8 @@ class TableRow:
                    mrc=row.mrc, worst_robust_loss=row.worst_robust_loss,
                    robust_accuracy_at_worst=row.robust_accuracy_at_worst,
                    robust_accuracy_drop=row.robust_accuracy_drop, seconds=row.seconds,
-                   max_ascent_loss=row.max_ascent_loss, passes=row.passes, exact=row.exact)
+                   max_ascent_loss=row.max_ascent_loss, passes=row.passes, exact=row.exact,
+                   zero_gradient=row.zero_gradient)
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ def _row(payload: Mapping[str, Any], position: int) -> TableRow | None:
     if not isinstance(name, str) or not _is_int(parameters) or mrc is None or worst is None:
         return None
     passes, exact = payload.get("passes"), payload.get("exact")
+    flagged = payload.get("zero_gradient")
     return TableRow(position=position, module=name,
                     parameters=int(parameters), mrc=mrc, worst_robust_loss=worst,
                     robust_accuracy_at_worst=_number(payload.get("robust_accuracy_at_worst")),
@@ -149,7 +152,8 @@ def _row(payload: Mapping[str, Any], position: int) -> TableRow | None:
                     seconds=_number(payload.get("seconds")),
                     max_ascent_loss=_number(payload.get("max_ascent_loss")),
                     passes=int(passes) if _is_int(passes) else None,
-                    exact=exact if isinstance(exact, bool) else None)
+                    exact=exact if isinstance(exact, bool) else None,
+                    zero_gradient=flagged if isinstance(flagged, bool) else None)
 
 
 def _is_int(value: object) -> TypeGuard[int]:

@@ -29,13 +29,16 @@ MIGRATE_COMMAND = "python -m persistence.migrate"
 
 class SchemaNotCurrent(Exception):
     """The database's schema is missing, older or newer than this code's; the message says which
-    and what to run."""
+    and what to run. ``ahead``: migrated by a newer release (a revision this code does not
+    know), which this code can still serve (see :func:`refuse_outdated_schema`)."""
 
-    def __init__(self, message: str, *, current: str | None, expected: str) -> None:
+    def __init__(self, message: str, *, current: str | None, expected: str,
+                 ahead: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.current = current
         self.expected = expected
+        self.ahead = ahead
 
 
 @lru_cache(maxsize=1)
@@ -78,17 +81,40 @@ def check_schema(engine: Engine, *, then: str = "then start again") -> None:
         message = (f"the database schema is at migration {current}, which this code does not "
                    f"know (it needs {expected}): the database was migrated by a newer release; "
                    "deploy that release")
+        raise SchemaNotCurrent(message, current=current, expected=expected, ahead=True)
     raise SchemaNotCurrent(message, current=current, expected=expected)
+
+
+#: Revisions ahead of this code already logged: ``/readyz`` is probed every few seconds.
+_ahead_logged: set[str | None] = set()
+
+
+def log_schema_ahead(exc: SchemaNotCurrent) -> None:
+    """Warn, once per revision, that this process serves a schema a newer release migrated (see
+    :func:`refuse_outdated_schema` for why it may)."""
+    if exc.current in _ahead_logged:
+        return
+    _ahead_logged.add(exc.current)
+    logger.warning("%s; this release keeps serving meanwhile (its migrations only add, so a "
+                   "rolling deploy's older processes still work)", exc.message)
 
 
 def refuse_outdated_schema(engine: Engine) -> None:
     """For an entry point starting up: stop the process (``SystemExit``, one line) when the
-    schema is not current, or when the server refuses ``DATABASE_URL``'s credentials or
+    schema is missing or behind, or when the server refuses ``DATABASE_URL``'s credentials or
     database name. A database that cannot be reached yet is only logged: the process starts,
-    ``/readyz`` says the database is down, and the check runs again there."""
+    ``/readyz`` says the database is down, and the check runs again there.
+
+    A schema migrated by a newer release is only logged too: a rolling deploy migrates first
+    and replaces processes one by one, so an older API or worker that restarts meanwhile (a
+    crash, a scale-out, a rollback) must start; the migrations only add tables, nullable
+    columns and columns with a server default (README "Schema and devices at start")."""
     try:
         check_schema(engine)
     except SchemaNotCurrent as exc:
+        if exc.ahead:
+            log_schema_ahead(exc)
+            return
         raise SystemExit(f"rift: {exc.message}") from None
     except Exception as exc:  # the driver's connection errors (OperationalError, OSError...)
         refused = settings_refused_by_database(exc)

@@ -181,6 +181,13 @@ class Settings(BaseSettings):
     max_stage_attempts: int = Field(
         3, ge=1, description="Claims of one stage before the job fails instead of retrying (of "
         "one materialization before it fails).")
+    incompatible_message_delay_seconds: float = Field(
+        10.0, gt=0,
+        description="Seconds before a message this worker's release cannot take (a task it "
+        "does not have, arguments its task does not accept: a newer or older API during a "
+        "rolling deploy) goes back to the queue for a worker that can (worker/message_compat.py)."
+        " Such a message is given up, logged, once it has waited QUEUED_RESEND_AFTER_SECONDS, "
+        "when the recovery loop sends the work it drives again.")
     stage_retry_delay_seconds: float = Field(
         2.0, ge=0, description="Delay before re-running a stage that raised an unexpected error.")
     progress_interval_seconds: float = Field(

@@ -34,6 +34,7 @@ from sqlalchemy import Select, and_, delete, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from persistence import leases, resend
+from persistence.db_clock import db_now
 from persistence.models import (
     TERMINAL_STATUSES,
     Job,
@@ -44,7 +45,6 @@ from persistence.models import (
     StageName,
     StageStatus,
     SweepCandidate,
-    utcnow,
 )
 from persistence.stages import ClaimOutcome, LeaseLost
 from persistence.transactions import (
@@ -155,7 +155,7 @@ def start_shards(session: Session, job_id: str, *, owner: str, groups: Sequence[
     """Record one pending shard per module group and hand the MRC stage over to them, if ``owner``
     holds the stage's lease (else :class:`LeaseLost`). Shards of an earlier attempt are replaced.
     ``metrics`` go into the job's metrics (the preflight report, which the merge records)."""
-    now = now or utcnow()
+    now = now or db_now(session)
     shards = [MRCShard(job_id=job_id, shard=index, modules=list(modules), inputs_key=inputs_key,
                        status=StageStatus.PENDING, attempts=0, created_at=now,
                        dispatched_at=now)
@@ -168,7 +168,7 @@ def start_candidates(session: Session, job_id: str, *, owner: str,
                      candidates: Sequence[tuple[str, float]], now: datetime | None = None) -> None:
     """Record one pending row per (module, lr) candidate, in the sweep's order, and hand the
     fine-tune stage over to them, if ``owner`` holds its lease (else :class:`LeaseLost`)."""
-    now = now or utcnow()
+    now = now or db_now(session)
     rows = [SweepCandidate(job_id=job_id, candidate=index, module=module, lr=float(lr),
                            status=StageStatus.PENDING, attempts=0, created_at=now,
                            dispatched_at=now)
@@ -184,7 +184,7 @@ def claim_part(session: Session, kind: PartKind, job_id: str, index: int, *, own
     may try the merge). EXHAUSTED fails the job with ``stage_failed_repeatedly`` (pending while
     a sibling part runs). A job asked to stop (a cancellation, a pending failure) whose parts
     hold no live lease is ended now: cancelled, or failed with its pending failure (INACTIVE)."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
         row = _load_part(session, kind, job_id, index)
@@ -241,7 +241,7 @@ def claim_shard(session: Session, job_id: str, shard: int, *, owner: str, lease_
 def renew_part_lease(session: Session, kind: PartKind, job_id: str, index: int, *, owner: str,
                      lease_seconds: float, now: datetime | None = None) -> bool:
     """Extend ``owner``'s lease on the part; False if ``owner`` no longer holds it."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         return leases.renew(session, kind.model, _of(kind, job_id, index), owner=owner,
                             lease_seconds=lease_seconds, now=now)
@@ -260,7 +260,7 @@ def finish_part(session: Session, kind: PartKind, job_id: str, index: int, *, ow
     job runs (else :class:`LeaseLost`, nothing written); the job's progress becomes the share of
     parts done. ``summary`` goes into the ``<event>_finished`` event. Returns whether the job
     ended now: its cancellation was asked and no other part holds work."""
-    now = now or utcnow()
+    now = now or db_now(session)
     model = kind.model
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
@@ -319,7 +319,7 @@ def release_part(session: Session, kind: PartKind, job_id: str, index: int, *, o
     """Give the part back after an unexpected error so that it can be retried; the caller sends
     its message again once this has committed."""
     model = kind.model
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         load_job(session, job_id, for_update=True)
         released = _rows_affected(session,
@@ -343,7 +343,7 @@ def hand_back_part(session: Session, kind: PartKind, job_id: str, index: int, *,
     ran and no other work of it is held), as ``hand_back_stage`` does: the caller sends
     nothing."""
     model = kind.model
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         job = load_job(session, job_id, for_update=True, relations=False)
         if job.status != JobStatus.RUNNING:
@@ -433,7 +433,7 @@ def stop_cancelled_part(session: Session, kind: PartKind, job_id: str, index: in
     (:func:`persistence.transactions.work_is_held`): the last part to stop ends the job, as a
     stage's worker does. Returns whether the job ended now."""
     model = kind.model
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
         session.execute(
@@ -456,7 +456,7 @@ def fail_part(session: Session, kind: PartKind, job_id: str, index: int, *, owne
     the siblings are asked to stop (:func:`persistence.transactions.fail_when_parts_stop`). A
     job that ended meanwhile is left. Returns whether the job ended now."""
     model = kind.model
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
         session.execute(
@@ -553,7 +553,7 @@ def parts_to_redispatch(session: Session, kind: PartKind, *, stale_after: float,
     a job whose parts are all done but whose merge was never recorded (the worker died in
     between: a part task that finds its part done tries the merge); those jobs get
     ``updated_at = now``."""
-    now = now or utcnow()
+    now = now or db_now(session)
     model = kind.model
     with transaction(session):
         waiting_stage = and_(JobStage.job_id == Job.id, JobStage.stage == kind.stage,

@@ -23,6 +23,7 @@ from sqlalchemy import and_, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from persistence import leases, resend
+from persistence.db_clock import db_now
 from persistence.models import (
     STAGE_ORDER,
     TERMINAL_STATUSES,
@@ -38,7 +39,6 @@ from persistence.models import (
     MRCRow,
     StageName,
     StageStatus,
-    utcnow,
 )
 from persistence.storage_ledger import artifact_written, settle_job_reservation
 from persistence.transactions import (
@@ -180,7 +180,7 @@ def claim_stage(
     pending cancellation and no live lease is cancelled. See :class:`ClaimOutcome`.
     """
     _stage_index(stage)
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session), session.no_autoflush:
         job = load_job(session, job_id, for_update=True, relations=False)
         return _claim_locked(session, job, stage, ClaimTerms(owner, lease_seconds, max_attempts),
@@ -270,7 +270,7 @@ def _claim_locked(session: Session, job: Job, stage: str, terms: ClaimTerms,
 def renew_lease(session: Session, job_id: str, stage: str, *, owner: str, lease_seconds: float,
                 now: datetime | None = None) -> bool:
     """Extend ``owner``'s lease on the stage; False if ``owner`` no longer holds it."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         return leases.renew(session, JobStage,
                             [JobStage.job_id == job_id, JobStage.stage == stage],
@@ -280,7 +280,7 @@ def renew_lease(session: Session, job_id: str, stage: str, *, owner: str, lease_
 def update_progress(session: Session, job_id: str, stage: str, fraction: float,
                     message: str | None = None, *, now: datetime | None = None) -> None:
     """Record progress within the running stage (``fraction`` in [0, 1])."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         _write_progress(session, job_id, stage, fraction, message, now)
 
@@ -337,7 +337,7 @@ def report_activity(session: Session, job_id: str, stage: str, *,
     past its time limit whose worker is late to its own check (a long step, a starved CPU), and
     that worker's reports must not follow the job's ``job_failed``. The job's row is locked
     first (as :func:`fail_job` locks it), so no end commits between the check and the writes."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         row = session.execute(
             select(Job.cancel_requested, Job.status).where(Job.id == job_id).with_for_update()
@@ -383,7 +383,7 @@ def finish_stage_and_claim_next(
     its message and claiming it back: no moment passes with the next stage runnable and no
     message for it, and, should the worker die while running it, its lease expires and the
     recovery loop sends it again, as for any claimed stage."""
-    now = now or utcnow()
+    now = now or db_now(session)
     claim: StageClaim | None = None
     # No flush before the commit: the job's row is written once, and the rows and events of the
     # stage and of the next claim go in one INSERT per table (11 statements were 16).
@@ -475,6 +475,8 @@ def _insert_outputs(session: Session, job: Job, outputs: StageOutputs,
             max_ascent_loss=_float(row.get("max_ascent_loss")),
             passes=None if row.get("passes") is None else int(row["passes"]),
             exact=None if row.get("exact") is None else bool(row["exact"]),
+            zero_gradient=(None if row.get("zero_gradient") is None
+                           else bool(row["zero_gradient"])),
         ))
     for row in outputs.epochs:
         session.add(EpochMetric(
@@ -539,7 +541,7 @@ def release_stage(session: Session, job_id: str, stage: str, *, owner: str, erro
     """Give the stage back after an unexpected error so that it can be retried; returns the
     number of attempts used so far and logs a ``stage_retry`` event. :class:`LeaseLost` if
     ``owner`` does not hold the stage (another worker took it over: it decides, not this one)."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         load_job(session, job_id, for_update=True)  # lock order: jobs, then job_stages
         released = _rows_affected(session,
@@ -600,7 +602,7 @@ def hand_back_stage(session: Session, job_id: str, stage: str, *, owner: str,
     ``events``: the stopped attempt's reports not yet written, written first in the same
     transaction (its last ``module_scored`` rows, which the next attempt then does not compute
     again: :func:`stored_events`)."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         job = load_job(session, job_id, for_update=True, relations=False)
         if job.status != JobStatus.RUNNING:
@@ -699,7 +701,7 @@ def fail_job(session: Session, job_id: str, code: str, message: str, *,
     fail_when_parts_stop`; ``force``: now, whatever runs). With ``owner``, a job that already
     ended raises :class:`JobEnded` instead: the worker's end was not the job's. ``field``: the
     config setting a library error blames, kept with the error and in the failure's events."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
         if job.status in TERMINAL_STATUSES and owner is not None:
@@ -724,7 +726,7 @@ def mark_cancelled(session: Session, job_id: str, *, now: datetime | None = None
     ended (the stage's reports read it as ended, as they read a cancellation) raises
     :class:`JobEnded`, nothing written: that end was another's (the recovery loop's, past the
     time limit), which the worker must not log and count as its cancellation."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         job = load_job(session, job_id, for_update=True)
         if job.status in TERMINAL_STATUSES:
@@ -749,7 +751,7 @@ def stages_to_redispatch(session: Session, *, stale_after: float, pending_after:
     wait in a long queue, so keep this long (an hour); its ``dispatched_at`` moves to now. Sending
     twice is harmless: claims decide who runs a stage.
     """
-    now = now or utcnow()
+    now = now or db_now(session)
     expired = and_(JobStage.status == StageStatus.RUNNING, JobStage.lease_expires_at < now,
                    Job.updated_at < now - timedelta(seconds=stale_after))
     # A queued job has no current stage yet: its first stage is the one waiting.

@@ -57,6 +57,10 @@ MAX_PARTS = 10_000  # S3 refuses part numbers above this
 DELETE_BATCH = 1000  # DeleteObjects refuses more keys than this in one request
 
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+#: S3 answers that pass by themselves (throttling, S3's own failures): an outage, which
+#: callers may wait out (worker/store_writes.py), not a request S3 refused.
+_PASSING_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
+                  "Throttling", "ThrottlingException", "500", "502", "503", "504"}
 _AUTH_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
 #: The setting at fault for the refusals that say which key was wrong (a HEAD's bare 403, and
 #: AccessDenied, may be either key or the bucket's policy).
@@ -165,6 +169,9 @@ class S3ObjectStore(BaseObjectStore):
                     f"{_AUTH_SETTINGS.get(code, 'check S3_ACCESS_KEY and S3_SECRET_KEY')}"
                 ) from exc
             message = exc.response.get("Error", {}).get("Message", "")
+            if code in _PASSING_CODES:  # throttled or failing on S3's side past botocore's tries
+                raise StoreUnavailable(
+                    f"S3 request on {self._where} failed: {code} {message}") from exc
             raise StoreError(f"S3 request on {self._where} failed: {code} {message}") from exc
         except (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError) as exc:
             # Raised before anything is sent: no keys set and none in boto3's chain. It was

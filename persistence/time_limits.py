@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from persistence.db_clock import db_now
 from persistence.models import Job, utcnow
 from persistence.stages import ACTIVE_STATUSES, fail_job
 
@@ -66,7 +67,7 @@ def fail_overdue_jobs(session: Session, *, limit_seconds: float, grace_seconds: 
     to stop ends the job (its id is returned all the same). One still held ``grace_seconds``
     later (a part whose process hangs while its heartbeat renews the lease) is failed then
     whatever runs, so no job stays ``running`` for ever."""
-    now = now or utcnow()
+    now = now or db_now(session)
     # Active jobs are few (at most the queue); each one's own limit is applied here.
     active = session.execute(
         select(Job.id, Job.started_at, Job.time_limit_seconds)

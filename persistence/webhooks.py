@@ -24,6 +24,7 @@ from sqlalchemy import and_, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence.audit import Actor, record_audit_event
+from persistence.db_clock import db_now
 from persistence.job_warnings import warnings_of
 from persistence.leases import rows_affected
 from persistence.models import (
@@ -386,7 +387,7 @@ def deliveries_to_redispatch(session: Session, *, late_after: float,
     one sends it, once per ``late_after``; before, every pass of every worker sent each again,
     so a backed-up queue got a copy per worker every recovery interval. A copy that comes
     second finds the attempt claimed (:func:`claim_attempt`) and does nothing."""
-    now = now or utcnow()
+    now = now or db_now(session)
     cutoff = now - timedelta(seconds=late_after)
     late = and_(WebhookDelivery.status == WebhookDeliveryStatus.PENDING,
                 WebhookDelivery.next_attempt_at < cutoff)

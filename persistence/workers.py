@@ -21,7 +21,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from persistence.models import Worker, by_code_point, utcnow
+from persistence.db_clock import db_now
+from persistence.models import Worker, by_code_point
 from persistence.transactions import transaction
 
 #: Heartbeats a worker may miss before it counts as gone: one missed renewal (a slow query, a
@@ -47,7 +48,7 @@ class WorkerInfo:
 def register_worker(session: Session, info: WorkerInfo, *, now: datetime | None = None) -> None:
     """Insert the worker's row, or rewrite it when it exists (a registration retried after a
     database error, or after the janitor removed a worker that could not reach the database)."""
-    now = now or utcnow()
+    now = now or db_now(session)
     with transaction(session):
         row = session.get(Worker, info.id)
         if row is None:
@@ -63,7 +64,7 @@ def touch_worker(session: Session, worker_id: str, *, now: datetime | None = Non
                  datasets: list[str] | None = None) -> bool:
     """Renew the worker's ``last_seen_at``, and with ``datasets`` rewrite the datasets it holds
     (they changed); False when it has no row (register it again)."""
-    values: dict[str, object] = {"last_seen_at": now or utcnow()}
+    values: dict[str, object] = {"last_seen_at": now or db_now(session)}
     if datasets is not None:
         values["datasets"] = sorted(datasets)
     with transaction(session):
@@ -78,9 +79,11 @@ def deregister_worker(session: Session, worker_id: str) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
-def live_cutoff(heartbeat_seconds: float, now: datetime | None = None) -> datetime:
-    """Workers last seen before this are gone (:data:`LIVE_HEARTBEATS` heartbeats ago)."""
-    return (now or utcnow()) - timedelta(seconds=LIVE_HEARTBEATS * heartbeat_seconds)
+def live_cutoff(session: Session, heartbeat_seconds: float,
+                now: datetime | None = None) -> datetime:
+    """Workers last seen before this are gone (:data:`LIVE_HEARTBEATS` heartbeats ago, by the
+    database's clock, which wrote ``last_seen_at``)."""
+    return (now or db_now(session)) - timedelta(seconds=LIVE_HEARTBEATS * heartbeat_seconds)
 
 
 def live_workers(session: Session, *, heartbeat_seconds: float, queue: str | None = None,
@@ -88,7 +91,7 @@ def live_workers(session: Session, *, heartbeat_seconds: float, queue: str | Non
     """The workers seen within :data:`LIVE_HEARTBEATS` heartbeats, by id; with ``queue``, only
     those consuming it."""
     rows = session.execute(select(Worker).where(
-        Worker.last_seen_at >= live_cutoff(heartbeat_seconds, now))).scalars()
+        Worker.last_seen_at >= live_cutoff(session, heartbeat_seconds, now))).scalars()
     return [row for row in by_code_point(rows, lambda row: row.id)
             if queue is None or queue in (row.queues or [])]
 
@@ -97,7 +100,7 @@ def remove_stale_workers(session: Session, *, heartbeat_seconds: float,
                          now: datetime | None = None, dry_run: bool = False) -> list[str]:
     """Delete the rows of workers not seen for :data:`LIVE_HEARTBEATS` heartbeats; returns their
     ids. A worker that comes back (its database was unreachable) registers again."""
-    cutoff = live_cutoff(heartbeat_seconds, now)
+    cutoff = live_cutoff(session, heartbeat_seconds, now)
     with transaction(session):
         stale = list(session.execute(select(Worker.id).where(Worker.last_seen_at < cutoff)
                                      .order_by(Worker.id)).scalars())

@@ -30,6 +30,7 @@ from reporting.svg import (
     line_chart,
     short_label,
 )
+from rift.rate_text import rate_text
 
 #: File names under which the worker stores the charts as job artifacts.
 CHART_ARTIFACTS = {"mrc": "mrc.svg", "finetune": "finetune.svg", "alpha": "interpolation_alpha.svg",
@@ -65,14 +66,6 @@ def alpha_text(alpha: float) -> str:
     significant digits show every one whole; 4 (a table's usual) showed 0.13095 of a 0.00015 grid
     as 0.131, an α the job never measured."""
     return f"{alpha:.10g}"
-
-
-def rate_text(lr: float) -> str:
-    """A learning rate as ``:g`` writes it (``0.05``, ``10``, ``1e-05``) where that is the rate
-    itself, else whole (``0.0010000001``): ``:g`` keeps 6 significant digits, so two rates of a
-    grid could read alike and their candidates' curves carry one name."""
-    text = f"{lr:g}"
-    return text if float(text) == lr else repr(float(lr))
 
 
 @dataclass(frozen=True)

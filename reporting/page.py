@@ -307,9 +307,15 @@ def _mrc_table(data: ReportData) -> str:
             "'selection'): their MRC is at least the value shown, enough to rule them out; "
             "their accuracy columns are where the ascent stopped. The chosen rows are exact."
             "</p>" if bounds else "")
+    flagged = sum(bool(row.get("zero_gradient")) for row in data.mrc_rows)
+    note += (f"<p class='note'>No effect: {flagged} module(s) got a weight gradient of exactly "
+             "zero on every MRC batch (the output does not depend on them): their MRC is 0 by "
+             "construction and the selection never chooses them.</p>" if flagged else "")
     if len(rows) <= MRC_ROWS_SHOWN:
         return f"{partial}{_mrc_rows_table(data, rows)}{note}"
-    lowest = sorted(rows, key=lambda item: _mrc_order(item[1].get("mrc")))[:MRC_ROWS_SHOWN]
+    # Rows flagged zero_gradient last: the selection never tries them, whatever their MRC 0.
+    lowest = sorted(rows, key=lambda item: (bool(item[1].get("zero_gradient")),
+                                            _mrc_order(item[1].get("mrc"))))[:MRC_ROWS_SHOWN]
     return (f"{partial}<p class='note'>The {MRC_ROWS_SHOWN} modules of lowest MRC, which the selection "
             f"tries first; all {len(rows)} follow in table order.</p>"
             f"{_mrc_rows_table(data, lowest)}<details class='mrc-all'><summary>All "
@@ -346,7 +352,8 @@ def _mrc_rows_table(data: ReportData, rows: Sequence[tuple[int, Mapping[str, Any
         # A row stopped early by mrc.table = "selection" holds lower bounds: "≥ value".
         at_least = "≥ " if row.get("exact") is False else ""
         cells.append(f"<tr{selected}><td class='row'>{number}</td>"
-                     f"<td class='name'>{escape(module)}{_mark(selected, 'fine-tuned')}</td>"
+                     f"<td class='name'>{escape(module)}{_mark(selected, 'fine-tuned')}"
+                     f"{_mark(row.get('zero_gradient'), 'no effect: not chosen')}</td>"
                      f"<td>{_cell(row.get('parameters'))}</td>"
                      f"<td>{at_least}{_cell(row.get('mrc'))}</td>"
                      f"<td>{at_least}{_cell(row.get('worst_robust_loss'))}</td>"

@@ -27,6 +27,13 @@ class ConfigError(RiftError):
     code = "invalid_config"
 
 
+class ModuleWithoutEffect(ConfigError):
+    """Fine-tuning refused a module whose weights got a gradient of exactly zero on its first
+    step (field ``finetune.module``): the output does not depend on them. A sweep excludes such
+    a candidate it chose itself, as it does one that diverged; a module ``finetune.module``
+    names is refused."""
+
+
 class UnknownArchitectureError(ConfigError):
     code = "unknown_architecture"
 

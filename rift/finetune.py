@@ -29,7 +29,7 @@ from rift.checkpoints import load_into
 from rift.config import FinetuneSpec
 from rift.data import DatasetSplits, iterate_batches
 from rift.device import autocast
-from rift.errors import ConfigError, FinetuneDiverged
+from rift.errors import ConfigError, FinetuneDiverged, ModuleWithoutEffect
 from rift.evaluation import correct_predictions, evaluate_accuracy
 from rift.finetune_resume import (
     EpochState,
@@ -40,6 +40,7 @@ from rift.finetune_resume import (
 )
 from rift.gradient_paths import untrainable_message
 from rift.model_state import frozen_except
+from rift.rate_text import rate_text
 from rift.scored_weights import scored_parameters, scored_weights, second_names, unscored_reason
 
 _BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -82,7 +83,7 @@ class Divergence:
 
     def message(self) -> str:
         """The ``warning`` event's text."""
-        return (f"fine-tuning diverged in epoch {self.epoch} at lr {self.lr:g}; kept epoch "
+        return (f"fine-tuning diverged in epoch {self.epoch} at lr {rate_text(self.lr)}; kept epoch "
                 f"{self.kept_epoch}, the best finite epoch by validation accuracy; consider a "
                 f"smaller {self.field} (the training loss or the tuned weights went NaN or "
                 "infinite, and training stopped there)")
@@ -310,7 +311,7 @@ def _train(
             field = "finetune.lr_grid" if spec.lr_grid is not None else "finetune.lr"
             if not history:  # nothing finite to keep
                 raise FinetuneDiverged(
-                    f"fine-tuning diverged in epoch {epoch} at learning rate {lr:g}: the "
+                    f"fine-tuning diverged in epoch {epoch} at learning rate {rate_text(lr)}: the "
                     f"training loss or the tuned weights are no longer finite (momentum "
                     f"{spec.momentum:g}, weight_decay {spec.weight_decay:g}); use a smaller "
                     f"{field}", field=field)
@@ -399,7 +400,7 @@ def _refuse_dead_module(module_name: str, parameter_names: list[str], examples: 
     every input). Measured: the digits θ_AT with a 1×1 convolution added behind a zero gate
     scored MRC exactly 0 there, was chosen and "fine-tuned" with no word, and the run reported
     clean 90.6 → 91.1 % and robust 65.9 → 67.5 % for it, the BatchNorm statistics' change alone."""
-    raise ConfigError(
+    raise ModuleWithoutEffect(
         f"fine-tuning {module_name!r} would change nothing: the loss's gradient with respect to "
         f"its weights ({', '.join(parameter_names)}) is exactly zero on all {examples} examples "
         "of the first training batch, so the model's output does not depend on them (a branch "

@@ -67,7 +67,9 @@ def tie_warning(rows: Sequence[Mapping[str, Any]], candidates: int) -> RunWarnin
     value = float(rows[last]["mrc"])
 
     def exact_at_value(index: int) -> bool:
-        return rows[index].get("exact") is not False and float(rows[index]["mrc"]) == value
+        # A row flagged zero_gradient (rift.mrc_zero_gradient) is never chosen: no rival.
+        return (rows[index].get("exact") is not False and not rows[index].get("zero_gradient")
+                and float(rows[index]["mrc"]) == value)
 
     left_out = [i for i in selection_order(rows) if i not in chosen and exact_at_value(i)]
     if not left_out:

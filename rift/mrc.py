@@ -19,6 +19,7 @@ held outside the model (``rift.mrc_stacked``); the ascent loop (``_criticalities
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import hashlib
 import itertools
@@ -43,6 +44,7 @@ from rift.flat_weights import FlatWeights
 from rift.model_state import frozen_except, input_dtype
 from rift.mrc_selection import SCREEN_PASSES, run_selection
 from rift.mrc_stacked import FP32_ONLY, StackedProbe, modules_per_group, reshuffled_batches
+from rift.mrc_zero_gradient import zero_gradient_modules
 from rift.scored_weights import (
     ScoredWeights,
     scored_parameters,
@@ -86,6 +88,10 @@ class ModuleCriticality:
     # ``mrc``, ``worst_robust_loss`` and ``max_ascent_loss`` are lower bounds of its values.
     passes: int | None = None
     exact: bool = True
+    # The loss's gradient w.r.t. the module's weights is exactly zero on every batch of the MRC
+    # set (``zero_gradient_modules``): the ascent cannot move, MRC is 0 by construction, and
+    # the selection rule passes over the row (``lowest_rows``).
+    zero_gradient: bool = False
 
     def as_dict(self) -> dict[str, float | int | str | bool | None]:
         return asdict(self)
@@ -102,6 +108,8 @@ class MRCReport:
     unreachable: list[str] = field(default_factory=list)
     # Parameters no row covers (``rift.scored_weights``): never scored, never chosen.
     unscored: list[str] = field(default_factory=list)
+    # Rows flagged ``zero_gradient`` (scored, never chosen), in table order.
+    zero_gradient: list[str] = field(default_factory=list)
     # Rows taken as given (``done`` of ``module_robust_criticality``), not computed here.
     reused: list[str] = field(default_factory=list)
 
@@ -122,12 +130,23 @@ def lowest_rows(rows: Sequence[Mapping[str, Any]], k: int) -> list[int]:
     order). Rows are MRC table rows as dicts; one without ``exact`` (recorded before it existed)
     counts as exact.
 
+    Rows flagged ``zero_gradient`` are never chosen: the loss does not depend on their weights
+    (a branch behind a zero gate), so their MRC of 0 says nothing about robustness and
+    fine-tuning them changes nothing (``rift.finetune`` refuses it).
+
     Raises:
+        ConfigError: (field ``mrc.exclude``) every row is flagged ``zero_gradient``.
         RuntimeError: a chosen row holds a lower bound (``exact`` False). ``mrc.table =
             "selection"`` completes every module that can be chosen, so this is a bug, not a
             choice to make on a bound.
     """
-    order = selection_order(rows)[:k]
+    order = [i for i in selection_order(rows) if not rows[i].get("zero_gradient")][:k]
+    if not order:
+        raise ConfigError(
+            "every module of the MRC table gets a gradient of exactly zero on the MRC set "
+            f"({', '.join(str(row['name']) for row in rows)}): the loss does not depend on "
+            "their weights, so none can be chosen; check mrc.modules and mrc.exclude",
+            field="mrc.exclude")
     bounds = [str(rows[i]["name"]) for i in order if rows[i].get("exact") is False]
     if bounds:
         raise RuntimeError(f"the MRC selection rule would choose {bounds}, whose values are lower "
@@ -183,6 +202,8 @@ def row_from_dict(row: Mapping[str, Any]) -> ModuleCriticality | None:
     """The row ``ModuleCriticality.as_dict`` made (e.g. a stored ``module_scored`` event's
     payload); None if a field is missing or of another type (such a row is computed again)."""
     values: dict[str, Any] = {}
+    if isinstance(row.get("zero_gradient"), bool):  # absent from rows recorded before it
+        values["zero_gradient"] = row["zero_gradient"]
     for name, kind in (("name", str), ("parameters", int), ("mrc", float),
                        ("worst_robust_loss", float), ("robust_accuracy_at_worst", float),
                        ("robust_accuracy_drop", float), ("seconds", float),
@@ -704,6 +725,7 @@ class _Scoring:
     micro: int | None  # examples per part of a batch after out-of-memory; None: whole batches
     on_warning: Callable[[str], None] | None = None
     split_refused: bool = False  # a module's cached split failed segment_matches: full passes
+    zero_gradient: Collection[str] = ()  # modules flagged (rift.mrc_zero_gradient)
 
     def segment_at(self, tensors: Sequence[torch.Tensor]) -> Segment:
         segment = split_at_parameters(self.traced, tensors) if self.traced is not None else None
@@ -746,7 +768,7 @@ class _Scoring:
             worst_robust_loss=worst_loss, robust_accuracy_at_worst=accuracy,
             robust_accuracy_drop=self.baseline[1] - accuracy, seconds=seconds,
             max_ascent_loss=reached, passes=self.spec.steps if passes is None else passes,
-            exact=exact)
+            exact=exact, zero_gradient=name in self.zero_gradient)
 
 
 @contextlib.contextmanager
@@ -866,7 +888,9 @@ def _score_selection(scoring: _Scoring, names: Sequence[str], keep: int,
         run_selection(len(names), steps=scoring.spec.steps, keep=keep,
                       advance=advance, pause=lambda index: modules[index].pause(), finish=finish,
                       required={i for i, name in enumerate(names) if name in required},
-                      screen=screen)
+                      screen=screen,
+                      ineligible={i for i, name in enumerate(names)
+                                  if name in scoring.zero_gradient})
     finally:
         for module in modules.values():  # a cancel or an error: every weight back as it was
             if module.probe is not None:
@@ -1006,9 +1030,15 @@ def module_robust_criticality(
         report = MRCReport(baseline_robust_loss=baseline[0], baseline_robust_accuracy=baseline[1],
                            engine=engine, unreachable=unreachable,
                            unscored=scored_weights(model).unscored)
+        report.zero_gradient = zero_gradient_modules(
+            model, {name: module_weights(model, name) for name in names}, image_batches,
+            label_batches, precision=precision, part_size=probe.micro)
+        if report.zero_gradient:
+            logger.warning("scored but never chosen, the loss's gradient w.r.t. their weights "
+                           "is exactly zero on the MRC set: %s", report.zero_gradient)
         scoring = _Scoring(model, traced, full, image_batches, label_batches, spec, baseline,
                            precision, seed, should_cancel, on_backoff, probe.micro,
-                           on_warning=on_warning)
+                           on_warning=on_warning, zero_gradient=frozenset(report.zero_gradient))
         del probe
 
         def setting_warning(message: str) -> None:
@@ -1043,7 +1073,9 @@ def module_robust_criticality(
         scored = 0
         for name in names:  # table order; the computed rows come in it too
             if name in reused:
-                report.modules.append(reused[name])
+                # A row stored before the flag existed is flagged as this call found.
+                report.modules.append(dataclasses.replace(
+                    reused[name], zero_gradient=name in scoring.zero_gradient))
                 continue
             row = next(computed)
             report.modules.append(row)
@@ -1096,4 +1128,5 @@ def merge_reports(parts: Sequence[MRCReport], module_order: Sequence[str]) -> MR
     merged = sorted(rows.values(), key=lambda row: order.get(row.name, len(order)))
     unreachable = [name for part in parts for name in part.unreachable]
     return MRCReport(first.baseline_robust_loss, first.baseline_robust_accuracy, merged,
-                     first.engine, unreachable, first.unscored)
+                     first.engine, unreachable, first.unscored,
+                     zero_gradient=[row.name for row in merged if row.zero_gradient])

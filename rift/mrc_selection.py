@@ -38,12 +38,15 @@ _NO_BAR: Key = (math.inf, math.inf)
 def run_selection(count: int, *, steps: int, keep: int,
                   advance: Callable[[int], Key], pause: Callable[[int], None],
                   finish: Callable[[int, bool], None], screen: int = SCREEN_PASSES,
-                  required: Collection[int] = ()) -> list[int]:
+                  required: Collection[int] = (), ineligible: Collection[int] = ()
+                  ) -> list[int]:
     """Run modules ``0..count-1`` (table order) until the ``keep`` lowest final keys are known
     exactly; returns each module's number of passes. ``finish(i, exact)`` is called once per
     module: ``exact`` False means it stopped early and its key is a lower bound. Modules in
     ``required`` (e.g. one ``finetune.module`` names) always complete. Never runs a module past
-    ``steps`` passes, so never more passes than the full table."""
+    ``steps`` passes, so never more passes than the full table. Modules in ``ineligible`` can
+    never be chosen (``rift.mrc_zero_gradient``): their keys do not count toward the bar, which
+    would otherwise stop a module that can be chosen on a bar set by one that cannot."""
     if keep < 1:
         raise ValueError(f"keep must be ≥ 1, got {keep}")
     keys: list[Key] = [(-math.inf, -math.inf)] * count
@@ -59,7 +62,8 @@ def run_selection(count: int, *, steps: int, keep: int,
             keys[index] = advance(index)
             passes[index] += 1
         if passes[index] >= steps:
-            complete.append(keys[index])
+            if index not in ineligible:
+                complete.append(keys[index])
             finish(index, True)
         else:
             pause(index)
@@ -73,7 +77,7 @@ def run_selection(count: int, *, steps: int, keep: int,
                 break
             keys[index] = advance(index)
             passes[index] += 1
-        if exact:
+        if exact and index not in ineligible:
             complete.append(keys[index])
         finish(index, exact)
     return passes

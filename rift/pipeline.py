@@ -44,7 +44,13 @@ from rift.config import RiftConfig, as_config
 from rift.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from rift.dataset_formats import imagefolder_channels_hint, sparse_labels_hint
 from rift.device import deterministic_kernels, resolve_device
-from rift.errors import CheckpointMismatchError, ConfigError, FinetuneDiverged
+from rift.errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    FinetuneDiverged,
+    ModuleWithoutEffect,
+    RiftError,
+)
 from rift.evaluation import (
     AccuracyReport,
     RandomStarts,
@@ -94,6 +100,7 @@ from rift.preflight import (
     preflight_check,
     unjudged_warning,
 )
+from rift.rate_text import rate_text
 from rift.robust_tally import RobustTally, percent
 from rift.run_warnings import RunWarning, configuration_warnings
 from rift.scored_weights import PRUNED, unscored_kinds
@@ -609,6 +616,8 @@ def score_modules(run: PreparedRun, inputs: MRCInputs, modules: list[str] | None
                                         "scored": len(report.modules) - len(report.reused)})
     if report.unreachable:
         warn_unreachable(callbacks, report.unreachable)
+    if report.zero_gradient:
+        warn_zero_gradient(callbacks, report.zero_gradient)
     if report.unscored and table_warnings:
         kinds = unscored_kinds(run.model, report.unscored)
         callbacks.event("warning", {"stage": "mrc", "message": (
@@ -637,6 +646,18 @@ def warn_unreachable(callbacks: PipelineCallbacks, names: list[str]) -> None:
         "training), or the path to it is cut (a .detach(), torch.no_grad(), or "
         "torch.utils.checkpoint with use_reentrant=True around a part whose input needs no "
         "gradient), so MRC cannot score them nor fine-tuning train them")})
+
+
+def warn_zero_gradient(callbacks: PipelineCallbacks, names: list[str]) -> None:
+    """The ``warning`` event naming the modules whose rows are flagged ``zero_gradient``
+    (``rift.mrc_zero_gradient``): scored, never chosen."""
+    callbacks.event("warning", {"stage": "mrc", "message": (
+        f"not chosen: {_names(names)}: the loss's gradient with respect to their weights is "
+        "exactly zero on every batch of the MRC set, so the model's output does not depend on "
+        "them (a branch behind a zero gate, a block pruned to zero, a ReLU after it that no "
+        "input activates): their MRC of 0 says nothing about robustness and fine-tuning them "
+        "would change nothing. Their rows are flagged zero_gradient and the selection takes "
+        "the next module; leave them out of the table with mrc.exclude")})
 
 
 # Why a kind of parameter (``rift.scored_weights.unscored_kinds``) has no row, for the warning.
@@ -1118,7 +1139,7 @@ def run_interpolation_stage(run: PreparedRun,
 
 MRC_CSV_COLUMNS = ("name", "parameters", "mrc", "worst_robust_loss", "robust_accuracy_at_worst",
                    "robust_accuracy_drop", "seconds", "max_ascent_loss", "passes", "exact",
-                   "selected")
+                   "zero_gradient", "selected")
 
 
 # A spreadsheet reads a cell starting with one of these as a formula (or, for tab and carriage
@@ -1403,13 +1424,25 @@ def candidate_outcome(candidate: Candidate, finetune: FinetuneStageResult,
         float(chosen["robust_accuracy"] or 0.0), interpolation.points, finetune.best_epoch)
 
 
-def excluded_candidate(candidate: Candidate, error: FinetuneDiverged,
+def excludable(config: RiftConfig) -> tuple[type[RiftError], ...]:
+    """The errors of a sweep candidate's fine-tuning that exclude it instead of failing the
+    sweep: a divergence in its first epoch, and, for a module the sweep chose from the MRC
+    table, a module whose first step's gradient is exactly zero (``ModuleWithoutEffect``; the
+    table flags such modules and the selection passes over them, but fine-tuning sees training
+    batches in train mode, not the MRC set). A module ``finetune.module`` names is the user's
+    choice: its refusal fails the run."""
+    if config.finetune.module is not None:
+        return (FinetuneDiverged,)
+    return (FinetuneDiverged, ModuleWithoutEffect)
+
+
+def excluded_candidate(candidate: Candidate, error: RiftError,
                        callbacks: PipelineCallbacks) -> ExcludedCandidate:
-    """A candidate whose fine-tuning diverged in its first epoch, left out of the pick with a
-    ``warning`` event: the others still finish the sweep. The same for a sequential sweep and a
-    worker's candidate task."""
+    """A candidate whose fine-tuning diverged in its first epoch or was refused for a zero
+    gradient (:func:`excludable`), left out of the pick with a ``warning`` event: the others
+    still finish the sweep. The same for a sequential sweep and a worker's candidate task."""
     callbacks.event("warning", RunWarning("finetune", (
-        f"candidate {candidate.module!r} at lr {candidate.lr:g} is excluded from the sweep: "
+        f"candidate {candidate.module!r} at lr {rate_text(candidate.lr)} is excluded from the sweep: "
         f"{error.message}")).as_payload())
     return ExcludedCandidate(candidate, error.message, error.field)
 
@@ -1455,7 +1488,7 @@ def run_sweep(run: PreparedRun, mrc: MRCStageResult, storage: FolderStorage,
             try:
                 finetune, interpolation = run_candidate(run, candidate,
                                                         _in_folder(reports, saved_in))
-            except FinetuneDiverged as exc:
+            except excludable(config) as exc:
                 saved = {"outcome": excluded_candidate(candidate, exc, reports).to_json(),
                          "interpolation": None}
             else:

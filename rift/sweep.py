@@ -25,6 +25,7 @@ import torch
 from rift.config import RiftConfig
 from rift.errors import ConfigError, NumericalError
 from rift.mrc import lowest_rows
+from rift.rate_text import rate_text
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,12 @@ def fewer_modules_than_asked(config: RiftConfig, candidates: Sequence[Candidate]
     tried = len({candidate.module for candidate in candidates})
     if tried >= wanted:
         return None
+    flagged = [str(row["name"]) for row in rows if row.get("zero_gradient")]
+    never = (f" that can be chosen ({len(flagged)} more flagged zero_gradient: "
+             f"{', '.join(flagged)})" if flagged else "")
     reason = (f"finetune.module names {config.finetune.module!r}, which is tuned alone"
               if config.finetune.module is not None
-              else f"the MRC table has only {len(rows)} module(s)")
+              else f"the MRC table has only {len(rows) - len(flagged)} module(s){never}")
     return f"finetune.candidates is {wanted} but {tried} module(s) are tried: {reason}"
 
 
@@ -140,7 +144,9 @@ def choose_across(outcomes: Sequence[CandidateOutcome | ExcludedCandidate]) -> i
 
     Raises:
         ConfigError: (field ``finetune.candidates``) no candidate at all.
-        NumericalError: every candidate was excluded (field ``finetune.lr_grid``, or
+        ConfigError: (field ``finetune.module``) every candidate was excluded, one of them
+            refused for a zero gradient (each reason given).
+        NumericalError: every candidate diverged (field ``finetune.lr_grid``, or
             ``finetune.lr`` for a sweep over modules at one rate: the setting to lower).
     """
     if not outcomes:
@@ -148,8 +154,14 @@ def choose_across(outcomes: Sequence[CandidateOutcome | ExcludedCandidate]) -> i
     finished = {i: o for i, o in enumerate(outcomes) if isinstance(o, CandidateOutcome)}
     if not finished:
         excluded = [o for o in outcomes if isinstance(o, ExcludedCandidate)]
+        refused = [o for o in excluded if o.field == "finetune.module"]
+        if refused:  # not (all) a divergence: a module refused for a zero gradient
+            raise ConfigError(
+                "every candidate of the sweep was excluded: " + "; ".join(
+                    f"{o.candidate.module!r} at lr {o.candidate.lr:g}: {o.reason}"
+                    for o in excluded), field="finetune.module")
         field = excluded[0].field or "finetune.lr_grid"
-        shown = "; ".join(f"{o.candidate.module!r} at lr {o.candidate.lr:g}" for o in excluded)
+        shown = "; ".join(f"{o.candidate.module!r} at lr {rate_text(o.candidate.lr)}" for o in excluded)
         raise NumericalError(
             f"fine-tuning diverged in the first epoch for every candidate of the sweep "
             f"({shown}): no candidate has a finite θ_FT; use smaller rates in {field}",

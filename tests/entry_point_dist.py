@@ -36,7 +36,10 @@ AWKWARD_ARCHITECTURES = {"tied_weights_net": "TiedWeights", "odd_layers_net": "O
                          "batchnorm_layouts_net": "BatchNormLayoutsNet",
                          "bad_module_net": "BadModuleNet",
                          "recurrent_net": "RecurrentNet",
-                         "checkpointed_positions_net": "CheckpointedPositions"}
+                         "checkpointed_positions_net": "CheckpointedPositions",
+                         # 1-channel inputs (digits):
+                         "gated_branch_net": "GatedBranch",
+                         "train_dropped_branch_net": "TrainDroppedBranch"}
 
 _SOURCE = '''
 """An operator's architecture: two linear layers over flattened inputs."""

@@ -617,6 +617,23 @@ class GatedBranch(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class TrainDroppedBranch(nn.Module):
+    """A branch dropped in train mode (stochastic depth at rate 1): the eval-mode output, which
+    MRC scores, depends on it, so the MRC table does not flag it; the train-mode loss does not,
+    so fine-tuning it is refused (zero gradients, not none)."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.branch = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.stem(x))
+        x = x + (0.0 if self.training else 1.0) * self.branch(x)
+        return self.head(x.mean((2, 3)))
+
+
 def drops_normalization_net(classes: int = 4) -> nn.Module:
     """A builder's network that reuses the built-in small CNN without passing the ``mean``/
     ``std`` it was given on: RiFT's input buffers stay unset, so it applies no normalisation."""

@@ -481,11 +481,14 @@ def _celery_command() -> list[str]:
 
 
 def launch_worker(env: Mapping[str, str], log_path: Path, name: str,
-                  launcher: Launcher | None = None, pool: str = "solo") -> WorkerProcess:
+                  launcher: Launcher | None = None, pool: str = "solo",
+                  module: str | None = None) -> WorkerProcess:
     """Start a real ``celery worker`` (solo pool unless ``pool`` says otherwise, one task at a
     time) consuming ``env["CELERY_QUEUE"]``, with ``env`` over this process's environment; its
     output goes to ``log_path``. Call ``wait_ready()`` on the result. With a ``launcher`` the
-    worker is forked from it (the same command line, without paying the imports again)."""
+    worker is forked from it (the same command line, without paying the imports again). With
+    ``module``, Celery's command line is run by ``python -m module`` (which must end by running
+    it: ``tests/clock_skew.py``)."""
     full = {**os.environ, **env}
     # Two cores are shared by the test and its workers: no thread oversubscription.
     full.setdefault("OMP_NUM_THREADS", "1")
@@ -493,9 +496,10 @@ def launch_worker(env: Mapping[str, str], log_path: Path, name: str,
                  "--concurrency=1", "-Q", full.get("CELERY_QUEUE", "rift"), "--without-gossip",
                  "--without-mingle", "--without-heartbeat", "--loglevel=INFO", "-n", f"{name}@%h"]
     if launcher is not None:
-        forked = launcher.spawn(["celery", *arguments], full, PROJECT_ROOT, log_path)
+        forked = launcher.spawn([module or "celery", *arguments], full, PROJECT_ROOT, log_path,
+                                module=module)
         return WorkerProcess(forked, log_path, name)
-    command = [*_celery_command(), *arguments]
+    command = [*([sys.executable, "-m", module] if module else _celery_command()), *arguments]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=full, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
@@ -544,15 +548,17 @@ def optional_api_launcher(request: pytest.FixtureRequest) -> Launcher | None:
 def start_worker(service_env: dict[str, str], tmp_path: Path,
                  optional_worker_launcher: Launcher | None
                  ) -> Iterator[Callable[..., WorkerProcess]]:
-    """``start_worker(wait=True, pool="solo", **env_overrides) -> WorkerProcess``: a real Celery
-    worker (one task at a time) consuming the test's queue, started and ready. All are killed
-    at teardown (``WorkerProcess.discard``)."""
+    """``start_worker(wait=True, pool="solo", module=None, **env_overrides) -> WorkerProcess``:
+    a real Celery worker (one task at a time) consuming the test's queue, started and ready
+    (``module``: see :func:`launch_worker`). All are killed at teardown
+    (``WorkerProcess.discard``)."""
     started: list[WorkerProcess] = []
 
-    def start(wait: bool = True, pool: str = "solo", **overrides: str) -> WorkerProcess:
+    def start(wait: bool = True, pool: str = "solo", module: str | None = None,
+              **overrides: str) -> WorkerProcess:
         name = f"w{len(started) + 1}-{uuid.uuid4().hex[:6]}"
         worker = launch_worker({**service_env, **overrides}, tmp_path / f"worker-{name}.log", name,
-                               optional_worker_launcher, pool)
+                               optional_worker_launcher, pool, module)
         started.append(worker)
         if wait:
             worker.wait_ready()

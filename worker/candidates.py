@@ -46,7 +46,7 @@ from persistence.transactions import EventKind, JobNotFound, load_stages
 from reporting.charts import sweep_curves
 from rift import stage_outputs
 from rift.cancellation import raise_if_cancelled
-from rift.errors import FinetuneDiverged, NumericalError
+from rift.errors import NumericalError
 from rift.interpolation import interpolate_weights
 from rift.pipeline import (
     FinetuneStageResult,
@@ -54,6 +54,7 @@ from rift.pipeline import (
     PipelineCallbacks,
     PreparedRun,
     candidate_outcome,
+    excludable,
     excluded_candidate,
     load_mrc,
     run_candidate,
@@ -202,7 +203,7 @@ def execute_candidate(app: Celery, resources: WorkerResources, job_id: str, inde
         candidate = Candidate(part.module, part.lr)
         try:
             finetune, interpolation = run_candidate(run, candidate, callbacks)
-        except FinetuneDiverged as exc:
+        except excludable(run.config) as exc:
             # Not the job's failure: the other candidates may finish, and the pick leaves this
             # one out (it fails the job only if every candidate is excluded).
             cancelled = record_excluded(resources, reporter, job_id, index, claim.attempt,
@@ -463,12 +464,14 @@ class _KeyStorage:
         raise RuntimeError("read-only")
 
 
-def redispatch_stale_candidates(app: Celery, resources: WorkerResources) -> int:
+def redispatch_stale_candidates(app: Celery, resources: WorkerResources, *,
+                                resend_after: float | None = None) -> int:
     """Send again the candidates whose worker died, and the pick nobody recorded."""
     with resources.session() as session:
         stale = stage_shards.parts_to_redispatch(
             session, CANDIDATES, stale_after=resources.settings.worker_lease_seconds,
-            pending_after=resources.settings.queued_resend_after_seconds)
+            pending_after=(resources.settings.queued_resend_after_seconds
+                           if resend_after is None else resend_after))
     for job_id, index in stale:
         logger.warning("job %s: re-sending sweep candidate %d", job_id, index)
         enqueue_candidate(app, job_id, index)

@@ -5,7 +5,9 @@ extra installed): one run per job in ``MLFLOW_EXPERIMENT`` with
   and, for a sweep, the chosen candidate's rate (``selected_lr``);
 - metrics: before/after accuracies, MRC per module (``mrc.<module>``), the fine-tuning curve
   (step = epoch) and the interpolation curve (step = α × 10,000, as MLflow steps are integers:
-  one step per point of the finest α grid, ``interpolation.alpha_step`` 1e-4);
+  one step per point of the finest α grid, ``interpolation.alpha_step`` 1e-4); for a sweep,
+  every candidate's curve too (``sweep.candidate_NN.clean_accuracy``, ``.robust_accuracy``,
+  ``.lr``; modules and rates in the run's ``curves.json``);
 - artifacts: the job's files (MRC CSV, result, manifest, charts) and the tuned weights;
 - tags: ``rift.job_id``, ``rift.project_id``, ``rift.checkpoint_sha256``,
   ``rift.selected_module`` (and a sweep's ``rift.selected_lr``) and each of the job's labels as
@@ -40,8 +42,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from persistence.cost import chosen_sweep_lr
-from persistence.jobs import get_epoch_metrics, get_interpolation_points, get_mrc_rows, list_artifacts
-from persistence.models import Checkpoint, Job, JobLabel
+from persistence.jobs import (
+    get_epoch_metrics,
+    get_interpolation_points,
+    get_mrc_rows,
+    get_sweep_candidates,
+    list_artifacts,
+)
+from persistence.models import Checkpoint, Job, JobLabel, SweepCandidate
 from persistence.scratch_folders import held_scratch_folder
 from persistence.storage import ObjectStore
 
@@ -90,6 +98,9 @@ class JobExport:
     #: The tuned weights' header (``rift.pipeline.weights_metadata``): its config and library
     #: version digests go on the model version.
     weights_metadata: Mapping[str, str] = field(default_factory=dict)
+    #: A sweep's candidates in its order: ``index``, ``module``, ``lr``, ``excluded`` and the
+    #: curve's ``points`` (empty for one excluded or not run); none for a one-candidate job.
+    candidates: Sequence[Mapping[str, Any]] = ()
 
 
 @dataclass(frozen=True)
@@ -156,13 +167,25 @@ def gather_job(session: Session, store: ObjectStore, job_id: str, directory: Pat
         config=job.spec, selected_module=job.selected_module, chosen_alpha=job.chosen_alpha,
         metrics=job.metrics or {},
         mrc_rows=[{"module": r.module, "mrc": r.mrc, "robust_accuracy_drop": r.robust_accuracy_drop,
-                   "exact": r.exact} for r in get_mrc_rows(session, job_id)],
+                   "exact": r.exact, "zero_gradient": r.zero_gradient}
+                  for r in get_mrc_rows(session, job_id)],
         epochs=[{"epoch": e.epoch, "train_loss": e.train_loss, "train_accuracy": e.train_accuracy,
                  "val_accuracy": e.val_accuracy} for e in get_epoch_metrics(session, job_id)],
         points=[{"alpha": p.alpha, "clean_accuracy": p.clean_accuracy,
                  "robust_accuracy": p.robust_accuracy}
                 for p in get_interpolation_points(session, job_id)],
+        candidates=[_candidate_curve(row) for row in get_sweep_candidates(session, job_id)],
         files=files)
+
+
+def _candidate_curve(row: SweepCandidate) -> dict[str, Any]:
+    """A sweep candidate as the run logs it: its curve from its recorded outcome."""
+    outcome = (row.result or {}).get("outcome") or {}
+    return {"index": row.candidate, "module": row.module, "lr": row.lr,
+            "excluded": bool(outcome.get("excluded")),
+            "points": [{"alpha": p["alpha"], "clean_accuracy": p["clean_accuracy"],
+                        "robust_accuracy": p.get("robust_accuracy")}
+                       for p in outcome.get("points", [])]}
 
 
 def _safetensors_header(path: Path) -> dict[str, str]:
@@ -266,7 +289,9 @@ def _log_run(client: Any, experiment_id: str, export: JobExport) -> Any:
             client.log_batch(run_id, metrics=metrics[start:start + 900])
         client.log_text(run_id, json.dumps(list(export.mrc_rows), indent=2), "mrc_table.json")
         client.log_text(run_id, json.dumps({"epochs": list(export.epochs),
-                                            "interpolation": list(export.points)}, indent=2),
+                                            "interpolation": list(export.points),
+                                            **({"candidates": list(export.candidates)}
+                                               if export.candidates else {})}, indent=2),
                         "curves.json")
         for name, path in export.files.items():
             client.log_artifact(run_id, str(path),
@@ -296,7 +321,11 @@ def _metrics(export: JobExport) -> list[Any]:
         # A row stopped early by mrc.table = "selection": its MRC is a lower bound, and its drop
         # is where the ascent stopped, neither the module's value (as on the report page).
         stopped = row.get("exact") is False
-        add(metric_key("mrc_at_least" if stopped else "mrc", module), row["mrc"])
+        # A row flagged zero_gradient: MRC 0 by construction, never chosen; under mrc.* it read
+        # as the lowest, the module to tune.
+        name = ("mrc_zero_gradient" if row.get("zero_gradient")
+                else "mrc_at_least" if stopped else "mrc")
+        add(metric_key(name, module), row["mrc"])
         add(metric_key("robust_accuracy_drop_at_stop" if stopped else "robust_accuracy_drop",
                        module), row["robust_accuracy_drop"])
     for epoch in export.epochs:
@@ -306,6 +335,16 @@ def _metrics(export: JobExport) -> list[Any]:
         step = round(float(point["alpha"]) * ALPHA_STEPS)
         add("interpolation.clean_accuracy", point["clean_accuracy"], step)
         add("interpolation.robust_accuracy", point["robust_accuracy"], step)
+    # Every candidate's curve beside the winner's (which the keys above hold), under its index
+    # in the sweep's order; its module and rate are in the run's curves.json and its rate also
+    # a metric (params are capped per batch, and a sweep has up to 16 candidates).
+    for candidate in export.candidates:
+        prefix = f"sweep.candidate_{int(candidate['index']):02d}"
+        add(f"{prefix}.lr", candidate["lr"])
+        for point in candidate["points"]:
+            step = round(float(point["alpha"]) * ALPHA_STEPS)
+            add(f"{prefix}.clean_accuracy", point["clean_accuracy"], step)
+            add(f"{prefix}.robust_accuracy", point["robust_accuracy"], step)
     return found
 
 

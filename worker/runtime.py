@@ -16,13 +16,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import exc as database_errors
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import materializations, stage_shards, stages
 from persistence.db import session_factory_from_settings
+from persistence.db_clock import db_now
 from persistence.event_notify import build_publisher, install_publisher
 from persistence.models import TERMINAL_STATUSES, Job, utcnow
 from persistence.settings import Settings
@@ -33,6 +34,7 @@ from persistence.transactions import EventKind, JobNotFound
 from persistence.webhooks import install_delivery_dispatch
 from rift.errors import JobCancelled, RiftError, TimeLimitExceeded
 from worker.prepared_runs import PreparedRunCache
+from worker.store_writes import PatientObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +56,9 @@ def resend_later(what: str, resend: Callable[[float], None], delay: float,
     acknowledges a failed task too), and the work would wait for the recovery loop's
     ``QUEUED_RESEND_AFTER_SECONDS``; a claim that did commit unseen holds a lease that expires,
     as after a crash."""
-    logger.warning("%s: the database cannot be reached (%s: %s); its message is sent again in "
-                   "%.1f s", what, type(exc).__name__, (str(exc).splitlines() or [""])[0][:300],
-                   delay)
+    logger.warning("%s: the database (DATABASE_URL) cannot be reached (%s: %s); its message "
+                   "is sent again in %.1f s", what, type(exc).__name__,
+                   (str(exc).splitlines() or [""])[0][:300], delay)
     resend(delay)
     return "database_unavailable"
 
@@ -119,7 +121,10 @@ class WorkerResources:
                     # Unique per process and start, so a restarted worker never reuses a lease.
                     worker_id=self.owner_prefix(os.getpid()) + uuid.uuid4().hex[:8],
                     session_factory=factory,
-                    store=self.settings.build_object_store(),
+                    # Outputs written as work ends wait out a short store outage.
+                    store=cast(ObjectStore, PatientObjectStore(
+                        self.settings.build_object_store(),
+                        give_up_after_s=self.settings.worker_lease_seconds)),
                     # Per process: a forked child starts with none of its parent's runs.
                     prepared_runs=PreparedRunCache(self.settings.worker_prepared_run_cache_bytes),
                     store_writer=ThreadPoolExecutor(STORE_WRITERS,
@@ -308,9 +313,11 @@ class StageReporter(LeaseHeartbeat):
         self._interval = resources.settings.progress_interval_seconds
         self._last_flush = clock()  # the first write an interval after the stage's start
         self._cancel = False
-        # The job's deadline on this process's clock (None: not enforced here).
+        # The job's deadline on this process's clock (None: not enforced here). ``started_at``
+        # is the database's time (persistence/db_clock.py), so the time left is measured by it
+        # too: by this process's own clock, one running ahead would fail jobs early.
         self._time_limit = time_limit
-        self._deadline = (clock() + time_limit.seconds_left(started_at)
+        self._deadline = (clock() + time_limit.seconds_left(started_at, self._db_now(started_at))
                           if time_limit is not None else None)
         # What waits to be written; the stage's thread adds, the writer takes (_pending_lock).
         self._events: list[tuple[str, dict[str, Any], datetime]] = []
@@ -324,6 +331,13 @@ class StageReporter(LeaseHeartbeat):
         self._writer: threading.Thread | None = None
         self._wake = threading.Event()
         self._error: Exception | None = None
+
+    def _db_now(self, started_at: datetime | None) -> datetime | None:
+        """The database's time, when there is a start to measure from (else no round trip)."""
+        if started_at is None:
+            return None
+        with self.resources.session() as session:
+            return db_now(session)
 
     # -- writer -------------------------------------------------------------------------------
     def start(self) -> None:

@@ -240,6 +240,7 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
     manifest = load_manifest(storage)
     platforms = shard_platforms(parts)
     warning = mixed_platforms_warning(platforms, manifest)
+    # The events' own time (display); the next stage's lease takes the database's clock.
     now = utcnow()
     events: list[tuple[str, dict[str, Any], datetime]] = []
     if warning is not None:
@@ -260,7 +261,7 @@ def merge_if_complete(app: Celery, resources: WorkerResources, job_id: str) -> s
             # The warnings are written with the merge, so once, whichever task records it.
             stages.finish_stage_and_claim_next(session, job_id, StageName.MRC,
                                                owner=SHARDED_OWNER, outputs=outputs,
-                                               events=events, now=now)
+                                               events=events)
     except LeaseLost:
         return "done"  # another task recorded the merge first
     delete_shard_inputs(resources.store, job_id, inputs_keys)
@@ -284,12 +285,14 @@ def delete_shard_inputs(store: ObjectStore, job_id: str, keys: list[str]) -> Non
                            exc_info=True)
 
 
-def redispatch_stale_shards(app: Celery, resources: WorkerResources) -> int:
+def redispatch_stale_shards(app: Celery, resources: WorkerResources, *,
+                            resend_after: float | None = None) -> int:
     """Send again the shards whose worker died, and the merge nobody recorded."""
     with resources.session() as session:
         stale = stage_shards.shards_to_redispatch(
             session, stale_after=resources.settings.worker_lease_seconds,
-            pending_after=resources.settings.queued_resend_after_seconds)
+            pending_after=(resources.settings.queued_resend_after_seconds
+                           if resend_after is None else resend_after))
     for job_id, shard in stale:
         logger.warning("job %s: re-sending MRC shard %d", job_id, shard)
         enqueue_shard(app, job_id, shard)

@@ -30,9 +30,10 @@ Recovery: a worker re-sends, on start and every ``WORKER_RECOVERY_INTERVAL_SECON
 parts and materializations whose lease expired (the worker running them was killed) and, once
 ``QUEUED_RESEND_AFTER_SECONDS`` have passed since their message was sent, those nobody took (the
 message was lost before any worker took it: :mod:`persistence.resend`), and the webhook messages
-a lease length late; a prefork parent hands over at once the work of its pool children that
-exited holding leases (:mod:`persistence.lost_processes`); it fails the jobs past their time
-limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the janitor
+a lease length late, and every waiting row at once when the broker lost its messages
+(:mod:`persistence.broker_loss`); a prefork parent hands over at once the work of its pool
+children that exited holding leases (:mod:`persistence.lost_processes`); it fails the jobs past
+their time limit whose worker is gone, and every ``JANITOR_INTERVAL_SECONDS`` it runs the janitor
 (:mod:`persistence.janitor`).
 
 Warm shutdown (SIGTERM): the stage, part or materialization running stops at its next batch
@@ -43,6 +44,10 @@ interpolation curve) skips the modules (α points) the stopped one reported, rea
 job's events (``stored_events``: :mod:`rift.pipeline`). A message taken while the database refuses
 connections is sent again after ``STAGE_RETRY_DELAY_SECONDS`` (:func:`worker.runtime.
 resend_later`) instead of being acknowledged with the task's error and lost.
+
+A message this release cannot take (a rolling deploy's other release sent it) goes back to the
+queue for a worker that can (:mod:`worker.message_compat`); outputs written as work ends wait out
+a short store outage (:mod:`worker.store_writes`).
 
 Each process that runs tasks keeps its row in the worker registry (queues, devices, heartbeat;
 :mod:`worker.registry`), which job creation reads to refuse a device no live worker has.
@@ -87,6 +92,7 @@ from celery.signals import (
 from sqlalchemy.orm import Session
 
 from persistence import jobs, named_locks, stages, workers
+from persistence.broker_loss import BrokerLossWatch, marker_key
 from persistence.deletion import delete_objects
 from persistence.janitor import run_janitor
 from persistence.logs import log_context, use_json
@@ -124,6 +130,7 @@ from persistence.queue import (
     enqueue_stage,
     enqueue_webhook,
 )
+from persistence.settings import Settings
 from persistence.stages import ClaimOutcome, ClaimTerms, HandBackReason, JobEnded, LeaseLost
 from persistence.storage import ObjectNotFound
 from persistence.time_limits import fail_overdue_jobs, job_time_limit
@@ -144,6 +151,7 @@ from worker.candidates import (
 from worker.epoch_states import ObjectEpochStateStore, discard_epoch_states
 from worker.finishing import record_finish
 from worker.inputs import DatasetNotInDataRoot
+from worker.message_compat import ArgumentsCheckedTask, leave_incompatible_messages
 from worker.metrics import WorkerMetrics
 from worker.mlflow_export import MlflowTarget, export_failure_message, export_job
 from worker.prepared_runs import RunKey
@@ -178,44 +186,46 @@ def register_tasks(app: RiftCelery) -> WorkerResources:
     """Register the stage tasks, the recovery loop and the worker registry's heartbeat on
     ``app``; returns the process handles."""
     resources = WorkerResources(app.settings)
+    # A rolling deploy's other release sends tasks or arguments this one lacks: never dropped.
+    leave_incompatible_messages(app)
     resources.webhook_sender = lambda delivery_id: enqueue_webhook(app, delivery_id)
     resources.metrics = WorkerMetrics(resources, lambda queue: _queue_size(app, queue))
 
     for stage in STAGE_ORDER:
         _register_stage_task(app, resources, stage.value)
 
-    @app.task(name=WEBHOOK_TASK_NAME, ignore_result=True)
+    @app.task(name=WEBHOOK_TASK_NAME, base=ArgumentsCheckedTask, ignore_result=True)
     def deliver_webhook(delivery_id: str) -> str:
         """Make the next attempt of a webhook message; a failed one re-sends itself later."""
         return webhook_delivery.deliver(
             resources, delivery_id,
             schedule_retry=lambda message, delay: enqueue_webhook(app, message, countdown=delay))
 
-    @app.task(name=MATERIALIZE_TASK_NAME, ignore_result=True, bind=True)
+    @app.task(name=MATERIALIZE_TASK_NAME, base=ArgumentsCheckedTask, ignore_result=True, bind=True)
     def materialize(task: Task, materialization_id: str) -> str:
         """Make the weights of one materialization request; returns the outcome."""
         return execute_materialization(resources, materialization_id, _request_id_of(task),
                                        app=app)
 
-    @app.task(name=MLFLOW_EXPORT_TASK_NAME, ignore_result=True)
+    @app.task(name=MLFLOW_EXPORT_TASK_NAME, base=ArgumentsCheckedTask, ignore_result=True)
     def export_to_mlflow(job_id: str, request_event_id: int | None = None) -> None:
         """Export a succeeded job to MLflow again; the outcome is one of its events, naming
         the request's event (None: a message sent before requests were named)."""
         export_again(resources, job_id, request_event_id)
 
-    @app.task(name=SHARD_TASK_NAME, ignore_result=True)
+    @app.task(name=SHARD_TASK_NAME, base=ArgumentsCheckedTask, ignore_result=True)
     def run_mrc_shard(job_id: str, shard: int) -> str:
         """Score one shard of the job's MRC modules; returns the outcome."""
         return resources.metrics.timed_part(
             StageName.MRC.value, lambda: execute_shard(app, resources, job_id, shard))
 
-    @app.task(name=CANDIDATE_TASK_NAME, ignore_result=True)
+    @app.task(name=CANDIDATE_TASK_NAME, base=ArgumentsCheckedTask, ignore_result=True)
     def run_sweep_candidate(job_id: str, candidate: int) -> str:
         """Fine-tune and measure one candidate of the job's sweep; returns the outcome."""
         return resources.metrics.timed_part(
             StageName.FINETUNE.value, lambda: execute_candidate(app, resources, job_id, candidate))
 
-    @app.task(name=RECOVER_TASK_NAME, ignore_result=True)
+    @app.task(name=RECOVER_TASK_NAME, base=ArgumentsCheckedTask, ignore_result=True)
     def recover_stale_jobs() -> int:
         """Re-send the messages of stages whose worker died; returns how many were sent."""
         return redispatch_stale_stages(app, resources)
@@ -371,7 +381,7 @@ def _register_stage_task(app: RiftCelery, resources: WorkerResources, stage: str
 
     run.__name__ = f"run_{stage}_stage"
     run.__doc__ = f"Run the '{stage}' stage of the job ``job_id``; returns the outcome."
-    app.task(name=STAGE_TASK_NAMES[stage], ignore_result=True, bind=True)(run)
+    app.task(name=STAGE_TASK_NAMES[stage], base=ArgumentsCheckedTask, ignore_result=True, bind=True)(run)
 
 
 @dataclass
@@ -987,15 +997,17 @@ def _materialization_lost(resources: WorkerResources, materialization_id: str, k
     return "lease_lost"
 
 
-def redispatch_stale_materializations(app: RiftCelery, resources: WorkerResources) -> int:
+def redispatch_stale_materializations(app: RiftCelery, resources: WorkerResources, *,
+                                      resend_after: float | None = None) -> int:
     """Queue and send again the materializations whose worker died (lease expired), and send
-    again those queued ``QUEUED_RESEND_AFTER_SECONDS`` without a worker (message lost); those
-    claimed ``MAX_STAGE_ATTEMPTS`` times are failed instead."""
+    again those queued ``resend_after`` seconds (default ``QUEUED_RESEND_AFTER_SECONDS``)
+    without a worker (message lost); those claimed ``MAX_STAGE_ATTEMPTS`` times are failed
+    instead."""
     settings = resources.settings
     with resources.session() as session:
         stale = materializations_to_redispatch(
             session, max_attempts=settings.max_stage_attempts,
-            resend_after=settings.queued_resend_after_seconds)
+            resend_after=_or_setting(resend_after, settings))
     for materialization_id in stale:
         logger.warning("materialization %s: re-sending it (its lease expired or its message "
                        "is late)", materialization_id)
@@ -1003,18 +1015,44 @@ def redispatch_stale_materializations(app: RiftCelery, resources: WorkerResource
     return len(stale)
 
 
-def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources) -> int:
-    """Send again the stages whose worker died or whose next message was lost."""
+def _or_setting(resend_after: float | None, settings: Settings) -> float:
+    return settings.queued_resend_after_seconds if resend_after is None else resend_after
+
+
+def redispatch_stale_stages(app: RiftCelery, resources: WorkerResources, *,
+                            resend_after: float | None = None) -> int:
+    """Send again the stages (MRC shards, sweep candidates) whose worker died or whose message
+    was sent ``resend_after`` seconds ago (default ``QUEUED_RESEND_AFTER_SECONDS``) and is
+    not taken yet (lost)."""
+    pending_after = _or_setting(resend_after, resources.settings)
     with resources.session() as session:
         stale = stages.stages_to_redispatch(
             session, stale_after=resources.settings.worker_lease_seconds,
-            pending_after=resources.settings.queued_resend_after_seconds)
+            pending_after=pending_after)
     for job_id, stage in stale:
         logger.warning("job %s: re-sending stage %s (its lease expired or its message is late)",
                        job_id, stage)
         enqueue_stage(app, job_id, stage)
-    return (len(stale) + redispatch_stale_shards(app, resources)
-            + redispatch_stale_candidates(app, resources))
+    return (len(stale) + redispatch_stale_shards(app, resources, resend_after=pending_after)
+            + redispatch_stale_candidates(app, resources, resend_after=pending_after))
+
+
+def redispatch_after_broker_loss(app: RiftCelery, resources: WorkerResources,
+                                 watch: BrokerLossWatch) -> int:
+    """When the broker lost its messages (:mod:`persistence.broker_loss`), send every waiting
+    stage, part and materialization again now; returns how many were sent."""
+    if not watch.lost_messages():
+        return 0
+    try:
+        sent = (redispatch_stale_stages(app, resources, resend_after=0)
+                + redispatch_stale_materializations(app, resources, resend_after=0))
+    except Exception:
+        watch.resend_failed()  # the next pass tries again
+        raise
+    logger.warning("the broker (BROKER_URL) lost its messages (its marker %s was replaced: "
+                   "Redis restarted without persistence, or flushed): sent %d waiting stages, "
+                   "parts and materializations again", marker_key(resources.settings), sent)
+    return sent
 
 
 def fail_overdue(resources: WorkerResources) -> list[str]:
@@ -1045,7 +1083,8 @@ class RecoveryLoop:
     ``WORKER_RECOVERY_INTERVAL_SECONDS`` (no beat process needed), fails the jobs past their time
     limit (:func:`fail_overdue`), re-sends stale stages and parts
     (:func:`redispatch_stale_stages`), materializations (:func:`redispatch_stale_materializations`)
-    and webhook messages (:func:`redispatch_late_webhooks`) and,
+    and webhook messages (:func:`redispatch_late_webhooks`), all waiting work at once when the
+    broker lost its messages (:func:`redispatch_after_broker_loss`) and,
     every ``JANITOR_INTERVAL_SECONDS``, runs the janitor (:mod:`persistence.janitor`)."""
 
     def __init__(self, app: RiftCelery, resources: WorkerResources,
@@ -1057,6 +1096,7 @@ class RecoveryLoop:
         # The prefork pool's children (none for the other pools), and those seen last pass.
         self._children = children
         self._seen: set[int] = set()
+        self._broker_watch = BrokerLossWatch(resources.settings)
         self._gone: set[int] = set()
 
     def start(self) -> None:
@@ -1109,8 +1149,17 @@ class RecoveryLoop:
                 redispatch_stale_stages(self.app, self.resources)
                 redispatch_stale_materializations(self.app, self.resources)
                 redispatch_late_webhooks(self.app, self.resources)
+            except DATABASE_DOWN as exc:
+                # Expected in an outage, every interval: one line naming the setting, no trace.
+                logger.warning("recovery pass: the database (DATABASE_URL) cannot be reached "
+                               "(%s); will retry in %g s", error_summary(exc), interval)
             except Exception:
                 logger.warning("recovery pass failed; will retry", exc_info=True)
+            try:
+                redispatch_after_broker_loss(self.app, self.resources, self._broker_watch)
+            except Exception as exc:  # Redis down: the pass above did the database's part
+                logger.warning("recovery pass: cannot check whether the broker (BROKER_URL) "
+                               "lost its messages: %s; will retry", error_summary(exc))
             if time.monotonic() >= next_janitor:
                 next_janitor = time.monotonic() + settings.janitor_interval_seconds
                 try:
@@ -1118,6 +1167,9 @@ class RecoveryLoop:
                         report = run_janitor(session, self.resources.store, settings)
                     if report.removed:
                         logger.info("janitor: %s", report.summary())
+                except DATABASE_DOWN as exc:
+                    logger.warning("janitor pass: the database (DATABASE_URL) cannot be reached "
+                                   "(%s); will retry", error_summary(exc))
                 except Exception:
                     logger.warning("janitor pass failed; will retry", exc_info=True)
             if self._stop.wait(interval):

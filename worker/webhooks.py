@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 
 from persistence import webhooks
+from persistence.db_clock import db_now
 from persistence.logs import keep_urls_out_of_logs
-from persistence.models import utcnow
 from persistence.outbound import AllowList, Resolver, TargetRefused, check_target, resolve
 from persistence.settings import Settings
 from worker.runtime import WorkerResources
@@ -143,8 +143,10 @@ def _shut(sock: socket.socket) -> None:
 
 def deliver(resources: WorkerResources, delivery_id: str, *,
             schedule_retry: Callable[[str, float], None],
-            now: Callable[[], datetime] = utcnow) -> str:
-    """Make the next attempt of one message; returns what happened (for logs and tests)."""
+            now: Callable[[], datetime] | None = None) -> str:
+    """Make the next attempt of one message; returns what happened (for logs and tests).
+    ``now``: the clock (default: the database's, which the sweep and the other workers judge
+    ``next_attempt_at`` by, persistence/db_clock.py)."""
     settings = resources.settings
     with resources.session() as session:
         loaded = webhooks.load_delivery(session, delivery_id)
@@ -155,7 +157,7 @@ def deliver(resources: WorkerResources, delivery_id: str, *,
             return "settled"
         seen, url, secret = delivery.attempts, endpoint.url, endpoint.secret
         body = delivery.body.encode("utf-8")
-        started = now()
+        started = now() if now is not None else db_now(session)
         lease = started + timedelta(seconds=2 * settings.webhook_timeout_seconds + 5)
         if not webhooks.claim_attempt(session, delivery_id, seen, started, lease):
             return "not_due"
@@ -171,7 +173,10 @@ def deliver(resources: WorkerResources, delivery_id: str, *,
     delay = 0.0
     if not result.succeeded and attempt < settings.webhook_max_attempts:
         delay = retry_delay(settings, attempt)
-        retry_at = now() + timedelta(seconds=delay)
+        # On the database's clock: the start read from it plus the POST's time, no second read.
+        current = (now() if now is not None
+                   else started + timedelta(milliseconds=duration_ms))
+        retry_at = current + timedelta(seconds=delay)
     with resources.session() as session:
         recorded = webhooks.record_attempt(
             session, delivery_id, attempt, status_code=result.status_code, error=result.error,

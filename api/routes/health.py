@@ -7,7 +7,8 @@ probe. One that is stopped but starts with the next upload (a shared server that
 ``VALIDATION_WARM_START=false``) does not. Served under
 ``/v1`` and at the root, for probes, without an API key: the answers say which component is
 down, never its address or the driver's error (those go to the log); a schema that is not
-current is named with its revisions and the command that migrates it."""
+current is named with its revisions and the command that migrates it; one a newer release
+migrated (a rolling deploy) stays ready, the database check's ``state`` ``schema_ahead``."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from api.deps import DispatcherDep, SessionFactoryDep, StoreDep, ValidatorDep
 from api.errors import error_body
 from api.schemas import CheckOut, HealthOut, ReadyOut
 from api.validation import Validator
-from persistence.schema import SchemaNotCurrent, check_schema
+from persistence.schema import SchemaNotCurrent, check_schema, log_schema_ahead
 from persistence.storage import StoreMisconfigured
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,11 @@ async def _run_check(name: str, check: Callable[[], None]) -> CheckOut:
     except TimeoutError:
         return CheckOut(ok=False, error=f"no answer within {CHECK_TIMEOUT_S:g} s")
     except SchemaNotCurrent as exc:
+        if exc.ahead:
+            # A rolling deploy migrated first: this process still serves (the migrations only
+            # add); not ready here took every older API out of service at once.
+            log_schema_ahead(exc)
+            return CheckOut(ok=True, state="schema_ahead", error=exc.message)
         # Names revisions and the command to run, no address: the operator reads it here.
         return CheckOut(ok=False, error=exc.message)
     except StoreMisconfigured as exc:

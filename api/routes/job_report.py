@@ -97,7 +97,7 @@ def read_report(job_id: str, session: SessionDep, caller: CallerDep, store: Stor
                  "mrc": r.mrc, "worst_robust_loss": r.worst_robust_loss,
                  "robust_accuracy_at_worst": r.robust_accuracy_at_worst,
                  "robust_accuracy_drop": r.robust_accuracy_drop, "passes": r.passes,
-                 "exact": r.exact}
+                 "exact": r.exact, "zero_gradient": r.zero_gradient}
                 for r in mrc.rows]
     epochs = [{"epoch": e.epoch, "train_accuracy": e.train_accuracy, "val_accuracy": e.val_accuracy,
                "train_loss": e.train_loss} for e in get_epoch_metrics(session, job.id)]

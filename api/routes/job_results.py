@@ -71,6 +71,7 @@ def read_mrc(job_id: str, session: SessionDep, caller: CallerDep) -> MRCTableOut
                         robust_accuracy_at_worst=r.robust_accuracy_at_worst,
                         robust_accuracy_drop=r.robust_accuracy_drop, seconds=r.seconds,
                         max_ascent_loss=r.max_ascent_loss, passes=r.passes, exact=r.exact,
+                        zero_gradient=r.zero_gradient,
                         selected=table.complete and r.module == job.selected_module)
               for r in table.rows],
         complete=table.complete, modules_scored=len(table.rows),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from api.dispatch import CeleryDispatcher
 from api.validation import ServerLauncher, ServerProcess, Validator
@@ -23,6 +24,7 @@ from tests.api.helpers import (
     free_port,
     readyz_once_started,
 )
+from tests.service_fixtures import settings_from_env
 
 pytestmark = pytest.mark.service
 
@@ -159,6 +161,27 @@ def test_real_broker_checks(api_settings: Settings, tmp_path: Path,
     assert response.status_code == 503
     assert response.json()["checks"]["broker"]["ok"] is False
     assert response.json()["error"]["field"] == "broker"
+
+
+def test_a_schema_a_newer_release_migrated_keeps_the_api_ready(
+        postgres_url: str, tmp_path: Path, start_api: Callable[..., Api]) -> None:
+    """A rolling deploy migrates first (an added column, the next revision) and replaces the
+    APIs one by one: the APIs still running the older release serve on (they used to answer
+    /readyz 503 from the migration on, which takes every one of them out of service at once)."""
+    settings = settings_from_env({
+        "DATABASE_URL": postgres_url, "BROKER_URL": "memory://", "STORE_KIND": "local",
+        "STORE_ROOT": str(tmp_path / "objects"), "WORK_DIR": str(tmp_path / "work")})
+    api = start_api(settings, dispatcher=RecordingDispatcher())
+    assert readyz_once_started(api).status_code == 200
+    with api.sessions() as session, session.begin():
+        session.execute(sa.text("ALTER TABLE jobs ADD COLUMN next_release_column TEXT"))
+        session.execute(sa.text("UPDATE alembic_version SET version_num = '9999_next_release'"))
+    response = api.client.get("/readyz")
+    assert response.status_code == 200, response.text
+    database = response.json()["checks"]["database"]
+    assert database["ok"] is True and database["state"] == "schema_ahead"
+    assert "9999_next_release" in database["error"]
+    assert api.client.get("/v1/jobs").status_code == 200
 
 
 def test_the_api_starts_without_torch(sqlite_url: str, tmp_path: Path) -> None:

@@ -106,10 +106,12 @@ def test_a_running_stage_answers_its_rows_so_far_and_the_recorded_table_once_don
     claim_mrc(api, job_id, "w2")
     assert shown(mrc(api, job_id)) == [(0, "conv1", 0.4), (1, "conv2", 0.2)]
     report(api, job_id, row("conv2", 0.25, inputs="A", modules_total=4),
-           row("fc1", 0.1, inputs="A", modules_total=4))
+           row("fc1", 0.1, inputs="A", modules_total=4, zero_gradient=True))
     later = api.client.get(f"/v1/jobs/{job_id}/mrc", headers={"If-None-Match": etag})
     assert later.status_code == 200 and later.headers["etag"] != etag
     assert shown(later.json()) == [(0, "conv1", 0.4), (1, "conv2", 0.25), (2, "fc1", 0.1)]
+    # A row scored so far carries the flag too (null: written before it existed).
+    assert [r["zero_gradient"] for r in later.json()["rows"]] == [None, None, True]
     assert later.json()["modules_scored"] == 3
 
     # Done: the recorded table, exactly as before (rows from mrc_rows, the selected flagged).

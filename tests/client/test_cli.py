@@ -541,10 +541,14 @@ def test_mrc_and_curves_as_tables_and_json(cli: Cli, queued_api: RunningApi, api
     sessions = session_factory_from_settings(queued_api.settings)
     try:
         with sessions() as session:
-            for position, (module, mrc) in enumerate([("conv1", 0.4), (long_name, 0.01)]):
+            # branch: its weight gradient was zero on every MRC batch (never chosen); its MRC
+            # 0 read as the best candidate.
+            for position, (module, mrc, flag) in enumerate([
+                    ("conv1", 0.4, False), (long_name, 0.01, None), ("branch", 0.0, True)]):
                 session.add(MRCRow(job_id=job_id, position=position, module=module,
                                    parameters=100, mrc=mrc, worst_robust_loss=1.0 + mrc,
-                                   robust_accuracy_at_worst=None, robust_accuracy_drop=2.5))
+                                   robust_accuracy_at_worst=None, robust_accuracy_drop=2.5,
+                                   zero_gradient=flag))
             # The exact α selection leaves points unmeasured (null) or bounded (≤).
             for position, (alpha, robust, bound) in enumerate([(0.0, 41.0, None),
                                                                (0.5, None, 38.5),
@@ -568,6 +572,11 @@ def test_mrc_and_curves_as_tables_and_json(cli: Cli, queued_api: RunningApi, api
     assert table.exit_code == 0, table.stderr
     assert table.stdout.startswith(f"job {job_id}: queued, selected module –")
     assert "conv1" in table.stdout and "0.4" in table.stdout and "–" in table.stdout
+    flagged = [line for line in table.stdout.splitlines() if "(no effect: not chosen)" in line]
+    assert "branch (no effect: not chosen)" in flagged[0], table.stdout  # the table's row
+    assert len(flagged) == 2 and "output does not depend on it" in flagged[1]  # the line under
+    assert [row["zero_gradient"] for row in cli("-o", "json", "jobs", "mrc", job_id).json()[
+        "rows"]] == [False, None, True]
     curves = cli("jobs", "curves", job_id)
     assert curves.exit_code == 0, curves.stderr
     assert "≤ 38.5" in curves.stdout and "41" in curves.stdout

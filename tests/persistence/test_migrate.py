@@ -378,18 +378,49 @@ def test_0031_adds_the_error_field_column_empty_and_takes_it_away(empty_url: str
         engine.dispose()
 
 
-def test_0033_adds_audit_events_that_outlive_their_project_and_takes_them_away(
-        empty_url: str) -> None:
-    """An event's ``project_id`` is no foreign key: deleting the project keeps its trail (a
-    cascade would delete the record of who deleted it). The downgrade drops the table; the
-    upgrade makes it again, empty."""
+def test_0033_adds_the_zero_gradient_column_empty_and_takes_it_away(empty_url: str) -> None:
+    """An MRC row recorded before keeps its values with the flag unknown (NULL: the API says
+    ``zero_gradient: null``); a flag round-trips; the downgrade keeps the row."""
     upgrade_database(empty_url, "0032")
     now = datetime.now(UTC)
     engine = sa.create_engine(empty_url)
     try:
         with engine.begin() as c:
             _insert_project_p1_with_checkpoint_c1(c, now, size=10, tensors=2)
+            c.execute(sa.text(
+                "INSERT INTO jobs (id, status, stage_progress, spec, checkpoint_id, "
+                "cancel_requested, attempts, created_at, updated_at, project_id) VALUES "
+                "('j1', 'succeeded', 0, '{}', 'c1', false, 1, :n, :n, 'p1')"), {"n": now})
+            c.execute(sa.text(
+                "INSERT INTO mrc_rows (job_id, position, module, parameters, mrc, "
+                "worst_robust_loss) VALUES ('j1', 0, 'branch', 10, 0.0, 1.5)"))
         upgrade_database(empty_url, "0033")
+        with engine.begin() as c:
+            assert c.execute(sa.text("SELECT mrc, zero_gradient FROM mrc_rows")).one() == (
+                0.0, None)
+            c.execute(sa.text("UPDATE mrc_rows SET zero_gradient = true"))
+            assert c.execute(sa.text("SELECT zero_gradient FROM mrc_rows")).scalar_one() in (
+                True, 1)  # SQLite reads a raw boolean back as 1
+        downgrade_database(empty_url, "0032")
+        columns = {column["name"] for column in sa.inspect(engine).get_columns("mrc_rows")}
+        assert "zero_gradient" not in columns and "exact" in columns
+        assert _row_counts(engine, ["mrc_rows"]) == {"mrc_rows": 1}
+    finally:
+        engine.dispose()
+
+
+def test_0034_adds_audit_events_that_outlive_their_project_and_takes_them_away(
+        empty_url: str) -> None:
+    """An event's ``project_id`` is no foreign key: deleting the project keeps its trail (a
+    cascade would delete the record of who deleted it). The downgrade drops the table; the
+    upgrade makes it again, empty."""
+    upgrade_database(empty_url, "0033")
+    now = datetime.now(UTC)
+    engine = sa.create_engine(empty_url)
+    try:
+        with engine.begin() as c:
+            _insert_project_p1_with_checkpoint_c1(c, now, size=10, tensors=2)
+        upgrade_database(empty_url, "0034")
         with engine.begin() as c:
             c.execute(sa.text(
                 "INSERT INTO audit_events (id, occurred_at, project_id, actor, action, "
@@ -402,9 +433,9 @@ def test_0033_adds_audit_events_that_outlive_their_project_and_takes_them_away(
         indexes = {i["name"] for i in sa.inspect(engine).get_indexes("audit_events")}
         assert indexes == {"ix_audit_events_project_id_occurred_at_id",
                            "ix_audit_events_occurred_at_id"}
-        downgrade_database(empty_url, "0032")
+        downgrade_database(empty_url, "0033")
         assert "audit_events" not in sa.inspect(engine).get_table_names()
-        upgrade_database(empty_url, "0033")
+        upgrade_database(empty_url, "0034")
         assert _row_counts(engine, ["audit_events"]) == {"audit_events": 0}
     finally:
         engine.dispose()

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect, text
 
 from persistence.db import create_db_engine
-from persistence.migrate import downgrade_database
+from persistence.migrate import alembic_config, downgrade_database, upgrade_database
 from persistence.schema import MIGRATE_COMMAND, SchemaNotCurrent, check_schema, expected_revision
 from persistence.settings import Settings
 
@@ -88,3 +89,75 @@ def test_the_api_refuses_to_start_on_an_older_schema(command: list[str], postgre
     assert len(lines) == 1 and lines[0].startswith("rift: the database schema is at migration "
                                                    f"{OLDER}"), result.stderr
     assert MIGRATE_COMMAND in lines[0]
+
+
+def test_the_api_starts_on_a_schema_from_a_newer_release(postgres_url: str, engine: Engine,
+                                                         tmp_path: Path) -> None:
+    """An older API or worker restarted during a rolling deploy (after its migration) starts,
+    with a warning naming the revision: it used to stop, and so crash-looped until replaced, as
+    a rollback's processes all did."""
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env.update(PYTHONPATH=str(ROOT), DATABASE_URL=postgres_url, BROKER_URL="memory://",
+               STORE_ROOT=str(tmp_path / "objects"), WORK_DIR=str(tmp_path / "work"))
+    result = subprocess.run([sys.executable, "-m", "api.preflight"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "9999_future" in result.stderr and "newer release" in result.stderr
+
+
+
+#: The first migration after the last one that broke the release before it (0024 made
+#: ``job_labels.created_at`` NOT NULL without a default, which a 0023 API never sets).
+FIRST_ADDITIVE = "0025"
+
+
+def _columns(engine: Engine) -> dict[tuple[str, str], tuple[bool, bool]]:
+    """(table, column) -> (nullable, has a server default) of every column of the schema."""
+    inspector = inspect(engine)
+    return {(table, column["name"]): (bool(column["nullable"]), column.get("default") is not None)
+            for table in inspector.get_table_names()
+            for column in inspector.get_columns(table)}
+
+
+def _revisions_since(first: str) -> list[str]:
+    """``first`` and every later revision up to the head, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    revisions = [expected_revision()]
+    while revisions[-1] != first:
+        down = script.get_revision(revisions[-1]).down_revision
+        assert isinstance(down, str), f"{first} is not an ancestor of the head"
+        revisions.append(down)
+    return revisions[::-1]
+
+
+def test_migrations_since_the_last_breaking_one_only_add(postgres_url: str,
+                                                         engine: Engine) -> None:
+    """What lets an older release serve a newer schema (above): each migration keeps every
+    table and column, adds to an existing table no NOT NULL column without a server default
+    (the older release's INSERTs leave it out) and makes no existing column NOT NULL. A
+    migration that must break this waits one release, and moves FIRST_ADDITIVE and README
+    "Schema and devices at start" along."""
+    revisions = _revisions_since(FIRST_ADDITIVE)
+    previous = ScriptDirectory.from_config(alembic_config("")).get_revision(
+        FIRST_ADDITIVE).down_revision
+    assert isinstance(previous, str)
+    downgrade_database(postgres_url, previous)
+    before = _columns(engine)
+    breaks: list[str] = []
+    for revision in revisions:
+        upgrade_database(postgres_url, revision)
+        after = _columns(engine)
+        tables = {table for table, _ in before}
+        breaks += [f"{revision} removes {table}.{column}" for table, column in before
+                   if (table, column) not in after]
+        breaks += [f"{revision} adds {table}.{column} NOT NULL without a server default"
+                   for (table, column), (nullable, default) in after.items()
+                   if table in tables and (table, column) not in before
+                   and not nullable and not default]
+        breaks += [f"{revision} makes {table}.{column} NOT NULL"
+                   for (table, column), (nullable, _) in before.items()
+                   if nullable and (table, column) in after and not after[table, column][0]]
+        before = after
+    assert not breaks

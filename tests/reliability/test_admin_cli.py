@@ -376,3 +376,21 @@ def test_rift_admin_projects_delete_refuses_a_store_that_is_not_the_services(
     assert f"checkpoints/{checkpoint['id']}" in refused.stderr
     assert api.client.get(f"/v1/checkpoints/{checkpoint['id']}").status_code == 200
     assert api.stored_files() == stored
+
+
+def test_a_keys_prefix_reads_the_same_in_rift_admin_and_the_admin_api(
+        api: Api, rift_admin: AdminCli, clients: Callable[..., httpx.Client]) -> None:
+    """``rift-admin keys list --output json`` wrote ``rift_<prefix>_`` where the admin API (and
+    ``riftctl admin keys list``) writes ``<prefix>``: a script joining the two saw two keys.
+    Both give the stored prefix; the text table still shows it as the key starts."""
+    admin = clients("ops", ("admin",))
+    assert admin.post("/v1/admin/projects", json={"name": "joined"}).status_code == 201
+    key = admin.post("/v1/admin/projects/joined/keys", json={"scopes": ["read"]}).json()["key"]
+    from_api = admin.get("/v1/admin/projects/joined/keys").json()["items"]
+    listed = rift_admin("keys", "list", "--project", "joined", "--output", "json")
+    assert listed.returncode == 0, listed.stderr
+    from_cli = json.loads(listed.stdout)
+    assert [k["prefix"] for k in from_cli] == [k["prefix"] for k in from_api] == [
+        key.split("_")[1]]
+    table = rift_admin("keys", "list", "--project", "joined").stdout
+    assert f"rift_{key.split('_')[1]}_…" in table

@@ -167,3 +167,19 @@ def test_a_stage_finishing_during_an_outage_shorter_than_its_lease_is_recorded_o
     assert events.count("stage_finished") == 3
     assert events.count("epoch") == FINISHING_EPOCHS  # its last reports went with its end
     assert "unexpected error" not in worker.log()
+
+
+def test_the_recovery_loop_names_the_database_and_its_setting_in_an_outage(
+        start_worker: Callable[..., WorkerProcess], sessions: sessionmaker[Session],
+        postgres_url: str) -> None:
+    """Each recovery pass (every second here) that meets the outage says, in one line, which
+    dependency and setting: it logged "recovery pass failed; will retry" and SQLAlchemy's whole
+    traceback every pass, which named neither."""
+    worker = start_worker()
+    sessions.kw["bind"].dispose()
+    with database_refusing_connections(postgres_url):
+        deadline = time.monotonic() + 20
+        while "recovery pass: the database (DATABASE_URL) cannot be reached" not in worker.log():
+            assert time.monotonic() < deadline, worker.log()[-3000:]
+            time.sleep(0.1)
+    assert "recovery pass failed" not in worker.log(), worker.log()[-3000:]

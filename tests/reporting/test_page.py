@@ -56,6 +56,32 @@ def test_an_mrc_row_stopped_early_shows_its_lower_bound() -> None:
         job_id="j", status="succeeded", mrc_rows=rows[1:]))
 
 
+
+def test_an_mrc_row_flagged_zero_gradient_is_named_not_chosen_and_not_listed_first() -> None:
+    """A row whose weight gradient was zero on every MRC batch (MRC 0 by construction, never
+    chosen) read as the best candidate: the lowest MRC, first of the short table's modules."""
+    from reporting.page import MRC_ROWS_SHOWN
+
+    rows = [{"module": "branch", "parameters": 10, "mrc": 0.0, "worst_robust_loss": 1.0,
+             "zero_gradient": True},
+            {"module": "fc", "parameters": 5, "mrc": 0.1, "worst_robust_loss": 1.1,
+             "zero_gradient": False},
+            {"module": "old", "parameters": 5, "mrc": 0.2, "worst_robust_loss": 1.2}]
+    page = render_report(ReportData(job_id="j", status="succeeded", selected_module="fc",
+                                    mrc_rows=rows))
+    assert ("<td class='name'>branch<span class='mark'> (no effect: not chosen)</span></td>"
+            in page and page.count("(no effect: not chosen)") == 1)
+    assert "No effect: 1 module(s) got a weight gradient of exactly zero" in page
+    assert "No effect" not in render_report(ReportData(
+        job_id="j", status="succeeded", mrc_rows=rows[1:]))
+    # Past the short table's size, the modules the selection tries first lead it: not branch.
+    many = rows + [{"module": f"m{i}", "parameters": 5, "mrc": 0.5 + i, "worst_robust_loss": 2}
+                   for i in range(MRC_ROWS_SHOWN)]
+    short = render_report(ReportData(job_id="j", status="succeeded", selected_module="fc",
+                                     mrc_rows=many)).split("<details class='mrc-all'>", 1)[0]
+    assert short.index("<td class='name'>fc") < short.index("<td class='name'>m0")
+    assert "<td class='name'>branch" not in short.split("<td class='name'>m0", 1)[0]
+
 def test_the_summary_says_which_stage_runs_or_where_the_job_stopped() -> None:
     running = render_report(ReportData(job_id="j", status="running", stage="mrc",
                                        stage_progress=0.42, progress_message="module 3 of 8"))

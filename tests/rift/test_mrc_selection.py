@@ -202,7 +202,7 @@ def test_digits_selection_table_chooses_as_the_full_table(
             == [c.module for c in candidates_from_mrc(full.rows, k=candidates, module=None,
                                                       lrs=[0.1])])
     csv = mrc_table_csv(selection.rows, selection.selected_module)
-    assert csv.splitlines()[0].endswith("max_ascent_loss,passes,exact,selected")
+    assert csv.splitlines()[0].endswith("max_ascent_loss,passes,exact,zero_gradient,selected")
     if candidates == 1:
         assert ",False," in csv  # a lower bound is flagged in the file
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from rift.config import RiftConfig
 from rift.errors import ConfigError, NumericalError
+from rift.finetune import Divergence
 from rift.pipeline import PipelineCallbacks, run_pipeline
 from rift.sweep import (
     Candidate,
@@ -48,6 +50,12 @@ def test_fewer_modules_than_asked_is_explained() -> None:
     message = fewer_modules_than_asked(
         named, candidates_from_mrc(ROWS, k=3, module="a", lrs=[0.1]), ROWS)
     assert message is not None and "finetune.module names 'a'" in message
+    # Rows flagged zero_gradient (rift.mrc_zero_gradient) are never chosen: not counted.
+    flagged = [*ROWS, {"name": "gated", "mrc": 0.0, "zero_gradient": True}]
+    assert fewer_modules_than_asked(
+        many, candidates_from_mrc(flagged, k=64, module=None, lrs=[0.1]), flagged) == (
+        "finetune.candidates is 64 but 4 module(s) are tried: the MRC table has only 4 "
+        "module(s) that can be chosen (1 more flagged zero_gradient: gated)")
     three = RiftConfig.model_validate({**base, "finetune": {"candidates": 3}})
     assert fewer_modules_than_asked(
         three, candidates_from_mrc(ROWS, k=3, module=None, lrs=[0.1]), ROWS) is None
@@ -72,6 +80,27 @@ def test_choose_across_leaves_excluded_candidates_out_and_fails_when_all_are() -
         choose_across([excluded, ExcludedCandidate(Candidate("a", 5.0), "diverged",
                                                    "finetune.lr_grid")])
     assert raised.value.field == "finetune.lr_grid"
+    # One refused for a zero gradient (its module does not affect the output): not "diverged".
+    gated = ExcludedCandidate(Candidate("gated", 0.1), "fine-tuning 'gated' would change nothing",
+                              "finetune.module")
+    with pytest.raises(ConfigError, match=re.escape(
+            "every candidate of the sweep was excluded: 'a' at lr 10: diverged; 'gated' at lr "
+            "0.1: fine-tuning 'gated' would change nothing")) as refused:
+        choose_across([excluded, gated])
+    assert refused.value.field == "finetune.module"
+
+
+def test_messages_about_candidates_write_rates_that_round_alike_whole() -> None:
+    """Two rates of a grid that ``:g`` writes alike (6 significant digits) were named alike in
+    the sweep's failure and the diverged candidates' messages: which one diverged could not be
+    told. They read as the curves' names do (``rift.rate_text``)."""
+    close = [ExcludedCandidate(Candidate("a", lr), "diverged", "finetune.lr_grid")
+             for lr in (0.001, 0.0010000001)]
+    with pytest.raises(NumericalError) as raised:
+        choose_across(close)
+    assert "'a' at lr 0.001;" in str(raised.value)
+    assert "'a' at lr 0.0010000001)" in str(raised.value)
+    assert "at lr 0.0010000001;" in Divergence(2, 0.0010000001, 1, "finetune.lr_grid").message()
 
 
 def _diverging_grid(config: dict[str, Any], lr_grid: list[float]) -> RiftConfig:

@@ -142,6 +142,23 @@ def test_an_mrc_row_stopped_early_is_exported_under_bound_names() -> None:
                       "mrc.fc": 0.2, "robust_accuracy_drop.fc": 18.75}
 
 
+def test_an_mrc_row_flagged_zero_gradient_is_not_exported_as_an_mrc() -> None:
+    """A row whose weight gradient was zero on every MRC batch has MRC 0 by construction and is
+    never chosen: logged as mrc.<module>, it read as the lowest MRC, the module to tune."""
+    from worker.mlflow_export import _metrics
+
+    export = JobExport(
+        job_id="j", checkpoint_sha256="", config={}, selected_module="fc", chosen_alpha=0.0,
+        metrics={}, epochs=[], points=[],
+        mrc_rows=[{"module": "branch", "mrc": 0.0, "robust_accuracy_drop": 0.0,
+                   "exact": True, "zero_gradient": True},
+                  {"module": "fc", "mrc": 0.2, "robust_accuracy_drop": 18.75, "exact": True,
+                   "zero_gradient": None}])
+    logged = {m.key: m.value for m in _metrics(export)}
+    assert logged == {"mrc_zero_gradient.branch": 0.0, "robust_accuracy_drop.branch": 0.0,
+                      "mrc.fc": 0.2, "robust_accuracy_drop.fc": 18.75}
+
+
 def test_exporting_a_job_again_gives_its_run_and_version_back(tmp_path: Path) -> None:
     """A redelivered finishing task (or a retried export) created a second run and registered
     version 2 of the same weights. The run also carries the project and the job's labels."""
@@ -233,3 +250,39 @@ def test_a_sweeps_chosen_rate_is_a_param_and_tags_its_run_and_version(tmp_path: 
     assert "selected_lr" not in client.get_run(single.run_id).data.params
     assert "selected_lr" not in client.get_model_version("rift-tuned",
                                                          single.model_version).tags
+
+
+def test_every_candidate_curve_of_a_sweep_is_logged_beside_the_winners(tmp_path: Path) -> None:
+    """Only the winner's α curve was logged as metrics: comparing a sweep's candidates in
+    MLflow's UI (the paper's Fig. C.5) needed the run's result.json by hand."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    target = MlflowTarget(uri, "rift-test", "rift-tuned", (tmp_path / "artifacts").as_uri())
+    sweep = _export(tmp_path, "sweep2")
+    sweep.candidates = [
+        {"index": 0, "module": "fc", "lr": 0.01, "excluded": False,
+         "points": [{"alpha": 0.0, "clean_accuracy": 90.0, "robust_accuracy": 60.0},
+                    {"alpha": 0.5, "clean_accuracy": 91.0, "robust_accuracy": None}]},
+        {"index": 1, "module": "conv1", "lr": 0.0010000001, "excluded": True, "points": []},
+        {"index": 2, "module": "fc", "lr": 0.05, "excluded": False,
+         "points": [{"alpha": 0.0, "clean_accuracy": 90.0, "robust_accuracy": 60.0},
+                    {"alpha": 1.0, "clean_accuracy": 93.0, "robust_accuracy": 59.0}]}]
+    run_id = export_to_mlflow(target, sweep).run_id
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def history(key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+    assert history("sweep.candidate_00.clean_accuracy") == [(0, 90.0), (5000, 91.0)]
+    assert history("sweep.candidate_00.robust_accuracy") == [(0, 60.0)]  # not attacked: left out
+    assert history("sweep.candidate_02.robust_accuracy") == [(0, 60.0), (10000, 59.0)]
+    assert history("sweep.candidate_01.lr") == [(0, 0.0010000001)]
+    assert history("sweep.candidate_01.clean_accuracy") == []
+    logged = json.loads(Path(client.download_artifacts(run_id, "curves.json",
+                                                       str(tmp_path))).read_text())
+    assert [(c["index"], c["module"], c["lr"], c["excluded"]) for c in logged["candidates"]] == [
+        (0, "fc", 0.01, False), (1, "conv1", 0.0010000001, True), (2, "fc", 0.05, False)]

@@ -16,10 +16,12 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import jobs, materializations, stages
+from persistence import jobs, materializations, models, stages
 from persistence.models import JobStage, Materialization, utcnow
 from persistence.settings import Settings
 from persistence.stages import LeaseLost
+from persistence.time_limits import TimeLimit
+from tests.clock_skew import skewed_datetime
 from tests.persistence.helpers import stage_row
 from worker.runtime import MaterializationLease, StageReporter, WorkerResources
 
@@ -283,3 +285,21 @@ def test_a_renewal_after_the_works_own_finish_is_not_a_lease_lost(
         assert reporter.lease_lost is not finishing
     finally:
         reporter.stop()
+
+
+def test_a_worker_whose_clock_runs_ahead_measures_the_time_limit_by_the_database_clock(
+        submit: Callable[..., str], sessions: sessionmaker[Session],
+        service_settings: Settings, quick_config: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The claim writes started_at on the database's clock (persistence/db_clock.py). Measured
+    # by a worker clock two minutes ahead, a job with a minute left was two minutes older and
+    # past its limit: the worker failed it at once with `timeout`.
+    job_id = submit(quick_config, send=False)
+    resources = WorkerResources(service_settings)
+    monkeypatch.setattr(models, "datetime", skewed_datetime(120.0))
+    with sessions() as session:
+        claim = stages.claim_stage(session, job_id, "mrc", owner=resources.worker_id,
+                                   lease_seconds=60, max_attempts=3)
+    reporter = StageReporter(resources, job_id, "mrc", Clock(),
+                             time_limit=TimeLimit(60.0, own=True), started_at=claim.job.started_at)
+    assert reporter.should_cancel() is False  # a minute left: no TimeLimitExceeded

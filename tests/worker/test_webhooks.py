@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence import jobs, webhooks
+from persistence import jobs, models, webhooks
 from persistence.db import create_db_engine, create_session_factory
 from persistence.models import utcnow
 from persistence.records import create_checkpoint
 from persistence.settings import Settings
+from tests.clock_skew import skewed_datetime
 from tests.persistence.helpers import add_project
 from tests.service_fixtures import settings_from_env
 from tests.webhook_receiver import Receiver
@@ -310,3 +311,26 @@ def test_a_failed_jobs_message_verifies_and_its_error_parses_in_the_client(
     assert message.data.finished_at is not None and message.data.finished_at.tzinfo is not None
     assert message.data.labels == {"run": "<b>"} and message.data.warnings_total == 0
     assert message.data.links == {"self": f"/v1/jobs/{job.id}"}
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite: one machine's clock
+def test_a_retry_is_scheduled_and_judged_on_the_database_clock(
+        sessions: sessionmaker[Session], db_url: str, tmp_path: Path, receiver: Receiver,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: a worker whose clock lagged two minutes found a message due now not due (it sent
+    # nothing until its clock caught up) and wrote its retry's next_attempt_at two minutes
+    # early; one whose clock ran two minutes ahead read a message due now as late, and its sweep
+    # sent it again at once instead of after its backoff.
+    receiver.statuses = [500]
+    _, _, message_id = cancelled_job_message(sessions, receiver.url)
+    resources = WorkerResources(worker_settings(db_url, tmp_path,
+                                                WEBHOOK_ALLOW_LIST="127.0.0.1/32",
+                                                WEBHOOK_RETRY_BASE_SECONDS="5"))
+    with monkeypatch.context() as clock:
+        clock.setattr(models, "datetime", skewed_datetime(-120.0))
+        assert deliver(resources, message_id, schedule_retry=lambda *_: None) == "retry"
+    for skew in (0.0, 120.0):
+        with monkeypatch.context() as clock:
+            clock.setattr(models, "datetime", skewed_datetime(skew))
+            with sessions() as session:
+                assert webhooks.deliveries_to_redispatch(session, late_after=1.0) == [], skew

@@ -1382,7 +1382,7 @@ def jobs_mrc(ctx: typer.Context, job_id: str) -> None:
         state.say(_partial(table))
     _show_list(state, table.rows, [
         _Column("", lambda r: _chosen(r.selected), no_wrap=True),
-        _Column("module", lambda r: r.module, overflow="fold"),
+        _Column("module", lambda r: r.module + _no_effect(r), overflow="fold"),
         _Column("parameters", lambda r: str(r.parameters), no_wrap=True),
         # ≥: a lower bound, the module stopped early (mrc.table = "selection").
         _Column("MRC", lambda r: _at_least(r) + _number(r.mrc), no_wrap=True),
@@ -1393,6 +1393,18 @@ def jobs_mrc(ctx: typer.Context, job_id: str) -> None:
         # headers alone, which read as a fault of riftctl.
         empty="no MRC rows" + (" yet: each module's row appears here as it is scored"
                                if table.status in ("queued", "running") else ""))
+    if any(row.zero_gradient for row in table.rows):
+        state.say(f"{NO_EFFECT.strip()}: the module's weight gradient was exactly zero on every "
+                  "MRC batch (the output does not depend on it); its MRC is 0 by construction "
+                  "and the selection never chooses it.")
+
+
+#: The words after a module flagged zero_gradient: its MRC 0 reads as the best candidate.
+NO_EFFECT = " (no effect: not chosen)"
+
+
+def _no_effect(row: MRCRow) -> str:
+    return NO_EFFECT if row.zero_gradient else ""
 
 
 def _partial(table: MRCTable) -> str:

@@ -17,6 +17,18 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded"
 TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
 #: Materialization statuses are queued, running, succeeded or failed; these two are final.
 MATERIALIZATION_TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED})
+#: The statuses this client knows to be still moving: a status outside these and the terminal
+#: ones came from a newer server, which is read as ended when the record has a ``finished_at``.
+_MOVING_STATUSES = frozenset({QUEUED, RUNNING})
+
+
+def _has_ended(status: str, terminal: frozenset[str], finished_at: datetime | None) -> bool:
+    """Whether a record in ``status`` changes no more. A status this release does not know (a
+    newer server's) counts as ended once the server stamped ``finished_at``, the one field
+    every ended record carries, so a wait on it returns instead of running to its timeout."""
+    if status in terminal:
+        return True
+    return status not in _MOVING_STATUSES and finished_at is not None
 #: The shortest ``time_limit_seconds`` a job may ask for: the service's
 #: ``api.schemas.MIN_TIME_LIMIT_SECONDS`` (a shorter one would only time the job out while it
 #: starts).
@@ -260,8 +272,9 @@ class Job(_Resource):
 
     @property
     def finished(self) -> bool:
-        """Whether the job has ended (succeeded, failed or cancelled)."""
-        return self.status in TERMINAL_STATUSES
+        """Whether the job has ended (succeeded, failed or cancelled; or a status a newer
+        server added, with ``finished_at`` set)."""
+        return _has_ended(self.status, TERMINAL_STATUSES, self.finished_at)
 
 
 class JobPage(_Resource):
@@ -297,6 +310,9 @@ class MRCRow(_Resource):
     passes: int | None = Field(None, description="Ascent passes run (None: not recorded).")
     exact: bool | None = Field(
         None, description="False: stopped early by mrc.table 'selection'; mrc is a lower bound.")
+    zero_gradient: bool | None = Field(
+        None, description="True: the output does not depend on the module (zero weight "
+        "gradient on every MRC batch); MRC 0 by construction, never chosen. None: unknown.")
     selected: bool = False
 
 
@@ -413,8 +429,9 @@ class Materialization(_Resource):
 
     @property
     def finished(self) -> bool:
-        """Whether the worker is done with it (succeeded or failed)."""
-        return self.status in MATERIALIZATION_TERMINAL_STATUSES
+        """Whether the worker is done with it (succeeded or failed; or a status a newer
+        server added, with ``finished_at`` set)."""
+        return _has_ended(self.status, MATERIALIZATION_TERMINAL_STATUSES, self.finished_at)
 
 
 class MlflowExport(_Resource):

@@ -7,8 +7,8 @@ trace. Each change a key (or ``rift-admin``) makes now writes one row in its own
 project's deletion (a cascade would delete the very record of who deleted it). The janitor
 prunes rows older than ``AUDIT_RETENTION_DAYS``.
 
-Revision ID: 0033
-Revises: 0032
+Revision ID: 0034
+Revises: 0033
 Create Date: 2026-11-28 06:40:00
 """
 
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0033"
-down_revision: str | None = "0032"
+revision: str = "0034"
+down_revision: str | None = "0033"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
