@@ -2,7 +2,7 @@
 (``DATABASE_LOCK_TIMEOUT_SECONDS``): a request answers 503 ``database_busy`` naming the setting,
 no longer ``database_unavailable`` "cannot be reached" after a fixed 30 s, and serves again once
 the lock is gone. Every transaction of the service begins IMMEDIATE (``persistence/db.py``), so
-reads wait for the lock too."""
+reads wait for the lock too; an open event stream whose read meets it ends cleanly."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.helpers import Api, RecordingDispatcher
+from tests.api.helpers import Api, RecordingDispatcher, digits_config, upload_checkpoint
 from tests.service_fixtures import settings_from_env
 
 pytestmark = [pytest.mark.service]
@@ -72,3 +72,32 @@ def test_a_lock_held_past_the_timeout_is_503_database_busy_naming_the_setting(
     holder.stdin.close()
     holder.wait(10)
     assert api.client.get("/v1/jobs").status_code == 200
+
+
+@pytest.mark.slow
+def test_an_open_event_stream_whose_read_meets_the_lock_ends_cleanly(
+        sqlite_url: str, tmp_path: Path, start_api: Callable[..., Api],
+        lock_holder: Callable[[], subprocess.Popen[str]], small_cnn_file: Path) -> None:
+    """Its headers are sent, so no 503 can be: it closed mid-chunk (the client read "incomplete
+    chunked read", the log a traceback); now it ends without an ``end`` event, and the client
+    reconnects. The re-read comes at the recheck after a keep-alive (15 s)."""
+    settings = settings_from_env({
+        "DATABASE_URL": sqlite_url, "BROKER_URL": "memory://", "STORE_KIND": "local",
+        "STORE_ROOT": str(tmp_path / "objects"), "WORK_DIR": str(tmp_path / "work"),
+        "DATABASE_LOCK_TIMEOUT_SECONDS": "0.5", "EVENT_STREAM_RECHECK_SECONDS": "0.1"})
+    api = start_api(settings, dispatcher=RecordingDispatcher())
+    checkpoint = upload_checkpoint(api, small_cnn_file)
+    created = api.client.post("/v1/jobs", json={"checkpoint_id": checkpoint["id"],
+                                                "config": digits_config()})
+    assert created.status_code == 201, created.text
+    lines = []
+    with api.client.stream("GET", f"/v1/jobs/{created.json()['id']}/events",
+                           headers={"Accept": "text/event-stream"}, timeout=60) as stream:
+        assert stream.status_code == 200
+        for line in stream.iter_lines():
+            lines.append(line)
+            if line.startswith("id: ") and len(lines) < 10:
+                lock_holder()  # held from the first event on: the next read meets it
+    assert not any(line.startswith("event: end") for line in lines), lines
+    assert [line for line in lines if line][-1] == (
+        ": the database cannot be read now; reconnect later"), lines
