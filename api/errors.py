@@ -628,6 +628,23 @@ async def _database_error_handler(request: Request, exc: Exception) -> JSONRespo
                                        "this API process is in use (the database is answering "
                                        "slowly); retry later"),
                             status_code=503, headers=retry)
+    if _is_database_disk_full(exc):
+        # The database answers but cannot grow: "cannot be reached" sent operators looking for
+        # a network fault while the disk under DATABASE_URL was the one to free.
+        logger.error("database disk full in %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(error_body(
+            "database_full", "the disk holding the database (DATABASE_URL) is full: nothing can "
+            "be recorded until an operator frees space; retry later", field="DATABASE_URL"),
+            status_code=503, headers=retry)
+    if _is_sqlite_locked(exc):
+        # Another process (a worker's commit, a migration, an operator's sqlite3 shell) held
+        # the embedded database's write lock for the whole busy timeout: the database answers,
+        # so "cannot be reached" sent operators looking for a missing file.
+        logger.error("database locked in %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(error_body(
+            "database_busy", "another process held the SQLite database's write lock longer than "
+            "DATABASE_LOCK_TIMEOUT_SECONDS; retry later", field="DATABASE_LOCK_TIMEOUT_SECONDS"),
+            status_code=503, headers=retry)
     logger.error("database unavailable in %s %s: %s", request.method, request.url.path, exc)
     return JSONResponse(error_body("database_unavailable", "the database cannot be reached; "
                                    "retry later"), status_code=503, headers=retry)
@@ -643,6 +660,22 @@ def _is_missing_schema(exc: Exception) -> bool:
         return True
     # sqlite3 raises these as OperationalError.
     return str(orig).startswith(("no such table", "no such column"))
+
+
+#: Postgres' "disk full" (SQLSTATE class 53 "insufficient resources"); SQLite says it in words
+#: (SQLITE_FULL).
+_DISK_FULL_SQLSTATE = "53100"
+
+
+def _is_database_disk_full(exc: Exception) -> bool:
+    orig = getattr(exc, "orig", None)
+    return (getattr(orig, "sqlstate", None) == _DISK_FULL_SQLSTATE
+            or str(orig).startswith("database or disk is full"))
+
+
+def _is_sqlite_locked(exc: Exception) -> bool:
+    # sqlite3 says "database is locked" (SQLITE_BUSY) once its busy timeout has passed.
+    return str(getattr(exc, "orig", None)).startswith("database is locked")
 
 
 async def _unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:

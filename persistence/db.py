@@ -25,7 +25,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from persistence.settings import Settings
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: SQLite's busy timeout (s) of an engine made without settings (migrations, tests); the
+#: services take ``DATABASE_LOCK_TIMEOUT_SECONDS``.
+DEFAULT_SQLITE_LOCK_TIMEOUT_S = 30.0
 
 
 def normalise_database_url(url: str | URL) -> URL:
@@ -78,10 +80,13 @@ DEFAULT_POOL = (5, 10, 30.0)
 
 def create_db_engine(url: str | URL, *, echo: bool = False,
                      connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S,
-                     pool: tuple[int, int, float] = DEFAULT_POOL) -> Engine:
+                     pool: tuple[int, int, float] = DEFAULT_POOL,
+                     sqlite_lock_timeout_s: float = DEFAULT_SQLITE_LOCK_TIMEOUT_S) -> Engine:
     """An engine for ``url`` (SQLite file or Postgres), set up for several processes at once;
     a Postgres connection that cannot be opened within ``connect_timeout_s`` fails. ``pool`` is
-    (size, overflow, timeout seconds) of a Postgres engine's connection pool."""
+    (size, overflow, timeout seconds) of a Postgres engine's connection pool; a SQLite
+    transaction waits ``sqlite_lock_timeout_s`` for the write lock, then fails "database is
+    locked"."""
     parsed = normalise_database_url(url)
     if parsed.get_backend_name() != "sqlite":
         size, overflow, timeout_s = pool
@@ -97,21 +102,24 @@ def create_db_engine(url: str | URL, *, echo: bool = False,
         parsed,
         echo=echo,
         json_deserializer=load_json,
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        connect_args={"timeout": sqlite_lock_timeout_s, "check_same_thread": False},
     )
-    event.listen(engine, "connect", _configure_sqlite_connection)
+    busy_timeout_ms = max(1, round(sqlite_lock_timeout_s * 1000))
+    event.listen(engine, "connect",
+                 lambda connection, record: _configure_sqlite_connection(connection,
+                                                                         busy_timeout_ms))
     event.listen(engine, "begin", _begin_immediate)
     return engine
 
 
-def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+def _configure_sqlite_connection(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite would otherwise start deferred
     # transactions lazily and behind our back).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         # NORMAL is durable in WAL mode except for the last transactions on power loss.
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -140,4 +148,5 @@ def session_factory_from_settings(settings: Settings) -> sessionmaker[Session]:
         settings.database_url, echo=settings.database_echo,
         connect_timeout_s=settings.database_connect_timeout_seconds,
         pool=(settings.database_pool_size, settings.database_pool_overflow,
-              settings.database_pool_timeout_seconds)))
+              settings.database_pool_timeout_seconds),
+        sqlite_lock_timeout_s=settings.database_lock_timeout_seconds))

@@ -28,6 +28,9 @@ or a stage still running; a scratch folder a live process holds is kept whatever
   or a failed delete;
 - with ``ARTIFACT_RETENTION_DAYS`` > 0, the artifact rows and every object of jobs that finished
   longer ago (the job row, its tables and events stay);
+- the messages the embedded broker (``sqla+`` ``BROKER_URL``) has delivered, which kombu's
+  SQLAlchemy transport keeps for ever (:mod:`persistence.broker_pruning`). No grace period: the
+  transport never reads such a row again;
 - the registry rows of worker processes not seen for 3 heartbeats (``WORKER_HEARTBEAT_SECONDS``,
   :mod:`persistence.workers`): killed, or cut off from the database. The grace period does not
   apply: such a row already counts as gone, and a worker that comes back registers again.
@@ -54,6 +57,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from persistence import storage_ledger
 from persistence.audit import prune_audit_events
+from persistence.broker_pruning import prune_delivered_messages
 from persistence.command_line import service_parser
 from persistence.models import (
     TERMINAL_STATUSES,
@@ -103,6 +107,8 @@ class JanitorReport:
     expired_objects: list[str] = field(default_factory=list)
     expired_jobs: list[str] = field(default_factory=list)
     stale_workers: list[str] = field(default_factory=list)
+    # Delivered messages deleted from an embedded (sqla+) broker (persistence.broker_pruning).
+    delivered_broker_messages: int = 0
     # Stored-bytes ledger rows folded into one per project and kind (persistence.storage_ledger).
     ledger_rows_folded: int = 0
     # Audit events older than AUDIT_RETENTION_DAYS (persistence.audit).
@@ -113,7 +119,8 @@ class JanitorReport:
         return (len(self.scratch_files) + len(self.partial_uploads) + len(self.orphan_objects)
                 + len(self.stalled_attempt_objects) + len(self.other_candidate_objects)
                 + len(self.shard_inputs_objects) + len(self.epoch_state_objects)
-                + len(self.expired_objects) + len(self.stale_workers))
+                + len(self.expired_objects) + len(self.stale_workers)
+                + self.delivered_broker_messages)
 
     def summary(self) -> str:
         return ", ".join(f"{name}={len(value) if isinstance(value, list) else value}"
@@ -139,6 +146,8 @@ def run_janitor(session: Session, store: ObjectStore, settings: Settings, *,
     report.stale_workers = remove_stale_workers(
         session, heartbeat_seconds=settings.worker_heartbeat_seconds, now=heartbeat_now,
         dry_run=dry_run)
+    report.delivered_broker_messages = prune_delivered_messages(settings.broker_url,
+                                                                dry_run=dry_run)
     if not dry_run:
         # The quota check sums a project's ledger: folded, it reads a row per kind.
         report.ledger_rows_folded = storage_ledger.fold(session)
@@ -393,9 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         "Remove scratch files, partial uploads, objects without a row, stalled attempts' "
         "objects, a finished sweep's other candidates' objects and a merged MRC stage's "
         "shared adversarial set older than "
-        "JANITOR_GRACE_SECONDS, expired artifacts (ARTIFACT_RETENTION_DAYS), and the registry "
-        "rows of workers not seen for 3 heartbeats (WORKER_HEARTBEAT_SECONDS), and audit "
-        "events older than AUDIT_RETENTION_DAYS."),
+        "JANITOR_GRACE_SECONDS, expired artifacts (ARTIFACT_RETENTION_DAYS), the messages an "
+        "embedded (sqla+) broker has delivered, the registry rows of workers not seen for 3 "
+        "heartbeats (WORKER_HEARTBEAT_SECONDS), and audit events older than "
+        "AUDIT_RETENTION_DAYS."),
         "Exit codes: 0 done, 1 invalid settings, a database or object store that cannot be "
         "used (one line naming the setting), 2 a usage error.")
     parser.add_argument("--dry-run", action="store_true",

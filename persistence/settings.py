@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         10, ge=0,
         description="Postgres connections a process may open beyond DATABASE_POOL_SIZE under load "
         "(closed again when given back).")
+    database_lock_timeout_seconds: float = Field(
+        30.0, gt=0,
+        description="SQLite only: how long a transaction waits for the database's write lock "
+        "(s; SQLite's busy timeout). Every transaction takes that lock (the service begins "
+        "them IMMEDIATE), so a request waits while another process writes, then answers 503 "
+        "'database_busy' with Retry-After naming this setting.")
     database_pool_timeout_seconds: float = Field(
         30.0, gt=0,
         description="How long a request waits for a free connection when all are taken (s), "

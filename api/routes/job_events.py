@@ -4,6 +4,7 @@ stream (``Accept: text/event-stream``) that ends when the job has finished."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -12,6 +13,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -24,6 +27,12 @@ from persistence.jobs import list_events
 from persistence.models import TERMINAL_STATUSES, ApiKey, Job
 
 router = APIRouter(prefix="/jobs", tags=["events"])
+logger = logging.getLogger(__name__)
+
+#: A read of an open stream that fails on these (the database locked past
+#: DATABASE_LOCK_TIMEOUT_SECONDS, down, its pool taken) ends the stream cleanly: its headers
+#: are sent, so no 503 can be answered, and a stream cut mid-chunk logged a traceback.
+_DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
 
 #: How often an idle stream sends a keep-alive comment (s), so proxies keep the connection open.
 HEARTBEAT_INTERVAL_S = 15.0
@@ -125,12 +134,20 @@ async def _stream(factory: sessionmaker[Session], feed: EventFeed, job_id: str, 
     ones (or after ``recheck_s`` idle seconds, a safety net): an idle stream costs no query.
     Each read checks the key first: once it is revoked the stream closes without an ``end``
     event (so a client reconnects, and is refused with 401) at the next read, at most
-    ``recheck_s`` after the revocation."""
+    ``recheck_s`` after the revocation. A read the database fails closes the stream without an
+    ``end`` event, so that the client reconnects."""
     yield "retry: 2000\n\n"
     # Subscribed before the first read, so an event written during that read still wakes us.
     with feed.subscribe(job_id) as subscription:
         while True:
-            read = await run_in_threadpool(_poll, factory, job_id, after, key_id)
+            try:
+                read = await run_in_threadpool(_poll, factory, job_id, after, key_id)
+            except _DATABASE_ERRORS as exc:
+                # No `end` event: the client reconnects after `retry:` from its last event id.
+                logger.warning("event stream of job %s closed: the database cannot be read "
+                               "(%s)", job_id, " ".join(str(exc).split())[:300])
+                yield ": the database cannot be read now; reconnect later\n\n"
+                return
             if read is None:
                 yield ": the API key was revoked\n\n"
                 return
