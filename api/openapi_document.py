@@ -11,11 +11,14 @@ document says. FastAPI's own document left them three traps:
   (:mod:`api.errors`), but the document gave 422 FastAPI's ``{"detail": [...]}`` shape
   (``HTTPValidationError``, which no answer has), no schema to the other declared errors, and
   did not list the refusals every keyed route can give (401, 403, 406, 429, 503) nor the 404 of
-  an unknown id, the 413/415 of a body. A generated client threw "unexpected status" or failed
+  an unknown id, the 400/413/415 of a body, the 400 of a cursor of
+  another list. A generated client threw "unexpected status" or failed
   to decode them. Here each is declared with :class:`ErrorOut`.
 - Headers: the ``Location`` of a 201/202, the ``Retry-After`` of a 429/503, the
   ``WWW-Authenticate`` of a 401/403 and the ``ETag`` (and 304) of a JSON GET were sent but not
   declared, so generated clients gave no access to them.
+- Downloads, ``/metrics`` and the event stream had media types without a schema, from which
+  generators make a method returning nothing; they are declared as (binary) strings.
 """
 
 from __future__ import annotations
@@ -81,8 +84,11 @@ _KEYED: dict[str, _Declared] = {
             {"Retry-After": _RETRY_AFTER}),
 }
 _NOT_FOUND: _Declared = ("No such resource (error.field names the path parameter)", {})
+_OTHER_CURSOR: _Declared = ("A cursor of another list (error.field: cursor)", {})
 _INVALID: _Declared = ("Invalid input (error.field names it; detail lists every error)", {})
-_BODY: dict[str, _Declared] = {"413": ("The body is over its size limit", {}),
+_BODY: dict[str, _Declared] = {"400": ("A malformed or truncated body, or one whose "
+                                       "Content-Encoding cannot be decoded", {}),
+                               "413": ("The body is over its size limit", {}),
          "415": ("Content-Type is not one this route reads", {})}
 
 
@@ -106,7 +112,15 @@ def _complete_operation(method: str, operation: dict[str, Any]) -> None:
             _add(responses, status, description, headers)
     if parameters or "requestBody" in operation:
         _add(responses, "422", *_INVALID)
+    if any(p.get("name") == "cursor" for p in parameters):
+        _add(responses, "400", *_OTHER_CURSOR)
     for status, response in responses.items():
+        for media, entry in response.get("content", {}).items():
+            if not entry.get("schema") and media != _JSON:
+                # A download, a metrics page or an event stream: without a schema a generator
+                # makes a method that returns nothing; binary, it returns the bytes.
+                entry["schema"] = {"type": "string"} if media.startswith("text/") else \
+                    {"type": "string", "format": "binary"}
         if status in ("201", "202"):
             response.setdefault("headers", {}).setdefault("Location", _LOCATION)
         if status == "401":  # /metrics' too (RFC 9110 §15.5.2: a 401 carries one)
