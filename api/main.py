@@ -52,7 +52,7 @@ from api.routes import (
     usage,
     webhooks,
 )
-from api.schemas import JobCreate
+from api.schemas import JobCreate, JobSpec
 from api.server_wide import ServerWideRequests
 from api.uploads import MAX_FIELD_BYTES
 from api.validation import Validator
@@ -195,7 +195,7 @@ def create_app(
     app.metrics = app.state.metrics  # outermost, around CORS: see ServiceApp
     app.cors_policy = CorsPolicy.from_setting(settings.cors_allow_origins)
     install_offline_docs(app)
-    document_models(app, JobCreate)
+    document_models(app, JobCreate, JobSpec)
     install_document_completion(app)
 
     # Every route of this router needs a key; the routes name CallerDep too, which FastAPI

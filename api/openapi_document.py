@@ -110,7 +110,9 @@ def _complete_operation(method: str, operation: dict[str, Any]) -> None:
     if "requestBody" in operation:
         for status, (description, headers) in _BODY.items():
             _add(responses, status, description, headers)
-    if parameters or "requestBody" in operation:
+    # A keyed route refuses unknown query parameters too (api.request_input), so even one
+    # that declares none (GET /v1/usage) can answer 422.
+    if parameters or "requestBody" in operation or operation.get("security"):
         _add(responses, "422", *_INVALID)
     if any(p.get("name") == "cursor" for p in parameters):
         _add(responses, "400", *_OTHER_CURSOR)
@@ -121,7 +123,8 @@ def _complete_operation(method: str, operation: dict[str, Any]) -> None:
                 # makes a method that returns nothing; binary, it returns the bytes.
                 entry["schema"] = {"type": "string"} if media.startswith("text/") else \
                     {"type": "string", "format": "binary"}
-        if status in ("201", "202"):
+        # The 200 of a creating POST is an Idempotency-Key replay: it carries Location too.
+        if status in ("201", "202") or (status == "200" and method == "post" and "201" in responses):
             response.setdefault("headers", {}).setdefault("Location", _LOCATION)
         if status == "401":  # /metrics' too (RFC 9110 §15.5.2: a 401 carries one)
             response.setdefault("headers", {}).setdefault("WWW-Authenticate", _CHALLENGE)
