@@ -105,6 +105,24 @@ def test_a_multipart_jobs_spec_part_is_declared_as_json(doc_api: Api) -> None:
     assert "config" in document["components"]["schemas"]["JobSpec"]["properties"]
 
 
+def _mixed_enums(node: Any, where: str) -> list[str]:
+    if isinstance(node, list):
+        return [m for i, item in enumerate(node) for m in _mixed_enums(item, f"{where}/{i}")]
+    if not isinstance(node, dict):
+        return []
+    found = []
+    if isinstance(node.get("enum"), list) and len({type(v) for v in node["enum"]}) > 1:
+        found.append(f"{where}: {node['enum']}")
+    return found + [m for key, value in node.items() for m in _mixed_enums(value, f"{where}/{key}")]
+
+
+def test_every_enum_has_one_json_type(doc_api: Api) -> None:
+    # Before: a dataset's channels was enum ["auto", 1, 3]; openapi-python-client could make no
+    # type of it and dropped DatasetSpec, RiftConfig and JobCreate: no way to create a job.
+    document = doc_api.client.get("/openapi.json").json()
+    assert _mixed_enums(document, "#") == []
+
+
 #: Properties of answers whose values form a closed set: declared as enums, a generator makes
 #: a closed type of them (a TypeScript union, Go constants) rather than a bare string.
 _CLOSED = ("status", "job_status", "state", "event_type", "scopes", "events", "format", "kind",
