@@ -32,7 +32,8 @@ _KEYED_REFUSALS = {"401", "403", "406", "422", "429", "503"}
 def doc_api(sqlite_url: str, tmp_path: Path, start_api: Callable[..., Api]) -> Api:
     settings: Settings = settings_from_env({
         "DATABASE_URL": sqlite_url, "BROKER_URL": "memory://", "STORE_KIND": "local",
-        "STORE_ROOT": str(tmp_path / "objects"), "WORK_DIR": str(tmp_path / "work")})
+        "STORE_ROOT": str(tmp_path / "objects"), "WORK_DIR": str(tmp_path / "work"),
+        "WEBHOOK_ALLOW_LIST": "127.0.0.1"})
     return start_api(settings, dispatcher=RecordingDispatcher())
 
 
@@ -250,5 +251,46 @@ def test_real_answers_match_the_document(doc_api: Api, small_cnn_file: Path) -> 
                     admin.post("/v1/admin/projects/tests/keys", json={"scopes": ["read"]})]
     statuses = {response.status_code for response in answers}
     assert {200, 201, 304, 400, 401, 403, 404, 406, 409, 415, 422} <= statuses, statuses
+    problems = [problem for response in answers for problem in spec.check(response)]
+    assert problems == []
+
+
+def test_results_webhooks_and_admin_answers_match_the_document(doc_api: Api,
+                                                              small_cnn_file: Path) -> None:
+    from tests.api.test_api_fuzz import dataset_npz
+    from tests.api.test_request_input import succeeded_job
+
+    api = doc_api
+    spec = _Document(api.client.get("/openapi.json").json())
+    client = api.client
+    job_id = succeeded_job(api, small_cnn_file)
+    made = client.post(f"/v1/jobs/{job_id}/materialize", json={"alpha": 0.5})
+    answers = [made, client.get(f"/v1/jobs/{job_id}/materializations"),
+               client.get(f"/v1/jobs/{job_id}/materializations/{made.json()['id']}"),
+               client.get(f"/v1/jobs/{job_id}/curves"), client.get(f"/v1/jobs/{job_id}/mrc"),
+               client.get(f"/v1/jobs/{job_id}/artifacts"), client.get(f"/v1/jobs/{job_id}/report"),
+               client.get(f"/v1/jobs/{job_id}/events", params={"limit": 2}),
+               client.post(f"/v1/jobs/{job_id}/mlflow-export")]
+    dataset = client.post("/v1/datasets", files={"file": ("d.npz", dataset_npz())})
+    hook = client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook",
+                                             "events": ["job.succeeded"]})
+    answers += [dataset, client.get("/v1/datasets"),
+                client.get(f"/v1/datasets/{dataset.json()['id']}"),
+                hook, client.get("/v1/webhooks"), client.get(f"/v1/webhooks/{hook.json()['id']}"),
+                client.get(f"/v1/webhooks/{hook.json()['id']}/deliveries"),
+                client.delete(f"/v1/webhooks/{hook.json()['id']}"),
+                client.delete(f"/v1/datasets/{dataset.json()['id']}")]
+    _, admin_key = make_key(api.sessions, "ops", scopes=("admin",))
+    with api.client_for(admin_key) as admin:
+        key = admin.post("/v1/admin/projects/tests/keys", json={"scopes": ["read"]})
+        answers += [key, admin.get(f"/v1/admin/projects/tests/keys/{key.json()['id']}"),
+                    admin.delete(f"/v1/admin/projects/tests/keys/{key.json()['id']}"),
+                    admin.get("/v1/admin/projects/tests/usage"),
+                    admin.patch("/v1/admin/projects/tests", json={"max_active_jobs": 7}),
+                    admin.post("/v1/admin/projects", json={"name": "made"}),
+                    admin.post("/v1/admin/projects", json={"name": "made"}),
+                    admin.delete("/v1/admin/projects/made")]
+    statuses = {response.status_code for response in answers}
+    assert {200, 201, 202, 204, 409} <= statuses, statuses
     problems = [problem for response in answers for problem in spec.check(response)]
     assert problems == []
