@@ -60,15 +60,19 @@ def operation_id(route: APIRoute) -> str:
     return route.name.removesuffix("_route")
 
 
-def _header(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "schema": schema}
+def _header(description: str, schema: dict[str, Any], *, always: bool) -> dict[str, Any]:
+    # required: every such answer carries it, so a generated client types it as present.
+    return {"description": description, "required": always, "schema": schema}
 
 
-_RETRY_AFTER = _header("Seconds to wait before retrying.", {"type": "integer", "minimum": 0})
-_CHALLENGE = _header("The Bearer challenge (RFC 6750 §3).", {"type": "string"})
-_LOCATION = _header("The URL of the created resource (or of what to follow).", {"type": "string"})
+_RETRY_AFTER = _header("Seconds to wait before retrying.", {"type": "integer", "minimum": 0},
+                       always=True)
+_CHALLENGE = _header("The Bearer challenge (RFC 6750 §3).", {"type": "string"}, always=True)
+_LOCATION = _header("The URL of the created resource (or of what to follow).", {"type": "string"},
+                    always=True)
+# Not always: a JSON answer streamed in parts is sent untagged (api.json_validators).
 _ETAG = _header("Strong validator of the answer; send it back in If-None-Match for a 304.",
-                {"type": "string"})
+                {"type": "string"}, always=False)
 
 #: Refusals any keyed route (every /v1 route but the probes) can give, before its own code runs:
 #: api.auth (401, 403, 429), api.accept (406), the database or broker down (503).
