@@ -96,6 +96,21 @@ _BODY: dict[str, _Declared] = {"400": ("A malformed or truncated body, or one wh
          "415": ("Content-Type is not one this route reads", {})}
 
 
+#: Conditional request headers the API reads (api.write_conditions, api.json_validators,
+#: api.conditional) but that no route declares: without them, a generated client cannot send one.
+_IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "Only if the resource's current ETag is one of these (else 412)."}
+_IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False,
+                  "schema": {"type": "string"},
+                  "description": "An ETag of an earlier answer: 304 while it is current."}
+
+
+def _add_parameter(operation: dict[str, Any], parameter: dict[str, Any]) -> None:
+    parameters = operation.setdefault("parameters", [])
+    if not any(p.get("name", "").lower() == parameter["name"].lower() for p in parameters):
+        parameters.append(dict(parameter))
+
+
 def _add(responses: dict[str, Any], status: str, description: str,
          headers: dict[str, Any]) -> None:
     response = responses.setdefault(status, {"description": description})
@@ -144,6 +159,10 @@ def _complete_operation(method: str, operation: dict[str, Any]) -> None:
         ok.setdefault("headers", {}).setdefault("ETag", _ETAG)
         _add(responses, "304", "Not modified: If-None-Match names the current ETag",
              {"ETag": _ETAG})
+    if "304" in responses:
+        _add_parameter(operation, _IF_NONE_MATCH)
+    if "412" in responses:
+        _add_parameter(operation, _IF_MATCH)
 
 
 def complete_document(document: dict[str, Any]) -> dict[str, Any]:
