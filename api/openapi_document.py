@@ -104,6 +104,11 @@ _IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False,
                   "schema": {"type": "string"},
                   "description": "An ETag of an earlier answer: 304 while it is current."}
 
+_RANGE = {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+          "description": "bytes=a-b (several ranges: comma-separated): 206, or 416 outside."}
+_IF_RANGE = {"name": "If-Range", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "A strong ETag or Last-Modified date: the ranges only while it holds."}
+
 
 def _add_parameter(operation: dict[str, Any], parameter: dict[str, Any]) -> None:
     parameters = operation.setdefault("parameters", [])
@@ -163,6 +168,9 @@ def _complete_operation(method: str, operation: dict[str, Any]) -> None:
         _add_parameter(operation, _IF_NONE_MATCH)
     if "412" in responses:
         _add_parameter(operation, _IF_MATCH)
+    if "206" in responses:
+        _add_parameter(operation, _RANGE)
+        _add_parameter(operation, _IF_RANGE)
 
 
 def complete_document(document: dict[str, Any]) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def test_every_error_answer_is_declared_with_the_error_shape(doc_api: Api) -> No
             needed = {"201": "Location", "202": "Location", "401": "WWW-Authenticate",
                       "429": "Retry-After", "503": "Retry-After"}.get(status)
             # The request header a 304 or 412 answers to, so a generated client can send it.
-            condition = {"304": "If-None-Match", "412": "If-Match"}.get(status)
+            condition = {"304": "If-None-Match", "412": "If-Match", "206": "Range"}.get(status)
             if condition and condition not in {p["name"] for p in operation.get("parameters", [])}:
                 problems.append(f"{where} {status}: no {condition} parameter")
             if status == "200" and method == "post" and "201" in responses:
