@@ -34,6 +34,7 @@ from api.head_requests import HeadAsGet
 from api.json_validators import JsonValidators
 from api.limits import RateLimiter, StreamSlots, rate_limiter_for
 from api.observability import ApiMetrics, ObservabilityMiddleware
+from api.openapi_document import install_document_completion, operation_id
 from api.request_input import check_request_input
 from api.route_options import RouteOptions
 from api.routes import (
@@ -52,7 +53,7 @@ from api.routes import (
     usage,
     webhooks,
 )
-from api.schemas import JobCreate
+from api.schemas import JobCreate, JobSpec
 from api.server_wide import ServerWideRequests
 from api.uploads import MAX_FIELD_BYTES
 from api.validation import Validator
@@ -161,6 +162,8 @@ def create_app(
         # the request's Host (wrong behind a proxy that does not forward it) and followed by few
         # clients for a DELETE or POST; the 404 names the path without the slash instead.
         redirect_slashes=False,
+        # Readable, stable operation ids for generated clients (api.openapi_document).
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.session_factory = factory
@@ -193,7 +196,8 @@ def create_app(
     app.metrics = app.state.metrics  # outermost, around CORS: see ServiceApp
     app.cors_policy = CorsPolicy.from_setting(settings.cors_allow_origins)
     install_offline_docs(app)
-    document_models(app, JobCreate)
+    document_models(app, JobCreate, JobSpec)
+    install_document_completion(app)
 
     # Every route of this router needs a key; the routes name CallerDep too, which FastAPI
     # resolves once per request, so the router's dependency is a guard a new route cannot miss.

@@ -76,6 +76,9 @@ class JobCreate(JobSpec):
 
 #: The formats a checkpoint is stored in (the ``checkpoints.format`` constraint).
 CheckpointFormat = Literal["safetensors", "torch"]
+#: A job's status, declared as an enum wherever an answer carries one (generated clients get a
+#: closed type, not a bare string).
+JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class CheckpointOut(BaseModel):
@@ -228,7 +231,8 @@ class JobWarningOut(BaseModel):
 
     stage: str | None = Field(
         description="What it concerns: run (the whole run), preflight, mrc, finetune, "
-        "interpolate or export (MLflow); null if the event named none.")
+        "interpolate or export (MLflow); null if the event named none. An open set, so not an "
+        "enum: a later pipeline may warn about a new stage.")
     candidate: int | None = Field(
         None, description="The sweep candidate it concerns (its index in GET .../curves); null "
         "for the job's own.")
@@ -275,7 +279,10 @@ class JobPageOut(BaseModel):
 
 class EventOut(BaseModel):
     id: int
-    kind: str
+    kind: str = Field(description=(
+        "An open set, so not an enum: job_created, stage_started, stage_finished, warning, "
+        "job_succeeded, job_failed, job_cancelled, ... and the pipeline's own (epoch, "
+        "module_scored, ...); a client must accept kinds it does not know."))
     payload: dict[str, Any]
     created_at: datetime
 
@@ -283,7 +290,7 @@ class EventOut(BaseModel):
 class EventPageOut(BaseModel):
     items: list[EventOut]
     next_after: int = Field(description="Pass as ?after= for the events that follow.")
-    job_status: str
+    job_status: JobStatusName
     finished: bool = Field(description="The job has ended: no events will follow these.")
 
 
@@ -321,7 +328,7 @@ class MRCRowOut(BaseModel):
 
 class MRCTableOut(BaseModel):
     job_id: str
-    status: str
+    status: JobStatusName
     selected_module: str | None
     rows: list[MRCRowOut] = Field(description=(
         "In table order. While the MRC stage runs (or once it failed or was cancelled): the "
@@ -408,7 +415,7 @@ class CandidateCurveOut(BaseModel):
 
 class CurvesOut(BaseModel):
     job_id: str
-    status: str
+    status: JobStatusName
     selected_module: str | None
     epochs: list[EpochOut]
     interpolation: list[InterpolationPointOut]
@@ -442,7 +449,7 @@ class HealthOut(BaseModel):
 class CheckOut(BaseModel):
     ok: bool
     error: str | None = None
-    state: str | None = Field(
+    state: Literal["ready", "starting", "failed", "stopped", "schema_ahead"] | None = Field(
         None, description="The validator's: ready, starting, failed or stopped (it starts "
         "with the next upload: a shared server that exited idle, or VALIDATION_WARM_START=false). "
         "The database's: schema_ahead when a newer release migrated it (a rolling deploy; still "

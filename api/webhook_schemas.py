@@ -28,7 +28,7 @@ class WebhookCreate(BaseModel):
 class WebhookOut(BaseModel):
     id: str
     url: str
-    events: list[str]
+    events: list[EventType]
     description: str | None
     created_at: datetime
 
@@ -53,7 +53,7 @@ class WebhookAttemptOut(BaseModel):
 
 class WebhookDeliveryOut(BaseModel):
     id: str = Field(description="The message's webhook-id (the same on every attempt).")
-    event_type: str
+    event_type: EventType
     job_id: str
     status: Literal["pending", "succeeded", "failed"]
     attempts: int

@@ -19,6 +19,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -154,6 +155,13 @@ class ArchitectureSpec(_Strict):
         return value
 
 
+#: The JSON schema of ``channels``: one JSON type per branch. Pydantic's own, one enum of
+#: ``"auto"``, 1 and 3, mixes a string with integers, which client generators cannot make a type
+#: of (openapi-python-client dropped DatasetSpec, and with it the whole job config).
+_CHANNELS_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "string", "const": "auto"},
+                                              {"type": "integer", "enum": [1, 3]}]}
+
+
 class DatasetSpec(_Strict):
     """Where the images come from. Built-in names read from ``root``; ``npz``/``imagefolder`` from
     ``path``; ``digits`` is scikit-learn's bundled handwritten digits (8×8, 10 classes)."""
@@ -163,7 +171,7 @@ class DatasetSpec(_Strict):
     path: str | None = Field(None, description="File (.npz) or folder (ImageFolder tree).")
     download: bool = Field(False, description="Allow torchvision to download into 'root'.")
     image_size: int | None = Field(None, ge=8, le=1024, description="Resize ImageFolder images.")
-    channels: ImageChannels = Field(
+    channels: Annotated[ImageChannels, WithJsonSchema(_CHANNELS_SCHEMA)] = Field(
         "auto", description="Read ImageFolder images as 1 (grey) or 3 (RGB) channels; 'auto': 1 "
         "when every image of the tree is greyscale (Pillow modes 1, L, LA, I;16, grey "
         "palettes), else 3.")

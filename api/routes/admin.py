@@ -97,7 +97,7 @@ class KeyOut(BaseModel):
     id: str
     project: str
     prefix: str = Field(description="The public part of the key, rift_<prefix>_…")
-    scopes: list[str]
+    scopes: list[ScopeName]
     name: str | None
     created_at: datetime
     last_used_at: datetime | None

@@ -86,7 +86,8 @@ async def _validator_check(validator: Validator) -> CheckOut:
     response_model=None,
     summary="The database, the broker and the object store are reachable; the validator started",
     responses={200: {"model": ReadyOut},
-               503: {"description": "Something is down; the body names it"}},
+               503: {"model": ReadyOut,
+                     "description": "Something is down; the body names it (and has 'error')"}},
 )
 async def readyz(factory: SessionFactoryDep, dispatcher: DispatcherDep,
                  store: StoreDep, validator: ValidatorDep) -> ReadyOut | JSONResponse:

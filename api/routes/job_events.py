@@ -192,7 +192,8 @@ def _last_event_id(value: str) -> int:
         "'end' event once the job has finished. A Last-Event-ID header (pages or stream) is "
         "read as the larger of it and 'after'; one that is not an event id is a 400."
     ),
-    responses={200: {"model": EventPageOut, "content": {"text/event-stream": {}}}},
+    responses={200: {"model": EventPageOut, "content": {"text/event-stream": {}}},
+               400: {"description": "Last-Event-ID is not an event id"}},
 )
 def read_events(
     job_id: str,

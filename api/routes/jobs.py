@@ -92,9 +92,14 @@ _JOB_REQUEST_DOC: dict[str, Any] = {
                         SPEC_FIELD: {
                             "type": "string",
                             "description": "JSON of JobSpec: {dataset_id?, config, labels}",
+                            # What the JSON holds, so that a generated client can take a
+                            # JobSpec object rather than a string it must build by hand.
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/JobSpec"},
                         },
                     },
-                }
+                },
+                "encoding": {SPEC_FIELD: {"contentType": "application/json"}},
             },
         },
     }

@@ -11,6 +11,7 @@ field ``max_pending_materializations``)."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,7 +51,7 @@ class MaterializationOut(BaseModel):
     job_id: str
     alpha: float
     evaluate: bool
-    status: str = Field(description="queued, running, succeeded or failed.")
+    status: Literal["queued", "running", "succeeded", "failed"]
     artifact: str = Field(description="Name of the weights artifact once succeeded.")
     artifact_url: str | None = Field(description="Download link once succeeded.")
     clean_accuracy: float | None = Field(description="Percent, when evaluated.")

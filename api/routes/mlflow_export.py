@@ -13,6 +13,8 @@ asking again costs a look-up, not a second run or version.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
@@ -28,7 +30,7 @@ router = APIRouter(prefix="/jobs", tags=["results"])
 
 class MlflowExportOut(BaseModel):
     job_id: str
-    status: str = Field(description="Always 'queued': a worker exports the job.")
+    status: Literal["queued"] = Field(description="Always 'queued': a worker exports the job.")
     event_id: int = Field(description="The request's mlflow_export_requested event; the outcome "
                           "is a later mlflow_exported or warning (stage 'export') event.")
     url: str = Field(description="The job's events after this request (also in Location).")

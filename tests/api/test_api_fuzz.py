@@ -6,7 +6,8 @@ request with one parameter at a time replaced by a hostile value (``tests/api/ap
 wrong types, null, empty, 10k characters, NUL, invalid UTF-8, lone surrogates, negative, huge and
 fractional numbers, nesting, unknown and missing fields, a query parameter twice, multipart parts
 missing, doubled or swapped). Each answer must be below 500, and a 4xx must be the API's JSON
-error naming the parameter or field at fault (or a limit). The server must stay healthy.
+error naming the parameter or field at fault (or a limit), with a status the document declares
+for the operation (a generated client has no branch for another). The server must stay healthy.
 
 The sample is seeded and bounded, so the same requests go every run; a new route or parameter is
 fuzzed without a line here, and a route missing from the document fails the coverage check.
@@ -312,6 +313,10 @@ def fuzz_operation(op: Operation, client: httpx.Client, resources: Resources,
             problem = None  # the mutated segment names what exists: a later one is at fault
         if problem is not None:
             failures.append(f"{op.method} {op.template} [{case.target}: {case.note}] {problem}")
+        elif str(response.status_code) not in op.spec["responses"]:
+            # A client generated from the document has no branch for an undeclared status.
+            failures.append(f"{op.method} {op.template} [{case.target}: {case.note}] "
+                            f"{response.status_code} is not declared in the document")
         if op.method == "DELETE" and response.status_code < 300:
             old, new = remake_deleted(op.template)
             for later in cases[index + 1:]:
