@@ -6,12 +6,7 @@ cannot be reached"), and the upload leaves no object behind; reads still answer.
 
 from __future__ import annotations
 
-import os
 import shlex
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,9 +14,8 @@ import pytest
 
 from persistence.db import session_factory_from_settings
 from tests.api.helpers import make_key
-from tests.ports import PortTaken, on_a_free_port, says_port_taken
-from tests.reliability.test_store_full import _files_under, _namespaces_allowed
-from tests.service_fixtures import PROJECT_ROOT, settings_from_env
+from tests.mount_namespace_api import api_on_own_disk, files_under, namespaces_allowed, seen_by
+from tests.service_fixtures import settings_from_env
 
 pytestmark = [pytest.mark.service]
 
@@ -40,7 +34,7 @@ def test_a_write_to_a_full_database_disk_is_503_database_full(
         sqlite_url: str, tmp_path: Path, small_cnn_file: Path) -> None:
     mount = tmp_path / "disk"
     mount.mkdir()
-    if not _namespaces_allowed(mount):
+    if not namespaces_allowed(mount):
         pytest.skip("no user and mount namespaces here (unshare -rm refused)")
     # The key goes in before the copy: the full disk is seen only inside the API's namespace.
     sessions = session_factory_from_settings(settings_from_env({"DATABASE_URL": sqlite_url}))
@@ -51,41 +45,14 @@ def test_a_write_to_a_full_database_disk_is_503_database_full(
     env = {"DATABASE_URL": f"sqlite:///{mount / 'rift.db'}", "BROKER_URL": "memory://",
            "STORE_KIND": "local", "STORE_ROOT": str(tmp_path / "store"),
            "WORK_DIR": str(tmp_path / "work"), "LOG_FORMAT": "text"}
-    log = tmp_path / "api.log"
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(port: int) -> tuple[subprocess.Popen[bytes], str]:
-        script = (f"mount -t tmpfs -o size=2m tmpfs {disk} && "
-                  f"cp {shlex.quote(str(source))} {disk}/rift.db && "
-                  f"exec {shlex.quote(sys.executable)} -m uvicorn --factory api.main:create_app "
-                  f"--host 127.0.0.1 --port {port}")
-        with open(log, "wb") as out:
-            api = subprocess.Popen(["unshare", "-rm", "sh", "-c", script], cwd=PROJECT_ROOT,
-                                   env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        started.append(api)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            if api.poll() is not None:
-                if says_port_taken(log.read_text(errors="replace")):
-                    raise PortTaken(f"the API: port {port} is taken")
-                raise AssertionError(log.read_text()[-3000:])
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    return api, url
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
-
-    try:
-        api, url = on_a_free_port(start)
+    setup = (f"mount -t tmpfs -o size=2m tmpfs {disk} && "
+             f"cp {shlex.quote(str(source))} {disk}/rift.db")
+    with api_on_own_disk(setup, env, tmp_path / "api.log") as (api, url):
         headers = {"Authorization": f"Bearer {key}"}
         # The disk fills while the service runs (its WAL and shared-memory files exist): filled
         # through the API's own view of the mount, which only its namespace has.
         assert httpx.get(f"{url}/v1/jobs", headers=headers, timeout=30).status_code == 200
-        _fill(Path(f"/proc/{api.pid}/root") / mount.relative_to("/") / "fill")
+        _fill(seen_by(api, mount / "fill"))
         answer = httpx.post(f"{url}/v1/checkpoints", headers=headers,
                             files={"file": ("m.safetensors", small_cnn_file.read_bytes())},
                             timeout=120)
@@ -94,10 +61,5 @@ def test_a_write_to_a_full_database_disk_is_503_database_full(
         assert error["code"] == "database_full", error
         assert error["field"] == "DATABASE_URL" and "is full" in error["message"]
         assert answer.headers["Retry-After"] == "5"
-        assert _files_under(tmp_path / "store") == []  # the stored object went with the row
+        assert files_under(tmp_path / "store") == []  # the stored object went with the row
         assert httpx.get(f"{url}/v1/jobs", headers=headers, timeout=30).status_code == 200
-    finally:
-        for api in started:
-            if api.poll() is None:
-                os.killpg(api.pid, signal.SIGKILL)
-            api.wait(timeout=30)
