@@ -607,47 +607,42 @@ async def _database_error_handler(request: Request, exc: Exception) -> JSONRespo
         return JSONResponse(error_body("invalid_value", "a value in the request cannot be "
                                        "stored (unsupported characters or out of range)"),
                             status_code=422)
-    retry = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)}
+    if isinstance(exc, ProgrammingError) and not _is_missing_schema(exc):
+        return await _unexpected_error_handler(request, exc)  # SQL the database refused: a bug
+    what, code, message, field = _database_outage(exc)
+    logger.error("%s in %s %s: %s", what, request.method, request.url.path, exc)
+    return JSONResponse(error_body(code, message, field=field), status_code=503,
+                        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
+
+
+def _database_outage(exc: Exception) -> tuple[str, str, str, str | None]:
+    """What a database error that is no one's input says: the log's words, and the 503's code,
+    message and blamed setting. Each case says what the operator must look at, since "cannot be
+    reached" sent them looking for a network fault where the database answered."""
     if _is_missing_schema(exc):
         # The database was swapped or downgraded under the running API (it checks at start).
-        logger.error("database schema not current in %s %s: %s", request.method,
-                     request.url.path, exc)
-        return JSONResponse(error_body("database_schema_outdated", "the database schema does "
-                                       "not match this version of the service; an operator "
-                                       "must migrate it (see /readyz)"),
-                            status_code=503, headers=retry)
-    if isinstance(exc, ProgrammingError):  # SQL the database refused: a bug
-        return await _unexpected_error_handler(request, exc)
+        return ("database schema not current", "database_schema_outdated",
+                "the database schema does not match this version of the service; an operator "
+                "must migrate it (see /readyz)", None)
     if isinstance(exc, PoolTimeout):
         # The database answers, but too slowly for this process's load: every pooled connection
-        # stayed taken for the pool's whole wait. Said so, since "cannot be reached" sent
-        # operators looking for a network fault.
-        logger.error("database connection pool exhausted in %s %s: %s", request.method,
-                     request.url.path, exc)
-        return JSONResponse(error_body("database_unavailable", "every database connection of "
-                                       "this API process is in use (the database is answering "
-                                       "slowly); retry later"),
-                            status_code=503, headers=retry)
+        # stayed taken for the pool's whole wait.
+        return ("database connection pool exhausted", "database_unavailable",
+                "every database connection of this API process is in use (the database is "
+                "answering slowly); retry later", None)
     if _is_database_disk_full(exc):
-        # The database answers but cannot grow: "cannot be reached" sent operators looking for
-        # a network fault while the disk under DATABASE_URL was the one to free.
-        logger.error("database disk full in %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(error_body(
-            "database_full", "the disk holding the database (DATABASE_URL) is full: nothing can "
-            "be recorded until an operator frees space; retry later", field="DATABASE_URL"),
-            status_code=503, headers=retry)
+        # The database answers but cannot grow: the disk under DATABASE_URL is the one to free.
+        return ("database disk full", "database_full",
+                "the disk holding the database (DATABASE_URL) is full: nothing can be recorded "
+                "until an operator frees space; retry later", "DATABASE_URL")
     if _is_sqlite_locked(exc):
         # Another process (a worker's commit, a migration, an operator's sqlite3 shell) held
-        # the embedded database's write lock for the whole busy timeout: the database answers,
-        # so "cannot be reached" sent operators looking for a missing file.
-        logger.error("database locked in %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(error_body(
-            "database_busy", "another process held the SQLite database's write lock longer than "
-            "DATABASE_LOCK_TIMEOUT_SECONDS; retry later", field="DATABASE_LOCK_TIMEOUT_SECONDS"),
-            status_code=503, headers=retry)
-    logger.error("database unavailable in %s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse(error_body("database_unavailable", "the database cannot be reached; "
-                                   "retry later"), status_code=503, headers=retry)
+        # the embedded database's write lock for the whole busy timeout.
+        return ("database locked", "database_busy",
+                "another process held the SQLite database's write lock longer than "
+                "DATABASE_LOCK_TIMEOUT_SECONDS; retry later", "DATABASE_LOCK_TIMEOUT_SECONDS")
+    return ("database unavailable", "database_unavailable",
+            "the database cannot be reached; retry later", None)
 
 
 #: Postgres' "undefined table" and "undefined column"; SQLite says it in words.
