@@ -34,9 +34,14 @@ COLLECTION_ROUTES = {
     ("get", "/v1/admin/projects"): "admin routes: test_admin_cli.py",
     ("post", "/v1/admin/projects"): "admin routes: test_admin_cli.py",
     ("get", "/v1/admin/workers"): "admin only, no project's resources: tests/api/test_workers.py",
+    ("get", "/v1/admin/audit-events"): "admin only, every project's: "
+                                       "tests/api/test_audit_events.py; tests/api/"
+                                       "test_auth_matrix.py refuses keys without admin",
     ("post", "/v1/webhooks"): "test_webhooks_belong_to_the_callers_project",
     ("get", "/v1/webhooks"): "test_webhooks_belong_to_the_callers_project",
     ("get", "/v1/usage"): "test_usage.py: test_each_project_sees_its_own_usage",
+    ("get", "/v1/audit-events"): "tests/api/test_audit_events.py::"
+                                 "test_job_and_checkpoint_changes_are_recorded_once_with_the_key",
     ("get", "/metrics"): "operators' Prometheus metrics, no resource ids (METRICS_TOKEN guards it)",
     ("get", "/v1/healthz"): "no key needed",
     ("get", "/v1/readyz"): "no key needed",

@@ -197,11 +197,11 @@ def test_admin_writes_racing_their_projects_creation_or_deletion(
     monkeypatch.setattr(api_keys, "project_by_name", real_lookup)
 
     def deleted_first(step: Callable[..., Any]) -> Callable[..., Any]:
-        def run(session: Any, *args: Any) -> Any:
+        def run(session: Any, *args: Any, **kwargs: Any) -> Any:
             with api.sessions() as other:  # the concurrent DELETE /v1/admin/projects/gone
                 other.execute(delete(Project).where(Project.name == "gone"))
                 other.commit()
-            return step(session, *args)
+            return step(session, *args, **kwargs)
         return run
 
     # Before: 500 for both (the key's foreign key; the UPDATE that matched no row).
