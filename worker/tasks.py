@@ -674,8 +674,9 @@ def _dataset_elsewhere(app: RiftCelery, reporter: StageReporter, attempt: int,
                        exc: DatasetNotInDataRoot, request_id: str | None) -> str:
     """The job's built-in dataset is not in this worker's ``DATA_ROOT`` (found before anything
     was fetched or run). When another live worker of the queue holds it (or does not say), hand
-    the stage back uncounted for one of them, after ``STAGE_RETRY_DELAY_SECONDS``; the message
-    goes to whichever worker takes it (Celery cannot address one), so this is bounded: at most
+    the stage back uncounted for one of them after ``STAGE_RETRY_DELAY_SECONDS`` (waited out
+    while this worker still holds the stage and its task slot); the message goes to whichever
+    free worker takes it (Celery cannot address one), so this is bounded: at most
     ``MAX_STAGE_ATTEMPTS`` hand-backs per live worker of the queue. Otherwise, or past that
     bound, fail the job with the error's message (``dataset_unavailable``), which names the
     dataset, this worker's ``DATA_ROOT`` and the files expected there. Returns the outcome."""
@@ -701,8 +702,15 @@ def _dataset_elsewhere(app: RiftCelery, reporter: StageReporter, attempt: int,
     if holders and handed < settings.max_stage_attempts * len(live):
         logger.info("job %s stage %s: dataset %s is not in DATA_ROOT here; %d other live "
                     "worker(s) hold it", job_id, stage, exc.name, len(holders))
+        # The pause is taken here, holding the lease and this worker's task slot, and the
+        # message then sent at once: a message sent with a countdown is fetched at once and
+        # held until due by whichever consumer has waited longest, which was this worker, so
+        # every hand-back came back to it while an idle holder waited and the job failed after
+        # MAX_STAGE_ATTEMPTS × workers rounds. Busy here (acks_late, one message prefetched),
+        # this worker fetches nothing more, so a free worker takes the message.
+        resources.stopping.wait(settings.stage_retry_delay_seconds)
         return _hand_back(app, reporter, attempt, request_id, _pending_events(reporter),
-                          HandBackReason.DATASET_MISSING, settings.stage_retry_delay_seconds)
+                          HandBackReason.DATASET_MISSING)
     reporter.close()
     if holders:
         why = f"; handed back {handed} times for it, and no worker holding it took the stage"
