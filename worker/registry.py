@@ -128,6 +128,10 @@ class WorkerRegistration:
             workers.register_worker(session, replace(info, datasets=held))
         if self._registered:
             logger.info("worker %s registered again (its row had been removed)", info.id)
+        elif self.resources.settings.celery_queue not in info.queues:
+            # A webhook-only worker reads no dataset: its DATA_ROOT (compose shares the stage
+            # workers' environment without the mount) is no concern of its operator's.
+            logger.info("worker %s registered; queues %s", info.id, ", ".join(info.queues))
         else:
             logger.info("worker %s registered; DATA_ROOT holds %s", info.id,
                         ", ".join(held) or "no built-in dataset")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,12 @@ def test_a_webhook_worker_starts_without_the_stage_workers_data_and_device(
     worker = launch_celery_worker(tmp_path, sqlite_url, Settings().webhook_queue)
     try:
         worker.wait_ready()
+        # Its registration (a heartbeat thread's, after "ready") names no DATA_ROOT either: it
+        # said "DATA_ROOT holds no built-in dataset", which a check run before it missed.
+        deadline = time.monotonic() + 60
+        while "registered; queues rift-webhooks" not in worker.log():
+            assert time.monotonic() < deadline, worker.log()
+            time.sleep(0.1)
         assert "DATA_ROOT" not in worker.log() and "WORKER_DEVICE" not in worker.log()
     finally:
         worker.discard()
