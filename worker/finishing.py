@@ -25,15 +25,10 @@ from sqlalchemy import exc as database_errors
 from sqlalchemy.orm import Session
 
 from persistence.stages import LeaseLost
+from worker.retry_delays import FIRST_RETRY_DELAY_S, next_retry_delay
 from worker.runtime import DATABASE_DOWN, LeaseHeartbeat
 
 logger = logging.getLogger(__name__)
-
-#: The first wait before a try again, doubled each time up to the second: short, so the stage
-#: ends soon after the database is back; capped, so a long outage costs a connection attempt
-#: every few seconds, not a stream of them.
-FIRST_RETRY_DELAY_S = 0.2
-MAX_RETRY_DELAY_S = 2.0
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -97,7 +92,7 @@ def record_finish(lease: LeaseHeartbeat, finish: Callable[[Session], T],
                        "trying again in %.1f s", lease.what, type(error).__name__,
                        (str(error).splitlines() or [""])[0][:300], delay)
         sleep(delay)
-        delay = min(delay * 2, MAX_RETRY_DELAY_S)
+        delay = next_retry_delay(delay)
         made = _unless_unreachable(lease, landed)
         if isinstance(made, _Unreachable):
             error = made.error

@@ -28,19 +28,16 @@ from persistence.storage import (
     StoreMisconfigured,
     StoreUnavailable,
 )
+from worker.retry_delays import FIRST_RETRY_DELAY_S, next_retry_delay
 
 logger = logging.getLogger(__name__)
-
-#: The first wait before a write is tried again, and the longest (doubling in between).
-FIRST_DELAY_S = 0.2
-LONGEST_DELAY_S = 2.0
 
 
 def write_until_stored(write: Callable[[], StoredObject], key: str, *,
                        give_up_after_s: float) -> StoredObject:
     """``write()``, tried again while the store is unavailable, for at most ``give_up_after_s``
     seconds from the first failure; then the last :class:`StoreUnavailable` is raised."""
-    delay, first_failure = FIRST_DELAY_S, None
+    delay, first_failure = FIRST_RETRY_DELAY_S, None
     while True:
         try:
             return write()
@@ -55,7 +52,7 @@ def write_until_stored(write: Callable[[], StoredObject], key: str, *,
                            "%.1f s, for at most %g s (WORKER_LEASE_SECONDS)", key,
                            (exc.message.splitlines() or [""])[0][:300], delay, give_up_after_s)
             time.sleep(delay)
-            delay = min(delay * 2, LONGEST_DELAY_S)
+            delay = next_retry_delay(delay)
 
 
 @dataclass
