@@ -337,3 +337,22 @@ def unthrottled_settings(api_settings: Settings, **extra: str) -> Settings:
         "MAX_CHECKPOINT_BYTES": str(api_settings.max_checkpoint_bytes),
         "MAX_DATASET_BYTES": str(api_settings.max_dataset_bytes),
         "DEFAULT_MAX_REQUESTS_PER_MINUTE": "1000000", **extra})
+
+
+def validator_with_test_architectures(settings: Settings, tmp_path: Path,
+                                      monkeypatch: Any, request: Any) -> tuple[str, Any]:
+    """The test architectures installed as an entry-point distribution
+    (``tests/entry_point_dist.py``) on this process's path and the validator's, and a validator
+    that builds them (closed when the test ends). Returns the ``PYTHONPATH`` a worker needs to
+    build them too, and the validator."""
+    from api.validation import Validator
+    from tests.entry_point_dist import write_entry_point_dist
+    from tests.service_fixtures import PROJECT_ROOT
+
+    plugin = write_entry_point_dist(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(plugin))
+    python_path = f"{plugin}:{PROJECT_ROOT}"
+    monkeypatch.setenv("PYTHONPATH", python_path)  # the validator's builds
+    validator = Validator(settings)
+    request.addfinalizer(validator.close)
+    return python_path, validator

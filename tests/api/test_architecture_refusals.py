@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 
 from api.dispatch import CeleryDispatcher
-from api.validation import Validator
 from persistence.settings import Settings
-from tests.api.helpers import Api, upload_checkpoint
-from tests.entry_point_dist import write_entry_point_dist
-from tests.service_fixtures import PROJECT_ROOT, WorkerProcess
+from tests.api.helpers import Api, upload_checkpoint, validator_with_test_architectures
+from tests.service_fixtures import WorkerProcess
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -35,12 +33,9 @@ def test_a_job_on_a_reentrant_checkpointed_model_fails_once_naming_it(
     from rift.config import ArchitectureSpec
     from rift.models import build_model
 
-    plugin = write_entry_point_dist(tmp_path / "site")
-    monkeypatch.syspath_prepend(str(plugin))
-    worker = start_worker(PYTHONPATH=f"{plugin}:{PROJECT_ROOT}")
-    monkeypatch.setenv("PYTHONPATH", f"{plugin}:{PROJECT_ROOT}")  # the validator's builds
-    validator = Validator(service_settings)
-    request.addfinalizer(validator.close)
+    python_path, validator = validator_with_test_architectures(service_settings, tmp_path,
+                                                               monkeypatch, request)
+    worker = start_worker(PYTHONPATH=python_path)
     api = start_api(service_settings, dispatcher=CeleryDispatcher(service_settings),
                     validator=validator)
 

@@ -12,11 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from api.validation import Validator
 from persistence.settings import Settings
-from tests.api.helpers import Api, RecordingDispatcher, error_of, upload_checkpoint
-from tests.entry_point_dist import write_entry_point_dist
-from tests.service_fixtures import PROJECT_ROOT
+from tests.api.helpers import (
+    Api,
+    RecordingDispatcher,
+    error_of,
+    upload_checkpoint,
+    validator_with_test_architectures,
+)
 
 
 def test_a_normalisation_the_builder_drops_is_refused_at_creation(
@@ -28,11 +31,8 @@ def test_a_normalisation_the_builder_drops_is_refused_at_creation(
     from rift.config import ArchitectureSpec
     from rift.models import build_model
 
-    plugin = write_entry_point_dist(tmp_path / "site")
-    monkeypatch.syspath_prepend(str(plugin))
-    monkeypatch.setenv("PYTHONPATH", f"{plugin}:{PROJECT_ROOT}")  # the validator's builds
-    validator = Validator(api_settings)
-    request.addfinalizer(validator.close)
+    _, validator = validator_with_test_architectures(api_settings, tmp_path, monkeypatch,
+                                                     request)
     api = start_api(api_settings, dispatcher=RecordingDispatcher(), validator=validator)
 
     rng = np.random.default_rng(0)

@@ -15,11 +15,9 @@ from typing import Any
 import pytest
 
 from api.dispatch import CeleryDispatcher
-from api.validation import Validator
 from persistence.settings import Settings
-from tests.api.helpers import Api, run_job, upload_checkpoint
-from tests.entry_point_dist import write_entry_point_dist
-from tests.service_fixtures import PROJECT_ROOT, WorkerProcess
+from tests.api.helpers import Api, run_job, upload_checkpoint, validator_with_test_architectures
+from tests.service_fixtures import WorkerProcess
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -34,12 +32,9 @@ def test_a_job_tunes_the_next_module_past_a_zero_gated_branch_in_one_task_and_in
     from rift import checkpoints
     from tests.module_factories import GatedBranch, TrainDroppedBranch
 
-    plugin = write_entry_point_dist(tmp_path / "site")
-    monkeypatch.syspath_prepend(str(plugin))
-    worker = start_worker(PYTHONPATH=f"{plugin}:{PROJECT_ROOT}")
-    monkeypatch.setenv("PYTHONPATH", f"{plugin}:{PROJECT_ROOT}")  # the validator's builds
-    validator = Validator(service_settings)
-    request.addfinalizer(validator.close)
+    python_path, validator = validator_with_test_architectures(service_settings, tmp_path,
+                                                               monkeypatch, request)
+    worker = start_worker(PYTHONPATH=python_path)
     api = start_api(service_settings, dispatcher=CeleryDispatcher(service_settings),
                     validator=validator)
     torch.manual_seed(0)
